@@ -1,0 +1,5 @@
+"""`python -m nandoctor` runs the CLI."""
+
+from nandoctor.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""The ``nandoctor`` command: a thin click layer over the Python API.
+
+It parses options, draws progress, turns known errors into one ``error:`` line
+plus a hint, and maps outcomes to exit codes (0 clean, 1 non-finite,
+2 usage, 3 unreadable/refused). Commands live in their own modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from nandoctor import __version__
+from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled(ctx: click.Context | None = None) -> bool:
+    if os.environ.get("NANDOCTOR_DEBUG"):
+        return True
+    ctx = ctx or click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
+def fail(message: str, hint: str = "", code: int = EXIT_UNREADABLE) -> None:
+    """Print one `error:` line (and a hint) to stderr and exit with ``code``."""
+    from nandoctor.report.rich_report import safe
+
+    click.echo(f"error: {safe(message)}", err=True)
+    if hint:
+        click.echo(f"hint: {safe(hint)}", err=True)
+    sys.exit(code)
+
+
+def handles_errors(func: F) -> F:
+    """Known errors become a message and an exit code; tracebacks only with --debug."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NandoctorError as exc:
+            if debug_enabled():
+                raise
+            fail(exc.message, exc.hint, exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug of ours: say so plainly, never claim "clean"
+            if debug_enabled():
+                raise
+            fail(
+                f"internal error: {type(exc).__name__}: {exc}",
+                "run again with --debug for the traceback and report it as a nandoctor bug",
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nandoctor")
+@click.option("--debug", is_flag=True, help="Show tracebacks (also NANDOCTOR_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """Find, localise and repair NaN/Inf weights in model checkpoints, without loading the model.
+
+    \b
+    Exit codes:
+      0  every tensor was read and is finite
+      1  non-finite values (NaN, +Inf, -Inf) were found
+      2  usage error
+      3  something could not be read, was corrupt or was refused
+    """
+
+
+def _register_commands() -> None:
+    from nandoctor.cli import scan_cmd  # noqa: F401  (each module adds its command to `cli`)
+
+    for optional in ("repair_cmd",):
+        try:
+            __import__(f"nandoctor.cli.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"nandoctor.cli.{optional}":
+                raise
+
+
+def main() -> None:
+    _register_commands()
+    cli(prog_name="nandoctor")

@@ -1,0 +1,92 @@
+"""What each checkpoint dtype can hold, and where its NaN/Inf bit patterns live.
+
+Names are safetensors' (``F32``, ``BF16`` …); readers of other formats map
+their own names onto these. Facts come from ../shared/FORMATS.md and were
+checked against torch for every 8-bit code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Family(Enum):
+    IEEE = "ieee"  # exponent all ones = Inf (mantissa 0) or NaN (mantissa != 0)
+    NAN_CODES = "nan_codes"  # no Inf; NaN only at listed codes
+    FINITE = "finite"  # integers, bool, sub-byte floats: cannot hold NaN/Inf
+
+
+@dataclass(frozen=True)
+class DTypeSpec:
+    name: str
+    bits: int  # bits per element (4 and 6 for the sub-byte floats)
+    family: Family
+    lane_bits: int = 0  # width of the unsigned word the bit tests run on
+    exp_mask: int = 0  # IEEE: exponent bits of one lane
+    sign_mask: int = 0  # IEEE: sign bit of one lane
+    nan_codes: tuple[int, ...] = ()  # NAN_CODES: the byte values that are NaN
+
+    @property
+    def can_hold_nonfinite(self) -> bool:
+        return self.family is not Family.FINITE
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element (1 for the sub-byte floats' packed bytes)."""
+        return max(1, self.bits // 8)
+
+    @property
+    def lanes_per_element(self) -> int:
+        """Complex numbers are two float lanes per element."""
+        return max(1, self.bits // self.lane_bits) if self.lane_bits else 1
+
+
+def _ieee(name: str, bits: int, lane: int, exp: int, sign: int) -> DTypeSpec:
+    return DTypeSpec(name, bits, Family.IEEE, lane, exp, sign)
+
+
+def _finite(name: str, bits: int) -> DTypeSpec:
+    return DTypeSpec(name, bits, Family.FINITE)
+
+
+DTYPES: dict[str, DTypeSpec] = {
+    "F64": _ieee("F64", 64, 64, 0x7FF0000000000000, 0x8000000000000000),
+    "F32": _ieee("F32", 32, 32, 0x7F800000, 0x80000000),
+    "F16": _ieee("F16", 16, 16, 0x7C00, 0x8000),
+    "BF16": _ieee("BF16", 16, 16, 0x7F80, 0x8000),
+    "C64": _ieee("C64", 64, 32, 0x7F800000, 0x80000000),
+    "C128": _ieee("C128", 128, 64, 0x7FF0000000000000, 0x8000000000000000),
+    "F8_E5M2": _ieee("F8_E5M2", 8, 8, 0x7C, 0x80),
+    "F8_E4M3": DTypeSpec("F8_E4M3", 8, Family.NAN_CODES, 8, nan_codes=(0x7F, 0xFF)),
+    "F8_E4M3FNUZ": DTypeSpec("F8_E4M3FNUZ", 8, Family.NAN_CODES, 8, nan_codes=(0x80,)),
+    "F8_E5M2FNUZ": DTypeSpec("F8_E5M2FNUZ", 8, Family.NAN_CODES, 8, nan_codes=(0x80,)),
+    "F8_E8M0": DTypeSpec("F8_E8M0", 8, Family.NAN_CODES, 8, nan_codes=(0xFF,)),
+    "BOOL": _finite("BOOL", 8),
+    "U8": _finite("U8", 8),
+    "I8": _finite("I8", 8),
+    "I16": _finite("I16", 16),
+    "U16": _finite("U16", 16),
+    "I32": _finite("I32", 32),
+    "U32": _finite("U32", 32),
+    "I64": _finite("I64", 64),
+    "U64": _finite("U64", 64),
+    "F4": _finite("F4", 4),
+    "F6_E2M3": _finite("F6_E2M3", 6),
+    "F6_E3M2": _finite("F6_E3M2", 6),
+}
+
+# The dtypes the safetensors format itself defines (C128 is only reachable from torch files).
+SAFETENSORS_DTYPES = frozenset(DTYPES) - {"C128"}
+
+
+def spec(name: str) -> DTypeSpec:
+    return DTYPES[name]
+
+
+def byte_length(dtype: DTypeSpec, numel: int) -> int | None:
+    """Bytes for ``numel`` elements, or None when they are not a whole number of bytes."""
+    total_bits = numel * dtype.bits
+    if total_bits % 8:
+        return None
+    return total_bits // 8

@@ -1,0 +1,88 @@
+"""One exception family for nandoctor.
+
+Every error carries a one-line ``message`` that names the file (and tensor
+when there is one) and a ``hint`` that tells the user what to do next. The CLI
+prints both and exits with ``exit_code``; the Python API simply raises them.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_NONFINITE = 1
+EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
+
+
+class NandoctorError(Exception):
+    """Base class: a problem the user can act on."""
+
+    exit_code = EXIT_UNREADABLE
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:  # keeps the hint visible for API users too
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class CheckpointNotFoundError(NandoctorError):
+    default_hint = "check the path; nandoctor takes a file, a checkpoint folder or a run folder"
+
+
+class UnsupportedFormatError(NandoctorError):
+    default_hint = (
+        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt files and folders of them"
+    )
+
+
+class CorruptCheckpointError(NandoctorError):
+    """The bytes do not form a valid checkpoint (truncated, inconsistent, tampered)."""
+
+    default_hint = "re-download or re-save this file; if it came from training, use an earlier checkpoint"
+
+    def __init__(self, path: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", hint)
+        self.path = path
+        self.reason = reason
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """The file asks for something that would run code; it is refused, never loaded."""
+
+    default_hint = (
+        "do not load this file with torch.load(weights_only=False); "
+        "if you trust its source, re-save its weights as safetensors"
+    )
+
+
+class IndexMismatchError(CorruptCheckpointError):
+    default_hint = "the index json and the shards disagree; re-save the checkpoint or fix the index"
+
+
+class FileChangedError(CorruptCheckpointError):
+    default_hint = "something wrote to the checkpoint while it was read; wait for the writer to finish and scan again"
+
+
+class NonFiniteWeightsError(NandoctorError):
+    """Raised by :func:`nandoctor.assert_finite` when a checkpoint holds NaN/Inf."""
+
+    exit_code = EXIT_NONFINITE
+
+    def __init__(self, message: str, hint: str | None = None, report: object | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
+class RepairRefusedError(NandoctorError):
+    default_hint = "add an earlier checkpoint with --from, or use --scope layer"
+
+
+class OutputExistsError(NandoctorError):
+    default_hint = "choose a new --out path; nandoctor never writes over an existing folder"
+
+
+class DeviceUnavailableError(NandoctorError):
+    default_hint = "use --device cpu, or install a CUDA build of torch"

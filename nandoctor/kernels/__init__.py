@@ -1,0 +1,89 @@
+"""Kernels answer one question about raw bytes of one dtype: which elements are NaN/+Inf/-Inf.
+
+``KERNELS`` maps a device name to a factory; :func:`select_kernel` resolves
+``auto`` to CUDA when torch sees a GPU and to the numpy CPU kernel otherwise.
+Every kernel gives identical answers; tests hold them to that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from nandoctor.dtypes import DTypeSpec
+from nandoctor.errors import DeviceUnavailableError
+
+NAN, POSINF, NEGINF = 1, 2, 3  # kinds returned by Kernel.classify
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    first_bad: int = -1  # element index within the chunk, -1 when all finite
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
+
+CLEAN = ChunkCounts()
+
+
+class Kernel(Protocol):
+    name: str
+    chunk_bytes: int  # the engine hands chunks of at most this many bytes
+    workers: int  # how many chunks may be in flight at once
+
+    def any_nonfinite(self, data: np.ndarray, spec: DTypeSpec) -> bool:
+        """Fast pass: True when some element of ``data`` (uint8, whole elements) is NaN/Inf."""
+
+    def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+        """Exact counts for ``data``; only called on chunks the fast pass flagged."""
+
+    def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(element indices, kinds) of every non-finite element, for storages shared by views."""
+
+
+def _cpu() -> Kernel:
+    from nandoctor.kernels.cpu import CpuKernel
+
+    return CpuKernel()
+
+
+def _cuda() -> Kernel:
+    try:
+        from nandoctor.kernels.cuda import CudaKernel
+    except ImportError as exc:
+        raise DeviceUnavailableError(f"the CUDA backend needs torch ({exc})") from None
+    return CudaKernel()
+
+
+KERNELS: dict[str, Callable[[], Kernel]] = {"cpu": _cpu, "cuda": _cuda}
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA GPU. Cheap checks first: importing torch costs a second."""
+    import importlib.util
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
+        return False
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch  # only reached when torch is installed and auto was asked for
+
+    return bool(torch.cuda.is_available())
+
+
+def select_kernel(device: str = "auto") -> Kernel:
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    if device not in KERNELS:
+        raise DeviceUnavailableError(f"unknown device {device!r}; choose one of auto, {', '.join(KERNELS)}")
+    return KERNELS[device]()

@@ -1,0 +1,141 @@
+"""Tensor name → (layer, component), and bad layers as ranges such as ``transformer.h.21–23``.
+
+Knows the layer-stack conventions seen in the wild (GPT-2/Qwen-1
+``transformer.h.N``, LLaMA ``model.layers.N``, OPT ``model.decoder.layers.N``,
+BERT ``encoder.layer.N``, NeoX, MPT, T5 …) whatever prefix wraps them
+(``module.``, ``state_dict.``, ``base_model.model.``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nandoctor.model import LayerRange, LayerSummary, TensorResult
+
+_STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers)\.(\d+)(?=\.|$)")
+_PARAM_SUFFIXES = ("weight", "bias", "scale", "scales", "qweight", "qzeros", "g_idx", "inv_freq")
+
+COMPONENTS = ("attention", "mlp", "norm", "embedding", "head", "other")
+
+_COMPONENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("norm", re.compile(r"(^|[._])(ln|ln_\w+|\w*norm\w*|layernorm|LayerNorm)(\.|$)", re.I)),
+    ("attention", re.compile(r"attn|attention|(^|\.)(q|k|v|o|qkv|query|key|value|c_attn)(_proj)?(\.|$)", re.I)),
+    ("mlp", re.compile(r"mlp|ffn|feed_forward|(^|\.)(fc\d?|w\d|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|intermediate|output|wi|wo)(\.|$)", re.I)),
+    ("embedding", re.compile(r"wte|wpe|embed|embeddings|tok_embeddings|word_embeddings|shared", re.I)),
+    ("head", re.compile(r"lm_head|(^|\.)(head|classifier|score|output|pooler)(\.|$)", re.I)),
+)
+
+
+@dataclass(frozen=True)
+class LayerKey:
+    group: str  # "transformer.h.21" or "transformer.wte"
+    stack: str | None  # "transformer.h"
+    index: int | None
+
+
+def natural_key(text: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def layer_of(name: str) -> LayerKey:
+    match = _STACK.search(name)
+    if match:
+        end = match.end()
+        group = name[: end].lstrip(".")
+        stack = name[: match.start(1) - 1].lstrip(".")
+        return LayerKey(group, stack, int(match.group(1)))
+    parts = name.split(".")
+    if len(parts) > 1 and parts[-1] in _PARAM_SUFFIXES:
+        parts = parts[:-1]
+    return LayerKey(".".join(parts), None, None)
+
+
+def component_of(name: str) -> str:
+    match = _STACK.search(name)
+    rest = name[match.end() + 1 :] if match else name
+    for component, pattern in _COMPONENT_RULES:
+        if pattern.search(rest):
+            if component in ("embedding", "head") and match:
+                continue  # inside a layer these words mean something else
+            return component
+    return "other"
+
+
+def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
+    groups: dict[str, list[TensorResult]] = {}
+    keys: dict[str, LayerKey] = {}
+    for result in results:
+        key = layer_of(result.name)
+        groups.setdefault(key.group, []).append(result)
+        keys[key.group] = key
+    summaries = []
+    for group in sorted(groups, key=natural_key):
+        members, key = groups[group], keys[group]
+        bad = [t for t in members if t.bad]
+        worst = max(bad, key=lambda t: t.nonfinite).name if bad else None
+        components = sorted({component_of(t.name) for t in bad}, key=COMPONENTS.index)
+        summaries.append(
+            LayerSummary(
+                layer=group,
+                stack=key.stack,
+                index=key.index,
+                tensors=len(members),
+                bad_tensors=len(bad),
+                nan=sum(t.nan for t in members),
+                posinf=sum(t.posinf for t in members),
+                neginf=sum(t.neginf for t in members),
+                worst=worst,
+                bad_components=tuple(components),
+            )
+        )
+    return tuple(summaries)
+
+
+def bad_ranges(layers: Iterable[LayerSummary]) -> tuple[LayerRange, ...]:
+    """Merge consecutive bad layers of one stack: h.21, h.22, h.23 → ``transformer.h.21–23``."""
+    ranges: list[LayerRange] = []
+    run: list[LayerSummary] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        first, last = run[0], run[-1]
+        if first.index is None:
+            label = first.layer
+        elif first.index == last.index:
+            label = f"{first.stack}.{first.index}"
+        else:
+            label = f"{first.stack}.{first.index}–{last.index}"
+        ranges.append(
+            LayerRange(
+                stack=first.stack,
+                first=first.index,
+                last=last.index,
+                label=label,
+                tensors=sum(s.tensors for s in run),
+                bad_tensors=sum(s.bad_tensors for s in run),
+                nonfinite=sum(s.nonfinite for s in run),
+            )
+        )
+        run.clear()
+
+    for summary in layers:
+        if not summary.bad:
+            if summary.index is not None:
+                flush()  # a clean layer of a stack breaks the run
+            continue
+        if (
+            run
+            and summary.index is not None
+            and run[-1].index is not None
+            and summary.stack == run[-1].stack
+            and summary.index == run[-1].index + 1
+        ):
+            run.append(summary)
+            continue
+        flush()
+        run.append(summary)
+    flush()
+    return tuple(ranges)

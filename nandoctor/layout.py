@@ -1,0 +1,173 @@
+"""Path → which files hold the checkpoint's tensors.
+
+A single file; a folder with a ``*.index.json`` (Hugging Face sharding) and
+its shards; or a folder of weight files without an index. The index is
+validated here as far as it can be without reading shards (shard exists,
+stays inside the folder, is a regular file); the cross-check of tensor names
+against the shards happens in the scan, once the shards' headers are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
+from nandoctor.model import ScanProblem
+
+# Preferred first: when a folder holds both, safetensors is what loaders pick too.
+INDEX_NAMES = (
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors.index.json",
+)
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    path: Path
+    weight_map: dict[str, str]  # tensor name → shard file name (relative to the folder)
+    total_size: int | None
+
+
+@dataclass
+class CheckpointFiles:
+    """The files to scan for one checkpoint, plus what was wrong with the layout itself."""
+
+    root: Path
+    files: list[Path]
+    indexes: list[ShardIndex] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # weight files left out on purpose (other format)
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def weight_suffixes() -> tuple[str, ...]:
+    from nandoctor.readers import supported_suffixes
+
+    return supported_suffixes()
+
+
+def read_index(path: Path) -> ShardIndex:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptCheckpointError(str(path), f"index is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise CorruptCheckpointError(str(path), "index has no \"weight_map\" object")
+    weight_map = data["weight_map"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CorruptCheckpointError(str(path), "weight_map must map tensor names to shard file names")
+    meta = data.get("metadata")
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    return ShardIndex(path, dict(weight_map), total if type(total) is int else None)
+
+
+def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:
+    candidate = folder / shard
+    resolved_folder = folder.resolve()
+    try:
+        resolved = candidate.resolve()
+    except OSError as exc:
+        return None, ScanProblem(str(candidate), f"cannot resolve shard path: {exc}")
+    if os.path.isabs(shard) or resolved_folder not in resolved.parents:
+        return None, ScanProblem(
+            str(index.path),
+            f"shard {shard!r} points outside the checkpoint folder; refused",
+            "fix the index so every shard is a file inside the folder",
+        )
+    if not candidate.exists():
+        names = sorted(n for n, s in index.weight_map.items() if s == shard)
+        return None, ScanProblem(
+            str(candidate),
+            f"shard listed in {index.path.name} is missing ({len(names)} tensors, e.g. {names[0]!r})",
+            "download or copy the missing shard",
+        )
+    if not is_regular_file(candidate):
+        return None, ScanProblem(str(candidate), "shard is not a regular file; refused (a FIFO or device would hang the read)")
+    return candidate, None
+
+
+def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> CheckpointFiles:
+    """Work out which files to scan for ``path``; raises when there is nothing to scan."""
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointNotFoundError(f"{root}: no such file or folder")
+    if root.is_file() or (root.exists() and not root.is_dir()):
+        if not is_regular_file(root):
+            raise UnsupportedFormatError(f"{root}: not a regular file (a FIFO or device cannot be scanned)")
+        return CheckpointFiles(root, [root])
+
+    result = CheckpointFiles(root, [])
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
+    suffixes = weight_suffixes()
+    weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
+    index_paths = [root / n for n in INDEX_NAMES if (root / n).exists()]
+    index_paths += [e for e in entries if e.name.endswith(".index.json") and e not in index_paths]
+
+    if not both_formats:
+        has_safetensors = any(e.suffix == SAFETENSORS_SUFFIX for e in weight_files) or any(
+            p.name.endswith(".safetensors.index.json") for p in index_paths
+        )
+        others = [e for e in weight_files if e.suffix != SAFETENSORS_SUFFIX and _is_model_weights(e)]
+        if has_safetensors and others:
+            result.skipped.extend(others)
+            result.notes.append(
+                f"found both safetensors and {', '.join(sorted({o.suffix for o in others}))} weights; "
+                "scanned the safetensors (use --both-formats to scan both)"
+            )
+            weight_files = [e for e in weight_files if e not in others]
+            index_paths = [p for p in index_paths if ".safetensors." in p.name or not _index_is_pickle(p)]
+
+    indexed: set[Path] = set()
+    for index_path in index_paths:
+        try:
+            index = read_index(index_path)
+        except CorruptCheckpointError as exc:
+            result.problems.append(ScanProblem(str(index_path), exc.reason, exc.hint))
+            continue
+        result.indexes.append(index)
+        for shard in sorted(set(index.weight_map.values())):
+            shard_path, problem = _shard_path(root, index, shard)
+            if problem:
+                result.problems.append(problem)
+            elif shard_path not in indexed:
+                indexed.add(shard_path)
+                result.files.append(shard_path)
+
+    for entry in weight_files:
+        if entry in indexed:
+            continue
+        if not is_regular_file(entry):
+            result.problems.append(ScanProblem(str(entry), "not a regular file; refused"))
+            continue
+        result.files.append(entry)
+
+    if not result.files and not result.problems:
+        raise UnsupportedFormatError(
+            f"{root}: no checkpoint files found (looked for {', '.join(suffixes)} and *.index.json)"
+        )
+    return result
+
+
+def _index_is_pickle(path: Path) -> bool:
+    return path.name.endswith(".bin.index.json")
+
+
+def _is_model_weights(path: Path) -> bool:
+    """Model weights in another format, as opposed to optimizer/scheduler/rng files beside them."""
+    return path.name.startswith(("pytorch_model", "model", "adapter_model"))

@@ -1,0 +1,142 @@
+"""Strict safetensors header reader.
+
+Validates every rule of the format (see docs/formats.md) before a single
+tensor byte is touched, and is stricter than the reference parser where that
+one is lax: duplicate tensor names are refused instead of "last one wins".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
+from nandoctor.errors import CorruptCheckpointError
+from nandoctor.model import Region, TensorRef
+from nandoctor.readers import register
+
+MAX_HEADER_BYTES = 100_000_000  # the reference parser's limit
+SUFFIXES = (".safetensors",)
+
+
+class SafetensorsReader:
+    format_name = "safetensors"
+    suffixes = SUFFIXES
+
+    def sniff(self, head: bytes) -> bool:
+        if len(head) < 9:
+            return False
+        (n,) = struct.unpack("<Q", head[:8])
+        return 0 < n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+
+    def read_refs(self, path: Path) -> list[TensorRef]:
+        header, data_start, _ = read_header(path)
+        refs: list[TensorRef] = []
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            region = Region(str(path), data_start + begin, end - begin, entry["dtype"], name)
+            refs.append(TensorRef(name, entry["dtype"], tuple(entry["shape"]), region))
+        return refs
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r} in the header")
+        seen[key] = value
+    return seen
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0  # bool is not an int here
+
+
+def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
+    """Return (header without reordering, absolute start of the data buffer, metadata)."""
+    p = str(path)
+    size = os.stat(path).st_size
+    if size < 8:
+        raise CorruptCheckpointError(p, f"file is {size} bytes, too short for a safetensors header")
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise CorruptCheckpointError(p, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        if n + 8 > size:
+            raise CorruptCheckpointError(
+                p, f"header length {n} runs past the end of the {size}-byte file (truncated?)"
+            )
+        raw = fh.read(n)
+    if len(raw) != n:
+        raise CorruptCheckpointError(p, "file shrank while its header was read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptCheckpointError(p, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except ValueError as exc:
+        raise CorruptCheckpointError(p, f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(p, "header is JSON but not an object")
+
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CorruptCheckpointError(p, "__metadata__ must map strings to strings")
+
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise CorruptCheckpointError(p, f"{where}: entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise CorruptCheckpointError(p, f"{where}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CorruptCheckpointError(p, f"{where}: shape must be a list of non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise CorruptCheckpointError(p, f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
+        numel = math.prod(shape)
+        expected = byte_length(DTYPES[dtype], numel)
+        if expected is None:
+            raise CorruptCheckpointError(p, f"{where}: {numel} elements of {dtype} are not a whole number of bytes")
+        if expected != offsets[1] - offsets[0]:
+            raise CorruptCheckpointError(
+                p,
+                f"{where}: shape {shape} of {dtype} needs {expected} bytes "
+                f"but data_offsets span {offsets[1] - offsets[0]}",
+            )
+        spans.append((offsets[0], offsets[1], name))
+
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            kind = "overlaps the previous tensor" if begin < cursor else f"leaves a hole of {begin - cursor} bytes"
+            raise CorruptCheckpointError(p, f"tensor {name!r} at byte {begin} {kind}")
+        cursor = end
+    data_start = 8 + n
+    if data_start + cursor != size:
+        if data_start + cursor > size:
+            raise CorruptCheckpointError(
+                p, f"tensor data needs {cursor} bytes but the file holds {size - data_start} (truncated?)"
+            )
+        raise CorruptCheckpointError(p, f"{size - data_start - cursor} unexpected bytes after the last tensor")
+    return header, data_start, metadata
+
+
+register(SafetensorsReader())

@@ -1,0 +1,1 @@
+"""Turning a ScanReport into something people (rich console) or programs (JSON) read."""

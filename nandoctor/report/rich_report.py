@@ -1,0 +1,210 @@
+"""ScanReport → a rich console report: verdict, bad layer ranges, bad tensors, heatmap, errors.
+
+Names come from untrusted files, so every one goes through :func:`safe` (control
+characters escaped) and into ``Text`` objects (never parsed as rich markup).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from nandoctor.layers import COMPONENTS, bad_ranges, component_of, layer_of
+from nandoctor.model import ScanReport
+
+MAX_TENSOR_ROWS = 40
+HEATMAP_MIN_LAYERS = 8
+
+
+def safe(text: str) -> str:
+    """Escape control and format characters (terminal escapes, bidi overrides) from a file's names."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def verdict_text(report: ScanReport) -> Text:
+    ranges = bad_ranges(report.layers)
+    if report.ok:
+        return Text.assemble(("✓ CLEAN", "bold green"), f": all {len(report.tensors)} tensors are finite")
+    parts: list[Text | str | tuple[str, str]] = []
+    if report.nonfinite:
+        where = ", ".join(safe(r.label) for r in ranges[:4]) + (" …" if len(ranges) > 4 else "")
+        parts += [
+            ("✗ NON-FINITE", "bold red"),
+            f": {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
+            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf)",
+        ]
+        if where:
+            parts.append(f" in {where}")
+    if report.errors:
+        if parts:
+            parts.append("; ")
+        parts += [
+            ("✗ UNREADABLE", "bold red"),
+            f": {len(report.errors)} problem(s), so this checkpoint cannot be called clean",
+        ]
+    return Text.assemble(*parts)
+
+
+def one_line(report: ScanReport) -> str:
+    """The --quiet verdict: one plain line."""
+    return verdict_text(report).plain
+
+
+def _layer_table(report: ScanReport) -> Table:
+    table = Table(title="Bad layers", title_justify="left", show_edge=False, header_style="bold")
+    for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor"):
+        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf", "bad tensors") else "left")
+    by_layer = {s.layer: s for s in report.layers}
+    for rng in bad_ranges(report.layers):
+        members = [
+            s
+            for s in by_layer.values()
+            if s.bad
+            and (s.layer == rng.label if rng.first is None else s.stack == rng.stack and rng.first <= s.index <= rng.last)
+        ]
+        worst = max(members, key=lambda s: s.nonfinite)
+        components = sorted({c for s in members for c in s.bad_components}, key=COMPONENTS.index)
+        table.add_row(
+            Text(safe(rng.label), style="bold"),
+            f"{rng.bad_tensors}/{rng.tensors}",
+            f"{sum(s.nan for s in members):,}",
+            f"{sum(s.posinf for s in members):,}",
+            f"{sum(s.neginf for s in members):,}",
+            ", ".join(components),
+            Text(safe(worst.worst or "")),
+        )
+    return table
+
+
+def _tensor_table(report: ScanReport, limit: int | None) -> Table:
+    bad = sorted(report.bad_tensors, key=lambda t: (-t.nonfinite, t.name))
+    table = Table(title="Bad tensors", title_justify="left", show_edge=False, header_style="bold")
+    for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "bad %", "first bad at"):
+        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf", "bad %") else "left")
+    shown = bad if limit is None else bad[:limit]
+    for t in shown:
+        coords = t.first_bad_coords
+        table.add_row(
+            Text(safe(t.name)),
+            t.ref.dtype,
+            "×".join(map(str, t.ref.shape)) or "scalar",
+            f"{t.nan:,}",
+            f"{t.posinf:,}",
+            f"{t.neginf:,}",
+            f"{100 * t.fraction:.3g}",
+            f"[{', '.join(map(str, coords))}]" if coords is not None else "",
+        )
+    if len(bad) > len(shown):
+        table.caption = f"… and {len(bad) - len(shown)} more bad tensors (--all lists them, --json gives every tensor)"
+    return table
+
+
+def _heatmaps(report: ScanReport) -> list[Table]:
+    stacks: dict[str, dict[int, set[str]]] = {}
+    sizes: dict[str, int] = {}
+    for summary in report.layers:
+        if summary.stack is None or summary.index is None:
+            continue
+        sizes[summary.stack] = max(sizes.get(summary.stack, 0), summary.index + 1)
+    for t in report.bad_tensors:
+        key = layer_of(t.name)
+        if key.stack is not None and key.index is not None:
+            stacks.setdefault(key.stack, {}).setdefault(key.index, set()).add(component_of(t.name))
+    tables = []
+    for stack, bad in stacks.items():
+        n = sizes.get(stack, 0)
+        if n < HEATMAP_MIN_LAYERS:
+            continue
+        table = Table(
+            title=f"{safe(stack)}: layer × component (█ bad, · clean)",
+            title_justify="left",
+            show_edge=False,
+            show_header=False,
+            pad_edge=False,
+            box=None,
+        )
+        table.add_column("component", style="bold")
+        table.add_column("layers")
+        ruler = "".join(str(i // 10 % 10) if i % 10 == 0 else " " for i in range(n))
+        table.add_row("layer", Text(ruler, style="dim"))
+        for component in ("attention", "mlp", "norm", "other"):
+            row = Text()
+            for i in range(n):
+                if component in bad.get(i, ()):
+                    row.append("█", style="red")
+                else:
+                    row.append("·", style="green")
+            table.add_row(component, row)
+        tables.append(table)
+    return tables
+
+
+def render(report: ScanReport, console: Console, *, show_all: bool = False) -> None:
+    console.print(
+        Text.assemble(
+            ("nandoctor scan ", "bold"),
+            safe(report.target),
+            (
+                f"\n  {len(report.files)} file(s) · {len(report.tensors)} tensors · "
+                f"{human_bytes(report.bytes_scanned)} read · {report.seconds:.2f} s"
+                f" ({report.gbps:.2f} GB/s) · {report.device}",
+                "dim",
+            ),
+        )
+    )
+    for note in report.notes:
+        console.print(Text(f"  note: {safe(note)}", style="yellow"))
+    if report.nonfinite:
+        console.print()
+        console.print(_layer_table(report))
+        console.print()
+        console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
+        for heatmap in _heatmaps(report):
+            console.print()
+            console.print(heatmap)
+    if report.unviewed:
+        console.print()
+        for u in report.unviewed:
+            console.print(
+                Text(
+                    f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} non-finite "
+                    "values in bytes that no tensor views (harmless to loading, but a sign of corruption)",
+                    style="yellow",
+                )
+            )
+    if report.errors:
+        console.print()
+        console.print(Text("Could not be read", style="bold red"))
+        for problem in report.errors:
+            line = Text.assemble("  ", (safe(problem.path), "bold"), ": ", safe(problem.message))
+            console.print(line)
+            if problem.hint:
+                console.print(Text(f"    hint: {safe(problem.hint)}", style="dim"))
+    console.print()
+    console.print(verdict_text(report))
+    if report.nonfinite:
+        console.print(
+            Text(
+                "  next: restore the bad tensors from an earlier checkpoint with\n"
+                f"        nandoctor repair {safe(report.target)} --from <earlier checkpoint> --out <new folder>",
+                style="dim",
+            )
+        )
+
