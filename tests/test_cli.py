@@ -1,0 +1,135 @@
+"""The CLI end to end: exit codes, JSON schema, one-line errors, light start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from nandoctor.cli import _register_commands, cli
+from tests.conftest import DEMO_RUN, FIXTURES, ROOT
+
+_register_commands()
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_clean_checkpoint_exits_0():
+    result = run("scan", str(DEMO_RUN / "checkpoint-200"))
+    assert result.exit_code == 0, result.output
+    assert "CLEAN" in result.output
+
+
+def test_bad_checkpoint_exits_1_and_names_layers():
+    result = run("scan", str(DEMO_RUN / "checkpoint-300"))
+    assert result.exit_code == 1
+    assert "transformer.h.21–23" in result.output
+    assert "transformer.h.22.attn.c_proj.weight" in result.output
+    assert "nandoctor repair" in result.output
+
+
+def test_json_schema_lists_every_tensor():
+    expected = json.loads((DEMO_RUN / "expected.json").read_text())["checkpoints"]["checkpoint-300"]
+    result = run("scan", str(DEMO_RUN / "checkpoint-300"), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 1
+    assert len(data["tensors"]) == expected["tensors"]
+    tensors = {t["name"]: t for t in data["tensors"]}
+    for name, want in expected["bad_tensors"].items():
+        t = tensors[name]
+        assert (t["nan"], t["posinf"], t["neginf"], t["first_bad"]["index"]) == (
+            want["nan"], want["posinf"], want["neginf"], want["first_bad"])
+        assert set(t) >= {"name", "file", "dtype", "shape", "nan", "posinf", "neginf", "first_bad"}
+    clean = tensors["transformer.wte.weight"]
+    assert (clean["nan"], clean["posinf"], clean["neginf"], clean["first_bad"]) == (0, 0, 0, None)
+    layers = {entry["layer"]: entry for entry in data["layers"]}
+    assert layers["transformer.h.22"]["bad_tensors"] == sum(1 for n in expected["bad_tensors"] if n.startswith("transformer.h.22."))
+    assert set(layers["transformer.h.22"]) >= {"layer", "tensors", "bad_tensors", "nan", "posinf", "neginf"}
+    assert data["errors"] == []
+    assert data["summary"]["exit_code"] == 1 and data["summary"]["nan"] == expected["nan"]
+    assert data["bad_layer_ranges"] == ["transformer.h.21–23"]
+
+
+def test_missing_path_is_one_line_error_exit_3():
+    result = run("scan", "/no/such/checkpoint")
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: /no/such/checkpoint: no such file or folder")
+    assert "hint:" in result.stderr and "Traceback" not in result.output + result.stderr
+
+
+def test_corrupt_file_exit_3_with_reason_in_json(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    result = run("scan", str(bad), "--json")
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert data["summary"]["verdict"] == "UNREADABLE" and data["summary"]["ok"] is False
+    assert data["errors"][0]["path"] == str(bad) and "past the end" in data["errors"][0]["message"]
+
+
+def test_unreadable_part_beats_clean_rest(tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(DEMO_RUN / "checkpoint-200", ckpt)
+    shard = ckpt / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-3])  # truncated
+    result = run("scan", str(ckpt))
+    assert result.exit_code == 3
+    assert "UNREADABLE" in result.output and "CLEAN" not in result.output
+
+
+def test_usage_error_exits_2():
+    assert run("scan").exit_code == 2
+    assert run("scan", str(FIXTURES), "--device", "tpu").exit_code == 2
+
+
+def test_hostile_names_are_escaped(tmp_path):
+    from fixtures.builders import SPECIALS, RawTensor, write_safetensors
+
+    import numpy as np
+
+    name = "evil[bold red]x\x1b[2J\u202e.weight"
+    bits = np.array([SPECIALS["F32"]["nan"], 0], np.uint32)
+    write_safetensors(tmp_path / "e.safetensors", {name: RawTensor("F32", (2,), bits.tobytes())})
+    result = run("scan", str(tmp_path / "e.safetensors"))
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\u202e" not in result.output
+    assert "evil[bold red]x\\x1b[2J\\u202e.weight" in result.output
+
+
+def test_module_entry_point_and_cli_do_not_import_torch():
+    code = (
+        "import sys, nandoctor.cli, nandoctor.scan, nandoctor.report.rich_report;"
+        "nandoctor.cli._register_commands();"
+        "from nandoctor.scan import scan; scan(sys.argv[1], device='auto');"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(DEMO_RUN / "checkpoint-200")], check=True, cwd=ROOT)
+
+
+def test_python_m_nandoctor_help():
+    out = subprocess.run([sys.executable, "-m", "nandoctor", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "Exit codes" in out.stdout and "scan" in out.stdout
+
+
+def test_no_color_output_has_no_escape_codes():
+    out = subprocess.run(
+        [sys.executable, "-m", "nandoctor", "scan", str(DEMO_RUN / "checkpoint-300")],
+        capture_output=True, text=True, cwd=ROOT, env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "TERM": "xterm"},
+    )
+    assert out.returncode == 1 and "\x1b[" not in out.stdout
+
+
+@pytest.mark.parametrize("flag", ["--debug"])
+def test_debug_shows_traceback(flag):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, [flag, "scan", "/no/such"])
+    assert result.exit_code != 0 and result.exception is not None
