@@ -10,51 +10,11 @@ import pytest
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.readers import reader_for
 from nandoctor.readers.safetensors import SafetensorsReader, read_header
+from tests.corpus import SAFETENSORS_CASES, entry
+from tests.corpus import raw as raw_file
 
 
-def raw_file(path, header, data=b"", *, header_bytes=None, length=None):
-    text = header_bytes if header_bytes is not None else json.dumps(header).encode()
-    n = len(text) if length is None else length
-    path.write_bytes(struct.pack("<Q", n) + text + data)
-    return path
-
-
-def entry(dtype="F32", shape=(2,), offsets=(0, 8)):
-    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
-
-
-CASES = {
-    "too_short": (lambda p: p.write_bytes(b"\x01\x02"), "too short"),
-    "header_over_limit": (lambda p: raw_file(p, {}, length=100_000_001), "exceeds"),
-    "header_past_eof": (lambda p: raw_file(p, {}, length=500), "past the end"),
-    "not_utf8": (lambda p: raw_file(p, None, header_bytes=b'{"\xff":1}'), "UTF-8"),
-    "not_json": (lambda p: raw_file(p, None, header_bytes=b'{"a": '), "not valid JSON"),
-    "bom": (lambda p: raw_file(p, None, header_bytes='\ufeff{}'.encode()), "not valid JSON"),
-    "trailing_nul": (lambda p: raw_file(p, None, header_bytes=b"{}\x00\x00"), "not valid JSON"),
-    "json_array": (lambda p: raw_file(p, None, header_bytes=b"[1,2]"), "not an object"),
-    "metadata_not_strings": (lambda p: raw_file(p, {"__metadata__": {"a": 1}}), "__metadata__"),
-    "entry_not_object": (lambda p: raw_file(p, {"w": [1, 2]}), "not an object"),
-    "unknown_dtype": (lambda p: raw_file(p, {"w": entry(dtype="F128")}, b"\0" * 8), "unknown dtype"),
-    "lowercase_dtype": (lambda p: raw_file(p, {"w": entry(dtype="f32")}, b"\0" * 8), "unknown dtype"),
-    "negative_shape": (lambda p: raw_file(p, {"w": entry(shape=(-2,))}, b"\0" * 8), "shape"),
-    "float_shape": (lambda p: raw_file(p, {"w": entry(shape=(2.0,))}, b"\0" * 8), "shape"),
-    "bool_shape": (lambda p: raw_file(p, {"w": entry(shape=(True,))}, b"\0" * 8), "shape"),
-    "negative_offset": (lambda p: raw_file(p, {"w": entry(offsets=(-8, 0))}, b""), "data_offsets"),
-    "reversed_offsets": (lambda p: raw_file(p, {"w": entry(offsets=(8, 0))}, b"\0" * 8), "data_offsets"),
-    "three_offsets": (lambda p: raw_file(p, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]}}, b"\0" * 8), "data_offsets"),
-    "size_mismatch": (lambda p: raw_file(p, {"w": entry(shape=(3,))}, b"\0" * 8), "needs 12 bytes"),
-    "huge_shape": (lambda p: raw_file(p, {"w": entry(shape=(2**40, 2**40))}, b"\0" * 8), "needs"),
-    "f4_odd_count": (lambda p: raw_file(p, {"w": entry(dtype="F4", shape=(3,), offsets=(0, 1))}, b"\0"), "whole number"),
-    "hole": (lambda p: raw_file(p, {"w": entry(offsets=(4, 12))}, b"\0" * 12), "hole"),
-    "overlap": (lambda p: raw_file(p, {"a": entry(), "b": entry(offsets=(4, 12))}, b"\0" * 12), "overlaps"),
-    "trailing_bytes": (lambda p: raw_file(p, {"w": entry()}, b"\0" * 9), "unexpected bytes"),
-    "truncated_data": (lambda p: raw_file(p, {"w": entry()}, b"\0" * 7), "truncated"),
-    "duplicate_names": (
-        lambda p: raw_file(p, None, b"\0" * 8, header_bytes=b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-                                                             b'"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'),
-        "duplicate",
-    ),
-}
+CASES = SAFETENSORS_CASES
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -63,7 +23,7 @@ def test_malformed_file_is_refused_with_reason(tmp_path, case):
     path = tmp_path / f"{case}.safetensors"
     build(path)
     with pytest.raises(CorruptCheckpointError) as info:
-        SafetensorsReader().read_refs(path)
+        reader_for(path).read_refs(path)
     assert reason in info.value.reason
     assert str(path) in info.value.message
 

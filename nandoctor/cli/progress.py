@@ -14,7 +14,7 @@ def stdout_console() -> Console:
     # tensor names are not cut (logs and CI are read by grep, not by eye).
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=False, width=max(console.width, 160))
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))
     return console
 
 

@@ -116,44 +116,41 @@ def _tensor_table(report: ScanReport, limit: int | None) -> Table:
     return table
 
 
-def _heatmaps(report: ScanReport) -> list[Table]:
-    stacks: dict[str, dict[int, set[str]]] = {}
+def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
+    """Per layer stack of HEATMAP_MIN_LAYERS or more: a component × layer grid of bad/clean cells."""
     sizes: dict[str, int] = {}
-    for summary in report.layers:
-        if summary.stack is None or summary.index is None:
-            continue
-        sizes[summary.stack] = max(sizes.get(summary.stack, 0), summary.index + 1)
-    for t in report.bad_tensors:
+    present: dict[str, set[str]] = {}
+    bad: dict[str, dict[int, set[str]]] = {}
+    for t in report.tensors:
         key = layer_of(t.name)
-        if key.stack is not None and key.index is not None:
-            stacks.setdefault(key.stack, {}).setdefault(key.index, set()).add(component_of(t.name))
-    tables = []
-    for stack, bad in stacks.items():
-        n = sizes.get(stack, 0)
+        if key.stack is None or key.index is None:
+            continue
+        component = component_of(t.name)
+        sizes[key.stack] = max(sizes.get(key.stack, 0), key.index + 1)
+        present.setdefault(key.stack, set()).add(component)
+        if t.bad:
+            bad.setdefault(key.stack, {}).setdefault(key.index, set()).add(component)
+    out = []
+    for stack, cells in bad.items():
+        n = sizes[stack]
         if n < HEATMAP_MIN_LAYERS:
             continue
-        table = Table(
-            title=f"{safe(stack)}: layer × component (█ bad, · clean)",
-            title_justify="left",
-            show_edge=False,
-            show_header=False,
-            pad_edge=False,
-            box=None,
-        )
+        title = Text.assemble((safe(stack), "bold"), ": layer × component  (", ("█", "red"), " bad  ", ("·", "green"), " clean)")
+        table = Table(show_edge=False, show_header=False, pad_edge=False, box=None)
         table.add_column("component", style="bold")
-        table.add_column("layers")
+        table.add_column("layers", no_wrap=True)
         ruler = "".join(str(i // 10 % 10) if i % 10 == 0 else " " for i in range(n))
         table.add_row("layer", Text(ruler, style="dim"))
-        for component in ("attention", "mlp", "norm", "other"):
+        for component in (c for c in COMPONENTS if c in present[stack]):
             row = Text()
             for i in range(n):
-                if component in bad.get(i, ()):
+                if component in cells.get(i, ()):
                     row.append("█", style="red")
                 else:
                     row.append("·", style="green")
             table.add_row(component, row)
-        tables.append(table)
-    return tables
+        out.append((title, table))
+    return out
 
 
 def render(report: ScanReport, console: Console, *, show_all: bool = False) -> None:
@@ -176,8 +173,9 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
         console.print(_layer_table(report))
         console.print()
         console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
-        for heatmap in _heatmaps(report):
+        for title, heatmap in _heatmaps(report):
             console.print()
+            console.print(title)
             console.print(heatmap)
     if report.unviewed:
         console.print()
