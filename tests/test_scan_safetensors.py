@@ -227,3 +227,31 @@ def test_header_lengths_never_allocate_from_lies(tmp_path):
     path.write_bytes(struct.pack("<Q", 99_999_999) + b"{}")
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and "past the end" in report.errors[0].message
+
+
+@pytest.mark.parametrize("how", ["append", "rewrite_same_size"])
+def test_file_written_during_scan_is_reported(tmp_path, how):
+    """A writer touching the file mid-scan (here: from the progress callback) is caught, not trusted."""
+    import os
+
+    path = tmp_path / "m.safetensors"
+    n = (12 << 20) // 4  # several chunks, so the callback runs before the scan ends
+    write_safetensors(path, {"w": RawTensor("F32", (n,), b"\0" * (4 * n))})
+    touched = []
+
+    def writer(done, total, file):
+        if not touched:
+            touched.append(done)
+            if how == "append":
+                with open(path, "ab") as fh:
+                    fh.write(b"\0" * 16)
+            else:
+                with open(path, "r+b") as fh:
+                    fh.seek(100)
+                    fh.write(b"\x7f\xc0\x00\x00")
+                st = os.stat(path)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse clocks: force a new mtime
+
+    report = scan(path, device="cpu", progress=writer)
+    assert touched and report.exit_code == 3
+    assert any("changed" in e.message for e in report.errors)
