@@ -76,12 +76,38 @@ class NonFiniteWeightsError(NandoctorError):
         self.report = report
 
 
+class OverflowRiskError(NonFiniteWeightsError):
+    """Raised by :func:`nandoctor.assert_finite` with a target dtype: finite weights a cast would turn into Inf/NaN."""
+
+
+class UnreadableCheckpointError(CorruptCheckpointError):
+    """Raised by :func:`nandoctor.assert_finite` when part of a checkpoint could not be read: never called finite."""
+
+    def __init__(self, path: str, reason: str, hint: str | None = None, report: object | None = None) -> None:
+        super().__init__(path, reason, hint)
+        self.report = report
+
+
 class RepairRefusedError(NandoctorError):
     default_hint = "add an earlier checkpoint with --from, or use --scope layer"
 
 
 class OutputExistsError(NandoctorError):
     default_hint = "choose a new --out path; nandoctor never writes over an existing folder"
+
+
+class UnrestorableError(RepairRefusedError):
+    """Some tensor that must be restored has no good donor; ``plan`` says what failed where."""
+
+    def __init__(self, message: str, hint: str | None = None, plan: object | None = None) -> None:
+        super().__init__(message, hint)
+        self.plan = plan
+
+
+class RepairFailedError(NandoctorError):
+    """Writing or verifying a repaired checkpoint failed; nothing was left at the output path."""
+
+    default_hint = "nothing was written at --out; fix the cause above and run the repair again"
 
 
 class DeviceUnavailableError(NandoctorError):

@@ -25,6 +25,11 @@ INDEX_NAMES = (
     "adapter_model.safetensors.index.json",
 )
 SAFETENSORS_SUFFIX = ".safetensors"
+# Pickled files with a weight suffix that hold no tensors worth scanning: left out of folder scans
+# with a note (scanned alone they are read like any torch file: no code runs).
+NOT_WEIGHTS = {
+    "training_args.bin": "Trainer's training arguments (a pickled Python object, not tensors)",
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,11 @@ def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | Non
         resolved = candidate.resolve()
     except OSError as exc:
         return None, ScanProblem(str(candidate), f"cannot resolve shard path: {exc}")
-    if os.path.isabs(shard) or resolved_folder not in resolved.parents:
+    # A Hugging Face cache snapshot is a folder of symlinks into ../../blobs/: those targets are allowed too.
+    from nandoctor.hubcache import blob_roots
+
+    allowed = (resolved_folder, *blob_roots(folder))
+    if os.path.isabs(shard) or not any(root in resolved.parents for root in allowed):
         return None, ScanProblem(
             str(index.path),
             f"shard {shard!r} points outside the checkpoint folder; refused",
@@ -116,6 +125,10 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
     suffixes = weight_suffixes()
     weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
+    for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:
+        result.skipped.append(entry)
+        result.notes.append(f"{entry.name}: {NOT_WEIGHTS[entry.name]}; not scanned")
+        weight_files.remove(entry)
     index_paths = [root / n for n in INDEX_NAMES if (root / n).exists()]
     index_paths += [e for e in entries if e.name.endswith(".index.json") and e not in index_paths]
 

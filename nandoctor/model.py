@@ -24,6 +24,7 @@ class Region:
     nbytes: int
     dtype: str
     key: str  # unique within the file: the tensor name, or the torch storage key
+    byteorder: str = "little"  # "big" only for torch files saved on big-endian machines
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,20 @@ class ScanProblem:
     path: str
     message: str
     hint: str = ""
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """One file as a reader saw it: its tensors, plus what the report should say about the file.
+
+    Readers that have more to say than a list of tensors (the torch reader: unknown
+    globals turned into placeholders, a storage failing its CRC-32) offer a
+    ``read(path) -> ReadResult`` method next to ``read_refs``.
+    """
+
+    refs: tuple[TensorRef, ...]
+    notes: tuple[str, ...] = ()
+    problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
 
 
 @dataclass(frozen=True)

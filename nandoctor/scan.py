@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,14 +23,17 @@ import numpy as np
 from nandoctor import layers, layout
 from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.errors import FileChangedError, NandoctorError
-from nandoctor.kernels import NAN, NEGINF, POSINF, Kernel, select_kernel
+from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts, select_kernel
+from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, target, threshold_bits
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.readers import reader_for
-from nandoctor.views import covers_whole_region, locate
+from nandoctor.views import covers_whole_region, element_span, locate
 
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 _PAGE = mmap.PAGESIZE
+IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
+RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
 _MAX_LISTED_NAMES = 5
 
 
@@ -39,6 +43,12 @@ class _Tally:
     posinf: int = 0
     neginf: int = 0
     first_bad: int | None = None
+    overflow: int = 0  # only with a target dtype
+    max_bits: int = -1  # largest finite magnitude, as source bits; -1: none seen
+
+    def add_overflow(self, counts: OverflowCounts) -> None:
+        self.overflow += counts.overflow
+        self.max_bits = max(self.max_bits, counts.max_bits)
 
     def add(self, nan: int, posinf: int, neginf: int, first: int | None) -> None:
         self.nan += nan
@@ -54,6 +64,7 @@ class _RegionJob:
     spec: DTypeSpec
     views: list[TensorRef]
     direct: bool  # one view covering the whole region: counts need no attribution
+    threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
     tallies: list[_Tally] = field(default_factory=list)
     unviewed: _Tally = field(default_factory=_Tally)
 
@@ -65,19 +76,36 @@ def scan(
     progress: ProgressCallback | None = None,
     both_formats: bool = False,
     kernel: Kernel | None = None,
+    target_dtype: str | None = None,
 ) -> ScanReport:
-    """Scan the checkpoint at ``path`` (file or folder) and return its report."""
+    """Scan the checkpoint at ``path`` (file or folder) and return its report.
+
+    ``target_dtype`` ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"): also count, per
+    floating tensor, the finite values a cast to that dtype would turn into
+    Inf/NaN (``TensorResult.overflow``) and the largest finite magnitude
+    (``TensorResult.max_abs``). It costs a second pass over flagged blocks only
+    when values come near the limit; unknown names raise ValueError.
+    """
     started = time.perf_counter()
+    cast_to = target(target_dtype) if target_dtype is not None else None
     files = layout.discover(path, both_formats=both_formats)
     kernel = kernel or select_kernel(device)
     problems = list(files.problems)
 
     refs_by_file: dict[Path, list[TensorRef]] = {}
+    reader_notes: list[str] = []
     fingerprints: dict[Path, tuple[int, int]] = {}
     for file in files.files:
         try:
             fingerprints[file] = _fingerprint(file)
-            refs_by_file[file] = reader_for(file).read_refs(file)
+            reader = reader_for(file)
+            if hasattr(reader, "read"):  # a reader with notes/problems for the report (torch files)
+                read = reader.read(file)
+                refs_by_file[file] = list(read.refs)
+                reader_notes += read.notes
+                problems += read.problems
+            else:
+                refs_by_file[file] = reader.read_refs(file)
         except NandoctorError as exc:
             problems.append(_problem(file, exc))
         except OSError as exc:
@@ -87,7 +115,7 @@ def scan(
     problems += _check_duplicate_names(refs_by_file)
 
     all_refs = [ref for refs in refs_by_file.values() for ref in refs]
-    jobs = _plan_jobs(all_refs)
+    jobs = _plan_jobs(all_refs, cast_to)
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
     done = 0
 
@@ -111,10 +139,11 @@ def scan(
         layers=layers.summarize(results),
         errors=tuple(problems),
         unviewed=tuple(unviewed),
-        notes=tuple(files.notes),
+        notes=tuple(files.notes) + tuple(reader_notes),
         bytes_scanned=done,
         seconds=time.perf_counter() - started,
         device=kernel.name,
+        extra={"target_dtype": cast_to.name} if cast_to else {},
     )
 
 
@@ -169,19 +198,21 @@ def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, list[
 
 
 def _check_duplicate_names(refs_by_file: dict[Path, list[TensorRef]]) -> list[ScanProblem]:
-    seen: dict[str, Path] = {}
+    seen: dict[tuple[bool, str], Path] = {}
     problems = []
     for file, refs in refs_by_file.items():
+        is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
         for ref in refs:
-            if ref.name in seen and seen[ref.name] != file:
+            key = (is_safetensors, ref.name)
+            if key in seen and seen[key] != file:
                 problems.append(
-                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {seen[ref.name].name}; which one loads is ambiguous")
+                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {seen[key].name}; which one loads is ambiguous")
                 )
-            seen.setdefault(ref.name, file)
+            seen.setdefault(key, file)
     return problems
 
 
-def _plan_jobs(refs: list[TensorRef]) -> list[_RegionJob]:
+def _plan_jobs(refs: list[TensorRef], cast_to: TargetSpec | None = None) -> list[_RegionJob]:
     by_region: dict[tuple[str, str], _RegionJob] = {}
     for ref in refs:
         key = (ref.region.file, ref.region.key)
@@ -192,6 +223,8 @@ def _plan_jobs(refs: list[TensorRef]) -> list[_RegionJob]:
     for job in by_region.values():
         job.direct = len(job.views) == 1 and covers_whole_region(job.views[0], job.spec.bits)
         job.tallies = [_Tally() for _ in job.views]
+        if cast_to is not None and checks_overflow(job.spec):
+            job.threshold = threshold_bits(job.spec, cast_to)
     return list(by_region.values())
 
 
@@ -219,44 +252,70 @@ def _scan_file(
             if job.region.offset + job.region.nbytes > size:
                 raise FileChangedError(str(file), f"tensor data of {job.region.key!r} lies past the end of the file")
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    releaser = _Releaser(mapped)
     try:
-        in_flight: list[tuple[Future, int, int]] = []
-        limit = kernel.workers * 2
-        for job in jobs:
+        in_flight: deque[tuple[Future, _RegionJob, int, int]] = deque()
+        limit = kernel.workers * IN_FLIGHT_PER_WORKER
+        # In file order: the page cache reads ahead, and scanned pages are released in long runs.
+        for job in sorted(jobs, key=lambda j: j.region.offset):
             for start, length in _chunks(job, kernel.chunk_bytes):
                 absolute = job.region.offset + start
                 future = pool.submit(_scan_chunk, mapped, absolute, length, start, job, kernel)
                 in_flight.append((future, job, absolute, length))
                 while len(in_flight) >= limit:
-                    done = _finish(in_flight.pop(0), mapped, done, total, file, progress)
+                    done = _finish(in_flight.popleft(), releaser, done, total, file, progress)
         while in_flight:
-            done = _finish(in_flight.pop(0), mapped, done, total, file, progress)
+            done = _finish(in_flight.popleft(), releaser, done, total, file, progress)
     finally:
+        # Wait for every submitted chunk (after an error too): a worker must not read a closed map.
+        for future, *_ in in_flight:
+            future.cancel() or future.exception()
+        releaser.flush()
         mapped.close()
     return done
 
 
-def _finish(item, mapped: mmap.mmap, done: int, total: int, file: Path, progress) -> int:
+def _finish(item, releaser: "_Releaser", done: int, total: int, file: Path, progress) -> int:
     future, job, absolute, length = item
     # Tallies are updated here, on one thread, so workers never race on them.
-    for slot, nan, posinf, neginf, first in future.result():
+    findings, overflows = future.result()
+    for slot, nan, posinf, neginf, first in findings:
         (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
-    _release(mapped, absolute, length)
+    for slot, counts in overflows:
+        job.tallies[slot].add_overflow(counts)
+    releaser.add(absolute, length)
     done += length
     if progress:
         progress(done, total, str(file))
     return done
 
 
-def _release(mapped: mmap.mmap, absolute: int, length: int) -> None:
-    """Drop scanned pages from this process (the page cache keeps them) so RSS stays flat."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    start = absolute - absolute % _PAGE
-    end = absolute + length
-    end -= end % _PAGE
-    if end > start:
-        mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+class _Releaser:
+    """Drops scanned pages from this process (the page cache keeps them) so RSS stays flat.
+
+    Chunks finish in file order, so their ranges are merged and released every
+    RELEASE_BYTES: each release interrupts the other cores (TLB shootdown), so
+    fewer, longer ones cost less, and resident file pages stay under
+    RELEASE_BYTES plus the chunks in flight.
+    """
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self.mapped = mapped
+        self.start = self.end = 0
+
+    def add(self, absolute: int, length: int) -> None:
+        if absolute != self.end:  # not contiguous with the pending run (a gap, or tensors out of order)
+            self.flush()
+            self.start = absolute
+        self.end = absolute + length
+        if self.end - self.start >= RELEASE_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        start, end = self.start - self.start % _PAGE, self.end - self.end % _PAGE
+        self.start = self.end
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 _ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
@@ -272,29 +331,91 @@ def _kind_counts(kinds: np.ndarray) -> tuple[int, int, int]:
 
 def _scan_chunk(
     mapped: mmap.mmap, absolute: int, length: int, start: int, job: _RegionJob, kernel: Kernel
-) -> list[_ChunkFinding]:
+) -> tuple[list[_ChunkFinding], list[tuple[int, OverflowCounts]]]:
     data = np.frombuffer(mapped, dtype=np.uint8, count=length, offset=absolute)
+    if job.region.byteorder == "big" and job.spec.lane_bits > 8:
+        data = _to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
-        if not kernel.any_nonfinite(data, job.spec):
-            return []
-        first_element = start * 8 // job.spec.bits
-        if job.direct:
-            counts = kernel.count(data, job.spec)
-            return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)]
-        indices, kinds = kernel.classify(data, job.spec)
-        indices = indices + first_element
-        seen = np.zeros(indices.size, dtype=bool)
-        findings: list[_ChunkFinding] = []
-        for slot, view in enumerate(job.views):
-            inside, logical = locate(view, indices)
-            if inside.any():
-                seen |= inside
-                findings.append((slot, *_kind_counts(kinds[inside]), int(logical[inside].min())))
-        if not seen.all():
-            findings.append((-1, *_kind_counts(kinds[~seen]), None))
-        return findings
+        overflows = [] if job.threshold is None else _chunk_overflow(data, start, job, kernel)
+        return _chunk_findings(data, start, job, kernel), overflows
     finally:
         del data  # an exported buffer would stop the mmap from closing
+
+
+def _to_little(data: np.ndarray, spec: DTypeSpec) -> np.ndarray:
+    lane = spec.lane_bits // 8  # complex numbers swap each float half on its own
+    return data.view(f">u{lane}").astype(f"<u{lane}").view(np.uint8)
+
+
+def _chunk_findings(data: np.ndarray, start: int, job: _RegionJob, kernel: Kernel) -> list[_ChunkFinding]:
+    if not kernel.any_nonfinite(data, job.spec):
+        return []
+    first_element = start * 8 // job.spec.bits
+    if job.direct:
+        counts = kernel.count(data, job.spec)
+        return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)]
+    indices, kinds = kernel.classify(data, job.spec)
+    indices = indices + first_element
+    seen = np.zeros(indices.size, dtype=bool)
+    findings: list[_ChunkFinding] = []
+    for slot, view in enumerate(job.views):
+        inside, logical = locate(view, indices)
+        if inside.any():
+            seen |= inside
+            findings.append((slot, *_kind_counts(kinds[inside]), int(logical[inside].min())))
+    if not seen.all():
+        findings.append((-1, *_kind_counts(kinds[~seen]), None))
+    return findings
+
+
+_GATHER_ELEMENTS = 1 << 16  # strided views are gathered in blocks this size: bounded scratch
+
+
+def _chunk_overflow(data: np.ndarray, start: int, job: _RegionJob, kernel: Kernel) -> list[tuple[int, OverflowCounts]]:
+    """Overflow counts of this chunk for each view that sees part of it.
+
+    Only tensors get cast, so bytes no view sees are not counted. A view covering
+    the whole region takes the chunk's counts; a contiguous view its slice of
+    the chunk; a strided view (transpose, column slice) the elements it sees,
+    gathered in small blocks.
+    """
+    spec, threshold = job.spec, job.threshold
+    assert threshold is not None
+    itemsize = spec.itemsize
+    first = start // itemsize
+    count = data.size // itemsize
+    whole: OverflowCounts | None = None
+    out: list[tuple[int, OverflowCounts]] = []
+    for slot, view in enumerate(job.views):
+        if job.direct or covers_whole_region(view, spec.bits):
+            if whole is None:
+                whole = kernel.overflow(data, spec, threshold)
+            out.append((slot, whole))
+            continue
+        lo, hi = element_span(view)
+        lo, hi = max(lo, first), min(hi + 1, first + count)
+        if lo >= hi:
+            continue
+        part = data[(lo - first) * itemsize : (hi - first) * itemsize]
+        if view.is_contiguous:
+            out.append((slot, kernel.overflow(part, spec, threshold)))
+            continue
+        elements = part.view(np.dtype((np.void, itemsize)))
+        counts = NO_OVERFLOW
+        for block in range(lo, hi, _GATHER_ELEMENTS):
+            indices = np.arange(block, min(block + _GATHER_ELEMENTS, hi), dtype=np.int64)
+            inside, _ = locate(view, indices)
+            picked = elements[indices[inside] - lo]
+            if picked.size:
+                counts = counts.merge(kernel.overflow(picked.view(np.uint8), spec, threshold))
+        out.append((slot, counts))
+    return out
+
+
+def _max_abs(job: _RegionJob, tally: _Tally) -> float | None:
+    if job.threshold is None or tally.max_bits < 0:
+        return None
+    return decode_magnitude(job.spec, tally.max_bits)
 
 
 def _results(jobs: list[_RegionJob], order: list[TensorRef]) -> tuple[list[TensorResult], list[UnviewedBad]]:
@@ -309,6 +430,8 @@ def _results(jobs: list[_RegionJob], order: list[TensorRef]) -> tuple[list[Tenso
                 tally.neginf,
                 tally.first_bad,
                 job.spec.can_hold_nonfinite,
+                overflow=tally.overflow,
+                max_abs=_max_abs(job, tally),
             )
         u = job.unviewed
         if u.nan or u.posinf or u.neginf:

@@ -18,22 +18,37 @@ MAX_SECONDS = 2.0
 MAX_RSS_MB = 256
 
 
+# The child reports its own peak RSS (VmHWM of its own memory map) at exit: Linux's ru_maxrss of a
+# child also counts the parent's RSS at fork/exec, which is large once a test in this session loaded torch.
+_PEAK_REPORTER = (
+    "import atexit, os, runpy, sys\n"
+    "def _peak():\n"
+    "    with open('/proc/self/status') as f, open(os.environ['NANDOCTOR_TEST_PEAK_FILE'], 'w') as out:\n"
+    "        out.write(next(line for line in f if line.startswith('VmHWM')).split()[1])\n"
+    "atexit.register(_peak)\n"
+    "sys.argv[0] = 'nandoctor'\n"
+    "runpy.run_module('nandoctor', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def run_cli(args: list[str]) -> tuple[int, str, str, float, float]:
     """Run the CLI in a child; return (exit code, stdout, stderr, seconds, its own peak RSS in MB)."""
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as peak:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nandoctor", *args],
+            [sys.executable, "-c", _PEAK_REPORTER, *args],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NO_COLOR": "1", "NANDOCTOR_NO_PROGRESS": "1"},
+            env={**os.environ, "NO_COLOR": "1", "NANDOCTOR_NO_PROGRESS": "1", "NANDOCTOR_TEST_PEAK_FILE": peak.name},
         )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode(), seconds, usage.ru_maxrss / 1024
+        reported = open(peak.name).read().strip()
+        rss = int(reported) / 1024 if reported else usage.ru_maxrss / 1024
+        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode(), seconds, rss
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

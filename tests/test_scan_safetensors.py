@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -205,7 +206,7 @@ def test_sharded_write_roundtrip(tmp_path):
 
 
 def test_file_changed_between_header_and_scan_is_detected(tmp_path, monkeypatch):
-    from nandoctor import scan as scan_module
+    scan_module = sys.modules["nandoctor.scan"]  # the engine module (nandoctor.scan is the API function)
 
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"w": RawTensor("F32", (4,), b"\0" * 16)})

@@ -12,6 +12,15 @@ from nandoctor.cli import cli, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 
+def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
+    from nandoctor import gate
+
+    try:
+        return gate.parse_fail_on(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (schema in docs/json.md).")
@@ -25,30 +34,99 @@ from nandoctor.cli.progress import byte_progress
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")
 @click.option("--both-formats", is_flag=True, help="In a folder with safetensors and .bin weights, scan both.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range (for gates).")
+@click.option(
+    "--target-dtype",
+    type=click.Choice(["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]),
+    default=None,
+    help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk).",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    default="nonfinite,overflow",
+    show_default=True,
+    callback=_fail_on,
+    help="What fails the gate (exit 1): nonfinite, overflow, or both. Unreadable parts always exit 3.",
+)
 @handles_errors
-def scan(path: str, as_json: bool, device: str, show_all: bool, both_formats: bool, no_progress: bool) -> None:
+def scan(
+    path: str,
+    as_json: bool,
+    device: str,
+    show_all: bool,
+    both_formats: bool,
+    no_progress: bool,
+    quiet: bool,
+    target_dtype: str | None,
+    fail_on: frozenset[str],
+) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf, without loading the model.
 
-    PATH is a .safetensors file, a sharded folder with its *.index.json, or a
-    folder of weight files. Exit code 0 means every tensor was read and is
-    finite; 1 means non-finite values were found; 3 means something could not
-    be read (and so the checkpoint is not called clean).
+    PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
+    its *.index.json, or weight files), a training run folder of checkpoint-N
+    folders (scanned as a timeline, with trainer_state.json's loss/grad_norm),
+    or a repo id already in the local Hugging Face / ModelScope cache (never
+    downloaded; a local path of the same name wins).
+
+    Exit code 0 means every tensor was read and passes; 1 means non-finite
+    values (or, with --target-dtype, overflow risk) were found; 3 means
+    something could not be read, so nothing is called clean. For a run folder
+    the newest checkpoint decides.
 
     \b
     Examples:
       nandoctor scan model.safetensors
       nandoctor scan output/checkpoint-300
+      nandoctor scan output/                      # a run: timeline, last clean, first bad
+      nandoctor scan ckpt/ --quiet && python serve.py
+      nandoctor scan ckpt/ --target-dtype fp16     # will it overflow when served in fp16?
+      nandoctor scan Qwen/Qwen-1_8B                # from the local HF / ModelScope cache
       nandoctor scan ckpt/ --json > report.json
     """
-    from nandoctor.report.rich_report import render
-    from nandoctor.scan import scan as run_scan
+    from nandoctor import api, gate, runs
 
-    with byte_progress(enabled=not no_progress, description="scanning") as progress:
-        report = run_scan(path, device=device, progress=progress, both_formats=both_formats)
+    resolved, hit = api.resolve(path)
+    with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
+        if runs.is_run_folder(resolved):
+            run = runs.scan_run(
+                resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats
+            )
+            _emit_run(run, as_json, quiet, fail_on)
+            sys.exit(run.exit_code(fail_on))
+        report = api.scan(
+            path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats
+        )
+    code = gate.exit_code(report, fail_on)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
+        click.echo(json.dumps(data, indent=2))
+    elif quiet:
+        from nandoctor.report.rich_report import safe
+
+        click.echo(safe(gate.one_line(report, fail_on)))
     else:
         from nandoctor.cli.progress import stdout_console
+        from nandoctor.report.overflow_report import render_overflow
+        from nandoctor.report.rich_report import render
 
-        render(report, stdout_console(), show_all=show_all)
-    sys.exit(report.exit_code)
+        console = stdout_console()
+        render(report, console, show_all=show_all)
+        render_overflow(report, console, show_all=show_all)
+    sys.exit(code)
+
+
+def _emit_run(run, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(run.to_json(fail_on), indent=2))
+    elif quiet:
+        from nandoctor.report.rich_report import safe
+        from nandoctor.report.run_report import one_line
+
+        click.echo(safe(one_line(run, fail_on)))
+    else:
+        from nandoctor.cli.progress import stdout_console
+        from nandoctor.report.run_report import render
+
+        render(run, stdout_console(), fail_on)

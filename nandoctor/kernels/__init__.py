@@ -33,6 +33,21 @@ class ChunkCounts:
 CLEAN = ChunkCounts()
 
 
+@dataclass(frozen=True)
+class OverflowCounts:
+    """For ``--target-dtype``: finite lanes whose magnitude reaches the cast's overflow threshold,
+    and the largest finite magnitude as raw source bits (-1 when no lane is finite)."""
+
+    overflow: int = 0
+    max_bits: int = -1
+
+    def merge(self, other: "OverflowCounts") -> "OverflowCounts":
+        return OverflowCounts(self.overflow + other.overflow, max(self.max_bits, other.max_bits))
+
+
+NO_OVERFLOW = OverflowCounts()
+
+
 class Kernel(Protocol):
     name: str
     chunk_bytes: int  # the engine hands chunks of at most this many bytes
@@ -46,6 +61,12 @@ class Kernel(Protocol):
 
     def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
         """(element indices, kinds) of every non-finite element, for storages shared by views."""
+
+    def overflow(self, data: np.ndarray, spec: DTypeSpec, threshold: int) -> OverflowCounts:
+        """Finite lanes with magnitude bits >= ``threshold``, and the largest finite magnitude.
+
+        ``threshold`` comes from :func:`nandoctor.kernels.targets.threshold_bits`.
+        """
 
 
 def _cpu() -> Kernel:

@@ -1,11 +1,23 @@
-"""The numpy kernel: bit tests on unsigned-integer views of the raw bytes.
+"""The numpy kernel: bit tests on integer views of the raw bytes, about one read per byte.
 
-numpy has no bf16 or fp8, so every float is tested through its bits. The fast
-pass needs no temporary array: for an IEEE type, an element is non-finite
-exactly when its signed view is >= the exponent mask (positive NaN/Inf) or its
-unsigned view is >= sign|exponent (negative NaN/-Inf), so two read-only max
-reductions answer "anything bad here?". Counting, which allocates, only runs
-on chunks the fast pass flagged.
+numpy has no bf16 or fp8, so every float is tested through its bits, in three
+levels, each cheaper than the next and run only where the one before flagged:
+
+1. **Prefilter, 1 MiB blocks**: one OR-reduction over the block as uint64
+   words — the same single read-only pass as plain reading. Every non-finite
+   value has all its exponent bits set (for fp8 e4m3fn the low seven bits, for
+   e8m0 all eight), so if no lane position of the OR has them all set, the
+   block is clean. It can flag a clean block (the OR of a value >= 2.0 and of
+   ordinary small values sets every exponent bit), never miss a bad one.
+2. **Exact test, 64 KiB sub-blocks of a flagged block**: two read-only max
+   reductions. For IEEE lanes an element is non-finite exactly when its signed
+   view is >= the exponent mask (positive NaN/+Inf) or its unsigned view is >=
+   sign|exponent (negative NaN/-Inf). Small sub-blocks stay in L2 and say
+   where the bad values are.
+3. **Counting, flagged sub-blocks only**: comparisons into scratch masks.
+
+So a clean block costs one pass, a block with an outlier >= 2.0 two more over
+L2-resident data, and a block with a NaN somewhere counts only 64 KiB of it.
 """
 
 from __future__ import annotations
@@ -15,75 +27,201 @@ import os
 import numpy as np
 
 from nandoctor.dtypes import DTypeSpec, Family
-from nandoctor.kernels import CLEAN, NAN, NEGINF, POSINF, ChunkCounts
+from nandoctor.kernels import CLEAN, NAN, NEGINF, NO_OVERFLOW, POSINF, ChunkCounts, OverflowCounts
+from nandoctor.kernels.targets import checks_overflow, first_nonfinite_magnitude, magnitude_mask
 
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 
-# Both max reductions over a block that still sits in L2 cost little more than one pass.
-_BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 20  # prefilter granularity: one OR-reduction per block
+SUB_BYTES = 64 << 10  # exact-test granularity inside a flagged block (stays in L2)
+
+
+def _prefilter_bits(spec: DTypeSpec) -> int:
+    """Bits every non-finite lane has set (0: no useful prefilter, e.g. FNUZ's NaN is 0x80)."""
+    if spec.family is Family.IEEE:
+        return spec.exp_mask
+    if spec.nan_codes == (0x7F, 0xFF):  # F8_E4M3 (fn): low seven bits all ones
+        return 0x7F
+    if spec.nan_codes == (0xFF,):  # F8_E8M0
+        return 0xFF
+    return 0
+
+
+def _exact_any(lanes_u: np.ndarray, spec: DTypeSpec) -> bool:
+    """Read-only exact test on unsigned lanes: reductions only, no temporaries."""
+    if lanes_u.size == 0:
+        return False
+    if spec.family is Family.IEEE:
+        if int(lanes_u.view(_SIGNED[spec.lane_bits]).max()) >= spec.exp_mask:
+            return True
+        return int(lanes_u.max()) >= spec.exp_mask | spec.sign_mask
+    codes = spec.nan_codes
+    if codes == (0x7F, 0xFF):  # 0x7F is int8's max, 0xFF uint8's max
+        return int(lanes_u.view(np.int8).max()) == 0x7F or int(lanes_u.max()) == 0xFF
+    if codes == (0xFF,):
+        return int(lanes_u.max()) == 0xFF
+    if codes == (0x80,):  # 0x80 is int8's min
+        return int(lanes_u.view(np.int8).min()) == -128
+    return bool(np.isin(lanes_u, np.array(codes, dtype=lanes_u.dtype)).any())
+
+
+def _bad_mask(lanes_u: np.ndarray, spec: DTypeSpec) -> np.ndarray:
+    if spec.family is Family.IEEE:
+        return (lanes_u & lanes_u.dtype.type(spec.sign_mask - 1)) >= spec.exp_mask
+    mask = lanes_u == spec.nan_codes[0]
+    for code in spec.nan_codes[1:]:
+        mask |= lanes_u == code
+    return mask
+
+
+def _dense_count(lanes_u: np.ndarray, spec: DTypeSpec) -> tuple[int, int, int, int]:
+    """(nan, +inf, -inf, first bad lane or -1) of a small run of lanes."""
+    if spec.family is Family.IEEE:
+        signed = lanes_u.view(_SIGNED[spec.lane_bits])
+        positive = signed >= spec.exp_mask
+        negative = lanes_u >= spec.exp_mask | spec.sign_mask
+        n_pos, n_neg = int(np.count_nonzero(positive)), int(np.count_nonzero(negative))
+        if not n_pos and not n_neg:
+            return 0, 0, 0, -1
+        posinf = int(np.count_nonzero(lanes_u == spec.exp_mask)) if n_pos else 0
+        neginf = int(np.count_nonzero(lanes_u == spec.exp_mask | spec.sign_mask)) if n_neg else 0
+        firsts = [int(np.argmax(m)) for m, n in ((positive, n_pos), (negative, n_neg)) if n]
+        return n_pos + n_neg - posinf - neginf, posinf, neginf, min(firsts)
+    bad = _bad_mask(lanes_u, spec)
+    nan = int(np.count_nonzero(bad))
+    return nan, 0, 0, (int(np.argmax(bad)) if nan else -1)
+
+
+def _word_or(block: np.ndarray, lane_bytes: int) -> tuple[int, int, int] | None:
+    """(OR of the block's aligned uint64 words, start, end of that byte range); None when
+    lanes straddle word boundaries (an odd data start), where the OR would mix lanes."""
+    head = -block.ctypes.data % 8
+    if head % lane_bytes:
+        return None
+    end = head + (block.size - head) // 8 * 8
+    if end <= head:
+        return 0, 0, 0
+    return int(np.bitwise_or.reduce(block[head:end].view(np.uint64))), head, end
+
+
+def _fold_hits(word: int, lane_bits: int, must: int) -> bool:
+    """True when some lane position of an OR-ed uint64 word has all ``must`` bits set."""
+    mask = (1 << lane_bits) - 1
+    return any((word >> shift) & mask & must == must for shift in range(0, 64, lane_bits))
 
 
 class CpuKernel:
     name = "cpu"
     chunk_bytes = 4 << 20
+    # numpy reductions release the GIL: one thread per core reads at the memory's pace.
     workers = max(1, min(4, os.cpu_count() or 1))
+
+    # -- the sieve ------------------------------------------------------------------------
+
+    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec):
+        """Yield (byte start, byte end) of sub-blocks that hold a non-finite lane, in order."""
+        lane_bytes = spec.lane_bits // 8
+        must = _prefilter_bits(spec)
+        for block_start in range(0, data.size, BLOCK_BYTES):
+            block = data[block_start : block_start + BLOCK_BYTES]
+            words = _word_or(block, lane_bytes) if must else None
+            if words is not None:
+                word, head, end = words
+                if not _fold_hits(word, spec.lane_bits, must) and not self._edges_bad(block, head, end, spec):
+                    continue
+            for sub_start in range(0, block.size, SUB_BYTES):
+                sub = block[sub_start : sub_start + SUB_BYTES]
+                if _exact_any(sub.view(_UNSIGNED[spec.lane_bits]), spec):
+                    yield block_start + sub_start, block_start + sub_start + sub.size
+
+    @staticmethod
+    def _edges_bad(block: np.ndarray, head: int, end: int, spec: DTypeSpec) -> bool:
+        """The few lanes outside the aligned words (an unpadded header can misalign tensors)."""
+        if end <= head:  # no aligned word at all: test the whole (tiny) block
+            return _exact_any(block.view(_UNSIGNED[spec.lane_bits]), spec)
+        unsigned = _UNSIGNED[spec.lane_bits]
+        return _exact_any(block[:head].view(unsigned), spec) or _exact_any(block[end:].view(unsigned), spec)
+
+    # -- the Kernel protocol ---------------------------------------------------------------
 
     def any_nonfinite(self, data: np.ndarray, spec: DTypeSpec) -> bool:
         if spec.family is Family.FINITE or data.size == 0:
             return False
-        lane = spec.lane_bits
-        if spec.family is Family.NAN_CODES:
-            u = data.view(np.uint8)
-            return any(bool((u == code).any()) for code in spec.nan_codes)
-        signed_limit = spec.exp_mask
-        unsigned_limit = spec.exp_mask | spec.sign_mask
-        signed, unsigned = data.view(_SIGNED[lane]), data.view(_UNSIGNED[lane])
-        step = _BLOCK_BYTES * 8 // lane
-        for start in range(0, signed.size, step):
-            if int(signed[start : start + step].max()) >= signed_limit:
-                return True
-            if int(unsigned[start : start + step].max()) >= unsigned_limit:
-                return True
-        return False
+        return next(iter(self._suspect_ranges(data, spec)), None) is not None
 
     def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+        """Exact counts of a whole chunk; as cheap as the fast pass where the chunk is clean."""
         if spec.family is Family.FINITE or data.size == 0:
             return CLEAN
-        u = data.view(_UNSIGNED[spec.lane_bits])
-        if spec.family is Family.NAN_CODES:
-            bad = np.isin(u, np.array(spec.nan_codes, dtype=u.dtype))
-            nan = int(np.count_nonzero(bad))
-            first = int(np.argmax(bad)) if nan else -1
-            return ChunkCounts(nan=nan, first_bad=first)
-        exp = u.dtype.type(spec.exp_mask)
-        magnitude = u & u.dtype.type(spec.sign_mask - 1)
-        bad = magnitude >= exp
-        total = int(np.count_nonzero(bad))
-        if not total:
+        lane_bytes = spec.lane_bits // 8
+        nan = posinf = neginf = 0
+        first = -1
+        for start, end in self._suspect_ranges(data, spec):
+            n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
+            nan, posinf, neginf = nan + n, posinf + p, neginf + m
+            if first < 0 and f >= 0:
+                first = start // lane_bytes + f
+        if nan + posinf + neginf == 0:
             return CLEAN
-        posinf = int(np.count_nonzero(u == exp))
-        neginf = int(np.count_nonzero(u == u.dtype.type(spec.exp_mask | spec.sign_mask)))
-        first_lane = int(np.argmax(bad))
-        return ChunkCounts(
-            nan=total - posinf - neginf,
-            posinf=posinf,
-            neginf=neginf,
-            first_bad=first_lane // spec.lanes_per_element,
-        )
+        return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)
 
     def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.empty(0, np.int64), np.empty(0, np.uint8))
         if spec.family is Family.FINITE or data.size == 0:
             return empty
-        u = data.view(_UNSIGNED[spec.lane_bits])
-        if spec.family is Family.NAN_CODES:
-            lanes = np.flatnonzero(np.isin(u, np.array(spec.nan_codes, dtype=u.dtype)))
-            return lanes, np.full(lanes.size, NAN, np.uint8)
-        exp = spec.exp_mask
-        lanes = np.flatnonzero((u & u.dtype.type(spec.sign_mask - 1)) >= u.dtype.type(exp))
-        values = u[lanes]
-        kinds = np.full(lanes.size, NAN, np.uint8)
-        kinds[values == u.dtype.type(exp)] = POSINF
-        kinds[values == u.dtype.type(exp | spec.sign_mask)] = NEGINF
-        return lanes // spec.lanes_per_element, kinds
+        lane_bytes = spec.lane_bits // 8
+        all_lanes, all_kinds = [], []
+        for start, end in self._suspect_ranges(data, spec):
+            u = data[start:end].view(_UNSIGNED[spec.lane_bits])
+            lanes = np.flatnonzero(_bad_mask(u, spec))
+            values = u[lanes]
+            kinds = np.full(lanes.size, NAN, np.uint8)
+            if spec.family is Family.IEEE:
+                kinds[values == spec.exp_mask] = POSINF
+                kinds[values == spec.exp_mask | spec.sign_mask] = NEGINF
+            all_lanes.append(lanes + start // lane_bytes)
+            all_kinds.append(kinds)
+        if not all_lanes:
+            return empty
+        return np.concatenate(all_lanes) // spec.lanes_per_element, np.concatenate(all_kinds)
+
+    def overflow(self, data: np.ndarray, spec: DTypeSpec, threshold: int) -> OverflowCounts:
+        if not checks_overflow(spec) or data.size == 0:
+            return NO_OVERFLOW
+        lane = spec.lane_bits
+        unsigned = data.view(_UNSIGNED[lane])
+        limit = first_nonfinite_magnitude(spec)
+        step = BLOCK_BYTES * 8 // lane
+        total, best = 0, -1
+        for start in range(0, unsigned.size, step):
+            block = unsigned[start : start + step]
+            if spec.family is Family.IEEE:
+                # Two reductions also give the largest magnitude of each sign: a positive
+                # lane's signed value is its magnitude; a negative lane's unsigned value is
+                # sign bit + magnitude. No temporary unless the block holds NaN/Inf.
+                top_pos = int(block.view(_SIGNED[lane]).max())
+                top_neg = int(block.max()) - spec.sign_mask
+                top = max(top_pos, top_neg, -1)
+                if top < limit:
+                    best = max(best, top)
+                    if top >= threshold:
+                        total += int(np.count_nonzero((block & block.dtype.type(spec.sign_mask - 1)) >= threshold))
+                    continue
+            n, b = _masked_overflow(block, spec, threshold, limit)
+            total += n
+            best = max(best, b)
+        return OverflowCounts(total, best)
+
+
+def _masked_overflow(block: np.ndarray, spec: DTypeSpec, threshold: int, limit: int) -> tuple[int, int]:
+    """Overflow count and max finite magnitude of a block that may hold non-finite lanes."""
+    magnitude = block & block.dtype.type(magnitude_mask(spec))
+    if spec.family is Family.NAN_CODES:
+        nonfinite = _bad_mask(block, spec)
+    else:
+        nonfinite = magnitude >= limit
+    if nonfinite.all():
+        return 0, -1
+    np.putmask(magnitude, nonfinite, 0)  # thresholds are > 0, so a zeroed lane never counts
+    return int(np.count_nonzero(magnitude >= threshold)), int(magnitude.max())

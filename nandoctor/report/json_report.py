@@ -23,6 +23,9 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
             None if t.first_bad is None else {"index": t.first_bad, "coords": list(t.first_bad_coords or ())}
         ),
         "can_hold_nonfinite": t.can_hold_nonfinite,
+        # --target-dtype: finite values that overflow the cast, and the largest finite magnitude (null without it)
+        "overflow": t.overflow,
+        "max_abs": t.max_abs,
     }
 
 
@@ -64,6 +67,7 @@ def report_to_json(report: ScanReport) -> dict[str, Any]:
             "nan": report.nan,
             "posinf": report.posinf,
             "neginf": report.neginf,
+            "overflow": sum(t.overflow for t in report.tensors),
             "bytes": report.bytes_scanned,
             "seconds": round(report.seconds, 6),
             "gb_per_s": round(report.gbps, 3),

@@ -1,0 +1,171 @@
+"""Repo ids (``Qwen/Qwen-1_8B``) → a snapshot folder already in a local cache. Never downloads.
+
+Hugging Face: ``$HF_HUB_CACHE`` (or the legacy ``$HUGGINGFACE_HUB_CACHE``),
+else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``, else
+``~/.cache/huggingface/hub``; a repo lives in ``models--org--name/`` with
+``refs/<branch>`` holding a commit hash and ``snapshots/<hash>/`` holding
+symlinks into ``blobs/``.
+
+ModelScope: ``$MODELSCOPE_CACHE``, else ``~/.cache/modelscope/hub``; a repo
+lives in ``models/org/name`` (``.`` in the name written as ``___``), or
+directly in ``org/name`` for older clients. Files are stored in place.
+
+A local path always wins: :func:`resolve` only looks in the caches when
+``target`` does not exist on disk and looks like a repo id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nandoctor.errors import CheckpointNotFoundError
+
+# org/name, or a bare legacy name (gpt2), optionally @revision (branch, tag or commit hash).
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*(?:@[\w.\-/]+)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+DEFAULT_REVISION = "main"
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """Where a repo id was found."""
+
+    repo_id: str
+    path: Path  # the snapshot folder to scan
+    cache: str  # "huggingface" or "modelscope"
+    revision: str | None  # the commit hash of a Hugging Face snapshot
+
+
+def looks_like_repo_id(target: str) -> bool:
+    """``org/name`` or ``name`` (with an optional ``@revision``); never ``./x``, ``/x`` or ``x/../y``."""
+    if not target or ".." in target or target.startswith(("/", "~", ".")) or "\\" in target:
+        return False
+    return bool(_REPO_ID.match(target))
+
+
+def split_revision(target: str) -> tuple[str, str | None]:
+    repo_id, _, revision = target.partition("@")
+    return repo_id, revision or None
+
+
+def hf_cache_dir() -> Path:
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def modelscope_cache_dir() -> Path:
+    if os.environ.get("MODELSCOPE_CACHE"):
+        return Path(os.environ["MODELSCOPE_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "modelscope" / "hub"
+
+
+def hf_repo_folder(repo_id: str, cache: Path | None = None) -> Path:
+    return (cache or hf_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def find_hf(repo_id: str, revision: str | None = None, cache: Path | None = None) -> CacheHit | None:
+    """The snapshot of ``repo_id`` at ``revision`` (default ``main``) in the Hugging Face cache.
+
+    Raises when the repo is cached but the revision cannot be pinned down; returns
+    None when the repo is not cached at all.
+    """
+    folder = hf_repo_folder(repo_id, cache)
+    snapshots = folder / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    wanted = revision or DEFAULT_REVISION
+    ref = folder / "refs" / wanted
+    commit: str | None = None
+    if ref.is_file():
+        commit = ref.read_text(encoding="utf-8", errors="replace").strip()
+    elif _COMMIT.match(wanted) or (snapshots / wanted).is_dir():
+        commit = wanted
+    elif revision is None:
+        # No refs/main (a cache copied by hand, or a download by commit only): one snapshot is unambiguous.
+        found = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+        if len(found) == 1:
+            commit = found[0]
+        elif found:
+            raise CheckpointNotFoundError(
+                f"{repo_id}: the Hugging Face cache at {folder} has {len(found)} snapshots and no refs/main",
+                f"pick one with {repo_id}@<revision>: {', '.join(found[:5])}",
+            )
+    if commit is None or not (snapshots / commit).is_dir():
+        raise CheckpointNotFoundError(
+            f"{repo_id}@{wanted}: revision not in the Hugging Face cache at {folder}",
+            "nandoctor never downloads; fetch it first with "
+            f"`huggingface-cli download {repo_id} --revision {wanted}`, or pass a local path",
+        )
+    return CacheHit(repo_id, snapshots / commit, "huggingface", commit)
+
+
+def modelscope_candidates(repo_id: str, cache: Path | None = None) -> list[Path]:
+    root = cache or modelscope_cache_dir()
+    org, _, name = repo_id.rpartition("/")
+    names = [name.replace(".", "___"), name] if "." in name else [name]
+    out = []
+    for base in (root / "models", root):
+        for n in names:
+            out.append(base / org / n if org else base / n)
+    return out
+
+
+def find_modelscope(repo_id: str, cache: Path | None = None) -> CacheHit | None:
+    for candidate in modelscope_candidates(repo_id, cache):
+        if candidate.is_dir() and any(candidate.iterdir()):
+            return CacheHit(repo_id, candidate, "modelscope", None)
+    return None
+
+
+def blob_roots(folder: Path) -> tuple[Path, ...]:
+    """Folders outside ``folder`` its files may legitimately link into.
+
+    A Hugging Face snapshot (``models--x--y/snapshots/<rev>/``) is a folder of
+    symlinks into ``models--x--y/blobs/``; layout's "shards stay inside the
+    folder" check accepts these targets, and nothing else outside.
+    """
+    folder = Path(os.path.abspath(folder))  # "." or a relative path still names its parents
+    if folder.parent.name != "snapshots" or not folder.parent.parent.name.startswith("models--"):
+        return ()
+    blobs = folder.parent.parent / "blobs"
+    try:
+        return (blobs.resolve(),) if blobs.is_dir() else ()
+    except OSError:
+        return ()
+
+
+def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
+    """``target`` as a path to scan: the path itself when it exists, else its cached snapshot.
+
+    Raises :class:`CheckpointNotFoundError` (exit code 3) naming every place it looked.
+    """
+    text = os.fspath(target)
+    path = Path(text)
+    if path.exists() or path.is_symlink():
+        return path, None
+    if not looks_like_repo_id(text):
+        raise CheckpointNotFoundError(f"{text}: no such file or folder")
+    repo_id, revision = split_revision(text)
+    hit = find_hf(repo_id, revision)
+    if hit is None and revision is None:
+        hit = find_modelscope(repo_id)
+    if hit is not None:
+        return hit.path, hit
+    looked = [str(hf_repo_folder(repo_id))]
+    if revision is None:
+        looked += [str(p) for p in modelscope_candidates(repo_id)[:2]]
+    raise CheckpointNotFoundError(
+        f"{text}: not a local path, and not in the Hugging Face or ModelScope cache "
+        f"(looked in {', '.join(looked)})",
+        "nandoctor never downloads; fetch it first "
+        f"(`huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`), "
+        "set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is, or pass a local path",
+    )

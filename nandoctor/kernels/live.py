@@ -1,0 +1,101 @@
+"""Counting NaN/Inf in live torch tensors, on their own device, with no copy to the host.
+
+The building block of ``scan_module`` / ``scan_state_dict``: a CUDA tensor is
+tested on the GPU, a CPU tensor on the CPU, with the same bit tests as the
+file kernels (:mod:`nandoctor.kernels.torch_kernel`). Only a handful of
+scalars cross to the host. Large tensors are walked in slices so that the
+temporaries stay small next to the tensor itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.kernels import CLEAN, ChunkCounts, OverflowCounts
+from nandoctor.kernels.targets import decode_magnitude, target, threshold_bits
+from nandoctor.kernels.torch_kernel import LANE_DTYPES, lane_counts, lane_overflow
+
+# torch dtype -> the safetensors name whose bit layout it has (floats only: the rest are always finite).
+_TORCH_TO_SPEC: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.complex64: "C64",
+    torch.complex128: "C128",
+}
+for _attr, _name in [
+    ("float8_e5m2", "F8_E5M2"),
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+    ("float8_e8m0fnu", "F8_E8M0"),
+]:
+    if hasattr(torch, _attr):  # older torch builds lack some fp8 types
+        _TORCH_TO_SPEC[getattr(torch, _attr)] = _name
+
+SLICE_LANES = 1 << 26  # 64 Mi lanes per step: temporaries of a few hundred MB at most
+
+
+def spec_of(t: torch.Tensor) -> DTypeSpec | None:
+    """The bit layout of ``t``'s dtype, or None when it cannot hold NaN/Inf."""
+    name = _TORCH_TO_SPEC.get(t.dtype)
+    return DTYPES[name] if name else None
+
+
+def _slices(t: torch.Tensor, spec: DTypeSpec) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first lane, flat integer lanes) in C order, about SLICE_LANES at a time.
+
+    A contiguous tensor is sliced as a view; a strided one is copied (on its own
+    device) a block of leading rows at a time, so the copy stays small too.
+    """
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    lane_dtype = LANE_DTYPES[spec.lane_bits]
+    if t.is_contiguous() or t.dim() == 0:
+        flat = t.reshape(-1).view(lane_dtype)
+        for start in range(0, flat.numel(), SLICE_LANES):
+            yield start, flat[start : start + SLICE_LANES]
+        return
+    row = t[0].numel() if t.shape[0] else 0
+    rows = max(1, SLICE_LANES // max(1, row))
+    for first_row in range(0, t.shape[0], rows):
+        block = t[first_row : first_row + rows].reshape(-1)  # a device-side copy of these rows only
+        yield first_row * row, block.view(lane_dtype)
+
+
+def count_tensor(t: torch.Tensor) -> ChunkCounts:
+    """NaN, +Inf, -Inf counts of ``t`` and the C-order index of its first non-finite element.
+
+    Runs on ``t.device``; ``first_bad`` is -1 when every element is finite. Integer
+    and bool tensors are CLEAN by construction.
+    """
+    spec = spec_of(t)
+    if spec is None or t.numel() == 0:
+        return CLEAN
+    nan = posinf = neginf = 0
+    first = -1
+    for start, lanes in _slices(t.detach(), spec):
+        n, p, m, f = lane_counts(lanes, spec).tolist()
+        nan, posinf, neginf = nan + n, posinf + p, neginf + m
+        if first < 0 and f >= 0:
+            first = (start + f) // spec.lanes_per_element
+    if nan + posinf + neginf == 0:
+        return CLEAN
+    return ChunkCounts(nan, posinf, neginf, first)
+
+
+def overflow_tensor(t: torch.Tensor, target_dtype: str) -> tuple[int, float | None]:
+    """(finite values that overflow when cast to ``target_dtype``, largest finite magnitude or None)."""
+    spec = spec_of(t)
+    if spec is None or t.numel() == 0:
+        return 0, None
+    threshold = threshold_bits(spec, target(target_dtype))
+    total = OverflowCounts()
+    for _, lanes in _slices(t.detach(), spec):
+        over, top = lane_overflow(lanes, spec, threshold).tolist()
+        total = total.merge(OverflowCounts(over, top))
+    return total.overflow, decode_magnitude(spec, total.max_bits) if total.max_bits >= 0 else None

@@ -1,0 +1,136 @@
+"""Overflow on a cast: which finite values become Inf/NaN when cast to a smaller float.
+
+``--target-dtype fp16`` asks: if this checkpoint is loaded with
+``torch_dtype=torch.float16`` (or ``model.half()``), which weights blow up?
+Casts round to nearest (ties to even), so a value overflows once its magnitude
+reaches half an ulp above the target's largest finite value, not the largest
+value itself: fp16's limit is 65520, not 65504.
+
+Every float dtype's magnitude (the bits without the sign) grows with its
+value, so "|x| overflows" is one integer comparison on the source bits:
+``threshold_bits(source, target)`` gives the smallest source magnitude that
+overflows, found once per (source, target) pair by bisection over the source's
+own decoded values. The kernels then count ``threshold <= magnitude <
+first-non-finite-magnitude`` and keep the largest finite magnitude, all on
+integer views of the raw bytes.
+
+fp8_e4m3fn: torch's plain cast (``x.to(torch.float8_e4m3fn)``) does not
+saturate: a value above 464 (halfway between 448 and the NaN code 0x7F) comes
+out as NaN. That is what loading code does, so nandoctor counts ``|x| > 464``
+as overflow. Saturating casts (``torchao``, TensorRT) would clamp to 448
+instead; such a loader has no overflow, and the reported max magnitude tells
+how much clamping it would do.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from nandoctor.dtypes import DTypeSpec, Family
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A cast target: its name, and the magnitude from which a cast overflows."""
+
+    name: str
+    torch_name: str  # the torch dtype attribute, for tests and the live path
+    limit: float  # overflow threshold of a round-to-nearest cast
+    inclusive: bool  # True: |x| >= limit overflows (ties round to Inf); False: |x| > limit
+    becomes: str  # what an overflowing value turns into: "inf" or "nan"
+    max_finite: float  # the target's largest finite value, for messages
+
+
+TARGETS: dict[str, TargetSpec] = {
+    # 65504 = (2 - 2^-10) * 2^15; its last mantissa bit is odd, so the tie at 65520 rounds up to Inf.
+    "fp16": TargetSpec("fp16", "float16", 65520.0, True, "inf", 65504.0),
+    # (2 - 2^-7) * 2^127 is bf16's max; the tie at (2 - 2^-8) * 2^127 rounds to Inf.
+    "bf16": TargetSpec("bf16", "bfloat16", float((2 - 2**-8) * 2.0**127), True, "inf", float((2 - 2**-7) * 2.0**127)),
+    # 448 = 0x7E; 464 ties to even (0x7E, down); above it torch rounds to 0x7F, which is NaN.
+    "fp8_e4m3": TargetSpec("fp8_e4m3", "float8_e4m3fn", 464.0, False, "nan", 448.0),
+    # 57344 = 0x7B, mantissa odd: the tie at 61440 rounds up to 0x7C = Inf.
+    "fp8_e5m2": TargetSpec("fp8_e5m2", "float8_e5m2", 61440.0, True, "inf", 57344.0),
+}
+
+# Names users may type, mapped onto TARGETS keys.
+ALIASES: dict[str, str] = {
+    "float16": "fp16", "half": "fp16", "f16": "fp16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "fp8_e4m3", "f8_e4m3": "fp8_e4m3", "e4m3": "fp8_e4m3",
+    "float8_e5m2": "fp8_e5m2", "f8_e5m2": "fp8_e5m2", "e5m2": "fp8_e5m2",
+}
+
+
+def target(name: str) -> TargetSpec:
+    """The TargetSpec for a user-given name; ValueError lists the choices otherwise."""
+    key = name.lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in TARGETS:
+        raise ValueError(f"unknown target dtype {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[key]
+
+
+def checks_overflow(spec: DTypeSpec) -> bool:
+    """Only floating tensors are cast by ``.half()`` / ``torch_dtype=``; integers and bools stay."""
+    return spec.family is not Family.FINITE
+
+
+def magnitude_mask(spec: DTypeSpec) -> int:
+    """Bits of one lane that hold the magnitude (E8M0 has no sign bit)."""
+    if spec.family is Family.IEEE:
+        return spec.sign_mask - 1
+    return 0xFF if spec.name == "F8_E8M0" else 0x7F
+
+
+def first_nonfinite_magnitude(spec: DTypeSpec) -> int:
+    """Smallest magnitude that is not a finite value: every finite lane's magnitude is below it.
+
+    FNUZ types keep their NaN at 0x80, whose magnitude is 0: it never reaches any
+    threshold, so 0x80 (one past the largest magnitude) works for them.
+    """
+    if spec.family is Family.IEEE:
+        return spec.exp_mask
+    return {"F8_E4M3": 0x7F, "F8_E8M0": 0xFF}.get(spec.name, 0x80)
+
+
+def decode_magnitude(spec: DTypeSpec, bits: int) -> float:
+    """The (non-negative) value of a finite lane whose magnitude bits are ``bits``."""
+    name = spec.name
+    if spec.lane_bits == 64:
+        return float(np.array([bits], np.uint64).view(np.float64)[0])
+    if spec.lane_bits == 32:
+        return float(np.array([bits], np.uint32).view(np.float32)[0])
+    if name == "F16":
+        return float(np.array([bits], np.uint16).view(np.float16)[0])
+    if name == "BF16":
+        return float(np.array([bits << 16], np.uint32).view(np.float32)[0])
+    if name == "F8_E5M2":  # the top byte of an fp16
+        return float(np.array([bits << 8], np.uint16).view(np.float16)[0])
+    if name == "F8_E8M0":
+        return float(2.0 ** (bits - 127))
+    exp_bits, man_bits, bias = {"F8_E4M3": (4, 3, 7), "F8_E4M3FNUZ": (4, 3, 8), "F8_E5M2FNUZ": (5, 2, 16)}[name]
+    exponent, mantissa = bits >> man_bits, bits & ((1 << man_bits) - 1)
+    if exponent == 0:
+        return mantissa * 2.0 ** (1 - bias - man_bits)
+    return (1 + mantissa / (1 << man_bits)) * 2.0 ** (exponent - bias)
+
+
+@functools.lru_cache(maxsize=None)
+def threshold_bits(spec: DTypeSpec, tgt: TargetSpec) -> int:
+    """Smallest magnitude (source bits) that overflows ``tgt``; ``first_nonfinite_magnitude`` if none does."""
+    lo, hi = 0, first_nonfinite_magnitude(spec)  # answer in [lo, hi]; hi means "nothing overflows"
+
+    def overflows(bits: int) -> bool:
+        value = decode_magnitude(spec, bits)
+        return value >= tgt.limit if tgt.inclusive else value > tgt.limit
+
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if overflows(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -1,0 +1,317 @@
+"""PyTorch ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` files read as byte ranges: no torch, no pickle code run.
+
+The zip format (what ``torch.save`` writes): the archive's structure is
+checked (zipentries), ``data.pkl`` is read by the restricted unpickler
+(safe_pickle), the tensors found in it are named (torchnames) and become
+views of storage regions read in place from the STORED ``data/<key>``
+entries (torchrefs). The legacy format goes through torchlegacy. Anything
+else that looks like a pickle is unpickled with the same restrictions only so
+that a malicious file is named as such; it is never loaded.
+
+Each storage's CRC-32 is checked against the zip directory (torch does not):
+a mismatch is reported as corruption of that storage and of the tensors on
+it, and the rest of the file is still scanned. ``NANDOCTOR_SKIP_CRC=1``
+skips that pass (the report says so).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
+from nandoctor.model import ReadResult, ScanProblem, TensorRef
+from nandoctor.readers import register
+from nandoctor.readers.safe_pickle import (
+    PickleFormatError,
+    PickleTooLargeError,
+    StorageRef,
+    UnsafeGlobalError,
+    check_storage_id,
+    restricted_load,
+)
+from nandoctor.readers.torchlegacy import NotLegacyError, looks_legacy, read_legacy
+from nandoctor.readers.torchnames import Walk, WalkLimitError, walk
+from nandoctor.readers.torchrefs import BuiltRefs, StorageBlock, build_refs, listed
+from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
+
+SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
+SKIP_CRC_ENV = "NANDOCTOR_SKIP_CRC"
+_CRC_WORKERS = 2
+
+# Trainer / Accelerate files saved beside the weights: their tensors are named after the file
+# (``optimizer.state.12.exp_avg``, ``rng_state_1.cuda``) so that two of them never share a name.
+SIDE_FILE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(pt|pth|bin)$")
+
+_UNSAFE_HINT = (
+    "do not load this file with torch.load(weights_only=False) or pickle; nothing in it was executed. "
+    "If you trust its source, load it in a sandbox and re-save the weights as safetensors"
+)
+
+
+class TorchReader:
+    format_name = "torch"
+    suffixes = SUFFIXES
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(LOCAL_MAGIC) or looks_legacy(head)
+
+    def read_refs(self, path: Path) -> list[TensorRef]:
+        return list(self.read(path).refs)
+
+    def read(self, path: Path) -> ReadResult:
+        p = str(path)
+        size = os.stat(path).st_size
+        if size == 0:
+            raise CorruptCheckpointError(p, "the file is empty (0 bytes)")
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+            if head.startswith(LOCAL_MAGIC):
+                return _read_zip(p, fh, size)
+            if _is_tar(head):
+                raise UnsupportedFormatError(
+                    f"{p}: this is torch's pre-0.4 tar format, which nandoctor does not read",
+                    hint="load it once with an old torch in a sandbox and re-save it with torch.save or as safetensors",
+                )
+            if _has_zip_end(fh, size):
+                raise CorruptCheckpointError(
+                    p,
+                    "a zip archive with bytes in front of it (it does not start with PK\\x03\\x04); torch refuses "
+                    "such files and the extra bytes can hide a second file",
+                )
+            return _read_pickle_file(p, fh, size)
+
+
+def _is_tar(head: bytes) -> bool:
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _has_zip_end(fh: BinaryIO, size: int) -> bool:
+    tail = min(size, 22 + 0xFFFF)
+    fh.seek(size - tail)
+    return b"PK\x05\x06" in fh.read(tail)
+
+
+def _pickle_errors(path: str, what: str, exc: BaseException) -> Exception:
+    """Word an exception raised while unpickling ``what`` as a nandoctor error."""
+    if isinstance(exc, UnsafeGlobalError):
+        return UnsafeCheckpointError(
+            path,
+            f"{what} reaches for {exc.global_name}, which would run code when loaded; refused",
+            _UNSAFE_HINT,
+        )
+    if isinstance(exc, PickleFormatError):
+        return CorruptCheckpointError(path, f"{what}: {exc}")
+    if isinstance(exc, PickleTooLargeError):
+        return CorruptCheckpointError(path, f"{what} is larger than {MAX_PICKLE_BYTES >> 20} MiB; refused")
+    if isinstance(exc, WalkLimitError):
+        return CorruptCheckpointError(path, f"{what}: {exc}; refused")
+    if isinstance(exc, EOFError) or (isinstance(exc, pickle.UnpicklingError) and "truncated" in str(exc)):
+        return CorruptCheckpointError(path, f"{what} is truncated (an interrupted save or download)")
+    return CorruptCheckpointError(path, f"{what} is not a valid pickle ({type(exc).__name__}: {str(exc)[:120]})")
+
+
+@contextmanager
+def _pickle_context(path: str, what: str) -> Iterator[None]:
+    try:
+        yield
+    except (CorruptCheckpointError, UnsupportedFormatError):
+        raise
+    except RecursionError as exc:  # very deep nesting in the opcodes themselves
+        raise _pickle_errors(path, what, PickleFormatError("nested too deeply")) from exc
+    except Exception as exc:  # every failure of a hostile pickle becomes one refusal naming the file
+        raise _pickle_errors(path, what, exc) from None
+
+
+def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
+    directory = read_directory(path, fh, size)
+    entries = _archive_entries(path, directory)
+    if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
+        raise UnsafeCheckpointError(
+            path,
+            "this is a TorchScript archive (a program with code, not a checkpoint of weights); refused",
+            "nandoctor scans checkpoints; save the model's state_dict() with torch.save or safetensors and scan that",
+        )
+    pickle_entry = entries.get("data.pkl")
+    if pickle_entry is None:
+        raise UnsupportedFormatError(
+            f"{path}: a zip archive without data.pkl: not a PyTorch checkpoint",
+        )
+    data = _small_entry(path, fh, pickle_entry, MAX_PICKLE_BYTES)
+    byteorder = "little"
+    if "byteorder" in entries:
+        raw = _small_entry(path, fh, entries["byteorder"], 64)
+        if raw not in (b"little", b"big"):
+            raise CorruptCheckpointError(
+                path, f"unknown byteorder {raw[:16]!r} (torch writes 'little' or 'big')"
+            )
+        byteorder = raw.decode()
+
+    declared: list[StorageRef] = []
+
+    def persistent_load(pid: Any) -> StorageRef:
+        ref = check_storage_id(pid, legacy=False)
+        declared.append(ref)
+        return ref
+
+    with _pickle_context(path, "data.pkl"):
+        loaded = restricted_load(data, persistent_load)
+        walked = walk(loaded.value, prefix=_name_prefix(path))
+
+    blocks: dict[str, StorageBlock] = {}
+    for ref in declared:
+        if ref.key in blocks:
+            continue
+        label = f"data/{ref.key}"
+        entry = entries.get(label)
+        if entry is None:
+            raise CorruptCheckpointError(path, f"storage entry {label} is missing (data.pkl refers to it)")
+        if not entry.stored:
+            raise CorruptCheckpointError(
+                path,
+                f"storage entry {label} is compressed (zip method {entry.method}); torch never writes that and "
+                "nandoctor does not inflate storages",
+                "re-save the checkpoint with torch.save (do not re-zip it)",
+            )
+        if entry.size != ref.nbytes or entry.compressed_size != ref.nbytes:
+            kind = "short" if entry.size < ref.nbytes else "long"
+            raise CorruptCheckpointError(
+                path,
+                f"storage entry {label} is too {kind}: {entry.size} bytes where data.pkl declares {ref.nbytes} "
+                f"({ref.numel} × {ref.storage_type.name})",
+            )
+        blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
+
+    built = build_refs(path, walked, declared, blocks, byteorder)
+    notes = _notes(path, loaded.placeholders, walked, built)
+    unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
+    if unreferenced:
+        notes.append(
+            f"{len(unreferenced)} storage entr{'y' if len(unreferenced) == 1 else 'ies'} that data.pkl never "
+            f"uses (torch ignores them too); not scanned: {listed(unreferenced)}"
+        )
+    problems: list[ScanProblem] = []
+    if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
+        notes.append(f"CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
+    else:
+        problems = _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
+
+
+def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
+    """Entries keyed by their name inside the archive's one top folder (torch requires that folder)."""
+    names = list(directory.entries)
+    if not names or "/" not in names[0]:
+        raise UnsupportedFormatError(f"{path}: a zip archive whose entries are not in one folder: not a PyTorch checkpoint")
+    prefix = names[0].split("/", 1)[0] + "/"
+    out: dict[str, ZipEntry] = {}
+    for name, entry in directory.entries.items():
+        if not name.startswith(prefix):
+            raise CorruptCheckpointError(
+                path, f"zip entry {name!r} is outside the archive's folder {prefix!r}; torch refuses such files"
+            )
+        out[name[len(prefix):]] = entry
+    return out
+
+
+def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
+    """A metadata entry (data.pkl, byteorder) read whole: stored, bounded, and CRC-checked first."""
+    label = entry.name.split("/", 1)[-1]
+    if not entry.stored:
+        raise CorruptCheckpointError(
+            path, f"zip entry {label} is compressed (method {entry.method}); torch never writes that, refused"
+        )
+    if entry.size != entry.compressed_size:
+        raise CorruptCheckpointError(path, f"zip entry {label}: stored entry with two different sizes")
+    if entry.size > limit:
+        raise CorruptCheckpointError(path, f"zip entry {label} is {entry.size} bytes, over the {limit}-byte limit")
+    data = read_entry(fh, entry)
+    if len(data) != entry.size:
+        raise CorruptCheckpointError(path, f"zip entry {label} is truncated")
+    from nandoctor.readers.zipentries import crc32
+
+    if crc32(data, 0) & 0xFFFFFFFF != entry.crc32:
+        raise CorruptCheckpointError(
+            path, f"zip entry {label} fails its CRC-32 check: the file is corrupt, so none of it is trusted"
+        )
+    return data
+
+
+def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs) -> list[ScanProblem]:
+    if not entries or not any(e.size for e in entries):
+        return []
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        # zlib and isal release the GIL on large buffers, so two storages are checked at once.
+        with ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool:
+            computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
+    problems = []
+    for entry, value in zip(entries, computed):
+        if value == entry.crc32:
+            continue
+        label = entry.name.split("/", 1)[-1]
+        tensors = built.tensors_by_storage.get(label[len("data/"):], [])
+        problems.append(
+            ScanProblem(
+                path,
+                f"storage {label} fails its CRC-32 check (zip says {entry.crc32:08x}, bytes give {value:08x}): "
+                f"its bytes changed after saving, so values in {listed(tensors) or 'it'} cannot be trusted, "
+                "NaN or not",
+                "re-download or re-copy the file; if it was written this way, restore these tensors from an "
+                "earlier checkpoint",
+            )
+        )
+    return problems
+
+
+def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
+    """A file that is not a zip: a legacy torch file, or some other pickle (named if malicious, never loaded)."""
+    with _pickle_context(path, "the pickle"):
+        try:
+            legacy = read_legacy(path, fh, size, MAX_PICKLE_BYTES)
+        except NotLegacyError as exc:
+            if exc.is_pickle:
+                raise UnsupportedFormatError(
+                    f"{path}: a pickle that is not a PyTorch checkpoint (no torch magic number); not loaded",
+                    hint="nandoctor reads files written by torch.save; a plain pickle can run code when loaded",
+                ) from None
+            raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
+        walked = walk(legacy.root, prefix=_name_prefix(path))
+    built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
+    notes = _notes(path, tuple(legacy.placeholders), walked, built)
+    notes.insert(0, "legacy (pre-1.6) torch format: it has no checksums, so silent corruption cannot be detected")
+    return ReadResult(tuple(built.refs), tuple(notes), ())
+
+
+def _name_prefix(path: str) -> str:
+    name = os.path.basename(path)
+    return name.rsplit(".", 1)[0] if SIDE_FILE.match(name) else ""
+
+
+def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltRefs) -> list[str]:
+    name = os.path.basename(path)
+    notes: list[str] = []
+    if placeholders:
+        notes.append(
+            f"{name}: {len(placeholders)} unknown global(s) became inert placeholders (never imported or "
+            f"called): {', '.join(placeholders[:8])}{' …' if len(placeholders) > 8 else ''}"
+        )
+    if walked.optimizers_named:
+        notes.append(f"{name}: optimizer moments named after their parameters (from param_groups' param_names)")
+    if walked.renamed:
+        notes.append(f"{name}: {len(walked.renamed)} tensor name(s) repeated after flattening; later ones got "
+                     f"a #n suffix: {listed(walked.renamed)}")
+    if not built.refs:
+        notes.append(f"{name}: holds no tensors; nothing to scan")
+    notes += [f"{name}: {n}" for n in built.notes]
+    return notes
+
+
+register(TorchReader())

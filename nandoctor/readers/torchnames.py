@@ -1,0 +1,182 @@
+"""Name every tensor inside an unpickled checkpoint object: nested containers become dotted names.
+
+``{"state_dict": {"model.layers.3.mlp.up_proj.weight": t}}`` gives
+``state_dict.model.layers.3.mlp.up_proj.weight``; list and tuple items are
+numbered. An optimizer state dict (``{"state": {i: {...}}, "param_groups":
+[...]}``, wherever it sits) names its moments ``state.<i>.exp_avg``, or
+``state.<parameter name>.exp_avg`` when the groups carry ``param_names``.
+Placeholders for unknown globals are walked too (their arguments by
+position, their state by attribute name), so a tensor is never missed
+because the object around it was unknown.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from nandoctor.readers.safe_pickle import Placeholder, StorageRef, TensorStub
+
+MAX_DEPTH = 200
+MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects count once per path (hostile DAGs)
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
+_MAX_KEY_CHARS = 200
+
+
+class WalkLimitError(Exception):
+    """The object graph is deeper or larger than any checkpoint (a hostile pickle)."""
+
+
+@dataclass(frozen=True)
+class NamedTensor:
+    name: str
+    tensor: TensorStub
+
+
+@dataclass(frozen=True)
+class NamedStorage:
+    name: str
+    storage: StorageRef
+
+
+@dataclass
+class Walk:
+    tensors: list[NamedTensor] = field(default_factory=list)
+    storages: list[NamedStorage] = field(default_factory=list)  # bare storages, not inside a tensor
+    renamed: list[str] = field(default_factory=list)  # names made unique with a #n suffix
+    optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
+    _names: Counter[str] = field(default_factory=Counter)
+    _nodes: int = 0
+
+
+def segment(key: Any) -> str:
+    """One name segment from a dict key or attribute; text from the file is kept printable-safe."""
+    if isinstance(key, str):
+        text = key
+    elif isinstance(key, bytes):
+        text = key.decode("utf-8", "backslashreplace")
+    elif isinstance(key, (bool, int)) or key is None:
+        text = str(key)
+    else:
+        text = repr(key) if not isinstance(key, Placeholder) else key.global_name
+    # Lone surrogates (pickles may carry them) cannot be printed or written as UTF-8: escape them.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_KEY_CHARS else text[:_MAX_KEY_CHARS] + "…"
+
+
+def is_optimizer_state(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("state"), dict)
+        and isinstance(value.get("param_groups"), list)
+    )
+
+
+def parameter_names(optimizer: dict) -> dict[Any, str]:
+    """Parameter id → name from ``param_groups[*].param_names`` (torch ≥ 2.5 named optimizers); {} if absent."""
+    mapping: dict[Any, str] = {}
+    for group in optimizer["param_groups"]:
+        if not isinstance(group, dict):
+            return {}
+        ids, names = group.get("params"), group.get("param_names")
+        if not isinstance(ids, list) or not isinstance(names, list) or len(ids) != len(names):
+            return {}
+        for pid, name in zip(ids, names):
+            if not isinstance(name, str) or (pid in mapping and mapping[pid] != name):
+                return {}
+            try:
+                mapping[pid] = name
+            except TypeError:  # an unhashable id
+                return {}
+    if len(set(mapping.values())) != len(mapping):
+        return {}  # two ids with one name would merge their moments
+    return mapping
+
+
+def walk(root: Any, prefix: str = "") -> Walk:
+    """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name."""
+    out = Walk()
+    _visit(root, [prefix] if prefix else [], out, set(), 0)
+    return out
+
+
+def _emit_name(path: list[str], out: Walk) -> str:
+    name = ".".join(path) if path else "tensor"
+    out._names[name] += 1
+    if out._names[name] > 1:
+        unique = f"{name}#{out._names[name]}"
+        out.renamed.append(unique)
+        return unique
+    return name
+
+
+def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int) -> None:
+    if isinstance(value, _LEAVES):
+        return  # numbers and strings hold no tensors (and are not counted: a long list of ints is fine)
+    out._nodes += 1
+    if out._nodes > MAX_NODES:
+        raise WalkLimitError(f"the pickled objects have more than {MAX_NODES:,} parts")
+    if depth > MAX_DEPTH:
+        raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
+    if isinstance(value, TensorStub):
+        out.tensors.append(NamedTensor(_emit_name(path, out), value))
+        return
+    if isinstance(value, StorageRef):
+        out.storages.append(NamedStorage(_emit_name(path, out), value))
+        return
+    if id(value) in on_path:
+        return  # a cycle (a list that contains itself): nothing new below
+    on_path.add(id(value))
+    try:
+        for key, child in _children(value, out):
+            _visit(child, [*path, key], out, on_path, depth + 1)
+    finally:
+        on_path.discard(id(value))
+
+
+def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        if is_optimizer_state(value):
+            return _optimizer_children(value, out)
+        children = [(segment(k), v) for k, v in value.items()]
+        extra = getattr(value, "__dict__", None)  # an OrderedDict's BUILD state (e.g. _metadata)
+        if isinstance(extra, dict):
+            children += [(segment(k), v) for k, v in extra.items()]
+        return children
+    if isinstance(value, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(value) if not isinstance(v, _LEAVES)]
+    if isinstance(value, (set, frozenset)):
+        return [(str(i), v) for i, v in enumerate(value)]
+    if isinstance(value, Placeholder):
+        children = [(str(i), v) for i, v in enumerate(value.args)]
+        children += [(segment(k), v) for k, v in value.kwargs.items()]
+        state = value.state
+        if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__ state)
+        if isinstance(state, dict):
+            children += [(segment(k), v) for k, v in state.items()]
+        elif state is not None:
+            children.append(("state", state))
+        children += [(str(i), v) for i, v in enumerate(value.items)]
+        children += [(segment(k), v) for k, v in value.entries]
+        return children
+    return []
+
+
+def _optimizer_children(optimizer: dict, out: Walk) -> list[tuple[str, Any]]:
+    names = parameter_names(optimizer)
+    if names:
+        out.optimizers_named += 1
+    children: list[tuple[str, Any]] = []
+    for key, value in optimizer.items():
+        if key == "state":
+            for pid, moments in value.items():
+                try:
+                    label = names.get(pid)
+                except TypeError:
+                    label = None
+                children.append((f"state.{label if label is not None else segment(pid)}", moments))
+        else:
+            children.append((segment(key), value))
+    return children

@@ -1,0 +1,166 @@
+"""Named tensor stubs + where each storage's bytes lie → validated ``TensorRef``s.
+
+Shared by the zip and the legacy torch readers. Each storage becomes one
+``Region`` shared by every tensor that views it (the scan engine reads it once
+and attributes bad elements to each view). Checked here, before any byte is
+read: every storage a tensor names exists and is declared the same way
+everywhere; tensors sharing a storage agree on its dtype; no negative
+offsets or strides; every view stays inside its storage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nandoctor.dtypes import DTYPES
+from nandoctor.errors import CorruptCheckpointError
+from nandoctor.model import Region, TensorRef
+from nandoctor.readers.safe_pickle import StorageRef, TensorStub
+from nandoctor.readers.torchnames import Walk
+
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class StorageBlock:
+    """Where one storage's bytes are in the file."""
+
+    key: str  # the storage key data.pkl uses
+    label: str  # how reports name it: "data/3" (zip entry) or "storage 1404…" (legacy)
+    offset: int  # absolute offset of its first byte
+    nbytes: int
+
+
+@dataclass
+class BuiltRefs:
+    refs: list[TensorRef] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tensors_by_storage: dict[str, list[str]] = field(default_factory=dict)  # storage key → tensor names
+
+
+def listed(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _fail(path: str, reason: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(path, reason)
+
+
+def _check_declarations(path: str, stubs: list[StorageRef]) -> dict[str, StorageRef]:
+    """One declaration per storage key: torch would silently use the first of conflicting ones."""
+    first: dict[str, StorageRef] = {}
+    for stub in stubs:
+        seen = first.setdefault(stub.key, stub)
+        if (seen.storage_type, seen.numel) != (stub.storage_type, stub.numel):
+            raise _fail(
+                path,
+                f"storage {stub.key!r} is declared twice with different types or sizes "
+                f"({seen.storage_type.name}×{seen.numel} and {stub.storage_type.name}×{stub.numel})",
+            )
+    return first
+
+
+def _overlapping(stub: TensorStub) -> bool:
+    """True when two positions of the view read the same storage element (expand, as_strided)."""
+    dims = sorted((st, n) for n, st in zip(stub.size, stub.stride) if n > 1)
+    reach = 0  # furthest element offset the smaller-stride dims can reach
+    for stride, n in dims:
+        if stride <= reach:
+            return True
+        reach += (n - 1) * stride
+    return False
+
+
+def build_refs(
+    path: str,
+    walked: Walk,
+    declared: list[StorageRef],
+    blocks: dict[str, StorageBlock],
+    byteorder: str,
+) -> BuiltRefs:
+    """Turn the walked tensors into TensorRefs; raise CorruptCheckpointError on anything out of bounds."""
+    storages = _check_declarations(path, declared)
+    out = BuiltRefs()
+
+    dtypes: dict[str, tuple[str, str]] = {}  # storage key → (dtype, first tensor name)
+    for named in walked.tensors:
+        key = named.tensor.storage.key
+        seen = dtypes.setdefault(key, (named.tensor.dtype, named.name))
+        if seen[0] != named.tensor.dtype:
+            raise _fail(
+                path,
+                f"storage {key!r} is viewed as {seen[0]} by {seen[1]!r} and as {named.tensor.dtype} by "
+                f"{named.name!r}; torch refuses to save such files",
+            )
+    bare_only = [s for s in walked.storages if s.storage.key not in dtypes]
+    for bare in bare_only:
+        dtypes.setdefault(bare.storage.key, (bare.storage.storage_type.dtype, bare.name))
+
+    regions: dict[str, Region] = {}
+    for key, (dtype, _) in dtypes.items():
+        block = blocks.get(key)
+        if block is None:
+            raise _fail(path, f"data.pkl refers to storage {key!r} but the file holds no bytes for it")
+        itemsize = DTYPES[dtype].itemsize
+        usable = block.nbytes - block.nbytes % itemsize  # a trailing partial element is no element
+        regions[key] = Region(path, block.offset, usable, dtype, block.label, byteorder=byteorder)
+
+    overlapping: list[str] = []
+    for named in walked.tensors:
+        stub = named.tensor
+        region = regions[stub.storage.key]
+        itemsize = DTYPES[stub.dtype].itemsize
+        base, limit = 0, region.nbytes // itemsize
+        if stub.storage.view is not None:  # legacy storage views: a window of the root storage
+            _, view_offset, view_size = stub.storage.view
+            root_itemsize = DTYPES[stub.storage.storage_type.dtype].itemsize
+            start_bytes, size_bytes = view_offset * root_itemsize, view_size * root_itemsize
+            if start_bytes % itemsize or start_bytes + size_bytes > region.nbytes:
+                raise _fail(path, f"tensor {named.name!r}: its storage view lies outside storage {stub.storage.key!r}")
+            base, limit = start_bytes // itemsize, (start_bytes + size_bytes) // itemsize
+        where = f"tensor {named.name!r} ({region.key})"
+        if any(n < 0 for n in stub.size):
+            raise _fail(path, f"{where}: negative size {stub.size}")
+        if any(s < 0 for s in stub.stride):
+            raise _fail(path, f"{where}: negative stride {stub.stride}; torch never writes those")
+        if stub.storage_offset < 0:
+            raise _fail(path, f"{where}: negative storage offset {stub.storage_offset}")
+        numel = math.prod(stub.size)
+        if numel:
+            last = base + stub.storage_offset + sum((n - 1) * s for n, s in zip(stub.size, stub.stride))
+            if last >= limit:
+                raise _fail(
+                    path,
+                    f"{where}: view (offset {stub.storage_offset}, size {list(stub.size)}, stride "
+                    f"{list(stub.stride)}) reaches element {last} of a storage holding {limit}",
+                )
+            if _overlapping(stub):
+                overlapping.append(named.name)
+        out.refs.append(
+            TensorRef(named.name, stub.dtype, stub.size, region, base + stub.storage_offset, stub.stride)
+        )
+        out.tensors_by_storage.setdefault(stub.storage.key, []).append(named.name)
+
+    for bare in bare_only:
+        if bare.storage.key in out.tensors_by_storage:
+            continue
+        region = regions[bare.storage.key]
+        n = region.nbytes // DTYPES[region.dtype].itemsize
+        out.refs.append(TensorRef(bare.name, region.dtype, (n,), region, 0, (1,)))
+        out.tensors_by_storage[bare.storage.key] = [bare.name]
+
+    if overlapping:
+        out.notes.append(
+            f"{len(overlapping)} tensor(s) read some storage elements more than once (expanded or "
+            f"as_strided views): their counts are of distinct storage elements: {listed(overlapping)}"
+        )
+    unreached = sorted(set(storages) - set(dtypes))
+    if unreached:
+        out.notes.append(
+            f"{len(unreached)} storage(s) named in the pickle belong to no tensor nandoctor found; "
+            f"not scanned: {listed(unreached)}"
+        )
+    return out

@@ -1,0 +1,110 @@
+"""Repair: restore exactly the poisoned tensors from earlier checkpoints into a new, verified one.
+
+``repair()`` scans the target, plans (plan.py: which donor each tensor comes
+from, or a refusal listing what cannot be restored), and writes (writer.py:
+copy, byte-patch, verify, atomic rename). Nothing here imports torch: donors
+and targets are read through nandoctor's own readers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from nandoctor.errors import RepairRefusedError, UnrestorableError
+from nandoctor.repair.plan import DonorInfo, RepairPlan, Restoration, Unrestorable, plan_repair
+from nandoctor.repair.writer import PROOF_NAME, Phase, Progress, RepairResult, Source, WrittenFile
+
+__all__ = [
+    "repair",
+    "RepairPlan",
+    "RepairResult",
+    "Restoration",
+    "Unrestorable",
+    "DonorInfo",
+    "WrittenFile",
+    "PROOF_NAME",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def repair(
+    target: PathLike,
+    donors: PathLike | Sequence[PathLike],
+    out: PathLike | None = None,
+    scope: str = "tensor",
+    dry_run: bool = False,
+    *,
+    progress: Progress | None = None,
+    on_phase: Phase | None = None,
+) -> RepairResult:
+    """Restore ``target``'s NaN/Inf tensors from ``donors`` (tried in order; ``"auto"`` = earlier
+    ``checkpoint-N`` siblings, newest first) into the new folder ``out``.
+
+    Returns the result (``result.ok``: written and verified clean; for a dry run: the plan
+    is complete). Raises UnrestorableError (nothing written) when some tensor has no good
+    donor, OutputExistsError when ``out`` exists, RepairFailedError when writing or
+    verification failed (nothing left at ``out``).
+    """
+    from nandoctor import layout
+    from nandoctor.repair.donors import resolve_donors
+    from nandoctor.repair.writer import check_out, write_repair
+    from nandoctor.scan import scan
+
+    target_path = Path(target)
+    donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
+    if not dry_run and out is None:
+        raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
+    files = layout.discover(target_path)
+    single = target_path if not target_path.is_dir() else None
+    source = Source(
+        root=target_path.parent if single else target_path,
+        single_file=single,
+        weights=tuple(files.files),
+        left_out=tuple(files.skipped),
+    )
+    if not dry_run:
+        check_out(Path(out).absolute(), source)  # fail before any reading when --out is taken
+
+    report = scan(target_path, device="cpu", progress=progress)
+    if report.errors:
+        first = report.errors[0]
+        raise RepairRefusedError(
+            f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
+            f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
+        )
+    plan = plan_repair(report, resolve_donors(target_path, donor_list), scope)
+    if dry_run:
+        return RepairResult(plan=plan, out=None, verification=None, dry_run=True, notes=_notes(source))
+    _refuse_if_incomplete(plan)
+    return write_repair(
+        plan, source, out, source_report=report, progress=progress, on_phase=on_phase, notes=_notes(source)
+    )
+
+
+def _notes(source: Source) -> tuple[str, ...]:
+    return tuple(
+        f"{p.name} is weights in another format that is not repaired; it is left out of the output"
+        for p in source.left_out
+    )
+
+
+def _refuse_if_incomplete(plan: RepairPlan) -> None:
+    if plan.unviewed:
+        u = plan.unviewed[0]
+        raise UnrestorableError(
+            f"{u.file}: storage {u.storage!r} holds {u.nan + u.posinf + u.neginf:,} NaN/Inf values in bytes "
+            "that no tensor views; a repair by tensor name cannot restore them",
+            "load and re-save the weights (torch.save(model.state_dict()) writes only viewed bytes), then repair",
+            plan=plan,
+        )
+    if plan.unrestorable:
+        names = [u.name for u in plan.unrestorable]
+        shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise UnrestorableError(
+            f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
+            "add an earlier clean checkpoint with --from (or --from auto); --dry-run shows why each donor failed",
+            plan=plan,
+        )

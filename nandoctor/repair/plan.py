@@ -1,0 +1,313 @@
+"""Repair planning, pure: a scan report + ordered donors → which bytes to restore from where.
+
+No file is read here. Donors are :class:`DonorCatalog` objects (their tensor
+references and a way to count a donor tensor's non-finite values), so the plan
+can be tested with in-memory fakes and the real catalogs stay lazy: a donor is
+only opened when some tensor still lacks a good source.
+
+For each tensor to restore, donors are tried in the order given; within one
+donor the exact name is tried first, then the name with wrapper prefixes
+(``module.``, ``_orig_mod.``, ``base_model.model.``, ``model.`` …) stripped.
+A candidate must have the same dtype and shape and be finite itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nandoctor.layers import layer_of
+from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
+
+SCOPES = ("tensor", "layer")
+
+# Wrappers that training code puts around the same module: DDP, torch.compile, PEFT, Lightning.
+PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "state_dict.", "model.")
+
+
+class DonorCatalog(Protocol):
+    """What planning needs to know about one donor checkpoint."""
+
+    label: str  # the path as the user gave it
+    step: int | None  # training step when known (checkpoint-N)
+
+    def refs(self) -> Mapping[str, TensorRef]:
+        """Every tensor of the donor by name; raises NandoctorError when it cannot be read."""
+
+    def nonfinite(self, ref: TensorRef) -> int:
+        """How many of the donor tensor's own elements are NaN/+Inf/-Inf."""
+
+
+@dataclass(frozen=True)
+class DonorInfo:
+    path: str
+    step: int | None
+
+
+@dataclass(frozen=True)
+class Restoration:
+    """One target tensor whose elements are replaced by a donor tensor's."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nan: int  # counts in the target before the repair
+    posinf: int
+    neginf: int
+    reason: str  # "bad" (it holds NaN/Inf) or "layer" (clean, restored with its layer)
+    donor: int  # index into RepairPlan.donors
+    donor_name: str  # the name in the donor (may differ by a wrapper prefix)
+    target_ref: TensorRef
+    donor_ref: TensorRef
+    via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
+    @property
+    def layer(self) -> str:
+        return layer_of(self.name).group
+
+
+@dataclass(frozen=True)
+class Unrestorable:
+    """A tensor that must be restored but has no good donor, and why each donor failed."""
+
+    name: str
+    nan: int
+    posinf: int
+    neginf: int
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    target: str
+    donors: tuple[DonorInfo, ...]
+    scope: str
+    restorations: tuple[Restoration, ...]
+    unrestorable: tuple[Unrestorable, ...] = ()
+    unviewed: tuple[UnviewedBad, ...] = ()  # bad bytes no tensor views: cannot be restored by name
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.unrestorable or self.unviewed)
+
+    @property
+    def writes(self) -> tuple[Restoration, ...]:
+        """The restorations that write bytes (tied duplicates are written once, through ``via``)."""
+        return tuple(r for r in self.restorations if r.via is None)
+
+    @property
+    def bytes_restored(self) -> int:
+        return sum(r.target_ref.numel * _bits(r.dtype) // 8 for r in self.writes)
+
+    def donor_label(self, index: int) -> str:
+        info = self.donors[index]
+        return f"{info.path} (step {info.step})" if info.step is not None else info.path
+
+
+def _bits(dtype: str) -> int:
+    from nandoctor.dtypes import DTYPES
+
+    return DTYPES[dtype].bits
+
+
+def normalise(name: str) -> str:
+    """Strip wrapper prefixes, repeatedly: ``module._orig_mod.model.x`` → ``x``."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                name = name[len(prefix):]
+                stripped = True
+    return name
+
+
+def _view_key(ref: TensorRef) -> tuple:
+    """Two refs with this key read and write exactly the same elements (tied weights)."""
+    strides = ref.strides if ref.strides is not None else ref.contiguous_strides
+    return (ref.region.file, ref.region.key, ref.region.offset, ref.storage_offset, ref.shape, strides, ref.dtype)
+
+
+class _DonorView:
+    """One donor's names, loaded on first use, with the normalised-name index built once."""
+
+    def __init__(self, catalog: DonorCatalog) -> None:
+        self.catalog = catalog
+        self._refs: Mapping[str, TensorRef] | None = None
+        self._by_norm: dict[str, list[str]] = {}
+        self.error: str | None = None
+        self._finite: dict[int, int] = {}
+
+    def load(self) -> bool:
+        if self._refs is not None or self.error is not None:
+            return self.error is None
+        from nandoctor.errors import NandoctorError
+
+        try:
+            self._refs = self.catalog.refs()
+        except NandoctorError as exc:
+            self.error = exc.message
+            return False
+        for name in self._refs:
+            self._by_norm.setdefault(normalise(name), []).append(name)
+        return True
+
+    def candidates(self, name: str) -> tuple[list[str], str | None]:
+        """Donor names to try for ``name`` (exact, else one normalised match), or why none."""
+        assert self._refs is not None
+        if name in self._refs:
+            return [name], None
+        matches = self._by_norm.get(normalise(name), [])
+        if len(matches) > 1:
+            return [], f"ambiguous: {', '.join(repr(m) for m in sorted(matches)[:3])} all match"
+        if not matches:
+            return [], _NOT_FOUND
+        return matches, None
+
+    def ref(self, name: str) -> TensorRef:
+        assert self._refs is not None
+        return self._refs[name]
+
+    def nonfinite(self, ref: TensorRef) -> int:
+        key = id(ref)
+        if key not in self._finite:
+            self._finite[key] = self.catalog.nonfinite(ref)
+        return self._finite[key]
+
+
+def _describe(catalog: DonorCatalog) -> str:
+    return f"{catalog.label} (step {catalog.step})" if catalog.step is not None else catalog.label
+
+
+_NOT_FOUND = "not found"
+
+
+def _candidate(result: TensorResult, donor: _DonorView) -> tuple[str, TensorRef] | str:
+    """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not."""
+    target = result.ref
+    names, why = donor.candidates(target.name)
+    if why:
+        return why
+    reasons = []
+    for name in names:
+        ref = donor.ref(name)
+        shown = "" if name == target.name else f" (as {name!r})"
+        if ref.dtype != target.dtype:
+            reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
+        elif tuple(ref.shape) != tuple(target.shape):
+            reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
+        else:
+            bad = donor.nonfinite(ref)
+            if not bad:
+                return name, ref
+            reasons.append(f"holds {bad:,} NaN/Inf values itself{shown}")
+    return "; ".join(reasons)
+
+
+def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
+    """The tensors a repair restores: the bad ones, or every tensor of each layer holding one."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    bad = [t for t in report.tensors if t.bad]
+    if scope == "tensor":
+        return bad
+    groups = {layer_of(t.name).group for t in bad}
+    return [t for t in report.tensors if layer_of(t.name).group in groups]
+
+
+def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor") -> RepairPlan:
+    """Decide, for every tensor to restore, its donor; or list what cannot be restored.
+
+    The unit that takes one donor is the tensor (``scope="tensor"``) or the whole layer
+    (``scope="layer"``: every tensor of the layer from the same donor, so the layer stays
+    consistent). Tensors that are the very same elements of one storage (tied weights in a
+    torch file) are written once; one that a donor lacks (safetensors drops tied copies) is
+    restored through its partner.
+    """
+    views = [_DonorView(d) for d in donors]
+    needed = needed_tensors(report, scope)
+    keys = {id(t): _view_key(t.ref) for t in needed}
+    tie_count: dict[tuple, int] = {}
+    for t in needed:
+        tie_count[keys[id(t)]] = tie_count.get(keys[id(t)], 0) + 1
+
+    units: dict[str, list[TensorResult]] = {}
+    for t in needed:
+        units.setdefault(t.name if scope == "tensor" else layer_of(t.name).group, []).append(t)
+
+    chosen: dict[int, tuple[int, str, TensorRef]] = {}  # id(result) → (donor, donor name, donor ref)
+    reasons: dict[int, list[str]] = {}
+    for members in units.values():
+        for index, donor in enumerate(views):
+            where = _describe(donor.catalog)
+            if not donor.load():
+                for m in members:
+                    reasons.setdefault(id(m), []).append(f"{where}: unreadable ({donor.error})")
+                continue
+            picks: dict[int, tuple[int, str, TensorRef]] = {}
+            failed = False
+            for m in members:
+                answer = _candidate(m, donor)
+                if isinstance(answer, tuple):
+                    picks[id(m)] = (index, *answer)
+                    continue
+                reasons.setdefault(id(m), []).append(f"{where}: {answer}")
+                # A tied copy the donor lacks does not block it: the partner's restore covers it.
+                if not (answer == _NOT_FOUND and tie_count[keys[id(m)]] > 1):
+                    failed = True
+            if not failed and picks:
+                chosen.update(picks)
+                break
+            if failed and len(members) > 1:
+                # Say why the whole unit moved on, for the members that were fine in this donor.
+                for m in members:
+                    if id(m) in picks:
+                        reasons.setdefault(id(m), []).append(f"{where}: another tensor of its layer has no good copy here")
+
+    restorations: list[Restoration] = []
+    unrestorable: list[Unrestorable] = []
+    writer_of: dict[tuple, TensorResult] = {}
+    for t in needed:  # report order: the first of a tie with a donor writes it
+        if id(t) in chosen and keys[id(t)] not in writer_of:
+            writer_of[keys[id(t)]] = t
+    for t in needed:
+        writer = writer_of.get(keys[id(t)])
+        if writer is None:
+            unrestorable.append(
+                Unrestorable(t.name, t.nan, t.posinf, t.neginf, tuple(reasons.get(id(t)) or ["no donor given"]))
+            )
+            continue
+        index, donor_name, donor_ref = chosen[id(writer)]
+        restorations.append(
+            Restoration(
+                name=t.name,
+                dtype=t.ref.dtype,
+                shape=tuple(t.ref.shape),
+                nan=t.nan,
+                posinf=t.posinf,
+                neginf=t.neginf,
+                reason="bad" if t.bad else "layer",
+                donor=index,
+                donor_name=donor_name,
+                target_ref=t.ref,
+                donor_ref=donor_ref,
+                via=None if t is writer else writer.name,
+            )
+        )
+
+    notes = tuple(f"donor {_describe(v.catalog)} could not be read: {v.error}" for v in views if v.error)
+    return RepairPlan(
+        target=report.target,
+        donors=tuple(DonorInfo(d.label, d.step) for d in donors),
+        scope=scope,
+        restorations=tuple(restorations),
+        unrestorable=tuple(unrestorable),
+        unviewed=tuple(report.unviewed),
+        notes=notes,
+    )

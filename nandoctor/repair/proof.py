@@ -1,0 +1,98 @@
+"""``nandoctor-repair.json``: the record of what a repair restored, from where, and what it wrote.
+
+Written into the output folder before it is moved into place, so a repaired
+checkpoint always carries its proof: the source, the donors in order, every
+restored tensor with its donor and its NaN/Inf counts before the repair, the
+sha256 of every weight file written, and the verification scan's verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nandoctor.repair.plan import RepairPlan, Restoration
+    from nandoctor.repair.writer import RepairResult
+
+PROOF_SCHEMA = 1
+
+
+def proof_json(result: RepairResult) -> dict[str, Any]:
+    from nandoctor import __version__
+
+    plan = result.plan
+    verification = result.verification
+    return {
+        "nandoctor_repair": PROOF_SCHEMA,
+        "nandoctor_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": os.path.abspath(plan.target),
+        "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
+        "scope": plan.scope,
+        "restored": [_restoration(plan, r) for r in plan.restorations],
+        "files": [
+            {"path": f.path, "bytes": f.bytes, "sha256": f.sha256, "patched": f.patched} for f in result.files
+        ],
+        "carried": list(result.carried),
+        "left_out": list(result.left_out),
+        "verification": {
+            "verdict": verification.verdict,
+            "tensors": len(verification.tensors),
+            "nonfinite": verification.nonfinite,
+            "bytes_scanned": verification.bytes_scanned,
+        },
+    }
+
+
+def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
+    donor = plan.donors[r.donor]
+    return {
+        "tensor": r.name,
+        "dtype": r.dtype,
+        "shape": list(r.shape),
+        "reason": r.reason,
+        "nan": r.nan,
+        "posinf": r.posinf,
+        "neginf": r.neginf,
+        "donor": os.path.abspath(donor.path),
+        "donor_step": donor.step,
+        "donor_tensor": r.donor_name,
+        "via": r.via,
+    }
+
+
+def write_proof(result: RepairResult, path: Path) -> None:
+    text = json.dumps(proof_json(result), indent=2, ensure_ascii=False) + "\n"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    from nandoctor.repair.writer import PROOF_NAME
+
+    with open(Path(folder) / PROOF_NAME, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def plan_json(plan: RepairPlan) -> dict[str, Any]:
+    """The plan alone (for --dry-run --json and refusals): what would be restored from where, or why not."""
+    return {
+        "nandoctor_repair_plan": PROOF_SCHEMA,
+        "source": os.path.abspath(plan.target),
+        "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
+        "scope": plan.scope,
+        "complete": not plan.refused,
+        "restore": [_restoration(plan, r) for r in plan.restorations],
+        "unrestorable": [
+            {"tensor": u.name, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf, "reasons": list(u.reasons)}
+            for u in plan.unrestorable
+        ],
+        "unviewed": [
+            {"file": u.file, "storage": u.storage, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf}
+            for u in plan.unviewed
+        ],
+    }

@@ -1,0 +1,319 @@
+"""Write a planned repair: copy the source, patch the restored tensors' bytes, verify, move into place.
+
+Same dtype and shape mean same byte length, so each output shard is the
+source shard with some byte ranges replaced by donor bytes: the file is copied
+by the kernel (``copyfile`` → sendfile), then patched in place in the copy.
+Headers, metadata, the index and every untouched tensor stay byte-identical.
+Everything happens in a temporary folder beside ``out`` (see atomic.py); the
+copy is fsynced while it is re-scanned and hashed, and only a clean,
+verified folder is renamed onto ``out``. The source is opened read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nandoctor.errors import (
+    NandoctorError,
+    OutputExistsError,
+    RepairFailedError,
+    RepairRefusedError,
+)
+from nandoctor.model import ScanReport, TensorRef
+from nandoctor.repair import atomic, zippatch
+from nandoctor.repair.plan import RepairPlan, Restoration
+from nandoctor.repair.tensorbytes import copy_elements, iter_logical
+
+PROOF_NAME = "nandoctor-repair.json"
+_ZIP_MAGIC = b"PK\x03\x04"
+_HASH_CHUNK = 4 << 20
+
+Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, what)
+Phase = Callable[[str], None]  # "temp", "copied", "verified", "hashed", "proof", "synced", "renamed"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: str  # relative to the output folder
+    bytes: int
+    sha256: str
+    patched: bool
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the repair copies: the target's root and which of its files hold the scanned weights."""
+
+    root: Path  # the target folder, or the folder of a single-file target
+    single_file: Path | None  # set when the target is one file: only it is copied
+    weights: tuple[Path, ...]  # the scanned weight files (patched when a restoration lands there)
+    left_out: tuple[Path, ...] = ()  # weights in another format that the scan skipped: not carried over
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    plan: RepairPlan
+    out: str | None  # None for a dry run
+    verification: ScanReport | None
+    files: tuple[WrittenFile, ...] = ()
+    carried: tuple[str, ...] = ()  # non-weight files copied unchanged
+    left_out: tuple[str, ...] = ()
+    proof: str | None = None
+    seconds: float = 0.0
+    dry_run: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        if self.dry_run:
+            return not self.plan.refused
+        return self.verification is not None and self.verification.ok
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 3
+
+
+def _noop(*_: object) -> None:
+    return None
+
+
+def check_out(out: Path, source: Source) -> None:
+    """Refuse, touching nothing, an --out that exists, has no parent, or lies inside the source."""
+    if os.path.lexists(out):
+        raise OutputExistsError(f"{out}: already exists")
+    if not out.parent.is_dir():
+        raise RepairRefusedError(f"{out.parent}: the folder that should hold --out does not exist", "create it first")
+    if source.single_file is None:
+        root = source.root.resolve()
+        parent = out.parent.resolve()
+        if parent == root or root in parent.parents:
+            raise RepairRefusedError(
+                f"{out}: --out lies inside the checkpoint being repaired",
+                "choose an --out outside the source folder (e.g. beside it)",
+            )
+
+
+def write_repair(
+    plan: RepairPlan,
+    source: Source,
+    out: str | os.PathLike[str],
+    *,
+    source_report: ScanReport,
+    progress: Progress | None = None,
+    on_phase: Phase | None = None,
+    notes: tuple[str, ...] = (),
+) -> RepairResult:
+    """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot."""
+    started = time.perf_counter()
+    out = Path(out).absolute()
+    progress, phase = progress or _noop, on_phase or _noop
+    check_out(out, source)
+    atomic.clean_stale(out.parent)
+    copies = _copy_list(source)
+    _check_space(out.parent, sum(size for _, _, size in copies))
+
+    temp = atomic.make_temp(out)
+    moved = False
+    # Each shard is hashed and written back to disk while the next one is copied.
+    background = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="nandoctor-repair")
+    try:
+        phase("temp")
+        writes = _writes_by_copy(plan, source, temp)
+        hashing: dict[Path, Future[str]] = {}
+        syncing: list[Future[None]] = []
+        carried: list[str] = []
+        total, done = sum(size for _, _, size in copies), 0
+        for rel, is_weight, size in copies:
+            copy = _copy_one(source, rel, temp)
+            if is_weight:
+                _patch_file(copy, writes.get(copy, []))
+                hashing[copy] = background.submit(_sha256, copy)
+                syncing.append(background.submit(atomic.fsync_path, copy))
+            else:
+                carried.append(str(rel))
+            done += size
+            progress(done, total, f"copying {rel}")
+        phase("copied")
+        verification = _verify(plan, source, temp, source_report, progress)
+        phase("verified")
+        hashes = {path: future.result() for path, future in hashing.items()}
+        for future in syncing:
+            future.result()
+        phase("hashed")
+        files = tuple(
+            WrittenFile(str(p.relative_to(temp)), p.stat().st_size, hashes[p], bool(writes.get(p))) for p in hashing
+        )
+        result = RepairResult(
+            plan=plan,
+            out=str(out),
+            verification=verification,
+            files=files,
+            carried=tuple(carried),
+            left_out=tuple(str(p.relative_to(source.root)) for p in source.left_out),
+            proof=str(out / PROOF_NAME),
+            seconds=time.perf_counter() - started,
+            notes=notes,
+        )
+        from nandoctor.repair.proof import write_proof
+
+        write_proof(result, temp / PROOF_NAME)
+        phase("proof")
+        atomic.fsync_tree(temp)
+        phase("synced")
+        atomic.rename_noreplace(temp, out)
+        moved = True
+        phase("renamed")
+    except OSError as exc:
+        raise RepairFailedError(f"{exc.filename or out}: {exc.strerror or exc} while writing the repair") from exc
+    finally:
+        background.shutdown(wait=True, cancel_futures=True)  # no thread may still write into temp
+        atomic.forget(temp)
+        if not moved:
+            shutil.rmtree(temp, ignore_errors=True)
+    try:
+        atomic.fsync_path(out.parent)
+    except OSError:
+        pass  # the folder is in place; only its durability across a power cut is weaker
+    return result
+
+
+def _copy_list(source: Source) -> list[tuple[Path, bool, int]]:
+    """(path relative to the root, is a scanned weight file, size) of every file to copy."""
+    weights = {p.absolute() for p in source.weights}
+    left_out = {p.absolute() for p in source.left_out}
+    if source.single_file is not None:
+        path = source.single_file
+        return [(Path(path.name), True, os.stat(path).st_size)]
+    found = []
+    for folder, dirs, names in os.walk(source.root):
+        dirs[:] = sorted(d for d in dirs if not atomic.is_temp(d))
+        for name in sorted(names):
+            path = Path(folder) / name
+            absolute = path.absolute()
+            if absolute in left_out or atomic.is_temp(name):
+                continue
+            try:
+                info = os.stat(path)  # follows symlinks (Hugging Face cache snapshots are links to blobs)
+            except OSError as exc:
+                raise RepairFailedError(f"{path}: cannot read ({exc.strerror})") from None
+            if not stat.S_ISREG(info.st_mode):
+                continue  # FIFOs, sockets, dangling links: nothing to carry
+            found.append((path.relative_to(source.root), absolute in weights, info.st_size))
+    missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
+    if missing:
+        raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
+    return found
+
+
+def _check_space(parent: Path, needed: int) -> None:
+    free = shutil.disk_usage(parent).free
+    if free < needed + (64 << 20):
+        raise RepairRefusedError(
+            f"{parent}: the repaired checkpoint needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free",
+            "free some space or choose an --out on another disk",
+        )
+
+
+def _copy_one(source: Source, rel: Path, temp: Path) -> Path:
+    src = source.single_file if source.single_file is not None else source.root / rel
+    dst = temp / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)  # sendfile / copy_file_range in the kernel: no shard passes through our memory
+    # The source's mode, but owner-writable: weights are patched in place, and the new folder is the user's
+    # (Hugging Face cache blobs are read-only).
+    os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
+    return dst
+
+
+def _target_copy(source: Source, temp: Path, file: str) -> Path:
+    """Where a source weight file's copy lies in the temporary folder."""
+    if source.single_file is not None:
+        return temp / source.single_file.name
+    return temp / Path(file).absolute().relative_to(source.root.absolute())
+
+
+def _writes_by_copy(plan: RepairPlan, source: Source, temp: Path) -> dict[Path, list[Restoration]]:
+    """The restorations that write bytes, by the copy of the file they land in."""
+    by_file: dict[Path, list[Restoration]] = {}
+    for restoration in plan.writes:
+        by_file.setdefault(_target_copy(source, temp, restoration.target_ref.file), []).append(restoration)
+    return by_file
+
+
+def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
+    """Write each restoration's donor elements into ``copy``; fix the CRC-32 of patched zip entries."""
+    if not restorations:
+        return
+    with open(copy, "r+b") as fh:
+        is_zip = fh.read(4) == _ZIP_MAGIC
+        fd = fh.fileno()
+        entries = zippatch.read_entries(str(copy)) if is_zip else []
+        touched: dict[int, zippatch.ZipEntry] = {}
+        for r in restorations:
+            ref = r.target_ref
+            if is_zip:
+                entry = zippatch.entry_at(entries, ref.region.offset, ref.region.nbytes)
+                if entry is None:
+                    raise RepairFailedError(f"{ref.file}: storage of {ref.name!r} is not inside one zip entry; refused")
+                zippatch.check_stored(ref.file, entry)
+                if entry.local_offset not in touched:
+                    # A CRC that was already wrong is corruption: do not bless it with a fresh one.
+                    if zippatch.crc_of(fd, entry) != entry.crc:
+                        raise RepairFailedError(
+                            f"{ref.file}: zip entry {entry.name!r} fails its CRC-32 check before patching (corrupt source)",
+                            "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
+                        )
+                    touched[entry.local_offset] = entry
+            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref)
+        for entry in touched.values():
+            zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
+
+
+def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
+    """Re-scan what was written, and check every restored tensor now holds its donor's bytes."""
+    from nandoctor.scan import scan
+
+    scanned = temp / source.single_file.name if source.single_file is not None else temp
+    report = scan(scanned, device="cpu", progress=progress)
+    if not report.ok:
+        problem = report.errors[0].message if report.errors else f"{report.nonfinite:,} non-finite values remain"
+        raise RepairFailedError(f"{plan.target}: the repaired copy failed its verification scan: {problem}")
+    if sorted(t.name for t in source_report.tensors) != sorted(t.name for t in report.tensors):
+        raise RepairFailedError(f"{plan.target}: the repaired copy does not hold the same tensors as the source")
+    written = {(t.ref.file, t.name): t.ref for t in report.tensors}
+    for r in plan.restorations:
+        copy = str(_target_copy(source, temp, r.target_ref.file))
+        ref = written.get((copy, r.name))
+        if ref is None or _digest(copy, ref) != _digest(r.donor_ref.file, r.donor_ref):
+            raise RepairFailedError(
+                f"{copy}: tensor {r.name!r} does not hold its donor's bytes after the repair",
+                "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
+            )
+    return report
+
+
+def _digest(path: str, ref: TensorRef) -> bytes:
+    """sha256 of a tensor's elements in logical order: equal digests, equal tensors."""
+    h = hashlib.sha256()
+    for block in iter_logical(path, ref):
+        h.update(block)
+    return h.digest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            h.update(view[:n])  # hashlib releases the GIL: shards hash in parallel with the copy
+    return h.hexdigest()

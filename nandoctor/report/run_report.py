@@ -1,0 +1,220 @@
+"""RunReport → a rich timeline (one row per checkpoint) and → JSON (the ``run`` schema in docs/json.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from nandoctor import gate
+from nandoctor.layers import bad_ranges
+from nandoctor.report.json_report import SCHEMA_VERSION, report_to_json
+from nandoctor.report.rich_report import human_bytes, safe
+from nandoctor.runs import CLEAN, INCOMPLETE, NONFINITE, OVERFLOW, UNREADABLE, RunCheckpoint, RunReport, TrainLog
+
+_STYLE = {CLEAN: "green", OVERFLOW: "yellow", NONFINITE: "red", UNREADABLE: "red", INCOMPLETE: "yellow"}
+_WORD = {CLEAN: "✓ clean", OVERFLOW: "! overflow risk", NONFINITE: "✗ non-finite", UNREADABLE: "✗ unreadable",
+         INCOMPLETE: "… incomplete"}
+
+
+def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
+    if log is None:
+        return None
+    return {
+        "source": log.source,
+        "last_step": log.last_step,
+        "first_nonfinite": (
+            None
+            if log.first_nonfinite_step is None
+            else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys)}
+        ),
+        "first_zero_loss_step": log.first_zero_loss_step,
+        "error": log.error,
+    }
+
+
+def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "step": c.step,
+        "path": c.path,
+        "status": c.status,
+        "incomplete": list(c.incomplete),
+        "train_log": log_to_json(c.log),
+        "report": None if c.report is None else report_to_json(c.report),
+    }
+
+
+def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
+    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
+    code = run.exit_code(fail_on)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "target": run.target,
+            "checkpoints": [checkpoint_to_json(c) for c in run.checkpoints],
+            "newest": newest.name if newest else None,
+            "last_clean": last_clean.name if last_clean else None,
+            "first_bad": first_bad.name if first_bad else None,
+            "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
+            "train_log": log_to_json(run.log),
+            "notes": list(run.notes),
+        },
+        "summary": {
+            "decided_by": newest.name if newest else None,
+            "verdict": _run_verdict(run),
+            "ok": code == 0,
+            "exit_code": code,
+            "fail_on": sorted(fail_on),
+            "checkpoints": len(run.checkpoints),
+            "seconds": round(run.seconds, 6),
+        },
+    }
+
+
+def _run_verdict(run: RunReport) -> str:
+    newest = run.newest
+    if newest is None:
+        return "EMPTY"
+    if newest.status == INCOMPLETE:
+        return "INCOMPLETE"
+    assert newest.report is not None
+    return gate.verdict(newest.report)
+
+
+def _log_cell(log: TrainLog | None) -> Text:
+    if log is None:
+        return Text("—", style="dim")
+    if log.error:
+        return Text("unreadable", style="yellow")
+    parts = []
+    if log.first_nonfinite_step is not None:
+        parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at {log.first_nonfinite_step}")
+    if log.first_zero_loss_step is not None:
+        parts.append(f"loss 0.0 at {log.first_zero_loss_step}")
+    if parts:
+        return Text("; ".join(parts), style="red")
+    return Text(f"finite to {log.last_step}" if log.last_step is not None else "empty", style="dim")
+
+
+def _timeline(run: RunReport) -> Table:
+    with_overflow = any(c.report is not None and gate.target_dtype(c.report) for c in run.checkpoints)
+    table = Table(title="Timeline", title_justify="left", show_edge=False, header_style="bold")
+    columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf"]
+    if with_overflow:
+        columns.append("overflow")
+    columns += ["bad layers", "trainer log"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("step", "NaN", "+Inf", "-Inf", "bad tensors", "overflow") else "left")
+    for c in run.checkpoints:
+        r = c.report
+        style = _STYLE[c.status]
+        row: list[Text | str] = [str(c.step), Text(safe(c.name)), Text(_WORD[c.status], style=style)]
+        if r is None:
+            row += ["", "", "", ""] + ([""] if with_overflow else [])
+        else:
+            row += [f"{len(r.bad_tensors)}/{len(r.tensors)}", f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}"]
+            if with_overflow:
+                row.append(f"{gate.overflow_count(r):,}")
+        ranges = ", ".join(x.label for x in bad_ranges(r.layers)) if r is not None else ""
+        row.append(Text(safe(ranges)))
+        row.append(_log_cell(c.log))
+        table.add_row(*row)
+    return table
+
+
+def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
+    """``--quiet`` for a run: the newest checkpoint's line plus last clean / first bad."""
+    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    newest = run.newest
+    if newest is None:
+        head = f"FAIL EMPTY {run.target}: no checkpoints"
+    elif newest.report is None or newest.status == INCOMPLETE:
+        head = f"FAIL INCOMPLETE {newest.path}: {'; '.join(newest.incomplete) or 'not scanned'}"
+    else:
+        head = gate.one_line(newest.report, fail_on, label=newest.path)
+    tail = [
+        f"last clean: {run.last_clean.name if run.last_clean else 'none'}",
+        f"first bad: {run.first_bad.name if run.first_bad else 'none'}",
+    ]
+    if run.log and run.log.suspicious_step is not None:
+        tail.append(f"trainer log broke at step {run.log.suspicious_step}")
+    return head + " · " + " · ".join(tail)
+
+
+def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = None) -> None:
+    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    scanned = sum(c.report.bytes_scanned for c in run.checkpoints if c.report is not None)
+    console.print(
+        Text.assemble(
+            ("nandoctor scan ", "bold"),
+            safe(run.target),
+            (f"\n  training run · {len(run.checkpoints)} checkpoint(s) · {human_bytes(scanned)} read · {run.seconds:.2f} s", "dim"),
+        )
+    )
+    for note in run.notes:
+        console.print(Text(f"  note: {safe(note)}", style="yellow"))
+    if not run.checkpoints:
+        console.print(Text("  no checkpoint-<step> folders", style="yellow"))
+        return
+    console.print()
+    console.print(_timeline(run))
+    console.print()
+    last_clean, first_bad = run.last_clean, run.first_bad
+    console.print(
+        Text.assemble(
+            "last clean: ",
+            (safe(last_clean.name), "bold green") if last_clean else ("none", "bold red"),
+            " · first bad: ",
+            (safe(first_bad.name), "bold red") if first_bad else ("none", "bold green"),
+        )
+    )
+    _render_log(run, console)
+    for c in run.checkpoints:
+        if c.status == INCOMPLETE:
+            console.print(Text(f"incomplete: {safe(c.name)}: {safe('; '.join(c.incomplete))}", style="yellow"))
+        elif c.status == UNREADABLE and c.report is not None:
+            for problem in c.report.errors[:3]:
+                console.print(Text(f"unreadable: {safe(c.name)}: {safe(problem.path)}: {safe(problem.message)}", style="red"))
+    newest = run.newest
+    assert newest is not None
+    console.print()
+    code = run.exit_code(fail_on)
+    style = "bold green" if code == 0 else "bold red"
+    console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (_run_verdict(run), style),
+                                " (the newest checkpoint decides the exit code)"))
+    if first_bad is not None and code != 0:
+        hint = []
+        if last_clean is not None:
+            hint.append(f"resume from {safe(last_clean.path)}, or restore the bad tensors with")
+        else:
+            hint.append("no clean checkpoint to resume from; restore the bad tensors with")
+        out = f"{newest.path.rstrip('/')}-repaired"
+        hint.append(f"        nandoctor repair {safe(newest.path)} --from auto --out {safe(out)}")
+        console.print(Text("  next: " + "\n".join(hint), style="dim"))
+
+
+def _render_log(run: RunReport, console: Console) -> None:
+    log = run.log
+    if log is None:
+        return
+    if log.suspicious_step is None:
+        console.print(Text(f"trainer log ({safe(log.source)}): loss and grad_norm finite up to step {log.last_step}", style="dim"))
+        return
+    parts = []
+    if log.first_nonfinite_step is not None:
+        parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf first at step {log.first_nonfinite_step}")
+    if log.first_zero_loss_step is not None:
+        parts.append(f"loss exactly 0.0 from step {log.first_zero_loss_step}")
+    where = ""
+    step = log.suspicious_step
+    before = [c for c in run.checkpoints if c.step < step]
+    after = [c for c in run.checkpoints if c.step >= step]
+    if before and after:
+        where = f" (between {before[-1].name} and {after[0].name})"
+    elif after:
+        where = f" (before {after[0].name})"
+    console.print(Text(f"trainer log: {'; '.join(parts)}{where}", style="red"))

@@ -1,0 +1,298 @@
+"""Run folders: the ``checkpoint-N`` folders a training run leaves, ordered by step.
+
+Also the run as a timeline (:func:`scan_run`): each checkpoint's verdict, the
+first step ``trainer_state.json`` logged NaN/Inf, and saves that never finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nandoctor.errors import EXIT_UNREADABLE
+from nandoctor.model import ScanReport
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def step_of(path: Path) -> int | None:
+    """The global step N of a folder named ``checkpoint-N``, else None."""
+    match = _CHECKPOINT.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
+    found = []
+    for entry in Path(folder).iterdir():
+        step = step_of(entry)
+        if step is not None and entry.is_dir():
+            found.append((step, entry))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------
+# A run as a timeline: every checkpoint's verdict, the trainer log, incomplete saves.
+# ---------------------------------------------------------------------------
+
+_TMP_CHECKPOINT = re.compile(r"^tmp-checkpoint-(\d+)$")  # older Trainer versions saved here, then renamed
+# Names writers use for files still being written; their presence means the save did not finish.
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
+_TEMP_PREFIXES = ("tmp", ".tmp")
+TRAINER_STATE = "trainer_state.json"
+_LOGGED_KEYS = ("loss", "grad_norm")
+
+# Checkpoint status words, worst first where one checkpoint has several.
+INCOMPLETE, UNREADABLE, NONFINITE, OVERFLOW, CLEAN = "incomplete", "unreadable", "nonfinite", "overflow", "clean"
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """What ``trainer_state.json``'s ``log_history`` says about where training broke."""
+
+    source: str
+    last_step: int | None = None
+    first_nonfinite_step: int | None = None  # first logged step with NaN/Inf loss or grad_norm
+    first_nonfinite_keys: tuple[str, ...] = ()
+    first_zero_loss_step: int | None = None  # a loss of exactly 0.0 usually means the loss went NaN/was masked
+    error: str | None = None  # the file could not be read
+
+    @property
+    def suspicious_step(self) -> int | None:
+        steps = [s for s in (self.first_nonfinite_step, self.first_zero_loss_step) if s is not None]
+        return min(steps) if steps else None
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    step: int
+    path: str
+    status: str  # incomplete | unreadable | nonfinite | overflow | clean
+    report: ScanReport | None  # None when nothing could be scanned (no weights at all)
+    incomplete: tuple[str, ...] = ()  # why the save looks half-written
+    log: TrainLog | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def clean(self) -> bool:
+        return self.status == CLEAN
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run folder scanned checkpoint by checkpoint, oldest first."""
+
+    target: str
+    checkpoints: tuple[RunCheckpoint, ...]
+    log: TrainLog | None = None  # the longest readable trainer log of the run
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def newest(self) -> RunCheckpoint | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def last_clean(self) -> RunCheckpoint | None:
+        """The newest checkpoint that was read completely and is finite: what to resume from."""
+        clean = [c for c in self.checkpoints if c.report is not None and c.status in (CLEAN, OVERFLOW)]
+        return clean[-1] if clean else None
+
+    @property
+    def first_bad(self) -> RunCheckpoint | None:
+        """The oldest checkpoint with non-finite weights: training broke before it."""
+        return next((c for c in self.checkpoints if c.report is not None and c.report.nonfinite), None)
+
+    def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
+        """The newest checkpoint decides: it is what a resume or a deploy would load (docs/cli.md)."""
+        from nandoctor import gate
+
+        newest = self.newest
+        if newest is None or newest.report is None or newest.status == INCOMPLETE:
+            return EXIT_UNREADABLE
+        return gate.exit_code(newest.report, gate.DEFAULT_FAIL_ON if fail_on is None else fail_on)
+
+    def ok(self, fail_on: frozenset[str] | None = None) -> bool:
+        return self.exit_code(fail_on) == 0
+
+    def to_json(self, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
+        from nandoctor.report.run_report import run_to_json
+
+        return run_to_json(self, fail_on)
+
+
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder of ``checkpoint-N`` folders that holds no weights itself."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    from nandoctor.layout import INDEX_NAMES, weight_suffixes
+
+    has_checkpoints = False
+    suffixes = weight_suffixes()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.name in INDEX_NAMES or (entry.suffix.lower() in suffixes and entry.is_file()):
+            return False  # a model saved at the top (trainer.save_model): that is what gets scanned
+        if (step_of(entry) is not None or _TMP_CHECKPOINT.match(entry.name)) and entry.is_dir():
+            has_checkpoints = True
+    return has_checkpoints
+
+
+def read_train_log(path: Path) -> TrainLog:
+    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        history = data.get("log_history") if isinstance(data, dict) else None
+        if not isinstance(history, list):
+            raise ValueError("no log_history list")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return TrainLog(str(path), error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc.strerror))
+    last = first_bad = first_zero = None
+    bad_keys: tuple[str, ...] = ()
+    for entry in history:
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+            continue
+        step = entry["step"]
+        last = step if last is None else max(last, step)
+        nonfinite = tuple(
+            k for k in _LOGGED_KEYS if isinstance(entry.get(k), (int, float)) and not math.isfinite(entry[k])
+        )
+        if nonfinite and first_bad is None:
+            first_bad, bad_keys = step, nonfinite
+        if first_zero is None and isinstance(entry.get("loss"), (int, float)) and entry["loss"] == 0.0:
+            first_zero = step
+    return TrainLog(str(path), last, first_bad, bad_keys, first_zero)
+
+
+def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
+    from nandoctor.layout import INDEX_NAMES, read_index, weight_suffixes
+    from nandoctor.errors import CorruptCheckpointError
+
+    reasons = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return [f"cannot list the folder ({exc.strerror})"]
+    temp = [e.name for e in entries if e.name.lower().endswith(_TEMP_SUFFIXES) or e.name.lower().startswith(_TEMP_PREFIXES)]
+    if temp:
+        reasons.append(f"temporary files still present: {', '.join(temp[:3])}" + (" …" if len(temp) > 3 else ""))
+    suffixes = weight_suffixes()
+    weights = [e for e in entries if e.suffix.lower() in suffixes and e.name not in temp]
+    indexes = [folder / n for n in INDEX_NAMES if (folder / n).is_file()]
+    if not weights and not indexes:
+        reasons.append("no weight files")
+    empty = [w.name for w in weights if w.is_file() and w.stat().st_size == 0]
+    if empty:
+        reasons.append(f"empty weight file(s): {', '.join(empty[:3])}")
+    for index_path in indexes:
+        try:
+            index = read_index(index_path)
+        except CorruptCheckpointError:
+            continue  # the scan reports a broken index as unreadable
+        missing = sorted({s for s in index.weight_map.values() if not (folder / s).exists()})
+        if missing:
+            reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
+    if expect_trainer_state and not (folder / TRAINER_STATE).exists():
+        reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
+    return reasons
+
+
+def _status(report: ScanReport | None, incomplete: list[str]) -> str:
+    from nandoctor import gate
+
+    if incomplete or report is None:
+        return INCOMPLETE
+    if report.errors:
+        return UNREADABLE
+    if report.nonfinite:
+        return NONFINITE
+    if gate.overflow_count(report):
+        return OVERFLOW
+    return CLEAN
+
+
+def scan_run(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    target_dtype: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    both_formats: bool = False,
+    scan_one: Callable[..., ScanReport] | None = None,
+) -> RunReport:
+    """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first."""
+    import time
+
+    from nandoctor.errors import NandoctorError
+
+    started = time.perf_counter()
+    root = Path(path)
+    if scan_one is None:
+        from nandoctor.scan import scan as scan_one
+    folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
+    for entry in root.iterdir():
+        match = _TMP_CHECKPOINT.match(entry.name)
+        if match and entry.is_dir():
+            folders.append((int(match.group(1)), entry, True))
+    folders.sort(key=lambda f: (f[0], f[2]))
+    with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+
+    notes = []
+    others = sorted(
+        e.name for e in root.iterdir()
+        if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
+    )
+    if others:
+        notes.append(
+            f"not part of the timeline (not named checkpoint-<step>): {', '.join(others[:5])}"
+            + (" …" if len(others) > 5 else "")
+            + "; scan them on their own"
+        )
+
+    done_before = 0
+    checkpoints = []
+    for step, folder, is_tmp in folders:
+        reasons = _incomplete_reasons(folder, expect_trainer_state=with_state > 0)
+        if is_tmp:
+            reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
+        report = None
+        offset = done_before
+
+        def forward(done: int, total: int, file: str, offset: int = offset) -> None:
+            if progress:
+                progress(offset + done, offset + total, file)
+
+        try:
+            kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
+            if target_dtype is not None:
+                kwargs["target_dtype"] = target_dtype
+            report = scan_one(folder, **kwargs)
+            done_before += report.bytes_scanned
+        except NandoctorError as exc:
+            if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
+                reasons.append(exc.message)
+        state = folder / TRAINER_STATE
+        log = read_train_log(state) if state.exists() else None
+        checkpoints.append(RunCheckpoint(step, str(folder), _status(report, reasons), report, tuple(reasons), log))
+
+    logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
+    top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
+    if top.is_file():
+        top_log = read_train_log(top)
+        if top_log.error is None:
+            logs.append(top_log)
+    run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
+    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started)

@@ -1,0 +1,184 @@
+"""The Python API: scan, scan_run, assert_finite, scan_state_dict, scan_module; lazy imports; typed errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nandoctor
+from fixtures.builders import RawTensor, write_safetensors
+
+from .conftest import DEMO_RUN, ROOT
+
+BAD = DEMO_RUN / "checkpoint-300"
+GOOD = DEMO_RUN / "checkpoint-200"
+
+
+def test_import_nandoctor_is_light():
+    code = "import sys, nandoctor; bad = {'numpy', 'torch', 'rich', 'click'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_scan_returns_a_report_and_stays_a_function():
+    report = nandoctor.scan(str(BAD), device="cpu")
+    assert isinstance(report, nandoctor.ScanReport)
+    assert not report.ok and report.exit_code == 1
+    assert [s.layer for s in report.bad_layers] == ["transformer.h.21", "transformer.h.22", "transformer.h.23"]
+    assert report.to_json()["summary"]["nan"] == 144
+    importlib.import_module("nandoctor.scan")  # the engine module shares the name with the function
+
+    assert callable(nandoctor.scan) and nandoctor.scan(str(GOOD)).ok
+
+
+def test_scan_of_a_run_folder_points_to_scan_run():
+    with pytest.raises(nandoctor.UnsupportedFormatError, match="training run folder"):
+        nandoctor.scan(str(DEMO_RUN))
+    run = nandoctor.scan_run(str(DEMO_RUN))
+    assert run.last_clean.name == "checkpoint-200" and run.first_bad.name == "checkpoint-300"
+    assert run.exit_code() == 1 and run.to_json()["run"]["train_log"]["first_nonfinite"]["step"] == 260
+    with pytest.raises(nandoctor.UnsupportedFormatError, match="not a training run folder"):
+        nandoctor.scan_run(str(GOOD))
+
+
+def test_assert_finite_names_bad_layers_and_the_repair_command(tmp_path):
+    run_dir = tmp_path / "output"
+    shutil.copytree(DEMO_RUN, run_dir)
+    assert nandoctor.assert_finite(str(run_dir / "checkpoint-200")).ok
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as info:
+        nandoctor.assert_finite(str(run_dir / "checkpoint-300"))
+    err = info.value
+    assert "transformer.h.21–23" in err.message and "144 NaN" in err.message
+    assert f"nandoctor repair {run_dir / 'checkpoint-300'} --from auto --out {run_dir / 'checkpoint-300'}-repaired" in err.hint
+    assert err.report is not None and err.report.nonfinite == 261
+    assert err.exit_code == 1
+    # A run folder: the newest checkpoint decides, as in the CLI.
+    with pytest.raises(nandoctor.NonFiniteWeightsError, match="checkpoint-300"):
+        nandoctor.assert_finite(str(run_dir))
+
+
+def test_the_suggested_repair_makes_assert_finite_pass(tmp_path):
+    run_dir = tmp_path / "output"
+    shutil.copytree(DEMO_RUN, run_dir)
+    target = run_dir / "checkpoint-300"
+    with pytest.raises(nandoctor.NonFiniteWeightsError):
+        nandoctor.assert_finite(str(target))
+    result = nandoctor.repair(str(target), "auto", str(run_dir / "checkpoint-300-repaired"))
+    assert result.ok and callable(nandoctor.repair)
+    assert nandoctor.assert_finite(str(run_dir / "checkpoint-300-repaired")).ok
+    # The repaired copy sits beside the run's checkpoints without joining the timeline.
+    assert any("checkpoint-300-repaired" in n for n in nandoctor.scan_run(str(run_dir)).notes)
+
+
+def test_assert_finite_outside_a_run_suggests_an_explicit_donor(tmp_path):
+    shutil.copytree(BAD, tmp_path / "final")
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as info:
+        nandoctor.assert_finite(str(tmp_path / "final"))
+    assert "--from <earlier clean checkpoint>" in info.value.hint
+
+
+def test_assert_finite_overflow_and_unreadable(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"model.layers.3.mlp.weight": RawTensor("F32", (2,), np.array([1e5, 1.0], np.float32).tobytes())})
+    assert nandoctor.assert_finite(str(path)).ok  # finite: fine without a target
+    with pytest.raises(nandoctor.OverflowRiskError, match="overflow when cast to fp16") as info:
+        nandoctor.assert_finite(str(path), target_dtype="fp16")
+    assert isinstance(info.value, nandoctor.NonFiniteWeightsError)  # one except clause catches both
+    assert "model.layers.3" in info.value.message
+    assert nandoctor.assert_finite(str(path), target_dtype="fp16", fail_on="nonfinite").ok
+    with pytest.raises(ValueError, match="unknown target dtype"):
+        nandoctor.scan(str(path), target_dtype="fp4")
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(nandoctor.UnreadableCheckpointError, match="cannot be called finite"):
+        nandoctor.assert_finite(str(path))
+    with pytest.raises(nandoctor.CheckpointNotFoundError):
+        nandoctor.assert_finite(str(tmp_path / "nope"))
+
+
+# -- live tensors ---------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.ModuleDict({
+        "embed": torch.nn.Embedding(10, 4),
+        "layers": torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)]),
+        "norm": torch.nn.LayerNorm(4),
+    })
+
+
+def test_scan_module_finds_planted_values_where_they_are():
+    model = tiny_model()
+    model.register_buffer("position_ids", torch.arange(4))
+    with torch.no_grad():
+        model["layers"][1].weight[2, 3] = float("nan")
+        model["layers"][1].weight[3, 0] = float("inf")
+        model["layers"][2].bias[1] = float("-inf")
+    report = nandoctor.scan_module(model)
+    by_name = {t.name: t for t in report.tensors}
+    w = by_name["layers.1.weight"]
+    assert (w.nan, w.posinf, w.neginf, w.first_bad_coords) == (1, 1, 0, (2, 3))
+    assert by_name["layers.2.bias"].neginf == 1
+    assert not by_name["position_ids"].can_hold_nonfinite
+    assert report.nonfinite == 3 and report.device == "cpu" and report.files == ()
+    assert [s.layer for s in report.bad_layers] == ["layers.1", "layers.2"]
+    assert json.dumps(report.to_json())  # same JSON shape as a file scan
+
+
+def test_scan_state_dict_agrees_with_the_file_scan(tmp_path):
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(1)
+    state = {}
+    for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16, torch.float64)):
+        t = torch.from_numpy(rng.standard_normal((8, 16)).astype(np.float32)).to(dtype)
+        flat = t.view(-1)
+        flat[rng.choice(128, 5, replace=False)] = float("nan")
+        flat[rng.choice(128, 2, replace=False)] = float("inf")
+        flat[rng.choice(128, 2, replace=False)] = 7e4 if dtype != torch.float16 else 6e4
+        state[f"model.layers.{i}.w"] = t
+    state["model.layers.4.w"] = torch.tensor([3.0, float("-inf")]).to(torch.float8_e5m2)
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path))
+
+    live = nandoctor.scan_state_dict(state, target_dtype="fp16")
+    disk = nandoctor.scan(str(path), target_dtype="fp16")
+    key = lambda r: {t.name: (t.nan, t.posinf, t.neginf, t.first_bad, t.overflow, t.max_abs) for t in r.tensors}  # noqa: E731
+    assert key(live) == key(disk)
+    assert live.nonfinite == disk.nonfinite > 0
+
+
+def test_scan_state_dict_views_complex_meta_and_extra_entries():
+    base = torch.zeros(6, 4)
+    base[5, 1] = float("nan")
+    state = {
+        "transposed": base.t(),  # a strided view: counted without a host copy, first bad in its own C order
+        "complex": torch.tensor([1 + 1j, complex(0, float("inf"))], dtype=torch.complex64),
+        "meta": torch.empty(3, device="meta"),
+        "note": "not a tensor",
+        "empty": torch.empty(0, 3),
+    }
+    report = nandoctor.scan_state_dict(state)
+    by_name = {t.name: t for t in report.tensors}
+    assert by_name["transposed"].first_bad_coords == (1, 5)
+    assert (by_name["complex"].posinf, by_name["complex"].first_bad) == (1, 1)
+    assert "meta" not in by_name and report.exit_code == 3  # could not be checked: never "clean"
+    assert report.errors[0].path == "meta" and "meta device" in report.errors[0].message
+    assert by_name["empty"].nonfinite == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scan_module_on_gpu_counts_on_the_device():
+    model = tiny_model().cuda()
+    with torch.no_grad():
+        model["layers"][0].weight[0, 0] = float("nan")
+    report = nandoctor.scan_module(model)
+    assert report.device == "cuda:0" and report.nan == 1

@@ -1,0 +1,162 @@
+"""Repo ids resolved offline in fake Hugging Face / ModelScope caches built in tmp_path (real symlinked blobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fixtures.builders import SPECIALS, RawTensor, write_safetensors, write_sharded
+from nandoctor import hubcache
+from nandoctor.cli import _register_commands, cli
+from nandoctor.errors import CheckpointNotFoundError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "MODELSCOPE_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default caches live under an empty home
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str):
+    _register_commands()
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def _tensors(bad: bool) -> dict[str, RawTensor]:
+    out = {}
+    for i in range(3):
+        bits = np.zeros(16, dtype=np.uint32)
+        if bad and i == 1:
+            bits[5] = SPECIALS["F32"]["nan"]
+        out[f"model.layers.{i}.mlp.weight"] = RawTensor("F32", (4, 4), bits.tobytes())
+    return out
+
+
+def make_hf_repo(cache: Path, repo_id: str, *, bad: bool, commit: str = COMMIT, ref: str | None = "main") -> Path:
+    """The real layout: blobs named by hash, snapshots/<commit>/ holding relative symlinks to them."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    staging = cache.parent / f"staging-{commit}"
+    write_sharded(staging, _tensors(bad), shards=2)
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in sorted(staging.iterdir()):
+        blob = repo / "blobs" / f"{commit[:8]}-{file.name}.blob"
+        shutil.move(file, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    shutil.rmtree(staging)
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def test_repo_id_found_in_hf_hub_cache_through_symlinked_shards(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    snapshot = make_hf_repo(cache, "Qwen/Qwen-1_8B", bad=True)
+    assert (snapshot / "model-00001-of-00002.safetensors").is_symlink()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+
+    result = run("scan", "Qwen/Qwen-1_8B", "--json")
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)
+    assert data["errors"] == []  # the symlinks into ../../blobs were followed, not refused
+    assert data["summary"]["nan"] == 1
+    assert data["bad_layer_ranges"] == ["model.layers.1"]
+    assert any("huggingface cache" in n and COMMIT in n for n in data["notes"])
+
+
+def test_hf_home_and_default_locations(tmp_path, monkeypatch):
+    make_hf_repo(tmp_path / "hfhome" / "hub", "org/clean", bad=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hfhome"))
+    assert run("scan", "org/clean", "--quiet").exit_code == 0
+
+    monkeypatch.delenv("HF_HOME")
+    make_hf_repo(tmp_path / "home" / ".cache" / "huggingface" / "hub", "org/other", bad=True)
+    result = run("scan", "org/other", "--quiet")
+    assert result.exit_code == 1 and "NON-FINITE" in result.output
+
+
+def test_revision_comes_from_refs_main_and_can_be_picked(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    make_hf_repo(cache, "org/m", bad=True, commit=OLD_COMMIT, ref=None)  # an older, bad snapshot
+    make_hf_repo(cache, "org/m", bad=False, commit=COMMIT)  # refs/main points at the clean one
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert run("scan", "org/m", "-q").exit_code == 0
+    assert run("scan", f"org/m@{OLD_COMMIT}", "-q").exit_code == 1
+    missing = run("scan", "org/m@v2", "-q")
+    assert missing.exit_code == 3 and "revision not in the Hugging Face cache" in missing.output
+
+
+def test_several_snapshots_without_refs_is_ambiguous(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    make_hf_repo(cache, "org/m", bad=False, commit=COMMIT, ref=None)
+    make_hf_repo(cache, "org/m", bad=True, commit=OLD_COMMIT, ref=None)
+    with pytest.raises(CheckpointNotFoundError, match="2 snapshots and no refs/main"):
+        hubcache.find_hf("org/m", cache=cache)
+
+
+def test_not_cached_exits_3_and_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    result = run("scan", "Qwen/Qwen-1_8B")
+    assert result.exit_code == 3
+    assert str(tmp_path / "hf" / "models--Qwen--Qwen-1_8B") in result.output
+    assert str(tmp_path / "ms") in result.output
+    assert "never downloads" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_modelscope_cache_with_escaped_dots(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    folder = tmp_path / "ms" / "models" / "Qwen" / "Qwen2___5-0___5B"
+    write_sharded(folder, _tensors(bad=True), shards=2)
+    result = run("scan", "Qwen/Qwen2.5-0.5B", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["summary"]["nan"] == 1 and any("modelscope cache" in n for n in data["notes"])
+
+
+def test_local_path_wins_over_repo_id(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    make_hf_repo(cache, "org/m", bad=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    write_sharded(tmp_path / "org" / "m", _tensors(bad=False), shards=1)  # ./org/m exists locally
+    result = run("scan", "org/m", "--json")
+    assert result.exit_code == 0
+    assert not any("cache" in n for n in json.loads(result.output)["notes"])
+
+
+def test_symlink_leaving_the_blobs_is_still_refused(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    snapshot = make_hf_repo(cache, "org/m", bad=False)
+    outside = tmp_path / "elsewhere.safetensors"
+    write_safetensors(outside, {"x": RawTensor("F32", (1,), b"\0" * 4)})
+    shard = snapshot / "model-00002-of-00002.safetensors"
+    shard.unlink()
+    os.symlink(outside, shard)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    result = run("scan", "org/m", "--json")
+    assert result.exit_code == 3
+    assert any("outside the checkpoint folder" in e["message"] for e in json.loads(result.output)["errors"])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Qwen/Qwen-1_8B", True), ("gpt2", True), ("org/m@main", True), ("./x", False), ("/abs/x", False),
+     ("a/b/c", False), ("a/../b", False), ("", False), ("~/m", False)],
+)
+def test_what_looks_like_a_repo_id(text, expected):
+    assert hubcache.looks_like_repo_id(text) is expected

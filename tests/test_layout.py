@@ -1,0 +1,185 @@
+"""Folders of torch files: sharded .bin with its index, both formats side by side, Trainer checkpoint-N."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nandoctor import layout
+from nandoctor.scan import scan
+from tests.torch_helpers import flatten, report_counts, torch_counts
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+NAN, INF = float("nan"), float("inf")
+
+
+def weights() -> dict:
+    g = torch.Generator().manual_seed(1)
+    sd = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(4, 3, generator=g) for i in range(4)}
+    sd["model.embed_tokens.weight"] = torch.randn(6, 3, generator=g)
+    sd["model.layers.2.mlp.up_proj.weight"][1, 2] = NAN
+    sd["model.layers.3.mlp.up_proj.weight"][0, 0] = -INF
+    return sd
+
+
+def save_sharded_bin(folder: Path, sd: dict, *, index_edit=None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(sd)
+    shards = {"pytorch_model-00001-of-00002.bin": names[:2], "pytorch_model-00002-of-00002.bin": names[2:]}
+    weight_map = {}
+    for shard, members in shards.items():
+        torch.save({n: sd[n] for n in members}, folder / shard)
+        weight_map.update({n: shard for n in members})
+    index = {"metadata": {"total_size": sum(t.numel() * 4 for t in sd.values())}, "weight_map": weight_map}
+    if index_edit:
+        index_edit(index)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def test_sharded_bin_with_index(tmp_path: Path) -> None:
+    sd = weights()
+    save_sharded_bin(tmp_path / "ckpt", sd)
+    report = scan(tmp_path / "ckpt", device="cpu")
+    assert not report.errors
+    assert sorted(Path(f).name for f in report.files) == [
+        "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    assert report_counts(report) == {n: torch_counts(t) for n, t in sd.items()}
+    assert report.exit_code == 1
+
+
+def test_bin_index_that_disagrees_with_its_shards(tmp_path: Path) -> None:
+    def edit(index: dict) -> None:
+        index["weight_map"]["model.ghost.weight"] = "pytorch_model-00001-of-00002.bin"  # not in the shard
+        del index["weight_map"]["model.layers.3.mlp.up_proj.weight"]  # in a shard, not in the index
+
+    save_sharded_bin(tmp_path / "ckpt", weights(), index_edit=edit)
+    report = scan(tmp_path / "ckpt", device="cpu")
+    messages = " | ".join(e.message for e in report.errors)
+    assert "model.ghost.weight" in messages and "absent" in messages
+    assert "model.layers.3.mlp.up_proj.weight" in messages and "not in pytorch_model.bin.index.json" in messages
+    assert report.exit_code == 3
+
+
+def test_bin_index_with_missing_or_escaping_shard(tmp_path: Path) -> None:
+    def edit(index: dict) -> None:
+        index["weight_map"]["model.embed_tokens.weight"] = "../outside.bin"
+        index["weight_map"]["model.layers.0.mlp.up_proj.weight"] = "pytorch_model-00009-of-00009.bin"
+
+    save_sharded_bin(tmp_path / "ckpt", weights(), index_edit=edit)
+    torch.save({"x": torch.ones(1)}, tmp_path / "outside.bin")
+    report = scan(tmp_path / "ckpt", device="cpu")
+    messages = " | ".join(e.message for e in report.errors)
+    assert "outside the checkpoint folder" in messages and "missing" in messages
+    assert str(tmp_path / "outside.bin") not in report.files
+
+
+def test_both_formats_scans_safetensors_and_says_so(tmp_path: Path) -> None:
+    sd = weights()
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    safetensors_torch.save_file(sd, folder / "model.safetensors")
+    bin_sd = dict(sd)
+    bin_sd["lm_head.weight"] = bin_sd["model.embed_tokens.weight"]  # tied: present only in the .bin
+    torch.save(bin_sd, folder / "pytorch_model.bin")
+
+    report = scan(folder, device="cpu")
+    assert [Path(f).name for f in report.files] == ["model.safetensors"]
+    assert any("both safetensors and .bin" in n and "--both-formats" in n for n in report.notes)
+    assert report_counts(report) == {n: torch_counts(t) for n, t in sd.items()}
+
+    both = scan(folder, device="cpu", both_formats=True)
+    assert sorted(Path(f).name for f in both.files) == ["model.safetensors", "pytorch_model.bin"]
+    assert not both.errors  # the same names in two formats are expected, not "ambiguous"
+    assert len(both.tensors) == len(sd) * 2 + 1
+    assert both.nan == 2 * 1 + 0 and both.neginf == 2
+
+
+def save_trainer_checkpoint(folder: Path, *, rng_files=("rng_state.pth",)) -> dict:
+    import random
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model(torch.randn(2, 3)).sum().backward()
+    opt = torch.optim.AdamW(model.parameters())
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    state = opt.state_dict()
+    state["state"][1]["exp_avg_sq"][2] = NAN
+    torch.save(state, folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    torch.save({"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0}, folder / "scaler.pt")
+    for name in rng_files:
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
+                   folder / name)
+    import argparse
+
+    torch.save(argparse.Namespace(output_dir="out", learning_rate=5e-5), folder / "training_args.bin")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 500, "log_history": []}))
+    (folder / "config.json").write_text("{}")
+    return state
+
+
+def test_trainer_checkpoint_scans_weights_and_optimizer(tmp_path: Path) -> None:
+    folder = tmp_path / "output" / "checkpoint-500"
+    state = save_trainer_checkpoint(folder, rng_files=("rng_state_0.pth", "rng_state_1.pth"))
+    files = layout.discover(folder)
+    assert sorted(p.name for p in files.files) == [
+        "model.safetensors", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth", "scaler.pt", "scheduler.pt"]
+    assert [p.name for p in files.skipped] == ["training_args.bin"]
+    assert any(n.startswith("training_args.bin") and "not scanned" in n for n in files.notes)
+
+    report = scan(folder, device="cpu")
+    assert not report.errors  # rng_state_0 and rng_state_1 hold the same keys, but are named apart
+    counts = report_counts(report)
+    assert counts["optimizer.state.1.exp_avg_sq"] == (1, 0, 0)
+    assert {n for n in counts if n.startswith("optimizer.")} == set(flatten(state, "optimizer"))
+    assert "rng_state_0.cpu" in counts and "rng_state_1.cpu" in counts
+    assert report.exit_code == 1
+    assert any("numpy" in n for n in report.notes)
+
+
+def test_training_args_alone_is_read_without_running_it(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "training_args.bin"
+    torch.save(argparse.Namespace(output_dir="out"), path)
+    report = scan(path, device="cpu")
+    assert report.exit_code == 0 and not report.tensors
+    assert any("argparse.Namespace" in n for n in report.notes)
+
+
+def test_folder_of_bin_and_optimizer_without_index(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(weights(), folder / "pytorch_model.bin")
+    torch.save({"state": {0: {"exp_avg": torch.tensor([INF])}}, "param_groups": [{"params": [0]}]},
+               folder / "optimizer.pt")
+    report = scan(folder, device="cpu")
+    assert not report.errors
+    assert report_counts(report)["optimizer.state.0.exp_avg"] == (0, 1, 0)
+    assert report_counts(report)["model.layers.2.mlp.up_proj.weight"] == (1, 0, 0)
+
+
+def test_cli_both_formats_flag(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nandoctor.cli import _register_commands, cli
+
+    _register_commands()
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    clean = {"w": torch.ones(2)}
+    safetensors_torch.save_file(clean, folder / "model.safetensors")
+    torch.save({"w": torch.tensor([NAN, 1.0])}, folder / "pytorch_model.bin")  # the .bin differs
+    runner = CliRunner()
+    assert runner.invoke(cli, ["scan", str(folder), "--no-progress"]).exit_code == 0
+    result = runner.invoke(cli, ["scan", str(folder), "--no-progress", "--both-formats", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["summary"]["nan"] == 1

@@ -1,0 +1,153 @@
+"""`nandoctor repair` end to end: exit codes, what is printed, what is (not) written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from nandoctor.cli import _register_commands, cli
+from tests.conftest import DEMO_RUN, ROOT
+
+_register_commands()
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def copy_run(tmp_path):
+    shutil.copytree(DEMO_RUN, tmp_path / "run", ignore=shutil.ignore_patterns("expected.json"))
+    return tmp_path / "run"
+
+
+def test_repair_demo_run_exits_0_and_the_output_scans_clean(tmp_path):
+    out = tmp_path / "checkpoint-300-repaired"
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "✓ REPAIRED" in result.output and "✓ CLEAN" in result.output
+    assert "transformer.h.21" in result.output and "step 200" in result.output
+    assert "Restored per layer" in result.output
+    assert (out / "nandoctor-repair.json").is_file()
+    assert run("scan", out).exit_code == 0
+    assert run("scan", DEMO_RUN / "checkpoint-300").exit_code == 1  # the source is untouched
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "fixed"
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "PLAN COMPLETE" in result.output and "nothing written" in result.output
+    assert "transformer.h.22.attn.c_proj.weight" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_json(tmp_path):
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--dry-run", "--json")
+    assert result.exit_code == 0
+    plan = json.loads(result.stdout)
+    assert plan["complete"] is True and len(plan["restore"]) == 18
+    first = plan["restore"][0]
+    assert first["donor_step"] == 200 and first["nan"] + first["posinf"] + first["neginf"] > 0
+
+
+def test_repair_json_is_the_proof(tmp_path):
+    out = tmp_path / "fixed"
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out, "--json")
+    assert result.exit_code == 0
+    printed = json.loads(result.stdout)
+    stored = json.loads((out / "nandoctor-repair.json").read_text())
+    assert printed["files"] == stored["files"] and printed["restored"] == stored["restored"]
+
+
+def test_refusal_lists_what_cannot_be_restored_and_exits_3(tmp_path):
+    out = tmp_path / "fixed"
+    result = run(
+        "repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-300", "--out", out
+    )
+    assert result.exit_code == 3
+    assert "Cannot be restored" in result.output and "holds 25 NaN/Inf values itself" in result.output
+    assert "error:" in result.output and "no good donor" in result.output and "hint:" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_out_exits_3(tmp_path):
+    out = tmp_path / "fixed"
+    out.mkdir()
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out)
+    assert result.exit_code == 3
+    assert "already exists" in result.output and "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200").exit_code == 2
+    assert run("repair", DEMO_RUN / "checkpoint-300", "--out", tmp_path / "x").exit_code == 2
+    assert run("repair", DEMO_RUN / "checkpoint-300", "--from", "x", "--out", tmp_path / "x", "--scope", "model").exit_code == 2
+
+
+def test_missing_donor_exits_3(tmp_path):
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", tmp_path / "nope", "--out", tmp_path / "x")
+    assert result.exit_code == 3 and "donor checkpoint not found" in result.output
+
+
+def test_from_auto_picks_the_newest_earlier_clean_checkpoint(tmp_path):
+    run_dir = copy_run(tmp_path)
+    # Poison one tensor in checkpoint-200: auto must take that one from checkpoint-100, the rest from 200.
+    shard = run_dir / "checkpoint-200" / "model-00002-of-00002.safetensors"
+    raw = bytearray(shard.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    begin = json.loads(raw[8 : 8 + n])["transformer.h.23.mlp.w1.weight"]["data_offsets"][0]
+    raw[8 + n + begin : 8 + n + begin + 2] = b"\xc0\x7f"  # bf16 NaN
+    shard.write_bytes(bytes(raw))
+    out = tmp_path / "fixed"
+    result = run("repair", run_dir / "checkpoint-300", "--from", "auto", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    proof = json.loads(result.stdout)
+    steps = {r["tensor"]: r["donor_step"] for r in proof["restored"]}
+    assert steps.pop("transformer.h.23.mlp.w1.weight") == 100
+    assert set(steps.values()) == {200}
+    assert [d["step"] for d in proof["donors"]] == [200, 100]
+
+
+def test_from_auto_needs_a_checkpoint_folder(tmp_path):
+    run_dir = copy_run(tmp_path)
+    renamed = run_dir / "latest"
+    (run_dir / "checkpoint-300").rename(renamed)
+    result = run("repair", renamed, "--from", "auto", "--out", tmp_path / "x")
+    assert result.exit_code == 3 and "checkpoint-N" in result.output
+
+
+def test_scope_layer(tmp_path):
+    result = run(
+        "repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--scope", "layer", "--dry-run", "--json"
+    )
+    plan = json.loads(result.stdout)
+    assert len(plan["restore"]) == 24  # 3 layers × 8 tensors, norms included
+    assert {r["reason"] for r in plan["restore"]} == {"bad", "layer"}
+
+
+def test_hostile_names_are_escaped(tmp_path):
+    from fixtures.builders import RawTensor, write_safetensors
+
+    name = "evil\x1b[31m.weight"
+    write_safetensors(tmp_path / "t.safetensors", {name: RawTensor("F32", (1,), b"\x00\x00\xc0\x7f")})
+    write_safetensors(tmp_path / "d.safetensors", {name: RawTensor("F32", (1,), b"\x00\x00\x80\x3f")})
+    result = run("repair", tmp_path / "t.safetensors", "--from", tmp_path / "d.safetensors", "--out", tmp_path / "o")
+    assert result.exit_code == 0
+    assert "\x1b" not in result.output and "evil\\x1b[31m.weight" in result.output
+
+
+def test_repairing_safetensors_never_imports_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from nandoctor.cli import main\n"
+        f"sys.argv = ['nandoctor', 'repair', {str(DEMO_RUN / 'checkpoint-300')!r}, '--from', {str(DEMO_RUN / 'checkpoint-200')!r},"
+        f" '--out', {str(tmp_path / 'o')!r}, '--no-progress']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr + done.stdout

@@ -1,0 +1,166 @@
+"""Run folders as a timeline: verdict per checkpoint, trainer log, incomplete saves, exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nandoctor import runs
+from nandoctor.cli import _register_commands, cli
+
+from .conftest import DEMO_RUN
+
+
+def run(*args: str):
+    _register_commands()
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    out = tmp_path / "output"
+    shutil.copytree(DEMO_RUN, out)
+    (out / "expected.json").unlink()
+    return out
+
+
+def test_demo_run_timeline_json_matches_planted_counts():
+    expected = json.loads((DEMO_RUN / "expected.json").read_text())["checkpoints"]
+    result = run("scan", str(DEMO_RUN), "--json")
+    assert result.exit_code == 1  # the newest checkpoint (300) is bad
+    data = json.loads(result.output)
+    assert data["schema_version"] == 1
+    r = data["run"]
+    assert [c["name"] for c in r["checkpoints"]] == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
+    assert [c["status"] for c in r["checkpoints"]] == ["clean", "clean", "nonfinite"]
+    assert (r["last_clean"], r["first_bad"], r["newest"]) == ("checkpoint-200", "checkpoint-300", "checkpoint-300")
+    for c in r["checkpoints"]:
+        want = expected[c["name"]]
+        got = c["report"]
+        assert got["summary"]["nan"] == want["nan"] and got["summary"]["posinf"] == want["posinf"]
+        assert got["summary"]["neginf"] == want["neginf"]
+        assert got["bad_layer_ranges"] == want["bad_layer_ranges"]
+        bad = {t["name"]: t for t in got["tensors"] if t["nan"] + t["posinf"] + t["neginf"]}
+        assert set(bad) == set(want["bad_tensors"])
+    assert r["train_log"]["first_nonfinite"] == {"step": 260, "keys": ["grad_norm"]}
+    assert r["train_log"]["first_zero_loss_step"] == 260 and r["train_log"]["last_step"] == 300
+    assert r["checkpoints"][1]["train_log"]["first_nonfinite"] is None
+    assert data["summary"] == data["summary"] | {"decided_by": "checkpoint-300", "exit_code": 1, "ok": False}
+
+
+def test_demo_run_rich_timeline_names_last_clean_first_bad_and_the_log_step():
+    result = run("scan", str(DEMO_RUN))
+    assert result.exit_code == 1
+    out = result.output
+    assert "last clean: checkpoint-200 · first bad: checkpoint-300" in out
+    assert "grad_norm NaN/Inf first at step 260" in out and "loss exactly 0.0 from step 260" in out
+    assert "between checkpoint-200 and checkpoint-300" in out
+    assert "transformer.h.21–23" in out
+    assert "--from auto" in out
+
+
+def test_quiet_run_line():
+    result = run("scan", str(DEMO_RUN), "--quiet")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line
+    assert line.startswith("FAIL NON-FINITE") and "checkpoint-300" in line
+    assert "last clean: checkpoint-200" in line and "first bad: checkpoint-300" in line
+    assert "transformer.h.21–23" in line and "step 260" in line
+
+
+def test_newest_checkpoint_decides_the_exit_code(run_dir):
+    shutil.copytree(run_dir / "checkpoint-200", run_dir / "checkpoint-1000")  # clean again, numerically last
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 0
+    r = json.loads(result.output)["run"]
+    assert [c["step"] for c in r["checkpoints"]] == [100, 200, 300, 1000]  # by step, not by name
+    assert (r["last_clean"], r["first_bad"]) == ("checkpoint-1000", "checkpoint-300")
+
+
+def test_half_written_checkpoints_are_listed_as_incomplete_not_crashed_on(run_dir):
+    no_weights = run_dir / "checkpoint-400"
+    no_weights.mkdir()
+    shutil.copy(run_dir / "checkpoint-300" / "trainer_state.json", no_weights)
+    missing_shard = run_dir / "checkpoint-350"
+    shutil.copytree(run_dir / "checkpoint-200", missing_shard)
+    (missing_shard / "model-00002-of-00002.safetensors").unlink()
+    writing = run_dir / "checkpoint-380"
+    shutil.copytree(run_dir / "checkpoint-200", writing)
+    (writing / "optimizer.pt.tmp").write_bytes(b"half")
+    (writing / "trainer_state.json").unlink()
+    renamed_never = run_dir / "tmp-checkpoint-500"
+    shutil.copytree(run_dir / "checkpoint-200", renamed_never)
+
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 3  # the newest (tmp-checkpoint-500) is not a finished save
+    r = json.loads(result.output)["run"]
+    by_name = {c["name"]: c for c in r["checkpoints"]}
+    assert by_name["checkpoint-400"]["status"] == "incomplete"
+    assert "no weight files" in by_name["checkpoint-400"]["incomplete"]
+    assert by_name["checkpoint-400"]["report"] is None
+    assert by_name["checkpoint-350"]["status"] == "incomplete"
+    assert any("missing" in why for why in by_name["checkpoint-350"]["incomplete"])
+    assert by_name["checkpoint-380"]["status"] == "incomplete"
+    assert any("optimizer.pt.tmp" in why for why in by_name["checkpoint-380"]["incomplete"])
+    assert any("trainer_state.json" in why for why in by_name["checkpoint-380"]["incomplete"])
+    assert by_name["tmp-checkpoint-500"]["status"] == "incomplete"
+    assert set(r["incomplete"]) == {"checkpoint-350", "checkpoint-380", "checkpoint-400", "tmp-checkpoint-500"}
+    assert r["last_clean"] == "checkpoint-200"  # incomplete ones are never the clean one
+
+    rich = run("scan", str(run_dir))
+    assert rich.exit_code == 3 and "incomplete: checkpoint-400: no weight files" in rich.output
+    assert "Traceback" not in rich.output
+
+
+def test_unreadable_checkpoint_in_a_run(run_dir):
+    shard = run_dir / "checkpoint-300" / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-7])  # truncated
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 3
+    c = json.loads(result.output)["run"]["checkpoints"][-1]
+    assert c["status"] == "unreadable" and c["report"]["errors"]
+
+
+def test_a_folder_with_weights_at_the_top_is_a_checkpoint_not_a_run(run_dir):
+    for f in (run_dir / "checkpoint-200").iterdir():
+        shutil.copy(f, run_dir)  # trainer.save_model(output_dir) after training
+    assert not runs.is_run_folder(run_dir)
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 0 and "run" not in json.loads(result.output)
+
+
+def test_other_checkpoint_folders_are_noted(run_dir):
+    shutil.copytree(run_dir / "checkpoint-200", run_dir / "checkpoint-300-repaired")
+    result = run("scan", str(run_dir), "--json")
+    notes = json.loads(result.output)["run"]["notes"]
+    assert any("checkpoint-300-repaired" in n for n in notes)
+
+
+def test_train_log_reading(tmp_path):
+    state = tmp_path / "trainer_state.json"
+    # Python's json writes NaN/Infinity literals; Trainer does the same.
+    state.write_text(json.dumps({"log_history": [
+        {"step": 10, "loss": 2.0, "grad_norm": 1.0},
+        {"step": 20, "loss": float("inf"), "grad_norm": 3.0},
+        {"step": 30, "loss": 0.0, "grad_norm": float("nan")},
+        {"step": 30, "eval_loss": 1.0},
+        {"train_runtime": 1.0},
+    ]}))
+    log = runs.read_train_log(state)
+    assert (log.first_nonfinite_step, log.first_nonfinite_keys) == (20, ("loss",))
+    assert log.first_zero_loss_step == 30 and log.last_step == 30 and log.suspicious_step == 20
+    state.write_text("{not json")
+    broken = runs.read_train_log(state)
+    assert broken.error and broken.first_nonfinite_step is None
+
+
+def test_checkpoints_in_orders_by_step(tmp_path):
+    for name in ("checkpoint-900", "checkpoint-1000", "checkpoint-50", "checkpoint-x", "tmp-checkpoint-7"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-2").write_text("a file, not a folder")
+    assert [s for s, _ in runs.checkpoints_in(tmp_path)] == [50, 900, 1000]

@@ -1,0 +1,437 @@
+"""Every torch file nandoctor must refuse: exit 3, one line naming the file and the reason, nothing run.
+
+Malicious pickles carry payloads that create a marker file; a control run
+with plain ``pickle.loads`` proves each payload works, and the marker must
+never appear when nandoctor reads the same bytes in any position of a torch
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
+from nandoctor.readers.torchfile import TorchReader
+from nandoctor.scan import scan
+from tests.torch_helpers import (
+    entries,
+    entry_offset,
+    flip_byte,
+    legacy_file,
+    p_dict,
+    p_global,
+    p_int,
+    p_storage,
+    p_str,
+    p_tensor,
+    p_tuple,
+    pickle_bytes,
+    rewrite,
+    torch_zip,
+    write_zip,
+)
+
+torch = pytest.importorskip("torch")
+
+NAN = float("nan")
+
+
+def payloads(marker: Path) -> dict[str, tuple[str, bytes]]:
+    """name → (the global nandoctor must name, a pickle that creates ``marker`` when loaded)."""
+    m = str(marker)
+    shell = f"touch {m}"
+    py = f"open({m!r}, 'w').close()"
+    return {
+        "os.system": ("os.system", f"cos\nsystem\n(S'{shell}'\ntR.".encode()),
+        "posix.system": ("posix.system", pickle_bytes(p_global("posix", "system") + p_tuple([p_str(shell)]) + b"R")),
+        "eval": ("__builtin__.eval", f"c__builtin__\neval\n(S\"{py}\"\ntR.".encode()),
+        "exec-stack-global": (
+            "builtins.exec",
+            b"\x80\x04" + b"\x8c\x08builtins\x8c\x04exec\x93" + b"\x8c" + bytes([len(py)]) + py.encode() + b"\x85R.",
+        ),
+        "subprocess": (
+            "subprocess.check_call",
+            pickle_bytes(p_global("subprocess", "check_call") + p_tuple([b"]" + b"(" + p_str("touch") + p_str(m) + b"e"]) + b"R"),
+        ),
+        "inst-opcode": ("os.system", f"(S'{shell}'\nios\nsystem\n.".encode()),
+        "obj-opcode": ("os.system", f"(cos\nsystem\nS'{shell}'\no.".encode()),
+        "getattr-import": (
+            "builtins.getattr",
+            pickle_bytes(
+                p_global("builtins", "getattr")
+                + p_tuple([p_global("builtins", "__import__") + p_tuple([p_str("os")]) + b"R", p_str("system")])
+                + b"R" + p_tuple([p_str(shell)]) + b"R"
+            ),
+        ),
+        "runpy": ("runpy._run_code", pickle_bytes(p_global("runpy", "_run_code") + p_tuple([p_str(py), b"}"]) + b"R")),
+        "nested-pickle": (
+            "pickle.loads",
+            pickle_bytes(p_global("pickle", "loads") + p_tuple([b"C" + bytes([len(f"cos\nsystem\n(S'{shell}'\ntR.")])
+                                                             + f"cos\nsystem\n(S'{shell}'\ntR.".encode()]) + b"R"),
+        ),
+    }
+
+
+def test_payloads_really_run_under_plain_pickle(tmp_path: Path) -> None:
+    """The control: each payload does create its marker when unpickled the unsafe way."""
+    code = textwrap.dedent(f"""
+        import json, pathlib, pickle, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        from tests.test_torch_refusals import payloads
+        made = {{}}
+        for name, (_, blob) in payloads(pathlib.Path({str(tmp_path)!r}) / "m").items():
+            marker = pathlib.Path({str(tmp_path)!r}) / "m"
+            try:
+                pickle.loads(blob)
+            except Exception:
+                pass
+            made[name] = marker.exists()
+            marker.unlink(missing_ok=True)
+        print(json.dumps(made))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    made = json.loads(result.stdout)
+    assert made == {name: True for name in payloads(tmp_path / "m")}
+
+
+def _legacy_with(position: str, blob: bytes, tmp_path: Path) -> Path:
+    obj = pickle_bytes(p_dict([(p_str("w"), p_tensor(p_storage("0", 2, legacy=True), 0, (2,), (1,)))]))
+    storage = [("0", np.zeros(2, np.float32).tobytes(), 2)]
+    kwargs = {"magic": blob} if position == "magic" else {"sys_info": blob} if position == "sys_info" else {}
+    if position == "object":
+        obj = blob
+    if position == "keys":
+        kwargs["keys_pickle"] = blob
+    return legacy_file(tmp_path / f"legacy-{position}.pt", obj, storage, **kwargs)
+
+
+PLACES = ["raw", "zip", "legacy-magic", "legacy-sys_info", "legacy-object", "legacy-keys"]
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_malicious_pickles_are_refused_and_never_run(tmp_path: Path, place: str) -> None:
+    marker = tmp_path / "marker"
+    for name, (global_name, blob) in payloads(marker).items():
+        path = tmp_path / f"{name}-{place}.bin"
+        if place == "raw":
+            path.write_bytes(blob)
+        elif place == "zip":
+            torch_zip(path, blob, {})
+        else:
+            path = _legacy_with(place.split("-", 1)[1], blob, tmp_path)
+        with pytest.raises(UnsafeCheckpointError) as err:
+            TorchReader().read(path)
+        assert global_name in err.value.message and str(path) in err.value.message, (name, place)
+        assert not marker.exists(), (name, place)
+
+
+def test_torch_load_would_run_the_zip_payload_but_nandoctor_refuses(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    _, blob = payloads(marker)["os.system"]
+    path = torch_zip(tmp_path / "evil.pt", blob, {})
+    # Control: the unsafe loader runs it (in a child process).
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"],
+                   capture_output=True)
+    assert marker.exists()
+    marker.unlink()
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and not marker.exists()
+    assert len(report.errors) == 1 and "os.system" in report.errors[0].message
+
+
+def test_unknown_module_is_never_imported(tmp_path: Path) -> None:
+    """A global outside every list becomes a placeholder: its module is not even imported."""
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod_nd.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef payload(*a): pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        blob = pickle_bytes(p_dict([
+            (p_str("x"), p_global("evilmod_nd", "payload") + p_tuple([p_str("arg")]) + b"R"),
+            (p_str("w"), p_tensor(p_storage("0", 1), 0, (1,), (1,))),
+        ]))
+        path = torch_zip(tmp_path / "unknown.pt", blob, {"0": np.array([NAN], np.float32).tobytes()})
+        report = scan(path, device="cpu")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert not marker.exists() and "evilmod_nd" not in sys.modules
+    assert [(t.name, t.nan) for t in report.tensors] == [("w", 1)]
+    assert any("evilmod_nd.payload" in n for n in report.notes)
+
+
+def test_cli_refusal_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nandoctor.cli import _register_commands, cli
+
+    _register_commands()
+    path = tmp_path / "evil.bin"
+    path.write_bytes(payloads(tmp_path / "m")["eval"][1])
+    result = CliRunner().invoke(cli, ["scan", str(path), "--no-progress"])
+    assert result.exit_code == 3
+    lines = [line for line in result.output.splitlines() if str(path) in line and "__builtin__.eval" in line]
+    assert len(lines) == 1
+    assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------------------
+# Structural refusals. Each starts from a good torch.save file and breaks one thing.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(2)}, path)
+    assert not scan(path, device="cpu").errors
+    return path
+
+
+def refusal(path: Path, cls: type[Exception] = CorruptCheckpointError) -> str:
+    """Read ``path``: it must be refused with ``cls``, naming the file; and scan must exit 3."""
+    with pytest.raises(cls) as err:
+        TorchReader().read(path)
+    assert str(path) in str(err.value)
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and report.errors
+    return err.value.message
+
+
+def test_torchscript_archive(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    assert "TorchScript" in refusal(path, UnsafeCheckpointError)
+
+
+def test_compressed_storage_entry(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "deflated.pt", lambda n, d: d, compress=lambda n: "/data/" in n)
+    with zipfile.ZipFile(path) as z:
+        assert torch.equal(torch.load(path, weights_only=True)["b"], torch.ones(2))  # torch inflates it
+        assert any(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
+    assert "compressed" in refusal(path)
+
+
+def test_compressed_pickle_entry(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "deflated-pkl.pt", lambda n, d: d, compress=lambda n: n.endswith("data.pkl"))
+    assert "compressed" in refusal(path)
+
+
+def test_duplicate_entry_names(good: Path, tmp_path: Path) -> None:
+    items = entries(good)
+    storage = next((n, d) for n, d in items if n.endswith("/data/0"))
+    path = tmp_path / "dup.pt"
+    write_zip(path, [*items, (storage[0], np.full(6, NAN, np.float32).tobytes())])
+    assert "duplicate" in refusal(path)
+
+
+def test_bytes_before_the_zip(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "prefixed.pt"
+    path.write_bytes(b"#!/bin/sh\necho hi\n" + good.read_bytes())
+    with zipfile.ZipFile(path) as z:  # Python's zip reader accepts the prefix: nandoctor must not
+        assert z.testzip() is None
+    assert "PK" in refusal(path)
+
+
+def test_missing_storage_entry(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "missing.pt", lambda n, d: None if n.endswith("/data/1") else d)
+    assert "data/1" in refusal(path) and "missing" in refusal(path)
+
+
+def test_short_storage_entry(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "short.pt", lambda n, d: d[:-4] if n.endswith("/data/0") else d)
+    message = refusal(path)
+    assert "data/0" in message and "short" in message
+
+
+def test_long_storage_entry(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "long.pt", lambda n, d: d + b"\0" * 4 if n.endswith("/data/0") else d)
+    assert "long" in refusal(path)
+
+
+def _one_tensor(tmp_path: Path, name: str, numel: int, offset: int, size, stride, storage_bytes: int | None = None) -> Path:
+    blob = pickle_bytes(p_dict([(p_str("w"), p_tensor(p_storage("0", numel), offset, size, stride))]))
+    raw = np.zeros(numel if storage_bytes is None else storage_bytes // 4, np.float32).tobytes()
+    return torch_zip(tmp_path / name, blob, {"0": raw})
+
+
+def test_view_out_of_bounds(tmp_path: Path) -> None:
+    path = _one_tensor(tmp_path, "oob.pt", 6, 2, (2, 3), (3, 1))  # last element 2 + 5 = 7 ≥ 6
+    with pytest.raises(RuntimeError):  # torch refuses it too
+        torch.load(path, weights_only=True)
+    assert "reaches element 7" in refusal(path)
+
+
+def test_view_just_in_bounds_is_accepted(tmp_path: Path) -> None:
+    path = _one_tensor(tmp_path, "ok.pt", 6, 0, (2, 2), (3, 2))  # last element 0 + 3 + 2 = 5 < 6
+    assert torch.load(path, weights_only=True)["w"].shape == (2, 2)
+    assert not TorchReader().read(path).problems
+
+
+def test_negative_stride(tmp_path: Path) -> None:
+    assert "negative stride" in refusal(_one_tensor(tmp_path, "neg.pt", 6, 5, (6,), (-1,)))
+
+
+def test_negative_offset(tmp_path: Path) -> None:
+    assert "negative storage offset" in refusal(_one_tensor(tmp_path, "negoff.pt", 6, -1, (2,), (1,)))
+
+
+def test_truncated_zip(good: Path, tmp_path: Path) -> None:
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 40):
+        path = tmp_path / f"cut{cut}.pt"
+        path.write_bytes(data[:cut])
+        assert "truncated" in refusal(path)
+
+
+def test_trailing_bytes_after_zip(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "trailing.pt"
+    path.write_bytes(good.read_bytes() + b"\0" * 100)
+    refusal(path)
+
+
+def test_truncated_pickle(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "cutpkl.pt", lambda n, d: d[: len(d) // 2] if n.endswith("data.pkl") else d)
+    assert "truncated" in refusal(path)
+
+
+def test_unknown_byteorder(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "middle.pt", lambda n, d: b"middle" if n.endswith("/byteorder") else d)
+    assert "byteorder" in refusal(path)
+
+
+def test_missing_byteorder_means_little(good: Path, tmp_path: Path) -> None:
+    path = rewrite(good, tmp_path / "nobo.pt", lambda n, d: None if n.endswith("/byteorder") else d)
+    result = TorchReader().read(path)
+    assert {r.region.byteorder for r in result.refs} == {"little"} and not result.problems
+
+
+def test_crc_mismatch_names_storage_and_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "flipped.pt"
+    w = torch.ones(8)
+    torch.save({"w": w, "w_view": w[2:], "other": torch.tensor([NAN, 1.0])}, path)
+    flip_byte(path, entry_offset(path, "/data/0") + 4, 0x01)  # a mantissa bit: still a finite value
+    assert torch.isfinite(torch.load(path, weights_only=True)["w"]).all()  # torch notices nothing
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3
+    [problem] = report.errors
+    assert "data/0" in problem.message and "CRC-32" in problem.message
+    assert "'w'" in problem.message and "'w_view'" in problem.message and "other" not in problem.message
+    assert {t.name: t.nan for t in report.tensors} == {"w": 0, "w_view": 0, "other": 1}  # the rest still scanned
+
+
+def test_crc_check_can_be_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "flipped.pt"
+    torch.save({"w": torch.ones(8)}, path)
+    flip_byte(path, entry_offset(path, "/data/0") + 4)
+    monkeypatch.setenv("NANDOCTOR_SKIP_CRC", "1")
+    report = scan(path, device="cpu")
+    assert report.exit_code == 0 and any("CRC-32" in n for n in report.notes)
+
+
+def test_corrupt_pickle_crc_refuses_the_file(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "pkl.pt"
+    path.write_bytes(good.read_bytes())
+    flip_byte(path, entry_offset(path, "data.pkl") + 40)
+    assert "data.pkl" in refusal(path) and "CRC-32" in refusal(path)
+
+
+def test_storage_viewed_as_two_dtypes(tmp_path: Path) -> None:
+    blob = pickle_bytes(p_dict([
+        (p_str("a"), p_tensor(p_storage("0", 4), 0, (4,), (1,))),
+        (p_str("b"), p_tensor(p_storage("0", 4, "IntStorage"), 0, (4,), (1,))),
+    ]))
+    path = torch_zip(tmp_path / "twotypes.pt", blob, {"0": np.zeros(4, np.float32).tobytes()})
+    assert "declared twice" in refusal(path)
+
+
+def test_bad_persistent_id(tmp_path: Path) -> None:
+    blob = pickle_bytes(p_dict([(p_str("a"), p_tuple([p_str("module"), p_int(1)]) + b"Q")]))
+    assert "only storages" in refusal(torch_zip(tmp_path / "pid.pt", blob, {}))
+
+
+def test_archive_without_data_pkl(tmp_path: Path) -> None:
+    path = tmp_path / "arrays.pt"
+    write_zip(path, [("arr/x.npy", b"\x93NUMPY")])
+    refusal(path, UnsupportedFormatError)
+
+
+def test_entries_outside_the_folder(good: Path, tmp_path: Path) -> None:
+    path = tmp_path / "outside.pt"
+    write_zip(path, [*entries(good), ("other/data/9", b"\0" * 4)])
+    assert "outside" in refusal(path)
+
+
+def test_not_a_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.bin"
+    path.write_bytes(b"hello, this is text\n")
+    refusal(path, UnsupportedFormatError)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert "empty" in refusal(empty)
+
+
+def test_plain_pickle_is_not_loaded(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=2))
+    assert "not a PyTorch checkpoint" in refusal(path, UnsupportedFormatError)
+
+
+def test_legacy_tar_format(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    path = tmp_path / "old.tar.pt"
+    with tarfile.open(path, "w") as tar:
+        for name in ("storages", "tensors", "pickle"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"\0" * 4))
+    assert "tar" in refusal(path, UnsupportedFormatError)
+
+
+def test_legacy_truncated_and_trailing(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(4)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:-3])
+    assert "truncated" in refusal(tmp_path / "cut.pt")
+    (tmp_path / "cut-pickle.pt").write_bytes(data[:60])
+    assert "truncated" in refusal(tmp_path / "cut-pickle.pt")
+    (tmp_path / "tail.pt").write_bytes(data + b"\0\0")
+    assert "unexpected bytes" in refusal(tmp_path / "tail.pt")
+
+
+def test_legacy_count_mismatch(tmp_path: Path) -> None:
+    obj = pickle_bytes(p_dict([(p_str("w"), p_tensor(p_storage("0", 4, legacy=True), 0, (4,), (1,)))]))
+    path = legacy_file(tmp_path / "count.pt", obj, [("0", np.zeros(3, np.float32).tobytes(), 3)])
+    assert "declares 4" in refusal(path)
+
+
+def test_legacy_unknown_byte_order_field(tmp_path: Path) -> None:
+    obj = pickle_bytes(p_dict([(p_str("w"), p_tensor(p_storage("0", 1, legacy=True), 0, (1,), (1,)))]))
+    sys_info = pickle_bytes(p_dict([(p_str("little_endian"), p_str("maybe"))]))
+    path = legacy_file(tmp_path / "bo.pt", obj, [("0", b"\0" * 4, 1)], sys_info=sys_info)
+    assert "byte order" in refusal(path)
+
+
+def test_hostile_nesting_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nandoctor.readers import torchnames
+
+    monkeypatch.setattr(torchnames, "MAX_NODES", 20_000)  # the real bound (1M) takes seconds to reach
+    # 40 levels of [x, x]: 2**40 paths if walked naively.
+    body = p_tensor(p_storage("0", 1), 0, (1,), (1,)) + b"q\x00"
+    for _ in range(40):
+        body = b"]" + b"(" + body + b"h\x00" + b"e" + b"q\x00"
+    path = torch_zip(tmp_path / "bomb.pt", pickle_bytes(body), {"0": b"\0" * 4})
+    assert "parts" in refusal(path)
+    deep = pickle_bytes(b"]" * 300 + b"a" * 299)  # 300 lists, each inside the one before
+    assert "levels deep" in refusal(torch_zip(tmp_path / "deep.pt", deep, {}))

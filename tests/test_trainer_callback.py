@@ -1,0 +1,158 @@
+"""NanDoctorCallback with a real transformers Trainer on a tiny GPT-2 built from a config (no download).
+
+A second callback of the test plants a NaN into a parameter mid-run; the doctor must
+catch the checkpoint saved after it, write its verdict, stop (when asked), and keep
+the newest clean checkpoint through save_total_limit rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+import nandoctor  # noqa: E402
+from nandoctor.integrations.transformers import NanDoctorCallback  # noqa: E402
+
+PLANT_AT = 5  # after optimizer step 5: checkpoint-2 and -4 are clean, checkpoint-6 is not
+
+
+class PlantNaN(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == PLANT_AT:
+            with torch.no_grad():
+                model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> dict:
+        ids = torch.arange(16) % 7 + i % 3
+        return {"input_ids": ids, "labels": ids.clone()}
+
+
+def make_trainer(tmp_path: Path, doctor: NanDoctorCallback, **overrides) -> Trainer:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        save_steps=2,
+        save_total_limit=2,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    options.update(overrides)
+    return Trainer(
+        model=GPT2LMHeadModel(config),
+        args=TrainingArguments(**options),
+        train_dataset=Tokens(),
+        eval_dataset=Tokens() if options.get("eval_strategy", "no") != "no" else None,
+        callbacks=[PlantNaN(), doctor],
+    )
+
+
+def verdict(folder: Path) -> dict:
+    return json.loads((folder / "nandoctor.json").read_text())
+
+
+def test_stops_at_the_first_bad_checkpoint_and_keeps_the_last_clean(tmp_path, caplog):
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    trainer = make_trainer(tmp_path, doctor, max_steps=20)
+    with caplog.at_level(logging.INFO, logger="nandoctor"):
+        trainer.train()
+    out = tmp_path / "out"
+    assert trainer.state.global_step == 6 and doctor.stopped_at == 6  # not 20
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    clean, bad = verdict(out / "checkpoint-4"), verdict(out / "checkpoint-6")
+    assert clean["gate"]["passed"] and clean["summary"]["verdict"] == "CLEAN"
+    assert not bad["gate"]["passed"] and bad["summary"]["exit_code"] == 1
+    # The planted NaN is found (the next optimizer step spreads it: at least this tensor is bad).
+    bad_names = {t["name"] for t in bad["tensors"] if t["nan"] + t["posinf"] + t["neginf"]}
+    assert "transformer.h.1.mlp.c_fc.weight" in bad_names
+    assert doctor.last_clean == str(out / "checkpoint-4") and doctor.first_bad == str(out / "checkpoint-6")
+    assert any("stopping training at step 6" in r.getMessage() for r in caplog.records)
+    assert any("PASS CLEAN" in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records)
+    # The saved run reads as a timeline, too.
+    run = nandoctor.scan_run(str(out))
+    assert run.last_clean.name == "checkpoint-4" and run.first_bad.name == "checkpoint-6"
+    assert run.log is not None and run.log.suspicious_step is not None and run.log.suspicious_step <= 6
+
+
+def test_rotation_never_deletes_the_newest_clean_checkpoint(tmp_path):
+    # Without stopping, bad checkpoints 6, 8, 10, 12 follow; save_total_limit=2 alone would keep only 10 and 12.
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    trainer = make_trainer(tmp_path, doctor, max_steps=12)
+    trainer.train()
+    out = tmp_path / "out"
+    assert trainer.state.global_step == 12
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4"]
+    assert verdict(out / "checkpoint-4")["gate"]["passed"]
+    assert sorted(doctor.reports) == [2, 4, 6, 8, 10, 12]
+    assert all(doctor.reports[s].nonfinite for s in (6, 8, 10, 12))
+
+
+def test_save_total_limit_one_keeps_the_clean_checkpoint(tmp_path):
+    # Trainer's end-of-training clean-up keeps only best_model_checkpoint: the clean one, not the bad one.
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    make_trainer(tmp_path, doctor, max_steps=20, save_total_limit=1).train()
+    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == ["checkpoint-4"]
+
+
+def test_rotation_with_a_tracked_best_metric_keeps_both(tmp_path):
+    # The user's best (by a metric that favours an early checkpoint) owns best_model_checkpoint;
+    # the doctor then raises save_total_limit just enough, and restores it at the end.
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    trainer = make_trainer(
+        tmp_path, doctor, max_steps=10, eval_strategy="steps", eval_steps=2,
+        metric_for_best_model="eval_loss", greater_is_better=True,  # the highest loss: checkpoint-2
+    )
+    trainer.train()
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-2"
+    assert "checkpoint-2" in names and "checkpoint-4" in names and "checkpoint-10" in names
+    assert trainer.args.save_total_limit == 2
+
+
+def test_a_scan_error_is_logged_and_training_goes_on(tmp_path, caplog, monkeypatch):
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+
+    def broken(folder):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(doctor, "_scan", broken)
+    trainer = make_trainer(tmp_path, doctor, max_steps=4)
+    with caplog.at_level(logging.ERROR, logger="nandoctor"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    assert any("disk on fire" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "out" / "checkpoint-4" / "nandoctor.json").exists()
+
+
+def test_resumed_run_finds_the_last_clean_checkpoint_from_disk(tmp_path):
+    first = NanDoctorCallback()
+    make_trainer(tmp_path, first, max_steps=4).train()
+    again = NanDoctorCallback()
+    trainer = make_trainer(tmp_path, again, max_steps=4)
+    again.on_train_begin(trainer.args, trainer.state, trainer.control)
+    assert again.last_clean == str(tmp_path / "out" / "checkpoint-4")
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "out" / "checkpoint-4")
+
+
+def test_attribute_access_from_the_top_package():
+    assert nandoctor.integrations.transformers.NanDoctorCallback is NanDoctorCallback
