@@ -1,10 +1,15 @@
 """Path → which files hold the checkpoint's tensors.
 
-A single file; a folder with a ``*.index.json`` (Hugging Face sharding) and
-its shards; or a folder of weight files without an index. The index is
-validated here as far as it can be without reading shards (shard exists,
-stays inside the folder, is a regular file); the cross-check of tensor names
-against the shards happens in the scan, once the shards' headers are read.
+A single file; a folder with a ``*.index.json`` (Hugging Face sharding, for
+safetensors and ``.bin`` alike) and its shards; or a folder of weight files
+without an index, such as a Trainer ``checkpoint-N`` (weights plus
+``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``; the
+pickled ``training_args.bin`` is left out with a note). When a folder holds
+both safetensors and torch model weights, the safetensors are scanned and a
+note says so, unless ``both_formats``. The index is validated here as far as
+it can be without reading shards (shard exists, stays inside the folder, is a
+regular file); the cross-check of tensor names against the shards happens in
+the scan, once the shards' headers are read.
 """
 
 from __future__ import annotations

@@ -155,11 +155,13 @@ def read_train_log(path: Path) -> TrainLog:
     """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        history = data.get("log_history") if isinstance(data, dict) else None
-        if not isinstance(history, list):
-            raise ValueError("no log_history list")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return TrainLog(str(path), error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc.strerror))
+    except OSError as exc:
+        return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        return TrainLog(str(path), error=f"not valid JSON: {exc}")
+    history = data.get("log_history") if isinstance(data, dict) else None
+    if not isinstance(history, list):
+        return TrainLog(str(path), error="no \"log_history\" list")
     last = first_bad = first_zero = None
     bad_keys: tuple[str, ...] = ()
     for entry in history:
@@ -178,8 +180,8 @@ def read_train_log(path: Path) -> TrainLog:
 
 
 def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
-    from nandoctor.layout import INDEX_NAMES, read_index, weight_suffixes
     from nandoctor.errors import CorruptCheckpointError
+    from nandoctor.layout import INDEX_NAMES, read_index, weight_suffixes
 
     reasons = []
     try:

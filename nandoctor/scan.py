@@ -1,15 +1,17 @@
 """The scan engine: layout → readers → kernel → per-tensor counts → report.
 
-The only module that knows both readers and kernels. Bytes are read through a
-read-only mmap in chunks; chunks run on a small thread pool (numpy releases
-the GIL), and pages already scanned are dropped from this process so resident
-memory stays flat whatever the checkpoint's size. A file whose size or mtime
-changes while it is read is reported, never trusted.
+The only module that knows both readers and kernels. Every file's bytes are
+cut into chunks (zero-copy mmap views when the page cache holds the file,
+``pread`` into reused buffers when it does not: see sources.py); one pipeline
+feeds the chunks of all files, in file order, to a small thread pool (numpy
+releases the GIL) with a bounded number in flight, and merges the results on
+this thread. Scanned pages are dropped from the process, so memory stays flat
+whatever the checkpoint's size. A file whose size or mtime changes while it is
+read is reported, never trusted.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from collections import deque
@@ -27,13 +29,12 @@ from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, Overflow
 from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, target, threshold_bits
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.readers import reader_for
+from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 from nandoctor.views import covers_whole_region, element_span, locate
 
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
-_PAGE = mmap.PAGESIZE
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
-RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
 _MAX_LISTED_NAMES = 5
 
 
@@ -117,19 +118,20 @@ def scan(
     all_refs = [ref for refs in refs_by_file.values() for ref in refs]
     jobs = _plan_jobs(all_refs, cast_to)
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
-    done = 0
 
+    jobs_by_file: dict[str, list[_RegionJob]] = {}
+    for job in jobs:
+        if job.spec.can_hold_nonfinite:
+            jobs_by_file.setdefault(job.region.file, []).append(job)
     with ThreadPoolExecutor(max_workers=kernel.workers, thread_name_prefix="nandoctor") as pool:
-        for file, refs in refs_by_file.items():
-            file_jobs = [j for j in jobs if j.region.file == str(file) and j.spec.can_hold_nonfinite]
-            try:
-                done = _scan_file(file, file_jobs, kernel, pool, done, total, progress)
-                if _fingerprint(file) != fingerprints[file]:
-                    raise FileChangedError(str(file), "the file changed while it was being scanned")
-            except NandoctorError as exc:
-                problems.append(_problem(file, exc))
-            except OSError as exc:
-                problems.append(ScanProblem(str(file), f"read failed: {exc.strerror or exc}"))
+        pipeline = _Pipeline(kernel, pool, total, progress)
+        try:
+            for file in refs_by_file:
+                pipeline.scan_file(file, jobs_by_file.get(str(file), []), fingerprints[file])
+        finally:
+            pipeline.drain()  # also after an interrupt: no worker may outlive its file
+        done = pipeline.done
+        problems += pipeline.problems
 
     results, unviewed = _results(jobs, all_refs)
     return ScanReport(
@@ -235,87 +237,103 @@ def _chunks(job: _RegionJob, chunk_bytes: int) -> Iterator[tuple[int, int]]:
         yield start, min(step, job.region.nbytes - start)
 
 
-def _scan_file(
-    file: Path,
-    jobs: list[_RegionJob],
-    kernel: Kernel,
-    pool: ThreadPoolExecutor,
-    done: int,
-    total: int,
-    progress: ProgressCallback | None,
-) -> int:
-    if not jobs:
-        return done
-    with open(file, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        for job in jobs:
-            if job.region.offset + job.region.nbytes > size:
-                raise FileChangedError(str(file), f"tensor data of {job.region.key!r} lies past the end of the file")
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    releaser = _Releaser(mapped)
-    try:
-        in_flight: deque[tuple[Future, _RegionJob, int, int]] = deque()
-        limit = kernel.workers * IN_FLIGHT_PER_WORKER
-        # In file order: the page cache reads ahead, and scanned pages are released in long runs.
-        for job in sorted(jobs, key=lambda j: j.region.offset):
-            for start, length in _chunks(job, kernel.chunk_bytes):
-                absolute = job.region.offset + start
-                future = pool.submit(_scan_chunk, mapped, absolute, length, start, job, kernel)
-                in_flight.append((future, job, absolute, length))
-                while len(in_flight) >= limit:
-                    done = _finish(in_flight.popleft(), releaser, done, total, file, progress)
-        while in_flight:
-            done = _finish(in_flight.popleft(), releaser, done, total, file, progress)
-    finally:
-        # Wait for every submitted chunk (after an error too): a worker must not read a closed map.
-        for future, *_ in in_flight:
-            future.cancel() or future.exception()
-        releaser.flush()
-        mapped.close()
-    return done
+@dataclass
+class _FileScan:
+    """One file in flight: its byte source, chunks not yet finished, and whether it failed."""
+
+    file: Path
+    source: ChunkSource
+    fingerprint: tuple[int, int]
+    pending: int = 0
+    submitted_all: bool = False
+    closed: bool = False
+    failure: ScanProblem | None = None
 
 
-def _finish(item, releaser: "_Releaser", done: int, total: int, file: Path, progress) -> int:
-    future, job, absolute, length = item
-    # Tallies are updated here, on one thread, so workers never race on them.
-    findings, overflows = future.result()
-    for slot, nan, posinf, neginf, first in findings:
-        (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
-    for slot, counts in overflows:
-        job.tallies[slot].add_overflow(counts)
-    releaser.add(absolute, length)
-    done += length
-    if progress:
-        progress(done, total, str(file))
-    return done
+class _Pipeline:
+    """Chunks of every file, in file order, through one thread pool; results merged on this thread.
 
-
-class _Releaser:
-    """Drops scanned pages from this process (the page cache keeps them) so RSS stays flat.
-
-    Chunks finish in file order, so their ranges are merged and released every
-    RELEASE_BYTES: each release interrupts the other cores (TLB shootdown), so
-    fewer, longer ones cost less, and resident file pages stay under
-    RELEASE_BYTES plus the chunks in flight.
+    One pipeline spans all files, so the pool never drains at a shard boundary
+    and the next shard's first chunks run while the last ones of this shard
+    finish. At most ``workers * IN_FLIGHT_PER_WORKER`` chunks are in flight:
+    with the sources' page release, that bounds memory whatever the size.
     """
 
-    def __init__(self, mapped: mmap.mmap) -> None:
-        self.mapped = mapped
-        self.start = self.end = 0
+    def __init__(self, kernel: Kernel, pool: ThreadPoolExecutor, total: int, progress: ProgressCallback | None):
+        self.kernel, self.pool, self.total, self.progress = kernel, pool, total, progress
+        self.buffers = ThreadBuffers(getattr(kernel, "host_buffer", None))
+        self.in_flight: deque[tuple[Future, _FileScan, _RegionJob, int, int]] = deque()
+        self.limit = kernel.workers * IN_FLIGHT_PER_WORKER
+        self.done = 0
+        self.problems: list[ScanProblem] = []
+        self.opened: list[_FileScan] = []
 
-    def add(self, absolute: int, length: int) -> None:
-        if absolute != self.end:  # not contiguous with the pending run (a gap, or tensors out of order)
-            self.flush()
-            self.start = absolute
-        self.end = absolute + length
-        if self.end - self.start >= RELEASE_BYTES:
-            self.flush()
+    def scan_file(self, file: Path, jobs: list[_RegionJob], fingerprint: tuple[int, int]) -> None:
+        if not jobs:
+            return
+        needed = max(j.region.offset + j.region.nbytes for j in jobs)
+        try:
+            state = _FileScan(file, open_source(file, needed), fingerprint)
+            self.opened.append(state)
+        except NandoctorError as exc:
+            self.problems.append(_problem(file, exc))
+            return
+        except OSError as exc:
+            self.problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
+            return
+        # In file order: the disk and the page cache read ahead, and released runs stay long.
+        for job in sorted(jobs, key=lambda j: j.region.offset):
+            for start, length in _chunks(job, self.kernel.chunk_bytes):
+                if state.failure is not None:
+                    break
+                absolute = job.region.offset + start
+                future = self.pool.submit(_scan_chunk, state.source, absolute, length, start, job, self.kernel, self.buffers)
+                state.pending += 1
+                self.in_flight.append((future, state, job, absolute, length))
+                while len(self.in_flight) >= self.limit:
+                    self._finish_oldest()
+        state.submitted_all = True
+        self._maybe_close(state)
 
-    def flush(self) -> None:
-        start, end = self.start - self.start % _PAGE, self.end - self.end % _PAGE
-        self.start = self.end
-        if end > start and hasattr(mmap, "MADV_DONTNEED"):
-            self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+    def drain(self) -> None:
+        """Finish every chunk in flight; then close what an interruption left open."""
+        while self.in_flight:
+            self._finish_oldest()
+        for state in self.opened:
+            if not state.closed:
+                state.closed = True
+                state.source.close()
+
+    def _finish_oldest(self) -> None:
+        future, state, job, absolute, length = self.in_flight.popleft()
+        state.pending -= 1
+        try:
+            # Tallies are updated here, on one thread, so workers never race on them.
+            findings, overflows = future.result()
+        except NandoctorError as exc:
+            state.failure = state.failure or _problem(state.file, exc)
+        except OSError as exc:
+            state.failure = state.failure or ScanProblem(str(state.file), f"read failed: {exc.strerror or exc}")
+        else:
+            for slot, nan, posinf, neginf, first in findings:
+                (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
+            for slot, counts in overflows:
+                job.tallies[slot].add_overflow(counts)
+            state.source.release(absolute, length)
+            self.done += length
+            if self.progress:
+                self.progress(self.done, self.total, str(state.file))
+        self._maybe_close(state)
+
+    def _maybe_close(self, state: _FileScan) -> None:
+        if state.pending or not state.submitted_all or state.closed:
+            return
+        state.closed = True
+        state.source.close()  # every chunk of it has finished: no worker still reads it
+        if state.failure is None and _fingerprint(state.file) != state.fingerprint:
+            state.failure = _problem(state.file, FileChangedError(str(state.file), "the file changed while it was being scanned"))
+        if state.failure is not None:
+            self.problems.append(state.failure)
 
 
 _ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
@@ -330,9 +348,9 @@ def _kind_counts(kinds: np.ndarray) -> tuple[int, int, int]:
 
 
 def _scan_chunk(
-    mapped: mmap.mmap, absolute: int, length: int, start: int, job: _RegionJob, kernel: Kernel
+    source: ChunkSource, absolute: int, length: int, start: int, job: _RegionJob, kernel: Kernel, buffers: BufferFor
 ) -> tuple[list[_ChunkFinding], list[tuple[int, OverflowCounts]]]:
-    data = np.frombuffer(mapped, dtype=np.uint8, count=length, offset=absolute)
+    data = source.read(absolute, length, buffers)
     if job.region.byteorder == "big" and job.spec.lane_bits > 8:
         data = _to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
@@ -348,12 +366,14 @@ def _to_little(data: np.ndarray, spec: DTypeSpec) -> np.ndarray:
 
 
 def _chunk_findings(data: np.ndarray, start: int, job: _RegionJob, kernel: Kernel) -> list[_ChunkFinding]:
-    if not kernel.any_nonfinite(data, job.spec):
-        return []
     first_element = start * 8 // job.spec.bits
     if job.direct:
-        counts = kernel.count(data, job.spec)
+        counts = kernel.check(data, job.spec)  # the fast pass, and counts only where it flagged
+        if not counts.nonfinite:
+            return []
         return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)]
+    if not kernel.any_nonfinite(data, job.spec):
+        return []
     indices, kinds = kernel.classify(data, job.spec)
     indices = indices + first_element
     seen = np.zeros(indices.size, dtype=bool)

@@ -45,6 +45,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_notes_an_existing_out(tmp_path):
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", tmp_path, "--dry-run")
+    assert result.exit_code == 0 and "already exists" in result.output
+
+
 def test_dry_run_json(tmp_path):
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--dry-run", "--json")
     assert result.exit_code == 0
@@ -151,3 +156,17 @@ def test_repairing_safetensors_never_imports_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_top_level_api(tmp_path):
+    import nandoctor
+
+    result = nandoctor.repair(str(DEMO_RUN / "checkpoint-300"), [str(DEMO_RUN / "checkpoint-200")], str(tmp_path / "o"))
+    assert result.ok and len(result.plan.restorations) == 18 and result.seconds > 0
+    plan = nandoctor.repair(str(DEMO_RUN / "checkpoint-300"), "auto", dry_run=True).plan
+    assert {plan.donors[r.donor].step for r in plan.restorations} == {200}
+
+
+def test_dry_run_refusal_exits_3():
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-300", "--dry-run")
+    assert result.exit_code == 3 and "REFUSED" in result.output and "Cannot be restored" in result.output

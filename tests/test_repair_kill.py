@@ -128,3 +128,49 @@ def test_sigterm_cleans_up_at_once(tmp_path):
     assert "interrupted" in done.stderr
     assert not out.exists() and temps(tmp_path) == []
     assert os.listdir(target)  # the source is still there
+
+
+PEAK = """
+import sys
+from nandoctor.repair import repair
+result = repair(sys.argv[1], [sys.argv[2]], sys.argv[3])
+assert result.ok
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_peak_memory_stays_low_for_a_big_tensor(tmp_path, fmt):
+    """A 768 MB tensor restored (a transposed view in the .bin case) in well under 512 MB of RSS."""
+    rows, cols = 12288, 16384
+    (tmp_path / "ckpt").mkdir()
+    if fmt == "safetensors":
+        for path, fill in ((tmp_path / "ckpt" / "model.safetensors", 0), (tmp_path / "old.safetensors", 1)):
+            text = json.dumps({"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [0, rows * cols * 4]}}).encode()
+            text += b" " * (-len(text) % 8)
+            with open(path, "wb") as fh:
+                fh.write(len(text).to_bytes(8, "little") + text)
+                row = np.full(cols, fill, np.float32)
+                for i in range(rows):
+                    if fill == 0 and i in (5, rows - 1):
+                        row[7] = np.nan
+                    fh.write(row.tobytes())
+                    row[7] = fill
+        target, donor = tmp_path / "ckpt", tmp_path / "old.safetensors"
+    else:
+        torch = pytest.importorskip("torch")
+        pytest.importorskip("nandoctor.readers.torchfile")
+        w = torch.zeros(cols, rows)
+        w[7, 5] = float("nan")
+        torch.save({"w": w.t()}, tmp_path / "ckpt" / "pytorch_model.bin")
+        del w
+        torch.save({"w": torch.ones(rows, cols)}, tmp_path / "old.bin")
+        target, donor = tmp_path / "ckpt", tmp_path / "old.bin"
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, str(target), str(donor), str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.strip().splitlines()[-1])
+    assert peak < 512 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB"

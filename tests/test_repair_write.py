@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -18,7 +19,7 @@ from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefused
 from nandoctor.model import Region, TensorRef
 from nandoctor.repair import PROOF_NAME, repair
 from nandoctor.repair import atomic, tensorbytes
-from nandoctor.repair.tensorbytes import copy_elements, iter_logical
+from nandoctor.repair.tensorbytes import copy_elements, iter_elements, same_elements
 
 SHAPES = {
     "model.embed_tokens.weight": ("BF16", (64, 16)),
@@ -275,15 +276,15 @@ def test_full_disk_is_refused_before_and_cleaned_up_during(tmp_path, monkeypatch
     monkeypatch.undo()
 
     calls = []
+    real = writer._copy_file
 
     def copy_then_fail(src, dst):
         calls.append(dst)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-        return shutil.copyfile.__wrapped__(src, dst) if hasattr(shutil.copyfile, "__wrapped__") else real(src, dst)
+        real(src, dst)
 
-    real = shutil.copyfile
-    monkeypatch.setattr(writer.shutil, "copyfile", copy_then_fail)
+    monkeypatch.setattr(writer, "_copy_file", copy_then_fail)
     with pytest.raises(RepairFailedError, match="No space left"):
         repair(target, [donor], tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -363,17 +364,23 @@ def _raw_file(path: Path, values: np.ndarray, pad: int = 24) -> Region:
     return Region(str(path), pad, values.nbytes, "F32", "0")
 
 
-@pytest.mark.parametrize(
-    "donor_view, target_view",
-    [
-        ((0, (3, 4), (4, 1)), (0, (3, 4), (1, 3))),  # contiguous → transposed
-        ((2, (3, 4), (1, 5)), (1, (3, 4), (5, 1))),  # transposed slice → row slice
-        ((5, (4,), (2,)), (3, (4,), (3,))),  # strided 1-d both ways
-    ],
-)
-def test_copy_elements_between_views_touches_only_the_view(tmp_path, donor_view, target_view):
-    donor_values = np.arange(100, 130, dtype=np.float32)
-    target_values = np.arange(-30, 0, dtype=np.float32)
+VIEWS = [
+    ((0, (3, 4), (4, 1)), (0, (3, 4), (1, 3))),  # contiguous → transposed
+    ((2, (3, 4), (1, 5)), (1, (3, 4), (5, 1))),  # transposed slice → row slice
+    ((5, (4,), (2,)), (3, (4,), (3,))),  # strided 1-d both ways
+    ((0, (2, 3, 4), (12, 4, 1)), (1, (2, 3, 4), (1, 2, 6))),  # 3-d, permuted
+    ((4, (4, 5), (1, 6)), (0, (4, 5), (12, 2))),  # no stride-1 dimension on the target: element by element
+]
+
+
+@pytest.mark.parametrize("tile", [1 << 20, 16, 4])  # one tile; tiles read as spans or run by run
+@pytest.mark.parametrize("donor_view, target_view", VIEWS)
+def test_copy_elements_between_views_touches_only_the_view(tmp_path, monkeypatch, donor_view, target_view, tile):
+    monkeypatch.setattr(tensorbytes, "TILE_BYTES", tile)
+    monkeypatch.setattr(tensorbytes, "_SPAN_SLACK", 1)
+    monkeypatch.setattr(tensorbytes, "_SPAN_SMALL", 0 if tile < 1 << 20 else 1 << 20)
+    donor_values = np.arange(100, 160, dtype=np.float32)
+    target_values = np.arange(-60, 0, dtype=np.float32)
     d_region = _raw_file(tmp_path / "d.bin", donor_values)
     t_region = _raw_file(tmp_path / "t.bin", target_values, pad=40)
     d_off, shape, d_strides = donor_view
@@ -392,28 +399,48 @@ def test_copy_elements_between_views_touches_only_the_view(tmp_path, donor_view,
     after = (tmp_path / "t.bin").read_bytes()
     assert after[:40] == before[:40] and after[-7:] == before[-7:]
     assert after[40:-7] == want_storage.tobytes()
-    got = b"".join(bytes(b) for b in iter_logical(str(tmp_path / "t.bin"), t_ref))
-    assert got == np.ascontiguousarray(src).tobytes()
+    assert same_elements(str(tmp_path / "t.bin"), t_ref, str(tmp_path / "d.bin"), d_ref)
+    counted = sorted(np.concatenate([b.view(np.float32) for b in iter_elements(str(tmp_path / "t.bin"), t_ref)]))
+    assert counted == sorted(np.asarray(src).reshape(-1))
+
+
+def test_same_elements_sees_a_single_difference(tmp_path):
+    values = np.arange(60, dtype=np.float32)
+    a = _raw_file(tmp_path / "a.bin", values)
+    changed = values.copy()
+    changed[13] = -1
+    b = _raw_file(tmp_path / "b.bin", changed)
+    ra = TensorRef("w", "F32", (5, 4), a, 1, (1, 12))
+    rb = TensorRef("w", "F32", (5, 4), b, 1, (1, 12))
+    assert not same_elements(str(tmp_path / "a.bin"), ra, str(tmp_path / "b.bin"), rb)
+    rc = TensorRef("w", "F32", (5, 4), b, 20, (4, 1))  # never sees element 13
+    rd = TensorRef("w", "F32", (5, 4), a, 20, (4, 1))
+    assert same_elements(str(tmp_path / "a.bin"), rd, str(tmp_path / "b.bin"), rc)
 
 
 def test_views_reaching_past_their_storage_are_refused(tmp_path):
     region = _raw_file(tmp_path / "t.bin", np.zeros(8, np.float32))
     ref = TensorRef("w", "F32", (3, 3), region, 0, (3, 1))
     with pytest.raises(RepairFailedError, match="past the end of its storage"):
-        list(iter_logical(str(tmp_path / "t.bin"), ref))
+        list(iter_elements(str(tmp_path / "t.bin"), ref))
+    with pytest.raises(RepairFailedError, match="negative strides"):
+        tensorbytes.check_bounds(TensorRef("w", "F32", (3,), region, 2, (-1,)))
 
 
-def test_blocks_cover_every_element_once():
-    for shape in [(7, 5, 3), (1, 1000), (1000,), (3, 1, 4, 1), ()]:
-        seen = np.zeros(shape, dtype=np.int32)
-        for index in tensorbytes._blocks(shape, 4, 20):
-            seen[index] += 1
-            assert seen[index].size * 4 <= max(20, 4)
-        assert (seen == 1).all()
+@pytest.mark.parametrize("shape", [(7, 5, 3), (1, 1000), (1000,), (3, 1, 4, 1), (), (0, 4)])
+def test_boxes_cover_every_element_once(shape):
+    region = Region("x", 0, 10**6, "F32", "0")
+    refs = [TensorRef("a", "F32", shape, region), TensorRef("b", "F32", shape, region, 0, tuple(reversed(TensorRef("b", "F32", shape, region).contiguous_strides)))]
+    seen = np.zeros(shape, dtype=np.int32)
+    for origin, extents in tensorbytes.boxes(shape, refs, 4, limit=20):
+        index = tuple(slice(o, o + e) for o, e in zip(origin, extents))
+        seen[index] += 1
+        assert math.prod(extents) * 4 <= 20 or max(extents, default=1) == 1
+    assert (seen == 1).all()
 
 
 def test_big_contiguous_copy_streams(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorbytes, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(tensorbytes, "CHUNK_BYTES", 4096)
     values = np.random.default_rng(0).standard_normal(50_000).astype(np.float32)
     d = _raw_file(tmp_path / "d.bin", values)
     t = _raw_file(tmp_path / "t.bin", np.zeros_like(values), pad=8)
@@ -422,7 +449,8 @@ def test_big_contiguous_copy_streams(tmp_path, monkeypatch):
     with open(tmp_path / "t.bin", "r+b") as fh:
         copy_elements(str(tmp_path / "d.bin"), d_ref, fh.fileno(), t_ref)
     assert (tmp_path / "t.bin").read_bytes()[8:-7] == values.tobytes()
-    assert b"".join(bytes(b) for b in iter_logical(str(tmp_path / "t.bin"), t_ref, limit=4096)) == values.tobytes()
+    blocks = [bytes(b) for b in iter_elements(str(tmp_path / "t.bin"), t_ref, limit=4096)]
+    assert b"".join(blocks) == values.tobytes() and max(map(len, blocks)) == 4096
 
 
 # --- torch .bin targets: storage bytes patched inside the zip, CRC-32 recomputed ---------------
@@ -546,7 +574,7 @@ def test_bin_views_with_conflicting_donors_fail_verification(tmp_path):
     conflicting = {k: v.contiguous() for k, v in donor.items() if k != "lm_head.weight"}
     conflicting["h.0.w_t"] = conflicting["h.0.w_t"] + 1  # no longer the transpose of h.0.w
     save_file(conflicting, tmp_path / "donor.safetensors")
-    with pytest.raises(RepairFailedError, match="does not hold its donor's bytes"):
+    with pytest.raises(RepairFailedError, match="would not hold its donor's bytes"):
         repair(tmp_path / "ckpt", [tmp_path / "donor.safetensors"], tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
@@ -604,3 +632,50 @@ def test_zip64_entries_get_their_crc_rewritten(tmp_path):
     raw = path.read_bytes()
     assert raw[14:18] == b"\0\0\0\0"  # a descriptor follows: the local CRC stays zero
     assert raw[entry.data_offset + 100 + 4 : entry.data_offset + 108] == struct.pack("<I", zf.getinfo("m/data/0").CRC)
+
+
+def test_copy_falls_back_when_copy_file_range_is_refused(tmp_path, monkeypatch):
+    from nandoctor.repair import writer
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(100_000))
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    writer._copy_file(src, tmp_path / "dst.bin")
+    assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
+
+
+def test_repairing_a_repaired_folder_replaces_its_proof_and_notes_linked_folders(tmp_path):
+    target, donor, _, _ = make_run(tmp_path)
+    first = repair(target, [donor], tmp_path / "once")
+    assert first.ok
+    (tmp_path / "once" / "linked").symlink_to(target / "extra")
+    again = repair(tmp_path / "once", [donor], tmp_path / "twice")
+    assert again.ok and again.plan.restorations == ()
+    proof = json.loads((tmp_path / "twice" / PROOF_NAME).read_text())
+    assert proof["source"] == str((tmp_path / "once").absolute()) and PROOF_NAME not in proof["carried"]
+    assert not (tmp_path / "twice" / "linked").exists()
+    assert any("linked: a link to a folder" in n for n in again.notes)
+
+
+def test_legacy_torch_file_target(tmp_path):
+    torch, donor = _torch_case(tmp_path)
+    from safetensors.torch import save_file
+
+    bad = torch.load(tmp_path / "ckpt" / "pytorch_model.bin", weights_only=True)
+    (tmp_path / "legacy").mkdir()
+    torch.save(bad, tmp_path / "legacy" / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    save_file({k: v.contiguous() for k, v in donor.items() if k != "lm_head.weight"}, tmp_path / "donor.safetensors")
+    before = (tmp_path / "legacy" / "pytorch_model.bin").read_bytes()
+    result = repair(tmp_path / "legacy", [tmp_path / "donor.safetensors"], tmp_path / "out")
+    assert result.ok
+    out = (tmp_path / "out" / "pytorch_model.bin").read_bytes()
+    assert len(out) == len(before) and out[:64] == before[:64]  # same layout, patched in place
+    got = torch.load(tmp_path / "out" / "pytorch_model.bin", weights_only=True)
+    for name in ("transformer.wte.weight", "lm_head.weight", "h.0.slice", "h.0.w", "h.0.w_t"):
+        assert torch.equal(got[name], donor[name]), name
+    assert got["lm_head.weight"].data_ptr() == got["transformer.wte.weight"].data_ptr()
+    assert torch.equal(got["h.1.b"], bad["h.1.b"])

@@ -398,3 +398,70 @@ def test_cli_scan_of_a_bin(tmp_path: Path) -> None:
     data = json.loads(result.output)
     assert [(t["name"], t["nan"]) for t in data["tensors"]] == [("model.layers.3.mlp.up_proj.weight", 1)]
     assert math.isclose(data["summary"]["nan"], 1)
+
+
+def test_random_views_match_torch(tmp_path: Path) -> None:
+    """Slices with steps, permutes and narrow views of random shapes: counts and first bad element as torch says."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+    @hypothesis.given(
+        shape=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+        plants=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([NAN, INF, -INF])), max_size=6),
+        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
+        steps=st.lists(st.integers(1, 3), min_size=3, max_size=3),
+        starts=st.lists(st.integers(0, 3), min_size=3, max_size=3),
+        perm_seed=st.integers(0, 5),
+        keep_base=st.booleans(),
+    )
+    def check(shape, plants, dtype, steps, starts, perm_seed, keep_base) -> None:
+        base = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+        flat = base.view(-1)
+        for pos, value in plants:
+            flat[pos % flat.numel()] = value
+        base = base.to(dtype)
+        view = base[tuple(slice(min(a, n - 1), None, s) for a, s, n in zip(starts, steps, base.shape))]
+        dims = list(range(view.dim()))
+        dims = dims[perm_seed % len(dims):] + dims[: perm_seed % len(dims)]
+        view = view.permute(*dims)
+        sd = {"view": view, "base": base} if keep_base else {"view": view}
+        path = tmp_path / "v.pt"
+        torch.save(sd, path)
+        report = scan(path, device="cpu")
+        loaded = torch.load(path, weights_only=True)
+        assert report_counts(report) == {n: torch_counts(t) for n, t in loaded.items()}
+        assert {t.name: t.first_bad for t in report.tensors} == {n: _first_bad(t) for n, t in loaded.items()}
+        seen_by_base = torch_counts(base)
+        unviewed = (sum(u.nan for u in report.unviewed), sum(u.posinf for u in report.unviewed),
+                    sum(u.neginf for u in report.unviewed))
+        expected_unviewed = (0, 0, 0) if keep_base else tuple(a - b for a, b in zip(seen_by_base, torch_counts(view)))
+        assert unviewed == expected_unviewed
+
+    check()
+
+
+def test_read_refs_refuses_a_file_with_a_bad_crc(tmp_path: Path) -> None:
+    """Callers without a report (repair's donor lookup) must not get tensors from a corrupt storage."""
+    from nandoctor.errors import CorruptCheckpointError
+    from tests.torch_helpers import entry_offset, flip_byte
+
+    path = tmp_path / "donor.pt"
+    torch.save({"w": torch.ones(4)}, path)
+    assert [r.name for r in TorchReader().read_refs(path)] == ["w"]
+    flip_byte(path, entry_offset(path, "/data/0"))
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        TorchReader().read_refs(path)
+
+
+def test_tensor_kept_as_numpy_is_reported_unread(tmp_path: Path) -> None:
+    """XLA/MPS tensors are saved as numpy copies, not storages: the file is not called clean."""
+    from tests.torch_helpers import p_call, p_global, torch_zip
+
+    blob = pickle_bytes(p_dict([
+        (p_str("w"), p_call(p_global("torch._utils", "_rebuild_device_tensor_from_numpy"),
+                            [p_str("numpy bytes"), p_global("torch", "float32"), p_str("xla:0"), b"\x89"])),
+    ]))
+    report = scan(torch_zip(tmp_path / "xla.pt", blob, {}), device="cpu")
+    assert report.exit_code == 3
+    assert "_rebuild_device_tensor_from_numpy" in report.errors[0].message

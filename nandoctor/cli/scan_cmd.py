@@ -1,15 +1,22 @@
-"""`nandoctor scan`: count NaN/Inf per tensor and per layer, as a rich report or JSON."""
+"""`nandoctor scan`: count NaN/Inf per tensor and per layer, as a rich report, one line (--quiet) or JSON.
+
+Also the gate options (--target-dtype, --fail-on), run folders as a timeline, and repo ids
+resolved in the local Hugging Face / ModelScope cache.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from nandoctor.cli import cli, handles_errors
 from nandoctor.cli.progress import byte_progress
+
+if TYPE_CHECKING:
+    from nandoctor.runs import RunReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -117,7 +124,7 @@ def scan(
     sys.exit(code)
 
 
-def _emit_run(run, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
+def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
     if as_json:
         click.echo(json.dumps(run.to_json(fail_on), indent=2))
     elif quiet:

@@ -28,7 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as exc:  # say how to get it, not just "No module named transformers"
+    raise ImportError(
+        f"nandoctor.integrations.transformers needs transformers ({exc}); "
+        "install it with: pip install 'nandoctor[transformers]'"
+    ) from exc
 
 from nandoctor import gate
 from nandoctor.model import ScanReport

@@ -59,6 +59,9 @@ class Kernel(Protocol):
     def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
         """Exact counts for ``data``; only called on chunks the fast pass flagged."""
 
+    def check(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+        """The fast pass, then exact counts only if it flagged: what the engine calls per chunk."""
+
     def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
         """(element indices, kinds) of every non-finite element, for storages shared by views."""
 

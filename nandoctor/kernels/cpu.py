@@ -9,20 +9,25 @@ levels, each cheaper than the next and run only where the one before flagged:
    e8m0 all eight), so if no lane position of the OR has them all set, the
    block is clean. It can flag a clean block (the OR of a value >= 2.0 and of
    ordinary small values sets every exponent bit), never miss a bad one.
-2. **Exact test, 64 KiB sub-blocks of a flagged block**: two read-only max
-   reductions. For IEEE lanes an element is non-finite exactly when its signed
-   view is >= the exponent mask (positive NaN/+Inf) or its unsigned view is >=
-   sign|exponent (negative NaN/-Inf). Small sub-blocks stay in L2 and say
-   where the bad values are.
-3. **Counting, flagged sub-blocks only**: comparisons into scratch masks.
+2. **Exact test of a flagged block, per 8 KiB segment**: two read-only
+   ``maximum.reduceat`` over the block. For IEEE lanes an element is
+   non-finite exactly when its signed view is >= the exponent mask (positive
+   NaN/+Inf) or its unsigned view is >= sign|exponent (negative NaN/-Inf).
+   The block is still in L2, and the per-segment maxima say where the bad
+   values are.
+3. **Counting, flagged segments only** (runs of them merged): comparisons
+   into scratch masks.
 
-So a clean block costs one pass, a block with an outlier >= 2.0 two more over
-L2-resident data, and a block with a NaN somewhere counts only 64 KiB of it.
+So a clean block costs one pass; a block with an outlier >= 2.0 two more over
+L2-resident data; a block with one NaN counts 8 KiB of it; a tensor full of
+NaN skips the prefilter after its first bad block and is counted block by block.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,7 +39,7 @@ _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 
 BLOCK_BYTES = 1 << 20  # prefilter granularity: one OR-reduction per block
-SUB_BYTES = 64 << 10  # exact-test granularity inside a flagged block (stays in L2)
+SUB_BYTES = 8 << 10  # exact-test granularity inside a flagged block: one reduceat finds them all
 
 
 def _prefilter_bits(spec: DTypeSpec) -> int:
@@ -48,22 +53,49 @@ def _prefilter_bits(spec: DTypeSpec) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=None)
+def _exact_tests(spec: DTypeSpec) -> tuple[tuple[type, np.ufunc, int], ...]:
+    """Read-only reductions that find non-finite lanes exactly: (view dtype, max or min, limit).
+
+    A lane is bad when the reduction of its view reaches the limit (>= for max, <= for min).
+    """
+    lane = spec.lane_bits
+    if spec.family is Family.IEEE:  # positive NaN/+Inf by the signed max, negative ones by the unsigned max
+        return ((_SIGNED[lane], np.maximum, spec.exp_mask), (_UNSIGNED[lane], np.maximum, spec.exp_mask | spec.sign_mask))
+    codes = spec.nan_codes
+    if codes == (0x7F, 0xFF):  # e4m3fn: 0x7F is int8's max, 0xFF uint8's max
+        return ((np.int8, np.maximum, 0x7F), (np.uint8, np.maximum, 0xFF))
+    if codes == (0xFF,):  # e8m0
+        return ((np.uint8, np.maximum, 0xFF),)
+    if codes == (0x80,):  # the FNUZ types: 0x80 is int8's min
+        return ((np.int8, np.minimum, -128),)
+    raise ValueError(f"no exact test for {spec.name}")  # a new dtype must say where its NaNs are
+
+
 def _exact_any(lanes_u: np.ndarray, spec: DTypeSpec) -> bool:
     """Read-only exact test on unsigned lanes: reductions only, no temporaries."""
     if lanes_u.size == 0:
         return False
-    if spec.family is Family.IEEE:
-        if int(lanes_u.view(_SIGNED[spec.lane_bits]).max()) >= spec.exp_mask:
+    for view, ufunc, limit in _exact_tests(spec):
+        value = int(ufunc.reduce(lanes_u.view(view)))
+        if (value >= limit) if ufunc is np.maximum else (value <= limit):
             return True
-        return int(lanes_u.max()) >= spec.exp_mask | spec.sign_mask
-    codes = spec.nan_codes
-    if codes == (0x7F, 0xFF):  # 0x7F is int8's max, 0xFF uint8's max
-        return int(lanes_u.view(np.int8).max()) == 0x7F or int(lanes_u.max()) == 0xFF
-    if codes == (0xFF,):
-        return int(lanes_u.max()) == 0xFF
-    if codes == (0x80,):  # 0x80 is int8's min
-        return int(lanes_u.view(np.int8).min()) == -128
-    return bool(np.isin(lanes_u, np.array(codes, dtype=lanes_u.dtype)).any())
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def _segment_starts(lanes: int, per_segment: int) -> np.ndarray:
+    return np.arange(0, lanes, per_segment, dtype=np.intp)
+
+
+def _flagged_segments(lanes_u: np.ndarray, spec: DTypeSpec, per_segment: int) -> np.ndarray:
+    """Bool per segment of ``per_segment`` lanes: does it hold a non-finite lane? One reduceat per test."""
+    starts = _segment_starts(lanes_u.size, per_segment)
+    flags = np.zeros(starts.size, dtype=bool)
+    for view, ufunc, limit in _exact_tests(spec):
+        values = ufunc.reduceat(lanes_u.view(view), starts)
+        flags |= (values >= limit) if ufunc is np.maximum else (values <= limit)
+    return flags
 
 
 def _bad_mask(lanes_u: np.ndarray, spec: DTypeSpec) -> np.ndarray:
@@ -119,21 +151,30 @@ class CpuKernel:
 
     # -- the sieve ------------------------------------------------------------------------
 
-    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec):
-        """Yield (byte start, byte end) of sub-blocks that hold a non-finite lane, in order."""
+    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec) -> Iterator[tuple[int, int]]:
+        """Yield (byte start, byte end) of runs of sub-blocks that hold a non-finite lane, in order."""
         lane_bytes = spec.lane_bits // 8
+        unsigned = _UNSIGNED[spec.lane_bits]
+        per_segment = SUB_BYTES // lane_bytes
         must = _prefilter_bits(spec)
+        previous_bad = False
         for block_start in range(0, data.size, BLOCK_BYTES):
             block = data[block_start : block_start + BLOCK_BYTES]
-            words = _word_or(block, lane_bytes) if must else None
+            # Right after a bad block (a tensor full of NaN) the prefilter would only fire again:
+            # skip it and go straight to the exact test.
+            words = _word_or(block, lane_bytes) if must and not previous_bad else None
             if words is not None:
                 word, head, end = words
                 if not _fold_hits(word, spec.lane_bits, must) and not self._edges_bad(block, head, end, spec):
                     continue
-            for sub_start in range(0, block.size, SUB_BYTES):
-                sub = block[sub_start : sub_start + SUB_BYTES]
-                if _exact_any(sub.view(_UNSIGNED[spec.lane_bits]), spec):
-                    yield block_start + sub_start, block_start + sub_start + sub.size
+            flags = _flagged_segments(block.view(unsigned), spec, per_segment)
+            previous_bad = bool(flags.any())
+            if not previous_bad:
+                continue
+            # Merge runs of flagged segments: a block full of NaN is counted in one go.
+            edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).astype(np.int8)))
+            for first, last in zip(edges[::2], edges[1::2]):
+                yield block_start + int(first) * SUB_BYTES, block_start + min(block.size, int(last) * SUB_BYTES)
 
     @staticmethod
     def _edges_bad(block: np.ndarray, head: int, end: int, spec: DTypeSpec) -> bool:
@@ -165,6 +206,8 @@ class CpuKernel:
         if nan + posinf + neginf == 0:
             return CLEAN
         return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)
+
+    check = count  # the sieve counts only where it flagged: no separate fast pass needed
 
     def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.empty(0, np.int64), np.empty(0, np.uint8))

@@ -14,12 +14,14 @@ own decoded values. The kernels then count ``threshold <= magnitude <
 first-non-finite-magnitude`` and keep the largest finite magnitude, all on
 integer views of the raw bytes.
 
-fp8_e4m3fn: torch's plain cast (``x.to(torch.float8_e4m3fn)``) does not
-saturate: a value above 464 (halfway between 448 and the NaN code 0x7F) comes
-out as NaN. That is what loading code does, so nandoctor counts ``|x| > 464``
-as overflow. Saturating casts (``torchao``, TensorRT) would clamp to 448
-instead; such a loader has no overflow, and the reported max magnitude tells
-how much clamping it would do.
+fp8_e4m3fn has no Inf. A value above 464 (halfway between its largest finite
+value 448 and the NaN code 0x7F) cannot be represented: a non-saturating cast
+(the OCP spec's default, ``c10`` before saturation was added, many
+hand-written kernels) makes it NaN, and torch 2.13's ``x.to(float8_e4m3fn)``
+— checked on CPU — clamps it to ±448, even ``inf``. Either way the weight is
+not what was trained, so nandoctor counts ``|x| > 464`` as overflow for
+fp8_e4m3 (464 itself ties to even: 448). ``max_abs`` says how far out of
+range the tensor goes. fp8_e5m2 does have Inf, and torch's cast produces it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class TargetSpec:
     torch_name: str  # the torch dtype attribute, for tests and the live path
     limit: float  # overflow threshold of a round-to-nearest cast
     inclusive: bool  # True: |x| >= limit overflows (ties round to Inf); False: |x| > limit
-    becomes: str  # what an overflowing value turns into: "inf" or "nan"
+    becomes: str  # what an overflowing value turns into
     max_finite: float  # the target's largest finite value, for messages
 
 
@@ -49,8 +51,8 @@ TARGETS: dict[str, TargetSpec] = {
     "fp16": TargetSpec("fp16", "float16", 65520.0, True, "inf", 65504.0),
     # (2 - 2^-7) * 2^127 is bf16's max; the tie at (2 - 2^-8) * 2^127 rounds to Inf.
     "bf16": TargetSpec("bf16", "bfloat16", float((2 - 2**-8) * 2.0**127), True, "inf", float((2 - 2**-7) * 2.0**127)),
-    # 448 = 0x7E; 464 ties to even (0x7E, down); above it torch rounds to 0x7F, which is NaN.
-    "fp8_e4m3": TargetSpec("fp8_e4m3", "float8_e4m3fn", 464.0, False, "nan", 448.0),
+    # 448 = 0x7E; 464 ties to even (0x7E, down); above it the nearest code is 0x7F, which is NaN.
+    "fp8_e4m3": TargetSpec("fp8_e4m3", "float8_e4m3fn", 464.0, False, "±448 (torch clamps) or NaN", 448.0),
     # 57344 = 0x7B, mantissa odd: the tie at 61440 rounds up to 0x7C = Inf.
     "fp8_e5m2": TargetSpec("fp8_e5m2", "float8_e5m2", 61440.0, True, "inf", 57344.0),
 }

@@ -22,7 +22,6 @@ through its two's-complement value. The lane functions below also serve
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any
 
 import numpy as np
@@ -96,20 +95,27 @@ class TorchKernel:
 
     # -- staging ---------------------------------------------------------------------------
 
-    def _lanes(self, data: np.ndarray, spec: DTypeSpec) -> torch.Tensor:
-        """``data`` (uint8) on the device as lanes; the upload is reused by this thread's next call on it."""
+    def _staging(self, nbytes: int) -> torch.Tensor:
         local = self._local
-        cached = getattr(local, "source", None)
-        if cached is not None and cached() is data:  # a weak reference: never keeps the mmap exported
-            return local.on_device.view(LANE_DTYPES[spec.lane_bits])
         staging = getattr(local, "staging", None)
-        if staging is None or staging.numel() < data.size:
-            staging = torch.empty(max(self.chunk_bytes, data.size), dtype=torch.uint8, pin_memory=self._pinned)
+        if staging is None or staging.numel() < nbytes:
+            staging = torch.empty(max(self.chunk_bytes, nbytes), dtype=torch.uint8, pin_memory=self._pinned)
             local.staging = staging
-        host = staging[: data.size]
+        return staging
+
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """This thread's staging buffer as numpy: the engine reads a cold file straight into it
+        (into pinned memory on CUDA), saving a copy."""
+        return self._staging(nbytes).numpy()
+
+    def _lanes(self, data: np.ndarray, spec: DTypeSpec) -> torch.Tensor:
+        """``data`` (uint8) on the device, as lanes."""
+        local = self._local
+        host = self._staging(data.size)[: data.size]
         # The buffer is refilled only after the previous upload finished: every call below
         # ends in a host read of its result, which waits for this thread's stream.
-        np.copyto(host.numpy(), data)  # page cache -> staging buffer; numpy drops the GIL
+        if data.ctypes.data != host.data_ptr():  # already there when the engine read into it
+            np.copyto(host.numpy(), data)  # page cache -> staging buffer; numpy drops the GIL
         if self.device.type == "cuda":
             stream = getattr(local, "stream", None)
             if stream is None:
@@ -118,7 +124,6 @@ class TorchKernel:
                 on_device = host.to(self.device, non_blocking=True)
         else:
             on_device = host
-        local.source, local.on_device = weakref.ref(data), on_device
         return on_device.view(LANE_DTYPES[spec.lane_bits])
 
     def _run(self, fn: Any, *args: Any) -> list[int]:
@@ -138,7 +143,24 @@ class TorchKernel:
     def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
         if spec.family is Family.FINITE or data.size == 0:
             return CLEAN
-        nan, posinf, neginf, first = self._run(lambda: lane_counts(self._lanes(data, spec), spec))
+        return self._counts(self._run(lambda: lane_counts(self._lanes(data, spec), spec)), spec)
+
+    def check(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+        """One upload for both steps; the counting kernels run only when the fast pass flagged."""
+        if spec.family is Family.FINITE or data.size == 0:
+            return CLEAN
+
+        def work() -> torch.Tensor:
+            lanes = self._lanes(data, spec)
+            if not bool(lane_any(lanes, spec)):  # one scalar back: the common, clean case
+                return torch.zeros(4, dtype=torch.int64)
+            return lane_counts(lanes, spec)
+
+        return self._counts(self._run(work), spec)
+
+    @staticmethod
+    def _counts(values: list[int], spec: DTypeSpec) -> ChunkCounts:
+        nan, posinf, neginf, first = values
         if nan + posinf + neginf == 0:
             return CLEAN
         return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)

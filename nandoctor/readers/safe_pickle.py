@@ -71,6 +71,10 @@ TORCH_DTYPES: dict[str, str] = {
     "quint8": "U8", "qint8": "I8", "qint32": "I32", "quint4x2": "U8", "quint2x4": "U8",
     # Two fp4 codes packed per byte; torch counts bytes, so the shape is in bytes too.
     "float4_e2m1fn_x2": "U8",
+    # Sub-byte integers and raw bit types: one or two bytes per element, never NaN.
+    **{f"uint{n}": "U8" for n in range(1, 8)},
+    **{f"int{n}": "I8" for n in range(1, 8)},
+    "bits8": "U8", "bits1x8": "U8", "bits2x4": "U8", "bits4x2": "U8", "bits16": "U16",
 }
 # Dtypes torch knows that nandoctor cannot map onto a dtype it scans (listed so the error is specific).
 UNSCANNABLE_DTYPES = frozenset({"complex32", "chalf"})
@@ -94,6 +98,13 @@ UNSAFE_MODULES = frozenset({
 UNSAFE_GLOBALS = frozenset({
     "torch.load", "torch.storage._load_from_bytes", "numpy.load", "numpy.lib.npyio.load",
     "numpy.loadtxt", "numpy.fromfile", "numpy.memmap", "copyreg.add_extension",
+})
+# Torch rebuild functions whose tensor data is not a storage in the file (numpy copies for XLA/MPS
+# tensors): such tensors cannot be read in place, so the file is reported as not fully read.
+UNREAD_TENSOR_GLOBALS = frozenset({
+    "torch._utils._rebuild_device_tensor_from_numpy",
+    "torch._utils._rebuild_xla_tensor",
+    "torch._utils._rebuild_mlc_tensor",
 })
 BUILTIN_MODULES = ("builtins", "__builtin__", "__builtins__", "exceptions")
 # Builtins that are plain value types: harmless, so they become placeholders like any unknown global.

@@ -30,6 +30,7 @@ from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, Unsu
 from nandoctor.model import ReadResult, ScanProblem, TensorRef
 from nandoctor.readers import register
 from nandoctor.readers.safe_pickle import (
+    UNREAD_TENSOR_GLOBALS,
     PickleFormatError,
     PickleTooLargeError,
     StorageRef,
@@ -40,6 +41,7 @@ from nandoctor.readers.safe_pickle import (
 from nandoctor.readers.torchlegacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torchnames import Walk, WalkLimitError, walk
 from nandoctor.readers.torchrefs import BuiltRefs, StorageBlock, build_refs, listed
+from nandoctor.readers import zipentries
 from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -65,7 +67,12 @@ class TorchReader:
         return head.startswith(LOCAL_MAGIC) or looks_legacy(head)
 
     def read_refs(self, path: Path) -> list[TensorRef]:
-        return list(self.read(path).refs)
+        """The tensors; raises when a storage fails its CRC (callers without a report must not trust it)."""
+        result = self.read(path)
+        if result.problems:
+            first = result.problems[0]
+            raise CorruptCheckpointError(str(path), first.message, first.hint)
+        return list(result.refs)
 
     def read(self, path: Path) -> ReadResult:
         p = str(path)
@@ -81,7 +88,7 @@ class TorchReader:
                     f"{p}: this is torch's pre-0.4 tar format, which nandoctor does not read",
                     hint="load it once with an old torch in a sandbox and re-save it with torch.save or as safetensors",
                 )
-            if _has_zip_end(fh, size):
+            if not looks_legacy(head) and _has_zip_end(fh, size):
                 raise CorruptCheckpointError(
                     p,
                     "a zip archive with bytes in front of it (it does not start with PK\\x03\\x04); torch refuses "
@@ -95,9 +102,16 @@ def _is_tar(head: bytes) -> bool:
 
 
 def _has_zip_end(fh: BinaryIO, size: int) -> bool:
-    tail = min(size, 22 + 0xFFFF)
-    fh.seek(size - tail)
-    return b"PK\x05\x06" in fh.read(tail)
+    """An end-of-central-directory record that ends exactly at the end of the file."""
+    tail_len = min(size, 22 + 0xFFFF)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    while at >= 0:
+        if at + 22 <= len(tail) and at + 22 + int.from_bytes(tail[at + 20 : at + 22], "little") == len(tail):
+            return True
+        at = tail.rfind(b"PK\x05\x06", 0, at)
+    return False
 
 
 def _pickle_errors(path: str, what: str, exc: BaseException) -> Exception:
@@ -192,18 +206,32 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
 
     built = build_refs(path, walked, declared, blocks, byteorder)
     notes = _notes(path, loaded.placeholders, walked, built)
+    problems = _unread_tensors(path, loaded.placeholders)
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
     if unreferenced:
         notes.append(
-            f"{len(unreferenced)} storage entr{'y' if len(unreferenced) == 1 else 'ies'} that data.pkl never "
+            f"{os.path.basename(path)}: {len(unreferenced)} storage "
+            f"entr{'y' if len(unreferenced) == 1 else 'ies'} that data.pkl never "
             f"uses (torch ignores them too); not scanned: {listed(unreferenced)}"
         )
-    problems: list[ScanProblem] = []
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
-        notes.append(f"CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
+        notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems = _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
+        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
+
+
+def _unread_tensors(path: str, placeholders: tuple[str, ...]) -> list[ScanProblem]:
+    unread = [p for p in placeholders if p in UNREAD_TENSOR_GLOBALS]
+    if not unread:
+        return []
+    return [
+        ScanProblem(
+            path,
+            f"holds tensors whose data is not a storage in the file ({', '.join(unread)}); they were not scanned",
+            "move them to the CPU (t.cpu()) before saving, or save the weights as safetensors",
+        )
+    ]
 
 
 def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
@@ -236,9 +264,7 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     data = read_entry(fh, entry)
     if len(data) != entry.size:
         raise CorruptCheckpointError(path, f"zip entry {label} is truncated")
-    from nandoctor.readers.zipentries import crc32
-
-    if crc32(data, 0) & 0xFFFFFFFF != entry.crc32:
+    if zipentries.crc32(data, 0) & 0xFFFFFFFF != entry.crc32:
         raise CorruptCheckpointError(
             path, f"zip entry {label} fails its CRC-32 check: the file is corrupt, so none of it is trusted"
         )
@@ -273,7 +299,7 @@ def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built:
 
 def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     """A file that is not a zip: a legacy torch file, or some other pickle (named if malicious, never loaded)."""
-    with _pickle_context(path, "the pickle"):
+    with _pickle_context(path, "pickled data"):
         try:
             legacy = read_legacy(path, fh, size, MAX_PICKLE_BYTES)
         except NotLegacyError as exc:
@@ -286,8 +312,12 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         walked = walk(legacy.root, prefix=_name_prefix(path))
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
-    notes.insert(0, "legacy (pre-1.6) torch format: it has no checksums, so silent corruption cannot be detected")
-    return ReadResult(tuple(built.refs), tuple(notes), ())
+    notes.insert(
+        0,
+        f"{os.path.basename(path)}: legacy (pre-1.6) torch format; it has no checksums, so corruption that "
+        "leaves finite values cannot be detected",
+    )
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(_unread_tensors(path, tuple(legacy.placeholders))))
 
 
 def _name_prefix(path: str) -> str:

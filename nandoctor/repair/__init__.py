@@ -9,7 +9,9 @@ and targets are read through nandoctor's own readers.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from nandoctor.errors import RepairRefusedError, UnrestorableError
@@ -53,6 +55,7 @@ def repair(
     from nandoctor.repair.writer import check_out, write_repair
     from nandoctor.scan import scan
 
+    started = time.perf_counter()
     target_path = Path(target)
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
@@ -77,11 +80,17 @@ def repair(
         )
     plan = plan_repair(report, resolve_donors(target_path, donor_list), scope)
     if dry_run:
-        return RepairResult(plan=plan, out=None, verification=None, dry_run=True, notes=_notes(source))
+        notes = _notes(source)
+        if out is not None and os.path.lexists(out):
+            notes += (f"{out} already exists: a repair (without --dry-run) would refuse to write there",)
+        return RepairResult(
+            plan=plan, out=None, verification=None, dry_run=True, notes=notes, seconds=time.perf_counter() - started
+        )
     _refuse_if_incomplete(plan)
-    return write_repair(
+    result = write_repair(
         plan, source, out, source_report=report, progress=progress, on_phase=on_phase, notes=_notes(source)
     )
+    return replace(result, seconds=time.perf_counter() - started)
 
 
 def _notes(source: Source) -> tuple[str, ...]:

@@ -53,7 +53,7 @@ class CheckpointDonor:
         return self._refs
 
     def nonfinite(self, ref: TensorRef) -> int:
-        from nandoctor.repair.tensorbytes import iter_logical
+        from nandoctor.repair.tensorbytes import iter_elements
 
         spec = DTYPES[ref.dtype]
         if not spec.can_hold_nonfinite:
@@ -65,7 +65,7 @@ class CheckpointDonor:
         kernel = self._kernel
         bad = 0
         try:
-            for block in iter_logical(ref.file, ref, limit=kernel.chunk_bytes):
+            for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
                 if kernel.any_nonfinite(block, spec):
                     bad += kernel.count(block, spec).nonfinite
         except OSError as exc:

@@ -1,29 +1,36 @@
-"""A tensor's own elements as bytes: read them in logical order, or copy them between files.
+"""A tensor's own elements as bytes: read them, compare them, or copy them from one file to another.
 
-A safetensors tensor (or a plain torch storage) is one contiguous byte range,
-copied with ``copy_file_range`` (kernel side, no user memory). A torch view
-(slice, transpose, tied storage) is addressed with numpy ``as_strided`` over an
-mmap, so only the view's own elements are read or written. Work goes in blocks
-of at most ``BLOCK_BYTES`` and mapped pages are dropped as it goes, so memory
-stays flat whatever the tensor's size.
+A safetensors tensor (or a plain torch storage) is one contiguous byte range:
+it is copied with ``copy_file_range`` (kernel side, no user memory) and read
+in chunks. A torch view (slice, transpose, strided rows) is handled in tiles
+of at most ``TILE_BYTES``: each side of a tile is read or written either as
+the one byte span that holds it (when the view is dense enough there) or run by
+run along the side's contiguous dimension, so a transpose never touches more
+than a tile's worth of the file at a time. Only ``pread``/``pwrite`` are used:
+an mmap would map whole page-cache folios around every element a strided
+view touches, and a transposed gigabyte would show up whole in resident memory.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import mmap
 import os
 from collections.abc import Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import RepairFailedError
 from nandoctor.model import TensorRef
 
-BLOCK_BYTES = 8 << 20
-_RELEASE_EVERY = 64 << 20
+TILE_BYTES = 8 << 20  # logical bytes per tile of a strided view
+CHUNK_BYTES = 8 << 20  # bytes per read of a contiguous tensor
+_SPAN_SLACK = 2  # read a tile's whole span when it is at most this many times the tile's own bytes …
+_SPAN_SMALL = 64 << 10  # … or this small anyway (one read beats many tiny ones)
+_MAX_RUNS = 1 << 24  # beyond this many separate reads a view is too fragmented to patch sensibly
+
+Box = tuple[tuple[int, ...], tuple[int, ...]]  # (origin, extents) in logical indices
 
 
 def itemsize(ref: TensorRef) -> int:
@@ -34,6 +41,10 @@ def nbytes(ref: TensorRef) -> int:
     return ref.numel * DTYPES[ref.dtype].bits // 8
 
 
+def _strides(ref: TensorRef) -> tuple[int, ...]:
+    return ref.strides if ref.strides is not None else ref.contiguous_strides
+
+
 def byte_range(ref: TensorRef) -> tuple[int, int] | None:
     """(absolute offset, length) when the tensor's elements are one contiguous run, else None."""
     if not ref.is_contiguous:
@@ -41,22 +52,23 @@ def byte_range(ref: TensorRef) -> tuple[int, int] | None:
     bits = DTYPES[ref.dtype].bits
     if bits % 8 and ref.storage_offset:
         return None
-    start = ref.region.offset + ref.storage_offset * bits // 8
-    return start, nbytes(ref)
+    return ref.region.offset + ref.storage_offset * bits // 8, nbytes(ref)
 
 
 def check_bounds(ref: TensorRef) -> None:
-    """Refuse a view that would reach outside its own region (or that a write could not honour)."""
-    size = DTYPES[ref.dtype].bits
+    """Refuse a view that would reach outside its own region, or that cannot be addressed by element."""
     if ref.numel == 0:
         return
-    strides = ref.strides if ref.strides is not None else ref.contiguous_strides
-    if size % 8 and not ref.is_contiguous:
-        raise RepairFailedError(f"{ref.file}: tensor {ref.name!r}: a strided view of a sub-byte dtype cannot be patched")
-    if any(s < 0 for s in strides) or ref.storage_offset < 0:
-        raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} has negative strides; refused")
-    high = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, strides))
-    end_bits = (high + 1) * size if size % 8 == 0 else ref.storage_offset * size + ref.numel * size
+    bits = DTYPES[ref.dtype].bits
+    if bits % 8:
+        if byte_range(ref) is None:
+            raise RepairFailedError(f"{ref.file}: tensor {ref.name!r}: a strided view of a sub-byte dtype cannot be patched")
+        end_bits = ref.numel * bits
+    else:
+        strides = _strides(ref)
+        if any(s < 0 for s in strides) or ref.storage_offset < 0:
+            raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} has negative strides; refused")
+        end_bits = (ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, strides)) + 1) * bits
     if end_bits > ref.region.nbytes * 8:
         raise RepairFailedError(
             f"{ref.file}: tensor {ref.name!r} reaches past the end of its storage {ref.region.key!r}; refused",
@@ -64,85 +76,197 @@ def check_bounds(ref: TensorRef) -> None:
         )
 
 
-def _blocks(shape: tuple[int, ...], item: int, limit: int) -> Iterator[tuple]:
-    """Index tuples cutting an array of ``shape`` into blocks of at most ``limit`` bytes."""
+def _unit_dim(ref: TensorRef) -> int | None:
+    """The dimension along which the view's elements are adjacent in storage (stride 1), if any."""
+    candidates = [k for k, (n, s) in enumerate(zip(ref.shape, _strides(ref))) if s == 1 and n > 1]
+    return candidates[-1] if candidates else None
+
+
+def boxes(shape: tuple[int, ...], refs: list[TensorRef], item: int, limit: int = TILE_BYTES) -> Iterator[Box]:
+    """Tiles of the logical index space, at most ``limit`` bytes each, shaped so that every ref in
+    ``refs`` reads long runs: its stride-1 dimension gets the largest extent the budget allows."""
     if not shape:
-        yield ()
+        yield (), ()
         return
-    inner = math.prod(shape[1:]) * item
-    if inner * shape[0] <= limit:
-        yield (slice(None),)
-        return
-    if inner <= limit:
-        step = max(1, limit // max(inner, 1))
-        for start in range(0, shape[0], step):
-            yield (slice(start, min(start + step, shape[0])),)
-        return
-    for i in range(shape[0]):
-        for rest in _blocks(shape[1:], item, limit):
-            yield (i, *rest)
+    budget = max(1, limit // item)
+    extents = [1] * len(shape)
+    units = []
+    for ref in refs:
+        unit = _unit_dim(ref)
+        if unit is not None and unit not in units:
+            units.append(unit)
+    if len(units) == 2:  # a transpose: share the budget so both sides read runs of about √budget
+        side = max(1, math.isqrt(budget))
+        a, b = units
+        extents[a] = min(shape[a], side)
+        extents[b] = min(shape[b], budget // extents[a])
+        extents[a] = min(shape[a], budget // extents[b])
+    elif units:
+        extents[units[0]] = min(shape[units[0]], budget)
+    used = math.prod(extents)
+    for k in reversed(range(len(shape))):  # fill the rest of the budget, innermost dimensions first
+        if k in units:
+            continue
+        extents[k] = max(1, min(shape[k], budget // used))
+        used *= extents[k]
+    ranges = [range(0, n, e) for n, e in zip(shape, extents)]
+    for origin in itertools.product(*ranges):
+        yield origin, tuple(min(e, n - o) for o, e, n in zip(origin, extents, shape))
 
 
-def _strided(buffer: mmap.mmap, ref: TensorRef, writeable: bool) -> np.ndarray:
-    """The view's elements as a numpy array over ``buffer`` (read-only or writing through to the file)."""
+def _side_plan(ref: TensorRef, origin: tuple[int, ...], extents: tuple[int, ...]) -> tuple[int, int, int | None]:
+    """(first byte, span bytes, run dim or None = read the span whole) for one side of a box."""
     item = itemsize(ref)
-    element = np.dtype((np.void, item))
-    if ref.numel == 0:
-        return np.empty(ref.shape, dtype=element)
-    start = ref.region.offset + ref.storage_offset * item
-    end = ref.region.offset + ref.region.nbytes
-    count = (end - start) // item  # check_bounds guarantees the view stays inside [start, end)
-    elements = np.frombuffer(buffer, dtype=element, count=count, offset=start)
-    strides = ref.strides if ref.strides is not None else ref.contiguous_strides
-    return as_strided(elements, shape=ref.shape, strides=tuple(s * item for s in strides), writeable=writeable)
+    strides = _strides(ref)
+    first = ref.storage_offset + sum(o * s for o, s in zip(origin, strides))
+    last = first + sum((e - 1) * s for e, s in zip(extents, strides))
+    start = ref.region.offset + first * item
+    span = (last - first + 1) * item
+    useful = math.prod(extents) * item
+    if span <= _SPAN_SLACK * useful or span <= _SPAN_SMALL:
+        return start, span, None
+    unit = _unit_dim(ref)
+    return start, span, unit if unit is not None and extents[unit] > 1 else -1
 
 
-def _release(buffer: mmap.mmap) -> None:
-    """Drop this process's mapped pages (dirty shared pages stay in the page cache)."""
-    if hasattr(mmap, "MADV_DONTNEED"):
-        buffer.madvise(mmap.MADV_DONTNEED)
+def _runs(ref: TensorRef, origin: tuple[int, ...], extents: tuple[int, ...], run_dim: int) -> Iterator[tuple[tuple, int, int]]:
+    """(logical index of the run within the box, absolute byte offset, elements) of each run."""
+    item = itemsize(ref)
+    strides = _strides(ref)
+    length = extents[run_dim] if run_dim >= 0 else 1
+    others = [range(e) if (k != run_dim) else range(1) for k, e in enumerate(extents)]
+    count = math.prod(extents) // length
+    if count > _MAX_RUNS:
+        raise RepairFailedError(
+            f"{ref.file}: tensor {ref.name!r} is a view too fragmented to patch element by element",
+            "re-save the checkpoint so the tensor is contiguous (tensor.contiguous()), then repair",
+        )
+    for index in itertools.product(*others):
+        element = ref.storage_offset + sum((o + i) * s for o, i, s in zip(origin, index, strides))
+        yield index, ref.region.offset + element * item, length
 
 
-def iter_logical(path: str, ref: TensorRef, limit: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
-    """The tensor's elements in C order, as uint8 blocks of whole elements (at most ``limit`` bytes)."""
+def _element_type(item: int) -> np.dtype:
+    return np.dtype((np.void, item))
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, path: str) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise RepairFailedError(f"{path}: file ended early while reading tensor bytes at {offset + done}")
+        done += n
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+def read_box(fd: int, ref: TensorRef, box: Box) -> np.ndarray:
+    """The box's elements of ``ref`` as a C-ordered array of fixed-size byte elements."""
+    origin, extents = box
+    item = itemsize(ref)
+    element = _element_type(item)
+    start, span, run_dim = _side_plan(ref, origin, extents)
+    if run_dim is None:
+        raw = np.empty(span, dtype=np.uint8)
+        _pread_into(fd, memoryview(raw), start, ref.file)
+        strided = np.lib.stride_tricks.as_strided(
+            raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref))
+        )
+        return np.ascontiguousarray(strided)
+    # Run by run: lay the runs out contiguously (run dim last), then view them in logical order.
+    order = [k for k in range(len(extents)) if k != run_dim] + ([run_dim] if run_dim >= 0 else [])
+    laid = np.empty(tuple(extents[k] for k in order), dtype=element)
+    rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
+    for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
+        _pread_into(fd, memoryview(row.view(np.uint8)), offset, ref.file)
+    return np.ascontiguousarray(laid.transpose(np.argsort(order)))
+
+
+def write_box(fd: int, ref: TensorRef, box: Box, values: np.ndarray) -> None:
+    """Write ``values`` (C-ordered, the box's shape) into exactly the box's elements of ``ref``."""
+    origin, extents = box
+    item = itemsize(ref)
+    element = _element_type(item)
+    start, span, run_dim = _side_plan(ref, origin, extents)
+    if run_dim is None:
+        # Read-modify-write the span: bytes between the view's elements keep their values.
+        raw = np.empty(span, dtype=np.uint8)
+        _pread_into(fd, memoryview(raw), start, ref.file)
+        strided = np.lib.stride_tricks.as_strided(
+            raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref)), writeable=True
+        )
+        strided[...] = values
+        _pwrite_all(fd, memoryview(raw), start)
+        return
+    order = [k for k in range(len(extents)) if k != run_dim] + ([run_dim] if run_dim >= 0 else [])
+    laid = np.ascontiguousarray(values.transpose(order))
+    rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
+    for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
+        _pwrite_all(fd, memoryview(row.view(np.uint8)), offset)
+
+
+def _check_file(fd: int, ref: TensorRef, path: str) -> None:
+    if ref.region.offset + ref.region.nbytes > os.fstat(fd).st_size:
+        raise RepairFailedError(f"{path}: tensor {ref.name!r} lies past the end of the file")
+
+
+def iter_elements(path: str, ref: TensorRef, limit: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """All of the tensor's elements as uint8 blocks of whole elements (tile by tile for a view,
+    so not necessarily in C order): for counting, not for hashing."""
     check_bounds(ref)
-    span = byte_range(ref)
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if ref.region.offset + ref.region.nbytes > size:
-            raise RepairFailedError(f"{path}: tensor {ref.name!r} lies past the end of the file")
-        if size == 0 or nbytes(ref) == 0:
-            return
-        buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
+    if nbytes(ref) == 0:
+        return
+    with open(path, "rb", buffering=0) as fh:
+        fd = fh.fileno()
+        _check_file(fd, ref, path)
+        span = byte_range(ref)
         if span is not None:
             start, length = span
-            step = max(1, limit - limit % max(1, itemsize(ref) or 1))
-            done = 0
+            step = max(1, limit - limit % max(1, itemsize(ref)))
+            buffer = np.empty(min(step, length), dtype=np.uint8)
             for offset in range(start, start + length, step):
-                block = np.frombuffer(buffer, dtype=np.uint8, count=min(step, start + length - offset), offset=offset)
-                yield block
-                del block
-                done += step
-                if done >= _RELEASE_EVERY:
-                    _release(buffer)
-                    done = 0
+                n = min(step, start + length - offset)
+                _pread_into(fd, memoryview(buffer)[:n], offset, path)
+                yield buffer[:n]
             return
-        array = _strided(buffer, ref, writeable=False)
-        done = 0
-        for index in _blocks(ref.shape, itemsize(ref), limit):
-            block = np.ascontiguousarray(array[index]).view(np.uint8).reshape(-1)
-            yield block
-            done += block.size
-            if done >= _RELEASE_EVERY:
-                _release(buffer)
-                done = 0
-        del array
-    finally:
-        try:
-            buffer.close()
-        except BufferError:
-            pass  # the caller still holds the last block; the mapping goes when it does
+        for box in boxes(ref.shape, [ref], itemsize(ref), limit):
+            yield read_box(fd, ref, box).view(np.uint8).reshape(-1)
+
+
+def same_elements(path_a: str, a: TensorRef, path_b: str, b: TensorRef) -> bool:
+    """True when the two tensors hold byte-identical elements (same dtype and shape assumed)."""
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    check_bounds(a)
+    check_bounds(b)
+    if nbytes(a) == 0:
+        return True
+    with open(path_a, "rb", buffering=0) as fa, open(path_b, "rb", buffering=0) as fb:
+        _check_file(fa.fileno(), a, path_a)
+        _check_file(fb.fileno(), b, path_b)
+        span_a, span_b = byte_range(a), byte_range(b)
+        if span_a is not None and span_b is not None:
+            length = span_a[1]
+            buf_a = np.empty(min(CHUNK_BYTES, length), dtype=np.uint8)
+            buf_b = np.empty_like(buf_a)
+            for done in range(0, length, CHUNK_BYTES):
+                n = min(CHUNK_BYTES, length - done)
+                _pread_into(fa.fileno(), memoryview(buf_a)[:n], span_a[0] + done, path_a)
+                _pread_into(fb.fileno(), memoryview(buf_b)[:n], span_b[0] + done, path_b)
+                if not np.array_equal(buf_a[:n], buf_b[:n]):
+                    return False
+            return True
+        for box in boxes(a.shape, [a, b], itemsize(a)):
+            left = read_box(fa.fileno(), a, box).view(np.uint8)
+            right = read_box(fb.fileno(), b, box).view(np.uint8)
+            if not np.array_equal(left, right):
+                return False
+    return True
 
 
 def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: TensorRef) -> int:
@@ -151,34 +275,19 @@ def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: Tensor
         raise RepairFailedError(f"{target.file}: tensor {target.name!r}: donor dtype/shape differ; refused")
     check_bounds(donor)
     check_bounds(target)
-    if any(n > 1 and s == 0 for n, s in zip(target.shape, target.strides or ())):
+    if any(n > 1 and s == 0 for n, s in zip(target.shape, _strides(target))):
         raise RepairFailedError(f"{target.file}: tensor {target.name!r} is a broadcast view; it cannot be written")
     length = nbytes(target)
     if length == 0:
         return 0
-    src_span, dst_span = byte_range(donor), byte_range(target)
-    with open(donor_path, "rb") as src:
+    with open(donor_path, "rb", buffering=0) as src:
+        _check_file(src.fileno(), donor, donor_path)
+        src_span, dst_span = byte_range(donor), byte_range(target)
         if src_span is not None and dst_span is not None:
             _copy_range(src.fileno(), src_span[0], out_fd, dst_span[0], length)
             return length
-        src_map = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ)
-    dst_map = mmap.mmap(out_fd, 0, access=mmap.ACCESS_WRITE)
-    try:
-        src_array = _strided(src_map, donor, writeable=False)
-        dst_array = _strided(dst_map, target, writeable=True)
-        done = 0
-        for index in _blocks(target.shape, itemsize(target), BLOCK_BYTES):
-            dst_array[index] = src_array[index]
-            done += dst_array[index].nbytes
-            if done >= _RELEASE_EVERY:
-                _release(src_map)
-                _release(dst_map)
-                done = 0
-        del src_array, dst_array
-        dst_map.flush()
-    finally:
-        src_map.close()
-        dst_map.close()
+        for box in boxes(target.shape, [donor, target], itemsize(target)):
+            write_box(out_fd, target, box, read_box(src.fileno(), donor, box))
     return length
 
 
@@ -194,12 +303,11 @@ def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, leng
                 copied += n
         except OSError:
             pass  # EXDEV, ENOSYS, EINVAL on some filesystems: fall back below
-    buffer = bytearray(min(BLOCK_BYTES, length - copied)) if copied < length else bytearray()
+    if copied >= length:
+        return
+    buffer = np.empty(min(CHUNK_BYTES, length - copied), dtype=np.uint8)
     while copied < length:
-        n = os.preadv(src_fd, [memoryview(buffer)[: min(len(buffer), length - copied)]], src_offset + copied)
-        if n <= 0:
-            raise RepairFailedError(f"donor file ended early while copying {length} bytes")
-        written = 0
-        while written < n:
-            written += os.pwrite(dst_fd, memoryview(buffer)[written:n], dst_offset + copied + written)
+        n = min(len(buffer), length - copied)
+        _pread_into(src_fd, memoryview(buffer)[:n], src_offset + copied, "donor")
+        _pwrite_all(dst_fd, memoryview(buffer)[:n], dst_offset + copied)
         copied += n

@@ -1,16 +1,18 @@
 """Write a planned repair: copy the source, patch the restored tensors' bytes, verify, move into place.
 
 Same dtype and shape mean same byte length, so each output shard is the
-source shard with some byte ranges replaced by donor bytes: the file is copied
-by the kernel (``copyfile`` → sendfile), then patched in place in the copy.
-Headers, metadata, the index and every untouched tensor stay byte-identical.
-Everything happens in a temporary folder beside ``out`` (see atomic.py); the
-copy is fsynced while it is re-scanned and hashed, and only a clean,
-verified folder is renamed onto ``out``. The source is opened read-only.
+source shard with some byte ranges replaced by donor bytes: each file is
+copied by the kernel (``copy_file_range``, as ``cp`` does), then patched in
+place in the copy. Headers, metadata, the index and every untouched tensor
+stay byte-identical. Everything happens in a temporary folder beside ``out``
+(see atomic.py); each shard is hashed and fsynced in the background while the
+next one is copied, the copy is re-scanned, and only a clean, verified folder
+is renamed onto ``out``. The source is only ever opened for reading.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -21,20 +23,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nandoctor.errors import (
-    NandoctorError,
-    OutputExistsError,
-    RepairFailedError,
-    RepairRefusedError,
-)
-from nandoctor.model import ScanReport, TensorRef
+from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
+from nandoctor.model import ScanReport
 from nandoctor.repair import atomic, zippatch
 from nandoctor.repair.plan import RepairPlan, Restoration
-from nandoctor.repair.tensorbytes import copy_elements, iter_logical
+from nandoctor.repair.tensorbytes import copy_elements, same_elements
 
 PROOF_NAME = "nandoctor-repair.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HASH_CHUNK = 4 << 20
+# copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, what)
 Phase = Callable[[str], None]  # "temp", "copied", "verified", "hashed", "proof", "synced", "renamed"
@@ -118,13 +117,15 @@ def write_repair(
     progress, phase = progress or _noop, on_phase or _noop
     check_out(out, source)
     atomic.clean_stale(out.parent)
-    copies = _copy_list(source)
+    copies, copy_notes = _copy_list(source)
     _check_space(out.parent, sum(size for _, _, size in copies))
 
     temp = atomic.make_temp(out)
     moved = False
-    # Each shard is hashed and written back to disk while the next one is copied.
-    background = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="nandoctor-repair")
+    # Each shard is hashed (CPU, one thread per core) and written back to disk (I/O, its own thread, so a
+    # waiting fsync never holds a hashing slot) while the next one is copied.
+    hasher = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="nandoctor-sha256")
+    syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nandoctor-fsync")
     try:
         phase("temp")
         writes = _writes_by_copy(plan, source, temp)
@@ -136,8 +137,8 @@ def write_repair(
             copy = _copy_one(source, rel, temp)
             if is_weight:
                 _patch_file(copy, writes.get(copy, []))
-                hashing[copy] = background.submit(_sha256, copy)
-                syncing.append(background.submit(atomic.fsync_path, copy))
+                hashing[copy] = hasher.submit(_sha256, copy)
+                syncing.append(syncer.submit(atomic.fsync_path, copy))
             else:
                 carried.append(str(rel))
             done += size
@@ -161,7 +162,7 @@ def write_repair(
             left_out=tuple(str(p.relative_to(source.root)) for p in source.left_out),
             proof=str(out / PROOF_NAME),
             seconds=time.perf_counter() - started,
-            notes=notes,
+            notes=notes + tuple(copy_notes),
         )
         from nandoctor.repair.proof import write_proof
 
@@ -175,7 +176,8 @@ def write_repair(
     except OSError as exc:
         raise RepairFailedError(f"{exc.filename or out}: {exc.strerror or exc} while writing the repair") from exc
     finally:
-        background.shutdown(wait=True, cancel_futures=True)  # no thread may still write into temp
+        for pool in (hasher, syncer):
+            pool.shutdown(wait=True, cancel_futures=True)  # no thread may still use temp when it is removed
         atomic.forget(temp)
         if not moved:
             shutil.rmtree(temp, ignore_errors=True)
@@ -186,32 +188,39 @@ def write_repair(
     return result
 
 
-def _copy_list(source: Source) -> list[tuple[Path, bool, int]]:
-    """(path relative to the root, is a scanned weight file, size) of every file to copy."""
+def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]:
+    """(path relative to the root, is a scanned weight file, size) of every file to copy, and notes
+    on what is not carried over (links to folders, FIFOs, an earlier repair's proof)."""
     weights = {p.absolute() for p in source.weights}
     left_out = {p.absolute() for p in source.left_out}
     if source.single_file is not None:
         path = source.single_file
-        return [(Path(path.name), True, os.stat(path).st_size)]
-    found = []
+        return [(Path(path.name), True, os.stat(path).st_size)], []
+    found, notes = [], []
     for folder, dirs, names in os.walk(source.root):
-        dirs[:] = sorted(d for d in dirs if not atomic.is_temp(d))
+        here = Path(folder)
+        for d in sorted(dirs):
+            if (here / d).is_symlink():
+                notes.append(f"{(here / d).relative_to(source.root)}: a link to a folder; not carried over")
+        dirs[:] = sorted(d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink())
         for name in sorted(names):
-            path = Path(folder) / name
+            path = here / name
             absolute = path.absolute()
-            if absolute in left_out or atomic.is_temp(name):
-                continue
+            rel = path.relative_to(source.root)
+            if absolute in left_out or atomic.is_temp(name) or rel == Path(PROOF_NAME):
+                continue  # an earlier repair's proof is replaced by this one's
             try:
                 info = os.stat(path)  # follows symlinks (Hugging Face cache snapshots are links to blobs)
             except OSError as exc:
                 raise RepairFailedError(f"{path}: cannot read ({exc.strerror})") from None
             if not stat.S_ISREG(info.st_mode):
-                continue  # FIFOs, sockets, dangling links: nothing to carry
-            found.append((path.relative_to(source.root), absolute in weights, info.st_size))
+                notes.append(f"{rel}: not a regular file; not carried over")
+                continue
+            found.append((rel, absolute in weights, info.st_size))
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
-    return found
+    return found, notes
 
 
 def _check_space(parent: Path, needed: int) -> None:
@@ -223,11 +232,30 @@ def _check_space(parent: Path, needed: int) -> None:
         )
 
 
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy in the kernel (no shard passes through our memory): copy_file_range like ``cp``, else sendfile."""
+    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
+        size = os.fstat(fsrc.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(size - copied, 1 << 30))
+                if n == 0:
+                    break
+                copied += n
+        except (AttributeError, OSError) as exc:
+            if copied or (isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE):
+                raise
+        if copied == size:
+            return
+    shutil.copyfile(src, dst)  # sendfile, or read/write where even that is missing
+
+
 def _copy_one(source: Source, rel: Path, temp: Path) -> Path:
     src = source.single_file if source.single_file is not None else source.root / rel
     dst = temp / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)  # sendfile / copy_file_range in the kernel: no shard passes through our memory
+    _copy_file(src, dst)
     # The source's mode, but owner-writable: weights are patched in place, and the new folder is the user's
     # (Hugging Face cache blobs are read-only).
     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
@@ -293,23 +321,17 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     for r in plan.restorations:
         copy = str(_target_copy(source, temp, r.target_ref.file))
         ref = written.get((copy, r.name))
-        if ref is None or _digest(copy, ref) != _digest(r.donor_ref.file, r.donor_ref):
+        if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref):
             raise RepairFailedError(
-                f"{copy}: tensor {r.name!r} does not hold its donor's bytes after the repair",
+                f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
                 "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
             )
     return report
 
 
-def _digest(path: str, ref: TensorRef) -> bytes:
-    """sha256 of a tensor's elements in logical order: equal digests, equal tensors."""
-    h = hashlib.sha256()
-    for block in iter_logical(path, ref):
-        h.update(block)
-    return h.digest()
-
-
 def _sha256(path: Path) -> str:
+    # Plain reads into one reused buffer: hashing through an mmap of a file under writeback (the
+    # fsync thread) measured up to 2x slower, with erratic system time.
     h = hashlib.sha256()
     buffer = bytearray(_HASH_CHUNK)
     view = memoryview(buffer)

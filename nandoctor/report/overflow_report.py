@@ -11,6 +11,7 @@ from nandoctor.model import ScanReport
 from nandoctor.report.rich_report import safe
 
 MAX_ROWS = 40
+_BECOMES = {"inf": "Inf", "nan": "NaN"}  # other targets describe themselves (fp8_e4m3: clamped or NaN)
 
 
 def overflow_table(report: ScanReport, limit: int | None = MAX_ROWS) -> Table:
@@ -52,7 +53,7 @@ def render_overflow(report: ScanReport, console: Console, *, show_all: bool = Fa
             Text.assemble(
                 (f"✗ OVERFLOW RISK ({dtype})", "bold red"),
                 f": {count:,} finite values in {len(gate.overflow_tensors(report))} tensors become "
-                f"{spec.becomes.upper() if spec.becomes == 'nan' else 'Inf'} when cast to {dtype} "
+                f"{_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} "
                 f"(largest finite {dtype}: {spec.max_finite:g}; max |x| here: {top_text})",
             )
         )

@@ -1,0 +1,164 @@
+"""Where the scan's bytes come from: a read-only mmap when the page cache holds the file, reads otherwise.
+
+Warm page cache: a read-only mmap lets the kernels read the cached pages in
+place, with no copy — the fastest way there is. Pages already scanned are
+dropped from the process in long runs (``madvise(MADV_DONTNEED)``; the page
+cache keeps them), so resident memory stays flat whatever the file's size.
+
+Cold cache: page faults on an mmap read the disk 4 KiB-fault by 4 KiB-fault
+with little read-ahead; plain ``pread`` into reused buffers, with
+``POSIX_FADV_SEQUENTIAL`` doubling the kernel's read-ahead window, keeps the
+disk streaming. Which one a file gets is decided by probing a few of its pages
+with ``RWF_NOWAIT`` reads, which fail instead of waiting when a page is not
+cached. ``NANDOCTOR_IO=mmap|read`` forces one way (benchmarks, odd filesystems).
+
+A file truncated while it is mapped would kill the process with SIGBUS on
+the next read past its new end, so the mapped source checks the file's size
+before each chunk; reads report a short read as a changed file.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from nandoctor.errors import FileChangedError
+
+PAGE = mmap.PAGESIZE
+RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
+PROBES = 16  # pages probed for page-cache residency, spread over the file
+
+BufferFor = Callable[[int], np.ndarray]  # nbytes -> a writable uint8 buffer this thread may reuse
+
+
+class ChunkSource(Protocol):
+    mode: str
+
+    def read(self, absolute: int, length: int, buffer_for: BufferFor) -> np.ndarray:
+        """The bytes [absolute, absolute + length) as uint8; called on worker threads."""
+
+    def release(self, absolute: int, length: int) -> None:
+        """These bytes were scanned; called on the main thread, in file order."""
+
+    def close(self) -> None: ...
+
+
+class MappedSource:
+    """A read-only mmap of the whole file; chunks are zero-copy views."""
+
+    mode = "mmap"
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path, self.fd, self.size = path, fd, size
+        self.mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        self._start = self._end = 0
+
+    def read(self, absolute: int, length: int, buffer_for: BufferFor) -> np.ndarray:
+        # A shorter file now would SIGBUS the read below: refuse while it still can be refused.
+        if os.fstat(self.fd).st_size < absolute + length:
+            raise FileChangedError(str(self.path), "the file was truncated while it was being scanned")
+        return np.frombuffer(self.mapped, dtype=np.uint8, count=length, offset=absolute)
+
+    def release(self, absolute: int, length: int) -> None:
+        # Each release interrupts the other cores (a TLB shootdown): merge runs, release rarely.
+        if absolute != self._end:
+            self._flush()
+            self._start = absolute
+        self._end = absolute + length
+        if self._end - self._start >= RELEASE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        start, end = self._start - self._start % PAGE, self._end - self._end % PAGE
+        self._start = self._end
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def close(self) -> None:
+        self._flush()
+        self.mapped.close()
+        os.close(self.fd)
+
+
+class ReadSource:
+    """``pread`` into the calling thread's reused buffer; sequential read-ahead hinted to the kernel."""
+
+    mode = "read"
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path, self.fd, self.size = path, fd, size
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def read(self, absolute: int, length: int, buffer_for: BufferFor) -> np.ndarray:
+        buffer = buffer_for(length)[:length]
+        got = 0
+        while got < length:  # preadv may return less than asked near signals; loop until EOF
+            n = os.preadv(self.fd, [buffer[got:]], absolute + got)
+            if n == 0:
+                raise FileChangedError(str(self.path), "the file was truncated while it was being scanned")
+            got += n
+        return buffer
+
+    def release(self, absolute: int, length: int) -> None:
+        pass  # nothing mapped: buffers are reused
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def page_cached(fd: int, size: int, probes: int = PROBES) -> bool:
+    """True when sampled pages of the file are all in the page cache (a non-blocking read succeeds)."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None or size == 0:
+        return True  # cannot tell: mmap is right for the common, warm case
+    byte = bytearray(1)
+    for i in range(probes):
+        offset = (size - 1) * i // max(1, probes - 1)
+        try:
+            os.preadv(fd, [byte], offset, flag)
+        except BlockingIOError:
+            return False
+        except OSError:  # RWF_NOWAIT unsupported on this filesystem
+            return True
+    return True
+
+
+def open_source(path: Path, size_needed: int = 0, mode: str | None = None) -> ChunkSource:
+    """Open ``path`` for chunked reading, choosing mmap or reads (``mode`` or NANDOCTOR_IO, else by probing)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < size_needed:
+            raise FileChangedError(str(path), "tensor data lies past the end of the file")
+        mode = mode or os.environ.get("NANDOCTOR_IO", "auto")
+        if mode == "auto":
+            mode = "mmap" if page_cached(fd, size) else "read"
+        if mode == "mmap" and size > 0:
+            return MappedSource(path, fd, size)
+        return ReadSource(path, fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class ThreadBuffers:
+    """One reusable read buffer per worker thread (or the kernel's own staging, e.g. pinned memory)."""
+
+    def __init__(self, kernel_buffer: Callable[[int], np.ndarray] | None = None) -> None:
+        self._kernel_buffer = kernel_buffer
+        self._local = threading.local()
+
+    def __call__(self, nbytes: int) -> np.ndarray:
+        if self._kernel_buffer is not None:
+            return self._kernel_buffer(nbytes)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.size < nbytes:
+            buffer = self._local.buffer = np.empty(nbytes, dtype=np.uint8)
+        return buffer

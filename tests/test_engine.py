@@ -1,0 +1,235 @@
+"""The scan engine: bounded memory for tensors far larger than a chunk, page release,
+mmap vs read sources, files that change while they are read, one pipeline over shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors, write_sharded
+from nandoctor import sources
+from nandoctor.kernels.cpu import CpuKernel
+from nandoctor.scan import scan
+
+scan_module = sys.modules["nandoctor.scan"]
+MiB = 1 << 20
+
+
+def status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon", "RssFile")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def write_big(path, nbytes: int, bad_at: list[int]) -> None:
+    """One bf16 tensor of ``nbytes``, streamed in 2 MB slices (the test itself stays small in memory)."""
+    n = nbytes // 2
+    block = bf16_bits(np.random.default_rng(0).standard_normal(MiB).astype(np.float32) * 0.02)
+    header = {"__metadata__": {"format": "pt"}, "w": {"dtype": "BF16", "shape": [n], "data_offsets": [0, n * 2]}}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for start in range(0, n, block.size):
+            part = block[: min(block.size, n - start)].copy()
+            for at in bad_at:
+                if start <= at < start + part.size:
+                    part[at - start] = SPECIALS["BF16"]["nan"]
+            fh.write(part.tobytes())
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "big.safetensors"
+    write_big(path, 320 * MiB, [5, 100 * MiB, 160 * MiB - 1])
+    return path
+
+
+def scan_sampling(path, **kwargs):
+    """Scan and sample this process's resident memory after every chunk."""
+    before = status()
+    peak = dict(before)
+
+    def progress(done, total, file):
+        for key, value in status().items():
+            peak[key] = max(peak[key], value)
+
+    report = scan(path, device="cpu", progress=progress, **kwargs)
+    return report, {k: peak[k] - before[k] for k in before}
+
+
+@pytest.mark.parametrize("io", ["mmap", "read"])
+def test_memory_stays_bounded_for_a_tensor_far_larger_than_a_chunk(big_file, monkeypatch, io):
+    monkeypatch.setenv("NANDOCTOR_IO", io)
+    report, growth = scan_sampling(big_file)
+    t = report.tensors[0]
+    assert (t.nan, t.first_bad) == (3, 5) and report.bytes_scanned == 320 * MiB
+    # 320 MB were read; what stays resident is the release run plus the chunks in flight.
+    assert growth["RssFile"] < 96 * MiB, growth
+    assert growth["RssAnon"] < 48 * MiB, growth
+
+
+def test_without_page_release_the_same_scan_would_hold_the_file(big_file, monkeypatch):
+    """The bound above comes from releasing pages: with release off, the mapped file stays resident."""
+    monkeypatch.setenv("NANDOCTOR_IO", "mmap")
+    monkeypatch.setattr(sources, "RELEASE_BYTES", 1 << 62)
+    monkeypatch.setattr(sources.MappedSource, "_flush", lambda self: None)
+    _, growth = scan_sampling(big_file)
+    assert growth["RssFile"] > 250 * MiB, growth
+
+
+class FakeMap:
+    def __init__(self):
+        self.calls = []
+
+    def madvise(self, option, start, length):
+        self.calls.append((start, length))
+
+
+def test_release_merges_contiguous_runs_and_rounds_to_pages(monkeypatch):
+    monkeypatch.setattr(sources, "RELEASE_BYTES", 10 * sources.PAGE)
+    src = sources.MappedSource.__new__(sources.MappedSource)
+    src.mapped, src._start, src._end = FakeMap(), 0, 0
+    page = sources.PAGE
+    src.release(100, 4 * page)  # starts mid-page
+    src.release(100 + 4 * page, 7 * page)  # contiguous: merged, and now past the run size
+    assert src.mapped.calls == [(0, 11 * page)]
+    src.release(20 * page, page)  # a gap: a new run
+    src._flush()
+    assert src.mapped.calls[-1] == (20 * page, page)
+
+
+def test_read_source_and_mapped_source_agree(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    tensors = {}
+    for i in range(5):
+        bits = bf16_bits(rng.standard_normal(300_001 + i).astype(np.float32))
+        bits[rng.choice(bits.size, i, replace=False)] = SPECIALS["BF16"]["posinf"]
+        tensors[f"layers.{i}.w"] = RawTensor("BF16", (bits.size,), bits.tobytes())
+    write_sharded(tmp_path, tensors, shards=3)
+    results = {}
+    for io in ("mmap", "read"):
+        monkeypatch.setenv("NANDOCTOR_IO", io)
+        report = scan(tmp_path, device="cpu")
+        results[io] = [(t.name, t.posinf, t.first_bad) for t in report.tensors]
+        assert report.complete and sum(t.posinf for t in report.tensors) == 10
+    assert results["mmap"] == results["read"]
+
+
+def test_cold_file_is_read_warm_file_is_mapped(tmp_path):
+    path = tmp_path / "cold.bin"
+    path.write_bytes(os.urandom(8 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if sources.page_cached(fd, 8 * MiB):
+            pytest.skip("this filesystem keeps pages cached (tmpfs?): cannot make a cold file")
+    finally:
+        os.close(fd)
+    cold = sources.open_source(path)
+    try:
+        assert cold.mode == "read"
+        data = cold.read(0, 8 * MiB, sources.ThreadBuffers())
+        assert data.tobytes() == path.read_bytes()
+    finally:
+        cold.close()
+    warm = sources.open_source(path)
+    try:
+        assert warm.mode == "mmap"
+    finally:
+        warm.close()
+
+
+# -- files that change while they are read ---------------------------------------------------
+
+
+def rewrite_during_scan(path, action, monkeypatch, io):
+    """Scan with one worker and one chunk in flight; ``action`` runs after the first chunk."""
+    monkeypatch.setenv("NANDOCTOR_IO", io)
+    monkeypatch.setattr(scan_module, "IN_FLIGHT_PER_WORKER", 1)
+    kernel = CpuKernel()
+    kernel.workers = 1
+    fired = []
+
+    def progress(done, total, file):
+        if not fired:
+            fired.append(done)
+            action(path)
+
+    return scan(path, kernel=kernel, progress=progress)
+
+
+def make_file(path):
+    bits = bf16_bits(np.ones(6 * MiB, np.float32))  # 12 MB: three chunks
+    write_safetensors(path, {"w": RawTensor("BF16", (bits.size,), bits.tobytes())})
+
+
+def same_size_rewrite(path):
+    with open(path, "r+b") as fh:
+        fh.seek(-2, os.SEEK_END)
+        fh.write(np.array([SPECIALS["BF16"]["nan"]], np.uint16).tobytes())
+    os.utime(path, ns=(0, 1))  # a new mtime even on coarse clocks
+
+
+def append(path):
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * 64)
+
+
+def truncate(path):
+    os.truncate(path, 4 * MiB)
+
+
+@pytest.mark.parametrize("io", ["mmap", "read"])
+@pytest.mark.parametrize("action", [same_size_rewrite, append, truncate], ids=lambda f: f.__name__)
+def test_file_changed_during_scan_is_reported(tmp_path, monkeypatch, io, action):
+    path = tmp_path / "m.safetensors"
+    make_file(path)
+    report = rewrite_during_scan(path, action, monkeypatch, io)
+    assert not report.complete and report.exit_code == 3 and not report.ok
+    assert any(("changed" in e.message or "truncated" in e.message) and e.path == str(path) for e in report.errors)
+
+
+def test_a_changed_shard_does_not_spoil_the_others(tmp_path, monkeypatch):
+    tensors = {f"layers.{i}.w": RawTensor("BF16", (3 * MiB,), bf16_bits(np.ones(3 * MiB, np.float32)).tobytes())
+               for i in range(4)}
+    tensors["layers.3.w"] = RawTensor("BF16", (3 * MiB,), np.full(3 * MiB, SPECIALS["BF16"]["nan"], np.uint16).tobytes())
+    write_sharded(tmp_path, tensors, shards=4)
+    victim = tmp_path / "model-00001-of-00004.safetensors"
+    monkeypatch.setenv("NANDOCTOR_IO", "read")
+    monkeypatch.setattr(scan_module, "IN_FLIGHT_PER_WORKER", 1)
+    kernel = CpuKernel()
+    kernel.workers = 1
+    fired = []
+
+    def progress(done, total, file):
+        if file == str(victim) and not fired:
+            fired.append(1)
+            truncate(victim)
+
+    report = scan(tmp_path, kernel=kernel, progress=progress)
+    assert [e.path for e in report.errors] == [str(victim)]
+    by = {t.name: t for t in report.tensors}
+    assert by["layers.3.w"].nan == 3 * MiB  # the last shard was still scanned, fully
+    assert report.exit_code == 3
+
+
+def test_progress_is_monotonic_and_complete(tmp_path):
+    tensors = {f"t{i}": RawTensor("F32", (MiB + i,), np.zeros(MiB + i, np.float32).tobytes()) for i in range(5)}
+    tensors["ids"] = RawTensor("I64", (10,), np.zeros(10, np.int64).tobytes())
+    write_sharded(tmp_path, tensors, shards=2)
+    seen = []
+    report = scan(tmp_path, device="cpu", progress=lambda done, total, file: seen.append((done, total)))
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones) and dones[-1] == seen[-1][1] == report.bytes_scanned
+    assert report.bytes_scanned == sum(4 * (MiB + i) for i in range(5))  # integers are not read
