@@ -4,13 +4,13 @@
 #      (file scans, --target-dtype overflow, and live CUDA tensors against the numpy kernel);
 #   2. throughput: file scan cpu vs cuda on a synthetic bf16 checkpoint (warm cache, median of 3),
 #      and live-tensor counting on the GPU against torch.isfinite(t).all().
-# Results go to stdout and, as markdown + JSON, to $OUT (or benchmarks/gpu-results/).
+# Results go to stdout and, as markdown + JSON, to $OUT (or bench-data/gpu-results/, git-ignored).
 #
 #   bash benchmarks/gpu_check.sh            # 2 GB checkpoint
 #   SIZE_GB=4.3 bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${OUT:-benchmarks/gpu-results}"
+OUT_DIR="${OUT:-bench-data/gpu-results}"
 mkdir -p "$OUT_DIR"
 SIZE_GB="${SIZE_GB:-2}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -29,7 +29,7 @@ from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, Overflow
 from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, target, threshold_bits
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.readers import reader_for
-from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
+from nandoctor.sources import READ_CHUNK_BYTES, BufferFor, ChunkSource, ThreadBuffers, open_source
 from nandoctor.views import covers_whole_region, element_span, locate
 
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
@@ -281,9 +281,12 @@ class _Pipeline:
         except OSError as exc:
             self.problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
             return
+        chunk_bytes = self.kernel.chunk_bytes
+        if state.source.mode == "read":
+            chunk_bytes = max(chunk_bytes, READ_CHUNK_BYTES)
         # In file order: the disk and the page cache read ahead, and released runs stay long.
         for job in sorted(jobs, key=lambda j: j.region.offset):
-            for start, length in _chunks(job, self.kernel.chunk_bytes):
+            for start, length in _chunks(job, chunk_bytes):
                 if state.failure is not None:
                     break
                 absolute = job.region.offset + start

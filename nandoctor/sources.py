@@ -32,6 +32,7 @@ from nandoctor.errors import FileChangedError
 
 PAGE = mmap.PAGESIZE
 RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
+READ_CHUNK_BYTES = 8 << 20  # reads of a cold file: larger requests keep a (virtual) disk busier than 4 MiB
 PROBES = 16  # pages probed for page-cache residency, spread over the file
 
 BufferFor = Callable[[int], np.ndarray]  # nbytes -> a writable uint8 buffer this thread may reuse

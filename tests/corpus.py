@@ -1,7 +1,11 @@
-"""A hostile-input corpus, generated (never downloaded): malformed safetensors files and folder faults.
+"""A hostile-input corpus, generated (never downloaded): malformed safetensors files, malformed or
+malicious torch files, and folder faults.
 
 Each case builds its input under a given folder and says what nandoctor must answer: the exit code and
-a fragment of the one-line reason. Used by the reader tests and by the CLI-level hardening tests.
+a fragment of the one-line reason. Malicious torch cases carry payloads that create ``folder / MARKER``
+when the file is loaded the unsafe way (``payload=True``: a control test shows that torch.load with
+weights_only=False really runs them); the marker must never appear when nandoctor reads the file.
+Used by the reader tests and by the CLI-level hardening tests.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Case:
     build: Callable[[Path], Path]  # folder → the path to scan
     exit_code: int
     reason: str  # must appear in the error message (or the output for exit 1/0)
+    payload: bool = False  # the file runs code creating folder / MARKER when loaded unsafely
 
 
 def raw(path: Path, header: object = None, data: bytes = b"", *, header_bytes: bytes | None = None,
@@ -211,6 +216,503 @@ if os.geteuid() != 0:  # root reads everything; the case means nothing there
     FOLDER_CASES.append(Case("no_permission", _unreadable_permissions, 3, "ermission"))
 
 
+# ---------------------------------------------------------------------------
+# Torch files: malicious pickles (REDUCE / GLOBAL / STACK_GLOBAL / INST / OBJ payloads) in every place a
+# loader would unpickle them, and malformed archives (byte surgery on torch.save output or hand-made zips).
+# ---------------------------------------------------------------------------
+
+MARKER = "PWNED"  # payloads create folder / MARKER; its presence proves code from a file ran
+
+
+def _th():
+    import tests.torch_helpers as th  # lazily: the safetensors cases need neither torch nor these helpers
+
+    return th
+
+
+def _payload(folder: Path, kind: str) -> bytes:
+    return _th().payloads(folder / MARKER)[kind][1]
+
+
+def _shell_payload(folder: Path) -> bytes:
+    return _payload(folder, "os.system")
+
+
+def _zip_with_pickle(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        return _th().torch_zip(folder / "pytorch_model.bin", _payload(folder, kind), {})
+    return build
+
+
+def _good_state(path: Path) -> Path:
+    import torch
+
+    torch.save({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(2)}, path)
+    return path
+
+
+def _tensor_pickle(numel: int = 2, offset: int = 0, size: tuple = (2,), stride: tuple = (1,),
+                   extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    th = _th()
+    pairs = [(th.p_str("w"), th.p_tensor(th.p_storage("0", numel), offset, size, stride))]
+    return th.pickle_bytes(th.p_dict(pairs + (extra or [])))
+
+
+def _one_tensor(numel: int, offset: int, size: tuple, stride: tuple, storage_bytes: int) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        blob = _tensor_pickle(numel, offset, size, stride)
+        return _th().torch_zip(folder / "model.pt", blob, {"0": b"\0" * storage_bytes})
+    return build
+
+
+def _weights_then_payload(folder: Path) -> Path:
+    """A real-looking state dict whose last value is an os.system call."""
+    th = _th()
+    call = th.p_global("os", "system") + th.p_tuple([th.p_str(f"touch {folder / MARKER}")]) + b"R"
+    blob = _tensor_pickle(extra=[(th.p_str("note"), call)])
+    return th.torch_zip(folder / "pytorch_model.bin", blob, {"0": b"\0" * 8})
+
+
+def _load_from_bytes(folder: Path) -> Path:
+    """torch.storage._load_from_bytes(<evil pickle>): the classic way past a torch-aware allowlist."""
+    th = _th()
+    inner = _shell_payload(folder)
+    blob = th.pickle_bytes(th.p_global("torch.storage", "_load_from_bytes")
+                           + th.p_tuple([b"B" + struct.pack("<I", len(inner)) + inner]) + b"R")
+    return th.torch_zip(folder / "pytorch_model.bin", blob, {})
+
+
+def _raw_pickle(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        path = folder / "model.pt"
+        path.write_bytes(_payload(folder, kind))
+        return path
+    return build
+
+
+def _legacy_payload(position: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        import numpy as np
+
+        th = _th()
+        blob = _shell_payload(folder)
+        obj = th.pickle_bytes(th.p_dict([(th.p_str("w"), th.p_tensor(th.p_storage("0", 2, legacy=True), 0, (2,), (1,)))]))
+        kwargs = {"sys_info": blob} if position == "sys_info" else {"keys_pickle": blob} if position == "keys" else {}
+        if position == "object":
+            obj = blob
+        return th.legacy_file(folder / "model.pt", obj, [("0", np.zeros(2, np.float32).tobytes(), 2)], **kwargs)
+    return build
+
+
+def _torchscript(folder: Path) -> Path:
+    import warnings
+
+    import torch
+
+    path = folder / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; the files still exist in the wild
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    return path
+
+
+def _deflate_zeros(total: int, crc: int = 0, chunk: int = 1 << 24) -> tuple[bytes, int]:
+    """Raw-deflate blocks (no final block) for ``total`` zero bytes (~1000:1), and the CRC-32 continued
+    from ``crc`` over them, without ever holding the zeros."""
+    import zlib
+
+    zeros = bytes(chunk)
+    fresh = zlib.compressobj(9, zlib.DEFLATED, -15)
+    piece = fresh.compress(zeros) + fresh.flush(zlib.Z_FULL_FLUSH)  # byte-aligned, no history: repeatable
+    for _ in range(total // chunk):
+        crc = zlib.crc32(zeros, crc)
+    return piece * (total // chunk), crc
+
+
+def _deflate_final(data: bytes) -> bytes:
+    """The final raw-deflate block(s) for ``data`` (may be empty), to end a stream of flushed blocks."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(zlib.Z_FINISH)
+
+
+def _zip_with_raw_entries(path: Path, items: list[tuple[str, bytes, int, int, int]]) -> Path:
+    """A zip written by hand: (name, stored bytes, method, crc, uncompressed size) per entry."""
+    local, central = b"", b""
+    for name, data, method, crc, size in items:
+        raw_name = name.encode()
+        header = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size,
+                             len(raw_name), 0)
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data),
+                               size, len(raw_name), 0, 0, 0, 0, 0, len(local)) + raw_name
+        local += header + raw_name + data
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(items), len(items), len(central), len(local), 0)
+    path.write_bytes(local + central + end)
+    return path
+
+
+def _storage_bomb(folder: Path) -> Path:
+    """data/0 is 1 GiB of zeros deflated to ~1 MB; data.pkl declares the 1 GiB storage. torch inflates it."""
+    import zlib
+
+    numel = 1 << 28
+    blocks, crc = _deflate_zeros(numel * 4)
+    blob = _tensor_pickle(numel, 0, (numel,), (1,))
+    return _zip_with_raw_entries(folder / "pytorch_model.bin", [
+        ("archive/data.pkl", blob, 0, zlib.crc32(blob), len(blob)),
+        ("archive/byteorder", b"little", 0, zlib.crc32(b"little"), 6),
+        ("archive/data/0", blocks + _deflate_final(b""), 8, crc, numel * 4),
+    ])
+
+
+def _pickle_bomb(folder: Path) -> Path:
+    """data.pkl is a valid 512 MiB pickle (a dict holding one bytes object) deflated to ~0.5 MB."""
+    import zlib
+
+    size = 1 << 29
+    head = b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01B" + struct.pack("<I", size)
+    tail = b"s."
+    first = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = first.compress(head) + first.flush(zlib.Z_FULL_FLUSH)
+    blocks, crc = _deflate_zeros(size, zlib.crc32(head))
+    stream += blocks + _deflate_final(tail)
+    return _zip_with_raw_entries(folder / "pytorch_model.bin", [
+        ("archive/data.pkl", stream, 8, zlib.crc32(tail, crc), len(head) + size + len(tail)),
+    ])
+
+
+def _duplicate_pickle(folder: Path) -> Path:
+    """Two archive/data.pkl entries, a harmless one and one with a payload placed where torch's binary search
+    over the sorted directory finds it: which copy a loader reads depends on its zip code."""
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    items = th.entries(good)
+    good.unlink()
+    prefix = items[0][0].split("/", 1)[0]
+    path = folder / "pytorch_model.bin"
+    th.write_zip(path, [items[0], (f"{prefix}/data.pkl", _shell_payload(folder)), *items[1:]])
+    return path
+
+
+def _duplicate_storage(folder: Path) -> Path:
+    import numpy as np
+
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    items = th.entries(good)
+    good.unlink()
+    name = next(n for n, _ in items if n.endswith("/data/0"))
+    path = folder / "pytorch_model.bin"
+    th.write_zip(path, [*items, (name, np.full(6, np.nan, np.float32).tobytes())])
+    return path
+
+
+def _junk_prefix(folder: Path) -> Path:
+    """A shell script in front of a zip whose data.pkl carries a payload; Python's zipfile accepts it."""
+    th = _th()
+    inner = th.torch_zip(folder / "inner.bin", _shell_payload(folder), {})
+    path = folder / "pytorch_model.bin"
+    path.write_bytes(f"#!/bin/sh\ntouch {folder / MARKER}\n".encode() + inner.read_bytes())
+    inner.unlink()
+    return path
+
+
+def _bad_storage_crc(folder: Path) -> Path:
+    th = _th()
+    path = _good_state(folder / "pytorch_model.bin")
+    th.flip_byte(path, th.entry_offset(path, "/data/0") + 5, 0x10)
+    return path
+
+
+def _bad_pickle_crc_payload(folder: Path) -> Path:
+    """A payload data.pkl whose stored CRC-32 does not match: refused before a single opcode is read."""
+    th = _th()
+    path = th.torch_zip(folder / "pytorch_model.bin", _weights_then_payload_bytes(folder), {"0": b"\0" * 8})
+    _central_patch(path, "data.pkl", 16, "<I", lambda crc: crc ^ 0xDEADBEEF)
+    _local_patch(path, "data.pkl", 14, "<I", lambda crc: crc ^ 0xDEADBEEF)
+    return path
+
+
+def _weights_then_payload_bytes(folder: Path) -> bytes:
+    th = _th()
+    call = th.p_global("os", "system") + th.p_tuple([th.p_str(f"touch {folder / MARKER}")]) + b"R"
+    return _tensor_pickle(extra=[(th.p_str("note"), call)])
+
+
+def _central_entries(data: bytes) -> list[tuple[str, int]]:
+    """(name, offset of its central-directory record) for a zip without a comment or ZIP64."""
+    _, _, _, _, n, _, cd_offset, _ = struct.unpack("<4sHHHHIIH", data[-22:])
+    out, pos = [], cd_offset
+    for _ in range(n):
+        nlen, xlen, clen = struct.unpack_from("<HHH", data, pos + 28)
+        out.append((data[pos + 46 : pos + 46 + nlen].decode(), pos))
+        pos += 46 + nlen + xlen + clen
+    return out
+
+
+def _central_patch(path: Path, suffix: str, field: int, fmt: str, change: Callable[[int], int]) -> None:
+    data = bytearray(path.read_bytes())
+    pos = next(p for name, p in _central_entries(bytes(data)) if name.endswith(suffix))
+    (value,) = struct.unpack_from(fmt, data, pos + field)
+    struct.pack_into(fmt, data, pos + field, change(value))
+    path.write_bytes(bytes(data))
+
+
+def _local_patch(path: Path, suffix: str, field: int, fmt: str, change: Callable[[int], int]) -> None:
+    data = bytearray(path.read_bytes())
+    pos = next(p for name, p in _central_entries(bytes(data)) if name.endswith(suffix))
+    (local,) = struct.unpack_from("<I", data, pos + 42)
+    (value,) = struct.unpack_from(fmt, data, local + field)
+    struct.pack_into(fmt, data, local + field, change(value))
+    path.write_bytes(bytes(data))
+
+
+def _hand_zip(folder: Path) -> Path:
+    """A small torch-layout zip written by Python's zipfile (no ZIP64, no descriptors): easy to operate on."""
+    import numpy as np
+
+    th = _th()
+    blob = _tensor_pickle(4, 0, (4,), (1,))
+    return th.torch_zip(folder / "pytorch_model.bin", blob, {"0": np.arange(4, dtype=np.float32).tobytes()})
+
+
+def _lying_local_offset(folder: Path) -> Path:
+    path = _hand_zip(folder)
+    _central_patch(path, "data/0", 42, "<I", lambda off: 0x7FFFFFF0)
+    return path
+
+
+def _lying_entry_size(folder: Path) -> Path:
+    """The directory says data.pkl is 3 GiB (past the file's end): nothing is allocated for it."""
+    path = _hand_zip(folder)
+    _central_patch(path, "data.pkl", 20, "<I", lambda n: 3 << 30)
+    _central_patch(path, "data.pkl", 24, "<I", lambda n: 3 << 30)
+    return path
+
+
+def _overlapping_entries(folder: Path) -> Path:
+    """data/0's directory record is stretched over the next entry's header (byte ranges overlap)."""
+    path = _hand_zip(folder)
+    _central_patch(path, "data/0", 20, "<I", lambda n: n + 40)
+    _central_patch(path, "data/0", 24, "<I", lambda n: n + 40)
+    return path
+
+
+def _entry_count_lie(folder: Path) -> Path:
+    """The end record claims 60,000 entries in a directory that holds 4."""
+    path = _hand_zip(folder)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<HH", data, len(data) - 22 + 8, 60_000, 60_000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _local_name_mismatch(folder: Path) -> Path:
+    path = _hand_zip(folder)
+    data = bytearray(path.read_bytes())
+    pos = next(p for name, p in _central_entries(bytes(data)) if name.endswith("data.pkl"))
+    (local,) = struct.unpack_from("<I", data, pos + 42)
+    data[local + 30 : local + 30 + 7] = b"ARCHIVE"  # "archive/data.pkl" → "ARCHIVE/data.pkl" in the local header only
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _encrypted_entry(folder: Path) -> Path:
+    path = _hand_zip(folder)
+    _central_patch(path, "data/0", 8, "<H", lambda f: f | 1)
+    return path
+
+
+def _truncated_pickle(folder: Path) -> Path:
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    path = th.rewrite(good, folder / "pytorch_model.bin", lambda n, d: d[: len(d) // 2] if n.endswith("data.pkl") else d)
+    good.unlink()
+    return path
+
+
+def _cut(fraction: float) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        path = _good_state(folder / "pytorch_model.bin")
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * fraction)])
+        return path
+    return build
+
+
+def _trailing(folder: Path) -> Path:
+    path = _good_state(folder / "pytorch_model.bin")
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * 64)
+    return path
+
+
+def _outside_folder(folder: Path) -> Path:
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    path = folder / "pytorch_model.bin"
+    th.write_zip(path, [*th.entries(good), ("../../escape/data/9", b"\0" * 4)])
+    good.unlink()
+    return path
+
+
+def _missing_storage(folder: Path) -> Path:
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    path = th.rewrite(good, folder / "pytorch_model.bin", lambda n, d: None if n.endswith("/data/1") else d)
+    good.unlink()
+    return path
+
+
+def _unknown_byteorder(folder: Path) -> Path:
+    th = _th()
+    good = _good_state(folder / "good.pt")
+    path = th.rewrite(good, folder / "pytorch_model.bin", lambda n, d: b"middle" if n.endswith("/byteorder") else d)
+    good.unlink()
+    return path
+
+
+def _amplification_bomb(folder: Path) -> Path:
+    """40 levels of [x, x] through the pickle memo: 2**40 paths to one tensor from a 1 KB data.pkl."""
+    th = _th()
+    body = th.p_tensor(th.p_storage("0", 1), 0, (1,), (1,)) + b"q\x00"
+    for _ in range(40):
+        body = b"]" + b"(" + body + b"h\x00" + b"e" + b"q\x00"
+    return th.torch_zip(folder / "pytorch_model.bin", th.pickle_bytes(body), {"0": b"\0" * 4})
+
+
+def _deep_nesting(folder: Path) -> Path:
+    th = _th()
+    return th.torch_zip(folder / "pytorch_model.bin", th.pickle_bytes(b"]" * 300 + b"a" * 299), {})
+
+
+def _opcode_bomb(opcodes: bytes) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        return _th().torch_zip(folder / "pytorch_model.bin", b"\x80\x02" + opcodes, {})
+    return build
+
+
+def _plain_pickle(folder: Path) -> Path:
+    import pickle
+
+    path = folder / "model.pt"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=2))
+    return path
+
+
+def _legacy_truncated(folder: Path) -> Path:
+    import torch
+
+    path = folder / "model.pt"
+    torch.save({"w": torch.ones(4)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-3])
+    return path
+
+
+def _tar_format(folder: Path) -> Path:
+    import io
+    import tarfile
+
+    path = folder / "model.pt"
+    with tarfile.open(path, "w") as tar:
+        for name in ("storages", "tensors", "pickle"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"\0" * 4))
+    return path
+
+
+def _bin_index_escapes(folder: Path) -> Path:
+    import torch
+
+    ckpt = folder / "ck"
+    ckpt.mkdir()
+    torch.save({"a": torch.ones(2)}, ckpt / "pytorch_model-00001-of-00002.bin")
+    torch.save({"b": torch.ones(2)}, ckpt / "pytorch_model-00002-of-00002.bin")
+    index = {"metadata": {"total_size": 16},
+             "weight_map": {"a": "pytorch_model-00001-of-00002.bin", "b": "../../../../etc/hostname"}}
+    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return ckpt
+
+
+def _bin_index_ghost(folder: Path) -> Path:
+    import torch
+
+    ckpt = folder / "ck"
+    ckpt.mkdir()
+    torch.save({"a": torch.ones(2)}, ckpt / "pytorch_model-00001-of-00001.bin")
+    index = {"metadata": {"total_size": 8},
+             "weight_map": {"a": "pytorch_model-00001-of-00001.bin", "ghost.bias": "pytorch_model-00001-of-00001.bin"}}
+    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return ckpt
+
+
+_BIG = 2**62
+TORCH_CASES: list[Case] = [
+    # Code-execution payloads. The names are those of the global nandoctor names in its refusal.
+    Case("pt_reduce_os_system", _zip_with_pickle("os.system"), 3, "os.system", payload=True),
+    Case("pt_reduce_posix_system", _zip_with_pickle("posix.system"), 3, "posix.system", payload=True),
+    Case("pt_global_eval", _zip_with_pickle("eval"), 3, "__builtin__.eval", payload=True),
+    Case("pt_stack_global_exec", _zip_with_pickle("exec-stack-global"), 3, "builtins.exec", payload=True),
+    Case("pt_subprocess", _zip_with_pickle("subprocess"), 3, "subprocess.check_call", payload=True),
+    Case("pt_inst_opcode", _zip_with_pickle("inst-opcode"), 3, "os.system", payload=True),
+    Case("pt_obj_opcode", _zip_with_pickle("obj-opcode"), 3, "os.system", payload=True),
+    Case("pt_getattr_import", _zip_with_pickle("getattr-import"), 3, "builtins.getattr", payload=True),
+    Case("pt_runpy", _zip_with_pickle("runpy"), 3, "runpy._run_code", payload=True),
+    Case("pt_nested_pickle", _zip_with_pickle("nested-pickle"), 3, "pickle.loads", payload=True),
+    Case("pt_load_from_bytes", _load_from_bytes, 3, "torch.storage._load_from_bytes", payload=True),
+    Case("pt_weights_then_payload", _weights_then_payload, 3, "os.system", payload=True),
+    Case("pt_raw_pickle_reduce", _raw_pickle("os.system"), 3, "os.system", payload=True),
+    Case("pt_raw_pickle_stack_global", _raw_pickle("exec-stack-global"), 3, "builtins.exec", payload=True),
+    Case("pt_legacy_payload_sys_info", _legacy_payload("sys_info"), 3, "os.system", payload=True),
+    Case("pt_legacy_payload_object", _legacy_payload("object"), 3, "os.system", payload=True),
+    Case("pt_legacy_payload_keys", _legacy_payload("keys"), 3, "os.system", payload=True),
+    Case("pt_torchscript", _torchscript, 3, "TorchScript"),
+    Case("pt_plain_pickle", _plain_pickle, 3, "not a PyTorch checkpoint"),
+    # Archive tricks.
+    Case("pt_deflated_storage_bomb", _storage_bomb, 3, "compressed"),
+    Case("pt_deflated_pickle_bomb", _pickle_bomb, 3, "compressed"),
+    Case("pt_duplicate_data_pkl", _duplicate_pickle, 3, "duplicate", payload=True),
+    Case("pt_duplicate_storage", _duplicate_storage, 3, "duplicate"),
+    Case("pt_junk_prefix", _junk_prefix, 3, "bytes in front"),
+    Case("pt_bad_storage_crc", _bad_storage_crc, 3, "CRC-32"),
+    Case("pt_bad_pickle_crc_with_payload", _bad_pickle_crc_payload, 3, "CRC-32", payload=True),  # torch ignores the CRC
+    Case("pt_entries_outside_folder", _outside_folder, 3, "outside"),
+    Case("pt_lying_local_offset", _lying_local_offset, 3, "outside the archive"),
+    Case("pt_lying_entry_size", _lying_entry_size, 3, "run past"),
+    Case("pt_overlapping_entries", _overlapping_entries, 3, "overlap"),
+    Case("pt_entry_count_lie", _entry_count_lie, 3, "central directory"),
+    Case("pt_local_name_mismatch", _local_name_mismatch, 3, "different file"),
+    Case("pt_encrypted_entry", _encrypted_entry, 3, "encrypted"),
+    Case("pt_truncated_zip", _cut(0.5), 3, "truncated"),
+    Case("pt_truncated_at_end_record", _cut(0.99), 3, "truncated"),
+    Case("pt_trailing_bytes", _trailing, 3, "bytes appended"),
+    # Lying storages and views: nothing is allocated from a declared size.
+    Case("pt_storage_larger_than_entry", _one_tensor(1 << 40, 0, (2,), (1,), 8), 3, "too short"),
+    Case("pt_storage_smaller_than_entry", _one_tensor(2, 0, (2,), (1,), 12), 3, "too long"),
+    Case("pt_missing_storage", _missing_storage, 3, "missing"),
+    Case("pt_negative_stride", _one_tensor(6, 5, (6,), (-1,), 24), 3, "negative stride"),
+    Case("pt_negative_offset", _one_tensor(6, -1, (2,), (1,), 24), 3, "negative storage offset"),
+    Case("pt_view_out_of_bounds", _one_tensor(6, 2, (2, 3), (3, 1), 24), 3, "reaches element"),
+    Case("pt_huge_shape", _one_tensor(6, 0, (_BIG, _BIG), (1, 1), 24), 3, "reaches element"),
+    Case("pt_unknown_byteorder", _unknown_byteorder, 3, "byteorder"),
+    # Pickles built to exhaust time or memory.
+    Case("pt_truncated_pickle", _truncated_pickle, 3, "truncated"),
+    Case("pt_amplification_bomb", _amplification_bomb, 3, "parts"),
+    Case("pt_deep_nesting", _deep_nesting, 3, "levels deep"),
+    Case("pt_binbytes8_huge_length", _opcode_bomb(b"\x8e" + struct.pack("<Q", 2**62) + b"x."), 3, "too large"),
+    Case("pt_binunicode_huge_length", _opcode_bomb(b"X" + struct.pack("<I", 0xFFFFFFF0) + b"x."), 3, "truncated"),
+    Case("pt_long_huge_digits", _opcode_bomb(b"L" + b"9" * 200_000 + b"L\n."), 3, "pickle"),
+    Case("pt_memo_get_missing", _opcode_bomb(b"h\x07."), 3, "pickle"),
+    Case("pt_legacy_truncated", _legacy_truncated, 3, "truncated"),
+    Case("pt_tar_format", _tar_format, 3, "tar"),
+    # Folder faults with torch shards.
+    Case("pt_bin_index_escapes_folder", _bin_index_escapes, 3, "outside the checkpoint folder"),
+    Case("pt_bin_index_names_absent_tensor", _bin_index_ghost, 3, "ghost.bias"),
+]
+
+
 def all_cases() -> list[Case]:
     cases = [Case(f"st_{name}", _st(build), 3, reason) for name, (build, reason) in SAFETENSORS_CASES.items()]
-    return cases + FOLDER_CASES
+    return cases + FOLDER_CASES + TORCH_CASES

@@ -11,7 +11,7 @@ import pytest
 from fixtures.builders import SPECIALS, bf16_bits, finite_bits
 from nandoctor.dtypes import DTYPES
 from nandoctor.kernels import CLEAN, NAN, NEGINF, POSINF, ChunkCounts, select_kernel
-from nandoctor.kernels.cpu import BLOCK_BYTES, SUB_BYTES, CpuKernel
+from nandoctor.kernels.cpu import BLOCK_BYTES, DENSE_BYTES, SUB_BYTES, CpuKernel
 from tests.conftest import FIXTURES
 
 torch = pytest.importorskip("torch")
@@ -166,8 +166,9 @@ def test_boundaries_of_blocks_and_sub_blocks(kernel, dtype):
     itemsize = DTYPES[dtype].itemsize
     n = (2 * BLOCK_BYTES + 3 * SUB_BYTES) // itemsize + 5
     bits = finite_bits(dtype, n, np.random.default_rng(3))
-    edges = [0, SUB_BYTES // itemsize - 1, SUB_BYTES // itemsize, BLOCK_BYTES // itemsize - 1,
-             BLOCK_BYTES // itemsize, 2 * BLOCK_BYTES // itemsize + 1, n - 1]
+    edges = [0, SUB_BYTES // itemsize - 1, SUB_BYTES // itemsize, DENSE_BYTES // itemsize - 1,
+             DENSE_BYTES // itemsize, BLOCK_BYTES // itemsize - 1, BLOCK_BYTES // itemsize,
+             2 * BLOCK_BYTES // itemsize + 1, n - 1]
     for at in edges:
         one = bits.copy()
         one[at] = SPECIALS[dtype]["nan"]
@@ -176,6 +177,11 @@ def test_boundaries_of_blocks_and_sub_blocks(kernel, dtype):
     many = bits.copy()
     many[edges] = SPECIALS[dtype]["nan"]
     assert kernel.count(as_bytes(many), DTYPES[dtype]) == ChunkCounts(len(edges), 0, 0, 0)
+    # a run of NaN across the dense-count pieces and a block edge
+    run = bits.copy()
+    lo, hi = DENSE_BYTES // itemsize - 3, BLOCK_BYTES // itemsize + 3
+    run[lo:hi] = SPECIALS[dtype]["nan"]
+    assert kernel.count(as_bytes(run), DTYPES[dtype]) == ChunkCounts(hi - lo, 0, 0, lo)
 
 
 @pytest.mark.parametrize("shift", [2, 4, 6])

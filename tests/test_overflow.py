@@ -7,7 +7,7 @@ import pytest
 
 from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors
 from nandoctor.dtypes import DTYPES
-from nandoctor.kernels.cpu import BLOCK_BYTES, CpuKernel
+from nandoctor.kernels.cpu import DENSE_BYTES, CpuKernel
 from nandoctor.kernels.targets import TARGETS, decode_magnitude, target, threshold_bits
 from nandoctor.scan import scan
 
@@ -100,10 +100,10 @@ def test_overflow_matches_torch_casts(dtype, tgt):
 
 def test_scan_fills_overflow_and_max_abs_per_tensor(tmp_path):
     rng = np.random.default_rng(2)
-    n = 3 * BLOCK_BYTES  # bf16: six 1 MiB blocks, two 4 MiB chunks
+    n = 3 * DENSE_BYTES  # bf16: 6 MB, six 1 MiB overflow blocks, two 4 MiB chunks
     big = rng.standard_normal(n).astype(np.float32) * 0.02
-    big[[5, BLOCK_BYTES, n - 1]] = [70000.0, -1e6, 65536.0]
-    big[[7, 2 * BLOCK_BYTES + 3]] = [65000.0, -60000.0]  # large but castable (bf16 rounds 65504 up to 65536)
+    big[[5, DENSE_BYTES, n - 1]] = [70000.0, -1e6, 65536.0]
+    big[[7, 2 * DENSE_BYTES + 3]] = [65000.0, -60000.0]  # large but castable (bf16 rounds 65504 up to 65536)
     big_bits = bf16_bits(big)
     big_bits[11] = SPECIALS["BF16"]["nan"]  # non-finite values are neither overflow nor max
     near = np.array([65519.0, 65520.0, -65520.0, 1e38, 3.0, np.inf, np.nan], np.float32)

@@ -170,3 +170,10 @@ def test_top_level_api(tmp_path):
 def test_dry_run_refusal_exits_3():
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-300", "--dry-run")
     assert result.exit_code == 3 and "REFUSED" in result.output and "Cannot be restored" in result.output
+
+
+def test_hash_all_flag(tmp_path):
+    out = tmp_path / "fixed"
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out, "--hash-all", "--json")
+    assert result.exit_code == 0
+    assert all(len(f["sha256"]) == 64 for f in json.loads(result.stdout)["files"])

@@ -228,3 +228,16 @@ def test_bytes_in_no_view_make_the_plan_refused():
 def test_clean_target_needs_nothing():
     plan = plan_repair(report(good("a")), [donor("d", "a")])
     assert not plan.refused and plan.restorations == ()
+
+
+def test_a_donor_tensor_that_cannot_be_read_moves_on_to_the_next_donor():
+    class Truncated(FakeDonor):
+        def nonfinite(self, r):
+            raise CorruptCheckpointError(self.label, "tensor data lies past the end of the file")
+
+    rep = report(bad("x"))
+    broken = Truncated("d1", {"x": ref("x", file="d1")})
+    plan = plan_repair(rep, [broken, donor("d2", "x")])
+    assert plan.restorations[0].donor == 1
+    broken_only = plan_repair(rep, [broken])
+    assert "cannot be read" in broken_only.unrestorable[0].reasons[0]

@@ -679,3 +679,30 @@ def test_legacy_torch_file_target(tmp_path):
         assert torch.equal(got[name], donor[name]), name
     assert got["lm_head.weight"].data_ptr() == got["transformer.wte.weight"].data_ptr()
     assert torch.equal(got["h.1.b"], bad["h.1.b"])
+
+
+def test_proof_hashes_patched_files_and_every_file_with_hash_all(tmp_path, demo_run):
+    result = repair(demo_run / "checkpoint-300", [demo_run / "checkpoint-200"], tmp_path / "a")
+    by_path = {f.path: f for f in result.files}
+    patched = by_path["model-00002-of-00002.safetensors"]
+    untouched = by_path["model-00001-of-00002.safetensors"]  # all of h.21–23 lives in the second shard
+    assert patched.patched and patched.sha256 == hashlib.sha256((tmp_path / "a" / patched.path).read_bytes()).hexdigest()
+    assert not untouched.patched and untouched.sha256 is None
+    assert json.loads((tmp_path / "a" / PROOF_NAME).read_text())["files"][0]["sha256"] is None
+    every = repair(demo_run / "checkpoint-300", [demo_run / "checkpoint-200"], tmp_path / "b", hash_all=True)
+    for f in every.files:
+        assert f.sha256 == hashlib.sha256((tmp_path / "b" / f.path).read_bytes()).hexdigest()
+
+
+def test_a_target_that_changes_during_the_repair_fails_it(tmp_path):
+    target, donor, _, _ = make_run(tmp_path)
+    shard = target / "model-00001-of-00002.safetensors"
+
+    def touch(phase):
+        if phase == "proof":  # the copy is verified; the source moved on meanwhile (a trainer still saving)
+            st = shard.stat()
+            os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    with pytest.raises(RepairFailedError, match="changed during the repair"):
+        repair(target, [donor], tmp_path / "out", on_phase=touch)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

@@ -191,3 +191,44 @@ def legacy_file(path: Path, obj_pickle: bytes, storages: list[tuple[str, bytes, 
     blocks = b"".join(struct.pack(order, count) + raw for _, raw, count in storages)
     path.write_bytes(magic + version + sys_info + obj_pickle + keys_pickle + blocks + trailing)
     return path
+
+
+# ---------------------------------------------------------------------------
+# Malicious pickles.
+# ---------------------------------------------------------------------------
+
+
+def payloads(marker: Path) -> dict[str, tuple[str, bytes]]:
+    """name → (the global nandoctor must name, a pickle that creates ``marker`` when loaded)."""
+    m = str(marker)
+    shell = f"touch {m}"
+    py = f"open({m!r}, 'w').close()"
+    return {
+        "os.system": ("os.system", f"cos\nsystem\n(S'{shell}'\ntR.".encode()),
+        "posix.system": ("posix.system", pickle_bytes(p_global("posix", "system") + p_tuple([p_str(shell)]) + b"R")),
+        "eval": ("__builtin__.eval", f"c__builtin__\neval\n(S\"{py}\"\ntR.".encode()),
+        "exec-stack-global": (
+            "builtins.exec",
+            b"\x80\x04" + b"\x8c\x08builtins\x8c\x04exec\x93" + b"\x8c" + bytes([len(py)]) + py.encode() + b"\x85R.",
+        ),
+        "subprocess": (
+            "subprocess.check_call",
+            pickle_bytes(p_global("subprocess", "check_call") + p_tuple([b"]" + b"(" + p_str("touch") + p_str(m) + b"e"]) + b"R"),
+        ),
+        "inst-opcode": ("os.system", f"(S'{shell}'\nios\nsystem\n.".encode()),
+        "obj-opcode": ("os.system", f"(cos\nsystem\nS'{shell}'\no.".encode()),
+        "getattr-import": (
+            "builtins.getattr",
+            pickle_bytes(
+                p_global("builtins", "getattr")
+                + p_tuple([p_global("builtins", "__import__") + p_tuple([p_str("os")]) + b"R", p_str("system")])
+                + b"R" + p_tuple([p_str(shell)]) + b"R"
+            ),
+        ),
+        "runpy": ("runpy._run_code", pickle_bytes(p_global("runpy", "_run_code") + p_tuple([p_str(py), b"}"]) + b"R")),
+        "nested-pickle": (
+            "pickle.loads",
+            pickle_bytes(p_global("pickle", "loads") + p_tuple([b"C" + bytes([len(f"cos\nsystem\n(S'{shell}'\ntR.")])
+                                                             + f"cos\nsystem\n(S'{shell}'\ntR.".encode()]) + b"R"),
+        ),
+    }

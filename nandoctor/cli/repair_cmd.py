@@ -62,6 +62,12 @@ def _sigterm_interrupts() -> Iterator[None]:
     help="tensor: restore the bad tensors only; layer: every tensor of each layer holding a bad one.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensor, counts, donor) and write nothing.")
+@click.option(
+    "--hash-all",
+    is_flag=True,
+    help="Record the sha256 of every weight file written, not only of the patched ones (slower: sha256 "
+    "costs more CPU than copying).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -72,6 +78,7 @@ def repair(
     out: str | None,
     scope: str,
     dry_run: bool,
+    hash_all: bool,
     as_json: bool,
     show_all: bool,
     no_progress: bool,
@@ -100,7 +107,9 @@ def repair(
     console = stdout_console()
     try:
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
-            result = run_repair(target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress)
+            result = run_repair(
+                target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all
+            )
     except UnrestorableError as exc:
         if exc.plan is not None:
             if as_json:

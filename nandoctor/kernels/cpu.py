@@ -3,7 +3,7 @@
 numpy has no bf16 or fp8, so every float is tested through its bits, in three
 levels, each cheaper than the next and run only where the one before flagged:
 
-1. **Prefilter, 1 MiB blocks**: one OR-reduction over the block as uint64
+1. **Prefilter, 4 MiB blocks**: one OR-reduction over the block as uint64
    words — the same single read-only pass as plain reading. Every non-finite
    value has all its exponent bits set (for fp8 e4m3fn the low seven bits, for
    e8m0 all eight), so if no lane position of the OR has them all set, the
@@ -13,7 +13,7 @@ levels, each cheaper than the next and run only where the one before flagged:
    ``maximum.reduceat`` over the block. For IEEE lanes an element is
    non-finite exactly when its signed view is >= the exponent mask (positive
    NaN/+Inf) or its unsigned view is >= sign|exponent (negative NaN/-Inf).
-   The block is still in L2, and the per-segment maxima say where the bad
+   The block is still in cache, and the per-segment maxima say where the bad
    values are.
 3. **Counting, flagged segments only** (runs of them merged): comparisons
    into scratch masks.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,7 +39,8 @@ from nandoctor.kernels.targets import checks_overflow, first_nonfinite_magnitude
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 
-BLOCK_BYTES = 1 << 20  # prefilter granularity: one OR-reduction per block
+BLOCK_BYTES = 4 << 20  # prefilter granularity: one OR-reduction per block (1 and 2 MiB measured slower)
+DENSE_BYTES = 1 << 20  # flagged runs are counted this much at a time: scratch stays small
 SUB_BYTES = 8 << 10  # exact-test granularity inside a flagged block: one reduceat finds them all
 
 
@@ -98,29 +100,52 @@ def _flagged_segments(lanes_u: np.ndarray, spec: DTypeSpec, per_segment: int) ->
     return flags
 
 
-def _bad_mask(lanes_u: np.ndarray, spec: DTypeSpec) -> np.ndarray:
+def _bad_mask(lanes_u: np.ndarray, spec: DTypeSpec, out: np.ndarray | None = None,
+              scratch: np.ndarray | None = None) -> np.ndarray:
+    """Bool mask of the non-finite lanes (into ``out`` when given)."""
     if spec.family is Family.IEEE:
-        return (lanes_u & lanes_u.dtype.type(spec.sign_mask - 1)) >= spec.exp_mask
-    mask = lanes_u == spec.nan_codes[0]
+        return np.greater_equal(lanes_u & lanes_u.dtype.type(spec.sign_mask - 1), spec.exp_mask, out=out)
+    mask = np.equal(lanes_u, spec.nan_codes[0], out=out)
     for code in spec.nan_codes[1:]:
-        mask |= lanes_u == code
+        mask |= np.equal(lanes_u, code, out=scratch)
     return mask
 
 
+_scratch = threading.local()
+
+
+def _masks(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two bool scratch arrays of ``n`` for this thread, reused across calls.
+
+    Fresh temporaries of this size come from mmap and cost a page fault per
+    4 KiB on first touch (expensive in a VM); reused ones cost nothing.
+    """
+    masks = getattr(_scratch, "masks", None)
+    if masks is None or masks[0].size < n:
+        masks = _scratch.masks = (np.empty(max(n, DENSE_BYTES), bool), np.empty(max(n, DENSE_BYTES), bool))
+    return masks[0][:n], masks[1][:n]
+
+
 def _dense_count(lanes_u: np.ndarray, spec: DTypeSpec) -> tuple[int, int, int, int]:
-    """(nan, +inf, -inf, first bad lane or -1) of a small run of lanes."""
+    """(nan, +inf, -inf, first bad lane or -1) of a run of lanes (at most a block)."""
+    first_mask, second_mask = _masks(lanes_u.size)
     if spec.family is Family.IEEE:
         signed = lanes_u.view(_SIGNED[spec.lane_bits])
-        positive = signed >= spec.exp_mask
-        negative = lanes_u >= spec.exp_mask | spec.sign_mask
-        n_pos, n_neg = int(np.count_nonzero(positive)), int(np.count_nonzero(negative))
-        if not n_pos and not n_neg:
-            return 0, 0, 0, -1
-        posinf = int(np.count_nonzero(lanes_u == spec.exp_mask)) if n_pos else 0
-        neginf = int(np.count_nonzero(lanes_u == spec.exp_mask | spec.sign_mask)) if n_neg else 0
-        firsts = [int(np.argmax(m)) for m, n in ((positive, n_pos), (negative, n_neg)) if n]
-        return n_pos + n_neg - posinf - neginf, posinf, neginf, min(firsts)
-    bad = _bad_mask(lanes_u, spec)
+        np.greater_equal(signed, spec.exp_mask, out=first_mask)  # positive NaN / +Inf
+        n_pos = int(np.count_nonzero(first_mask))
+        first = int(np.argmax(first_mask)) if n_pos else -1
+        np.greater_equal(lanes_u, spec.exp_mask | spec.sign_mask, out=second_mask)  # negative NaN / -Inf
+        n_neg = int(np.count_nonzero(second_mask))
+        if n_neg:
+            first_neg = int(np.argmax(second_mask))
+            first = first_neg if first < 0 else min(first, first_neg)
+        posinf = neginf = 0
+        if n_pos:
+            posinf = int(np.count_nonzero(np.equal(lanes_u, spec.exp_mask, out=first_mask)))
+        if n_neg:
+            neginf = int(np.count_nonzero(np.equal(lanes_u, spec.exp_mask | spec.sign_mask, out=second_mask)))
+        return n_pos + n_neg - posinf - neginf, posinf, neginf, first
+    bad = _bad_mask(lanes_u, spec, first_mask, second_mask)
     nan = int(np.count_nonzero(bad))
     return nan, 0, 0, (int(np.argmax(bad)) if nan else -1)
 
@@ -167,14 +192,19 @@ class CpuKernel:
                 word, head, end = words
                 if not _fold_hits(word, spec.lane_bits, must) and not self._edges_bad(block, head, end, spec):
                     continue
-            flags = _flagged_segments(block.view(unsigned), spec, per_segment)
-            previous_bad = bool(flags.any())
-            if not previous_bad:
-                continue
-            # Merge runs of flagged segments: a block full of NaN is counted in one go.
-            edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).astype(np.int8)))
-            for first, last in zip(edges[::2], edges[1::2]):
-                yield block_start + int(first) * SUB_BYTES, block_start + min(block.size, int(last) * SUB_BYTES)
+            previous_bad = False
+            # 1 MiB at a time: the second reduction finds the piece still in L2.
+            for piece_start in range(0, block.size, DENSE_BYTES):
+                piece = block[piece_start : piece_start + DENSE_BYTES]
+                flags = _flagged_segments(piece.view(unsigned), spec, per_segment)
+                if not flags.any():
+                    continue
+                previous_bad = True
+                # Merge runs of flagged segments: a piece full of NaN is counted in one go.
+                edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).astype(np.int8)))
+                base = block_start + piece_start
+                for first, last in zip(edges[::2], edges[1::2]):
+                    yield base + int(first) * SUB_BYTES, base + min(piece.size, int(last) * SUB_BYTES)
 
     @staticmethod
     def _edges_bad(block: np.ndarray, head: int, end: int, spec: DTypeSpec) -> bool:
@@ -198,11 +228,13 @@ class CpuKernel:
         lane_bytes = spec.lane_bits // 8
         nan = posinf = neginf = 0
         first = -1
-        for start, end in self._suspect_ranges(data, spec):
-            n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
-            nan, posinf, neginf = nan + n, posinf + p, neginf + m
-            if first < 0 and f >= 0:
-                first = start // lane_bytes + f
+        for run_start, run_end in self._suspect_ranges(data, spec):
+            for start in range(run_start, run_end, DENSE_BYTES):
+                end = min(run_end, start + DENSE_BYTES)
+                n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
+                nan, posinf, neginf = nan + n, posinf + p, neginf + m
+                if first < 0 and f >= 0:
+                    first = start // lane_bytes + f
         if nan + posinf + neginf == 0:
             return CLEAN
         return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)
@@ -235,7 +267,7 @@ class CpuKernel:
         lane = spec.lane_bits
         unsigned = data.view(_UNSIGNED[lane])
         limit = first_nonfinite_magnitude(spec)
-        step = BLOCK_BYTES * 8 // lane
+        step = DENSE_BYTES * 8 // lane  # 1 MiB: both reductions hit L2, scratch stays small
         total, best = 0, -1
         for start in range(0, unsigned.size, step):
             block = unsigned[start : start + step]
@@ -249,7 +281,9 @@ class CpuKernel:
                 if top < limit:
                     best = max(best, top)
                     if top >= threshold:
-                        total += int(np.count_nonzero((block & block.dtype.type(spec.sign_mask - 1)) >= threshold))
+                        magnitude = np.bitwise_and(block, spec.sign_mask - 1, out=_lanes_scratch(block))
+                        over, _ = _masks(block.size)
+                        total += int(np.count_nonzero(np.greater_equal(magnitude, threshold, out=over)))
                     continue
             n, b = _masked_overflow(block, spec, threshold, limit)
             total += n
@@ -257,14 +291,23 @@ class CpuKernel:
         return OverflowCounts(total, best)
 
 
+def _lanes_scratch(block: np.ndarray) -> np.ndarray:
+    """A reused scratch array shaped like ``block`` (see _masks for why)."""
+    buffer = getattr(_scratch, "lanes", None)
+    if buffer is None or buffer.size < block.nbytes:
+        buffer = _scratch.lanes = np.empty(max(block.nbytes, DENSE_BYTES), np.uint8)
+    return buffer[: block.nbytes].view(block.dtype)
+
+
 def _masked_overflow(block: np.ndarray, spec: DTypeSpec, threshold: int, limit: int) -> tuple[int, int]:
     """Overflow count and max finite magnitude of a block that may hold non-finite lanes."""
-    magnitude = block & block.dtype.type(magnitude_mask(spec))
+    magnitude = np.bitwise_and(block, magnitude_mask(spec), out=_lanes_scratch(block))
+    nonfinite, scratch = _masks(block.size)
     if spec.family is Family.NAN_CODES:
-        nonfinite = _bad_mask(block, spec)
+        _bad_mask(block, spec, nonfinite, scratch)
     else:
-        nonfinite = magnitude >= limit
+        np.greater_equal(magnitude, limit, out=nonfinite)
     if nonfinite.all():
         return 0, -1
     np.putmask(magnitude, nonfinite, 0)  # thresholds are > 0, so a zeroed lane never counts
-    return int(np.count_nonzero(magnitude >= threshold)), int(magnitude.max())
+    return int(np.count_nonzero(np.greater_equal(magnitude, threshold, out=scratch))), int(magnitude.max())

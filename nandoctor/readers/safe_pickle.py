@@ -256,16 +256,36 @@ def _make_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, dtyp
     return TensorStub(storage, storage_offset, size_t, stride_t, name, torch_name)
 
 
+def _check_tensor_args(requires_grad: Any, metadata: Any) -> None:
+    # torch sets these on the tensor it rebuilds and refuses the file when their types are wrong
+    # (backward_hooks it stores whatever they are).
+    if type(requires_grad) is not bool:
+        raise PickleFormatError(f"a tensor's requires_grad must be True or False, got {type(requires_grad).__name__}")
+    if metadata and not isinstance(metadata, dict):
+        raise PickleFormatError(f"a tensor's metadata must be a dict, got {type(metadata).__name__}")
+
+
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> TensorStub:
     return _make_tensor(storage, storage_offset, size, stride, None)
 
 
+# The same parameters as torch's own functions: a call with too few or too many arguments is refused
+# (a TypeError, worded as an invalid pickle), as torch refuses it.
+def _rebuild_tensor_v2(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
+    metadata: Any = None,
+) -> TensorStub:
+    _check_tensor_args(requires_grad, metadata)
+    return _make_tensor(storage, storage_offset, size, stride, None)
+
+
 def _rebuild_tensor_v3(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = None,
-    backward_hooks: Any = None, dtype: Any = None, *_: Any,
+    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
+    dtype: Any, metadata: Any = None,
 ) -> TensorStub:
     if not isinstance(dtype, DTypeStub):
         raise PickleFormatError("_rebuild_tensor_v3 needs a torch dtype as its 7th argument")
+    _check_tensor_args(requires_grad, metadata)
     return _make_tensor(storage, storage_offset, size, stride, dtype)
 
 
@@ -278,7 +298,7 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     # torch calls func(*args) and then sets the Python type (ignored here). func must be one of our
     # rebuild stand-ins or a placeholder (which only records its arguments): nothing else is called.
-    rebuilds = (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter)
+    rebuilds = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
     is_placeholder = isinstance(func, type) and issubclass(func, Placeholder)
     if (func in rebuilds or is_placeholder) and isinstance(args, tuple):
         return func(*args)
@@ -308,7 +328,7 @@ def _parameter(data: Any = None, requires_grad: Any = True, *_: Any) -> Any:
 SAFE_GLOBALS: dict[str, Any] = {
     "collections.OrderedDict": collections.OrderedDict,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,

@@ -46,6 +46,7 @@ from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, en
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
+MAX_META_BYTES = 1 << 20  # other small entries (version, .format_version …) are read and CRC-checked whole
 SKIP_CRC_ENV = "NANDOCTOR_SKIP_CRC"
 _CRC_WORKERS = 2
 
@@ -128,6 +129,8 @@ def _pickle_errors(path: str, what: str, exc: BaseException) -> Exception:
         return CorruptCheckpointError(path, f"{what} is larger than {MAX_PICKLE_BYTES >> 20} MiB; refused")
     if isinstance(exc, WalkLimitError):
         return CorruptCheckpointError(path, f"{what}: {exc}; refused")
+    if isinstance(exc, MemoryError):  # a length field (BINBYTES8, LONG4 …) far beyond the data that follows
+        return CorruptCheckpointError(path, f"{what} declares an object too large to build (a crafted length); refused")
     if isinstance(exc, EOFError) or (isinstance(exc, pickle.UnpicklingError) and "truncated" in str(exc)):
         return CorruptCheckpointError(path, f"{what} is truncated (an interrupted save or download)")
     return CorruptCheckpointError(path, f"{what} is not a valid pickle ({type(exc).__name__}: {str(exc)[:120]})")
@@ -168,6 +171,11 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
                 path, f"unknown byteorder {raw[:16]!r} (torch writes 'little' or 'big')"
             )
         byteorder = raw.decode()
+    for name, entry in entries.items():
+        # version, .format_version, .storage_alignment, .data/serialization_id: torch reads them, so a
+        # corrupted one is corruption of the file (a shifted local header reads padding in their place).
+        if name not in ("data.pkl", "byteorder") and not name.startswith("data/") and entry.size <= MAX_META_BYTES:
+            _small_entry(path, fh, entry, MAX_META_BYTES)
 
     declared: list[StorageRef] = []
 

@@ -20,6 +20,10 @@ from nandoctor.readers.safe_pickle import Placeholder, StorageRef, TensorStub
 
 MAX_DEPTH = 200
 MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects count once per path (hostile DAGs)
+# Of those, the ones reached again through a container already walked along another path. Real files share
+# little (a state dict saved under two keys); a pickle memo makes 2**40 paths from 40 lists ([x, x] nested),
+# so this bound keeps such a bomb to a fraction of a second.
+MAX_SHARED_NODES = 250_000
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
 
@@ -48,6 +52,8 @@ class Walk:
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
+    _shared_nodes: int = 0
+    _seen: set[int] = field(default_factory=set)  # ids of the containers walked at least once
 
 
 def segment(key: Any) -> str:
@@ -111,12 +117,19 @@ def _emit_name(path: list[str], out: Walk) -> str:
     return name
 
 
-def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int) -> None:
+def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
     if isinstance(value, _LEAVES):
         return  # numbers and strings hold no tensors (and are not counted: a long list of ints is fine)
     out._nodes += 1
     if out._nodes > MAX_NODES:
         raise WalkLimitError(f"the pickled objects have more than {MAX_NODES:,} parts")
+    if shared:
+        out._shared_nodes += 1
+        if out._shared_nodes > MAX_SHARED_NODES:
+            raise WalkLimitError(
+                f"the pickled objects have more than {MAX_SHARED_NODES:,} parts reached again through shared "
+                "containers (an amplification bomb)"
+            )
     if depth > MAX_DEPTH:
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
@@ -127,10 +140,13 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if id(value) in on_path:
         return  # a cycle (a list that contains itself): nothing new below
+    if id(value) in out._seen:
+        shared = True  # walked before along another path: everything below is a repeat
+    out._seen.add(id(value))
     on_path.add(id(value))
     try:
         for key, child in _children(value, out):
-            _visit(child, [*path, key], out, on_path, depth + 1)
+            _visit(child, [*path, key], out, on_path, depth + 1, shared)
     finally:
         on_path.discard(id(value))
 

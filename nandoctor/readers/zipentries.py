@@ -6,8 +6,9 @@ each local header is checked against it and gives where the entry's bytes
 start. Refused: bytes before the first ``PK\\x03\\x04``, a missing or
 inconsistent end record (truncation), trailing bytes, duplicate names,
 encrypted entries, multi-disk archives, entries that overlap or run past the
-central directory. ZIP64 is supported (torch writes its records for every
-file, and needs them past 4 GB).
+central directory, stored entries with two sizes, files marked as folders
+(torch's zip reader leaves such a storage as uninitialised memory). ZIP64 is
+supported (torch writes its records for every file, and needs them past 4 GB).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _MAX_COMMENT = 0xFFFF
 _MAX_ENTRIES = 10_000_000  # a torch file has one entry per storage; this only bounds a hostile directory
+_ENCRYPTED_FLAGS = 0x1 | 0x40 | 0x2000  # encrypted, strongly encrypted, central directory masked
+_PATCHED_DATA = 0x20  # "compressed patched data": a feature torch's zip reader refuses
+_DOS_DIRECTORY = 0x10  # external attributes: the MS-DOS "directory" bit (zip readers honour it whatever the OS)
 
 CrcFunction = Callable[[bytes | memoryview, int], int]
 
@@ -174,7 +178,7 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         if pos + _CENTRAL.size > len(directory):
             raise fail(f"central directory ends after {index} of {n_total} entries")
         (
-            magic, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, disk_start, _, _, offset,
+            magic, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, disk_start, _, external, offset,
         ) = _CENTRAL.unpack_from(directory, pos)
         if magic != CENTRAL_MAGIC:
             raise fail(f"central directory entry {index} has a bad signature")
@@ -191,14 +195,21 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         want = [f for f, v in (("size", usize), ("csize", csize), ("offset", offset)) if v == 0xFFFFFFFF]
         big = _zip64_values(extra, want, f"entry {name!r}", fail)
         usize, csize, offset = big.get("size", usize), big.get("csize", csize), big.get("offset", offset)
-        if disk_start not in (0, 0xFFFF):
+        if disk_start not in (0, 1):  # 1: written by some single-file writers; torch's zip reader accepts it too
             raise fail(f"entry {name!r} lives on another disk of a multi-disk archive")
         if name in entries:
             raise fail(
                 f"duplicate zip entry name {name!r}: which copy a loader reads is undefined (a tampered file?)"
             )
-        if flags & 0x1:
+        if flags & _ENCRYPTED_FLAGS:
             raise fail(f"entry {name!r} is encrypted")
+        if flags & _PATCHED_DATA:
+            raise fail(f"entry {name!r} holds 'compressed patched data' (zip flag 0x20), which no torch file uses")
+        if method == STORED and csize != usize:
+            raise fail(f"entry {name!r}: stored (not compressed) but with two different sizes ({csize} and {usize})")
+        if (external & _DOS_DIRECTORY or name.endswith("/")) and (usize or csize or not name.endswith("/")):
+            # torch's zip reader then skips the bytes and leaves the storage uninitialised memory
+            raise fail(f"entry {name!r} is marked as a folder but is a file (a crafted directory record)")
         entries[name] = ZipEntry(name, method, flags, crc, csize, usize, offset, -1)
     if pos != len(directory):
         raise fail(f"{len(directory) - pos} unexpected bytes at the end of the central directory")

@@ -41,6 +41,7 @@ def repair(
     *,
     progress: Progress | None = None,
     on_phase: Phase | None = None,
+    hash_all: bool = False,
 ) -> RepairResult:
     """Restore ``target``'s NaN/Inf tensors from ``donors`` (tried in order; ``"auto"`` = earlier
     ``checkpoint-N`` siblings, newest first) into the new folder ``out``.
@@ -52,7 +53,7 @@ def repair(
     """
     from nandoctor import layout
     from nandoctor.repair.donors import resolve_donors
-    from nandoctor.repair.writer import check_out, write_repair
+    from nandoctor.repair.writer import check_out, fingerprint, write_repair
     from nandoctor.scan import scan
 
     started = time.perf_counter()
@@ -71,6 +72,7 @@ def repair(
     if not dry_run:
         check_out(Path(out).absolute(), source)  # fail before any reading when --out is taken
 
+    inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
     report = scan(target_path, device="cpu", progress=progress)
     if report.errors:
         first = report.errors[0]
@@ -78,7 +80,8 @@ def repair(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
             f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
-    plan = plan_repair(report, resolve_donors(target_path, donor_list), scope)
+    catalogs = resolve_donors(target_path, donor_list)
+    plan = plan_repair(report, catalogs, scope)
     if dry_run:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -87,8 +90,19 @@ def repair(
             plan=plan, out=None, verification=None, dry_run=True, notes=notes, seconds=time.perf_counter() - started
         )
     _refuse_if_incomplete(plan)
+    used = {r.donor_ref.file for r in plan.writes}
+    for catalog in catalogs:
+        inputs.update({f: print_ for f, print_ in catalog.fingerprints.items() if f in used})
     result = write_repair(
-        plan, source, out, source_report=report, progress=progress, on_phase=on_phase, notes=_notes(source)
+        plan,
+        source,
+        out,
+        source_report=report,
+        progress=progress,
+        on_phase=on_phase,
+        notes=_notes(source),
+        hash_all=hash_all,
+        inputs=inputs,
     )
     return replace(result, seconds=time.perf_counter() - started)
 

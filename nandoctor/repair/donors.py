@@ -16,6 +16,7 @@ from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, NandoctorError, RepairRefusedError
 from nandoctor.model import TensorRef
 from nandoctor.readers import reader_for
+from nandoctor.repair.writer import fingerprint
 from nandoctor.runs import checkpoints_in, step_of
 
 AUTO = "auto"
@@ -30,6 +31,7 @@ class CheckpointDonor:
         self.step = step_of(self.path) if self.path.is_dir() else step_of(self.path.parent)
         self._refs: dict[str, TensorRef] | None = None
         self._kernel = None
+        self.fingerprints: dict[str, tuple[int, int]] = {}  # file → (size, mtime_ns) when its header was read
 
     def refs(self) -> Mapping[str, TensorRef]:
         if self._refs is None:
@@ -40,6 +42,7 @@ class CheckpointDonor:
             refs: dict[str, TensorRef] = {}
             for file in files.files:
                 try:
+                    self.fingerprints[str(file)] = fingerprint(file)
                     found = reader_for(file).read_refs(file)
                 except OSError as exc:
                     raise CorruptCheckpointError(str(file), f"cannot read: {exc.strerror or exc}") from None

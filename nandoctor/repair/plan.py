@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nandoctor.dtypes import DTYPES
+from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
 from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
 
@@ -111,8 +113,6 @@ class RepairPlan:
 
 
 def _bits(dtype: str) -> int:
-    from nandoctor.dtypes import DTYPES
-
     return DTYPES[dtype].bits
 
 
@@ -147,12 +147,13 @@ class _DonorView:
     def load(self) -> bool:
         if self._refs is not None or self.error is not None:
             return self.error is None
-        from nandoctor.errors import NandoctorError
-
         try:
             self._refs = self.catalog.refs()
         except NandoctorError as exc:
             self.error = exc.message
+            return False
+        except OSError as exc:
+            self.error = f"{exc.filename or self.catalog.label}: {exc.strerror or exc}"
             return False
         for name in self._refs:
             self._by_norm.setdefault(normalise(name), []).append(name)
@@ -203,7 +204,11 @@ def _candidate(result: TensorResult, donor: _DonorView) -> tuple[str, TensorRef]
         elif tuple(ref.shape) != tuple(target.shape):
             reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
         else:
-            bad = donor.nonfinite(ref)
+            try:
+                bad = donor.nonfinite(ref)
+            except (NandoctorError, OSError) as exc:
+                reasons.append(f"cannot be read{shown}: {getattr(exc, 'message', None) or exc}")
+                continue
             if not bad:
                 return name, ref
             reasons.append(f"holds {bad:,} NaN/Inf values itself{shown}")

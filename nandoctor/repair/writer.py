@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ Phase = Callable[[str], None]  # "temp", "copied", "verified", "hashed", "proof"
 class WrittenFile:
     path: str  # relative to the output folder
     bytes: int
-    sha256: str
+    sha256: str | None  # None: an unpatched copy that was not hashed (hash_all=False)
     patched: bool
 
 
@@ -110,17 +110,31 @@ def write_repair(
     progress: Progress | None = None,
     on_phase: Phase | None = None,
     notes: tuple[str, ...] = (),
+    hash_all: bool = False,
+    inputs: Mapping[str, tuple[int, int]] | None = None,
 ) -> RepairResult:
-    """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot."""
+    """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
+
+    Every patched weight file is hashed (sha256) for the proof; with ``hash_all`` the unpatched
+    copies too (sha256 costs more CPU than the copy itself, which on a small machine decides the
+    repair's speed). ``inputs`` maps every source and donor file that was read when the repair was
+    planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
+    the repair, because its new bytes were never checked."""
     started = time.perf_counter()
     out = Path(out).absolute()
+    inputs = inputs or {}
     progress, phase = progress or _noop, on_phase or _noop
     check_out(out, source)
-    atomic.clean_stale(out.parent)
-    copies, copy_notes = _copy_list(source)
-    _check_space(out.parent, sum(size for _, _, size in copies))
-
-    temp = atomic.make_temp(out)
+    try:
+        atomic.clean_stale(out.parent)
+        copies, copy_notes = _copy_list(source)
+        _check_space(out.parent, sum(size for _, _, size in copies))
+        temp = atomic.make_temp(out)
+    except OSError as exc:  # e.g. a read-only parent folder: nothing was created
+        raise RepairFailedError(
+            f"{exc.filename or out.parent}: {exc.strerror or exc} (creating the repair's temporary folder)",
+            "choose an --out in a folder you can write to",
+        ) from exc
     moved = False
     # Each shard is hashed (CPU, one thread per core) and written back to disk (I/O, its own thread, so a
     # waiting fsync never holds a hashing slot) while the next one is copied.
@@ -132,12 +146,15 @@ def write_repair(
         hashing: dict[Path, Future[str]] = {}
         syncing: list[Future[None]] = []
         carried: list[str] = []
+        weights: list[Path] = []
         total, done = sum(size for _, _, size in copies), 0
         for rel, is_weight, size in copies:
             copy = _copy_one(source, rel, temp)
             if is_weight:
+                weights.append(copy)
                 _patch_file(copy, writes.get(copy, []))
-                hashing[copy] = hasher.submit(_sha256, copy)
+                if hash_all or writes.get(copy):
+                    hashing[copy] = hasher.submit(_sha256, copy)
                 syncing.append(syncer.submit(atomic.fsync_path, copy))
             else:
                 carried.append(str(rel))
@@ -151,7 +168,7 @@ def write_repair(
             future.result()
         phase("hashed")
         files = tuple(
-            WrittenFile(str(p.relative_to(temp)), p.stat().st_size, hashes[p], bool(writes.get(p))) for p in hashing
+            WrittenFile(str(p.relative_to(temp)), p.stat().st_size, hashes.get(p), bool(writes.get(p))) for p in weights
         )
         result = RepairResult(
             plan=plan,
@@ -170,6 +187,7 @@ def write_repair(
         phase("proof")
         atomic.fsync_tree(temp)
         phase("synced")
+        _check_unchanged(inputs)  # the last moment before the output appears
         atomic.rename_noreplace(temp, out)
         moved = True
         phase("renamed")
@@ -221,6 +239,30 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
     return found, notes
+
+
+def fingerprint(path: str | os.PathLike[str]) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
+    """Refuse to go on when a file read for the plan changed since (a training run still saving,
+    ``save_total_limit`` rotating a donor away): its new bytes were never checked."""
+    for path, before in inputs.items():
+        try:
+            now = fingerprint(path)
+        except OSError as exc:
+            raise RepairFailedError(
+                f"{path}: {exc.strerror or exc} (it was read when the repair was planned)",
+                "something removed it during the repair; make sure nothing writes the checkpoints, then repair again",
+            ) from None
+        if now != before:
+            raise RepairFailedError(
+                f"{path}: changed during the repair (its size or modification time differ from when it was planned)",
+                "wait until whatever writes it has finished (a training run saving or rotating checkpoints), "
+                "then repair again",
+            )
 
 
 def _check_space(parent: Path, needed: int) -> None:
