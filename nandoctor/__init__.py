@@ -91,20 +91,6 @@ def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
 
 def repair(
     target: str,
-    donors: Any,
-    out: str | None = None,
-    scope: str = "tensor",
-    dry_run: bool = False,
-    **kwargs: Any,
-) -> "RepairResult":
-    """Restore a checkpoint's NaN/Inf tensors from earlier ones into a new, verified folder (docs/repair.md)."""
-    from nandoctor.repair import repair as _repair
-
-    return _repair(target, donors, out, scope=scope, dry_run=dry_run, **kwargs)
-
-
-def repair(
-    target: str,
     donors: str | Sequence[str],
     out: str | None = None,
     scope: str = "tensor",
@@ -112,11 +98,12 @@ def repair(
     *,
     progress: ProgressCallback | None = None,
     on_phase: Callable[..., Any] | None = None,
+    hash_all: bool = False,
 ) -> "RepairResult":
     """Restore ``target``'s NaN/Inf tensors from ``donors`` (``"auto"``: earlier checkpoints of the run) into ``out``."""
     from nandoctor.repair import repair as _repair
 
-    return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase)
+    return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all)
 
 
 def __getattr__(name: str) -> Any:
@@ -152,7 +139,6 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "scan",
     "scan_run",
-    "repair",
     "assert_finite",
     "scan_state_dict",
     "scan_module",

@@ -648,6 +648,42 @@ def _bin_index_ghost(folder: Path) -> Path:
     return ckpt
 
 
+def _flag_entry(suffix: str, field: int, fmt: str, change: Callable[[int], int]) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        path = _hand_zip(folder)
+        _central_patch(path, suffix, field, fmt, change)
+        return path
+    return build
+
+
+def _zip64_locator_lies(folder: Path) -> Path:
+    """torch.save output whose ZIP64 locator points one byte before the ZIP64 end record."""
+    path = _good_state(folder / "pytorch_model.bin")
+    data = bytearray(path.read_bytes())
+    locator = data.rfind(b"PK\x06\x07")
+    (at,) = struct.unpack_from("<Q", data, locator + 8)
+    struct.pack_into("<Q", data, locator + 8, at - 1)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _rebuild_call(args: list[bytes]) -> Callable[[Path], Path]:
+    """A state dict whose one tensor is _rebuild_tensor_v2(*args) over a 2-element storage of ``kind``."""
+    def build(folder: Path) -> Path:
+        th = _th()
+        call = th.p_call(th.p_global("torch._utils", "_rebuild_tensor_v2"), args)
+        return th.torch_zip(folder / "pytorch_model.bin", th.pickle_bytes(th.p_dict([(th.p_str("w"), call)])),
+                            {"0": b"\0" * 16})
+    return build
+
+
+def _v2_args(storage_type: str = "FloatStorage", requires_grad: bytes = b"\x89", extra: list[bytes] | None = None):
+    th = _th()
+    return [th.p_storage("0", 16 // (8 if storage_type == "LongStorage" else 4), storage_type), th.p_int(0),
+            th.p_tuple([th.p_int(2)]), th.p_tuple([th.p_int(1)]), requires_grad,
+            th.p_call(th.p_global("collections", "OrderedDict"), [])] + (extra or [])
+
+
 _BIG = 2**62
 TORCH_CASES: list[Case] = [
     # Code-execution payloads. The names are those of the global nandoctor names in its refusal.
@@ -697,6 +733,15 @@ TORCH_CASES: list[Case] = [
     Case("pt_view_out_of_bounds", _one_tensor(6, 2, (2, 3), (3, 1), 24), 3, "reaches element"),
     Case("pt_huge_shape", _one_tensor(6, 0, (_BIG, _BIG), (1, 1), 24), 3, "reaches element"),
     Case("pt_unknown_byteorder", _unknown_byteorder, 3, "byteorder"),
+    # Found by differential fuzzing against torch.load (tests/test_fuzz_torch.py).
+    Case("pt_entry_marked_as_folder", _flag_entry("data/0", 38, "<I", lambda a: a | 0x10), 3, "marked as a folder"),
+    Case("pt_stored_entry_two_sizes", _flag_entry("version", 24, "<I", lambda n: n + 1), 3, "two different sizes"),
+    Case("pt_patched_data_flag", _flag_entry("data/0", 8, "<H", lambda f: f | 0x20), 3, "patched data"),
+    Case("pt_version_crc", _flag_entry("version", 16, "<I", lambda c: c ^ 1), 3, "CRC-32"),
+    Case("pt_zip64_locator_lies", _zip64_locator_lies, 3, "ZIP64"),
+    Case("pt_int_tensor_requires_grad", _rebuild_call(_v2_args("LongStorage", b"\x88")), 3, "cannot require gradients"),
+    Case("pt_metadata_not_a_dict", _rebuild_call(_v2_args(extra=[b"K\x05"])), 3, "metadata must be a dict"),
+    Case("pt_rebuild_too_many_args", _rebuild_call(_v2_args(extra=[b"N", b"N", b"N"])), 3, "TypeError"),
     # Pickles built to exhaust time or memory.
     Case("pt_truncated_pickle", _truncated_pickle, 3, "truncated"),
     Case("pt_amplification_bomb", _amplification_bomb, 3, "parts"),

@@ -265,6 +265,16 @@ def _check_tensor_args(requires_grad: Any, metadata: Any) -> None:
         raise PickleFormatError(f"a tensor's metadata must be a dict, got {type(metadata).__name__}")
 
 
+def _check_grad_dtype(tensor: TensorStub, requires_grad: Any) -> TensorStub:
+    # "Only Tensors of floating point and complex dtype can require gradients": torch refuses the file.
+    floating = tensor.dtype[0] in "FC" or tensor.dtype == "BF16" or tensor.torch_dtype.startswith("float")
+    if requires_grad is True and not floating:
+        raise PickleFormatError(
+            f"a tensor of dtype {tensor.dtype} cannot require gradients (only floating point ones can)"
+        )
+    return tensor
+
+
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> TensorStub:
     return _make_tensor(storage, storage_offset, size, stride, None)
 
@@ -276,7 +286,7 @@ def _rebuild_tensor_v2(
     metadata: Any = None,
 ) -> TensorStub:
     _check_tensor_args(requires_grad, metadata)
-    return _make_tensor(storage, storage_offset, size, stride, None)
+    return _check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, None), requires_grad)
 
 
 def _rebuild_tensor_v3(
@@ -286,12 +296,12 @@ def _rebuild_tensor_v3(
     if not isinstance(dtype, DTypeStub):
         raise PickleFormatError("_rebuild_tensor_v3 needs a torch dtype as its 7th argument")
     _check_tensor_args(requires_grad, metadata)
-    return _make_tensor(storage, storage_offset, size, stride, dtype)
+    return _check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, dtype), requires_grad)
 
 
-def _rebuild_parameter(data: Any, *_: Any) -> Any:
+def _rebuild_parameter(data: Any, requires_grad: Any = False, *_: Any) -> Any:
     if isinstance(data, TensorStub):
-        return dataclasses.replace(data, parameter=True)
+        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True)
     return data
 
 
