@@ -10,11 +10,11 @@ levels, each cheaper than the next and run only where the one before flagged:
    block is clean. It can flag a clean block (the OR of a value >= 2.0 and of
    ordinary small values sets every exponent bit), never miss a bad one.
 2. **Exact test of a flagged block, per 8 KiB segment**: two read-only
-   ``maximum.reduceat`` over the block. For IEEE lanes an element is
-   non-finite exactly when its signed view is >= the exponent mask (positive
-   NaN/+Inf) or its unsigned view is >= sign|exponent (negative NaN/-Inf).
-   The block is still in cache, and the per-segment maxima say where the bad
-   values are.
+   ``maximum.reduceat``, 1 MiB of the block at a time (the second reduction
+   finds it in L2). For IEEE lanes an element is non-finite exactly when its
+   signed view is >= the exponent mask (positive NaN/+Inf) or its unsigned
+   view is >= sign|exponent (negative NaN/-Inf). The per-segment maxima also
+   say where the bad values are.
 3. **Counting, flagged segments only** (runs of them merged): comparisons
    into scratch masks.
 

@@ -195,7 +195,7 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         want = [f for f, v in (("size", usize), ("csize", csize), ("offset", offset)) if v == 0xFFFFFFFF]
         big = _zip64_values(extra, want, f"entry {name!r}", fail)
         usize, csize, offset = big.get("size", usize), big.get("csize", csize), big.get("offset", offset)
-        if disk_start not in (0, 1):  # 1: written by some single-file writers; torch's zip reader accepts it too
+        if disk_start != 0:
             raise fail(f"entry {name!r} lives on another disk of a multi-disk archive")
         if name in entries:
             raise fail(
