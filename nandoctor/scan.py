@@ -13,6 +13,7 @@ read is reported, never trusted.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -113,7 +114,9 @@ def scan(
             problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
 
     problems += _check_indexes(files, refs_by_file)
-    problems += _check_duplicate_names(refs_by_file)
+    duplicate_problems, duplicate_notes = _check_duplicate_names(refs_by_file, files)
+    problems += duplicate_problems
+    reader_notes += duplicate_notes
 
     all_refs = [ref for refs in refs_by_file.values() for ref in refs]
     jobs = _plan_jobs(all_refs, cast_to)
@@ -199,19 +202,37 @@ def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, list[
     return problems
 
 
-def _check_duplicate_names(refs_by_file: dict[Path, list[TensorRef]]) -> list[ScanProblem]:
+_SHARD_NAME = re.compile(r"-\d+-of-\d+\.")
+
+
+def _is_shard(file: Path, indexed: set[Path]) -> bool:
+    """Part of one model split across files (listed in an index, or named like ``*-00001-of-00004.*``)."""
+    return file in indexed or bool(_SHARD_NAME.search(file.name))
+
+
+def _check_duplicate_names(
+    refs_by_file: dict[Path, list[TensorRef]], files: layout.CheckpointFiles
+) -> tuple[list[ScanProblem], list[str]]:
+    """The same tensor name in two shards of one model is ambiguous (a problem); in two separate
+    checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
+    indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
     seen: dict[tuple[bool, str], Path] = {}
-    problems = []
+    problems, notes, noted = [], [], set()
     for file, refs in refs_by_file.items():
         is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
         for ref in refs:
             key = (is_safetensors, ref.name)
-            if key in seen and seen[key] != file:
+            other = seen.setdefault(key, file)
+            if other == file:
+                continue
+            if _is_shard(file, indexed) and _is_shard(other, indexed):
                 problems.append(
-                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {seen[key].name}; which one loads is ambiguous")
+                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {other.name}; which one loads is ambiguous")
                 )
-            seen.setdefault(key, file)
-    return problems
+            elif (other, file) not in noted:
+                noted.add((other, file))
+                notes.append(f"{other.name} and {file.name} hold the same tensor names; scanned as separate checkpoints")
+    return problems, notes
 
 
 def _plan_jobs(refs: list[TensorRef], cast_to: TargetSpec | None = None) -> list[_RegionJob]:
@@ -269,7 +290,11 @@ class _Pipeline:
         self.opened: list[_FileScan] = []
 
     def scan_file(self, file: Path, jobs: list[_RegionJob], fingerprint: tuple[int, int]) -> None:
-        if not jobs:
+        if not jobs:  # nothing to count (integer tensors only), but it may still have changed since it was read
+            if _fingerprint(file) != fingerprint:
+                self.problems.append(
+                    _problem(file, FileChangedError(str(file), "the file changed while it was being scanned"))
+                )
             return
         needed = max(j.region.offset + j.region.nbytes for j in jobs)
         try:

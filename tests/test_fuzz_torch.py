@@ -10,8 +10,8 @@ Documented differences (docs/security.md):
   lengths put the data past it (torch reads only the directory); a central directory whose records do not
   fill its declared size; duplicate entry names; compressed entries; overlapping entries; entries outside
   the archive's folder; a ZIP64 locator pointing at no ZIP64 record (torch falls back to the 32-bit end
-  record); multi-disk fields that are not those of a single-file archive; a file marked as a folder (torch loads uninitialised memory for it); a pickle that
-  Python's own unpickler cannot read; a storage id whose type is not a storage type or whose key or
+  record); multi-disk fields that are not those of a single-file archive; a file marked as a folder (torch
+  loads uninitialised memory for it); a pickle that Python's own unpickler cannot read; a storage id whose type is not a storage type or whose key or
   location is not text (torch ignores the location under map_location); one storage declared twice with
   different types or sizes (torch keeps the first);
 * laxer: nandoctor reads what torch refuses: a pickle naming a global outside torch's allowlist gets an
@@ -355,7 +355,12 @@ def check(data: bytes) -> None:
         path = Path(tmp) / "pytorch_model.bin"
         path.write_bytes(data)
         theirs = torch_reads(path)
-        report = scan(path, device="cpu")
+        try:
+            report = scan(path, device="cpu")
+        except IndexError:
+            if theirs and any(t.numel() == 0 and not nested(t) for t in theirs.values()):
+                return  # a known bug, pinned by test_empty_irregular_view_beside_a_nan (xfail)
+            raise
         ours = not report.errors
         if ours and theirs is None:
             placeholders = unknown_globals(data) and any("placeholder" in n for n in report.notes)
@@ -378,8 +383,6 @@ def check(data: bytes) -> None:
             assert result.ref.dtype == _dtype_name(t.dtype), result.name
             assert tuple(result.ref.shape) == tuple(t.shape), result.name
             assert our_bytes(raw, result.ref) == torch_bytes(t), result.name
-            if not nested(t):
-                continue  # per-view counts of interleaved/overlapping views: see test_interleaved_views_* (xfail)
             assert (result.nan, result.posinf, result.neginf) == distinct_counts(t), result.name
 
 
@@ -663,3 +666,18 @@ def test_interleaved_views_hold_their_nan(tmp_path, kind):
     report = scan(path, device="cpu")
     assert not report.unviewed, "a NaN the view reads is reported as held by no tensor"
     assert [(t.name, t.nan) for t in report.tensors] == [("w", 1)]  # one distinct storage element
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="views.py _irregular_map(): an empty view that is not nested (shape (2, 2, 0), strides (1, 1, 0)) has "
+    "a span of 0 elements and `best[0] = 0` raises IndexError, so scan() crashes (CLI: 'internal error', exit 3) "
+    "when its storage holds a NaN (found by this fuzzer's slow run)",
+)
+def test_empty_irregular_view_beside_a_nan(tmp_path):
+    blob = pickle_bytes(p_dict([(p_str("w"), p_tensor(p_storage("0", 1), 0, (2, 2, 0), (1, 1, 0)))]))
+    path = torch_zip(tmp_path / "m.bin", blob, {"0": np.array([NAN], np.float32).tobytes()})
+    assert torch.load(path, weights_only=True)["w"].shape == (2, 2, 0)
+    report = scan(path, device="cpu")
+    assert [(t.name, t.nan) for t in report.tensors] == [("w", 0)]
+    assert [u.nan for u in report.unviewed] == [1] and report.exit_code == 1  # the NaN no view reads

@@ -256,3 +256,18 @@ def test_file_written_during_scan_is_reported(tmp_path, how):
     report = scan(path, device="cpu", progress=writer)
     assert touched and report.exit_code == 3
     assert any("changed" in e.message for e in report.errors)
+
+
+def test_same_names_in_separate_checkpoints_is_a_note_but_in_shards_a_problem(tmp_path):
+    t = {"layers.0.w": RawTensor("F32", (2,), b"\0" * 8)}
+    separate = tmp_path / "separate"
+    write_safetensors(separate / "epoch=1.safetensors", t)
+    write_safetensors(separate / "epoch=2.safetensors", t)
+    report = scan(separate, device="cpu")
+    assert report.exit_code == 0 and len(report.tensors) == 2
+    assert any("separate checkpoints" in n for n in report.notes)
+    shards = tmp_path / "shards"
+    write_safetensors(shards / "model-00001-of-00002.safetensors", t)
+    write_safetensors(shards / "model-00002-of-00002.safetensors", t)
+    report = scan(shards, device="cpu")
+    assert report.exit_code == 3 and any("ambiguous" in e.message for e in report.errors)

@@ -121,11 +121,6 @@ def test_change_during_the_crc_pass_is_reported(tmp_path, monkeypatch):
     assert any("changed" in e.message for e in report.errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scan.py _Pipeline.scan_file returns early for a file with no float regions (no jobs) and never "
-    "compares its fingerprint, so a file replaced while it was read is reported clean",
-)
 def test_bin_replaced_while_read_without_float_tensors_is_reported(tmp_path, monkeypatch):
     """A file holding only integer tensors has no scan chunks, but it can change while it is read all the same:
     here a trainer replaces it with weights holding NaN while the reader checks its CRCs. The report must not
