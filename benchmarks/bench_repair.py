@@ -47,13 +47,13 @@ method, target, donor, out = sys.argv[1:5]
 usage = resource.getrusage(resource.RUSAGE_SELF)
 cpu0 = usage.ru_utime + usage.ru_stime
 if method == "scan":
-    from nandoctor.scan import scan
+    from nandoctor.engine import scan
     start = time.perf_counter()
     report = scan(target, device="cpu")
     seconds = time.perf_counter() - start
     ok = report.nonfinite > 0
 else:
-    from nandoctor.repair import repair
+    from nandoctor.restore import repair
     start = time.perf_counter()
     result = repair(target, [donor], out, hash_all=method == "repair-hash-all")
     seconds = time.perf_counter() - start

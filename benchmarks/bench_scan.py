@@ -340,10 +340,10 @@ IMPORTS = {  # done before the clock starts: start-up is not the work
     "load_file": "import torch, safetensors.torch",
     "safe_open": "import torch, safetensors",
     "torch.load": "import torch",
-    "nandoctor": "import nandoctor.cli, nandoctor.scan, nandoctor.kernels.cpu, nandoctor.report.json_report",
-    "nandoctor-bin": "import nandoctor.cli, nandoctor.scan, nandoctor.kernels.cpu, nandoctor.report.json_report",
-    "nandoctor-bin-nocrc": "import nandoctor.cli, nandoctor.scan, nandoctor.kernels.cpu, nandoctor.report.json_report",
-    "nandoctor-cuda": "import torch, nandoctor.cli, nandoctor.scan, nandoctor.kernels.cuda",
+    "nandoctor": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
+    "nandoctor-bin": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
+    "nandoctor-bin-nocrc": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
+    "nandoctor-cuda": "import torch, nandoctor.cli, nandoctor.engine, nandoctor.kernels.cuda",
 }
 
 

@@ -42,7 +42,7 @@ from nandoctor.kernels.cpu import CpuKernel
 from nandoctor.kernels.cuda import CudaKernel
 from nandoctor.kernels.live import count_tensor, overflow_tensor
 from nandoctor.kernels.targets import TARGETS
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 
 out, size_gb = Path(sys.argv[1]), float(sys.argv[2])
 results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "checks": {}, "speed": []}

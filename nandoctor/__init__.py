@@ -6,8 +6,6 @@ The public API is imported lazily so that ``import nandoctor`` stays cheap
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,7 @@ from nandoctor.errors import (  # noqa: E402  (light: no heavy imports)
 from nandoctor.model import LayerSummary, ScanReport, TensorResult  # noqa: E402  (plain dataclasses)
 
 if TYPE_CHECKING:
-    from nandoctor.repair import RepairResult
+    from nandoctor.restore import RepairResult
     from nandoctor.runs import RunReport
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -101,7 +99,7 @@ def repair(
     hash_all: bool = False,
 ) -> "RepairResult":
     """Restore ``target``'s NaN/Inf tensors from ``donors`` (``"auto"``: earlier checkpoints of the run) into ``out``."""
-    from nandoctor.repair import repair as _repair
+    from nandoctor.restore import repair as _repair
 
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all)
 
@@ -118,23 +116,6 @@ def __getattr__(name: str) -> Any:
         return RunReport
     raise AttributeError(f"module 'nandoctor' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """Keeps the API functions when a submodule of the same name is imported.
-
-    Importing ``nandoctor.scan`` (the engine module) or ``nandoctor.repair``
-    would otherwise replace the functions ``nandoctor.scan()`` / ``nandoctor.repair()``
-    with those modules. Reach the modules through ``sys.modules`` or ``from nandoctor.scan import …``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        current = self.__dict__.get(name)
-        if isinstance(value, types.ModuleType) and callable(current) and not isinstance(current, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "scan",

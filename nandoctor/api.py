@@ -59,7 +59,7 @@ def scan(
     both_formats: bool = False,
 ) -> ScanReport:
     """Scan one checkpoint (file, folder, or cached repo id) for NaN/Inf; see docs/api.md."""
-    from nandoctor.scan import scan as engine_scan
+    from nandoctor.engine import scan as engine_scan
 
     target = _check_target(target_dtype)
     resolved, hit = resolve(path)

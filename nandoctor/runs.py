@@ -243,7 +243,7 @@ def scan_run(
     started = time.perf_counter()
     root = Path(path)
     if scan_one is None:
-        from nandoctor.scan import scan as scan_one
+        from nandoctor.engine import scan as scan_one
     folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)

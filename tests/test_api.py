@@ -31,7 +31,9 @@ def test_scan_returns_a_report_and_stays_a_function():
     assert not report.ok and report.exit_code == 1
     assert [s.layer for s in report.bad_layers] == ["transformer.h.21", "transformer.h.22", "transformer.h.23"]
     assert report.to_json()["summary"]["nan"] == 144
-    importlib.import_module("nandoctor.scan")  # the engine module shares the name with the function
+    importlib.import_module("nandoctor.engine")  # importing the engine and the restore package must not
+    importlib.import_module("nandoctor.restore")  # replace the API functions scan() and repair()
+    assert callable(nandoctor.repair)
 
     assert callable(nandoctor.scan) and nandoctor.scan(str(GOOD)).ok
 

@@ -106,9 +106,9 @@ def test_hostile_names_are_escaped(tmp_path):
 
 def test_module_entry_point_and_cli_do_not_import_torch():
     code = (
-        "import sys, nandoctor.cli, nandoctor.scan, nandoctor.report.rich_report;"
+        "import sys, nandoctor.cli, nandoctor.engine, nandoctor.report.rich_report;"
         "nandoctor.cli._register_commands();"
-        "from nandoctor.scan import scan; scan(sys.argv[1], device='auto');"
+        "from nandoctor.engine import scan; scan(sys.argv[1], device='auto');"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(DEMO_RUN / "checkpoint-200")], check=True, cwd=ROOT)

@@ -14,9 +14,9 @@ import pytest
 from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors, write_sharded
 from nandoctor import sources
 from nandoctor.kernels.cpu import CpuKernel
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 
-scan_module = sys.modules["nandoctor.scan"]
+from nandoctor import engine as scan_module  # noqa: E402
 MiB = 1 << 20
 
 

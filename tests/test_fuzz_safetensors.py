@@ -131,7 +131,7 @@ def is_documented_stricter(data: bytes) -> bool:
 
 
 def check(data: bytes) -> None:
-    from nandoctor.scan import scan
+    from nandoctor.engine import scan
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nandoctor import layout
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 from tests.torch_helpers import flatten, report_counts, torch_counts
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors
 from nandoctor.dtypes import DTYPES
 from nandoctor.kernels.cpu import DENSE_BYTES, CpuKernel
 from nandoctor.kernels.targets import TARGETS, decode_magnitude, target, threshold_bits
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 
 torch = pytest.importorskip("torch")
 from nandoctor.kernels import live  # noqa: E402

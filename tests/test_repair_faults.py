@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nandoctor.repair import PROOF_NAME, repair
+from nandoctor.restore import PROOF_NAME, repair
 from tests.conftest import ROOT
 from tests.test_repair_kill import make_pair, temps
 
@@ -68,7 +68,7 @@ def torch_pair(root: Path) -> tuple[Path, Path]:
 
 DRIVER = r'''
 import builtins, json, os, shutil, signal, sys, threading
-from nandoctor.repair import atomic, repair
+from nandoctor.restore import atomic, repair
 
 target, donor, runs, mode = sys.argv[1:5]
 points = json.loads(sys.argv[5]) if mode == "kill" else [0]
@@ -198,7 +198,7 @@ def run_repair_cli(target: Path, donor: Path, out: Path, *, preexec_fn=None, hoo
     """`nandoctor repair` in a child; ``hook`` is Python run once the temporary folder exists (phase "temp")."""
     code = textwrap.dedent('''
         import sys
-        from nandoctor.repair import writer
+        from nandoctor.restore import writer
         from nandoctor.cli import main
         HOOK, PATHS = sys.argv[4], {"target": sys.argv[1], "donor": sys.argv[2], "out": sys.argv[3]}
         real = writer.write_repair
@@ -285,7 +285,7 @@ def test_full_disk(tmp_path, when):
     size = "65m" if when == "before" else "80m"  # "before": free space < the copy + nandoctor's 64 MiB margin
     cli = textwrap.dedent('''
         import sys
-        from nandoctor.repair import writer
+        from nandoctor.restore import writer
         from nandoctor.cli import main
         HOOK, OUT = sys.argv[4], sys.argv[3]
         real = writer.write_repair

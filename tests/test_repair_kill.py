@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fixtures.builders import RawTensor, finite_bits, plant, write_sharded
-from nandoctor.repair import PROOF_NAME, repair
+from nandoctor.restore import PROOF_NAME, repair
 from tests.conftest import ROOT
 
 PHASES = ("temp", "copy-2", "copied", "verified", "hashed", "proof", "synced")
@@ -45,7 +45,7 @@ def temps(parent: Path) -> list[Path]:
 
 KILLER = """
 import os, signal, sys
-from nandoctor.repair import repair
+from nandoctor.restore import repair
 phase, target, donor, out = sys.argv[1:5]
 copies = []
 def on_phase(name):
@@ -106,7 +106,7 @@ def test_sigkill_at_arbitrary_moments(tmp_path, delay):
 
 TERMINATOR = """
 import os, signal, sys
-from nandoctor.repair import writer
+from nandoctor.restore import writer
 from nandoctor.cli import main
 real = writer.write_repair
 def write_repair(*args, **kwargs):
@@ -132,7 +132,7 @@ def test_sigterm_cleans_up_at_once(tmp_path):
 
 PEAK = """
 import sys
-from nandoctor.repair import repair
+from nandoctor.restore import repair
 result = repair(sys.argv[1], [sys.argv[2]], sys.argv[3])
 assert result.ok
 print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024)

@@ -9,7 +9,7 @@ import pytest
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.layers import summarize
 from nandoctor.model import Region, ScanReport, TensorRef, TensorResult, UnviewedBad
-from nandoctor.repair.plan import normalise, plan_repair
+from nandoctor.restore.plan import normalise, plan_repair
 
 
 def ref(name: str, dtype: str = "F32", shape: tuple[int, ...] = (4, 4), file: str = "t.safetensors", **kw) -> TensorRef:

@@ -17,9 +17,9 @@ import pytest
 from fixtures.builders import RawTensor, finite_bits, plant, write_safetensors, write_sharded
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError, UnrestorableError
 from nandoctor.model import Region, TensorRef
-from nandoctor.repair import PROOF_NAME, repair
-from nandoctor.repair import atomic, tensorbytes
-from nandoctor.repair.tensorbytes import copy_elements, iter_elements, same_elements
+from nandoctor.restore import PROOF_NAME, repair
+from nandoctor.restore import atomic, tensorbytes
+from nandoctor.restore.tensorbytes import copy_elements, iter_elements, same_elements
 
 SHAPES = {
     "model.embed_tokens.weight": ("BF16", (64, 16)),
@@ -253,7 +253,7 @@ def test_non_finite_donor_and_shape_mismatch_are_refused(tmp_path):
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     target, donor, _, _ = make_run(tmp_path)
-    from nandoctor.repair import writer
+    from nandoctor.restore import writer
 
     def broken_copy(donor_path, donor_ref, fd, target_ref):
         offset, length = tensorbytes.byte_range(target_ref)
@@ -268,7 +268,7 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
 
 def test_full_disk_is_refused_before_and_cleaned_up_during(tmp_path, monkeypatch):
     target, donor, _, _ = make_run(tmp_path)
-    from nandoctor.repair import writer
+    from nandoctor.restore import writer
 
     monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     with pytest.raises(RepairRefusedError, match="GB are free"):
@@ -616,7 +616,7 @@ def test_zip64_entries_get_their_crc_rewritten(tmp_path):
     import zipfile
     import zlib
 
-    from nandoctor.repair import zippatch
+    from nandoctor.restore import zippatch
 
     path = tmp_path / "z.bin"
     path.write_bytes(_zip64_archive(b"A" * 100))
@@ -635,7 +635,7 @@ def test_zip64_entries_get_their_crc_rewritten(tmp_path):
 
 
 def test_copy_falls_back_when_copy_file_range_is_refused(tmp_path, monkeypatch):
-    from nandoctor.repair import writer
+    from nandoctor.restore import writer
 
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(100_000))

@@ -12,7 +12,7 @@ import pytest
 
 from fixtures.builders import SPECIALS, RawTensor, bf16_bits, finite_bits, write_safetensors, write_sharded
 from nandoctor.layers import bad_ranges
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 from tests.conftest import DEMO_RUN, FIXTURES
 
 
@@ -206,7 +206,7 @@ def test_sharded_write_roundtrip(tmp_path):
 
 
 def test_file_changed_between_header_and_scan_is_detected(tmp_path, monkeypatch):
-    scan_module = sys.modules["nandoctor.scan"]  # the engine module (nandoctor.scan is the API function)
+    from nandoctor import engine as scan_module
 
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"w": RawTensor("F32", (4,), b"\0" * 16)})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 from tests.torch_helpers import entry_offset
 
 torch = pytest.importorskip("torch")

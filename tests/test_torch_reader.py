@@ -19,7 +19,7 @@ import pytest
 
 from nandoctor.readers import reader_for
 from nandoctor.readers.torchfile import TorchReader
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 from tests.torch_helpers import (
     flatten,
     legacy_file,
@@ -367,7 +367,7 @@ def test_reader_works_without_torch(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import json, sys
         sys.modules["torch"] = None  # any `import torch` now fails
-        from nandoctor.scan import scan
+        from nandoctor.engine import scan
         out = {{}}
         for p in ({str(zip_path)!r}, {str(legacy_path)!r}):
             r = scan(p, device="cpu")

@@ -20,7 +20,7 @@ import pytest
 
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
 from nandoctor.readers.torchfile import TorchReader
-from nandoctor.scan import scan
+from nandoctor.engine import scan
 from tests.torch_helpers import (
     entries,
     entry_offset,

@@ -100,7 +100,7 @@ def repair(
     """
     from nandoctor.cli.progress import stdout_console
     from nandoctor.errors import UnrestorableError
-    from nandoctor.repair import repair as run_repair
+    from nandoctor.restore import repair as run_repair
 
     if out is None and not dry_run:
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
@@ -113,14 +113,14 @@ def repair(
     except UnrestorableError as exc:
         if exc.plan is not None:
             if as_json:
-                from nandoctor.repair.proof import plan_json
+                from nandoctor.restore.proof import plan_json
 
                 click.echo(json.dumps(plan_json(exc.plan), indent=2))
             else:
                 render_plan(exc.plan, console, show_all=show_all)
         raise
     if as_json:
-        from nandoctor.repair.proof import plan_json, proof_json
+        from nandoctor.restore.proof import plan_json, proof_json
 
         click.echo(json.dumps(plan_json(result.plan) if dry_run else proof_json(result), indent=2))
     else:

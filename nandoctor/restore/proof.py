@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nandoctor.repair.plan import RepairPlan, Restoration
-    from nandoctor.repair.writer import RepairResult
+    from nandoctor.restore.plan import RepairPlan, Restoration
+    from nandoctor.restore.writer import RepairResult
 
 PROOF_SCHEMA = 1
 
@@ -72,7 +72,7 @@ def write_proof(result: RepairResult, path: Path) -> None:
 
 
 def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    from nandoctor.repair.writer import PROOF_NAME
+    from nandoctor.restore.writer import PROOF_NAME
 
     with open(Path(folder) / PROOF_NAME, encoding="utf-8") as fh:
         return json.load(fh)

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from nandoctor.errors import RepairRefusedError, UnrestorableError
-from nandoctor.repair.plan import DonorInfo, RepairPlan, Restoration, Unrestorable, plan_repair
-from nandoctor.repair.writer import PROOF_NAME, Phase, Progress, RepairResult, Source, WrittenFile
+from nandoctor.restore.plan import DonorInfo, RepairPlan, Restoration, Unrestorable, plan_repair
+from nandoctor.restore.writer import PROOF_NAME, Phase, Progress, RepairResult, Source, WrittenFile
 
 __all__ = [
     "repair",
@@ -52,9 +52,9 @@ def repair(
     verification failed (nothing left at ``out``).
     """
     from nandoctor import layout
-    from nandoctor.repair.donors import resolve_donors
-    from nandoctor.repair.writer import check_out, fingerprint, write_repair
-    from nandoctor.scan import scan
+    from nandoctor.restore.donors import resolve_donors
+    from nandoctor.restore.writer import check_out, fingerprint, write_repair
+    from nandoctor.engine import scan
 
     started = time.perf_counter()
     target_path = Path(target)

@@ -16,7 +16,7 @@ from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, NandoctorError, RepairRefusedError
 from nandoctor.model import TensorRef
 from nandoctor.readers import reader_for
-from nandoctor.repair.writer import fingerprint
+from nandoctor.restore.writer import fingerprint
 from nandoctor.runs import checkpoints_in, step_of
 
 AUTO = "auto"
@@ -56,7 +56,7 @@ class CheckpointDonor:
         return self._refs
 
     def nonfinite(self, ref: TensorRef) -> int:
-        from nandoctor.repair.tensorbytes import iter_elements
+        from nandoctor.restore.tensorbytes import iter_elements
 
         spec = DTYPES[ref.dtype]
         if not spec.can_hold_nonfinite:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.model import ScanReport
-from nandoctor.repair import atomic, zippatch
-from nandoctor.repair.plan import RepairPlan, Restoration
-from nandoctor.repair.tensorbytes import copy_elements, same_elements
+from nandoctor.restore import atomic, zippatch
+from nandoctor.restore.plan import RepairPlan, Restoration
+from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
 PROOF_NAME = "nandoctor-repair.json"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -181,7 +181,7 @@ def write_repair(
             seconds=time.perf_counter() - started,
             notes=notes + tuple(copy_notes),
         )
-        from nandoctor.repair.proof import write_proof
+        from nandoctor.restore.proof import write_proof
 
         write_proof(result, temp / PROOF_NAME)
         phase("proof")
@@ -350,7 +350,7 @@ def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
 
 def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
     """Re-scan what was written, and check every restored tensor now holds its donor's bytes."""
-    from nandoctor.scan import scan
+    from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
     report = scan(scanned, device="cpu", progress=progress)
