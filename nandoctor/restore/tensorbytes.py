@@ -165,21 +165,38 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         done += os.pwrite(fd, data[done:], offset + done)
 
 
+def _box_plan(ref: TensorRef, box: Box) -> tuple[np.dtype, int, int, int | None]:
+    """(element type, first byte, byte span, run dim or None) for reading or writing a box of ``ref``."""
+    origin, extents = box
+    start, span, run_dim = _side_plan(ref, origin, extents)
+    return _element_type(itemsize(ref)), start, span, run_dim
+
+
+def _span_view(fd: int, ref: TensorRef, extents: tuple[int, ...], element: np.dtype, start: int, span: int,
+               *, writeable: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The span's bytes read into memory, and the box's elements as a strided view onto them."""
+    raw = np.empty(span, dtype=np.uint8)
+    _pread_into(fd, memoryview(raw), start, ref.file)
+    item = itemsize(ref)
+    strided = np.lib.stride_tricks.as_strided(
+        raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref)), writeable=writeable
+    )
+    return raw, strided
+
+
+def _run_order(extents: tuple[int, ...], run_dim: int) -> list[int]:
+    return [k for k in range(len(extents)) if k != run_dim] + ([run_dim] if run_dim >= 0 else [])
+
+
 def read_box(fd: int, ref: TensorRef, box: Box) -> np.ndarray:
     """The box's elements of ``ref`` as a C-ordered array of fixed-size byte elements."""
     origin, extents = box
-    item = itemsize(ref)
-    element = _element_type(item)
-    start, span, run_dim = _side_plan(ref, origin, extents)
+    element, start, span, run_dim = _box_plan(ref, box)
     if run_dim is None:
-        raw = np.empty(span, dtype=np.uint8)
-        _pread_into(fd, memoryview(raw), start, ref.file)
-        strided = np.lib.stride_tricks.as_strided(
-            raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref))
-        )
+        raw, strided = _span_view(fd, ref, extents, element, start, span, writeable=False)
         return np.ascontiguousarray(strided)
     # Run by run: lay the runs out contiguously (run dim last), then view them in logical order.
-    order = [k for k in range(len(extents)) if k != run_dim] + ([run_dim] if run_dim >= 0 else [])
+    order = _run_order(extents, run_dim)
     laid = np.empty(tuple(extents[k] for k in order), dtype=element)
     rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
     for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
@@ -190,20 +207,14 @@ def read_box(fd: int, ref: TensorRef, box: Box) -> np.ndarray:
 def write_box(fd: int, ref: TensorRef, box: Box, values: np.ndarray) -> None:
     """Write ``values`` (C-ordered, the box's shape) into exactly the box's elements of ``ref``."""
     origin, extents = box
-    item = itemsize(ref)
-    element = _element_type(item)
-    start, span, run_dim = _side_plan(ref, origin, extents)
+    element, start, span, run_dim = _box_plan(ref, box)
     if run_dim is None:
         # Read-modify-write the span: bytes between the view's elements keep their values.
-        raw = np.empty(span, dtype=np.uint8)
-        _pread_into(fd, memoryview(raw), start, ref.file)
-        strided = np.lib.stride_tricks.as_strided(
-            raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref)), writeable=True
-        )
+        raw, strided = _span_view(fd, ref, extents, element, start, span, writeable=True)
         strided[...] = values
         _pwrite_all(fd, memoryview(raw), start)
         return
-    order = [k for k in range(len(extents)) if k != run_dim] + ([run_dim] if run_dim >= 0 else [])
+    order = _run_order(extents, run_dim)
     laid = np.ascontiguousarray(values.transpose(order))
     rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
     for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
