@@ -108,8 +108,8 @@ def locate(ref: TensorRef, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     An element an overlapping view reads at several positions counts once, at its first position.
     """
     lo, hi = element_span(ref)
-    inside = (indices >= lo) & (indices <= hi)
-    if ref.is_contiguous:
+    inside = (indices >= lo) & (indices <= hi)  # all False for an empty view
+    if ref.is_contiguous or ref.numel == 0:
         logical = indices - ref.storage_offset
         return inside, np.where(inside, logical, -1)
     if not is_nested(ref):
