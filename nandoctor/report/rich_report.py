@@ -198,11 +198,8 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
     console.print()
     console.print(verdict_text(report))
     if report.nonfinite:
-        console.print(
-            Text(
-                "  next: restore the bad tensors from an earlier checkpoint with\n"
-                f"        nandoctor repair {safe(report.target)} --from <earlier checkpoint> --out <new folder>",
-                style="dim",
-            )
-        )
+        from nandoctor.api import repair_command
+
+        console.print(Text("  next: restore the bad tensors from an earlier checkpoint with\n"
+                           f"        {safe(repair_command(report))}", style="dim"))
 
