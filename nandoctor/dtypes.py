@@ -76,6 +76,38 @@ DTYPES: dict[str, DTypeSpec] = {
     "F6_E3M2": _finite("F6_E3M2", 6),
 }
 
+# torch dtype names (``torch.<name>``, as pickles and live tensors spell them) → the names above.
+# One table for the torch file reader and for live tensors, so both report the same words.
+TORCH_DTYPE_NAMES: dict[str, str] = {
+    "float64": "F64", "double": "F64",
+    "float32": "F32", "float": "F32",
+    "float16": "F16", "half": "F16",
+    "bfloat16": "BF16",
+    "complex64": "C64", "cfloat": "C64",
+    "complex128": "C128", "cdouble": "C128",
+    "int64": "I64", "long": "I64",
+    "int32": "I32", "int": "I32",
+    "int16": "I16", "short": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0",
+    "quint8": "U8", "qint8": "I8", "qint32": "I32", "quint4x2": "U8", "quint2x4": "U8",
+    # Two fp4 codes packed per byte; torch counts bytes, so the shape is in bytes too.
+    "float4_e2m1fn_x2": "U8",
+    # Sub-byte integers and raw bit types: one or two bytes per element, never NaN.
+    **{f"uint{n}": "U8" for n in range(1, 8)},
+    **{f"int{n}": "I8" for n in range(1, 8)},
+    "bits8": "U8", "bits1x8": "U8", "bits2x4": "U8", "bits4x2": "U8", "bits16": "U16",
+}
+
 # The dtypes the safetensors format itself defines (C128 is only reachable from torch files).
 SAFETENSORS_DTYPES = frozenset(DTYPES) - {"C128"}
 

@@ -28,6 +28,7 @@ from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.errors import FileChangedError, NandoctorError
 from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts, select_kernel
 from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, target, threshold_bits
+from nandoctor.layout import fingerprint as _fingerprint
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.readers import reader_for
 from nandoctor.sources import READ_CHUNK_BYTES, BufferFor, ChunkSource, ThreadBuffers, open_source
@@ -150,11 +151,6 @@ def scan(
         device=kernel.name,
         extra={"target_dtype": cast_to.name} if cast_to else {},
     )
-
-
-def _fingerprint(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def _problem(file: Path, exc: NandoctorError) -> ScanProblem:

@@ -19,26 +19,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nandoctor import layers
+from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.kernels import CLEAN
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult
 
 if TYPE_CHECKING:
     import torch
 
-# torch dtype name → the safetensors name nandoctor reports (same words as a file scan).
-_DTYPE_NAMES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "complex64": "C64", "complex128": "C128",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e4m3fnuz": "F8_E4M3FNUZ",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16",
-    "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64",
-}
-
-
 def dtype_name(t: "torch.Tensor") -> str:
     short = str(t.dtype).removeprefix("torch.")
-    return _DTYPE_NAMES.get(short, short)
+    return TORCH_DTYPE_NAMES.get(short, short)
 
 
 def _can_hold_nonfinite(t: "torch.Tensor") -> bool:

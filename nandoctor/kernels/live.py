@@ -14,30 +14,11 @@ from collections.abc import Iterator
 
 import torch
 
-from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import CLEAN, ChunkCounts, OverflowCounts
 from nandoctor.kernels.cpu import CpuKernel
 from nandoctor.kernels.targets import decode_magnitude, target, threshold_bits
 from nandoctor.kernels.torch_kernel import LANE_DTYPES, lane_counts, lane_overflow
-
-# torch dtype -> the safetensors name whose bit layout it has (floats only: the rest are always finite).
-_TORCH_TO_SPEC: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.complex64: "C64",
-    torch.complex128: "C128",
-}
-for _attr, _name in [
-    ("float8_e5m2", "F8_E5M2"),
-    ("float8_e4m3fn", "F8_E4M3"),
-    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-    ("float8_e8m0fnu", "F8_E8M0"),
-]:
-    if hasattr(torch, _attr):  # older torch builds lack some fp8 types
-        _TORCH_TO_SPEC[getattr(torch, _attr)] = _name
 
 _NUMPY = CpuKernel()
 SLICE_LANES = 1 << 26  # 64 Mi lanes per step: temporaries of a few hundred MB at most
@@ -45,8 +26,8 @@ SLICE_LANES = 1 << 26  # 64 Mi lanes per step: temporaries of a few hundred MB a
 
 def spec_of(t: torch.Tensor) -> DTypeSpec | None:
     """The bit layout of ``t``'s dtype, or None when it cannot hold NaN/Inf."""
-    name = _TORCH_TO_SPEC.get(t.dtype)
-    return DTYPES[name] if name else None
+    spec = DTYPES.get(TORCH_DTYPE_NAMES.get(str(t.dtype).removeprefix("torch."), ""))
+    return spec if spec is not None and spec.can_hold_nonfinite else None
 
 
 def _slices(t: torch.Tensor, spec: DTypeSpec) -> Iterator[tuple[int, torch.Tensor]]:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nandoctor.dtypes import TORCH_DTYPE_NAMES
+
 # Torch's typed storage classes → safetensors dtype names (element layout of the storage).
 STORAGE_DTYPES: dict[str, str] = {
     "DoubleStorage": "F64",
@@ -46,36 +48,6 @@ STORAGE_DTYPES: dict[str, str] = {
     "UntypedStorage": "U8",  # raw bytes; the tensor's dtype comes from _rebuild_tensor_v3
 }
 
-# torch.<dtype> globals (as _rebuild_tensor_v3 names them) → safetensors dtype names.
-TORCH_DTYPES: dict[str, str] = {
-    "float64": "F64", "double": "F64",
-    "float32": "F32", "float": "F32",
-    "float16": "F16", "half": "F16",
-    "bfloat16": "BF16",
-    "complex64": "C64", "cfloat": "C64",
-    "complex128": "C128", "cdouble": "C128",
-    "int64": "I64", "long": "I64",
-    "int32": "I32", "int": "I32",
-    "int16": "I16", "short": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ",
-    "float8_e8m0fnu": "F8_E8M0",
-    "quint8": "U8", "qint8": "I8", "qint32": "I32", "quint4x2": "U8", "quint2x4": "U8",
-    # Two fp4 codes packed per byte; torch counts bytes, so the shape is in bytes too.
-    "float4_e2m1fn_x2": "U8",
-    # Sub-byte integers and raw bit types: one or two bytes per element, never NaN.
-    **{f"uint{n}": "U8" for n in range(1, 8)},
-    **{f"int{n}": "I8" for n in range(1, 8)},
-    "bits8": "U8", "bits1x8": "U8", "bits2x4": "U8", "bits4x2": "U8", "bits16": "U16",
-}
 # Dtypes torch knows that nandoctor cannot map onto a dtype it scans (listed so the error is specific).
 UNSCANNABLE_DTYPES = frozenset({"complex32", "chalf"})
 
@@ -385,8 +357,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return SAFE_GLOBALS[full]
         if module in ("torch", "torch.cuda", "torch.storage") and name in STORAGE_DTYPES:
             return StorageType(name, STORAGE_DTYPES[name])
-        if module == "torch" and (name in TORCH_DTYPES or name in UNSCANNABLE_DTYPES):
-            return DTypeStub(name, TORCH_DTYPES.get(name))
+        if module == "torch" and (name in TORCH_DTYPE_NAMES or name in UNSCANNABLE_DTYPES):
+            return DTypeStub(name, TORCH_DTYPE_NAMES.get(name))
         if _is_unsafe(module, name):
             raise UnsafeGlobalError(full)
         cls = self.placeholders.get(full)

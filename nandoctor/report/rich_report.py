@@ -62,11 +62,6 @@ def verdict_text(report: ScanReport) -> Text:
     return Text.assemble(*parts)
 
 
-def one_line(report: ScanReport) -> str:
-    """The --quiet verdict: one plain line."""
-    return verdict_text(report).plain
-
-
 def _layer_table(report: ScanReport) -> Table:
     table = Table(title="Bad layers", title_justify="left", show_edge=False, header_style="bold")
     for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor"):

@@ -53,7 +53,8 @@ def repair(
     """
     from nandoctor import layout
     from nandoctor.restore.donors import resolve_donors
-    from nandoctor.restore.writer import check_out, fingerprint, write_repair
+    from nandoctor.layout import fingerprint
+    from nandoctor.restore.writer import check_out, write_repair
     from nandoctor.engine import scan
 
     started = time.perf_counter()

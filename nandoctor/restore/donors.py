@@ -16,7 +16,7 @@ from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, NandoctorError, RepairRefusedError
 from nandoctor.model import TensorRef
 from nandoctor.readers import reader_for
-from nandoctor.restore.writer import fingerprint
+from nandoctor.layout import fingerprint
 from nandoctor.runs import checkpoints_in, step_of
 
 AUTO = "auto"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
+from nandoctor.layout import fingerprint
 from nandoctor.model import ScanReport
 from nandoctor.restore import atomic, zippatch
 from nandoctor.restore.plan import RepairPlan, Restoration
@@ -239,11 +240,6 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
     return found, notes
-
-
-def fingerprint(path: str | os.PathLike[str]) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
