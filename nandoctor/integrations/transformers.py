@@ -18,6 +18,12 @@ just enough that the newest clean checkpoint survives (logged; back to the
 user's limit once a newer clean checkpoint exists).
 
 A scan that fails for any reason is logged and never stops or crashes training.
+
+Under ``torch.distributed`` (DDP, FSDP, DeepSpeed) only world process zero
+scans, since it is the one that wrote the files and the others may reach
+``on_save`` before it has finished; its verdict is broadcast, so every rank
+stops at the same step (a rank that stopped alone would hang the others).
+``reports`` is filled on process zero only.
 """
 
 from __future__ import annotations
@@ -95,21 +101,20 @@ class NanDoctorCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         folder = Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
-        if not folder.is_dir():
-            if state.is_world_process_zero:
-                logger.warning("nandoctor: checkpoint folder %s not found after the save; not scanned", folder)
+        # Under torch.distributed only process zero writes the checkpoint, and nothing makes the other
+        # ranks wait for it before on_save: they would scan a half-written folder (or none) and decide
+        # differently, and a rank that stops alone hangs the others at the next collective. So process
+        # zero scans and every rank follows its verdict.
+        distributed = _distributed()
+        passed: bool | None = None  # None: not scanned, training goes on
+        if state.is_world_process_zero or distributed is None:
+            passed = self._check(folder, state)
+        if distributed is not None:
+            box = [passed]
+            distributed.broadcast_object_list(box, src=0)
+            passed = box[0]
+        if passed is None:
             return control
-        try:
-            report = self._scan(folder)
-        except Exception as exc:  # never crash training because of the doctor
-            logger.error("nandoctor: could not scan %s (%s: %s); training goes on", folder, type(exc).__name__, exc)
-            return control
-        self.reports[state.global_step] = report
-        passed = gate.passes(report, self.fail_on)
-        if state.is_world_process_zero:
-            self._write(folder, report)
-            line = gate.one_line(report, self.fail_on, label=str(folder))
-            (logger.info if passed else logger.warning)("nandoctor: %s", line)
         if passed:
             self.last_clean = str(folder)
             self._protect(args, state)
@@ -141,6 +146,25 @@ class NanDoctorCallback(TrainerCallback):
             )
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _check(self, folder: Path, state: TrainerState) -> bool | None:
+        """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
+        if not folder.is_dir():
+            if state.is_world_process_zero:
+                logger.warning("nandoctor: checkpoint folder %s not found after the save; not scanned", folder)
+            return None
+        try:
+            report = self._scan(folder)
+            self.reports[state.global_step] = report
+            passed = gate.passes(report, self.fail_on)
+            if state.is_world_process_zero:
+                self._write(folder, report)
+                line = gate.one_line(report, self.fail_on, label=str(folder))
+                (logger.info if passed else logger.warning)("nandoctor: %s", line)
+        except Exception as exc:  # never crash training (nor leave other ranks waiting) because of the doctor
+            logger.error("nandoctor: could not scan %s (%s: %s); training goes on", folder, type(exc).__name__, exc)
+            return None
+        return passed
 
     def _scan(self, folder: Path) -> ScanReport:
         from nandoctor.api import scan
@@ -220,3 +244,14 @@ def _step(path: str | None) -> int:
     name = Path(path or "").name
     tail = name.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
+
+
+def _distributed() -> Any:
+    """``torch.distributed`` when this process is one of several in an initialised process group, else None."""
+    try:
+        import torch.distributed as dist  # torch is already loaded in any process that runs a Trainer
+    except ImportError:
+        return None
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return dist

@@ -1,0 +1,49 @@
+"""One rank of tests/test_trainer_callback_distributed.py: a gloo process group of two on this machine.
+
+    python tests/ddp_callback_worker.py RANK RENDEZVOUS_FILE OUTPUT_DIR SOURCE RESULT_JSON
+
+Process zero copies SOURCE into OUTPUT_DIR/checkpoint-6 only after a delay, as a Trainer's
+process zero is still writing while the other ranks already run ``on_save``; then both
+ranks call ``NanDoctorCallback.on_save`` and write what they decided to RESULT_JSON.
+SOURCE "empty" makes an empty folder (the scan fails), "none" writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch.distributed as dist
+from transformers import TrainerControl, TrainerState
+
+from nandoctor.integrations.transformers import NanDoctorCallback
+
+rank, rendezvous, out, source, result = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+
+args = SimpleNamespace(output_dir=str(out), save_total_limit=None, metric_for_best_model=None, load_best_model_at_end=False)
+state = TrainerState(global_step=6, is_world_process_zero=rank == 0)
+doctor = NanDoctorCallback(stop_on_nonfinite=True)
+doctor.on_train_begin(args, state, TrainerControl())
+if rank == 0:
+    time.sleep(1.5)
+    if source == "empty":
+        (out / "checkpoint-6").mkdir(parents=True)
+    elif source != "none":
+        shutil.copytree(source, out / "checkpoint-6")
+control = doctor.on_save(args, state, TrainerControl())
+Path(result).write_text(
+    json.dumps(
+        {
+            "stop": control.should_training_stop,
+            "scanned": sorted(doctor.reports),
+            "last_clean": doctor.last_clean,
+            "first_bad": doctor.first_bad,
+        }
+    )
+)
+dist.destroy_process_group()
