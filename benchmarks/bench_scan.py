@@ -60,22 +60,22 @@ MiB = 1 << 20
 HIDDEN, FFN, VOCAB = 2048, 5632, 32000  # TinyLlama-like widths; depth is picked to reach the size
 
 
-def llama_shapes(target_bytes: int) -> dict[str, tuple[int, ...]]:
-    per_layer = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN + 2 * HIDDEN) * 2
-    outside = (2 * VOCAB * HIDDEN + HIDDEN) * 2
+def llama_shapes(target_bytes: int, hidden: int = HIDDEN, ffn: int = FFN, vocab: int = VOCAB) -> dict[str, tuple[int, ...]]:
+    per_layer = (4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden) * 2
+    outside = (2 * vocab * hidden + hidden) * 2
     layers = max(1, math.ceil((target_bytes - outside) / per_layer))
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (HIDDEN,)
+        shapes[p + "input_layernorm.weight"] = (hidden,)
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{proj}.weight"] = (HIDDEN, HIDDEN)
-        shapes[p + "post_attention_layernorm.weight"] = (HIDDEN,)
-        shapes[p + "mlp.gate_proj.weight"] = (FFN, HIDDEN)
-        shapes[p + "mlp.up_proj.weight"] = (FFN, HIDDEN)
-        shapes[p + "mlp.down_proj.weight"] = (HIDDEN, FFN)
-    shapes["model.norm.weight"] = (HIDDEN,)
-    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+            shapes[p + f"self_attn.{proj}.weight"] = (hidden, hidden)
+        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
+        shapes[p + "mlp.gate_proj.weight"] = (ffn, hidden)
+        shapes[p + "mlp.up_proj.weight"] = (ffn, hidden)
+        shapes[p + "mlp.down_proj.weight"] = (hidden, ffn)
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (vocab, hidden)
     return shapes
 
 

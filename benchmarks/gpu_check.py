@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""GPU check: the CUDA backend gives the CPU kernel's answers, and how fast it is.
+
+    python benchmarks/gpu_check.py                     # on a machine with a CUDA GPU (3-6 minutes)
+    python benchmarks/gpu_check.py --size-gb 4.3 --out results/
+    python benchmarks/gpu_check.py --simulate-on-cpu   # a dry run of this script without a GPU
+
+1. **Agreement**: every fixture is scanned with the CPU kernel and the CUDA one,
+   without and with each ``--target-dtype``; random buffers of every float
+   dtype with planted NaN/Inf are counted, classified and overflow-checked by
+   both kernels; the same bytes as live CUDA tensors (contiguous and strided)
+   are counted on the GPU by ``count_tensor``. Every answer must be identical.
+2. **File-scan throughput**: a synthetic LLaMA-shaped bf16 checkpoint (clean,
+   and with a NaN in every MiB), warm cache, CPU against CUDA, median of
+   ``--runs``.
+3. **Live-tensor throughput**: ``count_tensor`` and ``overflow_tensor`` on a
+   large bf16 CUDA tensor against ``torch.isfinite(t).all()`` and the
+   ``isnan``/``isposinf``/``isneginf`` sums people write by hand.
+
+Writes ``gpu_results.md`` and ``gpu_results.json`` to ``--out`` (default
+``$OUT``, else ``bench-data/gpu-results/``) and exits 1 on any disagreement.
+
+``--simulate-on-cpu`` runs every step with the torch kernel on CPU tensors in
+place of the GPU (the CUDA backend's code path, at CPU speed), on a small
+checkpoint: the test suite runs it so that this script is known to work before
+a GPU session spends its minutes on it. Its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import bench_scan  # noqa: E402  (the synthetic checkpoints and the cache warming of the CPU benchmark)
+
+from fixtures.builders import SPECIALS, finite_bits  # noqa: E402
+from nandoctor.dtypes import DTYPES  # noqa: E402
+from nandoctor.engine import scan  # noqa: E402
+from nandoctor.kernels.cpu import CpuKernel  # noqa: E402
+from nandoctor.kernels.live import count_tensor, overflow_tensor  # noqa: E402
+from nandoctor.kernels.targets import TARGETS, threshold_bits  # noqa: E402
+
+FLOAT_DTYPES = ["BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ"]
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+class Device:
+    """The accelerator under test: a CUDA GPU, or (simulated) the torch kernel on CPU tensors."""
+
+    def __init__(self, simulate: bool):
+        self.simulate = simulate
+        if simulate:
+            from nandoctor.kernels.cuda import CHUNK_BYTES, WORKERS
+            from nandoctor.kernels.torch_kernel import TorchKernel
+
+            self.name = "CPU (simulated: torch kernel on CPU tensors)"
+            self.kernel = TorchKernel("cpu", chunk_bytes=CHUNK_BYTES, workers=WORKERS)
+            self.torch_device = "cpu"
+            self.label = "torch kernel on cpu"
+            self.backend = "torch"  # count_tensor on CPU tensors takes the GPU's torch code path
+        else:
+            if not torch.cuda.is_available():
+                sys.exit("torch sees no CUDA GPU: install a CUDA build of torch, or use --simulate-on-cpu")
+            from nandoctor.kernels.cuda import CudaKernel
+
+            self.name = torch.cuda.get_device_name(0)
+            self.kernel = CudaKernel()
+            self.torch_device = "cuda"
+            self.label = "cuda"
+            self.backend = "auto"
+
+    def sync(self) -> None:
+        if not self.simulate:
+            torch.cuda.synchronize()
+
+    def free_bytes(self) -> int:
+        return 1 << 30 if self.simulate else torch.cuda.mem_get_info()[0]
+
+
+def same(a, b) -> bool:
+    def key(report):
+        return [(t.name, t.nan, t.posinf, t.neginf, t.first_bad, t.overflow, t.max_abs) for t in report.tensors]
+
+    return key(a) == key(b) and a.complete == b.complete
+
+
+def check_fixtures(dev: Device, checks: dict[str, bool]) -> None:
+    fixtures = [ROOT / "fixtures" / "dtype-zoo.safetensors"] + sorted((ROOT / "fixtures" / "demo-run").glob("checkpoint-*"))
+    for path in fixtures:
+        for tgt in (None, *TARGETS):
+            on_cpu = scan(path, device="cpu", target_dtype=tgt)
+            on_dev = scan(path, kernel=dev.kernel, target_dtype=tgt)
+            checks[f"scan {path.name} target={tgt}"] = same(on_cpu, on_dev)
+
+
+def check_random(dev: Device, trials: int, checks: dict[str, bool]) -> None:
+    cpu = CpuKernel()
+    rng = np.random.default_rng(0)
+    for trial in range(trials):
+        dtype = FLOAT_DTYPES[trial % len(FLOAT_DTYPES)]
+        spec = DTYPES[dtype]
+        n = int(rng.integers(1, (9 << 20) // spec.itemsize))
+        bits = finite_bits(dtype, n, rng, scale=float(rng.choice([0.02, 5.0, 1e4])))
+        specials = [code for kind, code in SPECIALS[dtype].items() if code is not None and kind != "max"]
+        where = rng.choice(n, size=min(n, int(rng.integers(0, 30))), replace=False)
+        bits[where] = rng.choice(np.array(specials, bits.dtype), where.size)
+        raw = bits.view(np.uint8)
+        want = cpu.count(raw, spec)
+        ok = want == dev.kernel.count(raw, spec) == dev.kernel.check(raw, spec)
+        cpu_where, cpu_kind = cpu.classify(raw, spec)
+        dev_where, dev_kind = dev.kernel.classify(raw, spec)
+        ok = ok and np.array_equal(cpu_where, dev_where) and np.array_equal(cpu_kind, dev_kind)
+        for tgt in TARGETS:
+            threshold = threshold_bits(spec, TARGETS[tgt])
+            ok = ok and cpu.overflow(raw, spec, threshold) == dev.kernel.overflow(raw, spec, threshold)
+        if dtype in TORCH_DTYPES:  # the same bytes as a live tensor on the device
+            t = torch.from_numpy(raw.copy()).to(dev.torch_device).view(TORCH_DTYPES[dtype])
+            strided = t[::3]
+            ok = ok and count_tensor(t, backend=dev.backend) == want
+            ok = ok and count_tensor(strided, backend=dev.backend) == count_tensor(strided.cpu().contiguous())
+            for tgt in ("fp16", "fp8_e4m3"):
+                ok = ok and overflow_tensor(t, tgt, backend=dev.backend) == overflow_tensor(t.cpu(), tgt)
+        checks[f"random {trial} {dtype} n={n} planted={where.size}"] = bool(ok)
+
+
+def file_speed(dev: Device, size_gb: float, runs: int, data: Path, small: bool) -> list[dict]:
+    widths = {"hidden": 256, "ffn": 704, "vocab": 4000} if small else {}
+    shapes = bench_scan.llama_shapes(int(size_gb * 1e9), **widths)
+    gb = sum(int(np.prod(s)) * 2 for s in shapes.values()) / 1e9
+    rows = []
+    for variant, plant in (("clean", bench_scan.no_plant), ("nanall", bench_scan.all_plant)):
+        folder = data / variant
+        planted = bench_scan.write_checkpoint(folder, shapes, int(2e9), plant)
+        want = sum(counts.get("nan", 0) for counts in planted.values())
+        for label, kernel in (("cpu", None), ("device", dev.kernel)):
+            times = []
+            for _ in range(runs):
+                bench_scan.warm(folder)
+                dev.sync()
+                started = time.perf_counter()
+                report = scan(folder, device="cpu", kernel=kernel)
+                times.append(time.perf_counter() - started)
+            if report.nan != want or not report.complete:
+                raise SystemExit(f"{label} scan of {variant}: {report.nan} NaN, planted {want}")
+            seconds = statistics.median(times)
+            what = f"file scan {variant} ({'cpu' if kernel is None else dev.label})"
+            rows.append({"what": what, "gb": gb, "seconds": seconds, "gbps": gb / seconds})
+        shutil.rmtree(folder)
+    return rows
+
+
+def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
+    nbytes = int(64e6 if small else min(8e9, dev.free_bytes() * 0.3))
+    t = torch.randn(nbytes // 2 // 1024, 1024, device=dev.torch_device, dtype=torch.bfloat16)
+    t.view(-1)[12345] = float("nan")
+    gb = t.numel() * 2 / 1e9
+    ways = {
+        "count_tensor (nandoctor)": lambda: count_tensor(t, backend=dev.backend),
+        "overflow_tensor fp16 (nandoctor)": lambda: overflow_tensor(t, "fp16", backend=dev.backend),
+        "torch.isfinite(t).all()": lambda: bool(torch.isfinite(t).all()),
+        "isnan + isposinf + isneginf sums": lambda: [int(f(t).sum()) for f in (torch.isnan, torch.isposinf, torch.isneginf)],
+    }
+    rows = []
+    for name, fn in ways.items():
+        fn()  # warm-up: kernels compiled, allocator primed
+        times = []
+        for _ in range(runs):
+            dev.sync()
+            started = time.perf_counter()
+            fn()
+            dev.sync()
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
+        rows.append({"what": f"live {gb:.2f} GB bf16 tensor: {name}", "gb": gb, "seconds": seconds, "gbps": gb / seconds})
+    found = count_tensor(t, backend=dev.backend)
+    if (found.nan, found.first_bad) != (1, 12345):
+        raise SystemExit(f"live count_tensor found {found}, planted one NaN at 12345")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=2.0, help="synthetic checkpoint size (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--trials", type=int, default=40, help="random planted buffers to compare")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench-data" / "gpu-results"))
+    parser.add_argument("--data", type=Path, default=ROOT / "bench-data" / "gpu-check", help="where the synthetic checkpoint goes (deleted after)")
+    parser.add_argument("--simulate-on-cpu", action="store_true", help="dry run without a GPU: torch kernel on CPU tensors, small data")
+    args = parser.parse_args()
+
+    dev = Device(args.simulate_on_cpu)
+    print(f"device: {dev.name}; torch {torch.__version__} (CUDA {torch.version.cuda})", flush=True)
+    checks: dict[str, bool] = {}
+    check_fixtures(dev, checks)
+    check_random(dev, args.trials, checks)
+    failed = [name for name, ok in checks.items() if not ok]
+    print(f"agreement: {len(checks) - len(failed)}/{len(checks)} checks identical", flush=True)
+
+    try:
+        rows = file_speed(dev, args.size_gb, args.runs, args.data, small=args.simulate_on_cpu)
+    finally:
+        shutil.rmtree(args.data, ignore_errors=True)
+    rows += live_speed(dev, args.runs, small=args.simulate_on_cpu)
+
+    lines = [
+        f"GPU check on {dev.name} (torch {torch.__version__}, CUDA {torch.version.cuda}); "
+        f"agreement {len(checks) - len(failed)}/{len(checks)}",
+        "",
+        "| what | GB | s | GB/s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['what']} | {r['gb']:.2f} | {r['seconds']:.3f} | {r['gbps']:.1f} |" for r in rows]
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_results.md").write_text("\n".join(lines) + "\n")
+    result = {"device": dev.name, "simulated": dev.simulate, "torch": torch.__version__, "checks": checks, "speed": rows, "failures": failed}
+    (args.out / "gpu_results.json").write_text(json.dumps(result, indent=1))
+    if failed:
+        sys.exit("DISAGREEMENT: " + "; ".join(failed))
+    print("all checks identical")
+
+
+if __name__ == "__main__":
+    main()
