@@ -55,6 +55,7 @@ DTYPES: dict[str, DTypeSpec] = {
     "F32": _ieee("F32", 32, 32, 0x7F800000, 0x80000000),
     "F16": _ieee("F16", 16, 16, 0x7C00, 0x8000),
     "BF16": _ieee("BF16", 16, 16, 0x7F80, 0x8000),
+    "C32": _ieee("C32", 32, 16, 0x7C00, 0x8000),  # torch.complex32: two fp16 lanes
     "C64": _ieee("C64", 64, 32, 0x7F800000, 0x80000000),
     "C128": _ieee("C128", 128, 64, 0x7FF0000000000000, 0x8000000000000000),
     "F8_E5M2": _ieee("F8_E5M2", 8, 8, 0x7C, 0x80),
@@ -83,6 +84,7 @@ TORCH_DTYPE_NAMES: dict[str, str] = {
     "float32": "F32", "float": "F32",
     "float16": "F16", "half": "F16",
     "bfloat16": "BF16",
+    "complex32": "C32", "chalf": "C32",
     "complex64": "C64", "cfloat": "C64",
     "complex128": "C128", "cdouble": "C128",
     "int64": "I64", "long": "I64",
@@ -108,8 +110,8 @@ TORCH_DTYPE_NAMES: dict[str, str] = {
     "bits8": "U8", "bits1x8": "U8", "bits2x4": "U8", "bits4x2": "U8", "bits16": "U16",
 }
 
-# The dtypes the safetensors format itself defines (C128 is only reachable from torch files).
-SAFETENSORS_DTYPES = frozenset(DTYPES) - {"C128"}
+# The dtypes the safetensors format itself defines (C32 and C128 are only reachable from torch files).
+SAFETENSORS_DTYPES = frozenset(DTYPES) - {"C32", "C128"}
 
 
 def spec(name: str) -> DTypeSpec:

@@ -291,6 +291,7 @@ def test_count_tensor_on_views_complex_fp8_and_slices(monkeypatch, backend):
         assert live.count_tensor(view, backend) == want
     c = torch.complex(torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([0.0, 1.0, -float("inf")]))
     assert live.count_tensor(c, backend) == ChunkCounts(1, 0, 1, 1)
+    assert live.count_tensor(c.to(torch.complex32), backend) == ChunkCounts(1, 0, 1, 1)  # two fp16 lanes
     f8 = torch.tensor([1.0, 2.0, float("nan")]).to(torch.float8_e4m3fn)
     assert live.count_tensor(f8, backend) == ChunkCounts(1, 0, 0, 2)
     assert live.count_tensor(torch.arange(10), backend) == CLEAN

@@ -105,7 +105,7 @@ def decode_magnitude(spec: DTypeSpec, bits: int) -> float:
         return float(np.array([bits], np.uint64).view(np.float64)[0])
     if spec.lane_bits == 32:
         return float(np.array([bits], np.uint32).view(np.float32)[0])
-    if name == "F16":
+    if name in ("F16", "C32"):  # C32: complex32's two fp16 lanes
         return float(np.array([bits], np.uint16).view(np.float16)[0])
     if name == "BF16":
         return float(np.array([bits << 16], np.uint32).view(np.float32)[0])

@@ -48,9 +48,6 @@ STORAGE_DTYPES: dict[str, str] = {
     "UntypedStorage": "U8",  # raw bytes; the tensor's dtype comes from _rebuild_tensor_v3
 }
 
-# Dtypes torch knows that nandoctor cannot map onto a dtype it scans (listed so the error is specific).
-UNSCANNABLE_DTYPES = frozenset({"complex32", "chalf"})
-
 # Modules (and their submodules) whose globals run code, touch the system or load more pickles.
 UNSAFE_MODULES = frozenset({
     "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "_winapi", "pty", "sys",
@@ -116,7 +113,7 @@ class StorageType:
 @dataclass(frozen=True)
 class DTypeStub:
     torch_name: str
-    dtype: str | None  # None: torch dtype nandoctor cannot scan
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -223,8 +220,6 @@ def _make_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, dtyp
             torch_name, name = storage.storage_type.name, storage.storage_type.dtype
     else:
         torch_name, name = dtype.torch_name, dtype.dtype
-        if name is None:
-            raise PickleFormatError(f"tensor dtype torch.{torch_name} is not one nandoctor can scan")
     return TensorStub(storage, storage_offset, size_t, stride_t, name, torch_name)
 
 
@@ -357,8 +352,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return SAFE_GLOBALS[full]
         if module in ("torch", "torch.cuda", "torch.storage") and name in STORAGE_DTYPES:
             return StorageType(name, STORAGE_DTYPES[name])
-        if module == "torch" and (name in TORCH_DTYPE_NAMES or name in UNSCANNABLE_DTYPES):
-            return DTypeStub(name, TORCH_DTYPE_NAMES.get(name))
+        if module == "torch" and name in TORCH_DTYPE_NAMES:
+            return DTypeStub(name, TORCH_DTYPE_NAMES[name])
         if _is_unsafe(module, name):
             raise UnsafeGlobalError(full)
         cls = self.placeholders.get(full)
