@@ -136,8 +136,7 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
     suffixes = weight_suffixes()
     weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
-    for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:
-        result.skipped.append(entry)
+    for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:  # not weights: a repair copies it as is
         result.notes.append(f"{entry.name}: {NOT_WEIGHTS[entry.name]}; not scanned")
         weight_files.remove(entry)
     index_paths = [root / n for n in INDEX_NAMES if (root / n).exists()]

@@ -706,3 +706,17 @@ def test_a_target_that_changes_during_the_repair_fails_it(tmp_path):
     with pytest.raises(RepairFailedError, match="changed during the repair"):
         repair(target, [donor], tmp_path / "out", on_phase=touch)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_trainer_files_that_are_not_weights_are_copied_as_they_are(tmp_path, demo_run):
+    """training_args.bin has a weight suffix but holds no tensors: the scan skips it, the repair copies it."""
+    import argparse
+
+    torch = pytest.importorskip("torch")
+    target = tmp_path / "checkpoint-300"
+    shutil.copytree(demo_run / "checkpoint-300", target)
+    torch.save(argparse.Namespace(output_dir="out", learning_rate=5e-5), target / "training_args.bin")
+    result = repair(target, [demo_run / "checkpoint-200"], tmp_path / "fixed")
+    assert result.ok and result.left_out == ()
+    assert not any("training_args.bin" in n and "weights" in n for n in result.notes)
+    assert (tmp_path / "fixed" / "training_args.bin").read_bytes() == (target / "training_args.bin").read_bytes()
