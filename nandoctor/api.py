@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -94,11 +95,19 @@ def scan_run(
 
 def repair_command(report: ScanReport) -> str:
     """The ``nandoctor repair`` line that fixes ``report``'s checkpoint."""
-    target = report.target.rstrip("/")
+    return repair_command_for(report.target)
+
+
+def repair_command_for(target: str) -> str:
+    """The ``nandoctor repair`` line for the checkpoint at ``target``, quoted for a POSIX shell."""
+    target = target.rstrip("/") or target
     in_run = runs.step_of(Path(target)) is not None
-    donor = "auto" if in_run else "<earlier clean checkpoint>"
-    out = f"{target}-repaired" if Path(target).is_dir() else "<new folder>"
-    return f"nandoctor repair {target} --from {donor} --out {out}"
+    donor = "auto" if in_run else "<earlier clean checkpoint>"  # placeholders: for the user to fill in
+    if hubcache.is_snapshot(target):  # never suggest writing into the cache: a folder here, named after the model
+        out = shlex.quote(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")
+    else:
+        out = shlex.quote(f"{target}-repaired") if Path(target).is_dir() else "<new folder>"
+    return f"nandoctor repair {shlex.quote(target)} --from {donor} --out {out}"
 
 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:

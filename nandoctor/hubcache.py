@@ -125,6 +125,12 @@ def find_modelscope(repo_id: str, cache: Path | None = None) -> CacheHit | None:
     return None
 
 
+def is_snapshot(folder: str | os.PathLike[str]) -> bool:
+    """True for a Hugging Face cache snapshot folder (``models--x--y/snapshots/<rev>``)."""
+    folder = Path(os.path.abspath(folder))  # "." or a relative path still names its parents
+    return folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
+
+
 def blob_roots(folder: Path) -> tuple[Path, ...]:
     """Folders outside ``folder`` its files may legitimately link into.
 
@@ -132,8 +138,8 @@ def blob_roots(folder: Path) -> tuple[Path, ...]:
     symlinks into ``models--x--y/blobs/``; layout's "shards stay inside the
     folder" check accepts these targets, and nothing else outside.
     """
-    folder = Path(os.path.abspath(folder))  # "." or a relative path still names its parents
-    if folder.parent.name != "snapshots" or not folder.parent.parent.name.startswith("models--"):
+    folder = Path(os.path.abspath(folder))
+    if not is_snapshot(folder):
         return ()
     blobs = folder.parent.parent / "blobs"
     try:
@@ -163,9 +169,9 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     if revision is None:
         looked += [str(p) for p in modelscope_candidates(repo_id)[:2]]
     raise CheckpointNotFoundError(
-        f"{text}: not a local path, and not in the Hugging Face or ModelScope cache "
-        f"(looked in {', '.join(looked)})",
-        "nandoctor never downloads; fetch it first "
-        f"(`huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`), "
-        "set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is, or pass a local path",
+        f"{text}: no such file or folder (nor a model of that name in the Hugging Face or ModelScope cache: "
+        f"looked in {', '.join(looked)})",
+        "check the path; for a hub model, nandoctor never downloads: fetch it first "
+        f"(`hf download {repo_id}`, `huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`) "
+        "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is",
     )

@@ -108,6 +108,12 @@ class RunReport:
         return clean[-1] if clean else None
 
     @property
+    def repair_target(self) -> RunCheckpoint | None:
+        """The newest checkpoint that was read completely and holds NaN/Inf: what a repair can fix."""
+        bad = [c for c in self.checkpoints if c.report is not None and c.status == NONFINITE]
+        return bad[-1] if bad else None
+
+    @property
     def first_bad(self) -> RunCheckpoint | None:
         """The oldest checkpoint with non-finite weights: training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and c.report.nonfinite), None)

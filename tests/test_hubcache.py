@@ -160,3 +160,26 @@ def test_symlink_leaving_the_blobs_is_still_refused(tmp_path, monkeypatch):
 )
 def test_what_looks_like_a_repo_id(text, expected):
     assert hubcache.looks_like_repo_id(text) is expected
+
+
+def test_repair_takes_cached_model_names_and_never_suggests_writing_into_the_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hf"
+    make_hf_repo(cache, "acme/tiny-bad", bad=True)
+    clean_snapshot = make_hf_repo(cache, "acme/tiny-clean", bad=False, commit="c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    scanned = run("scan", "acme/tiny-bad")
+    assert scanned.exit_code == 1
+    assert "--out tiny-bad-repaired" in scanned.output and "snapshots/" + COMMIT + "-repaired" not in scanned.output
+
+    fixed = run("repair", "acme/tiny-bad", "--from", "acme/tiny-clean", "--out", "tiny-bad-repaired")
+    assert fixed.exit_code == 0, fixed.output
+    assert run("scan", "tiny-bad-repaired", "-q").exit_code == 0
+    names = sorted(p.name for p in clean_snapshot.iterdir())
+    assert sorted(p.name for p in (tmp_path / "tiny-bad-repaired").iterdir()) == sorted(names + ["nandoctor-repair.json"])
+
+
+def test_a_mistyped_path_is_called_a_missing_path_first(tmp_path, monkeypatch):
+    result = run("scan", "ck/does-not-exist")
+    assert result.exit_code == 3
+    assert result.output.startswith("error: ck/does-not-exist: no such file or folder (nor a model of that name")
+    assert "check the path" in result.output

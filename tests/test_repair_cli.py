@@ -95,7 +95,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 def test_missing_donor_exits_3(tmp_path):
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", tmp_path / "nope", "--out", tmp_path / "x")
-    assert result.exit_code == 3 and "donor checkpoint not found" in result.output
+    assert result.exit_code == 3 and "donor checkpoint" in result.output and "no such file or folder" in result.output
 
 
 def test_from_auto_picks_the_newest_earlier_clean_checkpoint(tmp_path):
@@ -177,3 +177,27 @@ def test_hash_all_flag(tmp_path):
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out, "--hash-all", "--json")
     assert result.exit_code == 0
     assert all(len(f["sha256"]) == 64 for f in json.loads(result.stdout)["files"])
+
+
+def test_auto_that_finds_nothing_is_no_error_when_another_donor_is_named(tmp_path):
+    lone = tmp_path / "checkpoint-300"
+    shutil.copytree(DEMO_RUN / "checkpoint-300", lone)  # no earlier siblings: auto finds nothing
+    result = run("repair", lone, "--from", "auto", "--from", DEMO_RUN / "checkpoint-200", "--out", tmp_path / "x")
+    assert result.exit_code == 0, result.output
+    alone = run("repair", lone, "--from", "auto", "--out", tmp_path / "y")
+    assert alone.exit_code == 3 and "--from auto found no checkpoint-N before step 300" in alone.output
+
+
+def test_no_donor_hint_offers_auto_only_for_checkpoint_folders(tmp_path):
+    from nandoctor.errors import RepairRefusedError
+    from nandoctor.restore.donors import resolve_donors
+
+    plain = tmp_path / "model"
+    shutil.copytree(DEMO_RUN / "checkpoint-300", plain)
+    for folder, offered in ((plain, False), (DEMO_RUN / "checkpoint-300", True)):
+        try:
+            resolve_donors(folder, [])
+        except RepairRefusedError as exc:
+            assert ("--from auto" in exc.hint) is offered
+        else:
+            raise AssertionError("no donors must be refused")

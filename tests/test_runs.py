@@ -164,3 +164,40 @@ def test_checkpoints_in_orders_by_step(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "checkpoint-2").write_text("a file, not a folder")
     assert [s for s, _ in runs.checkpoints_in(tmp_path)] == [50, 900, 1000]
+
+
+def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(run_dir):
+    (run_dir / "tmp-checkpoint-310").mkdir()
+    (run_dir / "tmp-checkpoint-310" / "model.safetensors.tmp").write_bytes(b"\0" * 64)
+    result = run("scan", str(run_dir))
+    assert result.exit_code == 3
+    out = " ".join(result.output.split())  # rich wraps long lines
+    assert "tmp-checkpoint-310 is an unfinished save: wait for it to finish, or delete it" in out
+    assert f"nandoctor repair {run_dir}/checkpoint-300 --from auto --out {run_dir}/checkpoint-300-repaired" in out
+    assert "tmp-checkpoint-310 --from" not in out
+
+    (run_dir / "tmp-checkpoint-310" / "model.safetensors.tmp").unlink()
+    (run_dir / "tmp-checkpoint-310").rmdir()
+    assert run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(run_dir / "checkpoint-300-repaired")).exit_code == 0
+    out = " ".join(run("scan", str(run_dir)).output.split())
+    assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
+    assert "nandoctor repair" not in out  # the repair is done: not suggested again
+
+    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
+    (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")
+    assert run("scan", str(run_dir), "-q").exit_code == 0  # what the hint promised
+
+
+def test_repair_of_a_whole_run_folder_names_a_checkpoint_to_repair(run_dir):
+    result = run("repair", str(run_dir), "--from", "auto", "--out", str(run_dir.parent / "x"))
+    assert result.exit_code == 3
+    assert "a training run folder (3 checkpoint-N folders), not one checkpoint" in result.output
+    assert not (run_dir.parent / "x").exists()
+
+
+def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
+    spaced = tmp_path / "my run"
+    shutil.copytree(DEMO_RUN, spaced)
+    out = " ".join(run("scan", str(spaced / "checkpoint-300")).output.split())
+    assert f"nandoctor repair '{spaced}/checkpoint-300' --from auto --out '{spaced}/checkpoint-300-repaired'" in out

@@ -195,6 +195,10 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
     if report.nonfinite:
         from nandoctor.api import repair_command
 
-        console.print(Text("  next: restore the bad tensors from an earlier checkpoint with\n"
-                           f"        {safe(repair_command(report))}", style="dim"))
+        lead = (
+            "make every part readable first (a repair needs all of them; see above), then restore the bad tensors with"
+            if report.errors
+            else "restore the bad tensors from an earlier checkpoint with"
+        )
+        console.print(Text(f"  next: {lead}\n        {safe(repair_command(report))}", style="dim"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -186,15 +188,50 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (_run_verdict(run), style),
                                 " (the newest checkpoint decides the exit code)"))
-    if first_bad is not None and code != 0:
-        hint = []
-        if last_clean is not None:
-            hint.append(f"resume from {safe(last_clean.path)}, or restore the bad tensors with")
-        else:
-            hint.append("no clean checkpoint to resume from; restore the bad tensors with")
-        out = f"{newest.path.rstrip('/')}-repaired"
-        hint.append(f"        nandoctor repair {safe(newest.path)} --from auto --out {safe(out)}")
-        console.print(Text("  next: " + "\n".join(hint), style="dim"))
+    if code != 0:
+        hint = _next_steps(run)
+        if hint:
+            console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"))
+
+
+def _next_steps(run: RunReport) -> list[str]:
+    """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
+    from nandoctor.api import repair_command_for
+
+    newest, last_clean, target = run.newest, run.last_clean, run.repair_target
+    steps = []
+    if newest is not None and newest.status == INCOMPLETE:
+        steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
+    elif newest is not None and newest.status == UNREADABLE:
+        steps.append(f"{newest.name} could not be read completely (see above): re-copy or delete it")
+    if target is None:
+        if last_clean is not None and steps:
+            steps.append(f"then resume from {last_clean.path}")
+        return steps
+    repaired = Path(target.path.rstrip("/") + "-repaired")
+    if _verified_repair(repaired):
+        steps.append(f"{repaired} is a verified repair of {target.name}; to resume from it, put it in its place:")
+        steps.append(f"    mv {shlex.quote(target.path)} {shlex.quote(target.path + '-bad')} && "
+                     f"mv {shlex.quote(str(repaired))} {shlex.quote(target.path)}")
+        return steps
+    if last_clean is not None:
+        steps.append(f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with")
+    else:
+        steps.append(f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with")
+    steps.append(f"    {repair_command_for(target.path)}")
+    return steps
+
+
+def _verified_repair(folder: Path) -> bool:
+    """True when ``folder`` holds a repair whose proof says its verification scan was clean."""
+    from nandoctor.restore.proof import read_proof
+
+    try:
+        proof = read_proof(folder)
+    except (OSError, ValueError):
+        return False
+    verification = proof.get("verification") if isinstance(proof, dict) else None
+    return isinstance(verification, dict) and verification.get("verdict") == "CLEAN"
 
 
 def _render_log(run: RunReport, console: Console) -> None:

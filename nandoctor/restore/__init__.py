@@ -51,17 +51,25 @@ def repair(
     donor, OutputExistsError when ``out`` exists, RepairFailedError when writing or
     verification failed (nothing left at ``out``).
     """
-    from nandoctor import layout
+    from nandoctor import hubcache, layout, runs
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.layout import fingerprint
     from nandoctor.restore.writer import check_out, write_repair
     from nandoctor.engine import scan
 
     started = time.perf_counter()
-    target_path = Path(target)
+    target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
+    if runs.is_run_folder(target_path):
+        found = runs.checkpoints_in(target_path)
+        example = f" (e.g. nandoctor repair {found[-1][1]} --from auto --out {found[-1][1]}-repaired)" if found else ""
+        raise RepairRefusedError(
+            f"{target}: a training run folder ({len(found)} checkpoint-N folders), not one checkpoint",
+            f"repair one checkpoint of it: `nandoctor scan {target}` says which is bad and prints the repair command"
+            + example,
+        )
     files = layout.discover(target_path)
     single = target_path if not target_path.is_dir() else None
     source = Source(

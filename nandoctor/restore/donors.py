@@ -98,15 +98,31 @@ def auto_donors(target: Path) -> list[Path]:
 
 
 def resolve_donors(target: Path, donors: list[str | os.PathLike[str]]) -> list[CheckpointDonor]:
-    """Donor catalogs in the order given, ``auto`` expanded in place."""
+    """Donor catalogs in the order given, ``auto`` expanded in place.
+
+    ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
+    A donor may be a path or a model name in the Hugging Face / ModelScope cache.
+    """
+    from nandoctor import hubcache
+
     out: list[CheckpointDonor] = []
+    auto_error: RepairRefusedError | None = None
     for donor in donors:
         if str(donor) == AUTO:
-            out.extend(CheckpointDonor(p) for p in auto_donors(target))
-        elif not os.path.exists(donor):
-            raise CheckpointNotFoundError(f"{donor}: donor checkpoint not found", "check the --from path")
-        else:
-            out.append(CheckpointDonor(donor))
+            try:
+                out.extend(CheckpointDonor(p) for p in auto_donors(target))
+            except RepairRefusedError as exc:
+                auto_error = exc
+            continue
+        try:
+            path, _ = hubcache.resolve(donor)
+        except CheckpointNotFoundError as exc:
+            raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
+        out.append(CheckpointDonor(path))
+    if not out and auto_error is not None:
+        raise auto_error
     if not out:
-        raise RepairRefusedError(f"{target}: no donor checkpoint given", "add --from <earlier checkpoint> (or --from auto)")
+        folder = target if target.is_dir() else target.parent
+        also = " (or --from auto)" if step_of(folder) is not None else ""
+        raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out
