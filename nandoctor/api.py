@@ -158,8 +158,10 @@ def assert_finite(
     Raises :class:`NonFiniteWeightsError` (bad layer ranges and the ``nandoctor
     repair`` command in the message), :class:`OverflowRiskError` (a subclass,
     with ``target_dtype``) or :class:`UnreadableCheckpointError`. For a run
-    folder the newest checkpoint is checked, as ``nandoctor scan`` does.
+    folder the newest checkpoint is checked, as ``nandoctor scan`` does. ``fail_on="overflow"``
+    alone needs ``target_dtype`` (ValueError otherwise: that gate would pass anything).
     """
+    gate.require_target_for_overflow(gate.parse_fail_on(fail_on), target_dtype)
     resolved, _ = resolve(path)
     if runs.is_run_folder(resolved):
         run = scan_run(resolved, device=device, target_dtype=target_dtype)

@@ -33,6 +33,15 @@ def parse_fail_on(value: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(names)
 
 
+def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | None) -> None:
+    """ValueError when the gate checks overflow alone without a target dtype: it would pass anything."""
+    if target_dtype is None and NONFINITE not in fail_on:
+        raise ValueError(
+            "--fail-on overflow checks nothing without --target-dtype; add --target-dtype fp16 "
+            "(or bf16, fp8_e4m3, fp8_e5m2), or keep nonfinite in --fail-on"
+        )
+
+
 def target_dtype(report: ScanReport) -> str | None:
     value = report.extra.get("target_dtype")
     return value if isinstance(value, str) else None

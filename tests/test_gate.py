@@ -104,7 +104,7 @@ def test_fail_on_picks_what_fails(overflow_ckpt):
     only_nonfinite = run("scan", str(path), "--target-dtype", "fp16", "--fail-on", "nonfinite", "-q")
     assert only_nonfinite.exit_code == 0 and only_nonfinite.output.startswith("PASS OVERFLOW RISK (fp16)")
     bad = DEMO_RUN / "checkpoint-300"
-    assert run("scan", str(bad), "--fail-on", "overflow", "-q").exit_code == 0
+    assert run("scan", str(bad), "--fail-on", "overflow", "--target-dtype", "fp16", "-q").exit_code == 0
     assert run("scan", str(bad), "--fail-on", "overflow,nonfinite", "-q").exit_code == 1
     wrong = run("scan", str(bad), "--fail-on", "nan")
     assert wrong.exit_code == 2 and "--fail-on" in wrong.output
@@ -115,7 +115,7 @@ def test_unreadable_fails_whatever_fail_on_says(tmp_path):
     write_safetensors(path, {"w": RawTensor("F32", (4,), np.ones(4, np.float32).tobytes())})
     path.write_bytes(path.read_bytes()[:-2])
     for fail_on in ("nonfinite", "overflow"):
-        result = run("scan", str(path), "--fail-on", fail_on, "-q")
+        result = run("scan", str(path), "--fail-on", fail_on, "--target-dtype", "fp16", "-q")
         assert result.exit_code == 3 and "UNREADABLE" in result.output
 
 
@@ -165,3 +165,15 @@ def test_pre_commit_hook_entry_scans_each_file_and_fails_with_the_worst_code(tmp
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(clean.read_bytes()[:100])
     assert hook_run(bad, truncated).returncode == 3
+
+
+def test_fail_on_overflow_alone_needs_a_target_dtype(tmp_path):
+    """Overflow is counted only for a target dtype: without one, this gate would pass NaN weights."""
+    import nandoctor
+
+    bad = str(DEMO_RUN / "checkpoint-300")
+    result = CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "-q"])
+    assert result.exit_code == 2 and "--fail-on overflow checks nothing without --target-dtype" in result.output
+    assert CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "--target-dtype", "fp16", "-q"]).exit_code == 0
+    with pytest.raises(ValueError, match="without --target-dtype"):
+        nandoctor.assert_finite(bad, fail_on="overflow")

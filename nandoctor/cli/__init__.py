@@ -92,5 +92,9 @@ def _register_commands() -> None:
 
 
 def main() -> None:
-    _register_commands()
-    cli(prog_name="nandoctor")
+    try:
+        _register_commands()
+        cli(prog_name="nandoctor")
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler is in place (imports, option parsing)
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -93,6 +93,10 @@ def scan(
     """
     from nandoctor import api, gate, runs
 
+    try:
+        gate.require_target_for_overflow(fail_on, target_dtype)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     resolved, hit = api.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):

@@ -80,6 +80,7 @@ class NanDoctorCallback(TrainerCallback):
         self.stop_on_nonfinite = stop_on_nonfinite
         self.target_dtype = target_dtype
         self.fail_on = gate.parse_fail_on(fail_on)
+        gate.require_target_for_overflow(self.fail_on, target_dtype)  # a gate that passes anything is a bug
         self.protect_last_clean = protect_last_clean
         self.device = device
         self.write_report = write_report
