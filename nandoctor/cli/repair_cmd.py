@@ -249,6 +249,16 @@ def render_result(result, console: Console, *, show_all: bool = False) -> None: 
     if result.verification is not None:
         console.print(Text.assemble("  verification scan: ", verdict_text(result.verification)))
     patched = sum(1 for f in result.files if f.patched)
+    if not plan.restorations:
+        console.print(
+            Text.assemble(
+                ("✓ ALREADY CLEAN", "bold green"),
+                f": nothing to restore; wrote an unchanged, verified copy to {safe(result.out or '')} "
+                f"in {result.seconds:.2f} s (the source itself is fine to use)",
+                f"\n  proof: {safe(result.proof or '')}",
+            )
+        )
+        return
     console.print(
         Text.assemble(
             ("✓ REPAIRED", "bold green"),
