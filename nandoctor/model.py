@@ -60,6 +60,14 @@ class TensorRef:
             return True
         return all(st == cs for st, cs, n in zip(self.strides, self.contiguous_strides, self.shape) if n > 1)
 
+    @property
+    def elements_key(self) -> tuple[Any, ...]:
+        """Equal for two refs that view exactly the same elements (tied weights saved as one storage)."""
+        where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
+        if self.is_contiguous:  # the same span of the storage, whatever the shape (emb and emb.view(-1))
+            return (*where, self.numel)
+        return (*where, self.shape, self.strides)
+
 
 @dataclass(frozen=True)
 class TensorResult:
@@ -199,16 +207,28 @@ class ScanReport:
         return tuple(layer for layer in self.layers if layer.bad)
 
     @property
+    def distinct_bad_tensors(self) -> tuple[TensorResult, ...]:
+        """Bad tensors, a tied copy (same elements as one listed before it) left out: what the totals add up."""
+        seen: set[tuple[Any, ...]] = set()
+        out = []
+        for t in self.bad_tensors:
+            key = t.ref.elements_key
+            if key not in seen:
+                seen.add(key)
+                out.append(t)
+        return tuple(out)
+
+    @property
     def nan(self) -> int:
-        return sum(t.nan for t in self.tensors) + sum(u.nan for u in self.unviewed)
+        return sum(t.nan for t in self.distinct_bad_tensors) + sum(u.nan for u in self.unviewed)
 
     @property
     def posinf(self) -> int:
-        return sum(t.posinf for t in self.tensors) + sum(u.posinf for u in self.unviewed)
+        return sum(t.posinf for t in self.distinct_bad_tensors) + sum(u.posinf for u in self.unviewed)
 
     @property
     def neginf(self) -> int:
-        return sum(t.neginf for t in self.tensors) + sum(u.neginf for u in self.unviewed)
+        return sum(t.neginf for t in self.distinct_bad_tensors) + sum(u.neginf for u in self.unviewed)
 
     @property
     def nonfinite(self) -> int:

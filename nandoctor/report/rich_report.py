@@ -168,6 +168,11 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
         console.print(_layer_table(report))
         console.print()
         console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
+        tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
+        if tied:
+            console.print(Text(f"  {tied} of these tensors view the same elements as another one listed "
+                               "(tied weights saved as one storage): their values are counted once in the totals",
+                               style="dim"))
         for title, heatmap in _heatmaps(report):
             console.print()
             console.print(title)
