@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -133,3 +134,22 @@ def test_debug_shows_traceback(flag):
 
     result = CliRunner().invoke(cli, [flag, "scan", "/no/such"])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_narrow_terminal_keeps_names_and_the_command_whole():
+    """At 80 columns names fold instead of ending in "…", and the suggested command stays one line."""
+    from rich.console import Console
+
+    from nandoctor.engine import scan
+    from nandoctor.report.rich_report import render
+
+    report = scan(DEMO_RUN / "checkpoint-300", device="cpu")
+    console = Console(width=80, highlight=False, no_color=True, record=True, file=open(os.devnull, "w"))
+    render(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines() if not line.startswith("        nandoctor repair")) <= 80
+    assert f"        nandoctor repair {DEMO_RUN / 'checkpoint-300'} --from auto --out {DEMO_RUN / 'checkpoint-300'}-repaired\n" in text
+    folded = "".join(line.split("│")[0].strip() for line in text.splitlines() if "│" in line)
+    for t in report.bad_tensors:
+        assert t.name in folded  # each name, folded over lines, reads whole in its column

@@ -62,10 +62,23 @@ def verdict_text(report: ScanReport) -> Text:
     return Text.assemble(*parts)
 
 
-def _layer_table(report: ScanReport) -> Table:
+def _add_column(table: Table, header: str, *, numeric: bool, name: bool) -> None:
+    """Names are what the report is for: on a narrow terminal they wrap whole (folded), never end in "…";
+    numbers never break; other text gives way first."""
+    if name:
+        table.add_column(header, overflow="fold", min_width=20, ratio=3)
+    elif numeric:
+        table.add_column(header, justify="right", no_wrap=True)
+    else:
+        table.add_column(header, overflow="fold", ratio=1)
+
+
+def _layer_table(report: ScanReport, width: int = 160) -> Table:
     table = Table(title="Bad layers", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor"):
-        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf", "bad tensors") else "left")
+    # The worst tensor is the first row of the tensor table anyway: on a narrow terminal, drop it here.
+    worst_column = width >= 110
+    for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor")[: 7 if worst_column else 6]:
+        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad tensors"), name=column == "layers")
     by_layer = {s.layer: s for s in report.layers}
     for rng in bad_ranges(report.layers):
         members = [
@@ -83,7 +96,7 @@ def _layer_table(report: ScanReport) -> Table:
             f"{sum(s.posinf for s in members):,}",
             f"{sum(s.neginf for s in members):,}",
             ", ".join(components),
-            Text(safe(worst.worst or "")),
+            *([Text(safe(worst.worst or ""))] if worst_column else []),
         )
     return table
 
@@ -92,7 +105,7 @@ def _tensor_table(report: ScanReport, limit: int | None) -> Table:
     bad = sorted(report.bad_tensors, key=lambda t: (-t.nonfinite, t.name))
     table = Table(title="Bad tensors", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "bad %", "first bad at"):
-        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf", "bad %") else "left")
+        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad %"), name=column == "tensor")
     shown = bad if limit is None else bad[:limit]
     for t in shown:
         coords = t.first_bad_coords
@@ -165,7 +178,7 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
     if report.nonfinite:
         console.print()
-        console.print(_layer_table(report))
+        console.print(_layer_table(report, console.width))
         console.print()
         console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
@@ -205,5 +218,6 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
             if report.errors
             else "restore the bad tensors from an earlier checkpoint with"
         )
-        console.print(Text(f"  next: {lead}\n        {safe(repair_command(report))}", style="dim"))
+        # soft_wrap: the terminal wraps the command, so a copy of it pastes as one line
+        console.print(Text(f"  next: {lead}\n        {safe(repair_command(report))}", style="dim"), soft_wrap=True)
 

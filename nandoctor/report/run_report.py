@@ -191,7 +191,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     if code != 0:
         hint = _next_steps(run)
         if hint:
-            console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"))
+            console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"), soft_wrap=True)
 
 
 def _next_steps(run: RunReport) -> list[str]:
