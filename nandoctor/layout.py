@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,12 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
     if root.is_file() or (root.exists() and not root.is_dir()):
         if not is_regular_file(root):
             raise UnsupportedFormatError(f"{root}: not a regular file (a FIFO or device cannot be scanned)")
+        if root.suffix.lower() == ".json":  # an index, config.json, trainer_state.json: the folder is the checkpoint
+            what = "the index of a sharded checkpoint" if root.name.endswith(".index.json") else "a JSON file"
+            raise UnsupportedFormatError(
+                f"{root}: {what}, not weights",
+                f"scan the checkpoint folder it belongs to: nandoctor scan {shlex.quote(str(root.parent))}",
+            )
         return CheckpointFiles(root, [root])
 
     result = CheckpointFiles(root, [])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from nandoctor import layout
 from nandoctor.engine import scan
+from tests.conftest import DEMO_RUN
 from tests.torch_helpers import flatten, report_counts, torch_counts
 
 torch = pytest.importorskip("torch")
@@ -142,7 +144,7 @@ def test_trainer_checkpoint_scans_weights_and_optimizer(tmp_path: Path) -> None:
     assert {n for n in counts if n.startswith("optimizer.")} == set(flatten(state, "optimizer"))
     assert "rng_state_0.cpu" in counts and "rng_state_1.cpu" in counts
     assert report.exit_code == 1
-    assert any("numpy" in n for n in report.notes)
+    assert not any("numpy" in n for n in report.notes)  # RNG state in rng_state*.pth is expected: no note
 
 
 def test_training_args_alone_is_read_without_running_it(tmp_path: Path) -> None:
@@ -183,3 +185,14 @@ def test_cli_both_formats_flag(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["scan", str(folder), "--no-progress", "--both-formats", "--json"])
     assert result.exit_code == 1
     assert json.loads(result.output)["summary"]["nan"] == 1
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])
+def test_a_json_file_of_a_checkpoint_points_at_its_folder(tmp_path: Path, name: str) -> None:
+    from nandoctor.errors import UnsupportedFormatError
+
+    folder = tmp_path / "ck"
+    shutil.copytree(DEMO_RUN / "checkpoint-300", folder)
+    with pytest.raises(UnsupportedFormatError) as caught:
+        layout.discover(folder / name)
+    assert "not weights" in caught.value.message and caught.value.hint.endswith(f"nandoctor scan {folder}")

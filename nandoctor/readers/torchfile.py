@@ -333,10 +333,19 @@ def _name_prefix(path: str) -> str:
     return name.rsplit(".", 1)[0] if SIDE_FILE.match(name) else ""
 
 
+# What numpy's RNG state (np.random.get_state(), in every Trainer checkpoint's rng_state*.pth) pickles as:
+# integer arrays of generator state, expected there, so not worth a note on every scan.
+_NUMPY_RNG_GLOBALS = frozenset(
+    f"{module}.{name}"
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.dtypes.Float64DType"}
+
+
 def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltRefs) -> list[str]:
     name = os.path.basename(path)
     notes: list[str] = []
-    if placeholders:
+    if placeholders and not (name.startswith("rng_state") and set(placeholders) <= _NUMPY_RNG_GLOBALS):
         notes.append(
             f"{name}: {len(placeholders)} unknown global(s) became inert placeholders (never imported or "
             f"called): {', '.join(placeholders[:8])}{' …' if len(placeholders) > 8 else ''}"
