@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from nandoctor.model import LayerRange, LayerSummary, TensorResult
 
-_STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers)\.(\d+)(?=\.|$)")
+# "state": an optimizer state_dict's per-parameter moments (optimizer.state.N.exp_avg), grouped like layers.
+_STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers|state)\.(\d+)(?=\.|$)")
 _PARAM_SUFFIXES = ("weight", "bias", "scale", "scales", "qweight", "qzeros", "g_idx", "inv_freq")
 
 COMPONENTS = ("attention", "mlp", "norm", "embedding", "head", "other")

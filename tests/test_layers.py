@@ -31,6 +31,8 @@ from nandoctor.model import Region, TensorRef, TensorResult
         ("lm_head.weight", "lm_head", None, "head"),
         ("transformer.ln_f.weight", "transformer.ln_f", None, "norm"),
         ("model.norm.weight", "model.norm", None, "norm"),
+        ("optimizer.state.12.exp_avg", "optimizer.state.12", 12, "other"),  # moments of parameter 12
+        ("optimizer.state.model.layers.3.mlp.up_proj.weight.exp_avg_sq", "optimizer.state.model.layers.3", 3, "mlp"),
     ],
 )
 def test_layer_and_component(name, group, index, component):
@@ -59,3 +61,9 @@ def test_summary_sorts_layers_naturally_and_picks_worst():
     assert [s.layer for s in layers] == ["transformer.h.2", "transformer.h.10"]
     assert layers[1].worst == "transformer.h.10.attn.c_proj.weight"
     assert layers[1].bad_components == ("attention", "mlp") and layers[1].nan == 14
+
+
+def test_optimizer_moments_group_into_ranges_like_layers():
+    results = [result(f"optimizer.state.{i}.{m}", nan=int(5 <= i <= 34 and m == "exp_avg"))
+               for i in range(40) for m in ("exp_avg", "exp_avg_sq", "step")]
+    assert [r.label for r in bad_ranges(summarize(results))] == ["optimizer.state.5–34"]
