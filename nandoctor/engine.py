@@ -213,7 +213,8 @@ def _check_duplicate_names(
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
     indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
     seen: dict[tuple[bool, str], Path] = {}
-    problems, notes, noted = [], [], set()
+    problems: list[ScanProblem] = []
+    shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
     for file, refs in refs_by_file.items():
         is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
         for ref in refs:
@@ -225,9 +226,13 @@ def _check_duplicate_names(
                 problems.append(
                     ScanProblem(str(file), f"tensor {ref.name!r} is also in {other.name}; which one loads is ambiguous")
                 )
-            elif (other, file) not in noted:
-                noted.add((other, file))
-                notes.append(f"{other.name} and {file.name} hold the same tensor names; scanned as separate checkpoints")
+            else:
+                shared.setdefault((other, file), []).append(ref.name)
+    notes = [
+        f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); scanned as separate "
+        "checkpoints (the report names the file of each bad tensor)"
+        for (a, b), names in shared.items()
+    ]
     return problems, notes
 
 

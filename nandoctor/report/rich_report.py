@@ -6,6 +6,8 @@ characters escaped) and into ``Text`` objects (never parsed as rich markup).
 
 from __future__ import annotations
 
+import os
+
 import unicodedata
 
 from rich.console import Console
@@ -104,13 +106,19 @@ def _layer_table(report: ScanReport, width: int = 160) -> Table:
 def _tensor_table(report: ScanReport, limit: int | None) -> Table:
     bad = sorted(report.bad_tensors, key=lambda t: (-t.nonfinite, t.name))
     table = Table(title="Bad tensors", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "bad %", "first bad at"):
+    # A name in several files (separate checkpoints side by side, --both-formats): say which file.
+    files_by_name: dict[str, set[str]] = {}
+    for t in report.tensors:
+        files_by_name.setdefault(t.name, set()).add(t.ref.file)
+    show_file = any(len(files_by_name[t.name]) > 1 for t in bad)
+    for column in ("tensor", *(("file",) if show_file else ()), "dtype", "shape", "NaN", "+Inf", "-Inf", "bad %", "first bad at"):
         _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad %"), name=column == "tensor")
     shown = bad if limit is None else bad[:limit]
     for t in shown:
         coords = t.first_bad_coords
         table.add_row(
             Text(safe(t.name)),
+            *((Text(safe(os.path.basename(t.ref.file))),) if show_file else ()),
             t.ref.dtype,
             "×".join(map(str, t.ref.shape)) or "scalar",
             f"{t.nan:,}",
