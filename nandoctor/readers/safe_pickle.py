@@ -19,8 +19,9 @@ import collections
 import dataclasses
 import io
 import pickle
+import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
@@ -100,8 +101,16 @@ class PickleTooLargeError(Exception):
     """A pickle tried to read past its size limit."""
 
 
+class _RefusesBuild:
+    """BUILD (``obj.__dict__.update(state)``) would rewrite a stand-in's fields, frozen or not: a file could
+    turn a float storage into an integer one that is never scanned. torch refuses BUILD on these too."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise PickleFormatError(f"the pickle sets the state of a {type(self).__name__}; torch refuses that")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_RefusesBuild):
     name: str  # e.g. "FloatStorage"
     dtype: str  # safetensors dtype of one storage element
 
@@ -111,13 +120,13 @@ class StorageType:
 
 
 @dataclass(frozen=True)
-class DTypeStub:
+class DTypeStub(_RefusesBuild):
     torch_name: str
     dtype: str
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_RefusesBuild):
     """A persistent id ``('storage', type, key, location, numel[, view_metadata])``, checked."""
 
     key: str
@@ -142,6 +151,12 @@ class TensorStub:
     dtype: str  # safetensors dtype name
     torch_dtype: str
     parameter: bool = False
+    # Python attributes torch would set on the tensor (BUILD, _rebuild_parameter_with_state,
+    # _rebuild_from_type_v2): they may hold tensors too, so the name walker visits them.
+    state: Any = field(default=None, compare=False)
+
+    def __setstate__(self, state: Any) -> None:  # BUILD on a tensor: torch sets its attributes
+        object.__setattr__(self, "state", state)
 
 
 class Placeholder:
@@ -266,9 +281,11 @@ def _rebuild_tensor_v3(
     return _check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, dtype), requires_grad)
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, *_: Any) -> Any:
+def _rebuild_parameter(data: Any, requires_grad: Any = False, *rest: Any) -> Any:
+    # _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state): state is attributes.
     if isinstance(data, TensorStub):
-        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True)
+        state = rest[1] if len(rest) > 1 and rest[1] else data.state
+        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=state)
     return data
 
 
@@ -277,8 +294,11 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
     # rebuild stand-ins or a placeholder (which only records its arguments): nothing else is called.
     rebuilds = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
     is_placeholder = isinstance(func, type) and issubclass(func, Placeholder)
-    if (func in rebuilds or is_placeholder) and isinstance(args, tuple):
-        return func(*args)
+    if (getattr(func, "function", None) in rebuilds or is_placeholder) and isinstance(args, tuple):
+        built = func(*args)
+        if isinstance(built, TensorStub) and state:  # a subclass's attributes: walked like the tensor's own
+            built = dataclasses.replace(built, state=state)
+        return built
     raise PickleFormatError("_rebuild_from_type_v2 called with a function that is not a tensor rebuild")
 
 
@@ -331,6 +351,22 @@ def _is_unsafe(module: str, name: str) -> bool:
     return any(module == m or module.startswith(m + ".") or full == m for m in UNSAFE_MODULES)
 
 
+class SafeFunction:
+    """A safe global's function as the pickle sees it: callable, with no attributes a BUILD could set
+    (on the module's own function object that would outlive this load)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise PickleFormatError(f"the pickle sets the state of {self.function.__name__}; torch refuses that")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose globals are stand-ins and whose persistent ids are torch storages."""
 
@@ -349,7 +385,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise PickleFormatError("a global's module and name must be strings")
         full = f"{module}.{name}"
         if full in SAFE_GLOBALS:
-            return SAFE_GLOBALS[full]
+            found = SAFE_GLOBALS[full]
+            return SafeFunction(found) if isinstance(found, types.FunctionType) else found
         if module in ("torch", "torch.cuda", "torch.storage") and name in STORAGE_DTYPES:
             return StorageType(name, STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPE_NAMES:

@@ -214,7 +214,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
 
     built = build_refs(path, walked, declared, blocks, byteorder)
     notes = _notes(path, loaded.placeholders, walked, built)
-    problems = _unread_tensors(path, loaded.placeholders)
+    problems = _unread_tensors(path, loaded.placeholders, built)
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
     if unreferenced:
         notes.append(
@@ -229,17 +229,27 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
 
 
-def _unread_tensors(path: str, placeholders: tuple[str, ...]) -> list[ScanProblem]:
+def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) -> list[ScanProblem]:
+    problems = []
     unread = [p for p in placeholders if p in UNREAD_TENSOR_GLOBALS]
-    if not unread:
-        return []
-    return [
-        ScanProblem(
-            path,
-            f"holds tensors whose data is not a storage in the file ({', '.join(unread)}); they were not scanned",
-            "move them to the CPU (t.cpu()) before saving, or save the weights as safetensors",
+    if unread:
+        problems.append(
+            ScanProblem(
+                path,
+                f"holds tensors whose data is not a storage in the file ({', '.join(unread)}); they were not scanned",
+                "move them to the CPU (t.cpu()) before saving, or save the weights as safetensors",
+            )
         )
-    ]
+    if built.unscannable:
+        problems.append(
+            ScanProblem(
+                path,
+                f"{len(built.unscannable)} storage(s) the pickle loads are viewed by no tensor nandoctor could "
+                f"find, and their dtype is known only to that tensor; not scanned: {listed(built.unscannable)}",
+                "save the weights as a flat state_dict (torch.save(model.state_dict())) or as safetensors",
+            )
+        )
+    return problems
 
 
 def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
@@ -325,7 +335,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         f"{os.path.basename(path)}: legacy (pre-1.6) torch format; it has no checksums, so corruption that "
         "leaves finite values cannot be detected",
     )
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(_unread_tensors(path, tuple(legacy.placeholders))))
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(_unread_tensors(path, tuple(legacy.placeholders), built)))
 
 
 def _name_prefix(path: str) -> str:

@@ -72,10 +72,11 @@ def segment(key: Any) -> str:
 
 
 def is_optimizer_state(value: Any) -> bool:
+    # dict.get, not value.get: a BUILD may have set an attribute named "get" (or "items") on an OrderedDict.
     return (
         isinstance(value, dict)
-        and isinstance(value.get("state"), dict)
-        and isinstance(value.get("param_groups"), list)
+        and isinstance(dict.get(value, "state"), dict)
+        and isinstance(dict.get(value, "param_groups"), list)
     )
 
 
@@ -134,6 +135,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
         out.tensors.append(NamedTensor(_emit_name(path, out), value))
+        if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
+            _visit(value.state, path, out, on_path, depth + 1, shared)
         return
     if isinstance(value, StorageRef):
         out.storages.append(NamedStorage(_emit_name(path, out), value))
@@ -155,10 +158,13 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         if is_optimizer_state(value):
             return _optimizer_children(value, out)
-        children = [(segment(k), v) for k, v in value.items()]
+        children = [(segment(k), v) for k, v in dict.items(value)]
+        # Keys may be tensors too (torch loads them): named by position among the keys.
+        children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(value)) if not isinstance(k, _LEAVES)]
         extra = getattr(value, "__dict__", None)  # an OrderedDict's BUILD state (e.g. _metadata)
         if isinstance(extra, dict):
-            children += [(segment(k), v) for k, v in extra.items()]
+            children += [(segment(k), v) for k, v in dict.items(extra)]
+            children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(extra)) if not isinstance(k, _LEAVES)]
         return children
     if isinstance(value, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(value) if not isinstance(v, _LEAVES)]
@@ -166,12 +172,13 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         return [(str(i), v) for i, v in enumerate(value)]
     if isinstance(value, Placeholder):
         children = [(str(i), v) for i, v in enumerate(value.args)]
-        children += [(segment(k), v) for k, v in value.kwargs.items()]
+        children += [(segment(k), v) for k, v in dict.items(value.kwargs)]
         state = value.state
         if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
             state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__ state)
         if isinstance(state, dict):
-            children += [(segment(k), v) for k, v in state.items()]
+            children += [(segment(k), v) for k, v in dict.items(state)]
+            children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(state)) if not isinstance(k, _LEAVES)]
         elif state is not None:
             children.append(("state", state))
         children += [(str(i), v) for i, v in enumerate(value.items)]
@@ -185,9 +192,9 @@ def _optimizer_children(optimizer: dict, out: Walk) -> list[tuple[str, Any]]:
     if names:
         out.optimizers_named += 1
     children: list[tuple[str, Any]] = []
-    for key, value in optimizer.items():
+    for key, value in dict.items(optimizer):
         if key == "state":
-            for pid, moments in value.items():
+            for pid, moments in dict.items(value):
                 try:
                     label = names.get(pid)
                 except TypeError:

@@ -37,6 +37,7 @@ class BuiltRefs:
     refs: list[TensorRef] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tensors_by_storage: dict[str, list[str]] = field(default_factory=dict)  # storage key → tensor names
+    unscannable: list[str] = field(default_factory=list)  # storages loaded but of unknown dtype: not scanned
 
 
 def listed(names: list[str]) -> str:
@@ -157,10 +158,27 @@ def build_refs(
             f"{len(overlapping)} tensor(s) read some storage elements more than once (expanded or "
             f"as_strided views): their counts are of distinct storage elements: {listed(overlapping)}"
         )
+    # Storages the pickle loads but no tensor nandoctor walked views: torch still builds them (a tensor
+    # kept somewhere the walker does not look), so they are scanned whole, or, when their dtype is
+    # unknown (untyped storages take it from the tensor), reported as unreadable: never left out quietly.
     unreached = sorted(set(storages) - set(dtypes))
-    if unreached:
+    scanned_whole = []
+    for key in unreached:
+        storage_type = storages[key].storage_type
+        block = blocks.get(key)
+        if storage_type.untyped or block is None:
+            out.unscannable.append(key)
+            continue
+        itemsize = DTYPES[storage_type.dtype].itemsize
+        region = Region(path, block.offset, block.nbytes - block.nbytes % itemsize, storage_type.dtype, block.label,
+                        byteorder=byteorder)
+        name = f"<storage {key}>"
+        out.refs.append(TensorRef(name, storage_type.dtype, (region.nbytes // itemsize,), region, 0, (1,)))
+        out.tensors_by_storage[key] = [name]
+        scanned_whole.append(name)
+    if scanned_whole:
         out.notes.append(
-            f"{len(unreached)} storage(s) named in the pickle belong to no tensor nandoctor found; "
-            f"not scanned: {listed(unreached)}"
+            f"{len(scanned_whole)} storage(s) the pickle loads are viewed by no tensor nandoctor could name "
+            f"(kept in an object it does not walk); scanned whole: {listed(scanned_whole)}"
         )
     return out

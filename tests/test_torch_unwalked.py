@@ -1,0 +1,127 @@
+"""Tensors torch loads that a name walker could miss, and pickles that try to rewrite nandoctor's stand-ins.
+
+Each file here holds a NaN that ``torch.load`` returns; a scan that called it clean would be the worst
+failure nandoctor can have. Found by an adversarial review; each case failed (exit 0, "CLEAN") before.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from pickle import BUILD, EMPTY_DICT, SETITEM
+
+import pytest
+
+from nandoctor.engine import scan
+from tests.torch_helpers import (
+    p_call,
+    p_dict,
+    p_global,
+    p_int,
+    p_storage,
+    p_str,
+    p_tensor,
+    p_tuple,
+    pickle_bytes,
+    torch_zip,
+)
+
+torch = pytest.importorskip("torch")
+NAN = float("nan")
+RAW = torch.tensor([1.0, NAN, float("inf"), 2.0]).numpy().tobytes()
+
+
+def counts(report) -> dict[str, tuple[int, int, int]]:
+    return {t.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
+
+
+def test_a_tensor_used_as_a_dict_key_is_scanned(tmp_path: Path) -> None:
+    path = tmp_path / "a.pt"
+    torch.save({torch.tensor([1.0, NAN]): "k"}, path)
+    report = scan(path, device="cpu")
+    assert counts(report) == {"<key 0>": (1, 0, 0)} and report.exit_code == 1
+
+
+def test_a_parameters_python_attributes_are_scanned(tmp_path: Path) -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    p.extra = torch.tensor([NAN])
+    path = tmp_path / "b.pt"
+    torch.save({"p": p}, path)
+    assert torch.isnan(torch.load(path, weights_only=True)["p"].extra).all()  # torch brings it back
+    report = scan(path, device="cpu")
+    assert counts(report) == {"p": (0, 0, 0), "p.extra": (1, 0, 0)} and report.exit_code == 1
+
+
+class Tagged(torch.Tensor):
+    pass
+
+
+def test_a_tensor_subclass_state_is_scanned(tmp_path: Path) -> None:
+    x = torch.ones(2).as_subclass(Tagged)
+    x.extra = torch.tensor([NAN])
+    path = tmp_path / "c.pt"
+    torch.save({"x": x}, path)
+    report = scan(path, device="cpu")
+    assert counts(report)["x.extra"] == (1, 0, 0) and report.exit_code == 1
+
+
+def test_tensor_keys_inside_ordered_dict_metadata(tmp_path: Path) -> None:
+    od = collections.OrderedDict(a=torch.ones(1))
+    od._metadata = {torch.tensor([NAN]): 1}
+    path = tmp_path / "d.pt"
+    torch.save(od, path)
+    report = scan(path, device="cpu")
+    assert counts(report)["_metadata.<key 0>"] == (1, 0, 0) and report.exit_code == 1
+
+
+def test_an_ordered_dict_whose_items_attribute_was_overwritten(tmp_path: Path) -> None:
+    """BUILD sets an attribute named "items" on the OrderedDict; torch still loads the weight."""
+    body = (
+        p_call(p_global("collections", "OrderedDict"), [])
+        + p_str("weight") + p_tensor(p_storage("0", 4), 0, (1, 4), (4, 1)) + SETITEM
+        + EMPTY_DICT + p_str("items") + p_global("builtins", "set") + SETITEM + BUILD
+    )
+    path = tmp_path / "e.bin"
+    torch_zip(path, pickle_bytes(body), {"0": RAW})
+    assert torch.isnan(torch.load(path, weights_only=True)["weight"]).any()
+    report = scan(path, device="cpu")
+    assert counts(report)["weight"] == (1, 1, 0) and report.exit_code == 1
+
+
+def test_storages_no_walked_tensor_views_are_scanned_whole(tmp_path: Path) -> None:
+    """A storage loaded where no tensor survives (here a torch.device() argument, turned into text) is
+    still read whole when its dtype is known, and reported unreadable when it is not."""
+    hidden = p_call(p_global("torch", "device"), [p_tensor(p_storage("0", 4), 0, (4,), (1,))])
+    path = tmp_path / "f.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("o"), hidden)])), {"0": RAW})
+    report = scan(path, device="cpu")
+    assert counts(report) == {"<storage 0>": (1, 1, 0)} and report.exit_code == 1
+    assert any("scanned whole" in n for n in report.notes)
+
+    untyped = p_tuple([p_str("storage"), p_global("torch", "UntypedStorage"), p_str("0"), p_str("cpu"), p_int(16)])
+    hidden = p_call(p_global("torch", "device"), [untyped + b"Q"])
+    path = tmp_path / "g.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("o"), hidden)])), {"0": RAW})
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and "their dtype is known only to that tensor" in report.errors[0].message
+
+
+def test_build_cannot_relabel_a_float_storage(tmp_path: Path) -> None:
+    storage_type = p_global("torch", "FloatStorage") + b"}" + p_str("dtype") + p_str("I32") + b"s" + b"b"
+    sid = p_tuple([p_str("storage"), storage_type, p_str("0"), p_str("cpu"), p_int(4)]) + b"Q"
+    path = tmp_path / "m.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("w"), p_tensor(sid, 0, (4,), (1,)))])), {"0": RAW})
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and not report.tensors
+    assert "sets the state of a StorageType" in report.errors[0].message
+
+
+def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> None:
+    from nandoctor.readers import safe_pickle
+
+    body = p_global("torch._utils", "_rebuild_tensor_v2") + EMPTY_DICT + p_str("pwned") + p_int(1) + SETITEM + BUILD
+    path = tmp_path / "g.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("f"), body)])), {})
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and "_rebuild_tensor_v2" in report.errors[0].message
+    assert not hasattr(safe_pickle._rebuild_tensor_v2, "pwned")
