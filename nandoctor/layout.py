@@ -14,13 +14,14 @@ the scan, once the shards' headers are read.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nandoctor.jsonfiles import read_json
 from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
 from nandoctor.model import ScanProblem
 
@@ -78,8 +79,10 @@ def weight_suffixes() -> tuple[str, ...]:
 
 def read_index(path: Path) -> ShardIndex:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = read_json(path)
+    except OSError as exc:
+        raise CorruptCheckpointError(str(path), f"cannot read the index: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise CorruptCheckpointError(str(path), f"index is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise CorruptCheckpointError(str(path), "index has no \"weight_map\" object")
@@ -96,7 +99,7 @@ def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | Non
     resolved_folder = folder.resolve()
     try:
         resolved = candidate.resolve()
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
         return None, ScanProblem(str(candidate), f"cannot resolve shard path: {exc}")
     # A Hugging Face cache snapshot is a folder of symlinks into ../../blobs/: those targets are allowed too.
     from nandoctor.hubcache import blob_roots
@@ -187,11 +190,48 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
             continue
         result.files.append(entry)
 
+    result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed])
+
     if not result.files and not result.problems:
         raise UnsupportedFormatError(
             f"{root}: no checkpoint files found (looked for {', '.join(suffixes)} and *.index.json)"
         )
     return result
+
+
+_NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.[A-Za-z]+)$")
+
+
+def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProblem]:
+    """Shards named ``model-00001-of-00003.safetensors`` with no index still say how many there are:
+    a folder missing some of them holds part of a model, which must not pass as a clean checkpoint."""
+    groups: dict[tuple[str, str, str], set[int]] = {}
+    widths: dict[tuple[str, str, str], int] = {}
+    for file in unindexed:
+        match = _NUMBERED_SHARD.match(file.name)
+        if match:
+            key = (match["stem"], match["n"], match["ext"])
+            groups.setdefault(key, set()).add(int(match["k"]))
+            widths[key] = len(match["k"])
+    problems = []
+    for (stem, n, ext), present in groups.items():
+        width = widths[(stem, n, ext)]
+        total = int(n)
+        if total > 100_000:
+            continue  # not a shard count
+        missing = [k for k in range(1, total + 1) if k not in present]
+        if missing:
+            names = [f"{stem}-{k:0{width}d}-of-{n}{ext}" for k in missing]
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(
+                ScanProblem(
+                    str(root / names[0]),
+                    f"{len(missing)} of {total} numbered shards missing ({shown}), and no index says otherwise: "
+                    "this folder holds part of a model",
+                    "copy the missing shards (and the *.index.json) from where the checkpoint was saved",
+                )
+            )
+    return problems
 
 
 def _index_is_pickle(path: Path) -> bool:

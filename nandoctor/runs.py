@@ -6,7 +6,6 @@ first step ``trainer_state.json`` logged NaN/Inf, and saves that never finished.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -159,11 +158,13 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
 
 def read_train_log(path: Path) -> TrainLog:
     """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
+    from nandoctor.jsonfiles import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except OSError as exc:
         return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         return TrainLog(str(path), error=f"not valid JSON: {exc}")
     history = data.get("log_history") if isinstance(data, dict) else None
     if not isinstance(history, list):
@@ -175,8 +176,8 @@ def read_train_log(path: Path) -> TrainLog:
             continue
         step = entry["step"]
         last = step if last is None else max(last, step)
-        nonfinite = tuple(
-            k for k in _LOGGED_KEYS if isinstance(entry.get(k), (int, float)) and not math.isfinite(entry[k])
+        nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
+            k for k in _LOGGED_KEYS if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
         )
         if nonfinite and first_bad is None:
             first_bad, bad_keys = step, nonfinite

@@ -107,9 +107,11 @@ def locate(ref: TensorRef, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
     An element an overlapping view reads at several positions counts once, at its first position.
     """
+    if ref.numel == 0:  # reads nothing (its offset may be anything torch accepts, even past int64)
+        return np.zeros(indices.shape, dtype=bool), np.full(indices.shape, -1, dtype=np.int64)
     lo, hi = element_span(ref)
-    inside = (indices >= lo) & (indices <= hi)  # all False for an empty view
-    if ref.is_contiguous or ref.numel == 0:
+    inside = (indices >= lo) & (indices <= hi)
+    if ref.is_contiguous:
         logical = indices - ref.storage_offset
         return inside, np.where(inside, logical, -1)
     if not is_nested(ref):

@@ -94,6 +94,10 @@ SAFETENSORS_CASES: dict[str, tuple[Callable[[Path], object], str]] = {
     "duplicate_names": (lambda p: raw(p, None, b"\0" * 8, header_bytes=DUP), "duplicate"),
     "git_lfs_pointer": (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n"), "Git LFS pointer"),
     "html_error_page": (lambda p: p.write_text("<!DOCTYPE html><html><body>404</body></html>"), "header length"),
+    # From an adversarial review: a nesting bomb (was a RecursionError), a lone surrogate escape in a name
+    # (the reference parser refuses it; the text report crashed on printing it).
+    "nesting_bomb": (lambda p: raw(p, None, header_bytes=b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),
+    "lone_surrogate_name": (lambda p: raw(p, None, b"\0" * 8, header_bytes=b'{"\\ud800x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'), "surrogate"),
 }
 
 
@@ -197,7 +201,38 @@ def _unreadable_permissions(folder: Path) -> Path:
     return path
 
 
+def _fifo_index(folder: Path) -> Path:
+    ckpt = _demo(folder)
+    (ckpt / "model.safetensors.index.json").unlink()
+    os.mkfifo(ckpt / "model.safetensors.index.json")  # opening it would wait for a writer forever
+    return ckpt
+
+
+def _deep_index(folder: Path) -> Path:
+    ckpt = _demo(folder)
+    (ckpt / "model.safetensors.index.json").write_text('{"weight_map":' + "[" * 100_000 + "]" * 100_000 + "}")
+    return ckpt
+
+
+def _index_symlink_loop(folder: Path) -> Path:
+    ckpt = _demo(folder)
+    (ckpt / "loop1.safetensors").symlink_to(ckpt / "loop2.safetensors")
+    (ckpt / "loop2.safetensors").symlink_to(ckpt / "loop1.safetensors")
+    return _edit_index(ckpt, lambda d: d["weight_map"].update({"transformer.wte.weight": "loop1.safetensors"}))
+
+
+def _shards_without_index(folder: Path) -> Path:
+    ckpt = _demo(folder)
+    (ckpt / "model.safetensors.index.json").unlink()
+    (ckpt / "model-00002-of-00002.safetensors").unlink()  # shard 1 of 2 alone: half the model
+    return ckpt
+
+
 FOLDER_CASES: list[Case] = [
+    Case("fifo_index", _fifo_index, 3, "not a regular file"),
+    Case("nesting_bomb_index", _deep_index, 3, "nested too deeply"),
+    Case("index_symlink_loop", _index_symlink_loop, 3, "loop1.safetensors"),
+    Case("shards_without_index_missing_one", _shards_without_index, 3, "model-00002-of-00002.safetensors"),
     Case("missing_path", lambda f: f / "nope", 3, "no such file"),
     Case("empty_folder", _empty_folder, 3, "no checkpoint files"),
     Case("missing_shard", _missing_shard, 3, "missing"),

@@ -125,3 +125,22 @@ def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> Non
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and "_rebuild_tensor_v2" in report.errors[0].message
     assert not hasattr(safe_pickle._rebuild_tensor_v2, "pwned")
+
+
+def test_an_empty_view_far_past_its_storage_beside_a_nan(tmp_path: Path) -> None:
+    """torch accepts an empty view at any offset; nandoctor once overflowed int64 locating NaN for it."""
+    storage = p_storage("0", 4)
+    body = p_dict([(p_str("w"), p_tensor(storage, 0, (4,), (1,))), (p_str("e"), p_tensor(storage, 2**63, (0,), (1,)))])
+    path = tmp_path / "e.pt"
+    torch_zip(path, pickle_bytes(body), {"0": RAW})
+    report = scan(path, device="cpu")
+    assert counts(report) == {"w": (1, 1, 0), "e": (0, 0, 0)} and report.exit_code == 1
+
+
+def test_a_huge_integer_loss_in_the_trainer_log_is_finite(tmp_path: Path) -> None:
+    from nandoctor.runs import read_train_log
+
+    path = tmp_path / "trainer_state.json"
+    path.write_text('{"log_history":[{"step":5,"loss":1' + "0" * 400 + "}]}")
+    log = read_train_log(path)
+    assert log.error is None and log.first_nonfinite_step is None and log.last_step == 5

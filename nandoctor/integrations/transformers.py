@@ -43,6 +43,7 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
     ) from exc
 
 from nandoctor import gate
+from nandoctor.jsonfiles import read_json
 from nandoctor.model import ScanReport
 from nandoctor.runs import checkpoints_in
 
@@ -196,7 +197,7 @@ class NanDoctorCallback(TrainerCallback):
             return None
         for _, folder in reversed(found):
             try:
-                data = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+                data = read_json(folder / REPORT_NAME)
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and isinstance(data.get("gate"), dict) and data["gate"].get("passed") is True:

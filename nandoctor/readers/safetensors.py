@@ -7,12 +7,12 @@ one is lax: duplicate tensor names are refused instead of "last one wins".
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
 from pathlib import Path
 
+from nandoctor import jsonfiles
 from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
@@ -49,8 +49,20 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"duplicate key {key!r} in the header")
+        for text in (key, value):
+            if isinstance(text, str) and not _is_unicode(text):
+                # A lone surrogate escape ("\ud800"): the reference parser (Rust serde) refuses it.
+                raise ValueError(f"{ascii(text)} holds a lone surrogate escape, which is not Unicode")
         seen[key] = value
     return seen
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_count(value: object) -> bool:
@@ -79,7 +91,7 @@ def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(p, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        header = json.loads(text, object_pairs_hook=_reject_duplicates)
+        header = jsonfiles.loads(text, object_pairs_hook=_reject_duplicates)
     except ValueError as exc:
         raise CorruptCheckpointError(p, f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

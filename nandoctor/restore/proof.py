@@ -74,8 +74,9 @@ def write_proof(result: RepairResult, path: Path) -> None:
 def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
     from nandoctor.restore.writer import PROOF_NAME
 
-    with open(Path(folder) / PROOF_NAME, encoding="utf-8") as fh:
-        return json.load(fh)
+    from nandoctor.jsonfiles import read_json
+
+    return read_json(Path(folder) / PROOF_NAME)
 
 
 def plan_json(plan: RepairPlan) -> dict[str, Any]:

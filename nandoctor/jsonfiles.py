@@ -1,0 +1,47 @@
+"""Reading the JSON beside the weights (shard indexes, trainer_state.json, proofs, verdicts) safely.
+
+Regular files only (opening a FIFO would wait forever for a writer), bounded in size, and nesting
+bombs refused as invalid JSON instead of escaping as RecursionError. Every failure is an OSError
+or a ValueError, which callers turn into a message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+MAX_JSON_BYTES = 256 << 20  # a trainer_state.json of a very long run is a few MB; indexes far less
+
+
+def loads(text: str | bytes, **options: Any) -> Any:
+    """``json.loads`` whose nesting bombs raise ValueError like any other invalid JSON."""
+    try:
+        return json.loads(text, **options)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> Any:
+    """Parse the JSON file at ``path``; OSError when it cannot be read, ValueError when it is not JSON."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens at once instead of blocking
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{Path(path).name} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{Path(path).name} is {info.st_size:,} bytes, over the {limit:,}-byte limit")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 8 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise ValueError(f"{Path(path).name} grew past the {limit:,}-byte limit while it was read")
+    finally:
+        os.close(fd)
+    return loads(b"".join(chunks).decode("utf-8"))
