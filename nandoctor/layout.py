@@ -191,12 +191,41 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         result.files.append(entry)
 
     result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed])
+    _subfolders(root, entries, suffixes, result)
 
     if not result.files and not result.problems:
         raise UnsupportedFormatError(
             f"{root}: no checkpoint files found (looked for {', '.join(suffixes)} and *.index.json)"
         )
     return result
+
+
+# DeepSpeed saves ZeRO partitions of the weights and optimizer states (fp32 masters included) in
+# checkpoint-N/global_stepN/; a NaN there poisons a resumed run, so they are part of the checkpoint.
+DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
+
+
+def _subfolders(root: Path, entries: list[Path], suffixes: tuple[str, ...], result: CheckpointFiles) -> None:
+    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights."""
+    for sub in entries:
+        if sub.name.startswith(".") or sub.is_symlink() or not sub.is_dir():
+            continue
+        try:
+            inside = sorted(e for e in sub.iterdir() if e.suffix.lower() in suffixes and not e.name.startswith("."))
+        except OSError:
+            continue
+        if not inside:
+            continue
+        if DEEPSPEED_STATES.match(sub.name):
+            regular = [e for e in inside if is_regular_file(e)]
+            result.files += regular
+            result.notes.append(f"{sub.name}/: {len(regular)} DeepSpeed ZeRO state file(s) scanned with the checkpoint")
+            result.problems += [ScanProblem(str(e), "not a regular file; refused") for e in inside if e not in regular]
+        else:
+            result.notes.append(
+                f"{sub.name}/ holds {len(inside)} weight file(s) that were not scanned; to check them: "
+                f"nandoctor scan {shlex.quote(str(sub))}"
+            )
 
 
 _NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.[A-Za-z]+)$")

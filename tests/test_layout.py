@@ -196,3 +196,23 @@ def test_a_json_file_of_a_checkpoint_points_at_its_folder(tmp_path: Path, name: 
     with pytest.raises(UnsupportedFormatError) as caught:
         layout.discover(folder / name)
     assert "not weights" in caught.value.message and caught.value.hint.endswith(f"nandoctor scan {folder}")
+
+
+def test_deepspeed_states_are_scanned_with_the_checkpoint_and_other_subfolders_noted(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint-300"
+    shutil.copytree(DEMO_RUN / "checkpoint-200", folder)
+    states = folder / "global_step300"
+    states.mkdir()
+    flat = torch.randn(1000)
+    flat[17] = float("nan")
+    for rank in range(2):  # the same keys in every rank's file
+        torch.save({"optimizer_state_dict": {"fp32_flat_groups": [flat if rank else torch.randn(1000)]}},
+                   states / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    (folder / "extra").mkdir()
+    torch.save({"w": torch.ones(2)}, folder / "extra" / "adapter.bin")
+
+    report = scan(folder, device="cpu")
+    bad = {t.name: (t.nan, t.first_bad) for t in report.bad_tensors}
+    assert bad == {"global_step300.bf16_zero_pp_rank_1_mp_rank_00_optim_states.optimizer_state_dict.fp32_flat_groups.0": (1, 17)}
+    assert report.exit_code == 1 and not report.errors
+    assert any(n.startswith("extra/ holds 1 weight file(s) that were not scanned") for n in report.notes)

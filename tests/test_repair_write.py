@@ -720,3 +720,20 @@ def test_trainer_files_that_are_not_weights_are_copied_as_they_are(tmp_path, dem
     assert result.ok and result.left_out == ()
     assert not any("training_args.bin" in n and "weights" in n for n in result.notes)
     assert (tmp_path / "fixed" / "training_args.bin").read_bytes() == (target / "training_args.bin").read_bytes()
+
+
+def test_out_inside_a_donor_is_refused_and_dangling_links_are_left_out(tmp_path, demo_run):
+    from nandoctor.errors import RepairRefusedError
+
+    target, donor = tmp_path / "checkpoint-300", tmp_path / "checkpoint-200"
+    shutil.copytree(demo_run / "checkpoint-300", target)
+    shutil.copytree(demo_run / "checkpoint-200", donor)
+    with pytest.raises(RepairRefusedError, match="inside the donor checkpoint"):
+        repair(target, [donor], donor / "fixed")
+    assert not (donor / "fixed").exists()
+
+    (target / "README.md").symlink_to(tmp_path / "nowhere")
+    (target / "loop").symlink_to(target / "loop")
+    result = repair(target, [donor], tmp_path / "fixed")
+    assert result.ok and not (tmp_path / "fixed" / "README.md").exists()
+    assert any(n.startswith("README.md: a link to nothing readable") for n in result.notes)

@@ -40,6 +40,7 @@ from nandoctor.readers.safe_pickle import (
 )
 from nandoctor.readers.torchlegacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torchnames import Walk, WalkLimitError, walk
+from nandoctor.layout import DEEPSPEED_STATES
 from nandoctor.readers.torchrefs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers import zipentries
 from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
@@ -340,7 +341,12 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
 
 def _name_prefix(path: str) -> str:
     name = os.path.basename(path)
-    return name.rsplit(".", 1)[0] if SIDE_FILE.match(name) else ""
+    if SIDE_FILE.match(name):
+        return name.rsplit(".", 1)[0]
+    parent = os.path.basename(os.path.dirname(path))
+    if DEEPSPEED_STATES.match(parent):  # one file per rank, each with the same keys: named apart
+        return f"{parent}.{name.rsplit('.', 1)[0]}"
+    return ""
 
 
 # What numpy's RNG state (np.random.get_state(), in every Trainer checkpoint's rng_state*.pth) pickles as:

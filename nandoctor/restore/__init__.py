@@ -54,7 +54,7 @@ def repair(
     from nandoctor import hubcache, layout, runs
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.layout import fingerprint
-    from nandoctor.restore.writer import check_out, write_repair
+    from nandoctor.restore.writer import check_out, check_out_of_donors, write_repair
     from nandoctor.engine import scan
 
     started = time.perf_counter()
@@ -90,6 +90,8 @@ def repair(
             f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
     catalogs = resolve_donors(target_path, donor_list)
+    if not dry_run:
+        check_out_of_donors(Path(out).absolute(), [c.path for c in catalogs])
     plan = plan_repair(report, catalogs, scope)
     if dry_run:
         notes = _notes(source)

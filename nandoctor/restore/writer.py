@@ -86,6 +86,18 @@ def _noop(*_: object) -> None:
     return None
 
 
+def check_out_of_donors(out: Path, donor_roots: list[Path]) -> None:
+    """Refuse an --out inside a donor checkpoint: a repair writes into no checkpoint it reads."""
+    parent = out.parent.resolve()
+    for root in donor_roots:
+        folder = (root if root.is_dir() else root.parent).resolve()
+        if parent == folder or folder in parent.parents:
+            raise RepairRefusedError(
+                f"{out}: --out lies inside the donor checkpoint {root}",
+                "choose an --out outside every checkpoint the repair reads (e.g. beside the target)",
+            )
+
+
 def check_out(out: Path, source: Source) -> None:
     """Refuse, touching nothing, an --out that exists, has no parent, or lies inside the source."""
     if os.path.lexists(out):
@@ -231,7 +243,12 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
             try:
                 info = os.stat(path)  # follows symlinks (Hugging Face cache snapshots are links to blobs)
             except OSError as exc:
-                raise RepairFailedError(f"{path}: cannot read ({exc.strerror})") from None
+                if absolute in weights or not path.is_symlink():
+                    raise RepairFailedError(f"{path}: cannot read ({exc.strerror})") from None
+                # A dangling link or a link loop beside the weights (a README.md → nowhere): there is
+                # nothing to copy, as with a FIFO; the scan never read it either.
+                notes.append(f"{rel}: a link to nothing readable ({exc.strerror}); not carried over")
+                continue
             if not stat.S_ISREG(info.st_mode):
                 notes.append(f"{rel}: not a regular file; not carried over")
                 continue
