@@ -37,6 +37,10 @@ from nandoctor.views import covers_whole_region, element_span, locate
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
+# Regions smaller than this are checked in batches of up to a chunk's bytes (BATCH_PARTS at most) per
+# worker task: a checkpoint of a million one-element tensors would otherwise pay a thread hand-off each.
+SMALL_REGION_BYTES = 64 << 10
+BATCH_PARTS = 1024
 _MAX_LISTED_NAMES = 5
 
 
@@ -284,7 +288,7 @@ class _Pipeline:
     def __init__(self, kernel: Kernel, pool: ThreadPoolExecutor, total: int, progress: ProgressCallback | None):
         self.kernel, self.pool, self.total, self.progress = kernel, pool, total, progress
         self.buffers = ThreadBuffers(getattr(kernel, "host_buffer", None))
-        self.in_flight: deque[tuple[Future, _FileScan, _RegionJob, int, int]] = deque()
+        self.in_flight: deque[tuple[Future, _FileScan, list[_Part]]] = deque()
         self.limit = kernel.workers * IN_FLIGHT_PER_WORKER
         self.done = 0
         self.problems: list[ScanProblem] = []
@@ -311,18 +315,33 @@ class _Pipeline:
         if state.source.mode == "read":
             chunk_bytes = max(chunk_bytes, READ_CHUNK_BYTES)
         # In file order: the disk and the page cache read ahead, and released runs stay long.
+        batch: list[_Part] = []
+        batch_bytes = 0
         for job in sorted(jobs, key=lambda j: j.region.offset):
+            if state.failure is not None:
+                break
+            if job.region.nbytes < SMALL_REGION_BYTES:
+                batch.append(_Part(job, job.region.offset, job.region.nbytes, 0))
+                batch_bytes += job.region.nbytes
+                if batch_bytes >= chunk_bytes or len(batch) >= BATCH_PARTS:
+                    self._submit(state, batch)
+                    batch, batch_bytes = [], 0
+                continue
             for start, length in _chunks(job, chunk_bytes):
                 if state.failure is not None:
                     break
-                absolute = job.region.offset + start
-                future = self.pool.submit(_scan_chunk, state.source, absolute, length, start, job, self.kernel, self.buffers)
-                state.pending += 1
-                self.in_flight.append((future, state, job, absolute, length))
-                while len(self.in_flight) >= self.limit:
-                    self._finish_oldest()
+                self._submit(state, [_Part(job, job.region.offset + start, length, start)])
+        if batch and state.failure is None:
+            self._submit(state, batch)
         state.submitted_all = True
         self._maybe_close(state)
+
+    def _submit(self, state: _FileScan, parts: list[_Part]) -> None:
+        future = self.pool.submit(_scan_parts, state.source, parts, self.kernel, self.buffers)
+        state.pending += 1
+        self.in_flight.append((future, state, parts))
+        while len(self.in_flight) >= self.limit:
+            self._finish_oldest()
 
     def drain(self) -> None:
         """Finish every chunk in flight; then close what an interruption left open."""
@@ -334,22 +353,25 @@ class _Pipeline:
                 state.source.close()
 
     def _finish_oldest(self) -> None:
-        future, state, job, absolute, length = self.in_flight.popleft()
+        future, state, parts = self.in_flight.popleft()
         state.pending -= 1
         try:
             # Tallies are updated here, on one thread, so workers never race on them.
-            findings, overflows = future.result()
+            results = future.result()
         except NandoctorError as exc:
             state.failure = state.failure or _problem(state.file, exc)
         except OSError as exc:
             state.failure = state.failure or ScanProblem(str(state.file), f"read failed: {exc.strerror or exc}")
         else:
-            for slot, nan, posinf, neginf, first in findings:
-                (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
-            for slot, counts in overflows:
-                job.tallies[slot].add_overflow(counts)
-            state.source.release(absolute, length)
-            self.done += length
+            for part, (findings, overflows) in zip(parts, results):
+                job = part.job
+                for slot, nan, posinf, neginf, first in findings:
+                    (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
+                for slot, counts in overflows:
+                    job.tallies[slot].add_overflow(counts)
+            first, last = parts[0], parts[-1]
+            state.source.release(first.absolute, last.absolute + last.length - first.absolute)
+            self.done += sum(part.length for part in parts)
             if self.progress:
                 self.progress(self.done, self.total, str(state.file))
         self._maybe_close(state)
@@ -373,6 +395,59 @@ def _kind_counts(kinds: np.ndarray) -> tuple[int, int, int]:
         int(np.count_nonzero(kinds == NAN)),
         int(np.count_nonzero(kinds == POSINF)),
         int(np.count_nonzero(kinds == NEGINF)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """``length`` bytes at ``absolute`` in the file: ``start`` bytes into ``job``'s region."""
+
+    job: _RegionJob
+    absolute: int
+    length: int
+    start: int
+
+
+def _scan_parts(
+    source: ChunkSource, parts: list[_Part], kernel: Kernel, buffers: BufferFor
+) -> list[tuple[list[_ChunkFinding], list[tuple[int, OverflowCounts]]]]:
+    """One worker task: a chunk of a large region, or a batch of small regions side by side.
+
+    Adjacent small regions of one dtype, each read whole by one view, are first tested together in one
+    pass of the fast check; only a run it flags is counted region by region.
+    """
+    results: list[tuple[list[_ChunkFinding], list[tuple[int, OverflowCounts]]]] = []
+    i = 0
+    while i < len(parts):
+        j = i + 1
+        if _runs_together(parts[i], parts[i]):
+            while j < len(parts) and _runs_together(parts[j - 1], parts[j]):
+                j += 1
+        if j - i > 1:
+            first, last = parts[i], parts[j - 1]
+            data = source.read(first.absolute, last.absolute + last.length - first.absolute, buffers)
+            try:
+                clean = not kernel.any_nonfinite(data, first.job.spec)
+            finally:
+                del data  # an exported buffer would stop the mmap from closing
+            if clean:
+                results += [([], [])] * (j - i)
+                i = j
+                continue
+        results += [_scan_chunk(source, p.absolute, p.length, p.start, p.job, kernel, buffers) for p in parts[i:j]]
+        i = j
+    return results
+
+
+def _runs_together(before: _Part, part: _Part) -> bool:
+    """``part`` can share one fast check with ``before``: same dtype, adjacent, read whole, no overflow pass."""
+    job = part.job
+    return (
+        job.direct
+        and job.threshold is None
+        and job.region.byteorder == "little"
+        and job.spec is before.job.spec
+        and (before is part or before.absolute + before.length == part.absolute)
     )
 
 
@@ -405,13 +480,21 @@ def _chunk_findings(data: np.ndarray, start: int, job: _RegionJob, kernel: Kerne
         return []
     indices, kinds = kernel.classify(data, job.spec)
     indices = indices + first_element
+    order = np.argsort(indices, kind="stable")  # (ascending already; sorted so that the spans below hold)
+    indices, kinds = indices[order], kinds[order]
     seen = np.zeros(indices.size, dtype=bool)
     findings: list[_ChunkFinding] = []
     for slot, view in enumerate(job.views):
-        inside, logical = locate(view, indices)
+        # Only the bad elements within the view's span: many views of one storage cost their spans,
+        # not views × every bad element of the chunk.
+        low, high = element_span(view)
+        a, b = int(np.searchsorted(indices, low, "left")), int(np.searchsorted(indices, high, "right"))
+        if a >= b:
+            continue
+        inside, logical = locate(view, indices[a:b])
         if inside.any():
-            seen |= inside
-            findings.append((slot, *_kind_counts(kinds[inside]), int(logical[inside].min())))
+            seen[a:b] |= inside
+            findings.append((slot, *_kind_counts(kinds[a:b][inside]), int(logical[inside].min())))
     if not seen.all():
         findings.append((-1, *_kind_counts(kinds[~seen]), None))
     return findings

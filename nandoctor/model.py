@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Region:
     """A contiguous run of bytes in one file holding elements of one dtype.
 
@@ -27,7 +27,7 @@ class Region:
     byteorder: str = "little"  # "big" only for torch files saved on big-endian machines
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """Where one named tensor's elements live, without reading them."""
 
@@ -69,7 +69,7 @@ class TensorRef:
         return (*where, self.shape, self.strides)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorResult:
     """NaN/Inf counts for one tensor. ``first_bad`` is a flat (C-order) index."""
 
@@ -111,7 +111,7 @@ class TensorResult:
         return tuple(reversed(coords))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnviewedBad:
     """Non-finite values in storage bytes that no tensor views (torch files)."""
 
@@ -122,7 +122,7 @@ class UnviewedBad:
     neginf: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScanProblem:
     """Something that could not be read, was invalid or was refused."""
 
@@ -131,7 +131,7 @@ class ScanProblem:
     hint: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     """One file as a reader saw it: its tensors, plus what the report should say about the file.
 
@@ -145,7 +145,7 @@ class ReadResult:
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LayerSummary:
     """Counts for one group of tensors: a numbered layer, or a group outside the layers."""
 
@@ -169,7 +169,7 @@ class LayerSummary:
         return self.bad_tensors > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LayerRange:
     """Consecutive bad layers of one stack, for display: ``transformer.h.21–23``."""
 
@@ -182,7 +182,7 @@ class LayerRange:
     nonfinite: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScanReport:
     """Everything one scan found. ``ok`` means every tensor was read and is finite."""
 

@@ -233,3 +233,41 @@ def test_progress_is_monotonic_and_complete(tmp_path):
     dones = [d for d, _ in seen]
     assert dones == sorted(dones) and dones[-1] == seen[-1][1] == report.bytes_scanned
     assert report.bytes_scanned == sum(4 * (MiB + i) for i in range(5))  # integers are not read
+
+
+@pytest.mark.parametrize("io", ["mmap", "read"])
+def test_many_small_tensors_are_batched_without_losing_a_count(tmp_path, monkeypatch, io):
+    """Small regions are checked in batches (adjacent ones of one dtype in one fast pass): every planted
+    value must still land on its own tensor, at its own index, in any mix of dtypes and sizes."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("NANDOCTOR_IO", io)
+    monkeypatch.setattr(scan_module, "BATCH_PARTS", 37)  # many batches, boundaries everywhere
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for i in range(600):
+        dtype = ["F32", "BF16", "F16"][(i // 7) % 3]  # runs of one dtype, then a switch
+        n = int(rng.integers(1, 300))
+        values = rng.standard_normal(n).astype(np.float32)
+        for _ in range(int(rng.integers(0, 3)) if i % 5 == 0 else 0):
+            values[rng.integers(0, n)] = rng.choice([np.nan, np.inf, -np.inf])
+        if dtype == "F32":
+            raw = values.tobytes()
+        elif dtype == "F16":
+            raw = values.astype(np.float16).tobytes()
+        else:
+            raw = bf16_bits(values).tobytes()
+        tensors[f"block.{i}.w"] = RawTensor(dtype, (n,), raw)
+    path = tmp_path / "many.safetensors"
+    write_safetensors(path, tensors)
+    report = scan(path, device="cpu")
+    loaded = load_file(str(path))
+    want = {}
+    for name, t in loaded.items():
+        f = t.float()
+        bad = torch.nonzero(~torch.isfinite(f)).flatten()
+        want[name] = (int(torch.isnan(f).sum()), int(torch.isposinf(f).sum()), int(torch.isneginf(f).sum()),
+                      int(bad[0]) if bad.numel() else None)
+    assert {t.name: (t.nan, t.posinf, t.neginf, t.first_bad) for t in report.tensors} == want
+    assert report.nonfinite > 0 and not report.errors

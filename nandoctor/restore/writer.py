@@ -90,7 +90,9 @@ def check_out_of_donors(out: Path, donor_roots: list[Path]) -> None:
     """Refuse an --out inside a donor checkpoint: a repair writes into no checkpoint it reads."""
     parent = out.parent.resolve()
     for root in donor_roots:
-        folder = (root if root.is_dir() else root.parent).resolve()
+        if not root.is_dir():
+            continue  # a single-file donor: --out beside it writes into no checkpoint
+        folder = root.resolve()
         if parent == folder or folder in parent.parents:
             raise RepairRefusedError(
                 f"{out}: --out lies inside the donor checkpoint {root}",
