@@ -201,3 +201,24 @@ def test_no_donor_hint_offers_auto_only_for_checkpoint_folders(tmp_path):
             assert ("--from auto" in exc.hint) is offered
         else:
             raise AssertionError("no donors must be refused")
+
+
+def test_out_mistakes_get_their_own_messages(tmp_path):
+    target = DEMO_RUN / "checkpoint-300"
+    empty = run("repair", target, "--from", "auto", "--out", "")
+    assert empty.exit_code == 2 and "--out is empty" in empty.output
+    itself = run("repair", target, "--from", "auto", "--out", target)
+    assert itself.exit_code == 3 and "--out is the checkpoint being repaired" in itself.output
+    (tmp_path / "sub").mkdir()
+    folded = run("repair", target, "--from", "auto", "--out", tmp_path / "sub" / ".." / "fixed")
+    assert folded.exit_code == 0 and f"wrote {tmp_path / 'fixed'} (" in folded.output
+
+
+def test_a_donor_of_another_model_is_named_once(tmp_path):
+    from fixtures.builders import RawTensor, write_safetensors
+
+    other = tmp_path / "other.safetensors"
+    write_safetensors(other, {"encoder.weight": RawTensor("F32", (2,), b"\0" * 8)})
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", other, "--out", tmp_path / "x", "--dry-run")
+    assert result.exit_code == 3
+    assert "has 0 of the target's 195 tensor names: a different model, or another naming?" in " ".join(result.output.split())

@@ -104,6 +104,8 @@ def repair(
 
     if out is None and not dry_run:
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
+    if out is not None and not out.strip():
+        raise click.UsageError("--out is empty; name a new folder for the repaired checkpoint")
     console = stdout_console()
     try:
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:

@@ -54,7 +54,7 @@ def repair(
     from nandoctor import hubcache, layout, runs
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.layout import fingerprint
-    from nandoctor.restore.writer import check_out, check_out_of_donors, write_repair
+    from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
     from nandoctor.engine import scan
 
     started = time.perf_counter()
@@ -79,7 +79,7 @@ def repair(
         left_out=tuple(files.skipped),
     )
     if not dry_run:
-        check_out(Path(out).absolute(), source)  # fail before any reading when --out is taken
+        check_out(tidy_out(out), source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
     report = scan(target_path, device="cpu", progress=progress)
@@ -91,7 +91,7 @@ def repair(
         )
     catalogs = resolve_donors(target_path, donor_list)
     if not dry_run:
-        check_out_of_donors(Path(out).absolute(), [c.path for c in catalogs])
+        check_out_of_donors(tidy_out(out), [c.path for c in catalogs])
     plan = plan_repair(report, catalogs, scope)
     if dry_run:
         notes = _notes(source)

@@ -226,6 +226,22 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     return [t for t in report.tensors if layer_of(t.name).group in groups]
 
 
+def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[str, ...]:
+    """For donors that lack many of the target's names: say so once, instead of "not found" per tensor."""
+    names = {t.name for t in report.tensors}
+    notes = []
+    for view in views:
+        if view.error is not None or view._refs is None:
+            continue
+        found = sum(1 for name in names if view.candidates(name)[0])
+        if found * 2 < len(names):
+            notes.append(
+                f"donor {_describe(view.catalog)} has {found:,} of the target's {len(names):,} tensor names"
+                + (": a different model, or another naming?" if found == 0 else "")
+            )
+    return tuple(notes)
+
+
 def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor") -> RepairPlan:
     """Decide, for every tensor to restore, its donor; or list what cannot be restored.
 
@@ -253,7 +269,7 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
             where = _describe(donor.catalog)
             if not donor.load():
                 for m in members:
-                    reasons.setdefault(id(m), []).append(f"{where}: unreadable ({donor.error})")
+                    reasons.setdefault(id(m), []).append(f"{where}: unreadable (see the note above)")
                 continue
             picks: dict[int, tuple[int, str, TensorRef]] = {}
             failed = False
@@ -307,6 +323,8 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
         )
 
     notes = tuple(f"donor {_describe(v.catalog)} could not be read: {v.error}" for v in views if v.error)
+    if unrestorable:
+        notes += _name_overlap_notes(report, views)
     return RepairPlan(
         target=report.target,
         donors=tuple(DonorInfo(d.label, d.step) for d in donors),

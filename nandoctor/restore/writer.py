@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import time
@@ -100,8 +101,22 @@ def check_out_of_donors(out: Path, donor_roots: list[Path]) -> None:
             )
 
 
+def tidy_out(out: str | os.PathLike[str]) -> Path:
+    """``out`` as an absolute path, with ``..`` folded away when that names the same place (``../x``
+    printed as written reads badly); a path through a link and ``..`` keeps its form."""
+    plain = Path(out).absolute()
+    folded = Path(os.path.abspath(out))
+    return folded if os.path.realpath(folded) == os.path.realpath(plain) else plain
+
+
 def check_out(out: Path, source: Source) -> None:
     """Refuse, touching nothing, an --out that exists, has no parent, or lies inside the source."""
+    where = source.single_file if source.single_file is not None else source.root
+    if os.path.lexists(out) and os.path.realpath(out) == os.path.realpath(where):
+        raise RepairRefusedError(
+            f"{out}: --out is the checkpoint being repaired; a repair never writes over its source",
+            f"choose a new folder, e.g. --out {shlex.quote(str(where).rstrip('/') + '-repaired')}",
+        )
     if os.path.lexists(out):
         raise OutputExistsError(f"{out}: already exists")
     if not out.parent.is_dir():
@@ -136,7 +151,7 @@ def write_repair(
     planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
     the repair, because its new bytes were never checked."""
     started = time.perf_counter()
-    out = Path(out).absolute()
+    out = tidy_out(out)
     inputs = inputs or {}
     progress, phase = progress or _noop, on_phase or _noop
     check_out(out, source)
