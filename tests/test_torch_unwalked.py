@@ -144,3 +144,24 @@ def test_a_huge_integer_loss_in_the_trainer_log_is_finite(tmp_path: Path) -> Non
     path.write_text('{"log_history":[{"step":5,"loss":1' + "0" * 400 + "}]}")
     log = read_train_log(path)
     assert log.error is None and log.first_nonfinite_step is None and log.last_step == 5
+
+
+def test_a_dtensor_is_read_through_its_local_shard(tmp_path: Path) -> None:
+    """A DTensor pickles as a wrapper subclass whose data is its _local_tensor state, plus
+    torch.serialization._get_layout (in torch's weights_only allowlist); it was refused as unsafe."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        t = torch.randn(4, 4)
+        t[1, 2] = NAN
+        torch.save({"w": distribute_tensor(t, init_device_mesh("cpu", (1,)), [Shard(0)])}, tmp_path / "d.pt")
+    finally:
+        dist.destroy_process_group()
+    report = scan(tmp_path / "d.pt", device="cpu")
+    assert not report.errors
+    assert {t.name: (t.nan, t.first_bad) for t in report.bad_tensors} == {"w._local_tensor": (1, 6)}

@@ -298,8 +298,16 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
         built = func(*args)
         if isinstance(built, TensorStub) and state:  # a subclass's attributes: walked like the tensor's own
             built = dataclasses.replace(built, state=state)
+        elif isinstance(built, Placeholder) and state:  # a wrapper subclass (DTensor): its _local_tensor
+            built.__setstate__(state)
         return built
     raise PickleFormatError("_rebuild_from_type_v2 called with a function that is not a tensor rebuild")
+
+
+def _get_layout(name: Any = None) -> str:
+    # torch.serialization._get_layout("torch.strided") returns a layout object (DTensor pickles use it);
+    # here the name is all that matters, and nothing is looked up.
+    return f"layout {name}" if isinstance(name, str) else "layout"
 
 
 def _torch_size(*args: Any) -> tuple[int, ...]:
@@ -332,6 +340,7 @@ SAFE_GLOBALS: dict[str, Any] = {
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch.nn.parameter.Parameter": _parameter,
     "torch.Size": _torch_size,
+    "torch.serialization._get_layout": _get_layout,
     "torch.device": _torch_device,
     "_codecs.encode": _codecs_encode,
 }
