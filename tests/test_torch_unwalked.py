@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from pickle import BUILD, EMPTY_DICT, SETITEM
+from pickle import BUILD, EMPTY_DICT, MARK, NEWFALSE, SETITEM
 
+import numpy as np
 import pytest
 
 from nandoctor.engine import scan
@@ -165,3 +166,111 @@ def test_a_dtensor_is_read_through_its_local_shard(tmp_path: Path) -> None:
     report = scan(tmp_path / "d.pt", device="cpu")
     assert not report.errors
     assert {t.name: (t.nan, t.first_bad) for t in report.bad_tensors} == {"w._local_tensor": (1, 6)}
+
+
+
+# -- a second adversarial round: a float view hidden behind an integer view of the same bytes -------------
+NAN4 = np.array([np.nan, 1, np.inf, 2], dtype="<f4").tobytes()
+CLEAN4 = np.array([1, 2, 3, 4], dtype="<f4").tobytes()
+
+
+def v3(storage: bytes, dtype: str, size: int = 4) -> bytes:
+    return p_call(p_global("torch._utils", "_rebuild_tensor_v3"),
+                  [storage, p_int(0), p_tuple([p_int(size)]), p_tuple([p_int(1)]), NEWFALSE,
+                   p_call(p_global("collections", "OrderedDict"), []), p_global("torch", dtype)])
+
+
+def untyped(key: str = "0", nbytes: int = 16) -> bytes:
+    return p_storage(key, nbytes, "UntypedStorage").replace(b"ctorch\nUntypedStorage\n", b"ctorch.storage\nUntypedStorage\n")
+
+
+def never_clean(tmp_path: Path, body: bytes, storages: dict[str, bytes]) -> None:
+    """torch loads a NaN from this file; nandoctor may refuse it or count the NaN, never pass it."""
+    path = tmp_path / "f.pt"
+    torch_zip(path, pickle_bytes(body), storages)
+    report = scan(path, device="cpu")
+    assert report.exit_code in (1, 3), counts(report)
+    assert report.exit_code == 3 or report.nan >= 1
+
+
+def test_build_that_repoints_a_tensor_is_refused(tmp_path: Path) -> None:
+    t = p_tensor(p_storage("0", 4), 0, (4,), (1,)) + p_tuple([p_storage("1", 4), p_int(0), p_tuple([p_int(4)]),
+                                                               p_tuple([p_int(1)])]) + BUILD
+    never_clean(tmp_path, p_dict([(p_str("x"), v3(p_storage("1", 4), "int32")), (p_str("t"), t)]),
+                {"0": CLEAN4, "1": NAN4})
+
+
+@pytest.mark.parametrize("storage", ["typed", "untyped"])
+def test_equal_tensor_keys_stay_two_entries(tmp_path: Path, storage: str) -> None:
+    """Tensors hash by identity in torch: two equal-looking keys are two entries, each value kept."""
+    s = p_storage("0", 4) if storage == "typed" else untyped()
+    k1, k2 = (p_tensor(p_storage("1", 1), 0, (1,), (1,)) for _ in range(2))
+    value = p_tensor(s, 0, (4,), (1,)) if storage == "typed" else v3(s, "float32")
+    body = p_dict([(p_str("x"), v3(s, "int32")), (p_str("d"), p_dict([(k1, value), (k2, p_int(0))]))])
+    never_clean(tmp_path, body, {"0": NAN4, "1": CLEAN4[:4]})
+
+
+def test_tensors_as_optimizer_state_keys(tmp_path: Path) -> None:
+    opt = p_dict([(p_str("state"), p_dict([(v3(untyped(), "float32"), EMPTY_DICT)])), (p_str("param_groups"), b"]")])
+    never_clean(tmp_path, p_dict([(p_str("x"), v3(untyped(), "int32")), (p_str("opt"), opt)]), {"0": NAN4})
+    report = scan(tmp_path / "f.pt", device="cpu")
+    assert "opt.state.<key 0>" in report.errors[0].message  # found, and then the two dtypes conflict
+
+
+def test_the_legacy_tensor_constructor_views_a_storage_as_float32(tmp_path: Path) -> None:
+    t = p_call(p_global("torch", "Tensor"), [p_storage("1", 4)])
+    path = tmp_path / "alone.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("t"), t)])), {"1": NAN4})
+    assert counts(scan(path, device="cpu")) == {"t": (1, 1, 0)}
+    never_clean(tmp_path, p_dict([(p_str("x"), v3(p_storage("1", 4), "int32")), (p_str("t"), t)]), {"1": NAN4})
+
+
+def test_backward_hooks_are_walked(tmp_path: Path) -> None:
+    t = p_call(p_global("torch._utils", "_rebuild_tensor_v2"),
+               [p_storage("1", 1), p_int(0), p_tuple([p_int(1)]), p_tuple([p_int(1)]), NEWFALSE,
+                p_dict([(p_str("h"), v3(untyped(), "float32"))])])
+    never_clean(tmp_path, p_dict([(p_str("x"), v3(untyped(), "int32")), (p_str("t"), t)]), {"0": NAN4, "1": CLEAN4[:4]})
+
+
+def test_a_cast_on_load_is_refused_not_guessed(tmp_path: Path) -> None:
+    """float32 1e10 becomes inf in float16: the cast's result is not in the file."""
+    big = np.array([1e10, -1e10, 1.0, 2.0], "<f4").tobytes()
+    t = p_call(p_global("torch._utils", "_rebuild_device_tensor_from_cpu_tensor"),
+               [p_tensor(p_storage("0", 4), 0, (4,), (1,)), p_global("torch", "float16"), p_str("cpu"), NEWFALSE])
+    path = tmp_path / "cast.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("w"), t)])), {"0": big})
+    report = scan(path, device="cpu")
+    assert report.exit_code == 3 and "cast from F32 to float16" in report.errors[0].message
+
+
+def test_a_float_storage_viewed_only_as_integers_is_also_scanned_as_declared(tmp_path: Path) -> None:
+    path = tmp_path / "ints.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("x"), v3(p_storage("0", 4), "int32"))])), {"0": NAN4})
+    report = scan(path, device="cpu")
+    assert counts(report) == {"x": (0, 0, 0), "<storage 0 as F32>": (1, 1, 0)} and report.exit_code == 1
+
+
+def test_a_shared_container_of_plain_values_is_walked_once(tmp_path: Path) -> None:
+    """One list of 200k ints referenced 2,000 times through the pickle memo (a 0.4 MB file): the walk
+    once re-iterated it on every path (minutes); a container that held no tensor is not walked again."""
+    from nandoctor.readers import torchnames
+
+    ints = b"]" + b"r\x00\x00\x00\x00" + MARK + b"K\x01" * 200_000 + b"e"
+    body = p_dict([(p_str("w"), p_tensor(p_storage("0", 4), 0, (4,), (1,))),
+                   (p_str("meta"), b"]" + MARK + ints + b"j\x00\x00\x00\x00" * 1999 + b"e")])
+    path = tmp_path / "memo.pt"
+    torch_zip(path, pickle_bytes(body), {"0": CLEAN4})
+    calls = 0
+    children = torchnames._children
+
+    def counting(value, out):
+        nonlocal calls
+        calls += 1
+        return children(value, out)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(torchnames, "_children", counting):
+        report = scan(path, device="cpu")
+    assert report.exit_code == 0 and counts(report) == {"w": (0, 0, 0)}
+    assert calls < 10  # the root, "meta", the shared list once

@@ -140,8 +140,8 @@ class StorageRef(_RefusesBuild):
         return self.numel * element_bytes(self.storage_type.dtype)
 
 
-@dataclass(frozen=True)
-class TensorStub:
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, like torch tensors (two equal stubs as
+class TensorStub:                   # dict keys must stay two entries, or one of them vanishes)
     """What ``_rebuild_tensor*`` would have built: a view of a storage, never the data."""
 
     storage: StorageRef
@@ -155,8 +155,14 @@ class TensorStub:
     # _rebuild_from_type_v2): they may hold tensors too, so the name walker visits them.
     state: Any = field(default=None, compare=False)
 
-    def __setstate__(self, state: Any) -> None:  # BUILD on a tensor: torch sets its attributes
-        object.__setattr__(self, "state", state)
+    def __setstate__(self, state: Any) -> None:
+        # BUILD on a tensor. A dict is Python attributes (kept and walked). A tuple is torch's legacy
+        # ``tensor.set_(storage, offset, size, stride)``: the tensor would now view other bytes than the
+        # ones its rebuild named; nothing torch writes does that, so it is refused rather than followed.
+        if not isinstance(state, dict):
+            raise PickleFormatError("the pickle re-points a tensor at other storage bytes (BUILD with set_ "
+                                    "arguments); torch.save never writes that, refused")
+        object.__setattr__(self, "state", {**(self.state or {}), **state})
 
 
 class Placeholder:
@@ -268,7 +274,15 @@ def _rebuild_tensor_v2(
     metadata: Any = None,
 ) -> TensorStub:
     _check_tensor_args(requires_grad, metadata)
-    return _check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, None), requires_grad)
+    return _with_hooks(_check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, None), requires_grad),
+                       backward_hooks)
+
+
+def _with_hooks(stub: TensorStub, backward_hooks: Any) -> TensorStub:
+    """torch keeps ``backward_hooks`` on the tensor (``t._backward_hooks``): walked like its attributes."""
+    if not backward_hooks:
+        return stub
+    return dataclasses.replace(stub, state={**(stub.state or {}), "_backward_hooks": backward_hooks})
 
 
 def _rebuild_tensor_v3(
@@ -278,14 +292,21 @@ def _rebuild_tensor_v3(
     if not isinstance(dtype, DTypeStub):
         raise PickleFormatError("_rebuild_tensor_v3 needs a torch dtype as its 7th argument")
     _check_tensor_args(requires_grad, metadata)
-    return _check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, dtype), requires_grad)
+    return _with_hooks(_check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, dtype), requires_grad),
+                       backward_hooks)
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, *rest: Any) -> Any:
-    # _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state): state is attributes.
+    # (data, requires_grad, backward_hooks[, state]): hooks and state (attributes) stay on the parameter.
     if isinstance(data, TensorStub):
-        state = rest[1] if len(rest) > 1 and rest[1] else data.state
-        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=state)
+        extra: dict[Any, Any] = dict(data.state or {})
+        if rest and rest[0]:
+            extra["_backward_hooks"] = rest[0]
+        if len(rest) > 1 and isinstance(rest[1], dict):
+            extra.update(rest[1])
+        elif len(rest) > 1 and rest[1]:
+            extra["<state>"] = rest[1]
+        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=extra or None)
     return data
 
 
@@ -302,6 +323,33 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
             built.__setstate__(state)
         return built
     raise PickleFormatError("_rebuild_from_type_v2 called with a function that is not a tensor rebuild")
+
+
+def _legacy_tensor(*args: Any) -> Any:
+    """``torch.Tensor(storage)``: torch's legacy constructor views the whole storage as float32. Called
+    otherwise (or named as a type, as _rebuild_from_type_v2 does), it is an inert placeholder."""
+    if len(args) == 1 and isinstance(args[0], StorageRef):
+        storage = args[0]
+        if not storage.storage_type.untyped and storage.storage_type.dtype != "F32":
+            raise PickleFormatError(f"torch.Tensor() of a {storage.storage_type.name}: torch refuses it")
+        numel = storage.nbytes // 4
+        return TensorStub(storage, 0, (numel,), (1,), "F32", "float32")
+    return _TensorType(*args)
+
+
+class _TensorType(Placeholder):
+    global_name = "torch.Tensor"
+
+
+def _rebuild_device_tensor_from_cpu_tensor(data: Any, dtype: Any = None, *_: Any) -> Any:
+    # torch: data.to(dtype=dtype, device=device). The same dtype is the same bytes; a cast (float32 to
+    # float16 turns 1e10 into inf) would have to be computed to be checked: refused, never guessed.
+    if isinstance(data, TensorStub) and isinstance(dtype, DTypeStub) and dtype.dtype != data.dtype:
+        raise PickleFormatError(
+            f"a tensor is cast from {data.dtype} to {dtype.torch_name} when loaded; the cast's result "
+            "is not in the file, so it cannot be checked"
+        )
+    return data
 
 
 def _get_layout(name: Any = None) -> str:
@@ -341,6 +389,9 @@ SAFE_GLOBALS: dict[str, Any] = {
     "torch.nn.parameter.Parameter": _parameter,
     "torch.Size": _torch_size,
     "torch.serialization._get_layout": _get_layout,
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor": _rebuild_device_tensor_from_cpu_tensor,
+    "torch.Tensor": _legacy_tensor,
+    "torch._tensor.Tensor": _legacy_tensor,
     "torch.device": _torch_device,
     "_codecs.encode": _codecs_encode,
 }

@@ -40,7 +40,6 @@ from nandoctor.readers.safe_pickle import (
 )
 from nandoctor.readers.torchlegacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torchnames import Walk, WalkLimitError, walk
-from nandoctor.layout import DEEPSPEED_STATES
 from nandoctor.readers.torchrefs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers import zipentries
 from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
@@ -54,6 +53,8 @@ _CRC_WORKERS = 2
 # Trainer / Accelerate files saved beside the weights: their tensors are named after the file
 # (``optimizer.state.12.exp_avg``, ``rng_state_1.cuda``) so that two of them never share a name.
 SIDE_FILE = re.compile(r"^(optimizer|scheduler|scaler|rng_state(_\d+)?)\.(pt|pth|bin)$")
+# DeepSpeed: mp_rank_00_model_states.pt, zero_pp_rank_3_mp_rank_00_optim_states.pt, layer_05-model_states.pt …
+DEEPSPEED_FILE = re.compile(r"^[\w.-]*(model|optim)_states\.pt$")
 
 _UNSAFE_HINT = (
     "do not load this file with torch.load(weights_only=False) or pickle; nothing in it was executed. "
@@ -341,11 +342,10 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
 
 def _name_prefix(path: str) -> str:
     name = os.path.basename(path)
-    if SIDE_FILE.match(name):
+    if SIDE_FILE.match(name) or DEEPSPEED_FILE.match(name):
+        # Side files, and DeepSpeed's one file per rank with the same keys: named apart by their stem,
+        # which stays the same from one checkpoint to the next (a repair finds the donor's copy).
         return name.rsplit(".", 1)[0]
-    parent = os.path.basename(os.path.dirname(path))
-    if DEEPSPEED_STATES.match(parent):  # one file per rank, each with the same keys: named apart
-        return f"{parent}.{name.rsplit('.', 1)[0]}"
     return ""
 
 

@@ -54,6 +54,9 @@ class Walk:
     _nodes: int = 0
     _shared_nodes: int = 0
     _seen: set[int] = field(default_factory=set)  # ids of the containers walked at least once
+    # ids of containers walked whole that held no tensor or storage: reached again (through the pickle
+    # memo, a million times from a one-megabyte file), they are not walked again.
+    _empty: set[int] = field(default_factory=set)
 
 
 def segment(key: Any) -> str:
@@ -64,6 +67,10 @@ def segment(key: Any) -> str:
         text = key.decode("utf-8", "backslashreplace")
     elif isinstance(key, (bool, int)) or key is None:
         text = str(key)
+    elif isinstance(key, TensorStub):
+        text = "<tensor>"  # a tensor as a dict key (the tensor itself is walked as <key i>)
+    elif isinstance(key, StorageRef):
+        text = f"<storage {key.key}>"
     else:
         text = repr(key) if not isinstance(key, Placeholder) else key.global_name
     # Lone surrogates (pickles may carry them) cannot be printed or written as UTF-8: escape them.
@@ -143,15 +150,24 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if id(value) in on_path:
         return  # a cycle (a list that contains itself): nothing new below
+    if id(value) in out._empty:
+        return  # walked whole before and held nothing to scan
     if id(value) in out._seen:
         shared = True  # walked before along another path: everything below is a repeat
     out._seen.add(id(value))
     on_path.add(id(value))
+    found_before = len(out.tensors) + len(out.storages)
+    complete = False
     try:
         for key, child in _children(value, out):
             _visit(child, [*path, key], out, on_path, depth + 1, shared)
+        complete = True
     finally:
         on_path.discard(id(value))
+    # (A subtree cut short by a cycle may reach tensors through an ancestor on the path: those are found
+    # from the ancestor itself, so "empty" still loses no tensor, only a second name for one.)
+    if complete and len(out.tensors) + len(out.storages) == found_before:
+        out._empty.add(id(value))
 
 
 def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
@@ -193,13 +209,15 @@ def _optimizer_children(optimizer: dict, out: Walk) -> list[tuple[str, Any]]:
         out.optimizers_named += 1
     children: list[tuple[str, Any]] = []
     for key, value in dict.items(optimizer):
-        if key == "state":
+        if key == "state" and isinstance(value, dict):
             for pid, moments in dict.items(value):
                 try:
                     label = names.get(pid)
                 except TypeError:
                     label = None
                 children.append((f"state.{label if label is not None else segment(pid)}", moments))
+            # Keys are parameter ids; a tensor there is loaded by torch all the same.
+            children += [(f"state.<key {i}>", k) for i, k in enumerate(dict.keys(value)) if not isinstance(k, _LEAVES)]
         else:
             children.append((segment(key), value))
     return children

@@ -176,6 +176,28 @@ def build_refs(
         out.refs.append(TensorRef(name, storage_type.dtype, (region.nbytes // itemsize,), region, 0, (1,)))
         out.tensors_by_storage[key] = [name]
         scanned_whole.append(name)
+    reread = []
+    # A typed storage (FloatStorage …) viewed only as another dtype (a _rebuild_tensor_v3 int32 view of
+    # float bytes): torch.save never writes that, but a crafted file could hide a float view from the
+    # walker behind it. The bytes are also scanned as the type the file declares.
+    for key, declared_storage in storages.items():
+        storage_type = declared_storage.storage_type
+        if storage_type.untyped or key not in dtypes or dtypes[key][0] == storage_type.dtype:
+            continue
+        if not DTYPES[storage_type.dtype].can_hold_nonfinite or blocks.get(key) is None:
+            continue
+        block = blocks[key]
+        itemsize = DTYPES[storage_type.dtype].itemsize
+        region = Region(path, block.offset, block.nbytes - block.nbytes % itemsize, storage_type.dtype,
+                        f"{block.label} as {storage_type.dtype}", byteorder=byteorder)
+        name = f"<storage {key} as {storage_type.dtype}>"
+        out.refs.append(TensorRef(name, storage_type.dtype, (region.nbytes // itemsize,), region, 0, (1,)))
+        reread.append(name)
+    if reread:
+        out.notes.append(
+            f"{len(reread)} storage(s) the file declares as floats are viewed only as another dtype (torch.save "
+            f"never writes that); also scanned as declared: {listed(reread)}"
+        )
     if scanned_whole:
         out.notes.append(
             f"{len(scanned_whole)} storage(s) the pickle loads are viewed by no tensor nandoctor could name "
