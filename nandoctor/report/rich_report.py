@@ -6,6 +6,7 @@ characters escaped) and into ``Text`` objects (never parsed as rich markup).
 
 from __future__ import annotations
 
+import bisect
 import os
 
 import unicodedata
@@ -15,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor.layers import COMPONENTS, bad_ranges, component_of, layer_of
-from nandoctor.model import ScanReport
+from nandoctor.model import LayerSummary, ScanReport
 
 MAX_TENSOR_ROWS = 40
 HEATMAP_MIN_LAYERS = 8
@@ -75,20 +76,33 @@ def _add_column(table: Table, header: str, *, numeric: bool, name: bool) -> None
         table.add_column(header, overflow="fold", ratio=1)
 
 
-def _layer_table(report: ScanReport, width: int = 160) -> Table:
+def _layer_table(report: ScanReport, width: int = 160, limit: int | None = None) -> Table:
     table = Table(title="Bad layers", title_justify="left", show_edge=False, header_style="bold")
     # The worst tensor is the first row of the tensor table anyway: on a narrow terminal, drop it here.
     worst_column = width >= 110
     for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor")[: 7 if worst_column else 6]:
         _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad tensors"), name=column == "layers")
     by_layer = {s.layer: s for s in report.layers}
-    for rng in bad_ranges(report.layers):
-        members = [
-            s
-            for s in by_layer.values()
-            if s.bad
-            and (s.layer == rng.label if rng.first is None else s.stack == rng.stack and rng.first <= s.index <= rng.last)
-        ]
+    # Bad layers of each stack by index, so each range finds its members by bisection: with tens of
+    # thousands of bad "layers" (one-element tensors) a scan over all layers per range was quadratic.
+    stacks: dict[str | None, list[tuple[int, LayerSummary]]] = {}
+    for summary in report.layers:
+        if summary.bad and summary.index is not None:
+            stacks.setdefault(summary.stack, []).append((summary.index, summary))
+    for members_of_stack in stacks.values():
+        members_of_stack.sort(key=lambda pair: pair[0])
+    ranges = bad_ranges(report.layers)
+    shown = ranges if limit is None else ranges[:limit]
+    if len(ranges) > len(shown):
+        table.caption = f"… and {len(ranges) - len(shown)} more bad layer groups (--all lists them, --json gives every one)"
+    for rng in shown:
+        if rng.first is None:
+            members = [by_layer[rng.label]]
+        else:
+            ordered = stacks[rng.stack]
+            lo = bisect.bisect_left(ordered, rng.first, key=lambda pair: pair[0])
+            hi = bisect.bisect_right(ordered, rng.last, key=lambda pair: pair[0])
+            members = [summary for _, summary in ordered[lo:hi]]
         worst = max(members, key=lambda s: s.nonfinite)
         components = sorted({c for s in members for c in s.bad_components}, key=COMPONENTS.index)
         table.add_row(
@@ -186,7 +200,7 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
     if report.nonfinite:
         console.print()
-        console.print(_layer_table(report, console.width))
+        console.print(_layer_table(report, console.width, None if show_all else MAX_TENSOR_ROWS))
         console.print()
         console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
