@@ -28,6 +28,25 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     return bool(ctx and ctx.find_root().params.get("debug"))
 
 
+def echo_json(data: Any) -> None:
+    """Write ``data`` as indented JSON to stdout, piece by piece: a report of a million tensors is
+    never held as one string (json.dumps with indent builds it from millions of small pieces)."""
+    import json
+
+    out = click.get_text_stream("stdout")
+    pending: list[str] = []
+    size = 0
+    for piece in json.JSONEncoder(indent=2).iterencode(data):
+        pending.append(piece)
+        size += len(piece)
+        if size >= 1 << 20:  # a write per MiB, not per piece
+            out.write("".join(pending))
+            pending, size = [], 0
+    pending.append("\n")
+    out.write("".join(pending))
+    out.flush()
+
+
 def fail(message: str, hint: str = "", code: int = EXIT_UNREADABLE) -> None:
     """Print one `error:` line (and a hint) to stderr and exit with ``code``."""
     from nandoctor.report.rich_report import safe

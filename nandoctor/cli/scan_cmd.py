@@ -6,13 +6,12 @@ resolved in the local Hugging Face / ModelScope cache.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
-from nandoctor.cli import cli, handles_errors
+from nandoctor.cli import cli, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
@@ -112,7 +111,7 @@ def scan(
     if as_json:
         data = report.to_json()
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
     elif quiet:
         from nandoctor.report.rich_report import safe
 
@@ -130,7 +129,7 @@ def scan(
 
 def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
     if as_json:
-        click.echo(json.dumps(run.to_json(fail_on), indent=2))
+        echo_json(run.to_json(fail_on))
     elif quiet:
         from nandoctor.report.rich_report import safe
         from nandoctor.report.run_report import one_line
