@@ -213,6 +213,42 @@ def test_deepspeed_states_are_scanned_with_the_checkpoint_and_other_subfolders_n
 
     report = scan(folder, device="cpu")
     bad = {t.name: (t.nan, t.first_bad) for t in report.bad_tensors}
-    assert bad == {"global_step300.bf16_zero_pp_rank_1_mp_rank_00_optim_states.optimizer_state_dict.fp32_flat_groups.0": (1, 17)}
+    assert bad == {"bf16_zero_pp_rank_1_mp_rank_00_optim_states.optimizer_state_dict.fp32_flat_groups.0": (1, 17)}
     assert report.exit_code == 1 and not report.errors
     assert any(n.startswith("extra/ holds 1 weight file(s) that were not scanned") for n in report.notes)
+
+
+def test_a_folder_named_global_step_with_hugging_face_shards_is_read_as_usual(tmp_path: Path) -> None:
+    """Megatron/BLOOM-style uploads keep ordinary sharded .bin weights in global_stepN/."""
+    folder = tmp_path / "global_step100"
+    folder.mkdir()
+    shards = {"pytorch_model-00001-of-00002.bin": {"a": torch.ones(2)}, "pytorch_model-00002-of-00002.bin": {"b": torch.ones(3)}}
+    for name, tensors in shards.items():
+        torch.save(tensors, folder / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, tensors in shards.items() for k in tensors}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    report = scan(folder, device="cpu")
+    assert report.exit_code == 0 and sorted(t.name for t in report.tensors) == ["a", "b"]
+
+
+def test_deepspeed_states_are_repaired_from_the_earlier_checkpoint(tmp_path: Path) -> None:
+    from nandoctor.restore import repair
+
+    run = tmp_path / "run"
+    flats = {}
+    for step in (10, 20):
+        folder = run / f"checkpoint-{step}"
+        shutil.copytree(DEMO_RUN / "checkpoint-200", folder)
+        (folder / "global_step{}".format(step)).mkdir()
+        flat = torch.arange(1000, dtype=torch.float32) + step
+        if step == 20:
+            flat[17] = float("nan")
+        flats[step] = flat
+        torch.save({"optimizer_state_dict": {"fp32_flat_groups": [flat]}},
+                   folder / f"global_step{step}" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    result = repair(run / "checkpoint-20", ["auto"], tmp_path / "fixed")
+    assert result.ok and [r.name for r in result.plan.restorations] == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.optimizer_state_dict.fp32_flat_groups.0"]
+    fixed = torch.load(tmp_path / "fixed" / "global_step20" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                       weights_only=True)["optimizer_state_dict"]["fp32_flat_groups"][0]
+    assert torch.equal(fixed, flats[10])  # the donor's tensor, whole

@@ -7,7 +7,6 @@ complete plan); 3 refused or failed, with nothing left at --out.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor.cli import cli, handles_errors
+from nandoctor.cli import cli, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 MAX_ROWS = 40
@@ -104,7 +103,7 @@ def repair(
 
     if out is None and not dry_run:
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
-    if out is not None and not out.strip():
+    if out == "":
         raise click.UsageError("--out is empty; name a new folder for the repaired checkpoint")
     console = stdout_console()
     try:
@@ -117,14 +116,14 @@ def repair(
             if as_json:
                 from nandoctor.restore.proof import plan_json
 
-                click.echo(json.dumps(plan_json(exc.plan), indent=2))
+                echo_json(plan_json(exc.plan))
             else:
                 render_plan(exc.plan, console, show_all=show_all)
         raise
     if as_json:
         from nandoctor.restore.proof import plan_json, proof_json
 
-        click.echo(json.dumps(plan_json(result.plan) if dry_run else proof_json(result), indent=2))
+        echo_json(plan_json(result.plan) if dry_run else proof_json(result))
     else:
         render_result(result, console, show_all=show_all)
     sys.exit(result.exit_code)

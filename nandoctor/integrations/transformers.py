@@ -151,11 +151,11 @@ class NanDoctorCallback(TrainerCallback):
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:
         """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
-        if not folder.is_dir():
-            if state.is_world_process_zero:
-                logger.warning("nandoctor: checkpoint folder %s not found after the save; not scanned", folder)
-            return None
         try:
+            if not folder.is_dir():  # (may raise, e.g. PermissionError: then too, a verdict must be broadcast)
+                if state.is_world_process_zero:
+                    logger.warning("nandoctor: checkpoint folder %s not found after the save; not scanned", folder)
+                return None
             report = self._scan(folder)
             self.reports[state.global_step] = report
             passed = gate.passes(report, self.fail_on)

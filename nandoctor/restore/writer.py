@@ -120,6 +120,9 @@ def check_out(out: Path, source: Source) -> None:
     if os.path.lexists(out):
         raise OutputExistsError(f"{out}: already exists")
     if not out.parent.is_dir():
+        if os.path.lexists(out.parent):
+            raise RepairRefusedError(f"{out.parent}: is a file, not a folder that could hold --out",
+                                     "choose an --out inside an existing folder")
         raise RepairRefusedError(f"{out.parent}: the folder that should hold --out does not exist", "create it first")
     if source.single_file is None:
         root = source.root.resolve()
