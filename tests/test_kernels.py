@@ -11,7 +11,7 @@ import pytest
 from fixtures.builders import SPECIALS, bf16_bits, finite_bits
 from nandoctor.dtypes import DTYPES
 from nandoctor.kernels import CLEAN, NAN, NEGINF, POSINF, ChunkCounts, select_kernel
-from nandoctor.kernels.cpu import BLOCK_BYTES, DENSE_BYTES, SUB_BYTES, CpuKernel
+from nandoctor.kernels.cpu import BLOCK_BYTES, DENSE_BYTES, PREFILTER_BYTES, SUB_BYTES, CpuKernel
 from tests.conftest import FIXTURES
 
 torch = pytest.importorskip("torch")
@@ -166,7 +166,8 @@ def test_boundaries_of_blocks_and_sub_blocks(kernel, dtype):
     itemsize = DTYPES[dtype].itemsize
     n = (2 * BLOCK_BYTES + 3 * SUB_BYTES) // itemsize + 5
     bits = finite_bits(dtype, n, np.random.default_rng(3))
-    edges = [0, SUB_BYTES // itemsize - 1, SUB_BYTES // itemsize, DENSE_BYTES // itemsize - 1,
+    edges = [0, SUB_BYTES // itemsize - 1, SUB_BYTES // itemsize, PREFILTER_BYTES // itemsize - 1,
+             PREFILTER_BYTES // itemsize, DENSE_BYTES // itemsize - 1,
              DENSE_BYTES // itemsize, BLOCK_BYTES // itemsize - 1, BLOCK_BYTES // itemsize,
              2 * BLOCK_BYTES // itemsize + 1, n - 1]
     for at in edges:
@@ -215,6 +216,27 @@ def test_prefilter_false_alarm_is_still_clean():
         assert kernel.count(raw, DTYPES["BF16"]) == CLEAN
     largest = as_bytes(np.array([SPECIALS[d]["max"] for d in ["F32"]], np.uint32))
     assert CPU.count(largest, DTYPES["F32"]) == CLEAN
+
+
+@pytest.mark.parametrize("tail", [0, 2, 6])
+def test_prefilter_segments_send_only_suspects_to_the_exact_test(tail):
+    """False alarms in some 64 KiB segments, a NaN in another, a ragged tail ending in -Inf: each
+    segment is judged on its own, and nothing outside the flagged ones is missed or miscounted."""
+    n = (BLOCK_BYTES + tail) // 2
+    values = np.full(n, 0.25, np.float32)
+    per = PREFILTER_BYTES // 2
+    values[3 * per : 4 * per] = np.tile([3.0, 0.7, 0.3], per // 3 + 1)[:per]  # a false alarm segment
+    bits = bf16_bits(values)
+    bits[10 * per + 17] = SPECIALS["BF16"]["nan"]
+    bits[40 * per] = SPECIALS["BF16"]["posinf"]
+    if tail:
+        bits[-1] = SPECIALS["BF16"]["neginf"]
+    raw = as_bytes(bits)
+    want = ChunkCounts(1, 1, int(bool(tail)), 10 * per + 17)
+    for kernel in KERNELS:
+        assert kernel.count(raw, DTYPES["BF16"]) == want, kernel.name
+    where, kinds = CPU.classify(raw, DTYPES["BF16"])
+    assert where.tolist() == [10 * per + 17, 40 * per] + ([n - 1] if tail else [])
 
 
 def test_every_lane_bad():
