@@ -416,6 +416,9 @@ def _scan_parts(
     Adjacent small regions of one dtype, each read whole by one view, are first tested together in one
     pass of the fast check; only a run it flags is counted region by region.
     """
+    if len(parts) == 1:  # a chunk of a large region: the common case, straight through
+        part = parts[0]
+        return [_scan_chunk(source, part.absolute, part.length, part.start, part.job, kernel, buffers)]
     results: list[tuple[list[_ChunkFinding], list[tuple[int, OverflowCounts]]]] = []
     i = 0
     while i < len(parts):

@@ -45,6 +45,7 @@ BLOCK_BYTES = 4 << 20  # prefilter granularity: one OR-reduction per block (1 an
 DENSE_BYTES = 1 << 20  # flagged runs are counted this much at a time: scratch stays small
 SUB_BYTES = 8 << 10  # exact-test granularity inside a flagged block: one reduceat finds them all
 PREFILTER_BYTES = 64 << 10  # prefilter granularity within a block (a multiple of SUB_BYTES)
+DIRECT_RUNS = 8  # up to this many suspect runs in a block are counted without the exact test first
 
 
 def _prefilter_bits(spec: DTypeSpec) -> int:
@@ -204,8 +205,11 @@ class CpuKernel:
 
     # -- the sieve ------------------------------------------------------------------------
 
-    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec) -> Iterator[tuple[int, int]]:
-        """Yield (byte start, byte end) of runs of sub-blocks that hold a non-finite lane, in order."""
+    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec, exact: bool = True) -> Iterator[tuple[int, int]]:
+        """Yield (byte start, byte end) of runs of sub-blocks that hold a non-finite lane, in order.
+
+        ``exact=False`` (for callers that count exactly anyway) may also yield a few prefilter suspects
+        unconfirmed: counting a 64 KiB segment costs less than proving it suspect first."""
         lane_bytes = spec.lane_bits // 8
         unsigned = _UNSIGNED[spec.lane_bits]
         per_segment = SUB_BYTES // lane_bytes
@@ -229,6 +233,10 @@ class CpuKernel:
                     suspects[-1] = True
                 scale = PREFILTER_BYTES // SUB_BYTES
                 runs = [(first * scale, last * scale) for first, last in _runs(suspects)]
+                if not exact and len(runs) <= DIRECT_RUNS:  # a few scattered suspects: counted as they are
+                    for first, last in runs:
+                        yield block_start + first * SUB_BYTES, block_start + min(block.size, last * SUB_BYTES)
+                    continue
             elif must and not previous_bad:  # lanes off 8-byte boundaries: one OR of the aligned words
                 words = _word_or(block, lane_bytes)
                 if words is not None:
@@ -271,7 +279,7 @@ class CpuKernel:
         lane_bytes = spec.lane_bits // 8
         nan = posinf = neginf = 0
         first = -1
-        for run_start, run_end in self._suspect_ranges(data, spec):
+        for run_start, run_end in self._suspect_ranges(data, spec, exact=False):
             for start in range(run_start, run_end, DENSE_BYTES):
                 end = min(run_end, start + DENSE_BYTES)
                 n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
@@ -290,7 +298,7 @@ class CpuKernel:
             return empty
         lane_bytes = spec.lane_bits // 8
         all_lanes, all_kinds = [], []
-        for start, end in self._suspect_ranges(data, spec):
+        for start, end in self._suspect_ranges(data, spec, exact=False):
             u = data[start:end].view(_UNSIGNED[spec.lane_bits])
             lanes = np.flatnonzero(_bad_mask(u, spec))
             values = u[lanes]
