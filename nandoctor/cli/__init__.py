@@ -33,7 +33,7 @@ def echo_json(data: Any) -> None:
     never held as one string (json.dumps with indent builds it from millions of small pieces)."""
     import json
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout  # (CliRunner swaps sys.stdout in tests, as it does for click.echo)
     pending: list[str] = []
     size = 0
     for piece in json.JSONEncoder(indent=2).iterencode(data):
