@@ -274,3 +274,16 @@ def test_a_shared_container_of_plain_values_is_walked_once(tmp_path: Path) -> No
         report = scan(path, device="cpu")
     assert report.exit_code == 0 and counts(report) == {"w": (0, 0, 0)}
     assert calls < 10  # the root, "meta", the shared list once
+
+
+def test_attributes_are_read_past_a_shadowed_keys_method(tmp_path: Path) -> None:
+    """dict(x) and {**x} call x.keys() on a dict subclass: a BUILD that set "keys" on the parameter's
+    state (an OrderedDict) made its attributes look empty, hiding p.extra behind an int32 alias."""
+    state = (p_call(p_global("collections", "OrderedDict"), [])
+             + p_str("extra") + v3(untyped("1"), "float32") + SETITEM
+             + EMPTY_DICT + p_str("keys") + p_global("builtins", "set") + SETITEM + BUILD)
+    param = p_call(p_global("torch._utils", "_rebuild_parameter_with_state"),
+                   [p_tensor(p_storage("0", 1), 0, (1,), (1,)), NEWFALSE,
+                    p_call(p_global("collections", "OrderedDict"), []), state])
+    never_clean(tmp_path, p_dict([(p_str("x"), v3(untyped("1"), "int32")), (p_str("p"), param)]),
+                {"0": CLEAN4[:4], "1": NAN4})

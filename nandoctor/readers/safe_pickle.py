@@ -162,7 +162,17 @@ class TensorStub:                   # dict keys must stay two entries, or one of
         if not isinstance(state, dict):
             raise PickleFormatError("the pickle re-points a tensor at other storage bytes (BUILD with set_ "
                                     "arguments); torch.save never writes that, refused")
-        object.__setattr__(self, "state", {**(self.state or {}), **state})
+        object.__setattr__(self, "state", {**attributes(self.state), **attributes(state)})
+
+
+def attributes(state: Any) -> dict[Any, Any]:
+    """Recorded attributes as a plain dict: a dict's own items (never through methods a BUILD may have
+    shadowed, as ``dict(x)`` and ``{**x}`` call ``x.keys()`` on a subclass), other state under "<state>"."""
+    if state is None:
+        return {}
+    if isinstance(state, dict):
+        return {key: value for key, value in dict.items(state)}
+    return {"<state>": state}
 
 
 class Placeholder:
@@ -282,7 +292,7 @@ def _with_hooks(stub: TensorStub, backward_hooks: Any) -> TensorStub:
     """torch keeps ``backward_hooks`` on the tensor (``t._backward_hooks``): walked like its attributes."""
     if not backward_hooks:
         return stub
-    return dataclasses.replace(stub, state={**(stub.state or {}), "_backward_hooks": backward_hooks})
+    return dataclasses.replace(stub, state={**attributes(stub.state), "_backward_hooks": backward_hooks})
 
 
 def _rebuild_tensor_v3(
@@ -299,13 +309,11 @@ def _rebuild_tensor_v3(
 def _rebuild_parameter(data: Any, requires_grad: Any = False, *rest: Any) -> Any:
     # (data, requires_grad, backward_hooks[, state]): hooks and state (attributes) stay on the parameter.
     if isinstance(data, TensorStub):
-        extra: dict[Any, Any] = dict(data.state or {})
+        extra = attributes(data.state)
         if rest and rest[0]:
             extra["_backward_hooks"] = rest[0]
-        if len(rest) > 1 and isinstance(rest[1], dict):
-            extra.update(rest[1])
-        elif len(rest) > 1 and rest[1]:
-            extra["<state>"] = rest[1]
+        if len(rest) > 1:
+            extra.update(attributes(rest[1]))
         return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=extra or None)
     return data
 

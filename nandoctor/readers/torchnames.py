@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.readers.safe_pickle import Placeholder, StorageRef, TensorStub
+from nandoctor.readers.safe_pickle import Placeholder, StorageRef, TensorStub, attributes
 
 MAX_DEPTH = 200
 MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects count once per path (hostile DAGs)
@@ -191,7 +191,7 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         children += [(segment(k), v) for k, v in dict.items(value.kwargs)]
         state = value.state
         if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
-            state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__ state)
+            state = {**attributes(state[0]), **attributes(state[1])}  # (__dict__, __slots__ state)
         if isinstance(state, dict):
             children += [(segment(k), v) for k, v in dict.items(state)]
             children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(state)) if not isinstance(k, _LEAVES)]
