@@ -83,7 +83,7 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     if version != PROTOCOL_VERSION:
         raise CorruptCheckpointError(path, f"legacy torch file with protocol version {version!r}, expected 1001")
     sys_info = load()
-    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else None
+    little = dict.get(sys_info, "little_endian", True) if isinstance(sys_info, dict) else None
     if type(little) is not bool:
         raise CorruptCheckpointError(path, "legacy torch file: sys info does not say the byte order")
     byteorder = "little" if little else "big"

@@ -93,7 +93,7 @@ def parameter_names(optimizer: dict) -> dict[Any, str]:
     for group in optimizer["param_groups"]:
         if not isinstance(group, dict):
             return {}
-        ids, names = group.get("params"), group.get("param_names")
+        ids, names = dict.get(group, "params"), dict.get(group, "param_names")
         if not isinstance(ids, list) or not isinstance(names, list) or len(ids) != len(names):
             return {}
         for pid, name in zip(ids, names):
