@@ -423,8 +423,8 @@ def _scan_parts(
     i = 0
     while i < len(parts):
         j = i + 1
-        if _runs_together(parts[i], parts[i]):
-            while j < len(parts) and _runs_together(parts[j - 1], parts[j]):
+        if _fast_checkable(parts[i]):
+            while j < len(parts) and _fast_checkable(parts[j]) and _adjacent(parts[j - 1], parts[j]):
                 j += 1
         if j - i > 1:
             first, last = parts[i], parts[j - 1]
@@ -442,16 +442,15 @@ def _scan_parts(
     return results
 
 
-def _runs_together(before: _Part, part: _Part) -> bool:
-    """``part`` can share one fast check with ``before``: same dtype, adjacent, read whole, no overflow pass."""
+def _fast_checkable(part: _Part) -> bool:
+    """A region read whole by one view, with no overflow pass and no byte swap: one fast check answers it."""
     job = part.job
-    return (
-        job.direct
-        and job.threshold is None
-        and job.region.byteorder == "little"
-        and job.spec is before.job.spec
-        and (before is part or before.absolute + before.length == part.absolute)
-    )
+    return job.direct and job.threshold is None and job.region.byteorder == "little"
+
+
+def _adjacent(before: _Part, part: _Part) -> bool:
+    """The two can share one fast check: the same dtype, and no byte between them."""
+    return part.job.spec is before.job.spec and before.absolute + before.length == part.absolute
 
 
 def _scan_chunk(

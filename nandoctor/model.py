@@ -6,6 +6,7 @@ other module can depend on it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,7 +183,7 @@ class LayerRange:
     nonfinite: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the tie-deduplicated totals are cached on the instance
 class ScanReport:
     """Everything one scan found. ``ok`` means every tensor was read and is finite."""
 
@@ -206,7 +207,7 @@ class ScanReport:
     def bad_layers(self) -> tuple[LayerSummary, ...]:
         return tuple(layer for layer in self.layers if layer.bad)
 
-    @property
+    @functools.cached_property
     def distinct_bad_tensors(self) -> tuple[TensorResult, ...]:
         """Bad tensors, a tied copy (same elements as one listed before it) left out: what the totals add up."""
         seen: set[tuple[Any, ...]] = set()

@@ -645,7 +645,8 @@ def _legacy_truncated(folder: Path) -> Path:
     return path
 
 
-def _tar_format(folder: Path) -> Path:
+def tar_format_file(folder: Path) -> Path:
+    """torch's pre-1.0 tar format (storages, tensors, pickle members): refused, never unpacked."""
     import io
     import tarfile
 
@@ -786,7 +787,7 @@ TORCH_CASES: list[Case] = [
     Case("pt_long_huge_digits", _opcode_bomb(b"L" + b"9" * 200_000 + b"L\n."), 3, "pickle"),
     Case("pt_memo_get_missing", _opcode_bomb(b"h\x07."), 3, "pickle"),
     Case("pt_legacy_truncated", _legacy_truncated, 3, "truncated"),
-    Case("pt_tar_format", _tar_format, 3, "tar"),
+    Case("pt_tar_format", tar_format_file, 3, "tar"),
     # Folder faults with torch shards.
     Case("pt_bin_index_escapes_folder", _bin_index_escapes, 3, "outside the checkpoint folder"),
     Case("pt_bin_index_names_absent_tensor", _bin_index_ghost, 3, "ghost.bias"),

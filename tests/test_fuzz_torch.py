@@ -630,20 +630,10 @@ def test_fix_crcs_makes_a_changed_storage_loadable_again():
     check(fixed)
 
 
+@pytest.mark.parametrize("budget", [pytest.param(FAST, id="ci"), pytest.param(SLOW, id="long", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", sorted(STRATEGIES))
-def test_mutations_agree_with_torch(kind):
-    @FAST
-    @given(STRATEGIES[kind])
-    def run(data):
-        check(data)
-
-    run()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(STRATEGIES))
-def test_mutations_agree_with_torch_long(kind):
-    @SLOW
+def test_mutations_agree_with_torch(kind, budget):
+    @budget
     @given(STRATEGIES[kind])
     def run(data):
         check(data)

@@ -100,22 +100,30 @@ def test_unchanged_bin_is_clean(tmp_path):
     assert report.exit_code == 0 and not report.errors
 
 
+def _after_first_crc(monkeypatch, torchfile, action):
+    """Run ``action`` once, right after the reader computed its first storage's CRC-32; returns the
+    list of entries that triggered it (one), so a test can tell the hook ran."""
+    real = torchfile.entry_crc32
+    calls = []
+
+    def crc_then_act(mapped, entry, *args, **kwargs):
+        value = real(mapped, entry, *args, **kwargs)
+        if not calls:
+            calls.append(entry.name)
+            action()
+        return value
+
+    monkeypatch.setattr(torchfile, "entry_crc32", crc_then_act)
+    return calls
+
+
 def test_change_during_the_crc_pass_is_reported(tmp_path, monkeypatch):
     """The reader's CRC-32 pass reads the storages before the scan does: a write then is caught too."""
     from nandoctor.readers import torchfile
 
     path = _save(tmp_path / "pytorch_model.bin")
-    real = torchfile.entry_crc32
-    calls = []
-
-    def crc_then_write(mapped, entry, *args, **kwargs):
-        value = real(mapped, entry, *args, **kwargs)
-        if not calls:
-            calls.append(entry.name)
-            _overwrite_in_place(path)  # after its CRC was computed: the CRC pass alone cannot see it
-        return value
-
-    monkeypatch.setattr(torchfile, "entry_crc32", crc_then_write)
+    # after the first storage's CRC was computed: the CRC pass alone cannot see the write
+    calls = _after_first_crc(monkeypatch, torchfile, lambda: _overwrite_in_place(path))
     report = scan(path, device="cpu")
     assert calls and report.exit_code == 3
     assert any("changed" in e.message for e in report.errors)
@@ -129,17 +137,7 @@ def test_bin_replaced_while_read_without_float_tensors_is_reported(tmp_path, mon
 
     path = tmp_path / "pytorch_model.bin"
     torch.save({"ids": torch.arange(1000)}, path)
-    real = torchfile.entry_crc32
-    calls = []
-
-    def crc_then_replace(mapped, entry, *args, **kwargs):
-        value = real(mapped, entry, *args, **kwargs)
-        if not calls:
-            calls.append(entry.name)
-            _replace(path)
-        return value
-
-    monkeypatch.setattr(torchfile, "entry_crc32", crc_then_replace)
+    calls = _after_first_crc(monkeypatch, torchfile, lambda: _replace(path))
     report = scan(path, device="cpu")
     assert calls
     assert torch.isnan(torch.load(path, weights_only=True)["w"]).all()  # what the path holds now

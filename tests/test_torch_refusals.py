@@ -351,16 +351,9 @@ def test_plain_pickle_is_not_loaded(tmp_path: Path) -> None:
 
 
 def test_legacy_tar_format(tmp_path: Path) -> None:
-    import io
-    import tarfile
+    from tests.corpus import tar_format_file
 
-    path = tmp_path / "old.tar.pt"
-    with tarfile.open(path, "w") as tar:
-        for name in ("storages", "tensors", "pickle"):
-            info = tarfile.TarInfo(name)
-            info.size = 4
-            tar.addfile(info, io.BytesIO(b"\0" * 4))
-    assert "tar" in refusal(path, UnsupportedFormatError)
+    assert "tar" in refusal(tar_format_file(tmp_path), UnsupportedFormatError)
 
 
 def test_legacy_truncated_and_trailing(tmp_path: Path) -> None:

@@ -407,7 +407,7 @@ for _module in ("builtins", "__builtin__"):
     SAFE_GLOBALS.update({f"{_module}.set": set, f"{_module}.frozenset": frozenset, f"{_module}.complex": complex})
 # Globals that tensor pickles name only as markers (the Python type of a rebuilt tensor): placeholders,
 # but not worth listing in the report.
-QUIET_GLOBALS = frozenset({"torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Buffer"})
+QUIET_GLOBALS = frozenset({"torch.nn.parameter.Buffer"})
 
 
 def _is_unsafe(module: str, name: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -49,12 +50,22 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"duplicate key {key!r} in the header")
-        for text in (key, value):
-            if isinstance(text, str) and not _is_unicode(text):
-                # A lone surrogate escape ("\ud800"): the reference parser (Rust serde) refuses it.
-                raise ValueError(f"{ascii(text)} holds a lone surrogate escape, which is not Unicode")
         seen[key] = value
     return seen
+
+
+# A lone surrogate can only come from a "\uD800"–"\uDFFF" escape (raw ones fail UTF-8 decoding), so
+# strings are checked only in headers that hold such an escape: no per-tensor cost otherwise.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _reject_duplicates_and_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    for key, value in pairs:
+        for text in (key, value):
+            if isinstance(text, str) and not _is_unicode(text):
+                # A lone surrogate escape: the reference parser (Rust serde) refuses it.
+                raise ValueError(f"{ascii(text)} holds a lone surrogate escape, which is not Unicode")
+    return _reject_duplicates(pairs)
 
 
 def _is_unicode(text: str) -> bool:
@@ -91,7 +102,8 @@ def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(p, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        header = jsonfiles.loads(text, object_pairs_hook=_reject_duplicates)
+        hook = _reject_duplicates_and_surrogates if _SURROGATE_ESCAPE.search(text) else _reject_duplicates
+        header = jsonfiles.loads(text, object_pairs_hook=hook)
     except ValueError as exc:
         raise CorruptCheckpointError(p, f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
