@@ -464,9 +464,8 @@ def check_answer(method: str, variant: str, result: dict, planted: dict) -> str:
 
 def have_bin_reader() -> bool:
     try:
-        from nandoctor.readers import READERS, _load_builtin_readers
+        from nandoctor.readers import READERS
 
-        _load_builtin_readers()
         return any(".bin" in r.suffixes for r in READERS.values())
     except Exception:
         return False

@@ -1,20 +1,23 @@
-"""The Python API behind ``nandoctor.scan`` / ``scan_run`` / ``assert_finite`` (docs/api.md).
+"""The public Python API, each function defined once here (``nandoctor.scan`` is this ``scan``; docs/api.md).
 
 Paths go through one resolver: a local path as given, else a repo id found in
 the local Hugging Face / ModelScope cache. Run folders (``checkpoint-N``
 inside) are scanned as a timeline by :func:`scan_run`; :func:`scan` takes one
-checkpoint. The gate rules (what fails, exit codes) live in ``gate.py``.
+checkpoint. What fails and the exit codes are decided in ``verdict.py``. Heavy
+modules (numpy, torch, the repair writer) are imported inside the functions
+that need them, so ``import nandoctor`` stays cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pathlib import Path
 
-from nandoctor import gate, hubcache, runs
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint import hubcache, runs
 from nandoctor.errors import (
     NonFiniteWeightsError,
     OverflowRiskError,
@@ -23,16 +26,15 @@ from nandoctor.errors import (
 )
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
-from nandoctor.runs import RunReport
+from nandoctor.checkpoint.runs import RunReport
+from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
+
+if TYPE_CHECKING:
+    from nandoctor.kernels.census import HealthLimits
+    from nandoctor.restore import RepairResult
 
 PathLike = str | os.PathLike[str]
-TARGET_DTYPES = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
-
-
-def resolve(path: PathLike) -> tuple[Path, hubcache.CacheHit | None]:
-    """A local path as given, else the cached snapshot of a repo id (never downloads)."""
-    return hubcache.resolve(path)
 
 
 def _check_target(target_dtype: str | None) -> str | None:
@@ -51,6 +53,17 @@ def _with_cache_note(report: ScanReport, original: PathLike, hit: hubcache.Cache
     return dataclasses.replace(report, notes=(note, *report.notes))
 
 
+def _limits(max_abs: float | None, outlier_factor: float | None) -> HealthLimits | None:
+    if max_abs is None and outlier_factor is None:
+        return None
+    from nandoctor.kernels.census import DEFAULT_MAX_ABS, DEFAULT_OUTLIER_FACTOR, HealthLimits
+
+    return HealthLimits(
+        DEFAULT_MAX_ABS if max_abs is None else max_abs,
+        DEFAULT_OUTLIER_FACTOR if outlier_factor is None else outlier_factor,
+    )
+
+
 def scan(
     path: PathLike,
     *,
@@ -58,19 +71,49 @@ def scan(
     target_dtype: str | None = None,
     progress: ProgressCallback | None = None,
     both_formats: bool = False,
+    max_abs: float | None = None,
+    outlier_factor: float | None = None,
 ) -> ScanReport:
-    """Scan one checkpoint (file, folder, or cached repo id) for NaN/Inf; see docs/api.md."""
+    """Scan one checkpoint for NaN/Inf and unhealthy weights without loading it.
+
+    Args:
+        path: a file (``.safetensors``, ``.bin``/``.pt``/``.pth``/``.ckpt``), a checkpoint folder
+            (sharded, Trainer ``checkpoint-N``) or a repo id already in the local Hugging Face /
+            ModelScope cache (never downloaded).
+        device: ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"`` or ``"cuda"``.
+        target_dtype: also count finite values that overflow a cast to ``fp16``, ``bf16``,
+            ``fp8_e4m3`` or ``fp8_e5m2``.
+        progress: called with (bytes done, bytes total, current file).
+        both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
+        max_abs: the exploded ceiling (default 1e5): a weight above it is ``exploded``.
+        outlier_factor: how far above its tensor's bulk scale a value is an ``outlier`` (default 2**10).
+
+    Returns:
+        A :class:`ScanReport`: ``ok``, ``exit_code``, ``verdict``, ``health``, per-tensor results
+        with their ``findings``, layer summaries; :func:`to_json` gives its JSON.
+
+    Raises:
+        CheckpointNotFoundError: the path does not exist and is no cached repo id.
+        UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format.
+        ValueError: an unknown ``target_dtype`` or an invalid limit.
+
+    Example:
+        >>> report = nandoctor.scan("output/checkpoint-300")
+        >>> report.ok, [layer.layer for layer in report.bad_layers]
+    """
     from nandoctor.engine import scan as engine_scan
 
     target = _check_target(target_dtype)
-    resolved, hit = resolve(path)
+    limits = _limits(max_abs, outlier_factor)
+    resolved, hit = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
             f"{resolved}: a training run folder (checkpoint-N folders inside), not one checkpoint",
             "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
         )
-    kwargs = {"target_dtype": target} if target else {}
-    report = engine_scan(resolved, device=device, progress=progress, both_formats=both_formats, **kwargs)
+    report = engine_scan(
+        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits
+    )
     return _with_cache_note(report, path, hit)
 
 
@@ -81,39 +124,72 @@ def scan_run(
     target_dtype: str | None = None,
     progress: ProgressCallback | None = None,
     both_formats: bool = False,
+    max_abs: float | None = None,
+    outlier_factor: float | None = None,
 ) -> RunReport:
-    """Scan every ``checkpoint-N`` of a training run folder, oldest first; see docs/api.md."""
+    """Scan every ``checkpoint-N`` of a training run folder, oldest first, with its trainer log.
+
+    Args:
+        path: the run folder (``output_dir`` of a Trainer run).
+        device, target_dtype, progress, both_formats, max_abs, outlier_factor: as for :func:`scan`.
+
+    Returns:
+        A ``RunReport``: each checkpoint's status (``clean``, ``poisoned``, ``diverged``, ``overflow``,
+        ``unreadable``, ``incomplete``), its largest weight and growth, ``last_healthy``,
+        ``first_bad``; ``exit_code()`` is the newest checkpoint's.
+
+    Raises:
+        UnsupportedFormatError: the folder holds no ``checkpoint-N`` folders (use :func:`scan`).
+
+    Example:
+        >>> run = nandoctor.scan_run("output/")
+        >>> run.last_healthy.name, run.first_bad.name
+    """
     target = _check_target(target_dtype)
-    resolved, _ = resolve(path)
+    limits = _limits(max_abs, outlier_factor)
+    resolved, _ = hubcache.resolve(path)
     if not runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
             f"{resolved}: not a training run folder (no checkpoint-N folders inside, or weights at the top)",
             "use nandoctor.scan() for a single checkpoint",
         )
-    return runs.scan_run(resolved, device=device, target_dtype=target, progress=progress, both_formats=both_formats)
+    from functools import partial
+
+    from nandoctor.engine import scan as engine_scan
+
+    return runs.scan_run(
+        resolved, device=device, target_dtype=target, progress=progress, both_formats=both_formats,
+        scan_one=partial(engine_scan, limits=limits),
+    )
 
 
-def repair_command(report: ScanReport) -> str:
-    """The ``nandoctor repair`` line that fixes ``report``'s checkpoint."""
-    return repair_command_for(report.target)
+def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None = None) -> dict[str, Any]:
+    """The JSON-ready dict of a scan or run report, as ``nandoctor scan --json`` prints it (docs/json.md).
 
+    Args:
+        result: what :func:`scan` or :func:`scan_run` returned.
+        fail_on: the findings that fail the gate (default: nonfinite, exploded, outlier, overflow); it
+            changes ``summary.exit_code`` and ``summary.failing``, never the counts.
 
-def repair_command_for(target: str) -> str:
-    """The ``nandoctor repair`` line for the checkpoint at ``target``, quoted for a POSIX shell."""
-    target = target.rstrip("/") or target
-    in_run = runs.step_of(Path(target)) is not None
-    donor = "auto" if in_run else "<earlier clean checkpoint>"  # placeholders: for the user to fill in
-    if hubcache.is_snapshot(target):  # never suggest writing into the cache: a folder here, named after the model
-        out = shlex.quote(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")
-    else:
-        out = shlex.quote(f"{target}-repaired") if Path(target).is_dir() else "<new folder>"
-    return f"nandoctor repair {shlex.quote(target)} --from {donor} --out {out}"
+    Returns:
+        A dict of plain values (``json.dumps`` takes it as it is).
+
+    Example:
+        >>> data = nandoctor.to_json(nandoctor.scan("ckpt/"))
+        >>> data["summary"]["verdict"], data["bad_layer_ranges"]
+    """
+    from nandoctor.report.json_report import report_to_json, run_to_json
+
+    chosen = None if fail_on is None else verdicts.parse_fail_on(fail_on)
+    if isinstance(result, RunReport):
+        return run_to_json(result, chosen)
+    return report_to_json(result, chosen)
 
 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:
     """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it."""
-    chosen = gate.parse_fail_on(fail_on)
-    code = gate.exit_code(report, chosen)
+    chosen = verdicts.parse_fail_on(fail_on)
+    code = verdicts.exit_code(report, chosen)
     if code == 0:
         return report
     if report.errors:
@@ -128,22 +204,118 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     ranges = [r.label for r in bad_ranges(report.layers)]
     where = f" in {', '.join(ranges[:6])}" + (" …" if len(ranges) > 6 else "") if ranges else ""
     hint = f"restore them from an earlier clean checkpoint: {repair_command(report)}"
-    if gate.NONFINITE in chosen and report.nonfinite:
+    failing = verdicts.judge(report, chosen).failing
+    if report.health == "diverged":
+        hint = ("most weights are broken: resume from the last healthy checkpoint (nandoctor scan on the run "
+                "folder names it) with a lower learning rate or gradient clipping")
+    if verdicts.NONFINITE in failing:
         raise NonFiniteWeightsError(
             f"{report.target}: {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
             f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf){where}",
             hint,
             report=report,
         )
-    dtype = gate.target_dtype(report)
-    layer = gate.worst_overflow_layer(report)
-    top = gate.max_abs(report)
+    health_found = [f for f in failing if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)]
+    if health_found:
+        counted = {f: len(verdicts.with_finding(report, f)) for f in health_found}
+        said = ", ".join(f"{n} {f}" for f, n in counted.items())
+        raise NonFiniteWeightsError(
+            f"{report.target}: unhealthy weights ({said} tensor(s)){where}; finite, but the model will not "
+            "generate sensibly",
+            hint,
+            report=report,
+        )
+    dtype = verdicts.target_dtype(report)
+    layer = verdicts.worst_overflow_layer(report)
+    top = verdicts.max_abs(report)
     raise OverflowRiskError(
-        f"{report.target}: {gate.overflow_count(report):,} finite values in {len(gate.overflow_tensors(report))} "
+        f"{report.target}: {verdicts.overflow_count(report):,} finite values in {len(verdicts.overflow_tensors(report))} "
         f"tensors overflow when cast to {dtype}" + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""),
         f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights before casting",
         report=report,
     )
+
+
+def repair(
+    target: PathLike,
+    donors: PathLike | Sequence[PathLike],
+    out: PathLike | None = None,
+    scope: str = "tensor",
+    dry_run: bool = False,
+    *,
+    progress: ProgressCallback | None = None,
+    on_phase: Callable[..., Any] | None = None,
+    hash_all: bool = False,
+    allow_diverged: bool = False,
+) -> RepairResult:
+    """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
+
+    Args:
+        target: the checkpoint to repair (file or folder).
+        donors: earlier checkpoints, tried in order; ``"auto"``: the run's healthy checkpoints before it.
+        out: a new folder (or file, for a single-file target); must not exist.
+        scope: ``"tensor"`` (only the bad tensors) or ``"layer"`` (every tensor of a bad layer).
+        dry_run: plan only; write nothing.
+        progress, on_phase: progress callbacks.
+        hash_all: record every written file's sha256 in the proof (patched files always are).
+        allow_diverged: repair a diverged checkpoint anyway (refused by default: resume instead).
+
+    Returns:
+        A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
+
+    Raises:
+        UnrestorableError: some tensor has no healthy donor (nothing written).
+        RepairRefusedError: a diverged target, a run folder, an unreadable target.
+        OutputExistsError: ``out`` exists. RepairFailedError: writing or verification failed
+            (nothing is left at ``out``).
+
+    Example:
+        >>> nandoctor.repair("output/checkpoint-300", "auto", "output/checkpoint-300-repaired").ok
+    """
+    from nandoctor.restore import repair as _repair
+
+    return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
+                   allow_diverged=allow_diverged)
+
+
+def scan_state_dict(
+    state_dict: Mapping[str, Any], *, target_dtype: str | None = None, name: str = "<state_dict>"
+) -> ScanReport:
+    """Scan a mapping of names to live tensors (``model.state_dict()``), each on its own device.
+
+    Args:
+        state_dict: names → ``torch.Tensor`` (GPU tensors are checked on the GPU, no copy to the host).
+        target_dtype: as for :func:`scan`.
+        name: what the report calls the target.
+
+    Returns:
+        A :class:`ScanReport` with the same findings as a file scan.
+
+    Example:
+        >>> nandoctor.scan_state_dict(model.state_dict()).ok
+    """
+    from nandoctor.live import scan_tensors
+
+    return scan_tensors(state_dict.items(), target=name, target_dtype=target_dtype)
+
+
+def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
+    """Scan a ``torch.nn.Module``'s parameters and buffers where they live (tied weights once).
+
+    Args:
+        module: the model.
+        target_dtype: as for :func:`scan`.
+
+    Returns:
+        A :class:`ScanReport`.
+
+    Example:
+        >>> nandoctor.scan_module(model).ok
+    """
+    from nandoctor.live import scan_tensors
+
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return scan_tensors(named, target=f"<{type(module).__name__}>", target_dtype=target_dtype)
 
 
 def assert_finite(
@@ -153,16 +325,30 @@ def assert_finite(
     target_dtype: str | None = None,
     fail_on: Iterable[str] | str | None = None,
 ) -> ScanReport:
-    """Scan ``path`` and raise unless every tensor was read and is finite; returns the report otherwise.
+    """Scan ``path`` and raise unless it passes the gate; returns the report otherwise.
 
-    Raises :class:`NonFiniteWeightsError` (bad layer ranges and the ``nandoctor
-    repair`` command in the message), :class:`OverflowRiskError` (a subclass,
-    with ``target_dtype``) or :class:`UnreadableCheckpointError`. For a run
-    folder the newest checkpoint is checked, as ``nandoctor scan`` does. ``fail_on="overflow"``
-    alone needs ``target_dtype`` (ValueError otherwise: that gate would pass anything).
+    Args:
+        path: as for :func:`scan`; for a run folder the newest checkpoint is checked, as
+            ``nandoctor scan`` does.
+        device, target_dtype: as for :func:`scan`.
+        fail_on: the findings that fail: any of ``nonfinite``, ``exploded``, ``outlier``, ``zeroed``,
+            ``overflow`` (default: all but ``zeroed``). ``"overflow"`` alone needs ``target_dtype``.
+
+    Returns:
+        The :class:`ScanReport` when it passes.
+
+    Raises:
+        NonFiniteWeightsError: NaN/Inf, exploded or outlier weights (bad layer ranges and the
+            ``nandoctor repair`` command in the message).
+        OverflowRiskError: (a subclass) values overflow ``target_dtype``.
+        UnreadableCheckpointError: some part could not be read, so nothing can be promised.
+        ValueError: ``fail_on`` names no valid finding, or ``overflow`` alone without ``target_dtype``.
+
+    Example:
+        >>> nandoctor.assert_finite("ckpt/")   # before model = AutoModel.from_pretrained("ckpt/")
     """
-    gate.require_target_for_overflow(gate.parse_fail_on(fail_on), target_dtype)
-    resolved, _ = resolve(path)
+    verdicts.require_target_for_overflow(verdicts.parse_fail_on(fail_on), target_dtype)
+    resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         run = scan_run(resolved, device=device, target_dtype=target_dtype)
         newest = run.newest

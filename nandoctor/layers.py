@@ -64,6 +64,12 @@ def component_of(name: str) -> str:
     return "other"
 
 
+def _severity(t: TensorResult) -> tuple[int, int, int]:
+    """Which tensor of a layer is its worst: weights before optimizer state, then the most damage."""
+    outliers = t.outliers.count if t.outliers is not None else 0
+    return (t.ref.role == "weight", t.nonfinite, t.exploded + outliers)
+
+
 def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
     groups: dict[str, list[TensorResult]] = {}
     keys: dict[str, LayerKey] = {}
@@ -74,8 +80,9 @@ def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
     summaries = []
     for group in sorted(groups, key=natural_key):
         members, key = groups[group], keys[group]
-        bad = [t for t in members if t.bad]
-        worst = max(bad, key=lambda t: t.nonfinite).name if bad else None
+        bad = [t for t in members if t.unhealthy]
+        counted = [t for t in members if "nonfinite" in t.findings]
+        worst = max(bad, key=_severity).name if bad else None
         components = sorted({component_of(t.name) for t in bad}, key=COMPONENTS.index)
         summaries.append(
             LayerSummary(
@@ -84,9 +91,9 @@ def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
                 index=key.index,
                 tensors=len(members),
                 bad_tensors=len(bad),
-                nan=sum(t.nan for t in members),
-                posinf=sum(t.posinf for t in members),
-                neginf=sum(t.neginf for t in members),
+                nan=sum(t.nan for t in counted),
+                posinf=sum(t.posinf for t in counted),
+                neginf=sum(t.neginf for t in counted),
                 worst=worst,
                 bad_components=tuple(components),
             )

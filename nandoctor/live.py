@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nandoctor import layers
+from nandoctor import verdict
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.kernels import CLEAN
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult
 
 if TYPE_CHECKING:
+    from nandoctor.kernels.census import HealthLimits
     import torch
 
 def dtype_name(t: "torch.Tensor") -> str:
@@ -73,13 +74,16 @@ def _flags_by_device(tensors: list[tuple[str, "torch.Tensor"]]) -> dict[str, boo
 
 
 def _ref(name: str, t: "torch.Tensor") -> TensorRef:
+    from nandoctor.checkpoint.roles import role_of
+
     dtype = dtype_name(t)
     region = Region(f"<{t.device}>", 0, t.numel() * t.element_size(), dtype, name)
-    return TensorRef(name, dtype, tuple(t.shape), region)
+    return TensorRef(name, dtype, tuple(t.shape), region, role=role_of(name))
 
 
 def scan_tensors(
-    named: Iterable[tuple[str, Any]], *, target: str, target_dtype: str | None = None
+    named: Iterable[tuple[str, Any]], *, target: str, target_dtype: str | None = None,
+    limits: "HealthLimits | None" = None,
 ) -> ScanReport:
     """Count every tensor of ``named`` on its own device and build a ScanReport like a file scan's."""
     import torch
@@ -105,7 +109,10 @@ def scan_tensors(
             continue
         live.append((name, value))
 
-    from nandoctor.kernels.live import count_tensor, overflow_tensor
+    from nandoctor.kernels.census import HealthLimits
+    from nandoctor.kernels.live import census_tensor, count_tensor, overflow_tensor
+
+    limits = limits or HealthLimits()
 
     countable = [(n, t) for n, t in live if _can_hold_nonfinite(t) and t.numel()]
     flags = _flags_by_device(countable)
@@ -113,9 +120,10 @@ def scan_tensors(
     with torch.no_grad():
         for name, t in live:
             counts = count_tensor(t) if flags.get(name) else CLEAN
-            overflow, top = (0, None)
+            overflow = 0
             if cast_to is not None and name in flags:
-                overflow, top = overflow_tensor(t, cast_to.name)
+                overflow, _ = overflow_tensor(t, cast_to.name)
+            health = census_tensor(t, limits.max_abs, limits.outlier_factor) if _can_hold_nonfinite(t) else {}
             results.append(
                 TensorResult(
                     _ref(name, t),
@@ -125,21 +133,22 @@ def scan_tensors(
                     counts.first_bad if counts.first_bad >= 0 else None,
                     _can_hold_nonfinite(t),
                     overflow=overflow,
-                    max_abs=top,
+                    **health,
                 )
             )
     devices = sorted({str(t.device) for _, t in live}) or ["cpu"]
-    return ScanReport(
+    report = ScanReport(
         target=target,
         files=(),
         tensors=tuple(results),
-        layers=layers.summarize(results),
+        layers=(),
         errors=tuple(problems),
         bytes_scanned=sum(t.numel() * t.element_size() for _, t in live),
         seconds=time.perf_counter() - started,
         device=",".join(devices),
         extra={"target_dtype": cast_to.name} if cast_to else {},
     )
+    return verdict.judged(report)
 
 
 def scan_state_dict(

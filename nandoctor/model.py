@@ -1,7 +1,9 @@
-"""Plain values that flow through nandoctor: tensor references, counts, reports.
+"""Plain values that flow through nandoctor: tensor references, counts, findings, reports.
 
 Frozen dataclasses only; this module imports nothing from the package so every
-other module can depend on it.
+other module can depend on it. Values that need a decision (which findings
+fail, the exit code) are made by ``verdict.py`` and stored here as a
+:class:`Verdict`; nothing here decides.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class TensorRef:
     region: Region
     storage_offset: int = 0  # in elements, from the start of ``region``
     strides: tuple[int, ...] | None = None  # in elements; None means C-contiguous
+    role: str = "weight"  # weight | buffer | optimizer | trainer (checkpoint/roles.py)
 
     @property
     def file(self) -> str:
@@ -56,6 +59,11 @@ class TensorRef:
         return tuple(reversed(out))
 
     @property
+    def effective_strides(self) -> tuple[int, ...]:
+        """The strides in elements, C-contiguous ones spelled out."""
+        return self.strides if self.strides is not None else self.contiguous_strides
+
+    @property
     def is_contiguous(self) -> bool:
         if self.strides is None:
             return True
@@ -71,8 +79,38 @@ class TensorRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Counts:
+    """NaN, +Inf and -Inf counts: the one type every count of non-finite values is added up in."""
+
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.nan + other.nan, self.posinf + other.posinf, self.neginf + other.neginf)
+
+
+@dataclass(frozen=True, slots=True)
+class Outliers:
+    """Finite elements far above their tensor's bulk scale: the bit-flip / silent-corruption signature."""
+
+    count: int
+    worst: float  # the largest outlier magnitude, signed as stored
+    first: int  # flat (C-order) index of the first outlier
+    threshold: float  # the magnitude they reached: bulk scale x outlier factor
+
+
+@dataclass(frozen=True, slots=True)
 class TensorResult:
-    """NaN/Inf counts for one tensor. ``first_bad`` is a flat (C-order) index."""
+    """Counts and census of one tensor. ``first_bad`` is a flat (C-order) index.
+
+    ``findings`` (``nonfinite``, ``exploded``, ``outlier``, ``zeroed``, ``overflow``) are
+    decided by verdict.py from the counts, the census and the tensor's role.
+    """
 
     ref: TensorRef
     nan: int = 0
@@ -80,13 +118,26 @@ class TensorResult:
     neginf: int = 0
     first_bad: int | None = None
     can_hold_nonfinite: bool = True
-    # Filled only when a scan is asked about a target dtype (--target-dtype):
-    overflow: int = 0  # finite values that become Inf/NaN when cast to the target dtype
-    max_abs: float | None = None  # largest finite magnitude seen
+    overflow: int = 0  # finite values that become Inf/NaN when cast to the target dtype (--target-dtype)
+    max_abs: float | None = None  # largest finite magnitude; None for integer tensors or none finite
+    max_abs_exact: bool = True  # False: below 2.0 in a large tensor, the largest sampled magnitude
+    zeros: int = 0  # elements that are exactly +0 or -0 (floating tensors)
+    outliers: Outliers | None = None
+    bulk_scale: float | None = None  # the robust magnitude of the tensor's bulk (kernels/census.py)
+    exploded: int = 0  # finite elements above the absolute ceiling (--max-abs)
+    findings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.ref.name
+
+    @property
+    def role(self) -> str:
+        return self.ref.role
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.nan, self.posinf, self.neginf)
 
     @property
     def nonfinite(self) -> int:
@@ -94,7 +145,13 @@ class TensorResult:
 
     @property
     def bad(self) -> bool:
+        """Holds NaN/Inf (whatever its role); see ``unhealthy`` for every finding."""
         return self.nonfinite > 0
+
+    @property
+    def unhealthy(self) -> bool:
+        """Has a finding that fails by default (non-finite, exploded or outlier values)."""
+        return any(f in ("nonfinite", "exploded", "outlier") for f in self.findings)
 
     @property
     def fraction(self) -> float:
@@ -103,13 +160,16 @@ class TensorResult:
 
     @property
     def first_bad_coords(self) -> tuple[int, ...] | None:
-        if self.first_bad is None:
-            return None
-        coords, rest = [], self.first_bad
-        for size in reversed(self.ref.shape):
-            coords.append(rest % size if size else 0)
-            rest = rest // size if size else 0
-        return tuple(reversed(coords))
+        return None if self.first_bad is None else coords_of(self.first_bad, self.ref.shape)
+
+
+def coords_of(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The C-order coordinates of flat ``index`` in ``shape``."""
+    coords, rest = [], index
+    for size in reversed(shape):
+        coords.append(rest % size if size else 0)
+        rest = rest // size if size else 0
+    return tuple(reversed(coords))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +243,21 @@ class LayerRange:
     nonfinite: int
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What verdict.py decided about a report: the gate's answer and the words for it."""
+
+    exit_code: int  # 0 pass, 1 a failing finding, 3 something unreadable
+    words: str  # CLEAN, NON-FINITE, EXPLODED, OUTLIERS, … joined by " + "
+    health: str  # healthy | poisoned | diverged | unreadable
+    failing: tuple[str, ...] = ()  # the findings that fail the gate
+    reported: tuple[str, ...] = ()  # findings present that do not fail (zeroed, trainer sentinels …)
+    fail_on: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)  # no slots: the tie-deduplicated totals are cached on the instance
 class ScanReport:
-    """Everything one scan found. ``ok`` means every tensor was read and is finite."""
+    """Everything one scan found. ``ok`` means every tensor was read and passes the default gate."""
 
     target: str
     files: tuple[str, ...]
@@ -198,10 +270,12 @@ class ScanReport:
     seconds: float = 0.0
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    judgement: Verdict | None = None  # set by verdict.judged(); the properties below read it
 
     @property
     def bad_tensors(self) -> tuple[TensorResult, ...]:
-        return tuple(t for t in self.tensors if t.bad)
+        """Tensors whose NaN/Inf are a finding (a trainer-state sentinel such as ``kth_value = inf`` is not)."""
+        return tuple(t for t in self.tensors if "nonfinite" in t.findings)
 
     @property
     def bad_layers(self) -> tuple[LayerSummary, ...]:
@@ -240,34 +314,31 @@ class ScanReport:
         """True when every file was read; a report that is not complete is never 'clean'."""
         return not self.errors
 
+    def _verdict(self) -> Verdict:
+        if self.judgement is None:
+            raise ValueError("this report has no verdict yet; pass it through nandoctor.verdict.judged()")
+        return self.judgement
+
     @property
     def ok(self) -> bool:
-        return self.complete and self.nonfinite == 0
+        return self._verdict().exit_code == 0
 
     @property
     def exit_code(self) -> int:
-        # 3 wins over 1: an unread part could hide anything, so it is the stronger signal.
-        if self.errors:
-            return 3
-        if self.nonfinite:
-            return 1
-        return 0
+        return self._verdict().exit_code
 
     @property
     def verdict(self) -> str:
-        if self.errors and self.nonfinite:
-            return "NON-FINITE + UNREADABLE"
-        if self.errors:
-            return "UNREADABLE"
-        if self.nonfinite:
-            return "NON-FINITE"
-        return "CLEAN"
+        return self._verdict().words
+
+    @property
+    def health(self) -> str:
+        return self._verdict().health
+
+    @property
+    def unhealthy_tensors(self) -> tuple[TensorResult, ...]:
+        return tuple(t for t in self.tensors if t.unhealthy)
 
     @property
     def gbps(self) -> float:
         return self.bytes_scanned / self.seconds / 1e9 if self.seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        from nandoctor.report.json_report import report_to_json  # late: keeps model import-free
-
-        return report_to_json(self)

@@ -30,7 +30,7 @@ def test_scan_returns_a_report_and_stays_a_function():
     assert isinstance(report, nandoctor.ScanReport)
     assert not report.ok and report.exit_code == 1
     assert [s.layer for s in report.bad_layers] == ["transformer.h.21", "transformer.h.22", "transformer.h.23"]
-    assert report.to_json()["summary"]["nan"] == 144
+    assert nandoctor.to_json(report)["summary"]["nan"] == 144
     importlib.import_module("nandoctor.engine")  # importing the engine and the restore package must not
     importlib.import_module("nandoctor.restore")  # replace the API functions scan() and repair()
     assert callable(nandoctor.repair)
@@ -43,7 +43,7 @@ def test_scan_of_a_run_folder_points_to_scan_run():
         nandoctor.scan(str(DEMO_RUN))
     run = nandoctor.scan_run(str(DEMO_RUN))
     assert run.last_clean.name == "checkpoint-200" and run.first_bad.name == "checkpoint-300"
-    assert run.exit_code() == 1 and run.to_json()["run"]["train_log"]["first_nonfinite"]["step"] == 260
+    assert run.exit_code() == 1 and nandoctor.to_json(run)["run"]["train_log"]["first_nonfinite"]["step"] == 260
     with pytest.raises(nandoctor.UnsupportedFormatError, match="not a training run folder"):
         nandoctor.scan_run(str(GOOD))
 
@@ -92,7 +92,8 @@ def test_assert_finite_overflow_and_unreadable(tmp_path):
         nandoctor.assert_finite(str(path), target_dtype="fp16")
     assert isinstance(info.value, nandoctor.NonFiniteWeightsError)  # one except clause catches both
     assert "model.layers.3" in info.value.message
-    assert nandoctor.assert_finite(str(path), target_dtype="fp16", fail_on="nonfinite").ok
+    passed = nandoctor.assert_finite(str(path), target_dtype="fp16", fail_on="nonfinite")  # returned: it passed
+    assert passed.exit_code == 1 and passed.verdict == "OVERFLOW RISK (fp16)"  # the default gate would fail it
     with pytest.raises(ValueError, match="unknown target dtype"):
         nandoctor.scan(str(path), target_dtype="fp4")
     path.write_bytes(path.read_bytes()[:-1])
@@ -131,7 +132,7 @@ def test_scan_module_finds_planted_values_where_they_are():
     assert not by_name["position_ids"].can_hold_nonfinite
     assert report.nonfinite == 3 and report.device == "cpu" and report.files == ()
     assert [s.layer for s in report.bad_layers] == ["layers.1", "layers.2"]
-    assert json.dumps(report.to_json())  # same JSON shape as a file scan
+    assert json.dumps(nandoctor.to_json(report))  # same JSON shape as a file scan
 
 
 def test_scan_state_dict_agrees_with_the_file_scan(tmp_path):

@@ -16,7 +16,7 @@ from nandoctor import sources
 from nandoctor.kernels.cpu import CpuKernel
 from nandoctor.engine import scan
 
-from nandoctor import engine as scan_module  # noqa: E402
+from nandoctor.engine import pipeline as scan_module  # noqa: E402
 MiB = 1 << 20
 
 

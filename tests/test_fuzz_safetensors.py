@@ -99,7 +99,7 @@ def reference_accepts(path: Path) -> dict[str, "torch.Tensor"] | None:
 
 def ours_accepts(path: Path):
     try:
-        return reader_for(path).read_refs(path)
+        return list(reader_for(path).read(path).refs)
     except NandoctorError:
         return None
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from fixtures.builders import SPECIALS, RawTensor, write_safetensors, write_sharded
-from nandoctor import hubcache
+from nandoctor.checkpoint import hubcache
 from nandoctor.cli import _register_commands, cli
 from nandoctor.errors import CheckpointNotFoundError
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from nandoctor.verdict import tensor_findings
+
 import pytest
 
 from nandoctor.layers import bad_ranges, component_of, layer_of, summarize
@@ -43,7 +47,8 @@ def test_layer_and_component(name, group, index, component):
 
 def result(name, nan=0):
     region = Region("f", 0, 4, "F32", name)
-    return TensorResult(TensorRef(name, "F32", (1,), region), nan=nan, first_bad=0 if nan else None)
+    t = TensorResult(TensorRef(name, "F32", (1,), region), nan=nan, first_bad=0 if nan else None)
+    return dataclasses.replace(t, findings=tensor_findings(t))
 
 
 def test_ranges_merge_consecutive_layers_only():

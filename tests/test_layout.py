@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nandoctor import layout
+from nandoctor.checkpoint import layout
 from nandoctor.engine import scan
 from tests.conftest import DEMO_RUN
 from tests.torch_helpers import flatten, report_counts, torch_counts

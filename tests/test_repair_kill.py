@@ -160,7 +160,7 @@ def test_peak_memory_stays_low_for_a_big_tensor(tmp_path, fmt):
         target, donor = tmp_path / "ckpt", tmp_path / "old.safetensors"
     else:
         torch = pytest.importorskip("torch")
-        pytest.importorskip("nandoctor.readers.torchfile")
+        pytest.importorskip("nandoctor.readers.torch.file")
         w = torch.zeros(cols, rows)
         w[7, 5] = float("nan")
         torch.save({"w": w.t()}, tmp_path / "ckpt" / "pytorch_model.bin")

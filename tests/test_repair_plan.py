@@ -10,6 +10,7 @@ from nandoctor.errors import CorruptCheckpointError
 from nandoctor.layers import summarize
 from nandoctor.model import Region, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.plan import normalise, plan_repair
+from nandoctor.verdict import judged
 
 
 def ref(name: str, dtype: str = "F32", shape: tuple[int, ...] = (4, 4), file: str = "t.safetensors", **kw) -> TensorRef:
@@ -19,7 +20,7 @@ def ref(name: str, dtype: str = "F32", shape: tuple[int, ...] = (4, 4), file: st
 
 
 def report(*results: TensorResult, unviewed: tuple[UnviewedBad, ...] = ()) -> ScanReport:
-    return ScanReport("target", ("t.safetensors",), tuple(results), summarize(results), unviewed=unviewed)
+    return judged(ScanReport("target", ("t.safetensors",), tuple(results), summarize(results), unviewed=unviewed))
 
 
 def bad(name: str, nan: int = 1, **kw) -> TensorResult:
@@ -46,9 +47,12 @@ class FakeDonor:
             raise CorruptCheckpointError(self.label, "header is not valid JSON")
         return self.tensors
 
-    def nonfinite(self, r: TensorRef) -> int:
+    fingerprints: dict = field(default_factory=dict)
+
+    def unhealthy(self, r: TensorRef) -> str | None:
         self.checked.append(r.name)
-        return self.nonfinite_of.get(r.name, 0)
+        bad = self.nonfinite_of.get(r.name, 0)
+        return f"holds {bad:,} NaN/Inf values" if bad else None
 
 
 def donor(label: str, *names: str, step: int | None = None, **kw) -> FakeDonor:
@@ -232,7 +236,7 @@ def test_clean_target_needs_nothing():
 
 def test_a_donor_tensor_that_cannot_be_read_moves_on_to_the_next_donor():
     class Truncated(FakeDonor):
-        def nonfinite(self, r):
+        def unhealthy(self, r):
             raise CorruptCheckpointError(self.label, "tensor data lies past the end of the file")
 
     rep = report(bad("x"))

@@ -459,7 +459,7 @@ def test_big_contiguous_copy_streams(tmp_path, monkeypatch):
 def _torch_case(tmp_path: Path):
     """A .bin with tied weights, a slice of a bigger storage, a tensor and its transpose; NaN/Inf in each."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("nandoctor.readers.torchfile")
+    pytest.importorskip("nandoctor.readers.torch.file")
     g = torch.Generator().manual_seed(0)
     wte, big, w = torch.randn(16, 8, generator=g), torch.randn(10, 8, generator=g), torch.randn(6, 4, generator=g)
     b = torch.randn(5, generator=g).to(torch.bfloat16)
@@ -581,7 +581,7 @@ def test_bin_views_with_conflicting_donors_fail_verification(tmp_path):
 
 def test_bin_bytes_no_view_sees_are_refused(tmp_path):
     torch = pytest.importorskip("torch")
-    pytest.importorskip("nandoctor.readers.torchfile")
+    pytest.importorskip("nandoctor.readers.torch.file")
     big = torch.ones(10)
     big[9] = float("nan")
     (tmp_path / "ckpt").mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nandoctor import runs
+from nandoctor.checkpoint import runs
 from nandoctor.cli import _register_commands, cli
 
 from .conftest import DEMO_RUN
@@ -33,10 +33,10 @@ def test_demo_run_timeline_json_matches_planted_counts():
     result = run("scan", str(DEMO_RUN), "--json")
     assert result.exit_code == 1  # the newest checkpoint (300) is bad
     data = json.loads(result.output)
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     r = data["run"]
     assert [c["name"] for c in r["checkpoints"]] == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
-    assert [c["status"] for c in r["checkpoints"]] == ["clean", "clean", "nonfinite"]
+    assert [c["status"] for c in r["checkpoints"]] == ["clean", "clean", "poisoned"]
     assert (r["last_clean"], r["first_bad"], r["newest"]) == ("checkpoint-200", "checkpoint-300", "checkpoint-300")
     for c in r["checkpoints"]:
         want = expected[c["name"]]
@@ -56,7 +56,7 @@ def test_demo_run_rich_timeline_names_last_clean_first_bad_and_the_log_step():
     result = run("scan", str(DEMO_RUN))
     assert result.exit_code == 1
     out = result.output
-    assert "last clean: checkpoint-200 · first bad: checkpoint-300" in out
+    assert "last healthy: checkpoint-200 · first bad: checkpoint-300" in out
     assert "grad_norm NaN/Inf first at step 260" in out and "loss exactly 0.0 from step 260" in out
     assert "between checkpoint-200 and checkpoint-300" in out
     assert "transformer.h.21–23" in out
@@ -69,7 +69,7 @@ def test_quiet_run_line():
     line = result.output.strip()
     assert "\n" not in line
     assert line.startswith("FAIL NON-FINITE") and "checkpoint-300" in line
-    assert "last clean: checkpoint-200" in line and "first bad: checkpoint-300" in line
+    assert "last healthy: checkpoint-200" in line and "first bad: checkpoint-300" in line
     assert "transformer.h.21–23" in line and "step 260" in line
 
 

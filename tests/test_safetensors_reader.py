@@ -23,7 +23,7 @@ def test_malformed_file_is_refused_with_reason(tmp_path, case):
     path = tmp_path / f"{case}.safetensors"
     build(path)
     with pytest.raises(CorruptCheckpointError) as info:
-        reader_for(path).read_refs(path)
+        list(reader_for(path).read(path).refs)
     assert reason in info.value.reason
     assert str(path) in info.value.message
 
@@ -51,7 +51,7 @@ def test_valid_edge_cases_are_accepted(tmp_path):
     text = json.dumps(header).encode()
     text = b"  " + text + b" " * (-(len(text) + 2) % 8)  # leading whitespace and space padding are legal
     path = raw_file(tmp_path / "ok.safetensors", None, b"\0" * 7, header_bytes=text)
-    refs = {r.name: r for r in reader_for(path).read_refs(path)}
+    refs = {r.name: r for r in list(reader_for(path).read(path).refs)}
     assert refs["scalar"].shape == () and refs["scalar"].numel == 1
     assert refs["empty"].region.nbytes == 0
     assert refs["f6"].region.nbytes == 3

@@ -206,11 +206,12 @@ def test_sharded_write_roundtrip(tmp_path):
 
 
 def test_file_changed_between_header_and_scan_is_detected(tmp_path, monkeypatch):
-    from nandoctor import engine as scan_module
+    from nandoctor.checkpoint import layout
+    from nandoctor.engine import pipeline
 
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"w": RawTensor("F32", (4,), b"\0" * 16)})
-    real = scan_module._fingerprint
+    real = layout.fingerprint
     calls = {"n": 0}
 
     def changing(p):
@@ -218,7 +219,8 @@ def test_file_changed_between_header_and_scan_is_detected(tmp_path, monkeypatch)
         size, mtime = real(p)
         return (size, mtime + calls["n"])  # every look sees a newer mtime
 
-    monkeypatch.setattr(scan_module, "_fingerprint", changing)
+    monkeypatch.setattr(layout, "fingerprint", changing)
+    monkeypatch.setattr(pipeline, "fingerprint", changing)
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and any("changed" in e.message for e in report.errors)
 

@@ -119,7 +119,7 @@ def _after_first_crc(monkeypatch, torchfile, action):
 
 def test_change_during_the_crc_pass_is_reported(tmp_path, monkeypatch):
     """The reader's CRC-32 pass reads the storages before the scan does: a write then is caught too."""
-    from nandoctor.readers import torchfile
+    from nandoctor.readers.torch import file as torchfile
 
     path = _save(tmp_path / "pytorch_model.bin")
     # after the first storage's CRC was computed: the CRC pass alone cannot see the write
@@ -133,7 +133,7 @@ def test_bin_replaced_while_read_without_float_tensors_is_reported(tmp_path, mon
     """A file holding only integer tensors has no scan chunks, but it can change while it is read all the same:
     here a trainer replaces it with weights holding NaN while the reader checks its CRCs. The report must not
     call the path clean."""
-    from nandoctor.readers import torchfile
+    from nandoctor.readers.torch import file as torchfile
 
     path = tmp_path / "pytorch_model.bin"
     torch.save({"ids": torch.arange(1000)}, path)

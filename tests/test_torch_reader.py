@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from nandoctor.readers import reader_for
-from nandoctor.readers.torchfile import TorchReader
+from nandoctor.readers.torch.file import TorchReader
 from nandoctor.engine import scan
 from tests.torch_helpers import (
     flatten,
@@ -128,7 +128,7 @@ def test_counts_match_torch_for_every_tensor(tmp_path: Path, zip_format: bool) -
 def test_dtypes_and_views_map_onto_storage_regions(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save(planted_state_dict(), path)
-    refs = {r.name: r for r in TorchReader().read_refs(path)}
+    refs = {r.name: r for r in TorchReader().read(path).refs}
     expected = {
         "half": "F16", "bf16_param": "BF16", "f64": "F64", "c64": "C64", "c128": "C128",
         "fp8_e4m3": "F8_E4M3", "fp8_e5m2": "F8_E5M2", "ints": "I64", "mask": "BOOL", "u16": "U16",
@@ -447,17 +447,16 @@ def test_random_views_match_torch(tmp_path: Path) -> None:
     check()
 
 
-def test_read_refs_refuses_a_file_with_a_bad_crc(tmp_path: Path) -> None:
-    """Callers without a report (repair's donor lookup) must not get tensors from a corrupt storage."""
-    from nandoctor.errors import CorruptCheckpointError
+def test_a_bad_crc_is_a_problem_of_the_read(tmp_path: Path) -> None:
+    """A corrupt storage is reported with the read, so no caller can take its tensors as sound."""
     from tests.torch_helpers import entry_offset, flip_byte
 
     path = tmp_path / "donor.pt"
     torch.save({"w": torch.ones(4)}, path)
-    assert [r.name for r in TorchReader().read_refs(path)] == ["w"]
+    read = TorchReader().read(path)
+    assert [r.name for r in read.refs] == ["w"] and not read.problems
     flip_byte(path, entry_offset(path, "/data/0"))
-    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
-        TorchReader().read_refs(path)
+    assert any("CRC-32" in p.message for p in TorchReader().read(path).problems)
 
 
 def test_tensor_kept_as_numpy_is_reported_unread(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
-from nandoctor.readers.torchfile import TorchReader
+from nandoctor.readers.torch.file import TorchReader
 from nandoctor.engine import scan
 from tests.torch_helpers import (
     entries,
@@ -382,7 +382,7 @@ def test_legacy_unknown_byte_order_field(tmp_path: Path) -> None:
 
 
 def test_hostile_nesting_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nandoctor.readers import torchnames
+    from nandoctor.readers.torch import names as torchnames
 
     monkeypatch.setattr(torchnames, "MAX_NODES", 20_000)  # the real bound (1M) takes seconds to reach
     # 40 levels of [x, x]: 2**40 paths if walked naively.

@@ -118,7 +118,7 @@ def test_build_cannot_relabel_a_float_storage(tmp_path: Path) -> None:
 
 
 def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> None:
-    from nandoctor.readers import safe_pickle
+    from nandoctor.readers.torch import safe_pickle
 
     body = p_global("torch._utils", "_rebuild_tensor_v2") + EMPTY_DICT + p_str("pwned") + p_int(1) + SETITEM + BUILD
     path = tmp_path / "g.pt"
@@ -139,7 +139,7 @@ def test_an_empty_view_far_past_its_storage_beside_a_nan(tmp_path: Path) -> None
 
 
 def test_a_huge_integer_loss_in_the_trainer_log_is_finite(tmp_path: Path) -> None:
-    from nandoctor.runs import read_train_log
+    from nandoctor.checkpoint.runs import read_train_log
 
     path = tmp_path / "trainer_state.json"
     path.write_text('{"log_history":[{"step":5,"loss":1' + "0" * 400 + "}]}")
@@ -253,7 +253,7 @@ def test_a_float_storage_viewed_only_as_integers_is_also_scanned_as_declared(tmp
 def test_a_shared_container_of_plain_values_is_walked_once(tmp_path: Path) -> None:
     """One list of 200k ints referenced 2,000 times through the pickle memo (a 0.4 MB file): the walk
     once re-iterated it on every path (minutes); a container that held no tensor is not walked again."""
-    from nandoctor.readers import torchnames
+    from nandoctor.readers.torch import names as torchnames
 
     ints = b"]" + b"r\x00\x00\x00\x00" + MARK + b"K\x01" * 200_000 + b"e"
     body = p_dict([(p_str("w"), p_tensor(p_storage("0", 4), 0, (4,), (1,))),

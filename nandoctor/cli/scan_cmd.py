@@ -15,14 +15,14 @@ from nandoctor.cli import cli, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
-    from nandoctor.runs import RunReport
+    from nandoctor.checkpoint.runs import RunReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
-    from nandoctor import gate
+    from nandoctor import verdict as verdicts
 
     try:
-        return gate.parse_fail_on(value)
+        return verdicts.parse_fail_on(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -90,13 +90,15 @@ def scan(
       nandoctor scan Qwen/Qwen-1_8B                # from the local HF / ModelScope cache
       nandoctor scan ckpt/ --json > report.json
     """
-    from nandoctor import api, gate, runs
+    from nandoctor import api
+    from nandoctor import verdict as verdicts
+    from nandoctor.checkpoint import hubcache, runs
 
     try:
-        gate.require_target_for_overflow(fail_on, target_dtype)
+        verdicts.require_target_for_overflow(fail_on, target_dtype)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    resolved, hit = api.resolve(path)
+    resolved, hit = hubcache.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
             run = runs.scan_run(
@@ -107,15 +109,15 @@ def scan(
         report = api.scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats
         )
-    code = gate.exit_code(report, fail_on)
+    code = verdicts.exit_code(report, fail_on)
     if as_json:
-        data = report.to_json()
+        data = api.to_json(report, fail_on)
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
         echo_json(data)
     elif quiet:
         from nandoctor.report.rich_report import safe
 
-        click.echo(safe(gate.one_line(report, fail_on)))
+        click.echo(safe(verdicts.one_line(report, fail_on)))
     else:
         from nandoctor.cli.progress import stdout_console
         from nandoctor.report.overflow_report import render_overflow
@@ -128,8 +130,10 @@ def scan(
 
 
 def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
+    from nandoctor import api
+
     if as_json:
-        echo_json(run.to_json(fail_on))
+        echo_json(api.to_json(run, fail_on))
     elif quiet:
         from nandoctor.report.rich_report import safe
         from nandoctor.report.run_report import one_line

@@ -42,10 +42,11 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
         "install it with: pip install 'nandoctor[transformers]'"
     ) from exc
 
-from nandoctor import gate
-from nandoctor.jsonfiles import read_json
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.model import ScanReport
-from nandoctor.runs import checkpoints_in
+from nandoctor.report.json_report import report_to_json as _to_json
+from nandoctor.checkpoint.runs import checkpoints_in
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ class NanDoctorCallback(TrainerCallback):
     ) -> None:
         self.stop_on_nonfinite = stop_on_nonfinite
         self.target_dtype = target_dtype
-        self.fail_on = gate.parse_fail_on(fail_on)
-        gate.require_target_for_overflow(self.fail_on, target_dtype)  # a gate that passes anything is a bug
+        self.fail_on = verdicts.parse_fail_on(fail_on)
+        verdicts.require_target_for_overflow(self.fail_on, target_dtype)  # a gate that passes anything is a bug
         self.protect_last_clean = protect_last_clean
         self.device = device
         self.write_report = write_report
@@ -158,10 +159,10 @@ class NanDoctorCallback(TrainerCallback):
                 return None
             report = self._scan(folder)
             self.reports[state.global_step] = report
-            passed = gate.passes(report, self.fail_on)
+            passed = verdicts.passes(report, self.fail_on)
             if state.is_world_process_zero:
                 self._write(folder, report)
-                line = gate.one_line(report, self.fail_on, label=str(folder))
+                line = verdicts.one_line(report, self.fail_on, label=str(folder))
                 (logger.info if passed else logger.warning)("nandoctor: %s", line)
         except Exception as exc:  # never crash training (nor leave other ranks waiting) because of the doctor
             logger.error("nandoctor: could not scan %s (%s: %s); training goes on", folder, type(exc).__name__, exc)
@@ -176,11 +177,11 @@ class NanDoctorCallback(TrainerCallback):
     def _write(self, folder: Path, report: ScanReport) -> None:
         if not self.write_report:
             return
-        data = report.to_json()
+        data = _to_json(report)
         data["gate"] = {
             "fail_on": sorted(self.fail_on),
-            "exit_code": gate.exit_code(report, self.fail_on),
-            "passed": gate.passes(report, self.fail_on),
+            "exit_code": verdicts.exit_code(report, self.fail_on),
+            "passed": verdicts.passes(report, self.fail_on),
         }
         tmp = folder / f".{REPORT_NAME}.writing"
         try:

@@ -30,13 +30,16 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from nandoctor.dtypes import DTypeSpec, Family
 from nandoctor.kernels import CLEAN, NAN, NEGINF, NO_OVERFLOW, POSINF, ChunkCounts, OverflowCounts
+from nandoctor.kernels.census import Census, LaneInfo, observe_block, segment_ors
 from nandoctor.kernels.targets import checks_overflow, first_nonfinite_magnitude, magnitude_mask
+
+BlockObserver = Callable[[np.ndarray, "np.ndarray | None", int], None]  # (block, its segment ORs, byte offset)
 
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
@@ -166,14 +169,12 @@ def _word_or(block: np.ndarray, lane_bytes: int) -> tuple[int, int, int] | None:
     return int(np.bitwise_or.reduce(block[head:end].view(np.uint64))), head, end
 
 
-def _prefilter_any(block: np.ndarray, lane_bits: int, must: int) -> np.ndarray | None:
-    """The prefilter of an 8-byte aligned block in one pass: None when no lane position of the OR of
-    its words has all ``must`` bits set (clean); else, per PREFILTER_BYTES segment, whether it may hold
-    a non-finite lane (never False for one that does; a ragged tail segment is always True)."""
-    words = block[: block.size // 8 * 8].view(np.uint64)
-    if words.size == 0:
+def _prefilter_any(block: np.ndarray, ors: np.ndarray | None, lane_bits: int, must: int) -> np.ndarray | None:
+    """The prefilter of an 8-byte aligned block from its segment ORs: None when no lane position of
+    the OR of its words has all ``must`` bits set (clean); else, per PREFILTER_BYTES segment, whether it
+    may hold a non-finite lane (never False for one that does; a ragged tail segment is always True)."""
+    if ors is None:
         return None
-    ors = np.bitwise_or.reduceat(words, _segment_starts(words.size, PREFILTER_BYTES // 8))
     if not _fold_hits(int(np.bitwise_or.reduce(ors)), lane_bits, must):
         return None
     lane_mask = np.uint64((1 << lane_bits) - 1)
@@ -205,11 +206,14 @@ class CpuKernel:
 
     # -- the sieve ------------------------------------------------------------------------
 
-    def _suspect_ranges(self, data: np.ndarray, spec: DTypeSpec, exact: bool = True) -> Iterator[tuple[int, int]]:
+    def _suspect_ranges(
+        self, data: np.ndarray, spec: DTypeSpec, exact: bool = True, observe: BlockObserver | None = None
+    ) -> Iterator[tuple[int, int]]:
         """Yield (byte start, byte end) of runs of sub-blocks that hold a non-finite lane, in order.
 
         ``exact=False`` (for callers that count exactly anyway) may also yield a few prefilter suspects
-        unconfirmed: counting a 64 KiB segment costs less than proving it suspect first."""
+        unconfirmed: counting a 64 KiB segment costs less than proving it suspect first. ``observe``
+        (the health census) is called with every block and its segment ORs, computed once for both."""
         lane_bytes = spec.lane_bits // 8
         unsigned = _UNSIGNED[spec.lane_bits]
         per_segment = SUB_BYTES // lane_bytes
@@ -217,14 +221,18 @@ class CpuKernel:
         previous_bad = False
         for block_start in range(0, data.size, BLOCK_BYTES):
             block = data[block_start : block_start + BLOCK_BYTES]
+            aligned = block.ctypes.data % 8 == 0
+            ors = segment_ors(block) if aligned and (observe is not None or (must and not previous_bad)) else None
+            if observe is not None:
+                observe(block, ors if aligned else None, block_start)
             # Right after a bad block (a tensor full of NaN) the prefilter would only fire again:
             # skip it and go straight to the exact test.
             runs = [(0, -(-block.size // SUB_BYTES))]  # the exact test on all of the block
-            if must and not previous_bad and block.ctypes.data % 8 == 0:
+            if must and not previous_bad and aligned:
                 # One OR per 64 KiB segment, in the same single pass as one OR of the block (a reduceat
                 # reads memory as fast as a reduce): a flagged block then takes the exact test only in
                 # the segments that may hold a bad lane. A NaN in every MiB: 15 GB/s a core, not 10.
-                suspects = _prefilter_any(block, spec.lane_bits, must)
+                suspects = _prefilter_any(block, ors, spec.lane_bits, must)
                 if suspects is None and not self._edges_bad(block, 0, block.size // 8 * 8, spec):
                     continue
                 if suspects is None:
@@ -272,14 +280,14 @@ class CpuKernel:
             return False
         return next(iter(self._suspect_ranges(data, spec)), None) is not None
 
-    def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+    def count(self, data: np.ndarray, spec: DTypeSpec, observe: BlockObserver | None = None) -> ChunkCounts:
         """Exact counts of a whole chunk; as cheap as the fast pass where the chunk is clean."""
         if spec.family is Family.FINITE or data.size == 0:
             return CLEAN
         lane_bytes = spec.lane_bits // 8
         nan = posinf = neginf = 0
         first = -1
-        for run_start, run_end in self._suspect_ranges(data, spec, exact=False):
+        for run_start, run_end in self._suspect_ranges(data, spec, exact=False, observe=observe):
             for start in range(run_start, run_end, DENSE_BYTES):
                 end = min(run_end, start + DENSE_BYTES)
                 n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
@@ -291,6 +299,15 @@ class CpuKernel:
         return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)
 
     check = count  # the sieve counts only where it flagged: no separate fast pass needed
+
+    def census(self, data: np.ndarray, spec: DTypeSpec, info: LaneInfo, base_lane: int) -> tuple[ChunkCounts, Census]:
+        """Exact NaN/Inf counts and the health census of a chunk, from one read of each block."""
+        found = Census()
+
+        def observe(block: np.ndarray, ors: np.ndarray | None, block_start: int) -> None:
+            found.merge(observe_block(block, ors, info, base_lane + block_start * 8 // info.lane_bits))
+
+        return self.count(data, spec, observe), found
 
     def classify(self, data: np.ndarray, spec: DTypeSpec) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.empty(0, np.int64), np.empty(0, np.uint8))

@@ -93,3 +93,42 @@ def overflow_tensor(t: torch.Tensor, target_dtype: str, backend: str = "auto") -
             over, top = lane_overflow(lanes, spec, threshold).tolist()
             total = total.merge(OverflowCounts(over, top))
     return total.overflow, decode_magnitude(spec, total.max_bits) if total.max_bits >= 0 else None
+
+
+def census_tensor(t: torch.Tensor, max_abs: float, outlier_factor: float) -> dict:
+    """The health census of a live floating tensor, on its own device, as TensorResult fields.
+
+    The same rules as the file census (kernels/census.py), computed exactly: the largest finite
+    magnitude, zeros, values above ``max_abs``, and outliers: values whose exponent stands
+    ``log2(outlier_factor)`` above that of the tensor's k-th largest magnitude (k = max(9, n/1000)),
+    and at least 2.0.
+    """
+    import math
+
+    from nandoctor.model import Outliers
+
+    flat = torch.view_as_real(t).reshape(-1) if t.is_complex() else t.reshape(-1)
+    a = flat.detach().abs().float()
+    finite = torch.isfinite(a)
+    a = torch.where(finite, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    n = a.numel()
+    top = float(a.max()) if n else 0.0
+    per = 2 if t.is_complex() else 1
+    out: dict = {
+        "max_abs": top,
+        "zeros": int(((flat == 0) & finite.view(flat.shape)).sum()) // per,
+        "exploded": int((a > max_abs).sum()),
+    }
+    nonzero = a[a > 0]
+    if nonzero.numel() >= 16:
+        k = max(9, math.ceil(nonzero.numel() / 1000))
+        bulk = float(torch.topk(nonzero, min(k, nonzero.numel())).values[-1])
+        out["bulk_scale"] = 2.0 ** math.floor(math.log2(bulk))
+        threshold = max(2.0 ** (math.floor(math.log2(bulk)) + max(1, round(math.log2(outlier_factor)))), 2.0)
+        over = a >= threshold
+        count = int(over.sum())
+        if count:
+            first = int(torch.nonzero(over)[0])
+            worst = int(torch.argmax(torch.where(over, a, torch.zeros_like(a))))
+            out["outliers"] = Outliers(count, float(flat[worst]), first // per, threshold)
+    return out

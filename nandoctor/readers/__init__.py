@@ -1,8 +1,11 @@
 """Readers turn one checkpoint file into tensor references (byte ranges), never tensors.
 
-Each format registers a :class:`CheckpointReader` in ``READERS``; ``reader_for``
-picks one by the file's first bytes (magic), falling back to its suffix, so a
-misnamed file is still read by the right reader or refused clearly.
+``READERS`` is a static registry (format name → reader), filled when this
+package is imported: a reader that fails to import is a bug that surfaces at
+once, never a file silently called "not a format nandoctor knows".
+``reader_for`` picks a reader by the file's first bytes (magic), falling back
+to its suffix, so a misnamed file is still read by the right reader or refused
+clearly. Every reader has one method that matters, ``read(path) -> ReadResult``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from pathlib import Path
 from typing import Protocol
 
 from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
-from nandoctor.model import TensorRef
+from nandoctor.model import ReadResult
+
+LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 
 class CheckpointReader(Protocol):
@@ -21,38 +26,31 @@ class CheckpointReader(Protocol):
     def sniff(self, head: bytes) -> bool:
         """True when the file's first bytes look like this format."""
 
-    def read_refs(self, path: Path) -> list[TensorRef]:
-        """Validate the file and return its tensors; raise a CorruptCheckpointError otherwise."""
+    def read(self, path: Path) -> ReadResult:
+        """Validate the file and return its tensors, notes and in-file problems.
+
+        Raises a NandoctorError (CorruptCheckpointError, UnsafeCheckpointError …) when the
+        file cannot be read at all.
+        """
 
 
-READERS: dict[str, CheckpointReader] = {}
+def _builtin_readers() -> dict[str, CheckpointReader]:
+    from nandoctor.readers.safetensors import SafetensorsReader
+    from nandoctor.readers.torch.file import TorchReader
 
-LFS_POINTER_PREFIX = b"version https://git-lfs"
-
-
-def register(reader: CheckpointReader) -> CheckpointReader:
-    READERS[reader.format_name] = reader
-    return reader
+    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader())
+    return {reader.format_name: reader for reader in readers}
 
 
-def _load_builtin_readers() -> None:
-    # Imported here so that each reader module registers itself exactly once.
-    from nandoctor.readers import safetensors  # noqa: F401
-
-    try:
-        from nandoctor.readers import torchfile  # noqa: F401
-    except ImportError:  # the torch reader lands in its own module; absent is fine
-        pass
+READERS: dict[str, CheckpointReader] = _builtin_readers()
 
 
 def supported_suffixes() -> tuple[str, ...]:
-    _load_builtin_readers()
     return tuple(s for r in READERS.values() for s in r.suffixes)
 
 
 def reader_for(path: Path) -> CheckpointReader:
     """The reader for ``path``, chosen by content first, then by suffix."""
-    _load_builtin_readers()
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(LFS_POINTER_PREFIX):
@@ -69,3 +67,8 @@ def reader_for(path: Path) -> CheckpointReader:
         if suffix in reader.suffixes:
             return reader
     raise UnsupportedFormatError(f"{path}: not a checkpoint format nandoctor knows")
+
+
+def read_file(path: Path) -> ReadResult:
+    """``path`` read by the reader its content (or suffix) calls for."""
+    return reader_for(path).read(path)

@@ -13,11 +13,10 @@ import re
 import struct
 from pathlib import Path
 
-from nandoctor import jsonfiles
+from nandoctor.checkpoint import jsonfiles
 from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
 from nandoctor.errors import CorruptCheckpointError
-from nandoctor.model import Region, TensorRef
-from nandoctor.readers import register
+from nandoctor.model import ReadResult, Region, TensorRef
 
 MAX_HEADER_BYTES = 100_000_000  # the reference parser's limit
 SUFFIXES = (".safetensors",)
@@ -33,7 +32,7 @@ class SafetensorsReader:
         (n,) = struct.unpack("<Q", head[:8])
         return 0 < n <= MAX_HEADER_BYTES and head[8:9] == b"{"
 
-    def read_refs(self, path: Path) -> list[TensorRef]:
+    def read(self, path: Path) -> ReadResult:
         header, data_start, _ = read_header(path)
         refs: list[TensorRef] = []
         for name, entry in header.items():
@@ -42,7 +41,7 @@ class SafetensorsReader:
             begin, end = entry["data_offsets"]
             region = Region(str(path), data_start + begin, end - begin, entry["dtype"], name)
             refs.append(TensorRef(name, entry["dtype"], tuple(entry["shape"]), region))
-        return refs
+        return ReadResult(tuple(refs))
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -162,5 +161,3 @@ def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
         raise CorruptCheckpointError(p, f"{size - data_start - cursor} unexpected bytes after the last tensor")
     return header, data_start, metadata
 
-
-register(SafetensorsReader())

@@ -1,19 +1,27 @@
-"""ScanReport → a JSON-ready dict (schema documented in docs/json.md)."""
+"""Reports as JSON-ready dicts: a scan (``ScanReport``) and a run timeline (``RunReport``).
+
+The schemas are documented in docs/json.md. Every decision (verdict, exit
+code, findings) is read from what verdict.py stored; nothing is recomputed.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def tensor_to_json(t: TensorResult) -> dict[str, Any]:
+    outliers = t.outliers
     return {
         "name": t.name,
         "file": t.ref.file,
+        "role": t.ref.role,
         "dtype": t.ref.dtype,
         "shape": list(t.ref.shape),
         "nan": t.nan,
@@ -23,13 +31,35 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
             None if t.first_bad is None else {"index": t.first_bad, "coords": list(t.first_bad_coords or ())}
         ),
         "can_hold_nonfinite": t.can_hold_nonfinite,
-        # --target-dtype: finite values that overflow the cast, and the largest finite magnitude (null without it)
-        "overflow": t.overflow,
         "max_abs": t.max_abs,
+        "max_abs_exact": t.max_abs_exact,
+        "bulk_scale": t.bulk_scale,
+        "zeros": t.zeros,
+        "exploded": t.exploded,
+        "outliers": (
+            None
+            if outliers is None
+            else {
+                "count": outliers.count,
+                "worst": outliers.worst,
+                "threshold": outliers.threshold,
+                "first": {"index": outliers.first, "coords": list(_coords(outliers.first, t.ref.shape))},
+            }
+        ),
+        "overflow": t.overflow,  # --target-dtype: finite values that overflow the cast
+        "findings": list(t.findings),
     }
 
 
-def report_to_json(report: ScanReport) -> dict[str, Any]:
+def _coords(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    from nandoctor.model import coords_of
+
+    return coords_of(index, shape)
+
+
+def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
+    decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
+    assert decided is not None
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "target": report.target,
@@ -57,16 +87,25 @@ def report_to_json(report: ScanReport) -> dict[str, Any]:
         "errors": [{"path": e.path, "message": e.message, "hint": e.hint} for e in report.errors],
         "notes": list(report.notes),
         "summary": {
-            "verdict": report.verdict,
-            "ok": report.ok,
+            "verdict": decided.words,
+            "health": decided.health,
+            "ok": decided.exit_code == 0,
             "complete": report.complete,
-            "exit_code": report.exit_code,
+            "exit_code": decided.exit_code,
+            "fail_on": sorted(decided.fail_on),
+            "failing": list(decided.failing),
+            "reported": list(decided.reported),
             "tensors": len(report.tensors),
             "bad_tensors": len(report.bad_tensors),
+            "unhealthy_tensors": len(report.unhealthy_tensors),
             "bad_layers": len(report.bad_layers),
             "nan": report.nan,
             "posinf": report.posinf,
             "neginf": report.neginf,
+            "max_abs": verdicts.max_abs(report, "weight"),
+            "exploded_tensors": len(verdicts.with_finding(report, verdicts.EXPLODED)),
+            "outlier_tensors": len(verdicts.with_finding(report, verdicts.OUTLIER)),
+            "zeroed_tensors": len(verdicts.with_finding(report, verdicts.ZEROED)),
             "overflow": sum(t.overflow for t in report.tensors),
             "bytes": report.bytes_scanned,
             "seconds": round(report.seconds, 6),
@@ -76,3 +115,64 @@ def report_to_json(report: ScanReport) -> dict[str, Any]:
     }
     out.update(report.extra)
     return out
+
+
+def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
+    if log is None:
+        return None
+    return {
+        "source": log.source,
+        "last_step": log.last_step,
+        "first_nonfinite": (
+            None
+            if log.first_nonfinite_step is None
+            else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys)}
+        ),
+        "first_zero_loss_step": log.first_zero_loss_step,
+        "error": log.error,
+    }
+
+
+def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "step": c.step,
+        "path": c.path,
+        "status": c.status,
+        "health": c.health,
+        "max_abs": c.max_abs,
+        "growth": c.growth,
+        "why": c.why or None,
+        "incomplete": list(c.incomplete),
+        "train_log": log_to_json(c.log),
+        "report": None if c.report is None else report_to_json(c.report),
+    }
+
+
+def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
+    fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
+    code = run.exit_code(fail_on)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "target": run.target,
+            "checkpoints": [checkpoint_to_json(c) for c in run.checkpoints],
+            "newest": newest.name if newest else None,
+            "last_healthy": last_clean.name if last_clean else None,
+            "last_clean": last_clean.name if last_clean else None,  # = last_healthy (schema 1 name)
+            "first_bad": first_bad.name if first_bad else None,
+            "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
+            "train_log": log_to_json(run.log),
+            "notes": list(run.notes),
+        },
+        "summary": {
+            "decided_by": newest.name if newest else None,
+            "verdict": run.verdict,
+            "ok": code == 0,
+            "exit_code": code,
+            "fail_on": sorted(fail_on),
+            "checkpoints": len(run.checkpoints),
+            "seconds": round(run.seconds, 6),
+        },
+    }

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor import gate
+from nandoctor import verdict as verdicts
 from nandoctor.model import ScanReport
 from nandoctor.report.rich_report import safe
 
@@ -15,8 +15,8 @@ _BECOMES = {"inf": "Inf", "nan": "NaN"}  # other targets describe themselves (fp
 
 
 def overflow_table(report: ScanReport, limit: int | None = MAX_ROWS) -> Table:
-    dtype = gate.target_dtype(report)
-    rows = sorted(gate.overflow_tensors(report), key=lambda t: (-t.overflow, t.name))
+    dtype = verdicts.target_dtype(report)
+    rows = sorted(verdicts.overflow_tensors(report), key=lambda t: (-t.overflow, t.name))
     table = Table(title=f"Overflow risk when cast to {dtype}", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "overflow", "overflow %", "max |x|"):
         table.add_column(column, justify="left" if column in ("tensor", "dtype", "shape") else "right")
@@ -37,13 +37,13 @@ def overflow_table(report: ScanReport, limit: int | None = MAX_ROWS) -> Table:
 
 def render_overflow(report: ScanReport, console: Console, *, show_all: bool = False) -> None:
     """Nothing without a target dtype; else the table (when anything overflows) and a verdict line."""
-    dtype = gate.target_dtype(report)
+    dtype = verdicts.target_dtype(report)
     if dtype is None:
         return
     from nandoctor.kernels.targets import target
 
     spec = target(dtype)
-    count, top = gate.overflow_count(report), gate.max_abs(report)
+    count, top = verdicts.overflow_count(report), verdicts.max_abs(report)
     top_text = f"{top:.6g}" if top is not None else "n/a"
     if count:
         console.print()
@@ -52,14 +52,14 @@ def render_overflow(report: ScanReport, console: Console, *, show_all: bool = Fa
         console.print(
             Text.assemble(
                 (f"✗ OVERFLOW RISK ({dtype})", "bold red"),
-                f": {count:,} finite values in {len(gate.overflow_tensors(report))} tensors become "
+                f": {count:,} finite values in {len(verdicts.overflow_tensors(report))} tensors become "
                 f"{_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} "
                 f"(largest finite {dtype}: {spec.max_finite:g}; max |x| here: {top_text})",
             )
         )
         console.print(
             Text(
-                f"  next: serve in bf16/fp32, or clamp/rescale {safe(gate.worst_overflow_layer(report) or 'those weights')} before casting",
+                f"  next: serve in bf16/fp32, or clamp/rescale {safe(verdicts.worst_overflow_layer(report) or 'those weights')} before casting",
                 style="dim",
             )
         )

@@ -233,7 +233,7 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
     console.print()
     console.print(verdict_text(report))
     if report.nonfinite:
-        from nandoctor.api import repair_command
+        from nandoctor.hints import repair_command
 
         lead = (
             "make every part readable first (a repair needs all of them; see above), then restore the bad tensors with"

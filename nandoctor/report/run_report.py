@@ -10,81 +10,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor import gate
+from nandoctor import verdict as verdicts
 from nandoctor.layers import bad_ranges
-from nandoctor.report.json_report import SCHEMA_VERSION, report_to_json
 from nandoctor.report.rich_report import human_bytes, safe
-from nandoctor.runs import CLEAN, INCOMPLETE, NONFINITE, OVERFLOW, UNREADABLE, RunCheckpoint, RunReport, TrainLog
+from nandoctor.checkpoint.runs import (
+    CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POISONED, UNREADABLE, RunCheckpoint, RunReport, TrainLog,
+)
 
-_STYLE = {CLEAN: "green", OVERFLOW: "yellow", NONFINITE: "red", UNREADABLE: "red", INCOMPLETE: "yellow"}
-_WORD = {CLEAN: "✓ clean", OVERFLOW: "! overflow risk", NONFINITE: "✗ non-finite", UNREADABLE: "✗ unreadable",
-         INCOMPLETE: "… incomplete"}
-
-
-def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
-    if log is None:
-        return None
-    return {
-        "source": log.source,
-        "last_step": log.last_step,
-        "first_nonfinite": (
-            None
-            if log.first_nonfinite_step is None
-            else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys)}
-        ),
-        "first_zero_loss_step": log.first_zero_loss_step,
-        "error": log.error,
-    }
-
-
-def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "step": c.step,
-        "path": c.path,
-        "status": c.status,
-        "incomplete": list(c.incomplete),
-        "train_log": log_to_json(c.log),
-        "report": None if c.report is None else report_to_json(c.report),
-    }
-
-
-def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
-    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
-    newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
-    code = run.exit_code(fail_on)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run": {
-            "target": run.target,
-            "checkpoints": [checkpoint_to_json(c) for c in run.checkpoints],
-            "newest": newest.name if newest else None,
-            "last_clean": last_clean.name if last_clean else None,
-            "first_bad": first_bad.name if first_bad else None,
-            "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
-            "train_log": log_to_json(run.log),
-            "notes": list(run.notes),
-        },
-        "summary": {
-            "decided_by": newest.name if newest else None,
-            "verdict": _run_verdict(run),
-            "ok": code == 0,
-            "exit_code": code,
-            "fail_on": sorted(fail_on),
-            "checkpoints": len(run.checkpoints),
-            "seconds": round(run.seconds, 6),
-        },
-    }
-
-
-def _run_verdict(run: RunReport) -> str:
-    newest = run.newest
-    if newest is None:
-        return "EMPTY"
-    if newest.status == INCOMPLETE:
-        return "INCOMPLETE"
-    assert newest.report is not None
-    return gate.verdict(newest.report)
+_STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold red", UNREADABLE: "red",
+          INCOMPLETE: "yellow"}
+_WORD = {CLEAN: "✓ healthy", OVERFLOW: "! overflow risk", POISONED: "✗ poisoned", DIVERGED: "✗ diverged",
+         UNREADABLE: "✗ unreadable", INCOMPLETE: "… incomplete"}
 
 
 def _log_cell(log: TrainLog | None) -> Text:
@@ -103,24 +39,30 @@ def _log_cell(log: TrainLog | None) -> Text:
 
 
 def _timeline(run: RunReport) -> Table:
-    with_overflow = any(c.report is not None and gate.target_dtype(c.report) for c in run.checkpoints)
+    with_overflow = any(c.report is not None and verdicts.target_dtype(c.report) for c in run.checkpoints)
     table = Table(title="Timeline", title_justify="left", show_edge=False, header_style="bold")
-    columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf"]
+    columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf", "max |w|", "growth"]
     if with_overflow:
         columns.append("overflow")
     columns += ["bad layers", "trainer log"]
     for column in columns:
-        table.add_column(column, justify="right" if column in ("step", "NaN", "+Inf", "-Inf", "bad tensors", "overflow") else "left")
+        numeric = column in ("step", "NaN", "+Inf", "-Inf", "bad tensors", "overflow", "max |w|", "growth")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "checkpoint",
+                         overflow="fold")
     for c in run.checkpoints:
         r = c.report
         style = _STYLE[c.status]
         row: list[Text | str] = [str(c.step), Text(safe(c.name)), Text(_WORD[c.status], style=style)]
         if r is None:
-            row += ["", "", "", ""] + ([""] if with_overflow else [])
+            row += ["", "", "", "", "", ""] + ([""] if with_overflow else [])
         else:
-            row += [f"{len(r.bad_tensors)}/{len(r.tensors)}", f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}"]
+            top = c.max_abs
+            row += [f"{len(r.unhealthy_tensors)}/{len(r.tensors)}", f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}",
+                    "" if top is None else f"{top:.3g}",
+                    Text("" if c.growth is None else f"×{c.growth:.3g}",
+                         style="red" if c.growth is not None and c.growth >= 32 else "")]
             if with_overflow:
-                row.append(f"{gate.overflow_count(r):,}")
+                row.append(f"{verdicts.overflow_count(r):,}")
         ranges = ", ".join(x.label for x in bad_ranges(r.layers)) if r is not None else ""
         row.append(Text(safe(ranges)))
         row.append(_log_cell(c.log))
@@ -130,16 +72,16 @@ def _timeline(run: RunReport) -> Table:
 
 def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     """``--quiet`` for a run: the newest checkpoint's line plus last clean / first bad."""
-    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
     newest = run.newest
     if newest is None:
         head = f"FAIL EMPTY {run.target}: no checkpoints"
     elif newest.report is None or newest.status == INCOMPLETE:
         head = f"FAIL INCOMPLETE {newest.path}: {'; '.join(newest.incomplete) or 'not scanned'}"
     else:
-        head = gate.one_line(newest.report, fail_on, label=newest.path)
+        head = verdicts.one_line(newest.report, fail_on, label=newest.path)
     tail = [
-        f"last clean: {run.last_clean.name if run.last_clean else 'none'}",
+        f"last healthy: {run.last_clean.name if run.last_clean else 'none'}",
         f"first bad: {run.first_bad.name if run.first_bad else 'none'}",
     ]
     if run.log and run.log.suspicious_step is not None:
@@ -148,7 +90,7 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
 
 
 def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = None) -> None:
-    fail_on = gate.DEFAULT_FAIL_ON if fail_on is None else fail_on
+    fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
     scanned = sum(c.report.bytes_scanned for c in run.checkpoints if c.report is not None)
     console.print(
         Text.assemble(
@@ -168,7 +110,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     last_clean, first_bad = run.last_clean, run.first_bad
     console.print(
         Text.assemble(
-            "last clean: ",
+            "last healthy: ",
             (safe(last_clean.name), "bold green") if last_clean else ("none", "bold red"),
             " · first bad: ",
             (safe(first_bad.name), "bold red") if first_bad else ("none", "bold green"),
@@ -176,6 +118,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     )
     _render_log(run, console)
     for c in run.checkpoints:
+        if c.status == DIVERGED and c.why:
+            console.print(Text(f"diverged: {safe(c.name)}: {safe(c.why)}", style="red"))
         if c.status == INCOMPLETE:
             console.print(Text(f"incomplete: {safe(c.name)}: {safe('; '.join(c.incomplete))}", style="yellow"))
         elif c.status == UNREADABLE and c.report is not None:
@@ -186,7 +130,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print()
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
-    console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (_run_verdict(run), style),
+    console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (run.verdict, style),
                                 " (the newest checkpoint decides the exit code)"))
     if code != 0:
         hint = _next_steps(run)
@@ -196,7 +140,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 def _next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
-    from nandoctor.api import repair_command_for
+    from nandoctor.hints import repair_command_for
 
     newest, last_clean, target = run.newest, run.last_clean, run.repair_target
     steps = []
@@ -204,6 +148,14 @@ def _next_steps(run: RunReport) -> list[str]:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
     elif newest is not None and newest.status == UNREADABLE:
         steps.append(f"{newest.name} could not be read completely (see above): re-copy or delete it")
+    if newest is not None and newest.status == DIVERGED:
+        steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
+        if last_clean is not None:
+            steps.append(f"resume training from the last healthy checkpoint, {last_clean.path}, with a lower learning "
+                         "rate or gradient clipping (max_grad_norm)")
+        else:
+            steps.append("no healthy checkpoint is left in this run: restart from the base model")
+        return steps
     if target is None:
         if last_clean is not None and steps:
             steps.append(f"then resume from {last_clean.path}")

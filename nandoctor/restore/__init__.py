@@ -15,8 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from nandoctor.errors import RepairRefusedError, UnrestorableError
+from nandoctor.kernels.census import HealthLimits
+from nandoctor.model import ScanReport
 from nandoctor.restore.plan import DonorInfo, RepairPlan, Restoration, Unrestorable, plan_repair
-from nandoctor.restore.writer import PROOF_NAME, Phase, Progress, RepairResult, Source, WrittenFile
+from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
+from nandoctor.restore.writer import Phase, Progress, Source
 
 __all__ = [
     "repair",
@@ -42,6 +45,8 @@ def repair(
     progress: Progress | None = None,
     on_phase: Phase | None = None,
     hash_all: bool = False,
+    allow_diverged: bool = False,
+    limits: HealthLimits | None = None,
 ) -> RepairResult:
     """Restore ``target``'s NaN/Inf tensors from ``donors`` (tried in order; ``"auto"`` = earlier
     ``checkpoint-N`` siblings, newest first) into the new folder ``out``.
@@ -51,9 +56,9 @@ def repair(
     donor, OutputExistsError when ``out`` exists, RepairFailedError when writing or
     verification failed (nothing left at ``out``).
     """
-    from nandoctor import hubcache, layout, runs
+    from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.restore.donors import resolve_donors
-    from nandoctor.layout import fingerprint
+    from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
     from nandoctor.engine import scan
 
@@ -82,14 +87,16 @@ def repair(
         check_out(tidy_out(out), source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
-    report = scan(target_path, device="cpu", progress=progress)
+    report = scan(target_path, device="cpu", progress=progress, limits=limits)
     if report.errors:
         first = report.errors[0]
         raise RepairRefusedError(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
             f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
-    catalogs = resolve_donors(target_path, donor_list)
+    if report.health == "diverged" and not allow_diverged:
+        _refuse_diverged(target, target_path, report)
+    catalogs = resolve_donors(target_path, donor_list, limits)
     if not dry_run:
         check_out_of_donors(tidy_out(out), [c.path for c in catalogs])
     plan = plan_repair(report, catalogs, scope)
@@ -116,6 +123,23 @@ def repair(
         inputs=inputs,
     )
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:
+    from nandoctor.checkpoint import runs
+    from nandoctor.layers import bad_ranges
+
+    broken = len(report.unhealthy_tensors)
+    folder = target_path if target_path.is_dir() else target_path.parent
+    resume = "resume training from the last healthy checkpoint"
+    if runs.step_of(folder) is not None:
+        resume += f" (`nandoctor scan {folder.parent}` names it)"
+    ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
+    raise RepairRefusedError(
+        f"{target}: diverged: {broken} of {len(report.tensors)} tensors are unhealthy, most of them exploded"
+        + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
+        f"{resume} with a lower learning rate or gradient clipping; --allow-diverged repairs it anyway",
+    )
 
 
 def _notes(source: Source) -> tuple[str, ...]:

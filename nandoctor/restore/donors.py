@@ -1,8 +1,10 @@
-"""Donor checkpoints: their tensor references (headers only) and a finiteness check per tensor.
+"""Donor checkpoints: their tensor references (headers only) and a health check per tensor.
 
-A donor is never scanned whole: only the tensors a repair would take from it
-are read, through the same CPU kernel the scan uses. ``--from auto`` becomes
-the earlier ``checkpoint-N`` siblings of the target, newest first.
+A donor is opened like any checkpoint (checkpoint/opener.py) but never scanned
+whole: only the tensors a repair would take from it are read, through the same
+CPU kernel and census the scan uses, and must be healthy (finite; for weights,
+not exploded and without outliers). ``--from auto`` becomes the run's healthy
+checkpoints before the target, at or before its last healthy one, newest first.
 """
 
 from __future__ import annotations
@@ -11,75 +13,110 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from nandoctor import layout
+import numpy as np
+
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.runs import RunReport, checkpoints_in, step_of
 from nandoctor.dtypes import DTYPES
-from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, NandoctorError, RepairRefusedError
+from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, RepairRefusedError
+from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
-from nandoctor.readers import reader_for
-from nandoctor.layout import fingerprint
-from nandoctor.runs import checkpoints_in, step_of
 
 AUTO = "auto"
 
 
 class CheckpointDonor:
-    """A donor checkpoint on disk; implements plan.DonorCatalog."""
+    """A donor checkpoint on disk, opened once (headers only); implements plan.DonorCatalog."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], limits: HealthLimits | None = None) -> None:
         self.path = Path(path)
         self.label = str(path)
         self.step = step_of(self.path) if self.path.is_dir() else step_of(self.path.parent)
+        self.limits = limits or HealthLimits()
+        self.checkpoint: Checkpoint | None = None
         self._refs: dict[str, TensorRef] | None = None
-        self._kernel = None
-        self.fingerprints: dict[str, tuple[int, int]] = {}  # file → (size, mtime_ns) when its header was read
+
+    @property
+    def fingerprints(self) -> dict[str, tuple[int, int]]:
+        """file → (size, mtime_ns) when its header was read (empty before ``refs()``)."""
+        if self.checkpoint is None:
+            return {}
+        return {str(f): print_ for f, print_ in self.checkpoint.fingerprints.items()}
 
     def refs(self) -> Mapping[str, TensorRef]:
         if self._refs is None:
-            files = layout.discover(self.path)
-            if files.problems:
-                first = files.problems[0]
+            checkpoint = open_checkpoint(self.path)
+            if checkpoint.problems:  # a donor must be read whole: a corrupt storage is no source of truth
+                first = checkpoint.problems[0]
                 raise CorruptCheckpointError(first.path, first.message, first.hint or None)
             refs: dict[str, TensorRef] = {}
-            for file in files.files:
-                try:
-                    self.fingerprints[str(file)] = fingerprint(file)
-                    found = reader_for(file).read_refs(file)
-                except OSError as exc:
-                    raise CorruptCheckpointError(str(file), f"cannot read: {exc.strerror or exc}") from None
-                for ref in found:
-                    if ref.name in refs:
-                        raise CorruptCheckpointError(
-                            str(file), f"tensor {ref.name!r} is also in {Path(refs[ref.name].file).name}; ambiguous"
-                        )
-                    refs[ref.name] = ref
-            self._refs = refs
+            for ref in checkpoint.refs:
+                if ref.name in refs:
+                    raise CorruptCheckpointError(
+                        ref.file, f"tensor {ref.name!r} is also in {Path(refs[ref.name].file).name}; ambiguous"
+                    )
+                refs[ref.name] = ref
+            self.checkpoint, self._refs = checkpoint, refs
         return self._refs
 
-    def nonfinite(self, ref: TensorRef) -> int:
-        from nandoctor.restore.tensorbytes import iter_elements
-
-        spec = DTYPES[ref.dtype]
-        if not spec.can_hold_nonfinite:
-            return 0
-        if self._kernel is None:
-            from nandoctor.kernels import select_kernel
-
-            self._kernel = select_kernel("cpu")
-        kernel = self._kernel
-        bad = 0
+    def unhealthy(self, ref: TensorRef) -> str | None:
+        """Why this donor tensor is no good copy, or None: it must be finite and, for a weight, neither
+        exploded nor holding outliers (the same census the scan runs, on this tensor alone)."""
         try:
-            for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
-                if kernel.any_nonfinite(block, spec):
-                    bad += kernel.count(block, spec).nonfinite
+            return tensor_health(ref, self.limits)
         except OSError as exc:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
-        except NandoctorError:
-            raise
-        return bad
 
 
-def auto_donors(target: Path) -> list[Path]:
-    """The earlier ``checkpoint-N`` siblings of ``target``, newest first."""
+def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
+    """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy."""
+    from nandoctor.kernels import select_kernel
+    from nandoctor.kernels.census import Census, count_above, lane_info, observe_chunk
+    from nandoctor.restore.tensorbytes import iter_elements
+
+    spec = DTYPES[ref.dtype]
+    if not spec.can_hold_nonfinite:
+        return None
+    kernel = select_kernel("cpu")
+    info = lane_info(spec, limits.max_abs)
+    census = Census()
+    bad = 0
+    blocks = []
+    lanes_seen = 0
+    for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
+        if ref.region.byteorder == "big" and spec.lane_bits > 8:
+            block = block.view(f">u{spec.lane_bits // 8}").astype(f"<u{spec.lane_bits // 8}").view(np.uint8)
+        bad += kernel.count(block, spec).nonfinite
+        census.merge(observe_chunk(block, info, lanes_seen))
+        if census.high_segments and len(blocks) < 64:
+            blocks.append((lanes_seen, block.copy()))
+        lanes_seen += block.size * 8 // spec.lane_bits
+    if bad:
+        return f"holds {bad:,} NaN/Inf values"
+    if ref.role != "weight":
+        return None
+    if census.exploded:
+        return f"holds {census.exploded:,} exploded values (|x| > {limits.max_abs:g})"
+    threshold = census.outlier_threshold(info, limits)
+    if threshold is not None and any(top >= threshold for _, _, top in census.high_segments):
+        lane = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[spec.lane_bits // 8]
+        if not blocks or any(count_above(b.view(lane), info, threshold)[0] for _, b in blocks):
+            return "holds outliers (values 2^10 times above its bulk)"
+    return None
+
+
+def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[Path], RunReport]:
+    """The run's healthy checkpoints before ``target``, newest first, and the timeline they come from.
+
+    Only checkpoints at or before the run's last healthy one qualify: never the first bad checkpoint or
+    a later one, even where some of its tensors look fine (a diverged run's NaN-free tensors have
+    exploded already).
+    """
+    from functools import partial
+
+    from nandoctor.checkpoint.runs import HEALTHY_STATUSES, scan_run
+    from nandoctor.engine import scan
+
     target = Path(target)
     folder = target if target.is_dir() else target.parent
     step = step_of(folder)
@@ -94,23 +131,38 @@ def auto_donors(target: Path) -> list[Path]:
             f"{target}: --from auto found no checkpoint-N before step {step} in {folder.parent}",
             "name the donors with --from <path>; the run may have deleted older checkpoints (save_total_limit)",
         )
-    return [path for path in reversed(earlier)]
+    run = scan_run(folder.parent, device="cpu", scan_one=partial(scan, limits=limits), below_step=step)
+    first_bad = run.first_bad
+    healthy = [
+        Path(c.path) for c in run.checkpoints
+        if c.status in HEALTHY_STATUSES and (first_bad is None or c.step < first_bad.step)
+    ]
+    if not healthy:
+        bad = f" (the first bad one is {first_bad.name})" if first_bad else ""
+        raise RepairRefusedError(
+            f"{target}: --from auto found no healthy checkpoint before step {step} in {folder.parent}{bad}",
+            "name a healthy donor with --from <path> (an earlier run, or the base model)",
+        )
+    return list(reversed(healthy)), run
 
 
-def resolve_donors(target: Path, donors: list[str | os.PathLike[str]]) -> list[CheckpointDonor]:
+def resolve_donors(
+    target: Path, donors: list[str | os.PathLike[str]], limits: HealthLimits | None = None
+) -> list[CheckpointDonor]:
     """Donor catalogs in the order given, ``auto`` expanded in place.
 
     ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
     A donor may be a path or a model name in the Hugging Face / ModelScope cache.
     """
-    from nandoctor import hubcache
+    from nandoctor.checkpoint import hubcache
 
     out: list[CheckpointDonor] = []
     auto_error: RepairRefusedError | None = None
     for donor in donors:
         if str(donor) == AUTO:
             try:
-                out.extend(CheckpointDonor(p) for p in auto_donors(target))
+                paths, _ = auto_donors(target, limits)
+                out.extend(CheckpointDonor(p, limits) for p in paths)
             except RepairRefusedError as exc:
                 auto_error = exc
             continue
@@ -118,7 +170,7 @@ def resolve_donors(target: Path, donors: list[str | os.PathLike[str]]) -> list[C
             path, _ = hubcache.resolve(donor)
         except CheckpointNotFoundError as exc:
             raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
-        out.append(CheckpointDonor(path))
+        out.append(CheckpointDonor(path, limits))
     if not out and auto_error is not None:
         raise auto_error
     if not out:

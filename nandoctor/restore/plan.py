@@ -34,11 +34,15 @@ class DonorCatalog(Protocol):
     label: str  # the path as the user gave it
     step: int | None  # training step when known (checkpoint-N)
 
+    @property
+    def fingerprints(self) -> Mapping[str, tuple[int, int]]:
+        """file → (size, mtime_ns) when its header was read: the writer checks nothing changed since."""
+
     def refs(self) -> Mapping[str, TensorRef]:
         """Every tensor of the donor by name; raises NandoctorError when it cannot be read."""
 
-    def nonfinite(self, ref: TensorRef) -> int:
-        """How many of the donor tensor's own elements are NaN/+Inf/-Inf."""
+    def unhealthy(self, ref: TensorRef) -> str | None:
+        """Why the donor tensor is no good copy (NaN/Inf, exploded, outliers), or None when it is healthy."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Restoration:
     nan: int  # counts in the target before the repair
     posinf: int
     neginf: int
-    reason: str  # "bad" (it holds NaN/Inf) or "layer" (clean, restored with its layer)
+    reason: str  # "bad" (a failing finding: NaN/Inf, exploded, outliers) or "layer" (healthy, restored with its layer)
     donor: int  # index into RepairPlan.donors
     donor_name: str  # the name in the donor (may differ by a wrapper prefix)
     target_ref: TensorRef
@@ -130,8 +134,7 @@ def normalise(name: str) -> str:
 
 def _view_key(ref: TensorRef) -> tuple:
     """Two refs with this key read and write exactly the same elements (tied weights)."""
-    strides = ref.strides if ref.strides is not None else ref.contiguous_strides
-    return (ref.region.file, ref.region.key, ref.region.offset, ref.storage_offset, ref.shape, strides, ref.dtype)
+    return ref.elements_key
 
 
 class _DonorView:
@@ -142,7 +145,7 @@ class _DonorView:
         self._refs: Mapping[str, TensorRef] | None = None
         self._by_norm: dict[str, list[str]] = {}
         self.error: str | None = None
-        self._finite: dict[int, int] = {}
+        self._health: dict[int, str | None] = {}
 
     def load(self) -> bool:
         if self._refs is not None or self.error is not None:
@@ -175,11 +178,11 @@ class _DonorView:
         assert self._refs is not None
         return self._refs[name]
 
-    def nonfinite(self, ref: TensorRef) -> int:
+    def unhealthy(self, ref: TensorRef) -> str | None:
         key = id(ref)
-        if key not in self._finite:
-            self._finite[key] = self.catalog.nonfinite(ref)
-        return self._finite[key]
+        if key not in self._health:
+            self._health[key] = self.catalog.unhealthy(ref)
+        return self._health[key]
 
 
 def _describe(catalog: DonorCatalog) -> str:
@@ -205,21 +208,22 @@ def _candidate(result: TensorResult, donor: _DonorView) -> tuple[str, TensorRef]
             reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
         else:
             try:
-                bad = donor.nonfinite(ref)
+                why = donor.unhealthy(ref)
             except (NandoctorError, OSError) as exc:
                 reasons.append(f"cannot be read{shown}: {getattr(exc, 'message', None) or exc}")
                 continue
-            if not bad:
+            if why is None:
                 return name, ref
-            reasons.append(f"holds {bad:,} NaN/Inf values itself{shown}")
+            reasons.append(f"{why} itself{shown}")
     return "; ".join(reasons)
 
 
 def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
-    """The tensors a repair restores: the bad ones, or every tensor of each layer holding one."""
+    """The tensors a repair restores: the unhealthy ones (NaN/Inf, exploded, outliers), or every tensor of
+    each layer holding one. A trainer-state sentinel (Lightning's ``kth_value = inf``) is not restored."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    bad = [t for t in report.tensors if t.bad]
+    bad = [t for t in report.tensors if t.unhealthy]
     if scope == "tensor":
         return bad
     groups = {layer_of(t.name).group for t in bad}
@@ -313,7 +317,7 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
                 nan=t.nan,
                 posinf=t.posinf,
                 neginf=t.neginf,
-                reason="bad" if t.bad else "layer",
+                reason="bad" if t.unhealthy else "layer",
                 donor=index,
                 donor_name=donor_name,
                 target_ref=t.ref,

@@ -12,13 +12,49 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from nandoctor.restore.plan import RepairPlan, Restoration
-    from nandoctor.restore.writer import RepairResult
+from nandoctor.model import ScanReport
+from nandoctor.restore.plan import RepairPlan, Restoration
 
 PROOF_SCHEMA = 1
+
+PROOF_NAME = "nandoctor-repair.json"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: str  # relative to the output folder
+    bytes: int
+    sha256: str | None  # None: an unpatched copy that was not hashed (hash_all=False)
+    patched: bool
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    plan: RepairPlan
+    out: str | None  # None for a dry run
+    verification: ScanReport | None
+    files: tuple[WrittenFile, ...] = ()
+    carried: tuple[str, ...] = ()  # non-weight files copied unchanged
+    left_out: tuple[str, ...] = ()
+    proof: str | None = None
+    seconds: float = 0.0
+    dry_run: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        if self.dry_run:
+            return not self.plan.refused
+        return self.verification is not None and self.verification.ok
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 3
+
+
 
 
 def proof_json(result: RepairResult) -> dict[str, Any]:
@@ -72,9 +108,8 @@ def write_proof(result: RepairResult, path: Path) -> None:
 
 
 def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    from nandoctor.restore.writer import PROOF_NAME
 
-    from nandoctor.jsonfiles import read_json
+    from nandoctor.checkpoint.jsonfiles import read_json
 
     return read_json(Path(folder) / PROOF_NAME)
 

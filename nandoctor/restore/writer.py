@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
-from nandoctor.layout import fingerprint
+from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.model import ScanReport
 from nandoctor.restore import atomic, zippatch
 from nandoctor.restore.plan import RepairPlan, Restoration
+from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write_proof
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
-PROOF_NAME = "nandoctor-repair.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HASH_CHUNK = 4 << 20
 # copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
@@ -42,14 +42,6 @@ Phase = Callable[[str], None]  # "temp", "copied", "verified", "hashed", "proof"
 
 
 @dataclass(frozen=True)
-class WrittenFile:
-    path: str  # relative to the output folder
-    bytes: int
-    sha256: str | None  # None: an unpatched copy that was not hashed (hash_all=False)
-    patched: bool
-
-
-@dataclass(frozen=True)
 class Source:
     """What the repair copies: the target's root and which of its files hold the scanned weights."""
 
@@ -57,30 +49,6 @@ class Source:
     single_file: Path | None  # set when the target is one file: only it is copied
     weights: tuple[Path, ...]  # the scanned weight files (patched when a restoration lands there)
     left_out: tuple[Path, ...] = ()  # weights in another format that the scan skipped: not carried over
-
-
-@dataclass(frozen=True)
-class RepairResult:
-    plan: RepairPlan
-    out: str | None  # None for a dry run
-    verification: ScanReport | None
-    files: tuple[WrittenFile, ...] = ()
-    carried: tuple[str, ...] = ()  # non-weight files copied unchanged
-    left_out: tuple[str, ...] = ()
-    proof: str | None = None
-    seconds: float = 0.0
-    dry_run: bool = False
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        if self.dry_run:
-            return not self.plan.refused
-        return self.verification is not None and self.verification.ok
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 3
 
 
 def _noop(*_: object) -> None:
@@ -214,7 +182,6 @@ def write_repair(
             seconds=time.perf_counter() - started,
             notes=notes + tuple(copy_notes),
         )
-        from nandoctor.restore.proof import write_proof
 
         write_proof(result, temp / PROOF_NAME)
         phase("proof")

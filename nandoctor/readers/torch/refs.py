@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
-from nandoctor.readers.safe_pickle import StorageRef, TensorStub
-from nandoctor.readers.torchnames import Walk
+from nandoctor.readers.torch.safe_pickle import StorageRef, TensorStub
+from nandoctor.readers.torch.names import Walk
 
 _MAX_LISTED = 5
 

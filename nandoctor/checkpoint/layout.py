@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nandoctor.jsonfiles import read_json
+from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
 from nandoctor.model import ScanProblem
 
@@ -102,7 +102,7 @@ def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | Non
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
         return None, ScanProblem(str(candidate), f"cannot resolve shard path: {exc}")
     # A Hugging Face cache snapshot is a folder of symlinks into ../../blobs/: those targets are allowed too.
-    from nandoctor.hubcache import blob_roots
+    from nandoctor.checkpoint.hubcache import blob_roots
 
     allowed = (resolved_folder, *blob_roots(folder))
     if os.path.isabs(shard) or not any(root in resolved.parents for root in allowed):

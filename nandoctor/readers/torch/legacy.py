@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
-from nandoctor.readers.safe_pickle import (
+from nandoctor.readers.torch.safe_pickle import (
     BoundedReader,
     Placeholder,
     PickleFormatError,
@@ -28,7 +28,7 @@ from nandoctor.readers.safe_pickle import (
     element_bytes,
     restricted_load,
 )
-from nandoctor.readers.torchrefs import StorageBlock
+from nandoctor.readers.torch.refs import StorageBlock
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001

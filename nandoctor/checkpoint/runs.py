@@ -10,6 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,12 @@ _TEMP_PREFIXES = ("tmp", ".tmp")
 TRAINER_STATE = "trainer_state.json"
 _LOGGED_KEYS = ("loss", "grad_norm")
 
-# Checkpoint status words, worst first where one checkpoint has several.
-INCOMPLETE, UNREADABLE, NONFINITE, OVERFLOW, CLEAN = "incomplete", "unreadable", "nonfinite", "overflow", "clean"
+# Checkpoint status words (decided by verdict.checkpoint_status), worst first where one checkpoint has several.
+INCOMPLETE, UNREADABLE, DIVERGED, POISONED, OVERFLOW, CLEAN = (
+    "incomplete", "unreadable", "diverged", "poisoned", "overflow", "clean",
+)
+NONFINITE = POISONED  # the word before health findings: a checkpoint that holds damage a repair can fix
+HEALTHY_STATUSES = (CLEAN, OVERFLOW)
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,26 @@ class TrainLog:
 class RunCheckpoint:
     step: int
     path: str
-    status: str  # incomplete | unreadable | nonfinite | overflow | clean
+    status: str  # incomplete | unreadable | diverged | poisoned | overflow | clean
     report: ScanReport | None  # None when nothing could be scanned (no weights at all)
     incomplete: tuple[str, ...] = ()  # why the save looks half-written
     log: TrainLog | None = None
+    growth: float | None = None  # largest weight magnitude over that of the previous checkpoint
+    why: str = ""  # what made it diverged, when it is
+
+    @property
+    def max_abs(self) -> float | None:
+        if self.report is None:
+            return None
+        values = [t.max_abs for t in self.report.tensors if t.max_abs is not None and t.ref.role == "weight"]
+        return max(values) if values else None
+
+    @property
+    def health(self) -> str:
+        """healthy | poisoned | diverged | unreadable | incomplete."""
+        if self.status in HEALTHY_STATUSES:
+            return "healthy"
+        return self.status
 
     @property
     def name(self) -> str:
@@ -101,38 +122,47 @@ class RunReport:
         return self.checkpoints[-1] if self.checkpoints else None
 
     @property
-    def last_clean(self) -> RunCheckpoint | None:
-        """The newest checkpoint that was read completely and is finite: what to resume from."""
-        clean = [c for c in self.checkpoints if c.report is not None and c.status in (CLEAN, OVERFLOW)]
-        return clean[-1] if clean else None
+    def last_healthy(self) -> RunCheckpoint | None:
+        """The newest checkpoint read completely whose weights are healthy (finite, not exploded, no
+        outliers, not grown far past the earlier ones): what to resume from. (``--from auto`` takes donors
+        only from healthy checkpoints before the run's first bad one: restore/donors.py.)"""
+        healthy = [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES]
+        return healthy[-1] if healthy else None
+
+    last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
     @property
     def repair_target(self) -> RunCheckpoint | None:
-        """The newest checkpoint that was read completely and holds NaN/Inf: what a repair can fix."""
-        bad = [c for c in self.checkpoints if c.report is not None and c.status == NONFINITE]
+        """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix."""
+        bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED]
         return bad[-1] if bad else None
 
     @property
     def first_bad(self) -> RunCheckpoint | None:
-        """The oldest checkpoint with non-finite weights: training broke before it."""
-        return next((c for c in self.checkpoints if c.report is not None and c.report.nonfinite), None)
+        """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
+        return next((c for c in self.checkpoints if c.report is not None and c.status in (POISONED, DIVERGED)), None)
 
     def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
         """The newest checkpoint decides: it is what a resume or a deploy would load (docs/cli.md)."""
-        from nandoctor import gate
+        from nandoctor import verdict as verdicts
 
         newest = self.newest
         if newest is None or newest.report is None or newest.status == INCOMPLETE:
             return EXIT_UNREADABLE
-        return gate.exit_code(newest.report, gate.DEFAULT_FAIL_ON if fail_on is None else fail_on)
+        return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
     def ok(self, fail_on: frozenset[str] | None = None) -> bool:
         return self.exit_code(fail_on) == 0
 
-    def to_json(self, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
-        from nandoctor.report.run_report import run_to_json
-
-        return run_to_json(self, fail_on)
+    @property
+    def verdict(self) -> str:
+        newest = self.newest
+        if newest is None:
+            return "EMPTY"
+        if newest.status == INCOMPLETE:
+            return "INCOMPLETE"
+        assert newest.report is not None
+        return newest.report.verdict + (" (DIVERGED)" if newest.status == DIVERGED else "")
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
@@ -140,7 +170,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     folder = Path(path)
     if not folder.is_dir():
         return False
-    from nandoctor.layout import INDEX_NAMES, weight_suffixes
+    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
 
     has_checkpoints = False
     suffixes = weight_suffixes()
@@ -158,7 +188,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
 
 def read_train_log(path: Path) -> TrainLog:
     """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
-    from nandoctor.jsonfiles import read_json
+    from nandoctor.checkpoint.jsonfiles import read_json
 
     try:
         data = read_json(path)
@@ -188,7 +218,7 @@ def read_train_log(path: Path) -> TrainLog:
 
 def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
     from nandoctor.errors import CorruptCheckpointError
-    from nandoctor.layout import INDEX_NAMES, read_index, weight_suffixes
+    from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
 
     reasons = []
     try:
@@ -219,20 +249,6 @@ def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
     return reasons
 
 
-def _status(report: ScanReport | None, incomplete: list[str]) -> str:
-    from nandoctor import gate
-
-    if incomplete or report is None:
-        return INCOMPLETE
-    if report.errors:
-        return UNREADABLE
-    if report.nonfinite:
-        return NONFINITE
-    if gate.overflow_count(report):
-        return OVERFLOW
-    return CLEAN
-
-
 def scan_run(
     path: str | os.PathLike[str],
     *,
@@ -241,6 +257,7 @@ def scan_run(
     progress: Callable[[int, int, str], None] | None = None,
     both_formats: bool = False,
     scan_one: Callable[..., ScanReport] | None = None,
+    below_step: int | None = None,
 ) -> RunReport:
     """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first."""
     import time
@@ -257,6 +274,8 @@ def scan_run(
         if match and entry.is_dir():
             folders.append((int(match.group(1)), entry, True))
     folders.sort(key=lambda f: (f[0], f[2]))
+    if below_step is not None:  # repair's --from auto: only the checkpoints before its target
+        folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
 
     notes = []
@@ -271,8 +290,13 @@ def scan_run(
             + "; scan them on their own"
         )
 
+    from nandoctor import verdict as verdicts
+
     done_before = 0
     checkpoints = []
+    healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
+    previous_max: float | None = None
+    run_first_bad_log: int | None = None
     for step, folder, is_tmp in folders:
         reasons = _incomplete_reasons(folder, expect_trainer_state=with_state > 0)
         if is_tmp:
@@ -295,7 +319,18 @@ def scan_run(
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
         log = read_train_log(state) if state.exists() else None
-        checkpoints.append(RunCheckpoint(step, str(folder), _status(report, reasons), report, tuple(reasons), log))
+        if log is not None and log.first_nonfinite_step is not None and run_first_bad_log is None:
+            run_first_bad_log = log.first_nonfinite_step
+        status, growth, why = verdicts.checkpoint_status(report, bool(reasons), step, healthy_max, run_first_bad_log)
+        checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
+        top = checkpoint.max_abs
+        if top is not None and previous_max:  # shown: the growth since the previous checkpoint
+            checkpoint = dataclasses.replace(checkpoint, growth=top / previous_max)
+        if top is not None:
+            previous_max = top
+        if status in HEALTHY_STATUSES and top is not None and healthy_max is None:
+            healthy_max = top  # the rule's baseline: the run's first healthy checkpoint
+        checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
     top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here

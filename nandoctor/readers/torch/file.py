@@ -28,8 +28,7 @@ from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
 from nandoctor.model import ReadResult, ScanProblem, TensorRef
-from nandoctor.readers import register
-from nandoctor.readers.safe_pickle import (
+from nandoctor.readers.torch.safe_pickle import (
     UNREAD_TENSOR_GLOBALS,
     PickleFormatError,
     PickleTooLargeError,
@@ -38,9 +37,9 @@ from nandoctor.readers.safe_pickle import (
     check_storage_id,
     restricted_load,
 )
-from nandoctor.readers.torchlegacy import NotLegacyError, looks_legacy, read_legacy
-from nandoctor.readers.torchnames import Walk, WalkLimitError, walk
-from nandoctor.readers.torchrefs import BuiltRefs, StorageBlock, build_refs, listed
+from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
+from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
+from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers import zipentries
 from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
 
@@ -68,14 +67,6 @@ class TorchReader:
 
     def sniff(self, head: bytes) -> bool:
         return head.startswith(LOCAL_MAGIC) or looks_legacy(head)
-
-    def read_refs(self, path: Path) -> list[TensorRef]:
-        """The tensors; raises when a storage fails its CRC (callers without a report must not trust it)."""
-        result = self.read(path)
-        if result.problems:
-            first = result.problems[0]
-            raise CorruptCheckpointError(str(path), first.message, first.hint)
-        return list(result.refs)
 
     def read(self, path: Path) -> ReadResult:
         p = str(path)
@@ -376,5 +367,3 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
     notes += [f"{name}: {n}" for n in built.notes]
     return notes
 
-
-register(TorchReader())

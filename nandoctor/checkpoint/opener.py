@@ -1,0 +1,164 @@
+"""A path opened once: every file of the checkpoint read by its reader into one :class:`Checkpoint`.
+
+The layout says which files belong together; each file's reader validates it
+completely and returns its tensor references; the index and the shards are
+cross-checked; every tensor gets its role. What could not be read becomes a
+``ScanProblem`` (the rest is still opened), so a consumer decides whether a
+partial checkpoint is acceptable (a scan reports it; a repair donor refuses it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nandoctor.checkpoint import layout
+from nandoctor.checkpoint.roles import WEIGHT, role_of
+from nandoctor.errors import NandoctorError
+from nandoctor.model import ScanProblem, TensorRef
+from nandoctor.readers import read_file
+
+_MAX_LISTED_NAMES = 5
+Fingerprint = tuple[int, int]  # (size, mtime in ns), see layout.fingerprint
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint as its files describe it: tensors (with roles), notes and problems; no tensor byte read."""
+
+    path: Path
+    files: layout.CheckpointFiles
+    refs_by_file: dict[Path, list[TensorRef]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)  # taken before each file was read
+
+    @property
+    def refs(self) -> list[TensorRef]:
+        return [ref for refs in self.refs_by_file.values() for ref in refs]
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False) -> Checkpoint:
+    """Read the headers of every file of the checkpoint at ``path``; raise only for an unusable path."""
+    files = layout.discover(path, both_formats=both_formats)
+    checkpoint = Checkpoint(Path(path), files, notes=list(files.notes), problems=list(files.problems))
+    for file in files.files:
+        try:
+            checkpoint.fingerprints[file] = layout.fingerprint(file)
+            read = read_file(file)
+        except NandoctorError as exc:
+            checkpoint.problems.append(problem_of(file, exc))
+            continue
+        except OSError as exc:
+            checkpoint.problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
+            continue
+        checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
+        checkpoint.notes += read.notes
+        checkpoint.problems += read.problems
+    checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
+    duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
+    checkpoint.problems += duplicate_problems
+    checkpoint.notes += duplicate_notes
+    return checkpoint
+
+
+def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
+    out = []
+    for ref in refs:
+        role = role_of(ref.name, file_name)
+        out.append(ref if role == ref.role else dataclasses.replace(ref, role=role))
+    return out
+
+
+def problem_of(file: Path, exc: NandoctorError) -> ScanProblem:
+    """A reader's error as a problem of ``file`` (the file name is not repeated in the message)."""
+    message = exc.message
+    prefix = f"{file}: "
+    return ScanProblem(str(file), message[len(prefix):] if message.startswith(prefix) else message, exc.hint)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED_NAMES])
+    more = len(names) - _MAX_LISTED_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, list[TensorRef]]) -> list[ScanProblem]:
+    problems = []
+    for index in files.indexes:
+        folder = index.path.parent
+        by_shard: dict[str, list[str]] = {}
+        for name, shard in index.weight_map.items():
+            by_shard.setdefault(shard, []).append(name)
+        for shard, names in sorted(by_shard.items()):
+            shard_path = folder / shard
+            if shard_path not in refs_by_file:
+                continue  # missing or unreadable: already reported
+            present = {r.name for r in refs_by_file[shard_path]}
+            missing = sorted(set(names) - present)
+            if missing:
+                problems.append(
+                    ScanProblem(
+                        str(shard_path),
+                        f"{len(missing)} tensors that {index.path.name} maps here are absent: {_names(missing)}",
+                        "the index and the shards come from different saves; re-save or re-download",
+                    )
+                )
+            extra = sorted(present - set(names))
+            if extra:
+                problems.append(
+                    ScanProblem(
+                        str(shard_path),
+                        f"{len(extra)} tensors in this shard are not in {index.path.name}: {_names(extra)}",
+                        "loaders will ignore them; re-save the checkpoint or fix the index",
+                    )
+                )
+    return problems
+
+
+_SHARD_NAME = re.compile(r"-\d+-of-\d+\.")
+
+
+def _is_shard(file: Path, indexed: set[Path]) -> bool:
+    """Part of one model split across files (listed in an index, or named like ``*-00001-of-00004.*``)."""
+    return file in indexed or bool(_SHARD_NAME.search(file.name))
+
+
+def _check_duplicate_names(
+    refs_by_file: dict[Path, list[TensorRef]], files: layout.CheckpointFiles
+) -> tuple[list[ScanProblem], list[str]]:
+    """The same tensor name in two shards of one model is ambiguous (a problem); in two separate
+    checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
+    indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
+    seen: dict[tuple[bool, str], Path] = {}
+    problems: list[ScanProblem] = []
+    shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
+    for file, refs in refs_by_file.items():
+        is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
+        for ref in refs:
+            key = (is_safetensors, ref.name)
+            other = seen.setdefault(key, file)
+            if other == file:
+                continue
+            if _is_shard(file, indexed) and _is_shard(other, indexed):
+                problems.append(
+                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {other.name}; which one loads is ambiguous")
+                )
+            else:
+                shared.setdefault((other, file), []).append(ref.name)
+    notes = [
+        f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); scanned as separate "
+        "checkpoints (the report names the file of each bad tensor)"
+        for (a, b), names in shared.items()
+    ]
+    return problems, notes
+
+
+__all__ = ["Checkpoint", "open_checkpoint", "problem_of", "WEIGHT"]

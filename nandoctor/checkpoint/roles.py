@@ -1,0 +1,55 @@
+"""What each tensor is: a model ``weight``, a ``buffer``, ``optimizer`` state or ``trainer`` state.
+
+Decided once, when a checkpoint is opened, from the tensor's container path
+(its dotted name) and the file it came from; the verdict judges each tensor by
+its role (a Lightning ``ModelCheckpoint.kth_value = inf`` sentinel is trainer
+state, not a poisoned weight; a GPT-2 ``masked_bias`` of -1e4 is a buffer, not
+an exploded weight). docs/formats.md lists the rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+WEIGHT, BUFFER, OPTIMIZER, TRAINER = "weight", "buffer", "optimizer", "trainer"
+ROLES = (WEIGHT, BUFFER, OPTIMIZER, TRAINER)
+
+# Files beside the weights, judged by their name alone.
+_OPTIMIZER_FILE = re.compile(r"^(optimizer(_\d+)?\.(pt|pth|bin)|[\w.-]*optim_states\.pt)$")
+_TRAINER_FILE = re.compile(r"^(scheduler|scaler|rng_state(_\d+)?|random_states_\d+|custom_checkpoint_\d+)\.(pt|pth|bin|pkl)$")
+
+# Path segments that hold optimizer or trainer state, wherever they stand in a nested save.
+_OPTIMIZER_SEGMENTS = frozenset({
+    "optimizer", "optimizers", "optimizer_states", "optimizer_state", "optimizer_state_dict",
+    "optim", "optim_state", "optim_state_dict", "base_optimizer_state", "fp32_flat_groups",
+    "single_partition_of_fp32_groups",
+})
+_TRAINER_SEGMENTS = frozenset({
+    "callbacks", "loops", "lr_schedulers", "lr_scheduler", "scheduler", "schedulers", "scaler",
+    "grad_scaler", "rng_state", "rng_states", "random_states", "hparams", "hyper_parameters",
+    "trainer_state", "ds_config", "lr_scheduler_state",
+})
+# Last segments of non-learned constants that loaders recompute or ignore.
+_BUFFER_LEAVES = frozenset({
+    "inv_freq", "position_ids", "masked_bias", "causal_mask", "running_mean", "running_var",
+    "num_batches_tracked", "cos_cached", "sin_cached", "freqs_cis", "_float_tensor", "token_type_ids",
+})
+# GPT-2 / GPT-J ``h.N.attn.bias`` is the causal mask; ``attn.c_attn.bias`` stays a weight.
+_MASK_BIAS = re.compile(r"(^|\.)(attn|attention)\.bias$")
+
+
+def role_of(name: str, file_name: str = "") -> str:
+    """The role of the tensor ``name`` read from the file called ``file_name``."""
+    if _OPTIMIZER_FILE.match(file_name):
+        return OPTIMIZER
+    if _TRAINER_FILE.match(file_name):
+        return TRAINER
+    segments = name.split(".")
+    for segment in segments[:-1]:
+        if segment in _OPTIMIZER_SEGMENTS:
+            return OPTIMIZER
+        if segment in _TRAINER_SEGMENTS or segment.startswith(("ModelCheckpoint", "EarlyStopping")):
+            return TRAINER
+    if segments[-1] in _BUFFER_LEAVES or _MASK_BIAS.search(name):
+        return BUFFER
+    return WEIGHT

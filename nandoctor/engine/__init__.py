@@ -1,0 +1,148 @@
+"""The scan: a checkpoint opened once, its regions read through the chunk pipeline, a judged report.
+
+``open_checkpoint`` (checkpoint/) gives the tensors; ``plan_jobs`` groups them
+by region (jobs.py); the pipeline reads every region once (pipeline.py); the
+outlier pass reads again the few segments that may hold outliers; the results
+become a ``ScanReport`` that verdict.py judges. The only package that knows
+both readers and kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from nandoctor import verdict
+from nandoctor.checkpoint.opener import open_checkpoint
+from nandoctor.errors import NandoctorError
+from nandoctor.kernels import Kernel, select_kernel
+from nandoctor.kernels.census import HealthLimits, count_above
+from nandoctor.kernels.targets import target
+from nandoctor.model import ScanReport
+from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
+from nandoctor.engine.pipeline import Pipeline, ProgressCallback, _to_little
+from nandoctor.sources import ThreadBuffers, open_source
+
+__all__ = ["scan", "HealthLimits", "ProgressCallback"]
+
+
+def scan(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    both_formats: bool = False,
+    kernel: Kernel | None = None,
+    target_dtype: str | None = None,
+    limits: HealthLimits | None = None,
+) -> ScanReport:
+    """Scan the checkpoint at ``path`` (file or folder) and return its judged report.
+
+    ``target_dtype`` ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"): also count, per
+    floating tensor, the finite values a cast to that dtype would turn into
+    Inf/NaN (``TensorResult.overflow``). ``limits``: the health census's
+    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``).
+    """
+    started = time.perf_counter()
+    cast_to = target(target_dtype) if target_dtype is not None else None
+    limits = limits or HealthLimits()
+    checkpoint = open_checkpoint(path, both_formats=both_formats)
+    kernel = kernel or select_kernel(device)
+    problems = list(checkpoint.problems)
+
+    all_refs = checkpoint.refs
+    jobs = plan_jobs(all_refs, limits, cast_to)
+    total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
+    jobs_by_file: dict[str, list[RegionJob]] = {}
+    for job in jobs:
+        if job.spec.can_hold_nonfinite:
+            jobs_by_file.setdefault(job.region.file, []).append(job)
+    with ThreadPoolExecutor(max_workers=kernel.workers, thread_name_prefix="nandoctor") as pool:
+        pipeline = Pipeline(kernel, pool, total, progress)
+        try:
+            for file in checkpoint.refs_by_file:
+                pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
+        finally:
+            pipeline.drain()  # also after an interrupt: no worker may outlive its file
+        done = pipeline.done
+        problems += pipeline.problems
+    failed = {p.path for p in pipeline.problems}
+    problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+
+    tensors, unviewed = results(jobs, all_refs)
+    extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
+    if limits != HealthLimits():
+        extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
+    report = ScanReport(
+        target=str(path),
+        files=tuple(str(f) for f in checkpoint.files.files),
+        tensors=tuple(tensors),
+        layers=(),
+        errors=tuple(problems),
+        unviewed=tuple(unviewed),
+        notes=tuple(checkpoint.notes),
+        bytes_scanned=done,
+        seconds=time.perf_counter() - started,
+        device=kernel.name,
+        extra=extra,
+    )
+    return verdict.judged(report)
+
+
+def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list:
+    """Count the outliers of every region whose high segments reach its own outlier threshold.
+
+    Healthy weights never get here (nothing reaches 2^10 x their bulk); a bit flip costs one 64 KiB read.
+    """
+    from nandoctor.model import ScanProblem
+
+    problems = []
+    todo: dict[str, list[tuple[RegionJob, int]]] = {}
+    for job in jobs:
+        info, census = job.info, job.census
+        if info is None or not census.high_segments or not any(v.role == "weight" for v in job.views):
+            continue
+        threshold = census.outlier_threshold(info, limits)
+        if threshold is not None and any(top >= threshold for _, _, top in census.high_segments):
+            todo.setdefault(job.region.file, []).append((job, threshold))
+    buffers = ThreadBuffers(None)
+    for file, found in todo.items():
+        try:
+            source = open_source(file, max(j.region.offset + j.region.nbytes for j, _ in found))
+        except (NandoctorError, OSError) as exc:
+            problems.append(ScanProblem(file, f"cannot read it again for the outlier count: {exc}"))
+            continue
+        try:
+            for job, threshold in found:
+                job.outliers = _count_outliers(job, threshold, source, buffers)
+        except (NandoctorError, OSError) as exc:
+            problems.append(ScanProblem(file, f"read failed during the outlier count: {exc}"))
+        finally:
+            source.close()
+    return problems
+
+
+def _count_outliers(job: RegionJob, threshold: int, source, buffers) -> OutlierFind:  # type: ignore[no-untyped-def]
+    info = job.info
+    assert info is not None
+    lane_bytes = info.lane_bits // 8
+    found = OutlierFind(threshold=threshold)
+    for start, lanes, top in sorted(job.census.high_segments):
+        if top < threshold:
+            continue
+        data = source.read(job.region.offset + start * lane_bytes, lanes * lane_bytes, buffers)
+        if job.region.byteorder == "big" and lane_bytes > 1:
+            data = _to_little(data, job.spec)
+        view = data.view({1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[lane_bytes])
+        count, first, worst_raw = count_above(view, info, threshold)
+        del data, view
+        if not count:
+            continue
+        if found.first_lane < 0:
+            found.first_lane = start + first
+        found.count += count
+        magnitude = worst_raw & info.mag_mask
+        if magnitude > found.worst_mag:
+            found.worst_mag, found.worst_raw = magnitude, worst_raw
+    return found

@@ -1,0 +1,142 @@
+"""What the scan reads and what it found: one job per byte region, tallies per view, results per tensor.
+
+A region (a safetensors tensor, a torch storage) is read once, whatever number
+of tensors view it. NaN/Inf are attributed to each view that sees them; the
+health census of a region is attributed to views that cover the whole region
+(a tensor, or tied weights saved as one storage). Once every chunk is in, the
+outlier pass reads again the few high segments that may hold values far above
+the tensor's own bulk (kernels/census.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.kernels import OverflowCounts
+from nandoctor.kernels.census import Census, HealthLimits, LaneInfo, lane_info, signed_value
+from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, threshold_bits
+from nandoctor.model import Outliers, Region, TensorRef, TensorResult, UnviewedBad
+from nandoctor.views import covers_whole_region
+
+
+@dataclass
+class Tally:
+    """NaN/Inf of one view, merged from chunks (and overflow counts with a target dtype)."""
+
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    first_bad: int | None = None
+    overflow: int = 0
+    max_bits: int = -1  # largest finite magnitude from the overflow pass; -1: none seen
+
+    def add_overflow(self, counts: OverflowCounts) -> None:
+        self.overflow += counts.overflow
+        self.max_bits = max(self.max_bits, counts.max_bits)
+
+    def add(self, nan: int, posinf: int, neginf: int, first: int | None) -> None:
+        self.nan += nan
+        self.posinf += posinf
+        self.neginf += neginf
+        if first is not None and (self.first_bad is None or first < self.first_bad):
+            self.first_bad = first
+
+
+@dataclass
+class OutlierFind:
+    count: int = 0
+    first_lane: int = -1
+    worst_raw: int = 0
+    worst_mag: int = -1
+    threshold: int = -1
+
+
+@dataclass
+class RegionJob:
+    """One region to read, the views of it, and everything found in it."""
+
+    region: Region
+    spec: DTypeSpec
+    views: list[TensorRef]
+    direct: bool  # one view covering the whole region: counts need no attribution
+    threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
+    info: LaneInfo | None = None  # floating regions: what the census needs
+    tallies: list[Tally] = field(default_factory=list)
+    unviewed: Tally = field(default_factory=Tally)
+    census: Census = field(default_factory=Census)
+    outliers: OutlierFind | None = None
+
+    @property
+    def fast_checkable(self) -> bool:
+        """Read whole by one view, with no overflow pass and no byte swap: one fast check answers it."""
+        return self.direct and self.threshold is None and self.region.byteorder == "little"
+
+
+def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec | None = None) -> list[RegionJob]:
+    by_region: dict[tuple[str, str], RegionJob] = {}
+    for ref in refs:
+        key = (ref.region.file, ref.region.key)
+        job = by_region.get(key)
+        if job is None:
+            job = by_region[key] = RegionJob(ref.region, DTYPES[ref.region.dtype], [], True)
+        job.views.append(ref)
+    for job in by_region.values():
+        job.direct = len(job.views) == 1 and covers_whole_region(job.views[0], job.spec.bits)
+        job.tallies = [Tally() for _ in job.views]
+        if checks_overflow(job.spec):
+            job.info = lane_info(job.spec, limits.max_abs)
+            if cast_to is not None:
+                job.threshold = threshold_bits(job.spec, cast_to)
+    return list(by_region.values())
+
+
+def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorResult], list[UnviewedBad]]:
+    by_ref: dict[int, TensorResult] = {}
+    unviewed = []
+    for job in jobs:
+        health = _health(job)
+        for view, tally in zip(job.views, job.tallies):
+            whole = job.direct or covers_whole_region(view, job.spec.bits)
+            extra = health if whole else {}
+            if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
+                extra = {**extra, "max_abs": decode_magnitude(job.spec, tally.max_bits), "max_abs_exact": True}
+            by_ref[id(view)] = TensorResult(
+                view,
+                tally.nan,
+                tally.posinf,
+                tally.neginf,
+                tally.first_bad,
+                job.spec.can_hold_nonfinite,
+                overflow=tally.overflow,
+                **extra,
+            )
+        u = job.unviewed
+        if u.nan or u.posinf or u.neginf:
+            unviewed.append(UnviewedBad(job.region.file, job.region.key, u.nan, u.posinf, u.neginf))
+    return [by_ref[id(ref)] for ref in order], unviewed
+
+
+def _health(job: RegionJob) -> dict:
+    """The census of a whole region as TensorResult fields (element indices, not lanes)."""
+    info, census = job.info, job.census
+    if info is None or job.region.nbytes == 0:
+        return {}
+    per = job.spec.lanes_per_element
+    bits, exact = census.max_bits()
+    out: dict = {
+        "max_abs": decode_magnitude(job.spec, bits) if bits >= 0 else None,
+        "max_abs_exact": exact,
+        "zeros": census.zeros // per,
+        "exploded": census.exploded,
+        "bulk_scale": census.bulk_scale(job.spec, info),
+    }
+    found = job.outliers
+    if found is not None and found.count:
+        out["outliers"] = Outliers(
+            found.count,
+            signed_value(job.spec, info, found.worst_raw),
+            found.first_lane // per,
+            decode_magnitude(job.spec, found.threshold),
+        )
+    return out

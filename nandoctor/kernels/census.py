@@ -1,0 +1,334 @@
+"""The health census of raw float bytes: largest magnitude, zeros, values above the ceiling, outliers.
+
+It rides the OR prefilter the NaN sieve already computes (one OR per 64 KiB
+segment of a 4 MiB block, see cpu.py) instead of adding passes over memory:
+
+- a segment whose OR holds no magnitude bit is all zeros (exact);
+- the top exponent bit of a lane is set exactly when its value is at least the
+  dtype's *high level* (2.0 for every IEEE float and fp8 e4m3/e5m2); only
+  segments where some lane has it (*high* segments) get exact work: their
+  largest finite magnitude, the values above the exploded ceiling (when the
+  ceiling is at or above the high level, which the default 1e5 is), and their
+  maximum kept for the outlier count;
+- a strided sample of every chunk (1 lane in ``SAMPLE_STRIDE``) feeds an
+  exponent histogram, from which the tensor's *bulk scale* is read once the
+  tensor is done: the magnitude of its k-th largest sampled element, k =
+  max(9, n/1000) (about the 99.9th percentile, and no 8 spikes can move it);
+  a chunk whose sample holds a zero has its zeros counted exactly.
+
+An *outlier* is a finite value whose exponent is at least ``log2(factor)``
+(default 10) above the bulk scale's, and at least the high level: the
+bit-flip / silent-corruption signature. Measured on 1,995 real tensors
+(docs/health.md), no trained weight reaches it; real "super weights" (~100x
+their tensor's std) stay far below. The few high segments that may hold an
+outlier are read again after the tensor's bulk is known (:func:`count_above`).
+
+``max_abs`` is exact whenever the tensor holds a value at or above the high
+level, and for small tensors (read whole); below it, for large tensors, it is
+the largest sampled magnitude (``max_abs_exact`` is False).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nandoctor.dtypes import DTypeSpec, Family
+from nandoctor.kernels.targets import decode_magnitude, first_nonfinite_magnitude, magnitude_mask
+
+SAMPLE_STRIDE = 64  # lanes between two sampled lanes in large chunks
+SEGMENT_BYTES = 64 << 10  # the prefilter's segment (cpu.PREFILTER_BYTES)
+MIN_OUTLIER_ELEMENTS = 16  # below this a tensor has no bulk to stand out from
+DEFAULT_MAX_ABS = 1e5  # the exploded ceiling: real weights measured reach 9.2e3 (docs/health.md)
+DEFAULT_OUTLIER_FACTOR = 2.0**10
+
+_UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
+# Mantissa bits per lane, for the exponent histogram.
+_MANTISSA = {"F64": 52, "C128": 52, "F32": 23, "C64": 23, "F16": 10, "C32": 10, "BF16": 7,
+             "F8_E5M2": 2, "F8_E4M3": 3, "F8_E4M3FNUZ": 3, "F8_E5M2FNUZ": 2, "F8_E8M0": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthLimits:
+    """The census's thresholds: the absolute ceiling (``--max-abs``) and the outlier factor."""
+
+    max_abs: float = DEFAULT_MAX_ABS
+    outlier_factor: float = DEFAULT_OUTLIER_FACTOR
+
+    def __post_init__(self) -> None:
+        if not (self.max_abs > 0 and math.isfinite(self.max_abs)):
+            raise ValueError(f"--max-abs must be a positive finite number; got {self.max_abs!r}")
+        if not (self.outlier_factor >= 2 and math.isfinite(self.outlier_factor)):
+            raise ValueError(f"--outlier-factor must be a finite number >= 2; got {self.outlier_factor!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneInfo:
+    """What the census needs to know about one dtype's lanes."""
+
+    lane_bits: int
+    mag_mask: int
+    high_bit: int  # the top exponent bit of the magnitude: set exactly when |x| >= the high level
+    limit: int  # first magnitude that is not a finite value
+    mantissa: int
+    nan_codes: tuple[int, ...]  # NAN_CODES dtypes: whole-lane codes that are NaN (FNUZ: 0x80)
+    ceiling_bits: int  # magnitudes above this are exploded (limit when nothing finite can be)
+
+
+@functools.lru_cache(maxsize=None)
+def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
+    mask = magnitude_mask(spec)
+    limit = first_nonfinite_magnitude(spec)
+    lo, hi = 0, limit  # the largest magnitude not above the ceiling, by bisection over decoded values
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if decode_magnitude(spec, mid) <= ceiling:
+            lo = mid
+        else:
+            hi = mid - 1
+    codes = spec.nan_codes if spec.family is Family.NAN_CODES else ()
+    return LaneInfo(spec.lane_bits, mask, 1 << (mask.bit_length() - 1), limit, _MANTISSA[spec.name], codes, lo)
+
+
+@dataclass
+class Census:
+    """The census of one tensor (or storage), merged chunk by chunk on the engine's thread."""
+
+    high_max: int = -1  # largest finite magnitude among high lanes, -1 when none
+    sample_max: int = -1  # largest finite sampled magnitude
+    exact_max: int = -1  # largest finite magnitude of parts read whole (small regions)
+    nonzero: bool = False
+    zeros: int = 0
+    exploded: int = 0
+    first_exploded: int = -1  # lane index
+    sampled: int = 0
+    histogram: np.ndarray | None = None  # sampled finite non-zero magnitudes by exponent
+    high_segments: list[tuple[int, int, int]] = field(default_factory=list)  # (lane start, lanes, max)
+
+    def merge(self, other: "Census") -> None:
+        self.high_max = max(self.high_max, other.high_max)
+        self.sample_max = max(self.sample_max, other.sample_max)
+        self.exact_max = max(self.exact_max, other.exact_max)
+        self.nonzero |= other.nonzero
+        self.zeros += other.zeros
+        self.exploded += other.exploded
+        if other.first_exploded >= 0 and (self.first_exploded < 0 or other.first_exploded < self.first_exploded):
+            self.first_exploded = other.first_exploded
+        self.sampled += other.sampled
+        if other.histogram is not None:
+            if self.histogram is None:
+                self.histogram = other.histogram.copy()
+            else:
+                self.histogram += other.histogram
+        self.high_segments += other.high_segments
+
+    def max_bits(self) -> tuple[int, bool]:
+        """(largest finite magnitude seen, whether it is exact)."""
+        if not self.nonzero:
+            return (0, True) if max(self.high_max, self.sample_max, self.exact_max) == 0 else (-1, False)
+        if self.high_max >= 0 or self.exact_max >= max(self.sample_max, 0) and self.exact_max >= 0:
+            return max(self.high_max, self.exact_max), True
+        return self.sample_max, False
+
+    def outlier_threshold(self, info: LaneInfo, limits: HealthLimits) -> int | None:
+        """Magnitude bits from which a value is an outlier of this tensor; None when it has no bulk."""
+        if self.histogram is None or self.sampled < MIN_OUTLIER_ELEMENTS:
+            return None
+        counts = self.histogram
+        k = max(9, math.ceil(int(counts.sum()) / 1000))
+        from_top = np.cumsum(counts[::-1])
+        reached = np.flatnonzero(from_top >= k)
+        if reached.size == 0:
+            return None
+        bulk_exponent = counts.size - 1 - int(reached[0])
+        step = max(1, round(math.log2(limits.outlier_factor)))
+        threshold = (bulk_exponent + step) << info.mantissa
+        return max(threshold, info.high_bit)
+
+    def bulk_scale(self, spec: DTypeSpec, info: LaneInfo) -> float | None:
+        if self.histogram is None or self.sampled < MIN_OUTLIER_ELEMENTS:
+            return None
+        counts = self.histogram
+        k = max(9, math.ceil(int(counts.sum()) / 1000))
+        reached = np.flatnonzero(np.cumsum(counts[::-1]) >= k)
+        if reached.size == 0:
+            return None
+        exponent = counts.size - 1 - int(reached[0])
+        return decode_magnitude(spec, exponent << info.mantissa)
+
+
+def _finite_magnitudes(lanes: np.ndarray, info: LaneInfo) -> np.ndarray:
+    """Magnitudes with every non-finite lane set to 0 (a temporary the size of ``lanes``)."""
+    mag = lanes & lanes.dtype.type(info.mag_mask)
+    if info.nan_codes:
+        bad = np.isin(lanes, info.nan_codes)
+        if info.limit <= info.mag_mask:
+            bad |= mag >= info.limit
+    else:
+        bad = mag >= info.limit
+    if bad.any():
+        mag[bad] = 0
+    return mag
+
+
+def _histogram(mag: np.ndarray, info: LaneInfo) -> np.ndarray:
+    exponents = (mag[mag != 0] >> info.mantissa).astype(np.intp)
+    return np.bincount(exponents, minlength=(info.mag_mask >> info.mantissa) + 1)
+
+
+def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
+    """The census of a small region read whole: every value exact, every lane in the histogram."""
+    out = Census()
+    lanes = data.view(_UNSIGNED[info.lane_bits])
+    if lanes.size == 0:
+        return out
+    mag = _finite_magnitudes(lanes, info)
+    nonfinite = _nonfinite_lanes(lanes, info)
+    top = int(mag.max()) if nonfinite < lanes.size else -1  # -1: not one finite value
+    out.exact_max = top
+    out.nonzero = top > 0
+    out.zeros = int(lanes.size - np.count_nonzero(mag)) - nonfinite
+    if top > info.ceiling_bits:
+        over = mag > info.ceiling_bits
+        out.exploded = int(np.count_nonzero(over))
+        out.first_exploded = int(np.argmax(over))
+    if top >= info.high_bit:
+        out.high_segments.append((0, lanes.size, top))
+    out.sampled = int(lanes.size)
+    out.histogram = _histogram(mag, info)
+    return out
+
+
+def _nonfinite_lanes(lanes: np.ndarray, info: LaneInfo) -> int:
+    mag = lanes & lanes.dtype.type(info.mag_mask)
+    if info.nan_codes:
+        return int(np.count_nonzero(np.isin(lanes, info.nan_codes)))
+    return int(np.count_nonzero(mag >= info.limit))
+
+
+def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int) -> Census:
+    """The census of one block of a large region; ``ors`` is the OR of each 64 KiB segment's uint64
+    words when the block is 8-byte aligned (the sieve's prefilter), else None (exact on the block)."""
+    lanes = block.view(_UNSIGNED[info.lane_bits])
+    out = Census()
+    if lanes.size == 0:
+        return out
+    per_segment = SEGMENT_BYTES * 8 // info.lane_bits
+    segments = -(-lanes.size // per_segment)
+    exact_everywhere = ors is None or info.ceiling_bits < info.high_bit
+    if exact_everywhere:
+        high = np.ones(segments, dtype=bool)
+    else:
+        assert ors is not None
+        lane_or = np.zeros(ors.size, dtype=np.uint64)
+        lane_mask = np.uint64((1 << info.lane_bits) - 1)
+        for shift in range(0, 64, info.lane_bits):
+            lane_or |= (ors >> np.uint64(shift)) & lane_mask
+        high = np.zeros(segments, dtype=bool)
+        high[: ors.size] = ((lane_or & np.uint64(info.high_bit)) != 0)[:segments]
+        out.nonzero = bool(np.any(lane_or & np.uint64(info.mag_mask)))
+        if block.size % 8:  # lanes past the last whole word: their segment takes the exact path
+            high[-1] = True
+    if high.any():
+        starts = np.flatnonzero(high) * per_segment
+        top_all = -1
+        any_nonzero = False
+        for start in starts.tolist():
+            seg = lanes[start : start + per_segment]
+            mag = _finite_magnitudes(seg, info)
+            top = int(mag.max()) if mag.size else -1
+            if top <= 0:
+                continue
+            any_nonzero = True
+            if top >= info.high_bit:
+                top_all = max(top_all, top)
+                out.high_segments.append((base_lane + start, seg.size, top))
+            if top > info.ceiling_bits:
+                over = mag > info.ceiling_bits
+                out.exploded += int(np.count_nonzero(over))
+                first = base_lane + start + int(np.argmax(over))
+                if out.first_exploded < 0:
+                    out.first_exploded = first
+        out.high_max = top_all
+        out.nonzero |= any_nonzero
+    sample = lanes[::SAMPLE_STRIDE]
+    smag = _finite_magnitudes(sample, info)
+    out.sampled = int(sample.size)
+    out.sample_max = int(smag.max()) if smag.size and _nonfinite_lanes(sample, info) < sample.size else -1
+    out.histogram = _histogram(smag, info)
+    if out.nonzero and smag.size and np.count_nonzero(smag) < smag.size - _nonfinite_lanes(sample, info):
+        mag = _finite_magnitudes(lanes, info)  # the sample holds a zero: count them exactly
+        out.zeros = int(lanes.size - np.count_nonzero(mag)) - _nonfinite_lanes(lanes, info)
+    elif not out.nonzero:
+        out.zeros = int(lanes.size) - _nonfinite_lanes(lanes, info)
+    return out
+
+
+def segment_ors(block: np.ndarray) -> np.ndarray | None:
+    """The OR of each 64 KiB segment's uint64 words of an 8-byte aligned block (None if empty): one
+    read-only pass that both the NaN prefilter and the census read."""
+    words = block[: block.size // 8 * 8].view(np.uint64)
+    if words.size == 0:
+        return None
+    return np.bitwise_or.reduceat(words, np.arange(0, words.size, SEGMENT_BYTES // 8, dtype=np.intp))
+
+
+BLOCK_BYTES = 4 << 20
+
+
+def observe_chunk(data: np.ndarray, info: LaneInfo, base_lane: int) -> Census:
+    """The census of a chunk on its own (kernels other than the CPU one count NaN elsewhere)."""
+    out = Census()
+    for start in range(0, data.size, BLOCK_BYTES):
+        block = data[start : start + BLOCK_BYTES]
+        ors = segment_ors(block) if block.ctypes.data % 8 == 0 else None
+        out.merge(observe_block(block, ors, info, base_lane + start * 8 // info.lane_bits))
+    return out
+
+
+def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Census]:
+    """The census of adjacent small regions (finite: the caller checked) from one read: the largest
+    magnitude and zeros of each in two vectorised reductions; only a region that reaches the high
+    level (where an exploded value or an outlier can be) is looked at on its own."""
+    lanes = data.view(_UNSIGNED[info.lane_bits])
+    bounds = np.asarray(starts + [lanes.size], dtype=np.intp)
+    sizes = np.diff(bounds)
+    mag = lanes & lanes.dtype.type(info.mag_mask)
+    nonempty = sizes > 0
+    tops = np.zeros(len(starts), dtype=np.int64)
+    zeros = np.zeros(len(starts), dtype=np.int64)
+    if nonempty.any():
+        at = bounds[:-1][nonempty]
+        tops[nonempty] = np.maximum.reduceat(mag, at)
+        zeros[nonempty] = np.add.reduceat((mag == 0).view(np.uint8), at, dtype=np.int64)
+    out = []
+    for k, (start, size) in enumerate(zip(bounds[:-1].tolist(), sizes.tolist())):
+        top = int(tops[k])
+        if size and top >= info.high_bit:
+            out.append(observe_whole(data[start * info.lane_bits // 8 : (start + size) * info.lane_bits // 8], info))
+            continue
+        census = Census(exact_max=top if size else -1, nonzero=top > 0, zeros=int(zeros[k]))
+        out.append(census)
+    return out
+
+
+def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int, int, int]:
+    """(count of finite lanes with magnitude >= ``threshold``, index of the first, its raw lane bits)."""
+    mag = _finite_magnitudes(lanes, info)
+    over = mag >= threshold
+    count = int(np.count_nonzero(over))
+    if not count:
+        return 0, -1, 0
+    first = int(np.argmax(over))
+    worst = int(np.argmax(np.where(over, mag, 0)))
+    return count, first, int(lanes[worst])
+
+
+def signed_value(spec: DTypeSpec, info: LaneInfo, raw: int) -> float:
+    """The value of a finite lane from its raw bits (sign included)."""
+    magnitude = decode_magnitude(spec, raw & info.mag_mask)
+    sign_bit = (info.mag_mask + 1) if info.mag_mask + 1 < (1 << info.lane_bits) else 0
+    return -magnitude if sign_bit and raw & sign_bit else magnitude

@@ -1,0 +1,1 @@
+"""The PyTorch file family: zip and legacy formats, the restricted unpickler, nested names, validated views."""

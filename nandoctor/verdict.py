@@ -1,0 +1,328 @@
+"""The one place that decides: findings per tensor, which of them fail the gate, the exit code, the words.
+
+A tensor's counts and census (NaN/±Inf, values above the ceiling, outliers
+above its own bulk, all zeros, overflow for a target dtype) become *findings*
+according to its role: ``exploded``, ``outlier`` and ``zeroed`` apply to model
+weights only; NaN/Inf are findings in every role but ``trainer`` state (a
+Lightning ``kth_value = inf`` is a sentinel, not damage). ``fail_on`` picks the
+findings that fail (default: nonfinite, exploded, outlier and overflow;
+``zeroed`` is reported). Something unreadable always fails (exit 3): a part
+that was not read could hold anything. The rich report, JSON, ``--quiet``,
+``assert_finite``, the callbacks and repair's verification all read what this
+module decided (``ScanReport.judgement``); none of them decides again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+
+from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
+from nandoctor.layers import bad_ranges, layer_of, summarize
+from nandoctor.model import ScanReport, TensorResult, Verdict
+
+NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
+FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
+DEFAULT_FAIL_ON: frozenset[str] = frozenset({NONFINITE, EXPLODED, OUTLIER, OVERFLOW})
+FAILING_BY_DEFAULT = (NONFINITE, EXPLODED, OUTLIER)  # what makes a tensor "unhealthy"
+_HEALTH_ROLES = ("weight",)  # exploded / outlier / zeroed: a step counter of 1e5 is not an exploded weight
+_CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
+_WORDS = {
+    NONFINITE: "NON-FINITE",
+    EXPLODED: "EXPLODED",
+    OUTLIER: "OUTLIERS",
+    ZEROED: "ZEROED",
+}
+# A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors has exploded
+# (finite values far beyond any trained weight): a repair could only stitch a broken model together.
+# NaN alone does not make it diverged: a tensor full of NaN is restored whole from a healthy donor.
+DIVERGED_SHARE = 0.25
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+def parse_fail_on(value: str | Iterable[str] | None) -> frozenset[str]:
+    """``"nonfinite,outlier"`` (or an iterable of names) → a set; ValueError names the choices."""
+    if value is None:
+        return DEFAULT_FAIL_ON
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    names = {p.strip().lower() for p in parts if p.strip()}
+    unknown = names - set(FAIL_ON_CHOICES)
+    if unknown or not names:
+        raise ValueError(f"--fail-on takes a comma-separated list of {', '.join(FAIL_ON_CHOICES)}; got {value!r}")
+    return frozenset(names)
+
+
+def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | None) -> None:
+    """ValueError when the gate checks overflow alone without a target dtype: it would pass anything."""
+    if target_dtype is None and fail_on <= {OVERFLOW}:
+        raise ValueError(
+            "--fail-on overflow checks nothing without --target-dtype; add --target-dtype fp16 "
+            "(or bf16, fp8_e4m3, fp8_e5m2), or keep nonfinite in --fail-on"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor findings
+
+
+def tensor_findings(t: TensorResult) -> tuple[str, ...]:
+    """The findings of one tensor from its counts, census and role (``zeroed`` needs siblings: see judged)."""
+    role = t.ref.role
+    found = []
+    if t.nonfinite and role != "trainer":
+        found.append(NONFINITE)
+    if role in _HEALTH_ROLES:
+        if t.exploded:
+            found.append(EXPLODED)
+        if t.outliers is not None and t.outliers.count:
+            found.append(OUTLIER)
+    if t.overflow and role in _CAST_ROLES:
+        found.append(OVERFLOW)
+    return tuple(found)
+
+
+_LAYER_NUMBER = re.compile(r"\.\d+\.")
+
+
+def _zeroed(tensors: Iterable[TensorResult]) -> set[int]:
+    """Indices of all-zero weight tensors whose siblings in the other layers are not all zero.
+
+    Siblings share a name once the layer number is taken out (``model.layers.#.mlp.down_proj.weight``).
+    A tensor with no sibling is not judged: some tensors are legitimately zero (a fresh LoRA ``lora_B``).
+    """
+    families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    for i, t in enumerate(tensors):
+        if t.ref.role != "weight" or not t.can_hold_nonfinite or t.ref.numel == 0 or t.max_abs is None:
+            continue
+        key = (_LAYER_NUMBER.sub(".#.", t.name), t.ref.dtype)
+        if key[0] == t.name:
+            continue
+        families.setdefault(key, []).append((i, t.max_abs == 0.0 and not t.nonfinite))
+    out: set[int] = set()
+    for members in families.values():
+        if any(not zero for _, zero in members):
+            out.update(i for i, zero in members if zero)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def judged(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> ScanReport:
+    """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
+    zeroed = _zeroed(report.tensors)
+    tensors = []
+    for i, t in enumerate(report.tensors):
+        findings = tensor_findings(t) + ((ZEROED,) if i in zeroed else ())
+        tensors.append(t if findings == t.findings else dataclasses.replace(t, findings=findings))
+    out = dataclasses.replace(report, tensors=tuple(tensors), layers=summarize(tensors), judgement=None)
+    return dataclasses.replace(out, judgement=judge(out, fail_on))
+
+
+def present(report: ScanReport) -> tuple[str, ...]:
+    """Every finding some tensor of ``report`` has, in a fixed order."""
+    seen = {f for t in report.tensors for f in t.findings}
+    if any(u.nan or u.posinf or u.neginf for u in report.unviewed):
+        seen.add(NONFINITE)
+    return tuple(f for f in FAIL_ON_CHOICES if f in seen)
+
+
+def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verdict:
+    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on``."""
+    found = present(report)
+    failing = tuple(f for f in found if f in fail_on)
+    reported = tuple(f for f in found if f not in fail_on)
+    if report.errors:
+        code = EXIT_UNREADABLE  # fail closed, whatever fail_on says
+    elif failing:
+        code = EXIT_NONFINITE
+    else:
+        code = EXIT_OK
+    return Verdict(code, _words(report, found), health(report), failing, reported, fail_on)
+
+
+def _words(report: ScanReport, found: tuple[str, ...]) -> str:
+    parts = [_WORDS[f] for f in found if f in _WORDS]
+    if OVERFLOW in found:
+        parts.append(f"OVERFLOW RISK ({target_dtype(report)})")
+    if report.errors:
+        parts.append("UNREADABLE")
+    return " + ".join(parts) or "CLEAN"
+
+
+def health(report: ScanReport) -> str:
+    """``healthy``, ``poisoned`` (a few bad tensors: repair them), ``diverged`` (most weights broken:
+    resume from the last healthy checkpoint) or ``unreadable``."""
+    if report.errors:
+        return "unreadable"
+    weights = [t for t in report.tensors if t.ref.role == "weight" and t.can_hold_nonfinite and t.ref.numel]
+    exploded = [t for t in weights if EXPLODED in t.findings]
+    if weights and len(exploded) >= DIVERGED_SHARE * len(weights) and len(exploded) > 1:
+        return "diverged"
+    if any(t.unhealthy for t in report.tensors) or any(u.nan or u.posinf or u.neginf for u in report.unviewed):
+        return "poisoned"
+    return "healthy"
+
+
+def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
+    if report.judgement is not None and report.judgement.fail_on == fail_on:
+        return report.judgement.exit_code
+    return judge(report, fail_on).exit_code
+
+
+def passes(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> bool:
+    return exit_code(report, fail_on) == EXIT_OK
+
+
+def verdict(report: ScanReport) -> str:
+    """CLEAN, NON-FINITE, EXPLODED, OUTLIERS, OVERFLOW RISK, UNREADABLE, or a ``+`` of several: facts, not the gate."""
+    return report.verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts the one-line verdict and the reports quote
+
+
+def target_dtype(report: ScanReport) -> str | None:
+    value = report.extra.get("target_dtype")
+    return value if isinstance(value, str) else None
+
+
+def overflow_tensors(report: ScanReport) -> tuple[TensorResult, ...]:
+    return tuple(t for t in report.tensors if OVERFLOW in t.findings)
+
+
+def overflow_count(report: ScanReport) -> int:
+    return sum(t.overflow for t in overflow_tensors(report))
+
+
+def max_abs(report: ScanReport, role: str | None = None) -> float | None:
+    values = [t.max_abs for t in report.tensors if t.max_abs is not None and (role is None or t.ref.role == role)]
+    return max(values) if values else None
+
+
+def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
+    return tuple(t for t in report.tensors if finding in t.findings)
+
+
+def worst_range(report: ScanReport) -> str | None:
+    """Label of the worst bad layer range, model weights first (optimizer moments never hide a layer)."""
+    ranges = bad_ranges(report.layers)
+    if not ranges:
+        return None
+    weight_groups = {layer_of(t.name).group for t in report.tensors if t.unhealthy and t.ref.role == "weight"}
+    preferred = [r for r in ranges if any(_in_range(g, r.label) for g in weight_groups)] or list(ranges)
+    return max(preferred, key=lambda r: (r.nonfinite, r.bad_tensors)).label
+
+
+def _in_range(group: str, label: str) -> bool:
+    if group == label:
+        return True
+    head, _, span = label.rpartition(".")
+    stack, _, index = group.rpartition(".")
+    if stack != head or not index.isdigit():
+        return False
+    first, _, last = span.partition("–")
+    return first.isdigit() and int(first) <= int(index) <= int(last or first)
+
+
+def worst_overflow_layer(report: ScanReport) -> str | None:
+    by_layer: dict[str, int] = {}
+    for t in overflow_tensors(report):
+        group = layer_of(t.name).group
+        by_layer[group] = by_layer.get(group, 0) + t.overflow
+    return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
+
+
+def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
+    """The ``--quiet`` verdict: status word, target, counts and the worst layer range, on one line.
+
+    Names come from files: the caller escapes the line before printing.
+    """
+    decided = judge(report, fail_on)
+    status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
+    pieces = [f"{status} {decided.words} {label or report.target}:"]
+    tensors = len(report.tensors)
+    if report.nonfinite:
+        pieces.append(
+            f"{len(report.distinct_bad_tensors)} of {tensors} tensors hold NaN/Inf "
+            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf)"
+        )
+    exploded = with_finding(report, EXPLODED)
+    if exploded:
+        top = max_abs(report, "weight")
+        pieces.append(f"{len(exploded)} weight tensors exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
+    outliers = with_finding(report, OUTLIER)
+    if outliers:
+        count = sum(t.outliers.count for t in outliers if t.outliers is not None)
+        pieces.append(f"{count:,} outlier values in {len(outliers)} tensors")
+    zeroed = with_finding(report, ZEROED)
+    if zeroed:
+        pieces.append(f"{len(zeroed)} tensors all zero")
+    if report.nonfinite or exploded or outliers:
+        worst = worst_range(report)
+        if worst:
+            pieces.append(f"worst {worst}")
+    if not (report.nonfinite or exploded or outliers or zeroed):
+        pieces.append(f"{tensors} tensors healthy" if not report.errors else f"{tensors} tensors read")
+    overflow = overflow_count(report)
+    if overflow:
+        top = max_abs(report)
+        worst_layer = worst_overflow_layer(report)
+        pieces.append(
+            f"{overflow:,} values in {len(overflow_tensors(report))} tensors overflow {target_dtype(report)}"
+            + (f" (max |x| {top:.4g})" if top is not None else "")
+            + (f", worst {worst_layer}" if worst_layer else "")
+        )
+    elif target_dtype(report):
+        top = max_abs(report)
+        pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
+    if report.errors:
+        first = report.errors[0]
+        pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")
+    head, *rest = pieces
+    return head + " " + "; ".join(rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of a run
+
+GROWTH_DIVERGED = 2.0**10  # weights this many times larger than in the run's first healthy checkpoint: diverged
+
+
+def checkpoint_status(
+    report: ScanReport | None,
+    incomplete: bool,
+    step: int,
+    healthy_max: float | None,
+    log_first_nonfinite: int | None,
+) -> tuple[str, float | None, str]:
+    """(status, growth, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
+    ``poisoned``, ``overflow`` or ``clean``.
+
+    Diverged: a large share of its weights exploded; or its largest weight grew ``GROWTH_DIVERGED`` times
+    past the run's first healthy checkpoint's (finite, but not the same model any more). Resume from the last
+    healthy checkpoint then: a repair would only stitch a broken model together.
+    """
+    if incomplete or report is None:
+        return "incomplete", None, ""
+    if report.errors:
+        return "unreadable", None, ""
+    values = [t.max_abs for t in report.tensors if t.max_abs is not None and t.ref.role == "weight"]
+    top = max(values) if values else None
+    growth = top / healthy_max if top is not None and healthy_max else None
+    if report.health == "diverged":
+        return "diverged", growth, "a large share of its weight tensors exploded"
+    if growth is not None and growth >= GROWTH_DIVERGED:
+        return "diverged", growth, f"its largest weight is {growth:.3g}x that of the run's first healthy checkpoint"
+    if report.health == "poisoned":
+        # A trainer log that went NaN before this save is shown beside it, but does not by itself make it
+        # diverged: the weights decide (NaN confined to a few layers is repairable, as in docs/health.md).
+        return "poisoned", growth, ""
+    if overflow_count(report):
+        return "overflow", growth, ""
+    return "clean", growth, ""
