@@ -159,7 +159,8 @@ def test_pre_commit_hook_entry_scans_each_file_and_fails_with_the_worst_code(tmp
     def hook_run(*args):
         return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=tmp_path)
 
-    assert hook_run(clean, big).returncode == 0
+    assert hook_run("--fail-on", "nonfinite", clean, big).returncode == 0  # finite (its 3.4e38 weights are exploded)
+    assert hook_run(clean, big).returncode == 1
     both = hook_run(clean, bad)
     assert both.returncode == 1 and both.stdout.count("\n") == 2 and "FAIL NON-FINITE" in both.stdout
     assert hook_run("--target-dtype", "fp16", clean, big).returncode == 1  # args from the config reach each scan

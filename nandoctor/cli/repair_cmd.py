@@ -67,6 +67,8 @@ def _sigterm_interrupts() -> Iterator[None]:
     help="Record the sha256 of every weight file written, not only of the patched ones (slower: sha256 "
     "costs more CPU than copying).",
 )
+@click.option("--allow-diverged", is_flag=True,
+              help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -78,14 +80,17 @@ def repair(
     scope: str,
     dry_run: bool,
     hash_all: bool,
+    allow_diverged: bool,
     as_json: bool,
     show_all: bool,
     no_progress: bool,
 ) -> None:
-    """Restore TARGET's NaN/Inf tensors from earlier checkpoints into the new folder --out.
+    """Restore TARGET's bad tensors (NaN/Inf, exploded, outliers) from earlier checkpoints into --out.
 
     Each bad tensor (or, with --scope layer, each tensor of a bad layer) is taken
-    from the first donor that holds it with the same dtype and shape and finite;
+    from the first donor that holds it with the same dtype and shape and healthy;
+    --from auto takes only the run's healthy checkpoints before its first bad one,
+    and a diverged TARGET is refused (resume from the last healthy checkpoint);
     everything else stays byte-identical. The result is re-scanned and moved into
     place only when clean, with nandoctor-repair.json as its proof. Exit 0:
     repaired and verified clean; 3: refused or failed, nothing left at --out.
@@ -109,7 +114,8 @@ def repair(
     try:
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
             result = run_repair(
-                target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all
+                target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
+                allow_diverged=allow_diverged,
             )
     except UnrestorableError as exc:
         if exc.plan is not None:

@@ -50,11 +50,16 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option(
     "--fail-on",
     "fail_on",
-    default="nonfinite,overflow",
+    default="nonfinite,exploded,outlier,overflow",
     show_default=True,
     callback=_fail_on,
-    help="What fails the gate (exit 1): nonfinite, overflow, or both. Unreadable parts always exit 3.",
+    help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow. "
+    "Unreadable parts always exit 3.",
 )
+@click.option("--max-abs", type=float, default=None,
+              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
+@click.option("--outlier-factor", type=float, default=None,
+              help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
 @handles_errors
 def scan(
     path: str,
@@ -66,8 +71,14 @@ def scan(
     quiet: bool,
     target_dtype: str | None,
     fail_on: frozenset[str],
+    max_abs: float | None,
+    outlier_factor: float | None,
 ) -> None:
-    """Scan the checkpoint at PATH for NaN / +Inf / -Inf, without loading the model.
+    """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
+
+    Besides NaN/Inf it finds exploded weights (finite, above --max-abs), outliers
+    (a few values 2^10 times above their tensor's bulk: bit flips, silent
+    corruption) and all-zero tensors (reported, not failed by default).
 
     PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
     its *.index.json, or weight files), a training run folder of checkpoint-N
@@ -84,7 +95,7 @@ def scan(
     Examples:
       nandoctor scan model.safetensors
       nandoctor scan output/checkpoint-300
-      nandoctor scan output/                      # a run: timeline, last clean, first bad
+      nandoctor scan output/                      # a run: timeline, last healthy, first bad
       nandoctor scan ckpt/ --quiet && python serve.py
       nandoctor scan ckpt/ --target-dtype fp16     # will it overflow when served in fp16?
       nandoctor scan Qwen/Qwen-1_8B                # from the local HF / ModelScope cache
@@ -98,16 +109,22 @@ def scan(
         verdicts.require_target_for_overflow(fail_on, target_dtype)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        limits = api._limits(max_abs, outlier_factor)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     resolved, hit = hubcache.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
-            run = runs.scan_run(
-                resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats
+            run = api.scan_run(
+                resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
+                max_abs=max_abs, outlier_factor=outlier_factor,
             )
             _emit_run(run, as_json, quiet, fail_on)
             sys.exit(run.exit_code(fail_on))
         report = api.scan(
-            path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats
+            path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
+            max_abs=max_abs, outlier_factor=outlier_factor,
         )
     code = verdicts.exit_code(report, fail_on)
     if as_json:

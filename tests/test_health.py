@@ -1,0 +1,96 @@
+"""The health census on real bytes: planted exploded values, outliers and zeroed tensors, exact counts,
+in every float dtype, large (chunked) and small (batched) tensors; and no finding on real weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.builders import RawTensor, finite_bits, write_safetensors
+from nandoctor.engine import scan
+
+DEMO_RUN = Path(__file__).resolve().parent.parent / "fixtures" / "demo-run"
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy" / "lpips-v0.1-alex.pth"
+BIG = 3 << 20  # elements: several 4 MiB chunks for every dtype below
+SMALL = 4096
+
+# A value that is exploded (above 1e5) and, among weights of ~0.02, an outlier, as each dtype's bits.
+HUGE = {"F32": np.float32(3e30).view(np.uint32), "F64": np.float64(3e30).view(np.uint64),
+        "F16": np.float16(6e4).view(np.uint16), "BF16": np.uint16(0x7182)}  # bf16 0x7182 ~ 1.3e30
+NP = {"F32": np.uint32, "F64": np.uint64, "F16": np.uint16, "BF16": np.uint16}
+
+
+def _tensor(dtype: str, n: int, seed: int, planted: dict[int, int] | None = None) -> RawTensor:
+    bits = finite_bits(dtype, n, np.random.default_rng(seed)).astype(NP[dtype])
+    for index, value in (planted or {}).items():
+        bits[index] = value
+    return RawTensor(dtype, (n,), bits.tobytes())
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F64", "F16", "BF16"])
+@pytest.mark.parametrize("n", [BIG, SMALL])
+def test_planted_spikes_are_outliers_with_exact_counts_and_coordinates(tmp_path, dtype, n):
+    positions = [n // 3, n // 3 + 7, n - 5]
+    write_safetensors(tmp_path / "m.safetensors", {
+        "model.layers.0.mlp.down_proj.weight": _tensor(dtype, n, 1, {p: int(HUGE[dtype]) for p in positions}),
+        "model.layers.1.mlp.down_proj.weight": _tensor(dtype, n, 2),
+    })
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    bad, good = report.tensors
+    assert bad.outliers is not None and bad.outliers.count == 3 and bad.outliers.first == positions[0]
+    assert "outlier" in bad.findings and report.exit_code == 1 and report.health == "poisoned"
+    exploded = 0 if dtype == "F16" else 3  # fp16 cannot exceed 65504 < 1e5: a 6e4 spike is an outlier only
+    assert bad.exploded == exploded and ("exploded" in bad.findings) == bool(exploded)
+    assert good.findings == () and good.outliers is None and good.exploded == 0
+    assert bad.max_abs == pytest.approx(float(np.array([HUGE[dtype]], NP[dtype]).view(
+        {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": np.uint16}[dtype])[0])
+        if dtype != "BF16" else float(np.array([0x71820000], np.uint32).view(np.float32)[0]))
+
+
+@pytest.mark.parametrize("n", [BIG, SMALL])
+def test_a_zeroed_tensor_is_reported_not_failed_and_fails_with_fail_on_zeroed(tmp_path, n):
+    write_safetensors(tmp_path / "m.safetensors", {
+        "model.layers.0.self_attn.q_proj.weight": RawTensor("BF16", (n,), bytes(2 * n)),
+        "model.layers.1.self_attn.q_proj.weight": _tensor("BF16", n, 3),
+        "lm_head.bias": RawTensor("BF16", (8,), bytes(16)),  # no sibling: not judged
+    })
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    zero, other, bias = report.tensors
+    assert zero.findings == ("zeroed",) and zero.zeros == n and zero.max_abs == 0.0
+    assert other.findings == () and bias.findings == ()
+    assert report.exit_code == 0 and "zeroed" in report.judgement.reported
+    from nandoctor import verdict
+
+    assert verdict.exit_code(report, verdict.parse_fail_on("zeroed")) == 1
+
+
+def test_roles_keep_sentinels_step_counters_and_masks_out_of_the_findings(tmp_path):
+    write_safetensors(tmp_path / "m.safetensors", {
+        "callbacks.ModelCheckpoint.kth_value": RawTensor("F32", (), np.float32(np.inf).tobytes()),
+        "optimizer.state.0.step": RawTensor("F32", (), np.float32(2e5).tobytes()),
+        "transformer.h.0.attn.masked_bias": RawTensor("F32", (), np.float32(-1e9).tobytes()),
+        "transformer.h.0.attn.c_attn.weight": _tensor("F32", SMALL, 4),
+    })
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    roles = {t.name: t.role for t in report.tensors}
+    assert roles == {"callbacks.ModelCheckpoint.kth_value": "trainer", "optimizer.state.0.step": "optimizer",
+                     "transformer.h.0.attn.masked_bias": "buffer", "transformer.h.0.attn.c_attn.weight": "weight"}
+    assert all(t.findings == () for t in report.tensors) and report.exit_code == 0 and report.nonfinite == 0
+
+
+def test_a_super_weight_is_not_an_outlier(tmp_path):
+    bits = np.random.default_rng(5).standard_normal(BIG).astype(np.float32) * 0.02
+    bits[1234] = 0.02 * 120  # ~100x the tensor's std, as LLaMA's super weights
+    write_safetensors(tmp_path / "m.safetensors", {"model.layers.2.mlp.down_proj.weight":
+                                                   RawTensor("F32", (BIG,), bits.tobytes())})
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    assert report.tensors[0].findings == () and report.ok
+
+
+@pytest.mark.parametrize("path", [DEMO_RUN / "checkpoint-200", LEGACY])
+def test_real_and_shipped_clean_weights_trip_no_finding(path):
+    report = scan(path, device="cpu")
+    assert report.ok and report.health == "healthy"
+    assert all(t.findings == () for t in report.tensors), [t.name for t in report.tensors if t.findings]
