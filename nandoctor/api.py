@@ -53,7 +53,9 @@ def _with_cache_note(report: ScanReport, original: PathLike, hit: hubcache.Cache
     return dataclasses.replace(report, notes=(note, *report.notes))
 
 
-def _limits(max_abs: float | None, outlier_factor: float | None) -> HealthLimits | None:
+def health_limits(max_abs: float | None, outlier_factor: float | None) -> HealthLimits | None:
+    """The census's thresholds from ``--max-abs`` / ``--outlier-factor`` (None: the defaults);
+    ValueError for a value that is not positive and finite."""
     if max_abs is None and outlier_factor is None:
         return None
     from nandoctor.kernels.census import DEFAULT_MAX_ABS, DEFAULT_OUTLIER_FACTOR, HealthLimits
@@ -104,7 +106,7 @@ def scan(
     from nandoctor.engine import scan as engine_scan
 
     target = _check_target(target_dtype)
-    limits = _limits(max_abs, outlier_factor)
+    limits = health_limits(max_abs, outlier_factor)
     resolved, hit = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
@@ -146,7 +148,7 @@ def scan_run(
         >>> run.last_healthy.name, run.first_bad.name
     """
     target = _check_target(target_dtype)
-    limits = _limits(max_abs, outlier_factor)
+    limits = health_limits(max_abs, outlier_factor)
     resolved, _ = hubcache.resolve(path)
     if not runs.is_run_folder(resolved):
         raise UnsupportedFormatError(

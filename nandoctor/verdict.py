@@ -178,11 +178,6 @@ def passes(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> boo
     return exit_code(report, fail_on) == EXIT_OK
 
 
-def verdict(report: ScanReport) -> str:
-    """CLEAN, NON-FINITE, EXPLODED, OUTLIERS, OVERFLOW RISK, UNREADABLE, or a ``+`` of several: facts, not the gate."""
-    return report.verdict
-
-
 # ---------------------------------------------------------------------------------------------
 # Facts the one-line verdict and the reports quote
 
@@ -294,35 +289,27 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
 GROWTH_DIVERGED = 2.0**10  # weights this many times larger than in the run's first healthy checkpoint: diverged
 
 
-def checkpoint_status(
-    report: ScanReport | None,
-    incomplete: bool,
-    step: int,
-    healthy_max: float | None,
-    log_first_nonfinite: int | None,
-) -> tuple[str, float | None, str]:
-    """(status, growth, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
+def checkpoint_status(report: ScanReport | None, incomplete: bool, healthy_max: float | None) -> tuple[str, str]:
+    """(status, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
     ``poisoned``, ``overflow`` or ``clean``.
 
     Diverged: a large share of its weights exploded; or its largest weight grew ``GROWTH_DIVERGED`` times
-    past the run's first healthy checkpoint's (finite, but not the same model any more). Resume from the last
-    healthy checkpoint then: a repair would only stitch a broken model together.
+    past ``healthy_max``, the run's first healthy checkpoint's (finite, but not the same model any more).
+    Resume from the last healthy checkpoint then: a repair would only stitch a broken model together.
+    A trainer log that went NaN before the save is shown beside it, but does not by itself make it
+    diverged: the weights decide (NaN confined to a few layers is repairable, docs/health.md).
     """
     if incomplete or report is None:
-        return "incomplete", None, ""
+        return "incomplete", ""
     if report.errors:
-        return "unreadable", None, ""
-    values = [t.max_abs for t in report.tensors if t.max_abs is not None and t.ref.role == "weight"]
-    top = max(values) if values else None
-    growth = top / healthy_max if top is not None and healthy_max else None
+        return "unreadable", ""
     if report.health == "diverged":
-        return "diverged", growth, "a large share of its weight tensors exploded"
-    if growth is not None and growth >= GROWTH_DIVERGED:
-        return "diverged", growth, f"its largest weight is {growth:.3g}x that of the run's first healthy checkpoint"
+        return "diverged", "a large share of its weight tensors exploded"
+    top = max_abs(report, "weight")
+    if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
+        return "diverged", f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
     if report.health == "poisoned":
-        # A trainer log that went NaN before this save is shown beside it, but does not by itself make it
-        # diverged: the weights decide (NaN confined to a few layers is repairable, as in docs/health.md).
-        return "poisoned", growth, ""
+        return "poisoned", ""
     if overflow_count(report):
-        return "overflow", growth, ""
-    return "clean", growth, ""
+        return "overflow", ""
+    return "clean", ""

@@ -20,6 +20,8 @@ SMALL = 4096
 HUGE = {"F32": np.float32(3e30).view(np.uint32), "F64": np.float64(3e30).view(np.uint64),
         "F16": np.float16(6e4).view(np.uint16), "BF16": np.uint16(0x7182)}  # bf16 0x7182 ~ 1.3e30
 NP = {"F32": np.uint32, "F64": np.uint64, "F16": np.uint16, "BF16": np.uint16}
+PLANTED_VALUE = {"F32": 3e30, "F64": 3e30, "F16": float(np.float16(6e4)),
+                 "BF16": float(np.array([0x71820000], np.uint32).view(np.float32)[0])}
 
 
 def _tensor(dtype: str, n: int, seed: int, planted: dict[int, int] | None = None) -> RawTensor:
@@ -44,9 +46,7 @@ def test_planted_spikes_are_outliers_with_exact_counts_and_coordinates(tmp_path,
     exploded = 0 if dtype == "F16" else 3  # fp16 cannot exceed 65504 < 1e5: a 6e4 spike is an outlier only
     assert bad.exploded == exploded and ("exploded" in bad.findings) == bool(exploded)
     assert good.findings == () and good.outliers is None and good.exploded == 0
-    assert bad.max_abs == pytest.approx(float(np.array([HUGE[dtype]], NP[dtype]).view(
-        {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": np.uint16}[dtype])[0])
-        if dtype != "BF16" else float(np.array([0x71820000], np.uint32).view(np.float32)[0]))
+    assert bad.max_abs == pytest.approx(PLANTED_VALUE[dtype])
 
 
 @pytest.mark.parametrize("n", [BIG, SMALL])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nandoctor.checkpoint import layout
-from nandoctor.checkpoint.roles import WEIGHT, role_of
+from nandoctor.checkpoint.roles import role_of
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanProblem, TensorRef
 from nandoctor.readers import read_file
@@ -53,11 +53,8 @@ def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False)
         try:
             checkpoint.fingerprints[file] = layout.fingerprint(file)
             read = read_file(file)
-        except NandoctorError as exc:
+        except (NandoctorError, OSError) as exc:
             checkpoint.problems.append(problem_of(file, exc))
-            continue
-        except OSError as exc:
-            checkpoint.problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
             continue
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
@@ -77,8 +74,10 @@ def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
     return out
 
 
-def problem_of(file: Path, exc: NandoctorError) -> ScanProblem:
-    """A reader's error as a problem of ``file`` (the file name is not repeated in the message)."""
+def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
+    """An error reading ``file`` as a problem of it (the file name is not repeated in the message)."""
+    if isinstance(exc, OSError):
+        return ScanProblem(str(file), f"cannot read: {exc.strerror or exc}")
     message = exc.message
     prefix = f"{file}: "
     return ScanProblem(str(file), message[len(prefix):] if message.startswith(prefix) else message, exc.hint)
@@ -161,4 +160,4 @@ def _check_duplicate_names(
     return problems, notes
 
 
-__all__ = ["Checkpoint", "open_checkpoint", "problem_of", "WEIGHT"]
+__all__ = ["Checkpoint", "open_checkpoint", "problem_of"]

@@ -52,7 +52,6 @@ _LOGGED_KEYS = ("loss", "grad_norm")
 INCOMPLETE, UNREADABLE, DIVERGED, POISONED, OVERFLOW, CLEAN = (
     "incomplete", "unreadable", "diverged", "poisoned", "overflow", "clean",
 )
-NONFINITE = POISONED  # the word before health findings: a checkpoint that holds damage a repair can fix
 HEALTHY_STATUSES = (CLEAN, OVERFLOW)
 
 
@@ -86,10 +85,10 @@ class RunCheckpoint:
 
     @property
     def max_abs(self) -> float | None:
-        if self.report is None:
-            return None
-        values = [t.max_abs for t in self.report.tensors if t.max_abs is not None and t.ref.role == "weight"]
-        return max(values) if values else None
+        """The largest weight magnitude of this checkpoint."""
+        from nandoctor import verdict
+
+        return None if self.report is None else verdict.max_abs(self.report, "weight")
 
     @property
     def health(self) -> str:
@@ -296,7 +295,6 @@ def scan_run(
     checkpoints = []
     healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
     previous_max: float | None = None
-    run_first_bad_log: int | None = None
     for step, folder, is_tmp in folders:
         reasons = _incomplete_reasons(folder, expect_trainer_state=with_state > 0)
         if is_tmp:
@@ -319,9 +317,7 @@ def scan_run(
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
         log = read_train_log(state) if state.exists() else None
-        if log is not None and log.first_nonfinite_step is not None and run_first_bad_log is None:
-            run_first_bad_log = log.first_nonfinite_step
-        status, growth, why = verdicts.checkpoint_status(report, bool(reasons), step, healthy_max, run_first_bad_log)
+        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
         top = checkpoint.max_abs
         if top is not None and previous_max:  # shown: the growth since the previous checkpoint

@@ -110,7 +110,7 @@ def scan(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        limits = api._limits(max_abs, outlier_factor)
+        limits = api.health_limits(max_abs, outlier_factor)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     resolved, hit = hubcache.resolve(path)

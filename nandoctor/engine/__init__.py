@@ -17,12 +17,12 @@ from nandoctor import verdict
 from nandoctor.checkpoint.opener import open_checkpoint
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels import Kernel, select_kernel
-from nandoctor.kernels.census import HealthLimits, count_above
-from nandoctor.kernels.targets import target
-from nandoctor.model import ScanReport
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
-from nandoctor.engine.pipeline import Pipeline, ProgressCallback, _to_little
-from nandoctor.sources import ThreadBuffers, open_source
+from nandoctor.engine.pipeline import Pipeline, ProgressCallback
+from nandoctor.kernels.census import HealthLimits, count_above, lanes_of, to_little
+from nandoctor.kernels.targets import target
+from nandoctor.model import ScanProblem, ScanReport
+from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
 __all__ = ["scan", "HealthLimits", "ProgressCallback"]
 
@@ -90,13 +90,11 @@ def scan(
     return verdict.judged(report)
 
 
-def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list:
+def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProblem]:
     """Count the outliers of every region whose high segments reach its own outlier threshold.
 
     Healthy weights never get here (nothing reaches 2^10 x their bulk); a bit flip costs one 64 KiB read.
     """
-    from nandoctor.model import ScanProblem
-
     problems = []
     todo: dict[str, list[tuple[RegionJob, int]]] = {}
     for job in jobs:
@@ -123,7 +121,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list:
     return problems
 
 
-def _count_outliers(job: RegionJob, threshold: int, source, buffers) -> OutlierFind:  # type: ignore[no-untyped-def]
+def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers: BufferFor) -> OutlierFind:
     info = job.info
     assert info is not None
     lane_bytes = info.lane_bits // 8
@@ -133,10 +131,9 @@ def _count_outliers(job: RegionJob, threshold: int, source, buffers) -> OutlierF
             continue
         data = source.read(job.region.offset + start * lane_bytes, lanes * lane_bytes, buffers)
         if job.region.byteorder == "big" and lane_bytes > 1:
-            data = _to_little(data, job.spec)
-        view = data.view({1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[lane_bytes])
-        count, first, worst_raw = count_above(view, info, threshold)
-        del data, view
+            data = to_little(data, job.spec)
+        count, first, worst_raw = count_above(lanes_of(data, job.spec), info, threshold)
+        del data  # an exported buffer would stop the mmap from closing
         if not count:
             continue
         if found.first_lane < 0:

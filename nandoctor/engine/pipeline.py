@@ -20,10 +20,9 @@ import numpy as np
 
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
-from nandoctor.dtypes import DTypeSpec
 from nandoctor.errors import FileChangedError, NandoctorError
 from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts
-from nandoctor.kernels.census import Census, observe_chunk, observe_whole
+from nandoctor.kernels.census import Census, batch_census, observe_chunk, observe_whole, to_little
 from nandoctor.model import ScanProblem
 from nandoctor.engine.jobs import RegionJob
 from nandoctor.sources import READ_CHUNK_BYTES, BufferFor, ChunkSource, ThreadBuffers, open_source
@@ -107,11 +106,8 @@ class Pipeline:
         try:
             state = FileScan(file, open_source(file, needed), print_)
             self.opened.append(state)
-        except NandoctorError as exc:
+        except (NandoctorError, OSError) as exc:
             self.problems.append(problem_of(file, exc))
-            return
-        except OSError as exc:
-            self.problems.append(ScanProblem(str(file), f"cannot read: {exc.strerror or exc}"))
             return
         chunk_bytes = self.kernel.chunk_bytes
         if state.source.mode == "read":
@@ -233,8 +229,6 @@ def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers:
         info = first.job.info
         if info is None:
             return [ChunkResult() for _ in parts]
-        from nandoctor.kernels.census import batch_census
-
         lane_bytes = info.lane_bits // 8
         starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
         return [ChunkResult(census=c) for c in batch_census(data, info, starts)]
@@ -246,18 +240,13 @@ def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferF
     job = part.job
     data = source.read(part.absolute, part.length, buffers)
     if job.region.byteorder == "big" and job.spec.lane_bits > 8:
-        data = _to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
+        data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
         overflows = [] if job.threshold is None else _chunk_overflow(data, part.start, job, kernel)
         findings, census = _chunk_findings(data, part, kernel)
         return ChunkResult(findings, overflows, census)
     finally:
         del data  # an exported buffer would stop the mmap from closing
-
-
-def _to_little(data: np.ndarray, spec: DTypeSpec) -> np.ndarray:
-    lane = spec.lane_bits // 8  # complex numbers swap each float half on its own
-    return data.view(f">u{lane}").astype(f"<u{lane}").view(np.uint8)
 
 
 def _kind_counts(kinds: np.ndarray) -> tuple[int, int, int]:

@@ -103,7 +103,6 @@ class Census:
     nonzero: bool = False
     zeros: int = 0
     exploded: int = 0
-    first_exploded: int = -1  # lane index
     sampled: int = 0
     histogram: np.ndarray | None = None  # sampled finite non-zero magnitudes by exponent
     high_segments: list[tuple[int, int, int]] = field(default_factory=list)  # (lane start, lanes, max)
@@ -115,8 +114,6 @@ class Census:
         self.nonzero |= other.nonzero
         self.zeros += other.zeros
         self.exploded += other.exploded
-        if other.first_exploded >= 0 and (self.first_exploded < 0 or other.first_exploded < self.first_exploded):
-            self.first_exploded = other.first_exploded
         self.sampled += other.sampled
         if other.histogram is not None:
             if self.histogram is None:
@@ -126,42 +123,41 @@ class Census:
         self.high_segments += other.high_segments
 
     def max_bits(self) -> tuple[int, bool]:
-        """(largest finite magnitude seen, whether it is exact)."""
+        """(largest finite magnitude seen, whether it is exact); -1 when no finite value was seen.
+
+        Exact when some value reached the high level (every such segment was read exactly) or the
+        region was read whole; else the largest sampled magnitude."""
+        exact = max(self.high_max, self.exact_max)
         if not self.nonzero:
-            return (0, True) if max(self.high_max, self.sample_max, self.exact_max) == 0 else (-1, False)
-        if self.high_max >= 0 or self.exact_max >= max(self.sample_max, 0) and self.exact_max >= 0:
-            return max(self.high_max, self.exact_max), True
+            return (0, True) if max(exact, self.sample_max) == 0 else (-1, False)
+        if exact >= 0:
+            return exact, True
         return self.sample_max, False
 
-    def outlier_threshold(self, info: LaneInfo, limits: HealthLimits) -> int | None:
-        """Magnitude bits from which a value is an outlier of this tensor; None when it has no bulk."""
-        if self.histogram is None or self.sampled < MIN_OUTLIER_ELEMENTS:
-            return None
-        counts = self.histogram
-        k = max(9, math.ceil(int(counts.sum()) / 1000))
-        from_top = np.cumsum(counts[::-1])
-        reached = np.flatnonzero(from_top >= k)
-        if reached.size == 0:
-            return None
-        bulk_exponent = counts.size - 1 - int(reached[0])
-        step = max(1, round(math.log2(limits.outlier_factor)))
-        threshold = (bulk_exponent + step) << info.mantissa
-        return max(threshold, info.high_bit)
-
-    def bulk_scale(self, spec: DTypeSpec, info: LaneInfo) -> float | None:
+    def bulk_exponent(self) -> int | None:
+        """The biased exponent of the k-th largest sampled magnitude, k = max(9, n/1000); None without a bulk."""
         if self.histogram is None or self.sampled < MIN_OUTLIER_ELEMENTS:
             return None
         counts = self.histogram
         k = max(9, math.ceil(int(counts.sum()) / 1000))
         reached = np.flatnonzero(np.cumsum(counts[::-1]) >= k)
-        if reached.size == 0:
+        return None if reached.size == 0 else counts.size - 1 - int(reached[0])
+
+    def outlier_threshold(self, info: LaneInfo, limits: HealthLimits) -> int | None:
+        """Magnitude bits from which a value is an outlier of this tensor; None when it has no bulk."""
+        exponent = self.bulk_exponent()
+        if exponent is None:
             return None
-        exponent = counts.size - 1 - int(reached[0])
-        return decode_magnitude(spec, exponent << info.mantissa)
+        step = max(1, round(math.log2(limits.outlier_factor)))
+        return max((exponent + step) << info.mantissa, info.high_bit)
+
+    def bulk_scale(self, spec: DTypeSpec, info: LaneInfo) -> float | None:
+        exponent = self.bulk_exponent()
+        return None if exponent is None else decode_magnitude(spec, exponent << info.mantissa)
 
 
-def _finite_magnitudes(lanes: np.ndarray, info: LaneInfo) -> np.ndarray:
-    """Magnitudes with every non-finite lane set to 0 (a temporary the size of ``lanes``)."""
+def _finite_magnitudes(lanes: np.ndarray, info: LaneInfo) -> tuple[np.ndarray, int]:
+    """(magnitudes with every non-finite lane set to 0, how many lanes were non-finite)."""
     mag = lanes & lanes.dtype.type(info.mag_mask)
     if info.nan_codes:
         bad = np.isin(lanes, info.nan_codes)
@@ -169,9 +165,21 @@ def _finite_magnitudes(lanes: np.ndarray, info: LaneInfo) -> np.ndarray:
             bad |= mag >= info.limit
     else:
         bad = mag >= info.limit
-    if bad.any():
+    nonfinite = int(np.count_nonzero(bad))
+    if nonfinite:
         mag[bad] = 0
-    return mag
+    return mag, nonfinite
+
+
+def lanes_of(data: np.ndarray, spec: DTypeSpec) -> np.ndarray:
+    """Raw little-endian bytes of ``spec`` as unsigned lanes (see :func:`to_little` for big-endian files)."""
+    return data.view(_UNSIGNED[spec.lane_bits])
+
+
+def to_little(data: np.ndarray, spec: DTypeSpec) -> np.ndarray:
+    """A little-endian copy of big-endian bytes of ``spec`` (complex numbers swap each float half)."""
+    lane = spec.lane_bits // 8
+    return data.view(f">u{lane}").astype(f"<u{lane}").view(np.uint8)
 
 
 def _histogram(mag: np.ndarray, info: LaneInfo) -> np.ndarray:
@@ -185,28 +193,18 @@ def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
     lanes = data.view(_UNSIGNED[info.lane_bits])
     if lanes.size == 0:
         return out
-    mag = _finite_magnitudes(lanes, info)
-    nonfinite = _nonfinite_lanes(lanes, info)
+    mag, nonfinite = _finite_magnitudes(lanes, info)
     top = int(mag.max()) if nonfinite < lanes.size else -1  # -1: not one finite value
     out.exact_max = top
     out.nonzero = top > 0
     out.zeros = int(lanes.size - np.count_nonzero(mag)) - nonfinite
     if top > info.ceiling_bits:
-        over = mag > info.ceiling_bits
-        out.exploded = int(np.count_nonzero(over))
-        out.first_exploded = int(np.argmax(over))
+        out.exploded = int(np.count_nonzero(mag > info.ceiling_bits))
     if top >= info.high_bit:
         out.high_segments.append((0, lanes.size, top))
     out.sampled = int(lanes.size)
     out.histogram = _histogram(mag, info)
     return out
-
-
-def _nonfinite_lanes(lanes: np.ndarray, info: LaneInfo) -> int:
-    mag = lanes & lanes.dtype.type(info.mag_mask)
-    if info.nan_codes:
-        return int(np.count_nonzero(np.isin(lanes, info.nan_codes)))
-    return int(np.count_nonzero(mag >= info.limit))
 
 
 def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int) -> Census:
@@ -238,7 +236,7 @@ def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, bas
         any_nonzero = False
         for start in starts.tolist():
             seg = lanes[start : start + per_segment]
-            mag = _finite_magnitudes(seg, info)
+            mag, _ = _finite_magnitudes(seg, info)
             top = int(mag.max()) if mag.size else -1
             if top <= 0:
                 continue
@@ -247,23 +245,18 @@ def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, bas
                 top_all = max(top_all, top)
                 out.high_segments.append((base_lane + start, seg.size, top))
             if top > info.ceiling_bits:
-                over = mag > info.ceiling_bits
-                out.exploded += int(np.count_nonzero(over))
-                first = base_lane + start + int(np.argmax(over))
-                if out.first_exploded < 0:
-                    out.first_exploded = first
+                out.exploded += int(np.count_nonzero(mag > info.ceiling_bits))
         out.high_max = top_all
         out.nonzero |= any_nonzero
     sample = lanes[::SAMPLE_STRIDE]
-    smag = _finite_magnitudes(sample, info)
+    smag, sample_nonfinite = _finite_magnitudes(sample, info)
     out.sampled = int(sample.size)
-    out.sample_max = int(smag.max()) if smag.size and _nonfinite_lanes(sample, info) < sample.size else -1
+    out.sample_max = int(smag.max()) if sample_nonfinite < sample.size else -1
     out.histogram = _histogram(smag, info)
-    if out.nonzero and smag.size and np.count_nonzero(smag) < smag.size - _nonfinite_lanes(sample, info):
-        mag = _finite_magnitudes(lanes, info)  # the sample holds a zero: count them exactly
-        out.zeros = int(lanes.size - np.count_nonzero(mag)) - _nonfinite_lanes(lanes, info)
-    elif not out.nonzero:
-        out.zeros = int(lanes.size) - _nonfinite_lanes(lanes, info)
+    if not out.nonzero or np.count_nonzero(smag) < smag.size - sample_nonfinite:
+        # All zeros (FNUZ's NaN 0x80 has no magnitude bit either), or the sample holds a zero: count exactly.
+        mag, nonfinite = _finite_magnitudes(lanes, info)
+        out.zeros = int(lanes.size - np.count_nonzero(mag)) - nonfinite
     return out
 
 
@@ -273,7 +266,12 @@ def segment_ors(block: np.ndarray) -> np.ndarray | None:
     words = block[: block.size // 8 * 8].view(np.uint64)
     if words.size == 0:
         return None
-    return np.bitwise_or.reduceat(words, np.arange(0, words.size, SEGMENT_BYTES // 8, dtype=np.intp))
+    return np.bitwise_or.reduceat(words, _segment_starts(words.size))
+
+
+@functools.lru_cache(maxsize=8)
+def _segment_starts(words: int) -> np.ndarray:
+    return np.arange(0, words, SEGMENT_BYTES // 8, dtype=np.intp)
 
 
 BLOCK_BYTES = 4 << 20
@@ -317,7 +315,7 @@ def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Ce
 
 def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int, int, int]:
     """(count of finite lanes with magnitude >= ``threshold``, index of the first, its raw lane bits)."""
-    mag = _finite_magnitudes(lanes, info)
+    mag, _ = _finite_magnitudes(lanes, info)
     over = mag >= threshold
     count = int(np.count_nonzero(over))
     if not count:

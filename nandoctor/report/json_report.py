@@ -11,7 +11,7 @@ from typing import Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
 from nandoctor.layers import bad_ranges
-from nandoctor.model import ScanReport, TensorResult
+from nandoctor.model import ScanReport, TensorResult, coords_of
 
 SCHEMA_VERSION = 2
 
@@ -43,18 +43,12 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
                 "count": outliers.count,
                 "worst": outliers.worst,
                 "threshold": outliers.threshold,
-                "first": {"index": outliers.first, "coords": list(_coords(outliers.first, t.ref.shape))},
+                "first": {"index": outliers.first, "coords": list(coords_of(outliers.first, t.ref.shape))},
             }
         ),
         "overflow": t.overflow,  # --target-dtype: finite values that overflow the cast
         "findings": list(t.findings),
     }
-
-
-def _coords(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    from nandoctor.model import coords_of
-
-    return coords_of(index, shape)
 
 
 def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:

@@ -48,14 +48,8 @@ def repair(
     allow_diverged: bool = False,
     limits: HealthLimits | None = None,
 ) -> RepairResult:
-    """Restore ``target``'s NaN/Inf tensors from ``donors`` (tried in order; ``"auto"`` = earlier
-    ``checkpoint-N`` siblings, newest first) into the new folder ``out``.
-
-    Returns the result (``result.ok``: written and verified clean; for a dry run: the plan
-    is complete). Raises UnrestorableError (nothing written) when some tensor has no good
-    donor, OutputExistsError when ``out`` exists, RepairFailedError when writing or
-    verification failed (nothing left at ``out``).
-    """
+    """The repair behind :func:`nandoctor.api.repair` (documented there); ``limits``: the health
+    thresholds for the target's scan and the donors' checks."""
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.checkpoint.layout import fingerprint

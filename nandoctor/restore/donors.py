@@ -10,7 +10,7 @@ checkpoints before the target, at or before its last healthy one, newest first.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +69,12 @@ class CheckpointDonor:
 
 
 def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
-    """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy."""
+    """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy.
+
+    The scan's kernel and census on this tensor alone; a second read, only when some value may be an
+    outlier, counts them against the tensor's own bulk scale (which the first read measures)."""
     from nandoctor.kernels import select_kernel
-    from nandoctor.kernels.census import Census, count_above, lane_info, observe_chunk
+    from nandoctor.kernels.census import Census, count_above, lane_info, lanes_of, observe_chunk, to_little
     from nandoctor.restore.tensorbytes import iter_elements
 
     spec = DTYPES[ref.dtype]
@@ -79,18 +82,17 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
         return None
     kernel = select_kernel("cpu")
     info = lane_info(spec, limits.max_abs)
+    swap = ref.region.byteorder == "big" and spec.lane_bits > 8
+
+    def blocks() -> Iterator[np.ndarray]:
+        for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
+            yield to_little(block, spec) if swap else block
+
     census = Census()
     bad = 0
-    blocks = []
-    lanes_seen = 0
-    for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
-        if ref.region.byteorder == "big" and spec.lane_bits > 8:
-            block = block.view(f">u{spec.lane_bits // 8}").astype(f"<u{spec.lane_bits // 8}").view(np.uint8)
+    for block in blocks():
         bad += kernel.count(block, spec).nonfinite
-        census.merge(observe_chunk(block, info, lanes_seen))
-        if census.high_segments and len(blocks) < 64:
-            blocks.append((lanes_seen, block.copy()))
-        lanes_seen += block.size * 8 // spec.lane_bits
+        census.merge(observe_chunk(block, info, 0))
     if bad:
         return f"holds {bad:,} NaN/Inf values"
     if ref.role != "weight":
@@ -98,11 +100,10 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     if census.exploded:
         return f"holds {census.exploded:,} exploded values (|x| > {limits.max_abs:g})"
     threshold = census.outlier_threshold(info, limits)
-    if threshold is not None and any(top >= threshold for _, _, top in census.high_segments):
-        lane = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[spec.lane_bits // 8]
-        if not blocks or any(count_above(b.view(lane), info, threshold)[0] for _, b in blocks):
-            return "holds outliers (values 2^10 times above its bulk)"
-    return None
+    if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
+        return None
+    outliers = sum(count_above(lanes_of(block, spec), info, threshold)[0] for block in blocks())
+    return f"holds {outliers:,} outliers (values 2^10 times above its bulk)" if outliers else None
 
 
 def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[Path], RunReport]:
