@@ -19,7 +19,15 @@ from nandoctor.errors import NandoctorError
 from nandoctor.kernels import Kernel, select_kernel
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
-from nandoctor.kernels.census import HealthLimits, count_above, lanes_of, to_little
+from nandoctor.kernels.census import (
+    SAMPLE_RUN,
+    SEGMENT_BYTES,
+    HealthLimits,
+    count_above,
+    lanes_of,
+    sample_histogram,
+    to_little,
+)
 from nandoctor.kernels.targets import target
 from nandoctor.model import ScanProblem, ScanReport
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
@@ -96,29 +104,50 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     Healthy weights never get here (nothing reaches 2^10 x their bulk); a bit flip costs one 64 KiB read.
     """
     problems = []
-    todo: dict[str, list[tuple[RegionJob, int]]] = {}
+    todo: dict[str, list[RegionJob]] = {}
     for job in jobs:
-        info, census = job.info, job.census
-        if info is None or not census.high_segments or not any(v.role == "weight" for v in job.views):
-            continue
-        threshold = census.outlier_threshold(info, limits)
-        if threshold is not None and any(top >= threshold for _, _, top in census.high_segments):
-            todo.setdefault(job.region.file, []).append((job, threshold))
+        if job.info is not None and job.census.high_segments and any(v.role == "weight" for v in job.views):
+            todo.setdefault(job.region.file, []).append(job)
     buffers = ThreadBuffers(None)
     for file, found in todo.items():
         try:
-            source = open_source(file, max(j.region.offset + j.region.nbytes for j, _ in found))
+            source = open_source(file, max(j.region.offset + j.region.nbytes for j in found))
         except (NandoctorError, OSError) as exc:
             problems.append(ScanProblem(file, f"cannot read it again for the outlier count: {exc}"))
             continue
         try:
-            for job, threshold in found:
-                job.outliers = _count_outliers(job, threshold, source, buffers)
+            for job in found:
+                assert job.info is not None
+                if job.census.histogram is None:  # a large region: its bulk from a sample, read now
+                    job.census.histogram, job.census.sampled = sample_histogram(_heads(job, source, buffers), job.info)
+                threshold = job.census.outlier_threshold(job.info, limits)
+                if threshold is not None and any(top >= threshold for _, _, top in job.census.high_segments):
+                    job.outliers = _count_outliers(job, threshold, source, buffers)
         except (NandoctorError, OSError) as exc:
             problems.append(ScanProblem(file, f"read failed during the outlier count: {exc}"))
         finally:
             source.close()
     return problems
+
+
+MAX_SAMPLED_SEGMENTS = 4096  # segments whose first lanes make a large tensor's sample
+
+
+def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
+    """The first SAMPLE_RUN lanes of (up to MAX_SAMPLED_SEGMENTS evenly spread) 64 KiB segments of a region."""
+    lane_bytes = job.spec.lane_bits // 8
+    segments = -(-job.region.nbytes // SEGMENT_BYTES)
+    step = max(1, segments // MAX_SAMPLED_SEGMENTS)
+    heads = []
+    for segment in range(0, segments, step):
+        start = segment * SEGMENT_BYTES
+        length = min(SAMPLE_RUN * lane_bytes, job.region.nbytes - start)
+        data = source.read(job.region.offset + start, length, buffers)
+        if job.region.byteorder == "big" and lane_bytes > 1:
+            data = to_little(data, job.spec)
+        heads.append(lanes_of(data, job.spec).copy())  # the buffer is reused by the next read
+        del data
+    return heads
 
 
 def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers: BufferFor) -> OutlierFind:

@@ -10,9 +10,13 @@ segment of a 4 MiB block, see cpu.py) instead of adding passes over memory:
   largest finite magnitude, the values above the exploded ceiling (when the
   ceiling is at or above the high level, which the default 1e5 is), and their
   maximum kept for the outlier count;
-- a strided sample of every chunk (1 lane in ``SAMPLE_STRIDE``) feeds an
-  exponent histogram, from which the tensor's *bulk scale* is read once the
-  tensor is done: the magnitude of its k-th largest sampled element, k =
+- a sample of every chunk (the first ``SAMPLE_RUN`` lanes of each 64 KiB
+  segment: contiguous, so it costs a few cache lines, where a strided sample
+  touched every line again) gives the largest sampled magnitude and tells where
+  zeros must be counted;
+- a tensor that reaches the high level (where an outlier can be) is sampled
+  again after the scan, the same lanes, into an exponent histogram, from which
+  its *bulk scale* is read: the magnitude of its k-th largest sampled element, k =
   max(9, n/1000) (about the 99.9th percentile, and no 8 spikes can move it);
   a chunk whose sample holds a zero has its zeros counted exactly.
 
@@ -39,7 +43,7 @@ import numpy as np
 from nandoctor.dtypes import DTypeSpec, Family
 from nandoctor.kernels.targets import decode_magnitude, first_nonfinite_magnitude, magnitude_mask
 
-SAMPLE_STRIDE = 64  # lanes between two sampled lanes in large chunks
+SAMPLE_RUN = 64  # lanes sampled at the start of every 64 KiB segment of a large chunk (a few cache lines)
 SEGMENT_BYTES = 64 << 10  # the prefilter's segment (cpu.PREFILTER_BYTES)
 MIN_OUTLIER_ELEMENTS = 16  # below this a tensor has no bulk to stand out from
 DEFAULT_MAX_ABS = 1e5  # the exploded ceiling: real weights measured reach 9.2e3 (docs/health.md)
@@ -207,9 +211,15 @@ def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
     return out
 
 
-def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int) -> Census:
+def observe_block(
+    block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int, histogram: bool = False
+) -> Census:
     """The census of one block of a large region; ``ors`` is the OR of each 64 KiB segment's uint64
-    words when the block is 8-byte aligned (the sieve's prefilter), else None (exact on the block)."""
+    words when the block is 8-byte aligned (the sieve's prefilter), else None (exact on the block).
+
+    ``histogram``: also the exponent histogram of the sample. The scan leaves it out (it costs a
+    third of the census on every block) and samples only the tensors that reach the high level,
+    where an outlier can be (:func:`sample_histogram`)."""
     lanes = block.view(_UNSIGNED[info.lane_bits])
     out = Census()
     if lanes.size == 0:
@@ -221,43 +231,48 @@ def observe_block(block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, bas
         high = np.ones(segments, dtype=bool)
     else:
         assert ors is not None
-        lane_or = np.zeros(ors.size, dtype=np.uint64)
-        lane_mask = np.uint64((1 << info.lane_bits) - 1)
-        for shift in range(0, 64, info.lane_bits):
-            lane_or |= (ors >> np.uint64(shift)) & lane_mask
+        unsigned = _UNSIGNED[info.lane_bits]
+        # Every lane position's OR, folded into one lane per segment (a view: no shifts, one reduction).
+        lane_or = np.bitwise_or.reduce(ors.view(unsigned).reshape(ors.size, 64 // info.lane_bits), axis=1)
         high = np.zeros(segments, dtype=bool)
-        high[: ors.size] = ((lane_or & np.uint64(info.high_bit)) != 0)[:segments]
-        out.nonzero = bool(np.any(lane_or & np.uint64(info.mag_mask)))
+        high[: ors.size] = ((lane_or & unsigned(info.high_bit)) != 0)[:segments]
+        out.nonzero = bool((lane_or & unsigned(info.mag_mask)).any())
         if block.size % 8:  # lanes past the last whole word: their segment takes the exact path
             high[-1] = True
     if high.any():
-        starts = np.flatnonzero(high) * per_segment
-        top_all = -1
-        any_nonzero = False
-        for start in starts.tolist():
-            seg = lanes[start : start + per_segment]
-            mag, _ = _finite_magnitudes(seg, info)
-            top = int(mag.max()) if mag.size else -1
-            if top <= 0:
+        # Runs of high segments at once: one temporary and one reduction per run, not per segment.
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], high, [False])).astype(np.int8)))
+        for first, last in zip(edges[::2].tolist(), edges[1::2].tolist()):
+            run = lanes[first * per_segment : last * per_segment]
+            mag, _ = _finite_magnitudes(run, info)
+            tops = np.maximum.reduceat(mag, np.arange(0, run.size, per_segment))
+            if tops.max() <= 0:
                 continue
-            any_nonzero = True
-            if top >= info.high_bit:
-                top_all = max(top_all, top)
-                out.high_segments.append((base_lane + start, seg.size, top))
-            if top > info.ceiling_bits:
+            out.nonzero = True
+            for k in np.flatnonzero(tops >= info.high_bit).tolist():
+                start = (first + k) * per_segment
+                out.high_segments.append((base_lane + start, min(per_segment, lanes.size - start), int(tops[k])))
+                out.high_max = max(out.high_max, int(tops[k]))
+            if tops.max() > info.ceiling_bits:
                 out.exploded += int(np.count_nonzero(mag > info.ceiling_bits))
-        out.high_max = top_all
-        out.nonzero |= any_nonzero
-    sample = lanes[::SAMPLE_STRIDE]
+    sample = _sample(lanes, per_segment)
     smag, sample_nonfinite = _finite_magnitudes(sample, info)
-    out.sampled = int(sample.size)
     out.sample_max = int(smag.max()) if sample_nonfinite < sample.size else -1
-    out.histogram = _histogram(smag, info)
+    if histogram:
+        out.sampled = int(sample.size)
+        out.histogram = _histogram(smag, info)
     if not out.nonzero or np.count_nonzero(smag) < smag.size - sample_nonfinite:
         # All zeros (FNUZ's NaN 0x80 has no magnitude bit either), or the sample holds a zero: count exactly.
         mag, nonfinite = _finite_magnitudes(lanes, info)
         out.zeros = int(lanes.size - np.count_nonzero(mag)) - nonfinite
     return out
+
+
+def _sample(lanes: np.ndarray, per_segment: int) -> np.ndarray:
+    """The first SAMPLE_RUN lanes of every segment, as one small contiguous array."""
+    whole = lanes.size // per_segment
+    heads = lanes[: whole * per_segment].reshape(whole, per_segment)[:, :SAMPLE_RUN].reshape(-1)
+    return np.concatenate((heads, lanes[whole * per_segment :][:SAMPLE_RUN]))
 
 
 def segment_ors(block: np.ndarray) -> np.ndarray | None:
@@ -277,14 +292,21 @@ def _segment_starts(words: int) -> np.ndarray:
 BLOCK_BYTES = 4 << 20
 
 
-def observe_chunk(data: np.ndarray, info: LaneInfo, base_lane: int) -> Census:
+def observe_chunk(data: np.ndarray, info: LaneInfo, base_lane: int, histogram: bool = False) -> Census:
     """The census of a chunk on its own (kernels other than the CPU one count NaN elsewhere)."""
     out = Census()
     for start in range(0, data.size, BLOCK_BYTES):
         block = data[start : start + BLOCK_BYTES]
         ors = segment_ors(block) if block.ctypes.data % 8 == 0 else None
-        out.merge(observe_block(block, ors, info, base_lane + start * 8 // info.lane_bits))
+        out.merge(observe_block(block, ors, info, base_lane + start * 8 // info.lane_bits, histogram))
     return out
+
+
+def sample_histogram(heads: list[np.ndarray], info: LaneInfo) -> tuple[np.ndarray, int]:
+    """(exponent histogram, lanes sampled) of sampled lane runs of one tensor, for its bulk scale."""
+    sample = np.concatenate(heads) if heads else np.empty(0, _UNSIGNED[info.lane_bits])
+    mag, _ = _finite_magnitudes(sample, info)
+    return _histogram(mag, info), int(sample.size)
 
 
 def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Census]:

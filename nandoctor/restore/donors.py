@@ -92,7 +92,7 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     bad = 0
     for block in blocks():
         bad += kernel.count(block, spec).nonfinite
-        census.merge(observe_chunk(block, info, 0))
+        census.merge(observe_chunk(block, info, 0, histogram=True))
     if bad:
         return f"holds {bad:,} NaN/Inf values"
     if ref.role != "weight":
