@@ -46,4 +46,5 @@ Path(result).write_text(
         }
     )
 )
+dist.barrier()  # leave together: a rank tearing gloo down while the other still works can abort
 dist.destroy_process_group()

@@ -26,4 +26,5 @@ trainer.train()
 (out / f"rank{os.environ['RANK']}.json").write_text(
     json.dumps({"step": trainer.state.global_step, "stopped_at": doctor.stopped_at, "scanned": sorted(doctor.reports)})
 )
+dist.barrier()  # leave together: a rank tearing gloo down while the other still works can abort
 dist.destroy_process_group()

@@ -110,24 +110,35 @@ class TorchKernel:
 
     def _lanes(self, data: np.ndarray, spec: DTypeSpec) -> torch.Tensor:
         """``data`` (uint8) on the device, as lanes."""
-        local = self._local
         host = self._staging(data.size)[: data.size]
         # The buffer is refilled only after the previous upload finished: every call below
         # ends in a host read of its result, which waits for this thread's stream.
         if data.ctypes.data != host.data_ptr():  # already there when the engine read into it
             np.copyto(host.numpy(), data)  # page cache -> staging buffer; numpy drops the GIL
-        if self.device.type == "cuda":
-            stream = getattr(local, "stream", None)
-            if stream is None:
-                stream = local.stream = torch.cuda.Stream(device=self.device)
+        stream = self._stream()
+        if stream is not None:
             with torch.cuda.stream(stream):
                 on_device = host.to(self.device, non_blocking=True)
         else:
             on_device = host
         return on_device.view(LANE_DTYPES[spec.lane_bits])
 
-    def _run(self, fn: Any, *args: Any) -> list[int]:
+    def _stream(self) -> torch.cuda.Stream | None:
+        """This thread's CUDA stream, made on first use (None on the CPU).
+
+        The upload in ``_lanes`` and the bit tests after it must run on this one stream: before, a
+        thread's first chunk ran its tests on the default stream while its upload, on the stream made
+        meanwhile, could still be in flight, and NaN in that chunk were missed (seen on an H200 with
+        NANDOCTOR_IO=read)."""
+        if self.device.type != "cuda":
+            return None
         stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        return stream
+
+    def _run(self, fn: Any, *args: Any) -> list[int]:
+        stream = self._stream()
         if stream is not None:
             with torch.cuda.stream(stream):
                 return fn(*args).tolist()  # waits for this stream only
@@ -184,7 +195,7 @@ class TorchKernel:
         return both[0] // spec.lanes_per_element, both[1].astype(np.uint8)
 
     def _run_array(self, fn: Any) -> np.ndarray:
-        stream = getattr(self._local, "stream", None)
+        stream = self._stream()
         if stream is not None:
             with torch.cuda.stream(stream):
                 return fn().numpy()
