@@ -11,7 +11,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from nandoctor.errors import (  # noqa: E402  (light: no heavy imports)
+from nandoctor.api import (
+    assert_finite,
+    repair,
+    scan,
+    scan_module,
+    scan_run,
+    scan_state_dict,
+    to_json,
+)
+from nandoctor.checkpoint.runs import RunReport
+from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     NandoctorError,
@@ -23,18 +33,8 @@ from nandoctor.errors import (  # noqa: E402  (light: no heavy imports)
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import LayerSummary, ScanReport, TensorResult  # noqa: E402  (plain dataclasses)
-from nandoctor.checkpoint.runs import RunReport  # noqa: E402
+from nandoctor.model import LayerSummary, ScanReport, TensorResult
 
-from nandoctor.api import (  # noqa: E402  (light: no numpy, no torch until a function is called)
-    assert_finite,
-    repair,
-    scan,
-    scan_module,
-    scan_run,
-    scan_state_dict,
-    to_json,
-)
 
 def __getattr__(name: str) -> Any:
     # ``nandoctor.integrations.transformers.NanDoctorCallback`` without importing transformers up front.
@@ -50,25 +50,25 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "scan",
-    "scan_run",
-    "assert_finite",
-    "scan_state_dict",
-    "scan_module",
-    "repair",
-    "to_json",
-    "ScanReport",
-    "TensorResult",
-    "LayerSummary",
-    "RunReport",
-    "NandoctorError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "LayerSummary",
+    "NandoctorError",
+    "NonFiniteWeightsError",
+    "OutputExistsError",
+    "OverflowRiskError",
+    "RepairRefusedError",
+    "RunReport",
+    "ScanReport",
+    "TensorResult",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
-    "NonFiniteWeightsError",
-    "OverflowRiskError",
-    "UnreadableCheckpointError",
-    "RepairRefusedError",
-    "OutputExistsError",
+    "assert_finite",
+    "repair",
+    "scan",
+    "scan_module",
+    "scan_run",
+    "scan_state_dict",
+    "to_json",
 ]

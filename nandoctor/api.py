@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import hubcache, runs
+from nandoctor.checkpoint.runs import RunReport
 from nandoctor.errors import (
     NonFiniteWeightsError,
     OverflowRiskError,
     UnreadableCheckpointError,
     UnsupportedFormatError,
 )
+from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
-from nandoctor.checkpoint.runs import RunReport
-from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 
 if TYPE_CHECKING:
     from nandoctor.kernels.census import HealthLimits
@@ -58,7 +57,11 @@ def health_limits(max_abs: float | None, outlier_factor: float | None) -> Health
     ValueError for a value that is not positive and finite."""
     if max_abs is None and outlier_factor is None:
         return None
-    from nandoctor.kernels.census import DEFAULT_MAX_ABS, DEFAULT_OUTLIER_FACTOR, HealthLimits
+    from nandoctor.kernels.census import (
+        DEFAULT_MAX_ABS,
+        DEFAULT_OUTLIER_FACTOR,
+        HealthLimits,
+    )
 
     return HealthLimits(
         DEFAULT_MAX_ABS if max_abs is None else max_abs,

@@ -21,11 +21,11 @@ _PARAM_SUFFIXES = ("weight", "bias", "scale", "scales", "qweight", "qzeros", "g_
 COMPONENTS = ("attention", "mlp", "norm", "embedding", "head", "other")
 
 _COMPONENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("norm", re.compile(r"(^|[._])(ln|ln_\w+|\w*norm\w*|layernorm|LayerNorm)(\.|$)", re.I)),
-    ("attention", re.compile(r"attn|attention|(^|\.)(q|k|v|o|qkv|query|key|value|c_attn)(_proj)?(\.|$)", re.I)),
-    ("mlp", re.compile(r"mlp|ffn|feed_forward|(^|\.)(fc\d?|w\d|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|intermediate|output|wi|wo)(\.|$)", re.I)),
-    ("embedding", re.compile(r"wte|wpe|embed|embeddings|tok_embeddings|word_embeddings|shared", re.I)),
-    ("head", re.compile(r"lm_head|(^|\.)(head|classifier|score|output|pooler)(\.|$)", re.I)),
+    ("norm", re.compile(r"(^|[._])(ln|ln_\w+|\w*norm\w*|layernorm|LayerNorm)(\.|$)", re.IGNORECASE)),
+    ("attention", re.compile(r"attn|attention|(^|\.)(q|k|v|o|qkv|query|key|value|c_attn)(_proj)?(\.|$)", re.IGNORECASE)),
+    ("mlp", re.compile(r"mlp|ffn|feed_forward|(^|\.)(fc\d?|w\d|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|intermediate|output|wi|wo)(\.|$)", re.IGNORECASE)),
+    ("embedding", re.compile(r"wte|wpe|embed|embeddings|tok_embeddings|word_embeddings|shared", re.IGNORECASE)),
+    ("head", re.compile(r"lm_head|(^|\.)(head|classifier|score|output|pooler)(\.|$)", re.IGNORECASE)),
 )
 
 

@@ -24,19 +24,20 @@ from nandoctor.kernels import CLEAN
 from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult
 
 if TYPE_CHECKING:
-    from nandoctor.kernels.census import HealthLimits
     import torch
 
-def dtype_name(t: "torch.Tensor") -> str:
+    from nandoctor.kernels.census import HealthLimits
+
+def dtype_name(t: torch.Tensor) -> str:
     short = str(t.dtype).removeprefix("torch.")
     return TORCH_DTYPE_NAMES.get(short, short)
 
 
-def _can_hold_nonfinite(t: "torch.Tensor") -> bool:
+def _can_hold_nonfinite(t: torch.Tensor) -> bool:
     return bool(t.is_floating_point() or t.is_complex())
 
 
-def _real(t: "torch.Tensor") -> "torch.Tensor":
+def _real(t: torch.Tensor) -> torch.Tensor:
     """``t`` with complex numbers as pairs of floats; never a copy (sums need no contiguity)."""
     import torch
 
@@ -44,7 +45,7 @@ def _real(t: "torch.Tensor") -> "torch.Tensor":
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def _flag(t: "torch.Tensor") -> "torch.Tensor":
+def _flag(t: torch.Tensor) -> torch.Tensor:
     """A 0-d float tensor that is non-finite whenever some element is (and sometimes when none is)."""
     import torch
 
@@ -57,11 +58,11 @@ def _flag(t: "torch.Tensor") -> "torch.Tensor":
     return torch.full((), float("nan"), device=t.device)  # narrow floats: always count exactly
 
 
-def _flags_by_device(tensors: list[tuple[str, "torch.Tensor"]]) -> dict[str, bool]:
+def _flags_by_device(tensors: list[tuple[str, torch.Tensor]]) -> dict[str, bool]:
     """name → "might hold NaN/Inf": one stacked sum per device, one host sync per device."""
     import torch
 
-    by_device: dict[Any, list[tuple[str, "torch.Tensor"]]] = {}
+    by_device: dict[Any, list[tuple[str, torch.Tensor]]] = {}
     for name, t in tensors:
         by_device.setdefault(t.device, []).append((name, t))
     flagged: dict[str, bool] = {}
@@ -73,7 +74,7 @@ def _flags_by_device(tensors: list[tuple[str, "torch.Tensor"]]) -> dict[str, boo
     return flagged
 
 
-def _ref(name: str, t: "torch.Tensor") -> TensorRef:
+def _ref(name: str, t: torch.Tensor) -> TensorRef:
     from nandoctor.checkpoint.roles import role_of
 
     dtype = dtype_name(t)
@@ -83,7 +84,7 @@ def _ref(name: str, t: "torch.Tensor") -> TensorRef:
 
 def scan_tensors(
     named: Iterable[tuple[str, Any]], *, target: str, target_dtype: str | None = None,
-    limits: "HealthLimits | None" = None,
+    limits: HealthLimits | None = None,
 ) -> ScanReport:
     """Count every tensor of ``named`` on its own device and build a ScanReport like a file scan's."""
     import torch

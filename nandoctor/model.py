@@ -90,7 +90,7 @@ class Counts:
     def nonfinite(self) -> int:
         return self.nan + self.posinf + self.neginf
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         return Counts(self.nan + other.nan, self.posinf + other.posinf, self.neginf + other.neginf)
 
 

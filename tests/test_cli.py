@@ -10,10 +10,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from nandoctor.cli import _register_commands, cli
+from nandoctor.cli import cli
 from tests.conftest import DEMO_RUN, FIXTURES, ROOT
 
-_register_commands()
 
 
 def run(*args):
@@ -108,7 +107,7 @@ def test_hostile_names_are_escaped(tmp_path):
 def test_module_entry_point_and_cli_do_not_import_torch():
     code = (
         "import sys, nandoctor.cli, nandoctor.engine, nandoctor.report.rich_report;"
-        "nandoctor.cli._register_commands();"
+        "[nandoctor.cli.cli.get_command(None, name) for name in nandoctor.cli.COMMANDS];"
         "from nandoctor.engine import scan; scan(sys.argv[1], device='auto');"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors
-from nandoctor.cli import _register_commands, cli
+from nandoctor.cli import cli
 
 from .conftest import DEMO_RUN
 
@@ -19,7 +19,6 @@ TORCH_TARGETS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torc
 
 
 def run(*args: str):
-    _register_commands()
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from fixtures.builders import SPECIALS, RawTensor, write_safetensors, write_sharded
 from nandoctor.checkpoint import hubcache
-from nandoctor.cli import _register_commands, cli
+from nandoctor.cli import cli
 from nandoctor.errors import CheckpointNotFoundError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -29,7 +29,6 @@ def _clean_env(monkeypatch, tmp_path):
 
 
 def run(*args: str):
-    _register_commands()
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 

@@ -172,9 +172,8 @@ def test_folder_of_bin_and_optimizer_without_index(tmp_path: Path) -> None:
 def test_cli_both_formats_flag(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from nandoctor.cli import _register_commands, cli
+    from nandoctor.cli import cli
 
-    _register_commands()
     folder = tmp_path / "ckpt"
     folder.mkdir()
     clean = {"w": torch.ones(2)}

@@ -9,10 +9,9 @@ import sys
 
 from click.testing import CliRunner
 
-from nandoctor.cli import _register_commands, cli
+from nandoctor.cli import cli
 from tests.conftest import DEMO_RUN, ROOT
 
-_register_commands()
 
 
 def run(*args):

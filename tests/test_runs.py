@@ -10,13 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from nandoctor.checkpoint import runs
-from nandoctor.cli import _register_commands, cli
+from nandoctor.cli import cli
 
 from .conftest import DEMO_RUN
 
 
 def run(*args: str):
-    _register_commands()
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 

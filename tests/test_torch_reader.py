@@ -391,9 +391,8 @@ def test_reader_works_without_torch(tmp_path: Path) -> None:
 def test_cli_scan_of_a_bin(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from nandoctor.cli import _register_commands, cli
+    from nandoctor.cli import cli
 
-    _register_commands()
     clean, bad = tmp_path / "clean.bin", tmp_path / "bad.bin"
     torch.save({"w": torch.ones(4)}, clean)
     torch.save({"model.layers.3.mlp.up_proj.weight": torch.tensor([NAN, 1.0])}, bad)

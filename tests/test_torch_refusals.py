@@ -134,9 +134,8 @@ def test_unknown_module_is_never_imported(tmp_path: Path) -> None:
 def test_cli_refusal_is_one_line_and_exit_3(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from nandoctor.cli import _register_commands, cli
+    from nandoctor.cli import cli
 
-    _register_commands()
     path = tmp_path / "evil.bin"
     path.write_bytes(payloads(tmp_path / "m")["eval"][1])
     result = CliRunner().invoke(cli, ["scan", str(path), "--no-progress"])

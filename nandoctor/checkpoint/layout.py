@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
+from nandoctor.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsupportedFormatError,
+)
 from nandoctor.model import ScanProblem
 
 # Preferred first: when a folder holds both, safetensors is what loaders pick too.

@@ -80,7 +80,7 @@ def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
         return ScanProblem(str(file), f"cannot read: {exc.strerror or exc}")
     message = exc.message
     prefix = f"{file}: "
-    return ScanProblem(str(file), message[len(prefix):] if message.startswith(prefix) else message, exc.hint)
+    return ScanProblem(str(file), message.removeprefix(prefix), exc.hint)
 
 
 def _names(names: list[str]) -> str:

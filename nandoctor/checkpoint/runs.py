@@ -6,11 +6,11 @@ first step ``trainer_state.json`` logged NaN/Inf, and saves that never finished.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,8 +216,8 @@ def read_train_log(path: Path) -> TrainLog:
 
 
 def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
-    from nandoctor.errors import CorruptCheckpointError
     from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
+    from nandoctor.errors import CorruptCheckpointError
 
     reasons = []
     try:

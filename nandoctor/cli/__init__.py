@@ -2,89 +2,47 @@
 
 It parses options, draws progress, turns known errors into one ``error:`` line
 plus a hint, and maps outcomes to exit codes (0 clean, 1 non-finite,
-2 usage, 3 unreadable/refused). Commands live in their own modules.
+2 usage, 3 unreadable/refused). Each command lives in its own module, named in
+``COMMANDS``: the group knows every command as soon as this module is imported,
+and imports a command's module only when that command runs (or ``--help`` lists it),
+so ``nandoctor --help`` stays light.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
 from nandoctor import __version__
-from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def debug_enabled(ctx: click.Context | None = None) -> bool:
-    if os.environ.get("NANDOCTOR_DEBUG"):
-        return True
-    ctx = ctx or click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().params.get("debug"))
+# command name -> "module:attribute"; a new command is one line here
+COMMANDS: dict[str, str] = {
+    "scan": "nandoctor.cli.scan_cmd:scan",
+    "repair": "nandoctor.cli.repair_cmd:repair",
+}
 
 
-def echo_json(data: Any) -> None:
-    """Write ``data`` as indented JSON to stdout, piece by piece: a report of a million tensors is
-    never held as one string (json.dumps with indent builds it from millions of small pieces)."""
-    import json
+class LazyGroup(click.Group):
+    """A group whose commands are imported from ``COMMANDS`` when first asked for."""
 
-    out = sys.stdout  # (CliRunner swaps sys.stdout in tests, as it does for click.echo)
-    pending: list[str] = []
-    size = 0
-    for piece in json.JSONEncoder(indent=2).iterencode(data):
-        pending.append(piece)
-        size += len(piece)
-        if size >= 1 << 20:  # a write per MiB, not per piece
-            out.write("".join(pending))
-            pending, size = [], 0
-    pending.append("\n")
-    out.write("".join(pending))
-    out.flush()
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
 
-
-def fail(message: str, hint: str = "", code: int = EXIT_UNREADABLE) -> None:
-    """Print one `error:` line (and a hint) to stderr and exit with ``code``."""
-    from nandoctor.report.rich_report import safe
-
-    click.echo(f"error: {safe(message)}", err=True)
-    if hint:
-        click.echo(f"hint: {safe(hint)}", err=True)
-    sys.exit(code)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        self.commands[cmd_name] = command
+        return command
 
 
-def handles_errors(func: F) -> F:
-    """Known errors become a message and an exit code; tracebacks only with --debug."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except NandoctorError as exc:
-            if debug_enabled():
-                raise
-            fail(exc.message, exc.hint, exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as exc:  # a bug of ours: say so plainly, never claim "clean"
-            if debug_enabled():
-                raise
-            fail(
-                f"internal error: {type(exc).__name__}: {exc}",
-                "run again with --debug for the traceback and report it as a nandoctor bug",
-            )
-
-    return wrapper  # type: ignore[return-value]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="nandoctor")
 @click.option("--debug", is_flag=True, help="Show tracebacks (also NANDOCTOR_DEBUG=1).")
 def cli(debug: bool) -> None:
@@ -99,20 +57,8 @@ def cli(debug: bool) -> None:
     """
 
 
-def _register_commands() -> None:
-    from nandoctor.cli import scan_cmd  # noqa: F401  (each module adds its command to `cli`)
-
-    for optional in ("repair_cmd",):
-        try:
-            __import__(f"nandoctor.cli.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"nandoctor.cli.{optional}":
-                raise
-
-
 def main() -> None:
     try:
-        _register_commands()
         cli(prog_name="nandoctor")
     except KeyboardInterrupt:  # Ctrl-C before a command's own handler is in place (imports, option parsing)
         click.echo("interrupted", err=True)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor.cli import cli, echo_json, handles_errors
+from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 MAX_ROWS = 40
@@ -41,7 +41,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@cli.command()
+@click.command()
 @click.argument("target", type=click.Path(path_type=str))
 @click.option(
     "--from",

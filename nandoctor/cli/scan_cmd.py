@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nandoctor.cli import cli, echo_json, handles_errors
+from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
         raise click.BadParameter(str(exc)) from None
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (schema in docs/json.md).")
 @click.option(
@@ -110,10 +110,10 @@ def scan(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        limits = api.health_limits(max_abs, outlier_factor)
+        api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    resolved, hit = hubcache.resolve(path)
+    resolved, _ = hubcache.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
             run = api.scan_run(

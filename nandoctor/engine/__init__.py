@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nandoctor import verdict
 from nandoctor.checkpoint.opener import open_checkpoint
-from nandoctor.errors import NandoctorError
-from nandoctor.kernels import Kernel, select_kernel
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
+from nandoctor.errors import NandoctorError
+from nandoctor.kernels import Kernel, select_kernel
 from nandoctor.kernels.census import (
     SAMPLE_RUN,
     SEGMENT_BYTES,
@@ -32,7 +32,7 @@ from nandoctor.kernels.targets import target
 from nandoctor.model import ScanProblem, ScanReport
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
-__all__ = ["scan", "HealthLimits", "ProgressCallback"]
+__all__ = ["HealthLimits", "ProgressCallback", "scan"]
 
 
 def scan(

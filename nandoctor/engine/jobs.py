@@ -14,8 +14,19 @@ from dataclasses import dataclass, field
 
 from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
-from nandoctor.kernels.census import Census, HealthLimits, LaneInfo, lane_info, signed_value
-from nandoctor.kernels.targets import TargetSpec, checks_overflow, decode_magnitude, threshold_bits
+from nandoctor.kernels.census import (
+    Census,
+    HealthLimits,
+    LaneInfo,
+    lane_info,
+    signed_value,
+)
+from nandoctor.kernels.targets import (
+    TargetSpec,
+    checks_overflow,
+    decode_magnitude,
+    threshold_bits,
+)
 from nandoctor.model import Outliers, Region, TensorRef, TensorResult, UnviewedBad
 from nandoctor.views import covers_whole_region
 

@@ -20,12 +20,24 @@ import numpy as np
 
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
+from nandoctor.engine.jobs import RegionJob
 from nandoctor.errors import FileChangedError, NandoctorError
 from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts
-from nandoctor.kernels.census import Census, batch_census, observe_chunk, observe_whole, to_little
+from nandoctor.kernels.census import (
+    Census,
+    batch_census,
+    observe_chunk,
+    observe_whole,
+    to_little,
+)
 from nandoctor.model import ScanProblem
-from nandoctor.engine.jobs import RegionJob
-from nandoctor.sources import READ_CHUNK_BYTES, BufferFor, ChunkSource, ThreadBuffers, open_source
+from nandoctor.sources import (
+    READ_CHUNK_BYTES,
+    BufferFor,
+    ChunkSource,
+    ThreadBuffers,
+    open_source,
+)
 from nandoctor.views import covers_whole_region, element_span, locate
 
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)

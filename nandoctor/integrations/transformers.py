@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from transformers import (
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
 except ImportError as exc:  # say how to get it, not just "No module named transformers"
     raise ImportError(
         f"nandoctor.integrations.transformers needs transformers ({exc}); "
@@ -44,9 +49,9 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.runs import checkpoints_in
 from nandoctor.model import ScanReport
 from nandoctor.report.json_report import report_to_json as _to_json
-from nandoctor.checkpoint.runs import checkpoints_in
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +169,7 @@ class NanDoctorCallback(TrainerCallback):
                 self._write(folder, report)
                 line = verdicts.one_line(report, self.fail_on, label=str(folder))
                 (logger.info if passed else logger.warning)("nandoctor: %s", line)
-        except Exception as exc:  # never crash training (nor leave other ranks waiting) because of the doctor
+        except Exception as exc:  # noqa: BLE001  never crash training (nor leave other ranks waiting) because of the doctor
             logger.error("nandoctor: could not scan %s (%s: %s); training goes on", folder, type(exc).__name__, exc)
             return None
         return passed

@@ -7,8 +7,9 @@ Every kernel gives identical answers; tests hold them to that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class OverflowCounts:
     overflow: int = 0
     max_bits: int = -1
 
-    def merge(self, other: "OverflowCounts") -> "OverflowCounts":
+    def merge(self, other: OverflowCounts) -> OverflowCounts:
         return OverflowCounts(self.overflow + other.overflow, max(self.max_bits, other.max_bits))
 
 

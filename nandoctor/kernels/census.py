@@ -41,7 +41,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nandoctor.dtypes import DTypeSpec, Family
-from nandoctor.kernels.targets import decode_magnitude, first_nonfinite_magnitude, magnitude_mask
+from nandoctor.kernels.targets import (
+    decode_magnitude,
+    first_nonfinite_magnitude,
+    magnitude_mask,
+)
 
 SAMPLE_RUN = 64  # lanes sampled at the start of every 64 KiB segment of a large chunk (a few cache lines)
 SEGMENT_BYTES = 64 << 10  # the prefilter's segment (cpu.PREFILTER_BYTES)
@@ -82,7 +86,7 @@ class LaneInfo:
     ceiling_bits: int  # magnitudes above this are exploded (limit when nothing finite can be)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
     mask = magnitude_mask(spec)
     limit = first_nonfinite_magnitude(spec)
@@ -111,7 +115,7 @@ class Census:
     histogram: np.ndarray | None = None  # sampled finite non-zero magnitudes by exponent
     high_segments: list[tuple[int, int, int]] = field(default_factory=list)  # (lane start, lanes, max)
 
-    def merge(self, other: "Census") -> None:
+    def merge(self, other: Census) -> None:
         self.high_max = max(self.high_max, other.high_max)
         self.sample_max = max(self.sample_max, other.sample_max)
         self.exact_max = max(self.exact_max, other.exact_max)
@@ -314,7 +318,7 @@ def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Ce
     magnitude and zeros of each in two vectorised reductions; only a region that reaches the high
     level (where an exploded value or an outlier can be) is looked at on its own."""
     lanes = data.view(_UNSIGNED[info.lane_bits])
-    bounds = np.asarray(starts + [lanes.size], dtype=np.intp)
+    bounds = np.asarray([*starts, lanes.size], dtype=np.intp)
     sizes = np.diff(bounds)
     mag = lanes & lanes.dtype.type(info.mag_mask)
     nonempty = sizes > 0

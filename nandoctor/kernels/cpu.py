@@ -35,9 +35,21 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from nandoctor.dtypes import DTypeSpec, Family
-from nandoctor.kernels import CLEAN, NAN, NEGINF, NO_OVERFLOW, POSINF, ChunkCounts, OverflowCounts
+from nandoctor.kernels import (
+    CLEAN,
+    NAN,
+    NEGINF,
+    NO_OVERFLOW,
+    POSINF,
+    ChunkCounts,
+    OverflowCounts,
+)
 from nandoctor.kernels.census import Census, LaneInfo, observe_block, segment_ors
-from nandoctor.kernels.targets import checks_overflow, first_nonfinite_magnitude, magnitude_mask
+from nandoctor.kernels.targets import (
+    checks_overflow,
+    first_nonfinite_magnitude,
+    magnitude_mask,
+)
 
 BlockObserver = Callable[[np.ndarray, "np.ndarray | None", int], None]  # (block, its segment ORs, byte offset)
 
@@ -62,7 +74,7 @@ def _prefilter_bits(spec: DTypeSpec) -> int:
     return 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exact_tests(spec: DTypeSpec) -> tuple[tuple[type, np.ufunc, int], ...]:
     """Read-only reductions that find non-finite lanes exactly: (view dtype, max or min, limit).
 

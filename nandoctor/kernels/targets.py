@@ -113,14 +113,14 @@ def decode_magnitude(spec: DTypeSpec, bits: int) -> float:
         return float(np.array([bits << 8], np.uint16).view(np.float16)[0])
     if name == "F8_E8M0":
         return float(2.0 ** (bits - 127))
-    exp_bits, man_bits, bias = {"F8_E4M3": (4, 3, 7), "F8_E4M3FNUZ": (4, 3, 8), "F8_E5M2FNUZ": (5, 2, 16)}[name]
+    _exp_bits, man_bits, bias = {"F8_E4M3": (4, 3, 7), "F8_E4M3FNUZ": (4, 3, 8), "F8_E5M2FNUZ": (5, 2, 16)}[name]
     exponent, mantissa = bits >> man_bits, bits & ((1 << man_bits) - 1)
     if exponent == 0:
         return mantissa * 2.0 ** (1 - bias - man_bits)
     return (1 + mantissa / (1 << man_bits)) * 2.0 ** (exponent - bias)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def threshold_bits(spec: DTypeSpec, tgt: TargetSpec) -> int:
     """Smallest magnitude (source bits) that overflows ``tgt``; ``first_nonfinite_magnitude`` if none does."""
     lo, hi = 0, first_nonfinite_magnitude(spec)  # answer in [lo, hi]; hi means "nothing overflows"

@@ -28,8 +28,20 @@ import numpy as np
 import torch
 
 from nandoctor.dtypes import DTypeSpec, Family
-from nandoctor.kernels import CLEAN, NAN, NEGINF, NO_OVERFLOW, POSINF, ChunkCounts, OverflowCounts
-from nandoctor.kernels.targets import checks_overflow, first_nonfinite_magnitude, magnitude_mask
+from nandoctor.kernels import (
+    CLEAN,
+    NAN,
+    NEGINF,
+    NO_OVERFLOW,
+    POSINF,
+    ChunkCounts,
+    OverflowCounts,
+)
+from nandoctor.kernels.targets import (
+    checks_overflow,
+    first_nonfinite_magnitude,
+    magnitude_mask,
+)
 
 LANE_DTYPES = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
 

@@ -63,7 +63,7 @@ def _reject_duplicates_and_surrogates(pairs: list[tuple[str, object]]) -> dict[s
         for text in (key, value):
             if isinstance(text, str) and not _is_unicode(text):
                 # A lone surrogate escape: the reference parser (Rust serde) refuses it.
-                raise ValueError(f"{ascii(text)} holds a lone surrogate escape, which is not Unicode")
+                raise ValueError(f"{text!a} holds a lone surrogate escape, which is not Unicode")
     return _reject_duplicates(pairs)
 
 

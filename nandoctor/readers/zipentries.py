@@ -13,6 +13,7 @@ supported (torch writes its records for every file, and needs them past 4 GB).
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
 import zlib
@@ -238,7 +239,7 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
             entry.header_offset, data_offset,
         )
     spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in checked.values())
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
         if begin < end:
             raise fail(f"zip entries {first!r} and {second!r} overlap (a crafted archive)")
     return ZipDirectory(checked, cd_offset)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import os
-
 import unicodedata
 
 from rich.console import Console

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.runs import (
+    CLEAN,
+    DIVERGED,
+    INCOMPLETE,
+    OVERFLOW,
+    POISONED,
+    UNREADABLE,
+    RunReport,
+    TrainLog,
+)
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
-from nandoctor.checkpoint.runs import (
-    CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POISONED, UNREADABLE, RunCheckpoint, RunReport, TrainLog,
-)
 
 _STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold red", UNREADABLE: "red",
           INCOMPLETE: "yellow"}

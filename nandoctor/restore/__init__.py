@@ -17,19 +17,25 @@ from pathlib import Path
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import ScanReport
-from nandoctor.restore.plan import DonorInfo, RepairPlan, Restoration, Unrestorable, plan_repair
+from nandoctor.restore.plan import (
+    DonorInfo,
+    RepairPlan,
+    Restoration,
+    Unrestorable,
+    plan_repair,
+)
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
 
 __all__ = [
-    "repair",
+    "PROOF_NAME",
+    "DonorInfo",
     "RepairPlan",
     "RepairResult",
     "Restoration",
     "Unrestorable",
-    "DonorInfo",
     "WrittenFile",
-    "PROOF_NAME",
+    "repair",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -51,10 +57,15 @@ def repair(
     """The repair behind :func:`nandoctor.api.repair` (documented there); ``limits``: the health
     thresholds for the target's scan and the donors' checks."""
     from nandoctor.checkpoint import hubcache, layout, runs
-    from nandoctor.restore.donors import resolve_donors
     from nandoctor.checkpoint.layout import fingerprint
-    from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
     from nandoctor.engine import scan
+    from nandoctor.restore.donors import resolve_donors
+    from nandoctor.restore.writer import (
+        check_out,
+        check_out_of_donors,
+        tidy_out,
+        write_repair,
+    )
 
     started = time.perf_counter()
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache

@@ -18,7 +18,11 @@ import numpy as np
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.runs import RunReport, checkpoints_in, step_of
 from nandoctor.dtypes import DTYPES
-from nandoctor.errors import CheckpointNotFoundError, CorruptCheckpointError, RepairRefusedError
+from nandoctor.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    RepairRefusedError,
+)
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
 
@@ -74,7 +78,14 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     The scan's kernel and census on this tensor alone; a second read, only when some value may be an
     outlier, counts them against the tensor's own bulk scale (which the first read measures)."""
     from nandoctor.kernels import select_kernel
-    from nandoctor.kernels.census import Census, count_above, lane_info, lanes_of, observe_chunk, to_little
+    from nandoctor.kernels.census import (
+        Census,
+        count_above,
+        lane_info,
+        lanes_of,
+        observe_chunk,
+        to_little,
+    )
     from nandoctor.restore.tensorbytes import iter_elements
 
     spec = DTYPES[ref.dtype]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nandoctor.model import ScanReport

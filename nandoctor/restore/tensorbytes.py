@@ -193,7 +193,7 @@ def read_box(fd: int, ref: TensorRef, box: Box) -> np.ndarray:
     origin, extents = box
     element, start, span, run_dim = _box_plan(ref, box)
     if run_dim is None:
-        raw, strided = _span_view(fd, ref, extents, element, start, span, writeable=False)
+        _raw, strided = _span_view(fd, ref, extents, element, start, span, writeable=False)
         return np.ascontiguousarray(strided)
     # Run by run: lay the runs out contiguously (run dim last), then view them in logical order.
     order = _run_order(extents, run_dim)

@@ -12,6 +12,7 @@ is renamed onto ``out``. The source is only ever opened for reading.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -21,11 +22,11 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.checkpoint.layout import fingerprint
+from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.model import ScanReport
 from nandoctor.restore import atomic, zippatch
 from nandoctor.restore.plan import RepairPlan, Restoration
@@ -199,10 +200,8 @@ def write_repair(
         atomic.forget(temp)
         if not moved:
             shutil.rmtree(temp, ignore_errors=True)
-    try:
+    with contextlib.suppress(OSError):  # the folder is in place; only its durability across a power cut is weaker
         atomic.fsync_path(out.parent)
-    except OSError:
-        pass  # the folder is in place; only its durability across a power cut is weaker
     return result
 
 

@@ -18,7 +18,9 @@ import struct
 from dataclasses import dataclass
 
 from nandoctor.errors import CorruptCheckpointError, RepairFailedError
-from nandoctor.readers.zipentries import crc32 as _crc32  # python-isal when installed: ~7x zlib
+from nandoctor.readers.zipentries import (
+    crc32 as _crc32,  # python-isal when installed: ~7x zlib
+)
 
 _LOCAL = 0x04034B50
 _CENTRAL = 0x02014B50

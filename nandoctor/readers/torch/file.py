@@ -26,8 +26,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
-from nandoctor.model import ReadResult, ScanProblem, TensorRef
+from nandoctor.errors import (
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
+from nandoctor.model import ReadResult, ScanProblem
+from nandoctor.readers import zipentries
+from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
+from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
+from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import (
     UNREAD_TENSOR_GLOBALS,
     PickleFormatError,
@@ -37,11 +45,14 @@ from nandoctor.readers.torch.safe_pickle import (
     check_storage_id,
     restricted_load,
 )
-from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
-from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
-from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
-from nandoctor.readers import zipentries
-from nandoctor.readers.zipentries import LOCAL_MAGIC, ZipDirectory, ZipEntry, entry_crc32, read_directory, read_entry
+from nandoctor.readers.zipentries import (
+    LOCAL_MAGIC,
+    ZipDirectory,
+    ZipEntry,
+    entry_crc32,
+    read_directory,
+    read_entry,
+)
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
@@ -137,7 +148,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
         raise
     except RecursionError as exc:  # very deep nesting in the opcodes themselves
         raise _pickle_errors(path, what, PickleFormatError("nested too deeply")) from exc
-    except Exception as exc:  # every failure of a hostile pickle becomes one refusal naming the file
+    except Exception as exc:  # noqa: BLE001  every failure of a hostile pickle becomes one refusal naming the file
         raise _pickle_errors(path, what, exc) from None
 
 
@@ -285,10 +296,12 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
 def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs) -> list[ScanProblem]:
     if not entries or not any(e.size for e in entries):
         return []
-    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        # zlib and isal release the GIL on large buffers, so two storages are checked at once.
-        with ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool:
-            computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
+    # zlib and isal release the GIL on large buffers, so two storages are checked at once.
+    with (
+        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool,
+    ):
+        computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
     problems = []
     for entry, value in zip(entries, computed):
         if value == entry.crc32:

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
+from nandoctor.readers.torch.refs import StorageBlock
 from nandoctor.readers.torch.safe_pickle import (
     BoundedReader,
-    Placeholder,
     PickleFormatError,
+    Placeholder,
     StorageRef,
     UnsafeGlobalError,
     check_storage_id,
     element_bytes,
     restricted_load,
 )
-from nandoctor.readers.torch.refs import StorageBlock
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001

@@ -16,7 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.readers.torch.safe_pickle import Placeholder, StorageRef, TensorStub, attributes
+from nandoctor.readers.torch.safe_pickle import (
+    Placeholder,
+    StorageRef,
+    TensorStub,
+    attributes,
+)
 
 MAX_DEPTH = 200
 MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects count once per path (hostile DAGs)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
-from nandoctor.readers.torch.safe_pickle import StorageRef, TensorStub
 from nandoctor.readers.torch.names import Walk
+from nandoctor.readers.torch.safe_pickle import StorageRef, TensorStub
 
 _MAX_LISTED = 5
 
