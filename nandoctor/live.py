@@ -2,8 +2,8 @@
 
 Counting runs on each tensor's own device (a GPU model is counted on the GPU);
 only a handful of scalars per tensor come back to the host, never the data.
-Two passes, as in the file scan: a cheap one over every tensor (``aminmax`` and
-``count_nonzero``: two reads, no temporaries, one host sync per device) that
+Two passes, as in the file scan: a cheap one over every tensor (``aminmax`` and a
+zero-norm: two reads, no temporaries, one host sync per device) that
 clears clean tensors and gives their census figures, then exact counts for the
 tensors whose min or max is not finite. torch is imported
 here, lazily, never by ``import nandoctor``.

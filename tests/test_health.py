@@ -145,3 +145,16 @@ def test_live_quick_census_equals_the_exact_one(dtype):
         quick = census_tensor(t, 1e3, 2.0**10, stats)
         exact = _exact_census(t, 1e3, 2.0**10)
         assert quick == exact, (t.shape, quick, exact)
+
+
+def test_live_nonzero_count_is_exact_across_blocks():
+    torch = pytest.importorskip("torch")
+    from nandoctor.kernels.live import _EXACT_BLOCK, _nonzero_count
+
+    t = torch.ones(3 * _EXACT_BLOCK + 77, dtype=torch.bfloat16)
+    t[:1000] = 0
+    t[-5:] = -0.0
+    t[5 * 1000 :: 997] = 0
+    assert int(_nonzero_count(t)) == int(torch.count_nonzero(t))
+    assert int(_nonzero_count(t[: _EXACT_BLOCK - 1])) == int(torch.count_nonzero(t[: _EXACT_BLOCK - 1]))
+    assert int(_nonzero_count(t.view(-1)[::3])) == int(torch.count_nonzero(t.view(-1)[::3]))
