@@ -30,7 +30,7 @@ from nandoctor.model import ScanReport
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.hashes import HashCheck
-    from nandoctor.diff import DiffReport
+    from nandoctor.diffs import DiffReport
     from nandoctor.kernels.census import HealthLimits
     from nandoctor.restore import RepairResult
 
@@ -217,7 +217,7 @@ def diff(
         >>> d = nandoctor.diff("merged/", "base/")
         >>> d.exit_code, [r.label for r in d.changed_ranges]
     """
-    from nandoctor.diff import diff as _diff
+    from nandoctor.diffs import diff as _diff
 
     return _diff(a, b, progress=progress, both_formats=both_formats)
 

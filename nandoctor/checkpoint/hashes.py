@@ -19,7 +19,6 @@ exits 3 and names file and tensor.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time

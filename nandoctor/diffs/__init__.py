@@ -13,10 +13,10 @@ import time
 
 from nandoctor.checkpoint import hubcache, layout
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.diff import result as r
-from nandoctor.diff.compare import Comparer, Outcome, ProgressCallback
-from nandoctor.diff.match import Pair, pair_tensors
-from nandoctor.diff.result import DiffReport, TensorDiff
+from nandoctor.diffs import result as r
+from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback
+from nandoctor.diffs.match import Pair, pair_tensors
+from nandoctor.diffs.result import DiffReport, TensorDiff
 from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem, TensorRef
 from nandoctor.restore.tensorbytes import nbytes
@@ -51,8 +51,12 @@ def diff_checkpoints(
     progress: ProgressCallback | None = None,
     workers: int | None = None,
     labels: tuple[str, str] | None = None,
+    values: bool = True,
 ) -> DiffReport:
-    """Compare two opened checkpoints (repair uses this on its output and each donor)."""
+    """Compare two opened checkpoints (repair uses this on its output and each donor).
+
+    ``values=False`` compares bytes only: a tensor whose bytes differ is ``changed`` with no element
+    counts (and a dtype change is ``changed`` too), at memcmp speed throughout."""
     started = time.perf_counter()
     problems = [*a.problems, *b.problems]
     notes = [*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes)]
@@ -75,7 +79,7 @@ def diff_checkpoints(
             assert ref is not None
             slot[i] = len(work)
             work.append((ref, pair.partner))
-    comparer = Comparer(workers, progress, sum(nbytes(x) + nbytes(y) for x, y in work))
+    comparer = Comparer(workers, progress, sum(nbytes(x) + nbytes(y) for x, y in work), values=values)
     try:
         outcomes = comparer.compare_all(work)
     finally:
@@ -145,8 +149,8 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     if not outcome.bytes_differ:
         return TensorDiff(status=r.IDENTICAL, changed=0, compared_bytes=a.dtype == b.dtype, **common)  # type: ignore[arg-type]
     if not outcome.decodable:
-        return TensorDiff(status=r.CHANGED, message=f"{a.dtype}/{b.dtype} elements are compared by bytes only; "
-                          "the bytes differ", **common)  # type: ignore[arg-type]
+        return TensorDiff(status=r.CHANGED, message="compared by bytes only; the bytes differ",
+                          **common)  # type: ignore[arg-type]
     if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
         status = r.EQUAL if a.dtype == b.dtype else r.CAST
         rounding = (outcome.rounding or 0.0) if status == r.CAST else None

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from nandoctor.diff import values
-from nandoctor.diff.result import Change
+from nandoctor.diffs import values
+from nandoctor.diffs.result import Change
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import to_little
@@ -93,7 +93,9 @@ Chunk = tuple[int, int] | Box  # (first element, elements) of two contiguous ten
 class Comparer:
     """Compares pairs of tensors; one per diff (it holds the open files and the thread pool)."""
 
-    def __init__(self, workers: int | None = None, progress: ProgressCallback | None = None, total: int = 0) -> None:
+    def __init__(self, workers: int | None = None, progress: ProgressCallback | None = None, total: int = 0,
+                 values: bool = True) -> None:
+        self.values = values  # False: bytes only, no element is decoded (repair's proof: which tensors moved)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.progress = progress
         self.total = total
@@ -134,7 +136,7 @@ class Comparer:
     def _task(self, a: TensorRef, b: TensorRef) -> _Task:
         same = a.dtype == b.dtype and (a.region.byteorder == b.region.byteorder or DTYPES[a.dtype].lane_bits <= 8)
         task = _Task(a, b, same, values.narrower(a.dtype, b.dtype))
-        task.outcome.decodable = values.decodable(a.dtype) and values.decodable(b.dtype)
+        task.outcome.decodable = self.values and values.decodable(a.dtype) and values.decodable(b.dtype)
         return task
 
     def _chunks(self, task: _Task) -> Iterator[Chunk]:

@@ -35,7 +35,7 @@ class Change:
     coords: tuple[int, ...]
     a: float
     b: float
-    amount: float  # |a - b|, or |a - b| / |a| for the relative change
+    amount: float  # |a - b|, or |a - b| / |b| (B is the reference) for the relative change
 
 
 @dataclass(frozen=True, slots=True)

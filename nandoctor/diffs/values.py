@@ -157,8 +157,8 @@ def compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int, 
         k = int(np.argmax(np.where(measured, delta, -1.0)))
         stats.abs_at, stats.abs_a, stats.abs_b, stats.abs_amount = int(where[k]) // lanes, xd[k], yd[k], float(delta[k])
         relative = np.full_like(delta, -1.0)
-        usable = measured & (xd != 0)
-        np.divide(delta, np.abs(xd), out=relative, where=usable)
+        usable = measured & (yd != 0)  # relative to the reference, B
+        np.divide(delta, np.abs(yd), out=relative, where=usable)
         if usable.any():
             k = int(np.argmax(relative))
             stats.rel_at, stats.rel_a, stats.rel_b, stats.rel_amount = (

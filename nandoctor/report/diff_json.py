@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nandoctor.diff.result import Change, DiffReport, TensorDiff
+from nandoctor.diffs.result import Change, DiffReport, TensorDiff
 from nandoctor.model import LayerRange
 
 DIFF_SCHEMA = 1

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor.diff import result as r
-from nandoctor.diff.result import Change, DiffReport, TensorDiff
+from nandoctor.diffs import result as r
+from nandoctor.diffs.result import Change, DiffReport, TensorDiff
 from nandoctor.report.rich_report import human_bytes, safe
 
 MAX_ROWS = 40
