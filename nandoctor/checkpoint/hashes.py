@@ -181,15 +181,15 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
     if proof.is_file():
         data = read_json(proof)
         for entry in data.get("files", []) if isinstance(data, dict) else []:
-            file = by_relative.get(entry.get("path")) if isinstance(entry, dict) else None
-            if file is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
-                out[file] = Expected(entry["sha256"], PROOF_NAME)
+            found = by_relative.get(str(entry.get("path"))) if isinstance(entry, dict) else None
+            if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
+                out[found] = Expected(entry["sha256"], PROOF_NAME)
     if manifest_path is not None:
         for entry in read_manifest(manifest_path)["files"]:
-            file = by_relative.get(entry["path"])
-            if file is not None:
+            listed = by_relative.get(entry["path"])
+            if listed is not None:
                 spans = tuple(s for s in entry.get("spans", []) if isinstance(s, dict))
-                out[file] = Expected(entry["sha256"], f"manifest {manifest_path}", spans)
+                out[listed] = Expected(entry["sha256"], f"manifest {manifest_path}", spans)
     return out
 
 

@@ -134,8 +134,9 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
         if tied_to is not None:
             status = r.TIED
         return TensorDiff(
-            name=ref.name, status=status, dtype_a=a and a.dtype, dtype_b=b and b.dtype,
-            shape_a=a and tuple(a.shape), shape_b=b and tuple(b.shape), file_a=a and a.file, file_b=b and b.file,
+            name=ref.name, status=status, dtype_a=a.dtype if a else None, dtype_b=b.dtype if b else None,
+            shape_a=tuple(a.shape) if a else None, shape_b=tuple(b.shape) if b else None,
+            file_a=a.file if a else None, file_b=b.file if b else None,
             numel=ref.numel, tied_to=tied_to,
         )
     common = dict(

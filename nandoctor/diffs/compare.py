@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,7 +162,7 @@ class Comparer:
     def _source(self, ref: TensorRef) -> ChunkSource:
         source = self.sources.get(ref.file)
         if source is None:
-            source = self.sources[ref.file] = open_source(ref.file, ref.region.offset + ref.region.nbytes)
+            source = self.sources[ref.file] = open_source(Path(ref.file), ref.region.offset + ref.region.nbytes)
         return source
 
     def _fd(self, path: str) -> int:
@@ -171,12 +172,12 @@ class Comparer:
 
     def _read(self, ref: TensorRef, chunk: Chunk, side: int) -> np.ndarray:
         if isinstance(chunk[0], int):
-            start, count = chunk  # type: ignore[misc]
+            start, count = chunk
             span = byte_range(ref)
             assert span is not None
             bits = DTYPES[ref.dtype].bits
             return self.sources[ref.file].read(span[0] + start * bits // 8, count * bits // 8, self.buffers[side])
-        return read_box(self.fds[ref.file], ref, chunk).view(np.uint8).reshape(-1)  # type: ignore[arg-type]
+        return read_box(self.fds[ref.file], ref, chunk).view(np.uint8).reshape(-1)
 
     def _run(self, task: _Task, chunk: Chunk) -> tuple[bool, values.ChunkStats | None]:
         raw_a, raw_b = self._read(task.a, chunk, 0), self._read(task.b, chunk, 1)
@@ -214,7 +215,7 @@ class Comparer:
     def _release(self, task: _Task, chunk: Chunk) -> None:
         if not isinstance(chunk[0], int):
             return
-        start, count = chunk  # type: ignore[misc]
+        start, count = chunk
         for ref in (task.a, task.b):
             span = byte_range(ref)
             source = self.sources.get(ref.file)
@@ -230,17 +231,17 @@ def _little(raw: np.ndarray, ref: TensorRef) -> np.ndarray:
 
 def _chunk_bytes(ref: TensorRef, chunk: Chunk) -> int:
     if isinstance(chunk[0], int):
-        return chunk[1] * DTYPES[ref.dtype].bits // 8  # type: ignore[operator]
+        return chunk[1] * DTYPES[ref.dtype].bits // 8
     _origin, extents = chunk
-    return int(np.prod(extents, dtype=np.int64)) * itemsize(ref)  # type: ignore[arg-type]
+    return int(np.prod(extents, dtype=np.int64)) * itemsize(ref)
 
 
 def _global_index(shape: tuple[int, ...], chunk: Chunk, local: int) -> int:
     if isinstance(chunk[0], int):
-        return chunk[0] + local  # type: ignore[operator]
+        return chunk[0] + local
     origin, extents = chunk
-    inner = np.unravel_index(local, extents)  # type: ignore[arg-type]
-    coords = tuple(int(o) + int(i) for o, i in zip(origin, inner))  # type: ignore[arg-type]
+    inner = np.unravel_index(local, extents)
+    coords = tuple(int(o) + int(i) for o, i in zip(origin, inner))
     return int(np.ravel_multi_index(coords, shape)) if shape else 0
 
 
