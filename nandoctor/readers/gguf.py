@@ -265,6 +265,8 @@ def _tensor_info(cur: _Cursor, i: int) -> _Info:
     except UnicodeDecodeError:
         raise cur.fail(f"the name of tensor {i} ({_shown(raw)}) is not valid UTF-8") from None
     where = f"tensor {name!r}"
+    if not raw:
+        raise cur.fail(f"tensor {i} has an empty name")
     if len(raw) > MAX_NAME_BYTES:
         raise cur.fail(f"{where}: name is {len(raw)} bytes, longer than llama.cpp's {MAX_NAME_BYTES}")
     n_dims = cur.u32(f"the dimension count of {where}")
