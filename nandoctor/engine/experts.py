@@ -8,6 +8,7 @@ clean files never get here) and each slice counted with the scan's kernel.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from nandoctor.blockfields import gather
 from nandoctor.dtypes import DTYPES
@@ -39,7 +40,7 @@ def _per_expert(ref: TensorRef, kernel: Kernel, buffers: BufferFor) -> tuple[int
     size = region.nbytes // ref.experts
     step = max(unit, kernel.chunk_bytes - kernel.chunk_bytes % unit)
     counts = []
-    source = open_source(region.file, region.offset + region.nbytes)
+    source = open_source(Path(region.file), region.offset + region.nbytes)
     try:
         for expert in range(ref.experts):
             bad = 0

@@ -96,7 +96,7 @@ class GGUFReader:
 class Header:
     version: int
     byteorder: str
-    metadata: dict[str, object]  # only the keys nandoctor uses (alignment, architecture, block and expert counts)
+    metadata: dict[str, tuple[int, object]]  # (value type, value) of the keys nandoctor uses: alignment, architecture, counts
     refs: tuple[TensorRef, ...]
     notes: tuple[str, ...]
 
@@ -119,7 +119,7 @@ class _Cursor:
         self.need(size, what)
         (value,) = struct.unpack_from(self.endian + code, self.buf, self.pos)
         self.pos += size
-        return value  # type: ignore[no-any-return]
+        return value
 
     def u32(self, what: str) -> int:
         return int(self.unpack("I", 4, what))
@@ -187,9 +187,9 @@ def _parse(buf: mmap.mmap, p: str, size: int) -> Header:
     return Header(version, byteorder, metadata, refs, _notes(p, version, byteorder, metadata, refs))
 
 
-def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, object]:
+def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
     keys: set[bytes] = set()
-    kept: dict[str, object] = {}
+    kept: dict[str, tuple[int, object]] = {}
     for i in range(n_kv):
         raw_key = cur.raw_string(f"the name of key/value {i}")
         if raw_key in keys:
@@ -205,7 +205,7 @@ def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, object]:
     return kept
 
 
-def _value(cur: _Cursor, kind: int, where: str) -> object:
+def _value(cur: _Cursor, kind: int, where: str) -> tuple[int, object]:
     if kind in _SCALARS:
         code, size = _SCALARS[kind]
         return (kind, cur.unpack(code, size, where))
@@ -240,11 +240,11 @@ def _skip_value(cur: _Cursor, kind: int, where: str) -> None:
         raise cur.fail(f"{where} has unknown value type {kind}")
 
 
-def _alignment(cur: _Cursor, metadata: dict[str, object]) -> int:
+def _alignment(cur: _Cursor, metadata: dict[str, tuple[int, object]]) -> int:
     entry = metadata.get("general.alignment")
     if entry is None:
         return DEFAULT_ALIGNMENT
-    kind, value = entry  # type: ignore[misc]
+    kind, value = entry
     if kind != _UINT32 or not isinstance(value, int) or value <= 0 or value & (value - 1):
         raise cur.fail(f"general.alignment must be a uint32 power of two, not {value!r} (type {kind})")
     return value
@@ -303,7 +303,7 @@ _PLAIN_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "I16": 2, "I32
 
 
 def _layout(
-    cur: _Cursor, infos: list[_Info], data_start: int, alignment: int, byteorder: str, metadata: dict[str, object]
+    cur: _Cursor, infos: list[_Info], data_start: int, alignment: int, byteorder: str, metadata: dict[str, tuple[int, object]]
 ) -> tuple[TensorRef, ...]:
     """Tensors packed in info order, each padded to the alignment, all inside the file (as gguf.cpp requires)."""
     seen: set[str] = set()
@@ -348,22 +348,22 @@ def _ref(path: str, info: _Info, data_start: int, nbytes: int, byteorder: str, e
     return TensorRef(info.name, kind.name, info.dims, region, order="F", experts=experts)
 
 
-def _arch_key(metadata: dict[str, object], suffix: str) -> str:
+def _arch_key(metadata: dict[str, tuple[int, object]], suffix: str) -> str:
     arch = metadata.get("general.architecture")
-    name = arch[1] if isinstance(arch, tuple) and isinstance(arch[1], str) else ""
+    name = arch[1] if arch is not None and isinstance(arch[1], str) else ""
     return f"{name}.{suffix}"
 
 
-def _int_value(metadata: dict[str, object], key: str) -> int | None:
+def _int_value(metadata: dict[str, tuple[int, object]], key: str) -> int | None:
     entry = metadata.get(key)
-    if isinstance(entry, tuple) and isinstance(entry[1], int) and not isinstance(entry[1], bool):
+    if entry is not None and isinstance(entry[1], int) and not isinstance(entry[1], bool):
         return entry[1]
     return None
 
 
-def _notes(p: str, version: int, byteorder: str, metadata: dict[str, object], refs: tuple[TensorRef, ...]) -> tuple[str, ...]:
+def _notes(p: str, version: int, byteorder: str, metadata: dict[str, tuple[int, object]], refs: tuple[TensorRef, ...]) -> tuple[str, ...]:
     arch = metadata.get("general.architecture")
-    arch_name = arch[1] if isinstance(arch, tuple) and isinstance(arch[1], str) else None
+    arch_name = arch[1] if arch is not None and isinstance(arch[1], str) else None
     blocks = _int_value(metadata, _arch_key(metadata, "block_count"))
     notes = []
     if byteorder == "big":
