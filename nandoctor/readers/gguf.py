@@ -108,8 +108,8 @@ class _Cursor:
         self.buf, self.path, self.endian, self.pos = buf, path, endian, 0
         self.size = len(buf)
 
-    def fail(self, reason: str) -> CorruptCheckpointError:
-        return CorruptCheckpointError(self.path, reason)
+    def fail(self, reason: str, hint: str | None = None) -> CorruptCheckpointError:
+        return CorruptCheckpointError(self.path, reason, hint)
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
@@ -280,7 +280,8 @@ def _tensor_info(cur: _Cursor, i: int) -> _Info:
     if kind is None:
         raise cur.fail(
             f"{where}: tensor type {type_id} is not a GGML type nandoctor knows "
-            "(a fork's own quantization, e.g. ik_llama.cpp's IQ*_K?)"
+            "(a fork's own quantization, e.g. ik_llama.cpp's IQ*_K?)",
+            hint="nothing in it was checked; re-quantize to a mainline llama.cpp type (llama-quantize) to scan it",
         )
     if dims and dims[0] % kind.block_elems:
         raise cur.fail(f"{where}: its rows of {dims[0]} elements are not whole {kind.name} blocks of {kind.block_elems}")
