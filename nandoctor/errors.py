@@ -34,7 +34,7 @@ class CheckpointNotFoundError(NandoctorError):
 
 class UnsupportedFormatError(NandoctorError):
     default_hint = (
-        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt files and folders of them"
+        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt, GGUF .gguf files and folders of them"
     )
 
 
