@@ -135,22 +135,32 @@ class Comparer:
         return [t.outcome for t in tasks]
 
     def _task(self, a: TensorRef, b: TensorRef) -> _Task:
-        same = a.dtype == b.dtype and (a.region.byteorder == b.region.byteorder or DTYPES[a.dtype].lane_bits <= 8)
+        quantized = a.region.blocks is not None or b.region.blocks is not None
+        same = a.dtype == b.dtype and (
+            quantized or a.region.byteorder == b.region.byteorder or DTYPES[a.dtype].lane_bits <= 8
+        )
         task = _Task(a, b, same, values.narrower(a.dtype, b.dtype))
-        task.outcome.decodable = self.values and values.decodable(a.dtype) and values.decodable(b.dtype)
+        task.outcome.decodable = (
+            self.values and not quantized and values.decodable(a.dtype) and values.decodable(b.dtype)
+        )
         return task
 
     def _chunks(self, task: _Task) -> Iterator[Chunk]:
         a, b = task.a, task.b
         check_bounds(a)
         check_bounds(b)
-        numel = a.numel
+        numel = _units(a)
         if numel == 0:
+            return
+        if (a.region.blocks is None) != (b.region.blocks is None) or (
+            a.region.blocks is not None and (a.dtype, a.shape) != (b.dtype, b.shape)
+        ):  # a quantized tensor against another type or shape: its values cannot be lined up
+            task.outcome.bytes_differ = task.outcome.values_differ = True
             return
         if byte_range(a) is not None and byte_range(b) is not None:
             for ref in (a, b):
                 self._source(ref)
-            bits = max(DTYPES[a.dtype].bits, DTYPES[b.dtype].bits)
+            bits = max(_bits(a), _bits(b))
             step = max(8, (CHUNK_BYTES * 8 // bits) // 8 * 8)  # whole bytes for sub-byte dtypes
             for start in range(0, numel, step):
                 yield (start, min(step, numel - start))
@@ -175,7 +185,7 @@ class Comparer:
             start, count = chunk
             span = byte_range(ref)
             assert span is not None
-            bits = DTYPES[ref.dtype].bits
+            bits = _bits(ref)
             return self.sources[ref.file].read(span[0] + start * bits // 8, count * bits // 8, self.buffers[side])
         return read_box(self.fds[ref.file], ref, chunk).view(np.uint8).reshape(-1)
 
@@ -220,18 +230,30 @@ class Comparer:
             span = byte_range(ref)
             source = self.sources.get(ref.file)
             if span is not None and source is not None:
-                bits = DTYPES[ref.dtype].bits
+                bits = _bits(ref)
                 source.release(span[0] + start * bits // 8, count * bits // 8)
 
 
+def _bits(ref: TensorRef) -> int:
+    """Bits per compared unit: the dtype's, or a byte for a block-quantized tensor (compared as bytes)."""
+    return 8 if ref.region.blocks is not None else DTYPES[ref.dtype].bits
+
+
+def _units(ref: TensorRef) -> int:
+    """How many units ``_bits`` measures: the elements, or a block-quantized tensor's bytes."""
+    return ref.region.nbytes if ref.region.blocks is not None else ref.numel
+
+
 def _little(raw: np.ndarray, ref: TensorRef) -> np.ndarray:
+    if ref.region.blocks is not None:  # quantized blocks are compared as bytes, never decoded
+        return raw
     spec = DTYPES[ref.dtype]
     return to_little(raw, spec) if ref.region.byteorder == "big" and spec.lane_bits > 8 else raw
 
 
 def _chunk_bytes(ref: TensorRef, chunk: Chunk) -> int:
     if isinstance(chunk[0], int):
-        return chunk[1] * DTYPES[ref.dtype].bits // 8
+        return chunk[1] * _bits(ref) // 8
     _origin, extents = chunk
     return int(np.prod(extents, dtype=np.int64)) * itemsize(ref)
 
