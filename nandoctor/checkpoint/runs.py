@@ -37,6 +37,19 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
+    """One line per step that two folders claim (``checkpoint-300`` and ``checkpoint-0300``): Trainer's
+    resume and ``save_total_limit`` rotation read the step with ``int()`` and take whichever they list
+    first, so which of them a resume loads (or rotation deletes) is undefined."""
+    by_step: dict[int, list[str]] = {}
+    for step, path in found:
+        by_step.setdefault(step, []).append(path.name)
+    return [
+        f"{' and '.join(sorted(names))} are all step {step}: Trainer may resume (or rotation delete) either one"
+        for step, names in sorted(by_step.items()) if len(names) > 1
+    ]
+
+
 # ---------------------------------------------------------------------------
 # A run as a timeline: every checkpoint's verdict, the trainer log, incomplete saves.
 # ---------------------------------------------------------------------------
@@ -115,6 +128,7 @@ class RunReport:
     log: TrainLog | None = None  # the longest readable trainer log of the run
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    problems: tuple[str, ...] = ()  # the run itself is ambiguous (two folders of one step): exit 3
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -146,7 +160,7 @@ class RunReport:
         from nandoctor import verdict as verdicts
 
         newest = self.newest
-        if newest is None or newest.report is None or newest.status == INCOMPLETE:
+        if self.problems or newest is None or newest.report is None or newest.status == INCOMPLETE:
             return EXIT_UNREADABLE
         return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
@@ -277,7 +291,8 @@ def scan_run(
         folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
 
-    notes = []
+    problems = duplicate_steps(checkpoints_in(root))
+    notes = [f"{p}; rename or remove the stray folder" for p in problems]
     others = sorted(
         e.name for e in root.iterdir()
         if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
@@ -335,4 +350,5 @@ def scan_run(
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
-    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started)
+    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
+                     tuple(problems))

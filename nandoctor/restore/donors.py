@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.checkpoint.runs import RunReport, checkpoints_in, step_of
+from nandoctor.checkpoint.runs import RunReport, checkpoints_in, duplicate_steps, step_of
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import (
     CheckpointNotFoundError,
@@ -137,7 +137,14 @@ def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[
             f"{target}: --from auto needs a target folder named checkpoint-N inside a run folder",
             "name the donors with --from <earlier checkpoint>",
         )
-    earlier = [path for s, path in checkpoints_in(folder.parent) if s < step]
+    siblings = checkpoints_in(folder.parent)
+    clashes = duplicate_steps(siblings)
+    if clashes:  # which of two step-N folders is "the" step N is undefined: no donor is picked by step
+        raise RepairRefusedError(
+            f"{target}: --from auto cannot order the run in {folder.parent}: {clashes[0]}",
+            "rename or remove the stray folder, or name the donors with --from <path>",
+        )
+    earlier = [path for s, path in siblings if s < step]
     if not earlier:
         raise RepairRefusedError(
             f"{target}: --from auto found no checkpoint-N before step {step} in {folder.parent}",
