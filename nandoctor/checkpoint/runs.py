@@ -280,7 +280,8 @@ def scan_run(
     started = time.perf_counter()
     root = Path(path)
     if scan_one is None:
-        from nandoctor.engine import scan as scan_one
+        from nandoctor.engine import scan
+    scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
     folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)
@@ -325,7 +326,7 @@ def scan_run(
             kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
             if target_dtype is not None:
                 kwargs["target_dtype"] = target_dtype
-            report = scan_one(folder, **kwargs)
+            report = scan_checkpoint(folder, **kwargs)
             done_before += report.bytes_scanned
         except NandoctorError as exc:
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
@@ -344,9 +345,9 @@ def scan_run(
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
-    top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
-    if top.is_file():
-        top_log = read_train_log(top)
+    final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
+    if final_state.is_file():
+        top_log = read_train_log(final_state)
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None

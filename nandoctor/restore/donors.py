@@ -72,6 +72,18 @@ class CheckpointDonor:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
 
 
+    def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
+        """How many of the donor tensor's values would not be finite once cast to ``dtype`` (as torch rounds)."""
+        from nandoctor.restore.convert import Conversion, nonfinite
+        from nandoctor.restore.tensorbytes import iter_elements
+
+        into = Conversion(ref.dtype, dtype, ref.region.byteorder == "big", False)  # judged little-endian
+        try:
+            return sum(nonfinite(into.apply(block), dtype) for block in iter_elements(ref.file, ref))
+        except OSError as exc:
+            raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
+
+
 def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy.
 
