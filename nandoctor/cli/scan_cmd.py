@@ -60,6 +60,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@click.option("--verify-hashes", is_flag=True,
+              help="Also check weight files against their sha256 known offline (HF cache blob names, "
+              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @handles_errors
 def scan(
     path: str,
@@ -73,6 +78,8 @@ def scan(
     fail_on: frozenset[str],
     max_abs: float | None,
     outlier_factor: float | None,
+    verify_hashes: bool = False,
+    manifest: str | None = None,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -116,6 +123,8 @@ def scan(
     resolved, _ = hubcache.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
+            if verify_hashes or manifest:
+                raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
             run = api.scan_run(
                 resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
                 max_abs=max_abs, outlier_factor=outlier_factor,
@@ -124,7 +133,7 @@ def scan(
             sys.exit(run.exit_code(fail_on))
         report = api.scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-            max_abs=max_abs, outlier_factor=outlier_factor,
+            max_abs=max_abs, outlier_factor=outlier_factor, verify_hashes=verify_hashes, manifest=manifest,
         )
     code = verdicts.exit_code(report, fail_on)
     if as_json:
