@@ -352,6 +352,7 @@ def repair(
     on_phase: Callable[..., Any] | None = None,
     hash_all: bool = False,
     allow_diverged: bool = False,
+    allow_cast: bool = False,
 ) -> RepairResult:
     """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
 
@@ -364,6 +365,10 @@ def repair(
         progress, on_phase: progress callbacks.
         hash_all: record every written file's sha256 in the proof (patched files always are).
         allow_diverged: repair a diverged checkpoint anyway (refused by default: resume instead).
+        allow_cast: take a donor tensor of another float dtype (F64/F32/F16/BF16: an fp32 master copy
+            for a bf16 checkpoint), rounded exactly as torch's ``tensor.to(dtype)`` rounds (nearest,
+            ties to even, subnormals kept); a donor with a value that would not be finite in the
+            target's dtype is passed over. The proof records each ``donor_dtype`` and ``allow_cast``.
 
     Returns:
         A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
@@ -380,7 +385,7 @@ def repair(
     from nandoctor.restore import repair as _repair
 
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
-                   allow_diverged=allow_diverged)
+                   allow_diverged=allow_diverged, allow_cast=allow_cast)
 
 
 def scan_state_dict(

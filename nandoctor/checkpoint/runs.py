@@ -37,6 +37,19 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
+    """One line per step that two folders claim (``checkpoint-300`` and ``checkpoint-0300``): Trainer's
+    resume and ``save_total_limit`` rotation read the step with ``int()`` and take whichever they list
+    first, so which of them a resume loads (or rotation deletes) is undefined."""
+    by_step: dict[int, list[str]] = {}
+    for step, path in found:
+        by_step.setdefault(step, []).append(path.name)
+    return [
+        f"{' and '.join(sorted(names))} are all step {step}: Trainer may resume (or rotation delete) either one"
+        for step, names in sorted(by_step.items()) if len(names) > 1
+    ]
+
+
 # ---------------------------------------------------------------------------
 # A run as a timeline: every checkpoint's verdict, the trainer log, incomplete saves.
 # ---------------------------------------------------------------------------
@@ -115,6 +128,7 @@ class RunReport:
     log: TrainLog | None = None  # the longest readable trainer log of the run
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    problems: tuple[str, ...] = ()  # the run itself is ambiguous (two folders of one step): exit 3
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -146,7 +160,7 @@ class RunReport:
         from nandoctor import verdict as verdicts
 
         newest = self.newest
-        if newest is None or newest.report is None or newest.status == INCOMPLETE:
+        if self.problems or newest is None or newest.report is None or newest.status == INCOMPLETE:
             return EXIT_UNREADABLE
         return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
@@ -266,7 +280,8 @@ def scan_run(
     started = time.perf_counter()
     root = Path(path)
     if scan_one is None:
-        from nandoctor.engine import scan as scan_one
+        from nandoctor.engine import scan
+    scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
     folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)
@@ -277,7 +292,8 @@ def scan_run(
         folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
 
-    notes = []
+    problems = duplicate_steps(checkpoints_in(root))
+    notes = [f"{p}; rename or remove the stray folder" for p in problems]
     others = sorted(
         e.name for e in root.iterdir()
         if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
@@ -310,7 +326,7 @@ def scan_run(
             kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
             if target_dtype is not None:
                 kwargs["target_dtype"] = target_dtype
-            report = scan_one(folder, **kwargs)
+            report = scan_checkpoint(folder, **kwargs)
             done_before += report.bytes_scanned
         except NandoctorError as exc:
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
@@ -329,10 +345,11 @@ def scan_run(
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
-    top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
-    if top.is_file():
-        top_log = read_train_log(top)
+    final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
+    if final_state.is_file():
+        top_log = read_train_log(final_state)
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
-    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started)
+    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
+                     tuple(problems))

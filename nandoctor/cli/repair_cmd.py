@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,6 +20,10 @@ from rich.text import Text
 
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
+
+if TYPE_CHECKING:
+    from nandoctor.restore.plan import RepairPlan
+    from nandoctor.restore.proof import RepairResult
 
 MAX_ROWS = 40
 
@@ -69,6 +74,9 @@ def _sigterm_interrupts() -> Iterator[None]:
 )
 @click.option("--allow-diverged", is_flag=True,
               help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one).")
+@click.option("--allow-cast", is_flag=True,
+              help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
+              "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -81,6 +89,7 @@ def repair(
     dry_run: bool,
     hash_all: bool,
     allow_diverged: bool,
+    allow_cast: bool,
     as_json: bool,
     show_all: bool,
     no_progress: bool,
@@ -115,10 +124,12 @@ def repair(
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
             result = run_repair(
                 target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                allow_diverged=allow_diverged,
+                allow_diverged=allow_diverged, allow_cast=allow_cast,
             )
     except UnrestorableError as exc:
-        if exc.plan is not None:
+        from nandoctor.restore.plan import RepairPlan
+
+        if isinstance(exc.plan, RepairPlan):
             if as_json:
                 from nandoctor.restore.proof import plan_json
 
@@ -135,14 +146,14 @@ def repair(
     sys.exit(result.exit_code)
 
 
-def _donor_short(plan, index: int) -> str:  # type: ignore[no-untyped-def]
+def _donor_short(plan: RepairPlan, index: int) -> str:
     from nandoctor.report.rich_report import safe
 
     info = plan.donors[index]
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
 
 
-def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.rich_report import safe
 
@@ -166,7 +177,7 @@ def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-def]
+def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
@@ -195,7 +206,7 @@ def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-
     return table
 
 
-def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _refusal_table(plan: RepairPlan) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
@@ -206,7 +217,7 @@ def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import human_bytes, safe
 
     donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
@@ -239,7 +250,7 @@ def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # t
         )
 
 
-def render_result(result, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import safe, verdict_text
 
     plan = result.plan

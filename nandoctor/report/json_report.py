@@ -186,6 +186,7 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
             "train_log": log_to_json(run.log),
             "notes": list(run.notes),
+            "problems": list(run.problems),
         },
         "summary": {
             "decided_by": newest.name if newest else None,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.model import ScanReport
@@ -34,6 +35,9 @@ from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
 _ZIP_MAGIC = b"PK\x03\x04"
+# The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
+# folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
+GATE_REPORT = "nandoctor.json"
 # copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
@@ -214,7 +218,9 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     if source.single_file is not None:
         path = source.single_file
         return [(Path(path.name), True, os.stat(path).st_size)], []
-    found, notes = [], []
+    found: list[tuple[Path, bool, int]] = []
+    notes: list[str] = []
+    allowed = (source.root.resolve(), *blob_roots(source.root))
     for folder, dirs, names in os.walk(source.root):
         here = Path(folder)
         for d in sorted(dirs):
@@ -227,6 +233,10 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
             rel = path.relative_to(source.root)
             if absolute in left_out or atomic.is_temp(name) or rel == Path(PROOF_NAME):
                 continue  # an earlier repair's proof is replaced by this one's
+            if rel == Path(GATE_REPORT):
+                notes.append(f"{rel}: the scan verdict of the unrepaired source; not carried over (it would call "
+                             "the repaired checkpoint bad)")
+                continue
             try:
                 info = os.stat(path)  # follows symlinks (Hugging Face cache snapshots are links to blobs)
             except OSError as exc:
@@ -239,11 +249,26 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
             if not stat.S_ISREG(info.st_mode):
                 notes.append(f"{rel}: not a regular file; not carried over")
                 continue
+            if absolute not in weights and path.is_symlink() and not _leads_inside(path, allowed):
+                # A link out of the checkpoint (tokenizer.json → ~/.ssh/id_rsa) would copy a file the
+                # checkpoint does not hold into a folder the user may share. Scanned weights are kept: the
+                # scan read them and the verification re-reads the copies.
+                notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over")
+                continue
             found.append((rel, absolute in weights, info.st_size))
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
     return found, notes
+
+
+def _leads_inside(path: Path, allowed: tuple[Path, ...]) -> bool:
+    """True when the link ``path`` ends in one of ``allowed`` (the source, a cache snapshot's blobs)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return any(root in resolved.parents for root in allowed)
 
 
 def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
@@ -298,9 +323,9 @@ def _copy_one(source: Source, rel: Path, temp: Path) -> Path:
     dst = temp / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     _copy_file(src, dst)
-    # The source's mode, but owner-writable: weights are patched in place, and the new folder is the user's
-    # (Hugging Face cache blobs are read-only).
-    os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
+    # The source's permission bits, but owner-writable: weights are patched in place, and the new folder is
+    # the user's (Hugging Face cache blobs are read-only). Never setuid/setgid/sticky (``& 0o777``, as cp).
+    os.chmod(dst, (os.stat(src).st_mode & 0o777) | stat.S_IWUSR)
     return dst
 
 
@@ -343,7 +368,7 @@ def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
                             "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
                         )
                     touched[entry.local_offset] = entry
-            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref)
+            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref, cast=r.cast)
         for entry in touched.values():
             zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
 
@@ -363,7 +388,7 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     for r in plan.restorations:
         copy = str(_target_copy(source, temp, r.target_ref.file))
         ref = written.get((copy, r.name))
-        if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref):
+        if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref, cast=r.cast):
             raise RepairFailedError(
                 f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
                 "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
