@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.trainlog import LogSeries, read_series
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
@@ -115,6 +116,7 @@ class RunReport:
     log: TrainLog | None = None  # the longest readable trainer log of the run
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    series: LogSeries | None = None  # loss / grad_norm over steps, for charts (checkpoint/trainlog.py)
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -335,4 +337,5 @@ def scan_run(
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
-    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started)
+    series = read_series(root, run_log.source if run_log else None)
+    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started, series)
