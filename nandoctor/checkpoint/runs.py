@@ -268,7 +268,9 @@ def scan_run(
     started = time.perf_counter()
     root = Path(path)
     if scan_one is None:
-        from nandoctor.engine import scan as scan_one
+        from nandoctor.engine import scan as engine_scan
+
+        scan_one = engine_scan
     folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)
@@ -331,9 +333,9 @@ def scan_run(
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
-    top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
-    if top.is_file():
-        top_log = read_train_log(top)
+    top_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
+    if top_state.is_file():
+        top_log = read_train_log(top_state)
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None

@@ -125,7 +125,7 @@ class NanDoctorCallback(TrainerCallback):
                 self._protect(args, state)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
-        folder = Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
+        folder = Path(str(args.output_dir)) / f"{PREFIX}-{state.global_step}"
         # Under torch.distributed only process zero writes the checkpoint, and nothing makes the other
         # ranks wait for it before on_save: they would scan a half-written folder (or none) and decide
         # differently, and a rank that stops alone hangs the others at the next collective. So process
@@ -238,7 +238,7 @@ class NanDoctorCallback(TrainerCallback):
 
     def _previous_clean(self, args: TrainingArguments) -> str | None:
         try:
-            found = checkpoints_in(Path(args.output_dir))
+            found = checkpoints_in(Path(str(args.output_dir)))
         except OSError:
             return None
         for _, folder in reversed(found):
@@ -266,7 +266,7 @@ class NanDoctorCallback(TrainerCallback):
             return  # nothing is ever deleted
         clean_step = _step(self.last_clean)
         try:
-            steps = [s for s, _ in checkpoints_in(Path(args.output_dir))]
+            steps = [s for s, _ in checkpoints_in(Path(str(args.output_dir)))]
         except OSError:
             return
         best_step = _step(state.best_model_checkpoint) if state.best_model_checkpoint else None
