@@ -61,6 +61,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@click.option("--verify-hashes", is_flag=True,
+              help="Also check weight files against their sha256 known offline (HF cache blob names, "
+              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
 @click.option("--markdown", is_flag=True,
@@ -78,8 +83,10 @@ def scan(
     fail_on: frozenset[str],
     max_abs: float | None,
     outlier_factor: float | None,
-    html_path: str | None,
-    markdown: bool,
+    verify_hashes: bool = False,
+    manifest: str | None = None,
+    html_path: str | None = None,
+    markdown: bool = False,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -126,6 +133,8 @@ def scan(
     resolved, _ = hubcache.resolve(path)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
+            if verify_hashes or manifest:
+                raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
             run = api.scan_run(
                 resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
                 max_abs=max_abs, outlier_factor=outlier_factor,
@@ -135,7 +144,7 @@ def scan(
             sys.exit(run.exit_code(fail_on))
         report = api.scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-            max_abs=max_abs, outlier_factor=outlier_factor,
+            max_abs=max_abs, outlier_factor=outlier_factor, verify_hashes=verify_hashes, manifest=manifest,
         )
     code = verdicts.exit_code(report, fail_on)
     _write_html(report, html_path, fail_on)
