@@ -204,6 +204,29 @@ def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
     return tuple(t for t in report.tensors if finding in t.findings)
 
 
+METRIC_PREFIX = "nandoctor/"
+
+
+def metrics(report: ScanReport) -> dict[str, float]:
+    """The health figures a training callback logs per save (TensorBoard, W&B, MLflow, ``log_history``).
+
+    ``nonfinite``: NaN/±Inf values (the totals of the one-line verdict); ``max_abs``: the largest weight
+    magnitude (left out when no weight is a float); ``outliers``: outlier values in tensors with that
+    finding; ``bad_tensors``: tensors with a finding that fails by default. Plain floats: every logger
+    takes them. The Trainer and Lightning callbacks both log this dict, so the two never disagree.
+    """
+    outliers = sum(t.outliers.count for t in with_finding(report, OUTLIER) if t.outliers is not None)
+    figures = {
+        "nonfinite": float(report.nonfinite),
+        "outliers": float(outliers),
+        "bad_tensors": float(len(report.unhealthy_tensors)),
+    }
+    top = max_abs(report, "weight")
+    if top is not None:
+        figures["max_abs"] = float(top)
+    return {METRIC_PREFIX + name: value for name, value in figures.items()}
+
+
 def worst_range(report: ScanReport) -> str | None:
     """Label of the worst bad layer range, model weights first (optimizer moments never hide a layer)."""
     ranges = bad_ranges(report.layers)

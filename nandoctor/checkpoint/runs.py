@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.trainlog import LogSeries, read_series
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
@@ -129,6 +130,7 @@ class RunReport:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     problems: tuple[str, ...] = ()  # the run itself is ambiguous (two folders of one step): exit 3
+    series: LogSeries | None = None  # loss / grad_norm over steps, for charts (checkpoint/trainlog.py)
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -351,5 +353,6 @@ def scan_run(
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
+    series = read_series(root, run_log.source if run_log else None)
     return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
-                     tuple(problems))
+                     problems=tuple(problems), series=series)

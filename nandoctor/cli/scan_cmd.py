@@ -16,6 +16,7 @@ from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
+    from nandoctor.model import ScanReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -65,6 +66,10 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               "nandoctor-repair.json, --manifest); a mismatch exits 3.")
 @click.option("--manifest", type=click.Path(path_type=str), default=None,
               help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write a self-contained HTML report to this file (docs/reports.md).")
+@click.option("--markdown", is_flag=True,
+              help="Print a GitHub-flavoured Markdown summary instead of the console report (for CI summaries).")
 @handles_errors
 def scan(
     path: str,
@@ -80,6 +85,8 @@ def scan(
     outlier_factor: float | None,
     verify_hashes: bool = False,
     manifest: str | None = None,
+    html_path: str | None = None,
+    markdown: bool = False,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -107,11 +114,14 @@ def scan(
       nandoctor scan ckpt/ --target-dtype fp16     # will it overflow when served in fp16?
       nandoctor scan Qwen/Qwen-1_8B                # from the local HF / ModelScope cache
       nandoctor scan ckpt/ --json > report.json
+      nandoctor scan output/ --markdown --html report.html >> "$GITHUB_STEP_SUMMARY"
     """
     from nandoctor import api
     from nandoctor import verdict as verdicts
     from nandoctor.checkpoint import hubcache, runs
 
+    if markdown and (as_json or quiet):
+        raise click.UsageError("--markdown prints its own summary: use it without --json and --quiet")
     try:
         verdicts.require_target_for_overflow(fail_on, target_dtype)
     except ValueError as exc:
@@ -129,14 +139,20 @@ def scan(
                 resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
                 max_abs=max_abs, outlier_factor=outlier_factor,
             )
-            _emit_run(run, as_json, quiet, fail_on)
+            _write_html(run, html_path, fail_on)
+            _emit_run(run, as_json, quiet, markdown, fail_on)
             sys.exit(run.exit_code(fail_on))
         report = api.scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
             max_abs=max_abs, outlier_factor=outlier_factor, verify_hashes=verify_hashes, manifest=manifest,
         )
     code = verdicts.exit_code(report, fail_on)
-    if as_json:
+    _write_html(report, html_path, fail_on)
+    if markdown:
+        from nandoctor.report.markdown_report import render_scan
+
+        click.echo(render_scan(report, fail_on), nl=False)
+    elif as_json:
         data = api.to_json(report, fail_on)
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
         echo_json(data)
@@ -155,10 +171,23 @@ def scan(
     sys.exit(code)
 
 
-def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
+def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> None:
+    if path is None:
+        return
+    from nandoctor.model import ScanReport
+    from nandoctor.report.html_report import render_run, render_scan, write_html
+
+    write_html(path, render_scan(result, fail_on) if isinstance(result, ScanReport) else render_run(result, fail_on))
+
+
+def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_on: frozenset[str]) -> None:
     from nandoctor import api
 
-    if as_json:
+    if markdown:
+        from nandoctor.report.markdown_report import render_run
+
+        click.echo(render_run(run, fail_on), nl=False)
+    elif as_json:
         echo_json(api.to_json(run, fail_on))
     elif quiet:
         from nandoctor.report.rich_report import safe

@@ -19,6 +19,17 @@ user's limit once a newer clean checkpoint exists).
 
 A scan that fails for any reason is logged and never stops or crashes training.
 
+Each scan's health figures (``nandoctor/nonfinite``, ``nandoctor/max_abs``,
+``nandoctor/outliers``, ``nandoctor/bad_tensors``; ``verdict.metrics``) go into
+``state.log_history`` at the checkpoint's step, and into the ``logs`` of the next
+``on_log``, where the reporting callbacks (``report_to``: TensorBoard, W&B,
+MLflow …) see them, provided this callback runs before them. Trainer puts the
+callbacks passed as ``callbacks=[...]`` after its reporters, so add it with
+:func:`attach` instead::
+
+    trainer = Trainer(...)
+    attach(trainer, NanDoctorCallback(stop_on_nonfinite=True))
+
 Under ``torch.distributed`` (DDP, FSDP, DeepSpeed) only world process zero
 scans, since it is the one that wrote the files and the others may reach
 ``on_save`` before it has finished; its verdict is broadcast, so every rank
@@ -72,6 +83,7 @@ class NanDoctorCallback(TrainerCallback):
         protect_last_clean: keep the newest clean checkpoint through ``save_total_limit`` rotation.
         device: where to count (``cpu`` by default; ``auto``/``cuda`` to use the GPU).
         write_report: write ``nandoctor.json`` into each checkpoint folder.
+        log_metrics: log the health figures of each save (see the module docstring and :func:`attach`).
     """
 
     def __init__(
@@ -83,6 +95,7 @@ class NanDoctorCallback(TrainerCallback):
         protect_last_clean: bool = True,
         device: str = "cpu",
         write_report: bool = True,
+        log_metrics: bool = True,
     ) -> None:
         self.stop_on_nonfinite = stop_on_nonfinite
         self.target_dtype = target_dtype
@@ -97,6 +110,10 @@ class NanDoctorCallback(TrainerCallback):
         self.stopped_at: int | None = None
         self._user_limit: int | None = None
         self._limit_raised = False
+        self.log_metrics = log_metrics
+        self._pending: dict[str, float] | None = None  # figures of the last save, for the next on_log
+        self._ahead_of_reporters = False  # set by attach()
+        self._warned_order = False
 
     # -- Trainer events -------------------------------------------------------------------------
 
@@ -108,7 +125,7 @@ class NanDoctorCallback(TrainerCallback):
                 self._protect(args, state)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
-        folder = Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
+        folder = Path(str(args.output_dir)) / f"{PREFIX}-{state.global_step}"
         # Under torch.distributed only process zero writes the checkpoint, and nothing makes the other
         # ranks wait for it before on_save: they would scan a half-written folder (or none) and decide
         # differently, and a rank that stops alone hangs the others at the next collective. So process
@@ -121,6 +138,10 @@ class NanDoctorCallback(TrainerCallback):
             box = [passed]
             distributed.broadcast_object_list(box, src=0)
             passed = box[0]
+        report = self.reports.get(state.global_step)
+        if self.log_metrics and report is not None and state.is_world_process_zero:
+            self._pending = verdicts.metrics(report)
+            state.log_history.append({**self._pending, "step": state.global_step})
         if passed is None:
             return control
         if passed:
@@ -141,6 +162,25 @@ class NanDoctorCallback(TrainerCallback):
                     self.last_clean or "none",
                 )
         return control
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        logs: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
+        # Trainer hands every callback the same dict: what is added here reaches the callbacks after this one.
+        if self._pending is None or logs is None:
+            return
+        logs.update(self._pending)
+        self._pending = None
+        reporters = [r for r in (args.report_to or []) if r != "none"]
+        if reporters and not self._ahead_of_reporters and not self._warned_order:
+            self._warned_order = True
+            logger.warning(
+                "nandoctor: health metrics are in state.log_history but %s may not see them: Trainer calls "
+                "its reporting callbacks before the ones passed in callbacks=[...]; add the callback with "
+                "nandoctor.integrations.transformers.attach(trainer, callback) instead",
+                ", ".join(map(str, reporters)),
+            )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._limit_raised and self._user_limit is not None:
@@ -198,7 +238,7 @@ class NanDoctorCallback(TrainerCallback):
 
     def _previous_clean(self, args: TrainingArguments) -> str | None:
         try:
-            found = checkpoints_in(Path(args.output_dir))
+            found = checkpoints_in(Path(str(args.output_dir)))
         except OSError:
             return None
         for _, folder in reversed(found):
@@ -226,7 +266,7 @@ class NanDoctorCallback(TrainerCallback):
             return  # nothing is ever deleted
         clean_step = _step(self.last_clean)
         try:
-            steps = [s for s, _ in checkpoints_in(Path(args.output_dir))]
+            steps = [s for s, _ in checkpoints_in(Path(str(args.output_dir)))]
         except OSError:
             return
         best_step = _step(state.best_model_checkpoint) if state.best_model_checkpoint else None
@@ -246,6 +286,25 @@ class NanDoctorCallback(TrainerCallback):
                 )
             args.save_total_limit = new_limit
             self._limit_raised = new_limit != limit
+
+
+def attach(trainer: Any, callback: NanDoctorCallback | None = None) -> NanDoctorCallback:
+    """Add ``callback`` (a new default ``NanDoctorCallback`` when None) to ``trainer`` ahead of its reporters.
+
+    Trainer calls the reporting callbacks of ``report_to`` before any callback passed to it, and a
+    callback is handed no Trainer to change that: placed first (after ``DefaultFlowCallback``, which
+    drives logging and saving), the doctor's figures are in ``logs`` before TensorBoard, W&B or MLflow
+    read them. An instance already added is moved, never doubled.
+    """
+    doctor = callback if callback is not None else NanDoctorCallback()
+    handler = trainer.callback_handler
+    handler.callbacks = [c for c in handler.callbacks if c is not doctor]
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    at = next((i + 1 for i, c in enumerate(handler.callbacks) if isinstance(c, DefaultFlowCallback)), 0)
+    handler.callbacks.insert(at, doctor)
+    doctor._ahead_of_reporters = True
+    return doctor
 
 
 def _step(path: str | None) -> int:

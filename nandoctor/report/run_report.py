@@ -29,19 +29,25 @@ _WORD = {CLEAN: "✓ healthy", OVERFLOW: "! overflow risk", POISONED: "✗ poiso
          UNREADABLE: "✗ unreadable", INCOMPLETE: "… incomplete"}
 
 
-def _log_cell(log: TrainLog | None) -> Text:
+def log_words(log: TrainLog | None) -> str:
+    """A checkpoint's trainer log in a few words: where it broke, or how far it is finite."""
     if log is None:
-        return Text("—", style="dim")
+        return "—"
     if log.error:
-        return Text("unreadable", style="yellow")
+        return "unreadable"
     parts = []
     if log.first_nonfinite_step is not None:
         parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at {log.first_nonfinite_step}")
     if log.first_zero_loss_step is not None:
         parts.append(f"loss 0.0 at {log.first_zero_loss_step}")
     if parts:
-        return Text("; ".join(parts), style="red")
-    return Text(f"finite to {log.last_step}" if log.last_step is not None else "empty", style="dim")
+        return "; ".join(parts)
+    return f"finite to {log.last_step}" if log.last_step is not None else "empty"
+
+
+def _log_cell(log: TrainLog | None) -> Text:
+    style = "dim" if log is None or log.suspicious_step is None else "red"
+    return Text(log_words(log), style="yellow" if log is not None and log.error else style)
 
 
 def _timeline(run: RunReport) -> Table:
@@ -139,12 +145,12 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (run.verdict, style),
                                 " (the newest checkpoint decides the exit code)"))
     if code != 0:
-        hint = _next_steps(run)
+        hint = next_steps(run)
         if hint:
             console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"), soft_wrap=True)
 
 
-def _next_steps(run: RunReport) -> list[str]:
+def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
     from nandoctor.hints import repair_command_for
 
