@@ -49,6 +49,7 @@ def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False)
     """Read the headers of every file of the checkpoint at ``path``; raise only for an unusable path."""
     files = layout.discover(path, both_formats=both_formats)
     checkpoint = Checkpoint(Path(path), files, notes=list(files.notes), problems=list(files.problems))
+    checkpoint.notes += _unscanned_notes(Path(path))
     for file in files.files:
         try:
             checkpoint.fingerprints[file] = layout.fingerprint(file)
@@ -64,6 +65,28 @@ def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False)
     checkpoint.problems += duplicate_problems
     checkpoint.notes += duplicate_notes
     return checkpoint
+
+
+# Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
+# reads: listed as not scanned, never passed over in silence (accelerate's random_states_0.pkl).
+_DATA_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".msgpack", ".joblib", ".onnx", ".tflite", ".keras")
+
+
+def _unscanned_notes(root: Path) -> list[str]:
+    """A note naming the data files in the folder ``root`` that no reader of ours opens."""
+    if not root.is_dir():
+        return []
+    supported = layout.weight_suffixes()
+    try:
+        names = sorted(
+            e.name for e in root.iterdir()
+            if e.suffix.lower() in _DATA_SUFFIXES and e.suffix.lower() not in supported and not e.name.startswith(".")
+        )
+    except OSError:
+        return []
+    if not names:
+        return []
+    return [f"not scanned (not a format nandoctor reads): {_names(names)}"]
 
 
 def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:

@@ -7,12 +7,15 @@ resolved in the local Hugging Face / ModelScope cache.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import click
 
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
+from nandoctor.errors import EXIT_UNREADABLE
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
@@ -103,7 +106,6 @@ def scan(
     """
     from nandoctor import api
     from nandoctor import verdict as verdicts
-    from nandoctor.checkpoint import hubcache, runs
 
     try:
         verdicts.require_target_for_overflow(fail_on, target_dtype)
@@ -113,19 +115,62 @@ def scan(
         api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
+    with _one_line_on_error(path) if quiet else nullcontext():
+        _scan(path, as_json, device, show_all, both_formats, no_progress, quiet, target_dtype, fail_on,
+              max_abs, outlier_factor)
+
+
+@contextmanager
+def _one_line_on_error(path: str) -> Iterator[None]:
+    from nandoctor.errors import NandoctorError
+    from nandoctor.report.rich_report import safe
+
+    try:
+        yield
+    except NandoctorError as exc:
+        word = "UNREADABLE" if exc.exit_code == EXIT_UNREADABLE else "ERROR"
+        click.echo(safe(f"FAIL {word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
+        if exc.hint:
+            click.echo(f"hint: {safe(exc.hint)}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _scan(
+    path: str,
+    as_json: bool,
+    device: str,
+    show_all: bool,
+    both_formats: bool,
+    no_progress: bool,
+    quiet: bool,
+    target_dtype: str | None,
+    fail_on: frozenset[str],
+    max_abs: float | None,
+    outlier_factor: float | None,
+) -> None:
+    from nandoctor import api
+    from nandoctor import verdict as verdicts
+    from nandoctor.checkpoint import hubcache, runs
+
     resolved, _ = hubcache.resolve(path)
+    is_run = runs.is_run_folder(resolved)
+    # The bar is closed (and erased) before anything is printed: a report drawn while it is live
+    # gets the bar's lines glued into it on a terminal.
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
-        if runs.is_run_folder(resolved):
+        if is_run:
             run = api.scan_run(
                 resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
                 max_abs=max_abs, outlier_factor=outlier_factor,
             )
-            _emit_run(run, as_json, quiet, fail_on)
-            sys.exit(run.exit_code(fail_on))
-        report = api.scan(
-            path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-            max_abs=max_abs, outlier_factor=outlier_factor,
-        )
+        else:
+            report = api.scan(
+                path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
+                max_abs=max_abs, outlier_factor=outlier_factor,
+            )
+    if is_run:
+        _emit_run(run, as_json, quiet, fail_on)
+        sys.exit(run.exit_code(fail_on))
     code = verdicts.exit_code(report, fail_on)
     if as_json:
         data = api.to_json(report, fail_on)
