@@ -9,10 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from nandoctor.checkpoint.selection import Selection, selection
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 from nandoctor.errors import EXIT_UNREADABLE
@@ -63,6 +65,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Scan only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*').")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
+              "they are counted as excluded in the report.")
 @handles_errors
 def scan(
     path: str,
@@ -76,6 +83,8 @@ def scan(
     fail_on: frozenset[str],
     max_abs: float | None,
     outlier_factor: float | None,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -115,10 +124,34 @@ def scan(
         api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        chosen = selection(only, exclude)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
     with _one_line_on_error(path) if quiet else nullcontext():
-        _scan(path, as_json, device, show_all, both_formats, no_progress, quiet, target_dtype, fail_on,
-              max_abs, outlier_factor)
+        _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What decides how each checkpoint is read and judged (the rest only chooses the output)."""
+
+    device: str
+    target_dtype: str | None
+    both_formats: bool
+    max_abs: float | None
+    outlier_factor: float | None
+    selection: Selection | None
+
+    def kwargs(self) -> dict[str, Any]:
+        chosen = self.selection
+        return {
+            "device": self.device, "target_dtype": self.target_dtype, "both_formats": self.both_formats,
+            "max_abs": self.max_abs, "outlier_factor": self.outlier_factor,
+            "only": chosen.only if chosen else None, "exclude": chosen.exclude if chosen else None,
+        }
 
 
 @contextmanager
@@ -137,17 +170,8 @@ def _one_line_on_error(path: str) -> Iterator[None]:
 
 
 def _scan(
-    path: str,
-    as_json: bool,
-    device: str,
-    show_all: bool,
-    both_formats: bool,
-    no_progress: bool,
-    quiet: bool,
-    target_dtype: str | None,
+    path: str, options: ScanOptions, *, as_json: bool, show_all: bool, no_progress: bool, quiet: bool,
     fail_on: frozenset[str],
-    max_abs: float | None,
-    outlier_factor: float | None,
 ) -> None:
     from nandoctor import api
     from nandoctor import verdict as verdicts
@@ -159,15 +183,9 @@ def _scan(
     # gets the bar's lines glued into it on a terminal.
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if is_run:
-            run = api.scan_run(
-                resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-                max_abs=max_abs, outlier_factor=outlier_factor,
-            )
+            run = api.scan_run(resolved, progress=progress, **options.kwargs())
         else:
-            report = api.scan(
-                path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-                max_abs=max_abs, outlier_factor=outlier_factor,
-            )
+            report = api.scan(path, progress=progress, **options.kwargs())
     if is_run:
         _emit_run(run, as_json, quiet, fail_on)
         sys.exit(run.exit_code(fail_on))
