@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import click
 from rich.console import Console
@@ -19,6 +20,10 @@ from rich.text import Text
 
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
+
+if TYPE_CHECKING:
+    from nandoctor.restore.plan import RepairPlan
+    from nandoctor.restore.proof import RepairResult
 
 MAX_ROWS = 40
 
@@ -122,9 +127,9 @@ def repair(
             if as_json:
                 from nandoctor.restore.proof import plan_json
 
-                echo_json(plan_json(exc.plan))
+                echo_json(plan_json(cast("RepairPlan", exc.plan)))
             else:
-                render_plan(exc.plan, console, show_all=show_all)
+                render_plan(cast("RepairPlan", exc.plan), console, show_all=show_all)
         raise
     if as_json:
         from nandoctor.restore.proof import plan_json, proof_json
@@ -135,7 +140,7 @@ def repair(
     sys.exit(result.exit_code)
 
 
-def _donor_short(plan, index: int) -> str:  # type: ignore[no-untyped-def]
+def _donor_short(plan: RepairPlan, index: int) -> str:
     from nandoctor.report.rich_report import safe
 
     info = plan.donors[index]
@@ -151,7 +156,7 @@ def _add_column(table: Table, header: str, *, numeric: bool) -> None:
         table.add_column(header, overflow="fold")
 
 
-def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.rich_report import safe
 
@@ -175,7 +180,7 @@ def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-def]
+def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
@@ -204,7 +209,7 @@ def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-
     return table
 
 
-def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _refusal_table(plan: RepairPlan) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
@@ -215,7 +220,7 @@ def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import human_bytes, safe
 
     donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
@@ -248,7 +253,7 @@ def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # t
         )
 
 
-def render_result(result, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import safe, verdict_text
 
     plan = result.plan
