@@ -58,10 +58,6 @@ class UnsafeCheckpointError(CorruptCheckpointError):
     )
 
 
-class IndexMismatchError(CorruptCheckpointError):
-    default_hint = "the index json and the shards disagree; re-save the checkpoint or fix the index"
-
-
 class FileChangedError(CorruptCheckpointError):
     default_hint = "something wrote to the checkpoint while it was read; wait for the writer to finish and scan again"
 

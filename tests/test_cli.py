@@ -12,11 +12,7 @@ from click.testing import CliRunner
 
 from nandoctor.cli import cli
 from tests.conftest import DEMO_RUN, FIXTURES, ROOT
-
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+from tests.conftest import run_cli as run
 
 
 def test_clean_checkpoint_exits_0():
@@ -91,9 +87,9 @@ def test_usage_error_exits_2():
 
 
 def test_hostile_names_are_escaped(tmp_path):
-    from fixtures.builders import SPECIALS, RawTensor, write_safetensors
-
     import numpy as np
+
+    from fixtures.builders import SPECIALS, RawTensor, write_safetensors
 
     name = "evil[bold red]x\x1b[2J\u202e.weight"
     bits = np.array([SPECIALS["F32"]["nan"], 0], np.uint32)
@@ -129,7 +125,6 @@ def test_no_color_output_has_no_escape_codes():
 
 @pytest.mark.parametrize("flag", ["--debug"])
 def test_debug_shows_traceback(flag):
-    from click.testing import CliRunner
 
     result = CliRunner().invoke(cli, [flag, "scan", "/no/such"])
     assert result.exit_code != 0 and result.exception is not None

@@ -21,6 +21,8 @@ from nandoctor import __version__
 COMMANDS: dict[str, str] = {
     "scan": "nandoctor.cli.scan_cmd:scan",
     "repair": "nandoctor.cli.repair_cmd:repair",
+    "diff": "nandoctor.cli.diff_cmd:diff",
+    "manifest": "nandoctor.cli.manifest_cmd:manifest",
 }
 
 

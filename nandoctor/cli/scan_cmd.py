@@ -70,6 +70,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
               help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
               "they are counted as excluded in the report.")
+@click.option("--verify-hashes", is_flag=True,
+              help="Also check weight files against their sha256 known offline (HF cache blob names, "
+              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @handles_errors
 def scan(
     path: str,
@@ -85,6 +90,8 @@ def scan(
     outlier_factor: float | None,
     only: tuple[str, ...],
     exclude: tuple[str, ...],
+    verify_hashes: bool = False,
+    manifest: str | None = None,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -131,7 +138,8 @@ def scan(
     options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
     with _one_line_on_error(path) if quiet else nullcontext():
-        _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on)
+        _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
+              verify_hashes=verify_hashes, manifest=manifest)
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ def _one_line_on_error(path: str) -> Iterator[None]:
 
 def _scan(
     path: str, options: ScanOptions, *, as_json: bool, show_all: bool, no_progress: bool, quiet: bool,
-    fail_on: frozenset[str],
+    fail_on: frozenset[str], verify_hashes: bool = False, manifest: str | None = None,
 ) -> None:
     from nandoctor import api
     from nandoctor import verdict as verdicts
@@ -179,13 +187,16 @@ def _scan(
 
     resolved, _ = hubcache.resolve(path)
     is_run = runs.is_run_folder(resolved)
+    if is_run and (verify_hashes or manifest):
+        raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
     # The bar is closed (and erased) before anything is printed: a report drawn while it is live
     # gets the bar's lines glued into it on a terminal.
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if is_run:
             run = api.scan_run(resolved, progress=progress, **options.kwargs())
         else:
-            report = api.scan(path, progress=progress, **options.kwargs())
+            report = api.scan(path, progress=progress, verify_hashes=verify_hashes, manifest=manifest,
+                              **options.kwargs())
     if is_run:
         _emit_run(run, as_json, quiet, fail_on)
         sys.exit(run.exit_code(fail_on))

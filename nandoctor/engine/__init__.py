@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from nandoctor import verdict
 from nandoctor.checkpoint.opener import open_checkpoint
@@ -116,7 +117,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     buffers = ThreadBuffers(None)
     for file, found in todo.items():
         try:
-            source = open_source(file, max(j.region.offset + j.region.nbytes for j in found))
+            source = open_source(Path(file), max(j.region.offset + j.region.nbytes for j in found))
         except (NandoctorError, OSError) as exc:
             problems.append(ScanProblem(file, f"cannot read it again for the outlier count: {exc}"))
             continue

@@ -181,8 +181,8 @@ class Pipeline:
                     job.tallies[slot].add_overflow(counts)
                 if result.census is not None:
                     job.census.merge(result.census)
-            first, last = parts[0], parts[-1]
-            state.source.release(first.absolute, last.absolute + last.length - first.absolute)
+            head, tail = parts[0], parts[-1]
+            state.source.release(head.absolute, tail.absolute + tail.length - head.absolute)
             self.done += sum(part.length for part in parts)
             if self.progress:
                 self.progress(self.done, self.total, str(state.file))
