@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.runs import RunReport
+from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
     NonFiniteWeightsError,
     OverflowRiskError,
@@ -80,6 +81,8 @@ def scan(
     both_formats: bool = False,
     max_abs: float | None = None,
     outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
     verify_hashes: bool = False,
     manifest: PathLike | None = None,
 ) -> ScanReport:
@@ -96,6 +99,9 @@ def scan(
         both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
         max_abs: the exploded ceiling (default 1e5): a weight above it is ``exploded``.
         outlier_factor: how far above its tensor's bulk scale a value is an ``outlier`` (default 2**10).
+        only, exclude: globs on the full tensor name (``"callbacks.*"``); only the tensors some ``only``
+            pattern names (all when none) and no ``exclude`` pattern names are scanned. The others are
+            counted in ``report.extra["excluded"]`` and a note.
         verify_hashes: also check every weight file whose sha256 is known offline (a Hugging Face cache
             blob name, a ``nandoctor-repair.json``, ``manifest``); a mismatch is an error of the report
             (exit code 3) naming the file and, with a manifest, the tensors. See :func:`verify_hashes`.
@@ -118,6 +124,7 @@ def scan(
 
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
     resolved, hit = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
@@ -125,7 +132,8 @@ def scan(
             "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
         )
     report = engine_scan(
-        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits
+        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
+        selection=chosen,
     )
     if verify_hashes or manifest is not None:
         check = _verify(resolved, manifest, both_formats)
@@ -231,12 +239,15 @@ def scan_run(
     both_formats: bool = False,
     max_abs: float | None = None,
     outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> RunReport:
     """Scan every ``checkpoint-N`` of a training run folder, oldest first, with its trainer log.
 
     Args:
         path: the run folder (``output_dir`` of a Trainer run).
-        device, target_dtype, progress, both_formats, max_abs, outlier_factor: as for :func:`scan`.
+        device, target_dtype, progress, both_formats, max_abs, outlier_factor, only, exclude: as for
+            :func:`scan`, applied to every checkpoint.
 
     Returns:
         A ``RunReport``: each checkpoint's status (``clean``, ``poisoned``, ``diverged``, ``overflow``,
@@ -252,6 +263,7 @@ def scan_run(
     """
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
     resolved, _ = hubcache.resolve(path)
     if not runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
@@ -264,7 +276,7 @@ def scan_run(
 
     return runs.scan_run(
         resolved, device=device, target_dtype=target, progress=progress, both_formats=both_formats,
-        scan_one=partial(engine_scan, limits=limits),
+        scan_one=partial(engine_scan, limits=limits, selection=chosen),
     )
 
 

@@ -187,6 +187,13 @@ def target_dtype(report: ScanReport) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def excluded(report: ScanReport) -> int:
+    """How many tensors ``--only`` / ``--exclude`` left out of the scan."""
+    value = report.extra.get("excluded")
+    count = value.get("tensors") if isinstance(value, dict) else None
+    return count if isinstance(count, int) else 0
+
+
 def overflow_tensors(report: ScanReport) -> tuple[TensorResult, ...]:
     return tuple(t for t in report.tensors if OVERFLOW in t.findings)
 
@@ -299,6 +306,9 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     elif target_dtype(report):
         top = max_abs(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
+    left_out = excluded(report)
+    if left_out:  # a gate that skipped tensors says so on its one line
+        pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
     if report.errors:
         first = report.errors[0]
         pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")

@@ -153,13 +153,22 @@ def _donor_short(plan: RepairPlan, index: int) -> str:
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
 
 
+def _add_column(table: Table, header: str, *, numeric: bool) -> None:
+    # Names and paths fold onto more lines, never end in "…": a cut tensor name cannot be
+    # searched for or pasted (and a pipe's 160 columns are not always enough for name + donor path).
+    if numeric:
+        table.add_column(header, justify="right", no_wrap=True)
+    else:
+        table.add_column(header, overflow="fold")
+
+
 def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
     for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
-        table.add_column(column, justify="right" if column in ("tensors", "NaN", "+Inf", "-Inf") else "left")
+        _add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
     groups: dict[str, list] = {}
     for r in plan.restorations:
         groups.setdefault(r.layer, []).append(r)
@@ -182,7 +191,7 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
-        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf") else "left")
+        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
     rows = list(plan.restorations)
     shown = rows if limit is None else rows[:limit]
     for r in shown:
@@ -211,7 +220,7 @@ def _refusal_table(plan: RepairPlan) -> Table:
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
     for column in ("tensor", "NaN/Inf", "why each donor failed"):
-        table.add_column(column, justify="right" if column == "NaN/Inf" else "left")
+        _add_column(table, column, numeric=column == "NaN/Inf")
     for u in plan.unrestorable:
         table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
     return table

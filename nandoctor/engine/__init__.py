@@ -19,6 +19,7 @@ import numpy as np
 from nandoctor import verdict
 from nandoctor.blockfields import block_span, gather, lanes_nbytes
 from nandoctor.checkpoint.opener import open_checkpoint
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
@@ -49,18 +50,20 @@ def scan(
     kernel: Kernel | None = None,
     target_dtype: str | None = None,
     limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> ScanReport:
     """Scan the checkpoint at ``path`` (file or folder) and return its judged report.
 
     ``target_dtype`` ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"): also count, per
     floating tensor, the finite values a cast to that dtype would turn into
     Inf/NaN (``TensorResult.overflow``). ``limits``: the health census's
-    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``).
+    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``). ``selection``: the tensors
+    ``--only`` / ``--exclude`` keep (``extra["excluded"]`` counts the others).
     """
     started = time.perf_counter()
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
-    checkpoint = open_checkpoint(path, both_formats=both_formats)
+    checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
     kernel = kernel or select_kernel(device)
     problems = list(checkpoint.problems)
 
@@ -87,6 +90,8 @@ def scan(
     tensors, expert_problems = with_expert_counts(tensors, kernel)
     problems += expert_problems
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
+    if checkpoint.selection is not None:
+        extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     report = ScanReport(
