@@ -175,3 +175,24 @@ def test_callback_releases_the_held_file_once_a_newer_one_is_clean(tmp_path):
     lightning_run(tmp_path, callbacks=(doctor,), steps=8, save_top_k=1, monitor=None, keep_last=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch=0-step=8.ckpt"]
     assert doctor.held_back == set()
+
+
+def test_callback_logs_health_figures_to_the_trainers_loggers(tmp_path):
+    """The figures of every scanned file reach Lightning's own CSVLogger file, at the save's step."""
+    import csv
+
+    from nandoctor import verdict
+
+    doctor = NanDoctorCallback()
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=8)
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    logged = {int(r["step"]): r for r in rows if r.get("nandoctor/nonfinite")}
+    assert set(logged) == {2, 4, 6, 8}
+    for path, report in doctor.reports.items():
+        step = int(Path(path).stem.rsplit("step=", 1)[1])
+        want = verdict.metrics(report)
+        if "last" in Path(path).name:
+            continue  # both ModelCheckpoints save at one step; the CSV keeps one row per step
+        assert float(logged[step]["nandoctor/nonfinite"]) == want["nandoctor/nonfinite"]
+        assert float(logged[step]["nandoctor/bad_tensors"]) == want["nandoctor/bad_tensors"]
+    assert float(logged[2]["nandoctor/nonfinite"]) == 0 and float(logged[6]["nandoctor/nonfinite"]) >= 1

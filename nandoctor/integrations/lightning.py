@@ -44,6 +44,7 @@ except ImportError as exc:  # say how to get it, not just "No module named light
         f"nandoctor.integrations.lightning needs lightning ({exc}); install it with: pip install lightning"
     ) from exc
 
+from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, passed_in, write_json
 from nandoctor.model import ScanReport
@@ -65,6 +66,9 @@ class NanDoctorCallback(Callback):
         protect_last_clean: hold back ``ModelCheckpoint``'s removal of the newest clean file.
         device: where to count (``cpu`` by default).
         write_report: keep the verdicts in ``nandoctor.json`` beside the files.
+        log_metrics: hand each scan's health figures (``nandoctor/nonfinite``, ``nandoctor/max_abs``,
+            ``nandoctor/outliers``, ``nandoctor/bad_tensors``; ``verdict.metrics``) to the trainer's
+            loggers (CSV, TensorBoard, W&B …) at the checkpoint's step.
     """
 
     def __init__(
@@ -76,11 +80,13 @@ class NanDoctorCallback(Callback):
         protect_last_clean: bool = True,
         device: str = "cpu",
         write_report: bool = True,
+        log_metrics: bool = True,
     ) -> None:
         self.gate = CheckpointGate(target_dtype=target_dtype, fail_on=fail_on, device=device)
         self.stop_on_nonfinite = stop_on_nonfinite
         self.protect_last_clean = protect_last_clean
         self.write_report = write_report
+        self.log_metrics = log_metrics
         self.stopped_at: int | None = None
         self.held_back: set[str] = set()  # files ModelCheckpoint removed that are kept as the last clean one
         self._clean_in: dict[Path, str] = {}  # folder → its newest clean file (each ModelCheckpoint has its own)
@@ -130,6 +136,12 @@ class NanDoctorCallback(Callback):
         passed, report = self.gate.check(path, str(path))
         if report is not None and self.write_report:
             self._write(path, step, report)
+        if report is not None and self.log_metrics:
+            # Straight to the loggers: saves happen in hooks where LightningModule.log is refused
+            # (on_validation_end), and the loggers are what every dashboard reads.
+            figures = verdicts.metrics(report)
+            for sink in trainer.loggers:
+                sink.log_metrics(figures, step=step)
         if passed:
             self._clean_in[path.parent] = str(path)
             self._release(path.parent, keep=str(path))
