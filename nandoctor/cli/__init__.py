@@ -74,8 +74,9 @@ def cli(debug: bool) -> None:
 
     \b
     Exit codes:
-      0  every tensor was read and is finite
-      1  non-finite values (NaN, +Inf, -Inf) were found
+      0  every tensor was read and passes (diff: the same values)
+      1  findings that fail the gate: NaN/Inf, exploded or outlier weights,
+         overflow with --target-dtype (diff: something differs)
       2  usage error
       3  something could not be read, was corrupt or was refused
     """
