@@ -31,6 +31,14 @@ class Region:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkOf:
+    """Where a stored chunk sits in its global tensor (DCP: one rank's shard of a sharded parameter)."""
+
+    offsets: tuple[int, ...]  # the chunk's first element, in global coordinates
+    global_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """Where one named tensor's elements live, without reading them."""
 
@@ -41,6 +49,7 @@ class TensorRef:
     storage_offset: int = 0  # in elements, from the start of ``region``
     strides: tuple[int, ...] | None = None  # in elements; None means C-contiguous
     role: str = "weight"  # weight | buffer | optimizer | trainer (checkpoint/roles.py)
+    chunk: ChunkOf | None = None  # a chunk of a larger tensor: results are merged under ``name``
 
     @property
     def file(self) -> str:

@@ -18,11 +18,11 @@ from typing import Any
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
 
 
 def step_of(path: Path) -> int | None:
-    """The global step N of a folder named ``checkpoint-N``, else None."""
+    """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
     match = _CHECKPOINT.match(Path(path).name)
     return int(match.group(1)) if match else None
 
