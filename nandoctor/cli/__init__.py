@@ -21,6 +21,7 @@ from nandoctor import __version__
 COMMANDS: dict[str, str] = {
     "scan": "nandoctor.cli.scan_cmd:scan",
     "repair": "nandoctor.cli.repair_cmd:repair",
+    "merge": "nandoctor.cli.parts_cmd:merge",
 }
 
 

@@ -16,6 +16,7 @@ from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
+    from nandoctor.model import ScanReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -60,6 +61,12 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@click.option("--part", "part", default=None, metavar="I/N",
+              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays).")
+@click.option("--distributed", is_flag=True,
+              help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
+@click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
 @handles_errors
 def scan(
     path: str,
@@ -73,6 +80,9 @@ def scan(
     fail_on: frozenset[str],
     max_abs: float | None,
     outlier_factor: float | None,
+    part: str | None,
+    distributed: bool,
+    rank_timeout: float,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -114,6 +124,11 @@ def scan(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     resolved, _ = hubcache.resolve(path)
+    if part is not None or distributed:
+        from nandoctor.cli.parts_cmd import scan_split
+
+        scan_split(str(resolved), part, distributed, rank_timeout, device, as_json, quiet, show_all, fail_on,
+                   both_formats, target_dtype, max_abs, outlier_factor)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
             run = api.scan_run(
@@ -126,6 +141,14 @@ def scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
             max_abs=max_abs, outlier_factor=outlier_factor,
         )
+    sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on))
+
+
+def emit_scan(report: ScanReport, as_json: bool, quiet: bool, show_all: bool, fail_on: frozenset[str]) -> int:
+    """Print ``report`` as the scan command does (JSON, one line or rich); its exit code under ``fail_on``."""
+    from nandoctor import api
+    from nandoctor import verdict as verdicts
+
     code = verdicts.exit_code(report, fail_on)
     if as_json:
         data = api.to_json(report, fail_on)
@@ -143,7 +166,7 @@ def scan(
         console = stdout_console()
         render(report, console, show_all=show_all)
         render_overflow(report, console, show_all=show_all)
-    sys.exit(code)
+    return code
 
 
 def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
