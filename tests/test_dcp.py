@@ -46,8 +46,8 @@ def _save_single(folder: Path, fmt: str) -> None:
     state = {"model": {"proj.weight": weight, "emb": emb, "ids": torch.arange(4)}, "step": 7, "meta": {"k": [1, 2]}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no process group: saving in a single process"
-        dcp.save(state, storage_writer=FileSystemWriter(folder, serialization_format=getattr(
-            __import__("torch.distributed.checkpoint.filesystem", fromlist=["x"]).SerializationFormat, fmt)))
+        writer = FileSystemWriter(folder, serialization_format=getattr(SerializationFormat, fmt))
+        dcp.save(state, storage_writer=writer)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -20,7 +20,7 @@ def scan_split(
     max_abs: float | None, outlier_factor: float | None,
 ) -> None:
     """`scan --part` or `scan --distributed`; exits."""
-    from nandoctor.cli.scan_cmd import emit_scan
+    from nandoctor.cli.emit import emit_scan
     from nandoctor.engine.parts import Options, PartSpec, scan_part
 
     options = Options(both_formats, target_dtype, max_abs, outlier_factor)
@@ -70,7 +70,7 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
       nandoctor merge part-*.json
     """
     from nandoctor import verdict as verdicts
-    from nandoctor.cli.scan_cmd import emit_scan
+    from nandoctor.cli.emit import emit_scan
     from nandoctor.engine.parts import merge_parts, read_part
 
     try:

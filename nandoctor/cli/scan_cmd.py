@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import click
 
 from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
-    from nandoctor.model import ScanReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -142,31 +142,6 @@ def scan(
             max_abs=max_abs, outlier_factor=outlier_factor,
         )
     sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on))
-
-
-def emit_scan(report: ScanReport, as_json: bool, quiet: bool, show_all: bool, fail_on: frozenset[str]) -> int:
-    """Print ``report`` as the scan command does (JSON, one line or rich); its exit code under ``fail_on``."""
-    from nandoctor import api
-    from nandoctor import verdict as verdicts
-
-    code = verdicts.exit_code(report, fail_on)
-    if as_json:
-        data = api.to_json(report, fail_on)
-        data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
-        echo_json(data)
-    elif quiet:
-        from nandoctor.report.rich_report import safe
-
-        click.echo(safe(verdicts.one_line(report, fail_on)))
-    else:
-        from nandoctor.cli.progress import stdout_console
-        from nandoctor.report.overflow_report import render_overflow
-        from nandoctor.report.rich_report import render
-
-        console = stdout_console()
-        render(report, console, show_all=show_all)
-        render_overflow(report, console, show_all=show_all)
-    return code
 
 
 def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:

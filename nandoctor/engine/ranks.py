@@ -15,6 +15,7 @@ SLURM_PROCID / SLURM_NTASKS with MASTER_ADDR / MASTER_PORT set by the job script
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -78,10 +79,8 @@ def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: 
             return RankOutcome(rank, world, code, report)
         return RankOutcome(rank, world, _wait_exit(store, rank_timeout), None)
     finally:
-        try:
+        with contextlib.suppress(Exception):  # leaving: a peer already gone must not change the exit code
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001, S110  leaving: a peer already gone must not change the exit code
-            pass
 
 
 def _my_part(path: str, options: Options, device: str, rank: int, world: int) -> str:

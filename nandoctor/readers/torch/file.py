@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nandoctor.errors import (
     CorruptCheckpointError,
@@ -107,7 +107,7 @@ class TorchReader:
 def read_zip_at(path: str, fh: BinaryIO, base: int, size: int) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
     own; the refs' regions are absolute offsets in ``path``, their keys prefixed by ``base``."""
-    read = _read_zip(path, FileWindow(fh, base, size), size, base)
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
