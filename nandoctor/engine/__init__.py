@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from nandoctor import verdict
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
