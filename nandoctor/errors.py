@@ -34,7 +34,7 @@ class CheckpointNotFoundError(NandoctorError):
 
 class UnsupportedFormatError(NandoctorError):
     default_hint = (
-        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt files and folders of them"
+        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt, GGUF .gguf files and folders of them"
     )
 
 
@@ -56,10 +56,6 @@ class UnsafeCheckpointError(CorruptCheckpointError):
         "do not load this file with torch.load(weights_only=False); "
         "if you trust its source, re-save its weights as safetensors"
     )
-
-
-class IndexMismatchError(CorruptCheckpointError):
-    default_hint = "the index json and the shards disagree; re-save the checkpoint or fix the index"
 
 
 class FileChangedError(CorruptCheckpointError):

@@ -67,6 +67,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
+@click.option("--verify-hashes", is_flag=True,
+              help="Also check weight files against their sha256 known offline (HF cache blob names, "
+              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @handles_errors
 def scan(
     path: str,
@@ -83,6 +88,8 @@ def scan(
     part: str | None,
     distributed: bool,
     rank_timeout: float,
+    verify_hashes: bool = False,
+    manifest: str | None = None,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -131,6 +138,8 @@ def scan(
                    both_formats, target_dtype, max_abs, outlier_factor)
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
         if runs.is_run_folder(resolved):
+            if verify_hashes or manifest:
+                raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
             run = api.scan_run(
                 resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
                 max_abs=max_abs, outlier_factor=outlier_factor,
@@ -139,7 +148,7 @@ def scan(
             sys.exit(run.exit_code(fail_on))
         report = api.scan(
             path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-            max_abs=max_abs, outlier_factor=outlier_factor,
+            max_abs=max_abs, outlier_factor=outlier_factor, verify_hashes=verify_hashes, manifest=manifest,
         )
     sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on))
 

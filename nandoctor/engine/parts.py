@@ -140,7 +140,8 @@ def _decode(data: dict[str, Any], refs: list[TensorRef], label: str) -> TensorRe
     if not (isinstance(ref_index, int) and 0 <= ref_index < len(refs)) or refs[ref_index].name != data["name"]:
         raise PartsError(f"{label}: tensor {data.get('name')!r} is not where the checkpoint has it now",
                          "the checkpoint changed since the part was scanned; scan the parts again")
-    fields = {name: data[name] for name in _RESULT_FIELDS}
+    # JSON has no tuples: tuple fields (experts) come back as lists
+    fields = {name: tuple(data[name]) if isinstance(data[name], list) else data[name] for name in _RESULT_FIELDS}
     if fields["outliers"] is not None:
         fields["outliers"] = Outliers(**fields["outliers"])
     return TensorResult(refs[ref_index], **fields)

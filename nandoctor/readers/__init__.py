@@ -36,10 +36,11 @@ class CheckpointReader(Protocol):
 
 def _builtin_readers() -> dict[str, CheckpointReader]:
     from nandoctor.readers.dcp import DcpReader
+    from nandoctor.readers.gguf import GGUFReader
     from nandoctor.readers.safetensors import SafetensorsReader
     from nandoctor.readers.torch.file import TorchReader
 
-    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), DcpReader())
+    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader(), DcpReader())
     return {reader.format_name: reader for reader in readers}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.runs import RunReport, checkpoints_in, step_of
 from nandoctor.dtypes import DTYPES
@@ -88,7 +89,8 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     )
     from nandoctor.restore.tensorbytes import iter_elements
 
-    spec = DTYPES[ref.dtype]
+    fields = ref.region.blocks
+    spec = DTYPES[ref.region.dtype if fields is not None else ref.dtype]  # a quantized tensor: its scale fields
     if not spec.can_hold_nonfinite:
         return None
     kernel = select_kernel("cpu")
@@ -97,7 +99,8 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
 
     def blocks() -> Iterator[np.ndarray]:
         for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
-            yield to_little(block, spec) if swap else block
+            lanes = gather(block, ref.region) if fields is not None else block
+            yield to_little(lanes, spec) if swap else lanes
 
     census = Census()
     bad = 0

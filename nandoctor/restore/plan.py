@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nandoctor.dtypes import DTYPES
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
 from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.restore.tensorbytes import nbytes
 
 SCOPES = ("tensor", "layer")
 
@@ -109,15 +109,12 @@ class RepairPlan:
 
     @property
     def bytes_restored(self) -> int:
-        return sum(r.target_ref.numel * _bits(r.dtype) // 8 for r in self.writes)
+        return sum(nbytes(r.target_ref) for r in self.writes)
 
     def donor_label(self, index: int) -> str:
         info = self.donors[index]
         return f"{info.path} (step {info.step})" if info.step is not None else info.path
 
-
-def _bits(dtype: str) -> int:
-    return DTYPES[dtype].bits
 
 
 def normalise(name: str) -> str:

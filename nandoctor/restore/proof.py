@@ -43,6 +43,7 @@ class RepairResult:
     seconds: float = 0.0
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
+    diffs: dict[str, Any] = field(default_factory=dict)  # the output against the source and each donor
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         ],
         "carried": list(result.carried),
         "left_out": list(result.left_out),
+        **({"diff": result.diffs} if result.diffs else {}),
         "verification": {
             "verdict": verification.verdict,
             "tensors": len(verification.tensors),

@@ -34,10 +34,15 @@ Box = tuple[tuple[int, ...], tuple[int, ...]]  # (origin, extents) in logical in
 
 
 def itemsize(ref: TensorRef) -> int:
+    """Bytes per element; for a block-quantized tensor (always whole and contiguous), bytes per block."""
+    if ref.region.blocks is not None:
+        return ref.region.blocks.block_bytes
     return DTYPES[ref.dtype].bits // 8
 
 
 def nbytes(ref: TensorRef) -> int:
+    if ref.region.blocks is not None:  # a GGUF quantized tensor is its whole region, validated by its reader
+        return ref.region.nbytes
     return ref.numel * DTYPES[ref.dtype].bits // 8
 
 
@@ -47,6 +52,8 @@ def _strides(ref: TensorRef) -> tuple[int, ...]:
 
 def byte_range(ref: TensorRef) -> tuple[int, int] | None:
     """(absolute offset, length) when the tensor's elements are one contiguous run, else None."""
+    if ref.region.blocks is not None:
+        return ref.region.offset, ref.region.nbytes
     if not ref.is_contiguous:
         return None
     bits = DTYPES[ref.dtype].bits
@@ -57,7 +64,7 @@ def byte_range(ref: TensorRef) -> tuple[int, int] | None:
 
 def check_bounds(ref: TensorRef) -> None:
     """Refuse a view that would reach outside its own region, or that cannot be addressed by element."""
-    if ref.numel == 0:
+    if ref.numel == 0 or ref.region.blocks is not None:  # blocks: the region itself, nothing to overreach
         return
     bits = DTYPES[ref.dtype].bits
     if bits % 8:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shlex
 import shutil
@@ -24,6 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
@@ -34,7 +34,6 @@ from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_HASH_CHUNK = 4 << 20
 # copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
@@ -164,6 +163,7 @@ def write_repair(
             progress(done, total, f"copying {rel}")
         phase("copied")
         verification = _verify(plan, source, temp, source_report, progress)
+        diffs = _diffs(plan, source, temp)
         phase("verified")
         hashes = {path: future.result() for path, future in hashing.items()}
         for future in syncing:
@@ -182,6 +182,7 @@ def write_repair(
             proof=str(out / PROOF_NAME),
             seconds=time.perf_counter() - started,
             notes=notes + tuple(copy_notes),
+            diffs=diffs,
         )
 
         write_proof(result, temp / PROOF_NAME)
@@ -370,13 +371,43 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     return report
 
 
+MAX_LISTED = 200  # names listed per comparison in the proof; the counts are always complete
+
+
+def _diffs(plan: RepairPlan, source: Source, temp: Path) -> dict[str, Any]:
+    """The output compared (bytes only) with the source and with each donor that gave tensors: the
+    proof lists what differs, so a reader sees that nothing but the restored tensors moved."""
+    from nandoctor.checkpoint.opener import open_checkpoint
+    from nandoctor.diffs import diff_checkpoints
+
+    target = source.single_file or source.root
+    written = open_checkpoint(temp / source.single_file.name if source.single_file is not None else temp)
+
+    def summary(other: str | os.PathLike[str]) -> tuple[dict[str, Any], set[str], bool]:
+        report = diff_checkpoints(written, open_checkpoint(other), values=False)
+        differ = sorted(t.name for t in report.tensors if not t.same)
+        entry = {
+            "path": os.path.abspath(other), "complete": report.complete, "tensors": len(report.tensors),
+            "identical": len(report.tensors) - len(differ), "differ": len(differ), "differ_tensors": differ[:MAX_LISTED],
+        }
+        return entry, set(differ), report.complete
+
+    restored = {r.name for r in plan.restorations}
+    source_entry, moved, complete = summary(target)
+    source_entry["only_restored_differ"] = complete and moved <= restored
+    donors = []
+    for index, donor in enumerate(plan.donors):
+        took = {r.name for r in plan.restorations if r.donor == index}
+        if took:
+            entry, differ, complete = summary(donor.path)
+            entry["restored_identical"] = complete and not (took & differ)
+            donors.append(entry)
+    return {"source": source_entry, "donors": donors}
+
+
 def _sha256(path: Path) -> str:
-    # Plain reads into one reused buffer: hashing through an mmap of a file under writeback (the
-    # fsync thread) measured up to 2x slower, with erratic system time.
-    h = hashlib.sha256()
-    buffer = bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            h.update(view[:n])  # hashlib releases the GIL: shards hash in parallel with the copy
-    return h.hexdigest()
+    # Plain reads into one reused buffer (checkpoint/hashes.py): hashing through an mmap of a file under
+    # writeback (the fsync thread) measured up to 2x slower, with erratic system time.
+    from nandoctor.checkpoint.hashes import sha256_file
+
+    return sha256_file(path)
