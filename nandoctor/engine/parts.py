@@ -141,7 +141,8 @@ def _decode(data: dict[str, Any], refs: list[TensorRef], label: str) -> TensorRe
         raise PartsError(f"{label}: tensor {data.get('name')!r} is not where the checkpoint has it now",
                          "the checkpoint changed since the part was scanned; scan the parts again")
     # JSON has no tuples: tuple fields (experts) come back as lists
-    fields = {name: tuple(data[name]) if isinstance(data[name], list) else data[name] for name in _RESULT_FIELDS}
+    fields: dict[str, Any] = {name: tuple(data[name]) if isinstance(data[name], list) else data[name]
+                              for name in _RESULT_FIELDS}
     if fields["outliers"] is not None:
         fields["outliers"] = Outliers(**fields["outliers"])
     return TensorResult(refs[ref_index], **fields)

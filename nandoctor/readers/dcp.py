@@ -50,7 +50,7 @@ def metadata_for(folder: Path) -> DcpMetadata | None:
 
 class DcpReader:
     format_name = "dcp"
-    suffixes = SUFFIXES
+    suffixes: tuple[str, ...] = SUFFIXES
 
     def sniff(self, head: bytes) -> bool:
         return False  # chosen by suffix only (readers.reader_for)
