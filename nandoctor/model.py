@@ -55,6 +55,14 @@ class Region:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkOf:
+    """Where a stored chunk sits in its global tensor (DCP: one rank's shard of a sharded parameter)."""
+
+    offsets: tuple[int, ...]  # the chunk's first element, in global coordinates
+    global_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """Where one named tensor's elements live, without reading them."""
 
@@ -67,6 +75,7 @@ class TensorRef:
     role: str = "weight"  # weight | buffer | optimizer | trainer (checkpoint/roles.py)
     order: str = "C"  # "C": the last dimension varies fastest; "F": the first (GGUF's ne0, ne1 …)
     experts: int = 0  # experts stacked along the slowest dimension (GGUF MoE ``*_exps``); 0: not a stack
+    chunk: ChunkOf | None = None  # a chunk of a larger tensor: results are merged under ``name``
 
     @property
     def file(self) -> str:

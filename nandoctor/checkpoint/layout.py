@@ -154,6 +154,8 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
         entries = sorted(root.iterdir())
     except OSError as exc:
         raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
+    if _dcp_folder(root, result):
+        return result
     suffixes = weight_suffixes()
     weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
     for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:  # not weights: a repair copies it as is
@@ -257,6 +259,41 @@ def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool) -> 
     result.notes += [f"{sub.name}/: {note}" for note in found.notes]
     if found.files:
         result.notes.append(f"{sub.name}/: {len(found.files)} weight file(s) a loader reads, scanned with the checkpoint")
+
+
+def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
+    """A torch.distributed.checkpoint folder: its files are the ones its ``.metadata`` names, all of them."""
+    from nandoctor.readers.dcp_metadata import metadata_files
+
+    found = metadata_files(root)
+    if not found:
+        return False
+    from nandoctor.readers.dcp import metadata_for
+
+    try:
+        metadata = metadata_for(root)
+    except CorruptCheckpointError as exc:
+        result.problems.append(ScanProblem(exc.path, exc.reason, exc.hint))
+        return True
+    assert metadata is not None
+    result.notes.append(
+        f"torch.distributed.checkpoint folder: {len(metadata.tensors):,} tensors in {len(metadata.files)} "
+        f"file(s), read through {', '.join(f.name for f in found)}"
+    )
+    for name in metadata.files:
+        candidate = root / name
+        if os.path.isabs(name) or candidate.resolve().parent != root.resolve():
+            result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} lies outside the folder; refused"))
+        elif not is_regular_file(candidate):
+            lost = sorted({item.fqn for item in metadata.items_in(name)})
+            result.problems.append(ScanProblem(
+                str(candidate),
+                f"missing ({len(lost)} item(s) of the checkpoint, e.g. {lost[0]!r})",
+                "copy every .distcp file of the save (one or more per rank) into the folder",
+            ))
+        else:
+            result.files.append(candidate)
+    return True
 
 
 # DeepSpeed saves ZeRO partitions of the weights and optimizer states (fp32 masters included) in

@@ -181,7 +181,7 @@ _SHARD_NAME = re.compile(r"-\d+-of-\d+\.")
 
 def _is_shard(file: Path, indexed: set[Path]) -> bool:
     """Part of one model split across files (listed in an index, or named like ``*-00001-of-00004.*``)."""
-    return file in indexed or bool(_SHARD_NAME.search(file.name))
+    return file in indexed or bool(_SHARD_NAME.search(file.name)) or file.suffix == ".distcp"
 
 
 def _check_duplicate_names(
@@ -190,13 +190,14 @@ def _check_duplicate_names(
     """The same tensor name in two shards of one model is ambiguous (a problem); in two separate
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
     indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
-    seen: dict[tuple[bool, str], Path] = {}
+    seen: dict[tuple[bool, str, tuple[int, ...] | None], Path] = {}
     problems: list[ScanProblem] = []
     shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
     for file, refs in refs_by_file.items():
         is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
         for ref in refs:
-            key = (is_safetensors, ref.name)
+            # chunks of one DCP tensor share its name: the same chunk twice is what is ambiguous
+            key = (is_safetensors, ref.name, ref.chunk.offsets if ref.chunk else None)
             other = seen.setdefault(key, file)
             if other == file:
                 continue

@@ -22,7 +22,7 @@ from nandoctor.checkpoint.trainlog import LogSeries, read_series
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
 # Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
 # custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
 _LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
@@ -30,7 +30,7 @@ LIGHTNING_SUFFIX = ".ckpt"
 
 
 def step_of(path: Path) -> int | None:
-    """The global step N of a folder named ``checkpoint-N``, else None."""
+    """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
     match = _CHECKPOINT.match(Path(path).name)
     return int(match.group(1)) if match else None
 

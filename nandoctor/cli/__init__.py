@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "repair": "nandoctor.cli.repair_cmd:repair",
     "diff": "nandoctor.cli.diff_cmd:diff",
     "manifest": "nandoctor.cli.manifest_cmd:manifest",
+    "merge": "nandoctor.cli.parts_cmd:merge",
 }
 
 
@@ -32,6 +33,7 @@ SUMMARIES: dict[str, str] = {
     "scan": "Scan a checkpoint, sharded folder, run folder or cached repo id for NaN/Inf and unhealthy weights.",
     "repair": "Restore a checkpoint's bad tensors from earlier, healthy checkpoints into a new folder.",
     "diff": "Compare checkpoint A with reference B, tensor by tensor, without loading either.",
+    "merge": "Join the parts of a split scan (scan --part I/N --json) into the one report of the whole scan.",
     "manifest": "Print a manifest of a checkpoint: the sha256 of every weight file and tensor storage.",
 }
 

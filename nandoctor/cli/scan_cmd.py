@@ -16,6 +16,7 @@ import click
 
 from nandoctor.checkpoint.selection import Selection, selection
 from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
 from nandoctor.errors import EXIT_UNREADABLE
 
@@ -71,6 +72,12 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
               help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
               "they are counted as excluded in the report.")
+@click.option("--part", "part", default=None, metavar="I/N",
+              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays).")
+@click.option("--distributed", is_flag=True,
+              help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
+@click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
 @click.option("--verify-hashes", is_flag=True,
               help="Also check weight files against their sha256 known offline (HF cache blob names, "
               "nandoctor-repair.json, --manifest); a mismatch exits 3.")
@@ -95,6 +102,9 @@ def scan(
     outlier_factor: float | None,
     only: tuple[str, ...],
     exclude: tuple[str, ...],
+    part: str | None,
+    distributed: bool,
+    rank_timeout: float,
     verify_hashes: bool = False,
     manifest: str | None = None,
     html_path: str | None = None,
@@ -149,7 +159,8 @@ def scan(
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
     with _one_line_on_error(path) if quiet else nullcontext():
         _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
-              verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown)
+              verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown,
+              part=part, distributed=distributed, rank_timeout=rank_timeout)
 
 
 @dataclass(frozen=True)
@@ -191,12 +202,19 @@ def _scan(
     path: str, options: ScanOptions, *, as_json: bool, show_all: bool, no_progress: bool, quiet: bool,
     fail_on: frozenset[str], verify_hashes: bool = False, manifest: str | None = None,
     html_path: str | None = None, markdown: bool = False,
+    part: str | None = None, distributed: bool = False, rank_timeout: float = 300.0,
 ) -> None:
     from nandoctor import api
-    from nandoctor import verdict as verdicts
     from nandoctor.checkpoint import hubcache, runs
 
     resolved, _ = hubcache.resolve(path)
+    if part is not None or distributed:
+        if options.selection is not None or html_path or markdown:
+            raise click.UsageError("--only/--exclude, --html and --markdown do not combine with --part or --distributed yet")
+        from nandoctor.cli.parts_cmd import scan_split
+
+        scan_split(str(resolved), part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
+                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor)
     is_run = runs.is_run_folder(resolved)
     if is_run and (verify_hashes or manifest):
         raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
@@ -212,29 +230,8 @@ def _scan(
         _write_html(run, html_path, fail_on)
         _emit_run(run, as_json, quiet, markdown, fail_on)
         sys.exit(run.exit_code(fail_on))
-    code = verdicts.exit_code(report, fail_on)
     _write_html(report, html_path, fail_on)
-    if markdown:
-        from nandoctor.report.markdown_report import render_scan
-
-        click.echo(render_scan(report, fail_on), nl=False)
-    elif as_json:
-        data = api.to_json(report, fail_on)
-        data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
-        echo_json(data)
-    elif quiet:
-        from nandoctor.report.rich_report import safe
-
-        click.echo(safe(verdicts.one_line(report, fail_on)))
-    else:
-        from nandoctor.cli.progress import stdout_console
-        from nandoctor.report.overflow_report import render_overflow
-        from nandoctor.report.rich_report import render
-
-        console = stdout_console()
-        render(report, console, show_all=show_all)
-        render_overflow(report, console, show_all=show_all)
-    sys.exit(code)
+    sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown))
 
 
 def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nandoctor import verdict
 from nandoctor.blockfields import block_span, gather, lanes_nbytes
-from nandoctor.checkpoint.opener import open_checkpoint
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
+from nandoctor.engine.chunks import merge_chunks
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
@@ -34,11 +36,11 @@ from nandoctor.kernels.census import (
     sample_histogram,
     to_little,
 )
-from nandoctor.kernels.targets import target
-from nandoctor.model import ScanProblem, ScanReport
+from nandoctor.kernels.targets import TargetSpec, target
+from nandoctor.model import ScanProblem, ScanReport, TensorResult, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
-__all__ = ["HealthLimits", "ProgressCallback", "scan"]
+__all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "scan", "scan_jobs"]
 
 
 def scan(
@@ -65,46 +67,72 @@ def scan(
     limits = limits or HealthLimits()
     checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
     kernel = kernel or select_kernel(device)
-    problems = list(checkpoint.problems)
+    jobs = plan_jobs(checkpoint.refs, limits, cast_to)
+    found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
+    return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
 
-    all_refs = checkpoint.refs
-    jobs = plan_jobs(all_refs, limits, cast_to)
+
+@dataclass
+class Scanned:
+    """What scanning some of a checkpoint's jobs found: results of their views (chunks not merged yet)."""
+
+    tensors: list[TensorResult]
+    unviewed: list[UnviewedBad]
+    problems: list[ScanProblem]
+    bytes_scanned: int
+
+
+def scan_jobs(
+    checkpoint: Checkpoint, jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits,
+    progress: ProgressCallback | None = None, files: set[Path] | None = None,
+) -> Scanned:
+    """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
+    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not."""
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
         if job.spec.can_hold_nonfinite:
             jobs_by_file.setdefault(job.region.file, []).append(job)
+    wanted = set(checkpoint.refs_by_file) if files is None else files
     with ThreadPoolExecutor(max_workers=kernel.workers, thread_name_prefix="nandoctor") as pool:
         pipeline = Pipeline(kernel, pool, total, progress)
         try:
             for file in checkpoint.refs_by_file:
-                pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
+                if file in wanted:
+                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
         finally:
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
-        done = pipeline.done
-        problems += pipeline.problems
     failed = {p.path for p in pipeline.problems}
-    problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
-
-    tensors, unviewed = results(jobs, all_refs)
+    problems = pipeline.problems + _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+    tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)
-    problems += expert_problems
+    return Scanned(tensors, unviewed, problems + expert_problems, pipeline.done)
+
+
+def assemble(
+    target_name: str, checkpoint: Checkpoint, found: Scanned, device: str, seconds: float,
+    cast_to: TargetSpec | None, limits: HealthLimits,
+) -> ScanReport:
+    """The judged report of ``checkpoint`` from what was found in it: tensors in the checkpoint's order,
+    chunks of one tensor merged, the checkpoint's own problems first."""
+    order = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
+    tensors = merge_chunks(sorted(found.tensors, key=lambda t: order[id(t.ref)]))
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
     if checkpoint.selection is not None:
         extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     report = ScanReport(
-        target=str(path),
+        target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
         tensors=tuple(tensors),
         layers=(),
-        errors=tuple(problems),
-        unviewed=tuple(unviewed),
+        errors=tuple(checkpoint.problems + found.problems),
+        unviewed=tuple(found.unviewed),
         notes=tuple(checkpoint.notes),
-        bytes_scanned=done,
-        seconds=time.perf_counter() - started,
-        device=kernel.name,
+        bytes_scanned=found.bytes_scanned,
+        seconds=seconds,
+        device=device,
         extra=extra,
     )
     return verdict.judged(report)

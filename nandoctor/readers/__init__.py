@@ -35,11 +35,12 @@ class CheckpointReader(Protocol):
 
 
 def _builtin_readers() -> dict[str, CheckpointReader]:
+    from nandoctor.readers.dcp import DcpReader
     from nandoctor.readers.gguf import GGUFReader
     from nandoctor.readers.safetensors import SafetensorsReader
     from nandoctor.readers.torch.file import TorchReader
 
-    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader())
+    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader(), DcpReader())
     return {reader.format_name: reader for reader in readers}
 
 
@@ -60,10 +61,12 @@ def reader_for(path: Path) -> CheckpointReader:
             "this is a Git LFS pointer file, not the weights",
             hint="run `git lfs pull` in the repository (or download the file itself) and scan again",
         )
+    suffix = path.suffix.lower()
+    if suffix in READERS["dcp"].suffixes:  # starts like a torch zip, but only its .metadata explains it
+        return READERS["dcp"]
     for reader in READERS.values():
         if reader.sniff(head):
             return reader
-    suffix = path.suffix.lower()
     for reader in READERS.values():
         if suffix in reader.suffixes:
             return reader

@@ -16,6 +16,7 @@ skips that pass (the report says so).
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import pickle
@@ -24,14 +25,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nandoctor.errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import ReadResult, ScanProblem
+from nandoctor.model import ReadResult, Region, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
@@ -45,6 +46,7 @@ from nandoctor.readers.torch.safe_pickle import (
     check_storage_id,
     restricted_load,
 )
+from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
@@ -102,6 +104,18 @@ class TorchReader:
             return _read_pickle_file(p, fh, size)
 
 
+def read_zip_at(path: str, fh: BinaryIO, base: int, size: int) -> ReadResult:
+    """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
+    own; the refs' regions are absolute offsets in ``path``, their keys prefixed by ``base``."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base)
+
+    def shifted(region: Region) -> Region:
+        return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
+
+    refs = tuple(dataclasses.replace(ref, region=shifted(ref.region)) for ref in read.refs)
+    return ReadResult(refs, read.notes, read.problems)
+
+
 def _is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
@@ -152,7 +166,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
         raise _pickle_errors(path, what, exc) from None
 
 
-def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
+def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -229,7 +243,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
         notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
+        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built, base)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
 
 
@@ -293,7 +307,9 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     return data
 
 
-def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs) -> list[ScanProblem]:
+def _check_storage_crcs(
+    path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs, base: int = 0
+) -> list[ScanProblem]:
     if not entries or not any(e.size for e in entries):
         return []
     # zlib and isal release the GIL on large buffers, so two storages are checked at once.
@@ -301,7 +317,9 @@ def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built:
         mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
         ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool,
     ):
-        computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
+        # the whole file is mapped: an embedded stream's entries are ``base`` further on
+        at = [dataclasses.replace(e, data_offset=e.data_offset + base) for e in entries]
+        computed = list(pool.map(lambda e: entry_crc32(mapped, e), at))
     problems = []
     for entry, value in zip(entries, computed):
         if value == entry.crc32:
