@@ -49,6 +49,7 @@ from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
     ZipEntry,
+    ascii_fold,
     entry_crc32,
     read_directory,
     read_entry,
@@ -197,9 +198,10 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
         if ref.key in blocks:
             continue
         label = f"data/{ref.key}"
-        entry = entries.get(label)
-        if entry is None:
+        found = entries.get(ascii_fold(label))
+        if found is None:
             raise CorruptCheckpointError(path, f"storage entry {label} is missing (data.pkl refers to it)")
+        entry = found
         if not entry.stored:
             raise CorruptCheckpointError(
                 path,
@@ -219,7 +221,8 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     built = build_refs(path, walked, declared, blocks, byteorder)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
-    unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
+    used = {ascii_fold(f"data/{key}") for key in blocks}
+    unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
     if unreferenced:
         notes.append(
             f"{os.path.basename(path)}: {len(unreferenced)} storage "
@@ -229,7 +232,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
         notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
+        problems += _check_storage_crcs(path, fh, {b.key: entries[ascii_fold(b.label)] for b in blocks.values()}, built)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
 
 
@@ -257,18 +260,21 @@ def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) 
 
 
 def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
-    """Entries keyed by their name inside the archive's one top folder (torch requires that folder)."""
+    """Entries keyed by their name inside the archive's one top folder (torch requires that folder),
+    ASCII case folded: torch looks records up ignoring case (``DATA.PKL`` is its ``data.pkl``), so every
+    lookup here goes through ``ascii_fold`` too and reads exactly the record torch reads. (Names that
+    collide when folded were refused by the directory parser.)"""
     names = list(directory.entries)
     if not names or "/" not in names[0]:
         raise UnsupportedFormatError(f"{path}: a zip archive whose entries are not in one folder: not a PyTorch checkpoint")
-    prefix = names[0].split("/", 1)[0] + "/"
+    prefix = ascii_fold(names[0].split("/", 1)[0] + "/")
     out: dict[str, ZipEntry] = {}
     for name, entry in directory.entries.items():
-        if not name.startswith(prefix):
+        if not ascii_fold(name).startswith(prefix):
             raise CorruptCheckpointError(
                 path, f"zip entry {name!r} is outside the archive's folder {prefix!r}; torch refuses such files"
             )
-        out[name[len(prefix):]] = entry
+        out[ascii_fold(name[len(prefix):])] = entry
     return out
 
 
@@ -293,7 +299,11 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     return data
 
 
-def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs) -> list[ScanProblem]:
+def _check_storage_crcs(
+    path: str, fh: BinaryIO, storages: dict[str, ZipEntry], built: BuiltRefs
+) -> list[ScanProblem]:
+    """CRC-32 of each storage entry (storage key → its entry) against the directory's."""
+    entries = list(storages.values())
     if not entries or not any(e.size for e in entries):
         return []
     # zlib and isal release the GIL on large buffers, so two storages are checked at once.
@@ -303,11 +313,11 @@ def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built:
     ):
         computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
     problems = []
-    for entry, value in zip(entries, computed):
+    for (key, entry), value in zip(storages.items(), computed):
         if value == entry.crc32:
             continue
         label = entry.name.split("/", 1)[-1]
-        tensors = built.tensors_by_storage.get(label[len("data/"):], [])
+        tensors = built.tensors_by_storage.get(key, [])
         problems.append(
             ScanProblem(
                 path,
