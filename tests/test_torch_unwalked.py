@@ -118,14 +118,14 @@ def test_build_cannot_relabel_a_float_storage(tmp_path: Path) -> None:
 
 
 def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> None:
-    from nandoctor.readers.torch import safe_pickle
+    from nandoctor.readers.torch import rebuilds
 
     body = p_global("torch._utils", "_rebuild_tensor_v2") + EMPTY_DICT + p_str("pwned") + p_int(1) + SETITEM + BUILD
     path = tmp_path / "g.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("f"), body)])), {})
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and "_rebuild_tensor_v2" in report.errors[0].message
-    assert not hasattr(safe_pickle._rebuild_tensor_v2, "pwned")
+    assert not hasattr(rebuilds._rebuild_tensor_v2, "pwned")
 
 
 def test_an_empty_view_far_past_its_storage_beside_a_nan(tmp_path: Path) -> None:

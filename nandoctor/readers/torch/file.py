@@ -36,14 +36,12 @@ from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
-from nandoctor.readers.torch.safe_pickle import (
-    UNREAD_TENSOR_GLOBALS,
+from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
+from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     PickleTooLargeError,
     StorageRef,
     UnsafeGlobalError,
-    check_storage_id,
-    restricted_load,
 )
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,

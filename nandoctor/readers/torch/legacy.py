@@ -19,15 +19,13 @@ from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.readers.torch.refs import StorageBlock
-from nandoctor.readers.torch.safe_pickle import (
-    BoundedReader,
+from nandoctor.readers.torch.safe_pickle import BoundedReader, check_storage_id, restricted_load
+from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     Placeholder,
     StorageRef,
     UnsafeGlobalError,
-    check_storage_id,
     element_bytes,
-    restricted_load,
 )
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

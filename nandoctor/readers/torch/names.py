@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.readers.torch.safe_pickle import (
+from nandoctor.readers.torch.stubs import (
     Placeholder,
     StorageRef,
     TensorStub,

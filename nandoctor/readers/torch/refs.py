@@ -17,7 +17,7 @@ from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
 from nandoctor.readers.torch.names import Walk
-from nandoctor.readers.torch.safe_pickle import StorageRef, TensorStub
+from nandoctor.readers.torch.stubs import StorageRef, TensorStub
 
 _MAX_LISTED = 5
 
