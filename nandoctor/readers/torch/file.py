@@ -34,7 +34,7 @@ from nandoctor.errors import (
 from nandoctor.model import ReadResult, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
-from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
+from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
 from nandoctor.readers.torch.stubs import (
@@ -190,6 +190,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     with _pickle_context(path, "data.pkl"):
         loaded = restricted_load(data, persistent_load)
         walked = walk(loaded.value, prefix=_name_prefix(path))
+        add_unreached(walked, loaded.built, _name_prefix(path))
 
     blocks: dict[str, StorageBlock] = {}
     for ref in declared:
@@ -342,6 +343,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
                 ) from None
             raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
         walked = walk(legacy.root, prefix=_name_prefix(path))
+        add_unreached(walked, legacy.built, _name_prefix(path))
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
     notes.insert(
@@ -380,6 +382,9 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
         )
     if walked.optimizers_named:
         notes.append(f"{name}: optimizer moments named after their parameters (from param_groups' param_names)")
+    if walked.unreached:
+        notes.append(f"{name}: {len(walked.unreached)} tensor(s) the pickle builds sit where no name reaches them "
+                     f"(torch loads them all the same); scanned as {listed(walked.unreached)}")
     if walked.renamed:
         notes.append(f"{name}: {len(walked.renamed)} tensor name(s) repeated after flattening; later ones got "
                      f"a #n suffix: {listed(walked.renamed)}")

@@ -24,6 +24,7 @@ from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     Placeholder,
     StorageRef,
+    TensorStub,
     UnsafeGlobalError,
     element_bytes,
 )
@@ -53,6 +54,7 @@ class LegacyFile:
     blocks: dict[str, StorageBlock]
     byteorder: str
     placeholders: list[str] = field(default_factory=list)
+    built: list[TensorStub] = field(default_factory=list)  # every tensor the object pickle built
 
 
 def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> LegacyFile:
@@ -61,9 +63,12 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     reader = BoundedReader(fh, max_pickle_bytes)  # one budget for all five pickles
     placeholders: list[str] = []
 
+    built: list[TensorStub] = []
+
     def load(persistent: Any = None) -> Any:
         result = restricted_load(reader, persistent)
         placeholders.extend(p for p in result.placeholders if p not in placeholders)
+        built.extend(result.built)
         return result.value
 
     try:
@@ -84,7 +89,9 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     little = dict.get(sys_info, "little_endian", True) if isinstance(sys_info, dict) else None
     if type(little) is not bool:
         raise CorruptCheckpointError(path, "legacy torch file: sys info does not say the byte order")
-    byteorder = "little" if little else "big"
+    # torch writes (and reads) a legacy file's storages and their counts little-endian whatever the saving
+    # machine was; the sys info flag changes nothing that torch.load does, so nothing here either.
+    byteorder = "little"
 
     declared: list[StorageRef] = []
 
@@ -118,7 +125,7 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     if missing:
         raise CorruptCheckpointError(path, f"storage {missing[0]!r} is used but the file holds no bytes for it")
 
-    count_format = "<q" if byteorder == "little" else ">q"
+    count_format = "<q"
     pos = fh.tell()
     blocks: dict[str, StorageBlock] = {}
     for key in keys:
@@ -143,4 +150,4 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
         pos = start + nbytes
     if pos != size:
         raise CorruptCheckpointError(path, f"{size - pos} unexpected bytes after the last storage")
-    return LegacyFile(root, declared, blocks, byteorder, placeholders)
+    return LegacyFile(root, declared, blocks, byteorder, placeholders, built)

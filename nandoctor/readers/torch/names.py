@@ -13,6 +13,7 @@ because the object around it was unknown.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class Walk:
     tensors: list[NamedTensor] = field(default_factory=list)
     storages: list[NamedStorage] = field(default_factory=list)  # bare storages, not inside a tensor
     renamed: list[str] = field(default_factory=list)  # names made unique with a #n suffix
+    unreached: list[str] = field(default_factory=list)  # tensors the pickle built that no name reached
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
@@ -118,6 +120,20 @@ def walk(root: Any, prefix: str = "") -> Walk:
     out = Walk()
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
+
+
+def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> None:
+    """Every tensor the unpickler built (its registry, ``built``) that the walk did not reach, added as
+    ``<tensor i>``: torch loads it wherever it sits (an attribute of an empty hooks dict, of an optimizer's
+    ``state``, a subclass state that replaced another), so it is scanned whatever the walker knows."""
+    reached = {named.tensor.view_key for named in out.tensors}
+    for stub in built:
+        if stub.view_key in reached:
+            continue
+        reached.add(stub.view_key)
+        name = _emit_name([*([prefix] if prefix else []), f"<tensor {len(out.unreached)}>"], out)
+        out.tensors.append(NamedTensor(name, stub))
+        out.unreached.append(name)
 
 
 def _emit_name(path: list[str], out: Walk) -> str:
