@@ -157,3 +157,170 @@ def test_bytes_in_front_of_the_first_entry_are_refused(tmp_path: Path) -> None:
     struct.pack_into("<I", shifted, end + 16, cd_offset + len(front))
     path.write_bytes(bytes(shifted))
     refused(path, "not 0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 1: tensor values written inline in the pickle by calling a tensor class.
+# ---------------------------------------------------------------------------------------------------------
+
+INLINE = b"]" + b"(" + b"G" + struct.pack(">d", 1.0) + b"G" + struct.pack(">d", NAN) + b"G" + struct.pack(">d", INF) + b"e"
+
+
+@pytest.mark.parametrize("cls", ["Tensor", "FloatTensor", "HalfTensor", "BFloat16Tensor", "DoubleTensor"])
+def test_inline_tensor_data_is_refused(tmp_path: Path, cls: str) -> None:
+    body = p_dict([(p_str("w"), p_call(p_global("torch", cls), [INLINE]))])
+    path = torch_zip(tmp_path / "inline.pt", pickle_bytes(body), {})
+    assert oracle(path) == {"w": (1, 1, 0)}  # torch's weights-only loader builds it
+    refused(path, f"torch.{cls}()", "pickle itself")
+
+
+def test_inline_tensor_data_through_newobj_is_refused(tmp_path: Path) -> None:
+    body = p_dict([(p_str("w"), p_global("torch", "FloatTensor") + p_tuple([INLINE]) + b"\x81")])
+    path = torch_zip(tmp_path / "newobj.pt", pickle_bytes(body), {})
+    assert scan(path, device="cpu").exit_code == 3
+
+
+def test_a_tensor_class_of_a_storage_is_a_view_and_sizes_are_refused(tmp_path: Path) -> None:
+    body = p_dict([(p_str("w"), p_call(p_global("torch", "FloatTensor"), [p_storage("0", 4)]))])
+    path = torch_zip(tmp_path / "view.pt", pickle_bytes(body), {"0": F32_NAN})
+    assert oracle(path) == {"w": (1, 1, 1)}
+    report = scan(path, device="cpu")
+    assert counts(report) == {"w": (1, 1, 1)} and report.exit_code == 1
+    sizes = p_dict([(p_str("w"), p_call(p_global("torch", "HalfTensor"), [p_int(3), p_int(2)]))])
+    refused(torch_zip(tmp_path / "sizes.pt", pickle_bytes(sizes), {}), "uninitialised")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 3: big-endian files, swapped by the declared storage type.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _v3(storage: bytes, numel: int, dtype: str) -> bytes:
+    return p_call(p_global("torch._utils", "_rebuild_tensor_v3"),
+                  [storage, p_int(0), p_tuple([p_int(numel)]), p_tuple([p_int(1)]), NEWFALSE,
+                   p_call(p_global("collections", "OrderedDict"), []), p_global("torch", dtype)])
+
+
+def _untyped(key: str, nbytes: int) -> bytes:
+    return p_tuple([p_str("storage"), p_global("torch.storage", "UntypedStorage"), p_str(key), p_str("cpu"),
+                    p_int(nbytes)]) + b"Q"
+
+
+def test_a_big_endian_untyped_storage_is_never_swapped(tmp_path: Path) -> None:
+    """torch loads an untyped storage as uint8 and never swaps it: the little-endian NaN stays a NaN."""
+    raw = np.array([1.0, NAN, INF, 2.0], dtype="<f2").tobytes()
+    body = p_dict([(p_str("w"), _v3(_untyped("0", 8), 4, "float16"))])
+    path = torch_zip(tmp_path / "be.pt", pickle_bytes(body), {"0": raw}, byteorder=b"big")
+    assert oracle(path) == {"w": (1, 1, 0)}
+    report = scan(path, device="cpu")
+    assert counts(report) == {"w": (1, 1, 0)} and report.exit_code == 1
+
+
+def test_a_big_endian_view_of_another_width_is_refused(tmp_path: Path) -> None:
+    """A float16 view of a float32 storage: torch swaps 4-byte units, which shuffles the float16 values."""
+    raw = np.array([1.0, NAN, 2.0, 3.0], dtype=">f2").tobytes()
+    body = p_dict([(p_str("w"), _v3(p_storage("0", 2), 4, "float16"))])
+    path = torch_zip(tmp_path / "be16.pt", pickle_bytes(body), {"0": raw}, byteorder=b"big")
+    assert oracle(path) == {"w": (1, 0, 0)}
+    refused(path, "big-endian", "4-byte units")
+
+
+def test_a_legacy_file_flagged_big_endian_is_read_little_endian_like_torch(tmp_path: Path) -> None:
+    from tests.torch_helpers import legacy_file
+
+    body = p_dict([(p_str("w"), p_tensor(p_storage("0", 4, legacy=True), 0, [4], [1]))])
+    path = legacy_file(tmp_path / "old.pt", pickle_bytes(body), [("0", F32_NAN, 4)], little_endian=False)
+    data = path.read_bytes()  # the helper wrote the count big-endian; torch reads it little-endian
+    path.write_bytes(data.replace(struct.pack(">q", 4) + F32_NAN, struct.pack("<q", 4) + F32_NAN))
+    assert oracle(path) == {"w": (1, 1, 1)}
+    report = scan(path, device="cpu")
+    assert counts(report) == {"w": (1, 1, 1)} and report.exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 4: tensors the name walk does not reach are scanned all the same (the unpickler's registry).
+# ---------------------------------------------------------------------------------------------------------
+
+EMPTY_OD = p_call(p_global("collections", "OrderedDict"), [])
+
+
+def _with_attrs(obj: bytes, attrs: list[tuple[bytes, bytes]]) -> bytes:
+    return obj + p_dict(attrs) + b"b"  # BUILD: obj.__dict__.update(attrs)
+
+
+def _hidden_cases() -> dict[str, bytes]:
+    nan_tensor = p_tensor(p_storage("1", 4), 0, [4], [1])
+    int_view = _v3(_untyped("0", 16), 4, "int32")
+    v2 = p_global("torch._utils", "_rebuild_tensor_v2")
+    hooks_with_attr = _with_attrs(EMPTY_OD, [(p_str("x"), nan_tensor)])
+    optimizer = _with_attrs(
+        p_call(p_global("collections", "OrderedDict"), [b"]" + b"(" + p_tuple([p_str("state"), b"}"])
+                                                         + p_tuple([p_str("param_groups"), b"]"]) + b"e"]),
+        [(p_str("x"), nan_tensor)])
+    optimizer_state = p_dict([(p_str("state"), p_call(p_global("collections", "OrderedDict"), []) + p_dict(
+        [(p_str("x"), nan_tensor)]) + b"b"), (p_str("param_groups"), b"]")])
+    subclass = p_call(p_global("torch._tensor", "_rebuild_from_type_v2"), [
+        v2, p_global("torch", "Tensor"),
+        p_tuple([p_storage("2", 4), p_int(0), p_tuple([p_int(4)]), p_tuple([p_int(1)]), NEWFALSE,
+                 p_dict([(p_str("h"), nan_tensor)])]),
+        p_dict([(p_str("a"), p_int(1))])])
+    return {
+        "hooks": p_dict([(p_str("w"), p_call(v2, [p_storage("2", 4), p_int(0), p_tuple([p_int(4)]),
+                                                 p_tuple([p_int(1)]), NEWFALSE, hooks_with_attr])),
+                         (p_str("i"), int_view)]),
+        "optimizer": p_dict([(p_str("opt"), optimizer), (p_str("i"), int_view)]),
+        "optimizer_state": p_dict([(p_str("opt"), optimizer_state), (p_str("i"), int_view)]),
+        "subclass_state": p_dict([(p_str("s"), subclass), (p_str("i"), int_view)]),
+    }
+
+
+@pytest.mark.parametrize("case", ["hooks", "optimizer", "optimizer_state", "subclass_state"])
+def test_tensors_no_name_reaches_are_scanned(tmp_path: Path, case: str) -> None:
+    raw = np.array([1, 2, 3, 4], dtype="<i4").tobytes()
+    storages = {"0": raw, "1": F32_NAN, "2": F32_CLEAN}
+    path = torch_zip(tmp_path / f"{case}.pt", pickle_bytes(_hidden_cases()[case]), storages)
+    report = scan(path, device="cpu")
+    nan_counts = {name: c for name, c in counts(report).items() if c != (0, 0, 0)}
+    assert list(nan_counts.values()) == [(1, 1, 1)], counts(report)
+    assert report.exit_code == 1
+
+
+def test_a_float_view_hidden_behind_an_integer_view_is_never_clean(tmp_path: Path) -> None:
+    """The hidden tensor views the same untyped storage as float32: found, and the file refused."""
+    hidden = _v3(_untyped("0", 16), 4, "float32")
+    body = p_dict([(p_str("i"), _v3(_untyped("0", 16), 4, "int32")),
+                   (p_str("h"), p_call(p_global("torch._utils", "_rebuild_tensor_v2"),
+                                       [_untyped("1", 16), p_int(0), p_tuple([p_int(4)]), p_tuple([p_int(1)]),
+                                        NEWFALSE, _with_attrs(EMPTY_OD, [(p_str("x"), hidden)])]))])
+    path = torch_zip(tmp_path / "h.pt", pickle_bytes(body), {"0": F32_NAN, "1": F32_CLEAN})
+    refused(path, "viewed as")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 9: a tensor's saved state as torch takes it (never charged to an invented tensor).
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entries", [4, 5])
+def test_legacy_tensor_state_tuples_are_refused(tmp_path: Path, entries: int) -> None:
+    state = p_tuple([p_tensor(p_storage("1", 4), 0, [4], [1])] + [p_int(0)] * (entries - 1))
+    sub = p_call(p_global("torch._tensor", "_rebuild_from_type_v2"), [
+        p_global("torch._utils", "_rebuild_tensor_v2"), p_global("torch", "Tensor"),
+        p_tuple([p_storage("0", 4), p_int(0), p_tuple([p_int(4)]), p_tuple([p_int(1)]), NEWFALSE, EMPTY_OD]),
+        state])
+    path = torch_zip(tmp_path / "s.pt", pickle_bytes(p_dict([(p_str("p"), sub)])), {"0": F32_CLEAN, "1": F32_NAN})
+    refused(path, f"{entries} entries")
+    body = b"\x80\x02" + p_dict([(p_str("p"), p_tensor(p_storage("0", 4), 0, [4], [1]) + state + b"b")]) + b"."
+    path = torch_zip(tmp_path / "b.pt", body, {"0": F32_CLEAN, "1": F32_NAN})
+    refused(path, "re-points")
+
+
+def test_a_state_pair_sets_attributes(tmp_path: Path) -> None:
+    pair = p_tuple([p_dict([(p_str("a"), p_tensor(p_storage("1", 4), 0, [4], [1]))]), b"N"])
+    sub = p_call(p_global("torch._tensor", "_rebuild_from_type_v2"), [
+        p_global("torch._utils", "_rebuild_tensor_v2"), p_global("torch", "Tensor"),
+        p_tuple([p_storage("0", 4), p_int(0), p_tuple([p_int(4)]), p_tuple([p_int(1)]), NEWFALSE, EMPTY_OD]),
+        pair])
+    path = torch_zip(tmp_path / "pair.pt", pickle_bytes(p_dict([(p_str("p"), sub)])), {"0": F32_CLEAN, "1": F32_NAN})
+    report = scan(path, device="cpu")
+    assert counts(report) == {"p": (0, 0, 0), "p.a": (1, 1, 1)} and report.exit_code == 1
