@@ -324,3 +324,95 @@ def test_a_state_pair_sets_attributes(tmp_path: Path) -> None:
     path = torch_zip(tmp_path / "pair.pt", pickle_bytes(p_dict([(p_str("p"), sub)])), {"0": F32_CLEAN, "1": F32_NAN})
     report = scan(path, device="cpu")
     assert counts(report) == {"p": (0, 0, 0), "p.a": (1, 1, 1)} and report.exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 7: a quantized tensor's scale and zero point.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _qtensor(scale: float, zero_point: int) -> bytes:
+    params = p_tuple([p_global("torch", "per_tensor_affine"), b"G" + struct.pack(">d", scale), p_int(zero_point)])
+    return pickle_bytes(p_dict([(p_str("q"), p_call(p_global("torch._utils", "_rebuild_qtensor"), [
+        p_storage("0", 2, "QInt8Storage"), p_int(0), p_tuple([p_int(2)]), p_tuple([p_int(1)]), params, NEWFALSE,
+        EMPTY_OD]))]))
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(NAN, (1, 0, 0)), (INF, (0, 1, 0)), (-INF, (0, 0, 1))])
+def test_a_non_finite_quantizer_scale_is_a_finding(tmp_path: Path, scale: float, expected: tuple) -> None:
+    path = torch_zip(tmp_path / "q.pt", _qtensor(scale, 3), {"0": bytes([2, 4])})
+    assert not torch.isfinite(torch.load(path, weights_only=True)["q"].dequantize()).all()
+    report = scan(path, device="cpu")
+    assert counts(report) == {"q": (0, 0, 0), "q.<scale>": expected} and report.exit_code == 1
+
+
+@pytest.mark.parametrize(("scale", "zero_point", "word"), [(1e300, 3, "overflows float32"), (0.5, 1000, "range")])
+def test_an_overflowing_scale_or_zero_point_is_refused(tmp_path: Path, scale: float, zero_point: int,
+                                                       word: str) -> None:
+    path = torch_zip(tmp_path / "q.pt", _qtensor(scale, zero_point), {"0": bytes([2, 4])})
+    refused(path, word)
+
+
+def test_a_finite_quantizer_is_clean(tmp_path: Path) -> None:
+    path = tmp_path / "q.pt"
+    torch.save({"q": torch.quantize_per_tensor(torch.tensor([1.0, 2.0]), 0.5, 3, torch.qint8)}, path)
+    report = scan(path, device="cpu")
+    assert report.exit_code == 0 and [t.name for t in report.tensors] == ["q"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 10: bombs of a few hundred bytes, and many views of one storage.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _shared_tuple(depth: int) -> bytes:
+    """A tuple of 2**depth paths from ~8 bytes per level: each level pairs the level below with itself."""
+    body = b")q\x00"
+    for i in range(1, depth + 1):
+        body += b"h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"\x86q" + bytes([i])
+    return body + b"0"  # leave it in the memo only
+
+
+def test_a_shared_tuple_as_a_dict_key_is_refused_before_it_is_hashed(tmp_path: Path) -> None:
+    data = b"\x80\x02" + _shared_tuple(60) + b"}" + b"h" + bytes([60]) + p_int(1) + b"s."
+    path = torch_zip(tmp_path / "dag.pt", data, {})
+    assert path.stat().st_size < 1000
+    started = time.perf_counter()
+    refused(path, "hashing bomb")
+    assert time.perf_counter() - started < 2
+
+
+def test_a_shared_tuple_hashed_by_frozenset_is_refused(tmp_path: Path) -> None:
+    items = b"]" + b"(" + b"h\x28" * 200 + b"e"  # a list of 200 references to a 2**40-path tuple
+    data = b"\x80\x02" + _shared_tuple(40) + p_call(p_global("builtins", "frozenset"), [items]) + b"."
+    refused(torch_zip(tmp_path / "fs.pt", data, {}), "hashing bomb")
+
+
+def test_a_key_is_named_by_a_bounded_repr(tmp_path: Path) -> None:
+    """A tuple of 2**18 paths is allowed as a key (it hashes fast); its name is a few dozen characters."""
+    data = (b"\x80\x02" + _shared_tuple(18) + b"}" + b"h" + bytes([18])
+            + p_dict([(p_str("w"), p_tensor(p_storage("0", 4), 0, [4], [1]))]) + b"s.")
+    path = torch_zip(tmp_path / "key.pt", data, {"0": F32_NAN})
+    started = time.perf_counter()
+    report = scan(path, device="cpu")
+    assert time.perf_counter() - started < 2
+    (name,) = counts(report)
+    assert name.endswith(".w") and len(name) < 120 and counts(report)[name] == (1, 1, 1)
+
+
+def test_many_views_of_one_storage_are_refused_quickly(tmp_path: Path) -> None:
+    from nandoctor.readers.torch.rebuilds import MAX_VIEWS_PER_STORAGE
+
+    n = MAX_VIEWS_PER_STORAGE + 1
+    head = p_storage("0", 1024) + b"q\x00" + p_global("torch._utils", "_rebuild_tensor_v2") + b"q\x01" + EMPTY_OD
+    views = []
+    for i in range(n):
+        storage, func = (head, b"") if i == 0 else (b"h\x00", b"h\x01")
+        call = (func or b"") + b"(" + storage + p_int(i % 1000) + b"K\x04\x85K\x01\x85\x89" + b"}" + b"tR"
+        views.append(p_int(i) + (call if i else p_global("torch._utils", "_rebuild_tensor_v2") + b"q\x01(" +
+                                 p_storage("0", 1024) + b"q\x00" + p_int(0) + b"K\x04\x85K\x01\x85\x89}tR"))
+    data = b"\x80\x02}(" + b"".join(views) + b"u."
+    path = torch_zip(tmp_path / "views.pt", data, {"0": np.zeros(1024, "<f4").tobytes()})
+    started = time.perf_counter()
+    refused(path, "views of storage")
+    assert time.perf_counter() - started < 5

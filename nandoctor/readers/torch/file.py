@@ -35,6 +35,7 @@ from nandoctor.model import ReadResult, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
+from nandoctor.readers.torch.quantized import scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
 from nandoctor.readers.torch.stubs import (
@@ -188,7 +189,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
         return ref
 
     with _pickle_context(path, "data.pkl"):
-        loaded = restricted_load(data, persistent_load)
+        loaded = restricted_load(data, persistent_load, offset=pickle_entry.data_offset)
         walked = walk(loaded.value, prefix=_name_prefix(path))
         add_unreached(walked, loaded.built, _name_prefix(path))
 
@@ -218,6 +219,8 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
         blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
 
     built = build_refs(path, walked, declared, blocks, byteorder)
+    with _pickle_context(path, "data.pkl"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
     used = {ascii_fold(f"data/{key}") for key in blocks}
@@ -345,6 +348,8 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         walked = walk(legacy.root, prefix=_name_prefix(path))
         add_unreached(walked, legacy.built, _name_prefix(path))
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
+    with _pickle_context(path, "pickled data"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], legacy.float_offsets)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
     notes.insert(
         0,

@@ -55,6 +55,7 @@ class LegacyFile:
     byteorder: str
     placeholders: list[str] = field(default_factory=list)
     built: list[TensorStub] = field(default_factory=list)  # every tensor the object pickle built
+    float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
 
 
 def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> LegacyFile:
@@ -64,11 +65,14 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     placeholders: list[str] = []
 
     built: list[TensorStub] = []
+    float_offsets: dict[bytes, int] = {}
 
     def load(persistent: Any = None) -> Any:
         result = restricted_load(reader, persistent)
         placeholders.extend(p for p in result.placeholders if p not in placeholders)
         built.extend(result.built)
+        for raw, at in result.float_offsets.items():
+            float_offsets.setdefault(raw, at)
         return result.value
 
     try:
@@ -150,4 +154,4 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
         pos = start + nbytes
     if pos != size:
         raise CorruptCheckpointError(path, f"{size - pos} unexpected bytes after the last storage")
-    return LegacyFile(root, declared, blocks, byteorder, placeholders, built)
+    return LegacyFile(root, declared, blocks, byteorder, placeholders, built, float_offsets)

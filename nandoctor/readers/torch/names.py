@@ -12,6 +12,7 @@ because the object around it was unknown.
 
 from __future__ import annotations
 
+import reprlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects coun
 MAX_SHARED_NODES = 250_000
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
+# repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
+# and 2 GB): reprlib stops at a few levels and items, whatever the key holds.
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxother, _BOUNDED.maxstring, _BOUNDED.maxlong = 3, 60, _MAX_KEY_CHARS, 60
+_BOUNDED.maxtuple = _BOUNDED.maxlist = _BOUNDED.maxset = _BOUNDED.maxfrozenset = 6
 
 
 class WalkLimitError(Exception):
@@ -79,7 +85,7 @@ def segment(key: Any) -> str:
     elif isinstance(key, StorageRef):
         text = f"<storage {key.key}>"
     else:
-        text = repr(key) if not isinstance(key, Placeholder) else key.global_name
+        text = _BOUNDED.repr(key) if not isinstance(key, Placeholder) else key.global_name
     # Lone surrogates (pickles may carry them) cannot be printed or written as UTF-8: escape them.
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= _MAX_KEY_CHARS else text[:_MAX_KEY_CHARS] + "…"

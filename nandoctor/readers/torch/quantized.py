@@ -72,13 +72,11 @@ def check_quantizer(params: Any, stub: TensorStub) -> Quantizer:
     return Quantizer(scheme, scale, zero_point)
 
 
-def scale_refs(
-    path: str, named: list[tuple[str, TensorStub]], pickle_offset: int, float_offsets: Mapping[bytes, int]
-) -> list[TensorRef]:
+def scale_refs(path: str, named: list[tuple[str, TensorStub]], float_offsets: Mapping[bytes, int]) -> list[TensorRef]:
     """One F64 tensor per non-finite per-tensor scale: the bytes of the BINFLOAT opcode that wrote it.
 
-    ``float_offsets`` maps each BINFLOAT's 8 bytes to where they start in the pickle; the pickle starts at
-    ``pickle_offset`` in the file. Raises PickleFormatError for a non-finite scale that no BINFLOAT wrote.
+    ``float_offsets`` maps each non-finite BINFLOAT's 8 bytes to where they lie in the file. Raises
+    PickleFormatError for a non-finite scale that no BINFLOAT wrote.
     """
     refs = []
     for name, stub in named:
@@ -90,6 +88,6 @@ def scale_refs(
         if at is None:
             raise PickleFormatError(f"quantized tensor {name!r} has a non-finite scale that is not stored as "
                                     "a binary float; it cannot be pointed at")
-        region = Region(path, pickle_offset + at, 8, "F64", f"scale of {name}", byteorder="big")
+        region = Region(path, at, 8, "F64", f"scale of {name}", byteorder="big")
         refs.append(TensorRef(f"{name}.<scale>", "F64", (), region, 0, ()))
     return refs

@@ -27,6 +27,28 @@ from nandoctor.readers.torch.stubs import (
 )
 
 MAX_TENSORS = 1_000_000  # tensors one pickle may build (a real checkpoint: thousands)
+MAX_VIEWS_PER_STORAGE = 10_000  # see refs.py: refused here too, as they are built, before minutes are spent
+
+
+class Registry:
+    """Every tensor one load's rebuild stand-ins returned, counted as they come (total and per storage)."""
+
+    __slots__ = ("per_storage", "tensors")
+
+    def __init__(self) -> None:
+        self.tensors: list[TensorStub] = []
+        self.per_storage: collections.Counter[str] = collections.Counter()
+
+    def add(self, stub: TensorStub) -> None:
+        if len(self.tensors) >= MAX_TENSORS:
+            raise PickleFormatError(f"the pickle builds more than {MAX_TENSORS:,} tensors; refused")
+        self.per_storage[stub.storage.key] += 1
+        if self.per_storage[stub.storage.key] > MAX_VIEWS_PER_STORAGE:
+            raise PickleFormatError(
+                f"the pickle builds more than {MAX_VIEWS_PER_STORAGE:,} views of storage {stub.storage.key!r} (a "
+                "checkpoint has a few per storage): refused rather than spent minutes on, view by view"
+            )
+        self.tensors.append(stub)
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -267,16 +289,14 @@ class SafeFunction:
 
     __slots__ = ("built", "function")
 
-    def __init__(self, function: Callable[..., Any], built: list[TensorStub]) -> None:
+    def __init__(self, function: Callable[..., Any], built: Registry) -> None:
         self.function = function
         self.built = built
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self.function(*args, **kwargs)
         if isinstance(result, TensorStub):
-            if len(self.built) >= MAX_TENSORS:
-                raise PickleFormatError(f"the pickle builds more than {MAX_TENSORS:,} tensors; refused")
-            self.built.append(result)
+            self.built.add(result)
         return result
 
     def __setstate__(self, state: Any) -> None:

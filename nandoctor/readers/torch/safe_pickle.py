@@ -19,11 +19,12 @@ import io
 import pickle
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
-from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, SafeFunction
+from nandoctor.readers.torch.prescan import prescan
+from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, Registry, SafeFunction
 from nandoctor.readers.torch.stubs import (
     STORAGE_DTYPES,
     DTypeStub,
@@ -77,6 +78,7 @@ class LoadResult:
     value: Any
     placeholders: tuple[str, ...]  # unknown globals met, in order of first use
     built: tuple[TensorStub, ...] = ()  # every tensor the rebuild stand-ins returned, walked or not
+    float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
 
 
 def _is_unsafe(module: str, name: str) -> bool:
@@ -100,7 +102,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="utf-8", errors="backslashreplace")
         self._persistent = persistent_load
         self.placeholders: dict[str, type[Placeholder]] = {}
-        self.built: list[TensorStub] = []  # the registry: SafeFunction appends every tensor it returns
+        self.built = Registry()  # SafeFunction adds every tensor it returns
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -165,18 +167,40 @@ def check_storage_id(pid: Any, *, legacy: bool) -> StorageRef:
     return StorageRef(key, storage_type, location, numel, view)
 
 
-def restricted_load(file: Any, persistent_load: Callable[[Any], Any] | None = None) -> LoadResult:
-    """Unpickle one pickle from ``file`` (a binary file object or bytes) with stand-ins only.
+def restricted_load(
+    file: Any, persistent_load: Callable[[Any], Any] | None = None, *, offset: int = 0
+) -> LoadResult:
+    """Unpickle one pickle from ``file`` (bytes, or a :class:`BoundedReader`) with stand-ins only.
 
-    Raises UnsafeGlobalError, PickleFormatError, PickleTooLargeError, or the
-    pickle module's own errors for malformed bytes; callers turn them into
-    nandoctor errors naming the file.
+    The opcodes are pre-scanned first (prescan.py): a hashing bomb is refused before anything is built.
+    ``offset``: where bytes given as ``file`` start in their file (a reader's stream knows its own), so
+    ``float_offsets`` are file offsets. Raises UnsafeGlobalError, PickleFormatError, PickleTooLargeError,
+    or the pickle module's own errors for malformed bytes; callers turn them into nandoctor errors.
     """
     if isinstance(file, (bytes, bytearray, memoryview)):
+        scanned = _prescan(io.BytesIO(file), len(file))
         file = io.BytesIO(file)
+    else:
+        offset = file.tell()
+        scanned = _prescan(file, 0)
+        file.rewind(offset)
     unpickler = RestrictedUnpickler(file, persistent_load)
     value = unpickler.load()
-    return LoadResult(value, tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS), tuple(unpickler.built))
+    return LoadResult(
+        value,
+        tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS),
+        tuple(unpickler.built.tensors),
+        {raw: offset + at for raw, at in scanned.float_offsets.items()},
+    )
+
+
+def _prescan(stream: Any, size: int) -> Any:
+    try:
+        return prescan(stream, size)
+    except ValueError as exc:  # pickletools' words for malformed opcodes: worded like the unpickler's
+        if "exhausted" in str(exc) or "not enough" in str(exc):
+            raise EOFError(str(exc)) from None
+        raise pickle.UnpicklingError(str(exc)) from None
 
 
 class BoundedReader:
@@ -185,6 +209,14 @@ class BoundedReader:
     def __init__(self, fh: Any, limit: int) -> None:
         self._fh = fh
         self._left = limit
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def rewind(self, position: int) -> None:
+        """Back to ``position`` (read before), the bytes since then given back to the budget."""
+        self._left += self._fh.tell() - position
+        self._fh.seek(position)
 
     def _take(self, n: int) -> int:
         if n < 0 or n > self._left:
