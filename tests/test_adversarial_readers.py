@@ -416,3 +416,18 @@ def test_many_views_of_one_storage_are_refused_quickly(tmp_path: Path) -> None:
     started = time.perf_counter()
     refused(path, "views of storage")
     assert time.perf_counter() - started < 5
+
+
+def test_a_legacy_files_non_finite_scale_points_at_its_bytes(tmp_path: Path) -> None:
+    from tests.torch_helpers import legacy_file
+
+    params = p_tuple([p_global("torch", "per_tensor_affine"), b"G" + struct.pack(">d", NAN), p_int(0)])
+    body = p_dict([(p_str("q"), p_call(p_global("torch._utils", "_rebuild_qtensor"), [
+        p_storage("0", 2, "QInt8Storage", legacy=True), p_int(0), p_tuple([p_int(2)]), p_tuple([p_int(1)]), params,
+        NEWFALSE, EMPTY_OD]))])
+    path = legacy_file(tmp_path / "q.pt", pickle_bytes(body), [("0", bytes([1, 2]), 2)])
+    report = scan(path, device="cpu")
+    assert counts(report) == {"q": (0, 0, 0), "q.<scale>": (1, 0, 0)} and report.exit_code == 1
+    (scale,) = [t for t in report.tensors if t.name == "q.<scale>"]
+    at = scale.ref.region.offset
+    assert path.read_bytes()[at - 1 : at + 8] == b"G" + struct.pack(">d", NAN)

@@ -55,7 +55,7 @@ CrcFunction = Callable[[bytes | memoryview, int], int]
 def _best_crc32() -> CrcFunction:
     # python-isal's CRC-32 runs ~25 GB/s here against zlib's ~3.5 GB/s; same polynomial, same answers.
     try:
-        from isal.isal_zlib import crc32 as isal_crc32  # type: ignore[import-not-found]
+        from isal.isal_zlib import crc32 as isal_crc32
     except ImportError:
         return zlib.crc32
     return isal_crc32

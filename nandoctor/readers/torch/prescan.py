@@ -90,7 +90,7 @@ def prescan(stream: Any, size_hint: int) -> Prescan:
     for opcode, arg, pos in pickletools.genops(stream):
         kind = _KIND.get(opcode.name)
         if kind is None:  # a value or another opcode that builds nothing hashable: its generic stack effect
-            if opcode.name == "BINFLOAT" and not math.isfinite(arg):
+            if opcode.name == "BINFLOAT" and isinstance(arg, float) and not math.isfinite(arg) and pos is not None:
                 out.float_offsets.setdefault(struct.pack(">d", arg), pos + 1)
             _generic(opcode, stack, pop, pop_mark)
         elif kind == "mark":

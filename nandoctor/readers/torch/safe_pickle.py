@@ -180,10 +180,10 @@ def restricted_load(
     if isinstance(file, (bytes, bytearray, memoryview)):
         scanned = _prescan(io.BytesIO(file), len(file))
         file = io.BytesIO(file)
-    else:
-        offset = file.tell()
+    else:  # a stream's own positions are file offsets already
+        start, offset = file.tell(), 0
         scanned = _prescan(file, 0)
-        file.rewind(offset)
+        file.rewind(start)
     unpickler = RestrictedUnpickler(file, persistent_load)
     value = unpickler.load()
     return LoadResult(
