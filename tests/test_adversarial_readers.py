@@ -431,3 +431,20 @@ def test_a_legacy_files_non_finite_scale_points_at_its_bytes(tmp_path: Path) -> 
     (scale,) = [t for t in report.tensors if t.name == "q.<scale>"]
     at = scale.ref.region.offset
     assert path.read_bytes()[at - 1 : at + 8] == b"G" + struct.pack(">d", NAN)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 11: shard names that are no file names.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard", ["a\u0000b.safetensors", "x" * 300 + ".safetensors", "d/" + "é" * 130 + ".bin"])
+def test_shard_names_that_are_no_file_names_are_problems(tmp_path: Path, shard: str) -> None:
+    import json
+
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {"w": shard}}))
+    try:
+        report = scan(tmp_path, device="cpu")
+    except NandoctorError:
+        return  # a refusal of the whole folder is a NandoctorError too; never an OSError or ValueError
+    assert report.exit_code == 3 and "not a valid file name" in report.errors[0].message

@@ -99,6 +99,10 @@ def read_index(path: Path) -> ShardIndex:
 
 
 def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:
+    # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
+    if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
+        return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
+                                 "byte, or a part over 255 bytes); refused", "fix the index's weight_map")
     candidate = folder / shard
     resolved_folder = folder.resolve()
     try:
