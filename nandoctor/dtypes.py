@@ -114,10 +114,6 @@ TORCH_DTYPE_NAMES: dict[str, str] = {
 SAFETENSORS_DTYPES = frozenset(DTYPES) - {"C32", "C128"}
 
 
-def spec(name: str) -> DTypeSpec:
-    return DTYPES[name]
-
-
 def byte_length(dtype: DTypeSpec, numel: int) -> int | None:
     """Bytes for ``numel`` elements, or None when they are not a whole number of bytes."""
     total_bits = numel * dtype.bits

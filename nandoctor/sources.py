@@ -101,7 +101,7 @@ class ReadSource:
         buffer = buffer_for(length)[:length]
         got = 0
         while got < length:  # preadv may return less than asked near signals; loop until EOF
-            n = os.preadv(self.fd, [buffer[got:]], absolute + got)
+            n = os.preadv(self.fd, [buffer[got:].data], absolute + got)
             if n == 0:
                 raise FileChangedError(str(self.path), "the file was truncated while it was being scanned")
             got += n

@@ -18,3 +18,13 @@ DEMO_RUN = FIXTURES / "demo-run"
 @pytest.fixture
 def demo_run() -> Path:
     return DEMO_RUN
+
+
+def run_cli(*args: object):
+    """The one way tests run the ``nandoctor`` command in-process: every argument as a string,
+    exceptions not swallowed (an internal error fails the test with its traceback)."""
+    from click.testing import CliRunner
+
+    from nandoctor.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

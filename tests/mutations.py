@@ -28,9 +28,35 @@ def edit_bytes(draw: Callable, data: bytearray, kind: str) -> None:
         raise ValueError(kind)
 
 
-def byte_mutations(seed: bytes, max_edits: int, extra: dict[str, Callable] | None = None):
-    """A strategy: ``seed`` with 1..max_edits random edits; ``extra`` adds named edits (draw, data) → None."""
+def body_edits(body_start: int, specials: list[bytes]) -> dict[str, Callable]:
+    """Edits that keep the file's structure and change tensor bytes only (from ``body_start`` on): a
+    flipped bit, a random byte, or a non-finite bit pattern written over an element. Without them
+    nearly every uniform edit lands in the header and only tests its refusal, never the counts."""
+
+    def flip_body(draw: Callable, data: bytearray) -> None:
+        if len(data) > body_start:
+            data[draw(st.integers(body_start, len(data) - 1))] ^= 1 << draw(st.integers(0, 7))
+
+    def set_body(draw: Callable, data: bytearray) -> None:
+        if len(data) > body_start:
+            data[draw(st.integers(body_start, len(data) - 1))] = draw(st.integers(0, 255))
+
+    def special_body(draw: Callable, data: bytearray) -> None:
+        pattern = draw(st.sampled_from(specials))
+        if len(data) >= body_start + len(pattern):
+            pos = draw(st.integers(body_start, len(data) - len(pattern)))
+            data[pos : pos + len(pattern)] = pattern
+
+    return {"flip_body": flip_body, "set_body": set_body, "special_body": special_body}
+
+
+def byte_mutations(
+    seed: bytes, max_edits: int, extra: dict[str, Callable] | None = None, only_extra: bool = False
+):
+    """A strategy: ``seed`` with 1..max_edits random edits; ``extra`` adds named edits (draw, data) → None;
+    ``only_extra`` draws from the extra edits alone."""
     extra = extra or {}
+    kinds = tuple(extra) if only_extra else BYTE_EDITS + tuple(extra)
 
     @st.composite
     def mutate(draw) -> bytes:
@@ -38,7 +64,7 @@ def byte_mutations(seed: bytes, max_edits: int, extra: dict[str, Callable] | Non
         for _ in range(draw(st.integers(1, max_edits))):
             if not data:
                 break
-            kind = draw(st.sampled_from(BYTE_EDITS + tuple(extra)))
+            kind = draw(st.sampled_from(kinds))
             if kind in extra:
                 extra[kind](draw, data)
             else:

@@ -8,7 +8,6 @@ A small budget runs in CI; `python -m pytest -m slow tests/test_fuzz_safetensors
 from __future__ import annotations
 
 import json
-from functools import partial
 import struct
 import tempfile
 from pathlib import Path
@@ -18,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mutations import byte_mutations
 from fixtures.builders import SPECIALS, RawTensor, finite_bits, header_bytes
 from nandoctor.errors import NandoctorError
 from nandoctor.readers import reader_for
+from tests.mutations import body_edits, byte_mutations
 
 torch = pytest.importorskip("torch")
 from safetensors import safe_open  # noqa: E402
@@ -55,7 +54,22 @@ def _lie_about_header_length(draw, data: bytearray) -> None:
         data[:8] = struct.pack("<Q", max(0, SEED_N + draw(st.integers(-16, 16))))
 
 
-byte_mutation = partial(byte_mutations, SEED, 4, {"length": _lie_about_header_length})
+# Non-finite patterns of the seed's float dtypes, little-endian, for the structure-keeping body edits.
+_SPECIAL_BYTES = [
+    np.array([SPECIALS[d][k]], dtype=f"<u{w}").tobytes()
+    for d, w in (("F32", 4), ("BF16", 2), ("F16", 2))
+    for k in ("nan", "posinf", "neginf")
+]
+_BODY_EDITS = body_edits(8 + SEED_N, _SPECIAL_BYTES)
+
+
+def byte_mutation():
+    """Two thirds of the examples change tensor bytes only (they reach the count comparison), the
+    rest edit anywhere (they test the refusals)."""
+    body_only = byte_mutations(SEED, 4, _BODY_EDITS, only_extra=True)
+    anywhere = byte_mutations(SEED, 4, {"length": _lie_about_header_length, **_BODY_EDITS})
+    return st.integers(0, 2).flatmap(lambda pick: anywhere if pick == 0 else body_only)
+REACHED: dict[str, int] = {"examples": 0, "compared": 0}
 
 
 @st.composite
@@ -118,6 +132,7 @@ def is_documented_stricter(data: bytes) -> bool:
 def check(data: bytes) -> None:
     from nandoctor.engine import scan
 
+    REACHED["examples"] += 1
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"
         path.write_bytes(data)
@@ -136,6 +151,7 @@ def check(data: bytes) -> None:
             assert raw[r.region.offset : r.region.offset + r.region.nbytes] == expect, r.name
         report = scan(path, device="cpu")
         assert report.complete
+        REACHED["compared"] += 1
         for t in report.tensors:
             value = ref[t.name]
             if not value.is_floating_point():
@@ -159,6 +175,14 @@ def test_seed_is_accepted_by_both():
 @given(byte_mutation())
 def test_byte_mutations_agree_with_reference(data):
     check(data)
+
+
+def test_byte_mutations_mostly_reach_the_count_comparison():
+    """The fuzzer is only worth its time if most examples get past the header to the counts."""
+    REACHED.update(examples=0, compared=0)
+    test_byte_mutations_agree_with_reference()
+    assert REACHED["examples"] >= 100
+    assert REACHED["compared"] / REACHED["examples"] >= 0.5, REACHED
 
 
 @FAST

@@ -13,13 +13,12 @@ from fixtures.builders import SPECIALS, RawTensor, bf16_bits, write_safetensors
 from nandoctor.cli import cli
 
 from .conftest import DEMO_RUN
+from .conftest import run_cli as run
 
 TORCH_TARGETS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn,
                  "fp8_e5m2": torch.float8_e5m2}
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def edge_values() -> np.ndarray:

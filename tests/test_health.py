@@ -94,3 +94,67 @@ def test_real_and_shipped_clean_weights_trip_no_finding(path):
     report = scan(path, device="cpu")
     assert report.ok and report.health == "healthy"
     assert all(t.findings == () for t in report.tensors), [t.name for t in report.tensors if t.findings]
+
+
+@pytest.mark.parametrize("dtype, torch_name, spike", [("F8_E4M3", "float8_e4m3fn", 448.0), ("F8_E5M2", "float8_e5m2", 57344.0)])
+@pytest.mark.parametrize("n", [BIG, SMALL])
+def test_fp8_spikes_are_outliers_and_their_bulk_is_not(tmp_path, dtype, torch_name, spike, n):
+    """fp8 weights (bits made by torch's own cast): the dtype's largest finite value among weights of
+    ~0.02 is an outlier (fp8 cannot reach the 1e5 ceiling, so never "exploded"); its siblings are clean."""
+    torch = pytest.importorskip("torch")
+    fp8 = getattr(torch, torch_name)
+    generator = torch.Generator().manual_seed(7)
+
+    def weights(planted: list[int]) -> RawTensor:
+        values = torch.randn(n, generator=generator) * 0.02
+        values[planted] = spike
+        return RawTensor(dtype, (n,), values.to(fp8).view(torch.uint8).numpy().tobytes())
+
+    positions = [5, n // 2, n - 1]
+    write_safetensors(tmp_path / "m.safetensors", {
+        "model.layers.0.mlp.up_proj.weight": weights(positions),
+        "model.layers.1.mlp.up_proj.weight": weights([]),
+    })
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    bad, good = report.tensors
+    assert bad.outliers is not None and bad.outliers.count == 3 and bad.outliers.first == positions[0]
+    assert bad.findings == ("outlier",) and bad.exploded == 0 and bad.max_abs == spike
+    assert good.findings == () and good.outliers is None and good.nonfinite == 0
+    assert report.exit_code == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_live_quick_census_equals_the_exact_one(dtype):
+    """The live path's cheap census (min/max/non-zeros, an exponent histogram only when the largest
+    magnitude reaches 2.0) gives the same fields as the exact census on tensors that exercise each branch."""
+    torch = pytest.importorskip("torch")
+    from nandoctor.kernels.live import _exact_census, census_tensor, quick_stats
+
+    generator = torch.Generator().manual_seed(3)
+    dt = getattr(torch, dtype)
+    base = (torch.randn(50_000, generator=generator) * 0.02).to(dt)
+    spiky = base.clone()
+    spiky[[7, 900, 49_999]] = torch.tensor([60000.0, -3000.0, 5.0]).to(dt)
+    zeroed = torch.zeros(4096, dtype=dt)
+    few = torch.tensor([0.0] * 10 + [1.0] * 8, dtype=dt)
+    wide = (torch.randn(20_000, generator=generator) * 3).to(dt)  # top >= 2.0 without outliers
+    strided = spiky.view(250, 200).t()
+    for t in (base, spiky, zeroed, few, wide, strided):
+        (stats,) = quick_stats([t])
+        assert stats is not None
+        quick = census_tensor(t, 1e3, 2.0**10, stats)
+        exact = _exact_census(t, 1e3, 2.0**10)
+        assert quick == exact, (t.shape, quick, exact)
+
+
+def test_live_nonzero_count_is_exact_across_blocks():
+    torch = pytest.importorskip("torch")
+    from nandoctor.kernels.live import _EXACT_BLOCK, _nonzero_count
+
+    t = torch.ones(3 * _EXACT_BLOCK + 77, dtype=torch.bfloat16)
+    t[:1000] = 0
+    t[-5:] = -0.0
+    t[5 * 1000 :: 997] = 0
+    assert int(_nonzero_count(t)) == int(torch.count_nonzero(t))
+    assert int(_nonzero_count(t[: _EXACT_BLOCK - 1])) == int(torch.count_nonzero(t[: _EXACT_BLOCK - 1]))
+    assert int(_nonzero_count(t.view(-1)[::3])) == int(torch.count_nonzero(t.view(-1)[::3]))

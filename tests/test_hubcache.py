@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from fixtures.builders import SPECIALS, RawTensor, write_safetensors, write_sharded
 from nandoctor.checkpoint import hubcache
-from nandoctor.cli import cli
 from nandoctor.errors import CheckpointNotFoundError
+
+from .conftest import run_cli as run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -28,8 +28,6 @@ def _clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def _tensors(bad: bool) -> dict[str, RawTensor]:

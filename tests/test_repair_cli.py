@@ -7,15 +7,8 @@ import shutil
 import subprocess
 import sys
 
-from click.testing import CliRunner
-
-from nandoctor.cli import cli
 from tests.conftest import DEMO_RUN, ROOT
-
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from tests.conftest import run_cli as run
 
 
 def copy_run(tmp_path):

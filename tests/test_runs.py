@@ -7,16 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from nandoctor.checkpoint import runs
-from nandoctor.cli import cli
 
 from .conftest import DEMO_RUN
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+from .conftest import run_cli as run
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,6 +20,10 @@ from rich.text import Text
 
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
+
+if TYPE_CHECKING:
+    from nandoctor.restore.plan import RepairPlan
+    from nandoctor.restore.proof import RepairResult
 
 MAX_ROWS = 40
 
@@ -69,6 +74,9 @@ def _sigterm_interrupts() -> Iterator[None]:
 )
 @click.option("--allow-diverged", is_flag=True,
               help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one).")
+@click.option("--allow-cast", is_flag=True,
+              help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
+              "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -81,6 +89,7 @@ def repair(
     dry_run: bool,
     hash_all: bool,
     allow_diverged: bool,
+    allow_cast: bool,
     as_json: bool,
     show_all: bool,
     no_progress: bool,
@@ -115,10 +124,12 @@ def repair(
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
             result = run_repair(
                 target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                allow_diverged=allow_diverged,
+                allow_diverged=allow_diverged, allow_cast=allow_cast,
             )
     except UnrestorableError as exc:
-        if exc.plan is not None:
+        from nandoctor.restore.plan import RepairPlan
+
+        if isinstance(exc.plan, RepairPlan):
             if as_json:
                 from nandoctor.restore.proof import plan_json
 
@@ -135,20 +146,29 @@ def repair(
     sys.exit(result.exit_code)
 
 
-def _donor_short(plan, index: int) -> str:  # type: ignore[no-untyped-def]
+def _donor_short(plan: RepairPlan, index: int) -> str:
     from nandoctor.report.rich_report import safe
 
     info = plan.donors[index]
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
 
 
-def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _add_column(table: Table, header: str, *, numeric: bool) -> None:
+    # Names and paths fold onto more lines, never end in "…": a cut tensor name cannot be
+    # searched for or pasted (and a pipe's 160 columns are not always enough for name + donor path).
+    if numeric:
+        table.add_column(header, justify="right", no_wrap=True)
+    else:
+        table.add_column(header, overflow="fold")
+
+
+def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
     for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
-        table.add_column(column, justify="right" if column in ("tensors", "NaN", "+Inf", "-Inf") else "left")
+        _add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
     groups: dict[str, list] = {}
     for r in plan.restorations:
         groups.setdefault(r.layer, []).append(r)
@@ -166,12 +186,12 @@ def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-def]
+def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
-        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf") else "left")
+        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
     rows = list(plan.restorations)
     shown = rows if limit is None else rows[:limit]
     for r in shown:
@@ -195,18 +215,18 @@ def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-
     return table
 
 
-def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
+def _refusal_table(plan: RepairPlan) -> Table:
     from nandoctor.report.rich_report import safe
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
     for column in ("tensor", "NaN/Inf", "why each donor failed"):
-        table.add_column(column, justify="right" if column == "NaN/Inf" else "left")
+        _add_column(table, column, numeric=column == "NaN/Inf")
     for u in plan.unrestorable:
         table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
     return table
 
 
-def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import human_bytes, safe
 
     donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
@@ -239,7 +259,7 @@ def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # t
         )
 
 
-def render_result(result, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
+def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import safe, verdict_text
 
     plan = result.plan

@@ -12,9 +12,15 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
 
 from nandoctor import verdict
+from nandoctor.blockfields import block_span, gather, lanes_nbytes
 from nandoctor.checkpoint.opener import open_checkpoint
+from nandoctor.checkpoint.selection import Selection
+from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.errors import NandoctorError
@@ -44,18 +50,20 @@ def scan(
     kernel: Kernel | None = None,
     target_dtype: str | None = None,
     limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> ScanReport:
     """Scan the checkpoint at ``path`` (file or folder) and return its judged report.
 
     ``target_dtype`` ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"): also count, per
     floating tensor, the finite values a cast to that dtype would turn into
     Inf/NaN (``TensorResult.overflow``). ``limits``: the health census's
-    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``).
+    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``). ``selection``: the tensors
+    ``--only`` / ``--exclude`` keep (``extra["excluded"]`` counts the others).
     """
     started = time.perf_counter()
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
-    checkpoint = open_checkpoint(path, both_formats=both_formats)
+    checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
     kernel = kernel or select_kernel(device)
     problems = list(checkpoint.problems)
 
@@ -79,7 +87,11 @@ def scan(
     problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
 
     tensors, unviewed = results(jobs, all_refs)
+    tensors, expert_problems = with_expert_counts(tensors, kernel)
+    problems += expert_problems
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
+    if checkpoint.selection is not None:
+        extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     report = ScanReport(
@@ -111,7 +123,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     buffers = ThreadBuffers(None)
     for file, found in todo.items():
         try:
-            source = open_source(file, max(j.region.offset + j.region.nbytes for j in found))
+            source = open_source(Path(file), max(j.region.offset + j.region.nbytes for j in found))
         except (NandoctorError, OSError) as exc:
             problems.append(ScanProblem(file, f"cannot read it again for the outlier count: {exc}"))
             continue
@@ -133,18 +145,35 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
 MAX_SAMPLED_SEGMENTS = 4096  # segments whose first lanes make a large tensor's sample
 
 
+def _read_lanes(job: RegionJob, source: ChunkSource, buffers: BufferFor, first: int, count: int) -> np.ndarray:
+    """Lanes [first, first + count) of a region, little-endian: a block-quantized tensor's are its
+    scale fields, gathered from the blocks that hold them."""
+    lane_bytes = job.spec.lane_bits // 8
+    fields = job.region.blocks
+    if fields is None:
+        data = source.read(job.region.offset + first * lane_bytes, count * lane_bytes, buffers)
+    else:
+        block, blocks = block_span(fields, first, count)
+        raw = source.read(job.region.offset + block * fields.block_bytes, blocks * fields.block_bytes, buffers)
+        skip = (first - block * fields.count) * lane_bytes
+        data = gather(raw, job.region)[skip : skip + count * lane_bytes]
+        del raw  # an exported buffer would stop the mmap from closing
+    if job.region.byteorder == "big" and lane_bytes > 1:
+        data = to_little(data, job.spec)
+    return data
+
+
 def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
     """The first SAMPLE_RUN lanes of (up to MAX_SAMPLED_SEGMENTS evenly spread) 64 KiB segments of a region."""
     lane_bytes = job.spec.lane_bits // 8
-    segments = -(-job.region.nbytes // SEGMENT_BYTES)
+    nbytes = lanes_nbytes(job.region)
+    segments = -(-nbytes // SEGMENT_BYTES)
     step = max(1, segments // MAX_SAMPLED_SEGMENTS)
     heads = []
     for segment in range(0, segments, step):
         start = segment * SEGMENT_BYTES
-        length = min(SAMPLE_RUN * lane_bytes, job.region.nbytes - start)
-        data = source.read(job.region.offset + start, length, buffers)
-        if job.region.byteorder == "big" and lane_bytes > 1:
-            data = to_little(data, job.spec)
+        length = min(SAMPLE_RUN * lane_bytes, nbytes - start)
+        data = _read_lanes(job, source, buffers, start // lane_bytes, length // lane_bytes)
         heads.append(lanes_of(data, job.spec).copy())  # the buffer is reused by the next read
         del data
     return heads
@@ -153,14 +182,11 @@ def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
 def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers: BufferFor) -> OutlierFind:
     info = job.info
     assert info is not None
-    lane_bytes = info.lane_bits // 8
     found = OutlierFind(threshold=threshold)
     for start, lanes, top in sorted(job.census.high_segments):
         if top < threshold:
             continue
-        data = source.read(job.region.offset + start * lane_bytes, lanes * lane_bytes, buffers)
-        if job.region.byteorder == "big" and lane_bytes > 1:
-            data = to_little(data, job.spec)
+        data = _read_lanes(job, source, buffers, start, lanes)
         count, first, worst_raw = count_above(lanes_of(data, job.spec), info, threshold)
         del data  # an exported buffer would stop the mmap from closing
         if not count:

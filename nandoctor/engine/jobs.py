@@ -80,8 +80,19 @@ class RegionJob:
 
     @property
     def fast_checkable(self) -> bool:
-        """Read whole by one view, with no overflow pass and no byte swap: one fast check answers it."""
-        return self.direct and self.threshold is None and self.region.byteorder == "little"
+        """Read whole by one view, with no overflow pass, no byte swap and no scale fields to gather:
+        one fast check of its raw bytes answers it."""
+        return (
+            self.direct and self.threshold is None and self.region.byteorder == "little" and self.region.blocks is None
+        )
+
+    def element_of(self, lane: int) -> int:
+        """The flat element index that lane ``lane`` of the region speaks for: for a block-quantized
+        tensor the first element of the lane's block, else the element holding the lane."""
+        fields = self.region.blocks
+        if fields is not None:
+            return lane // fields.count * fields.block_elems
+        return lane // self.spec.lanes_per_element
 
 
 def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec | None = None) -> list[RegionJob]:
@@ -93,11 +104,12 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
             job = by_region[key] = RegionJob(ref.region, DTYPES[ref.region.dtype], [], True)
         job.views.append(ref)
     for job in by_region.values():
-        job.direct = len(job.views) == 1 and covers_whole_region(job.views[0], job.spec.bits)
+        blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
+        job.direct = len(job.views) == 1 and (blocks or covers_whole_region(job.views[0], job.spec.bits))
         job.tallies = [Tally() for _ in job.views]
         if checks_overflow(job.spec):
             job.info = lane_info(job.spec, limits.max_abs)
-            if cast_to is not None:
+            if cast_to is not None and not blocks:  # a cast dequantizes: the scales themselves are never cast
                 job.threshold = threshold_bits(job.spec, cast_to)
     return list(by_region.values())
 
@@ -112,12 +124,15 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
             extra = health if whole else {}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(job.spec, tally.max_bits), "max_abs_exact": True}
+            first_bad = tally.first_bad
+            if first_bad is not None and job.region.blocks is not None:
+                first_bad = job.element_of(first_bad)  # the counts are of scale fields; point at the block
             by_ref[id(view)] = TensorResult(
                 view,
                 tally.nan,
                 tally.posinf,
                 tally.neginf,
-                tally.first_bad,
+                first_bad,
                 job.spec.can_hold_nonfinite,
                 overflow=tally.overflow,
                 **extra,
@@ -147,7 +162,7 @@ def _health(job: RegionJob) -> dict:
         out["outliers"] = Outliers(
             found.count,
             signed_value(job.spec, info, found.worst_raw),
-            found.first_lane // per,
+            job.element_of(found.first_lane),
             decode_magnitude(job.spec, found.threshold),
         )
     return out

@@ -39,10 +39,11 @@ class CheckpointReader(Protocol):
 
 
 def _builtin_readers() -> dict[str, CheckpointReader]:
+    from nandoctor.readers.gguf import GGUFReader
     from nandoctor.readers.safetensors import SafetensorsReader
     from nandoctor.readers.torch.file import TorchReader
 
-    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader())
+    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader())
     return {reader.format_name: reader for reader in readers}
 
 

@@ -52,6 +52,7 @@ def repair(
     on_phase: Phase | None = None,
     hash_all: bool = False,
     allow_diverged: bool = False,
+    allow_cast: bool = False,
     limits: HealthLimits | None = None,
 ) -> RepairResult:
     """The repair behind :func:`nandoctor.api.repair` (documented there); ``limits``: the health
@@ -60,18 +61,14 @@ def repair(
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.engine import scan
     from nandoctor.restore.donors import resolve_donors
-    from nandoctor.restore.writer import (
-        check_out,
-        check_out_of_donors,
-        tidy_out,
-        write_repair,
-    )
+    from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
     started = time.perf_counter()
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
+    out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
     if runs.is_run_folder(target_path):
         found = runs.checkpoints_in(target_path)
         example = f" (e.g. nandoctor repair {found[-1][1]} --from auto --out {found[-1][1]}-repaired)" if found else ""
@@ -88,8 +85,8 @@ def repair(
         weights=tuple(files.files),
         left_out=tuple(files.skipped),
     )
-    if not dry_run:
-        check_out(tidy_out(out), source)  # fail before any reading when --out is taken
+    if out_path is not None and not dry_run:
+        check_out(out_path, source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
     report = scan(target_path, device="cpu", progress=progress, limits=limits)
@@ -102,10 +99,10 @@ def repair(
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
     catalogs = resolve_donors(target_path, donor_list, limits)
-    if not dry_run:
-        check_out_of_donors(tidy_out(out), [c.path for c in catalogs])
-    plan = plan_repair(report, catalogs, scope)
-    if dry_run:
+    if out_path is not None and not dry_run:
+        check_out_of_donors(out_path, [c.path for c in catalogs])
+    plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast)
+    if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
             notes += (f"{out} already exists: a repair (without --dry-run) would refuse to write there",)
@@ -119,7 +116,7 @@ def repair(
     result = write_repair(
         plan,
         source,
-        out,
+        out_path,
         source_report=report,
         progress=progress,
         on_phase=on_phase,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.checkpoint.runs import RunReport, checkpoints_in, step_of
+from nandoctor.checkpoint.runs import RunReport, checkpoints_in, duplicate_steps, step_of
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import (
     CheckpointNotFoundError,
@@ -72,6 +73,18 @@ class CheckpointDonor:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
 
 
+    def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
+        """How many of the donor tensor's values would not be finite once cast to ``dtype`` (as torch rounds)."""
+        from nandoctor.restore.convert import Conversion, nonfinite
+        from nandoctor.restore.tensorbytes import iter_elements
+
+        into = Conversion(ref.dtype, dtype, ref.region.byteorder == "big", False)  # judged little-endian
+        try:
+            return sum(nonfinite(into.apply(block), dtype) for block in iter_elements(ref.file, ref))
+        except OSError as exc:
+            raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
+
+
 def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy.
 
@@ -88,7 +101,8 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     )
     from nandoctor.restore.tensorbytes import iter_elements
 
-    spec = DTYPES[ref.dtype]
+    fields = ref.region.blocks
+    spec = DTYPES[ref.region.dtype if fields is not None else ref.dtype]  # a quantized tensor: its scale fields
     if not spec.can_hold_nonfinite:
         return None
     kernel = select_kernel("cpu")
@@ -97,7 +111,8 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
 
     def blocks() -> Iterator[np.ndarray]:
         for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
-            yield to_little(block, spec) if swap else block
+            lanes = gather(block, ref.region) if fields is not None else block
+            yield to_little(lanes, spec) if swap else lanes
 
     census = Census()
     bad = 0
@@ -137,7 +152,14 @@ def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[
             f"{target}: --from auto needs a target folder named checkpoint-N inside a run folder",
             "name the donors with --from <earlier checkpoint>",
         )
-    earlier = [path for s, path in checkpoints_in(folder.parent) if s < step]
+    siblings = checkpoints_in(folder.parent)
+    clashes = duplicate_steps(siblings)
+    if clashes:  # which of two step-N folders is "the" step N is undefined: no donor is picked by step
+        raise RepairRefusedError(
+            f"{target}: --from auto cannot order the run in {folder.parent}: {clashes[0]}",
+            "rename or remove the stray folder, or name the donors with --from <path>",
+        )
+    earlier = [path for s, path in siblings if s < step]
     if not earlier:
         raise RepairRefusedError(
             f"{target}: --from auto found no checkpoint-N before step {step} in {folder.parent}",
