@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
-from nandoctor.readers.torch.prescan import prescan
+from nandoctor.readers.torch.prescan import Prescan, prescan
 from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, Registry, SafeFunction
 from nandoctor.readers.torch.stubs import (
     STORAGE_DTYPES,
@@ -185,7 +185,12 @@ def restricted_load(
         scanned = _prescan(file, 0)
         file.rewind(start)
     unpickler = RestrictedUnpickler(file, persistent_load)
+    # Malformed opcodes stop pickletools and the unpickler at the same byte (one opcode table): the
+    # unpickler's own error (truncated, too large …) is the one reported; were it to read on, the bytes the
+    # pre-scan could not bound are refused all the same.
     value = unpickler.load()
+    if isinstance(scanned, Exception):
+        raise pickle.UnpicklingError(f"malformed opcodes: {scanned}")
     return LoadResult(
         value,
         tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS),
@@ -194,13 +199,12 @@ def restricted_load(
     )
 
 
-def _prescan(stream: Any, size: int) -> Any:
+def _prescan(stream: Any, size: int) -> Prescan | ValueError:
+    """The pre-scan's result, or the ValueError pickletools raised for malformed opcodes."""
     try:
         return prescan(stream, size)
-    except ValueError as exc:  # pickletools' words for malformed opcodes: worded like the unpickler's
-        if "exhausted" in str(exc) or "not enough" in str(exc):
-            raise EOFError(str(exc)) from None
-        raise pickle.UnpicklingError(str(exc)) from None
+    except ValueError as exc:
+        return exc
 
 
 class BoundedReader:
