@@ -5,8 +5,7 @@ values are ``(q - zero_point) * scale``, so a NaN or infinite per-tensor scale
 makes every value NaN/Inf (torch loads such a file and dequantizes to NaN).
 That scale is a float in the pickle itself, so it is scanned where it lies:
 the 8 big-endian bytes of its ``BINFLOAT`` opcode become a one-element F64
-tensor ``<name>.<scale>`` (a finding like any other; a repair restores it
-from a donor). What cannot be pointed at or counted is refused: a non-finite
+tensor ``<name>.<scale>``, a finding like any other. What cannot be pointed at or counted is refused: a non-finite
 scale written as text, a finite scale whose values overflow float32 (torch
 dequantizes to float32, so they are Inf), a zero point that is not an integer
 or lies outside the quantized type's range. Per-channel scales and zero
