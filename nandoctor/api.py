@@ -365,6 +365,8 @@ def repair(
     hash_all: bool = False,
     allow_diverged: bool = False,
     allow_cast: bool = False,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> RepairResult:
     """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
 
@@ -381,13 +383,19 @@ def repair(
             for a bf16 checkpoint), rounded exactly as torch's ``tensor.to(dtype)`` rounds (nearest,
             ties to even, subnormals kept); a donor with a value that would not be finite in the
             target's dtype is passed over. The proof records each ``donor_dtype`` and ``allow_cast``.
+        only, exclude: globs on the full tensor name, as for :func:`scan` (``exclude=["optimizer_states.*"]``):
+            only the tensors some ``only`` pattern names (all when none) and no ``exclude`` pattern names
+            are judged and restored, in the target, in every donor (``"auto"`` included) and in the
+            verification scan. The others are carried over byte-identical, NaN/Inf and all, and counted in
+            the plan and proof (``"excluded"``) and a plan note. An empty pattern raises ``ValueError``.
 
     Returns:
         A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
 
     Raises:
         UnrestorableError: some tensor has no healthy donor (nothing written).
-        RepairRefusedError: a diverged target, a run folder, an unreadable target.
+        RepairRefusedError: a diverged target, a run folder, an unreadable target (or a selection that
+            leaves none of its tensors).
         OutputExistsError: ``out`` exists. RepairFailedError: writing or verification failed
             (nothing is left at ``out``).
 
@@ -397,7 +405,7 @@ def repair(
     from nandoctor.restore import repair as _repair
 
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
-                   allow_diverged=allow_diverged, allow_cast=allow_cast)
+                   allow_diverged=allow_diverged, allow_cast=allow_cast, selection=selection(only, exclude))
 
 
 def scan_state_dict(
