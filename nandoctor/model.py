@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# What the API takes as a path, and the progress callback every long job calls.
+PathLike = str | os.PathLike[str]
+ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,18 +18,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
-from click.testing import CliRunner  # noqa: E402
 
 import nandoctor  # noqa: E402
-from nandoctor.cli import cli  # noqa: E402
 from nandoctor.integrations.lightning import NanDoctorCallback  # noqa: E402
 from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.conftest import run_cli as run  # noqa: E402
 
 
 def by_step(files: list[Path]) -> dict[int, Path]:

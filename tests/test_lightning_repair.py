@@ -12,17 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
-from click.testing import CliRunner  # noqa: E402
 
 import nandoctor  # noqa: E402
-from nandoctor.cli import cli  # noqa: E402
 from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
-def run(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.conftest import run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

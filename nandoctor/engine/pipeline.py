@@ -11,7 +11,7 @@ whose size or mtime changes while it is read is reported, never trusted.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from nandoctor.kernels.census import (
     observe_whole,
     to_little,
 )
-from nandoctor.model import ScanProblem
+from nandoctor.model import ProgressCallback, ScanProblem
 from nandoctor.sources import (
     READ_CHUNK_BYTES,
     BufferFor,
@@ -40,8 +40,6 @@ from nandoctor.sources import (
     open_source,
 )
 from nandoctor.views import covers_whole_region, element_span, locate
-
-ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
 # Regions smaller than this are checked in batches of up to a chunk's bytes (BATCH_PARTS at most) per

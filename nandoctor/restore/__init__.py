@@ -17,7 +17,7 @@ from pathlib import Path
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
-from nandoctor.model import ScanReport
+from nandoctor.model import PathLike, ScanReport
 from nandoctor.restore.plan import (
     DonorInfo,
     RepairPlan,
@@ -39,7 +39,6 @@ __all__ = [
     "repair",
 ]
 
-PathLike = str | os.PathLike[str]
 
 
 def repair(
