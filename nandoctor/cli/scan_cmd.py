@@ -128,7 +128,9 @@ def scan(
         )
     code = verdicts.exit_code(report, fail_on)
     if as_json:
-        data = api.to_json(report, fail_on)
+        from nandoctor.report.json_report import report_to_json
+
+        data = report_to_json(report, fail_on, lazy=True)  # tensors encoded one by one, never all held
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
         echo_json(data)
     elif quiet:

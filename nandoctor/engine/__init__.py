@@ -9,8 +9,11 @@ both readers and kernels.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +56,36 @@ def scan(
     Inf/NaN (``TensorResult.overflow``). ``limits``: the health census's
     ceiling and outlier factor (``--max-abs``, ``--outlier-factor``).
     """
+    with _gc_paused():
+        return _scan(path, device, progress, both_formats, kernel, target_dtype, limits)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the scan builds its per-tensor objects.
+
+    They make no cycles, but each collection walks every live object: with a million small
+    tensors, collections cost more than all the scan's own work (measured: planning 100,000
+    tensors 1.4 s with the collector, 0.26 s without). Reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _scan(
+    path: str | os.PathLike[str],
+    device: str,
+    progress: ProgressCallback | None,
+    both_formats: bool,
+    kernel: Kernel | None,
+    target_dtype: str | None,
+    limits: HealthLimits | None,
+) -> ScanReport:
     started = time.perf_counter()
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()

@@ -31,7 +31,7 @@ from nandoctor.model import Outliers, Region, TensorRef, TensorResult, UnviewedB
 from nandoctor.views import covers_whole_region
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one per tensor, a million of them for a million small tensors
 class Tally:
     """NaN/Inf of one view, merged from chunks (and overflow counts with a target dtype)."""
 
@@ -54,7 +54,7 @@ class Tally:
             self.first_bad = first
 
 
-@dataclass
+@dataclass(slots=True)
 class OutlierFind:
     count: int = 0
     first_lane: int = -1
@@ -63,7 +63,7 @@ class OutlierFind:
     threshold: int = -1
 
 
-@dataclass
+@dataclass(slots=True)
 class RegionJob:
     """One region to read, the views of it, and everything found in it."""
 
@@ -87,18 +87,26 @@ class RegionJob:
 def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec | None = None) -> list[RegionJob]:
     by_region: dict[tuple[str, str], RegionJob] = {}
     for ref in refs:
-        key = (ref.region.file, ref.region.key)
+        region = ref.region
+        key = (region.file, region.key)
         job = by_region.get(key)
         if job is None:
-            job = by_region[key] = RegionJob(ref.region, DTYPES[ref.region.dtype], [], True)
+            job = by_region[key] = RegionJob(region, DTYPES[region.dtype], [], True)
         job.views.append(ref)
+    # What depends only on the dtype, worked out once per dtype rather than once per region.
+    per_dtype: dict[str, tuple[LaneInfo | None, int | None]] = {}
     for job in by_region.values():
-        job.direct = len(job.views) == 1 and covers_whole_region(job.views[0], job.spec.bits)
-        job.tallies = [Tally() for _ in job.views]
-        if checks_overflow(job.spec):
-            job.info = lane_info(job.spec, limits.max_abs)
-            if cast_to is not None:
-                job.threshold = threshold_bits(job.spec, cast_to)
+        views, spec = job.views, job.spec
+        job.direct = len(views) == 1 and covers_whole_region(views[0], spec.bits)
+        job.tallies = [Tally() for _ in views]
+        facts = per_dtype.get(spec.name)
+        if facts is None:
+            floating = checks_overflow(spec)
+            facts = per_dtype[spec.name] = (
+                lane_info(spec, limits.max_abs) if floating else None,
+                threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
+            )
+        job.info, job.threshold = facts
     return list(by_region.values())
 
 

@@ -101,7 +101,7 @@ def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
     return LaneInfo(spec.lane_bits, mask, 1 << (mask.bit_length() - 1), limit, _MANTISSA[spec.name], codes, lo)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one per tensor, a million of them for a million small tensors
 class Census:
     """The census of one tensor (or storage), merged chunk by chunk on the engine's thread."""
 
