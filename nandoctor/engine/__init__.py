@@ -112,6 +112,7 @@ def _scan(
     failed = {p.path for p in pipeline.problems}
     problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
 
+    del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
     tensors, unviewed = results(jobs, all_refs)
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
     if limits != HealthLimits():
@@ -140,7 +141,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     problems = []
     todo: dict[str, list[RegionJob]] = {}
     for job in jobs:
-        if job.info is not None and job.census.high_segments and any(v.role == "weight" for v in job.views):
+        if job.info is not None and job.high and any(v.role == "weight" for v in job.views):
             todo.setdefault(job.region.file, []).append(job)
     buffers = ThreadBuffers(None)
     for file, found in todo.items():

@@ -74,9 +74,32 @@ class RegionJob:
     threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
     info: LaneInfo | None = None  # floating regions: what the census needs
     tallies: list[Tally] = field(default_factory=list)
-    unviewed: Tally = field(default_factory=Tally)
-    census: Census = field(default_factory=Census)
     outliers: OutlierFind | None = None
+    # Made when first asked for: a small region gets its census whole from its batch, and almost never
+    # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
+    _census: Census | None = None
+    _unviewed: Tally | None = None
+
+    @property
+    def census(self) -> Census:
+        if self._census is None:
+            self._census = Census()
+        return self._census
+
+    @census.setter
+    def census(self, value: Census) -> None:
+        self._census = value
+
+    @property
+    def high(self) -> bool:
+        """Some segment reached the high level (where outliers can be); asked without making a census."""
+        return self._census is not None and bool(self._census.high_segments)
+
+    @property
+    def unviewed(self) -> Tally:
+        if self._unviewed is None:
+            self._unviewed = Tally()
+        return self._unviewed
 
     @property
     def fast_checkable(self) -> bool:
@@ -111,36 +134,45 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
 
 
 def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorResult], list[UnviewedBad]]:
+    """The result of every ref, in ``order``; and the bad bytes no view sees.
+
+    Empties ``jobs``: each job is dropped once its results exist, so the census and tallies of a
+    million small tensors are not held beside their results.
+    """
     by_ref: dict[int, TensorResult] = {}
     unviewed = []
-    for job in jobs:
+    jobs.reverse()  # popped from the end: in the original order
+    while jobs:
+        job = jobs.pop()
         health = _health(job)
+        spec = job.spec
         for view, tally in zip(job.views, job.tallies):
-            whole = job.direct or covers_whole_region(view, job.spec.bits)
+            whole = job.direct or covers_whole_region(view, spec.bits)
             extra = health if whole else {}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
-                extra = {**extra, "max_abs": decode_magnitude(job.spec, tally.max_bits), "max_abs_exact": True}
+                extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             by_ref[id(view)] = TensorResult(
                 view,
                 tally.nan,
                 tally.posinf,
                 tally.neginf,
                 tally.first_bad,
-                job.spec.can_hold_nonfinite,
+                spec.can_hold_nonfinite,
                 overflow=tally.overflow,
                 **extra,
             )
-        u = job.unviewed
-        if u.nan or u.posinf or u.neginf:
+        u = job._unviewed
+        if u is not None and (u.nan or u.posinf or u.neginf):
             unviewed.append(UnviewedBad(job.region.file, job.region.key, u.nan, u.posinf, u.neginf))
     return [by_ref[id(ref)] for ref in order], unviewed
 
 
 def _health(job: RegionJob) -> dict:
     """The census of a whole region as TensorResult fields (element indices, not lanes)."""
-    info, census = job.info, job.census
+    info = job.info
     if info is None or job.region.nbytes == 0:
         return {}
+    census = job.census
     per = job.spec.lanes_per_element
     bits, exact = census.max_bits()
     out: dict = {

@@ -83,21 +83,42 @@ def _list(value: Any, level: int) -> str:
 def _dict(value: dict, level: int) -> str:
     if not value:
         return "{}"
-    inner = "\n" + " " * (INDENT * (level + 1))
-    parts = []
-    for key, item in value.items():
+    # The keys' text and the indentation, once per shape of dict: every tensor entry has the same keys.
+    shape = (tuple(value), level)
+    template = _TEMPLATES.get(shape)
+    if template is None:
+        template = _template(shape[0], level)
+        if all(type(k) is str for k in shape[0]):  # (True == 1: only string keys are told apart by equality)
+            _TEMPLATES[shape] = template
+    texts = []
+    for item in value.values():
         kind = type(item)  # the common scalars inline: a call per value is most of the cost
         if kind is str:
-            text = encode_basestring_ascii(item)
+            texts.append(encode_basestring_ascii(item))
         elif kind is int:
-            text = int.__repr__(item)
+            texts.append(int.__repr__(item))
         elif item is None:
-            text = "null"
+            texts.append("null")
         elif kind is bool:
-            text = "true" if item else "false"
+            texts.append("true" if item else "false")
+        elif kind is float and item - item == 0:  # finite (NaN and ±Inf take _float's spelling)
+            texts.append(float.__repr__(item))
+        elif kind is list:
+            texts.append(_list(item, level + 1))
         else:
-            text = _encode(item, level + 1)
-        parts.append(encode_basestring_ascii(key if type(key) is str else _key(key)) + ": " + text)
+            texts.append(_encode(item, level + 1))
+    return template % tuple(texts)
+
+
+_TEMPLATES: dict[tuple[tuple[Any, ...], int], str] = {}
+
+
+def _template(keys: tuple[Any, ...], level: int) -> str:
+    """``{ "key": %s, ... }`` for these keys at this level (``%`` in a key escaped)."""
+    inner = "\n" + " " * (INDENT * (level + 1))
+    parts = [encode_basestring_ascii(_key(k)).replace("%", "%%") + ": %s" for k in keys]
+    if len(_TEMPLATES) > 4096:  # arbitrary data (not reports): do not grow without bound
+        _TEMPLATES.clear()
     return "{" + inner + ("," + inner).join(parts) + "\n" + " " * (INDENT * level) + "}"
 
 
