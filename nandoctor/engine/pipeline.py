@@ -207,7 +207,7 @@ def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: 
 
     Adjacent small regions of one dtype, each read whole by one view, are first tested together: one
     pass of the fast check for NaN/Inf and one vectorised census (largest magnitude and zeros of each);
-    only a region that is flagged, or that holds a value at the high level, is looked at on its own.
+    only a region that holds NaN/Inf, or a value at the high level, is looked at on its own.
     """
     if len(parts) == 1:  # a chunk of a large region: the common case, straight through
         return [scan_chunk(source, parts[0], kernel, buffers)]
@@ -219,12 +219,9 @@ def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: 
             while j < len(parts) and parts[j].job.fast_checkable and _adjacent(parts[j - 1], parts[j]):
                 j += 1
         if j - i > 1:
-            batched = _scan_batch(source, parts[i:j], kernel, buffers)
-            if batched is not None:
-                out += batched
-                i = j
-                continue
-        out += [scan_chunk(source, p, kernel, buffers) for p in parts[i:j]]
+            out += _scan_batch(source, parts[i:j], kernel, buffers)
+        else:
+            out.append(scan_chunk(source, parts[i], kernel, buffers))
         i = j
     return out
 
@@ -234,21 +231,30 @@ def _adjacent(before: Part, part: Part) -> bool:
     return part.job.spec is before.job.spec and before.absolute + before.length == part.absolute
 
 
-def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult] | None:
-    """A run of adjacent small regions in one read; None when one of them holds NaN/Inf (then each alone)."""
+def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
+    """A run of adjacent small regions in one read; a region holding NaN/Inf is then scanned alone."""
     first, last = parts[0], parts[-1]
+    spec, info = first.job.spec, first.job.info
     data = source.read(first.absolute, last.absolute + last.length - first.absolute, buffers)
     try:
-        if kernel.any_nonfinite(data, first.job.spec):
-            return None
-        info = first.job.info
+        flagged: set[int] = set()
+        if kernel.any_nonfinite(data, spec):
+            # Which regions hold the bad elements: one classify of the batch, not a scan of each region.
+            elements, _ = kernel.classify(data, spec)
+            offsets = np.fromiter((p.absolute - first.absolute for p in parts), np.int64, len(parts))
+            flagged = set(np.searchsorted(offsets, elements * spec.bits // 8, "right").tolist())
         if info is None:
-            return [ChunkResult() for _ in parts]
-        lane_bytes = info.lane_bits // 8
-        starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
-        return [ChunkResult(census=c) for c in batch_census(data, info, starts)]
+            censuses: list[Census | None] = [None] * len(parts)
+        else:
+            lane_bytes = info.lane_bits // 8
+            starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
+            censuses = list(batch_census(data, info, starts))  # (a flagged region's is replaced below)
     finally:
         del data  # an exported buffer would stop the mmap from closing
+    return [
+        scan_chunk(source, part, kernel, buffers) if k + 1 in flagged else ChunkResult(census=census)
+        for k, (part, census) in enumerate(zip(parts, censuses))
+    ]
 
 
 def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:

@@ -314,9 +314,10 @@ def sample_histogram(heads: list[np.ndarray], info: LaneInfo) -> tuple[np.ndarra
 
 
 def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Census]:
-    """The census of adjacent small regions (finite: the caller checked) from one read: the largest
-    magnitude and zeros of each in two vectorised reductions; only a region that reaches the high
-    level (where an exploded value or an outlier can be) is looked at on its own."""
+    """The census of adjacent small regions from one read: the largest magnitude and zeros of each in
+    two vectorised reductions; only a region that reaches the high level (where an exploded value or
+    an outlier can be) is looked at on its own. A region holding NaN/Inf gets no meaningful census
+    here: the caller scans it alone and drops this one."""
     lanes = data.view(_UNSIGNED[info.lane_bits])
     bounds = np.asarray([*starts, lanes.size], dtype=np.intp)
     sizes = np.diff(bounds)

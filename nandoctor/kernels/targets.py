@@ -30,8 +30,6 @@ import functools
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from nandoctor.dtypes import DTypeSpec, Family
 
 
