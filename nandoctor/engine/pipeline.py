@@ -22,8 +22,9 @@ import numpy as np
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
 from nandoctor.engine.jobs import RegionJob
+from nandoctor.engine.overflow import chunk_overflow
 from nandoctor.errors import FileChangedError, NandoctorError
-from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts
+from nandoctor.kernels import NAN, NEGINF, POSINF, Kernel, OverflowCounts
 from nandoctor.kernels.census import (
     Census,
     batch_census,
@@ -39,7 +40,7 @@ from nandoctor.sources import (
     ThreadBuffers,
     open_source,
 )
-from nandoctor.views import covers_whole_region, element_span, locate
+from nandoctor.views import element_span, locate
 
 ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
@@ -48,7 +49,6 @@ IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core 
 # worker task: a checkpoint of a million one-element tensors would otherwise pay a thread hand-off each.
 SMALL_REGION_BYTES = 64 << 10
 BATCH_PARTS = 1024
-_GATHER_ELEMENTS = 1 << 16  # strided views are gathered in blocks this size: bounded scratch
 
 ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
 
@@ -263,7 +263,7 @@ def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferF
     if job.region.byteorder == "big" and job.spec.lane_bits > 8:
         data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
-        overflows = [] if job.threshold is None else _chunk_overflow(data, part.start, job, kernel)
+        overflows = [] if job.threshold is None else chunk_overflow(data, part.start, job, kernel)
         findings, census = _chunk_findings(data, part, kernel)
         return ChunkResult(findings, overflows, census)
     finally:
@@ -324,44 +324,3 @@ def _chunk_findings(data: np.ndarray, part: Part, kernel: Kernel) -> tuple[list[
     if not seen.all():
         findings.append((-1, *_kind_counts(kinds[~seen]), None))
     return findings, census
-
-
-def _chunk_overflow(data: np.ndarray, start: int, job: RegionJob, kernel: Kernel) -> list[tuple[int, OverflowCounts]]:
-    """Overflow counts of this chunk for each view that sees part of it.
-
-    Only tensors get cast, so bytes no view sees are not counted. A view covering
-    the whole region takes the chunk's counts; a contiguous view its slice of
-    the chunk; a strided view (transpose, column slice) the elements it sees,
-    gathered in small blocks.
-    """
-    spec, threshold = job.spec, job.threshold
-    assert threshold is not None
-    itemsize = spec.itemsize
-    first = start // itemsize
-    count = data.size // itemsize
-    whole: OverflowCounts | None = None
-    out: list[tuple[int, OverflowCounts]] = []
-    for slot, view in enumerate(job.views):
-        if job.direct or covers_whole_region(view, spec.bits):
-            if whole is None:
-                whole = kernel.overflow(data, spec, threshold)
-            out.append((slot, whole))
-            continue
-        lo, hi = element_span(view)
-        lo, hi = max(lo, first), min(hi + 1, first + count)
-        if lo >= hi:
-            continue
-        part = data[(lo - first) * itemsize : (hi - first) * itemsize]
-        if view.is_contiguous:
-            out.append((slot, kernel.overflow(part, spec, threshold)))
-            continue
-        elements = part.view(np.dtype((np.void, itemsize)))
-        counts = NO_OVERFLOW
-        for block in range(lo, hi, _GATHER_ELEMENTS):
-            indices = np.arange(block, min(block + _GATHER_ELEMENTS, hi), dtype=np.int64)
-            inside, _ = locate(view, indices)
-            picked = elements[indices[inside] - lo]
-            if picked.size:
-                counts = counts.merge(kernel.overflow(picked.view(np.uint8), spec, threshold))
-        out.append((slot, counts))
-    return out

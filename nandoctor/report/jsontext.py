@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]  # C, not in the stubs
+from json.encoder import encode_basestring_ascii  # (C; json.dumps escapes strings with it)
 from typing import Any
 
 INDENT = 2
