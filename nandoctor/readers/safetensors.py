@@ -34,13 +34,15 @@ class SafetensorsReader:
 
     def read(self, path: Path) -> ReadResult:
         header, data_start, _ = read_header(path)
+        file = str(path)
         refs: list[TensorRef] = []
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
             begin, end = entry["data_offsets"]
-            region = Region(str(path), data_start + begin, end - begin, entry["dtype"], name)
-            refs.append(TensorRef(name, entry["dtype"], tuple(entry["shape"]), region))
+            dtype = _BITS_KEYS[entry["dtype"]]  # one shared string per dtype, not one per tensor
+            region = Region(file, data_start + begin, end - begin, dtype, name)
+            refs.append(TensorRef(name, dtype, tuple(entry["shape"]), region))
         return ReadResult(tuple(refs))
 
 
@@ -83,6 +85,7 @@ def _is_count(value: object) -> bool:
 
 
 _BITS = {name: DTYPES[name].bits for name in SAFETENSORS_DTYPES}
+_BITS_KEYS = {name: name for name in _BITS}
 _INT = frozenset({int})
 
 
