@@ -11,7 +11,7 @@ the format's 100 MB limit) under bench-data/many/ (git-ignored), then runs
 ``python -m nandoctor scan FILE --json > /dev/null`` (and, for 100k tensors, the
 rich report and a NaN in every 1,000th tensor) in fresh processes and reports the
 median wall time, CPU time (user + sys) and the peak resident size (the child's
-``ru_maxrss``). Everything per tensor is in it: the header, refs and roles, the
+VmHWM). Everything per tensor is in it: the header, refs and roles, the
 plan, the small-tensor batches, results, the verdict, layers and the output.
 
 Targets (issue 18, item 3): 100k tensors ≤ 1.5 s and ≤ 256 MB with ``--json``;
@@ -58,18 +58,33 @@ def run_once(path: Path, args: list[str]) -> dict:
     """One ``python -m nandoctor scan`` in a fresh process: wall and CPU seconds, peak RSS, exit code."""
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nandoctor", "scan", str(path), "--no-progress", *args],
+        [sys.executable, "-c", _PEAK_WRAPPER, "scan", str(path), "--no-progress", *args],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS, its CPU time
-    wall = time.perf_counter() - started
     assert proc.stderr is not None
     err = proc.stderr.read()
     proc.stderr.close()
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time
+    wall = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):
+    lines = err.decode(errors="replace").splitlines()
+    if code not in (0, 1) or not lines or not lines[-1].startswith("VmHWM"):
         raise SystemExit(f"scan of {path} {' '.join(args)} exited {code}:\n{err[-2000:].decode(errors='replace')}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024, "exit": code}
+    peak_mb = int(lines[-1].split()[1]) / 1024
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": peak_mb, "exit": code}
+
+
+# ``python -m nandoctor`` that prints its VmHWM (peak RSS of its own memory map) on exit. ru_maxrss is not
+# used: it keeps the parent's peak, inherited across fork and exec, and this parent built a 1M-entry header.
+_PEAK_WRAPPER = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0]\n"
+    "    sys.stderr.write('\\n' + ' '.join(hwm.split()) + '\\n')\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['nandoctor', *sys.argv[1:]]\n"
+    "runpy.run_module('nandoctor', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def main() -> None:

@@ -438,12 +438,12 @@ def run_cref(binary: Path, folder: Path, cold: bool) -> dict:
     proc = subprocess.Popen([str(binary), "2", *map(str, weight_files(folder))], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # its own peak RSS (getrusage would mix in earlier children)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    # (Its ru_maxrss would include this parent's, inherited across fork and exec: not reported.)
+    proc.returncode = proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"c-ref on {folder} failed (exit {proc.returncode})")
     result = json.loads(out)
-    return {"seconds": result["seconds"], "anon": 0, "file": 0, "hwm": usage.ru_maxrss * 1024, "result": result,
+    return {"seconds": result["seconds"], "anon": 0, "file": 0, "hwm": 0, "result": result,
             "wall": time.perf_counter() - started}
 
 
