@@ -9,13 +9,17 @@
    without and with each ``--target-dtype``; random buffers of every float
    dtype with planted NaN/Inf are counted, classified and overflow-checked by
    both kernels; the same bytes as live CUDA tensors (contiguous and strided)
-   are counted on the GPU by ``count_tensor``. Every answer must be identical.
+   are counted on the GPU by ``count_tensor``; planted health files (spikes, zeroed
+   tensors) give the same census with both kernels, and the live quick census on
+   the device equals the exact census on the host. Every answer must be identical.
 2. **File-scan throughput**: a synthetic LLaMA-shaped bf16 checkpoint (clean,
    and with a NaN in every MiB), warm cache, CPU against CUDA, median of
    ``--runs``.
 3. **Live-tensor throughput**: ``count_tensor`` and ``overflow_tensor`` on a
    large bf16 CUDA tensor against ``torch.isfinite(t).all()`` and the
-   ``isnan``/``isposinf``/``isneginf`` sums people write by hand.
+   ``isnan``/``isposinf``/``isneginf`` sums people write by hand; ``scan_state_dict``
+   (counts and health census) of a multi-GB set of weights on the device against
+   the device's own copy bandwidth (issue target: at least 0.5 of it).
 
 Writes ``gpu_results.md`` and ``gpu_results.json`` to ``--out`` (default
 ``$OUT``, else ``bench-data/gpu-results/``) and exits 1 on any disagreement.
@@ -91,7 +95,11 @@ class Device:
 
 def same(a, b) -> bool:
     def key(report):
-        return [(t.name, t.nan, t.posinf, t.neginf, t.first_bad, t.overflow, t.max_abs) for t in report.tensors]
+        return [
+            (t.name, t.nan, t.posinf, t.neginf, t.first_bad, t.overflow, t.max_abs, t.zeros, t.exploded, t.outliers,
+             t.findings)
+            for t in report.tensors
+        ]
 
     return key(a) == key(b) and a.complete == b.complete
 
@@ -103,6 +111,34 @@ def check_fixtures(dev: Device, checks: dict[str, bool]) -> None:
             on_cpu = scan(path, device="cpu", target_dtype=tgt)
             on_dev = scan(path, kernel=dev.kernel, target_dtype=tgt)
             checks[f"scan {path.name} target={tgt}"] = same(on_cpu, on_dev)
+
+
+def check_health(dev: Device, data: Path, checks: dict[str, bool]) -> None:
+    """The health census (largest magnitude, zeros, exploded, outliers, findings) of planted files and of
+    live tensors: the CUDA kernel's file scan against the CPU one, the live quick census on the device
+    against the exact census on the host."""
+    from fixtures.builders import RawTensor, write_safetensors
+    from nandoctor.kernels.live import _exact_census, census_tensor, quick_stats
+
+    data.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(11)
+    for name, torch_dtype in TORCH_DTYPES.items():
+        for n in (4096, 3 << 20):
+            spiky = (torch.randn(n, generator=gen) * 0.02).to(torch_dtype)
+            spiky[[n // 3, n // 3 + 7, n - 5]] = torch.tensor([6e4, -3e3, 5.0]).to(torch_dtype)
+            tensors = {
+                "model.layers.0.mlp.down_proj.weight": spiky,
+                "model.layers.1.mlp.down_proj.weight": (torch.randn(n, generator=gen) * 0.02).to(torch_dtype),
+                "model.layers.2.mlp.down_proj.weight": torch.zeros(n, dtype=torch_dtype),
+            }
+            path = data / f"health-{name}-{n}.safetensors"
+            write_safetensors(path, {k: RawTensor(name, (n,), v.view(torch.uint8).numpy().tobytes()) for k, v in tensors.items()})
+            checks[f"health file {name} n={n}"] = same(scan(path, device="cpu"), scan(path, kernel=dev.kernel))
+            on_dev = [v.to(dev.torch_device) for v in tensors.values()]
+            ok = True
+            for t, stats in zip(on_dev, quick_stats(on_dev)):
+                ok = ok and census_tensor(t, 1e5, 2.0**10, stats) == _exact_census(t.cpu(), 1e5, 2.0**10)
+            checks[f"health live {name} n={n}"] = bool(ok)
 
 
 def check_random(dev: Device, trials: int, checks: dict[str, bool]) -> None:
@@ -187,7 +223,49 @@ def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
     found = count_tensor(t, backend=dev.backend)
     if (found.nan, found.first_bad) != (1, 12345):
         raise SystemExit(f"live count_tensor found {found}, planted one NaN at 12345")
-    return rows
+    t = None  # free the device memory for the set below (the lambdas above hold the same cell)
+    return rows + live_set_speed(dev, nbytes, runs)
+
+
+def live_set_speed(dev: Device, nbytes: int, runs: int) -> list[dict]:
+    """``scan_state_dict`` (NaN/Inf counts and the health census) of a multi-GB set of bf16 weights already
+    on the device, against the device's own copy bandwidth (bytes copied per second, ``dst.copy_(src)``)."""
+    from nandoctor.live import scan_state_dict
+
+    gen = torch.Generator(device=dev.torch_device).manual_seed(5)
+    per = nbytes // 32 // 2 // 4096 * 4096
+    state = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(per // 4096, 4096, device=dev.torch_device, generator=gen,
+                                                             dtype=torch.bfloat16).mul_(0.02)
+        for i in range(32)
+    }
+    gb = sum(t.numel() * 2 for t in state.values()) / 1e9
+    src = next(iter(state.values()))
+    dst = torch.empty_like(src)
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(runs):
+            dev.sync()
+            started = time.perf_counter()
+            fn()
+            dev.sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    copy_gbps = src.numel() * 2 / 1e9 / timed(lambda: dst.copy_(src))
+    seconds = timed(lambda: scan_state_dict(state))
+    report = scan_state_dict(state)
+    if not report.ok or report.health != "healthy":
+        raise SystemExit(f"live set scan: {report.verdict}, expected clean and healthy")
+    scan_gbps = gb / seconds
+    return [
+        {"what": "device copy bandwidth (dst.copy_(src), bytes copied)", "gb": src.numel() * 2 / 1e9,
+         "seconds": src.numel() * 2 / 1e9 / copy_gbps, "gbps": copy_gbps},
+        {"what": f"live set of 32 bf16 tensors: scan_state_dict (nandoctor, census on); {scan_gbps / copy_gbps:.2f} of copy",
+         "gb": gb, "seconds": seconds, "gbps": scan_gbps},
+    ]
 
 
 def main() -> None:
@@ -205,6 +283,10 @@ def main() -> None:
     checks: dict[str, bool] = {}
     check_fixtures(dev, checks)
     check_random(dev, args.trials, checks)
+    try:
+        check_health(dev, args.data, checks)
+    finally:
+        shutil.rmtree(args.data, ignore_errors=True)
     failed = [name for name, ok in checks.items() if not ok]
     print(f"agreement: {len(checks) - len(failed)}/{len(checks)} checks identical", flush=True)
 

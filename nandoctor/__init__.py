@@ -13,12 +13,15 @@ __version__ = "0.1.0"
 
 from nandoctor.api import (
     assert_finite,
+    diff,
+    manifest,
     repair,
     scan,
     scan_module,
     scan_run,
     scan_state_dict,
     to_json,
+    verify_hashes,
 )
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.errors import (
@@ -65,10 +68,13 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
     "assert_finite",
+    "diff",
+    "manifest",
     "repair",
     "scan",
     "scan_module",
     "scan_run",
     "scan_state_dict",
     "to_json",
+    "verify_hashes",
 ]

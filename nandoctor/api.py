@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.runs import RunReport
+from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
     NonFiniteWeightsError,
     OverflowRiskError,
@@ -29,6 +30,8 @@ from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
 
 if TYPE_CHECKING:
+    from nandoctor.checkpoint.hashes import HashCheck
+    from nandoctor.diffs import DiffReport
     from nandoctor.kernels.census import HealthLimits
     from nandoctor.restore import RepairResult
 
@@ -78,6 +81,10 @@ def scan(
     both_formats: bool = False,
     max_abs: float | None = None,
     outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    verify_hashes: bool = False,
+    manifest: PathLike | None = None,
 ) -> ScanReport:
     """Scan one checkpoint for NaN/Inf and unhealthy weights without loading it.
 
@@ -92,6 +99,13 @@ def scan(
         both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
         max_abs: the exploded ceiling (default 1e5): a weight above it is ``exploded``.
         outlier_factor: how far above its tensor's bulk scale a value is an ``outlier`` (default 2**10).
+        only, exclude: globs on the full tensor name (``"callbacks.*"``); only the tensors some ``only``
+            pattern names (all when none) and no ``exclude`` pattern names are scanned. The others are
+            counted in ``report.extra["excluded"]`` and a note.
+        verify_hashes: also check every weight file whose sha256 is known offline (a Hugging Face cache
+            blob name, a ``nandoctor-repair.json``, ``manifest``); a mismatch is an error of the report
+            (exit code 3) naming the file and, with a manifest, the tensors. See :func:`verify_hashes`.
+        manifest: a manifest written by :func:`manifest` (implies ``verify_hashes``).
 
     Returns:
         A :class:`ScanReport`: ``ok``, ``exit_code``, ``verdict``, ``health``, per-tensor results
@@ -110,6 +124,7 @@ def scan(
 
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
     resolved, hit = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
@@ -117,9 +132,102 @@ def scan(
             "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
         )
     report = engine_scan(
-        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits
+        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
+        selection=chosen,
     )
+    if verify_hashes or manifest is not None:
+        check = _verify(resolved, manifest, both_formats)
+        report = verdicts.judged(dataclasses.replace(
+            report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
+            extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],
+                                              "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
+        ))
     return _with_cache_note(report, path, hit)
+
+
+def _verify(path: PathLike, manifest: PathLike | None, both_formats: bool = False) -> HashCheck:
+    from nandoctor.checkpoint.hashes import verify
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    return verify(open_checkpoint(path, both_formats=both_formats), manifest)
+
+
+def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCheck:
+    """Check every weight file of a checkpoint against its sha256 known offline, without scanning it.
+
+    Args:
+        path: a checkpoint file or folder, or a repo id in the local Hugging Face cache (whose blob
+            names are the sha256 of its LFS files).
+        manifest: a manifest written by :func:`manifest` (``nandoctor manifest PATH > manifest.json``).
+
+    Returns:
+        A ``HashCheck``: ``verified`` (file, source) pairs, ``problems`` (each mismatch, naming the file
+        and, with a manifest, the tensors whose bytes changed), ``notes`` (files with no known hash).
+
+    Example:
+        >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")
+        >>> [p.message for p in check.problems]
+    """
+    resolved, _ = hubcache.resolve(path)
+    return _verify(resolved, manifest)
+
+
+def manifest(path: PathLike) -> dict[str, Any]:
+    """The manifest of a checkpoint: the sha256 of every weight file and of each distinct storage span.
+
+    Args:
+        path: a checkpoint file or folder (or a cached repo id). Every file must read.
+
+    Returns:
+        A JSON-ready dict (``nandoctor_manifest``: 1, ``files``: path, bytes, sha256 and ``spans`` —
+        storage key, offset, bytes, sha256, the tensors viewing it); docs/diff.md gives the schema.
+
+    Raises:
+        CorruptCheckpointError: some file could not be read.
+
+    Example:
+        >>> json.dump(nandoctor.manifest("ckpt/"), open("manifest.json", "w"))
+        >>> nandoctor.scan("ckpt/", manifest="manifest.json").ok
+    """
+    from nandoctor.checkpoint.hashes import manifest as build
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    resolved, _ = hubcache.resolve(path)
+    return build(open_checkpoint(resolved))
+
+
+def diff(
+    a: PathLike,
+    b: PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    both_formats: bool = False,
+) -> DiffReport:
+    """Compare checkpoint ``a`` with reference ``b`` tensor by tensor, without loading either.
+
+    Any formats nandoctor reads, on either side (a safetensors file against a ``.bin``, a sharded folder
+    against one file). Tensors are matched by name, wrapper prefixes (``module.``, ``model.`` …)
+    stripped as repair does; a tied copy (``lm_head.weight`` saved once) is not missing. Same dtype:
+    bytes are compared first and values only where bytes differ; another dtype: value by value, and a
+    tensor whose values are the rounding of the other side's is a ``cast``, not a change.
+
+    Args:
+        a, b: checkpoint files or folders, or repo ids in the local Hugging Face / ModelScope cache.
+        progress: called with (bytes done, bytes total, current file).
+        both_formats: read safetensors and ``.bin`` weights when a folder holds both.
+
+    Returns:
+        A ``DiffReport``: per tensor a ``TensorDiff`` (``status``: identical, equal, cast, changed, shape,
+        only_a, only_b, tied, unreadable; changed elements, the largest absolute and relative change and
+        where, NaN/Inf on one side only), layer ranges, ``exit_code`` (0 same, 1 different, 3 unreadable).
+
+    Example:
+        >>> d = nandoctor.diff("merged/", "base/")
+        >>> d.exit_code, [r.label for r in d.changed_ranges]
+    """
+    from nandoctor.diffs import diff as _diff
+
+    return _diff(a, b, progress=progress, both_formats=both_formats)
 
 
 def scan_run(
@@ -131,12 +239,15 @@ def scan_run(
     both_formats: bool = False,
     max_abs: float | None = None,
     outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> RunReport:
     """Scan every ``checkpoint-N`` of a training run folder, oldest first, with its trainer log.
 
     Args:
         path: the run folder (``output_dir`` of a Trainer run).
-        device, target_dtype, progress, both_formats, max_abs, outlier_factor: as for :func:`scan`.
+        device, target_dtype, progress, both_formats, max_abs, outlier_factor, only, exclude: as for
+            :func:`scan`, applied to every checkpoint.
 
     Returns:
         A ``RunReport``: each checkpoint's status (``clean``, ``poisoned``, ``diverged``, ``overflow``,
@@ -152,6 +263,7 @@ def scan_run(
     """
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
     resolved, _ = hubcache.resolve(path)
     if not runs.is_run_folder(resolved):
         raise UnsupportedFormatError(
@@ -164,7 +276,7 @@ def scan_run(
 
     return runs.scan_run(
         resolved, device=device, target_dtype=target, progress=progress, both_formats=both_formats,
-        scan_one=partial(engine_scan, limits=limits),
+        scan_one=partial(engine_scan, limits=limits, selection=chosen),
     )
 
 
@@ -252,6 +364,9 @@ def repair(
     on_phase: Callable[..., Any] | None = None,
     hash_all: bool = False,
     allow_diverged: bool = False,
+    allow_cast: bool = False,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> RepairResult:
     """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
 
@@ -264,13 +379,23 @@ def repair(
         progress, on_phase: progress callbacks.
         hash_all: record every written file's sha256 in the proof (patched files always are).
         allow_diverged: repair a diverged checkpoint anyway (refused by default: resume instead).
+        allow_cast: take a donor tensor of another float dtype (F64/F32/F16/BF16: an fp32 master copy
+            for a bf16 checkpoint), rounded exactly as torch's ``tensor.to(dtype)`` rounds (nearest,
+            ties to even, subnormals kept); a donor with a value that would not be finite in the
+            target's dtype is passed over. The proof records each ``donor_dtype`` and ``allow_cast``.
+        only, exclude: globs on the full tensor name, as for :func:`scan` (``exclude=["optimizer_states.*"]``):
+            only the tensors some ``only`` pattern names (all when none) and no ``exclude`` pattern names
+            are judged and restored, in the target, in every donor (``"auto"`` included) and in the
+            verification scan. The others are carried over byte-identical, NaN/Inf and all, and counted in
+            the plan and proof (``"excluded"``) and a plan note. An empty pattern raises ``ValueError``.
 
     Returns:
         A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
 
     Raises:
         UnrestorableError: some tensor has no healthy donor (nothing written).
-        RepairRefusedError: a diverged target, a run folder, an unreadable target.
+        RepairRefusedError: a diverged target, a run folder, an unreadable target (or a selection that
+            leaves none of its tensors).
         OutputExistsError: ``out`` exists. RepairFailedError: writing or verification failed
             (nothing is left at ``out``).
 
@@ -280,7 +405,7 @@ def repair(
     from nandoctor.restore import repair as _repair
 
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
-                   allow_diverged=allow_diverged)
+                   allow_diverged=allow_diverged, allow_cast=allow_cast, selection=selection(only, exclude))
 
 
 def scan_state_dict(

@@ -34,7 +34,7 @@ class CheckpointNotFoundError(NandoctorError):
 
 class UnsupportedFormatError(NandoctorError):
     default_hint = (
-        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt files and folders of them"
+        "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt, GGUF .gguf files and folders of them"
     )
 
 
@@ -108,3 +108,9 @@ class RepairFailedError(NandoctorError):
 
 class DeviceUnavailableError(NandoctorError):
     default_hint = "use --device cpu, or install a CUDA build of torch"
+
+
+class ReportWriteError(NandoctorError):
+    """A report file (``--html``) could not be written; the scan itself is not affected."""
+
+    default_hint = "give a path in a folder that exists and that you can write to"

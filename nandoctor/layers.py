@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from nandoctor.model import LayerRange, LayerSummary, TensorResult
 
 # "state": an optimizer state_dict's per-parameter moments (optimizer.state.N.exp_avg), grouped like layers.
-_STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers|state)\.(\d+)(?=\.|$)")
+# "blk": GGUF's layers (blk.21.attn_q.weight).
+_STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|blk|decoder_layers|encoder_layers|state)\.(\d+)(?=\.|$)")
 _PARAM_SUFFIXES = ("weight", "bias", "scale", "scales", "qweight", "qzeros", "g_idx", "inv_freq")
 
 COMPONENTS = ("attention", "mlp", "norm", "embedding", "head", "other")
@@ -24,7 +25,7 @@ _COMPONENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("norm", re.compile(r"(^|[._])(ln|ln_\w+|\w*norm\w*|layernorm|LayerNorm)(\.|$)", re.IGNORECASE)),
     ("attention", re.compile(r"attn|attention|(^|\.)(q|k|v|o|qkv|query|key|value|c_attn)(_proj)?(\.|$)", re.IGNORECASE)),
     ("mlp", re.compile(r"mlp|ffn|feed_forward|(^|\.)(fc\d?|w\d|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|intermediate|output|wi|wo)(\.|$)", re.IGNORECASE)),
-    ("embedding", re.compile(r"wte|wpe|embed|embeddings|tok_embeddings|word_embeddings|shared", re.IGNORECASE)),
+    ("embedding", re.compile(r"wte|wpe|embed|embd|embeddings|tok_embeddings|word_embeddings|shared", re.IGNORECASE)),
     ("head", re.compile(r"lm_head|(^|\.)(head|classifier|score|output|pooler)(\.|$)", re.IGNORECASE)),
 )
 
@@ -58,9 +59,16 @@ def _layer(name: str) -> tuple[str, str | None, int | None]:
     return ".".join(parts), None, None
 
 
+# Outside any layer, "output" is the language-model head (GGUF's output.weight, Meta's LLaMA checkpoints),
+# not the "output" sublayer the mlp rule means inside a BERT layer.
+_TOP_HEAD = re.compile(r"^output(\.|$)")
+
+
 def component_of(name: str) -> str:
     match = _STACK.search(name)
     rest = name[match.end() + 1 :] if match else name
+    if not match and _TOP_HEAD.match(name):
+        return "head"
     for component, pattern in _COMPONENT_RULES:
         if pattern.search(rest):
             if component in ("embedding", "head") and match:

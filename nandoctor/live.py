@@ -2,10 +2,10 @@
 
 Counting runs on each tensor's own device (a GPU model is counted on the GPU);
 only a handful of scalars per tensor come back to the host, never the data.
-Two passes, as in the file scan: a cheap one that flags tensors (a sum is
-non-finite whenever an element is; a sum that merely overflows only costs a
-recount; torch sums at tens of GB/s where masks crawl) with one host sync per
-device, then exact counts for the flagged tensors only. torch is imported
+Two passes, as in the file scan: a cheap one over every tensor (``aminmax`` and a
+zero-norm: two reads, no temporaries, one host sync per device) that
+clears clean tensors and gives their census figures, then exact counts for the
+tensors whose min or max is not finite. torch is imported
 here, lazily, never by ``import nandoctor``.
 
 Exact counts come from :mod:`nandoctor.kernels.live` (the file kernels' bit
@@ -14,6 +14,7 @@ tests written in torch), so a live scan and a file scan of the same weights agre
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,43 +36,6 @@ def dtype_name(t: torch.Tensor) -> str:
 
 def _can_hold_nonfinite(t: torch.Tensor) -> bool:
     return bool(t.is_floating_point() or t.is_complex())
-
-
-def _real(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with complex numbers as pairs of floats; never a copy (sums need no contiguity)."""
-    import torch
-
-    t = t.detach()
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _flag(t: torch.Tensor) -> torch.Tensor:
-    """A 0-d float tensor that is non-finite whenever some element is (and sometimes when none is)."""
-    import torch
-
-    if t.numel() == 0:
-        return torch.zeros((), dtype=torch.float32, device=t.device)
-    if t.dtype in (torch.float16, torch.bfloat16):
-        return t.sum(dtype=torch.float32)
-    if t.dtype in (torch.float32, torch.float64):
-        return t.sum().float()  # float64's huge finite sums overflow to Inf here: a recount, never a miss
-    return torch.full((), float("nan"), device=t.device)  # narrow floats: always count exactly
-
-
-def _flags_by_device(tensors: list[tuple[str, torch.Tensor]]) -> dict[str, bool]:
-    """name → "might hold NaN/Inf": one stacked sum per device, one host sync per device."""
-    import torch
-
-    by_device: dict[Any, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in tensors:
-        by_device.setdefault(t.device, []).append((name, t))
-    flagged: dict[str, bool] = {}
-    with torch.no_grad():
-        for items in by_device.values():
-            sums = torch.stack([_flag(_real(t)) for _, t in items])
-            for (name, _), finite in zip(items, torch.isfinite(sums).tolist()):
-                flagged[name] = not finite
-    return flagged
 
 
 def _ref(name: str, t: torch.Tensor) -> TensorRef:
@@ -111,20 +75,23 @@ def scan_tensors(
         live.append((name, value))
 
     from nandoctor.kernels.census import HealthLimits
-    from nandoctor.kernels.live import census_tensor, count_tensor, overflow_tensor
+    from nandoctor.kernels.live import census_tensor, count_tensor, overflow_tensor, quick_stats
 
     limits = limits or HealthLimits()
-
-    countable = [(n, t) for n, t in live if _can_hold_nonfinite(t) and t.numel()]
-    flags = _flags_by_device(countable)
+    # A cheap first pass over every tensor (min, max, non-zeros; one host sync per device) clears the
+    # clean ones; exact NaN/Inf counts only where a min or max is not finite (or was not available).
+    stats = dict(zip((name for name, _ in live), quick_stats([t for _, t in live])))
     results = []
     with torch.no_grad():
         for name, t in live:
-            counts = count_tensor(t) if flags.get(name) else CLEAN
+            floating = _can_hold_nonfinite(t)
+            quick = stats[name]
+            suspicious = floating and (quick is None or not (math.isfinite(quick[0]) and math.isfinite(quick[1])))
+            counts = count_tensor(t) if suspicious and t.numel() else CLEAN
             overflow = 0
-            if cast_to is not None and name in flags:
+            if cast_to is not None and floating and t.numel():
                 overflow, _ = overflow_tensor(t, cast_to.name)
-            health = census_tensor(t, limits.max_abs, limits.outlier_factor) if _can_hold_nonfinite(t) else {}
+            health = census_tensor(t, limits.max_abs, limits.outlier_factor, quick) if floating else {}
             results.append(
                 TensorResult(
                     _ref(name, t),

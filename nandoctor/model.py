@@ -15,11 +15,34 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class BlockFields:
+    """The scale fields of a block-quantized tensor (GGUF ``Q4_K`` …): the only bytes that can hold NaN/Inf.
+
+    The region is a run of blocks of ``block_bytes`` bytes, each holding ``block_elems`` elements; in
+    every block, ``count`` lanes of the region's dtype (fp16 ``d``/``dmin``, fp32, E8M0) start at byte
+    ``offset``. ``packed``: the lane is assembled from bit fields (IQ1_M's fp16 scale, four nibbles of
+    its block scales) rather than stored whole. The scan counts these lanes; the quantized payload is
+    read but never tested.
+    """
+
+    kind: str  # the quantization type, e.g. "Q4_K"
+    block_bytes: int
+    block_elems: int
+    offset: int
+    count: int
+    packed: bool = False
+
+    def blocks_in(self, nbytes: int) -> int:
+        return nbytes // self.block_bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Region:
     """A contiguous run of bytes in one file holding elements of one dtype.
 
     A safetensors tensor is one region; a torch storage is one region that
-    several tensors (views) may share.
+    several tensors (views) may share. A block-quantized GGUF tensor is one
+    region whose ``blocks`` say where the scale fields of ``dtype`` lie.
     """
 
     file: str
@@ -27,7 +50,16 @@ class Region:
     nbytes: int
     dtype: str
     key: str  # unique within the file: the tensor name, or the torch storage key
-    byteorder: str = "little"  # "big" only for torch files saved on big-endian machines
+    byteorder: str = "little"  # "big" for torch files saved on big-endian machines and big-endian GGUF
+    blocks: BlockFields | None = None  # set for block-quantized tensors: only these fields are counted
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOf:
+    """Where a stored chunk sits in its global tensor (DCP: one rank's shard of a sharded parameter)."""
+
+    offsets: tuple[int, ...]  # the chunk's first element, in global coordinates
+    global_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +73,27 @@ class TensorRef:
     storage_offset: int = 0  # in elements, from the start of ``region``
     strides: tuple[int, ...] | None = None  # in elements; None means C-contiguous
     role: str = "weight"  # weight | buffer | optimizer | trainer (checkpoint/roles.py)
+    order: str = "C"  # "C": the last dimension varies fastest; "F": the first (GGUF's ne0, ne1 …)
+    experts: int = 0  # experts stacked along the slowest dimension (GGUF MoE ``*_exps``); 0: not a stack
+    chunk: ChunkOf | None = None  # a chunk of a larger tensor: results are merged under ``name``
 
     @property
     def file(self) -> str:
         return self.region.file
+
+    @property
+    def counted(self) -> int:
+        """How many values the counts are of: the elements, or a block-quantized tensor's scale fields."""
+        blocks = self.region.blocks
+        if blocks is None:
+            return self.numel
+        return blocks.blocks_in(self.region.nbytes) * blocks.count
+
+    def coords(self, index: int) -> tuple[int, ...]:
+        """The coordinates of flat ``index`` in this tensor's own dimension order."""
+        if self.order == "F":
+            return tuple(reversed(coords_of(index, tuple(reversed(self.shape)))))
+        return coords_of(index, self.shape)
 
     @property
     def numel(self) -> int:
@@ -109,7 +158,10 @@ _FAILING_FINDINGS = frozenset(("nonfinite", "exploded", "outlier"))
 
 @dataclass(frozen=True, slots=True)
 class TensorResult:
-    """Counts and census of one tensor. ``first_bad`` is a flat (C-order) index.
+    """Counts and census of one tensor. ``first_bad`` is a flat index in the tensor's ``order``.
+
+    For a block-quantized tensor the counts and census are of its scale fields, and ``first_bad``
+    is the first element of the first block with a bad one.
 
     ``findings`` (``nonfinite``, ``exploded``, ``outlier``, ``zeroed``, ``overflow``) are
     decided by verdict.py from the counts, the census and the tensor's role.
@@ -128,6 +180,7 @@ class TensorResult:
     outliers: Outliers | None = None
     bulk_scale: float | None = None  # the robust magnitude of the tensor's bulk (kernels/census.py)
     exploded: int = 0  # finite elements above the absolute ceiling (--max-abs)
+    experts: tuple[int, ...] = ()  # NaN/Inf per expert of a stacked-experts tensor that holds some
     findings: tuple[str, ...] = ()
 
     @property
@@ -158,12 +211,19 @@ class TensorResult:
 
     @property
     def fraction(self) -> float:
-        n = self.ref.numel
+        """Bad values over the values counted (a block-quantized tensor's scale fields, not its elements)."""
+        n = self.ref.counted
         return self.nonfinite / n if n else 0.0
 
     @property
     def first_bad_coords(self) -> tuple[int, ...] | None:
-        return None if self.first_bad is None else coords_of(self.first_bad, self.ref.shape)
+        return None if self.first_bad is None else self.ref.coords(self.first_bad)
+
+    @property
+    def first_bad_block(self) -> int | None:
+        """For a block-quantized tensor: the block whose scale field is the first bad one."""
+        blocks = self.ref.region.blocks
+        return None if blocks is None or self.first_bad is None else self.first_bad // blocks.block_elems
 
 
 def coords_of(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -189,6 +189,13 @@ def target_dtype(report: ScanReport) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def excluded(report: ScanReport) -> int:
+    """How many tensors ``--only`` / ``--exclude`` left out of the scan."""
+    value = report.extra.get("excluded")
+    count = value.get("tensors") if isinstance(value, dict) else None
+    return count if isinstance(count, int) else 0
+
+
 def overflow_tensors(report: ScanReport) -> tuple[TensorResult, ...]:
     return tuple(t for t in report.tensors if OVERFLOW in t.findings)
 
@@ -204,6 +211,29 @@ def max_abs(report: ScanReport, role: str | None = None) -> float | None:
 
 def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
     return tuple(t for t in report.tensors if finding in t.findings)
+
+
+METRIC_PREFIX = "nandoctor/"
+
+
+def metrics(report: ScanReport) -> dict[str, float]:
+    """The health figures a training callback logs per save (TensorBoard, W&B, MLflow, ``log_history``).
+
+    ``nonfinite``: NaN/±Inf values (the totals of the one-line verdict); ``max_abs``: the largest weight
+    magnitude (left out when no weight is a float); ``outliers``: outlier values in tensors with that
+    finding; ``bad_tensors``: tensors with a finding that fails by default. Plain floats: every logger
+    takes them. The Trainer and Lightning callbacks both log this dict, so the two never disagree.
+    """
+    outliers = sum(t.outliers.count for t in with_finding(report, OUTLIER) if t.outliers is not None)
+    figures = {
+        "nonfinite": float(report.nonfinite),
+        "outliers": float(outliers),
+        "bad_tensors": float(len(report.unhealthy_tensors)),
+    }
+    top = max_abs(report, "weight")
+    if top is not None:
+        figures["max_abs"] = float(top)
+    return {METRIC_PREFIX + name: value for name, value in figures.items()}
 
 
 def worst_range(report: ScanReport) -> str | None:
@@ -278,6 +308,9 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     elif target_dtype(report):
         top = max_abs(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
+    left_out = excluded(report)
+    if left_out:  # a gate that skipped tensors says so on its one line
+        pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
     if report.errors:
         first = report.errors[0]
         pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")

@@ -287,7 +287,7 @@ POISONED_PARAMETER = "net.2.weight"  # the middle Linear of _TinyMLP; index [0, 
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
 
 
-def _tiny_mlp_module(learning_rate: float):
+def _tiny_mlp_module(learning_rate: float, optimizer: str = "sgd"):
     """Build the LightningModule class lazily: importing this file must not need lightning."""
     import lightning
 
@@ -311,6 +311,8 @@ def _tiny_mlp_module(learning_rate: float):
             return loss
 
         def configure_optimizers(self):
+            if optimizer == "adam":  # moments (exp_avg, exp_avg_sq) in optimizer_states: NaN there too
+                return torch.optim.Adam(self.parameters(), lr=learning_rate)
             return torch.optim.SGD(self.parameters(), lr=learning_rate)
 
     return _TinyMLP
@@ -345,6 +347,10 @@ def lightning_run(
     learning_rate: float = 0.05,
     keep_last: bool = True,
     seed: int = 0,
+    optimizer: str = "sgd",
+    callbacks: tuple = (),
+    save_top_k: int = -1,
+    monitor: str | None = "train_loss",
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -364,12 +370,17 @@ def lightning_run(
     optimizer step k: checkpoints before k are clean, the one at k (when k is a save
     step) holds exactly that NaN, later ones are NaN throughout, and the logged
     train_loss is NaN — which ModelCheckpoint records as ``tensor(inf)``.
+
+    ``optimizer="adam"`` stores Adam moments in ``optimizer_states``; ``callbacks`` are added to the
+    Trainer (after the planting one); ``save_top_k``/``monitor`` configure the first ModelCheckpoint
+    (``save_top_k=1, monitor=None``: only the newest file is kept, as Lightning's default one does).
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     out_dir = Path(out_dir)
+    extra = list(callbacks)
     torch.manual_seed(seed)  # the only randomness is the init; seed_everything would also set env vars
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(256, 8, generator=generator)
@@ -380,11 +391,11 @@ def lightning_run(
         dirpath=out_dir / "checkpoints",
         filename="{epoch}-{step}",
         every_n_train_steps=every_n_train_steps,
-        save_top_k=-1,
-        monitor="train_loss",
+        save_top_k=save_top_k,
+        monitor=monitor,
         mode="min",
     )
-    callbacks = [checkpoint]
+    callbacks = [checkpoint, *extra]
     if keep_last:
         # Lightning's default kind of checkpoint callback: no monitor, so its kth_value is never
         # compared and stays tensor(inf); its state rides along in every .ckpt written
@@ -405,7 +416,7 @@ def lightning_run(
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        trainer.fit(_tiny_mlp_module(learning_rate)(), train_dataloaders=loader)
+        trainer.fit(_tiny_mlp_module(learning_rate, optimizer)(), train_dataloaders=loader)
 
     saved = (out_dir / "checkpoints").glob("*.ckpt")
     found = [(int(m.group(1)), p) for p in saved if (m := _STEP_IN_NAME.search(p.name))]

@@ -33,8 +33,11 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     result = json.loads((tmp_path / "out" / "gpu_results.json").read_text())
     fixtures = 1 + len(list((ROOT / "fixtures" / "demo-run").glob("checkpoint-*")))
     assert result["simulated"] is True and result["failures"] == []
-    assert len(result["checks"]) == fixtures * (1 + len(TARGETS)) + 8 and all(result["checks"].values())
+    health = 4 * 2 * 2  # four torch float dtypes, two sizes, file and live
+    assert len(result["checks"]) == fixtures * (1 + len(TARGETS)) + 8 + health and all(result["checks"].values())
+    assert sum(name.startswith("health live") for name in result["checks"]) == 8
     assert [row["what"].split(" (")[0] for row in result["speed"][:4]] == ["file scan clean"] * 2 + ["file scan nanall"] * 2
-    assert len(result["speed"]) == 8 and all(row["gbps"] > 0 for row in result["speed"])
+    assert len(result["speed"]) == 10 and all(row["gbps"] > 0 for row in result["speed"])
+    assert "scan_state_dict" in result["speed"][-1]["what"] and "copy" in result["speed"][-2]["what"]
     assert "| file scan nanall (torch kernel on cpu) |" in (tmp_path / "out" / "gpu_results.md").read_text()
     assert not (tmp_path / "data").exists()  # the synthetic checkpoint is deleted afterwards

@@ -121,3 +121,40 @@ def test_fp8_spikes_are_outliers_and_their_bulk_is_not(tmp_path, dtype, torch_na
     assert bad.findings == ("outlier",) and bad.exploded == 0 and bad.max_abs == spike
     assert good.findings == () and good.outliers is None and good.nonfinite == 0
     assert report.exit_code == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_live_quick_census_equals_the_exact_one(dtype):
+    """The live path's cheap census (min/max/non-zeros, an exponent histogram only when the largest
+    magnitude reaches 2.0) gives the same fields as the exact census on tensors that exercise each branch."""
+    torch = pytest.importorskip("torch")
+    from nandoctor.kernels.live import _exact_census, census_tensor, quick_stats
+
+    generator = torch.Generator().manual_seed(3)
+    dt = getattr(torch, dtype)
+    base = (torch.randn(50_000, generator=generator) * 0.02).to(dt)
+    spiky = base.clone()
+    spiky[[7, 900, 49_999]] = torch.tensor([60000.0, -3000.0, 5.0]).to(dt)
+    zeroed = torch.zeros(4096, dtype=dt)
+    few = torch.tensor([0.0] * 10 + [1.0] * 8, dtype=dt)
+    wide = (torch.randn(20_000, generator=generator) * 3).to(dt)  # top >= 2.0 without outliers
+    strided = spiky.view(250, 200).t()
+    for t in (base, spiky, zeroed, few, wide, strided):
+        (stats,) = quick_stats([t])
+        assert stats is not None
+        quick = census_tensor(t, 1e3, 2.0**10, stats)
+        exact = _exact_census(t, 1e3, 2.0**10)
+        assert quick == exact, (t.shape, quick, exact)
+
+
+def test_live_nonzero_count_is_exact_across_blocks():
+    torch = pytest.importorskip("torch")
+    from nandoctor.kernels.live import _EXACT_BLOCK, _nonzero_count
+
+    t = torch.ones(3 * _EXACT_BLOCK + 77, dtype=torch.bfloat16)
+    t[:1000] = 0
+    t[-5:] = -0.0
+    t[5 * 1000 :: 997] = 0
+    assert int(_nonzero_count(t)) == int(torch.count_nonzero(t))
+    assert int(_nonzero_count(t[: _EXACT_BLOCK - 1])) == int(torch.count_nonzero(t[: _EXACT_BLOCK - 1]))
+    assert int(_nonzero_count(t.view(-1)[::3])) == int(torch.count_nonzero(t.view(-1)[::3]))

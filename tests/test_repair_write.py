@@ -255,7 +255,7 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     target, donor, _, _ = make_run(tmp_path)
     from nandoctor.restore import writer
 
-    def broken_copy(donor_path, donor_ref, fd, target_ref):
+    def broken_copy(donor_path, donor_ref, fd, target_ref, **options):
         offset, length = tensorbytes.byte_range(target_ref)
         os.pwrite(fd, b"\xff" * length, offset)  # all NaN: the verification scan must catch it
         return length

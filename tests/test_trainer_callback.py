@@ -156,3 +156,23 @@ def test_resumed_run_finds_the_last_clean_checkpoint_from_disk(tmp_path):
 
 def test_attribute_access_from_the_top_package():
     assert nandoctor.integrations.transformers.NanDoctorCallback is NanDoctorCallback
+
+
+def test_a_long_bad_streak_with_a_tracked_best_keeps_at_most_one_more(tmp_path, caplog):
+    # metric_for_best_model: the user's best owns best_model_checkpoint. Bad saves 6..16 must not grow
+    # the kept set (it once went 2 -> 8, five of seven kept checkpoints NaN): newest + best + last clean.
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    trainer = make_trainer(
+        tmp_path, doctor, max_steps=16, eval_strategy="steps", eval_steps=2,
+        metric_for_best_model="eval_loss", greater_is_better=False,
+    )
+    with caplog.at_level(logging.INFO, logger="nandoctor"):
+        trainer.train()
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert "checkpoint-4" in names and "checkpoint-16" in names and len(names) <= 3, names
+    assert verdict(out / "checkpoint-4")["gate"]["passed"]
+    assert trainer.args.save_total_limit == 2
+    # clean saves say nothing alarming: no warning before the first bad checkpoint
+    first_bad = next(i for i, r in enumerate(caplog.records) if "checkpoint-6" in r.getMessage())
+    assert not [r.getMessage() for r in caplog.records[:first_bad] if r.levelno >= logging.WARNING]

@@ -85,12 +85,12 @@ def find_hf(repo_id: str, revision: str | None = None, cache: Path | None = None
     ref = folder / "refs" / wanted
     commit: str | None = None
     if ref.is_file():
-        commit = ref.read_text(encoding="utf-8", errors="replace").strip()
-    elif _COMMIT.match(wanted) or (snapshots / wanted).is_dir():
+        commit = _read_ref(repo_id, ref)
+    elif is_commit(wanted):
         commit = wanted
     elif revision is None:
         # No refs/main (a cache copied by hand, or a download by commit only): one snapshot is unambiguous.
-        found = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+        found = sorted(p.name for p in snapshots.iterdir() if p.is_dir() and is_commit(p.name))
         if len(found) == 1:
             commit = found[0]
         elif found:
@@ -105,6 +105,36 @@ def find_hf(repo_id: str, revision: str | None = None, cache: Path | None = None
             f"`huggingface-cli download {repo_id} --revision {wanted}`, or pass a local path",
         )
     return CacheHit(repo_id, snapshots / commit, "huggingface", commit)
+
+
+def is_commit(text: str) -> bool:
+    """Exactly 40 lower-case hex digits (``fullmatch``: ``$`` would also let a trailing newline through)."""
+    return _COMMIT.fullmatch(text) is not None
+
+
+_MAX_REF_BYTES = 256
+
+
+def _read_ref(repo_id: str, ref: Path) -> str:
+    """The commit ``refs/<revision>`` holds, read as huggingface_hub reads it: the whole file, unstripped.
+
+    huggingface_hub joins the file's exact text onto ``snapshots/``; anything but a 40-digit hash (a
+    newline, spaces, ``../``) names a different folder there, or none, so it is refused, not tidied up.
+    """
+    try:
+        with open(ref, "rb") as fh:
+            raw = fh.read(_MAX_REF_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"{ref}: cannot read ({exc.strerror or exc})") from None
+    text = raw.decode("utf-8", errors="replace")
+    if len(raw) > _MAX_REF_BYTES or not is_commit(text):
+        shown = text[:60] + ("…" if len(text) > 60 else "")
+        raise CheckpointNotFoundError(
+            f"{ref}: holds {shown!r}, not a 40-character commit hash; refused ({repo_id}'s cache is damaged "
+            "or was edited by hand)",
+            f"re-download it (`hf download {repo_id}`), or name a snapshot: {repo_id}@<40-digit commit>",
+        )
+    return text
 
 
 def modelscope_candidates(repo_id: str, cache: Path | None = None) -> list[Path]:

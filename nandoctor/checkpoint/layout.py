@@ -4,9 +4,11 @@ A single file; a folder with a ``*.index.json`` (Hugging Face sharding, for
 safetensors and ``.bin`` alike) and its shards; or a folder of weight files
 without an index, such as a Trainer ``checkpoint-N`` (weights plus
 ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state*.pth``; the
-pickled ``training_args.bin`` is left out with a note). When a folder holds
-both safetensors and torch model weights, the safetensors are scanned and a
-note says so, unless ``both_formats``. The index is validated here as far as
+pickled ``training_args.bin`` is left out with a note). A ``.bin`` is left out
+(with a note, unless ``both_formats``) only where loaders read the safetensors
+of the same name instead; ``config.json``'s ``transformers_weights`` and the
+subfolders a loader's manifest names are read as the loaders read them
+(checkpoint/loaders.py). The index is validated here as far as
 it can be without reading shards (shard exists, stays inside the folder, is a
 regular file); the cross-check of tensor names against the shards happens in
 the scan, once the shards' headers are read.
@@ -21,6 +23,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.errors import (
     CheckpointNotFoundError,
@@ -35,7 +38,6 @@ INDEX_NAMES = (
     "pytorch_model.bin.index.json",
     "adapter_model.safetensors.index.json",
 )
-SAFETENSORS_SUFFIX = ".safetensors"
 # Pickled files with a weight suffix that hold no tensors worth scanning: left out of folder scans
 # with a note (scanned alone they are read like any torch file: no code runs).
 NOT_WEIGHTS = {
@@ -98,18 +100,18 @@ def read_index(path: Path) -> ShardIndex:
     return ShardIndex(path, dict(weight_map), total if type(total) is int else None)
 
 
-def _shard_path(folder: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:
-    candidate = folder / shard
-    resolved_folder = folder.resolve()
-    try:
-        resolved = candidate.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
-        return None, ScanProblem(str(candidate), f"cannot resolve shard path: {exc}")
-    # A Hugging Face cache snapshot is a folder of symlinks into ../../blobs/: those targets are allowed too.
-    from nandoctor.checkpoint.hubcache import blob_roots
+def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:
+    """A shard listed in ``index``: relative to the index's own folder (as transformers resolves it), and
+    inside the checkpoint folder ``root``."""
+    from nandoctor.checkpoint.loaders import inside
 
-    allowed = (resolved_folder, *blob_roots(folder))
-    if os.path.isabs(shard) or not any(root in resolved.parents for root in allowed):
+    # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
+    if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
+        return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
+                                 "byte, or a part over 255 bytes); refused", "fix the index's weight_map")
+    folder = index.path.parent
+    candidate = folder / shard
+    if os.path.isabs(shard) or inside(root, str(candidate.relative_to(root))) is None:
         return None, ScanProblem(
             str(index.path),
             f"shard {shard!r} points outside the checkpoint folder; refused",
@@ -136,39 +138,47 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         if not is_regular_file(root):
             raise UnsupportedFormatError(f"{root}: not a regular file (a FIFO or device cannot be scanned)")
         if root.suffix.lower() == ".json":  # an index, config.json, trainer_state.json: the folder is the checkpoint
-            what = "the index of a sharded checkpoint" if root.name.endswith(".index.json") else "a JSON file"
+            what = "the index of a sharded checkpoint" if loaders.is_index_name(root.name) else "a JSON file"
             raise UnsupportedFormatError(
                 f"{root}: {what}, not weights",
                 f"scan the checkpoint folder it belongs to: nandoctor scan {shlex.quote(str(root.parent))}",
             )
         return CheckpointFiles(root, [root])
+    result = _discover_folder(root, both_formats=both_formats, manifests=True)
+    if not result.files and not result.problems:
+        raise UnsupportedFormatError(
+            f"{root}: no checkpoint files found (looked for {', '.join(weight_suffixes())} and *.index.json)"
+        )
+    return result
 
+
+def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> CheckpointFiles:
     result = CheckpointFiles(root, [])
     try:
         entries = sorted(root.iterdir())
     except OSError as exc:
         raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
+    if _dcp_folder(root, result):
+        return result
     suffixes = weight_suffixes()
     weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
     for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:  # not weights: a repair copies it as is
         result.notes.append(f"{entry.name}: {NOT_WEIGHTS[entry.name]}; not scanned")
         weight_files.remove(entry)
     index_paths = [root / n for n in INDEX_NAMES if (root / n).exists()]
-    index_paths += [e for e in entries if e.name.endswith(".index.json") and e not in index_paths]
+    index_paths += [e for e in entries if loaders.is_index_name(e.name) and e not in index_paths]
+
+    explicit = loaders.explicit_weights(root)
+    result.problems += explicit.problems
+    result.notes += explicit.notes
+    if explicit.path is not None:
+        if loaders.is_index_name(explicit.path.name):
+            index_paths += [explicit.path] if explicit.path not in index_paths else []
+        elif explicit.path not in weight_files:
+            weight_files.append(explicit.path)
 
     if not both_formats:
-        has_safetensors = any(e.suffix == SAFETENSORS_SUFFIX for e in weight_files) or any(
-            p.name.endswith(".safetensors.index.json") for p in index_paths
-        )
-        others = [e for e in weight_files if e.suffix != SAFETENSORS_SUFFIX and _is_model_weights(e)]
-        if has_safetensors and others:
-            result.skipped.extend(others)
-            result.notes.append(
-                f"found both safetensors and {', '.join(sorted({o.suffix for o in others}))} weights; "
-                "scanned the safetensors (use --both-formats to scan both)"
-            )
-            weight_files = [e for e in weight_files if e not in others]
-            index_paths = [p for p in index_paths if ".safetensors." in p.name or not _index_is_pickle(p)]
+        _skip_hidden(root, weight_files, index_paths, result, keep=explicit.path)
 
     indexed: set[Path] = set()
     for index_path in index_paths:
@@ -182,7 +192,7 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
             shard_path, problem = _shard_path(root, index, shard)
             if problem:
                 result.problems.append(problem)
-            elif shard_path not in indexed:
+            elif shard_path is not None and shard_path not in indexed:
                 indexed.add(shard_path)
                 result.files.append(shard_path)
 
@@ -195,13 +205,99 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         result.files.append(entry)
 
     result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed])
-    _subfolders(root, entries, suffixes, result)
-
-    if not result.files and not result.problems:
-        raise UnsupportedFormatError(
-            f"{root}: no checkpoint files found (looked for {', '.join(suffixes)} and *.index.json)"
-        )
+    subfolders = loaders.manifest_subfolders(root) if manifests else loaders.Subfolders()
+    result.problems += subfolders.problems
+    for sub in subfolders.folders:
+        _merge_subfolder(result, sub, both_formats)
+    _subfolders(root, entries, suffixes, result, set(subfolders.folders))
     return result
+
+
+def _skip_hidden(
+    root: Path, weight_files: list[Path], index_paths: list[Path], result: CheckpointFiles, keep: Path | None
+) -> None:
+    """Leave out the torch weights (and their indexes and shards) that loaders pass over for the
+    safetensors of the same name; nothing else is left out (``keep``: the file config.json names)."""
+    hidden: dict[Path, str] = {}
+    for index_path in list(index_paths):
+        by = loaders.hidden_by(index_path.name, root)
+        if by is None or index_path == keep:
+            continue
+        index_paths.remove(index_path)
+        hidden[index_path] = by
+        try:  # its shards go with it, whatever they are called
+            shards = set(read_index(index_path).weight_map.values())
+        except CorruptCheckpointError:
+            shards = set()
+        for entry in weight_files:
+            if entry.name in shards:
+                hidden[entry] = by
+    for entry in weight_files:
+        by = loaders.hidden_by(entry.name, root)
+        if by is not None and entry != keep:
+            hidden[entry] = by
+    if not hidden:
+        return
+    weights = sorted(p for p in hidden if p in weight_files)
+    result.skipped.extend(weights)
+    weight_files[:] = [e for e in weight_files if e not in hidden]
+    shown = ", ".join(p.name for p in weights[:3]) + (" …" if len(weights) > 3 else "")
+    by = ", ".join(sorted(set(hidden.values())))
+    result.notes.append(
+        f"found both safetensors and .bin weights of the same name ({shown} beside {by}); scanned the "
+        "safetensors, which transformers and PEFT load (use --both-formats to scan both)"
+    )
+
+
+def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool) -> None:
+    """Weights of a subfolder a loader reads (sentence-transformers ``2_Dense/``, diffusers ``unet/``)."""
+    try:
+        found = _discover_folder(sub, both_formats=both_formats, manifests=False)
+    except CheckpointNotFoundError as exc:
+        result.problems.append(ScanProblem(str(sub), exc.message))
+        return
+    result.files += found.files
+    result.indexes += found.indexes
+    result.problems += found.problems
+    result.skipped += found.skipped
+    result.notes += [f"{sub.name}/: {note}" for note in found.notes]
+    if found.files:
+        result.notes.append(f"{sub.name}/: {len(found.files)} weight file(s) a loader reads, scanned with the checkpoint")
+
+
+def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
+    """A torch.distributed.checkpoint folder: its files are the ones its ``.metadata`` names, all of them."""
+    from nandoctor.readers.dcp_metadata import metadata_files
+
+    found = metadata_files(root)
+    if not found:
+        return False
+    from nandoctor.readers.dcp import metadata_for
+
+    try:
+        metadata = metadata_for(root)
+    except CorruptCheckpointError as exc:
+        result.problems.append(ScanProblem(exc.path, exc.reason, exc.hint))
+        return True
+    assert metadata is not None
+    result.notes.append(
+        f"torch.distributed.checkpoint folder: {len(metadata.tensors):,} tensors in {len(metadata.files)} "
+        f"file(s), read through {', '.join(f.name for f in found)}"
+    )
+    for name in metadata.files:
+        candidate = root / name
+        if os.path.isabs(name) or candidate.resolve().parent != root.resolve():
+            result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} lies outside the folder; refused"))
+        elif not is_regular_file(candidate):
+            lost = sorted({item.fqn for item in metadata.items_in(name)})
+            result.problems.append(ScanProblem(
+                str(candidate),
+                f"missing ({len(lost)} item(s) of the checkpoint, e.g. {lost[0]!r})",
+                "copy every .distcp file of the save (one or more per rank) into the folder",
+            ))
+        else:
+            result.files.append(candidate)
+    return True
 
 
 # DeepSpeed saves ZeRO partitions of the weights and optimizer states (fp32 masters included) in
@@ -209,13 +305,20 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
 DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
 
 
-def _subfolders(root: Path, entries: list[Path], suffixes: tuple[str, ...], result: CheckpointFiles) -> None:
-    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights."""
+def _subfolders(
+    root: Path, entries: list[Path], suffixes: tuple[str, ...], result: CheckpointFiles, read: set[Path]
+) -> None:
+    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights
+    not already scanned (``read``: the subfolders a loader's manifest names, read above)."""
+    scanned = set(result.files) | set(result.skipped)
     for sub in entries:
-        if sub.name.startswith(".") or sub.is_symlink() or not sub.is_dir():
+        if sub.name.startswith(".") or sub.is_symlink() or not sub.is_dir() or sub in read:
             continue
         try:
-            inside = sorted(e for e in sub.iterdir() if e.suffix.lower() in suffixes and not e.name.startswith("."))
+            inside = sorted(
+                e for e in sub.iterdir()
+                if e.suffix.lower() in suffixes and not e.name.startswith(".") and e not in scanned
+            )
         except OSError:
             continue
         if not inside:
@@ -265,12 +368,3 @@ def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProb
                 )
             )
     return problems
-
-
-def _index_is_pickle(path: Path) -> bool:
-    return path.name.endswith(".bin.index.json")
-
-
-def _is_model_weights(path: Path) -> bool:
-    """Model weights in another format, as opposed to optimizer/scheduler/rng files beside them."""
-    return path.name.startswith(("pytorch_model", "model", "adapter_model"))

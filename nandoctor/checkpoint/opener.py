@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nandoctor.checkpoint import layout
 from nandoctor.checkpoint.roles import file_role, role_of
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanProblem, TensorRef
 from nandoctor.readers import read_file
@@ -35,6 +36,8 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)  # taken before each file was read
+    selection: Selection | None = None  # --only / --exclude
+    excluded: int = 0  # tensors left out by the selection
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -45,10 +48,19 @@ class Checkpoint:
         return not self.problems
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False) -> Checkpoint:
-    """Read the headers of every file of the checkpoint at ``path``; raise only for an unusable path."""
+def open_checkpoint(
+    path: str | os.PathLike[str], *, both_formats: bool = False, selection: Selection | None = None
+) -> Checkpoint:
+    """Read the headers of every file of the checkpoint at ``path``; raise only for an unusable path.
+
+    ``selection`` (``--only`` / ``--exclude``) leaves tensors out by name; they are counted in
+    ``excluded`` and named in a note.
+    """
     files = layout.discover(path, both_formats=both_formats)
-    checkpoint = Checkpoint(Path(path), files, notes=list(files.notes), problems=list(files.problems))
+    checkpoint = Checkpoint(
+        Path(path), files, notes=list(files.notes), problems=list(files.problems), selection=selection or None
+    )
+    checkpoint.notes += _unscanned_notes(Path(path))
     for file in files.files:
         try:
             checkpoint.fingerprints[file] = layout.fingerprint(file)
@@ -63,7 +75,49 @@ def open_checkpoint(path: str | os.PathLike[str], *, both_formats: bool = False)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
     checkpoint.notes += duplicate_notes
+    if checkpoint.selection is not None:
+        _select(checkpoint, checkpoint.selection)
     return checkpoint
+
+
+def _select(checkpoint: Checkpoint, selection: Selection) -> None:
+    """Leave out the tensors ``selection`` does not keep (after the cross-checks, which need them all)."""
+    total = 0
+    for file, refs in checkpoint.refs_by_file.items():
+        total += len(refs)
+        checkpoint.refs_by_file[file] = [r for r in refs if selection.keeps(r.name)]
+    kept = sum(len(refs) for refs in checkpoint.refs_by_file.values())
+    checkpoint.excluded = total - kept
+    if total and not kept:  # a gate over nothing would pass anything: fail closed
+        checkpoint.problems.append(ScanProblem(
+            str(checkpoint.path),
+            f"{selection.describe()} leaves none of its {total:,} tensors to scan",
+            "check the patterns: they are globs on the full tensor name (nandoctor scan --json lists the names)",
+        ))
+    elif checkpoint.excluded:
+        checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not scanned")
+
+
+# Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
+# reads: listed as not scanned, never passed over in silence (accelerate's random_states_0.pkl).
+_DATA_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".msgpack", ".joblib", ".onnx", ".tflite", ".keras")
+
+
+def _unscanned_notes(root: Path) -> list[str]:
+    """A note naming the data files in the folder ``root`` that no reader of ours opens."""
+    if not root.is_dir():
+        return []
+    supported = layout.weight_suffixes()
+    try:
+        names = sorted(
+            e.name for e in root.iterdir()
+            if e.suffix.lower() in _DATA_SUFFIXES and e.suffix.lower() not in supported and not e.name.startswith(".")
+        )
+    except OSError:
+        return []
+    if not names:
+        return []
+    return [f"not scanned (not a format nandoctor reads): {_names(names)}"]
 
 
 def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
@@ -128,7 +182,7 @@ _SHARD_NAME = re.compile(r"-\d+-of-\d+\.")
 
 def _is_shard(file: Path, indexed: set[Path]) -> bool:
     """Part of one model split across files (listed in an index, or named like ``*-00001-of-00004.*``)."""
-    return file in indexed or bool(_SHARD_NAME.search(file.name))
+    return file in indexed or bool(_SHARD_NAME.search(file.name)) or file.suffix == ".distcp"
 
 
 def _check_duplicate_names(
@@ -137,13 +191,14 @@ def _check_duplicate_names(
     """The same tensor name in two shards of one model is ambiguous (a problem); in two separate
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
     indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
-    seen: dict[tuple[bool, str], Path] = {}
+    seen: dict[tuple[bool, str, tuple[int, ...] | None], Path] = {}
     problems: list[ScanProblem] = []
     shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
     for file, refs in refs_by_file.items():
         is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
         for ref in refs:
-            key = (is_safetensors, ref.name)
+            # chunks of one DCP tensor share its name: the same chunk twice is what is ambiguous
+            key = (is_safetensors, ref.name, ref.chunk.offsets if ref.chunk else None)
             other = seen.setdefault(key, file)
             if other is file:  # (identity: a Path comparison per tensor costs more than the rest of the loop)
                 continue

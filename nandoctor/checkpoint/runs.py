@@ -1,13 +1,16 @@
-"""Run folders: the ``checkpoint-N`` folders a training run leaves, ordered by step.
+"""Run folders: the checkpoints a training run leaves, ordered by step.
 
-Also the run as a timeline (:func:`scan_run`): each checkpoint's verdict, the
-first step ``trainer_state.json`` logged NaN/Inf, and saves that never finished.
+A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders; a
+Lightning run is a folder of ``.ckpt`` files whose names carry the step
+(``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``). Also the run as a
+timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
+trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
+logged NaN/Inf, and saves that never finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Callable
@@ -15,15 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
+# Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
+# custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
+_LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
+LIGHTNING_SUFFIX = ".ckpt"
 
 
 def step_of(path: Path) -> int | None:
-    """The global step N of a folder named ``checkpoint-N``, else None."""
+    """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
     match = _CHECKPOINT.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def lightning_step_of(path: Path) -> int | None:
+    """The global step of a Lightning ``….ckpt`` file whose name holds ``step=N``, else None."""
+    path = Path(path)
+    if path.suffix.lower() != LIGHTNING_SUFFIX:
+        return None
+    match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
     return int(match.group(1)) if match else None
 
 
@@ -37,6 +54,82 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
+    """One line per step that two folders claim (``checkpoint-300`` and ``checkpoint-0300``): Trainer's
+    resume and ``save_total_limit`` rotation read the step with ``int()`` and take whichever they list
+    first, so which of them a resume loads (or rotation deletes) is undefined."""
+    by_step: dict[int, list[str]] = {}
+    for step, path in found:
+        by_step.setdefault(step, []).append(path.name)
+    return [
+        f"{' and '.join(sorted(names))} are all step {step}: Trainer may resume (or rotation delete) either one"
+        for step, names in sorted(by_step.items()) if len(names) > 1
+    ]
+
+
+def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every Lightning ``…step=N….ckpt`` file directly inside ``folder``, steps ascending.
+
+    Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
+    """
+    found = []
+    for entry in Path(folder).iterdir():
+        step = lightning_step_of(entry)
+        if step is not None and not entry.name.startswith(".") and entry.is_file():
+            found.append((step, entry))
+    return sorted(found)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint's name gives: a ``checkpoint-N`` folder, a file inside one, or a Lightning
+    ``…step=N….ckpt`` file; None when its name gives none."""
+    path = Path(path)
+    if path.is_dir():
+        return step_of(path)
+    lightning = lightning_step_of(path)
+    return lightning if lightning is not None else step_of(path.parent)
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where one checkpoint stands in its run: the run folder, the checkpoint's step, the run's kind."""
+
+    run: Path
+    step: int
+    lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
+
+    def siblings(self) -> list[tuple[int, Path]]:
+        """(step, path) of every checkpoint of the run, steps ascending."""
+        return lightning_checkpoints_in(self.run) if self.lightning else checkpoints_in(self.run)
+
+
+def place_in_run(target: Path) -> RunPlace | None:
+    """Where ``target`` stands in a run (what ``--from auto`` and the repair hint go by): a ``checkpoint-N``
+    folder (or a file inside one), or a Lightning ``…step=N….ckpt`` file in a folder of them; else None."""
+    target = Path(target)
+    lightning = lightning_step_of(target) if not target.is_dir() else None
+    if lightning is not None:
+        try:
+            entries = list(target.parent.iterdir())
+        except OSError:
+            return None
+        return RunPlace(target.parent, lightning, True) if _lightning_run(target.parent, entries) else None
+    folder = target if target.is_dir() else target.parent
+    step = step_of(folder)
+    return None if step is None else RunPlace(folder.parent, step, False)
+
+
+def _lightning_run(folder: Path, entries: list[Path]) -> bool:
+    """A folder whose weight files are all Lightning ``.ckpt`` files, two or more of them named by step."""
+    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
+
+    suffixes = weight_suffixes()
+    weights = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
+    if any(e.name in INDEX_NAMES for e in entries) or any(e.suffix.lower() != LIGHTNING_SUFFIX for e in weights):
+        return False
+    return sum(1 for e in weights if lightning_step_of(e) is not None) >= 2
+
+
 # ---------------------------------------------------------------------------
 # A run as a timeline: every checkpoint's verdict, the trainer log, incomplete saves.
 # ---------------------------------------------------------------------------
@@ -46,30 +139,12 @@ _TMP_CHECKPOINT = re.compile(r"^tmp-checkpoint-(\d+)$")  # older Trainer version
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
 _TEMP_PREFIXES = ("tmp", ".tmp")
 TRAINER_STATE = "trainer_state.json"
-_LOGGED_KEYS = ("loss", "grad_norm")
 
 # Checkpoint status words (decided by verdict.checkpoint_status), worst first where one checkpoint has several.
 INCOMPLETE, UNREADABLE, DIVERGED, POISONED, OVERFLOW, CLEAN = (
     "incomplete", "unreadable", "diverged", "poisoned", "overflow", "clean",
 )
 HEALTHY_STATUSES = (CLEAN, OVERFLOW)
-
-
-@dataclass(frozen=True)
-class TrainLog:
-    """What ``trainer_state.json``'s ``log_history`` says about where training broke."""
-
-    source: str
-    last_step: int | None = None
-    first_nonfinite_step: int | None = None  # first logged step with NaN/Inf loss or grad_norm
-    first_nonfinite_keys: tuple[str, ...] = ()
-    first_zero_loss_step: int | None = None  # a loss of exactly 0.0 usually means the loss went NaN/was masked
-    error: str | None = None  # the file could not be read
-
-    @property
-    def suspicious_step(self) -> int | None:
-        steps = [s for s in (self.first_nonfinite_step, self.first_zero_loss_step) if s is not None]
-        return min(steps) if steps else None
 
 
 @dataclass(frozen=True)
@@ -115,6 +190,8 @@ class RunReport:
     log: TrainLog | None = None  # the longest readable trainer log of the run
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    problems: tuple[str, ...] = ()  # the run itself is ambiguous (two folders of one step): exit 3
+    series: LogSeries | None = None  # loss / grad_norm over steps, for charts (checkpoint/trainlog.py)
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -146,7 +223,7 @@ class RunReport:
         from nandoctor import verdict as verdicts
 
         newest = self.newest
-        if newest is None or newest.report is None or newest.status == INCOMPLETE:
+        if self.problems or newest is None or newest.report is None or newest.status == INCOMPLETE:
             return EXIT_UNREADABLE
         return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
@@ -165,7 +242,7 @@ class RunReport:
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
-    """A folder of ``checkpoint-N`` folders that holds no weights itself."""
+    """A folder of ``checkpoint-N`` folders that holds no weights itself, or of Lightning ``…step=N….ckpt`` files."""
     folder = Path(path)
     if not folder.is_dir():
         return False
@@ -177,42 +254,14 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
         entries = list(folder.iterdir())
     except OSError:
         return False
+    if _lightning_run(folder, entries):
+        return True
     for entry in entries:
         if entry.name in INDEX_NAMES or (entry.suffix.lower() in suffixes and entry.is_file()):
             return False  # a model saved at the top (trainer.save_model): that is what gets scanned
         if (step_of(entry) is not None or _TMP_CHECKPOINT.match(entry.name)) and entry.is_dir():
             has_checkpoints = True
     return has_checkpoints
-
-
-def read_train_log(path: Path) -> TrainLog:
-    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
-    from nandoctor.checkpoint.jsonfiles import read_json
-
-    try:
-        data = read_json(path)
-    except OSError as exc:
-        return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
-    except ValueError as exc:
-        return TrainLog(str(path), error=f"not valid JSON: {exc}")
-    history = data.get("log_history") if isinstance(data, dict) else None
-    if not isinstance(history, list):
-        return TrainLog(str(path), error="no \"log_history\" list")
-    last = first_bad = first_zero = None
-    bad_keys: tuple[str, ...] = ()
-    for entry in history:
-        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
-            continue
-        step = entry["step"]
-        last = step if last is None else max(last, step)
-        nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
-            k for k in _LOGGED_KEYS if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
-        )
-        if nonfinite and first_bad is None:
-            first_bad, bad_keys = step, nonfinite
-        if first_zero is None and isinstance(entry.get("loss"), (int, float)) and entry["loss"] == 0.0:
-            first_zero = step
-    return TrainLog(str(path), last, first_bad, bad_keys, first_zero)
 
 
 def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
@@ -248,6 +297,15 @@ def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
     return reasons
 
 
+def _incomplete_file_reasons(file: Path) -> list[str]:
+    """Why a single-file checkpoint (a Lightning ``.ckpt``) looks half-written."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        return [f"cannot read: {exc.strerror or exc}"]
+    return ["an empty file"] if size == 0 else []
+
+
 def scan_run(
     path: str | os.PathLike[str],
     *,
@@ -266,25 +324,42 @@ def scan_run(
     started = time.perf_counter()
     root = Path(path)
     if scan_one is None:
-        from nandoctor.engine import scan as scan_one
-    folders: list[tuple[int, Path, bool]] = [(step, p, False) for step, p in checkpoints_in(root)]
+        from nandoctor.engine import scan
+    scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
+    lightning = _lightning_run(root, list(root.iterdir()))
+    folders: list[tuple[int, Path, bool]] = [
+        (step, p, False) for step, p in (lightning_checkpoints_in(root) if lightning else checkpoints_in(root))
+    ]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)
         if match and entry.is_dir():
             folders.append((int(match.group(1)), entry, True))
-    folders.sort(key=lambda f: (f[0], f[2]))
+    folders.sort(key=lambda f: (f[0], f[2], f[1].name))
     if below_step is not None:  # repair's --from auto: only the checkpoints before its target
         folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+    # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
+    # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
+    metrics = metrics_near(root) if lightning else None
 
-    notes = []
-    others = sorted(
-        e.name for e in root.iterdir()
-        if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
-    )
+    # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
+    problems = [] if lightning else duplicate_steps(checkpoints_in(root))
+    notes = [f"{p}; rename or remove the stray folder" for p in problems]
+    if lightning:  # last.ckpt, epoch=3.ckpt: checkpoints too, but no step to place them by
+        others = sorted(
+            e.name for e in root.iterdir()
+            if e.suffix.lower() == LIGHTNING_SUFFIX and lightning_step_of(e) is None and not e.name.startswith(".")
+        )
+        named = "a …step=<N>….ckpt file"
+    else:
+        others = sorted(
+            e.name for e in root.iterdir()
+            if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
+        )
+        named = "checkpoint-<step>"
     if others:
         notes.append(
-            f"not part of the timeline (not named checkpoint-<step>): {', '.join(others[:5])}"
+            f"not part of the timeline (not named {named}): {', '.join(others[:5])}"
             + (" …" if len(others) > 5 else "")
             + "; scan them on their own"
         )
@@ -296,7 +371,10 @@ def scan_run(
     healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
     previous_max: float | None = None
     for step, folder, is_tmp in folders:
-        reasons = _incomplete_reasons(folder, expect_trainer_state=with_state > 0)
+        reasons = (
+            _incomplete_reasons(folder, expect_trainer_state=with_state > 0) if folder.is_dir()
+            else _incomplete_file_reasons(folder)
+        )
         if is_tmp:
             reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
         report = None
@@ -310,13 +388,13 @@ def scan_run(
             kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
             if target_dtype is not None:
                 kwargs["target_dtype"] = target_dtype
-            report = scan_one(folder, **kwargs)
+            report = scan_checkpoint(folder, **kwargs)
             done_before += report.bytes_scanned
         except NandoctorError as exc:
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
-        log = read_train_log(state) if state.exists() else None
+        log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
         top = checkpoint.max_abs
@@ -329,10 +407,15 @@ def scan_run(
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
-    top = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
-    if top.is_file():
-        top_log = read_train_log(top)
+    final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
+    if final_state.is_file():
+        top_log = read_train_log(final_state)
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
-    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started)
+    if metrics is not None:  # every row, also those logged after the newest save
+        run_log, series = metrics.train_log() or run_log, metrics.series()
+    else:
+        series = read_series(root, run_log.source if run_log else None)
+    return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
+                     problems=tuple(problems), series=series)

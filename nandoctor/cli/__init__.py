@@ -21,11 +21,37 @@ from nandoctor import __version__
 COMMANDS: dict[str, str] = {
     "scan": "nandoctor.cli.scan_cmd:scan",
     "repair": "nandoctor.cli.repair_cmd:repair",
+    "diff": "nandoctor.cli.diff_cmd:diff",
+    "manifest": "nandoctor.cli.manifest_cmd:manifest",
+    "merge": "nandoctor.cli.parts_cmd:merge",
+}
+
+
+# The line ``nandoctor --help`` shows for each command, so that listing them imports none of them
+# (a test holds each line to the command's own docstring).
+SUMMARIES: dict[str, str] = {
+    "scan": "Scan a checkpoint, sharded folder, run folder or cached repo id for NaN/Inf and unhealthy weights.",
+    "repair": "Restore a checkpoint's bad tensors from earlier, healthy checkpoints into a new folder.",
+    "diff": "Compare checkpoint A with reference B, tensor by tensor, without loading either.",
+    "merge": "Join the parts of a split scan (scan --part I/N --json) into the one report of the whole scan.",
+    "manifest": "Print a manifest of a checkpoint: the sha256 of every weight file and tensor storage.",
 }
 
 
 class LazyGroup(click.Group):
     """A group whose commands are imported from ``COMMANDS`` when first asked for."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = SUMMARIES.get(name)
+            if summary is None:
+                command = self.get_command(ctx, name)
+                summary = command.get_short_help_str(limit=formatter.width) if command else ""
+            rows.append((name, summary))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *self.commands})
@@ -50,8 +76,9 @@ def cli(debug: bool) -> None:
 
     \b
     Exit codes:
-      0  every tensor was read and is finite
-      1  non-finite values (NaN, +Inf, -Inf) were found
+      0  every tensor was read and passes (diff: the same values)
+      1  findings that fail the gate: NaN/Inf, exploded or outlier weights,
+         overflow with --target-dtype (diff: something differs)
       2  usage error
       3  something could not be read, was corrupt or was refused
     """

@@ -13,14 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
-
-MAX_ROWS = 40
+from nandoctor.report.repair_report import MAX_ROWS
 
 
 @contextmanager
@@ -50,7 +46,8 @@ def _sigterm_interrupts() -> Iterator[None]:
     required=True,
     metavar="CHECKPOINT",
     help="An earlier checkpoint to restore from; repeat to try several in order. "
-    "'auto' = the earlier checkpoint-N siblings of TARGET, newest first.",
+    "'auto' = the run's healthy checkpoints before TARGET (checkpoint-N folders, or Lightning "
+    "…step=N….ckpt files), newest first.",
 )
 @click.option("--out", type=click.Path(path_type=str), help="New folder for the repaired checkpoint (must not exist).")
 @click.option(
@@ -69,6 +66,15 @@ def _sigterm_interrupts() -> Iterator[None]:
 )
 @click.option("--allow-diverged", is_flag=True,
               help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one).")
+@click.option("--allow-cast", is_flag=True,
+              help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
+              "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Judge and restore only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*'); "
+              "the others are carried over unchanged.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Neither judge nor restore tensors whose full name matches GLOB (repeatable; e.g. "
+              "'optimizer_states.*'); they are carried over byte-identical and counted in the plan and proof.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -81,6 +87,9 @@ def repair(
     dry_run: bool,
     hash_all: bool,
     allow_diverged: bool,
+    allow_cast: bool,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
     as_json: bool,
     show_all: bool,
     no_progress: bool,
@@ -101,24 +110,33 @@ def repair(
       nandoctor repair ckpt/ --from older/ --from oldest/ --out fixed/ --scope layer
       nandoctor repair run/checkpoint-300 --from auto --out fixed/
       nandoctor repair ckpt/ --from older/ --dry-run
+      nandoctor repair 'ckpts/epoch=0-step=600.ckpt' --from auto --exclude 'optimizer_states.*' --out fixed/
     """
+    from nandoctor.checkpoint.selection import selection
     from nandoctor.cli.progress import stdout_console
     from nandoctor.errors import UnrestorableError
+    from nandoctor.report.repair_report import render_plan, render_result
     from nandoctor.restore import repair as run_repair
 
     if out is None and not dry_run:
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
     if out == "":
         raise click.UsageError("--out is empty; name a new folder for the repaired checkpoint")
+    try:
+        chosen = selection(only, exclude)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     console = stdout_console()
     try:
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
             result = run_repair(
                 target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                allow_diverged=allow_diverged,
+                allow_diverged=allow_diverged, allow_cast=allow_cast, selection=chosen,
             )
     except UnrestorableError as exc:
-        if exc.plan is not None:
+        from nandoctor.restore.plan import RepairPlan
+
+        if isinstance(exc.plan, RepairPlan):
             if as_json:
                 from nandoctor.restore.proof import plan_json
 
@@ -133,145 +151,3 @@ def repair(
     else:
         render_result(result, console, show_all=show_all)
     sys.exit(result.exit_code)
-
-
-def _donor_short(plan, index: int) -> str:  # type: ignore[no-untyped-def]
-    from nandoctor.report.rich_report import safe
-
-    info = plan.donors[index]
-    return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
-
-
-def _layer_table(plan) -> Table:  # type: ignore[no-untyped-def]
-    from nandoctor.layers import natural_key
-    from nandoctor.report.rich_report import safe
-
-    table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
-        table.add_column(column, justify="right" if column in ("tensors", "NaN", "+Inf", "-Inf") else "left")
-    groups: dict[str, list] = {}
-    for r in plan.restorations:
-        groups.setdefault(r.layer, []).append(r)
-    for layer in sorted(groups, key=natural_key):
-        members = groups[layer]
-        donors = sorted({r.donor for r in members})
-        table.add_row(
-            Text(safe(layer), style="bold"),
-            str(len(members)),
-            f"{sum(r.nan for r in members):,}",
-            f"{sum(r.posinf for r in members):,}",
-            f"{sum(r.neginf for r in members):,}",
-            Text(", ".join(_donor_short(plan, d) for d in donors)),
-        )
-    return table
-
-
-def _tensor_table(plan, limit: int | None) -> Table:  # type: ignore[no-untyped-def]
-    from nandoctor.report.rich_report import safe
-
-    table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
-        table.add_column(column, justify="right" if column in ("NaN", "+Inf", "-Inf") else "left")
-    rows = list(plan.restorations)
-    shown = rows if limit is None else rows[:limit]
-    for r in shown:
-        donor = _donor_short(plan, r.donor)
-        if r.donor_name != r.name:
-            donor += f" as {safe(r.donor_name)}"
-        if r.via:
-            donor += f" (tied to {safe(r.via)}, written once)"
-        table.add_row(
-            Text(safe(r.name)),
-            r.dtype,
-            "×".join(map(str, r.shape)) or "scalar",
-            f"{r.nan:,}",
-            f"{r.posinf:,}",
-            f"{r.neginf:,}",
-            "NaN/Inf" if r.reason == "bad" else "its layer",
-            Text(donor),
-        )
-    if len(rows) > len(shown):
-        table.caption = f"… and {len(rows) - len(shown)} more (--all lists them, --json gives every one)"
-    return table
-
-
-def _refusal_table(plan) -> Table:  # type: ignore[no-untyped-def]
-    from nandoctor.report.rich_report import safe
-
-    table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
-    for column in ("tensor", "NaN/Inf", "why each donor failed"):
-        table.add_column(column, justify="right" if column == "NaN/Inf" else "left")
-    for u in plan.unrestorable:
-        table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
-    return table
-
-
-def render_plan(plan, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
-    from nandoctor.report.rich_report import human_bytes, safe
-
-    donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
-    console.print(Text.assemble(("nandoctor repair ", "bold"), safe(plan.target), f"\n  scope: {plan.scope}\n  donors, tried in order:\n{donors}"))
-    for note in plan.notes:
-        console.print(Text(f"  note: {safe(note)}", style="yellow"))
-    if plan.restorations:
-        console.print()
-        console.print(_layer_table(plan))
-        console.print()
-        console.print(_tensor_table(plan, None if show_all else MAX_ROWS))
-    if plan.unrestorable:
-        console.print()
-        console.print(_refusal_table(plan))
-    for u in plan.unviewed:
-        console.print(
-            Text(
-                f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} NaN/Inf in bytes "
-                "no tensor views; they cannot be restored by name",
-                style="red",
-            )
-        )
-    console.print()
-    restored = len(plan.restorations)
-    if not plan.refused:
-        console.print(
-            Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {len({r.donor for r in plan.restorations})} donor(s)")
-            if restored
-            else Text("  nothing to restore: the target is already clean")
-        )
-
-
-def render_result(result, console: Console, *, show_all: bool = False) -> None:  # type: ignore[no-untyped-def]
-    from nandoctor.report.rich_report import safe, verdict_text
-
-    plan = result.plan
-    render_plan(plan, console, show_all=show_all)
-    for note in result.notes:
-        console.print(Text(f"  note: {safe(note)}", style="yellow"))
-    if result.dry_run:
-        console.print(
-            Text.assemble(("✓ PLAN COMPLETE", "bold green"), ": dry run, nothing written")
-            if result.ok
-            else Text.assemble(("✗ REFUSED", "bold red"), ": some tensors have no good donor; nothing would be written")
-        )
-        return
-    if result.verification is not None:
-        console.print(Text.assemble("  verification scan: ", verdict_text(result.verification)))
-    patched = sum(1 for f in result.files if f.patched)
-    if not plan.restorations:
-        console.print(
-            Text.assemble(
-                ("✓ ALREADY CLEAN", "bold green"),
-                f": nothing to restore; wrote an unchanged, verified copy to {safe(result.out or '')} "
-                f"in {result.seconds:.2f} s (the source itself is fine to use)",
-                f"\n  proof: {safe(result.proof or '')}",
-            )
-        )
-        return
-    console.print(
-        Text.assemble(
-            ("✓ REPAIRED", "bold green"),
-            f": wrote {safe(result.out or '')} ({len(plan.restorations)} tensor(s) restored, "
-            f"{patched} of {len(result.files)} weight file(s) patched, {len(result.carried)} other file(s) carried over) "
-            f"in {result.seconds:.2f} s",
-            f"\n  proof: {safe(result.proof or '')}",
-        )
-    )

@@ -7,15 +7,22 @@ resolved in the local Hugging Face / ModelScope cache.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from nandoctor.checkpoint.selection import Selection, selection
 from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
+from nandoctor.errors import EXIT_UNREADABLE
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
+    from nandoctor.model import ScanReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -60,6 +67,26 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Scan only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*').")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
+              "they are counted as excluded in the report.")
+@click.option("--part", "part", default=None, metavar="I/N",
+              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays).")
+@click.option("--distributed", is_flag=True,
+              help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
+@click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
+@click.option("--verify-hashes", is_flag=True,
+              help="Also check weight files against their sha256 known offline (HF cache blob names, "
+              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write a self-contained HTML report to this file (docs/reports.md).")
+@click.option("--markdown", is_flag=True,
+              help="Print a GitHub-flavoured Markdown summary instead of the console report (for CI summaries).")
 @handles_errors
 def scan(
     path: str,
@@ -73,6 +100,15 @@ def scan(
     fail_on: frozenset[str],
     max_abs: float | None,
     outlier_factor: float | None,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
+    part: str | None,
+    distributed: bool,
+    rank_timeout: float,
+    verify_hashes: bool = False,
+    manifest: str | None = None,
+    html_path: str | None = None,
+    markdown: bool = False,
 ) -> None:
     """Scan the checkpoint at PATH for NaN / +Inf / -Inf and unhealthy weights, without loading the model.
 
@@ -100,11 +136,13 @@ def scan(
       nandoctor scan ckpt/ --target-dtype fp16     # will it overflow when served in fp16?
       nandoctor scan Qwen/Qwen-1_8B                # from the local HF / ModelScope cache
       nandoctor scan ckpt/ --json > report.json
+      nandoctor scan output/ --markdown --html report.html >> "$GITHUB_STEP_SUMMARY"
     """
     from nandoctor import api
     from nandoctor import verdict as verdicts
-    from nandoctor.checkpoint import hubcache, runs
 
+    if markdown and (as_json or quiet):
+        raise click.UsageError("--markdown prints its own summary: use it without --json and --quiet")
     try:
         verdicts.require_target_for_overflow(fail_on, target_dtype)
     except ValueError as exc:
@@ -113,45 +151,106 @@ def scan(
         api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        chosen = selection(only, exclude)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
+    # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
+    with _one_line_on_error(path) if quiet else nullcontext():
+        _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
+              verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown,
+              part=part, distributed=distributed, rank_timeout=rank_timeout)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What decides how each checkpoint is read and judged (the rest only chooses the output)."""
+
+    device: str
+    target_dtype: str | None
+    both_formats: bool
+    max_abs: float | None
+    outlier_factor: float | None
+    selection: Selection | None
+
+    def kwargs(self) -> dict[str, Any]:
+        chosen = self.selection
+        return {
+            "device": self.device, "target_dtype": self.target_dtype, "both_formats": self.both_formats,
+            "max_abs": self.max_abs, "outlier_factor": self.outlier_factor,
+            "only": chosen.only if chosen else None, "exclude": chosen.exclude if chosen else None,
+        }
+
+
+@contextmanager
+def _one_line_on_error(path: str) -> Iterator[None]:
+    from nandoctor.errors import NandoctorError
+    from nandoctor.report.rich_report import safe
+
+    try:
+        yield
+    except NandoctorError as exc:
+        word = "UNREADABLE" if exc.exit_code == EXIT_UNREADABLE else "ERROR"
+        click.echo(safe(f"FAIL {word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
+        if exc.hint:
+            click.echo(f"hint: {safe(exc.hint)}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _scan(
+    path: str, options: ScanOptions, *, as_json: bool, show_all: bool, no_progress: bool, quiet: bool,
+    fail_on: frozenset[str], verify_hashes: bool = False, manifest: str | None = None,
+    html_path: str | None = None, markdown: bool = False,
+    part: str | None = None, distributed: bool = False, rank_timeout: float = 300.0,
+) -> None:
+    from nandoctor import api
+    from nandoctor.checkpoint import hubcache, runs
+
     resolved, _ = hubcache.resolve(path)
+    if part is not None or distributed:
+        if options.selection is not None or html_path or markdown:
+            raise click.UsageError("--only/--exclude, --html and --markdown do not combine with --part or --distributed yet")
+        from nandoctor.cli.parts_cmd import scan_split
+
+        scan_split(str(resolved), part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
+                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor)
+    is_run = runs.is_run_folder(resolved)
+    if is_run and (verify_hashes or manifest):
+        raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
+    # The bar is closed (and erased) before anything is printed: a report drawn while it is live
+    # gets the bar's lines glued into it on a terminal.
     with byte_progress(enabled=not (no_progress or quiet), description="scanning") as progress:
-        if runs.is_run_folder(resolved):
-            run = api.scan_run(
-                resolved, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-                max_abs=max_abs, outlier_factor=outlier_factor,
-            )
-            _emit_run(run, as_json, quiet, fail_on)
-            sys.exit(run.exit_code(fail_on))
-        report = api.scan(
-            path, device=device, target_dtype=target_dtype, progress=progress, both_formats=both_formats,
-            max_abs=max_abs, outlier_factor=outlier_factor,
-        )
-    code = verdicts.exit_code(report, fail_on)
-    if as_json:
-        from nandoctor.report.json_report import report_to_json
-
-        data = report_to_json(report, fail_on, lazy=True)  # tensors encoded one by one, never all held
-        data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
-        echo_json(data)
-    elif quiet:
-        from nandoctor.report.rich_report import safe
-
-        click.echo(safe(verdicts.one_line(report, fail_on)))
-    else:
-        from nandoctor.cli.progress import stdout_console
-        from nandoctor.report.overflow_report import render_overflow
-        from nandoctor.report.rich_report import render
-
-        console = stdout_console()
-        render(report, console, show_all=show_all)
-        render_overflow(report, console, show_all=show_all)
-    sys.exit(code)
+        if is_run:
+            run = api.scan_run(resolved, progress=progress, **options.kwargs())
+        else:
+            report = api.scan(path, progress=progress, verify_hashes=verify_hashes, manifest=manifest,
+                              **options.kwargs())
+    if is_run:
+        _write_html(run, html_path, fail_on)
+        _emit_run(run, as_json, quiet, markdown, fail_on)
+        sys.exit(run.exit_code(fail_on))
+    _write_html(report, html_path, fail_on)
+    sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown))
 
 
-def _emit_run(run: RunReport, as_json: bool, quiet: bool, fail_on: frozenset[str]) -> None:
+def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> None:
+    if path is None:
+        return
+    from nandoctor.model import ScanReport
+    from nandoctor.report.html_report import render_run, render_scan, write_html
+
+    write_html(path, render_scan(result, fail_on) if isinstance(result, ScanReport) else render_run(result, fail_on))
+
+
+def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_on: frozenset[str]) -> None:
     from nandoctor import api
 
-    if as_json:
+    if markdown:
+        from nandoctor.report.markdown_report import render_run
+
+        click.echo(render_run(run, fail_on), nl=False)
+    elif as_json:
         echo_json(api.to_json(run, fail_on))
     elif quiet:
         from nandoctor.report.rich_report import safe

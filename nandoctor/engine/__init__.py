@@ -15,10 +15,17 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nandoctor import verdict
-from nandoctor.checkpoint.opener import open_checkpoint
+from nandoctor.blockfields import block_span, gather, lanes_nbytes
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.selection import Selection
+from nandoctor.engine.chunks import merge_chunks
+from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.errors import NandoctorError
@@ -32,11 +39,11 @@ from nandoctor.kernels.census import (
     sample_histogram,
     to_little,
 )
-from nandoctor.kernels.targets import target
-from nandoctor.model import ScanProblem, ScanReport
+from nandoctor.kernels.targets import TargetSpec, target
+from nandoctor.model import ScanProblem, ScanReport, TensorResult, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
-__all__ = ["HealthLimits", "ProgressCallback", "scan"]
+__all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "scan", "scan_jobs"]
 
 
 def scan(
@@ -48,20 +55,29 @@ def scan(
     kernel: Kernel | None = None,
     target_dtype: str | None = None,
     limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> ScanReport:
     """Scan the checkpoint at ``path`` (file or folder) and return its judged report.
 
     ``target_dtype`` ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"): also count, per
     floating tensor, the finite values a cast to that dtype would turn into
     Inf/NaN (``TensorResult.overflow``). ``limits``: the health census's
-    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``).
+    ceiling and outlier factor (``--max-abs``, ``--outlier-factor``). ``selection``: the tensors
+    ``--only`` / ``--exclude`` keep (``extra["excluded"]`` counts the others).
     """
-    with _gc_paused():
-        return _scan(path, device, progress, both_formats, kernel, target_dtype, limits)
+    started = time.perf_counter()
+    cast_to = target(target_dtype) if target_dtype is not None else None
+    limits = limits or HealthLimits()
+    with gc_paused():
+        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
+        kernel = kernel or select_kernel(device)
+        jobs = plan_jobs(checkpoint.refs, limits, cast_to)
+        found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
+        return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector off while the scan builds its per-tensor objects.
 
     They make no cycles, but each collection walks every live object: with a million small
@@ -77,57 +93,69 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _scan(
-    path: str | os.PathLike[str],
-    device: str,
-    progress: ProgressCallback | None,
-    both_formats: bool,
-    kernel: Kernel | None,
-    target_dtype: str | None,
-    limits: HealthLimits | None,
-) -> ScanReport:
-    started = time.perf_counter()
-    cast_to = target(target_dtype) if target_dtype is not None else None
-    limits = limits or HealthLimits()
-    checkpoint = open_checkpoint(path, both_formats=both_formats)
-    kernel = kernel or select_kernel(device)
-    problems = list(checkpoint.problems)
+@dataclass
+class Scanned:
+    """What scanning some of a checkpoint's jobs found: results of their views (chunks not merged yet)."""
 
-    all_refs = checkpoint.refs
-    jobs = plan_jobs(all_refs, limits, cast_to)
+    tensors: list[TensorResult]
+    unviewed: list[UnviewedBad]
+    problems: list[ScanProblem]
+    bytes_scanned: int
+
+
+def scan_jobs(
+    checkpoint: Checkpoint, jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits,
+    progress: ProgressCallback | None = None, files: set[Path] | None = None,
+) -> Scanned:
+    """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
+    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not.
+    Empties ``jobs`` (results() drops each job once its results exist)."""
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
         if job.spec.can_hold_nonfinite:
             jobs_by_file.setdefault(job.region.file, []).append(job)
+    wanted = set(checkpoint.refs_by_file) if files is None else files
     with ThreadPoolExecutor(max_workers=kernel.workers, thread_name_prefix="nandoctor") as pool:
         pipeline = Pipeline(kernel, pool, total, progress)
         try:
             for file in checkpoint.refs_by_file:
-                pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
+                if file in wanted:
+                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
         finally:
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
-        done = pipeline.done
-        problems += pipeline.problems
     failed = {p.path for p in pipeline.problems}
-    problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
-
+    problems = pipeline.problems + _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
     del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
-    tensors, unviewed = results(jobs, all_refs)
+    tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
+    tensors, expert_problems = with_expert_counts(tensors, kernel)
+    return Scanned(tensors, unviewed, problems + expert_problems, pipeline.done)
+
+
+def assemble(
+    target_name: str, checkpoint: Checkpoint, found: Scanned, device: str, seconds: float,
+    cast_to: TargetSpec | None, limits: HealthLimits,
+) -> ScanReport:
+    """The judged report of ``checkpoint`` from what was found in it: tensors in the checkpoint's order,
+    chunks of one tensor merged, the checkpoint's own problems first."""
+    order = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
+    tensors = merge_chunks(sorted(found.tensors, key=lambda t: order[id(t.ref)]))
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
+    if checkpoint.selection is not None:
+        extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     report = ScanReport(
-        target=str(path),
+        target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
         tensors=tuple(tensors),
         layers=(),
-        errors=tuple(problems),
-        unviewed=tuple(unviewed),
+        errors=tuple(checkpoint.problems + found.problems),
+        unviewed=tuple(found.unviewed),
         notes=tuple(checkpoint.notes),
-        bytes_scanned=done,
-        seconds=time.perf_counter() - started,
-        device=kernel.name,
+        bytes_scanned=found.bytes_scanned,
+        seconds=seconds,
+        device=device,
         extra=extra,
     )
     return verdict.judged(report)
@@ -168,18 +196,35 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
 MAX_SAMPLED_SEGMENTS = 4096  # segments whose first lanes make a large tensor's sample
 
 
+def _read_lanes(job: RegionJob, source: ChunkSource, buffers: BufferFor, first: int, count: int) -> np.ndarray:
+    """Lanes [first, first + count) of a region, little-endian: a block-quantized tensor's are its
+    scale fields, gathered from the blocks that hold them."""
+    lane_bytes = job.spec.lane_bits // 8
+    fields = job.region.blocks
+    if fields is None:
+        data = source.read(job.region.offset + first * lane_bytes, count * lane_bytes, buffers)
+    else:
+        block, blocks = block_span(fields, first, count)
+        raw = source.read(job.region.offset + block * fields.block_bytes, blocks * fields.block_bytes, buffers)
+        skip = (first - block * fields.count) * lane_bytes
+        data = gather(raw, job.region)[skip : skip + count * lane_bytes]
+        del raw  # an exported buffer would stop the mmap from closing
+    if job.region.byteorder == "big" and lane_bytes > 1:
+        data = to_little(data, job.spec)
+    return data
+
+
 def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
     """The first SAMPLE_RUN lanes of (up to MAX_SAMPLED_SEGMENTS evenly spread) 64 KiB segments of a region."""
     lane_bytes = job.spec.lane_bits // 8
-    segments = -(-job.region.nbytes // SEGMENT_BYTES)
+    nbytes = lanes_nbytes(job.region)
+    segments = -(-nbytes // SEGMENT_BYTES)
     step = max(1, segments // MAX_SAMPLED_SEGMENTS)
     heads = []
     for segment in range(0, segments, step):
         start = segment * SEGMENT_BYTES
-        length = min(SAMPLE_RUN * lane_bytes, job.region.nbytes - start)
-        data = source.read(job.region.offset + start, length, buffers)
-        if job.region.byteorder == "big" and lane_bytes > 1:
-            data = to_little(data, job.spec)
+        length = min(SAMPLE_RUN * lane_bytes, nbytes - start)
+        data = _read_lanes(job, source, buffers, start // lane_bytes, length // lane_bytes)
         heads.append(lanes_of(data, job.spec).copy())  # the buffer is reused by the next read
         del data
     return heads
@@ -188,14 +233,11 @@ def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
 def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers: BufferFor) -> OutlierFind:
     info = job.info
     assert info is not None
-    lane_bytes = info.lane_bits // 8
     found = OutlierFind(threshold=threshold)
     for start, lanes, top in sorted(job.census.high_segments):
         if top < threshold:
             continue
-        data = source.read(job.region.offset + start * lane_bytes, lanes * lane_bytes, buffers)
-        if job.region.byteorder == "big" and lane_bytes > 1:
-            data = to_little(data, job.spec)
+        data = _read_lanes(job, source, buffers, start, lanes)
         count, first, worst_raw = count_above(lanes_of(data, job.spec), info, threshold)
         del data  # an exported buffer would stop the mmap from closing
         if not count:

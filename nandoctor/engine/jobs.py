@@ -103,8 +103,19 @@ class RegionJob:
 
     @property
     def fast_checkable(self) -> bool:
-        """Read whole by one view, with no overflow pass and no byte swap: one fast check answers it."""
-        return self.direct and self.threshold is None and self.region.byteorder == "little"
+        """Read whole by one view, with no overflow pass, no byte swap and no scale fields to gather:
+        one fast check of its raw bytes answers it."""
+        return (
+            self.direct and self.threshold is None and self.region.byteorder == "little" and self.region.blocks is None
+        )
+
+    def element_of(self, lane: int) -> int:
+        """The flat element index that lane ``lane`` of the region speaks for: for a block-quantized
+        tensor the first element of the lane's block, else the element holding the lane."""
+        fields = self.region.blocks
+        if fields is not None:
+            return lane // fields.count * fields.block_elems
+        return lane // self.spec.lanes_per_element
 
 
 def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec | None = None) -> list[RegionJob]:
@@ -120,7 +131,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
     per_dtype: dict[str, tuple[LaneInfo | None, int | None]] = {}
     for job in by_region.values():
         views, spec = job.views, job.spec
-        job.direct = len(views) == 1 and covers_whole_region(views[0], spec.bits)
+        blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
+        job.direct = len(views) == 1 and (blocks or covers_whole_region(views[0], spec.bits))
         job.tallies = [Tally() for _ in views]
         facts = per_dtype.get(spec.name)
         if facts is None:
@@ -129,7 +141,9 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
                 lane_info(spec, limits.max_abs) if floating else None,
                 threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
             )
-        job.info, job.threshold = facts
+        job.info = facts[0]
+        if not blocks:  # a cast dequantizes: the scales themselves are never cast
+            job.threshold = facts[1]
     return list(by_region.values())
 
 
@@ -151,12 +165,15 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
             extra = health if whole else {}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
+            first_bad = tally.first_bad
+            if first_bad is not None and job.region.blocks is not None:
+                first_bad = job.element_of(first_bad)  # the counts are of scale fields; point at the block
             by_ref[id(view)] = TensorResult(
                 view,
                 tally.nan,
                 tally.posinf,
                 tally.neginf,
-                tally.first_bad,
+                first_bad,
                 spec.can_hold_nonfinite,
                 overflow=tally.overflow,
                 **extra,
@@ -187,7 +204,7 @@ def _health(job: RegionJob) -> dict:
         out["outliers"] = Outliers(
             found.count,
             signed_value(job.spec, info, found.worst_raw),
-            found.first_lane // per,
+            job.element_of(found.first_lane),
             decode_magnitude(job.spec, found.threshold),
         )
     return out

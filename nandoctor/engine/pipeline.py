@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nandoctor.blockfields import gather
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
 from nandoctor.engine.jobs import RegionJob
@@ -85,8 +86,9 @@ class FileScan:
 
 
 def chunks_of(job: RegionJob, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """(start, length) in bytes within the region, cut on element boundaries."""
-    step = max(job.spec.itemsize, chunk_bytes - chunk_bytes % job.spec.itemsize)
+    """(start, length) in bytes within the region, cut on element (or quantization block) boundaries."""
+    unit = job.region.blocks.block_bytes if job.region.blocks is not None else job.spec.itemsize
+    step = max(unit, chunk_bytes - chunk_bytes % unit)
     for start in range(0, job.region.nbytes, step):
         yield start, min(step, job.region.nbytes - start)
 
@@ -260,6 +262,15 @@ def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers:
 def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:
     job = part.job
     data = source.read(part.absolute, part.length, buffers)
+    fields = job.region.blocks
+    if fields is not None:
+        # A block-quantized tensor: from here on the chunk is its scale fields' lanes, placed in the
+        # region's lane space, so the kernel and the census see a plain fp16/fp32 tensor.
+        gathered = gather(data, job.region)
+        del data  # the gathered copy does not hold the mapped buffer
+        lanes_before = part.start // fields.block_bytes * fields.count
+        data = gathered
+        part = Part(job, part.absolute, int(data.size), lanes_before * job.spec.lane_bits // 8)
     if job.region.byteorder == "big" and job.spec.lane_bits > 8:
         data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:

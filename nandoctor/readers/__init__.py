@@ -20,8 +20,12 @@ LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 
 class CheckpointReader(Protocol):
-    format_name: str
-    suffixes: tuple[str, ...]
+    # Read-only members: a reader's class attributes (a tuple of four suffixes …) satisfy them as they are.
+    @property
+    def format_name(self) -> str: ...
+
+    @property
+    def suffixes(self) -> tuple[str, ...]: ...
 
     def sniff(self, head: bytes) -> bool:
         """True when the file's first bytes look like this format."""
@@ -35,10 +39,12 @@ class CheckpointReader(Protocol):
 
 
 def _builtin_readers() -> dict[str, CheckpointReader]:
+    from nandoctor.readers.dcp import DcpReader
+    from nandoctor.readers.gguf import GGUFReader
     from nandoctor.readers.safetensors import SafetensorsReader
     from nandoctor.readers.torch.file import TorchReader
 
-    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader())
+    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader(), DcpReader())
     return {reader.format_name: reader for reader in readers}
 
 
@@ -59,10 +65,12 @@ def reader_for(path: Path) -> CheckpointReader:
             "this is a Git LFS pointer file, not the weights",
             hint="run `git lfs pull` in the repository (or download the file itself) and scan again",
         )
+    suffix = path.suffix.lower()
+    if suffix in READERS["dcp"].suffixes:  # starts like a torch zip, but only its .metadata explains it
+        return READERS["dcp"]
     for reader in READERS.values():
         if reader.sniff(head):
             return reader
-    suffix = path.suffix.lower()
     for reader in READERS.values():
         if suffix in reader.suffixes:
             return reader

@@ -33,7 +33,11 @@ class SafetensorsReader:
         return 0 < n <= MAX_HEADER_BYTES and head[8:9] == b"{"
 
     def read(self, path: Path) -> ReadResult:
-        header, data_start, _ = read_header(path)
+        return self.read_at(path, 0)
+
+    def read_at(self, path: Path, base: int) -> ReadResult:
+        """The safetensors stream that starts ``base`` bytes into ``path`` and runs to its end."""
+        header, data_start, _ = read_header(path, base)
         file = str(path)
         refs: list[TensorRef] = []
         for name, entry in header.items():
@@ -119,13 +123,18 @@ def _checked_span(p: str, name: str, entry: object) -> tuple[int, int]:
     return offsets[0], offsets[1]
 
 
-def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
-    """Return (header without reordering, absolute start of the data buffer, metadata)."""
+def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
+    """Return (header without reordering, absolute start of the data buffer, metadata).
+
+    ``base``: where the safetensors stream starts in the file (a DCP ``.distcp`` file ends with one);
+    it runs to the end of the file.
+    """
     p = str(path)
-    size = os.stat(path).st_size
+    size = os.stat(path).st_size - base
     if size < 8:
         raise CorruptCheckpointError(p, f"file is {size} bytes, too short for a safetensors header")
     with open(path, "rb") as fh:
+        fh.seek(base)
         (n,) = struct.unpack("<Q", fh.read(8))
         if n > MAX_HEADER_BYTES:
             raise CorruptCheckpointError(p, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
@@ -193,5 +202,5 @@ def read_header(path: Path) -> tuple[dict, int, dict[str, str]]:
                 p, f"tensor data needs {cursor} bytes but the file holds {size - data_start} (truncated?)"
             )
         raise CorruptCheckpointError(p, f"{size - data_start - cursor} unexpected bytes after the last tensor")
-    return header, data_start, metadata
+    return header, base + data_start, metadata
 

@@ -11,9 +11,34 @@ from typing import Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
 from nandoctor.layers import bad_ranges
-from nandoctor.model import ScanReport, TensorResult, coords_of
+from nandoctor.model import ScanReport, TensorResult
 
 SCHEMA_VERSION = 2
+
+
+def _first_bad(t: TensorResult) -> dict[str, Any] | None:
+    if t.first_bad is None:
+        return None
+    out: dict[str, Any] = {"index": t.first_bad, "coords": list(t.first_bad_coords or ())}
+    if t.first_bad_block is not None:
+        out["block"] = t.first_bad_block
+    return out
+
+
+def _quantization(t: TensorResult) -> dict[str, Any] | None:
+    """For a block-quantized tensor: what its counts are of (scale fields) and how many there are."""
+    fields = t.ref.region.blocks
+    if fields is None:
+        return None
+    return {
+        "type": fields.kind,
+        "block_elements": fields.block_elems,
+        "block_bytes": fields.block_bytes,
+        "blocks": fields.blocks_in(t.ref.region.nbytes),
+        "scale_fields": t.ref.counted,
+        "scale_dtype": t.ref.region.dtype,
+        "fraction": t.fraction,
+    }
 
 
 def tensor_to_json(t: TensorResult) -> dict[str, Any]:
@@ -27,9 +52,11 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
         "nan": t.nan,
         "posinf": t.posinf,
         "neginf": t.neginf,
-        "first_bad": (
-            None if t.first_bad is None else {"index": t.first_bad, "coords": list(t.first_bad_coords or ())}
-        ),
+        "first_bad": _first_bad(t),
+        "order": t.ref.order,  # "F": GGUF's dimension order, ne0 first and fastest
+        "counts_of": "scale_fields" if t.ref.region.blocks is not None else "elements",
+        "quantization": _quantization(t),
+        "experts": list(t.experts) if t.experts else None,
         "can_hold_nonfinite": t.can_hold_nonfinite,
         "max_abs": t.max_abs,
         "max_abs_exact": t.max_abs_exact,
@@ -43,7 +70,7 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
                 "count": outliers.count,
                 "worst": outliers.worst,
                 "threshold": outliers.threshold,
-                "first": {"index": outliers.first, "coords": list(coords_of(outliers.first, t.ref.shape))},
+                "first": {"index": outliers.first, "coords": list(t.ref.coords(outliers.first))},
             }
         ),
         "overflow": t.overflow,  # --target-dtype: finite values that overflow the cast
@@ -161,6 +188,7 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
             "train_log": log_to_json(run.log),
             "notes": list(run.notes),
+            "problems": list(run.problems),
         },
         "summary": {
             "decided_by": newest.name if newest else None,

@@ -132,7 +132,7 @@ def _tensor_table(report: ScanReport, limit: int | None) -> Table:
         table.add_row(
             Text(safe(t.name)),
             *((Text(safe(os.path.basename(t.ref.file))),) if show_file else ()),
-            t.ref.dtype,
+            t.ref.dtype + (" scales" if t.ref.region.blocks is not None else ""),  # counts of its scale fields
             "×".join(map(str, t.ref.shape)) or "scalar",
             f"{t.nan:,}",
             f"{t.posinf:,}",

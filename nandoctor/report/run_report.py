@@ -17,6 +17,7 @@ from nandoctor.checkpoint.runs import (
     OVERFLOW,
     POISONED,
     UNREADABLE,
+    RunCheckpoint,
     RunReport,
     TrainLog,
 )
@@ -29,51 +30,92 @@ _WORD = {CLEAN: "✓ healthy", OVERFLOW: "! overflow risk", POISONED: "✗ poiso
          UNREADABLE: "✗ unreadable", INCOMPLETE: "… incomplete"}
 
 
-def _log_cell(log: TrainLog | None) -> Text:
+def log_words(log: TrainLog | None) -> str:
+    """A checkpoint's trainer log in a few words: where it broke, or how far it is finite."""
     if log is None:
-        return Text("—", style="dim")
+        return "—"
     if log.error:
-        return Text("unreadable", style="yellow")
+        return "unreadable"
     parts = []
     if log.first_nonfinite_step is not None:
         parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at {log.first_nonfinite_step}")
     if log.first_zero_loss_step is not None:
         parts.append(f"loss 0.0 at {log.first_zero_loss_step}")
     if parts:
-        return Text("; ".join(parts), style="red")
-    return Text(f"finite to {log.last_step}" if log.last_step is not None else "empty", style="dim")
+        return "; ".join(parts)
+    return f"finite to {log.last_step}" if log.last_step is not None else "empty"
 
 
-def _timeline(run: RunReport) -> Table:
+def _log_cell(log: TrainLog | None) -> Text:
+    style = "dim" if log is None or log.suspicious_step is None else "red"
+    return Text(log_words(log), style="yellow" if log is not None and log.error else style)
+
+
+# Below this width the timeline folds +Inf/-Inf into one NaN/Inf column and drops step (the names
+# carry it) and growth: at 80 columns eleven columns cut every checkpoint name to "checkp…".
+_NARROW = 120
+
+
+def _timeline(run: RunReport, width: int = 160) -> Table:
     with_overflow = any(c.report is not None and verdicts.target_dtype(c.report) for c in run.checkpoints)
+    narrow = width < _NARROW
     table = Table(title="Timeline", title_justify="left", show_edge=False, header_style="bold")
-    columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf", "max |w|", "growth"]
+    if narrow:
+        columns = ["checkpoint", "weights", "bad tensors", "NaN/Inf", "max |w|"]
+    else:
+        columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf", "max |w|", "growth"]
     if with_overflow:
         columns.append("overflow")
-    columns += ["bad layers", "trainer log"]
+    if not narrow:  # narrow: printed under the table, one line per checkpoint (_details)
+        columns += ["bad layers", "trainer log"]
+    folding = ("bad layers", "trainer log")
     for column in columns:
-        numeric = column in ("step", "NaN", "+Inf", "-Inf", "bad tensors", "overflow", "max |w|", "growth")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "checkpoint",
+        numeric = column in ("step", "NaN", "+Inf", "-Inf", "NaN/Inf", "bad tensors", "overflow", "max |w|", "growth")
+        # Names and numbers are never cut or broken: only the free-text columns fold.
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column not in folding,
                          overflow="fold")
     for c in run.checkpoints:
         r = c.report
         style = _STYLE[c.status]
-        row: list[Text | str] = [str(c.step), Text(safe(c.name)), Text(_WORD[c.status], style=style)]
+        row: list[Text | str] = ([] if narrow else [str(c.step)]) + [Text(safe(c.name)), Text(_WORD[c.status], style=style)]
         if r is None:
-            row += ["", "", "", "", "", ""] + ([""] if with_overflow else [])
+            row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
         else:
             top = c.max_abs
-            row += [f"{len(r.unhealthy_tensors)}/{len(r.tensors)}", f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}",
-                    "" if top is None else f"{top:.3g}",
-                    Text("" if c.growth is None else f"×{c.growth:.3g}",
-                         style="red" if c.growth is not None and c.growth >= 32 else "")]
+            row.append(f"{len(r.unhealthy_tensors)}/{len(r.tensors)}")
+            if narrow:
+                row.append(f"{r.nan + r.posinf + r.neginf:,}")
+            else:
+                row += [f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}"]
+            row.append("" if top is None else f"{top:.3g}")
+            if not narrow:
+                row.append(Text("" if c.growth is None else f"×{c.growth:.3g}",
+                                style="red" if c.growth is not None and c.growth >= 32 else ""))
             if with_overflow:
                 row.append(f"{verdicts.overflow_count(r):,}")
-        ranges = ", ".join(x.label for x in bad_ranges(r.layers)) if r is not None else ""
-        row.append(Text(safe(ranges)))
-        row.append(_log_cell(c.log))
+        if not narrow:
+            row.append(Text(safe(_ranges(c))))
+            row.append(_log_cell(c.log))
         table.add_row(*row)
     return table
+
+
+def _ranges(c: RunCheckpoint) -> str:
+    return ", ".join(x.label for x in bad_ranges(c.report.layers)) if c.report is not None else ""
+
+
+def _details(run: RunReport, console: Console) -> None:
+    """The narrow timeline's last two columns, as lines under it (names and layer ranges are never cut)."""
+    for c in run.checkpoints:
+        parts = []
+        ranges = _ranges(c)
+        if ranges:
+            parts.append(f"bad layers {safe(ranges)}")
+        log = _log_cell(c.log) if c.log is not None and (c.log.error or c.log.suspicious_step is not None) else None
+        if log is not None:
+            parts.append(f"trainer log {log.plain}")
+        if parts:
+            console.print(Text(f"  {safe(c.name)}: " + "; ".join(parts), style=_STYLE[c.status]))
 
 
 def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
@@ -111,7 +153,9 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
         console.print(Text("  no checkpoint-<step> folders", style="yellow"))
         return
     console.print()
-    console.print(_timeline(run))
+    console.print(_timeline(run, console.width))
+    if console.width < _NARROW:
+        _details(run, console)
     console.print()
     last_clean, first_bad = run.last_clean, run.first_bad
     console.print(
@@ -139,14 +183,14 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (run.verdict, style),
                                 " (the newest checkpoint decides the exit code)"))
     if code != 0:
-        hint = _next_steps(run)
+        hint = next_steps(run)
         if hint:
             console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"), soft_wrap=True)
 
 
-def _next_steps(run: RunReport) -> list[str]:
+def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
-    from nandoctor.hints import repair_command_for
+    from nandoctor.hints import repair_command_for, selection_args
 
     newest, last_clean, target = run.newest, run.last_clean, run.repair_target
     steps = []
@@ -176,7 +220,9 @@ def _next_steps(run: RunReport) -> list[str]:
         steps.append(f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with")
     else:
         steps.append(f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with")
-    steps.append(f"    {repair_command_for(target.path)}")
+    # --from auto: the run's healthy checkpoints before the first bad one (checkpoint-N folders or Lightning step files)
+    selection = selection_args(target.report) if target.report is not None else ""
+    steps.append(f"    {repair_command_for(target.path, selection=selection)}")
     return steps
 
 
@@ -199,17 +245,30 @@ def _render_log(run: RunReport, console: Console) -> None:
     if log.suspicious_step is None:
         console.print(Text(f"trainer log ({safe(log.source)}): loss and grad_norm finite up to step {log.last_step}", style="dim"))
         return
-    parts = []
+    facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
-        parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf first at step {log.first_nonfinite_step}")
+        facts.append((log.first_nonfinite_step,
+                      f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf first at step {log.first_nonfinite_step}"))
     if log.first_zero_loss_step is not None:
-        parts.append(f"loss exactly 0.0 from step {log.first_zero_loss_step}")
-    where = ""
-    step = log.suspicious_step
-    before = [c for c in run.checkpoints if c.step < step]
-    after = [c for c in run.checkpoints if c.step >= step]
+        facts.append((log.first_zero_loss_step, f"loss exactly 0.0 from step {log.first_zero_loss_step}"))
+    # Each step is placed among the checkpoints on its own: one "between" after two facts at
+    # different steps read as if both were there (step 13 "between checkpoint-8 and checkpoint-12").
+    same_step = len({step for step, _ in facts}) == 1
+    parts = [text if same_step else text + _where(run, step) for step, text in facts]
+    tail = _where(run, facts[0][0]) if same_step else ""
+    console.print(Text(f"trainer log: {'; '.join(parts)}{tail}", style="red"))
+
+
+def _where(run: RunReport, step: int) -> str:
+    """Where a logged step falls among the saved checkpoints (a save at step N holds the weights after step N;
+    a Lightning row of step N was logged after the save of step N)."""
+    after_save = run.log is not None and run.log.logged_after_save
+    before = [c for c in run.checkpoints if c.step < step or (after_save and c.step == step)]
+    after = run.checkpoints[len(before):]  # oldest first: the ones before come first
     if before and after:
-        where = f" (between {before[-1].name} and {after[0].name})"
-    elif after:
-        where = f" (before {after[0].name})"
-    console.print(Text(f"trainer log: {'; '.join(parts)}{where}", style="red"))
+        return f" (between {before[-1].name} and {after[0].name})"
+    if after:
+        return f" (before {after[0].name})"
+    if before:
+        return f" (after {before[-1].name}, the newest checkpoint)"
+    return ""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import ScanReport
@@ -52,31 +53,34 @@ def repair(
     on_phase: Phase | None = None,
     hash_all: bool = False,
     allow_diverged: bool = False,
+    allow_cast: bool = False,
     limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> RepairResult:
     """The repair behind :func:`nandoctor.api.repair` (documented there); ``limits``: the health
-    thresholds for the target's scan and the donors' checks."""
+    thresholds for the target's scan and the donors' checks; ``selection`` (``--only`` / ``--exclude``):
+    the tensors judged and restored, in the target, the donors and the verification scan alike (the
+    others are carried over byte-identical)."""
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.engine import scan
     from nandoctor.restore.donors import resolve_donors
-    from nandoctor.restore.writer import (
-        check_out,
-        check_out_of_donors,
-        tidy_out,
-        write_repair,
-    )
+    from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
     started = time.perf_counter()
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
+    out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
     if runs.is_run_folder(target_path):
         found = runs.checkpoints_in(target_path)
+        kind = "checkpoint-N folders"
+        if not found:
+            found, kind = runs.lightning_checkpoints_in(target_path), "Lightning …step=N….ckpt files"
         example = f" (e.g. nandoctor repair {found[-1][1]} --from auto --out {found[-1][1]}-repaired)" if found else ""
         raise RepairRefusedError(
-            f"{target}: a training run folder ({len(found)} checkpoint-N folders), not one checkpoint",
+            f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",
             f"repair one checkpoint of it: `nandoctor scan {target}` says which is bad and prints the repair command"
             + example,
         )
@@ -88,11 +92,11 @@ def repair(
         weights=tuple(files.files),
         left_out=tuple(files.skipped),
     )
-    if not dry_run:
-        check_out(tidy_out(out), source)  # fail before any reading when --out is taken
+    if out_path is not None and not dry_run:
+        check_out(out_path, source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
-    report = scan(target_path, device="cpu", progress=progress, limits=limits)
+    report = scan(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
     if report.errors:
         first = report.errors[0]
         raise RepairRefusedError(
@@ -101,11 +105,11 @@ def repair(
         )
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
-    catalogs = resolve_donors(target_path, donor_list, limits)
-    if not dry_run:
-        check_out_of_donors(tidy_out(out), [c.path for c in catalogs])
-    plan = plan_repair(report, catalogs, scope)
-    if dry_run:
+    catalogs = resolve_donors(target_path, donor_list, limits, selection)
+    if out_path is not None and not dry_run:
+        check_out_of_donors(out_path, [c.path for c in catalogs])
+    plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
+    if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
             notes += (f"{out} already exists: a repair (without --dry-run) would refuse to write there",)
@@ -119,7 +123,7 @@ def repair(
     result = write_repair(
         plan,
         source,
-        out,
+        out_path,
         source_report=report,
         progress=progress,
         on_phase=on_phase,
@@ -128,6 +132,17 @@ def repair(
         inputs=inputs,
     )
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None) -> RepairPlan:
+    """The plan with what ``--only`` / ``--exclude`` left out of it, counted and said in a note."""
+    if selection is None:
+        return plan
+    excluded = report.extra.get("excluded") or {}
+    count = int(excluded.get("tensors", 0))
+    note = (f"{count:,} tensor(s) left out by {selection.describe()}: neither judged nor restored, "
+            "carried over byte-identical")
+    return replace(plan, selection=selection, excluded=count, notes=(*plan.notes, note))
 
 
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:

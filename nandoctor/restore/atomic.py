@@ -61,7 +61,7 @@ def is_temp(name: str) -> bool:
 
 def clean_stale(parent: Path) -> list[Path]:
     """Remove temporary repair folders in ``parent`` left by processes that no longer run."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
@@ -89,11 +89,11 @@ def fsync_path(path: Path) -> None:
 
 def fsync_tree(root: Path) -> None:
     """fsync every file, then every folder (deepest first), so the names are durable too."""
-    folders = []
-    for folder, _, files in os.walk(root):
-        folders.append(Path(folder))
+    folders: list[Path] = []
+    for here, _, files in os.walk(root):
+        folders.append(Path(here))
         for name in files:
-            fsync_path(Path(folder) / name)
+            fsync_path(Path(here) / name)
     for folder in reversed(folders):
         fsync_path(folder)
 

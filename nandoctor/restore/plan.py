@@ -8,19 +8,27 @@ only opened when some tensor still lacks a good source.
 For each tensor to restore, donors are tried in the order given; within one
 donor the exact name is tried first, then the name with wrapper prefixes
 (``module.``, ``_orig_mod.``, ``base_model.model.``, ``model.`` …) stripped.
-A candidate must have the same dtype and shape and be finite itself.
+A candidate must have the same dtype and shape and be finite itself; with
+``allow_cast`` a float donor of another dtype is taken when every value stays
+finite once cast (convert.py). A name the torch reader made unique with a
+``#n`` suffix (``{"a.b": x, "a": {"b": y}}`` flattens twice to ``a.b``) is never
+matched by name, in the target or a donor: which tensor got the plain name
+depends on the pickle's order, not on the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from nandoctor.dtypes import DTYPES
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
 from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.restore.convert import can_cast
+from nandoctor.restore.tensorbytes import nbytes
 
 SCOPES = ("tensor", "layer")
 
@@ -43,6 +51,9 @@ class DonorCatalog(Protocol):
 
     def unhealthy(self, ref: TensorRef) -> str | None:
         """Why the donor tensor is no good copy (NaN/Inf, exploded, outliers), or None when it is healthy."""
+
+    def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
+        """How many of the donor tensor's values would not be finite once cast to ``dtype``."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,11 @@ class Restoration:
     target_ref: TensorRef
     donor_ref: TensorRef
     via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
+
+    @property
+    def cast(self) -> bool:
+        """The donor is another float dtype, rounded into the target's (``allow_cast``)."""
+        return self.donor_ref.dtype != self.dtype
 
     @property
     def nonfinite(self) -> int:
@@ -97,6 +113,16 @@ class RepairPlan:
     unrestorable: tuple[Unrestorable, ...] = ()
     unviewed: tuple[UnviewedBad, ...] = ()  # bad bytes no tensor views: cannot be restored by name
     notes: tuple[str, ...] = field(default=())
+    allow_cast: bool = False
+    selection: Selection | None = None  # --only / --exclude: the other tensors are neither judged nor restored
+    excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
+
+    def excluded_json(self) -> dict[str, Any]:
+        """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a
+        scan's JSON); empty without a selection."""
+        if self.selection is None:
+            return {}
+        return {"excluded": {"tensors": self.excluded, **self.selection.to_json()}}
 
     @property
     def refused(self) -> bool:
@@ -109,15 +135,12 @@ class RepairPlan:
 
     @property
     def bytes_restored(self) -> int:
-        return sum(r.target_ref.numel * _bits(r.dtype) // 8 for r in self.writes)
+        return sum(nbytes(r.target_ref) for r in self.writes)
 
     def donor_label(self, index: int) -> str:
         info = self.donors[index]
         return f"{info.path} (step {info.step})" if info.step is not None else info.path
 
-
-def _bits(dtype: str) -> int:
-    return DTYPES[dtype].bits
 
 
 def normalise(name: str) -> str:
@@ -130,6 +153,23 @@ def normalise(name: str) -> str:
                 name = name[len(prefix):]
                 stripped = True
     return name
+
+
+_SUFFIXED = re.compile(r"^(?P<base>.+)#(?P<n>[2-9]|[1-9]\d+)$")
+
+
+def made_unique(refs: Iterable[TensorRef]) -> set[str]:
+    """Names that flattening gave two tensors of one file: the plain one and its ``#n`` twins."""
+    by_file: dict[str, set[str]] = {}
+    for ref in refs:
+        by_file.setdefault(ref.file, set()).add(ref.name)
+    out: set[str] = set()
+    for names in by_file.values():
+        for name in names:
+            match = _SUFFIXED.match(name)
+            if match and match["base"] in names:
+                out.update((name, match["base"]))
+    return out
 
 
 def _view_key(ref: TensorRef) -> tuple:
@@ -146,6 +186,7 @@ class _DonorView:
         self._by_norm: dict[str, list[str]] = {}
         self.error: str | None = None
         self._health: dict[int, str | None] = {}
+        self._made_unique: set[str] = set()
 
     def load(self) -> bool:
         if self._refs is not None or self.error is not None:
@@ -158,13 +199,17 @@ class _DonorView:
         except OSError as exc:
             self.error = f"{exc.filename or self.catalog.label}: {exc.strerror or exc}"
             return False
+        self._made_unique = made_unique(self._refs.values())
         for name in self._refs:
-            self._by_norm.setdefault(normalise(name), []).append(name)
+            if name not in self._made_unique:
+                self._by_norm.setdefault(normalise(name), []).append(name)
         return True
 
     def candidates(self, name: str) -> tuple[list[str], str | None]:
         """Donor names to try for ``name`` (exact, else one normalised match), or why none."""
         assert self._refs is not None
+        if name in self._made_unique:
+            return [], f"{name!r} names two tensors there (made unique by a #n suffix); not matched by name"
         if name in self._refs:
             return [name], None
         matches = self._by_norm.get(normalise(name), [])
@@ -192,7 +237,7 @@ def _describe(catalog: DonorCatalog) -> str:
 _NOT_FOUND = "not found"
 
 
-def _candidate(result: TensorResult, donor: _DonorView) -> tuple[str, TensorRef] | str:
+def _candidate(result: TensorResult, donor: _DonorView, allow_cast: bool) -> tuple[str, TensorRef] | str:
     """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not."""
     target = result.ref
     names, why = donor.candidates(target.name)
@@ -202,19 +247,23 @@ def _candidate(result: TensorResult, donor: _DonorView) -> tuple[str, TensorRef]
     for name in names:
         ref = donor.ref(name)
         shown = "" if name == target.name else f" (as {name!r})"
-        if ref.dtype != target.dtype:
+        cast = ref.dtype != target.dtype
+        if cast and not (allow_cast and can_cast(ref.dtype, target.dtype)):
             reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
         elif tuple(ref.shape) != tuple(target.shape):
             reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
         else:
             try:
                 why = donor.unhealthy(ref)
+                if why is None and cast:
+                    overflow = donor.catalog.cast_overflow(ref, target.dtype)
+                    why = f"{overflow:,} of its {ref.dtype} values are not finite as {target.dtype}" if overflow else None
             except (NandoctorError, OSError) as exc:
                 reasons.append(f"cannot be read{shown}: {getattr(exc, 'message', None) or exc}")
                 continue
             if why is None:
                 return name, ref
-            reasons.append(f"{why} itself{shown}")
+            reasons.append(f"{why}{'' if cast else ' itself'}{shown}")
     return "; ".join(reasons)
 
 
@@ -246,16 +295,35 @@ def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[st
     return tuple(notes)
 
 
-def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor") -> RepairPlan:
+def _cast_note(report: ScanReport, unrestorable: list[Unrestorable], views: list[_DonorView]) -> tuple[str, ...]:
+    """Offer --allow-cast when some donor holds a tensor that has no donor in another float dtype."""
+    dtypes = {t.name: t.ref.dtype for t in report.tensors}
+    for u in unrestorable:
+        for view in views:
+            if view.error is not None or view._refs is None:
+                continue
+            for name in view.candidates(u.name)[0]:
+                other = view.ref(name).dtype
+                if other != dtypes[u.name] and can_cast(other, dtypes[u.name]):
+                    return (f"{_describe(view.catalog)} holds {u.name!r} as {other}, the target's is "
+                            f"{dtypes[u.name]}: --allow-cast takes it, rounded as torch's tensor.to(dtype) rounds",)
+    return ()
+
+
+def plan_repair(
+    report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor", *, allow_cast: bool = False
+) -> RepairPlan:
     """Decide, for every tensor to restore, its donor; or list what cannot be restored.
 
     The unit that takes one donor is the tensor (``scope="tensor"``) or the whole layer
     (``scope="layer"``: every tensor of the layer from the same donor, so the layer stays
     consistent). Tensors that are the very same elements of one storage (tied weights in a
     torch file) are written once; one that a donor lacks (safetensors drops tied copies) is
-    restored through its partner.
+    restored through its partner. With ``allow_cast`` a float donor of another dtype qualifies when
+    every value stays finite once cast.
     """
     views = [_DonorView(d) for d in donors]
+    ambiguous = made_unique(t.ref for t in report.tensors)
     needed = needed_tensors(report, scope)
     keys = {id(t): _view_key(t.ref) for t in needed}
     tie_count: dict[tuple, int] = {}
@@ -278,7 +346,10 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
             picks: dict[int, tuple[int, str, TensorRef]] = {}
             failed = False
             for m in members:
-                answer = _candidate(m, donor)
+                answer = (
+                    f"{m.name!r} names two tensors of the target (made unique by a #n suffix); not matched by name"
+                    if m.name in ambiguous else _candidate(m, donor, allow_cast)
+                )
                 if isinstance(answer, tuple):
                     picks[id(m)] = (index, *answer)
                     continue
@@ -329,6 +400,8 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
     notes = tuple(f"donor {_describe(v.catalog)} could not be read: {v.error}" for v in views if v.error)
     if unrestorable:
         notes += _name_overlap_notes(report, views)
+        if not allow_cast:
+            notes += _cast_note(report, unrestorable, views)
     return RepairPlan(
         target=report.target,
         donors=tuple(DonorInfo(d.label, d.step) for d in donors),
@@ -337,4 +410,5 @@ def plan_repair(report: ScanReport, donors: Sequence[DonorCatalog], scope: str =
         unrestorable=tuple(unrestorable),
         unviewed=tuple(report.unviewed),
         notes=notes,
+        allow_cast=allow_cast,
     )

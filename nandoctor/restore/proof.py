@@ -43,6 +43,7 @@ class RepairResult:
     seconds: float = 0.0
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
+    diffs: dict[str, Any] = field(default_factory=dict)  # the output against the source and each donor
 
     @property
     def ok(self) -> bool:
@@ -55,13 +56,13 @@ class RepairResult:
         return 0 if self.ok else 3
 
 
-
-
 def proof_json(result: RepairResult) -> dict[str, Any]:
     from nandoctor import __version__
 
     plan = result.plan
     verification = result.verification
+    if verification is None:  # only a dry run has none, and it has a plan, not a proof
+        raise ValueError("a repair result without a verification scan has no proof; use plan_json")
     return {
         "nandoctor_repair": PROOF_SCHEMA,
         "nandoctor_version": __version__,
@@ -69,12 +70,15 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "source": os.path.abspath(plan.target),
         "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
         "scope": plan.scope,
+        "allow_cast": plan.allow_cast,
+        **plan.excluded_json(),
         "restored": [_restoration(plan, r) for r in plan.restorations],
         "files": [
             {"path": f.path, "bytes": f.bytes, "sha256": f.sha256, "patched": f.patched} for f in result.files
         ],
         "carried": list(result.carried),
         "left_out": list(result.left_out),
+        **({"diff": result.diffs} if result.diffs else {}),
         "verification": {
             "verdict": verification.verdict,
             "tensors": len(verification.tensors),
@@ -97,6 +101,7 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
         "donor": os.path.abspath(donor.path),
         "donor_step": donor.step,
         "donor_tensor": r.donor_name,
+        "donor_dtype": r.donor_ref.dtype,  # differs from dtype only with allow_cast: rounded as torch rounds
         "via": r.via,
     }
 
@@ -108,7 +113,6 @@ def write_proof(result: RepairResult, path: Path) -> None:
 
 
 def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
-
     from nandoctor.checkpoint.jsonfiles import read_json
 
     return read_json(Path(folder) / PROOF_NAME)
@@ -121,6 +125,8 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
         "source": os.path.abspath(plan.target),
         "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
         "scope": plan.scope,
+        "allow_cast": plan.allow_cast,
+        **plan.excluded_json(),
         "complete": not plan.refused,
         "restore": [_restoration(plan, r) for r in plan.restorations],
         "unrestorable": [

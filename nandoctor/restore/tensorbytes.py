@@ -23,6 +23,7 @@ import numpy as np
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import RepairFailedError
 from nandoctor.model import TensorRef
+from nandoctor.restore.convert import conversion
 
 TILE_BYTES = 8 << 20  # logical bytes per tile of a strided view
 CHUNK_BYTES = 8 << 20  # bytes per read of a contiguous tensor
@@ -34,10 +35,15 @@ Box = tuple[tuple[int, ...], tuple[int, ...]]  # (origin, extents) in logical in
 
 
 def itemsize(ref: TensorRef) -> int:
+    """Bytes per element; for a block-quantized tensor (always whole and contiguous), bytes per block."""
+    if ref.region.blocks is not None:
+        return ref.region.blocks.block_bytes
     return DTYPES[ref.dtype].bits // 8
 
 
 def nbytes(ref: TensorRef) -> int:
+    if ref.region.blocks is not None:  # a GGUF quantized tensor is its whole region, validated by its reader
+        return ref.region.nbytes
     return ref.numel * DTYPES[ref.dtype].bits // 8
 
 
@@ -47,6 +53,8 @@ def _strides(ref: TensorRef) -> tuple[int, ...]:
 
 def byte_range(ref: TensorRef) -> tuple[int, int] | None:
     """(absolute offset, length) when the tensor's elements are one contiguous run, else None."""
+    if ref.region.blocks is not None:
+        return ref.region.offset, ref.region.nbytes
     if not ref.is_contiguous:
         return None
     bits = DTYPES[ref.dtype].bits
@@ -57,7 +65,7 @@ def byte_range(ref: TensorRef) -> tuple[int, int] | None:
 
 def check_bounds(ref: TensorRef) -> None:
     """Refuse a view that would reach outside its own region, or that cannot be addressed by element."""
-    if ref.numel == 0:
+    if ref.numel == 0 or ref.region.blocks is not None:  # blocks: the region itself, nothing to overreach
         return
     bits = DTYPES[ref.dtype].bits
     if bits % 8:
@@ -150,6 +158,13 @@ def _element_type(item: int) -> np.dtype:
     return np.dtype((np.void, item))
 
 
+def _bytes_view(array: np.ndarray, n: int | None = None) -> memoryview:
+    """The first ``n`` (default: all) bytes of a contiguous uint8 array, writable in place. ``ndarray.data``
+    is that memoryview (and typed as one, which ``memoryview(array)`` is not in numpy's stubs)."""
+    view = array.data
+    return view if n is None else view[:n]
+
+
 def _pread_into(fd: int, view: memoryview, offset: int, path: str) -> None:
     done = 0
     while done < len(view):
@@ -176,7 +191,7 @@ def _span_view(fd: int, ref: TensorRef, extents: tuple[int, ...], element: np.dt
                *, writeable: bool) -> tuple[np.ndarray, np.ndarray]:
     """The span's bytes read into memory, and the box's elements as a strided view onto them."""
     raw = np.empty(span, dtype=np.uint8)
-    _pread_into(fd, memoryview(raw), start, ref.file)
+    _pread_into(fd, _bytes_view(raw), start, ref.file)
     item = itemsize(ref)
     strided = np.lib.stride_tricks.as_strided(
         raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref)), writeable=writeable
@@ -200,7 +215,7 @@ def read_box(fd: int, ref: TensorRef, box: Box) -> np.ndarray:
     laid = np.empty(tuple(extents[k] for k in order), dtype=element)
     rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
     for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
-        _pread_into(fd, memoryview(row.view(np.uint8)), offset, ref.file)
+        _pread_into(fd, _bytes_view(row.view(np.uint8)), offset, ref.file)
     return np.ascontiguousarray(laid.transpose(np.argsort(order)))
 
 
@@ -212,13 +227,13 @@ def write_box(fd: int, ref: TensorRef, box: Box, values: np.ndarray) -> None:
         # Read-modify-write the span: bytes between the view's elements keep their values.
         raw, strided = _span_view(fd, ref, extents, element, start, span, writeable=True)
         strided[...] = values
-        _pwrite_all(fd, memoryview(raw), start)
+        _pwrite_all(fd, _bytes_view(raw), start)
         return
     order = _run_order(extents, run_dim)
     laid = np.ascontiguousarray(values.transpose(order))
     rows = laid.reshape(-1, extents[run_dim] if run_dim >= 0 else 1)
     for row, (_, offset, _) in zip(rows, _runs(ref, origin, extents, run_dim)):
-        _pwrite_all(fd, memoryview(row.view(np.uint8)), offset)
+        _pwrite_all(fd, _bytes_view(row.view(np.uint8)), offset)
 
 
 def _check_file(fd: int, ref: TensorRef, path: str) -> None:
@@ -242,47 +257,52 @@ def iter_elements(path: str, ref: TensorRef, limit: int = CHUNK_BYTES) -> Iterat
             buffer = np.empty(min(step, length), dtype=np.uint8)
             for offset in range(start, start + length, step):
                 n = min(step, start + length - offset)
-                _pread_into(fd, memoryview(buffer)[:n], offset, path)
+                _pread_into(fd, _bytes_view(buffer, n), offset, path)
                 yield buffer[:n]
             return
         for box in boxes(ref.shape, [ref], itemsize(ref), limit):
             yield read_box(fd, ref, box).view(np.uint8).reshape(-1)
 
 
-def same_elements(path_a: str, a: TensorRef, path_b: str, b: TensorRef) -> bool:
-    """True when the two tensors hold byte-identical elements (same dtype and shape assumed)."""
-    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+def same_elements(path_a: str, a: TensorRef, path_b: str, b: TensorRef, *, cast: bool = False) -> bool:
+    """True when ``a`` holds exactly ``b``'s elements as they would be written into it: byte-identical
+    when both agree on dtype and byte order, else ``b`` swapped (and, with ``cast``, cast) to ``a``'s."""
+    if tuple(a.shape) != tuple(b.shape) or (a.dtype != b.dtype and not cast):
         return False
     check_bounds(a)
     check_bounds(b)
     if nbytes(a) == 0:
         return True
+    into_a = conversion(b, a)
     with open(path_a, "rb", buffering=0) as fa, open(path_b, "rb", buffering=0) as fb:
         _check_file(fa.fileno(), a, path_a)
         _check_file(fb.fileno(), b, path_b)
         span_a, span_b = byte_range(a), byte_range(b)
-        if span_a is not None and span_b is not None:
+        if into_a.verbatim and span_a is not None and span_b is not None:
             length = span_a[1]
             buf_a = np.empty(min(CHUNK_BYTES, length), dtype=np.uint8)
             buf_b = np.empty_like(buf_a)
             for done in range(0, length, CHUNK_BYTES):
                 n = min(CHUNK_BYTES, length - done)
-                _pread_into(fa.fileno(), memoryview(buf_a)[:n], span_a[0] + done, path_a)
-                _pread_into(fb.fileno(), memoryview(buf_b)[:n], span_b[0] + done, path_b)
+                _pread_into(fa.fileno(), _bytes_view(buf_a, n), span_a[0] + done, path_a)
+                _pread_into(fb.fileno(), _bytes_view(buf_b, n), span_b[0] + done, path_b)
                 if not np.array_equal(buf_a[:n], buf_b[:n]):
                     return False
             return True
-        for box in boxes(a.shape, [a, b], itemsize(a)):
-            left = read_box(fa.fileno(), a, box).view(np.uint8)
-            right = read_box(fb.fileno(), b, box).view(np.uint8)
-            if not np.array_equal(left, right):
+        for box in boxes(a.shape, [a, b], max(itemsize(a), itemsize(b))):
+            left = read_box(fa.fileno(), a, box).view(np.uint8).reshape(-1)
+            right = read_box(fb.fileno(), b, box).view(np.uint8).reshape(-1)
+            if not np.array_equal(left, right if into_a.verbatim else into_a.apply(right)):
                 return False
     return True
 
 
-def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: TensorRef) -> int:
-    """Write the donor tensor's elements into the target's own elements in ``out_fd``; returns bytes."""
-    if donor.dtype != target.dtype or tuple(donor.shape) != tuple(target.shape):
+def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: TensorRef, *, cast: bool = False) -> int:
+    """Write the donor tensor's elements into the target's own elements in ``out_fd``; returns bytes.
+
+    Bytes are copied as they are when donor and target agree on dtype and byte order; otherwise each
+    element is swapped into the target's byte order and, with ``cast``, cast to its dtype (convert.py)."""
+    if tuple(donor.shape) != tuple(target.shape) or (donor.dtype != target.dtype and not cast):
         raise RepairFailedError(f"{target.file}: tensor {target.name!r}: donor dtype/shape differ; refused")
     check_bounds(donor)
     check_bounds(target)
@@ -291,14 +311,19 @@ def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: Tensor
     length = nbytes(target)
     if length == 0:
         return 0
+    into = conversion(donor, target)
     with open(donor_path, "rb", buffering=0) as src:
         _check_file(src.fileno(), donor, donor_path)
         src_span, dst_span = byte_range(donor), byte_range(target)
-        if src_span is not None and dst_span is not None:
+        if into.verbatim and src_span is not None and dst_span is not None:
             _copy_range(src.fileno(), src_span[0], out_fd, dst_span[0], length)
             return length
-        for box in boxes(target.shape, [donor, target], itemsize(target)):
-            write_box(out_fd, target, box, read_box(src.fileno(), donor, box))
+        element = _element_type(itemsize(target))
+        for box in boxes(target.shape, [donor, target], max(itemsize(donor), itemsize(target))):
+            values = read_box(src.fileno(), donor, box)
+            if not into.verbatim:
+                values = into.apply(values.view(np.uint8).reshape(-1)).view(element).reshape(box[1])
+            write_box(out_fd, target, box, values)
     return length
 
 
@@ -319,6 +344,6 @@ def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, leng
     buffer = np.empty(min(CHUNK_BYTES, length - copied), dtype=np.uint8)
     while copied < length:
         n = min(len(buffer), length - copied)
-        _pread_into(src_fd, memoryview(buffer)[:n], src_offset + copied, "donor")
-        _pwrite_all(dst_fd, memoryview(buffer)[:n], dst_offset + copied)
+        _pread_into(src_fd, _bytes_view(buffer, n), src_offset + copied, "donor")
+        _pwrite_all(dst_fd, _bytes_view(buffer, n), dst_offset + copied)
         copied += n

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shlex
 import shutil
@@ -24,7 +23,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.model import ScanReport
@@ -34,7 +35,9 @@ from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_HASH_CHUNK = 4 << 20
+# The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
+# folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
+GATE_REPORT = "nandoctor.json"
 # copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
@@ -164,6 +167,7 @@ def write_repair(
             progress(done, total, f"copying {rel}")
         phase("copied")
         verification = _verify(plan, source, temp, source_report, progress)
+        diffs = _diffs(plan, source, temp)
         phase("verified")
         hashes = {path: future.result() for path, future in hashing.items()}
         for future in syncing:
@@ -182,6 +186,7 @@ def write_repair(
             proof=str(out / PROOF_NAME),
             seconds=time.perf_counter() - started,
             notes=notes + tuple(copy_notes),
+            diffs=diffs,
         )
 
         write_proof(result, temp / PROOF_NAME)
@@ -213,7 +218,9 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     if source.single_file is not None:
         path = source.single_file
         return [(Path(path.name), True, os.stat(path).st_size)], []
-    found, notes = [], []
+    found: list[tuple[Path, bool, int]] = []
+    notes: list[str] = []
+    allowed = (source.root.resolve(), *blob_roots(source.root))
     for folder, dirs, names in os.walk(source.root):
         here = Path(folder)
         for d in sorted(dirs):
@@ -226,6 +233,10 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
             rel = path.relative_to(source.root)
             if absolute in left_out or atomic.is_temp(name) or rel == Path(PROOF_NAME):
                 continue  # an earlier repair's proof is replaced by this one's
+            if rel == Path(GATE_REPORT):
+                notes.append(f"{rel}: the scan verdict of the unrepaired source; not carried over (it would call "
+                             "the repaired checkpoint bad)")
+                continue
             try:
                 info = os.stat(path)  # follows symlinks (Hugging Face cache snapshots are links to blobs)
             except OSError as exc:
@@ -238,11 +249,26 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
             if not stat.S_ISREG(info.st_mode):
                 notes.append(f"{rel}: not a regular file; not carried over")
                 continue
+            if absolute not in weights and path.is_symlink() and not _leads_inside(path, allowed):
+                # A link out of the checkpoint (tokenizer.json → ~/.ssh/id_rsa) would copy a file the
+                # checkpoint does not hold into a folder the user may share. Scanned weights are kept: the
+                # scan read them and the verification re-reads the copies.
+                notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over")
+                continue
             found.append((rel, absolute in weights, info.st_size))
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
     return found, notes
+
+
+def _leads_inside(path: Path, allowed: tuple[Path, ...]) -> bool:
+    """True when the link ``path`` ends in one of ``allowed`` (the source, a cache snapshot's blobs)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return any(root in resolved.parents for root in allowed)
 
 
 def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
@@ -297,9 +323,9 @@ def _copy_one(source: Source, rel: Path, temp: Path) -> Path:
     dst = temp / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     _copy_file(src, dst)
-    # The source's mode, but owner-writable: weights are patched in place, and the new folder is the user's
-    # (Hugging Face cache blobs are read-only).
-    os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) | stat.S_IWUSR)
+    # The source's permission bits, but owner-writable: weights are patched in place, and the new folder is
+    # the user's (Hugging Face cache blobs are read-only). Never setuid/setgid/sticky (``& 0o777``, as cp).
+    os.chmod(dst, (os.stat(src).st_mode & 0o777) | stat.S_IWUSR)
     return dst
 
 
@@ -342,7 +368,7 @@ def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
                             "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
                         )
                     touched[entry.local_offset] = entry
-            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref)
+            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref, cast=r.cast)
         for entry in touched.values():
             zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
 
@@ -352,7 +378,7 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
-    report = scan(scanned, device="cpu", progress=progress)
+    report = scan(scanned, device="cpu", progress=progress, selection=plan.selection)  # --only/--exclude
     if not report.ok:
         problem = report.errors[0].message if report.errors else f"{report.nonfinite:,} non-finite values remain"
         raise RepairFailedError(f"{plan.target}: the repaired copy failed its verification scan: {problem}")
@@ -362,7 +388,7 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     for r in plan.restorations:
         copy = str(_target_copy(source, temp, r.target_ref.file))
         ref = written.get((copy, r.name))
-        if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref):
+        if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref, cast=r.cast):
             raise RepairFailedError(
                 f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
                 "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
@@ -370,13 +396,43 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     return report
 
 
+MAX_LISTED = 200  # names listed per comparison in the proof; the counts are always complete
+
+
+def _diffs(plan: RepairPlan, source: Source, temp: Path) -> dict[str, Any]:
+    """The output compared (bytes only) with the source and with each donor that gave tensors: the
+    proof lists what differs, so a reader sees that nothing but the restored tensors moved."""
+    from nandoctor.checkpoint.opener import open_checkpoint
+    from nandoctor.diffs import diff_checkpoints
+
+    target = source.single_file or source.root
+    written = open_checkpoint(temp / source.single_file.name if source.single_file is not None else temp)
+
+    def summary(other: str | os.PathLike[str]) -> tuple[dict[str, Any], set[str], bool]:
+        report = diff_checkpoints(written, open_checkpoint(other), values=False)
+        differ = sorted(t.name for t in report.tensors if not t.same)
+        entry = {
+            "path": os.path.abspath(other), "complete": report.complete, "tensors": len(report.tensors),
+            "identical": len(report.tensors) - len(differ), "differ": len(differ), "differ_tensors": differ[:MAX_LISTED],
+        }
+        return entry, set(differ), report.complete
+
+    restored = {r.name for r in plan.restorations}
+    source_entry, moved, complete = summary(target)
+    source_entry["only_restored_differ"] = complete and moved <= restored
+    donors = []
+    for index, donor in enumerate(plan.donors):
+        took = {r.name for r in plan.restorations if r.donor == index}
+        if took:
+            entry, differ, complete = summary(donor.path)
+            entry["restored_identical"] = complete and not (took & differ)
+            donors.append(entry)
+    return {"source": source_entry, "donors": donors}
+
+
 def _sha256(path: Path) -> str:
-    # Plain reads into one reused buffer: hashing through an mmap of a file under writeback (the
-    # fsync thread) measured up to 2x slower, with erratic system time.
-    h = hashlib.sha256()
-    buffer = bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            h.update(view[:n])  # hashlib releases the GIL: shards hash in parallel with the copy
-    return h.hexdigest()
+    # Plain reads into one reused buffer (checkpoint/hashes.py): hashing through an mmap of a file under
+    # writeback (the fsync thread) measured up to 2x slower, with erratic system time.
+    from nandoctor.checkpoint.hashes import sha256_file
+
+    return sha256_file(path)

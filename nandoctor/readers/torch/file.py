@@ -16,6 +16,7 @@ skips that pass (the report says so).
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import pickle
@@ -24,31 +25,32 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nandoctor.errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import ReadResult, ScanProblem
+from nandoctor.model import ReadResult, Region, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
-from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
+from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
+from nandoctor.readers.torch.quantized import scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
-from nandoctor.readers.torch.safe_pickle import (
-    UNREAD_TENSOR_GLOBALS,
+from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
+from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     PickleTooLargeError,
     StorageRef,
     UnsafeGlobalError,
-    check_storage_id,
-    restricted_load,
 )
+from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
     ZipEntry,
+    ascii_fold,
     entry_crc32,
     read_directory,
     read_entry,
@@ -102,6 +104,18 @@ class TorchReader:
             return _read_pickle_file(p, fh, size)
 
 
+def read_zip_at(path: str, fh: BinaryIO, base: int, size: int) -> ReadResult:
+    """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
+    own; the refs' regions are absolute offsets in ``path``, their keys prefixed by ``base``."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base)
+
+    def shifted(region: Region) -> Region:
+        return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
+
+    refs = tuple(dataclasses.replace(ref, region=shifted(ref.region)) for ref in read.refs)
+    return ReadResult(refs, read.notes, read.problems)
+
+
 def _is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
@@ -152,7 +166,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
         raise _pickle_errors(path, what, exc) from None
 
 
-def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
+def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -189,17 +203,19 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
         return ref
 
     with _pickle_context(path, "data.pkl"):
-        loaded = restricted_load(data, persistent_load)
+        loaded = restricted_load(data, persistent_load, offset=pickle_entry.data_offset)
         walked = walk(loaded.value, prefix=_name_prefix(path))
+        add_unreached(walked, loaded.built, _name_prefix(path))
 
     blocks: dict[str, StorageBlock] = {}
     for ref in declared:
         if ref.key in blocks:
             continue
         label = f"data/{ref.key}"
-        entry = entries.get(label)
-        if entry is None:
+        found = entries.get(ascii_fold(label))
+        if found is None:
             raise CorruptCheckpointError(path, f"storage entry {label} is missing (data.pkl refers to it)")
+        entry = found
         if not entry.stored:
             raise CorruptCheckpointError(
                 path,
@@ -217,9 +233,12 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
         blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
 
     built = build_refs(path, walked, declared, blocks, byteorder)
+    with _pickle_context(path, "data.pkl"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
-    unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
+    used = {ascii_fold(f"data/{key}") for key in blocks}
+    unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
     if unreferenced:
         notes.append(
             f"{os.path.basename(path)}: {len(unreferenced)} storage "
@@ -229,7 +248,9 @@ def _read_zip(path: str, fh: BinaryIO, size: int) -> ReadResult:
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
         notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built)
+        problems += _check_storage_crcs(
+            path, fh, {b.key: entries[ascii_fold(b.label)] for b in blocks.values()}, built, base
+        )
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
 
 
@@ -257,18 +278,21 @@ def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) 
 
 
 def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
-    """Entries keyed by their name inside the archive's one top folder (torch requires that folder)."""
+    """Entries keyed by their name inside the archive's one top folder (torch requires that folder),
+    ASCII case folded: torch looks records up ignoring case (``DATA.PKL`` is its ``data.pkl``), so every
+    lookup here goes through ``ascii_fold`` too and reads exactly the record torch reads. (Names that
+    collide when folded were refused by the directory parser.)"""
     names = list(directory.entries)
     if not names or "/" not in names[0]:
         raise UnsupportedFormatError(f"{path}: a zip archive whose entries are not in one folder: not a PyTorch checkpoint")
-    prefix = names[0].split("/", 1)[0] + "/"
+    prefix = ascii_fold(names[0].split("/", 1)[0] + "/")
     out: dict[str, ZipEntry] = {}
     for name, entry in directory.entries.items():
-        if not name.startswith(prefix):
+        if not ascii_fold(name).startswith(prefix):
             raise CorruptCheckpointError(
                 path, f"zip entry {name!r} is outside the archive's folder {prefix!r}; torch refuses such files"
             )
-        out[name[len(prefix):]] = entry
+        out[ascii_fold(name[len(prefix):])] = entry
     return out
 
 
@@ -293,7 +317,12 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     return data
 
 
-def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs) -> list[ScanProblem]:
+def _check_storage_crcs(
+    path: str, fh: BinaryIO, storages: dict[str, ZipEntry], built: BuiltRefs, base: int = 0
+) -> list[ScanProblem]:
+    """CRC-32 of each storage entry (storage key → its entry) against the directory's;
+    ``base``: where the zip stream starts in the file (a DCP item)."""
+    entries = list(storages.values())
     if not entries or not any(e.size for e in entries):
         return []
     # zlib and isal release the GIL on large buffers, so two storages are checked at once.
@@ -301,13 +330,15 @@ def _check_storage_crcs(path: str, fh: BinaryIO, entries: list[ZipEntry], built:
         mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
         ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool,
     ):
-        computed = list(pool.map(lambda e: entry_crc32(mapped, e), entries))
+        # the whole file is mapped: an embedded stream's entries are ``base`` further on
+        at = [dataclasses.replace(e, data_offset=e.data_offset + base) for e in entries]
+        computed = list(pool.map(lambda e: entry_crc32(mapped, e), at))
     problems = []
-    for entry, value in zip(entries, computed):
+    for (key, entry), value in zip(storages.items(), computed):
         if value == entry.crc32:
             continue
         label = entry.name.split("/", 1)[-1]
-        tensors = built.tensors_by_storage.get(label[len("data/"):], [])
+        tensors = built.tensors_by_storage.get(key, [])
         problems.append(
             ScanProblem(
                 path,
@@ -334,7 +365,10 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
                 ) from None
             raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
         walked = walk(legacy.root, prefix=_name_prefix(path))
+        add_unreached(walked, legacy.built, _name_prefix(path))
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
+    with _pickle_context(path, "pickled data"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], legacy.float_offsets)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
     notes.insert(
         0,
@@ -372,6 +406,9 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
         )
     if walked.optimizers_named:
         notes.append(f"{name}: optimizer moments named after their parameters (from param_groups' param_names)")
+    if walked.unreached:
+        notes.append(f"{name}: {len(walked.unreached)} tensor(s) the pickle builds sit where no name reaches them "
+                     f"(torch loads them all the same); scanned as {listed(walked.unreached)}")
     if walked.renamed:
         notes.append(f"{name}: {len(walked.renamed)} tensor name(s) repeated after flattening; later ones got "
                      f"a #n suffix: {listed(walked.renamed)}")

@@ -1,0 +1,245 @@
+"""Checksums: a checkpoint's weight files against the sha256 recorded for them, offline.
+
+Where an expected sha256 comes from, without any network:
+
+- a Hugging Face cache snapshot: each file is a link into ``blobs/``, and an
+  LFS file's blob is named by its sha256 (64 hex digits; git-stored small files
+  have 40-digit sha1 names and are not weights);
+- a repaired checkpoint's ``nandoctor-repair.json`` records its shards' sha256;
+- a manifest written by ``nandoctor manifest PATH > manifest.json``: the sha256
+  of every weight file plus the sha256 of every distinct storage span (a
+  safetensors tensor, a torch storage that several tensors may view), so a
+  mismatch names the tensors whose bytes changed.
+
+Files are hashed in parallel (hashlib releases the GIL on large updates), each
+streamed through one reused buffer. A mismatch is a ``ScanProblem``: the scan
+exits 3 and names file and tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nandoctor.checkpoint.hubcache import is_snapshot
+from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.opener import Checkpoint
+from nandoctor.errors import CorruptCheckpointError, NandoctorError
+from nandoctor.model import Region, ScanProblem
+
+MANIFEST_SCHEMA = 1
+PROOF_NAME = "nandoctor-repair.json"  # restore/proof.py's PROOF_NAME (a test holds them equal); plain JSON here
+READ_BYTES = 8 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The sha256 a file should have, and who says so."""
+
+    sha256: str
+    source: str  # "huggingface cache blob name", "nandoctor-repair.json", "manifest <path>"
+    spans: tuple[dict[str, Any], ...] = ()  # a manifest's per-storage hashes of this file
+
+
+@dataclass
+class HashCheck:
+    """What ``--verify-hashes`` found: checked files, mismatches as problems, unverifiable files as notes."""
+
+    verified: list[tuple[str, str]] = field(default_factory=list)  # (file, source) that matched
+    problems: list[ScanProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+
+
+def sha256_file(path: str | os.PathLike[str], offset: int = 0, length: int | None = None) -> str:
+    """The sha256 of a file (or of ``length`` bytes from ``offset``), streamed through one buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(min(READ_BYTES, length) if length is not None else READ_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        fh.seek(offset)
+        left = length
+        while left is None or left > 0:
+            want = len(buffer) if left is None else min(len(buffer), left)
+            n = fh.readinto(view[:want])
+            if not n:
+                if left is not None:
+                    raise CorruptCheckpointError(str(path), f"the file ended {left:,} bytes before the span at {offset:,}")
+                break
+            digest.update(view[:n])
+            if left is not None:
+                left -= n
+    return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[Path], workers: int | None = None) -> dict[Path, str | OSError]:
+    """Each file's sha256, files hashed in parallel (one per core); an unreadable file maps to its error."""
+    paths = list(paths)
+
+    def one(path: Path) -> str | OSError:
+        try:
+            return sha256_file(path)
+        except OSError as exc:
+            return exc
+
+    workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nandoctor-sha256") as pool:
+        return dict(zip(paths, pool.map(one, paths)))
+
+
+def _relative(checkpoint: Checkpoint, file: Path) -> str:
+    root = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return file.name
+
+
+def _spans(checkpoint: Checkpoint, file: Path) -> list[tuple[Region, list[str]]]:
+    """The distinct storage spans of ``file`` (tensors sharing a torch storage are one span), in file order."""
+    spans: dict[tuple[str, int, int], tuple[Region, list[str]]] = {}
+    for ref in checkpoint.refs_by_file.get(file, []):
+        key = (ref.region.key, ref.region.offset, ref.region.nbytes)
+        spans.setdefault(key, (ref.region, []))[1].append(ref.name)
+    return sorted(spans.values(), key=lambda s: s[0].offset)
+
+
+def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, Any]:
+    """The manifest of a checkpoint: sha256 per weight file and per storage span (``nandoctor manifest``)."""
+    from nandoctor import __version__
+
+    if checkpoint.problems:
+        first = checkpoint.problems[0]
+        raise CorruptCheckpointError(first.path, f"cannot record hashes of a checkpoint that does not read: {first.message}",
+                                     "a manifest records a good checkpoint; fix or re-download it first")
+    files = list(checkpoint.refs_by_file)
+    digests = sha256_files(files, workers)
+
+    def span_hashes(file: Path) -> list[dict[str, Any]]:
+        return [
+            {"storage": region.key, "offset": region.offset, "bytes": region.nbytes,
+             "sha256": sha256_file(file, region.offset, region.nbytes), "tensors": names}
+            for region, names in _spans(checkpoint, file)
+        ]
+
+    workers = max(1, min(len(files), workers or os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nandoctor-sha256") as pool:
+        spans = dict(zip(files, pool.map(span_hashes, files)))
+    entries = []
+    for file in files:
+        digest = digests[file]
+        if isinstance(digest, OSError):
+            raise CorruptCheckpointError(str(file), f"cannot read it: {digest.strerror or digest}")
+        entries.append({"path": _relative(checkpoint, file), "bytes": file.stat().st_size, "sha256": digest,
+                        "spans": spans[file]})
+    return {
+        "nandoctor_manifest": MANIFEST_SCHEMA,
+        "nandoctor_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "root": os.path.abspath(checkpoint.path),
+        "files": entries,
+    }
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A manifest file, checked for shape before use (it may come from anywhere)."""
+    data = read_json(Path(path))
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("nandoctor_manifest") != MANIFEST_SCHEMA or not isinstance(files, list):
+        raise CorruptCheckpointError(str(path), "not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)",
+                                     "write one with: nandoctor manifest CHECKPOINT > manifest.json")
+    for entry in files:
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])):
+            raise CorruptCheckpointError(str(path), f"manifest entry {str(entry)[:80]!r} has no path and sha256")
+    return data
+
+
+def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None) -> dict[Path, Expected]:
+    """Every weight file of the checkpoint whose sha256 is known offline, with where it is known from.
+    A manifest wins over a repair proof, which wins over a cache blob name."""
+    out: dict[Path, Expected] = {}
+    by_relative = {_relative(checkpoint, f): f for f in checkpoint.files.files}
+    folder = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
+    if is_snapshot(folder):
+        for file in checkpoint.files.files:
+            blob = Path(os.path.realpath(file))
+            if file.is_symlink() and blob.parent.name == "blobs" and _SHA256.match(blob.name):
+                out[file] = Expected(blob.name, "Hugging Face cache blob name")
+    proof = folder / PROOF_NAME
+    if proof.is_file():
+        data = read_json(proof)
+        for entry in data.get("files", []) if isinstance(data, dict) else []:
+            found = by_relative.get(str(entry.get("path"))) if isinstance(entry, dict) else None
+            if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
+                out[found] = Expected(entry["sha256"], PROOF_NAME)
+    if manifest_path is not None:
+        for entry in read_manifest(manifest_path)["files"]:
+            listed = by_relative.get(entry["path"])
+            if listed is not None:
+                spans = tuple(s for s in entry.get("spans", []) if isinstance(s, dict))
+                out[listed] = Expected(entry["sha256"], f"manifest {manifest_path}", spans)
+    return out
+
+
+def _changed_spans(file: Path, expected: Expected) -> list[str]:
+    """The tensors of ``file`` whose span no longer has the manifest's sha256."""
+    names: list[str] = []
+    for span in expected.spans:
+        try:
+            offset, length = int(span["offset"]), int(span["bytes"])
+            if sha256_file(file, offset, length) != span["sha256"]:
+                names += [str(n) for n in span.get("tensors", [])] or [f"storage {span.get('storage')}"]
+        except (KeyError, TypeError, ValueError, OSError, NandoctorError):
+            names.append(f"storage {span.get('storage')!s} (its span cannot be read)")
+    return names
+
+
+def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None,
+           workers: int | None = None) -> HashCheck:
+    """Hash every weight file whose sha256 is known; a mismatch (or a file the manifest names but the
+    checkpoint lacks) is a problem naming file and tensor."""
+    started = time.perf_counter()
+    check = HashCheck()
+    expected = expected_hashes(checkpoint, manifest_path)
+    if manifest_path is not None:
+        present = {_relative(checkpoint, f) for f in checkpoint.files.files}
+        for entry in read_manifest(manifest_path)["files"]:
+            if entry["path"] not in present:
+                check.problems.append(ScanProblem(entry["path"], f"listed in the manifest {manifest_path} but not in the checkpoint",
+                                                  "the checkpoint lost a file; re-download or re-save it"))
+    unknown = [f for f in checkpoint.files.files if f not in expected]
+    if unknown:
+        check.notes.append(f"{len(unknown)} weight file(s) have no recorded sha256 and were not verified "
+                           f"(e.g. {unknown[0].name}); record one with: nandoctor manifest PATH > manifest.json")
+    digests = sha256_files(expected, workers)
+    for file, want in expected.items():
+        got = digests[file]
+        if isinstance(got, OSError):
+            check.problems.append(ScanProblem(str(file), f"cannot hash it: {got.strerror or got}"))
+            continue
+        check.bytes_hashed += file.stat().st_size
+        if got == want.sha256:
+            check.verified.append((str(file), want.source))
+            continue
+        tensors = _changed_spans(file, want)
+        where = f"; changed tensor(s): {', '.join(repr(t) for t in tensors[:8])}" + (" …" if len(tensors) > 8 else "") \
+            if tensors else ""
+        check.problems.append(ScanProblem(
+            str(file),
+            f"sha256 mismatch against the {want.source}: expected {want.sha256[:16]}…, got {got[:16]}…{where}",
+            "the file is not the one recorded: re-download it (a cache blob) or restore it from a good copy",
+        ))
+    check.seconds = time.perf_counter() - started
+    return check

@@ -1,0 +1,171 @@
+"""What Hugging Face loaders read from a folder, so that a scan reads the same files.
+
+Three rules, each checked against the loaders' own code (transformers 5.x
+``modeling_utils._get_resolved_checkpoint_files`` and ``_add_variant``; PEFT
+``load_peft_weights``; sentence-transformers ``modules.json``; diffusers
+``model_index.json``):
+
+- a ``.bin`` is passed over only for the safetensors weights **of the same
+  name**: ``pytorch_model[.variant].bin`` (and its shards and index) for
+  ``model[.variant].safetensors`` or ``model.safetensors.index[.variant].json``;
+  ``adapter_model.bin`` for ``adapter_model.safetensors``;
+  ``diffusion_pytorch_model[.variant].bin`` likewise. Any other safetensors file
+  (``ema.safetensors``) hides nothing: transformers would still load the ``.bin``.
+- ``config.json``'s ``transformers_weights`` names the file transformers loads
+  (a ``*.safetensors``, a ``*.safetensors.index.json`` or ``adapter_model.bin``);
+  it must lie inside the folder (transformers refuses ``..`` too).
+- ``modules.json`` (sentence-transformers: ``2_Dense/``, ``1_Pooling/``) and
+  ``model_index.json`` (diffusers: ``unet/``, ``vae/`` …) name subfolders whose
+  weights the loader reads: they are part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.model import ScanProblem
+
+CONFIG = "config.json"
+EXPLICIT_KEY = "transformers_weights"
+MANIFESTS = ("modules.json", "model_index.json")
+
+# The torch weight name → the safetensors name its loader prefers when both are there.
+_SAFE_NAME = {"pytorch_model": "model", "adapter_model": "adapter_model", "diffusion_pytorch_model": "diffusion_pytorch_model"}
+_BASES = "|".join(_SAFE_NAME)
+# pytorch_model.bin, pytorch_model.fp16.bin, pytorch_model-00001-of-00002.bin, pytorch_model.fp16-00001-of-00002.bin
+_BIN_FILE = re.compile(rf"^(?P<base>{_BASES})(?:\.(?P<variant>[^.]+?))?(?:-\d+-of-\d+)?\.bin$")
+# pytorch_model.bin.index.json, pytorch_model.bin.index.fp16.json (``_add_variant`` puts it before .json)
+_BIN_INDEX = re.compile(rf"^(?P<base>{_BASES})\.bin\.index(?:\.(?P<variant>[^.]+))?\.json$")
+# Every index name a save can produce, variants included.
+INDEX_FILE = re.compile(r"^.+\.(?:safetensors|bin)\.index(?:\.[^./]+)?\.json$")
+
+
+def is_index_name(name: str) -> bool:
+    return INDEX_FILE.match(name) is not None
+
+
+def hidden_by(name: str, folder: Path) -> str | None:
+    """The safetensors file (or index) in ``folder`` that a loader reads instead of the torch weights
+    ``name``, or None when the loader would read ``name`` itself."""
+    match = _BIN_FILE.match(name) or _BIN_INDEX.match(name)
+    if match is None:
+        return None
+    safe, variant = _SAFE_NAME[match["base"]], match["variant"]
+    single = f"{safe}.{variant}.safetensors" if variant else f"{safe}.safetensors"
+    index = f"{safe}.safetensors.index.{variant}.json" if variant else f"{safe}.safetensors.index.json"
+    for candidate in (single, index):
+        if (folder / candidate).is_file():
+            return candidate
+    return None
+
+
+def inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` when it stays inside ``root`` (lexically, as transformers checks, and once links
+    are followed, except into a Hugging Face cache's own blobs); None when it escapes."""
+    from nandoctor.checkpoint.hubcache import blob_roots
+
+    if not rel or os.path.isabs(rel):
+        return None
+    candidate = root / rel
+    base = os.path.abspath(root)
+    if os.path.commonpath([base, os.path.abspath(candidate)]) != base:
+        return None
+    try:
+        resolved = candidate.resolve()
+        allowed = (root.resolve(), *blob_roots(root))
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        return None
+    return candidate if any(resolved == a or a in resolved.parents for a in allowed) else None
+
+
+@dataclass
+class Explicit:
+    """What ``config.json`` says about the weights: the file it names, or why that is refused."""
+
+    path: Path | None = None
+    problems: list[ScanProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def explicit_weights(root: Path) -> Explicit:
+    """The file ``config.json``'s ``transformers_weights`` names, checked as transformers checks it."""
+    config = root / CONFIG
+    out = Explicit()
+    if not config.is_file():
+        return out
+    try:
+        data = read_json(config)
+    except (OSError, ValueError) as exc:  # transformers could not read it either: no model loads from here
+        out.notes.append(f"{CONFIG} cannot be read ({exc}); whether it names the weights is unknown")
+        return out
+    if not isinstance(data, dict) or EXPLICIT_KEY not in data:
+        return out
+    value = data[EXPLICIT_KEY]
+    where = str(config)
+    if not isinstance(value, str) or not (
+        value.endswith((".safetensors", ".safetensors.index.json")) or value == "adapter_model.bin"
+    ):
+        out.problems.append(ScanProblem(
+            where, f"{EXPLICIT_KEY} is {value!r}: not a safetensors file or index, so transformers refuses to load it",
+            f"set {EXPLICIT_KEY} to the weights' file name, or remove it",
+        ))
+        return out
+    path = inside(root, value)
+    if path is None:
+        out.problems.append(ScanProblem(
+            where, f"{EXPLICIT_KEY} {value!r} points outside the checkpoint folder; refused",
+            f"set {EXPLICIT_KEY} to a file inside the folder",
+        ))
+    elif not path.exists():
+        out.problems.append(ScanProblem(where, f"{EXPLICIT_KEY} names {value!r}, which is missing",
+                                        "copy the weights it names into the folder"))
+    elif not path.is_file():
+        out.problems.append(ScanProblem(str(path), "named by transformers_weights but not a regular file; refused"))
+    else:
+        out.path = path
+        out.notes.append(f"{CONFIG} names the weights: {value} (transformers_weights)")
+    return out
+
+
+@dataclass
+class Subfolders:
+    """Subfolders a loader's manifest names (to scan with the checkpoint), and what was wrong."""
+
+    folders: list[Path] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+
+
+def _manifest_paths(data: object, manifest: str) -> list[str]:
+    if manifest == "modules.json" and isinstance(data, list):
+        return [m["path"] for m in data if isinstance(m, dict) and isinstance(m.get("path"), str) and m["path"]]
+    if manifest == "model_index.json" and isinstance(data, dict):
+        # {"unet": ["diffusers", "UNet2DConditionModel"], "_class_name": …}: a component per subfolder
+        return [k for k, v in data.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0]]
+    return []
+
+
+def manifest_subfolders(root: Path) -> Subfolders:
+    """The subfolders ``modules.json`` / ``model_index.json`` name; one that escapes the folder is refused."""
+    out = Subfolders()
+    for manifest in MANIFESTS:
+        path = root / manifest
+        if not path.is_file():
+            continue
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            continue  # the loader cannot read it either
+        for rel in _manifest_paths(data, manifest):
+            sub = inside(root, rel)
+            if sub is None:
+                out.problems.append(ScanProblem(
+                    str(path), f"names the subfolder {rel!r}, which lies outside the checkpoint folder; refused",
+                    f"fix {manifest} so every module is a folder inside the checkpoint",
+                ))
+            elif sub.is_dir() and sub.resolve() != root.resolve() and sub not in out.folders:
+                out.folders.append(sub)
+    return out

@@ -1,0 +1,24 @@
+"""`nandoctor manifest PATH`: sha256 of every weight file and storage span, as JSON, for --verify-hashes."""
+
+from __future__ import annotations
+
+import click
+
+from nandoctor.cli.common import echo_json, handles_errors
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=str))
+@handles_errors
+def manifest(path: str) -> None:
+    """Print a manifest of the checkpoint at PATH: the sha256 of every weight file and of each
+    distinct storage span (so a later check names the tensor that changed).
+
+    \b
+    Examples:
+      nandoctor manifest ckpt/ > manifest.json
+      nandoctor scan ckpt/ --verify-hashes --manifest manifest.json
+    """
+    from nandoctor import api
+
+    echo_json(api.manifest(path))

@@ -1,0 +1,194 @@
+"""``nandoctor diff A B``: compare a checkpoint with a reference, tensor by tensor, without loading either.
+
+Both sides are opened once (``open_checkpoint``: any format nandoctor reads),
+paired by name (match.py, repair's prefix rules and tie rules), compared bytes
+first and values only where bytes differ or dtypes differ (compare.py,
+values.py), and summarised per tensor and per layer (result.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nandoctor.checkpoint import hubcache, layout
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.diffs import result as r
+from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback
+from nandoctor.diffs.match import Pair, pair_tensors
+from nandoctor.diffs.result import DiffReport, TensorDiff
+from nandoctor.layers import bad_ranges, layer_of, natural_key
+from nandoctor.model import LayerSummary, ScanProblem, TensorRef
+from nandoctor.restore.tensorbytes import nbytes
+
+__all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
+
+
+def diff(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    workers: int | None = None,
+    both_formats: bool = False,
+) -> DiffReport:
+    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api.diff."""
+    path_a, _ = hubcache.resolve(a)
+    path_b, _ = hubcache.resolve(b)
+    return diff_checkpoints(
+        open_checkpoint(path_a, both_formats=both_formats),
+        open_checkpoint(path_b, both_formats=both_formats),
+        progress=progress,
+        workers=workers,
+        labels=(os.fspath(a), os.fspath(b)),
+    )
+
+
+def diff_checkpoints(
+    a: Checkpoint,
+    b: Checkpoint,
+    *,
+    progress: ProgressCallback | None = None,
+    workers: int | None = None,
+    labels: tuple[str, str] | None = None,
+    values: bool = True,
+) -> DiffReport:
+    """Compare two opened checkpoints (repair uses this on its output and each donor).
+
+    ``values=False`` compares bytes only: a tensor whose bytes differ is ``changed`` with no element
+    counts (and a dtype change is ``changed`` too), at memcmp speed throughout."""
+    started = time.perf_counter()
+    problems = [*a.problems, *b.problems]
+    notes = [*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes)]
+    pairs, ambiguous = pair_tensors(a, b)
+    problems += ambiguous
+    for side, checkpoint in (("A", a), ("B", b)):
+        failed = [f for f in checkpoint.files.files if f not in checkpoint.refs_by_file]
+        if failed:
+            notes.append(f"{side}: {len(failed)} file(s) could not be read; tensors shown only on the other side "
+                         "may be in them")
+
+    work: list[tuple[TensorRef, TensorRef]] = []
+    slot: dict[int, int] = {}  # pair index → index in work
+    for i, pair in enumerate(pairs):
+        if pair.a is not None and pair.b is not None and tuple(pair.a.shape) == tuple(pair.b.shape):
+            slot[i] = len(work)
+            work.append((pair.a, pair.b))
+        elif pair.partner is not None:
+            ref = pair.a or pair.b
+            assert ref is not None
+            slot[i] = len(work)
+            work.append((ref, pair.partner))
+    comparer = Comparer(workers, progress, sum(nbytes(x) + nbytes(y) for x, y in work), values=values)
+    try:
+        outcomes = comparer.compare_all(work)
+    finally:
+        comparer.close()
+    problems += _changed_files(a) + _changed_files(b)
+
+    tensors = tuple(_tensor_diff(p, outcomes[slot[i]] if i in slot else None) for i, p in enumerate(pairs))
+    layers, changed_ranges, cast_ranges = _layers(tensors)
+    counts = {status: 0 for status in r.STATUSES}
+    for t in tensors:
+        counts[t.status] += 1
+    label_a, label_b = labels or (str(a.path), str(b.path))
+    return DiffReport(
+        a=label_a,
+        b=label_b,
+        tensors=tensors,
+        problems=tuple(problems),
+        notes=tuple(notes),
+        layers=layers,
+        changed_ranges=changed_ranges,
+        cast_ranges=cast_ranges,
+        bytes_read=sum(o.bytes_read for o in outcomes),
+        seconds=time.perf_counter() - started,
+        counts=counts,
+    )
+
+
+def _changed_files(checkpoint: Checkpoint) -> list[ScanProblem]:
+    """A file whose size or mtime moved while it was compared: its bytes were not the ones read."""
+    out = []
+    for file, before in checkpoint.fingerprints.items():
+        try:
+            now = layout.fingerprint(file)
+        except OSError as exc:
+            out.append(ScanProblem(str(file), f"cannot stat it after the diff: {exc.strerror or exc}"))
+            continue
+        if now != before:
+            out.append(ScanProblem(str(file), "the file changed while it was being compared",
+                                   "wait for the writer to finish and diff again"))
+    return out
+
+
+def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
+    a, b = pair.a, pair.b
+    ref = a or b
+    assert ref is not None
+    if a is None or b is None:
+        status = r.ONLY_A if b is None else r.ONLY_B
+        tied_to = pair.tied_to
+        if outcome is not None and pair.partner is not None and not outcome.error and not outcome.values_differ:
+            tied_to = pair.partner.name  # the very same values as its partner: a tied copy
+        if tied_to is not None:
+            status = r.TIED
+        return TensorDiff(
+            name=ref.name, status=status, dtype_a=a.dtype if a else None, dtype_b=b.dtype if b else None,
+            shape_a=tuple(a.shape) if a else None, shape_b=tuple(b.shape) if b else None,
+            file_a=a.file if a else None, file_b=b.file if b else None,
+            numel=ref.numel, tied_to=tied_to,
+        )
+    common = dict(
+        name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
+        shape_a=tuple(a.shape), shape_b=tuple(b.shape), file_a=a.file, file_b=b.file, numel=a.numel,
+    )
+    if outcome is None:
+        return TensorDiff(status=r.SHAPE, **common)  # type: ignore[arg-type]
+    if outcome.error is not None:
+        return TensorDiff(status=r.UNREADABLE, message=outcome.error, **common)  # type: ignore[arg-type]
+    if not outcome.bytes_differ:
+        return TensorDiff(status=r.IDENTICAL, changed=0, compared_bytes=a.dtype == b.dtype, **common)  # type: ignore[arg-type]
+    if not outcome.decodable:
+        return TensorDiff(status=r.CHANGED, message="compared by bytes only; the bytes differ",
+                          **common)  # type: ignore[arg-type]
+    if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
+        status = r.EQUAL if a.dtype == b.dtype else r.CAST
+        rounding = (outcome.rounding or 0.0) if status == r.CAST else None
+        return TensorDiff(status=status, changed=0, rounding=rounding, **common)  # type: ignore[arg-type]
+    return TensorDiff(
+        status=r.CHANGED, changed=outcome.changed, max_abs=outcome.max_abs, max_rel=outcome.max_rel,
+        rounding=outcome.rounding, nonfinite_a_only=outcome.a_only, nonfinite_b_only=outcome.b_only,
+        first_nonfinite_a_only=outcome.first_a_only, first_nonfinite_b_only=outcome.first_b_only,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _summaries(tensors: tuple[TensorDiff, ...], counted: frozenset[str]) -> tuple[LayerSummary, ...]:
+    groups: dict[str, list[TensorDiff]] = {}
+    keys = {}
+    for t in tensors:
+        key = layer_of(t.name)
+        groups.setdefault(key.group, []).append(t)
+        keys[key.group] = key
+    out = []
+    for group in sorted(groups, key=natural_key):
+        key, members = keys[group], groups[group]
+        hit = [t for t in members if t.status in counted]
+        out.append(LayerSummary(
+            layer=group, stack=key.stack, index=key.index, tensors=len(members), bad_tensors=len(hit),
+            nan=0, posinf=0, neginf=0,
+            worst=max(hit, key=lambda t: t.changed or 0).name if hit else None,
+        ))
+    return tuple(out)
+
+
+_DIFFERENT = frozenset({r.CHANGED, r.SHAPE, r.ONLY_A, r.ONLY_B, r.UNREADABLE})
+
+
+def _layers(tensors: tuple[TensorDiff, ...]) -> tuple[tuple[LayerSummary, ...], tuple, tuple]:
+    """Per layer, the tensors that are not the same; consecutive ones as ranges (changed, cast apart)."""
+    layers = _summaries(tensors, _DIFFERENT | {r.CAST})
+    changed = bad_ranges(_summaries(tensors, _DIFFERENT))
+    cast = bad_ranges(_summaries(tensors, frozenset({r.CAST})))
+    return layers, changed, cast

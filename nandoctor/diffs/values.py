@@ -1,0 +1,166 @@
+"""Raw element bytes → numbers, and one chunk of A compared with the same chunk of B.
+
+numpy has no bf16 or fp8, so elements are decoded from their bit patterns:
+bf16 is the top half of an fp32, fp8 codes go through a 256-entry table built
+from dtypes.py/targets.py (the same decoding the census trusts). Integers keep
+their own type so that large int64 values are compared exactly.
+
+*Identical values across a dtype change* (fp32 → bf16) means: wherever the
+two sides differ, both are finite and the difference is at most half a unit
+in the last place of the lower-precision side at its value — exactly what
+round-to-nearest produces. A value that overflowed to Inf, was clamped
+(fp8 saturation) or was changed by more than the rounding is a change.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from nandoctor.dtypes import DTYPES, Family
+from nandoctor.kernels.targets import decode_magnitude, first_nonfinite_magnitude, magnitude_mask
+
+# Float formats: (mantissa bits, exponent of the smallest normal value) of one lane.
+_PRECISION: dict[str, tuple[int, int]] = {
+    "F64": (52, -1022), "C128": (52, -1022), "F32": (23, -126), "C64": (23, -126),
+    "F16": (10, -14), "C32": (10, -14), "BF16": (7, -126),
+    "F8_E4M3": (3, -6), "F8_E5M2": (2, -14), "F8_E4M3FNUZ": (3, -7), "F8_E5M2FNUZ": (2, -15),
+    "F8_E8M0": (0, -127),
+}
+_INTEGERS = {"BOOL": "<u1", "U8": "<u1", "I8": "<i1", "I16": "<i2", "U16": "<u2", "I32": "<i4",
+             "U32": "<u4", "I64": "<i8", "U64": "<u8"}
+_NATIVE_FLOATS = {"F64": "<f8", "C128": "<f8", "F32": "<f4", "C64": "<f4", "F16": "<f2", "C32": "<f2"}
+
+
+def decodable(dtype: str) -> bool:
+    """Whether elements of ``dtype`` can be compared value by value (sub-byte floats cannot)."""
+    return dtype in _PRECISION or dtype in _INTEGERS
+
+
+def lanes_per_element(dtype: str) -> int:
+    return DTYPES[dtype].lanes_per_element if dtype in _PRECISION else 1
+
+
+@functools.cache
+def _table(name: str) -> np.ndarray:
+    """float64 value of each of the 256 codes of an 8-bit float."""
+    spec = DTYPES[name]
+    mask = magnitude_mask(spec)
+    limit = first_nonfinite_magnitude(spec)
+    out = np.empty(256, dtype=np.float64)
+    for code in range(256):
+        magnitude = code & mask
+        negative = bool(code & 0x80) and mask != 0xFF
+        if code in spec.nan_codes:
+            value = float("nan")
+        elif spec.family is Family.IEEE and magnitude >= limit:
+            value = float("inf") if magnitude == spec.exp_mask else float("nan")
+        else:
+            value = decode_magnitude(spec, magnitude)
+        out[code] = -value if negative else value
+    return out
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Little-endian element bytes as one number per lane (complex numbers: two lanes per element)."""
+    if dtype in _INTEGERS:
+        return raw.view(_INTEGERS[dtype])
+    if dtype in _NATIVE_FLOATS:
+        return raw.view(_NATIVE_FLOATS[dtype])
+    if dtype == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype in _PRECISION:
+        return _table(dtype)[raw]
+    raise ValueError(f"no element decoding for dtype {dtype}")
+
+
+def narrower(dtype_a: str, dtype_b: str) -> tuple[str, int, int] | None:
+    """("a" or "b", mantissa bits, smallest normal exponent) of the lower-precision float side of a
+    dtype change; None when neither side rounds (integers both, or the same dtype)."""
+    pa, pb = _PRECISION.get(dtype_a), _PRECISION.get(dtype_b)
+    if dtype_a == dtype_b or (pa is None and pb is None):
+        return None
+    if pb is None or (pa is not None and pa[0] < pb[0]) or (pa is not None and pa[0] == pb[0] and pa[1] > pb[1]):
+        assert pa is not None
+        return ("a", *pa)
+    return ("b", *pb)
+
+
+@dataclass
+class ChunkStats:
+    """One chunk's comparison; indices are element indices within the chunk."""
+
+    changed: int = 0
+    abs_at: int = -1
+    abs_a: float = 0.0
+    abs_b: float = 0.0
+    abs_amount: float = -1.0
+    rel_at: int = -1
+    rel_a: float = 0.0
+    rel_b: float = 0.0
+    rel_amount: float = -1.0
+    rounding: float | None = None
+    a_only: int = 0  # NaN/Inf in A where B is finite
+    b_only: int = 0
+    first_a_only: int = -1
+    first_b_only: int = -1
+    values_differ: bool = False  # some lanes' values differ at all (changed or rounded)
+
+
+def _half_ulp(values: np.ndarray, mantissa: int, emin: int) -> np.ndarray:
+    _, exponent = np.frexp(values)  # |v| = m * 2**e, m in [0.5, 1): floor(log2|v|) = e - 1
+    top = np.where(values == 0, emin, np.maximum(exponent - 1, emin))
+    return np.ldexp(1.0, top - mantissa - 1)
+
+
+def compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int, int] | None) -> ChunkStats:
+    """Compare decoded lanes ``x`` (A) and ``y`` (B) of the same elements.
+
+    NaN equals NaN (whatever its payload), -0 equals +0. With ``rounding`` (see :func:`narrower`),
+    finite differences within half an ulp of the narrower side are rounding, not changes.
+    """
+    stats = ChunkStats()
+    differ = x != y
+    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+        differ &= ~(np.isnan(x) & np.isnan(y))
+    where = np.flatnonzero(differ)
+    if where.size == 0:
+        return stats
+    stats.values_differ = True
+    xd, yd = x[where].astype(np.float64), y[where].astype(np.float64)
+    fin_x, fin_y = np.isfinite(xd), np.isfinite(yd)
+    both = fin_x & fin_y
+    a_only, b_only = where[~fin_x & fin_y], where[fin_x & ~fin_y]
+    stats.a_only = len(np.unique(a_only // lanes)) if lanes > 1 else a_only.size
+    stats.b_only = len(np.unique(b_only // lanes)) if lanes > 1 else b_only.size
+    if a_only.size:
+        stats.first_a_only = int(a_only[0]) // lanes
+    if b_only.size:
+        stats.first_b_only = int(b_only[0]) // lanes
+    delta = np.zeros_like(xd)
+    np.subtract(xd, yd, out=delta, where=both)
+    np.abs(delta, out=delta)
+    changed = np.ones(where.size, dtype=bool)
+    if rounding is not None:
+        side, mantissa, emin = rounding
+        narrow = yd if side == "b" else xd
+        rounded = both & (delta <= _half_ulp(np.where(both, narrow, 0.0), mantissa, emin))
+        changed = ~rounded
+        if rounded.any():
+            stats.rounding = float(delta[rounded].max())
+    changed_lanes = where[changed]
+    stats.changed = len(np.unique(changed_lanes // lanes)) if lanes > 1 else changed_lanes.size
+    measured = changed & both
+    if measured.any():
+        k = int(np.argmax(np.where(measured, delta, -1.0)))
+        stats.abs_at, stats.abs_a, stats.abs_b, stats.abs_amount = int(where[k]) // lanes, xd[k], yd[k], float(delta[k])
+        relative = np.full_like(delta, -1.0)
+        usable = measured & (yd != 0)  # relative to the reference, B
+        np.divide(delta, np.abs(yd), out=relative, where=usable)
+        if usable.any():
+            k = int(np.argmax(relative))
+            stats.rel_at, stats.rel_a, stats.rel_b, stats.rel_amount = (
+                int(where[k]) // lanes, xd[k], yd[k], float(relative[k]))
+    return stats

@@ -1,0 +1,83 @@
+"""Chunks of one tensor (DCP shards saved by several ranks) merged into one result in global coordinates.
+
+Each chunk is scanned as a tensor of its own; here the counts are added, the
+first bad element and the first outlier become flat indices of the *global*
+tensor, and the census keeps the worst of its chunks (largest magnitude,
+outliers) and the sum of the rest (zeros, exploded, overflow). A tensor whose
+chunks are not all present still gets one result; the missing file is a
+problem of its own (exit 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nandoctor.model import Outliers, TensorResult, coords_of
+
+
+def global_index(local: int, result: TensorResult) -> int:
+    """Flat index in the global tensor of flat index ``local`` in the chunk ``result`` was read from."""
+    chunk = result.ref.chunk
+    assert chunk is not None
+    coords = coords_of(local, result.ref.shape)
+    flat = 0
+    for c, o, size in zip(coords, chunk.offsets, chunk.global_shape):
+        flat = flat * size + c + o
+    return flat
+
+
+def merge_chunks(results: list[TensorResult]) -> list[TensorResult]:
+    """``results`` with the chunks of each tensor replaced, where the first of them stood, by one result."""
+    groups: dict[str, list[TensorResult]] = {}
+    for result in results:
+        if result.ref.chunk is not None:
+            groups.setdefault(result.ref.name, []).append(result)
+    out = []
+    for result in results:
+        if result.ref.chunk is None:
+            out.append(result)
+        elif groups.get(result.ref.name, [None])[0] is result:
+            out.append(_merged(groups[result.ref.name]))
+    return out
+
+
+def _min(values: list[int]) -> int | None:
+    return min(values) if values else None
+
+
+def _merged(chunks: list[TensorResult]) -> TensorResult:
+    chunks = sorted(chunks, key=lambda r: r.ref.chunk.offsets if r.ref.chunk else ())
+    firsts = [(global_index(r.first_bad, r), r) for r in chunks if r.first_bad is not None]
+    first_bad = min(firsts, key=lambda pair: pair[0]) if firsts else None
+    shown = first_bad[1] if first_bad else chunks[0]  # the chunk (and file) the report points at
+    chunk = shown.ref.chunk
+    assert chunk is not None
+    ref = dataclasses.replace(shown.ref, shape=chunk.global_shape, storage_offset=0, strides=None, chunk=None)
+    magnitudes = [r.max_abs for r in chunks if r.max_abs is not None]
+    scales = [r.bulk_scale for r in chunks if r.bulk_scale is not None]
+    return TensorResult(
+        ref,
+        nan=sum(r.nan for r in chunks),
+        posinf=sum(r.posinf for r in chunks),
+        neginf=sum(r.neginf for r in chunks),
+        first_bad=first_bad[0] if first_bad else None,
+        can_hold_nonfinite=any(r.can_hold_nonfinite for r in chunks),
+        overflow=sum(r.overflow for r in chunks),
+        max_abs=max(magnitudes) if magnitudes else None,
+        max_abs_exact=all(r.max_abs_exact for r in chunks),
+        zeros=sum(r.zeros for r in chunks),
+        outliers=_outliers(chunks),
+        bulk_scale=max(scales) if scales else None,  # the loudest chunk: an outlier is judged against it
+        exploded=sum(r.exploded for r in chunks),
+    )
+
+
+def _outliers(chunks: list[TensorResult]) -> Outliers | None:
+    found = [(r.outliers, r) for r in chunks if r.outliers is not None and r.outliers.count]
+    if not found:
+        return None
+    worst = max((o.worst for o, _ in found), key=abs)
+    first = _min([global_index(o.first, r) for o, r in found])
+    assert first is not None
+    return Outliers(sum(o.count for o, _ in found), worst, first, min(o.threshold for o, _ in found))
+

@@ -1,0 +1,218 @@
+"""Plan → scan a part → merge: one scan split into N parts that run anywhere, then joined into one report.
+
+``plan_parts`` cuts a checkpoint's regions into N parts of about equal bytes,
+in file order (each part reads a contiguous run of files: friendly to shared
+filesystems); every process that opens the same checkpoint computes the same
+plan. ``scan_part`` scans one part and returns it as a plain JSON-ready dict
+(``nandoctor scan --part I/N --json``; a torchrun rank). ``merge_parts``
+checks that the parts make exactly one whole scan of the checkpoint as it is
+now (every part once, same N, same checkpoint and options, files unchanged
+since they were scanned), then assembles the one report, tensor for tensor the
+report a single-process scan gives. Plain functions: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.engine import Scanned, assemble, scan_jobs
+from nandoctor.engine.jobs import RegionJob, plan_jobs
+from nandoctor.engine.pipeline import ProgressCallback
+from nandoctor.errors import NandoctorError
+from nandoctor.kernels import select_kernel
+from nandoctor.kernels.census import HealthLimits
+from nandoctor.kernels.targets import target
+from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
+
+PART_FORMAT = "nandoctor-part/1"
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorResult) if f.name not in ("ref", "findings"))
+
+
+class PartsError(NandoctorError):
+    """Parts that do not make one whole scan: missing, duplicated, foreign or stale (exit 3)."""
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    index: int  # 0-based, as SLURM_ARRAY_TASK_ID and torch ranks count
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> PartSpec:
+        """``"I/N"`` with 0 <= I < N; ValueError otherwise."""
+        head, sep, tail = text.partition("/")
+        if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+            raise ValueError(f"{text!r} is not I/N (e.g. 0/4: the first of 4 parts)")
+        index, count = int(head), int(tail)
+        if not 0 <= index < count:
+            raise ValueError(f"part {index} of {count} does not exist: parts are numbered 0 to {count - 1}")
+        return cls(index, count)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every part must agree on: the same options give the same plan and the same findings."""
+
+    both_formats: bool = False
+    target_dtype: str | None = None
+    max_abs: float | None = None
+    outlier_factor: float | None = None
+
+    @property
+    def limits(self) -> HealthLimits:
+        defaults = HealthLimits()
+        return HealthLimits(
+            defaults.max_abs if self.max_abs is None else self.max_abs,
+            defaults.outlier_factor if self.outlier_factor is None else self.outlier_factor,
+        )
+
+
+def plan_parts(jobs: list[RegionJob], count: int) -> list[int]:
+    """The part of each job: cumulative bytes cut into ``count`` equal spans, a job where its middle falls."""
+    total = sum(job.region.nbytes for job in jobs) or 1
+    parts, before = [], 0
+    for job in jobs:
+        middle = before + job.region.nbytes / 2
+        parts.append(min(count - 1, int(middle * count // total)))
+        before += job.region.nbytes
+    return parts
+
+
+def identity(checkpoint: Checkpoint, options: Options, count: int) -> str:
+    """A digest of what the parts must share: the checkpoint's files as they are, its tensors, N, the options."""
+    files = sorted((str(f), *checkpoint.fingerprints.get(f, (-1, -1))) for f in checkpoint.files.files)
+    what = [str(Path(checkpoint.path).resolve()), files, len(checkpoint.refs), count, dataclasses.asdict(options)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def scan_part(
+    path: str | os.PathLike[str], part: PartSpec, options: Options = Options(), *, device: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Scan part ``part.index`` of ``part.count`` of the checkpoint at ``path``; the part as a JSON-ready dict."""
+    started = time.perf_counter()
+    checkpoint = open_checkpoint(path, both_formats=options.both_formats)
+    cast_to = target(options.target_dtype) if options.target_dtype else None
+    jobs = plan_jobs(checkpoint.refs, options.limits, cast_to)
+    mine = [job for job, p in zip(jobs, plan_parts(jobs, part.count)) if p == part.index]
+    files = {Path(job.region.file) for job in mine}
+    if part.index == 0:  # files without a region to read are still checked for changes, by part 0
+        files |= {f for f, refs in checkpoint.refs_by_file.items() if not refs}
+    kernel = select_kernel(device)
+    regions = len(mine)  # (scan_jobs empties the list as it frees each job)
+    found = scan_jobs(checkpoint, mine, kernel, options.limits, progress, files)
+    index = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
+    return {
+        "format": PART_FORMAT,
+        "target": str(path),
+        "part": part.index,
+        "of": part.count,
+        "identity": identity(checkpoint, options, part.count),
+        "options": dataclasses.asdict(options),
+        "fingerprints": {str(f): list(fp) for f, fp in checkpoint.fingerprints.items()},
+        "device": kernel.name,
+        "seconds": time.perf_counter() - started,
+        "bytes_scanned": found.bytes_scanned,
+        "regions": regions,
+        "tensors": [_encode(t, index[id(t.ref)]) for t in found.tensors],
+        "unviewed": [dataclasses.asdict(u) for u in found.unviewed],
+        "problems": [dataclasses.asdict(p) for p in found.problems],
+    }
+
+
+def _encode(result: TensorResult, ref_index: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"ref": ref_index, "name": result.ref.name}
+    for name in _RESULT_FIELDS:
+        value = getattr(result, name)
+        out[name] = dataclasses.asdict(value) if isinstance(value, Outliers) else value
+    return out
+
+
+def _decode(data: dict[str, Any], refs: list[TensorRef], label: str) -> TensorResult:
+    ref_index = data["ref"]
+    if not (isinstance(ref_index, int) and 0 <= ref_index < len(refs)) or refs[ref_index].name != data["name"]:
+        raise PartsError(f"{label}: tensor {data.get('name')!r} is not where the checkpoint has it now",
+                         "the checkpoint changed since the part was scanned; scan the parts again")
+    # JSON has no tuples: tuple fields (experts) come back as lists
+    fields: dict[str, Any] = {name: tuple(data[name]) if isinstance(data[name], list) else data[name]
+                              for name in _RESULT_FIELDS}
+    if fields["outliers"] is not None:
+        fields["outliers"] = Outliers(**fields["outliers"])
+    return TensorResult(refs[ref_index], **fields)
+
+
+def read_part(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A part file written by ``nandoctor scan --part I/N --json``; PartsError naming it otherwise."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise PartsError(f"{path}: not a readable part file ({exc})",
+                         "write parts with: nandoctor scan PATH --part I/N --json > part-I.json") from None
+    if not isinstance(data, dict) or data.get("format") != PART_FORMAT:
+        raise PartsError(f"{path}: not a nandoctor part (a scan report or another file?)",
+                         "write parts with: nandoctor scan PATH --part I/N --json > part-I.json")
+    return data
+
+
+def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None = None) -> ScanReport:
+    """The one report of a scan split into ``parts`` ((label, part) pairs); PartsError unless they make one whole."""
+    if not parts:
+        raise PartsError("no parts to merge", "pass every part-*.json of the scan")
+    first_label, first = parts[0]
+    count = first["of"]
+    by_index: dict[int, str] = {}
+    for label, part in parts:
+        if part["of"] != count:
+            raise PartsError(f"{label}: a part of {part['of']} where {first_label} is a part of {count}",
+                             "merge the parts of one split only")
+        if part["target"] != first["target"] or part["options"] != first["options"]:
+            raise PartsError(f"{label}: from another checkpoint or other options ({part['target']}) than "
+                             f"{first_label} ({first['target']})", "merge the parts of one scan only")
+        if part["part"] in by_index:
+            raise PartsError(f"{label} and {by_index[part['part']]} are both part {part['part']}/{count}",
+                             "keep one of them (a retried part replaces the first try)")
+        by_index[part["part"]] = label
+    missing = [i for i in range(count) if i not in by_index]
+    if missing:
+        raise PartsError(f"part(s) {', '.join(f'{i}/{count}' for i in missing)} missing",
+                         f"run: nandoctor scan {first['target']} --part {missing[0]}/{count} --json")
+    options = Options(**first["options"])
+    checkpoint = open_checkpoint(first["target"], both_formats=options.both_formats)
+    now = identity(checkpoint, options, count)
+    for label, part in parts:
+        if part["identity"] != now:
+            raise PartsError(f"{label}: {_what_changed(part, checkpoint)}",
+                             "the checkpoint is not what was scanned; scan the parts again")
+    refs = checkpoint.refs
+    found = Scanned([], [], [], 0)
+    for label, part in parts:
+        found.tensors += [_decode(t, refs, label) for t in part["tensors"]]
+        found.unviewed += [UnviewedBad(**u) for u in part["unviewed"]]
+        found.problems += [ScanProblem(**p) for p in part["problems"]]
+        found.bytes_scanned += part["bytes_scanned"]
+    seconds = max(part["seconds"] for _, part in parts)  # the parts ran side by side
+    cast_to = target(options.target_dtype) if options.target_dtype else None
+    report = assemble(first["target"], checkpoint, found, device or first["device"], seconds, cast_to, options.limits)
+    return dataclasses.replace(report, extra={**report.extra, "parts": count})
+
+
+def _what_changed(part: dict[str, Any], checkpoint: Checkpoint) -> str:
+    then = part["fingerprints"]
+    now = {str(f): list(fp) for f, fp in checkpoint.fingerprints.items()}
+    for file in sorted(set(then) | set(now)):
+        if then.get(file) != now.get(file):
+            verb = "appeared" if file not in then else "is gone" if file not in now else "changed"
+            return f"{file} {verb} since this part was scanned"
+    return "another checkpoint, or the same one split another way"
+
+
+__all__ = ["Options", "PartSpec", "PartsError", "merge_parts", "plan_parts", "read_part", "scan_part"]

@@ -1,0 +1,116 @@
+"""What the training callbacks share: scan a checkpoint just saved, judge it, log it, keep its verdict.
+
+``CheckpointGate`` is framework-free (no transformers, no lightning): the
+transformers ``NanDoctorCallback`` and the Lightning ``NanDoctorCheckpointCallback``
+each decide *when* a checkpoint was written and *what* rotation may delete; this
+module scans it (on the CPU by default: the files were just written, so they are
+in the page cache, and the GPU stays with training), asks ``verdict.py`` whether it
+passes, logs the one-line verdict, and writes the gate JSON. A scan that fails for
+any reason is logged and reported as "not scanned": it never stops or crashes training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nandoctor import verdict as verdicts
+from nandoctor.model import ScanReport
+from nandoctor.report.json_report import report_to_json
+
+logger = logging.getLogger("nandoctor.integrations")
+
+REPORT_NAME = "nandoctor.json"
+
+
+class CheckpointGate:
+    """Scan saved checkpoints and remember the verdicts: ``reports``, ``last_clean``, ``first_bad``.
+
+    Args:
+        target_dtype: also count weights that overflow a cast to ``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``.
+        fail_on: which findings fail the gate (default: nonfinite, exploded, outlier, overflow).
+        device: where to count (``cpu`` by default).
+    """
+
+    def __init__(self, *, target_dtype: str | None = None, fail_on: str | list[str] | None = None,
+                 device: str = "cpu") -> None:
+        self.target_dtype = target_dtype
+        self.fail_on = verdicts.parse_fail_on(fail_on)
+        verdicts.require_target_for_overflow(self.fail_on, target_dtype)  # a gate that passes anything is a bug
+        self.device = device
+        self.reports: dict[Any, ScanReport] = {}  # the caller's key (a step, a path) → report
+        self.last_clean: str | None = None  # the newest checkpoint that passed
+        self.first_bad: str | None = None
+
+    def check(
+        self, path: Path, key: Any, scan: Callable[[Path], ScanReport] | None = None
+    ) -> tuple[bool | None, ScanReport | None]:
+        """Scan ``path`` (with ``scan``, default :meth:`scan`), log its one-line verdict and record it:
+        (passed, report), the report kept in ``reports[key]``; (None, None) when it could not be scanned
+        (logged; training goes on)."""
+        try:
+            report = (scan or self.scan)(path)
+            passed = verdicts.passes(report, self.fail_on)
+            line = verdicts.one_line(report, self.fail_on, label=str(path))
+            (logger.info if passed else logger.warning)("nandoctor: %s", line)
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not scan %s (%s: %s); training goes on", path, type(exc).__name__, exc)
+            return None, None
+        self.reports[key] = report
+        self.record(str(path), passed)
+        return passed, report
+
+    def scan(self, path: Path) -> ScanReport:
+        from nandoctor.api import scan
+
+        return scan(path, device=self.device, target_dtype=self.target_dtype)
+
+    def record(self, path: str, passed: bool) -> None:
+        if passed:
+            self.last_clean = path
+        elif self.first_bad is None:
+            self.first_bad = path
+
+    def gate(self, report: ScanReport) -> dict[str, Any]:
+        """The ``gate`` object of the JSON: what failed it, its exit code, whether it passed."""
+        code = verdicts.exit_code(report, self.fail_on)
+        return {"fail_on": sorted(self.fail_on), "exit_code": code, "passed": code == 0}
+
+    def report_json(self, report: ScanReport) -> dict[str, Any]:
+        data = report_to_json(report)
+        data["gate"] = self.gate(report)
+        return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict); errors are logged."""
+    tmp = path.with_name(f".{path.name}.writing")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        logger.error("nandoctor: could not write %s (%s)", path, exc)
+        tmp.unlink(missing_ok=True)
+
+
+def passed_in(data: Any) -> bool:
+    """Whether a gate JSON object (as written above) says its checkpoint passed."""
+    return isinstance(data, dict) and isinstance(data.get("gate"), dict) and data["gate"].get("passed") is True
+
+
+def distributed() -> Any:
+    """``torch.distributed`` when this process is one of several in an initialised process group, else None."""
+    try:
+        import torch.distributed as dist  # torch is already loaded in any process that trains
+    except ImportError:
+        return None
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return dist
+
+
+__all__ = ["REPORT_NAME", "CheckpointGate", "distributed", "passed_in", "write_json"]

@@ -1,0 +1,259 @@
+"""``NanDoctorCallback`` for Lightning: scan every ``.ckpt`` a ``lightning.Trainer`` writes, right after it is written.
+
+    from nandoctor.integrations.lightning import NanDoctorCallback
+
+    trainer = lightning.Trainer(..., callbacks=[ModelCheckpoint(...), NanDoctorCallback(stop_on_nonfinite=True)])
+
+Which hook is honest: ``on_save_checkpoint`` hands over the dict *before* it is
+written, and a callback's ``on_train_batch_end`` runs before ``ModelCheckpoint``'s
+(Lightning orders checkpoint callbacks last), so neither sees the file. This
+callback instead wraps the strategy's ``CheckpointIO`` for the fit: every file
+``ModelCheckpoint`` (or ``trainer.save_checkpoint``) writes is scanned from disk
+the moment ``save_checkpoint`` returns, by the same gate as the transformers
+callback (integrations/gate.py): the bytes a resume or an export would load.
+
+* The verdicts go to ``nandoctor.json`` in the checkpoint's folder (one entry per
+  ``.ckpt``: step, gate, summary, bad layer ranges; entries of deleted files dropped).
+* ``stop_on_nonfinite=True`` stops training (``trainer.should_stop``) at the first
+  file that fails the gate; under DDP every rank stops one step later, together
+  (the decision is reduced across ranks at the next batch: a rank that stopped
+  alone would hang the others).
+* ``protect_last_clean=True``: when ``ModelCheckpoint`` rotates the newest clean
+  file of its folder away (``save_top_k``), the removal is held back until a newer
+  clean file exists there, so at most one file more than ``save_top_k`` is kept per
+  folder, however long the bad streak.
+
+Strategies that do not write through ``CheckpointIO`` (DeepSpeed, sharded FSDP
+folders) and asynchronous ``CheckpointIO`` are not scanned; a warning says so.
+A scan that fails is logged and never stops or crashes training. Lightning and
+torch are imported by this module only (``import nandoctor`` stays torch-free).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+try:
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.callbacks import Callback
+except ImportError as exc:  # say how to get it, not just "No module named lightning"
+    raise ImportError(
+        f"nandoctor.integrations.lightning needs lightning ({exc}); install it with: pip install lightning"
+    ) from exc
+
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, passed_in, write_json
+from nandoctor.model import ScanReport
+from nandoctor.report.json_report import report_to_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["REPORT_NAME", "NanDoctorCallback"]
+
+
+class NanDoctorCallback(Callback):
+    """Scan each ``.ckpt`` written during ``fit``; optionally stop at the first bad one; keep the last clean one.
+
+    Args:
+        stop_on_nonfinite: stop training when a written checkpoint fails the gate (non-finite weights or
+            optimizer state, unhealthy weights, overflow with ``target_dtype``, or unreadable).
+        target_dtype: also count weights that overflow a cast to ``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``.
+        fail_on: which findings fail the gate (default: nonfinite, exploded, outlier, overflow).
+        protect_last_clean: hold back ``ModelCheckpoint``'s removal of the newest clean file.
+        device: where to count (``cpu`` by default).
+        write_report: keep the verdicts in ``nandoctor.json`` beside the files.
+        log_metrics: hand each scan's health figures (``nandoctor/nonfinite``, ``nandoctor/max_abs``,
+            ``nandoctor/outliers``, ``nandoctor/bad_tensors``; ``verdict.metrics``) to the trainer's
+            loggers (CSV, TensorBoard, W&B …) at the checkpoint's step.
+    """
+
+    def __init__(
+        self,
+        stop_on_nonfinite: bool = False,
+        *,
+        target_dtype: str | None = None,
+        fail_on: str | list[str] | None = None,
+        protect_last_clean: bool = True,
+        device: str = "cpu",
+        write_report: bool = True,
+        log_metrics: bool = True,
+    ) -> None:
+        self.gate = CheckpointGate(target_dtype=target_dtype, fail_on=fail_on, device=device)
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.protect_last_clean = protect_last_clean
+        self.write_report = write_report
+        self.log_metrics = log_metrics
+        self.stopped_at: int | None = None
+        self.held_back: set[str] = set()  # files ModelCheckpoint removed that are kept as the last clean one
+        self._clean_in: dict[Path, str] = {}  # folder → its newest clean file (each ModelCheckpoint has its own)
+        self._stop_pending = False
+        self._io: _ScanningCheckpointIO | None = None
+
+    reports = property(lambda self: self.gate.reports)  # file path → report (rank zero only)
+    last_clean = property(lambda self: self.gate.last_clean)  # path of the newest file that passed
+    first_bad = property(lambda self: self.gate.first_bad)
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self._io is not None:
+            return
+        inner = trainer.strategy.checkpoint_io
+        if type(inner).__name__ == "AsyncCheckpointIO":  # the file is not written when save returns
+            logger.warning("nandoctor: asynchronous CheckpointIO: the saved checkpoints are not scanned")
+            return
+        self._io = _ScanningCheckpointIO(inner, self, trainer)
+        trainer.strategy.checkpoint_io = self._io
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.gate.last_clean is None:
+            self.gate.last_clean = self._previous_clean(trainer)  # a resumed run: the verdicts are on disk
+            if self.gate.last_clean is not None:
+                self._clean_in[Path(self.gate.last_clean).parent] = self.gate.last_clean
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # every rank reaches this point: they decide together
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._stop_pending, all=False):
+            trainer.should_stop = True
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._io is not None and trainer.strategy.checkpoint_io is self._io:
+            trainer.strategy.checkpoint_io = self._io.inner
+        self._io = None
+        if stage == "fit" and trainer.is_global_zero and self.reports:
+            logger.info("nandoctor: %d checkpoint(s) scanned; last clean: %s; first bad: %s",
+                        len(self.reports), self.last_clean or "none", self.first_bad or "none")
+
+    # -- what the CheckpointIO wrapper reports ---------------------------------------------------
+
+    def saved(self, trainer: Trainer, path: Path) -> None:
+        """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""
+        step = trainer.global_step
+        passed, report = self.gate.check(path, str(path))
+        if report is not None and self.write_report:
+            self._write(path, step, report)
+        if report is not None and self.log_metrics:
+            # Straight to the loggers: saves happen in hooks where LightningModule.log is refused
+            # (on_validation_end), and the loggers are what every dashboard reads.
+            figures = verdicts.metrics(report)
+            for sink in trainer.loggers:
+                sink.log_metrics(figures, step=step)
+        if passed:
+            self._clean_in[path.parent] = str(path)
+            self._release(path.parent, keep=str(path))
+        elif passed is False and self.stop_on_nonfinite and self.stopped_at is None:
+            self.stopped_at = step
+            logger.error("nandoctor: stopping training at step %d: %s failed the check; last clean checkpoint: %s",
+                         step, path, self.last_clean or "none")
+            if trainer.world_size > 1:
+                self._stop_pending = True  # reduced across ranks at the next batch
+            else:
+                trainer.should_stop = True
+
+    def keeps(self, path: Path) -> bool:
+        """Whether the removal ModelCheckpoint asked for is held back (``path`` is the newest clean file)."""
+        if not self.protect_last_clean or str(path) != self._clean_in.get(path.parent):
+            return False
+        if str(path) not in self.held_back:
+            self.held_back.add(str(path))
+            logger.info("nandoctor: keeping %s, the last clean checkpoint, until a newer one passes", path)
+        return True
+
+    def removed(self, path: Path) -> None:
+        if self.write_report:
+            self._update(path.parent, lambda entries: entries.pop(path.name, None))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _release(self, folder: Path, keep: str) -> None:
+        """A newer clean file exists in ``folder``: remove the files held back there for an older one."""
+        for held in sorted(h for h in self.held_back - {keep} if Path(h).parent == folder):
+            self.held_back.discard(held)
+            if self._io is not None:
+                self._io.remove_checkpoint(held)
+
+    def _write(self, path: Path, step: int, report: ScanReport) -> None:
+        data = report_to_json(report)
+        entry = {
+            "step": step,
+            "gate": self.gate.gate(report),
+            "summary": data["summary"],
+            "bad_layer_ranges": data["bad_layer_ranges"],
+            "errors": data["errors"],
+        }
+        self._update(path.parent, lambda entries: entries.__setitem__(path.name, entry))
+
+    def _update(self, folder: Path, change: Any) -> None:
+        """Read ``folder/nandoctor.json``, apply ``change`` to its ``checkpoints`` map, write it back."""
+        file = folder / REPORT_NAME
+        try:
+            data = read_json(file)
+        except (OSError, ValueError):
+            data = {}
+        entries = data.get("checkpoints") if isinstance(data, dict) else None
+        entries = entries if isinstance(entries, dict) else {}
+        change(entries)
+        healthy = [n for n, e in entries.items() if passed_in(e) and (folder / n).exists()]
+        bad = [n for n, e in entries.items() if isinstance(e, dict) and not passed_in(e)]
+        by_step = _by_step(entries)
+        write_json(file, {
+            "checkpoints": dict(sorted(entries.items(), key=lambda item: by_step(item[0]))),
+            "last_clean": max(healthy, key=by_step, default=None),
+            "first_bad": min(bad, key=by_step, default=None),
+        })
+
+    def _previous_clean(self, trainer: Trainer) -> str | None:
+        """The newest file a previous fit's ``nandoctor.json`` says passed, if it is still there."""
+        found: list[tuple[int, str]] = []
+        for callback in trainer.checkpoint_callbacks:
+            dirpath = getattr(callback, "dirpath", None)
+            if not dirpath:
+                continue
+            try:
+                data = read_json(Path(dirpath) / REPORT_NAME)
+            except (OSError, ValueError):
+                continue
+            entries = data.get("checkpoints") if isinstance(data, dict) else None
+            for name, entry in (entries or {}).items() if isinstance(entries, dict) else ():
+                if passed_in(entry) and (Path(dirpath) / name).exists() and isinstance(entry.get("step"), int):
+                    found.append((entry["step"], str(Path(dirpath) / name)))
+        return max(found)[1] if found else None
+
+
+def _by_step(entries: dict[str, Any]) -> Any:
+    def key(name: str) -> tuple[int, str]:
+        entry = entries.get(name)
+        step = entry.get("step") if isinstance(entry, dict) else None
+        return (step if isinstance(step, int) else -1, name)
+
+    return key
+
+
+class _ScanningCheckpointIO(CheckpointIO):
+    """The strategy's own ``CheckpointIO``, plus: scan each file after it is written; hold back the
+    removal of the newest clean one."""
+
+    def __init__(self, inner: CheckpointIO, doctor: NanDoctorCallback, trainer: Trainer) -> None:
+        self.inner = inner
+        self.doctor = doctor
+        self.trainer = trainer
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        self.doctor.saved(self.trainer, Path(path))
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        if self.doctor.keeps(Path(path)):
+            return
+        self.inner.remove_checkpoint(path)
+        self.doctor.removed(Path(path))
+
+    def teardown(self) -> None:
+        self.inner.teardown()

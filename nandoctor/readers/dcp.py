@@ -1,0 +1,152 @@
+"""torch.distributed.checkpoint (DCP) ``.distcp`` files read as byte ranges, through their folder's ``.metadata``.
+
+A ``.distcp`` file is a concatenation of items that only the metadata
+explains: each item's byte range is (offset, length) in ``storage_data``. With
+the default serialisation every item is a ``torch.save`` stream, read by the
+torch zip reader through a window at the item's offset (its CRC-32s checked
+as for any torch file); with ``serialization_format=SAFETENSORS`` the tensor
+chunks of a file are one safetensors stream at the end of the file, read by
+the safetensors reader at that offset. Pickled objects (``BytesStorageMetadata``)
+are torch.save streams too; any tensors inside them are scanned under the
+object's name. Items written through a stream extension (compression) are
+refused by name, never guessed at.
+
+Each chunk is named by its fully qualified DCP name and carries its place in
+the global tensor (:class:`ChunkOf`); the engine merges the chunks of one
+tensor into one result in global coordinates. Never sniffed by content (a
+``.distcp`` file starts like a torch zip but is not one): chosen by suffix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
+from nandoctor.model import ChunkOf, ReadResult, ScanProblem, TensorRef
+from nandoctor.readers import safetensors as st
+from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata, metadata_files
+from nandoctor.readers.torch.file import read_zip_at
+from nandoctor.readers.zipentries import LOCAL_MAGIC
+
+SUFFIXES = (".distcp",)
+
+
+@lru_cache(maxsize=8)
+def _metadata(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> DcpMetadata | None:
+    del stamp  # part of the cache key only: a rewritten .metadata is read again
+    return folder_metadata(folder)
+
+
+def metadata_for(folder: Path) -> DcpMetadata | None:
+    """The folder's DCP metadata, read once per scan of its many ``.distcp`` files."""
+    stamp = tuple((str(f), *(lambda st_: (st_.st_size, st_.st_mtime_ns))(os.stat(f))) for f in metadata_files(folder))
+    return _metadata(folder, stamp) if stamp else None
+
+
+class DcpReader:
+    format_name = "dcp"
+    suffixes: tuple[str, ...] = SUFFIXES
+
+    def sniff(self, head: bytes) -> bool:
+        return False  # chosen by suffix only (readers.reader_for)
+
+    def read(self, path: Path) -> ReadResult:
+        p = str(path)
+        metadata = metadata_for(path.parent)
+        if metadata is None:
+            raise UnsupportedFormatError(
+                f"{p}: a DCP .distcp file without its folder's .metadata, which alone says where its tensors are",
+                "scan the whole checkpoint folder, with the .metadata file torch.distributed.checkpoint wrote",
+            )
+        items = metadata.items_in(path.name)
+        if not items:
+            return ReadResult((), (f"{path.name}: no item of {Path(metadata.source).name} lies in this file",))
+        size = os.stat(path).st_size
+        refs: list[TensorRef] = []
+        problems: list[ScanProblem] = []
+        notes: list[str] = []
+        safetensors_at: dict[int, dict[str, TensorRef]] = {}
+        with open(path, "rb") as fh:
+            for item in items:
+                try:
+                    found, item_notes = _read_item(p, fh, size, item, metadata, safetensors_at)
+                except NandoctorError as exc:
+                    problems.append(ScanProblem(p, f"item {item.fqn!r}: {exc.message.removeprefix(p + ': ')}", exc.hint))
+                    continue
+                refs += found
+                notes += item_notes
+        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems))
+
+
+def _read_item(
+    p: str, fh: BinaryIO, size: int, item: DcpItem, metadata: DcpMetadata, safetensors_at: dict[int, dict[str, TensorRef]]
+) -> tuple[list[TensorRef], list[str]]:
+    if item.transformed:
+        raise CorruptCheckpointError(
+            p, "written through a stream extension (compression or another transform), which nandoctor does not "
+            "decode; not scanned",
+            "save without _extensions (FileSystemWriter's default) to have the checkpoint scanned",
+        )
+    if item.offset + item.length > size:
+        raise CorruptCheckpointError(
+            p, f"bytes {item.offset}..{item.offset + item.length} lie past the end of the {size}-byte file (truncated?)"
+        )
+    fh.seek(item.offset)
+    head = fh.read(16)
+    if head.startswith(LOCAL_MAGIC):
+        read = read_zip_at(p, fh, item.offset, item.length)
+        if item.chunk_offsets is None:  # a pickled object: tensors inside it (rare) are scanned under its name
+            refs = [dataclasses.replace(r, name=f"{item.fqn}.{r.name}" if r.name else item.fqn) for r in read.refs]
+            return refs, [n for n in read.notes if "holds no tensors" not in n]
+        if len(read.refs) != 1:
+            raise CorruptCheckpointError(p, f"a torch.save stream holding {len(read.refs)} tensors where DCP saves one")
+        return [_chunk(p, read.refs[0], item, metadata)], list(read.notes)
+    if item.chunk_offsets is not None and _looks_safetensors(head):
+        by_name = safetensors_at.get(item.offset)
+        if by_name is None:
+            by_name = safetensors_at[item.offset] = _safetensors_refs(p, item.offset)
+        ref = by_name.get(item.fqn)
+        if ref is None:
+            raise CorruptCheckpointError(p, f"not in the safetensors stream at byte {item.offset}")
+        return [_chunk(p, ref, item, metadata)], []
+    raise CorruptCheckpointError(
+        p, f"bytes at {item.offset} are neither a torch.save stream nor safetensors (a damaged or foreign file)",
+        "re-copy the .distcp files and .metadata from where the checkpoint was saved",
+    )
+
+
+def _looks_safetensors(head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n <= st.MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
+def _safetensors_refs(p: str, base: int) -> dict[str, TensorRef]:
+    refs = st.SafetensorsReader().read_at(Path(p), base).refs
+    return {ref.name: dataclasses.replace(ref, region=dataclasses.replace(ref.region, key=f"{base}:{ref.name}"))
+            for ref in refs}
+
+
+def _chunk(p: str, ref: TensorRef, item: DcpItem, metadata: DcpMetadata) -> TensorRef:
+    """The stored chunk as a named chunk of its global tensor, checked against the metadata."""
+    tensor = metadata.tensors[item.fqn]
+    assert item.chunk_offsets is not None
+    sizes = next((c.sizes for c in tensor.chunks if c.offsets == item.chunk_offsets), None)
+    if sizes is None:
+        raise CorruptCheckpointError(p, f"a chunk at {list(item.chunk_offsets)} that the metadata does not list")
+    if ref.dtype != tensor.dtype or ref.shape != sizes:
+        raise CorruptCheckpointError(
+            p, f"holds {ref.dtype} {list(ref.shape)} where the metadata says {tensor.dtype} {list(sizes)}",
+            "the .metadata and the .distcp files come from different saves; re-copy them together",
+        )
+    whole = sizes == tensor.size
+    return dataclasses.replace(ref, name=item.fqn, chunk=None if whole else ChunkOf(item.chunk_offsets, tensor.size))
+
+
+__all__ = ["DcpReader", "metadata_for"]

@@ -1,0 +1,307 @@
+"""A torch.distributed.checkpoint ``.metadata`` file read without torch and without running it.
+
+``FileSystemWriter`` pickles one ``Metadata`` object: every tensor's global
+shape, dtype and chunks, and where each chunk (or pickled object) sits in the
+``.distcp`` files (``_StorageInfo``: relative path, byte offset, length).
+Unpickling it with ``pickle`` would run whatever the file names, so
+``find_class`` here answers only an allowlist of DCP's own metadata classes,
+torch dtypes/``Size``/layouts and ``pathlib`` paths, each with an inert
+stand-in; any other global refuses the file, naming the global. The result is
+converted into plain typed values (:class:`DcpMetadata`) and validated.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nandoctor.dtypes import TORCH_DTYPE_NAMES
+from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError
+
+METADATA_NAME = ".metadata"
+MAX_METADATA_BYTES = 4 << 30  # a checkpoint of 100k tensors x 1k chunks stays far below this
+_METADATA = "torch.distributed.checkpoint.metadata"
+_FILESYSTEM = "torch.distributed.checkpoint.filesystem"
+
+
+class _Record:
+    """An allowlisted DCP class rebuilt as a bag of fields; it has no methods that do anything."""
+
+    kind = ""
+
+    fields: dict[str, Any]
+    args: tuple[Any, ...]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Record:  # NEWOBJ calls only __new__
+        self = super().__new__(cls)
+        self.fields, self.args = dict(kwargs), args
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        # dataclasses pickle their __dict__; frozen/slotted ones (None, slots); TensorProperties a tuple
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)) \
+                and isinstance(state[1], dict):
+            self.fields.update(state[0] or {})
+            self.fields.update(state[1])
+        elif isinstance(state, dict):
+            self.fields.update(state)
+        else:
+            self.args = state if isinstance(state, tuple) else (state,)
+
+
+def _record(name: str) -> type[_Record]:
+    return type(name, (_Record,), {"kind": name, "__slots__": ()})
+
+
+_RECORD_NAMES = {
+    (_METADATA, "Metadata"), (_METADATA, "TensorStorageMetadata"), (_METADATA, "BytesStorageMetadata"),
+    (_METADATA, "ChunkStorageMetadata"), (_METADATA, "TensorProperties"), (_METADATA, "StorageMeta"),
+    (_METADATA, "MetadataIndex"), (_FILESYSTEM, "_StorageInfo"),
+}
+_RECORDS: dict[tuple[str, str], type[_Record]] = {key: _record(key[1]) for key in _RECORD_NAMES}
+
+
+@dataclass(frozen=True)
+class _DType:
+    name: str  # safetensors dtype name, e.g. "BF16"
+
+
+def _size(*args: Any) -> tuple[int, ...]:
+    values = tuple(args[0]) if args else ()
+    if not all(type(v) is int and v >= 0 for v in values):
+        raise pickle.UnpicklingError(f"torch.Size holds something other than sizes: {values[:4]!r}")
+    return values
+
+
+def _path(*parts: Any) -> str:
+    if not all(isinstance(p, str) for p in parts):
+        raise pickle.UnpicklingError("a path made of something other than strings")
+    return os.path.join(*parts) if parts else ""
+
+
+def _inert(value: Any = None, *_: Any) -> Any:
+    return value
+
+
+def _global(module: str, name: str) -> Any:
+    """The stand-in for an allowlisted global, or None when the global is not allowed."""
+    if (module, name) in _RECORDS:
+        return _RECORDS[(module, name)]
+    if module == "torch":
+        if name == "Size":
+            return _size
+        if name in TORCH_DTYPE_NAMES:
+            return _DType(TORCH_DTYPE_NAMES[name])
+        if name in ("strided", "sparse_coo", "contiguous_format", "channels_last", "preserve_format"):
+            return name
+    if (module, name) in {(_METADATA, "_MEM_FORMAT_ENCODING"), ("torch.serialization", "_get_layout")}:
+        return _inert  # an enum value / layout name: kept as the int or string it was pickled as
+    if module in ("pathlib", "pathlib._local") and name in ("PosixPath", "WindowsPath", "PurePosixPath", "Path"):
+        return _path  # StorageMeta.checkpoint_id: where it was saved, only shown
+    if module == "collections" and name == "OrderedDict":
+        return dict
+    return None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        found = _global(module, name)
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("a persistent id, which DCP metadata never holds")
+
+
+class _Refused(Exception):
+    def __init__(self, global_name: str) -> None:
+        super().__init__(global_name)
+        self.global_name = global_name
+
+
+# ---------------------------------------------------------------------------
+# The metadata as plain values
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DcpChunk:
+    offsets: tuple[int, ...]  # where the chunk starts in the global tensor
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DcpTensor:
+    fqn: str
+    dtype: str  # safetensors dtype name
+    size: tuple[int, ...]  # the global shape
+    chunks: tuple[DcpChunk, ...]
+
+
+@dataclass(frozen=True)
+class DcpItem:
+    """One stored item: a tensor chunk (``chunk_offsets`` set) or a pickled object, at a byte range of a file."""
+
+    fqn: str
+    chunk_offsets: tuple[int, ...] | None
+    relative_path: str
+    offset: int
+    length: int
+    transformed: bool  # written through a stream extension (compression …)
+
+
+@dataclass(frozen=True)
+class DcpMetadata:
+    source: str  # the metadata file(s) it came from
+    tensors: dict[str, DcpTensor]
+    objects: frozenset[str]  # fqns stored as pickled bytes (BytesStorageMetadata)
+    items: tuple[DcpItem, ...]
+    version: str | None
+
+    def items_in(self, relative_path: str) -> list[DcpItem]:
+        return [item for item in self.items if item.relative_path == relative_path]
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({item.relative_path for item in self.items})
+
+
+def read_metadata(path: Path) -> DcpMetadata:
+    """Unpickle and validate one ``.metadata`` (or ``__N.metadata``) file; refuse anything not DCP's."""
+    p = str(path)
+    size = os.stat(path).st_size
+    if size > MAX_METADATA_BYTES:
+        raise CorruptCheckpointError(p, f"{size} bytes, over the {MAX_METADATA_BYTES >> 30} GiB limit for DCP metadata")
+    with open(path, "rb") as fh:
+        data = fh.read(size + 1)
+    try:
+        root = _MetadataUnpickler(io.BytesIO(data)).load()
+    except _Refused as exc:
+        raise UnsafeCheckpointError(
+            p,
+            f"the DCP metadata names {exc.global_name}, which is not one of torch.distributed.checkpoint's "
+            "metadata classes; refused, nothing was run",
+            "do not load this checkpoint with torch.distributed.checkpoint.load unless you trust its source",
+        ) from None
+    except RecursionError:
+        raise CorruptCheckpointError(p, "the DCP metadata is nested too deeply; refused") from None
+    except MemoryError:
+        raise CorruptCheckpointError(p, "the DCP metadata declares an object too large to build; refused") from None
+    except Exception as exc:  # noqa: BLE001  a damaged pickle, whatever the way it fails, is one refusal
+        raise CorruptCheckpointError(
+            p, f"not a readable DCP metadata pickle ({type(exc).__name__}: {str(exc)[:120]})",
+            "re-copy the .metadata file from where the checkpoint was saved",
+        ) from None
+    try:
+        return _convert(p, root)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptCheckpointError(p, f"not the shape of a DCP Metadata object ({exc})") from None
+
+
+def _fields(value: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(value, _Record) or value.kind != kind:
+        raise TypeError(f"expected {kind}, found {type(value).__name__}")
+    return value.fields
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
+        raise ValueError(f"{what} is not a tuple of sizes")
+    return tuple(value)
+
+
+def _dtype(properties: Any) -> str:
+    if isinstance(properties, _Record) and properties.kind == "TensorProperties":
+        dtype = properties.fields.get("dtype", properties.args[0] if properties.args else None)
+        if isinstance(dtype, _DType):
+            return dtype.name
+    raise ValueError("a tensor without a dtype torch knows")
+
+
+def _convert(p: str, root: Any) -> DcpMetadata:
+    top = _fields(root, "Metadata")
+    tensors: dict[str, DcpTensor] = {}
+    objects: set[str] = set()
+    for fqn, entry in dict(top["state_dict_metadata"]).items():
+        if not isinstance(fqn, str):
+            raise TypeError("a state_dict key that is not a string")
+        if isinstance(entry, _Record) and entry.kind == "BytesStorageMetadata":
+            objects.add(fqn)
+            continue
+        fields = _fields(entry, "TensorStorageMetadata")
+        size = _ints(fields["size"], f"{fqn}: size")
+        chunks = []
+        for chunk in fields["chunks"]:
+            c = _fields(chunk, "ChunkStorageMetadata")
+            offsets, sizes = _ints(c["offsets"], f"{fqn}: offsets"), _ints(c["sizes"], f"{fqn}: sizes")
+            if len(offsets) != len(size) or len(sizes) != len(size) or any(
+                o + s > g for o, s, g in zip(offsets, sizes, size)
+            ):
+                raise ValueError(f"{fqn}: chunk at {offsets} of {sizes} lies outside the tensor's {size}")
+            chunks.append(DcpChunk(offsets, sizes))
+        tensors[fqn] = DcpTensor(fqn, _dtype(fields["properties"]), size, tuple(chunks))
+    items = []
+    for index, info in dict(top.get("storage_data") or {}).items():
+        key = _fields(index, "MetadataIndex")
+        where = _fields(info, "_StorageInfo")
+        fqn = key["fqn"]
+        offset = key.get("offset")
+        relative, start, length = where["relative_path"], where["offset"], where["length"]
+        if not isinstance(fqn, str) or not isinstance(relative, str):
+            raise TypeError("a storage item without a name or file")
+        if type(start) is not int or type(length) is not int or start < 0 or length < 0:
+            raise ValueError(f"{fqn}: byte range {start!r}+{length!r} is not a range")
+        if fqn not in tensors and fqn not in objects:
+            raise ValueError(f"storage item {fqn!r} is not in state_dict_metadata")
+        chunk_offsets = None if offset is None else _ints(offset, f"{fqn}: item offset")
+        transformed = bool(where.get("transform_descriptors"))
+        items.append(DcpItem(fqn, chunk_offsets, relative, start, length, transformed))
+    version = top.get("version")
+    return DcpMetadata(p, tensors, frozenset(objects), tuple(items), version if isinstance(version, str) else None)
+
+
+def merged(parts: list[DcpMetadata]) -> DcpMetadata:
+    """Per-rank ``__N.metadata`` files (written without rank coordination) as one checkpoint's metadata."""
+    tensors: dict[str, DcpTensor] = {}
+    for part in parts:
+        for fqn, tensor in part.tensors.items():
+            known = tensors.get(fqn)
+            chunks = tensor.chunks if known is None else known.chunks + tuple(
+                c for c in tensor.chunks if c not in known.chunks)
+            tensors[fqn] = DcpTensor(fqn, tensor.dtype, tensor.size, chunks)
+    items = tuple(dict.fromkeys(item for part in parts for item in part.items))
+    return DcpMetadata(
+        ", ".join(p.source for p in parts), tensors, frozenset().union(*(p.objects for p in parts)), items,
+        parts[0].version if parts else None,
+    )
+
+
+def metadata_files(folder: Path) -> list[Path]:
+    """``.metadata``, or else the per-rank ``__N.metadata`` files torch writes without rank coordination."""
+    main = folder / METADATA_NAME
+    if main.is_file():
+        return [main]
+    ranked = []
+    for entry in folder.glob("__*" + METADATA_NAME):
+        middle = entry.name[2 : -len(METADATA_NAME)]
+        if middle.isdigit():
+            ranked.append((int(middle), entry))
+    return [path for _, path in sorted(ranked)]
+
+
+def folder_metadata(folder: Path) -> DcpMetadata | None:
+    """The DCP metadata of ``folder``, or None when it is not a DCP checkpoint."""
+    files = metadata_files(folder)
+    if not files:
+        return None
+    parts = [read_metadata(f) for f in files]
+    return parts[0] if len(parts) == 1 else merged(parts)
+
+
+__all__ = ["DcpChunk", "DcpItem", "DcpMetadata", "DcpTensor", "folder_metadata", "metadata_files", "read_metadata"]

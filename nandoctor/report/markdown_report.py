@@ -1,0 +1,113 @@
+"""ScanReport / RunReport → a GitHub-flavoured Markdown summary (``nandoctor scan PATH --markdown``).
+
+For ``$GITHUB_STEP_SUMMARY`` or a merge-request comment: the verdict, the bad layer
+ranges, the worst tensors as a table and the next command. The same values as the
+HTML report (report/summary.py) and the verdict verdict.py stored; no timings, so
+the same checkpoint gives the same text. Names from files are escaped for Markdown
+and for the HTML GitHub would otherwise render (``<img …>`` in a tensor name).
+"""
+
+from __future__ import annotations
+
+import re
+
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.runs import RunReport
+from nandoctor.layers import bad_ranges
+from nandoctor.model import ScanReport
+from nandoctor.report.rich_report import safe
+from nandoctor.report.summary import next_steps, tensor_rows, timeline_rows
+
+MAX_MARKDOWN_ROWS = 20  # a CI summary is read at a glance; --html and --json hold the rest
+_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~])")  # ( ) + - matter only after ] or at a line's start
+
+
+def md(text: object) -> str:
+    """Text that renders as itself: control characters made visible, Markdown and HTML punctuation escaped,
+    ``&`` as an entity (so ``&lt;`` in a name is not decoded)."""
+    return _SPECIAL.sub(r"\\\1", safe(str(text)).replace("&", "&amp;"))
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |",
+           "|" + "|".join("---:" if i in numeric else "---" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def _code_block(lines: list[str]) -> list[str]:
+    """A fenced block longer than any backtick run inside, so a name cannot close it."""
+    body = [safe(line) for line in lines]
+    longest = max((len(m) for line in body for m in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "sh", *body, fence]
+
+
+def _status(code: int) -> str:
+    return "✅ PASS" if code == 0 else "❌ FAIL"
+
+
+def _tensors(report: ScanReport, heading: str) -> list[str]:
+    rows, more = tensor_rows(report, MAX_MARKDOWN_ROWS)
+    if not rows:
+        return []
+    cells = [[md(r.name), ", ".join(r.findings), f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}", f"{r.outliers:,}",
+              md(r.worst), "" if r.first_at is None else md("[" + ", ".join(map(str, r.first_at)) + "]")]
+             for r in rows]
+    out = ["", f"### {heading}", ""]
+    out += _table(["tensor", "findings", "NaN", "+Inf", "-Inf", "outliers", "worst value", "first bad at"],
+                  cells, {2, 3, 4, 5})
+    if more:
+        out += ["", f"… and {more} more tensors with findings (`--json` lists every tensor)"]
+    return out
+
+
+def _next(steps: list[str]) -> list[str]:
+    return ["", "### Next", "", *_code_block(steps)] if steps else []
+
+
+def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
+    decided = verdicts.judge(report, fail_on)
+    out = [f"## nandoctor: {_status(decided.exit_code)} {md(decided.words)}", "",
+           f"{md(verdicts.one_line(report, fail_on))}", ""]
+    ranges = bad_ranges(report.layers)
+    if ranges:
+        labels = ", ".join(md(r.label) for r in ranges[:MAX_MARKDOWN_ROWS])
+        out.append(f"- **Bad layers:** {labels}" + (f" … and {len(ranges) - MAX_MARKDOWN_ROWS} more" if len(ranges) > MAX_MARKDOWN_ROWS else ""))
+    out.append(f"- **Exit code:** {decided.exit_code} (fails on: {', '.join(sorted(fail_on))})")
+    out += _tensors(report, "Worst tensors")
+    if report.errors:
+        out += ["", "### Could not be read", ""]
+        out += [f"- {md(p.path)}: {md(p.message)}" for p in report.errors[:MAX_MARKDOWN_ROWS]]
+    out += _next(next_steps(report))
+    return "\n".join(out) + "\n"
+
+
+def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
+    from nandoctor.report.run_report import log_words, one_line
+    from nandoctor.report.run_report import next_steps as run_next_steps
+
+    code = run.exit_code(fail_on)
+    last, first = run.last_healthy, run.first_bad
+    out = [f"## nandoctor: {_status(code)} {md(run.verdict)} (training run)", "", md(one_line(run, fail_on)), "",
+           f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
+           f"- **Exit code:** {code} (the newest checkpoint decides)"]
+    if run.log is not None and run.log.suspicious_step is not None:
+        out.append(f"- **Trainer log:** {md(log_words(run.log))}")
+    chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)
+    rows = []
+    for c in chosen:
+        r = c.report
+        rows.append([str(c.step), md(c.name), c.status,
+                     "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
+                     "" if r is None else f"{r.nonfinite:,}",
+                     "" if c.max_abs is None else f"{c.max_abs:.3g}",
+                     "" if r is None else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
+    out += ["", "### Checkpoints", ""]
+    out += _table(["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max \\|w\\|", "bad layers"], rows, {0, 3, 4, 5})
+    if len(run.checkpoints) > len(chosen):
+        out += ["", f"{len(run.checkpoints) - len(chosen)} checkpoints not listed (`--json` lists every one)"]
+    if first is not None and first.report is not None:
+        out += _tensors(first.report, f"Worst tensors of the first bad checkpoint, {md(first.name)}")
+    out += _next(run_next_steps(run) if code else [])
+    return "\n".join(out) + "\n"

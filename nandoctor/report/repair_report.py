@@ -1,0 +1,169 @@
+"""The console rendering of a repair: the plan (layers, tensors, donors, refusals) and the result.
+
+It renders what the planner and the writer decided (``restore/plan.py``, ``restore/proof.py``);
+it decides nothing. Names and paths fold onto more lines instead of ending in "…".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from nandoctor.restore.plan import RepairPlan
+    from nandoctor.restore.proof import RepairResult
+
+MAX_ROWS = 40  # restored tensors listed before "--all"
+
+def _donor_short(plan: RepairPlan, index: int) -> str:
+    from nandoctor.report.rich_report import safe
+
+    info = plan.donors[index]
+    return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
+
+
+def _add_column(table: Table, header: str, *, numeric: bool) -> None:
+    # Names and paths fold onto more lines, never end in "…": a cut tensor name cannot be
+    # searched for or pasted (and a pipe's 160 columns are not always enough for name + donor path).
+    if numeric:
+        table.add_column(header, justify="right", no_wrap=True)
+    else:
+        table.add_column(header, overflow="fold")
+
+
+def _layer_table(plan: RepairPlan) -> Table:
+    from nandoctor.layers import natural_key
+    from nandoctor.report.rich_report import safe
+
+    table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
+    for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
+        _add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
+    groups: dict[str, list] = {}
+    for r in plan.restorations:
+        groups.setdefault(r.layer, []).append(r)
+    for layer in sorted(groups, key=natural_key):
+        members = groups[layer]
+        donors = sorted({r.donor for r in members})
+        table.add_row(
+            Text(safe(layer), style="bold"),
+            str(len(members)),
+            f"{sum(r.nan for r in members):,}",
+            f"{sum(r.posinf for r in members):,}",
+            f"{sum(r.neginf for r in members):,}",
+            Text(", ".join(_donor_short(plan, d) for d in donors)),
+        )
+    return table
+
+
+def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
+    from nandoctor.report.rich_report import safe
+
+    table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
+    for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
+        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
+    rows = list(plan.restorations)
+    shown = rows if limit is None else rows[:limit]
+    for r in shown:
+        donor = _donor_short(plan, r.donor)
+        if r.donor_name != r.name:
+            donor += f" as {safe(r.donor_name)}"
+        if r.via:
+            donor += f" (tied to {safe(r.via)}, written once)"
+        table.add_row(
+            Text(safe(r.name)),
+            r.dtype,
+            "×".join(map(str, r.shape)) or "scalar",
+            f"{r.nan:,}",
+            f"{r.posinf:,}",
+            f"{r.neginf:,}",
+            "NaN/Inf" if r.reason == "bad" else "its layer",
+            Text(donor),
+        )
+    if len(rows) > len(shown):
+        table.caption = f"… and {len(rows) - len(shown)} more (--all lists them, --json gives every one)"
+    return table
+
+
+def _refusal_table(plan: RepairPlan) -> Table:
+    from nandoctor.report.rich_report import safe
+
+    table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
+    for column in ("tensor", "NaN/Inf", "why each donor failed"):
+        _add_column(table, column, numeric=column == "NaN/Inf")
+    for u in plan.unrestorable:
+        table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
+    return table
+
+
+def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -> None:
+    from nandoctor.report.rich_report import human_bytes, safe
+
+    donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
+    console.print(Text.assemble(("nandoctor repair ", "bold"), safe(plan.target), f"\n  scope: {plan.scope}\n  donors, tried in order:\n{donors}"))
+    for note in plan.notes:
+        console.print(Text(f"  note: {safe(note)}", style="yellow"))
+    if plan.restorations:
+        console.print()
+        console.print(_layer_table(plan))
+        console.print()
+        console.print(_tensor_table(plan, None if show_all else MAX_ROWS))
+    if plan.unrestorable:
+        console.print()
+        console.print(_refusal_table(plan))
+    for u in plan.unviewed:
+        console.print(
+            Text(
+                f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} NaN/Inf in bytes "
+                "no tensor views; they cannot be restored by name",
+                style="red",
+            )
+        )
+    console.print()
+    restored = len(plan.restorations)
+    if not plan.refused:
+        console.print(
+            Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {len({r.donor for r in plan.restorations})} donor(s)")
+            if restored
+            else Text("  nothing to restore: the target is already clean")
+        )
+
+
+def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
+    from nandoctor.report.rich_report import safe, verdict_text
+
+    plan = result.plan
+    render_plan(plan, console, show_all=show_all)
+    for note in result.notes:
+        console.print(Text(f"  note: {safe(note)}", style="yellow"))
+    if result.dry_run:
+        console.print(
+            Text.assemble(("✓ PLAN COMPLETE", "bold green"), ": dry run, nothing written")
+            if result.ok
+            else Text.assemble(("✗ REFUSED", "bold red"), ": some tensors have no good donor; nothing would be written")
+        )
+        return
+    if result.verification is not None:
+        console.print(Text.assemble("  verification scan: ", verdict_text(result.verification)))
+    patched = sum(1 for f in result.files if f.patched)
+    if not plan.restorations:
+        console.print(
+            Text.assemble(
+                ("✓ ALREADY CLEAN", "bold green"),
+                f": nothing to restore; wrote an unchanged, verified copy to {safe(result.out or '')} "
+                f"in {result.seconds:.2f} s (the source itself is fine to use)",
+                f"\n  proof: {safe(result.proof or '')}",
+            )
+        )
+        return
+    console.print(
+        Text.assemble(
+            ("✓ REPAIRED", "bold green"),
+            f": wrote {safe(result.out or '')} ({len(plan.restorations)} tensor(s) restored, "
+            f"{patched} of {len(result.files)} weight file(s) patched, {len(result.carried)} other file(s) carried over) "
+            f"in {result.seconds:.2f} s",
+            f"\n  proof: {safe(result.proof or '')}",
+        )
+    )

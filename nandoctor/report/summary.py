@@ -1,0 +1,129 @@
+"""What the HTML and Markdown reports both show, gathered once from a report and its verdict.
+
+The worst tensors as rows, a cell's worst finding, the next steps: read from the
+findings and health that verdict.py decided (``ScanReport.judgement``), never
+decided again. Both renderers take these values, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
+from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+from nandoctor.model import ScanReport, TensorResult, coords_of
+
+MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
+# A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
+SEVERITY = (verdicts.NONFINITE, verdicts.EXPLODED, verdicts.OUTLIER, verdicts.OVERFLOW, verdicts.ZEROED)
+CLEAN = "clean"
+
+
+def worst_finding(findings: Iterable[str]) -> str:
+    """The most severe of ``findings`` (``nonfinite`` first), or ``clean``."""
+    present = set(findings)
+    return next((f for f in SEVERITY if f in present), CLEAN)
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One tensor with findings, as a table row: counts, its worst value and where the damage starts."""
+
+    name: str
+    file: str
+    role: str
+    dtype: str
+    shape: str
+    findings: tuple[str, ...]
+    nan: int
+    posinf: int
+    neginf: int
+    outliers: int
+    worst: str  # NaN / +Inf / -Inf when it holds one, else the outlier's value, else the largest magnitude
+    first_at: tuple[int, ...] | None  # the first NaN/Inf, else the first outlier
+
+
+def _row(t: TensorResult) -> TensorRow:
+    out = t.outliers
+    first = t.first_bad_coords
+    if first is None and out is not None and out.count:
+        first = coords_of(out.first, t.ref.shape)
+    return TensorRow(
+        name=t.name,
+        file=t.ref.file,
+        role=t.ref.role,
+        dtype=t.ref.dtype,
+        shape="×".join(map(str, t.ref.shape)) or "scalar",
+        findings=t.findings,
+        nan=t.nan,
+        posinf=t.posinf,
+        neginf=t.neginf,
+        outliers=out.count if out is not None else 0,
+        worst=_worst_value(t),
+        first_at=first,
+    )
+
+
+def _worst_value(t: TensorResult) -> str:
+    from nandoctor.report.svg import num
+
+    if t.nan or t.posinf or t.neginf:
+        return "NaN" if t.nan else ("+Inf" if t.posinf else "-Inf")
+    if t.outliers is not None and t.outliers.count:
+        return num(t.outliers.worst)
+    return "" if t.max_abs is None else num(t.max_abs)
+
+
+def tensor_rows(report: ScanReport, limit: int | None = MAX_ROWS) -> tuple[list[TensorRow], int]:
+    """The tensors with findings, worst first (by finding, then amount of damage), capped at ``limit``;
+    with the number left out."""
+    found = [t for t in report.tensors if t.findings]
+
+    def severity(t: TensorResult) -> tuple[int, int, int, str]:
+        rank = SEVERITY.index(worst_finding(t.findings))
+        damage = t.exploded + (t.outliers.count if t.outliers is not None else 0) + t.overflow
+        return (rank, -t.nonfinite, -damage, t.name)
+
+    found.sort(key=severity)
+    shown = found if limit is None else found[:limit]
+    return [_row(t) for t in shown], len(found) - len(shown)
+
+
+def next_steps(report: ScanReport) -> list[str]:
+    """What to do about one checkpoint, from the health verdict.py gave it (docs/health.md, "What to do")."""
+    from nandoctor.hints import repair_command
+
+    health = report.health
+    steps: list[str] = []
+    if health == "unreadable":
+        steps.append("make every part readable first (see the problems listed), then scan again")
+        if report.nonfinite:
+            steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
+    elif health == "diverged":
+        steps.append("most weights exploded: resume training from an earlier healthy checkpoint with a lower "
+                     "learning rate or gradient clipping (max_grad_norm); a repair would only stitch a broken model together")
+    elif health == "poisoned":
+        steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
+    elif verdicts.overflow_count(report) and report.exit_code:
+        steps.append(f"some finite weights overflow {verdicts.target_dtype(report)}: serve in a wider dtype "
+                     "(bf16 or fp32), or rescale the layers listed")
+    if verdicts.ZEROED in (report.judgement.reported if report.judgement else ()):
+        steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion)")
+    return steps
+
+
+def timeline_rows(run: RunReport, limit: int) -> list[RunCheckpoint]:
+    """The checkpoints a timeline lists: all up to ``limit``; beyond, every one that is not clean, the
+    first, the last healthy and the newest, and an even spread of the clean rest."""
+    chosen = list(run.checkpoints)
+    if len(chosen) <= limit:
+        return chosen
+    keep = {id(c) for c in (chosen[0], run.last_healthy, run.first_bad, run.newest) if c is not None}
+    keep |= {id(c) for c in chosen if c.status != CLEAN_STATUS}
+    rest = [c for c in chosen if id(c) not in keep]
+    room = max(0, limit - len(keep))
+    if room:
+        keep |= {id(c) for c in rest[:: max(1, len(rest) // room)][:room]}
+    return [c for c in chosen if id(c) in keep][: max(limit, 1)]

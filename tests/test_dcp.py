@@ -1,0 +1,150 @@
+"""DCP (torch.distributed.checkpoint) folders: read through a restricted .metadata unpickler, chunks merged
+in global coordinates, compared with what torch itself loads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+
+import nandoctor
+from nandoctor.checkpoint.runs import step_of
+from tests.dcp_writer import torch_reference, write_two_rank
+
+torch = pytest.importorskip("torch")
+dcp = pytest.importorskip("torch.distributed.checkpoint")
+FORMATS = ("TORCH_SAVE", "SAFETENSORS")
+
+
+def _expected(reference: dict) -> dict[str, tuple[int, int, int, int | None]]:
+    """(nan, +inf, -inf, first non-finite flat index) of each tensor as torch loaded it."""
+    out = {}
+    for name, t in reference.items():
+        flat = t.float().reshape(-1)
+        bad = (~torch.isfinite(flat)).nonzero()
+        out[name] = (int(torch.isnan(flat).sum()), int(torch.isposinf(flat).sum()), int(torch.isneginf(flat).sum()),
+                     int(bad[0]) if len(bad) else None)
+    return out
+
+
+def _found(report) -> dict[str, tuple[int, int, int, int | None]]:
+    return {t.name: (t.nan, t.posinf, t.neginf, t.first_bad) for t in report.tensors}
+
+
+def _save_single(folder: Path, fmt: str) -> None:
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter, SerializationFormat
+
+    weight = torch.randn(5, 7)
+    weight[3, 4] = float("nan")
+    weight[0, 1] = float("inf")
+    emb = torch.randn(16, dtype=torch.bfloat16)
+    emb[9] = float("-inf")
+    emb[10] = float("nan")
+    state = {"model": {"proj.weight": weight, "emb": emb, "ids": torch.arange(4)}, "step": 7, "meta": {"k": [1, 2]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group: saving in a single process"
+        writer = FileSystemWriter(folder, serialization_format=getattr(SerializationFormat, fmt))
+        dcp.save(state, storage_writer=writer)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_single_process_save_matches_torch(tmp_path: Path, fmt: str) -> None:
+    _save_single(tmp_path, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = _expected(torch_reference(str(tmp_path)))
+    report = nandoctor.scan(tmp_path)
+    assert report.errors == ()
+    assert _found(report) == expected
+    assert expected["model.proj.weight"] == (1, 1, 0, 1) and expected["model.emb"] == (1, 0, 1, 9)
+    assert report.nan == 2 and report.posinf == 1 and report.neginf == 1
+    assert report.exit_code == 1
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def two_rank(request, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp(f"dcp-{request.param.lower()}")
+    write_two_rank(str(folder), request.param)
+    return folder
+
+
+@pytest.mark.integration
+def test_two_rank_sharded_model_and_optimizer_match_torch(two_rank: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch_reference(str(two_rank))
+    report = nandoctor.scan(two_rank)
+    assert report.errors == ()
+    assert sorted(os.listdir(two_rank)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert len(report.tensors) == 12  # 4 parameters + their 2 Adam moments, each saved as 2 chunks
+    assert _found(report) == _expected(reference)
+    by_name = {t.name: t for t in report.tensors}
+    assert by_name["model.0.weight"].ref.shape == (8, 6) and by_name["model.0.weight"].first_bad_coords == (5, 2)
+    assert by_name["model.2.weight"].neginf == 1 and by_name["model.2.weight"].first_bad_coords == (1, 3)
+    moment = by_name["optim.state.2.bias.exp_avg"]
+    assert (moment.nan, moment.first_bad, moment.role) == (1, 2, "optimizer")
+    assert (report.nan, report.neginf) == (2, 1)
+    assert not any("share" in n for n in report.notes)
+
+
+def test_distcp_alone_is_not_called_damaged(tmp_path: Path) -> None:
+    _save_single(tmp_path, "TORCH_SAVE")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (tmp_path / "__0_0.distcp").rename(lone / "__0_0.distcp")
+    report = nandoctor.scan(lone / "__0_0.distcp")
+    assert report.exit_code == 3
+    (problem,) = report.errors
+    assert "without its folder's .metadata" in problem.message and "ZIP64" not in problem.message
+
+
+def test_missing_distcp_file_is_exit_3_naming_it(tmp_path: Path) -> None:
+    _save_single(tmp_path, "TORCH_SAVE")
+    (tmp_path / "__0_0.distcp").unlink()
+    report = nandoctor.scan(tmp_path)
+    assert report.exit_code == 3 and report.tensors == ()
+    (problem,) = report.errors
+    assert problem.path.endswith("__0_0.distcp") and "missing (5 item(s)" in problem.message
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_METADATA",))
+
+
+def test_malicious_metadata_is_refused_and_never_run(tmp_path: Path, monkeypatch) -> None:
+    _save_single(tmp_path, "TORCH_SAVE")
+    with open(tmp_path / ".metadata", "rb") as fh:
+        metadata = pickle.load(fh)
+    metadata.planner_data = _Payload()
+    with open(tmp_path / ".metadata", "wb") as fh:
+        pickle.dump(metadata, fh)
+    monkeypatch.chdir(tmp_path)
+    report = nandoctor.scan(tmp_path)
+    assert report.exit_code == 3
+    (problem,) = report.errors
+    assert "posix.system" in problem.message and "refused, nothing was run" in problem.message
+    assert not (tmp_path / "PWNED_BY_METADATA").exists()
+
+
+def test_item_mismatching_its_metadata_is_corrupt(tmp_path: Path) -> None:
+    _save_single(tmp_path, "TORCH_SAVE")
+    with open(tmp_path / ".metadata", "rb") as fh:
+        metadata = pickle.load(fh)
+    for index, info in metadata.storage_data.items():
+        if index.fqn == "model.emb":
+            info.offset += 1  # off by one byte: not a torch.save stream any more
+    with open(tmp_path / ".metadata", "wb") as fh:
+        pickle.dump(metadata, fh)
+    report = nandoctor.scan(tmp_path)
+    assert report.exit_code == 3
+    assert [p.message.split(":")[0] for p in report.errors] == ["item 'model.emb'"]
+    assert {t.name for t in report.tensors} == {"model.proj.weight", "model.ids"}
+
+
+def test_step_folders_join_the_run_timeline() -> None:
+    assert step_of(Path("run/step-300")) == 300 and step_of(Path("run/checkpoint-20")) == 20
+    assert step_of(Path("run/steps-3")) is None

@@ -1,0 +1,228 @@
+"""nandoctor diff on real files, with torch as the oracle: bit flips, cross-format, casts, a merged LoRA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import nandoctor
+from nandoctor.cli import cli
+from nandoctor.readers import read_file
+
+
+def _model(layers: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd = {"model.embed_tokens.weight": torch.randn(50, 16, generator=g)}
+    for i in range(layers):
+        sd[f"model.layers.{i}.self_attn.q_proj.weight"] = torch.randn(16, 16, generator=g)
+        sd[f"model.layers.{i}.mlp.up_proj.weight"] = torch.randn(32, 16, generator=g).to(torch.bfloat16)
+    sd["model.norm.weight"] = torch.ones(16)
+    return sd
+
+
+def _torch_changed(a: torch.Tensor, b: torch.Tensor) -> int:
+    a, b = a.double(), b.double()
+    return int(((a != b) & ~(a.isnan() & b.isnan())).sum())
+
+
+def _flip(path: Path, name: str, flips: list[tuple[int, int]]) -> None:
+    """Flip bit ``bit`` of element ``index`` of tensor ``name`` in place (little-endian element bytes)."""
+    ref = next(r for r in read_file(path).refs if r.name == name)
+    item = {"F32": 4, "BF16": 2, "F16": 2}[ref.dtype]
+    data = bytearray(path.read_bytes())
+    for index, bit in flips:
+        data[ref.region.offset + index * item + bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+
+
+def test_planted_bit_flips_counted_exactly(tmp_path: Path) -> None:
+    sd = _model()
+    save_file(sd, tmp_path / "a.safetensors")
+    shutil.copy(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    q3, up4 = "model.layers.3.self_attn.q_proj.weight", "model.layers.4.mlp.up_proj.weight"
+    # fp32: an exponent bit (huge value), a sign bit, a mantissa bit; bf16: exponent bits → Inf/NaN, a sign bit.
+    _flip(tmp_path / "b.safetensors", q3, [(17, 30), (200, 31), (255, 0)])
+    sd_b = load_file(tmp_path / "b.safetensors")
+    sd_b[up4].view(torch.int16).view(-1)[[3, 9, 100]] = torch.tensor([0x7F80, 0x7FC1, -0x8000], dtype=torch.int16)
+    save_file(sd_b, tmp_path / "b.safetensors")
+    sd_b = load_file(tmp_path / "b.safetensors")
+
+    report = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    by = {t.name: t for t in report.tensors}
+    assert report.exit_code == 1 and report.verdict == "DIFFERENT"
+    assert {t.name for t in report.tensors if t.status == "changed"} == {q3, up4}
+    assert all(t.status == "identical" and t.compared_bytes for n, t in by.items() if n not in (q3, up4))
+    q = by[q3]
+    assert q.changed == _torch_changed(sd[q3], sd_b[q3]) == 3
+    delta = (sd[q3].double() - sd_b[q3].double()).abs()
+    assert q.max_abs is not None and q.max_abs.index == int(delta.argmax()) == 17
+    assert q.max_abs.coords == (1, 1) and q.max_abs.amount == pytest.approx(float(delta.max()))
+    u = by[up4]
+    assert u.changed == _torch_changed(sd[up4], sd_b[up4])
+    finite_a = sd[up4].float().isfinite()
+    assert u.nonfinite_b_only == int((finite_a & ~sd_b[up4].float().isfinite()).sum()) == 2
+    assert u.first_nonfinite_b_only == 3 and u.nonfinite_a_only == 0
+    assert [r.label for r in report.changed_ranges] == ["model.layers.3–4"]
+
+
+def test_cross_format_same_values_and_tied_head(tmp_path: Path) -> None:
+    sd = _model()
+    save_file(sd, tmp_path / "model.safetensors")
+    on_disk = dict(sd)
+    on_disk["lm_head.weight"] = on_disk["model.embed_tokens.weight"]  # tied: one storage in the .bin
+    on_disk["model.layers.0.self_attn.q_proj.weight"] = sd["model.layers.0.self_attn.q_proj.weight"].t().contiguous().t()
+    torch.save(on_disk, tmp_path / "pytorch_model.bin")
+    report = nandoctor.diff(tmp_path / "model.safetensors", tmp_path / "pytorch_model.bin")
+    assert report.exit_code == 0, [(t.name, t.status) for t in report.tensors if not t.same]
+    by = {t.name: t for t in report.tensors}
+    assert by["lm_head.weight"].status == "tied" and by["lm_head.weight"].tied_to == "model.embed_tokens.weight"
+    assert by["model.layers.0.self_attn.q_proj.weight"].status == "identical"  # a transposed view, read by tiles
+    assert report.counts["identical"] == len(sd)
+
+
+def test_untied_head_missing_is_only_a(tmp_path: Path) -> None:
+    sd = _model(layers=1)
+    b = dict(sd)
+    sd = dict(sd, **{"lm_head.weight": torch.randn(50, 16)})  # not a copy of the embeddings: really missing
+    save_file(sd, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    report = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.exit_code == 1 and report.with_status("only_a")[0].name == "lm_head.weight"
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()  # an equal copy saved separately: tied
+    save_file(sd, tmp_path / "a.safetensors")
+    report = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.exit_code == 0 and report.with_status("tied")[0].tied_to == "model.embed_tokens.weight"
+
+
+@pytest.mark.parametrize("target", [torch.bfloat16, torch.float16])
+def test_dtype_conversion_is_a_cast(tmp_path: Path, target: torch.dtype) -> None:
+    sd = _model(layers=2)
+    sd = {k: v.float() for k, v in sd.items()}
+    sd["model.layers.1.self_attn.q_proj.weight"][0, 0] = 1e-9  # underflows to a subnormal/zero in fp16
+    save_file(sd, tmp_path / "fp32.safetensors")
+    low = {k: v.to(target) for k, v in sd.items()}
+    save_file(low, tmp_path / "low.safetensors")
+    report = nandoctor.diff(tmp_path / "fp32.safetensors", tmp_path / "low.safetensors")
+    assert report.exit_code == 1 and report.verdict == "CAST"
+    for t in report.tensors:
+        name = t.name
+        assert t.status == "cast", (name, t)
+        oracle = float((sd[name].double() - low[name].double()).abs().max())
+        assert t.rounding == pytest.approx(oracle)
+    # One value moved beyond its rounding, one overflowed: changes, not casts.
+    low["model.norm.weight"][3] = 1.5
+    sd["model.layers.0.self_attn.q_proj.weight"][2, 5] = 1e6 if target == torch.float16 else 3.0  # fp16 overflows; bf16 holds both
+    save_file(sd, tmp_path / "fp32.safetensors")
+    low["model.layers.0.self_attn.q_proj.weight"] = sd["model.layers.0.self_attn.q_proj.weight"].to(target)
+    save_file(low, tmp_path / "low.safetensors")
+    report = nandoctor.diff(tmp_path / "fp32.safetensors", tmp_path / "low.safetensors")
+    by = {t.name: t for t in report.tensors}
+    assert by["model.norm.weight"].status == "changed" and by["model.norm.weight"].changed == 1
+    q0 = by["model.layers.0.self_attn.q_proj.weight"]
+    if target == torch.float16:
+        assert q0.status == "changed" and q0.changed == 1 and q0.nonfinite_b_only == 1
+        assert q0.first_nonfinite_b_only == 2 * 16 + 5
+    else:
+        assert q0.status == "cast"
+    assert report.verdict == "DIFFERENT"
+
+
+def test_merged_lora_against_its_base(tmp_path: Path) -> None:
+    base = _model(layers=6)
+    save_file(base, tmp_path / "base.safetensors")
+    g = torch.Generator().manual_seed(1)
+    merged = {}
+    for name, w in base.items():
+        if "q_proj" in name and any(f"layers.{i}." in name for i in (2, 3)):
+            lora_b, lora_a = torch.randn(16, 4, generator=g), torch.randn(4, 16, generator=g)
+            lora_b[:8] = 0  # half the rows untouched: the exact count matters
+            w = w + 0.5 * lora_b @ lora_a
+        merged["base_model.model." + name] = w  # PEFT's prefix: matched as repair matches donors
+    save_file(merged, tmp_path / "merged.safetensors")
+    report = nandoctor.diff(tmp_path / "merged.safetensors", tmp_path / "base.safetensors")
+    changed = report.with_status("changed")
+    assert sorted(t.name_b for t in changed) == [f"model.layers.{i}.self_attn.q_proj.weight" for i in (2, 3)]
+    for t in changed:
+        assert t.changed == _torch_changed(merged[t.name], base[t.name_b]) == 8 * 16
+        rel = ((merged[t.name].double() - base[t.name_b].double()).abs() / base[t.name_b].double().abs())
+        assert t.max_rel is not None and t.max_rel.amount == pytest.approx(float(rel.max()))
+    assert [r.label for r in report.changed_ranges] == ["base_model.model.model.layers.2–3"]  # A's names
+    assert report.counts["only_a"] == report.counts["only_b"] == 0
+
+
+def test_sharded_folder_against_one_file_and_shape_changes(tmp_path: Path) -> None:
+    sd = _model(layers=4)
+    names = list(sd)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    halves = [names[: len(names) // 2], names[len(names) // 2:]]
+    weight_map = {}
+    for i, part in enumerate(halves, 1):
+        shard = f"model-0000{i}-of-00002.safetensors"
+        save_file({n: sd[n] for n in part}, folder / shard)
+        weight_map.update({n: shard for n in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    other = dict(sd)
+    other["model.norm.weight"] = torch.ones(2, 8)
+    del other["model.layers.0.mlp.up_proj.weight"]
+    other["extra.bias"] = torch.zeros(3)
+    save_file(other, tmp_path / "one.safetensors")
+    report = nandoctor.diff(folder, tmp_path / "one.safetensors")
+    assert {(t.name, t.status) for t in report.tensors if not t.same} == {
+        ("model.norm.weight", "shape"), ("model.layers.0.mlp.up_proj.weight", "only_a"), ("extra.bias", "only_b")}
+    assert report.exit_code == 1
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
+    sd = _model(layers=2)
+    save_file(sd, tmp_path / "a.safetensors")
+    torch.save(sd, tmp_path / "a.bin")
+    runner = CliRunner()
+    same = runner.invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "a.bin"), "--json", "--all"])
+    assert same.exit_code == 0, same.output
+    data = json.loads(same.output)
+    assert data["nandoctor_diff"] == 1 and data["summary"]["verdict"] == "SAME"
+    assert {t["status"] for t in data["tensors"]} == {"identical"} and len(data["tensors"]) == len(sd)
+    sd["model.norm.weight"][0] = float("nan")
+    save_file(sd, tmp_path / "b.safetensors")
+    differ = runner.invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json"])
+    assert differ.exit_code == 1
+    (row,) = json.loads(differ.output)["tensors"]
+    assert row["name"] == "model.norm.weight" and row["nonfinite_b_only"] == 1 and row["changed"] == 1
+    text = runner.invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")])
+    assert text.exit_code == 1 and "model.norm.weight" in text.output and "1 NaN/Inf only in B" in text.output
+    data = (tmp_path / "b.safetensors").read_bytes()
+    (tmp_path / "b.safetensors").write_bytes(data[: len(data) - 100])  # truncated: unreadable, never "same"
+    broken = runner.invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")])
+    assert broken.exit_code == 3, broken.output
+    missing = runner.invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "nope")])
+    assert missing.exit_code == 3 and missing.output.startswith("error:") and "Traceback" not in missing.output
+
+
+def test_same_bytes_other_values_words(tmp_path: Path) -> None:
+    """-0 against +0: other bytes, the same values (equal, exit 0), never 'identical'."""
+    a = {"w": torch.zeros(8)}
+    b = {"w": -torch.zeros(8)}
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    report = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert [t.status for t in report.tensors] == ["equal"] and report.exit_code == 0
+    assert np.signbit(load_file(tmp_path / "b.safetensors")["w"].numpy()).all()
+
+
+def test_cli_stays_torch_free(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    save_file({"w": torch.ones(4)}, tmp_path / "a.safetensors")
+    code = ("import sys; from nandoctor.cli import main; sys.argv=['nandoctor','diff',sys.argv[1],sys.argv[1]];\n"
+            "try: main()\nexcept SystemExit as e: assert 'torch' not in sys.modules, 'torch imported'; raise")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.safetensors")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

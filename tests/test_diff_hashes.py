@@ -1,0 +1,137 @@
+"""--verify-hashes: a tampered file against its HF-cache blob name, a manifest, and a repair proof; repair's diff."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+import nandoctor
+from nandoctor.checkpoint import hashes
+from nandoctor.cli import cli
+from nandoctor.readers import read_file
+from nandoctor.restore import proof
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"model.layers.{i}.mlp.weight": torch.randn(32, 16, generator=g) for i in range(4)}
+
+
+def _poke(path: Path, name: str, index: int = 0) -> None:
+    """Change one finite element of ``name`` to another finite value (a scan alone cannot see it)."""
+    ref = next(r for r in read_file(path).refs if r.name == name)
+    data = bytearray(path.read_bytes())
+    data[ref.region.offset + index * 4] ^= 0x01  # lowest mantissa bit of an fp32
+    path.write_bytes(bytes(data))
+
+
+def _snapshot(tmp_path: Path) -> Path:
+    """A Hugging Face cache laid out by hand: snapshots/<rev>/model.safetensors → blobs/<sha256>."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    staging = tmp_path / "staging.safetensors"
+    save_file(_weights(), staging)
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+    staging.rename(repo / "blobs" / digest)
+    (snap / "model.safetensors").symlink_to(os.path.relpath(repo / "blobs" / digest, snap))
+    (snap / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    return snap
+
+
+def test_hf_cache_blob_name_verified_and_tampering_caught(tmp_path: Path) -> None:
+    snap = _snapshot(tmp_path)
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["scan", str(snap), "--verify-hashes", "--json", "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    (verified,) = json.loads(ok.output)["hashes"]["verified"]
+    assert verified == {"file": str(snap / "model.safetensors"), "source": "Hugging Face cache blob name"}
+    check = nandoctor.verify_hashes(snap)
+    assert [s for _, s in check.verified] == ["Hugging Face cache blob name"] and not check.problems
+    _poke(Path(os.path.realpath(snap / "model.safetensors")), "model.layers.2.mlp.weight")
+    plain = runner.invoke(cli, ["scan", str(snap), "--no-progress"])
+    assert plain.exit_code == 0  # finite and healthy: only the hash can tell
+    bad = runner.invoke(cli, ["scan", str(snap), "--verify-hashes", "--no-progress"])
+    assert bad.exit_code == 3 and "sha256 mismatch" in bad.output and "model.safetensors" in bad.output
+
+
+def test_manifest_names_the_changed_tensor(tmp_path: Path) -> None:
+    save_file(_weights(), tmp_path / "model.safetensors")
+    runner = CliRunner()
+    made = runner.invoke(cli, ["manifest", str(tmp_path / "model.safetensors")])
+    assert made.exit_code == 0, made.output
+    data = json.loads(made.output)
+    (tmp_path / "manifest.json").write_text(made.output)
+    (entry,) = data["files"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert sorted(n for s in entry["spans"] for n in s["tensors"]) == sorted(_weights())
+    args = ["scan", str(tmp_path / "model.safetensors"), "--manifest", str(tmp_path / "manifest.json"), "--no-progress"]
+    assert runner.invoke(cli, args).exit_code == 0
+    _poke(tmp_path / "model.safetensors", "model.layers.1.mlp.weight", index=7)
+    bad = runner.invoke(cli, args)
+    assert bad.exit_code == 3
+    assert "'model.layers.1.mlp.weight'" in bad.output and "model.layers.0.mlp.weight" not in bad.output
+
+
+def test_manifest_of_torch_file_hashes_each_storage_once(tmp_path: Path) -> None:
+    sd = _weights()
+    sd["lm_head.weight"] = sd["model.layers.0.mlp.weight"]  # one storage, two names
+    torch.save(sd, tmp_path / "model.bin")
+    data = nandoctor.manifest(tmp_path / "model.bin")
+    spans = data["files"][0]["spans"]
+    assert len(spans) == 4 and sorted(map(len, (s["tensors"] for s in spans))) == [1, 1, 1, 2]
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    ref = next(r for r in read_file(tmp_path / "model.bin").refs if r.name == "lm_head.weight")
+    raw = bytearray((tmp_path / "model.bin").read_bytes())
+    raw[ref.region.offset + 5] ^= 0x01
+    (tmp_path / "model.bin").write_bytes(bytes(raw))  # the zip CRC-32 now fails too: still exit 3
+    check = nandoctor.verify_hashes(tmp_path / "model.bin", manifest=tmp_path / "m.json")
+    (problem,) = check.problems
+    assert "'model.layers.0.mlp.weight'" in problem.message and "'lm_head.weight'" in problem.message
+
+
+def test_missing_file_and_bad_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(_weights(), folder / "model.safetensors")
+    data = nandoctor.manifest(folder)
+    data["files"].append(dict(data["files"][0], path="model-extra.safetensors"))
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    check = nandoctor.verify_hashes(folder, manifest=tmp_path / "m.json")
+    assert [p.path for p in check.problems] == ["model-extra.safetensors"]
+    (tmp_path / "junk.json").write_text('{"files": 3}')
+    out = CliRunner().invoke(cli, ["scan", str(folder), "--manifest", str(tmp_path / "junk.json"), "--no-progress"])
+    assert out.exit_code == 3 and "not a nandoctor manifest" in out.output and "Traceback" not in out.output
+
+
+def test_repair_proof_hashes_and_its_diff(tmp_path: Path) -> None:
+    assert hashes.PROOF_NAME == proof.PROOF_NAME
+    donor, target = tmp_path / "donor", tmp_path / "target"
+    donor.mkdir()
+    target.mkdir()
+    clean = _weights()
+    save_file(clean, donor / "model.safetensors")
+    moved = {k: v + 1 for k, v in clean.items()}  # trained on since the donor
+    moved["model.layers.2.mlp.weight"][3, 4] = float("nan")
+    save_file(moved, target / "model.safetensors")
+    result = nandoctor.repair(target, [donor], tmp_path / "fixed")
+    assert result.ok
+    record = proof.read_proof(tmp_path / "fixed")
+    source_diff = record["diff"]["source"]
+    assert source_diff["differ_tensors"] == ["model.layers.2.mlp.weight"] and source_diff["only_restored_differ"]
+    (donor_diff,) = record["diff"]["donors"]
+    assert donor_diff["restored_identical"] and donor_diff["identical"] == 1 and donor_diff["differ"] == 3
+    assert not nandoctor.verify_hashes(tmp_path / "fixed").problems
+    assert nandoctor.verify_hashes(tmp_path / "fixed").verified[0][1] == "nandoctor-repair.json"
+    _poke(tmp_path / "fixed" / "model.safetensors", "model.layers.0.mlp.weight")
+    (problem,) = nandoctor.verify_hashes(tmp_path / "fixed").problems
+    assert "nandoctor-repair.json" in problem.message

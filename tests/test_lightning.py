@@ -1,0 +1,198 @@
+"""Lightning, for real: .ckpt files written by a real ``lightning.Trainer`` (tests/realruns.lightning_run).
+
+A clean run passes (the ``kth_value = inf`` sentinel in callback state is no finding); a poisoned file
+fails with the model layer as the worst, Adam's NaN moments reported as optimizer state; it is repaired
+from a clean file; the folder of ``…step=N….ckpt`` files is a run with a timeline; ``--only/--exclude``;
+and the Lightning ``NanDoctorCallback`` scanning each file as it is written, stopping, keeping the last
+clean file through ``save_top_k`` rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+from click.testing import CliRunner  # noqa: E402
+
+import nandoctor  # noqa: E402
+from nandoctor.cli import cli  # noqa: E402
+from nandoctor.integrations.lightning import NanDoctorCallback  # noqa: E402
+from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def by_step(files: list[Path]) -> dict[int, Path]:
+    return {int(p.name.split("step=")[1].split(".")[0].split("-")[0]): p for p in files}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> list[Path]:
+    return lightning_run(tmp_path_factory.mktemp("clean"), optimizer="adam", learning_rate=0.01)
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory) -> list[Path]:
+    # NaN planted after step 6: files 2 and 4 clean, 6 holds the one NaN, 8-12 NaN throughout (moments too)
+    return lightning_run(tmp_path_factory.mktemp("poisoned"), optimizer="adam", learning_rate=0.01, poison_at=6)
+
+
+def test_clean_lightning_checkpoints_pass_despite_the_inf_sentinel(clean):
+    for file in clean:
+        result = run("scan", str(file), "--json")
+        data = json.loads(result.output)
+        assert result.exit_code == 0, result.output[-2000:]
+        sentinels = [t for t in data["tensors"] if t["posinf"] and t["role"] == "trainer"]
+        assert sentinels, "the unmonitored ModelCheckpoint's kth_value = inf should be in every file"
+        assert all(not t["findings"] for t in sentinels)
+    assert run("scan", str(clean[-1].parent), "-q").exit_code == 0
+
+
+def test_poisoned_file_names_the_layer_and_the_optimizer_moments(poisoned):
+    files = by_step(poisoned)
+    one = run("scan", str(files[6]), "-q")
+    assert one.exit_code == 1 and "worst state_dict.net.2" in one.output
+    result = run("scan", str(files[8]), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    bad = {t["name"]: t for t in data["tensors"] if "nonfinite" in t["findings"]}
+    moments = [n for n, t in bad.items() if t["role"] == "optimizer"]
+    assert any(n.endswith("exp_avg") for n in moments) and any(n.endswith("exp_avg_sq") for n in moments)
+    assert f"state_dict.{POISONED_PARAMETER}" in bad
+    # the one line's "worst" is a model layer, never the optimizer state holding more NaN
+    line = run("scan", str(files[8]), "-q").output
+    assert "worst state_dict.net." in line and "optimizer_states" not in line.split("worst")[1]
+
+
+def test_poisoned_lightning_file_repairs_from_a_clean_one(poisoned, tmp_path):
+    files = by_step(poisoned)
+    out = tmp_path / "repaired"
+    result = run("repair", str(files[6]), "--from", str(files[4]), "--out", str(out))
+    assert result.exit_code == 0, result.output[-3000:]
+    repaired = out / files[6].name
+    assert run("scan", str(repaired), "-q").exit_code == 0
+    state = torch.load(repaired, weights_only=True)
+    weights = state["state_dict"][POISONED_PARAMETER]
+    assert torch.isfinite(weights).all()
+    donor = torch.load(files[4], weights_only=True)["state_dict"][POISONED_PARAMETER]
+    assert weights[0, 0] == donor[0, 0]  # the whole tensor came from the donor, bit for bit
+    assert torch.equal(weights, donor)
+
+
+def test_folder_of_step_files_is_a_run_with_a_timeline(poisoned, clean):
+    folder = poisoned[0].parent
+    timeline = nandoctor.scan_run(str(folder))
+    assert [c.step for c in timeline.checkpoints] == [2, 4, 6, 8, 10, 12]
+    assert timeline.last_healthy.name == "epoch=0-step=4.ckpt"
+    assert timeline.first_bad.name == "epoch=0-step=6.ckpt"
+    result = run("scan", str(folder))
+    assert result.exit_code == 1
+    assert "last healthy: epoch=0-step=4.ckpt · first bad: epoch=0-step=6.ckpt" in result.output
+    # the hint repairs the newest file from the healthy files before the first bad one (--from auto)
+    assert f"nandoctor repair {folder}/epoch=0-step=12.ckpt --from auto --out" in result.output
+    assert nandoctor.scan_run(str(clean[0].parent)).exit_code() == 0
+
+
+def test_narrow_terminal_timeline_keeps_checkpoint_names_whole(poisoned):
+    from rich.console import Console
+
+    from nandoctor.report.run_report import render
+
+    console = Console(width=80, record=True, force_terminal=True, color_system=None)
+    render(nandoctor.scan_run(str(poisoned[0].parent)), console)
+    text = console.export_text()
+    for file in poisoned:
+        assert file.name in text
+    assert "epoch=0-step=6.ckpt: bad layers state_dict.net.2" in text
+    assert max(len(line) for line in text.splitlines() if "│" in line) <= 80
+
+
+def test_only_and_exclude_are_counted_never_silent(poisoned):
+    file = str(by_step(poisoned)[8])
+    result = run("scan", file, "--exclude", "optimizer_states.*", "--json")
+    data = json.loads(result.output)
+    assert data["excluded"]["exclude"] == ["optimizer_states.*"] and data["excluded"]["tensors"] > 0
+    assert not any(t["name"].startswith("optimizer_states.") for t in data["tensors"])
+    assert any("left out by --exclude" in n for n in data["notes"])
+    line = run("scan", file, "--exclude", "optimizer_states.*", "-q").output
+    assert f"{data['excluded']['tensors']} tensors excluded" in line
+    only = json.loads(run("scan", file, "--only", "state_dict.net.4.*", "--json").output)
+    assert sorted(t["name"] for t in only["tensors"]) == ["state_dict.net.4.bias", "state_dict.net.4.weight"]
+    nothing = run("scan", file, "--only", "no.such.*", "-q")
+    assert nothing.exit_code == 3 and "leaves none of its" in nothing.output
+    # a run honours it for every checkpoint: without the model weights the poisoned files pass
+    assert run("scan", str(poisoned[0].parent), "--only", "callbacks.*", "-q").exit_code == 0
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+def test_callback_stops_at_the_first_bad_file_and_keeps_the_verdicts(tmp_path, caplog):
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    with caplog.at_level(logging.INFO, logger="nandoctor"):
+        files = lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12)
+    assert doctor.stopped_at == 6
+    assert [p.name for p in files] == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt"]
+    # both ModelCheckpoints' files are scanned (the second one writes last-step=N.ckpt)
+    assert sorted(Path(k).name for k in doctor.reports) == sorted(
+        [p.name for p in files] + ["last-step=2.ckpt", "last-step=4.ckpt", "last-step=6.ckpt"])
+    assert doctor.last_clean.endswith("step=4.ckpt") and doctor.first_bad.endswith("epoch=0-step=6.ckpt")
+    gate = json.loads((files[0].parent / "nandoctor.json").read_text())
+    assert gate["last_clean"] == "epoch=0-step=4.ckpt" and gate["first_bad"] == "epoch=0-step=6.ckpt"
+    assert gate["checkpoints"]["epoch=0-step=6.ckpt"]["gate"]["passed"] is False
+    assert gate["checkpoints"]["epoch=0-step=2.ckpt"]["summary"]["verdict"] == "CLEAN"
+    assert sum("stopping training at step 6" in r.getMessage() for r in caplog.records) == 1
+    clean_lines = [r for r in caplog.records if "PASS CLEAN" in r.getMessage()]
+    assert clean_lines and all(r.levelno == logging.INFO for r in clean_lines)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records if "step=2" in r.getMessage())
+
+
+def test_callback_keeps_the_last_clean_file_through_rotation(tmp_path):
+    # save_top_k=1 with no monitor keeps only the newest file: without the doctor, step=12 alone (NaN)
+    doctor = NanDoctorCallback()
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,
+                  keep_last=False)
+    left = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert left == ["epoch=0-step=12.ckpt", "epoch=0-step=4.ckpt"]
+    assert len(doctor.reports) == 6
+    gate = json.loads((tmp_path / "checkpoints" / "nandoctor.json").read_text())
+    assert sorted(gate["checkpoints"]) == left  # entries of deleted files dropped
+    assert run("scan", str(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt"), "-q").exit_code == 0
+
+
+def test_callback_releases_the_held_file_once_a_newer_one_is_clean(tmp_path):
+    doctor = NanDoctorCallback()
+    lightning_run(tmp_path, callbacks=(doctor,), steps=8, save_top_k=1, monitor=None, keep_last=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch=0-step=8.ckpt"]
+    assert doctor.held_back == set()
+
+
+def test_callback_logs_health_figures_to_the_trainers_loggers(tmp_path):
+    """The figures of every scanned file reach Lightning's own CSVLogger file, at the save's step."""
+    import csv
+
+    from nandoctor import verdict
+
+    doctor = NanDoctorCallback()
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=8)
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    logged = {int(r["step"]): r for r in rows if r.get("nandoctor/nonfinite")}
+    assert set(logged) == {2, 4, 6, 8}
+    for path, report in doctor.reports.items():
+        step = int(Path(path).stem.rsplit("step=", 1)[1])
+        want = verdict.metrics(report)
+        if "last" in Path(path).name:
+            continue  # both ModelCheckpoints save at one step; the CSV keeps one row per step
+        assert float(logged[step]["nandoctor/nonfinite"]) == want["nandoctor/nonfinite"]
+        assert float(logged[step]["nandoctor/bad_tensors"]) == want["nandoctor/bad_tensors"]
+    assert float(logged[2]["nandoctor/nonfinite"]) == 0 and float(logged[6]["nandoctor/nonfinite"]) >= 1

@@ -1,0 +1,115 @@
+"""What a repair copies and what it matches by name (issue 14 item 8, issue 13 item 2): links leading
+out of the source are left out, copies never keep setuid/setgid/sticky bits, the source's stale
+``nandoctor.json`` verdict is not carried, and names made unique by a ``#n`` suffix are never matched."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nandoctor.errors import UnrestorableError
+from nandoctor.restore import repair
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+NAN = float("nan")
+
+
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A bad target folder and a clean donor folder (safetensors)."""
+    clean = {"w": torch.arange(6, dtype=torch.float32), "b": torch.ones(2)}
+    bad = {"w": clean["w"].clone(), "b": clean["b"].clone()}
+    bad["w"][4] = NAN
+    for name, tensors in (("target", bad), ("donor", clean)):
+        (tmp_path / name).mkdir()
+        safetensors_torch.save_file(tensors, tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text("{}")
+    return tmp_path / "target", tmp_path / "donor"
+
+
+def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Path) -> None:
+    target, donor = pair(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private key")
+    (target / "docs").mkdir()
+    (target / "docs" / "card.md").write_text("model card")
+    os.symlink(secret, target / "tokenizer.json")  # absolute link out
+    os.symlink("../../secret.txt", target / "docs" / "notes.md")  # relative link out, from a subfolder
+    os.symlink("docs/card.md", target / "README.md")  # a link that stays inside: carried
+    result = repair(target, [donor], tmp_path / "fixed")
+    assert result.ok
+    out = tmp_path / "fixed"
+    assert not os.path.lexists(out / "tokenizer.json") and not os.path.lexists(out / "docs" / "notes.md")
+    assert (out / "README.md").read_text() == "model card" and not (out / "README.md").is_symlink()
+    assert "README.md" in result.carried and "tokenizer.json" not in result.carried
+    for rel in ("tokenizer.json", "docs/notes.md"):
+        assert any(n.startswith(f"{rel}: a link that leads outside the checkpoint folder") for n in result.notes)
+    assert "a private key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+
+
+def test_copies_never_keep_setuid_setgid_or_sticky_bits(tmp_path: Path) -> None:
+    target, donor = pair(tmp_path)
+    script = target / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o7755)
+    os.chmod(target / "model.safetensors", 0o2644)
+    os.chmod(target / "config.json", 0o1444)
+    assert os.stat(script).st_mode & 0o7000 == 0o7000  # the source really has them
+    assert repair(target, [donor], tmp_path / "fixed").ok
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "fixed").iterdir()}
+    assert modes["run.sh"] == 0o755 and modes["model.safetensors"] == 0o644 and modes["config.json"] == 0o644
+    assert all(m & 0o7000 == 0 for m in modes.values())
+
+
+def test_the_sources_gate_verdict_is_not_carried_into_the_repair(tmp_path: Path) -> None:
+    target, donor = pair(tmp_path)
+    (target / "nandoctor.json").write_text(json.dumps({"summary": {"verdict": "NON-FINITE", "ok": False}}))
+    (target / "sub").mkdir()
+    (target / "sub" / "nandoctor.json").write_text("{}")  # not the gate file: only the folder's own is
+    result = repair(target, [donor], tmp_path / "fixed")
+    assert result.ok and not (tmp_path / "fixed" / "nandoctor.json").exists()
+    assert (tmp_path / "fixed" / "sub" / "nandoctor.json").exists()
+    assert any(n.startswith("nandoctor.json: the scan verdict of the unrepaired source") for n in result.notes)
+    assert (target / "nandoctor.json").exists()  # the source is untouched
+
+
+def colliding(bad_key: str | None) -> dict:
+    """``{"a.b": x, "a": {"b": y}}``: both flatten to ``a.b``; the reader names the second ``a.b#2``."""
+    x, y = torch.zeros(3), torch.ones(3)
+    if bad_key == "a.b":
+        x[0] = NAN
+    elif bad_key == "a.b#2":
+        y[1] = NAN
+    return {"a.b": x, "a": {"b": y}, "c": torch.full((2,), 2.0)}
+
+
+@pytest.mark.parametrize("bad_key", ["a.b", "a.b#2"])
+def test_a_name_made_unique_by_a_suffix_in_the_target_is_never_matched(tmp_path: Path, bad_key: str) -> None:
+    torch.save(colliding(bad_key), tmp_path / "target.bin")
+    torch.save(colliding(None), tmp_path / "donor.bin")
+    with pytest.raises(UnrestorableError) as caught:
+        repair(tmp_path / "target.bin", [tmp_path / "donor.bin"], tmp_path / "fixed")
+    (unrestorable,) = caught.value.plan.unrestorable
+    assert unrestorable.name == bad_key
+    assert "names two tensors of the target (made unique by a #n suffix)" in unrestorable.reasons[0]
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_a_name_made_unique_by_a_suffix_in_the_donor_is_never_matched(tmp_path: Path) -> None:
+    target = {"a.b": torch.zeros(3), "c": torch.full((2,), 2.0)}
+    target["a.b"][2] = NAN
+    torch.save(target, tmp_path / "target.bin")
+    torch.save(colliding(None), tmp_path / "donor.bin")  # which of its two tensors is "a.b" is not the model's
+    with pytest.raises(UnrestorableError) as caught:
+        repair(tmp_path / "target.bin", [tmp_path / "donor.bin"], tmp_path / "fixed")
+    assert "names two tensors there (made unique by a #n suffix)" in caught.value.plan.unrestorable[0].reasons[0]
+    # A plain donor works: the refusal is about the name, not the tensor.
+    torch.save({"a.b": torch.zeros(3), "c": torch.full((2,), 2.0)}, tmp_path / "plain.bin")
+    result = repair(tmp_path / "target.bin", [tmp_path / "donor.bin", tmp_path / "plain.bin"], tmp_path / "fixed")
+    assert result.ok
+    assert torch.equal(torch.load(tmp_path / "fixed" / "target.bin", weights_only=True)["a.b"], torch.zeros(3))
