@@ -128,7 +128,7 @@ def main() -> None:
         target = ""
         if options == ["--json"] and not nan_every:
             seconds, mb = TARGETS[label]
-            met = wall <= seconds and rss <= mb
+            met = wall <= seconds and rss <= mb and exits == {expected}
             target = f"≤ {seconds:g} s, ≤ {mb} MB: {'met' if met else 'not met'}"
         content = "clean" if not nan_every else f"NaN every {nan_every:,}th"
         exit_text = "ok" if exits == {expected} else f"WRONG {sorted(exits)} want {expected}"
