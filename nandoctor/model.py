@@ -60,6 +60,9 @@ class ChunkOf:
 
     offsets: tuple[int, ...]  # the chunk's first element, in global coordinates
     global_shape: tuple[int, ...]
+    # True: ``offsets`` is one flat C-order index and the chunk a 1-D run of the global tensor's elements
+    # (a DeepSpeed ZeRO partition cuts a flattened parameter anywhere, not along dimensions)
+    flat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

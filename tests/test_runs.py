@@ -27,7 +27,7 @@ def test_demo_run_timeline_json_matches_planted_counts():
     result = run("scan", str(DEMO_RUN), "--json")
     assert result.exit_code == 1  # the newest checkpoint (300) is bad
     data = json.loads(result.output)
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     r = data["run"]
     assert [c["name"] for c in r["checkpoints"]] == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
     assert [c["status"] for c in r["checkpoints"]] == ["clean", "clean", "poisoned"]

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nandoctor.checkpoint import layout
+from nandoctor.checkpoint import layout, zero
 from nandoctor.checkpoint.roles import file_role, role_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
@@ -71,6 +71,9 @@ def open_checkpoint(
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
         checkpoint.problems += read.problems
+    zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
+    checkpoint.problems += zero_problems
+    checkpoint.notes += zero_notes
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems

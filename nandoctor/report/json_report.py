@@ -13,7 +13,7 @@ from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, Trai
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _first_bad(t: TensorResult) -> dict[str, Any] | None:

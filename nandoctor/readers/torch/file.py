@@ -417,3 +417,21 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
     notes += [f"{name}: {n}" for n in built.notes]
     return notes
 
+
+
+def read_object(path: Path) -> Any:
+    """The unpickled ``data.pkl`` of the torch zip file at ``path``, built of inert stand-ins only (tensors
+    as ``TensorStub``, unknown globals as ``Placeholder``): for the few callers that need a file's
+    non-tensor values (DeepSpeed's partition arithmetic, checkpoint/zero.py). Raises as ``TorchReader.read``."""
+    p = str(path)
+    size = os.stat(path).st_size
+    with open(path, "rb") as fh:
+        if not fh.read(4).startswith(LOCAL_MAGIC):
+            raise UnsupportedFormatError(f"{p}: not a torch zip file (torch.save's format since torch 1.6)")
+        entries = _archive_entries(p, read_directory(p, fh, size))
+        pickle_entry = entries.get("data.pkl")
+        if pickle_entry is None:
+            raise UnsupportedFormatError(f"{p}: a zip archive without data.pkl: not a PyTorch checkpoint")
+        data = _small_entry(p, fh, pickle_entry, MAX_PICKLE_BYTES)
+    with _pickle_context(p, "data.pkl"):
+        return restricted_load(data, lambda pid: check_storage_id(pid, legacy=False)).value
