@@ -23,6 +23,7 @@ t_repair ≤ 2 × (t_cp + t_scan), with peak memory (VmHWM) ≤ 512 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -80,10 +81,8 @@ def reset(folders: list[Path]) -> None:
     page cache dropped and refilled with the inputs by sequential reads. Without it, whichever
     command runs first after a quiet spell pays for reclaiming memory (measured: 2-4x its sys time)."""
     sync()
-    try:
+    with contextlib.suppress(OSError):  # not root: at least the writes are synced
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass  # not root: at least the writes are synced
     for folder in folders:
         warm(folder)
 
