@@ -3,8 +3,8 @@
 A file that is neither patched nor hashed is copied by the kernel
 (``copy_file_range``, as ``cp`` does): nothing passes through our memory.
 Otherwise the copy runs through one reused buffer: each chunk is read from the
-source once, written to the copy and fed to sha256 from that same buffer, so
-hashing costs no second read. sha256 is sequential, so the bytes a patch will
+source once, written to the copy and fed to sha256 from that same buffer while
+it is still in the CPU's cache, so hashing costs no second read. sha256 is sequential, so the bytes a patch will
 change are hashed only once they are final: the copy stops before each
 restored tensor's extent (its bytes, or for a torch view its whole storage),
 copies that extent in the kernel, writes the donor's elements into it and reads
@@ -25,13 +25,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from nandoctor.checkpoint.hashes import READ_BYTES
 from nandoctor.errors import RepairFailedError
 from nandoctor.model import TensorRef
 from nandoctor.restore import zippatch
 from nandoctor.restore.plan import Restoration
 from nandoctor.restore.tensorbytes import byte_range, copy_elements
 
+# The copy's buffer stays in a core's L2 cache between the write and sha256 reading it (measured on 1 GB,
+# page cache warm: 256 KiB 0.79 s CPU, 1 MiB 0.94, 8 MiB 1.3-2.1; a kernel copy and a re-read 0.90).
+CHUNK_BYTES = 256 << 10
 ZIP_MAGIC = b"PK\x03\x04"
 # (donor path, donor ref, output fd, target ref, cast=…) -> bytes written: tensorbytes.copy_elements. The
 # writer passes its own reference, so the tests can break it there to see the verification catch it.
@@ -89,7 +91,7 @@ def write_weight(src: Path, dst: Path, restorations: list[Restoration], *, hash_
         copy(src, dst)
         return None
     digest = hashlib.sha256()
-    buffer = memoryview(bytearray(READ_BYTES))
+    buffer = memoryview(bytearray(CHUNK_BYTES))
     with open(src, "rb", buffering=0) as fsrc, open(dst, "w+b", buffering=0) as fdst:
         fin, fout = fsrc.fileno(), fdst.fileno()
         if hasattr(os, "posix_fadvise"):

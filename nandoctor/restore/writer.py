@@ -147,21 +147,22 @@ def write_repair(
     try:
         phase("temp")
         writes = _writes_by_copy(plan, source, temp)
-        copying: list[tuple[Path, bool, int, Future[tuple[Path, str | None]]]] = []
+        futures: dict[Path, Future[tuple[Path, str | None]]] = {}
         syncing: list[Future[None]] = []
-        for rel, is_weight, size in copies:
+        # The files that are hashed (CPU-bound) go first, largest first, so the kernel copies of the rest fill
+        # the gaps and no core is left with one big hash at the end.
+        for rel, is_weight, _size in sorted(copies, key=lambda c: (not (c[1] and (hash_all or writes.get(temp / c[0]))),
+                                                                   -c[2])):
             if is_weight:
-                copy = temp / rel
-                copying.append((rel, True, size, copier.submit(_write_one, source, rel, temp, writes.get(copy, []),
-                                                               hash_all)))
+                futures[rel] = copier.submit(_write_one, source, rel, temp, writes.get(temp / rel, []), hash_all)
             else:
-                copying.append((rel, False, size, copier.submit(_copy_one, source, rel, temp)))
+                futures[rel] = copier.submit(_copy_one, source, rel, temp)
         carried: list[str] = []
         weights: list[Path] = []
         hashes: dict[Path, str | None] = {}
         total, done = sum(size for _, _, size in copies), 0
-        for rel, is_weight, size, future in copying:  # in order: progress and errors as a serial copy gives them
-            copy, digest = future.result()
+        for rel, is_weight, size in copies:  # in order: progress and errors as a serial copy gives them
+            copy, digest = futures[rel].result()
             if is_weight:
                 weights.append(copy)
                 hashes[copy] = digest
