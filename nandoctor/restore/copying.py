@@ -111,7 +111,7 @@ def write_weight(src: Path, dst: Path, restorations: list[Restoration], *, hash_
         else:
             pos = 0
             for lo, hi, group in groups(restorations):
-                hi = min(hi, size)  # past the end: copy_elements refuses it below
+                lo, hi = min(lo, size), min(hi, size)  # past the end: write_elements refuses it below
                 _pump(fin, fout, pos, lo, buffer, digest.update)
                 _pump(fin, fout, lo, hi, buffer, None)  # the bytes of the extent that the view leaves alone
                 for r in group:
@@ -121,7 +121,7 @@ def write_weight(src: Path, dst: Path, restorations: list[Restoration], *, hash_
             _pump(fin, fout, pos, size, buffer, digest.update)
         if os.fstat(fout).st_size != size:
             raise RepairFailedError(f"{dst}: the copy is {os.fstat(fout).st_size:,} bytes, its source {size:,}")
-    return digest.hexdigest() if hash_it or restorations else None
+    return digest.hexdigest()
 
 
 def _pump(fin: int, fout: int, start: int, end: int, buffer: memoryview,
