@@ -105,7 +105,7 @@ def same(a, b) -> bool:
 
 
 def check_fixtures(dev: Device, checks: dict[str, bool]) -> None:
-    fixtures = [ROOT / "fixtures" / "dtype-zoo.safetensors"] + sorted((ROOT / "fixtures" / "demo-run").glob("checkpoint-*"))
+    fixtures = [ROOT / "fixtures" / "dtype-zoo.safetensors", *sorted((ROOT / "fixtures" / "demo-run").glob("checkpoint-*"))]
     for path in fixtures:
         for tgt in (None, *TARGETS):
             on_cpu = scan(path, device="cpu", target_dtype=tgt)

@@ -1,6 +1,7 @@
 """nandoctor: find, localise and repair NaN/Inf weights in model checkpoints without loading them.
 
-The public API is defined once, in ``api.py``, and re-exported here; it imports
+The public API is defined once, in ``api.py`` (and ``api_compare.py`` for diff and checksums), and
+re-exported here; it imports
 numpy, torch and the repair writer only inside the functions that need them,
 so ``import nandoctor`` stays cheap. docs/api.md documents it.
 """
@@ -13,16 +14,14 @@ __version__ = "0.1.0"
 
 from nandoctor.api import (
     assert_finite,
-    diff,
-    manifest,
     repair,
     scan,
     scan_module,
     scan_run,
     scan_state_dict,
     to_json,
-    verify_hashes,
 )
+from nandoctor.api_compare import diff, manifest, verify_hashes
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.errors import (
     CheckpointNotFoundError,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nandoctor import verdict as verdicts
+from nandoctor.api_compare import _verify
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
@@ -27,16 +28,12 @@ from nandoctor.errors import (
 )
 from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 from nandoctor.layers import bad_ranges
-from nandoctor.model import ScanReport
+from nandoctor.model import PathLike, ProgressCallback, ScanReport
 
 if TYPE_CHECKING:
-    from nandoctor.checkpoint.hashes import HashCheck
-    from nandoctor.diffs import DiffReport
     from nandoctor.kernels.census import HealthLimits
     from nandoctor.restore import RepairResult
 
-PathLike = str | os.PathLike[str]
-ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 
 def _check_target(target_dtype: str | None) -> str | None:
@@ -143,91 +140,6 @@ def scan(
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)
-
-
-def _verify(path: PathLike, manifest: PathLike | None, both_formats: bool = False) -> HashCheck:
-    from nandoctor.checkpoint.hashes import verify
-    from nandoctor.checkpoint.opener import open_checkpoint
-
-    return verify(open_checkpoint(path, both_formats=both_formats), manifest)
-
-
-def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCheck:
-    """Check every weight file of a checkpoint against its sha256 known offline, without scanning it.
-
-    Args:
-        path: a checkpoint file or folder, or a repo id in the local Hugging Face cache (whose blob
-            names are the sha256 of its LFS files).
-        manifest: a manifest written by :func:`manifest` (``nandoctor manifest PATH > manifest.json``).
-
-    Returns:
-        A ``HashCheck``: ``verified`` (file, source) pairs, ``problems`` (each mismatch, naming the file
-        and, with a manifest, the tensors whose bytes changed), ``notes`` (files with no known hash).
-
-    Example:
-        >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")
-        >>> [p.message for p in check.problems]
-    """
-    resolved, _ = hubcache.resolve(path)
-    return _verify(resolved, manifest)
-
-
-def manifest(path: PathLike) -> dict[str, Any]:
-    """The manifest of a checkpoint: the sha256 of every weight file and of each distinct storage span.
-
-    Args:
-        path: a checkpoint file or folder (or a cached repo id). Every file must read.
-
-    Returns:
-        A JSON-ready dict (``nandoctor_manifest``: 1, ``files``: path, bytes, sha256 and ``spans`` —
-        storage key, offset, bytes, sha256, the tensors viewing it); docs/diff.md gives the schema.
-
-    Raises:
-        CorruptCheckpointError: some file could not be read.
-
-    Example:
-        >>> json.dump(nandoctor.manifest("ckpt/"), open("manifest.json", "w"))
-        >>> nandoctor.scan("ckpt/", manifest="manifest.json").ok
-    """
-    from nandoctor.checkpoint.hashes import manifest as build
-    from nandoctor.checkpoint.opener import open_checkpoint
-
-    resolved, _ = hubcache.resolve(path)
-    return build(open_checkpoint(resolved))
-
-
-def diff(
-    a: PathLike,
-    b: PathLike,
-    *,
-    progress: ProgressCallback | None = None,
-    both_formats: bool = False,
-) -> DiffReport:
-    """Compare checkpoint ``a`` with reference ``b`` tensor by tensor, without loading either.
-
-    Any formats nandoctor reads, on either side (a safetensors file against a ``.bin``, a sharded folder
-    against one file). Tensors are matched by name, wrapper prefixes (``module.``, ``model.`` …)
-    stripped as repair does; a tied copy (``lm_head.weight`` saved once) is not missing. Same dtype:
-    bytes are compared first and values only where bytes differ; another dtype: value by value, and a
-    tensor whose values are the rounding of the other side's is a ``cast``, not a change.
-
-    Args:
-        a, b: checkpoint files or folders, or repo ids in the local Hugging Face / ModelScope cache.
-        progress: called with (bytes done, bytes total, current file).
-        both_formats: read safetensors and ``.bin`` weights when a folder holds both.
-
-    Returns:
-        A ``DiffReport``: per tensor a ``TensorDiff`` (``status``: identical, equal, cast, changed, shape,
-        only_a, only_b, tied, unreadable; changed elements, the largest absolute and relative change and
-        where, NaN/Inf on one side only), layer ranges, ``exit_code`` (0 same, 1 different, 3 unreadable).
-
-    Example:
-        >>> d = nandoctor.diff("merged/", "base/")
-        >>> d.exit_code, [r.label for r in d.changed_ranges]
-    """
-    from nandoctor.diffs import diff as _diff
-
-    return _diff(a, b, progress=progress, both_formats=both_formats)
 
 
 def scan_run(
@@ -365,6 +277,8 @@ def repair(
     hash_all: bool = False,
     allow_diverged: bool = False,
     allow_cast: bool = False,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> RepairResult:
     """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
 
@@ -381,13 +295,19 @@ def repair(
             for a bf16 checkpoint), rounded exactly as torch's ``tensor.to(dtype)`` rounds (nearest,
             ties to even, subnormals kept); a donor with a value that would not be finite in the
             target's dtype is passed over. The proof records each ``donor_dtype`` and ``allow_cast``.
+        only, exclude: globs on the full tensor name, as for :func:`scan` (``exclude=["optimizer_states.*"]``):
+            only the tensors some ``only`` pattern names (all when none) and no ``exclude`` pattern names
+            are judged and restored, in the target, in every donor (``"auto"`` included) and in the
+            verification scan. The others are carried over byte-identical, NaN/Inf and all, and counted in
+            the plan and proof (``"excluded"``) and a plan note. An empty pattern raises ``ValueError``.
 
     Returns:
         A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
 
     Raises:
         UnrestorableError: some tensor has no healthy donor (nothing written).
-        RepairRefusedError: a diverged target, a run folder, an unreadable target.
+        RepairRefusedError: a diverged target, a run folder, an unreadable target (or a selection that
+            leaves none of its tensors).
         OutputExistsError: ``out`` exists. RepairFailedError: writing or verification failed
             (nothing is left at ``out``).
 
@@ -397,7 +317,7 @@ def repair(
     from nandoctor.restore import repair as _repair
 
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
-                   allow_diverged=allow_diverged, allow_cast=allow_cast)
+                   allow_diverged=allow_diverged, allow_cast=allow_cast, selection=selection(only, exclude))
 
 
 def scan_state_dict(
@@ -483,4 +403,3 @@ def assert_finite(
             )
         return check(newest.report, fail_on)
     return check(scan(path, device=device, target_dtype=target_dtype), fail_on)
-

@@ -15,20 +15,31 @@ from nandoctor.model import ScanReport
 
 
 def repair_command(report: ScanReport) -> str:
-    """The ``nandoctor repair`` line that fixes ``report``'s checkpoint."""
-    return repair_command_for(report.target)
+    """The ``nandoctor repair`` line that fixes ``report``'s checkpoint (with the scan's ``--only``/``--exclude``)."""
+    return repair_command_for(report.target, selection=selection_args(report))
 
 
-def repair_command_for(target: str, donor: str | None = None) -> str:
+def selection_args(report: ScanReport) -> str:
+    """The ``--only``/``--exclude`` options ``report`` was scanned with, quoted, so that the repair it suggests
+    judges the same tensors (without them it would refuse over a tensor the scan left out)."""
+    excluded = report.extra.get("excluded")
+    if not isinstance(excluded, dict):
+        return ""
+    options = [("--only", p) for p in excluded.get("only", ())] + [("--exclude", p) for p in excluded.get("exclude", ())]
+    return "".join(f" {option} {shlex.quote(pattern)}" for option, pattern in options)
+
+
+def repair_command_for(target: str, donor: str | None = None, selection: str = "") -> str:
     """The ``nandoctor repair`` line for the checkpoint at ``target``, quoted for a POSIX shell.
 
-    ``donor``: a healthy checkpoint the caller knows of (a run's last healthy one); else ``auto``
-    inside a ``checkpoint-N`` run, else a placeholder. ``--out`` is always a name that is still free:
-    repair refuses an existing one.
+    ``donor``: a healthy checkpoint the caller knows of; else ``auto`` for a checkpoint of a run
+    (a ``checkpoint-N`` folder, a Lightning ``…step=N….ckpt`` file beside others), else a placeholder.
+    ``selection``: options to add (:func:`selection_args`). ``--out`` is always a name that is still
+    free: repair refuses an existing one.
     """
     target = target.rstrip("/") or target
     if donor is None:
-        in_run = runs.step_of(Path(target)) is not None
+        in_run = runs.place_in_run(Path(target)) is not None
         donor = "auto" if in_run else "<earlier clean checkpoint>"  # placeholders: for the user to fill in
         donor_arg = donor
     else:
@@ -41,7 +52,7 @@ def repair_command_for(target: str, donor: str | None = None) -> str:
         out = shlex.quote(_free(Path(target).with_name(Path(target).stem + "-repaired")))
     else:
         out = "<new folder>"
-    return f"nandoctor repair {shlex.quote(target)} --from {donor_arg} --out {out}"
+    return f"nandoctor repair {shlex.quote(target)} --from {donor_arg}{selection} --out {out}"
 
 
 def _free(path: Path) -> str:

@@ -42,16 +42,21 @@ def natural_key(text: str) -> tuple:
 
 
 def layer_of(name: str) -> LayerKey:
+    return LayerKey(*_layer(name))
+
+
+def _layer(name: str) -> tuple[str, str | None, int | None]:
+    """(group, stack, index) of ``name``: layer_of's fields, without an object per tensor."""
     match = _STACK.search(name)
     if match:
         end = match.end()
         group = name[: end].lstrip(".")
         stack = name[: match.start(1) - 1].lstrip(".")
-        return LayerKey(group, stack, int(match.group(1)))
+        return group, stack, int(match.group(1))
     parts = name.split(".")
     if len(parts) > 1 and parts[-1] in _PARAM_SUFFIXES:
         parts = parts[:-1]
-    return LayerKey(".".join(parts), None, None)
+    return ".".join(parts), None, None
 
 
 # Outside any layer, "output" is the language-model head (GGUF's output.weight, Meta's LLaMA checkpoints),
@@ -80,23 +85,27 @@ def _severity(t: TensorResult) -> tuple[int, int, int]:
 
 def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
     groups: dict[str, list[TensorResult]] = {}
-    keys: dict[str, LayerKey] = {}
+    keys: dict[str, tuple[str, str | None, int | None]] = {}
     for result in results:
-        key = layer_of(result.name)
-        groups.setdefault(key.group, []).append(result)
-        keys[key.group] = key
+        key = _layer(result.ref.name)
+        members = groups.get(key[0])
+        if members is None:
+            members = groups[key[0]] = []
+            keys[key[0]] = key
+        members.append(result)
     summaries = []
     for group in sorted(groups, key=natural_key):
-        members, key = groups[group], keys[group]
+        members = groups[group]
+        _, stack, index = keys[group]
         bad = [t for t in members if t.unhealthy]
-        counted = [t for t in members if "nonfinite" in t.findings]
+        counted = [t for t in bad if "nonfinite" in t.findings]  # (a nonfinite finding is unhealthy)
         worst = max(bad, key=_severity).name if bad else None
         components = sorted({component_of(t.name) for t in bad}, key=COMPONENTS.index)
         summaries.append(
             LayerSummary(
                 layer=group,
-                stack=key.stack,
-                index=key.index,
+                stack=stack,
+                index=index,
                 tensors=len(members),
                 bad_tensors=len(bad),
                 nan=sum(t.nan for t in counted),

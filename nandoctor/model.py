@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# What the API takes as a path, and the progress callback every long job calls.
+PathLike = str | os.PathLike[str]
+ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,9 @@ class ChunkOf:
 
     offsets: tuple[int, ...]  # the chunk's first element, in global coordinates
     global_shape: tuple[int, ...]
+    # True: ``offsets`` is one flat C-order index and the chunk a 1-D run of the global tensor's elements
+    # (a DeepSpeed ZeRO partition cuts a flattened parameter anywhere, not along dimensions)
+    flat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,9 @@ class Outliers:
     threshold: float  # the magnitude they reached: bulk scale x outlier factor
 
 
+_FAILING_FINDINGS = frozenset(("nonfinite", "exploded", "outlier"))
+
+
 @dataclass(frozen=True, slots=True)
 class TensorResult:
     """Counts and census of one tensor. ``first_bad`` is a flat index in the tensor's ``order``.
@@ -204,7 +216,7 @@ class TensorResult:
     @property
     def unhealthy(self) -> bool:
         """Has a finding that fails by default (non-finite, exploded or outlier values)."""
-        return any(f in ("nonfinite", "exploded", "outlier") for f in self.findings)
+        return not _FAILING_FINDINGS.isdisjoint(self.findings)  # (one C call: asked of every tensor)
 
     @property
     def fraction(self) -> float:

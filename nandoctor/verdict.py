@@ -95,12 +95,14 @@ def _zeroed(tensors: Iterable[TensorResult]) -> set[int]:
     """
     families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
     for i, t in enumerate(tensors):
-        if t.ref.role != "weight" or not t.can_hold_nonfinite or t.ref.numel == 0 or t.max_abs is None:
+        ref = t.ref  # (the cheap tests first: this runs once per tensor)
+        if t.max_abs is None or ref.role != "weight" or not t.can_hold_nonfinite or ref.numel == 0:
             continue
-        key = (_LAYER_NUMBER.sub(".#.", t.name), t.ref.dtype)
-        if key[0] == t.name:
+        name = ref.name
+        family = _LAYER_NUMBER.sub(".#.", name)
+        if family == name:
             continue
-        families.setdefault(key, []).append((i, t.max_abs == 0.0 and not t.nonfinite))
+        families.setdefault((family, ref.dtype), []).append((i, t.max_abs == 0.0 and not t.nonfinite))
     out: set[int] = set()
     for members in families.values():
         if any(not zero for _, zero in members):

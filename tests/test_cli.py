@@ -34,7 +34,7 @@ def test_json_schema_lists_every_tensor():
     result = run("scan", str(DEMO_RUN / "checkpoint-300"), "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert len(data["tensors"]) == expected["tensors"]
     tensors = {t["name"]: t for t in data["tensors"]}
     for name, want in expected["bad_tensors"].items():

@@ -323,3 +323,30 @@ def test_count_tensor_on_views_complex_fp8_and_slices(monkeypatch, backend):
     big[3] = float("nan")
     assert live.overflow_tensor(big, "fp16", backend) == (4999, 70000.0)
     assert live.overflow_tensor(big[::2], "bf16", backend) == (0, 70000.0)
+
+
+@pytest.mark.parametrize("dtype", ["C64", "C128", "C32"])
+def test_complex_elements_count_once_in_every_kernel(dtype):
+    """A complex element is NaN when either part is, else the sign of its first non-finite part; the numpy
+    kernel, the torch kernel (the CUDA code path) and the live path agree, never above 100 %."""
+    from nandoctor.kernels.torch_kernel import TorchKernel
+
+    torch_dtype = {"C64": torch.complex64, "C128": torch.complex128, "C32": torch.complex32}[dtype]
+    nan, inf = float("nan"), float("inf")
+    pairs = [(1.0, 2.0), (nan, inf), (inf, nan), (inf, -inf), (-inf, inf), (0.5, -inf), (nan, nan), (3.0, 4.0), (-inf, 0.0)]
+    real = torch.tensor([r for r, _ in pairs], dtype=torch.float64)
+    imag = torch.tensor([i for _, i in pairs], dtype=torch.float64)
+    t = torch.complex(real, imag).to(torch_dtype) if dtype != "C32" else torch.complex(real.half(), imag.half())
+    raw = torch.view_as_real(t).contiguous().view(torch.uint8).numpy().reshape(-1)
+    # elements 1, 2, 6: NaN; 3: +Inf (real first); 4, 5, 8: -Inf; lanes alone would say 4 NaN, 3 +Inf, 4 -Inf
+    want = ChunkCounts(3, 1, 3, 1)
+    spec = DTYPES[dtype]
+    assert CpuKernel().count(raw, spec) == want
+    assert TorchKernel("cpu").count(raw, spec) == want == TorchKernel("cpu").check(raw, spec)
+    elements, kinds = CpuKernel().classify(raw, spec)
+    assert elements.tolist() == [1, 2, 3, 4, 5, 6, 8] and kinds.tolist() == [NAN, NAN, POSINF, NEGINF, NEGINF, NAN, NEGINF]
+    t_elements, t_kinds = TorchKernel("cpu").classify(raw, spec)
+    assert t_elements.tolist() == elements.tolist() and t_kinds.tolist() == kinds.tolist()
+    from nandoctor.kernels import live
+
+    assert live.count_tensor(t, "auto") == want == live.count_tensor(t, "torch")

@@ -18,18 +18,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
-from click.testing import CliRunner  # noqa: E402
 
 import nandoctor  # noqa: E402
-from nandoctor.cli import cli  # noqa: E402
 from nandoctor.integrations.lightning import NanDoctorCallback  # noqa: E402
 from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.conftest import run_cli as run  # noqa: E402
 
 
 def by_step(files: list[Path]) -> dict[int, Path]:
@@ -98,8 +95,8 @@ def test_folder_of_step_files_is_a_run_with_a_timeline(poisoned, clean):
     result = run("scan", str(folder))
     assert result.exit_code == 1
     assert "last healthy: epoch=0-step=4.ckpt · first bad: epoch=0-step=6.ckpt" in result.output
-    # the hint names the last healthy file as the donor (a .ckpt has no --from auto)
-    assert f"--from {folder}/epoch=0-step=4.ckpt" in result.output
+    # the hint repairs the newest file from the healthy files before the first bad one (--from auto)
+    assert f"nandoctor repair {folder}/epoch=0-step=12.ckpt --from auto --out" in result.output
     assert nandoctor.scan_run(str(clean[0].parent)).exit_code() == 0
 
 

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import nandoctor
-from nandoctor.cli import cli
 from nandoctor.hints import repair_command_for
+from tests.conftest import run_cli as run  # noqa: E402
 
 from .conftest import DEMO_RUN
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_progress_bar_is_gone_before_the_run_report_is_printed(tmp_path):

@@ -27,7 +27,7 @@ def test_demo_run_timeline_json_matches_planted_counts():
     result = run("scan", str(DEMO_RUN), "--json")
     assert result.exit_code == 1  # the newest checkpoint (300) is bad
     data = json.loads(result.output)
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     r = data["run"]
     assert [c["name"] for c in r["checkpoints"]] == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
     assert [c["status"] for c in r["checkpoints"]] == ["clean", "clean", "poisoned"]
@@ -151,6 +151,27 @@ def test_train_log_reading(tmp_path):
     state.write_text("{not json")
     broken = runs.read_train_log(state)
     assert broken.error and broken.first_nonfinite_step is None
+
+
+def test_lightning_metrics_csv_is_judged_as_a_trainer_log_is(tmp_path):
+    """CSVLogger(save_dir, name="logs") beside ModelCheckpoint(dirpath=save_dir/"checkpoints"): the newest
+    version's metrics.csv is found from the checkpoints folder and judged by the trainer_state.json rule."""
+    from nandoctor.checkpoint.trainlog import metrics_near
+
+    (tmp_path / "checkpoints").mkdir()
+    for version, rows in (("version_0", "0,1.0,\n"), ("version_1", "0,2.0,\n1,,1.5\n2,inf,\n3,0.0,\n4,nan,\n")):
+        (tmp_path / "logs" / version).mkdir(parents=True)
+        (tmp_path / "logs" / version / "metrics.csv").write_text("step,train_loss,grad_norm\n" + rows)
+    table = metrics_near(tmp_path / "checkpoints")
+    assert table is not None and table.source.endswith("logs/version_1/metrics.csv")
+    log = table.train_log()
+    assert log is not None and log.logged_after_save
+    assert (log.first_nonfinite_step, log.first_nonfinite_keys, log.first_zero_loss_step, log.last_step) == (
+        2, ("train_loss",), 3, 4)
+    before = table.train_log(before_step=2)  # the rows a save at step 2 came after
+    assert before is not None and (before.last_step, before.suspicious_step) == (1, None)
+    assert table.train_log(before_step=0) is None
+    assert [p.step for p in table.series().points] == [0, 1, 2, 3, 4]
 
 
 def test_checkpoints_in_orders_by_step(tmp_path):

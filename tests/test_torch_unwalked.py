@@ -90,14 +90,15 @@ def test_an_ordered_dict_whose_items_attribute_was_overwritten(tmp_path: Path) -
 
 
 def test_storages_no_walked_tensor_views_are_scanned_whole(tmp_path: Path) -> None:
-    """A storage loaded where no tensor survives (here a torch.device() argument, turned into text) is
-    still read whole when its dtype is known, and reported unreadable when it is not."""
+    """A tensor built where the walk loses it (here a torch.device() argument, turned into text) is still
+    scanned (the unpickler's registry); a bare untyped storage lost that way is reported unreadable."""
     hidden = p_call(p_global("torch", "device"), [p_tensor(p_storage("0", 4), 0, (4,), (1,))])
     path = tmp_path / "f.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("o"), hidden)])), {"0": RAW})
     report = scan(path, device="cpu")
-    assert counts(report) == {"<storage 0>": (1, 1, 0)} and report.exit_code == 1
-    assert any("scanned whole" in n for n in report.notes)
+    # (issue 14: every tensor the unpickler builds is registered, so the tensor itself is found, not just its storage)
+    assert counts(report) == {"<tensor 0>": (1, 1, 0)} and report.exit_code == 1
+    assert any("no name reaches them" in n for n in report.notes)
 
     untyped = p_tuple([p_str("storage"), p_global("torch", "UntypedStorage"), p_str("0"), p_str("cpu"), p_int(16)])
     hidden = p_call(p_global("torch", "device"), [untyped + b"Q"])
@@ -118,14 +119,14 @@ def test_build_cannot_relabel_a_float_storage(tmp_path: Path) -> None:
 
 
 def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> None:
-    from nandoctor.readers.torch import safe_pickle
+    from nandoctor.readers.torch import rebuilds
 
     body = p_global("torch._utils", "_rebuild_tensor_v2") + EMPTY_DICT + p_str("pwned") + p_int(1) + SETITEM + BUILD
     path = tmp_path / "g.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("f"), body)])), {})
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and "_rebuild_tensor_v2" in report.errors[0].message
-    assert not hasattr(safe_pickle._rebuild_tensor_v2, "pwned")
+    assert not hasattr(rebuilds._rebuild_tensor_v2, "pwned")
 
 
 def test_an_empty_view_far_past_its_storage_beside_a_nan(tmp_path: Path) -> None:

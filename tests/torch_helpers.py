@@ -42,11 +42,16 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def torch_counts(t: Any) -> tuple[int, int, int]:
-    """(NaN, +Inf, -Inf) as torch counts them; complex numbers count each half, like nandoctor."""
+    """(NaN, +Inf, -Inf) as torch counts them. A complex element counts once: NaN when either part is,
+    otherwise by its first non-finite part, real before imaginary (docs/json.md)."""
     import torch
 
     if t.is_complex():
-        t = torch.view_as_real(t)
+        parts = torch.view_as_real(t.detach()).float()
+        real, imag = parts[..., 0], parts[..., 1]
+        nan = torch.isnan(real) | torch.isnan(imag)
+        sign = torch.where(torch.isinf(real), real, torch.where(torch.isinf(imag), imag, torch.zeros_like(real)))
+        return int(nan.sum()), int((~nan & (sign > 0)).sum()), int((~nan & (sign < 0)).sum())
     if not (t.is_floating_point()):
         return 0, 0, 0
     f = t.detach().float() if t.dtype != torch.float64 else t.detach()

@@ -105,6 +105,10 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
     inside the checkpoint folder ``root``."""
     from nandoctor.checkpoint.loaders import inside
 
+    # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
+    if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
+        return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
+                                 "byte, or a part over 255 bytes); refused", "fix the index's weight_map")
     folder = index.path.parent
     candidate = folder / shard
     if os.path.isabs(shard) or inside(root, str(candidate.relative_to(root))) is None:

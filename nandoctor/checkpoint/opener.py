@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nandoctor.checkpoint import layout
-from nandoctor.checkpoint.roles import role_of
+from nandoctor.checkpoint import layout, zero
+from nandoctor.checkpoint.roles import file_role, role_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanProblem, TensorRef
@@ -71,6 +71,9 @@ def open_checkpoint(
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
         checkpoint.problems += read.problems
+    zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
+    checkpoint.problems += zero_problems
+    checkpoint.notes += zero_notes
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
@@ -122,8 +125,9 @@ def _unscanned_notes(root: Path) -> list[str]:
 
 def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
     out = []
+    whole_file = file_role(file_name)  # once per file, not per tensor
     for ref in refs:
-        role = role_of(ref.name, file_name)
+        role = whole_file or role_of(ref.name)
         out.append(ref if role == ref.role else dataclasses.replace(ref, role=role))
     return out
 
@@ -199,7 +203,7 @@ def _check_duplicate_names(
             # chunks of one DCP tensor share its name: the same chunk twice is what is ambiguous
             key = (is_safetensors, ref.name, ref.chunk.offsets if ref.chunk else None)
             other = seen.setdefault(key, file)
-            if other == file:
+            if other is file:  # (identity: a Path comparison per tensor costs more than the rest of the loop)
                 continue
             if _is_shard(file, indexed) and _is_shard(other, indexed):
                 problems.append(

@@ -38,18 +38,33 @@ _BUFFER_LEAVES = frozenset({
 _MASK_BIAS = re.compile(r"(^|\.)(attn|attention)\.bias$")
 
 
+# The first container segment (not the last one) that is optimizer or trainer state, in one C-level
+# search per name instead of a Python loop over its segments.
+_STATE_SEGMENT = re.compile(
+    r"(?:^|\.)(?:(?P<optimizer>" + "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True)))
+    + r")|(?P<trainer>" + "|".join(map(re.escape, sorted(_TRAINER_SEGMENTS, key=len, reverse=True)))
+    + r"|(?:ModelCheckpoint|EarlyStopping)[^.]*))(?=\.)"
+)
+
+
 def role_of(name: str, file_name: str = "") -> str:
     """The role of the tensor ``name`` read from the file called ``file_name``."""
+    if file_name:
+        role = file_role(file_name)
+        if role is not None:
+            return role
+    state = _STATE_SEGMENT.search(name)
+    if state is not None:
+        return OPTIMIZER if state.group("optimizer") is not None else TRAINER
+    if name.rpartition(".")[2] in _BUFFER_LEAVES or _MASK_BIAS.search(name):
+        return BUFFER
+    return WEIGHT
+
+
+def file_role(file_name: str) -> str | None:
+    """The role of every tensor of a file named like optimizer or trainer state; None otherwise."""
     if _OPTIMIZER_FILE.match(file_name):
         return OPTIMIZER
     if _TRAINER_FILE.match(file_name):
         return TRAINER
-    segments = name.split(".")
-    for segment in segments[:-1]:
-        if segment in _OPTIMIZER_SEGMENTS:
-            return OPTIMIZER
-        if segment in _TRAINER_SEGMENTS or segment.startswith(("ModelCheckpoint", "EarlyStopping")):
-            return TRAINER
-    if segments[-1] in _BUFFER_LEAVES or _MASK_BIAS.search(name):
-        return BUFFER
-    return WEIGHT
+    return None

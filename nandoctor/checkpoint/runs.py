@@ -3,14 +3,14 @@
 A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders; a
 Lightning run is a folder of ``.ckpt`` files whose names carry the step
 (``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``). Also the run as a
-timeline (:func:`scan_run`): each checkpoint's verdict, the first step
-``trainer_state.json`` logged NaN/Inf, and saves that never finished.
+timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
+trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
+logged NaN/Inf, and saves that never finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Callable
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint.trainlog import LogSeries, read_series
+from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
@@ -80,6 +80,45 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint's name gives: a ``checkpoint-N`` folder, a file inside one, or a Lightning
+    ``…step=N….ckpt`` file; None when its name gives none."""
+    path = Path(path)
+    if path.is_dir():
+        return step_of(path)
+    lightning = lightning_step_of(path)
+    return lightning if lightning is not None else step_of(path.parent)
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where one checkpoint stands in its run: the run folder, the checkpoint's step, the run's kind."""
+
+    run: Path
+    step: int
+    lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
+
+    def siblings(self) -> list[tuple[int, Path]]:
+        """(step, path) of every checkpoint of the run, steps ascending."""
+        return lightning_checkpoints_in(self.run) if self.lightning else checkpoints_in(self.run)
+
+
+def place_in_run(target: Path) -> RunPlace | None:
+    """Where ``target`` stands in a run (what ``--from auto`` and the repair hint go by): a ``checkpoint-N``
+    folder (or a file inside one), or a Lightning ``…step=N….ckpt`` file in a folder of them; else None."""
+    target = Path(target)
+    lightning = lightning_step_of(target) if not target.is_dir() else None
+    if lightning is not None:
+        try:
+            entries = list(target.parent.iterdir())
+        except OSError:
+            return None
+        return RunPlace(target.parent, lightning, True) if _lightning_run(target.parent, entries) else None
+    folder = target if target.is_dir() else target.parent
+    step = step_of(folder)
+    return None if step is None else RunPlace(folder.parent, step, False)
+
+
 def _lightning_run(folder: Path, entries: list[Path]) -> bool:
     """A folder whose weight files are all Lightning ``.ckpt`` files, two or more of them named by step."""
     from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
@@ -100,30 +139,12 @@ _TMP_CHECKPOINT = re.compile(r"^tmp-checkpoint-(\d+)$")  # older Trainer version
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
 _TEMP_PREFIXES = ("tmp", ".tmp")
 TRAINER_STATE = "trainer_state.json"
-_LOGGED_KEYS = ("loss", "grad_norm")
 
 # Checkpoint status words (decided by verdict.checkpoint_status), worst first where one checkpoint has several.
 INCOMPLETE, UNREADABLE, DIVERGED, POISONED, OVERFLOW, CLEAN = (
     "incomplete", "unreadable", "diverged", "poisoned", "overflow", "clean",
 )
 HEALTHY_STATUSES = (CLEAN, OVERFLOW)
-
-
-@dataclass(frozen=True)
-class TrainLog:
-    """What ``trainer_state.json``'s ``log_history`` says about where training broke."""
-
-    source: str
-    last_step: int | None = None
-    first_nonfinite_step: int | None = None  # first logged step with NaN/Inf loss or grad_norm
-    first_nonfinite_keys: tuple[str, ...] = ()
-    first_zero_loss_step: int | None = None  # a loss of exactly 0.0 usually means the loss went NaN/was masked
-    error: str | None = None  # the file could not be read
-
-    @property
-    def suspicious_step(self) -> int | None:
-        steps = [s for s in (self.first_nonfinite_step, self.first_zero_loss_step) if s is not None]
-        return min(steps) if steps else None
 
 
 @dataclass(frozen=True)
@@ -243,36 +264,6 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     return has_checkpoints
 
 
-def read_train_log(path: Path) -> TrainLog:
-    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
-    from nandoctor.checkpoint.jsonfiles import read_json
-
-    try:
-        data = read_json(path)
-    except OSError as exc:
-        return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
-    except ValueError as exc:
-        return TrainLog(str(path), error=f"not valid JSON: {exc}")
-    history = data.get("log_history") if isinstance(data, dict) else None
-    if not isinstance(history, list):
-        return TrainLog(str(path), error="no \"log_history\" list")
-    last = first_bad = first_zero = None
-    bad_keys: tuple[str, ...] = ()
-    for entry in history:
-        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
-            continue
-        step = entry["step"]
-        last = step if last is None else max(last, step)
-        nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
-            k for k in _LOGGED_KEYS if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
-        )
-        if nonfinite and first_bad is None:
-            first_bad, bad_keys = step, nonfinite
-        if first_zero is None and isinstance(entry.get("loss"), (int, float)) and entry["loss"] == 0.0:
-            first_zero = step
-    return TrainLog(str(path), last, first_bad, bad_keys, first_zero)
-
-
 def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
     from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
     from nandoctor.errors import CorruptCheckpointError
@@ -347,6 +338,9 @@ def scan_run(
     if below_step is not None:  # repair's --from auto: only the checkpoints before its target
         folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+    # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
+    # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
+    metrics = metrics_near(root) if lightning else None
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if lightning else duplicate_steps(checkpoints_in(root))
@@ -400,7 +394,7 @@ def scan_run(
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
-        log = read_train_log(state) if state.exists() else None
+        log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
         top = checkpoint.max_abs
@@ -419,6 +413,9 @@ def scan_run(
         if top_log.error is None:
             logs.append(top_log)
     run_log = max(logs, key=lambda g: g.last_step or -1) if logs else None
-    series = read_series(root, run_log.source if run_log else None)
+    if metrics is not None:  # every row, also those logged after the newest save
+        run_log, series = metrics.train_log() or run_log, metrics.series()
+    else:
+        series = read_series(root, run_log.source if run_log else None)
     return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
                      problems=tuple(problems), series=series)

@@ -1,17 +1,20 @@
-"""The trainer log of a run as a series over steps (loss, grad_norm), for the HTML report's chart.
+"""The trainer log of a run: where it broke (:class:`TrainLog`) and its series over steps (for charts).
 
 Two sources: ``trainer_state.json``'s ``log_history`` (transformers ``Trainer``) and
-a Lightning ``CSVLogger``'s ``metrics.csv``. Only what was logged is kept (NaN and
-Inf included: they are what the chart must show); a long log is thinned to
+a Lightning ``CSVLogger``'s ``metrics.csv``, each read by one parser here and
+judged by one rule (:func:`_where_it_broke`: the first NaN/Inf loss or grad_norm,
+the first loss of exactly 0.0). For the chart, only what was logged is kept (NaN
+and Inf included: they are what the chart must show); a long log is thinned to
 ``MAX_POINTS`` evenly spaced points, keeping every non-finite one, so a
-million-step run still gives a small report. Nothing here decides anything:
-where the log broke is ``runs.TrainLog``'s (read from the same file).
+million-step run still gives a small report.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,64 @@ MAX_CSV_BYTES = 256 << 20  # a metrics.csv beyond this is not read (a chart need
 METRICS_CSV = "metrics.csv"
 _LOSS_KEYS = ("loss", "train_loss", "train_loss_step", "train/loss", "training_loss", "loss_step")
 _GRAD_KEYS = ("grad_norm", "train/grad_norm", "grad_2.0_norm_total", "grad_norm_total")
+_LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is judged by
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """What a trainer log (``trainer_state.json``'s ``log_history``, a Lightning ``metrics.csv``) says
+    about where training broke."""
+
+    source: str
+    last_step: int | None = None
+    first_nonfinite_step: int | None = None  # first logged step with NaN/Inf loss or grad_norm
+    first_nonfinite_keys: tuple[str, ...] = ()
+    first_zero_loss_step: int | None = None  # a loss of exactly 0.0 usually means the loss went NaN/was masked
+    error: str | None = None  # the file could not be read
+    # Lightning: a row's step counts the optimizer steps done before it was logged, so its loss is of the
+    # weights saved at that step (Trainer logs step N for the update that makes step N)
+    logged_after_save: bool = False
+
+    @property
+    def suspicious_step(self) -> int | None:
+        steps = [s for s in (self.first_nonfinite_step, self.first_zero_loss_step) if s is not None]
+        return min(steps) if steps else None
+
+
+def _where_it_broke(
+    source: str, entries: Iterable[tuple[int, Mapping[str, Any]]], keys: tuple[str, ...], loss_key: str | None
+) -> TrainLog:
+    """The first entry (in log order) whose ``keys`` hold NaN/Inf, and the first loss of exactly 0.0."""
+    last = first_bad = first_zero = None
+    bad_keys: tuple[str, ...] = ()
+    for step, entry in entries:
+        last = step if last is None else max(last, step)
+        nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
+            k for k in keys if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
+        )
+        if nonfinite and first_bad is None:
+            first_bad, bad_keys = step, nonfinite
+        loss = entry.get(loss_key) if loss_key else None
+        if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
+            first_zero = step
+    return TrainLog(source, last, first_bad, bad_keys, first_zero)
+
+
+def read_train_log(path: Path) -> TrainLog:
+    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+
+    try:
+        data = read_json(path)
+    except OSError as exc:
+        return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
+    except ValueError as exc:
+        return TrainLog(str(path), error=f"not valid JSON: {exc}")
+    history = data.get("log_history") if isinstance(data, dict) else None
+    if not isinstance(history, list):
+        return TrainLog(str(path), error="no \"log_history\" list")
+    entries = ((e["step"], e) for e in history if isinstance(e, dict) and isinstance(e.get("step"), int))
+    return _where_it_broke(str(path), entries, _LOGGED_KEYS, "loss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +131,7 @@ def _thin(points: list[LogPoint]) -> tuple[tuple[LogPoint, ...], int]:
     return tuple(kept[: MAX_POINTS * 2]), len(points)  # (non-finite points can add at most as many again)
 
 
-def _series(source: str, rows: dict[int, dict[str, float]], loss_key: str | None, grad_key: str | None) -> LogSeries | None:
+def _series(source: str, rows: Mapping[int, Mapping[str, float]], loss_key: str | None, grad_key: str | None) -> LogSeries | None:
     points = [
         LogPoint(step, row.get(loss_key) if loss_key else None, row.get(grad_key) if grad_key else None)
         for step, row in sorted(rows.items())
@@ -112,8 +173,41 @@ def from_trainer_state(path: Path) -> LogSeries | None:
     return _series(str(path), rows, "loss", "grad_norm")
 
 
+@dataclass(frozen=True)
+class MetricsTable:
+    """A Lightning ``CSVLogger`` file as read: the loss and grad-norm values logged, by step (NaN/Inf kept).
+
+    Lightning logs a row with step ``s`` after ``s`` optimizer steps, while computing the next one: the
+    rows a ``…step=N….ckpt`` file's save came after are those with a step below N.
+    """
+
+    source: str
+    rows: Mapping[int, Mapping[str, float]]
+    loss_key: str | None
+    grad_key: str | None
+
+    def series(self) -> LogSeries | None:
+        return _series(self.source, self.rows, self.loss_key, self.grad_key)
+
+    def train_log(self, before_step: int | None = None) -> TrainLog | None:
+        """Where the log broke, over every row or over the rows logged before step ``before_step``
+        (a checkpoint's save); None when there are none."""
+        entries = [(s, row) for s, row in sorted(self.rows.items()) if before_step is None or s < before_step]
+        if not entries:
+            return None
+        keys = tuple(k for k in (self.loss_key, self.grad_key) if k)
+        return dataclasses.replace(_where_it_broke(self.source, entries, keys, self.loss_key), logged_after_save=True)
+
+
 def from_metrics_csv(path: Path) -> LogSeries | None:
-    """A Lightning ``CSVLogger`` file: one row per log call, empty cells for keys not logged then."""
+    """A Lightning ``CSVLogger`` file's loss and grad-norm series (:func:`read_metrics_csv`)."""
+    table = read_metrics_csv(path)
+    return None if table is None else table.series()
+
+
+def read_metrics_csv(path: Path) -> MetricsTable | None:
+    """A Lightning ``CSVLogger`` file: one row per log call, empty cells for keys not logged then; None when
+    it cannot be read or logs neither a loss nor a grad norm by step."""
     try:
         if path.stat().st_size > MAX_CSV_BYTES:
             return None
@@ -138,20 +232,27 @@ def from_metrics_csv(path: Path) -> LogSeries | None:
                         rows.setdefault(int(step), {})[key] = value
         except csv.Error:
             pass  # a torn last line (the run is still writing): keep what was read
-    return _series(str(path), rows, loss_key, grad_key)
+    return MetricsTable(str(path), rows, loss_key, grad_key)
 
 
 def metrics_csv_near(folder: Path) -> Path | None:
-    """The ``metrics.csv`` of a Lightning run: in ``folder``, its parent (``version_N/checkpoints``), or the
-    newest ``lightning_logs/version_N`` (or ``version_N``) below it."""
+    """The ``metrics.csv`` of a Lightning run: in ``folder``, its parent (``version_N/checkpoints``), the
+    newest ``lightning_logs/version_N`` (or ``version_N``) below it, or the newest ``<name>/version_N``
+    beside it (``CSVLogger(save_dir, name)`` next to ``ModelCheckpoint(dirpath=save_dir/"checkpoints")``)."""
     candidates = [folder / METRICS_CSV, folder.parent / METRICS_CSV]
-    for pattern in ("lightning_logs/version_*/" + METRICS_CSV, "version_*/" + METRICS_CSV):
+    for base, pattern in ((folder, "lightning_logs/version_*/"), (folder, "version_*/"), (folder.parent, "*/version_*/")):
         try:
-            found = sorted(folder.glob(pattern), key=lambda p: _version(p.parent.name))
+            found = sorted(base.glob(pattern + METRICS_CSV), key=lambda p: _version(p.parent.name))
         except OSError:
             continue
         candidates += reversed(found)
     return next((c for c in candidates if c.is_file()), None)
+
+
+def metrics_near(folder: Path) -> MetricsTable | None:
+    """The :class:`MetricsTable` of the Lightning run whose checkpoints are in ``folder``, if one is found."""
+    found = metrics_csv_near(Path(folder))
+    return read_metrics_csv(found) if found is not None else None
 
 
 def _version(name: str) -> int:

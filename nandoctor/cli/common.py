@@ -24,13 +24,13 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
 
 def echo_json(data: Any) -> None:
     """Write ``data`` as indented JSON to stdout, piece by piece: a report of a million tensors is
-    never held as one string (json.dumps with indent builds it from millions of small pieces)."""
-    import json
+    never held as one string, and an iterator in it (the CLI's tensor list) is encoded item by item."""
+    from nandoctor.report.jsontext import iter_json
 
     out = sys.stdout  # (CliRunner swaps sys.stdout in tests, as it does for click.echo)
     pending: list[str] = []
     size = 0
-    for piece in json.JSONEncoder(indent=2).iterencode(data):
+    for piece in iter_json(data):
         pending.append(piece)
         size += len(piece)
         if size >= 1 << 20:  # a write per MiB, not per piece

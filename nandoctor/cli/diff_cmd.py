@@ -38,10 +38,10 @@ def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, no_p
       nandoctor diff merged/ base/ --json > diff.json
       nandoctor diff ckpt/ Qwen/Qwen-1_8B          # against the copy in the local HF cache
     """
-    from nandoctor import api
+    from nandoctor import api_compare
 
     with byte_progress(enabled=not no_progress, description="comparing") as progress:
-        report = api.diff(a, b, progress=progress, both_formats=both_formats)
+        report = api_compare.diff(a, b, progress=progress, both_formats=both_formats)
     if as_json:
         from nandoctor.report.diff_json import diff_to_json
 

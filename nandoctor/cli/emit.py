@@ -19,7 +19,6 @@ def emit_scan(
     report: ScanReport, as_json: bool, quiet: bool, show_all: bool, fail_on: frozenset[str], *, markdown: bool = False
 ) -> int:
     """Print ``report`` as the scan command does (Markdown, JSON, one line or rich); its exit code under ``fail_on``."""
-    from nandoctor import api
     from nandoctor import verdict as verdicts
 
     code = verdicts.exit_code(report, fail_on)
@@ -28,7 +27,9 @@ def emit_scan(
 
         click.echo(render_scan(report, fail_on), nl=False)
     elif as_json:
-        data = api.to_json(report, fail_on)
+        from nandoctor.report.json_report import report_to_json
+
+        data = report_to_json(report, fail_on, lazy=True)  # tensors encoded one by one, never all held
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
         echo_json(data)
     elif quiet:

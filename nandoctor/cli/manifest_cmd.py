@@ -19,6 +19,6 @@ def manifest(path: str) -> None:
       nandoctor manifest ckpt/ > manifest.json
       nandoctor scan ckpt/ --verify-hashes --manifest manifest.json
     """
-    from nandoctor import api
+    from nandoctor import api_compare
 
-    echo_json(api.manifest(path))
+    echo_json(api_compare.manifest(path))

@@ -46,7 +46,8 @@ def _sigterm_interrupts() -> Iterator[None]:
     required=True,
     metavar="CHECKPOINT",
     help="An earlier checkpoint to restore from; repeat to try several in order. "
-    "'auto' = the earlier checkpoint-N siblings of TARGET, newest first.",
+    "'auto' = the run's healthy checkpoints before TARGET (checkpoint-N folders, or Lightning "
+    "…step=N….ckpt files), newest first.",
 )
 @click.option("--out", type=click.Path(path_type=str), help="New folder for the repaired checkpoint (must not exist).")
 @click.option(
@@ -68,6 +69,12 @@ def _sigterm_interrupts() -> Iterator[None]:
 @click.option("--allow-cast", is_flag=True,
               help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
               "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Judge and restore only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*'); "
+              "the others are carried over unchanged.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Neither judge nor restore tensors whose full name matches GLOB (repeatable; e.g. "
+              "'optimizer_states.*'); they are carried over byte-identical and counted in the plan and proof.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
@@ -81,6 +88,8 @@ def repair(
     hash_all: bool,
     allow_diverged: bool,
     allow_cast: bool,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
     as_json: bool,
     show_all: bool,
     no_progress: bool,
@@ -101,7 +110,9 @@ def repair(
       nandoctor repair ckpt/ --from older/ --from oldest/ --out fixed/ --scope layer
       nandoctor repair run/checkpoint-300 --from auto --out fixed/
       nandoctor repair ckpt/ --from older/ --dry-run
+      nandoctor repair 'ckpts/epoch=0-step=600.ckpt' --from auto --exclude 'optimizer_states.*' --out fixed/
     """
+    from nandoctor.checkpoint.selection import selection
     from nandoctor.cli.progress import stdout_console
     from nandoctor.errors import UnrestorableError
     from nandoctor.report.repair_report import render_plan, render_result
@@ -111,12 +122,16 @@ def repair(
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
     if out == "":
         raise click.UsageError("--out is empty; name a new folder for the repaired checkpoint")
+    try:
+        chosen = selection(only, exclude)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     console = stdout_console()
     try:
         with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
             result = run_repair(
                 target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                allow_diverged=allow_diverged, allow_cast=allow_cast,
+                allow_diverged=allow_diverged, allow_cast=allow_cast, selection=chosen,
             )
     except UnrestorableError as exc:
         from nandoctor.restore.plan import RepairPlan

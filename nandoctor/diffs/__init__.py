@@ -32,7 +32,7 @@ def diff(
     workers: int | None = None,
     both_formats: bool = False,
 ) -> DiffReport:
-    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api.diff."""
+    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api_compare.diff."""
     path_a, _ = hubcache.resolve(a)
     path_b, _ = hubcache.resolve(b)
     return diff_checkpoints(

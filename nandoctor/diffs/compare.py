@@ -29,12 +29,11 @@ from nandoctor.diffs.result import Change
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import to_little
-from nandoctor.model import TensorRef, coords_of
+from nandoctor.model import ProgressCallback, TensorRef, coords_of
 from nandoctor.restore.tensorbytes import Box, boxes, byte_range, check_bounds, itemsize, read_box
 from nandoctor.sources import ChunkSource, ThreadBuffers, open_source
 
 CHUNK_BYTES = 4 << 20  # per side and chunk: numpy and memcmp are fastest near 4 MiB (shared/PERFORMANCE.md)
-ProgressCallback = Callable[[int, int, str], None]
 
 
 def _load_memcmp() -> Any:

@@ -9,8 +9,11 @@ both readers and kernels.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +68,29 @@ def scan(
     started = time.perf_counter()
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
-    checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
-    kernel = kernel or select_kernel(device)
-    jobs = plan_jobs(checkpoint.refs, limits, cast_to)
-    found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
-    return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
+    with gc_paused():
+        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
+        kernel = kernel or select_kernel(device)
+        jobs = plan_jobs(checkpoint.refs, limits, cast_to)
+        found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
+        return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the scan builds its per-tensor objects.
+
+    They make no cycles, but each collection walks every live object: with a million small
+    tensors, collections cost more than all the scan's own work (measured: planning 100,000
+    tensors 1.4 s with the collector, 0.26 s without). Reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -87,7 +108,8 @@ def scan_jobs(
     progress: ProgressCallback | None = None, files: set[Path] | None = None,
 ) -> Scanned:
     """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
-    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not."""
+    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not.
+    Empties ``jobs`` (results() drops each job once its results exist)."""
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
@@ -104,6 +126,7 @@ def scan_jobs(
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
     failed = {p.path for p in pipeline.problems}
     problems = pipeline.problems + _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+    del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)
     return Scanned(tensors, unviewed, problems + expert_problems, pipeline.done)
@@ -146,7 +169,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     problems = []
     todo: dict[str, list[RegionJob]] = {}
     for job in jobs:
-        if job.info is not None and job.census.high_segments and any(v.role == "weight" for v in job.views):
+        if job.info is not None and job.high and any(v.role == "weight" for v in job.views):
             todo.setdefault(job.region.file, []).append(job)
     buffers = ThreadBuffers(None)
     for file, found in todo.items():

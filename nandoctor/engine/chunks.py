@@ -19,6 +19,8 @@ def global_index(local: int, result: TensorResult) -> int:
     """Flat index in the global tensor of flat index ``local`` in the chunk ``result`` was read from."""
     chunk = result.ref.chunk
     assert chunk is not None
+    if chunk.flat:
+        return chunk.offsets[0] + local
     coords = coords_of(local, result.ref.shape)
     flat = 0
     for c, o, size in zip(coords, chunk.offsets, chunk.global_shape):

@@ -31,7 +31,7 @@ from nandoctor.model import Outliers, Region, TensorRef, TensorResult, UnviewedB
 from nandoctor.views import covers_whole_region
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one per tensor, a million of them for a million small tensors
 class Tally:
     """NaN/Inf of one view, merged from chunks (and overflow counts with a target dtype)."""
 
@@ -54,7 +54,7 @@ class Tally:
             self.first_bad = first
 
 
-@dataclass
+@dataclass(slots=True)
 class OutlierFind:
     count: int = 0
     first_lane: int = -1
@@ -63,7 +63,7 @@ class OutlierFind:
     threshold: int = -1
 
 
-@dataclass
+@dataclass(slots=True)
 class RegionJob:
     """One region to read, the views of it, and everything found in it."""
 
@@ -74,9 +74,32 @@ class RegionJob:
     threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
     info: LaneInfo | None = None  # floating regions: what the census needs
     tallies: list[Tally] = field(default_factory=list)
-    unviewed: Tally = field(default_factory=Tally)
-    census: Census = field(default_factory=Census)
     outliers: OutlierFind | None = None
+    # Made when first asked for: a small region gets its census whole from its batch, and almost never
+    # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
+    _census: Census | None = None
+    _unviewed: Tally | None = None
+
+    @property
+    def census(self) -> Census:
+        if self._census is None:
+            self._census = Census()
+        return self._census
+
+    @census.setter
+    def census(self, value: Census) -> None:
+        self._census = value
+
+    @property
+    def high(self) -> bool:
+        """Some segment reached the high level (where outliers can be); asked without making a census."""
+        return self._census is not None and bool(self._census.high_segments)
+
+    @property
+    def unviewed(self) -> Tally:
+        if self._unviewed is None:
+            self._unviewed = Tally()
+        return self._unviewed
 
     @property
     def fast_checkable(self) -> bool:
@@ -98,32 +121,50 @@ class RegionJob:
 def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec | None = None) -> list[RegionJob]:
     by_region: dict[tuple[str, str], RegionJob] = {}
     for ref in refs:
-        key = (ref.region.file, ref.region.key)
+        region = ref.region
+        key = (region.file, region.key)
         job = by_region.get(key)
         if job is None:
-            job = by_region[key] = RegionJob(ref.region, DTYPES[ref.region.dtype], [], True)
+            job = by_region[key] = RegionJob(region, DTYPES[region.dtype], [], True)
         job.views.append(ref)
+    # What depends only on the dtype, worked out once per dtype rather than once per region.
+    per_dtype: dict[str, tuple[LaneInfo | None, int | None]] = {}
     for job in by_region.values():
+        views, spec = job.views, job.spec
         blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
-        job.direct = len(job.views) == 1 and (blocks or covers_whole_region(job.views[0], job.spec.bits))
-        job.tallies = [Tally() for _ in job.views]
-        if checks_overflow(job.spec):
-            job.info = lane_info(job.spec, limits.max_abs)
-            if cast_to is not None and not blocks:  # a cast dequantizes: the scales themselves are never cast
-                job.threshold = threshold_bits(job.spec, cast_to)
+        job.direct = len(views) == 1 and (blocks or covers_whole_region(views[0], spec.bits))
+        job.tallies = [Tally() for _ in views]
+        facts = per_dtype.get(spec.name)
+        if facts is None:
+            floating = checks_overflow(spec)
+            facts = per_dtype[spec.name] = (
+                lane_info(spec, limits.max_abs) if floating else None,
+                threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
+            )
+        job.info = facts[0]
+        if not blocks:  # a cast dequantizes: the scales themselves are never cast
+            job.threshold = facts[1]
     return list(by_region.values())
 
 
 def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorResult], list[UnviewedBad]]:
+    """The result of every ref, in ``order``; and the bad bytes no view sees.
+
+    Empties ``jobs``: each job is dropped once its results exist, so the census and tallies of a
+    million small tensors are not held beside their results.
+    """
     by_ref: dict[int, TensorResult] = {}
     unviewed = []
-    for job in jobs:
+    jobs.reverse()  # popped from the end: in the original order
+    while jobs:
+        job = jobs.pop()
         health = _health(job)
+        spec = job.spec
         for view, tally in zip(job.views, job.tallies):
-            whole = job.direct or covers_whole_region(view, job.spec.bits)
+            whole = job.direct or covers_whole_region(view, spec.bits)
             extra = health if whole else {}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
-                extra = {**extra, "max_abs": decode_magnitude(job.spec, tally.max_bits), "max_abs_exact": True}
+                extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
             if first_bad is not None and job.region.blocks is not None:
                 first_bad = job.element_of(first_bad)  # the counts are of scale fields; point at the block
@@ -133,21 +174,22 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
                 tally.posinf,
                 tally.neginf,
                 first_bad,
-                job.spec.can_hold_nonfinite,
+                spec.can_hold_nonfinite,
                 overflow=tally.overflow,
                 **extra,
             )
-        u = job.unviewed
-        if u.nan or u.posinf or u.neginf:
+        u = job._unviewed
+        if u is not None and (u.nan or u.posinf or u.neginf):
             unviewed.append(UnviewedBad(job.region.file, job.region.key, u.nan, u.posinf, u.neginf))
     return [by_ref[id(ref)] for ref in order], unviewed
 
 
 def _health(job: RegionJob) -> dict:
     """The census of a whole region as TensorResult fields (element indices, not lanes)."""
-    info, census = job.info, job.census
+    info = job.info
     if info is None or job.region.nbytes == 0:
         return {}
+    census = job.census
     per = job.spec.lanes_per_element
     bits, exact = census.max_bits()
     out: dict = {

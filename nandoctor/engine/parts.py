@@ -107,6 +107,7 @@ def scan_part(
     if part.index == 0:  # files without a region to read are still checked for changes, by part 0
         files |= {f for f, refs in checkpoint.refs_by_file.items() if not refs}
     kernel = select_kernel(device)
+    regions = len(mine)  # (scan_jobs empties the list as it frees each job)
     found = scan_jobs(checkpoint, mine, kernel, options.limits, progress, files)
     index = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
     return {
@@ -120,7 +121,7 @@ def scan_part(
         "device": kernel.name,
         "seconds": time.perf_counter() - started,
         "bytes_scanned": found.bytes_scanned,
-        "regions": len(mine),
+        "regions": regions,
         "tensors": [_encode(t, index[id(t.ref)]) for t in found.tensors],
         "unviewed": [dataclasses.asdict(u) for u in found.unviewed],
         "problems": [dataclasses.asdict(p) for p in found.problems],

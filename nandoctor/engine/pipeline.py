@@ -11,10 +11,11 @@ whose size or mtime changes while it is read is reported, never trusted.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +23,9 @@ from nandoctor.blockfields import gather
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
 from nandoctor.engine.jobs import RegionJob
+from nandoctor.engine.overflow import chunk_overflow
 from nandoctor.errors import FileChangedError, NandoctorError
-from nandoctor.kernels import NAN, NEGINF, NO_OVERFLOW, POSINF, Kernel, OverflowCounts
+from nandoctor.kernels import NAN, NEGINF, POSINF, Kernel, OverflowCounts
 from nandoctor.kernels.census import (
     Census,
     batch_census,
@@ -31,7 +33,7 @@ from nandoctor.kernels.census import (
     observe_whole,
     to_little,
 )
-from nandoctor.model import ScanProblem
+from nandoctor.model import ProgressCallback, ScanProblem
 from nandoctor.sources import (
     READ_CHUNK_BYTES,
     BufferFor,
@@ -39,31 +41,27 @@ from nandoctor.sources import (
     ThreadBuffers,
     open_source,
 )
-from nandoctor.views import covers_whole_region, element_span, locate
-
-ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
+from nandoctor.views import element_span, locate
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
 # Regions smaller than this are checked in batches of up to a chunk's bytes (BATCH_PARTS at most) per
 # worker task: a checkpoint of a million one-element tensors would otherwise pay a thread hand-off each.
 SMALL_REGION_BYTES = 64 << 10
 BATCH_PARTS = 1024
-_GATHER_ELEMENTS = 1 << 16  # strided views are gathered in blocks this size: bounded scratch
 
 ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
 
 
-@dataclass
+@dataclass(slots=True)
 class ChunkResult:
-    """What one chunk (or one small region) holds."""
+    """What one chunk (or one small region) holds (empty tuples: no list made per clean small region)."""
 
-    findings: list[ChunkFinding] = field(default_factory=list)
-    overflows: list[tuple[int, OverflowCounts]] = field(default_factory=list)
+    findings: Sequence[ChunkFinding] = ()
+    overflows: Sequence[tuple[int, OverflowCounts]] = ()
     census: Census | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+class Part(NamedTuple):  # a tuple: made once per small tensor, a frozen dataclass costs ~4x as much
     """``length`` bytes at ``absolute`` in the file: ``start`` bytes into ``job``'s region."""
 
     job: RegionJob
@@ -182,7 +180,10 @@ class Pipeline:
                 for slot, counts in result.overflows:
                     job.tallies[slot].add_overflow(counts)
                 if result.census is not None:
-                    job.census.merge(result.census)
+                    if part.length == job.region.nbytes:  # the whole region in one part: nothing to merge into
+                        job.census = result.census
+                    else:
+                        job.census.merge(result.census)
             head, tail = parts[0], parts[-1]
             state.source.release(head.absolute, tail.absolute + tail.length - head.absolute)
             self.done += sum(part.length for part in parts)
@@ -206,7 +207,7 @@ def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: 
 
     Adjacent small regions of one dtype, each read whole by one view, are first tested together: one
     pass of the fast check for NaN/Inf and one vectorised census (largest magnitude and zeros of each);
-    only a region that is flagged, or that holds a value at the high level, is looked at on its own.
+    only a region that holds NaN/Inf, or a value at the high level, is looked at on its own.
     """
     if len(parts) == 1:  # a chunk of a large region: the common case, straight through
         return [scan_chunk(source, parts[0], kernel, buffers)]
@@ -218,12 +219,9 @@ def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: 
             while j < len(parts) and parts[j].job.fast_checkable and _adjacent(parts[j - 1], parts[j]):
                 j += 1
         if j - i > 1:
-            batched = _scan_batch(source, parts[i:j], kernel, buffers)
-            if batched is not None:
-                out += batched
-                i = j
-                continue
-        out += [scan_chunk(source, p, kernel, buffers) for p in parts[i:j]]
+            out += _scan_batch(source, parts[i:j], kernel, buffers)
+        else:
+            out.append(scan_chunk(source, parts[i], kernel, buffers))
         i = j
     return out
 
@@ -233,21 +231,30 @@ def _adjacent(before: Part, part: Part) -> bool:
     return part.job.spec is before.job.spec and before.absolute + before.length == part.absolute
 
 
-def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult] | None:
-    """A run of adjacent small regions in one read; None when one of them holds NaN/Inf (then each alone)."""
+def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
+    """A run of adjacent small regions in one read; a region holding NaN/Inf is then scanned alone."""
     first, last = parts[0], parts[-1]
+    spec, info = first.job.spec, first.job.info
     data = source.read(first.absolute, last.absolute + last.length - first.absolute, buffers)
     try:
-        if kernel.any_nonfinite(data, first.job.spec):
-            return None
-        info = first.job.info
+        flagged: set[int] = set()
+        if kernel.any_nonfinite(data, spec):
+            # Which regions hold the bad elements: one classify of the batch, not a scan of each region.
+            elements, _ = kernel.classify(data, spec)
+            offsets = np.fromiter((p.absolute - first.absolute for p in parts), np.int64, len(parts))
+            flagged = set(np.searchsorted(offsets, elements * spec.bits // 8, "right").tolist())
         if info is None:
-            return [ChunkResult() for _ in parts]
-        lane_bytes = info.lane_bits // 8
-        starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
-        return [ChunkResult(census=c) for c in batch_census(data, info, starts)]
+            censuses: list[Census | None] = [None] * len(parts)
+        else:
+            lane_bytes = info.lane_bits // 8
+            starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
+            censuses = list(batch_census(data, info, starts))  # (a flagged region's is replaced below)
     finally:
         del data  # an exported buffer would stop the mmap from closing
+    return [
+        scan_chunk(source, part, kernel, buffers) if k + 1 in flagged else ChunkResult(census=census)
+        for k, (part, census) in enumerate(zip(parts, censuses))
+    ]
 
 
 def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:
@@ -265,7 +272,7 @@ def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferF
     if job.region.byteorder == "big" and job.spec.lane_bits > 8:
         data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
-        overflows = [] if job.threshold is None else _chunk_overflow(data, part.start, job, kernel)
+        overflows = [] if job.threshold is None else chunk_overflow(data, part.start, job, kernel)
         findings, census = _chunk_findings(data, part, kernel)
         return ChunkResult(findings, overflows, census)
     finally:
@@ -326,44 +333,3 @@ def _chunk_findings(data: np.ndarray, part: Part, kernel: Kernel) -> tuple[list[
     if not seen.all():
         findings.append((-1, *_kind_counts(kinds[~seen]), None))
     return findings, census
-
-
-def _chunk_overflow(data: np.ndarray, start: int, job: RegionJob, kernel: Kernel) -> list[tuple[int, OverflowCounts]]:
-    """Overflow counts of this chunk for each view that sees part of it.
-
-    Only tensors get cast, so bytes no view sees are not counted. A view covering
-    the whole region takes the chunk's counts; a contiguous view its slice of
-    the chunk; a strided view (transpose, column slice) the elements it sees,
-    gathered in small blocks.
-    """
-    spec, threshold = job.spec, job.threshold
-    assert threshold is not None
-    itemsize = spec.itemsize
-    first = start // itemsize
-    count = data.size // itemsize
-    whole: OverflowCounts | None = None
-    out: list[tuple[int, OverflowCounts]] = []
-    for slot, view in enumerate(job.views):
-        if job.direct or covers_whole_region(view, spec.bits):
-            if whole is None:
-                whole = kernel.overflow(data, spec, threshold)
-            out.append((slot, whole))
-            continue
-        lo, hi = element_span(view)
-        lo, hi = max(lo, first), min(hi + 1, first + count)
-        if lo >= hi:
-            continue
-        part = data[(lo - first) * itemsize : (hi - first) * itemsize]
-        if view.is_contiguous:
-            out.append((slot, kernel.overflow(part, spec, threshold)))
-            continue
-        elements = part.view(np.dtype((np.void, itemsize)))
-        counts = NO_OVERFLOW
-        for block in range(lo, hi, _GATHER_ELEMENTS):
-            indices = np.arange(block, min(block + _GATHER_ELEMENTS, hi), dtype=np.int64)
-            inside, _ = locate(view, indices)
-            picked = elements[indices[inside] - lo]
-            if picked.size:
-                counts = counts.merge(kernel.overflow(picked.view(np.uint8), spec, threshold))
-        out.append((slot, counts))
-    return out

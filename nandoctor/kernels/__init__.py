@@ -34,6 +34,34 @@ class ChunkCounts:
 CLEAN = ChunkCounts()
 
 
+def per_element(elements: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bad lanes (element index, kind; lanes in ascending order) as one entry per element.
+
+    A complex element is two float lanes: it is NaN when either part is, otherwise +Inf or -Inf by
+    its first non-finite part (real before imaginary), so counts never exceed the elements.
+    """
+    if elements.size == 0:
+        return elements, kinds
+    unique, first = np.unique(elements, return_index=True)
+    combined = kinds[first].copy()
+    has_nan = np.zeros(unique.size, dtype=bool)
+    np.logical_or.at(has_nan, np.searchsorted(unique, elements), kinds == NAN)
+    combined[has_nan] = NAN
+    return unique, combined
+
+
+def counts_of(elements: np.ndarray, kinds: np.ndarray) -> ChunkCounts:
+    """Counts of per-element kinds (see :func:`per_element`)."""
+    if elements.size == 0:
+        return CLEAN
+    return ChunkCounts(
+        int(np.count_nonzero(kinds == NAN)),
+        int(np.count_nonzero(kinds == POSINF)),
+        int(np.count_nonzero(kinds == NEGINF)),
+        int(elements.min()),
+    )
+
+
 @dataclass(frozen=True)
 class OverflowCounts:
     """For ``--target-dtype``: finite lanes whose magnitude reaches the cast's overflow threshold,

@@ -101,7 +101,7 @@ def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
     return LaneInfo(spec.lane_bits, mask, 1 << (mask.bit_length() - 1), limit, _MANTISSA[spec.name], codes, lo)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one per tensor, a million of them for a million small tensors
 class Census:
     """The census of one tensor (or storage), merged chunk by chunk on the engine's thread."""
 
@@ -314,9 +314,10 @@ def sample_histogram(heads: list[np.ndarray], info: LaneInfo) -> tuple[np.ndarra
 
 
 def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Census]:
-    """The census of adjacent small regions (finite: the caller checked) from one read: the largest
-    magnitude and zeros of each in two vectorised reductions; only a region that reaches the high
-    level (where an exploded value or an outlier can be) is looked at on its own."""
+    """The census of adjacent small regions from one read: the largest magnitude and zeros of each in
+    two vectorised reductions; only a region that reaches the high level (where an exploded value or
+    an outlier can be) is looked at on its own. A region holding NaN/Inf gets no meaningful census
+    here: the caller scans it alone and drops this one."""
     lanes = data.view(_UNSIGNED[info.lane_bits])
     bounds = np.asarray([*starts, lanes.size], dtype=np.intp)
     sizes = np.diff(bounds)

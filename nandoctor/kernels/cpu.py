@@ -43,6 +43,8 @@ from nandoctor.kernels import (
     POSINF,
     ChunkCounts,
     OverflowCounts,
+    counts_of,
+    per_element,
 )
 from nandoctor.kernels.census import Census, LaneInfo, observe_block, segment_ors
 from nandoctor.kernels.targets import (
@@ -308,6 +310,8 @@ class CpuKernel:
                     first = start // lane_bytes + f
         if nan + posinf + neginf == 0:
             return CLEAN
+        if spec.lanes_per_element > 1:  # complex: counted per element, not per float half
+            return counts_of(*self.classify(data, spec))
         return ChunkCounts(nan, posinf, neginf, first // spec.lanes_per_element)
 
     check = count  # the sieve counts only where it flagged: no separate fast pass needed
@@ -339,7 +343,8 @@ class CpuKernel:
             all_kinds.append(kinds)
         if not all_lanes:
             return empty
-        return np.concatenate(all_lanes) // spec.lanes_per_element, np.concatenate(all_kinds)
+        elements, kinds = np.concatenate(all_lanes) // spec.lanes_per_element, np.concatenate(all_kinds)
+        return per_element(elements, kinds) if spec.lanes_per_element > 1 else (elements, kinds)
 
     def overflow(self, data: np.ndarray, spec: DTypeSpec, threshold: int) -> OverflowCounts:
         if not checks_overflow(spec) or data.size == 0:

@@ -63,9 +63,11 @@ def count_tensor(t: torch.Tensor, backend: str = "auto") -> ChunkCounts:
     spec = spec_of(t)
     if spec is None or t.numel() == 0:
         return CLEAN
+    on_cpu = t.device.type == "cpu" and backend == "auto"
+    if t.is_complex() and not on_cpu:
+        return _complex_counts(t.detach())
     nan = posinf = neginf = 0
     first = -1
-    on_cpu = t.device.type == "cpu" and backend == "auto"
     for start, lanes in _slices(t.detach(), spec):
         if on_cpu:  # the numpy kernel reads the tensor's own memory, ~20x faster than torch's CPU ops
             c = _NUMPY.count(lanes.contiguous().view(torch.uint8).numpy(), spec)
@@ -78,6 +80,21 @@ def count_tensor(t: torch.Tensor, backend: str = "auto") -> ChunkCounts:
     if nan + posinf + neginf == 0:
         return CLEAN
     return ChunkCounts(nan, posinf, neginf, first)
+
+
+def _complex_counts(t: torch.Tensor) -> ChunkCounts:
+    """Per element, on the tensor's device: NaN when either part is, else the first non-finite part's sign
+    (real before imaginary), as the file kernels count complex elements (kernels.per_element)."""
+    parts = torch.view_as_real(t).reshape(-1, 2)
+    real, imag = parts[:, 0], parts[:, 1]
+    nan = torch.isnan(real) | torch.isnan(imag)
+    sign = torch.where(torch.isinf(real), real, torch.where(torch.isinf(imag), imag, torch.zeros_like(real)))
+    pos, neg = ~nan & (sign > 0), ~nan & (sign < 0)
+    bad = nan | pos | neg
+    n, p, m, any_bad = (int(x) for x in torch.stack([nan.sum(), pos.sum(), neg.sum(), bad.any()]).tolist())
+    if not any_bad:
+        return CLEAN
+    return ChunkCounts(n, p, m, int(torch.nonzero(bad)[0]))
 
 
 def overflow_tensor(t: torch.Tensor, target_dtype: str, backend: str = "auto") -> tuple[int, float | None]:

@@ -27,9 +27,8 @@ range the tensor goes. fp8_e5m2 does have Inf, and torch's cast produces it.
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass
-
-import numpy as np
 
 from nandoctor.dtypes import DTypeSpec, Family
 
@@ -98,19 +97,30 @@ def first_nonfinite_magnitude(spec: DTypeSpec) -> int:
     return {"F8_E4M3": 0x7F, "F8_E8M0": 0xFF}.get(spec.name, 0x80)
 
 
+# Lane bits -> value through struct (exact, like numpy's view, and ~10x cheaper per call: the census
+# decodes one value per tensor, a million times for a million small tensors).
+_AS_FLOAT = {
+    "64": (struct.Struct("<Q").pack, struct.Struct("<d").unpack),
+    "32": (struct.Struct("<I").pack, struct.Struct("<f").unpack),
+    "16": (struct.Struct("<H").pack, struct.Struct("<e").unpack),
+}
+
+
 def decode_magnitude(spec: DTypeSpec, bits: int) -> float:
     """The (non-negative) value of a finite lane whose magnitude bits are ``bits``."""
     name = spec.name
-    if spec.lane_bits == 64:
-        return float(np.array([bits], np.uint64).view(np.float64)[0])
-    if spec.lane_bits == 32:
-        return float(np.array([bits], np.uint32).view(np.float32)[0])
+    if spec.lane_bits in (64, 32):
+        pack, unpack = _AS_FLOAT[str(spec.lane_bits)]
+        return float(unpack(pack(bits))[0])
     if name in ("F16", "C32"):  # C32: complex32's two fp16 lanes
-        return float(np.array([bits], np.uint16).view(np.float16)[0])
+        pack, unpack = _AS_FLOAT["16"]
+        return float(unpack(pack(bits))[0])
     if name == "BF16":
-        return float(np.array([bits << 16], np.uint32).view(np.float32)[0])
+        pack, unpack = _AS_FLOAT["32"]
+        return float(unpack(pack(bits << 16))[0])
     if name == "F8_E5M2":  # the top byte of an fp16
-        return float(np.array([bits << 8], np.uint16).view(np.float16)[0])
+        pack, unpack = _AS_FLOAT["16"]
+        return float(unpack(pack(bits << 8))[0])
     if name == "F8_E8M0":
         return float(2.0 ** (bits - 127))
     _exp_bits, man_bits, bias = {"F8_E4M3": (4, 3, 7), "F8_E4M3FNUZ": (4, 3, 8), "F8_E5M2FNUZ": (5, 2, 16)}[name]

@@ -36,6 +36,8 @@ from nandoctor.kernels import (
     POSINF,
     ChunkCounts,
     OverflowCounts,
+    counts_of,
+    per_element,
 )
 from nandoctor.kernels.targets import (
     checks_overflow,
@@ -166,7 +168,8 @@ class TorchKernel:
     def count(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
         if spec.family is Family.FINITE or data.size == 0:
             return CLEAN
-        return self._counts(self._run(lambda: lane_counts(self._lanes(data, spec), spec)), spec)
+        return self._per_element(self._counts(self._run(lambda: lane_counts(self._lanes(data, spec), spec)), spec),
+                                 data, spec)
 
     def check(self, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
         """One upload for both steps; the counting kernels run only when the fast pass flagged."""
@@ -179,7 +182,13 @@ class TorchKernel:
                 return torch.zeros(4, dtype=torch.int64)
             return lane_counts(lanes, spec)
 
-        return self._counts(self._run(work), spec)
+        return self._per_element(self._counts(self._run(work), spec), data, spec)
+
+    def _per_element(self, counts: ChunkCounts, data: np.ndarray, spec: DTypeSpec) -> ChunkCounts:
+        """Complex chunks that hold NaN/Inf are recounted per element (kernels.per_element)."""
+        if spec.lanes_per_element > 1 and counts.nonfinite:
+            return counts_of(*self.classify(data, spec))
+        return counts
 
     @staticmethod
     def _counts(values: list[int], spec: DTypeSpec) -> ChunkCounts:
@@ -204,7 +213,8 @@ class TorchKernel:
             return torch.stack([where, kinds]).cpu()
 
         both = self._run_array(work)
-        return both[0] // spec.lanes_per_element, both[1].astype(np.uint8)
+        elements, kinds = both[0] // spec.lanes_per_element, both[1].astype(np.uint8)
+        return per_element(elements, kinds) if spec.lanes_per_element > 1 else (elements, kinds)
 
     def _run_array(self, fn: Any) -> np.ndarray:
         stream = self._stream()

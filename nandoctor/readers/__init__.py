@@ -20,8 +20,12 @@ LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 
 class CheckpointReader(Protocol):
-    format_name: str
-    suffixes: tuple[str, ...]
+    # Read-only members: a reader's class attributes (a tuple of four suffixes …) satisfy them as they are.
+    @property
+    def format_name(self) -> str: ...
+
+    @property
+    def suffixes(self) -> tuple[str, ...]: ...
 
     def sniff(self, head: bytes) -> bool:
         """True when the file's first bytes look like this format."""

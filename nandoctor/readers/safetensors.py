@@ -38,18 +38,23 @@ class SafetensorsReader:
     def read_at(self, path: Path, base: int) -> ReadResult:
         """The safetensors stream that starts ``base`` bytes into ``path`` and runs to its end."""
         header, data_start, _ = read_header(path, base)
+        file = str(path)
         refs: list[TensorRef] = []
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
             begin, end = entry["data_offsets"]
-            region = Region(str(path), data_start + begin, end - begin, entry["dtype"], name)
-            refs.append(TensorRef(name, entry["dtype"], tuple(entry["shape"]), region))
+            dtype = _BITS_KEYS[entry["dtype"]]  # one shared string per dtype, not one per tensor
+            region = Region(file, data_start + begin, end - begin, dtype, name)
+            refs.append(TensorRef(name, dtype, tuple(entry["shape"]), region))
         return ReadResult(tuple(refs))
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    seen: dict[str, object] = {}
+    seen = dict(pairs)  # one C call per object: a million-tensor header has a million of them
+    if len(seen) == len(pairs):
+        return seen
+    seen = {}
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"duplicate key {key!r} in the header")
@@ -81,6 +86,41 @@ def _is_unicode(text: str) -> bool:
 
 def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0  # bool is not an int here
+
+
+_BITS = {name: DTYPES[name].bits for name in SAFETENSORS_DTYPES}
+_BITS_KEYS = {name: name for name in _BITS}
+_INT = frozenset({int})
+
+
+def _checked_span(p: str, name: str, entry: object) -> tuple[int, int]:
+    """(begin, end) of a header entry, or CorruptCheckpointError saying which rule it breaks."""
+    where = f"tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CorruptCheckpointError(p, f"{where}: entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise CorruptCheckpointError(p, f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CorruptCheckpointError(p, f"{where}: shape must be a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CorruptCheckpointError(p, f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
+    numel = math.prod(shape)
+    expected = byte_length(DTYPES[dtype], numel)
+    if expected is None:
+        raise CorruptCheckpointError(p, f"{where}: {numel} elements of {dtype} are not a whole number of bytes")
+    if expected != offsets[1] - offsets[0]:
+        raise CorruptCheckpointError(
+            p,
+            f"{where}: shape {shape} of {dtype} needs {expected} bytes "
+            f"but data_offsets span {offsets[1] - offsets[0]}",
+        )
+    return offsets[0], offsets[1]
 
 
 def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
@@ -127,32 +167,26 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        where = f"tensor {name!r}"
-        if not isinstance(entry, dict):
-            raise CorruptCheckpointError(p, f"{where}: entry is not an object")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            raise CorruptCheckpointError(p, f"{where}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise CorruptCheckpointError(p, f"{where}: shape must be a list of non-negative integers")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets)
-            or offsets[0] > offsets[1]
-        ):
-            raise CorruptCheckpointError(p, f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
-        numel = math.prod(shape)
-        expected = byte_length(DTYPES[dtype], numel)
-        if expected is None:
-            raise CorruptCheckpointError(p, f"{where}: {numel} elements of {dtype} are not a whole number of bytes")
-        if expected != offsets[1] - offsets[0]:
-            raise CorruptCheckpointError(
-                p,
-                f"{where}: shape {shape} of {dtype} needs {expected} bytes "
-                f"but data_offsets span {offsets[1] - offsets[0]}",
-            )
-        spans.append((offsets[0], offsets[1], name))
+        # A valid entry passes these C-level checks (a million of them for a million tensors);
+        # anything else goes through _checked_span, which says what is wrong.
+        if type(entry) is dict:
+            dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+            if (
+                type(dtype) is str
+                and dtype in _BITS
+                and type(shape) is list
+                and type(offsets) is list
+                and len(offsets) == 2
+                and type(begin := offsets[0]) is int
+                and type(end := offsets[1]) is int
+                and 0 <= begin <= end
+                and _INT.issuperset(map(type, shape))  # exactly int: a bool is not a count
+                and min(shape, default=0) >= 0
+                and math.prod(shape) * _BITS[dtype] == (end - begin) * 8
+            ):
+                spans.append((begin, end, name))
+                continue
+        spans.append((*_checked_span(p, name, entry), name))
 
     spans.sort()
     cursor = 0

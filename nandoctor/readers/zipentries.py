@@ -4,17 +4,25 @@ Written for torch's zip checkpoints: the central directory is the source of
 truth (torch writes data descriptors, so local headers carry zero sizes);
 each local header is checked against it and gives where the entry's bytes
 start. Refused: bytes before the first ``PK\\x03\\x04``, a missing or
-inconsistent end record (truncation), trailing bytes, duplicate names,
-encrypted entries, multi-disk archives, entries that overlap or run past the
+inconsistent end record (truncation), trailing bytes, an end record with a
+comment (torch's zip reader takes the last end-record signature it finds, so
+a second archive can hide in a comment), names that collide when ASCII case
+is ignored (torch's zip reader looks records up that way), encrypted entries, multi-disk archives, entries that overlap or run past the
 central directory, stored entries with two sizes, files marked as folders
 (torch's zip reader leaves such a storage as uninitialised memory). ZIP64 is
 supported (torch writes its records for every file, and needs them past 4 GB).
+
+This is nandoctor's one zip parser: the torch reader reads entries through it
+and the repair writer finds the CRC-32 fields it rewrites through it
+(``central_offset``), so an archive is hardened once and read one way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import mmap
+import string
 import struct
 import zlib
 from collections.abc import Callable
@@ -47,7 +55,7 @@ CrcFunction = Callable[[bytes | memoryview, int], int]
 def _best_crc32() -> CrcFunction:
     # python-isal's CRC-32 runs ~25 GB/s here against zlib's ~3.5 GB/s; same polynomial, same answers.
     try:
-        from isal.isal_zlib import crc32 as isal_crc32  # type: ignore[import-not-found]
+        from isal.isal_zlib import crc32 as isal_crc32
     except ImportError:
         return zlib.crc32
     return isal_crc32
@@ -66,6 +74,8 @@ class ZipEntry:
     size: int
     header_offset: int
     data_offset: int  # absolute offset of the entry's first byte in the file
+    central_offset: int = -1  # absolute offset of its central-directory record (a patcher rewrites its CRC)
+    zip64: bool = False  # some of its sizes or offset live in a ZIP64 extra field
 
     @property
     def stored(self) -> bool:
@@ -103,6 +113,48 @@ def _zip64_values(extra: bytes, want: list[str], where: str, fail: Callable[[str
     return {}
 
 
+def ascii_fold(name: str) -> str:
+    """``name`` with ASCII letters lower-cased and nothing else: how torch's zip reader (miniz) compares names."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _end_record_at(path: str, fh: BinaryIO, size: int) -> int:
+    """Where the end record starts: the file's last 22 bytes, with no comment, or the archive is refused.
+
+    torch's zip reader (miniz) takes the *last* end-record signature with 22 bytes after it, whatever its
+    comment length says, while other readers take the first whose comment reaches the end of the file; a
+    comment can so hold a second archive that torch reads instead. torch.save never writes a comment, so
+    only an end record that is exactly the file's tail is accepted: both readers then agree.
+    """
+    tail_len = min(size, _EOCD.size + _MAX_COMMENT)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    last = len(tail) - _EOCD.size
+    found = tail.rfind(EOCD_MAGIC, 0, max(last + 3, 0))
+    while found >= 0:  # an earlier end record whose comment runs to the end holds what follows it
+        (*_, comment_len) = _EOCD.unpack_from(tail, found)
+        if found != last and comment_len and found + _EOCD.size + comment_len == len(tail):
+            raise CorruptCheckpointError(
+                path,
+                f"the zip end record carries a {comment_len}-byte comment; torch.save never writes one, and "
+                "torch's zip reader can read an archive hidden inside it instead of this one (refused)",
+                "re-save the checkpoint with torch.save",
+            )
+        found = tail.rfind(EOCD_MAGIC, 0, found)
+    if last >= 0 and tail[last : last + 4] == EOCD_MAGIC:
+        (*_, comment_len) = _EOCD.unpack_from(tail, last)
+        if comment_len == 0:
+            return size - _EOCD.size
+    raise CorruptCheckpointError(
+        path,
+        "no end-of-central-directory record at the end of the zip: the file is truncated "
+        "(an interrupted save or download) or has bytes appended",
+    )
+
+
 def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
     """Parse and validate the archive's structure; raise CorruptCheckpointError naming the problem."""
 
@@ -116,28 +168,9 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
             "in front of an archive can hide a second file",
             "re-save it with torch.save",
         )
-    tail_len = min(size, _EOCD.size + _MAX_COMMENT)
-    fh.seek(size - tail_len)
-    tail = fh.read(tail_len)
-    eocd_at = -1
-    search = len(tail)
-    while True:
-        found = tail.rfind(EOCD_MAGIC, 0, search)
-        if found < 0:
-            break
-        if found + _EOCD.size <= len(tail):
-            (_, _, _, _, _, _, _, comment_len) = _EOCD.unpack_from(tail, found)
-            if found + _EOCD.size + comment_len == len(tail):
-                eocd_at = found
-                break
-        search = found
-    if eocd_at < 0:
-        raise fail(
-            "no end-of-central-directory record at the end of the zip: the file is truncated "
-            "(an interrupted save or download) or has bytes appended"
-        )
-    eocd_pos = size - tail_len + eocd_at
-    _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, eocd_at)
+    eocd_pos = _end_record_at(path, fh, size)
+    fh.seek(eocd_pos)
+    _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _ = _EOCD.unpack(fh.read(_EOCD.size))
     directory_end = eocd_pos
 
     locator_pos = eocd_pos - _ZIP64_LOCATOR.size
@@ -174,8 +207,10 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
     if len(directory) != cd_size:
         raise fail("central directory runs past the end of the file (truncated?)")
     entries: dict[str, ZipEntry] = {}
+    folded: dict[bytes, str] = {}  # bytes.lower() folds ASCII only, as miniz does
     pos = 0
     for index in range(n_total):
+        record_at = pos
         if pos + _CENTRAL.size > len(directory):
             raise fail(f"central directory ends after {index} of {n_total} entries")
         (
@@ -202,6 +237,12 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
             raise fail(
                 f"duplicate zip entry name {name!r}: which copy a loader reads is undefined (a tampered file?)"
             )
+        twin = folded.setdefault(raw_name.lower(), name)
+        if twin != name:
+            raise fail(
+                f"zip entry names {twin!r} and {name!r} are duplicates when case is ignored, as torch's zip reader "
+                "compares them: which one it reads depends on its search (a tampered file?)"
+            )
         if flags & _ENCRYPTED_FLAGS:
             raise fail(f"entry {name!r} is encrypted")
         if flags & _PATCHED_DATA:
@@ -211,7 +252,7 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         if (external & _DOS_DIRECTORY or name.endswith("/")) and (usize or csize or not name.endswith("/")):
             # torch's zip reader then skips the bytes and leaves the storage uninitialised memory
             raise fail(f"entry {name!r} is marked as a folder but is a file (a crafted directory record)")
-        entries[name] = ZipEntry(name, method, flags, crc, csize, usize, offset, -1)
+        entries[name] = ZipEntry(name, method, flags, crc, csize, usize, offset, -1, cd_offset + record_at, bool(want))
     if pos != len(directory):
         raise fail(f"{len(directory) - pos} unexpected bytes at the end of the central directory")
 
@@ -234,11 +275,10 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
                 f"entry {name!r}: its {entry.compressed_size} bytes run past the start of the central "
                 "directory (truncated or overlapping entries)"
             )
-        checked[name] = ZipEntry(
-            name, entry.method, entry.flags, entry.crc32, entry.compressed_size, entry.size,
-            entry.header_offset, data_offset,
-        )
+        checked[name] = dataclasses.replace(entry, data_offset=data_offset)
     spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in checked.values())
+    if spans and spans[0][0] != 0:
+        raise fail(f"the archive's first entry starts at byte {spans[0][0]}, not 0: unexplained bytes in front of it")
     for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
         if begin < end:
             raise fail(f"zip entries {first!r} and {second!r} overlap (a crafted archive)")

@@ -13,7 +13,7 @@ from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, Trai
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _first_bad(t: TensorResult) -> dict[str, Any] | None:
@@ -78,14 +78,16 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
     }
 
 
-def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
+def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
+    """The scan report as a JSON-ready dict. ``lazy``: ``tensors`` is an iterator that builds each
+    entry when it is encoded (the CLI's ``echo_json``), so a million entries never exist at once."""
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "target": report.target,
         "files": list(report.files),
-        "tensors": [tensor_to_json(t) for t in report.tensors],
+        "tensors": map(tensor_to_json, report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
         "layers": [
             {
                 "layer": s.layer,

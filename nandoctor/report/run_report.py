@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint import runs
 from nandoctor.checkpoint.runs import (
     CLEAN,
     DIVERGED,
@@ -191,7 +190,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
-    from nandoctor.hints import repair_command_for
+    from nandoctor.hints import repair_command_for, selection_args
 
     newest, last_clean, target = run.newest, run.last_clean, run.repair_target
     steps = []
@@ -221,9 +220,9 @@ def next_steps(run: RunReport) -> list[str]:
         steps.append(f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with")
     else:
         steps.append(f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with")
-    # a file checkpoint (Lightning) has no --from auto: the run's last healthy checkpoint is the donor
-    donor = last_clean.path if last_clean is not None and runs.step_of(Path(target.path)) is None else None
-    steps.append(f"    {repair_command_for(target.path, donor)}")
+    # --from auto: the run's healthy checkpoints before the first bad one (checkpoint-N folders or Lightning step files)
+    selection = selection_args(target.report) if target.report is not None else ""
+    steps.append(f"    {repair_command_for(target.path, selection=selection)}")
     return steps
 
 
@@ -261,9 +260,11 @@ def _render_log(run: RunReport, console: Console) -> None:
 
 
 def _where(run: RunReport, step: int) -> str:
-    """Where a logged step falls among the saved checkpoints (a save at step N holds the weights after step N)."""
-    before = [c for c in run.checkpoints if c.step < step]
-    after = [c for c in run.checkpoints if c.step >= step]
+    """Where a logged step falls among the saved checkpoints (a save at step N holds the weights after step N;
+    a Lightning row of step N was logged after the save of step N)."""
+    after_save = run.log is not None and run.log.logged_after_save
+    before = [c for c in run.checkpoints if c.step < step or (after_save and c.step == step)]
+    after = run.checkpoints[len(before):]  # oldest first: the ones before come first
     if before and after:
         return f" (between {before[-1].name} and {after[0].name})"
     if after:

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
-from nandoctor.model import ScanReport
+from nandoctor.model import PathLike, ScanReport
 from nandoctor.restore.plan import (
     DonorInfo,
     RepairPlan,
@@ -38,7 +39,6 @@ __all__ = [
     "repair",
 ]
 
-PathLike = str | os.PathLike[str]
 
 
 def repair(
@@ -54,9 +54,12 @@ def repair(
     allow_diverged: bool = False,
     allow_cast: bool = False,
     limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> RepairResult:
     """The repair behind :func:`nandoctor.api.repair` (documented there); ``limits``: the health
-    thresholds for the target's scan and the donors' checks."""
+    thresholds for the target's scan and the donors' checks; ``selection`` (``--only`` / ``--exclude``):
+    the tensors judged and restored, in the target, the donors and the verification scan alike (the
+    others are carried over byte-identical)."""
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.engine import scan
@@ -71,9 +74,12 @@ def repair(
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
     if runs.is_run_folder(target_path):
         found = runs.checkpoints_in(target_path)
+        kind = "checkpoint-N folders"
+        if not found:
+            found, kind = runs.lightning_checkpoints_in(target_path), "Lightning …step=N….ckpt files"
         example = f" (e.g. nandoctor repair {found[-1][1]} --from auto --out {found[-1][1]}-repaired)" if found else ""
         raise RepairRefusedError(
-            f"{target}: a training run folder ({len(found)} checkpoint-N folders), not one checkpoint",
+            f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",
             f"repair one checkpoint of it: `nandoctor scan {target}` says which is bad and prints the repair command"
             + example,
         )
@@ -89,7 +95,7 @@ def repair(
         check_out(out_path, source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
-    report = scan(target_path, device="cpu", progress=progress, limits=limits)
+    report = scan(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
     if report.errors:
         first = report.errors[0]
         raise RepairRefusedError(
@@ -98,10 +104,10 @@ def repair(
         )
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
-    catalogs = resolve_donors(target_path, donor_list, limits)
+    catalogs = resolve_donors(target_path, donor_list, limits, selection)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
-    plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast)
+    plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
     if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -125,6 +131,17 @@ def repair(
         inputs=inputs,
     )
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None) -> RepairPlan:
+    """The plan with what ``--only`` / ``--exclude`` left out of it, counted and said in a note."""
+    if selection is None:
+        return plan
+    excluded = report.extra.get("excluded") or {}
+    count = int(excluded.get("tensors", 0))
+    note = (f"{count:,} tensor(s) left out by {selection.describe()}: neither judged nor restored, "
+            "carried over byte-identical")
+    return replace(plan, selection=selection, excluded=count, notes=(*plan.notes, note))
 
 
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:

@@ -4,7 +4,10 @@ A donor is opened like any checkpoint (checkpoint/opener.py) but never scanned
 whole: only the tensors a repair would take from it are read, through the same
 CPU kernel and census the scan uses, and must be healthy (finite; for weights,
 not exploded and without outliers). ``--from auto`` becomes the run's healthy
-checkpoints before the target, at or before its last healthy one, newest first.
+checkpoints before the target, at or before its last healthy one, newest first:
+``checkpoint-N`` folders beside a ``checkpoint-N`` target, or the Lightning
+``…step=N….ckpt`` files beside a step file. A selection (``--only`` /
+``--exclude``) applies to donors as to the target: left-out tensors are never taken.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 
 from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.checkpoint.runs import RunReport, checkpoints_in, duplicate_steps, step_of
+from nandoctor.checkpoint.runs import RunReport, checkpoint_step, duplicate_steps, place_in_run
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import (
     CheckpointNotFoundError,
@@ -33,11 +37,14 @@ AUTO = "auto"
 class CheckpointDonor:
     """A donor checkpoint on disk, opened once (headers only); implements plan.DonorCatalog."""
 
-    def __init__(self, path: str | os.PathLike[str], limits: HealthLimits | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], limits: HealthLimits | None = None, selection: Selection | None = None
+    ) -> None:
         self.path = Path(path)
         self.label = str(path)
-        self.step = step_of(self.path) if self.path.is_dir() else step_of(self.path.parent)
+        self.step = checkpoint_step(self.path)
         self.limits = limits or HealthLimits()
+        self.selection = selection
         self.checkpoint: Checkpoint | None = None
         self._refs: dict[str, TensorRef] | None = None
 
@@ -50,7 +57,7 @@ class CheckpointDonor:
 
     def refs(self) -> Mapping[str, TensorRef]:
         if self._refs is None:
-            checkpoint = open_checkpoint(self.path)
+            checkpoint = open_checkpoint(self.path, selection=self.selection)
             if checkpoint.problems:  # a donor must be read whole: a corrupt storage is no source of truth
                 first = checkpoint.problems[0]
                 raise CorruptCheckpointError(first.path, first.message, first.hint or None)
@@ -132,12 +139,16 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     return f"holds {outliers:,} outliers (values 2^10 times above its bulk)" if outliers else None
 
 
-def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[Path], RunReport]:
+def auto_donors(
+    target: Path, limits: HealthLimits | None = None, selection: Selection | None = None
+) -> tuple[list[Path], RunReport]:
     """The run's healthy checkpoints before ``target``, newest first, and the timeline they come from.
 
-    Only checkpoints at or before the run's last healthy one qualify: never the first bad checkpoint or
-    a later one, even where some of its tensors look fine (a diverged run's NaN-free tensors have
-    exploded already).
+    The run is the folder of ``checkpoint-N`` folders holding a ``checkpoint-N`` target, or the folder of
+    Lightning ``…step=N….ckpt`` files holding a step-file target. Only checkpoints at or before the
+    run's last healthy one qualify: never the first bad checkpoint or a later one, even where some of
+    its tensors look fine (a diverged run's NaN-free tensors have exploded already). Health is judged
+    on the tensors ``selection`` keeps, as the target's is.
     """
     from functools import partial
 
@@ -145,27 +156,32 @@ def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[
     from nandoctor.engine import scan
 
     target = Path(target)
-    folder = target if target.is_dir() else target.parent
-    step = step_of(folder)
-    if step is None:
+    place = place_in_run(target)
+    if place is None:
         raise RepairRefusedError(
-            f"{target}: --from auto needs a target folder named checkpoint-N inside a run folder",
+            f"{target}: --from auto needs a checkpoint-N folder inside a run folder, or a Lightning "
+            "…step=N….ckpt file beside other step files",
             "name the donors with --from <earlier checkpoint>",
         )
-    siblings = checkpoints_in(folder.parent)
-    clashes = duplicate_steps(siblings)
-    if clashes:  # which of two step-N folders is "the" step N is undefined: no donor is picked by step
+    step, run_folder = place.step, place.run
+    siblings = place.siblings()
+    # Lightning keeps two files of one step by name (-v1), each a checkpoint judged on its own; which of two
+    # checkpoint-N folders of one step is "the" step N is undefined: no donor is picked by step then
+    clashes = [] if place.lightning else duplicate_steps(siblings)
+    if clashes:
         raise RepairRefusedError(
-            f"{target}: --from auto cannot order the run in {folder.parent}: {clashes[0]}",
+            f"{target}: --from auto cannot order the run in {run_folder}: {clashes[0]}",
             "rename or remove the stray folder, or name the donors with --from <path>",
         )
-    earlier = [path for s, path in siblings if s < step]
-    if not earlier:
+    kind = "…step=N….ckpt file" if place.lightning else "checkpoint-N"
+    if not [path for s, path in siblings if s < step]:
         raise RepairRefusedError(
-            f"{target}: --from auto found no checkpoint-N before step {step} in {folder.parent}",
-            "name the donors with --from <path>; the run may have deleted older checkpoints (save_total_limit)",
+            f"{target}: --from auto found no {kind} before step {step} in {run_folder}",
+            "name the donors with --from <path>; the run may have deleted older checkpoints "
+            + ("(ModelCheckpoint's save_top_k)" if place.lightning else "(save_total_limit)"),
         )
-    run = scan_run(folder.parent, device="cpu", scan_one=partial(scan, limits=limits), below_step=step)
+    scan_one = partial(scan, limits=limits, selection=selection)
+    run = scan_run(run_folder, device="cpu", scan_one=scan_one, below_step=step)
     first_bad = run.first_bad
     healthy = [
         Path(c.path) for c in run.checkpoints
@@ -174,16 +190,19 @@ def auto_donors(target: Path, limits: HealthLimits | None = None) -> tuple[list[
     if not healthy:
         bad = f" (the first bad one is {first_bad.name})" if first_bad else ""
         raise RepairRefusedError(
-            f"{target}: --from auto found no healthy checkpoint before step {step} in {folder.parent}{bad}",
+            f"{target}: --from auto found no healthy checkpoint before step {step} in {run_folder}{bad}",
             "name a healthy donor with --from <path> (an earlier run, or the base model)",
         )
     return list(reversed(healthy)), run
 
 
 def resolve_donors(
-    target: Path, donors: list[str | os.PathLike[str]], limits: HealthLimits | None = None
+    target: Path,
+    donors: list[str | os.PathLike[str]],
+    limits: HealthLimits | None = None,
+    selection: Selection | None = None,
 ) -> list[CheckpointDonor]:
-    """Donor catalogs in the order given, ``auto`` expanded in place.
+    """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection``.
 
     ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
     A donor may be a path or a model name in the Hugging Face / ModelScope cache.
@@ -195,8 +214,8 @@ def resolve_donors(
     for donor in donors:
         if str(donor) == AUTO:
             try:
-                paths, _ = auto_donors(target, limits)
-                out.extend(CheckpointDonor(p, limits) for p in paths)
+                paths, _ = auto_donors(target, limits, selection)
+                out.extend(CheckpointDonor(p, limits, selection) for p in paths)
             except RepairRefusedError as exc:
                 auto_error = exc
             continue
@@ -204,11 +223,10 @@ def resolve_donors(
             path, _ = hubcache.resolve(donor)
         except CheckpointNotFoundError as exc:
             raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
-        out.append(CheckpointDonor(path, limits))
+        out.append(CheckpointDonor(path, limits, selection))
     if not out and auto_error is not None:
         raise auto_error
     if not out:
-        folder = target if target.is_dir() else target.parent
-        also = " (or --from auto)" if step_of(folder) is not None else ""
+        also = " (or --from auto)" if place_in_run(target) is not None else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out

@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
 from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
@@ -113,6 +114,15 @@ class RepairPlan:
     unviewed: tuple[UnviewedBad, ...] = ()  # bad bytes no tensor views: cannot be restored by name
     notes: tuple[str, ...] = field(default=())
     allow_cast: bool = False
+    selection: Selection | None = None  # --only / --exclude: the other tensors are neither judged nor restored
+    excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
+
+    def excluded_json(self) -> dict[str, Any]:
+        """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a
+        scan's JSON); empty without a selection."""
+        if self.selection is None:
+            return {}
+        return {"excluded": {"tensors": self.excluded, **self.selection.to_json()}}
 
     @property
     def refused(self) -> bool:

@@ -71,6 +71,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
+        **plan.excluded_json(),
         "restored": [_restoration(plan, r) for r in plan.restorations],
         "files": [
             {"path": f.path, "bytes": f.bytes, "sha256": f.sha256, "patched": f.patched} for f in result.files
@@ -125,6 +126,7 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
         "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
+        **plan.excluded_json(),
         "complete": not plan.refused,
         "restore": [_restoration(plan, r) for r in plan.restorations],
         "unrestorable": [

@@ -47,10 +47,6 @@ def nbytes(ref: TensorRef) -> int:
     return ref.numel * DTYPES[ref.dtype].bits // 8
 
 
-def _strides(ref: TensorRef) -> tuple[int, ...]:
-    return ref.strides if ref.strides is not None else ref.contiguous_strides
-
-
 def byte_range(ref: TensorRef) -> tuple[int, int] | None:
     """(absolute offset, length) when the tensor's elements are one contiguous run, else None."""
     if ref.region.blocks is not None:
@@ -73,7 +69,7 @@ def check_bounds(ref: TensorRef) -> None:
             raise RepairFailedError(f"{ref.file}: tensor {ref.name!r}: a strided view of a sub-byte dtype cannot be patched")
         end_bits = ref.numel * bits
     else:
-        strides = _strides(ref)
+        strides = ref.effective_strides
         if any(s < 0 for s in strides) or ref.storage_offset < 0:
             raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} has negative strides; refused")
         end_bits = (ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, strides)) + 1) * bits
@@ -86,7 +82,7 @@ def check_bounds(ref: TensorRef) -> None:
 
 def _unit_dim(ref: TensorRef) -> int | None:
     """The dimension along which the view's elements are adjacent in storage (stride 1), if any."""
-    candidates = [k for k, (n, s) in enumerate(zip(ref.shape, _strides(ref))) if s == 1 and n > 1]
+    candidates = [k for k, (n, s) in enumerate(zip(ref.shape, ref.effective_strides)) if s == 1 and n > 1]
     return candidates[-1] if candidates else None
 
 
@@ -125,7 +121,7 @@ def boxes(shape: tuple[int, ...], refs: list[TensorRef], item: int, limit: int =
 def _side_plan(ref: TensorRef, origin: tuple[int, ...], extents: tuple[int, ...]) -> tuple[int, int, int | None]:
     """(first byte, span bytes, run dim or None = read the span whole) for one side of a box."""
     item = itemsize(ref)
-    strides = _strides(ref)
+    strides = ref.effective_strides
     first = ref.storage_offset + sum(o * s for o, s in zip(origin, strides))
     last = first + sum((e - 1) * s for e, s in zip(extents, strides))
     start = ref.region.offset + first * item
@@ -140,7 +136,7 @@ def _side_plan(ref: TensorRef, origin: tuple[int, ...], extents: tuple[int, ...]
 def _runs(ref: TensorRef, origin: tuple[int, ...], extents: tuple[int, ...], run_dim: int) -> Iterator[tuple[tuple, int, int]]:
     """(logical index of the run within the box, absolute byte offset, elements) of each run."""
     item = itemsize(ref)
-    strides = _strides(ref)
+    strides = ref.effective_strides
     length = extents[run_dim] if run_dim >= 0 else 1
     others = [range(e) if (k != run_dim) else range(1) for k, e in enumerate(extents)]
     count = math.prod(extents) // length
@@ -194,7 +190,7 @@ def _span_view(fd: int, ref: TensorRef, extents: tuple[int, ...], element: np.dt
     _pread_into(fd, _bytes_view(raw), start, ref.file)
     item = itemsize(ref)
     strided = np.lib.stride_tricks.as_strided(
-        raw.view(element), shape=extents, strides=tuple(s * item for s in _strides(ref)), writeable=writeable
+        raw.view(element), shape=extents, strides=tuple(s * item for s in ref.effective_strides), writeable=writeable
     )
     return raw, strided
 
@@ -306,7 +302,7 @@ def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: Tensor
         raise RepairFailedError(f"{target.file}: tensor {target.name!r}: donor dtype/shape differ; refused")
     check_bounds(donor)
     check_bounds(target)
-    if any(n > 1 and s == 0 for n, s in zip(target.shape, _strides(target))):
+    if any(n > 1 and s == 0 for n, s in zip(target.shape, target.effective_strides)):
         raise RepairFailedError(f"{target.file}: tensor {target.name!r} is a broadcast view; it cannot be written")
     length = nbytes(target)
     if length == 0:

@@ -355,7 +355,7 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
-    report = scan(scanned, device="cpu", progress=progress)
+    report = scan(scanned, device="cpu", progress=progress, selection=plan.selection)  # --only/--exclude
     if not report.ok:
         problem = report.errors[0].message if report.errors else f"{report.nonfinite:,} non-finite values remain"
         raise RepairFailedError(f"{plan.target}: the repaired copy failed its verification scan: {problem}")

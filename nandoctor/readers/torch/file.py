@@ -35,22 +35,22 @@ from nandoctor.errors import (
 from nandoctor.model import ReadResult, Region, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
-from nandoctor.readers.torch.names import Walk, WalkLimitError, walk
+from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
+from nandoctor.readers.torch.quantized import scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
-from nandoctor.readers.torch.safe_pickle import (
-    UNREAD_TENSOR_GLOBALS,
+from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
+from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     PickleTooLargeError,
     StorageRef,
     UnsafeGlobalError,
-    check_storage_id,
-    restricted_load,
 )
 from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
     ZipEntry,
+    ascii_fold,
     entry_crc32,
     read_directory,
     read_entry,
@@ -203,17 +203,19 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
         return ref
 
     with _pickle_context(path, "data.pkl"):
-        loaded = restricted_load(data, persistent_load)
+        loaded = restricted_load(data, persistent_load, offset=pickle_entry.data_offset)
         walked = walk(loaded.value, prefix=_name_prefix(path))
+        add_unreached(walked, loaded.built, _name_prefix(path))
 
     blocks: dict[str, StorageBlock] = {}
     for ref in declared:
         if ref.key in blocks:
             continue
         label = f"data/{ref.key}"
-        entry = entries.get(label)
-        if entry is None:
+        found = entries.get(ascii_fold(label))
+        if found is None:
             raise CorruptCheckpointError(path, f"storage entry {label} is missing (data.pkl refers to it)")
+        entry = found
         if not entry.stored:
             raise CorruptCheckpointError(
                 path,
@@ -231,9 +233,12 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
         blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
 
     built = build_refs(path, walked, declared, blocks, byteorder)
+    with _pickle_context(path, "data.pkl"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
-    unreferenced = sorted(n for n in entries if n.startswith("data/") and n[5:] not in blocks)
+    used = {ascii_fold(f"data/{key}") for key in blocks}
+    unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
     if unreferenced:
         notes.append(
             f"{os.path.basename(path)}: {len(unreferenced)} storage "
@@ -243,7 +248,9 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
         notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems += _check_storage_crcs(path, fh, [entries[b.label] for b in blocks.values()], built, base)
+        problems += _check_storage_crcs(
+            path, fh, {b.key: entries[ascii_fold(b.label)] for b in blocks.values()}, built, base
+        )
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
 
 
@@ -271,18 +278,21 @@ def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) 
 
 
 def _archive_entries(path: str, directory: ZipDirectory) -> dict[str, ZipEntry]:
-    """Entries keyed by their name inside the archive's one top folder (torch requires that folder)."""
+    """Entries keyed by their name inside the archive's one top folder (torch requires that folder),
+    ASCII case folded: torch looks records up ignoring case (``DATA.PKL`` is its ``data.pkl``), so every
+    lookup here goes through ``ascii_fold`` too and reads exactly the record torch reads. (Names that
+    collide when folded were refused by the directory parser.)"""
     names = list(directory.entries)
     if not names or "/" not in names[0]:
         raise UnsupportedFormatError(f"{path}: a zip archive whose entries are not in one folder: not a PyTorch checkpoint")
-    prefix = names[0].split("/", 1)[0] + "/"
+    prefix = ascii_fold(names[0].split("/", 1)[0] + "/")
     out: dict[str, ZipEntry] = {}
     for name, entry in directory.entries.items():
-        if not name.startswith(prefix):
+        if not ascii_fold(name).startswith(prefix):
             raise CorruptCheckpointError(
                 path, f"zip entry {name!r} is outside the archive's folder {prefix!r}; torch refuses such files"
             )
-        out[name[len(prefix):]] = entry
+        out[ascii_fold(name[len(prefix):])] = entry
     return out
 
 
@@ -308,8 +318,11 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
 
 
 def _check_storage_crcs(
-    path: str, fh: BinaryIO, entries: list[ZipEntry], built: BuiltRefs, base: int = 0
+    path: str, fh: BinaryIO, storages: dict[str, ZipEntry], built: BuiltRefs, base: int = 0
 ) -> list[ScanProblem]:
+    """CRC-32 of each storage entry (storage key → its entry) against the directory's;
+    ``base``: where the zip stream starts in the file (a DCP item)."""
+    entries = list(storages.values())
     if not entries or not any(e.size for e in entries):
         return []
     # zlib and isal release the GIL on large buffers, so two storages are checked at once.
@@ -321,11 +334,11 @@ def _check_storage_crcs(
         at = [dataclasses.replace(e, data_offset=e.data_offset + base) for e in entries]
         computed = list(pool.map(lambda e: entry_crc32(mapped, e), at))
     problems = []
-    for entry, value in zip(entries, computed):
+    for (key, entry), value in zip(storages.items(), computed):
         if value == entry.crc32:
             continue
         label = entry.name.split("/", 1)[-1]
-        tensors = built.tensors_by_storage.get(label[len("data/"):], [])
+        tensors = built.tensors_by_storage.get(key, [])
         problems.append(
             ScanProblem(
                 path,
@@ -352,7 +365,10 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
                 ) from None
             raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
         walked = walk(legacy.root, prefix=_name_prefix(path))
+        add_unreached(walked, legacy.built, _name_prefix(path))
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
+    with _pickle_context(path, "pickled data"):
+        built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], legacy.float_offsets)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
     notes.insert(
         0,
@@ -390,6 +406,9 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
         )
     if walked.optimizers_named:
         notes.append(f"{name}: optimizer moments named after their parameters (from param_groups' param_names)")
+    if walked.unreached:
+        notes.append(f"{name}: {len(walked.unreached)} tensor(s) the pickle builds sit where no name reaches them "
+                     f"(torch loads them all the same); scanned as {listed(walked.unreached)}")
     if walked.renamed:
         notes.append(f"{name}: {len(walked.renamed)} tensor name(s) repeated after flattening; later ones got "
                      f"a #n suffix: {listed(walked.renamed)}")
@@ -398,3 +417,21 @@ def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltR
     notes += [f"{name}: {n}" for n in built.notes]
     return notes
 
+
+
+def read_object(path: Path) -> Any:
+    """The unpickled ``data.pkl`` of the torch zip file at ``path``, built of inert stand-ins only (tensors
+    as ``TensorStub``, unknown globals as ``Placeholder``): for the few callers that need a file's
+    non-tensor values (DeepSpeed's partition arithmetic, checkpoint/zero.py). Raises as ``TorchReader.read``."""
+    p = str(path)
+    size = os.stat(path).st_size
+    with open(path, "rb") as fh:
+        if not fh.read(4).startswith(LOCAL_MAGIC):
+            raise UnsupportedFormatError(f"{p}: not a torch zip file (torch.save's format since torch 1.6)")
+        entries = _archive_entries(p, read_directory(p, fh, size))
+        pickle_entry = entries.get("data.pkl")
+        if pickle_entry is None:
+            raise UnsupportedFormatError(f"{p}: a zip archive without data.pkl: not a PyTorch checkpoint")
+        data = _small_entry(p, fh, pickle_entry, MAX_PICKLE_BYTES)
+    with _pickle_context(p, "data.pkl"):
+        return restricted_load(data, lambda pid: check_storage_id(pid, legacy=False)).value

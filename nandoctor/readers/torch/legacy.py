@@ -19,15 +19,14 @@ from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.readers.torch.refs import StorageBlock
-from nandoctor.readers.torch.safe_pickle import (
-    BoundedReader,
+from nandoctor.readers.torch.safe_pickle import BoundedReader, check_storage_id, restricted_load
+from nandoctor.readers.torch.stubs import (
     PickleFormatError,
     Placeholder,
     StorageRef,
+    TensorStub,
     UnsafeGlobalError,
-    check_storage_id,
     element_bytes,
-    restricted_load,
 )
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -55,6 +54,8 @@ class LegacyFile:
     blocks: dict[str, StorageBlock]
     byteorder: str
     placeholders: list[str] = field(default_factory=list)
+    built: list[TensorStub] = field(default_factory=list)  # every tensor the object pickle built
+    float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
 
 
 def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> LegacyFile:
@@ -63,9 +64,15 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     reader = BoundedReader(fh, max_pickle_bytes)  # one budget for all five pickles
     placeholders: list[str] = []
 
+    built: list[TensorStub] = []
+    float_offsets: dict[bytes, int] = {}
+
     def load(persistent: Any = None) -> Any:
         result = restricted_load(reader, persistent)
         placeholders.extend(p for p in result.placeholders if p not in placeholders)
+        built.extend(result.built)
+        for raw, at in result.float_offsets.items():
+            float_offsets.setdefault(raw, at)
         return result.value
 
     try:
@@ -86,7 +93,9 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     little = dict.get(sys_info, "little_endian", True) if isinstance(sys_info, dict) else None
     if type(little) is not bool:
         raise CorruptCheckpointError(path, "legacy torch file: sys info does not say the byte order")
-    byteorder = "little" if little else "big"
+    # torch writes (and reads) a legacy file's storages and their counts little-endian whatever the saving
+    # machine was; the sys info flag changes nothing that torch.load does, so nothing here either.
+    byteorder = "little"
 
     declared: list[StorageRef] = []
 
@@ -120,7 +129,7 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     if missing:
         raise CorruptCheckpointError(path, f"storage {missing[0]!r} is used but the file holds no bytes for it")
 
-    count_format = "<q" if byteorder == "little" else ">q"
+    count_format = "<q"
     pos = fh.tell()
     blocks: dict[str, StorageBlock] = {}
     for key in keys:
@@ -145,4 +154,4 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
         pos = start + nbytes
     if pos != size:
         raise CorruptCheckpointError(path, f"{size - pos} unexpected bytes after the last storage")
-    return LegacyFile(root, declared, blocks, byteorder, placeholders)
+    return LegacyFile(root, declared, blocks, byteorder, placeholders, built, float_offsets)

@@ -12,11 +12,13 @@ because the object around it was unknown.
 
 from __future__ import annotations
 
+import reprlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.readers.torch.safe_pickle import (
+from nandoctor.readers.torch.stubs import (
     Placeholder,
     StorageRef,
     TensorStub,
@@ -31,6 +33,11 @@ MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects coun
 MAX_SHARED_NODES = 250_000
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
+# repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
+# and 2 GB): reprlib stops at a few levels and items, whatever the key holds.
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxother, _BOUNDED.maxstring, _BOUNDED.maxlong = 3, 60, _MAX_KEY_CHARS, 60
+_BOUNDED.maxtuple = _BOUNDED.maxlist = _BOUNDED.maxset = _BOUNDED.maxfrozenset = 6
 
 
 class WalkLimitError(Exception):
@@ -54,6 +61,7 @@ class Walk:
     tensors: list[NamedTensor] = field(default_factory=list)
     storages: list[NamedStorage] = field(default_factory=list)  # bare storages, not inside a tensor
     renamed: list[str] = field(default_factory=list)  # names made unique with a #n suffix
+    unreached: list[str] = field(default_factory=list)  # tensors the pickle built that no name reached
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
@@ -77,7 +85,7 @@ def segment(key: Any) -> str:
     elif isinstance(key, StorageRef):
         text = f"<storage {key.key}>"
     else:
-        text = repr(key) if not isinstance(key, Placeholder) else key.global_name
+        text = _BOUNDED.repr(key) if not isinstance(key, Placeholder) else key.global_name
     # Lone surrogates (pickles may carry them) cannot be printed or written as UTF-8: escape them.
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= _MAX_KEY_CHARS else text[:_MAX_KEY_CHARS] + "…"
@@ -118,6 +126,20 @@ def walk(root: Any, prefix: str = "") -> Walk:
     out = Walk()
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
+
+
+def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> None:
+    """Every tensor the unpickler built (its registry, ``built``) that the walk did not reach, added as
+    ``<tensor i>``: torch loads it wherever it sits (an attribute of an empty hooks dict, of an optimizer's
+    ``state``, a subclass state that replaced another), so it is scanned whatever the walker knows."""
+    reached = {named.tensor.view_key for named in out.tensors}
+    for stub in built:
+        if stub.view_key in reached:
+            continue
+        reached.add(stub.view_key)
+        name = _emit_name([*([prefix] if prefix else []), f"<tensor {len(out.unreached)}>"], out)
+        out.tensors.append(NamedTensor(name, stub))
+        out.unreached.append(name)
 
 
 def _emit_name(path: list[str], out: Walk) -> str:

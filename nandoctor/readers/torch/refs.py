@@ -11,15 +11,21 @@ offsets or strides; every view stays inside its storage.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
 from nandoctor.readers.torch.names import Walk
-from nandoctor.readers.torch.safe_pickle import StorageRef, TensorStub
+from nandoctor.readers.torch.rebuilds import MAX_VIEWS_PER_STORAGE
+from nandoctor.readers.torch.stubs import StorageRef, TensorStub
 
 _MAX_LISTED = 5
+# Views of one storage. Real checkpoints have one or two (tied weights), an FSDP flat parameter a few dozen;
+# each view costs the scan ~0.1 ms of Python (planning, attributing bad elements, reporting), so 600,000
+# views of one storage (a 10 MB pickle) once took 145 s. Past this, the file is refused, saying why (the
+# registry refuses views as they are built; this counts names, which a shared tensor can multiply).
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,31 @@ def _check_declarations(path: str, stubs: list[StorageRef]) -> dict[str, Storage
     return first
 
 
+def _byteorder_of(path: str, byteorder: str, storage: StorageRef, view_dtype: str, who: str) -> str:
+    """The byte order a view of ``storage`` reads its bytes in, as torch gives them to it.
+
+    A big-endian zip is byte-swapped on load by the storage's *declared* type (``storage.byteswap(dtype)``):
+    in units of its element size, half that for complex types, and never for a 1-byte type or an untyped
+    storage (torch loads those as uint8). A view whose lanes are that unit reads big-endian; a view of a
+    storage torch never swaps reads the bytes as they lie; a float view whose lanes differ from the swap
+    unit (a float16 view of a swapped float32 storage) reads shuffled bytes: refused, never guessed.
+    """
+    if byteorder == "little":
+        return "little"
+    declared = DTYPES[storage.storage_type.dtype]
+    unit = 1 if storage.storage_type.untyped else declared.itemsize // declared.lanes_per_element
+    if unit == 1:
+        return "little"
+    view = DTYPES[view_dtype]
+    if not view.can_hold_nonfinite or view.lane_bits // 8 == unit:
+        return "big"
+    raise _fail(
+        path,
+        f"{who} views a big-endian {storage.storage_type.name} as {view_dtype}: torch swaps its bytes in "
+        f"{unit}-byte units, so the {view_dtype} values it loads are the bytes shuffled; refused",
+    )
+
+
 def _overlapping(stub: TensorStub) -> bool:
     """True when two positions of the view read the same storage element (expand, as_strided)."""
     dims = sorted((st, n) for n, st in zip(stub.size, stub.stride) if n > 1)
@@ -87,6 +118,7 @@ def build_refs(
     out = BuiltRefs()
 
     dtypes: dict[str, tuple[str, str]] = {}  # storage key → (dtype, first tensor name)
+    orders: dict[str, str] = {}  # storage key → the byte order its views read
     for named in walked.tensors:
         key = named.tensor.storage.key
         seen = dtypes.setdefault(key, (named.tensor.dtype, named.name))
@@ -96,6 +128,16 @@ def build_refs(
                 f"storage {key!r} is viewed as {seen[0]} by {seen[1]!r} and as {named.tensor.dtype} by "
                 f"{named.name!r}; torch refuses to save such files",
             )
+        orders[key] = _byteorder_of(path, byteorder, named.tensor.storage, named.tensor.dtype, f"tensor {named.name!r}")
+    views = Counter(named.tensor.storage.key for named in walked.tensors)
+    crowded = [(key, n) for key, n in views.items() if n > MAX_VIEWS_PER_STORAGE]
+    if crowded:
+        key, n = crowded[0]
+        raise _fail(
+            path,
+            f"storage {key!r} is viewed by {n:,} tensors (more than {MAX_VIEWS_PER_STORAGE:,}; a checkpoint has a "
+            "few per storage): refused rather than spent minutes on, view by view",
+        )
     bare_only = [s for s in walked.storages if s.storage.key not in dtypes]
     for bare in bare_only:
         dtypes.setdefault(bare.storage.key, (bare.storage.storage_type.dtype, bare.name))
@@ -107,7 +149,8 @@ def build_refs(
             raise _fail(path, f"data.pkl refers to storage {key!r} but the file holds no bytes for it")
         itemsize = DTYPES[dtype].itemsize
         usable = block.nbytes - block.nbytes % itemsize  # a trailing partial element is no element
-        regions[key] = Region(path, block.offset, usable, dtype, block.label, byteorder=byteorder)
+        order = orders.get(key) or _byteorder_of(path, byteorder, storages[key], dtype, f"storage {key!r}")
+        regions[key] = Region(path, block.offset, usable, dtype, block.label, byteorder=order)
 
     overlapping: list[str] = []
     for named in walked.tensors:
@@ -171,7 +214,7 @@ def build_refs(
             continue
         itemsize = DTYPES[storage_type.dtype].itemsize
         region = Region(path, block.offset, block.nbytes - block.nbytes % itemsize, storage_type.dtype, block.label,
-                        byteorder=byteorder)
+                        byteorder=_byteorder_of(path, byteorder, storages[key], storage_type.dtype, f"storage {key!r}"))
         name = f"<storage {key}>"
         out.refs.append(TensorRef(name, storage_type.dtype, (region.nbytes // itemsize,), region, 0, (1,)))
         out.tensors_by_storage[key] = [name]
@@ -189,7 +232,8 @@ def build_refs(
         block = blocks[key]
         itemsize = DTYPES[storage_type.dtype].itemsize
         region = Region(path, block.offset, block.nbytes - block.nbytes % itemsize, storage_type.dtype,
-                        f"{block.label} as {storage_type.dtype}", byteorder=byteorder)
+                        f"{block.label} as {storage_type.dtype}",
+                        byteorder=_byteorder_of(path, byteorder, declared_storage, storage_type.dtype, f"storage {key!r}"))
         name = f"<storage {key} as {storage_type.dtype}>"
         out.refs.append(TensorRef(name, storage_type.dtype, (region.nbytes // itemsize,), region, 0, (1,)))
         reread.append(name)

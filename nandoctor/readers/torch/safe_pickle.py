@@ -15,8 +15,6 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import io
 import pickle
 import types
@@ -25,29 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
-
-# Torch's typed storage classes → safetensors dtype names (element layout of the storage).
-STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "F64",
-    "FloatStorage": "F32",
-    "HalfStorage": "F16",
-    "BFloat16Storage": "BF16",
-    "ComplexFloatStorage": "C64",
-    "ComplexDoubleStorage": "C128",
-    "LongStorage": "I64",
-    "IntStorage": "I32",
-    "ShortStorage": "I16",
-    "CharStorage": "I8",
-    "ByteStorage": "U8",
-    "BoolStorage": "BOOL",
-    # Quantized storages hold integers: they cannot hold NaN/Inf.
-    "QInt8Storage": "I8",
-    "QUInt8Storage": "U8",
-    "QInt32Storage": "I32",
-    "QUInt4x2Storage": "U8",
-    "QUInt2x4Storage": "U8",
-    "UntypedStorage": "U8",  # raw bytes; the tensor's dtype comes from _rebuild_tensor_v3
-}
+from nandoctor.readers.torch.prescan import Prescan, prescan
+from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, Registry, SafeFunction
+from nandoctor.readers.torch.stubs import (
+    STORAGE_DTYPES,
+    DTypeStub,
+    PickleFormatError,
+    PickleTooLargeError,
+    Placeholder,
+    StorageRef,
+    StorageType,
+    TensorStub,
+    UnsafeGlobalError,
+)
 
 # Modules (and their submodules) whose globals run code, touch the system or load more pickles.
 UNSAFE_MODULES = frozenset({
@@ -85,329 +73,12 @@ INERT_BUILTINS = frozenset({
 })
 
 
-class UnsafeGlobalError(Exception):
-    """The pickle names a global that would run code when loaded; the file is refused."""
-
-    def __init__(self, global_name: str) -> None:
-        super().__init__(global_name)
-        self.global_name = global_name
-
-
-class PickleFormatError(Exception):
-    """The pickle is well-formed but is not the shape of a torch checkpoint (bad storage id, bad rebuild args)."""
-
-
-class PickleTooLargeError(Exception):
-    """A pickle tried to read past its size limit."""
-
-
-class _RefusesBuild:
-    """BUILD (``obj.__dict__.update(state)``) would rewrite a stand-in's fields, frozen or not: a file could
-    turn a float storage into an integer one that is never scanned. torch refuses BUILD on these too."""
-
-    def __setstate__(self, state: Any) -> None:
-        raise PickleFormatError(f"the pickle sets the state of a {type(self).__name__}; torch refuses that")
-
-
-@dataclass(frozen=True)
-class StorageType(_RefusesBuild):
-    name: str  # e.g. "FloatStorage"
-    dtype: str  # safetensors dtype of one storage element
-
-    @property
-    def untyped(self) -> bool:
-        return self.name == "UntypedStorage"
-
-
-@dataclass(frozen=True)
-class DTypeStub(_RefusesBuild):
-    torch_name: str
-    dtype: str
-
-
-@dataclass(frozen=True)
-class StorageRef(_RefusesBuild):
-    """A persistent id ``('storage', type, key, location, numel[, view_metadata])``, checked."""
-
-    key: str
-    storage_type: StorageType
-    location: str
-    numel: int  # elements of storage_type (bytes for UntypedStorage)
-    view: tuple[str, int, int] | None = None  # legacy: (view key, offset, size) in elements
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * element_bytes(self.storage_type.dtype)
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, like torch tensors (two equal stubs as
-class TensorStub:                   # dict keys must stay two entries, or one of them vanishes)
-    """What ``_rebuild_tensor*`` would have built: a view of a storage, never the data."""
-
-    storage: StorageRef
-    storage_offset: int  # elements of ``dtype``
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-    dtype: str  # safetensors dtype name
-    torch_dtype: str
-    parameter: bool = False
-    # Python attributes torch would set on the tensor (BUILD, _rebuild_parameter_with_state,
-    # _rebuild_from_type_v2): they may hold tensors too, so the name walker visits them.
-    state: Any = field(default=None, compare=False)
-
-    def __setstate__(self, state: Any) -> None:
-        # BUILD on a tensor. A dict is Python attributes (kept and walked). A tuple is torch's legacy
-        # ``tensor.set_(storage, offset, size, stride)``: the tensor would now view other bytes than the
-        # ones its rebuild named; nothing torch writes does that, so it is refused rather than followed.
-        if not isinstance(state, dict):
-            raise PickleFormatError("the pickle re-points a tensor at other storage bytes (BUILD with set_ "
-                                    "arguments); torch.save never writes that, refused")
-        object.__setattr__(self, "state", {**attributes(self.state), **attributes(state)})
-
-
-def attributes(state: Any) -> dict[Any, Any]:
-    """Recorded attributes as a plain dict: a dict's own items (never through methods a BUILD may have
-    shadowed, as ``dict(x)`` and ``{**x}`` call ``x.keys()`` on a subclass), other state under "<state>"."""
-    if state is None:
-        return {}
-    if isinstance(state, dict):
-        return {key: value for key, value in dict.items(state)}
-    return {"<state>": state}
-
-
-class Placeholder:
-    """An inert stand-in for a global nandoctor does not know. Calling it only records the arguments."""
-
-    global_name = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
-        self = object.__new__(cls)
-        self.args = args
-        self.kwargs = kwargs
-        self.state: Any = None
-        self.items: list[Any] = []  # APPEND / APPENDS / ADDITEMS
-        self.entries: list[tuple[Any, Any]] = []  # SETITEM / SETITEMS
-        return self
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass  # everything was recorded in __new__ (NEWOBJ calls only __new__)
-
-    def __setstate__(self, state: Any) -> None:  # BUILD
-        self.state = state
-
-    def __setitem__(self, key: Any, value: Any) -> None:  # SETITEM(S)
-        self.entries.append((key, value))
-
-    def append(self, item: Any) -> None:  # APPEND(S)
-        self.items.append(item)
-
-    def extend(self, items: Any) -> None:
-        self.items.extend(items)
-
-    def add(self, item: Any) -> None:  # ADDITEMS
-        self.items.append(item)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
-        # An instance used as a callable (e.g. a reconstructed factory): record, still inert.
-        return type(self)(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<placeholder {self.global_name}>"
-
-    def __reduce__(self) -> Any:  # never pickled back out by accident
-        raise TypeError("placeholders cannot be pickled")
-
-
 @dataclass(frozen=True)
 class LoadResult:
     value: Any
     placeholders: tuple[str, ...]  # unknown globals met, in order of first use
-
-
-def element_bytes(dtype: str) -> int:
-    from nandoctor.dtypes import DTYPES
-
-    return DTYPES[dtype].itemsize
-
-
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
-        raise PickleFormatError(f"{what} must be a tuple of integers, got {type(value).__name__}")
-    return tuple(value)
-
-
-def _make_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: DTypeStub | None) -> TensorStub:
-    if not isinstance(storage, StorageRef):
-        raise PickleFormatError(f"a tensor's storage must be a storage id, got {type(storage).__name__}")
-    if type(storage_offset) is not int:
-        raise PickleFormatError("a tensor's storage offset must be an integer")
-    size_t, stride_t = _ints(size, "tensor size"), _ints(stride, "tensor stride")
-    if len(size_t) != len(stride_t):
-        raise PickleFormatError(f"tensor size {size_t} and stride {stride_t} differ in length")
-    if dtype is None:  # v1/v2: the storage's element type is the tensor's dtype
-        if storage.storage_type.untyped:
-            torch_name, name = "uint8", "U8"
-        else:
-            torch_name, name = storage.storage_type.name, storage.storage_type.dtype
-    else:
-        torch_name, name = dtype.torch_name, dtype.dtype
-    return TensorStub(storage, storage_offset, size_t, stride_t, name, torch_name)
-
-
-def _check_tensor_args(requires_grad: Any, metadata: Any) -> None:
-    # torch sets these on the tensor it rebuilds and refuses the file when their types are wrong
-    # (backward_hooks it stores whatever they are).
-    if type(requires_grad) is not bool:
-        raise PickleFormatError(f"a tensor's requires_grad must be True or False, got {type(requires_grad).__name__}")
-    if metadata and not isinstance(metadata, dict):
-        raise PickleFormatError(f"a tensor's metadata must be a dict, got {type(metadata).__name__}")
-
-
-def _check_grad_dtype(tensor: TensorStub, requires_grad: Any) -> TensorStub:
-    # "Only Tensors of floating point and complex dtype can require gradients": torch refuses the file.
-    floating = tensor.dtype[0] in "FC" or tensor.dtype == "BF16" or tensor.torch_dtype.startswith("float")
-    if requires_grad is True and not floating:
-        raise PickleFormatError(
-            f"a tensor of dtype {tensor.dtype} cannot require gradients (only floating point ones can)"
-        )
-    return tensor
-
-
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> TensorStub:
-    return _make_tensor(storage, storage_offset, size, stride, None)
-
-
-# The same parameters as torch's own functions: a call with too few or too many arguments is refused
-# (a TypeError, worded as an invalid pickle), as torch refuses it.
-def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
-    metadata: Any = None,
-) -> TensorStub:
-    _check_tensor_args(requires_grad, metadata)
-    return _with_hooks(_check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, None), requires_grad),
-                       backward_hooks)
-
-
-def _with_hooks(stub: TensorStub, backward_hooks: Any) -> TensorStub:
-    """torch keeps ``backward_hooks`` on the tensor (``t._backward_hooks``): walked like its attributes."""
-    if not backward_hooks:
-        return stub
-    return dataclasses.replace(stub, state={**attributes(stub.state), "_backward_hooks": backward_hooks})
-
-
-def _rebuild_tensor_v3(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
-    dtype: Any, metadata: Any = None,
-) -> TensorStub:
-    if not isinstance(dtype, DTypeStub):
-        raise PickleFormatError("_rebuild_tensor_v3 needs a torch dtype as its 7th argument")
-    _check_tensor_args(requires_grad, metadata)
-    return _with_hooks(_check_grad_dtype(_make_tensor(storage, storage_offset, size, stride, dtype), requires_grad),
-                       backward_hooks)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, *rest: Any) -> Any:
-    # (data, requires_grad, backward_hooks[, state]): hooks and state (attributes) stay on the parameter.
-    if isinstance(data, TensorStub):
-        extra = attributes(data.state)
-        if rest and rest[0]:
-            extra["_backward_hooks"] = rest[0]
-        if len(rest) > 1:
-            extra.update(attributes(rest[1]))
-        return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=extra or None)
-    return data
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
-    # torch calls func(*args) and then sets the Python type (ignored here). func must be one of our
-    # rebuild stand-ins or a placeholder (which only records its arguments): nothing else is called.
-    rebuilds = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
-    is_placeholder = isinstance(func, type) and issubclass(func, Placeholder)
-    if (getattr(func, "function", None) in rebuilds or is_placeholder) and isinstance(args, tuple):
-        built = func(*args)
-        if isinstance(built, TensorStub) and state:  # a subclass's attributes: walked like the tensor's own
-            built = dataclasses.replace(built, state=state)
-        elif isinstance(built, Placeholder) and state:  # a wrapper subclass (DTensor): its _local_tensor
-            built.__setstate__(state)
-        return built
-    raise PickleFormatError("_rebuild_from_type_v2 called with a function that is not a tensor rebuild")
-
-
-def _legacy_tensor(*args: Any) -> Any:
-    """``torch.Tensor(storage)``: torch's legacy constructor views the whole storage as float32. Called
-    otherwise (or named as a type, as _rebuild_from_type_v2 does), it is an inert placeholder."""
-    if len(args) == 1 and isinstance(args[0], StorageRef):
-        storage = args[0]
-        if not storage.storage_type.untyped and storage.storage_type.dtype != "F32":
-            raise PickleFormatError(f"torch.Tensor() of a {storage.storage_type.name}: torch refuses it")
-        numel = storage.nbytes // 4
-        return TensorStub(storage, 0, (numel,), (1,), "F32", "float32")
-    return _TensorType(*args)
-
-
-class _TensorType(Placeholder):
-    global_name = "torch.Tensor"
-
-
-def _rebuild_device_tensor_from_cpu_tensor(data: Any, dtype: Any = None, *_: Any) -> Any:
-    # torch: data.to(dtype=dtype, device=device). The same dtype is the same bytes; a cast (float32 to
-    # float16 turns 1e10 into inf) would have to be computed to be checked: refused, never guessed.
-    if isinstance(data, TensorStub) and isinstance(dtype, DTypeStub) and dtype.dtype != data.dtype:
-        raise PickleFormatError(
-            f"a tensor is cast from {data.dtype} to {dtype.torch_name} when loaded; the cast's result "
-            "is not in the file, so it cannot be checked"
-        )
-    return data
-
-
-def _get_layout(name: Any = None) -> str:
-    # torch.serialization._get_layout("torch.strided") returns a layout object (DTensor pickles use it);
-    # here the name is all that matters, and nothing is looked up.
-    return f"layout {name}" if isinstance(name, str) else "layout"
-
-
-def _torch_size(*args: Any) -> tuple[int, ...]:
-    return _ints(args[0] if args else (), "torch.Size")
-
-
-def _torch_device(*args: Any) -> str:
-    return ":".join(str(a) for a in args)
-
-
-def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    # Protocol-2 pickles write bytes as _codecs.encode(str, "latin1"); no other codec is allowed.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise PickleFormatError("_codecs.encode is only accepted for text with latin1/utf-8/ascii")
-    return text.encode(encoding, "strict")
-
-
-def _parameter(data: Any = None, requires_grad: Any = True, *_: Any) -> Any:
-    return _rebuild_parameter(data)
-
-
-# Globals with a meaning here → their stand-in. Everything returned is inert.
-SAFE_GLOBALS: dict[str, Any] = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
-    "torch.nn.parameter.Parameter": _parameter,
-    "torch.Size": _torch_size,
-    "torch.serialization._get_layout": _get_layout,
-    "torch._utils._rebuild_device_tensor_from_cpu_tensor": _rebuild_device_tensor_from_cpu_tensor,
-    "torch.Tensor": _legacy_tensor,
-    "torch._tensor.Tensor": _legacy_tensor,
-    "torch.device": _torch_device,
-    "_codecs.encode": _codecs_encode,
-}
-for _module in ("builtins", "__builtin__"):
-    SAFE_GLOBALS.update({f"{_module}.set": set, f"{_module}.frozenset": frozenset, f"{_module}.complex": complex})
-# Globals that tensor pickles name only as markers (the Python type of a rebuilt tensor): placeholders,
-# but not worth listing in the report.
-QUIET_GLOBALS = frozenset({"torch.nn.parameter.Buffer"})
+    built: tuple[TensorStub, ...] = ()  # every tensor the rebuild stand-ins returned, walked or not
+    float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
 
 
 def _is_unsafe(module: str, name: str) -> bool:
@@ -417,22 +88,6 @@ def _is_unsafe(module: str, name: str) -> bool:
     if full in UNSAFE_GLOBALS:
         return True
     return any(module == m or module.startswith(m + ".") or full == m for m in UNSAFE_MODULES)
-
-
-class SafeFunction:
-    """A safe global's function as the pickle sees it: callable, with no attributes a BUILD could set
-    (on the module's own function object that would outlive this load)."""
-
-    __slots__ = ("function",)
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.function(*args, **kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        raise PickleFormatError(f"the pickle sets the state of {self.function.__name__}; torch refuses that")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -447,6 +102,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="utf-8", errors="backslashreplace")
         self._persistent = persistent_load
         self.placeholders: dict[str, type[Placeholder]] = {}
+        self.built = Registry()  # SafeFunction adds every tensor it returns
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -454,7 +110,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         if full in SAFE_GLOBALS:
             found = SAFE_GLOBALS[full]
-            return SafeFunction(found) if isinstance(found, types.FunctionType) else found
+            return SafeFunction(found, self.built) if isinstance(found, types.FunctionType) else found
         if module in ("torch", "torch.cuda", "torch.storage") and name in STORAGE_DTYPES:
             return StorageType(name, STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPE_NAMES:
@@ -511,18 +167,44 @@ def check_storage_id(pid: Any, *, legacy: bool) -> StorageRef:
     return StorageRef(key, storage_type, location, numel, view)
 
 
-def restricted_load(file: Any, persistent_load: Callable[[Any], Any] | None = None) -> LoadResult:
-    """Unpickle one pickle from ``file`` (a binary file object or bytes) with stand-ins only.
+def restricted_load(
+    file: Any, persistent_load: Callable[[Any], Any] | None = None, *, offset: int = 0
+) -> LoadResult:
+    """Unpickle one pickle from ``file`` (bytes, or a :class:`BoundedReader`) with stand-ins only.
 
-    Raises UnsafeGlobalError, PickleFormatError, PickleTooLargeError, or the
-    pickle module's own errors for malformed bytes; callers turn them into
-    nandoctor errors naming the file.
+    The opcodes are pre-scanned first (prescan.py): a hashing bomb is refused before anything is built.
+    ``offset``: where bytes given as ``file`` start in their file (a reader's stream knows its own), so
+    ``float_offsets`` are file offsets. Raises UnsafeGlobalError, PickleFormatError, PickleTooLargeError,
+    or the pickle module's own errors for malformed bytes; callers turn them into nandoctor errors.
     """
     if isinstance(file, (bytes, bytearray, memoryview)):
+        scanned = _prescan(io.BytesIO(file), len(file))
         file = io.BytesIO(file)
+    else:  # a stream's own positions are file offsets already
+        start, offset = file.tell(), 0
+        scanned = _prescan(file, 0)
+        file.rewind(start)
     unpickler = RestrictedUnpickler(file, persistent_load)
+    # Malformed opcodes stop pickletools and the unpickler at the same byte (one opcode table): the
+    # unpickler's own error (truncated, too large …) is the one reported; were it to read on, the bytes the
+    # pre-scan could not bound are refused all the same.
     value = unpickler.load()
-    return LoadResult(value, tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS))
+    if isinstance(scanned, Exception):
+        raise pickle.UnpicklingError(f"malformed opcodes: {scanned}")
+    return LoadResult(
+        value,
+        tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS),
+        tuple(unpickler.built.tensors),
+        {raw: offset + at for raw, at in scanned.float_offsets.items()},
+    )
+
+
+def _prescan(stream: Any, size: int) -> Prescan | ValueError:
+    """The pre-scan's result, or the ValueError pickletools raised for malformed opcodes."""
+    try:
+        return prescan(stream, size)
+    except ValueError as exc:
+        return exc
 
 
 class BoundedReader:
@@ -531,6 +213,14 @@ class BoundedReader:
     def __init__(self, fh: Any, limit: int) -> None:
         self._fh = fh
         self._left = limit
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def rewind(self, position: int) -> None:
+        """Back to ``position`` (read before), the bytes since then given back to the budget."""
+        self._left += self._fh.tell() - position
+        self._fh.seek(position)
 
     def _take(self, n: int) -> int:
         if n < 0 or n > self._left:

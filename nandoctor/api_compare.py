@@ -1,0 +1,102 @@
+"""The public comparison and checksum functions: ``diff``, ``manifest``, ``verify_hashes``.
+
+Part of the public API (re-exported by ``nandoctor`` and ``nandoctor.api``), kept in its own module
+so that each module of the API stays small; the heavy parts are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nandoctor.checkpoint import hubcache
+from nandoctor.model import PathLike, ProgressCallback
+
+if TYPE_CHECKING:
+    from nandoctor.checkpoint.hashes import HashCheck
+    from nandoctor.diffs import DiffReport
+
+
+
+def _verify(path: PathLike, manifest: PathLike | None, both_formats: bool = False) -> HashCheck:
+    from nandoctor.checkpoint.hashes import verify
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    return verify(open_checkpoint(path, both_formats=both_formats), manifest)
+
+
+def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCheck:
+    """Check every weight file of a checkpoint against its sha256 known offline, without scanning it.
+
+    Args:
+        path: a checkpoint file or folder, or a repo id in the local Hugging Face cache (whose blob
+            names are the sha256 of its LFS files).
+        manifest: a manifest written by :func:`manifest` (``nandoctor manifest PATH > manifest.json``).
+
+    Returns:
+        A ``HashCheck``: ``verified`` (file, source) pairs, ``problems`` (each mismatch, naming the file
+        and, with a manifest, the tensors whose bytes changed), ``notes`` (files with no known hash).
+
+    Example:
+        >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")
+        >>> [p.message for p in check.problems]
+    """
+    resolved, _ = hubcache.resolve(path)
+    return _verify(resolved, manifest)
+
+
+def manifest(path: PathLike) -> dict[str, Any]:
+    """The manifest of a checkpoint: the sha256 of every weight file and of each distinct storage span.
+
+    Args:
+        path: a checkpoint file or folder (or a cached repo id). Every file must read.
+
+    Returns:
+        A JSON-ready dict (``nandoctor_manifest``: 1, ``files``: path, bytes, sha256 and ``spans`` —
+        storage key, offset, bytes, sha256, the tensors viewing it); docs/diff.md gives the schema.
+
+    Raises:
+        CorruptCheckpointError: some file could not be read.
+
+    Example:
+        >>> json.dump(nandoctor.manifest("ckpt/"), open("manifest.json", "w"))
+        >>> nandoctor.scan("ckpt/", manifest="manifest.json").ok
+    """
+    from nandoctor.checkpoint.hashes import manifest as build
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    resolved, _ = hubcache.resolve(path)
+    return build(open_checkpoint(resolved))
+
+
+def diff(
+    a: PathLike,
+    b: PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    both_formats: bool = False,
+) -> DiffReport:
+    """Compare checkpoint ``a`` with reference ``b`` tensor by tensor, without loading either.
+
+    Any formats nandoctor reads, on either side (a safetensors file against a ``.bin``, a sharded folder
+    against one file). Tensors are matched by name, wrapper prefixes (``module.``, ``model.`` …)
+    stripped as repair does; a tied copy (``lm_head.weight`` saved once) is not missing. Same dtype:
+    bytes are compared first and values only where bytes differ; another dtype: value by value, and a
+    tensor whose values are the rounding of the other side's is a ``cast``, not a change.
+
+    Args:
+        a, b: checkpoint files or folders, or repo ids in the local Hugging Face / ModelScope cache.
+        progress: called with (bytes done, bytes total, current file).
+        both_formats: read safetensors and ``.bin`` weights when a folder holds both.
+
+    Returns:
+        A ``DiffReport``: per tensor a ``TensorDiff`` (``status``: identical, equal, cast, changed, shape,
+        only_a, only_b, tied, unreadable; changed elements, the largest absolute and relative change and
+        where, NaN/Inf on one side only), layer ranges, ``exit_code`` (0 same, 1 different, 3 unreadable).
+
+    Example:
+        >>> d = nandoctor.diff("merged/", "base/")
+        >>> d.exit_code, [r.label for r in d.changed_ranges]
+    """
+    from nandoctor.diffs import diff as _diff
+
+    return _diff(a, b, progress=progress, both_formats=both_formats)

@@ -1,0 +1,77 @@
+"""Verify on save at scale: after ``dcp.save`` (or a DeepSpeed save), every rank checks the files it wrote,
+and the ranks agree on one verdict with one collective.
+
+    import torch.distributed.checkpoint as dcp
+    from nandoctor.integrations.saved import verify_saved
+
+    dcp.save(state_dict, checkpoint_id=path)
+    result = verify_saved(path)          # on every rank; one all_reduce
+    if not result.ok:                    # the same answer on every rank
+        raise SystemExit(result.exit_code)
+
+No process reads everything: rank r scans the files named for it
+(``engine/owned.py``: ``__r_*.distcp``, ``*zero_pp_rank_r_*``; files named
+for no rank are rank 0's), then one ``all_reduce`` of a vector of exit codes
+(one slot per rank) gives every rank every rank's code. The agreed exit code
+is the highest (3 unreadable > 1 findings > 0 clean). A rank whose scan raised
+still joins the collective (with 3), so no rank hangs on it. torch is imported
+inside ``verify_saved`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from nandoctor import verdict as verdicts
+from nandoctor.engine.owned import scan_owned
+from nandoctor.errors import NandoctorError
+from nandoctor.model import ScanReport
+
+
+@dataclass(frozen=True)
+class SavedVerdict:
+    """The ranks' one verdict on a checkpoint they saved, and this rank's own report."""
+
+    exit_code: int  # agreed: the highest of every rank's (0 clean, 1 findings, 3 unreadable)
+    rank_codes: tuple[int, ...]  # each rank's own exit code, by rank
+    report: ScanReport | None  # this rank's files; None when its scan raised (see error)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def failed_ranks(self) -> tuple[int, ...]:
+        return tuple(rank for rank, code in enumerate(self.rank_codes) if code)
+
+
+def verify_saved(
+    path: str | os.PathLike[str], *, group: Any = None, fail_on: str | list[str] | None = None, device: str = "cpu",
+) -> SavedVerdict:
+    """Call on every rank of ``group`` (default: the world) after saving ``path``; every rank gets the same
+    ``exit_code``. ``fail_on`` as ``nandoctor scan --fail-on``; ``device`` where this rank counts."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise NandoctorError("verify_saved needs an initialised torch.distributed process group",
+                             "call it on every rank after dcp.save, or check in one process with nandoctor.scan")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    report, error = None, ""
+    try:
+        report = verdicts.judged(scan_owned(path, rank, world, device=device), verdicts.parse_fail_on(fail_on))
+        code = report.exit_code
+    except (NandoctorError, OSError, ValueError) as exc:  # this rank still joins the collective below
+        code, error = 3, f"rank {rank}: {getattr(exc, 'message', None) or exc}"
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    codes = torch.zeros(world, dtype=torch.int64, device=on)
+    codes[rank] = code
+    dist.all_reduce(codes, group=group)  # the one collective: every rank learns every rank's code
+    rank_codes = tuple(int(c) for c in codes.tolist())
+    return SavedVerdict(max(rank_codes), rank_codes, report, error)
+
+
+__all__ = ["SavedVerdict", "verify_saved"]

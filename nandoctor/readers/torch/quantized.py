@@ -1,0 +1,92 @@
+"""Quantized tensors (``torch._utils._rebuild_qtensor``): the scale and zero point that give them their values.
+
+A quantized tensor's storage holds integers, which cannot be NaN; its real
+values are ``(q - zero_point) * scale``, so a NaN or infinite per-tensor scale
+makes every value NaN/Inf (torch loads such a file and dequantizes to NaN).
+That scale is a float in the pickle itself, so it is scanned where it lies:
+the 8 big-endian bytes of its ``BINFLOAT`` opcode become a one-element F64
+tensor ``<name>.<scale>``, a finding like any other. What cannot be pointed at or counted is refused: a non-finite
+scale written as text, a finite scale whose values overflow float32 (torch
+dequantizes to float32, so they are Inf), a zero point that is not an integer
+or lies outside the quantized type's range. Per-channel scales and zero
+points are tensors of their own and are scanned like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nandoctor.model import Region, TensorRef
+from nandoctor.readers.torch.stubs import PickleFormatError, RefusesBuild, TensorStub
+
+_FLOAT32_MAX = 3.4028234663852886e38
+# Integer range of each quantized storage's elements.
+_QRANGE = {"I8": (-128, 127), "U8": (0, 255), "I32": (-(2**31), 2**31 - 1)}
+
+
+@dataclass(frozen=True)
+class QScheme(RefusesBuild):
+    """``torch.per_tensor_affine`` and its kin, as the pickle names them."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    scheme: str
+    scale: float | None  # per-tensor schemes only
+    zero_point: int | None
+
+
+def check_quantizer(params: Any, stub: TensorStub) -> Quantizer:
+    """``quantizer_params`` of a quantized tensor, checked; a non-finite scale is kept (it is a finding)."""
+    if not isinstance(params, tuple) or not params or not isinstance(params[0], QScheme):
+        raise PickleFormatError("a quantized tensor's parameters do not start with a torch quantization scheme")
+    scheme = params[0].name
+    if not scheme.startswith("per_tensor"):
+        # (scheme, scales, zero_points, axis): tensors, built by their own rebuild calls and registered.
+        if len(params) != 4 or not isinstance(params[1], TensorStub) or not isinstance(params[2], TensorStub):
+            raise PickleFormatError(f"a {scheme} quantized tensor's scales and zero points must be tensors")
+        return Quantizer(scheme, None, None)
+    if len(params) != 3:
+        raise PickleFormatError(f"a {scheme} quantized tensor needs (scheme, scale, zero point)")
+    _, scale, zero_point = params
+    if type(scale) not in (float, int) or type(zero_point) is not int:
+        raise PickleFormatError("a quantized tensor's scale must be a number and its zero point an integer")
+    low, high = _QRANGE.get(stub.dtype, (-(2**63), 2**63 - 1))
+    if not low <= zero_point <= high:
+        raise PickleFormatError(
+            f"a quantized tensor's zero point {zero_point} lies outside its {stub.dtype} range [{low}, {high}]: "
+            "its values cannot be computed"
+        )
+    scale = float(scale)
+    if math.isfinite(scale) and abs(scale) > _FLOAT32_MAX:
+        raise PickleFormatError(
+            f"a quantized tensor's scale {scale:g} overflows float32, so its dequantized values are Inf"
+        )
+    return Quantizer(scheme, scale, zero_point)
+
+
+def scale_refs(path: str, named: list[tuple[str, TensorStub]], float_offsets: Mapping[bytes, int]) -> list[TensorRef]:
+    """One F64 tensor per non-finite per-tensor scale: the bytes of the BINFLOAT opcode that wrote it.
+
+    ``float_offsets`` maps each non-finite BINFLOAT's 8 bytes to where they lie in the file. Raises
+    PickleFormatError for a non-finite scale that no BINFLOAT wrote.
+    """
+    refs = []
+    for name, stub in named:
+        quantizer = stub.quantizer
+        if quantizer is None or quantizer.scale is None or math.isfinite(quantizer.scale):
+            continue
+        raw = struct.pack(">d", quantizer.scale)
+        at = float_offsets.get(raw)
+        if at is None:
+            raise PickleFormatError(f"quantized tensor {name!r} has a non-finite scale that is not stored as "
+                                    "a binary float; it cannot be pointed at")
+        region = Region(path, at, 8, "F64", f"scale of {name}", byteorder="big")
+        refs.append(TensorRef(f"{name}.<scale>", "F64", (), region, 0, ()))
+    return refs

@@ -1,0 +1,125 @@
+"""Repairing real Lightning runs (tests/realruns.lightning_run): ``--from auto`` among step files,
+``--exclude`` of optimizer state, and the run's CSVLogger ``metrics.csv`` as its trainer log."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning")
+
+
+import nandoctor  # noqa: E402
+from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+from tests.conftest import run_cli as run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory) -> dict[int, Path]:
+    # NaN planted after step 6: files 2 and 4 clean, 6 holds the one NaN, 8-12 NaN throughout (Adam moments too)
+    files = lightning_run(tmp_path_factory.mktemp("poisoned"), optimizer="adam", learning_rate=0.01, poison_at=6)
+    return {int(p.name.split("step=")[1].split(".")[0]): p for p in files}
+
+
+def _flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a loaded .ckpt by its dotted name (as nandoctor names them)."""
+    out = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+        elif isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out.update(_flat(dict(enumerate(value)), name + "."))
+    return out
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.contiguous().numpy().tobytes()
+
+
+def test_from_auto_takes_the_healthy_step_files_before_the_first_bad_one(poisoned, tmp_path):
+    target, out = poisoned[6], tmp_path / "fixed"
+    result = run("repair", target, "--from", "auto", "--out", out, "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    assert [d["step"] for d in proof["donors"]] == [4, 2]  # newest first, never the target's own step
+    assert [(r["tensor"], r["donor_step"]) for r in proof["restored"]] == [(f"state_dict.{POISONED_PARAMETER}", 4)]
+
+    repaired = _flat(torch.load(out / target.name, weights_only=True))
+    before, donor = (_flat(torch.load(p, weights_only=True)) for p in (target, poisoned[4]))
+    assert repaired.keys() == before.keys()
+    restored = f"state_dict.{POISONED_PARAMETER}"
+    assert torch.isnan(before[restored]).sum() == 1 and _bits(repaired[restored]) == _bits(donor[restored])
+    for name, tensor in before.items():  # the rest is the target's, bit for bit (the moments differ from step 4's)
+        if name != restored:
+            assert _bits(repaired[name]) == _bits(tensor), name
+    assert any(_bits(before[n]) != _bits(donor[n]) for n in before if n.startswith("optimizer_states."))
+
+
+def test_from_auto_never_takes_a_poisoned_file_and_refuses_before_the_first(poisoned, tmp_path):
+    plan = json.loads(run("repair", poisoned[12], "--from", "auto", "--dry-run", "--json").stdout)
+    assert [d["step"] for d in plan["donors"]] == [4, 2] and plan["complete"] is True
+    first = run("repair", poisoned[2], "--from", "auto", "--out", tmp_path / "x")
+    assert first.exit_code == 3 and "found no …step=N….ckpt file before step 2" in first.output
+
+
+def test_the_run_hint_says_from_auto_and_its_command_repairs(poisoned, tmp_path):
+    folder = poisoned[2].parent
+    text = run("scan", folder).output
+    line = next(x.strip() for x in text.splitlines() if x.strip().startswith("nandoctor repair "))
+    assert "--from auto" in line and str(poisoned[12]) in line
+    args = shlex.split(line)[2:]
+    args[args.index("--out") + 1] = str(tmp_path / "fixed")  # never write into the test's run folder
+    result = run("repair", *args)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert run("scan", tmp_path / "fixed" / poisoned[12].name, "-q").exit_code == 0
+
+
+def test_exclude_carries_nan_optimizer_moments_over_byte_identical(poisoned, tmp_path):
+    """A donor without optimizer state (the weights of step 4, saved alone): the moments have no donor, so
+    only --exclude lets the weights be repaired; the NaN moments come through untouched."""
+    target = poisoned[8]
+    weights_only = tmp_path / "step4-weights.pt"
+    torch.save(torch.load(poisoned[4], weights_only=True)["state_dict"], weights_only)
+    refused = run("repair", target, "--from", weights_only, "--dry-run", "--json")
+    assert refused.exit_code == 3
+    assert {u["tensor"].split(".")[0] for u in json.loads(refused.stdout)["unrestorable"]} == {"optimizer_states"}
+
+    out = tmp_path / "fixed"
+    result = run("repair", target, "--from", weights_only, "--exclude", "optimizer_states.*", "--out", out)
+    assert result.exit_code == 0, result.output[-3000:]
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    moments = [n for n in _flat(torch.load(target, weights_only=True)) if n.startswith("optimizer_states.")]
+    assert proof["excluded"] == {"tensors": len(moments), "only": [], "exclude": ["optimizer_states.*"]}
+    repaired, before = (_flat(torch.load(p, weights_only=True)) for p in (out / target.name, target))
+    donor = torch.load(weights_only, weights_only=True)
+    for name in moments:
+        assert _bits(repaired[name]) == _bits(before[name]), name
+    assert any(torch.isnan(repaired[n]).any() for n in moments)
+    for name, tensor in donor.items():
+        assert _bits(repaired[f"state_dict.{name}"]) == _bits(tensor), name
+    assert proof["diff"]["source"]["only_restored_differ"] is True
+
+
+def test_metrics_csv_is_the_runs_trainer_log(poisoned):
+    timeline = nandoctor.scan_run(str(poisoned[2].parent))
+    log = timeline.log
+    assert log is not None and log.source.endswith("logs/version_0/metrics.csv")
+    assert (log.first_nonfinite_step, log.first_nonfinite_keys, log.last_step) == (6, ("train_loss",), 11)
+    by_step = {c.step: c.log for c in timeline.checkpoints}
+    # each file gets the rows logged before its save: the loss of step 6 is logged after the step-6 save
+    assert by_step[6].last_step == 5 and by_step[6].first_nonfinite_step is None
+    assert by_step[8].first_nonfinite_step == 6
+    text = run("scan", poisoned[2].parent).output
+    assert "trainer log: train_loss NaN/Inf first at step 6 (between epoch=0-step=6.ckpt and epoch=0-step=8.ckpt)" in text
+    assert "trainer log broke at step 6" in run("scan", poisoned[2].parent, "-q").output

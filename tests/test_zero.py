@@ -1,0 +1,153 @@
+"""DeepSpeed ZeRO flat partitions attributed to parameter names and coordinates, held to zero_to_fp32's answers.
+
+Folders come from tests/zero_writer.py (DeepSpeed's writer's layout and pickled
+types). Where deepspeed is installed its own ``zero_to_fp32`` rebuilds each
+parameter from the same files and is the oracle; otherwise the planted values
+are. An integration test does the same on folders DeepSpeed itself saved.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import nandoctor
+from tests.zero_writer import GROUPS, PLANTED, full_params
+
+torch = pytest.importorskip("torch")
+NAMES = [n for g in GROUPS for n in g]
+LAYOUTS = [(1, 4), (2, 2), (2, 3), (3, 2), (3, 3)]
+
+
+def _tally(tensors: dict) -> dict[str, tuple[int, int, int, int | None]]:
+    out = {}
+    for name, t in tensors.items():
+        flat = t.float().reshape(-1)
+        bad = (~torch.isfinite(flat)).nonzero()
+        out[name] = (int(torch.isnan(flat).sum()), int(torch.isposinf(flat).sum()), int(torch.isneginf(flat).sum()),
+                     int(bad[0]) if len(bad) else None)
+    return out
+
+
+def _oracle(folder: Path) -> dict[str, tuple[int, int, int, int | None]]:
+    """zero_to_fp32's fp32 parameters where deepspeed is installed, else the planted ones."""
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError:
+        return _tally(full_params(PLANTED))
+    state = get_fp32_state_dict_from_zero_checkpoint(str(folder))
+    return _tally({name: state[name].contiguous() for name in NAMES})
+
+
+def _found(report, prefix: str) -> dict[str, tuple[int, int, int, int | None]]:
+    return {t.ref.name.removeprefix(prefix): (t.nan, t.posinf, t.neginf, t.first_bad)
+            for t in report.tensors if t.ref.name.startswith(prefix)}
+
+
+@pytest.mark.parametrize(("stage", "world"), LAYOUTS)
+def test_flat_partitions_are_named_as_zero_to_fp32_rebuilds_them(tmp_path: Path, stage: int, world: int) -> None:
+    from tests.zero_writer import write
+
+    step = write(tmp_path, stage, world)
+    report = nandoctor.scan(step, device="cpu")
+    assert not report.errors
+    assert _found(report, "fp32.") == _oracle(tmp_path)
+    assert _found(report, "fp32.")["model.layers.1.mlp.weight"] == (2, 0, 0, 1)  # (0, 1) and (3, 2)
+    assert _found(report, "fp32.")["model.layers.1.mlp.bias"] == (0, 1, 0, 4)
+    assert _found(report, "exp_avg_sq.")["lm_head.weight"] == (0, 0, 1, 7)  # (1, 3) of a (2, 4)
+    assert set(_found(report, "exp_avg.")) == set(NAMES)
+    by_name = {t.ref.name: t for t in report.tensors}
+    assert by_name["fp32.model.layers.1.mlp.weight"].ref.shape == (4, 3)
+    assert by_name["fp32.model.layers.1.mlp.weight"].ref.role == "optimizer"
+    assert not [t for t in report.tensors if "flat_groups" in t.ref.name or "fp32_groups" in t.ref.name]
+    # ZeRO-1/2 also saves the bf16 weights whole in mp_rank_00_model_states.pt (ZeRO-3: empty placeholders)
+    assert (report.nan, report.posinf, report.neginf) == ((4, 2, 1) if stage <= 2 else (2, 1, 1))
+    assert report.exit_code == 1
+    assert any(f"ZeRO-{stage} partitions of {world} of {world} rank(s) attributed to 5 parameters" in n
+               for n in report.notes)
+
+
+def test_nan_in_zero3_padding_is_reported_under_no_parameter(tmp_path: Path) -> None:
+    from tests.zero_writer import write
+
+    step = write(tmp_path, 3, 2, pad_rank=1)
+    report = nandoctor.scan(step, device="cpu")
+    assert _found(report, "fp32.") == _tally(full_params(PLANTED))  # no parameter gained the padding's NaN
+    assert [(Path(u.file).name, u.nan) for u in report.unviewed] == [("zero_pp_rank_1_mp_rank_00_optim_states.pt", 1)]
+    assert report.nan == 3
+    assert report.exit_code == 1
+
+
+def test_a_missing_rank_file_is_exit_3_naming_it(tmp_path: Path) -> None:
+    from tests.zero_writer import write
+
+    step = write(tmp_path, 2, 3)
+    (step / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    report = nandoctor.scan(step, device="cpu")
+    assert report.exit_code == 3
+    [problem] = report.errors
+    assert "2 ranks" not in problem.message and "1 rank file(s) are missing" in problem.message
+    assert "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt" in problem.message
+    # ranks 0 and 2 are still attributed: lm_head.weight's -Inf lies in rank 2's partition of group 0
+    assert _found(report, "exp_avg_sq.")["lm_head.weight"] == (0, 0, 1, 7)
+
+
+def test_a_missing_model_states_file_is_exit_3_and_leaves_flat_names(tmp_path: Path) -> None:
+    from tests.zero_writer import write
+
+    step = write(tmp_path, 2, 2)
+    (step / "mp_rank_00_model_states.pt").unlink()
+    report = nandoctor.scan(step, device="cpu")
+    assert report.exit_code == 3
+    assert any("mp_rank_00_model_states.pt is missing" in p.message for p in report.errors)
+    assert not _found(report, "fp32.")
+    assert report.nan == 2 and report.posinf == 1  # still scanned, under the flat names (the bf16 copy is gone)
+
+
+_TRAIN = textwrap.dedent("""
+    import sys, torch, deepspeed
+    deepspeed.init_distributed(dist_backend="gloo")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": int(sys.argv[1])},
+           "zero_force_ds_cpu_optimizer": False}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    engine.backward(engine(torch.randn(2, 5)).sum()); engine.step()
+    engine.save_checkpoint(sys.argv[2], tag="global_step1")
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", [2, 3])
+def test_folders_deepspeed_saved_are_attributed_as_zero_to_fp32_reads_them(tmp_path: Path, stage: int) -> None:
+    pytest.importorskip("deepspeed")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(stage), str(tmp_path / "ds")]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    step = tmp_path / "ds" / "global_step1"
+    # plant NaN at flat elements 3 and 33 of rank 1's first group (through DeepSpeed's own classes: trusted)
+    rank1 = step / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    saved = torch.load(rank1, weights_only=False)
+    key = "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"
+    with torch.no_grad():
+        for at in (3, 30):
+            saved["optimizer_state_dict"][key][0][at] = float("nan")
+    torch.save(saved, rank1)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "ds"))
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    expected = _tally({n: state[n].contiguous() for n in names})
+    report = nandoctor.scan(step, device="cpu")
+    assert not report.errors
+    assert _found(report, "fp32.") == expected
+    assert sum(v[0] for v in expected.values()) == 2 and report.nan == 2
