@@ -22,10 +22,11 @@ from that instead, reading only the restored extents:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from nandoctor.model import ScanReport, TensorRef
+from nandoctor.model import TensorRef
 from nandoctor.restore.copying import extent
 from nandoctor.restore.plan import RepairPlan
 from nandoctor.restore.tensorbytes import same_elements
@@ -41,31 +42,29 @@ def _overlaps(ref: TensorRef, spans: list[tuple[int, int]]) -> bool:
 def proof_diff(
     plan: RepairPlan,
     source_path: str | os.PathLike[str],
-    source_report: ScanReport,
-    written: dict[tuple[str, str], TensorRef],
+    refs: Sequence[TensorRef],
     copy_of: Callable[[str], str],
 ) -> dict[str, Any]:
-    """The ``diff`` section of the proof. ``written`` maps (copy's path, name) to the output's refs (the
-    verification scan's); ``copy_of`` maps a source weight file to its copy."""
+    """The ``diff`` section of the proof. ``refs``: every tensor of the source (those an ``--only`` /
+    ``--exclude`` left out too: a tied or sliced view of a restored storage may be one of them);
+    ``copy_of`` maps a source weight file to its copy, which has the very same layout."""
     restored = {r.name for r in plan.restorations}
     spans: dict[str, list[tuple[int, int]]] = {}
     for r in plan.writes:
         spans.setdefault(r.target_ref.file, []).append(extent(r.target_ref))
-    differ: list[str] = []
-    for t in source_report.tensors:
-        ref = t.ref
-        if t.name not in restored and not _overlaps(ref, spans.get(ref.file, [])):
+    differ: set[str] = set()
+    for ref in refs:
+        if ref.name not in restored and not _overlaps(ref, spans.get(ref.file, [])):
             continue  # copied from the source's own bytes, untouched by any patch
-        copy = copy_of(ref.file)
-        out = written.get((copy, t.name))
-        if out is None or not same_elements(copy, out, ref.file, ref):
-            differ.append(t.name)
-    differ.sort()
-    tensors = len(source_report.tensors)
+        out = replace(ref, region=replace(ref.region, file=copy_of(ref.file)))
+        if not same_elements(out.file, out, ref.file, ref):
+            differ.add(ref.name)
+    names = sorted(differ)
+    tensors = len({ref.name for ref in refs})
     source = {
         "path": os.path.abspath(source_path), "complete": True, "tensors": tensors,
-        "identical": tensors - len(differ), "differ": len(differ), "differ_tensors": differ[:MAX_LISTED],
-        "only_restored_differ": set(differ) <= restored,
+        "identical": tensors - len(names), "differ": len(names), "differ_tensors": names[:MAX_LISTED],
+        "only_restored_differ": differ <= restored,
     }
     donors = []
     for index, donor in enumerate(plan.donors):

@@ -172,8 +172,8 @@ def write_repair(
             done += size
             progress(done, total, f"copying {rel}")
         phase("copied")
-        verification, written = _verify(plan, source, temp, source_report, progress)
-        diffs = proof_diff(plan, source.single_file or source.root, source_report, written,
+        verification = _verify(plan, source, temp, source_report, progress)
+        diffs = proof_diff(plan, source.single_file or source.root, _source_refs(plan, source, source_report),
                            lambda file: str(_target_copy(source, temp, file)))
         phase("verified")
         for synced in syncing:
@@ -348,10 +348,19 @@ def _writes_by_copy(plan: RepairPlan, source: Source, temp: Path) -> dict[Path, 
     return by_file
 
 
-def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport,
-            progress: Progress) -> tuple[ScanReport, dict[tuple[str, str], TensorRef]]:
-    """Re-scan what was written, and check every restored tensor now holds its donor's bytes; the
-    report and the output's tensors by (file, name)."""
+def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) -> list[TensorRef]:
+    """Every tensor of the source: the scan's, or with ``--only``/``--exclude`` its headers read again
+    (cheap: no tensor data), since a tensor left out of the scan may share a restored storage."""
+    if plan.selection is None:
+        return [t.ref for t in source_report.tensors]
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    opened = open_checkpoint(source.single_file or source.root)
+    return [ref for refs in opened.refs_by_file.values() for ref in refs]
+
+
+def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
+    """Re-scan what was written, and check every restored tensor now holds its donor's bytes."""
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
@@ -370,4 +379,4 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
                 f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
                 "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
             )
-    return report, written
+    return report
