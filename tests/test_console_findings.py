@@ -114,3 +114,23 @@ def test_a_clean_file_says_finite_and_healthy(tmp_path):
     assert result.exit_code == 0
     assert "✓ CLEAN: all 1 tensor finite and healthy" in result.output
     assert "PASS CLEAN" in run("scan", path, "-q").output and "1 tensor healthy" in run("scan", path, "-q").output
+
+
+def test_a_missing_path_with_json_or_markdown_still_prints_a_report(tmp_path):
+    missing = tmp_path / "nonexistent"
+    result = run("scan", "--json", missing)
+    assert result.exit_code == 3
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 3 and data["target"] == str(missing)
+    assert data["summary"]["verdict"] == "UNREADABLE" and data["summary"]["exit_code"] == 3
+    assert data["errors"] == [{"path": str(missing), "message": "no such file or folder", "hint": data["errors"][0]["hint"]}]
+    assert data["errors"][0]["hint"] and data["gate"]["exit_code"] == 3 and data["gate"]["passed"] is False
+    assert result.stderr.startswith(f"error: {missing}: no such file or folder") and "hint:" in result.stderr
+
+    result = run("scan", "--markdown", missing)
+    assert result.exit_code == 3
+    assert result.stdout.startswith("## nandoctor: ❌ FAIL UNREADABLE\n")
+    assert f"- {missing}: no such file or folder".replace("_", "\\_") in result.stdout
+    assert result.stderr.startswith("error: ")

@@ -158,7 +158,13 @@ def scan(
         raise click.UsageError(str(exc)) from None
     options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
-    with _one_line_on_error(path) if quiet else nullcontext():
+    if quiet:
+        on_error = _one_line_on_error(path)
+    elif as_json or markdown:
+        on_error = _report_on_error(path, fail_on, markdown)
+    else:
+        on_error = nullcontext()
+    with on_error:
         _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
               verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown,
               part=part, distributed=distributed, rank_timeout=rank_timeout)
@@ -197,6 +203,28 @@ def _one_line_on_error(path: str) -> Iterator[None]:
         if exc.hint:
             click.echo(f"hint: {safe(exc.hint)}", err=True)
         sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
+    """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
+    empty file), and the usual ``error:`` line and hint on stderr."""
+    from nandoctor.cli.common import fail
+    from nandoctor.errors import NandoctorError
+
+    try:
+        yield
+    except NandoctorError as exc:
+        from nandoctor.report.json_report import error_to_json
+
+        data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on)
+        if markdown:
+            from nandoctor.report.markdown_report import render_error
+
+            click.echo(render_error(data), nl=False)
+        else:
+            echo_json(data)
+        fail(exc.message, exc.hint, exc.exit_code)
 
 
 def _scan(

@@ -10,6 +10,7 @@ and for the HTML GitHub would otherwise render (``<img …>`` in a tensor name).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import RunReport
@@ -80,6 +81,19 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
         out += ["", "### Could not be read", ""]
         out += [f"- {md(p.path)}: {md(p.message)}" for p in report.errors[:MAX_MARKDOWN_ROWS]]
     out += _next(next_steps(report))
+    return "\n".join(out) + "\n"
+
+
+def render_error(data: dict[str, Any]) -> str:
+    """The Markdown of a scan that could not start (json_report.error_to_json's report)."""
+    summary = data["summary"]
+    out = [f"## nandoctor: {_status(summary['exit_code'])} {md(summary['verdict'])}", "",
+           f"- **Exit code:** {summary['exit_code']} (fails on: {', '.join(summary['fail_on'])})",
+           "", "### Problems", ""]
+    for error in data["errors"]:
+        out.append(f"- {md(error['path'])}: {md(error['message'])}")
+        if error["hint"]:
+            out.append(f"  - hint: {md(error['hint'])}")
     return "\n".join(out) + "\n"
 
 
