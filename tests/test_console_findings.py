@@ -134,3 +134,23 @@ def test_a_missing_path_with_json_or_markdown_still_prints_a_report(tmp_path):
     assert result.stdout.startswith("## nandoctor: ❌ FAIL UNREADABLE\n")
     assert f"- {missing}: no such file or folder".replace("_", "\\_") in result.stdout
     assert result.stderr.startswith("error: ")
+
+
+def test_repair_says_and_records_why_each_tensor_was_restored(tmp_path):
+    """A tensor restored for a 1e30 weight is "exploded", not "NaN/Inf", in the table and in the proof."""
+    import json
+
+    donor = tmp_path / "donor.safetensors"
+    write_safetensors(donor, {NAME.format(i): _tensor(10 + i) for i in range(4)})
+    target = tmp_path / "target.safetensors"
+    write_safetensors(target, {NAME.format(0): _tensor(0, {3: float("nan")}), NAME.format(1): _tensor(1, {7: 1e30}),
+                               **{NAME.format(i): _tensor(10 + i) for i in (2, 3)}})
+    out = tmp_path / "out"
+    result = run("repair", target, "--from", donor, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, NAME.format(0))[6] == "nonfinite"
+    assert _row(result.output, NAME.format(1))[6] == "exploded, outlier"
+    assert "NaN/Inf" not in _row(result.output, NAME.format(1))
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    findings = {r["tensor"]: r["findings"] for r in proof["restored"]}
+    assert findings == {NAME.format(0): ["nonfinite"], NAME.format(1): ["exploded", "outlier"]}

@@ -29,6 +29,7 @@ from nandoctor.layers import layer_of
 from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
+from nandoctor.verdict import FAILING_BY_DEFAULT
 
 SCOPES = ("tensor", "layer")
 
@@ -78,6 +79,7 @@ class Restoration:
     target_ref: TensorRef
     donor_ref: TensorRef
     via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
+    findings: tuple[str, ...] = ()  # why it is restored (nonfinite, exploded, outlier); () for "layer"
 
     @property
     def cast(self) -> bool:
@@ -394,6 +396,7 @@ def plan_repair(
                 target_ref=t.ref,
                 donor_ref=donor_ref,
                 via=None if t is writer else writer.name,
+                findings=tuple(f for f in t.findings if f in FAILING_BY_DEFAULT),
             )
         )
 
