@@ -154,3 +154,20 @@ def test_repair_says_and_records_why_each_tensor_was_restored(tmp_path):
     proof = json.loads((out / "nandoctor-repair.json").read_text())
     findings = {r["tensor"]: r["findings"] for r in proof["restored"]}
     assert findings == {NAME.format(0): ["nonfinite"], NAME.format(1): ["exploded", "outlier"]}
+
+
+def test_debug_is_accepted_after_the_command_and_help_names_every_failing_finding(tmp_path):
+    import pytest
+
+    from nandoctor.errors import CheckpointNotFoundError
+
+    with pytest.raises(CheckpointNotFoundError):  # --debug: the traceback, not the error: line
+        run("scan", tmp_path / "nonexistent", "--debug")
+    helped = " ".join(run("scan", "--help").output.split())
+    assert "NaN/Inf, exploded or outlier weights" in helped and "needs --json" in helped
+
+
+def test_a_glob_matching_nothing_is_a_problem_not_unreadable(tmp_path):
+    result = run("scan", _file(tmp_path, "zeroed"), "--only", "nothing.*", "--no-progress")
+    assert result.exit_code == 3
+    assert "Problems (exit 3)" in result.output and "Could not be read" not in result.output

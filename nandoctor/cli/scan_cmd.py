@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nandoctor.checkpoint.selection import Selection, selection
-from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, handles_errors
 from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
 from nandoctor.dtypes import TARGET_DTYPE_NAMES
@@ -74,7 +74,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
               "they are counted as excluded in the report.")
 @click.option("--part", "part", default=None, metavar="I/N",
-              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays).")
+              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays; needs --json).")
 @click.option("--distributed", is_flag=True,
               help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
@@ -88,6 +88,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
 @click.option("--markdown", is_flag=True,
               help="Print a GitHub-flavoured Markdown summary instead of the console report (for CI summaries).")
+@debug_option
 @handles_errors
 def scan(
     path: str,
@@ -123,10 +124,10 @@ def scan(
     or a repo id already in the local Hugging Face / ModelScope cache (never
     downloaded; a local path of the same name wins).
 
-    Exit code 0 means every tensor was read and passes; 1 means non-finite
-    values (or, with --target-dtype, overflow risk) were found; 3 means
-    something could not be read, so nothing is called clean. For a run folder
-    the newest checkpoint decides.
+    Exit code 0 means every tensor was read and passes; 1 means a finding that
+    fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or with
+    --target-dtype overflow risk; 3 means something could not be read, so
+    nothing is called clean. For a run folder the newest checkpoint decides.
 
     \b
     Examples:
