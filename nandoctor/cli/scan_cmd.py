@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +159,7 @@ def scan(
         raise click.UsageError(str(exc)) from None
     options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
+    on_error: AbstractContextManager[None]
     if quiet:
         on_error = _one_line_on_error(path)
     elif as_json or markdown:

@@ -1,13 +1,12 @@
 """ScanReport → a rich console report: verdict, bad layer ranges, bad tensors, heatmap, errors.
 
-Names come from untrusted files, so every one goes through :func:`safe` (control
-characters escaped) and into ``Text`` objects (never parsed as rich markup).
+Names come from untrusted files, so every one goes through :func:`safe` (report/text.py, re-exported
+here: control characters escaped) and into ``Text`` objects (never parsed as rich markup).
 """
 
 from __future__ import annotations
 
 import os
-import unicodedata
 
 from rich.console import Console
 from rich.table import Table
@@ -17,20 +16,10 @@ from nandoctor import verdict as verdicts
 from nandoctor.layers import COMPONENTS, component_of, layer_of
 from nandoctor.model import ScanReport, TensorResult
 from nandoctor.report.summary import finding_ranges, next_steps, tensor_rows
+from nandoctor.report.text import safe
 
 MAX_TENSOR_ROWS = 40
 HEATMAP_MIN_LAYERS = 8
-
-
-def safe(text: str) -> str:
-    """Escape control and format characters (terminal escapes, bidi overrides) from a file's names."""
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def human_bytes(n: float) -> str:
