@@ -29,12 +29,12 @@ from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.model import ScanReport
-from nandoctor.restore import atomic, zippatch
+from nandoctor.restore import atomic
+from nandoctor.restore.patching import patch_file
 from nandoctor.restore.plan import RepairPlan, Restoration
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write_proof
-from nandoctor.restore.tensorbytes import copy_elements, same_elements
+from nandoctor.restore.tensorbytes import same_elements
 
-_ZIP_MAGIC = b"PK\x03\x04"
 # The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
 # folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
 GATE_REPORT = "nandoctor.json"
@@ -157,7 +157,7 @@ def write_repair(
             copy = _copy_one(source, rel, temp)
             if is_weight:
                 weights.append(copy)
-                _patch_file(copy, writes.get(copy, []))
+                patch_file(copy, writes.get(copy, []))
                 if hash_all or writes.get(copy):
                     hashing[copy] = hasher.submit(_sha256, copy)
                 syncing.append(syncer.submit(atomic.fsync_path, copy))
@@ -342,35 +342,6 @@ def _writes_by_copy(plan: RepairPlan, source: Source, temp: Path) -> dict[Path, 
     for restoration in plan.writes:
         by_file.setdefault(_target_copy(source, temp, restoration.target_ref.file), []).append(restoration)
     return by_file
-
-
-def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
-    """Write each restoration's donor elements into ``copy``; fix the CRC-32 of patched zip entries."""
-    if not restorations:
-        return
-    with open(copy, "r+b") as fh:
-        is_zip = fh.read(4) == _ZIP_MAGIC
-        fd = fh.fileno()
-        entries = zippatch.read_entries(str(copy)) if is_zip else []
-        touched: dict[int, zippatch.ZipEntry] = {}
-        for r in restorations:
-            ref = r.target_ref
-            if is_zip:
-                entry = zippatch.entry_at(entries, ref.region.offset, ref.region.nbytes)
-                if entry is None:
-                    raise RepairFailedError(f"{ref.file}: storage of {ref.name!r} is not inside one zip entry; refused")
-                zippatch.check_stored(ref.file, entry)
-                if entry.local_offset not in touched:
-                    # A CRC that was already wrong is corruption: do not bless it with a fresh one.
-                    if zippatch.crc_of(fd, entry) != entry.crc:
-                        raise RepairFailedError(
-                            f"{ref.file}: zip entry {entry.name!r} fails its CRC-32 check before patching (corrupt source)",
-                            "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
-                        )
-                    touched[entry.local_offset] = entry
-            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref, cast=r.cast)
-        for entry in touched.values():
-            zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
 
 
 def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
