@@ -112,8 +112,8 @@ def repair(
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
-    if plan.restorations and any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files) \
-            or any(c.chunked for c in catalogs):
+    sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
+    if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
         plan = _in_pieces(plan, target_path, catalogs, limits or HealthLimits(), selection)
     if dry_run or out_path is None:
         notes = _notes(source)
