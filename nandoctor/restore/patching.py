@@ -36,10 +36,14 @@ def zip_span(fd: int, ref: TensorRef) -> Span | None:
         name = Path(ref.file).name
         items = [] if metadata is None else metadata.items_in(name)
         start = ref.region.offset
-        item = next((i for i in items if i.offset <= start < i.offset + i.length), None)
-        if item is None:
-            raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} lies in no item of the DCP metadata; refused")
-        return (item.offset, item.length) if os.pread(fd, 4, item.offset) == LOCAL_MAGIC else None
+        # The item that starts last at or before the tensor's bytes: its torch.save zip, or the file's
+        # safetensors stream (whose items' lengths need not span the whole stream).
+        item = max((i for i in items if i.offset <= start), key=lambda i: i.offset, default=None)
+        if item is None or os.pread(fd, 4, item.offset) != LOCAL_MAGIC:
+            return None
+        if start + ref.region.nbytes > item.offset + item.length:
+            raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} lies across DCP items; refused")
+        return item.offset, item.length
     return (0, None) if os.pread(fd, 4, 0) == LOCAL_MAGIC else None
 
 
