@@ -153,6 +153,8 @@ def test_two_rank_sharded_save_repaired_chunk_by_chunk(two_rank_pair, tmp_path: 
     chunks = {r["tensor"]: r["chunk"] for r in proof["restored"]}
     assert chunks["model.0.weight"] == {"offsets": [4, 0], "global_shape": [8, 6]}
     assert sum(r["nan"] + r["posinf"] + r["neginf"] for r in proof["restored"]) == 3
+    moved = proof["diff"]["source"]
+    assert moved["only_restored_differ"] is True and moved["differ_tensors"] == sorted(BAD_CHUNKS)
 
 
 @pytest.mark.integration

@@ -253,14 +253,14 @@ def test_non_finite_donor_and_shape_mismatch_are_refused(tmp_path):
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     target, donor, _, _ = make_run(tmp_path)
-    from nandoctor.restore import patching
+    from nandoctor.restore import writer
 
     def broken_copy(donor_path, donor_ref, fd, target_ref, **options):
         offset, length = tensorbytes.byte_range(target_ref)
         os.pwrite(fd, b"\xff" * length, offset)  # all NaN: the verification scan must catch it
         return length
 
-    monkeypatch.setattr(patching, "copy_elements", broken_copy)
+    monkeypatch.setattr(writer, "copy_elements", broken_copy)
     with pytest.raises(RepairFailedError, match="verification scan"):
         repair(target, [donor], tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

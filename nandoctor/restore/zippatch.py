@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from nandoctor.errors import RepairFailedError
+from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import (
     crc32 as _crc32,  # python-isal when installed: ~7x zlib
 )
-from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import read_directory
 
 _DESCRIPTOR = 0x08074B50
