@@ -197,6 +197,19 @@ def file_speed(dev: Device, size_gb: float, runs: int, data: Path, small: bool) 
     return rows
 
 
+def timed(dev: Device, fn, runs: int) -> float:
+    """Median seconds of ``runs`` calls of ``fn`` after one warm-up (kernels compiled, allocator primed)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        dev.sync()
+        started = time.perf_counter()
+        fn()
+        dev.sync()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
     nbytes = int(64e6 if small else min(8e9, dev.free_bytes() * 0.3))
     t = torch.randn(nbytes // 2 // 1024, 1024, device=dev.torch_device, dtype=torch.bfloat16)
@@ -210,15 +223,7 @@ def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
     }
     rows = []
     for name, fn in ways.items():
-        fn()  # warm-up: kernels compiled, allocator primed
-        times = []
-        for _ in range(runs):
-            dev.sync()
-            started = time.perf_counter()
-            fn()
-            dev.sync()
-            times.append(time.perf_counter() - started)
-        seconds = statistics.median(times)
+        seconds = timed(dev, fn, runs)
         rows.append({"what": f"live {gb:.2f} GB bf16 tensor: {name}", "gb": gb, "seconds": seconds, "gbps": gb / seconds})
     found = count_tensor(t, backend=dev.backend)
     if (found.nan, found.first_bad) != (1, 12345):
@@ -243,19 +248,8 @@ def live_set_speed(dev: Device, nbytes: int, runs: int) -> list[dict]:
     src = next(iter(state.values()))
     dst = torch.empty_like(src)
 
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(runs):
-            dev.sync()
-            started = time.perf_counter()
-            fn()
-            dev.sync()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
-    copy_gbps = src.numel() * 2 / 1e9 / timed(lambda: dst.copy_(src))
-    seconds = timed(lambda: scan_state_dict(state))
+    copy_gbps = src.numel() * 2 / 1e9 / timed(dev, lambda: dst.copy_(src), runs)
+    seconds = timed(dev, lambda: scan_state_dict(state), runs)
     report = scan_state_dict(state)
     if not report.ok or report.health != "healthy":
         raise SystemExit(f"live set scan: {report.verdict}, expected clean and healthy")

@@ -18,6 +18,7 @@ from nandoctor.checkpoint.selection import Selection, selection
 from nandoctor.cli.common import echo_json, handles_errors
 from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
+from nandoctor.dtypes import TARGET_DTYPE_NAMES
 from nandoctor.errors import EXIT_UNREADABLE
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range (for gates).")
 @click.option(
     "--target-dtype",
-    type=click.Choice(["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]),
+    type=click.Choice(TARGET_DTYPE_NAMES),
     default=None,
     help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk).",
 )
