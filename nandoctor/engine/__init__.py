@@ -3,7 +3,8 @@
 ``open_checkpoint`` (checkpoint/) gives the tensors; ``plan_jobs`` groups them
 by region (jobs.py); the pipeline reads every region once (pipeline.py); the
 outlier pass reads again the few segments that may hold outliers; the results
-become a ``ScanReport`` that verdict.py judges. The only package that knows
+become a ``ScanReport`` that verdict.py judges. A torch file's storage CRC-32
+checks are left to the pipeline (``defer_crcs``), which pays them in its pass. The only package that knows
 both readers and kernels.
 """
 
@@ -69,7 +70,7 @@ def scan(
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
     with gc_paused():
-        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
+        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection, defer_crcs=True)
         kernel = kernel or select_kernel(device)
         jobs = plan_jobs(checkpoint.refs, limits, cast_to)
         found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
@@ -108,8 +109,9 @@ def scan_jobs(
     progress: ProgressCallback | None = None, files: set[Path] | None = None,
 ) -> Scanned:
     """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
-    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not.
-    Empties ``jobs`` (results() drops each job once its results exist)."""
+    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not, and
+    whose owed CRC-32 checks (``checkpoint.owed``) it pays. Empties ``jobs`` (results() drops each job
+    once its results exist)."""
     total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
@@ -121,11 +123,14 @@ def scan_jobs(
         try:
             for file in checkpoint.refs_by_file:
                 if file in wanted:
-                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
+                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file],
+                                       checkpoint.owed.get(file, ()))
         finally:
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
     failed = {p.path for p in pipeline.problems}
-    problems = pipeline.problems + _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+    # (a storage failing its CRC-32 is no reason to skip the file's outlier pass: not in ``failed``)
+    problems = pipeline.crc_problems + pipeline.problems
+    problems += _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
     del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)

@@ -13,11 +13,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
-from nandoctor.model import PathLike, ScanReport
+from nandoctor.model import PathLike, ScanReport, TensorRef
 from nandoctor.restore.plan import (
     DonorInfo,
     RepairPlan,
@@ -27,6 +28,9 @@ from nandoctor.restore.plan import (
 )
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
+
+if TYPE_CHECKING:
+    from nandoctor.restore.donors import CheckpointDonor
 
 __all__ = [
     "PROOF_NAME",
@@ -114,6 +118,9 @@ def repair(
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
+    sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
+    if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
+        plan = _in_pieces(plan, target_path, catalogs, limits or HealthLimits(), selection)
     if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -137,6 +144,24 @@ def repair(
         inputs=inputs,
     )
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _in_pieces(
+    plan: RepairPlan, target: Path, catalogs: Sequence[CheckpointDonor], limits: HealthLimits,
+    selection: Selection | None,
+) -> RepairPlan:
+    """The plan's restorations of chunked tensors (DCP shards) cut into the chunks actually written."""
+    from functools import partial
+
+    from nandoctor.checkpoint.opener import open_checkpoint
+    from nandoctor.restore.donors import nonfinite_counts, tensor_health
+    from nandoctor.restore.pieces import expand
+
+    chunks: dict[str, list[TensorRef]] = {}
+    for ref in open_checkpoint(target, selection=selection).refs:  # headers only: the chunks' byte ranges
+        if ref.chunk is not None:
+            chunks.setdefault(ref.name, []).append(ref)
+    return expand(plan, chunks, catalogs, partial(tensor_health, limits=limits), nonfinite_counts)
 
 
 def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None) -> RepairPlan:

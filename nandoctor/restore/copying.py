@@ -8,7 +8,8 @@ it is still in the CPU's cache, so hashing costs no second read. sha256 is seque
 change are hashed only once they are final: the copy stops before each
 restored tensor's extent (its bytes, or for a torch view its whole storage),
 copies that extent in the kernel, writes the donor's elements into it and reads
-back just that extent to hash it. In a torch zip the patched entries' CRC-32
+back just that extent to hash it. In a torch zip (a whole file, or a DCP ``.distcp``
+item at its offset, found through the folder's ``.metadata``) the patched entries' CRC-32
 is rewritten at the end and sits in the local header before the data, so
 there everything from the first patched entry's header on is hashed by reading
 the copy back once after patching. Either way the output is read back only
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from nandoctor.errors import RepairFailedError
 from nandoctor.model import TensorRef
+from nandoctor.readers.zipentries import LOCAL_MAGIC
 from nandoctor.restore import zippatch
 from nandoctor.restore.plan import Restoration
 from nandoctor.restore.tensorbytes import byte_range, copy_elements
@@ -34,7 +36,6 @@ from nandoctor.restore.tensorbytes import byte_range, copy_elements
 # The copy's buffer stays in a core's L2 cache between the write and sha256 reading it (measured on 1 GB,
 # page cache warm: 256 KiB 0.79 s CPU, 1 MiB 0.94, 8 MiB 1.3-2.1; a kernel copy and a re-read 0.90).
 CHUNK_BYTES = 256 << 10
-ZIP_MAGIC = b"PK\x03\x04"
 # (donor path, donor ref, output fd, target ref, cast=…) -> bytes written: tensorbytes.copy_elements. The
 # writer passes its own reference, so the tests can break it there to see the verification catch it.
 ElementWriter = Callable[..., int]
@@ -97,12 +98,14 @@ def write_weight(src: Path, dst: Path, restorations: list[Restoration], *, hash_
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fin, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = os.fstat(fin).st_size
-        if restorations and os.pread(fin, 4, 0) == ZIP_MAGIC:
+        where = [zip_span(fin, r.target_ref) for r in restorations]
+        spans = {span for span in where if span is not None}
+        if spans:
             # The CRC-32 fields change last and sit before the data: hash from the first patched header on
-            # only after patch_file has rewritten them.
-            entries = zippatch.read_entries(str(src))
+            # only after patch_file has rewritten them (from the start when some tensor lies in no zip).
+            entries = [e for span in sorted(spans, key=lambda s: s[0]) for e in zippatch.read_entries(str(src), *span)]
             found = [zippatch.entry_at(entries, r.target_ref.region.offset, r.target_ref.region.nbytes)
-                     for r in restorations]
+                     if span is not None else None for r, span in zip(restorations, where)]
             limit = min((e.local_offset for e in found if e is not None), default=0) if all(found) else 0
             _pump(fin, fout, 0, limit, buffer, digest.update)
             _pump(fin, fout, limit, size, buffer, None)
@@ -152,30 +155,61 @@ def _hash_back(fd: int, start: int, end: int, buffer: memoryview, hash_update: C
         pos += n
 
 
+Span = tuple[int, int | None]  # (base, size or None = to the end of the file) of one zip archive
+
+
+def zip_span(fd: int, ref: TensorRef) -> Span | None:
+    """Where the torch zip holding ``ref``'s bytes lies in the file open as ``fd`` (a copy of ``ref.file``),
+    or None when its bytes are in no zip."""
+    if ref.file.endswith(".distcp"):
+        from nandoctor.readers.dcp import metadata_for
+
+        metadata = metadata_for(Path(ref.file).parent)
+        name = Path(ref.file).name
+        items = [] if metadata is None else metadata.items_in(name)
+        start = ref.region.offset
+        # The item that starts last at or before the tensor's bytes: its torch.save zip, or the file's
+        # safetensors stream (whose items' lengths need not span the whole stream).
+        item = max((i for i in items if i.offset <= start), key=lambda i: i.offset, default=None)
+        if item is None or os.pread(fd, 4, item.offset) != LOCAL_MAGIC:
+            return None
+        if start + ref.region.nbytes > item.offset + item.length:
+            raise RepairFailedError(f"{ref.file}: tensor {ref.name!r} lies across DCP items; refused")
+        return item.offset, item.length
+    return (0, None) if os.pread(fd, 4, 0) == LOCAL_MAGIC else None
+
+
 def patch_file(copy: Path, restorations: list[Restoration], write_elements: ElementWriter = copy_elements) -> None:
     """Write each restoration's donor elements into ``copy``; fix the CRC-32 of patched zip entries."""
     if not restorations:
         return
     with open(copy, "r+b") as fh:
-        is_zip = fh.read(4) == ZIP_MAGIC
         fd = fh.fileno()
-        entries = zippatch.read_entries(str(copy)) if is_zip else []
+        archives: dict[Span, list[zippatch.ZipEntry]] = {}
         touched: dict[int, zippatch.ZipEntry] = {}
         for r in restorations:
             ref = r.target_ref
-            if is_zip:
-                entry = zippatch.entry_at(entries, ref.region.offset, ref.region.nbytes)
-                if entry is None:
-                    raise RepairFailedError(f"{ref.file}: storage of {ref.name!r} is not inside one zip entry; refused")
-                zippatch.check_stored(ref.file, entry)
-                if entry.local_offset not in touched:
-                    # A CRC that was already wrong is corruption: do not bless it with a fresh one.
-                    if zippatch.crc_of(fd, entry) != entry.crc:
-                        raise RepairFailedError(
-                            f"{ref.file}: zip entry {entry.name!r} fails its CRC-32 check before patching (corrupt source)",
-                            "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
-                        )
-                    touched[entry.local_offset] = entry
+            span = zip_span(fd, ref)
+            if span is not None:
+                if span not in archives:
+                    archives[span] = zippatch.read_entries(str(copy), *span)
+                _check_entry(fd, ref, archives[span], touched)
             write_elements(r.donor_ref.file, r.donor_ref, fd, ref, cast=r.cast)
         for entry in touched.values():
             zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
+
+
+def _check_entry(fd: int, ref: TensorRef, entries: list[zippatch.ZipEntry], touched: dict[int, zippatch.ZipEntry]) -> None:
+    """Note the zip entry ``ref``'s storage lies in, refusing one that is compressed or already corrupt."""
+    entry = zippatch.entry_at(entries, ref.region.offset, ref.region.nbytes)
+    if entry is None:
+        raise RepairFailedError(f"{ref.file}: storage of {ref.name!r} is not inside one zip entry; refused")
+    zippatch.check_stored(ref.file, entry)
+    if entry.local_offset not in touched:
+        # A CRC that was already wrong is corruption: do not bless it with a fresh one.
+        if zippatch.crc_of(fd, entry) != entry.crc:
+            raise RepairFailedError(
+                f"{ref.file}: zip entry {entry.name!r} fails its CRC-32 check before patching (corrupt source)",
+                "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
+            )
+        touched[entry.local_offset] = entry

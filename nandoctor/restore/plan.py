@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
-from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
 
@@ -78,6 +78,8 @@ class Restoration:
     target_ref: TensorRef
     donor_ref: TensorRef
     via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
+    # Set when only a box of the tensor is restored (a DCP chunk, pieces.py): where ``shape`` sits in the tensor
+    box: ChunkOf | None = None
 
     @property
     def cast(self) -> bool:

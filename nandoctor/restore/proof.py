@@ -103,6 +103,8 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
         "donor_tensor": r.donor_name,
         "donor_dtype": r.donor_ref.dtype,  # differs from dtype only with allow_cast: rounded as torch rounds
         "via": r.via,
+        # a box of the tensor (a DCP chunk): its first element and the whole tensor's shape; null: all of it
+        "chunk": None if r.box is None else {"offsets": list(r.box.offsets), "global_shape": list(r.box.global_shape)},
     }
 
 

@@ -14,6 +14,7 @@ for reading.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import shutil
@@ -350,8 +351,10 @@ def _writes_by_copy(plan: RepairPlan, source: Source, temp: Path) -> dict[Path, 
 
 def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) -> list[TensorRef]:
     """Every tensor of the source: the scan's, or with ``--only``/``--exclude`` its headers read again
-    (cheap: no tensor data), since a tensor left out of the scan may share a restored storage."""
-    if plan.selection is None:
+    (cheap: no tensor data), since a tensor left out of the scan may share a restored storage; for a sharded
+    source (DCP) too, since the scan reports a chunked tensor whole and the bytes are its stored chunks."""
+    sharded = any(p.suffix == ".distcp" or "zero_pp_rank_" in p.name for p in source.weights)
+    if plan.selection is None and not sharded:
         return [t.ref for t in source_report.tensors]
     from nandoctor.checkpoint.opener import open_checkpoint
 
@@ -373,10 +376,16 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     written = {(t.ref.file, t.name): t.ref for t in report.tensors}
     for r in plan.restorations:
         copy = str(_target_copy(source, temp, r.target_ref.file))
-        ref = written.get((copy, r.name))
+        # A box of a chunked tensor (pieces.py) is no tensor of the report: the copy holds it at the same bytes.
+        ref = written.get((copy, r.name)) if r.box is None else relocated(r.target_ref, copy)
         if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref, cast=r.cast):
             raise RepairFailedError(
                 f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
                 "it shares storage with another restored tensor whose donor disagrees; repair them from one donor",
             )
     return report
+
+
+def relocated(ref: TensorRef, file: str) -> TensorRef:
+    """``ref`` read from ``file`` (a copy with the same layout) instead of its own file."""
+    return dataclasses.replace(ref, region=dataclasses.replace(ref.region, file=file))
