@@ -117,6 +117,9 @@ def scan(
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    from functools import partial
+
+    from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan as engine_scan
 
     target = _check_target(target_dtype)
@@ -132,6 +135,11 @@ def scan(
         resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
         selection=chosen,
     )
+    # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
+    # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
+    report = judge_in_run(report, resolved, partial(
+        engine_scan, device=device, both_formats=both_formats, target_dtype=target, limits=limits, selection=chosen,
+    ))
     if verify_hashes or manifest is not None:
         check = _verify(resolved, manifest, both_formats)
         report = verdicts.judged(dataclasses.replace(

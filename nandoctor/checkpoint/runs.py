@@ -102,6 +102,14 @@ class RunPlace:
         """(step, path) of every checkpoint of the run, steps ascending."""
         return lightning_checkpoints_in(self.run) if self.lightning else checkpoints_in(self.run)
 
+    @property
+    def kind(self) -> str:
+        """The run's own naming, for messages: ``checkpoint-N``, ``step-N`` or a Lightning step file."""
+        if self.lightning:
+            return "…step=N….ckpt file"
+        names = [p.name for _, p in self.siblings()]
+        return "step-N" if names and all(n.startswith("step-") for n in names) else "checkpoint-N"
+
 
 def place_in_run(target: Path) -> RunPlace | None:
     """Where ``target`` stands in a run (what ``--from auto`` and the repair hint go by): a ``checkpoint-N``
@@ -213,6 +221,16 @@ class RunReport:
         bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED]
         return bad[-1] if bad else None
 
+    def auto_donors_for(self, target: RunCheckpoint) -> bool:
+        """Whether ``repair TARGET --from auto`` finds a donor: a healthy checkpoint before ``target`` and
+        before the run's first bad one (restore/donors.py applies the same rule)."""
+        first_bad = self.first_bad
+        return any(
+            c.report is not None and c.status in HEALTHY_STATUSES and c.step < target.step
+            and (first_bad is None or c.step < first_bad.step)
+            for c in self.checkpoints
+        )
+
     @property
     def first_bad(self) -> RunCheckpoint | None:
         """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
@@ -264,7 +282,20 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     return has_checkpoints
 
 
-def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
+def log_broke_by(log: TrainLog | None, step: int) -> int | None:
+    """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
+    first = None if log is None or log.error else log.first_nonfinite_step
+    return first if first is not None and first <= step else None
+
+
+def incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
+    """Why a checkpoint (a folder, or a single ``.ckpt`` file) looks half-written; empty when it does not."""
+    if not folder.is_dir():
+        return _incomplete_file_reasons(folder)
+    return _incomplete_folder_reasons(folder, expect_trainer_state)
+
+
+def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
     from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
     from nandoctor.errors import CorruptCheckpointError
 
@@ -371,10 +402,7 @@ def scan_run(
     healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
     previous_max: float | None = None
     for step, folder, is_tmp in folders:
-        reasons = (
-            _incomplete_reasons(folder, expect_trainer_state=with_state > 0) if folder.is_dir()
-            else _incomplete_file_reasons(folder)
-        )
+        reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0)
         if is_tmp:
             reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
         report = None
@@ -395,7 +423,7 @@ def scan_run(
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
         log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
-        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max)
+        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
         top = checkpoint.max_abs
         if top is not None and previous_max:  # shown: the growth since the previous checkpoint

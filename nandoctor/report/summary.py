@@ -151,8 +151,11 @@ def next_steps(report: ScanReport) -> list[str]:
         if report.nonfinite:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
     elif health == "diverged":
-        steps.append("most weights exploded: resume training from an earlier healthy checkpoint with a lower "
-                     "learning rate or gradient clipping (max_grad_norm); a repair would only stitch a broken model together")
+        context = verdicts.run_context(report)
+        where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
+        steps.append(f"diverged: {verdicts.diverged_why(report)}: resume training from the last healthy checkpoint"
+                     f"{where} with a lower learning rate or gradient clipping (max_grad_norm); a repair would only "
+                     "stitch a broken model together")
     elif health == "poisoned":
         steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
     elif verdicts.overflow_count(report) and report.exit_code:

@@ -64,8 +64,11 @@ def repair(
     thresholds for the target's scan and the donors' checks; ``selection`` (``--only`` / ``--exclude``):
     the tensors judged and restored, in the target, the donors and the verification scan alike (the
     others are carried over byte-identical)."""
+    from functools import partial
+
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.layout import fingerprint
+    from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
@@ -106,6 +109,9 @@ def repair(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
             f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
+    # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
+    # run's first healthy one is diverged there, and a repair must not hand it back as repaired
+    report = judge_in_run(report, target_path, partial(scan, device="cpu", limits=limits, selection=selection))
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
     catalogs = resolve_donors(target_path, donor_list, limits, selection)
@@ -170,17 +176,17 @@ def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection |
 
 
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:
+    from nandoctor import verdict
     from nandoctor.checkpoint import runs
     from nandoctor.layers import bad_ranges
 
-    broken = len(report.unhealthy_tensors)
-    folder = target_path if target_path.is_dir() else target_path.parent
+    place = runs.place_in_run(target_path)
     resume = "resume training from the last healthy checkpoint"
-    if runs.step_of(folder) is not None:
-        resume += f" (`nandoctor scan {folder.parent}` names it)"
+    if place is not None:
+        resume += f" (`nandoctor scan {place.run}` names it)"
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
     raise RepairRefusedError(
-        f"{target}: diverged: {broken} of {len(report.tensors)} tensors are unhealthy, most of them exploded"
+        f"{target}: diverged: {verdict.diverged_why(report)}"
         + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
         f"{resume} with a lower learning rate or gradient clipping; --allow-diverged repairs it anyway",
     )

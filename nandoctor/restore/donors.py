@@ -218,10 +218,9 @@ def auto_donors(
             f"{target}: --from auto cannot order the run in {run_folder}: {clashes[0]}",
             "rename or remove the stray folder, or name the donors with --from <path>",
         )
-    kind = "…step=N….ckpt file" if place.lightning else "checkpoint-N"
     if not [path for s, path in siblings if s < step]:
         raise RepairRefusedError(
-            f"{target}: --from auto found no {kind} before step {step} in {run_folder}",
+            f"{target}: --from auto found no {place.kind} before step {step} in {run_folder.resolve()}",
             "name the donors with --from <path>; the run may have deleted older checkpoints "
             + ("(ModelCheckpoint's save_top_k)" if place.lightning else "(save_total_limit)"),
         )
