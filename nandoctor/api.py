@@ -110,7 +110,9 @@ def scan(
 
     Raises:
         CheckpointNotFoundError: the path does not exist and is no cached repo id.
-        UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format.
+        UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format. A run folder
+            with the final model at its top (``trainer.save_model()`` beside ``checkpoint-N``) is a
+            checkpoint too: its top-level model is scanned, judged against the run's checkpoints.
         ValueError: an unknown ``target_dtype`` or an invalid limit.
 
     Example:
@@ -126,7 +128,7 @@ def scan(
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
     resolved, hit = hubcache.resolve(path)
-    if runs.is_run_folder(resolved):
+    if runs.is_run_folder(resolved) and not runs.has_final_model(resolved):
         raise UnsupportedFormatError(
             f"{resolved}: a training run folder (checkpoint-N folders inside), not one checkpoint",
             "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",

@@ -177,7 +177,7 @@ def _timeline(run: RunReport) -> str:
     for c in chosen:
         r = c.report
         rows.append([
-            ("n", str(c.step)), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
+            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", "" if c.max_abs is None else num(c.max_abs)),

@@ -182,8 +182,9 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
 
 def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
     return {
-        "name": c.name,
-        "step": c.step,
+        "name": c.name,  # "final" for the run's final model (its top-level weights)
+        "step": c.step if c.step_known else None,
+        "final": c.final,
         "path": c.path,
         "status": c.status,
         "health": c.health,

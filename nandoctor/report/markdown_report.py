@@ -129,7 +129,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     rows = []
     for c in chosen:
         r = c.report
-        rows.append([str(c.step), md(c.name), c.status,
+        rows.append([c.step_label, md(c.name), c.status,
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
                      "" if c.max_abs is None else f"{c.max_abs:.3g}",

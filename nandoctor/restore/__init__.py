@@ -79,7 +79,8 @@ def repair(
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
-    if runs.is_run_folder(target_path):
+    # A run folder with the final model at its top: the repair is of that model (checkpoint/finalmodel.py)
+    if runs.is_run_folder(target_path) and not runs.has_final_model(target_path):
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
@@ -97,6 +98,7 @@ def repair(
         single_file=single,
         weights=tuple(files.files),
         left_out=tuple(files.skipped),
+        skip_dirs=tuple(p.name for p in runs.timeline_folders(target_path)) if runs.is_run_folder(target_path) else (),
     )
     if out_path is not None and not dry_run:
         check_out(out_path, source)  # fail before any reading when --out is taken

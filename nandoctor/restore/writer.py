@@ -53,6 +53,9 @@ class Source:
     single_file: Path | None  # set when the target is one file: only it is copied
     weights: tuple[Path, ...]  # the scanned weight files (patched when a restoration lands there)
     left_out: tuple[Path, ...] = ()  # weights in another format that the scan skipped: not carried over
+    # top-level folders not carried over: a run's checkpoint-N folders when its final model is repaired
+    # (the repair is of the model at the top; a copy of the whole run would read as a run again)
+    skip_dirs: tuple[str, ...] = ()
 
 
 def _noop(*_: object) -> None:
@@ -233,7 +236,10 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
         for d in sorted(dirs):
             if (here / d).is_symlink():
                 notes.append(f"{(here / d).relative_to(source.root)}: a link to a folder; not carried over")
-        dirs[:] = sorted(d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink())
+        dirs[:] = sorted(
+            d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink()
+            and not (here == source.root and d in source.skip_dirs)
+        )
         for name in sorted(names):
             path = here / name
             absolute = path.absolute()
