@@ -265,6 +265,11 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
 def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, target, counts and the worst layer range, on one line.
 
@@ -272,7 +277,12 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    pieces = [f"{status} {decided.words} {label or report.target}:"]
+    return f"{status} {decided.words} {label or report.target}: " + "; ".join(facts(report))
+
+
+def facts(report: ScanReport) -> list[str]:
+    """The counts the one-line verdict quotes after its head (the console verdict line quotes them too)."""
+    pieces: list[str] = []
     tensors = len(report.tensors)
     if report.nonfinite:
         pieces.append(
@@ -282,26 +292,26 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")
-        pieces.append(f"{len(exploded)} weight tensors exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
+        pieces.append(f"{plural(len(exploded), 'weight tensor')} exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
     outliers = with_finding(report, OUTLIER)
     if outliers:
         count = sum(t.outliers.count for t in outliers if t.outliers is not None)
-        pieces.append(f"{count:,} outlier values in {len(outliers)} tensors")
+        pieces.append(f"{plural(count, 'outlier value')} in {plural(len(outliers), 'tensor')}")
     zeroed = with_finding(report, ZEROED)
     if zeroed:
-        pieces.append(f"{len(zeroed)} tensors all zero")
+        pieces.append(f"{plural(len(zeroed), 'tensor')} all zero")
     if report.nonfinite or exploded or outliers:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
     if not (report.nonfinite or exploded or outliers or zeroed):
-        pieces.append(f"{tensors} tensors healthy" if not report.errors else f"{tensors} tensors read")
+        pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
     overflow = overflow_count(report)
     if overflow:
         top = max_abs(report)
         worst_layer = worst_overflow_layer(report)
         pieces.append(
-            f"{overflow:,} values in {len(overflow_tensors(report))} tensors overflow {target_dtype(report)}"
+            f"{plural(overflow, 'value')} in {plural(len(overflow_tensors(report)), 'tensor')} overflow {target_dtype(report)}"
             + (f" (max |x| {top:.4g})" if top is not None else "")
             + (f", worst {worst_layer}" if worst_layer else "")
         )
@@ -314,8 +324,7 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     if report.errors:
         first = report.errors[0]
         pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")
-    head, *rest = pieces
-    return head + " " + "; ".join(rest)
+    return pieces
 
 
 # ---------------------------------------------------------------------------------------------

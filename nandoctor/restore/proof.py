@@ -95,6 +95,7 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
         "dtype": r.dtype,
         "shape": list(r.shape),
         "reason": r.reason,
+        "findings": list(r.findings),  # why "bad": nonfinite, exploded, outlier
         "nan": r.nan,
         "posinf": r.posinf,
         "neginf": r.neginf,
