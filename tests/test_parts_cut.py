@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.builders import RawTensor, write_safetensors
 
 import nandoctor
+from fixtures.builders import RawTensor, write_safetensors
 from nandoctor.engine import split
 from nandoctor.engine.parts import Options, PartSpec, merge_parts, scan_part
 from nandoctor.engine.split import plan_shares
@@ -102,3 +102,10 @@ def test_plan_shares() -> None:
     assert plan_shares([whole], [True], 2) == [[(0, 0, 2 * CUT), (1, 2 * CUT, 2 * CUT)]]
     assert plan_shares([whole], [False], 2) == [[(1, 0, whole)]]  # not cuttable: whole, where its middle falls
     assert plan_shares([CUT // 2], [True], 2) == [[(1, 0, CUT // 2)]]  # no multiple of CUT inside: whole
+
+
+def test_merge_refuses_shares_that_do_not_make_the_region(big_file: Path) -> None:
+    parts, _ = _merged(big_file, 2)
+    parts[1][1]["shares"][0]["span"][0] += CUT  # as if part 1 were cut by another plan
+    with pytest.raises(nandoctor.errors.NandoctorError, match="do not make the whole region"):
+        merge_parts(parts)
