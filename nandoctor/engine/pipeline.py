@@ -48,11 +48,14 @@ class FileScan:
 
 
 def chunks_of(job: RegionJob, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """(start, length) in bytes within the region, cut on element (or quantization block) boundaries."""
+    """(start, length) in bytes within the region, cut on element (or quantization block) boundaries;
+    of a region cut across parts, the chunks of its span (which starts and ends on chunk boundaries, so
+    every part reads the very chunks a single scan reads: the census is chunk by chunk)."""
     unit = job.region.blocks.block_bytes if job.region.blocks is not None else job.spec.itemsize
     step = max(unit, chunk_bytes - chunk_bytes % unit)
-    for start in range(0, job.region.nbytes, step):
-        yield start, min(step, job.region.nbytes - start)
+    first, length = job.span_bytes
+    for start in range(first, first + length, step):
+        yield start, min(step, first + length - start)
 
 
 class Pipeline:
