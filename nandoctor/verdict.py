@@ -40,6 +40,11 @@ _WORDS = {
 # hand back the donor under the bad checkpoint's name, with an optimizer state that no longer matches it.
 # A few bad tensors (one layer's NaN) stay "poisoned": restoring them from a donor is a real repair.
 DIVERGED_SHARE = 0.25
+# NaN/Inf alone needs a majority: fp16 overflow poisons whole layers at once (the motivating run lost three
+# of 24 layers, ~12 % of its tensors), which a donor repairs; past half the model the NaN has spread, and
+# the same repair would hand back the donor. Exploded weights need only DIVERGED_SHARE: nothing but
+# divergence makes finite weights grow that far.
+NONFINITE_DIVERGED_SHARE = 0.5
 RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +187,8 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
 
-    Diverged: at least ``DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded (two or more);
+    Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded, or at
+    least ``DIVERGED_SHARE`` of them exploded (two or more either way);
     or its largest weight is ``GROWTH_DIVERGED`` times ``healthy_max``, the run's first healthy
     checkpoint's (finite, but not the same model any more). ``healthy_max`` and ``log_nonfinite_step``
     (the trainer log's first NaN/Inf loss or grad_norm, at or before this save) default to the run
@@ -198,7 +204,9 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
         log_nonfinite_step = value if isinstance(value, int) else None
     weights = [t for t in report.tensors if t.ref.role == "weight" and t.can_hold_nonfinite and t.ref.numel]
     bad = [t for t in weights if NONFINITE in t.findings or EXPLODED in t.findings]
-    if weights and len(bad) > 1 and len(bad) >= DIVERGED_SHARE * len(weights):
+    exploded = sum(1 for t in bad if EXPLODED in t.findings)
+    spread = len(bad) > NONFINITE_DIVERGED_SHARE * len(weights) or exploded >= DIVERGED_SHARE * len(weights)
+    if weights and len(bad) > 1 and spread:
         nan = sum(1 for t in bad if NONFINITE in t.findings)
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
@@ -319,8 +327,9 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     return f"{status} {decided.words} {label or report.target}: " + "; ".join(facts(report))
 
 
-def facts(report: ScanReport) -> list[str]:
-    """The counts the one-line verdict quotes after its head (the console verdict line quotes them too)."""
+def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
+    """The counts the one-line verdict quotes after its head (the console verdict line quotes them too;
+    it lists the problems above itself, so it asks without ``first_problem``)."""
     pieces: list[str] = []
     tensors = len(report.tensors)
     if report.nonfinite:
@@ -362,7 +371,8 @@ def facts(report: ScanReport) -> list[str]:
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
     if report.errors:
         first = report.errors[0]
-        pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")
+        reason = f" (first: {first.path}: {first.message})" if first_problem else ""
+        pieces.append(f"{len(report.errors)} part(s) unreadable{reason}")
     return pieces
 
 

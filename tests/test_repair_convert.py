@@ -187,7 +187,7 @@ def master_and_bf16(tmp_path: Path, *, master_edit=None) -> tuple[Path, Path, di
 def test_a_different_dtype_is_refused_by_default_and_the_note_offers_allow_cast(tmp_path: Path) -> None:
     target, donor, _ = master_and_bf16(tmp_path)
     with pytest.raises(UnrestorableError) as caught:
-        repair(target, [donor], tmp_path / "fixed")
+        repair(target, [donor], tmp_path / "fixed", allow_diverged=True)
     plan = caught.value.plan
     assert all("dtype F32, the target's is BF16" in u.reasons[0] for u in plan.unrestorable)
     assert any("--allow-cast" in n for n in plan.notes)
@@ -197,7 +197,7 @@ def test_allow_cast_rounds_the_master_copy_as_torch_does(tmp_path: Path) -> None
     from safetensors import safe_open
 
     target, donor, master = master_and_bf16(tmp_path)
-    result = repair(target, [donor], tmp_path / "fixed", allow_cast=True)
+    result = repair(target, [donor], tmp_path / "fixed", allow_cast=True, allow_diverged=True)
     assert result.ok and sorted(r.name for r in result.plan.restorations) == ["layers.0.w", "layers.1.w"]
     with safe_open(tmp_path / "fixed" / "model.safetensors", framework="pt") as f:
         for name in ("layers.0.w", "layers.1.w"):

@@ -39,10 +39,10 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
 
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None, "pass the report through verdict.judged() first"
-    facts = safe("; ".join(verdicts.facts(report)))  # (names from files: a layer range, a problem's path)
+    facts = safe("; ".join(verdicts.facts(report, first_problem=False)))  # (names from files: a layer range, a problem's path)
     if decided.exit_code == 0 and not decided.reported:
         tensors = len(report.tensors)
-        rest = safe("; ".join(verdicts.facts(report)[1:]))  # the first fact is "N tensors healthy"
+        rest = safe("; ".join(verdicts.facts(report, first_problem=False)[1:]))  # the first fact is "N tensors healthy"
         return Text.assemble(("✓ CLEAN", "bold green"), f": all {verdicts.plural(tensors, 'tensor')} finite and healthy"
                              + (f"; {rest}" if rest else ""))
     if decided.exit_code == 0:
