@@ -25,7 +25,7 @@ for every run:
   safe_open      safe_open per tensor + isnan/isposinf/isneginf(...).sum()
   torch.load     torch.load(mmap=True, weights_only=True) + isfinite, on the .bin
   nandoctor-bin  `nandoctor scan` on the .bin folder (when nandoctor has a .bin reader)
-  nandoctor-bin-nocrc  the same with NANDOCTOR_SKIP_CRC=1: without the zip CRC-32 pass
+  nandoctor-bin-nocrc  the same with NANDOCTOR_SKIP_CRC=1: without the storages' zip CRC-32 checks
 
 Throughput uses the time of the work itself, measured inside each process after
 its imports (start-up subtracted); "whole process" compares wall-clock times of
@@ -375,7 +375,7 @@ def child(method: str, folder: Path) -> None:
         os.environ["NANDOCTOR_IO"] = IO_MODES[method]
         result = run_nandoctor(folder, "cpu")
     elif method == "nandoctor-bin-nocrc":
-        os.environ["NANDOCTOR_SKIP_CRC"] = "1"  # the torch reader's CRC-32 pass, off: the scan alone
+        os.environ["NANDOCTOR_SKIP_CRC"] = "1"  # the storages' CRC-32 checks off: the scan alone
         result = run_nandoctor(folder, "cpu")
     elif method == "nandoctor-cuda":
         result = run_nandoctor(folder, "cuda")

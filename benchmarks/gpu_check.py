@@ -11,7 +11,8 @@
    both kernels; the same bytes as live CUDA tensors (contiguous and strided)
    are counted on the GPU by ``count_tensor``; planted health files (spikes, zeroed
    tensors) give the same census with both kernels, and the live quick census on
-   the device equals the exact census on the host. Every answer must be identical.
+   the device equals the exact census on the host; a GGUF file's F16 values and Q8_0 block
+   scales are counted alike. Every answer must be identical.
 2. **File-scan throughput**: a synthetic LLaMA-shaped bf16 checkpoint (clean,
    and with a NaN in every MiB), warm cache, CPU against CUDA, median of
    ``--runs``.
@@ -141,6 +142,44 @@ def check_health(dev: Device, data: Path, checks: dict[str, bool]) -> None:
             checks[f"health live {name} n={n}"] = bool(ok)
 
 
+def _gguf(path: Path, rng: np.random.Generator) -> tuple[int, int]:
+    """A little-endian GGUF v3 file (struct-packed, no gguf package needed on the GPU machine): an F16
+    tensor and a Q8_0 tensor whose block scales hold planted NaN/Inf; (bad F16 values, bad Q8_0 scales)."""
+    import struct
+
+    def text(value: str) -> bytes:
+        return struct.pack("<Q", len(value)) + value.encode()
+
+    f16 = (rng.standard_normal(4096) * 0.02).astype("<f2")
+    f16[[3, 1000, 4000]] = [np.inf, np.nan, -np.inf]
+    n_blocks = 4096
+    q8 = rng.integers(-128, 128, (n_blocks, 34), dtype=np.int16).astype(np.int8).view(np.uint8)
+    scales = (rng.random(n_blocks) * 0.02 + 0.001).astype("<f2")
+    scales[[0, 17, 4095]] = [np.nan, np.inf, np.nan]
+    q8[:, :2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    payloads = [("blk.0.attn_q.weight", (4096,), 1, f16.tobytes()), ("blk.1.ffn_down.weight", (n_blocks * 32,), 8, q8.tobytes())]
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(payloads), 1) + text("general.architecture") + struct.pack("<I", 8) + text("llama")
+    offset, data = 0, b""
+    for name, dims, kind, payload in payloads:
+        head += text(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        head += struct.pack("<IQ", kind, offset)
+        data += payload + b"\0" * (-len(payload) % 32)
+        offset = len(data)
+    head += b"\0" * (-len(head) % 32)
+    path.write_bytes(head + data)
+    return 3, 3
+
+
+def check_gguf(dev: Device, data: Path, checks: dict[str, bool]) -> None:
+    """GGUF: F16 values and Q8_0 block scales counted alike by the CPU and the CUDA kernel."""
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / "planted.gguf"
+    want_f16, want_scales = _gguf(path, np.random.default_rng(3))
+    on_cpu, on_dev = scan(path, device="cpu"), scan(path, kernel=dev.kernel)
+    counts = sorted(t.nonfinite for t in on_cpu.tensors)
+    checks["gguf F16 + Q8_0 scales"] = same(on_cpu, on_dev) and counts == sorted([want_f16, want_scales])
+
+
 def check_random(dev: Device, trials: int, checks: dict[str, bool]) -> None:
     cpu = CpuKernel()
     rng = np.random.default_rng(0)
@@ -197,6 +236,19 @@ def file_speed(dev: Device, size_gb: float, runs: int, data: Path, small: bool) 
     return rows
 
 
+def timed(dev: Device, fn, runs: int) -> float:
+    """Median seconds of ``runs`` calls of ``fn`` after one warm-up (kernels compiled, allocator primed)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        dev.sync()
+        started = time.perf_counter()
+        fn()
+        dev.sync()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
     nbytes = int(64e6 if small else min(8e9, dev.free_bytes() * 0.3))
     t = torch.randn(nbytes // 2 // 1024, 1024, device=dev.torch_device, dtype=torch.bfloat16)
@@ -210,15 +262,7 @@ def live_speed(dev: Device, runs: int, small: bool) -> list[dict]:
     }
     rows = []
     for name, fn in ways.items():
-        fn()  # warm-up: kernels compiled, allocator primed
-        times = []
-        for _ in range(runs):
-            dev.sync()
-            started = time.perf_counter()
-            fn()
-            dev.sync()
-            times.append(time.perf_counter() - started)
-        seconds = statistics.median(times)
+        seconds = timed(dev, fn, runs)
         rows.append({"what": f"live {gb:.2f} GB bf16 tensor: {name}", "gb": gb, "seconds": seconds, "gbps": gb / seconds})
     found = count_tensor(t, backend=dev.backend)
     if (found.nan, found.first_bad) != (1, 12345):
@@ -243,19 +287,8 @@ def live_set_speed(dev: Device, nbytes: int, runs: int) -> list[dict]:
     src = next(iter(state.values()))
     dst = torch.empty_like(src)
 
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(runs):
-            dev.sync()
-            started = time.perf_counter()
-            fn()
-            dev.sync()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
-    copy_gbps = src.numel() * 2 / 1e9 / timed(lambda: dst.copy_(src))
-    seconds = timed(lambda: scan_state_dict(state))
+    copy_gbps = src.numel() * 2 / 1e9 / timed(dev, lambda: dst.copy_(src), runs)
+    seconds = timed(dev, lambda: scan_state_dict(state), runs)
     report = scan_state_dict(state)
     if not report.ok or report.health != "healthy":
         raise SystemExit(f"live set scan: {report.verdict}, expected clean and healthy")
@@ -285,6 +318,7 @@ def main() -> None:
     check_random(dev, args.trials, checks)
     try:
         check_health(dev, args.data, checks)
+        check_gguf(dev, args.data, checks)
     finally:
         shutil.rmtree(args.data, ignore_errors=True)
     failed = [name for name, ok in checks.items() if not ok]

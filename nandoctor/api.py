@@ -110,20 +110,25 @@ def scan(
 
     Raises:
         CheckpointNotFoundError: the path does not exist and is no cached repo id.
-        UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format.
+        UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format. A run folder
+            with the final model at its top (``trainer.save_model()`` beside ``checkpoint-N``) is a
+            checkpoint too: its top-level model is scanned, judged against the run's checkpoints.
         ValueError: an unknown ``target_dtype`` or an invalid limit.
 
     Example:
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    from functools import partial
+
+    from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan as engine_scan
 
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
     resolved, hit = hubcache.resolve(path)
-    if runs.is_run_folder(resolved):
+    if runs.is_run_folder(resolved) and not runs.has_final_model(resolved):
         raise UnsupportedFormatError(
             f"{resolved}: a training run folder (checkpoint-N folders inside), not one checkpoint",
             "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
@@ -132,6 +137,11 @@ def scan(
         resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
         selection=chosen,
     )
+    # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
+    # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
+    report = judge_in_run(report, resolved, partial(
+        engine_scan, device=device, both_formats=both_formats, target_dtype=target, limits=limits, selection=chosen,
+    ))
     if verify_hashes or manifest is not None:
         check = _verify(resolved, manifest, both_formats)
         report = verdicts.judged(dataclasses.replace(

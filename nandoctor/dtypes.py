@@ -120,3 +120,8 @@ def byte_length(dtype: DTypeSpec, numel: int) -> int | None:
     if total_bits % 8:
         return None
     return total_bits // 8
+
+
+# The dtypes ``--target-dtype`` casts to (their overflow arithmetic: kernels/targets.py). Here, with no
+# numpy, so the command line can offer them without importing the kernels.
+TARGET_DTYPE_NAMES: tuple[str, ...] = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")

@@ -13,10 +13,21 @@ from pathlib import Path
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.model import ScanReport
 
+AUTO = "auto"
+
+
+NO_AUTO_DONOR = "<an earlier clean checkpoint or the base model>"  # for the user to fill in
+
 
 def repair_command(report: ScanReport) -> str:
-    """The ``nandoctor repair`` line that fixes ``report``'s checkpoint (with the scan's ``--only``/``--exclude``)."""
-    return repair_command_for(report.target, selection=selection_args(report))
+    """The ``nandoctor repair`` line that fixes ``report``'s checkpoint (with the scan's ``--only``/``--exclude``).
+
+    ``--from auto`` only where the run context (checkpoint/runcontext.py) found a donor it would take."""
+    from nandoctor import verdict
+
+    context = verdict.run_context(report)
+    donor = None if context is None else AUTO if context.get("auto") else NO_AUTO_DONOR
+    return repair_command_for(report.target, donor, selection=selection_args(report))
 
 
 def selection_args(report: ScanReport) -> str:
@@ -32,27 +43,33 @@ def selection_args(report: ScanReport) -> str:
 def repair_command_for(target: str, donor: str | None = None, selection: str = "") -> str:
     """The ``nandoctor repair`` line for the checkpoint at ``target``, quoted for a POSIX shell.
 
-    ``donor``: a healthy checkpoint the caller knows of; else ``auto`` for a checkpoint of a run
-    (a ``checkpoint-N`` folder, a Lightning ``…step=N….ckpt`` file beside others), else a placeholder.
+    ``donor``: a healthy checkpoint the caller knows of, ``auto`` or a placeholder (``<…>``, unquoted);
+    when None, ``auto`` for a checkpoint of a run (a ``checkpoint-N`` folder, a Lightning ``…step=N….ckpt``
+    file beside others), else a placeholder. Callers that know whether auto finds a donor pass it.
     ``selection``: options to add (:func:`selection_args`). ``--out`` is always a name that is still
     free: repair refuses an existing one.
     """
     target = target.rstrip("/") or target
     if donor is None:
         in_run = runs.place_in_run(Path(target)) is not None
-        donor = "auto" if in_run else "<earlier clean checkpoint>"  # placeholders: for the user to fill in
-        donor_arg = donor
-    else:
-        donor_arg = shlex.quote(donor)
-    if hubcache.is_snapshot(target):  # never suggest writing into the cache: a folder here, named after the model
-        out = shlex.quote(_free(Path(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")))
-    elif Path(target).is_dir():
-        out = shlex.quote(_free(Path(f"{target}-repaired")))
-    elif Path(target).is_file():  # a single file (a Lightning .ckpt): a new folder beside it, named after it
-        out = shlex.quote(_free(Path(target).with_name(Path(target).stem + "-repaired")))
+        donor = AUTO if in_run else NO_AUTO_DONOR
+    donor_arg = donor if donor == AUTO or donor.startswith("<") else shlex.quote(donor)  # placeholders unquoted
+    if hubcache.is_snapshot(target) or Path(target).exists():
+        out = shlex.quote(_free(repaired_path(Path(target))))
     else:
         out = "<new folder>"
     return f"nandoctor repair {shlex.quote(target)} --from {donor_arg}{selection} --out {out}"
+
+
+def repaired_path(target: Path) -> Path:
+    """The ``--out`` a suggested repair of ``target`` writes (before ``-2``, ``-3``… for a taken name): a
+    folder beside it named after it (after the model for a hub cache snapshot; a Lightning ``.ckpt`` file
+    without its suffix), where the run view looks for a verified repair."""
+    if hubcache.is_snapshot(str(target)):  # never suggest writing into the cache: a folder here, named after the model
+        return Path(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")
+    if target.is_file():
+        return target.with_name(target.stem + "-repaired")
+    return Path(str(target).rstrip("/") + "-repaired")
 
 
 def _free(path: Path) -> str:

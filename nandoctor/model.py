@@ -276,6 +276,19 @@ class ReadResult:
     refs: tuple[TensorRef, ...]
     notes: tuple[str, ...] = ()
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
+    owed: tuple[OwedCrc, ...] = ()  # checks left to the caller, who asked for that (nandoctor.crc)
+
+
+@dataclass(frozen=True, slots=True)
+class OwedCrc:
+    """A zip entry's bytes and the CRC-32 its directory records: a check still to make (a torch storage)."""
+
+    path: str
+    label: str  # "data/0"
+    offset: int  # absolute, in ``path``
+    size: int
+    expected: int
+    tensors: str  # the tensors on it, listed for the message ("" when none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize
@@ -34,10 +35,12 @@ _WORDS = {
     OUTLIER: "OUTLIERS",
     ZEROED: "ZEROED",
 }
-# A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors has exploded
-# (finite values far beyond any trained weight): a repair could only stitch a broken model together.
-# NaN alone does not make it diverged: a tensor full of NaN is restored whole from a healthy donor.
+# A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
+# (NaN/Inf or exploded, counted together): a repair would swap most of the model for the donor's, i.e.
+# hand back the donor under the bad checkpoint's name, with an optimizer state that no longer matches it.
+# A few bad tensors (one layer's NaN) stay "poisoned": restoring them from a donor is a real repair.
 DIVERGED_SHARE = 0.25
+RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
 # Options
@@ -157,17 +160,53 @@ def _words(report: ScanReport, found: tuple[str, ...]) -> str:
 
 
 def health(report: ScanReport) -> str:
-    """``healthy``, ``poisoned`` (a few bad tensors: repair them), ``diverged`` (most weights broken:
-    resume from the last healthy checkpoint) or ``unreadable``."""
+    """``healthy``, ``poisoned`` (a few bad tensors: repair them), ``diverged`` (most weights broken, or
+    grown far past the run's first healthy checkpoint: resume from the last healthy checkpoint) or
+    ``unreadable``. A report judged within its run (``extra["run"]``) uses the run's baseline too."""
     if report.errors:
         return "unreadable"
-    weights = [t for t in report.tensors if t.ref.role == "weight" and t.can_hold_nonfinite and t.ref.numel]
-    exploded = [t for t in weights if EXPLODED in t.findings]
-    if weights and len(exploded) >= DIVERGED_SHARE * len(weights) and len(exploded) > 1:
+    if diverged_why(report):
         return "diverged"
     if any(t.unhealthy for t in report.tensors) or any(u.nan or u.posinf or u.neginf for u in report.unviewed):
         return "poisoned"
     return "healthy"
+
+
+def run_context(report: ScanReport) -> dict[str, Any] | None:
+    """The run ``report``'s checkpoint was judged within (checkpoint/runcontext.py), or None."""
+    value = report.extra.get(RUN_CONTEXT)
+    return value if isinstance(value, dict) else None
+
+
+def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfinite_step: int | None = None) -> str:
+    """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
+    and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
+
+    Diverged: at least ``DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded (two or more);
+    or its largest weight is ``GROWTH_DIVERGED`` times ``healthy_max``, the run's first healthy
+    checkpoint's (finite, but not the same model any more). ``healthy_max`` and ``log_nonfinite_step``
+    (the trainer log's first NaN/Inf loss or grad_norm, at or before this save) default to the run
+    context the report carries. The log is quoted in the reason; it decides nothing on its own: a
+    checkpoint whose log broke while most weights are NaN already meets the share rule.
+    """
+    context = run_context(report) or {}
+    if healthy_max is None:
+        value = context.get("baseline_max")
+        healthy_max = float(value) if isinstance(value, (int, float)) else None
+    if log_nonfinite_step is None:
+        value = context.get("log_nonfinite_step")
+        log_nonfinite_step = value if isinstance(value, int) else None
+    weights = [t for t in report.tensors if t.ref.role == "weight" and t.can_hold_nonfinite and t.ref.numel]
+    bad = [t for t in weights if NONFINITE in t.findings or EXPLODED in t.findings]
+    if weights and len(bad) > 1 and len(bad) >= DIVERGED_SHARE * len(weights):
+        nan = sum(1 for t in bad if NONFINITE in t.findings)
+        kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
+        log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
+        return f"{len(bad)} of {len(weights)} weight tensors are {kinds}{log}"
+    top = max_abs(report, "weight")
+    if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
+        return f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
+    return ""
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
@@ -265,6 +304,11 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
 def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, target, counts and the worst layer range, on one line.
 
@@ -272,7 +316,12 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    pieces = [f"{status} {decided.words} {label or report.target}:"]
+    return f"{status} {decided.words} {label or report.target}: " + "; ".join(facts(report))
+
+
+def facts(report: ScanReport) -> list[str]:
+    """The counts the one-line verdict quotes after its head (the console verdict line quotes them too)."""
+    pieces: list[str] = []
     tensors = len(report.tensors)
     if report.nonfinite:
         pieces.append(
@@ -282,26 +331,26 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")
-        pieces.append(f"{len(exploded)} weight tensors exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
+        pieces.append(f"{plural(len(exploded), 'weight tensor')} exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
     outliers = with_finding(report, OUTLIER)
     if outliers:
         count = sum(t.outliers.count for t in outliers if t.outliers is not None)
-        pieces.append(f"{count:,} outlier values in {len(outliers)} tensors")
+        pieces.append(f"{plural(count, 'outlier value')} in {plural(len(outliers), 'tensor')}")
     zeroed = with_finding(report, ZEROED)
     if zeroed:
-        pieces.append(f"{len(zeroed)} tensors all zero")
+        pieces.append(f"{plural(len(zeroed), 'tensor')} all zero")
     if report.nonfinite or exploded or outliers:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
     if not (report.nonfinite or exploded or outliers or zeroed):
-        pieces.append(f"{tensors} tensors healthy" if not report.errors else f"{tensors} tensors read")
+        pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
     overflow = overflow_count(report)
     if overflow:
         top = max_abs(report)
         worst_layer = worst_overflow_layer(report)
         pieces.append(
-            f"{overflow:,} values in {len(overflow_tensors(report))} tensors overflow {target_dtype(report)}"
+            f"{plural(overflow, 'value')} in {plural(len(overflow_tensors(report)), 'tensor')} overflow {target_dtype(report)}"
             + (f" (max |x| {top:.4g})" if top is not None else "")
             + (f", worst {worst_layer}" if worst_layer else "")
         )
@@ -314,8 +363,7 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     if report.errors:
         first = report.errors[0]
         pieces.append(f"{len(report.errors)} part(s) unreadable (first: {first.path}: {first.message})")
-    head, *rest = pieces
-    return head + " " + "; ".join(rest)
+    return pieces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,26 +372,24 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
 GROWTH_DIVERGED = 2.0**10  # weights this many times larger than in the run's first healthy checkpoint: diverged
 
 
-def checkpoint_status(report: ScanReport | None, incomplete: bool, healthy_max: float | None) -> tuple[str, str]:
+def checkpoint_status(
+    report: ScanReport | None, incomplete: bool, healthy_max: float | None, log_nonfinite_step: int | None = None
+) -> tuple[str, str]:
     """(status, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
     ``poisoned``, ``overflow`` or ``clean``.
 
-    Diverged: a large share of its weights exploded; or its largest weight grew ``GROWTH_DIVERGED`` times
-    past ``healthy_max``, the run's first healthy checkpoint's (finite, but not the same model any more).
+    Diverged (:func:`diverged_why`): a large share of its weights NaN/Inf or exploded, or its largest
+    weight ``GROWTH_DIVERGED`` times past ``healthy_max``, the run's first healthy checkpoint's.
     Resume from the last healthy checkpoint then: a repair would only stitch a broken model together.
-    A trainer log that went NaN before the save is shown beside it, but does not by itself make it
-    diverged: the weights decide (NaN confined to a few layers is repairable, docs/health.md).
     """
     if incomplete or report is None:
         return "incomplete", ""
     if report.errors:
         return "unreadable", ""
-    if report.health == "diverged":
-        return "diverged", "a large share of its weight tensors exploded"
-    top = max_abs(report, "weight")
-    if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
-        return "diverged", f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
-    if report.health == "poisoned":
+    why = diverged_why(report, healthy_max, log_nonfinite_step)
+    if why:
+        return "diverged", why
+    if report.health in ("poisoned", "diverged"):  # diverged by a context the run scan does not use
         return "poisoned", ""
     if overflow_count(report):
         return "overflow", ""

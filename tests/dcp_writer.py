@@ -1,12 +1,12 @@
 """Writes real torch.distributed.checkpoint folders for the DCP tests, with NaN/Inf planted at known places.
 
-``python -m tests.dcp_writer OUT FORMAT`` is run by ``torch.multiprocessing``-free
+``python -m tests.dcp_writer OUT FORMAT [clean]`` is run by ``torch.multiprocessing``-free
 ``torchrun``-style spawning from the tests: two gloo ranks, each holding a
 ``Shard(0)`` half of every parameter and of its Adam moments (DTensors), save
 with ``FileSystemWriter(serialization_format=FORMAT)``; every tensor is saved as
 two chunks. Planted: NaN in rank 1's half of ``model.0.weight`` and of the
 optimizer's ``exp_avg`` of ``model.2.bias``; -Inf in rank 0's half of
-``model.2.weight``.
+``model.2.weight``; nothing with ``clean`` (the same values otherwise: a repair's donor).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import sys
 
 
-def build_and_save(out: str, fmt: str, rank: int, world: int) -> None:
+def build_and_save(out: str, fmt: str, rank: int, world: int, plant: bool = True) -> None:
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -33,10 +33,10 @@ def build_and_save(out: str, fmt: str, rank: int, world: int) -> None:
         param.grad = torch.ones_like(param)  # a DTensor sharded as its parameter
     optim.step()
     with torch.no_grad():
-        if rank == 1:
+        if plant and rank == 1:
             model[0].weight.to_local()[1, 2] = float("nan")  # global (4 + 1, 2) = flat 32
             optim.state[model[2].bias]["exp_avg"].to_local()[0] = float("nan")  # global 2
-        if rank == 0:
+        if plant and rank == 0:
             model[2].weight.to_local()[1, 3] = float("-inf")  # global (1, 3) = flat 11
     state = {"model": model.state_dict(), "optim": {"state": {
         f"{mod}.{name}": {k: v for k, v in optim.state[p].items() if k != "step"}
@@ -47,12 +47,12 @@ def build_and_save(out: str, fmt: str, rank: int, world: int) -> None:
 
 
 def main() -> None:
-    out, fmt = sys.argv[1], sys.argv[2]
+    out, fmt, plant = sys.argv[1], sys.argv[2], sys.argv[3:] != ["clean"]
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
     try:
-        build_and_save(out, fmt, dist.get_rank(), dist.get_world_size())
+        build_and_save(out, fmt, dist.get_rank(), dist.get_world_size(), plant)
     finally:
         dist.destroy_process_group()
 
@@ -62,13 +62,13 @@ if __name__ == "__main__":
     main()
 
 
-def write_two_rank(out: str, fmt: str) -> None:
+def write_two_rank(out: str, fmt: str, plant: bool = True) -> None:
     """Run this module under torchrun with 2 gloo ranks (a few seconds); raise if the save failed."""
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.dcp_writer", out, fmt]
+           "-m", "tests.dcp_writer", out, fmt, *([] if plant else ["clean"])]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if done.returncode != 0:

@@ -6,6 +6,9 @@ Process zero copies SOURCE into OUTPUT_DIR/checkpoint-6 only after a delay, as a
 process zero is still writing while the other ranks already run ``on_save``; then both
 ranks call ``NanDoctorCallback.on_save`` and write what they decided to RESULT_JSON.
 SOURCE "empty" makes an empty folder (the scan fails), "none" writes nothing.
+SOURCE "dcp-clean" / "dcp-nan1" is a per-rank save instead: every rank writes its Shard(0) half of an 8×6
+weight with a real ``dcp.save`` into checkpoint-6 (as a Trainer saving FSDP sharded state does), NaN in
+rank 1's half with "dcp-nan1"; RESULT_JSON then also says which files this rank's report read.
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ args = SimpleNamespace(output_dir=str(out), save_total_limit=None, metric_for_be
 state = TrainerState(global_step=6, is_world_process_zero=rank == 0)
 doctor = NanDoctorCallback(stop_on_nonfinite=True)
 doctor.on_train_begin(args, state, TrainerControl())
-if rank == 0:
+if source.startswith("dcp-"):
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    torch.manual_seed(0)
+    weight = distribute_tensor(torch.randn(8, 6), init_device_mesh("cpu", (2,)), [Shard(0)])
+    if source == "dcp-nan1" and rank == 1:
+        weight.to_local()[1, 2] = float("nan")  # global [5, 2]
+    dcp.save({"model.weight": weight}, checkpoint_id=str(out / "checkpoint-6"))
+elif rank == 0:
     time.sleep(1.5)
     if source == "empty":
         (out / "checkpoint-6").mkdir(parents=True)
@@ -43,6 +56,7 @@ Path(result).write_text(
             "scanned": sorted(doctor.reports),
             "last_clean": doctor.last_clean,
             "first_bad": doctor.first_bad,
+            "read": {step: sorted({Path(t.ref.file).name for t in r.tensors}) for step, r in doctor.reports.items()},
         }
     )
 )

@@ -143,6 +143,7 @@ def diverging_trainer_run(
     learning_rate: float = 40.0,
     warmup_steps: int = 12,
     seed: int = 0,
+    save_final: bool = False,
 ) -> dict:
     """Fine-tune a tiny Qwen2's head with ``transformers.Trainer`` until it diverges.
 
@@ -163,7 +164,9 @@ def diverging_trainer_run(
     on exactly these weights, NaN/inf when their forward pass overflows),
     ``last_healthy``, ``first_exploded`` (finite, max |w| ≥ 1e10, before any NaN/Inf),
     ``first_nonfinite`` (steps, or None), ``losses`` (logged loss per step) and
-    ``trainable``/``settings`` for the record.
+    ``trainable``/``settings`` for the record. ``save_final``: end with ``trainer.save_model()``, the
+    final model at the top of ``out_dir`` beside the ``checkpoint-N`` folders (a low ``learning_rate``
+    keeps the whole run healthy).
     """
     from transformers import (
         PrinterCallback,
@@ -212,6 +215,8 @@ def diverging_trainer_run(
     trainer.remove_callback(PrinterCallback)  # the loss log stays in trainer.state; keep pytest output clean
     with _quiet_transformers():
         trainer.train()
+        if save_final:
+            trainer.save_model()
 
     checkpoints = []
     losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}

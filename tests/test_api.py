@@ -81,7 +81,7 @@ def test_assert_finite_outside_a_run_suggests_an_explicit_donor(tmp_path):
     shutil.copytree(BAD, tmp_path / "final")
     with pytest.raises(nandoctor.NonFiniteWeightsError) as info:
         nandoctor.assert_finite(str(tmp_path / "final"))
-    assert "--from <earlier clean checkpoint>" in info.value.hint
+    assert "--from <an earlier clean checkpoint or the base model>" in info.value.hint
 
 
 def test_assert_finite_overflow_and_unreadable(tmp_path):

@@ -148,3 +148,31 @@ def test_item_mismatching_its_metadata_is_corrupt(tmp_path: Path) -> None:
 def test_step_folders_join_the_run_timeline() -> None:
     assert step_of(Path("run/step-300")) == 300 and step_of(Path("run/checkpoint-20")) == 20
     assert step_of(Path("run/steps-3")) is None
+
+
+@pytest.mark.parametrize("what", ["float", "integer"])
+def test_flipped_byte_in_an_item_is_caught(tmp_path: Path, what: str) -> None:
+    """A DCP item is a torch.save stream: its storages' CRC-32s are checked (in the scan's pass, and by the
+    reader on its own), and the problem names the item."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+    from nandoctor.readers.dcp import DcpReader
+
+    weight = torch.arange(4096, dtype=torch.float32) / 4096
+    ids = torch.arange(1 << 20, (1 << 20) + 4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": {"w": weight, "ids": ids}}, storage_writer=FileSystemWriter(tmp_path))
+    assert nandoctor.scan(tmp_path).exit_code == 0
+    [file] = tmp_path.glob("*.distcp")
+    raw = bytearray(file.read_bytes())
+    target = (weight if what == "float" else ids).numpy().tobytes()
+    at = raw.find(target)
+    assert at > 0 and raw.find(target, at + 1) < 0
+    raw[at + 4 * 1000 + 1] ^= 0x01  # a mantissa bit (or a low bit of an id): the value stays finite
+    file.write_bytes(bytes(raw))
+    name = "model.w" if what == "float" else "model.ids"
+    report = nandoctor.scan(tmp_path)
+    [problem] = [e for e in report.errors if "CRC-32" in e.message]
+    assert report.exit_code == 3 and repr(name) in problem.message and problem.path == str(file)
+    assert any("CRC-32" in p.message and repr(name) in p.message for p in DcpReader().read(file).problems)

@@ -129,7 +129,9 @@ def test_repair_proof_hashes_and_its_diff(tmp_path: Path) -> None:
     source_diff = record["diff"]["source"]
     assert source_diff["differ_tensors"] == ["model.layers.2.mlp.weight"] and source_diff["only_restored_differ"]
     (donor_diff,) = record["diff"]["donors"]
-    assert donor_diff["restored_identical"] and donor_diff["identical"] == 1 and donor_diff["differ"] == 3
+    # Against a donor only the restored tensors are compared (not the whole donor: docs/repair.md)
+    assert donor_diff["restored_identical"] and donor_diff["compared"] == "restored"
+    assert donor_diff["tensors"] == donor_diff["identical"] == 1 and donor_diff["differ"] == 0
     assert not nandoctor.verify_hashes(tmp_path / "fixed").problems
     assert nandoctor.verify_hashes(tmp_path / "fixed").verified[0][1] == "nandoctor-repair.json"
     _poke(tmp_path / "fixed" / "model.safetensors", "model.layers.0.mlp.weight")

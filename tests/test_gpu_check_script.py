@@ -34,7 +34,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     fixtures = 1 + len(list((ROOT / "fixtures" / "demo-run").glob("checkpoint-*")))
     assert result["simulated"] is True and result["failures"] == []
     health = 4 * 2 * 2  # four torch float dtypes, two sizes, file and live
-    assert len(result["checks"]) == fixtures * (1 + len(TARGETS)) + 8 + health and all(result["checks"].values())
+    assert len(result["checks"]) == fixtures * (1 + len(TARGETS)) + 8 + health + 1 and all(result["checks"].values())
+    assert result["checks"]["gguf F16 + Q8_0 scales"] is True
     assert sum(name.startswith("health live") for name in result["checks"]) == 8
     assert [row["what"].split(" (")[0] for row in result["speed"][:4]] == ["file scan clean"] * 2 + ["file scan nanall"] * 2
     assert len(result["speed"]) == 10 and all(row["gbps"] > 0 for row in result["speed"])

@@ -61,3 +61,22 @@ def test_auto_repair_never_takes_a_donor_from_a_bad_checkpoint_and_the_result_ge
     assert nandoctor.scan(str(out), device="cpu").ok
     assert not generate_ok(newest.path)
     assert generate_ok(out)
+
+
+def test_a_checkpoint_the_run_calls_diverged_is_diverged_alone_and_repair_refuses_it(diverged, tmp_path):
+    """A new-user trial: the run scan called a grown checkpoint diverged, its standalone scan called it
+    poisoned and suggested `repair --from auto`, and that repair handed back the donor's weights."""
+    out_dir = diverged["output_dir"]
+    step = diverged["first_exploded"] + 2
+    target = out_dir / f"checkpoint-{step}"
+    in_run = {c.step: c for c in nandoctor.scan_run(str(out_dir), device="cpu").checkpoints}[step]
+    assert in_run.status == "diverged" and "first healthy checkpoint" in in_run.why
+    alone = nandoctor.scan(str(target), device="cpu")
+    assert alone.health == "diverged"  # the same run context as the run scan
+    from nandoctor.report.summary import next_steps
+
+    assert not any("nandoctor repair" in line for line in next_steps(alone))
+    with pytest.raises(nandoctor.RepairRefusedError, match="diverged"):
+        nandoctor.repair(str(target), "auto", str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    assert nandoctor.repair(str(target), "auto", str(tmp_path / "anyway"), allow_diverged=True).ok

@@ -67,22 +67,25 @@ def test_from_auto_takes_the_healthy_step_files_before_the_first_bad_one(poisone
 
 
 def test_from_auto_never_takes_a_poisoned_file_and_refuses_before_the_first(poisoned, tmp_path):
-    plan = json.loads(run("repair", poisoned[12], "--from", "auto", "--dry-run", "--json").stdout)
+    # step 12 is NaN throughout (diverged: refused without --allow-diverged); the donors auto picks are the point here
+    plan = json.loads(run("repair", poisoned[12], "--from", "auto", "--allow-diverged", "--dry-run", "--json").stdout)
     assert [d["step"] for d in plan["donors"]] == [4, 2] and plan["complete"] is True
     first = run("repair", poisoned[2], "--from", "auto", "--out", tmp_path / "x")
     assert first.exit_code == 3 and "found no …step=N….ckpt file before step 2" in first.output
 
 
-def test_the_run_hint_says_from_auto_and_its_command_repairs(poisoned, tmp_path):
+def test_the_run_hint_resumes_from_the_last_healthy_file_when_the_newest_is_nan_throughout(poisoned, tmp_path):
+    """The planted NaN spreads through every weight from step 8 on: those files are diverged (docs/health.md),
+    so the hint is a resume from step 4, never a repair that would hand back step 4's weights as step 12's."""
     folder = poisoned[2].parent
     text = run("scan", folder).output
-    line = next(x.strip() for x in text.splitlines() if x.strip().startswith("nandoctor repair "))
-    assert "--from auto" in line and str(poisoned[12]) in line
-    args = shlex.split(line)[2:]
-    args[args.index("--out") + 1] = str(tmp_path / "fixed")  # never write into the test's run folder
-    result = run("repair", *args)
-    assert result.exit_code == 0, result.output[-3000:]
-    assert run("scan", tmp_path / "fixed" / poisoned[12].name, "-q").exit_code == 0
+    assert "diverged: epoch=0-step=12.ckpt:" in text
+    assert f"resume training from the last healthy checkpoint, {poisoned[4]}" in text
+    assert "nandoctor repair " not in text
+    refused = run("repair", poisoned[12], "--from", "auto", "--out", tmp_path / "fixed")
+    assert refused.exit_code == 3 and "diverged" in refused.output and not (tmp_path / "fixed").exists()
+    alone = json.loads(run("scan", poisoned[12], "--json").output)
+    assert alone["summary"]["health"] == "diverged"
 
 
 def test_exclude_carries_nan_optimizer_moments_over_byte_identical(poisoned, tmp_path):
@@ -91,12 +94,13 @@ def test_exclude_carries_nan_optimizer_moments_over_byte_identical(poisoned, tmp
     target = poisoned[8]
     weights_only = tmp_path / "step4-weights.pt"
     torch.save(torch.load(poisoned[4], weights_only=True)["state_dict"], weights_only)
-    refused = run("repair", target, "--from", weights_only, "--dry-run", "--json")
+    refused = run("repair", target, "--from", weights_only, "--allow-diverged", "--dry-run", "--json")
     assert refused.exit_code == 3
     assert {u["tensor"].split(".")[0] for u in json.loads(refused.stdout)["unrestorable"]} == {"optimizer_states"}
 
     out = tmp_path / "fixed"
-    result = run("repair", target, "--from", weights_only, "--exclude", "optimizer_states.*", "--out", out)
+    result = run("repair", target, "--from", weights_only, "--exclude", "optimizer_states.*", "--allow-diverged",
+                 "--out", out)
     assert result.exit_code == 0, result.output[-3000:]
     proof = json.loads((out / "nandoctor-repair.json").read_text())
     moments = [n for n in _flat(torch.load(target, weights_only=True)) if n.startswith("optimizer_states.")]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import nandoctor
 from nandoctor.cli import cli
-from nandoctor.engine.parts import PartSpec, merge_parts, plan_parts, scan_part
+from nandoctor.engine.parts import PartSpec, merge_parts, scan_part
 from tests.dcp_writer import write_two_rank
 
 torch = pytest.importorskip("torch")
@@ -46,16 +46,6 @@ def test_parts_merge_to_the_single_process_report(checkpoint: Path, count: int) 
     parts = [(f"part-{i}", json.loads(json.dumps(scan_part(checkpoint, PartSpec(i, count))))) for i in range(count)]
     assert sum(p["regions"] for _, p in parts) == 3  # every region in exactly one part
     _same(merge_parts(parts), nandoctor.scan(checkpoint))
-
-
-def test_plan_cuts_by_bytes_in_order() -> None:
-    class Job:
-        def __init__(self, n: int) -> None:
-            self.region = type("R", (), {"nbytes": n})()
-
-    assert plan_parts([Job(n) for n in (10, 10, 10, 10)], 2) == [0, 0, 1, 1]
-    assert plan_parts([Job(n) for n in (100, 1, 1, 1)], 2) == [0, 1, 1, 1]
-    assert plan_parts([Job(0)], 3) == [0]
 
 
 def _cli(*args: str):

@@ -120,12 +120,29 @@ def test_unreadable_checkpoint_in_a_run(run_dir):
     assert c["status"] == "unreadable" and c["report"]["errors"]
 
 
-def test_a_folder_with_weights_at_the_top_is_a_checkpoint_not_a_run(run_dir):
+def test_a_run_folder_with_the_final_model_at_the_top_is_a_run_ending_in_a_final_row(run_dir):
+    # Deliberate change: this folder used to be read as one checkpoint (its top-level model only). After
+    # trainer.save_model(output_dir) it is still the run: the timeline ends with the final model, which decides.
     for f in (run_dir / "checkpoint-200").iterdir():
-        shutil.copy(f, run_dir)  # trainer.save_model(output_dir) after training
-    assert not runs.is_run_folder(run_dir)
+        shutil.copy(f, run_dir)
+    assert runs.is_run_folder(run_dir)
     result = run("scan", str(run_dir), "--json")
-    assert result.exit_code == 0 and "run" not in json.loads(result.output)
+    data = json.loads(result.output)
+    rows = data["run"]["checkpoints"]
+    assert [c["name"] for c in rows] == ["checkpoint-100", "checkpoint-200", "checkpoint-300", "final"]
+    assert rows[-1]["final"] and rows[-1]["status"] == "clean" and rows[-1]["path"] == str(run_dir)
+    assert rows[-1]["step"] is None  # the copied trainer_state.json says 200, before checkpoint-300: unknown
+    assert data["summary"]["decided_by"] == "final" and result.exit_code == 0
+    assert data["run"]["first_bad"] == "checkpoint-300"
+
+
+def test_a_folder_with_weights_and_only_tmp_checkpoints_is_one_checkpoint(run_dir):
+    for f in (run_dir / "checkpoint-200").iterdir():
+        shutil.copy(f, run_dir)
+    for name in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
+        shutil.rmtree(run_dir / name)
+    (run_dir / "tmp-checkpoint-400").mkdir()
+    assert not runs.is_run_folder(run_dir)
 
 
 def test_other_checkpoint_folders_are_noted(run_dir):

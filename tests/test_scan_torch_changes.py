@@ -100,30 +100,31 @@ def test_unchanged_bin_is_clean(tmp_path):
     assert report.exit_code == 0 and not report.errors
 
 
-def _after_first_crc(monkeypatch, torchfile, action):
-    """Run ``action`` once, right after the reader computed its first storage's CRC-32; returns the
-    list of entries that triggered it (one), so a test can tell the hook ran."""
-    real = torchfile.entry_crc32
+def _after_first_crc(monkeypatch, crc, action):
+    """Run ``action`` once, right after the first storage's CRC-32 was computed (and is being judged: in the
+    scan's own pass or a separate one); returns the list of storages that triggered it (one), so a test can
+    tell the hook ran."""
+    real = crc.mismatch
     calls = []
 
-    def crc_then_act(mapped, entry, *args, **kwargs):
-        value = real(mapped, entry, *args, **kwargs)
+    def crc_then_act(owed, value):
+        problem = real(owed, value)
         if not calls:
-            calls.append(entry.name)
+            calls.append(owed.label)
             action()
-        return value
+        return problem
 
-    monkeypatch.setattr(torchfile, "entry_crc32", crc_then_act)
+    monkeypatch.setattr(crc, "mismatch", crc_then_act)
     return calls
 
 
 def test_change_during_the_crc_pass_is_reported(tmp_path, monkeypatch):
-    """The reader's CRC-32 pass reads the storages before the scan does: a write then is caught too."""
-    from nandoctor.readers.torch import file as torchfile
+    """A write right after a storage's CRC-32 was computed is caught too."""
+    from nandoctor import crc
 
     path = _save(tmp_path / "pytorch_model.bin")
     # after the first storage's CRC was computed: the CRC pass alone cannot see the write
-    calls = _after_first_crc(monkeypatch, torchfile, lambda: _overwrite_in_place(path))
+    calls = _after_first_crc(monkeypatch, crc, lambda: _overwrite_in_place(path))
     report = scan(path, device="cpu")
     assert calls and report.exit_code == 3
     assert any("changed" in e.message for e in report.errors)
@@ -133,11 +134,11 @@ def test_bin_replaced_while_read_without_float_tensors_is_reported(tmp_path, mon
     """A file holding only integer tensors has no scan chunks, but it can change while it is read all the same:
     here a trainer replaces it with weights holding NaN while the reader checks its CRCs. The report must not
     call the path clean."""
-    from nandoctor.readers.torch import file as torchfile
+    from nandoctor import crc
 
     path = tmp_path / "pytorch_model.bin"
     torch.save({"ids": torch.arange(1000)}, path)
-    calls = _after_first_crc(monkeypatch, torchfile, lambda: _replace(path))
+    calls = _after_first_crc(monkeypatch, crc, lambda: _replace(path))
     report = scan(path, device="cpu")
     assert calls
     assert torch.isnan(torch.load(path, weights_only=True)["w"]).all()  # what the path holds now

@@ -290,6 +290,67 @@ def test_crc_mismatch_names_storage_and_tensors(tmp_path: Path) -> None:
     assert {t.name: t.nan for t in report.tensors} == {"w": 0, "w_view": 0, "other": 1}  # the rest still scanned
 
 
+def _crc_problem(report, storage: str) -> str:
+    [problem] = [e for e in report.errors if "CRC-32" in e.message]
+    assert report.exit_code == 3 and f"storage {storage} fails its CRC-32 check" in problem.message
+    return problem.message
+
+
+@pytest.mark.parametrize("io_mode", ["mmap", "read"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_flipped_byte_in_a_many_chunk_storage_is_caught(tmp_path: Path, monkeypatch, io_mode: str, where: str) -> None:
+    """The scan's own pass: the storage's chunks' CRC-32s combined, a flip anywhere among them caught."""
+    monkeypatch.setenv("NANDOCTOR_IO", io_mode)
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.ones((9 << 20) // 4 + 3), "b": torch.ones(5)}, path)  # 3 chunks, the last a short one
+    assert scan(path, device="cpu").exit_code == 0  # the combined CRC of a clean file matches
+    at = {"first": 0, "middle": (5 << 20) + 2, "last": (9 << 20) + 11}[where]
+    flip_byte(path, entry_offset(path, "/data/0") + at)
+    assert "'w'" in _crc_problem(scan(path, device="cpu"), "data/0")
+
+
+def test_flipped_byte_in_an_unviewed_part_of_a_storage_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "slice.pt"
+    base = torch.ones(4096)
+    torch.save({"head": base[:10]}, path)  # the storage keeps all 4096 elements; the tensor sees 10
+    flip_byte(path, entry_offset(path, "/data/0") + 4 * 3000 + 1)
+    report = scan(path, device="cpu")
+    assert "'head'" in _crc_problem(report, "data/0")
+    assert [t.nan for t in report.tensors] == [0]
+
+
+def test_flipped_byte_in_an_integer_storage_is_caught(tmp_path: Path) -> None:
+    """The scan reads no integer storage for NaN; its CRC-32 is read for its own sake."""
+    path = tmp_path / "ids.pt"
+    torch.save({"w": torch.ones(4), "ids": torch.arange(5000), "mask": torch.ones(100, dtype=torch.bool)}, path)
+    flip_byte(path, entry_offset(path, "/data/1") + 8 * 4000)
+    assert "'ids'" in _crc_problem(scan(path, device="cpu"), "data/1")
+    flip_byte(path, entry_offset(path, "/data/1") + 8 * 4000)
+    flip_byte(path, entry_offset(path, "/data/2") + 99)
+    assert "'mask'" in _crc_problem(scan(path, device="cpu"), "data/2")
+
+
+def test_flipped_byte_in_a_tensor_left_out_by_only_is_caught(tmp_path: Path) -> None:
+    """--only leaves a tensor unscanned, not its storage unchecked: a corrupt file is corrupt."""
+    from nandoctor.checkpoint.selection import selection
+
+    path = tmp_path / "two.pt"
+    torch.save({"keep": torch.ones(3000), "other": torch.ones(3000)}, path)
+    flip_byte(path, entry_offset(path, "/data/1") + 7)
+    report = scan(path, device="cpu", selection=selection(only=["keep"]))
+    assert "'other'" in _crc_problem(report, "data/1")
+
+
+def test_flipped_byte_in_one_of_many_small_storages_is_caught(tmp_path: Path) -> None:
+    """Small storages are read in batches: each one's CRC-32 comes from its own slice of the batch."""
+    path = tmp_path / "small.pt"
+    state = {f"t{i}": torch.full((i + 1,), float(i)) for i in range(300)} | {"ids": torch.arange(7)}
+    torch.save(state, path)
+    assert scan(path, device="cpu").exit_code == 0
+    flip_byte(path, entry_offset(path, "/data/123") + 5)
+    assert "'t123'" in _crc_problem(scan(path, device="cpu"), "data/123")
+
+
 def test_crc_check_can_be_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "flipped.pt"
     torch.save({"w": torch.ones(8)}, path)

@@ -72,6 +72,24 @@ def test_a_failed_scan_on_process_zero_neither_stops_nor_hangs_the_others(tmp_pa
     assert zero["last_clean"] is None and one["last_clean"] is None
 
 
+@pytest.mark.integration
+def test_per_rank_dcp_files_are_checked_by_the_rank_that_wrote_them(tmp_path):
+    zero, one = run_ranks(tmp_path, "dcp-nan1")
+    assert zero["stop"] is True and one["stop"] is True  # rank 0's own half is clean: the verdict is agreed
+    assert zero["first_bad"] == one["first_bad"] == str(tmp_path / "out" / "checkpoint-6")
+    assert zero["read"] == {"6": ["__0_0.distcp"]} and one["read"] == {"6": ["__1_0.distcp"]}
+    gate = json.loads((tmp_path / "out" / "checkpoint-6" / "nandoctor.json").read_text())["gate"]
+    assert (gate["passed"], gate["exit_code"], gate["rank_exit_codes"]) == (False, 1, [0, 1])
+
+
+@pytest.mark.integration
+def test_per_rank_dcp_files_clean_on_every_rank(tmp_path):
+    zero, one = run_ranks(tmp_path, "dcp-clean")
+    assert zero["stop"] is False and one["stop"] is False
+    assert zero["last_clean"] == one["last_clean"] == str(tmp_path / "out" / "checkpoint-6")
+    assert zero["read"] == {"6": ["__0_0.distcp"]} and one["read"] == {"6": ["__1_0.distcp"]}
+
+
 def test_a_real_ddp_trainer_stops_on_every_rank_at_the_bad_checkpoint(tmp_path):
     """Before process zero's verdict was shared, rank 1 found no checkpoint-6 yet, trained on
     alone and died at its next all-reduce (with NCCL it would have hung)."""

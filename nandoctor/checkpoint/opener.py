@@ -19,7 +19,7 @@ from nandoctor.checkpoint import layout, zero
 from nandoctor.checkpoint.roles import file_role, role_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
-from nandoctor.model import ScanProblem, TensorRef
+from nandoctor.model import OwedCrc, ScanProblem, TensorRef
 from nandoctor.readers import read_file
 
 _MAX_LISTED_NAMES = 5
@@ -38,6 +38,7 @@ class Checkpoint:
     fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)  # taken before each file was read
     selection: Selection | None = None  # --only / --exclude
     excluded: int = 0  # tensors left out by the selection
+    owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -49,12 +50,14 @@ class Checkpoint:
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str], *, both_formats: bool = False, selection: Selection | None = None
+    path: str | os.PathLike[str], *, both_formats: bool = False, selection: Selection | None = None,
+    defer_crcs: bool = False,
 ) -> Checkpoint:
     """Read the headers of every file of the checkpoint at ``path``; raise only for an unusable path.
 
     ``selection`` (``--only`` / ``--exclude``) leaves tensors out by name; they are counted in
-    ``excluded`` and named in a note.
+    ``excluded`` and named in a note. ``defer_crcs``: torch storages' CRC-32 checks are left in
+    ``owed`` for the caller, who reads every byte anyway (the scan), instead of a pass of their own.
     """
     files = layout.discover(path, both_formats=both_formats)
     checkpoint = Checkpoint(
@@ -64,13 +67,15 @@ def open_checkpoint(
     for file in files.files:
         try:
             checkpoint.fingerprints[file] = layout.fingerprint(file)
-            read = read_file(file)
+            read = read_file(file, defer_crcs=defer_crcs)
         except (NandoctorError, OSError) as exc:
             checkpoint.problems.append(problem_of(file, exc))
             continue
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
         checkpoint.problems += read.problems
+        if read.owed:
+            checkpoint.owed[file] = list(read.owed)
     zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
     checkpoint.problems += zero_problems
     checkpoint.notes += zero_notes

@@ -1,7 +1,7 @@
 """Run folders: the checkpoints a training run leaves, ordered by step.
 
-A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders; a
-Lightning run is a folder of ``.ckpt`` files whose names carry the step
+A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders, often with the final model
+(``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt`` files whose names carry the step
 (``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``). Also the run as a
 timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
 trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.finalmodel import FINAL, final_reasons, final_step, has_final_model, holds_weights
+from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
@@ -95,12 +97,21 @@ class RunPlace:
     """Where one checkpoint stands in its run: the run folder, the checkpoint's step, the run's kind."""
 
     run: Path
-    step: int
+    step: int  # the final model's: one past the newest checkpoint's (every checkpoint comes before it)
     lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
+    final: bool = False  # the target is the run's final model, the weights at the run folder's top
 
     def siblings(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint of the run, steps ascending."""
         return lightning_checkpoints_in(self.run) if self.lightning else checkpoints_in(self.run)
+
+    @property
+    def kind(self) -> str:
+        """The run's own naming, for messages: ``checkpoint-N``, ``step-N`` or a Lightning step file."""
+        if self.lightning:
+            return "…step=N….ckpt file"
+        names = [p.name for _, p in self.siblings()]
+        return "step-N" if names and all(n.startswith("step-") for n in names) else "checkpoint-N"
 
 
 def place_in_run(target: Path) -> RunPlace | None:
@@ -116,6 +127,9 @@ def place_in_run(target: Path) -> RunPlace | None:
         return RunPlace(target.parent, lightning, True) if _lightning_run(target.parent, entries) else None
     folder = target if target.is_dir() else target.parent
     step = step_of(folder)
+    if step is None and is_run_folder(folder) and has_final_model(folder):
+        found = checkpoints_in(folder)
+        return RunPlace(folder, found[-1][0] + 1 if found else 0, False, final=True)
     return None if step is None else RunPlace(folder.parent, step, False)
 
 
@@ -135,10 +149,6 @@ def _lightning_run(folder: Path, entries: list[Path]) -> bool:
 # ---------------------------------------------------------------------------
 
 _TMP_CHECKPOINT = re.compile(r"^tmp-checkpoint-(\d+)$")  # older Trainer versions saved here, then renamed
-# Names writers use for files still being written; their presence means the save did not finish.
-_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
-_TEMP_PREFIXES = ("tmp", ".tmp")
-TRAINER_STATE = "trainer_state.json"
 
 # Checkpoint status words (decided by verdict.checkpoint_status), worst first where one checkpoint has several.
 INCOMPLETE, UNREADABLE, DIVERGED, POISONED, OVERFLOW, CLEAN = (
@@ -157,6 +167,8 @@ class RunCheckpoint:
     log: TrainLog | None = None
     growth: float | None = None  # largest weight magnitude over that of the previous checkpoint
     why: str = ""  # what made it diverged, when it is
+    final: bool = False  # the run's final model (the weights at the run folder's top), the newest row
+    step_known: bool = True  # False for a final model whose step no trainer_state.json gives
 
     @property
     def max_abs(self) -> float | None:
@@ -174,7 +186,12 @@ class RunCheckpoint:
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return FINAL if self.final else Path(self.path).name
+
+    @property
+    def step_label(self) -> str:
+        """The step column's text: "—" for a final model whose step no trainer_state.json gives."""
+        return str(self.step) if self.step_known else "—"
 
     @property
     def clean(self) -> bool:
@@ -213,13 +230,26 @@ class RunReport:
         bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED]
         return bad[-1] if bad else None
 
+    def auto_donors_for(self, target: RunCheckpoint) -> bool:
+        """Whether ``repair TARGET --from auto`` finds a donor: a healthy checkpoint before ``target`` and
+        before the run's first bad one (restore/donors.py applies the same rule). By position, not step:
+        the final model may share its step with the newest checkpoint and still comes after it."""
+        first_bad = self.first_bad
+        for c in self.checkpoints:
+            if c is target or c is first_bad:
+                return False
+            if c.report is not None and c.status in HEALTHY_STATUSES:
+                return True
+        return False
+
     @property
     def first_bad(self) -> RunCheckpoint | None:
         """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and c.status in (POISONED, DIVERGED)), None)
 
     def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
-        """The newest checkpoint decides: it is what a resume or a deploy would load (docs/cli.md)."""
+        """The newest row decides: the final model where the run folder holds one (what a user ships),
+        else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
         from nandoctor import verdict as verdicts
 
         newest = self.newest
@@ -242,68 +272,37 @@ class RunReport:
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
-    """A folder of ``checkpoint-N`` folders that holds no weights itself, or of Lightning ``…step=N….ckpt`` files."""
+    """A folder of ``checkpoint-N`` (or ``step-N``) folders, or of Lightning ``…step=N….ckpt`` files.
+
+    Weights at its top beside ``checkpoint-N`` folders are the run's final model (``trainer.save_model()``):
+    still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py).
+    """
     folder = Path(path)
     if not folder.is_dir():
         return False
-    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
-
-    has_checkpoints = False
-    suffixes = weight_suffixes()
     try:
         entries = list(folder.iterdir())
     except OSError:
         return False
     if _lightning_run(folder, entries):
         return True
-    for entry in entries:
-        if entry.name in INDEX_NAMES or (entry.suffix.lower() in suffixes and entry.is_file()):
-            return False  # a model saved at the top (trainer.save_model): that is what gets scanned
-        if (step_of(entry) is not None or _TMP_CHECKPOINT.match(entry.name)) and entry.is_dir():
-            has_checkpoints = True
-    return has_checkpoints
+    if holds_weights(entries) and not checkpoints_in(folder):
+        return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
+    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and e.is_dir() for e in entries)
 
 
-def _incomplete_reasons(folder: Path, expect_trainer_state: bool) -> list[str]:
-    from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
-    from nandoctor.errors import CorruptCheckpointError
-
-    reasons = []
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        return [f"cannot list the folder ({exc.strerror})"]
-    temp = [e.name for e in entries if e.name.lower().endswith(_TEMP_SUFFIXES) or e.name.lower().startswith(_TEMP_PREFIXES)]
-    if temp:
-        reasons.append(f"temporary files still present: {', '.join(temp[:3])}" + (" …" if len(temp) > 3 else ""))
-    suffixes = weight_suffixes()
-    weights = [e for e in entries if e.suffix.lower() in suffixes and e.name not in temp]
-    indexes = [folder / n for n in INDEX_NAMES if (folder / n).is_file()]
-    if not weights and not indexes:
-        reasons.append("no weight files")
-    empty = [w.name for w in weights if w.is_file() and w.stat().st_size == 0]
-    if empty:
-        reasons.append(f"empty weight file(s): {', '.join(empty[:3])}")
-    for index_path in indexes:
-        try:
-            index = read_index(index_path)
-        except CorruptCheckpointError:
-            continue  # the scan reports a broken index as unreadable
-        missing = sorted({s for s in index.weight_map.values() if not (folder / s).exists()})
-        if missing:
-            reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
-    if expect_trainer_state and not (folder / TRAINER_STATE).exists():
-        reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
-    return reasons
+def timeline_folders(root: Path) -> list[Path]:
+    """The ``checkpoint-N`` and ``tmp-checkpoint-N`` folders of a run folder: its timeline's rows
+    (a repair of its final model leaves them out of the copy)."""
+    return [p for _, p in checkpoints_in(root)] + [
+        e for e in Path(root).iterdir() if _TMP_CHECKPOINT.match(e.name) and e.is_dir()
+    ]
 
 
-def _incomplete_file_reasons(file: Path) -> list[str]:
-    """Why a single-file checkpoint (a Lightning ``.ckpt``) looks half-written."""
-    try:
-        size = file.stat().st_size
-    except OSError as exc:
-        return [f"cannot read: {exc.strerror or exc}"]
-    return ["an empty file"] if size == 0 else []
+def log_broke_by(log: TrainLog | None, step: int) -> int | None:
+    """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
+    first = None if log is None or log.error else log.first_nonfinite_step
+    return first if first is not None and first <= step else None
 
 
 def scan_run(
@@ -316,7 +315,8 @@ def scan_run(
     scan_one: Callable[..., ScanReport] | None = None,
     below_step: int | None = None,
 ) -> RunReport:
-    """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first."""
+    """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first,
+    then the final model at the run folder's top where there is one (not with ``below_step``)."""
     import time
 
     from nandoctor.errors import NandoctorError
@@ -338,6 +338,12 @@ def scan_run(
     if below_step is not None:  # repair's --from auto: only the checkpoints before its target
         folders = [f for f in folders if f[0] < below_step]
     with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+    # The final model (checkpoint/finalmodel.py) comes after every checkpoint, whatever step its state gives
+    newest_step = folders[-1][0] if folders else 0
+    final_at = final_step(root)
+    final_known = final_at is not None and final_at >= newest_step
+    if below_step is None and not lightning and has_final_model(root):
+        folders.append((final_at if final_at is not None and final_known else newest_step, root, False))
     # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
     # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
     metrics = metrics_near(root) if lightning else None
@@ -371,10 +377,8 @@ def scan_run(
     healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
     previous_max: float | None = None
     for step, folder, is_tmp in folders:
-        reasons = (
-            _incomplete_reasons(folder, expect_trainer_state=with_state > 0) if folder.is_dir()
-            else _incomplete_file_reasons(folder)
-        )
+        is_final = folder is root
+        reasons = final_reasons(root) if is_final else incomplete_reasons(folder, expect_trainer_state=with_state > 0)
         if is_tmp:
             reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
         report = None
@@ -395,8 +399,9 @@ def scan_run(
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
         log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
-        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max)
-        checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why)
+        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
+        checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
+                                   step_known=not is_final or final_known)
         top = checkpoint.max_abs
         if top is not None and previous_max:  # shown: the growth since the previous checkpoint
             checkpoint = dataclasses.replace(checkpoint, growth=top / previous_max)

@@ -69,10 +69,12 @@ def attribute(refs_by_file: dict[Path, list[TensorRef]]) -> tuple[list[ScanProbl
         except NandoctorError as exc:
             problems.append(ScanProblem(str(folder), exc.message, exc.hint))
         except LayoutError as exc:
-            problems.append(ScanProblem(
-                str(folder), f"DeepSpeed ZeRO partitions do not match param_shapes: {exc}; scanned without "
-                "parameter names", "the model and optimizer states files come from different saves; re-copy the folder",
-            ))
+            # Every byte is still scanned (under the flat names): only the naming is lost, so a note, not
+            # an unreadable checkpoint. A missing rank file is a problem (_attribute_set), since bytes are missing.
+            notes.append(
+                f"{folder.name}/: DeepSpeed ZeRO partitions not attributed to parameters ({exc}); scanned under "
+                "their flat names (if the model and optimizer states come from different saves, re-copy the folder)"
+            )
     return problems, notes
 
 

@@ -19,7 +19,21 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     if os.environ.get("NANDOCTOR_DEBUG"):
         return True
     ctx = ctx or click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().params.get("debug"))
+    return bool(ctx and (ctx.find_root().params.get("debug") or ctx.meta.get(_DEBUG_KEY)))
+
+
+_DEBUG_KEY = "nandoctor.debug"
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_DEBUG_KEY] = True  # (meta is shared by the whole context tree)
+
+
+def debug_option(func: F) -> F:
+    """``--debug`` on a command too (``nandoctor scan x --debug``), not only before it."""
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                        help="Show tracebacks (also NANDOCTOR_DEBUG=1).")(func)
 
 
 def echo_json(data: Any) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 
@@ -17,6 +17,7 @@ from nandoctor.cli.progress import byte_progress
 @click.option("--all", "show_all", is_flag=True, help="List every differing tensor (and, with --json, identical ones).")
 @click.option("--both-formats", is_flag=True, help="In a folder with safetensors and .bin weights, read both.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
+@debug_option
 @handles_errors
 def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, no_progress: bool) -> None:
     """Compare checkpoint A with reference B, tensor by tensor, without loading either.

@@ -42,6 +42,6 @@ def emit_scan(
         from nandoctor.report.rich_report import render
 
         console = stdout_console()
-        render(report, console, show_all=show_all)
+        render(report, console, show_all=show_all, fail_on=fail_on)
         render_overflow(report, console, show_all=show_all)
     return code

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, handles_errors
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=str))
+@debug_option
 @handles_errors
 def manifest(path: str) -> None:
     """Print a manifest of the checkpoint at PATH: the sha256 of every weight file and of each

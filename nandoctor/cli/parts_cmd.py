@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from nandoctor.cli.common import echo_json, fail, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, fail, handles_errors
 
 
 def scan_split(
@@ -56,6 +56,7 @@ def scan_split(
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")
 @click.option("--fail-on", "fail_on", default="nonfinite,exploded,outlier,overflow", show_default=True,
               help="What fails the gate (exit 1), as for `nandoctor scan`.")
+@debug_option
 @handles_errors
 def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fail_on: str) -> None:
     """Join the parts of a split scan (`nandoctor scan PATH --part I/N --json > part-I.json`) into one report.

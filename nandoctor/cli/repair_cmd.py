@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import click
 
-from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 from nandoctor.report.repair_report import MAX_ROWS
 
@@ -78,6 +78,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
+@debug_option
 @handles_errors
 def repair(
     target: str,

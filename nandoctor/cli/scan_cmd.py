@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from nandoctor.checkpoint.selection import Selection, selection
-from nandoctor.cli.common import echo_json, handles_errors
+from nandoctor.cli.common import debug_option, echo_json, handles_errors
 from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
+from nandoctor.dtypes import TARGET_DTYPE_NAMES
 from nandoctor.errors import EXIT_UNREADABLE
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range (for gates).")
 @click.option(
     "--target-dtype",
-    type=click.Choice(["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]),
+    type=click.Choice(TARGET_DTYPE_NAMES),
     default=None,
     help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk).",
 )
@@ -73,7 +74,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Leave out tensors whose full name matches GLOB (repeatable; e.g. 'callbacks.*'); "
               "they are counted as excluded in the report.")
 @click.option("--part", "part", default=None, metavar="I/N",
-              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays).")
+              help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays; needs --json).")
 @click.option("--distributed", is_flag=True,
               help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
@@ -87,6 +88,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
 @click.option("--markdown", is_flag=True,
               help="Print a GitHub-flavoured Markdown summary instead of the console report (for CI summaries).")
+@debug_option
 @handles_errors
 def scan(
     path: str,
@@ -122,10 +124,10 @@ def scan(
     or a repo id already in the local Hugging Face / ModelScope cache (never
     downloaded; a local path of the same name wins).
 
-    Exit code 0 means every tensor was read and passes; 1 means non-finite
-    values (or, with --target-dtype, overflow risk) were found; 3 means
-    something could not be read, so nothing is called clean. For a run folder
-    the newest checkpoint decides.
+    Exit code 0 means every tensor was read and passes; 1 means a finding that
+    fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or with
+    --target-dtype overflow risk; 3 means something could not be read, so
+    nothing is called clean. For a run folder the newest checkpoint decides.
 
     \b
     Examples:
@@ -157,7 +159,14 @@ def scan(
         raise click.UsageError(str(exc)) from None
     options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
     # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
-    with _one_line_on_error(path) if quiet else nullcontext():
+    on_error: AbstractContextManager[None]
+    if quiet:
+        on_error = _one_line_on_error(path)
+    elif as_json or markdown:
+        on_error = _report_on_error(path, fail_on, markdown)
+    else:
+        on_error = nullcontext()
+    with on_error:
         _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
               verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown,
               part=part, distributed=distributed, rank_timeout=rank_timeout)
@@ -196,6 +205,28 @@ def _one_line_on_error(path: str) -> Iterator[None]:
         if exc.hint:
             click.echo(f"hint: {safe(exc.hint)}", err=True)
         sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
+    """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
+    empty file), and the usual ``error:`` line and hint on stderr."""
+    from nandoctor.cli.common import fail
+    from nandoctor.errors import NandoctorError
+
+    try:
+        yield
+    except NandoctorError as exc:
+        from nandoctor.report.json_report import error_to_json
+
+        data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on)
+        if markdown:
+            from nandoctor.report.markdown_report import render_error
+
+            click.echo(render_error(data), nl=False)
+        else:
+            echo_json(data)
+        fail(exc.message, exc.hint, exc.exit_code)
 
 
 def _scan(

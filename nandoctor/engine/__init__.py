@@ -3,7 +3,8 @@
 ``open_checkpoint`` (checkpoint/) gives the tensors; ``plan_jobs`` groups them
 by region (jobs.py); the pipeline reads every region once (pipeline.py); the
 outlier pass reads again the few segments that may hold outliers; the results
-become a ``ScanReport`` that verdict.py judges. The only package that knows
+become a ``ScanReport`` that verdict.py judges. A torch file's storage CRC-32
+checks are left to the pipeline (``defer_crcs``), which pays them in its pass. The only package that knows
 both readers and kernels.
 """
 
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from nandoctor.kernels.targets import TargetSpec, target
 from nandoctor.model import ScanProblem, ScanReport, TensorResult, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
-__all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "scan", "scan_jobs"]
+__all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "finish_jobs", "scan", "scan_jobs"]
 
 
 def scan(
@@ -69,7 +70,7 @@ def scan(
     cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
     with gc_paused():
-        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection)
+        checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection, defer_crcs=True)
         kernel = kernel or select_kernel(device)
         jobs = plan_jobs(checkpoint.refs, limits, cast_to)
         found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
@@ -95,12 +96,14 @@ def gc_paused() -> Iterator[None]:
 
 @dataclass
 class Scanned:
-    """What scanning some of a checkpoint's jobs found: results of their views (chunks not merged yet)."""
+    """What scanning some of a checkpoint's jobs found: results of their views (chunks not merged yet);
+    ``partial``: the jobs of regions cut across parts, their tallies and census this part's share only."""
 
     tensors: list[TensorResult]
     unviewed: list[UnviewedBad]
     problems: list[ScanProblem]
     bytes_scanned: int
+    partial: list[RegionJob] = field(default_factory=list)
 
 
 def scan_jobs(
@@ -108,9 +111,11 @@ def scan_jobs(
     progress: ProgressCallback | None = None, files: set[Path] | None = None,
 ) -> Scanned:
     """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
-    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not.
-    Empties ``jobs`` (results() drops each job once its results exist)."""
-    total = sum(job.region.nbytes for job in jobs if job.spec.can_hold_nonfinite)
+    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not, and
+    whose owed CRC-32 checks (``checkpoint.owed``) it pays. Empties ``jobs`` (results() drops each job
+    once its results exist). A job with a ``span`` (a region cut across parts) is read, not finished:
+    it comes back in ``partial``, for merge_parts to finish once every part's share is in."""
+    total = sum(job.span_bytes[1] for job in jobs if job.spec.can_hold_nonfinite)
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
         if job.spec.can_hold_nonfinite:
@@ -121,15 +126,29 @@ def scan_jobs(
         try:
             for file in checkpoint.refs_by_file:
                 if file in wanted:
-                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file])
+                    pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file],
+                                       checkpoint.owed.get(file, ()))
         finally:
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
-    failed = {p.path for p in pipeline.problems}
-    problems = pipeline.problems + _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
     del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
+    partial = [job for job in jobs if job.span is not None]
+    whole = [job for job in jobs if job.span is None]
+    jobs.clear()
+    failed = {p.path for p in pipeline.problems}
+    # (a storage failing its CRC-32 is no reason to skip the file's outlier pass: not in ``failed``)
+    found = finish_jobs(whole, kernel, limits, failed)
+    found.problems[:0] = pipeline.crc_problems + pipeline.problems
+    found.bytes_scanned, found.partial = pipeline.done, partial
+    return found
+
+
+def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, failed: set[str]) -> Scanned:
+    """What is left once every chunk of ``jobs`` is in (of one scan, or merged from parts): the outlier
+    pass (not over regions of the ``failed`` files), the results, the per-expert counts. Empties ``jobs``."""
+    problems = _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)
-    return Scanned(tensors, unviewed, problems + expert_problems, pipeline.done)
+    return Scanned(tensors, unviewed, problems + expert_problems, 0)
 
 
 def assemble(

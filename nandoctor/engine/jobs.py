@@ -53,6 +53,12 @@ class Tally:
         if first is not None and (self.first_bad is None or first < self.first_bad):
             self.first_bad = first
 
+    def merge(self, other: Tally) -> None:
+        """Add the tally of another share of the same view (engine/split.py)."""
+        self.add(other.nan, other.posinf, other.neginf, other.first_bad)
+        self.overflow += other.overflow
+        self.max_bits = max(self.max_bits, other.max_bits)
+
 
 @dataclass(slots=True)
 class OutlierFind:
@@ -75,6 +81,9 @@ class RegionJob:
     info: LaneInfo | None = None  # floating regions: what the census needs
     tallies: list[Tally] = field(default_factory=list)
     outliers: OutlierFind | None = None
+    # (start, length) in bytes: the share of a region cut across parts (engine/split.py) that this scan
+    # reads; None: all of it. A cut region's tallies and census are partial until its parts are merged.
+    span: tuple[int, int] | None = None
     # Made when first asked for: a small region gets its census whole from its batch, and almost never
     # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
     _census: Census | None = None
@@ -100,6 +109,11 @@ class RegionJob:
         if self._unviewed is None:
             self._unviewed = Tally()
         return self._unviewed
+
+    @property
+    def span_bytes(self) -> tuple[int, int]:
+        """(start, length) in bytes of what this scan reads of the region."""
+        return self.span if self.span is not None else (0, self.region.nbytes)
 
     @property
     def fast_checkable(self) -> bool:

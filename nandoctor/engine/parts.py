@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.engine import Scanned, assemble, scan_jobs
+from nandoctor.engine import Scanned, assemble, finish_jobs, scan_jobs
 from nandoctor.engine.jobs import RegionJob, plan_jobs
 from nandoctor.engine.pipeline import ProgressCallback
+from nandoctor.engine.split import Share, combine, covered, cuttable, encode_share, plan_shares
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels import select_kernel
 from nandoctor.kernels.census import HealthLimits
-from nandoctor.kernels.targets import target
+from nandoctor.kernels.targets import TargetSpec, target
 from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
 
 PART_FORMAT = "nandoctor-part/1"
@@ -75,15 +76,10 @@ class Options:
         )
 
 
-def plan_parts(jobs: list[RegionJob], count: int) -> list[int]:
-    """The part of each job: cumulative bytes cut into ``count`` equal spans, a job where its middle falls."""
-    total = sum(job.region.nbytes for job in jobs) or 1
-    parts, before = [], 0
-    for job in jobs:
-        middle = before + job.region.nbytes / 2
-        parts.append(min(count - 1, int(middle * count // total)))
-        before += job.region.nbytes
-    return parts
+def plan_parts(jobs: list[RegionJob], count: int) -> list[list[Share]]:
+    """The shares of each job: cumulative bytes cut into ``count`` equal spans; a job goes whole to the part
+    where its middle falls, unless it is larger than a span and may be cut (engine/split.py)."""
+    return plan_shares([job.region.nbytes for job in jobs], [cuttable(job) for job in jobs], count)
 
 
 def identity(checkpoint: Checkpoint, options: Options, count: int) -> str:
@@ -102,7 +98,12 @@ def scan_part(
     checkpoint = open_checkpoint(path, both_formats=options.both_formats)
     cast_to = target(options.target_dtype) if options.target_dtype else None
     jobs = plan_jobs(checkpoint.refs, options.limits, cast_to)
-    mine = [job for job, p in zip(jobs, plan_parts(jobs, part.count)) if p == part.index]
+    mine = []
+    for job, shares in zip(jobs, plan_parts(jobs, part.count)):
+        for share in shares:
+            if share.part == part.index:
+                job.span = None if len(shares) == 1 else (share.start, share.length)
+                mine.append(job)
     files = {Path(job.region.file) for job in mine}
     if part.index == 0:  # files without a region to read are still checked for changes, by part 0
         files |= {f for f, refs in checkpoint.refs_by_file.items() if not refs}
@@ -125,6 +126,7 @@ def scan_part(
         "tensors": [_encode(t, index[id(t.ref)]) for t in found.tensors],
         "unviewed": [dataclasses.asdict(u) for u in found.unviewed],
         "problems": [dataclasses.asdict(p) for p in found.problems],
+        "shares": [encode_share(job) for job in found.partial],
     }
 
 
@@ -199,10 +201,43 @@ def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None =
         found.unviewed += [UnviewedBad(**u) for u in part["unviewed"]]
         found.problems += [ScanProblem(**p) for p in part["problems"]]
         found.bytes_scanned += part["bytes_scanned"]
-    seconds = max(part["seconds"] for _, part in parts)  # the parts ran side by side
     cast_to = target(options.target_dtype) if options.target_dtype else None
+    _finish_cut_regions(parts, checkpoint, found, options, cast_to)
+    seconds = max(part["seconds"] for _, part in parts)  # the parts ran side by side
     report = assemble(first["target"], checkpoint, found, device or first["device"], seconds, cast_to, options.limits)
     return dataclasses.replace(report, extra={**report.extra, "parts": count})
+
+
+def _finish_cut_regions(
+    parts: list[tuple[str, dict[str, Any]]], checkpoint: Checkpoint, found: Scanned, options: Options,
+    cast_to: TargetSpec | None,
+) -> None:
+    """The regions cut across parts, their shares added up and finished as a single scan finishes them:
+    the outlier pass reads their high segments again, here, where every share's census is in."""
+    shares: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for _, part in parts:
+        for share in part["shares"]:
+            shares.setdefault((share["file"], share["key"]), []).append(share)
+    if not shares:
+        return
+    jobs = []
+    for job in plan_jobs(checkpoint.refs, options.limits, cast_to):
+        mine = shares.pop((job.region.file, job.region.key), None)
+        if mine is None:
+            continue
+        if not covered(mine, job.region.nbytes):
+            raise PartsError(f"the parts' shares of {job.views[0].name!r} do not make the whole region",
+                             "the parts were not cut by one plan; scan the parts again")
+        combine(job, mine)
+        jobs.append(job)
+    if shares:
+        raise PartsError(f"a share of a region the checkpoint does not have ({next(iter(shares))[1]!r})",
+                         "the checkpoint changed since the parts were scanned; scan the parts again")
+    failed = {p.path for p in found.problems}  # (a file whose read failed in some part: no outlier pass there)
+    finished = finish_jobs(jobs, select_kernel("cpu"), options.limits, failed)
+    found.tensors += finished.tensors
+    found.unviewed += finished.unviewed
+    found.problems += finished.problems
 
 
 def _what_changed(part: dict[str, Any], checkpoint: Checkpoint) -> str:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nandoctor import verdict as verdicts
-from nandoctor.engine.owned import scan_owned
+from nandoctor.engine.owned import scan_owned, writer_rank
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 
@@ -74,4 +75,21 @@ def verify_saved(
     return SavedVerdict(max(rank_codes), rank_codes, report, error)
 
 
-__all__ = ["SavedVerdict", "verify_saved"]
+def wrote_own_files(folder: str | os.PathLike[str], rank: int, depth: int = 2) -> bool:
+    """Whether ``folder`` (or a subfolder, ``depth`` levels down: a DeepSpeed ``global_stepN/``, an FSDP
+    ``pytorch_model_fsdp_0/``) holds a file a per-rank writer named for ``rank``. Each rank wrote its own
+    files before it returns from the save, so every rank of a per-rank save answers True and every rank
+    of a process-zero save answers False, without asking the others."""
+    base = Path(folder)
+    try:
+        for here, dirs, names in os.walk(base):
+            if len(Path(here).relative_to(base).parts) >= depth:
+                dirs[:] = []
+            if any(writer_rank(Path(name)) == rank for name in names):
+                return True
+    except OSError:
+        return False
+    return False
+
+
+__all__ = ["SavedVerdict", "verify_saved", "wrote_own_files"]

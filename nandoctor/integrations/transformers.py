@@ -37,6 +37,16 @@ scans, since it is the one that wrote the files and the others may reach
 ``on_save`` before it has finished; its verdict is broadcast, so every rank
 stops at the same step (a rank that stopped alone would hang the others).
 ``reports`` is filled on process zero only.
+
+Where every rank writes its own files (a DCP save: ``__R_K.distcp``; DeepSpeed
+ZeRO: ``global_stepN/*zero_pp_rank_R_*``), each rank finds its own files in the
+new folder, and then every rank checks the files it wrote with
+:func:`~nandoctor.integrations.saved.verify_saved` (one ``all_reduce``; every
+rank gets the same verdict) instead of process zero reading everything.
+``reports`` then holds each rank's report of its own files; ``nandoctor.json``
+(written by process zero) holds process zero's report and the agreed gate, with
+every rank's exit code. With ``target_dtype`` the process-zero scan is kept
+(overflow is counted by the full scan only), and no health figures are logged.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.runs import checkpoints_in
 from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, distributed, passed_in, write_json
+from nandoctor.integrations.saved import verify_saved, wrote_own_files
 from nandoctor.model import ScanReport
 
 logger = logging.getLogger(__name__)
@@ -148,19 +159,23 @@ class NanDoctorCallback(TrainerCallback):
         # Under torch.distributed only process zero writes the checkpoint, and nothing makes the other
         # ranks wait for it before on_save: they would scan a half-written folder (or none) and decide
         # differently, and a rank that stops alone hangs the others at the next collective. So process
-        # zero scans and every rank follows its verdict.
+        # zero scans and every rank follows its verdict. Where each rank wrote its own files (DCP, DeepSpeed
+        # ZeRO), each rank finds them already and checks them itself: every rank takes the same branch.
         dist = distributed()
         passed: bool | None = None  # None: not scanned, training goes on
-        if state.is_world_process_zero or dist is None:
+        per_rank = dist is not None and self.target_dtype is None and wrote_own_files(folder, dist.get_rank())
+        if per_rank:
+            passed = self._check_ranks(folder, state)  # every rank checks the files it wrote; one all_reduce
+        elif state.is_world_process_zero or dist is None:
             passed = self._check(folder, state)
-        if dist is not None:
+        if dist is not None and not per_rank:
             box = [passed]
             dist.broadcast_object_list(box, src=0)
             passed = box[0]
             if passed is not None and not state.is_world_process_zero:
                 self.gate.record(str(folder), passed)
         report = self.reports.get(state.global_step)
-        if self.log_metrics and report is not None and state.is_world_process_zero:
+        if self.log_metrics and report is not None and state.is_world_process_zero and not per_rank:
             self._pending = verdicts.metrics(report)
             state.log_history.append({**self._pending, "step": state.global_step})
         if passed is not None:
@@ -224,6 +239,26 @@ class NanDoctorCallback(TrainerCallback):
         passed, report = self.gate.check(folder, state.global_step, scan=self._scan)
         if report is not None and self.write_report:
             write_json(folder / REPORT_NAME, self.gate.report_json(report))
+        return passed
+
+    def _check_ranks(self, folder: Path, state: TrainerState) -> bool:
+        """Every rank checks the files it wrote (verify_saved); the agreed verdict, the same on every rank."""
+        result = verify_saved(folder, fail_on=sorted(self.fail_on), device=self.device)
+        passed = result.ok
+        if result.report is not None:
+            self.gate.reports[state.global_step] = result.report  # this rank's own files
+        self.gate.record(str(folder), passed)
+        if state.is_world_process_zero:
+            codes = ", ".join(f"rank {r}: {c}" for r, c in enumerate(result.rank_codes))
+            (logger.info if passed else logger.warning)(
+                "nandoctor: %s %s: each rank checked its own files (exit codes %s)", "PASS" if passed else "FAIL",
+                folder, codes)
+            if self.write_report:
+                data: dict[str, Any] = (self.gate.report_json(result.report) if result.report is not None
+                                        else {"error": result.error})
+                data["gate"] = {"fail_on": sorted(self.fail_on), "exit_code": result.exit_code, "passed": passed,
+                                "rank_exit_codes": list(result.rank_codes)}
+                write_json(folder / REPORT_NAME, data)
         return passed
 
     def _scan(self, folder: Path) -> ScanReport:

@@ -30,7 +30,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from nandoctor.dtypes import DTypeSpec, Family
+from nandoctor.dtypes import TARGET_DTYPE_NAMES, DTypeSpec, Family
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ TARGETS: dict[str, TargetSpec] = {
     # 57344 = 0x7B, mantissa odd: the tie at 61440 rounds up to 0x7C = Inf.
     "fp8_e5m2": TargetSpec("fp8_e5m2", "float8_e5m2", 61440.0, True, "inf", 57344.0),
 }
+
+assert tuple(TARGETS) == TARGET_DTYPE_NAMES  # one list of target dtypes (dtypes.py), spelled out once here
 
 # Names users may type, mapped onto TARGETS keys.
 ALIASES: dict[str, str] = {

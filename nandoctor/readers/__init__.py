@@ -77,6 +77,16 @@ def reader_for(path: Path) -> CheckpointReader:
     raise UnsupportedFormatError(f"{path}: not a checkpoint format nandoctor knows")
 
 
-def read_file(path: Path) -> ReadResult:
-    """``path`` read by the reader its content (or suffix) calls for."""
-    return reader_for(path).read(path)
+def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:
+    """``path`` read by the reader its content (or suffix) calls for.
+
+    ``defer_crcs``: the readers that check zip CRC-32s (torch, DCP) leave those checks in the result's
+    ``owed`` rather than read every storage a second time; the caller must make them (the scan does, in
+    its own pass over the bytes)."""
+    from nandoctor.readers.dcp import DcpReader
+    from nandoctor.readers.torch.file import TorchReader
+
+    reader = reader_for(path)
+    if defer_crcs and isinstance(reader, (TorchReader, DcpReader)):
+        return reader.read(path, defer_crcs=True)
+    return reader.read(path)

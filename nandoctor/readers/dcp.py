@@ -4,7 +4,7 @@ A ``.distcp`` file is a concatenation of items that only the metadata
 explains: each item's byte range is (offset, length) in ``storage_data``. With
 the default serialisation every item is a ``torch.save`` stream, read by the
 torch zip reader through a window at the item's offset (its CRC-32s checked
-as for any torch file); with ``serialization_format=SAFETENSORS`` the tensor
+as for any torch file, or owed to the scan); with ``serialization_format=SAFETENSORS`` the tensor
 chunks of a file are one safetensors stream at the end of the file, read by
 the safetensors reader at that offset. Pickled objects (``BytesStorageMetadata``)
 are torch.save streams too; any tensors inside them are scanned under the
@@ -26,8 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
+from nandoctor.crc import check_owed
 from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
-from nandoctor.model import ChunkOf, ReadResult, ScanProblem, TensorRef
+from nandoctor.model import ChunkOf, OwedCrc, ReadResult, ScanProblem, TensorRef
 from nandoctor.readers import safetensors as st
 from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata, metadata_files
 from nandoctor.readers.torch.file import read_zip_at
@@ -55,7 +56,8 @@ class DcpReader:
     def sniff(self, head: bytes) -> bool:
         return False  # chosen by suffix only (readers.reader_for)
 
-    def read(self, path: Path) -> ReadResult:
+    def read(self, path: Path, *, defer_crcs: bool = False) -> ReadResult:
+        """The file's chunks; ``defer_crcs``: its items' storage CRC-32 checks left in ``owed`` (torch reader)."""
         p = str(path)
         metadata = metadata_for(path.parent)
         if metadata is None:
@@ -70,22 +72,29 @@ class DcpReader:
         refs: list[TensorRef] = []
         problems: list[ScanProblem] = []
         notes: list[str] = []
+        owed: list[OwedCrc] = []
         safetensors_at: dict[int, dict[str, TensorRef]] = {}
         with open(path, "rb") as fh:
             for item in items:
                 try:
-                    found, item_notes = _read_item(p, fh, size, item, metadata, safetensors_at)
+                    found = _read_item(p, fh, size, item, metadata, safetensors_at)
                 except NandoctorError as exc:
                     problems.append(ScanProblem(p, f"item {item.fqn!r}: {exc.message.removeprefix(p + ': ')}", exc.hint))
                     continue
-                refs += found
-                notes += item_notes
-        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems))
+                refs += found.refs
+                notes += found.notes
+                problems += found.problems
+                owed += found.owed
+            if not defer_crcs:
+                problems += check_owed(fh.fileno(), owed)
+                owed = []
+        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems), tuple(owed))
 
 
 def _read_item(
     p: str, fh: BinaryIO, size: int, item: DcpItem, metadata: DcpMetadata, safetensors_at: dict[int, dict[str, TensorRef]]
-) -> tuple[list[TensorRef], list[str]]:
+) -> ReadResult:
+    """One item's refs and notes, and its storages' CRC-32 checks (owed: the caller makes them)."""
     if item.transformed:
         raise CorruptCheckpointError(
             p, "written through a stream extension (compression or another transform), which nandoctor does not "
@@ -99,13 +108,14 @@ def _read_item(
     fh.seek(item.offset)
     head = fh.read(16)
     if head.startswith(LOCAL_MAGIC):
-        read = read_zip_at(p, fh, item.offset, item.length)
+        read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True)
+        owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         if item.chunk_offsets is None:  # a pickled object: tensors inside it (rare) are scanned under its name
             refs = [dataclasses.replace(r, name=f"{item.fqn}.{r.name}" if r.name else item.fqn) for r in read.refs]
-            return refs, [n for n in read.notes if "holds no tensors" not in n]
+            return ReadResult(tuple(refs), tuple(n for n in read.notes if "holds no tensors" not in n), read.problems, owed)
         if len(read.refs) != 1:
             raise CorruptCheckpointError(p, f"a torch.save stream holding {len(read.refs)} tensors where DCP saves one")
-        return [_chunk(p, read.refs[0], item, metadata)], list(read.notes)
+        return ReadResult((_chunk(p, read.refs[0], item, metadata),), read.notes, read.problems, owed)
     if item.chunk_offsets is not None and _looks_safetensors(head):
         by_name = safetensors_at.get(item.offset)
         if by_name is None:
@@ -113,7 +123,7 @@ def _read_item(
         ref = by_name.get(item.fqn)
         if ref is None:
             raise CorruptCheckpointError(p, f"not in the safetensors stream at byte {item.offset}")
-        return [_chunk(p, ref, item, metadata)], []
+        return ReadResult((_chunk(p, ref, item, metadata),))
     raise CorruptCheckpointError(
         p, f"bytes at {item.offset} are neither a torch.save stream nor safetensors (a damaged or foreign file)",
         "re-copy the .distcp files and .metadata from where the checkpoint was saved",

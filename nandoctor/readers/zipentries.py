@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import mmap
 import string
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from nandoctor.crc import crc32  # noqa: F401  (the zip readers' and the patcher's CRC-32, named here too)
 from nandoctor.errors import CorruptCheckpointError
 
 LOCAL_MAGIC = b"PK\x03\x04"
@@ -48,20 +47,6 @@ _MAX_ENTRIES = 10_000_000  # a torch file has one entry per storage; this only b
 _ENCRYPTED_FLAGS = 0x1 | 0x40 | 0x2000  # encrypted, strongly encrypted, central directory masked
 _PATCHED_DATA = 0x20  # "compressed patched data": a feature torch's zip reader refuses
 _DOS_DIRECTORY = 0x10  # external attributes: the MS-DOS "directory" bit (zip readers honour it whatever the OS)
-
-CrcFunction = Callable[[bytes | memoryview, int], int]
-
-
-def _best_crc32() -> CrcFunction:
-    # python-isal's CRC-32 runs ~25 GB/s here against zlib's ~3.5 GB/s; same polynomial, same answers.
-    try:
-        from isal.isal_zlib import crc32 as isal_crc32
-    except ImportError:
-        return zlib.crc32
-    return isal_crc32
-
-
-crc32: CrcFunction = _best_crc32()
 
 
 @dataclass(frozen=True)
@@ -288,28 +273,3 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
 def read_entry(fh: BinaryIO, entry: ZipEntry) -> bytes:
     fh.seek(entry.data_offset)
     return fh.read(entry.compressed_size)
-
-
-def entry_crc32(mapped: mmap.mmap, entry: ZipEntry, chunk: int = 1 << 22) -> int:
-    """CRC-32 of a stored entry's bytes, read in place in chunks (pages dropped after, RSS stays flat)."""
-    value = 0
-    end = entry.data_offset + entry.compressed_size
-    view = memoryview(mapped)
-    try:
-        for start in range(entry.data_offset, end, chunk):
-            stop = min(start + chunk, end)
-            value = crc32(view[start:stop], value)
-            _release(mapped, start, stop)
-    finally:
-        view.release()
-    return value & 0xFFFFFFFF
-
-
-def _release(mapped: mmap.mmap, start: int, stop: int) -> None:
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    first = start - start % page
-    last = stop - stop % page
-    if last > first:
-        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -29,7 +29,8 @@ def _value(x: float) -> str:
 def _where(c: Change | None) -> str:
     if c is None:
         return ""
-    return f"{c.amount:.4g} at [{', '.join(map(str, c.coords))}] ({_value(c.a)} → {_value(c.b)})"
+    # A is the checkpoint under test, B the reference: say which value is which, never an arrow
+    return f"{c.amount:.4g} at [{', '.join(map(str, c.coords))}] (A: {_value(c.a)}, B: {_value(c.b)})"
 
 
 def detail(t: TensorDiff) -> str:
@@ -81,7 +82,8 @@ def render(report: DiffReport, console: Console, *, show_all: bool = False) -> N
     console.print(Text(f"A: {safe(report.a)}\nB: {safe(report.b)}"))
     console.print(verdict_text(report))
     counts = ", ".join(f"{c} {_WORDS.get(s, s)}" for s, c in report.counts.items() if c)
-    console.print(Text(f"  {counts}; {human_bytes(report.bytes_read)} read in {report.seconds:.2f} s", style="dim"))
+    read = f"{human_bytes(report.bytes_read)} read in {report.seconds:.2f} s"
+    console.print(Text(f"  {counts}; {read}" if counts else f"  {read}", style="dim"))
     for ranges, what in ((report.changed_ranges, "changed"), (report.cast_ranges, "cast")):
         if ranges:
             console.print(Text(f"  {what}: " + ", ".join(safe(x.label) for x in ranges)))

@@ -20,7 +20,7 @@ from nandoctor.checkpoint.runs import CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POI
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
 from nandoctor.report import heatmaps, svg
-from nandoctor.report.rich_report import human_bytes
+from nandoctor.report.rich_report import human_bytes, problems_heading
 from nandoctor.report.summary import MAX_ROWS, next_steps, tensor_rows, timeline_rows
 from nandoctor.report.svg import esc, num
 
@@ -125,7 +125,7 @@ def _scan_body(report: ScanReport) -> list[str]:
     out.append(_tensors_section(report, "Tensors with findings", "tensors"))
     if report.errors:
         rows = [[("name", esc(p.path)), ("", esc(p.message)), ("", esc(p.hint))] for p in report.errors[:MAX_ROWS]]
-        out.append("<h2>Could not be read</h2>" + _table(["path", "problem", "hint"], rows, "errors"))
+        out.append(f"<h2>{esc(problems_heading(report))} (exit 3)</h2>" + _table(["path", "problem", "hint"], rows, "errors"))
     return out
 
 
@@ -177,7 +177,7 @@ def _timeline(run: RunReport) -> str:
     for c in chosen:
         r = c.report
         rows.append([
-            ("n", str(c.step)), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
+            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", "" if c.max_abs is None else num(c.max_abs)),

@@ -10,6 +10,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
+from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
 
@@ -140,6 +141,29 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
     return out
 
 
+def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str]) -> dict[str, Any]:
+    """The report of a scan that could not start (no such path, a refused folder): no tensors, one error,
+    the verdict UNREADABLE (exit 3; ERROR for another code) and the gate, so that ``--json > r.json``
+    never leaves an empty file."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "target": target,
+        "files": [],
+        "tensors": [],
+        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint}],
+        "summary": {
+            "verdict": "UNREADABLE" if code == EXIT_UNREADABLE else "ERROR",
+            "health": "unreadable",
+            "ok": False,
+            "complete": False,
+            "exit_code": code,
+            "fail_on": sorted(fail_on),
+            "tensors": 0,
+        },
+        "gate": {"fail_on": sorted(fail_on), "exit_code": code, "passed": False},
+    }
+
+
 def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
     if log is None:
         return None
@@ -158,8 +182,9 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
 
 def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
     return {
-        "name": c.name,
-        "step": c.step,
+        "name": c.name,  # "final" for the run's final model (its top-level weights)
+        "step": c.step if c.step_known else None,
+        "final": c.final,
         "path": c.path,
         "status": c.status,
         "health": c.health,

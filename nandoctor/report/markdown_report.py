@@ -10,12 +10,13 @@ and for the HTML GitHub would otherwise render (``<img …>`` in a tensor name).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
-from nandoctor.report.rich_report import safe
+from nandoctor.report.rich_report import problems_heading, safe
 from nandoctor.report.summary import next_steps, tensor_rows, timeline_rows
 
 MAX_MARKDOWN_ROWS = 20  # a CI summary is read at a glance; --html and --json hold the rest
@@ -63,7 +64,24 @@ def _tensors(report: ScanReport, heading: str) -> list[str]:
 
 
 def _next(steps: list[str]) -> list[str]:
-    return ["", "### Next", "", *_code_block(steps)] if steps else []
+    """Prose as text, only the commands (the steps indented four spaces) in ``sh`` blocks."""
+    if not steps:
+        return []
+    out = ["", "### Next", ""]
+    commands: list[str] = []
+    for step in steps:
+        if step.startswith("    "):
+            commands.append(step.strip())
+            continue
+        if commands:
+            out += [*_code_block(commands), ""]
+            commands = []
+        out += [md(step), ""]
+    if commands:
+        out += _code_block(commands)
+    while out[-1] == "":
+        out.pop()
+    return out
 
 
 def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
@@ -77,9 +95,22 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     out.append(f"- **Exit code:** {decided.exit_code} (fails on: {', '.join(sorted(fail_on))})")
     out += _tensors(report, "Worst tensors")
     if report.errors:
-        out += ["", "### Could not be read", ""]
+        out += ["", f"### {problems_heading(report)} (exit 3)", ""]
         out += [f"- {md(p.path)}: {md(p.message)}" for p in report.errors[:MAX_MARKDOWN_ROWS]]
     out += _next(next_steps(report))
+    return "\n".join(out) + "\n"
+
+
+def render_error(data: dict[str, Any]) -> str:
+    """The Markdown of a scan that could not start (json_report.error_to_json's report)."""
+    summary = data["summary"]
+    out = [f"## nandoctor: {_status(summary['exit_code'])} {md(summary['verdict'])}", "",
+           f"- **Exit code:** {summary['exit_code']} (fails on: {', '.join(summary['fail_on'])})",
+           "", "### Problems", ""]
+    for error in data["errors"]:
+        out.append(f"- {md(error['path'])}: {md(error['message'])}")
+        if error["hint"]:
+            out.append(f"  - hint: {md(error['hint'])}")
     return "\n".join(out) + "\n"
 
 
@@ -98,7 +129,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     rows = []
     for c in chosen:
         r = c.report
-        rows.append([str(c.step), md(c.name), c.status,
+        rows.append([c.step_label, md(c.name), c.status,
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
                      "" if c.max_abs is None else f"{c.max_abs:.3g}",

@@ -79,7 +79,7 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
             f"{r.nan:,}",
             f"{r.posinf:,}",
             f"{r.neginf:,}",
-            "NaN/Inf" if r.reason == "bad" else "its layer",
+            ", ".join(r.findings) or "its layer",  # the findings verdict.py gave it, not always NaN/Inf
             Text(donor),
         )
     if len(rows) > len(shown):

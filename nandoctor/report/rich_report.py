@@ -1,35 +1,25 @@
 """ScanReport → a rich console report: verdict, bad layer ranges, bad tensors, heatmap, errors.
 
-Names come from untrusted files, so every one goes through :func:`safe` (control
-characters escaped) and into ``Text`` objects (never parsed as rich markup).
+Names come from untrusted files, so every one goes through :func:`safe` (report/text.py, re-exported
+here: control characters escaped) and into ``Text`` objects (never parsed as rich markup).
 """
 
 from __future__ import annotations
 
-import bisect
 import os
-import unicodedata
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor.layers import COMPONENTS, bad_ranges, component_of, layer_of
-from nandoctor.model import LayerSummary, ScanReport
+from nandoctor import verdict as verdicts
+from nandoctor.layers import COMPONENTS, component_of, layer_of
+from nandoctor.model import ScanReport, TensorResult
+from nandoctor.report.summary import finding_ranges, next_steps, tensor_rows
+from nandoctor.report.text import safe
 
 MAX_TENSOR_ROWS = 40
 HEATMAP_MIN_LAYERS = 8
-
-
-def safe(text: str) -> str:
-    """Escape control and format characters (terminal escapes, bidi overrides) from a file's names."""
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def human_bytes(n: float) -> str:
@@ -40,28 +30,24 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def verdict_text(report: ScanReport) -> Text:
-    ranges = bad_ranges(report.layers)
-    if report.ok:
-        return Text.assemble(("✓ CLEAN", "bold green"), f": all {len(report.tensors)} tensors are finite")
-    parts: list[Text | str | tuple[str, str]] = []
-    if report.nonfinite:
-        where = ", ".join(safe(r.label) for r in ranges[:4]) + (" …" if len(ranges) > 4 else "")
-        parts += [
-            ("✗ NON-FINITE", "bold red"),
-            f": {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf)",
-        ]
-        if where:
-            parts.append(f" in {where}")
-    if report.errors:
-        if parts:
-            parts.append("; ")
-        parts += [
-            ("✗ UNREADABLE", "bold red"),
-            f": {len(report.errors)} problem(s), so this checkpoint cannot be called clean",
-        ]
-    return Text.assemble(*parts)
+def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> Text:
+    """The console verdict line: verdict.py's words and counts (those of ``--quiet``), marked pass or fail.
+
+    A pass with findings (``zeroed``, or findings ``--fail-on`` leaves out) is a warning, never "clean".
+    """
+    from nandoctor import verdict as verdicts
+
+    decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
+    assert decided is not None, "pass the report through verdict.judged() first"
+    facts = safe("; ".join(verdicts.facts(report)))  # (names from files: a layer range, a problem's path)
+    if decided.exit_code == 0 and not decided.reported:
+        tensors = len(report.tensors)
+        rest = safe("; ".join(verdicts.facts(report)[1:]))  # the first fact is "N tensors healthy"
+        return Text.assemble(("✓ CLEAN", "bold green"), f": all {verdicts.plural(tensors, 'tensor')} finite and healthy"
+                             + (f"; {rest}" if rest else ""))
+    if decided.exit_code == 0:
+        return Text.assemble((f"⚠ PASS {decided.words}", "bold yellow"), f": {facts}")
+    return Text.assemble((f"✗ FAIL {decided.words}", "bold red"), f": {facts}")
 
 
 def _add_column(table: Table, header: str, *, numeric: bool, name: bool) -> None:
@@ -75,73 +61,127 @@ def _add_column(table: Table, header: str, *, numeric: bool, name: bool) -> None
         table.add_column(header, overflow="fold", ratio=1)
 
 
-def _layer_table(report: ScanReport, width: int = 160, limit: int | None = None) -> Table:
-    table = Table(title="Bad layers", title_justify="left", show_edge=False, header_style="bold")
-    # The worst tensor is the first row of the tensor table anyway: on a narrow terminal, drop it here.
-    worst_column = width >= 110
-    for column in ("layers", "bad tensors", "NaN", "+Inf", "-Inf", "components", "worst tensor")[: 7 if worst_column else 6]:
-        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad tensors"), name=column == "layers")
-    by_layer = {s.layer: s for s in report.layers}
-    # Bad layers of each stack by index, so each range finds its members by bisection: with tens of
-    # thousands of bad "layers" (one-element tensors) a scan over all layers per range was quadratic.
-    stacks: dict[str | None, list[tuple[int, LayerSummary]]] = {}
-    for summary in report.layers:
-        if summary.bad and summary.index is not None:
-            stacks.setdefault(summary.stack, []).append((summary.index, summary))
-    for members_of_stack in stacks.values():
-        members_of_stack.sort(key=lambda pair: pair[0])
-    ranges = bad_ranges(report.layers)
-    shown = ranges if limit is None else ranges[:limit]
-    if len(ranges) > len(shown):
-        table.caption = f"… and {len(ranges) - len(shown)} more bad layer groups (--all lists them, --json gives every one)"
-    for rng in shown:
-        if rng.first is None:
-            members = [by_layer[rng.label]]
-        else:
-            ordered = stacks[rng.stack]
-            lo = bisect.bisect_left(ordered, rng.first, key=lambda pair: pair[0])
-            hi = bisect.bisect_right(ordered, rng.last, key=lambda pair: pair[0])
-            members = [summary for _, summary in ordered[lo:hi]]
-        worst = max(members, key=lambda s: s.nonfinite)
-        components = sorted({c for s in members for c in s.bad_components}, key=COMPONENTS.index)
-        table.add_row(
-            Text(safe(rng.label), style="bold"),
-            f"{rng.bad_tensors}/{rng.tensors}",
-            f"{sum(s.nan for s in members):,}",
-            f"{sum(s.posinf for s in members):,}",
-            f"{sum(s.neginf for s in members):,}",
-            ", ".join(components),
-            *([Text(safe(worst.worst or ""))] if worst_column else []),
-        )
+# Below this width both tables merge NaN/+Inf/-Inf into one NaN/Inf column (as the run timeline does) and
+# drop dtype, shape, bad %, components, the tensor table's outlier count (the layer table has it) and its
+# first-bad coordinates when max |w| is shown: at 80 columns names are then not folded mid-token.
+NARROW = 140  # the wide tables of a mixed report need about this much
+_TABLE_FINDINGS = (verdicts.NONFINITE, verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)  # overflow: its own table
+_NUMERIC = {"tensors", "NaN", "+Inf", "-Inf", "NaN/Inf", "outliers", "max |w|", "bad %"}
+_NARROW_DROP = {"dtype", "shape", "bad %", "components", "NaN", "+Inf", "-Inf"}
+
+
+def _finding_cell(finding: str, reported: tuple[str, ...], narrow: bool = False) -> Text:
+    """A finding in red when it fails the gate, yellow (and "(reported)" when there is room) when it does not."""
+    if finding not in reported:
+        return Text(finding, style="red")
+    return Text(finding + ("" if narrow else " (reported)"), style="yellow")
+
+
+def _magnitude(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _columns(wanted: list[str], narrow: bool, rows: list[dict[str, object]], drop: set[str]) -> list[str]:
+    """The columns to show: numbers no row has (no NaN anywhere, no outlier) are left out."""
+    def has(*keys: str) -> bool:
+        return any(row.get(k) for row in rows for k in keys)
+
+    out = []
+    for column in wanted:
+        if column in ("NaN", "+Inf", "-Inf", "NaN/Inf") and not has("NaN", "+Inf", "-Inf"):
+            continue
+        if (column == "outliers" and not has("outliers")) or (column == "max |w|" and not has("max |w|")):
+            continue
+        if (narrow and column in _NARROW_DROP | drop) or (not narrow and column == "NaN/Inf"):
+            continue
+        out.append(column)
+    if narrow and "max |w|" in out and "first bad at" in out:
+        out.remove("first bad at")
+    return out
+
+
+def _table(title: str, rows: list[dict[str, object]], wanted: list[str], narrow: bool, name: str,
+           drop: set[str] = frozenset()) -> Table:  # type: ignore[assignment]
+    table = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    columns = _columns(wanted, narrow, rows, set(drop))
+    for column in columns:
+        _add_column(table, column, numeric=column in _NUMERIC, name=column == name)
+    for row in rows:
+        row["NaN/Inf"] = sum(int(row.get(k) or 0) for k in ("NaN", "+Inf", "-Inf"))  # type: ignore[call-overload]
+        table.add_row(*(_cell(row.get(c)) for c in columns))
     return table
 
 
-def _tensor_table(report: ScanReport, limit: int | None) -> Table:
-    bad = sorted(report.bad_tensors, key=lambda t: (-t.nonfinite, t.name))
-    table = Table(title="Bad tensors", title_justify="left", show_edge=False, header_style="bold")
+def _cell(value: object) -> Text | str:
+    if isinstance(value, Text):
+        return value
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def _worst_of(finding: str, t: TensorResult) -> float:
+    """How much of ``finding`` a tensor has: picks a range's worst tensor."""
+    if finding == verdicts.NONFINITE:
+        return t.nonfinite
+    if finding == verdicts.EXPLODED:
+        return t.exploded
+    if finding == verdicts.OUTLIER:
+        return t.outliers.count if t.outliers is not None else 0
+    return t.ref.numel
+
+
+def _layer_table(report: ScanReport, width: int = 160, limit: int | None = None, reported: tuple[str, ...] = ()) -> Table:
+    ranges = finding_ranges(report, _TABLE_FINDINGS)
+    shown = ranges if limit is None else ranges[:limit]
+    rows: list[dict[str, object]] = []
+    for rng in shown:
+        members = rng.members
+        nonfinite = rng.finding == verdicts.NONFINITE
+        maxes = [t.max_abs for t in members if t.max_abs is not None]
+        rows.append({
+            "layers": Text(safe(rng.label), style="bold"),
+            "finding": _finding_cell(rng.finding, reported, width < NARROW),
+            "tensors": f"{len(members)}/{rng.tensors}",
+            "NaN": sum(t.nan for t in members) if nonfinite else 0,
+            "+Inf": sum(t.posinf for t in members) if nonfinite else 0,
+            "-Inf": sum(t.neginf for t in members) if nonfinite else 0,
+            "outliers": sum(t.outliers.count for t in members if t.outliers is not None) if rng.finding == verdicts.OUTLIER else 0,
+            "max |w|": _magnitude(max(maxes)) if maxes and rng.finding != verdicts.NONFINITE else "",
+            "components": ", ".join(sorted({component_of(t.name) for t in members}, key=COMPONENTS.index)),
+            # The worst tensor is the first row of the tensor table anyway: on a narrow terminal, drop it here.
+            "worst tensor": Text(safe(max(members, key=lambda t: _worst_of(rng.finding, t)).name)),
+        })
+    wanted = ["layers", "finding", "tensors", "NaN", "+Inf", "-Inf", "NaN/Inf", "outliers", "max |w|", "components"]
+    table = _table("Findings by layer", rows, wanted + (["worst tensor"] if width >= 110 else []), width < NARROW, "layers")
+    if len(ranges) > len(shown):
+        table.caption = f"… and {len(ranges) - len(shown)} more layer groups (--all lists them, --json gives every one)"
+    return table
+
+
+def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, reported: tuple[str, ...] = ()) -> Table:
+    rows_of, more = tensor_rows(report, limit, _TABLE_FINDINGS)
     # A name in several files (separate checkpoints side by side, --both-formats): say which file.
     files_by_name: dict[str, set[str]] = {}
     for t in report.tensors:
         files_by_name.setdefault(t.name, set()).add(t.ref.file)
-    show_file = any(len(files_by_name[t.name]) > 1 for t in bad)
-    for column in ("tensor", *(("file",) if show_file else ()), "dtype", "shape", "NaN", "+Inf", "-Inf", "bad %", "first bad at"):
-        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "bad %"), name=column == "tensor")
-    shown = bad if limit is None else bad[:limit]
-    for t in shown:
-        coords = t.first_bad_coords
-        table.add_row(
-            Text(safe(t.name)),
-            *((Text(safe(os.path.basename(t.ref.file))),) if show_file else ()),
-            t.ref.dtype + (" scales" if t.ref.region.blocks is not None else ""),  # counts of its scale fields
-            "×".join(map(str, t.ref.shape)) or "scalar",
-            f"{t.nan:,}",
-            f"{t.posinf:,}",
-            f"{t.neginf:,}",
-            f"{100 * t.fraction:.3g}",
-            f"[{', '.join(map(str, coords))}]" if coords is not None else "",
-        )
-    if len(bad) > len(shown):
-        table.caption = f"… and {len(bad) - len(shown)} more bad tensors (--all lists them, --json gives every tensor)"
+    show_file = any(len(files_by_name[r.name]) > 1 for r in rows_of)
+    rows: list[dict[str, object]] = []
+    for r in rows_of:
+        findings = Text(", ").join(_finding_cell(f, reported, width < NARROW) for f in r.findings if f in _TABLE_FINDINGS)
+        rows.append({
+            "tensor": Text(safe(r.name)), "file": Text(safe(os.path.basename(r.file))), "findings": findings,
+            "dtype": r.dtype + (" scales" if r.scales else ""),  # block-quantized: counts of its scale fields
+            "shape": r.shape, "NaN": r.nan, "+Inf": r.posinf, "-Inf": r.neginf, "outliers": r.outliers,
+            "max |w|": _magnitude(r.max_abs) if set(r.findings) & {verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED} else "",
+            "bad %": f"{100 * r.fraction:.3g}" if r.nan or r.posinf or r.neginf else "",
+            "first bad at": f"[{', '.join(map(str, r.first_at))}]" if r.first_at is not None else "",
+        })
+    wanted = ["tensor", *(["file"] if show_file else []), "findings", "dtype", "shape", "NaN", "+Inf", "-Inf", "NaN/Inf",
+              "outliers", "max |w|", "bad %", "first bad at"]
+    table = _table("Tensors with findings", rows, wanted, width < NARROW, "tensor", {"outliers"})
+    if more:
+        table.caption = f"… and {more} more tensors with findings (--all lists them, --json gives every tensor)"
     return table
 
 
@@ -182,7 +222,8 @@ def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
     return out
 
 
-def render(report: ScanReport, console: Console, *, show_all: bool = False) -> None:
+def render(report: ScanReport, console: Console, *, show_all: bool = False, fail_on: frozenset[str] | None = None) -> None:
+    """The console report: header, findings by layer and by tensor, heatmaps, problems, the verdict, next."""
     console.print(
         Text.assemble(
             ("nandoctor scan ", "bold"),
@@ -197,11 +238,14 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
     )
     for note in report.notes:
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
-    if report.nonfinite:
+    limit = None if show_all else MAX_TENSOR_ROWS
+    decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
+    reported = decided.reported if decided is not None else ()
+    if any(not set(_TABLE_FINDINGS).isdisjoint(t.findings) for t in report.tensors):
         console.print()
-        console.print(_layer_table(report, console.width, None if show_all else MAX_TENSOR_ROWS))
+        console.print(_layer_table(report, console.width, limit, reported))
         console.print()
-        console.print(_tensor_table(report, None if show_all else MAX_TENSOR_ROWS))
+        console.print(_tensor_table(report, limit, console.width, reported))
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
         if tied:
             console.print(Text(f"  {tied} of these tensors view the same elements as another one listed "
@@ -221,24 +265,44 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False) -> N
                     style="yellow",
                 )
             )
-    if report.errors:
-        console.print()
-        console.print(Text("Could not be read", style="bold red"))
-        for problem in report.errors:
-            line = Text.assemble("  ", (safe(problem.path), "bold"), ": ", safe(problem.message))
-            console.print(line)
-            if problem.hint:
-                console.print(Text(f"    hint: {safe(problem.hint)}", style="dim"))
+    render_problems(report, console)
     console.print()
-    console.print(verdict_text(report))
-    if report.nonfinite:
-        from nandoctor.hints import repair_command
+    console.print(verdict_text(report, fail_on))
+    if decided is not None and decided.reported:
+        console.print(Text(f"  reported, not failed (--fail-on {','.join(sorted(decided.fail_on))}): "
+                           + ", ".join(decided.reported), style="yellow"))
+    verified = report.extra.get("hashes")
+    if isinstance(verified, dict) and verified.get("verified") and not report.errors:
+        console.print(Text(f"  hashes: {verified['verified']} weight file(s) match their known sha256", style="green"))
+    print_next(console, next_steps(report))
 
-        lead = (
-            "make every part readable first (a repair needs all of them; see above), then restore the bad tensors with"
-            if report.errors
-            else "restore the bad tensors from an earlier checkpoint with"
-        )
-        # soft_wrap: the terminal wraps the command, so a copy of it pastes as one line
-        console.print(Text(f"  next: {lead}\n        {safe(repair_command(report))}", style="dim"), soft_wrap=True)
 
+def render_problems(report: ScanReport, console: Console) -> None:
+    """What stopped the checkpoint being judged, under a heading that says what it is (exit 3)."""
+    if not report.errors:
+        return
+    console.print()
+    console.print(Text(f"{problems_heading(report)} (exit 3)", style="bold red"))
+    for problem in report.errors:
+        console.print(Text.assemble("  ", (safe(problem.path), "bold"), ": ", safe(problem.message)))
+        if problem.hint:
+            console.print(Text(f"    hint: {safe(problem.hint)}", style="dim"))
+
+
+def problems_heading(report: ScanReport) -> str:
+    """"Could not be read" only when every problem is a read failure: a glob matching nothing or a hash
+    mismatch is a problem, not an unreadable file."""
+    unread = all(not _not_a_read_failure(p.message) for p in report.errors)
+    return "Could not be read" if unread else "Problems"
+
+
+def _not_a_read_failure(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in ("sha256", "hash", "matches no tensor", "matched no tensor", "--only", "--exclude"))
+
+
+def print_next(console: Console, steps: list[str]) -> None:
+    """``next:`` and the steps; a command (indented four spaces) soft-wrapped so a copy pastes as one line."""
+    if steps:
+        console.print(Text("  next: " + "\n        ".join(safe(line.strip()) for line in steps), style="dim"),
+                      soft_wrap=True)

@@ -77,7 +77,7 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
     for c in run.checkpoints:
         r = c.report
         style = _STYLE[c.status]
-        row: list[Text | str] = ([] if narrow else [str(c.step)]) + [Text(safe(c.name)), Text(_WORD[c.status], style=style)]
+        row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(_WORD[c.status], style=style)]
         if r is None:
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
         else:
@@ -180,8 +180,9 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print()
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
+    decides = "the final model decides the exit code" if newest.final else "the newest checkpoint decides the exit code"
     console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (run.verdict, style),
-                                " (the newest checkpoint decides the exit code)"))
+                                f" ({decides})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
@@ -190,7 +191,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
-    from nandoctor.hints import repair_command_for, selection_args
+    from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, repaired_path, selection_args
 
     newest, last_clean, target = run.newest, run.last_clean, run.repair_target
     steps = []
@@ -210,19 +211,26 @@ def next_steps(run: RunReport) -> list[str]:
         if last_clean is not None and steps:
             steps.append(f"then resume from {last_clean.path}")
         return steps
-    repaired = Path(target.path.rstrip("/") + "-repaired")
+    repaired = repaired_path(Path(target.path))
+    if _verified_repair(repaired) and target.final:  # never `mv` the run folder itself
+        steps.append(f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target.path}")
+        return steps
     if _verified_repair(repaired):
         steps.append(f"{repaired} is a verified repair of {target.name}; to resume from it, put it in its place:")
+        # a Lightning step file is repaired into a folder holding the file of the same name
+        source = repaired / target.name if Path(target.path).is_file() else repaired
         steps.append(f"    mv {shlex.quote(target.path)} {shlex.quote(target.path + '-bad')} && "
-                     f"mv {shlex.quote(str(repaired))} {shlex.quote(target.path)}")
+                     f"mv {shlex.quote(str(source))} {shlex.quote(target.path)}")
         return steps
     if last_clean is not None:
         steps.append(f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with")
     else:
         steps.append(f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with")
-    # --from auto: the run's healthy checkpoints before the first bad one (checkpoint-N folders or Lightning step files)
+    # --from auto: the run's healthy checkpoints before its first bad one (checkpoint-N folders or Lightning
+    # step files); where there is none, auto would fail: the user names a donor
     selection = selection_args(target.report) if target.report is not None else ""
-    steps.append(f"    {repair_command_for(target.path, selection=selection)}")
+    donor = AUTO if run.auto_donors_for(target) else NO_AUTO_DONOR
+    steps.append(f"    {repair_command_for(target.path, donor, selection=selection)}")
     return steps
 
 
@@ -263,8 +271,12 @@ def _where(run: RunReport, step: int) -> str:
     """Where a logged step falls among the saved checkpoints (a save at step N holds the weights after step N;
     a Lightning row of step N was logged after the save of step N)."""
     after_save = run.log is not None and run.log.logged_after_save
-    before = [c for c in run.checkpoints if c.step < step or (after_save and c.step == step)]
-    after = run.checkpoints[len(before):]  # oldest first: the ones before come first
+    saved = [c for c in run.checkpoints if not c.final]  # the final model's step is no save of the log's
+    at = [c for c in saved if c.step == step]
+    if at and not after_save:  # Trainer logs step N, then saves checkpoint-N: the log is *at* that checkpoint
+        return f" (at {at[-1].name})"
+    before = [c for c in saved if c.step < step or (after_save and c.step == step)]
+    after = saved[len(before):]  # oldest first: the ones before come first
     if before and after:
         return f" (between {before[-1].name} and {after[0].name})"
     if after:

@@ -7,12 +7,13 @@ decided again. Both renderers take these values, so they cannot disagree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+from nandoctor.layers import LayerKey, layer_of, natural_key
 from nandoctor.model import ScanReport, TensorResult, coords_of
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
@@ -43,6 +44,9 @@ class TensorRow:
     outliers: int
     worst: str  # NaN / +Inf / -Inf when it holds one, else the outlier's value, else the largest magnitude
     first_at: tuple[int, ...] | None  # the first NaN/Inf, else the first outlier
+    max_abs: float | None = None  # the largest finite magnitude
+    fraction: float = 0.0  # NaN/Inf over the values counted
+    scales: bool = False  # block-quantized: the counts are of its scale fields
 
 
 def _row(t: TensorResult) -> TensorRow:
@@ -63,6 +67,9 @@ def _row(t: TensorResult) -> TensorRow:
         outliers=out.count if out is not None else 0,
         worst=_worst_value(t),
         first_at=first,
+        max_abs=t.max_abs,
+        fraction=t.fraction,
+        scales=t.ref.region.blocks is not None,
     )
 
 
@@ -76,10 +83,12 @@ def _worst_value(t: TensorResult) -> str:
     return "" if t.max_abs is None else num(t.max_abs)
 
 
-def tensor_rows(report: ScanReport, limit: int | None = MAX_ROWS) -> tuple[list[TensorRow], int]:
-    """The tensors with findings, worst first (by finding, then amount of damage), capped at ``limit``;
-    with the number left out."""
-    found = [t for t in report.tensors if t.findings]
+def tensor_rows(
+    report: ScanReport, limit: int | None = MAX_ROWS, findings: Collection[str] = SEVERITY
+) -> tuple[list[TensorRow], int]:
+    """The tensors with one of ``findings``, worst first (by finding, then amount of damage), capped at
+    ``limit``; with the number left out."""
+    found = [t for t in report.tensors if t.findings and not set(findings).isdisjoint(t.findings)]
 
     def severity(t: TensorResult) -> tuple[int, int, int, str]:
         rank = SEVERITY.index(worst_finding(t.findings))
@@ -89,6 +98,46 @@ def tensor_rows(report: ScanReport, limit: int | None = MAX_ROWS) -> tuple[list[
     found.sort(key=severity)
     shown = found if limit is None else found[:limit]
     return [_row(t) for t in shown], len(found) - len(shown)
+
+
+@dataclass(frozen=True)
+class FindingRange:
+    """Consecutive layers of one stack that all have one finding (``model.layers.4–6``, ``exploded``):
+    a range per finding, so a layer is never listed under a finding it does not have."""
+
+    finding: str
+    label: str
+    members: tuple[TensorResult, ...]  # the tensors of these layers with the finding
+    tensors: int  # every tensor of these layers
+
+
+def finding_ranges(report: ScanReport, findings: Collection[str] = SEVERITY) -> list[FindingRange]:
+    """Per finding (most severe first), the layer ranges whose tensors have it, in layer order."""
+    sizes = {s.layer: s.tensors for s in report.layers}
+    found = [t for t in report.tensors if t.findings and not set(findings).isdisjoint(t.findings)]
+    out: list[FindingRange] = []
+    for finding in (f for f in SEVERITY if f in findings):
+        groups: dict[str, list[TensorResult]] = {}
+        keys: dict[str, LayerKey] = {}
+        for t in found:
+            if finding in t.findings:
+                key = layer_of(t.name)
+                groups.setdefault(key.group, []).append(t)
+                keys[key.group] = key
+        runs: list[list[LayerKey]] = []
+        for group in sorted(groups, key=natural_key):
+            key = keys[group]
+            prev = runs[-1][-1] if runs else None
+            if prev is None or key.index is None or prev.index is None or prev.stack != key.stack or key.index != prev.index + 1:
+                runs.append([key])  # a layer outside a stack, another stack or a gap starts a new range
+            else:
+                runs[-1].append(key)
+        for run in runs:
+            first, last = run[0], run[-1]
+            label = first.group if first.index is None or first.index == last.index else f"{first.stack}.{first.index}–{last.index}"
+            members = tuple(t for key in run for t in groups[key.group])
+            out.append(FindingRange(finding, label, members, sum(sizes.get(key.group, 0) for key in run)))
+    return out
 
 
 def next_steps(report: ScanReport) -> list[str]:
@@ -102,8 +151,11 @@ def next_steps(report: ScanReport) -> list[str]:
         if report.nonfinite:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
     elif health == "diverged":
-        steps.append("most weights exploded: resume training from an earlier healthy checkpoint with a lower "
-                     "learning rate or gradient clipping (max_grad_norm); a repair would only stitch a broken model together")
+        context = verdicts.run_context(report)
+        where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
+        steps.append(f"diverged: {verdicts.diverged_why(report)}: resume training from the last healthy checkpoint"
+                     f"{where} with a lower learning rate or gradient clipping (max_grad_norm); a repair would only "
+                     "stitch a broken model together")
     elif health == "poisoned":
         steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
     elif verdicts.overflow_count(report) and report.exit_code:

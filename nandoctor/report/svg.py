@@ -24,7 +24,7 @@ _FONT = 'font-family="sans-serif" font-size="11"'
 
 def esc(text: object) -> str:
     """Text for HTML/SVG: control characters made visible, then ``<>&"'`` escaped."""
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     return html.escape(safe(str(text)), quote=True)
 

@@ -13,11 +13,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
-from nandoctor.model import PathLike, ScanReport
+from nandoctor.model import PathLike, ScanReport, TensorRef
 from nandoctor.restore.plan import (
     DonorInfo,
     RepairPlan,
@@ -27,6 +28,9 @@ from nandoctor.restore.plan import (
 )
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
+
+if TYPE_CHECKING:
+    from nandoctor.restore.donors import CheckpointDonor
 
 __all__ = [
     "PROOF_NAME",
@@ -60,8 +64,11 @@ def repair(
     thresholds for the target's scan and the donors' checks; ``selection`` (``--only`` / ``--exclude``):
     the tensors judged and restored, in the target, the donors and the verification scan alike (the
     others are carried over byte-identical)."""
+    from functools import partial
+
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.layout import fingerprint
+    from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan
     from nandoctor.restore.donors import resolve_donors
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
@@ -72,7 +79,8 @@ def repair(
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
-    if runs.is_run_folder(target_path):
+    # A run folder with the final model at its top: the repair is of that model (checkpoint/finalmodel.py)
+    if runs.is_run_folder(target_path) and not runs.has_final_model(target_path):
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
@@ -90,6 +98,7 @@ def repair(
         single_file=single,
         weights=tuple(files.files),
         left_out=tuple(files.skipped),
+        skip_dirs=tuple(p.name for p in runs.timeline_folders(target_path)) if runs.is_run_folder(target_path) else (),
     )
     if out_path is not None and not dry_run:
         check_out(out_path, source)  # fail before any reading when --out is taken
@@ -102,12 +111,18 @@ def repair(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
             f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
+    # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
+    # run's first healthy one is diverged there, and a repair must not hand it back as repaired
+    report = judge_in_run(report, target_path, partial(scan, device="cpu", limits=limits, selection=selection))
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
     catalogs = resolve_donors(target_path, donor_list, limits, selection)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
+    sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
+    if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
+        plan = _in_pieces(plan, target_path, catalogs, limits or HealthLimits(), selection)
     if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -133,6 +148,24 @@ def repair(
     return replace(result, seconds=time.perf_counter() - started)
 
 
+def _in_pieces(
+    plan: RepairPlan, target: Path, catalogs: Sequence[CheckpointDonor], limits: HealthLimits,
+    selection: Selection | None,
+) -> RepairPlan:
+    """The plan's restorations of chunked tensors (DCP shards) cut into the chunks actually written."""
+    from functools import partial
+
+    from nandoctor.checkpoint.opener import open_checkpoint
+    from nandoctor.restore.donors import nonfinite_counts, tensor_health
+    from nandoctor.restore.pieces import expand
+
+    chunks: dict[str, list[TensorRef]] = {}
+    for ref in open_checkpoint(target, selection=selection).refs:  # headers only: the chunks' byte ranges
+        if ref.chunk is not None:
+            chunks.setdefault(ref.name, []).append(ref)
+    return expand(plan, chunks, catalogs, partial(tensor_health, limits=limits), nonfinite_counts)
+
+
 def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None) -> RepairPlan:
     """The plan with what ``--only`` / ``--exclude`` left out of it, counted and said in a note."""
     if selection is None:
@@ -145,17 +178,17 @@ def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection |
 
 
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:
+    from nandoctor import verdict
     from nandoctor.checkpoint import runs
     from nandoctor.layers import bad_ranges
 
-    broken = len(report.unhealthy_tensors)
-    folder = target_path if target_path.is_dir() else target_path.parent
+    place = runs.place_in_run(target_path)
     resume = "resume training from the last healthy checkpoint"
-    if runs.step_of(folder) is not None:
-        resume += f" (`nandoctor scan {folder.parent}` names it)"
+    if place is not None:
+        resume += f" (`nandoctor scan {place.run}` names it)"
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
     raise RepairRefusedError(
-        f"{target}: diverged: {broken} of {len(report.tensors)} tensors are unhealthy, most of them exploded"
+        f"{target}: diverged: {verdict.diverged_why(report)}"
         + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
         f"{resume} with a lower learning rate or gradient clipping; --allow-diverged repairs it anyway",
     )

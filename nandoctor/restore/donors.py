@@ -12,6 +12,7 @@ checkpoints before the target, at or before its last healthy one, newest first:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.runs import RunReport, checkpoint_step, duplicate_steps, place_in_run
 from nandoctor.checkpoint.selection import Selection
-from nandoctor.dtypes import DTYPES
+from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -47,6 +48,7 @@ class CheckpointDonor:
         self.selection = selection
         self.checkpoint: Checkpoint | None = None
         self._refs: dict[str, TensorRef] | None = None
+        self._chunks: dict[str, list[TensorRef]] = {}  # tensors stored as chunks (DCP), by name
 
     @property
     def fingerprints(self) -> dict[str, tuple[int, int]]:
@@ -62,20 +64,45 @@ class CheckpointDonor:
                 first = checkpoint.problems[0]
                 raise CorruptCheckpointError(first.path, first.message, first.hint or None)
             refs: dict[str, TensorRef] = {}
+            chunks: dict[str, list[TensorRef]] = {}
             for ref in checkpoint.refs:
-                if ref.name in refs:
+                if ref.chunk is not None and ref.name not in refs:
+                    chunks.setdefault(ref.name, []).append(ref)  # a DCP chunk: the tensor is all of them
+                    continue
+                if ref.name in refs or ref.name in chunks:
+                    other = refs[ref.name] if ref.name in refs else chunks[ref.name][0]
                     raise CorruptCheckpointError(
-                        ref.file, f"tensor {ref.name!r} is also in {Path(refs[ref.name].file).name}; ambiguous"
+                        ref.file, f"tensor {ref.name!r} is also in {Path(other.file).name}; ambiguous"
                     )
                 refs[ref.name] = ref
-            self.checkpoint, self._refs = checkpoint, refs
+            for name, parts in chunks.items():
+                # Planning sees the whole tensor (global shape, as the scan reports it); pieces.py writes the chunks.
+                chunk = parts[0].chunk
+                assert chunk is not None
+                refs[name] = dataclasses.replace(
+                    parts[0], shape=chunk.global_shape, storage_offset=0, strides=None, chunk=None)
+            self.checkpoint, self._refs, self._chunks = checkpoint, refs, chunks
         return self._refs
+
+    @property
+    def chunked(self) -> bool:
+        """Whether some tensor of the donor, as read so far, is stored as chunks."""
+        return bool(self._chunks)
+
+    def stored(self, name: str) -> list[TensorRef]:
+        """The donor tensor ``name`` as stored: its chunks (DCP), or the one whole tensor."""
+        return self._chunks.get(name) or [self.refs()[name]]
+
+    def _parts(self, ref: TensorRef) -> list[TensorRef]:
+        """What to read to judge ``ref``: its chunks when it stands for a chunked tensor, else itself."""
+        chunks = self._chunks.get(ref.name)
+        return chunks if chunks is not None and self.refs().get(ref.name) is ref else [ref]
 
     def unhealthy(self, ref: TensorRef) -> str | None:
         """Why this donor tensor is no good copy, or None: it must be finite and, for a weight, neither
         exploded nor holding outliers (the same census the scan runs, on this tensor alone)."""
         try:
-            return tensor_health(ref, self.limits)
+            return next((why for part in self._parts(ref) if (why := tensor_health(part, self.limits))), None)
         except OSError as exc:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
 
@@ -85,9 +112,11 @@ class CheckpointDonor:
         from nandoctor.restore.convert import Conversion, nonfinite
         from nandoctor.restore.tensorbytes import iter_elements
 
-        into = Conversion(ref.dtype, dtype, ref.region.byteorder == "big", False)  # judged little-endian
         try:
-            return sum(nonfinite(into.apply(block), dtype) for block in iter_elements(ref.file, ref))
+            return sum(
+                nonfinite(Conversion(part.dtype, dtype, part.region.byteorder == "big", False).apply(block), dtype)
+                for part in self._parts(ref) for block in iter_elements(part.file, part)
+            )
         except OSError as exc:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
 
@@ -98,32 +127,16 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     The scan's kernel and census on this tensor alone; a second read, only when some value may be an
     outlier, counts them against the tensor's own bulk scale (which the first read measures)."""
     from nandoctor.kernels import select_kernel
-    from nandoctor.kernels.census import (
-        Census,
-        count_above,
-        lane_info,
-        lanes_of,
-        observe_chunk,
-        to_little,
-    )
-    from nandoctor.restore.tensorbytes import iter_elements
+    from nandoctor.kernels.census import Census, count_above, lane_info, lanes_of, observe_chunk
 
-    fields = ref.region.blocks
-    spec = DTYPES[ref.region.dtype if fields is not None else ref.dtype]  # a quantized tensor: its scale fields
+    spec = _spec(ref)
     if not spec.can_hold_nonfinite:
         return None
     kernel = select_kernel("cpu")
     info = lane_info(spec, limits.max_abs)
-    swap = ref.region.byteorder == "big" and spec.lane_bits > 8
-
-    def blocks() -> Iterator[np.ndarray]:
-        for block in iter_elements(ref.file, ref, limit=kernel.chunk_bytes):
-            lanes = gather(block, ref.region) if fields is not None else block
-            yield to_little(lanes, spec) if swap else lanes
-
     census = Census()
     bad = 0
-    for block in blocks():
+    for block in _lanes(ref, kernel.chunk_bytes):
         bad += kernel.count(block, spec).nonfinite
         census.merge(observe_chunk(block, info, 0, histogram=True))
     if bad:
@@ -135,8 +148,40 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     threshold = census.outlier_threshold(info, limits)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
         return None
-    outliers = sum(count_above(lanes_of(block, spec), info, threshold)[0] for block in blocks())
+    outliers = sum(count_above(lanes_of(block, spec), info, threshold)[0] for block in _lanes(ref, kernel.chunk_bytes))
     return f"holds {outliers:,} outliers (values 2^10 times above its bulk)" if outliers else None
+
+
+def _spec(ref: TensorRef) -> DTypeSpec:
+    """What is counted of ``ref``: its dtype, or a block-quantized tensor's scale fields."""
+    return DTYPES[ref.region.dtype if ref.region.blocks is not None else ref.dtype]
+
+
+def _lanes(ref: TensorRef, limit: int) -> Iterator[np.ndarray]:
+    """The tensor's counted values in blocks, little-endian, as the scan's kernel reads them."""
+    from nandoctor.kernels.census import to_little
+    from nandoctor.restore.tensorbytes import iter_elements
+
+    spec = _spec(ref)
+    swap = ref.region.byteorder == "big" and spec.lane_bits > 8
+    for block in iter_elements(ref.file, ref, limit=limit):
+        lanes = gather(block, ref.region) if ref.region.blocks is not None else block
+        yield to_little(lanes, spec) if swap else lanes
+
+
+def nonfinite_counts(ref: TensorRef) -> tuple[int, int, int]:
+    """(NaN, +Inf, -Inf) in one tensor's (or view's) own elements."""
+    from nandoctor.kernels import select_kernel
+
+    spec = _spec(ref)
+    if not spec.can_hold_nonfinite:
+        return 0, 0, 0
+    kernel = select_kernel("cpu")
+    nan = posinf = neginf = 0
+    for block in _lanes(ref, kernel.chunk_bytes):
+        counts = kernel.count(block, spec)
+        nan, posinf, neginf = nan + counts.nan, posinf + counts.posinf, neginf + counts.neginf
+    return nan, posinf, neginf
 
 
 def auto_donors(
@@ -173,10 +218,9 @@ def auto_donors(
             f"{target}: --from auto cannot order the run in {run_folder}: {clashes[0]}",
             "rename or remove the stray folder, or name the donors with --from <path>",
         )
-    kind = "…step=N….ckpt file" if place.lightning else "checkpoint-N"
     if not [path for s, path in siblings if s < step]:
         raise RepairRefusedError(
-            f"{target}: --from auto found no {kind} before step {step} in {run_folder}",
+            f"{target}: --from auto found no {place.kind} before step {step} in {run_folder.resolve()}",
             "name the donors with --from <path>; the run may have deleted older checkpoints "
             + ("(ModelCheckpoint's save_top_k)" if place.lightning else "(save_total_limit)"),
         )

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
-from nandoctor.model import ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
+from nandoctor.verdict import FAILING_BY_DEFAULT
 
 SCOPES = ("tensor", "layer")
 
@@ -78,6 +79,9 @@ class Restoration:
     target_ref: TensorRef
     donor_ref: TensorRef
     via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
+    findings: tuple[str, ...] = ()  # why it is restored (nonfinite, exploded, outlier); () for "layer"
+    # Set when only a box of the tensor is restored (a DCP chunk, pieces.py): where ``shape`` sits in the tensor
+    box: ChunkOf | None = None
 
     @property
     def cast(self) -> bool:
@@ -394,6 +398,7 @@ def plan_repair(
                 target_ref=t.ref,
                 donor_ref=donor_ref,
                 via=None if t is writer else writer.name,
+                findings=tuple(f for f in t.findings if f in FAILING_BY_DEFAULT),
             )
         )
 

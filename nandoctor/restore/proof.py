@@ -95,6 +95,7 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
         "dtype": r.dtype,
         "shape": list(r.shape),
         "reason": r.reason,
+        "findings": list(r.findings),  # why "bad": nonfinite, exploded, outlier
         "nan": r.nan,
         "posinf": r.posinf,
         "neginf": r.neginf,
@@ -103,6 +104,8 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
         "donor_tensor": r.donor_name,
         "donor_dtype": r.donor_ref.dtype,  # differs from dtype only with allow_cast: rounded as torch rounds
         "via": r.via,
+        # a box of the tensor (a DCP chunk): its first element and the whole tensor's shape; null: all of it
+        "chunk": None if r.box is None else {"offsets": list(r.box.offsets), "global_shape": list(r.box.global_shape)},
     }
 
 

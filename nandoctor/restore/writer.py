@@ -1,19 +1,20 @@
 """Write a planned repair: copy the source, patch the restored tensors' bytes, verify, move into place.
 
 Same dtype and shape mean same byte length, so each output shard is the
-source shard with some byte ranges replaced by donor bytes: each file is
-copied by the kernel (``copy_file_range``, as ``cp`` does), then patched in
-place in the copy. Headers, metadata, the index and every untouched tensor
-stay byte-identical. Everything happens in a temporary folder beside ``out``
-(see atomic.py); each shard is hashed and fsynced in the background while the
-next one is copied, the copy is re-scanned, and only a clean, verified folder
-is renamed onto ``out``. The source is only ever opened for reading.
+source shard with some byte ranges replaced by donor bytes (copying.py: a
+shard is copied, patched and hashed in one pass, several shards at once, one
+per core). Headers, metadata, the index and every untouched tensor stay
+byte-identical. Everything happens in a temporary folder beside ``out`` (see
+atomic.py); each shard is fsynced in the background, the copy is re-scanned,
+the proof's comparisons read only the restored extents (moved.py), and only a
+clean, verified folder is renamed onto ``out``. The source is only ever opened
+for reading.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import dataclasses
 import os
 import shlex
 import shutil
@@ -23,23 +24,22 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
-from nandoctor.model import ScanReport
-from nandoctor.restore import atomic, zippatch
+from nandoctor.model import ScanReport, TensorRef
+from nandoctor.restore import atomic
+from nandoctor.restore.copying import copy_file as _copy_file
+from nandoctor.restore.copying import write_weight
+from nandoctor.restore.moved import proof_diff
 from nandoctor.restore.plan import RepairPlan, Restoration
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write_proof
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
 
-_ZIP_MAGIC = b"PK\x03\x04"
 # The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
 # folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
 GATE_REPORT = "nandoctor.json"
-# copy_file_range is missing or refused across these filesystems / kernels: fall back to sendfile.
-_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, what)
 Phase = Callable[[str], None]  # "temp", "copied", "verified", "hashed", "proof", "synced", "renamed"
@@ -53,6 +53,9 @@ class Source:
     single_file: Path | None  # set when the target is one file: only it is copied
     weights: tuple[Path, ...]  # the scanned weight files (patched when a restoration lands there)
     left_out: tuple[Path, ...] = ()  # weights in another format that the scan skipped: not carried over
+    # top-level folders not carried over: a run's checkpoint-N folders when its final model is repaired
+    # (the repair is of the model at the top; a copy of the whole run would read as a run again)
+    skip_dirs: tuple[str, ...] = ()
 
 
 def _noop(*_: object) -> None:
@@ -121,8 +124,8 @@ def write_repair(
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
 
     Every patched weight file is hashed (sha256) for the proof; with ``hash_all`` the unpatched
-    copies too (sha256 costs more CPU than the copy itself, which on a small machine decides the
-    repair's speed). ``inputs`` maps every source and donor file that was read when the repair was
+    copies too (hashed while copying, from the copy's own buffer: the CPU time of sha256 is the
+    whole extra cost). ``inputs`` maps every source and donor file that was read when the repair was
     planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
     the repair, because its new bytes were never checked."""
     started = time.perf_counter()
@@ -141,25 +144,32 @@ def write_repair(
             "choose an --out in a folder you can write to",
         ) from exc
     moved = False
-    # Each shard is hashed (CPU, one thread per core) and written back to disk (I/O, its own thread, so a
-    # waiting fsync never holds a hashing slot) while the next one is copied.
-    hasher = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="nandoctor-sha256")
+    # Weight files are copied (and hashed, and patched) one per core: sha256 and the copy's reads and writes
+    # release the GIL. Each is written back to disk by its own thread, so a waiting fsync holds no copying slot.
+    copier = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="nandoctor-copy")
     syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nandoctor-fsync")
     try:
         phase("temp")
         writes = _writes_by_copy(plan, source, temp)
-        hashing: dict[Path, Future[str]] = {}
+        futures: dict[Path, Future[tuple[Path, str | None]]] = {}
         syncing: list[Future[None]] = []
+        # The files that are hashed (CPU-bound) go first, largest first, so the kernel copies of the rest fill
+        # the gaps and no core is left with one big hash at the end.
+        for rel, is_weight, _size in sorted(copies, key=lambda c: (not (c[1] and (hash_all or writes.get(temp / c[0]))),
+                                                                   -c[2])):
+            if is_weight:
+                futures[rel] = copier.submit(_write_one, source, rel, temp, writes.get(temp / rel, []), hash_all)
+            else:
+                futures[rel] = copier.submit(_copy_one, source, rel, temp)
         carried: list[str] = []
         weights: list[Path] = []
+        hashes: dict[Path, str | None] = {}
         total, done = sum(size for _, _, size in copies), 0
-        for rel, is_weight, size in copies:
-            copy = _copy_one(source, rel, temp)
+        for rel, is_weight, size in copies:  # in order: progress and errors as a serial copy gives them
+            copy, digest = futures[rel].result()
             if is_weight:
                 weights.append(copy)
-                _patch_file(copy, writes.get(copy, []))
-                if hash_all or writes.get(copy):
-                    hashing[copy] = hasher.submit(_sha256, copy)
+                hashes[copy] = digest
                 syncing.append(syncer.submit(atomic.fsync_path, copy))
             else:
                 carried.append(str(rel))
@@ -167,11 +177,11 @@ def write_repair(
             progress(done, total, f"copying {rel}")
         phase("copied")
         verification = _verify(plan, source, temp, source_report, progress)
-        diffs = _diffs(plan, source, temp)
+        diffs = proof_diff(plan, source.single_file or source.root, _source_refs(plan, source, source_report),
+                           lambda file: str(_target_copy(source, temp, file)))
         phase("verified")
-        hashes = {path: future.result() for path, future in hashing.items()}
-        for future in syncing:
-            future.result()
+        for synced in syncing:
+            synced.result()
         phase("hashed")
         files = tuple(
             WrittenFile(str(p.relative_to(temp)), p.stat().st_size, hashes.get(p), bool(writes.get(p))) for p in weights
@@ -200,7 +210,7 @@ def write_repair(
     except OSError as exc:
         raise RepairFailedError(f"{exc.filename or out}: {exc.strerror or exc} while writing the repair") from exc
     finally:
-        for pool in (hasher, syncer):
+        for pool in (copier, syncer):
             pool.shutdown(wait=True, cancel_futures=True)  # no thread may still use temp when it is removed
         atomic.forget(temp)
         if not moved:
@@ -226,7 +236,10 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
         for d in sorted(dirs):
             if (here / d).is_symlink():
                 notes.append(f"{(here / d).relative_to(source.root)}: a link to a folder; not carried over")
-        dirs[:] = sorted(d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink())
+        dirs[:] = sorted(
+            d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink()
+            and not (here == source.root and d in source.skip_dirs)
+        )
         for name in sorted(names):
             path = here / name
             absolute = path.absolute()
@@ -299,34 +312,32 @@ def _check_space(parent: Path, needed: int) -> None:
         )
 
 
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy in the kernel (no shard passes through our memory): copy_file_range like ``cp``, else sendfile."""
-    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
-        size = os.fstat(fsrc.fileno()).st_size
-        copied = 0
-        try:
-            while copied < size:
-                n = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(size - copied, 1 << 30))
-                if n == 0:
-                    break
-                copied += n
-        except (AttributeError, OSError) as exc:
-            if copied or (isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE):
-                raise
-        if copied == size:
-            return
-    shutil.copyfile(src, dst)  # sendfile, or read/write where even that is missing
-
-
-def _copy_one(source: Source, rel: Path, temp: Path) -> Path:
-    src = source.single_file if source.single_file is not None else source.root / rel
+def _copy_one(source: Source, rel: Path, temp: Path) -> tuple[Path, str | None]:
+    """Copy a file that is not a scanned weight file (config, tokenizer …) in the kernel; (its copy, None)."""
+    src = source.root / rel
     dst = temp / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     _copy_file(src, dst)
-    # The source's permission bits, but owner-writable: weights are patched in place, and the new folder is
-    # the user's (Hugging Face cache blobs are read-only). Never setuid/setgid/sticky (``& 0o777``, as cp).
+    _chmod_like(src, dst)
+    return dst, None
+
+
+def _write_one(source: Source, rel: Path, temp: Path, restorations: list[Restoration],
+               hash_all: bool) -> tuple[Path, str | None]:
+    """Copy, patch and (when patched or ``hash_all``) hash one weight file; (its copy, its sha256)."""
+    src = source.single_file if source.single_file is not None else source.root / rel
+    dst = temp / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # This module's own references, looked up now: the tests replace them here to inject faults.
+    digest = write_weight(src, dst, restorations, hash_it=hash_all, copy=_copy_file, write_elements=copy_elements)
+    _chmod_like(src, dst)
+    return dst, digest
+
+
+def _chmod_like(src: Path, dst: Path) -> None:
+    # The source's permission bits, but owner-writable: the new folder is the user's (Hugging Face cache
+    # blobs are read-only). Never setuid/setgid/sticky (``& 0o777``, as cp).
     os.chmod(dst, (os.stat(src).st_mode & 0o777) | stat.S_IWUSR)
-    return dst
 
 
 def _target_copy(source: Source, temp: Path, file: str) -> Path:
@@ -344,33 +355,17 @@ def _writes_by_copy(plan: RepairPlan, source: Source, temp: Path) -> dict[Path, 
     return by_file
 
 
-def _patch_file(copy: Path, restorations: list[Restoration]) -> None:
-    """Write each restoration's donor elements into ``copy``; fix the CRC-32 of patched zip entries."""
-    if not restorations:
-        return
-    with open(copy, "r+b") as fh:
-        is_zip = fh.read(4) == _ZIP_MAGIC
-        fd = fh.fileno()
-        entries = zippatch.read_entries(str(copy)) if is_zip else []
-        touched: dict[int, zippatch.ZipEntry] = {}
-        for r in restorations:
-            ref = r.target_ref
-            if is_zip:
-                entry = zippatch.entry_at(entries, ref.region.offset, ref.region.nbytes)
-                if entry is None:
-                    raise RepairFailedError(f"{ref.file}: storage of {ref.name!r} is not inside one zip entry; refused")
-                zippatch.check_stored(ref.file, entry)
-                if entry.local_offset not in touched:
-                    # A CRC that was already wrong is corruption: do not bless it with a fresh one.
-                    if zippatch.crc_of(fd, entry) != entry.crc:
-                        raise RepairFailedError(
-                            f"{ref.file}: zip entry {entry.name!r} fails its CRC-32 check before patching (corrupt source)",
-                            "re-save or re-download the checkpoint; nandoctor will not rewrite a corrupt entry's CRC",
-                        )
-                    touched[entry.local_offset] = entry
-            copy_elements(r.donor_ref.file, r.donor_ref, fd, ref, cast=r.cast)
-        for entry in touched.values():
-            zippatch.rewrite_crc(fd, entry, zippatch.crc_of(fd, entry))
+def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) -> list[TensorRef]:
+    """Every tensor of the source: the scan's, or with ``--only``/``--exclude`` its headers read again
+    (cheap: no tensor data), since a tensor left out of the scan may share a restored storage; for a sharded
+    source (DCP) too, since the scan reports a chunked tensor whole and the bytes are its stored chunks."""
+    sharded = any(p.suffix == ".distcp" or "zero_pp_rank_" in p.name for p in source.weights)
+    if plan.selection is None and not sharded:
+        return [t.ref for t in source_report.tensors]
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    opened = open_checkpoint(source.single_file or source.root)
+    return [ref for refs in opened.refs_by_file.values() for ref in refs]
 
 
 def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
@@ -387,7 +382,8 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     written = {(t.ref.file, t.name): t.ref for t in report.tensors}
     for r in plan.restorations:
         copy = str(_target_copy(source, temp, r.target_ref.file))
-        ref = written.get((copy, r.name))
+        # A box of a chunked tensor (pieces.py) is no tensor of the report: the copy holds it at the same bytes.
+        ref = written.get((copy, r.name)) if r.box is None else relocated(r.target_ref, copy)
         if ref is None or not same_elements(copy, ref, r.donor_ref.file, r.donor_ref, cast=r.cast):
             raise RepairFailedError(
                 f"{r.target_ref.file}: tensor {r.name!r} would not hold its donor's bytes after the repair",
@@ -396,43 +392,6 @@ def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanRep
     return report
 
 
-MAX_LISTED = 200  # names listed per comparison in the proof; the counts are always complete
-
-
-def _diffs(plan: RepairPlan, source: Source, temp: Path) -> dict[str, Any]:
-    """The output compared (bytes only) with the source and with each donor that gave tensors: the
-    proof lists what differs, so a reader sees that nothing but the restored tensors moved."""
-    from nandoctor.checkpoint.opener import open_checkpoint
-    from nandoctor.diffs import diff_checkpoints
-
-    target = source.single_file or source.root
-    written = open_checkpoint(temp / source.single_file.name if source.single_file is not None else temp)
-
-    def summary(other: str | os.PathLike[str]) -> tuple[dict[str, Any], set[str], bool]:
-        report = diff_checkpoints(written, open_checkpoint(other), values=False)
-        differ = sorted(t.name for t in report.tensors if not t.same)
-        entry = {
-            "path": os.path.abspath(other), "complete": report.complete, "tensors": len(report.tensors),
-            "identical": len(report.tensors) - len(differ), "differ": len(differ), "differ_tensors": differ[:MAX_LISTED],
-        }
-        return entry, set(differ), report.complete
-
-    restored = {r.name for r in plan.restorations}
-    source_entry, moved, complete = summary(target)
-    source_entry["only_restored_differ"] = complete and moved <= restored
-    donors = []
-    for index, donor in enumerate(plan.donors):
-        took = {r.name for r in plan.restorations if r.donor == index}
-        if took:
-            entry, differ, complete = summary(donor.path)
-            entry["restored_identical"] = complete and not (took & differ)
-            donors.append(entry)
-    return {"source": source_entry, "donors": donors}
-
-
-def _sha256(path: Path) -> str:
-    # Plain reads into one reused buffer (checkpoint/hashes.py): hashing through an mmap of a file under
-    # writeback (the fsync thread) measured up to 2x slower, with erratic system time.
-    from nandoctor.checkpoint.hashes import sha256_file
-
-    return sha256_file(path)
+def relocated(ref: TensorRef, file: str) -> TensorRef:
+    """``ref`` read from ``file`` (a copy with the same layout) instead of its own file."""
+    return dataclasses.replace(ref, region=dataclasses.replace(ref.region, file=file))

@@ -1,4 +1,4 @@
-"""CRC-32 bookkeeping for patched entries of a torch zip checkpoint.
+"""CRC-32 bookkeeping for patched entries of a torch zip checkpoint (a whole file, or a DCP item inside one).
 
 ``torch.save`` writes each storage as a STORED (uncompressed) zip entry, so
 patching a storage is patching bytes in place; what changes is the entry's
@@ -10,6 +10,9 @@ tools and nandoctor's own reader do, so all three are rewritten.
 Where those fields are comes from ``readers/zipentries.py``, nandoctor's one
 strict zip parser (the same checks the scan applied to the source: an archive
 it refuses is never patched); this module only reads and writes the bytes.
+A DCP ``.distcp`` file holds one ``torch.save`` zip per item at the item's byte
+offset: ``read_entries`` reads that zip through a window and returns positions
+in the whole file, so the rewriting below needs no notion of a base.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 from nandoctor.errors import RepairFailedError
+from nandoctor.readers.window import FileWindow
 from nandoctor.readers.zipentries import (
     crc32 as _crc32,  # python-isal when installed: ~7x zlib
 )
@@ -45,14 +50,17 @@ class ZipEntry:
     zip64: bool
 
 
-def read_entries(path: str) -> list[ZipEntry]:
-    """Every entry of the zip at ``path`` with the byte positions a patcher needs (CorruptCheckpointError
-    when the strict parser refuses the archive)."""
+def read_entries(path: str, base: int = 0, size: int | None = None) -> list[ZipEntry]:
+    """Every entry of the zip of ``size`` bytes at ``base`` in ``path`` (default: the whole file), with the
+    byte positions a patcher needs, absolute in the file (CorruptCheckpointError when the strict parser
+    refuses the archive)."""
     with open(path, "rb") as fh:
-        directory = read_directory(path, fh, os.fstat(fh.fileno()).st_size)
+        length = os.fstat(fh.fileno()).st_size - base if size is None else size
+        window = fh if base == 0 and size is None else cast(BinaryIO, FileWindow(fh, base, length))
+        directory = read_directory(path, window, length)
     return [
-        ZipEntry(e.name, e.flags, e.method, e.crc32, e.compressed_size, e.header_offset, e.data_offset,
-                 e.central_offset, e.zip64)
+        ZipEntry(e.name, e.flags, e.method, e.crc32, e.compressed_size, base + e.header_offset,
+                 base + e.data_offset, base + e.central_offset, e.zip64)
         for e in directory.entries.values()
     ]
 

@@ -10,29 +10,30 @@ that a malicious file is named as such; it is never loaded.
 
 Each storage's CRC-32 is checked against the zip directory (torch does not):
 a mismatch is reported as corruption of that storage and of the tensors on
-it, and the rest of the file is still scanned. ``NANDOCTOR_SKIP_CRC=1``
-skips that pass (the report says so).
+it, and the rest of the file is still scanned. ``defer_crcs=True`` leaves the
+checks to the caller (``ReadResult.owed``: the scan pays them while it reads
+the bytes anyway); otherwise they are a separate pass here (nandoctor.crc).
+``NANDOCTOR_SKIP_CRC=1`` skips them (the report says so).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 import pickle
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from nandoctor.crc import check_owed
 from nandoctor.errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import ReadResult, Region, ScanProblem
+from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem
 from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
@@ -51,7 +52,6 @@ from nandoctor.readers.zipentries import (
     ZipDirectory,
     ZipEntry,
     ascii_fold,
-    entry_crc32,
     read_directory,
     read_entry,
 )
@@ -60,7 +60,6 @@ SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
 MAX_META_BYTES = 1 << 20  # other small entries (version, .format_version …) are read and CRC-checked whole
 SKIP_CRC_ENV = "NANDOCTOR_SKIP_CRC"
-_CRC_WORKERS = 2
 
 # Trainer / Accelerate files saved beside the weights: their tensors are named after the file
 # (``optimizer.state.12.exp_avg``, ``rng_state_1.cuda``) so that two of them never share a name.
@@ -81,7 +80,9 @@ class TorchReader:
     def sniff(self, head: bytes) -> bool:
         return head.startswith(LOCAL_MAGIC) or looks_legacy(head)
 
-    def read(self, path: Path) -> ReadResult:
+    def read(self, path: Path, *, defer_crcs: bool = False) -> ReadResult:
+        """The file's tensors, notes and problems; with ``defer_crcs`` its storages' CRC-32 checks are
+        left in ``owed`` for the caller to make (else checked here, in a separate pass)."""
         p = str(path)
         size = os.stat(path).st_size
         if size == 0:
@@ -89,7 +90,7 @@ class TorchReader:
         with open(path, "rb") as fh:
             head = fh.read(512)
             if head.startswith(LOCAL_MAGIC):
-                return _read_zip(p, fh, size)
+                return _read_zip(p, fh, size, defer_crcs=defer_crcs)
             if _is_tar(head):
                 raise UnsupportedFormatError(
                     f"{p}: this is torch's pre-0.4 tar format, which nandoctor does not read",
@@ -104,16 +105,16 @@ class TorchReader:
             return _read_pickle_file(p, fh, size)
 
 
-def read_zip_at(path: str, fh: BinaryIO, base: int, size: int) -> ReadResult:
+def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bool = False) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
-    own; the refs' regions are absolute offsets in ``path``, their keys prefixed by ``base``."""
-    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base)
+    own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
 
     refs = tuple(dataclasses.replace(ref, region=shifted(ref.region)) for ref in read.refs)
-    return ReadResult(refs, read.notes, read.problems)
+    return ReadResult(refs, read.notes, read.problems, read.owed)
 
 
 def _is_tar(head: bytes) -> bool:
@@ -166,7 +167,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
         raise _pickle_errors(path, what, exc) from None
 
 
-def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
+def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -245,13 +246,22 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0) -> ReadResult:
             f"entr{'y' if len(unreferenced) == 1 else 'ies'} that data.pkl never "
             f"uses (torch ignores them too); not scanned: {listed(unreferenced)}"
         )
+    owed: list[OwedCrc] = []
     if os.environ.get(SKIP_CRC_ENV, "") not in ("", "0"):
         notes.append(f"{os.path.basename(path)}: CRC-32 of the storages not checked ({SKIP_CRC_ENV} is set)")
     else:
-        problems += _check_storage_crcs(
-            path, fh, {b.key: entries[ascii_fold(b.label)] for b in blocks.values()}, built, base
-        )
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems))
+        # an embedded stream's entries (a DCP item) are ``base`` further on in the file
+        owed = [_owed(path, entries[ascii_fold(b.label)], base, built.tensors_by_storage.get(b.key, []))
+                for b in blocks.values()]
+        if not defer_crcs:
+            problems += check_owed(fh.fileno(), owed)
+            owed = []
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), tuple(owed))
+
+
+def _owed(path: str, entry: ZipEntry, base: int, tensors: list[str]) -> OwedCrc:
+    return OwedCrc(path, entry.name.split("/", 1)[-1], entry.data_offset + base, entry.compressed_size,
+                   entry.crc32, listed(tensors))
 
 
 def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) -> list[ScanProblem]:
@@ -315,41 +325,6 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
             path, f"zip entry {label} fails its CRC-32 check: the file is corrupt, so none of it is trusted"
         )
     return data
-
-
-def _check_storage_crcs(
-    path: str, fh: BinaryIO, storages: dict[str, ZipEntry], built: BuiltRefs, base: int = 0
-) -> list[ScanProblem]:
-    """CRC-32 of each storage entry (storage key → its entry) against the directory's;
-    ``base``: where the zip stream starts in the file (a DCP item)."""
-    entries = list(storages.values())
-    if not entries or not any(e.size for e in entries):
-        return []
-    # zlib and isal release the GIL on large buffers, so two storages are checked at once.
-    with (
-        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-        ThreadPoolExecutor(max_workers=_CRC_WORKERS, thread_name_prefix="nandoctor-crc") as pool,
-    ):
-        # the whole file is mapped: an embedded stream's entries are ``base`` further on
-        at = [dataclasses.replace(e, data_offset=e.data_offset + base) for e in entries]
-        computed = list(pool.map(lambda e: entry_crc32(mapped, e), at))
-    problems = []
-    for (key, entry), value in zip(storages.items(), computed):
-        if value == entry.crc32:
-            continue
-        label = entry.name.split("/", 1)[-1]
-        tensors = built.tensors_by_storage.get(key, [])
-        problems.append(
-            ScanProblem(
-                path,
-                f"storage {label} fails its CRC-32 check (zip says {entry.crc32:08x}, bytes give {value:08x}): "
-                f"its bytes changed after saving, so values in {listed(tensors) or 'it'} cannot be trusted, "
-                "NaN or not",
-                "re-download or re-copy the file; if it was written this way, restore these tensors from an "
-                "earlier checkpoint",
-            )
-        )
-    return problems
 
 
 def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:

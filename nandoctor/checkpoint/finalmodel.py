@@ -1,0 +1,60 @@
+"""A run's final model: the weights ``Trainer.save_model()`` writes at the top of the run folder.
+
+After training, ``output/`` usually holds ``checkpoint-5 … checkpoint-40/`` *and* ``model.safetensors``
+(+ ``config.json``) beside them. That folder is a run (checkpoint/runs.py scans it as a timeline) whose
+last row is ``final``: the top-level model, judged like every checkpoint (its growth against the run).
+It is what a user ships, so it decides the run's exit code. The same folder is also one checkpoint:
+``nandoctor.scan()`` and ``nandoctor repair`` take its top-level model, with ``--from auto`` donors from
+the run's healthy checkpoints (restore/donors.py).
+
+The final row's step: the ``global_step`` of a top-level ``trainer_state.json`` (``trainer.save_state()``
+writes one) when it is at or after the newest checkpoint's step, else unknown (``null`` in the JSON), and
+the row is ordered after every checkpoint either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+
+FINAL = "final"  # the final model's row name in the timeline and the JSON
+
+
+def holds_weights(entries: list[Path]) -> bool:
+    """Whether a folder's own entries include weights (a weight file or a shard index) at its top."""
+    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
+
+    suffixes = weight_suffixes()
+    return any(
+        e.name in INDEX_NAMES or (e.suffix.lower() in suffixes and not e.name.startswith(".") and e.is_file())
+        for e in entries
+    )
+
+
+def has_final_model(folder: Path) -> bool:
+    """Whether ``folder`` holds weights at its top (the run's final model, when it is a run folder)."""
+    try:
+        return Path(folder).is_dir() and holds_weights(list(Path(folder).iterdir()))
+    except OSError:
+        return False
+
+
+def final_step(folder: Path) -> int | None:
+    """The ``global_step`` of the folder's top-level ``trainer_state.json``, else None."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+
+    state = Path(folder) / TRAINER_STATE
+    if not state.is_file():
+        return None
+    try:
+        step = read_json(state).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None  # an unreadable state file: the timeline's trainer log reports it
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def final_reasons(folder: Path) -> list[str]:
+    """Why the top-level model looks half-written. Only files count: the run's ``tmp-checkpoint-N``
+    folders beside it are incomplete checkpoints of the timeline, not part of the final model."""
+    return incomplete_reasons(Path(folder), expect_trainer_state=False, files_only=True)

@@ -1,0 +1,71 @@
+"""Half-written saves: why a checkpoint folder (or a single ``.ckpt`` file) looks unfinished.
+
+Used by the run timeline (checkpoint/runs.py), by a checkpoint judged in its run
+(checkpoint/runcontext.py) and for a run's final model (checkpoint/finalmodel.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Names writers use for files still being written; their presence means the save did not finish.
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
+_TEMP_PREFIXES = ("tmp", ".tmp")
+TRAINER_STATE = "trainer_state.json"
+
+
+def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: bool = False) -> list[str]:
+    """Why a checkpoint (a folder, or a single ``.ckpt`` file) looks half-written; empty when it does not.
+
+    ``files_only``: only files count as temporary (a run's final model shares its folder with the run's
+    own ``tmp-checkpoint-N`` folders, which are the timeline's business, not the final model's).
+    """
+    if not folder.is_dir():
+        return _incomplete_file_reasons(folder)
+    return _incomplete_folder_reasons(folder, expect_trainer_state, files_only)
+
+
+def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False) -> list[str]:
+    from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
+    from nandoctor.errors import CorruptCheckpointError
+
+    reasons = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return [f"cannot list the folder ({exc.strerror})"]
+    temp = [
+        e.name for e in entries
+        if (e.name.lower().endswith(_TEMP_SUFFIXES) or e.name.lower().startswith(_TEMP_PREFIXES))
+        and not (files_only and e.is_dir())
+    ]
+    if temp:
+        reasons.append(f"temporary files still present: {', '.join(temp[:3])}" + (" …" if len(temp) > 3 else ""))
+    suffixes = weight_suffixes()
+    weights = [e for e in entries if e.suffix.lower() in suffixes and e.name not in temp]
+    indexes = [folder / n for n in INDEX_NAMES if (folder / n).is_file()]
+    if not weights and not indexes:
+        reasons.append("no weight files")
+    empty = [w.name for w in weights if w.is_file() and w.stat().st_size == 0]
+    if empty:
+        reasons.append(f"empty weight file(s): {', '.join(empty[:3])}")
+    for index_path in indexes:
+        try:
+            index = read_index(index_path)
+        except CorruptCheckpointError:
+            continue  # the scan reports a broken index as unreadable
+        missing = sorted({s for s in index.weight_map.values() if not (folder / s).exists()})
+        if missing:
+            reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
+    if expect_trainer_state and not (folder / TRAINER_STATE).exists():
+        reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
+    return reasons
+
+
+def _incomplete_file_reasons(file: Path) -> list[str]:
+    """Why a single-file checkpoint (a Lightning ``.ckpt``) looks half-written."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        return [f"cannot read: {exc.strerror or exc}"]
+    return ["an empty file"] if size == 0 else []

@@ -1,0 +1,213 @@
+"""What a worker thread does with one task: a chunk of a large region, or a batch of small regions.
+
+Reads the bytes (a zero-copy mmap view or a reused buffer, sources.py), runs the
+kernel over them, and returns plain results that the pipeline merges on its own
+thread (pipeline.py); nothing here touches shared state. A chunk that lies in a
+torch storage owed a CRC-32 check also gets its CRC-32 computed here, while its
+bytes are in cache for the kernel: the scan's one pass pays the check (crcs.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from nandoctor.blockfields import gather
+from nandoctor.crc import crc32
+from nandoctor.engine.jobs import RegionJob
+from nandoctor.engine.overflow import chunk_overflow
+from nandoctor.kernels import NAN, NEGINF, POSINF, Kernel, OverflowCounts
+from nandoctor.kernels.census import (
+    Census,
+    batch_census,
+    observe_chunk,
+    observe_whole,
+    to_little,
+)
+from nandoctor.sources import BufferFor, ChunkSource
+from nandoctor.views import element_span, locate
+
+# Regions smaller than this are checked in batches of up to a chunk's bytes per worker task: a checkpoint
+# of a million one-element tensors would otherwise pay a thread hand-off each.
+SMALL_REGION_BYTES = 64 << 10
+
+ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What one chunk (or one small region) holds (empty tuples: no list made per clean small region)."""
+
+    findings: Sequence[ChunkFinding] = ()
+    overflows: Sequence[tuple[int, OverflowCounts]] = ()
+    census: Census | None = None
+    crc: int | None = None  # CRC-32 of the part's raw bytes, when the part was claimed for one (Part.crc)
+
+
+class Part(NamedTuple):  # a tuple: made once per small tensor, a frozen dataclass costs ~4x as much
+    """``length`` bytes at ``absolute`` in the file: ``start`` bytes into ``job``'s region; ``crc``: its
+    CRC-32 counts toward a storage's owed check."""
+
+    job: RegionJob
+    absolute: int
+    length: int
+    start: int
+    crc: bool = False
+
+
+class Gap(NamedTuple):
+    """Bytes of a storage owed a CRC-32 check that no chunk reads (an integer storage, an unviewed tail):
+    read for their CRC-32 alone."""
+
+    absolute: int
+    length: int
+
+
+def gap_crc(source: ChunkSource, gap: Gap, buffers: BufferFor) -> int:
+    """One worker task: the CRC-32 of a gap."""
+    data = source.read(gap.absolute, gap.length, buffers)
+    try:
+        return crc32(data, 0)
+    finally:
+        del data  # an exported buffer would stop the mmap from closing
+
+
+def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
+    """One worker task: a chunk of a large region, or a batch of small regions side by side.
+
+    Adjacent small regions of one dtype, each read whole by one view, are first tested together: one
+    pass of the fast check for NaN/Inf and one vectorised census (largest magnitude and zeros of each);
+    only a region that holds NaN/Inf, or a value at the high level, is looked at on its own.
+    """
+    if len(parts) == 1:  # a chunk of a large region: the common case, straight through
+        return [scan_chunk(source, parts[0], kernel, buffers)]
+    out: list[ChunkResult] = []
+    i = 0
+    while i < len(parts):
+        j = i + 1
+        if parts[i].job.fast_checkable:
+            while j < len(parts) and parts[j].job.fast_checkable and _adjacent(parts[j - 1], parts[j]):
+                j += 1
+        if j - i > 1:
+            out += _scan_batch(source, parts[i:j], kernel, buffers)
+        else:
+            out.append(scan_chunk(source, parts[i], kernel, buffers))
+        i = j
+    return out
+
+
+def _adjacent(before: Part, part: Part) -> bool:
+    """The two can share one fast check: the same dtype, and no byte between them."""
+    return part.job.spec is before.job.spec and before.absolute + before.length == part.absolute
+
+
+def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
+    """A run of adjacent small regions in one read; a region holding NaN/Inf is then scanned alone."""
+    first, last = parts[0], parts[-1]
+    spec, info = first.job.spec, first.job.info
+    data = source.read(first.absolute, last.absolute + last.length - first.absolute, buffers)
+    try:
+        crcs = [crc32(data[p.absolute - first.absolute : p.absolute - first.absolute + p.length], 0) if p.crc else None
+                for p in parts]
+        flagged: set[int] = set()
+        if kernel.any_nonfinite(data, spec):
+            # Which regions hold the bad elements: one classify of the batch, not a scan of each region.
+            elements, _ = kernel.classify(data, spec)
+            offsets = np.fromiter((p.absolute - first.absolute for p in parts), np.int64, len(parts))
+            flagged = set(np.searchsorted(offsets, elements * spec.bits // 8, "right").tolist())
+        if info is None:
+            censuses: list[Census | None] = [None] * len(parts)
+        else:
+            lane_bytes = info.lane_bits // 8
+            starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
+            censuses = list(batch_census(data, info, starts))  # (a flagged region's is replaced below)
+    finally:
+        del data  # an exported buffer would stop the mmap from closing
+    return [
+        scan_chunk(source, part, kernel, buffers) if k + 1 in flagged else ChunkResult(census=census, crc=crc)
+        for k, (part, census, crc) in enumerate(zip(parts, censuses, crcs))
+    ]
+
+
+def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:
+    job = part.job
+    data = source.read(part.absolute, part.length, buffers)
+    # Before the kernel: the CRC is of the raw bytes (not a gathered or swapped copy), and its read
+    # brings the chunk into cache, where the kernel then finds it.
+    crc = crc32(data, 0) if part.crc else None
+    fields = job.region.blocks
+    if fields is not None:
+        # A block-quantized tensor: from here on the chunk is its scale fields' lanes, placed in the
+        # region's lane space, so the kernel and the census see a plain fp16/fp32 tensor.
+        gathered = gather(data, job.region)
+        del data  # the gathered copy does not hold the mapped buffer
+        lanes_before = part.start // fields.block_bytes * fields.count
+        data = gathered
+        part = Part(job, part.absolute, int(data.size), lanes_before * job.spec.lane_bits // 8, part.crc)
+    if job.region.byteorder == "big" and job.spec.lane_bits > 8:
+        data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
+    try:
+        overflows = [] if job.threshold is None else chunk_overflow(data, part.start, job, kernel)
+        findings, census = _chunk_findings(data, part, kernel)
+        return ChunkResult(findings, overflows, census, crc)
+    finally:
+        del data  # an exported buffer would stop the mmap from closing
+
+
+def _kind_counts(kinds: np.ndarray) -> tuple[int, int, int]:
+    return (
+        int(np.count_nonzero(kinds == NAN)),
+        int(np.count_nonzero(kinds == POSINF)),
+        int(np.count_nonzero(kinds == NEGINF)),
+    )
+
+
+def _census_of(data: np.ndarray, part: Part) -> Census | None:
+    info = part.job.info
+    if info is None:
+        return None
+    base_lane = part.start * 8 // info.lane_bits
+    if part.job.region.nbytes < SMALL_REGION_BYTES:
+        return observe_whole(data, info)
+    return observe_chunk(data, info, base_lane)
+
+
+def _chunk_findings(data: np.ndarray, part: Part, kernel: Kernel) -> tuple[list[ChunkFinding], Census | None]:
+    job, start = part.job, part.start
+    first_element = start * 8 // job.spec.bits
+    info = job.info
+    if job.direct:
+        census: Census | None
+        if info is not None and job.region.nbytes >= SMALL_REGION_BYTES and hasattr(kernel, "census"):
+            counts, census = kernel.census(data, job.spec, info, start * 8 // info.lane_bits)  # one read for both
+        else:
+            counts, census = kernel.check(data, job.spec), _census_of(data, part)
+        if not counts.nonfinite:
+            return [], census
+        return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)], census
+    census = _census_of(data, part)
+    if not kernel.any_nonfinite(data, job.spec):
+        return [], census
+    indices, kinds = kernel.classify(data, job.spec)
+    indices = indices + first_element
+    order = np.argsort(indices, kind="stable")  # (ascending already; sorted so that the spans below hold)
+    indices, kinds = indices[order], kinds[order]
+    seen = np.zeros(indices.size, dtype=bool)
+    findings: list[ChunkFinding] = []
+    for slot, view in enumerate(job.views):
+        # Only the bad elements within the view's span: many views of one storage cost their spans,
+        # not views × every bad element of the chunk.
+        low, high = element_span(view)
+        a, b = int(np.searchsorted(indices, low, "left")), int(np.searchsorted(indices, high, "right"))
+        if a >= b:
+            continue
+        inside, logical = locate(view, indices[a:b])
+        if inside.any():
+            seen[a:b] |= inside
+            findings.append((slot, *_kind_counts(kinds[a:b][inside]), int(logical[inside].min())))
+    if not seen.all():
+        findings.append((-1, *_kind_counts(kinds[~seen]), None))
+    return findings, census

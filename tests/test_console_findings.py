@@ -1,0 +1,173 @@
+"""The default console report shows every finding, not only NaN/Inf: exploded, outlier and zeroed tensors
+get the verdict module's words on the verdict line, a row per finding and layer range, and a row per
+tensor; findings the gate leaves out (``zeroed``, or ``--fail-on nonfinite``) are warnings, never hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fixtures.builders import RawTensor, write_safetensors
+from tests.conftest import run_cli as run
+
+NAME = "model.layers.{}.mlp.down_proj.weight"
+
+
+def _tensor(seed: int, planted: dict[int, float] | None = None, zero: bool = False) -> RawTensor:
+    values = (np.random.default_rng(seed).standard_normal(256) * 0.02).astype(np.float32)
+    if zero:
+        values[:] = 0
+    for index, value in (planted or {}).items():
+        values[index] = value
+    return RawTensor("F32", (16, 16), values.tobytes())
+
+
+EXPLODED = {i: 1e30 for i in range(200)}  # most of the tensor: its bulk is huge too, so not an outlier
+SPECIAL = {
+    "exploded": {1: _tensor(1, EXPLODED)},
+    "outlier": {2: _tensor(2, {5: 50.0, 9: -60.0})},
+    "zeroed": {3: _tensor(3, zero=True)},
+    "mixed": {0: _tensor(0, {3: float("nan")}), 1: _tensor(1, EXPLODED), 2: _tensor(2, {5: 50.0}), 3: _tensor(3, zero=True)},
+}
+
+
+def _file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.safetensors"
+    write_safetensors(path, {NAME.format(i): SPECIAL[kind].get(i, _tensor(10 + i)) for i in range(4)})
+    return path
+
+
+def _lines(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines()]
+
+
+def _row(output: str, start: str) -> list[str]:
+    """The cells of the first table row that starts with ``start``."""
+    line = next(line for line in _lines(output) if line.startswith(start))
+    return [cell.strip() for cell in line.split("│")]
+
+
+def test_an_exploded_only_file_fails_and_says_so(tmp_path):
+    result = run("scan", _file(tmp_path, "exploded"), "--no-progress")
+    assert result.exit_code == 1
+    assert "✗ FAIL EXPLODED: 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
+    assert _row(result.output, "model.layers.1 ")[:4] == ["model.layers.1", "exploded", "1/1", "1e+30"]
+    assert _row(result.output, NAME.format(1))[1] == "exploded"
+    assert "nandoctor repair" in result.output
+
+
+def test_an_exploded_only_file_under_fail_on_nonfinite_passes_with_a_warning(tmp_path):
+    result = run("scan", _file(tmp_path, "exploded"), "--no-progress", "--fail-on", "nonfinite")
+    assert result.exit_code == 0
+    assert "⚠ PASS EXPLODED: 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
+    assert "reported, not failed (--fail-on nonfinite): exploded" in result.output
+    assert _row(result.output, "model.layers.1 ")[1] == "exploded (reported)"
+    assert "CLEAN" not in result.output
+
+
+def test_an_outlier_only_file_lists_count_and_magnitude(tmp_path):
+    result = run("scan", _file(tmp_path, "outlier"), "--no-progress")
+    assert result.exit_code == 1
+    assert "✗ FAIL OUTLIERS: 2 outlier values in 1 tensor; worst model.layers.2" in result.output
+    assert _row(result.output, "model.layers.2 ")[:5] == ["model.layers.2", "outlier", "1/1", "2", "60"]
+
+
+def test_a_zeroed_only_file_is_a_warning_not_clean(tmp_path):
+    result = run("scan", _file(tmp_path, "zeroed"), "--no-progress")
+    assert result.exit_code == 0
+    assert "⚠ PASS ZEROED: 1 tensor all zero" in result.output
+    assert "CLEAN" not in result.output and "finite and healthy" not in result.output
+    assert _row(result.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed (reported)", "1/1"]
+    assert "compare with the source of the weights" in result.output
+
+
+def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
+    path = _file(tmp_path, "mixed")
+    result = run("scan", path, "--no-progress")
+    assert result.exit_code == 1
+    verdict = next(line for line in _lines(result.output) if line.startswith("✗"))
+    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED: 1 of 4 tensors hold NaN/Inf "
+                              "(1 NaN, 0 +Inf, 0 -Inf); 1 weight tensor exploded (max |x| 1e+30); "
+                              "1 outlier value in 1 tensor; 1 tensor all zero")
+    # one row per finding and range: the NaN is blamed on layer 0 only, the zeroed layer 3 is listed
+    rows = {finding: _row(result.output, f"model.layers.{i} ") for i, finding in enumerate(("nonfinite", "exploded", "outlier"))}
+    assert [rows[f][:3] for f in rows] == [["model.layers.0", "nonfinite", "1/1"], ["model.layers.1", "exploded", "1/1"],
+                                           ["model.layers.2", "outlier", "1/1"]]
+    assert rows["nonfinite"][3] == "1"  # NaN column
+    assert _row(result.output, "model.layers.3 ")[:2] == ["model.layers.3", "zeroed (reported)"]
+    assert "model.layers.0–2" not in "".join(line for line in _lines(result.output) if "│" in line)
+    for i in range(4):
+        assert NAME.format(i) in result.output
+
+    gated = run("scan", path, "--no-progress", "--fail-on", "nonfinite")
+    assert gated.exit_code == 1
+    assert "✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED" in gated.output
+    assert "reported, not failed (--fail-on nonfinite): exploded, outlier, zeroed" in gated.output
+    assert _row(gated.output, "model.layers.1 ")[1] == "exploded (reported)"
+
+
+def test_a_clean_file_says_finite_and_healthy(tmp_path):
+    path = tmp_path / "clean.safetensors"
+    write_safetensors(path, {NAME.format(0): _tensor(1)})
+    result = run("scan", path, "--no-progress")
+    assert result.exit_code == 0
+    assert "✓ CLEAN: all 1 tensor finite and healthy" in result.output
+    assert "PASS CLEAN" in run("scan", path, "-q").output and "1 tensor healthy" in run("scan", path, "-q").output
+
+
+def test_a_missing_path_with_json_or_markdown_still_prints_a_report(tmp_path):
+    missing = tmp_path / "nonexistent"
+    result = run("scan", "--json", missing)
+    assert result.exit_code == 3
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 3 and data["target"] == str(missing)
+    assert data["summary"]["verdict"] == "UNREADABLE" and data["summary"]["exit_code"] == 3
+    assert data["errors"] == [{"path": str(missing), "message": "no such file or folder", "hint": data["errors"][0]["hint"]}]
+    assert data["errors"][0]["hint"] and data["gate"]["exit_code"] == 3 and data["gate"]["passed"] is False
+    assert result.stderr.startswith(f"error: {missing}: no such file or folder") and "hint:" in result.stderr
+
+    result = run("scan", "--markdown", missing)
+    assert result.exit_code == 3
+    assert result.stdout.startswith("## nandoctor: ❌ FAIL UNREADABLE\n")
+    assert f"- {missing}: no such file or folder".replace("_", "\\_") in result.stdout
+    assert result.stderr.startswith("error: ")
+
+
+def test_repair_says_and_records_why_each_tensor_was_restored(tmp_path):
+    """A tensor restored for a 1e30 weight is "exploded", not "NaN/Inf", in the table and in the proof."""
+    import json
+
+    donor = tmp_path / "donor.safetensors"
+    write_safetensors(donor, {NAME.format(i): _tensor(10 + i) for i in range(4)})
+    target = tmp_path / "target.safetensors"
+    write_safetensors(target, {NAME.format(0): _tensor(0, {3: float("nan")}), NAME.format(1): _tensor(1, {7: 1e30}),
+                               **{NAME.format(i): _tensor(10 + i) for i in (2, 3)}})
+    out = tmp_path / "out"
+    result = run("repair", target, "--from", donor, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, NAME.format(0))[6] == "nonfinite"
+    assert _row(result.output, NAME.format(1))[6] == "exploded, outlier"
+    assert "NaN/Inf" not in _row(result.output, NAME.format(1))
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    findings = {r["tensor"]: r["findings"] for r in proof["restored"]}
+    assert findings == {NAME.format(0): ["nonfinite"], NAME.format(1): ["exploded", "outlier"]}
+
+
+def test_debug_is_accepted_after_the_command_and_help_names_every_failing_finding(tmp_path):
+    import pytest
+
+    from nandoctor.errors import CheckpointNotFoundError
+
+    with pytest.raises(CheckpointNotFoundError):  # --debug: the traceback, not the error: line
+        run("scan", tmp_path / "nonexistent", "--debug")
+    helped = " ".join(run("scan", "--help").output.split())
+    assert "NaN/Inf, exploded or outlier weights" in helped and "needs --json" in helped
+
+
+def test_a_glob_matching_nothing_is_a_problem_not_unreadable(tmp_path):
+    result = run("scan", _file(tmp_path, "zeroed"), "--only", "nothing.*", "--no-progress")
+    assert result.exit_code == 3
+    assert "Problems (exit 3)" in result.output and "Could not be read" not in result.output

@@ -1,0 +1,99 @@
+"""A real ``transformers.Trainer`` run that ends with ``trainer.save_model()``: the run folder holds
+``checkpoint-N`` folders and the final model at its top. ``nandoctor scan`` reads it as a run whose
+timeline ends with a ``final`` row that decides the exit code; ``repair --from auto`` fixes that model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli as run
+
+pytestmark = pytest.mark.integration
+
+PLANTED = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from .realruns import diverging_trainer_run
+
+    out = tmp_path_factory.mktemp("final") / "run"
+    # a low learning rate: healthy throughout; checkpoint-2, checkpoint-4, then the final model at the top
+    diverging_trainer_run(out, steps=4, save_steps=2, learning_rate=0.01, save_final=True)
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    return out
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path) -> Path:
+    copy = tmp_path / "run3"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def plant_nan(file: Path, name: str, count: int = 5) -> None:
+    """Overwrite the first ``count`` float32 values of tensor ``name`` with NaN, by byte edits."""
+    data = bytearray(file.read_bytes())
+    (size,) = struct.unpack("<Q", data[:8])
+    entry = json.loads(data[8 : 8 + size])[name]
+    assert entry["dtype"] == "F32"
+    start = 8 + size + entry["data_offsets"][0]
+    data[start : start + 4 * count] = struct.pack("<f", float("nan")) * count
+    file.write_bytes(bytes(data))
+
+
+def rows(result) -> list[dict]:
+    return json.loads(result.output)["run"]["checkpoints"]
+
+
+def test_a_clean_final_model_ends_the_timeline_and_decides(run_dir):
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    got = [(c["name"], c["step"], c["status"]) for c in data["run"]["checkpoints"]]
+    assert got == [("checkpoint-2", 2, "clean"), ("checkpoint-4", 4, "clean"), ("final", None, "clean")]
+    assert data["summary"]["decided_by"] == "final"
+    assert data["run"]["checkpoints"][-1]["growth"] is not None  # judged against the run
+
+    shutil.copy(run_dir / "checkpoint-4" / "trainer_state.json", run_dir)  # trainer.save_state()
+    assert rows(run("scan", str(run_dir), "--json"))[-1]["step"] == 4
+
+    text = run("scan", str(run_dir)).output
+    assert "final" in text and "the final model decides the exit code" in text and "not scanned" not in text
+
+
+def test_the_folder_is_also_one_checkpoint_and_the_reports_render_the_final_row(run_dir, tmp_path):
+    import nandoctor
+
+    report = nandoctor.scan(run_dir)  # the top-level model only, as before
+    assert report.ok and {Path(f).name for f in report.files} == {"model.safetensors"}
+    html = tmp_path / "run.html"
+    markdown = run("scan", str(run_dir), "--markdown", "--html", str(html))
+    assert markdown.exit_code == 0 and "| final |" in markdown.output.replace("`", "")
+    assert "final" in html.read_text()
+
+
+def test_a_poisoned_final_model_fails_the_run_and_repairs_from_the_checkpoints(run_dir, tmp_path):
+    plant_nan(run_dir / "model.safetensors", PLANTED)
+    result = run("scan", str(run_dir), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert [(c["name"], c["status"]) for c in data["run"]["checkpoints"]] == [
+        ("checkpoint-2", "clean"), ("checkpoint-4", "clean"), ("final", "poisoned")]
+    assert (data["run"]["last_healthy"], data["run"]["first_bad"]) == ("checkpoint-4", "final")
+
+    text = run("scan", str(run_dir)).output
+    assert f"nandoctor repair {run_dir} --from auto" in text
+
+    fixed = tmp_path / "fixed"
+    repaired = run("repair", str(run_dir), "--from", "auto", "--out", str(fixed))
+    assert repaired.exit_code == 0, repaired.output
+    assert "checkpoint-4" in repaired.output  # the donor: the newest healthy checkpoint
+    assert not any(p.name.startswith("checkpoint-") for p in fixed.iterdir())  # the model, not the run
+    assert run("scan", str(fixed)).exit_code == 0
