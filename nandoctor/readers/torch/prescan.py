@@ -10,31 +10,38 @@ pickle could hold without sharing, or more hashing in total than a budget,
 refuses the file before anything is built. The same pass records where each
 non-finite ``BINFLOAT`` lies, so a value that lives in the pickle (a quantized
 tensor's scale) can be scanned where it is.
+
+Two paths share one state (prescan_ops.Walk). The fast path (prescan_ops.fast_walk) walks the common
+opcodes over the raw bytes; every other opcode, and every case the fast path does not judge, is run
+here by :func:`_step` exactly as the first pre-scan ran it: the opcode and its argument read by
+``pickletools``' own readers (the same errors for malformed bytes), then its effect on the stack.
+tests/prescan_oracle.py keeps that first pre-scan; tests/test_prescan_equivalence.py holds the two equal.
+
+A stream (a legacy file: the pickle is followed by the tensor data) is read in blocks up to its STOP,
+never whole. An opcode that needs bytes past the block is retried after the next one; past the stream's
+end or its reading budget, it is read from the stream itself, which raises what it raised before.
 """
 
 from __future__ import annotations
 
+import gc
+import io
 import math
 import pickletools
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from nandoctor.readers.torch.prescan_ops import LEAF, MARK, Walk, fast_walk
 from nandoctor.readers.torch.stubs import PickleFormatError
 
 _BASE_WEIGHT = 1_000_000  # parts of one tuple, counted along every path (a real checkpoint: a few)
 _BASE_BUDGET = 20_000_000  # parts hashed in all (~1 s at worst); both grow with the pickle's size
-_MARK = object()
-
-
-class _Cell:
-    """One object on the symbolic stack: its hash weight, and what was put in it (lists, dicts, sets)."""
-
-    __slots__ = ("contents", "weight")
-
-    def __init__(self, weight: int = 1, contents: int = 0) -> None:
-        self.weight = weight  # 1 for anything hashed by identity, unhashable, or cached (frozenset)
-        self.contents = contents  # summed weight of the items a container holds: set(list) hashes them
+_FIRST_BLOCK = 1 << 16  # a legacy file holds five pickles, the first ones a few bytes: start small
+_MAX_BLOCK = 1 << 22
+_FIXED = 9  # the longest fixed-size opcode (FRAME, BINFLOAT): the fast path needs this much ahead
+_CODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+_TUPLE_SIZE = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 
 
 @dataclass
@@ -42,128 +49,252 @@ class Prescan:
     float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOAT bytes → offset
 
 
-def prescan(stream: Any, size_hint: int) -> Prescan:
-    """Run the opcodes of the pickle in ``stream`` (read up to its STOP) on a symbolic stack.
+def prescan(source: Any, size_hint: int) -> Prescan:
+    """Run the opcodes of the pickle in ``source`` (bytes, or a stream read up to its STOP) symbolically.
 
-    Raises PickleFormatError for a hashing bomb; EOFError or ``pickle.UnpicklingError``-like ValueErrors
-    from ``pickletools`` for malformed bytes (worded by the caller like the unpickler's own).
+    Offsets are from the start of bytes, or the stream's own positions. Raises PickleFormatError for a
+    hashing bomb or an impossible stack; ValueError (pickletools' own) for malformed bytes; what the
+    stream raises (a reading budget's error) when the pickle runs past it. The stream is left anywhere.
     """
-    heavy = max(_BASE_WEIGHT, 2 * size_hint)
-    budget = max(_BASE_BUDGET, 8 * size_hint)
-    spent = 0
-    stack: list[Any] = []
-    memo: dict[Any, _Cell] = {}
-    out = Prescan()
+    paused = gc.isenabled()
+    gc.disable()  # the walk makes no cycles; collections would only re-walk its many small cells
+    try:
+        return _prescan(source, size_hint)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _prescan(source: Any, size_hint: int) -> Prescan:
+    walk = Walk(max(_BASE_WEIGHT, 2 * size_hint), max(_BASE_BUDGET, 8 * size_hint))
+    src = _Source(source)
+    p = 0
+    while True:
+        p = fast_walk(walk, src.buf, p, len(src.buf) - _FIXED + 1, src.base)
+        if walk.done:
+            break
+        if src.more and p + _FIXED > len(src.buf):
+            p = src.refill(p, p + _FIXED)
+            continue
+        window = _Window(src.buf, p)
+        try:
+            _step(walk, window, src.base + p)
+            p = window.pos
+        except _Beyond as beyond:  # the opcode runs past the bytes read so far
+            if src.more and src.reachable(beyond.need):
+                p = src.refill(p, beyond.need)
+            else:  # past the end or the budget: the stream itself says what happens there
+                _step(walk, src.at(p), src.base + p)
+                p = src.restart()
+    return Prescan(walk.float_offsets)
+
+
+class _Beyond(Exception):
+    """An opcode needs bytes after the block read so far: up to ``need`` (an index in the block) at least."""
+
+    def __init__(self, need: int) -> None:
+        super().__init__(need)
+        self.need = need
+
+
+class _Window:
+    """The block read so far, as the file-like object ``pickletools``' readers read from."""
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    def read(self, n: int = -1) -> bytes:
+        q = self.pos
+        if n < 0 or q + n > len(self.buf):
+            raise _Beyond(q + max(n, 1))
+        self.pos = q + n
+        return self.buf[q : q + n]
+
+    def readline(self, limit: int = -1) -> bytes:
+        q = self.pos
+        end = self.buf.find(b"\n", q)
+        if end < 0:
+            raise _Beyond(len(self.buf) + 1)
+        self.pos = end + 1
+        return self.buf[q : end + 1]
+
+
+class _Source:
+    """Bytes, or a stream read in growing blocks (capped by a reading budget it reports, if any)."""
+
+    def __init__(self, source: Any) -> None:
+        self.stream: Any = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self.buf, self.base, self.more = bytes(source), 0, False
+            self._whole: io.BytesIO | None = None
+        else:
+            self.stream, self.buf, self.base, self.more = source, b"", source.tell(), True
+        self.block = _FIRST_BLOCK
+
+    def reachable(self, need: int) -> bool:
+        """Whether the budget lets the block grow to ``need`` bytes (a huge length is refused unread)."""
+        left = getattr(self.stream, "remaining", None)
+        return left is None or need <= len(self.buf) + left
+
+    def refill(self, p: int, need: int) -> int:
+        """Drop the bytes before ``p``, read at least up to ``need`` (if the stream has them) and the next
+        block; returns ``p``'s new index."""
+        keep = self.buf[p:]
+        # Doubling what is kept: an argument longer than a block costs linear time, not quadratic.
+        want = max(self.block, need - len(self.buf), len(keep))
+        self.block = min(2 * self.block, _MAX_BLOCK)
+        left = getattr(self.stream, "remaining", None)
+        if left is not None:
+            want = min(want, left)
+        block = self.stream.read(want) if want else b""
+        if not block:
+            self.more = False
+        self.buf, self.base = keep + block, self.base + p
+        return 0
+
+    def at(self, p: int) -> Any:
+        """The source positioned at ``p``, to read one opcode from as the first pre-scan read it."""
+        if self.stream is None:
+            self._whole = io.BytesIO(self.buf)
+            self._whole.seek(p)
+            return self._whole
+        rewind = getattr(self.stream, "rewind", None) or self.stream.seek  # a budget gives back what is unread
+        rewind(self.base + p)
+        return self.stream
+
+    def restart(self) -> int:
+        """After reading from :meth:`at`: go on from where that read stopped."""
+        if self.stream is None:
+            assert self._whole is not None
+            return self._whole.tell()
+        self.buf, self.base, self.more = b"", self.stream.tell(), True
+        return 0
+
+
+def _step(walk: Walk, f: Any, pos: int) -> None:
+    """Read one opcode from ``f`` as ``pickletools.genops`` does, and run it as the first pre-scan did."""
+    code = f.read(1)
+    opcode = _CODES.get(code)
+    if opcode is None:
+        if code == b"":
+            raise ValueError("pickle exhausted before seeing STOP")
+        raise ValueError(f"at position {pos}, opcode {code!r} unknown")
+    arg = None if opcode.arg is None else opcode.arg.reader(f)
+    _run(walk, opcode, arg, pos)
+
+
+def _run(walk: Walk, opcode: Any, arg: Any, pos: int) -> None:
+    stack, marks, name = walk.stack, walk.marks, opcode.name
 
     def pop() -> Any:
         if not stack:
             raise PickleFormatError("the pickle's opcodes pop more than they push")
+        if marks and marks[-1] == len(stack) - 1:
+            del marks[-1]
         return stack.pop()
 
-    def pop_mark() -> list[_Cell]:
-        items: list[_Cell] = []
+    def pop_mark() -> list[Any]:
+        items: list[Any] = []
         while True:
             item = pop()
-            if item is _MARK:
+            if item is MARK:
                 items.reverse()
                 return items
             items.append(item)
 
     def hashed(weight: int) -> None:
-        nonlocal spent
-        spent += weight
-        if spent > budget:
+        walk.spent += weight
+        if walk.spent > walk.budget:
             raise PickleFormatError(
-                f"unpickling would hash more than {budget:,} nested parts (tuples shared through the pickle "
-                "memo: a hashing bomb); refused before it was built"
+                f"unpickling would hash more than {walk.budget:,} nested parts (tuples shared through the "
+                "pickle memo: a hashing bomb); refused before it was built"
             )
 
-    def tuple_of(items: list[_Cell]) -> _Cell:
-        weight = 1 + sum(c.weight for c in items)
-        if weight > heavy:
+    def tuple_of(items: list[Any]) -> Any:
+        weight = 1 + sum(c[0] for c in items)
+        if weight > walk.heavy:
             raise PickleFormatError(
-                f"a tuple holds more than {heavy:,} nested parts counted along every path (sub-tuples shared "
-                "through the pickle memo: a hashing bomb); refused before it was built"
+                f"a tuple holds more than {walk.heavy:,} nested parts counted along every path (sub-tuples "
+                "shared through the pickle memo: a hashing bomb); refused before it was built"
             )
-        return _Cell(weight, sum(c.contents for c in items))
+        return [weight, sum(c[1] for c in items)]
 
-    for opcode, arg, pos in pickletools.genops(stream):
-        kind = _KIND.get(opcode.name)
-        if kind is None:  # a value or another opcode that builds nothing hashable: its generic stack effect
-            if opcode.name == "BINFLOAT" and isinstance(arg, float) and not math.isfinite(arg) and pos is not None:
-                out.float_offsets.setdefault(struct.pack(">d", arg), pos + 1)
-            _generic(opcode, stack, pop, pop_mark)
-        elif kind == "mark":
-            stack.append(_MARK)
-        elif kind == "stop":
-            break
-        elif kind == "tuple":
-            n = _TUPLE_SIZE[opcode.name]
-            if n is None:
-                items = pop_mark()
-            else:
-                items = stack[len(stack) - n :] if n else []
-                if n and (len(items) != n or _MARK in items):
-                    raise PickleFormatError("the pickle's opcodes pop more than they push")
-                del stack[len(stack) - n :]
-            stack.append(tuple_of(items))
-        elif kind == "new":
-            stack.append(_Cell())
-        elif kind == "list":
+    def weight_of(items: list[Any]) -> int:
+        if any(c is MARK for c in items):  # the first pre-scan failed here (an AttributeError): refuse
+            raise PickleFormatError("the pickle's opcodes add a mark to a container")
+        return sum(c[0] for c in items)
+
+    if name == "BINFLOAT":
+        if isinstance(arg, float) and not math.isfinite(arg):
+            walk.float_offsets.setdefault(struct.pack(">d", arg), pos + 1)
+        stack.append(LEAF)
+    elif name == "MARK":
+        marks.append(len(stack))
+        stack.append(MARK)
+    elif name == "STOP":
+        walk.done = True
+    elif name in _TUPLE_SIZE or name == "TUPLE":
+        n = _TUPLE_SIZE.get(name)
+        if n is None:
             items = pop_mark()
-            stack.append(_Cell(1, sum(c.weight for c in items)))
-        elif kind == "hashing":  # DICT, FROZENSET: build from items that are hashed
-            items = pop_mark()
-            hashed(sum(c.weight for c in (items[0::2] if opcode.name == "DICT" else items)))
-            stack.append(_Cell())
-        elif kind == "add":
-            name = opcode.name
-            items = [pop()] if name == "APPEND" else [pop(), pop()][::-1] if name == "SETITEM" else pop_mark()
-            keys = items[0::2] if name.startswith("SETITEM") else items
-            if name != "APPEND" and name != "APPENDS":
-                hashed(sum(c.weight for c in keys))
-            if not stack or stack[-1] is _MARK:
-                raise PickleFormatError("the pickle's opcodes add items to nothing")
-            stack[-1].contents += sum(c.weight for c in keys)
-        elif kind == "put":
-            if not stack or stack[-1] is _MARK:
-                raise PickleFormatError("the pickle memoizes a mark")
-            memo[len(memo) if opcode.name == "MEMOIZE" else arg] = stack[-1]
-        elif kind == "get":
-            stack.append(memo.get(arg) or _Cell())
-        elif kind == "call":  # REDUCE, NEWOBJ, NEWOBJ_EX: set(list) and frozenset(tuple) hash what they get
-            args = [pop() for _ in range(3 if opcode.name == "NEWOBJ_EX" else 2)]
-            hashed(sum(c.weight + c.contents for c in args if c is not _MARK))
-            stack.append(_Cell())
-        elif kind == "dup":
-            stack.append(stack[-1] if stack else _Cell())
-        elif kind == "pop_mark":
-            pop_mark()
-    return out
-
-
-_KIND = {
-    "MARK": "mark", "STOP": "stop",
-    "EMPTY_TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple", "TUPLE": "tuple",
-    "EMPTY_LIST": "new", "EMPTY_DICT": "new", "EMPTY_SET": "new", "LIST": "list",
-    "DICT": "hashing", "FROZENSET": "hashing",
-    "APPEND": "add", "APPENDS": "add", "SETITEM": "add", "SETITEMS": "add", "ADDITEMS": "add",
-    "PUT": "put", "BINPUT": "put", "LONG_BINPUT": "put", "MEMOIZE": "put",
-    "GET": "get", "BINGET": "get", "LONG_BINGET": "get",
-    "REDUCE": "call", "NEWOBJ": "call", "NEWOBJ_EX": "call",
-    "DUP": "dup", "POP_MARK": "pop_mark",
-}
-_TUPLE_SIZE = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "TUPLE": None}
-
-
-def _generic(opcode: Any, stack: list[Any], pop: Any, pop_mark: Any) -> None:
-    """Stack effect of every other opcode from its pickletools description; what it pushes weighs 1."""
-    before = opcode.stack_before
-    if pickletools.markobject in before:
+        else:
+            items = stack[len(stack) - n :] if n else []
+            if n and (len(items) != n or MARK in items):
+                raise PickleFormatError("the pickle's opcodes pop more than they push")
+            del stack[len(stack) - n :]
+        stack.append(tuple_of(items))
+    elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+        stack.append(LEAF)
+    elif name == "LIST":
+        items = pop_mark()
+        stack.append([1, sum(c[0] for c in items)])
+    elif name in ("DICT", "FROZENSET"):  # built from items that are hashed
+        items = pop_mark()
+        hashed(sum(c[0] for c in (items[0::2] if name == "DICT" else items)))
+        stack.append(LEAF)
+    elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
+        items = [pop()] if name == "APPEND" else [pop(), pop()][::-1] if name == "SETITEM" else pop_mark()
+        keys = items[0::2] if name.startswith("SETITEM") else items
+        if name != "APPEND" and name != "APPENDS":
+            hashed(weight_of(keys))
+        if not stack or stack[-1] is MARK:
+            raise PickleFormatError("the pickle's opcodes add items to nothing")
+        added = weight_of(keys)
+        if stack[-1] is LEAF:  # copy on write: LEAF is shared
+            stack[-1] = [1, 0]
+        stack[-1][1] += added
+    elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+        if not stack or stack[-1] is MARK:
+            raise PickleFormatError("the pickle memoizes a mark")
+        if stack[-1] is LEAF:  # the memo aliases it: its own cell
+            stack[-1] = [1, 0]
+        walk.memo[len(walk.memo) if name == "MEMOIZE" else arg] = stack[-1]
+    elif name in ("GET", "BINGET", "LONG_BINGET"):
+        stack.append(walk.memo.get(arg, LEAF))
+    elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):  # set(list) and frozenset(tuple) hash what they get
+        args = [pop() for _ in range(3 if name == "NEWOBJ_EX" else 2)]
+        hashed(sum(c[0] + c[1] for c in args if c is not MARK))
+        stack.append(LEAF)
+    elif name == "DUP":
+        if not stack:
+            stack.append(LEAF)
+        elif stack[-1] is MARK:
+            marks.append(len(stack))
+            stack.append(MARK)
+        else:
+            if stack[-1] is LEAF:  # two places on the stack alias it: its own cell
+                stack[-1] = [1, 0]
+            stack.append(stack[-1])
+    elif name == "POP_MARK":
         pop_mark()
-        for _ in range(before.index(pickletools.markobject)):
-            pop()
-    else:
-        for _ in before:
-            pop()
-    stack.extend(_Cell() for _ in opcode.stack_after)
+    else:  # a value or another opcode that builds nothing hashable: its generic stack effect
+        before = opcode.stack_before
+        if pickletools.markobject in before:
+            pop_mark()
+            for _ in range(before.index(pickletools.markobject)):
+                pop()
+        else:
+            for _ in before:
+                pop()
+        stack.extend(LEAF for _ in opcode.stack_after)

@@ -178,7 +178,7 @@ def restricted_load(
     or the pickle module's own errors for malformed bytes; callers turn them into nandoctor errors.
     """
     if isinstance(file, (bytes, bytearray, memoryview)):
-        scanned = _prescan(io.BytesIO(file), len(file))
+        scanned = _prescan(file, len(file))
         file = io.BytesIO(file)
     else:  # a stream's own positions are file offsets already
         start, offset = file.tell(), 0
@@ -216,6 +216,11 @@ class BoundedReader:
 
     def tell(self) -> int:
         return int(self._fh.tell())
+
+    @property
+    def remaining(self) -> int:
+        """Bytes it may still read (the pre-scan reads in blocks, never past the budget)."""
+        return self._left
 
     def rewind(self, position: int) -> None:
         """Back to ``position`` (read before), the bytes since then given back to the budget."""
