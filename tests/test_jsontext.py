@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 from nandoctor.report.jsontext import iter_json
@@ -49,3 +50,26 @@ def test_refuses_what_json_refuses() -> None:
         except TypeError:
             continue
         raise AssertionError(f"{bad!r} was encoded")
+
+
+def test_lazy_tensor_entries_match_the_report_dicts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The CLI's lazy report writes the common tensor entry straight from the result: the same bytes."""
+    import numpy as np
+
+    import nandoctor
+    from nandoctor.report.json_report import report_to_json
+
+    values = {
+        "clean": np.array([0.5, -2.0], np.float32),
+        "nan": np.array([1.0, np.nan], np.float32),
+        "zero": np.zeros((2, 3), np.float32),
+        "ints": np.arange(4, dtype=np.int32),
+        "scalar": np.array(3.0, np.float32),
+        "empty": np.zeros((0,), np.float32),
+        "big": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32),
+    }
+    report = nandoctor.scan_state_dict(values)
+    lazy = "".join(iter_json(report_to_json(report, lazy=True)))
+    assert lazy == json.dumps(report_to_json(report), indent=2)
+    report = nandoctor.scan(str(Path(__file__).resolve().parent.parent / "fixtures" / "dtype-zoo.safetensors"))
+    assert "".join(iter_json(report_to_json(report, lazy=True))) == json.dumps(report_to_json(report), indent=2)

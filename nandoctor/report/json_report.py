@@ -6,6 +6,7 @@ code, findings) is read from what verdict.py stored; nothing is recomputed.
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring_ascii  # (C)
 from typing import Any
 
 from nandoctor import verdict as verdicts
@@ -13,6 +14,7 @@ from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, Trai
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
+from nandoctor.report.jsontext import INDENT, dict_template, encode_at
 
 SCHEMA_VERSION = 3
 
@@ -79,6 +81,63 @@ def tensor_to_json(t: TensorResult) -> dict[str, Any]:
     }
 
 
+_TENSOR_KEYS = (
+    "name", "file", "role", "dtype", "shape", "nan", "posinf", "neginf", "first_bad", "order", "counts_of",
+    "quantization", "experts", "can_hold_nonfinite", "max_abs", "max_abs_exact", "bulk_scale", "zeros",
+    "exploded", "outliers", "overflow", "findings",
+)
+_ENTRY_TEMPLATES: dict[int, str] = {}
+
+
+class _TensorEntry:
+    """A tensor's entry for ``jsontext`` (the CLI's lazy report): the text of ``tensor_to_json(t)``,
+    written straight from the result for the common entry (no bad values, findings, blocks, experts or
+    outliers; plain types), without building its dict; anything else through the dict."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: TensorResult) -> None:
+        self.t = t
+
+    def json_text(self, level: int) -> str:
+        t = self.t
+        ref = t.ref
+        shape = ref.shape
+        max_abs, bulk = t.max_abs, t.bulk_scale
+        if (
+            t.first_bad is None and ref.region.blocks is None and not t.experts and t.outliers is None
+            and not t.findings
+            and type(ref.name) is str and type(ref.region.file) is str and type(ref.role) is str
+            and type(ref.dtype) is str and type(ref.order) is str
+            and type(t.nan) is int and type(t.posinf) is int and type(t.neginf) is int
+            and type(t.zeros) is int and type(t.exploded) is int and type(t.overflow) is int
+            and type(t.can_hold_nonfinite) is bool and type(t.max_abs_exact) is bool
+            and (max_abs is None or (type(max_abs) is float and max_abs - max_abs == 0))
+            and (bulk is None or (type(bulk) is float and bulk - bulk == 0))
+            and all(type(d) is int for d in shape)
+        ):
+            template = _ENTRY_TEMPLATES.get(level)
+            if template is None:
+                template = _ENTRY_TEMPLATES[level] = dict_template(_TENSOR_KEYS, level)
+            if shape:
+                inner = "\n" + " " * (INDENT * (level + 2))
+                shape_text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (level + 1)) + "]"
+            else:
+                shape_text = "[]"
+            return template % (
+                encode_basestring_ascii(ref.name), encode_basestring_ascii(ref.region.file),
+                encode_basestring_ascii(ref.role), encode_basestring_ascii(ref.dtype), shape_text,
+                int.__repr__(t.nan), int.__repr__(t.posinf), int.__repr__(t.neginf), "null",
+                encode_basestring_ascii(ref.order), '"elements"', "null", "null",
+                "true" if t.can_hold_nonfinite else "false",
+                "null" if max_abs is None else float.__repr__(max_abs),
+                "true" if t.max_abs_exact else "false",
+                "null" if bulk is None else float.__repr__(bulk),
+                int.__repr__(t.zeros), int.__repr__(t.exploded), "null", int.__repr__(t.overflow), "[]",
+            )
+        return encode_at(tensor_to_json(t), level)
+
+
 def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
     """The scan report as a JSON-ready dict. ``lazy``: ``tensors`` is an iterator that builds each
     entry when it is encoded (the CLI's ``echo_json``), so a million entries never exist at once."""
@@ -88,7 +147,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
         "schema_version": SCHEMA_VERSION,
         "target": report.target,
         "files": list(report.files),
-        "tensors": map(tensor_to_json, report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
+        "tensors": map(_TensorEntry, report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
         "layers": [
             {
                 "layer": s.layer,

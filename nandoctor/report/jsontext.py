@@ -44,10 +44,18 @@ def _pieces(value: Any, level: int) -> Iterator[str]:
     yield opening + closing if first else "\n" + " " * (INDENT * level) + closing
 
 
+def encode_at(value: Any, level: int) -> str:
+    """The text of ``value`` as it is written at indentation ``level`` (whole, not streamed)."""
+    return _encode(value, level)
+
+
 def _encode(value: Any, level: int) -> str:
     encoder = _BY_TYPE.get(type(value))
     if encoder is not None:
         return encoder(value, level)
+    writer = getattr(type(value), "json_text", None)
+    if writer is not None:  # a value that writes its own text (json_report's lazy tensor entries)
+        return str(writer(value, level))
     # Subclasses, in json's order of checks (bool before int: bool is an int).
     if isinstance(value, str):
         return encode_basestring_ascii(value)
@@ -111,6 +119,11 @@ def _dict(value: dict, level: int) -> str:
 
 
 _TEMPLATES: dict[tuple[tuple[Any, ...], int], str] = {}
+
+
+def dict_template(keys: tuple[str, ...], level: int) -> str:
+    """``{ "key": %s, ... }``: the text of a dict with these keys at this level, its values' texts to fill in."""
+    return _template(keys, level)
 
 
 def _template(keys: tuple[Any, ...], level: int) -> str:
