@@ -169,18 +169,25 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
     """
     by_ref: dict[int, TensorResult] = {}
     unviewed = []
+    # What depends only on the dtype, looked up once per dtype, not once per tensor.
+    per_spec: dict[str, tuple[bool, int]] = {}
     jobs.reverse()  # popped from the end: in the original order
     while jobs:
         job = jobs.pop()
-        health = _health(job)
         spec = job.spec
+        facts = per_spec.get(spec.name)
+        if facts is None:
+            facts = per_spec[spec.name] = (spec.can_hold_nonfinite, spec.lanes_per_element)
+        can_hold, per = facts
+        health = _health(job, per)
+        blocks = job.region.blocks is not None
         for view, tally in zip(job.views, job.tallies):
             whole = job.direct or covers_whole_region(view, spec.bits)
             extra = health if whole else {}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
-            if first_bad is not None and job.region.blocks is not None:
+            if first_bad is not None and blocks:
                 first_bad = job.element_of(first_bad)  # the counts are of scale fields; point at the block
             by_ref[id(view)] = TensorResult(
                 view,
@@ -188,7 +195,7 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
                 tally.posinf,
                 tally.neginf,
                 first_bad,
-                spec.can_hold_nonfinite,
+                can_hold,
                 overflow=tally.overflow,
                 **extra,
             )
@@ -198,13 +205,13 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
     return [by_ref[id(ref)] for ref in order], unviewed
 
 
-def _health(job: RegionJob) -> dict:
-    """The census of a whole region as TensorResult fields (element indices, not lanes)."""
+def _health(job: RegionJob, per: int) -> dict:
+    """The census of a whole region as TensorResult fields (element indices, not lanes); ``per``: the
+    dtype's lanes per element."""
     info = job.info
     if info is None or job.region.nbytes == 0:
         return {}
     census = job.census
-    per = job.spec.lanes_per_element
     bits, exact = census.max_bits()
     out: dict = {
         "max_abs": decode_magnitude(job.spec, bits) if bits >= 0 else None,

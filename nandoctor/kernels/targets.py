@@ -106,14 +106,19 @@ _AS_FLOAT = {
     "32": (struct.Struct("<I").pack, struct.Struct("<f").unpack),
     "16": (struct.Struct("<H").pack, struct.Struct("<e").unpack),
 }
+_AS_FLOAT_BY_WIDTH = {64: _AS_FLOAT["64"], 32: _AS_FLOAT["32"]}
 
 
 def decode_magnitude(spec: DTypeSpec, bits: int) -> float:
     """The (non-negative) value of a finite lane whose magnitude bits are ``bits``."""
-    name = spec.name
-    if spec.lane_bits in (64, 32):
-        pack, unpack = _AS_FLOAT[str(spec.lane_bits)]
+    if spec.lane_bits in (64, 32):  # (first, and with no string key: asked once per tensor)
+        pack, unpack = _AS_FLOAT_BY_WIDTH[spec.lane_bits]
         return float(unpack(pack(bits))[0])
+    return _decode_narrow(spec, bits)
+
+
+def _decode_narrow(spec: DTypeSpec, bits: int) -> float:
+    name = spec.name
     if name in ("F16", "C32"):  # C32: complex32's two fp16 lanes
         pack, unpack = _AS_FLOAT["16"]
         return float(unpack(pack(bits))[0])
