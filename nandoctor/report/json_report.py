@@ -6,7 +6,9 @@ code, findings) is read from what verdict.py stored; nothing is recomputed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii  # (C)
+from operator import attrgetter
 from typing import Any
 
 from nandoctor import verdict as verdicts
@@ -92,14 +94,18 @@ _ENTRY_TEMPLATES: dict[int, str] = {}
 class _TensorEntry:
     """A tensor's entry for ``jsontext`` (the CLI's lazy report): the text of ``tensor_to_json(t)``,
     written straight from the result for the common entry (no bad values, findings, blocks, experts or
-    outliers; plain types), without building its dict; anything else through the dict."""
+    outliers; plain types), without building its dict; anything else through the dict. ``text``: the
+    entry's text at ``_ENTRY_LEVEL``, already written with its batch (``_lazy_entries``), or None."""
 
-    __slots__ = ("t",)
+    __slots__ = ("t", "text")
 
-    def __init__(self, t: TensorResult) -> None:
+    def __init__(self, t: TensorResult, text: str | None = None) -> None:
         self.t = t
+        self.text = text
 
     def json_text(self, level: int) -> str:
+        if self.text is not None and level == _ENTRY_LEVEL:
+            return self.text
         t = self.t
         ref = t.ref
         shape = ref.shape
@@ -138,6 +144,87 @@ class _TensorEntry:
         return encode_at(tensor_to_json(t), level)
 
 
+_ENTRY_LEVEL = 2  # the report (0) → "tensors" (1) → its entries (2)
+_BATCH = 1024
+# The fields of a common entry (the fixed ones written into its template), read column by column.
+_PLAIN_KEY = attrgetter("first_bad", "outliers", "experts", "findings", "ref.region.blocks")
+_PLAIN = (None, None, (), (), None)
+_STR_COLUMNS = attrgetter("ref.name", "ref.region.file", "ref.role", "ref.dtype", "ref.order")
+_INT_COLUMNS = attrgetter("nan", "posinf", "neginf", "zeros", "exploded", "overflow")
+_BOOL_COLUMNS = attrgetter("can_hold_nonfinite", "max_abs_exact")
+_FLOAT_COLUMNS = attrgetter("max_abs", "bulk_scale")
+_SHAPE = attrgetter("ref.shape")
+_ONLY_STR, _ONLY_INT, _ONLY_BOOL = frozenset((str,)), frozenset((int,)), frozenset((bool,))
+_FLOAT_OR_NONE, _ONLY_TUPLE = frozenset((float, type(None))), frozenset((tuple,))
+_BOOL_TEXT = {True: "true", False: "false"}
+
+
+class _ShapeTexts(dict):
+    """A shape's text in an entry, once per distinct shape; None for a shape not of plain ints."""
+
+    def __missing__(self, shape: tuple) -> str | None:
+        if not _ONLY_INT.issuperset(map(type, shape)):
+            text = None
+        elif shape:
+            inner = "\n" + " " * (INDENT * (_ENTRY_LEVEL + 2))
+            text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (_ENTRY_LEVEL + 1)) + "]"
+        else:
+            text = "[]"
+        self[shape] = text
+        return text
+
+
+def _lazy_entries(tensors: tuple[TensorResult, ...]) -> Iterator[_TensorEntry]:
+    """The tensors' entries, the common ones written a batch at a time, column by column (C calls
+    across the batch, not a Python call per field): what a --json scan of a million small tensors
+    spends its time on."""
+    template = dict_template(_TENSOR_KEYS, _ENTRY_LEVEL) % (
+        "%s", "%s", "%s", "%s", "%s", "%s", "%s", "%s", "null", "%s", '"elements"', "null", "null",
+        "%s", "%s", "%s", "%s", "%s", "%s", "null", "%s", "[]",
+    )
+    shapes = _ShapeTexts()
+    for start in range(0, len(tensors), _BATCH):
+        batch = tensors[start : start + _BATCH]
+        texts = _batch_texts(batch, template, shapes)
+        for t, text in zip(batch, texts):
+            yield _TensorEntry(t, text)
+
+
+def _batch_texts(batch: tuple[TensorResult, ...], template: str, shapes: _ShapeTexts) -> list[str | None]:
+    """Each tensor's entry text at ``_ENTRY_LEVEL``, None for one that is not a common entry (or the
+    whole batch when some field is not of its plain type)."""
+    none: list[str | None] = [None] * len(batch)
+    strs = list(zip(*map(_STR_COLUMNS, batch)))
+    ints = list(zip(*map(_INT_COLUMNS, batch)))
+    bools = list(zip(*map(_BOOL_COLUMNS, batch)))
+    floats = list(zip(*map(_FLOAT_COLUMNS, batch)))
+    shape_column = list(map(_SHAPE, batch))
+    if not (
+        all(_ONLY_STR.issuperset(map(type, c)) for c in strs)
+        and all(_ONLY_INT.issuperset(map(type, c)) for c in ints)
+        and all(_ONLY_BOOL.issuperset(map(type, c)) for c in bools)
+        and all(_FLOAT_OR_NONE.issuperset(map(type, c)) for c in floats)
+        and _ONLY_TUPLE.issuperset(map(type, shape_column))
+    ):
+        return none
+    names, files, roles, dtypes, orders = (list(map(encode_basestring_ascii, c)) for c in strs)
+    nans, posinfs, neginfs, zeros, exploded, overflow = (list(map(int.__repr__, c)) for c in ints)
+    holds, exact = (list(map(_BOOL_TEXT.__getitem__, c)) for c in bools)
+    # NaN and ±Inf are spelled by jsontext's _float: such an entry (None here) goes through its dict.
+    max_abs, bulk = (
+        ["null" if v is None else float.__repr__(v) if v - v == 0 else None for v in c] for c in floats
+    )
+    shape_texts = list(map(shapes.__getitem__, shape_column))
+    plain = list(map(_PLAIN.__eq__, map(_PLAIN_KEY, batch)))
+    out: list[str | None] = []
+    for fields in zip(
+        names, files, roles, dtypes, shape_texts, nans, posinfs, neginfs, orders,
+        holds, max_abs, exact, bulk, zeros, exploded, overflow,
+    ):
+        out.append(template % fields if None not in fields else None)
+    return [text if ok is True else None for text, ok in zip(out, plain)]
+
+
 def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
     """The scan report as a JSON-ready dict. ``lazy``: ``tensors`` is an iterator that builds each
     entry when it is encoded (the CLI's ``echo_json``), so a million entries never exist at once."""
@@ -147,7 +234,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
         "schema_version": SCHEMA_VERSION,
         "target": report.target,
         "files": list(report.files),
-        "tensors": map(_TensorEntry, report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
+        "tensors": _lazy_entries(report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
         "layers": [
             {
                 "layer": s.layer,
