@@ -25,13 +25,13 @@ import argparse
 import shutil
 import struct
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import floor_mmap, floor_read
+from timing import best
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench-data" / "gguf"  # only this benchmark's own folder is ever deleted
@@ -100,14 +100,6 @@ def generate(path: Path, target_bytes: int) -> int:
             fh.write(b"\0" * (-nbytes % ALIGN))
     return path.stat().st_size
 
-
-def best(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

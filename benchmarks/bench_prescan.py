@@ -16,11 +16,12 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import best
 
 from nandoctor.readers.torch.prescan import prescan as new_prescan
 from tests.prescan_oracle import prescan as old_prescan
@@ -48,14 +49,6 @@ def view_bomb(n: int) -> bytes:
             views.append(p_int(i) + b"h\x01(h\x00" + p_int(i % 1000) + b"K\x04\x85K\x01\x85\x89}tR")
     return b"\x80\x02}(" + b"".join(views) + b"u."
 
-
-def best(fn: Callable[[], Any], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

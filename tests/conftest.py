@@ -20,6 +20,17 @@ def demo_run() -> Path:
     return DEMO_RUN
 
 
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A writable copy of the demo run (without its expected answers)."""
+    import shutil
+
+    out = tmp_path / "output"
+    shutil.copytree(DEMO_RUN, out)
+    (out / "expected.json").unlink()
+    return out
+
+
 def run_cli(*args: object):
     """The one way tests run the ``nandoctor`` command in-process: every argument as a string,
     exceptions not swallowed (an internal error fails the test with its traceback)."""

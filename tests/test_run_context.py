@@ -8,7 +8,6 @@ one before, and a repaired Lightning step file never mentioned by the run view.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,6 @@ from nandoctor.report.run_report import _where, next_steps
 
 from .conftest import DEMO_RUN
 from .conftest import run_cli as run
-
-
-@pytest.fixture
-def run_dir(tmp_path) -> Path:
-    out = tmp_path / "output"
-    shutil.copytree(DEMO_RUN, out)
-    (out / "expected.json").unlink()
-    return out
 
 
 def test_a_run_without_a_healthy_checkpoint_never_suggests_from_auto(run_dir):

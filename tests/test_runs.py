@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
-
-import pytest
 
 from nandoctor.checkpoint import runs
 
 from .conftest import DEMO_RUN
 from .conftest import run_cli as run
-
-
-@pytest.fixture
-def run_dir(tmp_path) -> Path:
-    out = tmp_path / "output"
-    shutil.copytree(DEMO_RUN, out)
-    (out / "expected.json").unlink()
-    return out
 
 
 def test_demo_run_timeline_json_matches_planted_counts():
