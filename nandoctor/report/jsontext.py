@@ -39,8 +39,11 @@ def _pieces(value: Any, level: int) -> Iterator[str]:
     for key, item in items:
         head = (opening if first else ",") + inner + ("" if key is None else encode_basestring_ascii(key) + ": ")
         first = False
-        yield head
-        yield from _pieces(item, level + 1)
+        if level + 1 >= _STREAMED_LEVELS or not isinstance(item, (dict, list, tuple, Iterator)):
+            yield head + _encode(item, level + 1)  # (one piece, no generator: once per tensor entry)
+        else:
+            yield head
+            yield from _pieces(item, level + 1)
     yield opening + closing if first else "\n" + " " * (INDENT * level) + closing
 
 
