@@ -39,3 +39,10 @@ def run_cli(*args: object):
     from nandoctor.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def same_report(merged, single) -> None:
+    """A merged (split) scan equals the single-process scan: tensor for tensor, verdict and problems."""
+    assert merged.tensors == single.tensors  # counts, first index, census, findings
+    assert (merged.exit_code, merged.verdict, merged.errors) == (single.exit_code, single.verdict, single.errors)
+

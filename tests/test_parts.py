@@ -10,11 +10,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import nandoctor
-from nandoctor.cli import cli
 from nandoctor.engine.parts import PartSpec, merge_parts, scan_part
+from tests.conftest import run_cli, same_report
 from tests.dcp_writer import write_two_rank
 
 torch = pytest.importorskip("torch")
@@ -36,46 +35,37 @@ def checkpoint(tmp_path_factory) -> Path:
     return folder
 
 
-def _same(merged, single) -> None:
-    assert merged.tensors == single.tensors  # tensor for tensor: counts, first index, census, findings
-    assert (merged.exit_code, merged.verdict, merged.errors) == (single.exit_code, single.verdict, single.errors)
-
-
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_parts_merge_to_the_single_process_report(checkpoint: Path, count: int) -> None:
     parts = [(f"part-{i}", json.loads(json.dumps(scan_part(checkpoint, PartSpec(i, count))))) for i in range(count)]
     assert sum(p["regions"] for _, p in parts) == 3  # every region in exactly one part
-    _same(merge_parts(parts), nandoctor.scan(checkpoint))
-
-
-def _cli(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    same_report(merge_parts(parts), nandoctor.scan(checkpoint))
 
 
 def test_cli_parts_and_merge(checkpoint: Path, tmp_path: Path) -> None:
     files = []
     for i in range(2):
-        result = _cli("scan", str(checkpoint), "--part", f"{i}/2", "--json")
+        result = run_cli("scan", str(checkpoint), "--part", f"{i}/2", "--json")
         assert result.exit_code == 0, result.output
         files.append(tmp_path / f"part-{i}.json")
         files[-1].write_text(result.output)
-    merged = _cli("merge", *map(str, files), "--json")
-    single = _cli("scan", str(checkpoint), "--json", "--no-progress")
+    merged = run_cli("merge", *map(str, files), "--json")
+    single = run_cli("scan", str(checkpoint), "--json", "--no-progress")
     assert merged.exit_code == single.exit_code == 1
     m, s = json.loads(merged.output), json.loads(single.output)
     assert m["tensors"] == s["tensors"] and (m["summary"]["nan"], m["summary"]["posinf"]) == (1, 1)
 
-    missing = _cli("merge", str(files[0]))
+    missing = run_cli("merge", str(files[0]))
     assert missing.exit_code == 3 and "part(s) 1/2 missing" in missing.output
-    twice = _cli("merge", str(files[0]), str(files[0]), str(files[1]))
+    twice = run_cli("merge", str(files[0]), str(files[0]), str(files[1]))
     assert twice.exit_code == 3 and "are both part 0/2" in twice.output
-    other = _cli("scan", str(checkpoint), "--part", "1/3", "--json")
+    other = run_cli("scan", str(checkpoint), "--part", "1/3", "--json")
     (tmp_path / "other.json").write_text(other.output)
-    foreign_n = _cli("merge", str(files[0]), str(tmp_path / "other.json"))
+    foreign_n = run_cli("merge", str(files[0]), str(tmp_path / "other.json"))
     assert foreign_n.exit_code == 3 and "a part of 3 where" in foreign_n.output
     report = tmp_path / "report.json"
     report.write_text(single.output)
-    not_part = _cli("merge", str(files[0]), str(report))
+    not_part = run_cli("merge", str(files[0]), str(report))
     assert not_part.exit_code == 3 and "not a nandoctor part" in not_part.output
 
 
@@ -92,8 +82,8 @@ def test_merge_refuses_a_checkpoint_that_changed(checkpoint: Path, tmp_path: Pat
 
 
 def test_part_option_errors(checkpoint: Path) -> None:
-    assert _cli("scan", str(checkpoint), "--part", "2/2", "--json").exit_code == 2
-    assert _cli("scan", str(checkpoint), "--part", "0/2").exit_code == 2  # no --json
+    assert run_cli("scan", str(checkpoint), "--part", "2/2", "--json").exit_code == 2
+    assert run_cli("scan", str(checkpoint), "--part", "0/2").exit_code == 2  # no --json
 
 
 def _torchrun(folder: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -107,7 +97,7 @@ def _torchrun(folder: Path, *extra: str, env: dict | None = None) -> subprocess.
 def test_torchrun_two_ranks_print_the_single_process_report(tmp_path: Path) -> None:
     write_two_rank(str(tmp_path), "TORCH_SAVE")
     done = _torchrun(tmp_path)
-    single = _cli("scan", str(tmp_path), "--json", "--no-progress")
+    single = run_cli("scan", str(tmp_path), "--json", "--no-progress")
     assert done.returncode == 1  # torchrun's own mapping: any rank's non-zero exit is 1 (rank 0 said 1 here)
     merged = json.loads(done.stdout)  # printed once, by rank 0 only
     expected = json.loads(single.output)

@@ -13,7 +13,7 @@ from fixtures.builders import RawTensor, write_safetensors
 from nandoctor.engine import split
 from nandoctor.engine.parts import Options, PartSpec, merge_parts, scan_part
 from nandoctor.engine.split import plan_shares
-from tests.test_parts import _same
+from tests.conftest import same_report
 
 CUT = 8 << 20  # a multiple of the CPU kernel's chunk (4 MiB) and of a cold read's (8 MiB), as CUT_BYTES is
 ELEMENTS = 10 * (1 << 20)  # 40 MiB of float32: five cuts' worth, far more than the share of 2, 3 or 5 parts
@@ -62,7 +62,7 @@ def _merged(path: Path, count: int, options: Options = Options()):
 def test_a_region_larger_than_the_share_is_cut_and_merges_to_the_single_scan(big_file: Path, count: int) -> None:
     parts, merged = _merged(big_file, count)
     single = nandoctor.scan(big_file, device="cpu")
-    _same(merged, single)
+    same_report(merged, single)
     spans = sorted(tuple(s["span"]) for _, p in parts for s in p["shares"])
     assert len(spans) == count and spans[0][0] == 0 and sum(n for _, n in spans) == ELEMENTS * 4
     assert all(start % CUT == 0 for start, _ in spans)  # element- and chunk-aligned cuts
@@ -76,7 +76,7 @@ def test_a_region_larger_than_the_share_is_cut_and_merges_to_the_single_scan(big
 def test_cut_regions_with_a_target_dtype(big_file: Path) -> None:
     _, merged = _merged(big_file, 3, Options(target_dtype="fp16"))
     single = nandoctor.scan(big_file, device="cpu", target_dtype="fp16")
-    _same(merged, single)
+    same_report(merged, single)
     embed = next(t for t in merged.tensors if t.ref.name == "b.embed")
     assert embed.overflow == 1  # -2e6 does not fit fp16; 3e4 does
 
@@ -89,7 +89,7 @@ def test_torch_bin_big_storage_is_cut_a_shared_one_is_not(tmp_path: Path) -> Non
     path = tmp_path / "pytorch_model.bin"
     torch.save({"embed": big, "tied.a": tied, "tied.b": tied[: 1 << 20], "bias": torch.zeros(8)}, path)
     parts, merged = _merged(path, 3)
-    _same(merged, nandoctor.scan(path, device="cpu"))
+    same_report(merged, nandoctor.scan(path, device="cpu"))
     cut = {s["key"] for _, p in parts for s in p["shares"]}
     assert len(cut) == 1  # the embedding's storage only: the storage of two views stays whole in one part
 
