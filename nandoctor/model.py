@@ -257,11 +257,17 @@ class UnviewedBad:
 
 @dataclass(frozen=True, slots=True)
 class ScanProblem:
-    """Something that could not be read, was invalid or was refused."""
+    """Something that could not be read, was invalid or was refused (each one makes the exit code 3).
+
+    ``kind`` says which: ``unreadable`` (could not be read, invalid or refused: the default),
+    ``hash`` (read, but not the bytes recorded for it), ``selection`` (``--only``/``--exclude``
+    left nothing to scan). Reports head their problem lists by it.
+    """
 
     path: str
     message: str
     hint: str = ""
+    kind: str = "unreadable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,8 @@ def test_a_missing_path_with_json_or_markdown_still_prints_a_report(tmp_path):
     data = json.loads(result.stdout)
     assert data["schema_version"] == 3 and data["target"] == str(missing)
     assert data["summary"]["verdict"] == "UNREADABLE" and data["summary"]["exit_code"] == 3
-    assert data["errors"] == [{"path": str(missing), "message": "no such file or folder", "hint": data["errors"][0]["hint"]}]
+    assert data["errors"] == [{"path": str(missing), "message": "no such file or folder", "hint": data["errors"][0]["hint"],
+                              "kind": "unreadable"}]
     assert data["errors"][0]["hint"] and data["gate"]["exit_code"] == 3 and data["gate"]["passed"] is False
     assert result.stderr.startswith(f"error: {missing}: no such file or folder") and "hint:" in result.stderr
 
@@ -171,3 +172,27 @@ def test_a_glob_matching_nothing_is_a_problem_not_unreadable(tmp_path):
     result = run("scan", _file(tmp_path, "zeroed"), "--only", "nothing.*", "--no-progress")
     assert result.exit_code == 3
     assert "Problems (exit 3)" in result.output and "Could not be read" not in result.output
+
+
+def test_problem_headings_follow_each_problems_kind(tmp_path):
+    """Heading by the problem's kind, never by words in its message: a hash mismatch is a problem with
+    the file's bytes, an unreadable file is unreadable (JSON says the kind too)."""
+    import json
+
+    import nandoctor
+
+    clean = _file(tmp_path, "zeroed")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(nandoctor.manifest(clean)))
+    data = bytearray(clean.read_bytes())
+    data[-1] ^= 0x01  # a changed mantissa bit: still readable, no longer the recorded bytes
+    clean.write_bytes(bytes(data))
+    changed = run("scan", clean, "--verify-hashes", "--manifest", manifest, "--no-progress")
+    assert changed.exit_code == 3
+    assert "Problems (exit 3)" in changed.output and "Could not be read" not in changed.output
+    as_json = json.loads(run("scan", clean, "--verify-hashes", "--manifest", manifest, "--json").output)
+    assert [e["kind"] for e in as_json["errors"]] == ["hash"]
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    unread = run("scan", broken, "--no-progress")
+    assert unread.exit_code == 3 and "Could not be read (exit 3)" in unread.output

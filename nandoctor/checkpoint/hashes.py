@@ -218,7 +218,7 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
         for entry in read_manifest(manifest_path)["files"]:
             if entry["path"] not in present:
                 check.problems.append(ScanProblem(entry["path"], f"listed in the manifest {manifest_path} but not in the checkpoint",
-                                                  "the checkpoint lost a file; re-download or re-save it"))
+                                                  "the checkpoint lost a file; re-download or re-save it", kind="hash"))
     unknown = [f for f in checkpoint.files.files if f not in expected]
     if unknown:
         check.notes.append(f"{len(unknown)} weight file(s) have no recorded sha256 and were not verified "
@@ -240,6 +240,7 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
             str(file),
             f"sha256 mismatch against the {want.source}: expected {want.sha256[:16]}…, got {got[:16]}…{where}",
             "the file is not the one recorded: re-download it (a cache blob) or restore it from a good copy",
+            kind="hash",
         ))
     check.seconds = time.perf_counter() - started
     return check

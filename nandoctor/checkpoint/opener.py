@@ -101,6 +101,7 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
             str(checkpoint.path),
             f"{selection.describe()} leaves none of its {total:,} tensors to scan",
             "check the patterns: they are globs on the full tensor name (nandoctor scan --json lists the names)",
+            kind="selection",
         ))
     elif checkpoint.excluded:
         checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not scanned")

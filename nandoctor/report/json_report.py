@@ -254,7 +254,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             {"file": u.file, "storage": u.storage, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf}
             for u in report.unviewed
         ],
-        "errors": [{"path": e.path, "message": e.message, "hint": e.hint} for e in report.errors],
+        "errors": [{"path": e.path, "message": e.message, "hint": e.hint, "kind": e.kind} for e in report.errors],
         "notes": list(report.notes),
         "summary": {
             "verdict": decided.words,
@@ -296,7 +296,7 @@ def error_to_json(target: str, message: str, hint: str, code: int, fail_on: froz
         "target": target,
         "files": [],
         "tensors": [],
-        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint}],
+        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint, "kind": "unreadable"}],
         "summary": {
             "verdict": "UNREADABLE" if code == EXIT_UNREADABLE else "ERROR",
             "health": "unreadable",

@@ -292,13 +292,8 @@ def render_problems(report: ScanReport, console: Console) -> None:
 def problems_heading(report: ScanReport) -> str:
     """"Could not be read" only when every problem is a read failure: a glob matching nothing or a hash
     mismatch is a problem, not an unreadable file."""
-    unread = all(not _not_a_read_failure(p.message) for p in report.errors)
+    unread = all(p.kind == "unreadable" for p in report.errors)
     return "Could not be read" if unread else "Problems"
-
-
-def _not_a_read_failure(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in ("sha256", "hash", "matches no tensor", "matched no tensor", "--only", "--exclude"))
 
 
 def print_next(console: Console, steps: list[str]) -> None:
