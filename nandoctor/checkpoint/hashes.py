@@ -35,7 +35,7 @@ from nandoctor.errors import CorruptCheckpointError, NandoctorError
 from nandoctor.model import Region, ScanProblem
 
 MANIFEST_SCHEMA = 1
-PROOF_NAME = "nandoctor-repair.json"  # restore/proof.py's PROOF_NAME (a test holds them equal); plain JSON here
+PROOF_NAME = "nandoctor-repair.json"  # the repair proof's file name: defined here, where hash checks read it; restore/ writes it
 READ_BYTES = 8 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

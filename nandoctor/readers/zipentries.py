@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from nandoctor.crc import crc32  # noqa: F401  (the zip readers' and the patcher's CRC-32, named here too)
 from nandoctor.errors import CorruptCheckpointError
 
 LOCAL_MAGIC = b"PK\x03\x04"

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.hashes import PROOF_NAME
 from nandoctor.model import ScanReport
 from nandoctor.restore.plan import RepairPlan, Restoration
 
 PROOF_SCHEMA = 1
-
-PROOF_NAME = "nandoctor-repair.json"
 
 
 @dataclass(frozen=True)

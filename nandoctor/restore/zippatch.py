@@ -22,11 +22,9 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
+from nandoctor.crc import crc32 as _crc32  # python-isal when installed: ~7x zlib
 from nandoctor.errors import RepairFailedError
 from nandoctor.readers.window import FileWindow
-from nandoctor.readers.zipentries import (
-    crc32 as _crc32,  # python-isal when installed: ~7x zlib
-)
 from nandoctor.readers.zipentries import read_directory
 
 _DESCRIPTOR = 0x08074B50

@@ -27,14 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from nandoctor.crc import check_owed
+from nandoctor.crc import check_owed, crc32
 from nandoctor.errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
 from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem
-from nandoctor.readers import zipentries
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
@@ -320,7 +319,7 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     data = read_entry(fh, entry)
     if len(data) != entry.size:
         raise CorruptCheckpointError(path, f"zip entry {label} is truncated")
-    if zipentries.crc32(data, 0) & 0xFFFFFFFF != entry.crc32:
+    if crc32(data, 0) & 0xFFFFFFFF != entry.crc32:
         raise CorruptCheckpointError(
             path, f"zip entry {label} fails its CRC-32 check: the file is corrupt, so none of it is trusted"
         )
