@@ -8,12 +8,14 @@ fail, the exit code) are made by ``verdict.py`` and stored here as a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 # What the API takes as a path, and the progress callback every long job calls.
 PathLike = str | os.PathLike[str]
@@ -235,6 +237,124 @@ class TensorResult:
         return None if blocks is None or self.first_bad is None else self.first_bad // blocks.block_elems
 
 
+class RefTable(Sequence[TensorRef]):
+    """Tensor references as columns: what the scan, the verdict and the reports read about every tensor,
+    without a TensorRef object per tensor (a million small tensors of a safetensors file are a few lists).
+
+    A row is either a TensorRef given as one (kept, and handed back as it is) or a *plain* tensor:
+    C-contiguous, the one view of a region of its own at ``offsets[i]``, ``nbytes[i]`` bytes long,
+    keyed by its name (a safetensors tensor). A plain row's TensorRef is made the first time it is
+    asked for, and kept: asking twice gives the same object.
+    """
+
+    __slots__ = ("_refs", "blocks", "dtypes", "files", "names", "nbytes", "offsets", "orders", "roles", "shapes")
+
+    def __init__(
+        self, names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], files: list[str], roles: list[str],
+        orders: list[str], blocks: list[BlockFields | None], offsets: array, nbytes: array,
+        refs: list[TensorRef | None],
+    ) -> None:
+        self.names, self.dtypes, self.shapes, self.files, self.roles = names, dtypes, shapes, files, roles
+        self.orders, self.blocks, self.offsets, self.nbytes, self._refs = orders, blocks, offsets, nbytes, refs
+
+    @classmethod
+    def plain(
+        cls, file: str, names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], offsets: array,
+        nbytes: array,
+    ) -> RefTable:
+        """The plain tensors of one file (roles: all weights until checkpoint/roles.py says otherwise)."""
+        n = len(names)
+        return cls(names, dtypes, shapes, [file] * n, ["weight"] * n, ["C"] * n, [None] * n, offsets, nbytes, [None] * n)
+
+    @classmethod
+    def of(cls, refs: Iterable[TensorRef]) -> RefTable:
+        """Columns of TensorRef objects (each kept as its row)."""
+        made = list(refs)
+        n = len(made)
+        return cls(
+            [r.name for r in made], [r.dtype for r in made], [r.shape for r in made], [r.region.file for r in made],
+            [r.role for r in made], [r.order for r in made], [r.region.blocks for r in made],
+            array("q", bytes(8 * n)), array("q", bytes(8 * n)), list(made),
+        )
+
+    @staticmethod
+    def concat(tables: Sequence[RefTable]) -> RefTable:
+        if len(tables) == 1:
+            return tables[0]
+        joined: list[Any] = [[] for _ in range(8)] + [array("q"), array("q")]
+        for t in tables:
+            for column, part in zip(joined, t._columns()):
+                column += part
+        names, dtypes, shapes, files, roles, orders, blocks, refs, offsets, nbytes = joined
+        return RefTable(names, dtypes, shapes, files, roles, orders, blocks, offsets, nbytes, refs)
+
+    def _columns(self) -> tuple[Any, ...]:
+        return (self.names, self.dtypes, self.shapes, self.files, self.roles, self.orders, self.blocks, self._refs,
+                self.offsets, self.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> TensorRef: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TensorRef]: ...
+
+    def __getitem__(self, index: int | slice) -> TensorRef | list[TensorRef]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        ref = self._refs[index]
+        if ref is None:
+            name, dtype = self.names[index], self.dtypes[index]
+            region = Region(self.files[index], self.offsets[index], self.nbytes[index], dtype, name)
+            ref = self._refs[index] = TensorRef(name, dtype, self.shapes[index], region, role=self.roles[index])
+        return ref
+
+    def __iter__(self) -> Iterator[TensorRef]:
+        for i in range(len(self.names)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        return _same_rows(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def made(self) -> list[tuple[int, TensorRef]]:
+        """(row, ref) of the rows that exist as TensorRef objects (given, or asked for)."""
+        return [(i, ref) for i, ref in enumerate(self._refs) if ref is not None]
+
+    def take(self, rows: Sequence[int]) -> RefTable:
+        """These rows only, in this order (made refs kept)."""
+        picks = [[c[i] for i in rows] for c in self._columns()[:8]]
+        offsets, nbytes = array("q", (self.offsets[i] for i in rows)), array("q", (self.nbytes[i] for i in rows))
+        names, dtypes, shapes, files, roles, orders, blocks, refs = picks
+        return RefTable(names, dtypes, shapes, files, roles, orders, blocks, offsets, nbytes, refs)
+
+    def with_roles(self, roles: list[str]) -> RefTable:
+        """The same rows with these roles (a made ref whose role changes is replaced)."""
+        refs = [r if r is None or r.role == role else dataclasses.replace(r, role=role) for r, role in zip(self._refs, roles)]
+        return RefTable(self.names, self.dtypes, self.shapes, self.files, roles, self.orders, self.blocks,
+                        self.offsets, self.nbytes, refs)
+
+    def numels(self) -> list[int]:
+        """Elements of each row (worked out once per distinct shape)."""
+        return list(map(_Numels().__getitem__, self.shapes))
+
+
+class _Numels(dict):
+    def __missing__(self, shape: tuple[int, ...]) -> int:
+        self[shape] = value = math.prod(shape)
+        return value
+
+
+def _same_rows(table: Sequence[Any], other: object) -> bool:
+    """Sequence equality, row by row (a table equals the tuple or list of the same rows)."""
+    if not isinstance(other, (tuple, list, RefTable)):
+        return False
+    return len(table) == len(other) and all(a == b for a, b in zip(table, other))
+
+
 def coords_of(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The C-order coordinates of flat ``index`` in ``shape``."""
     coords, rest = [], index
@@ -279,7 +399,7 @@ class ReadResult:
     ``read(path) -> ReadResult`` method next to ``read_refs``.
     """
 
-    refs: tuple[TensorRef, ...]
+    refs: Sequence[TensorRef]  # a tuple, or a RefTable (safetensors: columns, not an object per tensor)
     notes: tuple[str, ...] = ()
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
     owed: tuple[OwedCrc, ...] = ()  # checks left to the caller, who asked for that (nandoctor.crc)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 from nandoctor.checkpoint import layout, zero
-from nandoctor.checkpoint.roles import file_role, role_of
+from nandoctor.checkpoint.roles import roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
-from nandoctor.model import OwedCrc, ScanProblem, TensorRef
+from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef
 from nandoctor.readers import read_file
 
 _MAX_LISTED_NAMES = 5
@@ -32,7 +34,8 @@ class Checkpoint:
 
     path: Path
     files: layout.CheckpointFiles
-    refs_by_file: dict[Path, list[TensorRef]] = field(default_factory=dict)
+    # a file's refs: a RefTable (a safetensors file: columns) or a list of TensorRef
+    refs_by_file: dict[Path, Sequence[TensorRef]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)  # taken before each file was read
@@ -42,6 +45,7 @@ class Checkpoint:
 
     @property
     def refs(self) -> list[TensorRef]:
+        """Every tensor as a TensorRef (made for a RefTable's rows that are not yet): for readers of a few."""
         return [ref for refs in self.refs_by_file.values() for ref in refs]
 
     @property
@@ -93,7 +97,8 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
     total = 0
     for file, refs in checkpoint.refs_by_file.items():
         total += len(refs)
-        checkpoint.refs_by_file[file] = [r for r in refs if selection.keeps(r.name)]
+        rows = [i for i, name in enumerate(names_of(refs)) if selection.keeps(name)]
+        checkpoint.refs_by_file[file] = refs.take(rows) if isinstance(refs, RefTable) else [refs[i] for i in rows]
     kept = sum(len(refs) for refs in checkpoint.refs_by_file.values())
     checkpoint.excluded = total - kept
     if total and not kept:  # a gate over nothing would pass anything: fail closed
@@ -129,13 +134,16 @@ def _unscanned_notes(root: Path) -> list[str]:
     return [f"not scanned (not a format nandoctor reads): {_names(names)}"]
 
 
-def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
-    out = []
-    whole_file = file_role(file_name)  # once per file, not per tensor
-    for ref in refs:
-        role = whole_file or role_of(ref.name)
-        out.append(ref if role == ref.role else dataclasses.replace(ref, role=role))
-    return out
+def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
+    roles = roles_of(names_of(refs), file_name)
+    if isinstance(refs, RefTable):
+        return refs.with_roles(roles)
+    return [ref if role == ref.role else dataclasses.replace(ref, role=role) for ref, role in zip(refs, roles)]
+
+
+def names_of(refs: Sequence[TensorRef]) -> list[str]:
+    """The tensors' names (a RefTable's column: no TensorRef made)."""
+    return refs.names if isinstance(refs, RefTable) else [ref.name for ref in refs]
 
 
 def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
@@ -153,7 +161,7 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, list[TensorRef]]) -> list[ScanProblem]:
+def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
     problems = []
     for index in files.indexes:
         folder = index.path.parent
@@ -164,7 +172,7 @@ def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, list[
             shard_path = folder / shard
             if shard_path not in refs_by_file:
                 continue  # missing or unreadable: already reported
-            present = {r.name for r in refs_by_file[shard_path]}
+            present = set(names_of(refs_by_file[shard_path]))
             missing = sorted(set(names) - present)
             if missing:
                 problems.append(
@@ -195,28 +203,30 @@ def _is_shard(file: Path, indexed: set[Path]) -> bool:
 
 
 def _check_duplicate_names(
-    refs_by_file: dict[Path, list[TensorRef]], files: layout.CheckpointFiles
+    refs_by_file: dict[Path, Sequence[TensorRef]], files: layout.CheckpointFiles
 ) -> tuple[list[ScanProblem], list[str]]:
     """The same tensor name in two shards of one model is ambiguous (a problem); in two separate
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
+    if sum(1 for refs in refs_by_file.values() if refs) < 2:
+        return [], []  # names within one file: its reader has refused duplicates, or they are views of it
     indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
     seen: dict[tuple[bool, str, tuple[int, ...] | None], Path] = {}
     problems: list[ScanProblem] = []
     shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
     for file, refs in refs_by_file.items():
         is_safetensors = file.suffix.lower() == ".safetensors"  # --both-formats: each format may hold every name
-        for ref in refs:
-            # chunks of one DCP tensor share its name: the same chunk twice is what is ambiguous
-            key = (is_safetensors, ref.name, ref.chunk.offsets if ref.chunk else None)
-            other = seen.setdefault(key, file)
+        # chunks of one DCP tensor share its name: the same chunk twice is what is ambiguous (a RefTable has none)
+        chunks = repeat(None) if isinstance(refs, RefTable) else (r.chunk.offsets if r.chunk else None for r in refs)
+        for name, chunk in zip(names_of(refs), chunks):
+            other = seen.setdefault((is_safetensors, name, chunk), file)
             if other is file:  # (identity: a Path comparison per tensor costs more than the rest of the loop)
                 continue
             if _is_shard(file, indexed) and _is_shard(other, indexed):
                 problems.append(
-                    ScanProblem(str(file), f"tensor {ref.name!r} is also in {other.name}; which one loads is ambiguous")
+                    ScanProblem(str(file), f"tensor {name!r} is also in {other.name}; which one loads is ambiguous")
                 )
             else:
-                shared.setdefault((other, file), []).append(ref.name)
+                shared.setdefault((other, file), []).append(name)
     notes = [
         f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); scanned as separate "
         "checkpoints (the report names the file of each bad tensor)"
@@ -225,4 +235,4 @@ def _check_duplicate_names(
     return problems, notes
 
 
-__all__ = ["Checkpoint", "open_checkpoint", "problem_of"]
+__all__ = ["Checkpoint", "names_of", "open_checkpoint", "problem_of"]

@@ -38,12 +38,23 @@ _BUFFER_LEAVES = frozenset({
 _MASK_BIAS = re.compile(r"(^|\.)(attn|attention)\.bias$")
 
 
+def _state_words(segment: str) -> str:
+    """The names of a container segment that holds optimizer or trainer state (``segment``: what may follow
+    ModelCheckpoint/EarlyStopping within the segment)."""
+    optimizer = "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True)))
+    trainer = "|".join(map(re.escape, sorted(_TRAINER_SEGMENTS, key=len, reverse=True)))
+    return rf"(?:(?P<optimizer>{optimizer})|(?P<trainer>{trainer}|(?:ModelCheckpoint|EarlyStopping){segment}*))"
+
+
 # The first container segment (not the last one) that is optimizer or trainer state, in one C-level
 # search per name instead of a Python loop over its segments.
-_STATE_SEGMENT = re.compile(
-    r"(?:^|\.)(?:(?P<optimizer>" + "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True)))
-    + r")|(?P<trainer>" + "|".join(map(re.escape, sorted(_TRAINER_SEGMENTS, key=len, reverse=True)))
-    + r"|(?:ModelCheckpoint|EarlyStopping)[^.]*))(?=\.)"
+_STATE_SEGMENT = re.compile(r"(?:^|\.)" + _state_words(r"[^.]") + r"(?=\.)")
+_LEAVES = "|".join(map(re.escape, sorted(_BUFFER_LEAVES, key=len, reverse=True)))
+# A name that is not a plain weight (a state segment, a buffer's last segment, the attention mask bias),
+# searched for in all names at once, each after a line break: one C pass over a million names (its leading
+# character class lets the search skip to the dots), where role_of per name costs a call each.
+_NOT_WEIGHT = re.compile(
+    r"[.\n](?:" + _state_words(r"[^.\n]") + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$)", re.MULTILINE
 )
 
 
@@ -68,3 +79,20 @@ def file_role(file_name: str) -> str | None:
     if _TRAINER_FILE.match(file_name):
         return TRAINER
     return None
+
+
+def roles_of(names: list[str], file_name: str = "") -> list[str]:
+    """``role_of`` of every name read from the file ``file_name``, in order."""
+    whole_file = file_role(file_name) if file_name else None
+    if whole_file is not None:
+        return [whole_file] * len(names)
+    joined = "\n" + "\n".join(names)  # every name after a line break
+    if joined.count("\n") != len(names):  # a name with a line break of its own: one search per name
+        return [role_of(name) for name in names]
+    roles = [WEIGHT] * len(names)
+    line, counted = -1, 0
+    for found in _NOT_WEIGHT.finditer(joined):
+        line += joined.count("\n", counted, found.start() + 1)
+        counted = found.start() + 1
+        roles[line] = role_of(names[line])
+    return roles

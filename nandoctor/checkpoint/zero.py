@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class _Optim:
     group_paddings: tuple[int, ...]
 
 
-def attribute(refs_by_file: dict[Path, list[TensorRef]]) -> tuple[list[ScanProblem], list[str]]:
+def attribute(refs_by_file: dict[Path, Sequence[TensorRef]]) -> tuple[list[ScanProblem], list[str]]:
     """Rename the flat partitions of every ZeRO set in ``refs_by_file`` in place; (problems, notes)."""
     sets: dict[tuple[Path, str], list[tuple[Path, re.Match[str]]]] = {}
     for file in refs_by_file:
@@ -79,7 +80,7 @@ def attribute(refs_by_file: dict[Path, list[TensorRef]]) -> tuple[list[ScanProbl
 
 
 def _attribute_set(
-    folder: Path, mp: str, members: list[tuple[Path, re.Match[str]]], refs_by_file: dict[Path, list[TensorRef]],
+    folder: Path, mp: str, members: list[tuple[Path, re.Match[str]]], refs_by_file: dict[Path, Sequence[TensorRef]],
     prefix: str, problems: list[ScanProblem],
 ) -> str:
     optims = sorted((_read_optim(file, int(found["rank"])) for file, found in members), key=lambda o: o.rank)
@@ -159,7 +160,7 @@ def _rank_key(name: str) -> int:
     return int(found[1]) if found else 0
 
 
-def _renamed(optim: _Optim, refs: list[TensorRef], shapes: list[Shapes], prefix: str) -> list[TensorRef]:
+def _renamed(optim: _Optim, refs: Sequence[TensorRef], shapes: list[Shapes], prefix: str) -> list[TensorRef]:
     """``refs`` of one rank file with each flat partition replaced by its parameter pieces."""
     stem = optim.path.name.rsplit(".", 1)[0] + "."
     flat_key = "single_partition_of_fp32_groups" if optim.stage <= 2 else "fp32_flat_groups"

@@ -11,12 +11,17 @@ import math
 import os
 import re
 import struct
+from array import array
 from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
 
 from nandoctor.checkpoint import jsonfiles
 from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
 from nandoctor.errors import CorruptCheckpointError
-from nandoctor.model import ReadResult, Region, TensorRef
+from nandoctor.model import ReadResult, RefTable
+from nandoctor.readers.compact_header import HeaderColumns, parse_compact
 
 MAX_HEADER_BYTES = 100_000_000  # the reference parser's limit
 SUFFIXES = (".safetensors",)
@@ -36,18 +41,10 @@ class SafetensorsReader:
         return self.read_at(path, 0)
 
     def read_at(self, path: Path, base: int) -> ReadResult:
-        """The safetensors stream that starts ``base`` bytes into ``path`` and runs to its end."""
-        header, data_start, _ = read_header(path, base)
-        file = str(path)
-        refs: list[TensorRef] = []
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            begin, end = entry["data_offsets"]
-            dtype = _BITS_KEYS[entry["dtype"]]  # one shared string per dtype, not one per tensor
-            region = Region(file, data_start + begin, end - begin, dtype, name)
-            refs.append(TensorRef(name, dtype, tuple(entry["shape"]), region))
-        return ReadResult(tuple(refs))
+        """The safetensors stream that starts ``base`` bytes into ``path`` and runs to its end, its tensors as
+        a RefTable (columns: no object per tensor until one is asked for)."""
+        table, _, _ = read_table(path, base)
+        return ReadResult(table)
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -130,6 +127,32 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
     it runs to the end of the file.
     """
     p = str(path)
+    text, data_start, size = _header_text(path, base)
+    header, metadata = _json_header(p, text)
+    _check_layout(p, _json_columns(p, header, metadata, data_start, size), data_start, size)
+    return header, base + data_start, metadata
+
+
+def read_table(path: Path, base: int = 0) -> tuple[RefTable, int, dict[str, str]]:
+    """(the tensors as a RefTable, absolute start of the data buffer, metadata), every rule checked as
+    :func:`read_header` checks it. A compact header (what writers produce) is parsed by
+    ``compact_header`` without an object per tensor; any other by json."""
+    p = str(path)
+    text, data_start, size = _header_text(path, base)
+    columns = None if _SURROGATE_ESCAPE.search(text) else parse_compact(text, _BITS_KEYS)
+    if columns is None or not _entries_valid(columns):
+        columns = _json_columns(p, *_json_header(p, text), data_start, size)  # (raises, naming the first bad entry)
+    del text
+    _check_layout(p, columns, data_start, size)
+    start = base + data_start
+    offsets = array("q", (columns.begins + start).tobytes())
+    nbytes = array("q", (columns.ends - columns.begins).tobytes())
+    return RefTable.plain(p, columns.names, columns.dtypes, columns.shapes, offsets, nbytes), start, columns.metadata
+
+
+def _header_text(path: Path, base: int) -> tuple[str, int, int]:
+    """(the header's text, where the data buffer starts relative to ``base``, bytes from ``base`` to the end)."""
+    p = str(path)
     size = os.stat(path).st_size - base
     if size < 8:
         raise CorruptCheckpointError(p, f"file is {size} bytes, too short for a safetensors header")
@@ -146,9 +169,13 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
     if len(raw) != n:
         raise CorruptCheckpointError(p, "file shrank while its header was read")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), 8 + n, size
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(p, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_header(p: str, text: str) -> tuple[dict, dict[str, str]]:
+    """(the header parsed by json, its metadata); CorruptCheckpointError unless it is an object of entries."""
     try:
         hook = _reject_duplicates_and_surrogates if _SURROGATE_ESCAPE.search(text) else _reject_duplicates
         header = jsonfiles.loads(text, object_pairs_hook=hook)
@@ -162,13 +189,21 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise CorruptCheckpointError(p, "__metadata__ must map strings to strings")
+    return header, metadata
 
-    spans: list[tuple[int, int, str]] = []
+
+def _json_columns(p: str, header: dict, metadata: dict[str, str], data_start: int, size: int) -> HeaderColumns:
+    """The columns of a parsed header; CorruptCheckpointError naming the first entry that breaks a rule."""
+    names: list[str] = []
+    dtypes: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    begins: list[int] = []
+    ends: list[int] = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        # A valid entry passes these C-level checks (a million of them for a million tensors);
-        # anything else goes through _checked_span, which says what is wrong.
+        # A valid entry passes these C-level checks; anything else goes through _checked_span, which
+        # says what is wrong.
         if type(entry) is dict:
             dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
             if (
@@ -184,23 +219,68 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
                 and min(shape, default=0) >= 0
                 and math.prod(shape) * _BITS[dtype] == (end - begin) * 8
             ):
-                spans.append((begin, end, name))
+                names.append(name)
+                dtypes.append(_BITS_KEYS[dtype])
+                shapes.append(tuple(shape))
+                begins.append(begin)
+                ends.append(end)
                 continue
-        spans.append((*_checked_span(p, name, entry), name))
+        begin, end = _checked_span(p, name, entry)
+        names.append(name)
+        dtypes.append(_BITS_KEYS[entry["dtype"]])
+        shapes.append(tuple(entry["shape"]))
+        begins.append(begin)
+        ends.append(end)
+    if ends and max(ends) >= _MAX_OFFSET:  # past any real file, and past int64: words the layout error here
+        _layout_error(p, begins, ends, names, data_start, size)
+    return HeaderColumns(names, dtypes, shapes, np.array(begins, np.int64), np.array(ends, np.int64), metadata)
 
-    spans.sort()
+
+_MAX_OFFSET = 1 << 62  # offsets are int64 from here on (no file is this large: such a span never tiles one)
+
+
+def _entries_valid(columns: HeaderColumns) -> bool:
+    """Every entry's shape needs exactly the bytes its data_offsets span (the compact parser checked the
+    rest of an entry's syntax); False sends the header through json, which names the first one that does not."""
+    numels = _Numels()
+    counts = [numels[shape] for shape in dict.fromkeys(columns.shapes)]
+    if counts and max(counts) >= 1 << 50:  # past int64 once multiplied by bits: json's path says why
+        return False
+    bits = np.fromiter(map(_BITS.__getitem__, columns.dtypes), np.int64, len(columns.dtypes))
+    numel = np.fromiter(map(numels.__getitem__, columns.shapes), np.int64, len(columns.shapes))
+    spans = columns.ends - columns.begins
+    return bool(np.all(spans >= 0) and np.array_equal(numel * bits, spans * 8))
+
+
+class _Numels(dict):
+    def __missing__(self, shape: tuple[int, ...]) -> int:
+        self[shape] = value = math.prod(shape)
+        return value
+
+
+def _check_layout(p: str, columns: HeaderColumns, data_start: int, size: int) -> None:
+    """The spans tile the data buffer: no overlap, no hole, nothing past or after them (vectorised; the
+    loop below only words what is wrong)."""
+    begins, ends = columns.begins, columns.ends
+    order = np.lexsort((ends, begins))
+    begins, ends = begins[order], ends[order]
+    cursor = int(ends[-1]) if ends.size else 0
+    if (begins.size == 0 or begins[0] == 0) and np.array_equal(begins[1:], ends[:-1]) and data_start + cursor == size:
+        return
+    _layout_error(p, columns.begins.tolist(), columns.ends.tolist(), columns.names, data_start, size)
+
+
+def _layout_error(p: str, begins: list[int], ends: list[int], names: list[str], data_start: int, size: int) -> NoReturn:
+    """CorruptCheckpointError saying how spans that do not tile the data buffer fail to."""
+    spans = sorted(zip(begins, ends, names))
     cursor = 0
     for begin, end, name in spans:
         if begin != cursor:
             kind = "overlaps the previous tensor" if begin < cursor else f"leaves a hole of {begin - cursor} bytes"
             raise CorruptCheckpointError(p, f"tensor {name!r} at byte {begin} {kind}")
         cursor = end
-    data_start = 8 + n
-    if data_start + cursor != size:
-        if data_start + cursor > size:
-            raise CorruptCheckpointError(
-                p, f"tensor data needs {cursor} bytes but the file holds {size - data_start} (truncated?)"
-            )
-        raise CorruptCheckpointError(p, f"{size - data_start - cursor} unexpected bytes after the last tensor")
-    return header, base + data_start, metadata
-
+    if data_start + cursor > size:
+        raise CorruptCheckpointError(
+            p, f"tensor data needs {cursor} bytes but the file holds {size - data_start} (truncated?)"
+        )
+    raise CorruptCheckpointError(p, f"{size - data_start - cursor} unexpected bytes after the last tensor")
