@@ -9,10 +9,11 @@ BERT ``encoder.layer.N``, NeoX, MPT, T5 …) whatever prefix wraps them
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nandoctor.model import LayerRange, LayerSummary, TensorResult
+from nandoctor.model import LayerRange, LayerSummary, TensorResult, TensorResults
 
 # "state": an optimizer state_dict's per-parameter moments (optimizer.state.N.exp_avg), grouped like layers.
 # "blk": GGUF's layers (blk.21.attn_q.weight).
@@ -83,31 +84,59 @@ def _severity(t: TensorResult) -> tuple[int, int, int]:
     return (t.ref.role == "weight", t.nonfinite, t.exploded + outliers)
 
 
+# _STACK's first match in every line of names joined by line breaks, as one findall: the name up to the
+# end of the layer number, or "" where no stack matches (one C pass over a million names).
+_STACK_PREFIX = re.compile(
+    r"^(?:(.*?" + _STACK.pattern.replace(r"(\d+)", r"\d+") + r"))?.*$", re.MULTILINE
+)
+
+
+def layer_groups(names: list[str]) -> tuple[list[str], dict[str, tuple[str | None, int | None]]]:
+    """Each name's group (``layer_of(name).group``), and each group's (stack, index): ``_layer`` of every
+    name, the layer numbers found by one search over all names."""
+    if not names:
+        return [], {}
+    joined = "\n".join(names)
+    if joined.count("\n") != len(names) - 1:  # a name with a line break of its own
+        found = [_layer(name) for name in names]
+        return [group for group, _, _ in found], {group: (stack, index) for group, stack, index in reversed(found)}
+    groups = _STACK_PREFIX.findall(joined)
+    if joined.startswith(".") or "\n." in joined:
+        groups = [prefix.lstrip(".") for prefix in groups]
+    keys: dict[str, tuple[str | None, int | None]] = {}
+    if "" in groups:  # names outside any stack: named by their parts
+        for i in [i for i, prefix in enumerate(groups) if not prefix]:
+            groups[i], stack, index = _layer(names[i])
+            keys.setdefault(groups[i], (stack, index))
+    for group in dict.fromkeys(groups):
+        if group not in keys:  # a stack's group ends with ".<number>"
+            stack, _, number = group.rpartition(".")
+            keys[group] = (stack, int(number))
+    return groups, keys
+
+
 def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
-    groups: dict[str, list[TensorResult]] = {}
-    keys: dict[str, tuple[str, str | None, int | None]] = {}
-    for result in results:
-        key = _layer(result.ref.name)
-        members = groups.get(key[0])
-        if members is None:
-            members = groups[key[0]] = []
-            keys[key[0]] = key
-        members.append(result)
+    """The tensors grouped by layer (in natural order): how many, the unhealthy ones, their NaN/Inf."""
+    tensors = TensorResults.of(results)
+    groups, keys = layer_groups(tensors.refs.names)
+    counts = Counter(groups)  # (in order of first appearance, like the groups)
+    bad: dict[str, list[TensorResult]] = {}
+    for i in tensors.unhealthy_rows():
+        bad.setdefault(groups[i], []).append(tensors[i])
     summaries = []
-    for group in sorted(groups, key=natural_key):
-        members = groups[group]
-        _, stack, index = keys[group]
-        bad = [t for t in members if t.unhealthy]
-        counted = [t for t in bad if "nonfinite" in t.findings]  # (a nonfinite finding is unhealthy)
-        worst = max(bad, key=_severity).name if bad else None
-        components = sorted({component_of(t.name) for t in bad}, key=COMPONENTS.index)
+    for group in sorted(counts, key=natural_key):
+        stack, index = keys[group]
+        members = bad.get(group, [])
+        counted = [t for t in members if "nonfinite" in t.findings]  # (a nonfinite finding is unhealthy)
+        worst = max(members, key=_severity).name if members else None
+        components = sorted({component_of(t.name) for t in members}, key=COMPONENTS.index)
         summaries.append(
             LayerSummary(
                 layer=group,
                 stack=stack,
                 index=index,
-                tensors=len(members),
-                bad_tensors=len(bad),
+                tensors=counts[group],
+                bad_tensors=len(members),
                 nan=sum(t.nan for t in counted),
                 posinf=sum(t.posinf for t in counted),
                 neginf=sum(t.neginf for t in counted),
@@ -116,6 +145,7 @@ def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
             )
         )
     return tuple(summaries)
+
 
 
 def bad_ranges(layers: Iterable[LayerSummary]) -> tuple[LayerRange, ...]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.kernels import CLEAN
-from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult
+from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +108,7 @@ def scan_tensors(
     report = ScanReport(
         target=target,
         files=(),
-        tensors=tuple(results),
+        tensors=TensorResults.of(results),
         layers=(),
         errors=tuple(problems),
         bytes_scanned=sum(t.numel() * t.element_size() for _, t in live),

@@ -15,6 +15,7 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, overload
 
 # What the API takes as a path, and the progress callback every long job calls.
@@ -350,9 +351,135 @@ class _Numels(dict):
 
 def _same_rows(table: Sequence[Any], other: object) -> bool:
     """Sequence equality, row by row (a table equals the tuple or list of the same rows)."""
-    if not isinstance(other, (tuple, list, RefTable)):
+    if not isinstance(other, (tuple, list, RefTable, TensorResults)):
         return False
     return len(table) == len(other) and all(a == b for a, b in zip(table, other))
+
+
+# TensorResult's fields after ``ref``, in order: the columns of TensorResults.
+RESULT_COLUMNS = (
+    "nan", "posinf", "neginf", "first_bad", "can_hold_nonfinite", "overflow", "max_abs", "max_abs_exact", "zeros",
+    "outliers", "bulk_scale", "exploded", "experts", "findings",
+)
+
+
+class TensorResults(Sequence[TensorResult]):
+    """A report's tensor results as columns, one list per TensorResult field, with their refs as a RefTable.
+
+    The verdict, the layer summary and the JSON report read the columns (a million small tensors need no
+    million objects); anything else sees a sequence of TensorResult. A row given as a TensorResult is kept
+    and handed back as it is; another is made the first time it is asked for, and kept.
+    """
+
+    __slots__ = ("_flagged", "_rows", "bulk_scale", "can_hold_nonfinite", "experts", "exploded", "findings",
+                 "first_bad", "max_abs", "max_abs_exact", "nan", "neginf", "outliers", "overflow", "posinf", "refs",
+                 "zeros")
+
+    refs: RefTable
+    nan: list[int]
+    posinf: list[int]
+    neginf: list[int]
+    first_bad: list[int | None]
+    can_hold_nonfinite: list[bool]
+    overflow: list[int]
+    max_abs: list[float | None]
+    max_abs_exact: list[bool]
+    zeros: list[int]
+    outliers: list[Outliers | None]
+    bulk_scale: list[float | None]
+    exploded: list[int]
+    experts: list[tuple[int, ...]]
+    findings: list[tuple[str, ...]]
+
+    def __init__(self, refs: RefTable, columns: Sequence[list[Any]], rows: list[TensorResult | None] | None = None):
+        self.refs = refs
+        for name, column in zip(RESULT_COLUMNS, columns, strict=True):
+            setattr(self, name, column)
+        self._rows: list[TensorResult | None] = [None] * len(refs) if rows is None else rows
+        self._flagged: list[int] | None = None
+
+    @classmethod
+    def of(cls, results: Iterable[TensorResult]) -> TensorResults:
+        """Columns of TensorResult objects (each kept as its row)."""
+        if isinstance(results, TensorResults):
+            return results
+        rows = list(results)
+        columns = [list(map(getter, rows)) for getter in _RESULT_GETTERS]
+        return cls(RefTable.of(r.ref for r in rows), columns, list(rows))
+
+    @staticmethod
+    def concat(parts: Sequence[TensorResults]) -> TensorResults:
+        if len(parts) == 1:
+            return parts[0]
+        columns: list[list[Any]] = [[] for _ in RESULT_COLUMNS]
+        rows: list[TensorResult | None] = []
+        for part in parts:
+            for column, name in zip(columns, RESULT_COLUMNS):
+                column += getattr(part, name)
+            rows += part._rows
+        return TensorResults(RefTable.concat([p.refs for p in parts]), columns, rows)
+
+    def column(self, name: str) -> list[Any]:
+        return getattr(self, name)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> TensorResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TensorResult]: ...
+
+    def __getitem__(self, index: int | slice) -> TensorResult | list[TensorResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self._rows[index]
+        if row is None:
+            row = self._rows[index] = TensorResult(self.refs[index], *(getattr(self, n)[index] for n in RESULT_COLUMNS))
+        return row
+
+    def __iter__(self) -> Iterator[TensorResult]:
+        for i in range(len(self._rows)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        return _same_rows(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def rows(self, indices: Iterable[int]) -> tuple[TensorResult, ...]:
+        return tuple(self[i] for i in indices)
+
+    def with_findings(self, findings: list[tuple[str, ...]]) -> TensorResults:
+        """The same results with these findings (rows already made are replaced where theirs differ)."""
+        rows = [
+            r if r is None or r.findings == f else dataclasses.replace(r, findings=f) for r, f in zip(self._rows, findings)
+        ]
+        columns = [findings if name == "findings" else getattr(self, name) for name in RESULT_COLUMNS]
+        return TensorResults(self.refs, columns, rows)
+
+    @property
+    def flagged(self) -> list[int]:
+        """Rows with some finding, in order (worked out once)."""
+        if self._flagged is None:
+            self._flagged = [i for i, found in enumerate(self.findings) if found]
+        return self._flagged
+
+    def with_finding(self, finding: str) -> tuple[TensorResult, ...]:
+        findings = self.findings
+        return self.rows(i for i in self.flagged if finding in findings[i])
+
+    def unhealthy_rows(self) -> list[int]:
+        """Rows with a finding that fails by default (see TensorResult.unhealthy), in order."""
+        findings = self.findings
+        return [i for i in self.flagged if not _FAILING_FINDINGS.isdisjoint(findings[i])]
+
+    def unhealthy(self) -> tuple[TensorResult, ...]:
+        return self.rows(self.unhealthy_rows())
+
+
+_RESULT_GETTERS = tuple(attrgetter(name) for name in RESULT_COLUMNS)
 
 
 def coords_of(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -472,7 +599,7 @@ class ScanReport:
 
     target: str
     files: tuple[str, ...]
-    tensors: tuple[TensorResult, ...]
+    tensors: TensorResults  # (any sequence of TensorResult is taken, and made a TensorResults)
     layers: tuple[LayerSummary, ...]
     errors: tuple[ScanProblem, ...] = ()
     unviewed: tuple[UnviewedBad, ...] = ()
@@ -483,10 +610,14 @@ class ScanReport:
     extra: dict[str, Any] = field(default_factory=dict)
     judgement: Verdict | None = None  # set by verdict.judged(); the properties below read it
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensors, TensorResults):
+            object.__setattr__(self, "tensors", TensorResults.of(self.tensors))
+
     @property
     def bad_tensors(self) -> tuple[TensorResult, ...]:
         """Tensors whose NaN/Inf are a finding (a trainer-state sentinel such as ``kth_value = inf`` is not)."""
-        return tuple(t for t in self.tensors if "nonfinite" in t.findings)
+        return self.tensors.with_finding("nonfinite")
 
     @property
     def bad_layers(self) -> tuple[LayerSummary, ...]:
@@ -548,7 +679,7 @@ class ScanReport:
 
     @property
     def unhealthy_tensors(self) -> tuple[TensorResult, ...]:
-        return tuple(t for t in self.tensors if t.unhealthy)
+        return self.tensors.unhealthy()
 
     @property
     def gbps(self) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize
-from nandoctor.model import ScanReport, TensorResult, Verdict
+from nandoctor.model import Outliers, ScanReport, TensorResult, TensorResults, Verdict
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
 FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
@@ -78,39 +78,62 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
 
 def tensor_findings(t: TensorResult) -> tuple[str, ...]:
     """The findings of one tensor from its counts, census and role (``zeroed`` needs siblings: see judged)."""
-    role = t.ref.role
+    return _findings(t.ref.role, t.nonfinite, t.exploded, t.outliers, t.overflow)
+
+
+def _findings(role: str, nonfinite: int, exploded: int, outliers: Outliers | None, overflow: int) -> tuple[str, ...]:
     found = []
-    if t.nonfinite and role != "trainer":
+    if nonfinite and role != "trainer":
         found.append(NONFINITE)
     if role in _HEALTH_ROLES:
-        if t.exploded:
+        if exploded:
             found.append(EXPLODED)
-        if t.outliers is not None and t.outliers.count:
+        if outliers is not None and outliers.count:
             found.append(OUTLIER)
-    if t.overflow and role in _CAST_ROLES:
+    if overflow and role in _CAST_ROLES:
         found.append(OVERFLOW)
     return tuple(found)
+
+
+def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
+    """Every tensor's findings, from the columns: only a tensor with some count, outliers or overflow can
+    have one (``zeroed`` needs siblings: see _zeroed)."""
+    roles = tensors.refs.roles
+    nan, posinf, neginf, exploded = tensors.nan, tensors.posinf, tensors.neginf, tensors.exploded
+    outliers, overflow = tensors.outliers, tensors.overflow
+    maybe: set[int] = set()
+    for column in (nan, posinf, neginf, exploded, overflow):
+        maybe.update(i for i, value in enumerate(column) if value)
+    maybe.update(i for i, found in enumerate(outliers) if found is not None)
+    out: list[tuple[str, ...]] = [()] * len(roles)
+    for i in maybe:
+        out[i] = _findings(roles[i], nan[i] + posinf[i] + neginf[i], exploded[i], outliers[i], overflow[i])
+    return out
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
 
 
-def _zeroed(tensors: Iterable[TensorResult]) -> set[int]:
+def _zeroed(tensors: TensorResults) -> set[int]:
     """Indices of all-zero weight tensors whose siblings in the other layers are not all zero.
 
     Siblings share a name once the layer number is taken out (``model.layers.#.mlp.down_proj.weight``).
     A tensor with no sibling is not judged: some tensors are legitimately zero (a fresh LoRA ``lora_B``).
     """
+    if 0.0 not in tensors.max_abs:  # (one C scan: no tensor is all zero, none is zeroed)
+        return set()
+    refs = tensors.refs
+    names, roles, dtypes, numels = refs.names, refs.roles, refs.dtypes, refs.numels()
+    nan, posinf, neginf = tensors.nan, tensors.posinf, tensors.neginf
     families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
-    for i, t in enumerate(tensors):
-        ref = t.ref  # (the cheap tests first: this runs once per tensor)
-        if t.max_abs is None or ref.role != "weight" or not t.can_hold_nonfinite or ref.numel == 0:
+    for i, (top, holds) in enumerate(zip(tensors.max_abs, tensors.can_hold_nonfinite)):
+        if top is None or roles[i] != "weight" or not holds or numels[i] == 0:
             continue
-        name = ref.name
+        name = names[i]
         family = _LAYER_NUMBER.sub(".#.", name)
         if family == name:
             continue
-        families.setdefault((family, ref.dtype), []).append((i, t.max_abs == 0.0 and not t.nonfinite))
+        families.setdefault((family, dtypes[i]), []).append((i, top == 0.0 and not (nan[i] + posinf[i] + neginf[i])))
     out: set[int] = set()
     for members in families.values():
         if any(not zero for _, zero in members):
@@ -124,18 +147,18 @@ def _zeroed(tensors: Iterable[TensorResult]) -> set[int]:
 
 def judged(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> ScanReport:
     """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
-    zeroed = _zeroed(report.tensors)
-    tensors = []
-    for i, t in enumerate(report.tensors):
-        findings = tensor_findings(t) + ((ZEROED,) if i in zeroed else ())
-        tensors.append(t if findings == t.findings else dataclasses.replace(t, findings=findings))
-    out = dataclasses.replace(report, tensors=tuple(tensors), layers=summarize(tensors), judgement=None)
+    findings = _all_findings(report.tensors)
+    for i in _zeroed(report.tensors):
+        findings[i] += (ZEROED,)
+    tensors = report.tensors.with_findings(findings)
+    out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
 
 
 def present(report: ScanReport) -> tuple[str, ...]:
     """Every finding some tensor of ``report`` has, in a fixed order."""
-    seen = {f for t in report.tensors for f in t.findings}
+    findings = report.tensors.findings
+    seen = {f for i in report.tensors.flagged for f in findings[i]}
     if any(u.nan or u.posinf or u.neginf for u in report.unviewed):
         seen.add(NONFINITE)
     return tuple(f for f in FAIL_ON_CHOICES if f in seen)
@@ -172,7 +195,7 @@ def health(report: ScanReport) -> str:
         return "unreadable"
     if diverged_why(report):
         return "diverged"
-    if any(t.unhealthy for t in report.tensors) or any(u.nan or u.posinf or u.neginf for u in report.unviewed):
+    if report.tensors.unhealthy_rows() or any(u.nan or u.posinf or u.neginf for u in report.unviewed):
         return "poisoned"
     return "healthy"
 
@@ -202,15 +225,18 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
     if log_nonfinite_step is None:
         value = context.get("log_nonfinite_step")
         log_nonfinite_step = value if isinstance(value, int) else None
-    weights = [t for t in report.tensors if t.ref.role == "weight" and t.can_hold_nonfinite and t.ref.numel]
-    bad = [t for t in weights if NONFINITE in t.findings or EXPLODED in t.findings]
-    exploded = sum(1 for t in bad if EXPLODED in t.findings)
-    spread = len(bad) > NONFINITE_DIVERGED_SHARE * len(weights) or exploded >= DIVERGED_SHARE * len(weights)
+    tensors = report.tensors
+    roles, holds, numels, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.refs.numels(), tensors.findings
+    weights = sum(1 for role, can, numel in zip(roles, holds, numels) if can and numel and role == "weight")
+    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and numels[i]
+           and (NONFINITE in findings[i] or EXPLODED in findings[i])]
+    exploded = sum(1 for found in bad if EXPLODED in found)
+    spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
     if weights and len(bad) > 1 and spread:
-        nan = sum(1 for t in bad if NONFINITE in t.findings)
+        nan = sum(1 for found in bad if NONFINITE in found)
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
-        return f"{len(bad)} of {len(weights)} weight tensors are {kinds}{log}"
+        return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
     top = max_abs(report, "weight")
     if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
         return f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
@@ -244,7 +270,7 @@ def excluded(report: ScanReport) -> int:
 
 
 def overflow_tensors(report: ScanReport) -> tuple[TensorResult, ...]:
-    return tuple(t for t in report.tensors if OVERFLOW in t.findings)
+    return report.tensors.with_finding(OVERFLOW)
 
 
 def overflow_count(report: ScanReport) -> int:
@@ -252,12 +278,16 @@ def overflow_count(report: ScanReport) -> int:
 
 
 def max_abs(report: ScanReport, role: str | None = None) -> float | None:
-    values = [t.max_abs for t in report.tensors if t.max_abs is not None and (role is None or t.ref.role == role)]
+    tensors = report.tensors
+    if role is None:
+        values = [value for value in tensors.max_abs if value is not None]
+    else:
+        values = [value for value, its in zip(tensors.max_abs, tensors.refs.roles) if value is not None and its == role]
     return max(values) if values else None
 
 
 def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
-    return tuple(t for t in report.tensors if finding in t.findings)
+    return report.tensors.with_finding(finding)
 
 
 METRIC_PREFIX = "nandoctor/"
@@ -288,7 +318,7 @@ def worst_range(report: ScanReport) -> str | None:
     ranges = bad_ranges(report.layers)
     if not ranges:
         return None
-    weight_groups = {layer_of(t.name).group for t in report.tensors if t.unhealthy and t.ref.role == "weight"}
+    weight_groups = {layer_of(t.name).group for t in report.unhealthy_tensors if t.ref.role == "weight"}
     preferred = [r for r in ranges if any(_in_range(g, r.label) for g in weight_groups)] or list(ranges)
     return max(preferred, key=lambda r: (r.nonfinite, r.bad_tensors)).label
 

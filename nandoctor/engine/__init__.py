@@ -41,7 +41,7 @@ from nandoctor.kernels.census import (
     to_little,
 )
 from nandoctor.kernels.targets import TargetSpec, target
-from nandoctor.model import ScanProblem, ScanReport, TensorResult, UnviewedBad
+from nandoctor.model import ScanProblem, ScanReport, TensorResult, TensorResults, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
 __all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "finish_jobs", "scan", "scan_jobs"]
@@ -167,7 +167,7 @@ def assemble(
     report = ScanReport(
         target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
-        tensors=tuple(tensors),
+        tensors=TensorResults.of(tensors),
         layers=(),
         errors=tuple(checkpoint.problems + found.problems),
         unviewed=tuple(found.unviewed),

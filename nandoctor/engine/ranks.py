@@ -25,7 +25,7 @@ from typing import Any
 
 from nandoctor.engine.parts import Options, PartSpec, merge_parts, scan_part
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
-from nandoctor.model import ScanProblem, ScanReport
+from nandoctor.model import ScanProblem, ScanReport, TensorResults
 
 FAULT_ENV = "NANDOCTOR_FAULT_RANK"  # tests only: "R" makes rank R fail, "R:hang" makes it hang
 _PREFIX = "nandoctor/"
@@ -125,7 +125,7 @@ def _gather(path: str, store: Any, world: int, rank_timeout: float, device: str)
 def _failed_report(path: str, problems: list[ScanProblem]) -> ScanReport:
     from nandoctor import verdict
 
-    return verdict.judged(ScanReport(target=path, files=(), tensors=(), layers=(), errors=tuple(problems)))
+    return verdict.judged(ScanReport(target=path, files=(), tensors=TensorResults.of(()), layers=(), errors=tuple(problems)))
 
 
 def _wait_exit(store: Any, rank_timeout: float) -> int:

@@ -6,17 +6,16 @@ code, findings) is read from what verdict.py stored; nothing is recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii  # (C)
-from operator import attrgetter
 from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges
-from nandoctor.model import ScanReport, TensorResult
-from nandoctor.report.jsontext import INDENT, dict_template, encode_at
+from nandoctor.model import ScanReport, TensorResult, TensorResults
+from nandoctor.report.jsontext import INDENT, EncodedItems, dict_template, encode_at
 
 SCHEMA_VERSION = 3
 
@@ -88,117 +87,63 @@ _TENSOR_KEYS = (
     "quantization", "experts", "can_hold_nonfinite", "max_abs", "max_abs_exact", "bulk_scale", "zeros",
     "exploded", "outliers", "overflow", "findings",
 )
-_ENTRY_TEMPLATES: dict[int, str] = {}
-
-
-class _TensorEntry:
-    """A tensor's entry for ``jsontext`` (the CLI's lazy report): the text of ``tensor_to_json(t)``,
-    written straight from the result for the common entry (no bad values, findings, blocks, experts or
-    outliers; plain types), without building its dict; anything else through the dict. ``text``: the
-    entry's text at ``_ENTRY_LEVEL``, already written with its batch (``_lazy_entries``), or None."""
-
-    __slots__ = ("t", "text")
-
-    def __init__(self, t: TensorResult, text: str | None = None) -> None:
-        self.t = t
-        self.text = text
-
-    def json_text(self, level: int) -> str:
-        if self.text is not None and level == _ENTRY_LEVEL:
-            return self.text
-        t = self.t
-        ref = t.ref
-        shape = ref.shape
-        max_abs, bulk = t.max_abs, t.bulk_scale
-        if (
-            t.first_bad is None and ref.region.blocks is None and not t.experts and t.outliers is None
-            and not t.findings
-            and type(ref.name) is str and type(ref.region.file) is str and type(ref.role) is str
-            and type(ref.dtype) is str and type(ref.order) is str
-            and type(t.nan) is int and type(t.posinf) is int and type(t.neginf) is int
-            and type(t.zeros) is int and type(t.exploded) is int and type(t.overflow) is int
-            and type(t.can_hold_nonfinite) is bool and type(t.max_abs_exact) is bool
-            and (max_abs is None or (type(max_abs) is float and max_abs - max_abs == 0))
-            and (bulk is None or (type(bulk) is float and bulk - bulk == 0))
-            and all(type(d) is int for d in shape)
-        ):
-            template = _ENTRY_TEMPLATES.get(level)
-            if template is None:
-                template = _ENTRY_TEMPLATES[level] = dict_template(_TENSOR_KEYS, level)
-            if shape:
-                inner = "\n" + " " * (INDENT * (level + 2))
-                shape_text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (level + 1)) + "]"
-            else:
-                shape_text = "[]"
-            return template % (
-                encode_basestring_ascii(ref.name), encode_basestring_ascii(ref.region.file),
-                encode_basestring_ascii(ref.role), encode_basestring_ascii(ref.dtype), shape_text,
-                int.__repr__(t.nan), int.__repr__(t.posinf), int.__repr__(t.neginf), "null",
-                encode_basestring_ascii(ref.order), '"elements"', "null", "null",
-                "true" if t.can_hold_nonfinite else "false",
-                "null" if max_abs is None else float.__repr__(max_abs),
-                "true" if t.max_abs_exact else "false",
-                "null" if bulk is None else float.__repr__(bulk),
-                int.__repr__(t.zeros), int.__repr__(t.exploded), "null", int.__repr__(t.overflow), "[]",
-            )
-        return encode_at(tensor_to_json(t), level)
-
-
-_ENTRY_LEVEL = 2  # the report (0) → "tensors" (1) → its entries (2)
 _BATCH = 1024
-# The fields of a common entry (the fixed ones written into its template), read column by column.
-_PLAIN_KEY = attrgetter("first_bad", "outliers", "experts", "findings", "ref.region.blocks")
-_PLAIN = (None, None, (), (), None)
-_STR_COLUMNS = attrgetter("ref.name", "ref.region.file", "ref.role", "ref.dtype", "ref.order")
-_INT_COLUMNS = attrgetter("nan", "posinf", "neginf", "zeros", "exploded", "overflow")
-_BOOL_COLUMNS = attrgetter("can_hold_nonfinite", "max_abs_exact")
-_FLOAT_COLUMNS = attrgetter("max_abs", "bulk_scale")
-_SHAPE = attrgetter("ref.shape")
 _ONLY_STR, _ONLY_INT, _ONLY_BOOL = frozenset((str,)), frozenset((int,)), frozenset((bool,))
 _FLOAT_OR_NONE, _ONLY_TUPLE = frozenset((float, type(None))), frozenset((tuple,))
 _BOOL_TEXT = {True: "true", False: "false"}
 
 
+def _entries(tensors: TensorResults) -> EncodedItems:
+    """The tensors' entries for ``jsontext`` (the CLI's lazy report): a batch of 1024 at a time, each common
+    entry (no bad values, findings, blocks, experts or outliers; plain types) written from the columns
+    (C calls across the batch, not a dict per tensor: what a --json scan of a million small tensors spends
+    its time on); any other through its dict."""
+
+    def batches(level: int) -> Iterator[list[str]]:
+        template = dict_template(_TENSOR_KEYS, level)
+        shapes = _ShapeTexts(level)
+        for start in range(0, len(tensors), _BATCH):
+            stop = min(start + _BATCH, len(tensors))
+            texts = _batch_texts(tensors, start, stop, template, shapes)
+            yield [encode_at(tensor_to_json(tensors[start + k]), level) if text is None else text
+                   for k, text in enumerate(texts)]
+
+    return EncodedItems(batches)
+
+
 class _ShapeTexts(dict):
-    """A shape's text in an entry, once per distinct shape; None for a shape not of plain ints."""
+    """A shape's text in an entry at ``level``, once per distinct shape; None for a shape not of plain ints."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
     def __missing__(self, shape: tuple) -> str | None:
         if not _ONLY_INT.issuperset(map(type, shape)):
             text = None
         elif shape:
-            inner = "\n" + " " * (INDENT * (_ENTRY_LEVEL + 2))
-            text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (_ENTRY_LEVEL + 1)) + "]"
+            inner = "\n" + " " * (INDENT * (self.level + 2))
+            text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (self.level + 1)) + "]"
         else:
             text = "[]"
         self[shape] = text
         return text
 
 
-def _lazy_entries(tensors: tuple[TensorResult, ...]) -> Iterator[_TensorEntry]:
-    """The tensors' entries, the common ones written a batch at a time, column by column (C calls
-    across the batch, not a Python call per field): what a --json scan of a million small tensors
-    spends its time on."""
-    template = dict_template(_TENSOR_KEYS, _ENTRY_LEVEL) % (
-        "%s", "%s", "%s", "%s", "%s", "%s", "%s", "%s", "null", "%s", '"elements"', "null", "null",
-        "%s", "%s", "%s", "%s", "%s", "%s", "null", "%s", "[]",
-    )
-    shapes = _ShapeTexts()
-    for start in range(0, len(tensors), _BATCH):
-        batch = tensors[start : start + _BATCH]
-        texts = _batch_texts(batch, template, shapes)
-        for t, text in zip(batch, texts):
-            yield _TensorEntry(t, text)
-
-
-def _batch_texts(batch: tuple[TensorResult, ...], template: str, shapes: _ShapeTexts) -> list[str | None]:
-    """Each tensor's entry text at ``_ENTRY_LEVEL``, None for one that is not a common entry (or the
-    whole batch when some field is not of its plain type)."""
-    none: list[str | None] = [None] * len(batch)
-    strs = list(zip(*map(_STR_COLUMNS, batch)))
-    ints = list(zip(*map(_INT_COLUMNS, batch)))
-    bools = list(zip(*map(_BOOL_COLUMNS, batch)))
-    floats = list(zip(*map(_FLOAT_COLUMNS, batch)))
-    shape_column = list(map(_SHAPE, batch))
+def _batch_texts(
+    tensors: TensorResults, start: int, stop: int, template: str, shapes: _ShapeTexts,
+) -> list[str | None]:
+    """The entry text of rows [start, stop), None for a row that is not a common entry (every row, when some
+    field of the batch is not of its plain type). A field with one value across the batch is written into
+    the batch's template once; the others are filled in row by row."""
+    k = stop - start
+    refs = tensors.refs
+    strs = [c[start:stop] for c in (refs.names, refs.files, refs.roles, refs.dtypes, refs.orders)]
+    ints = [c[start:stop] for c in (tensors.nan, tensors.posinf, tensors.neginf, tensors.zeros, tensors.exploded,
+                                    tensors.overflow)]
+    bools = [c[start:stop] for c in (tensors.can_hold_nonfinite, tensors.max_abs_exact)]
+    floats = [c[start:stop] for c in (tensors.max_abs, tensors.bulk_scale)]
+    shape_column = refs.shapes[start:stop]
     if not (
         all(_ONLY_STR.issuperset(map(type, c)) for c in strs)
         and all(_ONLY_INT.issuperset(map(type, c)) for c in ints)
@@ -206,23 +151,67 @@ def _batch_texts(batch: tuple[TensorResult, ...], template: str, shapes: _ShapeT
         and all(_FLOAT_OR_NONE.issuperset(map(type, c)) for c in floats)
         and _ONLY_TUPLE.issuperset(map(type, shape_column))
     ):
-        return none
-    names, files, roles, dtypes, orders = (list(map(encode_basestring_ascii, c)) for c in strs)
-    nans, posinfs, neginfs, zeros, exploded, overflow = (list(map(int.__repr__, c)) for c in ints)
-    holds, exact = (list(map(_BOOL_TEXT.__getitem__, c)) for c in bools)
-    # NaN and ±Inf are spelled by jsontext's _float: such an entry (None here) goes through its dict.
-    max_abs, bulk = (
-        ["null" if v is None else float.__repr__(v) if v - v == 0 else None for v in c] for c in floats
+        return [None] * k
+    # Rows that are not common entries: written through their dict (NaN/±Inf floats are spelled by jsontext).
+    other = {i for i, v in enumerate(tensors.first_bad[start:stop]) if v is not None}
+    plain_fields: tuple[tuple[list[Any], Any], ...] = (
+        (tensors.outliers, None), (tensors.experts, ()), (tensors.findings, ()), (refs.blocks, None),
     )
-    shape_texts = list(map(shapes.__getitem__, shape_column))
-    plain = list(map(_PLAIN.__eq__, map(_PLAIN_KEY, batch)))
-    out: list[str | None] = []
-    for fields in zip(
-        names, files, roles, dtypes, shape_texts, nans, posinfs, neginfs, orders,
-        holds, max_abs, exact, bulk, zeros, exploded, overflow,
-    ):
-        out.append(template % fields if None not in fields else None)
-    return [text if ok is True else None for text, ok in zip(out, plain)]
+    for column, plain in plain_fields:
+        part = column[start:stop]
+        if part.count(plain) != k:
+            other.update(i for i, v in enumerate(part) if v != plain)
+    for part in floats:
+        other.update(i for i, v in enumerate(part) if v is not None and v - v != 0)
+    names, files, roles, dtypes, orders = strs
+    nans, posinfs, neginfs, zeros, exploded, overflow = ints
+    holds, exact = bools
+    max_abs, bulk = floats
+    # (values, how one is written, whether equal values are written alike) in _TENSOR_KEYS order; no values:
+    # the text every common entry has. (0.0 == -0.0 and (1,) == (1.0,): floats and shapes compare by text.)
+    fields: list[tuple[list[Any], Callable[[Any], str | None] | str, bool]] = [
+        (names, encode_basestring_ascii, True), (files, encode_basestring_ascii, True),
+        (roles, encode_basestring_ascii, True), (dtypes, encode_basestring_ascii, True),
+        (shape_column, shapes.__getitem__, False), (nans, int.__repr__, True), (posinfs, int.__repr__, True),
+        (neginfs, int.__repr__, True), ([], "null", True), (orders, encode_basestring_ascii, True),
+        ([], '"elements"', True), ([], "null", True), ([], "null", True), (holds, _BOOL_TEXT.__getitem__, True),
+        (max_abs, _float_text, False), (exact, _BOOL_TEXT.__getitem__, True), (bulk, _float_text, False),
+        (zeros, int.__repr__, True), (exploded, int.__repr__, True), ([], "null", True), (overflow, int.__repr__, True),
+        ([], "[]", True),
+    ]
+    rows = [i for i in range(k) if i not in other] if other else range(k)
+    slots, varying = [], []
+    for values, write, by_value in fields:
+        if isinstance(write, str):
+            slots.append(write.replace("%", "%%"))
+            continue
+        column = values if not other else [values[i] for i in rows]
+        if by_value and column and column.count(column[0]) == len(column):
+            texts: list[str | None] = [write(column[0])]
+        else:
+            texts = list(map(write, column))
+            if None in texts:
+                return [None] * k
+        if len(texts) == 1 or (texts and texts.count(texts[0]) == len(texts)):
+            text = texts[0]
+            if text is None:
+                return [None] * k
+            slots.append(text.replace("%", "%%"))
+        else:
+            slots.append("%s")
+            varying.append(texts)
+    row_template = template % tuple(slots)
+    written = list(map(row_template.__mod__, zip(*varying))) if varying else [row_template % ()] * len(rows)
+    if not other:
+        return written  # type: ignore[return-value]
+    out: list[str | None] = [None] * k
+    for i, text in zip(rows, written):
+        out[i] = text
+    return out
+
+
+def _float_text(value: float | None) -> str:
+    return "null" if value is None else float.__repr__(value)
 
 
 def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
@@ -234,7 +223,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
         "schema_version": SCHEMA_VERSION,
         "target": report.target,
         "files": list(report.files),
-        "tensors": _lazy_entries(report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
+        "tensors": _entries(report.tensors) if lazy else [tensor_to_json(t) for t in report.tensors],
         "layers": [
             {
                 "layer": s.layer,
@@ -276,7 +265,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             "exploded_tensors": len(verdicts.with_finding(report, verdicts.EXPLODED)),
             "outlier_tensors": len(verdicts.with_finding(report, verdicts.OUTLIER)),
             "zeroed_tensors": len(verdicts.with_finding(report, verdicts.ZEROED)),
-            "overflow": sum(t.overflow for t in report.tensors),
+            "overflow": sum(report.tensors.overflow),
             "bytes": report.bytes_scanned,
             "seconds": round(report.seconds, 6),
             "gb_per_s": round(report.gbps, 3),

@@ -24,8 +24,36 @@ def iter_json(data: Any) -> Iterator[str]:
     yield from _pieces(data, 0)
 
 
+class EncodedItems:
+    """A list whose items its owner writes as JSON text itself, a batch at a time: ``batches(level)`` yields
+    lists of the items' texts as they are written at ``level`` (json_report's tensor entries, rendered
+    column by column). Streamed batch by batch; the same text as the list of those items."""
+
+    def __init__(self, batches: Callable[[int], Iterator[list[str]]]) -> None:
+        self.batches = batches
+
+    def pieces(self, level: int) -> Iterator[str]:
+        """The list's text at ``level`` (its items one deeper), a batch per piece."""
+        inner = "\n" + " " * (INDENT * (level + 1))
+        first = True
+        for batch in self.batches(level + 1):
+            if batch:
+                yield ("[" if first else ",") + inner + ("," + inner).join(batch)
+                first = False
+        yield "[]" if first else "\n" + " " * (INDENT * level) + "]"
+
+    def json_text(self, level: int) -> str:
+        return "".join(self.pieces(level))
+
+
+_CONTAINERS = (dict, list, tuple, Iterator)
+
+
 def _pieces(value: Any, level: int) -> Iterator[str]:
-    if level >= _STREAMED_LEVELS or not isinstance(value, (dict, list, tuple, Iterator)):
+    if isinstance(value, EncodedItems):
+        yield from value.pieces(level)
+        return
+    if level >= _STREAMED_LEVELS or not isinstance(value, _CONTAINERS):
         yield _encode(value, level)
         return
     inner = "\n" + " " * (INDENT * (level + 1))
@@ -39,8 +67,8 @@ def _pieces(value: Any, level: int) -> Iterator[str]:
     for key, item in items:
         head = (opening if first else ",") + inner + ("" if key is None else encode_basestring_ascii(key) + ": ")
         first = False
-        if level + 1 >= _STREAMED_LEVELS or not isinstance(item, (dict, list, tuple, Iterator)):
-            yield head + _encode(item, level + 1)  # (one piece, no generator: once per tensor entry)
+        if not isinstance(item, EncodedItems) and (level + 1 >= _STREAMED_LEVELS or not isinstance(item, _CONTAINERS)):
+            yield head + _encode(item, level + 1)  # (one piece, no generator: once per item)
         else:
             yield head
             yield from _pieces(item, level + 1)
@@ -56,9 +84,8 @@ def _encode(value: Any, level: int) -> str:
     encoder = _BY_TYPE.get(type(value))
     if encoder is not None:
         return encoder(value, level)
-    writer = getattr(type(value), "json_text", None)
-    if writer is not None:  # a value that writes its own text (json_report's lazy tensor entries)
-        return str(writer(value, level))
+    if isinstance(value, EncodedItems):
+        return value.json_text(level)
     # Subclasses, in json's order of checks (bool before int: bool is an int).
     if isinstance(value, str):
         return encode_basestring_ascii(value)
