@@ -17,6 +17,7 @@ from nandoctor.kernels.cpu import CpuKernel
 from nandoctor.engine import scan
 
 from nandoctor.engine import pipeline as scan_module  # noqa: E402
+from nandoctor.engine import work as work_module  # noqa: E402
 MiB = 1 << 20
 
 
@@ -243,7 +244,7 @@ def test_many_small_tensors_are_batched_without_losing_a_count(tmp_path, monkeyp
     from safetensors.torch import load_file
 
     monkeypatch.setenv("NANDOCTOR_IO", io)
-    monkeypatch.setattr(scan_module, "BATCH_PARTS", 37)  # many batches, boundaries everywhere
+    monkeypatch.setattr(work_module, "BATCH_PARTS", 37)  # many batches, boundaries everywhere
     rng = np.random.default_rng(3)
     tensors = {}
     for i in range(600):

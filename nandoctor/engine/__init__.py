@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from nandoctor.engine.chunks import merge_chunks
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
+from nandoctor.engine.small import SmallTensors, plan_small
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels import Kernel, select_kernel
 from nandoctor.kernels.census import (
@@ -41,7 +43,7 @@ from nandoctor.kernels.census import (
     to_little,
 )
 from nandoctor.kernels.targets import TargetSpec, target
-from nandoctor.model import ScanProblem, ScanReport, TensorResult, TensorResults, UnviewedBad
+from nandoctor.model import RefTable, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
 
 __all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "finish_jobs", "scan", "scan_jobs"]
@@ -72,9 +74,25 @@ def scan(
     with gc_paused():
         checkpoint = open_checkpoint(path, both_formats=both_formats, selection=selection, defer_crcs=True)
         kernel = kernel or select_kernel(device)
-        jobs = plan_jobs(checkpoint.refs, limits, cast_to)
-        found = scan_jobs(checkpoint, jobs, kernel, limits, progress)
+        jobs, small = plan_scan(checkpoint, limits, cast_to)
+        found = scan_jobs(checkpoint, jobs, kernel, limits, progress, small=small)
         return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
+
+
+def plan_scan(
+    checkpoint: Checkpoint, limits: HealthLimits, cast_to: TargetSpec | None,
+) -> tuple[list[RegionJob], dict[Path, SmallTensors]]:
+    """The jobs to scan, and the small tensors of each RefTable file scanned as columns instead (small.py;
+    not with a target dtype, whose overflow counts the job path makes, nor where CRC-32 checks are owed)."""
+    refs: list[TensorRef] = []
+    small: dict[Path, SmallTensors] = {}
+    for file, file_refs in checkpoint.refs_by_file.items():
+        if isinstance(file_refs, RefTable) and cast_to is None and not checkpoint.owed.get(file):
+            small[file], large = plan_small(file_refs, limits)
+            refs += [file_refs[row] for row in large]
+        else:
+            refs += file_refs
+    return plan_jobs(refs, limits, cast_to), small
 
 
 @contextlib.contextmanager
@@ -104,18 +122,23 @@ class Scanned:
     problems: list[ScanProblem]
     bytes_scanned: int
     partial: list[RegionJob] = field(default_factory=list)
+    small: dict[Path, SmallTensors] = field(default_factory=dict)  # files whose small tensors are columns
 
 
 def scan_jobs(
     checkpoint: Checkpoint, jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits,
     progress: ProgressCallback | None = None, files: set[Path] | None = None,
+    small: dict[Path, SmallTensors] | None = None,
 ) -> Scanned:
-    """Read every region of ``jobs`` (all of a checkpoint's, or one part's) through the pipeline and the outlier
-    pass; ``files`` (default: every file) are the files this scan checks for changes, jobs or not, and
-    whose owed CRC-32 checks (``checkpoint.owed``) it pays. Empties ``jobs`` (results() drops each job
-    once its results exist). A job with a ``span`` (a region cut across parts) is read, not finished:
-    it comes back in ``partial``, for merge_parts to finish once every part's share is in."""
+    """Read every region of ``jobs`` (all of a checkpoint's, or one part's) and of ``small`` (files' small
+    tensors as columns) through the pipeline and the outlier pass; ``files`` (default: every file) are the
+    files this scan checks for changes, jobs or not, and whose owed CRC-32 checks (``checkpoint.owed``) it
+    pays. Empties ``jobs`` (results() drops each job once its results exist). A job with a ``span`` (a region
+    cut across parts) is read, not finished: it comes back in ``partial``, for merge_parts to finish once
+    every part's share is in."""
+    small = small or {}
     total = sum(job.span_bytes[1] for job in jobs if job.spec.can_hold_nonfinite)
+    total += sum(columns.total_bytes for columns in small.values())
     jobs_by_file: dict[str, list[RegionJob]] = {}
     for job in jobs:
         if job.spec.can_hold_nonfinite:
@@ -127,18 +150,20 @@ def scan_jobs(
             for file in checkpoint.refs_by_file:
                 if file in wanted:
                     pipeline.scan_file(file, jobs_by_file.get(str(file), []), checkpoint.fingerprints[file],
-                                       checkpoint.owed.get(file, ()))
+                                       checkpoint.owed.get(file, ()), small.get(file))
         finally:
             pipeline.drain()  # also after an interrupt: no worker may outlive its file
     del jobs_by_file  # results() then holds the only references to the jobs, and frees each as it goes
     partial = [job for job in jobs if job.span is not None]
     whole = [job for job in jobs if job.span is None]
     jobs.clear()
+    for columns in small.values():  # the small tensors read whole: finished as the jobs they would have been
+        whole += columns.jobs(limits)
     failed = {p.path for p in pipeline.problems}
     # (a storage failing its CRC-32 is no reason to skip the file's outlier pass: not in ``failed``)
     found = finish_jobs(whole, kernel, limits, failed)
     found.problems[:0] = pipeline.crc_problems + pipeline.problems
-    found.bytes_scanned, found.partial = pipeline.done, partial
+    found.bytes_scanned, found.partial, found.small = pipeline.done, partial, small
     return found
 
 
@@ -157,8 +182,6 @@ def assemble(
 ) -> ScanReport:
     """The judged report of ``checkpoint`` from what was found in it: tensors in the checkpoint's order,
     chunks of one tensor merged, the checkpoint's own problems first."""
-    order = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
-    tensors = merge_chunks(sorted(found.tensors, key=lambda t: order[id(t.ref)]))
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
     if checkpoint.selection is not None:
         extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
@@ -167,7 +190,7 @@ def assemble(
     report = ScanReport(
         target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
-        tensors=TensorResults.of(tensors),
+        tensors=_in_order(checkpoint, found),
         layers=(),
         errors=tuple(checkpoint.problems + found.problems),
         unviewed=tuple(found.unviewed),
@@ -178,6 +201,32 @@ def assemble(
         extra=extra,
     )
     return verdict.judged(report)
+
+
+def _in_order(checkpoint: Checkpoint, found: Scanned) -> TensorResults:
+    """Every tensor's result in the checkpoint's order, chunks of one tensor merged where the first stood; a
+    file's small tensors from their columns (no object made for those that have none)."""
+    position: dict[int, int] = {}  # id(ref) → its place in the checkpoint, for the refs made as objects
+    starts = {}
+    at = 0
+    for file, refs in checkpoint.refs_by_file.items():
+        starts[file] = at
+        for i, ref in refs.made() if isinstance(refs, RefTable) else enumerate(refs):
+            position[id(ref)] = at + i
+        at += len(refs)
+    placed = merge_chunks(sorted(((position[id(t.ref)], t) for t in found.tensors), key=itemgetter(0)))
+    parts, k = [], 0
+    for file, refs in checkpoint.refs_by_file.items():
+        start, end = starts[file], starts[file] + len(refs)
+        first = k
+        while k < len(placed) and placed[k][0] < end:
+            k += 1
+        columns = found.small.get(file)
+        if columns is not None:
+            parts.append(columns.results({where - start: t for where, t in placed[first:k]}))
+        elif k > first:
+            parts.append(TensorResults.of(t for _, t in placed[first:k]))
+    return TensorResults.concat(parts) if parts else TensorResults.of(())
 
 
 def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProblem]:

@@ -28,18 +28,19 @@ def global_index(local: int, result: TensorResult) -> int:
     return flat
 
 
-def merge_chunks(results: list[TensorResult]) -> list[TensorResult]:
-    """``results`` with the chunks of each tensor replaced, where the first of them stood, by one result."""
+def merge_chunks(placed: list[tuple[int, TensorResult]]) -> list[tuple[int, TensorResult]]:
+    """(position, result) pairs with the chunks of each tensor replaced, where the first of them stood (and
+    at its position), by one result."""
     groups: dict[str, list[TensorResult]] = {}
-    for result in results:
+    for _, result in placed:
         if result.ref.chunk is not None:
             groups.setdefault(result.ref.name, []).append(result)
     out = []
-    for result in results:
+    for position, result in placed:
         if result.ref.chunk is None:
-            out.append(result)
+            out.append((position, result))
         elif groups.get(result.ref.name, [None])[0] is result:
-            out.append(_merged(groups[result.ref.name]))
+            out.append((position, _merged(groups[result.ref.name])))
     return out
 
 

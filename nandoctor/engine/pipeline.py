@@ -23,14 +23,15 @@ from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
 from nandoctor.engine.crcs import CrcLedger
 from nandoctor.engine.jobs import RegionJob
-from nandoctor.engine.work import SMALL_REGION_BYTES, ChunkResult, Gap, Part, gap_crc, scan_parts
+from nandoctor.engine.small import SmallBatch, SmallFound, SmallTensors, scan_small
+from nandoctor.engine.work import SMALL_REGION_BYTES, ChunkResult, Gap, Part, batch_bounds, gap_crc, scan_parts
 from nandoctor.errors import FileChangedError, NandoctorError
 from nandoctor.kernels import Kernel
 from nandoctor.model import OwedCrc, ProgressCallback, ScanProblem
 from nandoctor.sources import READ_CHUNK_BYTES, ChunkSource, ThreadBuffers, open_source
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep every core busy
-BATCH_PARTS = 1024  # small regions (work.SMALL_REGION_BYTES) per batch at most, besides a chunk's bytes
+Task = list[Part] | Gap | SmallBatch  # a chunk or a batch of small regions, a CRC gap, a batch of small columns
 
 
 @dataclass
@@ -70,20 +71,26 @@ class Pipeline:
     def __init__(self, kernel: Kernel, pool: ThreadPoolExecutor, total: int, progress: ProgressCallback | None):
         self.kernel, self.pool, self.total, self.progress = kernel, pool, total, progress
         self.buffers = ThreadBuffers(getattr(kernel, "host_buffer", None))
-        self.in_flight: deque[tuple[Future, FileScan, list[Part] | Gap]] = deque()
+        self.in_flight: deque[tuple[Future, FileScan, Task]] = deque()
         self.limit = kernel.workers * IN_FLIGHT_PER_WORKER
         self.done = 0
         self.problems: list[ScanProblem] = []
         self.crc_problems: list[ScanProblem] = []  # storages failing their CRC-32: the rest of the file is sound
         self.opened: list[FileScan] = []
 
-    def scan_file(self, file: Path, jobs: list[RegionJob], print_: tuple[int, int], owed: Sequence[OwedCrc] = ()) -> None:
-        """Read ``jobs`` (the file's regions that can hold NaN/Inf) and pay its ``owed`` CRC-32 checks."""
-        if not jobs and not owed:  # nothing to read, but it may still have changed since it was read
+    def scan_file(
+        self, file: Path, jobs: list[RegionJob], print_: tuple[int, int], owed: Sequence[OwedCrc] = (),
+        small: SmallTensors | None = None,
+    ) -> None:
+        """Read ``jobs`` (the file's regions that can hold NaN/Inf) and ``small`` (its small tensors as
+        columns, small.py), and pay its ``owed`` CRC-32 checks."""
+        smalls = small is not None and small.rows.size > 0
+        if not jobs and not owed and not smalls:  # nothing to read, but it may still have changed since it was read
             if fingerprint(file) != print_:
                 self.problems.append(problem_of(file, FileChangedError(str(file), "the file changed while it was being scanned")))
             return
-        needed = max([j.region.offset + j.region.nbytes for j in jobs] + [o.offset + o.size for o in owed])
+        needed = max([j.region.offset + j.region.nbytes for j in jobs] + [o.offset + o.size for o in owed]
+                     + ([int((small.offsets + small.nbytes).max())] if small is not None and smalls else []))
         try:
             state = FileScan(file, open_source(file, needed), print_, crcs=CrcLedger(owed))
             self.opened.append(state)
@@ -93,25 +100,33 @@ class Pipeline:
         chunk_bytes = self.kernel.chunk_bytes
         if state.source.mode == "read":
             chunk_bytes = max(chunk_bytes, READ_CHUNK_BYTES)
-        # In file order: the disk and the page cache read ahead, and released runs stay long.
+        # In file order: the disk and the page cache read ahead, and released runs stay long. Small regions
+        # go in batches (work.batch_bounds), the columns' batches among the jobs by where they start.
+        ordered = sorted(jobs, key=lambda j: j.region.offset)
+        closes = {last for _, last in batch_bounds([j.region.nbytes for j in ordered if j.region.nbytes < SMALL_REGION_BYTES], chunk_bytes)}
+        columns = deque(small.batches(chunk_bytes) if small is not None and smalls else ())
         batch: list[Part] = []
-        batch_bytes = 0
+        smalls_seen = 0
         claim = state.crcs.claim  # (claims are made in file order, as the ledger needs)
-        for job in sorted(jobs, key=lambda j: j.region.offset):
+        for job in ordered:
+            while columns and columns[0].absolute < job.region.offset and state.failure is None:
+                self._submit(state, columns.popleft())
             if state.failure is not None:
                 break
             if job.region.nbytes < SMALL_REGION_BYTES:
                 batch.append(Part(job, job.region.offset, job.region.nbytes, 0, claim(job.region.offset, job.region.nbytes)))
-                batch_bytes += job.region.nbytes
-                if batch_bytes >= chunk_bytes or len(batch) >= BATCH_PARTS:
+                smalls_seen += 1
+                if smalls_seen in closes:
                     self._submit(state, batch)
-                    batch, batch_bytes = [], 0
+                    batch = []
                 continue
             for start, length in chunks_of(job, chunk_bytes):
                 if state.failure is not None:
                     break
                 at = job.region.offset + start
                 self._submit(state, [Part(job, at, length, start, claim(at, length))])
+        while columns and state.failure is None:
+            self._submit(state, columns.popleft())
         if batch and state.failure is None:
             self._submit(state, batch)
         for at, length in state.crcs.gaps(chunk_bytes):  # owed bytes that no chunk reads
@@ -121,10 +136,12 @@ class Pipeline:
         state.submitted_all = True
         self._maybe_close(state)
 
-    def _submit(self, state: FileScan, parts: list[Part] | Gap) -> None:
+    def _submit(self, state: FileScan, parts: Task) -> None:
         future: Future
         if isinstance(parts, Gap):
             future = self.pool.submit(gap_crc, state.source, parts, self.buffers)
+        elif isinstance(parts, SmallBatch):
+            future = self.pool.submit(scan_small, state.source, parts, self.kernel, self.buffers)
         else:
             future = self.pool.submit(scan_parts, state.source, parts, self.kernel, self.buffers)
         state.pending += 1
@@ -155,27 +172,28 @@ class Pipeline:
             if isinstance(parts, Gap):
                 state.crcs.add(parts.absolute, parts.length, found)
                 state.source.release(parts.absolute, parts.length)
+            elif isinstance(parts, SmallBatch):
+                self._merge_small(state, parts, found)
             else:
                 self._merge(state, parts, found)
         self._maybe_close(state)
 
     def _merge(self, state: FileScan, parts: list[Part], found: list[ChunkResult]) -> None:
         for part, result in zip(parts, found):
-            job = part.job
-            for slot, nan, posinf, neginf, first in result.findings:
-                (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
-            for slot, counts in result.overflows:
-                job.tallies[slot].add_overflow(counts)
-            if result.census is not None:
-                if part.length == job.region.nbytes:  # the whole region in one part: nothing to merge into
-                    job.census = result.census
-                else:
-                    job.census.merge(result.census)
+            result.apply_to(part.job, part.length)
             if result.crc is not None:
                 state.crcs.add(part.absolute, part.length, result.crc)
         head, tail = parts[0], parts[-1]
-        state.source.release(head.absolute, tail.absolute + tail.length - head.absolute)
-        self.done += sum(part.length for part in parts)
+        self._done(state, head.absolute, tail.absolute + tail.length - head.absolute, sum(part.length for part in parts))
+
+    def _merge_small(self, state: FileScan, batch: SmallBatch, found: SmallFound) -> None:
+        batch.small.merge(found)
+        self._done(state, batch.absolute, batch.length, batch.nbytes)
+
+    def _done(self, state: FileScan, absolute: int, length: int, nbytes: int) -> None:
+        """``length`` bytes from ``absolute`` are read (``nbytes`` of them scanned): release them, count them."""
+        state.source.release(absolute, length)
+        self.done += nbytes
         if self.progress:
             self.progress(self.done, self.total, str(state.file))
 

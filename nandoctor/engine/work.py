@@ -17,14 +17,16 @@ import numpy as np
 
 from nandoctor.blockfields import gather
 from nandoctor.crc import crc32
+from nandoctor.dtypes import DTypeSpec
 from nandoctor.engine.jobs import RegionJob
 from nandoctor.engine.overflow import chunk_overflow
-from nandoctor.kernels import NAN, NEGINF, POSINF, Kernel, OverflowCounts
+from nandoctor.kernels import NAN, NEGINF, POSINF, ChunkCounts, Kernel, OverflowCounts
 from nandoctor.kernels.census import (
     Census,
-    batch_census,
+    LaneInfo,
     observe_chunk,
     observe_whole,
+    run_tops,
     to_little,
 )
 from nandoctor.sources import BufferFor, ChunkSource
@@ -33,6 +35,22 @@ from nandoctor.views import element_span, locate
 # Regions smaller than this are checked in batches of up to a chunk's bytes per worker task: a checkpoint
 # of a million one-element tensors would otherwise pay a thread hand-off each.
 SMALL_REGION_BYTES = 64 << 10
+BATCH_PARTS = 1024  # small regions per batch at most, besides a chunk's bytes
+
+
+def batch_bounds(sizes: Sequence[int] | np.ndarray, chunk_bytes: int) -> list[tuple[int, int]]:
+    """[first, last) of each batch of small regions (``sizes`` in file order): a batch closes once it holds a
+    chunk's bytes or BATCH_PARTS regions. The job path and the columns (small.py) batch alike, so a region
+    shares its runs with the same neighbours either way."""
+    held = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    bounds: list[tuple[int, int]] = []
+    first, before = 0, 0
+    while first < held.size:
+        full = int(np.searchsorted(held, before + chunk_bytes, "left"))  # the region that fills a chunk
+        last = min(full + 1, first + BATCH_PARTS, held.size)
+        bounds.append((first, last))
+        first, before = last, int(held[last - 1])
+    return bounds
 
 ChunkFinding = tuple[int, int, int, int, "int | None"]  # (view slot or -1, nan, +inf, -inf, first)
 
@@ -45,6 +63,18 @@ class ChunkResult:
     overflows: Sequence[tuple[int, OverflowCounts]] = ()
     census: Census | None = None
     crc: int | None = None  # CRC-32 of the part's raw bytes, when the part was claimed for one (Part.crc)
+
+    def apply_to(self, job: RegionJob, length: int) -> None:
+        """Add what this part (``length`` bytes of ``job``'s region) holds to the job's tallies and census."""
+        for slot, nan, posinf, neginf, first in self.findings:
+            (job.unviewed if slot < 0 else job.tallies[slot]).add(nan, posinf, neginf, first)
+        for slot, counts in self.overflows:
+            job.tallies[slot].add_overflow(counts)
+        if self.census is not None:
+            if length == job.region.nbytes:  # the whole region in one part: nothing to merge into
+                job.census = self.census
+            else:
+                job.census.merge(self.census)
 
 
 class Part(NamedTuple):  # a tuple: made once per small tensor, a frozen dataclass costs ~4x as much
@@ -105,31 +135,57 @@ def _adjacent(before: Part, part: Part) -> bool:
 
 
 def _scan_batch(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
-    """A run of adjacent small regions in one read; a region holding NaN/Inf is then scanned alone."""
+    """A run of adjacent small regions in one read; a region that needs more is then read whole (run_census)."""
     first, last = parts[0], parts[-1]
     spec, info = first.job.spec, first.job.info
+    assert info is not None  # (fast_checkable regions of a dtype that can hold NaN/Inf)
     data = source.read(first.absolute, last.absolute + last.length - first.absolute, buffers)
     try:
-        crcs = [crc32(data[p.absolute - first.absolute : p.absolute - first.absolute + p.length], 0) if p.crc else None
-                for p in parts]
-        flagged: set[int] = set()
-        if kernel.any_nonfinite(data, spec):
-            # Which regions hold the bad elements: one classify of the batch, not a scan of each region.
-            elements, _ = kernel.classify(data, spec)
-            offsets = np.fromiter((p.absolute - first.absolute for p in parts), np.int64, len(parts))
-            flagged = set(np.searchsorted(offsets, elements * spec.bits // 8, "right").tolist())
-        if info is None:
-            censuses: list[Census | None] = [None] * len(parts)
-        else:
-            lane_bytes = info.lane_bits // 8
-            starts = [(p.absolute - first.absolute) // lane_bytes for p in parts]
-            censuses = list(batch_census(data, info, starts))  # (a flagged region's is replaced below)
+        out = []
+        starts = np.fromiter((p.absolute - first.absolute for p in parts), np.int64, len(parts))
+        tops, zeros, alone = run_census(data, spec, info, starts, kernel)
+        alone_at = set(alone)
+        for k, (part, top, zero) in enumerate(zip(parts, tops.tolist(), zeros.tolist())):
+            start = int(starts[k])
+            piece = data[start : start + part.length]
+            crc = crc32(piece, 0) if part.crc else None
+            if k in alone_at:
+                counts, census = read_whole(piece, spec, info, kernel)
+                out.append(ChunkResult(direct_findings(counts, 0), census=census, crc=crc))
+            else:
+                out.append(ChunkResult(census=Census(exact_max=top if part.length else -1, nonzero=top > 0, zeros=zero), crc=crc))
+            del piece
+        return out
     finally:
         del data  # an exported buffer would stop the mmap from closing
-    return [
-        scan_chunk(source, part, kernel, buffers) if k + 1 in flagged else ChunkResult(census=census, crc=crc)
-        for k, (part, census, crc) in enumerate(zip(parts, censuses, crcs))
-    ]
+
+
+def run_census(
+    data: np.ndarray, spec: DTypeSpec, info: LaneInfo, starts: np.ndarray, kernel: Kernel,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A run of adjacent small regions of one dtype read as one (``starts``: each one's first byte in
+    ``data``): (largest magnitude bits, zero lanes) of each, and which must be read whole (read_whole): those
+    holding NaN/Inf (one classify of the run says which) and those reaching the high level, where exploded
+    values and outliers can be. The others' census is exact from these two numbers."""
+    lane_bytes = info.lane_bits // 8
+    tops, zeros = run_tops(data, info, starts // lane_bytes)
+    alone = tops >= info.high_bit
+    if kernel.any_nonfinite(data, spec):
+        elements, _ = kernel.classify(data, spec)
+        alone[np.searchsorted(starts, elements * spec.bits // 8, "right") - 1] = True
+    return tops, zeros, np.flatnonzero(alone).tolist()
+
+
+def read_whole(data: np.ndarray, spec: DTypeSpec, info: LaneInfo, kernel: Kernel) -> tuple[ChunkCounts, Census]:
+    """A small region read whole: its exact counts and its full census (every lane in the histogram)."""
+    return kernel.check(data, spec), observe_whole(data, info)
+
+
+def direct_findings(counts: ChunkCounts, first_element: int) -> list[ChunkFinding]:
+    """The findings of the one view that reads a whole chunk (none when it is finite)."""
+    if not counts.nonfinite:
+        return []
+    return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)]
 
 
 def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:
@@ -185,9 +241,7 @@ def _chunk_findings(data: np.ndarray, part: Part, kernel: Kernel) -> tuple[list[
             counts, census = kernel.census(data, job.spec, info, start * 8 // info.lane_bits)  # one read for both
         else:
             counts, census = kernel.check(data, job.spec), _census_of(data, part)
-        if not counts.nonfinite:
-            return [], census
-        return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)], census
+        return direct_findings(counts, first_element), census
     census = _census_of(data, part)
     if not kernel.any_nonfinite(data, job.spec):
         return [], census

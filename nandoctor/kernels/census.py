@@ -313,31 +313,41 @@ def sample_histogram(heads: list[np.ndarray], info: LaneInfo) -> tuple[np.ndarra
     return _histogram(mag, info), int(sample.size)
 
 
-def batch_census(data: np.ndarray, info: LaneInfo, starts: list[int]) -> list[Census]:
-    """The census of adjacent small regions from one read: the largest magnitude and zeros of each in
-    two vectorised reductions; only a region that reaches the high level (where an exploded value or
-    an outlier can be) is looked at on its own. A region holding NaN/Inf gets no meaningful census
-    here: the caller scans it alone and drops this one."""
+def run_tops(data: np.ndarray, info: LaneInfo, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(largest magnitude, zero lanes) of each of adjacent small regions read as one, in two vectorised
+    reductions; ``starts``: each region's first lane (ascending). An empty region's top is 0. NaN/Inf lanes
+    are not told apart here: a region holding some is read whole (:func:`observe_whole`) by the caller."""
     lanes = data.view(_UNSIGNED[info.lane_bits])
-    bounds = np.asarray([*starts, lanes.size], dtype=np.intp)
-    sizes = np.diff(bounds)
+    sizes = np.diff(np.append(starts, lanes.size))
     mag = lanes & lanes.dtype.type(info.mag_mask)
     nonempty = sizes > 0
-    tops = np.zeros(len(starts), dtype=np.int64)
-    zeros = np.zeros(len(starts), dtype=np.int64)
+    tops = np.zeros(starts.size, dtype=np.int64)
+    zeros = np.zeros(starts.size, dtype=np.int64)
     if nonempty.any():
-        at = bounds[:-1][nonempty]
+        at = starts[nonempty]
         tops[nonempty] = np.maximum.reduceat(mag, at)
         zeros[nonempty] = np.add.reduceat((mag == 0).view(np.uint8), at, dtype=np.int64)
-    out = []
-    for k, (start, size) in enumerate(zip(bounds[:-1].tolist(), sizes.tolist())):
-        top = int(tops[k])
-        if size and top >= info.high_bit:
-            out.append(observe_whole(data[start * info.lane_bits // 8 : (start + size) * info.lane_bits // 8], info))
-            continue
-        census = Census(exact_max=top if size else -1, nonzero=top > 0, zeros=int(zeros[k]))
-        out.append(census)
-    return out
+    return tops, zeros
+
+
+def decode_magnitudes(spec: DTypeSpec, bits: np.ndarray) -> np.ndarray:
+    """``decode_magnitude`` of every finite magnitude in ``bits``, as float64 (exact: IEEE views where numpy
+    has the format, else a table of the dtype's 256 codes)."""
+    width = spec.lane_bits
+    if width == 64:
+        return bits.astype(np.uint64).view(np.float64)
+    if width == 32:
+        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    if spec.name == "BF16":
+        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if width == 16:  # F16, C32
+        return bits.astype(np.uint16).view(np.float16).astype(np.float64)
+    return _code_values(spec)[bits.astype(np.intp)]
+
+
+@functools.cache
+def _code_values(spec: DTypeSpec) -> np.ndarray:
+    return np.array([decode_magnitude(spec, code) for code in range(256)], dtype=np.float64)
 
 
 def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int, int, int]:
