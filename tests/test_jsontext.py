@@ -73,3 +73,37 @@ def test_lazy_tensor_entries_match_the_report_dicts(tmp_path) -> None:  # type: 
     assert lazy == json.dumps(report_to_json(report), indent=2)
     report = nandoctor.scan(str(Path(__file__).resolve().parent.parent / "fixtures" / "dtype-zoo.safetensors"))
     assert "".join(iter_json(report_to_json(report, lazy=True))) == json.dumps(report_to_json(report), indent=2)
+
+
+def test_column_batches_write_what_the_dicts_write() -> None:
+    """The tensor list written a batch at a time from the columns (a field with one value across a batch
+    written once): the same bytes as the dicts, whatever odd value sits in a column."""
+    import dataclasses
+
+    import numpy as np
+
+    from nandoctor.model import Outliers, Region, ScanReport, TensorRef, TensorResult
+    from nandoctor.report.json_report import report_to_json
+    from nandoctor.verdict import judged
+
+    rng = random.Random(3)
+
+    def result(i: int) -> TensorResult:
+        name = rng.choice(["a", "b%s", "100%", "é\n\"x\"", "layers.3.w"]) + f".{i}"
+        shape = rng.choice([(1,), (2, 3), (), (0,), (True,), (1.0,)]) if i % 97 == 0 else (i % 3 + 1,)
+        ref = TensorRef(name, "F32", shape, Region("f%.safetensors", 4 * i, 4, "F32", name))
+        value = rng.choice([0.0, -0.0, 0.5, 2.5e-40, float("nan"), float("inf"), None, np.float64(0.25)]) \
+            if i % 13 == 0 else 0.125
+        fields = {"max_abs": value, "zeros": True if i % 401 == 0 else i % 2, "bulk_scale": None if i % 5 else 0.5}
+        if i % 211 == 0:
+            fields["outliers"] = Outliers(1, -3.5, 0, 2.0)
+        if i % 307 == 0:
+            fields.update(nan=1, first_bad=0)
+        return dataclasses.replace(TensorResult(ref), **fields)
+
+    for count in (1, 5, 1100, 2100):
+        rows = [result(i) for i in range(count)]
+        report = judged(ScanReport("t", ("f",), tuple(rows), ()))
+        assert "".join(iter_json(report_to_json(report, lazy=True))) == json.dumps(report_to_json(report), indent=2)
+    assert "".join(iter_json([{"x": report_to_json(report, lazy=True)["tensors"]}])) == json.dumps(
+        [{"x": report_to_json(report)["tensors"]}], indent=2)  # the list deeper than the report puts it

@@ -112,16 +112,14 @@ def _entries(tensors: TensorResults) -> EncodedItems:
 
 
 class _ShapeTexts(dict):
-    """A shape's text in an entry at ``level``, once per distinct shape; None for a shape not of plain ints."""
+    """A shape's text in an entry at ``level``, once per distinct shape (of plain ints only: see _batch_texts)."""
 
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
 
-    def __missing__(self, shape: tuple) -> str | None:
-        if not _ONLY_INT.issuperset(map(type, shape)):
-            text = None
-        elif shape:
+    def __missing__(self, shape: tuple) -> str:
+        if shape:
             inner = "\n" + " " * (INDENT * (self.level + 2))
             text = "[" + inner + ("," + inner).join(map(int.__repr__, shape)) + "\n" + " " * (INDENT * (self.level + 1)) + "]"
         else:
@@ -150,6 +148,8 @@ def _batch_texts(
         and all(_ONLY_BOOL.issuperset(map(type, c)) for c in bools)
         and all(_FLOAT_OR_NONE.issuperset(map(type, c)) for c in floats)
         and _ONLY_TUPLE.issuperset(map(type, shape_column))
+        # (each distinct shape object once: (1,) == (1.0,) == (True,), so the texts are cached for int-only ones)
+        and all(_ONLY_INT.issuperset(map(type, shape)) for shape in {id(s): s for s in shape_column}.values())
     ):
         return [None] * k
     # Rows that are not common entries: written through their dict (NaN/±Inf floats are spelled by jsontext).
