@@ -316,3 +316,18 @@ def test_batch_bounds_close_where_a_batch_of_parts_closes():
         sizes = rng.choice([0, 1, 4, 100, 4000, 65535], int(rng.integers(0, 3000))).tolist()
         chunk = int(rng.choice([1, 100, 4096, 1 << 22]))
         assert work_module.batch_bounds(sizes, chunk) == one_by_one(sizes, chunk)
+
+
+def test_a_ceiling_below_the_high_level_counts_exploded_values_of_small_tensors_side_by_side(tmp_path):
+    """--max-abs 1: 1.5 is exploded in a small tensor read with its neighbours as when read alone (it used to
+    be counted only alone: the batch's census looked for exploded values from the high level, 2.0, up)."""
+    values = {f"a.{i}.w": np.array([0.5, 1.5 if i == 3 else 0.25], np.float32) for i in range(6)}
+    together = tmp_path / "together.safetensors"
+    write_safetensors(together, {name: RawTensor("F32", (2,), v.tobytes()) for name, v in values.items()})
+    alone = tmp_path / "alone.safetensors"
+    write_safetensors(alone, {"a.3.w": RawTensor("F32", (2,), values["a.3.w"].tobytes())})
+    for path in (together, alone):
+        report = nandoctor.scan(path, device="cpu", max_abs=1.0)
+        got = {t.name: (t.exploded, t.findings) for t in report.tensors}
+        assert got["a.3.w"] == (1, ("exploded",)) and report.exit_code == 1
+        assert all(found == (0, ()) for name, found in got.items() if name != "a.3.w")

@@ -165,11 +165,12 @@ def run_census(
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A run of adjacent small regions of one dtype read as one (``starts``: each one's first byte in
     ``data``): (largest magnitude bits, zero lanes) of each, and which must be read whole (read_whole): those
-    holding NaN/Inf (one classify of the run says which) and those reaching the high level, where exploded
-    values and outliers can be. The others' census is exact from these two numbers."""
+    holding NaN/Inf (one classify of the run says which), those reaching the high level, where outliers can
+    be, and those above the exploded ceiling (below the high level with ``--max-abs`` under 2). The others'
+    census is exact from these two numbers."""
     lane_bytes = info.lane_bits // 8
     tops, zeros = run_tops(data, info, starts // lane_bytes)
-    alone = tops >= info.high_bit
+    alone = tops >= min(info.high_bit, info.ceiling_bits + 1)
     if kernel.any_nonfinite(data, spec):
         elements, _ = kernel.classify(data, spec)
         alone[np.searchsorted(starts, elements * spec.bits // 8, "right") - 1] = True
