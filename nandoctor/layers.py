@@ -115,6 +115,23 @@ def layer_groups(names: list[str]) -> tuple[list[str], dict[str, tuple[str | Non
     return groups, keys
 
 
+def _natural_order(groups: Iterable[str], keys: dict[str, tuple[str | None, int | None]]) -> list[str]:
+    """``groups`` sorted by natural_key: a stack's group is its stack's key and then its number (``natural_key``
+    of ``stack.N`` is that of ``stack.`` followed by N), worked out once per stack."""
+    stacks: dict[str, tuple] = {}
+
+    def key(group: str) -> tuple:
+        stack, index = keys[group]
+        if stack is None or index is None:
+            return natural_key(group)
+        base = stacks.get(stack)
+        if base is None:
+            base = stacks[stack] = natural_key(stack + ".")
+        return (*base, index, "")
+
+    return sorted(groups, key=key)
+
+
 def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
     """The tensors grouped by layer (in natural order): how many, the unhealthy ones, their NaN/Inf."""
     tensors = TensorResults.of(results)
@@ -124,11 +141,13 @@ def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
     for i in tensors.unhealthy_rows():
         bad.setdefault(groups[i], []).append(tensors[i])
     summaries = []
-    for group in sorted(counts, key=natural_key):
+    for group in _natural_order(counts, keys):
         stack, index = keys[group]
-        members = bad.get(group, [])
+        members = bad.get(group)
+        if members is None:  # (most layers: nothing to add up)
+            summaries.append(LayerSummary(group, stack, index, counts[group], 0, 0, 0, 0, None, ()))
+            continue
         counted = [t for t in members if "nonfinite" in t.findings]  # (a nonfinite finding is unhealthy)
-        worst = max(members, key=_severity).name if members else None
         components = sorted({component_of(t.name) for t in members}, key=COMPONENTS.index)
         summaries.append(
             LayerSummary(
@@ -140,7 +159,7 @@ def summarize(results: Iterable[TensorResult]) -> tuple[LayerSummary, ...]:
                 nan=sum(t.nan for t in counted),
                 posinf=sum(t.posinf for t in counted),
                 neginf=sum(t.neginf for t in counted),
-                worst=worst,
+                worst=max(members, key=_severity).name,
                 bad_components=tuple(components),
             )
         )

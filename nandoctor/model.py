@@ -371,7 +371,7 @@ class TensorResults(Sequence[TensorResult]):
     and handed back as it is; another is made the first time it is asked for, and kept.
     """
 
-    __slots__ = ("_flagged", "_rows", "bulk_scale", "can_hold_nonfinite", "experts", "exploded", "findings",
+    __slots__ = ("_flagged", "_largest", "_rows", "bulk_scale", "can_hold_nonfinite", "experts", "exploded", "findings",
                  "first_bad", "max_abs", "max_abs_exact", "nan", "neginf", "outliers", "overflow", "posinf", "refs",
                  "zeros")
 
@@ -397,6 +397,7 @@ class TensorResults(Sequence[TensorResult]):
             setattr(self, name, column)
         self._rows: list[TensorResult | None] = [None] * len(refs) if rows is None else rows
         self._flagged: list[int] | None = None
+        self._largest: dict[str | None, float | None] = {}
 
     @classmethod
     def of(cls, results: Iterable[TensorResult]) -> TensorResults:
@@ -469,6 +470,16 @@ class TensorResults(Sequence[TensorResult]):
     def with_finding(self, finding: str) -> tuple[TensorResult, ...]:
         findings = self.findings
         return self.rows(i for i in self.flagged if finding in findings[i])
+
+    def largest(self, role: str | None = None) -> float | None:
+        """The largest ``max_abs`` (of the tensors of ``role``); None when none has one (worked out once)."""
+        if role not in self._largest:
+            if role is None or self.refs.roles.count(role) == len(self.refs.roles):
+                values = [value for value in self.max_abs if value is not None]
+            else:
+                values = [value for value, its in zip(self.max_abs, self.refs.roles) if value is not None and its == role]
+            self._largest[role] = max(values) if values else None
+        return self._largest[role]
 
     def unhealthy_rows(self) -> list[int]:
         """Rows with a finding that fails by default (see TensorResult.unhealthy), in order."""

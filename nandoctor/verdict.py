@@ -103,8 +103,10 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
     outliers, overflow = tensors.outliers, tensors.overflow
     maybe: set[int] = set()
     for column in (nan, posinf, neginf, exploded, overflow):
-        maybe.update(i for i, value in enumerate(column) if value)
-    maybe.update(i for i, found in enumerate(outliers) if found is not None)
+        if any(column):  # (one C pass; most columns are all zeros)
+            maybe.update([i for i, value in enumerate(column) if value])
+    if outliers.count(None) != len(outliers):
+        maybe.update([i for i, found in enumerate(outliers) if found is not None])
     out: list[tuple[str, ...]] = [()] * len(roles)
     for i in maybe:
         out[i] = _findings(roles[i], nan[i] + posinf[i] + neginf[i], exploded[i], outliers[i], overflow[i])
@@ -226,10 +228,11 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
         value = context.get("log_nonfinite_step")
         log_nonfinite_step = value if isinstance(value, int) else None
     tensors = report.tensors
-    roles, holds, numels, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.refs.numels(), tensors.findings
-    weights = sum(1 for role, can, numel in zip(roles, holds, numels) if can and numel and role == "weight")
-    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and numels[i]
+    roles, holds, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.findings
+    shapes = tensors.refs.shapes
+    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and 0 not in shapes[i]
            and (NONFINITE in findings[i] or EXPLODED in findings[i])]
+    weights = _weights(tensors) if len(bad) > 1 else 0  # (counted only when it can matter)
     exploded = sum(1 for found in bad if EXPLODED in found)
     spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
     if weights and len(bad) > 1 and spread:
@@ -241,6 +244,13 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
     if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
         return f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
     return ""
+
+
+def _weights(tensors: TensorResults) -> int:
+    """Weight tensors that hold floats (NaN/Inf can be in them) and at least one element."""
+    refs = tensors.refs
+    return sum(1 for role, can, numel in zip(refs.roles, tensors.can_hold_nonfinite, refs.numels())
+               if can and numel and role == "weight")
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
@@ -278,12 +288,7 @@ def overflow_count(report: ScanReport) -> int:
 
 
 def max_abs(report: ScanReport, role: str | None = None) -> float | None:
-    tensors = report.tensors
-    if role is None:
-        values = [value for value in tensors.max_abs if value is not None]
-    else:
-        values = [value for value, its in zip(tensors.max_abs, tensors.refs.roles) if value is not None and its == role]
-    return max(values) if values else None
+    return report.tensors.largest(role)
 
 
 def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:

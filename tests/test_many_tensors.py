@@ -270,7 +270,7 @@ def test_hostile_headers_fail_as_before(tmp_path, text, data, message):
 
 def test_roles_and_layers_of_all_names_at_once_are_those_of_each_name():
     from nandoctor.checkpoint.roles import role_of, roles_of
-    from nandoctor.layers import _layer, layer_groups
+    from nandoctor.layers import _layer, _natural_order, layer_groups, natural_key
 
     rng = np.random.default_rng(2)
     words = ["model", "layers", "h", "blk", "0", "12", "05", "weight", "bias", "attn", "attention", "optimizer",
@@ -285,6 +285,8 @@ def test_roles_and_layers_of_all_names_at_once_are_those_of_each_name():
         each = [_layer(n) for n in names]
         assert groups == [g for g, _, _ in each]
         assert all(keys[g] == (stack, index) for g, stack, index in each)
+        distinct = list(dict.fromkeys(groups))
+        assert _natural_order(distinct, keys) == sorted(distinct, key=natural_key)
 
 
 def test_magnitudes_decode_as_one_by_one():

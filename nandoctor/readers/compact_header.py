@@ -91,8 +91,8 @@ def parse_compact(text: str, dtypes: dict[str, str]) -> HeaderColumns | None:
             names += entry_names
             kinds += map(dtypes.get, entry_dtypes)
             shapes += map(shape_of.__getitem__, entry_shapes)
-            begins.append(np.fromiter(map(int, entry_begins), np.int64, len(entries)))
-            ends.append(np.fromiter(map(int, entry_ends), np.int64, len(entries)))
+            begins.append(np.array(entry_begins, dtype=np.int64))  # (decimal texts below 10**18)
+            ends.append(np.array(entry_ends, dtype=np.int64))
         start = stop
     if None in kinds or len(set(names)) != len(names) or "__metadata__" in names:
         return None  # a dtype the format does not have, or a duplicate name: json's path says which

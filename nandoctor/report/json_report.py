@@ -7,8 +7,9 @@ code, findings) is read from what verdict.py stored; nothing is recomputed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from json.encoder import encode_basestring_ascii  # (C)
-from typing import Any
+from typing import Any, cast
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
@@ -88,8 +89,7 @@ _TENSOR_KEYS = (
     "exploded", "outliers", "overflow", "findings",
 )
 _BATCH = 1024
-_ONLY_STR, _ONLY_INT, _ONLY_BOOL = frozenset((str,)), frozenset((int,)), frozenset((bool,))
-_FLOAT_OR_NONE, _ONLY_TUPLE = frozenset((float, type(None))), frozenset((tuple,))
+_ONLY_INT, _ONLY_BOOL, _ONLY_TUPLE = frozenset((int,)), frozenset((bool,)), frozenset((tuple,))
 _BOOL_TEXT = {True: "true", False: "false"}
 
 
@@ -142,15 +142,19 @@ def _batch_texts(
     bools = [c[start:stop] for c in (tensors.can_hold_nonfinite, tensors.max_abs_exact)]
     floats = [c[start:stop] for c in (tensors.max_abs, tensors.bulk_scale)]
     shape_column = refs.shapes[start:stop]
+    # Exact types where json writes a subclass otherwise (a bool is not 1, a float 0 is not 0.0; str and float
+    # subclasses it writes as str and float): each distinct shape object once ((1,) == (1.0,) == (True,), so
+    # the shapes' texts are cached for int-only ones).
     if not (
-        all(_ONLY_STR.issuperset(map(type, c)) for c in strs)
-        and all(_ONLY_INT.issuperset(map(type, c)) for c in ints)
+        all(_ONLY_INT.issuperset(map(type, c)) for c in ints)
         and all(_ONLY_BOOL.issuperset(map(type, c)) for c in bools)
-        and all(_FLOAT_OR_NONE.issuperset(map(type, c)) for c in floats)
         and _ONLY_TUPLE.issuperset(map(type, shape_column))
-        # (each distinct shape object once: (1,) == (1.0,) == (True,), so the texts are cached for int-only ones)
-        and all(_ONLY_INT.issuperset(map(type, shape)) for shape in {id(s): s for s in shape_column}.values())
+        and all(_ONLY_INT.issuperset(map(type, shape)) for shape in dict(zip(map(id, shape_column), shape_column)).values())
     ):
+        return [None] * k
+    try:
+        max_abs, bulk = map(_float_texts, floats)  # (texts: 0.0 == -0.0, but their texts differ)
+    except TypeError:  # not a float (nor None): its dict says how json writes it
         return [None] * k
     # Rows that are not common entries: written through their dict (NaN/±Inf floats are spelled by jsontext).
     other = {i for i, v in enumerate(tensors.first_bad[start:stop]) if v is not None}
@@ -161,48 +165,30 @@ def _batch_texts(
         part = column[start:stop]
         if part.count(plain) != k:
             other.update(i for i, v in enumerate(part) if v != plain)
-    for part in floats:
-        other.update(i for i, v in enumerate(part) if v is not None and v - v != 0)
+    for float_texts in (max_abs, bulk):
+        if "nan" in float_texts or "inf" in float_texts or "-inf" in float_texts:  # spelled by jsontext, via the dict
+            other.update(i for i, text in enumerate(float_texts) if text in ("nan", "inf", "-inf"))
     names, files, roles, dtypes, orders = strs
     nans, posinfs, neginfs, zeros, exploded, overflow = ints
     holds, exact = bools
-    max_abs, bulk = floats
-    # (values, how one is written, whether equal values are written alike) in _TENSOR_KEYS order; no values:
-    # the text every common entry has. (0.0 == -0.0 and (1,) == (1.0,): floats and shapes compare by text.)
-    fields: list[tuple[list[Any], Callable[[Any], str | None] | str, bool]] = [
+    # (values, how one is written (None: they are texts), whether equal values are written alike) in
+    # _TENSOR_KEYS order; no values: the text every common entry has. ((1,) == (1.0,): shapes by their text.)
+    fields: list[tuple[list[Any], Callable[[Any], str] | str | None, bool]] = [
         (names, encode_basestring_ascii, True), (files, encode_basestring_ascii, True),
         (roles, encode_basestring_ascii, True), (dtypes, encode_basestring_ascii, True),
         (shape_column, shapes.__getitem__, False), (nans, int.__repr__, True), (posinfs, int.__repr__, True),
         (neginfs, int.__repr__, True), ([], "null", True), (orders, encode_basestring_ascii, True),
         ([], '"elements"', True), ([], "null", True), ([], "null", True), (holds, _BOOL_TEXT.__getitem__, True),
-        (max_abs, _float_text, False), (exact, _BOOL_TEXT.__getitem__, True), (bulk, _float_text, False),
+        (max_abs, None, True), (exact, _BOOL_TEXT.__getitem__, True), (bulk, None, True),
         (zeros, int.__repr__, True), (exploded, int.__repr__, True), ([], "null", True), (overflow, int.__repr__, True),
         ([], "[]", True),
     ]
-    rows = [i for i in range(k) if i not in other] if other else range(k)
-    slots, varying = [], []
-    for values, write, by_value in fields:
-        if isinstance(write, str):
-            slots.append(write.replace("%", "%%"))
-            continue
-        column = values if not other else [values[i] for i in rows]
-        if by_value and column and column.count(column[0]) == len(column):
-            texts: list[str | None] = [write(column[0])]
-        else:
-            texts = list(map(write, column))
-            if None in texts:
-                return [None] * k
-        if len(texts) == 1 or (texts and texts.count(texts[0]) == len(texts)):
-            text = texts[0]
-            if text is None:
-                return [None] * k
-            slots.append(text.replace("%", "%%"))
-        else:
-            slots.append("%s")
-            varying.append(texts)
-    row_template = template % tuple(slots)
-    written = list(map(row_template.__mod__, zip(*varying))) if varying else [row_template % ()] * len(rows)
-    if not other:
+    rows = [i for i in range(k) if i not in other] if other else None
+    try:
+        written = _rows_text(template.split("%s"), fields, rows)
+    except TypeError:  # a name, file, role, dtype or order that is not a str: its dict says how json writes it
+        return [None] * k
+    if rows is None:
         return written  # type: ignore[return-value]
     out: list[str | None] = [None] * k
     for i, text in zip(rows, written):
@@ -210,8 +196,43 @@ def _batch_texts(
     return out
 
 
-def _float_text(value: float | None) -> str:
-    return "null" if value is None else float.__repr__(value)
+def _rows_text(
+    parts: list[str], fields: list[tuple[list[Any], Callable[[Any], str] | str | None, bool]], rows: list[int] | None,
+) -> list[str]:
+    """Each row's text (of ``rows`` only, when given): the template's ``parts`` around its fields, a field the
+    rows share written into the text between the others once, the others joined in row by row."""
+    between, varying = [parts[0]], []  # the texts between varying fields, and those fields' texts
+    for (values, write, by_value), after in zip(fields, parts[1:]):
+        if isinstance(write, str):
+            between[-1] += write + after
+            continue
+        column = values if rows is None else [values[i] for i in rows]
+        if write is None:
+            texts = column
+        elif by_value and column and column.count(column[0]) == len(column):
+            texts = [write(column[0])]
+        else:
+            texts = list(map(write, column))
+        if len(texts) == 1 or (texts and texts.count(texts[0]) == len(texts)):
+            between[-1] += texts[0] + after
+        else:
+            varying.append(texts)
+            between.append(after)
+    if not varying:
+        return between * (len(fields[0][0]) if rows is None else len(rows))
+    pieces: list[Any] = [repeat(between[0])]
+    for texts, text in zip(varying, between[1:]):
+        pieces += [texts, repeat(text)]
+    return list(map("".join, zip(*pieces)))  # (one C join per row: no format string to scan)
+
+
+def _float_texts(values: list[float | None]) -> list[str]:
+    """float.__repr__ of each (TypeError for what is not a float), "null" for None."""
+    if None not in values:  # (one C pass; then one C call per value)
+        return list(map(float.__repr__, cast("list[float]", values)))
+    if values.count(None) == len(values):
+        return ["null"] * len(values)
+    return ["null" if value is None else float.__repr__(value) for value in values]
 
 
 def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
