@@ -471,6 +471,11 @@ class TensorResults(Sequence[TensorResult]):
         findings = self.findings
         return self.rows(i for i in self.flagged if finding in findings[i])
 
+    def with_any(self, wanted: Iterable[str]) -> tuple[TensorResult, ...]:
+        """Rows with one of the ``wanted`` findings, in order."""
+        wanted, findings = frozenset(wanted), self.findings
+        return self.rows(i for i in self.flagged if not wanted.isdisjoint(findings[i]))
+
     def largest(self, role: str | None = None) -> float | None:
         """The largest ``max_abs`` (of the tensors of ``role``); None when none has one (worked out once)."""
         if role not in self._largest:

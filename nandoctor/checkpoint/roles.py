@@ -52,9 +52,14 @@ _STATE_SEGMENT = re.compile(r"(?:^|\.)" + _state_words(r"[^.]") + r"(?=\.)")
 _LEAVES = "|".join(map(re.escape, sorted(_BUFFER_LEAVES, key=len, reverse=True)))
 # A name that is not a plain weight (a state segment, a buffer's last segment, the attention mask bias),
 # searched for in all names at once, each after a line break: one C pass over a million names (its leading
-# character class lets the search skip to the dots), where role_of per name costs a call each.
+# character class lets the search skip to the dots, the first letters to the segments that can be one),
+# where role_of per name costs a call each.
+_FIRST_LETTERS = "".join(sorted({word[0] for word in (*_OPTIMIZER_SEGMENTS, *_TRAINER_SEGMENTS, *_BUFFER_LEAVES,
+                                                       "ModelCheckpoint", "EarlyStopping", "attn")}))
 _NOT_WEIGHT = re.compile(
-    r"[.\n](?:" + _state_words(r"[^.\n]") + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$)", re.MULTILINE
+    rf"[.\n](?=[{re.escape(_FIRST_LETTERS)}])(?:" + _state_words(r"[^.\n]")
+    + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$)",
+    re.MULTILINE,
 )
 
 

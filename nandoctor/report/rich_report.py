@@ -163,8 +163,8 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
     rows_of, more = tensor_rows(report, limit, _TABLE_FINDINGS)
     # A name in several files (separate checkpoints side by side, --both-formats): say which file.
     files_by_name: dict[str, set[str]] = {}
-    for t in report.tensors:
-        files_by_name.setdefault(t.name, set()).add(t.ref.file)
+    for name, file in zip(report.tensors.refs.names, report.tensors.refs.files):
+        files_by_name.setdefault(name, set()).add(file)
     show_file = any(len(files_by_name[r.name]) > 1 for r in rows_of)
     rows: list[dict[str, object]] = []
     for r in rows_of:
@@ -190,14 +190,15 @@ def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
     sizes: dict[str, int] = {}
     present: dict[str, set[str]] = {}
     bad: dict[str, dict[int, set[str]]] = {}
-    for t in report.tensors:
-        key = layer_of(t.name)
+    tensors = report.tensors  # (its columns: no TensorResult made per tensor)
+    for name, nan, posinf, neginf in zip(tensors.refs.names, tensors.nan, tensors.posinf, tensors.neginf):
+        key = layer_of(name)
         if key.stack is None or key.index is None:
             continue
-        component = component_of(t.name)
+        component = component_of(name)
         sizes[key.stack] = max(sizes.get(key.stack, 0), key.index + 1)
         present.setdefault(key.stack, set()).add(component)
-        if t.bad:
+        if nan or posinf or neginf:  # (TensorResult.bad)
             bad.setdefault(key.stack, {}).setdefault(key.index, set()).add(component)
     out = []
     for stack, cells in bad.items():
@@ -241,7 +242,7 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
     limit = None if show_all else MAX_TENSOR_ROWS
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     reported = decided.reported if decided is not None else ()
-    if any(not set(_TABLE_FINDINGS).isdisjoint(t.findings) for t in report.tensors):
+    if report.tensors.with_any(_TABLE_FINDINGS):
         console.print()
         console.print(_layer_table(report, console.width, limit, reported))
         console.print()

@@ -88,7 +88,7 @@ def tensor_rows(
 ) -> tuple[list[TensorRow], int]:
     """The tensors with one of ``findings``, worst first (by finding, then amount of damage), capped at
     ``limit``; with the number left out."""
-    found = [t for t in report.tensors if t.findings and not set(findings).isdisjoint(t.findings)]
+    found = list(report.tensors.with_any(findings))
 
     def severity(t: TensorResult) -> tuple[int, int, int, str]:
         rank = SEVERITY.index(worst_finding(t.findings))
@@ -114,7 +114,7 @@ class FindingRange:
 def finding_ranges(report: ScanReport, findings: Collection[str] = SEVERITY) -> list[FindingRange]:
     """Per finding (most severe first), the layer ranges whose tensors have it, in layer order."""
     sizes = {s.layer: s.tensors for s in report.layers}
-    found = [t for t in report.tensors if t.findings and not set(findings).isdisjoint(t.findings)]
+    found = report.tensors.with_any(findings)
     out: list[FindingRange] = []
     for finding in (f for f in SEVERITY if f in findings):
         groups: dict[str, list[TensorResult]] = {}
