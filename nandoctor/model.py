@@ -357,10 +357,7 @@ def _same_rows(table: Sequence[Any], other: object) -> bool:
 
 
 # TensorResult's fields after ``ref``, in order: the columns of TensorResults.
-RESULT_COLUMNS = (
-    "nan", "posinf", "neginf", "first_bad", "can_hold_nonfinite", "overflow", "max_abs", "max_abs_exact", "zeros",
-    "outliers", "bulk_scale", "exploded", "experts", "findings",
-)
+RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(TensorResult) if f.name != "ref")
 
 
 class TensorResults(Sequence[TensorResult]):
@@ -419,9 +416,6 @@ class TensorResults(Sequence[TensorResult]):
                 column += getattr(part, name)
             rows += part._rows
         return TensorResults(RefTable.concat([p.refs for p in parts]), columns, rows)
-
-    def column(self, name: str) -> list[Any]:
-        return getattr(self, name)
 
     def __len__(self) -> int:
         return len(self._rows)

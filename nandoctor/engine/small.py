@@ -34,12 +34,13 @@ class SmallTensors:
     result of reading it whole (``whole``)."""
 
     table: RefTable
+    kinds: np.ndarray  # each row's dtype: an index into specs and infos
+    specs: list[DTypeSpec]  # the table's distinct dtypes
+    infos: list[LaneInfo | None]  # (None for a dtype that cannot hold NaN/Inf: no position has one)
     rows: np.ndarray
     offsets: np.ndarray  # absolute, per position
     nbytes: np.ndarray
-    codes: np.ndarray  # dtype of each position: an index into specs and infos
-    specs: list[DTypeSpec]
-    infos: list[LaneInfo | None]  # (None for a dtype that cannot hold NaN/Inf: no position has one)
+    codes: np.ndarray  # dtype of each position (kinds[rows])
     tops: np.ndarray = field(init=False)
     zeros: np.ndarray = field(init=False)
     whole: dict[int, ChunkResult] = field(default_factory=dict)
@@ -71,11 +72,10 @@ class SmallTensors:
 
     def results(self, objects: dict[int, TensorResult]) -> TensorResults:
         """Every row's result, as columns: ``objects`` (row → result) for the tensors scanned as jobs (the large
-        ones, and those read whole); the others from the arrays (floating ones) or as unreadable for NaN/Inf."""
-        table = self.table
+        ones, and those read whole); the small floating ones from the arrays; the rest hold no NaN/Inf."""
+        table, codes, specs = self.table, self.kinds, self.specs
         n = len(table)
-        codes, specs = _dtype_codes(table.dtypes)
-        floating = np.array([spec.can_hold_nonfinite for spec in specs], dtype=bool)[codes]
+        floating = _floating(specs)[codes]
         read = np.zeros(n, dtype=bool)
         tops = np.full(n, -1, np.int64)
         zeros = np.zeros(n, np.int64)
@@ -108,23 +108,23 @@ class SmallTensors:
 def plan_small(table: RefTable, limits: HealthLimits) -> tuple[SmallTensors, list[int]]:
     """The small floating tensors of ``table``, and the rows of the large floating ones (for jobs). Tensors
     that cannot hold NaN/Inf are neither: there is nothing to read in them."""
-    codes, specs = _dtype_codes(table.dtypes)
-    floating = np.array([spec.can_hold_nonfinite for spec in specs], dtype=bool)[codes]
+    code_of = {name: code for code, name in enumerate(dict.fromkeys(table.dtypes))}
+    kinds = np.fromiter(map(code_of.__getitem__, table.dtypes), np.intp, len(table))
+    specs = [DTYPES[name] for name in code_of]
+    floating = _floating(specs)[kinds]
     offsets = np.frombuffer(table.offsets, np.int64)
     nbytes = np.frombuffer(table.nbytes, np.int64)
     small = floating & (nbytes < SMALL_REGION_BYTES)
     rows = np.flatnonzero(small)
     rows = rows[np.argsort(offsets[rows], kind="stable")]  # file order; equal offsets (empty ones) as listed
     infos = [lane_info(spec, limits.max_abs) if spec.can_hold_nonfinite else None for spec in specs]
-    found = SmallTensors(table, rows, offsets[rows], nbytes[rows], codes[rows], specs, infos)
+    found = SmallTensors(table, kinds, specs, infos, rows, offsets[rows], nbytes[rows], kinds[rows])
     return found, np.flatnonzero(floating & ~small).tolist()
 
 
-def _dtype_codes(dtypes: list[str]) -> tuple[np.ndarray, list[DTypeSpec]]:
-    """Each row's dtype as an index into the list of distinct dtypes."""
-    code_of = {name: code for code, name in enumerate(dict.fromkeys(dtypes))}
-    codes = np.fromiter(map(code_of.__getitem__, dtypes), np.intp, len(dtypes))
-    return codes, [DTYPES[name] for name in code_of]
+def _floating(specs: list[DTypeSpec]) -> np.ndarray:
+    """Per dtype: can it hold NaN/Inf (a floating dtype: the only ones read)."""
+    return np.array([spec.can_hold_nonfinite for spec in specs], dtype=bool)
 
 
 @dataclass(frozen=True, slots=True)
