@@ -356,6 +356,8 @@ def lightning_run(
     callbacks: tuple = (),
     save_top_k: int = -1,
     monitor: str | None = "train_loss",
+    save_last: bool | str = False,
+    save_final: str | None = None,
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -379,6 +381,9 @@ def lightning_run(
     ``optimizer="adam"`` stores Adam moments in ``optimizer_states``; ``callbacks`` are added to the
     Trainer (after the planting one); ``save_top_k``/``monitor`` configure the first ModelCheckpoint
     (``save_top_k=1, monitor=None``: only the newest file is kept, as Lightning's default one does).
+    ``save_last`` is that ModelCheckpoint's (``True``: a ``last.ckpt`` saved with each file; ``"link"``: a
+    symlink to the newest file). ``save_final`` names a file written into ``checkpoints/`` after ``fit``:
+    ``trainer.save_checkpoint(name)`` for a ``.ckpt``, the module's ``state_dict`` for a ``.safetensors``.
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -399,6 +404,7 @@ def lightning_run(
         save_top_k=save_top_k,
         monitor=monitor,
         mode="min",
+        save_last=save_last,
     )
     callbacks = [checkpoint, *extra]
     if keep_last:
@@ -421,7 +427,14 @@ def lightning_run(
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        trainer.fit(_tiny_mlp_module(learning_rate, optimizer)(), train_dataloaders=loader)
+        module = _tiny_mlp_module(learning_rate, optimizer)()
+        trainer.fit(module, train_dataloaders=loader)
+        if save_final is not None and save_final.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out_dir / "checkpoints" / save_final)
+        elif save_final is not None:
+            trainer.save_checkpoint(out_dir / "checkpoints" / save_final)
 
     saved = (out_dir / "checkpoints").glob("*.ckpt")
     found = [(int(m.group(1)), p) for p in saved if (m := _STEP_IN_NAME.search(p.name))]

@@ -1,8 +1,9 @@
 """Run folders: the checkpoints a training run leaves, ordered by step.
 
 A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders, often with the final model
-(``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt`` files whose names carry the step
-(``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``). Also the run as a
+(``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt``
+files whose names carry the step (``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``), maybe with
+``last.ckpt`` and a final model file beside them (checkpoint/lightningrun.py). Also the run as a
 timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
 trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
 logged NaN/Inf, and saves that never finished.
@@ -18,31 +19,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint.finalmodel import FINAL, final_reasons, final_step, has_final_model, holds_weights
+from nandoctor.checkpoint.finalmodel import (
+    FINAL,
+    final_reasons,
+    final_step,
+    has_final_model,
+    holds_weights,
+)
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+from nandoctor.checkpoint.lightningrun import (
+    LightningFolder,
+    lightning_folder,
+    lightning_step_of,
+    same_file,
+    saved_step,
+)
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE
 from nandoctor.model import ScanReport
 
 _CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
-# Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
-# custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
-_LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
-LIGHTNING_SUFFIX = ".ckpt"
 
 
 def step_of(path: Path) -> int | None:
     """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
     match = _CHECKPOINT.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def lightning_step_of(path: Path) -> int | None:
-    """The global step of a Lightning ``….ckpt`` file whose name holds ``step=N``, else None."""
-    path = Path(path)
-    if path.suffix.lower() != LIGHTNING_SUFFIX:
-        return None
-    match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
     return int(match.group(1)) if match else None
 
 
@@ -97,9 +98,9 @@ class RunPlace:
     """Where one checkpoint stands in its run: the run folder, the checkpoint's step, the run's kind."""
 
     run: Path
-    step: int  # the final model's: one past the newest checkpoint's (every checkpoint comes before it)
+    step: int  # a final model's or last.ckpt's: one past the newest checkpoint's (every checkpoint comes before it)
     lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
-    final: bool = False  # the target is the run's final model, the weights at the run folder's top
+    final: bool = False  # the target is the run's final model (the weights at the run folder's top, a Lightning final file)
 
     def siblings(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint of the run, steps ascending."""
@@ -116,15 +117,16 @@ class RunPlace:
 
 def place_in_run(target: Path) -> RunPlace | None:
     """Where ``target`` stands in a run (what ``--from auto`` and the repair hint go by): a ``checkpoint-N``
-    folder (or a file inside one), or a Lightning ``…step=N….ckpt`` file in a folder of them; else None."""
+    folder (or a file inside one), the final model of a run folder (the folder itself), or a Lightning
+    ``…step=N….ckpt`` file, the ``last.ckpt`` a resume loads or the final model file beside them (a Lightning
+    run folder stands for its final file); else None."""
     target = Path(target)
-    lightning = lightning_step_of(target) if not target.is_dir() else None
-    if lightning is not None:
-        try:
-            entries = list(target.parent.iterdir())
-        except OSError:
-            return None
-        return RunPlace(target.parent, lightning, True) if _lightning_run(target.parent, entries) else None
+    if not target.is_dir():
+        lightning = lightning_folder(target.parent)
+        if lightning is not None:
+            return _lightning_place(target, lightning)
+    elif (lightning := lightning_folder(target)) is not None:
+        return _lightning_place(lightning.final, lightning) if lightning.final is not None else None
     folder = target if target.is_dir() else target.parent
     step = step_of(folder)
     if step is None and is_run_folder(folder) and has_final_model(folder):
@@ -133,15 +135,23 @@ def place_in_run(target: Path) -> RunPlace | None:
     return None if step is None else RunPlace(folder.parent, step, False)
 
 
-def _lightning_run(folder: Path, entries: list[Path]) -> bool:
-    """A folder whose weight files are all Lightning ``.ckpt`` files, two or more of them named by step."""
-    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
+def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
+    """A file's place in the Lightning run it lies in: a step file by its step; the last or final file after
+    every step file (donors may be any step file, the newest included, as for a Trainer run's final model)."""
+    step = lightning_step_of(file)
+    if step is not None:
+        return RunPlace(file.parent, step, True)
+    after = run.steps[-1][0] + 1
+    if run.final is not None and file.name == run.final.name:
+        return RunPlace(file.parent, after, True, final=True)
+    if run.last is not None and file.name == run.last.name:
+        return RunPlace(file.parent, after, True)
+    return None
 
-    suffixes = weight_suffixes()
-    weights = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
-    if any(e.name in INDEX_NAMES for e in entries) or any(e.suffix.lower() != LIGHTNING_SUFFIX for e in weights):
-        return False
-    return sum(1 for e in weights if lightning_step_of(e) is not None) >= 2
+
+def _lightning_run(folder: Path, entries: list[Path]) -> bool:
+    """A folder of Lightning step files (checkpoint/lightningrun.py)."""
+    return lightning_folder(folder, entries) is not None
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +179,9 @@ class RunCheckpoint:
     why: str = ""  # what made it diverged, when it is
     final: bool = False  # the run's final model (the weights at the run folder's top), the newest row
     step_known: bool = True  # False for a final model whose step no trainer_state.json gives
+    last: bool = False  # a Lightning run's last.ckpt: what trainer.fit(ckpt_path="last") resumes from
+    same_as: str | None = None  # the earlier row whose file this one is (a link to it, or its bytes): not scanned again
+    same_how: str | None = None  # "link" (a symlink or hard link) or "copy" (the same bytes)
 
     @property
     def max_abs(self) -> float | None:
@@ -219,15 +232,17 @@ class RunReport:
         """The newest checkpoint read completely whose weights are healthy (finite, not exploded, no
         outliers, not grown far past the earlier ones): what to resume from. (``--from auto`` takes donors
         only from healthy checkpoints before the run's first bad one: restore/donors.py.)"""
-        healthy = [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES]
+        healthy = [c for c in self.checkpoints
+                   if c.report is not None and c.status in HEALTHY_STATUSES and c.same_as is None]
         return healthy[-1] if healthy else None
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
     @property
     def repair_target(self) -> RunCheckpoint | None:
-        """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix."""
-        bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED]
+        """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix (the file
+        itself, never a row that is the same file as an earlier one)."""
+        bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED and c.same_as is None]
         return bad[-1] if bad else None
 
     def auto_donors_for(self, target: RunCheckpoint) -> bool:
@@ -247,35 +262,62 @@ class RunReport:
         """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and c.status in (POISONED, DIVERGED)), None)
 
-    def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
-        """The newest row decides: the final model where the run folder holds one (what a user ships),
-        else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
-        from nandoctor import verdict as verdicts
+    @property
+    def deciding(self) -> tuple[RunCheckpoint, ...]:
+        """The rows that decide the exit code: what gets loaded. The final model (what a user ships) and a
+        Lightning run's last.ckpt (what ``trainer.fit(ckpt_path="last")`` resumes from) where the run has
+        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
+        loaded = tuple(c for c in self.checkpoints if c.final or c.last)
+        return loaded or ((self.checkpoints[-1],) if self.checkpoints else ())
 
-        newest = self.newest
-        if self.problems or newest is None or newest.report is None or newest.status == INCOMPLETE:
+    def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
+        """The deciding row whose exit code is the run's: the worst of them; of equals, the newest."""
+        rows = self.deciding
+        if not rows:
+            return None
+        codes = [_row_code(c, fail_on) for c in rows]
+        worst = max(codes)
+        return rows[max(i for i, code in enumerate(codes) if code == worst)]
+
+    def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
+        """The worst of the deciding rows (:attr:`deciding`); 3 when the run itself is ambiguous or empty."""
+        decider = self.decider(fail_on)
+        if self.problems or decider is None:
             return EXIT_UNREADABLE
-        return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
+        return _row_code(decider, fail_on)
 
     def ok(self, fail_on: frozenset[str] | None = None) -> bool:
         return self.exit_code(fail_on) == 0
 
     @property
     def verdict(self) -> str:
-        newest = self.newest
-        if newest is None:
-            return "EMPTY"
-        if newest.status == INCOMPLETE:
-            return "INCOMPLETE"
-        assert newest.report is not None
-        return newest.report.verdict + (" (DIVERGED)" if newest.status == DIVERGED else "")
+        decider = self.decider()
+        return "EMPTY" if decider is None else row_verdict(decider)
+
+
+def row_verdict(c: RunCheckpoint) -> str:
+    """One row's verdict word: its report's, ``INCOMPLETE`` for a half-written save, ``(DIVERGED)`` added."""
+    if c.status == INCOMPLETE or c.report is None:
+        return "INCOMPLETE"
+    return c.report.verdict + (" (DIVERGED)" if c.status == DIVERGED else "")
+
+
+def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:
+    """One row's exit code: its report's, 3 for a save that is half-written or had nothing to scan."""
+    from nandoctor import verdict as verdicts
+
+    if c.report is None or c.status == INCOMPLETE:
+        return EXIT_UNREADABLE
+    return verdicts.exit_code(c.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
     """A folder of ``checkpoint-N`` (or ``step-N``) folders, or of Lightning ``…step=N….ckpt`` files.
 
     Weights at its top beside ``checkpoint-N`` folders are the run's final model (``trainer.save_model()``):
-    still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py).
+    still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py). A Lightning folder is a
+    run with two or more step files, or one beside ``last.ckpt`` or a final model file
+    (checkpoint/lightningrun.py).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -305,6 +347,50 @@ def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     return first if first is not None and first <= step else None
 
 
+@dataclass(frozen=True)
+class _Row:
+    """A timeline row to scan: a checkpoint (maybe a tmp- one), a Lightning run's last file, or the final model."""
+
+    step: int
+    path: Path
+    tmp: bool = False
+    kind: str = ""  # "", "last" or "final"
+    step_known: bool = True
+
+
+def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
+    """A Lightning run's rows: its step files; then (not with ``below_step``) last.ckpt, placed by the step it
+    was saved at (after the step files of that step; after all of them when it cannot be read), and the
+    final model after everything, with its own step where that is at or after the newest step file's."""
+    rows = [_Row(step, p) for step, p in run.steps if below_step is None or step < below_step]
+    if below_step is not None:
+        return rows
+    newest = run.steps[-1][0]
+    if run.last is not None:
+        own = saved_step(run.last)
+        at = sum(1 for r in rows if own is not None and r.step <= own) if own is not None else len(rows)
+        rows.insert(at, _Row(newest if own is None else own, run.last, kind="last", step_known=own is not None))
+    if run.final is not None:
+        own = saved_step(run.final)
+        known = own is not None and own >= newest
+        rows.append(_Row(own if own is not None and known else newest, run.final, kind="final", step_known=known))
+    return rows
+
+
+def _same_as(row: _Row, done: list[RunCheckpoint]) -> tuple[RunCheckpoint, str] | None:
+    """The earlier row of a Lightning run whose file ``row``'s file is (a link to it, or a byte-identical
+    copy, as ``save_last`` often writes), newest first: then ``row`` is that row again, not a second save."""
+    for earlier in reversed(done):
+        if earlier.report is None or earlier.same_as is not None or earlier.final:
+            continue
+        if row.step_known and earlier.step != row.step:
+            continue  # the same bytes hold the same global_step
+        how = same_file(row.path, Path(earlier.path))
+        if how is not None:
+            return earlier, how
+    return None
+
+
 def scan_run(
     path: str | os.PathLike[str],
     *,
@@ -316,7 +402,8 @@ def scan_run(
     below_step: int | None = None,
 ) -> RunReport:
     """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first,
-    then the final model at the run folder's top where there is one (not with ``below_step``)."""
+    then the final model at the run folder's top where there is one (not with ``below_step``). A Lightning
+    run: its step files, its last.ckpt and its final model file (checkpoint/lightningrun.py)."""
     import time
 
     from nandoctor.errors import NandoctorError
@@ -326,24 +413,27 @@ def scan_run(
     if scan_one is None:
         from nandoctor.engine import scan
     scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
-    lightning = _lightning_run(root, list(root.iterdir()))
-    folders: list[tuple[int, Path, bool]] = [
-        (step, p, False) for step, p in (lightning_checkpoints_in(root) if lightning else checkpoints_in(root))
-    ]
+    lightning_run = lightning_folder(root)
+    lightning = lightning_run is not None
+    rows = [] if lightning_run is None else _lightning_rows(lightning_run, below_step)
+    if lightning_run is None:
+        rows = [_Row(step, p) for step, p in checkpoints_in(root)]
     for entry in root.iterdir():
         match = _TMP_CHECKPOINT.match(entry.name)
-        if match and entry.is_dir():
-            folders.append((int(match.group(1)), entry, True))
-    folders.sort(key=lambda f: (f[0], f[2], f[1].name))
-    if below_step is not None:  # repair's --from auto: only the checkpoints before its target
-        folders = [f for f in folders if f[0] < below_step]
-    with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+        if not lightning and match and entry.is_dir():
+            rows.append(_Row(int(match.group(1)), entry, tmp=True))
+    if not lightning:
+        rows.sort(key=lambda r: (r.step, r.tmp, r.path.name))
+        if below_step is not None:  # repair's --from auto: only the checkpoints before its target
+            rows = [r for r in rows if r.step < below_step]
+    with_state = sum(1 for r in rows if (r.path / TRAINER_STATE).exists())
     # The final model (checkpoint/finalmodel.py) comes after every checkpoint, whatever step its state gives
-    newest_step = folders[-1][0] if folders else 0
+    newest_step = rows[-1].step if rows else 0
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
     if below_step is None and not lightning and has_final_model(root):
-        folders.append((final_at if final_at is not None and final_known else newest_step, root, False))
+        rows.append(_Row(final_at if final_at is not None and final_known else newest_step, root, kind="final",
+                         step_known=final_known))
     # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
     # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
     metrics = metrics_near(root) if lightning else None
@@ -351,11 +441,9 @@ def scan_run(
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if lightning else duplicate_steps(checkpoints_in(root))
     notes = [f"{p}; rename or remove the stray folder" for p in problems]
-    if lightning:  # last.ckpt, epoch=3.ckpt: checkpoints too, but no step to place them by
-        others = sorted(
-            e.name for e in root.iterdir()
-            if e.suffix.lower() == LIGHTNING_SUFFIX and lightning_step_of(e) is None and not e.name.startswith(".")
-        )
+    if lightning_run is not None:  # epoch=3.ckpt: a checkpoint too, but no step to place it by
+        others = sorted(lightning_run.unplaced)
+        notes += lightning_run.notes
         named = "a …step=<N>….ckpt file"
     else:
         others = sorted(
@@ -373,13 +461,24 @@ def scan_run(
     from nandoctor import verdict as verdicts
 
     done_before = 0
-    checkpoints = []
+    checkpoints: list[RunCheckpoint] = []
     healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
     previous_max: float | None = None
-    for step, folder, is_tmp in folders:
-        is_final = folder is root
-        reasons = final_reasons(root) if is_final else incomplete_reasons(folder, expect_trainer_state=with_state > 0)
-        if is_tmp:
+    for row in rows:
+        step, folder = row.step, row.path
+        is_final, is_last = row.kind == "final", row.kind == "last"
+        same = _same_as(row, checkpoints) if lightning and row.kind else None
+        if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
+            original, how = same
+            checkpoints.append(dataclasses.replace(
+                original, path=str(folder), final=is_final, last=is_last, growth=None, same_as=original.name,
+                same_how=how))
+            continue
+        if folder is root:
+            reasons = final_reasons(root)
+        else:
+            reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind)
+        if row.tmp:
             reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
         report = None
         offset = done_before
@@ -401,7 +500,7 @@ def scan_run(
         log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
-                                   step_known=not is_final or final_known)
+                                   step_known=row.step_known, last=is_last)
         top = checkpoint.max_abs
         if top is not None and previous_max:  # shown: the growth since the previous checkpoint
             checkpoint = dataclasses.replace(checkpoint, growth=top / previous_max)

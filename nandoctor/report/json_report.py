@@ -328,9 +328,11 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
 
 def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
     return {
-        "name": c.name,  # "final" for the run's final model (its top-level weights)
+        "name": c.name,  # "final" for the run's final model (its top-level weights, a Lightning final file)
         "step": c.step if c.step_known else None,
         "final": c.final,
+        "last": c.last,  # a Lightning run's last.ckpt (what ckpt_path="last" resumes from)
+        "same_as": None if c.same_as is None else {"name": c.same_as, "how": c.same_how},
         "path": c.path,
         "status": c.status,
         "health": c.health,
@@ -346,6 +348,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
 def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
     fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
     newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
+    decider = run.decider(fail_on)
     code = run.exit_code(fail_on)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -362,7 +365,7 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "problems": list(run.problems),
         },
         "summary": {
-            "decided_by": newest.name if newest else None,
+            "decided_by": decider.name if decider else None,
             "verdict": run.verdict,
             "ok": code == 0,
             "exit_code": code,

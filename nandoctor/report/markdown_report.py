@@ -115,14 +115,16 @@ def render_error(data: dict[str, Any]) -> str:
 
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
-    from nandoctor.report.run_report import log_words, one_line
+    from nandoctor.report.run_report import decides_words, log_words, one_line
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
     last, first = run.last_healthy, run.first_bad
+    decider = run.decider(fail_on)
+    decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
     out = [f"## nandoctor: {_status(code)} {md(run.verdict)} (training run)", "", md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
-           f"- **Exit code:** {code} (the newest checkpoint decides)"]
+           f"- **Exit code:** {code} ({md(decides)})"]
     if run.log is not None and run.log.suspicious_step is not None:
         out.append(f"- **Trainer log:** {md(log_words(run.log))}")
     chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)

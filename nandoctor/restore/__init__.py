@@ -67,6 +67,7 @@ def repair(
     from functools import partial
 
     from nandoctor.checkpoint import hubcache, layout, runs
+    from nandoctor.checkpoint.finalmodel import final_model
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan
@@ -79,8 +80,12 @@ def repair(
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
-    # A run folder with the final model at its top: the repair is of that model (checkpoint/finalmodel.py)
-    if runs.is_run_folder(target_path) and not runs.has_final_model(target_path):
+    # A run folder with a final model: the repair is of that model (checkpoint/finalmodel.py): the weights at
+    # its top, or a Lightning run's final file (then the repair is of that one file)
+    final = final_model(target_path) if runs.is_run_folder(target_path) else None
+    if final is not None and final != target_path:
+        target_path = final
+    if runs.is_run_folder(target_path) and final is None:
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
