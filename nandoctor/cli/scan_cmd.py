@@ -120,14 +120,16 @@ def scan(
 
     PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
     its *.index.json, or weight files), a training run folder of checkpoint-N
-    folders (scanned as a timeline, with trainer_state.json's loss/grad_norm),
+    folders or Lightning ...step=N....ckpt files (scanned as a timeline, with
+    trainer_state.json's or metrics.csv's loss/grad_norm),
     or a repo id already in the local Hugging Face / ModelScope cache (never
     downloaded; a local path of the same name wins).
 
     Exit code 0 means every tensor was read and passes; 1 means a finding that
     fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or with
     --target-dtype overflow risk; 3 means something could not be read, so
-    nothing is called clean. For a run folder the newest checkpoint decides.
+    nothing is called clean. For a run folder the newest checkpoint decides,
+    or the final model and a Lightning last.ckpt where the run has them.
 
     \b
     Examples:
