@@ -181,6 +181,10 @@ def test_a_linked_last_ckpt_is_its_step_file_reported_once(linked_last, tmp_path
     assert "a link to epoch=0-step=6.ckpt" in last_line and "state_dict.net" not in last_line
     assert f"nandoctor repair {folder}/{STEP6} --from auto" in text  # the file itself, not the link
     assert "nandoctor repair " + str(folder / "last.ckpt") not in text
+    html = tmp_path / "run.html"
+    markdown = run("scan", folder, "--markdown", "--html", html).output
+    assert "| 6 | last.ckpt | poisoned |  |  |  | a link to epoch=0-step=6.ckpt |" in markdown
+    assert "a link to epoch=0-step=6.ckpt" in html.read_text()
 
 
 def test_nan_in_a_final_safetensors_fails_and_repairs_from_the_step_files(linked_last, tmp_path):

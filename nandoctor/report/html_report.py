@@ -170,19 +170,20 @@ def _charts(run: RunReport) -> list[str]:
 
 
 def _timeline(run: RunReport) -> str:
-    from nandoctor.report.run_report import log_words
+    from nandoctor.report.run_report import log_words, same_words
 
     rows = []
     chosen = timeline_rows(run, MAX_TIMELINE_ROWS)
     for c in chosen:
-        r = c.report
+        r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([
             ("n", c.step_label), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", "" if c.max_abs is None else num(c.max_abs)),
             ("n", "" if c.growth is None else "×" + num(c.growth)),
-            ("name", "" if r is None else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
+            ("name", esc(same_words(c)) if c.same_as is not None else "" if r is None
+             else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
             ("", esc(log_words(c.log) if not c.incomplete else "; ".join(c.incomplete))),
         ])
     headers = ["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max |w|", "growth", "bad layers", "trainer log / why"]

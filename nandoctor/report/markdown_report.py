@@ -115,7 +115,7 @@ def render_error(data: dict[str, Any]) -> str:
 
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
-    from nandoctor.report.run_report import decides_words, log_words, one_line
+    from nandoctor.report.run_report import decides_words, log_words, one_line, same_words
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
@@ -130,12 +130,13 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)
     rows = []
     for c in chosen:
-        r = c.report
+        r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([c.step_label, md(c.name), c.status,
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
-                     "" if c.max_abs is None else f"{c.max_abs:.3g}",
-                     "" if r is None else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
+                     "" if r is None or c.max_abs is None else f"{c.max_abs:.3g}",
+                     md(same_words(c)) if c.same_as is not None else "" if r is None
+                     else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
     out += ["", "### Checkpoints", ""]
     out += _table(["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max \\|w\\|", "bad layers"], rows, {0, 3, 4, 5})
     if len(run.checkpoints) > len(chosen):
