@@ -165,6 +165,31 @@ def test_help_lists_every_command_without_importing_them():
         assert f"  {name} " in out
 
 
+def test_start_up_imports_only_what_the_command_needs():
+    """``python -m nandoctor --help`` imports no API module (``nandoctor/__init__`` resolves names lazily),
+    and a ``--quiet`` or ``--json`` scan piped to a file never imports rich: start-up is issue 18's budget."""
+    help_code = (
+        "import runpy, sys; sys.argv = ['nandoctor', '--help']\n"
+        "try:\n    runpy.run_module('nandoctor', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in sys.modules if m in ('nandoctor.api', 'nandoctor.model', 'numpy', 'rich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", help_code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "LOADED []" in out.stdout, out.stdout[-500:]
+    for flag in ("--quiet", "--json"):
+        scan_code = (
+            "import sys; from nandoctor.cli import main\n"
+            f"sys.argv = ['nandoctor', 'scan', sys.argv[1], '{flag}']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), 'EXIT', code)"
+        )
+        out = subprocess.run([sys.executable, "-c", scan_code, str(DEMO_RUN / "checkpoint-300")],
+                             capture_output=True, text=True, cwd=ROOT, check=True)
+        assert out.stdout.rstrip().endswith("LOADED [] EXIT 1"), out.stdout[-500:]
+    import nandoctor
+
+    assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))
+
+
 def test_each_help_summary_says_what_its_command_does():
     """The static summaries stay true: each names the command's subject the way its docstring does."""
     import nandoctor.cli as cli_module

@@ -57,7 +57,7 @@ def echo_json(data: Any) -> None:
 
 def fail(message: str, hint: str = "", code: int = EXIT_UNREADABLE) -> NoReturn:
     """Print one `error:` line (and a hint) to stderr and exit with ``code``."""
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     click.echo(f"error: {safe(message)}", err=True)
     if hint:

@@ -33,7 +33,7 @@ def emit_scan(
         data["gate"] = {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
         echo_json(data)
     elif quiet:
-        from nandoctor.report.rich_report import safe
+        from nandoctor.report.text import safe
 
         click.echo(safe(verdicts.one_line(report, fail_on)))
     else:

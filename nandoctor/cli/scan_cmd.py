@@ -197,7 +197,7 @@ class ScanOptions:
 @contextmanager
 def _one_line_on_error(path: str) -> Iterator[None]:
     from nandoctor.errors import NandoctorError
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     try:
         yield
@@ -286,8 +286,8 @@ def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_o
     elif as_json:
         echo_json(api.to_json(run, fail_on))
     elif quiet:
-        from nandoctor.report.rich_report import safe
         from nandoctor.report.run_report import one_line
+        from nandoctor.report.text import safe
 
         click.echo(safe(one_line(run, fail_on)))
     else:

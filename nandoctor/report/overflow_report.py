@@ -8,7 +8,7 @@ from rich.text import Text
 
 from nandoctor import verdict as verdicts
 from nandoctor.model import ScanReport
-from nandoctor.report.rich_report import safe
+from nandoctor.report.text import safe
 
 MAX_ROWS = 40
 _BECOMES = {"inf": "Inf", "nan": "NaN"}  # other targets describe themselves (fp8_e4m3: clamped or NaN)
