@@ -49,6 +49,13 @@ class CorruptCheckpointError(NandoctorError):
         self.reason = reason
 
 
+class UnreadablePathError(CorruptCheckpointError):
+    """The file system refused to show a path (no permission to read or list it, an I/O error): nothing is
+    wrong with the checkpoint's bytes as far as anyone knows, and nothing is called clean."""
+
+    default_hint = "check the path's permissions and those of the folders above it, or run nandoctor as a user who can read it"
+
+
 class UnsafeCheckpointError(CorruptCheckpointError):
     """The file asks for something that would run code; it is refused, never loaded."""
 

@@ -122,7 +122,7 @@ def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, An
     if checkpoint.problems:
         first = checkpoint.problems[0]
         raise CorruptCheckpointError(first.path, f"cannot record hashes of a checkpoint that does not read: {first.message}",
-                                     "a manifest records a good checkpoint; fix or re-download it first")
+                                     first.hint or "a manifest records a good checkpoint; fix or re-download it first")
     files = list(checkpoint.refs_by_file)
     digests = sha256_files(files, workers)
 

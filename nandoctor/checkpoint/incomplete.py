@@ -6,7 +6,11 @@ Used by the run timeline (checkpoint/runs.py), by a checkpoint judged in its run
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from nandoctor import access
+from nandoctor.errors import UnreadablePathError
 
 # Names writers use for files still being written; their presence means the save did not finish.
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
@@ -20,7 +24,7 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
     ``files_only``: only files count as temporary (a run's final model shares its folder with the run's
     own ``tmp-checkpoint-N`` folders, which are the timeline's business, not the final model's).
     """
-    if not folder.is_dir():
+    if not os.path.isdir(folder):  # (a folder that cannot be looked at: its scan says why, not as incomplete)
         return _incomplete_file_reasons(folder)
     return _incomplete_folder_reasons(folder, expect_trainer_state, files_only)
 
@@ -31,9 +35,9 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
 
     reasons = []
     try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        return [f"cannot list the folder ({exc.strerror})"]
+        entries = access.listing(folder)
+    except UnreadablePathError:
+        return []  # not a half-written save as far as anyone can tell: its scan reports it unreadable
     temp = [
         e.name for e in entries
         if (e.name.lower().endswith(_TEMP_SUFFIXES) or e.name.lower().startswith(_TEMP_PREFIXES))
@@ -54,7 +58,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             index = read_index(index_path)
         except CorruptCheckpointError:
             continue  # the scan reports a broken index as unreadable
-        missing = sorted({s for s in index.weight_map.values() if not (folder / s).exists()})
+        missing = sorted({s for s in index.weight_map.values() if _missing(folder / s)})
         if missing:
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
     if expect_trainer_state and not (folder / TRAINER_STATE).exists():
@@ -69,3 +73,11 @@ def _incomplete_file_reasons(file: Path) -> list[str]:
     except OSError as exc:
         return [f"cannot read: {exc.strerror or exc}"]
     return ["an empty file"] if size == 0 else []
+
+
+def _missing(path: Path) -> bool:
+    """Whether ``path`` is not there; False where the file system will not say (its scan reports that)."""
+    try:
+        return not access.exists(path)
+    except UnreadablePathError:
+        return False

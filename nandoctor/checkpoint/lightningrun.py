@@ -74,14 +74,16 @@ class LightningFolder:
 def lightning_folder(folder: Path, entries: list[Path] | None = None) -> LightningFolder | None:
     """``folder`` sorted out as a Lightning run, or None when it is none: no shard index at its top, and two or
     more step files, or one beside a last file or a final model."""
+    from nandoctor import access
     from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, weight_suffixes
+    from nandoctor.errors import UnreadablePathError
 
     folder = Path(folder)
     if entries is None:
         try:
-            entries = list(folder.iterdir())
-        except OSError:
-            return None
+            entries = access.listing(folder)
+        except UnreadablePathError:
+            return None  # opened as one checkpoint or file, whose scan says it cannot be read
     if any(e.name in INDEX_NAMES for e in entries):
         return None  # a sharded model at the top: one checkpoint, not a run
     suffixes = weight_suffixes()

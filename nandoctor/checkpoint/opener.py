@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.checkpoint import layout, zero
 from nandoctor.checkpoint.roles import file_role, role_of
 from nandoctor.checkpoint.selection import Selection
@@ -141,7 +142,7 @@ def _with_roles(refs: tuple[TensorRef, ...], file_name: str) -> list[TensorRef]:
 def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
     """An error reading ``file`` as a problem of it (the file name is not repeated in the message)."""
     if isinstance(exc, OSError):
-        return ScanProblem(str(file), f"cannot read: {exc.strerror or exc}")
+        exc = access.unreadable(file, exc)  # says what to do: permissions, the disk
     message = exc.message
     prefix = f"{file}: "
     return ScanProblem(str(file), message.removeprefix(prefix), exc.hint)

@@ -13,6 +13,7 @@ so that the ``next:`` line never suggests a repair that must fail.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         return None
     siblings = place.siblings()
     earlier = [(s, p) for s, p in siblings if s < place.step]
-    with_state = any((p / TRAINER_STATE).exists() for _, p in siblings)
+    with_state = any(os.path.isfile(p / TRAINER_STATE) for _, p in siblings)  # (an unreadable one: its scan says so)
     baseline: Path | None = None
     baseline_max: float | None = None
     bad_first = bool(not place.lightning and duplicate_steps(siblings))  # auto refuses an ambiguous run
@@ -79,7 +80,7 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         metrics = metrics_near(place.run)
         log = metrics.train_log(place.step) if metrics is not None else None
     else:
-        log = read_train_log(folder / TRAINER_STATE) if (folder / TRAINER_STATE).is_file() else None
+        log = read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
     return {
         "run": str(place.run),
         "kind": place.kind,

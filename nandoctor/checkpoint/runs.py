@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor import access
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_reasons,
@@ -35,8 +36,8 @@ from nandoctor.checkpoint.lightningrun import (
     saved_step,
 )
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
-from nandoctor.errors import EXIT_UNREADABLE
-from nandoctor.model import ScanReport
+from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
+from nandoctor.model import ScanProblem, ScanReport
 
 _CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
 
@@ -50,9 +51,9 @@ def step_of(path: Path) -> int | None:
 def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
     found = []
-    for entry in Path(folder).iterdir():
+    for entry in access.listing(folder):
         step = step_of(entry)
-        if step is not None and entry.is_dir():
+        if step is not None and access.is_dir(entry):
             found.append((step, entry))
     return sorted(found)
 
@@ -76,9 +77,9 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
     found = []
-    for entry in Path(folder).iterdir():
+    for entry in access.listing(folder):
         step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and entry.is_file():
+        if step is not None and not entry.name.startswith(".") and access.is_file(entry):
             found.append((step, entry))
     return sorted(found)
 
@@ -87,7 +88,7 @@ def checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint's name gives: a ``checkpoint-N`` folder, a file inside one, or a Lightning
     ``…step=N….ckpt`` file; None when its name gives none."""
     path = Path(path)
-    if path.is_dir():
+    if access.is_dir(path):
         return step_of(path)
     lightning = lightning_step_of(path)
     return lightning if lightning is not None else step_of(path.parent)
@@ -121,13 +122,14 @@ def place_in_run(target: Path) -> RunPlace | None:
     ``…step=N….ckpt`` file, the ``last.ckpt`` a resume loads or the final model file beside them (a Lightning
     run folder stands for its final file); else None."""
     target = Path(target)
-    if not target.is_dir():
+    target_is_dir = access.is_dir(target)
+    if not target_is_dir:
         lightning = lightning_folder(target.parent)
         if lightning is not None:
             return _lightning_place(target, lightning)
     elif (lightning := lightning_folder(target)) is not None:
         return _lightning_place(lightning.final, lightning) if lightning.final is not None else None
-    folder = target if target.is_dir() else target.parent
+    folder = target if target_is_dir else target.parent
     step = step_of(folder)
     if step is None and is_run_folder(folder) and has_final_model(folder):
         found = checkpoints_in(folder)
@@ -320,24 +322,24 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     (checkpoint/lightningrun.py).
     """
     folder = Path(path)
-    if not folder.is_dir():
+    if not access.is_dir(folder):
         return False
     try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return False
+        entries = access.listing(folder)
+    except UnreadablePathError:
+        return False  # opened as one checkpoint, whose scan says the folder cannot be read
     if _lightning_run(folder, entries):
         return True
     if holds_weights(entries) and not checkpoints_in(folder):
         return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
-    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and e.is_dir() for e in entries)
+    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and access.is_dir(e) for e in entries)
 
 
 def timeline_folders(root: Path) -> list[Path]:
     """The ``checkpoint-N`` and ``tmp-checkpoint-N`` folders of a run folder: its timeline's rows
     (a repair of its final model leaves them out of the copy)."""
     return [p for _, p in checkpoints_in(root)] + [
-        e for e in Path(root).iterdir() if _TMP_CHECKPOINT.match(e.name) and e.is_dir()
+        e for e in access.listing(root) if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
     ]
 
 
@@ -391,6 +393,14 @@ def _same_as(row: _Row, done: list[RunCheckpoint]) -> tuple[RunCheckpoint, str] 
     return None
 
 
+def unreadable_report(path: Path, exc: UnreadablePathError) -> ScanReport:
+    """The judged report of a checkpoint the file system would not show: no tensors, one problem (exit 3)."""
+    from nandoctor import verdict
+
+    problem = ScanProblem(exc.path, exc.reason, exc.hint)
+    return verdict.judged(ScanReport(str(path), (), (), (), errors=(problem,)))
+
+
 def scan_run(
     path: str | os.PathLike[str],
     *,
@@ -418,15 +428,17 @@ def scan_run(
     rows = [] if lightning_run is None else _lightning_rows(lightning_run, below_step)
     if lightning_run is None:
         rows = [_Row(step, p) for step, p in checkpoints_in(root)]
-    for entry in root.iterdir():
+    entries = access.listing(root)
+    for entry in entries:
         match = _TMP_CHECKPOINT.match(entry.name)
-        if not lightning and match and entry.is_dir():
+        if not lightning and match and access.is_dir(entry):
             rows.append(_Row(int(match.group(1)), entry, tmp=True))
     if not lightning:
         rows.sort(key=lambda r: (r.step, r.tmp, r.path.name))
         if below_step is not None:  # repair's --from auto: only the checkpoints before its target
             rows = [r for r in rows if r.step < below_step]
-    with_state = sum(1 for r in rows if (r.path / TRAINER_STATE).exists())
+    # (lenient: a checkpoint folder that cannot be read is its row's problem, reported by its scan)
+    with_state = sum(1 for r in rows if os.path.isfile(r.path / TRAINER_STATE))
     # The final model (checkpoint/finalmodel.py) comes after every checkpoint, whatever step its state gives
     newest_step = rows[-1].step if rows else 0
     final_at = final_step(root)
@@ -447,8 +459,8 @@ def scan_run(
         named = "a …step=<N>….ckpt file"
     else:
         others = sorted(
-            e.name for e in root.iterdir()
-            if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
+            e.name for e in entries
+            if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
         named = "checkpoint-<step>"
     if others:
@@ -493,11 +505,14 @@ def scan_run(
                 kwargs["target_dtype"] = target_dtype
             report = scan_checkpoint(folder, **kwargs)
             done_before += report.bytes_scanned
+        except UnreadablePathError as exc:  # the file system will not show it: this row's problem, not the run's
+            report = unreadable_report(folder, exc)
         except NandoctorError as exc:
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
-        log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
+        log = (read_train_log(state) if os.path.isfile(state)
+               else metrics.train_log(step) if metrics is not None else None)
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nandoctor.checkpoint.selection import Selection, selection
-from nandoctor.cli.common import debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
 from nandoctor.dtypes import TARGET_DTYPE_NAMES
@@ -36,7 +36,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=USER_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (schema in docs/json.md).")
 @click.option(
     "--device",
@@ -82,7 +82,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("--verify-hashes", is_flag=True,
               help="Also check weight files against their sha256 known offline (HF cache blob names, "
               "nandoctor-repair.json, --manifest); a mismatch exits 3.")
-@click.option("--manifest", type=click.Path(path_type=str), default=None,
+@click.option("--manifest", type=USER_PATH, default=None,
               help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
@@ -201,7 +201,10 @@ def _one_line_on_error(path: str) -> Iterator[None]:
 
     try:
         yield
-    except NandoctorError as exc:
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
         word = "UNREADABLE" if exc.exit_code == EXIT_UNREADABLE else "ERROR"
         click.echo(safe(f"FAIL {word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
         if exc.hint:
@@ -213,12 +216,14 @@ def _one_line_on_error(path: str) -> Iterator[None]:
 def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
     """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
     empty file), and the usual ``error:`` line and hint on stderr."""
-    from nandoctor.cli.common import fail
     from nandoctor.errors import NandoctorError
 
     try:
         yield
-    except NandoctorError as exc:
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
         from nandoctor.report.json_report import error_to_json
 
         data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on)

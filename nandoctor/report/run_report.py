@@ -206,6 +206,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
         elif c.status == UNREADABLE and c.report is not None:
             for problem in c.report.errors[:3]:
                 console.print(Text(f"unreadable: {safe(c.name)}: {safe(problem.path)}: {safe(problem.message)}", style="red"))
+                if problem.hint:
+                    console.print(Text(f"  hint: {safe(problem.hint)}", style="dim"), soft_wrap=True)
     decider = run.decider(fail_on)
     assert decider is not None
     console.print()

@@ -114,7 +114,8 @@ def repair(
         first = report.errors[0]
         raise RepairRefusedError(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
-            f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
+            f"{first.hint}; a repair needs every tensor readable" if first.hint
+            else f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
