@@ -97,6 +97,6 @@ def test_a_web_page_under_any_weight_name_is_named_for_what_it_is(tmp_path, name
     path = tmp_path / name
     path.write_text("<html><head><title>Access denied</title></head></html>")
     with pytest.raises(CorruptCheckpointError) as info:
-        reader_for(path)
+        reader_for(path).read(path)
     assert info.value.reason.startswith(f"not a {fmt} file: it is an HTML page")
     assert "(it starts with '<html><head><title>Acces…')" in info.value.reason
