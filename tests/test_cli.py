@@ -199,3 +199,100 @@ def test_each_help_summary_says_what_its_command_does():
         assert command is not None and command.help
         first_word = command.help.split()[0].lower()
         assert summary.split()[0].lower() == first_word, (name, summary, command.help[:60])
+
+
+def _demo_copy(tmp_path, name="ckpt"):
+    import shutil
+
+    return shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / name)
+
+
+def test_an_unreadable_folder_or_file_is_exit_3_with_a_report_never_click_s_exit_2(tmp_path):
+    """Mode 000: click used to refuse the argument (exit 2, "Path 'x' is not readable", no report). Now the scan
+    says which path and what to do, exit 3, with --json's report and --quiet's FAIL UNREADABLE line."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    folder = _demo_copy(tmp_path)
+    single = tmp_path / "model.safetensors"
+    single.write_bytes((folder / "model-00001-of-00002.safetensors").read_bytes())
+    for target in (folder, single):
+        with mode(target, 0):
+            data = run_nandoctor("scan", target, "--json")
+            assert data.returncode == 3, data.stderr
+            report = json.loads(data.stdout)
+            assert report["summary"]["verdict"] == "UNREADABLE" and report["summary"]["exit_code"] == 3
+            assert report["errors"] == [{"path": str(target), "message": "permission denied",
+                                         "hint": permission_hint(target), "kind": "unreadable"}]
+            quiet = run_nandoctor("scan", target, "--quiet")
+            assert quiet.returncode == 3
+            assert quiet.stdout == (f"FAIL UNREADABLE {target}: 0 tensors read; 1 part(s) unreadable "
+                                    f"(first: {target}: permission denied)\n")
+            console = run_nandoctor("scan", target)
+            assert console.returncode == 3 and "not readable" not in console.stderr
+            assert f"{target}: permission denied" in console.stdout
+            assert "run nandoctor as a user who can read it" in console.stdout
+
+
+def test_a_path_below_a_folder_no_one_may_search_says_so_in_every_output(tmp_path):
+    """The path itself cannot even be looked at: the scan cannot start; exit 3 with the one error (not "no such
+    file"), the JSON report of a scan that could not start, and the quiet line."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    locked = tmp_path / "locked"
+    inner = _demo_copy(locked, "inner") if locked.mkdir() is None else None
+    assert inner is not None
+    with mode(locked, 0):
+        plain = run_nandoctor("scan", inner)
+        assert plain.returncode == 3
+        assert plain.stderr == f"error: {inner}: permission denied\nhint: {permission_hint(inner)}\n"
+        quiet = run_nandoctor("scan", inner, "--quiet")
+        assert (quiet.returncode, quiet.stdout) == (3, f"FAIL UNREADABLE {inner}: permission denied\n")
+        data = run_nandoctor("scan", inner, "--json")
+        report = json.loads(data.stdout)
+        assert data.returncode == 3 and report["summary"]["verdict"] == "UNREADABLE"
+        assert report["errors"][0]["message"] == "permission denied"
+        shard = inner / "model-00001-of-00002.safetensors"
+        one = run_nandoctor("scan", shard, "--quiet")
+        assert (one.returncode, one.stdout) == (3, f"FAIL UNREADABLE {shard}: permission denied\n")
+
+
+def test_every_command_taking_a_checkpoint_says_which_path_it_may_not_read(tmp_path):
+    """repair (target, donor, --out's folder), diff, manifest, merge, scan --manifest: exit 3, the path and the
+    permission problem named with what to do; never a usage error or an internal error."""
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    good = _demo_copy(tmp_path, "good")
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(DEMO_RUN / "checkpoint-300", bad)
+    closed = _demo_copy(tmp_path, "closed")
+    part = tmp_path / "part-0.json"
+    part.write_text("{}")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    cases = [
+        (["repair", closed, "--from", good, "--out", tmp_path / "o1"], closed),
+        (["repair", bad, "--from", closed, "--out", tmp_path / "o2"], closed),
+        (["diff", closed, good], closed),
+        (["diff", good, closed], closed),
+        (["manifest", closed], closed),
+        (["merge", part], part),
+        (["scan", good, "--verify-hashes", "--manifest", manifest], manifest),
+    ]
+    with mode(closed, 0), mode(part, 0), mode(manifest, 0):
+        for args, named in cases:
+            result = run_nandoctor(*args)
+            out = result.stdout + result.stderr
+            assert result.returncode == 3, (args, out)
+            assert f"{named}: " in out and "permission denied" in out, (args, out)
+            assert "run nandoctor as a user who can read it" in out, (args, out)
+            assert "internal error" not in out and "Usage:" not in out and "Traceback" not in out
+    with mode(locked, 0o555):  # --out in a folder that cannot be written
+        result = run_nandoctor("repair", bad, "--from", good, "--out", locked / "fixed")
+        assert result.returncode == 3 and str(locked) in result.stderr and "Traceback" not in result.stderr

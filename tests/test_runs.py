@@ -222,3 +222,37 @@ def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
     shutil.copytree(DEMO_RUN, spaced)
     out = " ".join(run("scan", str(spaced / "checkpoint-300")).output.split())
     assert f"nandoctor repair '{spaced}/checkpoint-300' --from auto --out '{spaced}/checkpoint-300-repaired'" in out
+
+
+def test_a_checkpoint_folder_no_one_may_read_is_its_row_s_problem_not_a_crash(run_dir):
+    """checkpoint-300 at mode 000 (and, as a second case, readable but not searchable): the run is still scanned,
+    that row is unreadable with the path, "permission denied" and what to do; the newest row decides: exit 3.
+    Its sibling scans and repairs on its own, with the unreadable folder passed over (never a donor)."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    newest = run_dir / "checkpoint-300"
+    for bits in (0o000, 0o444):
+        with mode(newest, bits):
+            result = run_nandoctor("scan", run_dir, "--json")
+            assert result.returncode == 3, result.stderr
+            assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+            data = json.loads(result.stdout)
+            rows = {c["name"]: c for c in data["run"]["checkpoints"]}
+            assert [c["status"] for c in data["run"]["checkpoints"]] == ["clean", "clean", "unreadable"]
+            assert rows["checkpoint-300"]["incomplete"] == []
+            assert rows["checkpoint-300"]["report"]["errors"] == [
+                {"path": str(newest), "message": "permission denied", "hint": permission_hint(newest), "kind": "unreadable"}]
+            assert data["run"]["last_healthy"] == "checkpoint-200" and data["summary"]["exit_code"] == 3
+            quiet = run_nandoctor("scan", run_dir, "--quiet")
+            assert quiet.returncode == 3
+            assert quiet.stdout == (f"FAIL UNREADABLE {newest}: 0 tensors read; 1 part(s) unreadable (first: {newest}: "
+                                    "permission denied) · last healthy: checkpoint-200 · first bad: none\n")
+            console = run_nandoctor("scan", run_dir)
+            assert console.returncode == 3
+            assert f"unreadable: checkpoint-300: {newest}: permission denied" in console.stdout
+            assert f"  hint: {permission_hint(newest)}" in console.stdout.splitlines()
+            sibling = run_nandoctor("scan", run_dir / "checkpoint-200", "--quiet")
+            assert (sibling.returncode, sibling.stdout) == (0, f"PASS CLEAN {run_dir / 'checkpoint-200'}: 195 tensors healthy\n")
+            plan = run_nandoctor("repair", run_dir / "checkpoint-200", "--from", "auto", "--dry-run")
+            assert plan.returncode == 0 and "nothing to restore" in plan.stdout, plan.stdout + plan.stderr
