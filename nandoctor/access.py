@@ -128,9 +128,9 @@ def not_regular(path: str | os.PathLike[str]) -> tuple[str, str]:
 def _broken_link(path: Path, target: str) -> tuple[str, str]:
     resolved = path.parent / target
     reason = f"a broken symlink: it points to {target}, which does not exist"
-    if resolved.parent.name == "blobs":  # a Hugging Face cache snapshot whose blob is gone
-        repo = next((p.name for p in path.parents if p.name.startswith("models--")), None)
-        repo_id = repo.removeprefix("models--").replace("--", "/") if repo else "REPO_ID"  # models--org--name
+    repo = next((p.name for p in path.parents if p.name.startswith("models--")), None)
+    if resolved.parent.name == "blobs" and repo is not None:  # a Hugging Face cache snapshot whose blob is gone
+        repo_id = repo.removeprefix("models--").replace("--", "/")  # the cache's models--org--name
         return reason, ("the Hugging Face cache lost this blob (an interrupted download, or a cache clean-up): "
                         f"download the model again: huggingface-cli download {shlex.quote(repo_id)} --force-download")
     return reason, "restore the file it points to (or copy the weights in place of the link), then scan again"

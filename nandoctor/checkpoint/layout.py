@@ -207,6 +207,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
         _skip_hidden(root, weight_files, index_paths, result, keep=explicit.path)
 
     indexed: set[Path] = set()
+    refused: set[Path] = set()
     for index_path in index_paths:
         try:
             index = read_index(index_path)
@@ -218,12 +219,13 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
             shard_path, problem = _shard_path(root, index, shard)
             if problem:
                 result.problems.append(problem)
+                refused.add(index.path.parent / shard)  # said once, as the index's shard
             elif shard_path is not None and shard_path not in indexed:
                 indexed.add(shard_path)
                 result.files.append(shard_path)
 
     for entry in weight_files:
-        if entry in indexed:
+        if entry in indexed or entry in refused:
             continue
         if not is_regular_file(entry):
             result.problems.append(not_regular_problem(entry))
