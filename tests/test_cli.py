@@ -296,3 +296,22 @@ def test_every_command_taking_a_checkpoint_says_which_path_it_may_not_read(tmp_p
     with mode(locked, 0o555):  # --out in a folder that cannot be written
         result = run_nandoctor("repair", bad, "--from", good, "--out", locked / "fixed")
         assert result.returncode == 3 and str(locked) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_repair_says_which_subfolder_of_the_source_it_could_not_carry_over(tmp_path):
+    """A non-weight subfolder of the source no one may list (logs/ at mode 000) is named in a note, not skipped
+    in silence (os.walk's default); the weights are repaired and verified as usual."""
+    import shutil
+
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    bad = shutil.copytree(DEMO_RUN / "checkpoint-300", tmp_path / "bad")
+    good = shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / "good")
+    (bad / "logs").mkdir()
+    (bad / "logs" / "events.txt").write_text("x")
+    with mode(bad / "logs", 0):
+        result = run_nandoctor("repair", bad, "--from", good, "--out", tmp_path / "fixed")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  note: logs/: permission denied; not carried over" in result.stdout.splitlines()
+    assert not (tmp_path / "fixed" / "logs").exists()
