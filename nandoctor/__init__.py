@@ -23,7 +23,7 @@ _HOMES = {
     **dict.fromkeys((
         "CheckpointNotFoundError", "CorruptCheckpointError", "NandoctorError", "NonFiniteWeightsError",
         "OutputExistsError", "OverflowRiskError", "RepairRefusedError", "UnreadableCheckpointError",
-        "UnsafeCheckpointError", "UnsupportedFormatError",
+        "UnreadablePathError", "UnsafeCheckpointError", "UnsupportedFormatError",
     ), "nandoctor.errors"),
     **dict.fromkeys(("LayerSummary", "ScanReport", "TensorResult"), "nandoctor.model"),
 }
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         OverflowRiskError,
         RepairRefusedError,
         UnreadableCheckpointError,
+        UnreadablePathError,
         UnsafeCheckpointError,
         UnsupportedFormatError,
     )
@@ -86,6 +87,7 @@ __all__ = [
     "ScanReport",
     "TensorResult",
     "UnreadableCheckpointError",
+    "UnreadablePathError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
     "assert_finite",
