@@ -18,7 +18,7 @@ import errno
 import os
 import shlex
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,14 +33,18 @@ def unreadable(path: str | os.PathLike[str], exc: OSError) -> UnreadablePathErro
     """``exc`` (an ``OSError`` met while looking at ``path``) as an error naming the path and what to do."""
     where = str(path)
     quoted = shlex.quote(where)
+    try:
+        through = f" (it is a link to {os.readlink(where)})"  # what is denied lies where the link leads
+    except (OSError, ValueError):
+        through = ""
     if exc.errno in _DENIED:
         return UnreadablePathError(
-            where, "permission denied",
+            where, "permission denied" + through,
             f"check its permissions and those of the folders above it (ls -ld {quoted}), or run nandoctor "
             "as a user who can read it",
         )
     return UnreadablePathError(
-        where, f"cannot be read ({exc.strerror or exc})",
+        where, f"cannot be read ({exc.strerror or exc}){through}",
         "check the path and the disk it is on (a network mount that went away, a failing disk), then scan again",
     )
 
@@ -71,14 +75,25 @@ def exists(path: str | os.PathLike[str]) -> bool:
     return status(path) is not None
 
 
-def is_dir(path: str | os.PathLike[str]) -> bool:
-    found = status(path)
-    return found is not None and stat.S_ISDIR(found.st_mode)
+def is_dir(path: str | os.PathLike[str], *, refused: bool | None = None) -> bool:
+    """Whether ``path`` is a folder. ``refused``: the answer where the file system will not say (a link into a
+    folder the user may not search), for a caller that lets the path's own scan report it; else that raises."""
+    return _is_kind(path, stat.S_ISDIR, refused)
 
 
-def is_file(path: str | os.PathLike[str]) -> bool:
-    found = status(path)
-    return found is not None and stat.S_ISREG(found.st_mode)
+def is_file(path: str | os.PathLike[str], *, refused: bool | None = None) -> bool:
+    """Whether ``path`` is a regular file; ``refused`` as for :func:`is_dir`."""
+    return _is_kind(path, stat.S_ISREG, refused)
+
+
+def _is_kind(path: str | os.PathLike[str], kind: Callable[[int], bool], refused: bool | None) -> bool:
+    try:
+        found = status(path)
+    except UnreadablePathError:
+        if refused is None:
+            raise
+        return refused
+    return found is not None and kind(found.st_mode)
 
 
 def is_link(path: str | os.PathLike[str]) -> bool:

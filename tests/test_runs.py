@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from nandoctor.checkpoint import runs
 
 from .conftest import DEMO_RUN
@@ -256,3 +258,37 @@ def test_a_checkpoint_folder_no_one_may_read_is_its_row_s_problem_not_a_crash(ru
             assert (sibling.returncode, sibling.stdout) == (0, f"PASS CLEAN {run_dir / 'checkpoint-200'}: 195 tensors healthy\n")
             plan = run_nandoctor("repair", run_dir / "checkpoint-200", "--from", "auto", "--dry-run")
             assert plan.returncode == 0 and "nothing to restore" in plan.stdout, plan.stdout + plan.stderr
+
+
+def test_a_checkpoint_behind_a_link_into_a_locked_folder_is_its_row_s_problem(run_dir, tmp_path):
+    """checkpoint-300 a symlink into a folder no one may search (a shared volume): the row is unreadable, saying
+    where the link leads; a Lightning run's last.ckpt linked into such a folder likewise (and, as the row a
+    resume loads, decides exit 3). Neither is dropped from the timeline nor crashes it."""
+    torch = pytest.importorskip("torch")
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    shutil.move(run_dir / "checkpoint-300", vault / "checkpoint-300")
+    (run_dir / "checkpoint-300").symlink_to(vault / "checkpoint-300")
+    lightning = tmp_path / "ckpts"
+    lightning.mkdir()
+    for step in (2, 4):
+        torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": step}, lightning / f"epoch=0-step={step}.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 4}, vault / "last.ckpt")
+    (lightning / "last.ckpt").symlink_to(vault / "last.ckpt")
+    with mode(vault, 0):
+        trainer = run_nandoctor("scan", run_dir, "--json")
+        lit = run_nandoctor("scan", lightning, "--json")
+    assert trainer.returncode == 3 and lit.returncode == 3, trainer.stderr + lit.stderr
+    rows = json.loads(trainer.stdout)["run"]["checkpoints"]
+    assert [(c["name"], c["status"]) for c in rows] == [
+        ("checkpoint-100", "clean"), ("checkpoint-200", "clean"), ("checkpoint-300", "unreadable")]
+    assert rows[-1]["report"]["errors"][0]["message"] == f"permission denied (it is a link to {vault / 'checkpoint-300'})"
+    data = json.loads(lit.stdout)
+    assert [(c["name"], c["status"]) for c in data["run"]["checkpoints"]] == [
+        ("epoch=0-step=2.ckpt", "clean"), ("epoch=0-step=4.ckpt", "clean"), ("last.ckpt", "unreadable")]
+    assert data["summary"]["decided_by"] == "last.ckpt"
+    assert data["run"]["checkpoints"][-1]["report"]["errors"][0]["message"] == (
+        f"permission denied (it is a link to {vault / 'last.ckpt'})")

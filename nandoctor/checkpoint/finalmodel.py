@@ -27,11 +27,13 @@ FINAL = "final"  # the final model's row name in the timeline and the JSON
 
 def holds_weights(entries: list[Path]) -> bool:
     """Whether a folder's own entries include weights (a weight file or a shard index) at its top."""
+    from nandoctor import access
     from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
 
     suffixes = weight_suffixes()
     return any(
-        e.name in INDEX_NAMES or (e.suffix.lower() in suffixes and not e.name.startswith(".") and e.is_file())
+        e.name in INDEX_NAMES
+        or (e.suffix.lower() in suffixes and not e.name.startswith(".") and access.is_file(e, refused=True))
         for e in entries
     )
 

@@ -167,7 +167,7 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
 def _nothing_found(root: Path) -> UnsupportedFormatError:
     """No weights at the folder's top: name the subfolders that hold some (a folder of model folders)."""
     looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
-    holding = [sub for sub, inside in weight_subfolders(access.listing(root)) if isinstance(inside, list)]
+    holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
     if not holding:
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = ", ".join(f"{sub.name}/" for sub in holding[:5]) + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
@@ -331,7 +331,7 @@ def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
 DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
 
 
-def weight_subfolders(
+def _weight_subfolders(
     entries: list[Path], skip: set[Path] | frozenset[Path] = frozenset()
 ) -> list[tuple[Path, list[Path] | UnreadablePathError]]:
     """(subfolder, its weight files) of every subfolder among a folder's ``entries`` that holds weight files
@@ -358,7 +358,7 @@ def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -
     not already scanned (``read``: the subfolders a loader's manifest names, read above). A global_stepN/
     that cannot be listed is a problem (its states would go unscanned); another subfolder, a note."""
     scanned = set(result.files) | set(result.skipped)
-    for sub, inside in weight_subfolders([e for e in entries if e not in read], scanned):
+    for sub, inside in _weight_subfolders([e for e in entries if e not in read], scanned):
         deepspeed = DEEPSPEED_STATES.match(sub.name) is not None
         if isinstance(inside, UnreadablePathError):
             if deepspeed:

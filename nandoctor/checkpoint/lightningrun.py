@@ -96,16 +96,17 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
     notes: list[str] = []
     for entry in weights:
         step = lightning_step_of(entry)
+        # (refused=True: a file behind a link the user may not follow is a row, whose scan says it is unreadable)
         if step is not None:
-            if entry.is_file():
+            if access.is_file(entry, refused=True):
                 steps.append((step, entry))
         elif is_last_name(entry):
-            if entry.is_file():
+            if access.is_file(entry, refused=True):
                 lasts.append(entry)
             elif entry.is_symlink():  # a dangling link: ckpt_path="last" finds nothing and starts from scratch
                 notes.append(f"{entry.name} links to {os.readlink(entry)}, which does not exist: "
                              "trainer.fit(ckpt_path=\"last\") would start from scratch; remove the link")
-        elif is_final_name(entry) and entry.is_file():
+        elif is_final_name(entry) and access.is_file(entry, refused=True):
             finals.append(entry)
         else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
             others.append(entry)
@@ -130,8 +131,8 @@ def _resumed(lasts: list[Path]) -> Path | None:
     for path in lasts:
         try:
             dated.append((path.stat().st_mtime_ns, path.name, path))
-        except OSError:
-            continue
+        except OSError:  # not to be looked at: still a candidate (alone, it is the last row, reported unreadable)
+            dated.append((-1, path.name, path))
     return max(dated)[2] if dated else None
 
 

@@ -53,7 +53,7 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     found = []
     for entry in access.listing(folder):
         step = step_of(entry)
-        if step is not None and access.is_dir(entry):
+        if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
             found.append((step, entry))
     return sorted(found)
 
@@ -79,7 +79,7 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     found = []
     for entry in access.listing(folder):
         step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and access.is_file(entry):
+        if step is not None and not entry.name.startswith(".") and access.is_file(entry, refused=True):
             found.append((step, entry))
     return sorted(found)
 
