@@ -254,6 +254,8 @@ def test_a_checkpoint_folder_no_one_may_read_is_its_row_s_problem_not_a_crash(ru
             assert console.returncode == 3
             assert f"unreadable: checkpoint-300: {newest}: permission denied" in console.stdout
             assert f"  hint: {permission_hint(newest)}" in console.stdout.splitlines()
+            assert (f"  next: checkpoint-300 could not be read completely (see above): {permission_hint(newest)}"
+                    in console.stdout.splitlines())
             sibling = run_nandoctor("scan", run_dir / "checkpoint-200", "--quiet")
             assert (sibling.returncode, sibling.stdout) == (0, f"PASS CLEAN {run_dir / 'checkpoint-200'}: 195 tensors healthy\n")
             plan = run_nandoctor("repair", run_dir / "checkpoint-200", "--from", "auto", "--dry-run")

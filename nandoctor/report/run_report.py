@@ -230,7 +230,8 @@ def next_steps(run: RunReport) -> list[str]:
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
     elif newest is not None and newest.status == UNREADABLE:
-        steps.append(f"{newest.name} could not be read completely (see above): re-copy or delete it")
+        hint = next((p.hint for p in newest.report.errors if p.hint), "") if newest.report is not None else ""
+        steps.append(f"{newest.name} could not be read completely (see above): {hint or 're-copy or delete it'}")
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
