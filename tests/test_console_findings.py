@@ -60,7 +60,7 @@ def test_an_exploded_only_file_fails_and_says_so(tmp_path):
 def test_an_exploded_only_file_under_fail_on_nonfinite_passes_with_a_warning(tmp_path):
     result = run("scan", _file(tmp_path, "exploded"), "--no-progress", "--fail-on", "nonfinite")
     assert result.exit_code == 0
-    assert "⚠ PASS EXPLODED: 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
+    assert "⚠ PASS EXPLODED (reported only): 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
     assert "reported, not failed (--fail-on nonfinite): exploded" in result.output
     assert _row(result.output, "model.layers.1 ")[1] == "exploded (reported)"
     assert "CLEAN" not in result.output
@@ -76,7 +76,7 @@ def test_an_outlier_only_file_lists_count_and_magnitude(tmp_path):
 def test_a_zeroed_only_file_is_a_warning_not_clean(tmp_path):
     result = run("scan", _file(tmp_path, "zeroed"), "--no-progress")
     assert result.exit_code == 0
-    assert "⚠ PASS ZEROED: 1 tensor all zero" in result.output
+    assert "⚠ PASS ZEROED (reported only): 1 tensor all zero" in result.output
     assert "CLEAN" not in result.output and "finite and healthy" not in result.output
     assert _row(result.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed (reported)", "1/1"]
     assert "compare with the source of the weights" in result.output
@@ -87,7 +87,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     result = run("scan", path, "--no-progress")
     assert result.exit_code == 1
     verdict = next(line for line in _lines(result.output) if line.startswith("✗"))
-    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED: 1 of 4 tensors hold NaN/Inf "
+    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS (also reported: ZEROED): 1 of 4 tensors hold NaN/Inf "
                               "(1 NaN, 0 +Inf, 0 -Inf); 1 weight tensor exploded (max |x| 1e+30); "
                               "1 outlier value in 1 tensor; 1 tensor all zero")
     # one row per finding and range: the NaN is blamed on layer 0 only, the zeroed layer 3 is listed
@@ -102,7 +102,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
 
     gated = run("scan", path, "--no-progress", "--fail-on", "nonfinite")
     assert gated.exit_code == 1
-    assert "✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED" in gated.output
+    assert "✗ FAIL NON-FINITE (also reported: EXPLODED, OUTLIERS, ZEROED): 1 of 4" in gated.output
     assert "reported, not failed (--fail-on nonfinite): exploded, outlier, zeroed" in gated.output
     assert _row(gated.output, "model.layers.1 ")[1] == "exploded (reported)"
 

@@ -212,7 +212,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
-                                ": ", (row_verdict(decider), style), f" ({decides_words(run, decider)})"))
+                                ": ", (row_verdict(decider, fail_on), style), f" ({decides_words(run, decider)})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
