@@ -12,8 +12,10 @@ Where an expected sha256 comes from, without any network:
   mismatch names the tensors whose bytes changed.
 
 Files are hashed in parallel (hashlib releases the GIL on large updates), each
-streamed through one reused buffer. A mismatch is a ``ScanProblem``: the scan
-exits 3 and names file and tensor.
+streamed through one reused buffer. A mismatch is a ``ScanProblem`` (kind
+``hash``): the scan exits 3 and names file and tensor. A checkpoint none of whose
+weight files has a recorded sha256 is one too (kind ``unverified``): a check that
+verified nothing never passes as one that verified everything.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +57,7 @@ class HashCheck:
     """What ``--verify-hashes`` found: checked files, mismatches as problems, unverifiable files as notes."""
 
     verified: list[tuple[str, str]] = field(default_factory=list)  # (file, source) that matched
+    unverified: list[str] = field(default_factory=list)  # weight files with no recorded sha256
     problems: list[ScanProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bytes_hashed: int = 0
@@ -220,7 +224,17 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
                 check.problems.append(ScanProblem(entry["path"], f"listed in the manifest {manifest_path} but not in the checkpoint",
                                                   "the checkpoint lost a file; re-download or re-save it", kind="hash"))
     unknown = [f for f in checkpoint.files.files if f not in expected]
-    if unknown:
+    check.unverified = [str(f) for f in unknown]
+    if unknown and not expected:  # a check that verified nothing must not pass as one that verified everything
+        check.problems.append(ScanProblem(
+            str(checkpoint.path),
+            f"no weight file has a recorded sha256, so nothing was verified ({len(unknown)} file(s), e.g. {unknown[0].name})",
+            f"record the hashes from a good copy with `nandoctor manifest {shlex.quote(str(checkpoint.path))} > manifest.json` and "
+            "scan with --manifest manifest.json, or scan the repo id from the Hugging Face cache (its blob names are the "
+            "sha256); without --verify-hashes the scan does not check hashes",
+            kind="unverified",
+        ))
+    elif unknown:
         check.notes.append(f"{len(unknown)} weight file(s) have no recorded sha256 and were not verified "
                            f"(e.g. {unknown[0].name}); record one with: nandoctor manifest PATH > manifest.json")
     digests = sha256_files(expected, workers)
