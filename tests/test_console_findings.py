@@ -196,3 +196,27 @@ def test_problem_headings_follow_each_problems_kind(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     unread = run("scan", broken, "--no-progress")
     assert unread.exit_code == 3 and "Could not be read (exit 3)" in unread.output
+
+
+def test_tied_names_with_nan_count_as_tensors_everywhere_and_their_values_once(tmp_path):
+    """Two names sharing one storage (a tied .bin) are two bad tensors on the verdict line, in the tables and
+    in JSON, and their NaN are counted once in the totals (docs/json.md)."""
+    import json
+
+    torch = __import__("pytest").importorskip("torch")
+    embed = torch.randn(16, 8)
+    embed[2, 3] = float("nan")
+    embed[5, 0] = float("nan")
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed,
+             "model.layers.0.mlp.up_proj.weight": torch.randn(8, 8)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    result = run("scan", tmp_path / "pytorch_model.bin", "--no-progress")
+    assert result.exit_code == 1
+    assert "✗ FAIL NON-FINITE: 2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, " \
+           "counted once)" in result.output
+    assert _row(result.output, "lm_head.weight")[1] == "nonfinite"
+    assert _row(result.output, "model.embed_tokens.weight")[1] == "nonfinite"
+    data = json.loads(run("scan", tmp_path / "pytorch_model.bin", "--json").output)
+    assert (data["summary"]["bad_tensors"], data["summary"]["nan"]) == (2, 2)
+    quiet = run("scan", tmp_path / "pytorch_model.bin", "-q").output
+    assert "2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, counted once)" in quiet
