@@ -59,6 +59,33 @@ def test_trainer_log_steps_are_placed_one_by_one(tmp_path):
     assert "loss exactly 0.0 from step 10 (between checkpoint-8 and checkpoint-12)" in text
 
 
+def test_a_finite_trainer_log_names_only_the_series_it_has(tmp_path):
+    """Lightning's metrics.csv logs train_loss and no grad_norm: the line says "train_loss finite", not
+    "loss and grad_norm finite"; a trainer_state.json with both names both."""
+    import json
+
+    from rich.console import Console
+
+    from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+    from nandoctor.checkpoint.trainlog import read_metrics_csv, read_train_log
+    from nandoctor.report.run_report import _render_log
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n0,0,2.5\n0,1,2.25\n0,2,2.0\n")
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 5, "loss": 2.0, "grad_norm": 1.5}, {"step": 10, "loss": 1.5, "grad_norm": 1.0}]}))
+    (tmp_path / "loss_only.json").write_text(json.dumps({"log_history": [{"step": 5, "loss": 2.0}]}))
+    table = read_metrics_csv(tmp_path / "metrics.csv")
+    assert table is not None
+    checkpoints = (RunCheckpoint(2, str(tmp_path / "epoch=0-step=2.ckpt"), "clean", None),)
+    expected = {table.train_log(): "train_loss finite up to step 2",
+                read_train_log(tmp_path / "trainer_state.json"): "loss and grad_norm finite up to step 10",
+                read_train_log(tmp_path / "loss_only.json"): "loss finite up to step 5"}
+    for log, said in expected.items():
+        console = Console(width=300, record=True)
+        _render_log(RunReport(str(tmp_path), checkpoints, log), console)
+        assert console.export_text() == f"trainer log ({log.source}): {said}\n"
+
+
 def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
     target = tmp_path / "run" / "checkpoint-300"
     target.mkdir(parents=True)

@@ -280,8 +280,9 @@ def _render_log(run: RunReport, console: Console) -> None:
     log = run.log
     if log is None:
         return
-    if log.suspicious_step is None:
-        console.print(Text(f"trainer log ({safe(log.source)}): loss and grad_norm finite up to step {log.last_step}", style="dim"))
+    if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
+        said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
+        console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
         return
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
