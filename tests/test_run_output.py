@@ -95,6 +95,32 @@ def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
     assert repair_command_for(str(target)).endswith(f"--out {target}-repaired-3")
 
 
+def test_a_file_of_a_checkpoint_folder_is_repaired_beside_the_folder_not_into_it(tmp_path):
+    """Scanning run/checkpoint-300/model-0000x.safetensors suggests --out run/checkpoint-300-<file>-repaired
+    (never a folder inside the checkpoint, nor checkpoint-300-repaired, the run view's name for a repair of
+    the whole checkpoint); a file of a plain folder keeps its sibling name; the suggested repair works."""
+    import shlex
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run_dir)
+    shard = run_dir / "checkpoint-300" / "model-00002-of-00002.safetensors"
+    result = run("scan", shard, "--no-progress")
+    assert result.exit_code == 1
+    command = "nandoctor repair " + " ".join(result.output.split("nandoctor repair ")[1].split())
+    out = run_dir / "checkpoint-300-model-00002-of-00002-repaired"
+    assert command.endswith(f"--out {out}") and "--from auto" in command
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(shard, loose / "weights.safetensors")
+    assert repair_command_for(str(loose / "weights.safetensors")).endswith(f"--out {loose / 'weights-repaired'}")
+    (loose / "config.json").write_text("{}")  # now a model folder: the --out goes beside it
+    assert repair_command_for(str(loose / "weights.safetensors")).endswith(f"--out {tmp_path / 'loose-weights-repaired'}")
+    fixed = run(*shlex.split(command)[1:])
+    assert fixed.exit_code == 0, fixed.output
+    assert (out / shard.name).is_file() and not any(p.is_dir() for p in shard.parent.iterdir())
+
+
 def test_assert_finite_hint_out_is_free(tmp_path):
     import shutil
 
