@@ -116,6 +116,13 @@ class DeviceUnavailableError(NandoctorError):
     default_hint = "use --device cpu, or install a CUDA build of torch"
 
 
+class ManifestError(NandoctorError):
+    """A ``--manifest`` file that cannot be read or is not a manifest: an error of the input, not of the
+    checkpoint (``FAIL ERROR``, exit 3)."""
+
+    default_hint = "write one from a good copy with: nandoctor manifest CHECKPOINT > manifest.json"
+
+
 class ReportWriteError(NandoctorError):
     """A report file (``--html``) could not be written; the scan itself is not affected: its report is
     still printed, then this error, and the command exits 3."""

@@ -427,7 +427,8 @@ def _hashes_fact(report: ScanReport) -> str | None:
     unrecorded = len(hashes.get("unverified") or ())
     total = matched + unrecorded + sum(1 for p in report.errors if p.kind == HASH_KIND)
     if total == matched:
-        return f"hashes: {'the' if matched == 1 else 'all'} {plural(matched, 'weight file')} match their recorded sha256"
+        return ("hashes: the weight file matches its recorded sha256" if matched == 1
+                else f"hashes: all {matched:,} weight files match their recorded sha256")
     return f"hashes: {matched:,} of {total:,} weight files match their recorded sha256" + (
         f" ({unrecorded:,} not verified: no sha256 recorded)" if unrecorded else "")
 

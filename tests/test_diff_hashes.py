@@ -110,6 +110,13 @@ def test_missing_file_and_bad_manifest(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text('{"files": 3}')
     out = CliRunner().invoke(cli, ["scan", str(folder), "--manifest", str(tmp_path / "junk.json"), "--no-progress"])
     assert out.exit_code == 3 and "not a nandoctor manifest" in out.output and "Traceback" not in out.output
+    # a manifest that is missing or not JSON: one error naming it (never an internal error), and not the
+    # checkpoint's fault: ERROR, not UNREADABLE
+    (tmp_path / "torn.json").write_text('{"nandoctor_manifest": 1, "files": [')
+    for manifest, said in ((tmp_path / "gone.json", "cannot read the manifest"), (tmp_path / "torn.json", "not a nandoctor manifest")):
+        quiet = CliRunner().invoke(cli, ["scan", str(folder), "--manifest", str(manifest), "-q"])
+        assert quiet.exit_code == 3 and "internal error" not in quiet.output
+        assert quiet.stdout.startswith(f"FAIL ERROR {folder}: {manifest}: {said}")
 
 
 def test_repair_proof_hashes_and_its_diff(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from nandoctor.checkpoint.hubcache import is_snapshot
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.opener import Checkpoint
-from nandoctor.errors import CorruptCheckpointError, NandoctorError
+from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
 
 MANIFEST_SCHEMA = 1
@@ -157,16 +157,21 @@ def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, An
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A manifest file, checked for shape before use (it may come from anywhere)."""
-    data = read_json(Path(path))
+    """A manifest file, checked for shape before use (it may come from anywhere); ManifestError (exit 3,
+    naming the file) when it cannot be read or is not a manifest."""
+    try:
+        data = read_json(Path(path))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not a nandoctor manifest ({exc})") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("nandoctor_manifest") != MANIFEST_SCHEMA or not isinstance(files, list):
-        raise CorruptCheckpointError(str(path), "not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)",
-                                     "write one with: nandoctor manifest CHECKPOINT > manifest.json")
+        raise ManifestError(f"{path}: not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)")
     for entry in files:
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
                 and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])):
-            raise CorruptCheckpointError(str(path), f"manifest entry {str(entry)[:80]!r} has no path and sha256")
+            raise ManifestError(f"{path}: manifest entry {str(entry)[:80]!r} has no path and sha256")
     return data
 
 
