@@ -81,7 +81,8 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
 @click.option("--verify-hashes", is_flag=True,
               help="Also check weight files against their sha256 known offline (HF cache blob names, "
-              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
+              "nandoctor-repair.json, --manifest); a mismatch exits 3, and so does a checkpoint with no "
+              "recorded sha256 at all (nothing verified).")
 @click.option("--manifest", type=click.Path(path_type=str), default=None,
               help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
