@@ -201,13 +201,14 @@ def test_pre_commit_hook_takes_an_option_value_that_is_a_file_as_the_option_s(tm
     def hook_run(*files):
         return subprocess.run(command + args + [*files], capture_output=True, text=True, cwd=tmp_path, env=env)
 
+    passed = "PASS CLEAN good.safetensors: 1 tensor healthy; hashes: the weight file matches its recorded sha256"
     ok = hook_run("good.safetensors")
-    assert (ok.returncode, ok.stdout) == (0, "PASS CLEAN good.safetensors: 1 tensor healthy\n"), ok.stderr
+    assert (ok.returncode, ok.stdout) == (0, passed + "\n"), ok.stderr
     changed = hook_run("good.safetensors", "other.safetensors")  # other's bytes are not the manifest's
     assert changed.returncode == 3, changed.stderr
     lines = changed.stdout.splitlines()
-    assert lines[0] == "PASS CLEAN good.safetensors: 1 tensor healthy" and len(lines) == 2
-    assert lines[1].startswith("FAIL UNREADABLE other.safetensors: ")
+    assert lines[0] == passed and len(lines) == 2
+    assert lines[1].startswith("FAIL HASH MISMATCH") and " other.safetensors: " in lines[1]
     assert "Missing argument" not in changed.stderr
     # "--opt=value", flags, and "--" before a file that starts with a dash
     (tmp_path / "-dash.safetensors").write_bytes(good.read_bytes())

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import is_snapshot
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.opener import Checkpoint
@@ -161,6 +162,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     naming the file) when it cannot be read or is not a manifest."""
     try:
         data = read_json(Path(path))
+    except PermissionError as exc:  # there, but not to be read: what to do about permissions
+        denied = unreadable(path, exc)
+        raise ManifestError(f"{path}: cannot read the manifest: {denied.reason}", denied.hint) from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     except ValueError as exc:
