@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from tests.rank_exit import leave_together
+
 
 def tensor_row(t) -> dict:
     """What a test compares of one tensor result: counts, census and findings."""
@@ -55,8 +57,10 @@ def main() -> None:
                 "tensors": {t.ref.name: tensor_row(t) for t in report.tensors}}
         with open(os.path.join(out, f"verdict-{rank}.json"), "w") as fh:
             json.dump({**found[None], "fp16": found["fp16"]}, fh)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_together()
 
 
 if __name__ == "__main__":
