@@ -58,14 +58,10 @@ def health_limits(max_abs: float | None, outlier_factor: float | None) -> Health
     ValueError for a value that is not positive and finite."""
     if max_abs is None and outlier_factor is None:
         return None
-    from nandoctor.kernels.census import (
-        DEFAULT_MAX_ABS,
-        DEFAULT_OUTLIER_FACTOR,
-        HealthLimits,
-    )
+    from nandoctor.kernels.census import DEFAULT_OUTLIER_FACTOR, HealthLimits
 
     return HealthLimits(
-        DEFAULT_MAX_ABS if max_abs is None else max_abs,
+        max_abs,  # None: each dtype's own default ceiling (1e5; 2^14 for fp16)
         DEFAULT_OUTLIER_FACTOR if outlier_factor is None else outlier_factor,
     )
 
