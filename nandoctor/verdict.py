@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
@@ -183,22 +184,23 @@ def run_context(report: ScanReport) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfinite_step: int | None = None) -> str:
+def diverged_why(
+    report: ScanReport, baseline: Mapping[str, float] | None = None, log_nonfinite_step: int | None = None
+) -> str:
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
 
     Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded, or at
     least ``DIVERGED_SHARE`` of them exploded (two or more either way);
-    or its largest weight is ``GROWTH_DIVERGED`` times ``healthy_max``, the run's first healthy
-    checkpoint's (finite, but not the same model any more). ``healthy_max`` and ``log_nonfinite_step``
-    (the trainer log's first NaN/Inf loss or grad_norm, at or before this save) default to the run
-    context the report carries. The log is quoted in the reason; it decides nothing on its own: a
-    checkpoint whose log broke while most weights are NaN already meets the share rule.
+    or the bulk of some weight tensor grew ``GROWTH_DIVERGED`` times since the run's first healthy
+    checkpoint (:func:`growth`; finite, but not the same model any more), ``baseline`` being that
+    checkpoint's :func:`tensor_scales`. ``log_nonfinite_step`` is the trainer log's first NaN/Inf loss or
+    grad_norm at or before this save. Without ``baseline`` (a standalone scan, a repair) both come from
+    the run context the report carries (checkpoint/runcontext.py), which measured the growth the same
+    way. The log is quoted in the reason; it decides nothing on its own: a checkpoint whose log broke
+    while most weights are NaN already meets the share rule.
     """
     context = run_context(report) or {}
-    if healthy_max is None:
-        value = context.get("baseline_max")
-        healthy_max = float(value) if isinstance(value, (int, float)) else None
     if log_nonfinite_step is None:
         value = context.get("log_nonfinite_step")
         log_nonfinite_step = value if isinstance(value, int) else None
@@ -211,10 +213,103 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {len(weights)} weight tensors are {kinds}{log}"
-    top = max_abs(report, "weight")
-    if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
-        return f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
+    grown = growth(report, baseline) if baseline is not None else Growth.from_json(context.get("growth"))
+    if grown is not None and grown.factor >= GROWTH_DIVERGED:
+        return f"{grown.words()} since the run's first healthy checkpoint"
     return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Growth: what the bulk of the weights did since an earlier checkpoint
+
+# The bulk of a weight tensor this many times what it was in the run's first healthy checkpoint:
+# diverged. Every weight x1000 (finite, under the ceiling) must be caught, and a bulk scale is a power
+# of two (x1000 can read as x512), so 2^8 leaves that a factor of two.
+GROWTH_DIVERGED = 2.0**8
+# A tensor is compared with at least 1/16 of the earlier checkpoint's largest tensor scale: one that
+# started near zero (a bias, LoRA's lora_B) grows by any factor in healthy training, but does not climb
+# to 16x the model's largest weight (a norm weight's 1.0) while its bulk stays healthy.
+GROWTH_FLOOR = 16.0
+
+
+def tensor_scale(t: TensorResult) -> float | None:
+    """What the bulk of one tensor's values reach, which no handful of elements can move: its bulk
+    scale (a power of two at or below its k-th largest magnitude, k = max(9, n/1000): kernels/census.py)
+    where the census measured one, i.e. where some value reaches 2.0; below 2.0 its largest magnitude.
+    None when it has neither (under 16 values, one reaching 2.0; no census)."""
+    if t.bulk_scale is not None:
+        return t.bulk_scale
+    if t.max_abs is not None and t.max_abs < 2.0:  # the census's high level: no bulk is measured below it
+        return t.max_abs
+    return None
+
+
+def tensor_scales(report: ScanReport) -> dict[str, float]:
+    """:func:`tensor_scale` of every weight tensor that has one and holds no NaN/Inf (NaN is judged by
+    the share rule, not by growth), by name: what :func:`growth` compares a later checkpoint with."""
+    out = {}
+    for t in report.tensors:
+        if t.ref.role == "weight" and NONFINITE not in t.findings:
+            scale = tensor_scale(t)
+            if scale is not None:
+                out[t.ref.name] = scale
+    return out
+
+
+def weight_scale(report: ScanReport) -> float | None:
+    """The largest :func:`tensor_scale` of the weights: where the bulk of the model stands (a bit flip
+    leaves it where it was). None without float weights."""
+    return max(tensor_scales(report).values(), default=None)
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How far the bulk of the weights moved since an earlier checkpoint: the tensor that grew the most,
+    its scale now and what it is compared with (its scale then, at least the floor)."""
+
+    factor: float
+    tensor: str
+    scale: float
+    was: float
+
+    def words(self) -> str:
+        return f"the bulk of {self.tensor} grew {self.factor:.3g}x ({self.was:.3g} to {self.scale:.3g})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"factor": self.factor, "tensor": self.tensor, "scale": self.scale, "was": self.was}
+
+    @classmethod
+    def from_json(cls, value: object) -> Growth | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(float(value["factor"]), str(value["tensor"]), float(value["scale"]), float(value["was"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
+    """How much the bulk of ``report``'s weights grew since an earlier checkpoint whose
+    :func:`tensor_scales` are ``before``: the largest, over the weight tensors present in both, of the
+    tensor's scale now over its scale then, the latter taken as at least 1/``GROWTH_FLOOR`` of the
+    earlier checkpoint's largest. Per tensor, because a run can diverge in a few tensors only (a
+    head-only fine-tune: tests/realruns.py); robust, because each tensor's scale is its bulk. None when
+    no tensor can be compared."""
+    if not before:
+        return None
+    floor = max(before.values()) / GROWTH_FLOOR
+    best: Growth | None = None
+    for name, scale in tensor_scales(report).items():
+        was = before.get(name)
+        if was is None:
+            continue
+        was = max(was, floor)
+        if not was:
+            continue
+        factor = scale / was
+        if best is None or factor > best.factor:
+            best = Growth(factor, name, scale, was)
+    return best
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
@@ -379,24 +474,23 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints of a run
 
-GROWTH_DIVERGED = 2.0**10  # weights this many times larger than in the run's first healthy checkpoint: diverged
-
-
 def checkpoint_status(
-    report: ScanReport | None, incomplete: bool, healthy_max: float | None, log_nonfinite_step: int | None = None
+    report: ScanReport | None, incomplete: bool, baseline: Mapping[str, float] | None,
+    log_nonfinite_step: int | None = None,
 ) -> tuple[str, str]:
     """(status, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
     ``poisoned``, ``overflow`` or ``clean``.
 
-    Diverged (:func:`diverged_why`): a large share of its weights NaN/Inf or exploded, or its largest
-    weight ``GROWTH_DIVERGED`` times past ``healthy_max``, the run's first healthy checkpoint's.
+    Diverged (:func:`diverged_why`): a large share of its weights NaN/Inf or exploded, or the bulk of a
+    weight tensor ``GROWTH_DIVERGED`` times what it was in the run's first healthy checkpoint, whose
+    :func:`tensor_scales` are ``baseline`` (None: there is none yet).
     Resume from the last healthy checkpoint then: a repair would only stitch a broken model together.
     """
     if incomplete or report is None:
         return "incomplete", ""
     if report.errors:
         return "unreadable", ""
-    why = diverged_why(report, healthy_max, log_nonfinite_step)
+    why = diverged_why(report, baseline or {}, log_nonfinite_step)
     if why:
         return "diverged", why
     if report.health in ("poisoned", "diverged"):  # diverged by a context the run scan does not use
