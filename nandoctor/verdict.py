@@ -412,14 +412,21 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
-def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
-    """The ``--quiet`` verdict: status word, target, counts and the worst layer range, on one line.
+def one_line(
+    report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None, health: str | None = None
+) -> str:
+    """The ``--quiet`` verdict: status word, the findings' words, the health case when the checkpoint is not
+    healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy checkpoint), target,
+    counts and the worst layer range, on one line. ``health``: the case a run decided for this checkpoint
+    (its timeline status, judged against the run's baseline); by default the report's own.
 
     Names come from files: the caller escapes the line before printing.
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    return f"{status} {decided.words} {label or report.target}: " + "; ".join(facts(report))
+    case = health or decided.health
+    words = decided.words + (f" ({case.upper()})" if case in ("poisoned", "diverged") else "")
+    return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
 
 
 def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
