@@ -147,17 +147,22 @@ def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verd
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
+    case = health(report)
     if report.errors:
         code = EXIT_UNREADABLE  # fail closed, whatever fail_on says
-    elif failing:
+    elif failing or (case == "diverged" and EXPLODED in fail_on):
+        # a checkpoint whose bulk grew far past its run's first healthy one fails where exploded weights
+        # fail, though no value of it is above the ceiling (the run-relative form of "exploded")
         code = EXIT_NONFINITE
     else:
         code = EXIT_OK
-    return Verdict(code, _words(report, found), health(report), failing, reported, fail_on)
+    return Verdict(code, _words(report, found, case), case, failing, reported, fail_on)
 
 
-def _words(report: ScanReport, found: tuple[str, ...]) -> str:
+def _words(report: ScanReport, found: tuple[str, ...], case: str = "") -> str:
     parts = [_WORDS[f] for f in found if f in _WORDS]
+    if not parts and case == "diverged":
+        parts.append("DIVERGED")  # grown past the run's first healthy checkpoint, with no finding of its own
     if OVERFLOW in found:
         parts.append(f"OVERFLOW RISK ({target_dtype(report)})")
     if report.errors:
@@ -213,10 +218,17 @@ def diverged_why(
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {len(weights)} weight tensors are {kinds}{log}"
-    grown = growth(report, baseline) if baseline is not None else Growth.from_json(context.get("growth"))
+    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
     if grown is not None and grown.factor >= GROWTH_DIVERGED:
         return f"{grown.words()} since the run's first healthy checkpoint"
     return ""
+
+
+def _diverging_growth(report: ScanReport) -> Growth | None:
+    """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
+    row), when it makes the checkpoint diverged."""
+    grown = Growth.from_json((run_context(report) or {}).get("growth"))
+    return grown if grown is not None and grown.factor >= GROWTH_DIVERGED else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,10 +238,11 @@ def diverged_why(
 # diverged. Every weight x1000 (finite, under the ceiling) must be caught, and a bulk scale is a power
 # of two (x1000 can read as x512), so 2^8 leaves that a factor of two.
 GROWTH_DIVERGED = 2.0**8
-# A tensor is compared with at least 1/16 of the earlier checkpoint's largest tensor scale: one that
-# started near zero (a bias, LoRA's lora_B) grows by any factor in healthy training, but does not climb
-# to 16x the model's largest weight (a norm weight's 1.0) while its bulk stays healthy.
-GROWTH_FLOOR = 16.0
+# A tensor's earlier scale counts as at least 2^-4: one that started near zero (a bias, LoRA's lora_B)
+# grows by any factor in healthy training, but its bulk does not climb to 2^-4 x GROWTH_DIVERGED = 16.
+# So nothing whose weights' bulk stays below 16 can be diverged by growth: such a checkpoint, with no
+# finding either, is never judged against its run (no extra scan: checkpoint/runcontext.py).
+GROWTH_FLOOR = 2.0**-4
 
 
 def tensor_scale(t: TensorResult) -> float | None:
@@ -254,6 +267,13 @@ def tensor_scales(report: ScanReport) -> dict[str, float]:
             if scale is not None:
                 out[t.ref.name] = scale
     return out
+
+
+def may_have_grown(report: ScanReport) -> bool:
+    """Whether some weight tensor's bulk is large enough (``GROWTH_DIVERGED`` x ``GROWTH_FLOOR``) for
+    :func:`growth` to call the checkpoint diverged, whatever its run's first healthy checkpoint holds."""
+    top = weight_scale(report)
+    return top is not None and top >= GROWTH_DIVERGED * GROWTH_FLOOR
 
 
 def weight_scale(report: ScanReport) -> float | None:
@@ -291,21 +311,15 @@ class Growth:
 def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
     """How much the bulk of ``report``'s weights grew since an earlier checkpoint whose
     :func:`tensor_scales` are ``before``: the largest, over the weight tensors present in both, of the
-    tensor's scale now over its scale then, the latter taken as at least 1/``GROWTH_FLOOR`` of the
-    earlier checkpoint's largest. Per tensor, because a run can diverge in a few tensors only (a
-    head-only fine-tune: tests/realruns.py); robust, because each tensor's scale is its bulk. None when
-    no tensor can be compared."""
-    if not before:
-        return None
-    floor = max(before.values()) / GROWTH_FLOOR
+    tensor's scale now over its scale then, the latter taken as at least ``GROWTH_FLOOR``. Per tensor,
+    because a run can diverge in a few tensors only (a head-only fine-tune: tests/realruns.py); robust,
+    because each tensor's scale is its bulk. None when no tensor can be compared."""
     best: Growth | None = None
     for name, scale in tensor_scales(report).items():
         was = before.get(name)
         if was is None:
             continue
-        was = max(was, floor)
-        if not was:
-            continue
+        was = max(was, GROWTH_FLOOR)
         factor = scale / was
         if best is None or factor > best.factor:
             best = Growth(factor, name, scale, was)
@@ -412,20 +426,19 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
-def one_line(
-    report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None, health: str | None = None
-) -> str:
+def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, the findings' words, the health case when the checkpoint is not
     healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy checkpoint), target,
-    counts and the worst layer range, on one line. ``health``: the case a run decided for this checkpoint
-    (its timeline status, judged against the run's baseline); by default the report's own.
+    counts and the worst layer range, on one line.
 
     Names come from files: the caller escapes the line before printing.
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    case = health or decided.health
-    words = decided.words + (f" ({case.upper()})" if case in ("poisoned", "diverged") else "")
+    case = decided.health
+    words = decided.words
+    if case in ("poisoned", "diverged") and words != "DIVERGED":
+        words += f" ({case.upper()})"
     return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
 
 
@@ -434,6 +447,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     it lists the problems above itself, so it asks without ``first_problem``)."""
     pieces: list[str] = []
     tensors = len(report.tensors)
+    grown = _diverging_growth(report)
+    if grown is not None:
+        pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
     if report.nonfinite:
         pieces.append(
             f"{len(report.distinct_bad_tensors)} of {tensors} tensors hold NaN/Inf "
@@ -454,7 +470,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
-    if not (report.nonfinite or exploded or outliers or zeroed):
+    if not (report.nonfinite or exploded or outliers or zeroed or grown):
         pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
     overflow = overflow_count(report)
     if overflow:

@@ -22,11 +22,12 @@ from nandoctor.model import ScanReport
 
 
 def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], ScanReport]) -> ScanReport:
-    """``report`` (of the checkpoint at ``target``) judged again within its run; unchanged outside a run
-    or when it is healthy on its own (a healthy checkpoint costs no extra scan)."""
+    """``report`` (of the checkpoint at ``target``) judged again within its run; unchanged outside a run,
+    or when it is healthy on its own and no weight's bulk is large enough to have diverged
+    (verdict.may_have_grown: a healthy checkpoint of ordinary weights costs no extra scan)."""
     from nandoctor import verdict
 
-    if report.errors or not report.unhealthy_tensors:
+    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report)):
         return report
     context = run_facts(Path(target), scan_one)
     if context is None:

@@ -307,7 +307,8 @@ def row_verdict(c: RunCheckpoint) -> str:
     """One row's verdict word: its report's, ``INCOMPLETE`` for a half-written save, ``(DIVERGED)`` added."""
     if c.status == INCOMPLETE or c.report is None:
         return "INCOMPLETE"
-    return c.report.verdict + (" (DIVERGED)" if c.status == DIVERGED else "")
+    words = c.report.verdict
+    return words + (" (DIVERGED)" if c.status == DIVERGED and words != "DIVERGED" else "")
 
 
 def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:
@@ -507,6 +508,14 @@ def scan_run(
         state = folder / TRAINER_STATE
         log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy, log_broke_by(log, step))
+        if report is not None and status == DIVERGED and report.health != DIVERGED:
+            # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
+            # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
+            grown = verdicts.growth(report, healthy or {})
+            assert grown is not None
+            fail_on = report.judgement.fail_on if report.judgement is not None else verdicts.DEFAULT_FAIL_ON
+            context = {verdicts.RUN_CONTEXT: {"growth": grown.to_json()}}
+            report = verdicts.judged(dataclasses.replace(report, extra={**report.extra, **context}), fail_on)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)
         scales = {} if report is None else verdicts.tensor_scales(report)

@@ -156,7 +156,7 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     elif newest.report is None or newest.status == INCOMPLETE:
         head = f"FAIL INCOMPLETE {newest.path}: {'; '.join(newest.incomplete) or 'not scanned'}"
     else:
-        head = verdicts.one_line(newest.report, fail_on, label=newest.path, health=newest.health)
+        head = verdicts.one_line(newest.report, fail_on, label=newest.path)
     tail = [
         f"last healthy: {run.last_clean.name if run.last_clean else 'none'}",
         f"first bad: {run.first_bad.name if run.first_bad else 'none'}",
