@@ -150,6 +150,7 @@ def scan(
         report = verdicts.judged(dataclasses.replace(
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
             extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],
+                                              "unverified": list(check.unverified),
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)

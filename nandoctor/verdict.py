@@ -30,12 +30,33 @@ DEFAULT_FAIL_ON: frozenset[str] = frozenset({NONFINITE, EXPLODED, OUTLIER, OVERF
 FAILING_BY_DEFAULT = (NONFINITE, EXPLODED, OUTLIER)  # what makes a tensor "unhealthy"
 _HEALTH_ROLES = ("weight",)  # exploded / outlier / zeroed: a step counter of 1e5 is not an exploded weight
 _CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
-_WORDS = {
+FINDING_WORDS = {
     NONFINITE: "NON-FINITE",
     EXPLODED: "EXPLODED",
     OUTLIER: "OUTLIERS",
     ZEROED: "ZEROED",
 }
+OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
+# What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3), in the verdict's words and in the
+# one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
+UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
+PROBLEM_WORDS = {
+    UNREADABLE_KIND: "UNREADABLE",
+    HASH_KIND: "HASH MISMATCH",
+    SELECTION_KIND: "NOTHING SELECTED",
+    UNVERIFIED_KIND: "NOTHING VERIFIED",
+}
+_PROBLEM_FACTS = {
+    UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
+    HASH_KIND: lambda n: f"{plural(n, 'file')} {'fails its' if n == 1 else 'fail their'} sha256 check",
+    SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
+    UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
+                               "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
+                               "or scan the repo id from the Hugging Face cache)",
+}
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, SELECTION_KIND)  # the unverified fact says all there is
+CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
+DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
 # (NaN/Inf or exploded, counted together): a repair would swap most of the model for the donor's, i.e.
 # hand back the donor under the bad checkpoint's name, with an optimizer state that no longer matches it.
@@ -68,8 +89,8 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
     """ValueError when the gate checks overflow alone without a target dtype: it would pass anything."""
     if target_dtype is None and fail_on <= {OVERFLOW}:
         raise ValueError(
-            "--fail-on overflow checks nothing without --target-dtype; add --target-dtype fp16 "
-            "(or bf16, fp8_e4m3, fp8_e5m2), or keep nonfinite in --fail-on"
+            "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16 "
+            "(or bf16, fp8_e4m3, fp8_e5m2), or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)"
         )
 
 
@@ -148,26 +169,40 @@ def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verd
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
     case = health(report)
+    # Diverged by its growth alone (no finding: its bulk grew far past its run's first healthy checkpoint
+    # under every ceiling): it fails where exploded weights fail, the run-relative form of "exploded"
+    grown = case == "diverged" and not set(found) & set(FAILING_BY_DEFAULT)
+    grown_fails = grown and EXPLODED in fail_on
     if report.errors:
         code = EXIT_UNREADABLE  # fail closed, whatever fail_on says
-    elif failing or (case == "diverged" and EXPLODED in fail_on):
-        # a checkpoint whose bulk grew far past its run's first healthy one fails where exploded weights
-        # fail, though no value of it is above the ceiling (the run-relative form of "exploded")
+    elif failing or grown_fails:
         code = EXIT_NONFINITE
     else:
         code = EXIT_OK
-    return Verdict(code, _words(report, found, case), case, failing, reported, fail_on)
+    return Verdict(code, _words(report, failing, reported, grown_fails, grown and not grown_fails), case, failing,
+                   reported, fail_on)
 
 
-def _words(report: ScanReport, found: tuple[str, ...], case: str = "") -> str:
-    parts = [_WORDS[f] for f in found if f in _WORDS]
-    if not parts and case == "diverged":
-        parts.append("DIVERGED")  # grown past the run's first healthy checkpoint, with no finding of its own
-    if OVERFLOW in found:
-        parts.append(f"OVERFLOW RISK ({target_dtype(report)})")
-    if report.errors:
-        parts.append("UNREADABLE")
-    return " + ".join(parts) or "CLEAN"
+def _words(report: ScanReport, failing: tuple[str, ...], reported: tuple[str, ...], grown_fails: bool = False,
+           grown_reported: bool = False) -> str:
+    """What fails (``DIVERGED`` for a checkpoint diverged by its growth alone, the findings in ``fail_on``,
+    then each kind of problem), then what is only reported: ``OVERFLOW RISK (fp16) (also reported:
+    OUTLIERS)``, ``ZEROED (reported only)``, ``DIVERGED``, ``CLEAN``."""
+    def word(finding: str) -> str:
+        return OVERFLOW_WORDS.format(dtype=target_dtype(report)) if finding == OVERFLOW else FINDING_WORDS[finding]
+
+    head = ([DIVERGED_WORDS] if grown_fails else []) + [word(f) for f in failing]
+    head += [PROBLEM_WORDS.get(kind, kind.upper()) for kind in problem_kinds(report)]
+    also = ([DIVERGED_WORDS] if grown_reported else []) + [word(f) for f in reported]
+    if not head:
+        return " + ".join(also) + REPORTED_ONLY if also else CLEAN_WORDS
+    return " + ".join(head) + (ALSO_REPORTED.format(", ".join(also)) if also else "")
+
+
+def problem_kinds(report: ScanReport) -> tuple[str, ...]:
+    """The kinds of ``report``'s problems (``ScanProblem.kind``), each once, in the order of ``PROBLEM_WORDS``."""
+    kinds = {p.kind for p in report.errors}
+    return tuple(k for k in PROBLEM_WORDS if k in kinds) + tuple(sorted(kinds - set(PROBLEM_WORDS)))
 
 
 def health(report: ScanReport) -> str:
@@ -427,9 +462,9 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
-    """The ``--quiet`` verdict: status word, the findings' words, the health case when the checkpoint is not
-    healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy checkpoint), target,
-    counts and the worst layer range, on one line.
+    """The ``--quiet`` verdict: status word, the verdict words, the health case when the line fails and the
+    checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
+    checkpoint), target, counts and the worst layer range, on one line.
 
     Names come from files: the caller escapes the line before printing.
     """
@@ -437,7 +472,7 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
     case = decided.health
     words = decided.words
-    if case in ("poisoned", "diverged") and words != "DIVERGED":
+    if status == "FAIL" and case in ("poisoned", "diverged") and not words.startswith(DIVERGED_WORDS):  # (said once)
         words += f" ({case.upper()})"
     return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
 
@@ -451,9 +486,12 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     if grown is not None:
         pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
     if report.nonfinite:
+        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md)
+        tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
         pieces.append(
-            f"{len(report.distinct_bad_tensors)} of {tensors} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf)"
+            f"{len(report.bad_tensors)} of {tensors} tensors hold NaN/Inf "
+            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf"
+            + (f"; {tied} of them {'a tied copy' if tied == 1 else 'tied copies'} of another, counted once)" if tied else ")")
         )
     exploded = with_finding(report, EXPLODED)
     if exploded:
@@ -484,14 +522,38 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     elif target_dtype(report):
         top = max_abs(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
+    hashes = _hashes_fact(report)
+    if hashes:
+        pieces.append(hashes)
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
-    if report.errors:
-        first = report.errors[0]
-        reason = f" (first: {first.path}: {first.message})" if first_problem else ""
-        pieces.append(f"{len(report.errors)} part(s) unreadable{reason}")
+    quote = first_problem
+    for kind in problem_kinds(report):  # each kind in its own words, the first problem quoted
+        of_kind = [p for p in report.errors if p.kind == kind]
+        said = _PROBLEM_FACTS.get(kind)
+        phrase = said(len(of_kind)) if said is not None else f"{len(of_kind)} problem(s) ({kind})"
+        if quote and kind in _QUOTE_FIRST:
+            phrase += f" (first: {of_kind[0].path}: {of_kind[0].message})"
+            quote = False
+        pieces.append(phrase)
     return pieces
+
+
+def _hashes_fact(report: ScanReport) -> str | None:
+    """``--verify-hashes``: how many weight files match their recorded sha256 (None when none do: the
+    problem that says why — a mismatch, nothing recorded — is the fact then)."""
+    hashes = report.extra.get("hashes")
+    if not isinstance(hashes, dict) or not hashes.get("verified"):
+        return None
+    matched = len(hashes["verified"])
+    unrecorded = len(hashes.get("unverified") or ())
+    total = matched + unrecorded + sum(1 for p in report.errors if p.kind == HASH_KIND)
+    if total == matched:
+        return ("hashes: the weight file matches its recorded sha256" if matched == 1
+                else f"hashes: all {matched:,} weight files match their recorded sha256")
+    return f"hashes: {matched:,} of {total:,} weight files match their recorded sha256" + (
+        f" ({unrecorded:,} not verified: no sha256 recorded)" if unrecorded else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,6 +69,26 @@ def test_corrupt_file_exit_3_with_reason_in_json(tmp_path):
     assert data["errors"][0]["path"] == str(bad) and "past the end" in data["errors"][0]["message"]
 
 
+def _cuda_present() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(_cuda_present(), reason="needs a machine where --device cuda cannot start")
+def test_an_error_that_is_not_the_checkpoints_is_not_called_unreadable():
+    """No CUDA device stops the scan (exit 3), but the checkpoint is fine: ERROR, never UNREADABLE."""
+    path = DEMO_RUN / "checkpoint-200"
+    quiet = run("scan", str(path), "--device", "cuda", "-q")
+    assert quiet.exit_code == 3 and quiet.stdout.startswith(f"FAIL ERROR {path}: ")
+    data = json.loads(run("scan", str(path), "--device", "cuda", "--json").stdout)
+    assert data["summary"]["verdict"] == "ERROR" and data["errors"][0]["kind"] == "error"
+    missing = run("scan", "/no/such/checkpoint", "-q")
+    assert missing.stdout.startswith("FAIL UNREADABLE /no/such/checkpoint: no such file or folder")
+
+
 def test_unreadable_part_beats_clean_rest(tmp_path):
     import shutil
 
@@ -199,3 +219,53 @@ def test_each_help_summary_says_what_its_command_does():
         assert command is not None and command.help
         first_word = command.help.split()[0].lower()
         assert summary.split()[0].lower() == first_word, (name, summary, command.help[:60])
+
+
+def _doc_table(heading: str) -> list[str]:
+    """The first column of the table under ``heading`` in docs/json.md (the backticked value of each row)."""
+    import re
+
+    text = (ROOT / "docs" / "json.md").read_text(encoding="utf-8")
+    section = re.split(rf"^#+ {re.escape(heading)}\n", text, flags=re.M)[1]
+    section = re.split(r"^#", section, flags=re.M)[0]
+    return [m[1] for m in re.finditer(r"^\| `([^`]+)` \|", section, flags=re.M)]
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(tmp_path):
+    """docs/json.md lists every word `summary.verdict` is made of and every run `status`: no more, no fewer."""
+    import dataclasses
+
+    from nandoctor import errors, verdict
+    from nandoctor.checkpoint import runs
+    from nandoctor.engine import scan as engine_scan
+    from nandoctor.model import ScanProblem
+
+    findings = [verdict.FINDING_WORDS[f] for f in verdict.FAIL_ON_CHOICES if f in verdict.FINDING_WORDS]
+    stopped = sorted({cls.verdict_word for cls in _subclasses(errors.NandoctorError)})  # a scan that could not start
+    report = verdict.judged(engine_scan(DEMO_RUN / "checkpoint-300", device="cpu"))
+    empty = runs.RunReport("run", ())
+    half = runs.RunCheckpoint(1, "run/checkpoint-1", runs.INCOMPLETE, None)
+    diverged = runs.RunCheckpoint(2, "run/checkpoint-2", runs.DIVERGED, report)
+    run_words = [empty.verdict, runs.row_verdict(half), runs.row_verdict(diverged).removeprefix(report.verdict).strip()]
+    assert run_words == ["EMPTY", "INCOMPLETE", "(DIVERGED)"]
+    assert verdict.one_line(report).startswith("FAIL NON-FINITE (POISONED) ")  # --quiet's health case
+    emitted = [verdict.CLEAN_WORDS, *findings, verdict.DIVERGED_WORDS, verdict.OVERFLOW_WORDS.format(dtype="fp16"),
+               *verdict.PROBLEM_WORDS.values(), *stopped, *run_words, "(POISONED)",
+               verdict.ALSO_REPORTED.format("…").strip(), verdict.REPORTED_ONLY.strip()]
+    assert sorted(_doc_table("Verdict words")) == sorted(dict.fromkeys(emitted))
+    # every problem kind a report can hold has its word (a ScanProblem's kinds, from its docstring's list)
+    assert set(verdict.PROBLEM_WORDS) == {"unreadable", "hash", "selection", "unverified"}
+    statuses = (runs.INCOMPLETE, runs.UNREADABLE, runs.DIVERGED, runs.POISONED, runs.OVERFLOW, runs.CLEAN)
+    assert _doc_table("Checkpoint statuses") == list(statuses)
+    # what a real run emits is among them
+    data = json.loads(run("scan", str(DEMO_RUN), "--json").stdout)
+    assert {c["status"] for c in data["run"]["checkpoints"]} <= set(statuses)
+    assert data["summary"]["verdict"] == "NON-FINITE"
+    # findings the gate leaves out are marked so, with the documented suffixes
+    assert verdict.judge(report, frozenset({"exploded"})).words == "NON-FINITE (reported only)"
+    unread = dataclasses.replace(report, errors=(ScanProblem("x", "gone"), ScanProblem("y", "changed", kind="hash")))
+    assert verdict.judge(unread, frozenset({"exploded"})).words == "UNREADABLE + HASH MISMATCH (also reported: NON-FINITE)"

@@ -48,6 +48,21 @@ def is_index_name(name: str) -> bool:
     return INDEX_FILE.match(name) is not None
 
 
+_INDEX_PARTS = re.compile(r"^(?P<base>.+)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[^./]+))?\.json$")
+
+
+def single_file_of(index_name: str) -> str | None:
+    """The one-file weights a loader reads *instead of* the shard index ``index_name`` when both are in a
+    folder: transformers' ``from_pretrained`` looks for ``model[.variant].safetensors`` before
+    ``model.safetensors.index[.variant].json`` (and ``pytorch_model.bin`` before its index), so a stale
+    ``model.safetensors`` beside shards is what loads. None for a name that is not an index."""
+    match = _INDEX_PARTS.match(index_name)
+    if match is None:
+        return None
+    variant = f".{match['variant']}" if match["variant"] else ""
+    return f"{match['base']}{variant}.{match['ext']}"
+
+
 def hidden_by(name: str, folder: Path) -> str | None:
     """The safetensors file (or index) in ``folder`` that a loader reads instead of the torch weights
     ``name``, or None when the loader would read ``name`` itself."""

@@ -299,16 +299,23 @@ class RunReport:
 
     @property
     def verdict(self) -> str:
-        decider = self.decider()
-        return "EMPTY" if decider is None else row_verdict(decider)
+        return self.verdict_under()
+
+    def verdict_under(self, fail_on: frozenset[str] | None = None) -> str:
+        """The deciding row's verdict words under ``fail_on`` (the default gate when None)."""
+        decider = self.decider(fail_on)
+        return "EMPTY" if decider is None else row_verdict(decider, fail_on)
 
 
-def row_verdict(c: RunCheckpoint) -> str:
-    """One row's verdict word: its report's, ``INCOMPLETE`` for a half-written save, ``(DIVERGED)`` added."""
+def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None) -> str:
+    """One row's verdict words (under ``fail_on``, its report's own when None): ``INCOMPLETE`` for a
+    half-written save, ``(DIVERGED)`` added."""
+    from nandoctor import verdict as verdicts
+
     if c.status == INCOMPLETE or c.report is None:
         return "INCOMPLETE"
-    words = c.report.verdict
-    return words + (" (DIVERGED)" if c.status == DIVERGED and words != "DIVERGED" else "")
+    words = c.report.verdict if fail_on is None else verdicts.judge(c.report, fail_on).words
+    return words + (" (DIVERGED)" if c.status == DIVERGED and not words.startswith(verdicts.DIVERGED_WORDS) else "")
 
 
 def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:

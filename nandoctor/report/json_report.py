@@ -13,7 +13,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
-from nandoctor.errors import EXIT_UNREADABLE
+from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult
 from nandoctor.report.jsontext import INDENT, dict_template, encode_at
@@ -287,18 +287,22 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
     return out
 
 
-def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str]) -> dict[str, Any]:
+def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str],
+                  word: str | None = None) -> dict[str, Any]:
     """The report of a scan that could not start (no such path, a refused folder): no tensors, one error,
-    the verdict UNREADABLE (exit 3; ERROR for another code) and the gate, so that ``--json > r.json``
-    never leaves an empty file."""
+    the verdict ``word`` (the error's ``verdict_word``: UNREADABLE for the checkpoint itself, ERROR for
+    anything else, such as no CUDA device; by default UNREADABLE for exit 3, else ERROR) and the gate, so
+    that ``--json > r.json`` never leaves an empty file."""
+    word = word or ("UNREADABLE" if code == EXIT_UNREADABLE else "ERROR")
     return {
         "schema_version": SCHEMA_VERSION,
         "target": target,
         "files": [],
         "tensors": [],
-        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint, "kind": "unreadable"}],
+        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint,
+                    "kind": "unreadable" if word == "UNREADABLE" else "error"}],
         "summary": {
-            "verdict": "UNREADABLE" if code == EXIT_UNREADABLE else "ERROR",
+            "verdict": word,
             "health": "unreadable",
             "ok": False,
             "complete": False,
@@ -308,6 +312,14 @@ def error_to_json(target: str, message: str, hint: str, code: int, fail_on: froz
         },
         "gate": {"fail_on": sorted(fail_on), "exit_code": code, "passed": False},
     }
+
+
+def with_report_error(data: dict[str, Any], error: NandoctorError | None) -> dict[str, Any]:
+    """``data`` with ``report_errors`` when a report file (``--html``) could not be written: the command then
+    exits 3, while ``summary`` is still the scan's own verdict (docs/json.md)."""
+    if error is not None:
+        data["report_errors"] = [{"message": error.message, "hint": error.hint}]
+    return data
 
 
 def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
@@ -368,7 +380,7 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
         },
         "summary": {
             "decided_by": decider.name if decider else None,
-            "verdict": run.verdict,
+            "verdict": run.verdict_under(fail_on),
             "ok": code == 0,
             "exit_code": code,
             "fail_on": sorted(fail_on),

@@ -14,6 +14,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import RunReport
+from nandoctor.errors import NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
 from nandoctor.report.rich_report import problems_heading, safe
@@ -96,9 +97,19 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     out += _tensors(report, "Worst tensors")
     if report.errors:
         out += ["", f"### {problems_heading(report)} (exit 3)", ""]
-        out += [f"- {md(p.path)}: {md(p.message)}" for p in report.errors[:MAX_MARKDOWN_ROWS]]
-    out += _next(next_steps(report))
+        for p in report.errors[:MAX_MARKDOWN_ROWS]:
+            out.append(f"- {md(p.path)}: {md(p.message)}")
+            if p.hint:
+                out.append(f"  - hint: {md(p.hint)}")
+    out += _next(next_steps(report, decided))
     return "\n".join(out) + "\n"
+
+
+def not_written_section(error: NandoctorError | None) -> str:
+    """Appended to the summary when a report file (``--html``) could not be written: the command exits 3."""
+    if error is None:
+        return ""
+    return f"\n### Report not written (exit 3)\n\n- {md(error.message)}\n  - hint: {md(error.hint)}\n"
 
 
 def render_error(data: dict[str, Any]) -> str:
@@ -122,7 +133,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     last, first = run.last_healthy, run.first_bad
     decider = run.decider(fail_on)
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
-    out = [f"## nandoctor: {_status(code)} {md(run.verdict)} (training run)", "", md(one_line(run, fail_on)), "",
+    out = [f"## nandoctor: {_status(code)} {md(run.verdict_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
            f"- **Exit code:** {code} ({md(decides)})"]
     if run.log is not None and run.log.suspicious_step is not None:

@@ -212,7 +212,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
-                                ": ", (row_verdict(decider), style), f" ({decides_words(run, decider)})"))
+                                ": ", (row_verdict(decider, fail_on), style), f" ({decides_words(run, decider)})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
@@ -280,8 +280,9 @@ def _render_log(run: RunReport, console: Console) -> None:
     log = run.log
     if log is None:
         return
-    if log.suspicious_step is None:
-        console.print(Text(f"trainer log ({safe(log.source)}): loss and grad_norm finite up to step {log.last_step}", style="dim"))
+    if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
+        said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
+        console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
         return
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:

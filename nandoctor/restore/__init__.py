@@ -66,6 +66,7 @@ def repair(
     others are carried over byte-identical)."""
     from functools import partial
 
+    from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
     from nandoctor.checkpoint.layout import fingerprint
@@ -121,7 +122,10 @@ def repair(
     report = judge_in_run(report, target_path, partial(scan, device="cpu", limits=limits, selection=selection))
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
-    catalogs = resolve_donors(target_path, donor_list, limits, selection)
+    context = verdict.run_context(report)
+    # --from auto is suggested only where it finds a donor, and not again when it was given
+    auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
+    catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
@@ -135,7 +139,7 @@ def repair(
         return RepairResult(
             plan=plan, out=None, verification=None, dry_run=True, notes=notes, seconds=time.perf_counter() - started
         )
-    _refuse_if_incomplete(plan)
+    _refuse_if_incomplete(plan, auto_available)
     used = {r.donor_ref.file for r in plan.writes}
     for catalog in catalogs:
         inputs.update({f: print_ for f, print_ in catalog.fingerprints.items() if f in used})
@@ -206,7 +210,7 @@ def _notes(source: Source) -> tuple[str, ...]:
     )
 
 
-def _refuse_if_incomplete(plan: RepairPlan) -> None:
+def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> None:
     if plan.unviewed:
         u = plan.unviewed[0]
         raise UnrestorableError(
@@ -220,6 +224,7 @@ def _refuse_if_incomplete(plan: RepairPlan) -> None:
         shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise UnrestorableError(
             f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
-            "add an earlier clean checkpoint with --from (or --from auto); --dry-run shows why each donor failed",
+            "add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else "")
+            + "; --dry-run shows why each donor failed",
             plan=plan,
         )

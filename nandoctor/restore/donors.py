@@ -245,11 +245,13 @@ def resolve_donors(
     donors: list[str | os.PathLike[str]],
     limits: HealthLimits | None = None,
     selection: Selection | None = None,
+    auto_available: bool = False,
 ) -> list[CheckpointDonor]:
     """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection``.
 
     ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
-    A donor may be a path or a model name in the Hugging Face / ModelScope cache.
+    A donor may be a path or a model name in the Hugging Face / ModelScope cache. ``auto_available``:
+    whether ``--from auto`` would find a donor (the target's run context): only then is it suggested.
     """
     from nandoctor.checkpoint import hubcache
 
@@ -271,6 +273,6 @@ def resolve_donors(
     if not out and auto_error is not None:
         raise auto_error
     if not out:
-        also = " (or --from auto)" if place_in_run(target) is not None else ""
+        also = " (or --from auto)" if auto_available else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out
