@@ -58,14 +58,10 @@ def health_limits(max_abs: float | None, outlier_factor: float | None) -> Health
     ValueError for a value that is not positive and finite."""
     if max_abs is None and outlier_factor is None:
         return None
-    from nandoctor.kernels.census import (
-        DEFAULT_MAX_ABS,
-        DEFAULT_OUTLIER_FACTOR,
-        HealthLimits,
-    )
+    from nandoctor.kernels.census import DEFAULT_OUTLIER_FACTOR, HealthLimits
 
     return HealthLimits(
-        DEFAULT_MAX_ABS if max_abs is None else max_abs,
+        max_abs,  # None: each dtype's own default ceiling (1e5; 2^14 for fp16)
         DEFAULT_OUTLIER_FACTOR if outlier_factor is None else outlier_factor,
     )
 
@@ -95,7 +91,8 @@ def scan(
             ``fp8_e4m3`` or ``fp8_e5m2``.
         progress: called with (bytes done, bytes total, current file).
         both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
-        max_abs: the exploded ceiling (default 1e5): a weight above it is ``exploded``.
+        max_abs: the exploded ceiling for every dtype (default 1e5, and 2**14 for fp16 weights, which cannot
+            hold 1e5): a weight above it is ``exploded``.
         outlier_factor: how far above its tensor's bulk scale a value is an ``outlier`` (default 2**10).
         only, exclude: globs on the full tensor name (``"callbacks.*"``); only the tensors some ``only``
             pattern names (all when none) and no ``exclude`` pattern names are scanned. The others are

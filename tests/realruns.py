@@ -144,6 +144,7 @@ def diverging_trainer_run(
     warmup_steps: int = 12,
     seed: int = 0,
     save_final: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Fine-tune a tiny Qwen2's head with ``transformers.Trainer`` until it diverges.
 
@@ -166,7 +167,7 @@ def diverging_trainer_run(
     ``first_nonfinite`` (steps, or None), ``losses`` (logged loss per step) and
     ``trainable``/``settings`` for the record. ``save_final``: end with ``trainer.save_model()``, the
     final model at the top of ``out_dir`` beside the ``checkpoint-N`` folders (a low ``learning_rate``
-    keeps the whole run healthy).
+    keeps the whole run healthy). ``dtype``: train (and save) the model in that dtype (``torch.bfloat16``).
     """
     from transformers import (
         PrinterCallback,
@@ -179,6 +180,8 @@ def diverging_trainer_run(
     out_dir = Path(out_dir)
     set_seed(seed)
     model = Qwen2ForCausalLM(tiny_qwen2_config())
+    if dtype is not None:
+        model = model.to(dtype)
     trainable = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith(HEAD_PARAMETERS)

@@ -90,7 +90,8 @@ def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):
     assert "model.layers.1.mlp.down_proj.weight" in result.output  # the bf16 70000
     assert "NON-FINITE" not in result.output  # no NaN/Inf in the file itself
     quiet = run("scan", str(path), "--target-dtype", "fp16", "-q")
-    assert quiet.output.startswith("FAIL ") and f"OVERFLOW RISK (fp16) {path}:" in quiet.output
+    # the planted 3.4e38 is also exploded, an outlier: a few bad tensors, so the line says (POISONED)
+    assert quiet.output.startswith("FAIL ") and f"OVERFLOW RISK (fp16) (POISONED) {path}:" in quiet.output
     assert f"{expected} values in 2 tensors overflow fp16" in quiet.output
     assert "max |x| 3.4e+38" in quiet.output
 

@@ -177,20 +177,28 @@ class RunCheckpoint:
     report: ScanReport | None  # None when nothing could be scanned (no weights at all)
     incomplete: tuple[str, ...] = ()  # why the save looks half-written
     log: TrainLog | None = None
-    growth: float | None = None  # largest weight magnitude over that of the previous checkpoint
+    growth: float | None = None  # how far the bulk of the weights grew since the previous checkpoint (verdict.growth)
     why: str = ""  # what made it diverged, when it is
     final: bool = False  # the run's final model (the weights at the run folder's top), the newest row
     step_known: bool = True  # False for a final model whose step no trainer_state.json gives
     last: bool = False  # a Lightning run's last.ckpt: what trainer.fit(ckpt_path="last") resumes from
     same_as: str | None = None  # the earlier row whose file this one is (a link to it, or its bytes): not scanned again
     same_how: str | None = None  # "link" (a symlink or hard link) or "copy" (the same bytes)
+    baseline_growth: float | None = None  # the same since the run's first healthy checkpoint: what the rule reads
 
     @property
     def max_abs(self) -> float | None:
-        """The largest weight magnitude of this checkpoint."""
+        """The largest weight magnitude of this checkpoint (one flipped bit can set it)."""
         from nandoctor import verdict
 
         return None if self.report is None else verdict.max_abs(self.report, "weight")
+
+    @property
+    def scale(self) -> float | None:
+        """The largest bulk scale of its weight tensors (verdict.weight_scale): a bit flip does not move it."""
+        from nandoctor import verdict
+
+        return None if self.report is None else verdict.weight_scale(self.report)
 
     @property
     def health(self) -> str:
@@ -309,7 +317,7 @@ def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None) -> str:
     if c.status == INCOMPLETE or c.report is None:
         return "INCOMPLETE"
     words = c.report.verdict if fail_on is None else verdicts.judge(c.report, fail_on).words
-    return words + (" (DIVERGED)" if c.status == DIVERGED else "")
+    return words + (" (DIVERGED)" if c.status == DIVERGED and not words.startswith(verdicts.DIVERGED_WORDS) else "")
 
 
 def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:
@@ -482,8 +490,8 @@ def scan_run(
 
     done_before = 0
     checkpoints: list[RunCheckpoint] = []
-    healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
-    previous_max: float | None = None
+    healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
+    previous: dict[str, float] = {}
     for row in rows:
         step, folder = row.step, row.path
         is_final, is_last = row.kind == "final", row.kind == "last"
@@ -521,16 +529,26 @@ def scan_run(
         state = folder / TRAINER_STATE
         log = (read_train_log(state) if os.path.isfile(state)
                else metrics.train_log(step) if metrics is not None else None)
-        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
+        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy, log_broke_by(log, step))
+        if report is not None and status == DIVERGED and report.health != DIVERGED:
+            # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
+            # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
+            grown = verdicts.growth(report, healthy or {})
+            assert grown is not None
+            fail_on = report.judgement.fail_on if report.judgement is not None else verdicts.DEFAULT_FAIL_ON
+            context = {verdicts.RUN_CONTEXT: {"growth": grown.to_json()}}
+            report = verdicts.judged(dataclasses.replace(report, extra={**report.extra, **context}), fail_on)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)
-        top = checkpoint.max_abs
-        if top is not None and previous_max:  # shown: the growth since the previous checkpoint
-            checkpoint = dataclasses.replace(checkpoint, growth=top / previous_max)
-        if top is not None:
-            previous_max = top
-        if status in HEALTHY_STATUSES and top is not None and healthy_max is None:
-            healthy_max = top  # the rule's baseline: the run's first healthy checkpoint
+        scales = {} if report is None else verdicts.tensor_scales(report)
+        if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
+            since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, healthy or {})
+            checkpoint = dataclasses.replace(
+                checkpoint, growth=since_previous.factor if since_previous else None,
+                baseline_growth=since_healthy.factor if since_healthy else None)
+            previous = scales
+        if status in HEALTHY_STATUSES and scales and healthy is None:
+            healthy = scales  # the rule's baseline: the run's first healthy checkpoint
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]

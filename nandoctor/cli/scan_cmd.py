@@ -65,7 +65,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     "Unreadable parts always exit 3.",
 )
 @click.option("--max-abs", type=float, default=None,
-              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
+              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5, 2^14 for fp16; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
 @click.option("--only", "only", multiple=True, metavar="GLOB",

@@ -72,7 +72,7 @@ class Options:
     def limits(self) -> HealthLimits:
         defaults = HealthLimits()
         return HealthLimits(
-            defaults.max_abs if self.max_abs is None else self.max_abs,
+            self.max_abs,  # None: each dtype's own default ceiling
             defaults.outlier_factor if self.outlier_factor is None else self.outlier_factor,
         )
 

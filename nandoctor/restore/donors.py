@@ -133,7 +133,7 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     if not spec.can_hold_nonfinite:
         return None
     kernel = select_kernel("cpu")
-    info = lane_info(spec, limits.max_abs)
+    info = lane_info(spec, limits.ceiling(spec.name))
     census = Census()
     bad = 0
     for block in _lanes(ref, kernel.chunk_bytes):
@@ -144,7 +144,7 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     if ref.role != "weight":
         return None
     if census.exploded:
-        return f"holds {census.exploded:,} exploded values (|x| > {limits.max_abs:g})"
+        return f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g})"
     threshold = census.outlier_threshold(info, limits)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
         return None
