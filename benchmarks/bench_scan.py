@@ -55,6 +55,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench-data" / "scan"  # only this benchmark's own folder is ever deleted
+DEMO = ROOT / "fixtures" / "demo-run" / "checkpoint-300"  # the README's quick start (start-up row)
 MiB = 1 << 20
 
 # -------------------------------------------------------------------------------------------
@@ -461,11 +462,12 @@ def startup(runs: int) -> dict[str, float]:
         times = []
         for _ in range(runs):
             started = time.perf_counter()
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)  # the demo scan exits 1: it finds NaN
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
     return {"python -c pass": best([sys.executable, "-c", "pass"]), "nandoctor --help": best(["nandoctor", "--help"]),
+            "nandoctor scan DEMO -q": best(["nandoctor", "scan", str(DEMO), "--quiet"]),
             "python -c 'import torch'": best([sys.executable, "-c", "import torch"])}
 
 
@@ -605,7 +607,8 @@ def report(rows: list[dict], starts: dict[str, float], gb: float, args) -> None:
                   f"(faster: {max(modes, key=lambda m: modes[m]).removeprefix('nandoctor-')})")
     print(f"start-up: {', '.join(f'{k} {v * 1000:.0f} ms' for k, v in starts.items())}; "
           f"nandoctor --help costs {1000 * (starts['nandoctor --help'] - starts['python -c pass']):.0f} ms over Python "
-          f"(target <= 300 ms)")
+          f"(target <= 60 ms); the README's demo scan with --quiet takes {1000 * starts['nandoctor scan DEMO -q']:.0f} ms "
+          f"(target <= 150 ms)")
     if args.json_out:
         args.json_out.write_text(json.dumps({"gb": gb, "rows": rows, "startup": starts, "floor_gbps": floor}, indent=1))
 

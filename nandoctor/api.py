@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict as verdicts
 from nandoctor.api_compare import _verify
 from nandoctor.checkpoint import hubcache, runs
+from nandoctor.checkpoint.finalmodel import final_model
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
@@ -57,14 +58,10 @@ def health_limits(max_abs: float | None, outlier_factor: float | None) -> Health
     ValueError for a value that is not positive and finite."""
     if max_abs is None and outlier_factor is None:
         return None
-    from nandoctor.kernels.census import (
-        DEFAULT_MAX_ABS,
-        DEFAULT_OUTLIER_FACTOR,
-        HealthLimits,
-    )
+    from nandoctor.kernels.census import DEFAULT_OUTLIER_FACTOR, HealthLimits
 
     return HealthLimits(
-        DEFAULT_MAX_ABS if max_abs is None else max_abs,
+        max_abs,  # None: each dtype's own default ceiling (1e5; 2^14 for fp16)
         DEFAULT_OUTLIER_FACTOR if outlier_factor is None else outlier_factor,
     )
 
@@ -94,7 +91,8 @@ def scan(
             ``fp8_e4m3`` or ``fp8_e5m2``.
         progress: called with (bytes done, bytes total, current file).
         both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
-        max_abs: the exploded ceiling (default 1e5): a weight above it is ``exploded``.
+        max_abs: the exploded ceiling for every dtype (default 1e5, and 2**14 for fp16 weights, which cannot
+            hold 1e5): a weight above it is ``exploded``.
         outlier_factor: how far above its tensor's bulk scale a value is an ``outlier`` (default 2**10).
         only, exclude: globs on the full tensor name (``"callbacks.*"``); only the tensors some ``only``
             pattern names (all when none) and no ``exclude`` pattern names are scanned. The others are
@@ -111,8 +109,9 @@ def scan(
     Raises:
         CheckpointNotFoundError: the path does not exist and is no cached repo id.
         UnsupportedFormatError: a run folder (use :func:`scan_run`) or an unknown format. A run folder
-            with the final model at its top (``trainer.save_model()`` beside ``checkpoint-N``) is a
-            checkpoint too: its top-level model is scanned, judged against the run's checkpoints.
+            with the final model at its top (``trainer.save_model()`` beside ``checkpoint-N``; a Lightning
+            ``final.ckpt`` or ``model.safetensors`` beside the step files) is a checkpoint too: its final
+            model is scanned, judged against the run's checkpoints.
         ValueError: an unknown ``target_dtype`` or an invalid limit.
 
     Example:
@@ -128,11 +127,15 @@ def scan(
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
     resolved, hit = hubcache.resolve(path)
-    if runs.is_run_folder(resolved) and not runs.has_final_model(resolved):
-        raise UnsupportedFormatError(
-            f"{resolved}: a training run folder (checkpoint-N folders inside), not one checkpoint",
-            "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
-        )
+    if runs.is_run_folder(resolved):
+        final = final_model(resolved)  # the run folder (a Trainer run), or a Lightning run's final file
+        if final is None:
+            raise UnsupportedFormatError(
+                f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
+                "not one checkpoint",
+                "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
+            )
+        resolved = final
     report = engine_scan(
         resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
         selection=chosen,
@@ -147,6 +150,7 @@ def scan(
         report = verdicts.judged(dataclasses.replace(
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
             extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],
+                                              "unverified": list(check.unverified),
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)
@@ -380,8 +384,8 @@ def assert_finite(
     """Scan ``path`` and raise unless it passes the gate; returns the report otherwise.
 
     Args:
-        path: as for :func:`scan`; for a run folder the newest checkpoint is checked, as
-            ``nandoctor scan`` does.
+        path: as for :func:`scan`; for a run folder the row that decides its exit code is checked, as
+            ``nandoctor scan`` does (the final model, a Lightning run's ``last.ckpt``, else the newest checkpoint).
         device, target_dtype: as for :func:`scan`.
         fail_on: the findings that fail: any of ``nonfinite``, ``exploded``, ``outlier``, ``zeroed``,
             ``overflow`` (default: all but ``zeroed``). ``"overflow"`` alone needs ``target_dtype``.
@@ -403,13 +407,13 @@ def assert_finite(
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         run = scan_run(resolved, device=device, target_dtype=target_dtype)
-        newest = run.newest
-        if newest is None or newest.report is None or newest.status == runs.INCOMPLETE:
+        decider = run.decider(verdicts.parse_fail_on(fail_on))  # the final model, last.ckpt or the newest
+        if decider is None or decider.report is None or decider.status == runs.INCOMPLETE:
             raise UnreadableCheckpointError(
                 str(resolved),
-                "the newest checkpoint of this run could not be scanned"
-                + (f" ({'; '.join(newest.incomplete)})" if newest else " (none found)"),
+                f"{decider.name if decider else 'the newest checkpoint'} of this run could not be scanned"
+                + (f" ({'; '.join(decider.incomplete)})" if decider else " (none found)"),
                 "wait for the save to finish, or delete the half-written checkpoint",
             )
-        return check(newest.report, fail_on)
+        return check(decider.report, fail_on)
     return check(scan(path, device=device, target_dtype=target_dtype), fail_on)

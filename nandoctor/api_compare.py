@@ -33,8 +33,9 @@ def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCh
         manifest: a manifest written by :func:`manifest` (``nandoctor manifest PATH > manifest.json``).
 
     Returns:
-        A ``HashCheck``: ``verified`` (file, source) pairs, ``problems`` (each mismatch, naming the file
-        and, with a manifest, the tensors whose bytes changed), ``notes`` (files with no known hash).
+        A ``HashCheck``: ``verified`` (file, source) pairs, ``unverified`` (files with no known hash),
+        ``problems`` (each mismatch, naming the file and, with a manifest, the tensors whose bytes changed;
+        or, when no file has a known hash, one saying nothing was verified), ``notes``.
 
     Example:
         >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")

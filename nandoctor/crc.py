@@ -29,13 +29,52 @@ _CHUNK = 4 << 20  # pieces of the separate pass: pages dropped after each
 _WORKERS = 2
 
 
+_GIL_FREE_FROM = 64 << 10  # below this, a ctypes call's overhead outweighs what releasing the GIL buys
+
+
 def _best_crc32() -> CrcFunction:
-    # python-isal's CRC-32 runs ~7-25 GB/s here against zlib's ~2.5-3.7 GB/s; same polynomial, same answers.
+    """ISA-L's CRC-32, called so that it releases the GIL, where the platform allows; else python-isal's; else zlib.
+
+    python-isal's ``crc32`` runs at 30-50 GB/s here (zlib's at ~5) but holds the GIL for the whole
+    buffer, so the scan's two workers took turns: a 4 MiB chunk's CRC is as long as its NaN/Inf test,
+    and two threads doing both ran at the speed of one for the CRC (measured: 2 threads 47 GB/s against
+    51 for one). The same ISA-L function (``crc32_gzip_refl``, exported by python-isal's extension
+    module) called through ctypes releases the GIL: 2 threads 73 GB/s against 44 for one. Same
+    polynomial, same answers (tested against zlib)."""
     try:
         from isal.isal_zlib import crc32 as isal_crc32
     except ImportError:
         return zlib.crc32
-    return isal_crc32
+    gil_free = _isal_without_gil()
+    if gil_free is None:
+        return isal_crc32
+
+    def crc32(data: Any, value: int = 0) -> int:
+        # the scan's chunks are numpy arrays (an address to hand over); bytes and memoryviews go to python-isal
+        face = getattr(data, "__array_interface__", None)
+        if face is None or face["strides"] is not None or data.nbytes < _GIL_FREE_FROM:  # strides: not contiguous
+            return isal_crc32(data, value)
+        # ISA-L's gzip CRC takes and returns the finished (inverted) value, as zlib.crc32 does
+        return gil_free(value & 0xFFFFFFFF, face["data"][0], data.nbytes)
+
+    return crc32
+
+
+def _isal_without_gil() -> Callable[[int, int, int], int] | None:
+    try:
+        import ctypes
+
+        from isal import isal_zlib
+
+        function = ctypes.CDLL(isal_zlib.__file__).crc32_gzip_refl  # CDLL: the call releases the GIL
+    except (ImportError, OSError, AttributeError):  # no isal, a build without the symbol, no ctypes
+        return None
+    function.restype = ctypes.c_uint32
+    function.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64]
+    probe = ctypes.create_string_buffer(bytes(range(256)) * 512, 128 << 10)  # the GIL-free path's sizes
+    if function(0, ctypes.addressof(probe), len(probe)) != zlib.crc32(probe):
+        return None  # a symbol of that name that is not the zip CRC-32: never trust it
+    return function
 
 
 crc32: CrcFunction = _best_crc32()

@@ -18,6 +18,9 @@ class NandoctorError(Exception):
 
     exit_code = EXIT_UNREADABLE
     default_hint = ""
+    # What a report that could not be made says for it (``FAIL UNREADABLE path: …``, the JSON verdict):
+    # UNREADABLE only for the checkpoint itself (no such path, a refused or corrupt file); ERROR otherwise
+    verdict_word = "ERROR"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -29,10 +32,12 @@ class NandoctorError(Exception):
 
 
 class CheckpointNotFoundError(NandoctorError):
+    verdict_word = "UNREADABLE"
     default_hint = "check the path; nandoctor takes a file, a checkpoint folder or a run folder"
 
 
 class UnsupportedFormatError(NandoctorError):
+    verdict_word = "UNREADABLE"
     default_hint = (
         "nandoctor reads .safetensors, PyTorch .bin/.pt/.pth/.ckpt, GGUF .gguf files and folders of them"
     )
@@ -41,12 +46,20 @@ class UnsupportedFormatError(NandoctorError):
 class CorruptCheckpointError(NandoctorError):
     """The bytes do not form a valid checkpoint (truncated, inconsistent, tampered)."""
 
+    verdict_word = "UNREADABLE"
     default_hint = "re-download or re-save this file; if it came from training, use an earlier checkpoint"
 
     def __init__(self, path: str, reason: str, hint: str | None = None) -> None:
         super().__init__(f"{path}: {reason}", hint)
         self.path = path
         self.reason = reason
+
+
+class UnreadablePathError(CorruptCheckpointError):
+    """The file system refused to show a path (no permission to read or list it, an I/O error): nothing is
+    wrong with the checkpoint's bytes as far as anyone knows, and nothing is called clean."""
+
+    default_hint = "check the path's permissions and those of the folders above it, or run nandoctor as a user who can read it"
 
 
 class UnsafeCheckpointError(CorruptCheckpointError):
@@ -110,7 +123,15 @@ class DeviceUnavailableError(NandoctorError):
     default_hint = "use --device cpu, or install a CUDA build of torch"
 
 
+class ManifestError(NandoctorError):
+    """A ``--manifest`` file that cannot be read or is not a manifest: an error of the input, not of the
+    checkpoint (``FAIL ERROR``, exit 3)."""
+
+    default_hint = "write one from a good copy with: nandoctor manifest CHECKPOINT > manifest.json"
+
+
 class ReportWriteError(NandoctorError):
-    """A report file (``--html``) could not be written; the scan itself is not affected."""
+    """A report file (``--html``) could not be written; the scan itself is not affected: its report is
+    still printed, then this error, and the command exits 3."""
 
     default_hint = "give a path in a folder that exists and that you can write to"

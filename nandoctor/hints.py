@@ -64,12 +64,23 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
 def repaired_path(target: Path) -> Path:
     """The ``--out`` a suggested repair of ``target`` writes (before ``-2``, ``-3``… for a taken name): a
     folder beside it named after it (after the model for a hub cache snapshot; a Lightning ``.ckpt`` file
-    without its suffix), where the run view looks for a verified repair."""
+    without its suffix), where the run view looks for a verified repair; for one file of a checkpoint
+    folder (``run/checkpoint-40/model.safetensors``), beside that folder (``run/checkpoint-40-model-repaired``:
+    not ``checkpoint-40-repaired``, which the run view would take for a repair of the whole checkpoint)."""
     if hubcache.is_snapshot(str(target)):  # never suggest writing into the cache: a folder here, named after the model
         return Path(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")
     if target.is_file():
+        folder = target.parent
+        if _is_checkpoint_folder(folder):  # never into the checkpoint folder itself: beside it, named after both
+            return folder.with_name(f"{folder.name}-{target.stem}-repaired")
         return target.with_name(target.stem + "-repaired")
     return Path(str(target).rstrip("/") + "-repaired")
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """A folder that is one checkpoint (a ``checkpoint-N`` of a run, or a model folder with its
+    ``config.json``), whose files a repair's ``--out`` must not be put among."""
+    return runs.step_of(folder) is not None or (folder / "config.json").is_file()
 
 
 def _free(path: Path) -> str:

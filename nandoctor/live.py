@@ -91,7 +91,8 @@ def scan_tensors(
             overflow = 0
             if cast_to is not None and floating and t.numel():
                 overflow, _ = overflow_tensor(t, cast_to.name)
-            health = census_tensor(t, limits.max_abs, limits.outlier_factor, quick) if floating else {}
+            ceiling = limits.ceiling(TORCH_DTYPE_NAMES.get(str(t.dtype).removeprefix("torch."), ""))
+            health = census_tensor(t, ceiling, limits.outlier_factor, quick) if floating else {}
             results.append(
                 TensorResult(
                     _ref(name, t),

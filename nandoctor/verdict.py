@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
@@ -29,12 +30,33 @@ DEFAULT_FAIL_ON: frozenset[str] = frozenset({NONFINITE, EXPLODED, OUTLIER, OVERF
 FAILING_BY_DEFAULT = (NONFINITE, EXPLODED, OUTLIER)  # what makes a tensor "unhealthy"
 _HEALTH_ROLES = ("weight",)  # exploded / outlier / zeroed: a step counter of 1e5 is not an exploded weight
 _CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
-_WORDS = {
+FINDING_WORDS = {
     NONFINITE: "NON-FINITE",
     EXPLODED: "EXPLODED",
     OUTLIER: "OUTLIERS",
     ZEROED: "ZEROED",
 }
+OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
+# What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3), in the verdict's words and in the
+# one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
+UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
+PROBLEM_WORDS = {
+    UNREADABLE_KIND: "UNREADABLE",
+    HASH_KIND: "HASH MISMATCH",
+    SELECTION_KIND: "NOTHING SELECTED",
+    UNVERIFIED_KIND: "NOTHING VERIFIED",
+}
+_PROBLEM_FACTS = {
+    UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
+    HASH_KIND: lambda n: f"{plural(n, 'file')} {'fails its' if n == 1 else 'fail their'} sha256 check",
+    SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
+    UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
+                               "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
+                               "or scan the repo id from the Hugging Face cache)",
+}
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, SELECTION_KIND)  # the unverified fact says all there is
+CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
+DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
 # (NaN/Inf or exploded, counted together): a repair would swap most of the model for the donor's, i.e.
 # hand back the donor under the bad checkpoint's name, with an optimizer state that no longer matches it.
@@ -67,8 +89,8 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
     """ValueError when the gate checks overflow alone without a target dtype: it would pass anything."""
     if target_dtype is None and fail_on <= {OVERFLOW}:
         raise ValueError(
-            "--fail-on overflow checks nothing without --target-dtype; add --target-dtype fp16 "
-            "(or bf16, fp8_e4m3, fp8_e5m2), or keep nonfinite in --fail-on"
+            "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16 "
+            "(or bf16, fp8_e4m3, fp8_e5m2), or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)"
         )
 
 
@@ -171,22 +193,41 @@ def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verd
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
+    case = health(report)
+    # Diverged by its growth alone (no finding: its bulk grew far past its run's first healthy checkpoint
+    # under every ceiling): it fails where exploded weights fail, the run-relative form of "exploded"
+    grown = case == "diverged" and not set(found) & set(FAILING_BY_DEFAULT)
+    grown_fails = grown and EXPLODED in fail_on
     if report.errors:
         code = EXIT_UNREADABLE  # fail closed, whatever fail_on says
-    elif failing:
+    elif failing or grown_fails:
         code = EXIT_NONFINITE
     else:
         code = EXIT_OK
-    return Verdict(code, _words(report, found), health(report), failing, reported, fail_on)
+    return Verdict(code, _words(report, failing, reported, grown_fails, grown and not grown_fails), case, failing,
+                   reported, fail_on)
 
 
-def _words(report: ScanReport, found: tuple[str, ...]) -> str:
-    parts = [_WORDS[f] for f in found if f in _WORDS]
-    if OVERFLOW in found:
-        parts.append(f"OVERFLOW RISK ({target_dtype(report)})")
-    if report.errors:
-        parts.append("UNREADABLE")
-    return " + ".join(parts) or "CLEAN"
+def _words(report: ScanReport, failing: tuple[str, ...], reported: tuple[str, ...], grown_fails: bool = False,
+           grown_reported: bool = False) -> str:
+    """What fails (``DIVERGED`` for a checkpoint diverged by its growth alone, the findings in ``fail_on``,
+    then each kind of problem), then what is only reported: ``OVERFLOW RISK (fp16) (also reported:
+    OUTLIERS)``, ``ZEROED (reported only)``, ``DIVERGED``, ``CLEAN``."""
+    def word(finding: str) -> str:
+        return OVERFLOW_WORDS.format(dtype=target_dtype(report)) if finding == OVERFLOW else FINDING_WORDS[finding]
+
+    head = ([DIVERGED_WORDS] if grown_fails else []) + [word(f) for f in failing]
+    head += [PROBLEM_WORDS.get(kind, kind.upper()) for kind in problem_kinds(report)]
+    also = ([DIVERGED_WORDS] if grown_reported else []) + [word(f) for f in reported]
+    if not head:
+        return " + ".join(also) + REPORTED_ONLY if also else CLEAN_WORDS
+    return " + ".join(head) + (ALSO_REPORTED.format(", ".join(also)) if also else "")
+
+
+def problem_kinds(report: ScanReport) -> tuple[str, ...]:
+    """The kinds of ``report``'s problems (``ScanProblem.kind``), each once, in the order of ``PROBLEM_WORDS``."""
+    kinds = {p.kind for p in report.errors}
+    return tuple(k for k in PROBLEM_WORDS if k in kinds) + tuple(sorted(kinds - set(PROBLEM_WORDS)))
 
 
 def health(report: ScanReport) -> str:
@@ -208,22 +249,23 @@ def run_context(report: ScanReport) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfinite_step: int | None = None) -> str:
+def diverged_why(
+    report: ScanReport, baseline: Mapping[str, float] | None = None, log_nonfinite_step: int | None = None
+) -> str:
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
 
     Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded, or at
     least ``DIVERGED_SHARE`` of them exploded (two or more either way);
-    or its largest weight is ``GROWTH_DIVERGED`` times ``healthy_max``, the run's first healthy
-    checkpoint's (finite, but not the same model any more). ``healthy_max`` and ``log_nonfinite_step``
-    (the trainer log's first NaN/Inf loss or grad_norm, at or before this save) default to the run
-    context the report carries. The log is quoted in the reason; it decides nothing on its own: a
-    checkpoint whose log broke while most weights are NaN already meets the share rule.
+    or the bulk of some weight tensor grew ``GROWTH_DIVERGED`` times since the run's first healthy
+    checkpoint (:func:`growth`; finite, but not the same model any more), ``baseline`` being that
+    checkpoint's :func:`tensor_scales`. ``log_nonfinite_step`` is the trainer log's first NaN/Inf loss or
+    grad_norm at or before this save. Without ``baseline`` (a standalone scan, a repair) both come from
+    the run context the report carries (checkpoint/runcontext.py), which measured the growth the same
+    way. The log is quoted in the reason; it decides nothing on its own: a checkpoint whose log broke
+    while most weights are NaN already meets the share rule.
     """
     context = run_context(report) or {}
-    if healthy_max is None:
-        value = context.get("baseline_max")
-        healthy_max = float(value) if isinstance(value, (int, float)) else None
     if log_nonfinite_step is None:
         value = context.get("log_nonfinite_step")
         log_nonfinite_step = value if isinstance(value, int) else None
@@ -240,10 +282,17 @@ def diverged_why(report: ScanReport, healthy_max: float | None = None, log_nonfi
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
-    top = max_abs(report, "weight")
-    if top is not None and healthy_max and top / healthy_max >= GROWTH_DIVERGED:
-        return f"its largest weight is {top / healthy_max:.3g}x that of the run's first healthy checkpoint"
+    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
+    if grown is not None and grown.factor >= GROWTH_DIVERGED:
+        return f"{grown.words()} since the run's first healthy checkpoint"
     return ""
+
+
+def _diverging_growth(report: ScanReport) -> Growth | None:
+    """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
+    row), when it makes the checkpoint diverged."""
+    grown = Growth.from_json((run_context(report) or {}).get("growth"))
+    return grown if grown is not None and grown.factor >= GROWTH_DIVERGED else None
 
 
 def _weights(tensors: TensorResults) -> int:
@@ -251,6 +300,110 @@ def _weights(tensors: TensorResults) -> int:
     refs = tensors.refs
     return sum(1 for role, can, numel in zip(refs.roles, tensors.can_hold_nonfinite, refs.numels())
                if can and numel and role == "weight")
+
+
+# ---------------------------------------------------------------------------------------------
+# Growth: what the bulk of the weights did since an earlier checkpoint
+
+# The bulk of a weight tensor this many times what it was in the run's first healthy checkpoint:
+# diverged. Every weight x1000 (finite, under the ceiling) must be caught, and a bulk scale is a power
+# of two (x1000 can read as x512), so 2^8 leaves that a factor of two.
+GROWTH_DIVERGED = 2.0**8
+# A tensor's earlier scale counts as at least 2^-4: one that started near zero (a bias, LoRA's lora_B)
+# grows by any factor in healthy training, but its bulk does not climb to 2^-4 x GROWTH_DIVERGED = 16.
+# So nothing whose weights' bulk stays below 16 can be diverged by growth: such a checkpoint, with no
+# finding either, is never judged against its run (no extra scan: checkpoint/runcontext.py).
+GROWTH_FLOOR = 2.0**-4
+
+
+def tensor_scale(t: TensorResult) -> float | None:
+    """What the bulk of one tensor's values reach, which no handful of elements can move: its bulk
+    scale (a power of two at or below its k-th largest magnitude, k = max(9, n/1000): kernels/census.py)
+    where the census measured one, i.e. where some value reaches 2.0; below 2.0 its largest magnitude.
+    None when it has neither (under 16 values, one reaching 2.0; no census)."""
+    return _scale(t.bulk_scale, t.max_abs)
+
+
+def _scale(bulk_scale: float | None, max_abs: float | None) -> float | None:
+    if bulk_scale is not None:
+        return bulk_scale
+    if max_abs is not None and max_abs < 2.0:  # the census's high level: no bulk is measured below it
+        return max_abs
+    return None
+
+
+def tensor_scales(report: ScanReport) -> dict[str, float]:
+    """:func:`tensor_scale` of every weight tensor that has one and holds no NaN/Inf (NaN is judged by
+    the share rule, not by growth), by name: what :func:`growth` compares a later checkpoint with."""
+    names = report.tensors.refs.names
+    return {names[i]: scale for i, scale in _weight_scales(report.tensors)}
+
+
+def _weight_scales(tensors: TensorResults) -> list[tuple[int, float]]:
+    """(row, :func:`tensor_scale`) of the weight tensors that have one and hold no NaN/Inf, from the columns."""
+    roles, findings = tensors.refs.roles, tensors.findings
+    left_out = {i for i in tensors.flagged if NONFINITE in findings[i]}
+    if roles.count("weight") != len(roles):
+        left_out.update(i for i, role in enumerate(roles) if role != "weight")
+    scales = map(_scale, tensors.bulk_scale, tensors.max_abs)
+    return [(i, scale) for i, scale in enumerate(scales) if scale is not None and i not in left_out]
+
+
+def may_have_grown(report: ScanReport) -> bool:
+    """Whether some weight tensor's bulk is large enough (``GROWTH_DIVERGED`` x ``GROWTH_FLOOR``) for
+    :func:`growth` to call the checkpoint diverged, whatever its run's first healthy checkpoint holds."""
+    top = weight_scale(report)
+    return top is not None and top >= GROWTH_DIVERGED * GROWTH_FLOOR
+
+
+def weight_scale(report: ScanReport) -> float | None:
+    """The largest :func:`tensor_scale` of the weights: where the bulk of the model stands (a bit flip
+    leaves it where it was). None without float weights."""
+    return max((scale for _, scale in _weight_scales(report.tensors)), default=None)
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How far the bulk of the weights moved since an earlier checkpoint: the tensor that grew the most,
+    its scale now and what it is compared with (its scale then, at least the floor)."""
+
+    factor: float
+    tensor: str
+    scale: float
+    was: float
+
+    def words(self) -> str:
+        return f"the bulk of {self.tensor} grew {self.factor:.3g}x ({self.was:.3g} to {self.scale:.3g})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"factor": self.factor, "tensor": self.tensor, "scale": self.scale, "was": self.was}
+
+    @classmethod
+    def from_json(cls, value: object) -> Growth | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(float(value["factor"]), str(value["tensor"]), float(value["scale"]), float(value["was"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
+    """How much the bulk of ``report``'s weights grew since an earlier checkpoint whose
+    :func:`tensor_scales` are ``before``: the largest, over the weight tensors present in both, of the
+    tensor's scale now over its scale then, the latter taken as at least ``GROWTH_FLOOR``. Per tensor,
+    because a run can diverge in a few tensors only (a head-only fine-tune: tests/realruns.py); robust,
+    because each tensor's scale is its bulk. None when no tensor can be compared."""
+    best: Growth | None = None
+    for name, scale in tensor_scales(report).items():
+        was = before.get(name)
+        if was is None:
+            continue
+        was = max(was, GROWTH_FLOOR)
+        factor = scale / was
+        if best is None or factor > best.factor:
+            best = Growth(factor, name, scale, was)
+    return best
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
@@ -353,13 +506,19 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
-    """The ``--quiet`` verdict: status word, target, counts and the worst layer range, on one line.
+    """The ``--quiet`` verdict: status word, the verdict words, the health case when the line fails and the
+    checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
+    checkpoint), target, counts and the worst layer range, on one line.
 
     Names come from files: the caller escapes the line before printing.
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    return f"{status} {decided.words} {label or report.target}: " + "; ".join(facts(report))
+    case = decided.health
+    words = decided.words
+    if status == "FAIL" and case in ("poisoned", "diverged") and not words.startswith(DIVERGED_WORDS):  # (said once)
+        words += f" ({case.upper()})"
+    return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
 
 
 def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
@@ -367,10 +526,16 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     it lists the problems above itself, so it asks without ``first_problem``)."""
     pieces: list[str] = []
     tensors = len(report.tensors)
+    grown = _diverging_growth(report)
+    if grown is not None:
+        pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
     if report.nonfinite:
+        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md)
+        tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
         pieces.append(
-            f"{len(report.distinct_bad_tensors)} of {tensors} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf)"
+            f"{len(report.bad_tensors)} of {tensors} tensors hold NaN/Inf "
+            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf"
+            + (f"; {tied} of them {'a tied copy' if tied == 1 else 'tied copies'} of another, counted once)" if tied else ")")
         )
     exploded = with_finding(report, EXPLODED)
     if exploded:
@@ -387,7 +552,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
-    if not (report.nonfinite or exploded or outliers or zeroed):
+    if not (report.nonfinite or exploded or outliers or zeroed or grown):
         pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
     overflow = overflow_count(report)
     if overflow:
@@ -401,37 +566,60 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     elif target_dtype(report):
         top = max_abs(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
+    hashes = _hashes_fact(report)
+    if hashes:
+        pieces.append(hashes)
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
-    if report.errors:
-        first = report.errors[0]
-        reason = f" (first: {first.path}: {first.message})" if first_problem else ""
-        pieces.append(f"{len(report.errors)} part(s) unreadable{reason}")
+    quote = first_problem
+    for kind in problem_kinds(report):  # each kind in its own words, the first problem quoted
+        of_kind = [p for p in report.errors if p.kind == kind]
+        said = _PROBLEM_FACTS.get(kind)
+        phrase = said(len(of_kind)) if said is not None else f"{len(of_kind)} problem(s) ({kind})"
+        if quote and kind in _QUOTE_FIRST:
+            phrase += f" (first: {of_kind[0].path}: {of_kind[0].message})"
+            quote = False
+        pieces.append(phrase)
     return pieces
+
+
+def _hashes_fact(report: ScanReport) -> str | None:
+    """``--verify-hashes``: how many weight files match their recorded sha256 (None when none do: the
+    problem that says why — a mismatch, nothing recorded — is the fact then)."""
+    hashes = report.extra.get("hashes")
+    if not isinstance(hashes, dict) or not hashes.get("verified"):
+        return None
+    matched = len(hashes["verified"])
+    unrecorded = len(hashes.get("unverified") or ())
+    total = matched + unrecorded + sum(1 for p in report.errors if p.kind == HASH_KIND)
+    if total == matched:
+        return ("hashes: the weight file matches its recorded sha256" if matched == 1
+                else f"hashes: all {matched:,} weight files match their recorded sha256")
+    return f"hashes: {matched:,} of {total:,} weight files match their recorded sha256" + (
+        f" ({unrecorded:,} not verified: no sha256 recorded)" if unrecorded else "")
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints of a run
 
-GROWTH_DIVERGED = 2.0**10  # weights this many times larger than in the run's first healthy checkpoint: diverged
-
-
 def checkpoint_status(
-    report: ScanReport | None, incomplete: bool, healthy_max: float | None, log_nonfinite_step: int | None = None
+    report: ScanReport | None, incomplete: bool, baseline: Mapping[str, float] | None,
+    log_nonfinite_step: int | None = None,
 ) -> tuple[str, str]:
     """(status, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
     ``poisoned``, ``overflow`` or ``clean``.
 
-    Diverged (:func:`diverged_why`): a large share of its weights NaN/Inf or exploded, or its largest
-    weight ``GROWTH_DIVERGED`` times past ``healthy_max``, the run's first healthy checkpoint's.
+    Diverged (:func:`diverged_why`): a large share of its weights NaN/Inf or exploded, or the bulk of a
+    weight tensor ``GROWTH_DIVERGED`` times what it was in the run's first healthy checkpoint, whose
+    :func:`tensor_scales` are ``baseline`` (None: there is none yet).
     Resume from the last healthy checkpoint then: a repair would only stitch a broken model together.
     """
     if incomplete or report is None:
         return "incomplete", ""
     if report.errors:
         return "unreadable", ""
-    why = diverged_why(report, healthy_max, log_nonfinite_step)
+    why = diverged_why(report, baseline or {}, log_nonfinite_step)
     if why:
         return "diverged", why
     if report.health in ("poisoned", "diverged"):  # diverged by a context the run scan does not use

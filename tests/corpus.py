@@ -93,7 +93,17 @@ SAFETENSORS_CASES: dict[str, tuple[Callable[[Path], object], str]] = {
     "truncated_data": (lambda p: raw(p, {"w": entry()}, b"\0" * 7), "truncated"),
     "duplicate_names": (lambda p: raw(p, None, b"\0" * 8, header_bytes=DUP), "duplicate"),
     "git_lfs_pointer": (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n"), "Git LFS pointer"),
-    "html_error_page": (lambda p: p.write_text("<!DOCTYPE html><html><body>404</body></html>"), "header length"),
+    "html_error_page": (lambda p: p.write_text("<!DOCTYPE html><html><body>404</body></html>"),
+                        "not a safetensors file: it is an HTML page"),
+    # Not safetensors at all: the 8-byte "header length" would be absurd (a text's first 8 bytes are over 2e18)
+    "plain_text": (lambda p: p.write_text("these are not the weights you are looking for\n"),
+                   "not a safetensors file: it is text (it starts with 'these are not the weight…')"),
+    "json_text": (lambda p: p.write_text('{"architectures": ["LlamaForCausalLM"]}'), "not a safetensors file: it is JSON text"),
+    "plain_pickle": (lambda p: p.write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94."),
+                     "not a safetensors file: it is a pickle that is not a PyTorch checkpoint"),
+    "gzip": (lambda p: p.write_bytes(b"\x1f\x8b\x08\x00" + bytes(40)), "not a safetensors file: it is gzip-compressed data"),
+    "random_bytes": (lambda p: p.write_bytes(bytes(range(255, 155, -1))),
+                     "not a safetensors file (it starts with bytes ff fe fd fc fb fa f9 f8)"),
     # From an adversarial review: a nesting bomb (was a RecursionError), a lone surrogate escape in a name
     # (the reference parser refuses it; the text report crashed on printing it).
     "nesting_bomb": (lambda p: raw(p, None, header_bytes=b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tests.rank_exit import leave_together
+
 
 def build_and_save(out: str, fmt: str, rank: int, world: int, plant: bool = True) -> None:
     import torch
@@ -53,8 +55,10 @@ def main() -> None:
     dist.init_process_group("gloo")
     try:
         build_and_save(out, fmt, dist.get_rank(), dist.get_world_size(), plant)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_together()
 
 
 if __name__ == "__main__":

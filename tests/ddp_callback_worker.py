@@ -9,6 +9,8 @@ SOURCE "empty" makes an empty folder (the scan fails), "none" writes nothing.
 SOURCE "dcp-clean" / "dcp-nan1" is a per-rank save instead: every rank writes its Shard(0) half of an 8×6
 weight with a real ``dcp.save`` into checkpoint-6 (as a Trainer saving FSDP sharded state does), NaN in
 rank 1's half with "dcp-nan1"; RESULT_JSON then also says which files this rank's report read.
+"dcp-big1@fp16" saves a 4-element bias too, 7e4 in rank 1's half (above fp16's range; healthy otherwise), and
+checks with ``target_dtype`` fp16 (the part after "@"); "dcp-big1" the same save without a target dtype.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import torch.distributed as dist
 from transformers import TrainerControl, TrainerState
 
 from nandoctor.integrations.transformers import NanDoctorCallback
+from tests.rank_exit import leave_together
 
 rank, rendezvous, out, source, result = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
 dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
 
 args = SimpleNamespace(output_dir=str(out), save_total_limit=None, metric_for_best_model=None, load_best_model_at_end=False)
 state = TrainerState(global_step=6, is_world_process_zero=rank == 0)
-doctor = NanDoctorCallback(stop_on_nonfinite=True)
+source, _, target_dtype = source.partition("@")
+doctor = NanDoctorCallback(stop_on_nonfinite=True, target_dtype=target_dtype or None)
 doctor.on_train_begin(args, state, TrainerControl())
 if source.startswith("dcp-"):
     import torch
@@ -41,7 +45,12 @@ if source.startswith("dcp-"):
     weight = distribute_tensor(torch.randn(8, 6), init_device_mesh("cpu", (2,)), [Shard(0)])
     if source == "dcp-nan1" and rank == 1:
         weight.to_local()[1, 2] = float("nan")  # global [5, 2]
-    dcp.save({"model.weight": weight}, checkpoint_id=str(out / "checkpoint-6"))
+    saved = {"model.weight": weight}
+    if source == "dcp-big1":
+        saved["model.bias"] = distribute_tensor(torch.zeros(4), init_device_mesh("cpu", (2,)), [Shard(0)])
+        if rank == 1:
+            saved["model.bias"].to_local()[0] = 7e4  # global [2]
+    dcp.save(saved, checkpoint_id=str(out / "checkpoint-6"))
 elif rank == 0:
     time.sleep(1.5)
     if source == "empty":
@@ -57,8 +66,8 @@ Path(result).write_text(
             "last_clean": doctor.last_clean,
             "first_bad": doctor.first_bad,
             "read": {step: sorted({Path(t.ref.file).name for t in r.tensors}) for step, r in doctor.reports.items()},
+            "overflow": {step: {t.ref.name: t.overflow for t in r.tensors if t.overflow} for step, r in doctor.reports.items()},
         }
     )
 )
-dist.barrier()  # leave together: a rank tearing gloo down while the other still works can abort
-dist.destroy_process_group()
+leave_together()

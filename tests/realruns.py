@@ -144,6 +144,7 @@ def diverging_trainer_run(
     warmup_steps: int = 12,
     seed: int = 0,
     save_final: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Fine-tune a tiny Qwen2's head with ``transformers.Trainer`` until it diverges.
 
@@ -166,7 +167,7 @@ def diverging_trainer_run(
     ``first_nonfinite`` (steps, or None), ``losses`` (logged loss per step) and
     ``trainable``/``settings`` for the record. ``save_final``: end with ``trainer.save_model()``, the
     final model at the top of ``out_dir`` beside the ``checkpoint-N`` folders (a low ``learning_rate``
-    keeps the whole run healthy).
+    keeps the whole run healthy). ``dtype``: train (and save) the model in that dtype (``torch.bfloat16``).
     """
     from transformers import (
         PrinterCallback,
@@ -179,6 +180,8 @@ def diverging_trainer_run(
     out_dir = Path(out_dir)
     set_seed(seed)
     model = Qwen2ForCausalLM(tiny_qwen2_config())
+    if dtype is not None:
+        model = model.to(dtype)
     trainable = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith(HEAD_PARAMETERS)
@@ -356,6 +359,8 @@ def lightning_run(
     callbacks: tuple = (),
     save_top_k: int = -1,
     monitor: str | None = "train_loss",
+    save_last: bool | str = False,
+    save_final: str | None = None,
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -379,6 +384,9 @@ def lightning_run(
     ``optimizer="adam"`` stores Adam moments in ``optimizer_states``; ``callbacks`` are added to the
     Trainer (after the planting one); ``save_top_k``/``monitor`` configure the first ModelCheckpoint
     (``save_top_k=1, monitor=None``: only the newest file is kept, as Lightning's default one does).
+    ``save_last`` is that ModelCheckpoint's (``True``: a ``last.ckpt`` saved with each file; ``"link"``: a
+    symlink to the newest file). ``save_final`` names a file written into ``checkpoints/`` after ``fit``:
+    ``trainer.save_checkpoint(name)`` for a ``.ckpt``, the module's ``state_dict`` for a ``.safetensors``.
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -399,6 +407,7 @@ def lightning_run(
         save_top_k=save_top_k,
         monitor=monitor,
         mode="min",
+        save_last=save_last,
     )
     callbacks = [checkpoint, *extra]
     if keep_last:
@@ -421,7 +430,14 @@ def lightning_run(
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        trainer.fit(_tiny_mlp_module(learning_rate, optimizer)(), train_dataloaders=loader)
+        module = _tiny_mlp_module(learning_rate, optimizer)()
+        trainer.fit(module, train_dataloaders=loader)
+        if save_final is not None and save_final.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out_dir / "checkpoints" / save_final)
+        elif save_final is not None:
+            trainer.save_checkpoint(out_dir / "checkpoints" / save_final)
 
     saved = (out_dir / "checkpoints").glob("*.ckpt")
     found = [(int(m.group(1)), p) for p in saved if (m := _STEP_IN_NAME.search(p.name))]

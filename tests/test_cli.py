@@ -69,6 +69,26 @@ def test_corrupt_file_exit_3_with_reason_in_json(tmp_path):
     assert data["errors"][0]["path"] == str(bad) and "past the end" in data["errors"][0]["message"]
 
 
+def _cuda_present() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(_cuda_present(), reason="needs a machine where --device cuda cannot start")
+def test_an_error_that_is_not_the_checkpoints_is_not_called_unreadable():
+    """No CUDA device stops the scan (exit 3), but the checkpoint is fine: ERROR, never UNREADABLE."""
+    path = DEMO_RUN / "checkpoint-200"
+    quiet = run("scan", str(path), "--device", "cuda", "-q")
+    assert quiet.exit_code == 3 and quiet.stdout.startswith(f"FAIL ERROR {path}: ")
+    data = json.loads(run("scan", str(path), "--device", "cuda", "--json").stdout)
+    assert data["summary"]["verdict"] == "ERROR" and data["errors"][0]["kind"] == "error"
+    missing = run("scan", "/no/such/checkpoint", "-q")
+    assert missing.stdout.startswith("FAIL UNREADABLE /no/such/checkpoint: no such file or folder")
+
+
 def test_unreadable_part_beats_clean_rest(tmp_path):
     import shutil
 
@@ -165,6 +185,31 @@ def test_help_lists_every_command_without_importing_them():
         assert f"  {name} " in out
 
 
+def test_start_up_imports_only_what_the_command_needs():
+    """``python -m nandoctor --help`` imports no API module (``nandoctor/__init__`` resolves names lazily),
+    and a ``--quiet`` or ``--json`` scan piped to a file never imports rich: start-up is issue 18's budget."""
+    help_code = (
+        "import runpy, sys; sys.argv = ['nandoctor', '--help']\n"
+        "try:\n    runpy.run_module('nandoctor', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in sys.modules if m in ('nandoctor.api', 'nandoctor.model', 'numpy', 'rich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", help_code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "LOADED []" in out.stdout, out.stdout[-500:]
+    for flag in ("--quiet", "--json"):
+        scan_code = (
+            "import sys; from nandoctor.cli import main\n"
+            f"sys.argv = ['nandoctor', 'scan', sys.argv[1], '{flag}']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), 'EXIT', code)"
+        )
+        out = subprocess.run([sys.executable, "-c", scan_code, str(DEMO_RUN / "checkpoint-300")],
+                             capture_output=True, text=True, cwd=ROOT, check=True)
+        assert out.stdout.rstrip().endswith("LOADED [] EXIT 1"), out.stdout[-500:]
+    import nandoctor
+
+    assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))
+
+
 def test_each_help_summary_says_what_its_command_does():
     """The static summaries stay true: each names the command's subject the way its docstring does."""
     import nandoctor.cli as cli_module
@@ -174,3 +219,169 @@ def test_each_help_summary_says_what_its_command_does():
         assert command is not None and command.help
         first_word = command.help.split()[0].lower()
         assert summary.split()[0].lower() == first_word, (name, summary, command.help[:60])
+
+
+def _demo_copy(tmp_path, name="ckpt"):
+    import shutil
+
+    return shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / name)
+
+
+def test_an_unreadable_folder_or_file_is_exit_3_with_a_report_never_click_s_exit_2(tmp_path):
+    """Mode 000: click used to refuse the argument (exit 2, "Path 'x' is not readable", no report). Now the scan
+    says which path and what to do, exit 3, with --json's report and --quiet's FAIL UNREADABLE line."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    folder = _demo_copy(tmp_path)
+    single = tmp_path / "model.safetensors"
+    single.write_bytes((folder / "model-00001-of-00002.safetensors").read_bytes())
+    for target in (folder, single):
+        with mode(target, 0):
+            data = run_nandoctor("scan", target, "--json")
+            assert data.returncode == 3, data.stderr
+            report = json.loads(data.stdout)
+            assert report["summary"]["verdict"] == "UNREADABLE" and report["summary"]["exit_code"] == 3
+            assert report["errors"] == [{"path": str(target), "message": "permission denied",
+                                         "hint": permission_hint(target), "kind": "unreadable"}]
+            quiet = run_nandoctor("scan", target, "--quiet")
+            assert quiet.returncode == 3
+            assert quiet.stdout == (f"FAIL UNREADABLE {target}: 0 tensors read; 1 part(s) unreadable "
+                                    f"(first: {target}: permission denied)\n")
+            console = run_nandoctor("scan", target)
+            assert console.returncode == 3 and "not readable" not in console.stderr
+            assert f"{target}: permission denied" in console.stdout
+            assert "run nandoctor as a user who can read it" in console.stdout
+
+
+def test_a_path_below_a_folder_no_one_may_search_says_so_in_every_output(tmp_path):
+    """The path itself cannot even be looked at: the scan cannot start; exit 3 with the one error (not "no such
+    file"), the JSON report of a scan that could not start, and the quiet line."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    locked = tmp_path / "locked"
+    inner = _demo_copy(locked, "inner") if locked.mkdir() is None else None
+    assert inner is not None
+    with mode(locked, 0):
+        plain = run_nandoctor("scan", inner)
+        assert plain.returncode == 3
+        assert plain.stderr == f"error: {inner}: permission denied\nhint: {permission_hint(inner)}\n"
+        quiet = run_nandoctor("scan", inner, "--quiet")
+        assert (quiet.returncode, quiet.stdout) == (3, f"FAIL UNREADABLE {inner}: permission denied\n")
+        data = run_nandoctor("scan", inner, "--json")
+        report = json.loads(data.stdout)
+        assert data.returncode == 3 and report["summary"]["verdict"] == "UNREADABLE"
+        assert report["errors"][0]["message"] == "permission denied"
+        shard = inner / "model-00001-of-00002.safetensors"
+        one = run_nandoctor("scan", shard, "--quiet")
+        assert (one.returncode, one.stdout) == (3, f"FAIL UNREADABLE {shard}: permission denied\n")
+
+
+def test_every_command_taking_a_checkpoint_says_which_path_it_may_not_read(tmp_path):
+    """repair (target, donor, --out's folder), diff, manifest, merge, scan --manifest: exit 3, the path and the
+    permission problem named with what to do; never a usage error or an internal error."""
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    good = _demo_copy(tmp_path, "good")
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(DEMO_RUN / "checkpoint-300", bad)
+    closed = _demo_copy(tmp_path, "closed")
+    part = tmp_path / "part-0.json"
+    part.write_text("{}")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    cases = [
+        (["repair", closed, "--from", good, "--out", tmp_path / "o1"], closed),
+        (["repair", bad, "--from", closed, "--out", tmp_path / "o2"], closed),
+        (["diff", closed, good], closed),
+        (["diff", good, closed], closed),
+        (["manifest", closed], closed),
+        (["merge", part], part),
+        (["scan", good, "--verify-hashes", "--manifest", manifest], manifest),
+    ]
+    with mode(closed, 0), mode(part, 0), mode(manifest, 0):
+        for args, named in cases:
+            result = run_nandoctor(*args)
+            out = result.stdout + result.stderr
+            assert result.returncode == 3, (args, out)
+            assert f"{named}: " in out and "permission denied" in out, (args, out)
+            assert "run nandoctor as a user who can read it" in out, (args, out)
+            assert "internal error" not in out and "Usage:" not in out and "Traceback" not in out
+    with mode(locked, 0o555):  # --out in a folder that cannot be written
+        result = run_nandoctor("repair", bad, "--from", good, "--out", locked / "fixed")
+        assert result.returncode == 3 and str(locked) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_repair_says_which_subfolder_of_the_source_it_could_not_carry_over(tmp_path):
+    """A non-weight subfolder of the source no one may list (logs/ at mode 000) is named in a note, not skipped
+    in silence (os.walk's default); the weights are repaired and verified as usual."""
+    import shutil
+
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    bad = shutil.copytree(DEMO_RUN / "checkpoint-300", tmp_path / "bad")
+    good = shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / "good")
+    (bad / "logs").mkdir()
+    (bad / "logs" / "events.txt").write_text("x")
+    with mode(bad / "logs", 0):
+        result = run_nandoctor("repair", bad, "--from", good, "--out", tmp_path / "fixed")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  note: logs/: permission denied; not carried over" in result.stdout.splitlines()
+    assert not (tmp_path / "fixed" / "logs").exists()
+
+
+def _doc_table(heading: str) -> list[str]:
+    """The first column of the table under ``heading`` in docs/json.md (the backticked value of each row)."""
+    import re
+
+    text = (ROOT / "docs" / "json.md").read_text(encoding="utf-8")
+    section = re.split(rf"^#+ {re.escape(heading)}\n", text, flags=re.M)[1]
+    section = re.split(r"^#", section, flags=re.M)[0]
+    return [m[1] for m in re.finditer(r"^\| `([^`]+)` \|", section, flags=re.M)]
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(tmp_path):
+    """docs/json.md lists every word `summary.verdict` is made of and every run `status`: no more, no fewer."""
+    import dataclasses
+
+    from nandoctor import errors, verdict
+    from nandoctor.checkpoint import runs
+    from nandoctor.engine import scan as engine_scan
+    from nandoctor.model import ScanProblem
+
+    findings = [verdict.FINDING_WORDS[f] for f in verdict.FAIL_ON_CHOICES if f in verdict.FINDING_WORDS]
+    stopped = sorted({cls.verdict_word for cls in _subclasses(errors.NandoctorError)})  # a scan that could not start
+    report = verdict.judged(engine_scan(DEMO_RUN / "checkpoint-300", device="cpu"))
+    empty = runs.RunReport("run", ())
+    half = runs.RunCheckpoint(1, "run/checkpoint-1", runs.INCOMPLETE, None)
+    diverged = runs.RunCheckpoint(2, "run/checkpoint-2", runs.DIVERGED, report)
+    run_words = [empty.verdict, runs.row_verdict(half), runs.row_verdict(diverged).removeprefix(report.verdict).strip()]
+    assert run_words == ["EMPTY", "INCOMPLETE", "(DIVERGED)"]
+    assert verdict.one_line(report).startswith("FAIL NON-FINITE (POISONED) ")  # --quiet's health case
+    emitted = [verdict.CLEAN_WORDS, *findings, verdict.DIVERGED_WORDS, verdict.OVERFLOW_WORDS.format(dtype="fp16"),
+               *verdict.PROBLEM_WORDS.values(), *stopped, *run_words, "(POISONED)",
+               verdict.ALSO_REPORTED.format("…").strip(), verdict.REPORTED_ONLY.strip()]
+    assert sorted(_doc_table("Verdict words")) == sorted(dict.fromkeys(emitted))
+    # every problem kind a report can hold has its word (a ScanProblem's kinds, from its docstring's list)
+    assert set(verdict.PROBLEM_WORDS) == {"unreadable", "hash", "selection", "unverified"}
+    statuses = (runs.INCOMPLETE, runs.UNREADABLE, runs.DIVERGED, runs.POISONED, runs.OVERFLOW, runs.CLEAN)
+    assert _doc_table("Checkpoint statuses") == list(statuses)
+    # what a real run emits is among them
+    data = json.loads(run("scan", str(DEMO_RUN), "--json").stdout)
+    assert {c["status"] for c in data["run"]["checkpoints"]} <= set(statuses)
+    assert data["summary"]["verdict"] == "NON-FINITE"
+    # findings the gate leaves out are marked so, with the documented suffixes
+    assert verdict.judge(report, frozenset({"exploded"})).words == "NON-FINITE (reported only)"
+    unread = dataclasses.replace(report, errors=(ScanProblem("x", "gone"), ScanProblem("y", "changed", kind="hash")))
+    assert verdict.judge(unread, frozenset({"exploded"})).words == "UNREADABLE + HASH MISMATCH (also reported: NON-FINITE)"

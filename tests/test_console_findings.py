@@ -60,7 +60,7 @@ def test_an_exploded_only_file_fails_and_says_so(tmp_path):
 def test_an_exploded_only_file_under_fail_on_nonfinite_passes_with_a_warning(tmp_path):
     result = run("scan", _file(tmp_path, "exploded"), "--no-progress", "--fail-on", "nonfinite")
     assert result.exit_code == 0
-    assert "⚠ PASS EXPLODED: 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
+    assert "⚠ PASS EXPLODED (reported only): 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
     assert "reported, not failed (--fail-on nonfinite): exploded" in result.output
     assert _row(result.output, "model.layers.1 ")[1] == "exploded (reported)"
     assert "CLEAN" not in result.output
@@ -76,7 +76,7 @@ def test_an_outlier_only_file_lists_count_and_magnitude(tmp_path):
 def test_a_zeroed_only_file_is_a_warning_not_clean(tmp_path):
     result = run("scan", _file(tmp_path, "zeroed"), "--no-progress")
     assert result.exit_code == 0
-    assert "⚠ PASS ZEROED: 1 tensor all zero" in result.output
+    assert "⚠ PASS ZEROED (reported only): 1 tensor all zero" in result.output
     assert "CLEAN" not in result.output and "finite and healthy" not in result.output
     assert _row(result.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed (reported)", "1/1"]
     assert "compare with the source of the weights" in result.output
@@ -87,7 +87,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     result = run("scan", path, "--no-progress")
     assert result.exit_code == 1
     verdict = next(line for line in _lines(result.output) if line.startswith("✗"))
-    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED: 1 of 4 tensors hold NaN/Inf "
+    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS (also reported: ZEROED): 1 of 4 tensors hold NaN/Inf "
                               "(1 NaN, 0 +Inf, 0 -Inf); 1 weight tensor exploded (max |x| 1e+30); "
                               "1 outlier value in 1 tensor; 1 tensor all zero")
     # one row per finding and range: the NaN is blamed on layer 0 only, the zeroed layer 3 is listed
@@ -102,7 +102,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
 
     gated = run("scan", path, "--no-progress", "--fail-on", "nonfinite")
     assert gated.exit_code == 1
-    assert "✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED" in gated.output
+    assert "✗ FAIL NON-FINITE (also reported: EXPLODED, OUTLIERS, ZEROED): 1 of 4" in gated.output
     assert "reported, not failed (--fail-on nonfinite): exploded, outlier, zeroed" in gated.output
     assert _row(gated.output, "model.layers.1 ")[1] == "exploded (reported)"
 
@@ -196,3 +196,27 @@ def test_problem_headings_follow_each_problems_kind(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     unread = run("scan", broken, "--no-progress")
     assert unread.exit_code == 3 and "Could not be read (exit 3)" in unread.output
+
+
+def test_tied_names_with_nan_count_as_tensors_everywhere_and_their_values_once(tmp_path):
+    """Two names sharing one storage (a tied .bin) are two bad tensors on the verdict line, in the tables and
+    in JSON, and their NaN are counted once in the totals (docs/json.md)."""
+    import json
+
+    torch = __import__("pytest").importorskip("torch")
+    embed = torch.randn(16, 8)
+    embed[2, 3] = float("nan")
+    embed[5, 0] = float("nan")
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": embed,
+             "model.layers.0.mlp.up_proj.weight": torch.randn(8, 8)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    result = run("scan", tmp_path / "pytorch_model.bin", "--no-progress")
+    assert result.exit_code == 1
+    assert "✗ FAIL NON-FINITE: 2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, " \
+           "counted once)" in result.output
+    assert _row(result.output, "lm_head.weight")[1] == "nonfinite"
+    assert _row(result.output, "model.embed_tokens.weight")[1] == "nonfinite"
+    data = json.loads(run("scan", tmp_path / "pytorch_model.bin", "--json").output)
+    assert (data["summary"]["bad_tensors"], data["summary"]["nan"]) == (2, 2)
+    quiet = run("scan", tmp_path / "pytorch_model.bin", "-q").output
+    assert "2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, counted once)" in quiet

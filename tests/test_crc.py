@@ -46,6 +46,23 @@ def test_the_fast_crc_agrees_with_zlib() -> None:
     assert crc.crc32(memoryview(data)[5:], zlib.crc32(data[:5])) & 0xFFFFFFFF == zlib.crc32(data)
 
 
+def test_the_gil_free_crc_agrees_with_zlib_on_the_scan_s_arrays() -> None:
+    """The scan hands numpy views of its chunks: sizes around the GIL-free threshold, odd offsets into a
+    larger buffer, other dtypes, a start value; a non-contiguous view still goes through python-isal."""
+    np = pytest.importorskip("numpy")
+    data = random.Random(4).randbytes(3 << 20)
+    whole = np.frombuffer(data, dtype=np.uint8)
+    for start, size in ((0, len(data)), (7, (64 << 10) - 1), (7, 64 << 10), (13, (64 << 10) + 1), (1, 1 << 20)):
+        piece = whole[start : start + size]
+        seed = zlib.crc32(data[:start])
+        assert crc.crc32(piece, seed) & 0xFFFFFFFF == zlib.crc32(data[: start + size]), (start, size)
+    assert crc.crc32(whole.view(np.uint16), 0) & 0xFFFFFFFF == zlib.crc32(data)
+    with pytest.raises((BufferError, ValueError, TypeError)):  # what python-isal says of a strided buffer
+        crc.crc32(whole[::2], 0)
+    if crc._isal_without_gil() is not None:  # isal installed (a dependency): the chosen function is the GIL-free one
+        assert crc.crc32.__module__ == "nandoctor.crc"
+
+
 def _owed(data: bytes, offset: int, size: int, expected: int | None = None) -> OwedCrc:
     value = zlib.crc32(data[offset : offset + size]) if expected is None else expected
     return OwedCrc("f.bin", f"data/{offset}", offset, size, value, "'w'")

@@ -226,3 +226,26 @@ def test_cli_stays_torch_free(tmp_path: Path) -> None:
             "try: main()\nexcept SystemExit as e: assert 'torch' not in sys.modules, 'torch imported'; raise")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.safetensors")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_nan_on_one_side_is_located_by_coordinates_like_the_largest_change(tmp_path: Path) -> None:
+    """The console gives the first NaN/Inf only in B in coordinates, as it gives max |Δ| (not a flat index);
+    JSON has both."""
+    sd = _model(layers=1)
+    save_file(sd, tmp_path / "a.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"  # 16 × 16 fp32
+    changed = dict(sd)
+    changed[name] = sd[name].clone()
+    changed[name].view(-1)[197] = float("nan")  # row 12, column 5
+    changed[name][9, 3] += 100.0  # the largest change, elsewhere
+    save_file(changed, tmp_path / "b.safetensors")
+    result = CliRunner().invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")])
+    assert result.exit_code == 1
+    line = " ".join(result.output.split())
+    assert "1 NaN/Inf only in B (first at [12, 5])" in line and "max |Δ| 100 at [9, 3]" in line
+    assert "first at 197" not in line
+    data = json.loads(CliRunner().invoke(cli, ["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                                               "--json"]).output)
+    (entry,) = [t for t in data["tensors"] if t["name"] == name]
+    assert entry["first_nonfinite_b_only"] == 197 and entry["first_nonfinite_b_only_coords"] == [12, 5]
+    assert entry["first_nonfinite_a_only"] is None and entry["first_nonfinite_a_only_coords"] is None

@@ -110,6 +110,13 @@ def test_missing_file_and_bad_manifest(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text('{"files": 3}')
     out = CliRunner().invoke(cli, ["scan", str(folder), "--manifest", str(tmp_path / "junk.json"), "--no-progress"])
     assert out.exit_code == 3 and "not a nandoctor manifest" in out.output and "Traceback" not in out.output
+    # a manifest that is missing or not JSON: one error naming it (never an internal error), and not the
+    # checkpoint's fault: ERROR, not UNREADABLE
+    (tmp_path / "torn.json").write_text('{"nandoctor_manifest": 1, "files": [')
+    for manifest, said in ((tmp_path / "gone.json", "cannot read the manifest"), (tmp_path / "torn.json", "not a nandoctor manifest")):
+        quiet = CliRunner().invoke(cli, ["scan", str(folder), "--manifest", str(manifest), "-q"])
+        assert quiet.exit_code == 3 and "internal error" not in quiet.output
+        assert quiet.stdout.startswith(f"FAIL ERROR {folder}: {manifest}: {said}")
 
 
 def test_repair_proof_hashes_and_its_diff(tmp_path: Path) -> None:
@@ -135,3 +142,87 @@ def test_repair_proof_hashes_and_its_diff(tmp_path: Path) -> None:
     _poke(tmp_path / "fixed" / "model.safetensors", "model.layers.0.mlp.weight")
     (problem,) = nandoctor.verify_hashes(tmp_path / "fixed").problems
     assert "nandoctor-repair.json" in problem.message
+
+
+def test_verified_files_are_counted_on_the_verdict_line_and_a_mismatch_is_called_one(tmp_path: Path) -> None:
+    """The success line counts the files (never prints the list); a changed file is HASH MISMATCH (exit 3) in
+    every output, never UNREADABLE: it was read, only its bytes are not the ones recorded."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    weights = _weights()
+    save_file({k: weights[k] for k in list(weights)[:2]}, folder / "model-00001-of-00002.safetensors")
+    save_file({k: weights[k] for k in list(weights)[2:]}, folder / "model-00002-of-00002.safetensors")
+    (tmp_path / "m.json").write_text(json.dumps(nandoctor.manifest(folder)))
+    runner = CliRunner()
+    base = ["scan", str(folder), "--manifest", str(tmp_path / "m.json"), "--no-progress"]
+    ok = runner.invoke(cli, base)
+    assert ok.exit_code == 0
+    assert "✓ CLEAN: all 4 tensors finite and healthy; hashes: all 2 weight files match their recorded sha256" in ok.output
+    assert "[{" not in ok.output and "'file'" not in ok.output
+    assert runner.invoke(cli, [*base, "-q"]).output == (
+        f"PASS CLEAN {folder}: 4 tensors healthy; hashes: all 2 weight files match their recorded sha256\n")
+
+    _poke(folder / "model-00002-of-00002.safetensors", "model.layers.3.mlp.weight")
+    bad = runner.invoke(cli, base)
+    assert bad.exit_code == 3 and "UNREADABLE" not in bad.output and "Could not be read" not in bad.output
+    assert ("✗ FAIL HASH MISMATCH: 4 tensors read; hashes: 1 of 2 weight files match their recorded sha256; "
+            "1 file fails its sha256 check") in bad.output
+    assert "restore them from a good copy (or re-download them), then scan again" in bad.output
+    quiet = runner.invoke(cli, [*base, "-q"])
+    assert quiet.exit_code == 3 and quiet.output.startswith(f"FAIL HASH MISMATCH {folder}: 4 tensors read; ")
+    data = json.loads(runner.invoke(cli, [*base, "--json"]).output)
+    assert data["summary"]["verdict"] == "HASH MISMATCH" and data["summary"]["exit_code"] == 3
+    assert [e["kind"] for e in data["errors"]] == ["hash"]
+    assert data["hashes"]["verified"] == [{"file": str(folder / "model-00001-of-00002.safetensors"),
+                                           "source": f"manifest {tmp_path / 'm.json'}"}]
+    assert data["hashes"]["unverified"] == []
+    markdown = runner.invoke(cli, [*base, "--markdown"])
+    assert markdown.exit_code == 3 and markdown.output.startswith("## nandoctor: ❌ FAIL HASH MISMATCH\n")
+    assert "### Problems (exit 3)" in markdown.output
+    html = tmp_path / "r.html"
+    assert runner.invoke(cli, [*base, "--html", str(html), "-q"]).exit_code == 3
+    assert "✗ FAIL: HASH MISMATCH" in html.read_text() and "UNREADABLE" not in html.read_text()
+
+
+def test_verify_hashes_that_verifies_nothing_fails_and_says_how_to_get_hashes(tmp_path: Path) -> None:
+    """No file with a recorded sha256: exit 3, NOTHING VERIFIED, and how to record hashes, in every output;
+    some files without one: a pass that counts them."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(_weights(), folder / "model.safetensors")
+    runner = CliRunner()
+    base = ["scan", str(folder), "--verify-hashes", "--no-progress"]
+    rich = runner.invoke(cli, base)
+    assert rich.exit_code == 3
+    assert "✗ FAIL NOTHING VERIFIED: 4 tensors read; --verify-hashes verified nothing: no weight file has a recorded sha256" \
+        in rich.output
+    assert "nandoctor manifest" in rich.output and "Hugging Face cache" in rich.output
+    quiet = runner.invoke(cli, [*base, "-q"])
+    assert quiet.exit_code == 3 and quiet.output.count("\n") == 1
+    assert quiet.output.startswith(f"FAIL NOTHING VERIFIED {folder}: 4 tensors read; --verify-hashes verified nothing")
+    assert "`nandoctor manifest PATH > manifest.json`" in quiet.output and "Hugging Face cache" in quiet.output
+    data = json.loads(runner.invoke(cli, [*base, "--json"]).output)
+    assert data["summary"]["verdict"] == "NOTHING VERIFIED" and data["gate"]["exit_code"] == 3
+    (error,) = data["errors"]
+    assert error["kind"] == "unverified" and "nandoctor manifest" in error["hint"]
+    assert data["hashes"]["verified"] == [] and data["hashes"]["unverified"] == [str(folder / "model.safetensors")]
+    markdown = runner.invoke(cli, [*base, "--markdown"]).output
+    assert markdown.startswith("## nandoctor: ❌ FAIL NOTHING VERIFIED\n") and "nandoctor manifest" in markdown
+
+    # two files, one recorded: verified, the other counted as not verified (a note too), exit 0
+    save_file(_weights(1), folder / "extra.safetensors")
+    manifest = nandoctor.manifest(folder)
+    manifest["files"] = [f for f in manifest["files"] if f["path"] == "model.safetensors"]
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    partly = runner.invoke(cli, ["scan", str(folder), "--manifest", str(tmp_path / "m.json"), "--no-progress", "-q"])
+    assert partly.exit_code == 0
+    assert partly.output.endswith("hashes: 1 of 2 weight files match their recorded sha256 (1 not verified: no sha256 recorded)\n")
+
+
+def test_manifest_implies_verify_hashes(tmp_path: Path) -> None:
+    """`--manifest` alone verifies (docs/cli.md): a changed file fails without --verify-hashes."""
+    save_file(_weights(), tmp_path / "model.safetensors")
+    (tmp_path / "m.json").write_text(json.dumps(nandoctor.manifest(tmp_path / "model.safetensors")))
+    _poke(tmp_path / "model.safetensors", "model.layers.0.mlp.weight")
+    result = CliRunner().invoke(cli, ["scan", str(tmp_path / "model.safetensors"), "--manifest", str(tmp_path / "m.json"), "-q"])
+    assert result.exit_code == 3 and result.output.startswith("FAIL HASH MISMATCH ")

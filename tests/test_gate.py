@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,12 +80,18 @@ def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):
     result = run("scan", str(path), "--target-dtype", "fp16")
     assert result.exit_code == 1
     assert "Overflow risk when cast to fp16" in result.output
-    assert "✗ OVERFLOW RISK (fp16)" in result.output
+    # one verdict line, after the overflow table: what fails, overflow included, and one next
+    verdict_lines = [line for line in result.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
+    assert len(verdict_lines) == 1 and result.output.count("next:") == 1
+    assert verdict_lines[0].startswith("✗ FAIL EXPLODED + OUTLIERS + OVERFLOW RISK (fp16): ")
+    assert result.output.index("Overflow risk when cast to fp16") < result.output.index(verdict_lines[0])
+    expected = torch_overflow(values, "fp16") + 1
+    assert f"{expected} finite values in 2 tensors become Inf when cast to fp16 (largest finite fp16: 65504" in result.output
     assert "model.layers.1.mlp.down_proj.weight" in result.output  # the bf16 70000
     assert "NON-FINITE" not in result.output  # no NaN/Inf in the file itself
     quiet = run("scan", str(path), "--target-dtype", "fp16", "-q")
-    expected = torch_overflow(values, "fp16") + 1
-    assert quiet.output.startswith("FAIL ") and f"OVERFLOW RISK (fp16) {path}:" in quiet.output
+    # the planted 3.4e38 is also exploded, an outlier: a few bad tensors, so the line says (POISONED)
+    assert quiet.output.startswith("FAIL ") and f"OVERFLOW RISK (fp16) (POISONED) {path}:" in quiet.output
     assert f"{expected} values in 2 tensors overflow fp16" in quiet.output
     assert "max |x| 3.4e+38" in quiet.output
 
@@ -143,19 +150,20 @@ def test_pre_commit_hook_entry_scans_each_file_and_fails_with_the_worst_code(tmp
     import subprocess
 
     yaml = pytest.importorskip("yaml")
-    if sh.which("bash") is None or sh.which("nandoctor") is None:
-        pytest.skip("needs bash and the nandoctor command on PATH")
     from .conftest import ROOT
 
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     command = shlex.split(hook["entry"])  # what pre-commit runs, followed by args, then file names
+    if sh.which(command[0]) is None:
+        pytest.skip(f"needs {command[0]} on PATH")
     big, _ = overflow_ckpt
     clean = DEMO_RUN / "checkpoint-200" / "model-00001-of-00002.safetensors"
     bad = DEMO_RUN / "checkpoint-300" / "model-00002-of-00002.safetensors"
     assert re.search(hook["files"], bad.name) and re.search(hook["exclude"], "ckpt/training_args.bin")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's nandoctor, as the hook's venv installs it
 
     def hook_run(*args):
-        return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=tmp_path)
+        return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=tmp_path, env=env)
 
     assert hook_run("--fail-on", "nonfinite", clean, big).returncode == 0  # finite (its 3.4e38 weights are exploded)
     assert hook_run(clean, big).returncode == 1
@@ -165,6 +173,61 @@ def test_pre_commit_hook_entry_scans_each_file_and_fails_with_the_worst_code(tmp
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(clean.read_bytes()[:100])
     assert hook_run(bad, truncated).returncode == 3
+
+
+def test_pre_commit_hook_takes_an_option_value_that_is_a_file_as_the_option_s(tmp_path):
+    """args: [--verify-hashes, --manifest, manifest.json]: manifest.json exists, and is still --manifest's value,
+    never a file to scan (the hook used to scan it, leaving `scan --manifest` without its PATH: exit 2)."""
+    import shlex
+    import shutil as sh
+    import subprocess
+
+    yaml = pytest.importorskip("yaml")
+    from .conftest import ROOT
+
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    command = shlex.split(hook["entry"])
+    if sh.which(command[0]) is None:
+        pytest.skip(f"needs {command[0]} on PATH")
+    good = tmp_path / "good.safetensors"
+    write_safetensors(good, {"w": RawTensor("F32", (2,), np.array([1.0, 2.0], np.float32).tobytes())})
+    other = tmp_path / "other.safetensors"
+    write_safetensors(other, {"w": RawTensor("F32", (2,), np.array([1.0, 3.0], np.float32).tobytes())})
+    manifest = run("manifest", str(good))
+    assert manifest.exit_code == 0
+    (tmp_path / "manifest.json").write_text(manifest.output)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--verify-hashes", "--manifest", "manifest.json"]  # exactly as in .pre-commit-config.yaml
+
+    def hook_run(*files):
+        return subprocess.run(command + args + [*files], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    passed = "PASS CLEAN good.safetensors: 1 tensor healthy; hashes: the weight file matches its recorded sha256"
+    ok = hook_run("good.safetensors")
+    assert (ok.returncode, ok.stdout) == (0, passed + "\n"), ok.stderr
+    changed = hook_run("good.safetensors", "other.safetensors")  # other's bytes are not the manifest's
+    assert changed.returncode == 3, changed.stderr
+    lines = changed.stdout.splitlines()
+    assert lines[0] == passed and len(lines) == 2
+    assert lines[1].startswith("FAIL HASH MISMATCH") and " other.safetensors: " in lines[1]
+    assert "Missing argument" not in changed.stderr
+    # "--opt=value", flags, and "--" before a file that starts with a dash
+    (tmp_path / "-dash.safetensors").write_bytes(good.read_bytes())
+    mixed = subprocess.run(command + ["--fail-on=nonfinite", "-q", "--target-dtype", "fp16", "--", "-dash.safetensors"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert (mixed.returncode, mixed.stdout) == (0, "PASS CLEAN -dash.safetensors: 1 tensor healthy; fits fp16 (max |x| 2)\n")
+
+
+def test_pre_commit_arguments_are_split_by_the_scan_command_s_own_options():
+    from nandoctor.cli.precommit import split_arguments
+    from nandoctor.cli.scan_cmd import scan
+
+    assert split_arguments(["--verify-hashes", "--manifest", "manifest.json", "a.safetensors", "b.bin"], scan) == (
+        ["--verify-hashes", "--manifest", "manifest.json"], ["a.safetensors", "b.bin"])
+    assert split_arguments(["--fail-on=nonfinite", "-q", "--target-dtype", "fp16", "x.pt"], scan) == (
+        ["--fail-on=nonfinite", "-q", "--target-dtype", "fp16"], ["x.pt"])
+    assert split_arguments(["--only", "model.*", "--exclude", "opt.*", "--", "-odd.pt"], scan) == (
+        ["--only", "model.*", "--exclude", "opt.*"], ["-odd.pt"])
 
 
 def test_fail_on_overflow_alone_needs_a_target_dtype(tmp_path):

@@ -178,3 +178,34 @@ def test_an_unwritable_html_path_is_one_error_line_not_a_traceback(tmp_path):
     assert result.exit_code == 3
     assert "error:" in result.output and "cannot write the HTML report" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("target", ["checkpoint-100", "checkpoint-300", "."])
+def test_an_unwritable_html_path_is_an_output_error_and_the_scans_verdict_still_stands(tmp_path, target):
+    """The report that cannot be written is not the checkpoint: the scan's own verdict is printed (quiet, JSON,
+    Markdown, console), then one `error:` line naming the HTML file; exit 3; never "UNREADABLE"."""
+    import json
+
+    path = DEMO_RUN / target
+    out = str(tmp_path / "no" / "x.html")
+    error = f"error: {out}: cannot write the HTML report (No such file or directory)\nhint: give a path in a folder"
+    own = scan(str(path), "-q")
+    quiet = scan(str(path), "--html", out, "-q")
+    assert quiet.exit_code == 3 and quiet.stdout == own.stdout and "UNREADABLE" not in quiet.output
+    assert quiet.stderr.startswith(error)
+    data = json.loads(scan(str(path), "--html", out, "--json").stdout)
+    assert data["summary"]["exit_code"] == own.exit_code  # the scan's verdict
+    assert data["report_errors"] == [{"message": f"{out}: cannot write the HTML report (No such file or directory)",
+                                      "hint": "give a path in a folder that exists and that you can write to"}]
+    if "gate" in data:  # a checkpoint's gate is the command's exit code
+        assert data["gate"]["exit_code"] == 3 and data["gate"]["passed"] is False
+    markdown = scan(str(path), "--html", out, "--markdown")
+    assert markdown.exit_code == 3 and "### Report not written (exit 3)" in markdown.stdout
+    assert "UNREADABLE" not in markdown.stdout and markdown.stderr.startswith(error)
+    console = scan(str(path), "--html", out)
+    assert console.exit_code == 3 and console.stderr.startswith(error) and "UNREADABLE" not in console.output
+
+    def untimed(text: str) -> list[str]:
+        return [line for line in text.splitlines() if " read · " not in line]
+
+    assert untimed(console.stdout) == untimed(scan(str(path)).stdout)  # the whole console report, as without --html

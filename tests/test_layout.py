@@ -251,3 +251,107 @@ def test_deepspeed_states_are_repaired_from_the_earlier_checkpoint(tmp_path: Pat
     fixed = torch.load(tmp_path / "fixed" / "global_step20" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
                        weights_only=True)["optimizer_state_dict"]["fp32_flat_groups"][0]
     assert torch.equal(fixed, flats[10])  # the donor's tensor, whole
+
+
+# ---------------------------------------------------------------------------
+# Broken symlinks, folders of model folders, folders that cannot be listed
+# ---------------------------------------------------------------------------
+
+
+def _hf_snapshot(root: Path) -> Path:
+    """A Hugging Face cache snapshot whose model.safetensors links to a blob that is gone."""
+    snapshot = root / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "models--org--tiny" / "blobs").mkdir()
+    (snapshot / "model.safetensors").symlink_to("../../blobs/" + "b" * 64)
+    (snapshot / "config.json").write_text("{}")
+    return snapshot
+
+
+def test_a_broken_symlink_names_its_target_and_a_lost_hf_blob_says_re_download(tmp_path: Path) -> None:
+    from nandoctor.errors import CheckpointNotFoundError
+    from tests.conftest import run_cli
+
+    snapshot = _hf_snapshot(tmp_path)
+    link = snapshot / "model.safetensors"
+    found = layout.discover(snapshot)
+    assert found.files == []
+    (problem,) = found.problems
+    assert (problem.path, problem.message) == (
+        str(link), f"a broken symlink: it points to ../../blobs/{'b' * 64}, which does not exist")
+    assert problem.hint == ("the Hugging Face cache lost this blob (an interrupted download, or a cache clean-up): "
+                            "download the model again: huggingface-cli download org/tiny --force-download")
+    with pytest.raises(CheckpointNotFoundError) as info:  # the link itself as the path
+        layout.discover(link)
+    assert info.value.message == f"{link}: {problem.message}" and info.value.hint == problem.hint
+    elsewhere = tmp_path / "w.safetensors"
+    elsewhere.symlink_to(tmp_path / "gone" / "w.safetensors")
+    result = run_cli("scan", elsewhere, "--quiet")
+    assert result.exit_code == 3
+    assert result.output.startswith(
+        f"FAIL UNREADABLE {elsewhere}: a broken symlink: it points to {tmp_path / 'gone' / 'w.safetensors'}, "
+        "which does not exist\n")
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop)
+    with pytest.raises(CheckpointNotFoundError, match="a symlink loop; refused"):
+        layout.discover(loop)
+
+
+def test_a_shard_named_by_the_index_that_is_a_broken_link_says_so(tmp_path: Path) -> None:
+    ckpt = shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / "ckpt")
+    shard = ckpt / "model-00002-of-00002.safetensors"
+    shard.unlink()
+    shard.symlink_to("blobs/0123")  # inside the folder, as a snapshot's links lead into its own blobs/
+    problems = layout.discover(ckpt).problems
+    assert [(p.path, p.message, p.hint) for p in problems] == [  # once, as the index's shard
+        (str(shard), "a broken symlink: it points to blobs/0123, which does not exist",
+         "restore the file it points to (or copy the weights in place of the link), then scan again")]
+
+
+def test_a_folder_of_model_folders_names_the_ones_holding_weights(tmp_path: Path) -> None:
+    from nandoctor.errors import UnsupportedFormatError
+    from tests.conftest import run_cli
+
+    models = tmp_path / "models"
+    for name in ("llama", "bert", "qwen", "t5", "gpt2", "phi", "mistral"):
+        shutil.copytree(DEMO_RUN / "checkpoint-200", models / name)
+    (models / "notes").mkdir()  # no weights: not named
+    (models / "notes" / "readme.txt").write_text("x")
+    with pytest.raises(UnsupportedFormatError) as info:
+        layout.discover(models)
+    assert info.value.message == (f"{models}: no checkpoint files at its top, but 7 subfolder(s) hold weights: "
+                                  "bert/, gpt2/, llama/, mistral/, phi/ and 2 more")
+    assert info.value.hint == f"scan one of them, e.g. nandoctor scan {models / 'bert'}"
+    quiet = run_cli("scan", models, "--quiet")
+    assert quiet.exit_code == 3 and quiet.output.startswith(f"FAIL UNREADABLE {models}: no checkpoint files at its top")
+    shutil.rmtree(models / "notes")
+    for name in ("llama", "bert", "qwen", "t5", "gpt2", "phi"):
+        shutil.rmtree(models / name)
+    with pytest.raises(UnsupportedFormatError) as one:
+        layout.discover(models)
+    assert one.value.message == f"{models}: no checkpoint files at its top, but 1 subfolder(s) hold weights: mistral/"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UnsupportedFormatError, match="no checkpoint files found"):
+        layout.discover(empty)
+
+
+def test_a_deepspeed_folder_that_cannot_be_listed_is_a_problem_another_is_a_note(tmp_path: Path) -> None:
+    """Permissions as the test's own user sees them: as root (who reads everything) the scan runs in a child
+    process without CAP_DAC_OVERRIDE (tests/permissions.py)."""
+    from tests.permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    ckpt = shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / "checkpoint-200")
+    states = ckpt / "global_step200"
+    states.mkdir()
+    shutil.copy(ckpt / "model-00001-of-00002.safetensors", states / "zero_pp_rank_0_mp_rank_00_model_states.safetensors")
+    other = ckpt / "extras"
+    other.mkdir()
+    with mode(states, 0), mode(other, 0):
+        result = run_nandoctor("scan", ckpt, "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 3
+    assert [(e["path"], e["message"]) for e in data["errors"]] == [
+        (str(states), "permission denied (its DeepSpeed states are not scanned)")]
+    assert "extras/ could not be listed (permission denied); not checked for weights" in data["notes"]

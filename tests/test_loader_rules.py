@@ -76,6 +76,48 @@ def test_a_sharded_bin_hidden_by_a_safetensors_index_takes_its_shards_along(tmp_
     assert any("pytorch_model.bin.index.json" not in n and "part_a.bin" in n for n in report.notes)
 
 
+def _sharded(folder: Path, shards: int = 3) -> None:
+    """``model.safetensors.index.json`` and its shards, one tensor each."""
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        safetensors_torch.save_file({f"layers.{i}.w": torch.ones(4)}, folder / name)
+        weight_map[f"layers.{i}.w"] = name
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_a_stale_single_file_beside_shards_is_one_note_saying_which_loads(tmp_path: Path) -> None:
+    """transformers' from_pretrained looks for model.safetensors before model.safetensors.index.json: a
+    model.safetensors left beside shards is what loads. One note says so (not one per shard)."""
+    _sharded(tmp_path)
+    safetensors_torch.save_file({f"layers.{i}.w": torch.ones(4) for i in range(3)}, tmp_path / "model.safetensors")
+    report = scan(tmp_path, device="cpu")
+    shared = [n for n in report.notes if "tensor name(s)" in n]
+    assert shared == [
+        "model.safetensors and the 3 shard(s) of model.safetensors.index.json share 3 tensor name(s) (e.g. layers.0.w): "
+        "transformers' from_pretrained loads model.safetensors (it looks for it before model.safetensors.index.json), "
+        "so the shards are not what loads; both were scanned as separate checkpoints (the report names the file of "
+        "each bad tensor); delete the stale copy: model.safetensors, or model.safetensors.index.json and its shards"]
+    assert len(report.tensors) == 6 and report.exit_code == 0
+
+
+def test_another_file_sharing_names_with_shards_is_one_note(tmp_path: Path) -> None:
+    _sharded(tmp_path)
+    safetensors_torch.save_file({f"layers.{i}.w": torch.ones(4) for i in range(3)}, tmp_path / "ema.safetensors")
+    shared = [n for n in scan(tmp_path, device="cpu").notes if "tensor name(s)" in n]
+    assert shared == ["ema.safetensors and the 3 shard(s) of model.safetensors.index.json share 3 tensor name(s) "
+                      "(e.g. layers.0.w); scanned as separate checkpoints (the report names the file of each bad tensor)"]
+
+
+def test_the_single_file_a_loader_prefers_to_an_index() -> None:
+    from nandoctor.checkpoint.loaders import single_file_of
+
+    assert single_file_of("model.safetensors.index.json") == "model.safetensors"
+    assert single_file_of("model.safetensors.index.fp16.json") == "model.fp16.safetensors"
+    assert single_file_of("pytorch_model.bin.index.json") == "pytorch_model.bin"
+    assert single_file_of("model.safetensors") is None
+
+
 def test_variant_index_names_are_read_as_indexes(tmp_path: Path) -> None:
     safetensors_torch.save_file(clean(), tmp_path / "model.fp16-00001-of-00002.safetensors")
     (tmp_path / "model.safetensors.index.fp16.json").write_text(json.dumps({"weight_map": {

@@ -65,3 +65,31 @@ def test_hostile_names_stay_text_and_keep_the_table_whole(tmp_path):
 def test_md_escapes_control_characters_and_punctuation():
     assert md("x\x1b[31m") == "x\\\\x1b\\[31m"  # safe() writes \\x1b, whose backslash is escaped
     assert md("a_b*c") == "a\\_b\\*c"
+
+
+def test_a_run_under_fail_on_says_what_fails_and_what_is_only_reported(tmp_path, monkeypatch):
+    """The run summary's verdict is the deciding checkpoint's words under the command's --fail-on (as the
+    exit code is), reported findings marked so; JSON and HTML say the same."""
+    import json
+
+    monkeypatch.chdir(ROOT)
+    markdown = scan("fixtures/demo-run", "--markdown", "--fail-on", "exploded")
+    assert markdown.exit_code == 0
+    assert markdown.output.startswith("## nandoctor: ✅ PASS NON-FINITE (reported only) (training run)\n")
+    data = json.loads(scan("fixtures/demo-run", "--json", "--fail-on", "exploded").output)
+    assert data["summary"]["verdict"] == "NON-FINITE (reported only)" and data["summary"]["exit_code"] == 0
+    scan("fixtures/demo-run", "--html", str(tmp_path / "r.html"), "--fail-on", "exploded", "-q")
+    assert "✓ PASS: NON-FINITE (reported only)" in (tmp_path / "r.html").read_text()
+
+
+def test_a_checkpoint_under_fail_on_repairs_only_what_fails(monkeypatch):
+    """--fail-on exploded on a checkpoint with NaN: the verdict marks NaN as reported only and next: does not
+    suggest a repair (nothing that fails needs one)."""
+    monkeypatch.chdir(ROOT)
+    markdown = scan("fixtures/demo-run/checkpoint-300", "--markdown", "--fail-on", "exploded")
+    assert markdown.exit_code == 0
+    assert markdown.output.startswith("## nandoctor: ✅ PASS NON-FINITE (reported only)\n\n"
+                                      "PASS NON-FINITE (reported only) fixtures/demo-run/checkpoint-300: 18 of 195")
+    assert "nandoctor repair" not in markdown.output and "### Next" not in markdown.output
+    failing = scan("fixtures/demo-run/checkpoint-300", "--markdown")
+    assert "### Next" in failing.output and "nandoctor repair" in failing.output

@@ -157,3 +157,56 @@ def test_views_of_one_storage_get_their_own_overflow(tmp_path):
             cast = view.to(getattr(torch, TARGETS[tgt].torch_name)).float()  # e5m2 and fp16 give Inf
             assert t.overflow == int((finite & ~torch.isfinite(cast)).sum()), (tgt, t.name)
             assert t.max_abs == float(view[finite].abs().max()), (tgt, t.name)
+
+
+def _outlier_that_overflows(tmp_path):
+    """One fp32 weight of 70000 among values of ~0.02: an outlier, and an fp16 overflow."""
+    values = np.random.default_rng(5).standard_normal(256).astype(np.float32) * 0.02
+    values[17] = 70000.0
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"model.layers.0.mlp.up_proj.weight": RawTensor("F32", (16, 16), values.tobytes())})
+    return path
+
+
+@pytest.mark.parametrize(("fail_on", "code", "words", "repair", "cast"), [
+    ("nonfinite,exploded,outlier,overflow", 1, "OUTLIERS + OVERFLOW RISK (fp16)", True, True),
+    ("overflow", 1, "OVERFLOW RISK (fp16) (also reported: OUTLIERS)", False, True),
+    ("nonfinite", 0, "OUTLIERS + OVERFLOW RISK (fp16) (reported only)", False, False),
+])
+def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_on, code, words, repair, cast):
+    """One verdict line per report, the same words in rich, quiet, Markdown and JSON: what fails the gate,
+    then what is only reported, marked so; next: repairs only what fails and a repair fixes (an outlier),
+    and gives the cast advice when overflow fails."""
+    import json
+
+    from tests.conftest import run_cli as run
+
+    path = _outlier_that_overflows(tmp_path)
+    args = ("scan", path, "--target-dtype", "fp16", "--fail-on", fail_on, "--no-progress")
+    rich = run(*args)
+    assert rich.exit_code == code
+    verdicts = [line for line in rich.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
+    assert verdicts == [f"{'✗ FAIL' if code else '⚠ PASS'} {words}: 1 outlier value in 1 tensor; worst model.layers.0; "
+                        "1 value in 1 tensor overflow fp16 (max |x| 7e+04), worst model.layers.0"]
+    assert rich.output.index("Overflow risk when cast to fp16") < rich.output.index(verdicts[0])
+    assert rich.output.count("next:") == (1 if repair or cast else 0)
+    assert ("nandoctor repair" in rich.output) is repair
+    cast_advice = "some finite weights overflow fp16: serve in a wider dtype (bf16 or fp32), or clamp/rescale model.layers.0"
+    assert (cast_advice in rich.output) is cast
+    quiet = run(*args, "-q")
+    assert quiet.output.startswith(f"{'FAIL' if code else 'PASS'} {words} {path}: ") and quiet.exit_code == code
+    markdown = run(*args, "--markdown")
+    assert markdown.output.startswith(f"## nandoctor: {'❌ FAIL' if code else '✅ PASS'} {words}\n")
+    assert ("nandoctor repair" in markdown.output) is repair and (cast_advice in markdown.output) is cast
+    data = json.loads(run(*args, "--json").output)
+    assert data["summary"]["verdict"] == words and data["gate"]["exit_code"] == code
+
+
+def test_fail_on_overflow_without_a_target_dtype_says_what_to_do(tmp_path):
+    from tests.conftest import run_cli as run
+
+    result = run("scan", _outlier_that_overflows(tmp_path), "--fail-on", "overflow")
+    assert result.exit_code == 2
+    assert "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16" in result.output
+    assert "or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)" in " ".join(result.output.split())
+    assert "keep nonfinite" not in result.output

@@ -180,17 +180,26 @@ def test_auto_that_finds_nothing_is_no_error_when_another_donor_is_named(tmp_pat
     assert alone.exit_code == 3 and "--from auto found no checkpoint-N before step 300" in alone.output
 
 
-def test_no_donor_hint_offers_auto_only_for_checkpoint_folders(tmp_path):
+def test_no_donor_hint_offers_auto_only_where_it_finds_a_donor(tmp_path):
+    """"(or --from auto)" only for a target whose run has a healthy checkpoint before it: not for a folder
+    outside a run, nor for a checkpoint-N whose run holds nothing earlier (auto would fail there too)."""
     from nandoctor.errors import RepairRefusedError
     from nandoctor.restore.donors import resolve_donors
 
     plain = tmp_path / "model"
     shutil.copytree(DEMO_RUN / "checkpoint-300", plain)
-    for folder, offered in ((plain, False), (DEMO_RUN / "checkpoint-300", True)):
+    lone = tmp_path / "run" / "checkpoint-300"
+    shutil.copytree(DEMO_RUN / "checkpoint-300", lone)
+    for target, offered in ((plain, False), (lone, False), (DEMO_RUN / "checkpoint-300", True)):
+        result = run("repair", target, "--from", target, "--out", tmp_path / "out")  # a donor as bad as the target
+        assert result.exit_code == 3 and "no good donor" in result.output
+        hint = next(line for line in result.output.splitlines() if line.startswith("hint:"))
+        assert ("--from auto" in hint) is offered, (target, hint)
+    for available in (False, True):
         try:
-            resolve_donors(folder, [])
+            resolve_donors(DEMO_RUN / "checkpoint-300", [], auto_available=available)
         except RepairRefusedError as exc:
-            assert ("--from auto" in exc.hint) is offered
+            assert ("--from auto" in exc.hint) is available
         else:
             raise AssertionError("no donors must be refused")
 

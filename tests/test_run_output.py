@@ -59,6 +59,33 @@ def test_trainer_log_steps_are_placed_one_by_one(tmp_path):
     assert "loss exactly 0.0 from step 10 (between checkpoint-8 and checkpoint-12)" in text
 
 
+def test_a_finite_trainer_log_names_only_the_series_it_has(tmp_path):
+    """Lightning's metrics.csv logs train_loss and no grad_norm: the line says "train_loss finite", not
+    "loss and grad_norm finite"; a trainer_state.json with both names both."""
+    import json
+
+    from rich.console import Console
+
+    from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+    from nandoctor.checkpoint.trainlog import read_metrics_csv, read_train_log
+    from nandoctor.report.run_report import _render_log
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n0,0,2.5\n0,1,2.25\n0,2,2.0\n")
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 5, "loss": 2.0, "grad_norm": 1.5}, {"step": 10, "loss": 1.5, "grad_norm": 1.0}]}))
+    (tmp_path / "loss_only.json").write_text(json.dumps({"log_history": [{"step": 5, "loss": 2.0}]}))
+    table = read_metrics_csv(tmp_path / "metrics.csv")
+    assert table is not None
+    checkpoints = (RunCheckpoint(2, str(tmp_path / "epoch=0-step=2.ckpt"), "clean", None),)
+    expected = {table.train_log(): "train_loss finite up to step 2",
+                read_train_log(tmp_path / "trainer_state.json"): "loss and grad_norm finite up to step 10",
+                read_train_log(tmp_path / "loss_only.json"): "loss finite up to step 5"}
+    for log, said in expected.items():
+        console = Console(width=300, record=True)
+        _render_log(RunReport(str(tmp_path), checkpoints, log), console)
+        assert console.export_text() == f"trainer log ({log.source}): {said}\n"
+
+
 def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
     target = tmp_path / "run" / "checkpoint-300"
     target.mkdir(parents=True)
@@ -66,6 +93,32 @@ def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
     assert repair_command_for(str(target)).endswith(f"--out {target}-repaired-2")
     (tmp_path / "run" / "checkpoint-300-repaired-2").mkdir()
     assert repair_command_for(str(target)).endswith(f"--out {target}-repaired-3")
+
+
+def test_a_file_of_a_checkpoint_folder_is_repaired_beside_the_folder_not_into_it(tmp_path):
+    """Scanning run/checkpoint-300/model-0000x.safetensors suggests --out run/checkpoint-300-<file>-repaired
+    (never a folder inside the checkpoint, nor checkpoint-300-repaired, the run view's name for a repair of
+    the whole checkpoint); a file of a plain folder keeps its sibling name; the suggested repair works."""
+    import shlex
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run_dir)
+    shard = run_dir / "checkpoint-300" / "model-00002-of-00002.safetensors"
+    result = run("scan", shard, "--no-progress")
+    assert result.exit_code == 1
+    command = "nandoctor repair " + " ".join(result.output.split("nandoctor repair ")[1].split())
+    out = run_dir / "checkpoint-300-model-00002-of-00002-repaired"
+    assert command.endswith(f"--out {out}") and "--from auto" in command
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(shard, loose / "weights.safetensors")
+    assert repair_command_for(str(loose / "weights.safetensors")).endswith(f"--out {loose / 'weights-repaired'}")
+    (loose / "config.json").write_text("{}")  # now a model folder: the --out goes beside it
+    assert repair_command_for(str(loose / "weights.safetensors")).endswith(f"--out {tmp_path / 'loose-weights-repaired'}")
+    fixed = run(*shlex.split(command)[1:])
+    assert fixed.exit_code == 0, fixed.output
+    assert (out / shard.name).is_file() and not any(p.is_dir() for p in shard.parent.iterdir())
 
 
 def test_assert_finite_hint_out_is_free(tmp_path):

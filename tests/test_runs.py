@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from nandoctor.checkpoint import runs
 
 from .conftest import DEMO_RUN
@@ -222,3 +224,73 @@ def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
     shutil.copytree(DEMO_RUN, spaced)
     out = " ".join(run("scan", str(spaced / "checkpoint-300")).output.split())
     assert f"nandoctor repair '{spaced}/checkpoint-300' --from auto --out '{spaced}/checkpoint-300-repaired'" in out
+
+
+def test_a_checkpoint_folder_no_one_may_read_is_its_row_s_problem_not_a_crash(run_dir):
+    """checkpoint-300 at mode 000 (and, as a second case, readable but not searchable): the run is still scanned,
+    that row is unreadable with the path, "permission denied" and what to do; the newest row decides: exit 3.
+    Its sibling scans and repairs on its own, with the unreadable folder passed over (never a donor)."""
+    from .permissions import mode, need_permissions, permission_hint, run_nandoctor
+
+    need_permissions()
+    newest = run_dir / "checkpoint-300"
+    for bits in (0o000, 0o444):
+        with mode(newest, bits):
+            result = run_nandoctor("scan", run_dir, "--json")
+            assert result.returncode == 3, result.stderr
+            assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+            data = json.loads(result.stdout)
+            rows = {c["name"]: c for c in data["run"]["checkpoints"]}
+            assert [c["status"] for c in data["run"]["checkpoints"]] == ["clean", "clean", "unreadable"]
+            assert rows["checkpoint-300"]["incomplete"] == []
+            assert rows["checkpoint-300"]["report"]["errors"] == [
+                {"path": str(newest), "message": "permission denied", "hint": permission_hint(newest), "kind": "unreadable"}]
+            assert data["run"]["last_healthy"] == "checkpoint-200" and data["summary"]["exit_code"] == 3
+            quiet = run_nandoctor("scan", run_dir, "--quiet")
+            assert quiet.returncode == 3
+            assert quiet.stdout == (f"FAIL UNREADABLE {newest}: 0 tensors read; 1 part(s) unreadable (first: {newest}: "
+                                    "permission denied) · last healthy: checkpoint-200 · first bad: none\n")
+            console = run_nandoctor("scan", run_dir)
+            assert console.returncode == 3
+            assert f"unreadable: checkpoint-300: {newest}: permission denied" in console.stdout
+            assert f"  hint: {permission_hint(newest)}" in console.stdout.splitlines()
+            assert (f"  next: checkpoint-300 could not be read completely (see above): {permission_hint(newest)}"
+                    in console.stdout.splitlines())
+            sibling = run_nandoctor("scan", run_dir / "checkpoint-200", "--quiet")
+            assert (sibling.returncode, sibling.stdout) == (0, f"PASS CLEAN {run_dir / 'checkpoint-200'}: 195 tensors healthy\n")
+            plan = run_nandoctor("repair", run_dir / "checkpoint-200", "--from", "auto", "--dry-run")
+            assert plan.returncode == 0 and "nothing to restore" in plan.stdout, plan.stdout + plan.stderr
+
+
+def test_a_checkpoint_behind_a_link_into_a_locked_folder_is_its_row_s_problem(run_dir, tmp_path):
+    """checkpoint-300 a symlink into a folder no one may search (a shared volume): the row is unreadable, saying
+    where the link leads; a Lightning run's last.ckpt linked into such a folder likewise (and, as the row a
+    resume loads, decides exit 3). Neither is dropped from the timeline nor crashes it."""
+    torch = pytest.importorskip("torch")
+    from .permissions import mode, need_permissions, run_nandoctor
+
+    need_permissions()
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    shutil.move(run_dir / "checkpoint-300", vault / "checkpoint-300")
+    (run_dir / "checkpoint-300").symlink_to(vault / "checkpoint-300")
+    lightning = tmp_path / "ckpts"
+    lightning.mkdir()
+    for step in (2, 4):
+        torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": step}, lightning / f"epoch=0-step={step}.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 4}, vault / "last.ckpt")
+    (lightning / "last.ckpt").symlink_to(vault / "last.ckpt")
+    with mode(vault, 0):
+        trainer = run_nandoctor("scan", run_dir, "--json")
+        lit = run_nandoctor("scan", lightning, "--json")
+    assert trainer.returncode == 3 and lit.returncode == 3, trainer.stderr + lit.stderr
+    rows = json.loads(trainer.stdout)["run"]["checkpoints"]
+    assert [(c["name"], c["status"]) for c in rows] == [
+        ("checkpoint-100", "clean"), ("checkpoint-200", "clean"), ("checkpoint-300", "unreadable")]
+    assert rows[-1]["report"]["errors"][0]["message"] == f"permission denied (it is a link to {vault / 'checkpoint-300'})"
+    data = json.loads(lit.stdout)
+    assert [(c["name"], c["status"]) for c in data["run"]["checkpoints"]] == [
+        ("epoch=0-step=2.ckpt", "clean"), ("epoch=0-step=4.ckpt", "clean"), ("last.ckpt", "unreadable")]
+    assert data["summary"]["decided_by"] == "last.ckpt"
+    assert data["run"]["checkpoints"][-1]["report"]["errors"][0]["message"] == (
+        f"permission denied (it is a link to {vault / 'last.ckpt'})")

@@ -74,3 +74,29 @@ def test_unknown_format_is_refused(tmp_path):
     path.write_bytes(b"hello world, not a checkpoint")
     with pytest.raises(UnsupportedFormatError):
         reader_for(path)
+
+
+def test_the_reader_itself_says_a_web_page_is_not_a_safetensors_file(tmp_path):
+    """Read directly (no sniffing first), an HTML page's absurd 8-byte "length" is named for what it is,
+    with what to do; a real header length over the limit is still refused as one."""
+    page = tmp_path / "model.safetensors"
+    page.write_text("<!DOCTYPE html><html><body>404</body></html>")
+    with pytest.raises(CorruptCheckpointError) as info:
+        SafetensorsReader().read(page)
+    assert info.value.reason == ("not a safetensors file: it is an HTML page, as a download saves when it got an "
+                                 "error or login page instead of the file (it starts with '<!DOCTYPE html><html><bo…')")
+    assert info.value.hint.startswith("re-download the file (for a Hugging Face model: huggingface-cli download")
+    over = tmp_path / "over.safetensors"
+    raw_file(over, {}, length=100_000_001)
+    with pytest.raises(CorruptCheckpointError, match="header length 100000001 exceeds the 100000000-byte limit"):
+        SafetensorsReader().read(over)
+
+
+@pytest.mark.parametrize("name,fmt", [("pytorch_model.bin", "PyTorch"), ("model.gguf", "GGUF"), ("epoch=0-step=1.ckpt", "PyTorch")])
+def test_a_web_page_under_any_weight_name_is_named_for_what_it_is(tmp_path, name, fmt):
+    path = tmp_path / name
+    path.write_text("<html><head><title>Access denied</title></head></html>")
+    with pytest.raises(CorruptCheckpointError) as info:
+        reader_for(path).read(path)
+    assert info.value.reason.startswith(f"not a {fmt} file: it is an HTML page")
+    assert "(it starts with '<html><head><title>Acces…')" in info.value.reason

@@ -26,6 +26,7 @@ from tests.torch_helpers import (
     entry_offset,
     flip_byte,
     legacy_file,
+    p_call,
     p_dict,
     p_global,
     p_int,
@@ -396,7 +397,10 @@ def test_entries_outside_the_folder(good: Path, tmp_path: Path) -> None:
 def test_not_a_torch_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.bin"
     path.write_bytes(b"hello, this is text\n")
-    refusal(path, UnsupportedFormatError)
+    assert refusal(path) == f"{path}: not a PyTorch file: it is text (it starts with 'hello, this is text')"
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(1, 40)))  # bytes no reader places: the format's own words
+    refusal(junk, UnsupportedFormatError)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     assert "empty" in refusal(empty)
@@ -453,3 +457,120 @@ def test_hostile_nesting_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "parts" in refusal(path)
     deep = pickle_bytes(b"]" * 300 + b"a" * 299)  # 300 lists, each inside the one before
     assert "levels deep" in refusal(torch_zip(tmp_path / "deep.pt", deep, {}))
+
+
+# ---------------------------------------------------------------------------
+# pathlib paths (a Lightning hparam such as data_dir): inert text, never pathlib's own classes
+# ---------------------------------------------------------------------------
+
+
+def test_a_lightning_like_checkpoint_with_pathlib_hparams_is_read_not_refused(tmp_path: Path) -> None:
+    """torch.save of what Lightning saves, its hyper_parameters holding pathlib paths: scanned (the NaN beside
+    them found, exit 1), the paths read as their text, and no placeholder note about them."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from nandoctor.readers.torch.file import read_object
+    from tests.conftest import run_cli
+
+    path = tmp_path / "epoch=0-step=7.ckpt"
+    torch.save({
+        "state_dict": {"lin.weight": torch.ones(2, 2), "lin.bias": torch.tensor([1.0, NAN])},
+        "hyper_parameters": {"data_dir": Path("/data/train"), "out": PurePosixPath("runs/a"),
+                             "windows_dir": PureWindowsPath("C:/data/train"), "lr": 0.01},
+        "global_step": 7, "epoch": 0, "pytorch-lightning_version": "2.6.6",
+    }, path)
+    assert b"pathlib" in dict(entries(path))["epoch=0-step=7/data.pkl"]  # what used to be refused
+    read = TorchReader().read(path)
+    assert sorted(r.name for r in read.refs) == ["state_dict.lin.bias", "state_dict.lin.weight"]
+    assert not any("pathlib" in note for note in read.notes)
+    assert read_object(path)["hyper_parameters"] == {
+        "data_dir": "/data/train", "out": "runs/a", "windows_dir": "C:\\data\\train", "lr": 0.01}
+    result = run_cli("scan", path, "--quiet")
+    assert result.exit_code == 1
+    assert result.output == (f"FAIL NON-FINITE {path}: 1 of 2 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); "
+                             "worst state_dict.lin\n")
+
+
+@pytest.mark.parametrize("module,name,parts,text", [
+    ("pathlib", "WindowsPath", ["D:\\", "models", "x"], "D:\\models\\x"),
+    ("pathlib._local", "PosixPath", ["/", "srv", "data"], "/srv/data"),  # Python 3.13's module name
+    ("pathlib", "Path", [], ""),
+    ("pathlib", "PurePath", ["rel", "dir"], "rel/dir"),
+])
+def test_every_pathlib_path_class_is_its_text(tmp_path: Path, module: str, name: str, parts: list[str], text: str) -> None:
+    from nandoctor.readers.torch.file import read_object
+
+    blob = pickle_bytes(p_dict([(p_str("p"), p_call(p_global(module, name), [p_str(s) for s in parts])),
+                                (p_str("w"), p_tensor(p_storage("0", 2), 0, (2,), (1,)))]))
+    path = torch_zip(tmp_path / "m.pt", blob, {"0": np.zeros(2, np.float32).tobytes()})
+    assert read_object(path)["p"] == text
+    assert [r.name for r in TorchReader().read(path).refs] == ["w"]
+
+
+def test_a_payload_beside_or_inside_a_path_is_still_refused_and_never_runs(tmp_path: Path) -> None:
+    """A path next to an os.system call, a path whose part is the call, pathlib's methods (write_text,
+    unlink) named as globals, a path of something other than text: refused, naming what; nothing runs."""
+    marker = tmp_path / "PWNED"
+    payload = p_global("os", "system") + p_tuple([p_str(f"touch {marker}")]) + b"R"
+    a_path = p_call(p_global("pathlib", "PosixPath"), [p_str("/"), p_str("data")])
+    cases = {
+        "beside": (p_dict([(p_str("data_dir"), a_path), (p_str("x"), payload)]), "os.system"),
+        "inside": (p_dict([(p_str("data_dir"), p_call(p_global("pathlib", "Path"), [payload]))]), "os.system"),
+        "method": (p_dict([(p_str("x"), p_call(p_global("pathlib", "Path.write_text"), [a_path, p_str("pwned")]))]),
+                   "pathlib.Path.write_text"),
+        "unlink": (p_dict([(p_str("x"), p_call(p_global("pathlib", "PosixPath.unlink"), [a_path]))]),
+                   "pathlib.PosixPath.unlink"),
+    }
+    for name, (body, named) in cases.items():
+        path = torch_zip(tmp_path / f"{name}.pt", pickle_bytes(body), {})
+        message = refusal(path, UnsafeCheckpointError)
+        assert named in message, message
+        assert not marker.exists()
+    not_text = torch_zip(tmp_path / "int.pt", pickle_bytes(p_dict([(p_str("p"), p_call(p_global("pathlib", "Path"),
+                                                                                          [p_int(3)]))])), {})
+    assert "a pathlib path made of something other than strings" in refusal(not_text)
+
+
+def test_a_real_lightning_trainer_s_checkpoint_with_a_path_hparam_passes(tmp_path: Path) -> None:
+    """save_hyperparameters() with data_dir: Path, as Lightning users write it: every .ckpt the Trainer saves
+    holds a pickled PosixPath, and scans clean (it was refused as malicious, exit 3)."""
+    lightning = pytest.importorskip("lightning")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from nandoctor.readers.torch.file import read_object
+    from tests.conftest import run_cli
+    from tests.realruns import _quiet_lightning
+
+    class WithDataDir(lightning.LightningModule):
+        def __init__(self, data_dir: Path, lr: float = 0.01) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    folder = tmp_path / "ckpts"
+    with _quiet_lightning():
+        trainer = lightning.Trainer(
+            accelerator="cpu", devices=1, max_steps=4, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path,
+            callbacks=[ModelCheckpoint(dirpath=folder, filename="{epoch}-{step}", every_n_train_steps=2, save_top_k=-1)],
+        )
+        trainer.fit(WithDataDir(tmp_path / "data"), torch.utils.data.DataLoader(data, batch_size=8))
+    files = sorted(folder.glob("*.ckpt"))
+    assert [f.name for f in files] == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    pickled = next(blob for name, blob in entries(files[-1]) if name.endswith("/data.pkl"))
+    assert b"pathlib" in pickled and b"PosixPath" in pickled
+    assert read_object(files[-1])["hyper_parameters"]["data_dir"] == str(tmp_path / "data")
+    for file in files:
+        result = run_cli("scan", file, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"PASS CLEAN {file}: ")
+    assert run_cli("scan", folder, "--quiet").exit_code == 0

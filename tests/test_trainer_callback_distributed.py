@@ -90,6 +90,26 @@ def test_per_rank_dcp_files_clean_on_every_rank(tmp_path):
     assert zero["read"] == {"6": ["__0_0.distcp"]} and one["read"] == {"6": ["__1_0.distcp"]}
 
 
+@pytest.mark.integration
+def test_per_rank_dcp_files_are_checked_for_overflow_with_target_dtype(tmp_path):
+    """7e4 in rank 1's half of an fp32 bias: each rank counts the overflow of its own files (no process-zero scan)."""
+    zero, one = run_ranks(tmp_path, "dcp-big1@fp16")
+    assert zero["stop"] is True and one["stop"] is True
+    assert zero["read"] == {"6": ["__0_0.distcp"]} and one["read"] == {"6": ["__1_0.distcp"]}
+    assert zero["overflow"] == {"6": {}} and one["overflow"] == {"6": {"model.bias": 1}}
+    data = json.loads((tmp_path / "out" / "checkpoint-6" / "nandoctor.json").read_text())
+    assert (data["gate"]["passed"], data["gate"]["exit_code"], data["gate"]["rank_exit_codes"]) == (False, 1, [0, 1])
+    assert data["target_dtype"] == "fp16"
+
+
+@pytest.mark.integration
+def test_per_rank_dcp_files_above_fp16_pass_without_target_dtype(tmp_path):
+    zero, one = run_ranks(tmp_path, "dcp-big1")
+    assert zero["stop"] is False and one["stop"] is False
+    assert zero["last_clean"] == one["last_clean"] == str(tmp_path / "out" / "checkpoint-6")
+    assert zero["overflow"] == {"6": {}} and one["overflow"] == {"6": {}}
+
+
 def test_a_real_ddp_trainer_stops_on_every_rank_at_the_bad_checkpoint(tmp_path):
     """Before process zero's verdict was shared, rank 1 found no checkpoint-6 yet, trained on
     alone and died at its next all-reduce (with NCCL it would have hung)."""

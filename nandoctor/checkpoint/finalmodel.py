@@ -10,6 +10,10 @@ the run's healthy checkpoints (restore/donors.py).
 The final row's step: the ``global_step`` of a top-level ``trainer_state.json`` (``trainer.save_state()``
 writes one) when it is at or after the newest checkpoint's step, else unknown (``null`` in the JSON), and
 the row is ordered after every checkpoint either way.
+
+A Lightning run's final model is one file beside its step files (``trainer.save_checkpoint("final.ckpt")``,
+a ``model.safetensors``: checkpoint/lightningrun.py); :func:`final_model` gives the path to scan either way
+(the run folder, or that file).
 """
 
 from __future__ import annotations
@@ -23,21 +27,39 @@ FINAL = "final"  # the final model's row name in the timeline and the JSON
 
 def holds_weights(entries: list[Path]) -> bool:
     """Whether a folder's own entries include weights (a weight file or a shard index) at its top."""
+    from nandoctor import access
     from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
 
     suffixes = weight_suffixes()
     return any(
-        e.name in INDEX_NAMES or (e.suffix.lower() in suffixes and not e.name.startswith(".") and e.is_file())
+        e.name in INDEX_NAMES
+        or (e.suffix.lower() in suffixes and not e.name.startswith(".") and access.is_file(e, refused=True))
         for e in entries
     )
 
 
-def has_final_model(folder: Path) -> bool:
-    """Whether ``folder`` holds weights at its top (the run's final model, when it is a run folder)."""
+def final_model(folder: Path) -> Path | None:
+    """What to scan as the final model of the run at ``folder``: its one final file for a Lightning run,
+    else ``folder`` itself when it holds weights at its top (for any folder that does, run or not); None
+    when there are none."""
+    from nandoctor.checkpoint.lightningrun import lightning_folder
+
     try:
-        return Path(folder).is_dir() and holds_weights(list(Path(folder).iterdir()))
+        if not Path(folder).is_dir():
+            return None
+        entries = list(Path(folder).iterdir())
     except OSError:
-        return False
+        return None
+    lightning = lightning_folder(Path(folder), entries)
+    if lightning is not None:
+        return lightning.final
+    return Path(folder) if holds_weights(entries) else None
+
+
+def has_final_model(folder: Path) -> bool:
+    """Whether ``folder`` holds weights at its top (the run's final model, when it is a run folder; for a
+    Lightning run, its final file)."""
+    return final_model(folder) is not None
 
 
 def final_step(folder: Path) -> int | None:

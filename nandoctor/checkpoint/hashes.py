@@ -12,8 +12,10 @@ Where an expected sha256 comes from, without any network:
   mismatch names the tensors whose bytes changed.
 
 Files are hashed in parallel (hashlib releases the GIL on large updates), each
-streamed through one reused buffer. A mismatch is a ``ScanProblem``: the scan
-exits 3 and names file and tensor.
+streamed through one reused buffer. A mismatch is a ``ScanProblem`` (kind
+``hash``): the scan exits 3 and names file and tensor. A checkpoint none of whose
+weight files has a recorded sha256 is one too (kind ``unverified``): a check that
+verified nothing never passes as one that verified everything.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import is_snapshot
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.opener import Checkpoint
-from nandoctor.errors import CorruptCheckpointError, NandoctorError
+from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
 
 MANIFEST_SCHEMA = 1
@@ -54,6 +58,7 @@ class HashCheck:
     """What ``--verify-hashes`` found: checked files, mismatches as problems, unverifiable files as notes."""
 
     verified: list[tuple[str, str]] = field(default_factory=list)  # (file, source) that matched
+    unverified: list[str] = field(default_factory=list)  # weight files with no recorded sha256
     problems: list[ScanProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bytes_hashed: int = 0
@@ -122,7 +127,7 @@ def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, An
     if checkpoint.problems:
         first = checkpoint.problems[0]
         raise CorruptCheckpointError(first.path, f"cannot record hashes of a checkpoint that does not read: {first.message}",
-                                     "a manifest records a good checkpoint; fix or re-download it first")
+                                     first.hint or "a manifest records a good checkpoint; fix or re-download it first")
     files = list(checkpoint.refs_by_file)
     digests = sha256_files(files, workers)
 
@@ -153,16 +158,24 @@ def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, An
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A manifest file, checked for shape before use (it may come from anywhere)."""
-    data = read_json(Path(path))
+    """A manifest file, checked for shape before use (it may come from anywhere); ManifestError (exit 3,
+    naming the file) when it cannot be read or is not a manifest."""
+    try:
+        data = read_json(Path(path))
+    except PermissionError as exc:  # there, but not to be read: what to do about permissions
+        denied = unreadable(path, exc)
+        raise ManifestError(f"{path}: cannot read the manifest: {denied.reason}", denied.hint) from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not a nandoctor manifest ({exc})") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("nandoctor_manifest") != MANIFEST_SCHEMA or not isinstance(files, list):
-        raise CorruptCheckpointError(str(path), "not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)",
-                                     "write one with: nandoctor manifest CHECKPOINT > manifest.json")
+        raise ManifestError(f"{path}: not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)")
     for entry in files:
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
                 and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])):
-            raise CorruptCheckpointError(str(path), f"manifest entry {str(entry)[:80]!r} has no path and sha256")
+            raise ManifestError(f"{path}: manifest entry {str(entry)[:80]!r} has no path and sha256")
     return data
 
 
@@ -220,7 +233,17 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
                 check.problems.append(ScanProblem(entry["path"], f"listed in the manifest {manifest_path} but not in the checkpoint",
                                                   "the checkpoint lost a file; re-download or re-save it", kind="hash"))
     unknown = [f for f in checkpoint.files.files if f not in expected]
-    if unknown:
+    check.unverified = [str(f) for f in unknown]
+    if unknown and not expected:  # a check that verified nothing must not pass as one that verified everything
+        check.problems.append(ScanProblem(
+            str(checkpoint.path),
+            f"no weight file has a recorded sha256, so nothing was verified ({len(unknown)} file(s), e.g. {unknown[0].name})",
+            f"record the hashes from a good copy with `nandoctor manifest {shlex.quote(str(checkpoint.path))} > manifest.json` and "
+            "scan with --manifest manifest.json, or scan the repo id from the Hugging Face cache (its blob names are the "
+            "sha256); without --verify-hashes the scan does not check hashes",
+            kind="unverified",
+        ))
+    elif unknown:
         check.notes.append(f"{len(unknown)} weight file(s) have no recorded sha256 and were not verified "
                            f"(e.g. {unknown[0].name}); record one with: nandoctor manifest PATH > manifest.json")
     digests = sha256_files(expected, workers)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.errors import CheckpointNotFoundError
 
 # org/name, or a bare legacy name (gpt2), optionally @revision (branch, tag or commit hash).
@@ -79,18 +80,18 @@ def find_hf(repo_id: str, revision: str | None = None, cache: Path | None = None
     """
     folder = hf_repo_folder(repo_id, cache)
     snapshots = folder / "snapshots"
-    if not snapshots.is_dir():
+    if not access.is_dir(snapshots):
         return None
     wanted = revision or DEFAULT_REVISION
     ref = folder / "refs" / wanted
     commit: str | None = None
-    if ref.is_file():
+    if access.is_file(ref):
         commit = _read_ref(repo_id, ref)
     elif is_commit(wanted):
         commit = wanted
     elif revision is None:
         # No refs/main (a cache copied by hand, or a download by commit only): one snapshot is unambiguous.
-        found = sorted(p.name for p in snapshots.iterdir() if p.is_dir() and is_commit(p.name))
+        found = sorted(p.name for p in access.listing(snapshots) if is_commit(p.name) and access.is_dir(p))
         if len(found) == 1:
             commit = found[0]
         elif found:
@@ -98,7 +99,7 @@ def find_hf(repo_id: str, revision: str | None = None, cache: Path | None = None
                 f"{repo_id}: the Hugging Face cache at {folder} has {len(found)} snapshots and no refs/main",
                 f"pick one with {repo_id}@<revision>: {', '.join(found[:5])}",
             )
-    if commit is None or not (snapshots / commit).is_dir():
+    if commit is None or not access.is_dir(snapshots / commit):
         raise CheckpointNotFoundError(
             f"{repo_id}@{wanted}: revision not in the Hugging Face cache at {folder}",
             "nandoctor never downloads; fetch it first with "
@@ -150,7 +151,7 @@ def modelscope_candidates(repo_id: str, cache: Path | None = None) -> list[Path]
 
 def find_modelscope(repo_id: str, cache: Path | None = None) -> CacheHit | None:
     for candidate in modelscope_candidates(repo_id, cache):
-        if candidate.is_dir() and any(candidate.iterdir()):
+        if access.is_dir(candidate) and access.listing(candidate):
             return CacheHit(repo_id, candidate, "modelscope", None)
     return None
 
@@ -185,7 +186,7 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     """
     text = os.fspath(target)
     path = Path(text)
-    if path.exists() or path.is_symlink():
+    if access.exists(path) or access.is_link(path):  # (a path the system will not show: exit 3, saying so)
         return path, None
     if not looks_like_repo_id(text):
         raise CheckpointNotFoundError(f"{text}: no such file or folder")

@@ -6,7 +6,11 @@ Used by the run timeline (checkpoint/runs.py), by a checkpoint judged in its run
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
+
+from nandoctor import access
+from nandoctor.errors import UnreadablePathError
 
 # Names writers use for files still being written; their presence means the save did not finish.
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
@@ -20,7 +24,11 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
     ``files_only``: only files count as temporary (a run's final model shares its folder with the run's
     own ``tmp-checkpoint-N`` folders, which are the timeline's business, not the final model's).
     """
-    if not folder.is_dir():
+    try:
+        is_folder = access.is_dir(folder)
+    except UnreadablePathError:
+        return []  # not to be looked at: its scan reports it unreadable, not as a half-written save
+    if not is_folder:
         return _incomplete_file_reasons(folder)
     return _incomplete_folder_reasons(folder, expect_trainer_state, files_only)
 
@@ -31,22 +39,22 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
 
     reasons = []
     try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        return [f"cannot list the folder ({exc.strerror})"]
+        entries = access.listing(folder)
+    except UnreadablePathError:
+        return []  # not a half-written save as far as anyone can tell: its scan reports it unreadable
     temp = [
         e.name for e in entries
         if (e.name.lower().endswith(_TEMP_SUFFIXES) or e.name.lower().startswith(_TEMP_PREFIXES))
-        and not (files_only and e.is_dir())
+        and not (files_only and access.is_dir(e, refused=False))
     ]
     if temp:
         reasons.append(f"temporary files still present: {', '.join(temp[:3])}" + (" …" if len(temp) > 3 else ""))
     suffixes = weight_suffixes()
     weights = [e for e in entries if e.suffix.lower() in suffixes and e.name not in temp]
-    indexes = [folder / n for n in INDEX_NAMES if (folder / n).is_file()]
+    indexes = [folder / n for n in INDEX_NAMES if access.is_file(folder / n, refused=True)]  # (unreadable: skipped below)
     if not weights and not indexes:
         reasons.append("no weight files")
-    empty = [w.name for w in weights if w.is_file() and w.stat().st_size == 0]
+    empty = [w.name for w in weights if _empty(w)]
     if empty:
         reasons.append(f"empty weight file(s): {', '.join(empty[:3])}")
     for index_path in indexes:
@@ -54,10 +62,10 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             index = read_index(index_path)
         except CorruptCheckpointError:
             continue  # the scan reports a broken index as unreadable
-        missing = sorted({s for s in index.weight_map.values() if not (folder / s).exists()})
+        missing = sorted({s for s in index.weight_map.values() if _missing(folder / s)})
         if missing:
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
-    if expect_trainer_state and not (folder / TRAINER_STATE).exists():
+    if expect_trainer_state and _missing(folder / TRAINER_STATE):
         reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
     return reasons
 
@@ -69,3 +77,20 @@ def _incomplete_file_reasons(file: Path) -> list[str]:
     except OSError as exc:
         return [f"cannot read: {exc.strerror or exc}"]
     return ["an empty file"] if size == 0 else []
+
+
+def _empty(path: Path) -> bool:
+    """Whether ``path`` is an empty file; False where the file system will not say (its scan reports that)."""
+    try:
+        found = access.status(path)
+    except UnreadablePathError:
+        return False
+    return found is not None and stat.S_ISREG(found.st_mode) and found.st_size == 0
+
+
+def _missing(path: Path) -> bool:
+    """Whether ``path`` is not there; False where the file system will not say (its scan reports that)."""
+    try:
+        return not access.exists(path)
+    except UnreadablePathError:
+        return False

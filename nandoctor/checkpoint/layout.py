@@ -23,11 +23,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    UnreadablePathError,
     UnsupportedFormatError,
 )
 from nandoctor.model import ScanProblem
@@ -117,7 +119,13 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
             f"shard {shard!r} points outside the checkpoint folder; refused",
             "fix the index so every shard is a file inside the folder",
         )
-    if not candidate.exists():
+    try:
+        present = access.exists(candidate)
+    except UnreadablePathError as exc:
+        return None, ScanProblem(exc.path, exc.reason, exc.hint)
+    if not present and access.is_link(candidate):  # a Hugging Face snapshot whose blob is gone, say
+        return None, not_regular_problem(candidate)
+    if not present:
         names = sorted(n for n, s in index.weight_map.items() if s == shard)
         return None, ScanProblem(
             str(candidate),
@@ -125,18 +133,24 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
             "download or copy the missing shard",
         )
     if not is_regular_file(candidate):
-        return None, ScanProblem(str(candidate), "shard is not a regular file; refused (a FIFO or device would hang the read)")
+        return None, not_regular_problem(candidate)
     return candidate, None
 
 
 def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> CheckpointFiles:
-    """Work out which files to scan for ``path``; raises when there is nothing to scan."""
+    """Work out which files to scan for ``path``; raises when there is nothing to scan (and
+    :class:`UnreadablePathError` when the file system will not say what is there)."""
     root = Path(path)
-    if not root.exists():
+    found = access.status(root)
+    if found is None:
+        if access.is_link(root):  # a broken symlink, or a loop: say where it points
+            reason, hint = access.not_regular(root)
+            raise CheckpointNotFoundError(f"{root}: {reason}", hint)
         raise CheckpointNotFoundError(f"{root}: no such file or folder")
-    if root.is_file() or (root.exists() and not root.is_dir()):
-        if not is_regular_file(root):
-            raise UnsupportedFormatError(f"{root}: not a regular file (a FIFO or device cannot be scanned)")
+    if not stat.S_ISDIR(found.st_mode):
+        if not stat.S_ISREG(found.st_mode):
+            reason, hint = access.not_regular(root)
+            raise UnsupportedFormatError(f"{root}: {reason}", hint)
         if root.suffix.lower() == ".json":  # an index, config.json, trainer_state.json: the folder is the checkpoint
             what = "the index of a sharded checkpoint" if loaders.is_index_name(root.name) else "a JSON file"
             raise UnsupportedFormatError(
@@ -146,18 +160,30 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
         return CheckpointFiles(root, [root])
     result = _discover_folder(root, both_formats=both_formats, manifests=True)
     if not result.files and not result.problems:
-        raise UnsupportedFormatError(
-            f"{root}: no checkpoint files found (looked for {', '.join(weight_suffixes())} and *.index.json)"
-        )
+        raise _nothing_found(root)
     return result
+
+
+def _nothing_found(root: Path) -> UnsupportedFormatError:
+    """No weights at the folder's top: name the subfolders that hold some (a folder of model folders)."""
+    looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
+    holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
+    if not holding:
+        return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
+    shown = ", ".join(f"{sub.name}/" for sub in holding[:5]) + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
+    return UnsupportedFormatError(
+        f"{root}: no checkpoint files at its top, but {len(holding)} subfolder(s) hold weights: {shown}",
+        f"scan one of them, e.g. nandoctor scan {shlex.quote(str(holding[0]))}",
+    )
 
 
 def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> CheckpointFiles:
     result = CheckpointFiles(root, [])
     try:
-        entries = sorted(root.iterdir())
-    except OSError as exc:
-        raise CheckpointNotFoundError(f"{root}: cannot list the folder ({exc.strerror})") from None
+        entries = access.listing(root)
+    except UnreadablePathError as exc:  # a problem of this checkpoint (a run's row, a loader's subfolder)
+        result.problems.append(ScanProblem(exc.path, exc.reason, exc.hint))
+        return result
     if _dcp_folder(root, result):
         return result
     suffixes = weight_suffixes()
@@ -181,6 +207,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
         _skip_hidden(root, weight_files, index_paths, result, keep=explicit.path)
 
     indexed: set[Path] = set()
+    refused: set[Path] = set()
     for index_path in index_paths:
         try:
             index = read_index(index_path)
@@ -192,15 +219,16 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
             shard_path, problem = _shard_path(root, index, shard)
             if problem:
                 result.problems.append(problem)
+                refused.add(index.path.parent / shard)  # said once, as the index's shard
             elif shard_path is not None and shard_path not in indexed:
                 indexed.add(shard_path)
                 result.files.append(shard_path)
 
     for entry in weight_files:
-        if entry in indexed:
+        if entry in indexed or entry in refused:
             continue
         if not is_regular_file(entry):
-            result.problems.append(ScanProblem(str(entry), "not a regular file; refused"))
+            result.problems.append(not_regular_problem(entry))
             continue
         result.files.append(entry)
 
@@ -209,7 +237,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     result.problems += subfolders.problems
     for sub in subfolders.folders:
         _merge_subfolder(result, sub, both_formats)
-    _subfolders(root, entries, suffixes, result, set(subfolders.folders))
+    _subfolders(entries, result, set(subfolders.folders))
     return result
 
 
@@ -251,11 +279,7 @@ def _skip_hidden(
 
 def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool) -> None:
     """Weights of a subfolder a loader reads (sentence-transformers ``2_Dense/``, diffusers ``unet/``)."""
-    try:
-        found = _discover_folder(sub, both_formats=both_formats, manifests=False)
-    except CheckpointNotFoundError as exc:
-        result.problems.append(ScanProblem(str(sub), exc.message))
-        return
+    found = _discover_folder(sub, both_formats=both_formats, manifests=False)
     result.files += found.files
     result.indexes += found.indexes
     result.problems += found.problems
@@ -288,6 +312,8 @@ def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
         candidate = root / name
         if os.path.isabs(name) or candidate.resolve().parent != root.resolve():
             result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} lies outside the folder; refused"))
+        elif not is_regular_file(candidate) and access.is_link(candidate):
+            result.problems.append(not_regular_problem(candidate))
         elif not is_regular_file(candidate):
             lost = sorted({item.fqn for item in metadata.items_in(name)})
             result.problems.append(ScanProblem(
@@ -305,34 +331,61 @@ def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
 DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
 
 
-def _subfolders(
-    root: Path, entries: list[Path], suffixes: tuple[str, ...], result: CheckpointFiles, read: set[Path]
-) -> None:
-    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights
-    not already scanned (``read``: the subfolders a loader's manifest names, read above)."""
-    scanned = set(result.files) | set(result.skipped)
+def _weight_subfolders(
+    entries: list[Path], skip: set[Path] | frozenset[Path] = frozenset()
+) -> list[tuple[Path, list[Path] | UnreadablePathError]]:
+    """(subfolder, its weight files) of every subfolder among a folder's ``entries`` that holds weight files
+    at its top, by name; ``skip``: files already accounted for. A subfolder that cannot be listed comes with
+    the error instead (the caller says whether that matters)."""
+    suffixes = weight_suffixes()
+    found: list[tuple[Path, list[Path] | UnreadablePathError]] = []
     for sub in entries:
-        if sub.name.startswith(".") or sub.is_symlink() or not sub.is_dir() or sub in read:
+        if sub.name.startswith(".") or access.is_link(sub) or not access.is_dir(sub):
             continue
         try:
-            inside = sorted(
-                e for e in sub.iterdir()
-                if e.suffix.lower() in suffixes and not e.name.startswith(".") and e not in scanned
-            )
-        except OSError:
+            inside = [e for e in access.listing(sub)
+                      if e.suffix.lower() in suffixes and not e.name.startswith(".") and e not in skip]
+        except UnreadablePathError as exc:
+            found.append((sub, exc))
             continue
-        if not inside:
+        if inside:
+            found.append((sub, inside))
+    return found
+
+
+def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -> None:
+    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights
+    not already scanned (``read``: the subfolders a loader's manifest names, read above). A global_stepN/
+    that cannot be listed is a problem (its states would go unscanned); another subfolder, a note."""
+    scanned = set(result.files) | set(result.skipped)
+    for sub, inside in _weight_subfolders([e for e in entries if e not in read], scanned):
+        deepspeed = DEEPSPEED_STATES.match(sub.name) is not None
+        if isinstance(inside, UnreadablePathError):
+            if deepspeed:
+                result.problems.append(ScanProblem(inside.path, f"{inside.reason} (its DeepSpeed states are not "
+                                                   "scanned)", inside.hint))
+            else:
+                result.notes.append(f"{sub.name}/ could not be listed ({inside.reason}); not checked for weights")
             continue
-        if DEEPSPEED_STATES.match(sub.name):
+        if deepspeed:
             regular = [e for e in inside if is_regular_file(e)]
             result.files += regular
             result.notes.append(f"{sub.name}/: {len(regular)} DeepSpeed ZeRO state file(s) scanned with the checkpoint")
-            result.problems += [ScanProblem(str(e), "not a regular file; refused") for e in inside if e not in regular]
+            result.problems += [not_regular_problem(e) for e in inside if e not in regular]
         else:
             result.notes.append(
                 f"{sub.name}/ holds {len(inside)} weight file(s) that were not scanned; to check them: "
                 f"nandoctor scan {shlex.quote(str(sub))}"
             )
+
+
+def not_regular_problem(path: Path) -> ScanProblem:
+    """A weight file that is not a regular file (a broken symlink, a FIFO …) as a problem saying which."""
+    try:
+        reason, hint = access.not_regular(path)
+    except UnreadablePathError as exc:
+        return ScanProblem(exc.path, exc.reason, exc.hint)
+    return ScanProblem(str(path), reason, hint)
 
 
 _NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.[A-Za-z]+)$")

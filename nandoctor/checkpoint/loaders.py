@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
 
 CONFIG = "config.json"
@@ -46,6 +49,21 @@ INDEX_FILE = re.compile(r"^.+\.(?:safetensors|bin)\.index(?:\.[^./]+)?\.json$")
 
 def is_index_name(name: str) -> bool:
     return INDEX_FILE.match(name) is not None
+
+
+_INDEX_PARTS = re.compile(r"^(?P<base>.+)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[^./]+))?\.json$")
+
+
+def single_file_of(index_name: str) -> str | None:
+    """The one-file weights a loader reads *instead of* the shard index ``index_name`` when both are in a
+    folder: transformers' ``from_pretrained`` looks for ``model[.variant].safetensors`` before
+    ``model.safetensors.index[.variant].json`` (and ``pytorch_model.bin`` before its index), so a stale
+    ``model.safetensors`` beside shards is what loads. None for a name that is not an index."""
+    match = _INDEX_PARTS.match(index_name)
+    if match is None:
+        return None
+    variant = f".{match['variant']}" if match["variant"] else ""
+    return f"{match['base']}{variant}.{match['ext']}"
 
 
 def hidden_by(name: str, folder: Path) -> str | None:
@@ -120,10 +138,12 @@ def explicit_weights(root: Path) -> Explicit:
             where, f"{EXPLICIT_KEY} {value!r} points outside the checkpoint folder; refused",
             f"set {EXPLICIT_KEY} to a file inside the folder",
         ))
-    elif not path.exists():
+    elif isinstance(found := _status(path), ScanProblem):
+        out.problems.append(found)
+    elif found is None:
         out.problems.append(ScanProblem(where, f"{EXPLICIT_KEY} names {value!r}, which is missing",
                                         "copy the weights it names into the folder"))
-    elif not path.is_file():
+    elif not stat.S_ISREG(found.st_mode):
         out.problems.append(ScanProblem(str(path), "named by transformers_weights but not a regular file; refused"))
     else:
         out.path = path
@@ -166,6 +186,17 @@ def manifest_subfolders(root: Path) -> Subfolders:
                     str(path), f"names the subfolder {rel!r}, which lies outside the checkpoint folder; refused",
                     f"fix {manifest} so every module is a folder inside the checkpoint",
                 ))
-            elif sub.is_dir() and sub.resolve() != root.resolve() and sub not in out.folders:
+            elif isinstance(found := _status(sub), ScanProblem):
+                out.problems.append(found)
+            elif found is not None and stat.S_ISDIR(found.st_mode) and sub.resolve() != root.resolve() \
+                    and sub not in out.folders:
                 out.folders.append(sub)
     return out
+
+
+def _status(path: Path) -> os.stat_result | ScanProblem | None:
+    """``path``'s status (None: not there), or the problem of a path the file system will not show."""
+    try:
+        return access.status(path)
+    except UnreadablePathError as exc:
+        return ScanProblem(exc.path, exc.reason, exc.hint)

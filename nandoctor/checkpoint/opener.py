@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.checkpoint import layout, zero
 from nandoctor.checkpoint.roles import roles_of
 from nandoctor.checkpoint.selection import Selection
@@ -149,7 +150,7 @@ def names_of(refs: Sequence[TensorRef]) -> list[str]:
 def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
     """An error reading ``file`` as a problem of it (the file name is not repeated in the message)."""
     if isinstance(exc, OSError):
-        return ScanProblem(str(file), f"cannot read: {exc.strerror or exc}")
+        exc = access.unreadable(file, exc)  # says what to do: permissions, the disk
     message = exc.message
     prefix = f"{file}: "
     return ScanProblem(str(file), message.removeprefix(prefix), exc.hint)
@@ -227,12 +228,41 @@ def _check_duplicate_names(
                 )
             else:
                 shared.setdefault((other, file), []).append(name)
-    notes = [
-        f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); scanned as separate "
-        "checkpoints (the report names the file of each bad tensor)"
-        for (a, b), names in shared.items()
-    ]
-    return problems, notes
+    return problems, _shared_notes(shared, files, indexed)
+
+
+_SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"
+
+
+def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.CheckpointFiles,
+                  indexed: set[Path]) -> list[str]:
+    """One note per file that shares names with a sharded model's shards (not one per shard), saying which
+    of the two a loader reads; a note per pair of other files (separate checkpoints side by side)."""
+    from nandoctor.checkpoint.loaders import single_file_of
+
+    index_of = {index.path.parent / shard: index for index in files.indexes for shard in index.weight_map.values()}
+    beside: dict[Path, tuple[set[Path], list[str]]] = {}  # a file outside the shards → (the shards, the names)
+    notes = []
+    for (a, b), names in shared.items():
+        if _is_shard(a, indexed) != _is_shard(b, indexed):
+            shard, other = (a, b) if _is_shard(a, indexed) else (b, a)
+            shards, common = beside.setdefault(other, (set(), []))
+            shards.add(shard)
+            common.extend(names)
+        else:
+            notes.append(f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); {_SEPARATE}")
+    for other, (shards, names) in beside.items():
+        indexes = {index_of[s].path for s in shards if s in index_of}
+        index = next(iter(indexes)) if len(indexes) == 1 else None
+        whose = f"the {len(shards)} shard(s) of {index.name}" if index else f"{len(shards)} shard(s)"
+        head = f"{other.name} and {whose} share {len(names):,} tensor name(s) (e.g. {names[0]})"
+        if index is not None and other.parent == index.parent and single_file_of(index.name) == other.name:
+            notes.append(f"{head}: transformers' from_pretrained loads {other.name} (it looks for it before "
+                         f"{index.name}), so the shards are not what loads; both were {_SEPARATE}; delete the stale "
+                         f"copy: {other.name}, or {index.name} and its shards")
+        else:
+            notes.append(f"{head}; {_SEPARATE}")
+    return notes
 
 
 __all__ = ["Checkpoint", "names_of", "open_checkpoint", "problem_of"]

@@ -1,18 +1,20 @@
 """A checkpoint judged within its run, without scanning the whole run.
 
 A standalone scan (or a repair) of ``run/checkpoint-40`` must not contradict
-``nandoctor scan run``: the run scan calls a checkpoint diverged when its
-largest weight grew ``GROWTH_DIVERGED`` times past the run's first healthy
-checkpoint's. :func:`judge_in_run` scans the earlier checkpoints oldest first
-until that first healthy one (usually just the first), puts what it found in
+``nandoctor scan run``: the run scan calls a checkpoint diverged when the bulk
+of one of its weight tensors grew ``GROWTH_DIVERGED`` times since the run's
+first healthy checkpoint (verdict.growth). :func:`judge_in_run` scans the
+earlier checkpoints oldest first until that first healthy one (usually just
+the first), measures that growth, puts it with the rest of what it found in
 ``report.extra["run"]`` and judges the report again: verdict.diverged_why reads
-the baseline from there. The same pass tells whether ``--from auto`` would find
+it from there. The same pass tells whether ``--from auto`` would find
 a donor (a healthy checkpoint before the run's first bad one, restore/donors.py),
 so that the ``next:`` line never suggests a repair that must fail.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,24 +23,30 @@ from nandoctor.model import ScanReport
 
 
 def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], ScanReport]) -> ScanReport:
-    """``report`` (of the checkpoint at ``target``) judged again within its run; unchanged outside a run
-    or when it is healthy on its own (a healthy checkpoint costs no extra scan)."""
+    """``report`` (of the checkpoint at ``target``) judged again within its run; unchanged outside a run,
+    or when it is healthy on its own and no weight's bulk is large enough to have diverged
+    (verdict.may_have_grown: a healthy checkpoint of ordinary weights costs no extra scan)."""
     from nandoctor import verdict
 
-    if report.errors or not report.unhealthy_tensors:
+    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report)):
         return report
     context = run_facts(Path(target), scan_one)
     if context is None:
         return report
     import dataclasses
 
+    baseline = context.pop("baseline_scales")
+    grown = verdict.growth(report, baseline) if baseline else None
+    context["growth"] = None if grown is None else grown.to_json()
     fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
     return verdict.judged(dataclasses.replace(report, extra={**report.extra, verdict.RUN_CONTEXT: context}), fail_on)
 
 
 def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str, Any] | None:
     """What the run says about the checkpoint at ``target``: ``run``, ``kind`` (its naming),
-    ``baseline``/``baseline_max`` (the first healthy earlier checkpoint and its largest weight),
+    ``baseline``/``baseline_max``/``baseline_scale`` (the first healthy earlier checkpoint, its largest
+    weight and its largest tensor scale), ``baseline_scales`` (its verdict.tensor_scales, which
+    :func:`judge_in_run` turns into the ``growth`` of the checkpoint and drops),
     ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; None outside a run."""
     from nandoctor import verdict
     from nandoctor.checkpoint.runs import (
@@ -57,9 +65,10 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         return None
     siblings = place.siblings()
     earlier = [(s, p) for s, p in siblings if s < place.step]
-    with_state = any((p / TRAINER_STATE).exists() for _, p in siblings)
+    with_state = any(os.path.isfile(p / TRAINER_STATE) for _, p in siblings)  # (an unreadable one: its scan says so)
     baseline: Path | None = None
     baseline_max: float | None = None
+    baseline_scales: dict[str, float] = {}
     bad_first = bool(not place.lightning and duplicate_steps(siblings))  # auto refuses an ambiguous run
     for _, path in earlier:
         if incomplete_reasons(path, with_state):
@@ -71,6 +80,7 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         status, _ = verdict.checkpoint_status(scanned, False, None)
         if status in HEALTHY_STATUSES:
             baseline, baseline_max = path, verdict.max_abs(scanned, "weight")
+            baseline_scales = verdict.tensor_scales(scanned)
             break
         if status in ("poisoned", "diverged"):
             bad_first = True  # auto takes donors only before the run's first bad checkpoint
@@ -79,12 +89,14 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         metrics = metrics_near(place.run)
         log = metrics.train_log(place.step) if metrics is not None else None
     else:
-        log = read_train_log(folder / TRAINER_STATE) if (folder / TRAINER_STATE).is_file() else None
+        log = read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
     return {
         "run": str(place.run),
         "kind": place.kind,
         "baseline": None if baseline is None else str(baseline),
         "baseline_max": baseline_max,
+        "baseline_scale": max(baseline_scales.values(), default=None),
+        "baseline_scales": baseline_scales,
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
     }

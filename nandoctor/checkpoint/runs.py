@@ -1,8 +1,9 @@
 """Run folders: the checkpoints a training run leaves, ordered by step.
 
 A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders, often with the final model
-(``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt`` files whose names carry the step
-(``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``). Also the run as a
+(``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt``
+files whose names carry the step (``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``), maybe with
+``last.ckpt`` and a final model file beside them (checkpoint/lightningrun.py). Also the run as a
 timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
 trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
 logged NaN/Inf, and saves that never finished.
@@ -18,17 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint.finalmodel import FINAL, final_reasons, final_step, has_final_model, holds_weights
+from nandoctor import access
+from nandoctor.checkpoint.finalmodel import (
+    FINAL,
+    final_reasons,
+    final_step,
+    has_final_model,
+    holds_weights,
+)
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+from nandoctor.checkpoint.lightningrun import (
+    LightningFolder,
+    lightning_folder,
+    lightning_step_of,
+    same_file,
+    saved_step,
+)
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
-from nandoctor.errors import EXIT_UNREADABLE
-from nandoctor.model import ScanReport
+from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
+from nandoctor.model import ScanProblem, ScanReport, TensorResults
 
 _CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
-# Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
-# custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
-_LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
-LIGHTNING_SUFFIX = ".ckpt"
 
 
 def step_of(path: Path) -> int | None:
@@ -37,21 +48,12 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def lightning_step_of(path: Path) -> int | None:
-    """The global step of a Lightning ``….ckpt`` file whose name holds ``step=N``, else None."""
-    path = Path(path)
-    if path.suffix.lower() != LIGHTNING_SUFFIX:
-        return None
-    match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
-    return int(match.group(1)) if match else None
-
-
 def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
     found = []
-    for entry in Path(folder).iterdir():
+    for entry in access.listing(folder):
         step = step_of(entry)
-        if step is not None and entry.is_dir():
+        if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
             found.append((step, entry))
     return sorted(found)
 
@@ -75,9 +77,9 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
     found = []
-    for entry in Path(folder).iterdir():
+    for entry in access.listing(folder):
         step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and entry.is_file():
+        if step is not None and not entry.name.startswith(".") and access.is_file(entry, refused=True):
             found.append((step, entry))
     return sorted(found)
 
@@ -86,7 +88,7 @@ def checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint's name gives: a ``checkpoint-N`` folder, a file inside one, or a Lightning
     ``…step=N….ckpt`` file; None when its name gives none."""
     path = Path(path)
-    if path.is_dir():
+    if access.is_dir(path):
         return step_of(path)
     lightning = lightning_step_of(path)
     return lightning if lightning is not None else step_of(path.parent)
@@ -97,9 +99,9 @@ class RunPlace:
     """Where one checkpoint stands in its run: the run folder, the checkpoint's step, the run's kind."""
 
     run: Path
-    step: int  # the final model's: one past the newest checkpoint's (every checkpoint comes before it)
+    step: int  # a final model's or last.ckpt's: one past the newest checkpoint's (every checkpoint comes before it)
     lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
-    final: bool = False  # the target is the run's final model, the weights at the run folder's top
+    final: bool = False  # the target is the run's final model (the weights at the run folder's top, a Lightning final file)
 
     def siblings(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint of the run, steps ascending."""
@@ -116,16 +118,18 @@ class RunPlace:
 
 def place_in_run(target: Path) -> RunPlace | None:
     """Where ``target`` stands in a run (what ``--from auto`` and the repair hint go by): a ``checkpoint-N``
-    folder (or a file inside one), or a Lightning ``…step=N….ckpt`` file in a folder of them; else None."""
+    folder (or a file inside one), the final model of a run folder (the folder itself), or a Lightning
+    ``…step=N….ckpt`` file, the ``last.ckpt`` a resume loads or the final model file beside them (a Lightning
+    run folder stands for its final file); else None."""
     target = Path(target)
-    lightning = lightning_step_of(target) if not target.is_dir() else None
-    if lightning is not None:
-        try:
-            entries = list(target.parent.iterdir())
-        except OSError:
-            return None
-        return RunPlace(target.parent, lightning, True) if _lightning_run(target.parent, entries) else None
-    folder = target if target.is_dir() else target.parent
+    target_is_dir = access.is_dir(target)
+    if not target_is_dir:
+        lightning = lightning_folder(target.parent)
+        if lightning is not None:
+            return _lightning_place(target, lightning)
+    elif (lightning := lightning_folder(target)) is not None:
+        return _lightning_place(lightning.final, lightning) if lightning.final is not None else None
+    folder = target if target_is_dir else target.parent
     step = step_of(folder)
     if step is None and is_run_folder(folder) and has_final_model(folder):
         found = checkpoints_in(folder)
@@ -133,15 +137,23 @@ def place_in_run(target: Path) -> RunPlace | None:
     return None if step is None else RunPlace(folder.parent, step, False)
 
 
-def _lightning_run(folder: Path, entries: list[Path]) -> bool:
-    """A folder whose weight files are all Lightning ``.ckpt`` files, two or more of them named by step."""
-    from nandoctor.checkpoint.layout import INDEX_NAMES, weight_suffixes
+def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
+    """A file's place in the Lightning run it lies in: a step file by its step; the last or final file after
+    every step file (donors may be any step file, the newest included, as for a Trainer run's final model)."""
+    step = lightning_step_of(file)
+    if step is not None:
+        return RunPlace(file.parent, step, True)
+    after = run.steps[-1][0] + 1
+    if run.final is not None and file.name == run.final.name:
+        return RunPlace(file.parent, after, True, final=True)
+    if run.last is not None and file.name == run.last.name:
+        return RunPlace(file.parent, after, True)
+    return None
 
-    suffixes = weight_suffixes()
-    weights = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
-    if any(e.name in INDEX_NAMES for e in entries) or any(e.suffix.lower() != LIGHTNING_SUFFIX for e in weights):
-        return False
-    return sum(1 for e in weights if lightning_step_of(e) is not None) >= 2
+
+def _lightning_run(folder: Path, entries: list[Path]) -> bool:
+    """A folder of Lightning step files (checkpoint/lightningrun.py)."""
+    return lightning_folder(folder, entries) is not None
 
 
 # ---------------------------------------------------------------------------
@@ -165,17 +177,28 @@ class RunCheckpoint:
     report: ScanReport | None  # None when nothing could be scanned (no weights at all)
     incomplete: tuple[str, ...] = ()  # why the save looks half-written
     log: TrainLog | None = None
-    growth: float | None = None  # largest weight magnitude over that of the previous checkpoint
+    growth: float | None = None  # how far the bulk of the weights grew since the previous checkpoint (verdict.growth)
     why: str = ""  # what made it diverged, when it is
     final: bool = False  # the run's final model (the weights at the run folder's top), the newest row
     step_known: bool = True  # False for a final model whose step no trainer_state.json gives
+    last: bool = False  # a Lightning run's last.ckpt: what trainer.fit(ckpt_path="last") resumes from
+    same_as: str | None = None  # the earlier row whose file this one is (a link to it, or its bytes): not scanned again
+    same_how: str | None = None  # "link" (a symlink or hard link) or "copy" (the same bytes)
+    baseline_growth: float | None = None  # the same since the run's first healthy checkpoint: what the rule reads
 
     @property
     def max_abs(self) -> float | None:
-        """The largest weight magnitude of this checkpoint."""
+        """The largest weight magnitude of this checkpoint (one flipped bit can set it)."""
         from nandoctor import verdict
 
         return None if self.report is None else verdict.max_abs(self.report, "weight")
+
+    @property
+    def scale(self) -> float | None:
+        """The largest bulk scale of its weight tensors (verdict.weight_scale): a bit flip does not move it."""
+        from nandoctor import verdict
+
+        return None if self.report is None else verdict.weight_scale(self.report)
 
     @property
     def health(self) -> str:
@@ -219,15 +242,17 @@ class RunReport:
         """The newest checkpoint read completely whose weights are healthy (finite, not exploded, no
         outliers, not grown far past the earlier ones): what to resume from. (``--from auto`` takes donors
         only from healthy checkpoints before the run's first bad one: restore/donors.py.)"""
-        healthy = [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES]
+        healthy = [c for c in self.checkpoints
+                   if c.report is not None and c.status in HEALTHY_STATUSES and c.same_as is None]
         return healthy[-1] if healthy else None
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
     @property
     def repair_target(self) -> RunCheckpoint | None:
-        """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix."""
-        bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED]
+        """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix (the file
+        itself, never a row that is the same file as an earlier one)."""
+        bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED and c.same_as is None]
         return bad[-1] if bad else None
 
     def auto_donors_for(self, target: RunCheckpoint) -> bool:
@@ -247,55 +272,90 @@ class RunReport:
         """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and c.status in (POISONED, DIVERGED)), None)
 
-    def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
-        """The newest row decides: the final model where the run folder holds one (what a user ships),
-        else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
-        from nandoctor import verdict as verdicts
+    @property
+    def deciding(self) -> tuple[RunCheckpoint, ...]:
+        """The rows that decide the exit code: what gets loaded. The final model (what a user ships) and a
+        Lightning run's last.ckpt (what ``trainer.fit(ckpt_path="last")`` resumes from) where the run has
+        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
+        loaded = tuple(c for c in self.checkpoints if c.final or c.last)
+        return loaded or ((self.checkpoints[-1],) if self.checkpoints else ())
 
-        newest = self.newest
-        if self.problems or newest is None or newest.report is None or newest.status == INCOMPLETE:
+    def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
+        """The deciding row whose exit code is the run's: the worst of them; of equals, the newest."""
+        rows = self.deciding
+        if not rows:
+            return None
+        codes = [_row_code(c, fail_on) for c in rows]
+        worst = max(codes)
+        return rows[max(i for i, code in enumerate(codes) if code == worst)]
+
+    def exit_code(self, fail_on: frozenset[str] | None = None) -> int:
+        """The worst of the deciding rows (:attr:`deciding`); 3 when the run itself is ambiguous or empty."""
+        decider = self.decider(fail_on)
+        if self.problems or decider is None:
             return EXIT_UNREADABLE
-        return verdicts.exit_code(newest.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
+        return _row_code(decider, fail_on)
 
     def ok(self, fail_on: frozenset[str] | None = None) -> bool:
         return self.exit_code(fail_on) == 0
 
     @property
     def verdict(self) -> str:
-        newest = self.newest
-        if newest is None:
-            return "EMPTY"
-        if newest.status == INCOMPLETE:
-            return "INCOMPLETE"
-        assert newest.report is not None
-        return newest.report.verdict + (" (DIVERGED)" if newest.status == DIVERGED else "")
+        return self.verdict_under()
+
+    def verdict_under(self, fail_on: frozenset[str] | None = None) -> str:
+        """The deciding row's verdict words under ``fail_on`` (the default gate when None)."""
+        decider = self.decider(fail_on)
+        return "EMPTY" if decider is None else row_verdict(decider, fail_on)
+
+
+def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None) -> str:
+    """One row's verdict words (under ``fail_on``, its report's own when None): ``INCOMPLETE`` for a
+    half-written save, ``(DIVERGED)`` added."""
+    from nandoctor import verdict as verdicts
+
+    if c.status == INCOMPLETE or c.report is None:
+        return "INCOMPLETE"
+    words = c.report.verdict if fail_on is None else verdicts.judge(c.report, fail_on).words
+    return words + (" (DIVERGED)" if c.status == DIVERGED and not words.startswith(verdicts.DIVERGED_WORDS) else "")
+
+
+def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:
+    """One row's exit code: its report's, 3 for a save that is half-written or had nothing to scan."""
+    from nandoctor import verdict as verdicts
+
+    if c.report is None or c.status == INCOMPLETE:
+        return EXIT_UNREADABLE
+    return verdicts.exit_code(c.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
     """A folder of ``checkpoint-N`` (or ``step-N``) folders, or of Lightning ``…step=N….ckpt`` files.
 
     Weights at its top beside ``checkpoint-N`` folders are the run's final model (``trainer.save_model()``):
-    still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py).
+    still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py). A Lightning folder is a
+    run with two or more step files, or one beside ``last.ckpt`` or a final model file
+    (checkpoint/lightningrun.py).
     """
     folder = Path(path)
-    if not folder.is_dir():
+    if not access.is_dir(folder):
         return False
     try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return False
+        entries = access.listing(folder)
+    except UnreadablePathError:
+        return False  # opened as one checkpoint, whose scan says the folder cannot be read
     if _lightning_run(folder, entries):
         return True
     if holds_weights(entries) and not checkpoints_in(folder):
         return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
-    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and e.is_dir() for e in entries)
+    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and access.is_dir(e) for e in entries)
 
 
 def timeline_folders(root: Path) -> list[Path]:
     """The ``checkpoint-N`` and ``tmp-checkpoint-N`` folders of a run folder: its timeline's rows
     (a repair of its final model leaves them out of the copy)."""
     return [p for _, p in checkpoints_in(root)] + [
-        e for e in Path(root).iterdir() if _TMP_CHECKPOINT.match(e.name) and e.is_dir()
+        e for e in access.listing(root) if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
     ]
 
 
@@ -303,6 +363,58 @@ def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
     first = None if log is None or log.error else log.first_nonfinite_step
     return first if first is not None and first <= step else None
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A timeline row to scan: a checkpoint (maybe a tmp- one), a Lightning run's last file, or the final model."""
+
+    step: int
+    path: Path
+    tmp: bool = False
+    kind: str = ""  # "", "last" or "final"
+    step_known: bool = True
+
+
+def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
+    """A Lightning run's rows: its step files; then (not with ``below_step``) last.ckpt, placed by the step it
+    was saved at (after the step files of that step; after all of them when it cannot be read), and the
+    final model after everything, with its own step where that is at or after the newest step file's."""
+    rows = [_Row(step, p) for step, p in run.steps if below_step is None or step < below_step]
+    if below_step is not None:
+        return rows
+    newest = run.steps[-1][0]
+    if run.last is not None:
+        own = saved_step(run.last)
+        at = sum(1 for r in rows if own is not None and r.step <= own) if own is not None else len(rows)
+        rows.insert(at, _Row(newest if own is None else own, run.last, kind="last", step_known=own is not None))
+    if run.final is not None:
+        own = saved_step(run.final)
+        known = own is not None and own >= newest
+        rows.append(_Row(own if own is not None and known else newest, run.final, kind="final", step_known=known))
+    return rows
+
+
+def _same_as(row: _Row, done: list[RunCheckpoint]) -> tuple[RunCheckpoint, str] | None:
+    """The earlier row of a Lightning run whose file ``row``'s file is (a link to it, or a byte-identical
+    copy, as ``save_last`` often writes), newest first: then ``row`` is that row again, not a second save."""
+    for earlier in reversed(done):
+        if earlier.report is None or earlier.same_as is not None or earlier.final:
+            continue
+        if row.step_known and earlier.step != row.step:
+            continue  # the same bytes hold the same global_step
+        how = same_file(row.path, Path(earlier.path))
+        if how is not None:
+            return earlier, how
+    return None
+
+
+def unreadable_report(path: Path, exc: UnreadablePathError) -> ScanReport:
+    """The judged report of a checkpoint the file system would not show: no tensors, one problem (exit 3)."""
+    from nandoctor import verdict
+
+    problem = ScanProblem(exc.path, exc.reason, exc.hint)
+    return verdict.judged(ScanReport(str(path), (), TensorResults.of(()), (), errors=(problem,)))
 
 
 def scan_run(
@@ -316,7 +428,8 @@ def scan_run(
     below_step: int | None = None,
 ) -> RunReport:
     """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first,
-    then the final model at the run folder's top where there is one (not with ``below_step``)."""
+    then the final model at the run folder's top where there is one (not with ``below_step``). A Lightning
+    run: its step files, its last.ckpt and its final model file (checkpoint/lightningrun.py)."""
     import time
 
     from nandoctor.errors import NandoctorError
@@ -326,24 +439,29 @@ def scan_run(
     if scan_one is None:
         from nandoctor.engine import scan
     scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
-    lightning = _lightning_run(root, list(root.iterdir()))
-    folders: list[tuple[int, Path, bool]] = [
-        (step, p, False) for step, p in (lightning_checkpoints_in(root) if lightning else checkpoints_in(root))
-    ]
-    for entry in root.iterdir():
+    lightning_run = lightning_folder(root)
+    lightning = lightning_run is not None
+    rows = [] if lightning_run is None else _lightning_rows(lightning_run, below_step)
+    if lightning_run is None:
+        rows = [_Row(step, p) for step, p in checkpoints_in(root)]
+    entries = access.listing(root)
+    for entry in entries:
         match = _TMP_CHECKPOINT.match(entry.name)
-        if match and entry.is_dir():
-            folders.append((int(match.group(1)), entry, True))
-    folders.sort(key=lambda f: (f[0], f[2], f[1].name))
-    if below_step is not None:  # repair's --from auto: only the checkpoints before its target
-        folders = [f for f in folders if f[0] < below_step]
-    with_state = sum(1 for _, p, _ in folders if (p / TRAINER_STATE).exists())
+        if not lightning and match and access.is_dir(entry):
+            rows.append(_Row(int(match.group(1)), entry, tmp=True))
+    if not lightning:
+        rows.sort(key=lambda r: (r.step, r.tmp, r.path.name))
+        if below_step is not None:  # repair's --from auto: only the checkpoints before its target
+            rows = [r for r in rows if r.step < below_step]
+    # (lenient: a checkpoint folder that cannot be read is its row's problem, reported by its scan)
+    with_state = sum(1 for r in rows if os.path.isfile(r.path / TRAINER_STATE))
     # The final model (checkpoint/finalmodel.py) comes after every checkpoint, whatever step its state gives
-    newest_step = folders[-1][0] if folders else 0
+    newest_step = rows[-1].step if rows else 0
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
     if below_step is None and not lightning and has_final_model(root):
-        folders.append((final_at if final_at is not None and final_known else newest_step, root, False))
+        rows.append(_Row(final_at if final_at is not None and final_known else newest_step, root, kind="final",
+                         step_known=final_known))
     # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
     # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
     metrics = metrics_near(root) if lightning else None
@@ -351,16 +469,14 @@ def scan_run(
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if lightning else duplicate_steps(checkpoints_in(root))
     notes = [f"{p}; rename or remove the stray folder" for p in problems]
-    if lightning:  # last.ckpt, epoch=3.ckpt: checkpoints too, but no step to place them by
-        others = sorted(
-            e.name for e in root.iterdir()
-            if e.suffix.lower() == LIGHTNING_SUFFIX and lightning_step_of(e) is None and not e.name.startswith(".")
-        )
+    if lightning_run is not None:  # epoch=3.ckpt: a checkpoint too, but no step to place it by
+        others = sorted(lightning_run.unplaced)
+        notes += lightning_run.notes
         named = "a …step=<N>….ckpt file"
     else:
         others = sorted(
-            e.name for e in root.iterdir()
-            if e.is_dir() and e.name.startswith("checkpoint-") and step_of(e) is None
+            e.name for e in entries
+            if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
         named = "checkpoint-<step>"
     if others:
@@ -373,13 +489,24 @@ def scan_run(
     from nandoctor import verdict as verdicts
 
     done_before = 0
-    checkpoints = []
-    healthy_max: float | None = None  # the largest weight magnitude of the first healthy checkpoint
-    previous_max: float | None = None
-    for step, folder, is_tmp in folders:
-        is_final = folder is root
-        reasons = final_reasons(root) if is_final else incomplete_reasons(folder, expect_trainer_state=with_state > 0)
-        if is_tmp:
+    checkpoints: list[RunCheckpoint] = []
+    healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
+    previous: dict[str, float] = {}
+    for row in rows:
+        step, folder = row.step, row.path
+        is_final, is_last = row.kind == "final", row.kind == "last"
+        same = _same_as(row, checkpoints) if lightning and row.kind else None
+        if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
+            original, how = same
+            checkpoints.append(dataclasses.replace(
+                original, path=str(folder), final=is_final, last=is_last, growth=None, same_as=original.name,
+                same_how=how))
+            continue
+        if folder is root:
+            reasons = final_reasons(root)
+        else:
+            reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind)
+        if row.tmp:
             reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
         report = None
         offset = done_before
@@ -394,21 +521,34 @@ def scan_run(
                 kwargs["target_dtype"] = target_dtype
             report = scan_checkpoint(folder, **kwargs)
             done_before += report.bytes_scanned
+        except UnreadablePathError as exc:  # the file system will not show it: this row's problem, not the run's
+            report = unreadable_report(folder, exc)
         except NandoctorError as exc:
             if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
                 reasons.append(exc.message)
         state = folder / TRAINER_STATE
-        log = read_train_log(state) if state.exists() else metrics.train_log(step) if metrics is not None else None
-        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy_max, log_broke_by(log, step))
+        log = (read_train_log(state) if os.path.isfile(state)
+               else metrics.train_log(step) if metrics is not None else None)
+        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy, log_broke_by(log, step))
+        if report is not None and status == DIVERGED and report.health != DIVERGED:
+            # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
+            # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
+            grown = verdicts.growth(report, healthy or {})
+            assert grown is not None
+            fail_on = report.judgement.fail_on if report.judgement is not None else verdicts.DEFAULT_FAIL_ON
+            context = {verdicts.RUN_CONTEXT: {"growth": grown.to_json()}}
+            report = verdicts.judged(dataclasses.replace(report, extra={**report.extra, **context}), fail_on)
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
-                                   step_known=not is_final or final_known)
-        top = checkpoint.max_abs
-        if top is not None and previous_max:  # shown: the growth since the previous checkpoint
-            checkpoint = dataclasses.replace(checkpoint, growth=top / previous_max)
-        if top is not None:
-            previous_max = top
-        if status in HEALTHY_STATUSES and top is not None and healthy_max is None:
-            healthy_max = top  # the rule's baseline: the run's first healthy checkpoint
+                                   step_known=row.step_known, last=is_last)
+        scales = {} if report is None else verdicts.tensor_scales(report)
+        if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
+            since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, healthy or {})
+            checkpoint = dataclasses.replace(
+                checkpoint, growth=since_previous.factor if since_previous else None,
+                baseline_growth=since_healthy.factor if since_healthy else None)
+            previous = scales
+        if status in HEALTHY_STATUSES and scales and healthy is None:
+            healthy = scales  # the rule's baseline: the run's first healthy checkpoint
         checkpoints.append(checkpoint)
 
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]

@@ -41,6 +41,7 @@ class TrainLog:
     # Lightning: a row's step counts the optimizer steps done before it was logged, so its loss is of the
     # weights saved at that step (Trainer logs step N for the update that makes step N)
     logged_after_save: bool = False
+    logged: tuple[str, ...] = ()  # the series the log has (``loss``, ``grad_norm``; a Lightning log's own key names)
 
     @property
     def suspicious_step(self) -> int | None:
@@ -54,8 +55,10 @@ def _where_it_broke(
     """The first entry (in log order) whose ``keys`` hold NaN/Inf, and the first loss of exactly 0.0."""
     last = first_bad = first_zero = None
     bad_keys: tuple[str, ...] = ()
+    seen: set[str] = set()
     for step, entry in entries:
         last = step if last is None else max(last, step)
+        seen.update(k for k in keys if isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool))
         nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
             k for k in keys if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
         )
@@ -64,7 +67,7 @@ def _where_it_broke(
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
-    return TrainLog(source, last, first_bad, bad_keys, first_zero)
+    return TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
 
 
 def read_train_log(path: Path) -> TrainLog:

@@ -14,6 +14,10 @@ from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Every path argument: click's own readability check would answer "Path 'x' is not readable" with exit 2
+# and no report; nandoctor's readers say which path, why and what to do, with exit 3 (access.py).
+USER_PATH = click.Path(path_type=str, readable=False)
+
 
 def debug_enabled(ctx: click.Context | None = None) -> bool:
     if os.environ.get("NANDOCTOR_DEBUG"):
@@ -57,12 +61,25 @@ def echo_json(data: Any) -> None:
 
 def fail(message: str, hint: str = "", code: int = EXIT_UNREADABLE) -> NoReturn:
     """Print one `error:` line (and a hint) to stderr and exit with ``code``."""
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     click.echo(f"error: {safe(message)}", err=True)
     if hint:
         click.echo(f"hint: {safe(hint)}", err=True)
     sys.exit(code)
+
+
+def known_error(exc: BaseException) -> NandoctorError | None:
+    """``exc`` as an error the user can act on: a NandoctorError, or an ``OSError`` on a path (a folder
+    that may not be listed, a file that may not be read: access.unreadable names it and says what to do,
+    exit 3); None for anything else (a bug of ours)."""
+    if isinstance(exc, NandoctorError):
+        return exc
+    if isinstance(exc, OSError) and exc.filename:
+        from nandoctor.access import unreadable
+
+        return unreadable(exc.filename, exc)
+    return None
 
 
 def handles_errors(func: F) -> F:
@@ -72,10 +89,13 @@ def handles_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except NandoctorError as exc:
+        except (NandoctorError, OSError) as exc:
             if debug_enabled():
                 raise
-            fail(exc.message, exc.hint, exc.exit_code)
+            known = known_error(exc)
+            if known is None:
+                _internal(exc)
+            fail(known.message, known.hint, known.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -84,9 +104,13 @@ def handles_errors(func: F) -> F:
         except Exception as exc:  # a bug of ours: say so plainly, never claim "clean"
             if debug_enabled():
                 raise
-            fail(
-                f"internal error: {type(exc).__name__}: {exc}",
-                "run again with --debug for the traceback and report it as a nandoctor bug",
-            )
+            _internal(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _internal(exc: BaseException) -> NoReturn:
+    fail(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "run again with --debug for the traceback and report it as a nandoctor bug",
+    )

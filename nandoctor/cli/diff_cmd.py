@@ -6,13 +6,13 @@ import sys
 
 import click
 
-from nandoctor.cli.common import debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 
 
 @click.command()
-@click.argument("a", type=click.Path(path_type=str))
-@click.argument("b", type=click.Path(path_type=str))
+@click.argument("a", type=USER_PATH)
+@click.argument("b", type=USER_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout (schema in docs/diff.md).")
 @click.option("--all", "show_all", is_flag=True, help="List every differing tensor (and, with --json, identical ones).")
 @click.option("--both-formats", is_flag=True, help="In a folder with safetensors and .bin weights, read both.")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from nandoctor.cli.common import debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, handles_errors
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=USER_PATH)
 @debug_option
 @handles_errors
 def manifest(path: str) -> None:

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from nandoctor.cli.common import debug_option, echo_json, fail, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors
 
 
 def scan_split(
@@ -50,7 +50,7 @@ def scan_split(
 
 
 @click.command()
-@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("parts", nargs=-1, required=True, type=USER_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the merged report as JSON (as `scan --json`).")
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range.")
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")

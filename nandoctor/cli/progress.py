@@ -1,15 +1,24 @@
-"""Progress bars and consoles for the CLI: on stderr, only when stderr is a terminal."""
+"""Progress bars and consoles for the CLI: on stderr, only when stderr is a terminal.
+
+rich is imported only where a console is made: a ``--quiet`` or ``--json`` scan, or one whose stderr is
+a pipe, never pays for it (issue 18's start-up budget).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     # NO_COLOR is honoured by rich itself. A pipe gets plain text, wide enough that
     # tensor names are not cut (logs and CI are read by grep, not by eye).
     console = Console(highlight=False, soft_wrap=False)
@@ -19,14 +28,29 @@ def stdout_console() -> Console:
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
+
+
+def _stderr_may_be_terminal() -> bool:
+    # rich also treats FORCE_COLOR / TTY_COMPATIBLE as a terminal; only then is a console worth making
+    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE"):
+        return True
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @contextmanager
 def byte_progress(*, enabled: bool, description: str) -> Iterator[Callable[[int, int, str], None] | None]:
     """Yield a callback (done, total, file) that drives a bar with bytes, speed and ETA."""
+    if not enabled or os.environ.get("NANDOCTOR_NO_PROGRESS") or not _stderr_may_be_terminal():
+        yield None
+        return
     console = stderr_console()
-    if not enabled or not console.is_terminal or os.environ.get("NANDOCTOR_NO_PROGRESS"):
+    if not console.is_terminal:
         yield None
         return
     from rich.progress import (

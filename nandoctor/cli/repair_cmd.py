@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import click
 
-from nandoctor.cli.common import debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, handles_errors
 from nandoctor.cli.progress import byte_progress
 from nandoctor.report.repair_report import MAX_ROWS
 
@@ -38,7 +38,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 @click.command()
-@click.argument("target", type=click.Path(path_type=str))
+@click.argument("target", type=USER_PATH)
 @click.option(
     "--from",
     "donors",
@@ -49,7 +49,7 @@ def _sigterm_interrupts() -> Iterator[None]:
     "'auto' = the run's healthy checkpoints before TARGET (checkpoint-N folders, or Lightning "
     "…step=N….ckpt files), newest first.",
 )
-@click.option("--out", type=click.Path(path_type=str), help="New folder for the repaired checkpoint (must not exist).")
+@click.option("--out", type=USER_PATH, help="New folder for the repaired checkpoint (must not exist).")
 @click.option(
     "--scope",
     type=click.Choice(["tensor", "layer"]),

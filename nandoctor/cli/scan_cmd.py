@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nandoctor.checkpoint.selection import Selection, selection
-from nandoctor.cli.common import debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.emit import emit_scan
 from nandoctor.cli.progress import byte_progress
 from nandoctor.dtypes import TARGET_DTYPE_NAMES
-from nandoctor.errors import EXIT_UNREADABLE
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
+    from nandoctor.errors import ReportWriteError
     from nandoctor.model import ScanReport
 
 
@@ -36,7 +36,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=USER_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (schema in docs/json.md).")
 @click.option(
     "--device",
@@ -65,7 +65,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     "Unreadable parts always exit 3.",
 )
 @click.option("--max-abs", type=float, default=None,
-              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5; docs/health.md).")
+              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5, 2^14 for fp16; docs/health.md).")
 @click.option("--outlier-factor", type=float, default=None,
               help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
 @click.option("--only", "only", multiple=True, metavar="GLOB",
@@ -81,8 +81,9 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
               help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
 @click.option("--verify-hashes", is_flag=True,
               help="Also check weight files against their sha256 known offline (HF cache blob names, "
-              "nandoctor-repair.json, --manifest); a mismatch exits 3.")
-@click.option("--manifest", type=click.Path(path_type=str), default=None,
+              "nandoctor-repair.json, --manifest); a mismatch exits 3, and so does a checkpoint with no "
+              "recorded sha256 at all (nothing verified).")
+@click.option("--manifest", type=USER_PATH, default=None,
               help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
@@ -120,14 +121,16 @@ def scan(
 
     PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
     its *.index.json, or weight files), a training run folder of checkpoint-N
-    folders (scanned as a timeline, with trainer_state.json's loss/grad_norm),
+    folders or Lightning ...step=N....ckpt files (scanned as a timeline, with
+    trainer_state.json's or metrics.csv's loss/grad_norm),
     or a repo id already in the local Hugging Face / ModelScope cache (never
     downloaded; a local path of the same name wins).
 
     Exit code 0 means every tensor was read and passes; 1 means a finding that
     fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or with
     --target-dtype overflow risk; 3 means something could not be read, so
-    nothing is called clean. For a run folder the newest checkpoint decides.
+    nothing is called clean. For a run folder the newest checkpoint decides,
+    or the final model and a Lightning last.ckpt where the run has them.
 
     \b
     Examples:
@@ -195,13 +198,15 @@ class ScanOptions:
 @contextmanager
 def _one_line_on_error(path: str) -> Iterator[None]:
     from nandoctor.errors import NandoctorError
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     try:
         yield
-    except NandoctorError as exc:
-        word = "UNREADABLE" if exc.exit_code == EXIT_UNREADABLE else "ERROR"
-        click.echo(safe(f"FAIL {word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
+        click.echo(safe(f"FAIL {exc.verdict_word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
         if exc.hint:
             click.echo(f"hint: {safe(exc.hint)}", err=True)
         sys.exit(exc.exit_code)
@@ -211,15 +216,17 @@ def _one_line_on_error(path: str) -> Iterator[None]:
 def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
     """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
     empty file), and the usual ``error:`` line and hint on stderr."""
-    from nandoctor.cli.common import fail
     from nandoctor.errors import NandoctorError
 
     try:
         yield
-    except NandoctorError as exc:
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
         from nandoctor.report.json_report import error_to_json
 
-        data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on)
+        data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on, exc.verdict_word)
         if markdown:
             from nandoctor.report.markdown_report import render_error
 
@@ -257,35 +264,51 @@ def _scan(
         else:
             report = api.scan(path, progress=progress, verify_hashes=verify_hashes, manifest=manifest,
                               **options.kwargs())
+    # A report file that cannot be written is an error of the output, not of the checkpoint: the scan's own
+    # report is still printed (saying the file was not written), then one `error:` line, and the exit is 3.
+    not_written = _write_html(run if is_run else report, html_path, fail_on)
     if is_run:
-        _write_html(run, html_path, fail_on)
-        _emit_run(run, as_json, quiet, markdown, fail_on)
-        sys.exit(run.exit_code(fail_on))
-    _write_html(report, html_path, fail_on)
-    sys.exit(emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown))
+        _emit_run(run, as_json, quiet, markdown, fail_on, not_written)
+        code = run.exit_code(fail_on)
+    else:
+        code = emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown, not_written=not_written)
+    if not_written is not None:
+        from nandoctor.cli.common import fail
+
+        fail(not_written.message, not_written.hint, not_written.exit_code)
+    sys.exit(code)
 
 
-def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> None:
+def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> ReportWriteError | None:
+    """Write the HTML report; the error when it could not be written (the caller reports it after the scan's)."""
     if path is None:
-        return
+        return None
+    from nandoctor.errors import ReportWriteError
     from nandoctor.model import ScanReport
     from nandoctor.report.html_report import render_run, render_scan, write_html
 
-    write_html(path, render_scan(result, fail_on) if isinstance(result, ScanReport) else render_run(result, fail_on))
+    try:
+        write_html(path, render_scan(result, fail_on) if isinstance(result, ScanReport) else render_run(result, fail_on))
+    except ReportWriteError as exc:
+        return exc
+    return None
 
 
-def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_on: frozenset[str]) -> None:
+def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_on: frozenset[str],
+              not_written: ReportWriteError | None = None) -> None:
     from nandoctor import api
 
     if markdown:
-        from nandoctor.report.markdown_report import render_run
+        from nandoctor.report.markdown_report import not_written_section, render_run
 
-        click.echo(render_run(run, fail_on), nl=False)
+        click.echo(render_run(run, fail_on) + not_written_section(not_written), nl=False)
     elif as_json:
-        echo_json(api.to_json(run, fail_on))
+        from nandoctor.report.json_report import with_report_error
+
+        echo_json(with_report_error(api.to_json(run, fail_on), not_written))
     elif quiet:
-        from nandoctor.report.rich_report import safe
         from nandoctor.report.run_report import one_line
+        from nandoctor.report.text import safe
 
         click.echo(safe(one_line(run, fail_on)))
     else:

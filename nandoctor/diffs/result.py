@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
-from nandoctor.model import LayerRange, LayerSummary, ScanProblem
+from nandoctor.model import LayerRange, LayerSummary, ScanProblem, coords_of
 
 # Per-tensor statuses.
 IDENTICAL = "identical"  # the same bytes
@@ -67,6 +67,18 @@ class TensorDiff:
     @property
     def same(self) -> bool:
         return self.status in SAME
+
+    @property
+    def first_nonfinite_a_only_coords(self) -> tuple[int, ...] | None:
+        """Where the first NaN/Inf only in A sits, in coordinates (as the extreme changes are given)."""
+        return self._coords(self.first_nonfinite_a_only)
+
+    @property
+    def first_nonfinite_b_only_coords(self) -> tuple[int, ...] | None:
+        return self._coords(self.first_nonfinite_b_only)
+
+    def _coords(self, index: int | None) -> tuple[int, ...] | None:
+        return None if index is None else coords_of(index, self.shape_a or self.shape_b or ())
 
     @property
     def dtype_changed(self) -> bool:

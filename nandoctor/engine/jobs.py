@@ -152,7 +152,7 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         if facts is None:
             floating = checks_overflow(spec)
             facts = per_dtype[spec.name] = (
-                lane_info(spec, limits.max_abs) if floating else None,
+                lane_info(spec, limits.ceiling(spec.name)) if floating else None,
                 threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
             )
         job.info = facts[0]

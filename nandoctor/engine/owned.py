@@ -22,6 +22,7 @@ from nandoctor.engine import assemble, scan_jobs
 from nandoctor.engine.jobs import plan_jobs
 from nandoctor.kernels import select_kernel
 from nandoctor.kernels.census import HealthLimits
+from nandoctor.kernels.targets import target
 from nandoctor.model import ScanReport
 
 _RANK_NAMES = (re.compile(r"^__(\d+)_\d+\.distcp$"), re.compile(r"zero_pp_rank_(\d+)_"))
@@ -42,21 +43,25 @@ def owner(file: Path, world: int) -> int:
 
 
 def scan_owned(
-    path: str | os.PathLike[str], rank: int, world: int, *, device: str = "cpu", limits: HealthLimits | None = None
+    path: str | os.PathLike[str], rank: int, world: int, *, device: str = "cpu", limits: HealthLimits | None = None,
+    target_dtype: str | None = None,
 ) -> ScanReport:
     """The judged report of the files of the checkpoint at ``path`` that rank ``rank`` of ``world`` owns.
 
     Every rank opens the checkpoint (headers and metadata only), so problems that span files (a missing
-    ``.distcp`` file, a missing ZeRO rank file) are in every rank's report."""
+    ``.distcp`` file, a missing ZeRO rank file) are in every rank's report. ``target_dtype`` as in
+    ``nandoctor.scan``: the values of this rank's files that a cast to it would overflow are counted
+    (``TensorResult.overflow``; the overflow count is per element, so the ranks' counts add up to a
+    single-process scan's). ValueError for an unknown ``target_dtype``."""
     started = time.perf_counter()
+    cast_to = target(target_dtype) if target_dtype is not None else None
     limits = limits or HealthLimits()
     checkpoint = open_checkpoint(path)
     mine = {f for f in checkpoint.refs_by_file if owner(f, world) == rank}
-    jobs = [job for job in plan_jobs(checkpoint.refs, limits, None) if Path(job.region.file) in mine]
+    jobs = [job for job in plan_jobs(checkpoint.refs, limits, cast_to) if Path(job.region.file) in mine]
     kernel = select_kernel(device)
     found = scan_jobs(checkpoint, jobs, kernel, limits, None, mine)
-    report = assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, None, limits)
-    return report
+    return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
 
 
 __all__ = ["owner", "scan_owned", "writer_rank"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.access import unreadable
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.engine import Scanned, assemble, finish_jobs, scan_jobs
 from nandoctor.engine.jobs import RegionJob, plan_jobs
@@ -71,7 +72,7 @@ class Options:
     def limits(self) -> HealthLimits:
         defaults = HealthLimits()
         return HealthLimits(
-            defaults.max_abs if self.max_abs is None else self.max_abs,
+            self.max_abs,  # None: each dtype's own default ceiling
             defaults.outlier_factor if self.outlier_factor is None else self.outlier_factor,
         )
 
@@ -156,7 +157,9 @@ def read_part(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    except ValueError as exc:
         raise PartsError(f"{path}: not a readable part file ({exc})",
                          "write parts with: nandoctor scan PATH --part I/N --json > part-I.json") from None
     if not isinstance(data, dict) or data.get("format") != PART_FORMAT:

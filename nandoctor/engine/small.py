@@ -117,7 +117,7 @@ def plan_small(table: RefTable, limits: HealthLimits) -> tuple[SmallTensors, lis
     small = floating & (nbytes < SMALL_REGION_BYTES)
     rows = np.flatnonzero(small)
     rows = rows[np.argsort(offsets[rows], kind="stable")]  # file order; equal offsets (empty ones) as listed
-    infos = [lane_info(spec, limits.max_abs) if spec.can_hold_nonfinite else None for spec in specs]
+    infos = [lane_info(spec, limits.ceiling(spec.name)) if spec.can_hold_nonfinite else None for spec in specs]
     found = SmallTensors(table, kinds, specs, infos, rows, offsets[rows], nbytes[rows], kinds[rows])
     return found, np.flatnonzero(floating & ~small).tolist()
 

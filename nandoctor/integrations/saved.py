@@ -5,7 +5,7 @@ and the ranks agree on one verdict with one collective.
     from nandoctor.integrations.saved import verify_saved
 
     dcp.save(state_dict, checkpoint_id=path)
-    result = verify_saved(path)          # on every rank; one all_reduce
+    result = verify_saved(path)          # on every rank; one all_reduce (target_dtype="fp16": overflow too)
     if not result.ok:                    # the same answer on every rank
         raise SystemExit(result.exit_code)
 
@@ -51,9 +51,14 @@ class SavedVerdict:
 
 def verify_saved(
     path: str | os.PathLike[str], *, group: Any = None, fail_on: str | list[str] | None = None, device: str = "cpu",
+    target_dtype: str | None = None,
 ) -> SavedVerdict:
     """Call on every rank of ``group`` (default: the world) after saving ``path``; every rank gets the same
-    ``exit_code``. ``fail_on`` as ``nandoctor scan --fail-on``; ``device`` where this rank counts."""
+    ``exit_code``. ``fail_on`` as ``nandoctor scan --fail-on``; ``device`` where this rank counts;
+    ``target_dtype`` (``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``) as ``nandoctor scan --target-dtype``:
+    each rank also counts the weights of its files that would overflow that cast (``overflow`` findings,
+    which fail unless ``fail_on`` leaves ``overflow`` out). A bad ``fail_on`` or ``target_dtype`` is this
+    rank's error (exit code 3, ``error`` says which), never a hang of the others."""
     import torch
     import torch.distributed as dist
 
@@ -63,7 +68,9 @@ def verify_saved(
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     report, error = None, ""
     try:
-        report = verdicts.judged(scan_owned(path, rank, world, device=device), verdicts.parse_fail_on(fail_on))
+        failing = verdicts.parse_fail_on(fail_on)
+        verdicts.require_target_for_overflow(failing, target_dtype)  # a check that passes anything is a bug
+        report = verdicts.judged(scan_owned(path, rank, world, device=device, target_dtype=target_dtype), failing)
         code = report.exit_code
     except (NandoctorError, OSError, ValueError) as exc:  # this rank still joins the collective below
         code, error = 3, f"rank {rank}: {getattr(exc, 'message', None) or exc}"

@@ -45,8 +45,9 @@ new folder, and then every rank checks the files it wrote with
 rank gets the same verdict) instead of process zero reading everything.
 ``reports`` then holds each rank's report of its own files; ``nandoctor.json``
 (written by process zero) holds process zero's report and the agreed gate, with
-every rank's exit code. With ``target_dtype`` the process-zero scan is kept
-(overflow is counted by the full scan only), and no health figures are logged.
+every rank's exit code. ``target_dtype`` is checked the same way: each rank counts
+the overflow of its own files (the counts of the ranks add up to a full scan's).
+No health figures are logged for a per-rank check (each rank saw only its files).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class NanDoctorCallback(TrainerCallback):
         # ZeRO), each rank finds them already and checks them itself: every rank takes the same branch.
         dist = distributed()
         passed: bool | None = None  # None: not scanned, training goes on
-        per_rank = dist is not None and self.target_dtype is None and wrote_own_files(folder, dist.get_rank())
+        per_rank = dist is not None and wrote_own_files(folder, dist.get_rank())
         if per_rank:
             passed = self._check_ranks(folder, state)  # every rank checks the files it wrote; one all_reduce
         elif state.is_world_process_zero or dist is None:
@@ -243,7 +244,7 @@ class NanDoctorCallback(TrainerCallback):
 
     def _check_ranks(self, folder: Path, state: TrainerState) -> bool:
         """Every rank checks the files it wrote (verify_saved); the agreed verdict, the same on every rank."""
-        result = verify_saved(folder, fail_on=sorted(self.fail_on), device=self.device)
+        result = verify_saved(folder, fail_on=sorted(self.fail_on), device=self.device, target_dtype=self.target_dtype)
         passed = result.ok
         if result.report is not None:
             self.gate.reports[state.global_step] = result.report  # this rank's own files

@@ -51,6 +51,12 @@ SAMPLE_RUN = 64  # lanes sampled at the start of every 64 KiB segment of a large
 SEGMENT_BYTES = 64 << 10  # the prefilter's segment (cpu.PREFILTER_BYTES)
 MIN_OUTLIER_ELEMENTS = 16  # below this a tensor has no bulk to stand out from
 DEFAULT_MAX_ABS = 1e5  # the exploded ceiling: real weights measured reach 9.2e3 (docs/health.md)
+# fp16 holds nothing above 65,504, so 1e5 could never fire there. A weight of 2^14 overflows fp16 as
+# soon as it meets an activation of 4 (a normalised hidden state holds such values by chance alone),
+# long before a dot product sums it; the largest real weight measured, 9,151, stays 1.8x below it.
+# fp8 is left at the default (it can never fire): fp8 weights are stored scaled to fill the format,
+# with a scale beside them, so a magnitude at the format's largest value is the design, not a blow-up.
+NARROW_MAX_ABS = {"F16": 2.0**14, "C32": 2.0**14}
 DEFAULT_OUTLIER_FACTOR = 2.0**10
 
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
@@ -59,18 +65,28 @@ _MANTISSA = {"F64": 52, "C128": 52, "F32": 23, "C64": 23, "F16": 10, "C32": 10, 
              "F8_E5M2": 2, "F8_E4M3": 3, "F8_E4M3FNUZ": 3, "F8_E5M2FNUZ": 2, "F8_E8M0": 0}
 
 
+def default_ceiling(dtype: str) -> float:
+    """The exploded ceiling of a dtype when ``--max-abs`` is not given: 1e5, or 2^14 for fp16."""
+    return NARROW_MAX_ABS.get(dtype, DEFAULT_MAX_ABS)
+
+
 @dataclass(frozen=True, slots=True)
 class HealthLimits:
-    """The census's thresholds: the absolute ceiling (``--max-abs``) and the outlier factor."""
+    """The census's thresholds: the absolute ceiling (``--max-abs``; None: each dtype's own default,
+    :func:`default_ceiling`) and the outlier factor."""
 
-    max_abs: float = DEFAULT_MAX_ABS
+    max_abs: float | None = None
     outlier_factor: float = DEFAULT_OUTLIER_FACTOR
 
     def __post_init__(self) -> None:
-        if not (self.max_abs > 0 and math.isfinite(self.max_abs)):
+        if self.max_abs is not None and not (self.max_abs > 0 and math.isfinite(self.max_abs)):
             raise ValueError(f"--max-abs must be a positive finite number; got {self.max_abs!r}")
         if not (self.outlier_factor >= 2 and math.isfinite(self.outlier_factor)):
             raise ValueError(f"--outlier-factor must be a finite number >= 2; got {self.outlier_factor!r}")
+
+    def ceiling(self, dtype: str) -> float:
+        """The exploded ceiling for tensors of ``dtype`` (a safetensors name: ``F16``, ``BF16``, …)."""
+        return default_ceiling(dtype) if self.max_abs is None else self.max_abs
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
+from nandoctor.errors import UnsupportedFormatError
 from nandoctor.model import ReadResult
-
-LFS_POINTER_PREFIX = b"version https://git-lfs"
+from nandoctor.readers import magic
+from nandoctor.readers.magic import LFS_POINTER_PREFIX
 
 
 class CheckpointReader(Protocol):
@@ -55,26 +55,27 @@ def supported_suffixes() -> tuple[str, ...]:
     return tuple(s for r in READERS.values() for s in r.suffixes)
 
 
+# How messages name the format a file's suffix promises
+_FORMAT_WORDS = {"safetensors": "safetensors", "torch": "PyTorch", "gguf": "GGUF", "dcp": "torch.distributed.checkpoint"}
+
+
 def reader_for(path: Path) -> CheckpointReader:
-    """The reader for ``path``, chosen by content first, then by suffix."""
+    """The reader for ``path``, chosen by content first, then by suffix. An LFS pointer is refused here, as
+    what it is, whatever its name."""
     with open(path, "rb") as fh:
         head = fh.read(64)
-    if head.startswith(LFS_POINTER_PREFIX):
-        raise CorruptCheckpointError(
-            str(path),
-            "this is a Git LFS pointer file, not the weights",
-            hint="run `git lfs pull` in the repository (or download the file itself) and scan again",
-        )
     suffix = path.suffix.lower()
-    if suffix in READERS["dcp"].suffixes:  # starts like a torch zip, but only its .metadata explains it
+    promised = next((name for name, reader in READERS.items() if suffix in reader.suffixes), None)
+    if head.startswith(LFS_POINTER_PREFIX):
+        raise magic.not_a(str(path), _FORMAT_WORDS.get(promised or "", "checkpoint"), head)
+    if promised == "dcp":  # starts like a torch zip, but only its .metadata explains it
         return READERS["dcp"]
     for reader in READERS.values():
         if reader.sniff(head):
             return reader
-    for reader in READERS.values():
-        if suffix in reader.suffixes:
-            return reader
-    raise UnsupportedFormatError(f"{path}: not a checkpoint format nandoctor knows")
+    if promised is None:
+        raise UnsupportedFormatError(f"{path}: not a checkpoint format nandoctor knows")
+    return READERS[promised]  # which, finding no format of its own, says what the file is (magic.not_a)
 
 
 def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:

@@ -23,6 +23,7 @@ from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError
+from nandoctor.readers.pathstandins import path_standin
 
 METADATA_NAME = ".metadata"
 MAX_METADATA_BYTES = 4 << 30  # a checkpoint of 100k tensors x 1k chunks stays far below this
@@ -79,12 +80,6 @@ def _size(*args: Any) -> tuple[int, ...]:
     return values
 
 
-def _path(*parts: Any) -> str:
-    if not all(isinstance(p, str) for p in parts):
-        raise pickle.UnpicklingError("a path made of something other than strings")
-    return os.path.join(*parts) if parts else ""
-
-
 def _inert(value: Any = None, *_: Any) -> Any:
     return value
 
@@ -102,8 +97,9 @@ def _global(module: str, name: str) -> Any:
             return name
     if (module, name) in {(_METADATA, "_MEM_FORMAT_ENCODING"), ("torch.serialization", "_get_layout")}:
         return _inert  # an enum value / layout name: kept as the int or string it was pickled as
-    if module in ("pathlib", "pathlib._local") and name in ("PosixPath", "WindowsPath", "PurePosixPath", "Path"):
-        return _path  # StorageMeta.checkpoint_id: where it was saved, only shown
+    path = path_standin(module, name)
+    if path is not None:
+        return path  # StorageMeta.checkpoint_id: where it was saved, only shown
     if module == "collections" and name == "OrderedDict":
         return dict
     return None

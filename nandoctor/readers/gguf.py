@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
 from nandoctor.model import BlockFields, ReadResult, Region, TensorRef
+from nandoctor.readers import magic
 
 MAGIC = b"GGUF"
 SUFFIXES = (".gguf",)
@@ -157,6 +158,8 @@ def _parse(buf: mmap.mmap, p: str, size: int) -> Header:
                 f"{p}: a GGML/GGJT model file from before GGUF (2023)",
                 hint="convert it with llama.cpp's convert_llama_ggml_to_gguf.py, then scan the .gguf",
             )
+        if magic.identify(bytes(buf[:64])) is not None:  # text, a web page, another format: say which
+            raise magic.not_a(p, "GGUF", bytes(buf[:64]))
         raise CorruptCheckpointError(p, f"does not start with the GGUF magic (found {bytes(buf[:4])!r})")
     (version,) = struct.unpack_from("<I", buf, 4)
     endian, byteorder = "<", "little"

@@ -21,6 +21,7 @@ from nandoctor.checkpoint import jsonfiles
 from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import ReadResult, RefTable
+from nandoctor.readers import magic
 from nandoctor.readers.compact_header import HeaderColumns, parse_compact
 
 MAX_HEADER_BYTES = 100_000_000  # the reference parser's limit
@@ -158,13 +159,17 @@ def _header_text(path: Path, base: int) -> tuple[str, int, int]:
         raise CorruptCheckpointError(p, f"file is {size} bytes, too short for a safetensors header")
     with open(path, "rb") as fh:
         fh.seek(base)
-        (n,) = struct.unpack("<Q", fh.read(8))
+        head = fh.read(64)
+        (n,) = struct.unpack("<Q", head[:8])
+        if n + 8 > size and head[8:9] != b"{":  # no header of this file: text, a web page, another format
+            raise magic.not_a(p, "safetensors", head)
         if n > MAX_HEADER_BYTES:
             raise CorruptCheckpointError(p, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
         if n + 8 > size:
             raise CorruptCheckpointError(
                 p, f"header length {n} runs past the end of the {size}-byte file (truncated?)"
             )
+        fh.seek(base + 8)
         raw = fh.read(n)
     if len(raw) != n:
         raise CorruptCheckpointError(p, "file shrank while its header was read")

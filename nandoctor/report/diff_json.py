@@ -28,6 +28,10 @@ def _change(c: Change | None) -> dict[str, Any] | None:
     return {"index": c.index, "coords": list(c.coords), "a": number(c.a), "b": number(c.b), "amount": number(c.amount)}
 
 
+def _coords(coords: tuple[int, ...] | None) -> list[int] | None:
+    return None if coords is None else list(coords)
+
+
 def tensor_json(t: TensorDiff) -> dict[str, Any]:
     return {
         "name": t.name,
@@ -48,6 +52,8 @@ def tensor_json(t: TensorDiff) -> dict[str, Any]:
         "nonfinite_b_only": t.nonfinite_b_only,
         "first_nonfinite_a_only": t.first_nonfinite_a_only,
         "first_nonfinite_b_only": t.first_nonfinite_b_only,
+        "first_nonfinite_a_only_coords": _coords(t.first_nonfinite_a_only_coords),
+        "first_nonfinite_b_only_coords": _coords(t.first_nonfinite_b_only_coords),
         "compared_bytes": t.compared_bytes,
         "tied_to": t.tied_to,
         "message": t.message,

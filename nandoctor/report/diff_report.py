@@ -26,11 +26,15 @@ def _value(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _at(coords: tuple[int, ...] | None) -> str:
+    return "[" + ", ".join(map(str, coords or ())) + "]"
+
+
 def _where(c: Change | None) -> str:
     if c is None:
         return ""
     # A is the checkpoint under test, B the reference: say which value is which, never an arrow
-    return f"{c.amount:.4g} at [{', '.join(map(str, c.coords))}] (A: {_value(c.a)}, B: {_value(c.b)})"
+    return f"{c.amount:.4g} at {_at(c.coords)} (A: {_value(c.a)}, B: {_value(c.b)})"
 
 
 def detail(t: TensorDiff) -> str:
@@ -44,9 +48,9 @@ def detail(t: TensorDiff) -> str:
         if t.max_rel is not None and t.max_rel.index != (t.max_abs.index if t.max_abs else -1):
             parts.append(f"max rel {_where(t.max_rel)}")
         if t.nonfinite_b_only:
-            parts.append(f"{t.nonfinite_b_only:,} NaN/Inf only in B (first at {t.first_nonfinite_b_only})")
+            parts.append(f"{t.nonfinite_b_only:,} NaN/Inf only in B (first at {_at(t.first_nonfinite_b_only_coords)})")
         if t.nonfinite_a_only:
-            parts.append(f"{t.nonfinite_a_only:,} NaN/Inf only in A (first at {t.first_nonfinite_a_only})")
+            parts.append(f"{t.nonfinite_a_only:,} NaN/Inf only in A (first at {_at(t.first_nonfinite_a_only_coords)})")
         if t.dtype_changed:
             parts.append(f"{t.dtype_a} → {t.dtype_b}")
         if t.message:

@@ -118,7 +118,7 @@ def checkpoint_grids(report: ScanReport) -> tuple[list[Grid], dict[str, str]]:
 
 def run_grid(run: RunReport) -> Grid | None:
     """Layer groups × checkpoints: where the damage began and how it spread."""
-    columns = [c.name if c.final else str(c.step) for c in run.checkpoints]
+    columns = [c.name if c.final or c.last else str(c.step) for c in run.checkpoints]
     per_checkpoint: list[dict[str, str] | None] = []
     groups: set[str] = set()
     for c in run.checkpoints:

@@ -133,7 +133,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     """The page for one checkpoint: verdict and next command, heatmap, tensors with findings."""
     decided = verdicts.judge(report, fail_on)
     head = f'<h1>nandoctor scan</h1><p class="target">{esc(report.target)}</p>'
-    box = _verdict_box(decided.exit_code == 0, decided.words, verdicts.one_line(report, fail_on), next_steps(report))
+    box = _verdict_box(decided.exit_code == 0, decided.words, verdicts.one_line(report, fail_on), next_steps(report, decided))
     return _page(f"nandoctor: {report.target}", [head, box, *_scan_body(report)])
 
 
@@ -170,19 +170,20 @@ def _charts(run: RunReport) -> list[str]:
 
 
 def _timeline(run: RunReport) -> str:
-    from nandoctor.report.run_report import log_words
+    from nandoctor.report.run_report import log_words, same_words
 
     rows = []
     chosen = timeline_rows(run, MAX_TIMELINE_ROWS)
     for c in chosen:
-        r = c.report
+        r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([
             ("n", c.step_label), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", "" if c.max_abs is None else num(c.max_abs)),
             ("n", "" if c.growth is None else "×" + num(c.growth)),
-            ("name", "" if r is None else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
+            ("name", esc(same_words(c)) if c.same_as is not None else "" if r is None
+             else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
             ("", esc(log_words(c.log) if not c.incomplete else "; ".join(c.incomplete))),
         ])
     headers = ["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max |w|", "growth", "bad layers", "trainer log / why"]
@@ -198,7 +199,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
 
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
-    body = [head, _verdict_box(code == 0, run.verdict, one_line(run, fail_on), run_next_steps(run) if code else [])]
+    body = [head, _verdict_box(code == 0, run.verdict_under(fail_on), one_line(run, fail_on), run_next_steps(run) if code else [])]
     last, first = run.last_healthy, run.first_bad
     body.append('<p id="milestones">last healthy: '
                 + (_chip(last.name, STATUS_COLOURS[CLEAN]) if last else "<b>none</b>")

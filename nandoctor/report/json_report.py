@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
-from nandoctor.errors import EXIT_UNREADABLE
+from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult, TensorResults
 from nandoctor.report.jsontext import INDENT, EncodedItems, dict_template, encode_at
@@ -297,18 +297,22 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
     return out
 
 
-def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str]) -> dict[str, Any]:
+def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str],
+                  word: str | None = None) -> dict[str, Any]:
     """The report of a scan that could not start (no such path, a refused folder): no tensors, one error,
-    the verdict UNREADABLE (exit 3; ERROR for another code) and the gate, so that ``--json > r.json``
-    never leaves an empty file."""
+    the verdict ``word`` (the error's ``verdict_word``: UNREADABLE for the checkpoint itself, ERROR for
+    anything else, such as no CUDA device; by default UNREADABLE for exit 3, else ERROR) and the gate, so
+    that ``--json > r.json`` never leaves an empty file."""
+    word = word or ("UNREADABLE" if code == EXIT_UNREADABLE else "ERROR")
     return {
         "schema_version": SCHEMA_VERSION,
         "target": target,
         "files": [],
         "tensors": [],
-        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint, "kind": "unreadable"}],
+        "errors": [{"path": target, "message": message.removeprefix(f"{target}: "), "hint": hint,
+                    "kind": "unreadable" if word == "UNREADABLE" else "error"}],
         "summary": {
-            "verdict": "UNREADABLE" if code == EXIT_UNREADABLE else "ERROR",
+            "verdict": word,
             "health": "unreadable",
             "ok": False,
             "complete": False,
@@ -318,6 +322,14 @@ def error_to_json(target: str, message: str, hint: str, code: int, fail_on: froz
         },
         "gate": {"fail_on": sorted(fail_on), "exit_code": code, "passed": False},
     }
+
+
+def with_report_error(data: dict[str, Any], error: NandoctorError | None) -> dict[str, Any]:
+    """``data`` with ``report_errors`` when a report file (``--html``) could not be written: the command then
+    exits 3, while ``summary`` is still the scan's own verdict (docs/json.md)."""
+    if error is not None:
+        data["report_errors"] = [{"message": error.message, "hint": error.hint}]
+    return data
 
 
 def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
@@ -338,14 +350,18 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
 
 def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
     return {
-        "name": c.name,  # "final" for the run's final model (its top-level weights)
+        "name": c.name,  # "final" for the run's final model (its top-level weights, a Lightning final file)
         "step": c.step if c.step_known else None,
         "final": c.final,
+        "last": c.last,  # a Lightning run's last.ckpt (what ckpt_path="last" resumes from)
+        "same_as": None if c.same_as is None else {"name": c.same_as, "how": c.same_how},
         "path": c.path,
         "status": c.status,
         "health": c.health,
         "max_abs": c.max_abs,
+        "scale": c.scale,
         "growth": c.growth,
+        "baseline_growth": c.baseline_growth,
         "why": c.why or None,
         "incomplete": list(c.incomplete),
         "train_log": log_to_json(c.log),
@@ -356,6 +372,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
 def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
     fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
     newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
+    decider = run.decider(fail_on)
     code = run.exit_code(fail_on)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -372,8 +389,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "problems": list(run.problems),
         },
         "summary": {
-            "decided_by": newest.name if newest else None,
-            "verdict": run.verdict,
+            "decided_by": decider.name if decider else None,
+            "verdict": run.verdict_under(fail_on),
             "ok": code == 0,
             "exit_code": code,
             "fail_on": sorted(fail_on),

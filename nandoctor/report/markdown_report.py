@@ -14,6 +14,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import RunReport
+from nandoctor.errors import NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
 from nandoctor.report.rich_report import problems_heading, safe
@@ -96,9 +97,19 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     out += _tensors(report, "Worst tensors")
     if report.errors:
         out += ["", f"### {problems_heading(report)} (exit 3)", ""]
-        out += [f"- {md(p.path)}: {md(p.message)}" for p in report.errors[:MAX_MARKDOWN_ROWS]]
-    out += _next(next_steps(report))
+        for p in report.errors[:MAX_MARKDOWN_ROWS]:
+            out.append(f"- {md(p.path)}: {md(p.message)}")
+            if p.hint:
+                out.append(f"  - hint: {md(p.hint)}")
+    out += _next(next_steps(report, decided))
     return "\n".join(out) + "\n"
+
+
+def not_written_section(error: NandoctorError | None) -> str:
+    """Appended to the summary when a report file (``--html``) could not be written: the command exits 3."""
+    if error is None:
+        return ""
+    return f"\n### Report not written (exit 3)\n\n- {md(error.message)}\n  - hint: {md(error.hint)}\n"
 
 
 def render_error(data: dict[str, Any]) -> str:
@@ -115,25 +126,28 @@ def render_error(data: dict[str, Any]) -> str:
 
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
-    from nandoctor.report.run_report import log_words, one_line
+    from nandoctor.report.run_report import decides_words, log_words, one_line, same_words
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
     last, first = run.last_healthy, run.first_bad
-    out = [f"## nandoctor: {_status(code)} {md(run.verdict)} (training run)", "", md(one_line(run, fail_on)), "",
+    decider = run.decider(fail_on)
+    decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
+    out = [f"## nandoctor: {_status(code)} {md(run.verdict_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
-           f"- **Exit code:** {code} (the newest checkpoint decides)"]
+           f"- **Exit code:** {code} ({md(decides)})"]
     if run.log is not None and run.log.suspicious_step is not None:
         out.append(f"- **Trainer log:** {md(log_words(run.log))}")
     chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)
     rows = []
     for c in chosen:
-        r = c.report
+        r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([c.step_label, md(c.name), c.status,
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
-                     "" if c.max_abs is None else f"{c.max_abs:.3g}",
-                     "" if r is None else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
+                     "" if r is None or c.max_abs is None else f"{c.max_abs:.3g}",
+                     md(same_words(c)) if c.same_as is not None else "" if r is None
+                     else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
     out += ["", "### Checkpoints", ""]
     out += _table(["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max \\|w\\|", "bad layers"], rows, {0, 3, 4, 5})
     if len(run.checkpoints) > len(chosen):

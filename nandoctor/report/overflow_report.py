@@ -1,4 +1,4 @@
-"""Overflow risk (``--target-dtype``) → a rich table and a verdict line, printed after the NaN/Inf report."""
+"""Overflow risk (``--target-dtype``) → a rich table, printed in the console report above its one verdict line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.text import Text
 
 from nandoctor import verdict as verdicts
 from nandoctor.model import ScanReport
-from nandoctor.report.rich_report import safe
+from nandoctor.report.text import safe
 
 MAX_ROWS = 40
 _BECOMES = {"inf": "Inf", "nan": "NaN"}  # other targets describe themselves (fp8_e4m3: clamped or NaN)
@@ -36,37 +36,22 @@ def overflow_table(report: ScanReport, limit: int | None = MAX_ROWS) -> Table:
 
 
 def render_overflow(report: ScanReport, console: Console, *, show_all: bool = False) -> None:
-    """Nothing without a target dtype; else the table (when anything overflows) and a verdict line."""
+    """With a target dtype and values that overflow it: the table and what the cast does to them. The
+    verdict and the next step are the report's own (rich_report.render prints this above them)."""
     dtype = verdicts.target_dtype(report)
-    if dtype is None:
+    count = verdicts.overflow_count(report)
+    if dtype is None or not count:
         return
     from nandoctor.kernels.targets import target
 
     spec = target(dtype)
-    count, top = verdicts.overflow_count(report), verdicts.max_abs(report)
-    top_text = f"{top:.6g}" if top is not None else "n/a"
-    if count:
-        console.print()
-        console.print(overflow_table(report, None if show_all else MAX_ROWS))
-        console.print()
-        console.print(
-            Text.assemble(
-                (f"✗ OVERFLOW RISK ({dtype})", "bold red"),
-                f": {count:,} finite values in {len(verdicts.overflow_tensors(report))} tensors become "
-                f"{_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} "
-                f"(largest finite {dtype}: {spec.max_finite:g}; max |x| here: {top_text})",
-            )
-        )
-        console.print(
-            Text(
-                f"  next: serve in bf16/fp32, or clamp/rescale {safe(verdicts.worst_overflow_layer(report) or 'those weights')} before casting",
-                style="dim",
-            )
-        )
-    else:
-        console.print(
-            Text.assemble(
-                (f"✓ fits {dtype}", "bold green"),
-                f": no finite value reaches the cast's overflow limit (max |x| {top_text}, largest finite {dtype}: {spec.max_finite:g})",
-            )
-        )
+    top = verdicts.max_abs(report)
+    tensors = len(verdicts.overflow_tensors(report))
+    console.print()
+    console.print(overflow_table(report, None if show_all else MAX_ROWS))
+    console.print(Text(
+        f"  {verdicts.plural(count, 'finite value')} in {verdicts.plural(tensors, 'tensor')} "
+        f"become {_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} (largest finite {dtype}: "
+        f"{spec.max_finite:g}" + (f"; max |x| here: {top:.6g})" if top is not None else ")"),
+        style="dim",
+    ))

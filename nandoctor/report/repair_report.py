@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 MAX_ROWS = 40  # restored tensors listed before "--all"
 
 def _donor_short(plan: RepairPlan, index: int) -> str:
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     info = plan.donors[index]
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
@@ -36,7 +36,7 @@ def _add_column(table: Table, header: str, *, numeric: bool) -> None:
 
 def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
     for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
@@ -59,7 +59,7 @@ def _layer_table(plan: RepairPlan) -> Table:
 
 
 def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
@@ -88,7 +88,7 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
 
 
 def _refusal_table(plan: RepairPlan) -> Table:
-    from nandoctor.report.rich_report import safe
+    from nandoctor.report.text import safe
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
     for column in ("tensor", "NaN/Inf", "why each donor failed"):

@@ -15,6 +15,7 @@ from rich.text import Text
 from nandoctor import verdict as verdicts
 from nandoctor.layers import COMPONENTS, component_of, layer_of
 from nandoctor.model import ScanReport, TensorResult
+from nandoctor.report.overflow_report import render_overflow
 from nandoctor.report.summary import finding_ranges, next_steps, tensor_rows
 from nandoctor.report.text import safe
 
@@ -224,7 +225,8 @@ def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
 
 
 def render(report: ScanReport, console: Console, *, show_all: bool = False, fail_on: frozenset[str] | None = None) -> None:
-    """The console report: header, findings by layer and by tensor, heatmaps, problems, the verdict, next."""
+    """The console report: header, findings by layer and by tensor, heatmaps, overflow risk, problems, the one
+    verdict line, next."""
     console.print(
         Text.assemble(
             ("nandoctor scan ", "bold"),
@@ -266,16 +268,14 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
                     style="yellow",
                 )
             )
+    render_overflow(report, console, show_all=show_all)
     render_problems(report, console)
     console.print()
     console.print(verdict_text(report, fail_on))
     if decided is not None and decided.reported:
         console.print(Text(f"  reported, not failed (--fail-on {','.join(sorted(decided.fail_on))}): "
                            + ", ".join(decided.reported), style="yellow"))
-    verified = report.extra.get("hashes")
-    if isinstance(verified, dict) and verified.get("verified") and not report.errors:
-        console.print(Text(f"  hashes: {verified['verified']} weight file(s) match their known sha256", style="green"))
-    print_next(console, next_steps(report))
+    print_next(console, next_steps(report, decided))
 
 
 def render_problems(report: ScanReport, console: Console) -> None:

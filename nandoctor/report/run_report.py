@@ -20,6 +20,7 @@ from nandoctor.checkpoint.runs import (
     RunCheckpoint,
     RunReport,
     TrainLog,
+    row_verdict,
 )
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
@@ -78,6 +79,12 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
         r = c.report
         style = _STYLE[c.status]
         row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(_WORD[c.status], style=style)]
+        if c.same_as is not None:  # the same file as a row above: its counts are said once, there
+            row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
+            if not narrow:
+                row += [Text(safe(same_words(c)), style="dim"), ""]
+            table.add_row(*row)
+            continue
         if r is None:
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
         else:
@@ -101,12 +108,33 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
 
 
 def _ranges(c: RunCheckpoint) -> str:
-    return ", ".join(x.label for x in bad_ranges(c.report.layers)) if c.report is not None else ""
+    if c.report is None or c.same_as is not None:
+        return ""
+    return ", ".join(x.label for x in bad_ranges(c.report.layers))
+
+
+def same_words(c: RunCheckpoint) -> str:
+    """What a row that is an earlier row's file says instead of its counts: ``a link to epoch=0-step=12.ckpt``."""
+    return f"{'a link to' if c.same_how == 'link' else 'the same bytes as'} {c.same_as}"
+
+
+def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
+    """Which rows decide the run's exit code, in words (docs/cli.md)."""
+    final = any(c.final for c in run.checkpoints)
+    last = next((c for c in run.checkpoints if c.last), None)
+    if final and last is not None:
+        return f"the final model and {last.name} decide the exit code, the worse of them"
+    if last is not None:
+        return f"{last.name}, what ckpt_path=\"last\" resumes, decides the exit code"
+    return "the final model decides the exit code" if decider.final else "the newest checkpoint decides the exit code"
 
 
 def _details(run: RunReport, console: Console) -> None:
     """The narrow timeline's last two columns, as lines under it (names and layer ranges are never cut)."""
     for c in run.checkpoints:
+        if c.same_as is not None:
+            console.print(Text(f"  {safe(c.name)}: {safe(same_words(c))}", style="dim"))
+            continue
         parts = []
         ranges = _ranges(c)
         if ranges:
@@ -119,9 +147,10 @@ def _details(run: RunReport, console: Console) -> None:
 
 
 def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
-    """``--quiet`` for a run: the newest checkpoint's line plus last clean / first bad."""
+    """``--quiet`` for a run: the deciding row's line (the newest checkpoint's, the final model's or
+    last.ckpt's) plus last clean / first bad."""
     fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
-    newest = run.newest
+    newest = run.decider(fail_on)
     if newest is None:
         head = f"FAIL EMPTY {run.target}: no checkpoints"
     elif newest.report is None or newest.status == INCOMPLETE:
@@ -168,6 +197,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     )
     _render_log(run, console)
     for c in run.checkpoints:
+        if c.same_as is not None:
+            continue  # said of the row it is the same file as
         if c.status == DIVERGED and c.why:
             console.print(Text(f"diverged: {safe(c.name)}: {safe(c.why)}", style="red"))
         if c.status == INCOMPLETE:
@@ -175,14 +206,15 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
         elif c.status == UNREADABLE and c.report is not None:
             for problem in c.report.errors[:3]:
                 console.print(Text(f"unreadable: {safe(c.name)}: {safe(problem.path)}: {safe(problem.message)}", style="red"))
-    newest = run.newest
-    assert newest is not None
+                if problem.hint:
+                    console.print(Text(f"  hint: {safe(problem.hint)}", style="dim"), soft_wrap=True)
+    decider = run.decider(fail_on)
+    assert decider is not None
     console.print()
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
-    decides = "the final model decides the exit code" if newest.final else "the newest checkpoint decides the exit code"
-    console.print(Text.assemble(("newest ", "bold"), (safe(newest.name), "bold"), ": ", (run.verdict, style),
-                                f" ({decides})"))
+    console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
+                                ": ", (row_verdict(decider, fail_on), style), f" ({decides_words(run, decider)})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
@@ -193,12 +225,13 @@ def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
     from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, repaired_path, selection_args
 
-    newest, last_clean, target = run.newest, run.last_clean, run.repair_target
+    newest, last_clean, target = run.decider(), run.last_clean, run.repair_target
     steps = []
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
     elif newest is not None and newest.status == UNREADABLE:
-        steps.append(f"{newest.name} could not be read completely (see above): re-copy or delete it")
+        hint = next((p.hint for p in newest.report.errors if p.hint), "") if newest.report is not None else ""
+        steps.append(f"{newest.name} could not be read completely (see above): {hint or 're-copy or delete it'}")
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
@@ -212,13 +245,13 @@ def next_steps(run: RunReport) -> list[str]:
             steps.append(f"then resume from {last_clean.path}")
         return steps
     repaired = repaired_path(Path(target.path))
-    if _verified_repair(repaired) and target.final:  # never `mv` the run folder itself
+    if _verified_repair(repaired) and target.final and Path(target.path).is_dir():  # never `mv` the run folder itself
         steps.append(f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target.path}")
         return steps
     if _verified_repair(repaired):
         steps.append(f"{repaired} is a verified repair of {target.name}; to resume from it, put it in its place:")
-        # a Lightning step file is repaired into a folder holding the file of the same name
-        source = repaired / target.name if Path(target.path).is_file() else repaired
+        # a Lightning file is repaired into a folder holding the file of the same name
+        source = repaired / Path(target.path).name if Path(target.path).is_file() else repaired
         steps.append(f"    mv {shlex.quote(target.path)} {shlex.quote(target.path + '-bad')} && "
                      f"mv {shlex.quote(str(source))} {shlex.quote(target.path)}")
         return steps
@@ -250,8 +283,9 @@ def _render_log(run: RunReport, console: Console) -> None:
     log = run.log
     if log is None:
         return
-    if log.suspicious_step is None:
-        console.print(Text(f"trainer log ({safe(log.source)}): loss and grad_norm finite up to step {log.last_step}", style="dim"))
+    if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
+        said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
+        console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
         return
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
@@ -271,7 +305,7 @@ def _where(run: RunReport, step: int) -> str:
     """Where a logged step falls among the saved checkpoints (a save at step N holds the weights after step N;
     a Lightning row of step N was logged after the save of step N)."""
     after_save = run.log is not None and run.log.logged_after_save
-    saved = [c for c in run.checkpoints if not c.final]  # the final model's step is no save of the log's
+    saved = [c for c in run.checkpoints if not c.final and not c.last]  # no saves of the log's steps
     at = [c for c in saved if c.step == step]
     if at and not after_save:  # Trainer logs step N, then saves checkpoint-N: the log is *at* that checkpoint
         return f" (at {at[-1].name})"

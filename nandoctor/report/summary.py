@@ -14,7 +14,7 @@ from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key
-from nandoctor.model import ScanReport, TensorResult, coords_of
+from nandoctor.model import ScanReport, TensorResult, Verdict, coords_of
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
@@ -140,30 +140,49 @@ def finding_ranges(report: ScanReport, findings: Collection[str] = SEVERITY) -> 
     return out
 
 
-def next_steps(report: ScanReport) -> list[str]:
-    """What to do about one checkpoint, from the health verdict.py gave it (docs/health.md, "What to do")."""
+def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
+    """What to do about one checkpoint, from the health verdict.py gave it and what fails the gate
+    (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
+    only for findings that fail and a repair restores, the cast advice for overflow (docs/health.md,
+    "What to do")."""
     from nandoctor.hints import repair_command
 
+    decided = decided if decided is not None else report.judgement
+    failing = set(decided.failing if decided is not None else verdicts.FAILING_BY_DEFAULT)
+    repairable = bool(failing & {verdicts.NONFINITE, verdicts.EXPLODED, verdicts.OUTLIER})
     health = report.health
     steps: list[str] = []
     if health == "unreadable":
-        steps.append("make every part readable first (see the problems listed), then scan again")
-        if report.nonfinite:
+        steps += [_PROBLEM_STEPS.get(kind, _PROBLEM_STEPS[verdicts.UNREADABLE_KIND]) for kind in verdicts.problem_kinds(report)]
+        if report.nonfinite and verdicts.NONFINITE in failing:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
-    elif health == "diverged":
+    elif health == "diverged" and repairable:
         context = verdicts.run_context(report)
         where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
         steps.append(f"diverged: {verdicts.diverged_why(report)}: resume training from the last healthy checkpoint"
                      f"{where} with a lower learning rate or gradient clipping (max_grad_norm); a repair would only "
                      "stitch a broken model together")
-    elif health == "poisoned":
+    elif health == "poisoned" and repairable:
         steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
-    elif verdicts.overflow_count(report) and report.exit_code:
-        steps.append(f"some finite weights overflow {verdicts.target_dtype(report)}: serve in a wider dtype "
-                     "(bf16 or fp32), or rescale the layers listed")
-    if verdicts.ZEROED in (report.judgement.reported if report.judgement else ()):
+    if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
+        dtype = verdicts.target_dtype(report)
+        wider = "fp32" if dtype == "bf16" else "bf16 or fp32"
+        steps.append(f"some finite weights overflow {dtype}: serve in a wider dtype ({wider}), or clamp/rescale "
+                     f"{verdicts.worst_overflow_layer(report) or 'those weights'} before casting")
+    if verdicts.ZEROED in (decided.reported if decided is not None else ()):
         steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion)")
     return steps
+
+
+# What to do first about each kind of problem (ScanProblem.kind, exit 3), before anything is judged.
+_PROBLEM_STEPS = {
+    verdicts.UNREADABLE_KIND: "make every part readable first (see the problems listed), then scan again",
+    verdicts.HASH_KIND: "the files listed are not the bytes recorded for them: restore them from a good copy "
+                        "(or re-download them), then scan again",
+    verdicts.SELECTION_KIND: "check the --only/--exclude patterns (they are globs on the full tensor name), then scan again",
+    verdicts.UNVERIFIED_KIND: "record the hashes from a good copy (`nandoctor manifest PATH > manifest.json`) and scan "
+                              "with --manifest manifest.json, or scan the repo id from the Hugging Face cache",
+}
 
 
 def timeline_rows(run: RunReport, limit: int) -> list[RunCheckpoint]:

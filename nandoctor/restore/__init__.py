@@ -66,7 +66,9 @@ def repair(
     others are carried over byte-identical)."""
     from functools import partial
 
+    from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
+    from nandoctor.checkpoint.finalmodel import final_model
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan
@@ -79,8 +81,12 @@ def repair(
     if not dry_run and out is None:
         raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
-    # A run folder with the final model at its top: the repair is of that model (checkpoint/finalmodel.py)
-    if runs.is_run_folder(target_path) and not runs.has_final_model(target_path):
+    # A run folder with a final model: the repair is of that model (checkpoint/finalmodel.py): the weights at
+    # its top, or a Lightning run's final file (then the repair is of that one file)
+    final = final_model(target_path) if runs.is_run_folder(target_path) else None
+    if final is not None and final != target_path:
+        target_path = final
+    if runs.is_run_folder(target_path) and final is None:
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
@@ -109,14 +115,18 @@ def repair(
         first = report.errors[0]
         raise RepairRefusedError(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
-            f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
+            f"{first.hint}; a repair needs every tensor readable" if first.hint
+            else f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
     report = judge_in_run(report, target_path, partial(scan, device="cpu", limits=limits, selection=selection))
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report)
-    catalogs = resolve_donors(target_path, donor_list, limits, selection)
+    context = verdict.run_context(report)
+    # --from auto is suggested only where it finds a donor, and not again when it was given
+    auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
+    catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
@@ -130,7 +140,7 @@ def repair(
         return RepairResult(
             plan=plan, out=None, verification=None, dry_run=True, notes=notes, seconds=time.perf_counter() - started
         )
-    _refuse_if_incomplete(plan)
+    _refuse_if_incomplete(plan, auto_available)
     used = {r.donor_ref.file for r in plan.writes}
     for catalog in catalogs:
         inputs.update({f: print_ for f, print_ in catalog.fingerprints.items() if f in used})
@@ -201,7 +211,7 @@ def _notes(source: Source) -> tuple[str, ...]:
     )
 
 
-def _refuse_if_incomplete(plan: RepairPlan) -> None:
+def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> None:
     if plan.unviewed:
         u = plan.unviewed[0]
         raise UnrestorableError(
@@ -215,6 +225,7 @@ def _refuse_if_incomplete(plan: RepairPlan) -> None:
         shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise UnrestorableError(
             f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
-            "add an earlier clean checkpoint with --from (or --from auto); --dry-run shows why each donor failed",
+            "add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else "")
+            + "; --dry-run shows why each donor failed",
             plan=plan,
         )

@@ -133,7 +133,7 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     if not spec.can_hold_nonfinite:
         return None
     kernel = select_kernel("cpu")
-    info = lane_info(spec, limits.max_abs)
+    info = lane_info(spec, limits.ceiling(spec.name))
     census = Census()
     bad = 0
     for block in _lanes(ref, kernel.chunk_bytes):
@@ -144,7 +144,7 @@ def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
     if ref.role != "weight":
         return None
     if census.exploded:
-        return f"holds {census.exploded:,} exploded values (|x| > {limits.max_abs:g})"
+        return f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g})"
     threshold = census.outlier_threshold(info, limits)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
         return None
@@ -245,11 +245,13 @@ def resolve_donors(
     donors: list[str | os.PathLike[str]],
     limits: HealthLimits | None = None,
     selection: Selection | None = None,
+    auto_available: bool = False,
 ) -> list[CheckpointDonor]:
     """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection``.
 
     ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
-    A donor may be a path or a model name in the Hugging Face / ModelScope cache.
+    A donor may be a path or a model name in the Hugging Face / ModelScope cache. ``auto_available``:
+    whether ``--from auto`` would find a donor (the target's run context): only then is it suggested.
     """
     from nandoctor.checkpoint import hubcache
 
@@ -271,6 +273,6 @@ def resolve_donors(
     if not out and auto_error is not None:
         raise auto_error
     if not out:
-        also = " (or --from auto)" if place_in_run(target) is not None else ""
+        also = " (or --from auto)" if auto_available else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out

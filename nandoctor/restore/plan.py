@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nandoctor.access import unreadable
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import layer_of
@@ -197,11 +198,9 @@ class _DonorView:
             return self.error is None
         try:
             self._refs = self.catalog.refs()
-        except NandoctorError as exc:
-            self.error = exc.message
-            return False
-        except OSError as exc:
-            self.error = f"{exc.filename or self.catalog.label}: {exc.strerror or exc}"
+        except (NandoctorError, OSError) as exc:
+            known = exc if isinstance(exc, NandoctorError) else unreadable(exc.filename or self.catalog.label, exc)
+            self.error = str(known)  # the message and what to do about it
             return False
         self._made_unique = made_unique(self._refs.values())
         for name in self._refs:

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
@@ -231,7 +232,14 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     found: list[tuple[Path, bool, int]] = []
     notes: list[str] = []
     allowed = (source.root.resolve(), *blob_roots(source.root))
-    for folder, dirs, names in os.walk(source.root):
+
+    def unlisted(exc: OSError) -> None:  # a subfolder the user may not list: said, never skipped in silence
+        where = Path(exc.filename) if exc.filename else source.root
+        if where == source.root:  # the source itself: nothing can be copied
+            raise unreadable(where, exc)
+        notes.append(f"{where.relative_to(source.root)}/: {unreadable(where, exc).reason}; not carried over")
+
+    for folder, dirs, names in os.walk(source.root, onerror=unlisted):
         here = Path(folder)
         for d in sorted(dirs):
             if (here / d).is_symlink():

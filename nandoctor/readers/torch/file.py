@@ -34,6 +34,7 @@ from nandoctor.errors import (
     UnsupportedFormatError,
 )
 from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem
+from nandoctor.readers import magic
 from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
@@ -337,6 +338,10 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
                     f"{path}: a pickle that is not a PyTorch checkpoint (no torch magic number); not loaded",
                     hint="nandoctor reads files written by torch.save; a plain pickle can run code when loaded",
                 ) from None
+            fh.seek(0)
+            head = fh.read(64)
+            if magic.identify(head) is not None:  # text, a web page, another format: say which
+                raise magic.not_a(path, "PyTorch", head) from None
             raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
         walked = walk(legacy.root, prefix=_name_prefix(path))
         add_unreached(walked, legacy.built, _name_prefix(path))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
+from nandoctor.readers.pathstandins import path_standin
 from nandoctor.readers.torch.prescan import Prescan, prescan
 from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, Registry, SafeFunction
 from nandoctor.readers.torch.stubs import (
@@ -115,6 +116,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return StorageType(name, STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPE_NAMES:
             return DTypeStub(name, TORCH_DTYPE_NAMES[name])
+        path = path_standin(module, name)  # a Lightning hparam such as data_dir: its text, pathlib never called
+        if path is not None:
+            return SafeFunction(path, self.built)
         if _is_unsafe(module, name):
             raise UnsafeGlobalError(full)
         cls = self.placeholders.get(full)

@@ -1,0 +1,178 @@
+"""Lightning run folders: which files of a ``ModelCheckpoint`` folder are the timeline, ``last.ckpt``, the final model.
+
+A ``ModelCheckpoint`` folder holds step files named from its template
+(``epoch=0-step=100.ckpt``: the timeline, ordered by step) and, with
+``save_last=True``, ``last.ckpt``: a copy of the newest file (byte for byte
+when nothing changed between the two saves), or with ``save_last="link"`` a
+symlink to it. ``trainer.fit(ckpt_path="last")`` resumes from the newest (by
+modification time) ``.ckpt`` whose name starts with ``last`` (``last-v1.ckpt``
+is the version counter's), so that one is the run's ``last`` row; older ones
+are named in a note. A final model file (``final.ckpt`` from
+``trainer.save_checkpoint``, ``model.ckpt``, a ``model.safetensors``: see
+:func:`is_final_name`) is the run's final model, the ``final`` row, as
+``trainer.save_model()``'s weights are for a Trainer run
+(checkpoint/finalmodel.py); with two such files neither is taken. Other
+``.ckpt`` files without a step (``epoch=3.ckpt``, ``best.ckpt``) are noted, not
+placed. A ``.ckpt`` file's own step is its ``global_step``, read through the
+restricted unpickler (no code runs). Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LIGHTNING_SUFFIX = ".ckpt"
+# Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
+# custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
+_LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
+LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches ``^last(-(\d+))?`` on the stem
+
+
+def lightning_step_of(path: Path) -> int | None:
+    """The global step of a Lightning ``….ckpt`` file whose name holds ``step=N``, else None."""
+    path = Path(path)
+    if path.suffix.lower() != LIGHTNING_SUFFIX:
+        return None
+    match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
+    return int(match.group(1)) if match else None
+
+
+def is_last_name(path: Path) -> bool:
+    """A ``.ckpt`` file ``trainer.fit(ckpt_path="last")`` would consider (``last.ckpt``, ``last-v1.ckpt``) and
+    that is no step file."""
+    path = Path(path)
+    return path.suffix == LIGHTNING_SUFFIX and path.stem.startswith(LAST) and lightning_step_of(path) is None
+
+
+def is_final_name(path: Path) -> bool:
+    """A name a final model is saved under: weights in another format than ``.ckpt`` (``model.safetensors``,
+    ``model.pt``), or a ``.ckpt`` named ``final…``, ``…final…`` or ``model.ckpt``, not from a ``ModelCheckpoint``
+    template (no ``name=value``). A ``best.ckpt`` or ``epoch=3.ckpt`` is no final model: it is only named."""
+    path = Path(path)
+    if "=" in path.name:
+        return False
+    if path.suffix.lower() != LIGHTNING_SUFFIX:
+        return True
+    stem = path.stem.lower()
+    return "final" in stem or stem == "model"
+
+
+@dataclass(frozen=True)
+class LightningFolder:
+    """A folder of Lightning step files, sorted out."""
+
+    steps: tuple[tuple[int, Path], ...]  # (step, file), steps ascending
+    last: Path | None = None  # what ckpt_path="last" resumes from: the newest last file
+    final: Path | None = None  # the run's final model
+    unplaced: tuple[str, ...] = ()  # other weight files: neither step files nor the last or final one
+    notes: tuple[str, ...] = ()  # why some last or final candidate is not a row
+
+
+def lightning_folder(folder: Path, entries: list[Path] | None = None) -> LightningFolder | None:
+    """``folder`` sorted out as a Lightning run, or None when it is none: no shard index at its top, and two or
+    more step files, or one beside a last file or a final model."""
+    from nandoctor import access
+    from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, weight_suffixes
+    from nandoctor.errors import UnreadablePathError
+
+    folder = Path(folder)
+    if entries is None:
+        try:
+            entries = access.listing(folder)
+        except UnreadablePathError:
+            return None  # opened as one checkpoint or file, whose scan says it cannot be read
+    if any(e.name in INDEX_NAMES for e in entries):
+        return None  # a sharded model at the top: one checkpoint, not a run
+    suffixes = weight_suffixes()
+    weights = sorted(e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")
+                     and e.name not in NOT_WEIGHTS)
+    steps: list[tuple[int, Path]] = []
+    lasts: list[Path] = []
+    finals: list[Path] = []
+    others: list[Path] = []
+    notes: list[str] = []
+    for entry in weights:
+        step = lightning_step_of(entry)
+        # (refused=True: a file behind a link the user may not follow is a row, whose scan says it is unreadable)
+        if step is not None:
+            if access.is_file(entry, refused=True):
+                steps.append((step, entry))
+        elif is_last_name(entry):
+            if access.is_file(entry, refused=True):
+                lasts.append(entry)
+            elif entry.is_symlink():  # a dangling link: ckpt_path="last" finds nothing and starts from scratch
+                notes.append(f"{entry.name} links to {os.readlink(entry)}, which does not exist: "
+                             "trainer.fit(ckpt_path=\"last\") would start from scratch; remove the link")
+        elif is_final_name(entry) and access.is_file(entry, refused=True):
+            finals.append(entry)
+        else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
+            others.append(entry)
+    if not steps or (len(steps) < 2 and not lasts and len(finals) != 1):
+        return None
+    last = _resumed(lasts)
+    if len(lasts) > 1:
+        older = [p.name for p in lasts if p != last]
+        notes.append(f"{', '.join(older)}: older last checkpoint(s) (trainer.fit(ckpt_path=\"last\") resumes from "
+                     f"the newest, {last.name if last else '?'}); not part of the timeline")
+    final = finals[0] if len(finals) == 1 else None
+    if len(finals) > 1:
+        notes.append(f"{', '.join(p.name for p in finals)} could each be the run's final model, so neither is "
+                     "taken as it: scan them on their own")
+    return LightningFolder(tuple(sorted(steps)), last, final, tuple(p.name for p in others), tuple(notes))
+
+
+def _resumed(lasts: list[Path]) -> Path | None:
+    """The last file Lightning resumes from: the newest by modification time (a link's target's, as
+    fsspec reads it)."""
+    dated = []
+    for path in lasts:
+        try:
+            dated.append((path.stat().st_mtime_ns, path.name, path))
+        except OSError:  # not to be looked at: still a candidate (alone, it is the last row, reported unreadable)
+            dated.append((-1, path.name, path))
+    return max(dated)[2] if dated else None
+
+
+def saved_step(file: Path) -> int | None:
+    """The ``global_step`` a Lightning ``.ckpt`` file was saved at, read through the restricted unpickler
+    (inert stand-ins only); None for another format or when it cannot be read (the scan reports why)."""
+    if Path(file).suffix != LIGHTNING_SUFFIX:
+        return None
+    from nandoctor.errors import NandoctorError
+    from nandoctor.readers.torch.file import read_object
+
+    try:
+        state = read_object(Path(file))
+    except (NandoctorError, OSError, ValueError):
+        return None
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+_COMPARE_BYTES = 1 << 20
+
+
+def same_file(a: Path, b: Path) -> str | None:
+    """How file ``a`` is file ``b``: ``"link"`` (a symlink or hard link to it), ``"copy"`` (the same bytes),
+    or None when it is not (or either cannot be read)."""
+    try:
+        if os.path.samefile(a, b):
+            return "link"
+        if os.stat(a).st_size != os.stat(b).st_size:
+            return None
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                block = fa.read(_COMPARE_BYTES)
+                if block != fb.read(_COMPARE_BYTES):
+                    return None
+                if not block:
+                    return "copy"
+    except OSError:
+        return None
+
+
+__all__ = ["LAST", "LIGHTNING_SUFFIX", "LightningFolder", "is_final_name", "is_last_name", "lightning_folder", "lightning_step_of",
+           "same_file", "saved_step"]

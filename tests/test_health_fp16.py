@@ -1,0 +1,105 @@
+"""fp16 weights can be exploded: the ceiling is 2^14 for fp16 (1e5 is above anything fp16 holds).
+
+A new-user trial scaled every MLP matrix of a real fp16 model to a largest value of 5e4: the scan said
+PASS CLEAN (outliers are relative to their tensor, and 1e5 is out of fp16's reach), and ``generate`` then
+died with ``probability tensor contains either inf, nan or element < 0``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+import nandoctor  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+from tests.realruns import generate_ok  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+CEILING = 2.0**14
+MLP = ("mlp.down_proj.weight", "mlp.up_proj.weight", "mlp.gate_proj.weight")
+
+
+def _llama(folder, scale_mlp_to: float | None = None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).to(torch.float16)
+    if scale_mlp_to is not None:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for w in (layer.mlp.down_proj.weight, layer.mlp.up_proj.weight, layer.mlp.gate_proj.weight):
+                    w.copy_((w.float() * (scale_mlp_to / w.float().abs().max())).half())
+    model.save_pretrained(folder)
+    return model
+
+
+def _config(kind: str):
+    import transformers as t
+
+    small = {"vocab_size": 256, "max_position_embeddings": 64}
+    return {
+        "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=256)),
+        "bert": lambda: t.BertForMaskedLM(t.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                       intermediate_size=128, **small)),
+        "qwen2": lambda: t.Qwen2ForCausalLM(t.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                          num_attention_heads=4, num_key_value_heads=2, **small)),
+        "t5": lambda: t.T5ForConditionalGeneration(t.T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128,
+                                                               num_layers=2, num_heads=4)),
+    }[kind]()
+
+
+def test_a_blown_up_fp16_model_is_exploded_and_really_cannot_generate(tmp_path):
+    clean, scaled = tmp_path / "clean", tmp_path / "scaled"
+    _llama(clean)
+    _llama(scaled, scale_mlp_to=5e4)
+
+    ok = nandoctor.scan(str(clean), device="cpu")
+    assert ok.ok and all(t.findings == () for t in ok.tensors)
+    assert generate_ok(clean, dtype=torch.float16)
+
+    report = nandoctor.scan(str(scaled), device="cpu")
+    assert report.exit_code == 1 and report.nonfinite == 0
+    exploded = {t.name: t.exploded for t in report.tensors if "exploded" in t.findings}
+    values = load_file(str(scaled / "model.safetensors"))
+    expected = {f"model.layers.{i}.{m}": int((values[f"model.layers.{i}.{m}"].float().abs() > CEILING).sum())
+                for i in range(2) for m in MLP}
+    assert exploded == expected and all(expected.values())
+    assert not generate_ok(scaled, dtype=torch.float16)  # what the finding is about
+
+    quiet = run_cli("scan", scaled, "--quiet")
+    assert quiet.exit_code == 1 and quiet.output.startswith(f"FAIL EXPLODED (DIVERGED) {scaled}: 6 weight tensors exploded")
+    assert run_cli("scan", scaled, "--quiet", "--max-abs", "1e5").exit_code == 0  # --max-abs overrides every dtype
+
+    # the live census (scan_module) uses the same per-dtype ceiling
+    model = _llama(tmp_path / "again", scale_mlp_to=5e4)
+    live = nandoctor.scan_module(model)
+    assert {t.name: t.exploded for t in live.tensors if "exploded" in t.findings} == expected
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "qwen2", "t5"])
+def test_clean_fp16_models_trip_no_finding(tmp_path, kind):
+    torch.manual_seed(0)
+    _config(kind).to(torch.float16).save_pretrained(tmp_path)
+    report = nandoctor.scan(str(tmp_path), device="cpu")
+    assert report.ok and report.health == "healthy"
+    assert all(t.findings == () for t in report.tensors), [(t.name, t.findings) for t in report.tensors if t.findings]
+
+
+def test_the_fp16_ceiling_is_where_fp16_arithmetic_overflows():
+    """A weight of 2^14 times an activation of 4 is past fp16's largest value (65504): the product
+    alone overflows; at half the ceiling it does not."""
+    x = torch.tensor([[4.0]], dtype=torch.float16)
+    assert torch.isinf(torch.nn.functional.linear(x, torch.tensor([[CEILING]], dtype=torch.float16))).all()
+    assert torch.isfinite(torch.nn.functional.linear(x, torch.tensor([[CEILING / 2]], dtype=torch.float16))).all()
+    from nandoctor.kernels.census import HealthLimits
+
+    assert HealthLimits().ceiling("F16") == CEILING and HealthLimits().ceiling("BF16") == 1e5
+    assert HealthLimits().ceiling("F8_E4M3") == 1e5  # fp8 weights are stored scaled: never "exploded"
+    assert HealthLimits(max_abs=1e3).ceiling("F16") == 1e3
