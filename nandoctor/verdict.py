@@ -506,8 +506,8 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
-    """The ``--quiet`` verdict: status word, the verdict words, the health case when the line fails and the
-    checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
+    """The ``--quiet`` verdict: status word, the verdict words, the health case when a health finding fails
+    the line and the checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
     checkpoint), target, counts and the worst layer range, on one line.
 
     Names come from files: the caller escapes the line before printing.
@@ -516,7 +516,10 @@ def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, l
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
     case = decided.health
     words = decided.words
-    if status == "FAIL" and case in ("poisoned", "diverged") and not words.startswith(DIVERGED_WORDS):  # (said once)
+    # The case is said when a health finding fails the gate: a line failing on overflow risk alone (an outlier
+    # only reported) is not a call to repair. A checkpoint diverged by growth alone says DIVERGED once.
+    health_fails = any(f in (NONFINITE, EXPLODED, OUTLIER) for f in decided.failing)
+    if status == "FAIL" and case in ("poisoned", "diverged") and health_fails and not words.startswith(DIVERGED_WORDS):
         words += f" ({case.upper()})"
     return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
 

@@ -168,12 +168,12 @@ def _outlier_that_overflows(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(("fail_on", "code", "words", "repair", "cast"), [
-    ("nonfinite,exploded,outlier,overflow", 1, "OUTLIERS + OVERFLOW RISK (fp16)", True, True),
-    ("overflow", 1, "OVERFLOW RISK (fp16) (also reported: OUTLIERS)", False, True),
-    ("nonfinite", 0, "OUTLIERS + OVERFLOW RISK (fp16) (reported only)", False, False),
+@pytest.mark.parametrize(("fail_on", "code", "words", "repair", "cast", "case"), [
+    ("nonfinite,exploded,outlier,overflow", 1, "OUTLIERS + OVERFLOW RISK (fp16)", True, True, " (POISONED)"),
+    ("overflow", 1, "OVERFLOW RISK (fp16) (also reported: OUTLIERS)", False, True, ""),
+    ("nonfinite", 0, "OUTLIERS + OVERFLOW RISK (fp16) (reported only)", False, False, ""),
 ])
-def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_on, code, words, repair, cast):
+def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_on, code, words, repair, cast, case):
     """One verdict line per report, the same words in rich, quiet, Markdown and JSON: what fails the gate,
     then what is only reported, marked so; next: repairs only what fails and a repair fixes (an outlier),
     and gives the cast advice when overflow fails."""
@@ -194,7 +194,8 @@ def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_o
     cast_advice = "some finite weights overflow fp16: serve in a wider dtype (bf16 or fp32), or clamp/rescale model.layers.0"
     assert (cast_advice in rich.output) is cast
     quiet = run(*args, "-q")
-    assert quiet.output.startswith(f"{'FAIL' if code else 'PASS'} {words} {path}: ") and quiet.exit_code == code
+    # the quiet line adds the health case where a health finding fails (an outlier: repair it), not for overflow
+    assert quiet.output.startswith(f"{'FAIL' if code else 'PASS'} {words}{case} {path}: ") and quiet.exit_code == code
     markdown = run(*args, "--markdown")
     assert markdown.output.startswith(f"## nandoctor: {'❌ FAIL' if code else '✅ PASS'} {words}\n")
     assert ("nandoctor repair" in markdown.output) is repair and (cast_advice in markdown.output) is cast
