@@ -487,7 +487,7 @@ def test_a_lightning_like_checkpoint_with_pathlib_hparams_is_read_not_refused(tm
         "data_dir": "/data/train", "out": "runs/a", "windows_dir": "C:\\data\\train", "lr": 0.01}
     result = run_cli("scan", path, "--quiet")
     assert result.exit_code == 1
-    assert result.output == (f"FAIL NON-FINITE {path}: 1 of 2 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); "
+    assert result.output == (f"FAIL NON-FINITE (POISONED) {path}: 1 of 2 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); "
                              "worst state_dict.lin\n")
 
 
