@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, overload
 
 # What the API takes as a path, and the progress callback every long job calls.
 PathLike = str | os.PathLike[str]
@@ -238,7 +238,51 @@ class TensorResult:
         return None if blocks is None or self.first_bad is None else self.first_bad // blocks.block_elems
 
 
-class RefTable(Sequence[TensorRef]):
+_Row = TypeVar("_Row")
+
+
+class _RowsOnDemand(Sequence[_Row], Generic[_Row]):
+    """A sequence whose rows are frozen objects made from columns the first time each is asked for, and
+    kept (asking twice gives the same object): RefTable's TensorRefs, TensorResults' TensorResults."""
+
+    __slots__ = ()
+
+    def _made(self) -> list[_Row | None]:
+        """The rows made so far (None: not yet), one slot per row."""
+        raise NotImplementedError
+
+    def _make(self, index: int) -> _Row:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._made())
+
+    @overload
+    def __getitem__(self, index: int) -> _Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_Row]: ...
+
+    def __getitem__(self, index: int | slice) -> _Row | list[_Row]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        made = self._made()
+        row = made[index]
+        if row is None:
+            row = made[index] = self._make(index)
+        return row
+
+    def __iter__(self) -> Iterator[_Row]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        return _same_rows(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class RefTable(_RowsOnDemand[TensorRef]):
     """Tensor references as columns: what the scan, the verdict and the reports read about every tensor,
     without a TensorRef object per tensor (a million small tensors of a safetensors file are a few lists).
 
@@ -293,33 +337,13 @@ class RefTable(Sequence[TensorRef]):
         return (self.names, self.dtypes, self.shapes, self.files, self.roles, self.orders, self.blocks, self._refs,
                 self.offsets, self.nbytes)
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def _made(self) -> list[TensorRef | None]:
+        return self._refs
 
-    @overload
-    def __getitem__(self, index: int) -> TensorRef: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[TensorRef]: ...
-
-    def __getitem__(self, index: int | slice) -> TensorRef | list[TensorRef]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        ref = self._refs[index]
-        if ref is None:
-            name, dtype = self.names[index], self.dtypes[index]
-            region = Region(self.files[index], self.offsets[index], self.nbytes[index], dtype, name)
-            ref = self._refs[index] = TensorRef(name, dtype, self.shapes[index], region, role=self.roles[index])
-        return ref
-
-    def __iter__(self) -> Iterator[TensorRef]:
-        for i in range(len(self.names)):
-            yield self[i]
-
-    def __eq__(self, other: object) -> bool:
-        return _same_rows(self, other)
-
-    __hash__ = None  # type: ignore[assignment]
+    def _make(self, index: int) -> TensorRef:
+        name, dtype = self.names[index], self.dtypes[index]
+        region = Region(self.files[index], self.offsets[index], self.nbytes[index], dtype, name)
+        return TensorRef(name, dtype, self.shapes[index], region, role=self.roles[index])
 
     def made(self) -> list[tuple[int, TensorRef]]:
         """(row, ref) of the rows that exist as TensorRef objects (given, or asked for)."""
@@ -351,7 +375,7 @@ class _Numels(dict):
 
 def _same_rows(table: Sequence[Any], other: object) -> bool:
     """Sequence equality, row by row (a table equals the tuple or list of the same rows)."""
-    if not isinstance(other, (tuple, list, RefTable, TensorResults)):
+    if not isinstance(other, (tuple, list, _RowsOnDemand)):
         return False
     return len(table) == len(other) and all(a == b for a, b in zip(table, other))
 
@@ -360,7 +384,7 @@ def _same_rows(table: Sequence[Any], other: object) -> bool:
 RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(TensorResult) if f.name != "ref")
 
 
-class TensorResults(Sequence[TensorResult]):
+class TensorResults(_RowsOnDemand[TensorResult]):
     """A report's tensor results as columns, one list per TensorResult field, with their refs as a RefTable.
 
     The verdict, the layer summary and the JSON report read the columns (a million small tensors need no
@@ -417,31 +441,11 @@ class TensorResults(Sequence[TensorResult]):
             rows += part._rows
         return TensorResults(RefTable.concat([p.refs for p in parts]), columns, rows)
 
-    def __len__(self) -> int:
-        return len(self._rows)
+    def _made(self) -> list[TensorResult | None]:
+        return self._rows
 
-    @overload
-    def __getitem__(self, index: int) -> TensorResult: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[TensorResult]: ...
-
-    def __getitem__(self, index: int | slice) -> TensorResult | list[TensorResult]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        row = self._rows[index]
-        if row is None:
-            row = self._rows[index] = TensorResult(self.refs[index], *(getattr(self, n)[index] for n in RESULT_COLUMNS))
-        return row
-
-    def __iter__(self) -> Iterator[TensorResult]:
-        for i in range(len(self._rows)):
-            yield self[i]
-
-    def __eq__(self, other: object) -> bool:
-        return _same_rows(self, other)
-
-    __hash__ = None  # type: ignore[assignment]
+    def _make(self, index: int) -> TensorResult:
+        return TensorResult(self.refs[index], *(getattr(self, n)[index] for n in RESULT_COLUMNS))
 
     def rows(self, indices: Iterable[int]) -> tuple[TensorResult, ...]:
         return tuple(self[i] for i in indices)
