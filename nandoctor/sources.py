@@ -39,6 +39,7 @@ from nandoctor.errors import FileChangedError
 PAGE = mmap.PAGESIZE
 RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
 READ_CHUNK_BYTES = 8 << 20  # reads of a cold file: larger requests keep a (virtual) disk busier than 4 MiB
+ALIGNED_AT = 8  # a chunk whose first byte is not at a multiple of this is copied before it is scanned
 PROBES = 16  # pages probed for page-cache residency, spread over the file
 MAPPED_FROM = 0.5  # the share of probed pages cached from which a file is mapped rather than read
 
@@ -71,7 +72,16 @@ class MappedSource:
         # A shorter file now would SIGBUS the read below: refuse while it still can be refused.
         if os.fstat(self.fd).st_size < absolute + length:
             raise FileChangedError(str(self.path), "the file was truncated while it was being scanned")
-        return np.frombuffer(self.mapped, dtype=np.uint8, count=length, offset=absolute)
+        view = np.frombuffer(self.mapped, dtype=np.uint8, count=length, offset=absolute)
+        if absolute % ALIGNED_AT:
+            # A region at an odd offset (a DCP item's tensors sit wherever the item does in its .distcp)
+            # would be viewed as lanes at unaligned addresses, where numpy's reductions take a slow path:
+            # 2 GB of them scanned in 0.32 s mapped, 0.13 s copied into an aligned buffer first.
+            buffer = buffer_for(length)[:length]
+            np.copyto(buffer, view)
+            del view
+            return buffer
+        return view
 
     def release(self, absolute: int, length: int) -> None:
         # Each release interrupts the other cores (a TLB shootdown): merge runs, release rarely.

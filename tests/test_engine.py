@@ -109,6 +109,38 @@ def test_release_merges_contiguous_runs_and_rounds_to_pages(monkeypatch):
     assert src.mapped.calls[-1] == (20 * page, page)
 
 
+def test_a_region_at_an_odd_offset_is_scanned_from_an_aligned_copy(tmp_path, monkeypatch):
+    """A DCP item's tensors (or an unpadded safetensors header's data) start at any byte: the mapped source
+    hands the kernel an aligned copy of such a chunk, a view of an aligned one; both count the same."""
+    rng = np.random.default_rng(9)
+    bits = bf16_bits(rng.standard_normal(3 * MiB).astype(np.float32))  # 6 MiB: chunks of 4 MiB and more
+    planted = [5, MiB + 3, 3 * MiB - 1]
+    bits[planted] = SPECIALS["BF16"]["nan"]
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [bits.size], "data_offsets": [0, bits.nbytes]}}).encode()
+    header += b" " * ((-len(header) - 8) % 8 + 3)  # the data starts 3 bytes past a multiple of 8
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bits.tobytes())
+    assert (8 + len(header)) % 8 == 3
+    seen = []
+    original = sources.MappedSource.read
+
+    def read(self, absolute, length, buffer_for):
+        data = original(self, absolute, length, buffer_for)
+        seen.append((absolute % 8, data.ctypes.data % 8))
+        return data
+
+    monkeypatch.setattr(sources.MappedSource, "read", read)
+    results = {}
+    for io in ("mmap", "read"):
+        monkeypatch.setenv("NANDOCTOR_IO", io)
+        report = scan(path, device="cpu")
+        (t,) = report.tensors
+        results[io] = (t.nan, t.first_bad, t.max_abs, t.zeros)
+        assert report.complete and t.nan == 3 and t.first_bad == 5
+    assert results["mmap"] == results["read"]
+    assert seen and all(offset == 3 and address == 0 for offset, address in seen)
+
+
 def test_read_source_and_mapped_source_agree(tmp_path, monkeypatch):
     rng = np.random.default_rng(4)
     tensors = {}
