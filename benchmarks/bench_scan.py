@@ -491,9 +491,9 @@ def check_answer(method: str, variant: str, result: dict, planted: dict) -> str:
 
 def have_bin_reader() -> bool:
     try:
-        from nandoctor.readers import READERS
+        from nandoctor.readers import supported_suffixes
 
-        return any(".bin" in r.suffixes for r in READERS.values())
+        return ".bin" in supported_suffixes()
     except ImportError:
         return False
 

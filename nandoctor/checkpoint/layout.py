@@ -291,9 +291,9 @@ def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool) -> 
 
 def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
     """A torch.distributed.checkpoint folder: its files are the ones its ``.metadata`` names, all of them."""
-    from nandoctor.readers.dcp_metadata import metadata_files
+    from nandoctor.readers.formats import dcp_metadata_files
 
-    found = metadata_files(root)
+    found = dcp_metadata_files(root)
     if not found:
         return False
     from nandoctor.readers.dcp import metadata_for

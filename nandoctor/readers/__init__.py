@@ -1,21 +1,25 @@
 """Readers turn one checkpoint file into tensor references (byte ranges), never tensors.
 
-``READERS`` is a static registry (format name → reader), filled when this
-package is imported: a reader that fails to import is a bug that surfaces at
-once, never a file silently called "not a format nandoctor knows".
-``reader_for`` picks a reader by the file's first bytes (magic), falling back
-to its suffix, so a misnamed file is still read by the right reader or refused
-clearly. Every reader has one method that matters, ``read(path) -> ReadResult``.
+Which formats there are, and how a file's first bytes and suffix show its format, is
+``formats.FORMATS``; a format's reader is imported only when a file needs it (``reader``), so a
+safetensors scan never pays for the torch, GGUF or DCP readers. A reader that fails to import
+raises there (an ImportError, reported as an internal error), never a file silently called "not a
+format nandoctor knows": the format is chosen before its reader is imported, and
+``tests/test_readers.py`` imports every registered reader. ``reader_for`` picks a reader by the
+file's first bytes (magic), falling back to its suffix, so a misnamed file is still read by the
+right reader or refused clearly. Every reader has one method that matters, ``read(path) -> ReadResult``.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from nandoctor.errors import UnsupportedFormatError
 from nandoctor.model import ReadResult
 from nandoctor.readers import magic
+from nandoctor.readers.formats import FORMATS
 from nandoctor.readers.magic import LFS_POINTER_PREFIX
 
 
@@ -38,25 +42,26 @@ class CheckpointReader(Protocol):
         """
 
 
-def _builtin_readers() -> dict[str, CheckpointReader]:
-    from nandoctor.readers.dcp import DcpReader
-    from nandoctor.readers.gguf import GGUFReader
-    from nandoctor.readers.safetensors import SafetensorsReader
-    from nandoctor.readers.torch.file import TorchReader
+class DeferringReader(CheckpointReader, Protocol):
+    """A reader of a format whose ``defers_crcs`` is set (torch, DCP)."""
 
-    readers: tuple[CheckpointReader, ...] = (SafetensorsReader(), TorchReader(), GGUFReader(), DcpReader())
-    return {reader.format_name: reader for reader in readers}
+    def read(self, path: Path, *, defer_crcs: bool = False) -> ReadResult: ...
 
 
-READERS: dict[str, CheckpointReader] = _builtin_readers()
+_READERS: dict[str, CheckpointReader] = {}  # format name -> its reader, once imported
+
+
+def reader(format_name: str) -> CheckpointReader:
+    """The reader of the format ``format_name`` (a key of ``FORMATS``), its module imported on first use."""
+    found = _READERS.get(format_name)
+    if found is None:
+        module, _, name = FORMATS[format_name].reader.partition(":")
+        found = _READERS[format_name] = getattr(importlib.import_module(module), name)()
+    return found
 
 
 def supported_suffixes() -> tuple[str, ...]:
-    return tuple(s for r in READERS.values() for s in r.suffixes)
-
-
-# How messages name the format a file's suffix promises
-_FORMAT_WORDS = {"safetensors": "safetensors", "torch": "PyTorch", "gguf": "GGUF", "dcp": "torch.distributed.checkpoint"}
+    return tuple(s for f in FORMATS.values() for s in f.suffixes)
 
 
 def reader_for(path: Path) -> CheckpointReader:
@@ -65,17 +70,17 @@ def reader_for(path: Path) -> CheckpointReader:
     with open(path, "rb") as fh:
         head = fh.read(64)
     suffix = path.suffix.lower()
-    promised = next((name for name, reader in READERS.items() if suffix in reader.suffixes), None)
+    promised = next((f for f in FORMATS.values() if suffix in f.suffixes), None)
     if head.startswith(LFS_POINTER_PREFIX):
-        raise magic.not_a(str(path), _FORMAT_WORDS.get(promised or "", "checkpoint"), head)
-    if promised == "dcp":  # starts like a torch zip, but only its .metadata explains it
-        return READERS["dcp"]
-    for reader in READERS.values():
-        if reader.sniff(head):
-            return reader
+        raise magic.not_a(str(path), promised.words if promised else "checkpoint", head)
+    if promised is not None and promised.sniff is None:  # chosen by its suffix alone (DCP)
+        return reader(promised.name)
+    for known in FORMATS.values():
+        if known.sniff is not None and known.sniff(head):
+            return reader(known.name)
     if promised is None:
         raise UnsupportedFormatError(f"{path}: not a checkpoint format nandoctor knows")
-    return READERS[promised]  # which, finding no format of its own, says what the file is (magic.not_a)
+    return reader(promised.name)  # which, finding no format of its own, says what the file is (magic.not_a)
 
 
 def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:
@@ -84,10 +89,7 @@ def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:
     ``defer_crcs``: the readers that check zip CRC-32s (torch, DCP) leave those checks in the result's
     ``owed`` rather than read every storage a second time; the caller must make them (the scan does, in
     its own pass over the bytes)."""
-    from nandoctor.readers.dcp import DcpReader
-    from nandoctor.readers.torch.file import TorchReader
-
-    reader = reader_for(path)
-    if defer_crcs and isinstance(reader, (TorchReader, DcpReader)):
-        return reader.read(path, defer_crcs=True)
-    return reader.read(path)
+    found = reader_for(path)
+    if defer_crcs and FORMATS[found.format_name].defers_crcs:
+        return cast(DeferringReader, found).read(path, defer_crcs=True)
+    return found.read(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -30,11 +29,9 @@ from nandoctor.crc import check_owed
 from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
 from nandoctor.model import ChunkOf, OwedCrc, ReadResult, ScanProblem, TensorRef
 from nandoctor.readers import safetensors as st
-from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata, metadata_files
+from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata
+from nandoctor.readers.formats import DCP, ZIP_LOCAL_MAGIC, dcp_metadata_files, looks_safetensors
 from nandoctor.readers.torch.file import read_zip_at
-from nandoctor.readers.zipentries import LOCAL_MAGIC
-
-SUFFIXES = (".distcp",)
 
 
 @lru_cache(maxsize=8)
@@ -45,16 +42,16 @@ def _metadata(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> DcpMetad
 
 def metadata_for(folder: Path) -> DcpMetadata | None:
     """The folder's DCP metadata, read once per scan of its many ``.distcp`` files."""
-    stamp = tuple((str(f), *(lambda st_: (st_.st_size, st_.st_mtime_ns))(os.stat(f))) for f in metadata_files(folder))
+    stamp = tuple((str(f), *(lambda st_: (st_.st_size, st_.st_mtime_ns))(os.stat(f))) for f in dcp_metadata_files(folder))
     return _metadata(folder, stamp) if stamp else None
 
 
 class DcpReader:
-    format_name = "dcp"
-    suffixes: tuple[str, ...] = SUFFIXES
+    format_name = DCP.name
+    suffixes = DCP.suffixes
 
     def sniff(self, head: bytes) -> bool:
-        return False  # chosen by suffix only (readers.reader_for)
+        return False  # chosen by suffix only (formats.DCP)
 
     def read(self, path: Path, *, defer_crcs: bool = False) -> ReadResult:
         """The file's chunks; ``defer_crcs``: its items' storage CRC-32 checks left in ``owed`` (torch reader)."""
@@ -107,7 +104,7 @@ def _read_item(
         )
     fh.seek(item.offset)
     head = fh.read(16)
-    if head.startswith(LOCAL_MAGIC):
+    if head.startswith(ZIP_LOCAL_MAGIC):
         read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True)
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         if item.chunk_offsets is None:  # a pickled object: tensors inside it (rare) are scanned under its name
@@ -116,7 +113,7 @@ def _read_item(
         if len(read.refs) != 1:
             raise CorruptCheckpointError(p, f"a torch.save stream holding {len(read.refs)} tensors where DCP saves one")
         return ReadResult((_chunk(p, read.refs[0], item, metadata),), read.notes, read.problems, owed)
-    if item.chunk_offsets is not None and _looks_safetensors(head):
+    if item.chunk_offsets is not None and looks_safetensors(head):
         by_name = safetensors_at.get(item.offset)
         if by_name is None:
             by_name = safetensors_at[item.offset] = _safetensors_refs(p, item.offset)
@@ -128,13 +125,6 @@ def _read_item(
         p, f"bytes at {item.offset} are neither a torch.save stream nor safetensors (a damaged or foreign file)",
         "re-copy the .distcp files and .metadata from where the checkpoint was saved",
     )
-
-
-def _looks_safetensors(head: bytes) -> bool:
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 0 < n <= st.MAX_HEADER_BYTES and head[8:9] == b"{"
 
 
 def _safetensors_refs(p: str, base: int) -> dict[str, TensorRef]:

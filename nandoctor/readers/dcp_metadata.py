@@ -23,9 +23,9 @@ from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError
+from nandoctor.readers.formats import dcp_metadata_files
 from nandoctor.readers.pathstandins import path_standin
 
-METADATA_NAME = ".metadata"
 MAX_METADATA_BYTES = 4 << 30  # a checkpoint of 100k tensors x 1k chunks stays far below this
 _METADATA = "torch.distributed.checkpoint.metadata"
 _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
@@ -278,26 +278,13 @@ def merged(parts: list[DcpMetadata]) -> DcpMetadata:
     )
 
 
-def metadata_files(folder: Path) -> list[Path]:
-    """``.metadata``, or else the per-rank ``__N.metadata`` files torch writes without rank coordination."""
-    main = folder / METADATA_NAME
-    if main.is_file():
-        return [main]
-    ranked = []
-    for entry in folder.glob("__*" + METADATA_NAME):
-        middle = entry.name[2 : -len(METADATA_NAME)]
-        if middle.isdigit():
-            ranked.append((int(middle), entry))
-    return [path for _, path in sorted(ranked)]
-
-
 def folder_metadata(folder: Path) -> DcpMetadata | None:
     """The DCP metadata of ``folder``, or None when it is not a DCP checkpoint."""
-    files = metadata_files(folder)
+    files = dcp_metadata_files(folder)
     if not files:
         return None
     parts = [read_metadata(f) for f in files]
     return parts[0] if len(parts) == 1 else merged(parts)
 
 
-__all__ = ["DcpChunk", "DcpItem", "DcpMetadata", "DcpTensor", "folder_metadata", "metadata_files", "read_metadata"]
+__all__ = ["DcpChunk", "DcpItem", "DcpMetadata", "DcpTensor", "folder_metadata", "read_metadata"]

@@ -24,9 +24,8 @@ from pathlib import Path
 from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
 from nandoctor.model import BlockFields, ReadResult, Region, TensorRef
 from nandoctor.readers import magic
+from nandoctor.readers.formats import GGUF, looks_gguf
 
-MAGIC = b"GGUF"
-SUFFIXES = (".gguf",)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME is 64 with the terminating NUL
@@ -82,11 +81,11 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 class GGUFReader:
-    format_name = "gguf"
-    suffixes = SUFFIXES
+    format_name = GGUF.name
+    suffixes = GGUF.suffixes
 
     def sniff(self, head: bytes) -> bool:
-        return head[:4] == MAGIC
+        return looks_gguf(head)
 
     def read(self, path: Path) -> ReadResult:
         header = read_header(path)
@@ -152,14 +151,14 @@ def read_header(path: Path) -> Header:
 
 
 def _parse(buf: mmap.mmap, p: str, size: int) -> Header:
-    if buf[:4] != MAGIC:
+    if not looks_gguf(buf[:4]):
         if buf[:4] in _LEGACY_MAGICS:
             raise UnsupportedFormatError(
                 f"{p}: a GGML/GGJT model file from before GGUF (2023)",
                 hint="convert it with llama.cpp's convert_llama_ggml_to_gguf.py, then scan the .gguf",
             )
         if magic.identify(bytes(buf[:64])) is not None:  # text, a web page, another format: say which
-            raise magic.not_a(p, "GGUF", bytes(buf[:64]))
+            raise magic.not_a(p, GGUF.words, bytes(buf[:64]))
         raise CorruptCheckpointError(p, f"does not start with the GGUF magic (found {bytes(buf[:4])!r})")
     (version,) = struct.unpack_from("<I", buf, 4)
     endian, byteorder = "<", "little"

@@ -6,6 +6,7 @@ HTML error page says so instead of quoting a header length of 8 quintillion byte
 from __future__ import annotations
 
 from nandoctor.errors import CorruptCheckpointError
+from nandoctor.readers.formats import GGUF_MAGIC, ZIP_LOCAL_MAGIC
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 REDOWNLOAD = ("re-download the file (for a Hugging Face model: huggingface-cli download REPO_ID --force-download) "
@@ -13,9 +14,9 @@ REDOWNLOAD = ("re-download the file (for a Hugging Face model: huggingface-cli d
 
 # (magic at byte 0, what the file is, what to do); checked in order
 _MAGICS: tuple[tuple[bytes, str, str], ...] = (
-    (b"PK\x03\x04", "a zip archive (PyTorch saves .bin/.pt/.ckpt files as zip archives)",
+    (ZIP_LOCAL_MAGIC, "a zip archive (PyTorch saves .bin/.pt/.ckpt files as zip archives)",
      "if it is a PyTorch checkpoint, rename it to .pt and scan again; else " + REDOWNLOAD),
-    (b"GGUF", "a GGUF file (llama.cpp)", "rename it to .gguf and scan again"),
+    (GGUF_MAGIC, "a GGUF file (llama.cpp)", "rename it to .gguf and scan again"),
     (b"\x93NUMPY", "a NumPy .npy array", "nandoctor does not read .npy files; " + REDOWNLOAD),
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/TensorFlow weights)", "nandoctor does not read HDF5; " + REDOWNLOAD),
     (b"\x1f\x8b", "gzip-compressed data", "decompress it (gunzip) and scan the result"),

@@ -23,20 +23,16 @@ from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import ReadResult, RefTable
 from nandoctor.readers import magic
 from nandoctor.readers.compact_header import HeaderColumns, parse_compact
-
-MAX_HEADER_BYTES = 100_000_000  # the reference parser's limit
-SUFFIXES = (".safetensors",)
+from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
+from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
 
 
 class SafetensorsReader:
-    format_name = "safetensors"
-    suffixes = SUFFIXES
+    format_name = SAFETENSORS.name
+    suffixes = SAFETENSORS.suffixes
 
     def sniff(self, head: bytes) -> bool:
-        if len(head) < 9:
-            return False
-        (n,) = struct.unpack("<Q", head[:8])
-        return 0 < n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+        return looks_safetensors(head)
 
     def read(self, path: Path) -> ReadResult:
         return self.read_at(path, 0)
@@ -162,7 +158,7 @@ def _header_text(path: Path, base: int) -> tuple[str, int, int]:
         head = fh.read(64)
         (n,) = struct.unpack("<Q", head[:8])
         if n + 8 > size and head[8:9] != b"{":  # no header of this file: text, a web page, another format
-            raise magic.not_a(p, "safetensors", head)
+            raise magic.not_a(p, SAFETENSORS.words, head)
         if n > MAX_HEADER_BYTES:
             raise CorruptCheckpointError(p, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
         if n + 8 > size:

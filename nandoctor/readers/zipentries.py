@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
+from nandoctor.readers.formats import ZIP_LOCAL_MAGIC as LOCAL_MAGIC
 
-LOCAL_MAGIC = b"PK\x03\x04"
 CENTRAL_MAGIC = b"PK\x01\x02"
 EOCD_MAGIC = b"PK\x05\x06"
 ZIP64_EOCD_MAGIC = b"PK\x06\x06"

@@ -35,7 +35,8 @@ from nandoctor.errors import (
 )
 from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem
 from nandoctor.readers import magic
-from nandoctor.readers.torch.legacy import NotLegacyError, looks_legacy, read_legacy
+from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
+from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
@@ -56,7 +57,6 @@ from nandoctor.readers.zipentries import (
     read_entry,
 )
 
-SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
 MAX_META_BYTES = 1 << 20  # other small entries (version, .format_version …) are read and CRC-checked whole
 SKIP_CRC_ENV = "NANDOCTOR_SKIP_CRC"
@@ -74,11 +74,11 @@ _UNSAFE_HINT = (
 
 
 class TorchReader:
-    format_name = "torch"
-    suffixes = SUFFIXES
+    format_name = TORCH.name
+    suffixes = TORCH.suffixes
 
     def sniff(self, head: bytes) -> bool:
-        return head.startswith(LOCAL_MAGIC) or looks_legacy(head)
+        return looks_torch(head)
 
     def read(self, path: Path, *, defer_crcs: bool = False) -> ReadResult:
         """The file's tensors, notes and problems; with ``defer_crcs`` its storages' CRC-32 checks are
@@ -96,7 +96,7 @@ class TorchReader:
                     f"{p}: this is torch's pre-0.4 tar format, which nandoctor does not read",
                     hint="load it once with an old torch in a sandbox and re-save it with torch.save or as safetensors",
                 )
-            if not looks_legacy(head) and _has_zip_end(fh, size):
+            if not looks_legacy_torch(head) and _has_zip_end(fh, size):
                 raise CorruptCheckpointError(
                     p,
                     "a zip archive with bytes in front of it (it does not start with PK\\x03\\x04); torch refuses "
@@ -341,7 +341,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
             fh.seek(0)
             head = fh.read(64)
             if magic.identify(head) is not None:  # text, a web page, another format: say which
-                raise magic.not_a(path, "PyTorch", head) from None
+                raise magic.not_a(path, TORCH.words, head) from None
             raise UnsupportedFormatError(f"{path}: neither a torch zip archive nor a legacy torch file") from None
         walked = walk(legacy.root, prefix=_name_prefix(path))
         add_unreached(walked, legacy.built, _name_prefix(path))

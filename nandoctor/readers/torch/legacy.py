@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from nandoctor.errors import CorruptCheckpointError
+from nandoctor.readers.formats import TORCH_LEGACY_MAGIC_NUMBER, looks_legacy_torch
 from nandoctor.readers.torch.refs import StorageBlock
 from nandoctor.readers.torch.safe_pickle import BoundedReader, check_storage_id, restricted_load
 from nandoctor.readers.torch.stubs import (
@@ -29,9 +30,7 @@ from nandoctor.readers.torch.stubs import (
     element_bytes,
 )
 
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
-MAGIC_PICKLE_BYTES = b"\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")  # LONG1 opcode with the magic
 
 
 class NotLegacyError(Exception):
@@ -40,11 +39,6 @@ class NotLegacyError(Exception):
     def __init__(self, is_pickle: bool) -> None:
         super().__init__("not a legacy torch file")
         self.is_pickle = is_pickle
-
-
-def looks_legacy(head: bytes) -> bool:
-    """A pickle whose first value is torch's magic number (any pickle protocol)."""
-    return head[:1] == b"\x80" and MAGIC_PICKLE_BYTES in head[:32]
 
 
 @dataclass
@@ -81,10 +75,10 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
         raise  # a malicious pickle is named as such, whatever else the file is
     except Exception:
         fh.seek(0)
-        if looks_legacy(fh.read(32)):
+        if looks_legacy_torch(fh.read(32)):
             raise  # torch's magic is there: a damaged legacy file, worded by the caller
         raise NotLegacyError(is_pickle=False) from None
-    if magic != MAGIC_NUMBER:
+    if magic != TORCH_LEGACY_MAGIC_NUMBER:
         raise NotLegacyError(is_pickle=True)
     version = load()
     if version != PROTOCOL_VERSION:
