@@ -77,7 +77,18 @@ def _isal_without_gil() -> Callable[[int, int, int], int] | None:
     return function
 
 
-crc32: CrcFunction = _best_crc32()
+@lru_cache(maxsize=1)
+def implementation() -> CrcFunction:
+    """The function ``crc32`` calls (``_best_crc32``), chosen on first use: importing python-isal, loading
+    its library through ctypes and probing it cost ~2 ms that a command owing no CRC-32 (a scan of
+    safetensors files) never pays."""
+    return _best_crc32()
+
+
+def crc32(data: Any, value: int = 0) -> int:
+    """The CRC-32 of ``data`` continued from ``value``, as ``zlib.crc32`` gives it, by the fastest
+    implementation at hand (``implementation``)."""
+    return implementation()(data, value)
 
 
 def _multiply(a: int, b: int) -> int:
