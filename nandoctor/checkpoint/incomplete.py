@@ -62,7 +62,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             index = read_index(index_path)
         except CorruptCheckpointError:
             continue  # the scan reports a broken index as unreadable
-        missing = sorted({s for s in index.weight_map.values() if _missing(folder / s)})
+        missing = sorted(s for s in set(index.weight_map.values()) if _missing(folder / s))  # a probe per shard, not per tensor
         if missing:
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
     if expect_trainer_state and _missing(folder / TRAINER_STATE):

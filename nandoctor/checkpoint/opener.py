@@ -210,7 +210,7 @@ def _check_duplicate_names(
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
     if sum(1 for refs in refs_by_file.values() if refs) < 2:
         return [], []  # names within one file: its reader has refused duplicates, or they are views of it
-    indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
+    indexed = {index.path.parent / shard for index in files.indexes for shard in set(index.weight_map.values())}
     seen: dict[tuple[bool, str, tuple[int, ...] | None], Path] = {}
     problems: list[ScanProblem] = []
     shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
@@ -238,9 +238,11 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
                   indexed: set[Path]) -> list[str]:
     """One note per file that shares names with a sharded model's shards (not one per shard), saying which
     of the two a loader reads; a note per pair of other files (separate checkpoints side by side)."""
+    if not shared:
+        return []
     from nandoctor.checkpoint.loaders import single_file_of
 
-    index_of = {index.path.parent / shard: index for index in files.indexes for shard in index.weight_map.values()}
+    index_of = {index.path.parent / shard: index for index in files.indexes for shard in set(index.weight_map.values())}
     beside: dict[Path, tuple[set[Path], list[str]]] = {}  # a file outside the shards → (the shards, the names)
     notes = []
     for (a, b), names in shared.items():
