@@ -11,7 +11,6 @@ million-step run still gives a small report.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
@@ -211,6 +210,8 @@ def from_metrics_csv(path: Path) -> LogSeries | None:
 def read_metrics_csv(path: Path) -> MetricsTable | None:
     """A Lightning ``CSVLogger`` file: one row per log call, empty cells for keys not logged then; None when
     it cannot be read or logs neither a loss nor a grad norm by step."""
+    import csv  # here: only a Lightning run has a metrics.csv, and every scan of a checkpoint imports this module
+
     try:
         if path.stat().st_size > MAX_CSV_BYTES:
             return None
