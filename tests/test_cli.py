@@ -219,6 +219,23 @@ def test_start_up_imports_only_what_the_command_needs():
     assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))
 
 
+def test_the_exiting_command_leaves_the_interpreter_no_objects_to_collect():
+    """``main`` freezes the garbage collector's objects at exit, after the other exit handlers (the
+    interpreter's final collections would free every imported object one by one: issue 18's start-up
+    budget), and not before: a caller that catches SystemExit still has a collector that sees them."""
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('AT EXIT frozen:', gc.get_freeze_count() > 0))  # first in, last out\n"
+        "from nandoctor.cli import main\n"
+        "sys.argv = ['nandoctor', 'scan', sys.argv[1], '--quiet']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n"
+        "    print('EXIT', exc.code, 'frozen:', gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(DEMO_RUN / "checkpoint-300")], capture_output=True,
+                         text=True, cwd=ROOT, check=True)
+    assert out.stdout.splitlines()[-2:] == ["EXIT 1 frozen: False", "AT EXIT frozen: True"], out.stdout
+
+
 def test_each_help_summary_says_what_its_command_does():
     """The static summaries stay true: each names the command's subject the way its docstring does."""
     import nandoctor.cli as cli_module
