@@ -188,8 +188,8 @@ def test_help_lists_every_command_without_importing_them():
 def test_start_up_imports_only_what_the_command_needs():
     """``python -m nandoctor --help`` imports no API module (``nandoctor/__init__`` resolves names lazily),
     a ``--quiet`` or ``--json`` scan piped to a file never imports rich, and a scan of safetensors files
-    imports no torch, GGUF or DCP reader (the registry imports a reader when a file needs it) and no CRC-32
-    library: start-up is issue 18's budget."""
+    imports no torch, GGUF or DCP reader (the registry imports a reader when a file needs it), no CRC-32
+    library and no ZeRO layouts: start-up is issue 18's budget."""
     help_code = (
         "import runpy, sys; sys.argv = ['nandoctor', '--help']\n"
         "try:\n    runpy.run_module('nandoctor', run_name='__main__')\nexcept SystemExit:\n    pass\n"
@@ -204,13 +204,14 @@ def test_start_up_imports_only_what_the_command_needs():
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
             "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), 'EXIT', code)\n"
             "print('READERS', *sorted(m for m in sys.modules if m.startswith('nandoctor.readers')))\n"
-            "print('CRC-32 library loaded:', 'isal' in sys.modules)"
+            "print('CRC-32 library loaded:', 'isal' in sys.modules, 'ZeRO:', 'nandoctor.checkpoint.zero' in sys.modules)"
         )
         out = subprocess.run([sys.executable, "-c", scan_code, str(DEMO_RUN / "checkpoint-300")],
                              capture_output=True, text=True, cwd=ROOT, check=True)
         lines = out.stdout.rstrip().splitlines()
         assert lines[-3].endswith("LOADED [] EXIT 1"), out.stdout[-500:]
-        assert lines[-1] == "CRC-32 library loaded: False"  # safetensors owe no CRC-32 (crc.implementation)
+        # safetensors owe no CRC-32 (crc.implementation); no optimizer file, no ZeRO partitions (opener)
+        assert lines[-1] == "CRC-32 library loaded: False ZeRO: False"
         assert lines[-2].split() == ["READERS", "nandoctor.readers", "nandoctor.readers.compact_header",
                                      "nandoctor.readers.formats", "nandoctor.readers.magic",
                                      "nandoctor.readers.safetensors"], lines[-2]

@@ -157,3 +157,16 @@ def test_folders_deepspeed_saved_are_attributed_as_zero_to_fp32_reads_them(tmp_p
     assert not report.errors
     assert _found(report, "fp32.") == expected
     assert sum(v[0] for v in expected.values()) == 2 and report.nan == 2
+
+
+def test_every_zero_optimizer_file_is_an_optimizer_file_to_the_opener() -> None:
+    """The opener imports zero.py only for a checkpoint with an optimizer file (roles.file_role), so every
+    name zero.OPTIM_FILE takes must be one; names that are not ZeRO's are told apart by OPTIM_FILE itself."""
+    from nandoctor.checkpoint import zero
+    from nandoctor.checkpoint.roles import OPTIMIZER, file_role
+
+    for name in ("zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_15_mp_rank_07_optim_states.pt",
+                 "zero_pp_rank_123_mp_rank_04_optim_states.pt"):
+        assert zero.OPTIM_FILE.match(name) and file_role(name) == OPTIMIZER, name
+    for name in ("optimizer.pt", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        assert not zero.OPTIM_FILE.match(name), name

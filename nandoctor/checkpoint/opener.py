@@ -18,8 +18,8 @@ from itertools import repeat
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout, zero
-from nandoctor.checkpoint.roles import roles_of
+from nandoctor.checkpoint import layout
+from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef
@@ -81,9 +81,12 @@ def open_checkpoint(
         checkpoint.problems += read.problems
         if read.owed:
             checkpoint.owed[file] = list(read.owed)
-    zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
-    checkpoint.problems += zero_problems
-    checkpoint.notes += zero_notes
+    if any(file_role(file.name) == OPTIMIZER for file in checkpoint.refs_by_file):  # where ZeRO's partitions lie
+        from nandoctor.checkpoint import zero  # (and its torch reader: imported by checkpoints that have them)
+
+        zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
+        checkpoint.problems += zero_problems
+        checkpoint.notes += zero_notes
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems

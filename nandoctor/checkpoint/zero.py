@@ -32,6 +32,7 @@ from typing import Any
 from nandoctor.checkpoint.zero_layout import LayoutError, Piece, Shapes, zero2_pieces, zero3_pieces
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ChunkOf, ScanProblem, TensorRef
+from nandoctor.readers.torch.file import read_object
 
 OPTIM_FILE = re.compile(r"^(?P<kind>(?:bf16_)?)zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_optim_states\.pt$")
 _STATE = re.compile(r"^optimizer_state_dict\.(?:base_optimizer_state|optimizer_state_dict)\.(?:state\.)?(\d+)\.(\w+)$")
@@ -109,8 +110,6 @@ def _attribute_set(
 
 
 def _read_optim(file: Path, rank: int) -> _Optim:
-    from nandoctor.readers.torch.file import read_object  # only where a ZeRO set is: not on every scan's path
-
     state = _mapping(read_object(file), "optimizer_state_dict", file)
     stage = _int(state.get("zero_stage"), file, "zero_stage")
     counts = state.get("partition_count")
@@ -138,8 +137,6 @@ def _param_shapes(folder: Path, mp: str, stage: int) -> list[Shapes]:
         raise NandoctorError(f"{path.name} is missing: this DeepSpeed model states file names the parameters of "
                              "the ZeRO partitions, which were scanned under their flat names only",
                              "re-copy the whole global_stepN folder")
-    from nandoctor.readers.torch.file import read_object
-
     model_states = read_object(path)
     groups = model_states.get("param_shapes") if isinstance(model_states, dict) else None
     if isinstance(groups, dict):
