@@ -1,11 +1,11 @@
 """What each format nandoctor reads looks like from outside, and which module reads it.
 
-A format's name, the words messages use for it, its suffixes and its first bytes (magic), and the
-metadata files that make a folder a DCP checkpoint, are written here once: the reader modules take theirs from here, and the registry
-(``readers/__init__.py``) chooses a file's format from these alone, importing the format's reader
-only when a file needs it. So a scan of safetensors files never imports the torch, GGUF or DCP
-readers (their pickle machinery, dataclasses and regular expressions), and importing this module
-costs next to nothing: no dataclass, no regular expression, no numpy.
+A format's name, the words messages use for it, its suffixes, its first bytes (magic) and, for DCP,
+the metadata files that make a folder a checkpoint are written here once: the reader modules take
+theirs from here, and the registry (``readers/__init__.py``) chooses a file's format from these
+alone, importing the format's reader only when a file needs it. So a scan of safetensors files never
+imports the torch, GGUF or DCP readers (their pickle machinery, dataclasses and regular expressions),
+and importing this module costs next to nothing: no dataclass, no regular expression, no numpy.
 """
 
 from __future__ import annotations
