@@ -346,8 +346,11 @@ IMPORTS = {  # done before the clock starts: start-up is not the work
     "safe_open": "import torch, safetensors",
     "torch.load": "import torch",
     "nandoctor": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
-    "nandoctor-bin": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
-    "nandoctor-bin-nocrc": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report",
+    # the torch reader too: the warm-up's demo checkpoint is safetensors, and readers are imported when needed
+    "nandoctor-bin": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report, "
+                     "nandoctor.readers.torch.file",
+    "nandoctor-bin-nocrc": "import nandoctor.cli, nandoctor.engine, nandoctor.kernels.cpu, nandoctor.report.json_report, "
+                           "nandoctor.readers.torch.file",
     "nandoctor-cuda": "import torch, nandoctor.cli, nandoctor.engine, nandoctor.kernels.cuda",
 }
 IMPORTS["nandoctor-mmap"] = IMPORTS["nandoctor-read"] = IMPORTS["nandoctor"]
