@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nandoctor import verdict as verdicts
-from nandoctor.api_compare import _verify
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.finalmodel import final_model
 from nandoctor.checkpoint.runs import RunReport
@@ -146,6 +145,8 @@ def scan(
         engine_scan, device=device, both_formats=both_formats, target_dtype=target, limits=limits, selection=chosen,
     ))
     if verify_hashes or manifest is not None:
+        from nandoctor.api_compare import _verify
+
         check = _verify(resolved, manifest, both_formats)
         report = verdicts.judged(dataclasses.replace(
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
