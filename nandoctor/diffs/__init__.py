@@ -14,11 +14,11 @@ import time
 from nandoctor.checkpoint import hubcache, layout
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.diffs import result as r
-from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback
+from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up
 from nandoctor.diffs.match import Pair, pair_tensors
 from nandoctor.diffs.result import DiffReport, TensorDiff
 from nandoctor.layers import bad_ranges, layer_of, natural_key
-from nandoctor.model import LayerSummary, ScanProblem, TensorRef
+from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
 
 __all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
@@ -68,18 +68,21 @@ def diff_checkpoints(
             notes.append(f"{side}: {len(failed)} file(s) could not be read; tensors shown only on the other side "
                          "may be in them")
 
-    work: list[tuple[TensorRef, TensorRef]] = []
+    work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
     for i, pair in enumerate(pairs):
         if pair.a is not None and pair.b is not None and tuple(pair.a.shape) == tuple(pair.b.shape):
             slot[i] = len(work)
-            work.append((pair.a, pair.b))
+            chunked = pair.stored_a or pair.stored_b
+            work.append(line_up(pair.a, pair.stored_a, pair.b, pair.stored_b) if chunked
+                        else Work(((pair.a, pair.b),), pair.a))
         elif pair.partner is not None:
             ref = pair.a or pair.b
             assert ref is not None
             slot[i] = len(work)
-            work.append((ref, pair.partner))
-    comparer = Comparer(workers, progress, sum(nbytes(x) + nbytes(y) for x, y in work), values=values)
+            work.append(Work(((ref, pair.partner),), ref))
+    total = sum(nbytes(x) + nbytes(y) for w in work for x, y in w.pieces)
+    comparer = Comparer(workers, progress, total, values=values)
     try:
         outcomes = comparer.compare_all(work)
     finally:
@@ -142,6 +145,7 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     common = dict(
         name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
         shape_a=tuple(a.shape), shape_b=tuple(b.shape), file_a=a.file, file_b=b.file, numel=a.numel,
+        order=a.order,
     )
     if outcome is None:
         return TensorDiff(status=r.SHAPE, **common)  # type: ignore[arg-type]
