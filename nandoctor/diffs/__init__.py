@@ -13,6 +13,7 @@ import time
 
 from nandoctor.checkpoint import hubcache, layout
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
 from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up
 from nandoctor.diffs.match import Pair, pair_tensors
@@ -31,13 +32,17 @@ def diff(
     progress: ProgressCallback | None = None,
     workers: int | None = None,
     both_formats: bool = False,
+    selection: Selection | None = None,
 ) -> DiffReport:
-    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api_compare.diff."""
+    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api_compare.diff.
+
+    ``selection`` (``--only``/``--exclude``) is applied to both sides where each is opened, as for a scan:
+    what it leaves out is counted in a note per side, and a side it leaves empty is a problem (exit 3)."""
     path_a, _ = hubcache.resolve(a)
     path_b, _ = hubcache.resolve(b)
     return diff_checkpoints(
-        open_checkpoint(path_a, both_formats=both_formats),
-        open_checkpoint(path_b, both_formats=both_formats),
+        open_checkpoint(path_a, both_formats=both_formats, selection=selection),
+        open_checkpoint(path_b, both_formats=both_formats, selection=selection),
         progress=progress,
         workers=workers,
         labels=(os.fspath(a), os.fspath(b)),
