@@ -251,8 +251,9 @@ def _scan(
             raise click.UsageError("--only/--exclude, --html and --markdown do not combine with --part or --distributed yet")
         from nandoctor.cli.parts_cmd import scan_split
 
-        scan_split(str(resolved), part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
-                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor)
+        scan_split(path, part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
+                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor,
+                   verify_hashes, manifest)
     is_run = runs.is_run_folder(resolved)
     if is_run and (verify_hashes or manifest):
         raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
