@@ -304,9 +304,9 @@ def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_o
 
         click.echo(render_run(run, fail_on) + not_written_section(not_written), nl=False)
     elif as_json:
-        from nandoctor.report.json_report import with_report_error
+        from nandoctor.report.json_report import with_gate
 
-        echo_json(with_report_error(api.to_json(run, fail_on), not_written))
+        echo_json(with_gate(api.to_json(run, fail_on), fail_on, run.exit_code(fail_on), not_written))
     elif quiet:
         from nandoctor.report.run_report import one_line
         from nandoctor.report.text import safe
