@@ -500,6 +500,26 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
+    """Tensors of trainer state that hold NaN/Inf: no finding (a Lightning ``kth_value = inf`` sentinel), but
+    never called finite: :func:`facts` says where they are (docs/health.md, "Roles")."""
+    roles, nan, posinf, neginf = report.tensors.refs.roles, report.tensors.nan, report.tensors.posinf, report.tensors.neginf
+    if "trainer" not in roles:
+        return ()
+    return tuple(report.tensors[i] for i, role in enumerate(roles)
+                 if role == "trainer" and (nan[i] or posinf[i] or neginf[i]))
+
+
+_MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
+
+
+def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
+    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
+                                                       (sum(t.neginf for t in bad), "-Inf")) if n)
+    names = ", ".join(t.name for t in bad[:_MAX_NAMED]) + (f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    return f"{values} in trainer state ({names}), not a finding"
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
@@ -555,8 +575,12 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
+    in_trainer = trainer_nonfinite(report)
     if not (report.nonfinite or exploded or outliers or zeroed or grown):
-        pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
+        pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
+                      if in_trainer else f"{plural(tensors, 'tensor')} healthy")
+    if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
+        pieces.append(_trainer_fact(in_trainer))
     overflow = overflow_count(report)
     if overflow:
         top = max_abs(report)
