@@ -288,6 +288,24 @@ def diverged_why(
     return ""
 
 
+def is_training_checkpoint(report: ScanReport) -> bool:
+    """Whether ``report``'s checkpoint is one a training run saves (it was judged within its run, or it holds
+    optimizer or trainer state beside the weights) rather than weights made for use: a GGUF or a weights-only
+    export, which nobody resumes training from."""
+    return run_context(report) is not None or not {"optimizer", "trainer"}.isdisjoint(report.tensors.refs.roles)
+
+
+def diverged_advice(report: ScanReport, where: str = "") -> str:
+    """What to do about a diverged checkpoint instead of a repair, worded for what the file is: resume its
+    training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
+    healthy source."""
+    if is_training_checkpoint(report):
+        return (f"resume training from the last healthy checkpoint{where} with a lower learning rate or gradient "
+                "clipping (max_grad_norm)")
+    return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
+            "or convert/quantize again from a healthy checkpoint)")
+
+
 def _diverging_growth(report: ScanReport) -> Growth | None:
     """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
     row), when it makes the checkpoint diverged."""
@@ -599,8 +617,15 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
+    pieces += problem_facts(report, first_problem=first_problem)
+    return pieces
+
+
+def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
+    """Each kind of problem in its own words (a hash mismatch is no "unreadable" part), the first quoted."""
+    pieces: list[str] = []
     quote = first_problem
-    for kind in problem_kinds(report):  # each kind in its own words, the first problem quoted
+    for kind in problem_kinds(report):
         of_kind = [p for p in report.errors if p.kind == kind]
         said = _PROBLEM_FACTS.get(kind)
         phrase = said(len(of_kind)) if said is not None else f"{len(of_kind)} problem(s) ({kind})"
