@@ -169,7 +169,7 @@ def _zeroed(tensors: TensorResults) -> set[int]:
 # The report
 
 
-def judged(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> ScanReport:
+def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
     """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors):
@@ -188,8 +188,9 @@ def present(report: ScanReport) -> tuple[str, ...]:
     return tuple(f for f in FAIL_ON_CHOICES if f in seen)
 
 
-def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verdict:
-    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on``."""
+def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> Verdict:
+    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate)."""
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
@@ -424,13 +425,14 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
     return best
 
 
-def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
+def exit_code(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> int:
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     if report.judgement is not None and report.judgement.fail_on == fail_on:
         return report.judgement.exit_code
     return judge(report, fail_on).exit_code
 
 
-def passes(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> bool:
+def passes(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> bool:
     return exit_code(report, fail_on) == EXIT_OK
 
 
@@ -543,7 +545,7 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
-def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
+def one_line(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, the verdict words, the health case when a health finding fails
     the line and the checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
     checkpoint), target, counts and the worst layer range, on one line.

@@ -259,3 +259,12 @@ def test_assert_finite_raises_the_error_of_each_verdict_kind(tmp_path, kind, err
         assert isinstance(info.value, nandoctor.NonFiniteWeightsError)
         assert "nandoctor repair" not in info.value.hint
         assert info.value.hint.startswith("resume training from the last healthy checkpoint") == ("grow" in kind)
+
+
+def test_the_verdict_functions_take_fail_on_none_as_the_default_gate():
+    from nandoctor import verdict
+
+    report = nandoctor.scan(str(BAD), device="cpu")
+    assert verdict.exit_code(report, None) == verdict.exit_code(report) == 1
+    assert verdict.one_line(report, None) == verdict.one_line(report)
+    assert verdict.judge(report, None) == verdict.judge(report) and not verdict.passes(report, None)
