@@ -251,9 +251,11 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")
+        why = verdicts.diverged_why(report)
+        found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
         raise DivergedError(
-            f"{report.target}: DIVERGED: {verdicts.diverged_why(report)}{where}; a repair would only stitch a broken "
-            "model together",
+            f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
+            + "; a repair would only stitch a broken model together",
             verdicts.diverged_advice(report, f" (`nandoctor scan {run}` names it)" if run else ""),
             report=report,
         )

@@ -229,7 +229,7 @@ def _kind_files(tmp_path):
     ("nonfinite", "NonFiniteWeightsError", r"nonfinite.safetensors: 1 of 8 tensors hold NaN/Inf \(1 NaN, 0 \+Inf, 0 -Inf\) in model.layers.3$"),
     ("exploded", "NonFiniteWeightsError", r"unhealthy weights \(1 exploded, 1 outlier tensor\(s\)\) in model.layers.3; finite"),
     ("outlier", "NonFiniteWeightsError", r"unhealthy weights \(1 outlier tensor\(s\)\) in model.layers.3; finite"),
-    ("diverged", "DivergedError", r"diverged.safetensors: DIVERGED: 6 of 8 weight tensors are NaN/Inf in model.layers.0–5; a repair"),
+    ("diverged", "DivergedError", r"diverged.safetensors: DIVERGED: 6 of 8 weight tensors are NaN/Inf \(6 of 8 tensors hold NaN/Inf \(24,576 NaN, 0 \+Inf, 0 -Inf\); worst model.layers.0–5\); a repair would only stitch a broken model together$"),
     ("grow", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
     ("grow/checkpoint-2", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
     ("overflow", "OverflowRiskError", r"overflow.safetensors: 1 finite values in 1 tensors overflow when cast to fp16 \(max \|x\| 7e\+04, worst model.layers.3\)"),
