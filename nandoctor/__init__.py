@@ -21,7 +21,7 @@ _HOMES = {
     **dict.fromkeys(("diff", "manifest", "verify_hashes"), "nandoctor.api_compare"),
     "RunReport": "nandoctor.checkpoint.runs",
     **dict.fromkeys((
-        "CheckpointNotFoundError", "CorruptCheckpointError", "NandoctorError", "NonFiniteWeightsError",
+        "CheckpointNotFoundError", "CorruptCheckpointError", "DivergedError", "NandoctorError", "NonFiniteWeightsError",
         "OutputExistsError", "OverflowRiskError", "RepairRefusedError", "UnreadableCheckpointError",
         "UnreadablePathError", "UnsafeCheckpointError", "UnsupportedFormatError",
     ), "nandoctor.errors"),
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from nandoctor.errors import (
         CheckpointNotFoundError,
         CorruptCheckpointError,
+        DivergedError,
         NandoctorError,
         NonFiniteWeightsError,
         OutputExistsError,
@@ -77,6 +78,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "DivergedError",
     "LayerSummary",
     "NandoctorError",
     "NonFiniteWeightsError",

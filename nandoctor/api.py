@@ -22,6 +22,7 @@ from nandoctor.checkpoint.finalmodel import final_model
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
+    DivergedError,
     NonFiniteWeightsError,
     OverflowRiskError,
     UnreadableCheckpointError,
@@ -280,7 +281,8 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
 
 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:
-    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it."""
+    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it (every exception
+    path, one per verdict kind, is in tests/test_api.py's table)."""
     chosen = verdicts.parse_fail_on(fail_on)
     code = verdicts.exit_code(report, chosen)
     if code == 0:
@@ -289,8 +291,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
         first = report.errors[0]
         raise UnreadableCheckpointError(
             report.target,
-            f"{len(report.errors)} part(s) could not be read (first: {first.path}: {first.message}), "
-            "so the checkpoint cannot be called finite",
+            f"{'; '.join(verdicts.problem_facts(report))}, so the checkpoint cannot be called finite",
             first.hint or "run `nandoctor scan` on it for the details",
             report=report,
         )
@@ -298,9 +299,16 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     where = f" in {', '.join(ranges[:6])}" + (" …" if len(ranges) > 6 else "") if ranges else ""
     hint = f"restore them from an earlier clean checkpoint: {repair_command(report)}"
     failing = verdicts.judge(report, chosen).failing
-    if report.health == "diverged":
-        hint = ("most weights are broken: resume from the last healthy checkpoint (nandoctor scan on the run "
-                "folder names it) with a lower learning rate or gradient clipping")
+    if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
+        run = (verdicts.run_context(report) or {}).get("run")
+        why = verdicts.diverged_why(report)
+        found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
+        raise DivergedError(
+            f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
+            + "; a repair would only stitch a broken model together",
+            verdicts.diverged_advice(report, f" (`nandoctor scan {run}` names it)" if run else ""),
+            report=report,
+        )
     if verdicts.NONFINITE in failing:
         raise NonFiniteWeightsError(
             f"{report.target}: {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
@@ -446,6 +454,8 @@ def assert_finite(
     Raises:
         NonFiniteWeightsError: NaN/Inf, exploded or outlier weights (bad layer ranges and the
             ``nandoctor repair`` command in the message).
+        DivergedError: (a subclass) the checkpoint is diverged (most weights broken, or grown far past its
+            run's first healthy checkpoint): the DIVERGED reason, and a hint that is not a repair.
         OverflowRiskError: (a subclass) values overflow ``target_dtype``.
         UnreadableCheckpointError: some part could not be read, so nothing can be promised.
         ValueError: ``fail_on`` names no valid finding, or ``overflow`` alone without ``target_dtype``.

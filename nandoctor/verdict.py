@@ -169,7 +169,7 @@ def _zeroed(tensors: TensorResults) -> set[int]:
 # The report
 
 
-def judged(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> ScanReport:
+def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
     """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors):
@@ -188,8 +188,9 @@ def present(report: ScanReport) -> tuple[str, ...]:
     return tuple(f for f in FAIL_ON_CHOICES if f in seen)
 
 
-def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verdict:
-    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on``."""
+def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> Verdict:
+    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate)."""
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
@@ -286,6 +287,24 @@ def diverged_why(
     if grown is not None and grown.factor >= GROWTH_DIVERGED:
         return f"{grown.words()} since the run's first healthy checkpoint"
     return ""
+
+
+def is_training_checkpoint(report: ScanReport) -> bool:
+    """Whether ``report``'s checkpoint is one a training run saves (it was judged within its run, or it holds
+    optimizer or trainer state beside the weights) rather than weights made for use: a GGUF or a weights-only
+    export, which nobody resumes training from."""
+    return run_context(report) is not None or not {"optimizer", "trainer"}.isdisjoint(report.tensors.refs.roles)
+
+
+def diverged_advice(report: ScanReport, where: str = "") -> str:
+    """What to do about a diverged checkpoint instead of a repair, worded for what the file is: resume its
+    training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
+    healthy source."""
+    if is_training_checkpoint(report):
+        return (f"resume training from the last healthy checkpoint{where} with a lower learning rate or gradient "
+                "clipping (max_grad_norm)")
+    return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
+            "or convert/quantize again from a healthy checkpoint)")
 
 
 def _diverging_growth(report: ScanReport) -> Growth | None:
@@ -406,13 +425,14 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
     return best
 
 
-def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
+def exit_code(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> int:
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     if report.judgement is not None and report.judgement.fail_on == fail_on:
         return report.judgement.exit_code
     return judge(report, fail_on).exit_code
 
 
-def passes(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> bool:
+def passes(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> bool:
     return exit_code(report, fail_on) == EXIT_OK
 
 
@@ -500,12 +520,32 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
+    """Tensors of trainer state that hold NaN/Inf: no finding (a Lightning ``kth_value = inf`` sentinel), but
+    never called finite: :func:`facts` says where they are (docs/health.md, "Roles")."""
+    roles, nan, posinf, neginf = report.tensors.refs.roles, report.tensors.nan, report.tensors.posinf, report.tensors.neginf
+    if "trainer" not in roles:
+        return ()
+    return tuple(report.tensors[i] for i, role in enumerate(roles)
+                 if role == "trainer" and (nan[i] or posinf[i] or neginf[i]))
+
+
+_MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
+
+
+def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
+    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
+                                                       (sum(t.neginf for t in bad), "-Inf")) if n)
+    names = ", ".join(t.name for t in bad[:_MAX_NAMED]) + (f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    return f"{values} in trainer state ({names}), not a finding"
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
-def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
+def one_line(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, the verdict words, the health case when a health finding fails
     the line and the checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
     checkpoint), target, counts and the worst layer range, on one line.
@@ -555,8 +595,12 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
+    in_trainer = trainer_nonfinite(report)
     if not (report.nonfinite or exploded or outliers or zeroed or grown):
-        pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
+        pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
+                      if in_trainer else f"{plural(tensors, 'tensor')} healthy")
+    if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
+        pieces.append(_trainer_fact(in_trainer))
     overflow = overflow_count(report)
     if overflow:
         top = max_abs(report)
@@ -575,8 +619,15 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
+    pieces += problem_facts(report, first_problem=first_problem)
+    return pieces
+
+
+def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
+    """Each kind of problem in its own words (a hash mismatch is no "unreadable" part), the first quoted."""
+    pieces: list[str] = []
     quote = first_problem
-    for kind in problem_kinds(report):  # each kind in its own words, the first problem quoted
+    for kind in problem_kinds(report):
         of_kind = [p for p in report.errors if p.kind == kind]
         said = _PROBLEM_FACTS.get(kind)
         phrase = said(len(of_kind)) if said is not None else f"{len(of_kind)} problem(s) ({kind})"

@@ -136,7 +136,8 @@ def _unscanned_notes(root: Path) -> list[str]:
 
 
 def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
-    roles = roles_of(names_of(refs), file_name)
+    given = refs.roles if isinstance(refs, RefTable) else [ref.role for ref in refs]
+    roles = roles_of(names_of(refs), file_name, given)
     if isinstance(refs, RefTable):
         return refs.with_roles(roles)
     return [ref if role == ref.role else dataclasses.replace(ref, role=role) for ref, role in zip(refs, roles)]

@@ -159,9 +159,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     elif health == "diverged" and repairable:
         context = verdicts.run_context(report)
         where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
-        steps.append(f"diverged: {verdicts.diverged_why(report)}: resume training from the last healthy checkpoint"
-                     f"{where} with a lower learning rate or gradient clipping (max_grad_norm); a repair would only "
-                     "stitch a broken model together")
+        steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
+                     "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
         steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):

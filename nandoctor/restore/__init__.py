@@ -193,14 +193,12 @@ def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) ->
     from nandoctor.layers import bad_ranges
 
     place = runs.place_in_run(target_path)
-    resume = "resume training from the last healthy checkpoint"
-    if place is not None:
-        resume += f" (`nandoctor scan {place.run}` names it)"
+    where = f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
     raise RepairRefusedError(
         f"{target}: diverged: {verdict.diverged_why(report)}"
         + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
-        f"{resume} with a lower learning rate or gradient clipping; --allow-diverged repairs it anyway",
+        f"{verdict.diverged_advice(report, where)}; --allow-diverged repairs it anyway",
     )
 
 
