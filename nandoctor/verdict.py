@@ -15,6 +15,7 @@ module decided (``ScanReport.judgement``); none of them decides again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ DIVERGED_SHARE = 0.25
 # the same repair would hand back the donor. Exploded weights need only DIVERGED_SHARE: nothing but
 # divergence makes finite weights grow that far.
 NONFINITE_DIVERGED_SHARE = 0.5
+# A weight tensor counts towards those shares only when at least this share of its elements is bad (NaN/Inf or
+# above the exploded ceiling, counted together): divergence breaks tensors throughout, damage is scattered. On
+# real runs a diverged tensor is 1.8 % (the first exploded step of tests/realruns.py's Trainer run) to 100 % bad
+# (every NaN run: 6 of 6 Lightning tensors, the Trainer run's trained ones), a blown-up fp16 model 16-25 %;
+# scattered damage (bit flips, a few NaN per tensor: 1-4 in 33M) is well under 1e-5. One in a thousand, the
+# share the census's bulk scale looks past (kernels/census.py), sits between with margin either way; a GGUF
+# tensor's share is of its blocks' scale fields, which its counts are of.
+BROKEN_TENSOR_SHARE = 1e-3
 RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
@@ -256,8 +265,9 @@ def diverged_why(
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
 
-    Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded, or at
-    least ``DIVERGED_SHARE`` of them exploded (two or more either way);
+    Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are broken (NaN/Inf or exploded in at
+    least ``BROKEN_TENSOR_SHARE`` of their elements: :func:`broken`), or at least ``DIVERGED_SHARE`` of them are
+    broken and exploded (two or more either way); a few bad elements scattered over many tensors are poisoned;
     or the bulk of some weight tensor grew ``GROWTH_DIVERGED`` times since the run's first healthy
     checkpoint (:func:`growth`; finite, but not the same model any more), ``baseline`` being that
     checkpoint's :func:`tensor_scales`. ``log_nonfinite_step`` is the trainer log's first NaN/Inf loss or
@@ -272,9 +282,7 @@ def diverged_why(
         log_nonfinite_step = value if isinstance(value, int) else None
     tensors = report.tensors
     roles, holds, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.findings
-    shapes = tensors.refs.shapes
-    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and 0 not in shapes[i]
-           and (NONFINITE in findings[i] or EXPLODED in findings[i])]
+    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and broken(tensors, i)]
     weights = _weights(tensors) if len(bad) > 1 else 0  # (counted only when it can matter)
     exploded = sum(1 for found in bad if EXPLODED in found)
     spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
@@ -312,6 +320,16 @@ def _diverging_growth(report: ScanReport) -> Growth | None:
     row), when it makes the checkpoint diverged."""
     grown = Growth.from_json((run_context(report) or {}).get("growth"))
     return grown if grown is not None and grown.factor >= GROWTH_DIVERGED else None
+
+
+def broken(tensors: TensorResults, row: int) -> bool:
+    """Whether tensor ``row`` is broken throughout, as divergence leaves a tensor: at least
+    ``BROKEN_TENSOR_SHARE`` of its elements NaN/Inf or exploded (a tensor under a thousand elements: one;
+    a block-quantized one: of its scale fields, which its counts are of)."""
+    refs = tensors.refs
+    numel = math.prod(refs.shapes[row]) if refs.blocks[row] is None else refs[row].counted
+    bad = tensors.nan[row] + tensors.posinf[row] + tensors.neginf[row] + tensors.exploded[row]
+    return numel > 0 and bad > 0 and bad >= BROKEN_TENSOR_SHARE * numel
 
 
 def _weights(tensors: TensorResults) -> int:
@@ -572,14 +590,23 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     grown = _diverging_growth(report)
     if grown is not None:
         pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
-    if report.nonfinite:
-        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md)
+    unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
+    if report.bad_tensors:
+        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);
+        # the values of bytes no tensor views are their own fact (below)
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
+        nan, posinf, neginf = (getattr(report, k) - sum(getattr(u, k) for u in unviewed) for k in ("nan", "posinf", "neginf"))
         pieces.append(
             f"{len(report.bad_tensors)} of {tensors} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf"
+            f"({nan:,} NaN, {posinf:,} +Inf, {neginf:,} -Inf"
             + (f"; {tied} of them {'a tied copy' if tied == 1 else 'tied copies'} of another, counted once)" if tied else ")")
         )
+    if unviewed:
+        values = ", ".join(f"{n:,} {word}" for word, n in (("NaN", sum(u.nan for u in unviewed)),
+                           ("+Inf", sum(u.posinf for u in unviewed)), ("-Inf", sum(u.neginf for u in unviewed))) if n)
+        first = unviewed[0]
+        more = f" and {plural(len(unviewed) - 1, 'other')}" if len(unviewed) > 1 else ""
+        pieces.append(f"{values} in storage bytes no tensor views (storage {first.storage} of {first.file}{more})")
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")
