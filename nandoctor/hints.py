@@ -61,6 +61,22 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
     return f"nandoctor repair {shlex.quote(target)} --from {donor_arg}{selection} --out {out}"
 
 
+# Loads a torch file as data (no code runs) and saves every tensor cloned: a clone owns a storage of exactly
+# its own elements, so bytes no tensor views are not written again (torch.save of a view writes its whole storage).
+_RESAVE = ("import sys, torch; from torch.utils._pytree import tree_map; "
+           "torch.save(tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, "
+           "torch.load(sys.argv[1], weights_only=True)), sys.argv[2])")
+
+
+def resave_command(file: str) -> str:
+    """The command that re-saves the torch file ``file`` with only the bytes its tensors view, to a free name
+    beside it (``view-resaved.pt``): what fixes NaN/Inf in storage bytes no tensor views, which no repair by
+    tensor name can restore."""
+    path = Path(file)
+    out = _free(path.with_name(f"{path.stem}-resaved{path.suffix}"))
+    return f"python -c {shlex.quote(_RESAVE)} {shlex.quote(file)} {shlex.quote(out)}"
+
+
 def repaired_path(target: Path) -> Path:
     """The ``--out`` a suggested repair of ``target`` writes (before ``-2``, ``-3``… for a taken name): a
     folder beside it named after it (after the model for a hub cache snapshot; a Lightning ``.ckpt`` file

@@ -266,7 +266,8 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
             console.print(
                 Text(
                     f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} non-finite "
-                    "values in bytes that no tensor views (harmless to loading, but a sign of corruption)",
+                    "values in bytes that no tensor views (no tensor reads them, but torch.load loads them and torch.save of "
+                    "a view writes them again: a NaN the file should not hold)",
                     style="yellow",
                 )
             )

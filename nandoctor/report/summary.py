@@ -145,7 +145,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
     only for findings that fail and a repair restores, the cast advice for overflow (docs/health.md,
     "What to do")."""
-    from nandoctor.hints import repair_command
+    from nandoctor.hints import repair_command, resave_command
 
     decided = decided if decided is not None else report.judgement
     failing = set(decided.failing if decided is not None else verdicts.FAILING_BY_DEFAULT)
@@ -162,7 +162,13 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
-        steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
+        unviewed = [u.file for u in report.unviewed] if verdicts.NONFINITE in failing else []
+        for file in dict.fromkeys(unviewed):  # no repair by name restores those bytes: re-save the file first
+            steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
+                      f"    {resave_command(file)}"]
+        if report.bad_tensors or not unviewed:
+            steps += [f"{'then r' if unviewed else 'r'}estore the bad tensors from an earlier checkpoint with",
+                      f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
         wider = "fp32" if dtype == "bf16" else "bf16 or fp32"
