@@ -260,8 +260,8 @@ def _kept_clean(entry: Any) -> bool:
 def _is_last_path(trainer: Trainer, path: Path) -> bool:
     """Whether ``path`` is a ``ModelCheckpoint``'s ``save_last`` file (it sets ``last_model_path`` before saving)."""
     target = os.path.abspath(path)
-    return any(getattr(callback, "last_model_path", "") and os.path.abspath(callback.last_model_path) == target
-               for callback in trainer.checkpoint_callbacks)
+    lasts = (getattr(callback, "last_model_path", "") for callback in trainer.checkpoint_callbacks)
+    return any(last and os.path.abspath(last) == target for last in lasts)
 
 
 def _by_step(entries: dict[str, Any]) -> Any:
