@@ -265,9 +265,13 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
         shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
+        if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
+            ways.append(" ".join(f"--exclude {shlex.quote(g)}" for g in plan.exclude_globs)
+                        + " (the optimizer state, carried over as it is; resume with a fresh optimizer state)")
+        ways.append("add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else ""))
         raise UnrestorableError(
             f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
-            "add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else "")
-            + "; --dry-run shows why each donor failed",
+            "; or ".join(ways) + "; --dry-run shows why each donor failed",
             plan=plan,
         )
