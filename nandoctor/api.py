@@ -32,6 +32,8 @@ from nandoctor.layers import bad_ranges
 from nandoctor.model import PathLike, ProgressCallback, ScanReport
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nandoctor.kernels.census import HealthLimits
     from nandoctor.restore import RepairResult
 
@@ -118,6 +120,67 @@ def scan(
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    from nandoctor.engine import scan as engine_scan
+
+    target = _check_target(target_dtype)
+    limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
+    resolved, _ = one_checkpoint(path)
+    report = engine_scan(
+        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
+        selection=chosen,
+    )
+    return in_context(report, path, device=device, both_formats=both_formats, target_dtype=target, max_abs=max_abs,
+                      outlier_factor=outlier_factor, only=only, exclude=exclude, verify_hashes=verify_hashes,
+                      manifest=manifest)
+
+
+def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcache.CacheHit | None]:
+    """The checkpoint :func:`scan` reads for ``path`` (a repo id resolved in the local caches; a run folder's
+    final model) and the cache hit; UnsupportedFormatError for a run folder without a final model, naming its
+    newest checkpoint (``split``: the wording of ``scan --part``/``--distributed``, which split one checkpoint)."""
+    import shlex
+
+    resolved, hit = hubcache.resolve(path)
+    if not runs.is_run_folder(resolved):
+        return resolved, hit
+    final = final_model(resolved)
+    if final is not None:
+        return final, hit
+    steps = runs.checkpoints_in(resolved) or runs.lightning_checkpoints_in(resolved)
+    newest = shlex.quote(str(steps[-1][1])) if steps else "CHECKPOINT"
+    if split:
+        raise UnsupportedFormatError(
+            f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside): a run "
+            "cannot be split into parts, only one checkpoint",
+            f"split its newest checkpoint: nandoctor scan {newest} --part I/N --json (or each checkpoint in "
+            "turn); `nandoctor scan` of the run folder gives the timeline",
+        )
+    raise UnsupportedFormatError(
+        f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
+        "not one checkpoint",
+        f"use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints (the newest: {newest})",
+    )
+
+
+def in_context(
+    report: ScanReport,
+    path: PathLike,
+    *,
+    device: str = "auto",
+    both_formats: bool = False,
+    target_dtype: str | None = None,
+    max_abs: float | None = None,
+    outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    verify_hashes: bool = False,
+    manifest: PathLike | None = None,
+) -> ScanReport:
+    """What :func:`scan` does after the engine, for the engine's ``report`` of the checkpoint ``path`` names
+    (with the options it was scanned with): judged within its run, the hashes checked when asked, the cache
+    note. ``nandoctor merge`` and ``scan --distributed`` apply it to their merged report, so that they give the
+    single scan's report."""
     from functools import partial
 
     from nandoctor.checkpoint.runcontext import judge_in_run
@@ -126,20 +189,7 @@ def scan(
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
-    resolved, hit = hubcache.resolve(path)
-    if runs.is_run_folder(resolved):
-        final = final_model(resolved)  # the run folder (a Trainer run), or a Lightning run's final file
-        if final is None:
-            raise UnsupportedFormatError(
-                f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
-                "not one checkpoint",
-                "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
-            )
-        resolved = final
-    report = engine_scan(
-        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
-        selection=chosen,
-    )
+    resolved, hit = one_checkpoint(path)
     # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
     report = judge_in_run(report, resolved, partial(

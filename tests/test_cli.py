@@ -208,6 +208,7 @@ def test_start_up_imports_only_what_the_command_needs():
     import nandoctor
 
     assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))
+    assert len(dir(nandoctor)) == len(set(dir(nandoctor)))  # a resolved name is listed once
 
 
 def test_each_help_summary_says_what_its_command_does():

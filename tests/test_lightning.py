@@ -132,6 +132,35 @@ def test_only_and_exclude_are_counted_never_silent(poisoned):
     assert run("scan", str(poisoned[0].parent), "--only", "callbacks.*", "-q").exit_code == 0
 
 
+def test_diff_against_exported_weights_with_exclude(clean, tmp_path):
+    """A .ckpt against the weights exported from it differs only by optimizer and callback state; --exclude
+    leaves those out on both sides, counted in a note, and the weights are the same."""
+    from safetensors.torch import save_file
+
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    file = by_step(clean)[12]
+    weights = torch.load(file, weights_only=True)["state_dict"]
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "model.safetensors")
+    names = [r.name for r in open_checkpoint(file).refs]
+    state = [n for n in names if n.startswith(("optimizer_states.", "callbacks."))]
+    assert state and len(names) == len(state) + len(weights)
+    whole = nandoctor.diff(file, tmp_path / "model.safetensors")
+    assert (whole.verdict, whole.exit_code, whole.counts["only_a"]) == ("DIFFERENT", 1, len(state))
+    args = ("diff", str(file), str(tmp_path / "model.safetensors"), "--exclude", "optimizer_states.*",
+            "--exclude", "callbacks.*")
+    data = json.loads(run(*args, "--json").output)
+    assert (data["summary"]["verdict"], data["summary"]["exit_code"]) == ("SAME", 0)
+    assert data["summary"]["tensors"] == data["summary"]["counts"]["identical"] == len(weights)
+    assert data["notes"].count(f"A: {len(state)} of {len(names)} tensors left out by --exclude 'optimizer_states.*' "
+                               "--exclude 'callbacks.*'; not read") == 1
+    assert not any(n.startswith("B:") and "left out" in n for n in data["notes"])
+    assert run(*args).exit_code == 0
+    nothing = run("diff", str(file), str(tmp_path / "model.safetensors"), "--only", "state_dict.*")
+    assert nothing.exit_code == 3 and "leaves none of its" in nothing.output  # B has no such name: never SAME
+    assert run("diff", str(file), str(file), "--only", "").exit_code == 2
+
+
 # --------------------------------------------------------------------------- the callback
 
 

@@ -110,7 +110,7 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
             kind="selection",
         ))
     elif checkpoint.excluded:
-        checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not scanned")
+        checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not read")
 
 
 # Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor

@@ -14,7 +14,7 @@ from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key
-from nandoctor.model import ScanReport, TensorResult, Verdict, coords_of
+from nandoctor.model import ScanReport, TensorResult, Verdict
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
@@ -53,7 +53,7 @@ def _row(t: TensorResult) -> TensorRow:
     out = t.outliers
     first = t.first_bad_coords
     if first is None and out is not None and out.count:
-        first = coords_of(out.first, t.ref.shape)
+        first = t.ref.coords(out.first)
     return TensorRow(
         name=t.name,
         file=t.ref.file,

@@ -220,7 +220,7 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
             state = {**attributes(state[0]), **attributes(state[1])}  # (__dict__, __slots__ state)
         if isinstance(state, dict):
-            children += [(segment(k), v) for k, v in dict.items(state)]
+            children += [(segment(k), v) for k, v in _module_items(state)]
             children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(state)) if not isinstance(k, _LEAVES)]
         elif state is not None:
             children.append(("state", state))
@@ -228,6 +228,25 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         children += [(segment(k), v) for k, v in value.entries]
         return children
     return []
+
+
+_MODULE_TABLES = ("_parameters", "_buffers", "_modules")  # where an nn.Module keeps what state_dict() names
+
+
+def _module_items(state: dict) -> list[tuple[Any, Any]]:
+    """The attributes of a pickled object, an ``nn.Module``'s named as its ``state_dict()`` names them:
+    ``torch.save(model)`` pickles ``model._modules["0"]._parameters["weight"]``, which a user (and the
+    model's own state dict) calls ``0.weight``. Other attributes keep their names."""
+    items = list(dict.items(state))
+    if not any(k in _MODULE_TABLES and isinstance(v, dict) for k, v in items):
+        return items
+    flat: list[tuple[Any, Any]] = []
+    for key, value in items:
+        if key in _MODULE_TABLES and isinstance(value, dict):
+            flat += [(k, v) for k, v in dict.items(value) if v is not None]  # (a None parameter: bias=False)
+        else:
+            flat.append((key, value))
+    return flat
 
 
 def _optimizer_children(optimizer: dict, out: Walk) -> list[tuple[str, Any]]:
