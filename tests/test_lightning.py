@@ -197,6 +197,38 @@ def test_callback_keeps_the_last_clean_file_through_rotation(tmp_path):
     assert run("scan", str(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt"), "-q").exit_code == 0
 
 
+@pytest.mark.parametrize("save_last", [True, "link", False])
+def test_callback_never_keeps_last_ckpt_as_the_clean_file(tmp_path, save_last):
+    """``save_last=True`` rewrites ``last.ckpt`` at every save: were it "the newest clean file", the clean
+    step file would be rotated away and ``last.ckpt`` overwritten with the NaN state a moment later."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,
+                  keep_last=False, save_last=save_last)
+    folder = tmp_path / "checkpoints"
+    left = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert left == ["epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt"] + (["last.ckpt"] if save_last else [])
+    assert doctor.stopped_at == 6
+    assert doctor.last_clean == str(folder / "epoch=0-step=4.ckpt")
+    assert run("scan", doctor.last_clean, "-q").exit_code == 0
+    gate = json.loads((folder / "nandoctor.json").read_text())
+    assert gate["last_clean"] == "epoch=0-step=4.ckpt"
+    if save_last:  # a real file rewritten at each save (True), or a symlink to the newest file: poisoned either way
+        assert run("scan", str(folder / "last.ckpt"), "-q").exit_code == 1
+    if save_last is True:
+        assert gate["checkpoints"]["last.ckpt"]["rewritten"] is True
+        assert gate["checkpoints"]["last.ckpt"]["gate"]["passed"] is False
+
+
+def test_callback_without_protection_names_no_deleted_file_as_last_clean(tmp_path):
+    doctor = NanDoctorCallback(stop_on_nonfinite=True, protect_last_clean=False)
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,
+                  keep_last=False, save_last=True)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch=0-step=6.ckpt", "last.ckpt"]
+    assert doctor.last_clean is None  # step=4 was rotated away, last.ckpt holds step 6
+    assert json.loads((folder / "nandoctor.json").read_text())["last_clean"] is None
+
+
 def test_callback_releases_the_held_file_once_a_newer_one_is_clean(tmp_path):
     doctor = NanDoctorCallback()
     lightning_run(tmp_path, callbacks=(doctor,), steps=8, save_top_k=1, monitor=None, keep_last=False)
