@@ -21,7 +21,7 @@ _HOMES = {
     **dict.fromkeys(("diff", "manifest", "verify_hashes"), "nandoctor.api_compare"),
     "RunReport": "nandoctor.checkpoint.runs",
     **dict.fromkeys((
-        "CheckpointNotFoundError", "CorruptCheckpointError", "NandoctorError", "NonFiniteWeightsError",
+        "CheckpointNotFoundError", "CorruptCheckpointError", "DivergedError", "NandoctorError", "NonFiniteWeightsError",
         "OutputExistsError", "OverflowRiskError", "RepairRefusedError", "UnreadableCheckpointError",
         "UnreadablePathError", "UnsafeCheckpointError", "UnsupportedFormatError",
     ), "nandoctor.errors"),
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from nandoctor.errors import (
         CheckpointNotFoundError,
         CorruptCheckpointError,
+        DivergedError,
         NandoctorError,
         NonFiniteWeightsError,
         OutputExistsError,
@@ -71,12 +72,13 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+    return sorted({*globals(), *_HOMES})  # a name already resolved is in both
 
 
 __all__ = [
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "DivergedError",
     "LayerSummary",
     "NandoctorError",
     "NonFiniteWeightsError",

@@ -21,6 +21,7 @@ from nandoctor.checkpoint.finalmodel import final_model
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
+    DivergedError,
     NonFiniteWeightsError,
     OverflowRiskError,
     UnreadableCheckpointError,
@@ -31,6 +32,8 @@ from nandoctor.layers import bad_ranges
 from nandoctor.model import PathLike, ProgressCallback, ScanReport
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nandoctor.kernels.census import HealthLimits
     from nandoctor.restore import RepairResult
 
@@ -117,6 +120,67 @@ def scan(
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    from nandoctor.engine import scan as engine_scan
+
+    target = _check_target(target_dtype)
+    limits = health_limits(max_abs, outlier_factor)
+    chosen = selection(only, exclude)
+    resolved, _ = one_checkpoint(path)
+    report = engine_scan(
+        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
+        selection=chosen,
+    )
+    return in_context(report, path, device=device, both_formats=both_formats, target_dtype=target, max_abs=max_abs,
+                      outlier_factor=outlier_factor, only=only, exclude=exclude, verify_hashes=verify_hashes,
+                      manifest=manifest)
+
+
+def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcache.CacheHit | None]:
+    """The checkpoint :func:`scan` reads for ``path`` (a repo id resolved in the local caches; a run folder's
+    final model) and the cache hit; UnsupportedFormatError for a run folder without a final model, naming its
+    newest checkpoint (``split``: the wording of ``scan --part``/``--distributed``, which split one checkpoint)."""
+    import shlex
+
+    resolved, hit = hubcache.resolve(path)
+    if not runs.is_run_folder(resolved):
+        return resolved, hit
+    final = final_model(resolved)
+    if final is not None:
+        return final, hit
+    steps = runs.checkpoints_in(resolved) or runs.lightning_checkpoints_in(resolved)
+    newest = shlex.quote(str(steps[-1][1])) if steps else "CHECKPOINT"
+    if split:
+        raise UnsupportedFormatError(
+            f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside): a run "
+            "cannot be split into parts, only one checkpoint",
+            f"split its newest checkpoint: nandoctor scan {newest} --part I/N --json (or each checkpoint in "
+            "turn); `nandoctor scan` of the run folder gives the timeline",
+        )
+    raise UnsupportedFormatError(
+        f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
+        "not one checkpoint",
+        f"use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints (the newest: {newest})",
+    )
+
+
+def in_context(
+    report: ScanReport,
+    path: PathLike,
+    *,
+    device: str = "auto",
+    both_formats: bool = False,
+    target_dtype: str | None = None,
+    max_abs: float | None = None,
+    outlier_factor: float | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    verify_hashes: bool = False,
+    manifest: PathLike | None = None,
+) -> ScanReport:
+    """What :func:`scan` does after the engine, for the engine's ``report`` of the checkpoint ``path`` names
+    (with the options it was scanned with): judged within its run, the hashes checked when asked, the cache
+    note. ``nandoctor merge`` and ``scan --distributed`` apply it to their merged report, so that they give the
+    single scan's report."""
     from functools import partial
 
     from nandoctor.checkpoint.runcontext import judge_in_run
@@ -125,20 +189,7 @@ def scan(
     target = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
-    resolved, hit = hubcache.resolve(path)
-    if runs.is_run_folder(resolved):
-        final = final_model(resolved)  # the run folder (a Trainer run), or a Lightning run's final file
-        if final is None:
-            raise UnsupportedFormatError(
-                f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
-                "not one checkpoint",
-                "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints",
-            )
-        resolved = final
-    report = engine_scan(
-        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
-        selection=chosen,
-    )
+    resolved, hit = one_checkpoint(path)
     # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
     report = judge_in_run(report, resolved, partial(
@@ -231,7 +282,8 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
 
 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:
-    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it."""
+    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it (every exception
+    path, one per verdict kind, is in tests/test_api.py's table)."""
     chosen = verdicts.parse_fail_on(fail_on)
     code = verdicts.exit_code(report, chosen)
     if code == 0:
@@ -240,8 +292,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
         first = report.errors[0]
         raise UnreadableCheckpointError(
             report.target,
-            f"{len(report.errors)} part(s) could not be read (first: {first.path}: {first.message}), "
-            "so the checkpoint cannot be called finite",
+            f"{'; '.join(verdicts.problem_facts(report))}, so the checkpoint cannot be called finite",
             first.hint or "run `nandoctor scan` on it for the details",
             report=report,
         )
@@ -249,9 +300,16 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     where = f" in {', '.join(ranges[:6])}" + (" …" if len(ranges) > 6 else "") if ranges else ""
     hint = f"restore them from an earlier clean checkpoint: {repair_command(report)}"
     failing = verdicts.judge(report, chosen).failing
-    if report.health == "diverged":
-        hint = ("most weights are broken: resume from the last healthy checkpoint (nandoctor scan on the run "
-                "folder names it) with a lower learning rate or gradient clipping")
+    if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
+        run = (verdicts.run_context(report) or {}).get("run")
+        why = verdicts.diverged_why(report)
+        found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
+        raise DivergedError(
+            f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
+            + "; a repair would only stitch a broken model together",
+            verdicts.diverged_advice(report, f" (`nandoctor scan {run}` names it)" if run else ""),
+            report=report,
+        )
     if verdicts.NONFINITE in failing:
         raise NonFiniteWeightsError(
             f"{report.target}: {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
@@ -397,6 +455,8 @@ def assert_finite(
     Raises:
         NonFiniteWeightsError: NaN/Inf, exploded or outlier weights (bad layer ranges and the
             ``nandoctor repair`` command in the message).
+        DivergedError: (a subclass) the checkpoint is diverged (most weights broken, or grown far past its
+            run's first healthy checkpoint): the DIVERGED reason, and a hint that is not a repair.
         OverflowRiskError: (a subclass) values overflow ``target_dtype``.
         UnreadableCheckpointError: some part could not be read, so nothing can be promised.
         ValueError: ``fail_on`` names no valid finding, or ``overflow`` alone without ``target_dtype``.

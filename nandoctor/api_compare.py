@@ -6,6 +6,7 @@ so that each module of the API stays small; the heavy parts are imported inside 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nandoctor.checkpoint import hubcache
@@ -75,6 +76,8 @@ def diff(
     *,
     progress: ProgressCallback | None = None,
     both_formats: bool = False,
+    only: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
 ) -> DiffReport:
     """Compare checkpoint ``a`` with reference ``b`` tensor by tensor, without loading either.
 
@@ -88,6 +91,10 @@ def diff(
         a, b: checkpoint files or folders, or repo ids in the local Hugging Face / ModelScope cache.
         progress: called with (bytes done, bytes total, current file).
         both_formats: read safetensors and ``.bin`` weights when a folder holds both.
+        only, exclude: shell globs on full tensor names (as ``scan``'s ``--only``/``--exclude``), applied
+            to both sides: only tensors matching an ``only`` glob (all when none), minus those matching an
+            ``exclude`` glob (``exclude="optimizer_states*"`` for a Lightning ``.ckpt`` against exported
+            weights). What is left out is counted in a note per side; a side left empty is exit 3.
 
     Returns:
         A ``DiffReport``: per tensor a ``TensorDiff`` (``status``: identical, equal, cast, changed, shape,
@@ -98,6 +105,7 @@ def diff(
         >>> d = nandoctor.diff("merged/", "base/")
         >>> d.exit_code, [r.label for r in d.changed_ranges]
     """
+    from nandoctor.checkpoint.selection import selection
     from nandoctor.diffs import diff as _diff
 
-    return _diff(a, b, progress=progress, both_formats=both_formats)
+    return _diff(a, b, progress=progress, both_formats=both_formats, selection=selection(only, exclude))

@@ -89,6 +89,12 @@ class OverflowRiskError(NonFiniteWeightsError):
     """Raised by :func:`nandoctor.assert_finite` with a target dtype: finite weights a cast would turn into Inf/NaN."""
 
 
+class DivergedError(NonFiniteWeightsError):
+    """Raised by :func:`nandoctor.assert_finite` when the checkpoint is diverged (most weights NaN/Inf or
+    exploded, or its weights' bulk grew far past its run's first healthy checkpoint): the message is the
+    DIVERGED reason, the hint what to do instead of a repair (resume training, or re-make a converted file)."""
+
+
 class UnreadableCheckpointError(CorruptCheckpointError):
     """Raised by :func:`nandoctor.assert_finite` when part of a checkpoint could not be read: never called finite."""
 

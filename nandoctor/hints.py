@@ -55,10 +55,39 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
         donor = AUTO if in_run else NO_AUTO_DONOR
     donor_arg = donor if donor == AUTO or donor.startswith("<") else shlex.quote(donor)  # placeholders unquoted
     if hubcache.is_snapshot(target) or Path(target).exists():
-        out = shlex.quote(_free(repaired_path(Path(target))))
+        out = shlex.quote(free_repaired_path(Path(target)))
     else:
         out = "<new folder>"
     return f"nandoctor repair {shlex.quote(target)} --from {donor_arg}{selection} --out {out}"
+
+
+# Loads a torch file as data (no code runs) and saves every tensor cloned: a clone owns a storage of exactly
+# its own elements, so bytes no tensor views are not written again (torch.save of a view writes its whole storage).
+_RESAVE = ("import sys, torch; from torch.utils._pytree import tree_map; "
+           "torch.save(tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, "
+           "torch.load(sys.argv[1], weights_only=True)), sys.argv[2])")
+
+
+def resave_command(file: str) -> str:
+    """The command that re-saves the torch file ``file`` with only the bytes its tensors view, to a free name
+    beside it (``view-resaved.pt``): what fixes NaN/Inf in storage bytes no tensor views, which no repair by
+    tensor name can restore."""
+    path = Path(file)
+    out = _free(path.with_name(f"{path.stem}-resaved{path.suffix}"))
+    return f"python -c {shlex.quote(_RESAVE)} {shlex.quote(file)} {shlex.quote(out)}"
+
+
+def put_in_place(target: str, repaired: Path) -> str:
+    """The shell line that puts the repair at ``repaired`` (a folder) where ``target`` is, keeping the bad one as
+    ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
+    source = repaired / Path(target).name if Path(target).is_file() else repaired
+    return (f"mv {shlex.quote(target)} {shlex.quote(target + '-bad')} && "
+            f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
+
+
+def free_repaired_path(target: Path) -> str:
+    """The ``--out`` :func:`repair_command_for` suggests for ``target``: :func:`repaired_path`, or a free variant."""
+    return _free(repaired_path(target))
 
 
 def repaired_path(target: Path) -> Path:

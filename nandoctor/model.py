@@ -103,9 +103,7 @@ class TensorRef:
 
     def coords(self, index: int) -> tuple[int, ...]:
         """The coordinates of flat ``index`` in this tensor's own dimension order."""
-        if self.order == "F":
-            return tuple(reversed(coords_of(index, tuple(reversed(self.shape)))))
-        return coords_of(index, self.shape)
+        return coords_of(index, self.shape, self.order)
 
     @property
     def numel(self) -> int:
@@ -496,8 +494,12 @@ class TensorResults(_RowsOnDemand[TensorResult]):
 _RESULT_GETTERS = tuple(attrgetter(name) for name in RESULT_COLUMNS)
 
 
-def coords_of(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The C-order coordinates of flat ``index`` in ``shape``."""
+def coords_of(index: int, shape: tuple[int, ...], order: str = "C") -> tuple[int, ...]:
+    """The coordinates of flat ``index`` in ``shape``: C order (the last dimension fastest), or ``"F"`` (the
+    first fastest: GGUF's ne0, ne1 …, as :attr:`TensorRef.order` says). The one coordinate function that
+    every report uses (scan, diff, JSON)."""
+    if order == "F":
+        return tuple(reversed(coords_of(index, tuple(reversed(shape)))))
     coords, rest = [], index
     for size in reversed(shape):
         coords.append(rest % size if size else 0)

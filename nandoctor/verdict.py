@@ -15,6 +15,7 @@ module decided (``ScanReport.judgement``); none of them decides again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ DIVERGED_SHARE = 0.25
 # the same repair would hand back the donor. Exploded weights need only DIVERGED_SHARE: nothing but
 # divergence makes finite weights grow that far.
 NONFINITE_DIVERGED_SHARE = 0.5
+# A weight tensor counts towards those shares only when at least this share of its elements is bad (NaN/Inf or
+# above the exploded ceiling, counted together): divergence breaks tensors throughout, damage is scattered. On
+# real runs a diverged tensor is 1.8 % (the first exploded step of tests/realruns.py's Trainer run) to 100 % bad
+# (every NaN run: 6 of 6 Lightning tensors, the Trainer run's trained ones), a blown-up fp16 model 16-25 %;
+# scattered damage (bit flips, a few NaN per tensor: 1-4 in 33M) is well under 1e-5. One in a thousand, the
+# share the census's bulk scale looks past (kernels/census.py), sits between with margin either way; a GGUF
+# tensor's share is of its blocks' scale fields, which its counts are of.
+BROKEN_TENSOR_SHARE = 1e-3
 RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +178,7 @@ def _zeroed(tensors: TensorResults) -> set[int]:
 # The report
 
 
-def judged(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> ScanReport:
+def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
     """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors):
@@ -188,8 +197,9 @@ def present(report: ScanReport) -> tuple[str, ...]:
     return tuple(f for f in FAIL_ON_CHOICES if f in seen)
 
 
-def judge(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> Verdict:
-    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on``."""
+def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> Verdict:
+    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate)."""
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
@@ -255,8 +265,9 @@ def diverged_why(
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
 
-    Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are NaN/Inf or exploded, or at
-    least ``DIVERGED_SHARE`` of them exploded (two or more either way);
+    Diverged: more than ``NONFINITE_DIVERGED_SHARE`` of its weight tensors are broken (NaN/Inf or exploded in at
+    least ``BROKEN_TENSOR_SHARE`` of their elements: :func:`broken`), or at least ``DIVERGED_SHARE`` of them are
+    broken and exploded (two or more either way); a few bad elements scattered over many tensors are poisoned;
     or the bulk of some weight tensor grew ``GROWTH_DIVERGED`` times since the run's first healthy
     checkpoint (:func:`growth`; finite, but not the same model any more), ``baseline`` being that
     checkpoint's :func:`tensor_scales`. ``log_nonfinite_step`` is the trainer log's first NaN/Inf loss or
@@ -271,9 +282,7 @@ def diverged_why(
         log_nonfinite_step = value if isinstance(value, int) else None
     tensors = report.tensors
     roles, holds, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.findings
-    shapes = tensors.refs.shapes
-    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and 0 not in shapes[i]
-           and (NONFINITE in findings[i] or EXPLODED in findings[i])]
+    bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and broken(tensors, i)]
     weights = _weights(tensors) if len(bad) > 1 else 0  # (counted only when it can matter)
     exploded = sum(1 for found in bad if EXPLODED in found)
     spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
@@ -288,11 +297,39 @@ def diverged_why(
     return ""
 
 
+def is_training_checkpoint(report: ScanReport) -> bool:
+    """Whether ``report``'s checkpoint is one a training run saves (it was judged within its run, or it holds
+    optimizer or trainer state beside the weights) rather than weights made for use: a GGUF or a weights-only
+    export, which nobody resumes training from."""
+    return run_context(report) is not None or not {"optimizer", "trainer"}.isdisjoint(report.tensors.refs.roles)
+
+
+def diverged_advice(report: ScanReport, where: str = "") -> str:
+    """What to do about a diverged checkpoint instead of a repair, worded for what the file is: resume its
+    training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
+    healthy source."""
+    if is_training_checkpoint(report):
+        return (f"resume training from the last healthy checkpoint{where} with a lower learning rate or gradient "
+                "clipping (max_grad_norm)")
+    return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
+            "or convert/quantize again from a healthy checkpoint)")
+
+
 def _diverging_growth(report: ScanReport) -> Growth | None:
     """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
     row), when it makes the checkpoint diverged."""
     grown = Growth.from_json((run_context(report) or {}).get("growth"))
     return grown if grown is not None and grown.factor >= GROWTH_DIVERGED else None
+
+
+def broken(tensors: TensorResults, row: int) -> bool:
+    """Whether tensor ``row`` is broken throughout, as divergence leaves a tensor: at least
+    ``BROKEN_TENSOR_SHARE`` of its elements NaN/Inf or exploded (a tensor under a thousand elements: one;
+    a block-quantized one: of its scale fields, which its counts are of)."""
+    refs = tensors.refs
+    numel = math.prod(refs.shapes[row]) if refs.blocks[row] is None else refs[row].counted
+    bad = tensors.nan[row] + tensors.posinf[row] + tensors.neginf[row] + tensors.exploded[row]
+    return numel > 0 and bad > 0 and bad >= BROKEN_TENSOR_SHARE * numel
 
 
 def _weights(tensors: TensorResults) -> int:
@@ -406,13 +443,14 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
     return best
 
 
-def exit_code(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> int:
+def exit_code(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> int:
+    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
     if report.judgement is not None and report.judgement.fail_on == fail_on:
         return report.judgement.exit_code
     return judge(report, fail_on).exit_code
 
 
-def passes(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON) -> bool:
+def passes(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> bool:
     return exit_code(report, fail_on) == EXIT_OK
 
 
@@ -500,12 +538,32 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
+    """Tensors of trainer state that hold NaN/Inf: no finding (a Lightning ``kth_value = inf`` sentinel), but
+    never called finite: :func:`facts` says where they are (docs/health.md, "Roles")."""
+    roles, nan, posinf, neginf = report.tensors.refs.roles, report.tensors.nan, report.tensors.posinf, report.tensors.neginf
+    if "trainer" not in roles:
+        return ()
+    return tuple(report.tensors[i] for i, role in enumerate(roles)
+                 if role == "trainer" and (nan[i] or posinf[i] or neginf[i]))
+
+
+_MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
+
+
+def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
+    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
+                                                       (sum(t.neginf for t in bad), "-Inf")) if n)
+    names = ", ".join(t.name for t in bad[:_MAX_NAMED]) + (f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    return f"{values} in trainer state ({names}), not a finding"
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
-def one_line(report: ScanReport, fail_on: frozenset[str] = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
+def one_line(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:
     """The ``--quiet`` verdict: status word, the verdict words, the health case when a health finding fails
     the line and the checkpoint is not healthy (``(POISONED)``: repair it; ``(DIVERGED)``: resume from the last healthy
     checkpoint), target, counts and the worst layer range, on one line.
@@ -532,14 +590,23 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     grown = _diverging_growth(report)
     if grown is not None:
         pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
-    if report.nonfinite:
-        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md)
+    unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
+    if report.bad_tensors:
+        # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);
+        # the values of bytes no tensor views are their own fact (below)
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
+        nan, posinf, neginf = (getattr(report, k) - sum(getattr(u, k) for u in unviewed) for k in ("nan", "posinf", "neginf"))
         pieces.append(
             f"{len(report.bad_tensors)} of {tensors} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf"
+            f"({nan:,} NaN, {posinf:,} +Inf, {neginf:,} -Inf"
             + (f"; {tied} of them {'a tied copy' if tied == 1 else 'tied copies'} of another, counted once)" if tied else ")")
         )
+    if unviewed:
+        values = ", ".join(f"{n:,} {word}" for word, n in (("NaN", sum(u.nan for u in unviewed)),
+                           ("+Inf", sum(u.posinf for u in unviewed)), ("-Inf", sum(u.neginf for u in unviewed))) if n)
+        first = unviewed[0]
+        more = f" and {plural(len(unviewed) - 1, 'other')}" if len(unviewed) > 1 else ""
+        pieces.append(f"{values} in storage bytes no tensor views (storage {first.storage} of {first.file}{more})")
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")
@@ -555,8 +622,12 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
+    in_trainer = trainer_nonfinite(report)
     if not (report.nonfinite or exploded or outliers or zeroed or grown):
-        pieces.append(f"{plural(tensors, 'tensor')} healthy" if not report.errors else f"{plural(tensors, 'tensor')} read")
+        pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
+                      if in_trainer else f"{plural(tensors, 'tensor')} healthy")
+    if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
+        pieces.append(_trainer_fact(in_trainer))
     overflow = overflow_count(report)
     if overflow:
         top = max_abs(report)
@@ -575,8 +646,15 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
+    pieces += problem_facts(report, first_problem=first_problem)
+    return pieces
+
+
+def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
+    """Each kind of problem in its own words (a hash mismatch is no "unreadable" part), the first quoted."""
+    pieces: list[str] = []
     quote = first_problem
-    for kind in problem_kinds(report):  # each kind in its own words, the first problem quoted
+    for kind in problem_kinds(report):
         of_kind = [p for p in report.errors if p.kind == kind]
         said = _PROBLEM_FACTS.get(kind)
         phrase = said(len(of_kind)) if said is not None else f"{len(of_kind)} problem(s) ({kind})"

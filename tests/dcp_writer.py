@@ -66,12 +66,13 @@ if __name__ == "__main__":
     main()
 
 
-def write_two_rank(out: str, fmt: str, plant: bool = True) -> None:
-    """Run this module under torchrun with 2 gloo ranks (a few seconds); raise if the save failed."""
+def write_two_rank(out: str, fmt: str, plant: bool = True, ranks: int = 2) -> None:
+    """Run this module under torchrun with 2 gloo ranks (a few seconds); raise if the save failed.
+    ``ranks=1``: the same values saved by one rank (every tensor one chunk)."""
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            "-m", "tests.dcp_writer", out, fmt, *([] if plant else ["clean"])]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -185,3 +185,86 @@ def test_scan_module_on_gpu_counts_on_the_device():
         model["layers"][0].weight[0, 0] = float("nan")
     report = nandoctor.scan_module(model)
     assert report.device == "cuda:0" and report.nan == 1
+
+
+def _kind_files(tmp_path):
+    """One checkpoint per verdict kind: (path, scan kwargs for nandoctor.scan)."""
+    rng = np.random.default_rng(3)
+
+    def w(values=None, n=4096):
+        bits = (rng.standard_normal(n) * 0.02).astype(np.float32)
+        for i, v in (values or {}).items():
+            bits[i] = v
+        return RawTensor("F32", (n,), bits.tobytes())
+
+    layers = lambda planted: {f"model.layers.{i}.mlp.weight": w(planted.get(i)) for i in range(8)}  # noqa: E731
+    files = {
+        "nonfinite": layers({3: {5: np.nan}}),
+        "exploded": layers({3: {5: 3e30, 6: 3e30}}),
+        "outlier": layers({3: {5: 1e3}}),
+        "diverged": layers({i: dict.fromkeys(range(4096), np.nan) for i in range(6)}),
+        "overflow": layers({3: {5: 7e4}}),
+    }
+    for kind, tensors in files.items():
+        write_safetensors(tmp_path / f"{kind}.safetensors", tensors)
+    # a run diverged by growth alone: step-2's weights x1000, finite, under every ceiling
+    base = {f"model.layers.{i}.mlp.weight": (rng.standard_normal(4096) * 0.02).astype(np.float32) for i in range(8)}
+    for step, scale in ((1, 1.0), (2, 1000.0)):
+        (tmp_path / "grow" / f"checkpoint-{step}").mkdir(parents=True)
+        write_safetensors(tmp_path / "grow" / f"checkpoint-{step}" / "model.safetensors",
+                          {k: RawTensor("F32", (4096,), (v * scale).astype(np.float32).tobytes()) for k, v in base.items()})
+    unreadable = tmp_path / "unreadable.safetensors"
+    unreadable.write_bytes((tmp_path / "outlier.safetensors").read_bytes()[:-1])
+    (tmp_path / "hash").mkdir()
+    hashed = tmp_path / "hash" / "model.safetensors"
+    write_safetensors(hashed, layers({}))
+    (tmp_path / "manifest.json").write_text(json.dumps(nandoctor.manifest(str(tmp_path / "hash"))))
+    data = bytearray(hashed.read_bytes())
+    data[-3] ^= 1  # one mantissa bit of the last weight: finite, healthy, not the recorded bytes
+    hashed.write_bytes(bytes(data))
+    return files
+
+
+@pytest.mark.parametrize("kind, error, message", [
+    ("nonfinite", "NonFiniteWeightsError", r"nonfinite.safetensors: 1 of 8 tensors hold NaN/Inf \(1 NaN, 0 \+Inf, 0 -Inf\) in model.layers.3$"),
+    ("exploded", "NonFiniteWeightsError", r"unhealthy weights \(1 exploded, 1 outlier tensor\(s\)\) in model.layers.3; finite"),
+    ("outlier", "NonFiniteWeightsError", r"unhealthy weights \(1 outlier tensor\(s\)\) in model.layers.3; finite"),
+    ("diverged", "DivergedError", r"diverged.safetensors: DIVERGED: 6 of 8 weight tensors are NaN/Inf \(6 of 8 tensors hold NaN/Inf \(24,576 NaN, 0 \+Inf, 0 -Inf\); worst model.layers.0–5\); a repair would only stitch a broken model together$"),
+    ("grow", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
+    ("grow/checkpoint-2", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
+    ("overflow", "OverflowRiskError", r"overflow.safetensors: 1 finite values in 1 tensors overflow when cast to fp16 \(max \|x\| 7e\+04, worst model.layers.3\)"),
+    ("unreadable", "UnreadableCheckpointError", r"unreadable.safetensors: 1 part\(s\) unreadable \(first: .*truncated.* cannot be called finite$"),
+    ("hash", "UnreadableCheckpointError", r"hash: 1 file fails its sha256 check \(first: .*model.safetensors: sha256 mismatch .*'model.layers.7.mlp.weight'\), so the checkpoint cannot be called finite$"),
+])
+def test_assert_finite_raises_the_error_of_each_verdict_kind(tmp_path, kind, error, message):
+    """Every exception path of assert_finite/check against every verdict kind: the error's class, its
+    message and a hint that says what to do (a diverged checkpoint: resume training, never a repair)."""
+    import re
+
+    from nandoctor.api import check
+
+    _kind_files(tmp_path)
+    suffix = "" if kind in ("hash", "grow", "grow/checkpoint-2") else ".safetensors"
+    path = tmp_path / f"{kind}{suffix}"
+    kwargs = {"target_dtype": "fp16", "fail_on": "overflow"} if kind == "overflow" else {}
+    with pytest.raises(getattr(nandoctor, error)) as info:
+        if kind == "hash":
+            check(nandoctor.scan(str(path), device="cpu", manifest=str(tmp_path / "manifest.json")))
+        else:
+            nandoctor.assert_finite(str(path), device="cpu", **kwargs)
+    assert type(info.value).__name__ == error
+    assert re.search(message, info.value.message), info.value.message
+    assert "None" not in info.value.message and info.value.hint
+    if error == "DivergedError":
+        assert isinstance(info.value, nandoctor.NonFiniteWeightsError)
+        assert "nandoctor repair" not in info.value.hint
+        assert info.value.hint.startswith("resume training from the last healthy checkpoint") == ("grow" in kind)
+
+
+def test_the_verdict_functions_take_fail_on_none_as_the_default_gate():
+    from nandoctor import verdict
+
+    report = nandoctor.scan(str(BAD), device="cpu")
+    assert verdict.exit_code(report, None) == verdict.exit_code(report) == 1
+    assert verdict.one_line(report, None) == verdict.one_line(report)
+    assert verdict.judge(report, None) == verdict.judge(report) and not verdict.passes(report, None)

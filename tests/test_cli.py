@@ -218,6 +218,7 @@ def test_start_up_imports_only_what_the_command_needs():
     import nandoctor
 
     assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))
+    assert len(dir(nandoctor)) == len(set(dir(nandoctor)))  # a resolved name is listed once
 
 
 def test_the_exiting_command_leaves_the_interpreter_no_objects_to_collect():

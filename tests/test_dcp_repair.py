@@ -158,6 +158,10 @@ def test_two_rank_sharded_save_repaired_chunk_by_chunk(two_rank_pair, tmp_path: 
     assert sum(r["nan"] + r["posinf"] + r["neginf"] for r in proof["restored"]) == 3
     moved = proof["diff"]["source"]
     assert moved["only_restored_differ"] is True and moved["differ_tensors"] == sorted(BAD_CHUNKS)
+    # the console's table shows each restored chunk within its global tensor, as scan shows the tensor
+    shown = run_cli("repair", target, "--from", donor, "--out", tmp_path / "fixed-2", "--no-progress",
+                    "--allow-diverged", "--dry-run")
+    assert "4×6 of 8×6" in shown.output, shown.output
 
 
 @pytest.mark.integration

@@ -249,3 +249,35 @@ def test_nan_on_one_side_is_located_by_coordinates_like_the_largest_change(tmp_p
     (entry,) = [t for t in data["tensors"] if t["name"] == name]
     assert entry["first_nonfinite_b_only"] == 197 and entry["first_nonfinite_b_only_coords"] == [12, 5]
     assert entry["first_nonfinite_a_only"] is None and entry["first_nonfinite_a_only_coords"] is None
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (8, 8)])
+def test_gguf_positions_are_in_ne_order_as_scan_gives_them(tmp_path: Path, shape: tuple[int, int]) -> None:
+    """A GGUF tensor's positions are in ne order (ne0 first), as scan and docs/gguf.md give them: the NaN
+    at numpy [r, c] of the written array is at [c, r], for the first NaN/Inf and the largest change alike."""
+    gguf = pytest.importorskip("gguf")
+
+    def write(path: Path, nan_at: tuple[int, int] | None, far_at: tuple[int, int] | None) -> None:
+        a = np.full(shape, 0.5, np.float16)
+        if nan_at:
+            a[nan_at] = np.nan
+        if far_at:
+            a[far_at] = 1000.0
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_tensor("token_embd.weight", a)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    nan_at, far_at = ((50, 3), (10, 20)) if shape == (64, 32) else ((4, 3), (1, 6))
+    write(tmp_path / "bad.gguf", nan_at, far_at)
+    write(tmp_path / "good.gguf", None, None)
+    (scanned,) = nandoctor.scan(tmp_path / "bad.gguf").tensors
+    report = nandoctor.diff(tmp_path / "bad.gguf", tmp_path / "good.gguf")
+    (t,) = report.tensors
+    assert (t.status, t.changed, t.nonfinite_a_only, t.shape_a) == ("changed", 2, 1, shape[::-1])
+    assert t.first_nonfinite_a_only_coords == scanned.first_bad_coords == nan_at[::-1]
+    assert t.max_abs is not None and t.max_abs.coords == far_at[::-1] and t.max_abs.a == 1000.0
+    out = CliRunner().invoke(cli, ["diff", str(tmp_path / "bad.gguf"), str(tmp_path / "good.gguf")]).output
+    assert f"first at [{nan_at[1]}, {nan_at[0]}]" in out and f"at [{far_at[1]}, {far_at[0]}] (A: 1000" in out

@@ -66,20 +66,6 @@ def test_a_zeroed_tensor_is_reported_not_failed_and_fails_with_fail_on_zeroed(tm
     assert verdict.exit_code(report, verdict.parse_fail_on("zeroed")) == 1
 
 
-def test_roles_keep_sentinels_step_counters_and_masks_out_of_the_findings(tmp_path):
-    write_safetensors(tmp_path / "m.safetensors", {
-        "callbacks.ModelCheckpoint.kth_value": RawTensor("F32", (), np.float32(np.inf).tobytes()),
-        "optimizer.state.0.step": RawTensor("F32", (), np.float32(2e5).tobytes()),
-        "transformer.h.0.attn.masked_bias": RawTensor("F32", (), np.float32(-1e9).tobytes()),
-        "transformer.h.0.attn.c_attn.weight": _tensor("F32", SMALL, 4),
-    })
-    report = scan(tmp_path / "m.safetensors", device="cpu")
-    roles = {t.name: t.role for t in report.tensors}
-    assert roles == {"callbacks.ModelCheckpoint.kth_value": "trainer", "optimizer.state.0.step": "optimizer",
-                     "transformer.h.0.attn.masked_bias": "buffer", "transformer.h.0.attn.c_attn.weight": "weight"}
-    assert all(t.findings == () for t in report.tensors) and report.exit_code == 0 and report.nonfinite == 0
-
-
 def test_a_super_weight_is_not_an_outlier(tmp_path):
     bits = np.random.default_rng(5).standard_normal(BIG).astype(np.float32) * 0.02
     bits[1234] = 0.02 * 120  # ~100x the tensor's std, as LLaMA's super weights

@@ -132,6 +132,35 @@ def test_only_and_exclude_are_counted_never_silent(poisoned):
     assert run("scan", str(poisoned[0].parent), "--only", "callbacks.*", "-q").exit_code == 0
 
 
+def test_diff_against_exported_weights_with_exclude(clean, tmp_path):
+    """A .ckpt against the weights exported from it differs only by optimizer and callback state; --exclude
+    leaves those out on both sides, counted in a note, and the weights are the same."""
+    from safetensors.torch import save_file
+
+    from nandoctor.checkpoint.opener import open_checkpoint
+
+    file = by_step(clean)[12]
+    weights = torch.load(file, weights_only=True)["state_dict"]
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "model.safetensors")
+    names = [r.name for r in open_checkpoint(file).refs]
+    state = [n for n in names if n.startswith(("optimizer_states.", "callbacks."))]
+    assert state and len(names) == len(state) + len(weights)
+    whole = nandoctor.diff(file, tmp_path / "model.safetensors")
+    assert (whole.verdict, whole.exit_code, whole.counts["only_a"]) == ("DIFFERENT", 1, len(state))
+    args = ("diff", str(file), str(tmp_path / "model.safetensors"), "--exclude", "optimizer_states.*",
+            "--exclude", "callbacks.*")
+    data = json.loads(run(*args, "--json").output)
+    assert (data["summary"]["verdict"], data["summary"]["exit_code"]) == ("SAME", 0)
+    assert data["summary"]["tensors"] == data["summary"]["counts"]["identical"] == len(weights)
+    assert data["notes"].count(f"A: {len(state)} of {len(names)} tensors left out by --exclude 'optimizer_states.*' "
+                               "--exclude 'callbacks.*'; not read") == 1
+    assert not any(n.startswith("B:") and "left out" in n for n in data["notes"])
+    assert run(*args).exit_code == 0
+    nothing = run("diff", str(file), str(tmp_path / "model.safetensors"), "--only", "state_dict.*")
+    assert nothing.exit_code == 3 and "leaves none of its" in nothing.output  # B has no such name: never SAME
+    assert run("diff", str(file), str(file), "--only", "").exit_code == 2
+
+
 # --------------------------------------------------------------------------- the callback
 
 
@@ -166,6 +195,38 @@ def test_callback_keeps_the_last_clean_file_through_rotation(tmp_path):
     gate = json.loads((tmp_path / "checkpoints" / "nandoctor.json").read_text())
     assert sorted(gate["checkpoints"]) == left  # entries of deleted files dropped
     assert run("scan", str(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt"), "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("save_last", [True, "link", False])
+def test_callback_never_keeps_last_ckpt_as_the_clean_file(tmp_path, save_last):
+    """``save_last=True`` rewrites ``last.ckpt`` at every save: were it "the newest clean file", the clean
+    step file would be rotated away and ``last.ckpt`` overwritten with the NaN state a moment later."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,
+                  keep_last=False, save_last=save_last)
+    folder = tmp_path / "checkpoints"
+    left = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert left == ["epoch=0-step=4.ckpt", "epoch=0-step=6.ckpt"] + (["last.ckpt"] if save_last else [])
+    assert doctor.stopped_at == 6
+    assert doctor.last_clean == str(folder / "epoch=0-step=4.ckpt")
+    assert run("scan", doctor.last_clean, "-q").exit_code == 0
+    gate = json.loads((folder / "nandoctor.json").read_text())
+    assert gate["last_clean"] == "epoch=0-step=4.ckpt"
+    if save_last:  # a real file rewritten at each save (True), or a symlink to the newest file: poisoned either way
+        assert run("scan", str(folder / "last.ckpt"), "-q").exit_code == 1
+    if save_last is True:
+        assert gate["checkpoints"]["last.ckpt"]["rewritten"] is True
+        assert gate["checkpoints"]["last.ckpt"]["gate"]["passed"] is False
+
+
+def test_callback_without_protection_names_no_deleted_file_as_last_clean(tmp_path):
+    doctor = NanDoctorCallback(stop_on_nonfinite=True, protect_last_clean=False)
+    lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,
+                  keep_last=False, save_last=True)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch=0-step=6.ckpt", "last.ckpt"]
+    assert doctor.last_clean is None  # step=4 was rotated away, last.ckpt holds step 6
+    assert json.loads((folder / "nandoctor.json").read_text())["last_clean"] is None
 
 
 def test_callback_releases_the_held_file_once_a_newer_one_is_clean(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import struct
 from pathlib import Path
@@ -164,6 +165,46 @@ def test_nan_in_the_final_ckpt_fails_the_run_and_repair_of_the_run_fixes_it(copi
     weights = torch.load(fixed / "final.ckpt", weights_only=True)["state_dict"][POISONED_PARAMETER]
     donor = torch.load(folder / STEP6, weights_only=True)["state_dict"][POISONED_PARAMETER]
     assert torch.equal(weights, donor)
+
+
+def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_run_clean(copied_last, tmp_path):
+    """final.ckpt and last.ckpt both decide the exit code: the repair of the run repairs the one that fails
+    (the final first), names the other with its command, and gives the ``mv`` lines for both at once."""
+    import subprocess
+
+    folder = _copy(copied_last, tmp_path)
+    for name in ("final.ckpt", "last.ckpt"):
+        plant_nan(folder / name)
+    text = run("scan", folder).output
+    last_fix = f"nandoctor repair {folder}/last.ckpt --from auto --out {folder}/last-repaired"
+    assert f"nandoctor repair {folder}/final.ckpt --from auto --out {folder}/final-repaired" in text
+    assert "final decides the exit code too: restore its bad tensors with" in text and last_fix in text
+
+    fixed = tmp_path / "fixed"
+    first = run("repair", folder, "--from", "auto", "--out", fixed)
+    assert first.exit_code == 0, first.output[-3000:]
+    assert sorted(p.name for p in fixed.iterdir()) == ["final.ckpt", "nandoctor-repair.json"]
+    flat = " ".join(first.output.split())
+    assert f"note: last.ckpt also decides the run's exit code and fails its scan; repair it too: {last_fix}" in flat
+    moves = (f"mv {folder}/final.ckpt {folder}/final.ckpt-bad && mv {fixed}/final.ckpt {folder}/final.ckpt && "
+             f"mv {folder}/last.ckpt {folder}/last.ckpt-bad && mv {folder}/last-repaired/last.ckpt {folder}/last.ckpt")
+    assert f"note: then put the repairs in place: {moves}" in flat
+
+    # only the final put in place: the run still fails on last.ckpt, and the repair of the run is of last.ckpt
+    subprocess.run(moves.split(" && mv ")[0] + " && mv " + moves.split(" && mv ")[1], shell=True, check=True)
+    assert run("scan", folder, "-q").exit_code == 1
+    second = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed2", "--json")
+    assert second.exit_code == 0, second.output[-3000:]
+    proof = json.loads(second.output)
+    assert proof["source"] == str(folder / "last.ckpt")
+    assert [r["tensor"] for r in proof["restored"]] == [f"state_dict.{POISONED_PARAMETER}"]
+    assert "ALREADY CLEAN" not in run("repair", folder, "--from", "auto", "--dry-run").output
+
+    assert run(*shlex.split(last_fix)[1:]).exit_code == 0  # the named command works as printed
+    subprocess.run(moves.split(" && ", 2)[2], shell=True, check=True)
+    assert run("scan", folder, "-q").exit_code == 0
+    clean = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed3")
+    assert clean.exit_code == 0 and "ALREADY CLEAN" in clean.output
 
 
 def test_a_linked_last_ckpt_is_its_step_file_reported_once(linked_last, tmp_path):

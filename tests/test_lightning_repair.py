@@ -97,6 +97,9 @@ def test_exclude_carries_nan_optimizer_moments_over_byte_identical(poisoned, tmp
     refused = run("repair", target, "--from", weights_only, "--allow-diverged", "--dry-run", "--json")
     assert refused.exit_code == 3
     assert {u["tensor"].split(".")[0] for u in json.loads(refused.stdout)["unrestorable"]} == {"optimizer_states"}
+    hint = run("repair", target, "--from", weights_only, "--allow-diverged", "--out", tmp_path / "no").output
+    assert ("hint: --exclude 'optimizer_states.*' (the optimizer state, carried over as it is; resume with a fresh "
+            "optimizer state); or add an earlier clean checkpoint with --from") in " ".join(hint.split())
 
     out = tmp_path / "fixed"
     result = run("repair", target, "--from", weights_only, "--exclude", "optimizer_states.*", "--allow-diverged",

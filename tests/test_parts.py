@@ -110,7 +110,105 @@ def test_torchrun_two_ranks_print_the_single_process_report(tmp_path: Path) -> N
 def test_torchrun_failing_or_hung_rank_is_exit_3_naming_it(checkpoint: Path, fault: str) -> None:
     done = _torchrun(checkpoint, "--rank-timeout", "5", env={"NANDOCTOR_FAULT_RANK": fault})
     data = json.loads(done.stdout)
-    assert data["gate"]["exit_code"] == 3 and data["tensors"] == []
+    assert data["gate"]["exit_code"] == 3
+    # what rank 0 read is reported (not "0 tensors read"), without a verdict on the whole
+    read = [t["name"] for t in scan_part(checkpoint, PartSpec(0, 2))["tensors"]]
+    assert [t["name"] for t in data["tensors"]] == read == ["m.a"] and data["summary"]["tensors"] == 1
+    assert data["summary"]["nan"] == 1  # m.a's NaN, found by rank 0
     (error,) = data["errors"]
     assert error["message"].startswith("rank 1 failed" if fault == "1" else "rank 1 sent no part within")
     assert "exitcode: 3" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    """Two runs of three saves, a DCP one (``step-N``) and a Trainer-style one (``checkpoint-N`` safetensors):
+    1 healthy, 2 with every weight ×1000 (finite, below the exploded ceiling: diverged by growth alone, which
+    only the run shows), 3 healthy again but for one NaN (poisoned)."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("runs")
+    gen = torch.Generator().manual_seed(0)
+    healthy = {f"layers.{i}.weight": torch.randn(256, 256, generator=gen) * 0.02 for i in range(8)}
+    poisoned = {k: v.clone() for k, v in healthy.items()}
+    poisoned["layers.5.weight"][7, 9] = float("nan")
+    saves = [healthy, {k: v * 1000 for k, v in healthy.items()}, poisoned]
+    for step, weights in enumerate(saves, 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save({"model": weights}, checkpoint_id=str(root / "dcp" / f"step-{step}"))
+        (root / "st" / f"checkpoint-{step}").mkdir(parents=True)
+        save_file(weights, str(root / "st" / f"checkpoint-{step}" / "model.safetensors"))
+    return root
+
+
+def _same_scan(data: dict) -> dict:
+    """A JSON report less what differs between two scans of the same bytes: timings, and how it was split."""
+    summary = {k: v for k, v in data["summary"].items() if k not in ("seconds", "gb_per_s")}
+    return {**{k: v for k, v in data.items() if k != "parts"}, "summary": summary}
+
+
+# the single scan's health, verdict and run context of each save: what merge and --distributed must give too
+JUDGED = {"2": ("diverged", "DIVERGED", 512.0), "3": ("poisoned", "NON-FINITE", 1.0)}
+
+
+def _judged_as(data: dict, step: str) -> None:
+    health, verdict, grown = JUDGED[step]
+    assert (data["summary"]["health"], data["summary"]["verdict"], data["gate"]["exit_code"]) == (health, verdict, 1)
+    assert data["run"]["growth"]["factor"] == grown and data["run"]["auto"] is True
+
+
+@pytest.mark.parametrize("name", ["dcp/step-2", "dcp/step-3", "st/checkpoint-2", "st/checkpoint-3"])
+def test_merge_judges_a_checkpoint_within_its_run_as_a_single_scan(runs_root: Path, name: str, tmp_path: Path) -> None:
+    target = runs_root / name
+    files = []
+    for i in range(2):
+        part = run_cli("scan", target, "--part", f"{i}/2", "--json")
+        assert part.exit_code == 0 and json.loads(part.output)["regions"] == 4, part.output
+        files.append(tmp_path / f"part-{i}.json")
+        files[-1].write_text(part.output)
+    single, merged = run_cli("scan", target, "--json", "--no-progress"), run_cli("merge", *files, "--json")
+    assert merged.exit_code == single.exit_code == 1
+    expected = json.loads(single.output)
+    _judged_as(expected, name[-1])
+    assert _same_scan(json.loads(merged.output)) == _same_scan(expected)  # run, notes, gate, tensors, summary
+    one_line = run_cli("scan", target, "-q").output
+    assert run_cli("merge", *files, "-q").output == one_line and one_line.startswith(f"FAIL {JUDGED[name[-1]][1]} ")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("step", ["2", "3"])
+def test_torchrun_judges_a_checkpoint_within_its_run_as_a_single_scan(runs_root: Path, step: str) -> None:
+    target = runs_root / "dcp" / f"step-{step}"
+    done = _torchrun(target)
+    expected = json.loads(run_cli("scan", target, "--json", "--no-progress").output)
+    _judged_as(expected, step)
+    assert done.returncode == 1  # torchrun's: some rank exited non-zero (each rank exited 1)
+    assert _same_scan(json.loads(done.stdout)) == _same_scan(expected)
+
+
+def test_run_json_carries_the_gate_and_target_dtype(runs_root: Path) -> None:
+    result = run_cli("scan", runs_root / "st", "--json", "--target-dtype", "fp16", "--fail-on", "nonfinite,overflow")
+    data = json.loads(result.output)
+    assert result.exit_code == data["summary"]["exit_code"] == 1 and data["summary"]["decided_by"] == "checkpoint-3"
+    assert data["gate"] == {"fail_on": ["nonfinite", "overflow"], "exit_code": 1, "passed": False}
+    assert data["target_dtype"] == "fp16"
+
+
+def test_merge_and_part_messages_name_what_to_do(runs_root: Path, tmp_path: Path) -> None:
+    target = runs_root / "dcp" / "step-2"
+    p0, p1 = tmp_path / "p0.json", tmp_path / "p1.json"
+    p0.write_text(run_cli("scan", target, "--part", "0/2", "--json", "--target-dtype", "fp16").output)
+    p1.write_text(run_cli("scan", target, "--part", "1/2", "--json", "--max-abs", "1e4").output)
+    other = run_cli("merge", p0, p1)
+    assert other.exit_code == 3
+    assert f"{p1}: scanned with --max-abs 10000, where {p0} was scanned without --max-abs" in other.output
+    missing = run_cli("merge", p0)
+    assert missing.exit_code == 3
+    assert f"run: nandoctor scan {target} --target-dtype fp16 --part 1/2 --json > part-1.json" in missing.output
+    run_folder = run_cli("scan", runs_root / "dcp", "--part", "0/2", "--json")
+    assert run_folder.exit_code == 3
+    out = " ".join(run_folder.output.split())
+    assert "a run cannot be split into parts, only one checkpoint" in out
+    assert f"split its newest checkpoint: nandoctor scan {runs_root / 'dcp' / 'step-3'} --part I/N --json" in out

@@ -191,6 +191,9 @@ def test_a_different_dtype_is_refused_by_default_and_the_note_offers_allow_cast(
     plan = caught.value.plan
     assert all("dtype F32, the target's is BF16" in u.reasons[0] for u in plan.unrestorable)
     assert any("--allow-cast" in n for n in plan.notes)
+    # the last line, the hint, offers it too (first), not only the note further up
+    assert caught.value.hint == ("add --allow-cast (a donor holds them in another float dtype; see the note above); "
+                                 "or add an earlier clean checkpoint with --from; --dry-run shows why each donor failed")
 
 
 def test_allow_cast_rounds_the_master_copy_as_torch_does(tmp_path: Path) -> None:

@@ -487,3 +487,21 @@ def test_complex32_counts_each_element_once(tmp_path: Path) -> None:
     assert by_name["c"].ref.dtype == "C32" and by_name["c"].first_bad == 2 * 3 + 1
     assert by_name["c_t"].first_bad == 0 * 40 + 7  # c[7, 0] comes first in the transposed view's C order
     assert by_name["c"].overflow == 1 and by_name["c"].max_abs == 500.0  # 500 > 464: lost in fp8_e4m3
+
+
+def test_a_whole_pickled_module_is_named_as_its_state_dict(tmp_path):
+    """``torch.save(model)`` pickles ``model._modules["0"]._parameters["weight"]``; the report names it
+    ``0.weight``, as ``model.state_dict()`` (and a user) does, with exact counts."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight[1, 2] = float("nan")
+        model[2].weight[0, 0] = float("-inf")
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    from nandoctor import scan
+
+    report = scan(path, device="cpu")
+    assert [t.name for t in report.tensors] == list(model.state_dict())
+    assert {t.name: (t.nan, t.neginf, t.first_bad) for t in report.tensors if t.nan or t.neginf} == {
+        "0.weight": (1, 0, 6), "2.weight": (0, 1, 0)}

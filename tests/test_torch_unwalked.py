@@ -288,3 +288,28 @@ def test_attributes_are_read_past_a_shadowed_keys_method(tmp_path: Path) -> None
                     p_call(p_global("collections", "OrderedDict"), []), state])
     never_clean(tmp_path, p_dict([(p_str("x"), v3(untyped("1"), "int32")), (p_str("p"), param)]),
                 {"0": CLEAN4[:4], "1": NAN4})
+
+
+def test_nan_in_bytes_no_tensor_views_says_where_and_gives_the_resave_that_fixes_it(tmp_path):
+    """A slice saved alone writes its whole storage: a NaN past the slice is in the file, read by no tensor.
+    The verdict says so (never "0 of 1 tensors hold NaN/Inf"), fails the gate, and next: is the re-save that
+    works, not a repair by name that refuses."""
+    from tests.conftest import run_cli
+
+    path = tmp_path / "view.pt"
+    big = torch.ones(100)
+    big[90] = float("nan")
+    torch.save({"view": big[:50]}, path)
+    quiet = run_cli("scan", path, "--quiet")
+    assert (quiet.exit_code, quiet.output) == (1, f"FAIL NON-FINITE (POISONED) {path}: 1 NaN in storage bytes no tensor "
+                                                  f"views (storage data/0 of {path})\n")
+    full = run_cli("scan", path, "--no-progress")
+    lines = full.output.splitlines()
+    assert f"✗ FAIL NON-FINITE: 1 NaN in storage bytes no tensor views (storage data/0 of {path})" in lines
+    assert "nandoctor repair" not in full.output
+    resave = lines[lines.index(f"  next: NaN/Inf in bytes no tensor of {path} views: re-save it with only the bytes "
+                               "its tensors view") + 1].strip()
+    assert resave.endswith(f"{path} {tmp_path / 'view-resaved.pt'}")
+    import subprocess
+    assert subprocess.run(resave, shell=True, check=False).returncode == 0  # the command it gives works
+    assert run_cli("scan", tmp_path / "view-resaved.pt", "--quiet").exit_code == 0

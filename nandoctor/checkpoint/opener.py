@@ -113,7 +113,7 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
             kind="selection",
         ))
     elif checkpoint.excluded:
-        checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not scanned")
+        checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not read")
 
 
 # Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
@@ -139,7 +139,8 @@ def _unscanned_notes(root: Path) -> list[str]:
 
 
 def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
-    roles = roles_of(names_of(refs), file_name)
+    given = refs.roles if isinstance(refs, RefTable) else [ref.role for ref in refs]
+    roles = roles_of(names_of(refs), file_name, given)
     if isinstance(refs, RefTable):
         return refs.with_roles(roles)
     return [ref if role == ref.role else dataclasses.replace(ref, role=role) for ref, role in zip(refs, roles)]

@@ -5,6 +5,13 @@ Decided once, when a checkpoint is opened, from the tensor's container path
 its role (a Lightning ``ModelCheckpoint.kth_value = inf`` sentinel is trainer
 state, not a poisoned weight; a GPT-2 ``masked_bias`` of -1e4 is a buffer, not
 an exploded weight). docs/formats.md lists the rules.
+
+Trainer state is where a trainer keeps it, never a word in a parameter name: a
+file named like it (``scheduler.pt``, ``rng_state.pth``), or a top-level key of a
+pickled trainer checkpoint (``callbacks``, ``loops``, ``lr_schedulers`` …, beside
+its ``state_dict``), which only the pickle reader sees (:func:`pickle_role`: a
+model's ``scaler.weight`` is one key of a state dict, not a ``scaler`` container).
+A safetensors or GGUF file's tensors and a live module's parameters are model state.
 """
 
 from __future__ import annotations
@@ -24,11 +31,19 @@ _OPTIMIZER_SEGMENTS = frozenset({
     "optim", "optim_state", "optim_state_dict", "base_optimizer_state", "fp32_flat_groups",
     "single_partition_of_fp32_groups",
 })
-_TRAINER_SEGMENTS = frozenset({
+# Top-level keys of a pickled trainer checkpoint that hold trainer state (Lightning's .ckpt: callbacks,
+# loops, lr_schedulers, hyper_parameters, the precision plugin's scaler; DeepSpeed's lr_scheduler and
+# ds_config; a hand-written {"model": ..., "scheduler": ..., "scaler": ..., "rng_state": ...}).
+TRAINER_KEYS = frozenset({
     "callbacks", "loops", "lr_schedulers", "lr_scheduler", "scheduler", "schedulers", "scaler",
     "grad_scaler", "rng_state", "rng_states", "random_states", "hparams", "hyper_parameters",
-    "trainer_state", "ds_config", "lr_scheduler_state",
+    "datamodule_hyper_parameters", "trainer_state", "ds_config", "lr_scheduler_state", "MixedPrecision",
+    "native_amp_scaling_state", "amp_scaling_state",
 })
+# Model states kept in trainer state that become the model's weights: Lightning's StochasticWeightAveraging
+# swaps its ``average_model_state`` into the model when training ends, an EMA callback its shadow weights.
+# Judged as weights (NaN there is NaN in the model that ships), not as trainer state.
+MODEL_STATE_KEYS = frozenset({"average_model_state", "ema_state_dict", "ema_model_state", "shadow_params"})
 # Last segments of non-learned constants that loaders recompute or ignore.
 _BUFFER_LEAVES = frozenset({
     "inv_freq", "position_ids", "masked_bias", "causal_mask", "running_mean", "running_var",
@@ -38,26 +53,22 @@ _BUFFER_LEAVES = frozenset({
 _MASK_BIAS = re.compile(r"(^|\.)(attn|attention)\.bias$")
 
 
-def _state_words(segment: str) -> str:
-    """The names of a container segment that holds optimizer or trainer state (``segment``: what may follow
-    ModelCheckpoint/EarlyStopping within the segment)."""
-    optimizer = "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True)))
-    trainer = "|".join(map(re.escape, sorted(_TRAINER_SEGMENTS, key=len, reverse=True)))
-    return rf"(?:(?P<optimizer>{optimizer})|(?P<trainer>{trainer}|(?:ModelCheckpoint|EarlyStopping){segment}*))"
+def _state_words() -> str:
+    """The names of a container segment that holds optimizer state."""
+    return "(?:" + "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True))) + ")"
 
 
-# The first container segment (not the last one) that is optimizer or trainer state, in one C-level
-# search per name instead of a Python loop over its segments.
-_STATE_SEGMENT = re.compile(r"(?:^|\.)" + _state_words(r"[^.]") + r"(?=\.)")
+# A container segment (not the last one) that is optimizer state, in one C-level search per name instead
+# of a Python loop over its segments.
+_STATE_SEGMENT = re.compile(r"(?:^|\.)" + _state_words() + r"(?=\.)")
 _LEAVES = "|".join(map(re.escape, sorted(_BUFFER_LEAVES, key=len, reverse=True)))
 # A name that is not a plain weight (a state segment, a buffer's last segment, the attention mask bias),
 # searched for in all names at once, each after a line break: one C pass over a million names (its leading
 # character class lets the search skip to the dots, the first letters to the segments that can be one),
 # where role_of per name costs a call each.
-_FIRST_LETTERS = "".join(sorted({word[0] for word in (*_OPTIMIZER_SEGMENTS, *_TRAINER_SEGMENTS, *_BUFFER_LEAVES,
-                                                       "ModelCheckpoint", "EarlyStopping", "attn")}))
+_FIRST_LETTERS = "".join(sorted({word[0] for word in (*_OPTIMIZER_SEGMENTS, *_BUFFER_LEAVES, "attn")}))
 _NOT_WEIGHT = re.compile(
-    rf"[.\n](?=[{re.escape(_FIRST_LETTERS)}])(?:" + _state_words(r"[^.\n]")
+    rf"[.\n](?=[{re.escape(_FIRST_LETTERS)}])(?:" + _state_words()
     + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$)",
     re.MULTILINE,
 )
@@ -69,9 +80,8 @@ def role_of(name: str, file_name: str = "") -> str:
         role = file_role(file_name)
         if role is not None:
             return role
-    state = _STATE_SEGMENT.search(name)
-    if state is not None:
-        return OPTIMIZER if state.group("optimizer") is not None else TRAINER
+    if _STATE_SEGMENT.search(name) is not None:
+        return OPTIMIZER
     if name.rpartition(".")[2] in _BUFFER_LEAVES or _MASK_BIAS.search(name):
         return BUFFER
     return WEIGHT
@@ -86,11 +96,24 @@ def file_role(file_name: str) -> str | None:
     return None
 
 
-def roles_of(names: list[str], file_name: str = "") -> list[str]:
-    """``role_of`` of every name read from the file ``file_name``, in order."""
+def pickle_role(path: list[str]) -> str | None:
+    """TRAINER for a tensor of a pickled checkpoint whose container path (the dict keys from the top of the
+    pickle, ``path``) starts with a trainer key, outside a model state kept there; None otherwise (its name
+    decides). A bare state dict's ``"scaler.weight"`` is one key, never the ``scaler`` container."""
+    if path and path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
+        return TRAINER
+    return None
+
+
+def roles_of(names: list[str], file_name: str = "", given: list[str] | None = None) -> list[str]:
+    """``role_of`` of every name read from the file ``file_name``, in order; ``given`` (the roles the reader
+    set: a pickle's trainer state, :func:`pickle_role`) keeps its TRAINER rows."""
     whole_file = file_role(file_name) if file_name else None
     if whole_file is not None:
         return [whole_file] * len(names)
+    if given is not None and TRAINER in given:
+        named = roles_of(names)
+        return [TRAINER if was == TRAINER else role for was, role in zip(given, named)]
     joined = "\n" + "\n".join(names)  # every name after a line break
     if joined.count("\n") != len(names):  # a name with a line break of its own: one search per name
         return [role_of(name) for name in names]

@@ -255,6 +255,20 @@ class RunReport:
         bad = [c for c in self.checkpoints if c.report is not None and c.status == POISONED and c.same_as is None]
         return bad[-1] if bad else None
 
+    @property
+    def repair_targets(self) -> tuple[RunCheckpoint, ...]:
+        """What a repair must fix for the run to pass: every deciding row that is poisoned (the final model and a
+        Lightning ``last.ckpt`` each decide the exit code), else :attr:`repair_target`."""
+        targets: list[RunCheckpoint] = []
+        for c in self.deciding:
+            if c.report is None or c.status != POISONED:
+                continue
+            if c.same_how == "link":  # a link to a step file: that file is what to repair (the link follows it)
+                c = next((o for o in self.checkpoints if o.name == c.same_as and o.same_as is None), c)
+            if all(c is not t for t in targets):
+                targets.append(c)
+        return tuple(targets) or ((self.repair_target,) if self.repair_target is not None else ())
+
     def auto_donors_for(self, target: RunCheckpoint) -> bool:
         """Whether ``repair TARGET --from auto`` finds a donor: a healthy checkpoint before ``target`` and
         before the run's first bad one (restore/donors.py applies the same rule). By position, not step:

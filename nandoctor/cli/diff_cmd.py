@@ -16,10 +16,16 @@ from nandoctor.cli.progress import byte_progress
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout (schema in docs/diff.md).")
 @click.option("--all", "show_all", is_flag=True, help="List every differing tensor (and, with --json, identical ones).")
 @click.option("--both-formats", is_flag=True, help="In a folder with safetensors and .bin weights, read both.")
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Compare only tensors whose full name matches GLOB, on both sides (repeatable; e.g. 'state_dict.*').")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out tensors whose full name matches GLOB, on both sides (repeatable; e.g. "
+              "'optimizer_states*'); they are counted in a note per side.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
 @debug_option
 @handles_errors
-def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, no_progress: bool) -> None:
+def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, only: tuple[str, ...],
+         exclude: tuple[str, ...], no_progress: bool) -> None:
     """Compare checkpoint A with reference B, tensor by tensor, without loading either.
 
     A and B may be in any formats nandoctor reads (a .safetensors file against
@@ -38,11 +44,17 @@ def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, no_p
       nandoctor diff model.safetensors pytorch_model.bin
       nandoctor diff merged/ base/ --json > diff.json
       nandoctor diff ckpt/ Qwen/Qwen-1_8B          # against the copy in the local HF cache
+      nandoctor diff last.ckpt export/ --exclude 'optimizer_states*' --exclude 'callbacks*'
     """
     from nandoctor import api_compare
+    from nandoctor.checkpoint.selection import selection
 
+    try:
+        selection(only, exclude)  # an empty glob is a usage error, before anything is read
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     with byte_progress(enabled=not no_progress, description="comparing") as progress:
-        report = api_compare.diff(a, b, progress=progress, both_formats=both_formats)
+        report = api_compare.diff(a, b, progress=progress, both_formats=both_formats, only=only, exclude=exclude)
     if as_json:
         from nandoctor.report.diff_json import diff_to_json
 

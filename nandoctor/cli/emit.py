@@ -32,12 +32,10 @@ def emit_scan(
 
         click.echo(render_scan(report, fail_on) + not_written_section(not_written), nl=False)
     elif as_json:
-        from nandoctor.report.json_report import report_to_json, with_report_error
+        from nandoctor.report.json_report import report_to_json, with_gate
 
         data = report_to_json(report, fail_on, lazy=True)  # tensors encoded one by one, never all held
-        gate_code = code if not_written is None else not_written.exit_code
-        data["gate"] = {"fail_on": sorted(fail_on), "exit_code": gate_code, "passed": gate_code == 0}
-        echo_json(with_report_error(data, not_written))
+        echo_json(with_gate(data, fail_on, code, not_written))
     elif quiet:
         from nandoctor.report.text import safe
 

@@ -8,24 +8,33 @@ The merged report prints exactly as `nandoctor scan` prints a report.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors
 
+if TYPE_CHECKING:
+    from nandoctor.engine.parts import Options
+    from nandoctor.model import ScanReport
+
 
 def scan_split(
     path: str, part: str | None, distributed: bool, rank_timeout: float, device: str, as_json: bool, quiet: bool,
     show_all: bool, fail_on: frozenset[str], both_formats: bool, target_dtype: str | None,
-    max_abs: float | None, outlier_factor: float | None,
+    max_abs: float | None, outlier_factor: float | None, verify_hashes: bool = False, manifest: str | None = None,
 ) -> None:
-    """`scan --part` or `scan --distributed`; exits."""
+    """`scan --part` or `scan --distributed` of the checkpoint ``path`` names (as given); exits."""
+    from nandoctor import api
     from nandoctor.cli.emit import emit_scan
     from nandoctor.engine.parts import Options, PartSpec, scan_part
 
     options = Options(both_formats, target_dtype, max_abs, outlier_factor)
     if part is not None and distributed:
         raise click.UsageError("--part and --distributed split the scan two ways; pick one")
+    if part is not None and (verify_hashes or manifest):
+        raise click.UsageError("--verify-hashes checks whole files, not parts: run `nandoctor scan PATH "
+                               "--verify-hashes` once, or use --distributed, whose rank 0 checks them")
     if part is not None:
         if not as_json:
             raise click.UsageError("--part prints a part for `nandoctor merge`: add --json (and redirect it to a file)")
@@ -33,20 +42,35 @@ def scan_split(
             spec = PartSpec.parse(part)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--part") from None
-        data = scan_part(path, spec, options, device=device)
+    resolved, _ = api.one_checkpoint(path, split=True)  # what a single scan reads: a run cannot be split
+    if part is not None:
+        data = scan_part(str(resolved), spec, options, device=device)
+        data["given"] = path  # merge judges the report as `scan` judges this path (its cache note)
         echo_json(data)
         # exit 3 when this part could not read something (a retry may help); the verdict is merge's
         sys.exit(3 if data["problems"] else 0)
     from nandoctor.engine.ranks import distributed_scan
 
-    outcome = distributed_scan(path, options, device=device, rank_timeout=rank_timeout)
-    if outcome.report is not None:  # rank 0 prints the one report
-        code = emit_scan(outcome.report, as_json, quiet, show_all, fail_on)
-        if outcome.report.errors and code != 3:
+    outcome = distributed_scan(str(resolved), options, device=device, rank_timeout=rank_timeout)
+    if outcome.report is not None:  # rank 0 judges and prints the one report
+        report = _as_scan(outcome.report, path, options, device, verify_hashes, manifest)
+        code = emit_scan(report, as_json, quiet, show_all, fail_on)
+        if report.errors and code != 3:
             code = 3
     else:
         code = outcome.exit_code
     sys.exit(code)
+
+
+def _as_scan(report: ScanReport, path: str, options: Options, device: str = "auto", verify_hashes: bool = False,
+             manifest: str | None = None) -> ScanReport:
+    """The merged ``report`` finished as `nandoctor scan` finishes the engine's (api.in_context: judged within
+    its run, hashes, cache note), so that merge and --distributed give the single scan's report."""
+    from nandoctor import api
+
+    return api.in_context(report, path, device=device, both_formats=options.both_formats,
+                          target_dtype=options.target_dtype, max_abs=options.max_abs,
+                          outlier_factor=options.outlier_factor, verify_hashes=verify_hashes, manifest=manifest)
 
 
 @click.command()
@@ -72,7 +96,7 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
     """
     from nandoctor import verdict as verdicts
     from nandoctor.cli.emit import emit_scan
-    from nandoctor.engine.parts import merge_parts, read_part
+    from nandoctor.engine.parts import Options, merge_parts, read_part
 
     try:
         gate = verdicts.parse_fail_on(fail_on)
@@ -82,4 +106,23 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
     report = merge_parts(loaded)
     if not report.tensors and not report.errors:
         fail("the merged parts hold no tensors", "check that the parts come from a scan of a checkpoint")
+    first = loaded[0][1]
+    report = _as_scan(report, _given(first), Options(**first["options"]))
     sys.exit(emit_scan(report, as_json, quiet, show_all, gate))
+
+
+def _given(part: dict[str, Any]) -> str:
+    """The path the part's scan was given (a repo id: its cache note), when it still names the checkpoint scanned."""
+    from pathlib import Path
+
+    from nandoctor import api
+    from nandoctor.errors import NandoctorError
+
+    given = part.get("given")
+    if isinstance(given, str):
+        try:
+            if api.one_checkpoint(given)[0] == Path(part["target"]):
+                return given
+        except NandoctorError:
+            pass
+    return str(part["target"])

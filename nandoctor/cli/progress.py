@@ -72,9 +72,11 @@ def byte_progress(*, enabled: bool, description: str) -> Iterator[Callable[[int,
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task(description, total=None, file="")
+        # Hidden until the first report says how many bytes there are (no "0/? bytes ?" frames while the
+        # checkpoint is opened)
+        task = bar.add_task(description, total=None, file="", visible=False)
 
         def update(done: int, total: int, file: str) -> None:
-            bar.update(task, completed=done, total=total, file=os.path.basename(file))
+            bar.update(task, completed=done, total=total, file=os.path.basename(file), visible=True)
 
         yield update

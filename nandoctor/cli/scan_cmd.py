@@ -251,8 +251,9 @@ def _scan(
             raise click.UsageError("--only/--exclude, --html and --markdown do not combine with --part or --distributed yet")
         from nandoctor.cli.parts_cmd import scan_split
 
-        scan_split(str(resolved), part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
-                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor)
+        scan_split(path, part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
+                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor,
+                   verify_hashes, manifest)
     is_run = runs.is_run_folder(resolved)
     if is_run and (verify_hashes or manifest):
         raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
@@ -303,9 +304,9 @@ def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_o
 
         click.echo(render_run(run, fail_on) + not_written_section(not_written), nl=False)
     elif as_json:
-        from nandoctor.report.json_report import with_report_error
+        from nandoctor.report.json_report import with_gate
 
-        echo_json(with_report_error(api.to_json(run, fail_on), not_written))
+        echo_json(with_gate(api.to_json(run, fail_on), fail_on, run.exit_code(fail_on), not_written))
     elif quiet:
         from nandoctor.report.run_report import one_line
         from nandoctor.report.text import safe

@@ -13,12 +13,13 @@ import time
 
 from nandoctor.checkpoint import hubcache, layout
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
-from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback
+from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up
 from nandoctor.diffs.match import Pair, pair_tensors
 from nandoctor.diffs.result import DiffReport, TensorDiff
 from nandoctor.layers import bad_ranges, layer_of, natural_key
-from nandoctor.model import LayerSummary, ScanProblem, TensorRef
+from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
 
 __all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
@@ -31,13 +32,17 @@ def diff(
     progress: ProgressCallback | None = None,
     workers: int | None = None,
     both_formats: bool = False,
+    selection: Selection | None = None,
 ) -> DiffReport:
-    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api_compare.diff."""
+    """Compare checkpoint ``a`` with ``b`` (paths, or repo ids in the local hub caches); see api_compare.diff.
+
+    ``selection`` (``--only``/``--exclude``) is applied to both sides where each is opened, as for a scan:
+    what it leaves out is counted in a note per side, and a side it leaves empty is a problem (exit 3)."""
     path_a, _ = hubcache.resolve(a)
     path_b, _ = hubcache.resolve(b)
     return diff_checkpoints(
-        open_checkpoint(path_a, both_formats=both_formats),
-        open_checkpoint(path_b, both_formats=both_formats),
+        open_checkpoint(path_a, both_formats=both_formats, selection=selection),
+        open_checkpoint(path_b, both_formats=both_formats, selection=selection),
         progress=progress,
         workers=workers,
         labels=(os.fspath(a), os.fspath(b)),
@@ -68,18 +73,21 @@ def diff_checkpoints(
             notes.append(f"{side}: {len(failed)} file(s) could not be read; tensors shown only on the other side "
                          "may be in them")
 
-    work: list[tuple[TensorRef, TensorRef]] = []
+    work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
     for i, pair in enumerate(pairs):
         if pair.a is not None and pair.b is not None and tuple(pair.a.shape) == tuple(pair.b.shape):
             slot[i] = len(work)
-            work.append((pair.a, pair.b))
+            chunked = pair.stored_a or pair.stored_b
+            work.append(line_up(pair.a, pair.stored_a, pair.b, pair.stored_b) if chunked
+                        else Work(((pair.a, pair.b),), pair.a))
         elif pair.partner is not None:
             ref = pair.a or pair.b
             assert ref is not None
             slot[i] = len(work)
-            work.append((ref, pair.partner))
-    comparer = Comparer(workers, progress, sum(nbytes(x) + nbytes(y) for x, y in work), values=values)
+            work.append(Work(((ref, pair.partner),), ref))
+    total = sum(nbytes(x) + nbytes(y) for w in work for x, y in w.pieces)
+    comparer = Comparer(workers, progress, total, values=values)
     try:
         outcomes = comparer.compare_all(work)
     finally:
@@ -142,6 +150,7 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     common = dict(
         name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
         shape_a=tuple(a.shape), shape_b=tuple(b.shape), file_a=a.file, file_b=b.file, numel=a.numel,
+        order=a.order,
     )
     if outcome is None:
         return TensorDiff(status=r.SHAPE, **common)  # type: ignore[arg-type]

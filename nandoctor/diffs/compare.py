@@ -8,12 +8,20 @@ come from the scan's sources (``sources.py``: mmap with pages dropped behind
 the reads, or ``pread`` into reused buffers), torch views through
 ``restore/tensorbytes.py``'s tiles, so memory stays bounded by the chunks in
 flight whatever the checkpoint's size.
+
+A tensor stored as chunks on either side (DCP: one per rank) is compared as
+its global tensor: the global box is cut by A's chunks and each part by B's
+(``line_up``, with repair's ``restore/pieces.py``), so two checkpoints sharded
+differently (1 rank against 2, DCP against safetensors) line up element by
+element, and every position is given in the global tensor (engine/chunks.py's
+``in_global``) in its own dimension order (``TensorRef.coords``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,9 +35,11 @@ import numpy as np
 from nandoctor.diffs import values
 from nandoctor.diffs.result import Change
 from nandoctor.dtypes import DTYPES
+from nandoctor.engine.chunks import in_global
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import to_little
-from nandoctor.model import ProgressCallback, TensorRef, coords_of
+from nandoctor.model import ChunkOf, ProgressCallback, TensorRef
+from nandoctor.restore.pieces import NotRestorable, pieces, view
 from nandoctor.restore.tensorbytes import Box, boxes, byte_range, check_bounds, itemsize, read_box
 from nandoctor.sources import ChunkSource, ThreadBuffers, open_source
 
@@ -78,13 +88,65 @@ class Outcome:
     bytes_read: int = 0
 
 
+@dataclass(frozen=True)
+class Work:
+    """One tensor to compare: the (A, B) pieces read for it, and the tensor positions are given in.
+
+    A tensor stored whole on both sides is one piece, itself. A chunked one is the parts of its global
+    box that A's and B's chunks hold (:func:`line_up`), each piece a ref whose ``chunk`` says where it
+    sits in the global tensor."""
+
+    pieces: tuple[tuple[TensorRef, TensorRef], ...]
+    whole: TensorRef  # A's tensor as reported (global shape, dimension order): the coordinates'
+    error: str | None = None  # why its pieces could not be lined up: the tensor is unreadable
+
+
 @dataclass
 class _Task:
     a: TensorRef
     b: TensorRef
     bytes_first: bool  # same dtype and byte order: memcmp decides unchanged chunks
     rounding: tuple[str, int, int] | None
+    whole: TensorRef
     outcome: Outcome = field(default_factory=Outcome)
+
+
+def line_up(a: TensorRef, stored_a: tuple[TensorRef, ...], b: TensorRef, stored_b: tuple[TensorRef, ...]) -> Work:
+    """A tensor of the same global shape on both sides, stored as chunks on one or both (``stored_*``, empty
+    for a whole tensor), as the pieces where A's and B's chunks meet: each part of the global box that one
+    chunk of A and one of B hold, as views of both. Chunks that do not cover the tensor exactly once make
+    an unreadable tensor (``Work.error``), never a guess."""
+    side_a, side_b = list(stored_a) or [a], list(stored_b) or [b]
+    shape = tuple(a.shape)
+    flat = any(r.chunk is not None and r.chunk.flat for r in side_a + side_b)
+    try:
+        if flat:  # ZeRO's flat runs: everything lined up as runs of the flattened tensor
+            side_a, side_b = _runs(side_a, shape), _runs(side_b, shape)
+        everything = ((0,), (a.numel,)) if flat else ((0,) * len(shape), shape)
+        out = []
+        for part_a, chunk_a in pieces(everything, side_a, "A's"):
+            for part, chunk_b in pieces(part_a, side_b, "B's"):
+                place = ChunkOf(part[0], shape, flat=flat)
+                out.append((dataclasses.replace(view(chunk_a, part), chunk=place),
+                            dataclasses.replace(view(chunk_b, part), chunk=place)))
+    except NotRestorable as exc:
+        return Work((), a, f"cannot line its chunks up: {exc}")
+    return Work(tuple(out), a)
+
+
+def _runs(refs: list[TensorRef], shape: tuple[int, ...]) -> list[TensorRef]:
+    """Stored refs as runs of the flattened global tensor (boxes of one dimension)."""
+    numel = int(np.prod(shape, dtype=np.int64))
+    out = []
+    for ref in refs:
+        if ref.chunk is not None and ref.chunk.flat:
+            out.append(dataclasses.replace(ref, chunk=ChunkOf(ref.chunk.offsets, (numel,))))
+        elif ref.chunk is None and ref.is_contiguous:
+            out.append(dataclasses.replace(ref, shape=(numel,), strides=None))
+        else:
+            raise NotRestorable(f"{ref.file}: {ref.name!r} is cut into boxes on one side and into flat runs "
+                                "(DeepSpeed ZeRO) on the other")
+    return out
 
 
 Chunk = tuple[int, int] | Box  # (first element, elements) of two contiguous tensors, or a box of views
@@ -114,9 +176,11 @@ class Comparer:
         self.sources.clear()
         self.fds.clear()
 
-    def compare_all(self, pairs: list[tuple[TensorRef, TensorRef]]) -> list[Outcome]:
-        """Compare each (A, B) pair of the same shape; chunks of all pairs share one pool, in order."""
-        tasks = [self._task(a, b) for a, b in pairs]
+    def compare_all(self, work: list[Work]) -> list[Outcome]:
+        """Compare each tensor's pieces (A and B of the same shape); chunks of all pieces share one pool, in
+        order. One :class:`Outcome` per tensor, its pieces merged in global positions."""
+        outcomes = [Outcome(error=w.error) for w in work]
+        tasks = [self._task(a, b, w.whole, outcome) for w, outcome in zip(work, outcomes) for a, b in w.pieces]
         window = 4 * self.workers
         pending: deque[tuple[_Task, Chunk, Future[Any]]] = deque()
         for task in tasks:
@@ -131,14 +195,14 @@ class Comparer:
                 task.outcome.error = _reason(exc)
         while pending:
             self._collect(*pending.popleft())
-        return [t.outcome for t in tasks]
+        return outcomes
 
-    def _task(self, a: TensorRef, b: TensorRef) -> _Task:
+    def _task(self, a: TensorRef, b: TensorRef, whole: TensorRef, outcome: Outcome) -> _Task:
         quantized = a.region.blocks is not None or b.region.blocks is not None
         same = a.dtype == b.dtype and (
             quantized or a.region.byteorder == b.region.byteorder or DTYPES[a.dtype].lane_bits <= 8
         )
-        task = _Task(a, b, same, values.narrower(a.dtype, b.dtype))
+        task = _Task(a, b, same, values.narrower(a.dtype, b.dtype), whole, outcome)
         task.outcome.decodable = (
             self.values and not quantized and values.decodable(a.dtype) and values.decodable(b.dtype)
         )
@@ -219,7 +283,7 @@ class Comparer:
         if stats is None or not stats.values_differ:
             return
         outcome.values_differ = True
-        _merge(outcome, stats, lambda i: _global_index(task.a.shape, chunk, i), task.a.shape)
+        _merge(outcome, stats, lambda i: _global_index(task.a, chunk, i), task.whole)
 
     def _release(self, task: _Task, chunk: Chunk) -> None:
         if not isinstance(chunk[0], int):
@@ -257,19 +321,24 @@ def _chunk_bytes(ref: TensorRef, chunk: Chunk) -> int:
     return int(np.prod(extents, dtype=np.int64)) * itemsize(ref)
 
 
-def _global_index(shape: tuple[int, ...], chunk: Chunk, local: int) -> int:
+def _global_index(piece: TensorRef, chunk: Chunk, local: int) -> int:
+    """Flat index in the compared tensor (the global one for a piece of chunks) of element ``local`` of
+    ``chunk`` of ``piece``."""
+    shape = piece.shape
     if isinstance(chunk[0], int):
-        return chunk[0] + local
-    origin, extents = chunk
-    inner = np.unravel_index(local, extents)
-    coords = tuple(int(o) + int(i) for o, i in zip(origin, inner))
-    return int(np.ravel_multi_index(coords, shape)) if shape else 0
+        flat = chunk[0] + local
+    else:
+        origin, extents = chunk
+        inner = np.unravel_index(local, extents)
+        coords = tuple(int(o) + int(i) for o, i in zip(origin, inner))
+        flat = int(np.ravel_multi_index(coords, shape)) if shape else 0
+    return flat if piece.chunk is None else in_global(flat, piece)
 
 
-def _merge(outcome: Outcome, stats: values.ChunkStats, to_global: Callable[[int], int], shape: tuple[int, ...]) -> None:
+def _merge(outcome: Outcome, stats: values.ChunkStats, to_global: Callable[[int], int], whole: TensorRef) -> None:
     def change(at: int, a: float, b: float, amount: float) -> Change:
         index = to_global(at)
-        return Change(index, coords_of(index, shape), float(a), float(b), amount)
+        return Change(index, whole.coords(index), float(a), float(b), amount)
 
     outcome.changed += stats.changed
     if stats.abs_at >= 0 and (outcome.max_abs is None or stats.abs_amount > outcome.max_abs.amount):
@@ -294,4 +363,4 @@ def _reason(exc: NandoctorError | OSError) -> str:
     return exc.message
 
 
-__all__ = ["Comparer", "Outcome", "same_bytes"]
+__all__ = ["Comparer", "Outcome", "Work", "line_up", "same_bytes"]

@@ -7,6 +7,10 @@ A tensor on one side only is *tied*, not missing, when it views the same
 elements as a common tensor (a torch file's shared storage) or when it is a
 known tied copy (``lm_head.weight`` ↔ the embeddings, checkpoint/ties.py) whose
 bytes equal its partner's on its own side (checked when the pair is compared).
+
+A tensor stored as chunks (DCP: one per rank that held a shard) is one global
+tensor here, as the scan reports it (engine/chunks.py's ``gather``): its name,
+its global shape, and the chunks it is read from (``Pair.stored_a``/``stored_b``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.checkpoint.ties import tie_candidates
+from nandoctor.engine.chunks import gather
 from nandoctor.model import ScanProblem, TensorRef
 from nandoctor.restore.plan import normalise
 
@@ -29,16 +34,21 @@ class Pair:
     b: TensorRef | None
     tied_to: str | None = None  # views the very same elements as this common tensor
     partner: TensorRef | None = None  # a possible tied copy of this tensor on the same side: compare with it
+    stored_a: tuple[TensorRef, ...] = ()  # A's chunks when it is stored as chunks (``a`` is then the global tensor)
+    stored_b: tuple[TensorRef, ...] = ()
 
     @property
     def side(self) -> str:
         return "a" if self.b is None else "b"
 
 
-def _by_name(checkpoint: Checkpoint, side: str) -> tuple[dict[str, TensorRef], list[ScanProblem]]:
+def _by_name(
+    checkpoint: Checkpoint, side: str
+) -> tuple[dict[str, TensorRef], dict[str, list[TensorRef]], list[ScanProblem]]:
     refs: dict[str, TensorRef] = {}
     problems = []
-    for ref in checkpoint.refs:
+    tensors, chunks = gather(checkpoint.refs)
+    for ref in tensors:
         first = refs.setdefault(ref.name, ref)
         if first is not ref:
             problems.append(ScanProblem(
@@ -46,7 +56,7 @@ def _by_name(checkpoint: Checkpoint, side: str) -> tuple[dict[str, TensorRef], l
                 f"tensor {ref.name!r} is also in {Path(first.file).name} ({side}); which one to compare is ambiguous",
                 "diff one file at a time, or pass the folder that holds one copy",
             ))
-    return refs, problems
+    return refs, chunks, problems
 
 
 def _unique_normalised(names: list[str]) -> dict[str, str]:
@@ -58,24 +68,28 @@ def _unique_normalised(names: list[str]) -> dict[str, str]:
 
 def pair_tensors(a: Checkpoint, b: Checkpoint) -> tuple[list[Pair], list[ScanProblem]]:
     """Every tensor name of A and B as a :class:`Pair`, A's file order first; plus ambiguous names."""
-    refs_a, problems = _by_name(a, "A")
-    refs_b, more = _by_name(b, "B")
+    refs_a, chunks_a, problems = _by_name(a, "A")
+    refs_b, chunks_b, more = _by_name(b, "B")
     problems += more
     common = [name for name in refs_a if name in refs_b]
     left_a = [name for name in refs_a if name not in refs_b]
     left_b = [name for name in refs_b if name not in refs_a]
     norm_a, norm_b = _unique_normalised(left_a), _unique_normalised(left_b)
     renamed = {norm_a[key]: norm_b[key] for key in norm_a if key in norm_b}
-    pairs = [Pair(name, refs_a[name], refs_b[name]) for name in common]
-    pairs += [Pair(name, refs_a[name], refs_b[other]) for name, other in renamed.items()]
+    pairs = [Pair(name, refs_a[name], refs_b[other], stored_a=tuple(chunks_a.get(name, ())),
+                  stored_b=tuple(chunks_b.get(other, ())))
+             for name, other in [*((n, n) for n in common), *renamed.items()]]
     matched_b = set(renamed.values())
-    pairs += _one_sided([n for n in left_a if n not in renamed], refs_a, {p.a.name for p in pairs if p.a}, "a")
-    pairs += _one_sided([n for n in left_b if n not in matched_b], refs_b, {p.b.name for p in pairs if p.b}, "b")
+    pairs += _one_sided([n for n in left_a if n not in renamed], refs_a, {p.a.name for p in pairs if p.a}, "a",
+                        chunks_a)
+    pairs += _one_sided([n for n in left_b if n not in matched_b], refs_b, {p.b.name for p in pairs if p.b}, "b",
+                        chunks_b)
     pairs.sort(key=_file_order)
     return pairs, problems
 
 
-def _one_sided(names: list[str], refs: dict[str, TensorRef], paired: set[str], side: str) -> list[Pair]:
+def _one_sided(names: list[str], refs: dict[str, TensorRef], paired: set[str], side: str,
+               chunks: dict[str, list[TensorRef]]) -> list[Pair]:
     by_elements = {refs[name].elements_key: name for name in paired}
     by_norm = _unique_normalised(list(paired))
     out = []
@@ -83,14 +97,16 @@ def _one_sided(names: list[str], refs: dict[str, TensorRef], paired: set[str], s
         ref = refs[name]
         tied_to = by_elements.get(ref.elements_key)
         partner = None
-        if tied_to is None:
+        if tied_to is None and name not in chunks:  # (a tied copy is saved whole: chunks are no tie)
             for candidate in tie_candidates(normalise(name)):
                 other = by_norm.get(candidate)
-                if other is not None and refs[other].dtype == ref.dtype and refs[other].shape == ref.shape:
+                if other is not None and other not in chunks and refs[other].dtype == ref.dtype and refs[other].shape == ref.shape:
                     partner = refs[other]
                     break
         a, b = (ref, None) if side == "a" else (None, ref)
-        out.append(Pair(name, a, b, tied_to=tied_to, partner=partner))
+        stored = tuple(chunks.get(name, ()))
+        out.append(Pair(name, a, b, tied_to=tied_to, partner=partner, stored_a=stored if b is None else (),
+                        stored_b=stored if a is None else ()))
     return out
 
 

@@ -29,7 +29,7 @@ SAME = frozenset({IDENTICAL, EQUAL, TIED})  # exit 0 when every tensor is one of
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """Where one extreme change sits: flat (C-order) index, its coordinates, the two values."""
+    """Where one extreme change sits: flat index (in the tensor's order), its coordinates, the two values."""
 
     index: int
     coords: tuple[int, ...]
@@ -52,6 +52,7 @@ class TensorDiff:
     file_a: str | None = None
     file_b: str | None = None
     numel: int = 0
+    order: str = "C"  # A's dimension order: "F" for GGUF (ne0 first), as the scan gives coordinates
     changed: int | None = None  # elements that differ (beyond rounding for a cast); None: not compared
     max_abs: Change | None = None
     max_rel: Change | None = None
@@ -78,7 +79,7 @@ class TensorDiff:
         return self._coords(self.first_nonfinite_b_only)
 
     def _coords(self, index: int | None) -> tuple[int, ...] | None:
-        return None if index is None else coords_of(index, self.shape_a or self.shape_b or ())
+        return None if index is None else coords_of(index, self.shape_a or self.shape_b or (), self.order)
 
     @property
     def dtype_changed(self) -> bool:

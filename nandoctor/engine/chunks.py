@@ -11,21 +11,51 @@ problem of its own (exit 3).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
-from nandoctor.model import Outliers, TensorResult, coords_of
+from nandoctor.model import Outliers, TensorRef, TensorResult, coords_of
 
 
-def global_index(local: int, result: TensorResult) -> int:
-    """Flat index in the global tensor of flat index ``local`` in the chunk ``result`` was read from."""
-    chunk = result.ref.chunk
+def in_global(local: int, ref: TensorRef) -> int:
+    """Flat (C-order) index in the global tensor of flat index ``local`` in the stored chunk ``ref``."""
+    chunk = ref.chunk
     assert chunk is not None
     if chunk.flat:
         return chunk.offsets[0] + local
-    coords = coords_of(local, result.ref.shape)
+    coords = coords_of(local, ref.shape)
     flat = 0
     for c, o, size in zip(coords, chunk.offsets, chunk.global_shape):
         flat = flat * size + c + o
     return flat
+
+
+def global_index(local: int, result: TensorResult) -> int:
+    """Flat index in the global tensor of flat index ``local`` in the chunk ``result`` was read from."""
+    return in_global(local, result.ref)
+
+
+def whole(ref: TensorRef) -> TensorRef:
+    """The global tensor a stored chunk is part of, as the scan reports it: its global shape, no chunk (the
+    chunk's file and region stand for where it is stored)."""
+    chunk = ref.chunk
+    assert chunk is not None
+    return dataclasses.replace(ref, shape=chunk.global_shape, storage_offset=0, strides=None, chunk=None)
+
+
+def gather(refs: Iterable[TensorRef]) -> tuple[list[TensorRef], dict[str, list[TensorRef]]]:
+    """A checkpoint's refs as its global tensors: each chunked tensor's chunks replaced, where the first of
+    them stood, by its :func:`whole`; and each chunked tensor's stored chunks by name. A name that is also
+    an unchunked tensor stays in the list twice (the caller says it is ambiguous)."""
+    out: list[TensorRef] = []
+    chunks: dict[str, list[TensorRef]] = {}
+    for ref in refs:
+        if ref.chunk is None:
+            out.append(ref)
+            continue
+        if ref.name not in chunks:
+            out.append(whole(ref))
+        chunks.setdefault(ref.name, []).append(ref)
+    return out, chunks
 
 
 def merge_chunks(placed: list[tuple[int, TensorResult]]) -> list[tuple[int, TensorResult]]:
@@ -53,9 +83,7 @@ def _merged(chunks: list[TensorResult]) -> TensorResult:
     firsts = [(global_index(r.first_bad, r), r) for r in chunks if r.first_bad is not None]
     first_bad = min(firsts, key=lambda pair: pair[0]) if firsts else None
     shown = first_bad[1] if first_bad else chunks[0]  # the chunk (and file) the report points at
-    chunk = shown.ref.chunk
-    assert chunk is not None
-    ref = dataclasses.replace(shown.ref, shape=chunk.global_shape, storage_offset=0, strides=None, chunk=None)
+    ref = whole(shown.ref)
     magnitudes = [r.max_abs for r in chunks if r.max_abs is not None]
     scales = [r.bulk_scale for r in chunks if r.bulk_scale is not None]
     return TensorResult(

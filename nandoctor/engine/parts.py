@@ -32,7 +32,7 @@ from nandoctor.errors import NandoctorError
 from nandoctor.kernels import select_kernel
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.kernels.targets import TargetSpec, target
-from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults, UnviewedBad
 
 PART_FORMAT = "nandoctor-part/1"
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorResult) if f.name not in ("ref", "findings"))
@@ -179,17 +179,18 @@ def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None =
         if part["of"] != count:
             raise PartsError(f"{label}: a part of {part['of']} where {first_label} is a part of {count}",
                              "merge the parts of one split only")
-        if part["target"] != first["target"] or part["options"] != first["options"]:
-            raise PartsError(f"{label}: from another checkpoint or other options ({part['target']}) than "
-                             f"{first_label} ({first['target']})", "merge the parts of one scan only")
+        differs = _differs(part, first, first_label)
+        if differs:
+            raise PartsError(f"{label}: {differs}", "merge the parts of one scan only (scanned with the same options)")
         if part["part"] in by_index:
             raise PartsError(f"{label} and {by_index[part['part']]} are both part {part['part']}/{count}",
                              "keep one of them (a retried part replaces the first try)")
         by_index[part["part"]] = label
     missing = [i for i in range(count) if i not in by_index]
     if missing:
+        more = " (and the same for each missing part)" if len(missing) > 1 else ""
         raise PartsError(f"part(s) {', '.join(f'{i}/{count}' for i in missing)} missing",
-                         f"run: nandoctor scan {first['target']} --part {missing[0]}/{count} --json")
+                         f"run: {_part_command(first, missing[0])}{more}")
     options = Options(**first["options"])
     checkpoint = open_checkpoint(first["target"], both_formats=options.both_formats)
     now = identity(checkpoint, options, count)
@@ -197,6 +198,32 @@ def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None =
         if part["identity"] != now:
             raise PartsError(f"{label}: {_what_changed(part, checkpoint)}",
                              "the checkpoint is not what was scanned; scan the parts again")
+    found = _gathered(parts, checkpoint)
+    cast_to = target(options.target_dtype) if options.target_dtype else None
+    _finish_cut_regions(parts, checkpoint, found, options, cast_to)
+    return _assembled(parts, checkpoint, found, device)
+
+
+def partial_report(path: str, parts: list[tuple[str, dict[str, Any]]], missing: list[ScanProblem]) -> ScanReport:
+    """What the ``parts`` that came in read, when others did not (``missing``: a rank that failed or hung, as
+    problems): their tensors and findings, and exit 3, never a verdict on the whole checkpoint. The shares of
+    regions cut across parts are left out (a region is only read when all of its shares are in)."""
+    from nandoctor import verdict
+
+    nothing = verdict.judged(ScanReport(target=path, files=(), tensors=TensorResults.of(()), layers=(),
+                                        errors=tuple(missing)))
+    if not parts:
+        return nothing
+    try:
+        checkpoint = open_checkpoint(path, both_formats=Options(**parts[0][1]["options"]).both_formats)
+        found = _gathered(parts, checkpoint)
+    except NandoctorError:  # (changed since the part was scanned: the problems say what is missing)
+        return nothing
+    found.problems += missing
+    return _assembled(parts, checkpoint, found, None)
+
+
+def _gathered(parts: list[tuple[str, dict[str, Any]]], checkpoint: Checkpoint) -> Scanned:
     refs = checkpoint.refs
     found = Scanned([], [], [], 0)
     for label, part in parts:
@@ -204,11 +231,57 @@ def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None =
         found.unviewed += [UnviewedBad(**u) for u in part["unviewed"]]
         found.problems += [ScanProblem(**p) for p in part["problems"]]
         found.bytes_scanned += part["bytes_scanned"]
+    return found
+
+
+def _assembled(parts: list[tuple[str, dict[str, Any]]], checkpoint: Checkpoint, found: Scanned,
+               device: str | None) -> ScanReport:
+    first = parts[0][1]
+    options = Options(**first["options"])
     cast_to = target(options.target_dtype) if options.target_dtype else None
-    _finish_cut_regions(parts, checkpoint, found, options, cast_to)
     seconds = max(part["seconds"] for _, part in parts)  # the parts ran side by side
     report = assemble(first["target"], checkpoint, found, device or first["device"], seconds, cast_to, options.limits)
-    return dataclasses.replace(report, extra={**report.extra, "parts": count})
+    return dataclasses.replace(report, extra={**report.extra, "parts": first["of"]})
+
+
+_FLAGS = {"both_formats": "--both-formats", "target_dtype": "--target-dtype", "max_abs": "--max-abs",
+          "outlier_factor": "--outlier-factor"}
+
+
+def _differs(part: dict[str, Any], first: dict[str, Any], first_label: str) -> str | None:
+    """How ``part`` differs from ``first`` in what every part must share: the checkpoint, or an option (both values)."""
+    if part["target"] != first["target"]:
+        return f"a part of {part['target']}, where {first_label} is a part of {first['target']}"
+    for key in sorted(set(part["options"]) | set(first["options"])):
+        mine, theirs = part["options"].get(key), first["options"].get(key)
+        if mine != theirs:
+            return f"scanned {_with(key, mine)}, where {first_label} was scanned {_with(key, theirs)}"
+    return None
+
+
+def _with(key: str, value: Any) -> str:
+    """An option as the command line gave it: ``with --target-dtype fp16``, ``without --max-abs``."""
+    flag = _FLAGS.get(key, key)
+    if value is None or value is False:
+        return f"without {flag}"
+    return f"with {flag}" if value is True else f"with {flag} {_value(value)}"
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _part_command(part: dict[str, Any], index: int) -> str:
+    """The command that scans part ``index`` as ``part`` was scanned (its options), into part-INDEX.json."""
+    import shlex
+
+    words = ["nandoctor", "scan", shlex.quote(part["target"])]
+    for key, value in sorted(part["options"].items()):
+        if value is True:
+            words.append(_FLAGS.get(key, key))
+        elif value not in (None, False):
+            words += [_FLAGS.get(key, key), _value(value)]
+    return " ".join([*words, "--part", f"{index}/{part['of']}", "--json", ">", f"part-{index}.json"])
 
 
 def _finish_cut_regions(
@@ -253,4 +326,4 @@ def _what_changed(part: dict[str, Any], checkpoint: Checkpoint) -> str:
     return "another checkpoint, or the same one split another way"
 
 
-__all__ = ["Options", "PartSpec", "PartsError", "merge_parts", "plan_parts", "read_part", "scan_part"]
+__all__ = ["Options", "PartSpec", "PartsError", "merge_parts", "partial_report", "plan_parts", "read_part", "scan_part"]

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from nandoctor.engine.parts import Options, PartSpec, merge_parts, scan_part
+from nandoctor.engine.parts import Options, PartSpec, merge_parts, partial_report, scan_part
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
-from nandoctor.model import ScanProblem, ScanReport, TensorResults
+from nandoctor.model import ScanProblem, ScanReport
 
 FAULT_ENV = "NANDOCTOR_FAULT_RANK"  # tests only: "R" makes rank R fail, "R:hang" makes it hang
 _PREFIX = "nandoctor/"
@@ -73,7 +73,7 @@ def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: 
         store = dist.PrefixStore(_PREFIX, dist.distributed_c10d._get_default_store())
         store.set(f"part/{rank}", _my_part(path, options, device, rank, world))
         if rank == 0:
-            report = _gather(path, store, world, rank_timeout, device)
+            report = _gather(path, store, world, rank_timeout)
             code = report.exit_code
             store.set("exit", str(code))
             return RankOutcome(rank, world, code, report)
@@ -100,7 +100,7 @@ def _fault(rank: int) -> None:
         raise RuntimeError(f"fault injected by {FAULT_ENV}")
 
 
-def _gather(path: str, store: Any, world: int, rank_timeout: float, device: str) -> ScanReport:
+def _gather(path: str, store: Any, world: int, rank_timeout: float) -> ScanReport:
     deadline = time.monotonic() + rank_timeout
     parts: list[tuple[str, dict[str, Any]]] = []
     failed: list[ScanProblem] = []
@@ -117,15 +117,9 @@ def _gather(path: str, store: Any, world: int, rank_timeout: float, device: str)
             failed.append(ScanProblem(path, f"rank {r} failed: {data['rank_error']}", "look at that rank's log"))
         else:
             parts.append((f"rank {r}", data))
-    if failed:
-        return _failed_report(path, failed)
-    return merge_parts(parts, device=device)
-
-
-def _failed_report(path: str, problems: list[ScanProblem]) -> ScanReport:
-    from nandoctor import verdict
-
-    return verdict.judged(ScanReport(target=path, files=(), tensors=TensorResults.of(()), layers=(), errors=tuple(problems)))
+    if failed:  # what the other ranks read is still reported; exit 3 all the same
+        return partial_report(path, parts, failed)
+    return merge_parts(parts)  # (the device each rank's kernel resolved to: cpu, cuda)
 
 
 def _wait_exit(store: Any, rank_timeout: float) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.model import ScanReport
-from nandoctor.report.json_report import report_to_json
+from nandoctor.report.json_report import gate_json, report_to_json
 
 logger = logging.getLogger("nandoctor.integrations")
 
@@ -77,8 +77,7 @@ class CheckpointGate:
 
     def gate(self, report: ScanReport) -> dict[str, Any]:
         """The ``gate`` object of the JSON: what failed it, its exit code, whether it passed."""
-        code = verdicts.exit_code(report, self.fail_on)
-        return {"fail_on": sorted(self.fail_on), "exit_code": code, "passed": code == 0}
+        return gate_json(self.fail_on, verdicts.exit_code(report, self.fail_on))
 
     def report_json(self, report: ScanReport) -> dict[str, Any]:
         data = report_to_json(report)

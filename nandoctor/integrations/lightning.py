@@ -22,6 +22,11 @@ callback (integrations/gate.py): the bytes a resume or an export would load.
   file of its folder away (``save_top_k``), the removal is held back until a newer
   clean file exists there, so at most one file more than ``save_top_k`` is kept per
   folder, however long the bad streak.
+* A file that is written again under the same name (``save_last=True``'s
+  ``last.ckpt``, a ``filename`` without the step) is scanned each time but is never
+  the clean file kept or named ``last_clean``: its clean bytes are gone with the
+  next save. ``last_clean`` names the newest clean file still on disk that no
+  later save rewrites (``save_last="link"``'s symlink is not a save: not scanned).
 
 Strategies that do not write through ``CheckpointIO`` (DeepSpeed, sharded FSDP
 folders) and asynchronous ``CheckpointIO`` are not scanned; a warning says so.
@@ -32,6 +37,8 @@ torch are imported by this module only (``import nandoctor`` stays torch-free).
 from __future__ import annotations
 
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +96,13 @@ class NanDoctorCallback(Callback):
         self.log_metrics = log_metrics
         self.stopped_at: int | None = None
         self.held_back: set[str] = set()  # files ModelCheckpoint removed that are kept as the last clean one
-        self._clean_in: dict[Path, str] = {}  # folder → its newest clean file (each ModelCheckpoint has its own)
+        self._clean: dict[str, int] = {}  # path → step: clean files on disk that no save rewrites
+        self._written: set[str] = set()  # every path saved during this fit
         self._stop_pending = False
         self._io: _ScanningCheckpointIO | None = None
 
     reports = property(lambda self: self.gate.reports)  # file path → report (rank zero only)
-    last_clean = property(lambda self: self.gate.last_clean)  # path of the newest file that passed
+    last_clean = property(lambda self: self.gate.last_clean)  # the newest clean file still on disk (never last.ckpt)
     first_bad = property(lambda self: self.gate.first_bad)
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -110,10 +118,9 @@ class NanDoctorCallback(Callback):
         trainer.strategy.checkpoint_io = self._io
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.gate.last_clean is None:
-            self.gate.last_clean = self._previous_clean(trainer)  # a resumed run: the verdicts are on disk
-            if self.gate.last_clean is not None:
-                self._clean_in[Path(self.gate.last_clean).parent] = self.gate.last_clean
+        if not self._clean:
+            self._clean.update(self._previous_clean(trainer))  # a resumed run: the verdicts are on disk
+            self._sync()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # every rank reaches this point: they decide together
@@ -130,22 +137,30 @@ class NanDoctorCallback(Callback):
 
     # -- what the CheckpointIO wrapper reports ---------------------------------------------------
 
+    def writing(self, path: Path) -> None:
+        """``path`` is about to be written: whatever clean bytes it held are going."""
+        if self._clean.pop(str(path), None) is not None:
+            self._sync()
+
     def saved(self, trainer: Trainer, path: Path) -> None:
         """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""
         step = trainer.global_step
+        rewritten = str(path) in self._written or _is_last_path(trainer, path)
+        self._written.add(str(path))
         passed, report = self.gate.check(path, str(path))
         if report is not None and self.write_report:
-            self._write(path, step, report)
+            self._write(path, step, report, rewritten)
         if report is not None and self.log_metrics:
             # Straight to the loggers: saves happen in hooks where LightningModule.log is refused
             # (on_validation_end), and the loggers are what every dashboard reads.
             figures = verdicts.metrics(report)
             for sink in trainer.loggers:
                 sink.log_metrics(figures, step=step)
-        if passed:
-            self._clean_in[path.parent] = str(path)
+        if passed and not rewritten:
+            self._clean[str(path)] = step
             self._release(path.parent, keep=str(path))
-        elif passed is False and self.stop_on_nonfinite and self.stopped_at is None:
+        self._sync()
+        if passed is False and self.stop_on_nonfinite and self.stopped_at is None:
             self.stopped_at = step
             logger.error("nandoctor: stopping training at step %d: %s failed the check; last clean checkpoint: %s",
                          step, path, self.last_clean or "none")
@@ -156,7 +171,7 @@ class NanDoctorCallback(Callback):
 
     def keeps(self, path: Path) -> bool:
         """Whether the removal ModelCheckpoint asked for is held back (``path`` is the newest clean file)."""
-        if not self.protect_last_clean or str(path) != self._clean_in.get(path.parent):
+        if not self.protect_last_clean or str(path) != self._newest_clean(path.parent):
             return False
         if str(path) not in self.held_back:
             self.held_back.add(str(path))
@@ -164,10 +179,20 @@ class NanDoctorCallback(Callback):
         return True
 
     def removed(self, path: Path) -> None:
+        if self._clean.pop(str(path), None) is not None:
+            self._sync()
         if self.write_report:
             self._update(path.parent, lambda entries: entries.pop(path.name, None))
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _newest_clean(self, folder: Path | None = None) -> str | None:
+        """The newest clean file on disk (in ``folder`` when given) that no later save rewrites."""
+        kept = [(step, name) for name, step in self._clean.items() if folder is None or Path(name).parent == folder]
+        return max(kept)[1] if kept else None
+
+    def _sync(self) -> None:
+        self.gate.last_clean = self._newest_clean()
 
     def _release(self, folder: Path, keep: str) -> None:
         """A newer clean file exists in ``folder``: remove the files held back there for an older one."""
@@ -176,10 +201,11 @@ class NanDoctorCallback(Callback):
             if self._io is not None:
                 self._io.remove_checkpoint(held)
 
-    def _write(self, path: Path, step: int, report: ScanReport) -> None:
+    def _write(self, path: Path, step: int, report: ScanReport, rewritten: bool) -> None:
         data = report_to_json(report)
         entry = {
             "step": step,
+            "rewritten": rewritten,
             "gate": self.gate.gate(report),
             "summary": data["summary"],
             "bad_layer_ranges": data["bad_layer_ranges"],
@@ -197,7 +223,7 @@ class NanDoctorCallback(Callback):
         entries = data.get("checkpoints") if isinstance(data, dict) else None
         entries = entries if isinstance(entries, dict) else {}
         change(entries)
-        healthy = [n for n, e in entries.items() if passed_in(e) and (folder / n).exists()]
+        healthy = [n for n, e in entries.items() if _kept_clean(e) and (folder / n).exists()]
         bad = [n for n, e in entries.items() if isinstance(e, dict) and not passed_in(e)]
         by_step = _by_step(entries)
         write_json(file, {
@@ -206,9 +232,9 @@ class NanDoctorCallback(Callback):
             "first_bad": min(bad, key=by_step, default=None),
         })
 
-    def _previous_clean(self, trainer: Trainer) -> str | None:
-        """The newest file a previous fit's ``nandoctor.json`` says passed, if it is still there."""
-        found: list[tuple[int, str]] = []
+    def _previous_clean(self, trainer: Trainer) -> dict[str, int]:
+        """The files a previous fit's ``nandoctor.json`` says passed, still there, that no save rewrites."""
+        found: dict[str, int] = {}
         for callback in trainer.checkpoint_callbacks:
             dirpath = getattr(callback, "dirpath", None)
             if not dirpath:
@@ -218,10 +244,24 @@ class NanDoctorCallback(Callback):
             except (OSError, ValueError):
                 continue
             entries = data.get("checkpoints") if isinstance(data, dict) else None
+            last = re.compile(rf"^{re.escape(getattr(callback, 'CHECKPOINT_NAME_LAST', 'last'))}(-\d+)?\.ckpt$")
             for name, entry in (entries or {}).items() if isinstance(entries, dict) else ():
-                if passed_in(entry) and (Path(dirpath) / name).exists() and isinstance(entry.get("step"), int):
-                    found.append((entry["step"], str(Path(dirpath) / name)))
-        return max(found)[1] if found else None
+                if (_kept_clean(entry) and not last.match(name) and (Path(dirpath) / name).exists()
+                        and isinstance(entry.get("step"), int)):
+                    found[str(Path(dirpath) / name)] = entry["step"]
+        return found
+
+
+def _kept_clean(entry: Any) -> bool:
+    """Whether a ``nandoctor.json`` entry is a clean file that stays clean (not one a later save rewrites)."""
+    return passed_in(entry) and not entry.get("rewritten")
+
+
+def _is_last_path(trainer: Trainer, path: Path) -> bool:
+    """Whether ``path`` is a ``ModelCheckpoint``'s ``save_last`` file (it sets ``last_model_path`` before saving)."""
+    target = os.path.abspath(path)
+    lasts = (getattr(callback, "last_model_path", "") for callback in trainer.checkpoint_callbacks)
+    return any(last and os.path.abspath(last) == target for last in lasts)
 
 
 def _by_step(entries: dict[str, Any]) -> Any:
@@ -243,6 +283,7 @@ class _ScanningCheckpointIO(CheckpointIO):
         self.trainer = trainer
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        self.doctor.writing(Path(path))
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
         self.doctor.saved(self.trainer, Path(path))
 

@@ -287,6 +287,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             "outlier_tensors": len(verdicts.with_finding(report, verdicts.OUTLIER)),
             "zeroed_tensors": len(verdicts.with_finding(report, verdicts.ZEROED)),
             "overflow": sum(report.tensors.overflow),
+            "trainer_nonfinite": [t.name for t in verdicts.trainer_nonfinite(report)],
             "bytes": report.bytes_scanned,
             "seconds": round(report.seconds, 6),
             "gb_per_s": round(report.gbps, 3),
@@ -320,8 +321,22 @@ def error_to_json(target: str, message: str, hint: str, code: int, fail_on: froz
             "fail_on": sorted(fail_on),
             "tensors": 0,
         },
-        "gate": {"fail_on": sorted(fail_on), "exit_code": code, "passed": False},
+        "gate": gate_json(fail_on, code),
     }
+
+
+def gate_json(fail_on: frozenset[str], code: int) -> dict[str, Any]:
+    """The ``gate`` object every JSON report with an exit code carries (scan, run, merge, the callbacks'
+    ``nandoctor.json``): what fails it, the exit code the command returns, whether it passed."""
+    return {"fail_on": sorted(fail_on), "exit_code": code, "passed": code == 0}
+
+
+def with_gate(data: dict[str, Any], fail_on: frozenset[str], code: int,
+              not_written: NandoctorError | None = None) -> dict[str, Any]:
+    """``data`` (a scan's or a run's JSON) as a command prints it: with its ``gate`` (exit 3 when a report
+    file could not be written, ``report_errors`` saying why)."""
+    data["gate"] = gate_json(fail_on, code if not_written is None else not_written.exit_code)
+    return with_report_error(data, not_written)
 
 
 def with_report_error(data: dict[str, Any], error: NandoctorError | None) -> dict[str, Any]:
@@ -374,7 +389,9 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
     newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
     decider = run.decider(fail_on)
     code = run.exit_code(fail_on)
-    return {
+    dtypes = {c.report.extra["target_dtype"] for c in run.checkpoints
+              if c.report is not None and "target_dtype" in c.report.extra}
+    out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": {
             "target": run.target,
@@ -398,3 +415,6 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "seconds": round(run.seconds, 6),
         },
     }
+    if dtypes:  # as a scan's top level: the --target-dtype every checkpoint was judged under
+        out["target_dtype"] = min(dtypes)
+    return out

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from nandoctor.restore.plan import RepairPlan
+    from nandoctor.restore.plan import RepairPlan, Restoration
     from nandoctor.restore.proof import RepairResult
 
 MAX_ROWS = 40  # restored tensors listed before "--all"
@@ -75,7 +75,7 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
         table.add_row(
             Text(safe(r.name)),
             r.dtype,
-            "×".join(map(str, r.shape)) or "scalar",
+            _shape_text(r),
             f"{r.nan:,}",
             f"{r.posinf:,}",
             f"{r.neginf:,}",
@@ -85,6 +85,15 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
     if len(rows) > len(shown):
         table.caption = f"… and {len(rows) - len(shown)} more (--all lists them, --json gives every one)"
     return table
+
+
+def _shape_text(r: Restoration) -> str:
+    """The restored shape; for a chunk of a sharded tensor (DCP, ZeRO) also the global tensor's, as scan shows it."""
+    shape = "×".join(map(str, r.shape)) or "scalar"
+    if r.box is None:
+        return shape
+    whole = "×".join(map(str, r.box.global_shape)) or "scalar"
+    return f"{shape} of {whole}" if shape != whole else shape
 
 
 def _refusal_table(plan: RepairPlan) -> Table:

@@ -41,6 +41,8 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None, "pass the report through verdict.judged() first"
     facts = safe("; ".join(verdicts.facts(report, first_problem=False)))  # (names from files: a layer range, a problem's path)
+    if decided.exit_code == 0 and not decided.reported and verdicts.trainer_nonfinite(report):
+        return Text.assemble(("✓ CLEAN", "bold green"), f": {facts}")  # not "all finite": trainer state holds NaN/Inf
     if decided.exit_code == 0 and not decided.reported:
         tensors = len(report.tensors)
         rest = safe("; ".join(verdicts.facts(report, first_problem=False)[1:]))  # the first fact is "N tensors healthy"
@@ -264,7 +266,8 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
             console.print(
                 Text(
                     f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} non-finite "
-                    "values in bytes that no tensor views (harmless to loading, but a sign of corruption)",
+                    "values in bytes that no tensor views (no tensor reads them, but torch.load loads them and torch.save of "
+                    "a view writes them again: a NaN the file should not hold)",
                     style="yellow",
                 )
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -223,9 +222,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
-    from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, repaired_path, selection_args
-
-    newest, last_clean, target = run.decider(), run.last_clean, run.repair_target
+    newest, last_clean, targets = run.decider(), run.last_clean, run.repair_targets
     steps = []
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
@@ -240,31 +237,36 @@ def next_steps(run: RunReport) -> list[str]:
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
         return steps
-    if target is None:
+    if not targets:
         if last_clean is not None and steps:
             steps.append(f"then resume from {last_clean.path}")
         return steps
+    for n, target in enumerate(targets):  # each file that decides the exit code (the final model, last.ckpt)
+        steps += _repair_steps(run, target, last_clean if n == 0 else None, also=n > 0)
+    return steps
+
+
+def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoint | None, also: bool) -> list[str]:
+    """How to repair ``target`` (or put its verified repair in place); ``also``: another file that decides too."""
+    from nandoctor.hints import AUTO, NO_AUTO_DONOR, put_in_place, repair_command_for, repaired_path, selection_args
+
     repaired = repaired_path(Path(target.path))
     if _verified_repair(repaired) and target.final and Path(target.path).is_dir():  # never `mv` the run folder itself
-        steps.append(f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target.path}")
-        return steps
+        return [f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target.path}"]
     if _verified_repair(repaired):
-        steps.append(f"{repaired} is a verified repair of {target.name}; to resume from it, put it in its place:")
-        # a Lightning file is repaired into a folder holding the file of the same name
-        source = repaired / Path(target.path).name if Path(target.path).is_file() else repaired
-        steps.append(f"    mv {shlex.quote(target.path)} {shlex.quote(target.path + '-bad')} && "
-                     f"mv {shlex.quote(str(source))} {shlex.quote(target.path)}")
-        return steps
-    if last_clean is not None:
-        steps.append(f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with")
+        return [f"{repaired} is a verified repair of {target.name}; to use it, put it in its place:",
+                f"    {put_in_place(target.path, repaired)}"]
+    if also:
+        intro = f"{target.name} decides the exit code too: restore its bad tensors with"
+    elif last_clean is not None:
+        intro = f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with"
     else:
-        steps.append(f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with")
+        intro = f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with"
     # --from auto: the run's healthy checkpoints before its first bad one (checkpoint-N folders or Lightning
     # step files); where there is none, auto would fail: the user names a donor
     selection = selection_args(target.report) if target.report is not None else ""
     donor = AUTO if run.auto_donors_for(target) else NO_AUTO_DONOR
-    steps.append(f"    {repair_command_for(target.path, donor, selection=selection)}")
-    return steps
+    return [intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
 
 
 def _verified_repair(folder: Path) -> bool:

@@ -14,7 +14,7 @@ from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key
-from nandoctor.model import ScanReport, TensorResult, Verdict, coords_of
+from nandoctor.model import ScanReport, TensorResult, Verdict
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
@@ -53,7 +53,7 @@ def _row(t: TensorResult) -> TensorRow:
     out = t.outliers
     first = t.first_bad_coords
     if first is None and out is not None and out.count:
-        first = coords_of(out.first, t.ref.shape)
+        first = t.ref.coords(out.first)
     return TensorRow(
         name=t.name,
         file=t.ref.file,
@@ -145,7 +145,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
     only for findings that fail and a repair restores, the cast advice for overflow (docs/health.md,
     "What to do")."""
-    from nandoctor.hints import repair_command
+    from nandoctor.hints import repair_command, resave_command
 
     decided = decided if decided is not None else report.judgement
     failing = set(decided.failing if decided is not None else verdicts.FAILING_BY_DEFAULT)
@@ -159,11 +159,16 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     elif health == "diverged" and repairable:
         context = verdicts.run_context(report)
         where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
-        steps.append(f"diverged: {verdicts.diverged_why(report)}: resume training from the last healthy checkpoint"
-                     f"{where} with a lower learning rate or gradient clipping (max_grad_norm); a repair would only "
-                     "stitch a broken model together")
+        steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
+                     "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
-        steps += ["restore the bad tensors from an earlier checkpoint with", f"    {repair_command(report)}"]
+        unviewed = [u.file for u in report.unviewed] if verdicts.NONFINITE in failing else []
+        for file in dict.fromkeys(unviewed):  # no repair by name restores those bytes: re-save the file first
+            steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
+                      f"    {resave_command(file)}"]
+        if report.bad_tensors or not unviewed:
+            steps += [f"{'then r' if unviewed else 'r'}estore the bad tensors from an earlier checkpoint with",
+                      f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
         wider = "fp32" if dtype == "bf16" else "bf16 or fp32"

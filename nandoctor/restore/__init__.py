@@ -9,6 +9,7 @@ and targets are read through nandoctor's own readers.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -84,7 +85,15 @@ def repair(
     # A run folder with a final model: the repair is of that model (checkpoint/finalmodel.py): the weights at
     # its top, or a Lightning run's final file (then the repair is of that one file)
     final = final_model(target_path) if runs.is_run_folder(target_path) else None
-    if final is not None and final != target_path:
+    also: tuple[Path, ...] = ()  # other files that decide the run's exit code and fail: named with their commands
+    run_folder = target_path
+    deciding = _deciding_files(run_folder, final) if final is not None else []
+    if len(deciding) > 1:  # (one alone is the target, scanned below)
+        judge = partial(scan, device="cpu", limits=limits, selection=selection)
+        failing = [f for f in deciding if judge_in_run(judge(f), f, judge).exit_code != 0]
+        if failing:  # repair one that fails (the final model first), never hand back a clean one as the fix
+            target_path, also = failing[0], tuple(failing[1:])
+    if final is not None and target_path == run_folder:
         target_path = final
     if runs.is_run_folder(target_path) and final is None:
         found = runs.checkpoints_in(target_path)
@@ -138,7 +147,8 @@ def repair(
         if out is not None and os.path.lexists(out):
             notes += (f"{out} already exists: a repair (without --dry-run) would refuse to write there",)
         return RepairResult(
-            plan=plan, out=None, verification=None, dry_run=True, notes=notes, seconds=time.perf_counter() - started
+            plan=plan, out=None, verification=None, dry_run=True, notes=notes + _also_notes(also, target_path, out, selection),
+            seconds=time.perf_counter() - started,
         )
     _refuse_if_incomplete(plan, auto_available)
     used = {r.donor_ref.file for r in plan.writes}
@@ -151,7 +161,7 @@ def repair(
         source_report=report,
         progress=progress,
         on_phase=on_phase,
-        notes=_notes(source),
+        notes=_notes(source) + _also_notes(also, target_path, out, selection),
         hash_all=hash_all,
         inputs=inputs,
     )
@@ -193,15 +203,45 @@ def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) ->
     from nandoctor.layers import bad_ranges
 
     place = runs.place_in_run(target_path)
-    resume = "resume training from the last healthy checkpoint"
-    if place is not None:
-        resume += f" (`nandoctor scan {place.run}` names it)"
+    where = f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
     raise RepairRefusedError(
         f"{target}: diverged: {verdict.diverged_why(report)}"
         + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
-        f"{resume} with a lower learning rate or gradient clipping; --allow-diverged repairs it anyway",
+        f"{verdict.diverged_advice(report, where)}; --allow-diverged repairs it anyway",
     )
+
+
+def _deciding_files(run_folder: Path, final: Path) -> list[Path]:
+    """The files that decide a run folder's exit code (docs/cli.md): its final model, and a Lightning run's
+    ``last.ckpt`` unless it is the final file itself."""
+    from nandoctor.checkpoint.lightningrun import lightning_folder
+
+    files = [final]
+    lightning = lightning_folder(run_folder) if final != run_folder else None
+    last = lightning.last if lightning is not None else None
+    if last is not None and last.is_symlink():  # save_last="link": the step file it names is what is loaded
+        last = Path(os.path.realpath(last))
+    if last is not None and last != final:
+        files.append(last)
+    return files
+
+
+def _also_notes(also: Sequence[Path], target: Path, out: PathLike | None,
+                selection: Selection | None) -> tuple[str, ...]:
+    """For the other failing files that decide the run: the repair of each, then every ``mv`` at once."""
+    from nandoctor.hints import AUTO, free_repaired_path, put_in_place, repair_command_for
+
+    if not also:
+        return ()
+    outs = [free_repaired_path(f) for f in also]  # the --out repair_command_for suggests
+    args = "".join(f" --only {shlex.quote(p)}" for p in selection.only) if selection is not None else ""
+    args += "".join(f" --exclude {shlex.quote(p)}" for p in selection.exclude) if selection is not None else ""
+    notes = tuple(f"{f.name} also decides the run's exit code and fails its scan; repair it too: "
+                  f"{repair_command_for(str(f), AUTO, selection=args)}" for f in also)
+    places = [put_in_place(str(target), Path(out))] if out is not None else []
+    places += [put_in_place(str(f), Path(o)) for f, o in zip(also, outs)]
+    return (*notes, "then put the repairs in place: " + " && ".join(places))
 
 
 def _notes(source: Source) -> tuple[str, ...]:
@@ -223,9 +263,13 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
         shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
+        if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
+            ways.append(" ".join(f"--exclude {shlex.quote(g)}" for g in plan.exclude_globs)
+                        + " (the optimizer state, carried over as it is; resume with a fresh optimizer state)")
+        ways.append("add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else ""))
         raise UnrestorableError(
             f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
-            "add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else "")
-            + "; --dry-run shows why each donor failed",
+            "; or ".join(ways) + "; --dry-run shows why each donor failed",
             plan=plan,
         )

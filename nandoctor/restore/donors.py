@@ -12,7 +12,6 @@ checkpoints before the target, at or before its last healthy one, newest first:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.runs import RunReport, checkpoint_step, duplicate_steps, place_in_run
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.engine.chunks import whole
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -77,10 +77,7 @@ class CheckpointDonor:
                 refs[ref.name] = ref
             for name, parts in chunks.items():
                 # Planning sees the whole tensor (global shape, as the scan reports it); pieces.py writes the chunks.
-                chunk = parts[0].chunk
-                assert chunk is not None
-                refs[name] = dataclasses.replace(
-                    parts[0], shape=chunk.global_shape, storage_offset=0, strides=None, chunk=None)
+                refs[name] = whole(parts[0])
             self.checkpoint, self._refs, self._chunks = checkpoint, refs, chunks
         return self._refs
 

@@ -66,15 +66,15 @@ def view(ref: TensorRef, box: Box) -> TensorRef:
     return dataclasses.replace(ref, shape=box[1], storage_offset=first, strides=strides, chunk=None)
 
 
-def pieces(target: Box, donor: Sequence[TensorRef]) -> list[tuple[Box, TensorRef]]:
+def pieces(target: Box, donor: Sequence[TensorRef], whose: str = "the donor's") -> list[tuple[Box, TensorRef]]:
     """``target`` cut by the donor's stored chunks: (part, the donor chunk holding it); refused unless the
-    parts cover every element exactly once."""
+    parts cover every element exactly once (``whose`` chunks, for the reason)."""
     found = [(part, ref) for ref in donor if (part := intersect(target, box_of(ref))) is not None]
     covered = sum(math.prod(part[1]) for part, _ in found)
     if covered != math.prod(target[1]) or any(
         intersect(a, b) is not None for i, (a, _) in enumerate(found) for b, _ in found[i + 1:]
     ):
-        raise NotRestorable(f"the donor's chunks do not cover the box at {list(target[0])} of {list(target[1])} "
+        raise NotRestorable(f"{whose} chunks do not cover the box at {list(target[0])} of {list(target[1])} "
                             "exactly once (overlapping or missing chunks)")
     return found
 

@@ -121,6 +121,8 @@ class RepairPlan:
     allow_cast: bool = False
     selection: Selection | None = None  # --only / --exclude: the other tensors are neither judged nor restored
     excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
+    cast_helps: bool = False  # some tensor without a donor is held by a donor in another float dtype
+    exclude_globs: tuple[str, ...] = ()  # --exclude patterns naming the optimizer state that has no donor
 
     def excluded_json(self) -> dict[str, Any]:
         """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a
@@ -402,10 +404,12 @@ def plan_repair(
         )
 
     notes = tuple(f"donor {_describe(v.catalog)} could not be read: {v.error}" for v in views if v.error)
+    cast: tuple[str, ...] = ()
     if unrestorable:
         notes += _name_overlap_notes(report, views)
         if not allow_cast:
-            notes += _cast_note(report, unrestorable, views)
+            cast = _cast_note(report, unrestorable, views)
+            notes += cast
     return RepairPlan(
         target=report.target,
         donors=tuple(DonorInfo(d.label, d.step) for d in donors),
@@ -415,4 +419,14 @@ def plan_repair(
         unviewed=tuple(report.unviewed),
         notes=notes,
         allow_cast=allow_cast,
+        cast_helps=bool(cast),
+        exclude_globs=_optimizer_globs(report, unrestorable),
     )
+
+
+def _optimizer_globs(report: ScanReport, unrestorable: Sequence[Unrestorable]) -> tuple[str, ...]:
+    """``--exclude`` patterns for the optimizer state among the tensors without a donor (a weights-only donor
+    has none): the top-level name each lies under in this format (``optimizer_states.*`` for Lightning)."""
+    left = {u.name for u in unrestorable}
+    names = [t.name for t in report.tensors if t.name in left and t.ref.role == "optimizer"]
+    return tuple(sorted({n.split(".", 1)[0] + ".*" if "." in n else n for n in names}))

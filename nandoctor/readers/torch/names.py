@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nandoctor.checkpoint.roles import TRAINER, pickle_role
 from nandoctor.readers.torch.stubs import (
     Placeholder,
     StorageRef,
@@ -63,6 +64,8 @@ class Walk:
     renamed: list[str] = field(default_factory=list)  # names made unique with a #n suffix
     unreached: list[str] = field(default_factory=list)  # tensors the pickle built that no name reached
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
+    trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
+    _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -124,6 +127,8 @@ def parameter_names(optimizer: dict) -> dict[Any, str]:
 def walk(root: Any, prefix: str = "") -> Walk:
     """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name."""
     out = Walk()
+    if isinstance(root, dict):
+        out._top = 1 if prefix else 0
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
 
@@ -146,9 +151,10 @@ def _emit_name(path: list[str], out: Walk) -> str:
     name = ".".join(path) if path else "tensor"
     out._names[name] += 1
     if out._names[name] > 1:
-        unique = f"{name}#{out._names[name]}"
-        out.renamed.append(unique)
-        return unique
+        name = f"{name}#{out._names[name]}"
+        out.renamed.append(name)
+    if out._top >= 0 and pickle_role(path[out._top:]) == TRAINER:
+        out.trainer.add(name)
     return name
 
 
@@ -220,7 +226,7 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
             state = {**attributes(state[0]), **attributes(state[1])}  # (__dict__, __slots__ state)
         if isinstance(state, dict):
-            children += [(segment(k), v) for k, v in dict.items(state)]
+            children += [(segment(k), v) for k, v in _module_items(state)]
             children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(state)) if not isinstance(k, _LEAVES)]
         elif state is not None:
             children.append(("state", state))
@@ -228,6 +234,25 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
         children += [(segment(k), v) for k, v in value.entries]
         return children
     return []
+
+
+_MODULE_TABLES = ("_parameters", "_buffers", "_modules")  # where an nn.Module keeps what state_dict() names
+
+
+def _module_items(state: dict) -> list[tuple[Any, Any]]:
+    """The attributes of a pickled object, an ``nn.Module``'s named as its ``state_dict()`` names them:
+    ``torch.save(model)`` pickles ``model._modules["0"]._parameters["weight"]``, which a user (and the
+    model's own state dict) calls ``0.weight``. Other attributes keep their names."""
+    items = list(dict.items(state))
+    if not any(k in _MODULE_TABLES and isinstance(v, dict) for k, v in items):
+        return items
+    flat: list[tuple[Any, Any]] = []
+    for key, value in items:
+        if key in _MODULE_TABLES and isinstance(value, dict):
+            flat += [(k, v) for k, v in dict.items(value) if v is not None]  # (a None parameter: bias=False)
+        else:
+            flat.append((key, value))
+    return flat
 
 
 def _optimizer_children(optimizer: dict, out: Walk) -> list[tuple[str, Any]]:

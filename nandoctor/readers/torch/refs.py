@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from nandoctor.checkpoint.roles import TRAINER, WEIGHT
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
@@ -106,6 +107,11 @@ def _overlapping(stub: TensorStub) -> bool:
     return False
 
 
+def _role(name: str, walked: Walk) -> str:
+    """The role the pickle's structure gives a tensor (trainer state: roles.pickle_role); the rest from names."""
+    return TRAINER if name in walked.trainer else WEIGHT
+
+
 def build_refs(
     path: str,
     walked: Walk,
@@ -184,7 +190,8 @@ def build_refs(
             if _overlapping(stub):
                 overlapping.append(named.name)
         out.refs.append(
-            TensorRef(named.name, stub.dtype, stub.size, region, base + stub.storage_offset, stub.stride)
+            TensorRef(named.name, stub.dtype, stub.size, region, base + stub.storage_offset, stub.stride,
+                      role=_role(named.name, walked))
         )
         out.tensors_by_storage.setdefault(stub.storage.key, []).append(named.name)
 
@@ -193,7 +200,7 @@ def build_refs(
             continue
         region = regions[bare.storage.key]
         n = region.nbytes // DTYPES[region.dtype].itemsize
-        out.refs.append(TensorRef(bare.name, region.dtype, (n,), region, 0, (1,)))
+        out.refs.append(TensorRef(bare.name, region.dtype, (n,), region, 0, (1,), role=_role(bare.name, walked)))
         out.tensors_by_storage[bare.storage.key] = [bare.name]
 
     if overlapping:
