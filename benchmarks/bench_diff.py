@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from timing import warm  # (benchmarks/ is on sys.path when this runs as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,13 +60,6 @@ def write_side(folder: Path, total: int, shards: int) -> None:
 
 def files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
-
-
-def warm(paths: list[Path]) -> None:
-    for p in paths:
-        with open(p, "rb", buffering=0) as fh:
-            while fh.read(8 << 20):
-                pass
 
 
 def floor(paths: list[Path]) -> float:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from timing import warm  # (benchmarks/ is on sys.path when this runs as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench-data" / "parts"  # only this benchmark's own folder is ever deleted
@@ -58,13 +59,6 @@ def write_dcp(folder: Path, size_gb: float) -> None:
 
 def data_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.distcp"))
-
-
-def warm(paths: list[Path]) -> None:
-    for p in paths:
-        with open(p, "rb", buffering=0) as fh:
-            while fh.read(8 << 20):
-                pass
 
 
 def floor(paths: list[Path]) -> float:

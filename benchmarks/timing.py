@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +16,11 @@ def best(fn: Callable[[], Any], runs: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def warm(paths: Iterable[Path]) -> None:
+    """Read every byte of ``paths`` once, so that the page cache holds them the same way for every way measured."""
+    for p in paths:
+        with open(p, "rb", buffering=0) as fh:
+            while fh.read(8 << 20):
+                pass
