@@ -3,7 +3,7 @@
 numpy has no bf16 or fp8, so every float is tested through its bits, in three
 levels, each cheaper than the next and run only where the one before flagged:
 
-1. **Prefilter, 4 MiB blocks**: one OR-reduction per 64 KiB segment of the
+1. **Prefilter, 8 MiB blocks**: one OR-reduction per 64 KiB segment of the
    block as uint64 words (a reduceat: the same single read-only pass as plain
    reading). Every non-finite value has all its exponent bits set (for fp8
    e4m3fn the low seven bits, for e8m0 all eight), so if no lane position of
@@ -46,7 +46,7 @@ from nandoctor.kernels import (
     counts_of,
     per_element,
 )
-from nandoctor.kernels.census import Census, LaneInfo, observe_block, segment_ors
+from nandoctor.kernels.census import BLOCK_BYTES, Census, LaneInfo, observe_block, segment_ors
 from nandoctor.kernels.targets import (
     checks_overflow,
     first_nonfinite_magnitude,
@@ -58,7 +58,6 @@ BlockObserver = Callable[[np.ndarray, "np.ndarray | None", int], None]  # (block
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 _SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 
-BLOCK_BYTES = 4 << 20  # prefilter granularity: one OR-reduction per block (1 and 2 MiB measured slower)
 DENSE_BYTES = 1 << 20  # flagged runs are counted this much at a time: scratch stays small
 SUB_BYTES = 8 << 10  # exact-test granularity inside a flagged block: one reduceat finds them all
 PREFILTER_BYTES = 64 << 10  # prefilter granularity within a block (a multiple of SUB_BYTES)
@@ -214,7 +213,7 @@ def _fold_hits(word: int, lane_bits: int, must: int) -> bool:
 
 class CpuKernel:
     name = "cpu"
-    chunk_bytes = 4 << 20
+    chunk_bytes = BLOCK_BYTES  # one block a chunk (census.BLOCK_BYTES says why 8 MiB)
     # numpy reductions release the GIL: one thread per core reads at the memory's pace.
     workers = max(1, min(4, os.cpu_count() or 1))
 
