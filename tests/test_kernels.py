@@ -350,3 +350,30 @@ def test_complex_elements_count_once_in_every_kernel(dtype):
     from nandoctor.kernels import live
 
     assert live.count_tensor(t, "auto") == want == live.count_tensor(t, "torch")
+
+
+@pytest.mark.parametrize("scattered", [3, 9, 40])
+def test_census_of_scattered_high_segments_equals_a_brute_force_count(scattered):
+    """observe_block measures scattered high segments (a NaN in every MiB, a few large values) gathered into
+    one array, and runs of them in place: either way every high segment, its top and every exploded lane are
+    found, as a lane-by-lane count says."""
+    from nandoctor.kernels.census import SEGMENT_BYTES, default_ceiling, lane_info, observe_block, segment_ors
+
+    spec = DTYPES["BF16"]
+    info = lane_info(spec, default_ceiling("BF16"))
+    rng = np.random.default_rng(scattered)
+    bits = bf16_bits(rng.standard_normal(BLOCK_BYTES // 2).astype(np.float32) * np.float32(0.02))
+    per_segment = SEGMENT_BYTES // 2
+    segments = rng.choice(bits.size // per_segment, scattered, replace=False)
+    for k, segment in enumerate(sorted(segments)):
+        at = segment * per_segment + int(rng.integers(per_segment))
+        bits[at] = SPECIALS["BF16"]["nan"] if k % 3 == 0 else bf16_bits(np.float32([3.0, 1e6][k % 2]))[0]
+    data = bits.view(np.uint8)
+    found = observe_block(data, segment_ors(data), info, 1000)
+    magnitude = bits & np.uint16(info.mag_mask)
+    finite = magnitude < info.limit
+    tops = np.where(finite, magnitude, 0).reshape(-1, per_segment).max(axis=1)
+    expected = [(1000 + int(s) * per_segment, per_segment, int(tops[s])) for s in np.flatnonzero(tops >= info.high_bit)]
+    assert sorted(found.high_segments) == expected
+    assert found.exploded == int(np.count_nonzero(finite & (magnitude > info.ceiling_bits)))
+    assert found.high_max == max((t for _, _, t in expected), default=found.high_max)

@@ -260,21 +260,21 @@ def observe_block(
         if block.size % 8:  # lanes past the last whole word: their segment takes the exact path
             high[-1] = True
     if high.any():
-        # Runs of high segments at once: one temporary and one reduction per run, not per segment.
         edges = np.flatnonzero(np.diff(np.concatenate(([False], high, [False])).astype(np.int8)))
-        for first, last in zip(edges[::2].tolist(), edges[1::2].tolist()):
-            run = lanes[first * per_segment : last * per_segment]
-            mag, _ = _finite_magnitudes(run, info)
-            tops = np.maximum.reduceat(mag, np.arange(0, run.size, per_segment))
-            if tops.max() <= 0:
-                continue
-            out.nonzero = True
-            for k in np.flatnonzero(tops >= info.high_bit).tolist():
-                start = (first + k) * per_segment
-                out.high_segments.append((base_lane + start, min(per_segment, lanes.size - start), int(tops[k])))
-                out.high_max = max(out.high_max, int(tops[k]))
-            if tops.max() > info.ceiling_bits:
-                out.exploded += int(np.count_nonzero(mag > info.ceiling_bits))
+        runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+        whole = lanes.size // per_segment
+        if len(runs) > 2 and runs[-1][1] <= whole and 4 * int(np.count_nonzero(high)) <= segments:
+            # Scattered high segments (a NaN in every MiB): gathered into one array and measured with one
+            # set of calls, instead of a set per run; each call costs about what 64 KiB of work does.
+            picked = np.flatnonzero(high)
+            gathered = lanes[: whole * per_segment].reshape(whole, per_segment)[picked]
+            _observe_high(out, gathered.reshape(-1), picked * per_segment, per_segment, lanes.size, info, base_lane)
+        else:
+            # Runs of high segments at once: one temporary and one reduction per run, not per segment.
+            for first, last in runs:
+                run = lanes[first * per_segment : last * per_segment]
+                starts = np.arange(first * per_segment, last * per_segment, per_segment)
+                _observe_high(out, run, starts, per_segment, lanes.size, info, base_lane)
     sample = _sample(lanes, per_segment)
     smag, sample_nonfinite = _finite_magnitudes(sample, info)
     out.sample_max = int(smag.max()) if sample_nonfinite < sample.size else -1
@@ -286,6 +286,25 @@ def observe_block(
         mag, nonfinite = _finite_magnitudes(lanes, info)
         out.zeros = int(lanes.size - np.count_nonzero(mag)) - nonfinite
     return out
+
+
+def _observe_high(
+    out: Census, run: np.ndarray, starts: np.ndarray, per_segment: int, block_lanes: int, info: LaneInfo,
+    base_lane: int,
+) -> None:
+    """Add the census of high segments laid side by side in ``run`` (each ``per_segment`` lanes, the last
+    maybe fewer), which start at lanes ``starts`` of their block of ``block_lanes`` lanes."""
+    mag, _ = _finite_magnitudes(run, info)
+    tops = np.maximum.reduceat(mag, np.arange(0, run.size, per_segment))
+    if tops.max() <= 0:
+        return
+    out.nonzero = True
+    for k in np.flatnonzero(tops >= info.high_bit).tolist():
+        start = int(starts[k])
+        out.high_segments.append((base_lane + start, min(per_segment, block_lanes - start), int(tops[k])))
+        out.high_max = max(out.high_max, int(tops[k]))
+    if tops.max() > info.ceiling_bits:
+        out.exploded += int(np.count_nonzero(mag > info.ceiling_bits))
 
 
 def _sample(lanes: np.ndarray, per_segment: int) -> np.ndarray:
