@@ -146,6 +146,19 @@ def _masks(n: int) -> tuple[np.ndarray, np.ndarray]:
     return masks[0][:n], masks[1][:n]
 
 
+def _gathered(data: np.ndarray, pieces: list[tuple[int, int]], lanes_dtype: type) -> np.ndarray:
+    """The byte ranges ``pieces`` of ``data`` side by side, as lanes, in this thread's reused scratch."""
+    total = sum(end - start for start, end in pieces)
+    buffer = getattr(_scratch, "gather", None)
+    if buffer is None or buffer.size < total:
+        buffer = _scratch.gather = np.empty(max(total, 2 * DENSE_BYTES), np.uint8)
+    at = 0
+    for start, end in pieces:
+        buffer[at : at + end - start] = data[start:end]
+        at += end - start
+    return buffer[:total].view(lanes_dtype)
+
+
 def _dense_count(lanes_u: np.ndarray, spec: DTypeSpec) -> tuple[int, int, int, int]:
     """(nan, +inf, -inf, first bad lane or -1) of a run of lanes (at most a block)."""
     first_mask, second_mask = _masks(lanes_u.size)
@@ -298,15 +311,42 @@ class CpuKernel:
         if spec.family is Family.FINITE or data.size == 0:
             return CLEAN
         lane_bytes = spec.lane_bits // 8
+        unsigned = _UNSIGNED[spec.lane_bits]
         nan = posinf = neginf = 0
         first = -1
+        pending: list[tuple[int, int]] = []  # (byte start, end) of pieces to count together
+        held = 0
+
+        def count_pending() -> None:
+            # Scattered suspect pieces (a NaN in every MiB) are counted side by side in one scratch array:
+            # one set of numpy calls for all of them, not one per 64 KiB piece.
+            nonlocal nan, posinf, neginf, first, held
+            if len(pending) == 1:
+                start, end = pending[0]
+                lanes = data[start:end].view(unsigned)
+            else:
+                lanes = _gathered(data, pending, unsigned)
+            n, p, m, f = _dense_count(lanes, spec)
+            nan, posinf, neginf = nan + n, posinf + p, neginf + m
+            if first < 0 and f >= 0:  # back from the side-by-side index to the chunk's lane
+                for start, end in pending:
+                    width = (end - start) // lane_bytes
+                    if f < width:
+                        first = start // lane_bytes + f
+                        break
+                    f -= width
+            pending.clear()
+            held = 0
+
         for run_start, run_end in self._suspect_ranges(data, spec, exact=False, observe=observe):
             for start in range(run_start, run_end, DENSE_BYTES):
                 end = min(run_end, start + DENSE_BYTES)
-                n, p, m, f = _dense_count(data[start:end].view(_UNSIGNED[spec.lane_bits]), spec)
-                nan, posinf, neginf = nan + n, posinf + p, neginf + m
-                if first < 0 and f >= 0:
-                    first = start // lane_bytes + f
+                pending.append((start, end))
+                held += end - start
+                if held >= DENSE_BYTES:
+                    count_pending()
+        if pending:
+            count_pending()
         if nan + posinf + neginf == 0:
             return CLEAN
         if spec.lanes_per_element > 1:  # complex: counted per element, not per float half
