@@ -377,3 +377,57 @@ def test_census_of_scattered_high_segments_equals_a_brute_force_count(scattered)
     assert sorted(found.high_segments) == expected
     assert found.exploded == int(np.count_nonzero(finite & (magnitude > info.ceiling_bits)))
     assert found.high_max == max((t for _, _, t in expected), default=found.high_max)
+
+
+@pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16"])
+@pytest.mark.parametrize("pattern", ["clean", "every_mib", "runs", "all_bad", "with_exploded", "odd_start"])
+def test_census_counts_nonfinite_itself_exactly_as_torch_and_the_sieve(dtype, pattern):
+    """For IEEE lanes CpuKernel.census counts NaN/+Inf/-Inf in the census's own high segments and skips the
+    sieve: its counts and first bad element equal torch's, and its census equals the census taken beside the
+    sieve (observe_chunk), on scattered, clustered and wall-to-wall NaN/Inf, beside large and exploded values,
+    and on a chunk that starts off an 8-byte boundary (no segment ORs: exact everywhere)."""
+    from nandoctor.kernels.census import default_ceiling, lane_info, observe_chunk, tallies
+
+    spec = DTYPES[dtype]
+    info = lane_info(spec, default_ceiling(dtype))
+    assert tallies(spec, info)
+    lane_bytes = spec.lane_bits // 8
+    rng = np.random.default_rng(len(dtype) * 7 + len(pattern))
+    lanes = (2 * BLOCK_BYTES + 3 * SUB_BYTES + 2 * lane_bytes) // lane_bytes  # two blocks and a ragged tail
+    bits = finite_bits(dtype, lanes, rng)
+    special = SPECIALS[dtype]
+    kinds = ["nan", "posinf", "neginf"]
+    if pattern in ("every_mib", "with_exploded", "odd_start"):
+        for k, at in enumerate(range(int(rng.integers(1000)), lanes, (1 << 20) // lane_bytes)):
+            bits[at] = special[kinds[k % 3]]
+    if pattern == "runs":
+        for start in (5, BLOCK_BYTES // lane_bytes - 40, lanes - 300):
+            bits[start : start + 100] = special[kinds[start % 3]]
+    if pattern == "all_bad":
+        bits[:] = special["nan"]
+        bits[rng.choice(lanes, 50, replace=False)] = special["neginf"]
+    if pattern == "with_exploded":  # finite giants next to the NaN, in the same segments, and alone
+        for at in rng.choice(lanes, 40, replace=False):
+            value = float(rng.choice([3.0, -2e5, 7e4, 1e30]))
+            bits[at] = finite_bits(dtype, 1, np.random.default_rng(0), scale=0.0)[0] | _bits_of(dtype, value)
+    raw = as_bytes(bits)
+    if pattern == "odd_start":
+        buffer = np.empty(raw.size + 1, np.uint8)
+        buffer[1:] = raw
+        raw = buffer[1:]
+        assert raw.ctypes.data % 8
+    counts, census = CPU.census(raw, spec, info, 77)
+    assert counts == torch_counts(raw, dtype) == CPU.count(raw, spec)
+    reference = observe_chunk(raw, info, 77)
+    for name in ("high_max", "sample_max", "exact_max", "nonzero", "zeros", "exploded"):
+        assert getattr(census, name) == getattr(reference, name), name
+    assert sorted(census.high_segments) == sorted(reference.high_segments)
+
+
+def _bits_of(dtype: str, value: float) -> int:
+    """The bit pattern of ``value`` in ``dtype``, clipped to the largest finite value (fp16 has no 1e30)."""
+    if dtype == "BF16":
+        return int(bf16_bits(np.array([value], np.float32))[0])
+    numpy_type = {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype]
+    limit = float(np.finfo(numpy_type).max)
+    return int(np.array([max(-limit, min(limit, value))], numpy_type).view(UNSIGNED[np.dtype(numpy_type).itemsize])[0])

@@ -18,7 +18,11 @@ segment of an 8 MiB block, see cpu.py) instead of adding passes over memory:
   again after the scan, the same lanes, into an exponent histogram, from which
   its *bulk scale* is read: the magnitude of its k-th largest sampled element, k =
   max(9, n/1000) (about the 99.9th percentile, and no 8 spikes can move it);
-  a chunk whose sample holds a zero has its zeros counted exactly.
+  a chunk whose sample holds a zero has its zeros counted exactly;
+- for IEEE lanes every NaN/Inf has the top exponent bit set, so it lies in a
+  high segment, which is read exactly anyway: the census counts NaN/+Inf/-Inf
+  there (:class:`Tally`) and the CPU kernel's sieve does not run at all
+  (a NaN in every MiB: one gather and one set of passes per block, not two).
 
 An *outlier* is a finite value whose exponent is at least ``log2(factor)``
 (default 10) above the bulk scale's, and at least the high level: the
@@ -180,6 +184,29 @@ class Census:
         return None if exponent is None else decode_magnitude(spec, exponent << info.mantissa)
 
 
+@dataclass(slots=True)
+class Tally:
+    """NaN/+Inf/-Inf counts of a chunk, kept by the census where it sees every lane that can be non-finite
+    (:func:`tallies`): the sieve then need not count them a second time."""
+
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    first: int = -1  # first non-finite lane of the chunk
+
+    def add(self, nan: int, posinf: int, neginf: int, first: int) -> None:
+        self.nan, self.posinf, self.neginf = self.nan + nan, self.posinf + posinf, self.neginf + neginf
+        if first >= 0 and (self.first < 0 or first < self.first):
+            self.first = first
+
+
+def tallies(spec: DTypeSpec, info: LaneInfo) -> bool:
+    """Can the census count this dtype's NaN/Inf itself? For IEEE lanes, yes: every non-finite lane has
+    the top exponent bit set, so it lies in a *high* segment, which the census reads exactly anyway; and a
+    non-finite magnitude is exactly one at or above ``limit``."""
+    return spec.family is Family.IEEE and spec.lanes_per_element == 1 and not info.nan_codes
+
+
 def _finite_magnitudes(lanes: np.ndarray, info: LaneInfo) -> tuple[np.ndarray, int]:
     """(magnitudes with every non-finite lane set to 0, how many lanes were non-finite)."""
     mag = lanes & lanes.dtype.type(info.mag_mask)
@@ -232,14 +259,18 @@ def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
 
 
 def observe_block(
-    block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int, histogram: bool = False
+    block: np.ndarray, ors: np.ndarray | None, info: LaneInfo, base_lane: int, histogram: bool = False,
+    tally: Tally | None = None, tally_lane: int = 0,
 ) -> Census:
     """The census of one block of a large region; ``ors`` is the OR of each 64 KiB segment's uint64
     words when the block is 8-byte aligned (the sieve's prefilter), else None (exact on the block).
 
     ``histogram``: also the exponent histogram of the sample. The scan leaves it out (it costs a
     third of the census on every block) and samples only the tensors that reach the high level,
-    where an outlier can be (:func:`sample_histogram`)."""
+    where an outlier can be (:func:`sample_histogram`).
+
+    ``tally`` (dtypes where :func:`tallies` holds): also count the block's NaN/+Inf/-Inf into it, first
+    lane numbered from ``tally_lane`` (the block's first lane in its chunk)."""
     lanes = block.view(_UNSIGNED[info.lane_bits])
     out = Census()
     if lanes.size == 0:
@@ -268,13 +299,14 @@ def observe_block(
             # set of calls, instead of a set per run; each call costs about what 64 KiB of work does.
             picked = np.flatnonzero(high)
             gathered = lanes[: whole * per_segment].reshape(whole, per_segment)[picked]
-            _observe_high(out, gathered.reshape(-1), picked * per_segment, per_segment, lanes.size, info, base_lane)
+            _observe_high(out, gathered.reshape(-1), picked * per_segment, per_segment, lanes.size, info, base_lane,
+                          tally, tally_lane)
         else:
             # Runs of high segments at once: one temporary and one reduction per run, not per segment.
             for first, last in runs:
                 run = lanes[first * per_segment : last * per_segment]
                 starts = np.arange(first * per_segment, last * per_segment, per_segment)
-                _observe_high(out, run, starts, per_segment, lanes.size, info, base_lane)
+                _observe_high(out, run, starts, per_segment, lanes.size, info, base_lane, tally, tally_lane)
     sample = _sample(lanes, per_segment)
     smag, sample_nonfinite = _finite_magnitudes(sample, info)
     out.sample_max = int(smag.max()) if sample_nonfinite < sample.size else -1
@@ -290,12 +322,35 @@ def observe_block(
 
 def _observe_high(
     out: Census, run: np.ndarray, starts: np.ndarray, per_segment: int, block_lanes: int, info: LaneInfo,
-    base_lane: int,
+    base_lane: int, tally: Tally | None = None, tally_lane: int = 0,
 ) -> None:
     """Add the census of high segments laid side by side in ``run`` (each ``per_segment`` lanes, the last
-    maybe fewer), which start at lanes ``starts`` of their block of ``block_lanes`` lanes."""
-    mag, _ = _finite_magnitudes(run, info)
-    tops = np.maximum.reduceat(mag, np.arange(0, run.size, per_segment))
+    maybe fewer), which start at lanes ``starts`` of their block of ``block_lanes`` lanes; with ``tally``,
+    count their NaN/+Inf/-Inf too (the caller's promise: :func:`tallies` holds)."""
+    segment_at = np.arange(0, run.size, per_segment)
+    mag: np.ndarray | None  # finite magnitudes (non-finite lanes zeroed or absent), None once overwritten
+    nonfinite = 0
+    if tally is None:
+        mag, _ = _finite_magnitudes(run, info)
+        tops = np.maximum.reduceat(mag, segment_at)
+    else:
+        mag = run & run.dtype.type(info.mag_mask)
+        tops = np.maximum.reduceat(mag, segment_at)
+        if int(tops.max()) >= info.limit:  # NaN/Inf here: count them, and take them out of the maxima
+            bad = mag >= info.limit
+            nonfinite = int(np.count_nonzero(bad))
+            at = int(np.argmax(bad))
+            posinf = int(np.count_nonzero(run == info.limit))
+            neginf = int(np.count_nonzero(run == (info.limit | (info.mag_mask + 1))))
+            first = tally_lane + int(starts[at // per_segment]) + at % per_segment
+            tally.add(nonfinite - posinf - neginf, posinf, neginf, first)
+            # The largest finite magnitude of each segment without a masked copy: shifted down by ``limit``
+            # (wrapping), finite magnitudes land above every non-finite one, in the same order.
+            lane = run.dtype.type
+            shifted = np.maximum.reduceat(np.subtract(mag, lane(info.limit), out=mag), segment_at)
+            finite_top = (shifted + lane(info.limit)).astype(np.int64)  # (back, wrapping again; < 2^63)
+            tops = np.where(shifted >= lane((1 << info.lane_bits) - info.limit), finite_top, -1)
+            mag = None
     if tops.max() <= 0:
         return
     out.nonzero = True
@@ -304,7 +359,10 @@ def _observe_high(
         out.high_segments.append((base_lane + start, min(per_segment, block_lanes - start), int(tops[k])))
         out.high_max = max(out.high_max, int(tops[k]))
     if tops.max() > info.ceiling_bits:
-        out.exploded += int(np.count_nonzero(mag > info.ceiling_bits))
+        if mag is None:  # NaN/Inf beside values above the ceiling: rare enough to mask again
+            mag, nonfinite = _finite_magnitudes(run, info)
+            nonfinite = 0  # (zeroed: they no longer count above the ceiling)
+        out.exploded += int(np.count_nonzero(mag > info.ceiling_bits)) - nonfinite
 
 
 def _sample(lanes: np.ndarray, per_segment: int) -> np.ndarray:
