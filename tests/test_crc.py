@@ -1,5 +1,5 @@
 """nandoctor/crc.py (crc32_combine, the separate pass) and engine/crcs.py (the scan's ledger) on their own:
-checked against zlib.crc32 of the whole bytes, for many lengths and any order of arrival. Torch-free."""
+checked against zlib.crc32 of the whole bytes, for many lengths and any order of arrival. Torch-free but for the last test (an end-to-end scan of a torch file)."""
 
 from __future__ import annotations
 
@@ -128,3 +128,26 @@ def test_separate_pass_matches(tmp_path) -> None:
     with open(path, "rb") as fh:
         [problem] = crc.check_owed(fh.fileno(), owed)
     assert f"data/{(9 << 20) + 2}" in problem.message
+
+
+@pytest.mark.parametrize("flip_at_mib", [None, 3, 9])
+def test_the_scan_s_own_crc_of_a_large_storage_catches_a_flipped_byte(tmp_path, monkeypatch, flip_at_mib) -> None:
+    """A 20 MiB bf16 storage, its CRC-32 taken chunk by chunk in the scan's own pass and combined: a finite bit
+    flip (no NaN to see) in any chunk fails the check, and the untouched file passes."""
+    torch = pytest.importorskip("torch")
+    from nandoctor import api
+    from tests.torch_helpers import entry_offset, flip_byte
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": (torch.randn(10 << 20) * 0.02).to(torch.bfloat16)}, path)
+    if flip_at_mib is not None:
+        flip_byte(path, entry_offset(path, "/data/0") + (flip_at_mib << 20) + 1, 0x01)  # a mantissa bit
+    separate = []
+    from nandoctor.readers.torch import file as torch_file
+
+    monkeypatch.setattr(torch_file, "check_owed", lambda *a: separate.append(1) or [])  # the scan must not need it
+    report = api.scan(path, device="cpu")
+    assert not separate
+    failures = [e.message for e in report.errors if "CRC-32" in e.message]
+    assert bool(failures) == (flip_at_mib is not None), failures
+    assert report.nan == 0
