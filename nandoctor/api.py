@@ -68,6 +68,22 @@ def health_limits(max_abs: float | None, outlier_factor: float | None) -> Health
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+    """How a checkpoint is scanned (:func:`scan`'s keywords but ``progress``): what :func:`in_context` needs to
+    judge an engine report as :func:`scan` judges it."""
+
+    device: str = "auto"
+    both_formats: bool = False
+    target_dtype: str | None = None
+    max_abs: float | None = None
+    outlier_factor: float | None = None
+    only: Iterable[str] | None = None
+    exclude: Iterable[str] | None = None
+    verify_hashes: bool = False
+    manifest: PathLike | None = None
+
+
 def scan(
     path: PathLike,
     *,
@@ -120,19 +136,24 @@ def scan(
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    options = ScanOptions(device, both_formats, _check_target(target_dtype), max_abs, outlier_factor, only, exclude,
+                          verify_hashes, manifest)
+    scan_one = _engine_scan(options, progress)  # (bad options are refused before the path is looked at)
+    resolved, _ = one_checkpoint(path)
+    return in_context(scan_one(resolved), path, options)
+
+
+def _engine_scan(options: ScanOptions, progress: ProgressCallback | None = None) -> Callable[[Path], ScanReport]:
+    """The engine's scan of one resolved checkpoint with ``options`` (limits, selection and target checked)."""
+    from functools import partial
+
     from nandoctor.engine import scan as engine_scan
 
-    target = _check_target(target_dtype)
-    limits = health_limits(max_abs, outlier_factor)
-    chosen = selection(only, exclude)
-    resolved, _ = one_checkpoint(path)
-    report = engine_scan(
-        resolved, device=device, progress=progress, both_formats=both_formats, target_dtype=target, limits=limits,
-        selection=chosen,
+    return partial(
+        engine_scan, device=options.device, progress=progress, both_formats=options.both_formats,
+        target_dtype=_check_target(options.target_dtype), limits=health_limits(options.max_abs, options.outlier_factor),
+        selection=selection(options.only, options.exclude),
     )
-    return in_context(report, path, device=device, both_formats=both_formats, target_dtype=target, max_abs=max_abs,
-                      outlier_factor=outlier_factor, only=only, exclude=exclude, verify_hashes=verify_hashes,
-                      manifest=manifest)
 
 
 def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcache.CacheHit | None]:
@@ -163,42 +184,22 @@ def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcac
     )
 
 
-def in_context(
-    report: ScanReport,
-    path: PathLike,
-    *,
-    device: str = "auto",
-    both_formats: bool = False,
-    target_dtype: str | None = None,
-    max_abs: float | None = None,
-    outlier_factor: float | None = None,
-    only: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
-    verify_hashes: bool = False,
-    manifest: PathLike | None = None,
-) -> ScanReport:
+def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOptions()) -> ScanReport:
     """What :func:`scan` does after the engine, for the engine's ``report`` of the checkpoint ``path`` names
-    (with the options it was scanned with): judged within its run, the hashes checked when asked, the cache
-    note. ``nandoctor merge`` and ``scan --distributed`` apply it to their merged report, so that they give the
+    (scanned with ``options``): judged within its run, the hashes checked when asked, the cache note.
+    ``nandoctor merge`` and ``scan --distributed`` apply it to their merged report, so that they give the
     single scan's report."""
-    from functools import partial
-
     from nandoctor.checkpoint.runcontext import judge_in_run
-    from nandoctor.engine import scan as engine_scan
 
-    target = _check_target(target_dtype)
-    limits = health_limits(max_abs, outlier_factor)
-    chosen = selection(only, exclude)
+    rescan = _engine_scan(options)
     resolved, hit = one_checkpoint(path)
     # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
-    report = judge_in_run(report, resolved, partial(
-        engine_scan, device=device, both_formats=both_formats, target_dtype=target, limits=limits, selection=chosen,
-    ))
-    if verify_hashes or manifest is not None:
+    report = judge_in_run(report, resolved, rescan)
+    if options.verify_hashes or options.manifest is not None:
         from nandoctor.api_compare import _verify
 
-        check = _verify(resolved, manifest, both_formats)
+        check = _verify(resolved, options.manifest, options.both_formats)
         report = verdicts.judged(dataclasses.replace(
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
             extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],

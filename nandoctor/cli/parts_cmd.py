@@ -68,9 +68,9 @@ def _as_scan(report: ScanReport, path: str, options: Options, device: str = "aut
     its run, hashes, cache note), so that merge and --distributed give the single scan's report."""
     from nandoctor import api
 
-    return api.in_context(report, path, device=device, both_formats=options.both_formats,
-                          target_dtype=options.target_dtype, max_abs=options.max_abs,
-                          outlier_factor=options.outlier_factor, verify_hashes=verify_hashes, manifest=manifest)
+    how = api.ScanOptions(device, options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor,
+                          verify_hashes=verify_hashes, manifest=manifest)
+    return api.in_context(report, path, how)
 
 
 @click.command()
