@@ -85,6 +85,32 @@ def put_in_place(target: str, repaired: Path) -> str:
             f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
 
 
+def verified_repair(folder: Path) -> bool:
+    """True when ``folder`` holds a repair whose proof says its verification scan was clean."""
+    from nandoctor.restore.proof import read_proof
+
+    try:
+        proof = read_proof(folder)
+    except (OSError, ValueError):
+        return False
+    verification = proof.get("verification") if isinstance(proof, dict) else None
+    return isinstance(verification, dict) and verification.get("verdict") == "CLEAN"
+
+
+def use_verified_repair(target: str, name: str, final_model_folder: bool = False) -> list[str]:
+    """The steps that put an existing verified repair of ``target`` in place, where the suggested repair would
+    have written it (:func:`repaired_path`); [] when there is none. The scan of one checkpoint and the run view
+    say the same, instead of suggesting the same repair again into a ``-2`` folder. ``final_model_folder``: the
+    final model at the top of a run folder, which is never moved: its files are copied over."""
+    repaired = repaired_path(Path(target))
+    if not verified_repair(repaired):
+        return []
+    if final_model_folder:
+        return [f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target}"]
+    return [f"{repaired} is a verified repair of {name}; to use it, put it in its place:",
+            f"    {put_in_place(target, repaired)}"]
+
+
 def free_repaired_path(target: Path) -> str:
     """The ``--out`` :func:`repair_command_for` suggests for ``target``: :func:`repaired_path`, or a free variant."""
     return _free(repaired_path(target))

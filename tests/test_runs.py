@@ -206,6 +206,13 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
     assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
     assert "nandoctor repair" not in out  # the repair is done: not suggested again
+    # the scan of the checkpoint alone says the same (it used to suggest the same repair again, into a -2 folder)
+    alone = run("scan", str(run_dir / "checkpoint-300"))
+    assert alone.exit_code == 1
+    out = " ".join(alone.output.split())
+    assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
+    assert "nandoctor repair" not in out and "-repaired-2" not in out
 
     (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
     (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")

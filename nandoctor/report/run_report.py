@@ -248,14 +248,11 @@ def next_steps(run: RunReport) -> list[str]:
 
 def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoint | None, also: bool) -> list[str]:
     """How to repair ``target`` (or put its verified repair in place); ``also``: another file that decides too."""
-    from nandoctor.hints import AUTO, NO_AUTO_DONOR, put_in_place, repair_command_for, repaired_path, selection_args
+    from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, selection_args, use_verified_repair
 
-    repaired = repaired_path(Path(target.path))
-    if _verified_repair(repaired) and target.final and Path(target.path).is_dir():  # never `mv` the run folder itself
-        return [f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target.path}"]
-    if _verified_repair(repaired):
-        return [f"{repaired} is a verified repair of {target.name}; to use it, put it in its place:",
-                f"    {put_in_place(target.path, repaired)}"]
+    in_place = use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir())
+    if in_place:
+        return in_place
     if also:
         intro = f"{target.name} decides the exit code too: restore its bad tensors with"
     elif last_clean is not None:
@@ -267,18 +264,6 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     selection = selection_args(target.report) if target.report is not None else ""
     donor = AUTO if run.auto_donors_for(target) else NO_AUTO_DONOR
     return [intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
-
-
-def _verified_repair(folder: Path) -> bool:
-    """True when ``folder`` holds a repair whose proof says its verification scan was clean."""
-    from nandoctor.restore.proof import read_proof
-
-    try:
-        proof = read_proof(folder)
-    except (OSError, ValueError):
-        return False
-    verification = proof.get("verification") if isinstance(proof, dict) else None
-    return isinstance(verification, dict) and verification.get("verdict") == "CLEAN"
 
 
 def _render_log(run: RunReport, console: Console) -> None:

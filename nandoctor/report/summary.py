@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
-from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, is_run_folder
 from nandoctor.layers import LayerKey, layer_of, natural_key
 from nandoctor.model import ScanReport, TensorResult, Verdict
 
@@ -145,7 +146,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
     only for findings that fail and a repair restores, the cast advice for overflow (docs/health.md,
     "What to do")."""
-    from nandoctor.hints import repair_command, resave_command
+    from nandoctor.hints import repair_command, resave_command, use_verified_repair
 
     decided = decided if decided is not None else report.judgement
     failing = set(decided.failing if decided is not None else verdicts.FAILING_BY_DEFAULT)
@@ -166,7 +167,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         for file in dict.fromkeys(unviewed):  # no repair by name restores those bytes: re-save the file first
             steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
                       f"    {resave_command(file)}"]
-        if report.bad_tensors or not unviewed:
+        target = Path(report.target)
+        in_place = use_verified_repair(report.target, target.name, target.is_dir() and is_run_folder(target))
+        if in_place and not unviewed:
+            steps += in_place
+        elif report.bad_tensors or not unviewed:
             steps += [f"{'then r' if unviewed else 'r'}estore the bad tensors from an earlier checkpoint with",
                       f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
