@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -84,6 +85,24 @@ def test_merge_refuses_a_checkpoint_that_changed(checkpoint: Path, tmp_path: Pat
 def test_part_option_errors(checkpoint: Path) -> None:
     assert run_cli("scan", str(checkpoint), "--part", "2/2", "--json").exit_code == 2
     assert run_cli("scan", str(checkpoint), "--part", "0/2").exit_code == 2  # no --json
+    refused = run_cli("scan", str(checkpoint), "--part", "0/2", "--json", "--html", "x.html")
+    assert refused.exit_code == 2 and "give --html/--markdown to merge" in refused.output
+
+
+def test_merge_prints_markdown_and_writes_html_as_scan_does(checkpoint: Path, tmp_path: Path) -> None:
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"part-{i}.json")
+        files[-1].write_text(run_cli("scan", str(checkpoint), "--part", f"{i}/2", "--json").output)
+    merged = run_cli("merge", *map(str, files), "--markdown", "--html", str(tmp_path / "merged.html"))
+    single = run_cli("scan", str(checkpoint), "--markdown", "--html", str(tmp_path / "single.html"), "--no-progress")
+    assert merged.exit_code == single.exit_code == 1
+    timing = re.compile(r"[\d.]+ (?:s|ms|GB/s|MB/s)\b")  # the only thing a merge may say differently
+    assert timing.sub("T", merged.output) == timing.sub("T", single.output)
+    assert "m.a" in merged.output and "m.c" in merged.output
+    page = (tmp_path / "merged.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "m.a" in page and "m.c" in page
+    assert run_cli("merge", *map(str, files), "--markdown", "--json").exit_code == 2
 
 
 def _torchrun(folder: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:

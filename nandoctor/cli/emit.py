@@ -12,8 +12,48 @@ import click
 from nandoctor.cli.common import echo_json
 
 if TYPE_CHECKING:
+    from nandoctor.checkpoint.runs import RunReport
     from nandoctor.errors import ReportWriteError
     from nandoctor.model import ScanReport
+
+
+def check_markdown(markdown: bool, as_json: bool, quiet: bool) -> None:
+    """--markdown is an output of its own: refused beside --json and --quiet."""
+    if markdown and (as_json or quiet):
+        raise click.UsageError("--markdown prints its own summary: use it without --json and --quiet")
+
+
+def write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> ReportWriteError | None:
+    """Write the ``--html`` report; the error when it could not be written (the caller reports it after the scan's)."""
+    if path is None:
+        return None
+    from nandoctor.errors import ReportWriteError
+    from nandoctor.model import ScanReport
+    from nandoctor.report import html_report
+
+    try:
+        rendered = (html_report.render_scan(result, fail_on) if isinstance(result, ScanReport)
+                    else html_report.render_run(result, fail_on))
+        html_report.write_html(path, rendered)
+    except ReportWriteError as exc:
+        return exc
+    return None
+
+
+def emit_scan_and_html(
+    report: ScanReport, as_json: bool, quiet: bool, show_all: bool, fail_on: frozenset[str], *, markdown: bool = False,
+    html_path: str | None = None,
+) -> int:
+    """``--html`` written, then :func:`emit_scan`; its exit code. A report file that cannot be written is an error of
+    the output, not of the checkpoint: the scan's report is still printed (saying the file was not written), then
+    one ``error:`` line, and the exit is 3."""
+    not_written = write_html(report, html_path, fail_on)
+    code = emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown, not_written=not_written)
+    if not_written is not None:
+        from nandoctor.cli.common import fail
+
+        fail(not_written.message, not_written.hint, not_written.exit_code)
+    return code
 
 
 def emit_scan(

@@ -23,10 +23,11 @@ def scan_split(
     path: str, part: str | None, distributed: bool, rank_timeout: float, device: str, as_json: bool, quiet: bool,
     show_all: bool, fail_on: frozenset[str], both_formats: bool, target_dtype: str | None,
     max_abs: float | None, outlier_factor: float | None, verify_hashes: bool = False, manifest: str | None = None,
+    *, html_path: str | None = None, markdown: bool = False,
 ) -> None:
     """`scan --part` or `scan --distributed` of the checkpoint ``path`` names (as given); exits."""
     from nandoctor import api
-    from nandoctor.cli.emit import emit_scan
+    from nandoctor.cli.emit import emit_scan_and_html
     from nandoctor.engine.parts import Options, PartSpec, scan_part
 
     options = Options(both_formats, target_dtype, max_abs, outlier_factor)
@@ -54,7 +55,7 @@ def scan_split(
     outcome = distributed_scan(str(resolved), options, device=device, rank_timeout=rank_timeout)
     if outcome.report is not None:  # rank 0 judges and prints the one report
         report = _as_scan(outcome.report, path, options, device, verify_hashes, manifest)
-        code = emit_scan(report, as_json, quiet, show_all, fail_on)
+        code = emit_scan_and_html(report, as_json, quiet, show_all, fail_on, markdown=markdown, html_path=html_path)
         if report.errors and code != 3:
             code = 3
     else:
@@ -80,9 +81,14 @@ def _as_scan(report: ScanReport, path: str, options: Options, device: str = "aut
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")
 @click.option("--fail-on", "fail_on", default="nonfinite,exploded,outlier,overflow", show_default=True,
               help="What fails the gate (exit 1), as for `nandoctor scan`.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write a self-contained HTML report to this file (as `scan --html`).")
+@click.option("--markdown", is_flag=True,
+              help="Print a GitHub-flavoured Markdown summary instead of the console report (as `scan --markdown`).")
 @debug_option
 @handles_errors
-def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fail_on: str) -> None:
+def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fail_on: str,
+          html_path: str | None = None, markdown: bool = False) -> None:
     """Join the parts of a split scan (`nandoctor scan PATH --part I/N --json > part-I.json`) into one report.
 
     The report is the one `nandoctor scan PATH` prints, tensor for tensor. Refused
@@ -95,9 +101,10 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
       nandoctor merge part-*.json
     """
     from nandoctor import verdict as verdicts
-    from nandoctor.cli.emit import emit_scan
+    from nandoctor.cli.emit import check_markdown, emit_scan_and_html
     from nandoctor.engine.parts import Options, merge_parts, read_part
 
+    check_markdown(markdown, as_json, quiet)
     try:
         gate = verdicts.parse_fail_on(fail_on)
     except ValueError as exc:
@@ -108,7 +115,7 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
         fail("the merged parts hold no tensors", "check that the parts come from a scan of a checkpoint")
     first = loaded[0][1]
     report = _as_scan(report, _given(first), Options(**first["options"]))
-    sys.exit(emit_scan(report, as_json, quiet, show_all, gate))
+    sys.exit(emit_scan_and_html(report, as_json, quiet, show_all, gate, markdown=markdown, html_path=html_path))
 
 
 def _given(part: dict[str, Any]) -> str:

@@ -16,14 +16,13 @@ import click
 
 from nandoctor.checkpoint.selection import Selection, selection
 from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors, known_error
-from nandoctor.cli.emit import emit_scan
+from nandoctor.cli.emit import check_markdown, emit_scan_and_html, write_html
 from nandoctor.cli.progress import byte_progress
 from nandoctor.dtypes import TARGET_DTYPE_NAMES
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
     from nandoctor.errors import ReportWriteError
-    from nandoctor.model import ScanReport
 
 
 def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -146,8 +145,7 @@ def scan(
     from nandoctor import api
     from nandoctor import verdict as verdicts
 
-    if markdown and (as_json or quiet):
-        raise click.UsageError("--markdown prints its own summary: use it without --json and --quiet")
+    check_markdown(markdown, as_json, quiet)
     try:
         verdicts.require_target_for_overflow(fail_on, target_dtype)
     except ValueError as exc:
@@ -247,13 +245,15 @@ def _scan(
 
     resolved, _ = hubcache.resolve(path)
     if part is not None or distributed:
-        if options.selection is not None or html_path or markdown:
-            raise click.UsageError("--only/--exclude, --html and --markdown do not combine with --part or --distributed yet")
+        if options.selection is not None:
+            raise click.UsageError("--only/--exclude do not combine with --part or --distributed yet")
+        if part is not None and (html_path or markdown):
+            raise click.UsageError("--part prints a part for `nandoctor merge`: give --html/--markdown to merge")
         from nandoctor.cli.parts_cmd import scan_split
 
         scan_split(path, part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
                    options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor,
-                   verify_hashes, manifest)
+                   verify_hashes, manifest, html_path=html_path, markdown=markdown)
     is_run = runs.is_run_folder(resolved)
     if is_run and (verify_hashes or manifest):
         raise click.UsageError("--verify-hashes takes one checkpoint, not a run folder")
@@ -265,34 +265,17 @@ def _scan(
         else:
             report = api.scan(path, progress=progress, verify_hashes=verify_hashes, manifest=manifest,
                               **options.kwargs())
-    # A report file that cannot be written is an error of the output, not of the checkpoint: the scan's own
+    if not is_run:
+        sys.exit(emit_scan_and_html(report, as_json, quiet, show_all, fail_on, markdown=markdown, html_path=html_path))
+    # A report file that cannot be written is an error of the output, not of the checkpoint: the run's own
     # report is still printed (saying the file was not written), then one `error:` line, and the exit is 3.
-    not_written = _write_html(run if is_run else report, html_path, fail_on)
-    if is_run:
-        _emit_run(run, as_json, quiet, markdown, fail_on, not_written)
-        code = run.exit_code(fail_on)
-    else:
-        code = emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown, not_written=not_written)
+    not_written = write_html(run, html_path, fail_on)
+    _emit_run(run, as_json, quiet, markdown, fail_on, not_written)
     if not_written is not None:
         from nandoctor.cli.common import fail
 
         fail(not_written.message, not_written.hint, not_written.exit_code)
-    sys.exit(code)
-
-
-def _write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> ReportWriteError | None:
-    """Write the HTML report; the error when it could not be written (the caller reports it after the scan's)."""
-    if path is None:
-        return None
-    from nandoctor.errors import ReportWriteError
-    from nandoctor.model import ScanReport
-    from nandoctor.report.html_report import render_run, render_scan, write_html
-
-    try:
-        write_html(path, render_scan(result, fail_on) if isinstance(result, ScanReport) else render_run(result, fail_on))
-    except ReportWriteError as exc:
-        return exc
-    return None
+    sys.exit(run.exit_code(fail_on))
 
 
 def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_on: frozenset[str],
