@@ -105,9 +105,9 @@ def test_merge_prints_markdown_and_writes_html_as_scan_does(checkpoint: Path, tm
     assert run_cli("merge", *map(str, files), "--markdown", "--json").exit_code == 2
 
 
-def _torchrun(folder: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _torchrun(folder: Path, *extra: str, env: dict | None = None, output: str = "--json") -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "nandoctor", "scan", str(folder), "--distributed", "--json", "--no-progress", *extra]
+           "-m", "nandoctor", "scan", str(folder), "--distributed", output, "--no-progress", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -122,6 +122,13 @@ def test_torchrun_two_ranks_print_the_single_process_report(tmp_path: Path) -> N
     expected = json.loads(single.output)
     assert merged["tensors"] == expected["tensors"] and len(merged["tensors"]) == 12
     assert merged["gate"]["exit_code"] == 1 and (merged["summary"]["nan"], merged["summary"]["neginf"]) == (2, 1)
+    # rank 0 prints Markdown and writes the HTML report as a single scan does
+    page = tmp_path.parent / f"{tmp_path.name}.html"
+    done = _torchrun(tmp_path, "--html", str(page), output="--markdown")
+    single = run_cli("scan", str(tmp_path), "--markdown", "--no-progress")
+    timing = re.compile(r"[\d.]+ (?:s|ms|GB/s|MB/s)\b")
+    assert done.returncode == 1 and timing.sub("T", done.stdout) == timing.sub("T", single.output)
+    assert page.read_text().startswith("<!DOCTYPE html>")
 
 
 @pytest.mark.integration
