@@ -509,13 +509,22 @@ def coords_of(index: int, shape: tuple[int, ...], order: str = "C") -> tuple[int
 
 @dataclass(frozen=True, slots=True)
 class UnviewedBad:
-    """Non-finite values in storage bytes that no tensor views (torch files)."""
+    """Non-finite values no tensor holds, in a torch file: in storage bytes that no tensor views (``kind``
+    ``storage``: ``storage`` is the storage's key), or in a numpy array pickled in the file (``numpy``:
+    ``storage`` is the array's name). torch.load loads them all the same; no repair by name restores them."""
 
     file: str
     storage: str
     nan: int
     posinf: int
     neginf: int
+    kind: str = "storage"
+
+    def label(self) -> str:
+        """Where they are, in words: ``storage 3 of model.bin`` / ``numpy array 'stats.mean' in model.bin``."""
+        if self.kind == "numpy":
+            return f"numpy array {self.storage!r} in {self.file}"
+        return f"storage {self.storage} of {self.file}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +557,7 @@ class ReadResult:
     notes: tuple[str, ...] = ()
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
     owed: tuple[OwedCrc, ...] = ()  # checks left to the caller, who asked for that (nandoctor.crc)
+    unviewed: tuple[UnviewedBad, ...] = ()  # NaN/Inf outside every tensor found while reading (numpy arrays)
 
 
 @dataclass(frozen=True, slots=True)

@@ -609,7 +609,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
                            ("+Inf", sum(u.posinf for u in unviewed)), ("-Inf", sum(u.neginf for u in unviewed))) if n)
         first = unviewed[0]
         more = f" and {plural(len(unviewed) - 1, 'other')}" if len(unviewed) > 1 else ""
-        pieces.append(f"{values} in storage bytes no tensor views (storage {first.storage} of {first.file}{more})")
+        where = "numpy arrays pickled in the file" if all(u.kind == "numpy" for u in unviewed) else \
+            "storage bytes no tensor views"
+        pieces.append(f"{values} in {where} ({first.label()}{more})")
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")

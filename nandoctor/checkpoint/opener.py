@@ -22,7 +22,7 @@ from nandoctor.checkpoint import layout
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
-from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef
+from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import read_file
 
 _MAX_LISTED_NAMES = 5
@@ -43,6 +43,7 @@ class Checkpoint:
     selection: Selection | None = None  # --only / --exclude
     excluded: int = 0  # tensors left out by the selection
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
+    unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -79,6 +80,7 @@ def open_checkpoint(
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
         checkpoint.problems += read.problems
+        checkpoint.unviewed += read.unviewed
         if read.owed:
             checkpoint.owed[file] = list(read.owed)
     if any(file_role(file.name) == OPTIMIZER for file in checkpoint.refs_by_file):  # where ZeRO's partitions lie
