@@ -4,12 +4,14 @@ fails a test, and a scan, never calls a file "not a format nandoctor knows")."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nandoctor import readers
@@ -80,3 +82,35 @@ def test_a_reader_that_fails_to_import_is_an_error_never_an_unknown_format(tmp_p
     unknown.write_bytes(b"hello")
     with pytest.raises(UnsupportedFormatError, match="not a checkpoint format nandoctor knows"):
         reader_for(unknown)
+
+
+@pytest.mark.parametrize("content, name", [("torch", "model.safetensors"), ("safetensors", "pytorch_model.bin"),
+                                           ("safetensors", "model.gguf"), ("torch", "model.gguf")])
+def test_a_file_whose_bytes_are_another_format_than_its_name_never_passes(tmp_path, content, name):
+    """nandoctor reads the bytes, but transformers, safetensors.load_file, torch.load and llama.cpp go by the
+    name (or fail on the bytes): the checkpoint will not load as it is, so it is a problem (exit 3), not CLEAN;
+    the tensors are still counted (here: one NaN)."""
+    from safetensors.numpy import save_file
+
+    from tests.conftest import run_cli
+
+    values = np.array([1.0, np.nan, 2.0], np.float32)
+    path = tmp_path / name
+    if content == "torch":
+        torch = pytest.importorskip("torch")
+        torch.save({"w": torch.from_numpy(values)}, path)
+    else:
+        save_file({"w": values}, path)
+    data = json.loads(run_cli("scan", "--json", str(path)).stdout)
+    assert data["summary"]["exit_code"] == 3 and data["summary"]["nan"] == 1
+    assert "its bytes are a" in data["errors"][0]["message"] and "rename it" in data["errors"][0]["hint"]
+
+
+def test_a_gguf_file_named_bin_is_read_without_a_problem(tmp_path):
+    """llama.cpp reads GGUF by its bytes, and GGUF files were long shipped as .bin: no problem for that name."""
+    from tests.conftest import run_cli
+    from tests.gguf_files import write
+
+    path = write(tmp_path / "ggml-model-f32.bin", [("blk.0.attn_q.weight", np.ones((4, 32), np.float32), None)])
+    result = run_cli("scan", "--json", str(path))
+    assert result.exit_code == 0 and not json.loads(result.stdout)["errors"]

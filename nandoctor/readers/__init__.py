@@ -12,12 +12,13 @@ right reader or refused clearly. Every reader has one method that matters, ``rea
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Protocol, cast
 
 from nandoctor.errors import UnsupportedFormatError
-from nandoctor.model import ReadResult
+from nandoctor.model import ReadResult, ScanProblem
 from nandoctor.readers import magic
 from nandoctor.readers.formats import FORMATS
 from nandoctor.readers.magic import LFS_POINTER_PREFIX
@@ -91,5 +92,34 @@ def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:
     its own pass over the bytes)."""
     found = reader_for(path)
     if defer_crcs and FORMATS[found.format_name].defers_crcs:
-        return cast(DeferringReader, found).read(path, defer_crcs=True)
-    return found.read(path)
+        result = cast(DeferringReader, found).read(path, defer_crcs=True)
+    else:
+        result = found.read(path)
+    misnamed = misnamed_problem(path, found.format_name)
+    return result if misnamed is None else dataclasses.replace(result, problems=(*result.problems, misnamed))
+
+
+# What each format's files are renamed to when their content is another format's
+_RENAME_TO = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin (or .pt)", "gguf": "model.gguf"}
+
+
+def misnamed_problem(path: Path, content: str) -> ScanProblem | None:
+    """A file whose suffix promises one format and whose bytes are another's: nandoctor reads the bytes, but
+    the loader a user points at it goes by the name (transformers and ``safetensors.load_file`` fail on a
+    torch zip named ``model.safetensors``, ``torch.load`` on safetensors bytes named ``.bin``), so the
+    checkpoint will not load as it is: a problem (exit 3), never CLEAN. A GGUF file named ``.bin`` is left
+    alone: llama.cpp reads GGUF by its bytes."""
+    promised = next((f for f in FORMATS.values() if path.suffix.lower() in f.suffixes), None)
+    if promised is None or promised.name == content or (content == "gguf" and promised.name == "torch"):
+        return None  # (llama.cpp, GGUF's loader, goes by the bytes: GGUF files were long shipped as .bin)
+    what = FORMATS[content].words
+    return ScanProblem(
+        str(path),
+        f"named as a {promised.words} file ({path.suffix}) but its bytes are a {what} file: nandoctor read it as "
+        f"{what}, but a loader that goes by the name ({_LOADERS.get(promised.name, 'its loader')}) fails on it",
+        f"rename it to match its content ({_RENAME_TO.get(content, 'the right suffix')}), or re-save it in the "
+        f"format its name promises",
+    )
+
+
+_LOADERS = {"safetensors": "transformers, safetensors.load_file", "torch": "torch.load", "gguf": "llama.cpp"}
