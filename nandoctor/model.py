@@ -509,13 +509,22 @@ def coords_of(index: int, shape: tuple[int, ...], order: str = "C") -> tuple[int
 
 @dataclass(frozen=True, slots=True)
 class UnviewedBad:
-    """Non-finite values in storage bytes that no tensor views (torch files)."""
+    """Non-finite values no tensor holds, in a torch file: in storage bytes that no tensor views (``kind``
+    ``storage``: ``storage`` is the storage's key), or in a numpy array pickled in the file (``numpy``:
+    ``storage`` is the array's name). torch.load loads them all the same; no repair by name restores them."""
 
     file: str
     storage: str
     nan: int
     posinf: int
     neginf: int
+    kind: str = "storage"
+
+    def label(self) -> str:
+        """Where they are, in words: ``storage 3 of model.bin`` / ``numpy array 'stats.mean' in model.bin``."""
+        if self.kind == "numpy":
+            return f"numpy array {self.storage!r} in {self.file}"
+        return f"storage {self.storage} of {self.file}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,7 +534,8 @@ class ScanProblem:
     ``kind`` says which: ``unreadable`` (could not be read, invalid or refused: the default),
     ``hash`` (read, but not the bytes recorded for it), ``selection`` (``--only``/``--exclude``
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
-    weight file). Reports head their problem lists by it; verdict.py words the verdict by it.
+    weight file), ``empty`` (no tensors to check). Reports head their problem lists by it; verdict.py words the
+    verdict by it.
     """
 
     path: str
@@ -547,6 +557,7 @@ class ReadResult:
     notes: tuple[str, ...] = ()
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
     owed: tuple[OwedCrc, ...] = ()  # checks left to the caller, who asked for that (nandoctor.crc)
+    unviewed: tuple[UnviewedBad, ...] = ()  # NaN/Inf outside every tensor found while reading (numpy arrays)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from nandoctor.checkpoint import layout
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
-from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef
+from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import read_file
 
 _MAX_LISTED_NAMES = 5
@@ -43,6 +43,7 @@ class Checkpoint:
     selection: Selection | None = None  # --only / --exclude
     excluded: int = 0  # tensors left out by the selection
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
+    unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -79,6 +80,7 @@ def open_checkpoint(
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
         checkpoint.problems += read.problems
+        checkpoint.unviewed += read.unviewed
         if read.owed:
             checkpoint.owed[file] = list(read.owed)
     if any(file_role(file.name) == OPTIMIZER for file in checkpoint.refs_by_file):  # where ZeRO's partitions lie
@@ -87,6 +89,7 @@ def open_checkpoint(
         zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
         checkpoint.problems += zero_problems
         checkpoint.notes += zero_notes
+    checkpoint.problems += _empty_files(checkpoint)
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
@@ -94,6 +97,25 @@ def open_checkpoint(
     if checkpoint.selection is not None:
         _select(checkpoint, checkpoint.selection)
     return checkpoint
+
+
+_EMPTY_HINT = ("check what was saved: the model's state_dict (on rank 0 for an FSDP full state dict, which is "
+               "empty on the other ranks), not an empty dict; scan the checkpoint that holds the weights")
+
+
+def _empty_files(checkpoint: Checkpoint) -> list[ScanProblem]:
+    """A checkpoint read whole that holds no tensor at all, and a safetensors file without one beside files that
+    hold some: a gate over nothing would pass anything, and a model loaded from it gets none of its weights
+    (transformers reports each one missing and initialises it at random). Pickled files without tensors beside
+    weights are left alone (trainer metadata, an optimizer with no state yet: a note says so)."""
+    if checkpoint.problems or not checkpoint.refs_by_file:  # a file that could not be read explains it already
+        return []
+    if not any(len(refs) for refs in checkpoint.refs_by_file.values()):
+        return [ScanProblem(str(checkpoint.path), "holds no tensors: there is nothing to check, and a model loaded "
+                            "from it gets none of its weights", _EMPTY_HINT, kind="empty")]
+    return [ScanProblem(str(file), f"{file.name} is a safetensors file that holds no tensors, beside files that hold "
+                        "some", _EMPTY_HINT, kind="empty")
+            for file, refs in checkpoint.refs_by_file.items() if not len(refs) and file.suffix == ".safetensors"]
 
 
 def _select(checkpoint: Checkpoint, selection: Selection) -> None:

@@ -193,7 +193,7 @@ def assemble(
         tensors=_in_order(checkpoint, found),
         layers=(),
         errors=tuple(checkpoint.problems + found.problems),
-        unviewed=tuple(found.unviewed),
+        unviewed=tuple(checkpoint.unviewed + found.unviewed),
         notes=tuple(checkpoint.notes),
         bytes_scanned=found.bytes_scanned,
         seconds=seconds,

@@ -261,7 +261,7 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
         ],
         "bad_layer_ranges": [r.label for r in bad_ranges(report.layers)],
         "unviewed": [
-            {"file": u.file, "storage": u.storage, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf}
+            {"file": u.file, "storage": u.storage, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf, "kind": u.kind}
             for u in report.unviewed
         ],
         "errors": [{"path": e.path, "message": e.message, "hint": e.hint, "kind": e.kind} for e in report.errors],

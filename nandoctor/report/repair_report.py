@@ -125,8 +125,8 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
     for u in plan.unviewed:
         console.print(
             Text(
-                f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} NaN/Inf in bytes "
-                "no tensor views; they cannot be restored by name",
+                f"  {safe(u.label())}: {u.nan + u.posinf + u.neginf:,} NaN/Inf outside every tensor "
+                f"({'a numpy array' if u.kind == 'numpy' else 'bytes no tensor views'}); they cannot be restored by name",
                 style="red",
             )
         )

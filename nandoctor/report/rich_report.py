@@ -263,14 +263,11 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
     if report.unviewed:
         console.print()
         for u in report.unviewed:
-            console.print(
-                Text(
-                    f"  storage {safe(u.storage)} in {safe(u.file)}: {u.nan + u.posinf + u.neginf:,} non-finite "
-                    "values in bytes that no tensor views (no tensor reads them, but torch.load loads them and torch.save of "
-                    "a view writes them again: a NaN the file should not hold)",
-                    style="yellow",
-                )
-            )
+            why = ("values (a numpy array, not a tensor: torch.load(weights_only=False) loads it all the same)"
+                   if u.kind == "numpy" else
+                   "values in bytes that no tensor views (no tensor reads them, but torch.load loads them and torch.save "
+                   "of a view writes them again: a NaN the file should not hold)")
+            console.print(Text(f"  {safe(u.label())}: {u.nan + u.posinf + u.neginf:,} non-finite {why}", style="yellow"))
     render_overflow(report, console, show_all=show_all)
     render_problems(report, console)
     console.print()

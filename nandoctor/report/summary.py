@@ -155,7 +155,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     steps: list[str] = []
     if health == "unreadable":
         steps += [_PROBLEM_STEPS.get(kind, _PROBLEM_STEPS[verdicts.UNREADABLE_KIND]) for kind in verdicts.problem_kinds(report)]
-        if report.nonfinite and verdicts.NONFINITE in failing:
+        if report.bad_tensors and verdicts.NONFINITE in failing:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
     elif health == "diverged" and repairable:
         context = verdicts.run_context(report)
@@ -163,10 +163,15 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
-        unviewed = [u.file for u in report.unviewed] if verdicts.NONFINITE in failing else []
-        for file in dict.fromkeys(unviewed):  # no repair by name restores those bytes: re-save the file first
+        outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
+        unviewed = [u.file for u in outside]
+        for file in dict.fromkeys(u.file for u in outside if u.kind != "numpy"):  # no repair by name restores them
             steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
                       f"    {resave_command(file)}"]
+        for u in outside:
+            if u.kind == "numpy":
+                steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
+                             "checkpoint); a repair restores tensors only")
         target = Path(report.target)
         in_place = use_verified_repair(report.target, target.name, target.is_dir() and is_run_folder(target))
         if in_place and not unviewed:
@@ -190,6 +195,7 @@ _PROBLEM_STEPS = {
     verdicts.HASH_KIND: "the files listed are not the bytes recorded for them: restore them from a good copy "
                         "(or re-download them), then scan again",
     verdicts.SELECTION_KIND: "check the --only/--exclude patterns (they are globs on the full tensor name), then scan again",
+    verdicts.EMPTY_KIND: "save the model's weights into it (its state_dict), or scan the checkpoint that holds them",
     verdicts.UNVERIFIED_KIND: "record the hashes from a good copy (`nandoctor manifest PATH > manifest.json`) and scan "
                               "with --manifest manifest.json, or scan the repo id from the Hugging Face cache",
 }

@@ -33,9 +33,10 @@ from nandoctor.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem
+from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
+from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
@@ -114,7 +115,7 @@ def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bo
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
 
     refs = tuple(dataclasses.replace(ref, region=shifted(ref.region)) for ref in read.refs)
-    return ReadResult(refs, read.notes, read.problems, read.owed)
+    return ReadResult(refs, read.notes, read.problems, read.owed, read.unviewed)
 
 
 def _is_tar(head: bytes) -> bool:
@@ -238,6 +239,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
+    arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
     if unreferenced:
@@ -256,7 +258,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         if not defer_crcs:
             problems += check_owed(fh.fileno(), owed)
             owed = []
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), tuple(owed))
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), tuple(owed), arrays)
 
 
 def _owed(path: str, entry: ZipEntry, base: int, tensors: list[str]) -> OwedCrc:
@@ -354,7 +356,9 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         f"{os.path.basename(path)}: legacy (pre-1.6) torch format; it has no checksums, so corruption that "
         "leaves finite values cannot be detected",
     )
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(_unread_tensors(path, tuple(legacy.placeholders), built)))
+    problems = _unread_tensors(path, tuple(legacy.placeholders), built)
+    arrays = numpy_findings(path, walked, notes, problems)
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays)
 
 
 def _name_prefix(path: str) -> str:
@@ -373,6 +377,31 @@ _NUMPY_RNG_GLOBALS = frozenset(
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
 ) | {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.dtypes.Float64DType"}
+
+
+def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[ScanProblem]) -> tuple[UnviewedBad, ...]:
+    """The numpy arrays pickled in the file (numpy_arrays.py), counted: NaN/Inf in one is a finding of the file
+    (UnviewedBad of kind ``numpy``), a floating array that cannot be decoded a problem, the rest a note."""
+    name = os.path.basename(path)
+    found: list[UnviewedBad] = []
+    finite: list[str] = []
+    for array_name, array in walked.arrays:
+        try:
+            counted = numpy_arrays.count(array_name, array)
+        except ValueError as exc:
+            problems.append(ScanProblem(path, f"numpy array {array_name!r} could not be read from the pickle ({exc})",
+                                        "save it as a tensor (torch.from_numpy) or leave it out of the checkpoint"))
+            continue
+        if counted is None:
+            continue
+        if counted.nan or counted.posinf or counted.neginf:
+            found.append(UnviewedBad(path, array_name, counted.nan, counted.posinf, counted.neginf, kind="numpy"))
+        else:
+            finite.append(array_name)
+    if finite:
+        notes.append(f"{name}: {len(finite)} numpy floating array(s) pickled in the file (not tensors) read from the "
+                     f"pickle: finite: {listed(finite)}")
+    return tuple(found)
 
 
 def _notes(path: str, placeholders: tuple[str, ...], walked: Walk, built: BuiltRefs) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.checkpoint.roles import TRAINER, pickle_role
+from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
     StorageRef,
@@ -65,6 +66,7 @@ class Walk:
     unreached: list[str] = field(default_factory=list)  # tensors the pickle built that no name reached
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
+    arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
@@ -180,6 +182,10 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if isinstance(value, StorageRef):
         out.storages.append(NamedStorage(_emit_name(path, out), value))
+        return
+    if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
+        if not shared:
+            out.arrays.append((".".join(path) if path else "array", value))
         return
     if id(value) in on_path:
         return  # a cycle (a list that contains itself): nothing new below
