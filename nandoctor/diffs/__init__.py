@@ -8,6 +8,7 @@ values.py), and summarised per tensor and per layer (result.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,7 +16,7 @@ from nandoctor.checkpoint import hubcache, layout
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
-from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up
+from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up, row_major
 from nandoctor.diffs.match import Pair, pair_tensors
 from nandoctor.diffs.result import DiffReport, TensorDiff
 from nandoctor.layers import bad_ranges, layer_of, natural_key
@@ -76,11 +77,15 @@ def diff_checkpoints(
     work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
     for i, pair in enumerate(pairs):
-        if pair.a is not None and pair.b is not None and tuple(pair.a.shape) == tuple(pair.b.shape):
+        if pair.a is not None and pair.b is not None:
+            # Compared in row-major order (a GGUF ne [32, 64] is a [64, 32] array); positions in A's own order
+            a_c, b_c = row_major(pair.a), row_major(pair.b)
+            if tuple(a_c.shape) != tuple(b_c.shape):
+                continue  # another shape: not compared element by element
             slot[i] = len(work)
             chunked = pair.stored_a or pair.stored_b
-            work.append(line_up(pair.a, pair.stored_a, pair.b, pair.stored_b) if chunked
-                        else Work(((pair.a, pair.b),), pair.a))
+            work.append(dataclasses.replace(line_up(a_c, pair.stored_a, b_c, pair.stored_b), whole=pair.a)
+                        if chunked else Work(((a_c, b_c),), pair.a))
         elif pair.partner is not None:
             ref = pair.a or pair.b
             assert ref is not None
@@ -145,31 +150,41 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
             name=ref.name, status=status, dtype_a=a.dtype if a else None, dtype_b=b.dtype if b else None,
             shape_a=tuple(a.shape) if a else None, shape_b=tuple(b.shape) if b else None,
             file_a=a.file if a else None, file_b=b.file if b else None,
-            numel=ref.numel, tied_to=tied_to,
+            numel=ref.numel, tied_to=tied_to, order=a.order if a else "C", order_b=b.order if b else "C",
         )
     common = dict(
         name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
         shape_a=tuple(a.shape), shape_b=tuple(b.shape), file_a=a.file, file_b=b.file, numel=a.numel,
-        order=a.order,
+        order=a.order, order_b=b.order,
     )
     if outcome is None:
         return TensorDiff(status=r.SHAPE, **common)  # type: ignore[arg-type]
     if outcome.error is not None:
         return TensorDiff(status=r.UNREADABLE, message=outcome.error, **common)  # type: ignore[arg-type]
+    quantized = a.region.blocks is not None or b.region.blocks is not None
+    if outcome.per_block and a.region.blocks is not None:  # block-quantized, compared block by block
+        common["blocks"] = a.region.blocks.blocks_in(a.region.nbytes)
     if not outcome.bytes_differ:
-        return TensorDiff(status=r.IDENTICAL, changed=0, compared_bytes=a.dtype == b.dtype, **common)  # type: ignore[arg-type]
-    if not outcome.decodable:
-        return TensorDiff(status=r.CHANGED, message="compared by bytes only; the bytes differ",
+        return TensorDiff(status=r.IDENTICAL, changed=0, changed_blocks=0 if outcome.per_block else None,
+                          nonfinite_a_only=0, nonfinite_b_only=0, compared_bytes=a.dtype == b.dtype,
                           **common)  # type: ignore[arg-type]
+    if not outcome.decodable:  # no value was decoded: what differs, and any NaN/Inf, is not known (None)
+        return TensorDiff(status=r.CHANGED, message=outcome.message or "compared by bytes only; the bytes differ",
+                          compared_bytes=outcome.per_block or not quantized,  # (types that cannot line up: neither)
+                          **common)  # type: ignore[arg-type]
+    # Block by block: ``changed`` (elements) is known only when no block changed
+    counted = ({"changed_blocks": outcome.changed, "changed": 0 if outcome.changed == 0 else None}
+               if outcome.per_block else {"changed": outcome.changed})
     if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
         status = r.EQUAL if a.dtype == b.dtype else r.CAST
         rounding = (outcome.rounding or 0.0) if status == r.CAST else None
-        return TensorDiff(status=status, changed=0, rounding=rounding, **common)  # type: ignore[arg-type]
+        return TensorDiff(status=status, rounding=rounding, nonfinite_a_only=0, nonfinite_b_only=0,
+                          **counted, **common)  # type: ignore[arg-type]
     return TensorDiff(
-        status=r.CHANGED, changed=outcome.changed, max_abs=outcome.max_abs, max_rel=outcome.max_rel,
+        status=r.CHANGED, max_abs=outcome.max_abs, max_rel=outcome.max_rel,
         rounding=outcome.rounding, nonfinite_a_only=outcome.a_only, nonfinite_b_only=outcome.b_only,
         first_nonfinite_a_only=outcome.first_a_only, first_nonfinite_b_only=outcome.first_b_only,
-        **common,  # type: ignore[arg-type]
+        **counted, **common,  # type: ignore[arg-type]
     )
 
 
@@ -187,7 +202,7 @@ def _summaries(tensors: tuple[TensorDiff, ...], counted: frozenset[str]) -> tupl
         out.append(LayerSummary(
             layer=group, stack=key.stack, index=key.index, tensors=len(members), bad_tensors=len(hit),
             nan=0, posinf=0, neginf=0,
-            worst=max(hit, key=lambda t: t.changed or 0).name if hit else None,
+            worst=max(hit, key=lambda t: t.changed or t.changed_blocks or 0).name if hit else None,
         ))
     return tuple(out)
 

@@ -14,7 +14,15 @@ its global tensor: the global box is cut by A's chunks and each part by B's
 (``line_up``, with repair's ``restore/pieces.py``), so two checkpoints sharded
 differently (1 rank against 2, DCP against safetensors) line up element by
 element, and every position is given in the global tensor (engine/chunks.py's
-``in_global``) in its own dimension order (``TensorRef.coords``).
+``in_global``) in its own dimension order (``TensorRef.coords``). A GGUF tensor
+(``ne`` order, ne0 fastest) is the row-major tensor of the reversed shape, the
+same bytes in the same order (:func:`row_major`), so it lines up with a
+safetensors or torch tensor of that shape.
+
+Block-quantized tensors (GGUF) of the same type and shape are compared block by
+block (blocks.py: scale fields as values, the payload as bytes), on chunks cut at
+block boundaries; against anything else they cannot be lined up, and nothing is
+counted.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from nandoctor.diffs import values
+from nandoctor.diffs.blocks import compare_blocks
 from nandoctor.diffs.result import Change
 from nandoctor.dtypes import DTYPES
 from nandoctor.engine.chunks import in_global
@@ -86,6 +95,8 @@ class Outcome:
     first_b_only: int | None = None
     error: str | None = None
     bytes_read: int = 0
+    per_block: bool = False  # block-quantized, compared block by block: ``changed`` counts blocks
+    message: str | None = None  # why nothing was counted although the values differ (not decodable)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,16 @@ class _Task:
     rounding: tuple[str, int, int] | None
     whole: TensorRef
     outcome: Outcome = field(default_factory=Outcome)
+
+
+def row_major(ref: TensorRef) -> TensorRef:
+    """``ref`` with its dimensions in C order (the last fastest), the same elements at the same bytes: a GGUF
+    tensor of ``ne`` [32, 64] is the C-contiguous [64, 32] array gguf's reader and torch give. Pieces are
+    compared in this order; positions are still reported in the tensor's own order (``Work.whole``)."""
+    if ref.order == "C":
+        return ref
+    strides = None if ref.strides is None else tuple(reversed(ref.strides))
+    return dataclasses.replace(ref, shape=tuple(reversed(ref.shape)), strides=strides, order="C")
 
 
 def line_up(a: TensorRef, stored_a: tuple[TensorRef, ...], b: TensorRef, stored_b: tuple[TensorRef, ...]) -> Work:
@@ -203,9 +224,17 @@ class Comparer:
             quantized or a.region.byteorder == b.region.byteorder or DTYPES[a.dtype].lane_bits <= 8
         )
         task = _Task(a, b, same, values.narrower(a.dtype, b.dtype), whole, outcome)
-        task.outcome.decodable = (
-            self.values and not quantized and values.decodable(a.dtype) and values.decodable(b.dtype)
-        )
+        if quantized:
+            outcome.per_block = _blockwise(a, b)
+            outcome.decodable = self.values and outcome.per_block and a.region.byteorder == b.region.byteorder
+            if not outcome.per_block:
+                outcome.message = (f"{a.dtype} against {b.dtype}: quantized blocks are compared only with "
+                                   "blocks of the same type; no value was compared")
+            elif not outcome.decodable and self.values:
+                outcome.message = ("compared by bytes only (the blocks are stored in other byte orders); "
+                                   "the bytes differ")
+        else:
+            outcome.decodable = self.values and values.decodable(a.dtype) and values.decodable(b.dtype)
         return task
 
     def _chunks(self, task: _Task) -> Iterator[Chunk]:
@@ -215,9 +244,8 @@ class Comparer:
         numel = _units(a)
         if numel == 0:
             return
-        if (a.region.blocks is None) != (b.region.blocks is None) or (
-            a.region.blocks is not None and (a.dtype, a.shape) != (b.dtype, b.shape)
-        ):  # a quantized tensor against another type or shape: its values cannot be lined up
+        quantized = a.region.blocks is not None or b.region.blocks is not None
+        if quantized and not task.outcome.per_block:  # against another type or shape: nothing lines up
             task.outcome.bytes_differ = task.outcome.values_differ = True
             return
         if byte_range(a) is not None and byte_range(b) is not None:
@@ -225,6 +253,8 @@ class Comparer:
                 self._source(ref)
             bits = max(_bits(a), _bits(b))
             step = max(8, (CHUNK_BYTES * 8 // bits) // 8 * 8)  # whole bytes for sub-byte dtypes
+            if a.region.blocks is not None:  # whole blocks: each chunk's blocks are compared on their own
+                step = max(1, CHUNK_BYTES // a.region.blocks.block_bytes) * a.region.blocks.block_bytes
             for start in range(0, numel, step):
                 yield (start, min(step, numel - start))
             return
@@ -258,6 +288,8 @@ class Comparer:
             return False, None
         if not task.outcome.decodable:
             return True, None
+        if task.outcome.per_block:
+            return True, compare_blocks(raw_a, raw_b, task.a.region, task.b.region)
         x = values.decode(_little(raw_a, task.a), task.a.dtype)
         y = values.decode(_little(raw_b, task.b), task.b.dtype)
         lanes = values.lanes_per_element(task.a.dtype)
@@ -283,7 +315,12 @@ class Comparer:
         if stats is None or not stats.values_differ:
             return
         outcome.values_differ = True
-        _merge(outcome, stats, lambda i: _global_index(task.a, chunk, i), task.whole)
+        fields = task.a.region.blocks
+        if outcome.per_block and fields is not None and isinstance(chunk[0], int):
+            first_block, elems = chunk[0] // fields.block_bytes, fields.block_elems
+            _merge(outcome, stats, lambda i: (first_block + i) * elems, task.whole)  # block i: its first element
+        else:
+            _merge(outcome, stats, lambda i: _global_index(task.a, chunk, i), task.whole)
 
     def _release(self, task: _Task, chunk: Chunk) -> None:
         if not isinstance(chunk[0], int):
@@ -297,8 +334,13 @@ class Comparer:
                 source.release(span[0] + start * bits // 8, count * bits // 8)
 
 
+def _blockwise(a: TensorRef, b: TensorRef) -> bool:
+    """Whether two tensors are runs of the same blocks: the same quantization type and shape."""
+    return a.region.blocks is not None and a.region.blocks == b.region.blocks and a.shape == b.shape
+
+
 def _bits(ref: TensorRef) -> int:
-    """Bits per compared unit: the dtype's, or a byte for a block-quantized tensor (compared as bytes)."""
+    """Bits per read unit: the dtype's, or a byte for a block-quantized tensor (read as whole blocks of bytes)."""
     return 8 if ref.region.blocks is not None else DTYPES[ref.dtype].bits
 
 
@@ -308,7 +350,7 @@ def _units(ref: TensorRef) -> int:
 
 
 def _little(raw: np.ndarray, ref: TensorRef) -> np.ndarray:
-    if ref.region.blocks is not None:  # quantized blocks are compared as bytes, never decoded
+    if ref.region.blocks is not None:  # quantized blocks: blocks.py reads their scale fields itself
         return raw
     spec = DTYPES[ref.dtype]
     return to_little(raw, spec) if ref.region.byteorder == "big" and spec.lane_bits > 8 else raw
@@ -363,4 +405,4 @@ def _reason(exc: NandoctorError | OSError) -> str:
     return exc.message
 
 
-__all__ = ["Comparer", "Outcome", "Work", "line_up", "same_bytes"]
+__all__ = ["Comparer", "Outcome", "Work", "line_up", "row_major", "same_bytes"]

@@ -53,12 +53,16 @@ class TensorDiff:
     file_b: str | None = None
     numel: int = 0
     order: str = "C"  # A's dimension order: "F" for GGUF (ne0 first), as the scan gives coordinates
+    order_b: str = "C"  # B's: a GGUF ``ne`` [32, 64] is the same tensor as a row-major [64, 32]
     changed: int | None = None  # elements that differ (beyond rounding for a cast); None: not compared
+    blocks: int | None = None  # block-quantized (GGUF), compared block by block: its blocks
+    changed_blocks: int | None = None  # … and those that differ (``changed`` is None: elements not decoded)
     max_abs: Change | None = None
     max_rel: Change | None = None
     rounding: float | None = None  # largest |a - b| accepted as the rounding of a dtype change
-    nonfinite_a_only: int = 0  # NaN/Inf in A where B is finite
-    nonfinite_b_only: int = 0  # NaN/Inf in B where A is finite
+    # NaN/Inf in A where B is finite (block-quantized: scale fields, as the scan counts them); None: not known
+    nonfinite_a_only: int | None = None
+    nonfinite_b_only: int | None = None  # NaN/Inf in B where A is finite
     first_nonfinite_a_only: int | None = None
     first_nonfinite_b_only: int | None = None
     compared_bytes: bool = False  # decided by comparing bytes alone (no element was decoded)

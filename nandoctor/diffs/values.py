@@ -115,17 +115,29 @@ def _half_ulp(values: np.ndarray, mantissa: int, emin: int) -> np.ndarray:
     return np.ldexp(1.0, top - mantissa - 1)
 
 
+def differing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which lanes of ``x`` and ``y`` hold other values: NaN equals NaN (whatever its payload), -0 equals +0."""
+    differ = x != y
+    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+        differ &= ~(np.isnan(x) & np.isnan(y))
+    return differ
+
+
 def compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int, int] | None) -> ChunkStats:
     """Compare decoded lanes ``x`` (A) and ``y`` (B) of the same elements.
 
     NaN equals NaN (whatever its payload), -0 equals +0. With ``rounding`` (see :func:`narrower`),
     finite differences within half an ulp of the narrower side are rounding, not changes.
     """
+    # NaN and Inf are expected here and handled explicitly: numpy's warnings about them (a signalling NaN
+    # widened to float64, Inf - Inf, an F64 difference overflowing) must never reach the user's terminal.
+    with np.errstate(all="ignore"):
+        return _compare(x, y, lanes, rounding)
+
+
+def _compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int, int] | None) -> ChunkStats:
     stats = ChunkStats()
-    differ = x != y
-    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
-        differ &= ~(np.isnan(x) & np.isnan(y))
-    where = np.flatnonzero(differ)
+    where = np.flatnonzero(differing(x, y))
     if where.size == 0:
         return stats
     stats.values_differ = True

@@ -37,20 +37,30 @@ def _where(c: Change | None) -> str:
     return f"{c.amount:.4g} at {_at(c.coords)} (A: {_value(c.a)}, B: {_value(c.b)})"
 
 
+def _shape(shape: tuple[int, ...] | None, order: str) -> str:
+    """A shape as scan prints it, with GGUF's ``ne`` order (ne0 first) said, so [64, 32] ≠ ne [32, 64] reads right."""
+    return ("ne " if order == "F" else "") + str(list(shape or ()))
+
+
 def detail(t: TensorDiff) -> str:
     """One line on what differs in a tensor."""
     if t.status == r.CHANGED:
         parts = []
-        if t.changed is not None:
+        if t.changed_blocks is not None:  # block-quantized: compared block by block, never dequantized
+            parts.append(f"{t.changed_blocks:,} of {t.blocks or 0:,} {t.dtype_a} blocks")
+        elif t.changed is not None:
             parts.append(f"{t.changed:,} of {t.numel:,} elements")
         if t.max_abs is not None:
             parts.append(f"max |Δ| {_where(t.max_abs)}")
         if t.max_rel is not None and t.max_rel.index != (t.max_abs.index if t.max_abs else -1):
             parts.append(f"max rel {_where(t.max_rel)}")
+        scales = "scale fields; " if t.changed_blocks is not None else ""  # counted as the scan counts them
         if t.nonfinite_b_only:
-            parts.append(f"{t.nonfinite_b_only:,} NaN/Inf only in B (first at {_at(t.first_nonfinite_b_only_coords)})")
+            parts.append(f"{t.nonfinite_b_only:,} NaN/Inf only in B ({scales}first at "
+                         f"{_at(t.first_nonfinite_b_only_coords)})")
         if t.nonfinite_a_only:
-            parts.append(f"{t.nonfinite_a_only:,} NaN/Inf only in A (first at {_at(t.first_nonfinite_a_only_coords)})")
+            parts.append(f"{t.nonfinite_a_only:,} NaN/Inf only in A ({scales}first at "
+                         f"{_at(t.first_nonfinite_a_only_coords)})")
         if t.dtype_changed:
             parts.append(f"{t.dtype_a} → {t.dtype_b}")
         if t.message:
@@ -59,11 +69,11 @@ def detail(t: TensorDiff) -> str:
     if t.status == r.CAST:
         return f"{t.dtype_a} → {t.dtype_b}, every value its rounding (largest rounding error {t.rounding or 0:.3g})"
     if t.status == r.SHAPE:
-        return f"{list(t.shape_a or ())} {t.dtype_a} → {list(t.shape_b or ())} {t.dtype_b}"
+        return f"{_shape(t.shape_a, t.order)} {t.dtype_a} → {_shape(t.shape_b, t.order_b)} {t.dtype_b}"
     if t.status == r.TIED:
         return f"not saved on the other side; tied to {t.tied_to}"
     if t.status in (r.ONLY_A, r.ONLY_B):
-        return f"{t.dtype_a or t.dtype_b} {list(t.shape_a or t.shape_b or ())}"
+        return f"{t.dtype_a or t.dtype_b} " + (_shape(t.shape_a, t.order) if t.shape_a else _shape(t.shape_b, t.order_b))
     if t.status == r.EQUAL:
         return "other bytes, the same values (±0, NaN payloads, byte order or layout)"
     return t.message or ""
