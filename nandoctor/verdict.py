@@ -41,21 +41,24 @@ OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
 # What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3), in the verdict's words and in the
 # one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
 UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
+EMPTY_KIND = "empty"
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
     SELECTION_KIND: "NOTHING SELECTED",
     UNVERIFIED_KIND: "NOTHING VERIFIED",
+    EMPTY_KIND: "NO TENSORS",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
     HASH_KIND: lambda n: f"{plural(n, 'file')} {'fails its' if n == 1 else 'fail their'} sha256 check",
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
+    EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, SELECTION_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, EMPTY_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy

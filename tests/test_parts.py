@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nandoctor
@@ -68,6 +69,35 @@ def test_cli_parts_and_merge(checkpoint: Path, tmp_path: Path) -> None:
     report.write_text(single.output)
     not_part = run_cli("merge", str(files[0]), str(report))
     assert not_part.exit_code == 3 and "not a nandoctor part" in not_part.output
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "trailing bytes"])
+def test_every_part_of_a_checkpoint_with_something_unreadable_exits_3(checkpoint: Path, tmp_path: Path,
+                                                                      damage: str) -> None:
+    """What opening the checkpoint finds unreadable (a truncated .distcp; bytes after the last tensor of a
+    safetensors file) exits every part 3 and names it, not only the merge: a job array gating on each part."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    if damage == "truncated shard":
+        target = tmp_path / "dcp"
+        shutil.copytree(checkpoint, target)
+        shard = target / "__0_0.distcp"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        target = tmp_path / "model.safetensors"
+        save_file({"a": np.ones((64, 64), np.float32), "b": np.ones(8, np.float32)}, target)
+        with open(target, "ab") as fh:
+            fh.write(b"\0" * 4096)
+    for i in range(2):
+        result = run_cli("scan", str(target), "--part", f"{i}/2", "--json")
+        assert result.exit_code == 3, (i, result.output)
+        data = json.loads(result.stdout)
+        assert data["checkpoint_problems"] and "error: part" in result.stderr
+        (tmp_path / f"p{i}.json").write_text(result.stdout)
+    merged = run_cli("merge", str(tmp_path / "p0.json"), str(tmp_path / "p1.json"), "--json")
+    assert merged.exit_code == 3 and json.loads(merged.stdout)["errors"]
 
 
 def test_merge_refuses_a_checkpoint_that_changed(checkpoint: Path, tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ def open_checkpoint(
         zero_problems, zero_notes = zero.attribute(checkpoint.refs_by_file)  # before the name checks: it renames
         checkpoint.problems += zero_problems
         checkpoint.notes += zero_notes
+    checkpoint.problems += _empty_files(checkpoint)
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
@@ -94,6 +95,25 @@ def open_checkpoint(
     if checkpoint.selection is not None:
         _select(checkpoint, checkpoint.selection)
     return checkpoint
+
+
+_EMPTY_HINT = ("check what was saved: the model's state_dict (on rank 0 for an FSDP full state dict, which is "
+               "empty on the other ranks), not an empty dict; scan the checkpoint that holds the weights")
+
+
+def _empty_files(checkpoint: Checkpoint) -> list[ScanProblem]:
+    """A checkpoint read whole that holds no tensor at all, and a safetensors file without one beside files that
+    hold some: a gate over nothing would pass anything, and a model loaded from it gets none of its weights
+    (transformers reports each one missing and initialises it at random). Pickled files without tensors beside
+    weights are left alone (trainer metadata, an optimizer with no state yet: a note says so)."""
+    if checkpoint.problems or not checkpoint.refs_by_file:  # a file that could not be read explains it already
+        return []
+    if not any(len(refs) for refs in checkpoint.refs_by_file.values()):
+        return [ScanProblem(str(checkpoint.path), "holds no tensors: there is nothing to check, and a model loaded "
+                            "from it gets none of its weights", _EMPTY_HINT, kind="empty")]
+    return [ScanProblem(str(file), f"{file.name} is a safetensors file that holds no tensors, beside files that hold "
+                        "some", _EMPTY_HINT, kind="empty")
+            for file, refs in checkpoint.refs_by_file.items() if not len(refs) and file.suffix == ".safetensors"]
 
 
 def _select(checkpoint: Checkpoint, selection: Selection) -> None:

@@ -48,8 +48,16 @@ def scan_split(
         data = scan_part(str(resolved), spec, options, device=device)
         data["given"] = path  # merge judges the report as `scan` judges this path (its cache note)
         echo_json(data)
-        # exit 3 when this part could not read something (a retry may help); the verdict is merge's
-        sys.exit(3 if data["problems"] else 0)
+        # exit 3 when this part could not read something (a retry may help), or the checkpoint holds something
+        # no part can read (merge will refuse to call it clean too); the verdict is merge's
+        unread = data["problems"] or data["checkpoint_problems"]
+        if unread:
+            first = unread[0]
+            from nandoctor.report.text import safe
+
+            click.echo(safe(f"error: part {spec.index}/{spec.count} found {len(unread)} problem(s) (listed in its "
+                            f"JSON); the first: {first['path']}: {first['message']}"), err=True)
+        sys.exit(3 if unread else 0)
     from nandoctor.engine.ranks import distributed_scan
 
     outcome = distributed_scan(str(resolved), options, device=device, rank_timeout=rank_timeout)

@@ -127,6 +127,9 @@ def scan_part(
         "tensors": [_encode(t, index[id(t.ref)]) for t in found.tensors],
         "unviewed": [dataclasses.asdict(u) for u in found.unviewed],
         "problems": [dataclasses.asdict(p) for p in found.problems],
+        # What opening the checkpoint found unreadable (every part opens all of it, so every part lists them;
+        # merge finds them again when it opens the checkpoint): the part's own exit code must not be 0 then.
+        "checkpoint_problems": [dataclasses.asdict(p) for p in checkpoint.problems],
         "shares": [encode_share(job) for job in found.partial],
     }
 
