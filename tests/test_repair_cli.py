@@ -6,6 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
+
+import pytest
 
 from tests.conftest import DEMO_RUN, ROOT
 from tests.conftest import run_cli as run
@@ -223,3 +226,72 @@ def test_a_donor_of_another_model_is_named_once(tmp_path):
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", other, "--out", tmp_path / "x", "--dry-run")
     assert result.exit_code == 3
     assert "has 0 of the target's 195 tensor names: a different model, or another naming?" in " ".join(result.output.split())
+
+
+def test_a_donor_of_another_shape_and_dtype_is_refused_over_its_shape_without_offering_allow_cast(tmp_path):
+    """Target ``w`` F32 [4, 4] with a NaN, donor ``w`` F16 [2, 2]: no cast could make it fit, so the refusal
+    names the shape, and neither the note nor the hint offers --allow-cast (which would refuse it again)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    w = np.arange(16, dtype=np.float32).reshape(4, 4)
+    w[0, 0] = np.nan
+    save_file({"w": w}, str(tmp_path / "bad.safetensors"))
+    save_file({"w": np.ones((2, 2), dtype=np.float16)}, str(tmp_path / "donor.safetensors"))
+    reason = f"{tmp_path / 'donor.safetensors'}: shape [2, 2], the target's is [4, 4]"
+    for extra in ((), ("--allow-cast",)):
+        result = run("repair", tmp_path / "bad.safetensors", "--from", tmp_path / "donor.safetensors",
+                     "--out", tmp_path / "out", "--no-progress", *extra)
+        assert result.exit_code == 3, result.output
+        assert "--allow-cast" not in result.output, result.output
+        assert reason in " ".join(result.output.split())
+    refused = run("repair", tmp_path / "bad.safetensors", "--from", tmp_path / "donor.safetensors",
+                  "--out", tmp_path / "out", "--json")
+    plan = json.loads(refused.stdout)
+    assert [u["reasons"] for u in plan["unrestorable"]] == [[reason]] and plan["notes"] == []
+    assert "--allow-cast" not in plan["errors"][0]["hint"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "donor.safetensors"]
+    # the same donor in the target's shape is still offered to --allow-cast
+    save_file({"w": np.ones((4, 4), dtype=np.float16)}, str(tmp_path / "donor.safetensors"))
+    offered = run("repair", tmp_path / "bad.safetensors", "--from", tmp_path / "donor.safetensors",
+                  "--out", tmp_path / "out", "--no-progress")
+    assert offered.exit_code == 3 and "hint: add --allow-cast" in offered.output
+
+
+@pytest.mark.integration
+def test_a_sharded_dcp_tensor_restored_in_two_chunks_counts_once(tmp_path):
+    """2 gloo ranks, DTensors: ``w`` Shard(0) with a NaN in one chunk, ``v`` Shard(1) with a NaN in both of its
+    chunks (in two .distcp files). Two tensors are restored, as scan counts them, in three chunks; dcp.load of
+    the output holds the donor's values in those chunks and the target's everywhere else."""
+    pytest.importorskip("torch.distributed.checkpoint")
+    import torch
+
+    from tests.dcp_shard_dims_writer import write
+    from tests.dcp_writer import torch_reference
+
+    clean, bad, out = tmp_path / "clean", tmp_path / "bad", tmp_path / "fixed"
+    write(str(clean), 0.0, plant=False)
+    write(str(bad), 1.0, plant=True)
+    assert sorted(p.name for p in bad.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    result = run("repair", bad, "--from", clean, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "(2 tensor(s) restored, 2 of 2 weight file(s) patched," in text
+    rows = {line.split("│")[0].strip(): line.split("│")[1].strip()
+            for line in result.output.splitlines() if line.count("│") == 5}
+    assert rows == {"v": "1", "w": "1"}  # the per-layer table: tensors, not chunks
+    dry = run("repair", bad, "--from", clean, "--out", tmp_path / "again", "--dry-run", "--no-progress")
+    assert "plan: restore 2 tensor(s)" in dry.output
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    chunks = sorted((r["tensor"], tuple(r["chunk"]["offsets"])) for r in proof["restored"])
+    assert chunks == [("v", (0, 0)), ("v", (0, 4)), ("w", (0, 0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled …: load in a single process"
+        donor, source, repaired = (torch_reference(str(f)) for f in (clean, bad, out))
+    expected = {name: t.clone() for name, t in source.items()}
+    expected["w"][0:4] = donor["w"][0:4]
+    expected["v"] = donor["v"].clone()
+    assert repaired.keys() == expected.keys() == {"w", "v", "a", "b", "c", "d"}
+    for name, t in expected.items():
+        assert torch.equal(repaired[name].view(torch.int32), t.view(torch.int32)), name
+    assert not torch.equal(donor["a"], source["a"])  # the target differs from its donor everywhere

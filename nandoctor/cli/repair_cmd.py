@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import click
 
-from nandoctor.cli.common import USER_PATH, debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_enabled, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.progress import byte_progress
 from nandoctor.report.repair_report import MAX_ROWS
 
@@ -75,7 +75,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 @click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
               help="Neither judge nor restore tensors whose full name matches GLOB (repeatable; e.g. "
               "'optimizer_states.*'); they are carried over byte-identical and counted in the plan and proof.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout (a refusal or error too: docs/repair.md).")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
 @debug_option
@@ -128,23 +128,19 @@ def repair(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     console = stdout_console()
-    try:
-        with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
-            result = run_repair(
-                target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                allow_diverged=allow_diverged, allow_cast=allow_cast, selection=chosen,
-            )
-    except UnrestorableError as exc:
-        from nandoctor.restore.plan import RepairPlan
+    with _json_on_error(as_json, target, donors, scope, allow_cast):
+        try:
+            with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
+                result = run_repair(
+                    target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
+                    allow_diverged=allow_diverged, allow_cast=allow_cast, selection=chosen,
+                )
+        except UnrestorableError as exc:
+            from nandoctor.restore.plan import RepairPlan
 
-        if isinstance(exc.plan, RepairPlan):
-            if as_json:
-                from nandoctor.restore.proof import plan_json
-
-                echo_json(plan_json(exc.plan))
-            else:
+            if isinstance(exc.plan, RepairPlan) and not as_json:  # (--json: the plan is printed below)
                 render_plan(exc.plan, console, show_all=show_all)
-        raise
+            raise
     if as_json:
         from nandoctor.restore.proof import plan_json, proof_json
 
@@ -152,3 +148,30 @@ def repair(
     else:
         render_result(result, console, show_all=show_all)
     sys.exit(result.exit_code)
+
+
+@contextmanager
+def _json_on_error(as_json: bool, target: str, donors: tuple[str, ...], scope: str, allow_cast: bool) -> Iterator[None]:
+    """--json: a refusal or error is still one JSON object on stdout, the plan's shape with ``exit_code`` and
+    ``errors`` (as ``scan --json`` reports a scan that cannot start: a redirect never leaves an empty file),
+    besides the usual ``error:`` line and hint on stderr and the same exit code."""
+    from nandoctor.errors import NandoctorError
+
+    if not as_json:
+        yield
+        return
+    try:
+        yield
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:  # a bug of ours: handles_errors says so
+            raise
+        from nandoctor.restore.plan import RepairPlan
+        from nandoctor.restore.proof import plan_json, refusal_json
+
+        plan = getattr(exc, "plan", None)
+        echo_json(plan_json(plan, exc) if isinstance(plan, RepairPlan)
+                  else refusal_json(target, donors, scope, allow_cast, exc))
+        if debug_enabled():
+            raise
+        fail(exc.message, exc.hint, exc.exit_code)

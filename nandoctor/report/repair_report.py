@@ -49,7 +49,7 @@ def _layer_table(plan: RepairPlan) -> Table:
         donors = sorted({r.donor for r in members})
         table.add_row(
             Text(safe(layer), style="bold"),
-            str(len(members)),
+            str(len({r.name for r in members})),  # a tensor once, however many of its chunks (DCP) are restored
             f"{sum(r.nan for r in members):,}",
             f"{sum(r.posinf for r in members):,}",
             f"{sum(r.neginf for r in members):,}",
@@ -88,12 +88,13 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
 
 
 def _shape_text(r: Restoration) -> str:
-    """The restored shape; for a chunk of a sharded tensor (DCP, ZeRO) also the global tensor's, as scan shows it."""
+    """The restored shape; for a chunk of a sharded tensor (DCP, ZeRO) also the global tensor's, as scan shows it,
+    and where the chunk starts (two chunks of one tensor are two rows, told apart by it)."""
     shape = "×".join(map(str, r.shape)) or "scalar"
     if r.box is None:
         return shape
     whole = "×".join(map(str, r.box.global_shape)) or "scalar"
-    return f"{shape} of {whole}" if shape != whole else shape
+    return f"{shape} of {whole} at {list(r.box.offsets)}" if shape != whole else shape
 
 
 def _refusal_table(plan: RepairPlan) -> Table:
@@ -131,7 +132,7 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
             )
         )
     console.print()
-    restored = len(plan.restorations)
+    restored = plan.tensors_restored
     if not plan.refused:
         console.print(
             Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {len({r.donor for r in plan.restorations})} donor(s)")
@@ -170,7 +171,7 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
     console.print(
         Text.assemble(
             ("✓ REPAIRED", "bold green"),
-            f": wrote {safe(result.out or '')} ({len(plan.restorations)} tensor(s) restored, "
+            f": wrote {safe(result.out or '')} ({plan.tensors_restored} tensor(s) restored, "
             f"{patched} of {len(result.files)} weight file(s) patched, {len(result.carried)} other file(s) carried over) "
             f"in {result.seconds:.2f} s",
             f"\n  proof: {safe(result.proof or '')}",

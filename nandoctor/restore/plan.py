@@ -136,6 +136,12 @@ class RepairPlan:
         return bool(self.unrestorable or self.unviewed)
 
     @property
+    def tensors_restored(self) -> int:
+        """How many tensors are restored, each once: the restored chunks of a sharded (DCP) tensor are one
+        tensor, as a scan counts it."""
+        return len({r.name for r in self.restorations})
+
+    @property
     def writes(self) -> tuple[Restoration, ...]:
         """The restorations that write bytes (tied duplicates are written once, through ``via``)."""
         return tuple(r for r in self.restorations if r.via is None)
@@ -253,10 +259,11 @@ def _candidate(result: TensorResult, donor: _DonorView, allow_cast: bool) -> tup
         ref = donor.ref(name)
         shown = "" if name == target.name else f" (as {name!r})"
         cast = ref.dtype != target.dtype
-        if cast and not (allow_cast and can_cast(ref.dtype, target.dtype)):
-            reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
-        elif tuple(ref.shape) != tuple(target.shape):
+        # The shape first: a donor of another shape is no copy in any dtype, and --allow-cast must not be offered
+        if tuple(ref.shape) != tuple(target.shape):
             reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
+        elif cast and not (allow_cast and can_cast(ref.dtype, target.dtype)):
+            reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
         else:
             try:
                 why = donor.unhealthy(ref)
@@ -301,17 +308,20 @@ def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[st
 
 
 def _cast_note(report: ScanReport, unrestorable: list[Unrestorable], views: list[_DonorView]) -> tuple[str, ...]:
-    """Offer --allow-cast when some donor holds a tensor that has no donor in another float dtype."""
-    dtypes = {t.name: t.ref.dtype for t in report.tensors}
+    """Offer --allow-cast when some donor holds a tensor that has no donor in another float dtype (and the
+    same shape: a cast cannot make a donor of another shape fit)."""
+    refs = {t.name: t.ref for t in report.tensors}
     for u in unrestorable:
+        target = refs[u.name]
         for view in views:
             if view.error is not None or view._refs is None:
                 continue
             for name in view.candidates(u.name)[0]:
                 other = view.ref(name).dtype
-                if other != dtypes[u.name] and can_cast(other, dtypes[u.name]):
+                if (other != target.dtype and can_cast(other, target.dtype)
+                        and tuple(view.ref(name).shape) == tuple(target.shape)):
                     return (f"{_describe(view.catalog)} holds {u.name!r} as {other}, the target's is "
-                            f"{dtypes[u.name]}: --allow-cast takes it, rounded as torch's tensor.to(dtype) rounds",)
+                            f"{target.dtype}: --allow-cast takes it, rounded as torch's tensor.to(dtype) rounds",)
     return ()
 
 

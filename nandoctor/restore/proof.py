@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.hashes import PROOF_NAME
+from nandoctor.errors import NandoctorError, OutputExistsError, RepairRefusedError
 from nandoctor.model import ScanReport
 from nandoctor.restore.plan import RepairPlan, Restoration
 
@@ -120,8 +122,9 @@ def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(folder) / PROOF_NAME)
 
 
-def plan_json(plan: RepairPlan) -> dict[str, Any]:
-    """The plan alone (for --dry-run --json and refusals): what would be restored from where, or why not."""
+def plan_json(plan: RepairPlan, error: NandoctorError | None = None) -> dict[str, Any]:
+    """The plan alone (for --dry-run --json and refusals): what would be restored from where, or why not;
+    ``error``: what refused the repair (its exit code and an ``errors`` entry, as a scan's)."""
     return {
         "nandoctor_repair_plan": PROOF_SCHEMA,
         "source": os.path.abspath(plan.target),
@@ -129,7 +132,10 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
         **plan.excluded_json(),
-        "complete": not plan.refused,
+        "complete": not plan.refused and error is None,
+        "exit_code": error.exit_code if error is not None else 3 if plan.refused else 0,
+        "errors": [] if error is None else [_error(plan.target, error)],
+        "notes": list(plan.notes),  # what the console prints as notes (a donor holding another dtype …)
         "restore": [_restoration(plan, r) for r in plan.restorations],
         "unrestorable": [
             {"tensor": u.name, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf, "reasons": list(u.reasons)}
@@ -140,3 +146,35 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
             for u in plan.unviewed
         ],
     }
+
+
+def refusal_json(
+    target: str, donors: Sequence[str], scope: str, allow_cast: bool, error: NandoctorError
+) -> dict[str, Any]:
+    """The plan JSON of a repair stopped before it had a plan (an unreadable or diverged target, --out taken, a
+    failed write): the same keys, nothing to restore, ``complete`` false, and ``errors`` saying why. Paths that
+    do not exist (a model name, ``auto``) are given as typed, not made absolute."""
+    empty = RepairPlan(target=target, donors=(), scope=scope, restorations=(), allow_cast=allow_cast)
+    return {
+        **plan_json(empty, error),
+        "source": _as_given(target),
+        "donors": [{"path": _as_given(d), "step": None} for d in donors],
+    }
+
+
+def _as_given(path: str) -> str:
+    return os.path.abspath(path) if os.path.lexists(path) else path
+
+
+def _error(target: str, error: NandoctorError) -> dict[str, Any]:
+    """One ``errors`` entry, shaped as a scan's (docs/json.md): the path, the message without that path in
+    front, the hint, and its kind: ``unreadable`` (the checkpoint itself), ``refused`` (nothing was attempted:
+    diverged, no good donor, --out taken) or ``error`` (the writing or verification failed)."""
+    path = str(getattr(error, "path", None) or target)
+    if error.verdict_word == "UNREADABLE":
+        kind = "unreadable"
+    elif isinstance(error, (RepairRefusedError, OutputExistsError)):
+        kind = "refused"
+    else:
+        kind = "error"
+    return {"path": path, "message": error.message.removeprefix(f"{path}: "), "hint": error.hint, "kind": kind}
