@@ -171,13 +171,15 @@ def test_narrow_terminal_keeps_names_and_the_command_whole():
 
 
 def test_help_lists_every_command_without_importing_them():
+    """No command module, nor rich, numpy or torch, for --help (cli/pipes.py, a few lines every command uses, is)."""
     import nandoctor.cli as cli_module
 
     assert set(cli_module.SUMMARIES) == set(cli_module.COMMANDS)
     code = (
         "import sys; from nandoctor.cli import main; sys.argv = ['nandoctor', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "loaded = [m for m in sys.modules if m.startswith('nandoctor.cli.') or m in ('rich', 'numpy', 'torch')]\n"
+        "loaded = [m for m in sys.modules if m.startswith('nandoctor.cli.') and m != 'nandoctor.cli.pipes'\n"
+        "          or m in ('rich', 'numpy', 'torch')]\n"
         "print('LOADED', loaded)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -415,3 +417,26 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     assert verdict.judge(report, frozenset({"exploded"})).words == "NON-FINITE (reported only)"
     unread = dataclasses.replace(report, errors=(ScanProblem("x", "gone"), ScanProblem("y", "changed", kind="hash")))
     assert verdict.judge(unread, frozenset({"exploded"})).words == "UNREADABLE + HASH MISMATCH (also reported: NON-FINITE)"
+
+
+@pytest.mark.parametrize("output", ["--json", "--all"])
+def test_a_reader_that_closes_the_pipe_early_leaves_the_exit_code_the_verdict_s(tmp_path, output):
+    """`nandoctor scan CKPT | head -1`: the rest of the output is dropped, no traceback, and the exit code is
+    still the verdict's (rich used to exit 1, "findings", for a clean checkpoint)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    for bad in (False, True):
+        tensors = {f"model.layers.{i}.w": np.full(4, 0.5, np.float32) for i in range(3000)}  # output > a pipe's 64 KiB
+        if bad:
+            tensors["model.layers.7.w"][1] = np.nan
+        path = tmp_path / f"{'bad' if bad else 'clean'}.safetensors"
+        save_file(tensors, path)
+        process = subprocess.Popen([sys.executable, "-m", "nandoctor", "scan", str(path), output, "--no-progress"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.read(10)
+        process.stdout.close()  # the reader goes away, as head does
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) == (1 if bad else 0), stderr
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
