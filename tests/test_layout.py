@@ -79,6 +79,23 @@ def test_bin_index_with_missing_or_escaping_shard(tmp_path: Path) -> None:
     assert str(tmp_path / "outside.bin") not in report.files
 
 
+def test_shards_that_are_links_out_of_the_folder_are_followed(tmp_path: Path) -> None:
+    """A folder of links to shards kept elsewhere (`cp -rs`, a --local-dir download with links) loads in
+    transformers: it is scanned as the shards are, NaN counted, not refused as shards 'outside the folder'
+    (an index naming ../outside.bin still is, above)."""
+    store, linked = tmp_path / "store", tmp_path / "linked"
+    state = weights()
+    state["model.layers.1.mlp.up_proj.weight"][2, 1] = float("nan")
+    save_sharded_bin(store, state)
+    linked.mkdir()
+    for file in store.iterdir():
+        (linked / file.name).symlink_to(file)
+    report, original = scan(linked, device="cpu"), scan(store, device="cpu")
+    assert not report.errors and report.exit_code == original.exit_code == 1
+    assert report_counts(report) == report_counts(original) and report.nan == original.nan >= 1
+    assert "model.layers.1.mlp.up_proj.weight" in {t.ref.name for t in report.bad_tensors}
+
+
 def test_both_formats_scans_safetensors_and_says_so(tmp_path: Path) -> None:
     sd = weights()
     folder = tmp_path / "ckpt"

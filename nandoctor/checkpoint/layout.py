@@ -104,16 +104,17 @@ def read_index(path: Path) -> ShardIndex:
 
 def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:
     """A shard listed in ``index``: relative to the index's own folder (as transformers resolves it), and
-    inside the checkpoint folder ``root``."""
-    from nandoctor.checkpoint.loaders import inside
-
+    inside the checkpoint folder ``root`` by its name (``../x``, an absolute name: refused). A shard that is a
+    symbolic link is followed wherever it points, as a single weight file is and as transformers does: the
+    folder's owner made the link (``cp -rs``, ``huggingface-cli download --local-dir`` with links)."""
     # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
     if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
         return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
                                  "byte, or a part over 255 bytes); refused", "fix the index's weight_map")
     folder = index.path.parent
     candidate = folder / shard
-    if os.path.isabs(shard) or inside(root, str(candidate.relative_to(root))) is None:
+    base = os.path.abspath(root)
+    if os.path.isabs(shard) or os.path.commonpath([base, os.path.abspath(candidate)]) != base:
         return None, ScanProblem(
             str(index.path),
             f"shard {shard!r} points outside the checkpoint folder; refused",
