@@ -130,11 +130,28 @@ class TensorRef:
 
     @property
     def elements_key(self) -> tuple[Any, ...]:
-        """Equal for two refs that view exactly the same elements (tied weights saved as one storage)."""
+        """Equal for two refs that view exactly the same elements in the same order (tied weights saved as one
+        storage): restoring one restores the other, byte for byte."""
         where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
         if self.is_contiguous:  # the same span of the storage, whatever the shape (emb and emb.view(-1))
             return (*where, self.numel)
         return (*where, self.shape, self.strides)
+
+    @property
+    def element_set_key(self) -> tuple[Any, ...]:
+        """Equal for two refs that view the same set of elements, in any order (a weight and its transpose):
+        what the totals count once. The set does not depend on the order of the dimensions: the (stride, size)
+        pairs are taken sorted, and pairs that pack densely are the same span as the contiguous view."""
+        if self.is_contiguous:
+            return self.elements_key
+        where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
+        dims = sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)
+        packed = 1
+        for stride, size in dims:
+            if stride != packed:
+                return (*where, tuple(dims))
+            packed *= size
+        return (*where, self.numel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,7 +674,7 @@ class ScanReport:
         seen: set[tuple[Any, ...]] = set()
         out = []
         for t in self.bad_tensors:
-            key = t.ref.elements_key
+            key = t.ref.element_set_key
             if key not in seen:
                 seen.add(key)
                 out.append(t)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nandoctor.engine import scan
 from nandoctor.readers import reader_for
 from nandoctor.readers.torch.file import TorchReader
-from nandoctor.engine import scan
 from tests.torch_helpers import (
     flatten,
     legacy_file,
@@ -118,10 +118,11 @@ def test_counts_match_torch_for_every_tensor(tmp_path: Path, zip_format: bool) -
     assert report_counts(report)["nested.7"] == (0, 0, 0)
     # Bytes no tensor views: big[95] is only in the storage.
     assert [(u.nan, u.posinf, u.neginf) for u in report.unviewed] == [(1, 0, 0)]
-    # Totals count tied copies once: lm_head.weight and tied_flat are transformer.wte.weight's elements.
-    tied = {"lm_head.weight", "tied_flat"}
+    # Totals count tied copies once: lm_head.weight and tied_flat are transformer.wte.weight's elements, and
+    # weight_t is up_proj.weight's elements in another order.
+    tied = {"lm_head.weight", "tied_flat", "model.layers.0.mlp.up_proj.weight_t"}
     assert report.nan == sum(c[0] for n, c in report_counts(report).items() if n not in tied) + 1
-    assert len(report.bad_tensors) - len(report.distinct_bad_tensors) == 2
+    assert len(report.bad_tensors) - len(report.distinct_bad_tensors) == 3
     assert report.exit_code == 1
 
 
@@ -505,3 +506,20 @@ def test_a_whole_pickled_module_is_named_as_its_state_dict(tmp_path):
     assert [t.name for t in report.tensors] == list(model.state_dict())
     assert {t.name: (t.nan, t.neginf, t.first_bad) for t in report.tensors if t.nan or t.neginf} == {
         "0.weight": (1, 0, 6), "2.weight": (0, 1, 0)}
+
+
+def test_a_transposed_view_of_the_same_elements_is_counted_once_in_the_totals(tmp_path: Path) -> None:
+    """``w`` and ``w.t()`` (and a permuted 3-d view) saved together view the same elements: each is listed with
+    its own counts, the totals count them once; a slice (partly overlapping) is added, as documented."""
+    full = torch.zeros(6, 4)
+    full[1, 2] = NAN
+    full[4, 0] = float("inf")
+    cube = torch.zeros(2, 3, 4)
+    cube[1, 2, 3] = NAN
+    path = tmp_path / "views.pt"
+    torch.save({"full": full, "t": full.t(), "slice": full[3:], "cube": cube, "perm": cube.permute(2, 0, 1)}, path)
+    report = scan(path, device="cpu")
+    counts = report_counts(report)
+    assert counts["t"] == counts["full"] == (1, 1, 0) and counts["slice"] == (0, 1, 0)
+    assert counts["perm"] == counts["cube"] == (1, 0, 0)
+    assert (report.nan, report.posinf) == (1 + 1, 1 + 1)  # full once, its slice added, cube once
