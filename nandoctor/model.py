@@ -142,7 +142,7 @@ class TensorRef:
         """Equal for two refs that view the same set of elements, in any order (a weight and its transpose):
         what the totals count once. The set does not depend on the order of the dimensions: the (stride, size)
         pairs are taken sorted, and pairs that pack densely are the same span as the contiguous view."""
-        if self.is_contiguous:
+        if self.is_contiguous or self.strides is None:
             return self.elements_key
         where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
         dims = sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)
