@@ -106,7 +106,12 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
     """A shard listed in ``index``: relative to the index's own folder (as transformers resolves it), and
     inside the checkpoint folder ``root`` by its name (``../x``, an absolute name: refused). A shard that is a
     symbolic link is followed wherever it points, as a single weight file is and as transformers does: the
-    folder's owner made the link (``cp -rs``, ``huggingface-cli download --local-dir`` with links)."""
+    folder's owner made the link (``cp -rs``, ``huggingface-cli download --local-dir`` with links). In a
+    Hugging Face cache snapshot, whose files are links the hub client made into its own blobs, a link that
+    leads anywhere else is refused: the cache was tampered with."""
+    from nandoctor.checkpoint.hubcache import is_snapshot
+    from nandoctor.checkpoint.loaders import inside
+
     # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
     if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
         return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
@@ -114,7 +119,8 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
     folder = index.path.parent
     candidate = folder / shard
     base = os.path.abspath(root)
-    if os.path.isabs(shard) or os.path.commonpath([base, os.path.abspath(candidate)]) != base:
+    escapes = os.path.isabs(shard) or os.path.commonpath([base, os.path.abspath(candidate)]) != base
+    if escapes or (is_snapshot(Path(base)) and inside(root, str(candidate.relative_to(root))) is None):
         return None, ScanProblem(
             str(index.path),
             f"shard {shard!r} points outside the checkpoint folder; refused",
