@@ -240,3 +240,20 @@ def test_fail_on_overflow_alone_needs_a_target_dtype(tmp_path):
     assert CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "--target-dtype", "fp16", "-q"]).exit_code == 0
     with pytest.raises(ValueError, match="without --target-dtype"):
         nandoctor.assert_finite(bad, fail_on="overflow")
+
+
+@pytest.mark.parametrize("option", [{"target_dtype": "int8"}, {"device": "tpu"}, {"device": "cuda"},
+                                    {"fail_on": "nan"}])
+def test_a_callback_with_a_bad_option_refuses_to_be_built(option):
+    """Found at the first save, a bad option was only logged ("never crash training"): every save went unchecked
+    while save_total_limit deleted the clean checkpoints. Both callbacks and the gate refuse it when built."""
+    from nandoctor.errors import DeviceUnavailableError
+    from nandoctor.integrations.gate import CheckpointGate
+    from nandoctor.integrations.lightning import NanDoctorCallback as LightningCallback
+    from nandoctor.integrations.transformers import NanDoctorCallback as TrainerCallback
+
+    if option.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: cuda is a good device here")
+    for build in (CheckpointGate, TrainerCallback, LightningCallback):
+        with pytest.raises((ValueError, DeviceUnavailableError)):
+            build(**option)

@@ -34,13 +34,26 @@ class CheckpointGate:
         target_dtype: also count weights that overflow a cast to ``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``.
         fail_on: which findings fail the gate (default: nonfinite, exploded, outlier, overflow).
         device: where to count (``cpu`` by default).
+
+    Raises ValueError (an unknown ``target_dtype`` or ``fail_on``) and DeviceUnavailableError (an unknown
+    ``device``, or ``cuda`` where torch sees no GPU) when it is built, never at a save.
     """
 
     def __init__(self, *, target_dtype: str | None = None, fail_on: str | list[str] | None = None,
                  device: str = "cpu") -> None:
+        # Every option is checked here, when the callback is built: a bad one found at the first save would only
+        # be logged ("never crash training"), and every save would go unchecked while rotation deletes the
+        # clean checkpoints.
+        from nandoctor.kernels import select_kernel
+
+        if target_dtype is not None:
+            from nandoctor.kernels.targets import target
+
+            target(target_dtype)  # ValueError naming the choices
         self.target_dtype = target_dtype
         self.fail_on = verdicts.parse_fail_on(fail_on)
         verdicts.require_target_for_overflow(self.fail_on, target_dtype)  # a gate that passes anything is a bug
+        select_kernel(device)  # DeviceUnavailableError: an unknown device, or cuda without a GPU
         self.device = device
         self.reports: dict[Any, ScanReport] = {}  # the caller's key (a step, a path) → report
         self.last_clean: str | None = None  # the newest checkpoint that passed
