@@ -62,9 +62,9 @@ def scan_tensors(
 
     problems: list[ScanProblem] = []
     live: list[tuple[str, torch.Tensor]] = []
-    for name, value in named:
-        if not isinstance(value, torch.Tensor):
-            continue  # state dicts may carry extra state (ints, strings): nothing to count
+    for name, value in _tensors(named, torch):
+        if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
+            value = value.dequantize()
         if value.device.type == "meta":
             problems.append(ScanProblem(name, "tensor is on the meta device: it has no values to check",
                                         "materialise the weights (load them) before scanning"))
@@ -105,6 +105,9 @@ def scan_tensors(
                     **health,
                 )
             )
+    if not live and not problems:  # a gate over nothing would pass anything
+        problems.append(ScanProblem(target, "holds no tensors: there is nothing to check",
+                                    "pass the model's state_dict() (or the module itself)", kind="empty"))
     devices = sorted({str(t.device) for _, t in live}) or ["cpu"]
     report = ScanReport(
         target=target,
@@ -120,10 +123,45 @@ def scan_tensors(
     return verdict.judged(report)
 
 
+_MAX_DEPTH = 100
+
+
+def _tensors(named: Iterable[tuple[str, Any]], torch: Any) -> Iterable[tuple[str, Any]]:
+    """Every tensor of ``named``, nested mappings, lists and tuples walked with dotted names (what
+    ``torch.load("ckpt.pt")`` gives: ``{"model": {...}, "epoch": 3}``), each nested tensor's components as
+    ``name.i``; other values (ints, strings) hold nothing to count."""
+    seen: set[int] = set()
+
+    def walk(name: str, value: Any, depth: int) -> Iterable[tuple[str, Any]]:
+        if isinstance(value, torch.Tensor):
+            if getattr(value, "is_nested", False):
+                for i, part in enumerate(value.unbind()):
+                    yield f"{name}.{i}", part
+            else:
+                yield name, value
+            return
+        if depth > _MAX_DEPTH or id(value) in seen:
+            return
+        if isinstance(value, Mapping):
+            seen.add(id(value))
+            for key, child in value.items():
+                yield from walk(f"{name}.{key}", child, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            seen.add(id(value))
+            for i, child in enumerate(value):
+                yield from walk(f"{name}.{i}", child, depth + 1)
+
+    for name, value in named:
+        yield from walk(str(name), value, 0)
+
+
 def scan_state_dict(
     state_dict: Mapping[str, Any], *, target_dtype: str | None = None, name: str = "<state_dict>"
 ) -> ScanReport:
-    """Scan a mapping of names to tensors (``model.state_dict()``, a loaded ``.safetensors``)."""
+    """Scan a mapping of names to tensors (``model.state_dict()``, a loaded ``.safetensors``, a loaded
+    checkpoint dict: nested mappings, lists and tuples are walked, their tensors named ``model.w``, ``opt.0``).
+    Quantized tensors are counted on their dequantized values; a mapping without any tensor is a problem of
+    kind ``empty`` (exit 3), never CLEAN."""
     return scan_tensors(state_dict.items(), target=name, target_dtype=target_dtype)
 
 

@@ -135,3 +135,23 @@ def test_averaged_weights_kept_by_stochastic_weight_averaging_are_judged_as_weig
     assert roles["callbacks.StochasticWeightAveraging.average_model_state.module.weight"] == "weight"
     assert [t.name for t in report.bad_tensors] == ["callbacks.StochasticWeightAveraging.average_model_state.module.weight"]
     assert report.exit_code == 1 and report.nan == 64
+
+
+def test_a_model_part_called_optimizer_is_judged_as_weights(tmp_path):
+    """`optimizer.weight` of a submodule named `optimizer` is a weight (1e30 there is exploded), in a
+    safetensors file and a live module; optimizer state dicts nested under such a word stay optimizer state."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import nandoctor
+    from nandoctor.checkpoint.roles import OPTIMIZER, WEIGHT, role_of
+
+    assert role_of("optimizer.weight") == role_of("model.optimizer.bias") == WEIGHT
+    assert role_of("optimizer.state.3.exp_avg") == role_of("optimizer_states.0.state.1.exp_avg_sq") == OPTIMIZER
+    assert role_of("optimizer_state_dict.fp32_flat_groups.0") == OPTIMIZER
+    weights = {"encoder.weight": np.full((16, 16), 0.02, np.float32), "optimizer.weight": np.full((16, 16), 0.02, np.float32)}
+    weights["optimizer.weight"][3, 3] = 1e30
+    save_file(weights, tmp_path / "model.safetensors")
+    report = nandoctor.scan(tmp_path / "model.safetensors")
+    found = next(t for t in report.tensors if t.ref.name == "optimizer.weight")
+    assert report.exit_code == 1 and "exploded" in found.findings and found.ref.role == WEIGHT

@@ -58,9 +58,16 @@ def _state_words() -> str:
     return "(?:" + "|".join(map(re.escape, sorted(_OPTIMIZER_SEGMENTS, key=len, reverse=True))) + ")"
 
 
-# A container segment (not the last one) that is optimizer state, in one C-level search per name instead
-# of a Python loop over its segments.
-_STATE_SEGMENT = re.compile(r"(?:^|\.)" + _state_words() + r"(?=\.)")
+# Optimizer state, in one C-level search per name instead of a Python loop over its segments: an optimizer
+# container whose tensors sit in an optimizer state dict's ``state`` or ``param_groups`` further down
+# (``optimizer.state.3.exp_avg``, Lightning's ``optimizer_states.0.state.3.exp_avg``), or a flat partition of
+# DeepSpeed's. The container's word alone is not enough: ``optimizer.weight`` of a module named ``optimizer``
+# (a model part, as ``model.safetensors`` or a live module holds it) is a weight.
+_FLAT_STATE = ("fp32_flat_groups", "single_partition_of_fp32_groups", "base_optimizer_state")
+_STATE_SEGMENT = re.compile(
+    r"(?:^|\.)(?:" + _state_words() + r"\.(?:.+\.)?(?:state|param_groups)\."
+    + r"|(?:" + "|".join(_FLAT_STATE) + r")\.)"  # (a container too, as the prefilter below has it)
+)
 _LEAVES = "|".join(map(re.escape, sorted(_BUFFER_LEAVES, key=len, reverse=True)))
 # A name that is not a plain weight (a state segment, a buffer's last segment, the attention mask bias),
 # searched for in all names at once, each after a line break: one C pass over a million names (its leading

@@ -1,0 +1,45 @@
+"""Live scans of what users hold in memory: a loaded checkpoint dict (nested), quantized and nested tensors,
+an empty mapping. torch is the oracle."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import nandoctor
+
+torch = pytest.importorskip("torch")
+NAN, INF = float("nan"), float("inf")
+
+
+def test_a_loaded_checkpoint_dict_is_walked_like_a_file():
+    """`torch.load("ckpt.pt")` gives {"model": {...}, "optimizer": ..., "epoch": 3}: its tensors were skipped and
+    the result called CLEAN; now every nested tensor is counted under its dotted name."""
+    w = torch.zeros(4, 4)
+    w[1, 2], w[3, 0] = NAN, -INF
+    loaded = {"model": {"layer.weight": w, "layer.bias": torch.zeros(4)}, "history": [torch.tensor([1.0, INF])],
+              "epoch": 3, "name": "run"}
+    report = nandoctor.scan_state_dict(loaded)
+    counts = {t.ref.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
+    assert counts == {"model.layer.weight": (1, 0, 1), "model.layer.bias": (0, 0, 0), "history.0": (0, 1, 0)}
+    assert report.exit_code == 1
+
+
+def test_nothing_to_check_is_never_clean():
+    for empty in ({}, {"epoch": 3, "note": "x"}):
+        report = nandoctor.scan_state_dict(empty)
+        assert report.exit_code == 3 and report.verdict == "NO TENSORS"
+    assert nandoctor.scan_module(torch.nn.ReLU()).exit_code == 3
+
+
+def test_quantized_and_nested_tensors_are_counted_on_their_values():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(torch.tensor([1.0, 2.0, 3.0]), NAN, 0, torch.qint8)
+        nested = torch.nested.nested_tensor([torch.tensor([1.0, NAN]), torch.tensor([INF])])
+    expected_q = int(torch.isnan(q.dequantize()).sum())
+    report = nandoctor.scan_state_dict({"q": q, "nt": nested})
+    counts = {t.ref.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
+    assert counts == {"q": (expected_q, 0, 0), "nt.0": (1, 0, 0), "nt.1": (0, 1, 0)} and expected_q == 3
+    assert report.exit_code == 1
