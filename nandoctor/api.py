@@ -364,7 +364,8 @@ def repair(
         dry_run: plan only; write nothing.
         progress, on_phase: progress callbacks.
         hash_all: record every written file's sha256 in the proof (patched files always are).
-        allow_diverged: repair a diverged checkpoint anyway (refused by default: resume instead).
+        allow_diverged: repair a diverged checkpoint anyway (refused by default: resume instead); one that
+            would stay diverged by growth once its bad tensors are restored is refused all the same.
         allow_cast: take a donor tensor of another float dtype (F64/F32/F16/BF16: an fp32 master copy
             for a bf16 checkpoint), rounded exactly as torch's ``tensor.to(dtype)`` rounds (nearest,
             ties to even, subnormals kept); a donor with a value that would not be finite in the
@@ -376,12 +377,14 @@ def repair(
             the plan and proof (``"excluded"``) and a plan note. An empty pattern raises ``ValueError``.
 
     Returns:
-        A ``RepairResult``: ``ok`` (written and verified healthy), the plan, written files, the proof path.
+        A ``RepairResult``: ``ok`` (written and verified healthy, judged as :func:`scan` judges it in the
+        target's place: within its run), the plan, written files, the proof path.
 
     Raises:
         UnrestorableError: some tensor has no healthy donor (nothing written).
-        RepairRefusedError: a diverged target, a run folder, an unreadable target (or a selection that
-            leaves none of its tensors).
+        RepairRefusedError: a diverged target (even with ``allow_diverged`` when it is diverged by growth, which
+            no tensor restored undoes), a run folder, an unreadable target (or a selection that leaves none of
+            its tensors).
         OutputExistsError: ``out`` exists. RepairFailedError: writing or verification failed
             (nothing is left at ``out``).
 

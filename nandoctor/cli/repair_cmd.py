@@ -65,7 +65,8 @@ def _sigterm_interrupts() -> Iterator[None]:
     "costs more CPU than copying).",
 )
 @click.option("--allow-diverged", is_flag=True,
-              help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one).")
+              help="Repair a diverged checkpoint anyway (refused by default: resume from the last healthy one); "
+              "never one that stays diverged by growth, which no restored tensor undoes.")
 @click.option("--allow-cast", is_flag=True,
               help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
               "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")

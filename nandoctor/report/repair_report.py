@@ -22,6 +22,8 @@ def _donor_short(plan: RepairPlan, index: int) -> str:
     from nandoctor.report.text import safe
 
     info = plan.donors[index]
+    if info.own:  # a tied copy restored from its partner in the target itself (restore/tied.py)
+        return "the target itself"
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
 
 
@@ -111,7 +113,7 @@ def _refusal_table(plan: RepairPlan) -> Table:
 def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import human_bytes, safe
 
-    donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)))
+    donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)) if not plan.donors[i].own)
     console.print(Text.assemble(("nandoctor repair ", "bold"), safe(plan.target), f"\n  scope: {plan.scope}\n  donors, tried in order:\n{donors}"))
     for note in plan.notes:
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
@@ -135,10 +137,19 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
     restored = plan.tensors_restored
     if not plan.refused:
         console.print(
-            Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {len({r.donor for r in plan.restorations})} donor(s)")
+            Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {_sources(plan)}")
             if restored
             else Text("  nothing to restore: the target is already clean")
         )
+
+
+def _sources(plan: RepairPlan) -> str:
+    """Where the restored bytes come from: ``2 donor(s)``, with the target's own tied partners when used."""
+    used = {r.donor for r in plan.restorations}
+    own = sum(1 for i in used if plan.donors[i].own)
+    donors = f"{len(used) - own} donor(s)"
+    return donors + " and the tied partner(s) in the target" if own and len(used) > own else (
+        "the tied partner(s) in the target" if own else donors)
 
 
 def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:

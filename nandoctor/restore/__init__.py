@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from nandoctor.restore.plan import (
     DonorInfo,
     RepairPlan,
     Restoration,
+    RunBaseline,
     Unrestorable,
     plan_repair,
 )
@@ -32,6 +33,7 @@ from nandoctor.restore.writer import Phase, Progress, Source
 
 if TYPE_CHECKING:
     from nandoctor.restore.donors import CheckpointDonor
+    from nandoctor.verdict import Growth
 
 __all__ = [
     "PROOF_NAME",
@@ -73,10 +75,14 @@ def repair(
     from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.checkpoint.runcontext import judge_in_run
     from nandoctor.engine import scan
-    from nandoctor.restore.donors import resolve_donors
+    from nandoctor.restore.donors import CheckpointDonor, resolve_donors
+    from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
     started = time.perf_counter()
+    # A checkpoint as `nandoctor scan` scans it, for judging one within its run (each scanned once: the run's
+    # earlier checkpoints judge the target, then the output)
+    scan_one = _memo(partial(scan, device="cpu", limits=limits, selection=selection))
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
@@ -89,8 +95,7 @@ def repair(
     run_folder = target_path
     deciding = _deciding_files(run_folder, final) if final is not None else []
     if len(deciding) > 1:  # (one alone is the target, scanned below)
-        judge = partial(scan, device="cpu", limits=limits, selection=selection)
-        failing = [f for f in deciding if judge_in_run(judge(f), f, judge).exit_code != 0]
+        failing = [f for f in deciding if judge_in_run(scan_one(f), f, scan_one).exit_code != 0]
         if failing:  # repair one that fails (the final model first), never hand back a clean one as the fix
             target_path, also = failing[0], tuple(failing[1:])
     if final is not None and target_path == run_folder:
@@ -129,19 +134,24 @@ def repair(
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
-    report = judge_in_run(report, target_path, partial(scan, device="cpu", limits=limits, selection=selection))
+    report = judge_in_run(report, target_path, scan_one)
+    baseline = _baseline(report, scan_one)
     if report.health == "diverged" and not allow_diverged:
-        _refuse_diverged(target, target_path, report)
+        _refuse_diverged(target, target_path, report, baseline)
     context = verdict.run_context(report)
     # --from auto is suggested only where it finds a donor, and not again when it was given
     auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
     catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
-    plan = _with_selection(plan_repair(report, catalogs, scope, allow_cast=allow_cast), report, selection)
+    ties = tied_partners(report, source.root) if report.unhealthy_tensors else {}
+    plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
+    plan = _with_selection(plan, report, selection)
+    _refuse_growth_left(target, target_path, report, plan, baseline)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
     if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
-        plan = _in_pieces(plan, target_path, catalogs, limits or HealthLimits(), selection)
+        own = [CheckpointDonor(target_path, limits, selection)] if any(d.own for d in plan.donors) else []
+        plan = _in_pieces(plan, target_path, [*catalogs, *own], limits or HealthLimits(), selection)
     if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -164,6 +174,8 @@ def repair(
         notes=_notes(source) + _also_notes(also, target_path, out, selection),
         hash_all=hash_all,
         inputs=inputs,
+        # judged as `nandoctor scan` judges it once in place: within the target's run, growth included
+        judge=partial(judge_in_run, target=target_path, scan_one=scan_one),
     )
     return replace(result, seconds=time.perf_counter() - started)
 
@@ -197,19 +209,87 @@ def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection |
     return replace(plan, selection=selection, excluded=count, notes=(*plan.notes, note))
 
 
-def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport) -> None:
+def _memo(scan_one: Callable[[Path], ScanReport]) -> Callable[[Path], ScanReport]:
+    """``scan_one`` that scans each path once (the run's earlier checkpoints judge the target and the output)."""
+    done: dict[Path, ScanReport] = {}
+
+    def once(path: Path) -> ScanReport:
+        key = Path(path)
+        if key not in done:
+            done[key] = scan_one(key)
+        return done[key]
+
+    return once
+
+
+def _baseline(report: ScanReport, scan_one: Callable[[Path], ScanReport]) -> RunBaseline | None:
+    """The first healthy checkpoint of the run ``report`` was judged within (its run context), with the
+    tensor scales growth is measured against; None outside a run or before any healthy checkpoint."""
     from nandoctor import verdict
-    from nandoctor.checkpoint import runs
+
+    path = (verdict.run_context(report) or {}).get("baseline")
+    if not isinstance(path, str):
+        return None
+    return RunBaseline(path, verdict.tensor_scales(scan_one(Path(path))))
+
+
+def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str]) -> Growth | None:
+    """The tensor that keeps ``report``'s checkpoint diverged by growth once the ``restored`` ones are restored
+    (verdict.growth over the others), or None. Growth is no bad tensor: a repair by tensor leaves it."""
+    from nandoctor import verdict
+
+    if baseline is None:
+        return None
+    grown = verdict.growth(report, {n: s for n, s in baseline.scales.items() if n not in restored})
+    return grown if grown is not None and grown.factor >= verdict.GROWTH_DIVERGED else None
+
+
+def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, baseline: RunBaseline | None) -> None:
+    from nandoctor import verdict
     from nandoctor.layers import bad_ranges
 
-    place = runs.place_in_run(target_path)
-    where = f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
+    advice = verdict.diverged_advice(report, _where(target_path))
+    grown = _grown(report, baseline, {t.name for t in report.unhealthy_tensors})
+    # --allow-diverged restores bad tensors: it is offered only where restoring them leaves no growth behind
+    why = (f"; {_GROWTH_STAYS}" if grown is not None
+           else "; a repair would only stitch a broken model together")
     raise RepairRefusedError(
-        f"{target}: diverged: {verdict.diverged_why(report)}"
-        + (f" ({ranges} …)" if ranges else "") + "; a repair would only stitch a broken model together; nothing was written",
-        f"{verdict.diverged_advice(report, where)}; --allow-diverged repairs it anyway",
+        f"{target}: diverged: {verdict.diverged_why(report)}" + (f" ({ranges} …)" if ranges else "")
+        + f"{why}; nothing was written",
+        advice if grown is not None else f"{advice}; --allow-diverged repairs it anyway",
     )
+
+
+_GROWTH_STAYS = ("growth is no bad tensor (no NaN/Inf, exploded or outlier value), so a checkpoint diverged by growth "
+                 "cannot be repaired by tensor")
+
+
+def _refuse_growth_left(
+    target: PathLike, target_path: Path, report: ScanReport, plan: RepairPlan, baseline: RunBaseline | None
+) -> None:
+    """Refuse (--allow-diverged) a checkpoint that would still be diverged by growth once the plan's tensors are
+    restored: its verification would fail, and nothing a repair by tensor restores can change that."""
+    from nandoctor import verdict
+
+    grown = _grown(report, baseline, {r.name for r in plan.restorations})
+    if grown is None or baseline is None:
+        return
+    restoring = (f"restoring its {plan.tensors_restored} bad tensor(s) would leave it diverged"
+                 if plan.tensors_restored else "nothing to restore")
+    raise RepairRefusedError(
+        f"{target}: diverged: {grown.words()} since the run's first healthy checkpoint {baseline.path}; "
+        f"{restoring}: {_GROWTH_STAYS}; nothing was written",
+        verdict.diverged_advice(report, _where(target_path)),
+    )
+
+
+def _where(target_path: Path) -> str:
+    """How to find the run's last healthy checkpoint, for the advice to resume from it."""
+    from nandoctor.checkpoint import runs
+
+    place = runs.place_in_run(target_path)
+    return f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
 
 
 def _deciding_files(run_folder: Path, final: Path) -> list[Path]:

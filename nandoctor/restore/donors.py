@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ class CheckpointDonor:
         self.checkpoint: Checkpoint | None = None
         self._refs: dict[str, TensorRef] | None = None
         self._chunks: dict[str, list[TensorRef]] = {}  # tensors stored as chunks (DCP), by name
+        self._checks: dict[int, TensorCheck] = {}  # id(ref) → what reading it found (each tensor read once)
 
     @property
     def fingerprints(self) -> dict[str, tuple[int, int]]:
@@ -98,11 +100,24 @@ class CheckpointDonor:
     def unhealthy(self, ref: TensorRef) -> str | None:
         """Why this donor tensor is no good copy, or None: it must be finite and, for a weight, neither
         exploded nor holding outliers (the same census the scan runs, on this tensor alone)."""
-        try:
-            return next((why for part in self._parts(ref) if (why := tensor_health(part, self.limits))), None)
-        except OSError as exc:
-            raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
+        return self._check(ref).why
 
+    def scale(self, ref: TensorRef) -> float | None:
+        """The donor tensor's bulk scale (verdict.tensor_scale), measured by the same read as its health;
+        of a chunked tensor, its loudest chunk's (as the scan merges chunks)."""
+        return self._check(ref).scale
+
+    def _check(self, ref: TensorRef) -> TensorCheck:
+        key = id(ref)
+        if key not in self._checks:
+            try:
+                checks = [tensor_check(part, self.limits) for part in self._parts(ref)]
+            except OSError as exc:
+                raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
+            scales = [c.scale for c in checks if c.scale is not None]
+            why = next((c.why for c in checks if c.why), None)
+            self._checks[key] = TensorCheck(why, max(scales) if scales else None)
+        return self._checks[key]
 
     def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
         """How many of the donor tensor's values would not be finite once cast to ``dtype`` (as torch rounds)."""
@@ -118,35 +133,59 @@ class CheckpointDonor:
             raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
 
 
-def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
-    """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy.
+@dataclass(frozen=True)
+class TensorCheck:
+    """What reading one donor tensor found: why it is no good copy (None: healthy), and its bulk scale."""
 
-    The scan's kernel and census on this tensor alone; a second read, only when some value may be an
-    outlier, counts them against the tensor's own bulk scale (which the first read measures)."""
+    why: str | None
+    scale: float | None  # as verdict.tensor_scale measures a scanned tensor; None when it has no bulk
+
+
+def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
+    """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy."""
+    return tensor_check(ref, limits).why
+
+
+def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
+    """:func:`tensor_health`'s reason and the tensor's bulk scale, from one read of its elements.
+
+    The scan's kernel and census on this tensor alone (a tensor under 64 KiB measured on every value, a
+    larger one on the lanes the scan samples, as the scan measures them); a second read, only when some
+    value may be an outlier, counts them against the tensor's own bulk scale (which the first read
+    measures). The scale is what verdict.growth compares with the run's first healthy checkpoint."""
+    from nandoctor.engine.work import SMALL_REGION_BYTES
     from nandoctor.kernels import select_kernel
-    from nandoctor.kernels.census import Census, count_above, lane_info, lanes_of, observe_chunk
+    from nandoctor.kernels.census import Census, count_above, lane_info, lanes_of, observe_chunk, observe_whole
+    from nandoctor.kernels.targets import decode_magnitude
+    from nandoctor.restore.tensorbytes import nbytes
 
     spec = _spec(ref)
     if not spec.can_hold_nonfinite:
-        return None
+        return TensorCheck(None, None)
     kernel = select_kernel("cpu")
     info = lane_info(spec, limits.ceiling(spec.name))
     census = Census()
     bad = 0
+    small = nbytes(ref) < SMALL_REGION_BYTES  # (then one block: the scan reads such a tensor whole)
     for block in _lanes(ref, kernel.chunk_bytes):
         bad += kernel.count(block, spec).nonfinite
-        census.merge(observe_chunk(block, info, 0, histogram=True))
+        census.merge(observe_whole(block, info) if small else observe_chunk(block, info, 0, histogram=True))
+    scale = census.bulk_scale(spec, info)
+    if scale is None:  # no bulk measured: its largest magnitude below the census's high level (verdict._scale)
+        bits, _ = census.max_bits()
+        top = decode_magnitude(spec, bits) if bits >= 0 else None
+        scale = top if top is not None and top < 2.0 else None
     if bad:
-        return f"holds {bad:,} NaN/Inf values"
+        return TensorCheck(f"holds {bad:,} NaN/Inf values", scale)
     if ref.role != "weight":
-        return None
+        return TensorCheck(None, scale)
     if census.exploded:
-        return f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g})"
+        return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g})", scale)
     threshold = census.outlier_threshold(info, limits)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
-        return None
+        return TensorCheck(None, scale)
     outliers = sum(count_above(lanes_of(block, spec), info, threshold)[0] for block in _lanes(ref, kernel.chunk_bytes))
-    return f"holds {outliers:,} outliers (values 2^10 times above its bulk)" if outliers else None
+    return TensorCheck(f"holds {outliers:,} outliers (values 2^10 times above its bulk)" if outliers else None, scale)
 
 
 def _spec(ref: TensorRef) -> DTypeSpec:

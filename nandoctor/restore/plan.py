@@ -13,7 +13,12 @@ A candidate must have the same dtype and shape and be finite itself; with
 finite once cast (convert.py). A name the torch reader made unique with a
 ``#n`` suffix (``{"a.b": x, "a": {"b": y}}`` flattens twice to ``a.b``) is never
 matched by name, in the target or a donor: which tensor got the plain name
-depends on the pickle's order, not on the model.
+depends on the pickle's order, not on the model. Within a run, a donor weight
+whose bulk grew ``GROWTH_DIVERGED`` times past the run's first healthy
+checkpoint is no good copy either (:class:`RunBaseline`): it is diverged, and the
+repaired checkpoint would be too. A tied copy stored beside its partner
+(``lm_head.weight`` with ``tie_word_embeddings``) is restored from that partner
+as the repaired checkpoint holds it, so the two stay equal (``ties``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from nandoctor.layers import layer_of
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
-from nandoctor.verdict import FAILING_BY_DEFAULT
+from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, GROWTH_FLOOR, Growth
 
 SCOPES = ("tensor", "layer")
 
@@ -54,6 +59,9 @@ class DonorCatalog(Protocol):
     def unhealthy(self, ref: TensorRef) -> str | None:
         """Why the donor tensor is no good copy (NaN/Inf, exploded, outliers), or None when it is healthy."""
 
+    def scale(self, ref: TensorRef) -> float | None:
+        """The donor tensor's bulk scale (verdict.tensor_scale); asked only with a :class:`RunBaseline`."""
+
     def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
         """How many of the donor tensor's values would not be finite once cast to ``dtype``."""
 
@@ -62,6 +70,26 @@ class DonorCatalog(Protocol):
 class DonorInfo:
     path: str
     step: int | None
+    own: bool = False  # the target itself: tied copies restored from their partner in it (``ties``)
+
+
+@dataclass(frozen=True)
+class RunBaseline:
+    """The target's run's first healthy checkpoint, against which a scan of the target judges growth
+    (checkpoint/runcontext.py): ``scales`` are its verdict.tensor_scales. A donor weight whose bulk is
+    ``GROWTH_DIVERGED`` times its scale there is diverged, and would make the repaired checkpoint so."""
+
+    path: str
+    scales: Mapping[str, float]
+
+    def growth(self, name: str, scale: float | None) -> Growth | None:
+        """How far tensor ``name`` at ``scale`` stands above its scale here, when that makes it diverged."""
+        was = self.scales.get(name)
+        if was is None or scale is None:
+            return None
+        was = max(was, GROWTH_FLOOR)  # as verdict.growth: a tensor that started near zero may grow freely
+        grown = Growth(scale / was, name, scale, was)
+        return grown if grown.factor >= GROWTH_DIVERGED else None
 
 
 @dataclass(frozen=True)
@@ -240,6 +268,9 @@ class _DonorView:
             self._health[key] = self.catalog.unhealthy(ref)
         return self._health[key]
 
+    def scale(self, ref: TensorRef) -> float | None:
+        return self.catalog.scale(ref)
+
 
 def _describe(catalog: DonorCatalog) -> str:
     return f"{catalog.label} (step {catalog.step})" if catalog.step is not None else catalog.label
@@ -248,8 +279,11 @@ def _describe(catalog: DonorCatalog) -> str:
 _NOT_FOUND = "not found"
 
 
-def _candidate(result: TensorResult, donor: _DonorView, allow_cast: bool) -> tuple[str, TensorRef] | str:
-    """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not."""
+def _candidate(
+    result: TensorResult, donor: _DonorView, allow_cast: bool, baseline: RunBaseline | None = None
+) -> tuple[str, TensorRef] | str:
+    """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not: with a
+    ``baseline``, a weight whose bulk grew past it (by the target's name: the run's) is none."""
     target = result.ref
     names, why = donor.candidates(target.name)
     if why:
@@ -267,6 +301,12 @@ def _candidate(result: TensorResult, donor: _DonorView, allow_cast: bool) -> tup
         else:
             try:
                 why = donor.unhealthy(ref)
+                why = None if why is None else f"{why}{'' if cast else ' itself'}"
+                if why is None and baseline is not None and target.role == "weight":
+                    grown = baseline.growth(target.name, donor.scale(ref))
+                    why = None if grown is None else (
+                        f"diverged itself: {grown.words()} since the run's first healthy checkpoint {baseline.path}"
+                    )
                 if why is None and cast:
                     overflow = donor.catalog.cast_overflow(ref, target.dtype)
                     why = f"{overflow:,} of its {ref.dtype} values are not finite as {target.dtype}" if overflow else None
@@ -275,7 +315,7 @@ def _candidate(result: TensorResult, donor: _DonorView, allow_cast: bool) -> tup
                 continue
             if why is None:
                 return name, ref
-            reasons.append(f"{why}{'' if cast else ' itself'}{shown}")
+            reasons.append(f"{why}{shown}")
     return "; ".join(reasons)
 
 
@@ -326,7 +366,8 @@ def _cast_note(report: ScanReport, unrestorable: list[Unrestorable], views: list
 
 
 def plan_repair(
-    report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor", *, allow_cast: bool = False
+    report: ScanReport, donors: Sequence[DonorCatalog], scope: str = "tensor", *, allow_cast: bool = False,
+    baseline: RunBaseline | None = None, ties: Mapping[str, str] | None = None,
 ) -> RepairPlan:
     """Decide, for every tensor to restore, its donor; or list what cannot be restored.
 
@@ -335,11 +376,15 @@ def plan_repair(
     consistent). Tensors that are the very same elements of one storage (tied weights in a
     torch file) are written once; one that a donor lacks (safetensors drops tied copies) is
     restored through its partner. With ``allow_cast`` a float donor of another dtype qualifies when
-    every value stays finite once cast.
+    every value stays finite once cast. ``baseline``: the target's run's first healthy checkpoint, past
+    which no donor weight may have grown. ``ties`` (restore/tied.py): tied copy → its partner in the
+    target; a bad copy is restored as its partner ends up, from the same bytes (the partner's own when it
+    is healthy: the target itself is then a donor, ``DonorInfo.own``), never from a donor of its own.
     """
     views = [_DonorView(d) for d in donors]
     ambiguous = made_unique(t.ref for t in report.tensors)
     needed = needed_tensors(report, scope)
+    tied = {t.name: ties[t.name] for t in needed if ties and t.name in ties and t.name not in ambiguous}
     keys = {id(t): _view_key(t.ref) for t in needed}
     tie_count: dict[tuple, int] = {}
     for t in needed:
@@ -347,6 +392,8 @@ def plan_repair(
 
     units: dict[str, list[TensorResult]] = {}
     for t in needed:
+        if t.name in tied:
+            continue  # follows its partner, below
         units.setdefault(t.name if scope == "tensor" else layer_of(t.name).group, []).append(t)
 
     chosen: dict[int, tuple[int, str, TensorRef]] = {}  # id(result) → (donor, donor name, donor ref)
@@ -363,7 +410,7 @@ def plan_repair(
             for m in members:
                 answer = (
                     f"{m.name!r} names two tensors of the target (made unique by a #n suffix); not matched by name"
-                    if m.name in ambiguous else _candidate(m, donor, allow_cast)
+                    if m.name in ambiguous else _candidate(m, donor, allow_cast, baseline)
                 )
                 if isinstance(answer, tuple):
                     picks[id(m)] = (index, *answer)
@@ -381,6 +428,7 @@ def plan_repair(
                     if id(m) in picks:
                         reasons.setdefault(id(m), []).append(f"{where}: another tensor of its layer has no good copy here")
 
+    own = _follow_partners(report, needed, tied, keys, chosen, reasons, len(views))
     restorations: list[Restoration] = []
     unrestorable: list[Unrestorable] = []
     writer_of: dict[tuple, TensorResult] = {}
@@ -414,6 +462,11 @@ def plan_repair(
         )
 
     notes = tuple(f"donor {_describe(v.catalog)} could not be read: {v.error}" for v in views if v.error)
+    notes += tuple(
+        f"{name} is tied to {partner} (config.json: tie_word_embeddings): restored from the values {partner} has "
+        "in the repaired checkpoint, so that the two stay equal and the loader ties them again"
+        for name, partner in tied.items() if any(r.name == name for r in restorations)
+    )
     cast: tuple[str, ...] = ()
     if unrestorable:
         notes += _name_overlap_notes(report, views)
@@ -422,7 +475,7 @@ def plan_repair(
             notes += cast
     return RepairPlan(
         target=report.target,
-        donors=tuple(DonorInfo(d.label, d.step) for d in donors),
+        donors=tuple(DonorInfo(d.label, d.step) for d in donors) + ((DonorInfo(report.target, None, own=True),) if own else ()),
         scope=scope,
         restorations=tuple(restorations),
         unrestorable=tuple(unrestorable),
@@ -432,6 +485,36 @@ def plan_repair(
         cast_helps=bool(cast),
         exclude_globs=_optimizer_globs(report, unrestorable),
     )
+
+
+def _follow_partners(
+    report: ScanReport, needed: Sequence[TensorResult], tied: Mapping[str, str], keys: Mapping[int, tuple],
+    chosen: dict[int, tuple[int, str, TensorRef]], reasons: dict[int, list[str]], own_index: int,
+) -> bool:
+    """Give each bad tied copy in ``tied`` its partner's source in ``chosen``: the partner's donor tensor
+    when the partner is restored too, else the partner itself in the target (donor ``own_index``, the
+    target). Whether the target itself became a donor."""
+    by_name = {t.name: t for t in needed}
+    donor_of = {keys[id(t)]: chosen[id(t)] for t in needed if id(t) in chosen}  # (a storage viewed twice: either)
+    own = False
+    for t in needed:
+        partner = tied.get(t.name)
+        if partner is None:
+            continue
+        seen = {t.name}
+        while partner in tied and partner not in seen:  # a partner that is a bad tied copy itself: its partner
+            seen.add(partner)
+            partner = tied[partner]
+        restored = by_name.get(partner)
+        if restored is None:  # healthy in the target: the very values the loader ties the copy to
+            row = report.tensors.refs.names.index(partner)
+            chosen[id(t)] = (own_index, partner, report.tensors.refs[row])
+            own = True
+        elif keys[id(restored)] in donor_of:
+            chosen[id(t)] = donor_of[keys[id(restored)]]
+        else:
+            reasons[id(t)] = [f"tied to {partner!r} (config.json: tie_word_embeddings), which has no good donor"]
+    return own
 
 
 def _optimizer_globs(report: ScanReport, unrestorable: Sequence[Unrestorable]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import Any
 from nandoctor.checkpoint.hashes import PROOF_NAME
 from nandoctor.errors import NandoctorError, OutputExistsError, RepairRefusedError
 from nandoctor.model import ScanReport
-from nandoctor.restore.plan import RepairPlan, Restoration
+from nandoctor.restore.plan import DonorInfo, RepairPlan, Restoration
 
 PROOF_SCHEMA = 1
 
@@ -69,7 +69,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "nandoctor_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": os.path.abspath(plan.target),
-        "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
+        "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
         **plan.excluded_json(),
@@ -87,6 +87,11 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
             "bytes_scanned": verification.bytes_scanned,
         },
     }
+
+
+def _donor(info: DonorInfo) -> dict[str, Any]:
+    """A donor as the proof and the plan list it; ``own``: the target itself, whose tied partners gave copies."""
+    return {"path": os.path.abspath(info.path), "step": info.step, **({"own": True} if info.own else {})}
 
 
 def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
@@ -128,7 +133,7 @@ def plan_json(plan: RepairPlan, error: NandoctorError | None = None) -> dict[str
     return {
         "nandoctor_repair_plan": PROOF_SCHEMA,
         "source": os.path.abspath(plan.target),
-        "donors": [{"path": os.path.abspath(d.path), "step": d.step} for d in plan.donors],
+        "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
         **plan.excluded_json(),

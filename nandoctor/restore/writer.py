@@ -121,6 +121,7 @@ def write_repair(
     notes: tuple[str, ...] = (),
     hash_all: bool = False,
     inputs: Mapping[str, tuple[int, int]] | None = None,
+    judge: Callable[[ScanReport], ScanReport] | None = None,
 ) -> RepairResult:
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
 
@@ -128,7 +129,8 @@ def write_repair(
     copies too (hashed while copying, from the copy's own buffer: the CPU time of sha256 is the
     whole extra cost). ``inputs`` maps every source and donor file that was read when the repair was
     planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
-    the repair, because its new bytes were never checked."""
+    the repair, because its new bytes were never checked. ``judge``: the verification scan judged as a scan of
+    the output in the source's place would be (within its run: checkpoint/runcontext.py)."""
     started = time.perf_counter()
     out = tidy_out(out)
     inputs = inputs or {}
@@ -177,7 +179,7 @@ def write_repair(
             done += size
             progress(done, total, f"copying {rel}")
         phase("copied")
-        verification = _verify(plan, source, temp, source_report, progress)
+        verification = _verify(plan, source, temp, source_report, progress, judge)
         diffs = proof_diff(plan, source.single_file or source.root, _source_refs(plan, source, source_report),
                            lambda file: str(_target_copy(source, temp, file)))
         phase("verified")
@@ -376,14 +378,24 @@ def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) ->
     return [ref for refs in opened.refs_by_file.values() for ref in refs]
 
 
-def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress) -> ScanReport:
-    """Re-scan what was written, and check every restored tensor now holds its donor's bytes."""
+def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress,
+            judge: Callable[[ScanReport], ScanReport] | None = None) -> ScanReport:
+    """Re-scan what was written (judged by ``judge``: as in the source's place), and check every restored
+    tensor now holds its donor's bytes."""
+    from nandoctor import verdict
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
     report = scan(scanned, device="cpu", progress=progress, selection=plan.selection)  # --only/--exclude
+    if judge is not None:
+        report = judge(report)
     if not report.ok:
-        problem = report.errors[0].message if report.errors else f"{report.nonfinite:,} non-finite values remain"
+        if report.errors:
+            problem = report.errors[0].message
+        elif report.health == "diverged":
+            problem = f"it would be diverged in place: {verdict.diverged_why(report)}"
+        else:
+            problem = f"{report.verdict} ({report.nonfinite:,} non-finite values remain)"
         raise RepairFailedError(f"{plan.target}: the repaired copy failed its verification scan: {problem}")
     if sorted(t.name for t in source_report.tensors) != sorted(t.name for t in report.tensors):
         raise RepairFailedError(f"{plan.target}: the repaired copy does not hold the same tensors as the source")

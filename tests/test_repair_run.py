@@ -1,0 +1,214 @@
+"""Repair judged within the target's run, on real tiny transformers runs (``save_pretrained`` per step).
+
+A tester found (trial D): a donor whose tensor grew 10^4x since the run's first healthy checkpoint (which
+`scan` calls DIVERGED) was taken, and the output called CLEAN though `scan` then called it DIVERGED;
+``--allow-diverged`` on a checkpoint diverged by growth alone wrote an "ALREADY CLEAN" copy of it; and a
+tied ``lm_head.weight`` stored beside ``model.embed_tokens.weight`` had "no good donor" (earlier
+checkpoints drop the tied copy), although the scan's next step suggested ``repair --from auto``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import nandoctor  # noqa: E402
+from nandoctor.errors import RepairFailedError  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+GROWN = "model.layers.1.mlp.up_proj.weight"  # 64x32
+OTHER = "model.layers.0.self_attn.q_proj.weight"
+
+
+def _run(folder: Path, *, tie: bool = False, steps: tuple[int, ...] = (2, 4, 6)) -> Path:
+    """checkpoint-2, -4, -6 of a tiny Llama, each a real ``save_pretrained`` after a small training-like drift."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    for step in steps:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 1e-3)
+        model.save_pretrained(folder / f"checkpoint-{step}")
+    return folder
+
+
+def _edit(checkpoint: Path, change) -> None:
+    """Rewrite a checkpoint's model.safetensors with ``change`` applied to its tensors (metadata kept)."""
+    path = checkpoint / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _scale(name: str, factor: float = 1e4):
+    def change(tensors):
+        tensors[name] = tensors[name] * factor  # uniform: no outlier, below the 1e5 ceiling
+
+    return change
+
+
+def _nan(name: str, index: int = 5):
+    def change(tensors):
+        tensors[name].view(-1)[index] = float("nan")
+
+    return change
+
+
+def _tensor(checkpoint: Path, name: str) -> torch.Tensor:
+    return load_file(str(checkpoint / "model.safetensors"))[name]
+
+
+def test_a_donor_tensor_grown_past_the_runs_first_healthy_checkpoint_is_refused(tmp_path):
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-4", _scale(GROWN))
+    _edit(run / "checkpoint-6", _nan(GROWN))
+    grown_max = float(_tensor(run / "checkpoint-4", GROWN).abs().max())
+    assert 100 < grown_max < 1e5  # finite, under the ceiling: only the run says it grew
+    scanned = run_cli("scan", run / "checkpoint-4", "--quiet")
+    assert scanned.exit_code == 1 and scanned.output.startswith("FAIL DIVERGED") and GROWN in scanned.output
+
+    out = tmp_path / "fixed"
+    refused = run_cli("repair", run / "checkpoint-6", "--from", run / "checkpoint-4", "--out", out, "--no-progress")
+    assert refused.exit_code == 3, refused.output
+    assert "REPAIRED" not in refused.output and "CLEAN" not in refused.output and not out.exists()
+    plan = json.loads(run_cli("repair", run / "checkpoint-6", "--from", run / "checkpoint-4", "--dry-run",
+                              "--json").stdout)
+    assert plan["complete"] is False and plan["restore"] == []
+    (unrestorable,) = plan["unrestorable"]
+    assert unrestorable["tensor"] == GROWN and unrestorable["nan"] == 1
+    (reason,) = unrestorable["reasons"]
+    assert reason.startswith(f"{run / 'checkpoint-4'} (step 4): diverged itself: the bulk of {GROWN} grew ")
+    assert reason.endswith(f"since the run's first healthy checkpoint {run / 'checkpoint-2'}")
+
+    # the next donor in order is healthy: taken, and the output passes `scan` in the target's place
+    done = run_cli("repair", run / "checkpoint-6", "--from", run / "checkpoint-4", "--from", run / "checkpoint-2",
+                   "--out", out, "--no-progress")
+    assert done.exit_code == 0, done.output
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    assert [(r["tensor"], r["donor_step"]) for r in proof["restored"]] == [(GROWN, 2)]
+    assert torch.equal(_tensor(out, GROWN), _tensor(run / "checkpoint-2", GROWN))
+    shutil.rmtree(run / "checkpoint-6")
+    shutil.move(str(out), str(run / "checkpoint-6"))
+    assert run_cli("scan", run / "checkpoint-6", "--quiet").exit_code == 0
+
+
+def test_the_verification_judges_the_output_within_the_targets_run(tmp_path, monkeypatch):
+    """Without the donor check, the grown tensor is written, and the verification scan, judged as `scan` judges
+    the output in the target's place, fails the repair: never CLEAN for what `scan` calls DIVERGED."""
+    from nandoctor.restore.donors import CheckpointDonor
+
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-4", _scale(GROWN))
+    _edit(run / "checkpoint-6", _nan(GROWN))
+    # no growth known: the donor passes (raising=False: also where donors measured none)
+    monkeypatch.setattr(CheckpointDonor, "scale", lambda self, ref: None, raising=False)
+    with pytest.raises(RepairFailedError, match="verification scan: it would be diverged in place: the bulk of "
+                                                f"{GROWN} grew"):
+        nandoctor.repair(str(run / "checkpoint-6"), [str(run / "checkpoint-4")], str(tmp_path / "fixed"))
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_allow_diverged_on_a_checkpoint_diverged_by_growth_alone_restores_nothing_and_fails(tmp_path):
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-6", _scale(GROWN))
+    target = run / "checkpoint-6"
+    assert run_cli("scan", target, "--quiet").exit_code == 1
+
+    refused = run_cli("repair", target, "--from", "auto", "--out", tmp_path / "r1", "--no-progress")
+    assert refused.exit_code == 3 and "diverged: the bulk of" in refused.output
+    assert "--allow-diverged" not in refused.output  # the hint promises no repair that cannot be
+    assert "cannot be repaired by tensor" in refused.output and "resume training from the last healthy" in refused.output
+
+    anyway = run_cli("repair", target, "--from", "auto", "--allow-diverged", "--out", tmp_path / "r2", "--no-progress")
+    assert anyway.exit_code == 3, anyway.output
+    assert "ALREADY CLEAN" not in anyway.output and not (tmp_path / "r2").exists()
+    assert "nothing to restore" in anyway.output and "cannot be repaired by tensor" in anyway.output
+    assert "resume training from the last healthy checkpoint" in anyway.output
+    dry = run_cli("repair", target, "--from", "auto", "--allow-diverged", "--dry-run", "--json")
+    assert dry.exit_code == 3 and json.loads(dry.stdout)["errors"][0]["kind"] == "refused"
+
+    # a NaN elsewhere too: restoring it would leave the growth, so it is refused as well
+    _edit(target, _nan(OTHER))
+    mixed = run_cli("repair", target, "--from", "auto", "--allow-diverged", "--out", tmp_path / "r3", "--no-progress")
+    assert mixed.exit_code == 3 and "restoring its 1 bad tensor(s) would leave it diverged" in mixed.output
+    assert not (tmp_path / "r3").exists()
+
+
+def _generates(folder: Path) -> torch.nn.Module:
+    """The oracle: transformers loads the folder, its lm_head is its embeddings, and sampling runs."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied again
+    torch.manual_seed(0)
+    out = model.generate(torch.tensor([[1, 2, 3]]), do_sample=True, max_new_tokens=4, pad_token_id=0)
+    assert out.shape == (1, 7)
+    return model
+
+
+def _tied_copy_with_nan(run: Path, step: int = 6) -> Path:
+    """The tester's tiex checkpoint: the tied lm_head.weight stored beside the embeddings, one NaN in it."""
+    def change(tensors):
+        assert "lm_head.weight" not in tensors  # save_pretrained dropped the tied copy
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        tensors["lm_head.weight"].view(-1)[5] = float("nan")
+
+    _edit(run / f"checkpoint-{step}", change)
+    return run / f"checkpoint-{step}"
+
+
+def test_a_tied_lm_head_stored_with_a_nan_is_restored_from_its_partner(tmp_path):
+    run = _run(tmp_path / "run", tie=True)
+    target = _tied_copy_with_nan(run)
+    with safe_open(str(run / "checkpoint-4" / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # no donor holds it by name
+    report = nandoctor.scan(str(target))
+    assert report.exit_code == 1 and report.extra["run"]["auto"] is True  # the scan's next step: --from auto
+
+    out = tmp_path / "fixed"
+    done = run_cli("repair", target, "--from", "auto", "--out", out, "--no-progress")
+    assert done.exit_code == 0, done.output
+    assert "lm_head.weight is tied to model.embed_tokens.weight" in done.output
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    (restored,) = proof["restored"]
+    assert (restored["tensor"], restored["donor_tensor"], restored["nan"]) == ("lm_head.weight",
+                                                                                "model.embed_tokens.weight", 1)
+    assert restored["donor"] == str(target) and proof["donors"][-1] == {"path": str(target), "step": None, "own": True}
+    weights = load_file(str(out / "model.safetensors"))
+    source = load_file(str(target / "model.safetensors"))
+    assert torch.equal(weights["lm_head.weight"], source["model.embed_tokens.weight"])
+    assert all(torch.equal(weights[k], source[k]) for k in source if k != "lm_head.weight")
+    assert run_cli("scan", out, "--quiet").exit_code == 0
+    _generates(out)
+
+
+def test_a_tied_pair_both_bad_takes_one_donor_tensor_for_both(tmp_path):
+    run = _run(tmp_path / "run", tie=True)
+    target = _tied_copy_with_nan(run)
+    _edit(target, _nan("model.embed_tokens.weight", 9))
+    out = tmp_path / "fixed"
+    done = run_cli("repair", target, "--from", "auto", "--out", out, "--no-progress")
+    assert done.exit_code == 0, done.output
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    assert sorted((r["tensor"], r["donor_tensor"], r["donor_step"]) for r in proof["restored"]) == [
+        ("lm_head.weight", "model.embed_tokens.weight", 4), ("model.embed_tokens.weight", "model.embed_tokens.weight", 4)]
+    weights = load_file(str(out / "model.safetensors"))
+    donor = _tensor(run / "checkpoint-4", "model.embed_tokens.weight")
+    assert torch.equal(weights["lm_head.weight"], donor) and torch.equal(weights["model.embed_tokens.weight"], donor)
+    _generates(out)
