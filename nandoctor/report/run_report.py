@@ -233,7 +233,7 @@ def next_steps(run: RunReport) -> list[str]:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
             steps.append(f"resume training from the last healthy checkpoint, {last_clean.path}, with a lower learning "
-                         "rate or gradient clipping (max_grad_norm)")
+                         f"rate or {verdicts.CLIPPING}")
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
         return steps
@@ -270,6 +270,13 @@ def _render_log(run: RunReport, console: Console) -> None:
     log = run.log
     if log is None:
         return
+    jumped = run.broken_weights_from
+    if jumped is not None and log.loss_jump is not None:
+        loss, early = log.loss_jump
+        console.print(Text(
+            f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
+            f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor",
+            style="red"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
