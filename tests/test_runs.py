@@ -335,3 +335,20 @@ def test_a_checkpoint_without_the_optimizer_its_siblings_hold_is_noted(run_dir):
     notes = data["run"]["notes"]
     assert any(n.startswith("checkpoint-200 lacks optimizer.pt") for n in notes), notes
     assert not any(n.startswith(("checkpoint-100 lacks", "checkpoint-300 lacks")) for n in notes)
+
+
+def test_a_run_failed_on_zeroed_says_what_to_do(run_dir):
+    """--fail-on zeroed fails the run (exit 1, ZEROED): the next step names the all-zero tensors."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    zeroed = None
+    for path in sorted((run_dir / "checkpoint-300").glob("*.safetensors")):
+        tensors = {k: torch.nan_to_num(v, nan=0.01, posinf=0.01, neginf=-0.01) for k, v in load_file(path).items()}
+        if zeroed is None:  # the NaN the demo plants out of the way, one weight matrix zeroed
+            zeroed = next(n for n in sorted(tensors) if tensors[n].dim() == 2 and "wte" not in n)
+            tensors[zeroed] = torch.zeros_like(tensors[zeroed])
+        save_file(tensors, path, metadata={"format": "pt"})
+    result = run("scan", str(run_dir), "--fail-on", "zeroed")
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "all-zero tensors in checkpoint-300" in out and zeroed in out, out[-800:]

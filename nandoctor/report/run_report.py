@@ -240,6 +240,13 @@ def next_steps(run: RunReport) -> list[str]:
     if not targets:
         if last_clean is not None and steps:
             steps.append(f"then resume from {last_clean.path}")
+        report = newest.report if newest is not None else None
+        zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
+        if newest is not None and zeroed:  # reported by default; here because --fail-on zeroed made it fail
+            names = ", ".join(t.ref.name for t in zeroed[:3]) + (" …" if len(zeroed) > 3 else "")
+            steps.append(f"all-zero tensors in {newest.name} ({names}): compare with the source of the weights (a "
+                         "failed copy or conversion) or with the run's earlier checkpoints; a repair restores "
+                         "NaN/Inf, exploded and outlier tensors only")
         return steps
     for n, target in enumerate(targets):  # each file that decides the exit code (the final model, last.ckpt)
         steps += _repair_steps(run, target, last_clean if n == 0 else None, also=n > 0)
