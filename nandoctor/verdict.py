@@ -307,13 +307,16 @@ def is_training_checkpoint(report: ScanReport) -> bool:
     return run_context(report) is not None or not {"optimizer", "trainer"}.isdisjoint(report.tensors.refs.roles)
 
 
+# How each trainer names gradient clipping, for the advice to resume with it
+CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
+
+
 def diverged_advice(report: ScanReport, where: str = "") -> str:
     """What to do about a diverged checkpoint instead of a repair, worded for what the file is: resume its
     training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
     healthy source."""
     if is_training_checkpoint(report):
-        return (f"resume training from the last healthy checkpoint{where} with a lower learning rate or gradient "
-                "clipping (max_grad_norm)")
+        return f"resume training from the last healthy checkpoint{where} with a lower learning rate or {CLIPPING}"
     return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
             "or convert/quantize again from a healthy checkpoint)")
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -229,7 +230,11 @@ def diverging_trainer_run(
 
     first_nonfinite = next((c["step"] for c in checkpoints if c["nonfinite"]), None)
     before_nan = [c for c in checkpoints if first_nonfinite is None or c["step"] < first_nonfinite]
-    healthy = [c["step"] for c in before_nan if c["max_abs"] < HEALTHY_BELOW]
+    # healthy: small weights, and the loss the next step computed on them not 4x the run's early loss (a
+    # checkpoint whose weights make a loss of 110 where the run began at 5 is no resume point, finite or not)
+    early = statistics.median([losses[s] for s in sorted(losses)[:5]]) if len(losses) >= 5 else None
+    healthy = [c["step"] for c in before_nan if c["max_abs"] < HEALTHY_BELOW
+               and (early is None or c["next_loss"] is None or c["next_loss"] < 4 * early)]
     exploded = [c["step"] for c in before_nan if c["max_abs"] >= EXPLODED_FROM]
     return {
         "output_dir": out_dir,

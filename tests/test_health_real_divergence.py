@@ -31,6 +31,9 @@ def test_the_timeline_names_the_last_healthy_checkpoint(diverged):
     first_exploded, first_nan = diverged["first_exploded"], diverged["first_nonfinite"]
     assert run.last_healthy is not None and run.last_healthy.step < first_exploded
     assert run.last_healthy.step >= diverged["last_healthy"]  # not earlier than a plainly healthy one
+    # the checkpoint whose weights made the loss jump (finite, max |w| ~26, loss 110 against 5) is no resume point
+    assert run.broken_weights_from is not None and run.last_healthy.step < run.broken_weights_from
+    assert run.last_healthy.step == diverged["last_healthy"]
     for step in range(first_exploded, first_nan):  # finite but exploded: never healthy
         assert by_step[step].status in ("diverged", "poisoned"), (step, by_step[step].status)
         assert "exploded" in {f for t in by_step[step].report.tensors for f in t.findings} or by_step[step].status == "diverged"

@@ -301,3 +301,54 @@ def test_a_checkpoint_behind_a_link_into_a_locked_folder_is_its_row_s_problem(ru
     assert data["summary"]["decided_by"] == "last.ckpt"
     assert data["run"]["checkpoints"][-1]["report"]["errors"][0]["message"] == (
         f"permission denied (it is a link to {vault / 'last.ckpt'})")
+
+
+def _trainer_state(folder, losses: dict[int, float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    history = [{"step": s, "loss": v, "grad_norm": 1.0} for s, v in sorted(losses.items())]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+
+
+def test_a_loss_jump_in_the_trainer_log_moves_the_last_healthy_checkpoint_back_in_a_broken_run(tmp_path):
+    """Finite weights that made the loss go from ~5 to 110 are no resume point: where the run has a bad checkpoint,
+    the checkpoints saved from the step whose weights made the jump are skipped as resume points and donors; a
+    healthy run's log (spikes under 4x, here 2.5x) moves nothing."""
+    from nandoctor.checkpoint.trainlog import read_train_log
+
+    losses = {1: 5.0, 2: 4.9, 3: 5.1, 4: 5.0, 5: 5.2, 6: 12.0, 7: 110.0, 8: 4000.0}
+    _trainer_state(tmp_path / "a", losses)
+    log = read_train_log(tmp_path / "a" / "trainer_state.json")
+    assert (log.loss_jump_step, log.loss_jump, log.broken_weights_from) == (7, (110.0, 5.0), 6)
+    calm = {**losses, 6: 12.4, 7: 8.0, 8: 5.0}  # a spike to 2.5x that recovers
+    _trainer_state(tmp_path / "b", calm)
+    assert read_train_log(tmp_path / "b" / "trainer_state.json").loss_jump_step is None
+
+
+def test_a_checkpoint_without_the_optimizer_its_siblings_hold_is_noted(run_dir):
+    """Weights fine, but resume_from_checkpoint would start a fresh optimizer: said, not silent."""
+    torch = pytest.importorskip("torch")
+    for name in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
+        if name != "checkpoint-200":
+            torch.save({"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"params": [0]}]},
+                       run_dir / name / "optimizer.pt")
+    data = json.loads(run("scan", str(run_dir), "--json").stdout)
+    notes = data["run"]["notes"]
+    assert any(n.startswith("checkpoint-200 lacks optimizer.pt") for n in notes), notes
+    assert not any(n.startswith(("checkpoint-100 lacks", "checkpoint-300 lacks")) for n in notes)
+
+
+def test_a_run_failed_on_zeroed_says_what_to_do(run_dir):
+    """--fail-on zeroed fails the run (exit 1, ZEROED): the next step names the all-zero tensors."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    zeroed = None
+    for path in sorted((run_dir / "checkpoint-300").glob("*.safetensors")):
+        tensors = {k: torch.nan_to_num(v, nan=0.01, posinf=0.01, neginf=-0.01) for k, v in load_file(path).items()}
+        if zeroed is None:  # the NaN the demo plants out of the way, one weight matrix zeroed
+            zeroed = next(n for n in sorted(tensors) if tensors[n].dim() == 2 and "wte" not in n)
+            tensors[zeroed] = torch.zeros_like(tensors[zeroed])
+        save_file(tensors, path, metadata={"format": "pt"})
+    result = run("scan", str(run_dir), "--fail-on", "zeroed")
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "all-zero tensors in checkpoint-300" in out and zeroed in out, out[-800:]

@@ -242,9 +242,26 @@ class RunReport:
         """The newest checkpoint read completely whose weights are healthy (finite, not exploded, no
         outliers, not grown far past the earlier ones): what to resume from. (``--from auto`` takes donors
         only from healthy checkpoints before the run's first bad one: restore/donors.py.)"""
-        healthy = [c for c in self.checkpoints
-                   if c.report is not None and c.status in HEALTHY_STATUSES and c.same_as is None]
+        healthy = [c for c in self.resume_points() if c.same_as is None]
         return healthy[-1] if healthy else None
+
+    @property
+    def broken_weights_from(self) -> int | None:
+        """In a run with a bad checkpoint, the step from which the trainer log's loss jump says the saved weights
+        were already broken (``TrainLog.broken_weights_from``: finite weights whose loss went from ~5 to
+        thousands); None otherwise. A healthy run's log never moves anything."""
+        log = self.log
+        if log is None or log.error or self.first_bad is None:
+            return None
+        return log.broken_weights_from
+
+    def resume_points(self) -> list[RunCheckpoint]:
+        """The checkpoints read completely whose weights are healthy and made no jumped loss
+        (:attr:`broken_weights_from`), oldest first: what to resume from, and where ``--from auto`` takes
+        donors (those before the first bad one: restore/donors.py)."""
+        limit = self.broken_weights_from
+        return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
+                and (limit is None or not c.step_known or c.step < limit)]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
@@ -273,18 +290,20 @@ class RunReport:
         """Whether ``repair TARGET --from auto`` finds a donor: a healthy checkpoint before ``target`` and
         before the run's first bad one (restore/donors.py applies the same rule). By position, not step:
         the final model may share its step with the newest checkpoint and still comes after it."""
-        first_bad = self.first_bad
+        first_bad, usable = self.first_bad, self.resume_points()
         for c in self.checkpoints:
             if c is target or c is first_bad:
                 return False
-            if c.report is not None and c.status in HEALTHY_STATUSES:
+            if any(c is u for u in usable):
                 return True
         return False
 
     @property
     def first_bad(self) -> RunCheckpoint | None:
-        """The oldest checkpoint whose weights are poisoned or diverged: training broke before it."""
-        return next((c for c in self.checkpoints if c.report is not None and c.status in (POISONED, DIVERGED)), None)
+        """The oldest checkpoint whose weights are poisoned or diverged, or hold NaN/Inf in a checkpoint that is
+        unreadable in another part (a truncated optimizer.pt beside NaN weights): training broke before it."""
+        return next((c for c in self.checkpoints if c.report is not None and (
+            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.bad_tensors)))), None)
 
     @property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
@@ -371,6 +390,25 @@ def timeline_folders(root: Path) -> list[Path]:
     return [p for _, p in checkpoints_in(root)] + [
         e for e in access.listing(root) if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
     ]
+
+
+def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
+    """Notes for a ``checkpoint-N`` folder that lacks a file every other one of the run holds (an
+    ``optimizer.pt``, ``scheduler.pt``): its weights may be fine, but ``resume_from_checkpoint`` from it starts
+    a fresh optimizer or schedule. Only where at least two other folders agree."""
+    # (Lightning step files each hold one file of their own name: no name is common to them, so none is missing)
+    folders = [(c, {Path(f).name for f in c.report.files}) for c in checkpoints
+               if c.report is not None and not c.report.errors and not c.final and not c.last and c.same_as is None]
+    notes = []
+    for c, names in folders:
+        others = [n for o, n in folders if o is not c]
+        if len(others) < 2:
+            break
+        missing = sorted(set.intersection(*others) - names)
+        if missing:
+            notes.append(f"{c.name} lacks {', '.join(missing)}, which every other checkpoint of the run holds: "
+                         "resume_from_checkpoint from it would start without that state (a fresh optimizer or schedule)")
+    return notes
 
 
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
@@ -565,6 +603,7 @@ def scan_run(
             healthy = scales  # the rule's baseline: the run's first healthy checkpoint
         checkpoints.append(checkpoint)
 
+    notes += _missing_files(checkpoints)
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
     final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
     if final_state.is_file():

@@ -3,7 +3,7 @@
 Two sources: ``trainer_state.json``'s ``log_history`` (transformers ``Trainer``) and
 a Lightning ``CSVLogger``'s ``metrics.csv``, each read by one parser here and
 judged by one rule (:func:`_where_it_broke`: the first NaN/Inf loss or grad_norm,
-the first loss of exactly 0.0). For the chart, only what was logged is kept (NaN
+the first loss of exactly 0.0, the first loss ``LOSS_JUMP`` times the run's early loss). For the chart, only what was logged is kept (NaN
 and Inf included: they are what the chart must show); a long log is thinned to
 ``MAX_POINTS`` evenly spaced points, keeping every non-finite one, so a
 million-step run still gives a small report.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ METRICS_CSV = "metrics.csv"
 _LOSS_KEYS = ("loss", "train_loss", "train_loss_step", "train/loss", "training_loss", "loss_step")
 _GRAD_KEYS = ("grad_norm", "train/grad_norm", "grad_2.0_norm_total", "grad_norm_total")
 _LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is judged by
+# A loss this many times the run's early loss (the median of its first EARLY_LOSSES logged losses) means the
+# weights that made it were already broken, finite as they may be: a diverged run's loss goes from ~5 to
+# thousands within a few steps (tests/test_health_real_divergence.py). Healthy runs' loss spikes stay within
+# 2-3x and recover. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
+# donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on its own.
+LOSS_JUMP = 4.0
+EARLY_LOSSES = 5
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,20 @@ class TrainLog:
     # weights saved at that step (Trainer logs step N for the update that makes step N)
     logged_after_save: bool = False
     logged: tuple[str, ...] = ()  # the series the log has (``loss``, ``grad_norm``; a Lightning log's own key names)
+    # The first logged loss at least LOSS_JUMP times the run's early loss (the median of its first logged
+    # losses): finite, but the weights that made it were already broken; the logging interval before it
+    loss_jump_step: int | None = None
+    loss_jump: tuple[float, float] | None = None  # (that loss, the early loss)
+    loss_interval: int = 1
+
+    @property
+    def broken_weights_from(self) -> int | None:
+        """The first step whose saved weights may have made the loss jump (:attr:`loss_jump_step`): a Trainer
+        logs at step J the mean loss of steps J-L+1..J, each computed with the weights saved one step before
+        (so from step J-L); a Lightning row's loss is of the weights saved at its own step (so from J-L+1)."""
+        if self.loss_jump_step is None:
+            return None
+        return self.loss_jump_step - self.loss_interval + (1 if self.logged_after_save else 0)
 
     @property
     def suspicious_step(self) -> int | None:
@@ -51,10 +73,14 @@ class TrainLog:
 def _where_it_broke(
     source: str, entries: Iterable[tuple[int, Mapping[str, Any]]], keys: tuple[str, ...], loss_key: str | None
 ) -> TrainLog:
-    """The first entry (in log order) whose ``keys`` hold NaN/Inf, and the first loss of exactly 0.0."""
+    """The first entry (in log order) whose ``keys`` hold NaN/Inf, the first loss of exactly 0.0, and the first
+    loss that jumped (:attr:`TrainLog.loss_jump_step`)."""
     last = first_bad = first_zero = None
     bad_keys: tuple[str, ...] = ()
     seen: set[str] = set()
+    early: list[float] = []  # the first EARLY_LOSSES finite losses: the run's early loss is their median
+    jump: tuple[int, float, float, int] | None = None  # (step, loss, early loss, interval)
+    previous_loss_step: int | None = None
     for step, entry in entries:
         last = step if last is None else max(last, step)
         seen.update(k for k in keys if isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool))
@@ -66,7 +92,19 @@ def _where_it_broke(
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
-    return TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+            if len(early) < EARLY_LOSSES:
+                early.append(float(loss))
+            elif jump is None:
+                baseline = statistics.median(early)
+                if baseline > 0 and loss >= LOSS_JUMP * baseline:
+                    interval = step - previous_loss_step if previous_loss_step is not None else 1
+                    jump = (step, float(loss), baseline, max(1, interval))
+            previous_loss_step = step
+    found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
+    if jump is None:
+        return found
+    return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3])
 
 
 def read_train_log(path: Path) -> TrainLog:

@@ -359,6 +359,10 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
             else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys)}
         ),
         "first_zero_loss_step": log.first_zero_loss_step,
+        "loss_jump": None if log.loss_jump is None else {
+            "step": log.loss_jump_step, "loss": log.loss_jump[0], "early_loss": log.loss_jump[1],
+            "weights_from": log.broken_weights_from,
+        },
         "error": log.error,
     }
 

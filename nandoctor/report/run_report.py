@@ -233,13 +233,20 @@ def next_steps(run: RunReport) -> list[str]:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
             steps.append(f"resume training from the last healthy checkpoint, {last_clean.path}, with a lower learning "
-                         "rate or gradient clipping (max_grad_norm)")
+                         f"rate or {verdicts.CLIPPING}")
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
         return steps
     if not targets:
         if last_clean is not None and steps:
             steps.append(f"then resume from {last_clean.path}")
+        report = newest.report if newest is not None else None
+        zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
+        if newest is not None and zeroed:  # reported by default; here because --fail-on zeroed made it fail
+            names = ", ".join(t.ref.name for t in zeroed[:3]) + (" …" if len(zeroed) > 3 else "")
+            steps.append(f"all-zero tensors in {newest.name} ({names}): compare with the source of the weights (a "
+                         "failed copy or conversion) or with the run's earlier checkpoints; a repair restores "
+                         "NaN/Inf, exploded and outlier tensors only")
         return steps
     for n, target in enumerate(targets):  # each file that decides the exit code (the final model, last.ckpt)
         steps += _repair_steps(run, target, last_clean if n == 0 else None, also=n > 0)
@@ -270,6 +277,13 @@ def _render_log(run: RunReport, console: Console) -> None:
     log = run.log
     if log is None:
         return
+    jumped = run.broken_weights_from
+    if jumped is not None and log.loss_jump is not None:
+        loss, early = log.loss_jump
+        console.print(Text(
+            f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
+            f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor",
+            style="red"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
