@@ -61,6 +61,8 @@ def test_auto_repair_never_takes_a_donor_from_a_bad_checkpoint_and_the_result_ge
     proof = json.loads((out / "nandoctor-repair.json").read_text())
     steps = {r["donor_step"] for r in proof["restored"]}
     assert steps and max(steps) < first_bad.step  # never the first bad checkpoint or later
+    # nor one whose weights made the loss jump (finite and modest, but a loss of 110 where the run began at 5)
+    assert run.broken_weights_from is not None and max(steps) < run.broken_weights_from
     assert nandoctor.scan(str(out), device="cpu").ok
     assert not generate_ok(newest.path)
     assert generate_ok(out)

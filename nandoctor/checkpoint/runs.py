@@ -250,16 +250,20 @@ class RunReport:
         """In a run with a bad checkpoint, the step from which the trainer log's loss jump says the saved weights
         were already broken (``TrainLog.broken_weights_from``: finite weights whose loss went from ~5 to
         thousands); None otherwise. A healthy run's log never moves anything."""
+        return self._loss_broke_from(self.first_bad is not None)
+
+    def _loss_broke_from(self, broken: bool) -> int | None:
         log = self.log
-        if log is None or log.error or self.first_bad is None:
+        if log is None or log.error or not broken:
             return None
         return log.broken_weights_from
 
-    def resume_points(self) -> list[RunCheckpoint]:
+    def resume_points(self, broken: bool = False) -> list[RunCheckpoint]:
         """The checkpoints read completely whose weights are healthy and made no jumped loss
         (:attr:`broken_weights_from`), oldest first: what to resume from, and where ``--from auto`` takes
-        donors (those before the first bad one: restore/donors.py)."""
-        limit = self.broken_weights_from
+        donors (those before the first bad one: restore/donors.py). ``broken``: the run is known to be broken
+        beyond what it holds (a repair's target, left out of its scan), so the loss jump counts anyway."""
+        limit = self._loss_broke_from(broken or self.first_bad is not None)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
                 and (limit is None or not c.step_known or c.step < limit)]
 

@@ -233,7 +233,7 @@ def auto_donors(
     """
     from functools import partial
 
-    from nandoctor.checkpoint.runs import HEALTHY_STATUSES, scan_run
+    from nandoctor.checkpoint.runs import scan_run
     from nandoctor.engine import scan
 
     target = Path(target)
@@ -263,10 +263,8 @@ def auto_donors(
     scan_one = partial(scan, limits=limits, selection=selection)
     run = scan_run(run_folder, device="cpu", scan_one=scan_one, below_step=step)
     first_bad = run.first_bad
-    healthy = [
-        Path(c.path) for c in run.checkpoints
-        if c.status in HEALTHY_STATUSES and (first_bad is None or c.step < first_bad.step)
-    ]
+    # (resume_points: healthy, and saved before a loss jump in the trainer log; the target makes the run broken)
+    healthy = [Path(c.path) for c in run.resume_points(broken=True) if first_bad is None or c.step < first_bad.step]
     if not healthy:
         bad = f" (the first bad one is {first_bad.name})" if first_bad else ""
         raise RepairRefusedError(
