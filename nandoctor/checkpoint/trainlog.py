@@ -92,14 +92,15 @@ def _where_it_broke(
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+        value = _number(loss) if isinstance(loss, (int, float)) else None  # (a 400-digit int: inf, not an error)
+        if value is not None and math.isfinite(value):
             if len(early) < EARLY_LOSSES:
-                early.append(float(loss))
+                early.append(value)
             elif jump is None:
                 baseline = statistics.median(early)
-                if baseline > 0 and loss >= LOSS_JUMP * baseline:
+                if baseline > 0 and value >= LOSS_JUMP * baseline:
                     interval = step - previous_loss_step if previous_loss_step is not None else 1
-                    jump = (step, float(loss), baseline, max(1, interval))
+                    jump = (step, value, baseline, max(1, interval))
             previous_loss_step = step
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
     if jump is None:
