@@ -21,7 +21,8 @@ _HOMES = {
     **dict.fromkeys(("diff", "manifest", "verify_hashes"), "nandoctor.api_compare"),
     "RunReport": "nandoctor.checkpoint.runs",
     **dict.fromkeys((
-        "CheckpointNotFoundError", "CorruptCheckpointError", "DivergedError", "NandoctorError", "NonFiniteWeightsError",
+        "CheckpointNotFoundError", "CorruptCheckpointError", "DeviceUnavailableError", "DivergedError", "NandoctorError",
+        "NonFiniteWeightsError",
         "OutputExistsError", "OverflowRiskError", "RepairRefusedError", "UnreadableCheckpointError",
         "UnreadablePathError", "UnsafeCheckpointError", "UnsupportedFormatError",
     ), "nandoctor.errors"),
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from nandoctor.errors import (
         CheckpointNotFoundError,
         CorruptCheckpointError,
+        DeviceUnavailableError,
         DivergedError,
         NandoctorError,
         NonFiniteWeightsError,
@@ -78,6 +80,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "DeviceUnavailableError",
     "DivergedError",
     "LayerSummary",
     "NandoctorError",

@@ -108,7 +108,13 @@ class RepairRefusedError(NandoctorError):
 
 
 class OutputExistsError(NandoctorError):
+    """``--out`` names something that exists; ``path`` is it (what a JSON error names)."""
+
     default_hint = "choose a new --out path; nandoctor never writes over an existing folder"
+
+    def __init__(self, path: str, why: str = "already exists", hint: str | None = None) -> None:
+        super().__init__(f"{path}: {why}", hint)
+        self.path = path
 
 
 class UnrestorableError(RepairRefusedError):

@@ -130,3 +130,34 @@ def test_metrics_csv_is_the_runs_trainer_log(poisoned):
     text = run("scan", poisoned[2].parent).output
     assert "trainer log: train_loss NaN/Inf first at step 6 (between epoch=0-step=6.ckpt and epoch=0-step=8.ckpt)" in text
     assert "trainer log broke at step 6" in run("scan", poisoned[2].parent, "-q").output
+
+
+@pytest.mark.parametrize("last", ["copy", "link"])
+def test_repair_of_a_run_folder_whose_last_ckpt_decides_repairs_that_file(tmp_path, last):
+    """A Lightning run folder without a final model: its last.ckpt (what ckpt_path="last" resumes) decides, so
+    `repair RUN --from auto` repairs it (it refused: "a training run folder, not one checkpoint"); a link's
+    step file is what gets repaired. The bad element gets the healthy step file's value, the rest stays."""
+    import os
+    import shutil
+
+    torch.manual_seed(0)
+    base = {f"model.layers.{i}.w": torch.randn(16, 16) * 0.05 for i in range(3)}
+    run_dir = tmp_path / "ckpts"
+    run_dir.mkdir()
+    for step in (100, 200, 300):
+        state = {k: v.clone() for k, v in base.items()}
+        if step == 300:
+            state["model.layers.1.w"][2, 3] = float("nan")
+        torch.save({"state_dict": state, "global_step": step, "epoch": 0}, run_dir / f"epoch=0-step={step}.ckpt")
+    if last == "copy":
+        shutil.copy(run_dir / "epoch=0-step=300.ckpt", run_dir / "last.ckpt")
+    else:
+        os.symlink("epoch=0-step=300.ckpt", run_dir / "last.ckpt")
+    out = tmp_path / "fixed"
+    result = run("repair", str(run_dir), "--from", "auto", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    repaired = out / ("last.ckpt" if last == "copy" else "epoch=0-step=300.ckpt")
+    fixed = torch.load(repaired, weights_only=True)["state_dict"]
+    assert torch.equal(fixed["model.layers.1.w"], base["model.layers.1.w"])
+    assert all(torch.equal(fixed[k], base[k]) for k in base)
+    assert nandoctor.scan(str(repaired)).ok

@@ -100,6 +100,8 @@ def test_every_refusal_prints_one_json_object_and_writes_nothing(tmp_path: Path,
     assert data["errors"][0]["kind"] in ("refused", "unreadable")
     assert _listing(tmp_path) == before  # nothing written: no --out, no temporary folder beside it
     assert not (tmp_path / "PWNED").exists()
+    if case == "out exists":  # the error names the --out it is about, its message without that path in front
+        assert data["errors"][0]["path"] == str(tmp_path / "taken") and data["errors"][0]["message"] == "already exists"
 
 
 def test_a_refusal_without_json_prints_nothing_on_stdout_but_the_error(tmp_path: Path) -> None:

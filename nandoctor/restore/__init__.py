@@ -100,12 +100,17 @@ def repair(
             target_path, also = failing[0], tuple(failing[1:])
     if final is not None and target_path == run_folder:
         target_path = final
+    last = _lightning_last(target_path) if final is None and runs.is_run_folder(target_path) else None
+    if last is not None:  # a Lightning run without a final model: its last.ckpt decides (docs/cli.md)
+        target_path = last
     if runs.is_run_folder(target_path) and final is None:
+        from nandoctor.hints import AUTO, repair_command_for
+
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
             found, kind = runs.lightning_checkpoints_in(target_path), "Lightning …step=N….ckpt files"
-        example = f" (e.g. nandoctor repair {found[-1][1]} --from auto --out {found[-1][1]}-repaired)" if found else ""
+        example = f" (e.g. {repair_command_for(str(found[-1][1]), AUTO)})" if found else ""
         raise RepairRefusedError(
             f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",
             f"repair one checkpoint of it: `nandoctor scan {target}` says which is bad and prints the repair command"
@@ -292,16 +297,23 @@ def _where(target_path: Path) -> str:
     return f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
 
 
+def _lightning_last(run_folder: Path) -> Path | None:
+    """A Lightning run folder's ``last.ckpt`` (the step file it links to, for ``save_last="link"``): what
+    ``trainer.fit(ckpt_path="last")`` resumes from, so what decides the run where it has no final model."""
+    from nandoctor.checkpoint.lightningrun import lightning_folder
+
+    lightning = lightning_folder(run_folder)
+    last = lightning.last if lightning is not None else None
+    if last is not None and last.is_symlink():
+        last = Path(os.path.realpath(last))
+    return last
+
+
 def _deciding_files(run_folder: Path, final: Path) -> list[Path]:
     """The files that decide a run folder's exit code (docs/cli.md): its final model, and a Lightning run's
     ``last.ckpt`` unless it is the final file itself."""
-    from nandoctor.checkpoint.lightningrun import lightning_folder
-
     files = [final]
-    lightning = lightning_folder(run_folder) if final != run_folder else None
-    last = lightning.last if lightning is not None else None
-    if last is not None and last.is_symlink():  # save_last="link": the step file it names is what is loaded
-        last = Path(os.path.realpath(last))
+    last = _lightning_last(run_folder) if final != run_folder else None  # (a link: the step file it names)
     if last is not None and last != final:
         files.append(last)
     return files

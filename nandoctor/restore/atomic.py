@@ -38,7 +38,7 @@ def make_temp(out: Path) -> Path:
             continue
         _ACTIVE.add(str(candidate))
         return candidate
-    raise OutputExistsError(f"{out.parent}: could not create a temporary folder for the repair")
+    raise OutputExistsError(str(out.parent), "could not create a temporary folder for the repair")
 
 
 def forget(temp: Path) -> None:
@@ -118,9 +118,9 @@ def rename_noreplace(src: Path, dst: Path) -> None:
             return
         code = ctypes.get_errno()
         if code == errno.EEXIST:
-            raise OutputExistsError(f"{dst}: appeared while the repair was written; the repair was not moved there")
+            raise OutputExistsError(str(dst), "appeared while the repair was written; the repair was not moved there")
         if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise OSError(code, os.strerror(code), str(dst))
     if os.path.lexists(dst):
-        raise OutputExistsError(f"{dst}: appeared while the repair was written; the repair was not moved there")
+        raise OutputExistsError(str(dst), "appeared while the repair was written; the repair was not moved there")
     os.rename(src, dst)

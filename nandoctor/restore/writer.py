@@ -94,7 +94,7 @@ def check_out(out: Path, source: Source) -> None:
             f"choose a new folder, e.g. --out {shlex.quote(str(where).rstrip('/') + '-repaired')}",
         )
     if os.path.lexists(out):
-        raise OutputExistsError(f"{out}: already exists")
+        raise OutputExistsError(str(out))
     if not out.parent.is_dir():
         if os.path.lexists(out.parent):
             raise RepairRefusedError(f"{out.parent}: is a file, not a folder that could hold --out",
