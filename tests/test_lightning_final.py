@@ -286,5 +286,10 @@ def test_a_lightning_run_without_a_final_model_is_no_checkpoint_for_the_api(tmp_
     _touch(tmp_path, "epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt")
     with pytest.raises(nandoctor.UnsupportedFormatError, match="use nandoctor.scan_run"):
         nandoctor.scan(tmp_path)
+    # the repair of the run is of the file that decides it, last.ckpt (here an empty file: unreadable, named)
+    unreadable = run("repair", tmp_path, "--from", "auto", "--out", tmp_path.parent / "fixed")
+    assert unreadable.exit_code == 3 and "last.ckpt" in unreadable.output
+    (tmp_path / "last.ckpt").unlink()  # nothing decides but the newest step file: one checkpoint to name
     refused = run("repair", tmp_path, "--from", "auto", "--out", tmp_path.parent / "fixed")
     assert refused.exit_code == 3 and "a training run folder (2 Lightning …step=N….ckpt files)" in refused.output
+    assert not (tmp_path.parent / "fixed").exists()
