@@ -578,14 +578,20 @@ def one_line(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_O
     """
     decided = judge(report, fail_on)
     status = "PASS" if decided.exit_code == EXIT_OK else "FAIL"
-    case = decided.health
-    words = decided.words
-    # The case is said when a health finding fails the gate: a line failing on overflow risk alone (an outlier
-    # only reported) is not a call to repair. A checkpoint diverged by growth alone says DIVERGED once.
+    return f"{status} {words_with_case(decided)} {label or report.target}: " + "; ".join(facts(report))
+
+
+def words_with_case(decided: Verdict) -> str:
+    """The verdict words, with the health case when a health finding fails the gate and the checkpoint is not
+    healthy (``NON-FINITE (POISONED)``): what every headline says (--quiet, the console, Markdown, HTML).
+    A line failing on overflow risk alone (an outlier only reported) is not a call to repair; a checkpoint
+    diverged by growth alone says DIVERGED once."""
+    words, case = decided.words, decided.health
     health_fails = any(f in (NONFINITE, EXPLODED, OUTLIER) for f in decided.failing)
-    if status == "FAIL" and case in ("poisoned", "diverged") and health_fails and not words.startswith(DIVERGED_WORDS):
+    if decided.exit_code != EXIT_OK and case in ("poisoned", "diverged") and health_fails \
+            and not words.startswith(DIVERGED_WORDS):
         words += f" ({case.upper()})"
-    return f"{status} {words} {label or report.target}: " + "; ".join(facts(report))
+    return words
 
 
 def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:

@@ -51,7 +51,7 @@ def _row(output: str, start: str) -> list[str]:
 def test_an_exploded_only_file_fails_and_says_so(tmp_path):
     result = run("scan", _file(tmp_path, "exploded"), "--no-progress")
     assert result.exit_code == 1
-    assert "✗ FAIL EXPLODED: 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
+    assert "✗ FAIL EXPLODED (POISONED): 1 weight tensor exploded (max |x| 1e+30); worst model.layers.1" in result.output
     assert _row(result.output, "model.layers.1 ")[:4] == ["model.layers.1", "exploded", "1/1", "1e+30"]
     assert _row(result.output, NAME.format(1))[1] == "exploded"
     assert "nandoctor repair" in result.output
@@ -69,7 +69,7 @@ def test_an_exploded_only_file_under_fail_on_nonfinite_passes_with_a_warning(tmp
 def test_an_outlier_only_file_lists_count_and_magnitude(tmp_path):
     result = run("scan", _file(tmp_path, "outlier"), "--no-progress")
     assert result.exit_code == 1
-    assert "✗ FAIL OUTLIERS: 2 outlier values in 1 tensor; worst model.layers.2" in result.output
+    assert "✗ FAIL OUTLIERS (POISONED): 2 outlier values in 1 tensor; worst model.layers.2" in result.output
     assert _row(result.output, "model.layers.2 ")[:5] == ["model.layers.2", "outlier", "1/1", "2", "60"]
 
 
@@ -87,7 +87,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     result = run("scan", path, "--no-progress")
     assert result.exit_code == 1
     verdict = next(line for line in _lines(result.output) if line.startswith("✗"))
-    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS (also reported: ZEROED): 1 of 4 tensors hold NaN/Inf "
+    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS (also reported: ZEROED) (DIVERGED): 1 of 4 tensors hold NaN/Inf "
                               "(1 NaN, 0 +Inf, 0 -Inf); 1 weight tensor exploded (max |x| 1e+30); "
                               "1 outlier value in 1 tensor; 1 tensor all zero")
     # one row per finding and range: the NaN is blamed on layer 0 only, the zeroed layer 3 is listed
@@ -102,7 +102,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
 
     gated = run("scan", path, "--no-progress", "--fail-on", "nonfinite")
     assert gated.exit_code == 1
-    assert "✗ FAIL NON-FINITE (also reported: EXPLODED, OUTLIERS, ZEROED): 1 of 4" in gated.output
+    assert "✗ FAIL NON-FINITE (also reported: EXPLODED, OUTLIERS, ZEROED) (DIVERGED): 1 of 4" in gated.output
     assert "reported, not failed (--fail-on nonfinite): exploded, outlier, zeroed" in gated.output
     assert _row(gated.output, "model.layers.1 ")[1] == "exploded (reported)"
 
@@ -212,7 +212,7 @@ def test_tied_names_with_nan_count_as_tensors_everywhere_and_their_values_once(t
     torch.save(state, tmp_path / "pytorch_model.bin")
     result = run("scan", tmp_path / "pytorch_model.bin", "--no-progress")
     assert result.exit_code == 1
-    assert "✗ FAIL NON-FINITE: 2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, " \
+    assert "✗ FAIL NON-FINITE (DIVERGED): 2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, " \
            "counted once)" in result.output
     assert _row(result.output, "lm_head.weight")[1] == "nonfinite"
     assert _row(result.output, "model.embed_tokens.weight")[1] == "nonfinite"

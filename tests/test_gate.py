@@ -83,7 +83,7 @@ def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):
     # one verdict line, after the overflow table: what fails, overflow included, and one next
     verdict_lines = [line for line in result.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
     assert len(verdict_lines) == 1 and result.output.count("next:") == 1
-    assert verdict_lines[0].startswith("✗ FAIL EXPLODED + OUTLIERS + OVERFLOW RISK (fp16): ")
+    assert verdict_lines[0].startswith("✗ FAIL EXPLODED + OUTLIERS + OVERFLOW RISK (fp16) (POISONED): ")
     assert result.output.index("Overflow risk when cast to fp16") < result.output.index(verdict_lines[0])
     expected = torch_overflow(values, "fp16") + 1
     assert f"{expected} finite values in 2 tensors become Inf when cast to fp16 (largest finite fp16: 65504" in result.output

@@ -305,7 +305,7 @@ def test_nan_in_bytes_no_tensor_views_says_where_and_gives_the_resave_that_fixes
                                                   f"views (storage data/0 of {path})\n")
     full = run_cli("scan", path, "--no-progress")
     lines = full.output.splitlines()
-    assert f"✗ FAIL NON-FINITE: 1 NaN in storage bytes no tensor views (storage data/0 of {path})" in lines
+    assert f"✗ FAIL NON-FINITE (POISONED): 1 NaN in storage bytes no tensor views (storage data/0 of {path})" in lines
     assert "nandoctor repair" not in full.output
     resave = lines[lines.index(f"  next: NaN/Inf in bytes no tensor of {path} views: re-save it with only the bytes "
                                "its tensors view") + 1].strip()

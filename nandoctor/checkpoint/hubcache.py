@@ -41,10 +41,17 @@ class CacheHit:
 
 
 def looks_like_repo_id(target: str) -> bool:
-    """``org/name`` or ``name`` (with an optional ``@revision``); never ``./x``, ``/x`` or ``x/../y``."""
+    """``org/name`` or ``name`` (with an optional ``@revision``); never ``./x``, ``/x`` or ``x/../y``, nor a
+    file name with a weight file's suffix (``model.safetensors``: a missing file, not a model to fetch)."""
     if not target or ".." in target or target.startswith(("/", "~", ".")) or "\\" in target:
         return False
+    if target.lower().endswith(_FILE_SUFFIXES):
+        return False
     return bool(_REPO_ID.match(target))
+
+
+# A missing path ending like a weight file is a file, never a repo id to look up in the caches
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".distcp", ".json")
 
 
 def split_revision(target: str) -> tuple[str, str | None]:

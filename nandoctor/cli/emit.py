@@ -70,7 +70,7 @@ def emit_scan(
     if markdown:
         from nandoctor.report.markdown_report import not_written_section, render_scan
 
-        click.echo(render_scan(report, fail_on) + not_written_section(not_written), nl=False)
+        click.echo(render_scan(report, fail_on, not_written) + not_written_section(not_written), nl=False)
     elif as_json:
         from nandoctor.report.json_report import report_to_json, with_gate
 

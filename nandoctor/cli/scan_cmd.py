@@ -285,7 +285,7 @@ def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_o
     if markdown:
         from nandoctor.report.markdown_report import not_written_section, render_run
 
-        click.echo(render_run(run, fail_on) + not_written_section(not_written), nl=False)
+        click.echo(render_run(run, fail_on, not_written) + not_written_section(not_written), nl=False)
     elif as_json:
         from nandoctor.report.json_report import with_gate
 

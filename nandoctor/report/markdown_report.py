@@ -85,15 +85,25 @@ def _next(steps: list[str]) -> list[str]:
     return out
 
 
-def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
+def _exit_line(code: int, then: str, not_written: NandoctorError | None) -> str:
+    """The exit code the command returns: 3 when a report file could not be written, whatever the verdict."""
+    if not_written is None:
+        return f"- **Exit code:** {code} ({then})"
+    return f"- **Exit code:** {not_written.exit_code} (the --html report could not be written; the verdict's: {code}, {then})"
+
+
+def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON,
+                not_written: NandoctorError | None = None) -> str:
+    """The Markdown summary of a scan; ``not_written``: a report file (``--html``) that could not be written,
+    said in its own section and in the exit code."""
     decided = verdicts.judge(report, fail_on)
-    out = [f"## nandoctor: {_status(decided.exit_code)} {md(decided.words)}", "",
+    out = [f"## nandoctor: {_status(decided.exit_code)} {md(verdicts.words_with_case(decided))}", "",
            f"{md(verdicts.one_line(report, fail_on))}", ""]
     ranges = bad_ranges(report.layers)
     if ranges:
         labels = ", ".join(md(r.label) for r in ranges[:MAX_MARKDOWN_ROWS])
         out.append(f"- **Bad layers:** {labels}" + (f" … and {len(ranges) - MAX_MARKDOWN_ROWS} more" if len(ranges) > MAX_MARKDOWN_ROWS else ""))
-    out.append(f"- **Exit code:** {decided.exit_code} (fails on: {', '.join(sorted(fail_on))})")
+    out.append(_exit_line(decided.exit_code, f"fails on: {', '.join(sorted(fail_on))}", not_written))
     out += _tensors(report, "Worst tensors")
     if report.errors:
         out += ["", f"### {problems_heading(report)} (exit 3)", ""]
@@ -125,7 +135,8 @@ def render_error(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
+def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON,
+               not_written: NandoctorError | None = None) -> str:
     from nandoctor.report.run_report import decides_words, log_words, one_line, same_words
     from nandoctor.report.run_report import next_steps as run_next_steps
 
@@ -135,7 +146,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
     out = [f"## nandoctor: {_status(code)} {md(run.verdict_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
-           f"- **Exit code:** {code} ({md(decides)})"]
+           _exit_line(code, md(decides), not_written)]
     if run.log is not None and run.log.suspicious_step is not None:
         out.append(f"- **Trainer log:** {md(log_words(run.log))}")
     chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)

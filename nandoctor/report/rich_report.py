@@ -50,16 +50,17 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
                              + (f"; {rest}" if rest else ""))
     if decided.exit_code == 0:
         return Text.assemble((f"⚠ PASS {decided.words}", "bold yellow"), f": {facts}")
-    return Text.assemble((f"✗ FAIL {decided.words}", "bold red"), f": {facts}")
+    return Text.assemble((f"✗ FAIL {verdicts.words_with_case(decided)}", "bold red"), f": {facts}")
 
 
-def _add_column(table: Table, header: str, *, numeric: bool, name: bool) -> None:
+def _add_column(table: Table, header: str, *, numeric: bool, name: bool, widest: int = 0) -> None:
     """Names are what the report is for: on a narrow terminal they wrap whole (folded), never end in "…";
-    numbers never break; other text gives way first."""
+    numbers never break, nor are they cut (``widest``: the longest value: ``1e+30`` must not show as ``1e+``);
+    other text gives way first."""
     if name:
         table.add_column(header, overflow="fold", min_width=20, ratio=3)
     elif numeric:
-        table.add_column(header, justify="right", no_wrap=True)
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(widest, len(header)))
     else:
         table.add_column(header, overflow="fold", ratio=1)
 
@@ -107,11 +108,15 @@ def _table(title: str, rows: list[dict[str, object]], wanted: list[str], narrow:
            drop: set[str] = frozenset()) -> Table:  # type: ignore[assignment]
     table = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     columns = _columns(wanted, narrow, rows, set(drop))
-    for column in columns:
-        _add_column(table, column, numeric=column in _NUMERIC, name=column == name)
     for row in rows:
         row["NaN/Inf"] = sum(int(row.get(k) or 0) for k in ("NaN", "+Inf", "-Inf"))  # type: ignore[call-overload]
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    for k, column in enumerate(columns):
+        numeric = column in _NUMERIC
+        widest = max((len(str(r[k])) for r in cells), default=0) if numeric else 0
+        _add_column(table, column, numeric=numeric, name=column == name, widest=widest)
+    for r in cells:
+        table.add_row(*r)
     return table
 
 
@@ -127,8 +132,8 @@ def _worst_of(finding: str, t: TensorResult) -> float:
     """How much of ``finding`` a tensor has: picks a range's worst tensor."""
     if finding == verdicts.NONFINITE:
         return t.nonfinite
-    if finding == verdicts.EXPLODED:
-        return t.exploded
+    if finding == verdicts.EXPLODED:  # the tensor holding the range's largest magnitude (its max |w| cell)
+        return t.max_abs if t.max_abs is not None else 0
     if finding == verdicts.OUTLIER:
         return t.outliers.count if t.outliers is not None else 0
     return t.ref.numel
@@ -248,9 +253,10 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
     reported = decided.reported if decided is not None else ()
     if report.tensors.with_any(_TABLE_FINDINGS):
         console.print()
-        console.print(_layer_table(report, console.width, limit, reported))
+        # crop=False: a table that cannot fit a very narrow terminal wraps there; a number is never cut short
+        console.print(_layer_table(report, console.width, limit, reported), crop=False)
         console.print()
-        console.print(_tensor_table(report, limit, console.width, reported))
+        console.print(_tensor_table(report, limit, console.width, reported), crop=False)
         tied = len(report.bad_tensors) - len(report.distinct_bad_tensors)
         if tied:
             console.print(Text(f"  {tied} of these tensors view the same elements as another one listed "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
@@ -91,10 +92,13 @@ def tensor_rows(
     ``limit``; with the number left out."""
     found = list(report.tensors.with_any(findings))
 
-    def severity(t: TensorResult) -> tuple[int, int, int, str]:
+    def severity(t: TensorResult) -> tuple[Any, ...]:
+        # by finding, then how much is bad, then how large it got; of equals, in layer order (layers.2 before
+        # layers.10: natural order, as the layer table has it)
         rank = SEVERITY.index(worst_finding(t.findings))
         damage = t.exploded + (t.outliers.count if t.outliers is not None else 0) + t.overflow
-        return (rank, -t.nonfinite, -damage, t.name)
+        largest = (t.max_abs or 0.0) if SEVERITY[rank] in (verdicts.EXPLODED, verdicts.OUTLIER) else 0.0
+        return (rank, -t.nonfinite, -damage, -largest, natural_key(t.name))
 
     found.sort(key=severity)
     shown = found if limit is None else found[:limit]
