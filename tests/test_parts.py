@@ -268,3 +268,21 @@ def test_merge_and_part_messages_name_what_to_do(runs_root: Path, tmp_path: Path
     out = " ".join(run_folder.output.split())
     assert "a run cannot be split into parts, only one checkpoint" in out
     assert f"split its newest checkpoint: nandoctor scan {runs_root / 'dcp' / 'step-3'} --part I/N --json" in out
+
+
+def test_parts_scanned_from_different_folders_merge_from_anywhere(checkpoint: Path, tmp_path: Path) -> None:
+    """`st` from one folder and `../st` from another are one checkpoint: the parts record it absolutely, so merge
+    joins them, run from a third folder."""
+    here, there, elsewhere = tmp_path / "a", tmp_path / "a" / "b", tmp_path / "c"
+    there.mkdir(parents=True)
+    elsewhere.mkdir()
+    relative = [os.path.relpath(checkpoint, here), os.path.relpath(checkpoint, there)]
+    for i, (cwd, given) in enumerate(zip((here, there), relative)):
+        done = subprocess.run([sys.executable, "-m", "nandoctor", "scan", given, "--part", f"{i}/2", "--json"],
+                              cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        (tmp_path / f"p{i}.json").write_text(done.stdout)
+    merged = subprocess.run([sys.executable, "-m", "nandoctor", "merge", str(tmp_path / "p0.json"),
+                             str(tmp_path / "p1.json"), "--json"], cwd=elsewhere, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert merged.returncode == 1 and json.loads(merged.stdout)["summary"]["nan"] == 1, merged.stderr

@@ -96,6 +96,9 @@ def scan_part(
 ) -> dict[str, Any]:
     """Scan part ``part.index`` of ``part.count`` of the checkpoint at ``path``; the part as a JSON-ready dict."""
     started = time.perf_counter()
+    # absolute: parts scanned from different folders (`st`, `../st`) are parts of one checkpoint, and merge
+    # finds it (and its files' fingerprints) from wherever it runs
+    path = os.path.abspath(path)
     checkpoint = open_checkpoint(path, both_formats=options.both_formats)
     cast_to = target(options.target_dtype) if options.target_dtype else None
     jobs = plan_jobs(checkpoint.refs, options.limits, cast_to)
@@ -114,7 +117,7 @@ def scan_part(
     index = {id(ref): i for i, ref in enumerate(checkpoint.refs)}
     return {
         "format": PART_FORMAT,
-        "target": str(path),
+        "target": path,
         "part": part.index,
         "of": part.count,
         "identity": identity(checkpoint, options, part.count),
