@@ -170,3 +170,17 @@ def test_every_zero_optimizer_file_is_an_optimizer_file_to_the_opener() -> None:
         assert zero.OPTIM_FILE.match(name) and file_role(name) == OPTIMIZER, name
     for name in ("optimizer.pt", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
         assert not zero.OPTIM_FILE.match(name), name
+
+
+def test_a_missing_zero3_per_rank_model_states_file_is_exit_3_naming_it(tmp_path: Path) -> None:
+    """ZeRO-3 saves a model states file per rank, and DeepSpeed's load_checkpoint on a rank needs its own: one
+    missing passed CLEAN (ZeRO/parts trial)."""
+    from tests.zero_writer import write
+
+    step = write(tmp_path, 3, 3)
+    assert sorted(p.name for p in step.glob("zero_pp_rank_*_model_states.pt"))[2:] == ["zero_pp_rank_2_mp_rank_00_model_states.pt"]
+    (step / "zero_pp_rank_2_mp_rank_00_model_states.pt").unlink()
+    report = nandoctor.scan(step, device="cpu")
+    assert report.exit_code == 3
+    assert any("1 model states file(s) are missing: zero_pp_rank_2_mp_rank_00_model_states.pt" in p.message
+               for p in report.errors)

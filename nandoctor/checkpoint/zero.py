@@ -98,6 +98,15 @@ def _attribute_set(
             f"missing: {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}; their partitions were not scanned",
             _HINT_MISSING,
         ))
+    if first.stage == 3:  # ZeRO-3 saves a model states file per rank, which DeepSpeed's load_checkpoint needs
+        absent = [f"zero_pp_rank_{r}_mp_rank_{mp}_model_states.pt" for r in range(first.world)
+                  if not (folder / f"zero_pp_rank_{r}_mp_rank_{mp}_model_states.pt").exists()]
+        if absent:
+            problems.append(ScanProblem(
+                str(folder), f"DeepSpeed ZeRO-3 over {first.world} ranks, but {len(absent)} model states file(s) are "
+                f"missing: {', '.join(absent[:4])}{' …' if len(absent) > 4 else ''}; DeepSpeed's load_checkpoint on "
+                "those ranks fails", _HINT_MISSING,
+            ))
     extra = [o.path.name for o in optims if o.rank >= first.world]
     if extra:
         raise LayoutError(f"{', '.join(extra)} lie beyond partition_count {first.world} (left from another save?)")
