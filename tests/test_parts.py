@@ -286,3 +286,17 @@ def test_parts_scanned_from_different_folders_merge_from_anywhere(checkpoint: Pa
                              str(tmp_path / "p1.json"), "--json"], cwd=elsewhere, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert merged.returncode == 1 and json.loads(merged.stdout)["summary"]["nan"] == 1, merged.stderr
+
+
+def test_merge_refuses_parts_that_lost_tensors(checkpoint: Path, tmp_path: Path) -> None:
+    """A part file cut short or edited (its tensors gone) must not make a smaller checkpoint look clean."""
+    files, dropped = [], []
+    for i in range(2):
+        data = json.loads(run_cli("scan", str(checkpoint), "--part", f"{i}/2", "--json").stdout)
+        if data["tensors"]:
+            dropped.append(data["tensors"].pop()["name"])
+        files.append(tmp_path / f"p{i}.json")
+        files[-1].write_text(json.dumps(data))
+    merged = run_cli("merge", *map(str, files))
+    assert merged.exit_code == 3 and "a part file is incomplete or was edited" in merged.output
+    assert f"no result for {len(dropped)} tensor(s) ({sorted(dropped)[0]!r}" in merged.output

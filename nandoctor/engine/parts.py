@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,28 @@ def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None =
     found = _gathered(parts, checkpoint)
     cast_to = target(options.target_dtype) if options.target_dtype else None
     _finish_cut_regions(parts, checkpoint, found, options, cast_to)
+    _check_coverage(checkpoint, found)
     return _assembled(parts, checkpoint, found, device)
+
+
+def _check_coverage(checkpoint: Checkpoint, found: Scanned) -> None:
+    """Every tensor of the checkpoint has exactly one result among the parts (where everything was read): a part
+    file that lost tensors (cut short, edited) must not make a smaller checkpoint look clean. The counts in a part
+    are trusted: merge checks that the parts belong together and cover the checkpoint, not that they are true."""
+    if found.problems or checkpoint.problems:
+        return  # (what could not be read is reported as such; its tensors have no results)
+
+    def key(ref: TensorRef) -> tuple[Any, ...]:
+        return (ref.name, *ref.elements_key)
+
+    seen = Counter(key(t.ref) for t in found.tensors)
+    missing = [ref.name for ref in checkpoint.refs if seen[key(ref)] == 0]
+    twice = [name for (name, *_), n in seen.items() if n > 1]
+    if missing or twice:
+        what = (f"no result for {len(missing)} tensor(s) ({missing[0]!r} …)" if missing
+                else f"{len(twice)} tensor(s) twice ({twice[0]!r} …)")
+        raise PartsError(f"the parts hold {what}: a part file is incomplete or was edited",
+                         "scan the parts again (nandoctor scan PATH --part I/N --json > part-I.json)")
 
 
 def partial_report(path: str, parts: list[tuple[str, dict[str, Any]]], missing: list[ScanProblem]) -> ScanReport:
