@@ -184,3 +184,27 @@ def test_a_missing_zero3_per_rank_model_states_file_is_exit_3_naming_it(tmp_path
     assert report.exit_code == 3
     assert any("1 model states file(s) are missing: zero_pp_rank_2_mp_rank_00_model_states.pt" in p.message
                for p in report.errors)
+
+
+@pytest.mark.parametrize(("stage", "world"), [(1, 4), (2, 3)])
+def test_moments_longer_than_the_saved_fp32_partition_are_still_named(tmp_path: Path, stage: int, world: int) -> None:
+    """DeepSpeed saves the last rank's fp32 partition without its tail padding but the moments of the padded one
+    (checked against real deepspeed 0.19.8): the moments were left under flat names, a NaN in them named by no
+    parameter. They are named as the fp32 partition is; NaN in their padding is bytes no tensor views."""
+    from tests.zero_writer import write
+
+    step = write(tmp_path, stage, world, padded_moments=True)
+    last = step / f"bf16_zero_pp_rank_{world - 1}_mp_rank_00_optim_states.pt"
+    state = torch.load(last, weights_only=False)
+    moments = state["optimizer_state_dict"]["base_optimizer_state"]["state"]
+    padded = [g for g in moments if moments[g]["exp_avg_sq"].numel() > state["optimizer_state_dict"][
+        "single_partition_of_fp32_groups"][g].numel()]
+    assert padded, "the layout must have a padded last partition"
+    g = padded[0]
+    moments[g]["exp_avg_sq"][-1] = float("nan")  # in the padding
+    torch.save(state, last)
+    report = nandoctor.scan(step, device="cpu")
+    assert not report.errors
+    assert set(_found(report, "exp_avg.")) == set(_found(report, "exp_avg_sq.")) == set(NAMES)
+    assert _found(report, "exp_avg_sq.")["lm_head.weight"] == (0, 0, 1, 7)
+    assert [(Path(u.file).name, u.nan) for u in report.unviewed] == [(last.name, 1)]

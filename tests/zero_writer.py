@@ -75,7 +75,10 @@ def full_params(planted: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def _zero2_partitions(flat: torch.Tensor, world: int) -> tuple[list[torch.Tensor], list[int]]:
+def _zero2_partitions(flat: torch.Tensor, world: int, keep_padding: bool = False) -> tuple[list[torch.Tensor], list[int]]:
+    """Each rank's partition of ``flat`` and its tail padding; ``keep_padding``: the partitions as the
+    optimizer's moments are saved (DeepSpeed strips the padding from the fp32 partition it saves, not from
+    exp_avg/exp_avg_sq, which were made for the padded one)."""
     align = 2 * world
     padded = torch.cat([flat, flat.new_zeros((-flat.numel()) % align)])
     size = padded.numel() // world
@@ -83,7 +86,7 @@ def _zero2_partitions(flat: torch.Tensor, world: int) -> tuple[list[torch.Tensor
     for r in range(world):
         left = r * size
         padding = size if flat.numel() <= left else max(0, left + size - flat.numel())
-        parts.append(padded[left:left + size - padding].clone())
+        parts.append(padded[left:left + size - (0 if keep_padding else padding)].clone())
         paddings.append(padding)
     return parts, paddings
 
@@ -99,9 +102,11 @@ def _zero3_partitions(tensors: list[torch.Tensor], world: int) -> list[torch.Ten
     return [torch.cat(s) for s in shares]
 
 
-def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None) -> Path:
+def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None, padded_moments: bool = False) -> Path:
     """``folder/global_step1`` of a ZeRO-``stage`` run over ``world`` ranks; ``pad_rank``: NaN in that rank's
-    ZeRO-3 padding (the last element of its share of model.layers.0.mlp.bias, which has 3 elements)."""
+    ZeRO-3 padding (the last element of its share of model.layers.0.mlp.bias, which has 3 elements);
+    ``padded_moments`` (ZeRO-1/2): the moments keep the tail padding the fp32 partition drops, as DeepSpeed
+    0.19 saves them."""
     stage_enum = _stage_enum()
     step = folder / "global_step1"
     step.mkdir(parents=True)
@@ -116,7 +121,8 @@ def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None) 
         module = OrderedDict((n, p.to(torch.bfloat16)) for n, p in params.items())
         torch.save({"module": module, **common}, step / "mp_rank_00_model_states.pt")
         per_group = [_zero2_partitions(torch.cat([params[n].reshape(-1) for n in g]), world) for g in GROUPS]
-        per_state = [_zero2_partitions(torch.cat([states[n].reshape(-1) for n in g]), world) for g in GROUPS]
+        per_state = [_zero2_partitions(torch.cat([states[n].reshape(-1) for n in g]), world, padded_moments)
+                     for g in GROUPS]
         for r in range(world):
             base = {"state": {g: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(per_state[g][0][r]),
                                   "exp_avg_sq": per_state[g][0][r].clone()} for g in range(len(GROUPS))},

@@ -181,7 +181,11 @@ def _renamed(optim: _Optim, refs: Sequence[TensorRef], shapes: list[Shapes], pre
     out: list[TensorRef] = []
     for ref in refs:
         label, group = _label(ref, stem, flat_key)
-        if label is None or group not in pieces or ref.numel != flats[group].numel or not _flat_1d(ref):
+        # An optimizer state may be longer than its fp32 partition: DeepSpeed saves the last rank's partition
+        # without its tail padding, but the moments of the padded one; the pieces lie at the same places, and the
+        # padding's elements, viewed by no piece, are reported as bytes no tensor views.
+        if label is None or group not in pieces or ref.numel < flats[group].numel or not _flat_1d(ref) \
+                or (label == "fp32" and ref.numel != flats[group].numel):
             out.append(ref)
             continue
         out += [_piece_ref(ref, piece, f"{prefix}{label}.{piece.param}") for piece in pieces[group]]
