@@ -186,7 +186,7 @@ def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_o
     rich = run(*args)
     assert rich.exit_code == code
     verdicts = [line for line in rich.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
-    assert verdicts == [f"{'✗ FAIL' if code else '⚠ PASS'} {words}: 1 outlier value in 1 tensor; worst model.layers.0; "
+    assert verdicts == [f"{'✗ FAIL' if code else '⚠ PASS'} {words}{case}: 1 outlier value in 1 tensor; worst model.layers.0; "
                         "1 value in 1 tensor overflow fp16 (max |x| 7e+04), worst model.layers.0"]
     assert rich.output.index("Overflow risk when cast to fp16") < rich.output.index(verdicts[0])
     assert rich.output.count("next:") == (1 if repair or cast else 0)
@@ -197,7 +197,7 @@ def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_o
     # the quiet line adds the health case where a health finding fails (an outlier: repair it), not for overflow
     assert quiet.output.startswith(f"{'FAIL' if code else 'PASS'} {words}{case} {path}: ") and quiet.exit_code == code
     markdown = run(*args, "--markdown")
-    assert markdown.output.startswith(f"## nandoctor: {'❌ FAIL' if code else '✅ PASS'} {words}\n")
+    assert markdown.output.startswith(f"## nandoctor: {'❌ FAIL' if code else '✅ PASS'} {words}{case}\n")
     assert ("nandoctor repair" in markdown.output) is repair and (cast_advice in markdown.output) is cast
     data = json.loads(run(*args, "--json").output)
     assert data["summary"]["verdict"] == words and data["gate"]["exit_code"] == code

@@ -22,10 +22,8 @@ def stdout_console() -> Console:
     # NO_COLOR is honoured by rich itself. A pipe gets plain text, wide enough that
     # tensor names are not cut (logs and CI are read by grep, not by eye).
     console = Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:  # (a width the user set, COLUMNS=60, is theirs to keep)
-        asked = os.environ.get("COLUMNS", "")
-        width = int(asked) if asked.isdigit() and int(asked) > 0 else max(console.width, 160)
-        console = Console(highlight=False, soft_wrap=True, width=width)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))
     return console
 
 
