@@ -56,3 +56,24 @@ def test_markdown_gives_the_exit_code_the_command_returns(planted, tmp_path):
 def test_a_missing_weight_file_is_not_looked_up_as_a_model_to_download(tmp_path):
     done = run_cli("scan", str(tmp_path.name) + ".safetensors")
     assert done.exit_code == 3 and "download" not in done.output
+
+
+def test_a_truncated_shard_names_the_tensors_that_went_unscanned(tmp_path):
+    import json
+
+    from nandoctor import scan
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shards = {"model-00001-of-00002.safetensors": ["a.weight", "b.weight"],
+              "model-00002-of-00002.safetensors": ["c.weight", "d.weight"]}
+    for shard, names in shards.items():
+        save_file({n: np.full((64, 64), 0.02, np.float32) for n in names}, folder / shard)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: shard for shard, names in shards.items() for n in names}}))
+    broken = folder / "model-00002-of-00002.safetensors"
+    broken.write_bytes(broken.read_bytes()[:-5000])
+    report = scan(folder)
+    assert report.exit_code == 3
+    (problem,) = report.errors
+    assert "its 2 tensor(s) in model.safetensors.index.json were not scanned: 'c.weight', 'd.weight'" in problem.message

@@ -75,7 +75,7 @@ def open_checkpoint(
             checkpoint.fingerprints[file] = layout.fingerprint(file)
             read = read_file(file, defer_crcs=defer_crcs)
         except (NandoctorError, OSError) as exc:
-            checkpoint.problems.append(problem_of(file, exc))
+            checkpoint.problems.append(_with_unscanned(problem_of(file, exc), file, files.indexes))
             continue
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += read.notes
@@ -171,6 +171,17 @@ def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef
 def names_of(refs: Sequence[TensorRef]) -> list[str]:
     """The tensors' names (a RefTable's column: no TensorRef made)."""
     return refs.names if isinstance(refs, RefTable) else [ref.name for ref in refs]
+
+
+def _with_unscanned(problem: ScanProblem, file: Path, indexes: list[layout.ShardIndex]) -> ScanProblem:
+    """A shard that could not be read, saying which of the index's tensors it held went unscanned: the report
+    names what the gate could not see, not only the file."""
+    names = sorted(name for index in indexes for name, shard in index.weight_map.items()
+                   if (index.path.parent / shard) == file)
+    if not names:
+        return problem
+    return dataclasses.replace(problem, message=f"{problem.message}; its {len(names)} tensor(s) in "
+                               f"{indexes[0].path.name} were not scanned: {_names(names)}")
 
 
 def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
