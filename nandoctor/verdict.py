@@ -364,10 +364,11 @@ def tensor_scale(t: TensorResult) -> float | None:
     scale (a power of two at or below its k-th largest magnitude, k = max(9, n/1000): kernels/census.py)
     where the census measured one, i.e. where some value reaches 2.0; below 2.0 its largest magnitude.
     None when it has neither (under 16 values, one reaching 2.0; no census)."""
-    return _scale(t.bulk_scale, t.max_abs)
+    return scale_of(t.bulk_scale, t.max_abs)
 
 
-def _scale(bulk_scale: float | None, max_abs: float | None) -> float | None:
+def scale_of(bulk_scale: float | None, max_abs: float | None) -> float | None:
+    """:func:`tensor_scale` from a census's bulk scale and largest magnitude (a scanned tensor's, a donor's)."""
     if bulk_scale is not None:
         return bulk_scale
     if max_abs is not None and max_abs < 2.0:  # the census's high level: no bulk is measured below it
@@ -388,7 +389,7 @@ def _weight_scales(tensors: TensorResults) -> list[tuple[int, float]]:
     left_out = {i for i in tensors.flagged if NONFINITE in findings[i]}
     if roles.count("weight") != len(roles):
         left_out.update(i for i, role in enumerate(roles) if role != "weight")
-    scales = map(_scale, tensors.bulk_scale, tensors.max_abs)
+    scales = map(scale_of, tensors.bulk_scale, tensors.max_abs)
     return [(i, scale) for i, scale in enumerate(scales) if scale is not None and i not in left_out]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,11 +295,11 @@ class RunReport:
         """Whether ``repair TARGET --from auto`` finds a donor: a healthy checkpoint before ``target`` and
         before the run's first bad one (restore/donors.py applies the same rule). By position, not step:
         the final model may share its step with the newest checkpoint and still comes after it."""
-        first_bad, usable = self.first_bad, self.resume_points()
+        first_bad, usable = self.first_bad, {id(c) for c in self.resume_points()}
         for c in self.checkpoints:
             if c is target or c is first_bad:
                 return False
-            if any(c is u for u in usable):
+            if id(c) in usable:
                 return True
         return False
 
@@ -403,12 +404,12 @@ def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
     # (Lightning step files each hold one file of their own name: no name is common to them, so none is missing)
     folders = [(c, {Path(f).name for f in c.report.files}) for c in checkpoints
                if c.report is not None and not c.report.errors and not c.final and not c.last and c.same_as is None]
+    if len(folders) < 3:
+        return []
+    held = Counter(name for _, names in folders for name in names)
     notes = []
     for c, names in folders:
-        others = [n for o, n in folders if o is not c]
-        if len(others) < 2:
-            break
-        missing = sorted(set.intersection(*others) - names)
+        missing = sorted(n for n, count in held.items() if count == len(folders) - 1 and n not in names)
         if missing:
             notes.append(f"{c.name} lacks {', '.join(missing)}, which every other checkpoint of the run holds: "
                          "resume_from_checkpoint from it would start without that state (a fresh optimizer or schedule)")

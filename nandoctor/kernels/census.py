@@ -359,9 +359,8 @@ def _observe_high(
         out.high_segments.append((base_lane + start, min(per_segment, block_lanes - start), int(tops[k])))
         out.high_max = max(out.high_max, int(tops[k]))
     if tops.max() > info.ceiling_bits:
-        if mag is None:  # NaN/Inf beside values above the ceiling: rare enough to mask again
-            mag, nonfinite = _finite_magnitudes(run, info)
-            nonfinite = 0  # (zeroed: they no longer count above the ceiling)
+        if mag is None:  # NaN/Inf beside values above the ceiling: rare enough to mask again (NaN/Inf zeroed)
+            mag, nonfinite = _finite_magnitudes(run, info)[0], 0
         out.exploded += int(np.count_nonzero(mag > info.ceiling_bits)) - nonfinite
 
 
@@ -394,13 +393,17 @@ def _segment_starts(words: int) -> np.ndarray:
 BLOCK_BYTES = 8 << 20
 
 
-def observe_chunk(data: np.ndarray, info: LaneInfo, base_lane: int, histogram: bool = False) -> Census:
-    """The census of a chunk on its own (kernels other than the CPU one count NaN elsewhere)."""
+def observe_chunk(
+    data: np.ndarray, info: LaneInfo, base_lane: int, histogram: bool = False, tally: Tally | None = None
+) -> Census:
+    """The census of a chunk on its own (kernels other than the CPU one count NaN elsewhere); with ``tally``
+    (:func:`tallies` holds), its NaN/+Inf/-Inf counted into it, lanes numbered from the chunk's start."""
     out = Census()
     for start in range(0, data.size, BLOCK_BYTES):
         block = data[start : start + BLOCK_BYTES]
         ors = segment_ors(block) if block.ctypes.data % 8 == 0 else None
-        out.merge(observe_block(block, ors, info, base_lane + start * 8 // info.lane_bits, histogram))
+        lane = start * 8 // info.lane_bits
+        out.merge(observe_block(block, ors, info, base_lane + lane, histogram, tally, lane))
     return out
 
 

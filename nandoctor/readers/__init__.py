@@ -99,7 +99,8 @@ def read_file(path: Path, *, defer_crcs: bool = False) -> ReadResult:
     return result if misnamed is None else dataclasses.replace(result, problems=(*result.problems, misnamed))
 
 
-# What each format's files are renamed to when their content is another format's
+# Who loads each format by its name, and what a file of each format is renamed to when it is misnamed
+_LOADERS = {"safetensors": "transformers, safetensors.load_file", "torch": "torch.load", "gguf": "llama.cpp"}
 _RENAME_TO = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin (or .pt)", "gguf": "model.gguf"}
 
 
@@ -121,5 +122,3 @@ def misnamed_problem(path: Path, content: str) -> ScanProblem | None:
         f"format its name promises",
     )
 
-
-_LOADERS = {"safetensors": "transformers, safetensors.load_file", "torch": "torch.load", "gguf": "llama.cpp"}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nandoctor import verdict
 from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.runs import RunReport, checkpoint_step, duplicate_steps, place_in_run
@@ -170,11 +171,8 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     for block in _lanes(ref, kernel.chunk_bytes):
         bad += kernel.count(block, spec).nonfinite
         census.merge(observe_whole(block, info) if small else observe_chunk(block, info, 0, histogram=True))
-    scale = census.bulk_scale(spec, info)
-    if scale is None:  # no bulk measured: its largest magnitude below the census's high level (verdict._scale)
-        bits, _ = census.max_bits()
-        top = decode_magnitude(spec, bits) if bits >= 0 else None
-        scale = top if top is not None and top < 2.0 else None
+    bits, _ = census.max_bits()
+    scale = verdict.scale_of(census.bulk_scale(spec, info), decode_magnitude(spec, bits) if bits >= 0 else None)
     if bad:
         return TensorCheck(f"holds {bad:,} NaN/Inf values", scale)
     if ref.role != "weight":
