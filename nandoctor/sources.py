@@ -38,6 +38,7 @@ from nandoctor.errors import FileChangedError
 
 PAGE = mmap.PAGESIZE
 RELEASE_BYTES = 32 << 20  # scanned pages are dropped in runs of this size
+RELEASE_GAP_BYTES = 64 << 10  # a run goes on across a gap this short (see MappedSource.release)
 READ_CHUNK_BYTES = 8 << 20  # reads of a cold file: larger requests keep a (virtual) disk busier than 4 MiB
 ALIGNED_AT = 8  # a chunk whose first byte is not at a multiple of this is copied before it is scanned
 PROBES = 16  # pages probed for page-cache residency, spread over the file
@@ -84,8 +85,10 @@ class MappedSource:
         return view
 
     def release(self, absolute: int, length: int) -> None:
-        # Each release interrupts the other cores (a TLB shootdown): merge runs, release rarely.
-        if absolute != self._end:
+        # Each release interrupts the other cores (a TLB shootdown): merge runs, release rarely. A short
+        # gap (a zip entry's local header between two storages) joins the run: dropping its page costs
+        # at most a fault if it is read again, while breaking the run cost a release per storage.
+        if not 0 <= absolute - self._end <= RELEASE_GAP_BYTES:
             self._flush()
             self._start = absolute
         self._end = absolute + length

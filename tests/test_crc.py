@@ -130,7 +130,7 @@ def test_separate_pass_matches(tmp_path) -> None:
     assert f"data/{(9 << 20) + 2}" in problem.message
 
 
-@pytest.mark.parametrize("flip_at_mib", [None, 3, 9])
+@pytest.mark.parametrize("flip_at_mib", [None, 3, 9, 17])
 def test_the_scan_s_own_crc_of_a_large_storage_catches_a_flipped_byte(tmp_path, monkeypatch, flip_at_mib) -> None:
     """A 20 MiB bf16 storage, its CRC-32 taken chunk by chunk in the scan's own pass and combined: a finite bit
     flip (no NaN to see) in any chunk fails the check, and the untouched file passes."""

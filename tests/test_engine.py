@@ -104,9 +104,27 @@ def test_release_merges_contiguous_runs_and_rounds_to_pages(monkeypatch):
     src.release(100, 4 * page)  # starts mid-page
     src.release(100 + 4 * page, 7 * page)  # contiguous: merged, and now past the run size
     assert src.mapped.calls == [(0, 11 * page)]
-    src.release(20 * page, page)  # a gap: a new run
+    far = 11 * page + sources.RELEASE_GAP_BYTES + page
+    src.release(far, page)  # a long gap: a new run
     src._flush()
-    assert src.mapped.calls[-1] == (20 * page, page)
+    assert src.mapped.calls[-1] == (far, page)
+
+
+def test_release_runs_on_across_a_short_gap(monkeypatch):
+    """Between two storages of a torch zip lies the next entry's local header: the run goes on across it
+    (one release, not one per storage), and the header's page is dropped with it."""
+    monkeypatch.setattr(sources, "RELEASE_BYTES", 10 * sources.PAGE)
+    src = sources.MappedSource.__new__(sources.MappedSource)
+    src.mapped, src._start, src._end = FakeMap(), 0, 0
+    page = sources.PAGE
+    src.release(0, 3 * page)
+    src.release(3 * page + 100, 3 * page)  # 100 bytes of header between them
+    src.release(6 * page + 200, 5 * page)
+    assert src.mapped.calls == [(0, 11 * page)]
+    far = 11 * page + 200 + sources.RELEASE_GAP_BYTES + 1  # one byte more than a short gap
+    src.release(far, 2 * page)
+    src._flush()
+    assert src.mapped.calls[-1] == (far - far % page, (far + 2 * page) // page * page - far // page * page)
 
 
 def test_a_region_at_an_odd_offset_is_scanned_from_an_aligned_copy(tmp_path, monkeypatch):
@@ -156,6 +174,37 @@ def test_read_source_and_mapped_source_agree(tmp_path, monkeypatch):
         results[io] = [(t.name, t.posinf, t.first_bad) for t in report.tensors]
         assert report.complete and sum(t.posinf for t in report.tensors) == 10
     assert results["mmap"] == results["read"]
+
+
+@pytest.mark.parametrize("io", ["mmap", "read"])
+def test_tasks_of_several_chunks_count_what_one_chunk_a_task_counts(tmp_path, monkeypatch, io):
+    """A worker task holds CHUNKS_PER_TASK chunks of a large region, scanned one after another: NaN/Inf
+    in every chunk of a task, at a chunk's first and last lane, in a tail chunk, counted exactly (numpy
+    the oracle), and the census (largest magnitude, zeros, outliers) the same as one chunk a task."""
+    monkeypatch.setenv("NANDOCTOR_IO", io)
+    chunk = CpuKernel.chunk_bytes // 2  # bf16 lanes a chunk
+    rng = np.random.default_rng(11)
+    values = (rng.standard_normal(5 * chunk + 777) * 0.02).astype(np.float32)
+    values[::4099] = 0.0
+    values[3 * chunk + 5] = 1000.0  # an outlier in the fourth chunk (2^14 times the bulk)
+    bits = bf16_bits(values)
+    planted = {"nan": [0, chunk - 1, chunk, 2 * chunk + 17, 5 * chunk + 776], "posinf": [chunk + 3], "neginf": [4 * chunk - 1]}
+    for kind, places in planted.items():
+        bits[places] = SPECIALS["BF16"][kind]
+    write_safetensors(tmp_path / "model.safetensors", {"w": RawTensor("BF16", (bits.size,), bits.tobytes())})
+
+    def scanned(per_task):
+        monkeypatch.setattr(scan_module, "CHUNKS_PER_TASK", per_task)
+        [t] = scan(tmp_path, device="cpu").tensors
+        return t
+
+    one = scanned(1)
+    assert (one.nan, one.posinf, one.neginf, one.first_bad) == (5, 1, 1, 0)
+    assert one.max_abs == 1000.0 and one.outliers is not None and one.outliers.count == 1
+    for per_task in (2, 3):
+        many = scanned(per_task)
+        assert (many.nan, many.posinf, many.neginf, many.first_bad) == (one.nan, one.posinf, one.neginf, one.first_bad)
+        assert (many.max_abs, many.zeros, many.outliers, many.findings) == (one.max_abs, one.zeros, one.outliers, one.findings)
 
 
 def _filesystem_of(path) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nandoctor.blockfields import gather
 from nandoctor.dtypes import DTYPES
+from nandoctor.engine.work import chunk_step
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels import Kernel
 from nandoctor.kernels.census import to_little
@@ -36,9 +37,8 @@ def with_expert_counts(tensors: list[TensorResult], kernel: Kernel) -> tuple[lis
 
 def _per_expert(ref: TensorRef, kernel: Kernel, buffers: BufferFor) -> tuple[int, ...]:
     region, spec = ref.region, DTYPES[ref.region.dtype]
-    unit = region.blocks.block_bytes if region.blocks is not None else spec.itemsize
     size = region.nbytes // ref.experts
-    step = max(unit, kernel.chunk_bytes - kernel.chunk_bytes % unit)
+    step = chunk_step(region, spec, kernel.chunk_bytes)
     counts = []
     source = open_source(Path(region.file), region.offset + region.nbytes)
     try:

@@ -29,6 +29,7 @@ from nandoctor.kernels.census import (
     run_tops,
     to_little,
 )
+from nandoctor.model import Region
 from nandoctor.sources import BufferFor, ChunkSource
 from nandoctor.views import element_span, locate
 
@@ -63,6 +64,14 @@ class ChunkResult:
     overflows: Sequence[tuple[int, OverflowCounts]] = ()
     census: Census | None = None
     crc: int | None = None  # CRC-32 of the part's raw bytes, when the part was claimed for one (Part.crc)
+
+    def then(self, later: ChunkResult) -> ChunkResult:
+        """This result followed by the one of the bytes right after it (two chunks scanned in one task);
+        ``later.crc`` was continued from this one's, so it is the CRC-32 of both."""
+        if self.census is not None and later.census is not None:
+            self.census.merge(later.census)
+        return ChunkResult([*self.findings, *later.findings], [*self.overflows, *later.overflows],
+                           self.census if self.census is not None else later.census, later.crc)
 
     def apply_to(self, job: RegionJob, length: int) -> None:
         """Add what this part (``length`` bytes of ``job``'s region) holds to the job's tallies and census."""
@@ -105,15 +114,25 @@ def gap_crc(source: ChunkSource, gap: Gap, buffers: BufferFor) -> int:
         del data  # an exported buffer would stop the mmap from closing
 
 
-def scan_parts(source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor) -> list[ChunkResult]:
-    """One worker task: a chunk of a large region, or a batch of small regions side by side.
+def chunk_step(region: Region, spec: DTypeSpec, chunk_bytes: int) -> int:
+    """The bytes of one chunk of ``region``: ``chunk_bytes`` cut down to whole elements (or quantization
+    blocks). The census is chunk by chunk, so every way of cutting a region uses this grid."""
+    unit = region.blocks.block_bytes if region.blocks is not None else spec.itemsize
+    return max(unit, chunk_bytes - chunk_bytes % unit)
+
+
+def scan_parts(
+    source: ChunkSource, parts: list[Part], kernel: Kernel, buffers: BufferFor, chunk_bytes: int = 0,
+) -> list[ChunkResult]:
+    """One worker task: some chunks of a large region (``chunk_bytes`` each, see chunk_step), or a batch
+    of small regions side by side.
 
     Adjacent small regions of one dtype, each read whole by one view, are first tested together: one
     pass of the fast check for NaN/Inf and one vectorised census (largest magnitude and zeros of each);
     only a region that holds NaN/Inf, or a value at the high level, is looked at on its own.
     """
-    if len(parts) == 1:  # a chunk of a large region: the common case, straight through
-        return [scan_chunk(source, parts[0], kernel, buffers)]
+    if len(parts) == 1:  # chunks of a large region: the common case, straight through
+        return [scan_chunks(source, parts[0], kernel, buffers, chunk_bytes)]
     out: list[ChunkResult] = []
     i = 0
     while i < len(parts):
@@ -189,12 +208,29 @@ def direct_findings(counts: ChunkCounts, first_element: int) -> list[ChunkFindin
     return [(0, counts.nan, counts.posinf, counts.neginf, first_element + counts.first_bad)]
 
 
-def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor) -> ChunkResult:
+def scan_chunks(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor, chunk_bytes: int) -> ChunkResult:
+    """A part of a large region that may span several chunks, read and scanned one chunk after another:
+    each chunk is read from memory once (by its CRC-32 or by the kernel) and then found in cache, while
+    the pipeline's thread hands over and merges one task for all of them."""
+    step = chunk_step(part.job.region, part.job.spec, chunk_bytes) if chunk_bytes else part.length
+    if part.length <= step:
+        return scan_chunk(source, part, kernel, buffers)
+    result: ChunkResult | None = None
+    for offset in range(0, part.length, step):
+        piece = Part(part.job, part.absolute + offset, min(step, part.length - offset), part.start + offset, part.crc)
+        found = scan_chunk(source, piece, kernel, buffers, (result.crc or 0) if result is not None else 0)
+        result = found if result is None else result.then(found)
+    assert result is not None
+    return result
+
+
+def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferFor, crc_from: int = 0) -> ChunkResult:
+    """One chunk; its CRC-32 (when claimed) continued from ``crc_from``, the CRC-32 of the bytes before it."""
     job = part.job
     data = source.read(part.absolute, part.length, buffers)
     # Before the kernel: the CRC is of the raw bytes (not a gathered or swapped copy), and its read
     # brings the chunk into cache, where the kernel then finds it.
-    crc = crc32(data, 0) if part.crc else None
+    crc = crc32(data, crc_from) if part.crc else None
     fields = job.region.blocks
     if fields is not None:
         # A block-quantized tensor: from here on the chunk is its scale fields' lanes, placed in the
