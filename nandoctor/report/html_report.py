@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POISONED, UNREADABLE, RunReport
@@ -218,17 +217,12 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
 
 
 def write_html(path: str | os.PathLike[str], page: str) -> None:
-    """Write ``page`` to ``path`` atomically: a temporary file beside it, fsync, then a rename."""
+    """Write ``page`` to ``path`` as :mod:`nandoctor.report.outfile` writes a report file (atomically for a regular
+    or new file, directly for a FIFO or device); a ``ReportWriteError`` naming it when that fails."""
     from nandoctor.errors import ReportWriteError
+    from nandoctor.report.outfile import write_text
 
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.nandoctor-{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(page)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        write_text(path, page)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ReportWriteError(f"{target}: cannot write the HTML report ({exc.strerror or exc})") from None
+        raise ReportWriteError(f"{os.fspath(path)}: cannot write the HTML report ({exc.strerror or exc})") from None
