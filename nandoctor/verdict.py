@@ -561,8 +561,34 @@ _MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
 def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
     values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
                                                        (sum(t.neginf for t in bad), "-Inf")) if n)
-    names = ", ".join(t.name for t in bad[:_MAX_NAMED]) + (f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    names = ", ".join(short_key(t.name) for t in bad[:_MAX_NAMED]) + (
+        f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
     return f"{values} in trainer state ({names}), not a finding"
+
+
+def short_key(name: str) -> str:
+    """A trainer-state name as a line gives it: what a ``{…}`` holds is left out. A Lightning callback's state key
+    carries its arguments (``callbacks.ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', …,
+    'train_time_interval': None}.kth_value``), a line's worth on its own; ``callbacks.ModelCheckpoint{…}.kth_value``
+    still says which callback. JSON keeps the whole name (``summary.trainer_nonfinite``)."""
+    if "{" not in name:
+        return name
+    out: list[str] = []
+    depth, held = 0, False  # how deep inside braces; whether the outermost pair holds anything
+    for char in name:
+        if char == "{":
+            held |= depth > 0
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                out.append("{…}" if held else "{}")
+                held = False
+        elif depth:
+            held = True
+        else:
+            out.append(char)
+    return name if depth else "".join(out)  # (a brace left open: nothing to shorten safely)
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
