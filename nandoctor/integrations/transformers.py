@@ -240,6 +240,7 @@ class NanDoctorCallback(TrainerCallback):
         passed, report = self.gate.check(folder, state.global_step, scan=self._scan)
         if report is not None and self.write_report:
             write_json(folder / REPORT_NAME, self.gate.report_json(report))
+            self.gate.keep_baseline(folder, report)
         return passed
 
     def _check_ranks(self, folder: Path, state: TrainerState) -> bool:
