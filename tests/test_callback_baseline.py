@@ -1,4 +1,5 @@
-"""The run's growth baseline survives checkpoint rotation (checkpoint/baseline.py).
+"""What a training run needs survives checkpoint rotation: the growth baseline (checkpoint/baseline.py) and the
+checkpoint to resume from (the transformers callback's own rotation).
 
 A diverging real transformers.Trainer run (tests/realruns.py: a tiny Qwen2's head under SGD with no
 clipping, |w| x20-50 a step from step ~12) is trained twice, identically: once keeping every checkpoint,
@@ -27,15 +28,34 @@ STEPS = 22
 
 def _run(out, limit):
     doctor = NanDoctorCallback(stop_on_nonfinite=False)
-    diverging_trainer_run(out, steps=STEPS, callbacks=(doctor,), save_total_limit=limit)
+    truth = diverging_trainer_run(out, steps=STEPS, callbacks=(doctor,), save_total_limit=limit)
     verdicts = {step: doctor.gate.reports[step].judgement.exit_code == 0 for step in sorted(doctor.gate.reports)}
-    return doctor, verdicts
+    return doctor, verdicts, truth
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline")
-    return _run(root / "all", None), _run(root / "rotated", 2), root
+    return _run(root / "all", None)[:2], _run(root / "rotated", 2)[:2], root
+
+
+@pytest.mark.parametrize("limit", [None, 2, 1])
+def test_the_checkpoint_to_resume_from_survives_rotation(tmp_path, limit):
+    """The run's loss jumps one step before its weights fail (the oracle: the loss the next step computed on each
+    checkpoint's weights, realruns.py). The newest checkpoint that passed the weight checks is then no resume point,
+    and rotation must not have deleted the one before it: the callback protects it while the newest clean one is
+    the newest save, and moves last_clean back to it once a checkpoint failed, as the run scan names it."""
+    doctor, _, truth = _run(tmp_path / "run", limit)
+    run = nandoctor.scan_run(str(tmp_path / "run"))
+    oracle = f"checkpoint-{truth['last_healthy']}"
+    assert doctor.last_clean is not None and doctor.last_clean.endswith("/" + oracle)
+    assert (tmp_path / "run" / oracle).is_dir()
+    assert run.last_healthy is not None and run.last_healthy.name == oracle
+    kept = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    if limit == 1:
+        assert kept == [oracle]  # Trainer's end-of-training clean-up: the resume point only
+    elif limit == 2:
+        assert kept == [oracle, f"checkpoint-{STEPS}"]
 
 
 def test_rotation_changes_no_verdict_of_the_callback(runs):
