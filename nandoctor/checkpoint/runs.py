@@ -306,10 +306,11 @@ class RunReport:
 
     @property
     def first_bad(self) -> RunCheckpoint | None:
-        """The oldest checkpoint whose weights are poisoned or diverged, or hold NaN/Inf in a checkpoint that is
-        unreadable in another part (a truncated optimizer.pt beside NaN weights): training broke before it."""
+        """The oldest checkpoint whose weights are poisoned or diverged, or unhealthy (NaN/Inf, exploded, outliers) in
+        a checkpoint that is unreadable in another part (a truncated optimizer.pt beside NaN weights, a storage failing
+        its CRC-32 beside an exploded one): training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and (
-            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.bad_tensors)))), None)
+            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.unhealthy_tensors)))), None)
 
     @property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
