@@ -164,6 +164,8 @@ def test_gate_runs_and_split_scans_apply_it(tmp_path):
     gate = CheckpointGate()  # what the Trainer and Lightning callbacks scan each save with
     passed, report = gate.check(bad, 20)
     assert passed is False and report is not None and gate.report_json(report)["load_dtype"]["checked"] is True
+    passed, _ = CheckpointGate(target_dtype="none").check(bad, 20)  # the callbacks take "none" as scan does
+    assert passed is True
 
     scanned = nandoctor.scan_run(str(run), device="cpu")
     assert [(c.name, c.status) for c in scanned.checkpoints] == [("checkpoint-10", "clean"), ("checkpoint-20", "overflow")]

@@ -46,7 +46,7 @@ class CheckpointGate:
         # clean checkpoints.
         from nandoctor.kernels import select_kernel
 
-        if target_dtype is not None:
+        if target_dtype is not None and target_dtype.lower() != "none":  # "none": not even config.json's dtype
             from nandoctor.kernels.targets import target
 
             target(target_dtype)  # ValueError naming the choices
