@@ -45,7 +45,8 @@ def test_a_trainer_checkpoint_whose_model_file_is_gone_is_exit_3_as_from_pretrai
         "no valid checkpoint"]
     assert "copy model.safetensors" in report.errors[0].hint
     quiet = run_cli("scan", newest, "--quiet", "--no-progress")
-    assert quiet.exit_code == 3 and quiet.output.startswith("FAIL ") and "no model weights" in quiet.output
+    assert quiet.exit_code == 3 and quiet.output.startswith("FAIL NOT LOADABLE ") and "no model weights" in quiet.output
+    assert [e.kind for e in report.errors] == ["unloadable"]  # read fine; it is the folder that would not load
     assert nandoctor.scan(run / "checkpoint-4", device="cpu").exit_code == 0
 
     timeline = nandoctor.scan_run(run, device="cpu")

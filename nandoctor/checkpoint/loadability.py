@@ -29,6 +29,7 @@ from nandoctor.checkpoint import layout, loaders
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
+from nandoctor.verdict import UNLOADABLE_KIND
 
 TRAINER_STATE = "trainer_state.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -83,6 +84,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             "or pytorch_model.bin, and Trainer's resume_from_checkpoint finds no valid checkpoint",
             "the model file was deleted or never written: copy model.safetensors (or the shards and their index) "
             "back from where the checkpoint was saved, or use an earlier checkpoint",
+            kind=UNLOADABLE_KIND,
         ))
     notes = _consolidate_notes(root, names)
     trainer = TRAINER_STATE in names or _run_has(root, TRAINER_STATE)
@@ -123,6 +125,7 @@ def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
             f"transformers' from_pretrained cannot load them (it looks for {index} or a single {base}{ext})",
             f"copy {index} from where the checkpoint was saved (or write one: its weight_map names the shard of "
             "each tensor)",
+            kind=UNLOADABLE_KIND,
         ))
     return found
 
@@ -150,6 +153,7 @@ def _config(root: Path, names: set[str]) -> tuple[list[ScanProblem], list[str]]:
         f"a Trainer checkpoint without {needed}{why}: {loader} cannot load it"
         + (" (\"Unrecognized model\")" if needed == loaders.CONFIG else ""),
         f"copy {needed} from the run's other checkpoints or the base model into the folder",
+        kind=UNLOADABLE_KIND,
     )], []
 
 
