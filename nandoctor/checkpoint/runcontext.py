@@ -84,6 +84,11 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
             break
         if status in ("poisoned", "diverged"):
             bad_first = True  # auto takes donors only before the run's first bad checkpoint
+    from nandoctor.checkpoint.baseline import kept_before
+
+    kept = kept_before(place.run, (step for step, _ in earlier))  # the first healthy one, gone: its scales kept
+    if kept is not None:
+        baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     folder = target if target.is_dir() else target.parent
     if place.lightning:
         metrics = metrics_near(place.run)
