@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,14 +150,14 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict); errors are logged."""
-    tmp = path.with_name(f".{path.name}.writing")
+    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict), never through a link planted
+    at a temporary name (report/outfile.py); errors are logged."""
+    from nandoctor.report.outfile import write_text
+
     try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     except (OSError, ValueError) as exc:
         logger.error("nandoctor: could not write %s (%s)", path, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def passed_in(data: Any) -> bool:
