@@ -552,7 +552,8 @@ class ScanProblem:
     ``hash`` (read, but not the bytes recorded for it), ``names`` (a checkpoint of a run whose model tensor
     names differ from its neighbours': checkpoint/runs.py), ``selection`` (``--only``/``--exclude``
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
-    weight file), ``empty`` (no tensors to check). Reports head their problem lists by it; verdict.py words the
+    weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
+    checkpoint/loadability.py). Reports head their problem lists by it; verdict.py words the
     verdict by it.
     """
 

@@ -43,6 +43,7 @@ OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
 UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
 EMPTY_KIND = "empty"
 NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
+UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
@@ -50,6 +51,7 @@ PROBLEM_WORDS = {
     SELECTION_KIND: "NOTHING SELECTED",
     UNVERIFIED_KIND: "NOTHING VERIFIED",
     EMPTY_KIND: "NO TENSORS",
+    UNLOADABLE_KIND: "NOT LOADABLE",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
@@ -57,11 +59,12 @@ _PROBLEM_FACTS = {
     NAMES_KIND: lambda n: "its tensor names differ from its neighbours' in the run",
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
+    UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy

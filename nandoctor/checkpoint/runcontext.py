@@ -94,6 +94,11 @@ def run_facts(
     if zeros_in is not None and earlier and earlier[-1][1] != baseline:
         with contextlib.suppress(NandoctorError):  # (its own scan says why)
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
+    from nandoctor.checkpoint.baseline import kept_before
+
+    kept = kept_before(place.run, (step for step, _ in earlier))  # the first healthy one, gone: its scales kept
+    if kept is not None:
+        baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     folder = target if target.is_dir() else target.parent
     if place.lightning:
         metrics = metrics_near(place.run)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
+from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_reasons,
@@ -305,10 +306,11 @@ class RunReport:
 
     @property
     def first_bad(self) -> RunCheckpoint | None:
-        """The oldest checkpoint whose weights are poisoned or diverged, or hold NaN/Inf in a checkpoint that is
-        unreadable in another part (a truncated optimizer.pt beside NaN weights): training broke before it."""
+        """The oldest checkpoint whose weights are poisoned or diverged, or unhealthy (NaN/Inf, exploded, outliers) in
+        a checkpoint that is unreadable in another part (a truncated optimizer.pt beside NaN weights, a storage failing
+        its CRC-32 beside an exploded one): training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and (
-            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.bad_tensors)))), None)
+            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.unhealthy_tensors)))), None)
 
     @property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
@@ -662,6 +664,11 @@ def scan_run(
     done_before = 0
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
+    kept = kept_before(root, (r.step for r in rows if r.step_known))  # a baseline rotation took away (baseline.py)
+    if kept is not None:
+        healthy = kept.scales
+        notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
+                     f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
     previous: dict[str, float] = {}
     # (name, report) of the previous checkpoint read and of the first healthy one: a weight all zero in a later
     # checkpoint that was not in them is zeroed (zeroed_since)
@@ -727,7 +734,8 @@ def scan_run(
             earlier = [(checkpoint.name, report), *(h for h in first_healthy if h[1] is not report)]
         if status in HEALTHY_STATUSES and scales and healthy is None:
             healthy = scales  # the rule's baseline: the run's first healthy checkpoint
-            first_healthy = earlier[:1]
+        if status in HEALTHY_STATUSES and report is not None and not first_healthy:
+            first_healthy = earlier[:1]  # (also where a kept baseline stands for a checkpoint rotated away)
         checkpoints.append(checkpoint)
 
     notes += _missing_files(checkpoints)

@@ -194,8 +194,8 @@ def _timeline(run: RunReport) -> str:
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
     """The page for a run: verdict, last healthy / first bad, the log and max |w| charts, the heatmap, the timeline."""
+    from nandoctor.report.run_report import HINT, explanations, one_line
     from nandoctor.report.run_report import next_steps as run_next_steps
-    from nandoctor.report.run_report import one_line
 
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
@@ -212,6 +212,10 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     if grid is not None:
         body.append("<h2>Where the damage began and how it spread</h2>" + _legend() + _grid_svg(grid, "run-heatmap"))
     body.append(_timeline(run))
+    why = explanations(run)
+    if why:
+        items = "".join(f'<li class="{kind}">{"hint: " if kind == HINT else ""}{esc(line)}</li>' for kind, line in why)
+        body.append(f'<h2>Why</h2><ul id="why">{items}</ul>')
     if first is not None and first.report is not None:
         body.append(_tensors_section(first.report, f"First bad checkpoint: {first.name}", "first-bad-tensors"))
     return _page(f"nandoctor: {run.target}", body)
