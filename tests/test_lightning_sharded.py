@@ -8,6 +8,7 @@ DeepSpeed writes them under Lightning's tag ``checkpoint``, with DeepSpeed's ``z
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -106,3 +107,17 @@ def test_deepspeed_ckpt_folders_are_the_runs_checkpoints(tmp_path: Path, monkeyp
     assert [(c.name, c.status) for c in timeline.checkpoints] == [
         ("epoch=0-step=100.ckpt", "clean"), ("epoch=0-step=200.ckpt", "clean"), ("epoch=0-step=300.ckpt", "poisoned")]
     assert timeline.last_healthy.name == "epoch=0-step=200.ckpt" and timeline.exit_code() == 1
+
+
+def test_repair_from_auto_finds_the_sharded_folders_before_the_first_bad_one(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--from auto takes donors from the run's step checkpoints before the first bad one: sharded .ckpt folders are
+    those checkpoints too (they said "no donors")."""
+    from tests.conftest import run_cli
+
+    _, folders = runs
+    out = tmp_path / "fixed.ckpt"
+    result = run_cli("repair", folders / "epoch=0-step=6.ckpt", "--from", "auto", "--out", out, "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {Path(r["donor"]).name for r in data["restored"]} == {"epoch=0-step=4.ckpt"}
+    assert nandoctor.scan(out, device="cpu").exit_code == 0

@@ -35,3 +35,18 @@ def test_an_unreadable_checkpoint_with_an_exploded_weight_is_the_first_bad(tmp_p
     assert [t.name for t in newest.report.unhealthy_tensors] == ["model.layers.0.mlp.down_proj.weight"]
     assert run.first_bad is not None and run.first_bad.name == "checkpoint-15"
     assert run.last_healthy is not None and run.last_healthy.name == "checkpoint-10"
+
+
+def test_a_checkpoint_lacking_trainer_files_says_what_a_resume_from_it_starts_with(tmp_path):
+    """The note names each missing file's consequence (it said "a fresh optimizer or schedule" whatever was gone)."""
+    for step in (5, 10, 15, 20):
+        folder = tmp_path / f"checkpoint-{step}"
+        _checkpoint(folder, step)
+        for name in ("optimizer.pt", "rng_state.pth", "scheduler.pt"):
+            if step != 15 or name == "scheduler.pt":
+                torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": []} if name == "optimizer.pt"
+                           else {"x": torch.zeros(2)}, folder / name)
+    run = nandoctor.scan_run(str(tmp_path))
+    [note] = [n for n in run.notes if n.startswith("checkpoint-15 lacks")]
+    assert note == ("checkpoint-15 lacks optimizer.pt, rng_state.pth, which every other checkpoint of the run holds: "
+                    "resume_from_checkpoint from it would start with a fresh optimizer and with other random states")

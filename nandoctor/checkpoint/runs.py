@@ -37,6 +37,7 @@ from nandoctor.checkpoint.lightningrun import (
     same_file,
     saved_step,
 )
+from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
 from nandoctor.model import ScanProblem, ScanReport, TensorResults
@@ -74,14 +75,15 @@ def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
 
 
 def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every Lightning ``…step=N….ckpt`` file directly inside ``folder``, steps ascending.
+    """(step, path) of every Lightning ``…step=N….ckpt`` file (or sharded ``.ckpt`` folder: lightningrun.is_checkpoint)
+    directly inside ``folder``, steps ascending.
 
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
     found = []
     for entry in access.listing(folder):
         step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and access.is_file(entry, refused=True):
+        if step is not None and not entry.name.startswith(".") and is_lightning_checkpoint(entry):  # (a .ckpt folder too)
             found.append((step, entry))
     return sorted(found)
 
@@ -125,7 +127,7 @@ def place_in_run(target: Path) -> RunPlace | None:
     run folder stands for its final file); else None."""
     target = Path(target)
     target_is_dir = access.is_dir(target)
-    if not target_is_dir:
+    if not target_is_dir or is_lightning_checkpoint(target):  # a file, or a sharded .ckpt folder (FSDP, DeepSpeed)
         lightning = lightning_folder(target.parent)
         if lightning is not None:
             return _lightning_place(target, lightning)
@@ -413,9 +415,16 @@ def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
     for c, names in folders:
         missing = sorted(n for n, count in held.items() if count == len(folders) - 1 and n not in names)
         if missing:
+            what = sorted({next((said for start, said in _WITHOUT if n.startswith(start)), "without that file")
+                           for n in missing})
             notes.append(f"{c.name} lacks {', '.join(missing)}, which every other checkpoint of the run holds: "
-                         "resume_from_checkpoint from it would start without that state (a fresh optimizer or schedule)")
+                         f"resume_from_checkpoint from it would start {' and '.join(what)}")
     return notes
+
+
+# What resuming without a Trainer checkpoint's file starts with, by the start of its name.
+_WITHOUT = (("optimizer", "with a fresh optimizer"), ("scheduler", "with a fresh learning-rate schedule"),
+            ("rng_state", "with other random states"), ("scaler", "with a fresh loss scale"))
 
 
 def zeroed_since(report: ScanReport, earlier: list[tuple[str, ScanReport]]) -> dict[str, Any] | None:
