@@ -71,6 +71,13 @@ def test_a_tensor_renamed_by_a_header_bit_flip_is_a_problem_and_the_hint_fixes_i
     assert rows[step].report.verdict == "TENSOR NAMES CHANGED"
     assert scanned.exit_code() == (3 if step == 30 else 0)  # the newest decides
     assert scanned.last_healthy is not None and scanned.last_healthy.step == (20 if step == 30 else 30)
+    from nandoctor.report.run_report import explanations, next_steps
+
+    assert (("bad", f"tensor names changed: checkpoint-{step}: {problem.path}: {problem.message}")
+            in explanations(scanned))  # headed by its kind, not "unreadable"
+    if step == 30:
+        assert next_steps(scanned)[0].startswith(
+            "checkpoint-30: its tensor names differ from its neighbours' in the run (see above): ")
 
     command = problem.hint.split(" with ", 1)[1].rsplit(" and scan again", 1)[0]
     assert command.startswith("python -c ")

@@ -219,8 +219,12 @@ def next_steps(run: RunReport) -> list[str]:
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
     elif newest is not None and newest.status == UNREADABLE:
-        hint = next((p.hint for p in newest.report.errors if p.hint), "") if newest.report is not None else ""
-        steps.append(f"{newest.name} could not be read completely (see above): {hint or 're-copy or delete it'}")
+        errors = newest.report.errors if newest.report is not None else ()
+        hint = next((p.hint for p in errors if p.hint), "")
+        kinds = {p.kind for p in errors}
+        what = (" could not be read completely" if not kinds or verdicts.UNREADABLE_KIND in kinds
+                else ": " + "; ".join(verdicts.problem_facts(newest.report, first_problem=False)))
+        steps.append(f"{newest.name}{what} (see above): {hint or 're-copy or delete it'}")
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
@@ -282,8 +286,9 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
         elif c.status == UNREADABLE and c.report is not None:
-            for problem in c.report.errors[:3]:
-                lines.append((BAD, f"unreadable: {c.name}: {problem.path}: {problem.message}"))
+            for problem in c.report.errors[:3]:  # each headed by its kind's words: a renamed tensor is not unreadable
+                said = verdicts.PROBLEM_WORDS.get(problem.kind, verdicts.PROBLEM_WORDS[verdicts.UNREADABLE_KIND]).lower()
+                lines.append((BAD, f"{said}: {c.name}: {problem.path}: {problem.message}"))
                 if problem.hint:
                     lines.append((HINT, problem.hint))
     return lines
