@@ -37,6 +37,7 @@ from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem, UnviewedBa
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
 from nandoctor.readers.torch import numpy_arrays
+from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
@@ -233,6 +234,12 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
                 f"({ref.numel} × {ref.storage_type.name})",
             )
         blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
+    # torch.load refuses an archive whose version record it cannot read or does not support (before it unpickles
+    # anything): the model will not load, so the file is refused here too (version.py), after the checks of its
+    # structure above, whose words say more about a file broken in several ways.
+    record = archive_version.record_name(entries)
+    raw = _small_entry(path, fh, entries[record], MAX_META_BYTES) if record is not None else b""
+    archive_version.check(path, next(iter(directory.entries)).split("/", 1)[0] + "/", record, raw)
 
     built = build_refs(path, walked, declared, blocks, byteorder)
     with _pickle_context(path, "data.pkl"):
