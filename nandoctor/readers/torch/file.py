@@ -387,8 +387,8 @@ _NUMPY_RNG_GLOBALS = frozenset(
 
 
 def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[ScanProblem]) -> tuple[UnviewedBad, ...]:
-    """The numpy arrays pickled in the file (numpy_arrays.py), counted: NaN/Inf in one is a finding of the file
-    (UnviewedBad of kind ``numpy``), a floating array that cannot be decoded a problem, the rest a note."""
+    """The numpy arrays and scalars pickled in the file (numpy_arrays.py), counted: NaN/Inf in one is a finding of
+    the file (UnviewedBad of kind ``numpy``), one that cannot be decoded a problem, the floating rest a note."""
     name = os.path.basename(path)
     found: list[UnviewedBad] = []
     finite: list[str] = []
@@ -396,8 +396,9 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
         try:
             counted = numpy_arrays.count(array_name, array)
         except ValueError as exc:
-            problems.append(ScanProblem(path, f"numpy array {array_name!r} could not be read from the pickle ({exc})",
-                                        "save it as a tensor (torch.from_numpy) or leave it out of the checkpoint"))
+            problems.append(ScanProblem(
+                path, f"numpy value {array_name!r} could not be read from the pickle ({exc}), so its NaN/Inf were "
+                "not counted", "save it as a tensor (torch.from_numpy) or leave it out of the checkpoint"))
             continue
         if counted is None:
             continue
@@ -406,7 +407,7 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
         else:
             finite.append(array_name)
     if finite:
-        notes.append(f"{name}: {len(finite)} numpy floating array(s) pickled in the file (not tensors) read from the "
+        notes.append(f"{name}: {len(finite)} numpy floating array(s) or scalar(s) pickled in the file (not tensors) read from the "
                      f"pickle: finite: {listed(finite)}")
     return tuple(found)
 

@@ -191,6 +191,14 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
         if not shared:
             out.arrays.append((".".join(path) if path else "array", value))
+        held = numpy_arrays.objects(value)  # an object array's items may be tensors or arrays themselves
+        if held and id(value) not in on_path:
+            on_path.add(id(value))
+            try:
+                for key, child in held:
+                    _visit(child, [*path, key], out, on_path, depth + 1, shared)
+            finally:
+                on_path.discard(id(value))
         return
     if id(value) in on_path:
         return  # a cycle (a list that contains itself): nothing new below

@@ -14,6 +14,7 @@ never scanned as if it would. tests/test_torch_version_record.py holds this to t
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from nandoctor.errors import CorruptCheckpointError
 
@@ -24,7 +25,7 @@ _HINT_RESAVE = ("load it with the torch that wrote it and re-save it with torch.
                 "a zip re-packed by another tool loses or changes the records torch needs")
 
 
-def record_name(names: set[str] | dict[str, object]) -> str | None:
+def record_name(names: Collection[str]) -> str | None:
     """The version record torch reads among the archive's (case-folded) entry names; None when it has none."""
     return next((name for name in RECORDS if name in names), None)
 
