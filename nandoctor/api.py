@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.finalmodel import final_model
+from nandoctor.checkpoint.loaddtype import NONE, advice, annotated, implied_target
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
 from nandoctor.errors import (
@@ -40,11 +41,31 @@ if TYPE_CHECKING:
 
 
 def _check_target(target_dtype: str | None) -> str | None:
+    """``target_dtype`` as the scan takes it: None (config.json's, checkpoint/loaddtype.py), ``"none"`` or a
+    target's own name; ValueError listing the choices otherwise."""
     if target_dtype is None:
         return None
+    if target_dtype.lower() == NONE:
+        return NONE
     from nandoctor.kernels.targets import target
 
-    return target(target_dtype).name  # ValueError lists the choices
+    return target(target_dtype).name
+
+
+def _explicit(target_dtype: str | None) -> str | None:
+    """The target dtype given, ``"none"`` as no target (live tensors have no config.json to imply one)."""
+    checked = _check_target(target_dtype)
+    return None if checked == NONE else checked
+
+
+def scan_target(checkpoint: PathLike, target_dtype: str | None) -> str | None:
+    """The target dtype a scan of the (resolved) ``checkpoint`` counts overflow for: ``target_dtype`` when
+    given, none for ``"none"``, else the dtype its config.json makes ``from_pretrained`` load it in, where
+    its stored weights can overflow that (checkpoint/loaddtype.py)."""
+    from pathlib import Path
+
+    asked = _check_target(target_dtype)
+    return implied_target(Path(checkpoint)) if asked is None else _explicit(asked)
 
 
 def _with_cache_note(report: ScanReport, original: PathLike, hit: hubcache.CacheHit | None) -> ScanReport:
@@ -106,7 +127,9 @@ def scan(
             ModelScope cache (never downloaded).
         device: ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"`` or ``"cuda"``.
         target_dtype: also count finite values that overflow a cast to ``fp16``, ``bf16``,
-            ``fp8_e4m3`` or ``fp8_e5m2``.
+            ``fp8_e4m3`` or ``fp8_e5m2``. None (the default): the dtype config.json makes ``from_pretrained``
+            load the weights in (its ``dtype``, else ``torch_dtype``) where the stored weights can overflow it,
+            said in a note and ``report.extra["load_dtype"]``; ``"none"``: no overflow counts at all.
         progress: called with (bytes done, bytes total, current file).
         both_formats: scan safetensors and ``.bin`` weights when a folder holds both.
         max_abs: the exploded ceiling for every dtype (default 1e5, and 2**14 for fp16 weights, which cannot
@@ -144,16 +167,22 @@ def scan(
 
 
 def _engine_scan(options: ScanOptions, progress: ProgressCallback | None = None) -> Callable[[Path], ScanReport]:
-    """The engine's scan of one resolved checkpoint with ``options`` (limits, selection and target checked)."""
+    """The engine's scan of one resolved checkpoint with ``options`` (limits, selection and target checked; the
+    target dtype of each checkpoint scanned: :func:`scan_target`)."""
     from functools import partial
 
     from nandoctor.engine import scan as engine_scan
 
-    return partial(
+    asked = _check_target(options.target_dtype)
+    scan_with = partial(
         engine_scan, device=options.device, progress=progress, both_formats=options.both_formats,
-        target_dtype=_check_target(options.target_dtype), limits=health_limits(options.max_abs, options.outlier_factor),
-        selection=selection(options.only, options.exclude),
+        limits=health_limits(options.max_abs, options.outlier_factor), selection=selection(options.only, options.exclude),
     )
+
+    def scan_one(checkpoint: Path) -> ScanReport:
+        return scan_with(checkpoint, target_dtype=scan_target(checkpoint, asked))
+
+    return scan_one
 
 
 def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcache.CacheHit | None]:
@@ -196,6 +225,7 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
     # A bad checkpoint of a run is judged as the run scan judges it (its growth over the run's first healthy
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
     report = judge_in_run(report, resolved, rescan)
+    report = annotated(report, resolved, _check_target(options.target_dtype))  # config.json's load dtype
     if options.verify_hashes or options.manifest is not None:
         from nandoctor.api_compare import _verify
 
@@ -240,7 +270,7 @@ def scan_run(
         >>> run = nandoctor.scan_run("output/")
         >>> run.last_healthy.name, run.first_bad.name
     """
-    target = _check_target(target_dtype)
+    asked = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
     resolved, _ = hubcache.resolve(path)
@@ -249,14 +279,14 @@ def scan_run(
             f"{resolved}: not a training run folder (no checkpoint-N folders inside, or weights at the top)",
             "use nandoctor.scan() for a single checkpoint",
         )
-    from functools import partial
-
     from nandoctor.engine import scan as engine_scan
 
-    return runs.scan_run(
-        resolved, device=device, target_dtype=target, progress=progress, both_formats=both_formats,
-        scan_one=partial(engine_scan, limits=limits, selection=chosen),
-    )
+    def scan_one(checkpoint: Path, **how: Any) -> ScanReport:  # each checkpoint with its own config.json's dtype
+        report = engine_scan(checkpoint, target_dtype=scan_target(checkpoint, asked), limits=limits, selection=chosen,
+                             **how)
+        return annotated(report, checkpoint, asked)
+
+    return runs.scan_run(resolved, device=device, progress=progress, both_formats=both_formats, scan_one=scan_one)
 
 
 def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None = None) -> dict[str, Any]:
@@ -334,7 +364,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     raise OverflowRiskError(
         f"{report.target}: {verdicts.overflow_count(report):,} finite values in {len(verdicts.overflow_tensors(report))} "
         f"tensors overflow when cast to {dtype}" + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""),
-        f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights before casting",
+        advice(report) or f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights before casting",
         report=report,
     )
 
@@ -404,7 +434,7 @@ def scan_state_dict(
 
     Args:
         state_dict: names → ``torch.Tensor`` (GPU tensors are checked on the GPU, no copy to the host).
-        target_dtype: as for :func:`scan`.
+        target_dtype: as for :func:`scan`, but None counts nothing (live tensors have no config.json).
         name: what the report calls the target.
 
     Returns:
@@ -415,7 +445,7 @@ def scan_state_dict(
     """
     from nandoctor.live import scan_tensors
 
-    return scan_tensors(state_dict.items(), target=name, target_dtype=target_dtype)
+    return scan_tensors(state_dict.items(), target=name, target_dtype=_explicit(target_dtype))
 
 
 def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
@@ -423,7 +453,7 @@ def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
 
     Args:
         module: the model.
-        target_dtype: as for :func:`scan`.
+        target_dtype: as for :func:`scan`, but None counts nothing (live tensors have no config.json).
 
     Returns:
         A :class:`ScanReport`.
@@ -434,7 +464,7 @@ def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
     from nandoctor.live import scan_tensors
 
     named = list(module.named_parameters()) + list(module.named_buffers())
-    return scan_tensors(named, target=f"<{type(module).__name__}>", target_dtype=target_dtype)
+    return scan_tensors(named, target=f"<{type(module).__name__}>", target_dtype=_explicit(target_dtype))
 
 
 def assert_finite(
@@ -449,7 +479,7 @@ def assert_finite(
     Args:
         path: as for :func:`scan`; for a run folder the row that decides its exit code is checked, as
             ``nandoctor scan`` does (the final model, a Lightning run's ``last.ckpt``, else the newest checkpoint).
-        device, target_dtype: as for :func:`scan`.
+        device, target_dtype: as for :func:`scan` (by default config.json's dtype is checked, as ``scan`` does).
         fail_on: the findings that fail: any of ``nonfinite``, ``exploded``, ``outlier``, ``zeroed``,
             ``overflow`` (default: all but ``zeroed``). ``"overflow"`` alone needs ``target_dtype``.
 
@@ -461,14 +491,15 @@ def assert_finite(
             ``nandoctor repair`` command in the message).
         DivergedError: (a subclass) the checkpoint is diverged (most weights broken, or grown far past its
             run's first healthy checkpoint): the DIVERGED reason, and a hint that is not a repair.
-        OverflowRiskError: (a subclass) values overflow ``target_dtype``.
+        OverflowRiskError: (a subclass) values overflow ``target_dtype`` (or the dtype config.json loads them
+            in: the hint says what to set there).
         UnreadableCheckpointError: some part could not be read, so nothing can be promised.
         ValueError: ``fail_on`` names no valid finding, or ``overflow`` alone without ``target_dtype``.
 
     Example:
         >>> nandoctor.assert_finite("ckpt/")   # before model = AutoModel.from_pretrained("ckpt/")
     """
-    verdicts.require_target_for_overflow(verdicts.parse_fail_on(fail_on), target_dtype)
+    verdicts.require_target_for_overflow(verdicts.parse_fail_on(fail_on), _explicit(target_dtype))
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         run = scan_run(resolved, device=device, target_dtype=target_dtype)

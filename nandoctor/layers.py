@@ -78,6 +78,39 @@ def component_of(name: str) -> str:
     return "other"
 
 
+# Tensors a model cannot work with all zero that have no sibling in other layers to be compared with
+# (verdict._zeroed): a normalization gain (RMSNorm/LayerNorm multiply the normalized state by it: zero
+# zeroes it), the token embedding and the LM head (a zero head gives uniform logits). Judged by the module
+# that holds the weight (the segment before ``.weight``), so a LoRA ``lm_head.lora_B.weight`` (zero until
+# trained), a norm's ``bias`` and an adaLN-Zero modulation ``norm1.linear.weight`` (zero at init) are not
+# among them; PEFT's wrappers (``lm_head.base_layer.weight``, ``modules_to_save.<adapter>``) are looked through.
+_GAIN_MODULE = re.compile(r"^(?:ln|ln_\w+|\w*norm\w*)$", re.IGNORECASE)
+_TOKEN_MATRICES = frozenset({"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "token_embd", "embed_in",
+                             "shared", "lm_head", "embed_out"})
+_PEFT_WRAPPERS = frozenset({"base_layer", "original_module", "modules_to_save"})
+
+
+def zero_breaks(name: str, ndim: int) -> str | None:
+    """``"norm"`` for a normalization gain (1-D), ``"token matrix"`` for a token embedding or LM head (2-D) by
+    ``name``: tensors all zero only by damage (except the gains of a model whose norm scales by ``1 + w``, as
+    Gemma's: verdict._zeroed asks for another gain that is not zero); None for anything else (LoRA and
+    adapter weights included)."""
+    parts = name.split(".")
+    if len(parts) < 2 or parts[-1] != "weight" or any(p.lower().startswith("lora_") for p in parts):
+        return None
+    module = parts[:-1]
+    wrapped = next((i for i, part in enumerate(module) if part in _PEFT_WRAPPERS), None)
+    if wrapped is not None:
+        module = module[:wrapped]
+    if not module:
+        return None
+    if ndim == 1 and _GAIN_MODULE.match(module[-1]):
+        return "norm"
+    if ndim == 2 and (module[-1] in _TOKEN_MATRICES or name == "output.weight"):  # (GGUF's head: output.weight)
+        return "token matrix"
+    return None
+
+
 def _severity(t: TensorResult) -> tuple[int, int, int]:
     """Which tensor of a layer is its worst: weights before optimizer state, then the most damage."""
     outliers = t.outliers.count if t.outliers is not None else 0

@@ -549,9 +549,11 @@ class ScanProblem:
     """Something that could not be read, was invalid or was refused (each one makes the exit code 3).
 
     ``kind`` says which: ``unreadable`` (could not be read, invalid or refused: the default),
-    ``hash`` (read, but not the bytes recorded for it), ``selection`` (``--only``/``--exclude``
+    ``hash`` (read, but not the bytes recorded for it), ``names`` (a checkpoint of a run whose model tensor
+    names differ from its neighbours': checkpoint/runs.py), ``selection`` (``--only``/``--exclude``
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
-    weight file), ``empty`` (no tensors to check). Reports head their problem lists by it; verdict.py words the
+    weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
+    checkpoint/loadability.py). Reports head their problem lists by it; verdict.py words the
     verdict by it.
     """
 

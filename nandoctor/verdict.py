@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
-from nandoctor.layers import bad_ranges, layer_of, summarize
+from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanReport, TensorResult, TensorResults, Verdict
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
@@ -42,23 +42,29 @@ OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
 # one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
 UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
 EMPTY_KIND = "empty"
+NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
+UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
+    NAMES_KIND: "TENSOR NAMES CHANGED",
     SELECTION_KIND: "NOTHING SELECTED",
     UNVERIFIED_KIND: "NOTHING VERIFIED",
     EMPTY_KIND: "NO TENSORS",
+    UNLOADABLE_KIND: "NOT LOADABLE",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
     HASH_KIND: lambda n: f"{plural(n, 'file')} {'fails its' if n == 1 else 'fail their'} sha256 check",
+    NAMES_KIND: lambda n: "its tensor names differ from its neighbours' in the run",
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
+    UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, EMPTY_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
@@ -111,7 +117,8 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
 
 
 def tensor_findings(t: TensorResult) -> tuple[str, ...]:
-    """The findings of one tensor from its counts, census and role (``zeroed`` needs siblings: see judged)."""
+    """The findings of one tensor from its counts, census and role (``zeroed`` needs the other tensors: see
+    _zeroed)."""
     return _findings(t.ref.role, t.nonfinite, t.exploded, t.outliers, t.overflow)
 
 
@@ -131,7 +138,7 @@ def _findings(role: str, nonfinite: int, exploded: int, outliers: Outliers | Non
 
 def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
     """Every tensor's findings, from the columns: only a tensor with some count, outliers or overflow can
-    have one (``zeroed`` needs siblings: see _zeroed)."""
+    have one (``zeroed`` needs the other tensors: see _zeroed)."""
     roles = tensors.refs.roles
     nan, posinf, neginf, exploded = tensors.nan, tensors.posinf, tensors.neginf, tensors.exploded
     outliers, overflow = tensors.outliers, tensors.overflow
@@ -148,33 +155,93 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
+ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
 
 
-def _zeroed(tensors: TensorResults) -> set[int]:
-    """Indices of all-zero weight tensors whose siblings in the other layers are not all zero.
+def _all_zero_rows(tensors: TensorResults) -> list[int]:
+    """Rows of float weight tensors with elements that are all zero: no NaN/Inf, largest finite magnitude 0 (and,
+    where that was sampled — below 2.0 in a large tensor — every element counted a zero)."""
+    if 0.0 not in tensors.max_abs:  # (one C scan: no tensor is all zero)
+        return []
+    refs = tensors.refs
+    roles, numels, nan, posinf, neginf = refs.roles, refs.numels(), tensors.nan, tensors.posinf, tensors.neginf
+    return [i for i, top in enumerate(tensors.max_abs)
+            if top == 0.0 and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and numels[i]
+            and not (nan[i] + posinf[i] + neginf[i]) and (tensors.max_abs_exact[i] or tensors.zeros[i] >= numels[i])]
 
-    Siblings share a name once the layer number is taken out (``model.layers.#.mlp.down_proj.weight``).
-    A tensor with no sibling is not judged: some tensors are legitimately zero (a fresh LoRA ``lora_B``).
+
+def zero_weights(report: ScanReport) -> set[str]:
+    """The names of ``report``'s float weight tensors that are all zero."""
+    names = report.tensors.refs.names
+    return {names[i] for i in _all_zero_rows(report.tensors)}
+
+
+def newly_zero(report: ScanReport, earlier: ScanReport) -> list[str]:
+    """The weight tensors all zero in ``report`` that were not all zero (finite or not) in ``earlier``, a
+    checkpoint of the same run before it, sorted: training never zeroes a whole tensor, a broken copy or write
+    does (checkpoint/runs.py, ``zeroed_since``)."""
+    zero = zero_weights(report)
+    if not zero:
+        return []
+    tensors = earlier.tensors
+    names, roles, findings = tensors.refs.names, tensors.refs.roles, tensors.findings
+    return sorted(name for i, (name, top) in enumerate(zip(names, tensors.max_abs)) if name in zero
+                  and roles[i] == "weight" and ((top is not None and top > 0.0) or NONFINITE in findings[i]))
+
+
+def unexplained_zeros(report: ScanReport) -> bool:
+    """Whether ``report`` holds an all-zero weight tensor with no finding that is no bias or LoRA/adapter weight:
+    only then can its run (:func:`newly_zero`) make it ``zeroed`` (checkpoint/runcontext.py scans the previous
+    checkpoint for it)."""
+    names, findings = report.tensors.refs.names, report.tensors.findings
+    return any(ZEROED not in findings[i] and not names[i].endswith(".bias") and "lora_" not in names[i].lower()
+               for i in _all_zero_rows(report.tensors))
+
+
+def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
+    """Indices of the all-zero weight tensors that are damage (docs/health.md, "zeroed"):
+
+    - siblings in the other layers are not all zero (they share a name once the layer number is taken out:
+      ``model.layers.#.mlp.down_proj.weight``);
+    - a normalization gain, token embedding or LM head (layers.zero_breaks), no sibling needed: a gain only
+      while another gain of the checkpoint is not all zero (a model whose norms scale by ``1 + w``, Gemma's,
+      starts with every gain at zero);
+    - named in ``since``: not all zero in an earlier checkpoint of the run (:func:`newly_zero`).
+
+    Other tensors with no sibling are not judged: some are legitimately zero (a fresh LoRA ``lora_B``, biases).
     """
-    if 0.0 not in tensors.max_abs:  # (one C scan: no tensor is all zero, none is zeroed)
+    zero = set(_all_zero_rows(tensors))
+    if not zero:
         return set()
     refs = tensors.refs
-    names, roles, dtypes, numels = refs.names, refs.roles, refs.dtypes, refs.numels()
-    nan, posinf, neginf = tensors.nan, tensors.posinf, tensors.neginf
+    names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
     families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
-    for i, (top, holds) in enumerate(zip(tensors.max_abs, tensors.can_hold_nonfinite)):
-        if top is None or roles[i] != "weight" or not holds or numels[i] == 0:
+    for i, top in enumerate(tensors.max_abs):
+        if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
-        name = names[i]
-        family = _LAYER_NUMBER.sub(".#.", name)
-        if family == name:
-            continue
-        families.setdefault((family, dtypes[i]), []).append((i, top == 0.0 and not (nan[i] + posinf[i] + neginf[i])))
+        family = _LAYER_NUMBER.sub(".#.", names[i])
+        if family != names[i]:
+            families.setdefault((family, dtypes[i]), []).append((i, i in zero))
     out: set[int] = set()
     for members in families.values():
-        if any(not zero for _, zero in members):
-            out.update(i for i, zero in members if zero)
+        if any(not is_zero for _, is_zero in members):
+            out.update(i for i, is_zero in members if is_zero)
+    kinds = {i: zero_breaks(names[i], len(shapes[i])) for i in zero}
+    if "norm" in kinds.values():  # some gain not all zero: the zero ones are damage, not a 1 + w model's start
+        gains = (i for i, name in enumerate(names) if i not in zero and roles[i] == "weight"
+                 and tensors.can_hold_nonfinite[i] and zero_breaks(name, len(shapes[i])) == "norm")
+        if next(gains, None) is None:
+            kinds = {i: kind for i, kind in kinds.items() if kind != "norm"}
+    out.update(i for i, kind in kinds.items() if kind is not None)
+    named = set(since)
+    out.update(i for i in zero if names[i] in named)
     return out
+
+
+def _zeroed_since(report: ScanReport) -> dict[str, Any]:
+    """The run context's tensors all zero now that were not in an earlier checkpoint (checkpoint/runs.py)."""
+    value = (run_context(report) or {}).get(ZEROED_SINCE)
+    return value if isinstance(value, dict) and isinstance(value.get("names"), list) else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +251,19 @@ def _zeroed(tensors: TensorResults) -> set[int]:
 def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
     """``report`` with every tensor's findings, the layer summaries and the verdict filled in."""
     findings = _all_findings(report.tensors)
-    for i in _zeroed(report.tensors):
+    for i in _zeroed(report.tensors, _zeroed_since(report).get("names", ())):
         findings[i] += (ZEROED,)
     tensors = report.tensors.with_findings(findings)
     out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
+
+
+def with_run_context(report: ScanReport, facts: Mapping[str, Any]) -> ScanReport:
+    """``report`` judged again (under its own gate) with ``facts`` added to the run context it carries
+    (``extra["run"]``: checkpoint/runcontext.py, a run scan's rows)."""
+    fail_on = report.judgement.fail_on if report.judgement is not None else DEFAULT_FAIL_ON
+    context = {**(run_context(report) or {}), **facts}
+    return judged(dataclasses.replace(report, extra={**report.extra, RUN_CONTEXT: context}), fail_on)
 
 
 def present(report: ScanReport) -> tuple[str, ...]:
@@ -561,8 +636,34 @@ _MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
 def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
     values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
                                                        (sum(t.neginf for t in bad), "-Inf")) if n)
-    names = ", ".join(t.name for t in bad[:_MAX_NAMED]) + (f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    names = ", ".join(short_key(t.name) for t in bad[:_MAX_NAMED]) + (
+        f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
     return f"{values} in trainer state ({names}), not a finding"
+
+
+def short_key(name: str) -> str:
+    """A trainer-state name as a line gives it: what a ``{…}`` holds is left out. A Lightning callback's state key
+    carries its arguments (``callbacks.ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', …,
+    'train_time_interval': None}.kth_value``), a line's worth on its own; ``callbacks.ModelCheckpoint{…}.kth_value``
+    still says which callback. JSON keeps the whole name (``summary.trainer_nonfinite``)."""
+    if "{" not in name:
+        return name
+    out: list[str] = []
+    depth, held = 0, False  # how deep inside braces; whether the outermost pair holds anything
+    for char in name:
+        if char == "{":
+            held |= depth > 0
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                out.append("{…}" if held else "{}")
+                held = False
+        elif depth:
+            held = True
+        else:
+            out.append(char)
+    return name if depth else "".join(out)  # (a brace left open: nothing to shorten safely)
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
@@ -632,7 +733,10 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(f"{plural(count, 'outlier value')} in {plural(len(outliers), 'tensor')}")
     zeroed = with_finding(report, ZEROED)
     if zeroed:
-        pieces.append(f"{plural(len(zeroed), 'tensor')} all zero")
+        since = _zeroed_since(report)
+        more = f" and {len(zeroed) - 1} more" if len(zeroed) > 1 else ""
+        was = f", not all zero in {since['checkpoint']}" if zeroed[0].name in since.get("names", ()) else ""
+        pieces.append(f"{plural(len(zeroed), 'tensor')} all zero ({zeroed[0].name}{more}{was})")
     if report.nonfinite or exploded or outliers:
         worst = worst_range(report)
         if worst:

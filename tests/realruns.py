@@ -146,6 +146,8 @@ def diverging_trainer_run(
     seed: int = 0,
     save_final: bool = False,
     dtype: torch.dtype | None = None,
+    callbacks: tuple = (),
+    save_total_limit: int | None = None,
 ) -> dict:
     """Fine-tune a tiny Qwen2's head with ``transformers.Trainer`` until it diverges.
 
@@ -169,6 +171,8 @@ def diverging_trainer_run(
     ``trainable``/``settings`` for the record. ``save_final``: end with ``trainer.save_model()``, the
     final model at the top of ``out_dir`` beside the ``checkpoint-N`` folders (a low ``learning_rate``
     keeps the whole run healthy). ``dtype``: train (and save) the model in that dtype (``torch.bfloat16``).
+    ``callbacks``: Trainer callbacks (a NanDoctorCallback); ``save_total_limit``: Trainer's rotation (only the
+    checkpoints left on disk are then in ``checkpoints``).
     """
     from transformers import (
         PrinterCallback,
@@ -201,6 +205,7 @@ def diverging_trainer_run(
         "max_grad_norm": 0.0,  # 0 disables clipping: nothing stops the blow-up
         "save_strategy": "steps",
         "save_steps": save_steps,
+        "save_total_limit": save_total_limit,
         "logging_steps": 1,
         # keep NaN/Inf losses in the log instead of replacing them with the running mean
         "logging_nan_inf_filter": False,
@@ -215,6 +220,7 @@ def diverging_trainer_run(
         model=model,
         args=TrainingArguments(**settings),
         train_dataset=_RandomTokens(model.config.vocab_size, seed=seed),
+        callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # the loss log stays in trainer.state; keep pytest output clean
     with _quiet_transformers():

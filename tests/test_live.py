@@ -43,3 +43,18 @@ def test_quantized_and_nested_tensors_are_counted_on_their_values():
     counts = {t.ref.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
     assert counts == {"q": (expected_q, 0, 0), "nt.0": (1, 0, 0), "nt.1": (0, 1, 0)} and expected_q == 3
     assert report.exit_code == 1
+
+
+def test_a_float8_e8m0_tensor_is_counted_not_a_crash():
+    """torch has no abs (nor ==) for float8_e8m0fnu (MX scales): the live census reads it as float, and its NaN
+    code (0xFF) counts as NaN, as torch itself decodes it."""
+    import torch
+
+    import nandoctor
+
+    values = torch.ones(64)
+    values[[3, 40]] = float("nan")
+    module = torch.nn.Module()
+    module.register_buffer("scales", values.to(torch.float8_e8m0fnu))
+    report = nandoctor.scan_module(module)
+    assert report.nan == int(torch.isnan(module.scales.float()).sum()) == 2

@@ -105,7 +105,7 @@ def test_nonfinite_trainer_state_is_no_finding_but_is_never_called_finite(tmp_pa
     torch.save({"state_dict": torch.nn.Linear(4, 4).state_dict(),
                 "callbacks": {"ModelCheckpoint{'monitor': None}": {"kth_value": torch.tensor(float("inf"))},
                               "Tracker": {"best": torch.full((3,), float("nan"))}}}, tmp_path / "a.ckpt")
-    fact = "3 NaN, 1 +Inf in trainer state (callbacks.ModelCheckpoint{'monitor': None}.kth_value, callbacks.Tracker.best), not a finding"
+    fact = "3 NaN, 1 +Inf in trainer state (callbacks.ModelCheckpoint{…}.kth_value, callbacks.Tracker.best), not a finding"
     quiet = run_cli("scan", str(tmp_path / "a.ckpt"), "-q")
     assert quiet.exit_code == 0 and quiet.output == f"PASS CLEAN {tmp_path / 'a.ckpt'}: no finding in 4 tensors; {fact}\n"
     console = run_cli("scan", str(tmp_path / "a.ckpt"))
@@ -114,7 +114,7 @@ def test_nonfinite_trainer_state_is_no_finding_but_is_never_called_finite(tmp_pa
     assert summary["verdict"] == "CLEAN" and summary["nan"] == 0
     assert summary["trainer_nonfinite"] == ["callbacks.ModelCheckpoint{'monitor': None}.kth_value", "callbacks.Tracker.best"]
     markdown = run_cli("scan", str(tmp_path / "a.ckpt"), "--markdown").output
-    assert "in trainer state (callbacks.ModelCheckpoint\\{'monitor': None\\}.kth\\_value, callbacks.Tracker.best), not a finding" in markdown
+    assert "in trainer state (callbacks.ModelCheckpoint\\{…\\}.kth\\_value, callbacks.Tracker.best), not a finding" in markdown
 
 
 def test_averaged_weights_kept_by_stochastic_weight_averaging_are_judged_as_weights(tmp_path):

@@ -45,16 +45,13 @@ def test_progress_bar_is_gone_before_the_run_report_is_printed(tmp_path):
 
 
 def test_trainer_log_steps_are_placed_one_by_one(tmp_path):
-    from rich.console import Console
 
     from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, TrainLog
-    from nandoctor.report.run_report import _render_log
+    from nandoctor.report.run_report import explanations
 
     checkpoints = tuple(RunCheckpoint(s, f"/r/checkpoint-{s}", "clean", None) for s in (4, 8, 12))
     log = TrainLog("/r/trainer_state.json", 13, 13, ("grad_norm",), 10)
-    console = Console(width=200, record=True)
-    _render_log(RunReport("/r", checkpoints, log), console)
-    text = console.export_text()
+    text = "\n".join(line for _, line in explanations(RunReport("/r", checkpoints, log)))
     assert "grad_norm NaN/Inf first at step 13 (after checkpoint-12, the newest checkpoint)" in text
     assert "loss exactly 0.0 from step 10 (between checkpoint-8 and checkpoint-12)" in text
 
@@ -64,11 +61,9 @@ def test_a_finite_trainer_log_names_only_the_series_it_has(tmp_path):
     "loss and grad_norm finite"; a trainer_state.json with both names both."""
     import json
 
-    from rich.console import Console
-
     from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
     from nandoctor.checkpoint.trainlog import read_metrics_csv, read_train_log
-    from nandoctor.report.run_report import _render_log
+    from nandoctor.report.run_report import explanations
 
     (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n0,0,2.5\n0,1,2.25\n0,2,2.0\n")
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
@@ -81,9 +76,7 @@ def test_a_finite_trainer_log_names_only_the_series_it_has(tmp_path):
                 read_train_log(tmp_path / "trainer_state.json"): "loss and grad_norm finite up to step 10",
                 read_train_log(tmp_path / "loss_only.json"): "loss finite up to step 5"}
     for log, said in expected.items():
-        console = Console(width=300, record=True)
-        _render_log(RunReport(str(tmp_path), checkpoints, log), console)
-        assert console.export_text() == f"trainer log ({log.source}): {said}\n"
+        assert explanations(RunReport(str(tmp_path), checkpoints, log)) == [("dim", f"trainer log ({log.source}): {said}")]
 
 
 def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):

@@ -191,7 +191,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     except UnreadablePathError as exc:  # a problem of this checkpoint (a run's row, a loader's subfolder)
         result.problems.append(ScanProblem(exc.path, exc.reason, exc.hint))
         return result
-    if _dcp_folder(root, result):
+    if _dcp_folder(root, entries, result):
         return result
     suffixes = weight_suffixes()
     weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
@@ -243,8 +243,11 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     subfolders = loaders.manifest_subfolders(root) if manifests else loaders.Subfolders()
     result.problems += subfolders.problems
     for sub in subfolders.folders:
-        _merge_subfolder(result, sub, both_formats)
-    _subfolders(entries, result, set(subfolders.folders))
+        _merge_subfolder(result, sub, both_formats, "weight file(s) a loader reads")
+    distributed = _fsdp_subfolders(entries)
+    for sub in distributed:
+        _merge_subfolder(result, sub, both_formats, None)  # (its own note says what it is)
+    _subfolders(entries, result, set(subfolders.folders) | set(distributed))
     return result
 
 
@@ -284,20 +287,42 @@ def _skip_hidden(
     )
 
 
-def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool) -> None:
-    """Weights of a subfolder a loader reads (sentence-transformers ``2_Dense/``, diffusers ``unet/``)."""
+def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool, what: str | None) -> None:
+    """Weights of a subfolder that is part of the checkpoint: one a loader reads (sentence-transformers
+    ``2_Dense/``, diffusers ``unet/``: ``what`` its files are, for the note) or accelerate's FSDP state
+    (``what`` None: one that holds nothing to scan is a problem, for the state it should hold is lost)."""
     found = _discover_folder(sub, both_formats=both_formats, manifests=False)
     result.files += found.files
     result.indexes += found.indexes
     result.problems += found.problems
     result.skipped += found.skipped
     result.notes += [f"{sub.name}/: {note}" for note in found.notes]
-    if found.files:
-        result.notes.append(f"{sub.name}/: {len(found.files)} weight file(s) a loader reads, scanned with the checkpoint")
+    if found.files and what is not None:
+        result.notes.append(f"{sub.name}/: {len(found.files)} {what}, scanned with the checkpoint")
+    elif what is None and not found.files and not found.problems:
+        result.problems.append(ScanProblem(
+            str(sub), "holds no checkpoint files (no .metadata, no .distcp): the state saved here is lost",
+            "copy the folder again from where the checkpoint was saved, or resume from an earlier checkpoint"))
 
 
-def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
-    """A torch.distributed.checkpoint folder: its files are the ones its ``.metadata`` names, all of them."""
+# accelerate's FSDP SHARDED_STATE_DICT saves (Trainer's checkpoint-N, accelerator.save_state) keep the model and
+# each optimizer as a torch.distributed.checkpoint folder of its own beside the trainer's files
+# (accelerate's save_fsdp_model / save_fsdp_optimizer: ``pytorch_model_fsdp_0/``, ``optimizer_0/``)
+FSDP_MODEL_FOLDER = re.compile(r"^pytorch_model_fsdp_\d+$")
+FSDP_OPTIMIZER_FOLDER = re.compile(r"^optimizer_\d+$")
+
+
+def _fsdp_subfolders(entries: list[Path]) -> list[Path]:
+    """The FSDP model and optimizer folders among a checkpoint folder's ``entries`` (links too: followed, as
+    accelerate's load follows them)."""
+    return [e for e in entries if (FSDP_MODEL_FOLDER.match(e.name) or FSDP_OPTIMIZER_FOLDER.match(e.name))
+            and access.is_dir(e, refused=True)]
+
+
+def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> bool:
+    """A torch.distributed.checkpoint folder: its files are the ones its ``.metadata`` names, all of them, and
+    any other weight file beside them (Lightning's sharded ``epoch=0-step=N.ckpt/`` keeps its loops and
+    callbacks in ``meta.pt``: part of the checkpoint, never passed over)."""
     from nandoctor.readers.formats import dcp_metadata_files
 
     found = dcp_metadata_files(root)
@@ -330,12 +355,39 @@ def _dcp_folder(root: Path, result: CheckpointFiles) -> bool:
             ))
         else:
             result.files.append(candidate)
+    suffixes = weight_suffixes()
+    beside = [e for e in entries if e.suffix.lower() in suffixes and e.suffix.lower() != ".distcp"
+              and not e.name.startswith(".") and e.name not in NOT_WEIGHTS]
+    for entry in beside:
+        if is_regular_file(entry):
+            result.files.append(entry)
+        else:
+            result.problems.append(not_regular_problem(entry))
+    if beside:
+        result.notes.append(f"{', '.join(e.name for e in beside)}: beside the .distcp files, scanned with them")
     return True
 
 
 # DeepSpeed saves ZeRO partitions of the weights and optimizer states (fp32 masters included) in
 # checkpoint-N/global_stepN/; a NaN there poisons a resumed run, so they are part of the checkpoint.
 DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
+# Beside them, DeepSpeed's ``latest`` names the folder (its tag) to load: ``global_stepN``, or Lightning's
+# DeepSpeed strategy's ``checkpoint`` inside an ``epoch=0-step=N.ckpt/`` folder.
+DEEPSPEED_LATEST = "latest"
+_MAX_TAG_BYTES = 256
+
+
+def deepspeed_tag(root: Path) -> str | None:
+    """The tag DeepSpeed's ``latest`` file in ``root`` names (a folder beside it), or None when there is none."""
+    latest = root / DEEPSPEED_LATEST
+    if not is_regular_file(latest):  # (a FIFO named latest would block the read)
+        return None
+    try:
+        with open(latest, "rb") as fh:
+            tag = fh.read(_MAX_TAG_BYTES + 1).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return tag if 0 < len(tag) <= _MAX_TAG_BYTES and "/" not in tag and tag not in (".", "..") else None
 
 
 def _weight_subfolders(
@@ -361,12 +413,14 @@ def _weight_subfolders(
 
 
 def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -> None:
-    """Scan DeepSpeed's global_stepN/ with the checkpoint; note any other subfolder that holds weights
-    not already scanned (``read``: the subfolders a loader's manifest names, read above). A global_stepN/
-    that cannot be listed is a problem (its states would go unscanned); another subfolder, a note."""
+    """Scan DeepSpeed's global_stepN/ (or the folder its ``latest`` names) with the checkpoint; note any other
+    subfolder that holds weights not already scanned (``read``: the subfolders a loader's manifest names and
+    the FSDP ones, read above). A DeepSpeed folder that cannot be listed is a problem (its states would go
+    unscanned); another subfolder, a note."""
     scanned = set(result.files) | set(result.skipped)
+    tag = deepspeed_tag(result.root) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
     for sub, inside in _weight_subfolders([e for e in entries if e not in read], scanned):
-        deepspeed = DEEPSPEED_STATES.match(sub.name) is not None
+        deepspeed = DEEPSPEED_STATES.match(sub.name) is not None or sub.name == tag
         if isinstance(inside, UnreadablePathError):
             if deepspeed:
                 result.problems.append(ScanProblem(inside.path, f"{inside.reason} (its DeepSpeed states are not "
@@ -396,25 +450,28 @@ def not_regular_problem(path: Path) -> ScanProblem:
 
 
 _NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.[A-Za-z]+)$")
+_MAX_SHARD_COUNT = 100_000  # beyond: not a shard count
+
+
+def numbered_shards(files: list[Path]) -> dict[tuple[str, str, str], dict[int, Path]]:
+    """Files named like numbered shards (``model-00001-of-00003.safetensors``) by (stem, count as written,
+    suffix), each set as {shard number: file}."""
+    groups: dict[tuple[str, str, str], dict[int, Path]] = {}
+    for file in files:
+        match = _NUMBERED_SHARD.match(file.name)
+        if match and int(match["n"]) <= _MAX_SHARD_COUNT:
+            groups.setdefault((match["stem"], match["n"], match["ext"]), {})[int(match["k"])] = file
+    return groups
 
 
 def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProblem]:
     """Shards named ``model-00001-of-00003.safetensors`` with no index still say how many there are:
     a folder missing some of them holds part of a model, which must not pass as a clean checkpoint."""
-    groups: dict[tuple[str, str, str], set[int]] = {}
-    widths: dict[tuple[str, str, str], int] = {}
-    for file in unindexed:
-        match = _NUMBERED_SHARD.match(file.name)
-        if match:
-            key = (match["stem"], match["n"], match["ext"])
-            groups.setdefault(key, set()).add(int(match["k"]))
-            widths[key] = len(match["k"])
     problems = []
-    for (stem, n, ext), present in groups.items():
-        width = widths[(stem, n, ext)]
-        total = int(n)
-        if total > 100_000:
-            continue  # not a shard count
+    for (stem, n, ext), present in numbered_shards(unindexed).items():
+        first = _NUMBERED_SHARD.match(next(iter(present.values())).name)
+        assert first is not None
+        width, total = len(first["k"]), int(n)
         missing = [k for k in range(1, total + 1) if k not in present]
         if missing:
             names = [f"{stem}-{k:0{width}d}-of-{n}{ext}" for k in missing]

@@ -13,7 +13,9 @@ are named in a note. A final model file (``final.ckpt`` from
 ``trainer.save_model()``'s weights are for a Trainer run
 (checkpoint/finalmodel.py); with two such files neither is taken. Other
 ``.ckpt`` files without a step (``epoch=3.ckpt``, ``best.ckpt``) are noted, not
-placed. A ``.ckpt`` file's own step is its ``global_step``, read through the
+placed. A step, last or final checkpoint may be a ``.ckpt`` folder
+(Lightning's FSDP and DeepSpeed strategies save sharded state so): a row like
+a file. A ``.ckpt`` file's own step is its ``global_step``, read through the
 restricted unpickler (no code runs). Torch-free.
 """
 
@@ -60,6 +62,18 @@ def is_final_name(path: Path) -> bool:
     return "final" in stem or stem == "model"
 
 
+def is_checkpoint(entry: Path) -> bool:
+    """Whether a ``.ckpt`` (or final weights) entry of a Lightning folder is a checkpoint: a file, or a
+    ``.ckpt`` folder, which is how Lightning's FSDP (sharded state dict: ``.metadata``, ``*.distcp``,
+    ``meta.pt``) and DeepSpeed strategies (``checkpoint/`` and ``latest``) save one. A file behind a link the
+    user may not follow counts (its row's scan says it cannot be read)."""
+    from nandoctor import access
+
+    if access.is_file(entry, refused=True):
+        return True
+    return entry.suffix.lower() == LIGHTNING_SUFFIX and access.is_dir(entry, refused=False)
+
+
 @dataclass(frozen=True)
 class LightningFolder:
     """A folder of Lightning step files, sorted out."""
@@ -96,17 +110,16 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
     notes: list[str] = []
     for entry in weights:
         step = lightning_step_of(entry)
-        # (refused=True: a file behind a link the user may not follow is a row, whose scan says it is unreadable)
         if step is not None:
-            if access.is_file(entry, refused=True):
+            if is_checkpoint(entry):
                 steps.append((step, entry))
         elif is_last_name(entry):
-            if access.is_file(entry, refused=True):
+            if is_checkpoint(entry):
                 lasts.append(entry)
             elif entry.is_symlink():  # a dangling link: ckpt_path="last" finds nothing and starts from scratch
                 notes.append(f"{entry.name} links to {os.readlink(entry)}, which does not exist: "
                              "trainer.fit(ckpt_path=\"last\") would start from scratch; remove the link")
-        elif is_final_name(entry) and access.is_file(entry, refused=True):
+        elif is_final_name(entry) and is_checkpoint(entry):
             finals.append(entry)
         else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
             others.append(entry)
@@ -136,15 +149,24 @@ def _resumed(lasts: list[Path]) -> Path | None:
     return max(dated)[2] if dated else None
 
 
+# Lightning's FSDP strategy saves a sharded checkpoint as a folder: the tensors through torch.distributed.checkpoint,
+# everything else (global_step, loops, callbacks) in this file beside them
+SHARDED_META = "meta.pt"
+
+
 def saved_step(file: Path) -> int | None:
-    """The ``global_step`` a Lightning ``.ckpt`` file was saved at, read through the restricted unpickler
-    (inert stand-ins only); None for another format or when it cannot be read (the scan reports why)."""
+    """The ``global_step`` a Lightning ``.ckpt`` file (or a sharded ``.ckpt`` folder's ``meta.pt``) was saved at,
+    read through the restricted unpickler (inert stand-ins only); None for another format or when it cannot be
+    read (the scan reports why)."""
     if Path(file).suffix != LIGHTNING_SUFFIX:
         return None
+    from nandoctor import access
     from nandoctor.errors import NandoctorError
     from nandoctor.readers.torch.file import read_object
 
     try:
+        if access.is_dir(file, refused=False):
+            file = Path(file) / SHARDED_META
         state = read_object(Path(file))
     except (NandoctorError, OSError, ValueError):
         return None
@@ -174,5 +196,5 @@ def same_file(a: Path, b: Path) -> str | None:
         return None
 
 
-__all__ = ["LAST", "LIGHTNING_SUFFIX", "LightningFolder", "is_final_name", "is_last_name", "lightning_folder", "lightning_step_of",
-           "same_file", "saved_step"]
+__all__ = ["LAST", "LIGHTNING_SUFFIX", "SHARDED_META", "LightningFolder", "is_checkpoint", "is_final_name", "is_last_name",
+           "lightning_folder", "lightning_step_of", "same_file", "saved_step"]

@@ -1,6 +1,7 @@
 """A path opened once: every file of the checkpoint read by its reader into one :class:`Checkpoint`.
 
-The layout says which files belong together; each file's reader validates it
+The layout says which files belong together (and checkpoint/loadability.py whether
+they load as the checkpoint they are); each file's reader validates it
 completely and returns its tensor references; the index and the shards are
 cross-checked; every tensor gets its role. What could not be read becomes a
 ``ScanProblem`` (the rest is still opened), so a consumer decides whether a
@@ -18,7 +19,7 @@ from itertools import repeat
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout
+from nandoctor.checkpoint import layout, loadability
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
@@ -70,6 +71,9 @@ def open_checkpoint(
         Path(path), files, notes=list(files.notes), problems=list(files.problems), selection=selection or None
     )
     checkpoint.notes += _unscanned_notes(Path(path))
+    unloadable, load_notes = loadability.problems(files)  # tensors that all scan healthy may still not load
+    checkpoint.problems += unloadable
+    checkpoint.notes += load_notes
     for file in files.files:
         try:
             checkpoint.fingerprints[file] = layout.fingerprint(file)

@@ -14,6 +14,7 @@ so that the ``next:`` line never suggests a repair that must fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,26 +29,29 @@ def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], Sc
     (verdict.may_have_grown: a healthy checkpoint of ordinary weights costs no extra scan)."""
     from nandoctor import verdict
 
-    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report)):
+    zeros = verdict.unexplained_zeros(report)
+    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report) or zeros):
         return report
-    context = run_facts(Path(target), scan_one)
+    context = run_facts(Path(target), scan_one, report if zeros else None)
     if context is None:
         return report
-    import dataclasses
-
     baseline = context.pop("baseline_scales")
     grown = verdict.growth(report, baseline) if baseline else None
     context["growth"] = None if grown is None else grown.to_json()
-    fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
-    return verdict.judged(dataclasses.replace(report, extra={**report.extra, verdict.RUN_CONTEXT: context}), fail_on)
+    return verdict.with_run_context(report, context)
 
 
-def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str, Any] | None:
+def run_facts(
+    target: Path, scan_one: Callable[[Path], ScanReport], zeros_in: ScanReport | None = None
+) -> dict[str, Any] | None:
     """What the run says about the checkpoint at ``target``: ``run``, ``kind`` (its naming),
     ``baseline``/``baseline_max``/``baseline_scale`` (the first healthy earlier checkpoint, its largest
     weight and its largest tensor scale), ``baseline_scales`` (its verdict.tensor_scales, which
     :func:`judge_in_run` turns into the ``growth`` of the checkpoint and drops),
-    ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; None outside a run."""
+    ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; with ``zeros_in`` (the
+    checkpoint's report, which holds an all-zero weight), ``zeroed_since`` as the run scan finds it
+    (runs.zeroed_since: against the previous checkpoint, one more scan, and the first healthy one). None
+    outside a run."""
     from nandoctor import verdict
     from nandoctor.checkpoint.runs import (
         HEALTHY_STATUSES,
@@ -56,6 +60,7 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         incomplete_reasons,
         log_broke_by,
         place_in_run,
+        zeroed_since,
     )
     from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
     from nandoctor.errors import NandoctorError
@@ -70,6 +75,7 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
     baseline_max: float | None = None
     baseline_scales: dict[str, float] = {}
     bad_first = bool(not place.lightning and duplicate_steps(siblings))  # auto refuses an ambiguous run
+    compared: list[tuple[str, ScanReport]] = []  # (name, report) of the previous and the first healthy checkpoint
     for _, path in earlier:
         if incomplete_reasons(path, with_state):
             continue
@@ -81,9 +87,18 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         if status in HEALTHY_STATUSES:
             baseline, baseline_max = path, verdict.max_abs(scanned, "weight")
             baseline_scales = verdict.tensor_scales(scanned)
+            compared.append((path.name, scanned))
             break
         if status in ("poisoned", "diverged"):
             bad_first = True  # auto takes donors only before the run's first bad checkpoint
+    if zeros_in is not None and earlier and earlier[-1][1] != baseline:
+        with contextlib.suppress(NandoctorError):  # (its own scan says why)
+            compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
+    from nandoctor.checkpoint.baseline import kept_before
+
+    kept = kept_before(place.run, (step for step, _ in earlier))  # the first healthy one, gone: its scales kept
+    if kept is not None:
+        baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     folder = target if target.is_dir() else target.parent
     if place.lightning:
         metrics = metrics_near(place.run)
@@ -99,4 +114,5 @@ def run_facts(target: Path, scan_one: Callable[[Path], ScanReport]) -> dict[str,
         "baseline_scales": baseline_scales,
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
+        **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
+from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_reasons,
@@ -36,6 +37,7 @@ from nandoctor.checkpoint.lightningrun import (
     same_file,
     saved_step,
 )
+from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
 from nandoctor.model import ScanProblem, ScanReport, TensorResults
@@ -73,14 +75,15 @@ def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
 
 
 def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every Lightning ``…step=N….ckpt`` file directly inside ``folder``, steps ascending.
+    """(step, path) of every Lightning ``…step=N….ckpt`` file (or sharded ``.ckpt`` folder: lightningrun.is_checkpoint)
+    directly inside ``folder``, steps ascending.
 
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
     found = []
     for entry in access.listing(folder):
         step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and access.is_file(entry, refused=True):
+        if step is not None and not entry.name.startswith(".") and is_lightning_checkpoint(entry):  # (a .ckpt folder too)
             found.append((step, entry))
     return sorted(found)
 
@@ -124,7 +127,7 @@ def place_in_run(target: Path) -> RunPlace | None:
     run folder stands for its final file); else None."""
     target = Path(target)
     target_is_dir = access.is_dir(target)
-    if not target_is_dir:
+    if not target_is_dir or is_lightning_checkpoint(target):  # a file, or a sharded .ckpt folder (FSDP, DeepSpeed)
         lightning = lightning_folder(target.parent)
         if lightning is not None:
             return _lightning_place(target, lightning)
@@ -305,10 +308,11 @@ class RunReport:
 
     @property
     def first_bad(self) -> RunCheckpoint | None:
-        """The oldest checkpoint whose weights are poisoned or diverged, or hold NaN/Inf in a checkpoint that is
-        unreadable in another part (a truncated optimizer.pt beside NaN weights): training broke before it."""
+        """The oldest checkpoint whose weights are poisoned or diverged, or unhealthy (NaN/Inf, exploded, outliers) in
+        a checkpoint that is unreadable in another part (a truncated optimizer.pt beside NaN weights, a storage failing
+        its CRC-32 beside an exploded one): training broke before it."""
         return next((c for c in self.checkpoints if c.report is not None and (
-            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.bad_tensors)))), None)
+            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.unhealthy_tensors)))), None)
 
     @property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
@@ -411,9 +415,130 @@ def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
     for c, names in folders:
         missing = sorted(n for n, count in held.items() if count == len(folders) - 1 and n not in names)
         if missing:
+            what = sorted({next((said for start, said in _WITHOUT if n.startswith(start)), "without that file")
+                           for n in missing})
             notes.append(f"{c.name} lacks {', '.join(missing)}, which every other checkpoint of the run holds: "
-                         "resume_from_checkpoint from it would start without that state (a fresh optimizer or schedule)")
+                         f"resume_from_checkpoint from it would start {' and '.join(what)}")
     return notes
+
+
+# What resuming without a Trainer checkpoint's file starts with, by the start of its name.
+_WITHOUT = (("optimizer", "with a fresh optimizer"), ("scheduler", "with a fresh learning-rate schedule"),
+            ("rng_state", "with other random states"), ("scaler", "with a fresh loss scale"))
+
+
+def zeroed_since(report: ScanReport, earlier: list[tuple[str, ScanReport]]) -> dict[str, Any] | None:
+    """The weights all zero in ``report`` that were not all zero in an ``earlier`` checkpoint of its run ((name,
+    report) of the previous checkpoint read and of the run's first healthy one), and the first checkpoint that
+    says so: ``{"names": [...], "checkpoint": name}``, the run context's ``zeroed_since`` (verdict.ZEROED_SINCE)
+    that makes them ``zeroed``; None when there are none. Training never zeroes a whole tensor; a broken copy, a
+    failed write or a conversion does, and a zeroed ``lm_head`` or norm puts the loss back at uniform."""
+    from nandoctor import verdict
+
+    found = [(checkpoint, verdict.newly_zero(report, before)) for checkpoint, before in earlier]
+    names = sorted({name for _, newly in found for name in newly})
+    if not names:
+        return None
+    return {"names": names, "checkpoint": next(checkpoint for checkpoint, newly in found if newly)}
+
+
+_NAMED = 5  # tensor names quoted in a message; the rest counted
+
+
+def _weights_by_name(report: ScanReport) -> dict[str, tuple[str, tuple[int, ...], str]]:
+    """The model weights of ``report``: name → (dtype, shape, file)."""
+    refs = report.tensors.refs
+    return {name: (refs.dtypes[i], refs.shapes[i], refs.files[i])
+            for i, name in enumerate(refs.names) if refs.roles[i] == "weight"}
+
+
+def _tied_copy(name: str, held: dict[str, Any], others: list[dict[str, tuple[str, tuple[int, ...], str]]]) -> bool:
+    """Whether ``name``, which ``held`` lacks and ``others`` (neighbours) hold, is a tied copy (checkpoint/ties.py)
+    of a tensor ``held`` holds: a safetensors save keeps one of them, a torch file both names (a safetensors file
+    that holds both holds two tensors: untied)."""
+    from nandoctor.checkpoint.ties import tie_candidates
+
+    parts = name.split(".")  # (under any wrapper prefix: module., base_model.model., state_dict.)
+    partners = {p for i in range(len(parts)) for p in tie_candidates(".".join(parts[i:]))}
+    if not partners or any(names[name][2].endswith(".safetensors") for names in others if name in names):
+        return False
+    return any(other == p or other.endswith("." + p) for other in held for p in partners)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:_NAMED]) + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
+
+
+def renamed_tensors(checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
+    """``checkpoints`` with a problem (exit 3, ``verdict.NAMES_KIND``) on each one whose model tensor names differ
+    from its neighbours': it lacks a name both neighbours hold, or it holds a name no other checkpoint of the run
+    holds while a neighbour holds, under a name it lacks that two other checkpoints hold, a tensor of the same
+    dtype and shape. A run's model never changes its tensor names between saves; a flipped bit in a
+    safetensors header does (``lm_head.weight`` read as ``lm_hfad.weight``: from_pretrained reports
+    ``lm_head.weight`` missing and initialises it afresh). Conservative: a tied copy saved once is not missing,
+    a tensor added or dropped from some save on moves no neighbour, and of two checkpoints alone neither is
+    blamed. The final model and a Lightning last.ckpt are not compared (their own naming)."""
+    from nandoctor import verdict
+    from nandoctor.model import ScanProblem
+
+    compared = [(i, c.report) for i, c in enumerate(checkpoints) if c.report is not None and not c.report.errors
+                and not c.final and not c.last and c.same_as is None and c.status != INCOMPLETE]
+    if all(r.tensors.refs.names == compared[0][1].tensors.refs.names for _, r in compared):
+        return checkpoints  # (every checkpoint the same names in the same order: the usual run, one C compare each)
+    rows = [i for i, _ in compared]
+    weights = [_weights_by_name(r) for _, r in compared]
+    held = Counter(name for names in weights for name in names)
+    out = list(checkpoints)
+    for k, i in enumerate(rows):
+        mine = weights[k]
+        neighbours = [(checkpoints[rows[j]].name, weights[j]) for j in (k - 1, k + 1) if 0 <= j < len(rows)]
+        lacked = set(neighbours[0][1]).intersection(neighbours[1][1]) - mine.keys() if len(neighbours) == 2 else set()
+        unexpected = sorted(n for n in mine if held[n] == 1)
+        pairs = [(m, u) for _, names in neighbours for m in sorted(names.keys() - mine.keys()) if held[m] >= 2
+                 for u in unexpected if names[m][:2] == mine[u][:2]]
+        others = [names for _, names in neighbours]
+        missing = sorted({m for m in lacked | {m for m, _ in pairs} if not _tied_copy(m, mine, others)})
+        if not missing:
+            continue
+        c = checkpoints[i]
+        holders = " and ".join(name for name, names in neighbours if missing[0] in names)
+        message = f"{_listed(missing)} missing, which {holders} {'hold' if ' and ' in holders else 'holds'}" + (
+            f"; {_listed(unexpected)} held by no other checkpoint of the run" if unexpected else "")
+        file = mine[unexpected[0]][2] if unexpected else c.path
+        problem = ScanProblem(file, message, _renamed_hint(c, missing, pairs, mine, holders.split(" and ")[0]),
+                              kind=verdict.NAMES_KIND)
+        report = c.report
+        assert report is not None
+        fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
+        report = verdict.judged(dataclasses.replace(report, errors=(*report.errors, problem)), fail_on)
+        out[i] = dataclasses.replace(c, report=report, status=UNREADABLE, why="")
+    return out
+
+
+def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, str]],
+                  mine: dict[str, tuple[str, tuple[int, ...], str]], holder: str) -> str:
+    """What to do about a checkpoint whose tensor names changed: rename a tensor back (a safetensors file: the
+    bytes under the wrong name are the tensor's, one flipped bit in the header renamed it), or restore the file."""
+    import json
+    import shlex
+
+    load = f"from_pretrained would initialise {missing[0]} afresh (random values where the trained ones were), and `nandoctor repair` " \
+           "restores values, not names"
+    renames = {m: u for m, u in pairs if m in missing}
+    if len(renames) == len(missing) and len(set(renames.values())) == len(renames):
+        file = mine[next(iter(renames.values()))][2]
+        if file.endswith(".safetensors") and all(mine[u][2] == file for u in renames.values()):
+            text = json.dumps  # (a Python string literal in double quotes: the shell's single quotes stay whole)
+            moves = "; ".join(f"t[{text(m)}] = t.pop({text(u)})" for m, u in renames.items())
+            code = (f"from safetensors import safe_open; from safetensors.torch import load_file, save_file; "
+                    f"f = {text(file)}; meta = safe_open(f, \"pt\").metadata(); t = load_file(f); {moves}; "
+                    f"save_file(t, f, metadata=meta)")
+            pairs_text = ", ".join(f"{u} back to {m}" for m, u in renames.items())
+            return (f"{load}: the tensor{'s are' if len(renames) > 1 else ' is'} there under another name (same dtype and "
+                    f"shape; a flipped bit in the header renames one): rename {pairs_text} with "
+                    f"python -c {shlex.quote(code)} and scan again")
+    return (f"{load}: restore {c.name}'s weight files from a good copy (the files of {holder} hold that "
+            f"checkpoint's weights), or resume from {holder}")
 
 
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
@@ -548,7 +673,16 @@ def scan_run(
     done_before = 0
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
+    kept = kept_before(root, (r.step for r in rows if r.step_known))  # a baseline rotation took away (baseline.py)
+    if kept is not None:
+        healthy = kept.scales
+        notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
+                     f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
     previous: dict[str, float] = {}
+    # (name, report) of the previous checkpoint read and of the first healthy one: a weight all zero in a later
+    # checkpoint that was not in them is zeroed (zeroed_since)
+    earlier: list[tuple[str, ScanReport]] = []
+    first_healthy: list[tuple[str, ScanReport]] = []
     for row in rows:
         step, folder = row.step, row.path
         is_final, is_last = row.kind == "final", row.kind == "last"
@@ -586,15 +720,16 @@ def scan_run(
         state = folder / TRAINER_STATE
         log = (read_train_log(state) if os.path.isfile(state)
                else metrics.train_log(step) if metrics is not None else None)
+        zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
+        if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
+            report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
         status, why = verdicts.checkpoint_status(report, bool(reasons), healthy, log_broke_by(log, step))
         if report is not None and status == DIVERGED and report.health != DIVERGED:
             # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
             # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
             grown = verdicts.growth(report, healthy or {})
             assert grown is not None
-            fail_on = report.judgement.fail_on if report.judgement is not None else verdicts.DEFAULT_FAIL_ON
-            context = {verdicts.RUN_CONTEXT: {"growth": grown.to_json()}}
-            report = verdicts.judged(dataclasses.replace(report, extra={**report.extra, **context}), fail_on)
+            report = verdicts.with_run_context(report, {"growth": grown.to_json()})
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)
         scales = {} if report is None else verdicts.tensor_scales(report)
@@ -604,11 +739,16 @@ def scan_run(
                 checkpoint, growth=since_previous.factor if since_previous else None,
                 baseline_growth=since_healthy.factor if since_healthy else None)
             previous = scales
+        if report is not None:
+            earlier = [(checkpoint.name, report), *(h for h in first_healthy if h[1] is not report)]
         if status in HEALTHY_STATUSES and scales and healthy is None:
             healthy = scales  # the rule's baseline: the run's first healthy checkpoint
+        if status in HEALTHY_STATUSES and report is not None and not first_healthy:
+            first_healthy = earlier[:1]  # (also where a kept baseline stands for a checkpoint rotated away)
         checkpoints.append(checkpoint)
 
     notes += _missing_files(checkpoints)
+    checkpoints = renamed_tensors(checkpoints)
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
     final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here
     if final_state.is_file():

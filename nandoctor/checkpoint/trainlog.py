@@ -3,7 +3,8 @@
 Two sources: ``trainer_state.json``'s ``log_history`` (transformers ``Trainer``) and
 a Lightning ``CSVLogger``'s ``metrics.csv``, each read by one parser here and
 judged by one rule (:func:`_where_it_broke`: the first NaN/Inf loss or grad_norm,
-the first loss of exactly 0.0, the first loss ``LOSS_JUMP`` times the run's early loss). For the chart, only what was logged is kept (NaN
+the first loss of exactly 0.0, the first loss ``LOSS_JUMP`` times the run's early loss, from the second
+logged loss on). For the chart, only what was logged is kept (NaN
 and Inf included: they are what the chart must show); a long log is thinned to
 ``MAX_POINTS`` evenly spaced points, keeping every non-finite one, so a
 million-step run still gives a small report.
@@ -25,11 +26,16 @@ METRICS_CSV = "metrics.csv"
 _LOSS_KEYS = ("loss", "train_loss", "train_loss_step", "train/loss", "training_loss", "loss_step")
 _GRAD_KEYS = ("grad_norm", "train/grad_norm", "grad_2.0_norm_total", "grad_norm_total")
 _LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is judged by
-# A loss this many times the run's early loss (the median of its first EARLY_LOSSES logged losses) means the
-# weights that made it were already broken, finite as they may be: a diverged run's loss goes from ~5 to
-# thousands within a few steps (tests/test_health_real_divergence.py). Healthy runs' loss spikes stay within
-# 2-3x and recover. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
-# donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on its own.
+# A loss this many times the run's early loss means the weights that made it were already broken, finite as
+# they may be: a diverged run's loss goes from ~5 to thousands within a few steps
+# (tests/test_health_real_divergence.py). Healthy runs' loss spikes stay within 2-3x and recover. The early
+# loss is the median of the first EARLY_LOSSES logged losses; until there are that many, the lowest loss logged
+# so far (a jump never raises it; a run at lr 40 logs 4.6, 13, 4150, 4.4e6, NaN: the jump is its third loss),
+# and a loss above that must also stand above the first logged loss (early losses fall fast and noisily, a
+# 4x bounce back from a fast drop that stays under where training started is no divergence:
+# tests/test_trainlog_early.py). It only moves the last healthy checkpoint (what to resume from, where --from
+# auto takes donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on
+# its own.
 LOSS_JUMP = 4.0
 EARLY_LOSSES = 5
 
@@ -50,7 +56,8 @@ class TrainLog:
     logged_after_save: bool = False
     logged: tuple[str, ...] = ()  # the series the log has (``loss``, ``grad_norm``; a Lightning log's own key names)
     # The first logged loss at least LOSS_JUMP times the run's early loss (the median of its first logged
-    # losses): finite, but the weights that made it were already broken; the logging interval before it
+    # losses, the lowest so far before there are EARLY_LOSSES): finite, but the weights that made it were
+    # already broken; the logging interval before it
     loss_jump_step: int | None = None
     loss_jump: tuple[float, float] | None = None  # (that loss, the early loss)
     loss_interval: int = 1
@@ -79,6 +86,7 @@ def _where_it_broke(
     bad_keys: tuple[str, ...] = ()
     seen: set[str] = set()
     early: list[float] = []  # the first EARLY_LOSSES finite losses: the run's early loss is their median
+    lowest = math.inf  # the lowest finite loss so far: the early loss until there are EARLY_LOSSES of them
     jump: tuple[int, float, float, int] | None = None  # (step, loss, early loss, interval)
     previous_loss_step: int | None = None
     for step, entry in entries:
@@ -94,13 +102,15 @@ def _where_it_broke(
             first_zero = step
         value = _number(loss) if isinstance(loss, (int, float)) else None  # (a 400-digit int: inf, not an error)
         if value is not None and math.isfinite(value):
-            if len(early) < EARLY_LOSSES:
-                early.append(value)
-            elif jump is None:
-                baseline = statistics.median(early)
-                if baseline > 0 and value >= LOSS_JUMP * baseline:
+            if jump is None and early:
+                baseline = statistics.median(early) if len(early) == EARLY_LOSSES else lowest
+                above_start = len(early) == EARLY_LOSSES or value > early[0]
+                if baseline > 0 and value >= LOSS_JUMP * baseline and above_start:
                     interval = step - previous_loss_step if previous_loss_step is not None else 1
                     jump = (step, value, baseline, max(1, interval))
+            if len(early) < EARLY_LOSSES:
+                early.append(value)
+            lowest = min(lowest, value)
             previous_loss_step = step
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
     if jump is None:

@@ -50,9 +50,11 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range (for gates).")
 @click.option(
     "--target-dtype",
-    type=click.Choice(TARGET_DTYPE_NAMES),
+    type=click.Choice((*TARGET_DTYPE_NAMES, "none")),
     default=None,
-    help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk).",
+    help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk). Default: the "
+    "dtype config.json makes from_pretrained load the weights in (its dtype/torch_dtype), where they can overflow "
+    "it; none: no overflow check.",
 )
 @click.option(
     "--fail-on",
@@ -126,8 +128,9 @@ def scan(
     downloaded; a local path of the same name wins).
 
     Exit code 0 means every tensor was read and passes; 1 means a finding that
-    fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or with
-    --target-dtype overflow risk; 3 means something could not be read, so
+    fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or
+    overflow risk (--target-dtype, by default the dtype config.json loads the
+    weights in); 3 means something could not be read, so
     nothing is called clean. For a run folder the newest checkpoint decides,
     or the final model and a Lightning last.ckpt where the run has them.
 
@@ -147,7 +150,7 @@ def scan(
 
     check_markdown(markdown, as_json, quiet)
     try:
-        verdicts.require_target_for_overflow(fail_on, target_dtype)
+        verdicts.require_target_for_overflow(fail_on, None if target_dtype == "none" else target_dtype)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
@@ -251,8 +254,10 @@ def _scan(
             raise click.UsageError("--part prints a part for `nandoctor merge`: give --html/--markdown to merge")
         from nandoctor.cli.parts_cmd import scan_split
 
+        # every part counts overflow for the same dtype: the one given, or the one config.json implies
         scan_split(path, part, distributed, rank_timeout, options.device, as_json, quiet, show_all, fail_on,
-                   options.both_formats, options.target_dtype, options.max_abs, options.outlier_factor,
+                   options.both_formats, api.scan_target(resolved, options.target_dtype), options.max_abs,
+                   options.outlier_factor,
                    verify_hashes, manifest, html_path=html_path, markdown=markdown)
     is_run = runs.is_run_folder(resolved)
     if is_run and (verify_hashes or manifest):

@@ -292,21 +292,29 @@ class Comparer:
             return True, compare_blocks(raw_a, raw_b, task.a.region, task.b.region)
         x = values.decode(_little(raw_a, task.a), task.a.dtype)
         y = values.decode(_little(raw_b, task.b), task.b.dtype)
-        lanes = values.lanes_per_element(task.a.dtype)
-        if x.size != y.size:  # a real and a complex tensor: compare element by element is meaningless
-            raise NandoctorError(f"tensor {task.a.name!r}: {task.a.dtype} and {task.b.dtype} elements do not line up")
-        return True, values.compare(x, y, lanes, task.rounding)
+        lanes_a, lanes_b = values.lanes_per_element(task.a.dtype), values.lanes_per_element(task.b.dtype)
+        if lanes_a < lanes_b:  # a real tensor against a complex one: (value, 0) against (re, im)
+            x = values.as_complex(x)
+        elif lanes_b < lanes_a:
+            y = values.as_complex(y)
+        return True, values.compare(x, y, max(lanes_a, lanes_b), task.rounding)
 
     def _collect(self, task: _Task, chunk: Chunk, future: Future[Any]) -> None:
         outcome = task.outcome
         length = _chunk_bytes(task.a, chunk) + _chunk_bytes(task.b, chunk)
-        try:
-            differ, stats = future.result()
-        except (NandoctorError, OSError) as exc:
-            outcome.error = outcome.error or _reason(exc)
+        # The worker's exception is taken, not raised here: raised, its traceback would hold this frame, this
+        # frame the future, the future the exception (a cycle only the cyclic GC frees), and the worker's
+        # frame in it the chunk's views of the mapped file, so close() would find the map still exported
+        # ("BufferError: cannot close exported pointers exist"). Its traceback is dropped for the same reason.
+        error = future.exception()
+        self._release(task, chunk)
+        if error is not None:
+            if not isinstance(error, (NandoctorError, OSError)):
+                raise error
+            outcome.error = outcome.error or _reason(error)
+            error.__traceback__ = None
             return
-        finally:
-            self._release(task, chunk)
+        differ, stats = future.result()
         outcome.bytes_read += length
         self.done += length
         if self.progress is not None:

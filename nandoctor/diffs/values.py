@@ -10,6 +10,8 @@ two sides differ, both are finite and the difference is at most half a unit
 in the last place of the lower-precision side at its value — exactly what
 round-to-nearest produces. A value that overflowed to Inf, was clamped
 (fp8 saturation) or was changed by more than the rounding is a change.
+A real tensor against a complex one is compared as complex numbers, the real
+side's imaginary parts 0 (:func:`as_complex`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype in _PRECISION:
         return _table(dtype)[raw]
     raise ValueError(f"no element decoding for dtype {dtype}")
+
+
+def as_complex(lanes: np.ndarray) -> np.ndarray:
+    """Real elements as complex lanes (value, 0): a real tensor is compared with a complex one as the complex
+    tensor torch's ``real.to(complex)`` makes, so an imaginary part the real side does not hold is a change."""
+    out = np.zeros(2 * lanes.size, dtype=lanes.dtype)
+    out[0::2] = lanes
+    return out
 
 
 def narrower(dtype_a: str, dtype_b: str) -> tuple[str, int, int] | None:

@@ -14,6 +14,7 @@ report a single-process scan gives. Plain functions: nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from nandoctor.access import unreadable
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.engine import Scanned, assemble, finish_jobs, scan_jobs
 from nandoctor.engine.jobs import RegionJob, plan_jobs
+from nandoctor.engine.part_schema import BadPart, Record, check, part_record, record_of
 from nandoctor.engine.pipeline import ProgressCallback
 from nandoctor.engine.split import Share, combine, covered, cuttable, encode_share, plan_shares
 from nandoctor.errors import NandoctorError
@@ -172,7 +174,31 @@ def read_part(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != PART_FORMAT:
         raise PartsError(f"{path}: not a nandoctor part (a scan report or another file?)",
                          "write parts with: nandoctor scan PATH --part I/N --json > part-I.json")
+    try:
+        _check_part(data)
+    except BadPart as exc:
+        raise PartsError(f"{path}: not a nandoctor part file, or from another version: {exc}",
+                         "re-run that part: nandoctor scan PATH --part I/N --json > part-I.json") from None
     return data
+
+
+def _check_part(data: dict[str, Any]) -> None:
+    """BadPart unless ``data`` holds every key merge reads, of its type, and values merge can use."""
+    check(data, _part_record())
+    if not 0 <= data["part"] < data["of"]:
+        raise BadPart(f"part {data['part']} of {data['of']} does not exist (parts are 0 to N-1 of N >= 1)")
+    options = Options(**data["options"])
+    try:
+        _ = options.limits
+        if options.target_dtype is not None:
+            target(options.target_dtype)
+    except ValueError as exc:
+        raise BadPart(f"options: {exc}") from None
+
+
+@functools.cache
+def _part_record() -> Record:
+    return part_record(_RESULT_FIELDS, record_of(Options))
 
 
 def merge_parts(parts: list[tuple[str, dict[str, Any]]], *, device: str | None = None) -> ScanReport:
@@ -319,9 +345,11 @@ def _finish_cut_regions(
     """The regions cut across parts, their shares added up and finished as a single scan finishes them:
     the outlier pass reads their high segments again, here, where every share's census is in."""
     shares: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for _, part in parts:
+    label_of: dict[int, str] = {}
+    for label, part in parts:
         for share in part["shares"]:
             shares.setdefault((share["file"], share["key"]), []).append(share)
+            label_of[id(share)] = label
     if not shares:
         return
     jobs = []
@@ -332,6 +360,12 @@ def _finish_cut_regions(
         if not covered(mine, job.region.nbytes):
             raise PartsError(f"the parts' shares of {job.views[0].name!r} do not make the whole region",
                              "the parts were not cut by one plan; scan the parts again")
+        for share in mine:
+            wrong = _share_values(share, job)
+            if wrong:
+                raise PartsError(f"{label_of[id(share)]}: not a nandoctor part file, or from another version: its share "
+                                 f"of {job.views[0].name!r} holds {wrong}",
+                                 "re-run that part: nandoctor scan PATH --part I/N --json > part-I.json")
         combine(job, mine)
         jobs.append(job)
     if shares:
@@ -342,6 +376,26 @@ def _finish_cut_regions(
     found.tensors += finished.tensors
     found.unviewed += finished.unviewed
     found.problems += finished.problems
+
+
+def _share_values(share: dict[str, Any], job: RegionJob) -> str | None:
+    """What in a cut region's share no scan of that region writes (a magnitude wider than its lanes, a histogram
+    of another dtype, a segment outside the region), which the merge would fail on; None when nothing."""
+    info = job.info
+    if info is None:
+        return "a census of a region that has none"
+    census, lanes = share["census"], job.region.nbytes * 8 // info.lane_bits
+    magnitudes = [census["high_max"], census["sample_max"], census["exact_max"], share["tally"]["max_bits"]]
+    magnitudes += [top for _, _, top in census["high_segments"]]
+    if any(not -1 <= bits <= info.mag_mask for bits in magnitudes):
+        return f"a magnitude that is not one of {job.spec.name}"
+    bins = (info.mag_mask >> info.mantissa) + 1
+    histogram = census["histogram"]
+    if histogram is not None and (len(histogram) != bins or any(not 0 <= n <= lanes for n in histogram)):
+        return f"a histogram that is not one of {job.spec.name}'s exponents"
+    if any(start < 0 or count < 0 or start + count > lanes for start, count, _ in census["high_segments"]):
+        return "a segment outside the region"
+    return None
 
 
 def _what_changed(part: dict[str, Any], checkpoint: Checkpoint) -> str:

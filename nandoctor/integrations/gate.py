@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ class CheckpointGate:
         # clean checkpoints.
         from nandoctor.kernels import select_kernel
 
-        if target_dtype is not None:
+        if target_dtype is not None and target_dtype.lower() != "none":  # "none": not even config.json's dtype
             from nandoctor.kernels.targets import target
 
             target(target_dtype)  # ValueError naming the choices
@@ -82,6 +81,20 @@ class CheckpointGate:
 
         return scan(path, device=self.device, target_dtype=self.target_dtype)
 
+    def keep_baseline(self, path: Path, report: ScanReport) -> None:
+        """Keep the run's growth baseline beside its checkpoints (checkpoint/baseline.py): rotation deletes
+        the first healthy checkpoint, and without it a run drifting a few times a save never looks
+        diverged. Errors are logged; training goes on."""
+        from nandoctor.checkpoint import baseline
+
+        try:
+            kept = remember_baseline(path, report, self.scan)
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not keep the run's baseline beside %s (%s: %s)", path, type(exc).__name__, exc)
+            return
+        if kept is not None:
+            logger.info("nandoctor: growth is measured against %s (kept in %s)", kept.checkpoint, baseline.BASELINE_NAME)
+
     def record(self, path: str, passed: bool) -> None:
         if passed:
             self.last_clean = path
@@ -98,15 +111,53 @@ class CheckpointGate:
         return data
 
 
+def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path], ScanReport]) -> Any:
+    """Keep the growth baseline of the run ``target`` (a checkpoint just saved and judged: ``report``) lies
+    in (checkpoint/baseline.py), unless one from an earlier step is kept already: the first healthy
+    checkpoint still on disk before it (scanned with ``scan_one``: a run resumed with the callback newly
+    added), else ``target`` itself when healthy. A baseline kept from a later step (a run started again
+    from scratch in the same folder) is replaced. Returns the RunBaseline written, or None; raises OSError."""
+    from nandoctor.checkpoint.baseline import RunBaseline, read_baseline, write_baseline
+    from nandoctor.checkpoint.runs import HEALTHY_STATUSES, place_in_run
+    from nandoctor.errors import NandoctorError
+
+    place = place_in_run(Path(target))
+    if place is None or place.final:
+        return None
+    existing = read_baseline(place.run)
+    if existing is not None and existing.step < place.step:
+        return None
+    candidates: list[tuple[int, Path, ScanReport | None]] = [
+        (step, path, None) for step, path in place.siblings() if step < place.step
+    ]
+    candidates.append((place.step, Path(target), report))
+    for step, path, scanned in candidates:
+        if scanned is None:
+            try:
+                scanned = scan_one(path)
+            except (NandoctorError, OSError):
+                continue
+        status, _ = verdicts.checkpoint_status(scanned, False, None)
+        scales = verdicts.tensor_scales(scanned)
+        if status in ("poisoned", "diverged"):
+            return None  # the run went bad before a healthy checkpoint was seen: nothing to keep
+        if status not in HEALTHY_STATUSES or not scales:
+            continue
+        kept = RunBaseline(step, path.name, verdicts.max_abs(scanned, "weight"), scales)
+        write_baseline(place.run, kept)
+        return kept
+    return None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict); errors are logged."""
-    tmp = path.with_name(f".{path.name}.writing")
+    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict), never through a link planted
+    at a temporary name (report/outfile.py); errors are logged."""
+    from nandoctor.report.outfile import write_text
+
     try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     except (OSError, ValueError) as exc:
         logger.error("nandoctor: could not write %s (%s)", path, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def passed_in(data: Any) -> bool:
@@ -125,4 +176,4 @@ def distributed() -> Any:
     return dist
 
 
-__all__ = ["REPORT_NAME", "CheckpointGate", "distributed", "passed_in", "write_json"]
+__all__ = ["REPORT_NAME", "CheckpointGate", "distributed", "passed_in", "remember_baseline", "write_json"]

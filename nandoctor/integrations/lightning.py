@@ -150,6 +150,7 @@ class NanDoctorCallback(Callback):
         passed, report = self.gate.check(path, str(path))
         if report is not None and self.write_report:
             self._write(path, step, report, rewritten)
+            self.gate.keep_baseline(path, report)
         if report is not None and self.log_metrics:
             # Straight to the loggers: saves happen in hooks where LightningModule.log is refused
             # (on_validation_end), and the loggers are what every dashboard reads.

@@ -55,9 +55,10 @@ def verify_saved(
 ) -> SavedVerdict:
     """Call on every rank of ``group`` (default: the world) after saving ``path``; every rank gets the same
     ``exit_code``. ``fail_on`` as ``nandoctor scan --fail-on``; ``device`` where this rank counts;
-    ``target_dtype`` (``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``) as ``nandoctor scan --target-dtype``:
+    ``target_dtype`` (``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``, ``none``) as ``nandoctor scan --target-dtype``:
     each rank also counts the weights of its files that would overflow that cast (``overflow`` findings,
-    which fail unless ``fail_on`` leaves ``overflow`` out). A bad ``fail_on`` or ``target_dtype`` is this
+    which fail unless ``fail_on`` leaves ``overflow`` out); none given, the dtype config.json makes
+    ``from_pretrained`` load them in, as a scan does (checkpoint/loaddtype.py). A bad ``fail_on`` or ``target_dtype`` is this
     rank's error (exit code 3, ``error`` says which), never a hang of the others."""
     import torch
     import torch.distributed as dist
@@ -68,9 +69,12 @@ def verify_saved(
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     report, error = None, ""
     try:
+        from nandoctor.api import scan_target
+
         failing = verdicts.parse_fail_on(fail_on)
         verdicts.require_target_for_overflow(failing, target_dtype)  # a check that passes anything is a bug
-        report = verdicts.judged(scan_owned(path, rank, world, device=device, target_dtype=target_dtype), failing)
+        target = scan_target(path, target_dtype)  # none given: the dtype config.json loads the weights in
+        report = verdicts.judged(scan_owned(path, rank, world, device=device, target_dtype=target), failing)
         code = report.exit_code
     except (NandoctorError, OSError, ValueError) as exc:  # this rank still joins the collective below
         code, error = 3, f"rank {rank}: {getattr(exc, 'message', None) or exc}"

@@ -7,19 +7,21 @@ shared with the Lightning callback); the verdict is written into the folder as
 ``nandoctor.json`` and logged. With ``stop_on_nonfinite=True`` training stops
 at the first checkpoint that fails the gate.
 
-The newest clean checkpoint is kept out of ``save_total_limit`` rotation, and
-the limit never grows by more than that one checkpoint. Trainer rotates inside
-``_save_checkpoint``, *before* ``on_save`` runs, and always keeps
-``state.best_model_checkpoint`` and the newest checkpoint:
-
-* when the run does not track its own best model, after a clean save this
-  callback points ``best_model_checkpoint`` at it, ready for the next rotation;
-* when it does (``metric_for_best_model``), that field is the user's: the
-  callback then takes rotation over for the run (``args.save_total_limit`` is
-  ``None`` while training, the user's value again at the end) and rotates in
-  ``on_save`` as Trainer would, with the newest clean checkpoint protected too:
-  at most ``save_total_limit + 1`` checkpoints are kept, however long a run of
-  bad saves is. A clean save logs nothing but its verdict.
+The newest clean checkpoint is kept out of ``save_total_limit`` rotation. Trainer
+rotates inside ``_save_checkpoint``, *before* ``on_save`` runs, keeping only
+``state.best_model_checkpoint`` and the newest checkpoints, so the callback takes
+rotation over for the run (``args.save_total_limit`` is ``None`` while training,
+the user's value again at the end) and rotates in ``on_save`` as Trainer would,
+after its verdict, protecting the newest clean checkpoint and, while that one is
+the newest save, the clean one before it: the trainer log may yet show that the
+newest one's weights made the loss jump (trainlog.py), and the run's last healthy
+checkpoint is then the one before. A bad checkpoint after a loss jump moves
+``last_clean`` back before the jump, as ``nandoctor scan RUN`` does. However long
+a run of bad saves is, at most ``save_total_limit + 1`` checkpoints are kept; with
+``save_total_limit=1`` only the last clean one is left at the end (Trainer's own
+end-of-training clean-up keeps only the best). When the run tracks its own best
+model (``metric_for_best_model``) that one is kept too. A clean save logs nothing
+but its verdict.
 
 Each scan's health figures (``nandoctor/nonfinite``, ``nandoctor/max_abs``,
 ``nandoctor/outliers``, ``nandoctor/bad_tensors``; ``verdict.metrics``) go into
@@ -92,7 +94,8 @@ class NanDoctorCallback(TrainerCallback):
         target_dtype: also count weights that overflow when cast to ``fp16``,
             ``bf16``, ``fp8_e4m3`` or ``fp8_e5m2``.
         fail_on: which findings fail the gate (default: nonfinite, exploded, outlier, overflow).
-        protect_last_clean: keep the newest clean checkpoint through ``save_total_limit`` rotation.
+        protect_last_clean: keep the checkpoint to resume from through ``save_total_limit`` rotation (the
+            newest clean one, and the clean one before it until a loss is logged from the newest's weights).
         device: where to count (``cpu`` by default; ``auto``/``cuda`` to use the GPU).
         write_report: write ``nandoctor.json`` into each checkpoint folder.
         log_metrics: log the health figures of each save (see the module docstring and :func:`attach`).
@@ -119,6 +122,7 @@ class NanDoctorCallback(TrainerCallback):
         self._kept_logged: set[str] = set()  # clean checkpoints already said to be kept (said once each)
         self.log_metrics = log_metrics
         self._pending: dict[str, float] | None = None  # figures of the last save, for the next on_log
+        self._passed: list[tuple[int, str]] = []  # (step, folder) of every checkpoint that passed, oldest first
         self._ahead_of_reporters = False  # set by attach()
         self._warned_order = False
 
@@ -145,9 +149,9 @@ class NanDoctorCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._user_limit = args.save_total_limit
-        if self.protect_last_clean and self._tracks_best(args) and self._user_limit and self._user_limit > 0:
-            # Trainer's rotation keeps only the newest and the user's best: this callback rotates instead
-            # (on_save), keeping the newest clean checkpoint too; the user's value is back at the end.
+        if self.protect_last_clean and self._user_limit and self._user_limit > 0:
+            # Trainer's rotation keeps only the newest and one best: this callback rotates instead (on_save),
+            # keeping the clean checkpoints a resume may need too; the user's value is back at the end.
             args.save_total_limit = None
             self._rotating = True
         if self.last_clean is None:
@@ -179,7 +183,10 @@ class NanDoctorCallback(TrainerCallback):
         if self.log_metrics and report is not None and state.is_world_process_zero and not per_rank:
             self._pending = verdicts.metrics(report)
             state.log_history.append({**self._pending, "step": state.global_step})
+        if passed:
+            self._passed.append((state.global_step, str(folder)))
         if passed is not None:
+            self._move_back_before_a_loss_jump(folder)
             self._protect(args, state)
         if passed is False and self.stop_on_nonfinite:
             control.should_training_stop = True
@@ -216,6 +223,8 @@ class NanDoctorCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._rotating:
+            if self._user_limit == 1 and args.should_save:
+                self._keep_only_the_resume_point(args, state)  # Trainer's own end-of-training clean-up, skipped
             args.save_total_limit = self._user_limit  # leave the arguments as we found them
             self._rotating = False
         if state.is_world_process_zero and self.reports:
@@ -240,6 +249,7 @@ class NanDoctorCallback(TrainerCallback):
         passed, report = self.gate.check(folder, state.global_step, scan=self._scan)
         if report is not None and self.write_report:
             write_json(folder / REPORT_NAME, self.gate.report_json(report))
+            self.gate.keep_baseline(folder, report)
         return passed
 
     def _check_ranks(self, folder: Path, state: TrainerState) -> bool:
@@ -266,18 +276,21 @@ class NanDoctorCallback(TrainerCallback):
         return self.gate.scan(folder)
 
     def _previous_clean(self, args: TrainingArguments) -> str | None:
+        """A resumed run: the checkpoints whose ``nandoctor.json`` says they passed (into ``_passed``), and
+        the newest of them."""
         try:
             found = checkpoints_in(Path(args.output_dir or "."))
         except OSError:
             return None
-        for _, folder in reversed(found):
+        for step, folder in found:
             try:
                 data = read_json(folder / REPORT_NAME)
             except (OSError, ValueError):
                 continue
-            if passed_in(data):
-                return str(folder)
-        return None
+            if passed_in(data) and all(s != step for s, _ in self._passed):
+                self._passed.append((step, str(folder)))
+        self._passed.sort()
+        return self._passed[-1][1] if self._passed else None
 
     def _tracks_best(self, args: TrainingArguments) -> bool:
         return bool(args.metric_for_best_model) or bool(args.load_best_model_at_end)
@@ -302,7 +315,7 @@ class NanDoctorCallback(TrainerCallback):
         if not found:
             return
         protected = {found[-1]}
-        for keep in (state.best_model_checkpoint, self.last_clean):
+        for keep in (state.best_model_checkpoint, self.last_clean, self._unconfirmed_fallback(found)):
             if keep is not None:
                 protected.add(str(Path(keep)))
         keep_count = max(limit, len(protected & set(found)))
@@ -313,6 +326,52 @@ class NanDoctorCallback(TrainerCallback):
             logger.info("nandoctor: keeping the last clean checkpoint %s through save_total_limit rotation", clean)
         for checkpoint in doomed:
             shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+    def _unconfirmed_fallback(self, found: list[str]) -> str | None:
+        """While the newest clean checkpoint is the newest save, no loss has been logged from its weights yet:
+        a jump in the next log would make it no resume point. The clean checkpoint before it, then."""
+        on_disk = [(step, path) for step, path in self._passed if str(Path(path)) in found]
+        if len(on_disk) < 2 or str(Path(on_disk[-1][1])) != found[-1]:
+            return None
+        return on_disk[-2][1]
+
+    def _move_back_before_a_loss_jump(self, folder: Path) -> None:
+        """Once a checkpoint failed, a trainer-log loss jump (trainlog.py) says from which step the saved
+        weights were already broken, finite as they are: ``last_clean`` is then the newest clean checkpoint
+        before it still on disk, as ``nandoctor scan RUN`` names the last healthy one."""
+        if self.first_bad is None:
+            return
+        from nandoctor.checkpoint.trainlog import read_train_log
+
+        state_file = folder / "trainer_state.json"
+        if not state_file.is_file():
+            return
+        broken_from = read_train_log(state_file).broken_weights_from
+        if broken_from is None:
+            return
+        before = [path for step, path in self._passed if step < broken_from and Path(path).is_dir()]
+        if before and self.last_clean != before[-1]:
+            logger.warning("nandoctor: the trainer log's loss jumped: the weights saved from step %d on made it, so "
+                           "the last clean checkpoint to resume from is %s", broken_from, before[-1])
+            self.last_clean = before[-1]
+
+    def _keep_only_the_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
+        """``save_total_limit=1``: what Trainer's end-of-training clean-up does (keep only its best), with the
+        last clean checkpoint as the one kept, and the user's best too when the run tracks one."""
+        import shutil
+
+        keep = {str(Path(p)) for p in (self.last_clean, state.best_model_checkpoint if self._tracks_best(args) else None)
+                if p is not None}
+        if not keep:
+            return
+        try:
+            found = [str(p) for _, p in checkpoints_in(Path(args.output_dir or "."))]
+        except OSError:
+            return
+        for checkpoint in found:
+            if checkpoint not in keep:
+                shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def attach(trainer: Any, callback: NanDoctorCallback | None = None) -> NanDoctorCallback:

@@ -434,16 +434,20 @@ def run_tops(data: np.ndarray, info: LaneInfo, starts: np.ndarray) -> tuple[np.n
 def decode_magnitudes(spec: DTypeSpec, bits: np.ndarray) -> np.ndarray:
     """``decode_magnitude`` of every finite magnitude in ``bits``, as float64 (exact: IEEE views where numpy
     has the format, else a table of the dtype's 256 codes)."""
-    width = spec.lane_bits
-    if width == 64:
-        return bits.astype(np.uint64).view(np.float64)
-    if width == 32:
-        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
-    if spec.name == "BF16":
-        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    if width == 16:  # F16, C32
-        return bits.astype(np.uint16).view(np.float16).astype(np.float64)
-    return _code_values(spec)[bits.astype(np.intp)]
+    # A caller may pass a NaN's bits (a small tensor's top in a run, replaced later by its whole read): widening
+    # a signalling NaN (a bit flip's) to float64 sets numpy's "invalid" flag, a RuntimeWarning on the user's
+    # terminal; the NaN it makes is all that is wanted.
+    with np.errstate(invalid="ignore"):
+        width = spec.lane_bits
+        if width == 64:
+            return bits.astype(np.uint64).view(np.float64)
+        if width == 32:
+            return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+        if spec.name == "BF16":
+            return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        if width == 16:  # F16, C32
+            return bits.astype(np.uint16).view(np.float16).astype(np.float64)
+        return _code_values(spec)[bits.astype(np.intp)]
 
 
 @functools.cache

@@ -233,6 +233,8 @@ def _outliers(flat: torch.Tensor, a: torch.Tensor, threshold: float, per: int) -
 def _exact_census(t: torch.Tensor, max_abs: float, outlier_factor: float) -> dict:
     """The census from the values themselves (complex, fp8, non-finite or subnormal-bulk tensors)."""
     flat = torch.view_as_real(t).reshape(-1) if t.is_complex() else t.reshape(-1)
+    if flat.dtype.itemsize == 1:  # fp8: torch has no abs (nor ==) for some of them (float8_e8m0fnu), float has
+        flat = flat.detach().float()
     a = flat.detach().abs().float()
     finite = torch.isfinite(a)
     a = torch.where(finite, a, torch.zeros((), dtype=a.dtype, device=a.device))

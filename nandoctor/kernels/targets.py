@@ -153,3 +153,9 @@ def threshold_bits(spec: DTypeSpec, tgt: TargetSpec) -> int:
         else:
             lo = mid + 1
     return lo
+
+
+def can_overflow(spec: DTypeSpec, tgt: TargetSpec) -> bool:
+    """Whether some finite value of ``spec`` overflows a cast to ``tgt``: F32 or BF16 → fp16 can, F16 → fp16 or
+    BF16 → bf16 cannot (then a scan for ``tgt`` counts nothing in that dtype and can be spared)."""
+    return checks_overflow(spec) and threshold_bits(spec, tgt) < first_nonfinite_magnitude(spec)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POISONED, UNREADABLE, RunReport
@@ -194,8 +193,8 @@ def _timeline(run: RunReport) -> str:
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
     """The page for a run: verdict, last healthy / first bad, the log and max |w| charts, the heatmap, the timeline."""
+    from nandoctor.report.run_report import HINT, explanations, one_line
     from nandoctor.report.run_report import next_steps as run_next_steps
-    from nandoctor.report.run_report import one_line
 
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
@@ -212,23 +211,22 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     if grid is not None:
         body.append("<h2>Where the damage began and how it spread</h2>" + _legend() + _grid_svg(grid, "run-heatmap"))
     body.append(_timeline(run))
+    why = explanations(run)
+    if why:
+        items = "".join(f'<li class="{kind}">{"hint: " if kind == HINT else ""}{esc(line)}</li>' for kind, line in why)
+        body.append(f'<h2>Why</h2><ul id="why">{items}</ul>')
     if first is not None and first.report is not None:
         body.append(_tensors_section(first.report, f"First bad checkpoint: {first.name}", "first-bad-tensors"))
     return _page(f"nandoctor: {run.target}", body)
 
 
 def write_html(path: str | os.PathLike[str], page: str) -> None:
-    """Write ``page`` to ``path`` atomically: a temporary file beside it, fsync, then a rename."""
+    """Write ``page`` to ``path`` as :mod:`nandoctor.report.outfile` writes a report file (atomically for a regular
+    or new file, directly for a FIFO or device); a ``ReportWriteError`` naming it when that fails."""
     from nandoctor.errors import ReportWriteError
+    from nandoctor.report.outfile import write_text
 
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.nandoctor-{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(page)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        write_text(path, page)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ReportWriteError(f"{target}: cannot write the HTML report ({exc.strerror or exc})") from None
+        raise ReportWriteError(f"{os.fspath(path)}: cannot write the HTML report ({exc.strerror or exc})") from None

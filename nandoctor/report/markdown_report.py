@@ -137,7 +137,7 @@ def render_error(data: dict[str, Any]) -> str:
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON,
                not_written: NandoctorError | None = None) -> str:
-    from nandoctor.report.run_report import decides_words, log_words, one_line, same_words
+    from nandoctor.report.run_report import HINT, decides_words, explanations, log_words, one_line, same_words
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
@@ -163,6 +163,13 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     out += _table(["step", "checkpoint", "status", "bad tensors", "NaN/Inf", "max \\|w\\|", "bad layers"], rows, {0, 3, 4, 5})
     if len(run.checkpoints) > len(chosen):
         out += ["", f"{len(run.checkpoints) - len(chosen)} checkpoints not listed (`--json` lists every one)"]
+    why = explanations(run)
+    if why or run.notes:
+        out += ["", "### Why", ""]
+        out += [f"  - hint: {md(line)}" if kind == HINT else f"- {md(line)}" for kind, line in why[:MAX_MARKDOWN_ROWS]]
+        if len(why) > MAX_MARKDOWN_ROWS:
+            out.append(f"- … {len(why) - MAX_MARKDOWN_ROWS} more (the console report and `--html` list every one)")
+        out += [f"- note: {md(note)}" for note in run.notes]
     if first is not None and first.report is not None:
         out += _tensors(first.report, f"Worst tensors of the first bad checkpoint, {md(first.name)}")
     out += _next(run_next_steps(run) if code else [])

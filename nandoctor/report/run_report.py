@@ -194,19 +194,11 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
             (safe(first_bad.name), "bold red") if first_bad else ("none", "bold green"),
         )
     )
-    _render_log(run, console)
-    for c in run.checkpoints:
-        if c.same_as is not None:
-            continue  # said of the row it is the same file as
-        if c.status == DIVERGED and c.why:
-            console.print(Text(f"diverged: {safe(c.name)}: {safe(c.why)}", style="red"))
-        if c.status == INCOMPLETE:
-            console.print(Text(f"incomplete: {safe(c.name)}: {safe('; '.join(c.incomplete))}", style="yellow"))
-        elif c.status == UNREADABLE and c.report is not None:
-            for problem in c.report.errors[:3]:
-                console.print(Text(f"unreadable: {safe(c.name)}: {safe(problem.path)}: {safe(problem.message)}", style="red"))
-                if problem.hint:
-                    console.print(Text(f"  hint: {safe(problem.hint)}", style="dim"), soft_wrap=True)
+    for kind, line in explanations(run):
+        if kind == HINT:
+            console.print(Text(f"  hint: {safe(line)}", style=_STYLES[kind]), soft_wrap=True)
+        else:
+            console.print(Text(safe(line), style=_STYLES[kind]))
     decider = run.decider(fail_on)
     assert decider is not None
     console.print()
@@ -273,21 +265,44 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     return [intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
 
 
-def _render_log(run: RunReport, console: Console) -> None:
+BAD, WARN, HINT, DIM = "bad", "warn", "hint", "dim"  # the kinds of explanations()
+_STYLES = {BAD: "red", WARN: "yellow", HINT: "dim", DIM: "dim"}
+
+
+def explanations(run: RunReport) -> list[tuple[str, str]]:
+    """(kind, line) of what explains the run's timeline, in order: the trainer log (its loss jump, where it
+    broke), then why each diverged, incomplete or unreadable checkpoint is so (a HINT line follows the problem
+    it is for). The console, Markdown and HTML reports all print these, so they cannot disagree."""
+    lines = _log_lines(run)
+    for c in run.checkpoints:
+        if c.same_as is not None:
+            continue  # said of the row it is the same file as
+        if c.status == DIVERGED and c.why:
+            lines.append((BAD, f"diverged: {c.name}: {c.why}"))
+        if c.status == INCOMPLETE:
+            lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
+        elif c.status == UNREADABLE and c.report is not None:
+            for problem in c.report.errors[:3]:
+                lines.append((BAD, f"unreadable: {c.name}: {problem.path}: {problem.message}"))
+                if problem.hint:
+                    lines.append((HINT, problem.hint))
+    return lines
+
+
+def _log_lines(run: RunReport) -> list[tuple[str, str]]:
     log = run.log
     if log is None:
-        return
+        return []
+    lines = []
     jumped = run.broken_weights_from
     if jumped is not None and log.loss_jump is not None:
         loss, early = log.loss_jump
-        console.print(Text(
+        lines.append((BAD,
             f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
-            f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor",
-            style="red"))
+            f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
-        console.print(Text(f"trainer log ({safe(log.source)}): {safe(said)} up to step {log.last_step}", style="dim"))
-        return
+        return [*lines, (DIM, f"trainer log ({log.source}): {said} up to step {log.last_step}")]
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
         facts.append((log.first_nonfinite_step,
@@ -299,7 +314,7 @@ def _render_log(run: RunReport, console: Console) -> None:
     same_step = len({step for step, _ in facts}) == 1
     parts = [text if same_step else text + _where(run, step) for step, text in facts]
     tail = _where(run, facts[0][0]) if same_step else ""
-    console.print(Text(f"trainer log: {'; '.join(parts)}{tail}", style="red"))
+    return [*lines, (BAD, f"trainer log: {'; '.join(parts)}{tail}")]
 
 
 def _where(run: RunReport, step: int) -> str:

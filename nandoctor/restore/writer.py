@@ -313,11 +313,18 @@ def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
             )
 
 
+SPARE_BYTES = 64 << 20  # left free beside the repaired checkpoint (the proof, the file system's own needs)
+
+
 def _check_space(parent: Path, needed: int) -> None:
     free = shutil.disk_usage(parent).free
-    if free < needed + (64 << 20):
+    if free < needed + SPARE_BYTES:
+        # sizes in the unit that fits each (a small checkpoint on a nearly full disk: "needs 0.00 GB" said nothing)
+        from nandoctor.report.rich_report import human_bytes
+
         raise RepairRefusedError(
-            f"{parent}: the repaired checkpoint needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free",
+            f"{parent}: the repaired checkpoint needs {human_bytes(needed)} and {human_bytes(SPARE_BYTES)} to spare, "
+            f"but only {human_bytes(free)} are free",
             "free some space or choose an --out on another disk",
         )
 

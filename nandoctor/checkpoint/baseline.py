@@ -1,0 +1,95 @@
+"""A run's growth baseline, kept beside its checkpoints so that rotation cannot take it away.
+
+A checkpoint is diverged when the bulk of a weight tensor grew ``GROWTH_DIVERGED``
+times since the run's *first healthy checkpoint* (verdict.growth). That
+checkpoint is usually the first one saved, and ``save_total_limit`` /
+``save_top_k`` rotation deletes it first: measured against the oldest checkpoint
+left, a run drifting a few times per save never looks diverged, and the training
+callbacks kept (and protected) checkpoints whose loss was 10^4 times the start.
+
+So the callbacks (integrations/gate.py) write the first healthy checkpoint's
+per-tensor scales into ``<run>/nandoctor-baseline.json`` when they first see it,
+and the run scan and a checkpoint judged in its run (runs.py, runcontext.py) take
+them from there when that checkpoint is gone. A baseline saved at a later step
+than a checkpoint now on disk is never used (a run restarted from scratch in
+the same folder replaces it at its first save); tensors it does not name are not
+compared (another model's baseline compares nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINE_NAME = "nandoctor-baseline.json"
+
+
+@dataclass(frozen=True)
+class RunBaseline:
+    """The run's first healthy checkpoint as growth needs it: its step, its name in the run folder, its
+    largest weight and every weight tensor's scale (verdict.tensor_scales)."""
+
+    step: int
+    checkpoint: str
+    max_abs: float | None
+    scales: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "nandoctor-baseline/1", "step": self.step, "checkpoint": self.checkpoint,
+                "max_abs": self.max_abs, "scales": self.scales}
+
+
+def read_baseline(run: Path) -> RunBaseline | None:
+    """The baseline kept in ``run``; None when there is none or it is not one this module wrote."""
+    try:
+        with open(Path(run) / BASELINE_NAME, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != "nandoctor-baseline/1":
+        return None
+    step, checkpoint, top, scales = data.get("step"), data.get("checkpoint"), data.get("max_abs"), data.get("scales")
+    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(checkpoint, str) or not isinstance(scales, dict):
+        return None
+    if top is not None and not _finite_number(top):
+        return None
+    kept = {name: float(value) for name, value in scales.items() if isinstance(name, str) and _finite_number(value)}
+    return RunBaseline(step, checkpoint, None if top is None else float(top), kept) if kept else None
+
+
+def kept_before(run: Path, steps_on_disk: Iterable[int]) -> RunBaseline | None:
+    """The kept baseline when its checkpoint comes before every one of ``steps_on_disk`` (it was rotated
+    away, so none of those can stand in for it); else None (the run's own checkpoints decide)."""
+    kept = read_baseline(run)
+    if kept is None or any(step <= kept.step for step in steps_on_disk):
+        return None
+    return kept
+
+
+def write_baseline(run: Path, kept: RunBaseline) -> None:
+    """Write ``kept`` into ``run`` atomically; raises OSError."""
+    _write(Path(run) / BASELINE_NAME, kept.to_json())
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.writing")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:  # "x": never through a link planted at that name
+            json.dump(data, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["BASELINE_NAME", "RunBaseline", "kept_before", "read_baseline", "write_baseline"]

@@ -1,0 +1,197 @@
+"""Whether a checkpoint folder loads as what it is: what is missing beside tensors that all scan healthy.
+
+A folder can hold nothing but healthy tensors and still not load, and CLEAN must mean the model loads:
+
+- trainer state without the model: ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth`` and
+  ``trainer_state.json`` left, ``model.safetensors`` gone. ``from_pretrained`` finds no weights file, and
+  Trainer's ``resume_from_checkpoint`` says "Can't find a valid checkpoint";
+- numbered shards (``model-00001-of-00002.safetensors``) without the index that lists them: transformers looks
+  for the index or a single ``model.safetensors`` and finds neither;
+- a Trainer checkpoint without ``config.json`` (``adapter_config.json`` for adapter weights):
+  ``from_pretrained`` says "Unrecognized model". Only where something says the model is a transformers model
+  (a ``generation_config.json`` beside the weights, a ``config.json`` in the run's other checkpoints or at its
+  top): Trainer saves a model that is not a transformers model as a bare state dict, with no config at all.
+
+Each is a problem (exit 3) naming what is missing and what to do. The shard and config rules apply to folders a
+Hugging Face loader reads (a ``config.json``, or trainer files); a folder of weights alone is not judged here:
+nandoctor cannot know how it is loaded. Weights kept as accelerate's FSDP state (``pytorch_model_fsdp_0/``) or
+DeepSpeed ZeRO partitions (``global_stepN/``) are weights (scanned), which ``from_pretrained`` cannot read
+directly: a note says how to consolidate them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nandoctor import access
+from nandoctor.checkpoint import layout, loaders
+from nandoctor.checkpoint.roles import file_role
+from nandoctor.errors import UnreadablePathError
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import UNLOADABLE_KIND
+
+TRAINER_STATE = "trainer_state.json"
+GENERATION_CONFIG = "generation_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+_TRAINER_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+# Weights transformers' from_pretrained reads at a folder's top (one file, numbered shards, their index), and
+# PEFT's adapter weights, which need adapter_config.json instead of config.json
+_TRANSFORMERS_WEIGHTS = re.compile(r"^(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safetensors|bin)$")
+_ADAPTER_WEIGHTS = re.compile(r"^adapter_model\.(?:safetensors|bin)$")
+_MAX_SHOWN = 4
+
+
+def state_only(entries: list[Path]) -> list[str]:
+    """The trainer-state files among a folder's ``entries`` when it holds such files (optimizer, scheduler,
+    RNG, scaler state; accelerate's ``optimizer_0/``) but no model weights; empty otherwise. By name: a
+    model file that cannot be read is still the model's (its scan says why it cannot be read)."""
+    suffixes = layout.weight_suffixes()
+    state: list[str] = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name in layout.NOT_WEIGHTS:
+            continue
+        if (loaders.is_index_name(name) or layout.FSDP_MODEL_FOLDER.match(name)
+                or layout.DEEPSPEED_STATES.match(name) or name == layout.DEEPSPEED_LATEST):
+            return []  # the model: sharded, FSDP sharded state, DeepSpeed ZeRO partitions
+        if entry.suffix.lower() in suffixes:
+            if file_role(name) is None:
+                return []
+            state.append(name)
+        elif layout.FSDP_OPTIMIZER_FOLDER.match(name):
+            state.append(f"{name}/")
+    return sorted(state)
+
+
+def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) about whether the folder ``files.root`` loads as the checkpoint it holds; nothing for
+    a single file."""
+    root = files.root
+    try:
+        if not access.is_dir(root):
+            return [], []
+        entries = access.listing(root)
+    except UnreadablePathError:
+        return [], []  # the layout has said so already
+    names = {e.name for e in entries}
+    found: list[ScanProblem] = []
+    state = state_only(entries)
+    if state and not _model_elsewhere(files):
+        found.append(ScanProblem(
+            str(root),
+            f"holds trainer state ({_shown(state)}) but no model weights: from_pretrained finds no model.safetensors "
+            "or pytorch_model.bin, and Trainer's resume_from_checkpoint finds no valid checkpoint",
+            "the model file was deleted or never written: copy model.safetensors (or the shards and their index) "
+            "back from where the checkpoint was saved, or use an earlier checkpoint",
+            kind=UNLOADABLE_KIND,
+        ))
+    notes = _consolidate_notes(root, names)
+    trainer = TRAINER_STATE in names or _run_has(root, TRAINER_STATE)
+    if not (trainer or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
+        return found, notes  # weights alone: how they are loaded is not for nandoctor to guess
+    found += _unindexed_shards(files)
+    if trainer:
+        config_problems, config_notes = _config(root, names)
+        found += config_problems
+        notes += config_notes
+    return found, notes
+
+
+def _model_elsewhere(files: layout.CheckpointFiles) -> bool:
+    """Model weights among the files read beyond the folder's top (config.json's ``transformers_weights``,
+    a manifest's subfolders), not optimizer state."""
+    return any(file_role(f.name) is None and not layout.FSDP_OPTIMIZER_FOLDER.match(f.parent.name)
+               for f in files.files if f.parent != files.root)
+
+
+def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
+    """Complete sets of numbered safetensors or ``.bin`` shards at the folder's top that no index lists (an
+    incomplete set is a problem of the layout's already)."""
+    indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
+    unlisted = [f for f in files.files if f.parent == files.root and f not in indexed
+                and f.suffix.lower() in (".safetensors", ".bin")]
+    found = []
+    for (stem, count, ext), present in layout.numbered_shards(unlisted).items():
+        total = int(count)
+        if set(present) != set(range(1, total + 1)):
+            continue
+        shards = [present[k] for k in sorted(present)]
+        base, _, variant = stem.partition(".")  # model.fp16-00001-of-00002.safetensors: variant fp16
+        index = f"{base}{ext}.index{'.' + variant if variant else ''}.json"
+        found.append(ScanProblem(
+            str(shards[0]),
+            f"{total} numbered shards ({shards[0].name} …) but no {index} that lists them: "
+            f"transformers' from_pretrained cannot load them (it looks for {index} or a single {base}{ext})",
+            f"copy {index} from where the checkpoint was saved (or write one: its weight_map names the shard of "
+            "each tensor)",
+            kind=UNLOADABLE_KIND,
+        ))
+    return found
+
+
+def _config(root: Path, names: set[str]) -> tuple[list[ScanProblem], list[str]]:
+    """A Trainer checkpoint's weights at its top without the config their loader needs: a problem where
+    something says the model is a transformers (or PEFT) model, else a note."""
+    if any(_ADAPTER_WEIGHTS.match(n) for n in names) and not any(_TRANSFORMERS_WEIGHTS.match(n) for n in names):
+        needed, loader = ADAPTER_CONFIG, "PEFT's from_pretrained"
+    elif any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names):
+        needed, loader = loaders.CONFIG, "from_pretrained"
+    else:
+        return [], []  # no weights a Hugging Face loader reads at its top (FSDP state, DeepSpeed partitions)
+    if needed in names:
+        return [], []
+    evidence = ("generation_config.json beside the weights" if GENERATION_CONFIG in names and needed == loaders.CONFIG
+                else _where_run_has(root, needed))
+    if evidence is None and needed == loaders.CONFIG:
+        return [], [f"no {needed}: from_pretrained cannot load this folder (\"Unrecognized model\"); expected when the "
+                    "trained model is not a transformers model (Trainer then saves its bare state dict), else copy "
+                    f"{needed} from the base model"]
+    why = f" ({evidence} says it had one)" if evidence else ""
+    return [ScanProblem(
+        str(root / needed),
+        f"a Trainer checkpoint without {needed}{why}: {loader} cannot load it"
+        + (" (\"Unrecognized model\")" if needed == loaders.CONFIG else ""),
+        f"copy {needed} from the run's other checkpoints or the base model into the folder",
+        kind=UNLOADABLE_KIND,
+    )], []
+
+
+def _run_has(root: Path, name: str) -> bool:
+    """Whether another ``checkpoint-N`` folder of the run ``root`` lies in holds ``name``."""
+    return _TRAINER_CHECKPOINT.match(root.name) is not None and _where_run_has(root, name, top=False) is not None
+
+
+def _where_run_has(root: Path, name: str, *, top: bool = True) -> str | None:
+    """Which other ``checkpoint-N`` folder of the run that ``root`` (a ``checkpoint-N`` folder) lies in holds
+    ``name``, or the run folder's top (``top``), in words; None when none does."""
+    if _TRAINER_CHECKPOINT.match(root.name) is None:
+        return None
+    run = root.parent
+    if top and access.is_file(run / name, refused=False):
+        return f"the run's {name}"
+    try:
+        siblings = sorted(e for e in access.listing(run) if _TRAINER_CHECKPOINT.match(e.name) and e.name != root.name)
+    except UnreadablePathError:
+        return None
+    held = next((s for s in siblings if access.is_file(s / name, refused=False)), None)
+    return None if held is None else f"{held.name}/{name}"
+
+
+def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
+    """Model weights kept only as FSDP sharded state: scanned, but no loader of a model folder reads them."""
+    if any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names):
+        return []
+    fsdp = sorted(n for n in names if layout.FSDP_MODEL_FOLDER.match(n))
+    if not fsdp:
+        return []
+    return [f"{fsdp[0]}/ holds the model as FSDP sharded state (scanned): Trainer resumes from it, from_pretrained "
+            f"cannot read it; for a loadable model: accelerate merge-weights {root / fsdp[0]} OUT_FOLDER"]
+
+
+def _shown(names: list[str]) -> str:
+    more = len(names) - _MAX_SHOWN
+    return ", ".join(names[:_MAX_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+__all__ = ["problems", "state_only"]

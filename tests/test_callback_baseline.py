@@ -1,0 +1,91 @@
+"""What a training run needs survives checkpoint rotation: the growth baseline (checkpoint/baseline.py) and the
+checkpoint to resume from (the transformers callback's own rotation).
+
+A diverging real transformers.Trainer run (tests/realruns.py: a tiny Qwen2's head under SGD with no
+clipping, |w| x20-50 a step from step ~12) is trained twice, identically: once keeping every checkpoint,
+once with save_total_limit=2. With rotation the first healthy checkpoint is deleted early; measured
+against the oldest checkpoint left, every save of a geometric blow-up grows only a little, and the
+callback used to pass (and protect) checkpoints the full run calls diverged. The callback now keeps the
+first healthy checkpoint's scales in nandoctor-baseline.json, so rotation must not change a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import nandoctor  # noqa: E402
+from nandoctor.checkpoint.baseline import BASELINE_NAME, read_baseline  # noqa: E402
+from nandoctor.integrations.transformers import NanDoctorCallback  # noqa: E402
+from tests.realruns import diverging_trainer_run  # noqa: E402
+
+STEPS = 22
+
+
+def _run(out, limit):
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    truth = diverging_trainer_run(out, steps=STEPS, callbacks=(doctor,), save_total_limit=limit)
+    verdicts = {step: doctor.gate.reports[step].judgement.exit_code == 0 for step in sorted(doctor.gate.reports)}
+    return doctor, verdicts, truth
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baseline")
+    return _run(root / "all", None)[:2], _run(root / "rotated", 2)[:2], root
+
+
+@pytest.mark.parametrize("limit", [None, 2, 1])
+def test_the_checkpoint_to_resume_from_survives_rotation(tmp_path, limit):
+    """The run's loss jumps one step before its weights fail (the oracle: the loss the next step computed on each
+    checkpoint's weights, realruns.py). The newest checkpoint that passed the weight checks is then no resume point,
+    and rotation must not have deleted the one before it: the callback protects it while the newest clean one is
+    the newest save, and moves last_clean back to it once a checkpoint failed, as the run scan names it."""
+    doctor, _, truth = _run(tmp_path / "run", limit)
+    run = nandoctor.scan_run(str(tmp_path / "run"))
+    oracle = f"checkpoint-{truth['last_healthy']}"
+    assert doctor.last_clean is not None and doctor.last_clean.endswith("/" + oracle)
+    assert (tmp_path / "run" / oracle).is_dir()
+    assert run.last_healthy is not None and run.last_healthy.name == oracle
+    kept = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    if limit == 1:
+        assert kept == [oracle]  # Trainer's end-of-training clean-up: the resume point only
+    elif limit == 2:
+        assert kept == [oracle, f"checkpoint-{STEPS}"]
+
+
+def test_rotation_changes_no_verdict_of_the_callback(runs):
+    (full, full_verdicts), (rotated, rotated_verdicts), _ = runs
+    assert len(full_verdicts) == STEPS and full_verdicts == rotated_verdicts
+    assert not all(full_verdicts.values())  # the run does go bad: the comparison means something
+    # the newest checkpoint that passed is the same one, and it is still on disk in the rotated run
+    assert rotated.last_clean is not None and full.last_clean is not None
+    assert rotated.last_clean.rsplit("/", 1)[1] == full.last_clean.rsplit("/", 1)[1]
+    assert (json.loads(open(rotated.last_clean + "/nandoctor.json").read())["gate"]["passed"])
+
+
+def test_the_baseline_is_the_first_healthy_checkpoint_and_the_run_scan_uses_it(runs):
+    _, _, root = runs
+    kept = read_baseline(root / "rotated")
+    assert kept is not None and kept.step == 1 and kept.checkpoint == "checkpoint-1"
+    assert not (root / "rotated" / "checkpoint-1").exists()  # rotation took it
+    assert "lm_head.weight" in kept.scales
+    full_run, rotated_run = nandoctor.scan_run(str(root / "all")), nandoctor.scan_run(str(root / "rotated"))
+    full_status = {c.step: c.status for c in full_run.checkpoints}
+    for c in rotated_run.checkpoints:  # the checkpoints left are judged as in the full run
+        assert c.status == full_status[c.step], (c.step, c.status, full_status[c.step])
+    assert any(BASELINE_NAME in note for note in rotated_run.notes)
+
+
+def test_a_kept_baseline_is_not_used_while_its_checkpoint_or_an_earlier_one_is_on_disk(runs, tmp_path):
+    from nandoctor.checkpoint.baseline import RunBaseline, kept_before, write_baseline
+
+    write_baseline(tmp_path, RunBaseline(5, "checkpoint-5", 1.0, {"w": 1.0}))
+    assert kept_before(tmp_path, [6, 7]) is not None
+    assert kept_before(tmp_path, [5, 6]) is None and kept_before(tmp_path, [3, 9]) is None
+    (tmp_path / BASELINE_NAME).write_text('{"format": "nandoctor-baseline/1", "step": "x"}')
+    assert read_baseline(tmp_path) is None  # not one this module wrote: ignored, never an error

@@ -1,0 +1,181 @@
+"""config.json's dtype is the dtype ``from_pretrained`` loads the weights in: the scan checks overflow for it.
+
+A trial saved a tiny Llama with fp32 weights, one RMSNorm weight at 70000, and ``"dtype": "float16"`` in its
+config.json: the scan said PASS CLEAN, and ``AutoModelForCausalLM.from_pretrained(path)`` (transformers 5.x:
+``dtype="auto"``, the config's) loaded it in fp16, the weight became Inf and ``generate`` died with
+``probability tensor contains either inf, nan or element < 0``. The oracle here is transformers itself: the
+loaded model's non-finite parameters, and whether ``generate`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+import nandoctor  # noqa: E402
+from nandoctor.errors import OverflowRiskError  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+from tests.realruns import generate_ok  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PLANTED = "model.layers.1.post_attention_layernorm.weight"  # 32 values, all planted: no outlier, not exploded
+# config.json dtype keys as transformers reads them: "dtype" wins over the older "torch_dtype" unless null
+CONFIGS = (
+    {"dtype": "float16"},
+    {"torch_dtype": "float16"},
+    {"dtype": None, "torch_dtype": "half"},
+    {"dtype": "float32", "torch_dtype": "float16"},
+    {"dtype": "bfloat16"},
+    {"dtype": "float32"},
+    {},
+)
+
+
+def _save(folder, value: float, stored: torch.dtype, config: dict, *, pickle: bool = False):
+    """A tiny Llama saved by save_pretrained in ``stored``, ``PLANTED`` filled with ``value``, its config.json's
+    dtype keys replaced by ``config``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    model = model.to(stored)
+    with torch.no_grad():
+        model.get_parameter(PLANTED).fill_(value)
+    if pickle:  # pytorch_model.bin: the dtypes are in the pickle, not a header
+        folder.mkdir(parents=True)
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        model.save_pretrained(folder)
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.pop("dtype", None)
+    data.pop("torch_dtype", None)
+    path.write_text(json.dumps({**data, **config}))
+    return folder
+
+
+def _loaded_nonfinite(folder) -> dict[str, int]:
+    """The oracle: what from_pretrained (dtype="auto", the default) makes of the weights, non-finite per parameter."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    counts = {name: int((~torch.isfinite(p)).sum()) for name, p in model.named_parameters()}
+    return {name: n for name, n in counts.items() if n}
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("value", [70000.0, 100.0])
+def test_scan_fails_exactly_when_from_pretrained_cannot_generate(tmp_path, value, stored):
+    for n, config in enumerate(CONFIGS):
+        folder = _save(tmp_path / str(n), value, stored, config)
+        broken = _loaded_nonfinite(folder)
+        generates = generate_ok(folder)
+        assert generates == (not broken), (config, broken)
+        report = nandoctor.scan(str(folder), device="cpu")
+        assert report.exit_code == (0 if generates else 1), (config, report.verdict)
+        assert {t.name: t.overflow for t in report.tensors if t.overflow} == broken, config  # exact, per tensor
+        assert run_cli("scan", folder, "--quiet").exit_code == report.exit_code
+
+        loads_as = {"dtype": config.get("dtype")} if config.get("dtype") else {"torch_dtype": config.get("torch_dtype")}
+        (key, value_written), = loads_as.items()
+        narrow = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(value_written or "")
+        # implied only where the stored dtype can overflow it: bf16 weights under "bfloat16" cost no overflow pass
+        implied = narrow if narrow == "fp16" or (narrow == "bf16" and stored == torch.float32) else None
+        assert report.extra.get("target_dtype") == implied, config
+        if implied is None:
+            assert "load_dtype" not in report.extra and not any("config.json" in note for note in report.notes)
+            continue
+        config_path = str(folder / "config.json")
+        assert report.extra["load_dtype"] == {"config": config_path, "key": key, "value": value_written,
+                                              "target_dtype": implied, "checked": True}
+        data = nandoctor.to_json(report)
+        assert data["load_dtype"] == report.extra["load_dtype"] and data["target_dtype"] == implied
+        note = next(note for note in report.notes if note.startswith("config.json loads these weights"))
+        if broken:
+            assert f"32 values of |x| ≥ 65520 (fp16's largest is 65504) would become Inf in {PLANTED}" in note
+            assert f'set "{key}" to "bfloat16" or "float32" in {config_path}' in note
+            with pytest.raises(OverflowRiskError) as raised:
+                nandoctor.assert_finite(str(folder), device="cpu")
+            assert f'set "{key}" to "bfloat16" or "float32" in {config_path}' in raised.value.hint
+        else:
+            assert "checked against its range (--target-dtype none skips this)" in note
+            assert nandoctor.assert_finite(str(folder), device="cpu") is not None
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_overflow_counts_equal_what_from_pretrained_turns_into_inf_at_the_boundary(tmp_path, stored):
+    # 65519 in fp32 rounds to fp16's 65504 (finite), 65520 to Inf; in bf16 both are 65536 already: Inf
+    for value in (65519.0, 65520.0):
+        folder = _save(tmp_path / f"{value:g}", value, stored, {"dtype": "float16"})
+        report = nandoctor.scan(str(folder), device="cpu")
+        assert {t.name: t.overflow for t in report.tensors if t.overflow} == _loaded_nonfinite(folder)
+        assert report.extra["target_dtype"] == "fp16"
+    assert report.exit_code == 1
+
+
+def test_pickled_weights_are_checked_too(tmp_path):
+    folder = _save(tmp_path / "bin", 70000.0, torch.float32, {"torch_dtype": "float16"}, pickle=True)
+    assert _loaded_nonfinite(folder) == {PLANTED: 32} and not generate_ok(folder)
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and {t.name: t.overflow for t in report.tensors if t.overflow} == {PLANTED: 32}
+    assert report.extra["load_dtype"]["checked"] is True
+
+
+def test_an_explicit_target_dtype_wins_and_none_turns_the_check_off(tmp_path):
+    folder = _save(tmp_path / "m", 70000.0, torch.float32, {"dtype": "float16"})
+    config_path = str(folder / "config.json")
+    assert run_cli("scan", folder, "--quiet").exit_code == 1
+
+    other = json.loads(run_cli("scan", folder, "--json", "--target-dtype", "bf16").output)
+    assert other["summary"]["exit_code"] == 0 and other["target_dtype"] == "bf16"
+    assert other["load_dtype"] == {"config": config_path, "key": "dtype", "value": "float16", "target_dtype": "fp16",
+                                   "checked": False}
+    assert any("--target-dtype bf16 was checked instead" in note for note in other["notes"])
+
+    off = json.loads(run_cli("scan", folder, "--json", "--target-dtype", "none").output)
+    assert off["summary"]["exit_code"] == 0 and "target_dtype" not in off and off["summary"]["overflow"] == 0
+    assert off["load_dtype"]["checked"] is False and any("(--target-dtype none)" in n for n in off["notes"])
+    assert nandoctor.scan(str(folder), device="cpu", target_dtype="none").exit_code == 0
+    assert nandoctor.assert_finite(str(folder), device="cpu", target_dtype="none") is not None
+    assert run_cli("scan", folder, "--quiet", "--target-dtype", "none", "--fail-on", "overflow").exit_code == 2
+
+    # and the other way round: config.json says bfloat16 (fits), fp16 asked for
+    relaxed = _save(tmp_path / "bf16", 70000.0, torch.float32, {"dtype": "bfloat16"})
+    assert nandoctor.scan(str(relaxed), device="cpu").exit_code == 0
+    asked = nandoctor.scan(str(relaxed), device="cpu", target_dtype="fp16")
+    assert asked.exit_code == 1 and asked.extra["load_dtype"]["checked"] is False
+
+
+def test_gate_runs_and_split_scans_apply_it(tmp_path):
+    from nandoctor.integrations.gate import CheckpointGate
+
+    run = tmp_path / "run"
+    _save(run / "checkpoint-10", 10000.0, torch.float32, {"dtype": "float16"})
+    bad = _save(run / "checkpoint-20", 70000.0, torch.float32, {"dtype": "float16"})
+
+    gate = CheckpointGate()  # what the Trainer and Lightning callbacks scan each save with
+    passed, report = gate.check(bad, 20)
+    assert passed is False and report is not None and gate.report_json(report)["load_dtype"]["checked"] is True
+    passed, _ = CheckpointGate(target_dtype="none").check(bad, 20)  # the callbacks take "none" as scan does
+    assert passed is True
+
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert [(c.name, c.status) for c in scanned.checkpoints] == [("checkpoint-10", "clean"), ("checkpoint-20", "overflow")]
+    assert scanned.exit_code() == 1 and run_cli("scan", run, "--quiet").exit_code == 1
+    rows = json.loads(run_cli("scan", run, "--json").output)["run"]["checkpoints"]
+    assert [r["report"]["load_dtype"]["checked"] for r in rows] == [True, True]
+
+    part = run_cli("scan", bad, "--part", "0/1", "--json")
+    assert part.exit_code == 0
+    (tmp_path / "part-0.json").write_text(part.output)
+    merged = run_cli("merge", tmp_path / "part-0.json", "--json")
+    data = json.loads(merged.output)
+    assert merged.exit_code == 1 and data["target_dtype"] == "fp16" and data["load_dtype"]["checked"] is True

@@ -1,0 +1,122 @@
+"""A run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py, renamed_tensors).
+
+A new-user trial: one flipped bit in a safetensors header renamed ``lm_head.weight`` to ``lm_hfad.weight``; the
+scan passed it CLEAN, and transformers reported ``lm_head.weight`` missing, initialised it afresh and the eval
+loss went from 0.146 to 4.57. The oracle here is ``from_pretrained``'s own loading report (``missing_keys``) and
+the eval loss; the fix the hint gives is run and checked with them too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import nandoctor  # noqa: E402
+from nandoctor import verdict  # noqa: E402
+from tests.pattern_runs import UNIFORM_LOSS, eval_loss, load, train  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real Trainer run of the tiny Llama on the pattern: checkpoint-10, -20, -30 (eval loss 2.8, 0.94, 0.17)."""
+    out = tmp_path_factory.mktemp("names") / "run"
+    train(out, steps=30, save_steps=10, learning_rate=1e-2, optim="adamw_torch")
+    return out
+
+
+def _flip_header_bit(path, name: str, char: int, bit: int) -> str:
+    """Flip one bit of character ``char`` of ``name`` where the safetensors header of ``path`` spells it; the
+    name it now reads."""
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    at = data.index(json.dumps(name).encode(), 8, 8 + length) + 1 + char
+    data[at] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return name[:char] + chr(ord(name[char]) ^ (1 << bit)) + name[char + 1:]
+
+
+def _problems(checkpoint) -> list:
+    return [p for p in checkpoint.report.errors if p.kind == verdict.NAMES_KIND]
+
+
+@pytest.mark.parametrize("step", [30, 20])
+def test_a_tensor_renamed_by_a_header_bit_flip_is_a_problem_and_the_hint_fixes_it(trained, tmp_path, step):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    target = run / f"checkpoint-{step}"
+    clean_loss = eval_loss(target)
+    renamed = _flip_header_bit(target / "model.safetensors", "lm_head.weight", 3, 0)  # "h" -> "i"
+    assert renamed == "lm_iead.weight"
+    model, info = load(target)  # the oracle: transformers' own loading report
+    assert info["missing_keys"] == ["lm_head.weight"] or set(info["missing_keys"]) == {"lm_head.weight"}
+    assert abs(eval_loss(model) - UNIFORM_LOSS) < abs(clean_loss - UNIFORM_LOSS) / 2  # near chance, far from trained
+
+    assert nandoctor.scan(str(target), device="cpu").verdict == "CLEAN"  # every tensor finite: the names tell
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    rows = {c.step: c for c in scanned.checkpoints}
+    assert [s for s, c in rows.items() if _problems(c)] == [step]
+    (problem,) = _problems(rows[step])
+    assert problem.path == str(target / "model.safetensors")
+    assert problem.message.startswith("lm_head.weight missing, which checkpoint-")
+    assert problem.message.endswith("; lm_iead.weight held by no other checkpoint of the run")
+    assert rows[step].status == "unreadable" and rows[step].report.exit_code == 3
+    assert rows[step].report.verdict == "TENSOR NAMES CHANGED"
+    assert scanned.exit_code() == (3 if step == 30 else 0)  # the newest decides
+    assert scanned.last_healthy is not None and scanned.last_healthy.step == (20 if step == 30 else 30)
+
+    command = problem.hint.split(" with ", 1)[1].rsplit(" and scan again", 1)[0]
+    assert command.startswith("python -c ")
+    subprocess.run(command, shell=True, check=True)
+    model, info = load(target)
+    assert not info["missing_keys"] and eval_loss(model) == pytest.approx(clean_loss, abs=1e-6)
+    assert not _problems({c.step: c for c in nandoctor.scan_run(str(run), device="cpu").checkpoints}[step])
+
+
+def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
+    """A tensor added from some save on, a run of two checkpoints (which one is odd cannot be told), and a tied
+    copy saved once by safetensors between torch files that save both names: none is blamed."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "grown"
+    shutil.copytree(trained, run)
+    newest = run / "checkpoint-30" / "model.safetensors"
+    tensors = load_file(newest)
+    tensors["score.weight"] = torch.ones(2, 32)  # a head added for the last save
+    save_file(tensors, newest, metadata={"format": "pt"})
+    assert not any(_problems(c) for c in nandoctor.scan_run(str(run), device="cpu").checkpoints)
+
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for step in (20, 30):
+        shutil.copytree(trained / f"checkpoint-{step}", pair / f"checkpoint-{step}")
+    _flip_header_bit(pair / "checkpoint-30" / "model.safetensors", "lm_head.weight", 3, 0)
+    assert not any(_problems(c) for c in nandoctor.scan_run(str(pair), device="cpu").checkpoints)
+
+    tied = tmp_path / "tied"
+    shutil.copytree(trained, tied)
+    for step in (10, 30):  # torch files of a tied model: both names view one storage
+        folder = tied / f"checkpoint-{step}"
+        state = {k: v.clone() for k, v in load_file(folder / "model.safetensors").items()}
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        (folder / "model.safetensors").unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+    middle = tied / "checkpoint-20" / "model.safetensors"
+    tensors = load_file(middle)
+    del tensors["lm_head.weight"]  # save_pretrained drops the tied copy
+    save_file(tensors, middle, metadata={"format": "pt"})
+    assert not any(_problems(c) for c in nandoctor.scan_run(str(tied), device="cpu").checkpoints)
+    untied = tmp_path / "untied"  # the same gap between two safetensors files that hold both: missing
+    shutil.copytree(trained, untied)
+    shutil.copy(middle, untied / "checkpoint-20" / "model.safetensors")
+    rows = nandoctor.scan_run(str(untied), device="cpu").checkpoints
+    assert [c.step for c in rows if _problems(c)] == [20]
+    assert _problems(rows[1])[0].message == "lm_head.weight missing, which checkpoint-10 and checkpoint-30 hold"

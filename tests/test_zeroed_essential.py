@@ -1,0 +1,128 @@
+"""``zeroed`` beyond siblings: a zero normalization gain, token embedding or LM head alone, and a tensor that an
+earlier checkpoint of the run held not all zero (verdict._zeroed, checkpoint/runs.py's zeroed_since).
+
+A new-user trial: zeroing ``lm_head.weight``, ``model.norm.weight`` or ``model.embed_tokens.weight`` of a real
+Trainer checkpoint put its eval loss back at uniform (ln 96 = 4.56, from 0.17) and nandoctor reported nothing,
+even with ``--fail-on zeroed``: the finding needed siblings in other layers. The oracle here is the model's eval
+loss after ``from_pretrained``; the controls are real models whose zeros are by design (GPT-2's biases, a fresh
+Gemma's ``1 + w`` norm gains, LoRA's ``lora_B``).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from nandoctor.layers import zero_breaks
+
+pytest.importorskip("transformers")
+
+import nandoctor  # noqa: E402
+from nandoctor import verdict  # noqa: E402
+from tests.pattern_runs import UNIFORM_LOSS, eval_loss, train  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real Trainer run of the tiny Llama on the pattern: checkpoint-10, -20, -30 (eval loss 2.8, 0.94, 0.17)."""
+    out = tmp_path_factory.mktemp("zeroed") / "run"
+    train(out, steps=30, save_steps=10, learning_rate=1e-2, optim="adamw_torch")
+    return out
+
+
+def _zero(path, *names):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    for name in names:
+        tensors[name].zero_()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _zeroed(report) -> list[str]:
+    return sorted(t.name for t in report.tensors if "zeroed" in t.findings)
+
+
+@pytest.mark.parametrize("name", ["lm_head.weight", "model.norm.weight", "model.embed_tokens.weight"])
+def test_a_zeroed_head_norm_or_embedding_is_zeroed_on_its_own(trained, tmp_path, name):
+    copy = tmp_path / "checkpoint-30"
+    shutil.copytree(trained / "checkpoint-30", copy)
+    assert eval_loss(copy) < 0.5
+    _zero(copy / "model.safetensors", name)
+    assert eval_loss(copy) == pytest.approx(UNIFORM_LOSS, abs=1e-3)  # the oracle: back at chance
+    report = nandoctor.scan(str(copy), device="cpu")
+    assert _zeroed(report) == [name]
+    assert report.exit_code == 0 and report.verdict == "ZEROED (reported only)"
+    assert verdict.exit_code(report, verdict.parse_fail_on("zeroed")) == 1
+    assert f"1 tensor all zero ({name})" in verdict.one_line(report)
+
+
+def test_a_whole_family_zeroed_in_a_run_is_zeroed_by_the_checkpoint_before_it(trained, tmp_path):
+    """Every layer's up_proj zeroed in the newest checkpoint: no sibling is left to tell, no name says it must not
+    be zero; checkpoint-20 held them not zero, so the run scan, and a scan of that checkpoint alone, say zeroed."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    family = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(3)]
+    before = eval_loss(run / "checkpoint-30")
+    _zero(run / "checkpoint-30" / "model.safetensors", *family)
+    assert eval_loss(run / "checkpoint-30") > 1.5 * before  # the oracle: the model lost some of what it learned
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    newest = scanned.newest
+    assert newest is not None and _zeroed(newest.report) == family
+    assert verdict.run_context(newest.report)["zeroed_since"] == {"names": family, "checkpoint": "checkpoint-20"}
+    assert [_zeroed(c.report) for c in scanned.checkpoints[:2]] == [[], []]
+    alone = nandoctor.scan(str(run / "checkpoint-30"), device="cpu")
+    assert _zeroed(alone) == family and "not all zero in checkpoint-20" in verdict.one_line(alone)
+    assert nandoctor.scan(str(trained / "checkpoint-30"), device="cpu").verdict == "CLEAN"
+
+
+def test_zeros_by_design_stay_clean(tmp_path):
+    """GPT-2's biases and LayerNorm biases start at zero, a fresh Gemma's norm gains too (it scales by 1 + w):
+    saved by transformers itself, they are clean; so are zero LoRA B matrices (peft's names)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    assert all(not p.detach().any() for n, p in gemma.named_parameters() if "norm" in n)
+    for name, model in (("gpt2", gpt2), ("gemma", gemma)):
+        model.save_pretrained(tmp_path / name)
+        report = nandoctor.scan(str(tmp_path / name), device="cpu")
+        zeros = [t.name for t in report.tensors if t.max_abs == 0.0]
+        assert zeros and report.verdict == "CLEAN", (name, zeros[:3], _zeroed(report))
+    lora = {}
+    for i in range(2):
+        prefix = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        lora[f"{prefix}.lora_A.weight"] = torch.randn(4, 32)
+        lora[f"{prefix}.lora_B.weight"] = torch.zeros(32, 4)
+    lora["base_model.model.lm_head.lora_A.weight"] = torch.randn(4, 32)
+    lora["base_model.model.lm_head.lora_B.weight"] = torch.zeros(96, 4)
+    lora["base_model.model.model.embed_tokens.lora_embedding_B"] = torch.zeros(32, 4)
+    save_file(lora, tmp_path / "adapter_model.safetensors")
+    assert nandoctor.scan(str(tmp_path / "adapter_model.safetensors"), device="cpu").verdict == "CLEAN"
+
+
+@pytest.mark.parametrize(("name", "ndim", "kind"), [
+    ("model.layers.0.input_layernorm.weight", 1, "norm"),
+    ("transformer.ln_f.weight", 1, "norm"),
+    ("bert.embeddings.LayerNorm.weight", 1, "norm"),
+    ("output_norm.weight", 1, "norm"),  # GGUF
+    ("transformer.wte.weight", 2, "token matrix"),
+    ("token_embd.weight", 2, "token matrix"),
+    ("output.weight", 2, "token matrix"),
+    ("base_model.model.lm_head.base_layer.weight", 2, "token matrix"),
+    ("model.norm.bias", 1, None),
+    ("base_model.model.lm_head.lora_B.weight", 2, None),
+    ("transformer_blocks.0.norm1.linear.weight", 2, None),  # adaLN-Zero modulation: zero at init
+    ("layer1.0.bn3.weight", 1, None),  # ResNet's zero-init residual BatchNorm
+    ("encoder.layer.0.attention.output.dense.weight", 2, None),
+])
+def test_which_names_may_not_be_zero(name, ndim, kind):
+    assert zero_breaks(name, ndim) == kind
+
