@@ -66,11 +66,11 @@ def test_the_problem_names_the_tensors_and_the_nan_elsewhere_is_still_counted(tm
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and report.nan == 2
     [problem] = report.errors
-    assert problem.path == str(path)
+    assert problem.path == str(path) and problem.kind == "unloadable"
     assert problem.message.startswith("2 tensor(s) of dtype F6_E2M3/F6_E3M2 ('mlp.experts.w1', 'mlp.experts.w2'): "
                                       "safetensors.torch cannot load this dtype")
     assert "re-export those tensors in a dtype torch loads" in problem.hint
     data = json.loads(run_cli("scan", "--json", path).output)
     assert data["summary"]["verdict"] != "CLEAN" and "safetensors.torch cannot load this dtype" in data["errors"][0]["message"]
     quiet = run_cli("scan", "-q", path)
-    assert quiet.exit_code == 3 and "CLEAN" not in quiet.output
+    assert quiet.exit_code == 3 and quiet.output.startswith("FAIL NON-FINITE + NOT LOADABLE")

@@ -25,6 +25,7 @@ from nandoctor.readers import magic
 from nandoctor.readers.compact_header import HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
+from nandoctor.verdict import UNLOADABLE_KIND
 
 
 class SafetensorsReader:
@@ -60,6 +61,7 @@ def torch_unloadable(path: Path, table: RefTable) -> tuple[ScanProblem, ...]:
         "will not load in torch; nandoctor read them (a 6-bit float holds no NaN/Inf)",
         "load the file with a library that reads these dtypes, or re-export those tensors in a dtype torch loads "
         "(the packed bytes as U8, or BF16)",
+        kind=UNLOADABLE_KIND,  # read (its tensors are counted), but it would not load: FAIL NOT LOADABLE
     ),)
 
 
