@@ -8,15 +8,19 @@ an exploded weight). docs/formats.md lists the rules.
 
 Trainer state is where a trainer keeps it, never a word in a parameter name: a
 file named like it (``scheduler.pt``, ``rng_state.pth``), or a top-level key of a
-pickled trainer checkpoint (``callbacks``, ``loops``, ``lr_schedulers`` …, beside
-its ``state_dict``), which only the pickle reader sees (:func:`pickle_role`: a
-model's ``scaler.weight`` is one key of a state dict, not a ``scaler`` container).
-A safetensors or GGUF file's tensors and a live module's parameters are model state.
+pickled trainer checkpoint (``callbacks``, ``loops``, ``lr_schedulers`` …) that
+keeps its model or optimizer in a container beside them (``state_dict``,
+``optimizer_states``, ``model``, DeepSpeed's ``module`` …), which only the pickle
+reader sees (:func:`pickle_role`). A model's parameter called ``scaler`` (a key of a
+plain state dict: no such container beside it) or ``scaler.weight`` is a weight, and
+so is every tensor of a model weight file (``pytorch_model*.bin``), of a safetensors
+or GGUF file and every parameter of a live module.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 WEIGHT, BUFFER, OPTIMIZER, TRAINER = "weight", "buffer", "optimizer", "trainer"
 ROLES = (WEIGHT, BUFFER, OPTIMIZER, TRAINER)
@@ -40,6 +44,15 @@ TRAINER_KEYS = frozenset({
     "datamodule_hyper_parameters", "trainer_state", "ds_config", "lr_scheduler_state", "MixedPrecision",
     "native_amp_scaling_state", "amp_scaling_state",
 })
+# Top-level keys of a trainer checkpoint that hold the model or the optimizer as a container: only beside one
+# of them is a top-level trainer key trainer state. A plain state dict (``{"scaler": tensor, …}``, a model whose
+# parameter is called ``scaler``) has none, so its trainer words are parameter names.
+TRAINER_CHECKPOINT_KEYS = frozenset({
+    "state_dict", "optimizer_states", "model", "model_state_dict", "model_state", "module", "optimizer",
+    "optimizer_state_dict", "optimizer_state",
+})
+# Files Hugging Face loaders read as model weights: every tensor in them is model state, whatever its key.
+_MODEL_FILE = re.compile(r"^(pytorch_model|adapter_model|diffusion_pytorch_model)([-.][\w.-]*)?\.bin$")
 # Model states kept in trainer state that become the model's weights: Lightning's StochasticWeightAveraging
 # swaps its ``average_model_state`` into the model when training ends, an EMA callback its shadow weights.
 # Judged as weights (NaN there is NaN in the model that ships), not as trainer state.
@@ -103,22 +116,29 @@ def file_role(file_name: str) -> str | None:
     return None
 
 
-def pickle_role(path: list[str]) -> str | None:
-    """TRAINER for a tensor of a pickled checkpoint whose container path (the dict keys from the top of the
-    pickle, ``path``) starts with a trainer key, outside a model state kept there; None otherwise (its name
-    decides). A bare state dict's ``"scaler.weight"`` is one key, never the ``scaler`` container."""
-    if path and path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
+def is_trainer_checkpoint(containers: Iterable[str]) -> bool:
+    """True for a pickle whose top is a dict with a model or optimizer container among ``containers`` (its
+    top-level keys whose values are containers, not tensors): a trainer checkpoint, not a state dict."""
+    return not TRAINER_CHECKPOINT_KEYS.isdisjoint(containers)
+
+
+def pickle_role(path: list[str], trainer_checkpoint: bool) -> str | None:
+    """TRAINER for a tensor of a pickled trainer checkpoint (``trainer_checkpoint``: :func:`is_trainer_checkpoint`
+    of its top-level dict) whose container path (the dict keys from the top of the pickle, ``path``) starts with a
+    trainer key, outside a model state kept there; None otherwise (its name decides). A plain state dict's
+    ``"scaler"`` or ``"scaler.weight"`` is a parameter's name, never a ``scaler`` container."""
+    if trainer_checkpoint and path and path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
         return TRAINER
     return None
 
 
 def roles_of(names: list[str], file_name: str = "", given: list[str] | None = None) -> list[str]:
     """``role_of`` of every name read from the file ``file_name``, in order; ``given`` (the roles the reader
-    set: a pickle's trainer state, :func:`pickle_role`) keeps its TRAINER rows."""
+    set: a pickle's trainer state, :func:`pickle_role`) keeps its TRAINER rows, except in a model weight file."""
     whole_file = file_role(file_name) if file_name else None
     if whole_file is not None:
         return [whole_file] * len(names)
-    if given is not None and TRAINER in given:
+    if given is not None and TRAINER in given and not _MODEL_FILE.match(file_name):
         named = roles_of(names)
         return [TRAINER if was == TRAINER else role for was, role in zip(given, named)]
     joined = "\n" + "\n".join(names)  # every name after a line break

@@ -51,6 +51,8 @@ def _q(name: str, elems: int, size: int, offset: int = 0, count: int = 1, dtype:
 
 # ggml's type ids and block layouts (ggml/src/ggml-common.h). Q8_1 is ggml's 36-byte block (gguf-py says 40).
 # NVFP4's UE4M3 scales decode to finite values whatever their bits (0x7F is zero in ggml): nothing to count.
+# MXFP4's lanes are one BF16 per element (its E8M0 scale, or ±Inf where ggml's product overflows fp32), made by
+# blockfields.gather from the whole block ("packed": not stored as such, so diff compares the block's bytes).
 TYPES: dict[int, GGMLType] = {
     0: GGMLType("F32"), 1: GGMLType("F16"), 30: GGMLType("BF16"), 28: GGMLType("F64"),
     24: GGMLType("I8"), 25: GGMLType("I16"), 26: GGMLType("I32"), 27: GGMLType("I64"),
@@ -63,7 +65,7 @@ TYPES: dict[int, GGMLType] = {
     20: _q("IQ4_NL", 32, 18), 21: _q("IQ3_S", 256, 110), 22: _q("IQ2_S", 256, 82), 23: _q("IQ4_XS", 256, 136),
     29: _q("IQ1_M", 256, 56, offset=48, packed=True),
     34: _q("TQ1_0", 256, 54, offset=52), 35: _q("TQ2_0", 256, 66, offset=64),
-    39: _q("MXFP4", 32, 17, dtype="F8_E8M0"),
+    39: _q("MXFP4", 32, 17, count=32, dtype="BF16", packed=True),  # lanes made per element: blockfields.py
     40: _q("NVFP4", 64, 36, count=0, dtype="U8"),
     41: _q("Q1_0", 128, 18), 42: _q("Q2_0", 64, 18),
 }

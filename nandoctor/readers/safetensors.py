@@ -18,13 +18,14 @@ from typing import NoReturn
 import numpy as np
 
 from nandoctor.checkpoint import jsonfiles
-from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, byte_length
+from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, TORCH_UNLOADABLE_SAFETENSORS, byte_length
 from nandoctor.errors import CorruptCheckpointError
-from nandoctor.model import ReadResult, RefTable
+from nandoctor.model import ReadResult, RefTable, ScanProblem
 from nandoctor.readers import magic
 from nandoctor.readers.compact_header import HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
+from nandoctor.verdict import UNLOADABLE_KIND
 
 
 class SafetensorsReader:
@@ -41,7 +42,27 @@ class SafetensorsReader:
         """The safetensors stream that starts ``base`` bytes into ``path`` and runs to its end, its tensors as
         a RefTable (columns: no object per tensor until one is asked for)."""
         table, _, _ = read_table(path, base)
-        return ReadResult(table)
+        return ReadResult(table, problems=torch_unloadable(path, table))
+
+
+def torch_unloadable(path: Path, table: RefTable) -> tuple[ScanProblem, ...]:
+    """A problem naming the tensors of dtypes safetensors.torch cannot load (F6_E2M3, F6_E3M2): nandoctor reads
+    them (they hold no NaN/Inf), but ``load_file`` and transformers fail on the file, so the model will not load
+    in torch: never CLEAN (docs/formats.md says why this is exit 3)."""
+    if TORCH_UNLOADABLE_SAFETENSORS.isdisjoint(table.dtypes):
+        return ()
+    names = [name for name, dtype in zip(table.names, table.dtypes) if dtype in TORCH_UNLOADABLE_SAFETENSORS]
+    dtypes = "/".join(sorted(TORCH_UNLOADABLE_SAFETENSORS.intersection(table.dtypes)))
+    shown = ", ".join(repr(name) for name in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (ScanProblem(
+        str(path),
+        f"{len(names)} tensor(s) of dtype {dtypes} ({shown}): safetensors.torch cannot load this dtype "
+        "(load_file and transformers fail with 'Dtype not understood': torch has no 6-bit float), so this model "
+        "will not load in torch; nandoctor read them (a 6-bit float holds no NaN/Inf)",
+        "load the file with a library that reads these dtypes, or re-export those tensors in a dtype torch loads "
+        "(the packed bytes as U8, or BF16)",
+        kind=UNLOADABLE_KIND,  # read (its tensors are counted), but it would not load: FAIL NOT LOADABLE
+    ),)
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

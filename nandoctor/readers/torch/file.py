@@ -37,6 +37,7 @@ from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem, UnviewedBa
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
 from nandoctor.readers.torch import numpy_arrays
+from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
@@ -233,6 +234,12 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
                 f"({ref.numel} × {ref.storage_type.name})",
             )
         blocks[ref.key] = StorageBlock(ref.key, label, entry.data_offset, ref.nbytes)
+    # torch.load refuses an archive whose version record it cannot read or does not support (before it unpickles
+    # anything): the model will not load, so the file is refused here too (version.py), after the checks of its
+    # structure above, whose words say more about a file broken in several ways.
+    record = archive_version.record_name(entries)
+    raw = _small_entry(path, fh, entries[record], MAX_META_BYTES) if record is not None else b""
+    archive_version.check(path, next(iter(directory.entries)).split("/", 1)[0] + "/", record, raw)
 
     built = build_refs(path, walked, declared, blocks, byteorder)
     with _pickle_context(path, "data.pkl"):
@@ -380,8 +387,8 @@ _NUMPY_RNG_GLOBALS = frozenset(
 
 
 def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[ScanProblem]) -> tuple[UnviewedBad, ...]:
-    """The numpy arrays pickled in the file (numpy_arrays.py), counted: NaN/Inf in one is a finding of the file
-    (UnviewedBad of kind ``numpy``), a floating array that cannot be decoded a problem, the rest a note."""
+    """The numpy arrays and scalars pickled in the file (numpy_arrays.py), counted: NaN/Inf in one is a finding of
+    the file (UnviewedBad of kind ``numpy``), one that cannot be decoded a problem, the floating rest a note."""
     name = os.path.basename(path)
     found: list[UnviewedBad] = []
     finite: list[str] = []
@@ -389,8 +396,9 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
         try:
             counted = numpy_arrays.count(array_name, array)
         except ValueError as exc:
-            problems.append(ScanProblem(path, f"numpy array {array_name!r} could not be read from the pickle ({exc})",
-                                        "save it as a tensor (torch.from_numpy) or leave it out of the checkpoint"))
+            problems.append(ScanProblem(
+                path, f"numpy value {array_name!r} could not be read from the pickle ({exc}), so its NaN/Inf were "
+                "not counted", "save it as a tensor (torch.from_numpy) or leave it out of the checkpoint"))
             continue
         if counted is None:
             continue
@@ -399,7 +407,7 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
         else:
             finite.append(array_name)
     if finite:
-        notes.append(f"{name}: {len(finite)} numpy floating array(s) pickled in the file (not tensors) read from the "
+        notes.append(f"{name}: {len(finite)} numpy floating array(s) or scalar(s) pickled in the file (not tensors) read from the "
                      f"pickle: finite: {listed(finite)}")
     return tuple(found)
 

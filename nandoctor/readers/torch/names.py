@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.checkpoint.roles import TRAINER, pickle_role
+from nandoctor.checkpoint.roles import TRAINER, is_trainer_checkpoint, pickle_role
 from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
@@ -68,6 +68,7 @@ class Walk:
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
+    _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -131,6 +132,10 @@ def walk(root: Any, prefix: str = "") -> Walk:
     out = Walk()
     if isinstance(root, dict):
         out._top = 1 if prefix else 0
+        out._trainer_checkpoint = is_trainer_checkpoint(
+            key for key, value in dict.items(root)
+            if isinstance(key, str) and not isinstance(value, (TensorStub, StorageRef, *_LEAVES))
+        )
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
 
@@ -155,7 +160,7 @@ def _emit_name(path: list[str], out: Walk) -> str:
     if out._names[name] > 1:
         name = f"{name}#{out._names[name]}"
         out.renamed.append(name)
-    if out._top >= 0 and pickle_role(path[out._top:]) == TRAINER:
+    if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint) == TRAINER:
         out.trainer.add(name)
     return name
 
@@ -186,6 +191,14 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
         if not shared:
             out.arrays.append((".".join(path) if path else "array", value))
+        held = numpy_arrays.objects(value)  # an object array's items may be tensors or arrays themselves
+        if held and id(value) not in on_path:
+            on_path.add(id(value))
+            try:
+                for key, child in held:
+                    _visit(child, [*path, key], out, on_path, depth + 1, shared)
+            finally:
+                on_path.discard(id(value))
         return
     if id(value) in on_path:
         return  # a cycle (a list that contains itself): nothing new below
