@@ -222,7 +222,7 @@ def next_steps(run: RunReport) -> list[str]:
         errors = newest.report.errors if newest.report is not None else ()
         hint = next((p.hint for p in errors if p.hint), "")
         kinds = {p.kind for p in errors}
-        what = (" could not be read completely" if not kinds or verdicts.UNREADABLE_KIND in kinds
+        what = (" could not be read completely" if newest.report is None or not kinds or verdicts.UNREADABLE_KIND in kinds
                 else ": " + "; ".join(verdicts.problem_facts(newest.report, first_problem=False)))
         steps.append(f"{newest.name}{what} (see above): {hint or 're-copy or delete it'}")
     if newest is not None and newest.status == DIVERGED:
