@@ -20,17 +20,14 @@ pytest.importorskip("transformers")
 
 import nandoctor  # noqa: E402
 from nandoctor import verdict  # noqa: E402
-from tests.pattern_runs import UNIFORM_LOSS, eval_loss, train  # noqa: E402
+from tests.pattern_runs import UNIFORM_LOSS, eval_loss, pattern_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A real Trainer run of the tiny Llama on the pattern: checkpoint-10, -20, -30 (eval loss 2.8, 0.94, 0.17)."""
-    out = tmp_path_factory.mktemp("zeroed") / "run"
-    train(out, steps=30, save_steps=10, learning_rate=1e-2, optim="adamw_torch")
-    return out
+    return pattern_run(tmp_path_factory.mktemp("zeroed"))  # a real Trainer run: checkpoint-10, -20, -30
 
 
 def _zero(path, *names):

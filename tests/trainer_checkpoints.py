@@ -39,20 +39,10 @@ class _Tokens(torch.utils.data.Dataset):
 def trainer_run(out: Path, *, steps: int = 6, save_steps: int = 2, model=None) -> Path:
     """Train ``model`` (a tiny Llama by default) with ``transformers.Trainer`` for ``steps`` steps, a
     ``checkpoint-N`` every ``save_steps``; returns ``out``."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-    from transformers.utils import logging as hf_logging
+    from tests.pattern_runs import train
 
-    args = TrainingArguments(output_dir=str(out), max_steps=steps, save_steps=save_steps, logging_steps=1,
-                             per_device_train_batch_size=4, learning_rate=1e-3, report_to=[], use_cpu=True,
-                             disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    trainer = Trainer(model=tiny_llama() if model is None else model, args=args, train_dataset=_Tokens())
-    trainer.remove_callback(PrinterCallback)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        trainer.train()
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    train(out, model=tiny_llama() if model is None else model, dataset=_Tokens(), steps=steps, save_steps=save_steps,
+          per_device_train_batch_size=4, learning_rate=1e-3, lr_scheduler_type="linear")
     return Path(out)
 
 
