@@ -537,8 +537,8 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
             return (f"{load}: the tensor{'s are' if len(renames) > 1 else ' is'} there under another name (same dtype and "
                     f"shape; a flipped bit in the header renames one): rename {pairs_text} with "
                     f"python -c {shlex.quote(code)} and scan again")
-    return (f"{load}: restore {c.name}'s weight files from a good copy (the files of {holder} hold that "
-            f"checkpoint's weights), or resume from {holder}")
+    return (f"{load}: restore {c.name}'s weight files from a good copy (a backup, or where it was saved), or resume "
+            f"from {holder}")
 
 
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
