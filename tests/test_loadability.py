@@ -154,6 +154,13 @@ def test_a_model_that_is_not_a_transformers_model_scans_clean_with_a_note(tmp_pa
         report = nandoctor.scan(folder, device="cpu")
         assert report.exit_code == 0, report.errors
         assert any(n.startswith("no config.json: from_pretrained cannot load this folder") for n in report.notes)
+    # the user's own hyperparameters in a config.json at the run's top are no model config: still clean
+    (out / "config.json").write_text(json.dumps({"lr": 1e-3, "batch_size": 4, "layers": 2}))
+    assert nandoctor.scan(out / "checkpoint-4", device="cpu").exit_code == 0
+    assert nandoctor.scan_run(str(out), device="cpu").exit_code() == 0
+    # a model config there (what save_pretrained writes) says the checkpoints had one: exit 3
+    (out / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    assert nandoctor.scan(out / "checkpoint-4", device="cpu").exit_code == 3
 
 
 def test_weights_alone_scan_as_before(trained: Path, tmp_path: Path) -> None:

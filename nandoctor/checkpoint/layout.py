@@ -247,8 +247,37 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     distributed = _fsdp_subfolders(entries)
     for sub in distributed:
         _merge_subfolder(result, sub, both_formats, None)  # (its own note says what it is)
-    _subfolders(entries, result, set(subfolders.folders) | set(distributed))
+    hooked = models_beside_state(entries, weight_files)
+    for sub in hooked:
+        _merge_subfolder(result, sub, both_formats, "weight file(s) of a model saved beside the trainer state")
+    _subfolders(entries, result, set(subfolders.folders) | set(distributed) | set(hooked))
     return result
+
+
+def models_beside_state(entries: list[Path], weight_files: list[Path]) -> list[Path]:
+    """The model folders of an ``accelerator.save_state`` checkpoint whose save hook wrote each model into a
+    subfolder of its own (diffusers' training scripts: ``checkpoint-N/unet/`` with config.json and
+    ``diffusion_pytorch_model.safetensors``, beside ``optimizer.bin``, ``scheduler.bin``,
+    ``random_states_0.pkl``): where the folder's top holds trainer state and no model weights, every
+    subfolder holding a config.json and weights is the checkpoint's model, scanned with it."""
+    from nandoctor.checkpoint.roles import file_role
+
+    if not weight_files or any(file_role(f.name) is None for f in weight_files):
+        return []  # the model is at the top (or there is no trainer state): nothing hidden below
+    suffixes = weight_suffixes()
+    found = []
+    for sub in entries:
+        if sub.name.startswith(".") or not access.is_dir(sub, refused=False):
+            continue
+        try:
+            inside = access.listing(sub)
+        except UnreadablePathError:
+            continue  # (_subfolders notes a folder that cannot be listed)
+        names = {e.name for e in inside}
+        if (loaders.CONFIG in names or "adapter_config.json" in names) and any(
+                e.suffix.lower() in suffixes and not e.name.startswith(".") for e in inside):
+            found.append(sub)
+    return found
 
 
 def _skip_hidden(

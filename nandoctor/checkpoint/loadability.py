@@ -26,6 +26,7 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import layout, loaders
+from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
@@ -61,6 +62,9 @@ def state_only(entries: list[Path]) -> list[str]:
             state.append(name)
         elif layout.FSDP_OPTIMIZER_FOLDER.match(name):
             state.append(f"{name}/")
+    weights = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
+    if state and layout.models_beside_state(entries, weights):
+        return []  # accelerate's save hook wrote the model into a subfolder (diffusers' unet/): scanned with it
     return sorted(state)
 
 
@@ -168,14 +172,29 @@ def _where_run_has(root: Path, name: str, *, top: bool = True) -> str | None:
     if _TRAINER_CHECKPOINT.match(root.name) is None:
         return None
     run = root.parent
-    if top and access.is_file(run / name, refused=False):
+    if top and _model_config(run / name):
         return f"the run's {name}"
     try:
         siblings = sorted(e for e in access.listing(run) if _TRAINER_CHECKPOINT.match(e.name) and e.name != root.name)
     except UnreadablePathError:
         return None
-    held = next((s for s in siblings if access.is_file(s / name, refused=False)), None)
+    held = next((s for s in siblings if _model_config(s / name)), None)
     return None if held is None else f"{held.name}/{name}"
+
+
+def _model_config(path: Path) -> bool:
+    """Whether the file ``path`` is there, and, for a config, a model's config as its loader writes it: a JSON object naming a ``model_type`` or
+    ``architectures`` (transformers), ``peft_type`` (PEFT) or ``_class_name`` (diffusers). A run's own
+    config.json of hyperparameters (a common habit beside a custom model) is no evidence of a model config."""
+    if not access.is_file(path, refused=False):
+        return False
+    if path.name not in (loaders.CONFIG, ADAPTER_CONFIG):
+        return True  # (trainer_state.json and the like: being there is the evidence)
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return True  # unreadable: still the file a loader would need (its own problem elsewhere)
+    return isinstance(data, dict) and any(key in data for key in ("model_type", "architectures", "peft_type", "_class_name"))
 
 
 def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
