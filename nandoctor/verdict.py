@@ -227,11 +227,20 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
         if any(not is_zero for _, is_zero in members):
             out.update(i for i, is_zero in members if is_zero)
     kinds = {i: zero_breaks(names[i], len(shapes[i])) for i in zero}
-    if "norm" in kinds.values():  # some gain not all zero: the zero ones are damage, not a 1 + w model's start
-        gains = (i for i, name in enumerate(names) if i not in zero and roles[i] == "weight"
-                 and tensors.can_hold_nonfinite[i] and zero_breaks(name, len(shapes[i])) == "norm")
-        if next(gains, None) is None:
-            kinds = {i: kind for i, kind in kinds.items() if kind != "norm"}
+    if "norm" in kinds.values():
+        # A model whose norms scale by 1 + w (Gemma, Qwen3-Next) starts with gains at zero: a whole family of layer
+        # gains all zero (every layer's input_layernorm) is such a start, and so is a lone gain (the final norm)
+        # beside one. Other gains may start at one (Qwen3-Next's gated linear_attn.norm), so one gain that is not
+        # zero proves nothing; a zero gain among non-zero siblings is still damage (the sibling rule above).
+        gains: dict[str, list[bool]] = {}
+        for i, name in enumerate(names):
+            if roles[i] == "weight" and tensors.can_hold_nonfinite[i] and zero_breaks(name, len(shapes[i])) == "norm":
+                gains.setdefault(_LAYER_NUMBER.sub(".#.", name), []).append(i in zero)
+        starts = {family for family, flags in gains.items() if all(flags) and ".#." in family}
+        if starts or not any(not flag for flags in gains.values() for flag in flags):
+            kinds = {i: kind for i, kind in kinds.items()
+                     if kind != "norm" or (_LAYER_NUMBER.sub(".#.", names[i]) not in starts
+                                           and ".#." in _LAYER_NUMBER.sub(".#.", names[i]))}
     out.update(i for i, kind in kinds.items() if kind is not None)
     named = set(since)
     out.update(i for i in zero if names[i] in named)

@@ -93,6 +93,30 @@ def test_zeros_by_design_stay_clean(tmp_path):
         report = nandoctor.scan(str(tmp_path / name), device="cpu")
         zeros = [t.name for t in report.tensors if t.max_abs == 0.0]
         assert zeros and report.verdict == "CLEAN", (name, zeros[:3], _zeroed(report))
+    # Qwen3-Next: its (1 + w) gains start at zero while the gated linear_attn.norm starts at one
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("qwen3_next")
+    for key, value in dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=128, head_dim=8, moe_intermediate_size=32,
+                           shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                           linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8,
+                           linear_value_head_dim=8).items():
+        setattr(config, key, value)
+    config.layer_types = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
+    qwen3_next = AutoModelForCausalLM.from_config(config)
+    gains = {n: bool(p.detach().any()) for n, p in qwen3_next.named_parameters() if n.endswith("norm.weight")}
+    assert not gains["model.norm.weight"] and gains["model.layers.0.linear_attn.norm.weight"]
+    qwen3_next.save_pretrained(tmp_path / "qwen3_next")
+    report = nandoctor.scan(str(tmp_path / "qwen3_next"), device="cpu")
+    assert report.verdict == "CLEAN", _zeroed(report)
+    # ... while a model whose gains all start at one, its final norm zeroed, is zeroed
+    for name, p in qwen3_next.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.fill_(1.0)
+    qwen3_next.model.norm.weight.data.zero_()
+    qwen3_next.save_pretrained(tmp_path / "plain_gains")
+    assert _zeroed(nandoctor.scan(str(tmp_path / "plain_gains"), device="cpu")) == ["model.norm.weight"]
     lora = {}
     for i in range(2):
         prefix = f"base_model.model.model.layers.{i}.self_attn.q_proj"
