@@ -573,6 +573,11 @@ def max_abs(report: ScanReport, role: str | None = None) -> float | None:
     return report.tensors.largest(role)
 
 
+def _cast_max(report: ScanReport) -> float | None:
+    """The largest magnitude a cast to the serving dtype reaches (_CAST_ROLES: not optimizer moments or step counts)."""
+    return max((top for role in _CAST_ROLES if (top := max_abs(report, role)) is not None), default=None)
+
+
 def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
     return report.tensors.with_finding(finding)
 
@@ -758,7 +763,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(_trainer_fact(in_trainer))
     overflow = overflow_count(report)
     if overflow:
-        top = max_abs(report)
+        top = _cast_max(report)
         worst_layer = worst_overflow_layer(report)
         pieces.append(
             f"{plural(overflow, 'value')} in {plural(len(overflow_tensors(report)), 'tensor')} overflow {target_dtype(report)}"
@@ -766,7 +771,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
             + (f", worst {worst_layer}" if worst_layer else "")
         )
     elif target_dtype(report):
-        top = max_abs(report)
+        top = _cast_max(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
     hashes = _hashes_fact(report)
     if hashes:

@@ -211,3 +211,23 @@ def test_fail_on_overflow_without_a_target_dtype_says_what_to_do(tmp_path):
     assert "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16" in result.output
     assert "or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)" in " ".join(result.output.split())
     assert "keep nonfinite" not in result.output
+
+
+def test_the_fits_line_quotes_what_the_cast_reaches_not_optimizer_state(tmp_path):
+    """A checkpoint whose optimizer moments reach 3e5 (a long run's exp_avg_sq) fits fp16: the line said "fits fp16
+    (max |x| 3e+05)", the optimizer's value, which no cast of the model touches."""
+    import torch
+    from safetensors.torch import save_file
+
+    import nandoctor
+    from nandoctor import verdict
+
+    folder = tmp_path / "checkpoint-8"
+    folder.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.full((8, 8), 0.5)}, folder / "model.safetensors")
+    torch.save({"state": {0: {"step": torch.tensor(2e5), "exp_avg": torch.zeros(8, 8),
+                              "exp_avg_sq": torch.full((8, 8), 3e5)}}, "param_groups": [{"params": [0]}]},
+               folder / "optimizer.pt")
+    report = nandoctor.scan(folder, device="cpu", target_dtype="fp16")
+    assert report.exit_code == 0
+    assert "fits fp16 (max |x| 0.5)" in verdict.one_line(report)
