@@ -68,6 +68,22 @@ def scan_target(checkpoint: PathLike, target_dtype: str | None) -> str | None:
     return implied_target(Path(checkpoint)) if asked is None else _explicit(asked)
 
 
+def require_some_target(path: PathLike, fail_on: frozenset[str], target_dtype: str | None) -> None:
+    """ValueError when the gate checks overflow alone and no target dtype applies: none given, and no config.json
+    of ``path`` (or of a run's checkpoints) implies one; a gate that passes anything is a bug."""
+    if target_dtype is not None or not fail_on <= {verdicts.OVERFLOW}:
+        verdicts.require_target_for_overflow(fail_on, None if target_dtype == NONE else target_dtype)
+        return
+    from pathlib import Path
+
+    resolved, _ = hubcache.resolve(path)
+    folders = [Path(resolved)]
+    if runs.is_run_folder(resolved):
+        folders += [folder for _, folder in runs.checkpoints_in(Path(resolved))]
+    if not any(implied_target(folder) for folder in folders):
+        verdicts.require_target_for_overflow(fail_on, None)
+
+
 def _with_cache_note(report: ScanReport, original: PathLike, hit: hubcache.CacheHit | None) -> ScanReport:
     if hit is None:
         return report
@@ -499,7 +515,7 @@ def assert_finite(
     Example:
         >>> nandoctor.assert_finite("ckpt/")   # before model = AutoModel.from_pretrained("ckpt/")
     """
-    verdicts.require_target_for_overflow(verdicts.parse_fail_on(fail_on), _explicit(target_dtype))
+    require_some_target(path, verdicts.parse_fail_on(fail_on), _check_target(target_dtype))
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
         run = scan_run(resolved, device=device, target_dtype=target_dtype)

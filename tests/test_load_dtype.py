@@ -146,6 +146,12 @@ def test_an_explicit_target_dtype_wins_and_none_turns_the_check_off(tmp_path):
     assert nandoctor.scan(str(folder), device="cpu", target_dtype="none").exit_code == 0
     assert nandoctor.assert_finite(str(folder), device="cpu", target_dtype="none") is not None
     assert run_cli("scan", folder, "--quiet", "--target-dtype", "none", "--fail-on", "overflow").exit_code == 2
+    # config.json's dtype is a target: a gate on overflow alone checks it (it said "checks nothing", exit 2)
+    assert run_cli("scan", folder, "--quiet", "--fail-on", "overflow").exit_code == 1
+    with pytest.raises(nandoctor.OverflowRiskError):
+        nandoctor.assert_finite(str(folder), device="cpu", fail_on="overflow")
+    plain = _save(tmp_path / "plain", 70000.0, torch.float32, {})
+    assert run_cli("scan", plain, "--quiet", "--fail-on", "overflow").exit_code == 2  # no dtype anywhere: usage error
 
     # and the other way round: config.json says bfloat16 (fits), fp16 asked for
     relaxed = _save(tmp_path / "bf16", 70000.0, torch.float32, {"dtype": "bfloat16"})

@@ -146,13 +146,15 @@ def scan(
       nandoctor scan output/ --markdown --html report.html >> "$GITHUB_STEP_SUMMARY"
     """
     from nandoctor import api
-    from nandoctor import verdict as verdicts
+    from nandoctor.errors import NandoctorError
 
     check_markdown(markdown, as_json, quiet)
-    try:
-        verdicts.require_target_for_overflow(fail_on, None if target_dtype == "none" else target_dtype)
+    try:  # (config.json's dtype is a target too: checked against the path, which exists by now)
+        api.require_some_target(path, fail_on, target_dtype)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except (NandoctorError, OSError):
+        pass  # the path's own problem: the scan below reports it
     try:
         api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     except ValueError as exc:
