@@ -67,6 +67,7 @@ def test_a_tensor_renamed_by_a_header_bit_flip_is_a_problem_and_the_hint_fixes_i
     assert rows[step].status == "unreadable" and rows[step].report.exit_code == 3
     assert rows[step].report.verdict == "TENSOR NAMES CHANGED"
     assert scanned.exit_code() == (3 if step == 30 else 0)  # the newest decides
+    assert scanned.first_bad is not None and scanned.first_bad.step == step  # it loads wrong: bad, not only unread
     assert scanned.last_healthy is not None and scanned.last_healthy.step == (20 if step == 30 else 30)
     from nandoctor.report.run_report import explanations, next_steps
 

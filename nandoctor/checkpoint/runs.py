@@ -310,9 +310,13 @@ class RunReport:
     def first_bad(self) -> RunCheckpoint | None:
         """The oldest checkpoint whose weights are poisoned or diverged, or unhealthy (NaN/Inf, exploded, outliers) in
         a checkpoint that is unreadable in another part (a truncated optimizer.pt beside NaN weights, a storage failing
-        its CRC-32 beside an exploded one): training broke before it."""
+        its CRC-32 beside an exploded one), or whose tensor names changed (a renamed tensor loads as missing): training
+        or its files broke before it."""
+        from nandoctor.verdict import NAMES_KIND
+
         return next((c for c in self.checkpoints if c.report is not None and (
-            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and bool(c.report.unhealthy_tensors)))), None)
+            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and (
+                bool(c.report.unhealthy_tensors) or any(p.kind == NAMES_KIND for p in c.report.errors))))), None)
 
     @property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
@@ -530,9 +534,10 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
         if file.endswith(".safetensors") and all(mine[u][2] == file for u in renames.values()):
             text = json.dumps  # (a Python string literal in double quotes: the shell's single quotes stay whole)
             moves = "; ".join(f"t[{text(m)}] = t.pop({text(u)})" for m, u in renames.items())
-            code = (f"from safetensors import safe_open; from safetensors.torch import load_file, save_file; "
+            # (written beside it, then moved over it: an interrupted write never leaves half a file in its place)
+            code = (f"import os; from safetensors import safe_open; from safetensors.torch import load_file, save_file; "
                     f"f = {text(file)}; meta = safe_open(f, \"pt\").metadata(); t = load_file(f); {moves}; "
-                    f"save_file(t, f, metadata=meta)")
+                    f"save_file(t, f + \".renamed\", metadata=meta); os.replace(f + \".renamed\", f)")
             pairs_text = ", ".join(f"{u} back to {m}" for m, u in renames.items())
             return (f"{load}: the tensor{'s are' if len(renames) > 1 else ' is'} there under another name (same dtype and "
                     f"shape; a flipped bit in the header renames one): rename {pairs_text} with "
