@@ -89,3 +89,37 @@ def test_a_kept_baseline_is_not_used_while_its_checkpoint_or_an_earlier_one_is_o
     assert kept_before(tmp_path, [5, 6]) is None and kept_before(tmp_path, [3, 9]) is None
     (tmp_path / BASELINE_NAME).write_text('{"format": "nandoctor-baseline/1", "step": "x"}')
     assert read_baseline(tmp_path) is None  # not one this module wrote: ignored, never an error
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_baseline(tmp_path):
+    """A run started again from scratch in the same folder (an earlier run's checkpoints deleted, its baseline left)
+    is measured against its own first healthy checkpoint: the callback removes the earlier baseline when training
+    starts from step 0 (it kept it when the new run's first save came at a later step, and judged the new run
+    against another run's weights)."""
+    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, write_baseline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = RunBaseline(1, "checkpoint-1", 1.0, {"lm_head.weight": 1e-3, "model.norm.weight": 1e-3}, (1, 123.0))
+    write_baseline(out, stale)
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    diverging_trainer_run(out, steps=4, save_steps=2, learning_rate=1.0, callbacks=(doctor,))
+    kept = read_baseline(out)
+    assert kept is not None and kept != stale
+    assert kept.checkpoint == "checkpoint-2" and kept.first_loss == first_loss(out / "checkpoint-2")
+    assert all(doctor.gate.reports[s].judgement.exit_code == 0 for s in (2, 4))
+
+
+def test_a_baseline_from_another_run_is_not_used_by_a_scan(tmp_path):
+    """Without the callback in the new run nothing replaces the file: the scan tells the runs apart by their first
+    logged loss, which every checkpoint's trainer_state.json of one run repeats."""
+    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, kept_before, write_baseline
+
+    out = tmp_path / "run"
+    diverging_trainer_run(out, steps=4, save_steps=2, learning_rate=1.0)
+    ours = first_loss(out / "checkpoint-4")
+    assert ours is not None and ours == first_loss(out / "checkpoint-2")
+    write_baseline(out, RunBaseline(1, "checkpoint-1", 1.0, {"lm_head.weight": 0.07}, (ours[0], ours[1] + 1.0)))
+    assert kept_before(out, [2, 4], out / "checkpoint-4") is None  # another run's
+    write_baseline(out, RunBaseline(1, "checkpoint-1", 1.0, {"lm_head.weight": 0.07}, ours))
+    assert kept_before(out, [2, 4], out / "checkpoint-4") is not None  # this run's, its checkpoint-1 rotated away

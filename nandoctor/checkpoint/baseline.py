@@ -12,8 +12,9 @@ per-tensor scales into ``<run>/nandoctor-baseline.json`` when they first see it,
 and the run scan and a checkpoint judged in its run (runs.py, runcontext.py) take
 them from there when that checkpoint is gone. A baseline saved at a later step
 than a checkpoint now on disk is never used (a run restarted from scratch in
-the same folder replaces it at its first save); tensors it does not name are not
-compared (another model's baseline compares nothing).
+the same folder replaces it at its first save, and without the callback its first
+logged loss tells the runs apart); tensors it does not name are not compared
+(another model's baseline compares nothing).
 """
 
 from __future__ import annotations
@@ -38,10 +39,26 @@ class RunBaseline:
     checkpoint: str
     max_abs: float | None
     scales: dict[str, float]
+    first_loss: tuple[int, float] | None = None  # the run's first logged loss (trainer_state.json): whose run it is
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "nandoctor-baseline/1", "step": self.step, "checkpoint": self.checkpoint,
-                "max_abs": self.max_abs, "scales": self.scales}
+                "max_abs": self.max_abs, "scales": self.scales,
+                "first_loss": None if self.first_loss is None else list(self.first_loss)}
+
+
+def first_loss(checkpoint: Path) -> tuple[int, float] | None:
+    """(step, loss) of the first loss a Trainer checkpoint's trainer_state.json logged: the same in every checkpoint
+    of one run (log_history keeps the run's whole log), another value in a run started again from scratch."""
+    try:
+        with open(Path(checkpoint) / "trainer_state.json", encoding="utf-8") as fh:
+            history = json.load(fh).get("log_history")
+    except (OSError, ValueError, AttributeError):
+        return None
+    for entry in history if isinstance(history, list) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and _finite_number(entry.get("loss")):
+            return entry["step"], float(entry["loss"])
+    return None
 
 
 def read_baseline(run: Path) -> RunBaseline | None:
@@ -59,15 +76,25 @@ def read_baseline(run: Path) -> RunBaseline | None:
     if top is not None and not _finite_number(top):
         return None
     kept = {name: float(value) for name, value in scales.items() if isinstance(name, str) and _finite_number(value)}
-    return RunBaseline(step, checkpoint, None if top is None else float(top), kept) if kept else None
+    logged = data.get("first_loss")
+    loss = ((logged[0], float(logged[1])) if isinstance(logged, list) and len(logged) == 2 and isinstance(logged[0], int)
+            and _finite_number(logged[1]) else None)
+    return RunBaseline(step, checkpoint, None if top is None else float(top), kept, loss) if kept else None
 
 
-def kept_before(run: Path, steps_on_disk: Iterable[int]) -> RunBaseline | None:
+def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None = None) -> RunBaseline | None:
     """The kept baseline when its checkpoint comes before every one of ``steps_on_disk`` (it was rotated
-    away, so none of those can stand in for it); else None (the run's own checkpoints decide)."""
+    away, so none of those can stand in for it) and it is this run's: ``checkpoint`` (one of the run's now)
+    logged the same first loss, where both know it (a run started again from scratch in the same folder
+    without the callback left another run's baseline behind); else None (the run's own checkpoints decide)."""
     kept = read_baseline(run)
     if kept is None or any(step <= kept.step for step in steps_on_disk):
         return None
+    if kept.first_loss is not None and checkpoint is not None:
+        now = first_loss(checkpoint)
+        if now is not None and (now[0] != kept.first_loss[0] or not math.isclose(now[1], kept.first_loss[1],
+                                                                                  rel_tol=1e-6)):
+            return None
     return kept
 
 
@@ -92,4 +119,4 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["BASELINE_NAME", "RunBaseline", "kept_before", "read_baseline", "write_baseline"]
+__all__ = ["BASELINE_NAME", "RunBaseline", "first_loss", "kept_before", "read_baseline", "write_baseline"]

@@ -96,7 +96,8 @@ def run_facts(
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
     from nandoctor.checkpoint.baseline import kept_before
 
-    kept = kept_before(place.run, (step for step, _ in earlier))  # the first healthy one, gone: its scales kept
+    folder_of_target = target if target.is_dir() else target.parent
+    kept = kept_before(place.run, (step for step, _ in earlier), folder_of_target)  # the first healthy one, gone
     if kept is not None:
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     folder = target if target.is_dir() else target.parent

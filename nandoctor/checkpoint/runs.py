@@ -678,7 +678,8 @@ def scan_run(
     done_before = 0
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
-    kept = kept_before(root, (r.step for r in rows if r.step_known))  # a baseline rotation took away (baseline.py)
+    kept = kept_before(root, (r.step for r in rows if r.step_known),  # a baseline rotation took away (baseline.py)
+                       next((r.path for r in reversed(rows) if r.path is not root), None))
     if kept is not None:
         healthy = kept.scales
         notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "

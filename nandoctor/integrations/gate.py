@@ -56,6 +56,7 @@ class CheckpointGate:
         self.device = device
         self.reports: dict[Any, ScanReport] = {}  # the caller's key (a step, a path) → report
         self.last_clean: str | None = None  # the newest checkpoint that passed
+        self.fresh_run = False  # set by a callback when training starts from scratch (keep_baseline replaces)
         self.first_bad: str | None = None
 
     def check(
@@ -81,6 +82,19 @@ class CheckpointGate:
 
         return scan(path, device=self.device, target_dtype=self.target_dtype)
 
+    def start(self, run: Path, fresh: bool) -> None:
+        """Training starts writing checkpoints into ``run``; ``fresh``: from scratch, not resumed. An earlier run's
+        baseline there (checkpoint/baseline.py) is removed before the first save is judged against it."""
+        from nandoctor.checkpoint.baseline import BASELINE_NAME, read_baseline
+
+        self.fresh_run = fresh
+        if fresh and read_baseline(run) is not None:  # (only a file this module wrote)
+            try:
+                (Path(run) / BASELINE_NAME).unlink()
+                logger.info("nandoctor: training starts from scratch: removed the earlier run's %s", BASELINE_NAME)
+            except OSError as exc:
+                logger.error("nandoctor: could not remove the earlier run's %s (%s)", Path(run) / BASELINE_NAME, exc)
+
     def keep_baseline(self, path: Path, report: ScanReport) -> None:
         """Keep the run's growth baseline beside its checkpoints (checkpoint/baseline.py): rotation deletes
         the first healthy checkpoint, and without it a run drifting a few times a save never looks
@@ -88,7 +102,8 @@ class CheckpointGate:
         from nandoctor.checkpoint import baseline
 
         try:
-            kept = remember_baseline(path, report, self.scan)
+            kept = remember_baseline(path, report, self.scan, fresh=self.fresh_run)
+            self.fresh_run = False  # (its first save removed an earlier run's baseline; later ones keep this run's)
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not keep the run's baseline beside %s (%s: %s)", path, type(exc).__name__, exc)
             return
@@ -111,13 +126,15 @@ class CheckpointGate:
         return data
 
 
-def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path], ScanReport]) -> Any:
+def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path], ScanReport],
+                      fresh: bool = False) -> Any:
     """Keep the growth baseline of the run ``target`` (a checkpoint just saved and judged: ``report``) lies
     in (checkpoint/baseline.py), unless one from an earlier step is kept already: the first healthy
     checkpoint still on disk before it (scanned with ``scan_one``: a run resumed with the callback newly
-    added), else ``target`` itself when healthy. A baseline kept from a later step (a run started again
-    from scratch in the same folder) is replaced. Returns the RunBaseline written, or None; raises OSError."""
-    from nandoctor.checkpoint.baseline import RunBaseline, read_baseline, write_baseline
+    added), else ``target`` itself when healthy. ``fresh``: this training started from scratch (no resume), so a
+    baseline kept from an earlier run in the same folder is replaced, and checkpoints left from it are not
+    candidates. Returns the RunBaseline written, or None; raises OSError."""
+    from nandoctor.checkpoint.baseline import BASELINE_NAME, RunBaseline, first_loss, read_baseline, write_baseline
     from nandoctor.checkpoint.runs import HEALTHY_STATUSES, place_in_run
     from nandoctor.errors import NandoctorError
 
@@ -125,9 +142,12 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
     if place is None or place.final:
         return None
     existing = read_baseline(place.run)
+    if existing is not None and fresh:
+        (place.run / BASELINE_NAME).unlink(missing_ok=True)  # another run's: wrong for this one whatever follows
+        existing = None
     if existing is not None and existing.step < place.step:
         return None
-    candidates: list[tuple[int, Path, ScanReport | None]] = [
+    candidates: list[tuple[int, Path, ScanReport | None]] = [] if fresh else [
         (step, path, None) for step, path in place.siblings() if step < place.step
     ]
     candidates.append((place.step, Path(target), report))
@@ -143,7 +163,8 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
             return None  # the run went bad before a healthy checkpoint was seen: nothing to keep
         if status not in HEALTHY_STATUSES or not scales:
             continue
-        kept = RunBaseline(step, path.name, verdicts.max_abs(scanned, "weight"), scales)
+        kept = RunBaseline(step, path.name, verdicts.max_abs(scanned, "weight"), scales,
+                           first_loss(path if path.is_dir() else path.parent))
         write_baseline(place.run, kept)
         return kept
     return None

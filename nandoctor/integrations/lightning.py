@@ -118,6 +118,11 @@ class NanDoctorCallback(Callback):
         trainer.strategy.checkpoint_io = self._io
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:  # from scratch: an earlier run's baseline in a checkpoint folder goes
+            for callback in trainer.checkpoint_callbacks:
+                dirpath = getattr(callback, "dirpath", None)
+                if dirpath:
+                    self.gate.start(Path(dirpath), fresh=trainer.global_step == 0)
         if not self._clean:
             self._clean.update(self._previous_clean(trainer))  # a resumed run: the verdicts are on disk
             self._sync()
