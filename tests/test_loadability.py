@@ -163,6 +163,21 @@ def test_a_model_that_is_not_a_transformers_model_scans_clean_with_a_note(tmp_pa
     assert nandoctor.scan(out / "checkpoint-4", device="cpu").exit_code == 3
 
 
+def test_a_saved_model_folder_that_lost_its_config_is_exit_3_as_from_pretrained_fails(trained: Path, tmp_path: Path) -> None:
+    """save_pretrained writes generation_config.json beside config.json: a folder of the weights and the one
+    without the other would not load, Trainer checkpoint or not."""
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    for name in ("model.safetensors", "generation_config.json"):
+        shutil.copy(trained / "checkpoint-2" / name, folder)
+    assert not loads(folder)
+    report = nandoctor.scan(folder, device="cpu")
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"]
+    assert report.errors[0].message.startswith("a model folder without config.json (generation_config.json beside")
+    shutil.copy(trained / "checkpoint-2" / "config.json", folder)
+    assert loads(folder) and nandoctor.scan(folder, device="cpu").exit_code == 0
+
+
 def test_weights_alone_scan_as_before(trained: Path, tmp_path: Path) -> None:
     """A single file, and a folder of weight files without config.json or trainer files: not judged for loading."""
     single = trained / "checkpoint-2" / "model.safetensors"

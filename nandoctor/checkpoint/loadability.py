@@ -92,11 +92,14 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
         ))
     notes = _consolidate_notes(root, names)
     trainer = TRAINER_STATE in names or _run_has(root, TRAINER_STATE)
-    if not (trainer or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
+    # save_pretrained writes generation_config.json beside config.json (a generative transformers model): the
+    # one without the other is a model folder that lost its config, Trainer's or not
+    saved = GENERATION_CONFIG in names and any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names)
+    if not (trainer or saved or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
         return found, notes  # weights alone: how they are loaded is not for nandoctor to guess
     found += _unindexed_shards(files)
-    if trainer:
-        config_problems, config_notes = _config(root, names)
+    if trainer or saved:
+        config_problems, config_notes = _config(root, names, trainer)
         found += config_problems
         notes += config_notes
     return found, notes
@@ -134,7 +137,7 @@ def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
     return found
 
 
-def _config(root: Path, names: set[str]) -> tuple[list[ScanProblem], list[str]]:
+def _config(root: Path, names: set[str], trainer: bool = True) -> tuple[list[ScanProblem], list[str]]:
     """A Trainer checkpoint's weights at its top without the config their loader needs: a problem where
     something says the model is a transformers (or PEFT) model, else a note."""
     if any(_ADAPTER_WEIGHTS.match(n) for n in names) and not any(_TRANSFORMERS_WEIGHTS.match(n) for n in names):
@@ -154,7 +157,7 @@ def _config(root: Path, names: set[str]) -> tuple[list[ScanProblem], list[str]]:
     why = f" ({evidence} says it had one)" if evidence else ""
     return [ScanProblem(
         str(root / needed),
-        f"a Trainer checkpoint without {needed}{why}: {loader} cannot load it"
+        f"{'a Trainer checkpoint' if trainer else 'a model folder'} without {needed}{why}: {loader} cannot load it"
         + (" (\"Unrecognized model\")" if needed == loaders.CONFIG else ""),
         f"copy {needed} from the run's other checkpoints or the base model into the folder",
         kind=UNLOADABLE_KIND,
