@@ -56,7 +56,9 @@ def test_a_tensor_renamed_by_a_header_bit_flip_is_a_problem_and_the_hint_fixes_i
     assert info["missing_keys"] == ["lm_head.weight"] or set(info["missing_keys"]) == {"lm_head.weight"}
     assert abs(eval_loss(model) - UNIFORM_LOSS) < abs(clean_loss - UNIFORM_LOSS) / 2  # near chance, far from trained
 
-    assert nandoctor.scan(str(target), device="cpu").verdict == "CLEAN"  # every tensor finite: the names tell
+    alone = nandoctor.scan(str(target), device="cpu")  # every tensor finite: the names tell, also judged alone
+    assert alone.verdict == "TENSOR NAMES CHANGED" and alone.exit_code == 3
+    assert nandoctor.scan(str(target / "model.safetensors"), device="cpu").exit_code == 3  # (the file in the folder too)
     scanned = nandoctor.scan_run(str(run), device="cpu")
     rows = {c.step: c for c in scanned.checkpoints}
     assert [s for s, c in rows.items() if _problems(c)] == [step]
@@ -83,6 +85,7 @@ def test_a_tensor_renamed_by_a_header_bit_flip_is_a_problem_and_the_hint_fixes_i
     model, info = load(target)
     assert not info["missing_keys"] and eval_loss(model) == pytest.approx(clean_loss, abs=1e-6)
     assert not _problems({c.step: c for c in nandoctor.scan_run(str(run), device="cpu").checkpoints}[step])
+    assert nandoctor.scan(str(target), device="cpu").exit_code == 0
 
 
 def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
@@ -98,6 +101,7 @@ def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
     tensors["score.weight"] = torch.ones(2, 32)  # a head added for the last save
     save_file(tensors, newest, metadata={"format": "pt"})
     assert not any(_problems(c) for c in nandoctor.scan_run(str(run), device="cpu").checkpoints)
+    assert nandoctor.scan(str(newest.parent), device="cpu").exit_code == 0  # judged alone, the same
 
     pair = tmp_path / "pair"
     pair.mkdir()
@@ -119,9 +123,12 @@ def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
     del tensors["lm_head.weight"]  # save_pretrained drops the tied copy
     save_file(tensors, middle, metadata={"format": "pt"})
     assert not any(_problems(c) for c in nandoctor.scan_run(str(tied), device="cpu").checkpoints)
+    assert nandoctor.scan(str(middle.parent), device="cpu").exit_code == 0
     untied = tmp_path / "untied"  # the same gap between two safetensors files that hold both: missing
     shutil.copytree(trained, untied)
     shutil.copy(middle, untied / "checkpoint-20" / "model.safetensors")
     rows = nandoctor.scan_run(str(untied), device="cpu").checkpoints
     assert [c.step for c in rows if _problems(c)] == [20]
     assert _problems(rows[1])[0].message == "lm_head.weight missing, which checkpoint-10 and checkpoint-30 hold"
+    alone = nandoctor.scan(str(untied / "checkpoint-20"), device="cpu")
+    assert alone.exit_code == 3 and alone.errors[0].message == _problems(rows[1])[0].message

@@ -29,6 +29,9 @@ def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], Sc
     (verdict.may_have_grown: a healthy checkpoint of ordinary weights costs no extra scan)."""
     from nandoctor import verdict
 
+    renamed = names_in_run(report, Path(target))
+    if renamed is not None:
+        return renamed
     zeros = verdict.unexplained_zeros(report)
     if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report) or zeros):
         return report
@@ -39,6 +42,53 @@ def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], Sc
     grown = verdict.growth(report, baseline) if baseline else None
     context["growth"] = None if grown is None else grown.to_json()
     return verdict.with_run_context(report, context)
+
+
+NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with
+
+
+def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
+    """``report`` with a TENSOR NAMES CHANGED problem when the checkpoint at ``target`` holds other model tensor names
+    than the run's checkpoints around it (runs.names_changed, the run scan's rule, over the NAMES_WINDOW nearest on
+    each side: only their headers are read); None when the names agree, or outside a run."""
+    import dataclasses
+
+    from nandoctor import verdict
+    from nandoctor.checkpoint.opener import open_checkpoint
+    from nandoctor.checkpoint.runs import CLEAN, RunCheckpoint, _weights_by_name, names_changed, place_in_run
+    from nandoctor.errors import NandoctorError
+
+    if report.errors:
+        return None
+    place = place_in_run(target)
+    if place is None or place.final:
+        return None
+    siblings = place.siblings()
+    at = next((k for k, (step, _) in enumerate(siblings) if step == place.step), None)
+    if at is None:
+        return None
+    mine = _weights_by_name(report)
+    window: list[tuple[RunCheckpoint, dict[str, Any]]] = []
+    for step, path in siblings[max(0, at - NAMES_WINDOW): at + NAMES_WINDOW + 1]:
+        if step == place.step:
+            window.append((RunCheckpoint(step, str(target), CLEAN, report), mine))
+            continue
+        try:
+            opened = open_checkpoint(path, defer_crcs=True)  # headers only
+        except (NandoctorError, OSError):
+            continue
+        if opened.problems:
+            continue  # (its own scan says what is wrong with it)
+        weights = {r.name: (r.dtype, r.shape, r.file) for r in opened.refs if r.role == "weight"}
+        window.append((RunCheckpoint(step, str(path), CLEAN, None), weights))
+    if all(weights.keys() == mine.keys() for _, weights in window):
+        return None
+    found = names_changed([weights for _, weights in window], [c for c, _ in window])
+    k = next(k for k, (c, _) in enumerate(window) if c.report is report)
+    if k not in found:
+        return None
+    fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
+    return verdict.judged(dataclasses.replace(report, errors=(*report.errors, found[k])), fail_on)
 
 
 def run_facts(

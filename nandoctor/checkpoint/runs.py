@@ -483,19 +483,37 @@ def renamed_tensors(checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
     a tensor added or dropped from some save on moves no neighbour, and of two checkpoints alone neither is
     blamed. The final model and a Lightning last.ckpt are not compared (their own naming)."""
     from nandoctor import verdict
-    from nandoctor.model import ScanProblem
 
     compared = [(i, c.report) for i, c in enumerate(checkpoints) if c.report is not None and not c.report.errors
                 and not c.final and not c.last and c.same_as is None and c.status != INCOMPLETE]
     if all(r.tensors.refs.names == compared[0][1].tensors.refs.names for _, r in compared):
         return checkpoints  # (every checkpoint the same names in the same order: the usual run, one C compare each)
     rows = [i for i, _ in compared]
-    weights = [_weights_by_name(r) for _, r in compared]
-    held = Counter(name for names in weights for name in names)
+    found = names_changed([_weights_by_name(r) for _, r in compared], [checkpoints[i] for i in rows])
     out = list(checkpoints)
-    for k, i in enumerate(rows):
-        mine = weights[k]
-        neighbours = [(checkpoints[rows[j]].name, weights[j]) for j in (k - 1, k + 1) if 0 <= j < len(rows)]
+    for k, problem in found.items():
+        c = checkpoints[rows[k]]
+        report = c.report
+        assert report is not None
+        fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
+        report = verdict.judged(dataclasses.replace(report, errors=(*report.errors, problem)), fail_on)
+        out[rows[k]] = dataclasses.replace(c, report=report, status=UNREADABLE, why="")
+    return out
+
+
+Weights = dict[str, tuple[str, tuple[int, ...], str]]  # a checkpoint's model weights: name -> (dtype, shape, file)
+
+
+def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> dict[int, ScanProblem]:
+    """The problem (``verdict.NAMES_KIND``) of each of a run's checkpoints, in step order, whose model tensor names
+    differ from its neighbours' (:func:`renamed_tensors` says which): ``weights[k]`` are ``checkpoints[k]``'s, and
+    a checkpoint needs its ``name`` and ``path``."""
+    from nandoctor import verdict
+
+    held = Counter(name for names in weights for name in names)
+    found: dict[int, ScanProblem] = {}
+    for k, mine in enumerate(weights):
+        neighbours = [(checkpoints[j].name, weights[j]) for j in (k - 1, k + 1) if 0 <= j < len(weights)]
         lacked = set(neighbours[0][1]).intersection(neighbours[1][1]) - mine.keys() if len(neighbours) == 2 else set()
         unexpected = sorted(n for n in mine if held[n] == 1)
         pairs = [(m, u) for _, names in neighbours for m in sorted(names.keys() - mine.keys()) if held[m] >= 2
@@ -504,19 +522,14 @@ def renamed_tensors(checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
         missing = sorted({m for m in lacked | {m for m, _ in pairs} if not _tied_copy(m, mine, others)})
         if not missing:
             continue
-        c = checkpoints[i]
+        c = checkpoints[k]
         holders = " and ".join(name for name, names in neighbours if missing[0] in names)
         message = f"{_listed(missing)} missing, which {holders} {'hold' if ' and ' in holders else 'holds'}" + (
             f"; {_listed(unexpected)} held by no other checkpoint of the run" if unexpected else "")
         file = mine[unexpected[0]][2] if unexpected else c.path
-        problem = ScanProblem(file, message, _renamed_hint(c, missing, pairs, mine, holders.split(" and ")[0]),
-                              kind=verdict.NAMES_KIND)
-        report = c.report
-        assert report is not None
-        fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
-        report = verdict.judged(dataclasses.replace(report, errors=(*report.errors, problem)), fail_on)
-        out[i] = dataclasses.replace(c, report=report, status=UNREADABLE, why="")
-    return out
+        found[k] = ScanProblem(file, message, _renamed_hint(c, missing, pairs, mine, holders.split(" and ")[0]),
+                               kind=verdict.NAMES_KIND)
+    return found
 
 
 def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, str]],
