@@ -132,3 +132,13 @@ def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
     assert _problems(rows[1])[0].message == "lm_head.weight missing, which checkpoint-10 and checkpoint-30 hold"
     alone = nandoctor.scan(str(untied / "checkpoint-20"), device="cpu")
     assert alone.exit_code == 3 and alone.errors[0].message == _problems(rows[1])[0].message
+
+
+def test_one_shard_of_a_checkpoint_is_compared_with_the_same_shard_of_the_others():
+    """A shard scanned alone (a pre-commit hook's file list) holds part of the names: it is compared with the same
+    file of the neighbouring checkpoints, not with their whole checkpoints (every shard was TENSOR NAMES CHANGED)."""
+    from tests.conftest import DEMO_RUN
+
+    for step in (100, 200):
+        for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+            assert nandoctor.scan(str(DEMO_RUN / f"checkpoint-{step}" / shard), device="cpu").exit_code == 0

@@ -68,6 +68,7 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
     if at is None:
         return None
     mine = _weights_by_name(report)
+    one_file = not place.lightning and not target.is_dir()  # (a Lightning step file is its whole checkpoint)
     window: list[tuple[RunCheckpoint, dict[str, Any]]] = []
     for step, path in siblings[max(0, at - NAMES_WINDOW): at + NAMES_WINDOW + 1]:
         if step == place.step:
@@ -79,7 +80,12 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
             continue
         if opened.problems:
             continue  # (its own scan says what is wrong with it)
-        weights = {r.name: (r.dtype, r.shape, r.file) for r in opened.refs if r.role == "weight"}
+        refs = [r for r in opened.refs if r.role == "weight"]
+        if one_file:  # a file of a checkpoint folder (one shard): compared with the same file of the others
+            refs = [r for r in refs if Path(r.file).name == target.name]
+            if not refs:
+                continue
+        weights = {r.name: (r.dtype, r.shape, r.file) for r in refs}
         window.append((RunCheckpoint(step, str(path), CLEAN, None), weights))
     if all(weights.keys() == mine.keys() for _, weights in window):
         return None
