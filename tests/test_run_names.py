@@ -134,11 +134,47 @@ def test_names_that_change_for_a_reason_are_no_problem(trained, tmp_path):
     assert alone.exit_code == 3 and alone.errors[0].message == _problems(rows[1])[0].message
 
 
-def test_one_shard_of_a_checkpoint_is_compared_with_the_same_shard_of_the_others():
-    """A shard scanned alone (a pre-commit hook's file list) holds part of the names: it is compared with the same
-    file of the neighbouring checkpoints, not with their whole checkpoints (every shard was TENSOR NAMES CHANGED)."""
+def test_one_shard_of_several_is_not_judged_alone_and_tied_storages_are_no_rename(tmp_path):
+    """A shard scanned alone (a pre-commit hook's file list) holds the names where the shards were cut, which may move
+    between saves (a run resumed with another max_shard_size): it is not compared, its folder is. And a BERT run whose
+    saves alternate between .bin (the decoder bias and the prediction bias: one storage, two names) and safetensors
+    (one name) renamed nothing (checkpoint-2 of b, s, b, s, b was TENSOR NAMES CHANGED)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertForMaskedLM
+
     from tests.conftest import DEMO_RUN
 
     for step in (100, 200):
         for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
             assert nandoctor.scan(str(DEMO_RUN / f"checkpoint-{step}" / shard), device="cpu").exit_code == 0
+    names = [f"model.layers.{i}.mlp.weight" for i in range(9)]
+    for step, cuts in ((1, [3, 6]), (2, [3, 6]), (3, [4, 7])):  # the cut moves at checkpoint-3
+        folder = tmp_path / "sharded" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        weight_map = {}
+        for k, part in enumerate([names[a:b] for a, b in zip([0, *cuts], [*cuts, 9])], 1):
+            file = f"model-{k:05d}-of-00003.safetensors"
+            save_file({n: torch.randn(16, 16) * 0.02 for n in part}, folder / file, metadata={"format": "pt"})
+            weight_map.update({n: file for n in part})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    newest = tmp_path / "sharded" / "checkpoint-3"
+    assert nandoctor.scan(str(newest / "model-00002-of-00003.safetensors"), device="cpu").exit_code == 0
+    assert nandoctor.scan(str(newest), device="cpu").exit_code == 0
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64))
+    run = tmp_path / "bert"
+    for step, kind in enumerate("bsbsb", 1):
+        folder = run / f"checkpoint-{step}"
+        if kind == "s":
+            model.save_pretrained(folder)  # the tied decoder bias saved once
+        else:
+            model.config.save_pretrained(folder)
+            torch.save(model.state_dict(), folder / "pytorch_model.bin")  # both names, one storage
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    assert nandoctor.scan(str(run / "checkpoint-2"), device="cpu").exit_code == 0
+    assert not any(_problems(c) for c in nandoctor.scan_run(str(run), device="cpu").checkpoints)

@@ -50,12 +50,20 @@ NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint jud
 def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
     """``report`` with a TENSOR NAMES CHANGED problem when the checkpoint at ``target`` holds other model tensor names
     than the run's checkpoints around it (runs.names_changed, the run scan's rule, over the NAMES_WINDOW nearest on
-    each side: only their headers are read); None when the names agree, or outside a run."""
+    each side: only their headers are read); None when the names agree, outside a run, or for one shard of a
+    checkpoint's several (where the shards were cut may move between saves)."""
     import dataclasses
 
     from nandoctor import verdict
     from nandoctor.checkpoint.opener import open_checkpoint
-    from nandoctor.checkpoint.runs import CLEAN, RunCheckpoint, _weights_by_name, names_changed, place_in_run
+    from nandoctor.checkpoint.runs import (
+        CLEAN,
+        RunCheckpoint,
+        _weights_by_name,
+        names_changed,
+        place_in_run,
+        weight_entry,
+    )
     from nandoctor.errors import NandoctorError
 
     if report.errors:
@@ -67,8 +75,9 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
     at = next((k for k, (step, _) in enumerate(siblings) if step == place.step), None)
     if at is None:
         return None
+    if not place.lightning and not target.is_dir() and _other_weight_files(target):
+        return None  # one shard of several: what it holds depends on where the shards were cut (the folder is judged)
     mine = _weights_by_name(report)
-    one_file = not place.lightning and not target.is_dir()  # (a Lightning step file is its whole checkpoint)
     window: list[tuple[RunCheckpoint, dict[str, Any]]] = []
     for step, path in siblings[max(0, at - NAMES_WINDOW): at + NAMES_WINDOW + 1]:
         if step == place.step:
@@ -80,12 +89,7 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
             continue
         if opened.problems:
             continue  # (its own scan says what is wrong with it)
-        refs = [r for r in opened.refs if r.role == "weight"]
-        if one_file:  # a file of a checkpoint folder (one shard): compared with the same file of the others
-            refs = [r for r in refs if Path(r.file).name == target.name]
-            if not refs:
-                continue
-        weights = {r.name: (r.dtype, r.shape, r.file) for r in refs}
+        weights = {r.name: weight_entry(r) for r in opened.refs if r.role == "weight"}
         window.append((RunCheckpoint(step, str(path), CLEAN, None), weights))
     if all(weights.keys() == mine.keys() for _, weights in window):
         return None
@@ -95,6 +99,23 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
         return None
     fail_on = report.judgement.fail_on if report.judgement is not None else verdict.DEFAULT_FAIL_ON
     return verdict.judged(dataclasses.replace(report, errors=(*report.errors, found[k])), fail_on)
+
+
+def _other_weight_files(file: Path) -> bool:
+    """Whether the folder holding ``file`` holds model weight files besides it (shards, their index)."""
+    from nandoctor import access
+    from nandoctor.checkpoint import layout, loaders
+    from nandoctor.checkpoint.roles import file_role
+    from nandoctor.errors import UnreadablePathError
+
+    try:
+        entries = access.listing(file.parent)
+    except UnreadablePathError:
+        return True  # (cannot tell: not judged)
+    suffixes = layout.weight_suffixes()
+    return any(e.name != file.name and (loaders.is_index_name(e.name) or (
+        e.suffix.lower() in suffixes and file_role(e.name) is None and e.name not in layout.NOT_WEIGHTS))
+        for e in entries)
 
 
 def run_facts(

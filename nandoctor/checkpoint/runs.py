@@ -40,7 +40,7 @@ from nandoctor.checkpoint.lightningrun import (
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
-from nandoctor.model import ScanProblem, ScanReport, TensorResults
+from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 
 _CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
 
@@ -449,18 +449,36 @@ def zeroed_since(report: ScanReport, earlier: list[tuple[str, ScanReport]]) -> d
 _NAMED = 5  # tensor names quoted in a message; the rest counted
 
 
-def _weights_by_name(report: ScanReport) -> dict[str, tuple[str, tuple[int, ...], str]]:
-    """The model weights of ``report``: name → (dtype, shape, file)."""
+# a checkpoint's model weights: name -> (dtype, shape, file, the elements it views in a torch file)
+Weights = dict[str, tuple[str, tuple[int, ...], str, Any]]
+
+
+def _weights_by_name(report: ScanReport) -> Weights:
+    """The model weights of ``report``: name → (dtype, shape, file, what it views: weight_entry)."""
     refs = report.tensors.refs
-    return {name: (refs.dtypes[i], refs.shapes[i], refs.files[i])
+    return {name: weight_entry(refs[i]) if not refs.files[i].endswith(".safetensors")
+            else (refs.dtypes[i], refs.shapes[i], refs.files[i], None)
             for i, name in enumerate(refs.names) if refs.roles[i] == "weight"}
 
 
-def _tied_copy(name: str, held: dict[str, Any], others: list[dict[str, tuple[str, tuple[int, ...], str]]]) -> bool:
-    """Whether ``name``, which ``held`` lacks and ``others`` (neighbours) hold, is a tied copy (checkpoint/ties.py)
-    of a tensor ``held`` holds: a safetensors save keeps one of them, a torch file both names (a safetensors file
-    that holds both holds two tensors: untied)."""
+def weight_entry(ref: TensorRef) -> tuple[str, tuple[int, ...], str, Any]:
+    """(dtype, shape, file, the elements it views) of a weight: two names of a torch file that view the same
+    elements (tied weights saved as one storage) have the same last item; a safetensors tensor is its own (None)."""
+    return ref.dtype, ref.shape, ref.file, None if ref.file.endswith(".safetensors") else ref.elements_key
+
+
+def _tied_copy(name: str, held: dict[str, Any], others: list[Weights]) -> bool:
+    """Whether ``name``, which ``held`` lacks and ``others`` (neighbours) hold, is a tied copy of a tensor ``held``
+    holds: a safetensors save keeps one of them, a torch file both names (a safetensors file that holds both holds
+    two tensors: untied). Known by a neighbour's torch file viewing both names in one storage (BERT's
+    ``cls.predictions.decoder.bias``, RoBERTa's ``lm_head.decoder.*``: any pair), else by checkpoint/ties.py's pairs."""
     from nandoctor.checkpoint.ties import tie_candidates
+
+    for names in others:
+        viewed = names.get(name, (None,) * 4)[3]
+        if viewed is not None and any(other in held and entry[3] == viewed for other, entry in names.items()
+                                      if other != name):
+            return True
 
     parts = name.split(".")  # (under any wrapper prefix: module., base_model.model., state_dict.)
     partners = {p for i in range(len(parts)) for p in tie_candidates(".".join(parts[i:]))}
@@ -501,7 +519,6 @@ def renamed_tensors(checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
     return out
 
 
-Weights = dict[str, tuple[str, tuple[int, ...], str]]  # a checkpoint's model weights: name -> (dtype, shape, file)
 
 
 def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> dict[int, ScanProblem]:
@@ -533,7 +550,7 @@ def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> d
 
 
 def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, str]],
-                  mine: dict[str, tuple[str, tuple[int, ...], str]], holder: str) -> str:
+                  mine: Weights, holder: str) -> str:
     """What to do about a checkpoint whose tensor names changed: rename a tensor back (a safetensors file: the
     bytes under the wrong name are the tensor's, one flipped bit in the header renamed it), or restore the file."""
     import json
