@@ -527,11 +527,17 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
         was = before.get(name)
         if was is None:
             continue
-        was = max(was, GROWTH_FLOOR)
-        factor = scale / was
-        if best is None or factor > best.factor:
-            best = Growth(factor, name, scale, was)
+        grown = tensor_growth(name, scale, was)
+        if best is None or grown.factor > best.factor:
+            best = grown
     return best
+
+
+def tensor_growth(name: str, scale: float, was: float) -> Growth:
+    """How far tensor ``name`` at ``scale`` grew since ``was``, that taken as at least ``GROWTH_FLOOR``: a tensor
+    that started near zero (a bias, LoRA's ``lora_B``) may grow by any factor in healthy training."""
+    was = max(was, GROWTH_FLOOR)
+    return Growth(scale / was, name, scale, was)
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> int:

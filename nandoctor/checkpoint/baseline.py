@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +49,11 @@ class RunBaseline:
 def first_loss(checkpoint: Path) -> tuple[int, float] | None:
     """(step, loss) of the first loss a Trainer checkpoint's trainer_state.json logged: the same in every checkpoint
     of one run (log_history keeps the run's whole log), another value in a run started again from scratch."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+    from nandoctor.checkpoint.loaders import TRAINER_STATE
+
     try:
-        with open(Path(checkpoint) / "trainer_state.json", encoding="utf-8") as fh:
-            history = json.load(fh).get("log_history")
+        history = read_json(Path(checkpoint) / TRAINER_STATE).get("log_history")
     except (OSError, ValueError, AttributeError):
         return None
     for entry in history if isinstance(history, list) else ():
@@ -63,9 +64,10 @@ def first_loss(checkpoint: Path) -> tuple[int, float] | None:
 
 def read_baseline(run: Path) -> RunBaseline | None:
     """The baseline kept in ``run``; None when there is none or it is not one this module wrote."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+
     try:
-        with open(Path(run) / BASELINE_NAME, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = read_json(Path(run) / BASELINE_NAME)  # (bounded; a FIFO planted there does not block)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("format") != "nandoctor-baseline/1":
@@ -99,20 +101,10 @@ def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None
 
 
 def write_baseline(run: Path, kept: RunBaseline) -> None:
-    """Write ``kept`` into ``run`` atomically; raises OSError."""
-    _write(Path(run) / BASELINE_NAME, kept.to_json())
+    """Write ``kept`` into ``run`` atomically, never through a link planted at a temporary name; raises OSError."""
+    from nandoctor.report.outfile import write_text
 
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.writing")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:  # "x": never through a link planted at that name
-            json.dump(data, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(Path(run) / BASELINE_NAME, json.dumps(kept.to_json(), indent=1, allow_nan=False) + "\n")
 
 
 def _finite_number(value: Any) -> bool:

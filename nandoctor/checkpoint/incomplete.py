@@ -10,12 +10,12 @@ import stat
 from pathlib import Path
 
 from nandoctor import access
+from nandoctor.checkpoint.loaders import TRAINER_STATE
 from nandoctor.errors import UnreadablePathError
 
 # Names writers use for files still being written; their presence means the save did not finish.
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
 _TEMP_PREFIXES = ("tmp", ".tmp")
-TRAINER_STATE = "trainer_state.json"
 
 
 def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: bool = False) -> list[str]:

@@ -32,7 +32,6 @@ from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
 
-TRAINER_STATE = "trainer_state.json"
 GENERATION_CONFIG = "generation_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 _TRAINER_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
@@ -91,7 +90,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             kind=UNLOADABLE_KIND,
         ))
     notes = _consolidate_notes(root, names)
-    trainer = TRAINER_STATE in names or _run_has(root, TRAINER_STATE)
+    trainer = loaders.TRAINER_STATE in names or _run_has(root, loaders.TRAINER_STATE)
     # save_pretrained writes generation_config.json beside config.json (a generative transformers model): the
     # one without the other is a model folder that lost its config, Trainer's or not
     saved = GENERATION_CONFIG in names and any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names)

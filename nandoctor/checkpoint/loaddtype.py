@@ -27,11 +27,11 @@ from typing import Any
 from nandoctor import access
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.loaders import CONFIG
 from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 
-CONFIG = "config.json"
 NONE = "none"  # --target-dtype none: no overflow counts at all, config.json's dtype included
 KEYS = ("dtype", "torch_dtype")  # in the order transformers prefers them
 EXTRA_KEY = "load_dtype"  # the report's extra (and --json top level)

@@ -33,6 +33,7 @@ from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
 
 CONFIG = "config.json"
+TRAINER_STATE = "trainer_state.json"  # a transformers Trainer checkpoint's state and log
 EXPLICIT_KEY = "transformers_weights"
 MANIFESTS = ("modules.json", "model_index.json")
 

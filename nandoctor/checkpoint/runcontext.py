@@ -173,11 +173,10 @@ def run_facts(
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
     from nandoctor.checkpoint.baseline import kept_before
 
-    folder_of_target = target if target.is_dir() else target.parent
-    kept = kept_before(place.run, (step for step, _ in earlier), folder_of_target)  # the first healthy one, gone
+    folder = target if target.is_dir() else target.parent
+    kept = kept_before(place.run, (step for step, _ in earlier), folder)  # the first healthy one, gone
     if kept is not None:
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
-    folder = target if target.is_dir() else target.parent
     if place.lightning:
         metrics = metrics_near(place.run)
         log = metrics.train_log(place.step) if metrics is not None else None

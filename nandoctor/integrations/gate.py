@@ -134,18 +134,15 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
     added), else ``target`` itself when healthy. ``fresh``: this training started from scratch (no resume), so a
     baseline kept from an earlier run in the same folder is replaced, and checkpoints left from it are not
     candidates. Returns the RunBaseline written, or None; raises OSError."""
-    from nandoctor.checkpoint.baseline import BASELINE_NAME, RunBaseline, first_loss, read_baseline, write_baseline
+    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, read_baseline, write_baseline
     from nandoctor.checkpoint.runs import HEALTHY_STATUSES, place_in_run
     from nandoctor.errors import NandoctorError
 
     place = place_in_run(Path(target))
     if place is None or place.final:
         return None
-    existing = read_baseline(place.run)
-    if existing is not None and fresh:
-        (place.run / BASELINE_NAME).unlink(missing_ok=True)  # another run's: wrong for this one whatever follows
-        existing = None
-    if existing is not None and existing.step < place.step:
+    existing = read_baseline(place.run)  # (a fresh run's start() removed an earlier run's; ignored if it could not)
+    if existing is not None and existing.step < place.step and not fresh:
         return None
     candidates: list[tuple[int, Path, ScanReport | None]] = [] if fresh else [
         (step, path, None) for step, path in place.siblings() if step < place.step

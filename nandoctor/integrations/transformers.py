@@ -344,9 +344,10 @@ class NanDoctorCallback(TrainerCallback):
         before it still on disk, as ``nandoctor scan RUN`` names the last healthy one."""
         if self.first_bad is None:
             return
+        from nandoctor.checkpoint.loaders import TRAINER_STATE
         from nandoctor.checkpoint.trainlog import read_train_log
 
-        state_file = folder / "trainer_state.json"
+        state_file = folder / TRAINER_STATE
         if not state_file.is_file():
             return
         broken_from = read_train_log(state_file).broken_weights_from

@@ -35,7 +35,7 @@ from nandoctor.layers import layer_of
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
-from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, GROWTH_FLOOR, Growth
+from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, Growth, tensor_growth
 
 SCOPES = ("tensor", "layer")
 
@@ -87,8 +87,7 @@ class RunBaseline:
         was = self.scales.get(name)
         if was is None or scale is None:
             return None
-        was = max(was, GROWTH_FLOOR)  # as verdict.growth: a tensor that started near zero may grow freely
-        grown = Growth(scale / was, name, scale, was)
+        grown = tensor_growth(name, scale, was)  # (verdict.growth's rule, tensor by tensor)
         return grown if grown.factor >= GROWTH_DIVERGED else None
 
 

@@ -213,8 +213,7 @@ def _structured(code: str, state: tuple, depth: int) -> _Layout:
         if n * base.itemsize != itemsize:
             raise ValueError(f"its subarray of {n} × {base.itemsize} bytes is not its {itemsize}-byte item")
         runs = [lane for lane in base.lanes if lane.count > 1]  # repeated per subarray element, one lane each
-        if len(base.lanes) + n * len(runs) > _MAX_LANES:
-            raise ValueError(f"its structured dtype has more than {_MAX_LANES:,} float fields")
+        _bounded(len(base.lanes) + n * len(runs))  # (before the lanes are made: n can be huge)
         lanes = [_Lane(lane.offset, lane.dtype, n, base.itemsize) for lane in base.lanes if lane.count == 1]
         lanes += [_Lane(lane.offset + k * base.itemsize, lane.dtype, lane.count, lane.stride)
                   for lane in runs for k in range(n)]
@@ -232,7 +231,7 @@ def _structured(code: str, state: tuple, depth: int) -> _Layout:
         if entry[1] + inner.itemsize > itemsize:
             raise ValueError(f"its field {field!r} runs past its {itemsize}-byte item")
         lanes += [_Lane(entry[1] + lane.offset, lane.dtype, lane.count, lane.stride) for lane in inner.lanes]
-        _bounded(lanes)
+        _bounded(len(lanes))
         held |= inner.objects
         if inner.lanes and inner.lanes == (_Lane(0, inner.text, 1, inner.itemsize),):
             float_fields.append(i)
@@ -240,8 +239,8 @@ def _structured(code: str, state: tuple, depth: int) -> _Layout:
     return _Layout(itemsize, tuple(lanes), "{" + ", ".join(texts) + "}", held, names, tuple(float_fields))
 
 
-def _bounded(lanes: list[_Lane]) -> None:
-    if len(lanes) > _MAX_LANES:
+def _bounded(count: int) -> None:
+    if count > _MAX_LANES:
         raise ValueError(f"its structured dtype has more than {_MAX_LANES:,} float fields")
 
 
