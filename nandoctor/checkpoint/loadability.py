@@ -114,7 +114,8 @@ def _model_elsewhere(files: layout.CheckpointFiles) -> bool:
 def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
     """Complete sets of numbered safetensors or ``.bin`` shards at the folder's top that no index lists (an
     incomplete set is a problem of the layout's already)."""
-    indexed = {index.path.parent / shard for index in files.indexes for shard in index.weight_map.values()}
+    # a path per shard, not per tensor: an index lists each shard once per tensor it holds
+    indexed = {index.path.parent / shard for index in files.indexes for shard in set(index.weight_map.values())}
     unlisted = [f for f in files.files if f.parent == files.root and f not in indexed
                 and f.suffix.lower() in (".safetensors", ".bin")]
     found = []
