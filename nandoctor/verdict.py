@@ -24,6 +24,7 @@ from typing import Any
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanReport, TensorResult, TensorResults, Verdict
+from nandoctor.wording import first_few
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
 FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
@@ -656,8 +657,7 @@ _MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
 def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
     values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
                                                        (sum(t.neginf for t in bad), "-Inf")) if n)
-    names = ", ".join(short_key(t.name) for t in bad[:_MAX_NAMED]) + (
-        f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
+    names = first_few([short_key(t.name) for t in bad], _MAX_NAMED)
     return f"{values} in trainer state ({names}), not a finding"
 
 

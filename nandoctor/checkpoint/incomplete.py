@@ -34,7 +34,7 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
 
 
 def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False) -> list[str]:
-    from nandoctor.checkpoint.layout import INDEX_NAMES, read_index, weight_suffixes
+    from nandoctor.checkpoint.layout import INDEX_NAMES, model_in_subfolder, read_index, weight_suffixes
     from nandoctor.checkpoint.loadability import state_only
     from nandoctor.errors import CorruptCheckpointError
 
@@ -53,7 +53,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
     suffixes = weight_suffixes()
     weights = [e for e in entries if e.suffix.lower() in suffixes and e.name not in temp]
     indexes = [folder / n for n in INDEX_NAMES if access.is_file(folder / n, refused=True)]  # (unreadable: skipped below)
-    if not weights and not indexes and not _model_in_subfolder(folder, entries):
+    if not weights and not indexes and not model_in_subfolder(folder, entries):
         reasons.append("no weight files")
     state = state_only(entries)
     if state:  # the model file went missing: nothing of the model to resume or load from
@@ -72,18 +72,6 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
     if expect_trainer_state and _missing(folder / TRAINER_STATE):
         reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
     return reasons
-
-
-def _model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
-    """Whether the folder keeps its model in a subfolder its layout scans: accelerate's FSDP sharded state
-    (``pytorch_model_fsdp_0/``), DeepSpeed's ZeRO partitions (``global_stepN/``, or the tag ``latest`` names:
-    Lightning's ``checkpoint/``)."""
-    from nandoctor.checkpoint.layout import DEEPSPEED_STATES, FSDP_MODEL_FOLDER, deepspeed_tag
-
-    if any(FSDP_MODEL_FOLDER.match(e.name) or DEEPSPEED_STATES.match(e.name) for e in entries):
-        return True
-    tag = deepspeed_tag(folder)
-    return tag is not None and any(e.name == tag for e in entries)
 
 
 def _incomplete_file_reasons(file: Path) -> list[str]:

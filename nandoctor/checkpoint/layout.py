@@ -33,6 +33,7 @@ from nandoctor.errors import (
     UnsupportedFormatError,
 )
 from nandoctor.model import ScanProblem
+from nandoctor.wording import first_few
 
 # Preferred first: when a folder holds both, safetensors is what loaders pick too.
 INDEX_NAMES = (
@@ -177,7 +178,7 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
     holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
     if not holding:
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
-    shown = ", ".join(f"{sub.name}/" for sub in holding[:5]) + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
+    shown = first_few([f"{sub.name}/" for sub in holding], 5)
     return UnsupportedFormatError(
         f"{root}: no checkpoint files at its top, but {len(holding)} subfolder(s) hold weights: {shown}",
         f"scan one of them, e.g. nandoctor scan {shlex.quote(str(holding[0]))}",
@@ -419,6 +420,16 @@ def deepspeed_tag(root: Path) -> str | None:
     return tag if 0 < len(tag) <= _MAX_TAG_BYTES and "/" not in tag and tag not in (".", "..") else None
 
 
+def model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
+    """Whether ``folder`` (whose listing is ``entries``) keeps its model in a subfolder its layout scans:
+    accelerate's FSDP sharded state (``pytorch_model_fsdp_0/``), DeepSpeed's ZeRO partitions
+    (``global_stepN/``, or the folder DeepSpeed's ``latest`` names: Lightning's ``checkpoint/``)."""
+    if any(FSDP_MODEL_FOLDER.match(e.name) or DEEPSPEED_STATES.match(e.name) for e in entries):
+        return True
+    tag = deepspeed_tag(folder) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
+    return tag is not None and any(e.name == tag for e in entries)
+
+
 def _weight_subfolders(
     entries: list[Path], skip: set[Path] | frozenset[Path] = frozenset()
 ) -> list[tuple[Path, list[Path] | UnreadablePathError]]:
@@ -504,7 +515,7 @@ def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProb
         missing = [k for k in range(1, total + 1) if k not in present]
         if missing:
             names = [f"{stem}-{k:0{width}d}-of-{n}{ext}" for k in missing]
-            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            shown = first_few(names, 4)
             problems.append(
                 ScanProblem(
                     str(root / names[0]),

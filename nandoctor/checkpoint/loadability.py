@@ -28,13 +28,14 @@ from nandoctor import access
 from nandoctor.checkpoint import layout, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
+from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.wording import first_few
 
 GENERATION_CONFIG = "generation_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
-_TRAINER_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 # Weights transformers' from_pretrained reads at a folder's top (one file, numbered shards, their index), and
 # PEFT's adapter weights, which need adapter_config.json instead of config.json
 _TRANSFORMERS_WEIGHTS = re.compile(r"^(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safetensors|bin)$")
@@ -46,15 +47,16 @@ def state_only(entries: list[Path]) -> list[str]:
     """The trainer-state files among a folder's ``entries`` when it holds such files (optimizer, scheduler,
     RNG, scaler state; accelerate's ``optimizer_0/``) but no model weights; empty otherwise. By name: a
     model file that cannot be read is still the model's (its scan says why it cannot be read)."""
+    if entries and layout.model_in_subfolder(entries[0].parent, entries):
+        return []  # the model: FSDP sharded state, DeepSpeed ZeRO partitions
     suffixes = layout.weight_suffixes()
     state: list[str] = []
     for entry in entries:
         name = entry.name
         if name.startswith(".") or name in layout.NOT_WEIGHTS:
             continue
-        if (loaders.is_index_name(name) or layout.FSDP_MODEL_FOLDER.match(name)
-                or layout.DEEPSPEED_STATES.match(name) or name == layout.DEEPSPEED_LATEST):
-            return []  # the model: sharded, FSDP sharded state, DeepSpeed ZeRO partitions
+        if loaders.is_index_name(name):
+            return []  # the model, sharded
         if entry.suffix.lower() in suffixes:
             if file_role(name) is None:
                 return []
@@ -83,7 +85,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     if state and not _model_elsewhere(files):
         found.append(ScanProblem(
             str(root),
-            f"holds trainer state ({_shown(state)}) but no model weights: from_pretrained finds no model.safetensors "
+            f"holds trainer state ({first_few(state, _MAX_SHOWN)}) but no model weights: from_pretrained finds no model.safetensors "
             "or pytorch_model.bin, and Trainer's resume_from_checkpoint finds no valid checkpoint",
             "the model file was deleted or never written: copy model.safetensors (or the shards and their index) "
             "back from where the checkpoint was saved, or use an earlier checkpoint",
@@ -166,19 +168,19 @@ def _config(root: Path, names: set[str], trainer: bool = True) -> tuple[list[Sca
 
 def _run_has(root: Path, name: str) -> bool:
     """Whether another ``checkpoint-N`` folder of the run ``root`` lies in holds ``name``."""
-    return _TRAINER_CHECKPOINT.match(root.name) is not None and _where_run_has(root, name, top=False) is not None
+    return _where_run_has(root, name, top=False) is not None
 
 
 def _where_run_has(root: Path, name: str, *, top: bool = True) -> str | None:
     """Which other ``checkpoint-N`` folder of the run that ``root`` (a ``checkpoint-N`` folder) lies in holds
     ``name``, or the run folder's top (``top``), in words; None when none does."""
-    if _TRAINER_CHECKPOINT.match(root.name) is None:
+    if step_of(root) is None:
         return None
     run = root.parent
     if top and _model_config(run / name):
         return f"the run's {name}"
     try:
-        siblings = sorted(e for e in access.listing(run) if _TRAINER_CHECKPOINT.match(e.name) and e.name != root.name)
+        siblings = [folder for _, folder in checkpoints_in(run) if folder.name != root.name]
     except UnreadablePathError:
         return None
     held = next((s for s in siblings if _model_config(s / name)), None)
@@ -209,11 +211,6 @@ def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
         return []
     return [f"{fsdp[0]}/ holds the model as FSDP sharded state (scanned): Trainer resumes from it, from_pretrained "
             f"cannot read it; for a loadable model: accelerate merge-weights {root / fsdp[0]} OUT_FOLDER"]
-
-
-def _shown(names: list[str]) -> str:
-    more = len(names) - _MAX_SHOWN
-    return ", ".join(names[:_MAX_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 __all__ = ["problems", "state_only"]

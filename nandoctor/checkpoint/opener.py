@@ -25,6 +25,7 @@ from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import read_file
+from nandoctor.wording import first_few
 
 _MAX_LISTED_NAMES = 5
 Fingerprint = tuple[int, int]  # (size, mtime in ns), see layout.fingerprint
@@ -161,7 +162,7 @@ def _unscanned_notes(root: Path) -> list[str]:
         return []
     if not names:
         return []
-    return [f"not scanned (not a format nandoctor reads): {_names(names)}"]
+    return [f"not scanned (not a format nandoctor reads): {first_few(names, _MAX_LISTED_NAMES, quoted=True)}"]
 
 
 def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
@@ -185,7 +186,7 @@ def _with_unscanned(problem: ScanProblem, file: Path, indexes: list[layout.Shard
     if not names:
         return problem
     return dataclasses.replace(problem, message=f"{problem.message}; its {len(names)} tensor(s) in "
-                               f"{indexes[0].path.name} were not scanned: {_names(names)}")
+                               f"{indexes[0].path.name} were not scanned: {first_few(names, _MAX_LISTED_NAMES, quoted=True)}")
 
 
 def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
@@ -195,12 +196,6 @@ def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
     message = exc.message
     prefix = f"{file}: "
     return ScanProblem(str(file), message.removeprefix(prefix), exc.hint)
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED_NAMES])
-    more = len(names) - _MAX_LISTED_NAMES
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
@@ -220,7 +215,7 @@ def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seque
                 problems.append(
                     ScanProblem(
                         str(shard_path),
-                        f"{len(missing)} tensors that {index.path.name} maps here are absent: {_names(missing)}",
+                        f"{len(missing)} tensors that {index.path.name} maps here are absent: {first_few(missing, _MAX_LISTED_NAMES, quoted=True)}",
                         "the index and the shards come from different saves; re-save or re-download",
                     )
                 )
@@ -229,7 +224,7 @@ def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seque
                 problems.append(
                     ScanProblem(
                         str(shard_path),
-                        f"{len(extra)} tensors in this shard are not in {index.path.name}: {_names(extra)}",
+                        f"{len(extra)} tensors in this shard are not in {index.path.name}: {first_few(extra, _MAX_LISTED_NAMES, quoted=True)}",
                         "loaders will ignore them; re-save the checkpoint or fix the index",
                     )
                 )

@@ -38,27 +38,11 @@ from nandoctor.checkpoint.lightningrun import (
     saved_step,
 )
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
+from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
-
-_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")  # Trainer / accelerate; torchtitan's DCP saves
-
-
-def step_of(path: Path) -> int | None:
-    """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
-    match = _CHECKPOINT.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
-    found = []
-    for entry in access.listing(folder):
-        step = step_of(entry)
-        if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
-            found.append((step, entry))
-    return sorted(found)
+from nandoctor.wording import first_few
 
 
 def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
@@ -487,10 +471,6 @@ def _tied_copy(name: str, held: dict[str, Any], others: list[Weights]) -> bool:
     return any(other == p or other.endswith("." + p) for other in held for p in partners)
 
 
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:_NAMED]) + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
-
-
 def renamed_tensors(checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
     """``checkpoints`` with a problem (exit 3, ``verdict.NAMES_KIND``) on each one whose model tensor names differ
     from its neighbours': it lacks a name both neighbours hold, or it holds a name no other checkpoint of the run
@@ -541,8 +521,8 @@ def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> d
             continue
         c = checkpoints[k]
         holders = " and ".join(name for name, names in neighbours if missing[0] in names)
-        message = f"{_listed(missing)} missing, which {holders} {'hold' if ' and ' in holders else 'holds'}" + (
-            f"; {_listed(unexpected)} held by no other checkpoint of the run" if unexpected else "")
+        message = f"{first_few(missing, _NAMED)} missing, which {holders} {'hold' if ' and ' in holders else 'holds'}" + (
+            f"; {first_few(unexpected, _NAMED)} held by no other checkpoint of the run" if unexpected else "")
         file = mine[unexpected[0]][2] if unexpected else c.path
         found[k] = ScanProblem(file, message, _renamed_hint(c, missing, pairs, mine, holders.split(" and ")[0]),
                                kind=verdict.NAMES_KIND)

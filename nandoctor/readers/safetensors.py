@@ -26,6 +26,7 @@ from nandoctor.readers.compact_header import HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
 from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.wording import first_few
 
 
 class SafetensorsReader:
@@ -53,7 +54,7 @@ def torch_unloadable(path: Path, table: RefTable) -> tuple[ScanProblem, ...]:
         return ()
     names = [name for name, dtype in zip(table.names, table.dtypes) if dtype in TORCH_UNLOADABLE_SAFETENSORS]
     dtypes = "/".join(sorted(TORCH_UNLOADABLE_SAFETENSORS.intersection(table.dtypes)))
-    shown = ", ".join(repr(name) for name in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    shown = first_few(names, 8, quoted=True)
     return (ScanProblem(
         str(path),
         f"{len(names)} tensor(s) of dtype {dtypes} ({shown}): safetensors.torch cannot load this dtype "

@@ -30,6 +30,7 @@ from nandoctor.restore.plan import (
 )
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
+from nandoctor.wording import first_few
 
 if TYPE_CHECKING:
     from nandoctor.restore.donors import CheckpointDonor
@@ -354,7 +355,7 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
         )
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
-        shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        shown = first_few(names, 3, quoted=True)
         ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
         if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
             ways.append(" ".join(f"--exclude {shlex.quote(g)}" for g in plan.exclude_globs)

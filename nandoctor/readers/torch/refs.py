@@ -21,6 +21,7 @@ from nandoctor.model import Region, TensorRef
 from nandoctor.readers.torch.names import Walk
 from nandoctor.readers.torch.rebuilds import MAX_VIEWS_PER_STORAGE
 from nandoctor.readers.torch.stubs import StorageRef, TensorStub
+from nandoctor.wording import first_few
 
 _MAX_LISTED = 5
 # Views of one storage. Real checkpoints have one or two (tied weights), an FSDP flat parameter a few dozen;
@@ -48,9 +49,7 @@ class BuiltRefs:
 
 
 def listed(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
-    more = len(names) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
+    return first_few(names, _MAX_LISTED, quoted=True)
 
 
 def _fail(path: str, reason: str) -> CorruptCheckpointError:

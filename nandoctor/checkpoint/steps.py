@@ -1,0 +1,31 @@
+"""A run's checkpoint folders by name: ``checkpoint-N`` (Trainer, accelerate) or ``step-N`` (torchtitan's
+DCP saves), the step N each names, and those a run folder holds. The run timeline (runs.py) and the
+loadability checks (loadability.py) list a run's checkpoints the same way through here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nandoctor import access
+
+_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")
+
+
+def step_of(path: Path) -> int | None:
+    """The global step N of a folder named ``checkpoint-N`` (or torchtitan's ``step-N``), else None."""
+    match = _CHECKPOINT.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
+    found = []
+    for entry in access.listing(folder):
+        step = step_of(entry)
+        if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
+            found.append((step, entry))
+    return sorted(found)
+
+
+__all__ = ["checkpoints_in", "step_of"]
