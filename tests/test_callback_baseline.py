@@ -12,6 +12,7 @@ first healthy checkpoint's scales in nandoctor-baseline.json, so rotation must n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,27 @@ def test_a_baseline_from_another_run_is_not_used_by_a_scan(tmp_path):
     assert kept_before(out, [2, 4], out / "checkpoint-4") is None  # another run's
     write_baseline(out, RunBaseline(1, "checkpoint-1", 1.0, {"lm_head.weight": 0.07}, ours))
     assert kept_before(out, [2, 4], out / "checkpoint-4") is not None  # this run's, its checkpoint-1 rotated away
+
+
+@pytest.fixture(scope="module")
+def slow_jump(tmp_path_factory):
+    """At lr 14 the loss jumps at step 23 while the weights pass every check until step 24: three clean
+    checkpoints are saved from weights that already made the jump. The oracle: the full run (no rotation),
+    whose last healthy checkpoint is the last one whose next-step loss did not jump."""
+    root = tmp_path_factory.mktemp("slowjump")
+    truth = diverging_trainer_run(root / "all", steps=26, learning_rate=14.0)
+    return root, truth
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_rotation_keeps_the_checkpoint_before_a_loss_jump_several_saves_back(slow_jump, limit):
+    root, truth = slow_jump
+    oracle = f"checkpoint-{truth['last_healthy']}"
+    healthy_after = [c["step"] for c in truth["checkpoints"] if c["step"] > truth["last_healthy"] and not c["nonfinite"]]
+    assert len(healthy_after) >= 2  # clean saves after the resume point: what rotation used to keep instead
+    doctor = NanDoctorCallback(stop_on_nonfinite=False)
+    diverging_trainer_run(root / f"rotated{limit}", steps=26, learning_rate=14.0, callbacks=(doctor,),
+                          save_total_limit=limit)
+    assert doctor.first_bad is not None
+    assert doctor.last_clean is not None and Path(doctor.last_clean).name == oracle
+    assert (root / f"rotated{limit}" / oracle).is_dir()

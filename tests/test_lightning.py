@@ -255,3 +255,46 @@ def test_callback_logs_health_figures_to_the_trainers_loggers(tmp_path):
         assert float(logged[step]["nandoctor/nonfinite"]) == want["nandoctor/nonfinite"]
         assert float(logged[step]["nandoctor/bad_tensors"]) == want["nandoctor/bad_tensors"]
     assert float(logged[2]["nandoctor/nonfinite"]) == 0 and float(logged[6]["nandoctor/nonfinite"]) >= 1
+
+
+def _logged_losses(run_dir: Path) -> dict[int, float]:
+    """train_loss by step from Lightning's own CSVLogger file: the loss of the weights saved at that step."""
+    import csv
+
+    rows = csv.DictReader((run_dir / "logs" / "version_0" / "metrics.csv").open())
+    return {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
+
+
+@pytest.mark.parametrize("save_top_k", [1, -1])
+def test_callback_moves_last_clean_before_the_loss_jump_and_keeps_that_file(tmp_path, save_top_k):
+    """SGD at lr 0.9 diverges geometrically: the loss of the weights at step 2 is already 8x the first one, while
+    the weights pass every check until step 5. The file to resume from is the last one saved before the weights
+    that made the loss jump (the oracle: Lightning's own logged losses), as the run scan names it; rotation keeps
+    it although three clean files were saved after it."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    lightning_run(tmp_path, callbacks=(doctor,), steps=24, every_n_train_steps=1, learning_rate=0.9,
+                  keep_last=False, monitor=None, save_top_k=save_top_k)
+    folder = tmp_path / "checkpoints"
+    losses = _logged_losses(tmp_path)
+    jumped = min(s for s, loss in losses.items() if loss >= 4 * losses[0])
+    passed = sorted(int(Path(p).stem.rsplit("step=", 1)[1]) for p, r in doctor.reports.items()
+                    if r.judgement.exit_code == 0)
+    assert doctor.first_bad is not None and passed[-1] > jumped  # clean files were saved after the jump
+    oracle = folder / f"epoch=0-step={max(s for s in passed if s < jumped)}.ckpt"
+    assert doctor.last_clean == str(oracle) and oracle.is_file()
+    assert json.loads((folder / "nandoctor.json").read_text())["last_clean"] == oracle.name
+    assert nandoctor.scan_run(str(folder)).last_healthy.path == str(oracle)
+    if save_top_k == 1:  # the file before the jump and the newest clean one held back, the failing newest
+        newest_clean = folder / f"epoch=0-step={passed[-1]}.ckpt"
+        assert sorted(folder.glob("*.ckpt")) == sorted({oracle, newest_clean, folder / Path(doctor.first_bad).name})
+
+
+def test_a_loss_jump_alone_moves_no_last_clean_but_keeps_the_file_before_it(tmp_path):
+    """No file failed: the newest clean file is last_clean (a jump fails nothing), but the one saved before the
+    weights that made the jump is held back from rotation in case a later file fails."""
+    doctor = NanDoctorCallback()
+    lightning_run(tmp_path, callbacks=(doctor,), steps=4, every_n_train_steps=1, learning_rate=0.9,
+                  keep_last=False, monitor=None, save_top_k=1)
+    folder = tmp_path / "checkpoints"
+    assert doctor.first_bad is None and doctor.last_clean == str(folder / "epoch=0-step=4.ckpt")
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "epoch=0-step=4.ckpt"]

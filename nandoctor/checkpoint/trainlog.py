@@ -131,8 +131,13 @@ def read_train_log(path: Path) -> TrainLog:
     history = data.get("log_history") if isinstance(data, dict) else None
     if not isinstance(history, list):
         return TrainLog(str(path), error="no \"log_history\" list")
+    return from_log_history(str(path), history)
+
+
+def from_log_history(source: str, history: list[Any]) -> TrainLog:
+    """Where a ``log_history`` (trainer_state.json's, or a live ``TrainerState``'s) broke."""
     entries = ((e["step"], e) for e in history if isinstance(e, dict) and isinstance(e.get("step"), int))
-    return _where_it_broke(str(path), entries, _LOGGED_KEYS, "loss")
+    return _where_it_broke(source, entries, _LOGGED_KEYS, "loss")
 
 
 @dataclass(frozen=True, slots=True)

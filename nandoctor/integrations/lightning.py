@@ -21,7 +21,14 @@ callback (integrations/gate.py): the bytes a resume or an export would load.
 * ``protect_last_clean=True``: when ``ModelCheckpoint`` rotates the newest clean
   file of its folder away (``save_top_k``), the removal is held back until a newer
   clean file exists there, so at most one file more than ``save_top_k`` is kept per
-  folder, however long the bad streak.
+  folder, however long the bad streak; while no training loss has been computed
+  from the newest clean file's weights yet, the clean file before it is held too.
+* The training loss (``training_step``'s, read every ``log_every_n_steps`` steps
+  in ``on_train_batch_end``, not from a logger: ``CSVLogger`` writes its file every
+  100 steps) is judged by the run scan's rule (checkpoint/trainlog.py): once a file
+  failed, a loss that jumped to ``LOSS_JUMP`` times the run's early loss moves
+  ``last_clean`` back to the newest clean file saved before the weights that made
+  it, as ``nandoctor scan`` names a run's last healthy checkpoint.
 * A file that is written again under the same name (``save_last=True``'s
   ``last.ckpt``, a ``filename`` without the step) is scanned each time but is never
   the clean file kept or named ``last_clean``: its clean bytes are gone with the
@@ -100,6 +107,9 @@ class NanDoctorCallback(Callback):
         self._written: set[str] = set()  # every path saved during this fit
         self._stop_pending = False
         self._io: _ScanningCheckpointIO | None = None
+        self._losses: dict[int, dict[str, float]] = {}  # step of the weights → {"loss": the loss they gave}
+        self._batch_step = 0  # the step of the weights the current batch's loss is computed with
+        self._ended = False  # fit is over: no loss will confirm the newest clean file any more
 
     reports = property(lambda self: self.gate.reports)  # file path → report (rank zero only)
     last_clean = property(lambda self: self.gate.last_clean)  # the newest clean file still on disk (never last.ckpt)
@@ -128,9 +138,28 @@ class NanDoctorCallback(Callback):
             self._sync()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_step = trainer.global_step
         # every rank reaches this point: they decide together
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._stop_pending, all=False):
             trainer.should_stop = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+    ) -> None:
+        # (before ModelCheckpoint's own on_train_batch_end: Lightning runs checkpoint callbacks last)
+        step = self._batch_step
+        if not trainer.is_global_zero or step in self._losses or step % max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1)):
+            return
+        loss = _loss_of(outputs)
+        if loss is None:
+            return
+        self._losses[step] = {"loss": loss}
+        self._release_all()  # the newest clean file's weights may have just given their loss
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # as Trainer's end-of-training clean-up: the newest clean file (and one before a loss jump) is enough
+        self._ended = True
+        self._release_all()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._io is not None and trainer.strategy.checkpoint_io is self._io:
@@ -164,8 +193,8 @@ class NanDoctorCallback(Callback):
                 sink.log_metrics(figures, step=step)
         if passed and not rewritten:
             self._clean[str(path)] = step
-            self._release(path.parent, keep=str(path))
         self._sync()
+        self._release(path.parent)
         if passed is False and self.stop_on_nonfinite and self.stopped_at is None:
             self.stopped_at = step
             logger.error("nandoctor: stopping training at step %d: %s failed the check; last clean checkpoint: %s",
@@ -176,8 +205,9 @@ class NanDoctorCallback(Callback):
                 trainer.should_stop = True
 
     def keeps(self, path: Path) -> bool:
-        """Whether the removal ModelCheckpoint asked for is held back (``path`` is the newest clean file)."""
-        if not self.protect_last_clean or str(path) != self._newest_clean(path.parent):
+        """Whether the removal ModelCheckpoint asked for is held back (``path`` is a clean file to resume from:
+        :meth:`_protected`)."""
+        if not self.protect_last_clean or str(path) not in self._protected(path.parent):
             return False
         if str(path) not in self.held_back:
             self.held_back.add(str(path))
@@ -192,17 +222,53 @@ class NanDoctorCallback(Callback):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _newest_clean(self, folder: Path | None = None) -> str | None:
-        """The newest clean file on disk (in ``folder`` when given) that no later save rewrites."""
-        kept = [(step, name) for name, step in self._clean.items() if folder is None or Path(name).parent == folder]
+    def _newest_clean(self, folder: Path | None = None, before: int | None = None) -> str | None:
+        """The newest clean file on disk (in ``folder`` when given) that no later save rewrites, saved before
+        step ``before`` (default: before the weights that made the loss jump, once a file failed)."""
+        before = self._broken_from() if before is None else before
+        kept = [(step, name) for name, step in self._clean.items()
+                if (folder is None or Path(name).parent == folder) and (before is None or step < before)]
         return max(kept)[1] if kept else None
+
+    def _jump_from(self) -> int | None:
+        """The first step whose weights may have made the training loss jump (the run scan's rule,
+        checkpoint/trainlog.py, over the losses seen so far), else None."""
+        if not self._losses:
+            return None
+        from nandoctor.checkpoint.trainlog import MetricsTable
+
+        log = MetricsTable("training_step loss", self._losses, "loss", None).train_log()
+        return None if log is None else log.broken_weights_from
+
+    def _broken_from(self) -> int | None:
+        """Once a file failed, the loss jump's first step (:meth:`_jump_from`): ``last_clean`` lies before it,
+        as the run scan's last healthy checkpoint does. A jump alone fails nothing."""
+        return self._jump_from() if self.gate.first_bad is not None else None
+
+    def _protected(self, folder: Path) -> set[str]:
+        """The clean files of ``folder`` that rotation must not take: the newest; while no loss has been
+        computed from its weights yet (until fit ends), the one before it; and, once the loss jumped, the newest one before
+        the jump (should a file fail later, that is where the run resumes: :meth:`_broken_from`)."""
+        kept = sorted((step, name) for name, step in self._clean.items() if Path(name).parent == folder)
+        protected = {name for _, name in kept[-1:]}
+        if len(kept) >= 2 and max(self._losses, default=-1) < kept[-1][0] and not self._ended:
+            protected.add(kept[-2][1])
+        jump = self._jump_from()
+        before_jump = self._newest_clean(folder, before=jump) if jump is not None else None
+        return protected | ({before_jump} if before_jump is not None else set())
 
     def _sync(self) -> None:
         self.gate.last_clean = self._newest_clean()
 
-    def _release(self, folder: Path, keep: str) -> None:
-        """A newer clean file exists in ``folder``: remove the files held back there for an older one."""
-        for held in sorted(h for h in self.held_back - {keep} if Path(h).parent == folder):
+    def _release_all(self) -> None:
+        for folder in {Path(h).parent for h in self.held_back}:
+            self._release(folder)
+
+    def _release(self, folder: Path) -> None:
+        """Remove the files held back in ``folder`` that are no longer protected (a newer clean file, its
+        loss seen)."""
+        protected = self._protected(folder)
+        for held in sorted(h for h in self.held_back - protected if Path(h).parent == folder):
             self.held_back.discard(held)
             if self._io is not None:
                 self._io.remove_checkpoint(held)
@@ -229,7 +295,9 @@ class NanDoctorCallback(Callback):
         entries = data.get("checkpoints") if isinstance(data, dict) else None
         entries = entries if isinstance(entries, dict) else {}
         change(entries)
-        healthy = [n for n, e in entries.items() if _kept_clean(e) and (folder / n).exists()]
+        broken_from = self._broken_from()
+        healthy = [n for n, e in entries.items() if _kept_clean(e) and (folder / n).exists()
+                   and (broken_from is None or e.get("step", -1) < broken_from)]
         bad = [n for n, e in entries.items() if isinstance(e, dict) and not passed_in(e)]
         by_step = _by_step(entries)
         write_json(file, {
@@ -256,6 +324,15 @@ class NanDoctorCallback(Callback):
                         and isinstance(entry.get("step"), int)):
                     found[str(Path(dirpath) / name)] = entry["step"]
         return found
+
+
+def _loss_of(outputs: Any) -> float | None:
+    """The loss ``training_step`` returned (a tensor, or a dict's ``"loss"``), as a float; None without one."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    try:
+        return float(loss.detach()) if loss is not None and loss.numel() == 1 else None
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
 
 
 def _kept_clean(entry: Any) -> bool:

@@ -15,9 +15,12 @@ the user's value again at the end) and rotates in ``on_save`` as Trainer would,
 after its verdict, protecting the newest clean checkpoint and, while that one is
 the newest save, the clean one before it: the trainer log may yet show that the
 newest one's weights made the loss jump (trainlog.py), and the run's last healthy
-checkpoint is then the one before. A bad checkpoint after a loss jump moves
-``last_clean`` back before the jump, as ``nandoctor scan RUN`` does. However long
-a run of bad saves is, at most ``save_total_limit + 1`` checkpoints are kept; with
+checkpoint is then the one before. Once the live ``log_history`` shows a loss jump,
+the newest clean checkpoint before the weights that made it is protected too (the
+loss may jump several saves before any weight fails). A bad checkpoint after a
+loss jump moves ``last_clean`` back before the jump, as ``nandoctor scan RUN`` does.
+However long a run of bad saves is, at most ``save_total_limit + 1`` checkpoints
+are kept (one more while unconfirmed, one more after a jump); with
 ``save_total_limit=1`` only the last clean one is left at the end (Trainer's own
 end-of-training clean-up keeps only the best). When the run tracks its own best
 model (``metric_for_best_model``) that one is kept too. A clean save logs nothing
@@ -95,7 +98,8 @@ class NanDoctorCallback(TrainerCallback):
             ``bf16``, ``fp8_e4m3`` or ``fp8_e5m2``.
         fail_on: which findings fail the gate (default: nonfinite, exploded, outlier, overflow).
         protect_last_clean: keep the checkpoint to resume from through ``save_total_limit`` rotation (the
-            newest clean one, and the clean one before it until a loss is logged from the newest's weights).
+            newest clean one; the clean one before it until a loss is logged from the newest's weights; once
+            the loss jumped, the newest clean one before the jump).
         device: where to count (``cpu`` by default; ``auto``/``cuda`` to use the GPU).
         write_report: write ``nandoctor.json`` into each checkpoint folder.
         log_metrics: log the health figures of each save (see the module docstring and :func:`attach`).
@@ -317,7 +321,8 @@ class NanDoctorCallback(TrainerCallback):
         if not found:
             return
         protected = {found[-1]}
-        for keep in (state.best_model_checkpoint, self.last_clean, self._unconfirmed_fallback(found)):
+        for keep in (state.best_model_checkpoint, self.last_clean, self._unconfirmed_fallback(found),
+                     self._before_a_loss_jump(state)):
             if keep is not None:
                 protected.add(str(Path(keep)))
         keep_count = max(limit, len(protected & set(found)))
@@ -337,6 +342,18 @@ class NanDoctorCallback(TrainerCallback):
         if len(on_disk) < 2 or str(Path(on_disk[-1][1])) != found[-1]:
             return None
         return on_disk[-2][1]
+
+    def _before_a_loss_jump(self, state: TrainerState) -> str | None:
+        """Once the loss jumped (the run scan's rule over the live ``log_history``, trainlog.py), the newest
+        clean checkpoint saved before the weights that made it: should a later one fail, it is where the run
+        resumes (:meth:`_move_back_before_a_loss_jump`), so rotation keeps it. A jump alone fails nothing."""
+        from nandoctor.checkpoint.trainlog import from_log_history
+
+        broken_from = from_log_history("log_history", state.log_history).broken_weights_from
+        if broken_from is None:
+            return None
+        before = [path for step, path in self._passed if step < broken_from]
+        return before[-1] if before else None
 
     def _move_back_before_a_loss_jump(self, folder: Path) -> None:
         """Once a checkpoint failed, a trainer-log loss jump (trainlog.py) says from which step the saved
@@ -361,11 +378,12 @@ class NanDoctorCallback(TrainerCallback):
 
     def _keep_only_the_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
         """``save_total_limit=1``: what Trainer's end-of-training clean-up does (keep only its best), with the
-        last clean checkpoint as the one kept, and the user's best too when the run tracks one."""
+        last clean checkpoint as the one kept, the one before a loss jump, and the user's best too when the run
+        tracks one."""
         import shutil
 
-        keep = {str(Path(p)) for p in (self.last_clean, state.best_model_checkpoint if self._tracks_best(args) else None)
-                if p is not None}
+        keep = {str(Path(p)) for p in (self.last_clean, state.best_model_checkpoint if self._tracks_best(args) else None,
+                                       self._before_a_loss_jump(state)) if p is not None}
         if not keep:
             return
         try:
