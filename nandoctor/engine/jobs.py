@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
     Census,
@@ -90,6 +90,9 @@ class RegionJob:
     direct: bool  # one view covering the whole region: counts need no attribution
     threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
     info: LaneInfo | None = None  # floating regions: what the census needs
+    # The dtype's own exploded ceiling where a cast target lowered info's (fp16's 2^14 for weights that load as
+    # fp16): a value above the lowered ceiling that the cast overflows is the overflow finding's, not exploded
+    own_ceiling: float | None = None
     tallies: list[Tally] = field(default_factory=list)
     outliers: OutlierFind | None = None
     # (start, length) in bytes: the share of a region cut across parts (engine/split.py) that this scan
@@ -154,7 +157,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
             job = by_region[key] = RegionJob(region, DTYPES[region.dtype], [], True)
         job.views.append(ref)
     # What depends only on the dtype, worked out once per dtype rather than once per region.
-    per_dtype: dict[str, tuple[LaneInfo | None, int | None]] = {}
+    per_dtype: dict[str, tuple[LaneInfo | None, int | None, float | None]] = {}
+    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
     for job in by_region.values():
         views, spec = job.views, job.spec
         blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
@@ -163,13 +167,15 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         facts = per_dtype.get(spec.name)
         if facts is None:
             floating = checks_overflow(spec)
+            own, lowered = limits.ceiling(spec.name), limits.ceiling(spec.name, loads_as)
             facts = per_dtype[spec.name] = (
-                lane_info(spec, limits.ceiling(spec.name)) if floating else None,
+                lane_info(spec, lowered) if floating else None,
                 threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
+                own if lowered < own else None,
             )
         job.info = facts[0]
         if not blocks:  # a cast dequantizes: the scales themselves are never cast
-            job.threshold = facts[1]
+            job.threshold, job.own_ceiling = facts[1], facts[2]
     return list(by_region.values())
 
 
@@ -199,6 +205,8 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
                 extra = health
             else:  # (a view that got no census of its own: viewcensus.census_refused, and says so in a note)
                 extra = _health(job, per, own[slot]) if slot in own else {}
+            if extra and job.own_ceiling is not None and tally.overflow and (extra["max_abs"] or 0) <= job.own_ceiling:
+                extra = {**extra, "exploded": max(0, extra["exploded"] - tally.overflow)}  # (see own_ceiling)
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
