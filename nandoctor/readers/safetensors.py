@@ -199,10 +199,12 @@ def _header_text(path: Path, base: int) -> tuple[str, int, int]:
 
 def _header_int(text: str) -> int:
     """A header's integers are sizes and offsets: the reference parser (serde) reads ``-0`` as a float and
-    refuses the file, where Python's json would read 0."""
-    if text.startswith("-"):
-        raise ValueError(f"a negative number ({text}) where a size or offset belongs")
-    return int(text)
+    refuses the file, where Python's json would read 0 (other negatives are refused by the entry checks,
+    which name the field)."""
+    value = int(text)
+    if value == 0 and text.startswith("-"):
+        raise ValueError(f"{text} where a size or offset belongs (a float to the reference parser)")
+    return value
 
 
 def _json_header(p: str, text: str) -> tuple[dict, dict[str, str]]:
