@@ -368,10 +368,11 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     if health_found:
         counted = {f: len(verdicts.with_finding(report, f)) for f in health_found}
         said = ", ".join(f"{n} {f}" for f, n in counted.items())
+        loads_as = advice(report)  # weights above fp16's ceiling because config.json loads them as fp16
         raise NonFiniteWeightsError(
             f"{report.target}: unhealthy weights ({said} tensor(s)){where}; finite, but the model will not "
             "generate sensibly",
-            hint,
+            hint + (f"; or {loads_as}" if loads_as else ""),
             report=report,
         )
     dtype = verdicts.target_dtype(report)

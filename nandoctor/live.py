@@ -78,6 +78,7 @@ def scan_tensors(
     from nandoctor.kernels.live import census_tensor, count_tensor, overflow_tensor, quick_stats
 
     limits = limits or HealthLimits()
+    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
     # A cheap first pass over every tensor (min, max, non-zeros; one host sync per device) clears the
     # clean ones; exact NaN/Inf counts only where a min or max is not finite (or was not available).
     stats = dict(zip((name for name, _ in live), quick_stats([t for _, t in live])))
@@ -91,7 +92,7 @@ def scan_tensors(
             overflow = 0
             if cast_to is not None and floating and t.numel():
                 overflow, _ = overflow_tensor(t, cast_to.name)
-            ceiling = limits.ceiling(TORCH_DTYPE_NAMES.get(str(t.dtype).removeprefix("torch."), ""))
+            ceiling = limits.ceiling(TORCH_DTYPE_NAMES.get(str(t.dtype).removeprefix("torch."), ""), loads_as)
             health = census_tensor(t, ceiling, limits.outlier_factor, quick) if floating else {}
             results.append(
                 TensorResult(

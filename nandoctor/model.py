@@ -145,13 +145,22 @@ class TensorRef:
         if self.is_contiguous or self.strides is None:
             return self.elements_key
         where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
-        dims = sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)
+        if self.is_dense:
+            return (*where, self.numel)
+        return (*where, tuple(sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)))
+
+    @property
+    def is_dense(self) -> bool:
+        """True when the view reads one run of its storage, each element once, in some order (contiguous,
+        transposed, permuted): its (stride, size) pairs, taken sorted, pack densely."""
+        if self.strides is None:
+            return True
         packed = 1
-        for stride, size in dims:
+        for stride, size in sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1):
             if stride != packed:
-                return (*where, tuple(dims))
+                return False
             packed *= size
-        return (*where, self.numel)
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nandoctor.checkpoint.roles import holds_sentinels
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanReport, TensorResult, TensorResults, Verdict
@@ -124,10 +125,19 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
 def tensor_findings(t: TensorResult) -> tuple[str, ...]:
     """The findings of one tensor from its counts, census and role (``zeroed`` needs the other tensors: see
     _zeroed)."""
-    return _findings(t.ref.role, t.nonfinite, t.exploded, t.outliers, t.overflow)
+    return _findings(t.ref.role, *_judged(t.ref.role, t.ref.name, t.nan, t.posinf, t.neginf, t.overflow), t.exploded,
+                     t.outliers)
 
 
-def _findings(role: str, nonfinite: int, exploded: int, outliers: Outliers | None, overflow: int) -> tuple[str, ...]:
+def _judged(role: str, name: str, nan: int, posinf: int, neginf: int, overflow: int) -> tuple[int, int]:
+    """(the NaN/Inf that are a finding, the overflow that is): a mask, bound or observer buffer holds ±Inf
+    (and mask values like -1e9 that a cast turns into -Inf) by design (roles.holds_sentinels)."""
+    if role == "buffer" and (posinf or neginf or overflow) and holds_sentinels(name):
+        return nan, 0
+    return nan + posinf + neginf, overflow
+
+
+def _findings(role: str, nonfinite: int, overflow: int, exploded: int, outliers: Outliers | None) -> tuple[str, ...]:
     found = []
     if nonfinite and role != "trainer":
         found.append(NONFINITE)
@@ -144,7 +154,7 @@ def _findings(role: str, nonfinite: int, exploded: int, outliers: Outliers | Non
 def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
     """Every tensor's findings, from the columns: only a tensor with some count, outliers or overflow can
     have one (``zeroed`` needs the other tensors: see _zeroed)."""
-    roles = tensors.refs.roles
+    roles, names = tensors.refs.roles, tensors.refs.names
     nan, posinf, neginf, exploded = tensors.nan, tensors.posinf, tensors.neginf, tensors.exploded
     outliers, overflow = tensors.outliers, tensors.overflow
     maybe: set[int] = set()
@@ -155,7 +165,8 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
         maybe.update([i for i, found in enumerate(outliers) if found is not None])
     out: list[tuple[str, ...]] = [()] * len(roles)
     for i in maybe:
-        out[i] = _findings(roles[i], nan[i] + posinf[i] + neginf[i], exploded[i], outliers[i], overflow[i])
+        out[i] = _findings(roles[i], *_judged(roles[i], names[i], nan[i], posinf[i], neginf[i], overflow[i]),
+                           exploded[i], outliers[i])
     return out
 
 
@@ -586,7 +597,11 @@ def max_abs(report: ScanReport, role: str | None = None) -> float | None:
 
 def _cast_max(report: ScanReport) -> float | None:
     """The largest magnitude a cast to the serving dtype reaches (_CAST_ROLES: not optimizer moments or step counts)."""
-    return max((top for role in _CAST_ROLES if (top := max_abs(report, role)) is not None), default=None)
+    tops = [max_abs(report, role) for role in _CAST_ROLES if role != "buffer"]
+    if "buffer" in _CAST_ROLES and "buffer" in report.tensors.refs.roles:  # a mask's -1e9 is meant as -Inf
+        roles, names = report.tensors.refs.roles, report.tensors.refs.names
+        tops += [report.tensors[i].max_abs for i, role in enumerate(roles) if role == "buffer" and not holds_sentinels(names[i])]
+    return max((top for top in tops if top is not None), default=None)
 
 
 def with_finding(report: ScanReport, finding: str) -> tuple[TensorResult, ...]:
@@ -645,6 +660,17 @@ def worst_overflow_layer(report: ScanReport) -> str | None:
     return max(by_layer, key=lambda k: by_layer[k]) if by_layer else None
 
 
+def sentinel_infinities(report: ScanReport) -> tuple[TensorResult, ...]:
+    """Buffers that hold ±Inf by design (masks, bounds, observers' extremes: roles.holds_sentinels) and no NaN:
+    no finding, but never called finite: :func:`facts` says where they are."""
+    roles, posinf, neginf = report.tensors.refs.roles, report.tensors.posinf, report.tensors.neginf
+    if "buffer" not in roles:
+        return ()
+    names, nan = report.tensors.refs.names, report.tensors.nan
+    return tuple(report.tensors[i] for i, role in enumerate(roles)
+                 if role == "buffer" and (posinf[i] or neginf[i]) and not nan[i] and holds_sentinels(names[i]))
+
+
 def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
     """Tensors of trainer state that hold NaN/Inf: no finding (a Lightning ``kth_value = inf`` sentinel), but
     never called finite: :func:`facts` says where they are (docs/health.md, "Roles")."""
@@ -663,6 +689,12 @@ def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
                                                        (sum(t.neginf for t in bad), "-Inf")) if n)
     names = first_few([short_key(t.name) for t in bad], _MAX_NAMED)
     return f"{values} in trainer state ({names}), not a finding"
+
+
+def _sentinel_fact(held: tuple[TensorResult, ...]) -> str:
+    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.posinf for t in held), "+Inf"),
+                                                       (sum(t.neginf for t in held), "-Inf")) if n)
+    return f"{values} in mask/bound buffers by design ({first_few([t.name for t in held], _MAX_NAMED)}), not a finding"
 
 
 def short_key(name: str) -> str:
@@ -765,12 +797,14 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
-    in_trainer = trainer_nonfinite(report)
+    in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
     if not (report.nonfinite or exploded or outliers or zeroed or grown):
         pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
-                      if in_trainer else f"{plural(tensors, 'tensor')} healthy")
+                      if in_trainer or sentinels else f"{plural(tensors, 'tensor')} healthy")
     if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
         pieces.append(_trainer_fact(in_trainer))
+    if sentinels:
+        pieces.append(_sentinel_fact(sentinels))
     overflow = overflow_count(report)
     if overflow:
         top = _cast_max(report)

@@ -95,18 +95,20 @@ def test_scan_fails_exactly_when_from_pretrained_cannot_generate(tmp_path, value
             continue
         config_path = str(folder / "config.json")
         assert report.extra["load_dtype"] == {"config": config_path, "key": key, "value": value_written,
-                                              "target_dtype": implied, "checked": True}
+                                              "target_dtype": implied, "checked": True, "source": "config"}
         data = nandoctor.to_json(report)
         assert data["load_dtype"] == report.extra["load_dtype"] and data["target_dtype"] == implied
         note = next(note for note in report.notes if note.startswith("config.json loads these weights"))
         if broken:
             assert f"32 values of |x| ≥ 65520 (fp16's largest is 65504) would become Inf in {PLANTED}" in note
             assert f'set "{key}" to "bfloat16" or "float32" in {config_path}' in note
-            with pytest.raises(OverflowRiskError) as raised:
+            # values the cast overflows are the overflow finding's, not also exploded under fp16's ceiling
+            assert not any("exploded" in t.findings for t in report.tensors)
+            with pytest.raises(OverflowRiskError) as raised:  # the cast's overflow named, not only "exploded"
                 nandoctor.assert_finite(str(folder), device="cpu")
             assert f'set "{key}" to "bfloat16" or "float32" in {config_path}' in raised.value.hint
         else:
-            assert "checked against its range (--target-dtype none skips this)" in note
+            assert "checked against its range" in note and note.endswith("(--target-dtype none skips this)")
             assert nandoctor.assert_finite(str(folder), device="cpu") is not None
 
 
@@ -137,7 +139,7 @@ def test_an_explicit_target_dtype_wins_and_none_turns_the_check_off(tmp_path):
     other = json.loads(run_cli("scan", folder, "--json", "--target-dtype", "bf16").output)
     assert other["summary"]["exit_code"] == 0 and other["target_dtype"] == "bf16"
     assert other["load_dtype"] == {"config": config_path, "key": "dtype", "value": "float16", "target_dtype": "fp16",
-                                   "checked": False}
+                                   "checked": False, "source": "config"}
     assert any("--target-dtype bf16 was checked instead" in note for note in other["notes"])
 
     off = json.loads(run_cli("scan", folder, "--json", "--target-dtype", "none").output)
@@ -185,3 +187,77 @@ def test_gate_runs_and_split_scans_apply_it(tmp_path):
     merged = run_cli("merge", tmp_path / "part-0.json", "--json")
     data = json.loads(merged.output)
     assert merged.exit_code == 1 and data["target_dtype"] == "fp16" and data["load_dtype"]["checked"] is True
+
+
+def _loaded_dtype(folder) -> torch.dtype:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder)).dtype
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_weights_loaded_as_fp16_are_held_to_fp16s_exploded_ceiling(tmp_path, stored):
+    """30000 fits fp16 (no overflow), but a norm weight of 30000 in fp16 makes the activations overflow:
+    generate dies, as it does for the same weight stored in fp16, which the 2^14 ceiling already fails."""
+    folder = _save(tmp_path / "m", 30000.0, stored, {"dtype": "float16"})
+    assert not _loaded_nonfinite(folder) and not generate_ok(folder)  # the oracle: loads finite, cannot generate
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and [t.name for t in report.tensors if "exploded" in t.findings] == [PLANTED]
+    assert not any(t.overflow for t in report.tensors)
+    assert any("fp16's exploded ceiling" in n for n in report.notes)
+    # loaded in its own dtype (--target-dtype none) the 1e5 ceiling holds: it generates, and the scan passes
+    assert nandoctor.scan(str(folder), device="cpu", target_dtype="none").exit_code == 0
+
+
+def _retype(file, names_to_fp16):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(file))
+    save_file({k: v.half() if k in names_to_fp16 else v for k, v in tensors.items()}, str(file), metadata={"format": "pt"})
+
+
+def test_without_a_config_dtype_the_first_floating_tensor_decides(tmp_path):
+    """transformers' _get_dtype: no dtype in config.json → the first floating tensor's dtype (names sorted):
+    one fp16 lm_head.weight makes every fp32 weight load as fp16, the 70000 one as Inf."""
+    folder = _save(tmp_path / "m", 70000.0, torch.float32, {})
+    _retype(folder / "model.safetensors", {"lm_head.weight"})
+    assert _loaded_dtype(folder) == torch.float16 and _loaded_nonfinite(folder) == {PLANTED: 32}
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and {t.name: t.overflow for t in report.tensors if t.overflow} == {PLANTED: 32}
+    load = report.extra["load_dtype"]
+    assert load["source"] == "first_tensor" and load["key"] is None and load["value"] == "float16"
+    assert "lm_head.weight in model.safetensors" in load["from"]
+    # control: an fp16 tensor that sorts after the first fp32 one decides nothing
+    control = _save(tmp_path / "c", 70000.0, torch.float32, {})
+    _retype(control / "model.safetensors", {"model.norm.weight"})
+    assert _loaded_dtype(control) == torch.float32 and generate_ok(control)
+    assert nandoctor.scan(str(control), device="cpu").exit_code == 0
+
+
+def test_a_dict_dtype_loads_everything_in_its_main_entry(tmp_path):
+    folder = _save(tmp_path / "m", 70000.0, torch.float32, {"dtype": {"": "float16"}})
+    assert _loaded_nonfinite(folder) == {PLANTED: 32}
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and report.extra["load_dtype"]["value"] == "float16"
+
+
+def test_a_sharded_index_metadata_dtype_decides_without_a_config_dtype(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    with torch.no_grad():
+        model.get_parameter(PLANTED).fill_(70000.0)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder, max_shard_size="20KB")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["metadata"]["dtype"] = "float16"
+    index_path.write_text(json.dumps(index))
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert _loaded_nonfinite(folder) == {PLANTED: 32}
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and report.extra["load_dtype"]["source"] == "index"

@@ -9,7 +9,11 @@ every sub-config. So fp32 or bf16 weights under ``"dtype": "float16"`` load as f
 becomes Inf; ``generate`` then dies with ``probability tensor contains either inf, nan or element < 0``.
 An fp8 name there makes ``from_pretrained`` fail outright (torch has no fp8 default dtype: "couldn't find
 storage object Float8_e4m3fnStorage"), so only float16 and bfloat16 overflow quietly (checked with
-transformers 5.25).
+transformers 5.25). A dict (``{"": "float16"}``, per sub-config) loads everything in its ``""`` entry.
+Without a dtype in config.json, ``_get_dtype`` takes a sharded index's ``metadata.dtype``, else the dtype of
+the first floating tensor (fp8/fp4 skipped) of the first weight file in name order (``safe_open().keys()``
+is sorted; shards sorted by name): one fp16 ``lm_head.weight`` in an fp32 safetensors file loads every
+weight as fp16. (A ``.bin`` file's first tensor is in pickle order, which only a scan reads: not implied.)
 
 A scan given no target dtype counts overflow for that dtype (:func:`implied_target`) where a stored dtype
 of the weight files can overflow it (fp32/bf16 into fp16, fp32 into bf16); an explicit ``--target-dtype``
@@ -38,20 +42,30 @@ EXTRA_KEY = "load_dtype"  # the report's extra (and --json top level)
 _LOADS_AS = {"F16": "fp16", "BF16": "bf16"}  # what a config dtype can quietly overflow into
 _WIDER = {"fp16": '"bfloat16" or "float32"', "bf16": '"float32"'}
 _SHOWN = 3  # tensors named in the note
+_FLOATING = ("F64", "F32", "F16", "BF16")  # torch's is_floating_point, less fp8/fp4 (get_state_dict_dtype skips them)
 
 
 @dataclass(frozen=True)
 class LoadDtype:
-    """config.json's dtype for the weights: the file, the key that decided, its value and the cast target."""
+    """The dtype ``from_pretrained`` casts the weights to: config.json, the key that decided (None when
+    config.json names none and the weights decide: ``source``), its value and the cast target."""
 
     config: str
-    key: str  # "dtype" or "torch_dtype"
+    key: str | None  # "dtype" or "torch_dtype"; None: not from config.json
     value: str  # as written: "float16", "half", "bfloat16"
     target: str  # the nandoctor target dtype: "fp16" or "bf16"
+    source: str = "config"  # "config", "index" (a sharded index's metadata.dtype) or "first_tensor"
+    where: str = ""  # for "index"/"first_tensor": the index file, or the tensor and its file
 
     def to_json(self, checked: bool) -> dict[str, Any]:
         return {"config": self.config, "key": self.key, "value": self.value, "target_dtype": self.target,
-                "checked": checked}
+                "checked": checked, "source": self.source, **({"from": self.where} if self.where else {})}
+
+    def said(self) -> str:
+        """Where the dtype came from, in words."""
+        if self.source == "config":
+            return f'"{self.key}" in {self.config}'
+        return f"config.json names no dtype, so transformers takes that of {self.where}"
 
 
 def config_of(checkpoint: Path) -> Path:
@@ -73,10 +87,52 @@ def load_dtype(checkpoint: Path) -> LoadDtype | None:
         value = data.get(key)
         if value is None:  # absent or null: the next key decides
             continue
-        spec = TORCH_DTYPE_NAMES.get(value) if isinstance(value, str) else None
-        name = _LOADS_AS.get(spec) if spec else None
-        return LoadDtype(str(path), key, value, name) if name else None
-    return None
+        if isinstance(value, dict):  # per sub-config: transformers loads every module in the "" entry's
+            value = value.get("")
+        name = _narrow(value)
+        return LoadDtype(str(path), key, value, name) if name and isinstance(value, str) else None
+    return _from_the_weights(path.parent, str(path))
+
+
+def _narrow(value: Any) -> str | None:
+    """The nandoctor target a torch dtype name (``"float16"``) makes weights load as, when it can overflow."""
+    spec = TORCH_DTYPE_NAMES.get(value) if isinstance(value, str) else None
+    return _LOADS_AS.get(spec) if spec else None
+
+
+def _from_the_weights(folder: Path, config: str) -> LoadDtype | None:
+    """config.json names no dtype: a sharded safetensors index's ``metadata.dtype``, else the first floating
+    tensor of the first safetensors file from_pretrained reads (transformers' ``get_state_dict_dtype``)."""
+    from nandoctor.checkpoint.layout import read_index
+    from nandoctor.readers.safetensors import read_table
+
+    try:
+        single = folder / "model.safetensors"
+        if access.is_file(single, refused=False):
+            first = single
+        else:
+            index_path = folder / "model.safetensors.index.json"
+            if not access.is_file(index_path, refused=False):
+                return None
+            meta = read_json(index_path).get("metadata")
+            value = meta.get("dtype") if isinstance(meta, dict) else None
+            if value is not None:
+                name = _narrow(value)
+                return LoadDtype(config, None, value, name, "index", index_path.name) if name else None
+            shards = sorted(set(read_index(index_path).weight_map.values()))
+            if not shards:
+                return None
+            first = folder / shards[0]
+        table = read_table(first)[0]
+    except (OSError, ValueError, AttributeError, NandoctorError):
+        return None
+    floats = sorted((n, d) for n, d in zip(table.names, table.dtypes) if d in _FLOATING)
+    if not floats:
+        return None
+    tensor, dtype = floats[0]
+    name = _LOADS_AS.get(dtype)
+    value = {"F16": "float16", "BF16": "bfloat16"}.get(dtype, "")
+    return LoadDtype(config, None, value, name, "first_tensor", f"the first floating tensor ({tensor} in {first.name})") if name else None
 
 
 def may_overflow(checkpoint: Path, target_dtype: str) -> bool:
@@ -125,13 +181,15 @@ def annotated(report: ScanReport, checkpoint: Path, asked: str | None) -> ScanRe
 
 
 def _note(report: ScanReport, load: LoadDtype, checked: bool, asked: str | None) -> str:
-    head = f'config.json loads these weights as {load.value} ("{load.key}" in {load.config})'
+    head = (f'config.json loads these weights as {load.value} ("{load.key}" in {load.config})' if load.source == "config"
+            else f"from_pretrained loads these weights as {load.value} ({load.said()})")
     if not checked:
         instead = "--target-dtype none" if asked == NONE else f"--target-dtype {asked} was checked instead"
         return f"{head}; not checked against {load.value}'s range ({instead})"
     count = verdicts.overflow_count(report)
     if not count:
-        return f"{head}: checked against its range" + (" (--target-dtype none skips this)" if asked is None else "")
+        ceiling = " and fp16's exploded ceiling (|w| > 2^14, as for weights stored in fp16)" if load.target == "fp16" else ""
+        return f"{head}: checked against its range{ceiling}" + (" (--target-dtype none skips this)" if asked is None else "")
     from nandoctor.kernels.targets import target
 
     spec = target(load.target)
@@ -152,4 +210,9 @@ def advice(report: ScanReport) -> str | None:
 
 
 def _advice(load: dict[str, Any]) -> str:
-    return f'fix those weights, or set "{load["key"]}" to {_WIDER[load["target_dtype"]]} in {load["config"]}'
+    return f"fix those weights, or {wider(load)}"
+
+
+def wider(load: dict[str, Any]) -> str:
+    """How to load the weights in a dtype that holds them (``load``: the report's ``load_dtype``)."""
+    return f'set "{load.get("key") or "dtype"}" to {_WIDER[load["target_dtype"]]} in {load["config"]}'

@@ -57,11 +57,26 @@ _MODEL_FILE = re.compile(r"^(pytorch_model|adapter_model|diffusion_pytorch_model
 # swaps its ``average_model_state`` into the model when training ends, an EMA callback its shadow weights.
 # Judged as weights (NaN there is NaN in the model that ships), not as trainer state.
 MODEL_STATE_KEYS = frozenset({"average_model_state", "ema_state_dict", "ema_model_state", "shadow_params"})
-# Last segments of non-learned constants that loaders recompute or ignore.
-_BUFFER_LEAVES = frozenset({
-    "inv_freq", "position_ids", "masked_bias", "causal_mask", "running_mean", "running_var",
-    "num_batches_tracked", "cos_cached", "sin_cached", "freqs_cis", "_float_tensor", "token_type_ids",
+# Last segments of buffers that hold -Inf/+Inf by design: attention masks (GPT-J's fp16 ``masked_bias`` of
+# -1e9 is -Inf), clipping bounds (Gemma4's ClippableLinear: input_min = -Inf … output_max = +Inf until
+# calibrated), torch.ao observers' running extremes (min_val = +Inf, max_val = -Inf until a batch passes),
+# RT-DETR's anchors (Inf at invalid border positions). Their ±Inf are counted, never a finding; NaN still is.
+_SENTINEL_LEAVES = frozenset({
+    "masked_bias", "causal_mask", "attn_mask", "input_min", "input_max", "output_min", "output_max",
+    "min_val", "max_val", "min_vals", "max_vals", "anchors", "valid_mask",
 })
+# Last segments of non-learned constants that loaders recompute or ignore, and running statistics whose size
+# grows with training (BatchNorm's, an RL observation normaliser's sample count and Welford sum, an EMA's
+# update count): their magnitude says nothing about health (NaN/Inf still do).
+_BUFFER_LEAVES = _SENTINEL_LEAVES | frozenset({
+    "inv_freq", "position_ids", "running_mean", "running_var", "num_batches_tracked", "cos_cached", "sin_cached",
+    "freqs_cis", "_float_tensor", "token_type_ids", "running_variance", "running_std", "count",
+    "normalization_steps", "num_updates",
+})
+# Delayed-scaling fp8 state (torchao Float8Linear's fp8_amax_history_weight, fp8_scale_grad_output: ~57344 /
+# amax, 1e8 and more) and a per-tensor global scale (compressed-tensors NVFP4: 448 * 6 / amax(W), above 1e5 for
+# a layer whose largest weight is below 0.027): scales, not weights.
+_BUFFER_LEAF = re.compile(r"^(?:fp8_(?:amax|scale)\w*|(?:weight|input|output)_global_scale)$")
 # GPT-2 / GPT-J ``h.N.attn.bias`` is the causal mask; ``attn.c_attn.bias`` stays a weight.
 _MASK_BIAS = re.compile(r"(^|\.)(attn|attention)\.bias$")
 
@@ -86,10 +101,11 @@ _LEAVES = "|".join(map(re.escape, sorted(_BUFFER_LEAVES, key=len, reverse=True))
 # searched for in all names at once, each after a line break: one C pass over a million names (its leading
 # character class lets the search skip to the dots, the first letters to the segments that can be one),
 # where role_of per name costs a call each.
-_FIRST_LETTERS = "".join(sorted({word[0] for word in (*_OPTIMIZER_SEGMENTS, *_BUFFER_LEAVES, "attn")}))
+_FIRST_LETTERS = "".join(sorted({word[0] for word in (*_OPTIMIZER_SEGMENTS, *_BUFFER_LEAVES, "attn", "fp8", "weight",
+                                                         "input", "output")}))
 _NOT_WEIGHT = re.compile(
     rf"[.\n](?=[{re.escape(_FIRST_LETTERS)}])(?:" + _state_words()
-    + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$)",
+    + rf"(?=\.)|(?:{_LEAVES})$|(?:attn|attention)\.bias$|fp8_(?:amax|scale)\w*$|(?:weight|input|output)_global_scale$)",
     re.MULTILINE,
 )
 
@@ -102,9 +118,16 @@ def role_of(name: str, file_name: str = "") -> str:
             return role
     if _STATE_SEGMENT.search(name) is not None:
         return OPTIMIZER
-    if name.rpartition(".")[2] in _BUFFER_LEAVES or _MASK_BIAS.search(name):
+    leaf = name.rpartition(".")[2]
+    if leaf in _BUFFER_LEAVES or _BUFFER_LEAF.match(leaf) or _MASK_BIAS.search(name):
         return BUFFER
     return WEIGHT
+
+
+def holds_sentinels(name: str) -> bool:
+    """Whether the buffer ``name`` may hold ±Inf by design (a mask, a bound, an observer's extreme: see
+    _SENTINEL_LEAVES); its NaN are still a finding."""
+    return name.rpartition(".")[2] in _SENTINEL_LEAVES or _MASK_BIAS.search(name) is not None
 
 
 def file_role(file_name: str) -> str | None:
@@ -122,14 +145,18 @@ def is_trainer_checkpoint(containers: Iterable[str]) -> bool:
     return not TRAINER_CHECKPOINT_KEYS.isdisjoint(containers)
 
 
-def pickle_role(path: list[str], trainer_checkpoint: bool) -> str | None:
+def pickle_role(path: list[str], trainer_checkpoint: bool, scalar: bool = False) -> str | None:
     """TRAINER for a tensor of a pickled trainer checkpoint (``trainer_checkpoint``: :func:`is_trainer_checkpoint`
     of its top-level dict) whose container path (the dict keys from the top of the pickle, ``path``) starts with a
-    trainer key, outside a model state kept there; None otherwise (its name decides). A plain state dict's
-    ``"scaler"`` or ``"scaler.weight"`` is a parameter's name, never a ``scaler`` container."""
-    if trainer_checkpoint and path and path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
+    trainer key, outside a model state kept there, or that is a one-element tensor at its top beside the model
+    (``"best_val_loss": tensor(inf)``, an epoch or a score: what a training loop keeps, never a model's weight);
+    None otherwise (its name decides). A plain state dict's ``"scaler"`` or ``"scaler.weight"`` is a parameter's
+    name, never a ``scaler`` container."""
+    if not (trainer_checkpoint and path):
+        return None
+    if path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
         return TRAINER
-    return None
+    return TRAINER if scalar and len(path) == 1 and path[0] not in TRAINER_CHECKPOINT_KEYS else None
 
 
 def roles_of(names: list[str], file_name: str = "", given: list[str] | None = None) -> list[str]:

@@ -2,17 +2,19 @@
 
 A region (a safetensors tensor, a torch storage) is read once, whatever number
 of tensors view it. NaN/Inf are attributed to each view that sees them; the
-health census of a region is attributed to views that cover the whole region
-(a tensor, or tied weights saved as one storage). Once every chunk is in, the
-outlier pass reads again the few high segments that may hold values far above
-the tensor's own bulk (kernels/census.py).
+health census of a region is attributed to views that read the whole region
+in order (a tensor, or tied weights saved as one storage). Once every chunk is
+in, the outlier pass reads again the few high segments that may hold values far
+above the tensor's own bulk (kernels/census.py); any other view of a floating
+region (a transpose, a slice, q/k/v split from one fused storage) then gets a
+census of its own (viewcensus.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nandoctor.dtypes import DTYPES, DTypeSpec
+from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
     Census,
@@ -70,6 +72,15 @@ class OutlierFind:
 
 
 @dataclass(slots=True)
+class ViewCensus:
+    """The census of one view that does not read its region whole and in order (viewcensus.py)."""
+
+    census: Census
+    outliers: OutlierFind | None = None
+    first: int = -1  # the view's own (C-order) index of its first outlier
+
+
+@dataclass(slots=True)
 class RegionJob:
     """One region to read, the views of it, and everything found in it."""
 
@@ -79,11 +90,15 @@ class RegionJob:
     direct: bool  # one view covering the whole region: counts need no attribution
     threshold: int | None = None  # overflow threshold in source magnitude bits (target dtype given)
     info: LaneInfo | None = None  # floating regions: what the census needs
+    # The dtype's own exploded ceiling where a cast target lowered info's (fp16's 2^14 for weights that load as
+    # fp16): a value above the lowered ceiling that the cast overflows is the overflow finding's, not exploded
+    own_ceiling: float | None = None
     tallies: list[Tally] = field(default_factory=list)
     outliers: OutlierFind | None = None
     # (start, length) in bytes: the share of a region cut across parts (engine/split.py) that this scan
     # reads; None: all of it. A cut region's tallies and census are partial until its parts are merged.
     span: tuple[int, int] | None = None
+    own: dict[int, ViewCensus] | None = None  # view slot → its own census (viewcensus.py); made when needed
     # Made when first asked for: a small region gets its census whole from its batch, and almost never
     # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
     _census: Census | None = None
@@ -142,7 +157,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
             job = by_region[key] = RegionJob(region, DTYPES[region.dtype], [], True)
         job.views.append(ref)
     # What depends only on the dtype, worked out once per dtype rather than once per region.
-    per_dtype: dict[str, tuple[LaneInfo | None, int | None]] = {}
+    per_dtype: dict[str, tuple[LaneInfo | None, int | None, float | None]] = {}
+    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
     for job in by_region.values():
         views, spec = job.views, job.spec
         blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
@@ -151,13 +167,15 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         facts = per_dtype.get(spec.name)
         if facts is None:
             floating = checks_overflow(spec)
+            own, lowered = limits.ceiling(spec.name), limits.ceiling(spec.name, loads_as)
             facts = per_dtype[spec.name] = (
-                lane_info(spec, limits.ceiling(spec.name)) if floating else None,
+                lane_info(spec, lowered) if floating else None,
                 threshold_bits(spec, cast_to) if floating and cast_to is not None else None,
+                own if lowered < own else None,
             )
         job.info = facts[0]
         if not blocks:  # a cast dequantizes: the scales themselves are never cast
-            job.threshold = facts[1]
+            job.threshold, job.own_ceiling = facts[1], facts[2]
     return list(by_region.values())
 
 
@@ -181,9 +199,14 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
         can_hold, per = facts
         health = _health(job, per)
         blocks = job.region.blocks is not None
-        for view, tally in zip(job.views, job.tallies):
-            whole = job.direct or covers_whole_region(view, spec.bits)
-            extra = health if whole else {}
+        own = job.own or {}
+        for slot, (view, tally) in enumerate(zip(job.views, job.tallies)):
+            if job.direct or covers_whole_region(view, spec.bits):
+                extra = health
+            else:  # (a view that got no census of its own: viewcensus.census_refused, and says so in a note)
+                extra = _health(job, per, own[slot]) if slot in own else {}
+            if extra and job.own_ceiling is not None and tally.overflow and (extra["max_abs"] or 0) <= job.own_ceiling:
+                extra = {**extra, "exploded": max(0, extra["exploded"] - tally.overflow)}  # (see own_ceiling)
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
@@ -205,13 +228,13 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
     return [by_ref[id(ref)] for ref in order], unviewed
 
 
-def _health(job: RegionJob, per: int) -> dict:
-    """The census of a whole region as TensorResult fields (element indices, not lanes); ``per``: the
-    dtype's lanes per element."""
+def _health(job: RegionJob, per: int, own: ViewCensus | None = None) -> dict:
+    """The census of a whole region, or ``own``: one view's, as TensorResult fields (element indices, not
+    lanes); ``per``: the dtype's lanes per element."""
     info = job.info
     if info is None or job.region.nbytes == 0:
         return {}
-    census = job.census
+    census, found = (job.census, job.outliers) if own is None else (own.census, own.outliers)
     bits, exact = census.max_bits()
     out: dict = {
         "max_abs": decode_magnitude(job.spec, bits) if bits >= 0 else None,
@@ -220,12 +243,11 @@ def _health(job: RegionJob, per: int) -> dict:
         "exploded": census.exploded,
         "bulk_scale": census.bulk_scale(job.spec, info),
     }
-    found = job.outliers
     if found is not None and found.count:
         out["outliers"] = Outliers(
             found.count,
             signed_value(job.spec, info, found.worst_raw),
-            job.element_of(found.first_lane),
+            job.element_of(found.first_lane) if own is None else own.first,
             decode_magnitude(job.spec, found.threshold),
         )
     return out

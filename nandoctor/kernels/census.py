@@ -88,9 +88,14 @@ class HealthLimits:
         if not (self.outlier_factor >= 2 and math.isfinite(self.outlier_factor)):
             raise ValueError(f"--outlier-factor must be a finite number >= 2; got {self.outlier_factor!r}")
 
-    def ceiling(self, dtype: str) -> float:
-        """The exploded ceiling for tensors of ``dtype`` (a safetensors name: ``F16``, ``BF16``, …)."""
-        return default_ceiling(dtype) if self.max_abs is None else self.max_abs
+    def ceiling(self, dtype: str, loads_as: str | None = None) -> float:
+        """The exploded ceiling for tensors of ``dtype`` (a safetensors name: ``F16``, ``BF16``, …); ``loads_as``:
+        the dtype they are cast to when loaded (``--target-dtype``, or config.json's), whose own ceiling then
+        holds too: a bf16 weight of 30000 loaded as fp16 overflows fp16 activations as a stored one does."""
+        if self.max_abs is not None:
+            return self.max_abs
+        own = default_ceiling(dtype)
+        return own if loads_as is None else min(own, default_ceiling(loads_as))
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +470,12 @@ def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int,
     first = int(np.argmax(over))
     worst = int(np.argmax(np.where(over, mag, 0)))
     return count, first, int(lanes[worst])
+
+
+def lanes_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> np.ndarray:
+    """Indices of the finite lanes with magnitude >= ``threshold`` (where a view's outliers lie in it)."""
+    mag, _ = _finite_magnitudes(lanes, info)
+    return np.flatnonzero(mag >= threshold)
 
 
 def signed_value(spec: DTypeSpec, info: LaneInfo, raw: int) -> float:

@@ -188,6 +188,13 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         wider = "fp32" if dtype == "bf16" else "bf16 or fp32"
         steps.append(f"some finite weights overflow {dtype}: serve in a wider dtype ({wider}), or clamp/rescale "
                      f"{verdicts.worst_overflow_layer(report) or 'those weights'} before casting")
+    load = report.extra.get("load_dtype")
+    if (verdicts.EXPLODED in failing and verdicts.with_finding(report, verdicts.EXPLODED) and isinstance(load, dict)
+            and load.get("checked") and load.get("target_dtype") == "fp16"):
+        from nandoctor.checkpoint.loaddtype import wider as load_wider
+
+        steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
+                     f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
     if verdicts.ZEROED in (decided.reported if decided is not None else ()):
         steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion)")
     return steps

@@ -12,6 +12,7 @@ because the object around it was unknown.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from collections import Counter
 from collections.abc import Iterable
@@ -154,13 +155,13 @@ def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> N
         out.unreached.append(name)
 
 
-def _emit_name(path: list[str], out: Walk) -> str:
+def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
     name = ".".join(path) if path else "tensor"
     out._names[name] += 1
     if out._names[name] > 1:
         name = f"{name}#{out._names[name]}"
         out.renamed.append(name)
-    if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint) == TRAINER:
+    if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint, scalar) == TRAINER:
         out.trainer.add(name)
     return name
 
@@ -181,7 +182,7 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if depth > MAX_DEPTH:
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
-        out.tensors.append(NamedTensor(_emit_name(path, out), value))
+        out.tensors.append(NamedTensor(_emit_name(path, out, math.prod(value.size) <= 1), value))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
             _visit(value.state, path, out, on_path, depth + 1, shared)
         return
