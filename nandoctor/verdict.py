@@ -46,6 +46,8 @@ UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "has
 EMPTY_KIND = "empty"
 NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
 UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
+# it loads, but its config.json or generation_config.json holds NaN/Infinity (checkpoint/loadconfig.py)
+CONFIG_KIND = "config"
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
@@ -54,6 +56,7 @@ PROBLEM_WORDS = {
     UNVERIFIED_KIND: "NOTHING VERIFIED",
     EMPTY_KIND: "NO TENSORS",
     UNLOADABLE_KIND: "NOT LOADABLE",
+    CONFIG_KIND: "BAD CONFIG",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
@@ -62,11 +65,12 @@ _PROBLEM_FACTS = {
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
+    CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} NaN/Infinity",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
