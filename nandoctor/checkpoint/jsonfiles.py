@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 MAX_JSON_BYTES = 256 << 20  # a trainer_state.json of a very long run is a few MB; indexes far less
+# What parsing may build: ~100 bytes of Python objects per JSON container, ~40 per value. A crafted 100 MB file
+# of empty objects ([{},{},…]) took 2.7 GB; a million-step trainer_state.json logged every step has ~1M objects
+# and ~6M values, well below.
+MAX_JSON_CONTAINERS = 4_000_000
+MAX_JSON_VALUES = 16_000_000
 
 
 def loads(text: str | bytes, **options: Any) -> Any:
@@ -67,4 +72,16 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES, *, foll
             raise ValueError(f"{Path(path).name} grew past the {limit:,}-byte limit while it was read")
     finally:
         os.close(fd)
-    return loads(b"".join(chunks).decode("utf-8"))
+    data = b"".join(chunks)
+    _bounded(Path(path).name, data)
+    return loads(data.decode("utf-8"))
+
+
+def _bounded(name: str, data: bytes) -> None:
+    """ValueError when parsing ``data`` could build more objects than the limits allow (counted over the bytes,
+    strings included: an overestimate, in two C passes)."""
+    containers = data.count(b"{") + data.count(b"[")
+    values = data.count(b",")
+    if containers > MAX_JSON_CONTAINERS or values > MAX_JSON_VALUES:
+        raise ValueError(f"{name} holds {containers:,} objects/arrays and {values:,} values, over the "
+                         f"{MAX_JSON_CONTAINERS:,} / {MAX_JSON_VALUES:,} this reader builds; not read")
