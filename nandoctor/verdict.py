@@ -218,7 +218,8 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     """Indices of the all-zero weight tensors that are damage (docs/health.md, "zeroed"):
 
     - siblings in the other layers are not all zero (they share a name once the layer number is taken out:
-      ``model.layers.#.mlp.down_proj.weight``);
+      ``model.layers.#.mlp.down_proj.weight``, a dtype and a shape: the numbered entries of an ``nn.Sequential``
+      are different layers, a fresh model's zero-initialised last conv or box-head layer among them);
     - a normalization gain, token embedding or LM head (layers.zero_breaks), no sibling needed: a gain only
       while another gain of the checkpoint is not all zero (a model whose norms scale by ``1 + w``, Gemma's,
       starts with every gain at zero);
@@ -231,13 +232,13 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
         return set()
     refs = tensors.refs
     names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
-    families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, bool]]] = {}
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
         family = _LAYER_NUMBER.sub(".#.", names[i])
         if family != names[i]:
-            families.setdefault((family, dtypes[i]), []).append((i, i in zero))
+            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, i in zero))
     out: set[int] = set()
     for members in families.values():
         if any(not is_zero for _, is_zero in members):
