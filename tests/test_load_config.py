@@ -238,6 +238,43 @@ def test_every_non_finite_number_is_named_by_its_key_path(model: Path) -> None:
         "rope_parameters.rope_theta is NaN, layer_scales[0] is Infinity, layer_scales[1] is -Infinity: ")
 
 
+def test_nan_as_transformers_writes_it_is_a_bad_config_too(tmp_path: Path) -> None:
+    """transformers 5.x's save_pretrained writes NaN as {"__float__": "NaN"} and from_pretrained reads it back:
+    a model saved with rms_norm_eps NaN computed NaN logits and scanned CLEAN."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=64, rms_norm_eps=float("nan"))
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["rms_norm_eps"] == {"__float__": "NaN"}
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.isnan(loaded(torch.tensor([[1, 2, 3]])).logits).all()
+    report = nandoctor.scan(tmp_path / "m", device="cpu")
+    assert report.exit_code == 3 and report.errors[0].message.startswith("rms_norm_eps is NaN")
+
+
+def test_an_infinite_limit_is_a_setting_not_a_bad_config(tmp_path: Path) -> None:
+    """Mamba2's default time_step_limit is (0.0, inf), written as a bare Infinity by transformers 4.x (as on hub
+    Mamba2 / Bamba / Nemotron-H configs): it loads and generates as the original."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Mamba2ForCausalLM(Mamba2Config(hidden_size=32, num_hidden_layers=2, vocab_size=64, num_heads=4, head_dim=16,
+                                           state_size=8, n_groups=1, expand=2, chunk_size=8))
+    model.save_pretrained(tmp_path / "m")
+    _edit(tmp_path / "m" / "config.json", time_step_limit=[0.0, float("inf")])
+    loaded = Mamba2ForCausalLM.from_pretrained(tmp_path / "m")
+    assert loaded.config.time_step_limit[1] == float("inf")
+    with torch.no_grad():
+        ids = torch.tensor([[1, 2, 3, 4]])
+        assert torch.allclose(loaded(ids).logits, model(ids).logits)
+    assert nandoctor.scan(tmp_path / "m", device="cpu").exit_code == 0
+    _edit(tmp_path / "m" / "config.json", layer_norm_epsilon=float("inf"))  # an infinite epsilon is no limit
+    assert nandoctor.scan(tmp_path / "m", device="cpu").exit_code == 3
+
+
 def test_nan_temperature_in_generation_config_is_a_bad_config(model: Path) -> None:
     _edit(model / "generation_config.json", temperature=float("nan"), do_sample=True)
     loaded = _load(model)

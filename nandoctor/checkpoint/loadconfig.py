@@ -154,9 +154,16 @@ def _refusal(value: Any) -> str:
     return f"torch.{value} is not a floating-point dtype (\"cannot be instantiated under dtype=torch.{value}\")"
 
 
+# An infinite bound is a real setting (Mamba2's "time_step_limit": [0.0, Infinity], written bare by older
+# transformers: the model loads and generates as the original); NaN never is, nor an infinite epsilon or scale.
+_BOUND_WORDS = ("limit", "max", "min", "clip", "clamp", "bound", "threshold", "cap")
+
+
 def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
-    """NaN and Infinity in the config ``data`` read from ``path``: one problem naming their key paths."""
-    found = [f"{where} is {_word(value)}" for where, value in _floats(data) if not math.isfinite(value)]
+    """NaN, and Infinity outside a bound, in the config ``data`` read from ``path``: one problem naming their
+    key paths."""
+    found = [f"{where} is {_word(value)}" for where, value in _floats(data)
+             if math.isnan(value) or (math.isinf(value) and not _bound(where))]
     if not found:
         return []
     if path.name == GENERATION_CONFIG:
@@ -174,14 +181,30 @@ def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     )]
 
 
+def _bound(where: str) -> bool:
+    """Whether the key path ``where`` names a limit, where Infinity means "none"."""
+    key = where.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+    return any(word in key for word in _BOUND_WORDS)
+
+
+# transformers 5.x writes NaN/Infinity as {"__float__": "NaN"} (PreTrainedConfig._encode_special_floats) and
+# from_pretrained reads them back as floats
+_FLOAT_TAG = "__float__"
+_TAGGED = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def _floats(data: Any) -> Iterator[tuple[str, float]]:
     """Every float in the JSON value ``data`` with its key path (``text_config.rope_scaling.factor``,
-    ``layer_scales[3]``), without recursion (a deep document is bounded by read_json, not by the stack)."""
+    ``layer_scales[3]``), transformers' tagged ones (``{"__float__": "NaN"}``) included, without recursion (a
+    deep document is bounded by read_json, not by the stack)."""
     stack: list[tuple[str, Any]] = [("", data)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, float):
             yield where, value
+        elif isinstance(value, dict) and len(value) == 1 and isinstance(value.get(_FLOAT_TAG), str):
+            if value[_FLOAT_TAG] in _TAGGED:
+                yield where, _TAGGED[value[_FLOAT_TAG]]
         elif isinstance(value, dict):
             stack += [(f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items())]
         elif isinstance(value, list):
