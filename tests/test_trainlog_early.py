@@ -25,9 +25,9 @@ def _log(tmp_path, losses: dict[int, float]):
 @pytest.mark.parametrize(("losses", "jump", "weights_from"), [
     ({1: 4.6, 2: 20.0, 3: 900.0}, (2, (20.0, 4.6)), 1),  # the second logged loss
     ({1: 4.58, 2: 13.2, 3: 4150.0, 4: 4.4e6}, (3, (4150.0, 4.58)), 2),  # the trial's run
-    # the lowest loss so far, never the median of what was logged (12 here): 45 is 9x the run's start
+    # the first loss, never the median of what was logged (12 here): 45 is 9x the run's start
     ({1: 5.0, 2: 19.0, 3: 45.0}, (3, (45.0, 5.0)), 2),
-    ({10: 6.0, 20: 3.0, 30: 2.0, 40: 30.0}, (40, (30.0, 2.0)), 30),  # logging_steps 10: the interval before it
+    ({10: 6.0, 20: 3.0, 30: 2.0, 40: 30.0}, (40, (30.0, 6.0)), 30),  # logging_steps 10: the interval before it
 ])
 def test_a_jump_within_the_first_five_logged_losses_is_found(tmp_path, losses, jump, weights_from):
     log = _log(tmp_path, losses)
@@ -41,6 +41,23 @@ def test_a_jump_within_the_first_five_logged_losses_is_found(tmp_path, losses, j
 ])
 def test_a_fast_noisy_early_drop_is_no_jump(tmp_path, losses):
     assert _log(tmp_path, losses).loss_jump_step is None
+
+
+@pytest.mark.parametrize("losses", [
+    # a healthy fine-tune, batch size 1: one odd example, back down at the next log (a trial's run)
+    {**{s: 0.006 for s in range(1, 100)}, 25: 8.8},
+    # a random-init regression, batch 4: one lucky batch at 1.0 among its first losses
+    {1: 5.7, 2: 6.2, 3: 1.0, 4: 13.7, 5: 11.3, 6: 10.8, 7: 9.0},
+])
+def test_a_spike_that_passes_or_a_lucky_low_batch_is_no_jump(tmp_path, losses):
+    assert _log(tmp_path, losses).loss_jump_step is None
+
+
+def test_a_spike_then_a_real_divergence_finds_the_divergence(tmp_path):
+    losses = {**{s: 1.0 for s in range(1, 20)}, 8: 9.0, 15: 40.0, 16: 900.0, 17: float("nan")}
+    log = _log(tmp_path, losses)
+    assert (log.loss_jump_step, log.broken_weights_from) == (15, 14)
+    assert _log(tmp_path, {1: 1.0, 2: 1.1, 3: 9.0}).loss_jump_step == 3  # the last log's jump stands
 
 
 def test_a_lightning_metrics_table_follows_the_same_rule():
