@@ -145,13 +145,22 @@ class TensorRef:
         if self.is_contiguous or self.strides is None:
             return self.elements_key
         where = (self.region.file, self.region.key, self.region.dtype, self.storage_offset)
-        dims = sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)
+        if self.is_dense:
+            return (*where, self.numel)
+        return (*where, tuple(sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1)))
+
+    @property
+    def is_dense(self) -> bool:
+        """True when the view reads one run of its storage, each element once, in some order (contiguous,
+        transposed, permuted): its (stride, size) pairs, taken sorted, pack densely."""
+        if self.strides is None:
+            return True
         packed = 1
-        for stride, size in dims:
+        for stride, size in sorted((stride, size) for size, stride in zip(self.shape, self.strides) if size != 1):
             if stride != packed:
-                return (*where, tuple(dims))
+                return False
             packed *= size
-        return (*where, self.numel)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,7 +562,8 @@ class ScanProblem:
     names differ from its neighbours': checkpoint/runs.py), ``selection`` (``--only``/``--exclude``
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
     weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
-    checkpoint/loadability.py). Reports head their problem lists by it; verdict.py words the
+    checkpoint/loadability.py), ``config`` (it loads, but a config file it is built from holds NaN/Infinity:
+    checkpoint/loadconfig.py). Reports head their problem lists by it; verdict.py words the
     verdict by it.
     """
 

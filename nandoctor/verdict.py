@@ -46,6 +46,8 @@ UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "has
 EMPTY_KIND = "empty"
 NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
 UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
+# it loads, but its config.json or generation_config.json holds NaN/Infinity (checkpoint/loadconfig.py)
+CONFIG_KIND = "config"
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
@@ -54,6 +56,7 @@ PROBLEM_WORDS = {
     UNVERIFIED_KIND: "NOTHING VERIFIED",
     EMPTY_KIND: "NO TENSORS",
     UNLOADABLE_KIND: "NOT LOADABLE",
+    CONFIG_KIND: "BAD CONFIG",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
@@ -62,11 +65,12 @@ _PROBLEM_FACTS = {
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
+    CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} NaN/Infinity",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
@@ -214,7 +218,8 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     """Indices of the all-zero weight tensors that are damage (docs/health.md, "zeroed"):
 
     - siblings in the other layers are not all zero (they share a name once the layer number is taken out:
-      ``model.layers.#.mlp.down_proj.weight``);
+      ``model.layers.#.mlp.down_proj.weight``, a dtype and a shape: the numbered entries of an ``nn.Sequential``
+      are different layers, a fresh model's zero-initialised last conv or box-head layer among them);
     - a normalization gain, token embedding or LM head (layers.zero_breaks), no sibling needed: a gain only
       while another gain of the checkpoint is not all zero (a model whose norms scale by ``1 + w``, Gemma's,
       starts with every gain at zero);
@@ -227,13 +232,13 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
         return set()
     refs = tensors.refs
     names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
-    families: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, bool]]] = {}
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
         family = _LAYER_NUMBER.sub(".#.", names[i])
         if family != names[i]:
-            families.setdefault((family, dtypes[i]), []).append((i, i in zero))
+            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, i in zero))
     out: set[int] = set()
     for members in families.values():
         if any(not is_zero for _, is_zero in members):

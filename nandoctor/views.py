@@ -2,7 +2,8 @@
 
 A torch storage can back several tensors (tied weights, slices, transposes).
 Given the storage-relative indices of non-finite elements, these helpers say
-which of them each view holds and at which logical (C-order) position.
+which of them each view holds and at which logical (C-order) position; and
+which views read their storage whole (in any order), for the health census.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def covers_whole_region(ref: TensorRef, itemsize_bits: int) -> bool:
     )
 
 
+def reads_whole_region(ref: TensorRef, itemsize_bits: int) -> bool:
+    """True when ``ref`` reads every element of its whole region exactly once, in any order (a plain view, a
+    transpose, a permute): the region's census is then the view's, count for count."""
+    return ref.storage_offset == 0 and ref.numel * itemsize_bits == ref.region.nbytes * 8 and ref.is_dense
+
+
 def element_span(ref: TensorRef) -> tuple[int, int]:
     """[lowest, highest] storage element index the view can touch (inclusive); (0, -1) when empty."""
     if ref.numel == 0:
@@ -36,6 +43,15 @@ def element_span(ref: TensorRef) -> tuple[int, int]:
 # The largest span (in elements) for which an irregular view gets an exact map; beyond it the view is refused
 # (8M int64 entries = 64 MB): such views only come from hand-made `as_strided` calls or hostile files.
 MAX_IRREGULAR_SPAN = 8 << 20
+
+
+def census_refused(ref: TensorRef) -> bool:
+    """True when the view's own elements get no health census: an irregular (overlapping) view spanning more
+    than MAX_IRREGULAR_SPAN elements, whose distinct elements would take a map that large to find."""
+    if ref.numel == 0 or is_nested(ref):
+        return False
+    lo, hi = element_span(ref)
+    return hi - lo + 1 > MAX_IRREGULAR_SPAN
 
 
 def _dims(ref: TensorRef) -> list[tuple[int, int, int]]:
@@ -90,6 +106,14 @@ def _irregular_map(ref: TensorRef) -> tuple[int, np.ndarray]:
         best = result
     best[best == unreached] = -1
     return lo, best
+
+
+def irregular_elements(ref: TensorRef) -> tuple[int, np.ndarray, np.ndarray]:
+    """For a non-nested view: (lowest storage index, the distinct storage elements it reads as offsets from
+    it, ascending, and the smallest logical index reading each)."""
+    lo, best = _irregular_map(ref)
+    picked = np.flatnonzero(best >= 0)
+    return lo, picked, best[picked]
 
 
 def _shift_min(into: np.ndarray, source: np.ndarray, shift: int, add: int) -> None:

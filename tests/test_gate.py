@@ -257,3 +257,24 @@ def test_a_callback_with_a_bad_option_refuses_to_be_built(option):
     for build in (CheckpointGate, TrainerCallback, LightningCallback):
         with pytest.raises((ValueError, DeviceUnavailableError)):
             build(**option)
+
+
+def test_pre_commit_scans_staged_files_whose_names_start_with_a_dash(tmp_path, monkeypatch):
+    """pre-commit passes root-level file names bare, after the config's args: a staged NaN file named
+    ``-nan.safetensors`` or ``--exclude=none.safetensors`` was taken for an option and the hook passed."""
+    from safetensors.numpy import save_file
+
+    from nandoctor.cli.precommit import main, split_arguments
+    from nandoctor.cli.scan_cmd import scan
+
+    monkeypatch.chdir(tmp_path)
+    bad = np.array([np.nan, 1.0], np.float32)
+    for name in ("-nan.safetensors", "--exclude=none.safetensors"):
+        save_file({"w": bad}, name)
+    save_file({"w": np.ones(2, np.float32)}, "good.safetensors")
+    assert split_arguments(["--exclude=none.safetensors", "good.safetensors"], scan) == (
+        [], ["--exclude=none.safetensors", "good.safetensors"])
+    assert split_arguments(["--exclude=opt.*", "-nan.safetensors"], scan) == (["--exclude=opt.*"], ["-nan.safetensors"])
+    assert main(["-nan.safetensors"]) == 1
+    assert main(["--exclude=none.safetensors", "good.safetensors"]) == 1
+    assert main(["--target-dtype", "fp16"]) == 2  # nothing to scan is never a pass

@@ -89,3 +89,24 @@ def test_a_long_log_is_thinned_but_keeps_every_nonfinite_point(tmp_path, monkeyp
     assert len(series.points) <= 100 + 1 + 2  # the even spread, the last point, the two NaN
     nan_steps = [p.step for p in series.points if p.loss is not None and math.isnan(p.loss)]
     assert nan_steps == [333, 7777] and series.points[-1].step == 9999
+
+
+def test_extreme_trainer_log_values_give_a_chart_not_an_internal_error():
+    """A trial's trainer logs (subnormal or ±1e308 losses, steps of ±10**308 and 2 * 10**308) made `--html` exit 3
+    with an internal error in the chart (log10 of 0, float of a 309-digit int, an infinite span)."""
+    cases = [
+        [(5, 5e-324), (6, 1e-323)],
+        [(5, -1e308), (6, 1e308)],
+        [(-10**308, 1.0), (10**308, 2.0)],
+        [(0, 1.0), (2 * 10**308, 2.0)],
+        [(0, 1e-320), (1, 1e308)],
+    ]
+    for points in cases:
+        for log in (None, True, False):
+            root = parse(svg.line_chart([svg.Series("loss", points, "#000")], title="loss", log_y=log,
+                                        markers=[svg.Marker(points[-1][0], "bad", "#f00")]))
+            for element in root.iter():
+                for name in ("x", "y", "x1", "x2", "y1", "y2", "cx", "cy"):
+                    value = element.get(name)
+                    if value is not None:
+                        assert math.isfinite(float(value)), (points, log, name, value)

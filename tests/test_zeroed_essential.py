@@ -147,3 +147,25 @@ def test_zeros_by_design_stay_clean(tmp_path):
 def test_which_names_may_not_be_zero(name, ndim, kind):
     assert zero_breaks(name, ndim) == kind
 
+
+
+def test_numbered_entries_of_a_sequential_are_not_siblings_unless_they_match(tmp_path):
+    """A false-positive trial: a fresh HF Encodec reported ``decoder.layers.3.conv.bias`` zeroed, because the
+    numbered entries of an ``nn.Sequential`` (a conv, an activation, another conv of other channels) were taken
+    for repeated layers. Siblings now share a shape too; repeated layers' zeroed weight is still found."""
+    import torch
+
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3), torch.nn.ELU(), torch.nn.Conv1d(8, 8, 3),
+                                  torch.nn.Conv1d(8, 1, 3))
+    torch.nn.init.zeros_(decoder[3].bias)  # the zero-initialised last layer of a fresh model
+    model = torch.nn.Module()
+    model.decoder = decoder
+    fresh = nandoctor.scan_module(model)
+    assert not verdict.with_finding(fresh, verdict.ZEROED)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
+    with torch.no_grad():
+        model.layers[1].weight.zero_()
+    damaged = nandoctor.scan_module(model)
+    assert [t.name for t in verdict.with_finding(damaged, verdict.ZEROED)] == ["layers.1.weight"]

@@ -15,16 +15,26 @@ than a checkpoint now on disk is never used (a run restarted from scratch in
 the same folder replaces it at its first save, and without the callback its first
 logged loss tells the runs apart); tensors it does not name are not compared
 (another model's baseline compares nothing).
+
+The file is nandoctor's own, and the run folder may hold anything: it is read without following a link
+(jsonfiles.read_json) and written by replacing whatever is at its name (report/outfile.py, ``owned``), never
+through a link or into a FIFO planted there; its numbers go through jsonfiles.number (a 400-digit integer is
+no crash), and its ``checkpoint`` must be a plain name in the run (it is only ever a label: nothing it names
+is opened). A file that is not a baseline this module wrote is ignored, and :func:`load_baseline` says why.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nandoctor.checkpoint.jsonfiles import finite_number
 
 BASELINE_NAME = "nandoctor-baseline.json"
 
@@ -57,31 +67,44 @@ def first_loss(checkpoint: Path) -> tuple[int, float] | None:
     except (OSError, ValueError, AttributeError):
         return None
     for entry in history if isinstance(history, list) else ():
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and _finite_number(entry.get("loss")):
-            return entry["step"], float(entry["loss"])
+        step, loss = (_int(entry.get("step")), finite_number(entry.get("loss"))) if isinstance(entry, dict) else (None, None)
+        if step is not None and loss is not None:
+            return step, loss
     return None
+
+
+def load_baseline(run: Path) -> tuple[RunBaseline | None, str | None]:
+    """(the baseline kept in ``run``, None); (None, why it is ignored) for a file at its name that is not a
+    baseline this module wrote (a link, a FIFO, invalid JSON, a field out of range); (None, None) without one."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+
+    try:
+        data = read_json(Path(run) / BASELINE_NAME, follow_links=False)  # (bounded; a FIFO does not block)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, _ignored(_unreadable(Path(run) / BASELINE_NAME, exc))
+    if not isinstance(data, dict) or data.get("format") != "nandoctor-baseline/1":
+        return None, _ignored("not a nandoctor-baseline/1 file")
+    step, checkpoint, top, scales = _int(data.get("step")), data.get("checkpoint"), data.get("max_abs"), data.get("scales")
+    if step is None or not 0 <= step < 1 << 63:
+        return None, _ignored("its step is not a step")
+    if not isinstance(checkpoint, str) or not _plain_name(checkpoint):
+        return None, _ignored("its checkpoint is not a name in the run folder")
+    if not isinstance(scales, dict) or (top is not None and finite_number(top) is None):
+        return None, _ignored("its scales or largest weight are not finite numbers")
+    kept = {name: value for name, value in ((n, finite_number(v)) for n, v in scales.items())
+            if isinstance(name, str) and value is not None}
+    if not kept:
+        return None, _ignored("it holds no tensor scale")
+    logged = data.get("first_loss")
+    at, loss = (_int(logged[0]), finite_number(logged[1])) if isinstance(logged, list) and len(logged) == 2 else (None, None)
+    return RunBaseline(step, checkpoint, finite_number(top), kept, None if at is None or loss is None else (at, loss)), None
 
 
 def read_baseline(run: Path) -> RunBaseline | None:
     """The baseline kept in ``run``; None when there is none or it is not one this module wrote."""
-    from nandoctor.checkpoint.jsonfiles import read_json
-
-    try:
-        data = read_json(Path(run) / BASELINE_NAME)  # (bounded; a FIFO planted there does not block)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != "nandoctor-baseline/1":
-        return None
-    step, checkpoint, top, scales = data.get("step"), data.get("checkpoint"), data.get("max_abs"), data.get("scales")
-    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(checkpoint, str) or not isinstance(scales, dict):
-        return None
-    if top is not None and not _finite_number(top):
-        return None
-    kept = {name: float(value) for name, value in scales.items() if isinstance(name, str) and _finite_number(value)}
-    logged = data.get("first_loss")
-    loss = ((logged[0], float(logged[1])) if isinstance(logged, list) and len(logged) == 2 and isinstance(logged[0], int)
-            and _finite_number(logged[1]) else None)
-    return RunBaseline(step, checkpoint, None if top is None else float(top), kept, loss) if kept else None
+    return load_baseline(run)[0]
 
 
 def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None = None) -> RunBaseline | None:
@@ -101,14 +124,41 @@ def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None
 
 
 def write_baseline(run: Path, kept: RunBaseline) -> None:
-    """Write ``kept`` into ``run`` atomically, never through a link planted at a temporary name; raises OSError."""
+    """Write ``kept`` into ``run`` atomically, replacing whatever is at its name (a link, a FIFO: never written
+    through) and never through a link planted at a temporary name; raises OSError."""
     from nandoctor.report.outfile import write_text
 
-    write_text(Path(run) / BASELINE_NAME, json.dumps(kept.to_json(), indent=1, allow_nan=False) + "\n")
+    write_text(Path(run) / BASELINE_NAME, json.dumps(kept.to_json(), indent=1, allow_nan=False) + "\n", owned=True)
 
 
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _ignored(why: str) -> str:
+    return f"{BASELINE_NAME}: {why}; ignored (growth is measured against the run's checkpoints on disk)"
 
 
-__all__ = ["BASELINE_NAME", "RunBaseline", "first_loss", "kept_before", "read_baseline", "write_baseline"]
+def _unreadable(path: Path, exc: OSError | ValueError) -> str:
+    """Why the file at ``path`` could not be read as a baseline (``exc``), in words."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if stat.S_ISLNK(mode):
+        return "a link (this file is never one)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"not valid JSON ({exc})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
+def _int(value: Any) -> int | None:
+    """A JSON integer (never ``true``: bool is an int in Python), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` is one entry of a folder (what this module writes: a checkpoint's own name), printable."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and name.isprintable()
+
+
+__all__ = ["BASELINE_NAME", "RunBaseline", "first_loss", "kept_before", "load_baseline", "read_baseline",
+           "write_baseline"]

@@ -12,6 +12,11 @@ A folder can hold nothing but healthy tensors and still not load, and CLEAN must
   (a ``generation_config.json`` beside the weights, a ``config.json`` in the run's other checkpoints or at its
   top): Trainer saves a model that is not a transformers model as a bare state dict, with no config at all.
 
+Beside those, the config files the model is built from (loadconfig.py: config.json that is not JSON, a dtype
+transformers refuses, NaN in config.json or generation_config.json), and tensors stored as F4 where no quantizer
+unpacks them (:func:`uncastable`, after the files are read: torch loads F4 as ``float4_e2m1fn_x2``, which it
+cannot cast to the model's dtype).
+
 Each is a problem (exit 3) naming what is missing and what to do. The shard and config rules apply to folders a
 Hugging Face loader reads (a ``config.json``, or trainer files); a folder of weights alone is not judged here:
 nandoctor cannot know how it is loaded. Weights kept as accelerate's FSDP state (``pytorch_model_fsdp_0/``) or
@@ -22,20 +27,21 @@ directly: a note says how to consolidate them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout, loaders
+from nandoctor.checkpoint import layout, loadconfig, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
+from nandoctor.dtypes import TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
-from nandoctor.model import ScanProblem
+from nandoctor.model import RefTable, ScanProblem, TensorRef
 from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
-GENERATION_CONFIG = "generation_config.json"
-ADAPTER_CONFIG = "adapter_config.json"
+GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
 # Weights transformers' from_pretrained reads at a folder's top (one file, numbered shards, their index), and
 # PEFT's adapter weights, which need adapter_config.json instead of config.json
 _TRANSFORMERS_WEIGHTS = re.compile(r"^(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safetensors|bin)$")
@@ -80,7 +86,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     except UnreadablePathError:
         return [], []  # the layout has said so already
     names = {e.name for e in entries}
-    found: list[ScanProblem] = []
+    found = loadconfig.problems(root, model=_model_weights(names), adapter=any(_ADAPTER_WEIGHTS.match(n) for n in names))
     state = state_only(entries)
     if state and not _model_elsewhere(files):
         found.append(ScanProblem(
@@ -95,7 +101,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     trainer = loaders.TRAINER_STATE in names or _run_has(root, loaders.TRAINER_STATE)
     # save_pretrained writes generation_config.json beside config.json (a generative transformers model): the
     # one without the other is a model folder that lost its config, Trainer's or not
-    saved = GENERATION_CONFIG in names and any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names)
+    saved = GENERATION_CONFIG in names and _model_weights(names)
     if not (trainer or saved or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
         return found, notes  # weights alone: how they are loaded is not for nandoctor to guess
     found += _unindexed_shards(files)
@@ -104,6 +110,47 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
         found += config_problems
         notes += config_notes
     return found, notes
+
+
+def _model_weights(names: set[str]) -> bool:
+    """Whether the folder entries ``names`` hold weights transformers' from_pretrained reads (one file, numbered
+    shards, an index)."""
+    return any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names)
+
+
+def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
+    """Tensors of the folder's top-level safetensors weights stored in a dtype that torch loads but cannot cast
+    (F4: ``dtypes.TORCH_UNCASTABLE_SAFETENSORS``), in a folder from_pretrained reads whose config.json names no
+    quantizer: from_pretrained casts each tensor into its parameter and fails. After the files are read (the
+    dtypes are in their headers); nothing for a single file or a folder without config.json (their loader may
+    unpack them)."""
+    root = files.root
+    try:
+        names = {e.name for e in access.listing(root)} if access.is_dir(root) else set()
+    except UnreadablePathError:
+        return []
+    if loaders.CONFIG not in names or not _model_weights(names):
+        return []
+    found: list[ScanProblem] = []
+    for file, refs in refs_by_file.items():
+        if file.parent != root or file.suffix != ".safetensors" or file_role(file.name) is not None:
+            continue
+        if not isinstance(refs, RefTable) or TORCH_UNCASTABLE_SAFETENSORS.isdisjoint(refs.dtypes):
+            continue  # (torch files hold no F4: torch's float4_e2m1fn_x2 is read as its bytes)
+        if not found and loadconfig.quantized(root):
+            return []  # a quantizer unpacks fp4 itself (transformers' fp8 one: MXFP4 experts)
+        f4 = [n for n, dtype in zip(refs.names, refs.dtypes) if dtype in TORCH_UNCASTABLE_SAFETENSORS]
+        found.append(ScanProblem(
+            str(file),
+            f"{len(f4)} tensor(s) of dtype F4 ({first_few(f4, 4, quoted=True)}): safetensors.torch loads F4 as "
+            "float4_e2m1fn_x2 with half the last dimension (two 4-bit codes a byte), which torch cannot cast to any "
+            "other dtype (\"copy_kernel\" not implemented), so from_pretrained fails on them; config.json names no "
+            "quantization_config that would unpack them",
+            "store those tensors in the model's dtype (BF16, F16 or F32), or, for a quantized checkpoint, keep the "
+            "quantization_config in config.json that says how to unpack them",
+            kind=UNLOADABLE_KIND,
+        ))
+    return found
 
 
 def _model_elsewhere(files: layout.CheckpointFiles) -> bool:
@@ -144,7 +191,7 @@ def _config(root: Path, names: set[str], trainer: bool = True) -> tuple[list[Sca
     something says the model is a transformers (or PEFT) model, else a note."""
     if any(_ADAPTER_WEIGHTS.match(n) for n in names) and not any(_TRANSFORMERS_WEIGHTS.match(n) for n in names):
         needed, loader = ADAPTER_CONFIG, "PEFT's from_pretrained"
-    elif any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names):
+    elif _model_weights(names):
         needed, loader = loaders.CONFIG, "from_pretrained"
     else:
         return [], []  # no weights a Hugging Face loader reads at its top (FSDP state, DeepSpeed partitions)
@@ -204,7 +251,7 @@ def _model_config(path: Path) -> bool:
 
 def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
     """Model weights kept only as FSDP sharded state: scanned, but no loader of a model folder reads them."""
-    if any(_TRANSFORMERS_WEIGHTS.match(n) or loaders.is_index_name(n) for n in names):
+    if _model_weights(names):
         return []
     fsdp = sorted(n for n in names if layout.FSDP_MODEL_FOLDER.match(n))
     if not fsdp:
@@ -213,4 +260,4 @@ def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
             f"cannot read it; for a loadable model: accelerate merge-weights {root / fsdp[0]} OUT_FOLDER"]
 
 
-__all__ = ["problems", "state_only"]
+__all__ = ["problems", "state_only", "uncastable"]

@@ -67,6 +67,20 @@ def single_file_of(index_name: str) -> str | None:
     return f"{match['base']}{variant}.{match['ext']}"
 
 
+# Who reads each torch weight name, each with torch.load(weights_only=True): transformers' load_state_dict,
+# PEFT's torch_load, diffusers' load_state_dict
+_BIN_LOADERS = {"pytorch_model": "transformers' from_pretrained", "adapter_model": "PEFT's from_pretrained",
+                "diffusion_pytorch_model": "diffusers' from_pretrained"}
+
+
+def weights_only_loader(name: str) -> str | None:
+    """The Hugging Face loader, in words, that reads the torch file ``name`` (``pytorch_model.bin``, its shards
+    and variants, ``adapter_model.bin``, ``diffusion_pytorch_model.bin``) with ``torch.load(weights_only=True)``;
+    None for any other name (a training ``.pt``, a ``.ckpt``: their loaders choose)."""
+    match = _BIN_FILE.match(name)
+    return None if match is None else _BIN_LOADERS[match["base"]]
+
+
 def hidden_by(name: str, folder: Path) -> str | None:
     """The safetensors file (or index) in ``folder`` that a loader reads instead of the torch weights
     ``name``, or None when the loader would read ``name`` itself."""

@@ -95,6 +95,7 @@ def open_checkpoint(
         checkpoint.problems += zero_problems
         checkpoint.notes += zero_notes
     checkpoint.problems += _empty_files(checkpoint)
+    checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems

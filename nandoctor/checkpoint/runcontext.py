@@ -15,6 +15,7 @@ so that the ``next:`` line never suggests a repair that must fail.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,21 +28,35 @@ def judge_in_run(report: ScanReport, target: Path, scan_one: Callable[[Path], Sc
     """``report`` (of the checkpoint at ``target``) judged again within its run; unchanged outside a run,
     or when it is healthy on its own and no weight's bulk is large enough to have diverged
     (verdict.may_have_grown: a healthy checkpoint of ordinary weights costs no extra scan)."""
+    return judged_in_run(report, target, scan_one)[0]
+
+
+def judged_in_run(
+    report: ScanReport, target: Path, scan_one: Callable[[Path], ScanReport]
+) -> tuple[ScanReport, tuple[str, dict[str, float]] | None]:
+    """:func:`judge_in_run`, and the baseline it measured growth against: (the run's first healthy checkpoint,
+    its verdict.tensor_scales), those kept in the run's nandoctor-baseline.json where rotation took that
+    checkpoint away (a repair weighs its donors by the same scales, and never opens the gone checkpoint);
+    None where it was not judged in its run or the run has no healthy checkpoint before it."""
     from nandoctor import verdict
 
     renamed = names_in_run(report, Path(target))
     if renamed is not None:
-        return renamed
+        return renamed, None
     zeros = verdict.unexplained_zeros(report)
     if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report) or zeros):
-        return report
+        return report, None
     context = run_facts(Path(target), scan_one, report if zeros else None)
     if context is None:
-        return report
+        return report, None
     baseline = context.pop("baseline_scales")
+    ignored = context.pop("baseline_ignored")
     grown = verdict.growth(report, baseline) if baseline else None
     context["growth"] = None if grown is None else grown.to_json()
-    return verdict.with_run_context(report, context)
+    if ignored is not None:
+        report = dataclasses.replace(report, notes=(*report.notes, ignored))
+    judged = verdict.with_run_context(report, context)
+    return judged, (context["baseline"], baseline) if context["baseline"] is not None else None
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with
@@ -124,7 +139,8 @@ def run_facts(
     """What the run says about the checkpoint at ``target``: ``run``, ``kind`` (its naming),
     ``baseline``/``baseline_max``/``baseline_scale`` (the first healthy earlier checkpoint, its largest
     weight and its largest tensor scale), ``baseline_scales`` (its verdict.tensor_scales, which
-    :func:`judge_in_run` turns into the ``growth`` of the checkpoint and drops),
+    :func:`judge_in_run` turns into the ``growth`` of the checkpoint and drops), ``baseline_ignored`` (why a
+    nandoctor-baseline.json in the run is not used, or None; judge_in_run makes it a note),
     ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; with ``zeros_in`` (the
     checkpoint's report, which holds an all-zero weight), ``zeroed_since`` as the run scan finds it
     (runs.zeroed_since: against the previous checkpoint, one more scan, and the first healthy one). None
@@ -171,11 +187,11 @@ def run_facts(
     if zeros_in is not None and earlier and earlier[-1][1] != baseline:
         with contextlib.suppress(NandoctorError):  # (its own scan says why)
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
-    from nandoctor.checkpoint.baseline import kept_before
+    from nandoctor.checkpoint.baseline import kept_before, load_baseline
 
     folder = target if target.is_dir() else target.parent
     kept = kept_before(place.run, (step for step, _ in earlier), folder)  # the first healthy one, gone
-    if kept is not None:
+    if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     if place.lightning:
         metrics = metrics_near(place.run)
@@ -189,6 +205,7 @@ def run_facts(
         "baseline_max": baseline_max,
         "baseline_scale": max(baseline_scales.values(), default=None),
         "baseline_scales": baseline_scales,
+        "baseline_ignored": load_baseline(place.run)[1] if kept is None else None,  # (a file there, no baseline)
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),

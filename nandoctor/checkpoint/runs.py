@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before
+from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before, load_baseline
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_reasons,
@@ -694,6 +694,8 @@ def scan_run(
         healthy = kept.scales
         notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
                      f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
+    elif (ignored := load_baseline(root)[1]) is not None:
+        notes.append(ignored)  # a file at its name that is no baseline (a link, a FIFO, a number out of range)
     previous: dict[str, float] = {}
     # (name, report) of the previous checkpoint read and of the first healthy one: a weight all zero in a later
     # checkpoint that was not in them is zeroed (zeroed_since)

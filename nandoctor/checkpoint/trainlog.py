@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.jsonfiles import number
+
 MAX_POINTS = 2000
 MAX_CSV_BYTES = 256 << 20  # a metrics.csv beyond this is not read (a chart needs no more)
 METRICS_CSV = "metrics.csv"
@@ -159,19 +161,13 @@ class LogSeries:
 
 
 def _number(value: Any) -> float | None:
-    """A logged value as a float (NaN/Inf kept); None for anything that is not a number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        return float(value) if abs(value) < 1 << 1000 else math.inf  # a 400-digit int would overflow float()
+    """A logged value as a float (NaN/Inf kept; a CSV cell's text too); None for anything that is not a number."""
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             return None
-    return None
+    return number(value)  # (a 400-digit int: inf, not OverflowError)
 
 
 def _thin(points: list[LogPoint]) -> tuple[tuple[LogPoint, ...], int]:

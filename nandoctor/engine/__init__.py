@@ -31,6 +31,7 @@ from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.engine.small import SmallTensors, plan_small
+from nandoctor.engine.viewcensus import census_views
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels import Kernel, select_kernel
 from nandoctor.kernels.census import (
@@ -169,8 +170,10 @@ def scan_jobs(
 
 def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, failed: set[str]) -> Scanned:
     """What is left once every chunk of ``jobs`` is in (of one scan, or merged from parts): the outlier
-    pass (not over regions of the ``failed`` files), the results, the per-expert counts. Empties ``jobs``."""
+    pass (not over regions of the ``failed`` files), the census of torch views that do not read their region
+    whole and in order (viewcensus.py), the results, the per-expert counts. Empties ``jobs``."""
     problems = _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+    problems += census_views(jobs, limits, failed)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)
     return Scanned(tensors, unviewed, problems + expert_problems, 0)

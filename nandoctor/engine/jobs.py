@@ -2,10 +2,12 @@
 
 A region (a safetensors tensor, a torch storage) is read once, whatever number
 of tensors view it. NaN/Inf are attributed to each view that sees them; the
-health census of a region is attributed to views that cover the whole region
-(a tensor, or tied weights saved as one storage). Once every chunk is in, the
-outlier pass reads again the few high segments that may hold values far above
-the tensor's own bulk (kernels/census.py).
+health census of a region is attributed to views that read the whole region
+in order (a tensor, or tied weights saved as one storage). Once every chunk is
+in, the outlier pass reads again the few high segments that may hold values far
+above the tensor's own bulk (kernels/census.py); any other view of a floating
+region (a transpose, a slice, q/k/v split from one fused storage) then gets a
+census of its own (viewcensus.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ class OutlierFind:
 
 
 @dataclass(slots=True)
+class ViewCensus:
+    """The census of one view that does not read its region whole and in order (viewcensus.py)."""
+
+    census: Census
+    outliers: OutlierFind | None = None
+    first: int = -1  # the view's own (C-order) index of its first outlier
+
+
+@dataclass(slots=True)
 class RegionJob:
     """One region to read, the views of it, and everything found in it."""
 
@@ -87,6 +98,7 @@ class RegionJob:
     # (start, length) in bytes: the share of a region cut across parts (engine/split.py) that this scan
     # reads; None: all of it. A cut region's tallies and census are partial until its parts are merged.
     span: tuple[int, int] | None = None
+    own: dict[int, ViewCensus] | None = None  # view slot → its own census (viewcensus.py); made when needed
     # Made when first asked for: a small region gets its census whole from its batch, and almost never
     # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
     _census: Census | None = None
@@ -187,9 +199,12 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
         can_hold, per = facts
         health = _health(job, per)
         blocks = job.region.blocks is not None
-        for view, tally in zip(job.views, job.tallies):
-            whole = job.direct or covers_whole_region(view, spec.bits)
-            extra = health if whole else {}
+        own = job.own or {}
+        for slot, (view, tally) in enumerate(zip(job.views, job.tallies)):
+            if job.direct or covers_whole_region(view, spec.bits):
+                extra = health
+            else:  # (a view that got no census of its own: viewcensus.census_refused, and says so in a note)
+                extra = _health(job, per, own[slot]) if slot in own else {}
             if extra and job.own_ceiling is not None and tally.overflow and (extra["max_abs"] or 0) <= job.own_ceiling:
                 extra = {**extra, "exploded": max(0, extra["exploded"] - tally.overflow)}  # (see own_ceiling)
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
@@ -213,13 +228,13 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
     return [by_ref[id(ref)] for ref in order], unviewed
 
 
-def _health(job: RegionJob, per: int) -> dict:
-    """The census of a whole region as TensorResult fields (element indices, not lanes); ``per``: the
-    dtype's lanes per element."""
+def _health(job: RegionJob, per: int, own: ViewCensus | None = None) -> dict:
+    """The census of a whole region, or ``own``: one view's, as TensorResult fields (element indices, not
+    lanes); ``per``: the dtype's lanes per element."""
     info = job.info
     if info is None or job.region.nbytes == 0:
         return {}
-    census = job.census
+    census, found = (job.census, job.outliers) if own is None else (own.census, own.outliers)
     bits, exact = census.max_bits()
     out: dict = {
         "max_abs": decode_magnitude(job.spec, bits) if bits >= 0 else None,
@@ -228,12 +243,11 @@ def _health(job: RegionJob, per: int) -> dict:
         "exploded": census.exploded,
         "bulk_scale": census.bulk_scale(job.spec, info),
     }
-    found = job.outliers
     if found is not None and found.count:
         out["outliers"] = Outliers(
             found.count,
             signed_value(job.spec, info, found.worst_raw),
-            job.element_of(found.first_lane),
+            job.element_of(found.first_lane) if own is None else own.first,
             decode_magnitude(job.spec, found.threshold),
         )
     return out

@@ -88,12 +88,13 @@ class CheckpointGate:
         from nandoctor.checkpoint.baseline import BASELINE_NAME, read_baseline
 
         self.fresh_run = fresh
-        if fresh and read_baseline(run) is not None:  # (only a file this module wrote)
-            try:
+        try:
+            if fresh and read_baseline(run) is not None:  # (only a file this module wrote)
                 (Path(run) / BASELINE_NAME).unlink()
                 logger.info("nandoctor: training starts from scratch: removed the earlier run's %s", BASELINE_NAME)
-            except OSError as exc:
-                logger.error("nandoctor: could not remove the earlier run's %s (%s)", Path(run) / BASELINE_NAME, exc)
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not remove the earlier run's %s (%s: %s)", Path(run) / BASELINE_NAME,
+                         type(exc).__name__, exc)
 
     def keep_baseline(self, path: Path, report: ScanReport) -> None:
         """Keep the run's growth baseline beside its checkpoints (checkpoint/baseline.py): rotation deletes
@@ -134,14 +135,16 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
     added), else ``target`` itself when healthy. ``fresh``: this training started from scratch (no resume), so a
     baseline kept from an earlier run in the same folder is replaced, and checkpoints left from it are not
     candidates. Returns the RunBaseline written, or None; raises OSError."""
-    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, read_baseline, write_baseline
+    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, load_baseline, write_baseline
     from nandoctor.checkpoint.runs import HEALTHY_STATUSES, place_in_run
     from nandoctor.errors import NandoctorError
 
     place = place_in_run(Path(target))
     if place is None or place.final:
         return None
-    existing = read_baseline(place.run)  # (a fresh run's start() removed an earlier run's; ignored if it could not)
+    existing, ignored = load_baseline(place.run)  # (a fresh run's start() removed an earlier run's, if it could)
+    if ignored is not None:  # (replaced below by this run's, once a healthy checkpoint is seen)
+        logger.warning("nandoctor: %s", ignored)
     if existing is not None and existing.step < place.step and not fresh:
         return None
     candidates: list[tuple[int, Path, ScanReport | None]] = [] if fresh else [
@@ -168,12 +171,13 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict), never through a link planted
-    at a temporary name (report/outfile.py); errors are logged."""
+    """Write ``data`` to ``path`` atomically (a reader never sees half a verdict), in place of whatever is at
+    the name (a link or FIFO planted there is replaced, never written through: report/outfile.py, ``owned``);
+    errors are logged."""
     from nandoctor.report.outfile import write_text
 
     try:
-        write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+        write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n", owned=True)
     except (OSError, ValueError) as exc:
         logger.error("nandoctor: could not write %s (%s)", path, exc)
 

@@ -289,17 +289,17 @@ class NanDoctorCallback(Callback):
         """Read ``folder/nandoctor.json``, apply ``change`` to its ``checkpoints`` map, write it back."""
         file = folder / REPORT_NAME
         try:
-            data = read_json(file)
+            data = read_json(file, follow_links=False)  # (nandoctor's own file: a link there is not followed)
         except (OSError, ValueError):
             data = {}
         entries = data.get("checkpoints") if isinstance(data, dict) else None
         entries = entries if isinstance(entries, dict) else {}
         change(entries)
         broken_from = self._broken_from()
+        by_step = _by_step(entries)  # (a step that is no integer in the file read: -1, never a TypeError)
         healthy = [n for n, e in entries.items() if _kept_clean(e) and (folder / n).exists()
-                   and (broken_from is None or e.get("step", -1) < broken_from)]
+                   and (broken_from is None or by_step(n)[0] < broken_from)]
         bad = [n for n, e in entries.items() if isinstance(e, dict) and not passed_in(e)]
-        by_step = _by_step(entries)
         write_json(file, {
             "checkpoints": dict(sorted(entries.items(), key=lambda item: by_step(item[0]))),
             "last_clean": max(healthy, key=by_step, default=None),
@@ -314,7 +314,7 @@ class NanDoctorCallback(Callback):
             if not dirpath:
                 continue
             try:
-                data = read_json(Path(dirpath) / REPORT_NAME)
+                data = read_json(Path(dirpath) / REPORT_NAME, follow_links=False)
             except (OSError, ValueError):
                 continue
             entries = data.get("checkpoints") if isinstance(data, dict) else None

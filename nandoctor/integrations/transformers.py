@@ -290,7 +290,7 @@ class NanDoctorCallback(TrainerCallback):
             return None
         for step, folder in found:
             try:
-                data = read_json(folder / REPORT_NAME)
+                data = read_json(folder / REPORT_NAME, follow_links=False)  # (its own file: a link is not followed)
             except (OSError, ValueError):
                 continue
             if passed_in(data) and all(s != step for s, _ in self._passed):

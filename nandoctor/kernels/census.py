@@ -472,6 +472,12 @@ def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int,
     return count, first, int(lanes[worst])
 
 
+def lanes_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> np.ndarray:
+    """Indices of the finite lanes with magnitude >= ``threshold`` (where a view's outliers lie in it)."""
+    mag, _ = _finite_magnitudes(lanes, info)
+    return np.flatnonzero(mag >= threshold)
+
+
 def signed_value(spec: DTypeSpec, info: LaneInfo, raw: int) -> float:
     """The value of a finite lane from its raw bits (sign included)."""
     magnitude = decode_magnitude(spec, raw & info.mag_mask)

@@ -197,11 +197,21 @@ def _header_text(path: Path, base: int) -> tuple[str, int, int]:
         raise CorruptCheckpointError(p, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
+def _header_int(text: str) -> int:
+    """A header's integers are sizes and offsets: the reference parser (serde) reads ``-0`` as a float and
+    refuses the file, where Python's json would read 0 (other negatives are refused by the entry checks,
+    which name the field)."""
+    value = int(text)
+    if value == 0 and text.startswith("-"):
+        raise ValueError(f"{text} where a size or offset belongs (a float to the reference parser)")
+    return value
+
+
 def _json_header(p: str, text: str) -> tuple[dict, dict[str, str]]:
     """(the header parsed by json, its metadata); CorruptCheckpointError unless it is an object of entries."""
     try:
         hook = _reject_duplicates_and_surrogates if _SURROGATE_ESCAPE.search(text) else _reject_duplicates
-        header = jsonfiles.loads(text, object_pairs_hook=hook)
+        header = jsonfiles.loads(text, object_pairs_hook=hook, parse_int=_header_int)
     except ValueError as exc:
         raise CorruptCheckpointError(p, f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

@@ -1,4 +1,5 @@
-"""A report file a user names (``--html FILE``) written without harming what the name points at.
+"""A report file a user names (``--html FILE``) written without harming what the name points at; a file
+nandoctor owns written without harming anything else.
 
 - A name that does not exist yet, or a regular file, is written atomically: a temporary file created
   exclusively beside it (``O_CREAT | O_EXCL``, so a planted symlink at that name is never followed, and a
@@ -10,6 +11,11 @@
   adds to what the redirection opened, in order, instead of replacing or overwriting it.
 - Anything else that exists (a FIFO, a character device such as ``/dev/stdout`` or ``/dev/null``, a
   socket) is opened and written as it is, never replaced by a regular file.
+
+A file nandoctor owns (``owned=True``: a run's ``nandoctor-baseline.json``, the callbacks' ``nandoctor.json``)
+lies in a folder the tool did not create and anyone may have put something at its name: it is always written
+as above, temporary file and rename, and the rename replaces whatever is at the name (a link, not its
+target; a FIFO, never opened; a directory is an OSError). Nothing but the new file is ever written.
 
 On any failure the temporary file is removed and the ``OSError`` raised; the caller says what was not written.
 """
@@ -25,11 +31,15 @@ import sys
 _TRIES = 16  # an O_EXCL name that exists is someone else's file: take another random one
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
+def write_text(path: str | os.PathLike[str], text: str, *, owned: bool = False) -> None:
     """Write ``text`` (UTF-8) to ``path``: atomically for a regular or new file (through symlinks), directly
-    for a FIFO or device. Raises ``OSError``."""
+    for a FIFO or device; ``owned`` (a file nandoctor owns): atomically in place of whatever is at the name,
+    never through it. Raises ``OSError``."""
     data = text.encode("utf-8")
     name = os.fspath(path)
+    if owned:
+        _replace(name, data)
+        return
     own = _own_descriptor(name)
     if own is not None:
         for stream in (sys.stdout, sys.stderr):

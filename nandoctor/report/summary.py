@@ -207,7 +207,8 @@ _PROBLEM_STEPS = {
                         "(or re-download them), then scan again",
     verdicts.SELECTION_KIND: "check the --only/--exclude patterns (they are globs on the full tensor name), then scan again",
     verdicts.EMPTY_KIND: "save the model's weights into it (its state_dict), or scan the checkpoint that holds them",
-    verdicts.UNLOADABLE_KIND: "put back what the problems listed name (or use another checkpoint), then scan again",
+    verdicts.UNLOADABLE_KIND: "put back or correct what the problems listed name (or use another checkpoint), then scan again",
+    verdicts.CONFIG_KIND: "write the config values the problems name as the model was trained with, then scan again",
     verdicts.UNVERIFIED_KIND: "record the hashes from a good copy (`nandoctor manifest PATH > manifest.json`) and scan "
                               "with --manifest manifest.json, or scan the repo id from the Hugging Face cache",
 }

@@ -13,6 +13,7 @@ for "where did it go wrong".
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from collections.abc import Callable, Sequence
@@ -77,10 +78,24 @@ class Box:
         return self.height - self.top - self.bottom
 
 
+# Coordinates are clamped to ±_LIMIT (and a log axis to _TINY and above), so that spans, ticks and positions stay
+# finite floats whatever a trainer log holds (1e308, subnormal losses, a step of 10**400); labels keep the values.
+_LIMIT, _TINY = 1e300, 1e-300
+
+
+def _coordinate(value: float) -> float:
+    """``value`` as a float on the chart: ±Inf for an integer too large for one, clamped to ±_LIMIT if finite."""
+    try:
+        f = float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    return min(max(f, -_LIMIT), _LIMIT) if math.isfinite(f) else f
+
+
 def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
     raw = (hi - lo) / count
+    if not (hi > lo and math.isfinite(raw) and raw >= _TINY):
+        return [lo]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step) * step
@@ -114,10 +129,13 @@ def line_chart(
 ) -> str:
     """An SVG line chart of ``series`` over a shared x axis, with vertical ``markers``."""
     box = box or Box()
+    series = [dataclasses.replace(s, points=[(cx, _coordinate(y)) for x, y in s.points
+                                             if math.isfinite(cx := _coordinate(x))]) for s in series]
+    markers = [dataclasses.replace(m, x=cx) for m in markers if math.isfinite(cx := _coordinate(m.x))]
     ys = [y for s in series for _, y in s.points]
     xs = [x for s in series for x, _ in s.points] + [m.x for m in markers]
     log = auto_log(ys) if log_y is None else log_y
-    finite = [y for y in ys if math.isfinite(y) and (y > 0 or not log)]
+    finite = [max(y, _TINY) if log else y for y in ys if math.isfinite(y) and (y > 0 or not log)]
     out = [
         f'<svg class="chart" id="{esc(chart_id)}" width="{box.width}" height="{box.height}" '
         f'viewBox="0 0 {box.width} {box.height}" role="img" aria-label="{esc(title)}">',
@@ -136,7 +154,7 @@ def line_chart(
     else:
         y_lo, y_hi = (1.0, 10.0) if log else (0.0, 1.0)
     if log:
-        y_lo, y_hi = 10 ** math.floor(math.log10(y_lo)), 10 ** math.ceil(math.log10(y_hi))
+        y_lo, y_hi = max(10 ** math.floor(math.log10(y_lo)), _TINY), min(10 ** math.ceil(math.log10(y_hi)), _LIMIT * 10)
         if y_hi == y_lo:
             y_hi *= 10
     elif y_hi == y_lo:
@@ -150,7 +168,7 @@ def line_chart(
 
     def py(y: float) -> float:
         if log:
-            frac = (math.log10(y) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
+            frac = (math.log10(max(y, _TINY)) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
         else:
             frac = (y - y_lo) / (y_hi - y_lo)
         return box.top + (1 - frac) * box.plot_h

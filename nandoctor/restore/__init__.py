@@ -74,7 +74,7 @@ def repair(
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
     from nandoctor.checkpoint.layout import fingerprint
-    from nandoctor.checkpoint.runcontext import judge_in_run
+    from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
     from nandoctor.restore.donors import CheckpointDonor, resolve_donors
     from nandoctor.restore.tied import tied_partners
@@ -140,8 +140,9 @@ def repair(
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
-    report = judge_in_run(report, target_path, scan_one)
-    baseline = _baseline(report, scan_one)
+    report, first_healthy = judged_in_run(report, target_path, scan_one)
+    # the scales growth was measured against: a rotated-away checkpoint's kept ones, never that path scanned
+    baseline = RunBaseline(*first_healthy) if first_healthy is not None else None
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report, baseline)
     context = verdict.run_context(report)
@@ -226,17 +227,6 @@ def _memo(scan_one: Callable[[Path], ScanReport]) -> Callable[[Path], ScanReport
         return done[key]
 
     return once
-
-
-def _baseline(report: ScanReport, scan_one: Callable[[Path], ScanReport]) -> RunBaseline | None:
-    """The first healthy checkpoint of the run ``report`` was judged within (its run context), with the
-    tensor scales growth is measured against; None outside a run or before any healthy checkpoint."""
-    from nandoctor import verdict
-
-    path = (verdict.run_context(report) or {}).get("baseline")
-    if not isinstance(path, str):
-        return None
-    return RunBaseline(path, verdict.tensor_scales(scan_one(Path(path))))
 
 
 def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str]) -> Growth | None:

@@ -36,7 +36,7 @@ from nandoctor.errors import (
 from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
-from nandoctor.readers.torch import numpy_arrays
+from nandoctor.readers.torch import numpy_arrays, weights_only
 from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
@@ -246,6 +246,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
+    _weights_only(path, loaded.refused, notes, problems)
     arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
@@ -364,6 +365,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         "leaves finite values cannot be detected",
     )
     problems = _unread_tensors(path, tuple(legacy.placeholders), built)
+    _weights_only(path, tuple(legacy.refused), notes, problems)
     arrays = numpy_findings(path, walked, notes, problems)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays)
 
@@ -384,6 +386,16 @@ _NUMPY_RNG_GLOBALS = frozenset(
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
 ) | {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.dtypes.Float64DType"}
+
+
+def _weights_only(path: str, refused: tuple[str, ...], notes: list[str], problems: list[ScanProblem]) -> None:
+    """What torch's default load (weights_only=True) refusing the file means (weights_only.py): a problem for
+    the weights a Hugging Face loader reads that way, else a note (none for numpy's RNG state in
+    ``rng_state*.pth``, which Trainer loads with numpy allowed)."""
+    quiet = _NUMPY_RNG_GLOBALS if os.path.basename(path).startswith("rng_state") else frozenset()
+    found, said = weights_only.judged(path, refused, quiet)
+    problems += found
+    notes += said
 
 
 def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[ScanProblem]) -> tuple[UnviewedBad, ...]:

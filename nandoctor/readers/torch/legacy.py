@@ -50,6 +50,7 @@ class LegacyFile:
     placeholders: list[str] = field(default_factory=list)
     built: list[TensorStub] = field(default_factory=list)  # every tensor the object pickle built
     float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
+    refused: list[str] = field(default_factory=list)  # globals torch.load(weights_only=True) refuses
 
 
 def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> LegacyFile:
@@ -57,6 +58,7 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     fh.seek(0)
     reader = BoundedReader(fh, max_pickle_bytes)  # one budget for all five pickles
     placeholders: list[str] = []
+    refused: list[str] = []
 
     built: list[TensorStub] = []
     float_offsets: dict[bytes, int] = {}
@@ -64,6 +66,7 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
     def load(persistent: Any = None) -> Any:
         result = restricted_load(reader, persistent)
         placeholders.extend(p for p in result.placeholders if p not in placeholders)
+        refused.extend(g for g in result.refused if g not in refused)
         built.extend(result.built)
         for raw, at in result.float_offsets.items():
             float_offsets.setdefault(raw, at)
@@ -148,4 +151,4 @@ def read_legacy(path: str, fh: BinaryIO, size: int, max_pickle_bytes: int) -> Le
         pos = start + nbytes
     if pos != size:
         raise CorruptCheckpointError(path, f"{size - pos} unexpected bytes after the last storage")
-    return LegacyFile(root, declared, blocks, byteorder, placeholders, built, float_offsets)
+    return LegacyFile(root, declared, blocks, byteorder, placeholders, built, float_offsets, refused)

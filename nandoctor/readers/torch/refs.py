@@ -21,6 +21,7 @@ from nandoctor.model import Region, TensorRef
 from nandoctor.readers.torch.names import Walk
 from nandoctor.readers.torch.rebuilds import MAX_VIEWS_PER_STORAGE
 from nandoctor.readers.torch.stubs import StorageRef, TensorStub
+from nandoctor.views import MAX_IRREGULAR_SPAN, census_refused
 from nandoctor.wording import first_few
 
 _MAX_LISTED = 5
@@ -158,6 +159,7 @@ def build_refs(
         regions[key] = Region(path, block.offset, usable, dtype, block.label, byteorder=order)
 
     overlapping: list[str] = []
+    uncensused: list[str] = []  # floating views too irregular for a health census of their own (views.py)
     for named in walked.tensors:
         stub = named.tensor
         region = regions[stub.storage.key]
@@ -178,6 +180,7 @@ def build_refs(
         if stub.storage_offset < 0:
             raise _fail(path, f"{where}: negative storage offset {stub.storage_offset}")
         numel = math.prod(stub.size)
+        overlaps = False
         if numel:
             last = base + stub.storage_offset + sum((n - 1) * s for n, s in zip(stub.size, stub.stride))
             if last >= limit:
@@ -186,12 +189,14 @@ def build_refs(
                     f"{where}: view (offset {stub.storage_offset}, size {list(stub.size)}, stride "
                     f"{list(stub.stride)}) reaches element {last} of a storage holding {limit}",
                 )
-            if _overlapping(stub):
+            overlaps = _overlapping(stub)
+            if overlaps:
                 overlapping.append(named.name)
-        out.refs.append(
-            TensorRef(named.name, stub.dtype, stub.size, region, base + stub.storage_offset, stub.stride,
-                      role=_role(named.name, walked))
-        )
+        ref = TensorRef(named.name, stub.dtype, stub.size, region, base + stub.storage_offset, stub.stride,
+                        role=_role(named.name, walked))
+        if overlaps and DTYPES[stub.dtype].can_hold_nonfinite and census_refused(ref):
+            uncensused.append(named.name)
+        out.refs.append(ref)
         out.tensors_by_storage.setdefault(stub.storage.key, []).append(named.name)
 
     for bare in bare_only:
@@ -205,7 +210,13 @@ def build_refs(
     if overlapping:
         out.notes.append(
             f"{len(overlapping)} tensor(s) read some storage elements more than once (expanded or "
-            f"as_strided views): their counts are of distinct storage elements: {listed(overlapping)}"
+            f"as_strided views): their counts and census are of distinct storage elements: {listed(overlapping)}"
+        )
+    if uncensused:
+        out.notes.append(
+            f"{len(uncensused)} tensor(s) are overlapping views spanning more than {MAX_IRREGULAR_SPAN:,} "
+            "storage elements: they get no health census (largest magnitude, zeros, exploded values, outliers) and "
+            f"are not known to be healthy: {listed(uncensused)}; re-save them with .contiguous() and scan again"
         )
     # Storages the pickle loads but no tensor nandoctor walked views: torch still builds them (a tensor
     # kept somewhere the walker does not look), so they are scanned whole, or, when their dtype is

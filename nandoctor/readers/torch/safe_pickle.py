@@ -8,7 +8,8 @@ would run code (``os.system``, ``builtins.eval``, ``subprocess`` …) refuse the
 file, naming the global; every other global becomes an inert
 :class:`Placeholder` that records what the pickle passed to it, is never
 called for real, and is listed in the report. ``persistent_load`` accepts
-only torch's storage ids.
+only torch's storage ids. Every global ``torch.load(weights_only=True)`` would refuse is recorded
+(weights_only.py), since the file is laxer here than there.
 
 Nothing here imports torch.
 """
@@ -37,6 +38,7 @@ from nandoctor.readers.torch.stubs import (
     TensorStub,
     UnsafeGlobalError,
 )
+from nandoctor.readers.torch.weights_only import refused_name
 
 # Modules (and their submodules) whose globals run code, touch the system or load more pickles.
 UNSAFE_MODULES = frozenset({
@@ -80,6 +82,7 @@ class LoadResult:
     placeholders: tuple[str, ...]  # unknown globals met, in order of first use
     built: tuple[TensorStub, ...] = ()  # every tensor the rebuild stand-ins returned, walked or not
     float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOATs → file offset
+    refused: tuple[str, ...] = ()  # globals torch.load(weights_only=True) refuses, in order of first use
 
 
 def _is_unsafe(module: str, name: str) -> bool:
@@ -104,11 +107,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._persistent = persistent_load
         self.placeholders: dict[str, type[Placeholder]] = {}
         self.built = Registry()  # SafeFunction adds every tensor it returns
+        self.refused: dict[str, None] = {}  # globals torch's weights-only unpickler refuses (an ordered set)
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise PickleFormatError("a global's module and name must be strings")
         full = f"{module}.{name}"
+        refused = refused_name(module, name)
+        if refused is not None:
+            self.refused[refused] = None
         if full in SAFE_GLOBALS:
             found = SAFE_GLOBALS[full]
             return SafeFunction(found, self.built) if isinstance(found, types.FunctionType) else found
@@ -200,6 +207,7 @@ def restricted_load(
         tuple(n for n in unpickler.placeholders if n not in QUIET_GLOBALS),
         tuple(unpickler.built.tensors),
         {raw: offset + at for raw, at in scanned.float_offsets.items()},
+        tuple(unpickler.refused),
     )
 
 

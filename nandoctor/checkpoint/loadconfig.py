@@ -1,0 +1,195 @@
+"""The JSON files ``from_pretrained`` reads beside the weights, checked as transformers 5.x reads them.
+
+Healthy tensors still make no working model when the config the model is built from is broken:
+
+- ``config.json`` that is not valid JSON, or valid JSON but not an object: ``from_pretrained`` fails before it
+  reads a weight ("It looks like the config file at … is not a valid JSON file"; "Unrecognized model" for an
+  array or a string). Likewise ``adapter_config.json`` beside adapter weights, for PEFT. NOT LOADABLE
+  (``verdict.UNLOADABLE_KIND``).
+- config.json's dtype — the top-level ``"dtype"``, or ``"torch_dtype"`` where ``"dtype"`` is absent or null
+  (the rule loaddtype.py reads) — holding a value ``from_pretrained`` refuses. ``PreTrainedConfig`` turns a
+  string into ``getattr(torch, value)`` and the model is built in that dtype, so only a floating-point dtype
+  torch keeps storages of loads: :data:`LOADABLE_DTYPES`. ``"fp16"``, ``"torch.float16"`` and ``"auto"``
+  (from_pretrained's argument, not a config value) fail with "module 'torch' has no attribute …"; ``"int8"``,
+  ``"bool"``, ``"complex64"`` with "cannot be instantiated under dtype=…: not a floating-point dtype";
+  ``"float8_e4m3fn"`` with "couldn't find storage object"; a number, boolean or array alike. A dict (one dtype
+  per sub-config) is read for its ``""`` entry only, held to the same rule. Each value checked with
+  transformers 5.25 (tests/test_load_config.py). NOT LOADABLE.
+- a NaN or Infinity (or a number too large for a double, ``1e999``) anywhere in ``config.json`` or
+  ``generation_config.json``: the model is built from the value as written, so an ``rms_norm_eps`` of NaN makes
+  every forward pass NaN, and a ``temperature`` or ``repetition_penalty`` of NaN makes ``generate`` raise. The
+  model loads, so this is no NOT LOADABLE: a problem of kind ``config`` (``verdict.CONFIG_KIND``, BAD CONFIG)
+  naming the file and the key path (``text_config.rms_norm_eps is NaN``).
+
+Only where a Hugging Face loader reads the folder's weights (loadability.py says which): a ``config.json``
+beside other weights is another library's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nandoctor import access
+from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.loaddtype import KEYS as DTYPE_KEYS
+from nandoctor.checkpoint.loaders import CONFIG
+from nandoctor.dtypes import TORCH_DTYPE_NAMES
+from nandoctor.errors import UnreadablePathError
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
+from nandoctor.wording import first_few
+
+GENERATION_CONFIG = "generation_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+QUANTIZATION_KEY = "quantization_config"  # a quantizer that unpacks stored tensors its own way
+# The dtype names transformers 5.25 builds a model in (getattr(torch, name): a floating dtype with a storage)
+LOADABLE_DTYPES = ("bfloat16", "float16", "float32", "half", "float", "float64", "double")
+# Spellings of those that transformers refuses, with the one it takes
+_MEANT = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64",
+          **{f"torch.{name}": name for name in LOADABLE_DTYPES}}
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+_SHOWN = 3
+
+
+def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
+    """What in the folder ``root``'s config files stops its model loading or working: ``model`` when it holds
+    weights transformers' ``from_pretrained`` reads (config.json and generation_config.json are then read),
+    ``adapter`` when it holds PEFT adapter weights (adapter_config.json)."""
+    found: list[ScanProblem] = []
+    if adapter:
+        loaded = read_object(root / ADAPTER_CONFIG)
+        if isinstance(loaded, ScanProblem):
+            found.append(loaded)
+    if not model:
+        return found
+    config = read_object(root / CONFIG)
+    if isinstance(config, ScanProblem):
+        found.append(config)
+    elif config is not None:
+        found += _dtype(root / CONFIG, config)
+        found += _nonfinite(root / CONFIG, config)
+    generation = read_object(root / GENERATION_CONFIG)
+    if isinstance(generation, dict):  # (an invalid one is passed over by from_pretrained: generate uses the defaults)
+        found += _nonfinite(root / GENERATION_CONFIG, generation)
+    return found
+
+
+def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
+    """The JSON object in the config file ``path``; a NOT LOADABLE problem when it is not valid JSON or not an
+    object; None when there is no such file (or it cannot be read at all: its own problem elsewhere)."""
+    try:
+        if not access.exists(path):
+            return None
+    except UnreadablePathError:
+        return None  # the folder's listing says so
+    loader = "PEFT's from_pretrained" if path.name == ADAPTER_CONFIG else "from_pretrained"
+    hint = (f"copy {path.name} from the base model or from where the checkpoint was saved (a save or download cut "
+            "short leaves it truncated)")
+    try:
+        data = read_json(path)
+    except OSError:
+        return None
+    except ValueError as exc:
+        return ScanProblem(str(path), f"is not valid JSON ({exc}): {loader} fails before it reads a weight (\"It "
+                           f"looks like the config file at … is not a valid JSON file\")", hint, kind=UNLOADABLE_KIND)
+    if not isinstance(data, dict):
+        return ScanProblem(str(path), f"holds a JSON {_JSON_TYPES.get(type(data), 'value')}, not an object: {loader} "
+                           "fails before it reads a weight", hint, kind=UNLOADABLE_KIND)
+    return data
+
+
+def quantized(root: Path) -> bool:
+    """Whether ``root``'s config.json names a quantizer (``quantization_config``), which loads stored tensors
+    its own way; False without a readable config.json."""
+    config = read_object(root / CONFIG)
+    return isinstance(config, dict) and config.get(QUANTIZATION_KEY) is not None
+
+
+def _dtype(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
+    """config.json's dtype, where from_pretrained refuses it."""
+    key = next((k for k in DTYPE_KEYS if config.get(k) is not None), None)
+    if key is None:
+        return []  # no dtype: the weights' own
+    value, where = config[key], f'"{key}" is'
+    if isinstance(value, dict):  # per sub-config: transformers reads "" (absent or null: the default dtype)
+        value, where = value.get(""), f'"{key}" maps "" to'
+        if value is None:
+            return []
+    if isinstance(value, str) and value in LOADABLE_DTYPES:
+        return []
+    shown = json.dumps(value)[:40]
+    meant = _MEANT.get(value) if isinstance(value, str) else None
+    hint = (f'write "{meant}"' if meant else
+            f'set "{key}" to the dtype the weights were saved in: "bfloat16", "float16" or "float32"') + \
+        f' in {CONFIG} (transformers also takes {", ".join(repr(n) for n in LOADABLE_DTYPES[3:])})'
+    if value == "auto":
+        hint = (f'remove "{key}" (from_pretrained then takes the weights\' own dtype) or set it to the dtype they were '
+                f'saved in: "bfloat16", "float16" or "float32"')
+    return [ScanProblem(
+        str(path),
+        f"{where} {shown}, which from_pretrained refuses: {_refusal(value)}; the model will not load (transformers 5.x "
+        f"builds it in torch.<dtype>, and takes only {', '.join(repr(n) for n in LOADABLE_DTYPES)})",
+        hint,
+        kind=UNLOADABLE_KIND,
+    )]
+
+
+def _refusal(value: Any) -> str:
+    """Why transformers refuses the dtype ``value``, as its error says it."""
+    if not isinstance(value, str):
+        return f"a JSON {_JSON_TYPES.get(type(value), 'value')} is no dtype name"
+    if value == "auto":
+        return "\"auto\" is a value for from_pretrained's dtype argument, not for config.json (\"module 'torch' has no attribute 'auto'\")"
+    stored = TORCH_DTYPE_NAMES.get(value)
+    if stored is None:
+        return f"torch has no dtype of that name (\"module 'torch' has no attribute {value[:40]!r}\")"
+    if value.startswith(("float8", "float4")):
+        return (f"torch keeps no storage of {value}, so no model is built in it (\"couldn't find storage object\"); an "
+                "fp8 checkpoint keeps the dtype at bfloat16 and names its quantizer in quantization_config")
+    return f"torch.{value} is not a floating-point dtype (\"cannot be instantiated under dtype=torch.{value}\")"
+
+
+def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
+    """NaN and Infinity in the config ``data`` read from ``path``: one problem naming their key paths."""
+    found = [f"{where} is {_word(value)}" for where, value in _floats(data) if not math.isfinite(value)]
+    if not found:
+        return []
+    if path.name == GENERATION_CONFIG:
+        effect = ("generate takes its settings from these values (a temperature or repetition_penalty of NaN makes it "
+                  "raise 'has to be a strictly positive float'; other keys are used as written)")
+    else:
+        effect = ("from_pretrained builds the model from these values as written (an rms_norm_eps or a scale of NaN "
+                  "makes every forward pass NaN)")
+    return [ScanProblem(
+        str(path),
+        f"{first_few(found, _SHOWN)}: {effect}",
+        f"write the values the model was trained with (the base model's {path.name} has them); JSON has no NaN or "
+        "Infinity, a writer put them there from a float that had gone bad",
+        kind=CONFIG_KIND,
+    )]
+
+
+def _floats(data: Any) -> Iterator[tuple[str, float]]:
+    """Every float in the JSON value ``data`` with its key path (``text_config.rope_scaling.factor``,
+    ``layer_scales[3]``), without recursion (a deep document is bounded by read_json, not by the stack)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float):
+            yield where, value
+        elif isinstance(value, dict):
+            stack += [(f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items())]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value)))]
+
+
+def _word(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+__all__ = ["ADAPTER_CONFIG", "GENERATION_CONFIG", "LOADABLE_DTYPES", "problems", "quantized", "read_object"]

@@ -1,0 +1,109 @@
+"""Which globals ``torch.load(weights_only=True)`` allows: a static table, and what a file outside it means.
+
+nandoctor's restricted unpickler (safe_pickle.py) reads more than torch's weights-only one: an unknown global
+becomes an inert placeholder (``argparse.Namespace``, numpy's ``_reconstruct``), a pathlib path its text,
+``frozenset`` a frozenset. ``torch.load``'s default since torch 2.6, ``weights_only=True``, refuses a file that
+names any global outside its allowlist ("Weights only load failed … Unsupported global"). :data:`ALLOWED` is that
+allowlist for torch 2.13: ``torch._weights_only_unpickler._get_allowed_globals()`` and what
+``torch.serialization.get_safe_globals()`` holds once ``import torch`` has run (nested tensors, device
+meshes). It is written here by rule, not imported: a scan never imports torch; tests/test_load_config.py
+holds it to torch's own, name for name. Names are compared as torch compares them: after pickle's Python 2
+renames (``__builtin__.set`` is ``builtins.set``), which torch applies to every global.
+
+Whether the refusal matters depends on who loads the file: transformers' ``from_pretrained`` reads
+``pytorch_model.bin`` (its shards and variants) with ``weights_only=True``, PEFT reads ``adapter_model.bin``
+and diffusers ``diffusion_pytorch_model.bin`` the same way (``loaders.weights_only_loader``), so such a file
+will not load: a problem (NOT LOADABLE). Any other torch file (a training ``.pt``, a Lightning ``.ckpt``) is
+loaded by code that picks its own ``weights_only``: a note names the first global torch's default refuses.
+"""
+
+from __future__ import annotations
+
+import os
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from pathlib import Path
+
+from nandoctor.checkpoint.loaders import weights_only_loader
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.wording import first_few
+
+_TYPES = ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long", "Short")
+_STORAGES = (*_TYPES, "ComplexDouble", "ComplexFloat")
+_DTYPES = (
+    "bfloat16", "bool", "complex128", "complex32", "complex64", "float16", "float32", "float64",
+    "float4_e2m1fn_x2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "qint8", "qint32", "quint8",
+    "quint4x2", "quint2x4", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
+    *(f"int{n}" for n in range(1, 8)), *(f"uint{n}" for n in range(1, 8)),
+)
+_REBUILDS = (
+    "parameter", "parameter_with_state", "qtensor", "tensor", "tensor_v2", "tensor_v3", "sparse_tensor",
+    "meta_tensor_no_storage", "nested_tensor", "wrapper_subclass", "device_tensor_from_numpy",
+    "device_tensor_from_cpu_tensor",
+)
+_QSCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric",
+             "per_channel_affine_float_qparams")
+
+ALLOWED: frozenset[str] = frozenset({
+    "collections.OrderedDict", "collections.Counter", "_codecs.encode",
+    "builtins.bytearray", "builtins.set", "builtins.complex",
+    "torch.nn.parameter.Parameter", "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device",
+    "torch._tensor._rebuild_from_type_v2", "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+    *(f"torch.{name}" for name in (*_DTYPES, *_QSCHEMES)),
+    *(f"torch._utils._rebuild_{name}" for name in _REBUILDS),
+    *(f"{module}.{name}Tensor" for module in ("torch", "torch.cuda") for name in _TYPES),
+    *(f"{module}.{name}Tensor" for module in ("torch.sparse", "torch.cuda.sparse") for name in _TYPES if name != "Bool"),
+    *(f"torch.cuda.{name}Storage" for name in _STORAGES),
+    *(f"torch.{name}Storage" for name in (*_STORAGES, "QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8")),
+    # registered with torch.serialization.add_safe_globals when torch is imported
+    "torch.nested._internal.nested_tensor.NestedTensor", "torch.nested._internal.nested_tensor._rebuild_njt",
+    "torch.distributed._mesh_layout._FlatLayout", "torch.distributed._mesh_layout._MeshLayout",
+})
+
+
+def torch_name(module: str, name: str) -> str:
+    """The global ``module.name`` as torch's weights-only unpickler names it (pickle's Python 2 renames)."""
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def refuses(module: str, name: str) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refuses a pickle that names the global ``module.name``."""
+    return refused_name(module, name) is not None
+
+
+def refused_name(module: str, name: str) -> str | None:
+    """The global ``module.name`` as torch names it when refusing it (``builtins.frozenset`` for protocol 2's
+    ``__builtin__.frozenset``), or None when ``torch.load(weights_only=True)`` allows it."""
+    full = torch_name(module, name)
+    return None if full in ALLOWED else full
+
+
+def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozenset()) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) for the torch file ``path`` whose pickle names the globals ``refused`` (in order of
+    first use) that torch's default load refuses: a problem where a Hugging Face loader reads the file with
+    ``weights_only=True``, else a note (none where every refused global is in ``quiet``: expected there)."""
+    if not refused:
+        return [], []
+    name = os.path.basename(path)
+    globals_ = first_few(list(refused), 3)
+    loader = weights_only_loader(Path(path).name)
+    if loader is None:
+        if set(refused) <= quiet:
+            return [], []
+        return [], [f"{name}: torch.load's default (weights_only=True) refuses this file: it pickles {globals_}, "
+                    "outside torch's allowlist; load it with weights_only=False only if you trust its source "
+                    "(nandoctor read it with inert stand-ins)"]
+    return [ScanProblem(
+        path,
+        f"pickles {globals_}, which torch.load(weights_only=True) refuses (\"Weights only load failed … Unsupported "
+        f"global\"); {loader} loads {name} with weights_only=True, so the model will not load (nandoctor read the "
+        "file with inert stand-ins)",
+        "re-save the weights alone (model.save_pretrained(…), or torch.save(model.state_dict(), …) with no other "
+        "objects in the file); if you trust the file, load it once with torch.load(weights_only=False) to do that",
+        kind=UNLOADABLE_KIND,
+    )], []
