@@ -370,6 +370,9 @@ def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> boo
         f"torch.distributed.checkpoint folder: {len(metadata.tensors):,} tensors in {len(metadata.files)} "
         f"file(s), read through {', '.join(f.name for f in found)}"
     )
+    from nandoctor.readers.dcp_coverage import coverage_problems
+
+    result.problems += coverage_problems(metadata, str(found[0]))  # chunks that leave out or repeat elements
     for name in metadata.files:
         candidate = root / name
         if os.path.isabs(name) or candidate.resolve().parent != root.resolve():

@@ -137,7 +137,7 @@ def _chunk(p: str, ref: TensorRef, item: DcpItem, metadata: DcpMetadata) -> Tens
     """The stored chunk as a named chunk of its global tensor, checked against the metadata."""
     tensor = metadata.tensors[item.fqn]
     assert item.chunk_offsets is not None
-    sizes = next((c.sizes for c in tensor.chunks if c.offsets == item.chunk_offsets), None)
+    sizes = tensor.sizes_at.get(item.chunk_offsets)
     if sizes is None:
         raise CorruptCheckpointError(p, f"a chunk at {list(item.chunk_offsets)} that the metadata does not list")
     if ref.dtype != tensor.dtype or ref.shape != sizes:

@@ -9,6 +9,13 @@ torch dtypes/``Size``/layouts and ``pathlib`` paths, each with an inert
 stand-in; any other global refuses the file, naming the global. The result is
 converted into plain typed values (:class:`DcpMetadata`) and validated.
 
+Before anything is built the opcodes go through the torch reader's pre-scan
+(readers/torch/prescan.py, the same code): a hashing bomb (a dict key of 2**60
+shared tuples, in 429 bytes) is refused, and so is a pickle whose load would
+hold more than :data:`MEMORY` allows for each byte walked (a real one holds at
+most 28 bytes a byte, 60 MB of empty lists 36), so a crafted file is refused
+near its start. The stand-ins copy nothing large, so that estimate holds.
+
 Nothing here imports torch.
 """
 
@@ -17,7 +24,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +34,20 @@ from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.errors import CorruptCheckpointError, UnsafeCheckpointError
 from nandoctor.readers.formats import dcp_metadata_files
 from nandoctor.readers.pathstandins import path_standin
+from nandoctor.readers.torch.prescan import MemoryBound, prescan
+from nandoctor.readers.torch.stubs import PickleFormatError
 
 MAX_METADATA_BYTES = 4 << 30  # a checkpoint of 100k tensors x 1k chunks stays far below this
+# What unpickling may hold, estimated by the pre-scan, for each byte of .metadata walked (and a floor). Real saves
+# hold at most 28 anywhere in the file (one-letter names, one-element chunks, one dimension: the densest); 60 MB of
+# empty lists would hold 2.2 GB (36 a byte), of empty sets 7 GB.
+MEMORY = MemoryBound(per_byte=32, floor=8 << 20)
+# The stand-ins below copy nothing large, so the pre-scan's estimate holds: a record takes at most a few
+# arguments and is built once, a torch.Size has at most _MAX_DIMS sizes, a path few characters.
+_MAX_ARGS = 8
+_MAX_DIMS = 64
+_MAX_PATHS, _MAX_PATH_CHARS = 16, 4096
+_NO_FIELDS: dict[str, Any] = {}  # a record not yet built: shared, never written to
 _METADATA = "torch.distributed.checkpoint.metadata"
 _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
 
@@ -34,24 +55,32 @@ _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
 class _Record:
     """An allowlisted DCP class rebuilt as a bag of fields; it has no methods that do anything."""
 
+    __slots__ = ("args", "fields")  # no __dict__: a metadata of a million chunks holds three million of these
     kind = ""
 
     fields: dict[str, Any]
     args: tuple[Any, ...]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Record:  # NEWOBJ calls only __new__
+    def __new__(cls, *args: Any) -> _Record:  # NEWOBJ calls only __new__; keywords (NEWOBJ_EX) are refused
+        if len(args) > _MAX_ARGS:
+            raise pickle.UnpicklingError(f"a {cls.kind} made of {len(args)} arguments; DCP's records take none")
         self = super().__new__(cls)
-        self.fields, self.args = dict(kwargs), args
+        self.fields, self.args = _NO_FIELDS, args
         return self
 
     def __setstate__(self, state: Any) -> None:
-        # dataclasses pickle their __dict__; frozen/slotted ones (None, slots); TensorProperties a tuple
+        # Dataclasses pickle their __dict__, slotted ones (None, slots), TensorProperties a tuple. The pickle's
+        # own dict is kept, never copied (a copy per record of one shared dict would be a memory bomb) nor
+        # written to (another record may hold it); so a record is built once.
+        if self.fields is not _NO_FIELDS:
+            raise pickle.UnpicklingError(f"a {self.kind} built twice, which DCP's pickles never do")
         if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)) \
                 and isinstance(state[1], dict):
-            self.fields.update(state[0] or {})
-            self.fields.update(state[1])
+            if state[0] and state[1]:
+                raise pickle.UnpicklingError(f"a {self.kind} with both a __dict__ and slots, which DCP's are not")
+            self.fields = state[0] or state[1]
         elif isinstance(state, dict):
-            self.fields.update(state)
+            self.fields = state
         else:
             self.args = state if isinstance(state, tuple) else (state,)
 
@@ -73,15 +102,28 @@ class _DType:
     name: str  # safetensors dtype name, e.g. "BF16"
 
 
+_DTYPES = {name: _DType(dtype) for name, dtype in TORCH_DTYPE_NAMES.items()}
+
+
 def _size(*args: Any) -> tuple[int, ...]:
-    values = tuple(args[0]) if args else ()
+    values = args[0] if args else ()
+    if not isinstance(values, tuple | list) or len(values) > _MAX_DIMS:
+        raise pickle.UnpicklingError(f"torch.Size of something other than at most {_MAX_DIMS} sizes")
     if not all(type(v) is int and v >= 0 for v in values):
         raise pickle.UnpicklingError(f"torch.Size holds something other than sizes: {values[:4]!r}")
-    return values
+    return tuple(values)  # (the tuple itself when it is one: no copy)
 
 
 def _inert(value: Any = None, *_: Any) -> Any:
     return value
+
+
+def _ordered_dict(*args: Any) -> dict[Any, Any]:
+    """``OrderedDict()``, filled by SETITEMS after (as pickle writes it): a copy of a dict given to it would be
+    a memory bomb when repeated."""
+    if args and args[0]:
+        raise pickle.UnpicklingError("an OrderedDict made from items, which pickle never writes")
+    return {}
 
 
 def _global(module: str, name: str) -> Any:
@@ -91,26 +133,38 @@ def _global(module: str, name: str) -> Any:
     if module == "torch":
         if name == "Size":
             return _size
-        if name in TORCH_DTYPE_NAMES:
-            return _DType(TORCH_DTYPE_NAMES[name])
+        if name in _DTYPES:
+            return _DTYPES[name]
         if name in ("strided", "sparse_coo", "contiguous_format", "channels_last", "preserve_format"):
             return name
     if (module, name) in {(_METADATA, "_MEM_FORMAT_ENCODING"), ("torch.serialization", "_get_layout")}:
         return _inert  # an enum value / layout name: kept as the int or string it was pickled as
-    path = path_standin(module, name)
-    if path is not None:
-        return path  # StorageMeta.checkpoint_id: where it was saved, only shown
     if module == "collections" and name == "OrderedDict":
-        return dict
+        return _ordered_dict
     return None
 
 
 class _MetadataUnpickler(pickle.Unpickler):
+    paths = 0  # pathlib paths made so far (StorageMeta.checkpoint_id: one)
+
     def find_class(self, module: str, name: str) -> Any:
         found = _global(module, name)
         if found is None:
-            raise _Refused(f"{module}.{name}")
+            path = path_standin(module, name)
+            if path is None:
+                raise _Refused(f"{module}.{name}")
+            found = self._bounded(path)  # where it was saved, only shown
         return found
+
+    def _bounded(self, path: Callable[..., str]) -> Callable[..., str]:
+        """The path stand-in, at most _MAX_PATHS times and _MAX_PATH_CHARS long: each joins its parts anew."""
+        def bounded(*parts: Any) -> str:
+            self.paths += 1
+            if self.paths > _MAX_PATHS or sum(len(p) for p in parts if isinstance(p, str)) > _MAX_PATH_CHARS:
+                raise pickle.UnpicklingError(f"more than {_MAX_PATHS} paths, or one over {_MAX_PATH_CHARS} characters")
+            return path(*parts)
+
+        return bounded
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("a persistent id, which DCP metadata never holds")
@@ -126,7 +180,7 @@ class _Refused(Exception):
 # The metadata as plain values
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DcpChunk:
     offsets: tuple[int, ...]  # where the chunk starts in the global tensor
     sizes: tuple[int, ...]
@@ -139,8 +193,17 @@ class DcpTensor:
     size: tuple[int, ...]  # the global shape
     chunks: tuple[DcpChunk, ...]
 
+    @cached_property
+    def sizes_at(self) -> dict[tuple[int, ...], tuple[int, ...]]:
+        """Each chunk's sizes by its offsets (the first listed, should two share offsets): a chunk found per
+        stored item in constant time, not by a walk over a tensor's thousands of chunks."""
+        found: dict[tuple[int, ...], tuple[int, ...]] = {}
+        for chunk in self.chunks:
+            found.setdefault(chunk.offsets, chunk.sizes)
+        return found
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class DcpItem:
     """One stored item: a tensor chunk (``chunk_offsets`` set) or a pickled object, at a byte range of a file."""
 
@@ -161,11 +224,19 @@ class DcpMetadata:
     version: str | None
 
     def items_in(self, relative_path: str) -> list[DcpItem]:
-        return [item for item in self.items if item.relative_path == relative_path]
+        return self._by_file.get(relative_path, [])
+
+    @cached_property
+    def _by_file(self) -> dict[str, list[DcpItem]]:
+        """The items of each file, in metadata order: one pass, however many files (a rank each) ask."""
+        found: dict[str, list[DcpItem]] = {}
+        for item in self.items:
+            found.setdefault(item.relative_path, []).append(item)
+        return found
 
     @property
     def files(self) -> list[str]:
-        return sorted({item.relative_path for item in self.items})
+        return sorted(self._by_file)
 
 
 def read_metadata(path: Path) -> DcpMetadata:
@@ -176,8 +247,21 @@ def read_metadata(path: Path) -> DcpMetadata:
         raise CorruptCheckpointError(p, f"{size} bytes, over the {MAX_METADATA_BYTES >> 30} GiB limit for DCP metadata")
     with open(path, "rb") as fh:
         data = fh.read(size + 1)
+    malformed = None
+    try:
+        prescan(data, len(data), MEMORY)
+    except PickleFormatError as exc:  # a hashing or memory bomb: refused before anything is built
+        raise CorruptCheckpointError(
+            p, f"the DCP metadata pickle is refused: {exc}",
+            "this .metadata was crafted or damaged, not written by torch.distributed.checkpoint; re-copy it from "
+            "where the checkpoint was saved, and do not load it with torch until then",
+        ) from None
+    except ValueError as exc:  # malformed opcodes: the unpickler stops at the same byte and says why
+        malformed = exc
     try:
         root = _MetadataUnpickler(io.BytesIO(data)).load()
+        if malformed is not None:  # (were it to read on, what the pre-scan could not bound is refused all the same)
+            raise pickle.UnpicklingError(f"malformed opcodes: {malformed}")
     except _Refused as exc:
         raise UnsafeCheckpointError(
             p,
@@ -264,13 +348,13 @@ def _convert(p: str, root: Any) -> DcpMetadata:
 
 def merged(parts: list[DcpMetadata]) -> DcpMetadata:
     """Per-rank ``__N.metadata`` files (written without rank coordination) as one checkpoint's metadata."""
-    tensors: dict[str, DcpTensor] = {}
+    first: dict[str, DcpTensor] = {}
+    chunks: dict[str, dict[DcpChunk, None]] = {}  # each tensor's chunks, once each, in order (a dict: linear)
     for part in parts:
         for fqn, tensor in part.tensors.items():
-            known = tensors.get(fqn)
-            chunks = tensor.chunks if known is None else known.chunks + tuple(
-                c for c in tensor.chunks if c not in known.chunks)
-            tensors[fqn] = DcpTensor(fqn, tensor.dtype, tensor.size, chunks)
+            first.setdefault(fqn, tensor)
+            chunks.setdefault(fqn, {}).update(dict.fromkeys(tensor.chunks))
+    tensors = {fqn: DcpTensor(fqn, t.dtype, t.size, tuple(chunks[fqn])) for fqn, t in first.items()}
     items = tuple(dict.fromkeys(item for part in parts for item in part.items))
     return DcpMetadata(
         ", ".join(p.source for p in parts), tensors, frozenset().union(*(p.objects for p in parts)), items,

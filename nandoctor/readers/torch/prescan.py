@@ -17,6 +17,11 @@ here by :func:`_step` exactly as the first pre-scan ran it: the opcode and its a
 ``pickletools``' own readers (the same errors for malformed bytes), then its effect on the stack.
 tests/prescan_oracle.py keeps that first pre-scan; tests/test_prescan_equivalence.py holds the two equal.
 
+A caller may bound memory too (:class:`MemoryBound`): the walk adds up what the load would allocate
+(prescan_ops.COST) and refuses the pickle once that passes a floor plus so many bytes for each pickle
+byte walked, checked every :data:`_CHECK_BYTES`, so a pickle of millions of empty lists or sets is refused
+near its start instead of being built.
+
 A stream (a legacy file: the pickle is followed by the tensor data) is read in blocks up to its STOP,
 never whole. An opcode that needs bytes past the block is retried after the next one; past the stream's
 end or its reading budget, it is read from the stream itself, which raises what it raised before.
@@ -32,7 +37,18 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.readers.torch.prescan_ops import LEAF, MARK, Walk, fast_walk
+from nandoctor.readers.torch.prescan_ops import (
+    COST,
+    LEAF,
+    MARK,
+    PAIR_COST,
+    Walk,
+    fast_walk,
+    memo_get,
+    memo_put,
+    memo_size,
+    memory_in_use,
+)
 from nandoctor.readers.torch.stubs import PickleFormatError
 
 _BASE_WEIGHT = 1_000_000  # parts of one tuple, counted along every path (a real checkpoint: a few)
@@ -42,35 +58,49 @@ _MAX_BLOCK = 1 << 22
 _FIXED = 9  # the longest fixed-size opcode (FRAME, BINFLOAT): the fast path needs this much ahead
 _CODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
 _TUPLE_SIZE = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+_CHECK_BYTES = 1 << 18  # the fast path hands back this often, for the memory bound's check
 
 
 @dataclass
 class Prescan:
     float_offsets: dict[bytes, int] = field(default_factory=dict)  # non-finite BINFLOAT bytes → offset
+    memory: int = 0  # bytes the load (or the walk) holds at most, estimated (prescan_ops.memory_in_use)
 
 
-def prescan(source: Any, size_hint: int) -> Prescan:
+@dataclass(frozen=True)
+class MemoryBound:
+    """At most ``floor`` + ``per_byte`` x the pickle bytes walked so far, allocated by the load (estimated)."""
+
+    per_byte: int
+    floor: int
+
+
+def prescan(source: Any, size_hint: int, memory: MemoryBound | None = None) -> Prescan:
     """Run the opcodes of the pickle in ``source`` (bytes, or a stream read up to its STOP) symbolically.
 
     Offsets are from the start of bytes, or the stream's own positions. Raises PickleFormatError for a
-    hashing bomb or an impossible stack; ValueError (pickletools' own) for malformed bytes; what the
-    stream raises (a reading budget's error) when the pickle runs past it. The stream is left anywhere.
+    hashing bomb, an impossible stack, or (with ``memory``) a load that would allocate past the bound;
+    ValueError (pickletools' own) for malformed bytes; what the stream raises (a reading budget's error)
+    when the pickle runs past it. The stream is left anywhere.
     """
     paused = gc.isenabled()
     gc.disable()  # the walk makes no cycles; collections would only re-walk its many small cells
     try:
-        return _prescan(source, size_hint)
+        return _prescan(source, size_hint, memory)
     finally:
         if paused:
             gc.enable()
 
 
-def _prescan(source: Any, size_hint: int) -> Prescan:
+def _prescan(source: Any, size_hint: int, memory: MemoryBound | None) -> Prescan:
     walk = Walk(max(_BASE_WEIGHT, 2 * size_hint), max(_BASE_BUDGET, 8 * size_hint))
     src = _Source(source)
+    start = src.base
     p = 0
     while True:
-        p = fast_walk(walk, src.buf, p, len(src.buf) - _FIXED + 1, src.base)
+        p = fast_walk(walk, src.buf, p, min(len(src.buf) - _FIXED + 1, p + _CHECK_BYTES), src.base)
+        if memory is not None:
+            _check_memory(walk, memory, src.base + p - start)
         if walk.done:
             break
         if src.more and p + _FIXED > len(src.buf):
@@ -86,7 +116,19 @@ def _prescan(source: Any, size_hint: int) -> Prescan:
             else:  # past the end or the budget: the stream itself says what happens there
                 _step(walk, src.at(p), src.base + p)
                 p = src.restart()
-    return Prescan(walk.float_offsets)
+    if memory is not None:
+        _check_memory(walk, memory, src.base + p - start)
+    return Prescan(walk.float_offsets, memory_in_use(walk))
+
+
+def _check_memory(walk: Walk, memory: MemoryBound, walked: int) -> None:
+    held = memory_in_use(walk)
+    if held > memory.floor + memory.per_byte * walked:
+        raise PickleFormatError(
+            f"unpickling its first {walked:,} bytes would take about {held >> 20:,} MiB of memory, more than "
+            f"{memory.per_byte} bytes for each byte of pickle (millions of empty containers, or a huge memo "
+            "index: a memory bomb); refused before it was built"
+        )
 
 
 class _Beyond(Exception):
@@ -182,6 +224,7 @@ def _step(walk: Walk, f: Any, pos: int) -> None:
         raise ValueError(f"at position {pos}, opcode {code!r} unknown")
     arg = None if opcode.arg is None else opcode.arg.reader(f)
     _run(walk, opcode, arg, pos)
+    walk.allocated += COST[code[0]]
 
 
 def _run(walk: Walk, opcode: Any, arg: Any, pos: int) -> None:
@@ -251,13 +294,17 @@ def _run(walk: Walk, opcode: Any, arg: Any, pos: int) -> None:
         stack.append([1, sum(c[0] for c in items)])
     elif name in ("DICT", "FROZENSET"):  # built from items that are hashed
         items = pop_mark()
-        hashed(sum(c[0] for c in (items[0::2] if name == "DICT" else items)))
+        keys = items[0::2] if name == "DICT" else items
+        hashed(sum(c[0] for c in keys))
+        walk.allocated += PAIR_COST * len(keys)  # a dict's entries, a set's (pointer and hash) alike
         stack.append(LEAF)
     elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
         items = [pop()] if name == "APPEND" else [pop(), pop()][::-1] if name == "SETITEM" else pop_mark()
         keys = items[0::2] if name.startswith("SETITEM") else items
         if name != "APPEND" and name != "APPENDS":
             hashed(weight_of(keys))
+            if name != "SETITEM":  # (SETITEM's entry is in COST)
+                walk.allocated += PAIR_COST * len(keys)
         if not stack or stack[-1] is MARK:
             raise PickleFormatError("the pickle's opcodes add items to nothing")
         added = weight_of(keys)
@@ -269,9 +316,9 @@ def _run(walk: Walk, opcode: Any, arg: Any, pos: int) -> None:
             raise PickleFormatError("the pickle memoizes a mark")
         if stack[-1] is LEAF:  # the memo aliases it: its own cell
             stack[-1] = [1, 0]
-        walk.memo[len(walk.memo) if name == "MEMOIZE" else arg] = stack[-1]
+        memo_put(walk, memo_size(walk) if name == "MEMOIZE" else arg, stack[-1])
     elif name in ("GET", "BINGET", "LONG_BINGET"):
-        stack.append(walk.memo.get(arg, LEAF))
+        stack.append(memo_get(walk, arg))
     elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):  # set(list) and frozenset(tuple) hash what they get
         args = [pop() for _ in range(3 if name == "NEWOBJ_EX" else 2)]
         hashed(sum(c[0] + c[1] for c in args if c is not MARK))

@@ -1,0 +1,68 @@
+"""Two gloo ranks save DCP layouts whose chunks tile their tensors in ways a coverage check must accept.
+
+``python -m torch.distributed.run --nproc_per_node 2 -m tests.dcp_layouts_writer OUT`` writes ``OUT/shared``
+(one ``.metadata``): ``one`` is one element split over two ranks (rank 1's chunk holds nothing, at offset 1),
+``cols`` is split along columns, ``rows`` unevenly along rows (3 + 2), ``rep`` is replicated (one chunk,
+deduplicated), ``step`` a pickled object; and ``OUT/local``: the same state saved with
+``use_collectives=False``, ``rep`` left out (per-rank ``__0.metadata`` and ``__1.metadata``, merged by the
+reader).
+:func:`write` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tests.rank_exit import leave_together
+
+
+def _save(out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    state = {
+        "one": distribute_tensor(torch.ones(1), mesh, [Shard(0)]),
+        "cols": distribute_tensor(torch.randn(4, 8), mesh, [Shard(1)]),
+        "rows": distribute_tensor(torch.randn(5, 3), mesh, [Shard(0)]),
+        "rep": distribute_tensor(torch.randn(3), mesh, [Replicate()]),
+        "step": 7,
+    }
+    dcp.save(state, checkpoint_id=os.path.join(out, "shared"))
+    del state["rep"]  # (each rank's own copy of it, in its own file: the reader calls that ambiguous)
+    dcp.save(state, checkpoint_id=os.path.join(out, "local"), use_collectives=False)
+    dist.barrier()
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        _save(sys.argv[1])
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    leave_together()
+
+
+def write(out: str) -> None:
+    """Save under torchrun with 2 gloo ranks (a few seconds); raise if the save failed."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.dcp_layouts_writer", out]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode != 0:
+        raise RuntimeError(f"dcp.save under torchrun failed:\n{done.stderr[-3000:]}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
