@@ -132,6 +132,10 @@ def test_a_scalar_beside_the_model_is_trainer_state_but_not_in_a_plain_state_dic
     # a plain state dict has no model beside its tensors: a scalar there is a model's own (a temperature)
     torch.save({**model, "temperature": torch.tensor(float("inf"))}, tmp_path / "plain.pt")
     assert nandoctor.scan(str(tmp_path / "plain.pt")).exit_code == 1
+    # nor a learned scalar saved as an nn.Parameter (a CLIP-like logit_scale kept beside the model's state)
+    torch.save({"model_state_dict": model, "logit_scale": torch.nn.Parameter(torch.tensor(float("nan")))},
+               tmp_path / "param.pt")
+    assert nandoctor.scan(str(tmp_path / "param.pt")).exit_code == 1
     # nor is a tensor of more than one element beside the model
     torch.save({"model_state_dict": model, "codebook": torch.tensor([1.0, float("inf")])}, tmp_path / "two.pt")
     assert nandoctor.scan(str(tmp_path / "two.pt")).exit_code == 1

@@ -182,7 +182,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if depth > MAX_DEPTH:
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
-        out.tensors.append(NamedTensor(_emit_name(path, out, math.prod(value.size) <= 1), value))
+        # (a one-element nn.Parameter is a model's learned scalar, a logit_scale: never trainer state)
+        out.tensors.append(NamedTensor(_emit_name(path, out, math.prod(value.size) <= 1 and not value.parameter), value))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
             _visit(value.state, path, out, on_path, depth + 1, shared)
         return
