@@ -489,3 +489,27 @@ def test_what_the_reader_records_is_what_torch_refuses(tmp_path: Path) -> None:
     loaded = restricted_load(data, lambda pid: check_storage_id(pid, legacy=False))
     assert loaded.refused == ("argparse.Namespace", "builtins.frozenset", "numpy._core.multiarray.scalar",
                               "numpy.dtype")
+
+
+@pytest.mark.parametrize("value", ["fp16", "auto"])
+def test_a_sub_config_dtype_from_pretrained_refuses_is_not_loadable(tmp_path: Path, value: str) -> None:
+    """A composite model's text_config.dtype is converted by transformers as the top-level one is: "fp16" or
+    "auto" there made from_pretrained fail while the scan said CLEAN."""
+    from transformers import (AutoModelForImageTextToText, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    torch.manual_seed(0)
+    text = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=64)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=16, patch_size=8, projection_dim=16)
+    folder = tmp_path / "llava"
+    LlavaForConditionalGeneration(LlavaConfig(text_config=text, vision_config=vision, image_token_index=63)).save_pretrained(folder)
+    assert nandoctor.scan(folder, device="cpu").exit_code == 0
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["dtype"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AttributeError, match=f"has no attribute '{value}'"):
+        AutoModelForImageTextToText.from_pretrained(folder)
+    report = nandoctor.scan(folder, device="cpu")
+    assert report.exit_code == 3 and report.errors[0].message.startswith(f'"text_config.dtype" is "{value}"')

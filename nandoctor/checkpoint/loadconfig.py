@@ -110,18 +110,21 @@ def quantized(root: Path) -> bool:
     return isinstance(config, dict) and config.get(QUANTIZATION_KEY) is not None
 
 
-def _dtype(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
-    """config.json's dtype, where from_pretrained refuses it."""
+def _dtype(path: Path, config: dict[str, Any], within: str = "") -> list[ScanProblem]:
+    """config.json's dtype, and each sub-config's (``text_config``: a dict with its own ``model_type``, whose
+    dtype string transformers converts the same way), where from_pretrained refuses it."""
+    found = [problem for name, sub in config.items() if not within and isinstance(sub, dict) and "model_type" in sub
+             for problem in _dtype(path, sub, f"{name}.")]
     key = next((k for k in DTYPE_KEYS if config.get(k) is not None), None)
     if key is None:
-        return []  # no dtype: the weights' own
-    value, where = config[key], f'"{key}" is'
+        return found  # no dtype: the weights' own
+    value, where = config[key], f'"{within}{key}" is'
     if isinstance(value, dict):  # per sub-config: transformers reads "" (absent or null: the default dtype)
-        value, where = value.get(""), f'"{key}" maps "" to'
+        value, where = value.get(""), f'"{within}{key}" maps "" to'
         if value is None:
-            return []
+            return found
     if isinstance(value, str) and value in LOADABLE_DTYPES:
-        return []
+        return found
     shown = json.dumps(value)[:40]
     meant = _MEANT.get(value) if isinstance(value, str) else None
     hint = (f'write "{meant}"' if meant else
@@ -130,7 +133,7 @@ def _dtype(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     if value == "auto":
         hint = (f'remove "{key}" (from_pretrained then takes the weights\' own dtype) or set it to the dtype they were '
                 f'saved in: "bfloat16", "float16" or "float32"')
-    return [ScanProblem(
+    return [*found, ScanProblem(
         str(path),
         f"{where} {shown}, which from_pretrained refuses: {_refusal(value)}; the model will not load (transformers 5.x "
         f"builds it in torch.<dtype>, and takes only {', '.join(repr(n) for n in LOADABLE_DTYPES)})",
