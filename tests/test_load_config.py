@@ -513,3 +513,41 @@ def test_a_sub_config_dtype_from_pretrained_refuses_is_not_loadable(tmp_path: Pa
         AutoModelForImageTextToText.from_pretrained(folder)
     report = nandoctor.scan(folder, device="cpu")
     assert report.exit_code == 3 and report.errors[0].message.startswith(f'"text_config.dtype" is "{value}"')
+
+
+def test_the_opcode_table_is_torchs_own() -> None:
+    import inspect
+    import pickletools
+    import re
+
+    import torch._weights_only_unpickler as unpickler
+
+    from nandoctor.readers.torch.weights_only import TORCH_OPCODES
+
+    source = inspect.getsource(unpickler.Unpickler.load)
+    assert TORCH_OPCODES == {op.name for op in pickletools.opcodes if re.search(rf"\b{op.name}\b", source)}
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("extra", [None, 2**2100, b"\x00\x01", bytearray(b"ab")], ids=["plain", "bigint", "bytes", "bytearray"])
+def test_a_pytorch_model_bin_is_not_loadable_exactly_when_torch_refuses_its_pickle(tmp_path: Path, protocol, extra) -> None:
+    """torch.save(…, pickle_protocol=4) scanned CLEAN, but torch's weights-only unpickler runs only protocol 2's
+    opcodes (no FRAME, MEMOIZE, LONG4, BINBYTES …), so from_pretrained fails on the file. The oracle: torch.load
+    with weights_only=True, as from_pretrained loads pytorch_model.bin."""
+    state: dict = {"w": torch.ones(2)}
+    if extra is not None:
+        state["extra"] = extra
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path, pickle_protocol=protocol)
+    try:
+        torch.load(path, weights_only=True)
+        loads = True
+    except Exception:  # noqa: BLE001  (UnpicklingError and friends)
+        loads = False
+    report = nandoctor.scan(path, device="cpu")
+    assert (report.exit_code == 3) == (not loads), (protocol, extra, [e.message for e in report.errors])
+    # the same bytes under a name no Hugging Face loader reads: a training file, whose loader picks weights_only
+    other = tmp_path / "state.pt"
+    other.write_bytes(path.read_bytes())
+    if isinstance(extra, (type(None), int)) and protocol >= 2:  # (protocols 0/1: nandoctor's own reader refuses)
+        assert nandoctor.scan(other, device="cpu").exit_code == 0

@@ -62,6 +62,48 @@ ALLOWED: frozenset[str] = frozenset({
 })
 
 
+# The pickle opcodes torch's weights-only unpickler runs (torch 2.13, _weights_only_unpickler.Unpickler.load); any
+# other is "Unsupported operand": protocol 0/1's text opcodes, protocol 4/5's FRAME, MEMOIZE, SHORT_BINUNICODE and
+# STACK_GLOBAL, LONG4 (an int of 256 bytes or more), BINBYTES (a bytes object). tests/test_load_config.py holds
+# the table to torch's source.
+TORCH_OPCODES = frozenset({
+    "APPEND", "APPENDS", "BINFLOAT", "BINGET", "BININT", "BININT1", "BININT2", "BINPERSID", "BINPUT", "BINUNICODE",
+    "BUILD", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "EMPTY_TUPLE", "GLOBAL", "LONG1", "LONG_BINGET",
+    "LONG_BINPUT", "MARK", "NEWFALSE", "NEWOBJ", "NEWTRUE", "NONE", "PROTO", "REDUCE", "SETITEM", "SETITEMS",
+    "SHORT_BINSTRING", "STOP", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+})
+
+
+def opcode_problems(path: str, pickled: bytes) -> list[ScanProblem]:
+    """A problem when ``pickled`` (a Hugging Face weight file's data.pkl: only there, where a loader reads it with
+    ``weights_only=True``) holds an opcode torch's weights-only unpickler does not run: ``torch.save(…,
+    pickle_protocol=4)`` and the like. Read once more, opcode by opcode, only for such files (their pickles are
+    kilobytes: the tensors are in other entries)."""
+    loader = weights_only_loader(Path(path).name)
+    if loader is None:
+        return []
+    import pickletools
+
+    unsupported: dict[str, None] = {}
+    try:
+        for opcode, _, _ in pickletools.genops(pickled):
+            if opcode.name not in TORCH_OPCODES:
+                unsupported[opcode.name] = None
+    except ValueError:
+        return []  # malformed: the unpickler has said so already
+    if not unsupported:
+        return []
+    return [ScanProblem(
+        path,
+        f"its pickle uses the opcode(s) {first_few(list(unsupported), 3)}, which torch.load(weights_only=True) does "
+        f"not run ('Unsupported operand': a pickle protocol other than 2, or a huge int or bytes object in it); "
+        f"{loader} loads {os.path.basename(path)} with weights_only=True, so the model will not load",
+        "re-save it with torch.save's default protocol (torch.save(state_dict, path), no pickle_protocol=), or with "
+        "model.save_pretrained(…), which writes safetensors",
+        kind=UNLOADABLE_KIND,
+    )]
+
+
 def torch_name(module: str, name: str) -> str:
     """The global ``module.name`` as torch's weights-only unpickler names it (pickle's Python 2 renames)."""
     if (module, name) in NAME_MAPPING:
