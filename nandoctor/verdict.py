@@ -672,6 +672,17 @@ def sentinel_infinities(report: ScanReport) -> tuple[TensorResult, ...]:
                  if role == "buffer" and (posinf[i] or neginf[i]) and not nan[i] and holds_sentinels(names[i]))
 
 
+def health_unchecked(report: ScanReport) -> tuple[TensorResult, ...]:
+    """Floating weights read and finite that got no health census (a torch view too irregular to measure,
+    engine/viewcensus.py; the reader's note names them): never called healthy."""
+    tensors = report.tensors
+    if None not in tensors.max_abs:
+        return ()
+    roles, hold = tensors.refs.roles, tensors.can_hold_nonfinite
+    return tuple(tensors[i] for i, top in enumerate(tensors.max_abs)
+                 if top is None and roles[i] == "weight" and hold[i] and tensors[i].ref.numel and not tensors[i].nonfinite)
+
+
 def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
     """Tensors of trainer state that hold NaN/Inf: no finding (a Lightning ``kth_value = inf`` sentinel), but
     never called finite: :func:`facts` says where they are (docs/health.md, "Roles")."""
@@ -799,9 +810,13 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         if worst:
             pieces.append(f"worst {worst}")
     in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
+    unchecked = health_unchecked(report)
     if not (report.nonfinite or exploded or outliers or zeroed or grown):
         pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
-                      if in_trainer or sentinels else f"{plural(tensors, 'tensor')} healthy")
+                      if in_trainer or sentinels or unchecked else f"{plural(tensors, 'tensor')} healthy")
+    if unchecked:
+        pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
+                      f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")
     if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
         pieces.append(_trainer_fact(in_trainer))
     if sentinels:

@@ -45,6 +45,8 @@ def test_a_fresh_gemma4_with_an_audio_tower_is_clean_and_its_inf_bounds_are_said
     assert report.exit_code == 0 and report.verdict == "CLEAN"
     assert sum(by_name[k].posinf + by_name[k].neginf for k in bounds) == sum(v.numel() for v in bounds.values())
     assert "in mask/bound buffers by design" in one_line(report, None)
+    console = run_cli("scan", tmp_path / "g", "--no-progress").output
+    assert "✓ CLEAN" in console and "finite and healthy" not in console  # ±Inf there: never "all finite"
     assert nandoctor.scan_module(model).exit_code == 0  # the live model too (a training callback's view)
     # the same ±Inf in a weight is still a finding
     weight = next(k for k in state if k.endswith("ffw_layer_1.linear.weight"))

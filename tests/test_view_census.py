@@ -227,6 +227,11 @@ def test_a_view_too_irregular_for_a_census_is_named_not_called_healthy(tmp_path,
     console = run_cli("scan", path, "--no-progress").output
     assert "no health census" in console and "c.weight" in console
     assert [n for n in json.loads(run_cli("scan", path, "--json").output)["notes"] if "'c.weight'" in n]
+    # alone, it passes (nothing found), but is never called healthy
+    alone = _save(tmp_path / "alone.bin", {"c.weight": base.as_strided((20, 10), (5, 1))})
+    console = run_cli("scan", alone, "--no-progress").output
+    assert "finite and healthy" not in console and "1 tensor finite but not checked for health (c.weight" in console
+    assert "not checked for health" in run_cli("scan", alone, "--quiet").output
 
 
 def test_json_and_console_report_the_views_findings(tmp_path):

@@ -41,8 +41,10 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None, "pass the report through verdict.judged() first"
     facts = safe("; ".join(verdicts.facts(report, first_problem=False)))  # (names from files: a layer range, a problem's path)
-    if decided.exit_code == 0 and not decided.reported and verdicts.trainer_nonfinite(report):
-        return Text.assemble(("✓ CLEAN", "bold green"), f": {facts}")  # not "all finite": trainer state holds NaN/Inf
+    if decided.exit_code == 0 and not decided.reported and (
+            verdicts.trainer_nonfinite(report) or verdicts.sentinel_infinities(report) or verdicts.health_unchecked(report)):
+        # not "all finite and healthy": trainer state or a mask holds NaN/Inf, or a tensor's health is unknown
+        return Text.assemble(("✓ CLEAN", "bold green"), f": {facts}")
     if decided.exit_code == 0 and not decided.reported:
         tensors = len(report.tensors)
         rest = safe("; ".join(verdicts.facts(report, first_problem=False)[1:]))  # the first fact is "N tensors healthy"
