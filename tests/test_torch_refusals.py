@@ -579,3 +579,23 @@ def test_a_real_lightning_trainer_s_checkpoint_with_a_path_hparam_passes(tmp_pat
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"PASS CLEAN {file}: ")
     assert run_cli("scan", folder, "--quiet").exit_code == 0
+
+
+def test_a_memo_index_bomb_is_refused_before_the_unpickler_allocates(tmp_path):
+    """A data.pkl of nine bytes whose LONG_BINPUT index is 2**28 made the unpickler allocate 4 GB (its memo grows to
+    the index). The pre-scan's memory estimate refuses it first."""
+    import resource
+    import struct
+    import zipfile
+
+    import nandoctor
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("bomb/data.pkl", b"\x80\x02}r" + struct.pack("<I", 1 << 28) + b".")
+        archive.writestr("bomb/version", b"3\n")
+        archive.writestr("bomb/byteorder", b"little")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = nandoctor.scan(str(path), device="cpu")
+    assert report.exit_code == 3 and "memory bomb" in " ".join(e.message for e in report.errors)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 200 * 1024  # KB: not gigabytes

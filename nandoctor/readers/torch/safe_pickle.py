@@ -25,7 +25,7 @@ from typing import Any
 
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.readers.pathstandins import path_standin
-from nandoctor.readers.torch.prescan import Prescan, prescan
+from nandoctor.readers.torch.prescan import MemoryBound, Prescan, prescan
 from nandoctor.readers.torch.rebuilds import QUIET_GLOBALS, SAFE_GLOBALS, Registry, SafeFunction
 from nandoctor.readers.torch.stubs import (
     STORAGE_DTYPES,
@@ -211,10 +211,15 @@ def restricted_load(
     )
 
 
+# What the load of a torch pickle may allocate (prescan.py's estimate): real state-dict pickles build ~10-30 bytes of
+# objects per byte; a 9-byte pickle whose memo index is 2**28 made the unpickler allocate 4 GB.
+MEMORY = MemoryBound(per_byte=64, floor=256 << 20)
+
+
 def _prescan(stream: Any, size: int) -> Prescan | ValueError:
     """The pre-scan's result, or the ValueError pickletools raised for malformed opcodes."""
     try:
-        return prescan(stream, size)
+        return prescan(stream, size, MEMORY)
     except ValueError as exc:
         return exc
 
