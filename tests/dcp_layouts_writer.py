@@ -52,15 +52,9 @@ def main() -> None:
 
 def write(out: str) -> None:
     """Save under torchrun with 2 gloo ranks (a few seconds); raise if the save failed."""
-    import subprocess
+    from tests.dcp_writer import under_torchrun
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.dcp_layouts_writer", out]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if done.returncode != 0:
-        raise RuntimeError(f"dcp.save under torchrun failed:\n{done.stderr[-3000:]}")
+    under_torchrun("tests.dcp_layouts_writer", out)
 
 
 if __name__ == "__main__":

@@ -69,11 +69,17 @@ if __name__ == "__main__":
 def write_two_rank(out: str, fmt: str, plant: bool = True, ranks: int = 2) -> None:
     """Run this module under torchrun with 2 gloo ranks (a few seconds); raise if the save failed.
     ``ranks=1``: the same values saved by one rank (every tensor one chunk)."""
+    under_torchrun("tests.dcp_writer", out, fmt, *([] if plant else ["clean"]), ranks=ranks)
+
+
+def under_torchrun(module: str, *args: str, ranks: int = 2) -> None:
+    """Run the test module ``module`` with ``args`` under torchrun, ``ranks`` gloo ranks, from the repository's
+    root; raise with its stderr if it failed (every DCP writer of the tests saves this way)."""
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           "-m", "tests.dcp_writer", out, fmt, *([] if plant else ["clean"])]
+           "-m", module, *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if done.returncode != 0:
