@@ -38,7 +38,7 @@ from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
 from nandoctor.readers.torch import numpy_arrays, weights_only
 from nandoctor.readers.torch import version as archive_version
-from nandoctor.readers.torch.legacy import NotLegacyError, read_legacy
+from nandoctor.readers.torch.legacy import LEGACY_PICKLES, NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
 from nandoctor.readers.torch.quantized import scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
@@ -367,6 +367,8 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     )
     problems = _unread_tensors(path, tuple(legacy.placeholders), built)
     _weights_only(path, tuple(legacy.refused), notes, problems)
+    fh.seek(0)
+    problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
     arrays = numpy_findings(path, walked, notes, problems)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays)
 

@@ -41,6 +41,9 @@ class NotLegacyError(Exception):
         self.is_pickle = is_pickle
 
 
+LEGACY_PICKLES = 5  # magic number, protocol version, sys info, the object, the storage keys: torch reads each
+
+
 @dataclass
 class LegacyFile:
     root: Any

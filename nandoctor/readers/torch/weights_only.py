@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from pathlib import Path
+from typing import BinaryIO
 
 from nandoctor.checkpoint.loaders import weights_only_loader
 from nandoctor.model import ScanProblem
@@ -74,21 +75,25 @@ TORCH_OPCODES = frozenset({
 })
 
 
-def opcode_problems(path: str, pickled: bytes) -> list[ScanProblem]:
-    """A problem when ``pickled`` (a Hugging Face weight file's data.pkl: only there, where a loader reads it with
-    ``weights_only=True``) holds an opcode torch's weights-only unpickler does not run: ``torch.save(…,
-    pickle_protocol=4)`` and the like. Read once more, opcode by opcode, only for such files (their pickles are
-    kilobytes: the tensors are in other entries)."""
+def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1) -> list[ScanProblem]:
+    """A problem when the ``count`` pickles in ``pickled`` (a Hugging Face weight file's data.pkl, or a legacy
+    file from its start, whose five pickles torch reads one after another: only in such a file, which a loader
+    reads with ``weights_only=True``) hold an opcode torch's weights-only unpickler does not run:
+    ``torch.save(…, pickle_protocol=4)`` and the like. Read once more, opcode by opcode, only for such files
+    (their pickles are kilobytes: the tensors are elsewhere), and only once the unpickler has read them whole."""
     loader = weights_only_loader(Path(path).name)
     if loader is None:
         return []
+    import io
     import pickletools
 
+    stream = io.BytesIO(pickled) if isinstance(pickled, (bytes, bytearray)) else pickled
     unsupported: dict[str, None] = {}
     try:
-        for opcode, _, _ in pickletools.genops(pickled):
-            if opcode.name not in TORCH_OPCODES:
-                unsupported[opcode.name] = None
+        for _ in range(count):
+            for opcode, _, _ in pickletools.genops(stream):
+                if opcode.name not in TORCH_OPCODES:
+                    unsupported[opcode.name] = None
     except ValueError:
         return []  # malformed: the unpickler has said so already
     if not unsupported:
