@@ -24,10 +24,10 @@ def _log(tmp_path, losses: dict[int, float]):
 
 @pytest.mark.parametrize(("losses", "jump", "weights_from"), [
     ({1: 4.6, 2: 20.0, 3: 900.0}, (2, (20.0, 4.6)), 1),  # the second logged loss
-    ({1: 4.58, 2: 13.2, 3: 4150.0, 4: 4.4e6}, (3, (4150.0, 4.58)), 2),  # the trial's run
-    # the first loss, never the median of what was logged (12 here): 45 is 9x the run's start
-    ({1: 5.0, 2: 19.0, 3: 45.0}, (3, (45.0, 5.0)), 2),
-    ({10: 6.0, 20: 3.0, 30: 2.0, 40: 30.0}, (40, (30.0, 6.0)), 30),  # logging_steps 10: the interval before it
+    ({1: 4.58, 2: 13.2, 3: 4150.0, 4: 4.4e6}, (3, (4150.0, 8.89)), 2),  # the trial's run
+    # the median of the losses so far (12 here): 45 is under 4x it, 200 is not
+    ({1: 5.0, 2: 19.0, 3: 45.0, 4: 200.0, 5: 9000.0}, (4, (200.0, 19.0)), 3),
+    ({10: 6.0, 20: 3.0, 30: 2.0, 40: 30.0}, (40, (30.0, 3.0)), 30),  # logging_steps 10: the interval before it
 ])
 def test_a_jump_within_the_first_five_logged_losses_is_found(tmp_path, losses, jump, weights_from):
     log = _log(tmp_path, losses)
@@ -48,6 +48,8 @@ def test_a_fast_noisy_early_drop_is_no_jump(tmp_path, losses):
     {**{s: 0.006 for s in range(1, 100)}, 25: 8.8},
     # a random-init regression, batch 4: one lucky batch at 1.0 among its first losses
     {1: 5.7, 2: 6.2, 3: 1.0, 4: 13.7, 5: 11.3, 6: 10.8, 7: 9.0},
+    # a lucky first batch (a trial's diverging run with its first loss edited): the run's own level follows
+    {1: 1.2, 2: 4.87, 3: 4.9, 4: 4.86, 5: 4.95, 6: 5.06, 7: 5.07},
 ])
 def test_a_spike_that_passes_or_a_lucky_low_batch_is_no_jump(tmp_path, losses):
     assert _log(tmp_path, losses).loss_jump_step is None

@@ -31,16 +31,19 @@ _LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is
 # A loss this many times the run's early loss means the weights that made it were already broken, finite as
 # they may be: a diverged run's loss goes from ~5 to thousands within a few steps
 # (tests/test_health_real_divergence.py). Healthy runs' loss spikes stay within 2-3x and recover. The early
-# loss is the median of the first EARLY_LOSSES logged losses; until there are that many, the first logged loss
-# (a run at lr 40 logs 4.6, 13, 4150, 4.4e6, NaN: the jump is its third loss; early losses fall fast and
-# noisily, and a random-init regression logging 5.7, 6.2, 1.0, 13.7 bounced off one lucky batch, no
-# divergence: tests/test_trainlog_early.py). A jump must last: a diverged run's loss stays up or goes NaN, so
-# the next logged loss back under the factor clears it (one odd example in a batch of 1 logged 8.8 among
-# 0.006s, and the run's resume point was moved back 70 steps); the last log's jump stands until a later log
-# says otherwise. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
+# loss is the median of the first EARLY_LOSSES logged losses, or of those logged so far (a run at lr 40 logs
+# 4.6, 13, 4150, 4.4e6, NaN: the jump is its third loss; early losses fall fast and noisily, and a random-init
+# regression logging 5.7, 6.2, 1.0, 13.7 bounced off one lucky batch, no divergence:
+# tests/test_trainlog_early.py). A jump must last: a diverged run's loss stays up or goes NaN, so the next logged
+# loss back under the factor clears it (one odd example in a batch of 1 logged 8.8 among 0.006s, and the run's
+# resume point was moved back 70 steps); against fewer than three early losses, one of which may be a lucky
+# batch (a first loss of 1.2 before a run's 4.9s), the next must be GROWING times the jump (or NaN). The last
+# log's jump stands until a later log says otherwise. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
 # donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on its own.
 LOSS_JUMP = 4.0
 EARLY_LOSSES = 5
+GROWING = 2.0  # against fewer than _SETTLED early losses, a jump is confirmed by a next loss this many times it
+_SETTLED = 3
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _where_it_broke(
     seen: set[str] = set()
     early: list[float] = []  # the first EARLY_LOSSES finite losses: the run's early loss is their median
     jump: tuple[int, float, float, int] | None = None  # (step, loss, early loss, interval)
-    pending: tuple[int, float, float, int] | None = None  # a jump the next logged loss confirms or clears
+    pending: tuple[int, float, float, int, int] | None = None  # a jump the next log confirms or clears (+ its early count)
     previous_loss_step: int | None = None
     for step, entry in entries:
         last = step if last is None else max(last, step)
@@ -105,23 +108,28 @@ def _where_it_broke(
             first_zero = step
         value = _number(loss) if isinstance(loss, (int, float)) else None  # (a 400-digit int: inf, not an error)
         if pending is not None and value is not None:
-            # A diverged run's loss stays up (or goes NaN); a spike from one odd batch is back down at the next log
-            if math.isfinite(value) and value < LOSS_JUMP * pending[2]:
-                pending = None
+            # A diverged run's loss stays up (or goes NaN); a spike from one odd batch is back down at the next log.
+            # Against fewer than three early losses (one lucky batch among them would do) it must keep rising.
+            confirmed = not math.isfinite(value) or (
+                value >= GROWING * pending[1] if pending[4] < _SETTLED else value >= LOSS_JUMP * pending[2])
+            if confirmed:
+                jump, pending = pending[:4], None
             else:
-                jump, pending = pending, None
+                if len(early) < EARLY_LOSSES:
+                    early.append(pending[1])  # a loss of the run after all
+                pending = None
         if value is not None and math.isfinite(value) and jump is None:
             if pending is None and early:
-                baseline = statistics.median(early) if len(early) == EARLY_LOSSES else early[0]
+                baseline = statistics.median(early)
                 if baseline > 0 and value >= LOSS_JUMP * baseline:
                     interval = step - previous_loss_step if previous_loss_step is not None else 1
-                    pending = (step, value, baseline, max(1, interval))
+                    pending = (step, value, baseline, max(1, interval), len(early))
                     previous_loss_step = step
                     continue  # (a spike joins neither the early losses nor the lowest)
             if len(early) < EARLY_LOSSES:
                 early.append(value)
             previous_loss_step = step
-    jump = jump or pending  # the last log's jump: nothing yet says it passed
+    jump = jump or (pending[:4] if pending is not None else None)  # the last log's jump: nothing yet says it passed
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
     if jump is None:
         return found
