@@ -553,3 +553,16 @@ def test_a_pytorch_model_bin_is_not_loadable_exactly_when_torch_refuses_its_pick
     other.write_bytes(path.read_bytes())
     if isinstance(extra, (type(None), int)) and protocol >= 2 and zipped:  # (protocols 0/1: nandoctor's reader refuses)
         assert nandoctor.scan(other, device="cpu").exit_code == 0
+
+
+@pytest.mark.parametrize(("key", "value", "bad"), [
+    ("softmax_scale", float("inf"), True), ("attn_logit_softcapping", float("inf"), True),
+    ("final_logit_softcapping", -float("inf"), True), ("router_capacity_factor", float("inf"), True),
+    ("max_position_bound", float("inf"), False), ("clip_max", float("inf"), False), ("clip_min", -float("inf"), False),
+    ("value_max", -float("inf"), True),
+])
+def test_an_infinite_value_passes_only_where_its_key_is_a_limit(model: Path, key: str, value: float, bad: bool) -> None:
+    """A review: "max" inside softmax_scale and "cap" inside softcapping made Infinity there a limit: CLEAN, and
+    Gemma2's tanh(x / cap) * cap is NaN at cap = Infinity."""
+    _edit(model / "config.json", **{key: value})
+    assert (nandoctor.scan(model, device="cpu").exit_code == 3) == bad

@@ -136,3 +136,13 @@ def test_a_real_fine_tune_with_a_fast_noisy_start_is_not_flagged(tmp_path):
     assert run.last_healthy is not None and run.last_healthy.step == 7
     assert eval_loss(run.last_healthy.path, shift=2) < 0.5 * logged[0]
     assert generate_ok(run.last_healthy.path)
+
+
+@pytest.mark.parametrize(("losses", "step"), [
+    ({10: 2.0, 20: 2.1, 30: 11.0, 40: 10.9, 50: 10.8, 60: 10.8}, 30),  # a jump that stays up, dated where it came
+    ({10: 5.0, 20: 30.0, 30: 59.0, 40: 118.0, 50: 236.0}, 20),  # growing from the second log: found there
+])
+def test_a_lasting_jump_is_dated_where_it_came(tmp_path, losses, step):
+    """A review: a jump after two early losses that then stayed level was cleared and found one log late, and a
+    run doubling from its second log was found three logs late; each named a broken checkpoint as a resume point."""
+    assert _log(tmp_path, losses).loss_jump_step == step

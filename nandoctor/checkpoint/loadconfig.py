@@ -158,15 +158,19 @@ def _refusal(value: Any) -> str:
 
 
 # An infinite bound is a real setting (Mamba2's "time_step_limit": [0.0, Infinity], written bare by older
-# transformers: the model loads and generates as the original); NaN never is, nor an infinite epsilon or scale.
-_BOUND_WORDS = ("limit", "max", "min", "clip", "clamp", "bound", "threshold", "cap")
+# transformers: the model loads and generates as the original); NaN never is, nor an infinite epsilon, scale or
+# softcap (Gemma2's tanh(x / cap) * cap is NaN at cap = Infinity). Whole words of the key only (softmax_scale is
+# no max), and an upper bound only +Infinity, a lower one only -Infinity.
+_UPPER_WORDS = frozenset({"max", "maximum", "cap"})
+_LOWER_WORDS = frozenset({"min", "minimum"})
+_EITHER_WORDS = frozenset({"limit", "limits", "clip", "clamp", "bound", "bounds", "threshold", "range"})
 
 
 def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     """NaN, and Infinity outside a bound, in the config ``data`` read from ``path``: one problem naming their
     key paths."""
     found = [f"{where} is {_word(value)}" for where, value in _floats(data)
-             if math.isnan(value) or (math.isinf(value) and not _bound(where))]
+             if math.isnan(value) or (math.isinf(value) and not _bound(where, value))]
     if not found:
         return []
     if path.name == GENERATION_CONFIG:
@@ -184,10 +188,10 @@ def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     )]
 
 
-def _bound(where: str) -> bool:
-    """Whether the key path ``where`` names a limit, where Infinity means "none"."""
-    key = where.rsplit(".", 1)[-1].split("[", 1)[0].lower()
-    return any(word in key for word in _BOUND_WORDS)
+def _bound(where: str, value: float) -> bool:
+    """Whether the key path ``where`` names a limit that the infinite ``value`` leaves open ("none")."""
+    words = set(where.rsplit(".", 1)[-1].split("[", 1)[0].lower().split("_"))
+    return bool(words & _EITHER_WORDS) or bool(words & (_UPPER_WORDS if value > 0 else _LOWER_WORDS))
 
 
 # transformers 5.x writes NaN/Infinity as {"__float__": "NaN"} (PreTrainedConfig._encode_special_floats) and

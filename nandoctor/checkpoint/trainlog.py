@@ -36,14 +36,15 @@ _LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is
 # regression logging 5.7, 6.2, 1.0, 13.7 bounced off one lucky batch, no divergence:
 # tests/test_trainlog_early.py). A jump must last: a diverged run's loss stays up or goes NaN, so the next logged
 # loss back under the factor clears it (one odd example in a batch of 1 logged 8.8 among 0.006s, and the run's
-# resume point was moved back 70 steps); against fewer than three early losses, one of which may be a lucky
-# batch (a first loss of 1.2 before a run's 4.9s), the next must be GROWING times the jump (or NaN). The last
-# log's jump stands until a later log says otherwise. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
+# resume point was moved back 70 steps); against the first loss alone, which may be a lucky batch (1.2 before a
+# run's 4.9s), the next must be GROWING times the jump (or NaN): a run that jumps right after its first log and
+# plateaus is told from a lucky first batch by nothing in the log, and is then found by its weights or its NaN.
+# The last log's jump stands until a later log says otherwise. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
 # donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on its own.
 LOSS_JUMP = 4.0
 EARLY_LOSSES = 5
-GROWING = 2.0  # against fewer than _SETTLED early losses, a jump is confirmed by a next loss this many times it
-_SETTLED = 3
+GROWING = 1.5  # against fewer than _SETTLED early losses, a jump is confirmed by a next loss this many times it
+_SETTLED = 2
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class TrainLog:
     # weights saved at that step (Trainer logs step N for the update that makes step N)
     logged_after_save: bool = False
     logged: tuple[str, ...] = ()  # the series the log has (``loss``, ``grad_norm``; a Lightning log's own key names)
-    # The first logged loss at least LOSS_JUMP times the run's early loss (the median of its first logged
-    # losses, the lowest so far before there are EARLY_LOSSES): finite, but the weights that made it were
+    # The first logged loss at least LOSS_JUMP times the run's early loss (the median of its first EARLY_LOSSES
+    # logged losses, or of those so far) that lasted (see LOSS_JUMP): finite, but the weights that made it were
     # already broken; the logging interval before it
     loss_jump_step: int | None = None
     loss_jump: tuple[float, float] | None = None  # (that loss, the early loss)
@@ -125,7 +126,7 @@ def _where_it_broke(
                     interval = step - previous_loss_step if previous_loss_step is not None else 1
                     pending = (step, value, baseline, max(1, interval), len(early))
                     previous_loss_step = step
-                    continue  # (a spike joins neither the early losses nor the lowest)
+                    continue  # (a spike joins the early losses only once cleared)
             if len(early) < EARLY_LOSSES:
                 early.append(value)
             previous_loss_step = step
