@@ -138,6 +138,10 @@ def test_a_scalar_beside_the_model_is_trainer_state_but_not_in_a_plain_state_dic
     torch.save({"model_state_dict": model, "logit_scale": torch.nn.Parameter(torch.tensor(float("nan")))},
                tmp_path / "param.pt")
     assert nandoctor.scan(str(tmp_path / "param.pt")).exit_code == 1
+    # nor a scalar among model weights spread at the top beside an optimizer (state_dict() holds plain tensors)
+    flat = {"optimizer": {"state": {}, "param_groups": []}, **model, "logit_scale": torch.tensor(float("nan"))}
+    torch.save(flat, tmp_path / "flat.pt")
+    assert nandoctor.scan(str(tmp_path / "flat.pt")).exit_code == 1
     # nor is a tensor of more than one element beside the model
     torch.save({"model_state_dict": model, "codebook": torch.tensor([1.0, float("inf")])}, tmp_path / "two.pt")
     assert nandoctor.scan(str(tmp_path / "two.pt")).exit_code == 1

@@ -70,6 +70,9 @@ class Walk:
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
+    # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
+    # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
+    _scalars_are_state: bool = False
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -137,6 +140,8 @@ def walk(root: Any, prefix: str = "") -> Walk:
             key for key, value in dict.items(root)
             if isinstance(key, str) and not isinstance(value, (TensorStub, StorageRef, *_LEAVES))
         )
+        out._scalars_are_state = not any(
+            isinstance(value, TensorStub) and math.prod(value.size) > 1 for value in dict.values(root))
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
 
@@ -183,7 +188,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
         # (a one-element nn.Parameter is a model's learned scalar, a logit_scale: never trainer state)
-        out.tensors.append(NamedTensor(_emit_name(path, out, math.prod(value.size) <= 1 and not value.parameter), value))
+        scalar = out._scalars_are_state and math.prod(value.size) <= 1 and not value.parameter
+        out.tensors.append(NamedTensor(_emit_name(path, out, scalar), value))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
             _visit(value.state, path, out, on_path, depth + 1, shared)
         return
