@@ -51,10 +51,12 @@ def judged_in_run(
         return report, None
     baseline = context.pop("baseline_scales")
     ignored = context.pop("baseline_ignored")
+    unread = context.pop("log_unread")
     grown = verdict.growth(report, baseline) if baseline else None
     context["growth"] = None if grown is None else grown.to_json()
-    if ignored is not None:
-        report = dataclasses.replace(report, notes=(*report.notes, ignored))
+    said = [note for note in (ignored, unread) if note is not None]
+    if said:
+        report = dataclasses.replace(report, notes=(*report.notes, *said))
     judged = verdict.with_run_context(report, context)
     return judged, (context["baseline"], baseline) if context["baseline"] is not None else None
 
@@ -140,7 +142,8 @@ def run_facts(
     ``baseline``/``baseline_max``/``baseline_scale`` (the first healthy earlier checkpoint, its largest
     weight and its largest tensor scale), ``baseline_scales`` (its verdict.tensor_scales, which
     :func:`judge_in_run` turns into the ``growth`` of the checkpoint and drops), ``baseline_ignored`` (why a
-    nandoctor-baseline.json in the run is not used, or None; judge_in_run makes it a note),
+    nandoctor-baseline.json in the run is not used, or None; judge_in_run makes it a note), ``log_unread`` (the
+    same for a trainer log that could not be read),
     ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; with ``zeros_in`` (the
     checkpoint's report, which holds an all-zero weight), ``zeroed_since`` as the run scan finds it
     (runs.zeroed_since: against the previous checkpoint, one more scan, and the first healthy one). None
@@ -208,5 +211,7 @@ def run_facts(
         "baseline_ignored": load_baseline(place.run)[1] if kept is None else None,  # (a file there, no baseline)
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
+        "log_unread": (f"{log.source}: not read ({log.error}): the trainer log was not judged"
+                       if log is not None and log.error else None),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),
     }
