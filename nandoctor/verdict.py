@@ -696,17 +696,11 @@ def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
 _MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
 
 
-def _trainer_fact(bad: tuple[TensorResult, ...]) -> str:
-    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in bad), "NaN"), (sum(t.posinf for t in bad), "+Inf"),
-                                                       (sum(t.neginf for t in bad), "-Inf")) if n)
-    names = first_few([short_key(t.name) for t in bad], _MAX_NAMED)
-    return f"{values} in trainer state ({names}), not a finding"
-
-
-def _sentinel_fact(held: tuple[TensorResult, ...]) -> str:
-    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.posinf for t in held), "+Inf"),
+def _held_fact(held: tuple[TensorResult, ...], where: str, names: list[str]) -> str:
+    """NaN/Inf counted where they are no finding (trainer state, mask and bound buffers), said with the first names."""
+    values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in held), "NaN"), (sum(t.posinf for t in held), "+Inf"),
                                                        (sum(t.neginf for t in held), "-Inf")) if n)
-    return f"{values} in mask/bound buffers by design ({first_few([t.name for t in held], _MAX_NAMED)}), not a finding"
+    return f"{values} in {where} ({first_few(names, _MAX_NAMED)}), not a finding"
 
 
 def short_key(name: str) -> str:
@@ -818,9 +812,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
                       f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")
     if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
-        pieces.append(_trainer_fact(in_trainer))
+        pieces.append(_held_fact(in_trainer, "trainer state", [short_key(t.name) for t in in_trainer]))
     if sentinels:
-        pieces.append(_sentinel_fact(sentinels))
+        pieces.append(_held_fact(sentinels, "mask/bound buffers by design", [t.name for t in sentinels]))
     overflow = overflow_count(report)
     if overflow:
         top = _cast_max(report)

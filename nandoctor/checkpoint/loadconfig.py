@@ -35,7 +35,7 @@ from typing import Any
 
 from nandoctor import access
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.checkpoint.loaddtype import KEYS as DTYPE_KEYS
+from nandoctor.checkpoint.loaddtype import config_dtype
 from nandoctor.checkpoint.loaders import CONFIG
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.errors import UnreadablePathError
@@ -115,14 +115,11 @@ def _dtype(path: Path, config: dict[str, Any], within: str = "") -> list[ScanPro
     dtype string transformers converts the same way), where from_pretrained refuses it."""
     found = [problem for name, sub in config.items() if not within and isinstance(sub, dict) and "model_type" in sub
              for problem in _dtype(path, sub, f"{name}.")]
-    key = next((k for k in DTYPE_KEYS if config.get(k) is not None), None)
-    if key is None:
-        return found  # no dtype: the weights' own
-    value, where = config[key], f'"{within}{key}" is'
-    if isinstance(value, dict):  # per sub-config: transformers reads "" (absent or null: the default dtype)
-        value, where = value.get(""), f'"{within}{key}" maps "" to'
-        if value is None:
-            return found
+    decided = config_dtype(config)
+    if decided is None or decided[1] is None:
+        return found  # no dtype (or a dict's "" none): the weights' own, or the default
+    key, value, in_dict = decided
+    where = f'"{within}{key}" maps "" to' if in_dict else f'"{within}{key}" is'
     if isinstance(value, str) and value in LOADABLE_DTYPES:
         return found
     shown = json.dumps(value)[:40]

@@ -83,15 +83,23 @@ def load_dtype(checkpoint: Path) -> LoadDtype | None:
         return None
     if not isinstance(data, dict):
         return None
-    for key in KEYS:
-        value = data.get(key)
-        if value is None:  # absent or null: the next key decides
-            continue
-        if isinstance(value, dict):  # per sub-config: transformers loads every module in the "" entry's
-            value = value.get("")
-        name = _narrow(value)
-        return LoadDtype(str(path), key, value, name) if name and isinstance(value, str) else None
-    return _from_the_weights(path.parent, str(path))
+    decided = config_dtype(data)
+    if decided is None:
+        return _from_the_weights(path.parent, str(path))
+    key, value, _ = decided
+    name = _narrow(value)
+    return LoadDtype(str(path), key, value, name) if name and isinstance(value, str) else None
+
+
+def config_dtype(config: dict[str, Any]) -> tuple[str, Any, bool] | None:
+    """(the key that decides, its value, whether that came from a dict's ``""`` entry) of a config's dtype as
+    transformers reads it: ``"dtype"``, else ``"torch_dtype"`` where ``"dtype"`` is absent or null; a dict (per
+    sub-config) loads every module in its ``""`` entry (None there: the default dtype). None: no dtype named."""
+    key = next((k for k in KEYS if config.get(k) is not None), None)
+    if key is None:
+        return None
+    value = config[key]
+    return (key, value.get(""), True) if isinstance(value, dict) else (key, value, False)
 
 
 def _narrow(value: Any) -> str | None:

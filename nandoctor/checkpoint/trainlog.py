@@ -94,7 +94,7 @@ def _where_it_broke(
     seen: set[str] = set()
     early: list[float] = []  # the first EARLY_LOSSES finite losses: the run's early loss is their median
     jump: tuple[int, float, float, int] | None = None  # (step, loss, early loss, interval)
-    pending: tuple[int, float, float, int, int] | None = None  # a jump the next log confirms or clears (+ its early count)
+    pending: tuple[int, float, float, int] | None = None  # a jump the next logged loss confirms or clears
     previous_loss_step: int | None = None
     for step, entry in entries:
         last = step if last is None else max(last, step)
@@ -112,9 +112,9 @@ def _where_it_broke(
             # A diverged run's loss stays up (or goes NaN); a spike from one odd batch is back down at the next log.
             # Against fewer than three early losses (one lucky batch among them would do) it must keep rising.
             confirmed = not math.isfinite(value) or (
-                value >= GROWING * pending[1] if pending[4] < _SETTLED else value >= LOSS_JUMP * pending[2])
+                value >= GROWING * pending[1] if len(early) < _SETTLED else value >= LOSS_JUMP * pending[2])
             if confirmed:
-                jump, pending = pending[:4], None
+                jump, pending = pending, None
             else:
                 if len(early) < EARLY_LOSSES:
                     early.append(pending[1])  # a loss of the run after all
@@ -124,13 +124,13 @@ def _where_it_broke(
                 baseline = statistics.median(early)
                 if baseline > 0 and value >= LOSS_JUMP * baseline:
                     interval = step - previous_loss_step if previous_loss_step is not None else 1
-                    pending = (step, value, baseline, max(1, interval), len(early))
+                    pending = (step, value, baseline, max(1, interval))  # (early is left as it was till then)
                     previous_loss_step = step
                     continue  # (a spike joins the early losses only once cleared)
             if len(early) < EARLY_LOSSES:
                 early.append(value)
             previous_loss_step = step
-    jump = jump or (pending[:4] if pending is not None else None)  # the last log's jump: nothing yet says it passed
+    jump = jump or pending  # the last log's jump: nothing yet says it passed
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
     if jump is None:
         return found

@@ -192,7 +192,7 @@ class NanDoctorCallback(TrainerCallback):
         if passed:
             self._passed.append((state.global_step, str(folder)))
         if passed is not None:
-            self._move_back_before_a_loss_jump(folder)
+            self._move_back_before_a_loss_jump(state)
             self._protect(args, state)
         if passed is False and self.stop_on_nonfinite:
             control.should_training_stop = True
@@ -343,34 +343,32 @@ class NanDoctorCallback(TrainerCallback):
             return None
         return on_disk[-2][1]
 
-    def _before_a_loss_jump(self, state: TrainerState) -> str | None:
-        """Once the loss jumped (the run scan's rule over the live ``log_history``, trainlog.py), the newest
-        clean checkpoint saved before the weights that made it: should a later one fail, it is where the run
-        resumes (:meth:`_move_back_before_a_loss_jump`), so rotation keeps it. A jump alone fails nothing."""
+    def _clean_before_a_jump(self, state: TrainerState) -> tuple[int, list[str]] | None:
+        """Once the loss jumped (the run scan's rule over the live ``log_history``, the log trainer_state.json
+        saves: trainlog.py), the first step whose weights may have made it and the clean checkpoints saved
+        before it, oldest first; None without a jump."""
         from nandoctor.checkpoint.trainlog import from_log_history
 
         broken_from = from_log_history("log_history", state.log_history).broken_weights_from
         if broken_from is None:
             return None
-        before = [path for step, path in self._passed if step < broken_from]
-        return before[-1] if before else None
+        return broken_from, [path for step, path in self._passed if step < broken_from]
 
-    def _move_back_before_a_loss_jump(self, folder: Path) -> None:
+    def _before_a_loss_jump(self, state: TrainerState) -> str | None:
+        """The newest clean checkpoint before a loss jump: should a later one fail, it is where the run resumes
+        (:meth:`_move_back_before_a_loss_jump`), so rotation keeps it. A jump alone fails nothing."""
+        found = self._clean_before_a_jump(state)
+        return found[1][-1] if found and found[1] else None
+
+    def _move_back_before_a_loss_jump(self, state: TrainerState) -> None:
         """Once a checkpoint failed, a trainer-log loss jump (trainlog.py) says from which step the saved
         weights were already broken, finite as they are: ``last_clean`` is then the newest clean checkpoint
         before it still on disk, as ``nandoctor scan RUN`` names the last healthy one."""
-        if self.first_bad is None:
+        found = self._clean_before_a_jump(state) if self.first_bad is not None else None
+        if found is None:
             return
-        from nandoctor.checkpoint.loaders import TRAINER_STATE
-        from nandoctor.checkpoint.trainlog import read_train_log
-
-        state_file = folder / TRAINER_STATE
-        if not state_file.is_file():
-            return
-        broken_from = read_train_log(state_file).broken_weights_from
-        if broken_from is None:
-            return
-        before = [path for step, path in self._passed if step < broken_from and Path(path).is_dir()]
+        broken_from, clean = found
+        before = [path for path in clean if Path(path).is_dir()]
         if before and self.last_clean != before[-1]:
             logger.warning("nandoctor: the trainer log's loss jumped: the weights saved from step %d on made it, so "
                            "the last clean checkpoint to resume from is %s", broken_from, before[-1])
