@@ -212,3 +212,43 @@ def test_a_tied_pair_both_bad_takes_one_donor_tensor_for_both(tmp_path):
     donor = _tensor(run / "checkpoint-4", "model.embed_tokens.weight")
     assert torch.equal(weights["lm_head.weight"], donor) and torch.equal(weights["model.embed_tokens.weight"], donor)
     _generates(out)
+
+
+def _zero(name: str):
+    def change(tensors):
+        tensors[name] = torch.zeros_like(tensors[name])  # a broken copy: training never zeroes a whole weight
+
+    return change
+
+
+def test_a_zeroed_weight_is_restored_from_a_donor_and_the_rest_stays_byte_identical(tmp_path):
+    """A weight all zero since the run's earlier checkpoint (the scan's ``zeroed`` warning) is restored from
+    the newest donor whose copy is not all zero; every other tensor keeps its bytes."""
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-6", _zero(OTHER))
+    scanned = nandoctor.scan(run / "checkpoint-6")
+    assert [t.name for t in scanned.tensors if "zeroed" in t.findings] == [OTHER]
+    out = tmp_path / "fixed"
+    result = nandoctor.repair(run / "checkpoint-6", "auto", out)
+    assert result.ok and [(r.name, r.findings) for r in result.plan.restorations] == [(OTHER, ("zeroed",))]
+    repaired, source = load_file(str(out / "model.safetensors")), load_file(str(run / "checkpoint-6" / "model.safetensors"))
+    assert torch.equal(repaired[OTHER], load_file(str(run / "checkpoint-4" / "model.safetensors"))[OTHER])
+    assert all(torch.equal(repaired[n], source[n]) for n in source if n != OTHER)
+    assert not any("zeroed" in t.findings for t in nandoctor.scan(out).tensors)
+
+
+def test_a_zeroed_weight_without_a_donor_copy_is_left_with_a_note_and_does_not_block_the_repair(tmp_path):
+    """Every donor's copy all zero too: the zeroed tensor is left as it is (a warning), the NaN one beside it
+    is still restored."""
+    run = _run(tmp_path / "run")
+    for step in (2, 4, 6):
+        _edit(run / f"checkpoint-{step}", _zero(OTHER))
+
+    def poison(tensors):
+        tensors[GROWN][3, 5] = float("nan")
+
+    _edit(run / "checkpoint-6", poison)
+    result = nandoctor.repair(run / "checkpoint-6", "auto", tmp_path / "fixed")
+    assert result.ok and [r.name for r in result.plan.restorations] == [GROWN]
+    assert any(note.startswith(f"{OTHER}: all zero, and no donor holds a copy that is not") for note in result.plan.notes)
+    assert torch.count_nonzero(load_file(str(tmp_path / "fixed" / "model.safetensors"))[OTHER]) == 0

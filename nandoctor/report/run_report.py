@@ -239,10 +239,12 @@ def next_steps(run: RunReport) -> list[str]:
         report = newest.report if newest is not None else None
         zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
         if newest is not None and zeroed:  # reported by default; here because --fail-on zeroed made it fail
+            from nandoctor.hints import AUTO, repair_command_for
+
             names = ", ".join(t.ref.name for t in zeroed[:3]) + (" …" if len(zeroed) > 3 else "")
-            steps.append(f"all-zero tensors in {newest.name} ({names}): compare with the source of the weights (a "
-                         "failed copy or conversion) or with the run's earlier checkpoints; a repair restores "
-                         "NaN/Inf, exploded and outlier tensors only")
+            steps += [f"all-zero tensors in {newest.name} ({names}): compare with the source of the weights (a "
+                      "failed copy or conversion), or restore them from the run's earlier checkpoints with",
+                      f"    {repair_command_for(str(newest.path), AUTO)}"]
         return steps
     for n, target in enumerate(targets):  # each file that decides the exit code (the final model, last.ckpt)
         steps += _repair_steps(run, target, last_clean if n == 0 else None, also=n > 0)

@@ -196,7 +196,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
     if verdicts.ZEROED in (decided.reported if decided is not None else ()):
-        steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion)")
+        steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
+                  "restore them from an earlier checkpoint with", f"    {repair_command(report)}"]
     return steps
 
 

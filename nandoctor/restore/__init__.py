@@ -26,6 +26,7 @@ from nandoctor.restore.plan import (
     Restoration,
     RunBaseline,
     Unrestorable,
+    needed_tensors,
     plan_repair,
 )
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
@@ -151,7 +152,7 @@ def repair(
     catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
-    ties = tied_partners(report, source.root) if report.unhealthy_tensors else {}
+    ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     plan = _with_selection(plan, report, selection)
     _refuse_growth_left(target, target_path, report, plan, baseline)

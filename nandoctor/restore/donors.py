@@ -117,8 +117,12 @@ class CheckpointDonor:
                 raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
             scales = [c.scale for c in checks if c.scale is not None]
             why = next((c.why for c in checks if c.why), None)
-            self._checks[key] = TensorCheck(why, max(scales) if scales else None)
+            self._checks[key] = TensorCheck(why, max(scales) if scales else None, all(c.zero for c in checks))
         return self._checks[key]
+
+    def all_zero(self, ref: TensorRef) -> bool:
+        """Whether every value of the donor tensor is zero (no copy for a target tensor found zeroed)."""
+        return self._check(ref).zero
 
     def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
         """How many of the donor tensor's values would not be finite once cast to ``dtype`` (as torch rounds)."""
@@ -140,6 +144,7 @@ class TensorCheck:
 
     why: str | None
     scale: float | None  # as verdict.tensor_scale measures a scanned tensor; None when it has no bulk
+    zero: bool = False  # every value ±0 (exact: no lane holds a magnitude bit)
 
 
 def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
@@ -166,15 +171,18 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     kernel = select_kernel("cpu")
     info = lane_info(spec, limits.ceiling(spec.name))
     census = Census()
-    bad = 0
+    bad = lanes = 0
     small = nbytes(ref) < SMALL_REGION_BYTES  # (then one block: the scan reads such a tensor whole)
     for block in _lanes(ref, kernel.chunk_bytes):
         bad += kernel.count(block, spec).nonfinite
+        lanes += block.size
         census.merge(observe_whole(block, info) if small else observe_chunk(block, info, 0, histogram=True))
-    bits, _ = census.max_bits()
+    bits, exact = census.max_bits()
     scale = verdict.scale_of(census.bulk_scale(spec, info), decode_magnitude(spec, bits) if bits >= 0 else None)
     if bad:
         return TensorCheck(f"holds {bad:,} NaN/Inf values", scale)
+    if lanes and bits == 0 and (exact or census.zeros >= lanes):  # (the scan's all-zero rule, verdict._all_zero_rows)
+        return TensorCheck(None, scale, zero=True)
     if ref.role != "weight":
         return TensorCheck(None, scale)
     if census.exploded:

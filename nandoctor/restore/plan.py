@@ -35,7 +35,10 @@ from nandoctor.layers import layer_of
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
-from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, Growth, tensor_growth
+from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, ZEROED, Growth, tensor_growth
+from nandoctor.wording import first_few
+
+RESTORED_FINDINGS = (*FAILING_BY_DEFAULT, ZEROED)  # what makes a repair restore a tensor (zeroed only warns)
 
 SCOPES = ("tensor", "layer")
 
@@ -64,6 +67,9 @@ class DonorCatalog(Protocol):
 
     def cast_overflow(self, ref: TensorRef, dtype: str) -> int:
         """How many of the donor tensor's values would not be finite once cast to ``dtype``."""
+
+    def all_zero(self, ref: TensorRef) -> bool:
+        """Whether every value of the donor tensor is zero: no copy for a tensor restored because it is."""
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,13 @@ class Restoration:
     nan: int  # counts in the target before the repair
     posinf: int
     neginf: int
-    reason: str  # "bad" (a failing finding: NaN/Inf, exploded, outliers) or "layer" (healthy, restored with its layer)
+    reason: str  # "bad" (a finding: NaN/Inf, exploded, outliers, all zero) or "layer" (healthy, restored with its layer)
     donor: int  # index into RepairPlan.donors
     donor_name: str  # the name in the donor (may differ by a wrapper prefix)
     target_ref: TensorRef
     donor_ref: TensorRef
     via: str | None = None  # same elements as this restored tensor (tied weights): written once through it
-    findings: tuple[str, ...] = ()  # why it is restored (nonfinite, exploded, outlier); () for "layer"
+    findings: tuple[str, ...] = ()  # why it is restored (nonfinite, exploded, outlier, zeroed); () for "layer"
     # Set when only a box of the tensor is restored (a DCP chunk, pieces.py): where ``shape`` sits in the tensor
     box: ChunkOf | None = None
 
@@ -306,6 +312,8 @@ def _candidate(
                     why = None if grown is None else (
                         f"diverged itself: {grown.words()} since the run's first healthy checkpoint {baseline.path}"
                     )
+                if why is None and ZEROED in result.findings and donor.catalog.all_zero(ref):
+                    why = "all zero itself"
                 if why is None and cast:
                     overflow = donor.catalog.cast_overflow(ref, target.dtype)
                     why = f"{overflow:,} of its {ref.dtype} values are not finite as {target.dtype}" if overflow else None
@@ -319,15 +327,21 @@ def _candidate(
 
 
 def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
-    """The tensors a repair restores: the unhealthy ones (NaN/Inf, exploded, outliers), or every tensor of
+    """The tensors a repair restores: the unhealthy ones (NaN/Inf, exploded, outliers) and those found
+    zeroed (all zero where they should not be: a warning in a scan, damage all the same), or every tensor of
     each layer holding one. A trainer-state sentinel (Lightning's ``kth_value = inf``) is not restored."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    bad = [t for t in report.tensors if t.unhealthy]
+    bad = [t for t in report.tensors if _restored(t)]
     if scope == "tensor":
         return bad
     groups = {layer_of(t.name).group for t in bad}
     return [t for t in report.tensors if layer_of(t.name).group in groups]
+
+
+def _restored(result: TensorResult) -> bool:
+    """Whether a tensor is restored for its own findings (not only as a member of its layer)."""
+    return result.unhealthy or ZEROED in result.findings
 
 
 def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[str, ...]:
@@ -434,8 +448,12 @@ def plan_repair(
     for t in needed:  # report order: the first of a tie with a donor writes it
         if id(t) in chosen and keys[id(t)] not in writer_of:
             writer_of[keys[id(t)]] = t
+    left_zero: list[str] = []
     for t in needed:
         writer = writer_of.get(keys[id(t)])
+        if writer is None and not t.unhealthy and ZEROED in t.findings:
+            left_zero.append(t.name)  # a warning: no donor copy leaves it as it is, it does not block the repair
+            continue
         if writer is None:
             unrestorable.append(
                 Unrestorable(t.name, t.nan, t.posinf, t.neginf, tuple(reasons.get(id(t)) or ["no donor given"]))
@@ -450,13 +468,13 @@ def plan_repair(
                 nan=t.nan,
                 posinf=t.posinf,
                 neginf=t.neginf,
-                reason="bad" if t.unhealthy else "layer",
+                reason="bad" if _restored(t) else "layer",
                 donor=index,
                 donor_name=donor_name,
                 target_ref=t.ref,
                 donor_ref=donor_ref,
                 via=None if t is writer else writer.name,
-                findings=tuple(f for f in t.findings if f in FAILING_BY_DEFAULT),
+                findings=tuple(f for f in t.findings if f in RESTORED_FINDINGS),
             )
         )
 
@@ -466,6 +484,9 @@ def plan_repair(
         "in the repaired checkpoint, so that the two stay equal and the loader ties them again"
         for name, partner in tied.items() if any(r.name == name for r in restorations)
     )
+    if left_zero:
+        notes += (f"{first_few(left_zero, 3)}: all zero, and no donor holds a copy that is not: left as it is "
+                  "(a warning, not restored; compare with the source of the weights)",)
     cast: tuple[str, ...] = ()
     if unrestorable:
         notes += _name_overlap_notes(report, views)
