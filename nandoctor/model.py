@@ -13,7 +13,7 @@ import functools
 import math
 import os
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Generic, TypeVar, overload
@@ -480,6 +480,15 @@ class TensorResults(_RowsOnDemand[TensorResult]):
             r if r is None or r.findings == f else dataclasses.replace(r, findings=f) for r, f in zip(self._rows, findings)
         ]
         columns = [findings if name == "findings" else getattr(self, name) for name in RESULT_COLUMNS]
+        return TensorResults(self.refs, columns, rows)
+
+    def with_columns(self, changed: Mapping[str, list[Any]]) -> TensorResults:
+        """The same results with the ``changed`` columns (by field name) in place of theirs; rows already made
+        are made again where they differ."""
+        differ = {i for name, column in changed.items() for i, (was, now) in enumerate(zip(getattr(self, name), column))
+                  if was != now}
+        rows = [None if i in differ else r for i, r in enumerate(self._rows)]
+        columns = [changed.get(name, getattr(self, name)) for name in RESULT_COLUMNS]
         return TensorResults(self.refs, columns, rows)
 
     @property

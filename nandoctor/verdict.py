@@ -171,6 +171,12 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
+
+
+def family_of(name: str) -> str:
+    """A tensor's name with its layer numbers taken out (``model.layers.#.mlp.down_proj.weight``): the same
+    tensor of every layer shares it."""
+    return _LAYER_NUMBER.sub(".#.", name)
 ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
 
 
@@ -236,7 +242,7 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
-        family = _LAYER_NUMBER.sub(".#.", names[i])
+        family = family_of(names[i])
         if family != names[i]:
             families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, i in zero))
     out: set[int] = set()
@@ -252,12 +258,11 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
         gains: dict[str, list[bool]] = {}
         for i, name in enumerate(names):
             if roles[i] == "weight" and tensors.can_hold_nonfinite[i] and zero_breaks(name, len(shapes[i])) == "norm":
-                gains.setdefault(_LAYER_NUMBER.sub(".#.", name), []).append(i in zero)
+                gains.setdefault(family_of(name), []).append(i in zero)
         starts = {family for family, flags in gains.items() if all(flags) and ".#." in family}
         if starts or not any(not flag for flags in gains.values() for flag in flags):
             kinds = {i: kind for i, kind in kinds.items()
-                     if kind != "norm" or (_LAYER_NUMBER.sub(".#.", names[i]) not in starts
-                                           and ".#." in _LAYER_NUMBER.sub(".#.", names[i]))}
+                     if kind != "norm" or (family_of(names[i]) not in starts and ".#." in family_of(names[i]))}
     out.update(i for i, kind in kinds.items() if kind is not None)
     named = set(since)
     out.update(i for i in zero if names[i] in named)

@@ -35,10 +35,10 @@ from nandoctor.checkpoint import layout, loadconfig, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
-from nandoctor.dtypes import TORCH_UNCASTABLE_SAFETENSORS
+from nandoctor.dtypes import CAST_INTEGERS, DTYPES, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
-from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.verdict import UNLOADABLE_KIND, family_of
 from nandoctor.wording import first_few
 
 GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
@@ -124,22 +124,15 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
     quantizer: from_pretrained casts each tensor into its parameter and fails. After the files are read (the
     dtypes are in their headers); nothing for a single file or a folder without config.json (their loader may
     unpack them)."""
-    root = files.root
-    try:
-        names = {e.name for e in access.listing(root)} if access.is_dir(root) else set()
-    except UnreadablePathError:
-        return []
-    if loaders.CONFIG not in names or not _model_weights(names):
-        return []
     found: list[ScanProblem] = []
-    for file, refs in refs_by_file.items():
-        if file.parent != root or file.suffix != ".safetensors" or file_role(file.name) is not None:
-            continue
-        if not isinstance(refs, RefTable) or TORCH_UNCASTABLE_SAFETENSORS.isdisjoint(refs.dtypes):
+    for file, refs in _cast_by_from_pretrained(files, refs_by_file):
+        if file.suffix != ".safetensors" or not isinstance(refs, RefTable):
             continue  # (torch files hold no F4: torch's float4_e2m1fn_x2 is read as its bytes)
-        if not found and loadconfig.quantized(root):
-            return []  # a quantizer unpacks fp4 itself (transformers' fp8 one: MXFP4 experts)
         f4 = [n for n, dtype in zip(refs.names, refs.dtypes) if dtype in TORCH_UNCASTABLE_SAFETENSORS]
+        if not f4:
+            continue
+        if not found and loadconfig.quantized(files.root):
+            return []  # a quantizer unpacks fp4 itself (transformers' fp8 one: MXFP4 experts)
         found.append(ScanProblem(
             str(file),
             f"{len(f4)} tensor(s) of dtype F4 ({first_few(f4, 4, quoted=True)}): safetensors.torch loads F4 as "
@@ -151,6 +144,47 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
             kind=UNLOADABLE_KIND,
         ))
     return found
+
+
+def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:
+    """Integer tensors that from_pretrained casts into float parameters, in a folder it reads whose config.json
+    names no quantizer: a model weight (a ``….weight`` or ``….bias``, or one whose siblings in the other layers
+    are float) stored as I16/I32/I64/U16/U32/U64. transformers casts a stored tensor to its parameter's dtype,
+    so an I32 100000 loads as Inf in a float16 model: the scan judges such a tensor as the float it becomes
+    (engine/intcast.py). Integer buffers (``position_ids``) keep their dtype and are left alone, and so is a
+    single file or a folder without config.json (their loader is not known). Int8/uint8 values fit every float
+    format and its ceiling, so they are never read."""
+    found: list[TensorRef] = []
+    for _, refs in _cast_by_from_pretrained(files, refs_by_file):
+        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
+        if CAST_INTEGERS.isdisjoint(table.dtypes):
+            continue  # (one C pass: a float model's files hold no integer tensor)
+        floats = {family_of(n) for n, d in zip(table.names, table.dtypes) if DTYPES[d].can_hold_nonfinite}
+        found += [table[i] for i, (name, dtype, role) in enumerate(zip(table.names, table.dtypes, table.roles))
+                  if dtype in CAST_INTEGERS and role == "weight"
+                  and (name.rsplit(".", 1)[-1] in ("weight", "bias") or family_of(name) in floats)]
+    return found if found and not loadconfig.quantized(files.root) else []  # a quantizer loads them its own way
+
+
+
+
+def _cast_by_from_pretrained(
+    files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]
+) -> list[tuple[Path, Sequence[TensorRef]]]:
+    """The weight files at the top of a folder from_pretrained reads (a config.json beside model weights): each
+    stored tensor is cast into its parameter's dtype there, unless config.json names a quantizer (which the
+    callers ask only once they found something: loadconfig.quantized reads config.json). Nothing for a single
+    file or a folder without config.json."""
+    root = files.root
+    try:
+        names = {e.name for e in access.listing(root)} if access.is_dir(root) else set()
+    except UnreadablePathError:
+        return []
+    if loaders.CONFIG not in names or not _model_weights(names):
+        return []
+    chosen = [(file, refs) for file, refs in refs_by_file.items()
+              if file.parent == root and file.suffix in (".safetensors", ".bin") and file_role(file.name) is None]
+    return chosen
 
 
 def _model_elsewhere(files: layout.CheckpointFiles) -> bool:

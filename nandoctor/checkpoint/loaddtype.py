@@ -32,7 +32,7 @@ from nandoctor import access
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.loaders import CONFIG
-from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES
+from nandoctor.dtypes import CAST_INTEGERS, DTYPES, TORCH_DTYPE_NAMES
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 
@@ -162,7 +162,8 @@ def may_overflow(checkpoint: Path, target_dtype: str) -> bool:
         stored = {dtype for file in files for dtype in read_table(file)[0].dtypes}
     except (OSError, ValueError, NandoctorError):
         return True
-    return any(name not in DTYPES or can_overflow(DTYPES[name], tgt) for name in stored)
+    # (an integer weight is cast to the model's dtype too: checkpoint/loadability.cast_to_float)
+    return any(name not in DTYPES or can_overflow(DTYPES[name], tgt) or name in CAST_INTEGERS for name in stored)
 
 
 def implied_target(checkpoint: Path) -> str | None:

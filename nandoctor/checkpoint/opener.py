@@ -46,6 +46,7 @@ class Checkpoint:
     excluded: int = 0  # tensors left out by the selection
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
     unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
+    cast_to_float: list[TensorRef] = field(default_factory=list)  # integer weights from_pretrained casts to float
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -96,6 +97,13 @@ def open_checkpoint(
         checkpoint.notes += zero_notes
     checkpoint.problems += _empty_files(checkpoint)
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
+    checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
+    if checkpoint.cast_to_float:
+        names = [ref.name for ref in checkpoint.cast_to_float]
+        checkpoint.notes.append(
+            f"{len(names)} model weight(s) stored as integers ({first_few(names, 3)}): from_pretrained casts them to "
+            "the model's float dtype, so they are judged as the floats they become (a float weight stored as "
+            "integers is a broken conversion: compare with the source of the weights)")
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems

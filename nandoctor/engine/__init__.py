@@ -28,6 +28,7 @@ from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.engine.chunks import merge_chunks
 from nandoctor.engine.experts import with_expert_counts
+from nandoctor.engine.intcast import judged_casts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.engine.small import SmallTensors, plan_small
@@ -190,12 +191,13 @@ def assemble(
         extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
+    tensors, cast_problems = judged_casts(_in_order(checkpoint, found), checkpoint.cast_to_float, cast_to, limits)
     report = ScanReport(
         target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
-        tensors=_in_order(checkpoint, found),
+        tensors=tensors,
         layers=(),
-        errors=tuple(checkpoint.problems + found.problems),
+        errors=tuple(checkpoint.problems + found.problems + cast_problems),
         unviewed=tuple(checkpoint.unviewed + found.unviewed),
         notes=tuple(checkpoint.notes),
         bytes_scanned=found.bytes_scanned,
