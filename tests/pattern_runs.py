@@ -46,9 +46,10 @@ def tiny_llama(seed: int = 0):
 
 
 def train(out_dir: str | Path, *, model=None, dataset=None, steps: int = 10, save_steps: int = 1, seed: int = 0,
-          **arguments) -> dict[int, float]:
-    """Train ``model`` (a fresh :func:`tiny_llama`) with a real ``Trainer``, a ``checkpoint-N`` folder every
-    ``save_steps``; ``arguments`` go to ``TrainingArguments``. Returns the logged loss by step (NaN kept)."""
+          callbacks=None, **arguments) -> dict[int, float]:
+    """Train ``model`` (a fresh :func:`tiny_llama`) with a real ``Trainer`` (and its ``callbacks``), a
+    ``checkpoint-N`` folder every ``save_steps``; ``arguments`` go to ``TrainingArguments``. Returns the logged
+    loss by step (NaN kept)."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -57,7 +58,7 @@ def train(out_dir: str | Path, *, model=None, dataset=None, steps: int = 10, sav
                 "data_seed": seed, "dataloader_num_workers": 0, "disable_tqdm": True,
                 "logging_nan_inf_filter": False, "lr_scheduler_type": "constant", **arguments}
     trainer = Trainer(model=model if model is not None else tiny_llama(seed), args=TrainingArguments(**settings),
-                      train_dataset=dataset if dataset is not None else PatternTokens(seed=seed))
+                      train_dataset=dataset if dataset is not None else PatternTokens(seed=seed), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()

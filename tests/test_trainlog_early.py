@@ -102,6 +102,25 @@ def test_a_real_run_diverging_in_its_first_logs_resumes_from_before_the_jump(tmp
 
 
 @pytest.mark.integration
+def test_the_callback_names_no_resume_point_when_every_save_came_after_the_jump(tmp_path, caplog):
+    """The same diverging run saved every 2 steps: the loss jumps before the first save, so no checkpoint is a
+    resume point. The run scan said so while the transformers callback kept naming checkpoint-2 (a trial's
+    find): now it moves last_clean back to none and says to restart, as the scan does."""
+    import logging
+
+    from nandoctor.integrations.transformers import NanDoctorCallback
+
+    callback = NanDoctorCallback(stop_on_nonfinite=True)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nandoctor"):
+        train(out, steps=6, save_steps=2, learning_rate=40.0, optim="sgd", max_grad_norm=0.0, callbacks=[callback])
+    run = nandoctor.scan_run(str(out), device="cpu")
+    assert run.broken_weights_from == 2 and run.first_bad is not None and run.last_healthy is None
+    assert callback.first_bad is not None and callback.last_clean is None
+    assert any("no checkpoint saved before it is left" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
 def test_a_real_fine_tune_with_a_fast_noisy_start_is_not_flagged(tmp_path):
     """A tiny Llama trained on one pattern, fine-tuned by a real Trainer on another (AdamW at 3e-2, batches of 2):
     the loss drops from ~10 to ~4 within three steps and bounces by half. Its newest checkpoint is then

@@ -367,12 +367,24 @@ class NanDoctorCallback(TrainerCallback):
         found = self._clean_before_a_jump(state) if self.first_bad is not None else None
         if found is None:
             return
+        from nandoctor.checkpoint.steps import step_of
+
         broken_from, clean = found
         before = [path for path in clean if Path(path).is_dir()]
-        if before and self.last_clean != before[-1]:
+        newest = before[-1] if before else None
+        was = step_of(Path(self.last_clean)) if self.last_clean is not None else None
+        if newest is None and was is not None and was < broken_from:
+            newest = self.last_clean  # saved before this session (a resumed run), before the jump
+        if self.last_clean == newest:
+            return
+        if newest is not None:
             logger.warning("nandoctor: the trainer log's loss jumped: the weights saved from step %d on made it, so "
-                           "the last clean checkpoint to resume from is %s", broken_from, before[-1])
-            self.last_clean = before[-1]
+                           "the last clean checkpoint to resume from is %s", broken_from, newest)
+        else:
+            logger.warning("nandoctor: the trainer log's loss jumped: the weights saved from step %d on made it, and "
+                           "no checkpoint saved before it is left: restart from the base model (with a lower learning "
+                           "rate or gradient clipping)", broken_from)
+        self.last_clean = newest
 
     def _keep_only_the_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
         """``save_total_limit=1``: what Trainer's end-of-training clean-up does (keep only its best), with the
