@@ -103,7 +103,10 @@ class MappedSource:
 
     def close(self) -> None:
         self._flush()
-        self.mapped.close()
+        try:
+            self.mapped.close()
+        except BufferError:
+            pass  # a chunk's array still views it (an interrupted scan's traceback holds one): unmapped when it goes
         os.close(self.fd)
 
 

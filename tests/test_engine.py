@@ -127,6 +127,21 @@ def test_release_runs_on_across_a_short_gap(monkeypatch):
     assert src.mapped.calls[-1] == (far - far % page, (far + 2 * page) // page * page - far // page * page)
 
 
+def test_closing_a_mapped_source_while_a_chunk_still_views_it_does_not_raise(tmp_path):
+    """An interrupted scan closes its sources while a traceback still holds a chunk's array: mmap.close()
+    raised BufferError there ("cannot close exported pointers exist": a trial's Ctrl-C on repair ended as an
+    internal error, exit 3, instead of 130). The fd is closed; the map goes with its last view."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+    source = sources.open_source(path, mode="mmap")
+    assert isinstance(source, sources.MappedSource)
+    chunk = source.read(0, 4096, lambda n: np.empty(n, dtype=np.uint8))
+    source.close()
+    with pytest.raises(OSError):
+        os.fstat(source.fd)
+    assert int(chunk[255]) == 255  # the view still reads the mapped bytes
+
+
 def test_a_region_at_an_odd_offset_is_scanned_from_an_aligned_copy(tmp_path, monkeypatch):
     """A DCP item's tensors (or an unpadded safetensors header's data) start at any byte: the mapped source
     hands the kernel an aligned copy of such a chunk, a view of an aligned one; both count the same."""
