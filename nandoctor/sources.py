@@ -25,6 +25,7 @@ before each chunk; reads report a short read as a changed file.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -103,10 +104,10 @@ class MappedSource:
 
     def close(self) -> None:
         self._flush()
-        try:
+        # BufferError: a chunk's array still views the map (an interrupted scan's traceback holds one); it is
+        # unmapped when that array goes
+        with contextlib.suppress(BufferError):
             self.mapped.close()
-        except BufferError:
-            pass  # a chunk's array still views it (an interrupted scan's traceback holds one): unmapped when it goes
         os.close(self.fd)
 
 

@@ -298,3 +298,26 @@ def test_a_loss_jump_alone_moves_no_last_clean_but_keeps_the_file_before_it(tmp_
     folder = tmp_path / "checkpoints"
     assert doctor.first_bad is None and doctor.last_clean == str(folder / "epoch=0-step=4.ckpt")
     assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "epoch=0-step=4.ckpt"]
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_nan_weights_that_a_loss_monitoring_checkpoint_never_writes_are_caught_live(tmp_path, caplog, stop):
+    """ModelCheckpoint(monitor="train_loss", save_top_k=2) ranks a NaN loss worst: once the weights go NaN (after
+    step 7) no file is written for the gate to check, and a trial's run trained on NaN weights to its end with
+    nothing said. The first non-finite training loss makes the callback check the live weights: NaN there is
+    logged as an error and, with stop_on_nonfinite, stops training as a failing file would."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=stop)
+    with caplog.at_level(logging.INFO, logger="nandoctor"):
+        files = lightning_run(tmp_path, poison_at=7, callbacks=(doctor,), steps=16, every_n_train_steps=2,
+                              keep_last=False, monitor="train_loss", save_top_k=2)
+    assert doctor.first_bad is None and all(r.judgement.exit_code == 0 for r in doctor.reports.values())
+    nan_losses = [s for s, loss in _logged_losses(tmp_path).items() if loss != loss]
+    assert doctor.nonfinite_loss_at == doctor.nonfinite_weights_at == min(nan_losses)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("model's weights hold NaN/Inf" in m for m in errors)
+    assert doctor.last_clean is not None and Path(doctor.last_clean).is_file()
+    if stop:
+        assert doctor.stopped_at == doctor.nonfinite_weights_at and max(_logged_losses(tmp_path)) <= doctor.stopped_at + 1
+    else:
+        assert doctor.stopped_at is None and max(_logged_losses(tmp_path)) == 15
+    assert files  # the clean files ModelCheckpoint kept

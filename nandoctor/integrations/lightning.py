@@ -28,7 +28,9 @@ callback (integrations/gate.py): the bytes a resume or an export would load.
   100 steps) is judged by the run scan's rule (checkpoint/trainlog.py): once a file
   failed, a loss that jumped to ``LOSS_JUMP`` times the run's early loss moves
   ``last_clean`` back to the newest clean file saved before the weights that made
-  it, as ``nandoctor scan`` names a run's last healthy checkpoint.
+  it, as ``nandoctor scan`` names a run's last healthy checkpoint. The first non-finite loss makes it scan
+  the live weights: NaN there fails as a bad file would (a ``ModelCheckpoint`` monitoring the loss ranks NaN
+  worst and may never write one).
 * A file that is written again under the same name (``save_last=True``'s
   ``last.ckpt``, a ``filename`` without the step) is scanned each time but is never
   the clean file kept or named ``last_clean``: its clean bytes are gone with the
@@ -44,6 +46,7 @@ torch are imported by this module only (``import nandoctor`` stays torch-free).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -110,6 +113,8 @@ class NanDoctorCallback(Callback):
         self._losses: dict[int, dict[str, float]] = {}  # step of the weights → {"loss": the loss they gave}
         self._batch_step = 0  # the step of the weights the current batch's loss is computed with
         self._ended = False  # fit is over: no loss will confirm the newest clean file any more
+        self.nonfinite_loss_at: int | None = None  # the step of the weights that gave the first NaN/Inf loss
+        self.nonfinite_weights_at: int | None = None  # the step the live weights were found NaN/Inf (after that loss)
 
     reports = property(lambda self: self.gate.reports)  # file path → report (rank zero only)
     last_clean = property(lambda self: self.gate.last_clean)  # the newest clean file still on disk (never last.ckpt)
@@ -154,6 +159,8 @@ class NanDoctorCallback(Callback):
         if loss is None:
             return
         self._losses[step] = {"loss": loss}
+        if not math.isfinite(loss) and self.nonfinite_loss_at is None:
+            self._check_live_weights(trainer, pl_module, step, loss)
         self._release_all()  # the newest clean file's weights may have just given their loss
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -165,9 +172,11 @@ class NanDoctorCallback(Callback):
         if self._io is not None and trainer.strategy.checkpoint_io is self._io:
             trainer.strategy.checkpoint_io = self._io.inner
         self._io = None
-        if stage == "fit" and trainer.is_global_zero and self.reports:
-            logger.info("nandoctor: %d checkpoint(s) scanned; last clean: %s; first bad: %s",
-                        len(self.reports), self.last_clean or "none", self.first_bad or "none")
+        if stage == "fit" and trainer.is_global_zero and (self.reports or self.nonfinite_weights_at is not None):
+            live = (f"; live weights NaN/Inf from step {self.nonfinite_weights_at}"
+                    if self.nonfinite_weights_at is not None else "")
+            logger.info("nandoctor: %d checkpoint(s) scanned; last clean: %s; first bad: %s%s",
+                        len(self.reports), self.last_clean or "none", self.first_bad or "none", live)
 
     # -- what the CheckpointIO wrapper reports ---------------------------------------------------
 
@@ -196,13 +205,37 @@ class NanDoctorCallback(Callback):
         self._sync()
         self._release(path.parent)
         if passed is False and self.stop_on_nonfinite and self.stopped_at is None:
-            self.stopped_at = step
             logger.error("nandoctor: stopping training at step %d: %s failed the check; last clean checkpoint: %s",
                          step, path, self.last_clean or "none")
-            if trainer.world_size > 1:
-                self._stop_pending = True  # reduced across ranks at the next batch
-            else:
-                trainer.should_stop = True
+            self._stop(trainer, step)
+
+    def _stop(self, trainer: Trainer, step: int) -> None:
+        self.stopped_at = step
+        if trainer.world_size > 1:
+            self._stop_pending = True  # reduced across ranks at the next batch
+        else:
+            trainer.should_stop = True
+
+    def _check_live_weights(self, trainer: Trainer, pl_module: LightningModule, step: int, loss: float) -> None:
+        """The first non-finite training loss: check the model's weights where they live. NaN there is a broken
+        run that no file may show: a ``ModelCheckpoint`` monitoring the loss ranks NaN worst and never writes it
+        (a trial trained 18 steps on NaN weights with nothing said), so it fails here as a bad file would."""
+        from nandoctor.api import scan_module
+
+        self.nonfinite_loss_at = step
+        report = scan_module(pl_module)
+        if not report.nonfinite:
+            logger.warning("nandoctor: training_step's loss is %s at step %d while the model's weights are finite "
+                           "(a bad batch, or an overflow in the forward pass)", loss, step)
+            return
+        self.nonfinite_weights_at = step
+        logger.error("nandoctor: training_step's loss is %s at step %d and the model's weights hold NaN/Inf (%s): no "
+                     "checkpoint saved from here on is a resume point (a ModelCheckpoint monitoring the loss may never "
+                     "write one to check); last clean checkpoint: %s%s", loss, step,
+                     verdicts.one_line(report, label="live weights"), self.last_clean or "none",
+                     "; stopping training" if self.stop_on_nonfinite and self.stopped_at is None else "")
+        if self.stop_on_nonfinite and self.stopped_at is None:
+            self._stop(trainer, step)
 
     def keeps(self, path: Path) -> bool:
         """Whether the removal ModelCheckpoint asked for is held back (``path`` is a clean file to resume from:
