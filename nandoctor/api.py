@@ -27,6 +27,7 @@ from nandoctor.errors import (
     OverflowRiskError,
     UnreadableCheckpointError,
     UnsupportedFormatError,
+    require_path,
 )
 from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 from nandoctor.layers import bad_ranges
@@ -175,6 +176,7 @@ def scan(
         >>> report = nandoctor.scan("output/checkpoint-300")
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
+    require_path(path, "scan")
     options = ScanOptions(device, both_formats, _check_target(target_dtype), max_abs, outlier_factor, only, exclude,
                           verify_hashes, manifest)
     scan_one = _engine_scan(options, progress)  # (bad options are refused before the path is looked at)
@@ -286,6 +288,7 @@ def scan_run(
         >>> run = nandoctor.scan_run("output/")
         >>> run.last_healthy.name, run.first_bad.name
     """
+    require_path(path, "scan_run")
     asked = _check_target(target_dtype)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
@@ -325,6 +328,9 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
     chosen = None if fail_on is None else verdicts.parse_fail_on(fail_on)
     if isinstance(result, RunReport):
         return run_to_json(result, chosen)
+    if not isinstance(result, ScanReport):
+        raise TypeError(f"nandoctor.to_json takes what nandoctor.scan or nandoctor.scan_run returned, not "
+                        f"{type(result).__name__}: to_json(nandoctor.scan(path))")
     return report_to_json(result, chosen)
 
 
@@ -440,6 +446,11 @@ def repair(
     """
     from nandoctor.restore import repair as _repair
 
+    require_path(target, "repair", "target")
+    for donor in [donors] if isinstance(donors, (str, os.PathLike)) else donors if isinstance(donors, Sequence) else [donors]:
+        require_path(donor, "repair", "each donor (or \"auto\")")
+    if out is not None:
+        require_path(out, "repair", "out")
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
                    allow_diverged=allow_diverged, allow_cast=allow_cast, selection=selection(only, exclude))
 
@@ -462,6 +473,11 @@ def scan_state_dict(
     """
     from nandoctor.live import scan_tensors
 
+    if not isinstance(state_dict, Mapping):
+        instead = ("for a module use nandoctor.scan_module(module)" if hasattr(state_dict, "named_parameters")
+                   else "for a checkpoint on disk use nandoctor.scan(path)")
+        raise TypeError(f"nandoctor.scan_state_dict takes a mapping of names to tensors, not "
+                        f"{type(state_dict).__name__}: {instead}")
     return scan_tensors(state_dict.items(), target=name, target_dtype=_explicit(target_dtype))
 
 
@@ -480,6 +496,10 @@ def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:
     """
     from nandoctor.live import scan_tensors
 
+    if not (hasattr(module, "named_parameters") and hasattr(module, "named_buffers")):
+        instead = ("for a checkpoint on disk use nandoctor.scan(path)" if isinstance(module, (str, os.PathLike))
+                   else "for a state dict use nandoctor.scan_state_dict(state_dict)")
+        raise TypeError(f"nandoctor.scan_module takes a torch.nn.Module, not {type(module).__name__}: {instead}")
     named = list(module.named_parameters()) + list(module.named_buffers())
     return scan_tensors(named, target=f"<{type(module).__name__}>", target_dtype=_explicit(target_dtype))
 
@@ -516,6 +536,7 @@ def assert_finite(
     Example:
         >>> nandoctor.assert_finite("ckpt/")   # before model = AutoModel.from_pretrained("ckpt/")
     """
+    require_path(path, "assert_finite")
     require_some_target(path, verdicts.parse_fail_on(fail_on), _check_target(target_dtype))
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):

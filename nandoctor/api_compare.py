@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nandoctor.checkpoint import hubcache
+from nandoctor.errors import require_path
 from nandoctor.model import PathLike, ProgressCallback
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCh
         >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")
         >>> [p.message for p in check.problems]
     """
+    require_path(path, "verify_hashes")
     resolved, _ = hubcache.resolve(path)
     return _verify(resolved, manifest)
 
@@ -66,6 +68,7 @@ def manifest(path: PathLike) -> dict[str, Any]:
     from nandoctor.checkpoint.hashes import manifest as build
     from nandoctor.checkpoint.opener import open_checkpoint
 
+    require_path(path, "manifest")
     resolved, _ = hubcache.resolve(path)
     return build(open_checkpoint(resolved))
 
@@ -108,4 +111,6 @@ def diff(
     from nandoctor.checkpoint.selection import selection
     from nandoctor.diffs import diff as _diff
 
+    require_path(a, "diff", "a")
+    require_path(b, "diff", "b")
     return _diff(a, b, progress=progress, both_formats=both_formats, selection=selection(only, exclude))

@@ -147,3 +147,21 @@ class ReportWriteError(NandoctorError):
     still printed, then this error, and the command exits 3."""
 
     default_hint = "give a path in a folder that exists and that you can write to"
+
+
+def require_path(value: object, function: str, argument: str = "path") -> None:
+    """TypeError unless ``value`` is a path (``str`` or ``os.PathLike``), saying which function takes a live
+    model or state dict instead: the API's path arguments are handed to the filesystem, where a module
+    gave "expected str, bytes or os.PathLike object, not Linear"."""
+    import os
+
+    if isinstance(value, (str, os.PathLike)):
+        return
+    if hasattr(value, "named_parameters"):
+        instead = "for a live model use nandoctor.scan_module(model)"
+    elif hasattr(value, "items"):
+        instead = "for a state dict of live tensors use nandoctor.scan_state_dict(state_dict)"
+    else:
+        instead = "give the checkpoint's file or folder"
+    raise TypeError(f"nandoctor.{function}: {argument} must be a checkpoint path (str or os.PathLike), not "
+                    f"{type(value).__name__}: {instead}")

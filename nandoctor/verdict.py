@@ -105,7 +105,7 @@ def parse_fail_on(value: str | Iterable[str] | None) -> frozenset[str]:
     names = {p.strip().lower() for p in parts if p.strip()}
     unknown = names - set(FAIL_ON_CHOICES)
     if unknown or not names:
-        raise ValueError(f"--fail-on takes a comma-separated list of {', '.join(FAIL_ON_CHOICES)}; got {value!r}")
+        raise ValueError(f"fail_on (--fail-on) takes a comma-separated list of {', '.join(FAIL_ON_CHOICES)}; got {value!r}")
     return frozenset(names)
 
 

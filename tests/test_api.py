@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -268,3 +269,24 @@ def test_the_verdict_functions_take_fail_on_none_as_the_default_gate():
     assert verdict.exit_code(report, None) == verdict.exit_code(report) == 1
     assert verdict.one_line(report, None) == verdict.one_line(report)
     assert verdict.judge(report, None) == verdict.judge(report) and not verdict.passes(report, None)
+
+
+def test_a_live_model_or_state_dict_given_for_a_path_says_which_function_takes_it():
+    """A trial passed a module, a dict and None where the API takes a path (and the reverse): raw TypeErrors
+    from the filesystem ("expected str, bytes or os.PathLike object, not Linear") or AttributeErrors."""
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(2, 2)
+    cases = [
+        (lambda: nandoctor.scan(module), "nandoctor.scan_module(model)"),
+        (lambda: nandoctor.assert_finite(module), "nandoctor.scan_module(model)"),
+        (lambda: nandoctor.scan({"w": torch.zeros(2)}), "nandoctor.scan_state_dict(state_dict)"),
+        (lambda: nandoctor.scan_run(None), "give the checkpoint's file or folder"),
+        (lambda: nandoctor.diff(None, "x"), "nandoctor.diff: a must be a checkpoint path"),
+        (lambda: nandoctor.repair("x", 5, "y"), "each donor"),
+        (lambda: nandoctor.scan_module("ckpt/"), "nandoctor.scan(path)"),
+        (lambda: nandoctor.scan_state_dict(module), "nandoctor.scan_module(module)"),
+        (lambda: nandoctor.to_json("ckpt/"), "to_json(nandoctor.scan(path))"),
+    ]
+    for call, said in cases:
+        with pytest.raises(TypeError, match=re.escape(said)):
+            call()
