@@ -351,7 +351,11 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
         )
     ranges = [r.label for r in bad_ranges(report.layers)]
     where = f" in {', '.join(ranges[:6])}" + (" …" if len(ranges) > 6 else "") if ranges else ""
-    hint = f"restore them from an earlier clean checkpoint: {repair_command(report)}"
+    from nandoctor.hints import use_verified_repair_of
+
+    # (a verified repair already written: put it in place, as the scan says, not the same repair again into -2)
+    in_place = [step.strip() for step in use_verified_repair_of(report.target)]
+    hint = " ".join(in_place) if in_place else f"restore them from an earlier clean checkpoint: {repair_command(report)}"
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")

@@ -111,6 +111,13 @@ def use_verified_repair(target: str, name: str, final_model_folder: bool = False
             f"    {put_in_place(target, repaired)}"]
 
 
+def use_verified_repair_of(target: str) -> list[str]:
+    """:func:`use_verified_repair` for a scanned checkpoint (a run folder scanned is its final model, whose
+    files are copied over, never moved)."""
+    path = Path(target)
+    return use_verified_repair(target, path.name, path.is_dir() and runs.is_run_folder(path))
+
+
 def free_repaired_path(target: Path) -> str:
     """The ``--out`` :func:`repair_command_for` suggests for ``target``: :func:`repaired_path`, or a free variant."""
     return _free(repaired_path(target))

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+import nandoctor
 from nandoctor.checkpoint import runs
 
 from .conftest import DEMO_RUN
@@ -213,6 +214,11 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
     assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
     assert "nandoctor repair" not in out and "-repaired-2" not in out
+    # and so does assert_finite's hint (it suggested the repair again, into -repaired-2)
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as raised:
+        nandoctor.assert_finite(run_dir / "checkpoint-300")
+    assert raised.value.hint.startswith(f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300")
+    assert "-repaired-2" not in raised.value.hint
 
     (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
     (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")

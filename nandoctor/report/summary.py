@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
-from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, is_run_folder
+from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key
 from nandoctor.model import ScanReport, TensorResult, Verdict
 
@@ -150,7 +149,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
     only for findings that fail and a repair restores, the cast advice for overflow (docs/health.md,
     "What to do")."""
-    from nandoctor.hints import repair_command, resave_command, use_verified_repair
+    from nandoctor.hints import repair_command, resave_command, use_verified_repair_of
 
     decided = decided if decided is not None else report.judgement
     failing = set(decided.failing if decided is not None else verdicts.FAILING_BY_DEFAULT)
@@ -176,8 +175,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
             if u.kind == "numpy":
                 steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
                              "checkpoint); a repair restores tensors only")
-        target = Path(report.target)
-        in_place = use_verified_repair(report.target, target.name, target.is_dir() and is_run_folder(target))
+        in_place = use_verified_repair_of(report.target)
         if in_place and not unviewed:
             steps += in_place
         elif report.bad_tensors or not unviewed:
