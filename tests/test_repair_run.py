@@ -252,3 +252,22 @@ def test_a_zeroed_weight_without_a_donor_copy_is_left_with_a_note_and_does_not_b
     assert result.ok and [r.name for r in result.plan.restorations] == [GROWN]
     assert any(note.startswith(f"{OTHER}: all zero, and no donor holds a copy that is not") for note in result.plan.notes)
     assert torch.count_nonzero(load_file(str(tmp_path / "fixed" / "model.safetensors"))[OTHER]) == 0
+
+
+def test_a_clean_first_checkpoint_repaired_from_auto_is_an_unchanged_verified_copy(tmp_path):
+    """Nothing to restore needs no donor: --from auto finding no earlier checkpoint was a refusal (exit 3) for a
+    clean checkpoint, while any named donor gave ALREADY CLEAN (a script loading --out broke on the first save)."""
+    run = _run(tmp_path / "run")
+    result = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "copy"))
+    assert result.exit_code == 0 and "ALREADY CLEAN" in result.output, result.output
+    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (run / "checkpoint-2" / "model.safetensors").read_bytes()
+    _edit(run / "checkpoint-2", _zero(OTHER))  # a zeroed tensor without a donor is left (a note), not refused
+    zeroed = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "zeroed"))
+    assert zeroed.exit_code == 0 and "no donor holds a copy that is not" in " ".join(zeroed.output.split())
+
+    def poison(tensors):
+        tensors[GROWN][0, 0] = float("nan")
+
+    _edit(run / "checkpoint-2", poison)  # a NaN tensor and no donor: a refusal, nothing written
+    refused = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "none"))
+    assert refused.exit_code == 3 and not (tmp_path / "none").exists()

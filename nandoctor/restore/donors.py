@@ -286,10 +286,12 @@ def resolve_donors(
     limits: HealthLimits | None = None,
     selection: Selection | None = None,
     auto_available: bool = False,
+    needed: bool = True,
 ) -> list[CheckpointDonor]:
     """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection``.
 
-    ``auto`` that finds no earlier checkpoint is an error only when no other donor is named.
+    ``auto`` that finds no earlier checkpoint is an error only when no other donor is named and some tensor
+    needs one (``needed``: a clean target's repair is an unchanged copy, whatever auto finds).
     A donor may be a path or a model name in the Hugging Face / ModelScope cache. ``auto_available``:
     whether ``--from auto`` would find a donor (the target's run context): only then is it suggested.
     """
@@ -310,6 +312,8 @@ def resolve_donors(
         except CheckpointNotFoundError as exc:
             raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
         out.append(CheckpointDonor(path, limits, selection))
+    if not out and not needed:
+        return out
     if not out and auto_error is not None:
         raise auto_error
     if not out:
