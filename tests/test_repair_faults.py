@@ -313,6 +313,8 @@ def test_full_disk(tmp_path, when):
         assert "free" in lines[0] and result["left"] == [], result
     else:
         assert "No space left on device" in lines[0]
+        # the output is named, never the source file a copy was reading (a trial's ".../config.json: No space")
+        assert lines[0].startswith(f"error: {out}: ") and "free some space" in lines[1], lines
         assert result["left"] == ["filler"], result  # no --out, no temporary folder
     assert tree_hashes(target) == before
 

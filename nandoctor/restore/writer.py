@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shlex
 import shutil
@@ -211,6 +212,12 @@ def write_repair(
         moved = True
         phase("renamed")
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk being written, never the source a copy read
+            raise RepairFailedError(
+                f"{out}: {exc.strerror or exc} while writing the repair (the disk filled up after the space check); "
+                "nothing was left there",
+                "free some space or choose an --out on another disk",
+            ) from exc
         raise RepairFailedError(f"{exc.filename or out}: {exc.strerror or exc} while writing the repair") from exc
     finally:
         for pool in (copier, syncer):
