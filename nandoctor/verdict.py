@@ -829,7 +829,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
             + (f" (max |x| {top:.4g})" if top is not None else "")
             + (f", worst {worst_layer}" if worst_layer else "")
         )
-    elif target_dtype(report):
+    elif target_dtype(report) and len(report.tensors):  # (nothing read fits nothing)
         top = _cast_max(report)
         pieces.append(f"fits {target_dtype(report)}" + (f" (max |x| {top:.4g})" if top is not None else ""))
     hashes = _hashes_fact(report)

@@ -441,3 +441,15 @@ def test_a_reader_that_closes_the_pipe_early_leaves_the_exit_code_the_verdict_s(
         stderr = process.stderr.read().decode()
         assert process.wait(timeout=60) == (1 if bad else 0), stderr
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_a_folder_whose_only_file_cannot_be_read_says_nothing_fits_the_load_dtype(tmp_path):
+    """config.json loads the weights as bfloat16 and the one weight file is garbage: the quiet line said
+    "0 tensors read; fits bf16" (a trial), a claim about weights nothing read."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"dtype": "float16"}')
+    (folder / "model.safetensors").write_bytes(b"\x29\xaf" * 50)
+    quiet = run_nandoctor("scan", folder, "--quiet")
+    assert quiet.returncode == 3 and quiet.stdout.startswith(f"FAIL UNREADABLE {folder}: 0 tensors read; 1 part(s)")
+    assert "fits" not in quiet.stdout
