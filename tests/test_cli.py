@@ -446,6 +446,8 @@ def test_a_reader_that_closes_the_pipe_early_leaves_the_exit_code_the_verdict_s(
 def test_a_folder_whose_only_file_cannot_be_read_says_nothing_fits_the_load_dtype(tmp_path):
     """config.json loads the weights as bfloat16 and the one weight file is garbage: the quiet line said
     "0 tensors read; fits bf16" (a trial), a claim about weights nothing read."""
+    from .permissions import run_nandoctor
+
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text('{"dtype": "float16"}')
