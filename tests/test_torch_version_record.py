@@ -96,3 +96,28 @@ def test_the_supported_range_is_the_installed_torchs(tmp_path):
         path = tmp_path / f"{version}.pt"
         _archive(path, [("version", b"%d\n" % version)])
         assert _torch_loads(path) is loads
+
+
+ALIGNMENTS = [b"64", b"", b"x", b" 64 \n", b"+64", b"-1", b"0", b"6_4", b"64\x00", b"1e3", b"0x40", b"\xff",
+              b"9" * 100]
+
+
+def test_scan_refuses_exactly_the_storage_alignment_records_torch_load_refuses(tmp_path):
+    """torch.load reads int(zip.get_record(".storage_alignment")) in every mode: a record int() refuses (a
+    fuzzer's b"x") made from_pretrained fail while the scan said CLEAN."""
+    folder, entries = _entries()
+    for i, text in enumerate(ALIGNMENTS):
+        path = tmp_path / f"a{i}.pt"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+            for name, data in entries:
+                out.writestr(zipfile.ZipInfo(name), text if name == folder + ".storage_alignment" else data)
+            out.writestr(zipfile.ZipInfo(folder + "version"), b"3\n")
+        try:
+            torch.load(path, weights_only=True)
+            loads = True
+        except ValueError:
+            loads = False
+        report = scan(path)
+        assert (not report.errors) == loads, (text, report.errors)
+        if not loads:
+            assert ".storage_alignment record" in report.errors[0].message

@@ -192,6 +192,16 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
                 path, f"unknown byteorder {raw[:16]!r} (torch writes 'little' or 'big')"
             )
         byteorder = raw.decode()
+    if ".storage_alignment" in entries:  # torch.load: int(zip_file.get_record(".storage_alignment")), every mode
+        raw = _small_entry(path, fh, entries[".storage_alignment"], MAX_META_BYTES)
+        try:
+            int(raw)
+        except ValueError:
+            raise CorruptCheckpointError(
+                path, f"its .storage_alignment record holds {raw[:16]!r}, not an integer: torch.load refuses the file "
+                "(int() of that record raises ValueError), so this model will not load",
+                "load it with the torch that wrote it and re-save it with torch.save, or re-download it",
+            ) from None
     for name, entry in entries.items():
         # version, .format_version, .storage_alignment, .data/serialization_id: torch reads them, so a
         # corrupted one is corruption of the file (a shifted local header reads padding in their place).
