@@ -64,6 +64,29 @@ def test_single_process_save_matches_torch(tmp_path: Path, fmt: str) -> None:
     assert report.exit_code == 1
 
 
+def test_nan_in_a_numpy_array_saved_as_a_dcp_object_is_counted_as_in_a_torch_file(tmp_path: Path) -> None:
+    """dcp.save writes a numpy array as a pickled object item; dcp.load (and dcp_to_torch_save) give the NaN
+    back. The same dict written by torch.save failed (NaN in a numpy array is a finding) while the DCP folder
+    passed CLEAN (a fuzzer's find)."""
+    import numpy as np
+
+    state = {"w": torch.randn(2), "stats": {"mean": np.array([1.0, float("nan"), float("inf")])}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        dcp_to_torch_save(str(tmp_path / "ckpt"), str(tmp_path / "converted.pt"))
+        loaded = torch.load(tmp_path / "converted.pt", weights_only=False)  # our own test output: trusted
+    assert np.isnan(loaded["stats"]["mean"]).sum() == 1  # the oracle: torch gives the NaN back
+    torch.save(state, tmp_path / "same.pt")
+    for path in (tmp_path / "ckpt", tmp_path / "same.pt"):
+        report = nandoctor.scan(path)
+        assert report.exit_code == 1 and not report.errors, path
+        assert [(u.kind, u.nan, u.posinf) for u in report.unviewed] == [("numpy", 1, 1)], path
+    assert "stats" in nandoctor.scan(tmp_path / "ckpt").unviewed[0].label()
+
+
 @pytest.fixture(scope="module", params=FORMATS)
 def two_rank(request, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp(f"dcp-{request.param.lower()}")

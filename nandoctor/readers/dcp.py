@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from nandoctor.crc import check_owed
 from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
-from nandoctor.model import ChunkOf, OwedCrc, ReadResult, ScanProblem, TensorRef
+from nandoctor.model import ChunkOf, OwedCrc, ReadResult, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import safetensors as st
 from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata
 from nandoctor.readers.formats import DCP, ZIP_LOCAL_MAGIC, dcp_metadata_files, looks_safetensors
@@ -70,6 +70,7 @@ class DcpReader:
         problems: list[ScanProblem] = []
         notes: list[str] = []
         owed: list[OwedCrc] = []
+        unviewed: list[UnviewedBad] = []
         safetensors_at: dict[int, dict[str, TensorRef]] = {}
         with open(path, "rb") as fh:
             for item in items:
@@ -82,10 +83,11 @@ class DcpReader:
                 notes += found.notes
                 problems += found.problems
                 owed += found.owed
+                unviewed += found.unviewed
             if not defer_crcs:
                 problems += check_owed(fh.fileno(), owed)
                 owed = []
-        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems), tuple(owed))
+        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems), tuple(owed), tuple(unviewed))
 
 
 def _read_item(
@@ -107,12 +109,16 @@ def _read_item(
     if head.startswith(ZIP_LOCAL_MAGIC):
         read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True)
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
+        # NaN/Inf outside tensors (a numpy array in a pickled object: dcp.load gives it back) under the item's name
+        unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.kind == "numpy"
+                                             else f"{u.storage} of item {item.fqn!r}") for u in read.unviewed)
         if item.chunk_offsets is None:  # a pickled object: tensors inside it (rare) are scanned under its name
-            refs = [dataclasses.replace(r, name=f"{item.fqn}.{r.name}" if r.name else item.fqn) for r in read.refs]
-            return ReadResult(tuple(refs), tuple(n for n in read.notes if "holds no tensors" not in n), read.problems, owed)
+            refs = [dataclasses.replace(r, name=_in_item(item.fqn, r.name)) for r in read.refs]
+            return ReadResult(tuple(refs), tuple(n for n in read.notes if "holds no tensors" not in n), read.problems,
+                              owed, unviewed)
         if len(read.refs) != 1:
             raise CorruptCheckpointError(p, f"a torch.save stream holding {len(read.refs)} tensors where DCP saves one")
-        return ReadResult((_chunk(p, read.refs[0], item, metadata),), read.notes, read.problems, owed)
+        return ReadResult((_chunk(p, read.refs[0], item, metadata),), read.notes, read.problems, owed, unviewed)
     if item.chunk_offsets is not None and looks_safetensors(head):
         by_name = safetensors_at.get(item.offset)
         if by_name is None:
@@ -125,6 +131,11 @@ def _read_item(
         p, f"bytes at {item.offset} are neither a torch.save stream nor safetensors (a damaged or foreign file)",
         "re-copy the .distcp files and .metadata from where the checkpoint was saved",
     )
+
+
+def _in_item(fqn: str, name: str) -> str:
+    """A name inside a pickled DCP item, under the item's own name."""
+    return f"{fqn}.{name}" if name else fqn
 
 
 def _safetensors_refs(p: str, base: int) -> dict[str, TensorRef]:
