@@ -220,3 +220,34 @@ def test_repair_refuses_a_donor_with_nan_scales(tmp_path: Path) -> None:
     donor = write(tmp_path / "d.gguf", [("blk.0.attn_q.weight", blocks("Q4_K", 1, seed=2, bad={(0, 0): INF}), "Q4_K")], shapes=shapes)
     plan = nandoctor.repair(target, donor, dry_run=True).plan
     assert "holds 1 NaN/Inf values itself" in plan.unrestorable[0].reasons[0]
+
+
+@pytest.mark.parametrize(("old", "new", "refused"), [
+    (b"general.name", b"general.n\xffme", True),  # a key gguf's reader cannot decode
+    (b"tiny", b"ti\xff\xfe", False),  # a string value: gguf's reader keeps its bytes
+])
+def test_a_key_name_that_is_not_utf8_is_refused_as_ggufs_reader_refuses_it(tmp_path, old, new, refused):
+    """A fuzzer's find: gguf.GGUFReader raises UnicodeDecodeError on a key name that is not UTF-8 while the
+    scan said CLEAN; a damaged key name is a key the loader cannot find."""
+    gguf_module = pytest.importorskip("gguf")
+    path = tmp_path / "m.gguf"
+    writer = gguf_module.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_tensor("token_embd.weight", np.ones((4, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    try:
+        gguf_module.GGUFReader(str(path))
+        reader_refuses = False
+    except UnicodeDecodeError:
+        reader_refuses = True
+    assert reader_refuses == refused
+    report = scan(path)
+    assert bool(report.errors) == refused and report.exit_code == (3 if refused else 0)
+    if refused:
+        assert "is not UTF-8" in report.errors[0].message

@@ -199,7 +199,11 @@ def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
         if raw_key in keys:
             raise cur.fail(f"key {_shown(raw_key)} appears twice (llama.cpp refuses the file)")
         keys.add(raw_key)
-        key = raw_key.decode("utf-8", "replace")
+        try:  # gguf's own reader refuses such a key; a mangled name means the key the loader needs is missing
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise cur.fail(f"the name of key/value {i}, {_shown(raw_key)}, is not UTF-8 (gguf's reader refuses the "
+                           "file; a damaged key name is one the loader cannot find)") from None
         where = f"key {_shown(raw_key)}"
         kind = cur.u32(f"the type of {where}")
         if _KEPT_KEYS.search(key):
