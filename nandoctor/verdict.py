@@ -284,9 +284,68 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors, _zeroed_since(report).get("names", ())):
         findings[i] += (ZEROED,)
+    outgrown = _outgrown_siblings(report.tensors, report.extra.get("target_dtype") == "fp16")
+    for i in outgrown:
+        if EXPLODED not in findings[i]:
+            findings[i] += (EXPLODED,)
+    extra = {k: v for k, v in report.extra.items() if k != OUTGROWN}
+    if outgrown:
+        names = report.tensors.refs.names
+        extra[OUTGROWN] = [{"name": names[i], "scale": scale, "siblings": siblings}
+                           for i, (scale, siblings) in outgrown.items()]
     tensors = report.tensors.with_findings(findings)
-    out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None)
+    out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None, extra=extra)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
+
+
+def _outgrown_fact(report: ScanReport) -> str:
+    """The first fp16 weight exploded by its bulk against its siblings', in words (:func:`_outgrown_siblings`)."""
+    found = report.extra.get(OUTGROWN)
+    if not found:
+        return ""
+    first = found[0]
+    factor = first["scale"] / max(first["siblings"], GROWTH_FLOOR)
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    return (f"; {first['name']}{more}: bulk {first['scale']:.3g}, {factor:,.0f}x its siblings' in the other layers, "
+            "too large for fp16 arithmetic")
+
+
+OUTGROWN = "outgrown_siblings"  # extra key (JSON): the fp16 weights exploded by their bulk against their siblings'
+SIBLING_FACTOR = 2.0**9  # a weight loaded as fp16 whose bulk is this far above its siblings' median is exploded ...
+SIBLING_FLOOR = 2.0**9  # ... when its bulk is at least this: a family near zero (Gemma's 1 + w gains) varies freely
+
+
+def _outgrown_siblings(tensors: TensorResults, all_fp16: bool) -> dict[int, tuple[float, float]]:
+    """Weights that load as fp16 (stored F16, or ``all_fp16``: the target dtype, given or config.json's) whose
+    bulk scale is at least SIBLING_FLOOR and SIBLING_FACTOR times the median of their siblings' (the same tensor
+    of the other layers: same family, dtype, shape): row → (its scale, the siblings' median).
+
+    Every value may be below the fp16 ceiling and the tensor still break fp16 arithmetic: one layer's norm gain
+    at 1000 where its siblings hold 1 gave Inf logits in 14 architectures loaded as fp16 (a trial), and a gain
+    acts twice in attention scores. Only a bulk far above its own family's is judged: real models' norms differ
+    across layers by far less, and a whole family large is no single broken tensor (its growth, in a run)."""
+    top = tensors.largest("weight")
+    if top is None or top < SIBLING_FLOOR:  # (one cached max: most checkpoints stop here)
+        return {}
+    refs = tensors.refs
+    names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
+    families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, float]]] = {}
+    for i, scale in enumerate(map(scale_of, tensors.bulk_scale, tensors.max_abs)):
+        if scale is None or roles[i] != "weight" or not (all_fp16 or dtypes[i] == "F16"):
+            continue
+        family = family_of(names[i])
+        if family != names[i]:
+            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, scale))
+    out: dict[int, tuple[float, float]] = {}
+    for members in families.values():
+        if len(members) < 2 or max(scale for _, scale in members) < SIBLING_FLOOR:
+            continue
+        for i, scale in members:
+            others = sorted(s for j, s in members if j != i)
+            median = max(others[len(others) // 2], GROWTH_FLOOR)
+            if scale >= SIBLING_FLOOR and scale >= SIBLING_FACTOR * median:
+                out[i] = (scale, others[len(others) // 2])
+    return out
 
 
 def with_run_context(report: ScanReport, facts: Mapping[str, Any]) -> ScanReport:
@@ -793,7 +852,8 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     exploded = with_finding(report, EXPLODED)
     if exploded:
         top = max_abs(report, "weight")
-        pieces.append(f"{plural(len(exploded), 'weight tensor')} exploded" + (f" (max |x| {top:.3g})" if top is not None else ""))
+        pieces.append(f"{plural(len(exploded), 'weight tensor')} exploded" + (f" (max |x| {top:.3g})" if top is not None else "")
+                      + _outgrown_fact(report))
     outliers = with_finding(report, OUTLIER)
     if outliers:
         count = sum(t.outliers.count for t in outliers if t.outliers is not None)

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import nandoctor  # noqa: E402
+from nandoctor import verdict  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.realruns import generate_ok  # noqa: E402
 
@@ -103,3 +104,61 @@ def test_the_fp16_ceiling_is_where_fp16_arithmetic_overflows():
     assert HealthLimits().ceiling("F16") == CEILING and HealthLimits().ceiling("BF16") == 1e5
     assert HealthLimits().ceiling("F8_E4M3") == 1e5  # fp8 weights are stored scaled: never "exploded"
     assert HealthLimits(max_abs=1e3).ceiling("F16") == 1e3
+
+
+# ---------------------------------------------------------------------------------------------
+# One tensor far above its siblings: every value under the ceiling, fp16 arithmetic broken all the same
+
+NORM = "model.layers.1.input_layernorm.weight"
+
+
+def _three_layers(folder, dtype=torch.float16, gains: dict[str, float] | None = None, config_dtype=None):
+    """A tiny 3-layer Llama saved in ``dtype`` with the named norm gains set to a constant."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).to(dtype)
+    with torch.no_grad():
+        for name, value in (gains or {}).items():
+            dict(model.named_parameters())[name].fill_(value)
+    model.save_pretrained(folder)
+    if config_dtype is not None:
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, "dtype": config_dtype}))
+    return folder
+
+
+def _eager_logits_finite(folder) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    with torch.no_grad():
+        return bool(torch.isfinite(model(torch.arange(1, 9)[None]).logits).all())
+
+
+@pytest.mark.parametrize(("stored", "config_dtype"), [(torch.float16, None), (torch.bfloat16, "float16")])
+def test_a_norm_gain_far_above_its_siblings_is_exploded_where_it_loads_as_fp16(tmp_path, stored, config_dtype):
+    """A trial set one layer's norm gain to 1000-2000 (every value under 2^14): 14 architectures gave Inf logits
+    in fp16 while the scan said CLEAN. Its bulk against the same norm of the other layers now makes it exploded."""
+    folder = _three_layers(tmp_path / "m", stored, {NORM: 2000.0}, config_dtype)
+    assert not _eager_logits_finite(folder)  # the oracle: transformers' fp16 forward overflows
+    report = nandoctor.scan(folder)
+    bad = [t for t in report.tensors if t.findings]
+    assert [(t.name, t.findings) for t in bad] == [(NORM, ("exploded",))] and report.exit_code == 1
+    assert report.extra["outgrown_siblings"] == [{"name": NORM, "scale": 1024.0, "siblings": 1.0}]
+    assert "1,024x its siblings' in the other layers, too large for fp16 arithmetic" in verdict.one_line(report)
+
+
+def test_a_family_large_together_a_gain_of_300_and_bf16_loads_are_not_judged_by_their_siblings(tmp_path):
+    """Controls: every layer's gain at 2000 (no single broken tensor), one gain of 300 (bulk under 2^9; fp16
+    still computes: the oracle's logits are finite) and a bf16 model loaded as bf16 are left to the other rules."""
+    together = _three_layers(tmp_path / "all", gains={f"model.layers.{i}.input_layernorm.weight": 2000.0 for i in range(3)})
+    assert "outgrown_siblings" not in nandoctor.scan(together).extra
+    small = _three_layers(tmp_path / "small", gains={NORM: 300.0})
+    assert _eager_logits_finite(small) and nandoctor.scan(small).ok
+    bf16 = _three_layers(tmp_path / "bf16", torch.bfloat16, {NORM: 2000.0})
+    assert nandoctor.scan(bf16).ok
