@@ -311,8 +311,8 @@ def _outgrown_fact(report: ScanReport) -> str:
 
 
 OUTGROWN = "outgrown_siblings"  # extra key (JSON): the fp16 weights exploded by their bulk against their siblings'
-SIBLING_FACTOR = 2.0**9  # a weight loaded as fp16 whose bulk is this far above its siblings' median is exploded ...
-SIBLING_FLOOR = 2.0**9  # ... when its bulk is at least this: a family near zero (Gemma's 1 + w gains) varies freely
+SIBLING_FACTOR = 2.0**8  # a weight loaded as fp16 whose bulk is this far above its siblings' median is exploded ...
+SIBLING_FLOOR = 2.0**8  # ... when its bulk is at least this: a family near zero (Gemma's 1 + w gains) varies freely
 
 
 def _outgrown_siblings(tensors: TensorResults, all_fp16: bool) -> dict[int, tuple[float, float]]:
