@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout, loadconfig, loaders
+from nandoctor.checkpoint import architecture, layout, loadconfig, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -144,6 +144,26 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
             kind=UNLOADABLE_KIND,
         ))
     return found
+
+
+def architecture_problems(
+    files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]
+) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes): the top-level weights of a folder from_pretrained reads whose shapes its config.json
+    contradicts (architecture.py)."""
+    weights = _cast_by_from_pretrained(files, refs_by_file)
+    if not weights:
+        return [], []
+    config = loadconfig.read_object(files.root / loaders.CONFIG)
+    if not isinstance(config, dict):
+        return [], []  # (an unreadable or invalid config.json is its own problem)
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    for _, refs in weights:
+        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
+        names += table.names
+        shapes += table.shapes
+    return architecture.problems(files.root, config, names, shapes)
 
 
 def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:

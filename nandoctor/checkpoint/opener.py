@@ -97,6 +97,9 @@ def open_checkpoint(
         checkpoint.notes += zero_notes
     checkpoint.problems += _empty_files(checkpoint)
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
+    shape_problems, shape_notes = loadability.architecture_problems(files, checkpoint.refs_by_file)
+    checkpoint.problems += shape_problems
+    checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     if checkpoint.cast_to_float:
         names = [ref.name for ref in checkpoint.cast_to_float]

@@ -1,0 +1,104 @@
+"""Weights whose shapes config.json contradicts (checkpoint/architecture.py), transformers' from_pretrained as the
+oracle: a size it refuses or layers it initializes at random are NOT LOADABLE; a model whose config disagrees
+with its weights by design (ALBERT's narrow embeddings) is built by transformers and stays CLEAN.
+
+A trial's finds: doubling hidden_size, raising vocab_size, one tensor transposed (from_pretrained: "size
+mismatch … ignore_mismatched_sizes") and num_hidden_layers one above the weights (the last layer random) all
+scanned CLEAN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import nandoctor  # noqa: E402
+from nandoctor.checkpoint import architecture  # noqa: E402
+
+DOWN = "model.layers.1.mlp.down_proj.weight"
+
+
+def _llama(folder: Path, *, config: dict | None = None, change=None) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                 num_key_value_heads=2, vocab_size=128)).to(torch.bfloat16).save_pretrained(folder)
+    if change is not None:
+        tensors = load_file(str(folder / "model.safetensors"))
+        change(tensors)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if config:
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, **config}))
+    return folder
+
+
+def _loads(folder: Path) -> tuple[bool, list[str]]:
+    """Whether from_pretrained loads the folder, and the weights it had to initialize (missing_keys)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    except RuntimeError as exc:
+        assert "size mismatch" in str(exc) or "ignore_mismatched_sizes" in str(exc)
+        return False, []
+    return True, sorted(info["missing_keys"])
+
+
+def _transpose(tensors):
+    tensors[DOWN] = tensors[DOWN].t().contiguous()
+
+
+@pytest.mark.parametrize(("config", "change", "said"), [
+    ({"vocab_size": 256}, None, "lm_head.weight holds shape [128, 32] where the model config.json describes has [256, 32]"),
+    ({"hidden_size": 64}, None, "config.json's hidden_size is 64, the tensor is 32 wide"),
+    (None, _transpose, f"{DOWN} holds shape [64, 32] where the model config.json describes has [32, 64]"),
+])
+def test_a_shape_from_pretrained_refuses_is_not_loadable(tmp_path, config, change, said):
+    folder = _llama(tmp_path / "m", config=config, change=change)
+    assert _loads(folder) == (False, [])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and all(p.kind == "unloadable" for p in report.errors)
+    assert any(said in p.message and "size mismatch" in p.message for p in report.errors), report.errors
+
+
+def test_layers_config_json_builds_that_the_weights_lack_are_not_loadable(tmp_path):
+    folder = _llama(tmp_path / "m", config={"num_hidden_layers": 4})
+    loads, missing = _loads(folder)
+    assert loads and missing and all(k.startswith("model.layers.3.") for k in missing)  # random on load
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3
+    assert ("model.layers holds layers 0–2 where the model config.json describes has layers 0–3 (config.json's "
+            "num_hidden_layers is 4): from_pretrained initializes layer 3 of model.layers at random") in report.errors[0].message
+
+
+def test_a_model_whose_config_disagrees_by_design_is_built_and_stays_clean(tmp_path):
+    """ALBERT's word embeddings are embedding_size wide, not hidden_size: suspected, built, cleared."""
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "albert"
+    AlbertForMaskedLM(AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    stored = {k: tuple(v.shape) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    config = json.loads((folder / "config.json").read_text())
+    assert list(architecture._suspicions(config, stored, architecture._stacks(stored)))  # it is suspected ...
+    assert nandoctor.scan(folder).ok  # ... and cleared by the model transformers builds
+
+
+def test_without_transformers_a_suspicion_is_a_note(tmp_path, monkeypatch):
+    folder = _llama(tmp_path / "m", config={"vocab_size": 256})
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: None)
+    monkeypatch.setattr(architecture, "_has_transformers", lambda: False)
+    report = nandoctor.scan(folder)
+    assert report.ok
+    assert any("vocab_size is 256, the tensor has 128 rows" in n and "install transformers" in n for n in report.notes)
