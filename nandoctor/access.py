@@ -71,6 +71,17 @@ def status(path: str | os.PathLike[str], *, follow: bool = True) -> os.stat_resu
         return None
 
 
+def unusable_name(name: str) -> str | None:
+    """Why a file name read from inside a checkpoint (an index's shard, config.json's ``transformers_weights``, a
+    DCP storage file) cannot name a file — a NUL byte, or a part over 255 bytes: os calls raise on them rather
+    than say "missing" — else None."""
+    if "\0" in name:
+        return "it holds a NUL byte"
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
+        return "a part of it is over 255 bytes"
+    return None
+
+
 def exists(path: str | os.PathLike[str]) -> bool:
     return status(path) is not None
 

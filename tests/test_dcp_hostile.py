@@ -319,3 +319,20 @@ def test_thirty_thousand_chunks_in_five_hundred_files_scan_in_linear_time(tmp_pa
     (tensor,) = report.tensors
     assert tensor.ref.shape == (30_000,) and tensor.nan == 0
     assert took < 10, took
+
+
+def test_a_storage_file_name_with_a_nul_byte_is_refused_not_an_internal_error(tmp_path: Path) -> None:
+    """A fuzzer's find: a .metadata naming its storage file "_\\x000_0.distcp" ended as "internal error: ValueError:
+    embedded null byte", with no report (no --json document, no --quiet line)."""
+    from tests.conftest import run_cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.randn(3)}, checkpoint_id=str(tmp_path), no_dist=True)
+    data = (tmp_path / ".metadata").read_bytes()
+    assert data.count(b"__0_0.distcp") == 1
+    (tmp_path / ".metadata").write_bytes(data.replace(b"__0_0.distcp", b"_\x000_0.distcp"))
+    result = run_cli("scan", str(tmp_path), "--json")
+    assert result.exit_code == 3
+    errors = json.loads(result.output)["errors"]
+    assert any("is not a valid file name (it holds a NUL byte)" in e["message"] for e in errors), errors

@@ -113,10 +113,10 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
     from nandoctor.checkpoint.hubcache import is_snapshot
     from nandoctor.checkpoint.loaders import inside
 
-    # A NUL byte or a name part over 255 bytes is no file name: os calls would raise, not say "missing".
-    if "\0" in shard or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in shard.split("/")):
-        return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name (a NUL "
-                                 "byte, or a part over 255 bytes); refused", "fix the index's weight_map")
+    unusable = access.unusable_name(shard)
+    if unusable:
+        return None, ScanProblem(str(index.path), f"shard name {shard[:60]!r}… is not a valid file name ({unusable}); "
+                                 "refused", "fix the index's weight_map")
     folder = index.path.parent
     candidate = folder / shard
     base = os.path.abspath(root)
@@ -375,7 +375,11 @@ def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> boo
     result.problems += coverage_problems(metadata, str(found[0]))  # chunks that leave out or repeat elements
     for name in metadata.files:
         candidate = root / name
-        if os.path.isabs(name) or candidate.resolve().parent != root.resolve():
+        unusable = access.unusable_name(name)
+        if unusable:
+            result.problems.append(ScanProblem(str(found[0]), f"storage file {name[:60]!r} is not a valid file name "
+                                               f"({unusable}); refused", "re-copy .metadata from where it was saved"))
+        elif os.path.isabs(name) or candidate.resolve().parent != root.resolve():
             result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} lies outside the folder; refused"))
         elif not is_regular_file(candidate) and access.is_link(candidate):
             result.problems.append(not_regular_problem(candidate))

@@ -147,8 +147,12 @@ def explicit_weights(root: Path) -> Explicit:
             f"set {EXPLICIT_KEY} to the weights' file name, or remove it",
         ))
         return out
-    path = inside(root, value)
-    if path is None:
+    unusable = access.unusable_name(value)
+    path = inside(root, value) if unusable is None else None
+    if unusable is not None:
+        out.problems.append(ScanProblem(where, f"{EXPLICIT_KEY} {value[:60]!r} is not a valid file name ({unusable}); "
+                                        "refused", f"set {EXPLICIT_KEY} to the weights' file name, or remove it"))
+    elif path is None:
         out.problems.append(ScanProblem(
             where, f"{EXPLICIT_KEY} {value!r} points outside the checkpoint folder; refused",
             f"set {EXPLICIT_KEY} to a file inside the folder",
