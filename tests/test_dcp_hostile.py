@@ -336,3 +336,29 @@ def test_a_storage_file_name_with_a_nul_byte_is_refused_not_an_internal_error(tm
     assert result.exit_code == 3
     errors = json.loads(result.output)["errors"]
     assert any("is not a valid file name (it holds a NUL byte)" in e["message"] for e in errors), errors
+
+
+@pytest.mark.parametrize(("layout", "loads"), [(b"torch.strided", True), (b"torch._mkldnn", True),  # (same length)
+                                                (b"torch.strXded", False), (b"torch.float32", False)])
+def test_a_tensor_layout_torch_does_not_have_is_refused_as_dcp_load_refuses_it(tmp_path: Path, layout, loads) -> None:
+    """A fuzzer's find: 'torch.strided' changed to 'torch.strXded' in .metadata made dcp_to_torch_save fail
+    (torch.serialization._get_layout: KeyError) while the scan said CLEAN. The oracle: torch's own metadata read."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folder = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.randn(3)}, checkpoint_id=str(folder), no_dist=True)
+    data = (folder / ".metadata").read_bytes()
+    assert data.count(b"torch.strided") == 1
+    (folder / ".metadata").write_bytes(data.replace(b"torch.strided", layout))
+    try:
+        FileSystemReader(str(folder)).read_metadata()
+        torch_reads = True
+    except KeyError:  # _get_layout's cache lookup
+        torch_reads = False
+    assert torch_reads == loads
+    report = nandoctor.scan(folder)
+    assert (report.exit_code == 3) == (not loads), report.errors
+    if not loads:
+        assert "is none torch has (dcp.load refuses it)" in report.errors[0].message

@@ -114,7 +114,23 @@ def _size(*args: Any) -> tuple[int, ...]:
     return tuple(values)  # (the tuple itself when it is one: no copy)
 
 
-def _inert(value: Any = None, *_: Any) -> Any:
+# What torch's own metadata unpickling accepts (torch 2.13): serialization._get_layout looks the name up among
+# torch's layouts (KeyError otherwise), and _MEM_FORMAT_ENCODING is an enum of three values (ValueError otherwise):
+# dcp.load and dcp_to_torch_save fail on anything else, so the checkpoint does not load.
+_TORCH_LAYOUTS = frozenset(("torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
+                            "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"))
+_MEMORY_FORMATS = (0, 1, 2)  # TORCH_CONTIGUOUS_FORMAT, TORCH_CHANNELS_LAST, TORCH_PRESERVE_FORMAT
+
+
+def _layout(name: Any = None, *_: Any) -> Any:
+    if name not in _TORCH_LAYOUTS:
+        raise pickle.UnpicklingError(f"tensor layout {str(name)[:40]!r} is none torch has (dcp.load refuses it)")
+    return name
+
+
+def _memory_format(value: Any = None, *_: Any) -> Any:
+    if type(value) is not int or value not in _MEMORY_FORMATS:
+        raise pickle.UnpicklingError(f"memory format code {str(value)[:20]} is none torch has (dcp.load refuses it)")
     return value
 
 
@@ -137,8 +153,10 @@ def _global(module: str, name: str) -> Any:
             return _DTYPES[name]
         if name in ("strided", "sparse_coo", "contiguous_format", "channels_last", "preserve_format"):
             return name
-    if (module, name) in {(_METADATA, "_MEM_FORMAT_ENCODING"), ("torch.serialization", "_get_layout")}:
-        return _inert  # an enum value / layout name: kept as the int or string it was pickled as
+    if (module, name) == (_METADATA, "_MEM_FORMAT_ENCODING"):
+        return _memory_format  # an enum value: kept as the int it was pickled as, when torch has it
+    if (module, name) == ("torch.serialization", "_get_layout"):
+        return _layout  # a layout name: kept as the string it was pickled as, when torch has it
     if module == "collections" and name == "OrderedDict":
         return _ordered_dict
     return None
