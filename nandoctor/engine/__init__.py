@@ -125,6 +125,7 @@ class Scanned:
     bytes_scanned: int
     partial: list[RegionJob] = field(default_factory=list)
     small: dict[Path, SmallTensors] = field(default_factory=dict)  # files whose small tensors are columns
+    notes: list[str] = field(default_factory=list)  # what the scan itself left out (viewcensus)
 
 
 def scan_jobs(
@@ -174,10 +175,10 @@ def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, fai
     pass (not over regions of the ``failed`` files), the census of torch views that do not read their region
     whole and in order (viewcensus.py), the results, the per-expert counts. Empties ``jobs``."""
     problems = _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
-    problems += census_views(jobs, limits, failed)
+    view_problems, notes = census_views(jobs, limits, failed)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)
-    return Scanned(tensors, unviewed, problems + expert_problems, 0)
+    return Scanned(tensors, unviewed, problems + view_problems + expert_problems, 0, notes=notes)
 
 
 def assemble(
@@ -199,7 +200,7 @@ def assemble(
         layers=(),
         errors=tuple(checkpoint.problems + found.problems + cast_problems),
         unviewed=tuple(checkpoint.unviewed + found.unviewed),
-        notes=tuple(checkpoint.notes),
+        notes=tuple(checkpoint.notes + found.notes),
         bytes_scanned=found.bytes_scanned,
         seconds=seconds,
         device=device,
