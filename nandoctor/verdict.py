@@ -285,9 +285,10 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
     for i in _zeroed(report.tensors, _zeroed_since(report).get("names", ())):
         findings[i] += (ZEROED,)
     outgrown = _outgrown_siblings(report.tensors, report.extra.get("target_dtype") == "fp16")
+    # (a tensor with a finding of its values already — NaN, exploded, values the fp16 cast overflows — has it said)
+    outgrown = {i: found for i, found in outgrown.items() if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
     for i in outgrown:
-        if EXPLODED not in findings[i]:
-            findings[i] += (EXPLODED,)
+        findings[i] += (EXPLODED,)
     extra = {k: v for k, v in report.extra.items() if k != OUTGROWN}
     if outgrown:
         names = report.tensors.refs.names

@@ -66,12 +66,14 @@ def test_from_auto_takes_the_healthy_step_files_before_the_first_bad_one(poisone
     assert any(_bits(before[n]) != _bits(donor[n]) for n in before if n.startswith("optimizer_states."))
 
 
-def test_from_auto_never_takes_a_poisoned_file_and_refuses_before_the_first(poisoned, tmp_path):
+def test_from_auto_never_takes_a_poisoned_file_and_the_clean_first_file_is_already_clean(poisoned, tmp_path):
     # step 12 is NaN throughout (diverged: refused without --allow-diverged); the donors auto picks are the point here
     plan = json.loads(run("repair", poisoned[12], "--from", "auto", "--allow-diverged", "--dry-run", "--json").stdout)
     assert [d["step"] for d in plan["donors"]] == [4, 2] and plan["complete"] is True
+    # nothing earlier, nothing to restore: an unchanged verified copy, as with any named donor (it was a refusal)
     first = run("repair", poisoned[2], "--from", "auto", "--out", tmp_path / "x")
-    assert first.exit_code == 3 and "found no …step=N….ckpt file before step 2" in first.output
+    assert first.exit_code == 0 and "ALREADY CLEAN" in first.output, first.output
+    assert (tmp_path / "x" / poisoned[2].name).read_bytes() == poisoned[2].read_bytes()
 
 
 def test_the_run_hint_resumes_from_the_last_healthy_file_when_the_newest_is_nan_throughout(poisoned, tmp_path):

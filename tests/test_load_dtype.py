@@ -37,9 +37,9 @@ CONFIGS = (
 )
 
 
-def _save(folder, value: float, stored: torch.dtype, config: dict, *, pickle: bool = False):
-    """A tiny Llama saved by save_pretrained in ``stored``, ``PLANTED`` filled with ``value``, its config.json's
-    dtype keys replaced by ``config``."""
+def _save(folder, value: float, stored: torch.dtype, config: dict, *, pickle: bool = False, also: tuple[str, ...] = ()):
+    """A tiny Llama saved by save_pretrained in ``stored``, ``PLANTED`` (and the tensors ``also`` names) filled with
+    ``value``, its config.json's dtype keys replaced by ``config``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -47,7 +47,8 @@ def _save(folder, value: float, stored: torch.dtype, config: dict, *, pickle: bo
                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
     model = model.to(stored)
     with torch.no_grad():
-        model.get_parameter(PLANTED).fill_(value)
+        for name in (PLANTED, *also):
+            model.get_parameter(name).fill_(value)
     if pickle:  # pytorch_model.bin: the dtypes are in the pickle, not a header
         folder.mkdir(parents=True)
         model.config.save_pretrained(folder)
@@ -166,8 +167,16 @@ def test_gate_runs_and_split_scans_apply_it(tmp_path):
     from nandoctor.integrations.gate import CheckpointGate
 
     run = tmp_path / "run"
-    _save(run / "checkpoint-10", 10000.0, torch.float32, {"dtype": "float16"})
+    # the same norm of both layers at 10000, then one at 70000 (one layer's alone at 10000 would be exploded
+    # against its sibling: docs/health.md, "One tensor far above its siblings")
+    sibling = PLANTED.replace("layers.1.", "layers.0.")
+    _save(run / "checkpoint-10", 10000.0, torch.float32, {"dtype": "float16"}, also=(sibling,))
     bad = _save(run / "checkpoint-20", 70000.0, torch.float32, {"dtype": "float16"})
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(bad / "model.safetensors"))  # checkpoint-20's sibling as checkpoint-10 held it
+    tensors[sibling] = torch.full_like(tensors[sibling], 10000.0)
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
 
     gate = CheckpointGate()  # what the Trainer and Lightning callbacks scan each save with
     passed, report = gate.check(bad, 20)
