@@ -77,9 +77,16 @@ def unusable_name(name: str) -> str | None:
     than say "missing" — else None."""
     if "\0" in name:
         return "it holds a NUL byte"
-    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
-        return "a part of it is over 255 bytes"
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") no file name on this system can hold
+        return "it holds characters no file name can"
+    if len(encoded) > _PATH_MAX or any(len(part) > 255 for part in encoded.split(b"/")):
+        return "it is longer than a file name can be"
     return None
+
+
+_PATH_MAX = 4096
 
 
 def exists(path: str | os.PathLike[str]) -> bool:

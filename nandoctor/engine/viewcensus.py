@@ -58,7 +58,8 @@ from nandoctor.views import (
 PIECE_BYTES = 8 << 20  # a view's elements are read and measured this many bytes at a time
 # What the views that read part of their region may make the census read again, over the regions they view:
 # q/k/v split from a fused storage read it once over; 10,000 overlapping slices of one 4 MB storage (a fuzzer's
-# 4.8 MB file) would read 40 GB. The views past it get no census: never called healthy, and a note says so.
+# 4.8 MB file) would read 40 GB. The views past it are judged on their whole storage's census (a bound: an
+# exploded value anywhere in the storage counts for each of them), and a note says so.
 VIEW_READ_FACTOR = 8
 VIEW_READ_FLOOR = 1 << 30
 T = TypeVar("T")
@@ -98,11 +99,12 @@ def census_views(jobs: list[RegionJob], limits: HealthLimits, failed: set[str]) 
                     own = ViewCensus(job.census, job.outliers, _placed_first(job, view, source, buffers))
                 else:
                     cost = view.numel * job.spec.itemsize
-                    if cost > budget:
+                    if cost > budget:  # judged on its whole storage, read once already: a bound, never a pass
                         skipped.append(view.name)
-                        continue
-                    budget -= cost
-                    own = _own_census(job, view, source, buffers, limits)
+                        own = ViewCensus(job.census, job.outliers)
+                    else:
+                        budget -= cost
+                        own = _own_census(job, view, source, buffers, limits)
                 if job.own is None:
                     job.own = {}
                 job.own[slot] = own
@@ -110,9 +112,10 @@ def census_views(jobs: list[RegionJob], limits: HealthLimits, failed: set[str]) 
             problems.append(ScanProblem(file, f"read failed during the census of its tensor views: {exc}"))
         finally:
             source.close()
-    notes = [f"{len(skipped):,} tensor view(s) got no health census ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}): "
-             "they overlap so much that measuring each would read their storage "
-             f"{VIEW_READ_FACTOR}x over; their NaN/Inf are counted"] if skipped else []
+    notes = [f"{len(skipped):,} tensor view(s) judged on their whole storage ({', '.join(skipped[:3])}"
+             f"{' …' if len(skipped) > 3 else ''}): they overlap so much that measuring each on its own would read "
+             f"their storage {VIEW_READ_FACTOR}x over; a value of the storage outside a view counts for it, and "
+             "their NaN/Inf are counted exactly"] if skipped else []
     return problems, notes
 
 
