@@ -80,6 +80,7 @@ DTYPES: dict[str, DTypeSpec] = {
 # Integer dtypes whose values can pass a float weight's exploded ceiling (2^14 at the least) once a loader
 # casts them to the model's float dtype (checkpoint/loadability.cast_to_float); I8/U8 values never can.
 CAST_INTEGERS = frozenset(("I16", "U16", "I32", "U32", "I64", "U64"))
+INTEGERS = CAST_INTEGERS | {"I8", "U8"}
 
 # torch dtype names (``torch.<name>``, as pickles and live tensors spell them) → the names above.
 # One table for the torch file reader and for live tensors, so both report the same words.

@@ -1,8 +1,10 @@
 """Model weights stored as integers, which from_pretrained casts to the model's float dtype.
 
 An I32 ``up_proj.weight`` holding 100000 in a float16 model scanned CLEAN (integers cannot be NaN), while
-``from_pretrained`` loaded it as Inf and the forward pass gave NaN logits. The scan now judges such a tensor
-as the float it becomes (checkpoint/loadability.cast_to_float, engine/intcast.py); transformers is the oracle.
+``from_pretrained`` loaded it as Inf and the forward pass gave NaN logits; int8 weights of a quantized checkpoint
+without its quantization_config gave NaN logits too. Such a folder is NOT LOADABLE, and each such tensor is
+judged as the float it becomes (checkpoint/loadability.cast_to_float, engine/intcast.py); transformers is the
+oracle.
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ def test_an_integer_weight_that_overflows_float16_once_cast_fails(tmp_path):
     report = nandoctor.scan(folder)
     up = next(t for t in report.tensors if t.name == UP)
     assert (up.ref.dtype, up.overflow, up.max_abs, "overflow" in up.findings) == ("I32", 1, 100_000.0, True)
-    assert not report.ok and report.exit_code == 1
-    assert any("stored as integers" in note and UP in note for note in report.notes)
+    assert not report.ok and report.exit_code == 3
+    assert [p.kind for p in report.errors] == ["unloadable"] and "stored as integers (I32" in report.errors[0].message
     result = run_cli("scan", str(folder), "--json")
     row = next(t for t in json.loads(result.output)["tensors"] if t["name"] == UP)
-    assert result.exit_code == 1 and (row["overflow"], row["max_abs"], row["findings"]) == (1, 100_000.0, ["overflow"])
+    assert result.exit_code == 3 and (row["overflow"], row["max_abs"], row["findings"]) == (1, 100_000.0, ["overflow"])
 
 
 def test_an_integer_weight_above_the_fp16_ceiling_is_exploded(tmp_path):
@@ -83,8 +85,9 @@ def test_an_integer_weight_above_the_fp16_ceiling_is_exploded(tmp_path):
 
     loaded = dict(AutoModelForCausalLM.from_pretrained(folder).named_parameters())[UP]
     assert loaded.dtype == torch.float16 and loaded[3, 5].item() == 20_000
-    up = next(t for t in nandoctor.scan(folder).tensors if t.name == UP)
-    assert (up.exploded, up.overflow, up.findings) == (1, 0, ("exploded",))
+    report = nandoctor.scan(folder)
+    up = next(t for t in report.tensors if t.name == UP)
+    assert (up.exploded, up.overflow, up.findings, report.exit_code) == (1, 0, ("exploded",), 3)
 
 
 def test_an_integer_weight_in_a_bf16_model_is_held_to_the_default_ceiling(tmp_path):
@@ -93,12 +96,19 @@ def test_an_integer_weight_in_a_bf16_model_is_held_to_the_default_ceiling(tmp_pa
     assert (up.ref.dtype, up.exploded, up.max_abs, up.findings) == ("I64", 1, 300_000.0, ("exploded",))
 
 
-def test_small_integer_weights_are_judged_and_pass_with_a_note(tmp_path):
-    folder = _model(tmp_path / "m", change=_as_int(7))
-    assert _oracle_finite(folder)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32])
+def test_small_integer_weights_are_not_loadable_too(tmp_path, dtype):
+    """Values that fit every float still make the model compute with whole numbers: an int8 up_proj (a quantized
+    checkpoint that lost its quantization_config) gave NaN logits in a trial; it is NOT LOADABLE, not CLEAN."""
+    def as_int8(tensors):
+        tensors[UP] = (tensors[UP].float() * 127 / tensors[UP].float().abs().max()).round().to(dtype)
+
+    folder = _model(tmp_path / "m", change=as_int8)
     report = nandoctor.scan(folder)
-    assert report.ok and next(t for t in report.tensors if t.name == UP).max_abs is not None
-    assert any("stored as integers" in note for note in report.notes)
+    assert report.exit_code == 3 and next(t for t in report.tensors if t.name == UP).max_abs is not None
+    assert "model weight(s) stored as integers" in report.errors[0].message
+    (folder / "quantize_config.json").write_text('{"bits": 8}')  # AutoGPTQ's: a quantizer loads them
+    assert nandoctor.scan(folder).ok
 
 
 def test_integer_buffers_quantized_folders_and_bare_files_are_not_cast(tmp_path):

@@ -35,7 +35,7 @@ from nandoctor.checkpoint import architecture, layout, loadconfig, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
-from nandoctor.dtypes import CAST_INTEGERS, DTYPES, TORCH_UNCASTABLE_SAFETENSORS
+from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
 from nandoctor.verdict import UNLOADABLE_KIND, family_of
@@ -167,23 +167,38 @@ def architecture_problems(
 
 
 def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:
-    """Integer tensors that from_pretrained casts into float parameters, in a folder it reads whose config.json
-    names no quantizer: a model weight (a ``….weight`` or ``….bias``, or one whose siblings in the other layers
-    are float) stored as I16/I32/I64/U16/U32/U64. transformers casts a stored tensor to its parameter's dtype,
-    so an I32 100000 loads as Inf in a float16 model: the scan judges such a tensor as the float it becomes
-    (engine/intcast.py). Integer buffers (``position_ids``) keep their dtype and are left alone, and so is a
-    single file or a folder without config.json (their loader is not known). Int8/uint8 values fit every float
-    format and its ceiling, so they are never read."""
+    """Integer tensors that from_pretrained casts into float parameters, in a folder it reads whose model is not
+    quantized (loadconfig.quantized): a model weight (a ``….weight`` or ``….bias``, or one whose siblings in the
+    other layers are float) stored as an integer dtype. transformers casts a stored tensor to its parameter's
+    dtype, so the model computes with whole numbers (an int8 weight of a quantized checkpoint that lost its
+    quantization_config gave NaN logits in a trial), and an I32 100000 loads as Inf in a float16 model: such a
+    folder is NOT LOADABLE (:func:`integer_weights`), and the scan also judges each such tensor as the float it
+    becomes (engine/intcast.py). Integer buffers (``position_ids``) keep their dtype and are left alone, and so
+    is a single file or a folder without config.json (their loader is not known)."""
     found: list[TensorRef] = []
     for _, refs in _cast_by_from_pretrained(files, refs_by_file):
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
-        if CAST_INTEGERS.isdisjoint(table.dtypes):
+        if INTEGERS.isdisjoint(table.dtypes):
             continue  # (one C pass: a float model's files hold no integer tensor)
         floats = {family_of(n) for n, d in zip(table.names, table.dtypes) if DTYPES[d].can_hold_nonfinite}
         found += [table[i] for i, (name, dtype, role) in enumerate(zip(table.names, table.dtypes, table.roles))
-                  if dtype in CAST_INTEGERS and role == "weight"
+                  if dtype in INTEGERS and role == "weight"
                   and (name.rsplit(".", 1)[-1] in ("weight", "bias") or family_of(name) in floats)]
     return found if found and not loadconfig.quantized(files.root) else []  # a quantizer loads them its own way
+
+
+def integer_weights(root: Path, cast: Sequence[TensorRef]) -> list[ScanProblem]:
+    """The NOT LOADABLE problem of the model weights :func:`cast_to_float` found stored as integers."""
+    if not cast:
+        return []
+    names = [ref.name for ref in cast]
+    dtypes = sorted({ref.dtype for ref in cast})
+    return [ScanProblem(
+        str(root), f"{len(names)} model weight(s) stored as integers ({', '.join(dtypes)}: {first_few(names, 3)}) "
+        "where config.json names no quantizer: from_pretrained casts them to the model's float dtype as they are, "
+        "so the model computes with whole numbers (and values past the float dtype's range become Inf)",
+        "a quantized checkpoint needs its quantization_config in config.json (or quantize_config.json beside it); "
+        "otherwise save the float weights from their source", kind=UNLOADABLE_KIND)]
 
 
 

@@ -104,10 +104,18 @@ def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
 
 
 def quantized(root: Path) -> bool:
-    """Whether ``root``'s config.json names a quantizer (``quantization_config``), which loads stored tensors
-    its own way; False without a readable config.json."""
+    """Whether ``root``'s model is quantized, so that a quantizer loads its stored tensors its own way:
+    config.json names one (``quantization_config``, or compressed-tensors' older ``compression_config``), or
+    AutoGPTQ's ``quantize_config.json`` lies beside it; False without a readable config.json."""
     config = read_object(root / CONFIG)
-    return isinstance(config, dict) and config.get(QUANTIZATION_KEY) is not None
+    if not isinstance(config, dict):
+        return False
+    if any(config.get(key) is not None for key in (QUANTIZATION_KEY, "compression_config")):
+        return True
+    try:
+        return access.exists(root / "quantize_config.json")
+    except UnreadablePathError:
+        return False
 
 
 def _dtype(path: Path, config: dict[str, Any], within: str = "") -> list[ScanProblem]:

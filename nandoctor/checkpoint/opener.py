@@ -101,12 +101,7 @@ def open_checkpoint(
     checkpoint.problems += shape_problems
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
-    if checkpoint.cast_to_float:
-        names = [ref.name for ref in checkpoint.cast_to_float]
-        checkpoint.notes.append(
-            f"{len(names)} model weight(s) stored as integers ({first_few(names, 3)}): from_pretrained casts them to "
-            "the model's float dtype, so they are judged as the floats they become (a float weight stored as "
-            "integers is a broken conversion: compare with the source of the weights)")
+    checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)
     checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
