@@ -102,3 +102,11 @@ def test_without_transformers_a_suspicion_is_a_note(tmp_path, monkeypatch):
     report = nandoctor.scan(folder)
     assert report.ok
     assert any("vocab_size is 256, the tensor has 128 rows" in n and "install transformers" in n for n in report.notes)
+
+
+def test_an_architecture_transformers_does_not_ship_is_built_from_model_type(tmp_path):
+    """config.json's architectures naming no transformers class: AutoModelForCausalLM builds from model_type (as a
+    user's load does) and refuses the size; the suspicion was dropped silently (a trial's find)."""
+    folder = _llama(tmp_path / "m", config={"vocab_size": 100, "architectures": ["MyLlamaForCausalLM"]})
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and "config.json's vocab_size is 100" in report.errors[0].message

@@ -43,12 +43,12 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
         return [], []
     expected = _built_by_transformers(root)
     if expected is None:  # transformers missing, or a model it does not ship: nothing to compare with
-        if _has_transformers():
-            return [], []
+        unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
+                     if _has_transformers() else "install transformers for nandoctor to check it against the model "
+                     "config.json builds")
         return [], [f"{root / 'config.json'}: {'; '.join(f'{what}: {why}' for what, why in suspected[:3])}; "
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
-                    "layers at random (install transformers for nandoctor to check it against the model config.json "
-                    "builds)"]
+                    f"layers at random: not checked ({unchecked})"]
     found: list[ScanProblem] = []
     built_stacks = _stacks(expected)
     for what, why in suspected:
@@ -148,10 +148,11 @@ def _built_by_transformers(root: Path) -> dict[str, tuple[int, ...]] | None:
         config = transformers.AutoConfig.from_pretrained(str(root), trust_remote_code=False, local_files_only=True)
         names = getattr(config, "architectures", None) or []
         cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
-        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            return None
         with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
-            model = cls(config)
+            if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+                model = cls(config)
+            else:  # no class of that name: AutoModelForCausalLM builds from model_type, as a user's load would
+                model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     except Exception:  # noqa: BLE001 - any failure to build is "not checked", never a verdict
         return None
