@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from nandoctor.restore.plan import LEFT_ZEROED
+
 if TYPE_CHECKING:
     from nandoctor.restore.plan import RepairPlan, Restoration
     from nandoctor.restore.proof import RepairResult
@@ -139,7 +141,8 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
         console.print(
             Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {_sources(plan)}")
             if restored
-            else Text("  nothing to restore: the target is already clean")
+            else Text("  nothing to restore" + ("" if any(LEFT_ZEROED in n for n in plan.notes)
+                                                 else ": the target is already clean"))
         )
 
 
@@ -170,6 +173,17 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
         console.print(Text.assemble("  verification scan: ", verdict_text(result.verification)))
     patched = sum(1 for f in result.files if f.patched)
     if not plan.restorations:
+        from nandoctor import verdict as verdicts
+
+        left = verdicts.present(result.verification) if result.verification is not None else ()
+        if left:  # findings that do not fail (a zeroed tensor no donor holds otherwise): nothing is "clean" here
+            console.print(Text.assemble(
+                ("⚠ NOTHING RESTORED", "bold yellow"),
+                f": no donor could restore what was found ({', '.join(left)}: see the notes above); wrote an "
+                f"unchanged, verified copy to {safe(result.out or '')} in {result.seconds:.2f} s",
+                f"\n  proof: {safe(result.proof or '')}",
+            ))
+            return
         console.print(
             Text.assemble(
                 ("✓ ALREADY CLEAN", "bold green"),

@@ -39,6 +39,7 @@ from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, ZEROED, Growt
 from nandoctor.wording import first_few
 
 RESTORED_FINDINGS = (*FAILING_BY_DEFAULT, ZEROED)  # what makes a repair restore a tensor (zeroed only warns)
+LEFT_ZEROED = "all zero, and no donor holds a copy that is not"  # the plan's note on zeroed tensors it leaves
 
 SCOPES = ("tensor", "layer")
 
@@ -485,8 +486,8 @@ def plan_repair(
         for name, partner in tied.items() if any(r.name == name for r in restorations)
     )
     if left_zero:
-        notes += (f"{first_few(left_zero, 3)}: all zero, and no donor holds a copy that is not: left as it is "
-                  "(a warning, not restored; compare with the source of the weights)",)
+        notes += (f"{first_few(left_zero, 3)}: {LEFT_ZEROED}: left as it is (a warning, not restored; compare with "
+                  "the source of the weights)",)
     cast: tuple[str, ...] = ()
     if unrestorable:
         notes += _name_overlap_notes(report, views)
