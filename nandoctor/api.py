@@ -177,6 +177,8 @@ def scan(
         >>> report.ok, [layer.layer for layer in report.bad_layers]
     """
     require_path(path, "scan")
+    if manifest is not None:
+        require_path(manifest, "scan", "manifest")
     options = ScanOptions(device, both_formats, _check_target(target_dtype), max_abs, outlier_factor, only, exclude,
                           verify_hashes, manifest)
     scan_one = _engine_scan(options, progress)  # (bad options are refused before the path is looked at)

@@ -44,6 +44,8 @@ def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCh
         >>> [p.message for p in check.problems]
     """
     require_path(path, "verify_hashes")
+    if manifest is not None:
+        require_path(manifest, "verify_hashes", "manifest")
     resolved, _ = hubcache.resolve(path)
     return _verify(resolved, manifest)
 

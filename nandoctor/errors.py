@@ -157,7 +157,9 @@ def require_path(value: object, function: str, argument: str = "path") -> None:
 
     if isinstance(value, (str, os.PathLike)):
         return
-    if hasattr(value, "named_parameters"):
+    if argument in ("out", "manifest"):
+        instead = "give the path of a new folder to write" if argument == "out" else "give the manifest file's path"
+    elif hasattr(value, "named_parameters"):
         instead = "for a live model use nandoctor.scan_module(model)"
     elif hasattr(value, "items"):
         instead = "for a state dict of live tensors use nandoctor.scan_state_dict(state_dict)"

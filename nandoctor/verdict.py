@@ -101,7 +101,10 @@ def parse_fail_on(value: str | Iterable[str] | None) -> frozenset[str]:
     """``"nonfinite,outlier"`` (or an iterable of names) → a set; ValueError names the choices."""
     if value is None:
         return DEFAULT_FAIL_ON
-    parts = value.split(",") if isinstance(value, str) else list(value)
+    parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
+    if parts is None or not all(isinstance(p, str) for p in parts):
+        raise TypeError(f"fail_on (--fail-on) takes finding names ({', '.join(FAIL_ON_CHOICES)}) as one comma-separated "
+                        f"string or a list of strings; got {value!r}")
     names = {p.strip().lower() for p in parts if p.strip()}
     unknown = names - set(FAIL_ON_CHOICES)
     if unknown or not names:
