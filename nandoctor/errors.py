@@ -165,5 +165,6 @@ def require_path(value: object, function: str, argument: str = "path") -> None:
         instead = "for a state dict of live tensors use nandoctor.scan_state_dict(state_dict)"
     else:
         instead = "give the checkpoint's file or folder"
-    raise TypeError(f"nandoctor.{function}: {argument} must be a checkpoint path (str or os.PathLike), not "
+    what = "a path" if argument in ("out", "manifest") else "a checkpoint path"
+    raise TypeError(f"nandoctor.{function}: {argument} must be {what} (str or os.PathLike), not "
                     f"{type(value).__name__}: {instead}")

@@ -286,7 +286,7 @@ def test_a_live_model_or_state_dict_given_for_a_path_says_which_function_takes_i
         (lambda: nandoctor.scan_module("ckpt/"), "nandoctor.scan(path)"),
         (lambda: nandoctor.scan_state_dict(module), "nandoctor.scan_module(module)"),
         (lambda: nandoctor.to_json("ckpt/"), "to_json(nandoctor.scan(path))"),
-        (lambda: nandoctor.verify_hashes("x", manifest={"files": []}), "manifest must be a checkpoint path"),
+        (lambda: nandoctor.verify_hashes("x", manifest={"files": []}), "manifest must be a path (str or os.PathLike), not dict: give the manifest file's path"),
         (lambda: nandoctor.assert_finite("x", fail_on=1), "fail_on (--fail-on) takes finding names"),
         (lambda: nandoctor.repair("x", "auto", module), "give the path of a new folder to write"),
     ]
