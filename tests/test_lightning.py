@@ -321,3 +321,40 @@ def test_nan_weights_that_a_loss_monitoring_checkpoint_never_writes_are_caught_l
     else:
         assert doctor.stopped_at is None and max(_logged_losses(tmp_path)) == 15
     assert files  # the clean files ModelCheckpoint kept
+
+
+def test_a_bad_batch_first_does_not_hide_nan_weights_later(tmp_path, caplog):
+    """A trial's find: after one NaN loss from a bad batch (weights finite: no stop, a warning), weights that went
+    NaN later were never checked again and training ran to its end."""
+    import lightning
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            if self.global_step == 2:  # a bad batch: the loss is NaN, its gradient is not (weights stay finite)
+                loss = loss + float("nan") * loss.detach()
+            if self.global_step == 6:  # then the weights go NaN for real
+                with torch.no_grad():
+                    self.net.weight[0, 0] = float("nan")
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(160, 4), torch.randn(160, 1))
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    trainer = lightning.Trainer(accelerator="cpu", max_steps=20, callbacks=[doctor], logger=False,
+                                enable_checkpointing=False, log_every_n_steps=1, enable_progress_bar=False,
+                                enable_model_summary=False)
+    with caplog.at_level(logging.INFO, logger="nandoctor"):
+        trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=8))
+    # (planted after step 6's loss was computed: step 7's loss is the first the NaN weights give)
+    assert doctor.nonfinite_loss_at == 2 and doctor.nonfinite_weights_at == 7 and doctor.stopped_at == 7
+    assert trainer.global_step <= 8  # stopped, not run to step 20
+    assert any("while the model's weights are finite" in r.getMessage() for r in caplog.records)

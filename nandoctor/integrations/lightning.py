@@ -114,6 +114,7 @@ class NanDoctorCallback(Callback):
         self._batch_step = 0  # the step of the weights the current batch's loss is computed with
         self._ended = False  # fit is over: no loss will confirm the newest clean file any more
         self.nonfinite_loss_at: int | None = None  # the step of the weights that gave the first NaN/Inf loss
+        # (every NaN/Inf loss after it is checked again, until the weights are found NaN/Inf)
         self.nonfinite_weights_at: int | None = None  # the step the live weights were found NaN/Inf (after that loss)
 
     reports = property(lambda self: self.gate.reports)  # file path → report (rank zero only)
@@ -159,7 +160,7 @@ class NanDoctorCallback(Callback):
         if loss is None:
             return
         self._losses[step] = {"loss": loss}
-        if not math.isfinite(loss) and self.nonfinite_loss_at is None:
+        if not math.isfinite(loss) and self.nonfinite_weights_at is None:  # each such loss, until the weights fail
             self._check_live_weights(trainer, pl_module, step, loss)
         self._release_all()  # the newest clean file's weights may have just given their loss
 
@@ -222,11 +223,14 @@ class NanDoctorCallback(Callback):
         (a trial trained 18 steps on NaN weights with nothing said), so it fails here as a bad file would."""
         from nandoctor.api import scan_module
 
-        self.nonfinite_loss_at = step
+        first = self.nonfinite_loss_at is None
+        if first:
+            self.nonfinite_loss_at = step
         report = scan_module(pl_module)
         if not report.nonfinite:
-            logger.warning("nandoctor: training_step's loss is %s at step %d while the model's weights are finite "
-                           "(a bad batch, or an overflow in the forward pass)", loss, step)
+            if first:  # (once: a streak of bad batches is checked at each loss, said at the first)
+                logger.warning("nandoctor: training_step's loss is %s at step %d while the model's weights are finite "
+                               "(a bad batch, or an overflow in the forward pass)", loss, step)
             return
         self.nonfinite_weights_at = step
         logger.error("nandoctor: training_step's loss is %s at step %d and the model's weights hold NaN/Inf (%s): no "
