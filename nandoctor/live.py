@@ -130,10 +130,13 @@ _MAX_DEPTH = 100
 def _tensors(named: Iterable[tuple[str, Any]], torch: Any) -> Iterable[tuple[str, Any]]:
     """Every tensor of ``named``, nested mappings, lists and tuples walked with dotted names (what
     ``torch.load("ckpt.pt")`` gives: ``{"model": {...}, "epoch": 3}``), each nested tensor's components as
-    ``name.i``; other values (ints, strings) hold nothing to count."""
+    ``name.i``, and numpy float/complex arrays as tensors (a file's numpy arrays are counted too: a NaN in a
+    loaded checkpoint's ``running_mean`` array passed a live scan CLEAN); other values hold nothing to count."""
     seen: set[int] = set()
 
     def walk(name: str, value: Any, depth: int) -> Iterable[tuple[str, Any]]:
+        if _numeric_array(value):  # a numpy array (a loaded checkpoint's running stats): counted as a file's are
+            value = torch.from_numpy(_supported(value))
         if isinstance(value, torch.Tensor):
             if getattr(value, "is_nested", False):
                 for i, part in enumerate(value.unbind()):
@@ -154,6 +157,26 @@ def _tensors(named: Iterable[tuple[str, Any]], torch: Any) -> Iterable[tuple[str
 
     for name, value in named:
         yield from walk(str(name), value, 0)
+
+
+def _numeric_array(value: Any) -> bool:
+    """A numpy array of floats or complex numbers (imported only when the value's class comes from numpy)."""
+    if not type(value).__module__.startswith("numpy"):
+        return False
+    import numpy as np
+
+    return isinstance(value, np.ndarray) and value.dtype.kind in "fc"
+
+
+def _supported(array: Any) -> Any:
+    """``array`` in a dtype torch takes (float16/32/64, complex64/128), contiguous and native-endian; a longdouble
+    as float64 (its NaN/Inf kept)."""
+    import numpy as np
+
+    kind = array.dtype.kind
+    wanted = array.dtype if array.dtype.itemsize <= 16 and array.dtype.type not in (np.longdouble, np.clongdouble) \
+        else np.dtype(np.float64 if kind == "f" else np.complex128)
+    return np.ascontiguousarray(array, dtype=wanted.newbyteorder("="))
 
 
 def scan_state_dict(

@@ -293,3 +293,17 @@ def test_a_live_model_or_state_dict_given_for_a_path_says_which_function_takes_i
     for call, said in cases:
         with pytest.raises(TypeError, match=re.escape(said)):
             call()
+
+
+def test_numpy_arrays_in_a_live_state_dict_are_counted_as_a_files_are():
+    """A loaded checkpoint's numpy arrays (a NaN running_mean, a longdouble, a big-endian copy) passed
+    scan_state_dict CLEAN while the same dict saved by torch.save failed (a trial's find)."""
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.ones(3), "stats": {"mean": np.array([1.0, np.nan, np.inf], dtype=np.float32),
+                                           "ld": np.array([np.nan], dtype=np.longdouble),
+                                           "be": np.array([1.0, -np.inf], dtype=">f8"), "ids": np.arange(3)},
+             "step": 3}
+    report = nandoctor.scan_state_dict(state)
+    counted = {t.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
+    assert counted == {"w": (0, 0, 0), "stats.mean": (1, 1, 0), "stats.ld": (1, 0, 0), "stats.be": (0, 0, 1)}
+    assert report.exit_code == 1
