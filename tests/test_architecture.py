@@ -110,3 +110,23 @@ def test_an_architecture_transformers_does_not_ship_is_built_from_model_type(tmp
     folder = _llama(tmp_path / "m", config={"vocab_size": 100, "architectures": ["MyLlamaForCausalLM"]})
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and "config.json's vocab_size is 100" in report.errors[0].message
+
+
+def test_weights_the_model_needs_that_are_not_stored_are_not_loadable(tmp_path):
+    """A trial's finds: one layer's q_proj deleted, and an untied model's lm_head not stored, scanned CLEAN while
+    from_pretrained initialized them at random (its missing_keys: the oracle)."""
+    def drop(tensors):
+        del tensors["model.layers.1.self_attn.q_proj.weight"]
+
+    folder = _llama(tmp_path / "hole", change=drop)
+    assert _loads(folder) == (True, ["model.layers.1.self_attn.q_proj.weight"])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and "model.layers.1.self_attn.q_proj.weight" in report.errors[0].message
+    assert "initializes them at random" in report.errors[0].message
+
+    def no_head(tensors):
+        del tensors["lm_head.weight"]
+
+    untied = _llama(tmp_path / "untied", change=no_head, config={"tie_word_embeddings": False})
+    assert _loads(untied) == (True, ["lm_head.weight"])
+    assert "lm_head.weight" in nandoctor.scan(untied).errors[0].message

@@ -30,6 +30,8 @@ from nandoctor.verdict import UNLOADABLE_KIND, family_of
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
 LM_HEAD = "lm_head.weight"
+_WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
+_HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str],
@@ -43,6 +45,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
         return [], []
     expected = _built_by_transformers(root)
     if expected is None:  # transformers missing, or a model it does not ship: nothing to compare with
+        suspected = [(what, why) for what, why in suspected if why != _HOLE]
+        if not suspected:
+            return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
                      if _has_transformers() else "install transformers for nandoctor to check it against the model "
                      "config.json builds")
@@ -50,6 +55,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
                     f"layers at random: not checked ({unchecked})"]
     found: list[ScanProblem] = []
+    missing_names: list[tuple[str, str]] = []
     built_stacks = _stacks(expected)
     for what, why in suspected:
         if what in stored:  # a tensor: compare with the shape transformers builds for it
@@ -60,6 +66,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
                     f"{list(want)} ({why}): from_pretrained refuses the checkpoint (size mismatch)",
                     "save config.json with the model's real sizes (the one it was trained with), or the weights with "
                     "this config (a resized embedding needs its config's vocab_size)", kind=UNLOADABLE_KIND))
+        elif what not in stacks:  # a tensor the weights lack: missing where the model builds it
+            if what in expected:
+                missing_names.append((what, why))
         else:  # a layer stack
             missing = sorted(built_stacks.get(what, set()) - stacks.get(what, set()))
             if missing:
@@ -69,6 +78,14 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
                     "random, so the model is not this checkpoint",
                     "save config.json with the number of layers the weights hold (num_hidden_layers), or the "
                     "missing layers' weights", kind=UNLOADABLE_KIND))
+    if missing_names:
+        names_said = ", ".join(name for name, _ in missing_names[:3]) + (" …" if len(missing_names) > 3 else "")
+        found.append(ScanProblem(
+            str(root), f"{len(missing_names)} weight(s) the model config.json describes needs are not stored "
+                       f"({names_said}: {missing_names[0][1]}): from_pretrained initializes them at random, so the "
+                       "model is not this checkpoint",
+            "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
+            kind=UNLOADABLE_KIND))
     return found, []
 
 
@@ -97,6 +114,23 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
         for stack, numbers in stacks.items():
             if max(numbers) + 1 < layers:
                 yield stack, f"config.json's num_hidden_layers is {layers:,}"
+    # a tensor stored in all but a few layers of a stack (one in eight at most: a save or filter that dropped
+    # it); a model whose layers differ by design (MoE every other layer, linear attention in three of four) stores
+    # it in fewer, or the built model clears it (DeepSeek's first dense layers)
+    for stack, numbers in stacks.items():
+        holders: dict[str, set[int]] = {}
+        for name in stored:
+            match = STACK.match(name)
+            if match and match.group(1) == stack:
+                holders.setdefault(name[match.end():], set()).add(int(match.group(2)))
+        for suffix, has in holders.items():
+            if 0 < len(numbers) - len(has) <= max(1, len(numbers) // 8):
+                for number in sorted(numbers - has):
+                    yield f"{stack}.{number}.{suffix}", _HOLE
+    architectures = config.get("architectures")
+    head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
+    if head and config.get("tie_word_embeddings") is False and LM_HEAD not in stored and any(map(EMBEDDING.match, stored)):
+        yield LM_HEAD, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
     # one layer's tensor in another shape than the same tensor of every other layer (transposed, cut): a model
     # whose layers differ by design (a codec's widening convolutions, OpenELM's per-layer widths) has more than
     # one odd shape, or its odd one is cleared by the model transformers builds
