@@ -130,3 +130,30 @@ def test_weights_the_model_needs_that_are_not_stored_are_not_loadable(tmp_path):
     untied = _llama(tmp_path / "untied", change=no_head, config={"tie_word_embeddings": False})
     assert _loads(untied) == (True, ["lm_head.weight"])
     assert "lm_head.weight" in nandoctor.scan(untied).errors[0].message
+
+
+@pytest.mark.parametrize(("config", "said"), [
+    ({"intermediate_size": 96}, "config.json's intermediate_size is 96"),
+    ({"num_key_value_heads": 1}, "config.json's num_key_value_heads x head_dim is 16"),
+    ({"head_dim": 8}, "config.json's num_key_value_heads x head_dim is 16"),  # (the first reason found)
+])
+def test_a_size_config_json_changes_in_every_layer_is_not_loadable(tmp_path, config, said):
+    """A trial's finds: intermediate_size, num_key_value_heads or head_dim edited in config.json scanned CLEAN
+    (every layer moves alike: no odd one out) while from_pretrained refused the size."""
+    folder = _llama(tmp_path / "m", config=config)
+    assert _loads(folder) == (False, [])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and said in report.errors[0].message and "size mismatch" in report.errors[0].message
+
+
+def test_layers_the_weights_hold_beyond_config_json_are_unused_unless_the_class_skips_them(tmp_path, monkeypatch):
+    """num_hidden_layers below the layers stored: from_pretrained builds fewer and leaves the rest unused (the model
+    is not this checkpoint); a class that names such layers in _keys_to_ignore_on_load_unexpected (DeepSeek-V3's
+    multi-token-prediction layer 61) loads as meant."""
+    from transformers import LlamaForCausalLM
+
+    folder = _llama(tmp_path / "m", config={"num_hidden_layers": 2})
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and "from_pretrained leaves layer 2 of model.layers unused" in report.errors[0].message
+    monkeypatch.setattr(LlamaForCausalLM, "_keys_to_ignore_on_load_unexpected", [r"model\.layers\.2\..*"], raising=False)
+    assert nandoctor.scan(folder).ok

@@ -30,6 +30,8 @@ from nandoctor.verdict import UNLOADABLE_KIND, family_of
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
 LM_HEAD = "lm_head.weight"
+_SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes each layer's weights are built with
+_SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 
@@ -43,46 +45,59 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     suspected = list(_suspicions(config, stored, stacks))
     if not suspected:
         return [], []
-    expected = _built_by_transformers(root)
-    if expected is None:  # transformers missing, or a model it does not ship: nothing to compare with
+    built = _built_by_transformers(root)
+    if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
         suspected = [(what, why) for what, why in suspected if why != _HOLE]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
                      if _has_transformers() else "install transformers for nandoctor to check it against the model "
                      "config.json builds")
-        return [], [f"{root / 'config.json'}: {'; '.join(f'{what}: {why}' for what, why in suspected[:3])}; "
+        shown = "; ".join(why if what == _SIZE_SUSPICION else f"{what}: {why}" for what, why in suspected[:3])
+        return [], [f"{root / 'config.json'}: {shown}; "
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
                     f"layers at random: not checked ({unchecked})"]
+    expected, skipped = built
     found: list[ScanProblem] = []
-    missing_names: list[tuple[str, str]] = []
     built_stacks = _stacks(expected)
-    for what, why in suspected:
-        if what in stored:  # a tensor: compare with the shape transformers builds for it
-            want = expected.get(what)
-            if want is not None and want != stored[what]:
-                found.append(ScanProblem(
-                    str(root), f"{what} holds shape {list(stored[what])} where the model config.json describes has "
-                    f"{list(want)} ({why}): from_pretrained refuses the checkpoint (size mismatch)",
-                    "save config.json with the model's real sizes (the one it was trained with), or the weights with "
-                    "this config (a resized embedding needs its config's vocab_size)", kind=UNLOADABLE_KIND))
-        elif what not in stacks:  # a tensor the weights lack: missing where the model builds it
-            if what in expected:
-                missing_names.append((what, why))
-        else:  # a layer stack
-            missing = sorted(built_stacks.get(what, set()) - stacks.get(what, set()))
-            if missing:
-                found.append(ScanProblem(
-                    str(root), f"{what} holds {_numbers(stacks[what])} where the model config.json describes has "
-                    f"{_numbers(built_stacks[what])} ({why}): from_pretrained initializes {_numbers(missing)} of {what} at "
-                    "random, so the model is not this checkpoint",
-                    "save config.json with the number of layers the weights hold (num_hidden_layers), or the "
-                    "missing layers' weights", kind=UNLOADABLE_KIND))
-    if missing_names:
-        names_said = ", ".join(name for name, _ in missing_names[:3]) + (" …" if len(missing_names) > 3 else "")
+    reasons = dict(suspected)
+    # once built, every stored tensor the model names too is compared (a size config.json changes moves many)
+    mismatched = [(name, shape, expected[name]) for name, shape in stored.items()
+                  if name in expected and expected[name] != shape]
+    if mismatched:
+        name, shape, want = mismatched[0]
+        why = reasons.get(name) or next((w for what, w in suspected if what == _SIZE_SUSPICION), None)
+        more = f" and {len(mismatched) - 1} more tensor(s)" if len(mismatched) > 1 else ""
         found.append(ScanProblem(
-            str(root), f"{len(missing_names)} weight(s) the model config.json describes needs are not stored "
-                       f"({names_said}: {missing_names[0][1]}): from_pretrained initializes them at random, so the "
+            str(root), f"{name} holds shape {list(shape)} where the model config.json describes has {list(want)}"
+            f"{more}{f' ({why})' if why else ''}: from_pretrained refuses the checkpoint (size mismatch)",
+            "save config.json with the model's real sizes (the one it was trained with), or the weights with this "
+            "config (a resized embedding needs its config's vocab_size)", kind=UNLOADABLE_KIND))
+    for stack in (what for what, _ in suspected if what in stacks and what not in stored):
+        missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
+        ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
+            any(p.search(name) for p in skipped) for name in stored if name.startswith(f"{stack}.{number}.")
+        )) if stack in built_stacks else []
+        if ignored:
+            found.append(ScanProblem(
+                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model config.json describes has "
+                f"{_numbers(built_stacks[stack])} ({reasons[stack]}): from_pretrained leaves {_numbers(ignored)} of "
+                f"{stack} unused, so the model is not this checkpoint",
+                "save config.json with the number of layers the weights hold (num_hidden_layers)", kind=UNLOADABLE_KIND))
+        if missing:
+            found.append(ScanProblem(
+                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model config.json describes has "
+                f"{_numbers(built_stacks[stack])} ({reasons[stack]}): from_pretrained initializes {_numbers(missing)} "
+                f"of {stack} at random, so the model is not this checkpoint",
+                "save config.json with the number of layers the weights hold (num_hidden_layers), or the missing "
+                "layers' weights", kind=UNLOADABLE_KIND))
+    lacking = [(what, why) for what, why in suspected
+               if what not in stored and what not in stacks and what != _SIZE_SUSPICION and what in expected]
+    if lacking:
+        names_said = ", ".join(name for name, _ in lacking[:3]) + (" …" if len(lacking) > 3 else "")
+        found.append(ScanProblem(
+            str(root), f"{len(lacking)} weight(s) the model config.json describes needs are not stored "
+                       f"({names_said}: {lacking[0][1]}): from_pretrained initializes them at random, so the "
                        "model is not this checkpoint",
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
@@ -112,7 +127,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             yield name, f"config.json's hidden_size is {hidden:,}, the tensor is {shape[1]:,} wide"
     if layers:
         for stack, numbers in stacks.items():
-            if max(numbers) + 1 < layers:
+            if max(numbers) + 1 != layers:
                 yield stack, f"config.json's num_hidden_layers is {layers:,}"
     # a tensor stored in all but a few layers of a stack (one in eight at most: a save or filter that dropped
     # it); a model whose layers differ by design (MoE every other layer, linear attention in three of four) stores
@@ -127,6 +142,21 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             if 0 < len(numbers) - len(has) <= max(1, len(numbers) // 8):
                 for number in sorted(numbers - has):
                     yield f"{stack}.{number}.{suffix}", _HOLE
+    # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
+    dims = {d for shape in stored.values() for d in shape}
+    heads, kv = _size(config.get("num_attention_heads")), _size(config.get("num_key_value_heads"))
+    head_dim = _size(config.get("head_dim")) or (hidden // heads if hidden and heads and hidden % heads == 0 else None)
+    sizes = {key: _size(config.get(key)) for key in _SIZES}
+    if kv and head_dim:
+        sizes["num_key_value_heads x head_dim"] = kv * head_dim
+        for name, shape in stored.items():  # (GQA: the key projection's rows are exactly that)
+            if name.endswith("k_proj.weight") and len(shape) == 2 and shape[0] != kv * head_dim:
+                yield _SIZE_SUSPICION, (f"config.json's num_key_value_heads x head_dim is {kv * head_dim:,}, "
+                                        f"{name} has {shape[0]:,} rows")
+                break
+    for key, size in sizes.items():
+        if size and dims and size not in dims and 2 * size not in dims:  # (2x: gate and up projections fused)
+            yield _SIZE_SUSPICION, f"config.json's {key} is {size:,}, a dimension no stored tensor has"
     architectures = config.get("architectures")
     head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
     if head and config.get("tie_word_embeddings") is False and LM_HEAD not in stored and any(map(EMBEDDING.match, stored)):
@@ -167,9 +197,10 @@ def _has_transformers() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
-def _built_by_transformers(root: Path) -> dict[str, tuple[int, ...]] | None:
+def _built_by_transformers(root: Path) -> tuple[dict[str, tuple[int, ...]], list[re.Pattern[str]]] | None:
     """Name → shape of every tensor of the model transformers builds from ``root``'s config.json, on the meta
-    device; None without transformers, or for a model it does not ship (remote code is never run)."""
+    device, and the patterns of stored names its class says from_pretrained skips; None without transformers,
+    or for a model it does not ship (remote code is never run)."""
     try:
         import torch
         import transformers
@@ -187,7 +218,10 @@ def _built_by_transformers(root: Path) -> dict[str, tuple[int, ...]] | None:
                 model = cls(config)
             else:  # no class of that name: AutoModelForCausalLM builds from model_type, as a user's load would
                 model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-        return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        built = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        # what the class itself says from_pretrained skips (DeepSeek-V3's multi-token-prediction layer 61)
+        ignored = getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or []
+        return built, [re.compile(p) for p in ignored if isinstance(p, str)]
     except Exception:  # noqa: BLE001 - any failure to build is "not checked", never a verdict
         return None
     finally:
