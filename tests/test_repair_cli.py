@@ -65,13 +65,13 @@ def test_repair_json_is_the_proof(tmp_path):
 
 def test_refusal_lists_what_cannot_be_restored_and_exits_3(tmp_path):
     out = tmp_path / "fixed"
-    result = run(
-        "repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-300", "--out", out
-    )
+    bad_copy = tmp_path / "copy"  # a donor as bad as the target
+    shutil.copytree(DEMO_RUN / "checkpoint-300", bad_copy)
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", bad_copy, "--out", out)
     assert result.exit_code == 3
     assert "Cannot be restored" in result.output and "holds 25 NaN/Inf values itself" in result.output
     assert "error:" in result.output and "no good donor" in result.output and "hint:" in result.output
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad_copy]
 
 
 def test_existing_out_exits_3(tmp_path):
@@ -91,6 +91,30 @@ def test_usage_errors_exit_2(tmp_path):
 def test_missing_donor_exits_3(tmp_path):
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", tmp_path / "nope", "--out", tmp_path / "x")
     assert result.exit_code == 3 and "donor checkpoint" in result.output and "no such file or folder" in result.output
+
+
+def test_a_donor_that_is_no_checkpoint_is_the_error_named(tmp_path):
+    """--from a JSON file, an empty folder or a run folder: the error names the donor and why it could not be
+    read (it named the target's tensors as having no good donor and said to add another --from)."""
+    run_dir = copy_run(tmp_path)
+    (tmp_path / "notes.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for donor, why in ((tmp_path / "notes.json", "a JSON file"), (tmp_path / "empty", "no checkpoint files"),
+                       (run_dir, "subfolder(s) hold weights")):
+        result = run("repair", run_dir / "checkpoint-300", "--from", donor, "--out", tmp_path / "o")
+        assert result.exit_code == 3, result.output
+        error = next(line for line in result.output.splitlines() if line.startswith("error:"))
+        assert f"donor {donor} could not be read" in error and why in error, result.output
+        assert "--from takes a checkpoint" in result.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_the_target_as_its_own_donor_is_refused(tmp_path):
+    run_dir = copy_run(tmp_path)
+    target = run_dir / "checkpoint-300"
+    result = run("repair", target, "--from", str(target) + "/", "--out", tmp_path / "o")
+    assert result.exit_code == 3 and "is the checkpoint being repaired" in result.output, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_from_auto_takes_donors_only_before_the_first_bad_checkpoint(tmp_path):
@@ -162,8 +186,9 @@ def test_top_level_api(tmp_path):
     assert {plan.donors[r.donor].step for r in plan.restorations} == {200}
 
 
-def test_dry_run_refusal_exits_3():
-    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-300", "--dry-run")
+def test_dry_run_refusal_exits_3(tmp_path):
+    shutil.copytree(DEMO_RUN / "checkpoint-300", tmp_path / "copy")  # a donor as bad as the target
+    result = run("repair", DEMO_RUN / "checkpoint-300", "--from", tmp_path / "copy", "--dry-run")
     assert result.exit_code == 3 and "REFUSED" in result.output and "Cannot be restored" in result.output
 
 
@@ -193,11 +218,14 @@ def test_no_donor_hint_offers_auto_only_where_it_finds_a_donor(tmp_path):
     shutil.copytree(DEMO_RUN / "checkpoint-300", plain)
     lone = tmp_path / "run" / "checkpoint-300"
     shutil.copytree(DEMO_RUN / "checkpoint-300", lone)
+    bad_copy = tmp_path / "bad-copy"
+    shutil.copytree(DEMO_RUN / "checkpoint-300", bad_copy)
     for target, offered in ((plain, False), (lone, False), (DEMO_RUN / "checkpoint-300", True)):
-        result = run("repair", target, "--from", target, "--out", tmp_path / "out")  # a donor as bad as the target
-        assert result.exit_code == 3 and "no good donor" in result.output
-        hint = next(line for line in result.output.splitlines() if line.startswith("hint:"))
-        assert ("--from auto" in hint) is offered, (target, hint)
+        for donor, error in ((bad_copy, "no good donor"), (target, "is the checkpoint being repaired")):
+            result = run("repair", target, "--from", donor, "--out", tmp_path / "out")  # a donor as bad as the target
+            assert result.exit_code == 3 and error in result.output, result.output
+            hint = next(line for line in result.output.splitlines() if line.startswith("hint:"))
+            assert ("--from auto" in hint) is offered, (target, hint)
     for available in (False, True):
         try:
             resolve_donors(DEMO_RUN / "checkpoint-300", [], auto_available=available)

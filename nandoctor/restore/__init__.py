@@ -345,6 +345,16 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
             "load and re-save the weights (torch.save(model.state_dict()) writes only viewed bytes), then repair",
             plan=plan,
         )
+    if plan.donors_unreadable:  # (a file that is not a checkpoint, an empty folder): that is the error to fix
+        label, failure = plan.donors_unreadable[0]
+        more = len(plan.donors_unreadable) - 1
+        others = f" (and {more} more donor(s) could not be read)" if more else ""
+        raise UnrestorableError(
+            f"donor {label} could not be read: {failure.message.removeprefix(label + ': ')}{others}; nothing was written",
+            (failure.hint + "; " if failure.hint else "")
+            + "--from takes a checkpoint: a weights file, a checkpoint folder, a model name in the cache, or auto",
+            plan=plan,
+        )
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
         shown = first_few(names, 3, quoted=True)

@@ -311,6 +311,11 @@ def resolve_donors(
             path, _ = hubcache.resolve(donor)
         except CheckpointNotFoundError as exc:
             raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
+        if needed and _same_place(path, target):  # (a clean target: an unchanged copy, whatever the donor)
+            raise RepairRefusedError(
+                f"donor {donor} is the checkpoint being repaired ({target}): it holds the same bad tensors",
+                "name an earlier, healthy checkpoint with --from <path>" + (" (or --from auto)" if auto_available else ""),
+            )
         out.append(CheckpointDonor(path, limits, selection))
     if not out and not needed:
         return out
@@ -320,3 +325,10 @@ def resolve_donors(
         also = " (or --from auto)" if auto_available else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # (one of them gone, or a name the OS refuses: the readers say so)
+        return False

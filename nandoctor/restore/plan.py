@@ -157,6 +157,8 @@ class RepairPlan:
     excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
     cast_helps: bool = False  # some tensor without a donor is held by a donor in another float dtype
     exclude_globs: tuple[str, ...] = ()  # --exclude patterns naming the optimizer state that has no donor
+    # (donor, why) for each named donor that could not be read, when none could: the repair's error is theirs
+    donors_unreadable: tuple[tuple[str, NandoctorError], ...] = ()
 
     def excluded_json(self) -> dict[str, Any]:
         """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a
@@ -232,6 +234,7 @@ class _DonorView:
         self._refs: Mapping[str, TensorRef] | None = None
         self._by_norm: dict[str, list[str]] = {}
         self.error: str | None = None
+        self.failure: NandoctorError | None = None  # the error behind ``error``
         self._health: dict[int, str | None] = {}
         self._made_unique: set[str] = set()
 
@@ -242,7 +245,7 @@ class _DonorView:
             self._refs = self.catalog.refs()
         except (NandoctorError, OSError) as exc:
             known = exc if isinstance(exc, NandoctorError) else unreadable(exc.filename or self.catalog.label, exc)
-            self.error = str(known)  # the message and what to do about it
+            self.error, self.failure = str(known), known  # the message and what to do about it
             return False
         self._made_unique = made_unique(self._refs.values())
         for name in self._refs:
@@ -505,6 +508,8 @@ def plan_repair(
         allow_cast=allow_cast,
         cast_helps=bool(cast),
         exclude_globs=_optimizer_globs(report, unrestorable),
+        donors_unreadable=tuple((v.catalog.label, v.failure) for v in views if v.failure)
+        if unrestorable and views and all(v.failure for v in views) else (),
     )
 
 
