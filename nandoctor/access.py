@@ -45,7 +45,7 @@ def unreadable(path: str | os.PathLike[str], exc: OSError) -> UnreadablePathErro
         )
     return UnreadablePathError(
         where, f"cannot be read ({exc.strerror or exc}){through}",
-        "check the path and the disk it is on (a network mount that went away, a failing disk), then scan again",
+        "check the path and the disk it is on (a network mount that went away, a failing disk), then run the command again",
     )
 
 

@@ -319,21 +319,26 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
             changes ``summary.exit_code`` and ``summary.failing``, never the counts.
 
     Returns:
-        A dict of plain values (``json.dumps`` takes it as it is).
+        A dict of plain values (``json.dumps`` takes it as it is), ``gate`` included.
 
     Example:
         >>> data = nandoctor.to_json(nandoctor.scan("ckpt/"))
         >>> data["summary"]["verdict"], data["bad_layer_ranges"]
     """
-    from nandoctor.report.json_report import report_to_json, run_to_json
+    from nandoctor.report.json_report import gate_json, report_to_json, run_to_json
 
     chosen = None if fail_on is None else verdicts.parse_fail_on(fail_on)
+    gate = verdicts.parse_fail_on(fail_on)
     if isinstance(result, RunReport):
-        return run_to_json(result, chosen)
+        data = run_to_json(result, chosen)
+        data["gate"] = gate_json(gate, result.exit_code(gate))
+        return data
     if not isinstance(result, ScanReport):
         raise TypeError(f"nandoctor.to_json takes what nandoctor.scan or nandoctor.scan_run returned, not "
                         f"{type(result).__name__}: to_json(nandoctor.scan(path))")
-    return report_to_json(result, chosen)
+    data = report_to_json(result, chosen)
+    data["gate"] = gate_json(gate, verdicts.exit_code(result, gate))
+    return data
 
 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:

@@ -307,3 +307,25 @@ def test_numpy_arrays_in_a_live_state_dict_are_counted_as_a_files_are():
     counted = {t.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
     assert counted == {"w": (0, 0, 0), "stats.mean": (1, 1, 0), "stats.ld": (1, 0, 0), "stats.be": (0, 0, 1)}
     assert report.exit_code == 1
+
+
+@pytest.mark.parametrize("fail_on", [None, "nonfinite"])
+@pytest.mark.parametrize("what", ["checkpoint-300", "checkpoint-200", "."])
+def test_to_json_is_what_scan_json_prints_gate_included(what, fail_on):
+    """nandoctor.to_json(scan(...)) / to_json(scan_run(...)) is the dict `nandoctor scan --json` prints, its
+    gate included (it had none: code moved from the CLI's JSON to the API met a KeyError), timings aside."""
+    from tests.conftest import DEMO_RUN, run_cli
+
+    path = DEMO_RUN / what
+    report = nandoctor.scan_run(path) if what == "." else nandoctor.scan(path)
+    data = json.loads(json.dumps(nandoctor.to_json(report, fail_on)))
+    args = ["scan", path, "--json"] + (["--fail-on", fail_on] if fail_on else [])
+    printed = json.loads(run_cli(*args).output)
+
+    def untimed(value):
+        if isinstance(value, dict):
+            return {k: untimed(v) for k, v in value.items() if k not in ("seconds", "gb_per_s")}
+        return [untimed(v) for v in value] if isinstance(value, list) else value
+
+    assert untimed(data) == untimed(printed)
+    assert data["gate"]["exit_code"] == printed["summary"]["exit_code"] == (0 if what == "checkpoint-200" else 1)

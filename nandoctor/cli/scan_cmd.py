@@ -31,7 +31,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     try:
         return verdicts.parse_fail_on(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc).removeprefix("fail_on (--fail-on) ")) from None  # click names the option
 
 
 @click.command()
