@@ -417,6 +417,8 @@ def repair(
     allow_cast: bool = False,
     only: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
+    max_abs: float | None = None,
+    outlier_factor: float | None = None,
 ) -> RepairResult:
     """Restore ``target``'s bad tensors from ``donors`` into the new checkpoint ``out``; the source is untouched.
 
@@ -439,6 +441,10 @@ def repair(
             are judged and restored, in the target, in every donor (``"auto"`` included) and in the
             verification scan. The others are carried over byte-identical, NaN/Inf and all, and counted in
             the plan and proof (``"excluded"``) and a plan note. An empty pattern raises ``ValueError``.
+        max_abs, outlier_factor: the health thresholds, as for :func:`scan`: the target's bad tensors, each
+            donor's copy and the verification scan are judged by them (a tensor ``scan(max_abs=1e4)`` calls
+            exploded is restored, and no donor copy above 1e4 is taken). The plan and proof record them
+            (``"health_limits"``). A value that is not positive and finite raises ``ValueError``.
 
     Returns:
         A ``RepairResult``: ``ok`` (written and verified healthy, judged as :func:`scan` judges it in the
@@ -463,7 +469,8 @@ def repair(
     if out is not None:
         require_path(out, "repair", "out")
     return _repair(target, donors, out, scope, dry_run, progress=progress, on_phase=on_phase, hash_all=hash_all,
-                   allow_diverged=allow_diverged, allow_cast=allow_cast, selection=selection(only, exclude))
+                   allow_diverged=allow_diverged, allow_cast=allow_cast, limits=health_limits(max_abs, outlier_factor),
+                   selection=selection(only, exclude))
 
 
 def scan_state_dict(

@@ -455,3 +455,32 @@ def test_a_folder_whose_only_file_cannot_be_read_says_nothing_fits_the_load_dtyp
     quiet = run_nandoctor("scan", folder, "--quiet")
     assert quiet.returncode == 3 and quiet.stdout.startswith(f"FAIL UNREADABLE {folder}: 0 tensors read; 1 part(s)")
     assert "fits" not in quiet.stdout
+
+
+def test_every_option_of_every_command_is_documented():
+    """Each command's options are in docs/ (cli.md, or the command's own page): a new option without docs,
+    or docs naming an option a command lacks (repair.md named --max-abs before repair had it), fails here."""
+    import re
+
+    from nandoctor.cli import cli
+
+    docs = {p.stem: p.read_text() for p in (ROOT / "docs").glob("*.md")}
+    everything = "\n".join(docs.values())
+    import click
+
+    ctx = click.Context(cli)
+    commands = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+    assert {"scan", "repair", "diff"} <= set(commands)
+    for name, command in commands.items():
+        page = docs.get(name, "") + docs["cli"]
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt not in ("--help", "--debug"):
+                    assert re.search(re.escape(opt) + r"(?![\w-])", page), f"{name} {opt} is not in docs/cli.md or docs/{name}.md"
+    repair = commands["repair"]
+    options = {o for p in repair.params for o in p.opts}
+    shown = {opt for command_line in re.findall(r"nandoctor repair [^`#\n]*", everything + (ROOT / "README.md").read_text())
+             for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command_line)}
+    assert {"--from", "--out", "--dry-run"} <= shown
+    for opt in shown:
+        assert opt in options, f"the docs show nandoctor repair {opt}, which repair does not take"

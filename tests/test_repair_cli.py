@@ -323,3 +323,45 @@ def test_a_sharded_dcp_tensor_restored_in_two_chunks_counts_once(tmp_path):
     for name, t in expected.items():
         assert torch.equal(repaired[name].view(torch.int32), t.view(torch.int32)), name
     assert not torch.equal(donor["a"], source["a"])  # the target differs from its donor everywhere
+
+
+def test_max_abs_judges_the_target_the_donors_and_the_verification(tmp_path):
+    """repair --max-abs / --outlier-factor (and the API's max_abs/outlier_factor): a tensor that
+    `scan --max-abs 1e4` calls exploded is restored; a donor copy above the ceiling is passed over; the plan and
+    proof record the limits (repair had no such option while docs/repair.md named it)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    import nandoctor
+
+    rng = np.random.default_rng(0)
+    good = {f"model.layers.{i}.mlp.weight": rng.normal(0, 0.02, (64, 64)).astype(np.float32) for i in range(4)}
+    save_file(good, tmp_path / "good.safetensors")
+    bad = dict(good)
+    bad["model.layers.2.mlp.weight"] = (5e4 * np.sign(good["model.layers.2.mlp.weight"])).astype(np.float32)
+    save_file(bad, tmp_path / "bad.safetensors")
+    high = dict(good)
+    high["model.layers.2.mlp.weight"] = (2e4 * np.sign(good["model.layers.2.mlp.weight"])).astype(np.float32)
+    save_file(high, tmp_path / "high.safetensors")
+    target = tmp_path / "bad.safetensors"
+
+    plain = run("repair", target, "--from", tmp_path / "good.safetensors", "--out", tmp_path / "o0", "--json")
+    assert plain.exit_code == 0 and json.loads(plain.output)["restored"] == []  # 5e4 is under the default 1e5
+
+    result = run("repair", target, "--from", tmp_path / "high.safetensors", "--from", tmp_path / "good.safetensors",
+                 "--out", tmp_path / "o1", "--max-abs", "1e4", "--json")
+    assert result.exit_code == 0, result.output
+    proof = json.loads(result.output)
+    assert proof["health_limits"] == {"max_abs": 1e4, "outlier_factor": 1024.0}
+    assert [(r["tensor"], r["donor"]) for r in proof["restored"]] == [("model.layers.2.mlp.weight", str(tmp_path / "good.safetensors"))]
+    written = load_file(next((tmp_path / "o1").glob("*.safetensors")))
+    np.testing.assert_array_equal(written["model.layers.2.mlp.weight"], good["model.layers.2.mlp.weight"])
+
+    only_high = run("repair", target, "--from", tmp_path / "high.safetensors", "--out", tmp_path / "o2",
+                    "--max-abs", "1e4", "--dry-run", "--json")
+    assert only_high.exit_code == 3 and "exploded" in json.dumps(json.loads(only_high.output)["unrestorable"])
+    assert run("repair", target, "--from", tmp_path / "good.safetensors", "--out", tmp_path / "o3",
+               "--max-abs", "0").exit_code == 2
+
+    api = nandoctor.repair(target, [tmp_path / "good.safetensors"], tmp_path / "o4", max_abs=1e4)
+    assert api.ok and [r.name for r in api.plan.restorations] == ["model.layers.2.mlp.weight"]

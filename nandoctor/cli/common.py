@@ -40,6 +40,27 @@ def debug_option(func: F) -> F:
                         help="Show tracebacks (also NANDOCTOR_DEBUG=1).")(func)
 
 
+def health_limit_options(func: F) -> F:
+    """``--max-abs`` and ``--outlier-factor``: the health thresholds, for scan and repair alike (a repair judges
+    the target, its donors and its verification by them, as the scan that sent the user there did)."""
+    func = click.option("--outlier-factor", type=float, default=None,
+                        help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")(func)
+    return click.option("--max-abs", type=float, default=None,
+                        help="Exploded ceiling: a weight above it is 'exploded' (default 1e5, 2^14 for fp16; "
+                        "docs/health.md).")(func)
+
+
+def checked_limits(max_abs: float | None, outlier_factor: float | None) -> Any:
+    """The thresholds of ``--max-abs``/``--outlier-factor`` (None: the defaults); a bad value is a usage error
+    before anything is read."""
+    from nandoctor import api
+
+    try:
+        return api.health_limits(max_abs, outlier_factor)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def echo_json(data: Any) -> None:
     """Write ``data`` as indented JSON to stdout, piece by piece: a report of a million tensors is
     never held as one string, and an iterator in it (the CLI's tensor list) is encoded item by item."""

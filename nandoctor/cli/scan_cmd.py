@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nandoctor.checkpoint.selection import Selection, selection
-from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors, known_error
+from nandoctor.cli.common import (
+    USER_PATH,
+    checked_limits,
+    debug_option,
+    echo_json,
+    fail,
+    handles_errors,
+    health_limit_options,
+    known_error,
+)
 from nandoctor.cli.emit import check_markdown, emit_scan_and_html, write_html
 from nandoctor.cli.progress import byte_progress
 from nandoctor.dtypes import TARGET_DTYPE_NAMES
@@ -65,10 +74,7 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow. "
     "Unreadable parts always exit 3.",
 )
-@click.option("--max-abs", type=float, default=None,
-              help="Exploded ceiling: a weight above it is 'exploded' (default 1e5, 2^14 for fp16; docs/health.md).")
-@click.option("--outlier-factor", type=float, default=None,
-              help="How far above its tensor's bulk a value is an 'outlier' (default 1024 = 2^10).")
+@health_limit_options
 @click.option("--only", "only", multiple=True, metavar="GLOB",
               help="Scan only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*').")
 @click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
@@ -155,10 +161,7 @@ def scan(
         raise click.UsageError(str(exc)) from None
     except (NandoctorError, OSError):
         pass  # the path's own problem: the scan below reports it
-    try:
-        api.health_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    checked_limits(max_abs, outlier_factor)  # refuse bad limits before any reading
     try:
         chosen = selection(only, exclude)
     except ValueError as exc:

@@ -159,6 +159,7 @@ class RepairPlan:
     exclude_globs: tuple[str, ...] = ()  # --exclude patterns naming the optimizer state that has no donor
     # (donor, why) for each named donor that could not be read, when none could: the repair's error is theirs
     donors_unreadable: tuple[tuple[str, NandoctorError], ...] = ()
+    health_limits: dict[str, Any] | None = None  # --max-abs / --outlier-factor when given (the scan JSON's field)
 
     def excluded_json(self) -> dict[str, Any]:
         """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a
@@ -508,6 +509,7 @@ def plan_repair(
         allow_cast=allow_cast,
         cast_helps=bool(cast),
         exclude_globs=_optimizer_globs(report, unrestorable),
+        health_limits=report.extra.get("health_limits"),
         donors_unreadable=tuple((v.catalog.label, v.failure) for v in views if v.failure)
         if unrestorable and views and all(v.failure for v in views) else (),
     )

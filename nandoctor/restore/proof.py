@@ -72,6 +72,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
+        **({"health_limits": plan.health_limits} if plan.health_limits else {}),
         **plan.excluded_json(),
         "restored": [_restoration(plan, r) for r in plan.restorations],
         "files": [
@@ -136,6 +137,7 @@ def plan_json(plan: RepairPlan, error: NandoctorError | None = None) -> dict[str
         "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
+        **({"health_limits": plan.health_limits} if plan.health_limits else {}),
         **plan.excluded_json(),
         "complete": not plan.refused and error is None,
         "exit_code": error.exit_code if error is not None else 3 if plan.refused else 0,
