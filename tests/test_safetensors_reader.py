@@ -59,6 +59,36 @@ def test_valid_edge_cases_are_accepted(tmp_path):
     assert metadata == {"format": "pt"} and refs["scalar"].region.offset == data_start
 
 
+def test_null_metadata_is_no_metadata_as_for_the_reference(tmp_path):
+    """"__metadata__": null: safetensors' metadata is an Option (load_file and from_pretrained read the file);
+    nandoctor called it UNREADABLE. Every other non-object stays refused, as the reference refuses it."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    for value, accepted in ((None, True), ([], False), ("pt", False), ({"format": 1}, False)):
+        header = {"__metadata__": value, "w": entry(dtype="F32", shape=(2,), offsets=(0, 8))}
+        path = raw_file(tmp_path / "m.safetensors", None, np.array([1.0, float("nan")], np.float32).tobytes(),
+                        header_bytes=json.dumps(header).encode())
+        try:
+            with safe_open(str(path), "np") as f:
+                reference = f.metadata()
+            load_file(path)
+        except Exception:
+            reference = "refused"
+        assert (reference != "refused") is accepted, value
+        if not accepted:
+            with pytest.raises(CorruptCheckpointError):
+                list(reader_for(path).read(path).refs)
+            continue
+        assert reference is None
+        refs = list(reader_for(path).read(path).refs)
+        assert [r.name for r in refs] == ["w"] and read_header(path)[2] == {}
+        from nandoctor import scan
+
+        assert scan(path).nonfinite == 1
+
+
 def test_git_lfs_pointer_is_named(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")

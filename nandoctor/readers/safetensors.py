@@ -218,6 +218,8 @@ def _json_header(p: str, text: str) -> tuple[dict, dict[str, str]]:
         raise CorruptCheckpointError(p, "header is JSON but not an object")
 
     metadata = header.get("__metadata__", {})
+    if metadata is None:  # the reference's metadata is an Option: null is no metadata (safetensors loads the file)
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
