@@ -571,8 +571,8 @@ class ScanProblem:
     names differ from its neighbours': checkpoint/runs.py), ``selection`` (``--only``/``--exclude``
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
     weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
-    checkpoint/loadability.py), ``config`` (it loads, but a config file it is built from holds NaN/Infinity:
-    checkpoint/loadconfig.py). Reports head their problem lists by it; verdict.py words the
+    checkpoint/loadability.py), ``config`` (it loads, but a config file it is built from holds NaN/Infinity or a
+    value that makes generate raise or the forward pass NaN: checkpoint/loadconfig.py). Reports head their problem lists by it; verdict.py words the
     verdict by it.
     """
 

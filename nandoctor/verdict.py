@@ -46,7 +46,8 @@ UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "has
 EMPTY_KIND = "empty"
 NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
 UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
-# it loads, but its config.json or generation_config.json holds NaN/Infinity (checkpoint/loadconfig.py)
+# it loads, but its config.json or generation_config.json holds NaN/Infinity or a value that makes generate raise or
+# the forward pass NaN (checkpoint/loadconfig.py, checkpoint/configvalues.py)
 CONFIG_KIND = "config"
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
@@ -65,7 +66,7 @@ _PROBLEM_FACTS = {
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
-    CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} NaN/Infinity",
+    CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} values the model cannot work with",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",

@@ -20,6 +20,8 @@ Healthy tensors still make no working model when the config the model is built f
   every forward pass NaN, and a ``temperature`` or ``repetition_penalty`` of NaN makes ``generate`` raise. The
   model loads, so this is no NOT LOADABLE: a problem of kind ``config`` (``verdict.CONFIG_KIND``, BAD CONFIG)
   naming the file and the key path (``text_config.rms_norm_eps is NaN``).
+- finite values that make ``generate`` raise or every forward pass NaN (a ``temperature`` of 0 with
+  ``do_sample``, a negative ``rms_norm_eps``): configvalues.py.
 
 Only where a Hugging Face loader reads the folder's weights (loadability.py says which): a ``config.json``
 beside other weights is another library's.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
+from nandoctor.checkpoint import configvalues
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.loaddtype import config_dtype
 from nandoctor.checkpoint.loaders import CONFIG
@@ -73,9 +76,12 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
     elif config is not None:
         found += _dtype(root / CONFIG, config)
         found += _nonfinite(root / CONFIG, config)
+        found += configvalues.model_problems(root / CONFIG, config)
     generation = read_object(root / GENERATION_CONFIG)
-    if isinstance(generation, dict):  # (an invalid one is passed over by from_pretrained: generate uses the defaults)
+    if isinstance(generation, dict):  # (one that is not JSON is passed over by from_pretrained: generate's defaults)
         found += _nonfinite(root / GENERATION_CONFIG, generation)
+        found += configvalues.generation_problems(root / GENERATION_CONFIG, generation,
+                                                  config if isinstance(config, dict) else None)
     return found
 
 

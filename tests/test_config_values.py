@@ -1,0 +1,150 @@
+"""Finite config values that break a model held to the real transformers (checkpoint/configvalues.py): each folder
+scans BAD CONFIG (or NOT LOADABLE) exactly when ``from_pretrained`` raises, the logits are not finite, or a plain
+``generate()`` (generation_config.json as saved) raises; the values transformers tolerates scan CLEAN and generate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import nandoctor
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from tests.trainer_checkpoints import VOCAB, tiny_llama  # noqa: E402  (needs torch and transformers)
+
+
+def _oracle(folder: Path, auto_class=None) -> str:
+    """"ok", or how transformers fails on ``folder``: "load", "nan" or "generate"."""
+    auto_class = auto_class or transformers.AutoModelForCausalLM
+    try:
+        model = auto_class.from_pretrained(folder)
+    except Exception:
+        return "load"
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        if auto_class is transformers.AutoModelForCausalLM and not torch.isfinite(model(ids).logits).all():
+            return "nan"
+        torch.manual_seed(0)
+        try:
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)  # generation_config as saved
+        except Exception:
+            return "generate"
+    return "ok"
+
+
+def _edit(folder: Path, name: str, **values) -> None:
+    path = folder / name
+    data = json.loads(path.read_text())
+    data.update(values)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    tiny_llama().save_pretrained(folder)
+    return folder
+
+
+# (generation_config.json values, what transformers does: "ok" or "generate"/"load")
+GENERATION = [
+    ({"temperature": 0.0, "do_sample": True}, "generate"),
+    ({"temperature": -1.0, "do_sample": True}, "generate"),
+    ({"top_k": -1, "do_sample": True}, "generate"),
+    ({"min_p": 2.0, "do_sample": True}, "generate"),
+    ({"min_p": -0.5, "do_sample": True}, "generate"),
+    ({"repetition_penalty": 0.0}, "generate"),
+    ({"repetition_penalty": -1.0, "do_sample": True}, "generate"),
+    ({"encoder_repetition_penalty": 0.0}, "generate"),
+    ({"num_beams": 0}, "generate"),
+    ({"bad_words_ids": [[3], [VOCAB + 5]]}, "generate"),
+    ({"max_new_tokens": 0}, "load"),
+    # tolerated: no finding
+    ({"temperature": 0.0, "do_sample": False}, "ok"),
+    ({"temperature": 0.0}, "ok"),
+    ({"top_k": -1}, "ok"),
+    ({"top_k": 0, "do_sample": True}, "ok"),
+    ({"top_p": 1.5, "do_sample": True}, "ok"),
+    ({"min_p": 0.05, "do_sample": True}, "ok"),
+    ({"repetition_penalty": 1.2, "temperature": 0.7, "top_k": 20, "do_sample": True}, "ok"),
+    ({"eos_token_id": VOCAB + 5, "pad_token_id": VOCAB + 6}, "ok"),
+    ({"bad_words_ids": [[3], [VOCAB - 1]]}, "ok"),
+]
+
+
+@pytest.mark.parametrize("values, expected", GENERATION, ids=[json.dumps(v) for v, _ in GENERATION])
+def test_generation_config_values_are_judged_as_generate_uses_them(saved, tmp_path, values, expected):
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "generation_config.json", **values)
+    assert _oracle(folder) == expected
+    report = nandoctor.scan(folder)
+    kinds = {p.kind for p in report.errors}
+    if expected == "ok":
+        assert report.exit_code == 0 and not report.errors, report.errors
+        return
+    assert report.exit_code == 3
+    assert kinds == ({"unloadable"} if expected == "load" else {"config"}), report.errors
+    message = " ".join(p.message for p in report.errors)
+    assert "generation_config.json" in " ".join(p.path for p in report.errors)
+    assert all(key in message for key in values if key != "do_sample"), message
+
+
+# (config.json values, what transformers does)
+MODEL = [
+    ({"rms_norm_eps": -10.0}, "nan"),
+    ({"rms_norm_eps": 0.0}, "ok"),
+    ({"rms_norm_eps": 1e-5}, "ok"),
+]
+
+
+@pytest.mark.parametrize("values, expected", MODEL, ids=[json.dumps(v) for v, _ in MODEL])
+def test_config_values_that_make_the_forward_pass_nan(saved, tmp_path, values, expected):
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "config.json", **values)
+    assert _oracle(folder) == expected
+    report = nandoctor.scan(folder)
+    if expected == "ok":
+        assert report.exit_code == 0, report.errors
+    else:
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+        assert "rms_norm_eps is -10.0" in report.errors[0].message
+
+
+def _fresh(folder: Path, model_type: str, **sizes) -> Path:
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type, **sizes)
+    auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+    auto.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_gemma2_softcap_of_zero_and_gpt2_negative_epsilon(tmp_path):
+    gemma = _fresh(tmp_path / "gemma2", "gemma2", vocab_size=64, hidden_size=16, intermediate_size=32,
+                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    assert _oracle(gemma) == "ok" and nandoctor.scan(gemma).exit_code == 0
+    _edit(gemma, "config.json", final_logit_softcapping=0.0)
+    assert _oracle(gemma) == "nan"
+    report = nandoctor.scan(gemma)
+    assert report.exit_code == 3 and "final_logit_softcapping is 0" in report.errors[0].message
+    _edit(gemma, "config.json", final_logit_softcapping=None, attn_logit_softcapping=None)  # null: off, fine
+    assert _oracle(gemma) == "ok" and nandoctor.scan(gemma).exit_code == 0
+
+    gpt2 = _fresh(tmp_path / "gpt2", "gpt2", vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    _edit(gpt2, "config.json", layer_norm_epsilon=-1.0)
+    assert _oracle(gpt2) == "nan"
+    assert [p.kind for p in nandoctor.scan(gpt2).errors] == ["config"]
+
+
+def test_an_encoder_decoders_decoder_start_token_outside_the_vocabulary(tmp_path):
+    t5 = _fresh(tmp_path / "t5", "t5", vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+               decoder_start_token_id=0)
+    assert _oracle(t5, transformers.AutoModelForSeq2SeqLM) == "ok" and nandoctor.scan(t5).exit_code == 0
+    _edit(t5, "generation_config.json", decoder_start_token_id=64)
+    assert _oracle(t5, transformers.AutoModelForSeq2SeqLM) == "generate"
+    report = nandoctor.scan(t5)
+    assert report.exit_code == 3 and "decoder_start_token_id is 64" in report.errors[0].message
