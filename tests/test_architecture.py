@@ -157,3 +157,72 @@ def test_layers_the_weights_hold_beyond_config_json_are_unused_unless_the_class_
     assert report.exit_code == 3 and "from_pretrained leaves layer 2 of model.layers unused" in report.errors[0].message
     monkeypatch.setattr(LlamaForCausalLM, "_keys_to_ignore_on_load_unexpected", [r"model\.layers\.2\..*"], raising=False)
     assert nandoctor.scan(folder).ok
+
+
+def _load_error(folder: Path) -> str | None:
+    """What from_pretrained raises on the folder (None: it loads)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        AutoModelForCausalLM.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - any failure is the oracle's answer
+        return type(exc).__name__
+    return None
+
+
+@pytest.mark.parametrize("config, said", [
+    ({"pad_token_id": 128}, "pad_token_id is 128, outside the vocabulary of 128"),  # a pad token added, no resize
+    ({"pad_token_id": 5000}, "pad_token_id is 5,000"),
+    ({"hidden_act": "swiglu"}, "hidden_act is 'swiglu'"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads is 0"),
+    ({"rope_parameters": {"rope_type": "yarnn", "factor": 2.0, "rope_theta": 1e4}}, "rope_parameters is"),
+    ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling is"),
+])
+def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path, config, said):
+    """A config.json value that makes from_pretrained fail before it reads a weight (the realistic one: a pad
+    token added to the tokenizer and pad_token_id set without resize_token_embeddings: save_pretrained writes it)
+    is NOT LOADABLE, named; all scanned CLEAN before."""
+    folder = _llama(tmp_path / "m", config=config)
+    assert _load_error(folder) is not None
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert said in report.errors[0].message and "cannot build the model" in report.errors[0].message
+    assert next(iter(config)) in report.errors[0].hint
+
+
+@pytest.mark.parametrize("config", [{"pad_token_id": 127}, {"pad_token_id": -1}, {"pad_token_id": None},
+                                    {"hidden_act": "gelu_pytorch_tanh"},
+                                    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}])
+def test_config_values_it_builds_from_stay_clean(tmp_path, config):
+    folder = _llama(tmp_path / "m", config=config)
+    assert _load_error(folder) is None
+    assert nandoctor.scan(folder).exit_code == 0
+
+
+def test_a_suspected_value_is_blamed_only_when_the_model_builds_without_it(tmp_path, monkeypatch):
+    """A build that fails whatever the suspected value (a class needing another config: nandoctor's limit) says
+    nothing about the checkpoint: never NOT LOADABLE for it."""
+    folder = _llama(tmp_path / "m", config={"hidden_act": "swiglu"})
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: architecture.BuildFailure("TypeError: x"))
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors
+
+
+def test_a_config_describing_more_layers_than_any_model_is_never_built(tmp_path, monkeypatch):
+    """num_hidden_layers edited to 20,000 (or 2,000: 6 s and 0.5 GB of meta modules each scan): the layers the
+    weights lack are said from the counts alone, without building."""
+    def never(root):
+        raise AssertionError("built")
+
+    for layers in (2000, 20_000):
+        folder = _llama(tmp_path / f"m{layers}", config={"num_hidden_layers": layers})
+        monkeypatch.setattr(architecture, "_built_by_transformers", never)
+        report = nandoctor.scan(folder)
+        monkeypatch.undo()
+        assert report.exit_code == 3 and f"describes {layers:,} layers" in report.errors[0].message
+        assert "model.layers holds layers 0–2" in report.errors[0].message
+    experts = _llama(tmp_path / "experts", config={"num_hidden_layers": 300, "num_local_experts": 1000})
+    monkeypatch.setattr(architecture, "_built_by_transformers", never)
+    assert "300 layers of 1,000 experts" in nandoctor.scan(experts).errors[0].message

@@ -27,13 +27,13 @@ def _oracle(folder: Path, auto_class=None) -> str:
         return "load"
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
-        if auto_class is transformers.AutoModelForCausalLM and not torch.isfinite(model(ids).logits).all():
-            return "nan"
-        torch.manual_seed(0)
         try:
+            if auto_class is transformers.AutoModelForCausalLM and not torch.isfinite(model(ids).logits).all():
+                return "nan"
+            torch.manual_seed(0)
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)  # generation_config as saved
         except Exception:
-            return "generate"
+            return "generate"  # (a forward pass that raises: generate raises the same)
     return "ok"
 
 
@@ -148,3 +148,27 @@ def test_an_encoder_decoders_decoder_start_token_outside_the_vocabulary(tmp_path
     assert _oracle(t5, transformers.AutoModelForSeq2SeqLM) == "generate"
     report = nandoctor.scan(t5)
     assert report.exit_code == 3 and "decoder_start_token_id is 64" in report.errors[0].message
+
+
+@pytest.mark.parametrize("model_type, values, expected", [
+    ("mistral", {"sliding_window": 0}, "generate"),
+    ("mistral", {"sliding_window": -1}, "generate"),
+    ("mistral", {"sliding_window": 1}, "ok"),
+    ("mixtral", {"num_experts_per_tok": 16}, "generate"),
+    ("mixtral", {"num_experts_per_tok": 8}, "ok"),
+    ("qwen2_moe", {"num_experts_per_tok": 99}, "generate"),
+])
+def test_config_values_that_make_the_forward_pass_raise(tmp_path, model_type, values, expected):
+    folder = _fresh(tmp_path / model_type, model_type, vocab_size=64, hidden_size=16, intermediate_size=32,
+                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                    num_local_experts=8, num_experts=8, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                    num_experts_per_tok=2, max_position_embeddings=64)
+    _edit(folder, "config.json", **values)
+    assert _oracle(folder) == expected
+    report = nandoctor.scan(folder)
+    if expected == "ok":
+        assert report.exit_code == 0, report.errors
+    else:
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+        key = next(iter(values))
+        assert f"{key} is {values[key]}" in report.errors[0].message

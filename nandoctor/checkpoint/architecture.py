@@ -12,12 +12,22 @@ tensors and stacks are compared with it: a shape it builds otherwise is NOT LOAD
 weights lack are too (the model loads, with those layers random). Without transformers, a note says what
 disagrees. Names a loader renames (fused MoE experts) are never compared: only embeddings, ``lm_head`` and the
 layer numbers of a stack.
+
+Config values transformers cannot build a model from are suspected the same cheap way (a ``pad_token_id`` outside
+the vocabulary: ``save_pretrained`` writes it after a pad token is added without ``resize_token_embeddings``; a
+head count of 0; an activation, rope type or layer type this transformers may not know). Where the build then
+fails, the same config with those values replaced (the pad token dropped, the activation ``gelu``, …) is built
+too: only when that one builds is the failure the value's, and the checkpoint NOT LOADABLE naming it; a build
+that fails either way is nandoctor's own limit (a class needing another config, a missing extra), and says
+nothing about the checkpoint. A config that describes more layers or experts than any model has (a one-byte
+edit of ``num_hidden_layers``) is never built: its missing layers are said from the counts alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,6 +36,7 @@ from typing import Any
 
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND, family_of
+from nandoctor.wording import first_few
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
@@ -37,6 +48,26 @@ _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes eac
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
+# transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES):
+# another name only makes nandoctor build the model to see whether this transformers knows it
+_ACTIVATIONS = frozenset({
+    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh", "gelu_pytorch_tanh",
+    "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
+    "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
+_ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
+_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn"})
+_ROPE_KEYS = ("rope_scaling", "rope_parameters")
+_LAYER_TYPES = frozenset({
+    "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
+    "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
+    "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense"})
+_HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+# Beyond these a config.json describes no model there is (405B Llama: 126 layers; Kimi K2: 384 experts x 61
+# layers): building it on the meta device would take minutes and gigabytes for one edited number
+MAX_BUILT_LAYERS = 1024
+MAX_BUILT_EXPERT_LAYERS = 200_000
 
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str],
@@ -48,9 +79,18 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     stored = dict(zip(names, (tuple(s) for s in shapes)))
     stacks = _stacks(stored)
     suspected = list(_suspicions(config, stored, stacks))
-    if not suspected:
+    values = list(_value_suspicions(config))
+    if not suspected and not values:
         return [], []
+    scale = _scale(config)
+    if scale is not None:
+        return _unbuilt(root, scale, config, stacks)
     built = _built_by_transformers(root)
+    if isinstance(built, BuildFailure):
+        blamed = _blame(root, config, values, built)
+        if blamed is not None:
+            return [blamed], []
+        built = None  # (it fails either way: nandoctor's limit, not the checkpoint's)
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
         suspected = [(what, why) for what, why in suspected if why != _HOLE]
         if not suspected:
@@ -110,6 +150,102 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     return found, []
+
+
+_DROP = object()  # (a suspected value replaced by nothing: the key is removed, the class's default applies)
+
+
+def _value_suspicions(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str, Any]]:
+    """(the (sub-)config holding it, key, why, what to build with instead) for each config value transformers may
+    not build a model from."""
+    for where, sub in [("", config)] + [(f"{k}.", v) for k, v in config.items() if isinstance(v, dict) and "model_type" in v]:
+        vocab = _size(sub.get("vocab_size"))
+        pad = sub.get("pad_token_id")
+        if vocab and isinstance(pad, int) and not isinstance(pad, bool) and not -vocab <= pad < vocab:
+            yield sub, "pad_token_id", (f"config.json's {where}pad_token_id is {pad:,}, outside the vocabulary of "
+                                        f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
+        for key in _HEAD_COUNTS:
+            count = sub.get(key)
+            if isinstance(count, (int, float)) and not isinstance(count, bool) and count <= 0:
+                heads = _size(sub.get("num_attention_heads"))
+                yield sub, key, f"config.json's {where}{key} is {count}", heads if key != _HEAD_COUNTS[0] and heads else _DROP
+        for key in _ACTIVATION_KEYS:
+            if isinstance(sub.get(key), str) and sub[key] not in _ACTIVATIONS:
+                yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
+        for key in _ROPE_KEYS:
+            rope = sub.get(key)
+            kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+            if isinstance(rope, dict) and (kind not in _ROPE_TYPES or (kind != "default" and "factor" not in rope)):
+                yield sub, key, f"config.json's {where}{key} is {json.dumps(rope)[:80]}", _DROP
+        types = sub.get("layer_types")
+        layers = _size(sub.get("num_hidden_layers"))
+        if isinstance(types, list) and (any(t not in _LAYER_TYPES for t in types) or (layers and len(types) != layers)):
+            yield sub, "layer_types", (f"config.json's {where}layer_types lists {len(types)} layer(s) "
+                                       f"({first_few(sorted(set(map(str, types))), 3)})"
+                                       + (f" for num_hidden_layers {layers}" if layers else "")), _DROP
+
+
+def _scale(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(layers, experts) where config.json describes more than any model has (never built), else None."""
+    subs = [config] + [v for v in config.values() if isinstance(v, dict) and "model_type" in v]
+    layers = max((_size(sub.get(k)) or 0 for sub in subs for k in _LAYER_KEYS), default=0)
+    experts = max((_size(sub.get(k)) or 0 for sub in subs for k in _EXPERT_KEYS), default=0)
+    if layers > MAX_BUILT_LAYERS or layers * max(1, experts) > MAX_BUILT_EXPERT_LAYERS:
+        return layers, experts
+    return None
+
+
+def _unbuilt(root: Path, scale: tuple[int, int], config: dict[str, Any],
+             stacks: dict[str, set[int]]) -> tuple[list[ScanProblem], list[str]]:
+    """A config describing more layers or experts than any model: the layers its stacks lack, from the counts."""
+    layers, experts = scale
+    described = f"{layers:,} layers" + (f" of {experts:,} experts" if experts else "")
+    short = [stack for stack, numbers in stacks.items() if max(numbers) + 1 < layers]
+    if short:
+        stack = short[0]
+        return [ScanProblem(
+            str(root), f"config.json describes {described}, {stack} holds {_numbers(stacks[stack])}: from_pretrained "
+            f"builds them all and initializes the layers the weights lack at random (if it can build that many at all), "
+            "so the model is not this checkpoint",
+            "save config.json with the number of layers the weights hold (num_hidden_layers)", kind=UNLOADABLE_KIND)], []
+    return [], [f"{root / 'config.json'}: describes {described}, more than any model has: not built to check the "
+                "weights against it"]
+
+
+def _blame(root: Path, config: dict[str, Any], values: list[tuple[dict[str, Any], str, str, Any]],
+           failure: BuildFailure) -> ScanProblem | None:
+    """NOT LOADABLE naming the suspected values whose replacement lets the model build, or None (none does, or
+    none was suspected: the build fails for a reason of nandoctor's own)."""
+    if not values:
+        return None
+
+    def builds(chosen: list[tuple[dict[str, Any], str, str, Any]]) -> bool:
+        saved = [(sub, key, sub[key]) for sub, key, _, _ in chosen]
+        try:
+            for sub, key, _, instead in chosen:
+                if instead is _DROP:
+                    del sub[key]
+                else:
+                    sub[key] = instead
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="nandoctor-config-") as folder:
+                (Path(folder) / "config.json").write_text(json.dumps(config))
+                return isinstance(_built_by_transformers(Path(folder)), tuple)
+        finally:
+            for sub, key, value in saved:
+                sub[key] = value
+
+    causes = [value for value in values if builds([value])] or (values if len(values) > 1 and builds(values) else [])
+    if not causes:
+        return None
+    import transformers
+
+    return ScanProblem(
+        str(root), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
+        f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
+        "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
+        "config.json has the value it was trained with)", kind=UNLOADABLE_KIND)
 
 
 def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
@@ -205,10 +341,21 @@ def _has_transformers() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
-def _built_by_transformers(root: Path) -> tuple[dict[str, tuple[int, ...]], list[re.Pattern[str]]] | None:
+class BuildFailure:
+    """transformers raised while reading config.json or building its model: ``error`` says what."""
+
+    __slots__ = ("error",)  # (a plain class: a dataclass costs every scan's start-up its generated methods)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _built_by_transformers(
+    root: Path,
+) -> tuple[dict[str, tuple[int, ...]], list[re.Pattern[str]]] | BuildFailure | None:
     """Name → shape of every tensor of the model transformers builds from ``root``'s config.json, on the meta
-    device, and the patterns of stored names its class says from_pretrained skips; None without transformers,
-    or for a model it does not ship (remote code is never run)."""
+    device, and the patterns of stored names its class says from_pretrained skips; None without transformers, or
+    for a model it does not ship (remote code is never run, a missing optional package); what it raised else."""
     try:
         import torch
         import transformers
@@ -230,8 +377,11 @@ def _built_by_transformers(root: Path) -> tuple[dict[str, tuple[int, ...]], list
         # what the class itself says from_pretrained skips (DeepSeek-V3's multi-token-prediction layer 61)
         ignored = getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or []
         return built, [re.compile(p) for p in ignored if isinstance(p, str)]
-    except Exception:  # noqa: BLE001 - any failure to build is "not checked", never a verdict
+    except ImportError:  # (an optional package the model class needs)
         return None
+    except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        return BuildFailure(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
     finally:
         hf_logging.set_verbosity(verbosity)
 

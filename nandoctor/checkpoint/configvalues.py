@@ -12,7 +12,8 @@ transformers 5.25 by tests/test_config_values.py:
   itself raise: NOT LOADABLE.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a softcap of 0 (``tanh(x / cap) * cap`` divides by zero): every forward pass
-  NaN. BAD CONFIG.
+  NaN; more experts routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass
+  raises. BAD CONFIG.
 
 Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 without sampling, an
 ``eos_token_id`` outside the vocabulary) are left alone: they are no reason to call a model broken.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
@@ -31,7 +32,7 @@ from nandoctor.wording import first_few
 _SHOWN = 3
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -67,7 +68,7 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
     ``from_pretrained`` raise; ``config``: config.json's object, for the vocabulary size."""
     found: list[ScanProblem] = []
     new_tokens = generation.get("max_new_tokens")
-    if isinstance(new_tokens, (int, float)) and not isinstance(new_tokens, bool) and new_tokens <= 0:
+    if _number(new_tokens) and new_tokens <= 0:
         found.append(ScanProblem(
             str(path), f"max_new_tokens is {new_tokens}: from_pretrained raises (\"`max_new_tokens` must be greater "
             "than 0\") and the model does not load",
@@ -122,14 +123,43 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
             wrong.append(f"{where} is {value} (a normalisation's epsilon: the square root of a negative variance is NaN)")
         elif "softcapping" in words and value == 0:
             wrong.append(f"{where} is 0 (tanh(x / cap) * cap divides by zero: NaN)")
+    for where, sub in _configs(config):
+        wrong += _relations(where, sub)
     if not wrong:
         return []
     return [ScanProblem(
         str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained builds the model from these values as written, and "
-        "every forward pass computes NaN",
+        "every forward pass computes NaN or raises",
         f"write the values the model was trained with (the base model's {path.name} has them; null turns a softcap off)",
         kind=CONFIG_KIND,
     )]
+
+
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
+
+
+def _relations(where: str, config: dict[str, Any]) -> list[str]:
+    """Values of one (sub-)config that break the forward pass together with another: more experts routed to than
+    exist (torch.topk raises "selected index k out of range"), a sliding window of no tokens (the attention mask
+    and the scores disagree in size)."""
+    prefix = f"{where}." if where else ""
+    wrong = []
+    routed = config.get("num_experts_per_tok")
+    experts = next((config[k] for k in _EXPERT_COUNTS if _number(config.get(k)) and config[k] > 0), None)
+    if _number(routed) and experts is not None and routed > experts:
+        wrong.append(f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)")
+    window = config.get("sliding_window")
+    if _number(window) and window <= 0 and config.get("use_sliding_window") is not False:
+        wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
+    return wrong
+
+
+def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """config.json's object and each sub-config in it (an object with its own ``model_type``), with its key."""
+    yield "", data
+    for key, value in data.items():
+        if isinstance(value, dict) and "model_type" in value:
+            yield str(key), value
 
 
 def _numbers(data: dict[str, Any]) -> Iterator[tuple[str, float]]:
