@@ -55,12 +55,14 @@ _ACTIVATIONS = frozenset({
     "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
     "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
 _ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
-_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn"})
+_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial"})
+_ROPE_SCALED = frozenset({"dynamic", "linear", "llama3", "yarn"})  # (transformers requires their "factor")
 _ROPE_KEYS = ("rope_scaling", "rope_parameters")
 _LAYER_TYPES = frozenset({
     "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
     "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
-    "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense"})
+    "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense",
+    "mlp", "basic", "bottleneck"})  # (the last three: default configs of models that do not validate them)
 _HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
 _LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
@@ -174,8 +176,7 @@ def _value_suspicions(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], 
                 yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
         for key in _ROPE_KEYS:
             rope = sub.get(key)
-            kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-            if isinstance(rope, dict) and (kind not in _ROPE_TYPES or (kind != "default" and "factor" not in rope)):
+            if isinstance(rope, dict) and not _known_rope(rope):
                 yield sub, key, f"config.json's {where}{key} is {json.dumps(rope)[:80]}", _DROP
         types = sub.get("layer_types")
         layers = _size(sub.get("num_hidden_layers"))
@@ -183,6 +184,15 @@ def _value_suspicions(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], 
             yield sub, "layer_types", (f"config.json's {where}layer_types lists {len(types)} layer(s) "
                                        f"({first_few(sorted(set(map(str, types))), 3)})"
                                        + (f" for num_hidden_layers {layers}" if layers else "")), _DROP
+
+
+def _known_rope(rope: dict[str, Any]) -> bool:
+    """Whether rope settings name a rope type transformers 5.25 has, with the factor it requires; settings per
+    layer type (Gemma3's ``{"sliding_attention": {…}, "full_attention": {…}}``) each."""
+    if "rope_type" not in rope and "type" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
+        return all(_known_rope(v) for v in rope.values())
+    kind = rope.get("rope_type", rope.get("type"))
+    return kind in _ROPE_TYPES and (kind not in _ROPE_SCALED or "factor" in rope)
 
 
 def _scale(config: dict[str, Any]) -> tuple[int, int] | None:

@@ -11,7 +11,8 @@ transformers 5.25 by tests/test_config_values.py:
   The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). A ``max_new_tokens`` ≤ 0 makes ``from_pretrained``
   itself raise: NOT LOADABLE.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
-  a negative variance is NaN) or a softcap of 0 (``tanh(x / cap) * cap`` divides by zero): every forward pass
+  a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
+  (``tanh(x / cap) * cap`` divides by zero; null is off): every forward pass
   NaN; more experts routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass
   raises. BAD CONFIG.
 
@@ -113,6 +114,11 @@ def _token_ids(value: Any) -> Iterator[int]:
                 yield from (t for t in item if isinstance(t, int) and not isinstance(t, bool))
 
 
+# softcaps that transformers applies whenever they are not null (Gemma2/3, T5Gemma, VaultGemma: tanh(x / cap) * cap);
+# others treat 0 as off (Laguna's moe_router_logit_softcapping defaults to 0)
+_SOFTCAPS = ("final_logit_softcapping", "attn_logit_softcapping")
+
+
 def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     """Finite values in config.json (``config``, read from ``path``; sub-configs included) that make every
     forward pass NaN."""
@@ -121,7 +127,7 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
         words = where.rsplit(".", 1)[-1].lower().split("_")
         if words[-1] in ("eps", "epsilon") and value < 0:
             wrong.append(f"{where} is {value} (a normalisation's epsilon: the square root of a negative variance is NaN)")
-        elif "softcapping" in words and value == 0:
+        elif where.rsplit(".", 1)[-1] in _SOFTCAPS and value == 0:
             wrong.append(f"{where} is 0 (tanh(x / cap) * cap divides by zero: NaN)")
     for where, sub in _configs(config):
         wrong += _relations(where, sub)
