@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import architecture, layout, loadconfig, loaders
+from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -164,6 +164,24 @@ def architecture_problems(
         names += table.names
         shapes += table.shapes
     return architecture.problems(files.root, config, names, shapes)
+
+
+def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
+    """A PEFT adapter at the folder's top whose LoRA ranks its adapter_config.json contradicts (adapters.py)."""
+    stored = [(path, refs) for path, refs in refs_by_file.items()
+              if path.parent == files.root and _ADAPTER_WEIGHTS.match(path.name)]
+    if not stored:
+        return []
+    config = loadconfig.read_object(files.root / ADAPTER_CONFIG)
+    if not isinstance(config, dict):
+        return []  # (missing or invalid: its own problem)
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    for _, refs in stored:
+        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
+        names += table.names
+        shapes += table.shapes
+    return adapters.rank_problems(files.root, config, names, shapes)
 
 
 def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:

@@ -99,6 +99,7 @@ def open_checkpoint(
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
     shape_problems, shape_notes = loadability.architecture_problems(files, checkpoint.refs_by_file)
     checkpoint.problems += shape_problems
+    checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)

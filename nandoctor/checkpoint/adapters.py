@@ -1,0 +1,62 @@
+"""PEFT LoRA adapters whose tensors' ranks adapter_config.json contradicts.
+
+``PeftModel.from_pretrained`` builds each LoRA module with the rank adapter_config.json gives (``r``, or the
+``rank_pattern`` entry whose key matches the module's name, as PEFT matches it: the whole name or its dotted
+tail), then loads the stored ``lora_A`` (rank rows) and ``lora_B`` (rank columns) into it: a stored rank of
+another size is a "size mismatch" and the adapter does not load (an ``r`` edited after training, an adapter
+paired with another run's config). Checked with peft 0.21 (tests/test_adapters.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import UNLOADABLE_KIND
+
+# (the module's name, which of A/B, and the dimension that is the rank: A is [r, in, …], B is [out, r, …])
+_LORA = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.[^.]+)?(?:\.weight)?$")
+_PREFIX = "base_model.model."
+
+
+def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
+                  shapes: Sequence[tuple[int, ...]]) -> list[ScanProblem]:
+    """NOT LOADABLE when a stored LoRA tensor's rank is not the one adapter_config.json (``config``) gives its
+    module; nothing for another kind of adapter or a config without a usable ``r``."""
+    if config.get("peft_type", "LORA") != "LORA":
+        return []
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        return []
+    patterns = config.get("rank_pattern") or {}
+    if not isinstance(patterns, dict):
+        return []
+    try:  # (PEFT's get_pattern_key: the key as a regex against the whole name or a dotted tail of it)
+        compiled = [(re.compile(rf"(?:.*\.)?(?:{key})"), value) for key, value in patterns.items()
+                    if isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)]
+    except re.error:
+        return []  # a pattern Python's re refuses: PEFT fails its own way, nothing to compare with
+    wrong: list[str] = []
+    for name, shape in zip(names, shapes):
+        match = _LORA.match(name)
+        if match is None or len(shape) < 2:
+            continue
+        module = match["module"].removeprefix(_PREFIX)
+        expected = next((value for pattern, value in compiled if pattern.fullmatch(module)), rank)
+        stored = shape[0] if match["part"] == "A" else shape[1]
+        if stored != expected:
+            wrong.append(f"{name} has rank {stored}, adapter_config.json gives its module {expected}")
+    if not wrong:
+        return []
+    more = f" (and {len(wrong) - 1} more tensor(s))" if len(wrong) > 1 else ""
+    return [ScanProblem(
+        str(root), f"{wrong[0]}{more}: PEFT builds each LoRA module with the config's rank and refuses the stored "
+        "weights (size mismatch), so the adapter does not load",
+        "use the adapter_config.json saved with these weights (its r and rank_pattern), or the weights saved with "
+        "this config", kind=UNLOADABLE_KIND)]
+
+
+__all__ = ["rank_problems"]
