@@ -180,3 +180,23 @@ def test_a_mistyped_path_is_called_a_missing_path_first(tmp_path, monkeypatch):
     assert result.exit_code == 3
     assert result.output.startswith("error: ck/does-not-exist: no such file or folder (nor a model of that name")
     assert "check the path" in result.output
+
+
+def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, monkeypatch):
+    """demo-run/checkpoint-30 beside demo-run/checkpoint-300 is a typo, not a hub model: the hint names the close
+    match (it suggested `hf download demo-run/checkpoint-30`); a folder of no similar name says so; a path whose
+    folder does not exist keeps the hub hint."""
+    from nandoctor.checkpoint import hubcache
+    from nandoctor.errors import CheckpointNotFoundError
+
+    for name in ("checkpoint-100", "checkpoint-300"):
+        (tmp_path / "run" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for given, hint in (("run/checkpoint-30", "did you mean run/checkpoint-300?"),
+                        ("run/zzz", "check the path: run holds no zzz"),
+                        (str(tmp_path / "run" / "checkpoint-10"), f"did you mean {tmp_path / 'run' / 'checkpoint-100'}?"),
+                        ("nosuch/model", "hf download nosuch/model")):
+        with pytest.raises(CheckpointNotFoundError) as caught:
+            hubcache.resolve(given)
+        assert hint in caught.value.hint, (given, caught.value.hint)
+        assert ("hf download" in caught.value.hint) is given.startswith("nosuch")

@@ -186,6 +186,23 @@ def blob_roots(folder: Path) -> tuple[Path, ...]:
         return ()
 
 
+def _nearby(path: Path) -> str | None:
+    """For a missing path whose folder exists: what that folder holds by a similar name, as a hint; else None."""
+    parent = path.parent
+    try:
+        if str(parent) in ("", ".") or not access.is_dir(parent):
+            return None
+        names = [entry.name for entry in access.listing(parent)]
+    except (OSError, UnreadablePathError):
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {parent / close[0]}?" + (f" ({parent} also holds {', '.join(close[1:])})" if close[1:] else "")
+    return f"check the path: {parent} holds no {path.name}"
+
+
 def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     """``target`` as a path to scan: the path itself when it exists, else its cached snapshot.
 
@@ -195,14 +212,17 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     path = Path(text)
     if access.exists(path) or access.is_link(path):  # (a path the system will not show: exit 3, saying so)
         return path, None
+    nearby = _nearby(path)
     if not looks_like_repo_id(text):
-        raise CheckpointNotFoundError(f"{text}: no such file or folder")
+        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby)
     repo_id, revision = split_revision(text)
     hit = find_hf(repo_id, revision)
     if hit is None and revision is None:
         hit = find_modelscope(repo_id)
     if hit is not None:
         return hit.path, hit
+    if nearby is not None:  # (demo-run/checkpoint-30 beside demo-run/checkpoint-300: a typo, not a hub model)
+        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby)
     looked = [str(hf_repo_folder(repo_id))]
     if revision is None:
         looked += [str(p) for p in modelscope_candidates(repo_id)[:2]]
