@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.errors import CheckpointNotFoundError
+from nandoctor.errors import CheckpointNotFoundError, UnreadablePathError
 
 # org/name, or a bare legacy name (gpt2), optionally @revision (branch, tag or commit hash).
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*(?:@[\w.\-/]+)?$")

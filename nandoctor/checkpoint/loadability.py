@@ -157,13 +157,7 @@ def architecture_problems(
     config = loadconfig.read_object(files.root / loaders.CONFIG)
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
-    names: list[str] = []
-    shapes: list[tuple[int, ...]] = []
-    for _, refs in weights:
-        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
-        names += table.names
-        shapes += table.shapes
-    return architecture.problems(files.root, config, names, shapes)
+    return architecture.problems(files.root, config, *_names_and_shapes(weights))
 
 
 def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
@@ -175,13 +169,18 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     config = loadconfig.read_object(files.root / ADAPTER_CONFIG)
     if not isinstance(config, dict):
         return []  # (missing or invalid: its own problem)
+    return adapters.rank_problems(files.root, config, *_names_and_shapes(stored))
+
+
+def _names_and_shapes(weights: Sequence[tuple[Path, Sequence[TensorRef]]]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Every tensor's name and shape in ``weights``' files, read from their columns (no object per tensor)."""
     names: list[str] = []
     shapes: list[tuple[int, ...]] = []
-    for _, refs in stored:
+    for _, refs in weights:
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
         names += table.names
         shapes += table.shapes
-    return adapters.rank_problems(files.root, config, names, shapes)
+    return names, shapes
 
 
 def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:
