@@ -226,3 +226,37 @@ def test_a_config_describing_more_layers_than_any_model_is_never_built(tmp_path,
     experts = _llama(tmp_path / "experts", config={"num_hidden_layers": 300, "num_local_experts": 1000})
     monkeypatch.setattr(architecture, "_built_by_transformers", never)
     assert "300 layers of 1,000 experts" in nandoctor.scan(experts).errors[0].message
+
+
+@pytest.mark.parametrize("model_type, sizes", [
+    ("bart", {"vocab_size": 64, "d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+              "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "max_position_embeddings": 32}),
+    ("whisper", {"vocab_size": 64, "d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_mel_bins": 8,
+                 "max_source_positions": 16, "max_target_positions": 16, "pad_token_id": 1, "bos_token_id": 1,
+                 "eos_token_id": 2, "decoder_start_token_id": 1}),
+])
+def test_an_encoder_decoders_layer_counts_are_checked_too(tmp_path, model_type, sizes, monkeypatch):
+    """decoder_layers raised from 2 to 4 (from_pretrained: 48-52 weights at random) scanned CLEAN: only
+    num_hidden_layers was compared; 20,000 built for 36 s and 1.9 GB."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSpeechSeq2Seq
+
+    auto = AutoModelForSpeechSeq2Seq if model_type == "whisper" else AutoModelForSeq2SeqLM
+    torch.manual_seed(0)
+    folder = tmp_path / model_type
+    auto.from_config(AutoConfig.for_model(model_type, **sizes)).save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "decoder_layers": 4}))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    _, info = auto.from_pretrained(folder, output_loading_info=True)
+    assert any(".decoder.layers.3." in key for key in info["missing_keys"])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and "decoder_layers is 4" in report.errors[0].message, report.errors
+    assert "initializes layers 2–3 of model.decoder.layers at random" in report.errors[0].message
+
+    (folder / "config.json").write_text(json.dumps({**data, "decoder_layers": 20_000, "activation_function": "x"}))
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built"))
+    assert "describes 20,000 layers" in nandoctor.scan(folder).errors[0].message

@@ -55,7 +55,8 @@ _ACTIVATIONS = frozenset({
     "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
     "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
 _ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
-_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial"})
+_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial",
+                         "mrope"})  # (mrope: Qwen2-VL's hub configs, which transformers reads as default)
 _ROPE_SCALED = frozenset({"dynamic", "linear", "llama3", "yarn"})  # (transformers requires their "factor")
 _ROPE_KEYS = ("rope_scaling", "rope_parameters")
 _LAYER_TYPES = frozenset({
@@ -64,7 +65,7 @@ _LAYER_TYPES = frozenset({
     "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense",
     "mlp", "basic", "bottleneck"})  # (the last three: default configs of models that do not validate them)
 _HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
-_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "decoder_layers", "num_decoder_layers")
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 # Beyond these a config.json describes no model there is (405B Llama: 126 layers; Kimi K2: 384 experts x 61
 # layers): building it on the meta device would take minutes and gigabytes for one edited number
@@ -279,10 +280,18 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             yield name, f"config.json's vocab_size is {vocab:,}, the tensor has {shape[0]:,} rows"
         elif hidden and shape[1] != hidden:
             yield name, f"config.json's hidden_size is {hidden:,}, the tensor is {shape[1]:,} wide"
-    if layers:
+    # (a stack of num_hidden_layers is the language model's; others beside it are a vision tower's, an encoder's;
+    # DeepSeek-V3 stores its multi-token-prediction layers after them: num_nextn_predict_layers)
+    extra = _size(config.get("num_nextn_predict_layers")) or 0
+    if layers and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
+        for stack in stacks:
+            yield stack, f"config.json's num_hidden_layers is {layers:,}"
+    # an encoder-decoder's own counts (BART, Whisper, Marian: encoder_layers / decoder_layers)
+    for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder")):
+        count = _size(config.get(key))
         for stack, numbers in stacks.items():
-            if max(numbers) + 1 != layers:
-                yield stack, f"config.json's num_hidden_layers is {layers:,}"
+            if count and word in stack.split(".") and max(numbers) + 1 != count:
+                yield stack, f"config.json's {key} is {count:,}"
     # a tensor stored in all but a few layers of a stack (one in eight at most: a save or filter that dropped
     # it); a model whose layers differ by design (MoE every other layer, linear attention in three of four) stores
     # it in fewer, or the built model clears it (DeepSeek's first dense layers)
@@ -300,7 +309,12 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     dims = {d for shape in stored.values() for d in shape}
     heads, kv = _size(config.get("num_attention_heads")), _size(config.get("num_key_value_heads"))
     head_dim = _size(config.get("head_dim")) or (hidden // heads if hidden and heads and hidden % heads == 0 else None)
-    sizes = {key: _size(config.get(key)) for key in _SIZES}
+    experts = max((_size(config.get(k)) or 0 for k in _EXPERT_KEYS), default=0)
+    # (head_dim is no stored dimension itself, only a factor of the projections'; a MoE model's intermediate_size
+    # may size no layer at all: Qwen3-30B-A3B's experts are moe_intermediate_size wide)
+    sizes = {key: _size(config.get(key)) for key in _SIZES if key != "head_dim" and not (key == "intermediate_size" and experts > 1)}
+    if heads and head_dim:
+        sizes["num_attention_heads x head_dim"] = heads * head_dim
     if kv and head_dim:
         sizes["num_key_value_heads x head_dim"] = kv * head_dim
         for name, shape in stored.items():  # (GQA: the key projection's rows are exactly that)

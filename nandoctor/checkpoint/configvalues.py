@@ -22,6 +22,7 @@ Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -41,25 +42,37 @@ def vocab_size(config: dict[str, Any] | None) -> int | None:
     """The vocabulary size config.json gives (top level, else its text model's), if any."""
     if not isinstance(config, dict):
         return None
-    for where in (config, config.get("text_config"), config.get("decoder")):
+    for where in (config, config.get("text_config")):  # (not a decoder's own: MusicGen's has a token beyond it)
         if isinstance(where, dict) and isinstance(where.get("vocab_size"), int) and where["vocab_size"] > 0:
             return int(where["vocab_size"])
     return None
 
 
-# (key, applies when do_sample only, is it wrong, what transformers raises, what to write)
-_Rule = tuple[str, bool, Callable[[Any], bool], str, str]
+def _int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _not_a_float(value: Any) -> bool:
+    """An integer other than 1 where a logits processor checks ``isinstance(value, float)`` (1 adds no processor)."""
+    return _int(value) and value != 1
+
+
+# (key, applies when sampling only (True), not sampling only (None) or always (False), is it wrong, what
+# transformers raises, what to write)
+_Rule = tuple[str, bool | None, Callable[[Any], bool], str, str]
 _GENERATE_RULES: tuple[_Rule, ...] = (
-    ("temperature", True, lambda v: _number(v) and v <= 0, "has to be a strictly positive float",
-     "for greedy decoding set do_sample to false; to sample, a temperature > 0 (1.0 leaves the logits as they are)"),
-    ("top_k", True, lambda v: _number(v) and v < 0, "has to be a strictly positive integer",
-     "top_k 0 (or null) turns it off; else a positive number"),
+    ("temperature", True, lambda v: _number(v) and (v <= 0 or _not_a_float(v)), "has to be a strictly positive float",
+     "for greedy decoding set do_sample to false; to sample, a float > 0 (1.0 leaves the logits as they are)"),
+    ("top_k", True, lambda v: _number(v) and (v < 0 or (isinstance(v, float) and v != 0)),
+     "has to be a strictly positive integer", "top_k 0 (or null) turns it off; else a positive integer"),
+    ("top_p", True, lambda v: _number(v) and v < 0, "has to be a float > 0 and < 1", "1.0 (or null) turns it off"),
+    ("typical_p", True, lambda v: _number(v) and v <= 0, "has to be a float > 0 and < 1", "1.0 (or null) turns it off"),
     ("min_p", True, lambda v: _number(v) and not 0 <= v <= 1, "has to be a float in the [0, 1] interval",
      "min_p null turns it off; else a value in [0, 1]"),
-    ("repetition_penalty", False, lambda v: _number(v) and v <= 0, "has to be a strictly positive float",
-     "1.0 is no penalty"),
-    ("encoder_repetition_penalty", False, lambda v: _number(v) and v <= 0, "has to be a strictly positive float",
-     "1.0 is no penalty"),
+    ("repetition_penalty", False, lambda v: _number(v) and (v <= 0 or _not_a_float(v)),
+     "has to be a strictly positive float", "1.0 is no penalty; else a float > 0"),
+    ("encoder_repetition_penalty", False, lambda v: _number(v) and (v <= 0 or _not_a_float(v)),
+     "has to be a strictly positive float", "1.0 is no penalty; else a float > 0"),
     ("num_beams", False, lambda v: _number(v) and v == 0, "ZeroDivisionError", "1 is greedy or sampling, no beams"),
 )
 
@@ -76,14 +89,21 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             "remove max_new_tokens (generate's default applies) or set it to the number of tokens to generate",
             kind=UNLOADABLE_KIND,
         ))
+    found += _load_refusals(path, generation)
     sampling = generation.get("do_sample") is True
     wrong: list[str] = []
     fixes: list[str] = []
-    for key, sampling_only, bad, raised, fix in _GENERATE_RULES:
+    for key, when, bad, raised, fix in _GENERATE_RULES:
         value = generation.get(key)
-        if bad(value) and (sampling or not sampling_only):
-            wrong.append(f"{key} is {value}{' with do_sample true' if sampling_only else ''} ({raised})")
+        if bad(value) and (when is False or when == sampling):
+            wrong.append(f"{key} is {json.dumps(value)}{' with do_sample true' if when else ''} ({raised})")
             fixes.append(f"{key}: {fix}")
+    beams, top_k, alpha = generation.get("num_beams"), generation.get("top_k"), generation.get("penalty_alpha")
+    if (not sampling and not (_number(beams) and beams > 1) and _number(alpha) and alpha > 0 and _number(top_k)
+            and top_k > 1):
+        wrong.append(f"penalty_alpha is {alpha} with top_k {top_k}: contrastive search, which transformers 5 keeps on the "
+                     "Hub (generate raises: it needs trust_remote_code)")
+        fixes.append("penalty_alpha: null (greedy decoding), or do_sample true to sample")
     vocab = vocab_size(config)
     if vocab is not None:
         outside = sorted({t for t in _token_ids(generation.get("bad_words_ids")) if not 0 <= t < vocab})
@@ -91,6 +111,11 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             wrong.append(f"bad_words_ids holds token(s) {first_few([str(t) for t in outside], _SHOWN)} outside the "
                          f"vocabulary of {vocab:,} (\"the following tokens were being biased\")")
             fixes.append("bad_words_ids: ids below vocab_size (the tokenizer's)")
+        forced = generation.get("forced_eos_token_id")
+        forced_ids = forced if isinstance(forced, list) else [forced]
+        if any(_int(t) and not 0 <= t < vocab for t in forced_ids):
+            wrong.append(f"forced_eos_token_id is {json.dumps(forced)}, outside the vocabulary of {vocab:,} (IndexError)")
+            fixes.append("forced_eos_token_id: the model's eos_token_id, or null")
         start = generation.get("decoder_start_token_id")
         if (isinstance(config, dict) and config.get("is_encoder_decoder") is True and isinstance(start, int)
                 and not isinstance(start, bool) and not 0 <= start < vocab):
@@ -106,6 +131,29 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
     return found
 
 
+def _load_refusals(path: Path, generation: dict[str, Any]) -> list[ScanProblem]:
+    """Settings ``GenerationConfig.validate`` refuses while ``from_pretrained`` loads the model: it does not load."""
+    wrong = []
+    returned, beams = generation.get("num_return_sequences"), generation.get("num_beams")
+    beams = beams if _int(beams) and beams > 0 else 1
+    if _int(returned) and returned > 1 and generation.get("do_sample") is not True:
+        if beams == 1:
+            wrong.append(f"num_return_sequences is {returned} without sampling or beams (\"Greedy methods without "
+                         "beam search do not support num_return_sequences different than 1\")")
+        elif returned > beams:
+            wrong.append(f"num_return_sequences is {returned}, more than num_beams {beams} (\"num_return_sequences has to "
+                         "be smaller or equal to num_beams\")")
+    stopping = generation.get("early_stopping")
+    if "early_stopping" in generation and stopping is not None and stopping not in (True, False, "never"):
+        wrong.append(f"early_stopping is {json.dumps(stopping)[:40]} (true, false or \"never\")")
+    if not wrong:
+        return []
+    return [ScanProblem(
+        str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained validates the generation settings as it loads the "
+        "model, and raises", "remove those settings (generate's defaults apply) or give generate() them as arguments",
+        kind=UNLOADABLE_KIND)]
+
+
 def _token_ids(value: Any) -> Iterator[int]:
     """The integers of bad_words_ids' list of lists (anything else: none; transformers refuses it its own way)."""
     if isinstance(value, list):
@@ -114,50 +162,72 @@ def _token_ids(value: Any) -> Iterator[int]:
                 yield from (t for t in item if isinstance(t, int) and not isinstance(t, bool))
 
 
-# softcaps that transformers applies whenever they are not null (Gemma2/3, T5Gemma, VaultGemma: tanh(x / cap) * cap);
-# others treat 0 as off (Laguna's moe_router_logit_softcapping defaults to 0)
+# softcaps that transformers applies whenever they are not null (tanh(x / cap) * cap), by the model types whose
+# code reads them; other models ignore the keys, or take 0 as off (Laguna's moe_router_logit_softcapping)
 _SOFTCAPS = ("final_logit_softcapping", "attn_logit_softcapping")
+_SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type prefixes: gemma2, gemma3_text, …)
+# A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
+# that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing
+_EPS_HARMFUL = -1e-3
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
+_ALWAYS_SLIDING = ("mistral", "mixtral", "phi3", "starcoder2")  # (without layer_types: every layer slides)
+_SLIDING_WHEN_ASKED = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # (use_sliding_window, from max_window_layers)
 
 
 def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     """Finite values in config.json (``config``, read from ``path``; sub-configs included) that make every
-    forward pass NaN."""
-    wrong = []
-    for where, value in _numbers(config):
-        words = where.rsplit(".", 1)[-1].lower().split("_")
-        if words[-1] in ("eps", "epsilon") and value < 0:
-            wrong.append(f"{where} is {value} (a normalisation's epsilon: the square root of a negative variance is NaN)")
-        elif where.rsplit(".", 1)[-1] in _SOFTCAPS and value == 0:
-            wrong.append(f"{where} is 0 (tanh(x / cap) * cap divides by zero: NaN)")
+    forward pass NaN or raise, judged by each (sub-)config's own model type where the keys mean something only
+    to some models."""
+    wrong: list[str] = []
     for where, sub in _configs(config):
-        wrong += _relations(where, sub)
+        wrong += _own_values(f"{where}." if where else "", sub)
     if not wrong:
         return []
     return [ScanProblem(
         str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained builds the model from these values as written, and "
-        "every forward pass computes NaN or raises",
+        "its forward pass computes NaN or raises",
         f"write the values the model was trained with (the base model's {path.name} has them; null turns a softcap off)",
         kind=CONFIG_KIND,
     )]
 
 
-_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
-
-
-def _relations(where: str, config: dict[str, Any]) -> list[str]:
-    """Values of one (sub-)config that break the forward pass together with another: more experts routed to than
-    exist (torch.topk raises "selected index k out of range"), a sliding window of no tokens (the attention mask
-    and the scores disagree in size)."""
-    prefix = f"{where}." if where else ""
+def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
+    """What in one (sub-)config breaks its model: a norm's negative epsilon, a Gemma softcap of 0, more experts
+    routed to than exist (torch.topk raises "selected index k out of range"), a sliding window of no tokens where
+    a layer slides (the attention mask and the scores disagree in size)."""
     wrong = []
+    found_type = config.get("model_type")
+    model_type = found_type if isinstance(found_type, str) else ""
+    for key, value in config.items():
+        words = key.lower().split("_")
+        if _number(value) and words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words) and value <= _EPS_HARMFUL:
+            wrong.append(f"{prefix}{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "
+                         "wherever a hidden state's is below |eps|)")
+        elif key in _SOFTCAPS and _number(value) and value == 0 and model_type.startswith(_SOFTCAP_TYPES):
+            wrong.append(f"{prefix}{key} is 0 (tanh(x / cap) * cap: the final cap makes the logits NaN, the attention "
+                         "cap makes every score 0)")
     routed = config.get("num_experts_per_tok")
     experts = next((config[k] for k in _EXPERT_COUNTS if _number(config.get(k)) and config[k] > 0), None)
-    if _number(routed) and experts is not None and routed > experts:
+    dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
+    every_layer_dense = isinstance(dense, list) and _int(config.get("num_hidden_layers")) and len(dense) >= config["num_hidden_layers"]
+    if (_number(routed) and experts is not None and experts >= 2 and routed > experts  # (1: a dense model, no router)
+            and not every_layer_dense):
         wrong.append(f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)")
     window = config.get("sliding_window")
-    if _number(window) and window <= 0 and config.get("use_sliding_window") is not False:
+    if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
     return wrong
+
+
+def _slides(model_type: str, config: dict[str, Any]) -> bool:
+    """Whether some layer of the model uses its sliding window, as transformers 5.25 decides it."""
+    types = config.get("layer_types")
+    if isinstance(types, list):
+        return "sliding_attention" in types
+    if model_type in _SLIDING_WHEN_ASKED:
+        below, layers = config.get("max_window_layers"), config.get("num_hidden_layers")
+        return config.get("use_sliding_window") is True and not (_number(below) and _number(layers) and below >= layers)
+    return model_type in _ALWAYS_SLIDING
 
 
 def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -166,17 +236,6 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for key, value in data.items():
         if isinstance(value, dict) and "model_type" in value:
             yield str(key), value
-
-
-def _numbers(data: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """Each number under a key of ``data`` and of its sub-config objects, with its key path."""
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            stack += [(f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items())]
-        elif _number(value) and where:
-            yield where, value
 
 
 __all__ = ["generation_problems", "model_problems", "vocab_size"]
