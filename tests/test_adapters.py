@@ -77,3 +77,56 @@ def test_adapters_peft_loads_stay_clean(base, tmp_path):
         assert _loads(base, adapter), lora
         report = nandoctor.scan(adapter)
         assert report.exit_code == 0 and not report.errors, (lora, report.errors)
+
+
+def test_lora_on_a_moes_fused_expert_parameters_and_on_a_grouped_convolution(tmp_path):
+    """PEFT's target_parameters (a MoE's fused experts) stores the rank once per expert, and a grouped
+    convolution's lora_B holds rank / groups columns: both load, and were NOT LOADABLE; an r edited on such an
+    adapter is still caught on its ordinary modules."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2,
+                           max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    MixtralForCausalLM(config).save_pretrained(tmp_path / "base")
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM",
+                           target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    peft.get_peft_model(MixtralForCausalLM.from_pretrained(tmp_path / "base"), lora).save_pretrained(tmp_path / "moe")
+    assert _loads(tmp_path / "base", tmp_path / "moe")
+    assert nandoctor.scan(tmp_path / "moe").exit_code == 0
+    edited = shutil.copytree(tmp_path / "moe", tmp_path / "edited")
+    _edit(edited, r=2)
+    assert not _loads(tmp_path / "base", edited)
+    report = nandoctor.scan(edited)
+    assert report.exit_code == 3 and "q_proj.lora_A.weight has rank 4" in report.errors[0].message
+
+    class Convs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 16, 3, groups=2)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    grouped = peft.get_peft_model(Convs(), peft.LoraConfig(r=8, target_modules=["conv"]))
+    grouped.save_pretrained(tmp_path / "conv")
+    again = peft.PeftModel.from_pretrained(Convs(), tmp_path / "conv")
+    assert torch.isfinite(again(torch.randn(1, 8, 6, 6))).all()
+    assert nandoctor.scan(tmp_path / "conv").exit_code == 0
+
+
+@pytest.mark.parametrize("values", [{"lora_alpha": float("nan")}, {"lora_alpha": float("inf")},
+                                    {"alpha_pattern": {"q_proj": float("inf")}}])
+def test_nan_or_infinity_in_adapter_config_is_bad_config(base, tmp_path, values):
+    """A sweep script's lora_alpha of NaN/Infinity (JSON round-trips it): PEFT scales every update by it and
+    generate dies on NaN probabilities; it scanned CLEAN."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4)
+    _edit(adapter, **values)
+    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager"), adapter)
+    assert not torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert "adapter_config.json" in report.errors[0].path and next(iter(values)) in report.errors[0].message

@@ -4,7 +4,9 @@
 ``rank_pattern`` entry whose key matches the module's name, as PEFT matches it: the whole name or its dotted
 tail), then loads the stored ``lora_A`` (rank rows) and ``lora_B`` (rank columns) into it: a stored rank of
 another size is a "size mismatch" and the adapter does not load (an ``r`` edited after training, an adapter
-paired with another run's config). Checked with peft 0.21 (tests/test_adapters.py).
+paired with another run's config). ``lora_A`` alone is compared: a grouped convolution's ``lora_B`` holds
+rank / groups columns, and LoRA on a MoE's fused expert parameters (``target_parameters``) holds the rank once
+per expert. Checked with peft 0.21 (tests/test_adapters.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from nandoctor.verdict import UNLOADABLE_KIND
 # (the module's name, which of A/B, and the dimension that is the rank: A is [r, in, …], B is [out, r, …])
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.[^.]+)?(?:\.weight)?$")
 _PREFIX = "base_model.model."
+# a quantified group that itself holds a quantifier ((a+)+, ([\w.]+)*): catastrophic backtracking
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[*+}][^()]*\)\s*[*+{]")
 
 
 def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
@@ -34,20 +38,27 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
     patterns = config.get("rank_pattern") or {}
     if not isinstance(patterns, dict):
         return []
+    keys = [key for key in patterns if isinstance(key, str)]
+    if any(_NESTED_QUANTIFIER.search(key) for key in keys):
+        return []  # (a pattern that can backtrack for minutes on one name: PEFT would hang on it, nandoctor does not)
     try:  # (PEFT's get_pattern_key: the key as a regex against the whole name or a dotted tail of it)
-        compiled = [(re.compile(rf"(?:.*\.)?(?:{key})"), value) for key, value in patterns.items()
-                    if isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)]
+        compiled = [(re.compile(rf"(?:.*\.)?(?:{key})"), patterns[key]) for key in keys
+                    if isinstance(patterns[key], int) and not isinstance(patterns[key], bool)]
     except re.error:
         return []  # a pattern Python's re refuses: PEFT fails its own way, nothing to compare with
+    # LoRA on parameters (target_parameters: a MoE's fused experts, "mlp.experts.gate_up_proj") stores the rank
+    # once per expert, under the parameters' module (…mlp.experts, …experts.base_layer)
+    targets = config.get("target_parameters")
+    per_expert = {t.rsplit(".", 1)[0] for t in targets if isinstance(t, str) and "." in t} if isinstance(targets, list) else set()
     wrong: list[str] = []
     for name, shape in zip(names, shapes):
         match = _LORA.match(name)
-        if match is None or len(shape) < 2:
-            continue
+        if match is None or match["part"] != "A" or len(shape) < 2:
+            continue  # (lora_A's rows are the rank; lora_B's columns are rank / groups for a grouped convolution)
         module = match["module"].removeprefix(_PREFIX)
         expected = next((value for pattern, value in compiled if pattern.fullmatch(module)), rank)
-        stored = shape[0] if match["part"] == "A" else shape[1]
-        if stored != expected:
+        stored = shape[0]
+        if stored != expected and not (_holds_parameters(module, per_expert) and stored % expected == 0):
             wrong.append(f"{name} has rank {stored}, adapter_config.json gives its module {expected}")
     if not wrong:
         return []
@@ -57,6 +68,12 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         "weights (size mismatch), so the adapter does not load",
         "use the adapter_config.json saved with these weights (its r and rank_pattern), or the weights saved with "
         "this config", kind=UNLOADABLE_KIND)]
+
+
+def _holds_parameters(module: str, targets: set[str]) -> bool:
+    """Whether ``module`` (``base_layer`` wrappers aside) is the module of a targeted parameter."""
+    bare = module.replace(".base_layer", "")
+    return any(bare == target or bare.endswith(f".{target}") for target in targets)
 
 
 __all__ = ["rank_problems"]

@@ -34,9 +34,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint import buildvalues
+from nandoctor.checkpoint.buildvalues import positive
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND, family_of
-from nandoctor.wording import first_few
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
@@ -48,30 +50,6 @@ _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes eac
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
-# transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES):
-# another name only makes nandoctor build the model to see whether this transformers knows it
-_ACTIVATIONS = frozenset({
-    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh", "gelu_pytorch_tanh",
-    "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
-    "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
-_ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
-_ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial",
-                         "mrope"})  # (mrope: Qwen2-VL's hub configs, which transformers reads as default)
-_ROPE_SCALED = frozenset({"dynamic", "linear", "llama3", "yarn"})  # (transformers requires their "factor")
-_ROPE_KEYS = ("rope_scaling", "rope_parameters")
-_LAYER_TYPES = frozenset({
-    "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
-    "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
-    "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense",
-    "mlp", "basic", "bottleneck"})  # (the last three: default configs of models that do not validate them)
-_HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
-_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "decoder_layers", "num_decoder_layers")
-_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-# Beyond these a config.json describes no model there is (405B Llama: 126 layers; Kimi K2: 384 experts x 61
-# layers): building it on the meta device would take minutes and gigabytes for one edited number
-MAX_BUILT_LAYERS = 1024
-MAX_BUILT_EXPERT_LAYERS = 200_000
-
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str],
              shapes: Sequence[tuple[int, ...]]) -> tuple[list[ScanProblem], list[str]]:
@@ -82,10 +60,10 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     stored = dict(zip(names, (tuple(s) for s in shapes)))
     stacks = _stacks(stored)
     suspected = list(_suspicions(config, stored, stacks))
-    values = list(_value_suspicions(config))
+    values = list(buildvalues.suspicions(config))
     if not suspected and not values:
         return [], []
-    scale = _scale(config)
+    scale = buildvalues.too_big(config)
     if scale is not None:
         return _unbuilt(root, scale, config, stacks)
     built = _built_by_transformers(root)
@@ -155,57 +133,6 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     return found, []
 
 
-_DROP = object()  # (a suspected value replaced by nothing: the key is removed, the class's default applies)
-
-
-def _value_suspicions(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str, Any]]:
-    """(the (sub-)config holding it, key, why, what to build with instead) for each config value transformers may
-    not build a model from."""
-    for where, sub in [("", config)] + [(f"{k}.", v) for k, v in config.items() if isinstance(v, dict) and "model_type" in v]:
-        vocab = _size(sub.get("vocab_size"))
-        pad = sub.get("pad_token_id")
-        if vocab and isinstance(pad, int) and not isinstance(pad, bool) and not -vocab <= pad < vocab:
-            yield sub, "pad_token_id", (f"config.json's {where}pad_token_id is {pad:,}, outside the vocabulary of "
-                                        f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
-        for key in _HEAD_COUNTS:
-            count = sub.get(key)
-            if isinstance(count, (int, float)) and not isinstance(count, bool) and count <= 0:
-                heads = _size(sub.get("num_attention_heads"))
-                yield sub, key, f"config.json's {where}{key} is {count}", heads if key != _HEAD_COUNTS[0] and heads else _DROP
-        for key in _ACTIVATION_KEYS:
-            if isinstance(sub.get(key), str) and sub[key] not in _ACTIVATIONS:
-                yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
-        for key in _ROPE_KEYS:
-            rope = sub.get(key)
-            if isinstance(rope, dict) and not _known_rope(rope):
-                yield sub, key, f"config.json's {where}{key} is {json.dumps(rope)[:80]}", _DROP
-        types = sub.get("layer_types")
-        layers = _size(sub.get("num_hidden_layers"))
-        if isinstance(types, list) and (any(t not in _LAYER_TYPES for t in types) or (layers and len(types) != layers)):
-            yield sub, "layer_types", (f"config.json's {where}layer_types lists {len(types)} layer(s) "
-                                       f"({first_few(sorted(set(map(str, types))), 3)})"
-                                       + (f" for num_hidden_layers {layers}" if layers else "")), _DROP
-
-
-def _known_rope(rope: dict[str, Any]) -> bool:
-    """Whether rope settings name a rope type transformers 5.25 has, with the factor it requires; settings per
-    layer type (Gemma3's ``{"sliding_attention": {…}, "full_attention": {…}}``) each."""
-    if "rope_type" not in rope and "type" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
-        return all(_known_rope(v) for v in rope.values())
-    kind = rope.get("rope_type", rope.get("type"))
-    return kind in _ROPE_TYPES and (kind not in _ROPE_SCALED or "factor" in rope)
-
-
-def _scale(config: dict[str, Any]) -> tuple[int, int] | None:
-    """(layers, experts) where config.json describes more than any model has (never built), else None."""
-    subs = [config] + [v for v in config.values() if isinstance(v, dict) and "model_type" in v]
-    layers = max((_size(sub.get(k)) or 0 for sub in subs for k in _LAYER_KEYS), default=0)
-    experts = max((_size(sub.get(k)) or 0 for sub in subs for k in _EXPERT_KEYS), default=0)
-    if layers > MAX_BUILT_LAYERS or layers * max(1, experts) > MAX_BUILT_EXPERT_LAYERS:
-        return layers, experts
-    return None
-
-
 def _unbuilt(root: Path, scale: tuple[int, int], config: dict[str, Any],
              stacks: dict[str, set[int]]) -> tuple[list[ScanProblem], list[str]]:
     """A config describing more layers or experts than any model: the layers its stacks lack, from the counts."""
@@ -223,31 +150,15 @@ def _unbuilt(root: Path, scale: tuple[int, int], config: dict[str, Any],
                 "weights against it"]
 
 
-def _blame(root: Path, config: dict[str, Any], values: list[tuple[dict[str, Any], str, str, Any]],
+def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicion],
            failure: BuildFailure) -> ScanProblem | None:
     """NOT LOADABLE naming the suspected values whose replacement lets the model build, or None (none does, or
     none was suspected: the build fails for a reason of nandoctor's own)."""
     if not values:
         return None
-
-    def builds(chosen: list[tuple[dict[str, Any], str, str, Any]]) -> bool:
-        saved = [(sub, key, sub[key]) for sub, key, _, _ in chosen]
-        try:
-            for sub, key, _, instead in chosen:
-                if instead is _DROP:
-                    del sub[key]
-                else:
-                    sub[key] = instead
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="nandoctor-config-") as folder:
-                (Path(folder) / "config.json").write_text(json.dumps(config))
-                return isinstance(_built_by_transformers(Path(folder)), tuple)
-        finally:
-            for sub, key, value in saved:
-                sub[key] = value
-
-    causes = [value for value in values if builds([value])] or (values if len(values) > 1 and builds(values) else [])
+    causes = [value for value in values if _builds_without(config, [value])]
+    if not causes and len(values) > 1 and _builds_without(config, values):
+        causes = values
     if not causes:
         return None
     import transformers
@@ -257,6 +168,23 @@ def _blame(root: Path, config: dict[str, Any], values: list[tuple[dict[str, Any]
         f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
         "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
         "config.json has the value it was trained with)", kind=UNLOADABLE_KIND)
+
+
+def _builds_without(config: dict[str, Any], chosen: list[buildvalues.Suspicion]) -> bool:
+    """Whether transformers builds the model from a copy of ``config`` with the ``chosen`` values replaced."""
+    import tempfile
+
+    patched = json.loads(json.dumps(config))  # (plain JSON: a deep copy; the caller's config stays as read)
+    copies = {id(sub): copy for (_, sub), (_, copy) in zip(buildvalues.sub_configs(config),
+                                                            buildvalues.sub_configs(patched))}
+    for sub, key, _, instead in chosen:
+        if instead is buildvalues.DROP:
+            copies[id(sub)].pop(key, None)
+        else:
+            copies[id(sub)][key] = instead
+    with tempfile.TemporaryDirectory(prefix="nandoctor-config-") as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(patched))
+        return isinstance(_built_by_transformers(Path(folder)), tuple)
 
 
 def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
@@ -272,7 +200,7 @@ def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
 def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
                 stacks: dict[str, set[int]]) -> Iterator[tuple[str, str]]:
     """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights."""
-    vocab, hidden, layers = (_size(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
+    vocab, hidden, layers = (positive(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
     for name, shape in stored.items():
         if len(shape) != 2 or not (EMBEDDING.match(name) or name == LM_HEAD):
             continue
@@ -282,13 +210,13 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             yield name, f"config.json's hidden_size is {hidden:,}, the tensor is {shape[1]:,} wide"
     # (a stack of num_hidden_layers is the language model's; others beside it are a vision tower's, an encoder's;
     # DeepSeek-V3 stores its multi-token-prediction layers after them: num_nextn_predict_layers)
-    extra = _size(config.get("num_nextn_predict_layers")) or 0
+    extra = positive(config.get("num_nextn_predict_layers")) or 0
     if layers and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
         for stack in stacks:
             yield stack, f"config.json's num_hidden_layers is {layers:,}"
     # an encoder-decoder's own counts (BART, Whisper, Marian: encoder_layers / decoder_layers)
     for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder")):
-        count = _size(config.get(key))
+        count = positive(config.get(key))
         for stack, numbers in stacks.items():
             if count and word in stack.split(".") and max(numbers) + 1 != count:
                 yield stack, f"config.json's {key} is {count:,}"
@@ -307,12 +235,12 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
                     yield f"{stack}.{number}.{suffix}", _HOLE
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
-    heads, kv = _size(config.get("num_attention_heads")), _size(config.get("num_key_value_heads"))
-    head_dim = _size(config.get("head_dim")) or (hidden // heads if hidden and heads and hidden % heads == 0 else None)
-    experts = max((_size(config.get(k)) or 0 for k in _EXPERT_KEYS), default=0)
+    heads, kv = positive(config.get("num_attention_heads")), positive(config.get("num_key_value_heads"))
+    head_dim = positive(config.get("head_dim")) or (hidden // heads if hidden and heads and hidden % heads == 0 else None)
+    experts = max((positive(config.get(k)) or 0 for k in EXPERT_KEYS), default=0)
     # (head_dim is no stored dimension itself, only a factor of the projections'; a MoE model's intermediate_size
     # may size no layer at all: Qwen3-30B-A3B's experts are moe_intermediate_size wide)
-    sizes = {key: _size(config.get(key)) for key in _SIZES if key != "head_dim" and not (key == "intermediate_size" and experts > 1)}
+    sizes = {key: positive(config.get(key)) for key in _SIZES if key != "head_dim" and not (key == "intermediate_size" and experts > 1)}
     if heads and head_dim:
         sizes["num_attention_heads x head_dim"] = heads * head_dim
     if kv and head_dim:
@@ -345,11 +273,6 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
         if count == 1 and (len(members) > 2 or odd == common[::-1]):  # (of two layers: only one the other's transpose)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
-
-
-def _size(value: Any) -> int | None:
-    """A positive integer size from config.json, else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _numbers(numbers: Sequence[int] | set[int]) -> str:

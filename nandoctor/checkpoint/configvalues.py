@@ -57,9 +57,8 @@ def _not_a_float(value: Any) -> bool:
     return _int(value) and value != 1
 
 
-# (key, applies when sampling only (True), not sampling only (None) or always (False), is it wrong, what
-# transformers raises, what to write)
-_Rule = tuple[str, bool | None, Callable[[Any], bool], str, str]
+# (key, applies only when sampling, is it wrong, what transformers raises, what to write)
+_Rule = tuple[str, bool, Callable[[Any], bool], str, str]
 _GENERATE_RULES: tuple[_Rule, ...] = (
     ("temperature", True, lambda v: _number(v) and (v <= 0 or _not_a_float(v)), "has to be a strictly positive float",
      "for greedy decoding set do_sample to false; to sample, a float > 0 (1.0 leaves the logits as they are)"),
@@ -93,10 +92,10 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
     sampling = generation.get("do_sample") is True
     wrong: list[str] = []
     fixes: list[str] = []
-    for key, when, bad, raised, fix in _GENERATE_RULES:
+    for key, sampling_only, bad, raised, fix in _GENERATE_RULES:
         value = generation.get(key)
-        if bad(value) and (when is False or when == sampling):
-            wrong.append(f"{key} is {json.dumps(value)}{' with do_sample true' if when else ''} ({raised})")
+        if bad(value) and (sampling or not sampling_only):
+            wrong.append(f"{key} is {json.dumps(value)}{' with do_sample true' if sampling_only else ''} ({raised})")
             fixes.append(f"{key}: {fix}")
     beams, top_k, alpha = generation.get("num_beams"), generation.get("top_k"), generation.get("penalty_alpha")
     if (not sampling and not (_number(beams) and beams > 1) and _number(alpha) and alpha > 0 and _number(top_k)
@@ -135,7 +134,7 @@ def _load_refusals(path: Path, generation: dict[str, Any]) -> list[ScanProblem]:
     """Settings ``GenerationConfig.validate`` refuses while ``from_pretrained`` loads the model: it does not load."""
     wrong = []
     returned, beams = generation.get("num_return_sequences"), generation.get("num_beams")
-    beams = beams if _int(beams) and beams > 0 else 1
+    beams = beams if _number(beams) and beams > 0 else 1  # (4.0 loads as 4 beams)
     if _int(returned) and returned > 1 and generation.get("do_sample") is not True:
         if beams == 1:
             wrong.append(f"num_return_sequences is {returned} without sampling or beams (\"Greedy methods without "
@@ -169,7 +168,7 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 # A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing
 _EPS_HARMFUL = -1e-3
-_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
 _ALWAYS_SLIDING = ("mistral", "mixtral", "phi3", "starcoder2")  # (without layer_types: every layer slides)
 _SLIDING_WHEN_ASKED = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # (use_sliding_window, from max_window_layers)
 
@@ -186,7 +185,7 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     return [ScanProblem(
         str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained builds the model from these values as written, and "
         "its forward pass computes NaN or raises",
-        f"write the values the model was trained with (the base model's {path.name} has them; null turns a softcap off)",
+        f"write the values the model was trained with (the base model's {path.name} has them)",
         kind=CONFIG_KIND,
     )]
 
@@ -207,7 +206,7 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{key} is 0 (tanh(x / cap) * cap: the final cap makes the logits NaN, the attention "
                          "cap makes every score 0)")
     routed = config.get("num_experts_per_tok")
-    experts = next((config[k] for k in _EXPERT_COUNTS if _number(config.get(k)) and config[k] > 0), None)
+    experts = next((config[k] for k in EXPERT_KEYS if _number(config.get(k)) and config[k] > 0), None)
     dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
     every_layer_dense = isinstance(dense, list) and _int(config.get("num_hidden_layers")) and len(dense) >= config["num_hidden_layers"]
     if (_number(routed) and experts is not None and experts >= 2 and routed > experts  # (1: a dense model, no router)
@@ -238,4 +237,4 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(key), value
 
 
-__all__ = ["generation_problems", "model_problems", "vocab_size"]
+__all__ = ["EXPERT_KEYS", "generation_problems", "model_problems", "vocab_size"]

@@ -15,8 +15,9 @@ Healthy tensors still make no working model when the config the model is built f
   ``"float8_e4m3fn"`` with "couldn't find storage object"; a number, boolean or array alike. A dict (one dtype
   per sub-config) is read for its ``""`` entry only, held to the same rule. Each value checked with
   transformers 5.25 (tests/test_load_config.py). NOT LOADABLE.
-- a NaN or Infinity (or a number too large for a double, ``1e999``) anywhere in ``config.json`` or
-  ``generation_config.json``: the model is built from the value as written, so an ``rms_norm_eps`` of NaN makes
+- a NaN or Infinity (or a number too large for a double, ``1e999``) anywhere in ``config.json``,
+  ``generation_config.json`` or a PEFT adapter's ``adapter_config.json`` (``lora_alpha``: the update's scale):
+  the model is built from the value as written, so an ``rms_norm_eps`` of NaN makes
   every forward pass NaN, and a ``temperature`` or ``repetition_penalty`` of NaN makes ``generate`` raise. The
   model loads, so this is no NOT LOADABLE: a problem of kind ``config`` (``verdict.CONFIG_KIND``, BAD CONFIG)
   naming the file and the key path (``text_config.rms_norm_eps is NaN``).
@@ -68,6 +69,8 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
         loaded = read_object(root / ADAPTER_CONFIG)
         if isinstance(loaded, ScanProblem):
             found.append(loaded)
+        elif isinstance(loaded, dict):
+            found += _nonfinite(root / ADAPTER_CONFIG, loaded)
     if not model:
         return found
     config = read_object(root / CONFIG)
@@ -187,6 +190,9 @@ def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     if path.name == GENERATION_CONFIG:
         effect = ("generate takes its settings from these values (a temperature or repetition_penalty of NaN makes it "
                   "raise 'has to be a strictly positive float'; other keys are used as written)")
+    elif path.name == ADAPTER_CONFIG:
+        effect = ("PEFT builds the adapter from these values as written (a lora_alpha of NaN or Infinity scales every "
+                  "LoRA update by it: NaN outputs)")
     else:
         effect = ("from_pretrained builds the model from these values as written (an rms_norm_eps or a scale of NaN "
                   "makes every forward pass NaN)")

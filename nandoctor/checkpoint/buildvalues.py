@@ -1,0 +1,123 @@
+"""config.json values transformers may not build a model from, and counts too large to build at all.
+
+architecture.py builds the model config.json describes on the meta device only when something looks wrong,
+since importing transformers and torch costs seconds. These are the cheap looks, from the JSON alone: a
+``pad_token_id`` outside the vocabulary (``save_pretrained`` writes it after a pad token is added to the
+tokenizer without ``resize_token_embeddings``), a head count of 0 or less, an activation, rope type or layer
+type transformers 5.25 does not name. Each comes with what to build instead, so that architecture.py can tell
+a value transformers refuses (the model builds without it) from a build that fails for a reason of its own. A
+name missing from these lists costs a build, never a verdict.
+
+:func:`too_big` answers the other question: a config describing more layers or experts than any model has (a
+one-byte edit of ``num_hidden_layers`` to 20,000 took 25 s and 1.3 GB to build) is never built.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS
+from nandoctor.wording import first_few
+
+# transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES)
+ACTIVATIONS = frozenset({
+    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh", "gelu_pytorch_tanh",
+    "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
+    "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
+_ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
+ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial",
+                        "mrope"})  # (mrope: Qwen2-VL's hub configs, which transformers reads as default)
+_ROPE_SCALED = frozenset({"dynamic", "linear", "llama3", "yarn"})  # (transformers requires their "factor")
+_ROPE_KEYS = ("rope_scaling", "rope_parameters")
+_ROPE_DEPTH = 3  # (settings per layer type nest one level; deeper is no rope transformers has)
+LAYER_TYPES = frozenset({
+    "full_attention", "sliding_attention", "chunked_attention", "window_attention", "indexed_attention",
+    "compressed_sparse_attention", "heavily_compressed_attention", "minimax_m3_sparse", "conv", "moe", "hybrid",
+    "hybrid_sliding", "reference_sliding_attention", "linear_attention", "sparse", "dense",
+    "mlp", "basic", "bottleneck"})  # (the last three: default configs of models that do not validate them)
+_HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
+# every spelling of a layer count (MPT's n_layers, a vision tower's depth, an encoder-decoder's own)
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "depth", "encoder_layers", "decoder_layers",
+               "num_decoder_layers")
+# Beyond these a config.json describes no model there is (405B Llama: 126 layers; Kimi K2: 384 experts x 61
+# layers): building it on the meta device would take minutes and gigabytes for one edited number
+MAX_BUILT_LAYERS = 1024
+MAX_BUILT_EXPERT_LAYERS = 200_000
+
+DROP = object()  # (a suspected value replaced by nothing: the key is removed, the class's default applies)
+Suspicion = tuple[dict[str, Any], str, str, Any]  # (the (sub-)config holding it, key, why, what to build with instead)
+
+
+def positive(value: Any) -> int | None:
+    """A positive integer from config.json, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def sub_configs(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """config.json's object and the objects in it that configure a model of their own (``text_config``, a
+    ``vision_config`` that leaves its ``model_type`` to transformers), with their key prefix."""
+    yield "", config
+    for key, value in config.items():
+        if isinstance(value, dict) and ("model_type" in value or str(key).endswith("_config") or key in ("encoder", "decoder")):
+            yield f"{key}.", value
+
+
+def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
+    """Each config value transformers may not build a model from, with what to build instead."""
+    for where, sub in sub_configs(config):
+        vocab = positive(sub.get("vocab_size"))
+        pad = sub.get("pad_token_id")
+        if vocab and isinstance(pad, int) and not isinstance(pad, bool) and not -vocab <= pad < vocab:
+            yield sub, "pad_token_id", (f"config.json's {where}pad_token_id is {pad:,}, outside the vocabulary of "
+                                        f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
+        yield from _head_counts(where, sub)
+        for key in _ACTIVATION_KEYS:
+            if isinstance(sub.get(key), str) and sub[key] not in ACTIVATIONS:
+                yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
+        for key in _ROPE_KEYS:
+            rope = sub.get(key)
+            if isinstance(rope, dict) and not _known_rope(rope):
+                yield sub, key, f"config.json's {where}{key} is {json.dumps(rope)[:80]}", DROP
+        types = sub.get("layer_types")
+        layers = positive(sub.get("num_hidden_layers"))
+        if isinstance(types, list) and (any(not isinstance(t, str) or t not in LAYER_TYPES for t in types)
+                                        or (layers and len(types) != layers)):
+            shown = first_few(sorted({t if isinstance(t, str) else json.dumps(t)[:20] for t in types}), 3)
+            yield sub, "layer_types", (f"config.json's {where}layer_types lists {len(types)} layer(s) ({shown})"
+                                       + (f" for num_hidden_layers {layers}" if layers else "")), DROP
+
+
+def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
+    """A head count of 0 or less, to be built with a count that divides the model's width: the other count, or
+    hidden_size / head_dim (a class's default of 32 heads would not divide a small model and blame nothing)."""
+    heads, kv = positive(config.get("num_attention_heads")), positive(config.get("num_key_value_heads"))
+    hidden, head_dim = positive(config.get("hidden_size")), positive(config.get("head_dim"))
+    from_width = hidden // head_dim if hidden and head_dim and hidden % head_dim == 0 else None
+    for key, other in (("num_attention_heads", kv or from_width), ("num_key_value_heads", heads or from_width)):
+        count = config.get(key)
+        if isinstance(count, (int, float)) and not isinstance(count, bool) and count <= 0:
+            yield config, key, f"config.json's {where}{key} is {count}", other if other else DROP
+
+
+def _known_rope(rope: dict[str, Any], depth: int = 0) -> bool:
+    """Whether rope settings name a rope type transformers 5.25 has, with the factor it requires; settings per
+    layer type (Gemma3's ``{"sliding_attention": {…}, "full_attention": {…}}``) each."""
+    if "rope_type" not in rope and "type" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
+        return depth < _ROPE_DEPTH and all(_known_rope(v, depth + 1) for v in rope.values())
+    kind = rope.get("rope_type", rope.get("type"))
+    return isinstance(kind, str) and kind in ROPE_TYPES and (kind not in _ROPE_SCALED or "factor" in rope)
+
+
+def too_big(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(layers, experts) where config.json describes more than any model has (never built), else None."""
+    subs = [sub for _, sub in sub_configs(config)]
+    layers = max((positive(sub.get(k)) or 0 for sub in subs for k in _LAYER_KEYS), default=0)
+    experts = max((positive(sub.get(k)) or 0 for sub in subs for k in EXPERT_KEYS), default=0)
+    if layers > MAX_BUILT_LAYERS or layers * max(1, experts) > MAX_BUILT_EXPERT_LAYERS:
+        return layers, experts
+    return None
+
+
+__all__ = ["DROP", "MAX_BUILT_EXPERT_LAYERS", "MAX_BUILT_LAYERS", "positive", "sub_configs", "suspicions", "too_big"]
