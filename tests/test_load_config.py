@@ -566,3 +566,30 @@ def test_an_infinite_value_passes_only_where_its_key_is_a_limit(model: Path, key
     Gemma2's tanh(x / cap) * cap is NaN at cap = Infinity."""
     _edit(model / "config.json", **{key: value})
     assert (nandoctor.scan(model, device="cpu").exit_code == 3) == bad
+
+
+@pytest.mark.parametrize("prefix, safe", [("_orig_mod.", True), ("module.", False), ("module._orig_mod.", True),
+                                          ("model.", True)])
+def test_weights_saved_from_a_wrapped_model_are_not_loadable(tmp_path, prefix, safe):
+    """torch.save(compiled_or_ddp_model.state_dict()) beside config.json: from_pretrained strips only the model's
+    base prefix ("model." for LlamaForCausalLM's own names is no wrapper), finds none of its names in
+    "_orig_mod."/"module." ones and initializes every weight at random; the folder scanned CLEAN."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = _save(tmp_path / "model")
+    tensors = {prefix + name: t for name, t in load_file(folder / "model.safetensors").items()}
+    (folder / "model.safetensors").unlink()
+    if safe:
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    else:
+        torch.save(tensors, folder / "pytorch_model.bin")
+    _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    wrapped = prefix != "model."
+    assert bool(info["missing_keys"]) is wrapped
+    report = nandoctor.scan(folder)
+    if not wrapped:
+        assert report.exit_code == 0, report.errors
+        return
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert f"{prefix!r} from DDP or torch.compile" in report.errors[0].message

@@ -160,6 +160,29 @@ def architecture_problems(
     return architecture.problems(files.root, config, *_names_and_shapes(weights))
 
 
+# Prefixes a training wrapper puts before every parameter name: DDP / DataParallel, torch.compile
+_WRAPPERS = ("module.", "_orig_mod.")
+
+
+def wrapped_names(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
+    """NOT LOADABLE for the weights of a folder from_pretrained reads whose every name carries a training wrapper's
+    prefix (``torch.save(ddp_model.state_dict())``, a compiled model's): from_pretrained strips only the model's
+    own base prefix, finds none of the names it builds, and initializes every weight at random."""
+    names, _ = _names_and_shapes(_cast_by_from_pretrained(files, refs_by_file))
+    if not names or not all(name.startswith(_WRAPPERS) for name in names):
+        return []
+    prefix, rest = "", names[0]
+    while rest.startswith(_WRAPPERS):  # (module._orig_mod.: a compiled model inside DDP)
+        wrapper = next(w for w in _WRAPPERS if rest.startswith(w))
+        prefix, rest = prefix + wrapper, rest[len(wrapper):]
+    return [ScanProblem(
+        str(files.root), f"every weight name starts with a training wrapper's prefix ({names[0]!r}: {prefix!r} from "
+        "DDP or torch.compile): from_pretrained finds none of the names its model has and initializes every weight "
+        "at random, so the model is not this checkpoint",
+        f"save the unwrapped model (model.module for DDP, model._orig_mod for torch.compile: "
+        f"unwrapped.save_pretrained(...)), or rename the tensors without {prefix!r}", kind=UNLOADABLE_KIND)]
+
+
 def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
     """A PEFT adapter at the folder's top whose LoRA ranks its adapter_config.json contradicts (adapters.py)."""
     stored = [(path, refs) for path, refs in refs_by_file.items()

@@ -100,6 +100,7 @@ def open_checkpoint(
     shape_problems, shape_notes = loadability.architecture_problems(files, checkpoint.refs_by_file)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
+    checkpoint.problems += loadability.wrapped_names(files, checkpoint.refs_by_file)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)
