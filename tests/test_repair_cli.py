@@ -112,9 +112,10 @@ def test_a_donor_that_is_no_checkpoint_is_the_error_named(tmp_path):
 def test_the_target_as_its_own_donor_is_refused(tmp_path):
     run_dir = copy_run(tmp_path)
     target = run_dir / "checkpoint-300"
-    result = run("repair", target, "--from", str(target) + "/", "--out", tmp_path / "o")
-    assert result.exit_code == 3 and "is the checkpoint being repaired" in result.output, result.output
-    assert not (tmp_path / "o").exists()
+    for donor in (str(target) + "/", target / "model-00001-of-00002.safetensors"):
+        result = run("repair", target, "--from", donor, "--out", tmp_path / "o")
+        assert result.exit_code == 3 and "is (part of) the checkpoint being repaired" in result.output, result.output
+        assert not (tmp_path / "o").exists()
 
 
 def test_from_auto_takes_donors_only_before_the_first_bad_checkpoint(tmp_path):
@@ -221,7 +222,7 @@ def test_no_donor_hint_offers_auto_only_where_it_finds_a_donor(tmp_path):
     bad_copy = tmp_path / "bad-copy"
     shutil.copytree(DEMO_RUN / "checkpoint-300", bad_copy)
     for target, offered in ((plain, False), (lone, False), (DEMO_RUN / "checkpoint-300", True)):
-        for donor, error in ((bad_copy, "no good donor"), (target, "is the checkpoint being repaired")):
+        for donor, error in ((bad_copy, "no good donor"), (target, "is (part of) the checkpoint being repaired")):
             result = run("repair", target, "--from", donor, "--out", tmp_path / "out")  # a donor as bad as the target
             assert result.exit_code == 3 and error in result.output, result.output
             hint = next(line for line in result.output.splitlines() if line.startswith("hint:"))

@@ -186,11 +186,11 @@ def blob_roots(folder: Path) -> tuple[Path, ...]:
         return ()
 
 
-def _nearby(path: Path) -> str | None:
-    """For a missing path whose folder exists: what that folder holds by a similar name, as a hint; else None."""
+def _nearby(path: Path) -> tuple[str, bool] | None:
+    """For a missing path whose folder exists: (a hint, whether it names a similar name there); else None."""
     parent = path.parent
     try:
-        if str(parent) in ("", ".") or not access.is_dir(parent):
+        if not access.is_dir(parent):
             return None
         names = [entry.name for entry in access.listing(parent)]
     except (OSError, UnreadablePathError):
@@ -198,9 +198,12 @@ def _nearby(path: Path) -> str | None:
     import difflib
 
     close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    shown = parent / close[0] if close and str(parent) not in ("", ".") else (close[0] if close else "")
     if close:
-        return f"did you mean {parent / close[0]}?" + (f" ({parent} also holds {', '.join(close[1:])})" if close[1:] else "")
-    return f"check the path: {parent} holds no {path.name}"
+        where = "this folder" if str(parent) in ("", ".") else str(parent)
+        also = f" ({where} also holds {', '.join(close[1:])})" if close[1:] else ""
+        return f"did you mean {shown}?{also}", True
+    return f"check the path: {parent} holds no {path.name}", False
 
 
 def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
@@ -214,15 +217,15 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
         return path, None
     nearby = _nearby(path)
     if not looks_like_repo_id(text):
-        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby)
+        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby[0] if nearby else None)
     repo_id, revision = split_revision(text)
     hit = find_hf(repo_id, revision)
     if hit is None and revision is None:
         hit = find_modelscope(repo_id)
     if hit is not None:
         return hit.path, hit
-    if nearby is not None:  # (demo-run/checkpoint-30 beside demo-run/checkpoint-300: a typo, not a hub model)
-        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby)
+    if nearby is not None and nearby[1]:  # (demo-run/checkpoint-30 beside demo-run/checkpoint-300: a typo)
+        raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby[0])
     looked = [str(hf_repo_folder(repo_id))]
     if revision is None:
         looked += [str(p) for p in modelscope_candidates(repo_id)[:2]]
@@ -231,5 +234,6 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
         f"looked in {', '.join(looked)})",
         "check the path; for a hub model, nandoctor never downloads: fetch it first "
         f"(`hf download {repo_id}`, `huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`) "
-        "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is",
+        "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is"
+        + (f"; a local {nearby[0].removeprefix('check the path: ')}" if nearby is not None else ""),
     )

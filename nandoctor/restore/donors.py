@@ -313,7 +313,7 @@ def resolve_donors(
             raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint) from None
         if needed and _same_place(path, target):  # (a clean target: an unchanged copy, whatever the donor)
             raise RepairRefusedError(
-                f"donor {donor} is the checkpoint being repaired ({target}): it holds the same bad tensors",
+                f"donor {donor} is (part of) the checkpoint being repaired ({target}): it holds the same bad tensors",
                 "name an earlier, healthy checkpoint with --from <path>" + (" (or --from auto)" if auto_available else ""),
             )
         out.append(CheckpointDonor(path, limits, selection))
@@ -327,8 +327,11 @@ def resolve_donors(
     return out
 
 
-def _same_place(a: Path, b: Path) -> bool:
+def _same_place(donor: Path, target: Path) -> bool:
+    """Whether ``donor`` is the target checkpoint, or a file or folder inside the target folder."""
     try:
-        return os.path.samefile(a, b)
+        if os.path.samefile(donor, target):
+            return True
+        return target.is_dir() and Path(os.path.realpath(donor)).is_relative_to(os.path.realpath(target))
     except (OSError, ValueError):  # (one of them gone, or a name the OS refuses: the readers say so)
         return False
