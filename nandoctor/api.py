@@ -327,8 +327,8 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
     """
     from nandoctor.report.json_report import gate_json, report_to_json, run_to_json
 
-    chosen = None if fail_on is None else verdicts.parse_fail_on(fail_on)
-    gate = verdicts.parse_fail_on(fail_on)
+    gate = verdicts.parse_fail_on(fail_on)  # (None: the default set)
+    chosen = None if fail_on is None else gate
     if isinstance(result, RunReport):
         data = run_to_json(result, chosen)
         data["gate"] = gate_json(gate, result.exit_code(gate))
