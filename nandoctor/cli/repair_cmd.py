@@ -14,17 +14,8 @@ from contextlib import contextmanager
 
 import click
 
-from nandoctor.cli.common import (
-    USER_PATH,
-    checked_limits,
-    debug_enabled,
-    debug_option,
-    echo_json,
-    fail,
-    handles_errors,
-    health_limit_options,
-    known_error,
-)
+from nandoctor.cli import common
+from nandoctor.cli.common import USER_PATH, debug_enabled, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.progress import byte_progress
 from nandoctor.report.repair_report import MAX_ROWS
 
@@ -80,7 +71,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 @click.option("--allow-cast", is_flag=True,
               help="Take a donor of another float dtype (an fp32 master copy for a bf16 checkpoint), rounded as "
               "torch's tensor.to(dtype) rounds; refused when a value would not be finite in the target's dtype.")
-@health_limit_options
+@common.health_limit_options
 @click.option("--only", "only", multiple=True, metavar="GLOB",
               help="Judge and restore only tensors whose full name matches GLOB (repeatable; e.g. 'state_dict.*'); "
               "the others are carried over unchanged.")
@@ -137,7 +128,7 @@ def repair(
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
     if out == "":
         raise click.UsageError("--out is empty; name a new folder for the repaired checkpoint")
-    limits = checked_limits(max_abs, outlier_factor)
+    limits = common.checked_limits(max_abs, outlier_factor)
     try:
         chosen = selection(only, exclude)
     except ValueError as exc:
