@@ -24,7 +24,7 @@ from typing import Any
 from nandoctor.checkpoint.roles import holds_sentinels
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
-from nandoctor.model import Outliers, ScanReport, TensorResult, TensorResults, Verdict
+from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict
 from nandoctor.wording import first_few
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
@@ -413,11 +413,28 @@ def problem_kinds(report: ScanReport) -> tuple[str, ...]:
     return tuple(k for k in PROBLEM_WORDS if k in kinds) + tuple(sorted(kinds - set(PROBLEM_WORDS)))
 
 
+def weight_errors(report: ScanReport) -> tuple[ScanProblem, ...]:
+    """``report``'s problems that say something of its weights: all but a config file's values (BAD CONFIG: a
+    generation setting generate refuses, a pad token outside the vocabulary), which neither a repair donor, a
+    resume point nor a comparison of the weights depends on."""
+    return tuple(p for p in report.errors if p.kind != CONFIG_KIND)
+
+
+def weights_report(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
+    """``report`` judged on its weights alone (its config files' problems left out): what a training callback
+    keeps and resumes from, while the scan of the folder still fails on the config."""
+    kept = weight_errors(report)
+    if len(kept) == len(report.errors):
+        return report
+    return judged(dataclasses.replace(report, errors=kept), fail_on)
+
+
 def health(report: ScanReport) -> str:
     """``healthy``, ``poisoned`` (a few bad tensors: repair them), ``diverged`` (most weights broken, or
     grown far past the run's first healthy checkpoint: resume from the last healthy checkpoint) or
-    ``unreadable``. A report judged within its run (``extra["run"]``) uses the run's baseline too."""
-    if report.errors:
+    ``unreadable``: the weights' health (a config file's values are no weights' problem: ``weight_errors``). A
+    report judged within its run (``extra["run"]``) uses the run's baseline too."""
+    if weight_errors(report):
         return "unreadable"
     if diverged_why(report):
         return "diverged"
@@ -955,7 +972,7 @@ def checkpoint_status(
     """
     if incomplete or report is None:
         return "incomplete", ""
-    if report.errors:
+    if weight_errors(report):
         return "unreadable", ""
     why = diverged_why(report, baseline or {}, log_nonfinite_step)
     if why:

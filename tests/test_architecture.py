@@ -184,11 +184,11 @@ def _load_error(folder: Path) -> str | None:
 def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path, config, said):
     """A config.json value that makes from_pretrained fail before it reads a weight (the realistic one: a pad
     token added to the tokenizer and pad_token_id set without resize_token_embeddings: save_pretrained writes it)
-    is NOT LOADABLE, named; all scanned CLEAN before."""
+    is BAD CONFIG (exit 3; the weights are intact), named; all scanned CLEAN before."""
     folder = _llama(tmp_path / "m", config=config)
     assert _load_error(folder) is not None
     report = nandoctor.scan(folder)
-    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
     assert said in report.errors[0].message and "cannot build the model" in report.errors[0].message
     assert next(iter(config)) in report.errors[0].hint
 
@@ -297,7 +297,7 @@ def test_config_values_of_odd_types_or_sizes_never_crash_or_hang(tmp_path, confi
     assert time.perf_counter() - started < 10, "built a model it should not have"
     assert result.exit_code in (0, 3) and "internal error" not in result.output, result.output
     data = json.loads(result.stdout)
-    assert all(e["kind"] in ("unloadable",) for e in data["errors"]), data["errors"]
+    assert all(e["kind"] in ("unloadable", "config") for e in data["errors"]), data["errors"]
 
 
 def test_a_head_count_of_zero_is_blamed_even_where_the_class_default_would_not_divide_the_width(tmp_path):

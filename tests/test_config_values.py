@@ -105,7 +105,7 @@ def test_generation_config_values_are_judged_as_generate_uses_them(saved, tmp_pa
         assert report.exit_code == 0 and not report.errors, report.errors
         return
     assert report.exit_code == 3
-    assert kinds == ({"unloadable"} if expected == "load" else {"config"}), report.errors
+    assert kinds == {"config"}, report.errors  # (from_pretrained or generate raises: the weights are intact)
     message = " ".join(p.message for p in report.errors)
     assert "generation_config.json" in " ".join(p.path for p in report.errors)
     assert next(iter(values)) in message, message  # (the first key is the one at fault)

@@ -38,7 +38,7 @@ from nandoctor.checkpoint import buildvalues
 from nandoctor.checkpoint.buildvalues import positive
 from nandoctor.checkpoint.configvalues import EXPERT_KEYS
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import UNLOADABLE_KIND, family_of
+from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, family_of
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
@@ -167,7 +167,7 @@ def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicio
         str(root), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
         f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
         "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
-        "config.json has the value it was trained with)", kind=UNLOADABLE_KIND)
+        "config.json has the value it was trained with)", kind=CONFIG_KIND)  # (the weights are intact: BAD CONFIG)
 
 
 def _builds_without(config: dict[str, Any], chosen: list[buildvalues.Suspicion]) -> bool:

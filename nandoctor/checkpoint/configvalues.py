@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
+from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
 
 _SHOWN = 3
@@ -86,7 +86,7 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             str(path), f"max_new_tokens is {new_tokens}: from_pretrained raises (\"`max_new_tokens` must be greater "
             "than 0\") and the model does not load",
             "remove max_new_tokens (generate's default applies) or set it to the number of tokens to generate",
-            kind=UNLOADABLE_KIND,
+            kind=CONFIG_KIND,
         ))
     found += _load_refusals(path, generation)
     sampling = generation.get("do_sample") is True
@@ -150,7 +150,7 @@ def _load_refusals(path: Path, generation: dict[str, Any]) -> list[ScanProblem]:
     return [ScanProblem(
         str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained validates the generation settings as it loads the "
         "model, and raises", "remove those settings (generate's defaults apply) or give generate() them as arguments",
-        kind=UNLOADABLE_KIND)]
+        kind=CONFIG_KIND)]
 
 
 def _token_ids(value: Any) -> Iterator[int]:

@@ -22,6 +22,7 @@ from nandoctor.diffs.result import DiffReport, TensorDiff
 from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
+from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
 
 __all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
 
@@ -64,8 +65,11 @@ def diff_checkpoints(
     ``values=False`` compares bytes only: a tensor whose bytes differ is ``changed`` with no element
     counts (and a dtype change is ``changed`` too), at memcmp speed throughout."""
     started = time.perf_counter()
-    problems = [*a.problems, *b.problems]
+    # whether a folder loads (its config, its layout) is no question of its tensors' values: said, never INCOMPLETE
+    aside = (CONFIG_KIND, UNLOADABLE_KIND)
+    problems = [p for p in (*a.problems, *b.problems) if p.kind not in aside]
     notes = [*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes)]
+    notes += [f"{side}: {p.path}: {p.message}" for side, c in (("A", a), ("B", b)) for p in c.problems if p.kind in aside]
     pairs, ambiguous = pair_tensors(a, b)
     problems += ambiguous
     for side, checkpoint in (("A", a), ("B", b)):

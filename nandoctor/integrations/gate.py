@@ -67,9 +67,14 @@ class CheckpointGate:
         (logged; training goes on)."""
         try:
             report = (scan or self.scan)(path)
-            passed = verdicts.passes(report, self.fail_on)
+            # (training keeps and resumes from the weights: a config file's values — BAD CONFIG — are said, and
+            # stop nothing; the checkpoint's own nandoctor.json still fails its gate until they are corrected)
+            passed = verdicts.passes(verdicts.weights_report(report, self.fail_on), self.fail_on)
             line = verdicts.one_line(report, self.fail_on, label=str(path))
-            (logger.info if passed else logger.warning)("nandoctor: %s", line)
+            (logger.info if verdicts.passes(report, self.fail_on) else logger.warning)("nandoctor: %s", line)
+            if passed and report.errors:
+                logger.warning("nandoctor: %s: the weights are fine; correct the config before serving: %s", path,
+                               report.errors[0].message)
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not scan %s (%s: %s); training goes on", path, type(exc).__name__, exc)
             return None, None
@@ -118,8 +123,12 @@ class CheckpointGate:
             self.first_bad = path
 
     def gate(self, report: ScanReport) -> dict[str, Any]:
-        """The ``gate`` object of the JSON: what failed it, its exit code, whether it passed."""
-        return gate_json(self.fail_on, verdicts.exit_code(report, self.fail_on))
+        """The ``gate`` object of the JSON: what failed it, its exit code, whether it passed; ``weights_passed``
+        where only a config file failed it (the weights are a resume point all the same)."""
+        data = gate_json(self.fail_on, verdicts.exit_code(report, self.fail_on))
+        if not data["passed"] and verdicts.passes(verdicts.weights_report(report, self.fail_on), self.fail_on):
+            data["weights_passed"] = True
+        return data
 
     def report_json(self, report: ScanReport) -> dict[str, Any]:
         data = report_to_json(report)
@@ -183,8 +192,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def passed_in(data: Any) -> bool:
-    """Whether a gate JSON object (as written above) says its checkpoint passed."""
-    return isinstance(data, dict) and isinstance(data.get("gate"), dict) and data["gate"].get("passed") is True
+    """Whether a gate JSON object (as written above) says its checkpoint's weights passed (``weights_passed``:
+    they did, while a config file failed the checkpoint's gate)."""
+    gate = data.get("gate") if isinstance(data, dict) else None
+    return isinstance(gate, dict) and (gate.get("passed") is True or gate.get("weights_passed") is True)
 
 
 def distributed() -> Any:

@@ -23,6 +23,7 @@ from nandoctor.checkpoint.runs import (
 )
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
+from nandoctor.wording import first_few
 
 _STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold red", UNREADABLE: "red",
           INCOMPLETE: "yellow"}
@@ -293,6 +294,28 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
                 lines.append((BAD, f"{said}: {c.name}: {problem.path}: {problem.message}"))
                 if problem.hint:
                     lines.append((HINT, problem.hint))
+    return lines + _config_lines(run)
+
+
+def _config_lines(run: RunReport) -> list[tuple[str, str]]:
+    """The config files' problems of checkpoints whose weights were judged (BAD CONFIG: the weights are a resume
+    point all the same), each said once with the checkpoints that have it: one setting saved with every
+    checkpoint is one line, not one a checkpoint."""
+    said: dict[tuple[str, str], list[str]] = {}
+    hints: dict[tuple[str, str], str] = {}
+    for c in run.checkpoints:
+        if c.same_as is not None or c.status == UNREADABLE or c.report is None:
+            continue
+        for problem in c.report.errors:
+            if problem.kind == verdicts.CONFIG_KIND:
+                key = (Path(problem.path).name, problem.message)
+                said.setdefault(key, []).append(c.name)
+                hints.setdefault(key, problem.hint)
+    lines: list[tuple[str, str]] = []
+    for (name, message), where in said.items():
+        lines.append((WARN, f"bad config (the weights are judged above): {first_few(where, 3)}: {name}: {message}"))
+        if hints[(name, message)]:
+            lines.append((HINT, hints[(name, message)]))
     return lines
 
 

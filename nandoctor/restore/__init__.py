@@ -132,6 +132,13 @@ def repair(
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
     report = scan(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
+    if report.errors and not verdict.weight_errors(report):  # (a config file's values: no tensor restores them)
+        first = report.errors[0]
+        raise RepairRefusedError(
+            f"{target}: {first.path}: {first.message}",
+            (f"{first.hint}; " if first.hint else "") + "a repair restores tensors, never config files: correct "
+            f"{Path(first.path).name} first, then repair (its weights are judged as they are: nandoctor scan {target})",
+        )
     if report.errors:
         first = report.errors[0]
         raise RepairRefusedError(

@@ -33,6 +33,7 @@ from nandoctor.errors import (
 )
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
+from nandoctor.verdict import CONFIG_KIND
 
 AUTO = "auto"
 
@@ -63,8 +64,11 @@ class CheckpointDonor:
     def refs(self) -> Mapping[str, TensorRef]:
         if self._refs is None:
             checkpoint = open_checkpoint(self.path, selection=self.selection)
-            if checkpoint.problems:  # a donor must be read whole: a corrupt storage is no source of truth
-                first = checkpoint.problems[0]
+            # a donor must be read whole: a corrupt storage is no source of truth (its config files' values are
+            # nothing a repair copies: a donor whose generation_config.json is BAD CONFIG gives good tensors)
+            broken = [p for p in checkpoint.problems if p.kind != CONFIG_KIND]
+            if broken:
+                first = broken[0]
                 raise CorruptCheckpointError(first.path, first.message, first.hint or None)
             refs: dict[str, TensorRef] = {}
             chunks: dict[str, list[TensorRef]] = {}
