@@ -71,6 +71,8 @@ GENERATION = [
     ({"typical_p": 0.0, "do_sample": True}, "generate"),
     ({"penalty_alpha": 0.6, "top_k": 4}, "generate"),  # contrastive search: on the Hub in transformers 5
     ({"forced_eos_token_id": VOCAB + 3}, "generate"),
+    ({"num_beam_groups": 2, "num_beams": 2}, "generate"),  # group beam search: on the Hub in transformers 5
+    ({"sequence_bias": [[[VOCAB + 3], 2.0]]}, "generate"),
     ({"num_return_sequences": 2}, "load"),
     ({"num_return_sequences": 3, "num_beams": 2}, "load"),
     ({"early_stopping": "bogus", "num_beams": 2}, "load"),
@@ -91,6 +93,8 @@ GENERATION = [
     ({"num_return_sequences": 2, "do_sample": True}, "ok"),
     ({"num_return_sequences": 2, "num_beams": 2}, "ok"),
     ({"early_stopping": "never", "num_beams": 2}, "ok"),
+    ({"num_beam_groups": 1, "num_beams": 2}, "ok"),
+    ({"sequence_bias": [[[3], 2.0]]}, "ok"),
 ]
 
 

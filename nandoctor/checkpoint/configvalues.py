@@ -103,8 +103,20 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
         wrong.append(f"penalty_alpha is {alpha} with top_k {top_k}: contrastive search, which transformers 5 keeps on the "
                      "Hub (generate raises: it needs trust_remote_code)")
         fixes.append("penalty_alpha: null (greedy decoding), or do_sample true to sample")
+    groups = generation.get("num_beam_groups")
+    if _number(groups) and groups > 1:
+        wrong.append(f"num_beam_groups is {groups}: group beam search, which transformers 5 keeps on the Hub (generate "
+                     "raises: it needs trust_remote_code)")
+        fixes.append("num_beam_groups: 1 (plain beam search)")
     vocab = vocab_size(config)
     if vocab is not None:
+        biased = generation.get("sequence_bias")  # ([[token ids], bias] pairs, as GenerationConfig saves them)
+        biased_ids = [pair[0] for pair in biased if isinstance(pair, list) and pair] if isinstance(biased, list) else []
+        outside = sorted({t for t in _token_ids(biased_ids) if not 0 <= t < vocab})
+        if outside:
+            wrong.append(f"sequence_bias holds token(s) {first_few([str(t) for t in outside], _SHOWN)} outside the "
+                         f"vocabulary of {vocab:,} (\"the following tokens were being biased\")")
+            fixes.append("sequence_bias: ids below vocab_size (the tokenizer's)")
         outside = sorted({t for t in _token_ids(generation.get("bad_words_ids")) if not 0 <= t < vocab})
         if outside:
             wrong.append(f"bad_words_ids holds token(s) {first_few([str(t) for t in outside], _SHOWN)} outside the "
