@@ -350,9 +350,12 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
         return report
     if report.errors:
         first = report.errors[0]
+        # (a config file's values only: every weight was read, but the folder does not work as it is)
+        outcome = ("the checkpoint does not work as it is" if not verdicts.weight_errors(report)
+                   else "the checkpoint cannot be called finite")
         raise UnreadableCheckpointError(
             report.target,
-            f"{'; '.join(verdicts.problem_facts(report))}, so the checkpoint cannot be called finite",
+            f"{'; '.join(verdicts.problem_facts(report))}, so {outcome}",
             first.hint or "run `nandoctor scan` on it for the details",
             report=report,
         )

@@ -592,4 +592,6 @@ def test_weights_saved_from_a_wrapped_model_are_not_loadable(tmp_path, prefix, s
         assert report.exit_code == 0, report.errors
         return
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
-    assert f"{prefix!r} from DDP or torch.compile" in report.errors[0].message
+    said = {"_orig_mod.": "torch.compile", "module.": "DDP or DataParallel",
+            "module._orig_mod.": "torch.compile inside DDP or DataParallel"}[prefix]
+    assert f"{prefix!r} from {said})" in report.errors[0].message

@@ -162,6 +162,7 @@ def architecture_problems(
 
 # Prefixes a training wrapper puts before every parameter name: DDP / DataParallel, torch.compile
 _WRAPPERS = ("module.", "_orig_mod.")
+_WRAPPED_BY = {"module": "DDP or DataParallel", "_orig_mod": "torch.compile"}
 
 
 def wrapped_names(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
@@ -177,8 +178,8 @@ def wrapped_names(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequen
         prefix, rest = prefix + wrapper, rest[len(wrapper):]
     return [ScanProblem(
         str(files.root), f"every weight name starts with a training wrapper's prefix ({names[0]!r}: {prefix!r} from "
-        "DDP or torch.compile): from_pretrained finds none of the names its model has and initializes every weight "
-        "at random, so the model is not this checkpoint",
+        f"{' inside '.join(_WRAPPED_BY[w] for w in reversed(prefix.split('.')) if w)}): from_pretrained finds none of the names "
+        "its model has and initializes every weight at random, so the model is not this checkpoint",
         f"save the unwrapped model (model.module for DDP, model._orig_mod for torch.compile: "
         f"unwrapped.save_pretrained(...)), or rename the tensors without {prefix!r}", kind=UNLOADABLE_KIND)]
 
