@@ -39,10 +39,17 @@ class SavedVerdict:
     rank_codes: tuple[int, ...]  # each rank's own exit code, by rank
     report: ScanReport | None  # this rank's files; None when its scan raised (see error)
     error: str = ""
+    # agreed as exit_code, with the config files' problems (BAD CONFIG) left out: whether the weights are a resume
+    # point (a training callback keeps such a checkpoint and warns; the scan of the folder still fails)
+    weights_exit_code: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+    @property
+    def weights_ok(self) -> bool:
+        return (self.exit_code if self.weights_exit_code is None else self.weights_exit_code) == 0
 
     @property
     def failed_ranks(self) -> tuple[int, ...]:
@@ -76,14 +83,16 @@ def verify_saved(
         target = scan_target(path, target_dtype)  # none given: the dtype config.json loads the weights in
         report = verdicts.judged(scan_owned(path, rank, world, device=device, target_dtype=target), failing)
         code = report.exit_code
+        weights_code = verdicts.weights_report(report, failing).exit_code
     except (NandoctorError, OSError, ValueError) as exc:  # this rank still joins the collective below
-        code, error = 3, f"rank {rank}: {getattr(exc, 'message', None) or exc}"
+        code, weights_code, error = 3, 3, f"rank {rank}: {getattr(exc, 'message', None) or exc}"
     on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-    codes = torch.zeros(world, dtype=torch.int64, device=on)
-    codes[rank] = code
-    dist.all_reduce(codes, group=group)  # the one collective: every rank learns every rank's code
-    rank_codes = tuple(int(c) for c in codes.tolist())
-    return SavedVerdict(max(rank_codes), rank_codes, report, error)
+    codes = torch.zeros(2 * world, dtype=torch.int64, device=on)  # (each rank's code, then its weights' code)
+    codes[rank], codes[world + rank] = code, weights_code
+    dist.all_reduce(codes, group=group)  # the one collective: every rank learns every rank's codes
+    every = [int(c) for c in codes.tolist()]
+    rank_codes = tuple(every[:world])
+    return SavedVerdict(max(rank_codes), rank_codes, report, error, weights_exit_code=max(every[world:]))
 
 
 def wrote_own_files(folder: str | os.PathLike[str], rank: int, depth: int = 2) -> bool:

@@ -261,7 +261,7 @@ class NanDoctorCallback(TrainerCallback):
     def _check_ranks(self, folder: Path, state: TrainerState) -> bool:
         """Every rank checks the files it wrote (verify_saved); the agreed verdict, the same on every rank."""
         result = verify_saved(folder, fail_on=sorted(self.fail_on), device=self.device, target_dtype=self.target_dtype)
-        passed = result.ok
+        passed = result.weights_ok  # (a config file's values alone: kept as a resume point, as on one process)
         if result.report is not None:
             self.gate.reports[state.global_step] = result.report  # this rank's own files
         self.gate.record(str(folder), passed)
@@ -273,7 +273,8 @@ class NanDoctorCallback(TrainerCallback):
             if self.write_report:
                 data: dict[str, Any] = (self.gate.report_json(result.report) if result.report is not None
                                         else {"error": result.error})
-                data["gate"] = {"fail_on": sorted(self.fail_on), "exit_code": result.exit_code, "passed": passed,
+                data["gate"] = {"fail_on": sorted(self.fail_on), "exit_code": result.exit_code, "passed": result.ok,
+                                **({"weights_passed": True} if passed and not result.ok else {}),
                                 "rank_exit_codes": list(result.rank_codes)}
                 write_json(folder / REPORT_NAME, data)
         return passed
