@@ -348,6 +348,10 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     code = verdicts.exit_code(report, chosen)
     if code == 0:
         return report
+    if report.errors and not verdicts.weight_errors(report):
+        weights = verdicts.weights_report(report, chosen)
+        if verdicts.exit_code(weights, chosen) != 0:
+            check(weights, fail_on)  # (NaN weights beside a bad config: the weights' error, the more urgent one)
     if report.errors:
         first = report.errors[0]
         # (a config file's values only: every weight was read, but the folder does not work as it is)

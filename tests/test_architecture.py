@@ -180,6 +180,10 @@ def _load_error(folder: Path) -> str | None:
     ({"num_key_value_heads": 0}, "num_key_value_heads is 0"),
     ({"rope_parameters": {"rope_type": "yarnn", "factor": 2.0, "rope_theta": 1e4}}, "rope_parameters is"),
     ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling is"),
+    ({"pad_token_id": "1"}, 'pad_token_id is "1", not a token id'),  # (values of another JSON type)
+    ({"pad_token_id": 1.0}, "pad_token_id is 1.0, not a token id"),
+    ({"vocab_size": "128"}, 'vocab_size is "128"'),
+    ({"vocab_size": None}, "vocab_size is null"),
 ])
 def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path, config, said):
     """A config.json value that makes from_pretrained fail before it reads a weight (the realistic one: a pad

@@ -65,3 +65,19 @@ def test_the_training_gate_keeps_a_checkpoint_whose_weights_pass(tmp_path):
     assert gate.last_clean == str(run / "checkpoint-200")
     failed, _ = gate.check(run / "checkpoint-300", 300)
     assert failed is False and "weights_passed" not in gate.report_json(gate.reports[300])["gate"]
+
+
+def test_nan_weights_beside_a_bad_config_are_the_error_raised_and_the_repair_waits_for_the_config(tmp_path):
+    """assert_finite on NaN weights beside a bad config raised only the config's error (the documented
+    `except NonFiniteWeightsError` missed it); the scan's next steps suggested a repair the repair refuses."""
+    import pytest
+
+    run = _run_with_bad_generation_config(tmp_path)
+    with pytest.raises(nandoctor.NonFiniteWeightsError):
+        nandoctor.assert_finite(run / "checkpoint-300")
+    with pytest.raises(nandoctor.UnreadableCheckpointError, match="does not work as it is"):
+        nandoctor.assert_finite(run / "checkpoint-200")
+    single = run_cli("scan", run / "checkpoint-300").output
+    assert single.index("write the config values") < single.index("then restore the bad tensors"), single
+    whole = run_cli("scan", run).output
+    assert "correct generation_config.json of checkpoint-300 first" in whole, whole

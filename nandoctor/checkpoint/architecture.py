@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,7 +165,7 @@ def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicio
     import transformers
 
     return ScanProblem(
-        str(root), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
+        str(root / "config.json"), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
         f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
         "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
         "config.json has the value it was trained with)", kind=CONFIG_KIND)  # (the weights are intact: BAD CONFIG)
@@ -315,7 +316,8 @@ def _built_by_transformers(
         config = transformers.AutoConfig.from_pretrained(str(root), trust_remote_code=False, local_files_only=True)
         names = getattr(config, "architectures", None) or []
         cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
-        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
+        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a model's own warnings while it is built: no business of the scan's)
             if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
                 model = cls(config)
             else:  # no class of that name: AutoModelForCausalLM builds from model_type, as a user's load would

@@ -72,6 +72,10 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
         if vocab and isinstance(pad, int) and not isinstance(pad, bool) and not -vocab <= pad < vocab:
             yield sub, "pad_token_id", (f"config.json's {where}pad_token_id is {pad:,}, outside the vocabulary of "
                                         f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
+        elif "pad_token_id" in sub and pad is not None and (not isinstance(pad, int) or isinstance(pad, bool)):
+            yield sub, "pad_token_id", f"config.json's {where}pad_token_id is {json.dumps(pad)[:40]}, not a token id", None
+        if "vocab_size" in sub and not vocab:  # (a string, null, 0: transformers' field validation or a size mismatch)
+            yield sub, "vocab_size", f"config.json's {where}vocab_size is {json.dumps(sub['vocab_size'])[:40]}", DROP
         yield from _head_counts(where, sub)
         for key in _ACTIVATION_KEYS:
             if isinstance(sub.get(key), str) and sub[key] not in ACTIVATIONS:

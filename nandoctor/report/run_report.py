@@ -269,7 +269,12 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     # step files); where there is none, auto would fail: the user names a donor
     selection = selection_args(target.report) if target.report is not None else ""
     donor = AUTO if run.auto_donors_for(target) else NO_AUTO_DONOR
-    return [intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
+    first = []
+    if target.report is not None and target.report.errors and not verdicts.weight_errors(target.report):
+        # (a repair copies no config file and refuses a target whose config fails: corrected first)
+        files = sorted({Path(p.path).name for p in target.report.errors})
+        first = [f"correct {', '.join(files)} of {target.name} first (the bad config line above); then"]
+    return [*first, intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
 
 
 BAD, WARN, HINT, DIM = "bad", "warn", "hint", "dim"  # the kinds of explanations()

@@ -156,6 +156,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     repairable = bool(failing & {verdicts.NONFINITE, verdicts.EXPLODED, verdicts.OUTLIER})
     health = report.health
     steps: list[str] = []
+    # (a config file's values beside judged weights: corrected first, since a repair copies no config file and
+    # refuses a target whose config fails)
+    config_first = bool(report.errors) and not verdicts.weight_errors(report)
+    if config_first:
+        steps += [_PROBLEM_STEPS[kind] for kind in verdicts.problem_kinds(report)]
     if health == "unreadable":
         steps += [_PROBLEM_STEPS.get(kind, _PROBLEM_STEPS[verdicts.UNREADABLE_KIND]) for kind in verdicts.problem_kinds(report)]
         if report.bad_tensors and verdicts.NONFINITE in failing:
@@ -179,7 +184,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         if in_place and not unviewed:
             steps += in_place
         elif report.bad_tensors or not unviewed:
-            steps += [f"{'then r' if unviewed else 'r'}estore the bad tensors from an earlier checkpoint with",
+            steps += [f"{'then r' if unviewed or config_first else 'r'}estore the bad tensors from an earlier checkpoint with",
                       f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
