@@ -73,6 +73,9 @@ GENERATION = [
     ({"forced_eos_token_id": VOCAB + 3}, "generate"),
     ({"num_beam_groups": 2, "num_beams": 2}, "generate"),  # group beam search: on the Hub in transformers 5
     ({"sequence_bias": [[[VOCAB + 3], 2.0]]}, "generate"),
+    ({"temperature": "0", "do_sample": True}, "generate"),  # (a string where a number belongs)
+    ({"top_k": "50", "do_sample": True}, "generate"),
+    ({"do_sample": "true", "temperature": 0.0}, "generate"),  # (generate asks `if do_sample`)
     ({"num_return_sequences": 2}, "load"),
     ({"num_return_sequences": 3, "num_beams": 2}, "load"),
     ({"early_stopping": "bogus", "num_beams": 2}, "load"),
@@ -195,3 +198,18 @@ def _judged_as_the_oracle(folder: Path, values: dict, expected: str) -> None:
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
     key = next(iter(values))
     assert f"{key} is {values[key]}" in report.errors[0].message
+
+
+def test_a_generation_config_of_another_json_type_is_bad_config(saved, tmp_path):
+    """A JSON list or string in generation_config.json: from_pretrained raises ("'list' object is not a mapping");
+    text that is no JSON at all is passed over (generate's defaults): CLEAN, as transformers loads it."""
+    for text, expected in (("[1, 2]", "load"), ('"x"', "load"), ("{oops", "ok")):
+        folder = shutil.copytree(saved, tmp_path / f"m{len(text)}")
+        (folder / "generation_config.json").write_text(text)
+        assert _oracle(folder) == expected
+        report = nandoctor.scan(folder)
+        if expected == "ok":
+            assert report.exit_code == 0, report.errors
+        else:
+            assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+            assert "not an object" in report.errors[0].message

@@ -89,12 +89,15 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             kind=CONFIG_KIND,
         ))
     found += _load_refusals(path, generation)
-    sampling = generation.get("do_sample") is True
+    sampling = bool(generation.get("do_sample"))  # (generate asks `if do_sample`: "true", even "false", samples)
     wrong: list[str] = []
     fixes: list[str] = []
     for key, sampling_only, bad, raised, fix in _GENERATE_RULES:
         value = generation.get(key)
-        if bad(value) and (sampling or not sampling_only):
+        if isinstance(value, str) and (sampling or not sampling_only):  # (each processor checks for a number)
+            wrong.append(f"{key} is the string {json.dumps(value)[:20]} (\"{raised}\")")
+            fixes.append(f"{key}: a number, not a string")
+        elif bad(value) and (sampling or not sampling_only):
             wrong.append(f"{key} is {json.dumps(value)}{' with do_sample true' if sampling_only else ''} ({raised})")
             fixes.append(f"{key}: {fix}")
     beams, top_k, alpha = generation.get("num_beams"), generation.get("top_k"), generation.get("penalty_alpha")

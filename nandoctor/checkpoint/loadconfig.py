@@ -58,6 +58,7 @@ _MEANT = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "flo
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 _SHOWN = 3
+_NOT_AN_OBJECT = ", not an object"  # (read_object's words for valid JSON of another type)
 
 
 def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
@@ -81,7 +82,12 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
         found += _nonfinite(root / CONFIG, config)
         found += configvalues.model_problems(root / CONFIG, config)
     generation = read_object(root / GENERATION_CONFIG)
-    if isinstance(generation, dict):  # (one that is not JSON is passed over by from_pretrained: generate's defaults)
+    if isinstance(generation, ScanProblem) and _NOT_AN_OBJECT in generation.message:
+        # (not JSON at all: from_pretrained passes it over and generate takes its defaults; a JSON list or string
+        # is read and raises "'list' object is not a mapping")
+        found.append(ScanProblem(generation.path, generation.message.replace("fails before it reads a weight",
+                                 "raises on it (\"'list' object is not a mapping\")"), generation.hint, kind=CONFIG_KIND))
+    if isinstance(generation, dict):
         found += _nonfinite(root / GENERATION_CONFIG, generation)
         found += configvalues.generation_problems(root / GENERATION_CONFIG, generation,
                                                   config if isinstance(config, dict) else None)
@@ -107,7 +113,7 @@ def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
         return ScanProblem(str(path), f"is not valid JSON ({exc}): {loader} fails before it reads a weight (\"It "
                            f"looks like the config file at … is not a valid JSON file\")", hint, kind=UNLOADABLE_KIND)
     if not isinstance(data, dict):
-        return ScanProblem(str(path), f"holds a JSON {_JSON_TYPES.get(type(data), 'value')}, not an object: {loader} "
+        return ScanProblem(str(path), f"holds a JSON {_JSON_TYPES.get(type(data), 'value')}{_NOT_AN_OBJECT}: {loader} "
                            "fails before it reads a weight", hint, kind=UNLOADABLE_KIND)
     return data
 
