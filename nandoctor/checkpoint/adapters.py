@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.configvalues import positive
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
 
@@ -32,8 +33,8 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
     module; nothing for another kind of adapter or a config without a usable ``r``."""
     if config.get("peft_type", "LORA") != "LORA":
         return []
-    rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+    rank = positive(config.get("r"))
+    if rank is None:
         return []
     patterns = config.get("rank_pattern") or {}
     if not isinstance(patterns, dict):

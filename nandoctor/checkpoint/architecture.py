@@ -17,7 +17,8 @@ Config values transformers cannot build a model from are suspected the same chea
 the vocabulary: ``save_pretrained`` writes it after a pad token is added without ``resize_token_embeddings``; a
 head count of 0; an activation, rope type or layer type this transformers may not know). Where the build then
 fails, the same config with those values replaced (the pad token dropped, the activation ``gelu``, …) is built
-too: only when that one builds is the failure the value's, and the checkpoint NOT LOADABLE naming it; a build
+too: only when that one builds is the failure the value's, and the checkpoint BAD CONFIG naming it (from_pretrained
+fails, the weights are intact: a resume point and a repair donor all the same); a build
 that fails either way is nandoctor's own limit (a class needing another config, a missing extra), and says
 nothing about the checkpoint. A config that describes more layers or experts than any model has (a one-byte
 edit of ``num_hidden_layers``) is never built: its missing layers are said from the counts alone.
@@ -36,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint import buildvalues
-from nandoctor.checkpoint.buildvalues import positive
-from nandoctor.checkpoint.configvalues import EXPERT_KEYS
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, family_of
 
@@ -153,7 +153,7 @@ def _unbuilt(root: Path, scale: tuple[int, int], config: dict[str, Any],
 
 def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicion],
            failure: BuildFailure) -> ScanProblem | None:
-    """NOT LOADABLE naming the suspected values whose replacement lets the model build, or None (none does, or
+    """BAD CONFIG naming the suspected values whose replacement lets the model build, or None (none does, or
     none was suspected: the build fails for a reason of nandoctor's own)."""
     if not values:
         return None

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from nandoctor.checkpoint.configvalues import EXPERT_KEYS
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive
 from nandoctor.wording import first_few
 
 # transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES)
@@ -48,11 +48,6 @@ MAX_BUILT_EXPERT_LAYERS = 200_000
 
 DROP = object()  # (a suspected value replaced by nothing: the key is removed, the class's default applies)
 Suspicion = tuple[dict[str, Any], str, str, Any]  # (the (sub-)config holding it, key, why, what to build with instead)
-
-
-def positive(value: Any) -> int | None:
-    """A positive integer from config.json, else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def sub_configs(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -124,4 +119,4 @@ def too_big(config: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-__all__ = ["DROP", "MAX_BUILT_EXPERT_LAYERS", "MAX_BUILT_LAYERS", "positive", "sub_configs", "suspicions", "too_big"]
+__all__ = ["DROP", "MAX_BUILT_EXPERT_LAYERS", "MAX_BUILT_LAYERS", "sub_configs", "suspicions", "too_big"]

@@ -8,8 +8,8 @@ transformers 5.25 by tests/test_config_values.py:
   ``temperature`` ≤ 0 (written by people who meant greedy decoding), a ``top_k`` < 0 or a ``min_p`` outside
   [0, 1]; in any mode a ``repetition_penalty`` or ``encoder_repetition_penalty`` ≤ 0, ``num_beams`` 0, a
   ``bad_words_ids`` token outside the vocabulary, an encoder-decoder's ``decoder_start_token_id`` outside it.
-  The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). A ``max_new_tokens`` ≤ 0 makes ``from_pretrained``
-  itself raise: NOT LOADABLE.
+  The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). Settings ``from_pretrained`` itself validates and
+  refuses (a ``max_new_tokens`` ≤ 0) are BAD CONFIG too: the weights are intact.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
   (``tanh(x / cap) * cap`` divides by zero; null is off): every forward pass
@@ -38,18 +38,23 @@ def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive(value: Any) -> int | None:
+    """A positive integer from a config file, else None."""
+    return value if _int(value) and value > 0 else None
+
+
 def vocab_size(config: dict[str, Any] | None) -> int | None:
     """The vocabulary size config.json gives (top level, else its text model's), if any."""
     if not isinstance(config, dict):
         return None
     for where in (config, config.get("text_config")):  # (not a decoder's own: MusicGen's has a token beyond it)
-        if isinstance(where, dict) and isinstance(where.get("vocab_size"), int) and where["vocab_size"] > 0:
+        if isinstance(where, dict) and positive(where.get("vocab_size")):
             return int(where["vocab_size"])
     return None
-
-
-def _int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _not_a_float(value: Any) -> bool:
@@ -252,4 +257,4 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(key), value
 
 
-__all__ = ["EXPERT_KEYS", "generation_problems", "model_problems", "vocab_size"]
+__all__ = ["EXPERT_KEYS", "generation_problems", "model_problems", "positive", "vocab_size"]

@@ -146,18 +146,25 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
     return found
 
 
-def architecture_problems(
+def from_pretrained_weights(
     files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]
+) -> tuple[list[str], list[tuple[int, ...]]]:
+    """The names and shapes of the top-level weights from_pretrained reads in the folder (empty when it reads
+    none): gathered once for the checks below (a million tensors' names are a million strings)."""
+    return _names_and_shapes(_cast_by_from_pretrained(files, refs_by_file))
+
+
+def architecture_problems(
+    files: layout.CheckpointFiles, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
 ) -> tuple[list[ScanProblem], list[str]]:
-    """(problems, notes): the top-level weights of a folder from_pretrained reads whose shapes its config.json
-    contradicts (architecture.py)."""
-    weights = _cast_by_from_pretrained(files, refs_by_file)
-    if not weights:
+    """(problems, notes): from_pretrained's weights (``names``, ``shapes``: :func:`from_pretrained_weights`) whose
+    shapes the folder's config.json contradicts (architecture.py)."""
+    if not names:
         return [], []
     config = loadconfig.read_object(files.root / loaders.CONFIG)
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
-    return architecture.problems(files.root, config, *_names_and_shapes(weights))
+    return architecture.problems(files.root, config, names, shapes)
 
 
 # Prefixes a training wrapper puts before every parameter name: DDP / DataParallel, torch.compile
@@ -165,11 +172,11 @@ _WRAPPERS = ("module.", "_orig_mod.")
 _WRAPPED_BY = {"module": "DDP or DataParallel", "_orig_mod": "torch.compile"}
 
 
-def wrapped_names(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
-    """NOT LOADABLE for the weights of a folder from_pretrained reads whose every name carries a training wrapper's
-    prefix (``torch.save(ddp_model.state_dict())``, a compiled model's): from_pretrained strips only the model's
-    own base prefix, finds none of the names it builds, and initializes every weight at random."""
-    names, _ = _names_and_shapes(_cast_by_from_pretrained(files, refs_by_file))
+def wrapped_names(files: layout.CheckpointFiles, names: Sequence[str]) -> list[ScanProblem]:
+    """NOT LOADABLE for from_pretrained's weights (``names``: :func:`from_pretrained_weights`) whose every name
+    carries a training wrapper's prefix (``torch.save(ddp_model.state_dict())``, a compiled model's):
+    from_pretrained strips only the model's own base prefix, finds none of the names it builds, and initializes
+    every weight at random."""
     if not names or not all(name.startswith(_WRAPPERS) for name in names):
         return []
     prefix, rest = "", names[0]

@@ -97,10 +97,11 @@ def open_checkpoint(
         checkpoint.notes += zero_notes
     checkpoint.problems += _empty_files(checkpoint)
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
-    shape_problems, shape_notes = loadability.architecture_problems(files, checkpoint.refs_by_file)
+    names, shapes = loadability.from_pretrained_weights(files, checkpoint.refs_by_file)
+    shape_problems, shape_notes = loadability.architecture_problems(files, names, shapes)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
-    checkpoint.problems += loadability.wrapped_names(files, checkpoint.refs_by_file)
+    checkpoint.problems += loadability.wrapped_names(files, names)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)
