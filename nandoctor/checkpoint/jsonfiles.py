@@ -53,14 +53,11 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES, *, foll
     """Parse the JSON file at ``path``; OSError when it cannot be read, ValueError when it is not JSON.
     ``follow_links=False`` for a file nandoctor itself writes (a run's baseline, a callback's verdict): it
     is never a link, so a link planted at its name is refused (OSError), never followed out of the folder."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
-    fd = os.open(path, flags)  # O_NONBLOCK: a FIFO opens at once instead of blocking
+    fd = _open_regular(path, follow_links)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{Path(path).name} is not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{Path(path).name} is {info.st_size:,} bytes, over the {limit:,}-byte limit")
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ValueError(f"{Path(path).name} is {size:,} bytes, over the {limit:,}-byte limit")
         chunks, left = [], limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 8 << 20))
@@ -75,6 +72,26 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES, *, foll
     data = b"".join(chunks)
     _bounded(Path(path).name, data)
     return loads(data.decode("utf-8"))
+
+
+def read_ends(path: str | os.PathLike[str], head: int, tail: int) -> tuple[bytes, bytes, int]:
+    """The first ``head`` bytes, the last ``tail`` bytes and the size of the regular file at ``path``, for a
+    file too large to parse whole on every scan (OSError / ValueError as :func:`read_json`)."""
+    fd = _open_regular(path, follow_links=True)
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, min(head, size), 0), os.pread(fd, min(tail, size), max(0, size - tail)), size
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: str | os.PathLike[str], follow_links: bool) -> int:
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)  # O_NONBLOCK: a FIFO opens at once instead of blocking
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{Path(path).name} is not a regular file")
+    return fd
 
 
 def _bounded(name: str, data: bytes) -> None:

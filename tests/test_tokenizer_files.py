@@ -1,0 +1,145 @@
+"""The tokenizer saved beside a model, held to the real transformers (checkpoint/tokenizerfiles.py): a token added
+without ``resize_token_embeddings`` and a tokenizer file cut short scan BAD CONFIG exactly where AutoTokenizer or a
+padded ``generate`` fails; a resized model, a multimodal placeholder and a tokenizer left whole scan CLEAN.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import nandoctor
+from nandoctor import verdict
+from nandoctor.checkpoint import tokenizerfiles
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+from tests.trainer_checkpoints import tiny_llama  # noqa: E402  (needs torch and transformers)
+
+TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog"]
+
+
+def _tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A real BPE tokenizer trained here (no hub), 60 tokens, with bos/eos/unk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(TEXTS * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<s>", "</s>"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def _oracle(folder: Path) -> str:
+    """"ok", or where transformers fails: "tokenizer" (AutoTokenizer raises) or "generate" (a padded batch)."""
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except Exception:
+        return "tokenizer"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    try:
+        with torch.no_grad():
+            model.generate(**batch, max_new_tokens=2, pad_token_id=tokenizer.pad_token_id)
+    except IndexError:
+        return "generate"
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def padded_without_resize(tmp_path_factory) -> Path:
+    """The common mistake: a pad token added to the tokenizer, the model's embeddings not resized, both saved."""
+    folder = tmp_path_factory.mktemp("tok") / "model"
+    tokenizer = _tokenizer()
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer))  # (the model trained with the tokenizer as it was)
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_token_added_without_resizing_the_embeddings_is_bad_config(padded_without_resize):
+    assert _oracle(padded_without_resize) == "generate"
+    report = nandoctor.scan(padded_without_resize)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+    problem = report.errors[0]
+    assert problem.path.endswith("tokenizer.json")
+    assert "'[PAD]' (id 60, the pad token)" in problem.message and "vocabulary of 60" in problem.message
+    assert "resize_token_embeddings" in problem.hint
+    assert verdict.weights_report(report).exit_code == 0  # (the weights are intact: a run keeps them)
+
+
+def test_resized_embeddings_scan_clean(tmp_path):
+    folder = tmp_path / "model"
+    tokenizer = _tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert _oracle(folder) == "ok"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors, report.errors
+
+
+@pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "ends-only"])
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.97, "inner-brace"])
+def test_a_tokenizer_json_cut_short_is_bad_config(padded_without_resize, tmp_path, monkeypatch, cut, full_parse_bytes):
+    """Cut anywhere (even right after an inner closing brace), whether the file is parsed whole or, as a large one
+    is, read at its two ends."""
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", full_parse_bytes)
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    data = (folder / "tokenizer.json").read_bytes()
+    end = data.rstrip().rfind(b"}", 0, len(data.rstrip()) - 1) + 1 if cut == "inner-brace" else int(len(data) * cut)
+    (folder / "tokenizer.json").write_bytes(data[:end])
+    assert _oracle(folder) == "tokenizer"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and {p.kind for p in report.errors} == {"config"}, report.errors
+    assert any(p.path.endswith("tokenizer.json") and "is not valid JSON" in p.message for p in report.errors)
+
+
+def test_a_large_tokenizer_json_is_read_at_its_ends_with_the_same_answer(padded_without_resize, monkeypatch):
+    parsed = [p.message for p in nandoctor.scan(padded_without_resize).errors]
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", 0)
+    assert [p.message for p in nandoctor.scan(padded_without_resize).errors] == parsed
+    compact = json.dumps(json.loads((padded_without_resize / "tokenizer.json").read_text()))
+    assert tokenizerfiles._added_in_head(compact)[0][-1]["content"] == "[PAD]"  # (one line, as save(pretty=False))
+
+
+def test_a_tokenizer_config_cut_short_is_bad_config(padded_without_resize, tmp_path):
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    text = (folder / "tokenizer_config.json").read_text()
+    (folder / "tokenizer_config.json").write_text(text[: len(text) // 2])
+    assert _oracle(folder) == "tokenizer"
+    report = nandoctor.scan(folder)
+    assert any(p.path.endswith("tokenizer_config.json") and p.kind == "config" for p in report.errors), report.errors
+
+
+def test_transformers_4_added_tokens_decoder_is_read(padded_without_resize, tmp_path):
+    """transformers 4.x wrote the added tokens into tokenizer_config.json (``added_tokens_decoder``, ids as keys)."""
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"0": {"content": "<unk>", "special": True},
+                                      "61": {"content": "<|im_start|>", "special": True}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").unlink()
+    found = tokenizerfiles.problems(folder, json.loads((folder / "config.json").read_text()))
+    assert len(found) == 1 and "'<|im_start|>' (id 61)" in found[0].message
+    assert found[0].path.endswith("tokenizer_config.json")
+
+
+def test_placeholders_of_a_multimodal_model_are_not_judged(padded_without_resize):
+    """An image token beyond the text vocabulary is replaced before the embedding (Llava and kin): no finding."""
+    config = json.loads((padded_without_resize / "config.json").read_text())
+    assert tokenizerfiles.problems(padded_without_resize, config)
+    for multimodal in ({**config, "image_token_index": 60}, {"text_config": config, "vision_config": {}},
+                       {**config, "auto_map": {"AutoModelForCausalLM": "modeling.M"}}):
+        assert tokenizerfiles.problems(padded_without_resize, multimodal) == []
