@@ -386,6 +386,14 @@ class RefTable(_RowsOnDemand[TensorRef]):
         return RefTable(self.names, self.dtypes, self.shapes, self.files, roles, self.orders, self.blocks,
                         self.offsets, self.nbytes, refs)
 
+    def with_dtypes(self, dtypes: list[str]) -> RefTable:
+        """The same rows read as these dtypes of the same width (a made ref whose dtype changes is replaced)."""
+        refs = [r if r is None or r.dtype == dtype else dataclasses.replace(
+                    r, dtype=dtype, region=dataclasses.replace(r.region, dtype=dtype))
+                for r, dtype in zip(self._refs, dtypes)]
+        return RefTable(self.names, dtypes, self.shapes, self.files, self.roles, self.orders, self.blocks,
+                        self.offsets, self.nbytes, refs)
+
     def numels(self) -> list[int]:
         """Elements of each row (worked out once per distinct shape)."""
         return list(map(_Numels().__getitem__, self.shapes))

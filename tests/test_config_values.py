@@ -178,6 +178,8 @@ def test_an_encoder_decoders_decoder_start_token_outside_the_vocabulary(tmp_path
     ("mixtral", {"num_experts_per_tok": 16}, "generate"),
     ("mixtral", {"num_experts_per_tok": 8}, "ok"),
     ("qwen2_moe", {"num_experts_per_tok": 99}, "generate"),
+    ("granite", {"logits_scaling": 0}, "nan"),  # (the logits are divided by it)
+    ("granite", {"logits_scaling": 0.5}, "ok"),
 ])
 def test_config_values_that_make_the_forward_pass_raise(tmp_path, model_type, values, expected):
     folder = _fresh(tmp_path / model_type, model_type, vocab_size=64, hidden_size=16, intermediate_size=32,
@@ -213,3 +215,28 @@ def test_a_generation_config_of_another_json_type_is_bad_config(saved, tmp_path)
         else:
             assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
             assert "not an object" in report.errors[0].message
+
+
+@pytest.mark.parametrize("where, theta, expected", [
+    ("rope_parameters", 0.0, "nan"), ("rope_parameters", -10000.0, "nan"), ("top only", 0.0, "nan"),
+    ("top", 0.0, "ok"),  # (beside rope_parameters, transformers 5 reads theirs)
+    ("rope_parameters", 1.0, "ok"),
+])
+def test_a_rotary_base_of_zero_or_less_is_bad_config(saved, tmp_path, where, theta, expected):
+    """Held to eager attention (CPU SDPA turns NaN queries into garbage that is finite)."""
+    folder = shutil.copytree(saved, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    if where == "top only":
+        del config["rope_parameters"]
+    (config["rope_parameters"] if where == "rope_parameters" else config)["rope_theta"] = theta
+    (folder / "config.json").write_text(json.dumps(config))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(torch.tensor([[1, 5, 9, 3]])).logits).all())
+    assert ("ok" if finite else "nan") == expected
+    report = nandoctor.scan(folder)
+    if expected == "ok":
+        assert report.exit_code == 0, report.errors
+    else:
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+        assert f"rope_theta is {theta}" in report.errors[0].message

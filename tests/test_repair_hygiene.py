@@ -38,16 +38,16 @@ def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Pat
     secret.write_text("a private key")
     (target / "docs").mkdir()
     (target / "docs" / "card.md").write_text("model card")
-    os.symlink(secret, target / "tokenizer.json")  # absolute link out
+    os.symlink(secret, target / "vocab.txt")  # absolute link out
     os.symlink("../../secret.txt", target / "docs" / "notes.md")  # relative link out, from a subfolder
     os.symlink("docs/card.md", target / "README.md")  # a link that stays inside: carried
     result = repair(target, [donor], tmp_path / "fixed")
     assert result.ok
     out = tmp_path / "fixed"
-    assert not os.path.lexists(out / "tokenizer.json") and not os.path.lexists(out / "docs" / "notes.md")
+    assert not os.path.lexists(out / "vocab.txt") and not os.path.lexists(out / "docs" / "notes.md")
     assert (out / "README.md").read_text() == "model card" and not (out / "README.md").is_symlink()
-    assert "README.md" in result.carried and "tokenizer.json" not in result.carried
-    for rel in ("tokenizer.json", "docs/notes.md"):
+    assert "README.md" in result.carried and "vocab.txt" not in result.carried
+    for rel in ("vocab.txt", "docs/notes.md"):
         assert any(n.startswith(f"{rel}: a link that leads outside the checkpoint folder") for n in result.notes)
     assert "a private key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
 

@@ -57,7 +57,7 @@ def make_run(root: Path) -> tuple[Path, Path, dict, dict]:
         folder.mkdir(parents=True)
         write_sharded(folder, data, 2)
     (target / "config.json").write_text('{"model_type": "llama"}\n')
-    (target / "tokenizer.json").write_bytes(os.urandom(3000))
+    (target / "tokenizer.model").write_bytes(os.urandom(3000))
     (target / "extra").mkdir()
     (target / "extra" / "notes.txt").write_text("kept\n")
     return target, donor, t, d
@@ -94,7 +94,7 @@ def test_safetensors_repair_is_byte_exact_and_loads(tmp_path):
     for name in sorted(p.name for p in expected.iterdir()):
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
     # Non-weight files and subfolders carried over unchanged; the source untouched.
-    for rel in ("config.json", "tokenizer.json", "extra/notes.txt"):
+    for rel in ("config.json", "tokenizer.model", "extra/notes.txt"):
         assert (out / rel).read_bytes() == (target / rel).read_bytes()
     assert sha_tree(target) == before
     assert leftovers(out.parent) == []
@@ -123,7 +123,7 @@ def test_safetensors_repair_is_byte_exact_and_loads(tmp_path):
         assert f["sha256"] == hashlib.sha256((out / f["path"]).read_bytes()).hexdigest()
     assert {f["path"] for f in proof["files"]} == {p.name for p in out.glob("*.safetensors")}
     assert proof["verification"]["verdict"] == "CLEAN"
-    assert sorted(proof["carried"]) == ["config.json", "extra/notes.txt", "model.safetensors.index.json", "tokenizer.json"]
+    assert sorted(proof["carried"]) == ["config.json", "extra/notes.txt", "model.safetensors.index.json", "tokenizer.model"]
 
 
 def test_demo_run_repair_matches_an_independent_patch(tmp_path, demo_run):

@@ -53,9 +53,10 @@ _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # mo
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str],
-             shapes: Sequence[tuple[int, ...]]) -> tuple[list[ScanProblem], list[str]]:
+             shapes: Sequence[tuple[int, ...]], *, quantized: bool = False) -> tuple[list[ScanProblem], list[str]]:
     """(problems, notes) for the top-level weights (``names``, ``shapes``) of the folder ``root`` that
-    from_pretrained builds from ``config`` (config.json)."""
+    from_pretrained builds from ``config`` (config.json). ``quantized``: its quantizer stores some weights under
+    names of its own (GPTQ's ``qweight``), so a weight the model builds that is not stored is not missing."""
     if not any(key in config for key in _SIZE_KEYS):
         return [], []  # a config.json naming no sizes (written by hand: {"model_type": "llama"}) builds defaults
     stored = dict(zip(names, (tuple(s) for s in shapes)))
@@ -122,7 +123,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     # bit in a header, which the run's names check names with the command that renames it back)
     renamed = {shape for name, shape in stored.items() if name not in expected and not any(p.search(name) for p in skipped)}
     lacking = [(what, why) for what, why in suspected if what not in stored and what not in stacks
-               and what != _SIZE_SUSPICION and what in expected and expected[what] not in renamed]
+               and what != _SIZE_SUSPICION and what in expected and expected[what] not in renamed and not quantized]
     if lacking:
         names_said = ", ".join(name for name, _ in lacking[:3]) + (" …" if len(lacking) > 3 else "")
         found.append(ScanProblem(

@@ -12,7 +12,8 @@ transformers 5.25 by tests/test_config_values.py:
   refuses (a ``max_new_tokens`` ≤ 0) are BAD CONFIG too: the weights are intact.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
-  (``tanh(x / cap) * cap`` divides by zero; null is off): every forward pass
+  (``tanh(x / cap) * cap`` divides by zero; null is off) or Granite's ``logits_scaling`` of 0 (the logits
+  are divided by it): every forward pass
   NaN; more experts routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass
   raises. BAD CONFIG.
 
@@ -185,6 +186,9 @@ def _token_ids(value: Any) -> Iterator[int]:
 # code reads them; other models ignore the keys, or take 0 as off (Laguna's moe_router_logit_softcapping)
 _SOFTCAPS = ("final_logit_softcapping", "attn_logit_softcapping")
 _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type prefixes: gemma2, gemma3_text, …)
+# config values the logits (or the last hidden state) are divided by, by the model types whose code divides: 0 makes
+# every logit Inf or NaN (HyperCLOVA X multiplies by its logits_scaling instead: not listed)
+_LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
 # A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing
 _EPS_HARMFUL = -1e-3
@@ -211,7 +215,8 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
 
 
 def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
-    """What in one (sub-)config breaks its model: a norm's negative epsilon, a Gemma softcap of 0, more experts
+    """What in one (sub-)config breaks its model: a norm's negative epsilon, a Gemma softcap of 0, a Granite
+    ``logits_scaling`` of 0, more experts
     routed to than exist (torch.topk raises "selected index k out of range"), a sliding window of no tokens where
     a layer slides (the attention mask and the scores disagree in size)."""
     wrong = []
@@ -225,6 +230,10 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         elif key in _SOFTCAPS and _number(value) and value == 0 and model_type.startswith(_SOFTCAP_TYPES):
             wrong.append(f"{prefix}{key} is 0 (tanh(x / cap) * cap: the final cap makes the logits NaN, the attention "
                          "cap makes every score 0)")
+        elif (key in _LOGIT_DIVISORS and _number(value) and value == 0
+              and model_type.startswith(_LOGIT_DIVISORS[key])):
+            wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
+    wrong += _rope_thetas(prefix, config)
     routed = config.get("num_experts_per_tok")
     experts = next((config[k] for k in EXPERT_KEYS if _number(config.get(k)) and config[k] > 0), None)
     dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
@@ -236,6 +245,27 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
     return wrong
+
+
+def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
+    """A rotary base of 0 or less (in ``rope_parameters`` or one of its per-layer-type entries; at the top level of
+    a config without them, which transformers 5 reads it into):
+    the frequencies 1 / theta^(2i/d) are Inf or NaN, and so is every query and key past position 0 (eager
+    attention's logits NaN; CPU SDPA hides it, computing garbage)."""
+    found = []
+    # (transformers 5 reads a top-level rope_theta only into a config without rope_parameters)
+    places: list[tuple[str, Any]] = [] if isinstance(config.get("rope_parameters"), dict) else [("", config)]
+    for key in ("rope_parameters", "rope_scaling"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            places.append((f"{key}.", value))
+            places += [(f"{key}.{k}.", v) for k, v in value.items() if isinstance(v, dict)]
+    for where, values in places:
+        theta = values.get("rope_theta")
+        if _number(theta) and theta <= 0:
+            found.append(f"{prefix}{where}rope_theta is {theta} (the rotary frequencies 1/theta^(2i/d) are Inf or NaN: "
+                         "every query and key past the first position NaN)")
+    return found
 
 
 def _slides(model_type: str, config: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor import access
@@ -146,25 +147,44 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
     return found
 
 
+@dataclass(frozen=True)
+class StoredWeights:
+    """The top-level weights from_pretrained reads in a folder, as columns (a million tensors' names are a million
+    strings: gathered once for the checks below)."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtypes: list[str]
+
+
+# What every quantizer loads as stored (a norm, an embedding, a skipped module): the tensors whose shapes a model
+# built without the quantizer still describes. A quantizer packs the rest its own way (bitsandbytes' 4-bit U8
+# [n/2, 1], BitNet's 2-bit U8, GPTQ's I32 qweight), so their shapes say nothing about config.json.
+_UNPACKED = frozenset({"F16", "BF16", "F32", "F64"})
+
+
 def from_pretrained_weights(
     files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]
-) -> tuple[list[str], list[tuple[int, ...]]]:
-    """The names and shapes of the top-level weights from_pretrained reads in the folder (empty when it reads
-    none): gathered once for the checks below (a million tensors' names are a million strings)."""
-    return _names_and_shapes(_cast_by_from_pretrained(files, refs_by_file))
+) -> StoredWeights:
+    """The names, shapes and dtypes of the top-level weights from_pretrained reads in the folder (empty when it
+    reads none)."""
+    return _stored(_cast_by_from_pretrained(files, refs_by_file))
 
 
-def architecture_problems(
-    files: layout.CheckpointFiles, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
-) -> tuple[list[ScanProblem], list[str]]:
-    """(problems, notes): from_pretrained's weights (``names``, ``shapes``: :func:`from_pretrained_weights`) whose
-    shapes the folder's config.json contradicts (architecture.py)."""
-    if not names:
+def architecture_problems(files: layout.CheckpointFiles, stored: StoredWeights) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes): from_pretrained's weights (:func:`from_pretrained_weights`) whose shapes the folder's
+    config.json contradicts (architecture.py). In a quantized folder only the tensors a quantizer leaves unpacked
+    are compared, and weights the model builds that are stored under a quantizer's own names are not missing."""
+    if not stored.names:
         return [], []
     config = loadconfig.read_object(files.root / loaders.CONFIG)
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
-    return architecture.problems(files.root, config, names, shapes)
+    if not loadconfig.quantized(files.root):
+        return architecture.problems(files.root, config, stored.names, stored.shapes)
+    kept = [i for i, dtype in enumerate(stored.dtypes) if dtype in _UNPACKED]
+    return architecture.problems(files.root, config, [stored.names[i] for i in kept], [stored.shapes[i] for i in kept],
+                                 quantized=True)
 
 
 # Prefixes a training wrapper puts before every parameter name: DDP / DataParallel, torch.compile
@@ -200,18 +220,19 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     config = loadconfig.read_object(files.root / ADAPTER_CONFIG)
     if not isinstance(config, dict):
         return []  # (missing or invalid: its own problem)
-    return adapters.rank_problems(files.root, config, *_names_and_shapes(stored))
+    weights = _stored(stored)
+    return adapters.rank_problems(files.root, config, weights.names, weights.shapes)
 
 
-def _names_and_shapes(weights: Sequence[tuple[Path, Sequence[TensorRef]]]) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Every tensor's name and shape in ``weights``' files, read from their columns (no object per tensor)."""
-    names: list[str] = []
-    shapes: list[tuple[int, ...]] = []
+def _stored(weights: Sequence[tuple[Path, Sequence[TensorRef]]]) -> StoredWeights:
+    """Every tensor's name, shape and dtype in ``weights``' files, read from their columns (no object per tensor)."""
+    stored = StoredWeights([], [], [])
     for _, refs in weights:
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
-        names += table.names
-        shapes += table.shapes
-    return names, shapes
+        stored.names.extend(table.names)
+        stored.shapes.extend(table.shapes)
+        stored.dtypes.extend(table.dtypes)
+    return stored
 
 
 def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[TensorRef]:

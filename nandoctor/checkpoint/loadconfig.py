@@ -121,6 +121,14 @@ def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
     return data
 
 
+def quant_method(root: Path) -> str | None:
+    """The ``quant_method`` config.json's ``quantization_config`` names (``"mxfp4"``, ``"fp8"``, ``"gptq"``), if any."""
+    config = read_object(root / CONFIG)
+    quantization = config.get(QUANTIZATION_KEY) if isinstance(config, dict) else None
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    return method if isinstance(method, str) else None
+
+
 def quantized(root: Path) -> bool:
     """Whether ``root``'s model is quantized, so that a quantizer loads its stored tensors its own way:
     config.json names one (``quantization_config``, or compressed-tensors' older ``compression_config``), or

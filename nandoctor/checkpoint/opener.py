@@ -19,7 +19,7 @@ from itertools import repeat
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout, loadability
+from nandoctor.checkpoint import layout, loadability, quantized
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
@@ -96,12 +96,15 @@ def open_checkpoint(
         checkpoint.problems += zero_problems
         checkpoint.notes += zero_notes
     checkpoint.problems += _empty_files(checkpoint)
+    checkpoint.refs_by_file, quantizer_notes = quantized.as_quantizer_reads(files.root, checkpoint.refs_by_file)
+    checkpoint.notes += quantizer_notes
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
-    names, shapes = loadability.from_pretrained_weights(files, checkpoint.refs_by_file)
-    shape_problems, shape_notes = loadability.architecture_problems(files, names, shapes)
+    stored = loadability.from_pretrained_weights(files, checkpoint.refs_by_file)
+    shape_problems, shape_notes = loadability.architecture_problems(files, stored)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
-    checkpoint.problems += loadability.wrapped_names(files, names)
+    checkpoint.problems += loadability.wrapped_names(files, stored.names)
+    checkpoint.problems += quantized.lost_quantizer(files.root, stored.names, stored.dtypes)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)

@@ -125,8 +125,7 @@ def _tokenizer_json_added(path: Path, found: list[ScanProblem]) -> list[Any]:
         return added if isinstance(added, list) else []
     text = tail.rstrip()
     if not text.endswith(b"}") or (head[:2] in (b"{\n", b"{\r") and not re.search(rb"(?:^|\n)}$", text)):
-        found.append(_invalid(path, f"it is cut short: its last bytes ({text[-24:].decode('utf-8', 'replace')!r}) do "
-                                    "not close its JSON object"))
+        found.append(_invalid(path, "it is cut short: its last bytes do not close its JSON object"))
         return []
     while True:
         added, complete = _added_in_head(head.decode("utf-8", "replace"))

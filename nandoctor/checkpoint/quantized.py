@@ -1,0 +1,90 @@
+"""Quantized Hugging Face folders: tensors read as their quantizer reads them, and a folder that lost its quantizer.
+
+A quantizer (config.json's ``quantization_config``) stores weights its own way, so their bytes mean what it makes
+of them, not what the safetensors dtype says:
+
+- **MXFP4** (gpt-oss; ``"quant_method": "mxfp4"``): an expert matrix is ``…_blocks`` (U8, two FP4 codes a byte)
+  and ``…_scales`` (U8, one E8M0 exponent per 32 elements: 2^(byte - 127), 0xFF is NaN in the OCP MX spec).
+  transformers dequantizes ``ldexp(fp4, byte - 127)``: a scale byte of 0xFD-0xFF gives Inf, one of 0xC8 weights
+  of 5.7e22 (a trial: NaN logits, generate raised; CLEAN before, as U8 holds no NaN). The scales are judged as
+  the E8M0 values they are (dtype F8_E8M0, as GGUF's MXFP4 lanes are: readers/gguf.py), so 0xFF is NaN, a scale
+  above the exploded ceiling exploded, one 2^10 above its tensor's bulk an outlier; a note says so.
+- **A quantizer's tensors where config.json names none** (a base model's config.json copied over a quantized
+  one's, a conversion that dropped ``quantization_config``): from_pretrained takes them for unexpected keys and
+  builds the model unquantized, so MXFP4 experts and GPTQ/AWQ layers (``qweight``) are initialized at random and
+  FP8 weights load without their ``weight_scale_inv`` (values up to 448 unscaled: garbage, Inf in float16).
+  NOT LOADABLE. Integer-stored ``.weight`` tensors (bitsandbytes, int8) are loadability.integer_weights' finding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from nandoctor.checkpoint import loadconfig
+from nandoctor.model import RefTable, ScanProblem, TensorRef
+from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.wording import first_few
+
+E8M0 = "F8_E8M0"
+_MXFP4_SCALES = re.compile(r"_scales$")
+# A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
+_FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
+    ("MXFP4 blocks and scales", re.compile(r"_(?:blocks|scales)$"), frozenset({"U8"})),
+    ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), None),
+    ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
+)
+_WHAT_FROM_PRETRAINED_DOES = {
+    "MXFP4 blocks and scales": "initializes the expert weights they hold at random",
+    "GPTQ/AWQ packed weights": "initializes the layers they hold at random",
+    "FP8 weight scales": "loads the FP8 weights without them (unscaled, up to 448: the model computes garbage, and overflows in float16)",
+}
+
+
+def as_quantizer_reads(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]
+                       ) -> tuple[dict[Path, Sequence[TensorRef]], list[str]]:
+    """(``refs_by_file`` with an MXFP4 folder's U8 ``…_scales`` read as E8M0, a note naming them); the same
+    tensors and no note for any other folder."""
+    tables = {file: refs if isinstance(refs, RefTable) else RefTable.of(refs)
+              for file, refs in refs_by_file.items() if file.parent == root and file.suffix == ".safetensors"}
+    scales = {file: [i for i, (name, dtype) in enumerate(zip(t.names, t.dtypes))
+                     if dtype == "U8" and _MXFP4_SCALES.search(name)] for file, t in tables.items()}
+    if not any(scales.values()) or loadconfig.quant_method(root) != "mxfp4":
+        return refs_by_file, []
+    read = dict(refs_by_file)
+    for file, rows in scales.items():
+        if rows:
+            dtypes = list(tables[file].dtypes)
+            for i in rows:
+                dtypes[i] = E8M0
+            read[file] = tables[file].with_dtypes(dtypes)
+    names = [tables[file].names[i] for file, rows in scales.items() for i in rows]
+    return read, [f"{root}: {len(names)} MXFP4 scale tensor(s) stored as U8 ({first_few(names, 2)}) judged as the E8M0 "
+                  "exponents the mxfp4 quantizer reads them as (2^(byte - 127); 0xFF is NaN)"]
+
+
+def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> list[ScanProblem]:
+    """NOT LOADABLE when the weights from_pretrained reads in ``root`` (``names``, ``dtypes``) hold a quantizer's
+    own tensors while config.json names no quantizer."""
+    found: dict[str, list[str]] = {}
+    for name, dtype in zip(names, dtypes):
+        for what, pattern, stored_as in _FORMATS:
+            if pattern.search(name) and (stored_as is None or dtype in stored_as):
+                found.setdefault(what, []).append(name)
+    if "FP8 weight scales" in found:  # (only beside FP8 weights: a model of its own may name a parameter so)
+        fp8 = {name for name, dtype in zip(names, dtypes) if dtype.startswith("F8_E")}
+        if not any(re.sub(r"_scale(?:_inv)?$", "", name) in fp8 for name in found["FP8 weight scales"]):
+            del found["FP8 weight scales"]
+    if not found or loadconfig.quantized(root):
+        return []
+    what, which = next(iter(found.items()))
+    return [ScanProblem(
+        str(root), f"holds {what} ({len(which)} tensor(s): {first_few(which, 2)}) where config.json names no quantizer: "
+        f"from_pretrained takes them for unexpected keys and {_WHAT_FROM_PRETRAINED_DOES[what]}, so the model is not "
+        "this checkpoint",
+        "put back config.json's quantization_config (copy config.json from where the quantized checkpoint came from), "
+        "or save the dequantized weights", kind=UNLOADABLE_KIND)]
+
+
+__all__ = ["E8M0", "as_quantizer_reads", "lost_quantizer"]
