@@ -52,6 +52,23 @@ def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Pat
     assert "a private key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
 
 
+def test_a_link_farm_is_copied_whole(tmp_path: Path) -> None:
+    """Every file a link out of the checkpoint, its weights included (``cp -rs``, git-annex, DVC): the config and the
+    other files are copied as the weights are, or the repaired model would not load ("Unrecognized model")."""
+    target, donor = pair(tmp_path)
+    (target / "tokenizer.json").write_text('{"added_tokens": []}')
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    for file in target.iterdir():
+        os.symlink(file, farm / file.name)
+    result = repair(farm, [donor], tmp_path / "fixed")
+    assert result.ok
+    out = tmp_path / "fixed"
+    for name in ("config.json", "tokenizer.json"):
+        assert (out / name).read_bytes() == (target / name).read_bytes() and not (out / name).is_symlink()
+    assert any("link farm" in n for n in result.notes)
+
+
 def test_copies_never_keep_setuid_setgid_or_sticky_bits(tmp_path: Path) -> None:
     target, donor = pair(tmp_path)
     script = target / "run.sh"

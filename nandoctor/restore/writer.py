@@ -241,6 +241,11 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     found: list[tuple[Path, bool, int]] = []
     notes: list[str] = []
     allowed = (source.root.resolve(), *blob_roots(source.root))
+    # A checkpoint whose weights are themselves links out of it is a link farm (``cp -rs``, git-annex, DVC): its
+    # config and tokenizer are links out too, and the model does not load without them. Their contents are
+    # copied, as the weights' are: the user trusts where they lead (the scan read the weights there).
+    farm = any(p.is_symlink() and not _leads_inside(p, allowed) for p in source.weights)
+    followed: list[str] = []
 
     def unlisted(exc: OSError) -> None:  # a subfolder the user may not list: said, never skipped in silence
         where = Path(exc.filename) if exc.filename else source.root
@@ -283,9 +288,15 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
                 # A link out of the checkpoint (tokenizer.json → ~/.ssh/id_rsa) would copy a file the
                 # checkpoint does not hold into a folder the user may share. Scanned weights are kept: the
                 # scan read them and the verification re-reads the copies.
-                notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over")
-                continue
+                if not farm:
+                    notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over (copy "
+                                 "it into the repaired folder yourself if the model needs it)")
+                    continue
+                followed.append(str(rel))
             found.append((rel, absolute in weights, info.st_size))
+    if followed:
+        notes.append(f"{len(followed)} file(s) were links out of the checkpoint, as its weights are (a link farm: cp -rs, "
+                     f"git-annex, DVC): their contents are copied ({', '.join(followed[:4])}{' …' if len(followed) > 4 else ''})")
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
