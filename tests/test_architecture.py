@@ -133,6 +133,30 @@ def test_weights_the_model_needs_that_are_not_stored_are_not_loadable(tmp_path):
     assert "lm_head.weight" in nandoctor.scan(untied).errors[0].message
 
 
+@pytest.mark.parametrize("dropped", ["model.embed_tokens.weight", "model.norm.weight"])
+def test_weights_outside_the_layers_that_are_not_stored_are_not_loadable(tmp_path, dropped):
+    """A real-use trial: embeddings frozen, only the trained parameters saved beside config.json; the token embedding
+    (or the final norm) is initialized at random by from_pretrained, and scanned CLEAN."""
+    def drop(tensors):
+        del tensors[dropped]
+
+    folder = _llama(tmp_path / "dropped", change=drop, config={"tie_word_embeddings": False})
+    assert _loads(folder) == (True, [dropped])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and dropped in report.errors[0].message, report.errors
+
+
+def test_an_lm_head_stored_for_a_tied_embedding_stays_clean(tmp_path):
+    """Tied: from_pretrained fills the embedding from the stored LM head (the oracle: nothing missing)."""
+    def head_only(tensors):
+        tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+
+    folder = _llama(tmp_path / "tied", change=head_only, config={"tie_word_embeddings": True})
+    assert _loads(folder) == (True, [])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors, report.errors
+
+
 @pytest.mark.parametrize(("config", "said"), [
     ({"intermediate_size": 96}, "config.json's intermediate_size is 96"),
     ({"num_key_value_heads": 1}, "config.json's num_key_value_heads x head_dim is 16"),

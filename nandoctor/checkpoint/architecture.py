@@ -33,6 +33,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_si
               "num_layers", "text_config")
 _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes each layer's weights are built with
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
+_OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
+_NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 
@@ -85,7 +88,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
         return [], [f"{root / 'config.json'}: {shown}; "
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
                     f"layers at random: not checked ({unchecked})"]
-    expected, skipped = built
+    expected, skipped, untied = built.shapes, built.skipped, built.untied
     found: list[ScanProblem] = []
     built_stacks = _stacks(expected)
     reasons = dict(suspected)
@@ -124,6 +127,10 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     renamed = {shape for name, shape in stored.items() if name not in expected and not any(p.search(name) for p in skipped)}
     lacking = [(what, why) for what, why in suspected if what not in stored and what not in stacks
                and what != _SIZE_SUSPICION and what in expected and expected[what] not in renamed and not quantized]
+    outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
+    if outside is not None and not quantized:  # (the weights outside the layers the model has, none stored, none tied)
+        lacking += [(name, outside) for name in untied if name not in stored and not STACK.match(name)
+                    and expected[name] not in renamed and (name, outside) not in lacking]
     if lacking:
         names_said = ", ".join(name for name, _ in lacking[:3]) + (" …" if len(lacking) > 3 else "")
         found.append(ScanProblem(
@@ -186,7 +193,7 @@ def _builds_without(config: dict[str, Any], chosen: list[buildvalues.Suspicion])
             copies[id(sub)][key] = instead
     with tempfile.TemporaryDirectory(prefix="nandoctor-config-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps(patched))
-        return isinstance(_built_by_transformers(Path(folder)), tuple)
+        return isinstance(_built_by_transformers(Path(folder)), _Built)
 
 
 def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
@@ -255,6 +262,14 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     for key, size in sizes.items():
         if size and dims and size not in dims and 2 * size not in dims:  # (2x: gate and up projections fused)
             yield _SIZE_SUSPICION, f"config.json's {key} is {size:,}, a dimension no stored tensor has"
+    # weights outside the layers a save left out (embeddings frozen, only the trained parameters saved): no token
+    # embedding, no norm outside the layers while the layers have norms (the final norm)
+    if stacks:
+        if not any(EMBEDDING.match(name) for name in stored):
+            yield _OUTSIDE_SUSPICION, "no token embedding is stored"
+        elif (any(_NORM.search(name) for name in stored if STACK.match(name))
+              and not any(_NORM.search(name) for name in stored if not STACK.match(name))):
+            yield _OUTSIDE_SUSPICION, "no norm outside the layers is stored (the final norm)"
     architectures = config.get("architectures")
     head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
     if head and config.get("tie_word_embeddings") is False and LM_HEAD not in stored and any(map(EMBEDDING.match, stored)):
@@ -299,12 +314,18 @@ class BuildFailure:
         self.error = error
 
 
-def _built_by_transformers(
-    root: Path,
-) -> tuple[dict[str, tuple[int, ...]], list[re.Pattern[str]]] | BuildFailure | None:
-    """Name → shape of every tensor of the model transformers builds from ``root``'s config.json, on the meta
-    device, and the patterns of stored names its class says from_pretrained skips; None without transformers, or
-    for a model it does not ship (remote code is never run, a missing optional package); what it raised else."""
+@dataclass(frozen=True)
+class _Built:
+    """The model transformers builds from a config.json, on the meta device."""
+
+    shapes: dict[str, tuple[int, ...]]  # every tensor of its state dict
+    skipped: list[re.Pattern[str]]  # stored names its class says from_pretrained skips
+    untied: list[str]  # parameters from_pretrained cannot fill from another stored one (not tied, not ignored if missing)
+
+
+def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
+    """The model transformers builds from ``root``'s config.json, on the meta device; None without transformers,
+    or for a model it does not ship (remote code is never run, a missing optional package); what it raised else."""
     try:
         import torch
         import transformers
@@ -326,7 +347,15 @@ def _built_by_transformers(
         built = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
         # what the class itself says from_pretrained skips (DeepSeek-V3's multi-token-prediction layer 61)
         ignored = getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or []
-        return built, [re.compile(p) for p in ignored if isinstance(p, str)]
+        # parameters sharing one tensor (an LM head tied to the embedding) are filled from whichever is stored
+        holders: dict[int, list[str]] = {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            holders.setdefault(id(parameter), []).append(name)
+        optional = [re.compile(p) for p in getattr(type(model), "_keys_to_ignore_on_load_missing", None) or []
+                    if isinstance(p, str)]
+        untied = [names[0] for names in holders.values()
+                  if len(names) == 1 and not any(p.search(names[0]) for p in optional)]
+        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], untied)
     except ImportError:  # (an optional package the model class needs)
         return None
     except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value
