@@ -160,9 +160,23 @@ def test_index_name_mismatches_are_reported_by_name(tmp_path):
     dropped = next(n for n, s in index["weight_map"].items() if s == shard1 and n != "ghost.weight")
     del index["weight_map"][dropped]
     (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
-    messages = [e.message for e in scan(ckpt, device="cpu").errors]
-    assert any("absent" in m and "'ghost.weight'" in m for m in messages)
-    assert any("not in model.safetensors.index.json" in m and repr(dropped) in m for m in messages)
+    report = scan(ckpt, device="cpu")
+    messages = [e.message for e in report.errors]
+    assert any("absent from every shard" in m and "'ghost.weight'" in m for m in messages)
+    assert any("not in model.safetensors.index.json" in n and repr(dropped) in n for n in report.notes)
+
+
+def test_a_stale_index_whose_tensor_lies_in_another_listed_shard_loads(tmp_path):
+    """A real-use trial: a tensor moved to another shard, the index not updated. transformers reads every tensor of
+    every shard the index lists, so the model loads bit for bit; it was NO TENSORS + UNREADABLE (exit 3)."""
+    ckpt = _demo_copy(tmp_path, 100)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    moved = next(n for n, s in index["weight_map"].items() if s == "model-00001-of-00002.safetensors")
+    index["weight_map"][moved] = "model-00002-of-00002.safetensors"
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    report = scan(ckpt, device="cpu")
+    assert report.exit_code == 0 and not report.errors, report.errors
+    assert any("lie in another shard" in n and repr(moved) in n for n in report.notes)
 
 
 def test_fifo_shard_does_not_hang(tmp_path):

@@ -108,7 +108,9 @@ def open_checkpoint(
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)
-    checkpoint.problems += _check_indexes(files, checkpoint.refs_by_file)
+    index_problems, index_notes = _check_indexes(files, checkpoint.refs_by_file)
+    checkpoint.problems += index_problems
+    checkpoint.notes += index_notes
     duplicate_problems, duplicate_notes = _check_duplicate_names(checkpoint.refs_by_file, files)
     checkpoint.problems += duplicate_problems
     checkpoint.notes += duplicate_notes
@@ -131,9 +133,12 @@ def _empty_files(checkpoint: Checkpoint) -> list[ScanProblem]:
     if not any(len(refs) for refs in checkpoint.refs_by_file.values()):
         return [ScanProblem(str(checkpoint.path), "holds no tensors: there is nothing to check, and a model loaded "
                             "from it gets none of its weights", _EMPTY_HINT, kind="empty")]
+    # (a shard an index lists is judged by its index: the tensors it maps there may lie in another shard it lists)
+    indexed = {index.path.parent / shard for index in checkpoint.files.indexes for shard in index.weight_map.values()}
     return [ScanProblem(str(file), f"{file.name} is a safetensors file that holds no tensors, beside files that hold "
                         "some", _EMPTY_HINT, kind="empty")
-            for file, refs in checkpoint.refs_by_file.items() if not len(refs) and file.suffix == ".safetensors"]
+            for file, refs in checkpoint.refs_by_file.items()
+            if not len(refs) and file.suffix == ".safetensors" and file not in indexed]
 
 
 def _select(checkpoint: Checkpoint, selection: Selection) -> None:
@@ -211,37 +216,46 @@ def problem_of(file: Path, exc: NandoctorError | OSError) -> ScanProblem:
     return ScanProblem(str(file), message.removeprefix(prefix), exc.hint)
 
 
-def _check_indexes(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
-    problems = []
+def _check_indexes(
+    files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]
+) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) of each index against its shards. Loaders use an index to choose the shard files, then
+    read every tensor of each (transformers 4 and 5, vLLM): a tensor the index maps to one shard and that lies in
+    another it lists still loads, as does one it does not list (a stale index: notes); a tensor it maps that no
+    shard holds is missing from the model (a problem). Two shards holding one name: _check_duplicate_names."""
+    problems: list[ScanProblem] = []
+    notes: list[str] = []
     for index in files.indexes:
         folder = index.path.parent
         by_shard: dict[str, list[str]] = {}
         for name, shard in index.weight_map.items():
             by_shard.setdefault(shard, []).append(name)
+        read = {shard: set(names_of(refs_by_file[folder / shard])) for shard in by_shard if folder / shard in refs_by_file}
+        held = set().union(*read.values()) if read else set()
+        moved: list[str] = []
         for shard, names in sorted(by_shard.items()):
-            shard_path = folder / shard
-            if shard_path not in refs_by_file:
+            if shard not in read:
                 continue  # missing or unreadable: already reported
-            present = set(names_of(refs_by_file[shard_path]))
-            missing = sorted(set(names) - present)
-            if missing:
-                problems.append(
-                    ScanProblem(
-                        str(shard_path),
-                        f"{len(missing)} tensors that {index.path.name} maps here are absent: {first_few(missing, _MAX_LISTED_NAMES, quoted=True)}",
-                        "the index and the shards come from different saves; re-save or re-download",
-                    )
-                )
-            extra = sorted(present - set(names))
-            if extra:
-                problems.append(
-                    ScanProblem(
-                        str(shard_path),
-                        f"{len(extra)} tensors in this shard are not in {index.path.name}: {first_few(extra, _MAX_LISTED_NAMES, quoted=True)}",
-                        "loaders will ignore them; re-save the checkpoint or fix the index",
-                    )
-                )
-    return problems
+            present = read[shard]
+            absent = sorted(n for n in set(names) - present if n not in held)
+            moved += sorted(n for n in set(names) - present if n in held)
+            if absent:
+                problems.append(ScanProblem(
+                    str(folder / shard),
+                    f"{len(absent)} tensors that {index.path.name} maps here are absent from every shard: "
+                    f"{first_few(absent, _MAX_LISTED_NAMES, quoted=True)}",
+                    "the index and the shards come from different saves; re-save or re-download",
+                ))
+            unlisted = sorted(present - set(index.weight_map))
+            if unlisted:
+                notes.append(f"{folder / shard}: {len(unlisted)} tensors are not in {index.path.name} "
+                             f"({first_few(unlisted, _MAX_LISTED_NAMES, quoted=True)}): loaders read every tensor of "
+                             "the shards an index lists, so they load them too (scanned)")
+        if moved:
+            notes.append(f"{index.path}: {len(moved)} tensors lie in another shard than it says "
+                         f"({first_few(moved, _MAX_LISTED_NAMES, quoted=True)}): loaders read every shard it lists, "
+                         "so they load; re-save the checkpoint to bring the index up to date")
+    return problems, notes
 
 
 _SHARD_NAME = re.compile(r"-\d+-of-\d+\.")
