@@ -7,6 +7,7 @@ fine-tune's checkpoints FAIL NOT LOADABLE and its run without a healthy checkpoi
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,42 @@ def test_a_clean_hooked_run_passes(tmp_path):
     run = _run(tmp_path / "run")
     assert nandoctor.scan(tmp_path / "run" / "checkpoint-3", device="cpu").exit_code == 0
     assert nandoctor.scan_run(str(run), device="cpu").exit_code() == 0
+
+
+def test_accelerates_automatic_checkpoint_naming_is_a_run(tmp_path):
+    """``ProjectConfiguration(automatic_checkpoint_naming=True)`` saves ``checkpoints/checkpoint_N``: a run (a trial
+    found it "scan one of them", its --from auto refused, the project folder "no checkpoint files found")."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    project = tmp_path / "project"
+    accelerator = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(project),
+                                                                            automatic_checkpoint_naming=True))
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64))
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ids = torch.randint(0, 128, (2, 8))
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        accelerator.save_state()
+    run = project / "checkpoints"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    weights = run / "checkpoint_1" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    report = nandoctor.scan_run(run)
+    assert [(Path(c.path).name, c.status) for c in report.checkpoints] == [("checkpoint_0", "clean"),
+                                                                           ("checkpoint_1", "poisoned")]
+    assert Path(report.last_healthy.path).name == "checkpoint_0"
+    result = nandoctor.repair(run / "checkpoint_1", "auto", tmp_path / "fixed")
+    assert result.ok and [Path(d.path).name for d in result.plan.donors] == ["checkpoint_0"]
+    with pytest.raises(nandoctor.NandoctorError, match="checkpoints/ holds a run"):
+        nandoctor.scan(project)

@@ -177,6 +177,13 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
     looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
     holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
     if not holding:
+        from nandoctor.checkpoint.steps import checkpoints_in
+
+        runs = [sub for sub in access.listing(root) if access.is_dir(sub, refused=False) and checkpoints_in(sub)]
+        if runs:  # (accelerate's project folder: its run is checkpoints/checkpoint_N)
+            return UnsupportedFormatError(
+                f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
+                "run of checkpoints", f"scan the run: nandoctor scan {shlex.quote(str(runs[0]))}")
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = first_few([f"{sub.name}/" for sub in holding], 5)
     return UnsupportedFormatError(

@@ -1,5 +1,6 @@
-"""A run's checkpoint folders by name: ``checkpoint-N`` (Trainer, accelerate) or ``step-N`` (torchtitan's
-DCP saves), the step N each names, and those a run folder holds. The run timeline (runs.py) and the
+"""A run's checkpoint folders by name: ``checkpoint-N`` (Trainer), ``checkpoint_N`` (accelerate's
+``automatic_checkpoint_naming``: N counts saves, not steps, in the same order) or ``step-N`` (torchtitan's DCP
+saves), the step N each names, and those a run folder holds. The run timeline (runs.py) and the
 loadability checks (loadability.py) list a run's checkpoints the same way through here."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from nandoctor import access
 
-_CHECKPOINT = re.compile(r"^(?:checkpoint|step)-(\d+)$")
+_CHECKPOINT = re.compile(r"^(?:checkpoint[-_]|step-)(\d+)$")
 
 
 def step_of(path: Path) -> int | None:
