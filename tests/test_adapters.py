@@ -130,3 +130,14 @@ def test_nan_or_infinity_in_adapter_config_is_bad_config(base, tmp_path, values)
     report = nandoctor.scan(adapter)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
     assert "adapter_config.json" in report.errors[0].path and next(iter(values)) in report.errors[0].message
+
+
+def test_an_adapter_scan_names_the_base_model_it_does_not_read(base, tmp_path):
+    """A trial: NaN in the base model fails generate of the adapted model while the adapter scans CLEAN; the scan
+    says which base adapter_config.json names, and how to scan it."""
+    adapter = _adapter(base, tmp_path / "adapter", r=4)
+    named = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str(base)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 0
+    assert any(f"base model {str(base)!r}" in note and "nandoctor scan" in note for note in report.notes), report.notes

@@ -98,7 +98,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             "back from where the checkpoint was saved, or use an earlier checkpoint",
             kind=UNLOADABLE_KIND,
         ))
-    notes = _consolidate_notes(root, names)
+    notes = _consolidate_notes(root, names) + _base_model_note(root, names)
     trainer = loaders.TRAINER_STATE in names or _run_has(root, loaders.TRAINER_STATE)
     # save_pretrained writes generation_config.json beside config.json (a generative transformers model): the
     # one without the other is a model folder that lost its config, Trainer's or not
@@ -111,6 +111,21 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
         found += config_problems
         notes += config_notes
     return found, notes
+
+
+def _base_model_note(root: Path, names: set[str]) -> list[str]:
+    """A PEFT adapter is applied to the base model its adapter_config.json names, which this scan does not read:
+    NaN in the base makes the adapted model's generate fail as surely as NaN in the adapter."""
+    if not any(_ADAPTER_WEIGHTS.match(n) for n in names) or _model_weights(names):
+        return []
+    config = loadconfig.read_object(root / ADAPTER_CONFIG)
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        return []
+    import shlex
+
+    return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
+            f"read: scan it too (nandoctor scan {shlex.quote(base)})"]
 
 
 def _model_weights(names: set[str]) -> bool:
