@@ -143,3 +143,39 @@ def test_placeholders_of_a_multimodal_model_are_not_judged(padded_without_resize
     for multimodal in ({**config, "image_token_index": 60}, {"text_config": config, "vision_config": {}},
                        {**config, "auto_map": {"AutoModelForCausalLM": "modeling.M"}}):
         assert tokenizerfiles.problems(padded_without_resize, multimodal) == []
+
+
+@pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "bytes-only"])
+def test_a_tokenizer_whose_vocabulary_is_larger_than_the_model_is_bad_config(tmp_path, monkeypatch, full_parse_bytes):
+    """A real-use trial: a tokenizer of another model (or retrained) beside weights of a smaller vocabulary scanned
+    CLEAN; ordinary text fails in the embedding."""
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", full_parse_bytes)
+    folder = tmp_path / "model"
+    tokenizer = _tokenizer()
+    model = tiny_llama()
+    model.resize_token_embeddings(40)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert _oracle(folder) == "generate"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+    assert "vocabulary up to id 59 where the model's holds 40" in report.errors[0].message
+
+
+@pytest.mark.parametrize("kind", ["BPE", "WordPiece", "WordLevel"])
+def test_the_largest_vocabulary_id_is_found_without_parsing(tmp_path, kind):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    model = {"BPE": models.BPE(unk_token="[UNK]"), "WordPiece": models.WordPiece(unk_token="[UNK]"),
+             "WordLevel": models.WordLevel(unk_token="[UNK]")}[kind]
+    trainer = {"BPE": trainers.BpeTrainer, "WordPiece": trainers.WordPieceTrainer,
+               "WordLevel": trainers.WordLevelTrainer}[kind](vocab_size=80, special_tokens=["[UNK]", "merges"])
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(TEXTS * 20 + ["merges merges"], trainer)  # ("merges" a token, as a key is named)
+    for pretty in (True, False):
+        tokenizer.save(str(tmp_path / "t.json"), pretty=pretty)
+        raw = (tmp_path / "t.json").read_bytes()
+        largest = max(tokenizer.get_vocab(with_added_tokens=False).values())
+        # (WordLevel writes its unk_token after the vocabulary: not found, never a wrong id)
+        assert tokenizerfiles._last_vocab_id(raw) == (None if kind == "WordLevel" else largest)

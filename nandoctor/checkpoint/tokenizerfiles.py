@@ -6,6 +6,7 @@ A model that loads still does not generate when the tokenizer saved with it is b
   ``tokenizer.json`` are read by every load, ``special_tokens_map.json`` and ``added_tokens.json`` where
   tokenizer_config.json has no ``added_tokens_decoder`` (transformers 5.25's rule); AutoTokenizer raises
   JSONDecodeError;
+- a vocabulary larger than the model's (a tokenizer of another model, or retrained): ordinary text fails;
 - a token whose id lies at or beyond the model's vocabulary (config.json's ``vocab_size``: the rows of the
   embedding from_pretrained builds), which ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` or
   ``add_tokens`` leaves without ``model.resize_token_embeddings(len(tokenizer))``. Text holding the token
@@ -15,9 +16,10 @@ A model that loads still does not generate when the tokenizer saved with it is b
   a model with its own code (``auto_map``) embeds as it likes.
 
 The model loads: BAD CONFIG (``verdict.CONFIG_KIND``), and the weights keep their verdict. A tokenizer.json over
-1 MiB (Llama 3's is 9 MB, Gemma's 34: parsing it whole would cost every scan 0.1-1 s) is read at its two ends:
-its ``added_tokens``, which the tokenizers library writes before the vocabulary, and its last bytes, which close
-the JSON object (at the start of a line, in the indented form it writes) unless the file was cut short.
+1 MiB (Llama 3's is 9 MB, Gemma's 34: parsing it whole would cost every scan 0.1-1 s) is read as bytes, not
+parsed: its ``added_tokens`` from its head (the tokenizers library writes them before the vocabulary), the
+vocabulary's largest id from where that library writes it (in id order: the last entry), and its last bytes,
+which close the JSON object (at the start of a line, in the indented form it writes) unless the file was cut short.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 ADDED_TOKENS = "added_tokens.json"
 FULL_PARSE_BYTES = 1 << 20
-_MAX_HEAD_BYTES = 64 << 20  # added_tokens is tens of KB (Llama 3's 256 reserved tokens: 40 KB)
+_MAX_BYTES = 256 << 20  # (Gemma's tokenizer.json, among the largest, is 34 MB)
 _TAIL_BYTES = 64
 _SHOWN = 3
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
@@ -68,10 +70,22 @@ def problems(root: Path, config: dict[str, Any] | None) -> list[ScanProblem]:
             for token, number in added.items():
                 if _int(number):
                     tokens.setdefault(number, (ADDED_TOKENS, token))
-    for token in _tokenizer_json_added(root / TOKENIZER, found):
+    added, largest = _tokenizer_json(root / TOKENIZER, found)
+    for token in added:
         if isinstance(token, dict) and _int(token.get("id")):
             tokens.setdefault(token["id"], (TOKENIZER, _content(token)))
     vocab = _text_vocab(config)
+    if vocab is not None and largest is not None and largest >= vocab:
+        found.append(ScanProblem(
+            str(root / TOKENIZER),
+            f"has a vocabulary up to id {largest:,} where the model's holds {vocab:,} (config.json's vocab_size, the "
+            "embedding's rows): ordinary text gives ids the embedding does not have, and fails in it (IndexError: "
+            "index out of range; a device-side assert on CUDA)",
+            "save the tokenizer the model was trained with beside it (this one is another model's, or retrained), or "
+            "resize the model's embeddings to it (model.resize_token_embeddings(len(tokenizer))) and train them",
+            kind=CONFIG_KIND,
+        ))
+        tokens = {}  # (the added tokens lie beyond it too: said once)
     outside = sorted(number for number in tokens if number >= vocab) if vocab is not None else []
     if outside:
         pad = tokenizer_config.get("pad_token") if isinstance(tokenizer_config, dict) else None
@@ -108,30 +122,62 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
     return data
 
 
-def _tokenizer_json_added(path: Path, found: list[ScanProblem]) -> list[Any]:
-    """tokenizer.json's ``added_tokens`` (whole for a small file, else from its head; its tail checked)."""
+def _tokenizer_json(path: Path, found: list[ScanProblem]) -> tuple[list[Any], int | None]:
+    """tokenizer.json's ``added_tokens`` and its vocabulary's largest id (parsed whole when small; else read as
+    bytes, its tail checked, its added tokens parsed from its head and the largest id taken where the tokenizers
+    library writes it: the vocabulary is written in id order)."""
     try:
         if not access.exists(path):
-            return []
-        head, tail, size = read_ends(path, max(FULL_PARSE_BYTES + 1, 64 << 10), _TAIL_BYTES)
+            return [], None
+        _, _, size = read_ends(path, _TAIL_BYTES, 0)
     except (UnreadablePathError, OSError):
-        return []
+        return [], None
     except ValueError as exc:
         found.append(_invalid(path, str(exc)))
-        return []
+        return [], None
     if size <= FULL_PARSE_BYTES:
         data = _read(path, found)
-        added = data.get("added_tokens") if isinstance(data, dict) else None
-        return added if isinstance(added, list) else []
-    text = tail.rstrip()
-    if not text.endswith(b"}") or (head[:2] in (b"{\n", b"{\r") and not re.search(rb"(?:^|\n)}$", text)):
+        if not isinstance(data, dict):
+            return [], None
+        added = data.get("added_tokens")
+        model = data.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        ids = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else []
+        largest = max(ids) if ids else (len(vocab) - 1 if isinstance(vocab, list) and vocab else None)  # (Unigram)
+        return (added if isinstance(added, list) else []), largest
+    if size > _MAX_BYTES:
+        return [], None  # (no tokenizer is that large: not judged)
+    try:
+        raw = read_ends(path, size, 0)[0]
+    except (OSError, ValueError):
+        return [], None
+    text = raw[-_TAIL_BYTES:].rstrip()
+    if not text.endswith(b"}") or (raw[:2] in (b"{\n", b"{\r") and not re.search(rb"(?:^|\n)}$", text)):
         found.append(_invalid(path, "it is cut short: its last bytes do not close its JSON object"))
-        return []
+        return [], None
+    window = 1 << 20
     while True:
-        added, complete = _added_in_head(head.decode("utf-8", "replace"))
-        if complete or len(head) >= min(size, _MAX_HEAD_BYTES):
-            return added
-        head = read_ends(path, 4 * len(head), 0)[0]
+        added, complete = _added_in_head(raw[:window].decode("utf-8", "replace"))
+        if complete or window >= len(raw):
+            return added, _last_vocab_id(raw)
+        window *= 4
+
+
+def _last_vocab_id(raw: bytes) -> int | None:
+    """The id of the last entry of a large tokenizer.json's vocabulary (its largest: the tokenizers library writes
+    BPE, WordPiece and WordLevel vocabularies in id order), found without parsing: the entry before BPE's
+    ``"merges": [``, or the one that ends the file's last objects (WordPiece, WordLevel). None for another
+    layout (Unigram's list of pieces)."""
+    at = len(raw)
+    while True:  # ("merges" may be a token too: "merges": 1234 in the vocabulary; the key opens a list)
+        at = raw.rfind(b'"merges"', 0, at)
+        if at < 0:
+            break
+        if re.match(rb'"merges"\s*:\s*\[', raw[at:at + 64]):
+            before = re.search(rb'"\s*:\s*(\d+)\s*\}\s*,\s*$', raw[max(0, at - 512):at])
+            return int(before.group(1)) if before else None
+    tail = re.search(rb'"\s*:\s*(\d+)\s*\}\s*\}\s*\}\s*$', raw[-512:])
+    return int(tail.group(1)) if tail else None
 
 
 def _added_in_head(text: str) -> tuple[list[Any], bool]:
