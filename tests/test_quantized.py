@@ -189,3 +189,60 @@ def test_an_mxfp4_folder_whose_config_lost_its_quantizer_is_not_loadable(gpt_oss
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
     assert "MXFP4 blocks and scales" in report.errors[0].message
+
+
+# ---- FP8 (FineGrainedFP8, per-tensor scales) ----
+
+FP8_SCALE = "model.layers.1.mlp.down_proj.weight_scale_inv"
+
+
+def _fp8(folder: Path, dtype: str, flipped: bool = False) -> Path:
+    """A tiny Llama as transformers' FineGrainedFP8 saves it with per-tensor scales (weight_block_size null):
+    F8_E4M3 weights, each with a scalar F32 ``weight_scale_inv``; ``flipped``: one scale times 2^24."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    tensors = {}
+    for name, value in transformers.LlamaForCausalLM(config).state_dict().items():
+        if name.endswith("proj.weight"):
+            scale = value.abs().max() / 448.0
+            tensors[name] = (value / scale).to(torch.float8_e4m3fn).contiguous()
+            tensors[name + "_scale_inv"] = scale.float().reshape(())
+        else:
+            tensors[name] = value.to(getattr(torch, dtype)).contiguous()
+    if flipped:
+        tensors[FP8_SCALE] = tensors[FP8_SCALE] * 2**24
+    return _save(folder, tensors, config, {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                           "weight_block_size": None}, dtype)
+
+
+@pytest.mark.parametrize("dtype, finding", [("bfloat16", "exploded"), ("float16", "overflow")])
+def test_a_flipped_fp8_scale_is_judged_by_the_weights_it_dequantizes(tmp_path, dtype, finding):
+    """Every stored value healthy (E4M3 holds at most 448), the one-number scale ×2^24: weights of ~1.5e6 once
+    dequantized (Inf in float16: NaN logits). CLEAN before."""
+    clean = _fp8(tmp_path / "clean", dtype)
+    assert nandoctor.scan(clean).exit_code == 0
+    folder = _fp8(tmp_path / "flipped", dtype, flipped=True)
+    model, _ = _loaded(folder)
+    weights = model.model.layers[1].mlp.down_proj.weight
+    assert weights.float().abs().max() > 1e5 or not torch.isfinite(weights).all()
+    if dtype == "float16":
+        assert not _logits_finite(model)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 1, report.errors
+    row = next(t for t in report.tensors if t.ref.name == FP8_SCALE)
+    assert getattr(row, finding) == 1 and row.max_abs > 1e5
+    assert any(FP8_SCALE in note and "dequantizes to" in note for note in report.notes)
+    result = nandoctor.repair(folder, [clean], tmp_path / "fixed")
+    assert result.ok and (tmp_path / "fixed" / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes()
+
+
+def test_an_fp8_folder_whose_config_lost_its_quantizer_is_not_loadable(tmp_path):
+    folder = _fp8(tmp_path / "fp8", "float16")
+    config = json.loads((folder / "config.json").read_text())
+    del config["quantization_config"]
+    (folder / "config.json").write_text(json.dumps(config))
+    model, info = _loaded(folder)
+    assert any(key.endswith("weight_scale_inv") for key in info["unexpected_keys"]) and not _logits_finite(model)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and "FP8 weight scales" in report.errors[0].message, report.errors

@@ -47,6 +47,7 @@ class Checkpoint:
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
     unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
     cast_to_float: list[TensorRef] = field(default_factory=list)  # integer weights from_pretrained casts to float
+    scaled: list[tuple[TensorRef, TensorRef]] = field(default_factory=list)  # (FP8 weight, its scale): quantized.py
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -107,6 +108,7 @@ def open_checkpoint(
     checkpoint.problems += quantized.lost_quantizer(files.root, stored.names, stored.dtypes)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
+    checkpoint.scaled = quantized.scaled_pairs(files.root, checkpoint.refs_by_file)
     checkpoint.problems += loadability.integer_weights(files.root, checkpoint.cast_to_float)
     index_problems, index_notes = _check_indexes(files, checkpoint.refs_by_file)
     checkpoint.problems += index_problems

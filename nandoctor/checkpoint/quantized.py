@@ -14,6 +14,9 @@ of them, not what the safetensors dtype says:
   builds the model unquantized, so MXFP4 experts and GPTQ/AWQ layers (``qweight``) are initialized at random and
   FP8 weights load without their ``weight_scale_inv`` (values up to 448 unscaled: garbage, Inf in float16).
   NOT LOADABLE. Integer-stored ``.weight`` tensors (bitsandbytes, int8) are loadability.integer_weights' finding.
+- **FP8 weights and their scales** (FineGrainedFP8's ``weight_scale_inv``, compressed-tensors' ``weight_scale``):
+  paired here (:func:`scaled_pairs`) for the scan to judge each scale by the weights it dequantizes
+  (engine/scaled.py): a per-tensor scale is one number, never an outlier in itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
 E8M0 = "F8_E8M0"
+_FP8_SCALE = re.compile(r"_scale(?:_inv)?$")
+_SCALE_DTYPES = frozenset({"F32", "F16", "BF16", E8M0})
 _MXFP4_SCALES = re.compile(r"_scales$")
 # A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
 _FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
@@ -64,6 +69,25 @@ def as_quantizer_reads(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]
                   "exponents the mxfp4 quantizer reads them as (2^(byte - 127); 0xFF is NaN)"]
 
 
+def scaled_pairs(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[tuple[TensorRef, TensorRef]]:
+    """(FP8 weight, its scale) of each FP8 weight stored beside a float ``…weight_scale_inv`` or ``…weight_scale``
+    at the top of a quantized folder: the pairs a quantizer multiplies (engine/scaled.py judges them)."""
+    pairs: list[tuple[TensorRef, TensorRef]] = []
+    for file, refs in refs_by_file.items():
+        if file.parent != root or file.suffix != ".safetensors":
+            continue
+        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
+        fp8 = {name: i for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)) if dtype.startswith("F8_E")
+               and dtype != E8M0}
+        if not fp8:
+            continue
+        for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)):
+            weight = _FP8_SCALE.sub("", name)
+            if weight != name and weight in fp8 and dtype in _SCALE_DTYPES:
+                pairs.append((table[fp8[weight]], table[i]))
+    return pairs if pairs and loadconfig.quantized(root) else []
+
+
 def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> list[ScanProblem]:
     """NOT LOADABLE when the weights from_pretrained reads in ``root`` (``names``, ``dtypes``) hold a quantizer's
     own tensors while config.json names no quantizer."""
@@ -87,4 +111,4 @@ def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> l
         "or save the dequantized weights", kind=UNLOADABLE_KIND)]
 
 
-__all__ = ["E8M0", "as_quantizer_reads", "lost_quantizer"]
+__all__ = ["E8M0", "as_quantizer_reads", "lost_quantizer", "scaled_pairs"]

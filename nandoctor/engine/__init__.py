@@ -31,6 +31,7 @@ from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.intcast import judged_casts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
+from nandoctor.engine.scaled import judged_scales
 from nandoctor.engine.small import SmallTensors, plan_small
 from nandoctor.engine.viewcensus import census_views
 from nandoctor.errors import NandoctorError
@@ -193,6 +194,7 @@ def assemble(
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     tensors, cast_problems = judged_casts(_in_order(checkpoint, found), checkpoint.cast_to_float, cast_to, limits)
+    tensors, scale_notes = judged_scales(tensors, checkpoint.scaled, cast_to, limits)
     report = ScanReport(
         target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),
@@ -200,7 +202,7 @@ def assemble(
         layers=(),
         errors=tuple(checkpoint.problems + found.problems + cast_problems),
         unviewed=tuple(checkpoint.unviewed + found.unviewed),
-        notes=tuple(checkpoint.notes + found.notes),
+        notes=tuple(checkpoint.notes + found.notes + scale_notes),
         bytes_scanned=found.bytes_scanned,
         seconds=seconds,
         device=device,

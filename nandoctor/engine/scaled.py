@@ -1,0 +1,90 @@
+"""FP8 weights judged with their scales: the values a quantizer dequantizes them into.
+
+An FP8 weight stores at most 448 (E4M3) or 57344 (E5M2), so its own bytes never explode; the quantizer multiplies
+it by its scale (``weight_scale_inv`` of transformers' FineGrainedFP8 / DeepSeek-V3, ``weight_scale`` of
+compressed-tensors), one per tensor or per block. A scale whose exponent bit flipped (×2^24) made weights of 1.5e6
+(Inf in a float16 model: NaN logits, generate raised) while every stored value scanned healthy: a per-tensor scale
+is one number, with no bulk to be an outlier against. checkpoint/quantized.scaled_pairs says which tensors pair up;
+here each scale value times its weight's largest stored magnitude (the bound of what it dequantizes) is judged: above
+the exploded ceiling of the dtype the model loads in, ``exploded``; past the target dtype's range, ``overflow``. The
+counts are the scale's (how many blocks dequantize out of range) and go on the scale's row, with that bound as its
+largest magnitude: a repair restores the scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nandoctor.kernels.census import HealthLimits
+from nandoctor.kernels.targets import TargetSpec
+from nandoctor.model import TensorRef, TensorResults
+
+_MAX_SCALE_BYTES = 64 << 20  # scales are a block's 1/16,384 of its weight: far below this
+
+
+def judged_scales(
+    tensors: TensorResults, pairs: Sequence[tuple[TensorRef, TensorRef]], cast_to: TargetSpec | None,
+    limits: HealthLimits,
+) -> tuple[TensorResults, list[str]]:
+    """``tensors`` with each scale of ``pairs`` ((weight, scale)) counted as the weights it dequantizes; notes
+    naming the scales that make them exploded or overflowed."""
+    if not pairs:
+        return tensors, []
+    rows = {key: i for i, key in enumerate(zip(tensors.refs.files, tensors.refs.names))}
+    ceiling = limits.ceiling("F32", {"fp16": "F16", "bf16": "BF16"}.get(cast_to.name) if cast_to else None)
+    max_abs, exact = list(tensors.max_abs), list(tensors.max_abs_exact)
+    overflow, exploded = list(tensors.overflow), list(tensors.exploded)
+    notes: list[str] = []
+    for weight, scale in pairs:
+        w, s = rows.get((weight.region.file, weight.name)), rows.get((scale.region.file, scale.name))
+        largest = max_abs[w] if w is not None else None
+        if s is None or not largest or tensors.nan[s] or tensors.posinf[s] or tensors.neginf[s]:
+            continue  # (left out, unread, or a NaN scale: counted as what it is already)
+        values = _values(scale)
+        if values is None:
+            continue
+        bound = np.abs(values.astype(np.float64)) * float(largest)
+        over = np.zeros(bound.shape, dtype=bool) if cast_to is None else (
+            bound >= cast_to.limit if cast_to.inclusive else bound > cast_to.limit)
+        above = (bound > ceiling) & ~over
+        if not over.any() and not above.any():
+            continue
+        max_abs[s], exact[s] = float(bound.max()), False
+        overflow[s] += int(over.sum())
+        exploded[s] += int(above.sum())
+        notes.append(f"{scale.name}: its largest value times the largest stored magnitude of {weight.name} "
+                     f"({float(largest):g}) dequantizes to {float(bound.max()):.3g}: judged as those weights")
+    columns: dict[str, list[Any]] = {"max_abs": max_abs, "max_abs_exact": exact, "overflow": overflow,
+                                     "exploded": exploded}
+    return tensors.with_columns(columns), notes
+
+
+def _values(ref: TensorRef) -> np.ndarray | None:
+    """A small float scale tensor's values (F32, F16, BF16, E8M0), None for anything else."""
+    region = ref.region
+    if region.nbytes > _MAX_SCALE_BYTES or region.byteorder != "little" or not ref.is_contiguous:
+        return None
+    width = {"F32": 4, "F16": 2, "BF16": 2, "F8_E8M0": 1}.get(ref.dtype)
+    if width is None:
+        return None
+    try:
+        raw = np.fromfile(Path(region.file), dtype=np.uint8, count=ref.numel * width,
+                          offset=region.offset + ref.storage_offset * width)
+    except (OSError, ValueError):
+        return None
+    if raw.size != ref.numel * width:
+        return None
+    if ref.dtype == "F32":
+        return raw.view("<f4")
+    if ref.dtype == "F16":
+        return raw.view("<f2")
+    if ref.dtype == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.ldexp(1.0, raw.astype(np.int32) - 127)  # E8M0 (its 0xFF NaN is the scan's finding already)
+
+
+__all__ = ["judged_scales"]
