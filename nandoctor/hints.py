@@ -85,8 +85,10 @@ def put_in_place(target: str, repaired: Path) -> str:
             f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
 
 
-def verified_repair(folder: Path) -> bool:
-    """True when ``folder`` holds a repair whose proof says its verification scan was clean."""
+def verified_repair(folder: Path, target: Path | None = None) -> bool:
+    """True when ``folder`` holds a repair whose proof says its verification scan was clean, and, given the
+    ``target`` it repaired, that the target's files are still those the repair read (a re-saved checkpoint is
+    not the one the repair fixed: putting it in place would lose the new save)."""
     from nandoctor.restore.proof import read_proof
 
     try:
@@ -94,7 +96,20 @@ def verified_repair(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     verification = proof.get("verification") if isinstance(proof, dict) else None
-    return isinstance(verification, dict) and verification.get("verdict") == "CLEAN"
+    if not (isinstance(verification, dict) and verification.get("verdict") == "CLEAN"):
+        return False
+    recorded = proof.get("source_files")
+    if target is None or not isinstance(recorded, dict):
+        return True  # (a proof written before source files were recorded)
+    root = target if target.is_dir() else target.parent
+    for path, was in recorded.items():
+        try:
+            now = os.stat(root / path)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(was, dict) or (now.st_size, now.st_mtime_ns) != (was.get("bytes"), was.get("mtime_ns")):
+            return False
+    return True
 
 
 def use_verified_repair(target: str, name: str, final_model_folder: bool = False) -> list[str]:
@@ -103,7 +118,7 @@ def use_verified_repair(target: str, name: str, final_model_folder: bool = False
     say the same, instead of suggesting the same repair again into a ``-2`` folder. ``final_model_folder``: the
     final model at the top of a run folder, which is never moved: its files are copied over."""
     repaired = repaired_path(Path(target))
-    if not verified_repair(repaired):
+    if not verified_repair(repaired, Path(target)):
         return []
     if final_model_folder:
         return [f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target}"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 
@@ -219,6 +221,14 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
         nandoctor.assert_finite(run_dir / "checkpoint-300")
     assert raised.value.hint.startswith(f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300")
     assert "-repaired-2" not in raised.value.hint
+
+    # re-saved since (a rerun overwrote it): the repair is of the checkpoint as it was, and is not offered any more
+    weights = run_dir / "checkpoint-300" / "model-00001-of-00002.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    out = " ".join(run("scan", str(run_dir)).output.split())
+    assert "is a verified repair" not in out and "-repaired-2" in out
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
     (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")

@@ -45,6 +45,7 @@ class RepairResult:
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
     diffs: dict[str, Any] = field(default_factory=dict)  # the output against the source and each donor
+    source_files: dict[str, tuple[int, int]] = field(default_factory=dict)  # the source's files read: (size, mtime_ns)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "nandoctor_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": os.path.abspath(plan.target),
+        "source_files": {path: {"bytes": size, "mtime_ns": mtime} for path, (size, mtime) in result.source_files.items()},
         "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,

@@ -201,6 +201,7 @@ def write_repair(
             seconds=time.perf_counter() - started,
             notes=notes + tuple(copy_notes),
             diffs=diffs,
+            source_files=_within(inputs, source.root),
         )
 
         write_proof(result, temp / PROOF_NAME)
@@ -301,6 +302,18 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
     return found, notes
+
+
+def _within(inputs: Mapping[str, tuple[int, int]], root: Path) -> dict[str, tuple[int, int]]:
+    """The (size, mtime_ns) of the source's files read for the plan, by path relative to the source: the proof
+    records them, so that a repair is offered only for the checkpoint as it was (hints.verified_repair)."""
+    found = {}
+    for path, fingerprint in inputs.items():
+        try:
+            found[str(Path(path).absolute().relative_to(root.absolute()))] = fingerprint
+        except ValueError:
+            continue  # (a donor's)
+    return found
 
 
 def _leads_inside(path: Path, allowed: tuple[Path, ...]) -> bool:
