@@ -242,6 +242,11 @@ def test_out_mistakes_get_their_own_messages(tmp_path):
     assert empty.exit_code == 2 and "--out is empty" in empty.output
     itself = run("repair", target, "--from", "auto", "--out", target)
     assert itself.exit_code == 3 and "--out is the checkpoint being repaired" in itself.output
+    # one file of a checkpoint folder as its own --out: the folder suggested lies beside the checkpoint, not in it
+    shard = target / "model-00001-of-00002.safetensors"
+    file_itself = run("repair", shard, "--from", "auto", "--out", shard)
+    assert file_itself.exit_code == 3 and f"--out {DEMO_RUN / 'checkpoint-300-model-00001-of-00002-repaired'}" in " ".join(
+        file_itself.output.split()), file_itself.output
     (tmp_path / "sub").mkdir()
     folded = run("repair", target, "--from", "auto", "--out", tmp_path / "sub" / ".." / "fixed")
     assert folded.exit_code == 0 and f"wrote {tmp_path / 'fixed'} (" in folded.output

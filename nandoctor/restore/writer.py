@@ -90,9 +90,11 @@ def check_out(out: Path, source: Source) -> None:
     """Refuse, touching nothing, an --out that exists, has no parent, or lies inside the source."""
     where = source.single_file if source.single_file is not None else source.root
     if os.path.lexists(out) and os.path.realpath(out) == os.path.realpath(where):
+        from nandoctor.hints import free_repaired_path  # (never inside a checkpoint folder: beside it)
+
         raise RepairRefusedError(
             f"{out}: --out is the checkpoint being repaired; a repair never writes over its source",
-            f"choose a new folder, e.g. --out {shlex.quote(str(where).rstrip('/') + '-repaired')}",
+            f"choose a new folder, e.g. --out {shlex.quote(free_repaired_path(where))}",
         )
     if os.path.lexists(out):
         raise OutputExistsError(str(out))
