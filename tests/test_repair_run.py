@@ -273,3 +273,17 @@ def test_a_clean_first_checkpoint_repaired_from_auto_is_an_unchanged_verified_co
     _edit(run / "checkpoint-2", poison)  # a NaN tensor and no donor: a refusal, nothing written
     refused = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "none"))
     assert refused.exit_code == 3 and not (tmp_path / "none").exists()
+
+
+def test_auto_without_a_healthy_donor_says_why_each_earlier_checkpoint_is_none(tmp_path):
+    """A trial: an earlier checkpoint that could not be read was left unsaid ("found no healthy checkpoint")."""
+    run = shutil.copytree(Path(__file__).parent.parent / "fixtures" / "demo-run", tmp_path / "run")
+    for name in ("checkpoint-100", "checkpoint-200"):
+        shard = run / name / "model-00002-of-00002.safetensors"
+        shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(nandoctor.NandoctorError) as raised:
+        nandoctor.repair(run / "checkpoint-300", "auto", tmp_path / "fixed")
+    message = str(raised.value)
+    assert "checkpoint-100 is unreadable" in message and "checkpoint-200 is unreadable" in message
+    assert "runs past the end" in message and "make the unreadable checkpoint readable" in raised.value.hint
+    assert not (tmp_path / "fixed").exists()

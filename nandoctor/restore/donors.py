@@ -22,7 +22,7 @@ import numpy as np
 from nandoctor import verdict
 from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.checkpoint.runs import RunReport, checkpoint_step, duplicate_steps, place_in_run
+from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, checkpoint_step, duplicate_steps, place_in_run
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.engine.chunks import whole
@@ -277,11 +277,23 @@ def auto_donors(
     healthy = [Path(c.path) for c in run.resume_points(broken=True) if first_bad is None or c.step < first_bad.step]
     if not healthy:
         bad = f" (the first bad one is {first_bad.name})" if first_bad else ""
+        said = [_why_not_a_donor(c) for c in run.checkpoints if c.step < step and not c.final][:3]
         raise RepairRefusedError(
-            f"{target}: --from auto found no healthy checkpoint before step {step} in {run_folder}{bad}",
-            "name a healthy donor with --from <path> (an earlier run, or the base model)",
+            f"{target}: --from auto found no healthy checkpoint before step {step} in {run_folder}{bad}"
+            + (f": {'; '.join(said)}" if said else ""),
+            "name a healthy donor with --from <path> (an earlier run, or the base model)"
+            + ("; or make the unreadable checkpoint readable" if any(c.status == "unreadable" for c in run.checkpoints
+                                                                       if c.step < step) else ""),
         )
     return list(reversed(healthy)), run
+
+
+def _why_not_a_donor(checkpoint: RunCheckpoint) -> str:
+    """An earlier checkpoint's status, and for one that could not be read, its first problem."""
+    problem = next(iter(checkpoint.report.errors), None) if checkpoint.report is not None else None
+    why = (f" ({problem.path}: {problem.message.split('; ')[0]})" if checkpoint.status == "unreadable" and problem is not None
+           else "")
+    return f"{Path(checkpoint.path).name} is {checkpoint.status}{why}"
 
 
 def resolve_donors(

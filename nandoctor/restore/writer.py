@@ -310,9 +310,9 @@ def _within(inputs: Mapping[str, tuple[int, int]], root: Path) -> dict[str, tupl
     """The (size, mtime_ns) of the source's files read for the plan, by path relative to the source: the proof
     records them, so that a repair is offered only for the checkpoint as it was (hints.verified_repair)."""
     found = {}
-    for path, fingerprint in inputs.items():
+    for path, recorded in inputs.items():
         try:
-            found[str(Path(path).absolute().relative_to(root.absolute()))] = fingerprint
+            found[str(Path(path).absolute().relative_to(root.absolute()))] = recorded
         except ValueError:
             continue  # (a donor's)
     return found
