@@ -737,3 +737,26 @@ def test_out_inside_a_donor_is_refused_and_dangling_links_are_left_out(tmp_path,
     result = repair(target, [donor], tmp_path / "fixed")
     assert result.ok and not (tmp_path / "fixed" / "README.md").exists()
     assert any(n.startswith("README.md: a link to nothing readable") for n in result.notes)
+
+
+def test_an_interrupt_after_the_repair_is_in_place_says_it_is_complete(tmp_path, monkeypatch):
+    """A trial: Ctrl-C in the instant after the output was renamed into place printed "interrupted" (exit 130) over a
+    complete, verified repair, which repair.md says never appears when interrupted."""
+    from nandoctor.restore import atomic
+    from tests.conftest import run_cli
+
+    target, donor, _, _ = make_run(tmp_path)
+    rename = atomic.rename_noreplace
+
+    def rename_then_interrupt(source, destination):
+        rename(source, destination)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "rename_noreplace", rename_then_interrupt)
+    result = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0 and "interrupted after the repair was complete" in result.output, result.output
+    assert (tmp_path / "out" / "nandoctor-repair.json").is_file()
+
+    monkeypatch.setattr(atomic, "rename_noreplace", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    stopped = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out2", "--no-progress")
+    assert stopped.exit_code == 130 and not (tmp_path / "out2").exists()  # (before the rename: the interrupt stands)

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -141,6 +142,9 @@ def repair(
                     target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
                     allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
                 )
+        except KeyboardInterrupt:
+            _complete_anyway(out, dry_run)
+            raise
         except UnrestorableError as exc:
             from nandoctor.restore.plan import RepairPlan
 
@@ -154,6 +158,17 @@ def repair(
     else:
         render_result(result, console, show_all=show_all)
     sys.exit(result.exit_code)
+
+
+def _complete_anyway(out: str | None, dry_run: bool) -> None:
+    """Interrupted once the repair was in place (between its rename and its report): say so, exit 0. Anything
+    earlier left nothing at --out, and the interrupt stands."""
+    from nandoctor.hints import verified_repair
+
+    if out and not dry_run and verified_repair(Path(out)):
+        click.echo(f"interrupted after the repair was complete: {out} holds it, verified (its nandoctor-repair.json "
+                   "says what was restored)", err=True)
+        sys.exit(0)
 
 
 @contextmanager
