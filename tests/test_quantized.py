@@ -232,7 +232,7 @@ def test_a_flipped_fp8_scale_is_judged_by_the_weights_it_dequantizes(tmp_path, d
     assert report.exit_code == 1, report.errors
     row = next(t for t in report.tensors if t.ref.name == FP8_SCALE)
     assert getattr(row, finding) == 1 and row.max_abs > 1e5
-    assert any(FP8_SCALE in note and "dequantizes to" in note for note in report.notes)
+    assert any(FP8_SCALE in note and "makes weights up to" in note for note in report.notes)
     result = nandoctor.repair(folder, [clean], tmp_path / "fixed")
     assert result.ok and (tmp_path / "fixed" / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes()
 
@@ -246,3 +246,21 @@ def test_an_fp8_folder_whose_config_lost_its_quantizer_is_not_loadable(tmp_path)
     assert any(key.endswith("weight_scale_inv") for key in info["unexpected_keys"]) and not _logits_finite(model)
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and "FP8 weight scales" in report.errors[0].message, report.errors
+
+
+@pytest.mark.parametrize("factor", [0.0, 2.0**-100])
+def test_a_bitnet_scale_of_zero_or_far_too_small_is_exploded(tmp_path, factor):
+    """BitLinear divides by its weight_scale: 0 gives Inf (NaN logits), 2^-100 of it weights of 2^100 (all-zero
+    logits); one was only "zeroed (reported)", the other CLEAN."""
+    layout = _layout("bitnet")
+    name = "model.layers.1.mlp.down_proj.weight_scale"
+    layout["tensors"][name] = layout["tensors"][name] * factor
+    folder = _save(tmp_path / "bitnet", layout["tensors"], layout["config"], layout["quantization"], layout["dtype"])
+    model, _ = _loaded(folder)
+    with torch.no_grad():
+        logits = model(torch.tensor([[2, 5, 6, 7, 8]])).logits
+    assert not torch.isfinite(logits).all() or logits.abs().max() == 0
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 1, report.errors
+    assert [t.ref.name for t in report.tensors if t.exploded] == [name]
+    assert '"max_abs": Infinity' not in json.dumps(nandoctor.to_json(report))

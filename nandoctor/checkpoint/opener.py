@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import layout, loadability, quantized
+from nandoctor.checkpoint.quantized import ScaledPair
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
@@ -47,7 +48,7 @@ class Checkpoint:
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
     unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
     cast_to_float: list[TensorRef] = field(default_factory=list)  # integer weights from_pretrained casts to float
-    scaled: list[tuple[TensorRef, TensorRef]] = field(default_factory=list)  # (FP8 weight, its scale): quantized.py
+    scaled: list[ScaledPair] = field(default_factory=list)  # quantizer scales judged by the weights they make
 
     @property
     def refs(self) -> list[TensorRef]:

@@ -16,13 +16,16 @@ of them, not what the safetensors dtype says:
   NOT LOADABLE. Integer-stored ``.weight`` tensors (bitsandbytes, int8) are loadability.integer_weights' finding.
 - **FP8 weights and their scales** (FineGrainedFP8's ``weight_scale_inv``, compressed-tensors' ``weight_scale``):
   paired here (:func:`scaled_pairs`) for the scan to judge each scale by the weights it dequantizes
-  (engine/scaled.py): a per-tensor scale is one number, never an outlier in itself.
+  (engine/scaled.py): a per-tensor scale is one number, never an outlier in itself. Likewise BitNet's
+  ``weight_scale``, which its BitLinear divides by: 0 makes Inf (NaN logits in a trial), 2^-100 of it weights of
+  2^100 (all-zero logits), both scanned CLEAN before (an all-zero one was only ``zeroed``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor.checkpoint import loadconfig
@@ -33,6 +36,16 @@ from nandoctor.wording import first_few
 E8M0 = "F8_E8M0"
 _FP8_SCALE = re.compile(r"_scale(?:_inv)?$")
 _SCALE_DTYPES = frozenset({"F32", "F16", "BF16", E8M0})
+
+
+@dataclass(frozen=True)
+class ScaledPair:
+    """A weight and the scale a quantizer makes its values with: ``weight × scale``, or ``weight / scale``
+    (``divides``; ``weight`` None: ternary codes, at most 1 in magnitude)."""
+
+    weight: TensorRef | None
+    scale: TensorRef
+    divides: bool = False
 _MXFP4_SCALES = re.compile(r"_scales$")
 # A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
 _FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
@@ -69,23 +82,30 @@ def as_quantizer_reads(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]
                   "exponents the mxfp4 quantizer reads them as (2^(byte - 127); 0xFF is NaN)"]
 
 
-def scaled_pairs(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[tuple[TensorRef, TensorRef]]:
-    """(FP8 weight, its scale) of each FP8 weight stored beside a float ``…weight_scale_inv`` or ``…weight_scale``
-    at the top of a quantized folder: the pairs a quantizer multiplies (engine/scaled.py judges them)."""
-    pairs: list[tuple[TensorRef, TensorRef]] = []
+def scaled_pairs(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScaledPair]:
+    """The scales of a quantized folder's top-level weights that engine/scaled.py judges by the weights they make:
+    each FP8 weight's float ``…weight_scale_inv`` / ``…weight_scale`` (multiplied), and in a BitNet folder each
+    ternary weight's ``…weight_scale`` (BitLinear divides by it: 0 is Inf, a tiny one huge)."""
+    pairs: list[ScaledPair] = []
     for file, refs in refs_by_file.items():
         if file.parent != root or file.suffix != ".safetensors":
             continue
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
         fp8 = {name: i for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)) if dtype.startswith("F8_E")
                and dtype != E8M0}
-        if not fp8:
-            continue
         for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)):
             weight = _FP8_SCALE.sub("", name)
-            if weight != name and weight in fp8 and dtype in _SCALE_DTYPES:
-                pairs.append((table[fp8[weight]], table[i]))
-    return pairs if pairs and loadconfig.quantized(root) else []
+            if weight == name or dtype not in _SCALE_DTYPES:
+                continue
+            if weight in fp8:
+                pairs.append(ScaledPair(table[fp8[weight]], table[i]))
+            elif name.endswith(".weight_scale"):
+                pairs.append(ScaledPair(None, table[i], divides=True))
+    if not pairs:
+        return []
+    method = loadconfig.quant_method(root)
+    kept = [p for p in pairs if (method == "bitnet") == p.divides]
+    return kept if kept and loadconfig.quantized(root) else []
 
 
 def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> list[ScanProblem]:
@@ -111,4 +131,4 @@ def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> l
         "or save the dequantized weights", kind=UNLOADABLE_KIND)]
 
 
-__all__ = ["E8M0", "as_quantizer_reads", "lost_quantizer", "scaled_pairs"]
+__all__ = ["E8M0", "ScaledPair", "as_quantizer_reads", "lost_quantizer", "scaled_pairs"]

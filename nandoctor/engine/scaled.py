@@ -13,12 +13,14 @@ largest magnitude: a repair restores the scale.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nandoctor.checkpoint.quantized import ScaledPair
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.kernels.targets import TargetSpec
 from nandoctor.model import TensorRef, TensorResults
@@ -27,11 +29,10 @@ _MAX_SCALE_BYTES = 64 << 20  # scales are a block's 1/16,384 of its weight: far 
 
 
 def judged_scales(
-    tensors: TensorResults, pairs: Sequence[tuple[TensorRef, TensorRef]], cast_to: TargetSpec | None,
-    limits: HealthLimits,
+    tensors: TensorResults, pairs: Sequence[ScaledPair], cast_to: TargetSpec | None, limits: HealthLimits,
 ) -> tuple[TensorResults, list[str]]:
-    """``tensors`` with each scale of ``pairs`` ((weight, scale)) counted as the weights it dequantizes; notes
-    naming the scales that make them exploded or overflowed."""
+    """``tensors`` with each scale of ``pairs`` counted as the weights it makes; notes naming the scales that make
+    them exploded or overflowed."""
     if not pairs:
         return tensors, []
     rows = {key: i for i, key in enumerate(zip(tensors.refs.files, tensors.refs.names))}
@@ -39,25 +40,32 @@ def judged_scales(
     max_abs, exact = list(tensors.max_abs), list(tensors.max_abs_exact)
     overflow, exploded = list(tensors.overflow), list(tensors.exploded)
     notes: list[str] = []
-    for weight, scale in pairs:
-        w, s = rows.get((weight.region.file, weight.name)), rows.get((scale.region.file, scale.name))
-        largest = max_abs[w] if w is not None else None
+    for pair in pairs:
+        scale = pair.scale
+        s = rows.get((scale.region.file, scale.name))
+        w = rows.get((pair.weight.region.file, pair.weight.name)) if pair.weight is not None else None
+        largest = 1.0 if pair.weight is None else (max_abs[w] if w is not None else None)  # (ternary codes: 1)
         if s is None or not largest or tensors.nan[s] or tensors.posinf[s] or tensors.neginf[s]:
             continue  # (left out, unread, or a NaN scale: counted as what it is already)
         values = _values(scale)
         if values is None:
             continue
-        bound = np.abs(values.astype(np.float64)) * float(largest)
+        magnitude = np.abs(values.astype(np.float64))
+        with np.errstate(divide="ignore"):
+            bound = (float(largest) / magnitude) if pair.divides else magnitude * float(largest)
         over = np.zeros(bound.shape, dtype=bool) if cast_to is None else (
             bound >= cast_to.limit if cast_to.inclusive else bound > cast_to.limit)
         above = (bound > ceiling) & ~over
         if not over.any() and not above.any():
             continue
-        max_abs[s], exact[s] = float(bound.max()), False
+        # (a zero divisor makes Inf: the largest finite float stands for it, as JSON holds no Infinity)
+        max_abs[s], exact[s] = min(float(bound.max()), sys.float_info.max), False
         overflow[s] += int(over.sum())
         exploded[s] += int(above.sum())
-        notes.append(f"{scale.name}: its largest value times the largest stored magnitude of {weight.name} "
-                     f"({float(largest):g}) dequantizes to {float(bound.max()):.3g}: judged as those weights")
+        made = (f"{pair.weight.name}'s largest stored magnitude ({float(largest):g}) {'divided' if pair.divides else 'multiplied'} by it makes"
+                if pair.weight is not None else f"the ternary weights {'divided' if pair.divides else 'multiplied'} by it make")
+        size = "Inf (a scale of 0)" if np.isinf(bound).any() else f"{float(bound.max()):.3g}"
+        notes.append(f"{scale.name}: {made} weights up to {size}: judged as those weights")
     columns: dict[str, list[Any]] = {"max_abs": max_abs, "max_abs_exact": exact, "overflow": overflow,
                                      "exploded": exploded}
     return tensors.with_columns(columns), notes
