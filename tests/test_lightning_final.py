@@ -293,3 +293,16 @@ def test_a_lightning_run_without_a_final_model_is_no_checkpoint_for_the_api(tmp_
     refused = run("repair", tmp_path, "--from", "auto", "--out", tmp_path.parent / "fixed")
     assert refused.exit_code == 3 and "a training run folder (2 Lightning …step=N….ckpt files)" in refused.output
     assert not (tmp_path.parent / "fixed").exists()
+
+
+def test_the_config_beside_a_final_hugging_face_model_is_judged(linked_last, tmp_path):
+    """``model.save_pretrained(run_folder)`` in a Lightning run: the final row is its weight file, and the config
+    files from_pretrained reads beside it were never read (a NaN rms_norm_eps scanned CLEAN there)."""
+    folder = _copy(linked_last, tmp_path)
+    (folder / "config.json").write_text('{"model_type": "llama", "rms_norm_eps": NaN}')
+    result = run("scan", folder, "--json")
+    assert result.exit_code == 3, result.output[-2000:]
+    final = json.loads(result.output)["run"]["checkpoints"][-1]
+    assert final["final"] and any("rms_norm_eps is NaN" in e["message"] for e in final["report"]["errors"])
+    (folder / "config.json").write_text('{"model_type": "llama", "rms_norm_eps": 1e-6}')
+    assert run("scan", folder, "-q").exit_code == 0

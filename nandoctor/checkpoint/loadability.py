@@ -82,7 +82,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     root = files.root
     try:
         if not access.is_dir(root):
-            return [], []
+            return _final_model_file(root), []
         entries = access.listing(root)
     except UnreadablePathError:
         return [], []  # the layout has said so already
@@ -126,6 +126,20 @@ def _base_model_note(root: Path, names: set[str]) -> list[str]:
 
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
             f"read: scan it too (nandoctor scan {shlex.quote(base)})"]
+
+
+def _final_model_file(file: Path) -> list[ScanProblem]:
+    """A Lightning run's final Hugging Face model (``model.save_pretrained(run_folder)``: a model.safetensors
+    beside config.json among the step files) is scanned as its weight file, the run's ``final`` row; the config
+    files from_pretrained reads with it are judged as a model folder's are (they went unread)."""
+    if not _TRANSFORMERS_WEIGHTS.match(file.name) or not (file.parent / loaders.CONFIG).is_file():
+        return []
+    from nandoctor.checkpoint.lightningrun import lightning_folder
+
+    run = lightning_folder(file.parent)
+    if run is None or run.final is None or run.final.name != file.name:
+        return []
+    return loadconfig.problems(file.parent, model=True, adapter=False)
 
 
 def _model_weights(names: set[str]) -> bool:
