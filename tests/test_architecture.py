@@ -335,3 +335,26 @@ def test_a_head_count_of_zero_is_blamed_even_where_the_class_default_would_not_d
     assert _load_error(folder) is not None
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and "num_attention_heads is 0" in report.errors[0].message
+
+
+@pytest.mark.parametrize("name", ["bart", "mamba", "opt-350m"])
+def test_healthy_models_without_the_usual_embedding_or_final_norm_names_are_not_suspected(tmp_path, name):
+    """Suspicion costs a model build (seconds): BART stores its embedding as ``shared``, Mamba as ``embeddings``, and
+    OPT-350m's post-norm layers have no final norm; none of their fresh saves may be suspected."""
+    import transformers as hf
+
+    config, model_class = {
+        "bart": (hf.BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                               max_position_embeddings=32), hf.BartForConditionalGeneration),
+        "mamba": (hf.MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=4), hf.MambaForCausalLM),
+        "opt-350m": (hf.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
+                                  do_layer_norm_before=False, word_embed_proj_dim=16, max_position_embeddings=32),
+                     hf.OPTForCausalLM),
+    }[name]
+    model_class(config).save_pretrained(tmp_path / name)
+    tensors = load_file(str(tmp_path / name / "model.safetensors"))
+    stored = {key: tuple(value.shape) for key, value in tensors.items()}
+    data = json.loads((tmp_path / name / "config.json").read_text())
+    assert list(architecture._suspicions(data, stored, architecture._stacks(stored))) == []
+    assert nandoctor.scan(tmp_path / name).exit_code == 0
