@@ -78,6 +78,6 @@ def test_nan_weights_beside_a_bad_config_are_the_error_raised_and_the_repair_wai
     with pytest.raises(nandoctor.UnreadableCheckpointError, match="does not work as it is"):
         nandoctor.assert_finite(run / "checkpoint-200")
     single = run_cli("scan", run / "checkpoint-300").output
-    assert single.index("write the config values") < single.index("then restore the bad tensors"), single
+    assert single.index("correct the config or tokenizer files") < single.index("then restore the bad tensors"), single
     whole = run_cli("scan", run).output
     assert "correct generation_config.json of checkpoint-300 first" in whole, whole
