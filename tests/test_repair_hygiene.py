@@ -52,21 +52,31 @@ def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Pat
     assert "a private key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
 
 
-def test_a_link_farm_is_copied_whole(tmp_path: Path) -> None:
-    """Every file a link out of the checkpoint, its weights included (``cp -rs``, git-annex, DVC): the config and the
-    other files are copied as the weights are, or the repaired model would not load ("Unrecognized model")."""
+def test_a_link_farm_keeps_its_links_out(tmp_path: Path) -> None:
+    """Every file a link out of the checkpoint, its weights included (``cp -rs``, git-annex, DVC): the config and
+    the other files are kept as links to the same files (the output lacked config.json and would not load,
+    "Unrecognized model"), never read and copied: a crafted farm's tokenizer.model → a private key puts no key in
+    the output (a review found it copied)."""
     target, donor = pair(tmp_path)
     (target / "tokenizer.json").write_text('{"added_tokens": []}')
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("a private key")
     farm = tmp_path / "farm"
     farm.mkdir()
     for file in target.iterdir():
         os.symlink(file, farm / file.name)
+    os.symlink(secret, farm / "tokenizer.model")
     result = repair(farm, [donor], tmp_path / "fixed")
     assert result.ok
     out = tmp_path / "fixed"
     for name in ("config.json", "tokenizer.json"):
-        assert (out / name).read_bytes() == (target / name).read_bytes() and not (out / name).is_symlink()
-    assert any("link farm" in n for n in result.notes)
+        assert (out / name).is_symlink() and (out / name).read_bytes() == (target / name).read_bytes()
+    assert (out / "tokenizer.model").is_symlink() and os.readlink(out / "tokenizer.model") == str(secret)
+    assert not (out / "model.safetensors").is_symlink()  # (the weights: copied and patched)
+    copies = [p for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert "a private key" not in "".join(p.read_text(errors="replace") for p in copies)
+    assert any("link farm" in n and "kept as links" in n for n in result.notes)
 
 
 def test_copies_never_keep_setuid_setgid_or_sticky_bits(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def write_repair(
     check_out(out, source)
     try:
         atomic.clean_stale(out.parent)
-        copies, copy_notes = _copy_list(source)
+        copies, copy_notes, linked = _copy_list(source)
         _check_space(out.parent, sum(size for _, _, size in copies))
         temp = atomic.make_temp(out)
     except OSError as exc:  # e.g. a read-only parent folder: nothing was created
@@ -156,6 +156,9 @@ def write_repair(
     syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nandoctor-fsync")
     try:
         phase("temp")
+        for rel, leads_to in linked:  # (a link farm's links out: kept as links, their targets never read)
+            (temp / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(leads_to, temp / rel)
         writes = _writes_by_copy(plan, source, temp)
         futures: dict[Path, Future[tuple[Path, str | None]]] = {}
         syncing: list[Future[None]] = []
@@ -233,22 +236,24 @@ def write_repair(
     return result
 
 
-def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]:
-    """(path relative to the root, is a scanned weight file, size) of every file to copy, and notes
-    on what is not carried over (links to folders, FIFOs, an earlier repair's proof)."""
+def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str], list[tuple[Path, str]]]:
+    """(path relative to the root, is a scanned weight file, size) of every file to copy, notes on what is not
+    carried over (links to folders, FIFOs, an earlier repair's proof), and (path, target) of the links a link
+    farm's output keeps as links."""
     weights = {p.absolute() for p in source.weights}
     left_out = {p.absolute() for p in source.left_out}
     if source.single_file is not None:
         path = source.single_file
-        return [(Path(path.name), True, os.stat(path).st_size)], []
+        return [(Path(path.name), True, os.stat(path).st_size)], [], []
     found: list[tuple[Path, bool, int]] = []
     notes: list[str] = []
     allowed = (source.root.resolve(), *blob_roots(source.root))
     # A checkpoint whose weights are themselves links out of it is a link farm (``cp -rs``, git-annex, DVC): its
-    # config and tokenizer are links out too, and the model does not load without them. Their contents are
-    # copied, as the weights' are: the user trusts where they lead (the scan read the weights there).
+    # config and tokenizer are links out too, and the model does not load without them. They are kept as links
+    # to the same files, never read: a crafted farm's tokenizer.model → ~/.ssh/id_rsa puts no key in the output
+    # (a link to it, as the source holds); the weights are copied, as the scan read them.
     farm = any(p.is_symlink() and not _leads_inside(p, allowed) for p in source.weights)
-    followed: list[str] = []
+    linked: list[tuple[Path, str]] = []
 
     def unlisted(exc: OSError) -> None:  # a subfolder the user may not list: said, never skipped in silence
         where = Path(exc.filename) if exc.filename else source.root
@@ -291,19 +296,22 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str]]
                 # A link out of the checkpoint (tokenizer.json → ~/.ssh/id_rsa) would copy a file the
                 # checkpoint does not hold into a folder the user may share. Scanned weights are kept: the
                 # scan read them and the verification re-reads the copies.
-                if not farm:
+                if farm:
+                    linked.append((rel, os.path.realpath(path)))
+                else:
                     notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over (copy "
                                  "it into the repaired folder yourself if the model needs it)")
-                    continue
-                followed.append(str(rel))
+                continue
             found.append((rel, absolute in weights, info.st_size))
-    if followed:
-        notes.append(f"{len(followed)} file(s) were links out of the checkpoint, as its weights are (a link farm: cp -rs, "
-                     f"git-annex, DVC): their contents are copied ({', '.join(followed[:4])}{' …' if len(followed) > 4 else ''})")
+    if linked:
+        shown = ", ".join(str(rel) for rel, _ in linked[:4]) + (" …" if len(linked) > 4 else "")
+        notes.append(f"{len(linked)} file(s) are links out of the checkpoint, as its weights are (a link farm: cp -rs, "
+                     f"git-annex, DVC): kept as links to the same files, not copied ({shown}); copy them with "
+                     "cp -L to make the repaired folder stand alone")
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
-    return found, notes
+    return found, notes, linked
 
 
 def _within(inputs: Mapping[str, tuple[int, int]], root: Path) -> dict[str, tuple[int, int]]:
