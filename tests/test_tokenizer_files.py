@@ -111,7 +111,7 @@ def test_a_large_tokenizer_json_is_read_at_its_ends_with_the_same_answer(padded_
     monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", 0)
     assert [p.message for p in nandoctor.scan(padded_without_resize).errors] == parsed
     compact = json.dumps(json.loads((padded_without_resize / "tokenizer.json").read_text()))
-    assert tokenizerfiles._added_in_head(compact)[0][-1]["content"] == "[PAD]"  # (one line, as save(pretty=False))
+    assert tokenizerfiles._head_values(compact)[0]["added_tokens"][-1]["content"] == "[PAD]"  # (save(pretty=False))
 
 
 def test_a_tokenizer_config_cut_short_is_bad_config(padded_without_resize, tmp_path):
@@ -129,20 +129,22 @@ def test_transformers_4_added_tokens_decoder_is_read(padded_without_resize, tmp_
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = {"0": {"content": "<unk>", "special": True},
                                       "61": {"content": "<|im_start|>", "special": True}}
+    config["chat_template"] = "{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "tokenizer.json").unlink()
-    found = tokenizerfiles.problems(folder, json.loads((folder / "config.json").read_text()))
-    assert len(found) == 1 and "'<|im_start|>' (id 61)" in found[0].message
+    found, _ = tokenizerfiles.check(folder, json.loads((folder / "config.json").read_text()))
+    assert len(found) == 1 and "'<|im_start|>' (id 61)" in found[0].message  # (special, in the chat template below)
     assert found[0].path.endswith("tokenizer_config.json")
 
 
 def test_placeholders_of_a_multimodal_model_are_not_judged(padded_without_resize):
     """An image token beyond the text vocabulary is replaced before the embedding (Llava and kin): no finding."""
     config = json.loads((padded_without_resize / "config.json").read_text())
-    assert tokenizerfiles.problems(padded_without_resize, config)
+    assert tokenizerfiles.check(padded_without_resize, config)[0]
     for multimodal in ({**config, "image_token_index": 60}, {"text_config": config, "vision_config": {}},
-                       {**config, "auto_map": {"AutoModelForCausalLM": "modeling.M"}}):
-        assert tokenizerfiles.problems(padded_without_resize, multimodal) == []
+                       {**config, "auto_map": {"AutoModelForCausalLM": "modeling.M"}},
+                       {**config, "architectures": ["Wav2Vec2ForCTC"]}):  # (a CTC head embeds no token id)
+        assert tokenizerfiles.check(padded_without_resize, multimodal) == ([], [])
 
 
 @pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "bytes-only"])
@@ -159,7 +161,7 @@ def test_a_tokenizer_whose_vocabulary_is_larger_than_the_model_is_bad_config(tmp
     assert _oracle(folder) == "generate"
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
-    assert "vocabulary up to id 59 where the model's holds 40" in report.errors[0].message
+    assert "pieces up to id 59 where the model's vocabulary holds 40" in report.errors[0].message
 
 
 @pytest.mark.parametrize("kind", ["BPE", "WordPiece", "WordLevel"])
@@ -178,4 +180,55 @@ def test_the_largest_vocabulary_id_is_found_without_parsing(tmp_path, kind):
         raw = (tmp_path / "t.json").read_bytes()
         largest = max(tokenizer.get_vocab(with_added_tokens=False).values())
         # (WordLevel writes its unk_token after the vocabulary: not found, never a wrong id)
-        assert tokenizerfiles._last_vocab_id(raw) == (None if kind == "WordLevel" else largest)
+        found = tokenizerfiles._last_vocab_ids(raw)
+        assert (max(found) if found else None) == (None if kind == "WordLevel" else largest)
+
+
+@pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "bytes-only"])
+def test_special_tokens_no_input_holds_beyond_the_vocabulary_are_a_note(padded_without_resize, tmp_path, monkeypatch,
+                                                                        full_parse_bytes):
+    """BART-CNN's vocab_size 50264 against its tokenizer's <mask> 50264, T5's unused sentinels, Llama 3's reserved
+    tokens cut off: a review found them BAD CONFIG while a padded generate works. Only text spelling them out
+    fails: a note. A pad token beyond the vocabulary stays BAD CONFIG (every padded batch)."""
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", full_parse_bytes)
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = "</s>"  # (the pad token is an id inside the vocabulary now: "[PAD]" 60 is used by nothing)
+    tokenizer.save_pretrained(folder)
+    assert _oracle(folder) == "ok"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors, report.errors
+    assert any("'[PAD]' (id 60)" in note and "spells one out" in note for note in report.notes), report.notes
+
+
+def test_a_bart_like_vocabulary_whose_last_id_is_a_special_token_is_clean(tmp_path):
+    """RoBERTa's BPE (BART-CNN, the summarization pipeline's default) holds <mask> as the vocabulary's last id,
+    which is also an added special token; config.json's vocab_size leaves it out. Generate works."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(TEXTS * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["<s>", "<pad>", "</s>",
+                                                                                           "<unk>"]))
+    bpe.add_special_tokens(["<mask>"])  # (appended to the vocabulary: its last id)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                     unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer) - 1)  # (vocab_size without <mask>)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert _oracle(folder) == "ok"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors, report.errors
+    assert any("'<mask>'" in note for note in report.notes)
+
+
+def test_an_odd_digit_key_in_added_tokens_decoder_is_no_crash(padded_without_resize, tmp_path):
+    """"²".isdigit() is True and int("²") raises: a crafted key crashed the scan (internal error, no JSON)."""
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"\u00b2": {"content": "x", "special": True}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    report = nandoctor.scan(folder)
+    assert report.exit_code in (0, 3) and all(p.kind == "config" for p in report.errors), report.errors

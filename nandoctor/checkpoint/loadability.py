@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders
+from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -99,6 +99,10 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             kind=UNLOADABLE_KIND,
         ))
     notes = _consolidate_notes(root, names) + _base_model_note(root, names)
+    if _model_weights(names):  # (the tokenizer saved beside the model: tokenizerfiles.py)
+        tokenizer_problems, tokenizer_notes = _tokenizer(root)
+        found += tokenizer_problems
+        notes += tokenizer_notes
     trainer = loaders.TRAINER_STATE in names or _run_has(root, loaders.TRAINER_STATE)
     # save_pretrained writes generation_config.json beside config.json (a generative transformers model): the
     # one without the other is a model folder that lost its config, Trainer's or not
@@ -139,7 +143,12 @@ def _final_model_file(file: Path) -> list[ScanProblem]:
     run = lightning_folder(file.parent)
     if run is None or run.final is None or run.final.name != file.name:
         return []
-    return loadconfig.problems(file.parent, model=True, adapter=False)
+    return loadconfig.problems(file.parent, model=True, adapter=False) + _tokenizer(file.parent)[0]
+
+
+def _tokenizer(root: Path) -> tuple[list[ScanProblem], list[str]]:
+    config = loadconfig.read_object(root / loaders.CONFIG)
+    return tokenizerfiles.check(root, config if isinstance(config, dict) else None)
 
 
 def _model_weights(names: set[str]) -> bool:

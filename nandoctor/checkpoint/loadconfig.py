@@ -23,8 +23,6 @@ Healthy tensors still make no working model when the config the model is built f
   naming the file and the key path (``text_config.rms_norm_eps is NaN``).
 - finite values that make ``generate`` raise or every forward pass NaN (a ``temperature`` of 0 with
   ``do_sample``, a negative ``rms_norm_eps``): configvalues.py.
-- the tokenizer saved beside the model: a tokenizer file cut short, a token id beyond the model's vocabulary
-  (added without ``resize_token_embeddings``): tokenizerfiles.py. BAD CONFIG.
 
 Only where a Hugging Face loader reads the folder's weights (loadability.py says which): a ``config.json``
 beside other weights is another library's.
@@ -39,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint import configvalues, tokenizerfiles
+from nandoctor.checkpoint import configvalues
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.loaddtype import config_dtype
 from nandoctor.checkpoint.loaders import CONFIG
@@ -83,7 +81,6 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
         found += _dtype(root / CONFIG, config)
         found += _nonfinite(root / CONFIG, config)
         found += configvalues.model_problems(root / CONFIG, config)
-    found += tokenizerfiles.problems(root, config if isinstance(config, dict) else None)
     generation = read_object(root / GENERATION_CONFIG)
     if isinstance(generation, ScanProblem) and _NOT_AN_OBJECT in generation.message:
         # (not JSON at all: from_pretrained passes it over and generate takes its defaults; a JSON list or string

@@ -5,27 +5,35 @@ A model that loads still does not generate when the tokenizer saved with it is b
 - a tokenizer file that is not valid JSON (a save or a copy cut short): ``tokenizer_config.json`` and
   ``tokenizer.json`` are read by every load, ``special_tokens_map.json`` and ``added_tokens.json`` where
   tokenizer_config.json has no ``added_tokens_decoder`` (transformers 5.25's rule); AutoTokenizer raises
-  JSONDecodeError;
-- a vocabulary larger than the model's (a tokenizer of another model, or retrained): ordinary text fails;
+  JSONDecodeError. BAD CONFIG;
+- a vocabulary whose ordinary (not special) ids reach beyond the model's (a tokenizer of another model, or
+  retrained): ordinary text fails. BAD CONFIG;
 - a token whose id lies at or beyond the model's vocabulary (config.json's ``vocab_size``: the rows of the
   embedding from_pretrained builds), which ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` or
-  ``add_tokens`` leaves without ``model.resize_token_embeddings(len(tokenizer))``. Text holding the token
-  (every padded batch, for the pad token; every chat, for a chat template's) fails in the embedding lookup:
-  IndexError on the CPU, a device-side assert on CUDA. Judged for text models only: a multimodal model's image
-  or audio placeholder tokens may lie beyond its text vocabulary (they are replaced before the lookup), and
-  a model with its own code (``auto_map``) embeds as it likes.
+  ``add_tokens`` leaves without ``model.resize_token_embeddings(len(tokenizer))``, where inputs hold it: a token
+  added as ordinary text, the pad/BOS/EOS/UNK/SEP/CLS token, one tokenizer.json's padding or post-processor
+  inserts, one the chat template writes. Such an input fails in the embedding lookup (IndexError on the CPU, a
+  device-side assert on CUDA). BAD CONFIG. A special token nothing uses beyond the vocabulary (BART-CNN's
+  ``<mask>``, T5's unused sentinels, Llama 3's reserved tokens cut off) fails only in text that spells it out:
+  a note.
 
-The model loads: BAD CONFIG (``verdict.CONFIG_KIND``), and the weights keep their verdict. A tokenizer.json over
-1 MiB (Llama 3's is 9 MB, Gemma's 34: parsing it whole would cost every scan 0.1-1 s) is read as bytes, not
-parsed: its ``added_tokens`` from its head (the tokenizers library writes them before the vocabulary), the
-vocabulary's largest id from where that library writes it (in id order: the last entry), and its last bytes,
-which close the JSON object (at the start of a line, in the indented form it writes) unless the file was cut short.
+Judged for text models that embed token ids only: a multimodal model's image or audio placeholder tokens may lie
+beyond its text vocabulary (replaced before the lookup), a CTC model (Wav2Vec2) embeds no token at all, and a
+model with its own code (``auto_map``) embeds as it likes. The model loads, so the weights keep their verdict.
+
+A tokenizer.json over 1 MiB (Llama 3's is 9 MB, Gemma's 34: parsing it whole would cost every scan 0.1-1 s) is
+read as bytes, not parsed: its top-level values before the model (added tokens, padding, post-processor) from its
+head, its vocabulary's last ids from where the tokenizers library writes them (in id order: the entries before
+BPE's merges, or at the end of a WordPiece file), and its last bytes, which close the JSON object (at the start of
+a line, in the indented form it writes) unless the file was cut short. A large file damaged elsewhere (its
+middle zeroed) is not seen: that is the price of not parsing it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +49,14 @@ TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 ADDED_TOKENS = "added_tokens.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 FULL_PARSE_BYTES = 1 << 20
 _MAX_BYTES = 256 << 20  # (Gemma's tokenizer.json, among the largest, is 34 MB)
 _TAIL_BYTES = 64
+_VOCAB_TAIL_BYTES = 64 << 10  # the vocabulary's last entries: the largest ids among them
+_ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d+)\s*[,}]')  # ("token": 123, in a vocabulary object)
 _SHOWN = 3
+_NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
 _NOT_SUB_MODELS = {"quantization_config", "compression_config", "rope_scaling", "rope_parameters"}
 _PLACEHOLDER_KEY = re.compile(r"(?:image|video|audio|vision|speech)_token")
@@ -52,56 +64,87 @@ _HINT = (" from the base model or from where the checkpoint was saved (a save or
          "truncated)")
 
 
-def problems(root: Path, config: dict[str, Any] | None) -> list[ScanProblem]:
-    """What in the tokenizer files of the model folder ``root`` (whose config.json is ``config``) stops the
-    tokenizer loading or the model embedding what it gives; nothing for a folder without them."""
+@dataclass(frozen=True)
+class _Token:
+    file: str  # where it was read
+    content: str
+    special: bool
+
+
+@dataclass(frozen=True)
+class _TokenizerJson:
+    """What tokenizer.json says of its ids: its added tokens, the ids of its vocabulary (all of them for a small
+    file, the last entries' for a large one: the largest are among them), and the ids its padding and
+    post-processor put into inputs."""
+
+    added: list[Any] = field(default_factory=list)
+    vocab_ids: list[int] = field(default_factory=list)
+    used_ids: set[int] = field(default_factory=set)
+
+
+def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) of the tokenizer files of the model folder ``root`` (whose config.json is ``config``):
+    what stops the tokenizer loading or the model embedding the inputs it makes; nothing without them."""
     found: list[ScanProblem] = []
-    tokens: dict[int, tuple[str, str]] = {}  # id -> (file, token)
+    tokens: dict[int, _Token] = {}
     tokenizer_config = _read(root / TOKENIZER_CONFIG, found)
-    decoder = tokenizer_config.get("added_tokens_decoder") if isinstance(tokenizer_config, dict) else None
+    settings = tokenizer_config if isinstance(tokenizer_config, dict) else {}
+    decoder = settings.get("added_tokens_decoder")
     if isinstance(decoder, dict):
         for key, token in decoder.items():
-            if isinstance(key, str) and key.isdigit():
-                tokens.setdefault(int(key), (TOKENIZER_CONFIG, _content(token)))
+            if isinstance(key, str) and key.isascii() and key.isdigit():  # ("²".isdigit(), which int() refuses)
+                tokens.setdefault(int(key), _Token(TOKENIZER_CONFIG, _content(token), _special(token)))
     else:  # (transformers reads these two only then)
-        _read(root / SPECIAL_TOKENS_MAP, found)
+        special_map = _read(root / SPECIAL_TOKENS_MAP, found)
+        settings = {**(special_map if isinstance(special_map, dict) else {}), **settings}
         added = _read(root / ADDED_TOKENS, found)
         if isinstance(added, dict):
+            named = _named(settings)
             for token, number in added.items():
                 if _int(number):
-                    tokens.setdefault(number, (ADDED_TOKENS, token))
-    added, largest = _tokenizer_json(root / TOKENIZER, found)
-    for token in added:
+                    tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in named))
+    tokenizer = _tokenizer_json(root / TOKENIZER, found)
+    for token in tokenizer.added:
         if isinstance(token, dict) and _int(token.get("id")):
-            tokens.setdefault(token["id"], (TOKENIZER, _content(token)))
+            tokens.setdefault(token["id"], _Token(TOKENIZER, _content(token), _special(token)))
     vocab = _text_vocab(config)
-    if vocab is not None and largest is not None and largest >= vocab:
+    if vocab is None:
+        return found, []
+    special_ids = {n for n, t in tokens.items() if t.special}
+    largest = max((n for n in tokenizer.vocab_ids if n not in special_ids), default=None)
+    if largest is not None and largest >= vocab:
         found.append(ScanProblem(
             str(root / TOKENIZER),
-            f"has a vocabulary up to id {largest:,} where the model's holds {vocab:,} (config.json's vocab_size, the "
-            "embedding's rows): ordinary text gives ids the embedding does not have, and fails in it (IndexError: "
-            "index out of range; a device-side assert on CUDA)",
+            f"has ordinary vocabulary pieces up to id {largest:,} where the model's vocabulary holds {vocab:,} "
+            "(config.json's vocab_size, the embedding's rows): text the tokenizer splits into one of them fails in "
+            "the embedding (IndexError: index out of range; a device-side assert on CUDA)",
             "save the tokenizer the model was trained with beside it (this one is another model's, or retrained), or "
             "resize the model's embeddings to it (model.resize_token_embeddings(len(tokenizer))) and train them",
             kind=CONFIG_KIND,
         ))
-        tokens = {}  # (the added tokens lie beyond it too: said once)
-    outside = sorted(number for number in tokens if number >= vocab) if vocab is not None else []
-    if outside:
-        pad = tokenizer_config.get("pad_token") if isinstance(tokenizer_config, dict) else None
-        pad = _content(pad) if isinstance(pad, dict) else pad
-        said = [f"{tokens[n][1]!r} (id {n}{', the pad token' if tokens[n][1] == pad else ''})" for n in outside]
+        return found, []  # (the added tokens lie beyond it too: said once)
+    outside = sorted(n for n in tokens if n >= vocab)
+    named, template = _named(settings), _chat_template(root, settings)
+    used = [n for n in outside if not tokens[n].special or tokens[n].content in named or n in tokenizer.used_ids
+            or (tokens[n].content and tokens[n].content in template)]
+    if used:
+        said = [f"{tokens[n].content!r} (id {n}{_role(tokens[n].content, settings)})" for n in used]
         found.append(ScanProblem(
-            str(root / tokens[outside[0]][0]),
-            f"gives {len(outside)} token(s) an id at or beyond the model's vocabulary of {vocab:,} (config.json's "
-            f"vocab_size, the embedding's rows): {first_few(said, _SHOWN)}; text holding one (every padded batch, "
-            "for the pad token) fails in the embedding (IndexError: index out of range; a device-side assert on "
-            "CUDA)",
+            str(root / tokens[used[0]].file),
+            f"gives {len(used)} token(s) that inputs hold an id at or beyond the model's vocabulary of {vocab:,} "
+            f"(config.json's vocab_size, the embedding's rows): {first_few(said, _SHOWN)}; an input holding one "
+            "(every padded batch, for the pad token) fails in the embedding (IndexError: index out of range; a "
+            "device-side assert on CUDA)",
             "resize the model's embeddings to the tokenizer before saving (model.resize_token_embeddings("
             "len(tokenizer)), then save_pretrained), or save the tokenizer the model was trained with",
             kind=CONFIG_KIND,
         ))
-    return found
+    unused = [n for n in outside if n not in used]
+    notes = [f"{root / tokens[unused[0]].file}: {len(unused)} special token(s) that no setting, processor or chat "
+             f"template puts into inputs have ids at or beyond the model's vocabulary of {vocab:,} "
+             f"({first_few([f'{tokens[n].content!r} (id {n})' for n in unused], _SHOWN)}): text that spells one out "
+             "fails in the embedding"] if unused else []
+    return found, notes
 
 
 def _read(path: Path, found: list[ScanProblem]) -> Any:
@@ -122,89 +165,97 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
     return data
 
 
-def _tokenizer_json(path: Path, found: list[ScanProblem]) -> tuple[list[Any], int | None]:
-    """tokenizer.json's ``added_tokens`` and its vocabulary's largest id (parsed whole when small; else read as
-    bytes, its tail checked, its added tokens parsed from its head and the largest id taken where the tokenizers
-    library writes it: the vocabulary is written in id order)."""
+def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
+    """tokenizer.json as transformers reads it (a problem added to ``found`` where that fails): parsed whole when
+    small, else read as bytes (the module's docstring says how)."""
     try:
         if not access.exists(path):
-            return [], None
+            return _TokenizerJson()
         _, _, size = read_ends(path, _TAIL_BYTES, 0)
     except (UnreadablePathError, OSError):
-        return [], None
+        return _TokenizerJson()
     except ValueError as exc:
         found.append(_invalid(path, str(exc)))
-        return [], None
+        return _TokenizerJson()
     if size <= FULL_PARSE_BYTES:
         data = _read(path, found)
         if not isinstance(data, dict):
-            return [], None
-        added = data.get("added_tokens")
+            return _TokenizerJson()
         model = data.get("model")
         vocab = model.get("vocab") if isinstance(model, dict) else None
-        ids = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else []
-        largest = max(ids) if ids else (len(vocab) - 1 if isinstance(vocab, list) and vocab else None)  # (Unigram)
-        return (added if isinstance(added, list) else []), largest
+        ids = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
+            [len(vocab) - 1] if isinstance(vocab, list) and vocab else [])  # (Unigram: a list of pieces)
+        return _TokenizerJson(_list(data.get("added_tokens")), ids, _used_ids(data))
     if size > _MAX_BYTES:
-        return [], None  # (no tokenizer is that large: not judged)
+        return _TokenizerJson()  # (no tokenizer is that large: not judged)
     try:
         raw = read_ends(path, size, 0)[0]
     except (OSError, ValueError):
-        return [], None
+        return _TokenizerJson()
     text = raw[-_TAIL_BYTES:].rstrip()
     if not text.endswith(b"}") or (raw[:2] in (b"{\n", b"{\r") and not re.search(rb"(?:^|\n)}$", text)):
         found.append(_invalid(path, "it is cut short: its last bytes do not close its JSON object"))
-        return [], None
+        return _TokenizerJson()
     window = 1 << 20
     while True:
-        added, complete = _added_in_head(raw[:window].decode("utf-8", "replace"))
+        head, complete = _head_values(raw[:window].decode("utf-8", "replace"))
         if complete or window >= len(raw):
-            return added, _last_vocab_id(raw)
+            return _TokenizerJson(_list(head.get("added_tokens")), _last_vocab_ids(raw), _used_ids(head))
         window *= 4
 
 
-def _last_vocab_id(raw: bytes) -> int | None:
-    """The id of the last entry of a large tokenizer.json's vocabulary (its largest: the tokenizers library writes
-    BPE, WordPiece and WordLevel vocabularies in id order), found without parsing: the entry before BPE's
-    ``"merges": [``, or the one that ends the file's last objects (WordPiece, WordLevel). None for another
-    layout (Unigram's list of pieces)."""
+def _last_vocab_ids(raw: bytes) -> list[int]:
+    """The ids of the last entries of a large tokenizer.json's vocabulary (the largest are among them: the
+    tokenizers library writes BPE, WordPiece and WordLevel vocabularies in id order), found without parsing: the
+    entries before BPE's ``"merges": [``, or those that end the file (WordPiece). Empty for another layout
+    (Unigram's list of pieces, WordLevel's unk_token written after its vocabulary)."""
     at = len(raw)
     while True:  # ("merges" may be a token too: "merges": 1234 in the vocabulary; the key opens a list)
         at = raw.rfind(b'"merges"', 0, at)
         if at < 0:
             break
         if re.match(rb'"merges"\s*:\s*\[', raw[at:at + 64]):
-            before = re.search(rb'"\s*:\s*(\d+)\s*\}\s*,\s*$', raw[max(0, at - 512):at])
-            return int(before.group(1)) if before else None
-    tail = re.search(rb'"\s*:\s*(\d+)\s*\}\s*\}\s*\}\s*$', raw[-512:])
-    return int(tail.group(1)) if tail else None
+            window = raw[max(0, at - _VOCAB_TAIL_BYTES):at]
+            return _entry_ids(window) if re.search(rb"\d\s*\}\s*,\s*$", window) else []
+    window = raw[-_VOCAB_TAIL_BYTES:]
+    return _entry_ids(window) if re.search(rb"\d\s*\}\s*\}\s*\}\s*$", window) else []
 
 
-def _added_in_head(text: str) -> tuple[list[Any], bool]:
-    """(added_tokens, whether that answer is final) from the start of a tokenizer.json: its top-level keys are
-    walked in order until ``added_tokens``; (``[]``, False) when the text ends first."""
+def _entry_ids(window: bytes) -> list[int]:
+    """The ids of the vocabulary entries in ``window``, which ends with the vocabulary (from its key on, where the
+    window holds it: the model's other settings before it are no entries)."""
+    keys = list(re.finditer(rb'"vocab"\s*:\s*\{', window))
+    return [int(n) for n in _ENTRY_ID.findall(window, keys[-1].end() if keys else 0)]
+
+
+def _head_values(text: str) -> tuple[dict[str, Any], bool]:
+    """(the top-level values of a tokenizer.json before its model: added_tokens, padding, post_processor …,
+    whether that answer is final) from its start, walked key by key; not final when the text ends first."""
     decoder = json.JSONDecoder()
+    values: dict[str, Any] = {}
     position = len(text) - len(text.lstrip())
     if not text.startswith("{", position):
-        return [], True  # (a tokenizer.json of another JSON type: AutoTokenizer's parse says so)
+        return values, True  # (a tokenizer.json of another JSON type: AutoTokenizer's parse says so)
     position += 1
     try:
         while True:
             position = _skip_space(text, position)
             if text.startswith("}", position):
-                return [], True
+                return values, True
             key, position = decoder.raw_decode(text, position)
+            if key == "model":
+                return values, True  # (its vocabulary and merges: the bulk of the file, never parsed)
             position = _skip_space(text, position)
             if not text.startswith(":", position):
-                return [], True
+                return values, True
             value, position = decoder.raw_decode(text, _skip_space(text, position + 1))
-            if key == "added_tokens":
-                return (value if isinstance(value, list) else []), True
+            if isinstance(key, str):
+                values[key] = value
             position = _skip_space(text, position)
             if text.startswith(",", position):
                 position += 1
     except (ValueError, RecursionError):
-        return [], False  # the head ends inside a value (or the file is not JSON: its tail check's business)
+        return values, False  # the head ends inside a value (or the file is not JSON: its tail check's business)
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -213,9 +264,32 @@ def _skip_space(text: str, position: int) -> int:
     return position
 
 
+def _used_ids(data: dict[str, Any]) -> set[int]:
+    """The ids tokenizer.json's padding and post-processor put into inputs of their own (pad, BOS/EOS, CLS/SEP)."""
+    used: set[int] = set()
+    padding = data.get("padding")
+    if isinstance(padding, dict) and _int(padding.get("pad_id")):
+        used.add(padding["pad_id"])
+    processors = [data.get("post_processor")]
+    while processors:
+        processor = processors.pop()
+        if not isinstance(processor, dict):
+            continue
+        processors += _list(processor.get("processors"))  # (a Sequence of processors)
+        specials = processor.get("special_tokens")
+        for special in specials.values() if isinstance(specials, dict) else ():  # TemplateProcessing
+            used.update(n for n in _list(special.get("ids") if isinstance(special, dict) else None) if _int(n))
+        for key in ("sep", "cls"):  # BertProcessing, RobertaProcessing: [token, id]
+            pair = processor.get(key)
+            if isinstance(pair, list) and len(pair) == 2 and _int(pair[1]):
+                used.add(pair[1])
+    return used
+
+
 def _text_vocab(config: dict[str, Any] | None) -> int | None:
     """config.json's ``vocab_size`` where it is the embedding every token id goes through: a text model's
-    top-level one, without sub-models, placeholder tokens or code of its own."""
+    top-level one, without sub-models, placeholder tokens, a CTC head (Wav2Vec2's vocab_size sizes its output,
+    it embeds no token) or code of its own."""
     if not isinstance(config, dict) or "auto_map" in config or "decoder_vocab_size" in config:
         return None
     if any(isinstance(value, dict) and ("model_type" in value or key.endswith("_config")) and key not in _NOT_SUB_MODELS
@@ -223,7 +297,46 @@ def _text_vocab(config: dict[str, Any] | None) -> int | None:
         return None
     if any(_PLACEHOLDER_KEY.search(key) for key in config):
         return None
+    architectures = config.get("architectures")
+    if "conv_dim" in config or any(isinstance(a, str) and "CTC" in a for a in _list(architectures)):
+        return None  # (a speech model's feature encoder: Wav2Vec2, HuBERT, WavLM …)
     return positive(config.get("vocab_size"))
+
+
+def _named(settings: dict[str, Any]) -> set[str]:
+    """The tokens tokenizer_config.json (or special_tokens_map.json) names pad, BOS, EOS …: inputs hold them."""
+    return {_content(value) if isinstance(value, dict) else value for key in _NAMED_TOKENS
+            if isinstance(value := settings.get(key), (str, dict))}
+
+
+def _role(content: str, settings: dict[str, Any]) -> str:
+    """``, the pad token`` where ``content`` is one of the named tokens."""
+    for key in _NAMED_TOKENS:
+        value = settings.get(key)
+        if (_content(value) if isinstance(value, dict) else value) == content:
+            return f", the {key.removesuffix('_token')} token"
+    return ""
+
+
+def _chat_template(root: Path, settings: dict[str, Any]) -> str:
+    """The chat template text: tokenizer_config.json's (one, or several by name) and chat_template.jinja's."""
+    template = settings.get("chat_template")
+    parts = [template] if isinstance(template, str) else [
+        t["template"] for t in _list(template) if isinstance(t, dict) and isinstance(t.get("template"), str)]
+    try:
+        if access.exists(root / CHAT_TEMPLATE):
+            parts.append(read_ends(root / CHAT_TEMPLATE, 1 << 20, 0)[0].decode("utf-8", "replace"))
+    except (UnreadablePathError, OSError, ValueError):
+        pass
+    return "\n".join(parts)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _special(token: Any) -> bool:
+    return isinstance(token, dict) and token.get("special") is True
 
 
 def _content(token: Any) -> str:
@@ -238,3 +351,6 @@ def _invalid(path: Path, why: str) -> ScanProblem:
     return ScanProblem(str(path), f"is not valid JSON ({why}): AutoTokenizer.from_pretrained raises on it "
                        "(JSONDecodeError), so the model loads without the tokenizer saved with it",
                        f"copy {path.name}{_HINT}", kind=CONFIG_KIND)
+
+
+__all__ = ["FULL_PARSE_BYTES", "check"]
