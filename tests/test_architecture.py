@@ -337,10 +337,11 @@ def test_a_head_count_of_zero_is_blamed_even_where_the_class_default_would_not_d
     assert report.exit_code == 3 and "num_attention_heads is 0" in report.errors[0].message
 
 
-@pytest.mark.parametrize("name", ["bart", "mamba", "opt-350m"])
+@pytest.mark.parametrize("name", ["bart", "mamba", "opt-350m", "openai-gpt", "pixtral-vision"])
 def test_healthy_models_without_the_usual_embedding_or_final_norm_names_are_not_suspected(tmp_path, name):
-    """Suspicion costs a model build (seconds): BART stores its embedding as ``shared``, Mamba as ``embeddings``, and
-    OPT-350m's post-norm layers have no final norm; none of their fresh saves may be suspected."""
+    """Suspicion costs a model build (seconds): BART stores its embedding as ``shared``, Mamba as ``embeddings``,
+    OpenAI-GPT as ``tokens_embed``, a vision encoder none, and post-norm layers (OPT-350m, OpenAI-GPT) have no final
+    norm; none of their fresh saves may be suspected (a review found 32 such architectures 15x slower)."""
     import transformers as hf
 
     config, model_class = {
@@ -351,6 +352,11 @@ def test_healthy_models_without_the_usual_embedding_or_final_norm_names_are_not_
         "opt-350m": (hf.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
                                   do_layer_norm_before=False, word_embed_proj_dim=16, max_position_embeddings=32),
                      hf.OPTForCausalLM),
+        "openai-gpt": (hf.OpenAIGPTConfig(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32),
+                       hf.OpenAIGPTLMHeadModel),  # (post-norm: no final norm; its embedding is tokens_embed)
+        "pixtral-vision": (hf.PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=2, image_size=64, patch_size=16),
+                           hf.PixtralVisionModel),  # (an encoder: no token embedding at all)
     }[name]
     model_class(config).save_pretrained(tmp_path / name)
     tensors = load_file(str(tmp_path / name / "model.safetensors"))

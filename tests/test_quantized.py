@@ -264,3 +264,17 @@ def test_a_bitnet_scale_of_zero_or_far_too_small_is_exploded(tmp_path, factor):
     assert report.exit_code == 1, report.errors
     assert [t.ref.name for t in report.tensors if t.exploded] == [name]
     assert '"max_abs": Infinity' not in json.dumps(nandoctor.to_json(report))
+
+
+def test_a_models_own_tensors_named_like_a_quantizers_are_no_lost_quantizer(tmp_path):
+    """A review: a float ``…qweight`` or one U8 ``…_scales`` buffer in a plain model was NOT LOADABLE ("a quantizer's
+    tensors"); GPTQ stores qweight as I32, MXFP4 its blocks and scales in pairs."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    tensors = {k: v.contiguous() for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+    tensors["model.layers.0.mlp.extra.qweight"] = torch.randn(4, 4)
+    tensors["model.layers.0.attn_scales"] = torch.zeros(4, dtype=torch.uint8)
+    folder = _save(tmp_path / "plain", tensors, config, None, "float32")
+    report = nandoctor.scan(folder)
+    assert not [p for p in report.errors if "quantizer" in p.message], report.errors

@@ -51,7 +51,7 @@ _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_si
 _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes each layer's weights are built with
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
-_ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_)", re.IGNORECASE)
+_ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
@@ -266,10 +266,14 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     # weights outside the layers a save left out (embeddings frozen, only the trained parameters saved): no token
     # embedding, no norm outside the layers while the layers have norms (the final norm)
     if stacks:
-        # (by any common name: BART's shared, Mamba's and RWKV's embeddings: a miss costs a build, never a verdict)
-        if not any(_ANY_EMBEDDING.search(name) for name in stored if not STACK.match(name)):
+        # (a text model's: a vision or audio encoder, or a CTC head's vocab_size, embeds no token; by any common
+        # name: BART's shared, Mamba's embeddings, OpenAI-GPT's tokens_embed, CTRL's w: a miss costs a build)
+        ctc = any(isinstance(a, str) and "CTC" in a for a in config.get("architectures") or []) or "conv_dim" in config
+        if vocab and not ctc and not any(_ANY_EMBEDDING.search(name) for name in stored if not STACK.match(name)):
             yield _OUTSIDE_SUSPICION, "no token embedding is stored"
-        elif (config.get("do_layer_norm_before") is not False  # (OPT-350m's post-norm layers: no final norm)
+        # (a final norm only where the layers surely normalize first: RMSNorm models are pre-norm decoders; a
+        # post-norm model, OpenAI-GPT or OPT-350m, has none, and would cost a build for nothing)
+        elif ("rms_norm_eps" in config
               and any(_NORM.search(name) for name in stored if STACK.match(name))
               and not any(_NORM.search(name) for name in stored if not STACK.match(name))):
             yield _OUTSIDE_SUSPICION, "no norm outside the layers is stored (the final norm)"

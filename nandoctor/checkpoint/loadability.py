@@ -195,10 +195,10 @@ class StoredWeights:
     dtypes: list[str]
 
 
-# What every quantizer loads as stored (a norm, an embedding, a skipped module): the tensors whose shapes a model
-# built without the quantizer still describes. A quantizer packs the rest its own way (bitsandbytes' 4-bit U8
+# What every quantizer loads as stored (a norm, an embedding, a skipped module) or keeps the shape of (FP8): the
+# tensors whose shapes a model built without the quantizer still describes. A quantizer packs the rest its own way (bitsandbytes' 4-bit U8
 # [n/2, 1], BitNet's 2-bit U8, GPTQ's I32 qweight), so their shapes say nothing about config.json.
-_UNPACKED = frozenset({"F16", "BF16", "F32", "F64"})
+_UNPACKED = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})  # (FP8 weights keep their shapes)
 
 
 def from_pretrained_weights(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor.checkpoint import loadconfig
+from nandoctor.dtypes import INTEGERS
 from nandoctor.model import RefTable, ScanProblem, TensorRef
 from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
@@ -47,10 +48,11 @@ class ScaledPair:
     scale: TensorRef
     divides: bool = False
 _MXFP4_SCALES = re.compile(r"_scales$")
+_MXFP4_PART = re.compile(r"_(?:blocks|scales)$")
 # A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
 _FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
     ("MXFP4 blocks and scales", re.compile(r"_(?:blocks|scales)$"), frozenset({"U8"})),
-    ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), None),
+    ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), INTEGERS),  # (a float qweight is a model's own)
     ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
 )
 _WHAT_FROM_PRETRAINED_DOES = {
@@ -116,6 +118,12 @@ def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> l
         for what, pattern, stored_as in _FORMATS:
             if pattern.search(name) and (stored_as is None or dtype in stored_as):
                 found.setdefault(what, []).append(name)
+    mxfp4 = found.pop("MXFP4 blocks and scales", [])
+    if mxfp4:  # (only in pairs, X_blocks beside X_scales: a model of its own may name one U8 buffer so)
+        stems = [{n[: -len(suffix)] for n in mxfp4 if n.endswith(suffix)} for suffix in ("_blocks", "_scales")]
+        paired = [n for n in mxfp4 if _MXFP4_PART.sub("", n) in stems[0] & stems[1]]
+        if paired:
+            found = {"MXFP4 blocks and scales": paired, **found}
     if "FP8 weight scales" in found:  # (only beside FP8 weights: a model of its own may name a parameter so)
         fp8 = {name for name, dtype in zip(names, dtypes) if dtype.startswith("F8_E")}
         if not any(re.sub(r"_scale(?:_inv)?$", "", name) in fp8 for name in found["FP8 weight scales"]):
