@@ -119,6 +119,13 @@ def is_link(path: str | os.PathLike[str]) -> bool:
     return found is not None and stat.S_ISLNK(found.st_mode)
 
 
+def broken_link(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(reason, hint) when ``path`` is a symlink that leads nowhere (its target gone, a loop); None otherwise."""
+    if exists(path) or not is_link(path):
+        return None
+    return not_regular(path)
+
+
 def listing(folder: str | os.PathLike[str]) -> list[Path]:
     """The entries of ``folder``, sorted; :class:`UnreadablePathError` when it may not be listed, or when
     its entries may not be looked at (a folder readable but not searchable: ``chmod a-x``)."""

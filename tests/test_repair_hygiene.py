@@ -76,7 +76,14 @@ def test_a_link_farm_keeps_its_links_out(tmp_path: Path) -> None:
     assert not (out / "model.safetensors").is_symlink()  # (the weights: copied and patched)
     copies = [p for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
     assert "a private key" not in "".join(p.read_text(errors="replace") for p in copies)
-    assert any("link farm" in n and "kept as links" in n for n in result.notes)
+    assert any("link farm" in n and "kept as links" in n and "breaks if" in n for n in result.notes)
+    # the farm's store removed: the repaired folder's config is a link to nothing, and from_pretrained fails on it
+    (target / "config.json").unlink()
+    from nandoctor.api import scan
+
+    report = scan(out)
+    assert report.exit_code == 3 and any(p.kind == "unloadable" and "broken symlink" in p.message and
+                                         p.path.endswith("config.json") for p in report.errors), report.errors
 
 
 def test_copies_never_keep_setuid_setgid_or_sticky_bits(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def test_a_tokenizer_json_cut_short_is_bad_config(padded_without_resize, tmp_pat
     assert _oracle(folder) == "tokenizer"
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and {p.kind for p in report.errors} == {"config"}, report.errors
-    assert any(p.path.endswith("tokenizer.json") and "is not valid JSON" in p.message for p in report.errors)
+    assert any(p.path.endswith("tokenizer.json") and "cannot be read as JSON" in p.message for p in report.errors)
 
 
 def test_a_large_tokenizer_json_is_read_at_its_ends_with_the_same_answer(padded_without_resize, monkeypatch):
@@ -164,14 +164,15 @@ def test_a_tokenizer_whose_vocabulary_is_larger_than_the_model_is_bad_config(tmp
     assert "pieces up to id 59 where the model's vocabulary holds 40" in report.errors[0].message
 
 
-@pytest.mark.parametrize("kind", ["BPE", "WordPiece", "WordLevel"])
+@pytest.mark.parametrize("kind", ["BPE", "WordPiece", "WordLevel", "Unigram"])
 def test_the_largest_vocabulary_id_is_found_without_parsing(tmp_path, kind):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     model = {"BPE": models.BPE(unk_token="[UNK]"), "WordPiece": models.WordPiece(unk_token="[UNK]"),
-             "WordLevel": models.WordLevel(unk_token="[UNK]")}[kind]
+             "WordLevel": models.WordLevel(unk_token="[UNK]"), "Unigram": models.Unigram()}[kind]
     trainer = {"BPE": trainers.BpeTrainer, "WordPiece": trainers.WordPieceTrainer,
-               "WordLevel": trainers.WordLevelTrainer}[kind](vocab_size=80, special_tokens=["[UNK]", "merges"])
+               "WordLevel": trainers.WordLevelTrainer, "Unigram": trainers.UnigramTrainer}[kind](
+        vocab_size=80, special_tokens=["[UNK]", "merges"])
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(TEXTS * 20 + ["merges merges"], trainer)  # ("merges" a token, as a key is named)
@@ -232,3 +233,13 @@ def test_an_odd_digit_key_in_added_tokens_decoder_is_no_crash(padded_without_res
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     report = nandoctor.scan(folder)
     assert report.exit_code in (0, 3) and all(p.kind == "config" for p in report.errors), report.errors
+
+
+def test_a_tokenizer_file_that_is_a_link_to_nothing_is_bad_config(padded_without_resize, tmp_path):
+    """A link farm whose store was removed: AutoTokenizer fails on a tokenizer.json that leads nowhere."""
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to(tmp_path / "gone" / "tokenizer.json")
+    assert _oracle(folder) == "tokenizer"
+    report = nandoctor.scan(folder)
+    assert any(p.kind == "config" and "broken symlink" in p.message for p in report.errors), report.errors

@@ -97,12 +97,17 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
 def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
     """The JSON object in the config file ``path``; a NOT LOADABLE problem when it is not valid JSON or not an
     object; None when there is no such file (or it cannot be read at all: its own problem elsewhere)."""
+    loader = "PEFT's from_pretrained" if path.name == ADAPTER_CONFIG else "from_pretrained"
     try:
         if not access.exists(path):
-            return None
+            broken = access.broken_link(path) if path.name != GENERATION_CONFIG else None  # (that one is passed over)
+            if broken is None:
+                return None
+            # (a link farm's config whose store was removed: the weights scan healthy, and nothing loads)
+            return ScanProblem(str(path), f"{broken[0]}: {loader} finds no config and fails before it reads a weight",
+                               broken[1], kind=UNLOADABLE_KIND)
     except UnreadablePathError:
         return None  # the folder's listing says so
-    loader = "PEFT's from_pretrained" if path.name == ADAPTER_CONFIG else "from_pretrained"
     hint = (f"copy {path.name} from the base model or from where the checkpoint was saved (a save or download cut "
             "short leaves it truncated)")
     try:

@@ -54,6 +54,7 @@ FULL_PARSE_BYTES = 1 << 20
 _MAX_BYTES = 256 << 20  # (Gemma's tokenizer.json, among the largest, is 34 MB)
 _TAIL_BYTES = 64
 _VOCAB_TAIL_BYTES = 64 << 10  # the vocabulary's last entries: the largest ids among them
+_NEXT_PIECE = re.compile(rb"\]\s*,\s*\[")  # (between two of Unigram's [piece, score] entries)
 _ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d+)\s*[,}]')  # ("token": 123, in a vocabulary object)
 _SHOWN = 3
 _NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
@@ -152,6 +153,9 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
     AutoTokenizer would fail on it."""
     try:
         if not access.exists(path):
+            broken = access.broken_link(path)
+            if broken is not None:
+                found.append(_invalid(path, broken[0]))
             return None
         data = read_json(path)
     except (UnreadablePathError, OSError):
@@ -170,6 +174,9 @@ def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
     small, else read as bytes (the module's docstring says how)."""
     try:
         if not access.exists(path):
+            broken = access.broken_link(path)
+            if broken is not None:
+                found.append(_invalid(path, broken[0]))
             return _TokenizerJson()
         _, _, size = read_ends(path, _TAIL_BYTES, 0)
     except (UnreadablePathError, OSError):
@@ -207,8 +214,9 @@ def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
 def _last_vocab_ids(raw: bytes) -> list[int]:
     """The ids of the last entries of a large tokenizer.json's vocabulary (the largest are among them: the
     tokenizers library writes BPE, WordPiece and WordLevel vocabularies in id order), found without parsing: the
-    entries before BPE's ``"merges": [``, or those that end the file (WordPiece). Empty for another layout
-    (Unigram's list of pieces, WordLevel's unk_token written after its vocabulary)."""
+    entries before BPE's ``"merges": [``, or those that end the file (WordPiece); for Unigram's list of
+    ``[piece, score]`` entries, the last one's place, counted. Empty for another layout (WordLevel's unk_token
+    written after its vocabulary)."""
     at = len(raw)
     while True:  # ("merges" may be a token too: "merges": 1234 in the vocabulary; the key opens a list)
         at = raw.rfind(b'"merges"', 0, at)
@@ -218,7 +226,12 @@ def _last_vocab_ids(raw: bytes) -> list[int]:
             window = raw[max(0, at - _VOCAB_TAIL_BYTES):at]
             return _entry_ids(window) if re.search(rb"\d\s*\}\s*,\s*$", window) else []
     window = raw[-_VOCAB_TAIL_BYTES:]
-    return _entry_ids(window) if re.search(rb"\d\s*\}\s*\}\s*\}\s*$", window) else []
+    if re.search(rb"\d\s*\}\s*\}\s*\}\s*$", window):
+        return _entry_ids(window)
+    pieces = list(re.finditer(rb'"vocab"\s*:\s*\[', raw))  # Unigram: [["piece", score], …]
+    if not pieces:
+        return []
+    return [len(_NEXT_PIECE.findall(raw, pieces[-1].end()))]  # (a piece's id is its place: the last one's, counted)
 
 
 def _entry_ids(window: bytes) -> list[int]:
@@ -348,9 +361,9 @@ def _int(value: Any) -> bool:
 
 
 def _invalid(path: Path, why: str) -> ScanProblem:
-    return ScanProblem(str(path), f"is not valid JSON ({why}): AutoTokenizer.from_pretrained raises on it "
-                       "(JSONDecodeError), so the model loads without the tokenizer saved with it",
-                       f"copy {path.name}{_HINT}", kind=CONFIG_KIND)
+    return ScanProblem(str(path), f"cannot be read as JSON ({why}): AutoTokenizer.from_pretrained raises on it, so "
+                       "the model loads without the tokenizer saved with it", f"copy {path.name}{_HINT}",
+                       kind=CONFIG_KIND)
 
 
 __all__ = ["FULL_PARSE_BYTES", "check"]

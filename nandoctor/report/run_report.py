@@ -337,7 +337,8 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
             f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
-        return [*lines, (DIM, f"trainer log ({log.source}): {said} up to step {log.last_step}")]
+        upto = f" up to step {log.last_step}" if log.last_step is not None else ""  # (an empty log_history: no step)
+        return [*lines, (DIM, f"trainer log ({log.source}): {said}{upto}")]
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
         facts.append((log.first_nonfinite_step,

@@ -305,9 +305,10 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
             found.append((rel, absolute in weights, info.st_size))
     if linked:
         shown = ", ".join(str(rel) for rel, _ in linked[:4]) + (" …" if len(linked) > 4 else "")
+        store = os.path.commonpath([os.path.dirname(target) for _, target in linked])
         notes.append(f"{len(linked)} file(s) are links out of the checkpoint, as its weights are (a link farm: cp -rs, "
-                     f"git-annex, DVC): kept as links to the same files, not copied ({shown}); copy them with "
-                     "cp -L to make the repaired folder stand alone")
+                     f"git-annex, DVC): kept as links to the same files in {store}, not copied ({shown}); the repaired "
+                     f"folder breaks if {store} is removed: copy them with cp -L to make it stand alone")
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
