@@ -73,7 +73,7 @@ def test_a_token_added_without_resizing_the_embeddings_is_bad_config(padded_with
     problem = report.errors[0]
     assert problem.path.endswith("tokenizer.json")
     assert "'[PAD]' (id 60, the pad token)" in problem.message and "vocabulary of 60" in problem.message
-    assert "resize_token_embeddings" in problem.hint
+    assert "resize_token_embeddings" in problem.hint and "tokenizer.pad_token = tokenizer.eos_token" in problem.hint
     assert verdict.weights_report(report).exit_code == 0  # (the weights are intact: a run keeps them)
 
 

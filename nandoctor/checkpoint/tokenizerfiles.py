@@ -137,7 +137,10 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
             "(every padded batch, for the pad token) fails in the embedding (IndexError: index out of range; a "
             "device-side assert on CUDA)",
             "resize the model's embeddings to the tokenizer before saving (model.resize_token_embeddings("
-            "len(tokenizer)), then save_pretrained), or save the tokenizer the model was trained with",
+            "len(tokenizer)), then save_pretrained), or save the tokenizer the model was trained with"
+            + ("; for the pad token alone, tokenizer.pad_token = tokenizer.eos_token (an id the model has) and "
+               "tokenizer.save_pretrained(...) needs no retraining" if any(_role(tokens[n].content, settings) ==
+                                                                             ", the pad token" for n in used) else ""),
             kind=CONFIG_KIND,
         ))
     unused = [n for n in outside if n not in used]
