@@ -89,7 +89,7 @@ def verified_repair(folder: Path, target: Path | None = None) -> bool:
     """True when ``folder`` holds a repair whose proof says its verification scan was clean, and, given the
     ``target`` it repaired, that the target's files are still those the repair read (a re-saved checkpoint is
     not the one the repair fixed: putting it in place would lose the new save)."""
-    from nandoctor.restore.proof import read_proof
+    from nandoctor.restore.proof import read_proof, source_unchanged
 
     try:
         proof = read_proof(folder)
@@ -98,18 +98,7 @@ def verified_repair(folder: Path, target: Path | None = None) -> bool:
     verification = proof.get("verification") if isinstance(proof, dict) else None
     if not (isinstance(verification, dict) and verification.get("verdict") == "CLEAN"):
         return False
-    recorded = proof.get("source_files")
-    if target is None or not isinstance(recorded, dict):
-        return True  # (a proof written before source files were recorded)
-    root = target if target.is_dir() else target.parent
-    for path, was in recorded.items():
-        try:
-            now = os.stat(root / path)
-        except (OSError, ValueError):
-            return False
-        if not isinstance(was, dict) or (now.st_size, now.st_mtime_ns) != (was.get("bytes"), was.get("mtime_ns")):
-            return False
-    return True
+    return target is None or source_unchanged(proof, target if target.is_dir() else target.parent)
 
 
 def use_verified_repair(target: str, name: str, final_model_folder: bool = False) -> list[str]:

@@ -278,3 +278,25 @@ def test_a_models_own_tensors_named_like_a_quantizers_are_no_lost_quantizer(tmp_
     folder = _save(tmp_path / "plain", tensors, config, None, "float32")
     report = nandoctor.scan(folder)
     assert not [p for p in report.errors if "quantizer" in p.message], report.errors
+
+
+def test_an_fp8_scale_in_another_shard_than_its_weight_is_judged(tmp_path):
+    """A review: a weight and its scale split by size-based sharding were never paired, and a flipped scale scanned
+    CLEAN in the sharded folder (EXPLODED in one file)."""
+    folder = _fp8(tmp_path / "one", "bfloat16", flipped=True)
+    tensors = load_file(folder / "model.safetensors")
+    weight = FP8_SCALE[: -len("_scale_inv")]
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(folder / "config.json", sharded / "config.json")
+    first = {k: v for k, v in tensors.items() if k != FP8_SCALE}
+    save_file(first, sharded / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file({FP8_SCALE: tensors[FP8_SCALE]}, sharded / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    weight_map = {**{k: "model-00001-of-00002.safetensors" for k in first},
+                  FP8_SCALE: "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert weight in first
+    report = nandoctor.scan(sharded)
+    assert report.exit_code == 1 and [t.ref.name for t in report.tensors if t.exploded] == [FP8_SCALE], report.errors
+    row = next(t for t in report.tensors if t.ref.name == FP8_SCALE)
+    assert row.exploded == 1  # (one element: counted once, though out of range by its own value too at 2^24 x)

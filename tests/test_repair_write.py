@@ -760,3 +760,9 @@ def test_an_interrupt_after_the_repair_is_in_place_says_it_is_complete(tmp_path,
     monkeypatch.setattr(atomic, "rename_noreplace", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     stopped = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out2", "--no-progress")
     assert stopped.exit_code == 130 and not (tmp_path / "out2").exists()  # (before the rename: the interrupt stands)
+    # an --out that held a verified repair before this one started is never claimed (a review: exit 0 over it)
+    import nandoctor.restore
+
+    monkeypatch.setattr(nandoctor.restore, "repair", lambda *_, **__: (_ for _ in ()).throw(KeyboardInterrupt))
+    taken = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out", "--no-progress")
+    assert taken.exit_code == 130 and "complete" not in taken.output, taken.output

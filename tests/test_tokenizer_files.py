@@ -226,10 +226,11 @@ def test_a_bart_like_vocabulary_whose_last_id_is_a_special_token_is_clean(tmp_pa
 
 
 def test_an_odd_digit_key_in_added_tokens_decoder_is_no_crash(padded_without_resize, tmp_path):
-    """"²".isdigit() is True and int("²") raises: a crafted key crashed the scan (internal error, no JSON)."""
+    """"²".isdigit() is True and int("²") raises, as int() does for 5,000 digits: crafted keys crashed the scan
+    (internal error, no JSON)."""
     folder = shutil.copytree(padded_without_resize, tmp_path / "model")
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["added_tokens_decoder"] = {"\u00b2": {"content": "x", "special": True}}
+    config["added_tokens_decoder"] = {"\u00b2": {"content": "x", "special": True}, "9" * 5000: {"content": "y"}}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     report = nandoctor.scan(folder)
     assert report.exit_code in (0, 3) and all(p.kind == "config" for p in report.errors), report.errors
@@ -243,3 +244,12 @@ def test_a_tokenizer_file_that_is_a_link_to_nothing_is_bad_config(padded_without
     assert _oracle(folder) == "tokenizer"
     report = nandoctor.scan(folder)
     assert any(p.kind == "config" and "broken symlink" in p.message for p in report.errors), report.errors
+
+
+def test_unigram_pieces_that_spell_brackets_are_counted_once(tmp_path):
+    """A piece such as "],[" (source code) must not count as two entries (a review: a false BAD CONFIG)."""
+    from tokenizers import Tokenizer, models
+
+    pieces = [("<unk>", 0.0), ("],[", -1.0), ('"', -2.0), ("\\", -3.0)] + [(f"p{i}", -4.0 - i) for i in range(96)]
+    Tokenizer(models.Unigram(pieces, unk_id=0)).save(str(tmp_path / "t.json"), pretty=True)
+    assert tokenizerfiles._last_vocab_ids((tmp_path / "t.json").read_bytes()) == [99]

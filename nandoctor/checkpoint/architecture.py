@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint import buildvalues
-from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS, embeds_token_ids, positive
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, family_of
 
@@ -268,8 +268,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     if stacks:
         # (a text model's: a vision or audio encoder, or a CTC head's vocab_size, embeds no token; by any common
         # name: BART's shared, Mamba's embeddings, OpenAI-GPT's tokens_embed, CTRL's w: a miss costs a build)
-        ctc = any(isinstance(a, str) and "CTC" in a for a in config.get("architectures") or []) or "conv_dim" in config
-        if vocab and not ctc and not any(_ANY_EMBEDDING.search(name) for name in stored if not STACK.match(name)):
+        if vocab and embeds_token_ids(config) and not any(_ANY_EMBEDDING.search(name) for name in stored if not STACK.match(name)):
             yield _OUTSIDE_SUSPICION, "no token embedding is stored"
         # (a final norm only where the layers surely normalize first: RMSNorm models are pre-norm decoders; a
         # post-norm model, OpenAI-GPT or OPT-350m, has none, and would cost a build for nothing)

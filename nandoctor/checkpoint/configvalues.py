@@ -58,6 +58,14 @@ def vocab_size(config: dict[str, Any] | None) -> int | None:
     return None
 
 
+def embeds_token_ids(config: dict[str, Any]) -> bool:
+    """Whether config.json's model looks token ids up in an embedding: not a speech model's CTC head or feature
+    encoder (Wav2Vec2, HuBERT, WavLM: its vocab_size sizes the output, it embeds no token)."""
+    architectures = config.get("architectures")
+    ctc = isinstance(architectures, list) and any(isinstance(a, str) and "CTC" in a for a in architectures)
+    return not ctc and "conv_dim" not in config
+
+
 def _not_a_float(value: Any) -> bool:
     """An integer other than 1 where a logits processor checks ``isinstance(value, float)`` (1 adds no processor)."""
     return _int(value) and value != 1
@@ -287,4 +295,4 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(key), value
 
 
-__all__ = ["EXPERT_KEYS", "generation_problems", "model_problems", "positive", "vocab_size"]
+__all__ = ["EXPERT_KEYS", "embeds_token_ids", "generation_problems", "model_problems", "positive", "vocab_size"]

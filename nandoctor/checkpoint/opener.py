@@ -235,13 +235,15 @@ def _check_indexes(
             by_shard.setdefault(shard, []).append(name)
         read = {shard: set(names_of(refs_by_file[folder / shard])) for shard in by_shard if folder / shard in refs_by_file}
         held = set().union(*read.values()) if read else set()
+        listed = set(index.weight_map)
         moved: list[str] = []
         for shard, names in sorted(by_shard.items()):
             if shard not in read:
                 continue  # missing or unreadable: already reported
             present = read[shard]
-            absent = sorted(n for n in set(names) - present if n not in held)
-            moved += sorted(n for n in set(names) - present if n in held)
+            elsewhere = set(names) - present
+            absent = sorted(n for n in elsewhere if n not in held)
+            moved += sorted(n for n in elsewhere if n in held)
             if absent:
                 problems.append(ScanProblem(
                     str(folder / shard),
@@ -249,7 +251,7 @@ def _check_indexes(
                     f"{first_few(absent, _MAX_LISTED_NAMES, quoted=True)}",
                     "the index and the shards come from different saves; re-save or re-download",
                 ))
-            unlisted = sorted(present - set(index.weight_map))
+            unlisted = sorted(present - listed)
             if unlisted:
                 notes.append(f"{folder / shard}: {len(unlisted)} tensors are not in {index.path.name} "
                              f"({first_few(unlisted, _MAX_LISTED_NAMES, quoted=True)}): loaders read every tensor of "

@@ -51,7 +51,7 @@ _MXFP4_SCALES = re.compile(r"_scales$")
 _MXFP4_PART = re.compile(r"_(?:blocks|scales)$")
 # A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
 _FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
-    ("MXFP4 blocks and scales", re.compile(r"_(?:blocks|scales)$"), frozenset({"U8"})),
+    ("MXFP4 blocks and scales", _MXFP4_PART, frozenset({"U8"})),
     ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), INTEGERS),  # (a float qweight is a model's own)
     ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
 )
@@ -88,19 +88,20 @@ def scaled_pairs(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]) -> l
     """The scales of a quantized folder's top-level weights that engine/scaled.py judges by the weights they make:
     each FP8 weight's float ``…weight_scale_inv`` / ``…weight_scale`` (multiplied), and in a BitNet folder each
     ternary weight's ``…weight_scale`` (BitLinear divides by it: 0 is Inf, a tiny one huge)."""
+    tables = [refs if isinstance(refs, RefTable) else RefTable.of(refs) for file, refs in refs_by_file.items()
+              if file.parent == root and file.suffix == ".safetensors"]
+    # (a weight and its scale may lie in different shards: the FP8 weights of every file first)
+    fp8 = {name: (table, i) for table in tables for i, (name, dtype) in enumerate(zip(table.names, table.dtypes))
+           if dtype.startswith("F8_E") and dtype != E8M0}
     pairs: list[ScaledPair] = []
-    for file, refs in refs_by_file.items():
-        if file.parent != root or file.suffix != ".safetensors":
-            continue
-        table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
-        fp8 = {name: i for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)) if dtype.startswith("F8_E")
-               and dtype != E8M0}
+    for table in tables:
         for i, (name, dtype) in enumerate(zip(table.names, table.dtypes)):
             weight = _FP8_SCALE.sub("", name)
             if weight == name or dtype not in _SCALE_DTYPES:
                 continue
             if weight in fp8:
-                pairs.append(ScaledPair(table[fp8[weight]], table[i]))
+                held, row = fp8[weight]
+                pairs.append(ScaledPair(held[row], table[i]))
             elif name.endswith(".weight_scale"):
                 pairs.append(ScaledPair(None, table[i], divides=True))
     if not pairs:
@@ -126,7 +127,7 @@ def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> l
             found = {"MXFP4 blocks and scales": paired, **found}
     if "FP8 weight scales" in found:  # (only beside FP8 weights: a model of its own may name a parameter so)
         fp8 = {name for name, dtype in zip(names, dtypes) if dtype.startswith("F8_E")}
-        if not any(re.sub(r"_scale(?:_inv)?$", "", name) in fp8 for name in found["FP8 weight scales"]):
+        if not any(_FP8_SCALE.sub("", name) in fp8 for name in found["FP8 weight scales"]):
             del found["FP8 weight scales"]
     if not found or loadconfig.quantized(root):
         return []

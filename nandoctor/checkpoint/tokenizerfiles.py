@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint.configvalues import positive
+from nandoctor.checkpoint.configvalues import embeds_token_ids, positive
 from nandoctor.checkpoint.jsonfiles import read_ends, read_json
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
@@ -54,8 +54,9 @@ FULL_PARSE_BYTES = 1 << 20
 _MAX_BYTES = 256 << 20  # (Gemma's tokenizer.json, among the largest, is 34 MB)
 _TAIL_BYTES = 64
 _VOCAB_TAIL_BYTES = 64 << 10  # the vocabulary's last entries: the largest ids among them
-_NEXT_PIECE = re.compile(rb"\]\s*,\s*\[")  # (between two of Unigram's [piece, score] entries)
-_ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d+)\s*[,}]')  # ("token": 123, in a vocabulary object)
+_PIECE = re.compile(rb'\[\s*"(?:[^"\\]|\\.)*"\s*,\s*[-+0-9.eE]+\s*\]')  # (one of Unigram's ["piece", score])
+_ID_DIGITS = 10  # (ids are u32 in the tokenizers library; a longer run of digits is no id, and int() refuses 4,300)
+_ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d{1,10})\s*[,}]')  # ("token": 123, in a vocabulary object)
 _SHOWN = 3
 _NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
@@ -93,7 +94,7 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
     decoder = settings.get("added_tokens_decoder")
     if isinstance(decoder, dict):
         for key, token in decoder.items():
-            if isinstance(key, str) and key.isascii() and key.isdigit():  # ("²".isdigit(), which int() refuses)
+            if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= _ID_DIGITS:  # ("²"; 5,000 digits)
                 tokens.setdefault(int(key), _Token(TOKENIZER_CONFIG, _content(token), _special(token)))
     else:  # (transformers reads these two only then)
         special_map = _read(root / SPECIAL_TOKENS_MAP, found)
@@ -155,10 +156,7 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
     """The JSON in a small tokenizer file, None when there is none; a problem added to ``found`` when
     AutoTokenizer would fail on it."""
     try:
-        if not access.exists(path):
-            broken = access.broken_link(path)
-            if broken is not None:
-                found.append(_invalid(path, broken[0]))
+        if _absent(path, found):
             return None
         data = read_json(path)
     except (UnreadablePathError, OSError):
@@ -176,10 +174,7 @@ def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
     """tokenizer.json as transformers reads it (a problem added to ``found`` where that fails): parsed whole when
     small, else read as bytes (the module's docstring says how)."""
     try:
-        if not access.exists(path):
-            broken = access.broken_link(path)
-            if broken is not None:
-                found.append(_invalid(path, broken[0]))
+        if _absent(path, found):
             return _TokenizerJson()
         _, _, size = read_ends(path, _TAIL_BYTES, 0)
     except (UnreadablePathError, OSError):
@@ -234,7 +229,8 @@ def _last_vocab_ids(raw: bytes) -> list[int]:
     pieces = list(re.finditer(rb'"vocab"\s*:\s*\[', raw))  # Unigram: [["piece", score], …]
     if not pieces:
         return []
-    return [len(_NEXT_PIECE.findall(raw, pieces[-1].end()))]  # (a piece's id is its place: the last one's, counted)
+    count = sum(1 for _ in _PIECE.finditer(raw, pieces[-1].end()))  # (whole entries: a piece may spell "],[")
+    return [count - 1] if count else []  # (a piece's id is its place in the list)
 
 
 def _entry_ids(window: bytes) -> list[int]:
@@ -313,9 +309,8 @@ def _text_vocab(config: dict[str, Any] | None) -> int | None:
         return None
     if any(_PLACEHOLDER_KEY.search(key) for key in config):
         return None
-    architectures = config.get("architectures")
-    if "conv_dim" in config or any(isinstance(a, str) and "CTC" in a for a in _list(architectures)):
-        return None  # (a speech model's feature encoder: Wav2Vec2, HuBERT, WavLM …)
+    if not embeds_token_ids(config):
+        return None
     return positive(config.get("vocab_size"))
 
 
@@ -361,6 +356,17 @@ def _content(token: Any) -> str:
 
 def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _absent(path: Path, found: list[ScanProblem]) -> bool:
+    """Whether there is no file at ``path`` to read; a link to nothing is a problem added to ``found`` (AutoTokenizer
+    fails on it: a link farm whose store was removed)."""
+    if access.exists(path):
+        return False
+    broken = access.broken_link(path)
+    if broken is not None:
+        found.append(_invalid(path, broken[0]))
+    return True
 
 
 def _invalid(path: Path, why: str) -> ScanProblem:

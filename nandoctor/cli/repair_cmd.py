@@ -7,6 +7,7 @@ complete plan); 3 refused or failed, with nothing left at --out.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -135,6 +136,7 @@ def repair(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     console = stdout_console()
+    existed = out is not None and os.path.lexists(out)  # (then an interrupt never claims what is there)
     with _json_on_error(as_json, target, donors, scope, allow_cast):
         try:
             with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
@@ -143,7 +145,8 @@ def repair(
                     allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
                 )
         except KeyboardInterrupt:
-            _complete_anyway(out, dry_run)
+            if not existed:
+                _complete_anyway(out, target, dry_run)
             raise
         except UnrestorableError as exc:
             from nandoctor.restore.plan import RepairPlan
@@ -160,12 +163,12 @@ def repair(
     sys.exit(result.exit_code)
 
 
-def _complete_anyway(out: str | None, dry_run: bool) -> None:
-    """Interrupted once the repair was in place (between its rename and its report): say so, exit 0. Anything
-    earlier left nothing at --out, and the interrupt stands."""
+def _complete_anyway(out: str | None, target: str, dry_run: bool) -> None:
+    """Interrupted once this repair was in place (between its rename and its report; --out did not exist before):
+    say so, exit 0. Anything earlier left nothing at --out, and the interrupt stands."""
     from nandoctor.hints import verified_repair
 
-    if out and not dry_run and verified_repair(Path(out)):
+    if out and not dry_run and verified_repair(Path(out), Path(target)):
         click.echo(f"interrupted after the repair was complete: {out} holds it, verified (its nandoctor-repair.json "
                    "says what was restored)", err=True)
         sys.exit(0)

@@ -60,8 +60,9 @@ def judged_scales(
             continue
         # (a zero divisor makes Inf: the largest finite float stands for it, as JSON holds no Infinity)
         max_abs[s], exact[s] = min(float(bound.max()), sys.float_info.max), False
-        overflow[s] += int(over.sum())
-        exploded[s] += int(above.sum())
+        # (each element once: one out of range by its own value is out of range by what it makes, or counted as that)
+        overflow[s] = max(int(overflow[s]), int(over.sum()))
+        exploded[s] = max(int(exploded[s]), int(above.sum()))
         made = (f"{pair.weight.name}'s largest stored magnitude ({float(largest):g}) {'divided' if pair.divides else 'multiplied'} by it makes"
                 if pair.weight is not None else f"the ternary weights {'divided' if pair.divides else 'multiplied'} by it make")
         size = "Inf (a scale of 0)" if np.isinf(bound).any() else f"{float(bound.max()):.3g}"

@@ -277,13 +277,15 @@ def auto_donors(
     healthy = [Path(c.path) for c in run.resume_points(broken=True) if first_bad is None or c.step < first_bad.step]
     if not healthy:
         bad = f" (the first bad one is {first_bad.name})" if first_bad else ""
-        said = [_why_not_a_donor(c) for c in run.checkpoints if c.step < step and not c.final][:3]
+        before = first_bad.step if first_bad is not None else step  # (after the first bad one: never donors)
+        candidates = [c for c in run.checkpoints if c.step < before and not c.final]
+        said = [_why_not_a_donor(c) for c in candidates][:3]
         raise RepairRefusedError(
             f"{target}: --from auto found no healthy checkpoint before step {step} in {run_folder}{bad}"
             + (f": {'; '.join(said)}" if said else ""),
             "name a healthy donor with --from <path> (an earlier run, or the base model)"
-            + ("; or make the unreadable checkpoint readable" if any(c.status == "unreadable" for c in run.checkpoints
-                                                                       if c.step < step) else ""),
+            + ("; or make the unreadable checkpoint readable" if any(c.status == "unreadable" for c in candidates)
+               else ""),
         )
     return list(reversed(healthy)), run
 

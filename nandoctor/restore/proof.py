@@ -124,6 +124,24 @@ def write_proof(result: RepairResult, path: Path) -> None:
         fh.write(text)
 
 
+def source_unchanged(proof: dict[str, Any], root: Path) -> bool:
+    """Whether the files a repair read (its proof's ``source_files``) are still those at ``root`` (size and
+    modification time, as the writer's own change check compares them); True for a proof that records none."""
+    from nandoctor.checkpoint.layout import fingerprint
+
+    recorded = proof.get("source_files")
+    if not isinstance(recorded, dict):
+        return True  # (a proof written before source files were recorded)
+    for path, was in recorded.items():
+        try:
+            now = fingerprint(root / path)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(was, dict) or now != (was.get("bytes"), was.get("mtime_ns")):
+            return False
+    return True
+
+
 def read_proof(folder: str | os.PathLike[str]) -> dict[str, Any]:
     from nandoctor.checkpoint.jsonfiles import read_json
 
