@@ -123,9 +123,13 @@ def _spans(checkpoint: Checkpoint, file: Path) -> list[tuple[Region, list[str]]]
 def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, Any]:
     """The manifest of a checkpoint: sha256 per weight file and per storage span (``nandoctor manifest``)."""
     from nandoctor import __version__
+    from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
 
-    if checkpoint.problems:
-        first = checkpoint.problems[0]
+    # (a config or tokenizer file's values, or a folder that would not load as it is: its weight files were read, and
+    # their hashes are what a manifest records)
+    unread = [p for p in checkpoint.problems if p.kind not in (CONFIG_KIND, UNLOADABLE_KIND)]
+    if unread:
+        first = unread[0]
         raise CorruptCheckpointError(first.path, f"cannot record hashes of a checkpoint that does not read: {first.message}",
                                      first.hint or "a manifest records a good checkpoint; fix or re-download it first")
     files = list(checkpoint.refs_by_file)

@@ -106,7 +106,7 @@ def open_checkpoint(
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
     checkpoint.problems += loadability.wrapped_names(files, stored.names)
-    checkpoint.problems += quantized.lost_quantizer(files.root, stored.names, stored.dtypes)
+    checkpoint.problems += quantized.problems(files.root, stored.names, stored.shapes, stored.dtypes)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.scaled = quantized.scaled_pairs(files.root, checkpoint.refs_by_file)

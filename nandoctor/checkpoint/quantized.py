@@ -51,7 +51,7 @@ _MXFP4_SCALES = re.compile(r"_scales$")
 _MXFP4_PART = re.compile(r"_(?:blocks|scales)$")
 # A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
 _FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
-    ("MXFP4 blocks and scales", _MXFP4_PART, frozenset({"U8"})),
+    ("MXFP4 blocks and scales", _MXFP4_PART, frozenset({"U8", "F8_E8M0"})),  # (scales read as E8M0 by then)
     ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), INTEGERS),  # (a float qweight is a model's own)
     ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
 )
@@ -111,33 +111,59 @@ def scaled_pairs(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]) -> l
     return kept if kept and loadconfig.quantized(root) else []
 
 
-def lost_quantizer(root: Path, names: Sequence[str], dtypes: Sequence[str]) -> list[ScanProblem]:
-    """NOT LOADABLE when the weights from_pretrained reads in ``root`` (``names``, ``dtypes``) hold a quantizer's
-    own tensors while config.json names no quantizer."""
+def problems(root: Path, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+             dtypes: Sequence[str]) -> list[ScanProblem]:
+    """NOT LOADABLE where the weights from_pretrained reads in ``root`` hold a quantizer's own tensors that
+    config.json's quantizer will not read: it names none (or, for MXFP4's, another or an unknown one: transformers
+    skips a quantization type it does not know), or MXFP4 blocks and scales that do not pair up (one without the
+    other, or scales not one per 32-element block: transformers' conversion raises)."""
     found: dict[str, list[str]] = {}
     for name, dtype in zip(names, dtypes):
         for what, pattern, stored_as in _FORMATS:
             if pattern.search(name) and (stored_as is None or dtype in stored_as):
                 found.setdefault(what, []).append(name)
     mxfp4 = found.pop("MXFP4 blocks and scales", [])
-    if mxfp4:  # (only in pairs, X_blocks beside X_scales: a model of its own may name one U8 buffer so)
-        stems = [{n[: -len(suffix)] for n in mxfp4 if n.endswith(suffix)} for suffix in ("_blocks", "_scales")]
-        paired = [n for n in mxfp4 if _MXFP4_PART.sub("", n) in stems[0] & stems[1]]
-        if paired:
-            found = {"MXFP4 blocks and scales": paired, **found}
+    stems = [{n[: -len(suffix)] for n in mxfp4 if n.endswith(suffix)} for suffix in ("_blocks", "_scales")]
+    paired = [n for n in mxfp4 if _MXFP4_PART.sub("", n) in stems[0] & stems[1]]
+    if paired:  # (only in pairs, X_blocks beside X_scales: a model of its own may name one U8 buffer so)
+        found = {"MXFP4 blocks and scales": paired, **found}
     if "FP8 weight scales" in found:  # (only beside FP8 weights: a model of its own may name a parameter so)
         fp8 = {name for name, dtype in zip(names, dtypes) if dtype.startswith("F8_E")}
         if not any(_FP8_SCALE.sub("", name) in fp8 for name in found["FP8 weight scales"]):
             del found["FP8 weight scales"]
-    if not found or loadconfig.quantized(root):
+    if not found:
         return []
-    what, which = next(iter(found.items()))
+    hint = ("put back config.json's quantization_config (copy config.json from where the quantized checkpoint came "
+            "from), or save the dequantized weights")
+    if not loadconfig.quantized(root):
+        what, which = next(iter(found.items()))
+        return [ScanProblem(
+            str(root), f"holds {what} ({len(which)} tensor(s): {first_few(which, 2)}) where config.json names no "
+            f"quantizer: from_pretrained takes them for unexpected keys and {_WHAT_FROM_PRETRAINED_DOES[what]}, so the "
+            "model is not this checkpoint", hint, kind=UNLOADABLE_KIND)]
+    if "MXFP4 blocks and scales" not in found:
+        return []
+    method = loadconfig.quant_method(root)
+    if method != "mxfp4":
+        return [ScanProblem(
+            str(root), f"holds MXFP4 blocks and scales ({first_few(paired, 2)}) where config.json's quantization_config "
+            f"names quant_method {method!r}, not 'mxfp4': transformers skips a quantization type it does not know (or "
+            "reads them as another's), takes them for unexpected keys and initializes the expert weights at random",
+            "write \"quant_method\": \"mxfp4\" in config.json's quantization_config (as the checkpoint was saved)",
+            kind=UNLOADABLE_KIND)]
+    shape_of = dict(zip(names, shapes))
+    lone = sorted({n for n in mxfp4 if n not in paired} & set(shape_of))
+    unequal = [stem for stem in sorted(stems[0] & stems[1])
+               if shape_of[f"{stem}_scales"] != shape_of[f"{stem}_blocks"][:-1]]
+    broken = [f"{n} without its {'scales' if n.endswith('_blocks') else 'blocks'}" for n in lone] + [
+        f"{stem}_scales of shape {list(shape_of[f'{stem}_scales'])} for blocks of {list(shape_of[f'{stem}_blocks'])}"
+        for stem in unequal]
+    if not broken:
+        return []
     return [ScanProblem(
-        str(root), f"holds {what} ({len(which)} tensor(s): {first_few(which, 2)}) where config.json names no quantizer: "
-        f"from_pretrained takes them for unexpected keys and {_WHAT_FROM_PRETRAINED_DOES[what]}, so the model is not "
-        "this checkpoint",
-        "put back config.json's quantization_config (copy config.json from where the quantized checkpoint came from), "
-        "or save the dequantized weights", kind=UNLOADABLE_KIND)]
+        str(root), f"holds MXFP4 experts whose blocks and scales do not pair up ({first_few(broken, 2)}): transformers' "
+        "MXFP4 conversion needs one scale per 32-element block and raises", "copy the weight files from where the "
+        "quantized checkpoint came from (a save or a filter that dropped or cut tensors)", kind=UNLOADABLE_KIND)]
 
 
-__all__ = ["E8M0", "ScaledPair", "as_quantizer_reads", "lost_quantizer", "scaled_pairs"]
+__all__ = ["E8M0", "ScaledPair", "as_quantizer_reads", "problems", "scaled_pairs"]
