@@ -250,6 +250,8 @@ def test_unigram_pieces_that_spell_brackets_are_counted_once(tmp_path):
     """A piece such as "],[" (source code) must not count as two entries (a review: a false BAD CONFIG)."""
     from tokenizers import Tokenizer, models
 
-    pieces = [("<unk>", 0.0), ("],[", -1.0), ('"', -2.0), ("\\", -3.0)] + [(f"p{i}", -4.0 - i) for i in range(96)]
-    Tokenizer(models.Unigram(pieces, unk_id=0)).save(str(tmp_path / "t.json"), pretty=True)
-    assert tokenizerfiles._last_vocab_ids((tmp_path / "t.json").read_bytes()) == [99]
+    pieces = [("<unk>", 0.0), ("],[", -1.0), ('"', -2.0), ("\\", -3.0), ("vocab", -3.5)] + [
+        (f"p{i}", -4.0 - i) for i in range(95)]
+    for pretty in (True, False):  # (indented: entries counted by line; one line: by a string-aware pattern)
+        Tokenizer(models.Unigram(pieces, unk_id=0)).save(str(tmp_path / "t.json"), pretty=pretty)
+        assert tokenizerfiles._last_vocab_ids((tmp_path / "t.json").read_bytes()) == [99]
