@@ -12,10 +12,9 @@ transformers 5.25 by tests/test_config_values.py:
   refuses (a ``max_new_tokens`` ≤ 0) are BAD CONFIG too: the weights are intact.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
-  (``tanh(x / cap) * cap`` divides by zero; null is off) or Granite's ``logits_scaling`` of 0 (the logits
-  are divided by it): every forward pass
-  NaN; more experts routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass
-  raises. BAD CONFIG.
+  (``tanh(x / cap) * cap`` divides by zero; null is off), Granite's ``logits_scaling`` of 0 (the logits are
+  divided by it) or a ``rope_theta`` of 0 or less (the rotary frequencies): every forward pass NaN; more experts
+  routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass raises. BAD CONFIG.
 
 Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 without sampling, an
 ``eos_token_id`` outside the vocabulary) are left alone: they are no reason to call a model broken.
@@ -224,9 +223,9 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
 
 def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     """What in one (sub-)config breaks its model: a norm's negative epsilon, a Gemma softcap of 0, a Granite
-    ``logits_scaling`` of 0, more experts
-    routed to than exist (torch.topk raises "selected index k out of range"), a sliding window of no tokens where
-    a layer slides (the attention mask and the scores disagree in size)."""
+    ``logits_scaling`` of 0, a rotary base of 0 or less, more experts routed to than exist (torch.topk raises
+    "selected index k out of range"), a sliding window of no tokens where a layer slides (the attention mask and
+    the scores disagree in size)."""
     wrong = []
     found_type = config.get("model_type")
     model_type = found_type if isinstance(found_type, str) else ""
@@ -257,9 +256,9 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
 
 def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
     """A rotary base of 0 or less (in ``rope_parameters`` or one of its per-layer-type entries; at the top level of
-    a config without them, which transformers 5 reads it into):
-    the frequencies 1 / theta^(2i/d) are Inf or NaN, and so is every query and key past position 0 (eager
-    attention's logits NaN; CPU SDPA hides it, computing garbage)."""
+    a config without them, which transformers 5 reads it into): the frequencies 1 / theta^(2i/d) are Inf or NaN,
+    and so is every query and key past position 0 (eager attention's logits NaN; CPU SDPA hides it, computing
+    garbage)."""
     found = []
     # (transformers 5 reads a top-level rope_theta only into a config without rope_parameters)
     places: list[tuple[str, Any]] = [] if isinstance(config.get("rope_parameters"), dict) else [("", config)]

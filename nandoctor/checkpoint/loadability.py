@@ -27,6 +27,7 @@ directly: a note says how to consolidate them.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,6 @@ def _base_model_note(root: Path, names: set[str]) -> list[str]:
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not isinstance(base, str) or not base:
         return []
-    import shlex
-
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
             f"read: scan it too (nandoctor scan {shlex.quote(base)})"]
 

@@ -37,6 +37,19 @@ from nandoctor.wording import first_few
 E8M0 = "F8_E8M0"
 _FP8_SCALE = re.compile(r"_scale(?:_inv)?$")
 _SCALE_DTYPES = frozenset({"F32", "F16", "BF16", E8M0})
+_MXFP4_SCALES = re.compile(r"_scales$")
+_MXFP4_PART = re.compile(r"_(?:blocks|scales)$")
+# A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
+_FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
+    ("MXFP4 blocks and scales", _MXFP4_PART, frozenset({"U8", E8M0})),  # (scales read as E8M0 by then)
+    ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), INTEGERS),  # (a float qweight is a model's own)
+    ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
+)
+_WHAT_FROM_PRETRAINED_DOES = {
+    "MXFP4 blocks and scales": "initializes the expert weights they hold at random",
+    "GPTQ/AWQ packed weights": "initializes the layers they hold at random",
+    "FP8 weight scales": "loads the FP8 weights without them (unscaled, up to 448: the model computes garbage, and overflows in float16)",
+}
 
 
 @dataclass(frozen=True)
@@ -47,19 +60,6 @@ class ScaledPair:
     weight: TensorRef | None
     scale: TensorRef
     divides: bool = False
-_MXFP4_SCALES = re.compile(r"_scales$")
-_MXFP4_PART = re.compile(r"_(?:blocks|scales)$")
-# A quantizer's own tensors, by what each format stores beside (or instead of) a ``.weight``
-_FORMATS: tuple[tuple[str, re.Pattern[str], frozenset[str] | None], ...] = (
-    ("MXFP4 blocks and scales", _MXFP4_PART, frozenset({"U8", "F8_E8M0"})),  # (scales read as E8M0 by then)
-    ("GPTQ/AWQ packed weights", re.compile(r"\.(?:qweight|qzeros)$"), INTEGERS),  # (a float qweight is a model's own)
-    ("FP8 weight scales", re.compile(r"\.weight_scale(?:_inv)?$"), None),
-)
-_WHAT_FROM_PRETRAINED_DOES = {
-    "MXFP4 blocks and scales": "initializes the expert weights they hold at random",
-    "GPTQ/AWQ packed weights": "initializes the layers they hold at random",
-    "FP8 weight scales": "loads the FP8 weights without them (unscaled, up to 448: the model computes garbage, and overflows in float16)",
-}
 
 
 def as_quantizer_reads(root: Path, refs_by_file: dict[Path, Sequence[TensorRef]]

@@ -57,7 +57,7 @@ _VOCAB_TAIL_BYTES = 64 << 10  # the vocabulary's last entries: the largest ids a
 _UNIGRAM_VOCAB = re.compile(rb'"vocab"\s*:\s*\[')
 _PIECE = re.compile(rb'\[\s*"(?:[^"\\]|\\.)*"\s*,\s*[-+0-9.eE]+\s*\]')  # (one of Unigram's ["piece", score])
 _ID_DIGITS = 10  # (ids are u32 in the tokenizers library; a longer run of digits is no id, and int() refuses 4,300)
-_ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d{1,10})\s*[,}]')  # ("token": 123, in a vocabulary object)
+_ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d{1,%d})\s*[,}]' % _ID_DIGITS)  # ("token": 123, in a vocabulary)
 _SHOWN = 3
 _NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
@@ -102,17 +102,17 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
         settings = {**(special_map if isinstance(special_map, dict) else {}), **settings}
         added = _read(root / ADDED_TOKENS, found)
         if isinstance(added, dict):
-            named = _named(settings)
+            named_tokens = set(_named(settings).values())
             for token, number in added.items():
                 if _int(number):
-                    tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in named))
-    tokenizer = _tokenizer_json(root / TOKENIZER, found)
+                    tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in named_tokens))
+    vocab = _text_vocab(config)
+    tokenizer = _tokenizer_json(root / TOKENIZER, found, ids=vocab is not None)  # (read for its validity either way)
+    if vocab is None:
+        return found, []
     for token in tokenizer.added:
         if isinstance(token, dict) and _int(token.get("id")):
             tokens.setdefault(token["id"], _Token(TOKENIZER, _content(token), _special(token)))
-    vocab = _text_vocab(config)
-    if vocab is None:
-        return found, []
     special_ids = {n for n, t in tokens.items() if t.special}
     largest = max((n for n in tokenizer.vocab_ids if n not in special_ids), default=None)
     if largest is not None and largest >= vocab:
@@ -128,10 +128,11 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
         return found, []  # (the added tokens lie beyond it too: said once)
     outside = sorted(n for n in tokens if n >= vocab)
     named, template = _named(settings), _chat_template(root, settings)
-    used = [n for n in outside if not tokens[n].special or tokens[n].content in named or n in tokenizer.used_ids
+    roles = {n: _role(tokens[n].content, named) for n in outside}
+    used = [n for n in outside if not tokens[n].special or roles[n] or n in tokenizer.used_ids
             or (tokens[n].content and tokens[n].content in template)]
     if used:
-        said = [f"{tokens[n].content!r} (id {n}{_role(tokens[n].content, settings)})" for n in used]
+        said = [f"{tokens[n].content!r} (id {n}{f', the {roles[n]} token' if roles[n] else ''})" for n in used]
         found.append(ScanProblem(
             str(root / tokens[used[0]].file),
             f"gives {len(used)} token(s) that inputs hold an id at or beyond the model's vocabulary of {vocab:,} "
@@ -141,8 +142,7 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
             "resize the model's embeddings to the tokenizer before saving (model.resize_token_embeddings("
             "len(tokenizer)), then save_pretrained), or save the tokenizer the model was trained with"
             + ("; for the pad token alone, tokenizer.pad_token = tokenizer.eos_token (an id the model has) and "
-               "tokenizer.save_pretrained(...) needs no retraining" if any(_role(tokens[n].content, settings) ==
-                                                                             ", the pad token" for n in used) else ""),
+               "tokenizer.save_pretrained(...) needs no retraining" if any(roles[n] == "pad" for n in used) else ""),
             kind=CONFIG_KIND,
         ))
     unused = [n for n in outside if n not in used]
@@ -171,9 +171,9 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
     return data
 
 
-def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
+def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _TokenizerJson:
     """tokenizer.json as transformers reads it (a problem added to ``found`` where that fails): parsed whole when
-    small, else read as bytes (the module's docstring says how)."""
+    small, else read as bytes (the module's docstring says how); ``ids``: its vocabulary's ids are wanted."""
     try:
         if _absent(path, found):
             return _TokenizerJson()
@@ -189,9 +189,9 @@ def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
             return _TokenizerJson()
         model = data.get("model")
         vocab = model.get("vocab") if isinstance(model, dict) else None
-        ids = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
+        listed = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
             [len(vocab) - 1] if isinstance(vocab, list) and vocab else [])  # (Unigram: a list of pieces)
-        return _TokenizerJson(_list(data.get("added_tokens")), ids, _used_ids(data))
+        return _TokenizerJson(_list(data.get("added_tokens")), listed, _used_ids(data))
     if size > _MAX_BYTES:
         return _TokenizerJson()  # (no tokenizer is that large: not judged)
     try:
@@ -206,7 +206,7 @@ def _tokenizer_json(path: Path, found: list[ScanProblem]) -> _TokenizerJson:
     while True:
         head, complete = _head_values(raw[:window].decode("utf-8", "replace"))
         if complete or window >= len(raw):
-            return _TokenizerJson(_list(head.get("added_tokens")), _last_vocab_ids(raw), _used_ids(head))
+            return _TokenizerJson(_list(head.get("added_tokens")), _last_vocab_ids(raw) if ids else [], _used_ids(head))
         window *= 4
 
 
@@ -331,19 +331,16 @@ def _text_vocab(config: dict[str, Any] | None) -> int | None:
     return positive(config.get("vocab_size"))
 
 
-def _named(settings: dict[str, Any]) -> set[str]:
-    """The tokens tokenizer_config.json (or special_tokens_map.json) names pad, BOS, EOS …: inputs hold them."""
-    return {_content(value) if isinstance(value, dict) else value for key in _NAMED_TOKENS
+def _named(settings: dict[str, Any]) -> dict[str, str]:
+    """The tokens tokenizer_config.json (or special_tokens_map.json) names pad, BOS, EOS …, by role: inputs hold
+    them."""
+    return {key.removesuffix("_token"): _content(value) if isinstance(value, dict) else value for key in _NAMED_TOKENS
             if isinstance(value := settings.get(key), (str, dict))}
 
 
-def _role(content: str, settings: dict[str, Any]) -> str:
-    """``, the pad token`` where ``content`` is one of the named tokens."""
-    for key in _NAMED_TOKENS:
-        value = settings.get(key)
-        if (_content(value) if isinstance(value, dict) else value) == content:
-            return f", the {key.removesuffix('_token')} token"
-    return ""
+def _role(content: str, named: dict[str, str]) -> str | None:
+    """The role (``pad``, ``eos`` …) the token ``content`` is named for, if any."""
+    return next((role for role, token in named.items() if token == content), None)
 
 
 def _chat_template(root: Path, settings: dict[str, Any]) -> str:

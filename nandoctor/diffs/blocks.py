@@ -21,6 +21,7 @@ from nandoctor.blockfields import gather, lane_bytes
 from nandoctor.diffs import values
 from nandoctor.dtypes import DTYPES
 from nandoctor.kernels.census import to_little
+from nandoctor.kernels.decode import decode
 from nandoctor.model import Region
 
 
@@ -30,7 +31,7 @@ def _scales(raw: np.ndarray, region: Region) -> np.ndarray:
     spec = DTYPES[region.dtype]
     if region.byteorder == "big" and spec.lane_bits > 8:
         lanes = to_little(lanes, spec)
-    return values.decode(lanes, region.dtype)
+    return decode(lanes, region.dtype)
 
 
 def compare_blocks(raw_a: np.ndarray, raw_b: np.ndarray, region_a: Region, region_b: Region) -> values.ChunkStats:

@@ -47,6 +47,7 @@ from nandoctor.dtypes import DTYPES
 from nandoctor.engine.chunks import in_global
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import to_little
+from nandoctor.kernels.decode import decode
 from nandoctor.model import ChunkOf, ProgressCallback, TensorRef
 from nandoctor.restore.pieces import NotRestorable, pieces, view
 from nandoctor.restore.tensorbytes import Box, boxes, byte_range, check_bounds, itemsize, read_box
@@ -290,8 +291,8 @@ class Comparer:
             return True, None
         if task.outcome.per_block:
             return True, compare_blocks(raw_a, raw_b, task.a.region, task.b.region)
-        x = values.decode(_little(raw_a, task.a), task.a.dtype)
-        y = values.decode(_little(raw_b, task.b), task.b.dtype)
+        x = decode(_little(raw_a, task.a), task.a.dtype)
+        y = decode(_little(raw_b, task.b), task.b.dtype)
         lanes_a, lanes_b = values.lanes_per_element(task.a.dtype), values.lanes_per_element(task.b.dtype)
         if lanes_a < lanes_b:  # a real tensor against a complex one: (value, 0) against (re, im)
             x = values.as_complex(x)

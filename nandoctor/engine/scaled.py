@@ -1,4 +1,4 @@
-"""FP8 weights judged with their scales: the values a quantizer dequantizes them into.
+"""Quantizer scales judged by the weights they make (FP8's multiplied, BitNet's divided).
 
 An FP8 weight stores at most 448 (E4M3) or 57344 (E5M2), so its own bytes never explode; the quantizer multiplies
 it by its scale (``weight_scale_inv`` of transformers' FineGrainedFP8 / DeepSeek-V3, ``weight_scale`` of
@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from nandoctor.checkpoint.quantized import ScaledPair
+from nandoctor.dtypes import DTYPES
 from nandoctor.kernels.census import HealthLimits
+from nandoctor.kernels.decode import decode
 from nandoctor.kernels.targets import TargetSpec
 from nandoctor.model import TensorRef, TensorResults
 
@@ -73,27 +75,17 @@ def judged_scales(
 
 
 def _values(ref: TensorRef) -> np.ndarray | None:
-    """A small float scale tensor's values (F32, F16, BF16, E8M0), None for anything else."""
+    """A small scale tensor's values (its dtype one of quantized.py's scale dtypes), None where it cannot be read."""
     region = ref.region
     if region.nbytes > _MAX_SCALE_BYTES or region.byteorder != "little" or not ref.is_contiguous:
         return None
-    width = {"F32": 4, "F16": 2, "BF16": 2, "F8_E8M0": 1}.get(ref.dtype)
-    if width is None:
-        return None
+    width = DTYPES[ref.dtype].bits // 8
     try:
         raw = np.fromfile(Path(region.file), dtype=np.uint8, count=ref.numel * width,
                           offset=region.offset + ref.storage_offset * width)
     except (OSError, ValueError):
         return None
-    if raw.size != ref.numel * width:
-        return None
-    if ref.dtype == "F32":
-        return raw.view("<f4")
-    if ref.dtype == "F16":
-        return raw.view("<f2")
-    if ref.dtype == "BF16":
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    return np.ldexp(1.0, raw.astype(np.int32) - 127)  # E8M0 (its 0xFF NaN is the scan's finding already)
+    return decode(raw, ref.dtype) if raw.size == ref.numel * width else None
 
 
 __all__ = ["judged_scales"]
