@@ -106,6 +106,26 @@ def test_a_tokenizer_json_cut_short_is_bad_config(padded_without_resize, tmp_pat
     assert any(p.path.endswith("tokenizer.json") and "cannot be read as JSON" in p.message for p in report.errors)
 
 
+@pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "ends-only"])
+def test_a_tokenizer_json_zeroed_in_its_middle_is_bad_config(padded_without_resize, tmp_path, monkeypatch,
+                                                            full_parse_bytes):
+    """A run of NUL bytes (a page zeroed on disk) in the middle, where reading a large file at its ends alone
+    would not look."""
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", full_parse_bytes)
+    folder = shutil.copytree(padded_without_resize, tmp_path / "model")
+    data = bytearray((folder / "tokenizer.json").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    (folder / "tokenizer.json").write_bytes(bytes(data))
+    assert _oracle(folder) == "tokenizer"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and {p.kind for p in report.errors} == {"config"}, report.errors
+    problem = next(p for p in report.errors if p.path.endswith("tokenizer.json"))
+    assert "cannot be read as JSON" in problem.message
+    if not full_parse_bytes:
+        assert f"NUL byte at offset {middle:,}" in problem.message
+
+
 def test_a_large_tokenizer_json_is_read_at_its_ends_with_the_same_answer(padded_without_resize, monkeypatch):
     parsed = [p.message for p in nandoctor.scan(padded_without_resize).errors]
     monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", 0)
