@@ -310,7 +310,7 @@ def test_a_sharded_dcp_tensor_restored_in_two_chunks_counts_once(tmp_path):
     result = run("repair", bad, "--from", clean, "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "(2 tensor(s) restored, 2 of 2 weight file(s) patched," in text
+    assert "(2 tensor(s) restored, 2 of 2 scanned file(s) patched," in text
     rows = {line.split("│")[0].strip(): line.split("│")[1].strip()
             for line in result.output.splitlines() if line.count("│") == 5}
     assert rows == {"v": "1", "w": "1"}  # the per-layer table: tensors, not chunks

@@ -197,7 +197,7 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
         Text.assemble(
             ("✓ REPAIRED", "bold green"),
             f": wrote {safe(result.out or '')} ({plan.tensors_restored} tensor(s) restored, "
-            f"{patched} of {len(result.files)} weight file(s) patched, {len(result.carried)} other file(s) carried over) "
+            f"{patched} of {len(result.files)} scanned file(s) patched, {len(result.carried)} other file(s) carried over) "
             f"in {result.seconds:.2f} s",
             f"\n  proof: {safe(result.proof or '')}",
         )
