@@ -285,6 +285,8 @@ def scan_run(
 
     Raises:
         UnsupportedFormatError: the folder holds no ``checkpoint-N`` folders (use :func:`scan`).
+        DeviceUnavailableError: ``device`` cannot be used (``"cuda"`` where torch sees no GPU), before any
+            checkpoint is read.
 
     Example:
         >>> run = nandoctor.scan_run("output/")
@@ -292,6 +294,9 @@ def scan_run(
     """
     require_path(path, "scan_run")
     asked = _check_target(target_dtype)
+    from nandoctor.kernels import require_device
+
+    require_device(device)  # (each checkpoint would fail alone, as if its files were at fault)
     limits = health_limits(max_abs, outlier_factor)
     chosen = selection(only, exclude)
     resolved, _ = hubcache.resolve(path)

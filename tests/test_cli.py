@@ -22,6 +22,19 @@ def test_clean_checkpoint_exits_0():
     assert "CLEAN" in result.output
 
 
+@pytest.mark.parametrize("target", ["checkpoint-300", "."], ids=["checkpoint", "run"])
+def test_a_device_that_cannot_be_used_is_refused_before_any_checkpoint(target, monkeypatch):
+    """--device cuda without a GPU: one error for a run folder too, never each checkpoint called incomplete."""
+    from nandoctor import kernels
+
+    monkeypatch.setitem(kernels.KERNELS, "cuda", lambda: (_ for _ in ()).throw(
+        kernels.DeviceUnavailableError("--device cuda was asked for, but torch sees no CUDA GPU")))
+    result = run("scan", str(DEMO_RUN / target), "--device", "cuda")
+    assert result.exit_code == 3, result.output
+    assert "torch sees no CUDA GPU" in result.output
+    assert "incomplete" not in result.output and "unfinished" not in result.output
+
+
 def test_bad_checkpoint_exits_1_and_names_layers():
     result = run("scan", str(DEMO_RUN / "checkpoint-300"))
     assert result.exit_code == 1

@@ -134,6 +134,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def require_device(device: str) -> None:
+    """Refuse a device that cannot be used (DeviceUnavailableError), before any checkpoint is opened: a run scans
+    many, and each would otherwise fail on its own, as if its files were at fault. ``auto`` always can."""
+    if device != "auto":
+        select_kernel(device)
+
+
 def select_kernel(device: str = "auto") -> Kernel:
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
