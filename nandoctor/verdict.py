@@ -494,6 +494,18 @@ def is_training_checkpoint(report: ScanReport) -> bool:
     return run_context(report) is not None or not {"optimizer", "trainer"}.isdisjoint(report.tensors.refs.roles)
 
 
+def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
+    """The names of ``report``'s tensors with a ``failing`` finding when every one of them is optimizer state
+    (the weights are healthy: the model loads and generates, only resuming training restores the damage); []
+    otherwise."""
+    tensors, wanted = report.tensors, set(failing)
+    rows = [i for i in tensors.flagged if not wanted.isdisjoint(tensors.findings[i])]
+    roles = tensors.refs.roles
+    if not rows or any(roles[i] != "optimizer" for i in rows):
+        return []
+    return [tensors.refs.names[i] for i in rows]
+
+
 # How each trainer names gradient clipping, for the advice to resume with it
 CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
 

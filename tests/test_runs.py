@@ -368,3 +368,32 @@ def test_a_run_failed_on_zeroed_says_what_to_do(run_dir):
     result = run("scan", str(run_dir), "--fail-on", "zeroed")
     out = " ".join(result.output.split())
     assert result.exit_code == 1 and "all-zero tensors in checkpoint-300" in out and zeroed in out, out[-800:]
+
+
+def test_a_checkpoint_bad_only_in_its_optimizer_state_says_the_weights_are_fine_and_where_to_resume(run_dir):
+    """NaN in the Adam moments alone: the model loads and generates, resuming restores the NaN. The scan says so
+    (no layer grid for optimizer.state.N, which numbers parameters), and the run names the checkpoint to resume
+    from even where a healthy final model is its last healthy row."""
+    torch = pytest.importorskip("torch")
+    newest = run_dir / "checkpoint-300"
+    for shard in (run_dir / "checkpoint-200").glob("*.safetensors"):
+        shutil.copy(shard, newest / shard.name)  # (its weights healthy again)
+    for name in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
+        state = {i: {"exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)} for i in range(40)}
+        if name == "checkpoint-300":
+            state[33]["exp_avg_sq"][1] = float("nan")
+        torch.save({"state": state, "param_groups": [{"params": list(range(40))}]}, run_dir / name / "optimizer.pt")
+    result = run("scan", str(newest))
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, out[-800:]
+    assert "only optimizer state is bad (optimizer.state.33.exp_avg_sq)" in out and "weights are healthy" in out
+    assert "or restore the bad tensors" in out and "layer × component" not in out
+    for f in (run_dir / "checkpoint-200").iterdir():  # a final model at the top (trainer.save_model)
+        if f.suffix in (".safetensors", ".json") and f.name != "trainer_state.json":
+            shutil.copy(f, run_dir)
+    result = run("scan", str(run_dir))
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0 and "last healthy: final" in out, out[-800:]
+    assert (f"optimizer state only: checkpoint-300: optimizer.state.33.exp_avg_sq hold NaN/Inf or exploded values "
+            f"while its weights are healthy; resuming training from it restores them: resume from "
+            f"{run_dir / 'checkpoint-200'} instead") in out

@@ -201,7 +201,10 @@ def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
     present: dict[str, set[str]] = {}
     bad: dict[str, dict[int, set[str]]] = {}
     tensors = report.tensors  # (its columns: no TensorResult made per tensor)
-    for name, nan, posinf, neginf in zip(tensors.refs.names, tensors.nan, tensors.posinf, tensors.neginf):
+    for name, role, nan, posinf, neginf in zip(tensors.refs.names, tensors.refs.roles, tensors.nan, tensors.posinf,
+                                               tensors.neginf):
+        if role in ("optimizer", "trainer"):
+            continue  # (optimizer.state.N numbers parameters, not layers: no grid of layers to draw)
         key = layer_of(name)
         if key.stack is None or key.index is None:
             continue

@@ -299,7 +299,27 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
                 lines.append((BAD, f"{said}: {c.name}: {problem.path}: {problem.message}"))
                 if problem.hint:
                     lines.append((HINT, problem.hint))
-    return lines + _config_lines(run)
+    return lines + _optimizer_lines(run) + _config_lines(run)
+
+
+def _optimizer_lines(run: RunReport) -> list[tuple[str, str]]:
+    """A checkpoint poisoned in its optimizer state alone: its weights are healthy (the run may call a later
+    final model healthy), but resuming from it (Trainer's ``resume_from_checkpoint=True`` takes the newest)
+    restores the damage: the checkpoint to resume from instead."""
+    lines: list[tuple[str, str]] = []
+    resumable: RunCheckpoint | None = None
+    for c in run.checkpoints:
+        if c.status == CLEAN and not c.final:
+            resumable = c
+        if c.status != POISONED or c.report is None or c.same_as is not None:
+            continue
+        judged = c.report.judgement
+        bad = verdicts.optimizer_only(c.report, judged.failing if judged is not None else verdicts.FAILING_BY_DEFAULT)
+        if bad:
+            instead = f"resume from {resumable.path} instead" if resumable is not None else "no earlier checkpoint to resume from"
+            lines.append((WARN, f"optimizer state only: {c.name}: {first_few(bad, 2)} hold NaN/Inf or exploded values "
+                                f"while its weights are healthy; resuming training from it restores them: {instead}"))
+    return lines
 
 
 def _config_lines(run: RunReport) -> list[tuple[str, str]]:

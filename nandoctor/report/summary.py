@@ -171,6 +171,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
+        optimizer = verdicts.optimizer_only(report, failing)
+        if optimizer and not report.unviewed:
+            steps.append(f"only optimizer state is bad ({_first(optimizer)}); the model weights are healthy, so the "
+                         "model loads and generates, but resuming training from this checkpoint restores the bad "
+                         "state: resume from an earlier checkpoint instead")
         outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
         unviewed = [u.file for u in outside]
         for file in dict.fromkeys(u.file for u in outside if u.kind != "numpy"):  # no repair by name restores them
@@ -184,7 +189,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         if in_place and not unviewed:
             steps += in_place
         elif report.bad_tensors or not unviewed:
-            steps += [f"{'then r' if unviewed or config_first else 'r'}estore the bad tensors from an earlier checkpoint with",
+            lead = "then r" if unviewed or config_first else "or r" if optimizer else "r"
+            steps += [f"{lead}estore the bad tensors from an earlier checkpoint with",
                       f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
@@ -202,6 +208,10 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
                   "restore them from an earlier checkpoint with", f"    {repair_command(report)}"]
     return steps
+
+
+def _first(names: list[str], shown: int = 2) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # What to do first about each kind of problem (ScanProblem.kind, exit 3), before anything is judged.
