@@ -60,9 +60,9 @@ def _transpose(tensors):
 
 
 @pytest.mark.parametrize(("config", "change", "said"), [
-    ({"vocab_size": 256}, None, "lm_head.weight holds shape [128, 32] where the model config.json describes has [256, 32]"),
+    ({"vocab_size": 256}, None, "lm_head.weight holds shape [128, 32] where the model built from config.json has [256, 32]"),
     ({"hidden_size": 64}, None, "config.json's hidden_size is 64, the tensor is 32 wide"),
-    (None, _transpose, f"{DOWN} holds shape [64, 32] where the model config.json describes has [32, 64]"),
+    (None, _transpose, f"{DOWN} holds shape [64, 32] where the model built from config.json has [32, 64]"),
 ])
 def test_a_shape_from_pretrained_refuses_is_not_loadable(tmp_path, config, change, said):
     folder = _llama(tmp_path / "m", config=config, change=change)
@@ -78,7 +78,7 @@ def test_layers_config_json_builds_that_the_weights_lack_are_not_loadable(tmp_pa
     assert loads and missing and all(k.startswith("model.layers.3.") for k in missing)  # random on load
     report = nandoctor.scan(folder)
     assert report.exit_code == 3
-    assert ("model.layers holds layers 0–2 where the model config.json describes has layers 0–3 (config.json's "
+    assert ("model.layers holds layers 0–2 where the model built from config.json has layers 0–3 (config.json's "
             "num_hidden_layers is 4): from_pretrained initializes layer 3 of model.layers at random") in report.errors[0].message
 
 
@@ -364,3 +364,30 @@ def test_healthy_models_without_the_usual_embedding_or_final_norm_names_are_not_
     data = json.loads((tmp_path / name / "config.json").read_text())
     assert list(architecture._suspicions(data, stored, architecture._stacks(stored))) == []
     assert nandoctor.scan(tmp_path / name).exit_code == 0
+
+
+def test_a_truncated_shard_is_unreadable_and_its_weights_are_not_called_missing(tmp_path, monkeypatch):
+    """A shard cut short: from_pretrained raises on it (it does not initialize its weights at random), so the scan
+    says the file is unreadable, not that the weights it holds are missing, and builds no model to look for them."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _llama(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) >= 3
+    middle = shards[len(shards) // 2]
+    with open(middle, "r+b") as f:
+        f.truncate(middle.stat().st_size // 2)
+    with pytest.raises(Exception):
+        AutoModelForCausalLM.from_pretrained(sharded)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built to look for weights the unreadable shard holds")
+
+    monkeypatch.setattr(architecture, "_built_by_transformers", no_build)
+    report = nandoctor.scan(sharded)
+    assert report.exit_code == 3
+    assert [p.path for p in report.errors] == [str(middle)], report.errors
+    assert "truncated" in report.errors[0].message

@@ -6,7 +6,7 @@ Cheap first: config.json's ``vocab_size`` and ``hidden_size`` against the token 
 ``num_hidden_layers`` against the layer stacks the weights hold. Those keys do not decide every model's shapes
 (ALBERT's embeddings are ``embedding_size`` wide, Moshi's hold ``vocab_size + 1`` rows: a sweep of the 582
 architectures of transformers 5.25 on torch's meta device found 26 such disagreements in healthy models), so a
-disagreement is only a suspicion. Where transformers is installed, the model config.json describes is built on
+disagreement is only a suspicion. Where transformers is installed, the model built from config.json is built on
 the meta device (no weights, no memory; only classes transformers ships: never remote code) and the suspected
 tensors and stacks are compared with it: a shape it builds otherwise is NOT LOADABLE, layers it builds that the
 weights lack are too (the model loads, with those layers random). Without transformers, a note says what
@@ -101,7 +101,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
         why = reasons.get(name) or next((w for what, w in suspected if what == _SIZE_SUSPICION), None)
         more = f" and {len(mismatched) - 1} more tensor(s)" if len(mismatched) > 1 else ""
         found.append(ScanProblem(
-            str(root), f"{name} holds shape {list(shape)} where the model config.json describes has {list(want)}"
+            str(root), f"{name} holds shape {list(shape)} where the model built from config.json has {list(want)}"
             f"{more}{f' ({why})' if why else ''}: from_pretrained refuses the checkpoint (size mismatch)",
             "save config.json with the model's real sizes (the one it was trained with), or the weights with this "
             "config (a resized embedding needs its config's vocab_size)", kind=UNLOADABLE_KIND))
@@ -112,13 +112,13 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
         )) if stack in built_stacks else []
         if ignored:
             found.append(ScanProblem(
-                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model config.json describes has "
+                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
                 f"{_numbers(built_stacks[stack])} ({reasons[stack]}): from_pretrained leaves {_numbers(ignored)} of "
                 f"{stack} unused, so the model is not this checkpoint",
                 "save config.json with the number of layers the weights hold (num_hidden_layers)", kind=UNLOADABLE_KIND))
         if missing:
             found.append(ScanProblem(
-                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model config.json describes has "
+                str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
                 f"{_numbers(built_stacks[stack])} ({reasons[stack]}): from_pretrained initializes {_numbers(missing)} "
                 f"of {stack} at random, so the model is not this checkpoint",
                 "save config.json with the number of layers the weights hold (num_hidden_layers), or the missing "
@@ -135,7 +135,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     if lacking:
         names_said = ", ".join(name for name, _ in lacking[:3]) + (" …" if len(lacking) > 3 else "")
         found.append(ScanProblem(
-            str(root), f"{len(lacking)} weight(s) the model config.json describes needs are not stored "
+            str(root), f"{len(lacking)} weight(s) the model built from config.json needs are not stored "
                        f"({names_said}: {lacking[0][1]}): from_pretrained initializes them at random, so the "
                        "model is not this checkpoint",
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
@@ -175,7 +175,7 @@ def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicio
 
     return ScanProblem(
         str(root / "config.json"), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
-        f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
+        f"the model built from config.json ({failure.error}), so from_pretrained fails before it reads a weight",
         "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
         "config.json has the value it was trained with)", kind=CONFIG_KIND)  # (the weights are intact: BAD CONFIG)
 
