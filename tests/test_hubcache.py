@@ -193,10 +193,11 @@ def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, 
         (tmp_path / "run" / name).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     for given, hint in (("run/checkpoint-30", "did you mean run/checkpoint-300?"),
-                        ("run/zzz", "a local run holds no zzz"),
+                        ("run/zzz", "locally, run holds no zzz"),
+                        ("zzz", "locally, the current folder holds no zzz"),
                         (str(tmp_path / "run" / "checkpoint-10"), f"did you mean {tmp_path / 'run' / 'checkpoint-100'}?"),
                         ("nosuch/model", "hf download nosuch/model")):
         with pytest.raises(CheckpointNotFoundError) as caught:
             hubcache.resolve(given)
         assert hint in caught.value.hint, (given, caught.value.hint)
-        assert ("hf download" in caught.value.hint) is given.startswith(("nosuch", "run/zzz"))
+        assert ("hf download" in caught.value.hint) is given.startswith(("nosuch", "run/zzz", "zzz"))

@@ -203,7 +203,7 @@ def _nearby(path: Path) -> tuple[str, bool] | None:
         where = "this folder" if str(parent) in ("", ".") else str(parent)
         also = f" ({where} also holds {', '.join(close[1:])})" if close[1:] else ""
         return f"did you mean {shown}?{also}", True
-    return f"check the path: {parent} holds no {path.name}", False
+    return f"check the path: {'the current folder' if str(parent) in ('', '.') else parent} holds no {path.name}", False
 
 
 def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
@@ -235,5 +235,5 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
         "check the path; for a hub model, nandoctor never downloads: fetch it first "
         f"(`hf download {repo_id}`, `huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`) "
         "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is"
-        + (f"; a local {nearby[0].removeprefix('check the path: ')}" if nearby is not None else ""),
+        + (f"; locally, {nearby[0].removeprefix('check the path: ')}" if nearby is not None else ""),
     )
