@@ -140,3 +140,17 @@ def byte_length(dtype: DTypeSpec, numel: int) -> int | None:
 # The dtypes ``--target-dtype`` casts to (their overflow arithmetic: kernels/targets.py). Here, with no
 # numpy, so the command line can offer them without importing the kernels.
 TARGET_DTYPE_NAMES: tuple[str, ...] = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+# Other names users type for them (torch's and config.json's spelling among them), mapped onto TARGET_DTYPE_NAMES.
+TARGET_DTYPE_ALIASES: dict[str, str] = {
+    "float16": "fp16", "half": "fp16", "f16": "fp16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "fp8_e4m3", "f8_e4m3": "fp8_e4m3", "e4m3": "fp8_e4m3",
+    "float8_e5m2": "fp8_e5m2", "f8_e5m2": "fp8_e5m2", "e5m2": "fp8_e5m2",
+}
+
+
+def target_dtype_name(name: str) -> str | None:
+    """The TARGET_DTYPE_NAMES entry a user's ``name`` means (any case, ``torch.`` or not, ``-`` for ``_``), or None."""
+    key = name.strip().lower().replace("-", "_").removeprefix("torch.")
+    key = TARGET_DTYPE_ALIASES.get(key, key)
+    return key if key in TARGET_DTYPE_NAMES else None

@@ -96,6 +96,16 @@ def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):
     assert "max |x| 3.4e+38" in quiet.output
 
 
+@pytest.mark.parametrize("spelled", ["float16", "torch.float16", "FP16", "half"])
+def test_target_dtype_as_torch_and_config_json_spell_it(overflow_ckpt, spelled):
+    """config.json says "float16": --target-dtype float16 is the same check as fp16, not a usage error."""
+    path, _ = overflow_ckpt
+    assert run("scan", str(path), "--target-dtype", spelled, "-q").output == run(
+        "scan", str(path), "--target-dtype", "fp16", "-q").output
+    refused = run("scan", str(path), "--target-dtype", "fp32")
+    assert refused.exit_code == 2 and "'fp32' is not one of fp16, bf16" in refused.output
+
+
 def test_without_target_dtype_there_is_no_overflow_check(overflow_ckpt):
     path, _ = overflow_ckpt
     result = run("scan", str(path), "--json", "--fail-on", "nonfinite")  # its 3.4e38 weights are exploded too

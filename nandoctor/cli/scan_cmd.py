@@ -27,7 +27,7 @@ from nandoctor.cli.common import (
 )
 from nandoctor.cli.emit import check_markdown, emit_scan_and_html, write_html
 from nandoctor.cli.progress import byte_progress
-from nandoctor.dtypes import TARGET_DTYPE_NAMES
+from nandoctor.dtypes import TARGET_DTYPE_NAMES, target_dtype_name
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
@@ -41,6 +41,17 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
         return verdicts.parse_fail_on(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc).removeprefix("fail_on (--fail-on) ")) from None  # click names the option
+
+
+def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """fp16, bf16, fp8_e4m3, fp8_e5m2 or none, also as torch and config.json spell them (float16, bfloat16 …)."""
+    if value is None or value.strip().lower() == "none":
+        return None if value is None else "none"
+    name = target_dtype_name(value)
+    if name is None:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(TARGET_DTYPE_NAMES)}, none (or float16, "
+                                 "bfloat16, float8_e4m3fn, float8_e5m2 as torch spells them)")
+    return name
 
 
 @click.command()
@@ -59,7 +70,8 @@ def _fail_on(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range (for gates).")
 @click.option(
     "--target-dtype",
-    type=click.Choice((*TARGET_DTYPE_NAMES, "none")),
+    metavar="[" + "|".join((*TARGET_DTYPE_NAMES, "none")) + "]",
+    callback=_target_dtype,
     default=None,
     help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk). Default: the "
     "dtype config.json makes from_pretrained load the weights in (its dtype/torch_dtype), where they can overflow "

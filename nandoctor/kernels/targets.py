@@ -30,7 +30,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from nandoctor.dtypes import TARGET_DTYPE_NAMES, DTypeSpec, Family
+from nandoctor.dtypes import TARGET_DTYPE_NAMES, DTypeSpec, Family, target_dtype_name
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,10 @@ TARGETS: dict[str, TargetSpec] = {
 
 assert tuple(TARGETS) == TARGET_DTYPE_NAMES  # one list of target dtypes (dtypes.py), spelled out once here
 
-# Names users may type, mapped onto TARGETS keys.
-ALIASES: dict[str, str] = {
-    "float16": "fp16", "half": "fp16", "f16": "fp16",
-    "bfloat16": "bf16",
-    "float8_e4m3fn": "fp8_e4m3", "f8_e4m3": "fp8_e4m3", "e4m3": "fp8_e4m3",
-    "float8_e5m2": "fp8_e5m2", "f8_e5m2": "fp8_e5m2", "e5m2": "fp8_e5m2",
-}
-
-
 def target(name: str) -> TargetSpec:
     """The TargetSpec for a user-given name; ValueError lists the choices otherwise."""
-    key = name.lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in TARGETS:
+    key = target_dtype_name(name)
+    if key is None:
         raise ValueError(f"unknown target dtype {name!r}; choose one of {', '.join(TARGETS)}")
     return TARGETS[key]
 
