@@ -1,7 +1,7 @@
 """Overflow on a cast: which finite values become Inf/NaN when cast to a smaller float.
 
 ``--target-dtype fp16`` asks: if this checkpoint is loaded with
-``torch_dtype=torch.float16`` (or ``model.half()``), which weights blow up?
+``dtype=torch.float16`` (``torch_dtype=`` before transformers 4.56, or ``model.half()``), which weights blow up?
 Casts round to nearest (ties to even), so a value overflows once its magnitude
 reaches half an ulp above the target's largest finite value, not the largest
 value itself: fp16's limit is 65520, not 65504.
@@ -67,7 +67,7 @@ def target(name: str) -> TargetSpec:
 
 
 def checks_overflow(spec: DTypeSpec) -> bool:
-    """Only floating tensors are cast by ``.half()`` / ``torch_dtype=``; integers and bools stay."""
+    """Only floating tensors are cast by ``.half()`` / ``dtype=``; integers and bools stay."""
     return spec.family is not Family.FINITE
 
 
