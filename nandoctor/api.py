@@ -393,26 +393,28 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
             hint,
             report=report,
         )
+    overflow = verdicts.OVERFLOW in failing and verdicts.overflow_count(report) > 0
+    dtype = verdicts.target_dtype(report)
+    layer = verdicts.worst_overflow_layer(report)
+    top = verdicts.max_abs(report)
+    overflow_said = (f"{verdicts.overflow_count(report):,} finite values in {len(verdicts.overflow_tensors(report))} "
+                     f"tensors overflow when cast to {dtype}"
+                     + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""))
+    overflow_hint = (advice(report) or f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights "
+                     "before casting")
     health_found = [f for f in failing if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)]
     if health_found:
         counted = {f: len(verdicts.with_finding(report, f)) for f in health_found}
         said = ", ".join(f"{n} {f}" for f, n in counted.items())
         loads_as = advice(report)  # weights above fp16's ceiling because config.json loads them as fp16
-        raise NonFiniteWeightsError(
+        # (overflow too: OverflowRiskError, a NonFiniteWeightsError, so that the message says both)
+        raise (OverflowRiskError if overflow else NonFiniteWeightsError)(
             f"{report.target}: unhealthy weights ({said} tensor(s)){where}; finite, but the model will not "
-            "generate sensibly",
+            "generate sensibly" + (f"; and {overflow_said}" if overflow else ""),
             hint + (f"; or {loads_as}" if loads_as else ""),
             report=report,
         )
-    dtype = verdicts.target_dtype(report)
-    layer = verdicts.worst_overflow_layer(report)
-    top = verdicts.max_abs(report)
-    raise OverflowRiskError(
-        f"{report.target}: {verdicts.overflow_count(report):,} finite values in {len(verdicts.overflow_tensors(report))} "
-        f"tensors overflow when cast to {dtype}" + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""),
-        advice(report) or f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights before casting",
-        report=report,
-    )
+    raise OverflowRiskError(f"{report.target}: {overflow_said}", overflow_hint, report=report)
 
 
 def repair(

@@ -85,6 +85,18 @@ def test_assert_finite_outside_a_run_suggests_an_explicit_donor(tmp_path):
     assert "--from <an earlier clean checkpoint or the base model>" in info.value.hint
 
 
+def test_assert_finite_says_overflow_beside_an_outlier(tmp_path):
+    """A norm gain of 7e4 among ones: an outlier, and it overflows fp16. The error is OverflowRiskError (still a
+    NonFiniteWeightsError) and says both, not the outlier alone."""
+    path = tmp_path / "m.safetensors"
+    gain = np.ones(4096, np.float32)
+    gain[7] = 7e4
+    write_safetensors(path, {"model.layers.3.input_layernorm.weight": RawTensor("F32", (4096,), gain.tobytes())})
+    with pytest.raises(nandoctor.OverflowRiskError) as info:
+        nandoctor.assert_finite(str(path), target_dtype="fp16")
+    assert "1 outlier tensor(s)" in info.value.message and "overflow when cast to fp16" in info.value.message
+
+
 def test_assert_finite_overflow_and_unreadable(tmp_path):
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"model.layers.3.mlp.weight": RawTensor("F32", (2,), np.array([1e5, 1.0], np.float32).tobytes())})
