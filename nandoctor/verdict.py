@@ -515,6 +515,11 @@ def diverged_advice(report: ScanReport, where: str = "") -> str:
     training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
     healthy source."""
     if is_training_checkpoint(report):
+        context = run_context(report)
+        if context is not None and "baseline" in context and context["baseline"] is None:
+            # (its run holds no healthy checkpoint before it: nothing to resume from)
+            return f"no healthy checkpoint before it in its run: restart from the base model with a lower learning " \
+                   f"rate or {CLIPPING}"
         return f"resume training from the last healthy checkpoint{where} with a lower learning rate or {CLIPPING}"
     return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
             "or convert/quantize again from a healthy checkpoint)")

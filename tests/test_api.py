@@ -274,6 +274,22 @@ def test_assert_finite_raises_the_error_of_each_verdict_kind(tmp_path, kind, err
         assert info.value.hint.startswith("resume training from the last healthy checkpoint") == ("grow" in kind)
 
 
+def test_a_diverged_checkpoint_with_no_healthy_one_before_it_is_told_to_restart(tmp_path):
+    """Every checkpoint of the run diverged: the hint says restart from the base model, not "resume from the last
+    healthy checkpoint" (the run's scan says there is none)."""
+    rng = np.random.default_rng(4)
+    for step in (1, 2):
+        folder = tmp_path / "run" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        write_safetensors(folder / "model.safetensors", {
+            f"model.layers.{i}.mlp.weight": RawTensor("F32", (4096,), np.full(4096, np.nan, np.float32).tobytes())
+            for i in range(6)} | {"model.norm.weight": RawTensor(
+                "F32", (64,), (1 + rng.standard_normal(64) * 0.01).astype(np.float32).tobytes())})
+    with pytest.raises(nandoctor.DivergedError) as info:
+        nandoctor.assert_finite(str(tmp_path / "run" / "checkpoint-2"))
+    assert info.value.hint.startswith("no healthy checkpoint before it in its run: restart from the base model")
+
+
 def test_the_verdict_functions_take_fail_on_none_as_the_default_gate():
     from nandoctor import verdict
 

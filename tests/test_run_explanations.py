@@ -50,4 +50,24 @@ def test_a_diverged_checkpoint_names_its_reason_in_markdown(run):
     diverged = [c for c in run.checkpoints if c.status == "diverged" and c.why]
     assert diverged
     markdown = markdown_report.render_run(run)
-    assert md(f"diverged: {diverged[0].name}: {diverged[0].why}") in markdown
+    first = next(line for _, line in run_report.explanations(run) if line.startswith(f"diverged: {diverged[0].name}"))
+    assert first.endswith(f": {diverged[0].why}") and md(first) in markdown
+
+
+def test_consecutive_checkpoints_diverged_for_the_same_reason_are_one_line(run):
+    """A run diverged for good says so once (a trial's run printed the same line for 18 checkpoints in a row)."""
+    rows = [c for c in run.checkpoints if c.same_as is None]
+    said = [line for _, line in run_report.explanations(run) if line.startswith("diverged: ")]
+    expected = []
+    for k, c in enumerate(rows):
+        if c.status != "diverged" or not c.why:
+            continue
+        if k and expected and rows[k - 1].status == "diverged" and rows[k - 1].why == c.why:
+            expected[-1].append(c)
+        else:
+            expected.append([c])
+    assert len(said) == len(expected), said
+    for line, group in zip(said, expected):
+        names = group[0].name if len(group) == 1 else f"{group[0].name} to {group[-1].name} ({len(group)} checkpoints)"
+        assert line == f"diverged: {names}: {group[0].why}"
+    assert any(len(group) > 1 for group in expected), said  # (the run diverges for good: a range to merge)

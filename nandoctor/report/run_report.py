@@ -286,11 +286,19 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
     broke), then why each diverged, incomplete or unreadable checkpoint is so (a HINT line follows the problem
     it is for). The console, Markdown and HTML reports all print these, so they cannot disagree."""
     lines = _log_lines(run)
-    for c in run.checkpoints:
+    diverged: list[list[RunCheckpoint]] = []  # runs of consecutive diverged rows for the same reason: one line each
+    for k, c in enumerate(run.checkpoints):
         if c.same_as is not None:
             continue  # said of the row it is the same file as
         if c.status == DIVERGED and c.why:
-            lines.append((BAD, f"diverged: {c.name}: {c.why}"))
+            if (diverged and k and diverged[-1][-1] is run.checkpoints[k - 1] and diverged[-1][-1].why == c.why
+                    and lines[-1][1].startswith("diverged: ")):
+                diverged[-1].append(c)
+                names = diverged[-1]
+                lines[-1] = (BAD, f"diverged: {names[0].name} to {names[-1].name} ({len(names)} checkpoints): {c.why}")
+            else:
+                diverged.append([c])
+                lines.append((BAD, f"diverged: {c.name}: {c.why}"))
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
         elif c.status == UNREADABLE and c.report is not None:
