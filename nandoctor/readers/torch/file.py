@@ -50,6 +50,7 @@ from nandoctor.readers.torch.stubs import (
     UnsafeGlobalError,
 )
 from nandoctor.readers.window import FileWindow
+from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
@@ -379,8 +380,29 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     _weights_only(path, tuple(legacy.refused), notes, problems)
     fh.seek(0)
     problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
+    problems += _untyped_legacy(path, walked, legacy.declared)
     arrays = numpy_findings(path, walked, notes, problems)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays)
+
+
+def _untyped_legacy(path: str, walked: Walk, declared: list[StorageRef]) -> list[ScanProblem]:
+    """NOT LOADABLE: a legacy file with an untyped storage, as ``torch.save(…, _use_new_zipfile_serialization=False)``
+    writes a tensor whose dtype has no legacy storage class (float8, complex32, uint16/32/64). torch's legacy
+    loader asks every storage type for its dtype, which ``UntypedStorage`` has not: torch.load raises, with
+    weights_only or without, whatever loads the file."""
+    if not any(ref.storage_type.untyped for ref in declared):
+        return []
+    names = [n.name for n in walked.tensors if n.tensor.storage.storage_type.untyped]
+    dtypes = sorted({n.tensor.torch_dtype for n in walked.tensors if n.tensor.storage.storage_type.untyped})
+    return [ScanProblem(
+        path,
+        f"a legacy torch file whose tensor(s) {listed(names) if names else '(none named)'} "
+        f"({', '.join(dtypes) or 'untyped'}) are stored untyped, which torch's legacy loader cannot read: torch.load "
+        "raises ('UntypedStorage' has no attribute 'dtype'), with weights_only=True or False",
+        "re-save it in torch.save's default (zip) format (no _use_new_zipfile_serialization=False), or with "
+        "model.save_pretrained(…), which writes safetensors",
+        kind=UNLOADABLE_KIND,
+    )]
 
 
 def _name_prefix(path: str) -> str:
