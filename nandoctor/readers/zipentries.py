@@ -164,15 +164,19 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         locator = fh.read(_ZIP64_LOCATOR.size)
     if locator[:4] == ZIP64_LOCATOR_MAGIC:
         _, z_disk, z_eocd_pos, z_disks = _ZIP64_LOCATOR.unpack(locator)
-        if z_disk != 0 or z_disks > 1:
-            raise fail("multi-disk zip archives are not torch checkpoints")
+        if z_disk != 0 or z_disks != 1:  # (torch's miniz: "unsupported multidisk archive" unless exactly one)
+            raise fail("its ZIP64 locator counts 0 disks, where torch reads only 1: it refuses the archive as "
+                       "multi-disk" if z_disks == 0 else "multi-disk zip archives are not torch checkpoints")
         if z_eocd_pos + _ZIP64_EOCD.size > locator_pos:
             raise fail("ZIP64 end record lies outside the file")
         fh.seek(z_eocd_pos)
         record = fh.read(_ZIP64_EOCD.size)
-        magic, _, _, _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)
+        magic, record_size, _, _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)
         if magic != ZIP64_EOCD_MAGIC:
             raise fail("ZIP64 locator points at something that is not a ZIP64 end record")
+        if record_size < _ZIP64_EOCD.size - 12:  # (the size counts the record after its first 12 bytes: 44)
+            raise fail(f"ZIP64 end record gives its size as {record_size} bytes, less than its fields need (44): "
+                       "torch refuses the archive as corrupted")
         directory_end = z_eocd_pos
     elif 0xFFFF in (n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_offset):
         raise fail("zip end record needs a ZIP64 record that is missing (truncated?)")
