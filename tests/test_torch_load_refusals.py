@@ -69,3 +69,53 @@ def test_zip64_end_fields_torch_refuses_are_unreadable(tmp_path, field):
     report = nandoctor.scan(path.parent)
     assert report.exit_code == 3 and report.errors, report.verdict
     assert "ZIP64" in report.errors[0].message
+
+
+def _swap_global(src: Path, dst: Path, old: str, new: str) -> None:
+    """The zip at ``src`` rewritten to ``dst`` with data.pkl's GLOBAL ``old`` ("module\\nname") replaced by ``new``
+    (stored entries with their CRC-32 recomputed, as torch writes them: a consistent file, not a corrupt one)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                assert b"c" + old.encode() + b"\n" in data
+                data = data.replace(b"c" + old.encode() + b"\n", b"c" + new.encode() + b"\n")
+            zout.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    ("torch._utils\n_rebuild_tensor_v2", "torch._utils\n_rebuild_tensor", "torch._utils._rebuild_tensor"),
+    ("torch._utils\n_rebuild_parameter", "torch.nn.parameter\nParameter", "torch.nn.parameter.Parameter"),
+    ("torch._utils\n_rebuild_tensor_v3", "torch._utils\n_rebuild_parameter", "torch._utils._rebuild_parameter"),
+    ("collections\nOrderedDict", "torch\ndevice", "torch.device"),
+])
+def test_an_allowed_function_called_with_arguments_torch_refuses_is_unreadable(tmp_path, old, new, named):
+    """One allowed global swapped for another: the pickle calls it with arguments torch's own function does not
+    take, and torch.load(weights_only=True) raises TypeError. The stand-ins take exactly torch's parameters."""
+    torch.manual_seed(0)
+    base = tmp_path / "base.bin"
+    torch.save({"w": torch.randn(4, 8), "p": torch.nn.Parameter(torch.randn(8), requires_grad=False),
+                "f8": torch.randn(8).to(torch.float8_e4m3fn)}, base)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "pytorch_model.bin"
+    _swap_global(base, path, old, new)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3, report.verdict
+    assert f"the pickle calls {named} with arguments it does not take" in report.errors[0].message
+
+
+def test_parameters_with_state_and_hooks_still_read(tmp_path):
+    """The stricter stand-ins read what torch writes: a parameter with attributes (_rebuild_parameter_with_state)."""
+    p = torch.nn.Parameter(torch.randn(8))
+    p.custom = "kept"  # a Python attribute: torch pickles it through _rebuild_parameter_with_state
+    path = tmp_path / "p.pt"
+    torch.save({"p": p, "q": torch.nn.Parameter(torch.randn(3), requires_grad=False)}, path)
+    assert b"_rebuild_parameter_with_state" in path.read_bytes()
+    torch.load(path, weights_only=True)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and len(report.tensors) == 2, report.errors

@@ -94,12 +94,12 @@ def _check_grad_dtype(tensor: TensorStub, requires_grad: Any) -> TensorStub:
     return tensor
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> TensorStub:
+# The same parameters as torch's own functions, none added, none with a default torch's lacks: a call with too
+# few or too many arguments is refused (a TypeError, worded as an invalid pickle), as torch refuses it.
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorStub:
     return _make_tensor(storage, storage_offset, size, stride, None)
 
 
-# The same parameters as torch's own functions: a call with too few or too many arguments is refused
-# (a TypeError, worded as an invalid pickle), as torch refuses it.
 def _rebuild_tensor_v2(
     storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
     metadata: Any = None,
@@ -127,22 +127,31 @@ def _rebuild_tensor_v3(
                        backward_hooks)
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, *rest: Any) -> Any:
-    # (data, requires_grad, backward_hooks[, state]): hooks and state (attributes) stay on the parameter.
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> Any:
+    return _as_parameter(data, requires_grad, backward_hooks)
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
+    return _as_parameter(data, requires_grad, backward_hooks, state)
+
+
+def _as_parameter(data: Any, requires_grad: Any, backward_hooks: Any = None, state: Any = None) -> Any:
+    """The tensor as a parameter: its backward hooks and state (attributes) stay on it, walked like its own."""
     if isinstance(data, TensorStub):
         extra = attributes(data.state)
-        if rest and rest[0]:
-            extra["_backward_hooks"] = rest[0]
-        if len(rest) > 1:
-            extra.update(object_state(rest[1]))
+        if backward_hooks:
+            extra["_backward_hooks"] = backward_hooks
+        if state is not None:
+            extra.update(object_state(state))
         return dataclasses.replace(_check_grad_dtype(data, requires_grad), parameter=True, state=extra or None)
     return data
 
 
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
     # torch calls func(*args) and then sets the Python type (ignored here). func must be one of our
     # rebuild stand-ins or a placeholder (which only records its arguments): nothing else is called.
-    rebuilds = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter, _rebuild_qtensor)
+    rebuilds = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter,
+                _rebuild_parameter_with_state, _rebuild_qtensor)
     is_placeholder = isinstance(func, type) and issubclass(func, Placeholder)
     if (getattr(func, "function", None) in rebuilds or is_placeholder) and isinstance(args, tuple):
         built = func(*args)
@@ -197,7 +206,7 @@ class _TensorType(Placeholder):
     global_name = "torch.Tensor"
 
 
-def _rebuild_device_tensor_from_cpu_tensor(data: Any, dtype: Any = None, *_: Any) -> Any:
+def _rebuild_device_tensor_from_cpu_tensor(data: Any, dtype: Any, device: Any, requires_grad: Any) -> Any:
     # torch: data.to(dtype=dtype, device=device). The same dtype is the same bytes; a cast (float32 to
     # float16 turns 1e10 into inf) would have to be computed to be checked: refused, never guessed.
     if isinstance(data, TensorStub) and isinstance(dtype, DTypeStub) and dtype.dtype != data.dtype:
@@ -227,18 +236,18 @@ def _rebuild_qtensor(
     return dataclasses.replace(stub, quantizer=check_quantizer(quantizer_params, stub))
 
 
-def _get_layout(name: Any = None) -> str:
+def _get_layout(name: Any) -> str:
     # torch.serialization._get_layout("torch.strided") returns a layout object (DTensor pickles use it);
     # here the name is all that matters, and nothing is looked up.
     return f"layout {name}" if isinstance(name, str) else "layout"
 
 
-def _torch_size(*args: Any) -> tuple[int, ...]:
-    return _ints(args[0] if args else (), "torch.Size")
+def _torch_size(sizes: Any = ()) -> tuple[int, ...]:
+    return _ints(sizes, "torch.Size")
 
 
-def _torch_device(*args: Any) -> str:
-    return ":".join(str(a) for a in args)
+def _torch_device(kind: Any, index: Any = None) -> str:
+    return str(kind) if index is None else f"{kind}:{index}"
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
@@ -248,8 +257,8 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -
     return text.encode(encoding, "strict")
 
 
-def _parameter(data: Any = None, requires_grad: Any = True, *_: Any) -> Any:
-    return _rebuild_parameter(data)
+def _parameter(data: Any = None, requires_grad: Any = True) -> Any:
+    return _as_parameter(data, requires_grad)
 
 
 # Globals with a meaning here → their stand-in. Everything returned is inert.
@@ -259,7 +268,7 @@ SAFE_GLOBALS: dict[str, Any] = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch.nn.parameter.Parameter": _parameter,
     "torch.Size": _torch_size,
@@ -287,14 +296,23 @@ class SafeFunction:
     (on the module's own function object that would outlive this load). Every tensor it returns is
     appended to ``built``, the load's registry."""
 
-    __slots__ = ("built", "function")
+    __slots__ = ("built", "function", "name")
 
-    def __init__(self, function: Callable[..., Any], built: Registry) -> None:
+    def __init__(self, function: Callable[..., Any], built: Registry, name: str = "") -> None:
         self.function = function
         self.built = built
+        self.name = name or function.__name__  # the global the pickle named (torch._utils._rebuild_tensor)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self.function(*args, **kwargs)
+        try:
+            result = self.function(*args, **kwargs)
+        except TypeError as exc:  # called with arguments torch's own function does not take: torch refuses it too
+            said = str(exc)
+            stand_in = f"{self.function.__name__}()"
+            if said.startswith(stand_in):
+                raise PickleFormatError(f"the pickle calls {self.name} with arguments it does not take ("
+                                        f"{said[len(stand_in):].strip()}): torch.load raises TypeError") from None
+            raise
         if isinstance(result, TensorStub):
             self.built.add(result)
         return result

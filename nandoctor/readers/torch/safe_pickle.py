@@ -118,7 +118,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             self.refused[refused] = None
         if full in SAFE_GLOBALS:
             found = SAFE_GLOBALS[full]
-            return SafeFunction(found, self.built) if isinstance(found, types.FunctionType) else found
+            return SafeFunction(found, self.built, full) if isinstance(found, types.FunctionType) else found
         if module in ("torch", "torch.cuda", "torch.storage") and name in STORAGE_DTYPES:
             return StorageType(name, STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPE_NAMES:
