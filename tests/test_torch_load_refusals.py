@@ -119,3 +119,38 @@ def test_parameters_with_state_and_hooks_still_read(tmp_path):
     torch.load(path, weights_only=True)
     report = nandoctor.scan(path)
     assert report.exit_code == 0 and len(report.tensors) == 2, report.errors
+
+
+def test_a_dcp_tensor_item_dcp_load_cannot_unpickle_is_not_loadable(tmp_path):
+    """dcp.load reads a tensor item with torch.load(weights_only=True): an item saved with pickle_protocol=4 fails
+    it (it was CLEAN with a note to use weights_only=False, which a dcp.load user cannot do)."""
+    import dataclasses
+    import io
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    state = {"w": torch.randn(4, 8), "b": torch.randn(8).half()}
+    folder = tmp_path / "dcp"
+    dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    (distcp,) = folder.glob("*.distcp")
+    raw = distcp.read_bytes()
+    out = b""
+    for index, info in sorted(metadata.storage_data.items(), key=lambda kv: kv[1].offset):
+        item = raw[info.offset:info.offset + info.length]
+        if index.fqn == "w":
+            buffer = io.BytesIO()
+            torch.save(state["w"], buffer, pickle_protocol=4)
+            item = buffer.getvalue()
+        metadata.storage_data[index] = dataclasses.replace(info, offset=len(out), length=len(item))
+        out += item
+    distcp.write_bytes(out)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(BaseException) as refused:  # (CheckpointException is a BaseException)
+        dcp.load({"w": torch.zeros(4, 8), "b": torch.zeros(8).half()}, checkpoint_id=str(folder), no_dist=True)
+    assert "Weights only load failed" in "".join(str(error) for error, _ in refused.value.failures.values())
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+    assert "torch.distributed.checkpoint.load" in report.errors[0].message

@@ -90,6 +90,9 @@ class DcpReader:
         return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems), tuple(owed), tuple(unviewed))
 
 
+DCP_TENSOR_LOADER = "torch.distributed.checkpoint.load (its FileSystemReader)"
+
+
 def _read_item(
     p: str, fh: BinaryIO, size: int, item: DcpItem, metadata: DcpMetadata, safetensors_at: dict[int, dict[str, TensorRef]]
 ) -> ReadResult:
@@ -107,7 +110,9 @@ def _read_item(
     fh.seek(item.offset)
     head = fh.read(16)
     if head.startswith(ZIP_LOCAL_MAGIC):
-        read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True)
+        # (a tensor item: dcp.load reads it with torch.load(weights_only=True); a pickled object with weights_only=False)
+        read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True,
+                           loader=DCP_TENSOR_LOADER if item.chunk_offsets is not None else None)
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         # NaN/Inf outside tensors (a numpy array in a pickled object: dcp.load gives it back) under the item's name
         unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.kind == "numpy"

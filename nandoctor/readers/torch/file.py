@@ -108,10 +108,12 @@ class TorchReader:
             return _read_pickle_file(p, fh, size)
 
 
-def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bool = False) -> ReadResult:
+def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bool = False,
+                loader: str | None = None) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
-    own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``."""
-    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs)
+    own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``.
+    ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
@@ -170,7 +172,8 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
         raise _pickle_errors(path, what, exc) from None
 
 
-def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False) -> ReadResult:
+def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False,
+              loader: str | None = None) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -257,8 +260,8 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
-    _weights_only(path, loaded.refused, notes, problems)
-    problems += weights_only.opcode_problems(path, data)
+    _weights_only(path, loaded.refused, notes, problems, loader)
+    problems += weights_only.opcode_problems(path, data, loader=loader)
     arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
@@ -423,12 +426,13 @@ _NUMPY_RNG_GLOBALS = frozenset(
 ) | {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.dtypes.Float64DType"}
 
 
-def _weights_only(path: str, refused: tuple[str, ...], notes: list[str], problems: list[ScanProblem]) -> None:
+def _weights_only(path: str, refused: tuple[str, ...], notes: list[str], problems: list[ScanProblem],
+                  loader: str | None = None) -> None:
     """What torch's default load (weights_only=True) refusing the file means (weights_only.py): a problem for
     the weights a Hugging Face loader reads that way, else a note (none for numpy's RNG state in
     ``rng_state*.pth``, which Trainer loads with numpy allowed)."""
     quiet = _NUMPY_RNG_GLOBALS if os.path.basename(path).startswith("rng_state") else frozenset()
-    found, said = weights_only.judged(path, refused, quiet)
+    found, said = weights_only.judged(path, refused, quiet, loader)
     problems += found
     notes += said
 

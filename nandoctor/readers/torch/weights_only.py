@@ -75,13 +75,13 @@ TORCH_OPCODES = frozenset({
 })
 
 
-def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1) -> list[ScanProblem]:
+def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1, loader: str | None = None) -> list[ScanProblem]:
     """A problem when the ``count`` pickles in ``pickled`` (a Hugging Face weight file's data.pkl, or a legacy
     file from its start, whose five pickles torch reads one after another: only in such a file, which a loader
     reads with ``weights_only=True``) hold an opcode torch's weights-only unpickler does not run:
     ``torch.save(…, pickle_protocol=4)`` and the like. Read once more, opcode by opcode, only for such files
     (their pickles are kilobytes: the tensors are elsewhere), and only once the unpickler has read them whole."""
-    loader = weights_only_loader(Path(path).name)
+    loader = loader or weights_only_loader(Path(path).name)
     if loader is None:
         return []
     import io
@@ -130,7 +130,8 @@ def refused_name(module: str, name: str) -> str | None:
     return None if full in ALLOWED else full
 
 
-def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozenset()) -> tuple[list[ScanProblem], list[str]]:
+def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozenset(),
+           loader: str | None = None) -> tuple[list[ScanProblem], list[str]]:
     """(problems, notes) for the torch file ``path`` whose pickle names the globals ``refused`` (in order of
     first use) that torch's default load refuses: a problem where a Hugging Face loader reads the file with
     ``weights_only=True``, else a note (none where every refused global is in ``quiet``: expected there)."""
@@ -138,7 +139,7 @@ def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozense
         return [], []
     name = os.path.basename(path)
     globals_ = first_few(list(refused), 3)
-    loader = weights_only_loader(Path(path).name)
+    loader = loader or weights_only_loader(Path(path).name)
     if loader is None:
         if set(refused) <= quiet:
             return [], []
