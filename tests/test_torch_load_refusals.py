@@ -154,3 +154,22 @@ def test_a_dcp_tensor_item_dcp_load_cannot_unpickle_is_not_loadable(tmp_path):
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
     assert "torch.distributed.checkpoint.load" in report.errors[0].message
+
+
+def test_a_serialization_id_that_is_not_utf8_is_unreadable(tmp_path):
+    """torch.load decodes .data/serialization_id as UTF-8 (UnicodeDecodeError otherwise): a record changed before
+    its CRC-32 was computed is caught although the CRC holds."""
+    import zipfile
+
+    base = tmp_path / "base.bin"
+    torch.save({"w": torch.randn(4, 8)}, base)
+    path = tmp_path / "m.bin"
+    with zipfile.ZipFile(base) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith(".data/serialization_id"):
+                data = data[:12] + b"\xb9" + data[13:]
+            zout.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    assert _torch_refuses(path)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and "serialization_id" in report.errors[0].message

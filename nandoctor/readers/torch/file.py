@@ -210,7 +210,16 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         # version, .format_version, .storage_alignment, .data/serialization_id: torch reads them, so a
         # corrupted one is corruption of the file (a shifted local header reads padding in their place).
         if name not in ("data.pkl", "byteorder") and not name.startswith("data/") and entry.size <= MAX_META_BYTES:
-            _small_entry(path, fh, entry, MAX_META_BYTES)
+            raw = _small_entry(path, fh, entry, MAX_META_BYTES)
+            if name == ".data/serialization_id":
+                try:
+                    raw.decode("utf-8")  # (torch.load decodes it: UnicodeDecodeError otherwise)
+                except UnicodeDecodeError:
+                    raise CorruptCheckpointError(
+                        path, f"its .data/serialization_id record holds {raw[:16]!r}, which is not UTF-8 text: "
+                        "torch.load refuses the file (UnicodeDecodeError), so this model will not load",
+                        "re-save it with torch.save, or re-download it",
+                    ) from None
 
     declared: list[StorageRef] = []
 
