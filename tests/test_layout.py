@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import nandoctor
 from nandoctor.checkpoint import layout
 from nandoctor.engine import scan
 from tests.conftest import DEMO_RUN
@@ -375,3 +376,28 @@ def test_a_deepspeed_folder_that_cannot_be_listed_is_a_problem_another_is_a_note
     assert [(e["path"], e["message"]) for e in data["errors"]] == [
         (str(states), "permission denied (its DeepSpeed states are not scanned)")]
     assert "extras/ could not be listed (permission denied); not checked for weights" in data["notes"]
+
+
+@pytest.mark.parametrize("case", ["unlisted third shard", "leftover of another count"])
+def test_a_numbered_shard_the_index_does_not_list_is_a_note_not_a_missing_set(tmp_path: Path, case: str) -> None:
+    """Loaders read the shards the index names: a stale shard beside them (the index lists shards 1-2 of 3, or a
+    model-00003-of-00003 beside a complete 2-shard set) is not read. It said shards 1 and 2 were missing (both
+    there) and its tensor ambiguous."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    count = 3 if case == "unlisted third shard" else 2
+    weight_map = {}
+    for s in range(2):
+        name = f"model-{s + 1:05d}-of-{count:05d}.safetensors"
+        save_file({f"layers.{s}.weight": torch.randn(4, 4)}, str(tmp_path / name))
+        weight_map[f"layers.{s}.weight"] = name
+    save_file({"layers.1.weight" if count == 2 else "layers.2.weight": torch.randn(4, 4)},
+              str(tmp_path / "model-00003-of-00003.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    loaded = {k for shard in set(weight_map.values()) for k in load_file(str(tmp_path / shard))}
+    assert loaded == {"layers.0.weight", "layers.1.weight"}  # (what the index makes a loader read)
+    report = nandoctor.scan(tmp_path)
+    assert report.exit_code == 0 and not report.errors, report.errors
+    assert any(n.startswith("model-00003-of-00003.safetensors: a numbered shard no index here lists") for n in report.notes)
+    assert sorted(report.tensors.refs.names) == ["layers.0.weight", "layers.1.weight"]

@@ -239,6 +239,18 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
                 indexed.add(shard_path)
                 result.files.append(shard_path)
 
+    # A numbered shard of a set an index lists, which the index does not list itself (a stale leftover of an earlier
+    # save, another shard count): loaders read the shards the index names, never it. Scanned, it would make the
+    # set look incomplete or its tensors ambiguous, where the model loads.
+    listed_sets = {key for key in numbered_shards(sorted(indexed))}
+    listed_stems = {(stem, ext) for stem, _, ext in listed_sets}
+    for entry in weight_files:
+        match = _NUMBERED_SHARD.match(entry.name)
+        if entry not in indexed and entry not in refused and match and (match["stem"], match["ext"]) in listed_stems:
+            result.notes.append(f"{entry.name}: a numbered shard no index here lists (a leftover of another save?): "
+                                f"loaders read only the shards the index names; not scanned (nandoctor scan "
+                                f"{shlex.quote(str(entry))} checks it alone)")
+            refused.add(entry)
     for entry in weight_files:
         if entry in indexed or entry in refused:
             continue
@@ -247,7 +259,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
             continue
         result.files.append(entry)
 
-    result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed])
+    result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed], result.files)
     subfolders = loaders.manifest_subfolders(root) if manifests else loaders.Subfolders()
     result.problems += subfolders.problems
     for sub in subfolders.folders:
@@ -518,11 +530,15 @@ def numbered_shards(files: list[Path]) -> dict[tuple[str, str, str], dict[int, P
     return groups
 
 
-def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProblem]:
+def _missing_numbered_shards(root: Path, unindexed: list[Path], files: list[Path]) -> list[ScanProblem]:
     """Shards named ``model-00001-of-00003.safetensors`` with no index still say how many there are:
-    a folder missing some of them holds part of a model, which must not pass as a clean checkpoint."""
+    a folder missing some of them holds part of a model, which must not pass as a clean checkpoint. (Each set with
+    an unindexed member, counted among all the checkpoint's ``files``: its other shards may be indexed.)"""
     problems = []
-    for (stem, n, ext), present in numbered_shards(unindexed).items():
+    every = numbered_shards(files)
+    for key in numbered_shards(unindexed):
+        stem, n, ext = key
+        present = every[key]
         first = _NUMBERED_SHARD.match(next(iter(present.values())).name)
         assert first is not None
         width, total = len(first["k"]), int(n)
