@@ -298,7 +298,12 @@ def read_metadata(path: Path) -> DcpMetadata:
         ) from None
     try:
         return _convert(p, root)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except ValueError as exc:  # (read whole, one of its values contradicts the rest: a chunk outside its tensor)
+        raise CorruptCheckpointError(
+            p, f"the DCP metadata contradicts itself: {exc}; nandoctor cannot tell which bytes hold which elements",
+            "re-copy the .metadata file from where the checkpoint was saved",
+        ) from None
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CorruptCheckpointError(p, f"not the shape of a DCP Metadata object ({exc})") from None
 
 
