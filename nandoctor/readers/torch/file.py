@@ -50,7 +50,6 @@ from nandoctor.readers.torch.stubs import (
     UnsafeGlobalError,
 )
 from nandoctor.readers.window import FileWindow
-from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.readers.zipentries import (
     LOCAL_MAGIC,
     ZipDirectory,
@@ -59,6 +58,7 @@ from nandoctor.readers.zipentries import (
     read_directory,
     read_entry,
 )
+from nandoctor.verdict import UNLOADABLE_KIND
 
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
 MAX_META_BYTES = 1 << 20  # other small entries (version, .format_version …) are read and CRC-checked whole
