@@ -14,7 +14,7 @@ from typing import Any
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
-from nandoctor.layers import LayerKey, layer_of, natural_key
+from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
 from nandoctor.model import ScanReport, TensorResult, Verdict
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
@@ -205,6 +205,14 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
     if verdicts.ZEROED in (decided.reported if decided is not None else ()):
+        zeroed = verdicts.with_finding(report, verdicts.ZEROED)
+        breaking = [t.ref.name for t in zeroed if zero_breaks(t.ref.name, len(t.ref.shape))]
+        if breaking:
+            # (reported by default, as every zeroed tensor: said plainly, since these leave no working model)
+            steps.append(f"{_first(breaking)} all zero: the model loads and generates, but its output no longer "
+                         "depends on its input (a zero LM head or final norm gives the same logits everywhere, a zero "
+                         "embedding the same input for every token); a gate that must stop it: --fail-on "
+                         "nonfinite,exploded,outlier,zeroed,overflow")
         steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
                   "restore them from an earlier checkpoint with", f"    {repair_command(report)}"]
     return steps
