@@ -87,7 +87,9 @@ class DcpReader:
             if not defer_crcs:
                 problems += check_owed(fh.fileno(), owed)
                 owed = []
-        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(problems), tuple(owed), tuple(unviewed))
+        # (the same problem of every item of the file, a pickle protocol torch does not run: said once)
+        return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(dict.fromkeys(problems)), tuple(owed),
+                          tuple(unviewed))
 
 
 DCP_TENSOR_LOADER = "torch.distributed.checkpoint.load (its FileSystemReader)"

@@ -269,7 +269,9 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
-    _weights_only(path, loaded.refused, notes, problems, loader)
+    # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
+    # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
+    _weights_only(path, loaded.refused, notes, problems)
     problems += weights_only.opcode_problems(path, data, loader=loader)
     arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
@@ -435,13 +437,12 @@ _NUMPY_RNG_GLOBALS = frozenset(
 ) | {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.dtypes.Float64DType"}
 
 
-def _weights_only(path: str, refused: tuple[str, ...], notes: list[str], problems: list[ScanProblem],
-                  loader: str | None = None) -> None:
+def _weights_only(path: str, refused: tuple[str, ...], notes: list[str], problems: list[ScanProblem]) -> None:
     """What torch's default load (weights_only=True) refusing the file means (weights_only.py): a problem for
     the weights a Hugging Face loader reads that way, else a note (none for numpy's RNG state in
     ``rng_state*.pth``, which Trainer loads with numpy allowed)."""
     quiet = _NUMPY_RNG_GLOBALS if os.path.basename(path).startswith("rng_state") else frozenset()
-    found, said = weights_only.judged(path, refused, quiet, loader)
+    found, said = weights_only.judged(path, refused, quiet)
     problems += found
     notes += said
 

@@ -81,6 +81,10 @@ def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1, loader
     reads with ``weights_only=True``) hold an opcode torch's weights-only unpickler does not run:
     ``torch.save(…, pickle_protocol=4)`` and the like. Read once more, opcode by opcode, only for such files
     (their pickles are kilobytes: the tensors are elsewhere), and only once the unpickler has read them whole."""
+    hint = ("re-save it with torch.save's default protocol (torch.save(state_dict, path), no pickle_protocol=), or "
+            "with model.save_pretrained(…), which writes safetensors")
+    if loader is not None:  # (a DCP tensor item: what re-saves it is dcp.save)
+        hint = "save the checkpoint again with torch.distributed.checkpoint.save, which pickles with the protocol it reads"
     loader = loader or weights_only_loader(Path(path).name)
     if loader is None:
         return []
@@ -103,8 +107,7 @@ def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1, loader
         f"its pickle uses the opcode(s) {first_few(list(unsupported), 3)}, which torch.load(weights_only=True) does "
         f"not run ('Unsupported operand': a pickle protocol other than 2, or a huge int or bytes object in it); "
         f"{loader} loads {os.path.basename(path)} with weights_only=True, so the model will not load",
-        "re-save it with torch.save's default protocol (torch.save(state_dict, path), no pickle_protocol=), or with "
-        "model.save_pretrained(…), which writes safetensors",
+        hint,
         kind=UNLOADABLE_KIND,
     )]
 
@@ -130,8 +133,7 @@ def refused_name(module: str, name: str) -> str | None:
     return None if full in ALLOWED else full
 
 
-def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozenset(),
-           loader: str | None = None) -> tuple[list[ScanProblem], list[str]]:
+def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozenset()) -> tuple[list[ScanProblem], list[str]]:
     """(problems, notes) for the torch file ``path`` whose pickle names the globals ``refused`` (in order of
     first use) that torch's default load refuses: a problem where a Hugging Face loader reads the file with
     ``weights_only=True``, else a note (none where every refused global is in ``quiet``: expected there)."""
@@ -139,7 +141,7 @@ def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozense
         return [], []
     name = os.path.basename(path)
     globals_ = first_few(list(refused), 3)
-    loader = loader or weights_only_loader(Path(path).name)
+    loader = weights_only_loader(Path(path).name)
     if loader is None:
         if set(refused) <= quiet:
             return [], []
