@@ -379,10 +379,11 @@ def test_a_deepspeed_folder_that_cannot_be_listed_is_a_problem_another_is_a_note
 
 
 @pytest.mark.parametrize("case", ["unlisted third shard", "leftover of another count"])
-def test_a_numbered_shard_the_index_does_not_list_is_a_note_not_a_missing_set(tmp_path: Path, case: str) -> None:
-    """Loaders read the shards the index names: a stale shard beside them (the index lists shards 1-2 of 3, or a
-    model-00003-of-00003 beside a complete 2-shard set) is not read. It said shards 1 and 2 were missing (both
-    there) and its tensor ambiguous."""
+def test_a_numbered_shard_the_index_does_not_list_is_never_a_missing_set(tmp_path: Path, case: str) -> None:
+    """Loaders read the shards the index names: a shard beside them the index does not list is not read. Of the
+    listed set (the index names 1-2 of 3), the index is incomplete: NOT LOADABLE; of another count (a
+    model-00003-of-00003 beside a complete 2-shard set), a leftover: a note. Both said shards 1 and 2 were missing
+    (both there), the second its tensor ambiguous."""
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file, save_file
 
@@ -398,6 +399,11 @@ def test_a_numbered_shard_the_index_does_not_list_is_a_note_not_a_missing_set(tm
     loaded = {k for shard in set(weight_map.values()) for k in load_file(str(tmp_path / shard))}
     assert loaded == {"layers.0.weight", "layers.1.weight"}  # (what the index makes a loader read)
     report = nandoctor.scan(tmp_path)
+    if case == "unlisted third shard":  # the index is incomplete: layers.2.weight reaches no model
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+        assert report.errors[0].message.startswith("model-00003-of-00003.safetensors is a shard of the set the index "
+                                                   "lists, but the index does not list it")
+        return
     assert report.exit_code == 0 and not report.errors, report.errors
-    assert any(n.startswith("model-00003-of-00003.safetensors: a numbered shard no index here lists") for n in report.notes)
+    assert any(n.startswith("model-00003-of-00003.safetensors: a numbered shard of another count") for n in report.notes)
     assert sorted(report.tensors.refs.names) == ["layers.0.weight", "layers.1.weight"]

@@ -33,6 +33,7 @@ from nandoctor.errors import (
     UnsupportedFormatError,
 )
 from nandoctor.model import ScanProblem
+from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
 # Preferred first: when a folder holds both, safetensors is what loaders pick too.
@@ -239,18 +240,27 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
                 indexed.add(shard_path)
                 result.files.append(shard_path)
 
-    # A numbered shard of a set an index lists, which the index does not list itself (a stale leftover of an earlier
-    # save, another shard count): loaders read the shards the index names, never it. Scanned, it would make the
-    # set look incomplete or its tensors ambiguous, where the model loads.
-    listed_sets = {key for key in numbered_shards(sorted(indexed))}
+    # A numbered shard that no index lists beside an index listing shards of that name: loaders read the shards the
+    # index names, never it. Of the listed set itself (model-00007-of-00007 beside an index naming 1-6 of 7), the
+    # index is incomplete and its tensors reach no model: a problem. Of another count, a leftover of an earlier
+    # save: a note (scanned, it made the set look incomplete or its tensors ambiguous, where the model loads).
+    listed_sets = set(numbered_shards(sorted(indexed)))
     listed_stems = {(stem, ext) for stem, _, ext in listed_sets}
     for entry in weight_files:
         match = _NUMBERED_SHARD.match(entry.name)
-        if entry not in indexed and entry not in refused and match and (match["stem"], match["ext"]) in listed_stems:
-            result.notes.append(f"{entry.name}: a numbered shard no index here lists (a leftover of another save?): "
-                                f"loaders read only the shards the index names; not scanned (nandoctor scan "
-                                f"{shlex.quote(str(entry))} checks it alone)")
-            refused.add(entry)
+        if entry in indexed or entry in refused or not match or (match["stem"], match["ext"]) not in listed_stems:
+            continue
+        refused.add(entry)
+        if (match["stem"], match["n"], match["ext"]) in listed_sets:
+            result.problems.append(ScanProblem(
+                str(entry), f"{entry.name} is a shard of the set the index lists, but the index does not list it: "
+                "loaders never read its tensors (from_pretrained initializes the weights it holds at random)",
+                "copy the *.index.json from where the checkpoint was saved, or save the model again (save_pretrained)",
+                kind=UNLOADABLE_KIND))
+        else:
+            result.notes.append(f"{entry.name}: a numbered shard of another count than the set the index lists (a "
+                                f"leftover of an earlier save): loaders read only the shards the index names; not "
+                                f"scanned (nandoctor scan {shlex.quote(str(entry))} checks it alone)")
     for entry in weight_files:
         if entry in indexed or entry in refused:
             continue
@@ -259,7 +269,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
             continue
         result.files.append(entry)
 
-    result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed], result.files)
+    result.problems += _missing_numbered_shards(root, [f for f in result.files if f not in indexed])
     subfolders = loaders.manifest_subfolders(root) if manifests else loaders.Subfolders()
     result.problems += subfolders.problems
     for sub in subfolders.folders:
@@ -530,15 +540,12 @@ def numbered_shards(files: list[Path]) -> dict[tuple[str, str, str], dict[int, P
     return groups
 
 
-def _missing_numbered_shards(root: Path, unindexed: list[Path], files: list[Path]) -> list[ScanProblem]:
+def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProblem]:
     """Shards named ``model-00001-of-00003.safetensors`` with no index still say how many there are:
-    a folder missing some of them holds part of a model, which must not pass as a clean checkpoint. (Each set with
-    an unindexed member, counted among all the checkpoint's ``files``: its other shards may be indexed.)"""
+    a folder missing some of them holds part of a model, which must not pass as a clean checkpoint. (A set an
+    index lists is judged by its index: _discover_folder.)"""
     problems = []
-    every = numbered_shards(files)
-    for key in numbered_shards(unindexed):
-        stem, n, ext = key
-        present = every[key]
+    for (stem, n, ext), present in numbered_shards(unindexed).items():
         first = _NUMBERED_SHARD.match(next(iter(present.values())).name)
         assert first is not None
         width, total = len(first["k"]), int(n)
