@@ -16,6 +16,7 @@ from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
 from nandoctor.model import ScanReport, TensorResult, Verdict
+from nandoctor.wording import first_few
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
@@ -173,7 +174,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     elif health == "poisoned" and repairable:
         optimizer = verdicts.optimizer_only(report, failing)
         if optimizer and not report.unviewed:
-            steps.append(f"only optimizer state is bad ({_first(optimizer)}); the model weights are healthy, so the "
+            steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}); the model weights are healthy, so the "
                          "model loads and generates, but resuming training from this checkpoint restores the bad "
                          "state: resume from an earlier checkpoint instead")
         outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
@@ -206,20 +207,17 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
     if verdicts.ZEROED in (decided.reported if decided is not None else ()):
         zeroed = verdicts.with_finding(report, verdicts.ZEROED)
-        breaking = [t.ref.name for t in zeroed if zero_breaks(t.ref.name, len(t.ref.shape))]
+        # (reported by default, as every zeroed tensor; an LM head or token embedding all zero leaves no working model:
+        # said plainly. A norm gain is not: a model whose norms scale by 1 + w, Gemma's, still works with one at zero)
+        breaking = [t.ref.name for t in zeroed if zero_breaks(t.ref.name, len(t.ref.shape)) == "token matrix"]
         if breaking:
-            # (reported by default, as every zeroed tensor: said plainly, since these leave no working model)
-            steps.append(f"{_first(breaking)} all zero: the model loads and generates, but its output no longer "
-                         "depends on its input (a zero LM head or final norm gives the same logits everywhere, a zero "
+            steps.append(f"{first_few(breaking, 2)} all zero: the model loads and generates, but its output no longer "
+                         "depends on the input tokens (a zero LM head gives the same logits for every input, a zero "
                          "embedding the same input for every token); a gate that must stop it: --fail-on "
                          "nonfinite,exploded,outlier,zeroed,overflow")
         steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
                   "restore them from an earlier checkpoint with", f"    {repair_command(report)}"]
     return steps
-
-
-def _first(names: list[str], shown: int = 2) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # What to do first about each kind of problem (ScanProblem.kind, exit 3), before anything is judged.
