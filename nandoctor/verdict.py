@@ -516,8 +516,8 @@ def diverged_advice(report: ScanReport, where: str = "") -> str:
     healthy source."""
     if is_training_checkpoint(report):
         context = run_context(report)
-        if context is not None and "baseline" in context and context["baseline"] is None:
-            # (its run holds no healthy checkpoint before it: nothing to resume from)
+        if context is not None and context.get("healthy_before") is False:
+            # (its run holds no healthy checkpoint before it, rotation having deleted any there was: nothing to resume from)
             return f"no healthy checkpoint before it in its run: restart from the base model with a lower learning " \
                    f"rate or {CLIPPING}"
         return f"resume training from the last healthy checkpoint{where} with a lower learning rate or {CLIPPING}"

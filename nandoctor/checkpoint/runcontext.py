@@ -190,6 +190,7 @@ def run_facts(
     if zeros_in is not None and earlier and earlier[-1][1] != baseline:
         with contextlib.suppress(NandoctorError):  # (its own scan says why)
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
+    healthy_before = baseline is not None  # (on disk: a resume point, whatever baseline the growth is measured against)
     from nandoctor.checkpoint.baseline import kept_before, load_baseline
 
     folder = target if target.is_dir() else target.parent
@@ -205,6 +206,7 @@ def run_facts(
         "run": str(place.run),
         "kind": place.kind,
         "baseline": None if baseline is None else str(baseline),
+        "healthy_before": healthy_before,
         "baseline_max": baseline_max,
         "baseline_scale": max(baseline_scales.values(), default=None),
         "baseline_scales": baseline_scales,
