@@ -394,6 +394,6 @@ def test_a_checkpoint_bad_only_in_its_optimizer_state_says_the_weights_are_fine_
     result = run("scan", str(run_dir))
     out = " ".join(result.output.split())
     assert result.exit_code == 0 and "last healthy: final" in out, out[-800:]
-    assert (f"optimizer state only: checkpoint-300: optimizer.state.33.exp_avg_sq hold NaN/Inf or exploded values "
+    assert (f"optimizer state only: checkpoint-300: optimizer.state.33.exp_avg_sq holds NaN/Inf or exploded values "
             f"while its weights are healthy; resuming training from it restores them: resume from "
             f"{run_dir / 'checkpoint-200'} instead") in out

@@ -6,7 +6,7 @@ Cheap first: config.json's ``vocab_size`` and ``hidden_size`` against the token 
 ``num_hidden_layers`` against the layer stacks the weights hold. Those keys do not decide every model's shapes
 (ALBERT's embeddings are ``embedding_size`` wide, Moshi's hold ``vocab_size + 1`` rows: a sweep of the 582
 architectures of transformers 5.25 on torch's meta device found 26 such disagreements in healthy models), so a
-disagreement is only a suspicion. Where transformers is installed, the model built from config.json is built on
+disagreement is only a suspicion. Where transformers is installed, the model config.json describes is built on
 the meta device (no weights, no memory; only classes transformers ships: never remote code) and the suspected
 tensors and stacks are compared with it: a shape it builds otherwise is NOT LOADABLE, layers it builds that the
 weights lack are too (the model loads, with those layers random). Without transformers, a note says what
@@ -175,7 +175,7 @@ def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicio
 
     return ScanProblem(
         str(root / "config.json"), f"{'; '.join(why for _, _, why, _ in causes)}: transformers {transformers.__version__} cannot build "
-        f"the model built from config.json ({failure.error}), so from_pretrained fails before it reads a weight",
+        f"the model config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
         "correct " + ", ".join(dict.fromkeys(key for _, key, _, _ in causes)) + " in config.json (the base model's "
         "config.json has the value it was trained with)", kind=CONFIG_KIND)  # (the weights are intact: BAD CONFIG)
 

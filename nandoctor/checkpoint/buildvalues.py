@@ -1,6 +1,6 @@
 """config.json values transformers may not build a model from, and counts too large to build at all.
 
-architecture.py builds the model built from config.json on the meta device only when something looks wrong,
+architecture.py builds the model config.json describes on the meta device only when something looks wrong,
 since importing transformers and torch costs seconds. These are the cheap looks, from the JSON alone: a
 ``pad_token_id`` outside the vocabulary (``save_pretrained`` writes it after a pad token is added to the
 tokenizer without ``resize_token_embeddings``), a head count of 0 or less, an activation, rope type or layer

@@ -298,9 +298,9 @@ def read_metadata(path: Path) -> DcpMetadata:
         ) from None
     try:
         return _convert(p, root)
-    except ValueError as exc:  # (read whole, one of its values contradicts the rest: a chunk outside its tensor)
+    except ValueError as exc:  # (read whole, a value of the wrong kind or one that contradicts the rest)
         raise CorruptCheckpointError(
-            p, f"the DCP metadata contradicts itself: {exc}; nandoctor cannot tell which bytes hold which elements",
+            p, f"the DCP metadata does not hold together ({exc}): nandoctor cannot tell which bytes hold which elements",
             "re-copy the .metadata file from where the checkpoint was saved",
         ) from None
     except (KeyError, TypeError, AttributeError) as exc:

@@ -165,7 +165,7 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
     if locator[:4] == ZIP64_LOCATOR_MAGIC:
         _, z_disk, z_eocd_pos, z_disks = _ZIP64_LOCATOR.unpack(locator)
         if z_disk != 0 or z_disks != 1:  # (torch's miniz: "unsupported multidisk archive" unless exactly one)
-            raise fail("its ZIP64 locator counts 0 disks, where torch reads only 1: it refuses the archive as "
+            raise fail("its ZIP64 locator counts 0 disks; torch reads only archives of exactly 1 and refuses it as "
                        "multi-disk" if z_disks == 0 else "multi-disk zip archives are not torch checkpoints")
         if z_eocd_pos + _ZIP64_EOCD.size > locator_pos:
             raise fail("ZIP64 end record lies outside the file")

@@ -11,6 +11,7 @@ from rich.text import Text
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import (
     CLEAN,
+    HEALTHY_STATUSES,
     DIVERGED,
     INCOMPLETE,
     OVERFLOW,
@@ -317,7 +318,7 @@ def _optimizer_lines(run: RunReport) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     resumable: RunCheckpoint | None = None
     for c in run.checkpoints:
-        if c.status == CLEAN and not c.final:
+        if c.status in HEALTHY_STATUSES and not c.final:
             resumable = c
         if c.status != POISONED or c.report is None or c.same_as is not None:
             continue
@@ -325,8 +326,9 @@ def _optimizer_lines(run: RunReport) -> list[tuple[str, str]]:
         bad = verdicts.optimizer_only(c.report, judged.failing if judged is not None else verdicts.FAILING_BY_DEFAULT)
         if bad:
             instead = f"resume from {resumable.path} instead" if resumable is not None else "no earlier checkpoint to resume from"
-            lines.append((WARN, f"optimizer state only: {c.name}: {first_few(bad, 2)} hold NaN/Inf or exploded values "
-                                f"while its weights are healthy; resuming training from it restores them: {instead}"))
+            lines.append((WARN, f"optimizer state only: {c.name}: {first_few(bad, 2)} {'hold' if len(bad) > 1 else 'holds'} "
+                                f"NaN/Inf or exploded values while its weights are healthy; resuming training from it "
+                                f"restores them: {instead}"))
     return lines
 
 

@@ -408,10 +408,10 @@ def _untyped_legacy(path: str, walked: Walk, declared: list[StorageRef]) -> list
         return []
     names = [n.name for n in walked.tensors if n.tensor.storage.storage_type.untyped]
     dtypes = sorted({n.tensor.torch_dtype for n in walked.tensors if n.tensor.storage.storage_type.untyped})
+    what = f"tensor(s) {listed(names)} ({', '.join(dtypes)}) are" if names else "a storage is"
     return [ScanProblem(
         path,
-        f"a legacy torch file whose tensor(s) {listed(names) if names else '(none named)'} "
-        f"({', '.join(dtypes) or 'untyped'}) are stored untyped, which torch's legacy loader cannot read: torch.load "
+        f"a legacy torch file whose {what} stored untyped, which torch's legacy loader cannot read: torch.load "
         "raises ('UntypedStorage' has no attribute 'dtype'), with weights_only=True or False",
         "re-save it in torch.save's default (zip) format (no _use_new_zipfile_serialization=False), or with "
         "model.save_pretrained(…), which writes safetensors",
