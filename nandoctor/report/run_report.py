@@ -11,8 +11,8 @@ from rich.text import Text
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import (
     CLEAN,
-    HEALTHY_STATUSES,
     DIVERGED,
+    HEALTHY_STATUSES,
     INCOMPLETE,
     OVERFLOW,
     POISONED,
