@@ -173,3 +173,34 @@ def test_a_serialization_id_that_is_not_utf8_is_unreadable(tmp_path):
     assert _torch_refuses(path)
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and "serialization_id" in report.errors[0].message
+
+
+class _Reduced:
+    """Pickles as ``function(*args)``: a call torch's weights-only unpickler makes when it loads the file."""
+
+    def __init__(self, function, args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(("call", "refused"), [
+    ((torch.device, ("cpu", -1)), True),
+    ((torch.device, ("cuda", "0")), True),
+    ((torch.device, ("cuda", 1)), False),
+    ((torch.serialization._get_layout, ("torch.bogus",)), True),
+    ((torch.serialization._get_layout, ("torch.strided",)), False),
+    ((torch.Size, ([True, 2],)), False),
+])
+def test_allowed_calls_are_refused_exactly_where_torch_refuses_them(tmp_path, call, refused):
+    path = tmp_path / "x.pt"
+    torch.save({"w": torch.randn(4), "extra": _Reduced(*call)}, path)
+    try:
+        torch.load(path, weights_only=True)
+        torch_refused = False
+    except Exception:
+        torch_refused = True
+    assert torch_refused == refused
+    report = nandoctor.scan(path)
+    assert report.exit_code == (3 if refused else 0), (report.verdict, report.errors)

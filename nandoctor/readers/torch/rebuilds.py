@@ -236,18 +236,31 @@ def _rebuild_qtensor(
     return dataclasses.replace(stub, quantizer=check_quantizer(quantizer_params, stub))
 
 
+# torch's layouts by name (str(torch.strided) …): torch.serialization._get_layout looks the name up among them
+LAYOUTS = frozenset({"torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc", "torch.sparse_bsr",
+                     "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"})
+
+
 def _get_layout(name: Any) -> str:
-    # torch.serialization._get_layout("torch.strided") returns a layout object (DTensor pickles use it);
-    # here the name is all that matters, and nothing is looked up.
-    return f"layout {name}" if isinstance(name, str) else "layout"
+    # torch.serialization._get_layout("torch.strided") returns a layout object (DTensor pickles use it); here the
+    # name is all that matters, and nothing is looked up. Another name: torch raises KeyError.
+    if name not in LAYOUTS:
+        raise PickleFormatError(f"the pickle asks for the layout {str(name)[:40]!r}, which torch does not have")
+    return f"layout {name}"
 
 
 def _torch_size(sizes: Any = ()) -> tuple[int, ...]:
-    return _ints(sizes, "torch.Size")
+    # torch.Size takes any sequence of ints (a bool counts as one, as in Python)
+    if not isinstance(sizes, (tuple, list)) or not all(type(v) in (int, bool) for v in sizes):
+        raise PickleFormatError(f"torch.Size of {type(sizes).__name__} {str(sizes)[:40]}: torch refuses it")
+    return tuple(int(v) for v in sizes)
 
 
 def _torch_device(kind: Any, index: Any = None) -> str:
-    return str(kind) if index is None else f"{kind}:{index}"
+    # torch.device("cuda", 0), ("cpu"), ("cuda:1"); an index that is no int, a bool or negative: torch raises
+    if not isinstance(kind, str) or (index is not None and (type(index) is not int or index < 0)):
+        raise PickleFormatError(f"the pickle calls torch.device with {_described((kind, index))}, which torch refuses")
+    return kind if index is None else f"{kind}:{index}"
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
