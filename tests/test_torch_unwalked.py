@@ -90,22 +90,35 @@ def test_an_ordered_dict_whose_items_attribute_was_overwritten(tmp_path: Path) -
 
 
 def test_storages_no_walked_tensor_views_are_scanned_whole(tmp_path: Path) -> None:
-    """A tensor built where the walk loses it (here a torch.device() argument, turned into text) is still
-    scanned (the unpickler's registry); a bare untyped storage lost that way is reported unreadable."""
+    """A tensor built where the walk loses it is still scanned (the unpickler's registry). The vehicle this test
+    used, a torch.device() argument the stand-in turned into text, is refused now, as torch refuses it
+    (torch.device of a tensor: TypeError); so is a bare untyped storage passed there."""
     hidden = p_call(p_global("torch", "device"), [p_tensor(p_storage("0", 4), 0, (4,), (1,))])
     path = tmp_path / "f.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("o"), hidden)])), {"0": RAW})
     report = scan(path, device="cpu")
-    # (issue 14: every tensor the unpickler builds is registered, so the tensor itself is found, not just its storage)
-    assert counts(report) == {"<tensor 0>": (1, 1, 0)} and report.exit_code == 1
-    assert any("no name reaches them" in n for n in report.notes)
+    assert report.exit_code == 3 and "the pickle calls torch.device with" in report.errors[0].message
 
     untyped = p_tuple([p_str("storage"), p_global("torch", "UntypedStorage"), p_str("0"), p_str("cpu"), p_int(16)])
     hidden = p_call(p_global("torch", "device"), [untyped + b"Q"])
     path = tmp_path / "g.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("o"), hidden)])), {"0": RAW})
     report = scan(path, device="cpu")
-    assert report.exit_code == 3 and "their dtype is known only to that tensor" in report.errors[0].message
+    assert report.exit_code == 3 and "the pickle calls torch.device with" in report.errors[0].message
+
+
+def test_a_tensor_the_walk_does_not_reach_is_scanned_from_the_registry(tmp_path: Path, monkeypatch) -> None:
+    """Every tensor the unpickler builds is registered (issue 14): one the name walk misses is found all the same,
+    named by the registry, with a note that no name reaches it."""
+    from nandoctor.readers.torch import file as torch_file
+    from nandoctor.readers.torch.names import Walk
+
+    monkeypatch.setattr(torch_file, "walk", lambda root, prefix="": Walk())  # (a walk that reaches nothing)
+    path = tmp_path / "f.pt"
+    torch_zip(path, pickle_bytes(p_dict([(p_str("o"), p_tensor(p_storage("0", 4), 0, (4,), (1,)))])), {"0": RAW})
+    report = scan(path, device="cpu")
+    assert counts(report) == {"<tensor 0>": (1, 1, 0)} and report.exit_code == 1
+    assert any("no name reaches them" in n for n in report.notes)
 
 
 def test_build_cannot_relabel_a_float_storage(tmp_path: Path) -> None:
