@@ -288,31 +288,77 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors, _zeroed_since(report).get("names", ())):
         findings[i] += (ZEROED,)
-    outgrown = _outgrown_siblings(report.tensors, report.extra.get("target_dtype") == "fp16")
+    all_fp16 = report.extra.get("target_dtype") == "fp16"
+    outgrown = _outgrown_siblings(report.tensors, all_fp16)
     # (a tensor with a finding of its values already — NaN, exploded, values the fp16 cast overflows — has it said)
     outgrown = {i: found for i, found in outgrown.items() if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
     for i in outgrown:
         findings[i] += (EXPLODED,)
-    extra = {k: v for k, v in report.extra.items() if k != OUTGROWN}
+    dotted = {i: found for i, found in _fp16_dot_overflow(report.tensors, all_fp16).items()
+              if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
+    for i in dotted:
+        findings[i] += (EXPLODED,)
+    extra = {k: v for k, v in report.extra.items() if k not in (OUTGROWN, DOT_OVERFLOW)}
+    names = report.tensors.refs.names
     if outgrown:
-        names = report.tensors.refs.names
         extra[OUTGROWN] = [{"name": names[i], "scale": scale, "siblings": siblings}
                            for i, (scale, siblings) in outgrown.items()]
+    if dotted:
+        extra[DOT_OVERFLOW] = [{"name": names[i], "scale": scale, "row": row} for i, (scale, row) in dotted.items()]
     tensors = report.tensors.with_findings(findings)
     out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None, extra=extra)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
 
 
 def _outgrown_fact(report: ScanReport) -> str:
-    """The first fp16 weight exploded by its bulk against its siblings', in words (:func:`_outgrown_siblings`)."""
+    """The first fp16 weight exploded by its bulk against its siblings', or by its dot products, in words
+    (:func:`_outgrown_siblings`, :func:`_fp16_dot_overflow`)."""
+    said = ""
     found = report.extra.get(OUTGROWN)
-    if not found:
-        return ""
-    first = found[0]
-    factor = first["scale"] / max(first["siblings"], GROWTH_FLOOR)
-    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-    return (f"; {first['name']}{more}: bulk {first['scale']:.3g}, {factor:,.0f}x its siblings' in the other layers, "
-            "too large for fp16 arithmetic")
+    if found:
+        first = found[0]
+        factor = first["scale"] / max(first["siblings"], GROWTH_FLOOR)
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        said += (f"; {first['name']}{more}: bulk {first['scale']:.3g}, {factor:,.0f}x its siblings' in the other "
+                 "layers, too large for fp16 arithmetic")
+    dotted = report.extra.get(DOT_OVERFLOW)
+    if dotted:
+        first = dotted[0]
+        more = f" and {len(dotted) - 1} more" if len(dotted) > 1 else ""
+        said += (f"; {first['name']}{more}: bulk {first['scale']:.3g} over rows of {first['row']:,}: its dot products "
+                 "(the logits) pass fp16's 65,504")
+    return said
+
+
+DOT_OVERFLOW = "fp16_dot_overflow"  # extra key (JSON): fp16 LM heads / embeddings whose dot products overflow fp16
+# bulk × √row at which a dot product of unit-scale inputs reaches fp16's 65,504: a quarter of it, since the bulk
+# scale is a power of two (up to 2x under the values) and real inputs are not all of unit scale
+DOT_LIMIT = 2.0**14
+
+
+def _fp16_dot_overflow(tensors: TensorResults, all_fp16: bool) -> dict[int, tuple[float, int]]:
+    """LM heads and token embeddings (layers.zero_breaks' token matrices) that load as fp16 whose bulk scale times
+    the square root of their row length reaches fp16's largest value: row → (bulk scale, row length).
+
+    Every value may sit under the fp16 ceiling (2^14) with no sibling to compare with, and the logits still
+    overflow: an LM head or tied embedding scaled whole to a largest value of 16,000 gave Inf logits in 30 of 46
+    fp16 cases of an oracle sweep (the dot product sums a row of them). bulk × √row is the size of a dot
+    product with inputs of unit scale and random signs (judged against DOT_LIMIT), so a real model passes it by
+    far: an LM head of weights 0.02–0.05 and hidden size 4096 reaches 1–3, a ten-thousandth of the limit, which
+    needs a bulk of 256 at that size."""
+    top = tensors.largest("weight")
+    if top is None or top < 2.0:  # (one cached max: below it no bulk is that large)
+        return {}
+    refs = tensors.refs
+    names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
+    out: dict[int, tuple[float, int]] = {}
+    for i, scale in enumerate(tensors.bulk_scale):
+        if scale is None or roles[i] != "weight" or len(shapes[i]) != 2 or not (all_fp16 or dtypes[i] == "F16"):
+            continue
+        row = int(shapes[i][1])
+        if scale * math.sqrt(row) >= DOT_LIMIT and zero_breaks(names[i], 2) == "token matrix":
+            out[i] = (scale, row)
+    return out
 
 
 OUTGROWN = "outgrown_siblings"  # extra key (JSON): the fp16 weights exploded by their bulk against their siblings'

@@ -162,3 +162,39 @@ def test_a_family_large_together_a_gain_of_300_and_bf16_loads_are_not_judged_by_
     assert _eager_logits_finite(small) and nandoctor.scan(small).ok
     bf16 = _three_layers(tmp_path / "bf16", torch.bfloat16, {NORM: 2000.0})
     assert nandoctor.scan(bf16).ok
+
+
+def test_an_fp16_lm_head_whose_logits_overflow_is_exploded(tmp_path):
+    """An LM head scaled as a whole to a largest value of 16,000: under fp16's ceiling, no siblings, no outlier,
+    and every logit an fp16 dot product past 65,504 (an oracle sweep: CLEAN while generate(do_sample=True) raised).
+    The same head at its trained scale, and scaled x10, stay clean."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    import nandoctor
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(
+        "llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    outcomes = {}
+    for factor in ("x10", "16000", "none"):
+        folder = tmp_path / factor
+        transformers.AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(folder)
+        tensors = load_file(str(folder / "model.safetensors"))
+        head = tensors["lm_head.weight"].float()
+        if factor != "none":
+            head = head * (16000.0 / head.abs().max() if factor == "16000" else 10.0)
+        tensors["lm_head.weight"] = head.half()
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        with torch.no_grad():
+            finite = bool(torch.isfinite(model(torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16]])).logits).all())
+        report = nandoctor.scan(folder)
+        outcomes[factor] = (finite, report.exit_code)
+        if factor == "16000":
+            assert report.extra["fp16_dot_overflow"][0]["name"] == "lm_head.weight"
+            assert "lm_head.weight" in [t.ref.name for t in report.tensors.with_finding("exploded")]
+    assert outcomes == {"none": (True, 0), "x10": (True, 0), "16000": (False, 1)}, outcomes
