@@ -198,3 +198,32 @@ def test_an_fp16_lm_head_whose_logits_overflow_is_exploded(tmp_path):
             assert report.extra["fp16_dot_overflow"][0]["name"] == "lm_head.weight"
             assert "lm_head.weight" in [t.ref.name for t in report.tensors.with_finding("exploded")]
     assert outcomes == {"none": (True, 0), "x10": (True, 0), "16000": (False, 1)}, outcomes
+
+
+def test_a_tied_fp16_embedding_with_a_zero_padding_row_scaled_whole_is_exploded(tmp_path):
+    """Gemma ties its embedding and zeroes the padding row, which was all a 64 KiB tensor's sample held: it had no
+    bulk scale, so neither outliers nor its fp16 logits were judged (CLEAN; generate raised). A region of at most
+    1 MiB is now its own sample."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    import nandoctor
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(
+        "gemma", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    folder = tmp_path / "gemma"
+    transformers.AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    embedding = tensors["model.embed_tokens.weight"].float()
+    assert not embedding[0].any()  # (the padding row: where the sample fell)
+    tensors["model.embed_tokens.weight"] = (embedding * (16000.0 / embedding.abs().max())).half()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert not torch.isfinite(model(torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16]])).logits).all()
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 1 and report.extra["fp16_dot_overflow"][0]["name"] == "model.embed_tokens.weight"

@@ -290,10 +290,21 @@ def _read_lanes(job: RegionJob, source: ChunkSource, buffers: BufferFor, first: 
     return data
 
 
+WHOLE_SAMPLE_BYTES = 1 << 20  # a region this small is its own sample: its bulk from every lane
+
+
 def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
-    """The first SAMPLE_RUN lanes of (up to MAX_SAMPLED_SEGMENTS evenly spread) 64 KiB segments of a region."""
+    """The first SAMPLE_RUN lanes of (up to MAX_SAMPLED_SEGMENTS evenly spread) 64 KiB segments of a region; a
+    region of at most WHOLE_SAMPLE_BYTES whole (one 64 KiB embedding's sample was its padding row, all zero: no
+    bulk, so neither outliers nor an fp16 overflow judged; reading it whole costs one read, and only regions that
+    reach the high level get here)."""
     lane_bytes = job.spec.lane_bits // 8
     nbytes = lanes_nbytes(job.region)
+    if nbytes <= WHOLE_SAMPLE_BYTES:
+        data = _read_lanes(job, source, buffers, 0, nbytes // lane_bytes)
+        whole = lanes_of(data, job.spec).copy()  # the buffer is reused by the next read
+        del data
+        return [whole]
     segments = -(-nbytes // SEGMENT_BYTES)
     step = max(1, segments // MAX_SAMPLED_SEGMENTS)
     heads = []
