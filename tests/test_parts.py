@@ -206,7 +206,8 @@ def _same_scan(data: dict) -> dict:
 
 
 # the single scan's health, verdict and run context of each save: what merge and --distributed must give too
-JUDGED = {"2": ("diverged", "DIVERGED", 512.0), "3": ("poisoned", "NON-FINITE", 1.0)}
+# (step 2's weights x1000 = 2^9.97: its 256 KiB tensors are their own bulk sample, so the power of two is 1024)
+JUDGED = {"2": ("diverged", "DIVERGED", 1024.0), "3": ("poisoned", "NON-FINITE", 1.0)}
 
 
 def _judged_as(data: dict, step: str) -> None:
