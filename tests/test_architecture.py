@@ -391,3 +391,27 @@ def test_a_truncated_shard_is_unreadable_and_its_weights_are_not_called_missing(
     assert report.exit_code == 3
     assert [p.path for p in report.errors] == [str(middle)], report.errors
     assert "truncated" in report.errors[0].message
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "falcon", "deepseek_v3"])
+def test_fresh_saves_of_models_whose_layout_looked_odd_build_no_model(tmp_path, monkeypatch, model_type):
+    """GPT-NeoX's LM head is embed_out, Falcon fuses query, key and value into one projection, DeepSeek-V3's first
+    layers are dense (first_k_dense_replace): each looked like a contradiction of config.json, and each healthy
+    scan built the model on the meta device for nothing (3-4 s against 0.2 s, an oracle sweep found)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sizes = dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                 max_position_embeddings=64)
+    extra = {"deepseek_v3": dict(first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2,
+                                 moe_intermediate_size=32, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+                                 qk_nope_head_dim=16, v_head_dim=16, head_dim=8, n_group=1, topk_group=1),
+             "falcon": dict(multi_query=True, new_decoder_architecture=False)}.get(model_type, {})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **sizes, **extra)).save_pretrained(tmp_path / "m")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built for a healthy save")
+
+    monkeypatch.setattr(architecture, "_built_by_transformers", no_build)
+    report = nandoctor.scan(tmp_path / "m")
+    assert report.exit_code == 0 and not report.errors, report.errors

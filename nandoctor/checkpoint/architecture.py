@@ -45,6 +45,8 @@ from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, family_of
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
 LM_HEAD = "lm_head.weight"
+_FUSED_QKV = re.compile(r"(?:query_key_value|qkv|c_attn|W_pack)[^.]*\.weight$", re.IGNORECASE)
+_LM_HEADS = (LM_HEAD, "embed_out.weight")  # (GPT-NeoX names its LM head embed_out: a miss cost a build for nothing)
 # config.json keys that size a model (transformers' and the older GPT-2 / T5 spellings): one must be there
 _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_size", "n_embd", "n_layer", "d_model",
               "num_layers", "text_config")
@@ -207,6 +209,14 @@ def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
     return out
 
 
+def _dense_layers(config: dict[str, Any]) -> set[int]:
+    """The layers of a mixture-of-experts model that config.json makes dense (no experts): DeepSeek's and Kimi's
+    first ``first_k_dense_replace``, Qwen-MoE's ``mlp_only_layers``."""
+    first = positive(config.get("first_k_dense_replace")) or 0
+    listed = config.get("mlp_only_layers")
+    return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
+
+
 def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
                 stacks: dict[str, set[int]]) -> Iterator[tuple[str, str]]:
     """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights."""
@@ -239,9 +249,12 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             match = STACK.match(name)
             if match and match.group(1) == stack:
                 holders.setdefault(name[match.end():], set()).add(int(match.group(2)))
+        dense = _dense_layers(config)
         for suffix, has in holders.items():
             if 0 < len(numbers) - len(has) <= max(1, len(numbers) // 8):
                 for number in sorted(numbers - has):
+                    if number in dense and (suffix.startswith("mlp.") or "expert" in suffix):
+                        continue  # (a layer config.json makes dense has no experts, router or shared experts)
                     yield f"{stack}.{number}.{suffix}", _HOLE
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
@@ -253,7 +266,11 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     sizes = {key: positive(config.get(key)) for key in _SIZES if key != "head_dim" and not (key == "intermediate_size" and experts > 1)}
     if heads and head_dim:
         sizes["num_attention_heads x head_dim"] = heads * head_dim
-    if kv and head_dim:
+    fused = heads * head_dim + 2 * kv * head_dim if heads and kv and head_dim else None
+    if (kv and head_dim and "kv_lora_rank" not in config
+            and not any(_FUSED_QKV.search(name) and shape and shape[0] == fused for name, shape in stored.items())):
+        # (a fused query-key-value projection, Falcon's, has only the sum of the three as a dimension; DeepSeek's
+        # latent attention, kv_lora_rank, stores no key projection of num_key_value_heads x head_dim rows)
         sizes["num_key_value_heads x head_dim"] = kv * head_dim
         for name, shape in stored.items():  # (GQA: the key projection's rows are exactly that)
             if name.endswith("k_proj.weight") and len(shape) == 2 and shape[0] != kv * head_dim:
@@ -278,7 +295,8 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             yield _OUTSIDE_SUSPICION, "no norm outside the layers is stored (the final norm)"
     architectures = config.get("architectures")
     head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
-    if head and config.get("tie_word_embeddings") is False and LM_HEAD not in stored and any(map(EMBEDDING.match, stored)):
+    if (head and config.get("tie_word_embeddings") is False and not any(name in stored for name in _LM_HEADS)
+            and any(map(EMBEDDING.match, stored))):
         yield LM_HEAD, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
     # one layer's tensor in another shape than the same tensor of every other layer (transposed, cut): a model
     # whose layers differ by design (a codec's widening convolutions, OpenELM's per-layer widths) has more than
