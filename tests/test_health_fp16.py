@@ -164,35 +164,38 @@ def test_a_family_large_together_a_gain_of_300_and_bf16_loads_are_not_judged_by_
     assert nandoctor.scan(bf16).ok
 
 
-def test_an_fp16_lm_head_whose_logits_overflow_is_exploded(tmp_path):
-    """An LM head scaled as a whole to a largest value of 16,000: under fp16's ceiling, no siblings, no outlier,
-    and every logit an fp16 dot product past 65,504 (an oracle sweep: CLEAN while generate(do_sample=True) raised).
-    The same head at its trained scale, and scaled x10, stay clean."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def _scaled_fp16(folder, model_type: str, name: str, factor: str):
+    """A fresh tiny fp16 model whose tensor ``name`` is scaled: "none", "x10", or whole to a largest value of
+    16,000; (whether its logits are finite, as transformers computes them in fp16; nandoctor's report)."""
+    import transformers
     from safetensors.torch import load_file, save_file
-
-    import nandoctor
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(
-        "llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        model_type, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    transformers.AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    weight = tensors[name].float()
+    if factor != "none":
+        weight = weight * (16000.0 / weight.abs().max() if factor == "16000" else 10.0)
+    tensors[name] = weight.half()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16]])).logits).all())
+    return finite, nandoctor.scan(folder)
+
+
+def test_an_fp16_lm_head_whose_logits_overflow_is_exploded(tmp_path):
+    """An LM head scaled as a whole to a largest value of 16,000: under fp16's ceiling, no siblings, no outlier,
+    and every logit an fp16 dot product past 65,504 (an oracle sweep: CLEAN while generate(do_sample=True) raised).
+    The same head at its trained scale, and scaled x10, stay clean."""
+    pytest.importorskip("transformers")
     outcomes = {}
     for factor in ("x10", "16000", "none"):
-        folder = tmp_path / factor
-        transformers.AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(folder)
-        tensors = load_file(str(folder / "model.safetensors"))
-        head = tensors["lm_head.weight"].float()
-        if factor != "none":
-            head = head * (16000.0 / head.abs().max() if factor == "16000" else 10.0)
-        tensors["lm_head.weight"] = head.half()
-        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-        with torch.no_grad():
-            finite = bool(torch.isfinite(model(torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16]])).logits).all())
-        report = nandoctor.scan(folder)
+        finite, report = _scaled_fp16(tmp_path / factor, "llama", "lm_head.weight", factor)
         outcomes[factor] = (finite, report.exit_code)
         if factor == "16000":
             assert report.extra["fp16_dot_overflow"][0]["name"] == "lm_head.weight"
@@ -204,26 +207,12 @@ def test_a_tied_fp16_embedding_with_a_zero_padding_row_scaled_whole_is_exploded(
     """Gemma ties its embedding and zeroes the padding row, which was all a 64 KiB tensor's sample held: it had no
     bulk scale, so neither outliers nor its fp16 logits were judged (CLEAN; generate raised). A region of at most
     1 MiB is now its own sample."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from safetensors.torch import load_file, save_file
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
 
-    import nandoctor
-
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(
-        "gemma", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    folder = tmp_path / "gemma"
-    transformers.AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(folder)
-    tensors = load_file(str(folder / "model.safetensors"))
-    embedding = tensors["model.embed_tokens.weight"].float()
-    assert not embedding[0].any()  # (the padding row: where the sample fell)
-    tensors["model.embed_tokens.weight"] = (embedding * (16000.0 / embedding.abs().max())).half()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    with torch.no_grad():
-        assert not torch.isfinite(model(torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16]])).logits).all()
-    report = nandoctor.scan(folder)
+    _, fresh = _scaled_fp16(tmp_path / "fresh", "gemma", "model.embed_tokens.weight", "none")
+    assert fresh.exit_code == 0
+    assert not load_file(str(tmp_path / "fresh" / "model.safetensors"))["model.embed_tokens.weight"][0].any()  # (pad)
+    finite, report = _scaled_fp16(tmp_path / "gemma", "gemma", "model.embed_tokens.weight", "16000")
+    assert not finite
     assert report.exit_code == 1 and report.extra["fp16_dot_overflow"][0]["name"] == "model.embed_tokens.weight"
