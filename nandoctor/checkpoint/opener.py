@@ -102,9 +102,10 @@ def open_checkpoint(
     checkpoint.notes += quantizer_notes
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
     stored = loadability.from_pretrained_weights(files, checkpoint.refs_by_file)
-    # A model weight file (not an optimizer or trainer state file) that could not be read holds weights all the same: compared with what the config builds, they
-    # would be called missing ("initialized at random", where from_pretrained raises on the file), and looking for
-    # them builds the model for nothing. Compared once every file reads.
+    # A model weight file (not an optimizer or trainer state file) that could not be read holds weights all the
+    # same: compared with what the config builds, they would be called missing ("initialized at random", where
+    # from_pretrained raises on the file), and looking for them builds the model for nothing. Compared once every
+    # model weight file reads.
     unread = any(file not in checkpoint.refs_by_file and file_role(file.name) is None for file in files.files)
     shape_problems, shape_notes = ([], []) if unread else loadability.architecture_problems(files, stored)
     checkpoint.problems += shape_problems

@@ -287,18 +287,18 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
     broke), then why each diverged, incomplete or unreadable checkpoint is so (a HINT line follows the problem
     it is for). The console, Markdown and HTML reports all print these, so they cannot disagree."""
     lines = _log_lines(run)
-    diverged: list[list[RunCheckpoint]] = []  # runs of consecutive diverged rows for the same reason: one line each
-    for k, c in enumerate(run.checkpoints):
+    group: list[RunCheckpoint] = []  # consecutive rows diverged for one reason, said in one line (the last one)
+    previous: RunCheckpoint | None = None
+    for c in run.checkpoints:
+        before, previous = previous, c
         if c.same_as is not None:
             continue  # said of the row it is the same file as
         if c.status == DIVERGED and c.why:
-            if (diverged and k and diverged[-1][-1] is run.checkpoints[k - 1] and diverged[-1][-1].why == c.why
-                    and lines[-1][1].startswith("diverged: ")):
-                diverged[-1].append(c)
-                names = diverged[-1]
-                lines[-1] = (BAD, f"diverged: {names[0].name} to {names[-1].name} ({len(names)} checkpoints): {c.why}")
+            if group and group[-1] is before and before.why == c.why:
+                group.append(c)
+                lines[-1] = (BAD, f"diverged: {group[0].name} to {c.name} ({len(group)} checkpoints): {c.why}")
             else:
-                diverged.append([c])
+                group = [c]
                 lines.append((BAD, f"diverged: {c.name}: {c.why}"))
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))

@@ -406,9 +406,9 @@ def _untyped_legacy(path: str, walked: Walk, declared: list[StorageRef]) -> list
     weights_only or without, whatever loads the file."""
     if not any(ref.storage_type.untyped for ref in declared):
         return []
-    names = [n.name for n in walked.tensors if n.tensor.storage.storage_type.untyped]
-    dtypes = sorted({n.tensor.torch_dtype for n in walked.tensors if n.tensor.storage.storage_type.untyped})
-    what = f"tensor(s) {listed(names)} ({', '.join(dtypes)}) are" if names else "a storage is"
+    untyped = [n for n in walked.tensors if n.tensor.storage.storage_type.untyped]
+    dtypes = sorted({n.tensor.torch_dtype for n in untyped})
+    what = f"tensor(s) {listed([n.name for n in untyped])} ({', '.join(dtypes)}) are" if untyped else "a storage is"
     return [ScanProblem(
         path,
         f"a legacy torch file whose {what} stored untyped, which torch's legacy loader cannot read: torch.load "
