@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,19 @@ if str(ROOT) not in sys.path:
 
 FIXTURES = ROOT / "fixtures"
 DEMO_RUN = FIXTURES / "demo-run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _subprocess_temp_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Child processes (torchrun's agents above all) make their temp folders under pytest's, which pytest prunes:
+    torchrun leaves a torchelastic_* folder in the temp dir at every start."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("subprocess-tmp"))
+    yield
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
 
 
 @pytest.fixture
