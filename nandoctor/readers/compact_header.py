@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import cast
 
 import numpy as np
@@ -33,11 +34,17 @@ def _tensor(group: str) -> str:
 _STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+"'  # any JSON string
 _METADATA = rf'"__metadata__":\{{(?:{_STRING}:{_STRING}(?:,{_STRING}:{_STRING})*+)?\}}'
 _ITEM = rf"(?>{_tensor('(?:')}|{_METADATA})"
-# Atomic groups and possessive repeats: a million entries are matched without a backtracking stack.
-_DOCUMENT = re.compile(rf"[ \t\n\r]*+\{{(?:{_ITEM}(?:,{_ITEM})*+)?\}}[ \t\n\r]*+")
-_ENTRY = re.compile(_tensor("("))
-_METADATA_ITEM = re.compile(_METADATA)
 _SLICE = 1 << 20  # characters of text per findall: its tuples are turned into columns before the next
+WORTH_FROM = 256 << 10  # characters of header text from which this parser is worth compiling (5 ms, once)
+
+
+@cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """(the whole document, one entry with its fields captured, the metadata item), compiled on first use:
+    the document's pattern takes 5 ms to compile, as long as json takes over a header of ~2,000 tensors."""
+    # Atomic groups and possessive repeats: a million entries are matched without a backtracking stack.
+    document = re.compile(rf"[ \t\n\r]*+\{{(?:{_ITEM}(?:,{_ITEM})*+)?\}}[ \t\n\r]*+")
+    return document, re.compile(_tensor("(")), re.compile(_METADATA)
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,11 @@ class _Shapes(dict):
 def parse_compact(text: str, dtypes: dict[str, str]) -> HeaderColumns | None:
     """The columns of ``text`` when it is a compact header whose dtypes are all keys of ``dtypes`` (which
     maps each to the one string kept for it); None when it is anything else."""
-    if not _DOCUMENT.fullmatch(text):
+    document, entry, metadata_item = _patterns()
+    if not document.fullmatch(text):
         return None
     metadata: dict[str, str] = {}
-    found = _METADATA_ITEM.search(text)
+    found = metadata_item.search(text)
     if found is not None:
         if text.count('"__metadata__":') > 1:  # a duplicate key (two metadata entries, or one a tensor)
             return None
@@ -85,7 +93,7 @@ def parse_compact(text: str, dtypes: dict[str, str]) -> HeaderColumns | None:
         # Entries end with "}," before the next one's name: cut there (no name or string holds a quote).
         stop = text.find('},"', min(start + _SLICE, size))
         stop = size if stop < 0 else stop + 2
-        entries = _ENTRY.findall(text, start, stop)
+        entries = entry.findall(text, start, stop)
         if entries:
             entry_names, entry_dtypes, entry_shapes, entry_begins, entry_ends = zip(*entries)
             names += entry_names

@@ -22,7 +22,7 @@ from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, TORCH_UNLOADABLE_SAFETE
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import ReadResult, RefTable, ScanProblem
 from nandoctor.readers import magic
-from nandoctor.readers.compact_header import HeaderColumns, parse_compact
+from nandoctor.readers.compact_header import WORTH_FROM, HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
 from nandoctor.verdict import UNLOADABLE_KIND
@@ -155,10 +155,11 @@ def read_header(path: Path, base: int = 0) -> tuple[dict, int, dict[str, str]]:
 def read_table(path: Path, base: int = 0) -> tuple[RefTable, int, dict[str, str]]:
     """(the tensors as a RefTable, absolute start of the data buffer, metadata), every rule checked as
     :func:`read_header` checks it. A compact header (what writers produce) is parsed by
-    ``compact_header`` without an object per tensor; any other by json."""
+    ``compact_header`` without an object per tensor when it is large; any other by json."""
     p = str(path)
     text, data_start, size = _header_text(path, base)
-    columns = None if _SURROGATE_ESCAPE.search(text) else parse_compact(text, _BITS_KEYS)
+    compact = len(text) >= WORTH_FROM and not _SURROGATE_ESCAPE.search(text)
+    columns = parse_compact(text, _BITS_KEYS) if compact else None
     if columns is None or not _entries_valid(columns):
         columns = _json_columns(p, *_json_header(p, text), data_start, size)  # (raises, naming the first bad entry)
     del text
