@@ -44,7 +44,9 @@ OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
 # one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
 UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
 EMPTY_KIND = "empty"
-NAMES_KIND = "names"  # a run's checkpoint whose tensor names differ from its neighbours' (checkpoint/runs.py)
+# weights under names the model does not load: a run's checkpoint whose tensor names differ from its neighbours'
+# (checkpoint/runs.py), a weight config.json's model needs stored under another name (checkpoint/architecture.py)
+NAMES_KIND = "names"
 UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
 # it loads, but its config.json or generation_config.json holds NaN/Infinity or a value that makes generate raise or
 # the forward pass NaN (checkpoint/loadconfig.py, checkpoint/configvalues.py)
@@ -62,7 +64,7 @@ PROBLEM_WORDS = {
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
     HASH_KIND: lambda n: f"{plural(n, 'file')} {'fails its' if n == 1 else 'fail their'} sha256 check",
-    NAMES_KIND: lambda n: "its tensor names differ from its neighbours' in the run",
+    NAMES_KIND: lambda n: "weights stored under names its model does not load",
     SELECTION_KIND: lambda n: "--only/--exclude left nothing to scan",
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",

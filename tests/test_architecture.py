@@ -415,3 +415,54 @@ def test_fresh_saves_of_models_whose_layout_looked_odd_build_no_model(tmp_path, 
     monkeypatch.setattr(architecture, "_built_by_transformers", no_build)
     report = nandoctor.scan(tmp_path / "m")
     assert report.exit_code == 0 and not report.errors, report.errors
+
+
+@pytest.mark.parametrize("right", ["model.layers.1.self_attn.q_proj.weight", "lm_head.weight"])
+def test_a_weight_stored_under_another_name_is_named_and_the_hint_renames_it_back(tmp_path, right):
+    """A new-user trial: a checkpoint alone (no run to compare names with) whose weight was stored under another name
+    of the same shape (a flipped bit in the header, a conversion script's typo) passed CLEAN while from_pretrained
+    initialised it at random (its missing_keys: the oracle). The hint's command is run and checked with it too."""
+    wrong = right.replace("_proj", "_prij") if "proj" in right else "lm_hiad.weight"
+
+    def rename(tensors):
+        tensors[wrong] = tensors.pop(right)
+
+    folder = _llama(tmp_path / "renamed", change=rename, config={"tie_word_embeddings": False})
+    assert _loads(folder) == (True, [right])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and report.verdict == "TENSOR NAMES CHANGED"
+    (problem,) = report.errors
+    assert problem.message.startswith(f"{right} is not stored, {wrong} (same shape) is a name the model does not have")
+    assert problem.path == str(folder / "model.safetensors")
+    import subprocess
+
+    command = problem.hint.split(" with ", 1)[1].rsplit(" and scan again", 1)[0]
+    subprocess.run(command, shell=True, check=True)
+    assert _loads(folder) == (True, [])
+    assert nandoctor.scan(folder).exit_code == 0
+
+
+def test_names_from_pretrained_renames_on_load_are_not_missing(tmp_path):
+    """transformers renames some stored names as it loads them (legacy ``LayerNorm.gamma``/``beta``): one layer's norm
+    saved under those names is loaded (nothing missing, the oracle), so it is neither missing nor a renamed weight,
+    though the layer's norm looks absent beside the other layers' ``.weight``."""
+    from transformers import BertConfig, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    folder = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    norm = "bert.encoder.layer.1.attention.output.LayerNorm"
+    tensors[f"{norm}.gamma"] = tensors.pop(f"{norm}.weight")
+    tensors[f"{norm}.beta"] = tensors.pop(f"{norm}.bias")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    hf_logging.set_verbosity_error()
+    _, info = BertForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    stored = {k: tuple(v.shape) for k, v in tensors.items()}
+    config = json.loads((folder / "config.json").read_text())
+    assert f"{norm}.weight" in dict(architecture._suspicions(config, stored, architecture._stacks(stored)))  # suspected
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0, report.errors

@@ -32,7 +32,7 @@ import json
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 from nandoctor.checkpoint import buildvalues
 from nandoctor.checkpoint.configvalues import EXPERT_KEYS, embeds_token_ids, positive
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, family_of
+from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
@@ -58,11 +58,12 @@ _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 
-def problems(root: Path, config: dict[str, Any], names: Sequence[str],
-             shapes: Sequence[tuple[int, ...]], *, quantized: bool = False) -> tuple[list[ScanProblem], list[str]]:
-    """(problems, notes) for the top-level weights (``names``, ``shapes``) of the folder ``root`` that
-    from_pretrained builds from ``config`` (config.json). ``quantized``: its quantizer stores some weights under
-    names of its own (GPTQ's ``qweight``), so a weight the model builds that is not stored is not missing."""
+def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+             files: Sequence[str], *, quantized: bool = False) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) for the top-level weights (``names``, ``shapes``, the ``files`` holding them) of the folder
+    ``root`` that from_pretrained builds from ``config`` (config.json). ``quantized``: its quantizer stores some
+    weights under names of its own (GPTQ's ``qweight``), so a weight the model builds that is not stored is not
+    missing."""
     if not any(key in config for key in _SIZE_KEYS):
         return [], []  # a config.json naming no sizes (written by hand: {"model_type": "llama"}) builds defaults
     stored = dict(zip(names, (tuple(s) for s in shapes)))
@@ -125,15 +126,20 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
                 f"of {stack} at random, so the model is not this checkpoint",
                 "save config.json with the number of layers the weights hold (num_hidden_layers), or the missing "
                 "layers' weights", kind=UNLOADABLE_KIND))
-    # (a stored tensor of the same shape under a name the model does not have is the missing one renamed: a flipped
-    # bit in a header, which the run's names check names with the command that renames it back)
-    renamed = {shape for name, shape in stored.items() if name not in expected and not any(p.search(name) for p in skipped)}
-    lacking = [(what, why) for what, why in suspected if what not in stored and what not in stacks
-               and what != _SIZE_SUSPICION and what in expected and expected[what] not in renamed and not quantized]
+    # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
+    loaded = {built.loaded_as(name) for name in stored}
+    unknown = {name: shape for name, shape in stored.items() if built.loaded_as(name) not in expected
+               and not any(p.search(name) for p in skipped)}
+    lacking = [(what, why) for what, why in suspected if what not in loaded and what not in stacks
+               and what != _SIZE_SUSPICION and what in expected and not quantized]
     outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
     if outside is not None and not quantized:  # (the weights outside the layers the model has, none stored, none tied)
-        lacking += [(name, outside) for name in untied if name not in stored and not STACK.match(name)
-                    and expected[name] not in renamed and (name, outside) not in lacking]
+        lacking += [(name, outside) for name in untied if name not in loaded and not STACK.match(name)
+                    and (name, outside) not in lacking]
+    renamed = _renamed(lacking, unknown, expected)
+    if renamed:
+        found.append(_renamed_problem(root, renamed, dict(zip(names, files))))
+    lacking = [(name, why) for name, why in lacking if name not in renamed]
     if lacking:
         names_said = ", ".join(name for name, _ in lacking[:3]) + (" …" if len(lacking) > 3 else "")
         found.append(ScanProblem(
@@ -143,6 +149,39 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     return found, []
+
+
+def _renamed(lacking: list[tuple[str, str]], unknown: dict[str, tuple[int, ...]],
+             expected: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """The weights the model needs that are stored under a name it does not have: missing name → stored name,
+    where one stored tensor of the same shape is the only candidate for it (a flipped bit in a header renames a
+    tensor; from_pretrained initialises the missing one afresh and ignores the other)."""
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, shape in unknown.items():
+        by_shape.setdefault(shape, []).append(name)
+    wanted = Counter(expected[name] for name, _ in lacking)
+    return {name: by_shape[expected[name]][0] for name, _ in lacking
+            if len(by_shape.get(expected[name], ())) == 1 and wanted[expected[name]] == 1}
+
+
+def _renamed_problem(root: Path, renamed: dict[str, str], file_of: dict[str, str]) -> ScanProblem:
+    """TENSOR NAMES CHANGED for weights stored under names the model does not have, with the command that renames
+    them back where they share one safetensors file."""
+    from nandoctor.checkpoint.renaming import rename_back_command, renamed_words
+
+    pairs = list(renamed.items())
+    shown = "; ".join(f"{right} is not stored, {wrong} (same shape) is a name the model does not have"
+                      for right, wrong in pairs[:3]) + (f"; and {len(pairs) - 3} more" if len(pairs) > 3 else "")
+    files = {file_of[wrong] for wrong in renamed.values()}
+    file = next(iter(files))
+    load = (f"from_pretrained initializes {pairs[0][0]} at random and ignores {pairs[0][1]}, and `nandoctor repair` "
+            "restores values, not names")
+    if len(files) == 1 and file.endswith(".safetensors"):
+        hint = (f"{load}: rename {renamed_words(renamed)} (a flipped bit in a header renames a tensor) with "
+                f"{rename_back_command(file, renamed)} and scan again")
+    else:
+        hint = f"{load}: rename {renamed_words(renamed)} in the weight files, or restore them from a good copy"
+    return ScanProblem(file, f"{shown}: the model built from config.json needs the name", hint, kind=NAMES_KIND)
 
 
 def _unbuilt(root: Path, scale: tuple[int, int], config: dict[str, Any],
@@ -345,6 +384,31 @@ class _Built:
     shapes: dict[str, tuple[int, ...]]  # every tensor of its state dict
     skipped: list[re.Pattern[str]]  # stored names its class says from_pretrained skips
     untied: list[str]  # parameters from_pretrained cannot fill from another stored one (not tied, not ignored if missing)
+    loaded_as: Callable[[str], str]  # a stored name → the name from_pretrained loads it under (its conversion mapping)
+
+
+def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], str]:
+    """The name from_pretrained gives a stored tensor: transformers 5's own conversion mapping (legacy
+    ``LayerNorm.gamma``/``beta``, ``weight_g``/``weight_v``, a model's renamed modules, the base model's prefix
+    added or dropped); the stored name itself where this transformers has no such mapping."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        prefix = getattr(model, "base_model_prefix", None) or None
+    except Exception:  # noqa: BLE001 - another transformers: names are compared as stored
+        return lambda name: name
+
+    def loaded_as(name: str) -> str:
+        try:
+            return rename_source_key(name, renamings, converters, prefix, built)[0]
+        except Exception:  # noqa: BLE001 - (a mapping this version cannot apply to the name: as stored)
+            return name
+
+    return loaded_as
 
 
 def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
@@ -379,7 +443,7 @@ def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
                     if isinstance(p, str)]
         untied = [names[0] for names in holders.values()
                   if len(names) == 1 and not any(p.search(names[0]) for p in optional)]
-        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], untied)
+        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], untied, _renames(model, built))
     except ImportError:  # (an optional package the model class needs)
         return None
     except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value

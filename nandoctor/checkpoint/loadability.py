@@ -192,6 +192,7 @@ class StoredWeights:
     names: list[str]
     shapes: list[tuple[int, ...]]
     dtypes: list[str]
+    files: list[str]  # (each file's one string, repeated)
 
 
 # What every quantizer loads as stored (a norm, an embedding, a skipped module) or keeps the shape of (FP8): the
@@ -218,10 +219,10 @@ def architecture_problems(files: layout.CheckpointFiles, stored: StoredWeights) 
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
     if not loadconfig.quantized(files.root):
-        return architecture.problems(files.root, config, stored.names, stored.shapes)
+        return architecture.problems(files.root, config, stored.names, stored.shapes, stored.files)
     kept = [i for i, dtype in enumerate(stored.dtypes) if dtype in _UNPACKED]
     return architecture.problems(files.root, config, [stored.names[i] for i in kept], [stored.shapes[i] for i in kept],
-                                 quantized=True)
+                                 [stored.files[i] for i in kept], quantized=True)
 
 
 # Prefixes a training wrapper puts before every parameter name: DDP / DataParallel, torch.compile
@@ -263,12 +264,13 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
 
 def _stored(weights: Sequence[tuple[Path, Sequence[TensorRef]]]) -> StoredWeights:
     """Every tensor's name, shape and dtype in ``weights``' files, read from their columns (no object per tensor)."""
-    stored = StoredWeights([], [], [])
-    for _, refs in weights:
+    stored = StoredWeights([], [], [], [])
+    for file, refs in weights:
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
         stored.names.extend(table.names)
         stored.shapes.extend(table.shapes)
         stored.dtypes.extend(table.dtypes)
+        stored.files.extend([str(file)] * len(table.names))
     return stored
 
 

@@ -533,8 +533,7 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
                   mine: Weights, holder: str) -> str:
     """What to do about a checkpoint whose tensor names changed: rename a tensor back (a safetensors file: the
     bytes under the wrong name are the tensor's, one flipped bit in the header renamed it), or restore the file."""
-    import json
-    import shlex
+    from nandoctor.checkpoint.renaming import rename_back_command, renamed_words
 
     load = f"from_pretrained would initialise {missing[0]} afresh (random values where the trained ones were), and `nandoctor repair` " \
            "restores values, not names"
@@ -542,16 +541,9 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
     if len(renames) == len(missing) and len(set(renames.values())) == len(renames):
         file = mine[next(iter(renames.values()))][2]
         if file.endswith(".safetensors") and all(mine[u][2] == file for u in renames.values()):
-            text = json.dumps  # (a Python string literal in double quotes: the shell's single quotes stay whole)
-            moves = "; ".join(f"t[{text(m)}] = t.pop({text(u)})" for m, u in renames.items())
-            # (written beside it, then moved over it: an interrupted write never leaves half a file in its place)
-            code = (f"import os; from safetensors import safe_open; from safetensors.torch import load_file, save_file; "
-                    f"f = {text(file)}; meta = safe_open(f, \"pt\").metadata(); t = load_file(f); {moves}; "
-                    f"save_file(t, f + \".renamed\", metadata=meta); os.replace(f + \".renamed\", f)")
-            pairs_text = ", ".join(f"{u} back to {m}" for m, u in renames.items())
             return (f"{load}: the tensor{'s are' if len(renames) > 1 else ' is'} there under another name (same dtype and "
-                    f"shape; a flipped bit in the header renames one): rename {pairs_text} with "
-                    f"python -c {shlex.quote(code)} and scan again")
+                    f"shape; a flipped bit in the header renames one): rename {renamed_words(renames)} with "
+                    f"{rename_back_command(file, renames)} and scan again")
     return (f"{load}: restore {c.name}'s weight files from a good copy (a backup, or where it was saved), or resume "
             f"from {holder}")
 
