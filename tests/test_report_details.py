@@ -77,3 +77,59 @@ def test_a_truncated_shard_names_the_tensors_that_went_unscanned(tmp_path):
     assert report.exit_code == 3
     (problem,) = report.errors
     assert "its 2 tensor(s) in model.safetensors.index.json were not scanned: 'c.weight', 'd.weight'" in problem.message
+
+
+def _grid(report) -> dict[str, str]:
+    """The console heatmap's rows (component → cells) and its title, as printed without colour."""
+    import io
+
+    from rich.console import Console
+
+    from nandoctor.report.rich_report import render
+
+    buffer = io.StringIO()
+    render(report, Console(file=buffer, width=140, highlight=False, color_system=None))
+    lines = buffer.getvalue().splitlines()
+    at = next((i for i, line in enumerate(lines) if "layer × component" in line), None)
+    if at is None:
+        return {}
+    rows = {"title": lines[at]}
+    for line in lines[at + 2:]:
+        if not line.strip():
+            break
+        component, cells = line[:11].strip(), line[11:]
+        rows[component] = cells
+    return rows
+
+
+def test_the_console_heatmap_marks_every_finding_as_the_html_one_does(tmp_path):
+    """A reports trial: NaN in layer 5's MLP and one weight of 3e6 in layer 6's attention; the console grid
+    (titled bad · clean) marked only layer 5 and drew layer 6 clean, and with only the exploded weight drew no
+    grid at all. Optimizer state, numbered by parameter, gets no grid of layers."""
+    from nandoctor import scan
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(10):
+        for part in ("self_attn.q_proj", "mlp.up_proj"):
+            tensors[f"model.layers.{i}.{part}.weight"] = (rng.standard_normal((16, 16)) * 0.02).astype(np.float32)
+        tensors[f"model.layers.{i}.input_layernorm.weight"] = np.ones(16, np.float32)
+    tensors["model.layers.6.self_attn.q_proj.weight"][3, 4] = 3e6
+    tensors["model.layers.2.mlp.up_proj.weight"][:] = 0.0  # zeroed among non-zero siblings (reported)
+    save_file(tensors, tmp_path / "exploded.safetensors")
+    grid = _grid(scan(tmp_path / "exploded.safetensors"))
+    assert grid["attention"] == "······█···" and grid["mlp"] == "··░·······" and grid["norm"] == "··········"
+    assert "█ exploded" in grid["title"] and "░ zeroed" in grid["title"] and "NaN/Inf" not in grid["title"]
+
+    tensors["model.layers.5.mlp.up_proj.weight"][1, 1] = np.nan
+    tensors["optimizer.state.7.exp_avg"] = np.full(16, np.nan, np.float32)
+    save_file(tensors, tmp_path / "both.safetensors")
+    report = scan(tmp_path / "both.safetensors")
+    grid = _grid(report)
+    assert grid["attention"] == "······█···" and grid["mlp"] == "··░··█····"
+    assert grid["title"].split("(", 1)[1] == "█ NaN/Inf  █ exploded  ░ zeroed  · clean)"
+    from nandoctor.report import heatmaps
+
+    grids, _ = heatmaps.checkpoint_grids(report)  # (the HTML report's grids: the same cells)
+    assert [g.title for g in grids] == ["model.layers: component × layer"]
+    assert grids[0].cells[grids[0].rows.index("mlp")][2:6] == ["zeroed", "clean", "clean", "nonfinite"]

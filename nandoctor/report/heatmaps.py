@@ -1,4 +1,5 @@
-"""Heatmap grids for the HTML report: layers × components of one checkpoint, layers × checkpoints of a run.
+"""Heatmap grids for the reports: layers × components of one checkpoint (HTML and console), layers × checkpoints
+of a run (HTML).
 
 A cell takes the colour of the worst finding among its tensors (``summary.worst_finding``
 over what verdict.py decided). Grids are capped: past ``MAX_COLUMNS`` layers or
@@ -87,18 +88,25 @@ def _tooltips(rows: list[str], columns: list[str], cells: list[list[str]], where
     return [[f"{r} {where} {c}: {cell}" if cell else "" for c, cell in zip(columns, row)] for r, row in zip(rows, cells)]
 
 
+_NOT_LAYERED = ("optimizer", "trainer")  # optimizer.state.N numbers parameters, not layers: no grid of layers
+
+
 def checkpoint_grids(report: ScanReport) -> tuple[list[Grid], dict[str, str]]:
-    """Per layer stack, a components × layers grid; plus the worst finding of each group outside the stacks."""
+    """Per layer stack of the model, a components × layers grid; plus the worst finding of each group outside the
+    stacks. Optimizer and trainer state are left out (its numbers are parameters', not layers')."""
     stacks: dict[str, dict[tuple[str, int], str]] = {}
     sizes: dict[str, int] = {}
     outside: dict[str, str] = {}
-    for t in report.tensors:
-        key = layer_of(t.name)
-        finding = worst_finding(t.findings)
+    tensors = report.tensors  # (its columns: no TensorResult made per tensor)
+    for name, role, findings in zip(tensors.refs.names, tensors.refs.roles, tensors.findings):
+        if role in _NOT_LAYERED:
+            continue
+        key = layer_of(name)
+        finding = worst_finding(findings)
         if key.stack is None or key.index is None:
             outside[key.group] = _worse(outside.get(key.group, ""), finding)
             continue
-        cell = (component_of(t.name), key.index)
+        cell = (component_of(name), key.index)
         grid = stacks.setdefault(key.stack, {})
         grid[cell] = _worse(grid.get(cell, ""), finding)
         sizes[key.stack] = max(sizes.get(key.stack, 0), key.index + 1)
@@ -126,9 +134,11 @@ def run_grid(run: RunReport) -> Grid | None:
             per_checkpoint.append(None)
             continue
         worst: dict[str, str] = {}
-        for t in c.report.tensors:
-            group = layer_of(t.name).group
-            worst[group] = _worse(worst.get(group, ""), worst_finding(t.findings))
+        refs = c.report.tensors.refs
+        for name, role, findings in zip(refs.names, refs.roles, c.report.tensors.findings):
+            if role not in _NOT_LAYERED:
+                group = layer_of(name).group
+                worst[group] = _worse(worst.get(group, ""), worst_finding(findings))
         groups.update(worst)
         per_checkpoint.append(worst)
     if not groups:

@@ -13,10 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor import verdict as verdicts
-from nandoctor.layers import COMPONENTS, component_of, layer_of
+from nandoctor.layers import COMPONENTS, component_of
 from nandoctor.model import ScanReport, TensorResult
 from nandoctor.report.overflow_report import render_overflow
-from nandoctor.report.summary import finding_ranges, next_steps, tensor_rows
+from nandoctor.report.summary import CLEAN, finding_ranges, next_steps, tensor_rows
 from nandoctor.report.text import safe
 
 MAX_TENSOR_ROWS = 40
@@ -195,42 +195,40 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
     return table
 
 
+# a cell's worst finding → its mark and colour (heatmaps.py decides the worst, as for the HTML report)
+_MARKS = {"nonfinite": ("█", "red"), "exploded": ("█", "magenta"), "outlier": ("█", "dark_orange"),
+          "overflow": ("█", "yellow"), "zeroed": ("░", "grey50"), CLEAN: ("·", "green")}
+_LEGEND_WORDS = {"nonfinite": "NaN/Inf", "exploded": "exploded", "outlier": "outlier", "overflow": "overflow",
+                 "zeroed": "zeroed", CLEAN: "clean"}
+
+
 def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
-    """Per layer stack of HEATMAP_MIN_LAYERS or more: a component × layer grid of bad/clean cells."""
-    sizes: dict[str, int] = {}
-    present: dict[str, set[str]] = {}
-    bad: dict[str, dict[int, set[str]]] = {}
-    tensors = report.tensors  # (its columns: no TensorResult made per tensor)
-    for name, role, nan, posinf, neginf in zip(tensors.refs.names, tensors.refs.roles, tensors.nan, tensors.posinf,
-                                               tensors.neginf):
-        if role in ("optimizer", "trainer"):
-            continue  # (optimizer.state.N numbers parameters, not layers: no grid of layers to draw)
-        key = layer_of(name)
-        if key.stack is None or key.index is None:
-            continue
-        component = component_of(name)
-        sizes[key.stack] = max(sizes.get(key.stack, 0), key.index + 1)
-        present.setdefault(key.stack, set()).add(component)
-        if nan or posinf or neginf:  # (TensorResult.bad)
-            bad.setdefault(key.stack, {}).setdefault(key.index, set()).add(component)
+    """Per layer stack of HEATMAP_MIN_LAYERS or more with a finding: a component × layer grid, each cell marked by
+    its worst finding (heatmaps.checkpoint_grids, the HTML report's grids)."""
+    from nandoctor.report import heatmaps  # (only a report with findings draws one)
+
     out = []
-    for stack, cells in bad.items():
-        n = sizes[stack]
-        if n < HEATMAP_MIN_LAYERS:
+    for grid in heatmaps.checkpoint_grids(report)[0]:
+        kinds = {cell for row in grid.cells for cell in row if cell}
+        if kinds <= {CLEAN} or len(grid.columns) < HEATMAP_MIN_LAYERS:
             continue
-        title = Text.assemble((safe(stack), "bold"), ": layer × component  (", ("█", "red"), " bad  ", ("·", "green"), " clean)")
+        legend: list[str | tuple[str, str]] = []
+        for kind in (k for k in _MARKS if k in kinds):
+            legend += [*(["  "] if legend else []), _MARKS[kind], f" {_LEGEND_WORDS[kind]}"]
+        stack = grid.title.rsplit(": ", 1)[0]
+        title = Text.assemble((safe(stack), "bold"), ": layer × component  (", *legend, ")")
         table = Table(show_edge=False, show_header=False, pad_edge=False, box=None)
         table.add_column("component", style="bold")
         table.add_column("layers", no_wrap=True)
-        ruler = "".join(str(i // 10 % 10) if i % 10 == 0 else " " for i in range(n))
+        firsts = [int(label.split()[0]) for label in grid.columns]  # (a column of several layers: its first's number)
+        ruler = "".join(str(first // 10 % 10) if first % 10 == 0 or (i and first // 10 != firsts[i - 1] // 10) else " "
+                        for i, first in enumerate(firsts))
         table.add_row("layer", Text(ruler, style="dim"))
-        for component in (c for c in COMPONENTS if c in present[stack]):
+        for component, cells in zip(grid.rows, grid.cells):
             row = Text()
-            for i in range(n):
-                if component in cells.get(i, ()):
-                    row.append("█", style="red")
-                else:
-                    row.append("·", style="green")
+            for cell in cells:
+                mark, colour = _MARKS.get(cell, (" ", ""))
+                row.append(mark, style=colour)
             table.add_row(component, row)
         out.append((title, table))
     return out
