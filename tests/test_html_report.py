@@ -209,3 +209,26 @@ def test_an_unwritable_html_path_is_an_output_error_and_the_scans_verdict_still_
         return [line for line in text.splitlines() if " read · " not in line]
 
     assert untimed(console.stdout) == untimed(scan(str(path)).stdout)  # the whole console report, as without --html
+
+
+def test_the_run_grid_has_rows_of_model_layers_only(tmp_path):
+    """A reports trial: a Trainer run's HTML grid had 39 rows ``optimizer.state.N`` (numbered by parameter, not by
+    layer) against 7 of the model; the optimizer's NaN still counts in the checkpoint's verdict."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    import nandoctor
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    for step in (100, 200, 300):
+        moments = {i: {"step": torch.tensor(float(step)), "exp_avg": torch.full((4,), float(i)),
+                       "exp_avg_sq": torch.ones(4)} for i in range(12)}
+        if step == 200:
+            moments[3]["exp_avg"][1] = float("nan")
+        torch.save({"state": moments, "param_groups": [{"lr": 1e-4, "params": list(range(12))}]},
+                   run / f"checkpoint-{step}" / "optimizer.pt")
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert {c.step: sum(c.report.tensors.nan) for c in scanned.checkpoints}[200] == 1  # (read and judged)
+    grid = heatmaps.run_grid(scanned)
+    assert grid is not None and grid.rows and not [r for r in grid.rows if "optimizer" in r or "state" in r]
