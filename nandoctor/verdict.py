@@ -244,17 +244,19 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
         return set()
     refs = tensors.refs
     names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
+    # (a member is evidence of non-zero siblings by a finite value that is not zero: a NaN planted among zeros is
+    # damage of its own, and left its zero siblings, GPT-2's fresh c_attn biases, no less legitimate)
     families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, bool]]] = {}
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
         family = family_of(names[i])
         if family != names[i]:
-            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, i in zero))
+            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, top > 0.0))
     out: set[int] = set()
     for members in families.values():
-        if any(not is_zero for _, is_zero in members):
-            out.update(i for i, is_zero in members if is_zero)
+        if any(nonzero for _, nonzero in members):
+            out.update(i for i, _ in members if i in zero)
     kinds = {i: zero_breaks(names[i], len(shapes[i])) for i in zero}
     if "norm" in kinds.values():
         # A model whose norms scale by 1 + w (Gemma, Qwen3-Next) starts with gains at zero: a whole family of layer

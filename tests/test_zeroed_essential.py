@@ -173,3 +173,26 @@ def test_numbered_entries_of_a_sequential_are_not_siblings_unless_they_match(tmp
         model.layers[1].weight.zero_()
     damaged = nandoctor.scan_module(model)
     assert [t.name for t in verdict.with_finding(damaged, verdict.ZEROED)] == ["layers.1.weight"]
+
+
+def test_a_nan_among_zeros_makes_its_zero_siblings_no_damage(tmp_path):
+    """A reports trial: GPT-2's c_attn biases all start at zero; one NaN in layer 0's made the untouched biases of
+    the other layers ``zeroed`` (their only sibling not all zero was the poisoned one, whose finite values are all
+    zero). The NaN is the finding; zeros beside it are evidence of nothing."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=3, n_head=4, n_positions=64)).save_pretrained(folder)
+    tensors = load_file(folder / "model.safetensors")
+    assert all(not tensors[f"transformer.h.{i}.attn.c_attn.bias"].any() for i in range(3))
+    tensors["transformer.h.0.attn.c_attn.bias"][5] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.verdict == "NON-FINITE" and report.exit_code == 1
+    assert not _zeroed(report)
+    tensors["transformer.h.1.attn.c_attn.bias"][7] = 0.5  # a sibling with a real value: the last one is zeroed
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    assert _zeroed(nandoctor.scan(str(folder), device="cpu")) == ["transformer.h.2.attn.c_attn.bias"]
