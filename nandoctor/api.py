@@ -346,13 +346,16 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
     return data
 
 
-def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> ScanReport:
-    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it (every exception
-    path, one per verdict kind, is in tests/test_api.py's table)."""
+def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, resume_from: str | None = None) -> ScanReport:
+    """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it, judged by ``fail_on``
+    (every exception path, one per verdict kind, is in tests/test_api.py's table). ``resume_from``: the run's last
+    healthy checkpoint, when the caller scanned the run (a diverged checkpoint's hint names it)."""
     chosen = verdicts.parse_fail_on(fail_on)
     code = verdicts.exit_code(report, chosen)
     if code == 0:
-        return report
+        # (judged as the caller asked: a report that passes says ok, as the CLI's PASS … (reported only) does)
+        decided = report.judgement
+        return report if decided is not None and decided.fail_on == chosen else verdicts.judged(report, chosen)
     if report.errors and not verdicts.weight_errors(report):
         weights = verdicts.weights_report(report, chosen)
         if verdicts.exit_code(weights, chosen) != 0:
@@ -378,12 +381,13 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None) -> Sca
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")
+        where = f" ({resume_from})" if resume_from else f" (`nandoctor scan {run}` names it)" if run else ""
         why = verdicts.diverged_why(report)
         found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
         raise DivergedError(
             f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
             + "; a repair would only stitch a broken model together",
-            verdicts.diverged_advice(report, f" (`nandoctor scan {run}` names it)" if run else ""),
+            verdicts.diverged_advice(report, where),
             report=report,
         )
     if verdicts.NONFINITE in failing:
@@ -581,5 +585,6 @@ def assert_finite(
                 + (f" ({'; '.join(decider.incomplete)})" if decider else " (none found)"),
                 "wait for the save to finish, or delete the half-written checkpoint",
             )
-        return check(decider.report, fail_on)
+        healthy = run.last_healthy
+        return check(decider.report, fail_on, resume_from=healthy.path if healthy is not None else None)
     return check(scan(path, device=device, target_dtype=target_dtype), fail_on)

@@ -106,7 +106,8 @@ def test_assert_finite_overflow_and_unreadable(tmp_path):
     assert isinstance(info.value, nandoctor.NonFiniteWeightsError)  # one except clause catches both
     assert "model.layers.3" in info.value.message
     passed = nandoctor.assert_finite(str(path), target_dtype="fp16", fail_on="nonfinite")  # returned: it passed
-    assert passed.exit_code == 1 and passed.verdict == "OVERFLOW RISK (fp16)"  # the default gate would fail it
+    # (judged by the gate it passed, as the CLI's `--fail-on nonfinite` says PASS … (reported only), exit 0)
+    assert passed.exit_code == 0 and passed.ok and passed.verdict == "OVERFLOW RISK (fp16) (reported only)"
     with pytest.raises(ValueError, match="unknown target dtype"):
         nandoctor.scan(str(path), target_dtype="fp4")
     path.write_bytes(path.read_bytes()[:-1])
@@ -272,6 +273,19 @@ def test_assert_finite_raises_the_error_of_each_verdict_kind(tmp_path, kind, err
         assert isinstance(info.value, nandoctor.NonFiniteWeightsError)
         assert "nandoctor repair" not in info.value.hint
         assert info.value.hint.startswith("resume training from the last healthy checkpoint") == ("grow" in kind)
+        if kind == "grow":  # (the run was scanned: its last healthy checkpoint is named, as the CLI names it)
+            assert info.value.hint.startswith(f"resume training from the last healthy checkpoint "
+                                              f"({tmp_path / 'grow' / 'checkpoint-1'}) with"), info.value.hint
+
+
+def test_a_report_that_passes_a_narrower_gate_is_returned_judged_by_it(tmp_path):
+    """A reports trial: assert_finite(p, fail_on="exploded") on a NaN checkpoint returned (right) a report saying
+    ok=False, exit_code 1 (judged by the default gate), while the CLI said PASS NON-FINITE (reported only), exit 0."""
+    _kind_files(tmp_path)
+    report = nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu", fail_on="exploded")
+    assert report.ok and report.exit_code == 0 and report.nan == 1
+    assert report.judgement is not None and report.judgement.fail_on == frozenset({"exploded"})
+    assert report.verdict == "NON-FINITE (reported only)"
 
 
 def test_a_diverged_checkpoint_with_no_healthy_one_before_it_is_told_to_restart(tmp_path):
