@@ -184,8 +184,9 @@ def test_a_mistyped_path_is_called_a_missing_path_first(tmp_path, monkeypatch):
 
 def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, monkeypatch):
     """demo-run/checkpoint-30 beside demo-run/checkpoint-300 is a typo, not a hub model: the hint names the close
-    match (it suggested `hf download demo-run/checkpoint-30`); a folder of no similar name says so; a path whose
-    folder does not exist keeps the hub hint."""
+    match (it suggested `hf download demo-run/checkpoint-30`); a folder of no similar name says so, and is not
+    looked up either (`gate/missing_typo` beside a folder `gate` suggested `hf download gate/missing_typo`); a path
+    whose folder does not exist, or a bare name, keeps the hub hint."""
     from nandoctor.checkpoint import hubcache
     from nandoctor.errors import CheckpointNotFoundError
 
@@ -193,11 +194,11 @@ def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, 
         (tmp_path / "run" / name).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     for given, hint in (("run/checkpoint-30", "did you mean run/checkpoint-300?"),
-                        ("run/zzz", "locally, run holds no zzz"),
+                        ("run/zzz", "check the path: run holds no zzz"),
                         ("zzz", "locally, the current folder holds no zzz"),
                         (str(tmp_path / "run" / "checkpoint-10"), f"did you mean {tmp_path / 'run' / 'checkpoint-100'}?"),
                         ("nosuch/model", "hf download nosuch/model")):
         with pytest.raises(CheckpointNotFoundError) as caught:
             hubcache.resolve(given)
         assert hint in caught.value.hint, (given, caught.value.hint)
-        assert ("hf download" in caught.value.hint) is given.startswith(("nosuch", "run/zzz", "zzz"))
+        assert ("hf download" in caught.value.hint) is given.startswith(("nosuch", "zzz"))

@@ -216,7 +216,9 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     if access.exists(path) or access.is_link(path):  # (a path the system will not show: exit 3, saying so)
         return path, None
     nearby = _nearby(path)
-    if not looks_like_repo_id(text):
+    # (a missing path in a folder that exists, other than the current one, is a typo of a local path: never a repo id)
+    local = nearby is not None and str(path.parent) not in ("", ".")
+    if local or not looks_like_repo_id(text):
         raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby[0] if nearby else None)
     repo_id, revision = split_revision(text)
     hit = find_hf(repo_id, revision)
