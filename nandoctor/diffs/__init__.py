@@ -182,10 +182,10 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
         status = r.EQUAL if a.dtype == b.dtype else r.CAST
         rounding = (outcome.rounding or 0.0) if status == r.CAST else None
-        return TensorDiff(status=status, rounding=rounding, nonfinite_a_only=0, nonfinite_b_only=0,
-                          **counted, **common)  # type: ignore[arg-type]
+        return TensorDiff(status=status, rounding=rounding, max_abs_all=outcome.max_abs_all, nonfinite_a_only=0,
+                          nonfinite_b_only=0, **counted, **common)  # type: ignore[arg-type]
     return TensorDiff(
-        status=r.CHANGED, max_abs=outcome.max_abs, max_rel=outcome.max_rel,
+        status=r.CHANGED, max_abs=outcome.max_abs, max_rel=outcome.max_rel, max_abs_all=outcome.max_abs_all,
         rounding=outcome.rounding, nonfinite_a_only=outcome.a_only, nonfinite_b_only=outcome.b_only,
         first_nonfinite_a_only=outcome.first_a_only, first_nonfinite_b_only=outcome.first_b_only,
         **counted, **common,  # type: ignore[arg-type]
