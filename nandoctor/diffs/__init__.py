@@ -72,11 +72,6 @@ def diff_checkpoints(
     notes += [f"{side}: {p.path}: {p.message}" for side, c in (("A", a), ("B", b)) for p in c.problems if p.kind in aside]
     pairs, ambiguous = pair_tensors(a, b)
     problems += ambiguous
-    for side, checkpoint in (("A", a), ("B", b)):
-        failed = [f for f in checkpoint.files.files if f not in checkpoint.refs_by_file]
-        if failed:
-            notes.append(f"{side}: {len(failed)} file(s) could not be read; tensors shown only on the other side "
-                         "may be in them")
 
     work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
@@ -150,11 +145,14 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
             tied_to = pair.partner.name  # the very same values as its partner: a tied copy
         if tied_to is not None:
             status = r.TIED
+        elif pair.unread is not None:  # missing, or in a file of the other side that was not read: not known
+            status = r.UNREADABLE
         return TensorDiff(
             name=ref.name, status=status, dtype_a=a.dtype if a else None, dtype_b=b.dtype if b else None,
             shape_a=tuple(a.shape) if a else None, shape_b=tuple(b.shape) if b else None,
             file_a=a.file if a else None, file_b=b.file if b else None,
             numel=ref.numel, tied_to=tied_to, order=a.order if a else "C", order_b=b.order if b else "C",
+            message=pair.unread if status == r.UNREADABLE else None,
         )
     common = dict(
         name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
@@ -217,6 +215,6 @@ _DIFFERENT = frozenset({r.CHANGED, r.SHAPE, r.ONLY_A, r.ONLY_B, r.UNREADABLE})
 def _layers(tensors: tuple[TensorDiff, ...]) -> tuple[tuple[LayerSummary, ...], tuple, tuple]:
     """Per layer, the tensors that are not the same; consecutive ones as ranges (changed, cast apart)."""
     layers = _summaries(tensors, _DIFFERENT | {r.CAST})
-    changed = bad_ranges(_summaries(tensors, _DIFFERENT))
+    changed = bad_ranges(_summaries(tensors, _DIFFERENT - {r.UNREADABLE}))  # (not read is not changed)
     cast = bad_ranges(_summaries(tensors, frozenset({r.CAST})))
     return layers, changed, cast
