@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
+from pathlib import Path
 
-from nandoctor.checkpoint import hubcache, layout
+from nandoctor.checkpoint import hubcache, layout, runs
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
@@ -40,8 +42,7 @@ def diff(
 
     ``selection`` (``--only``/``--exclude``) is applied to both sides where each is opened, as for a scan:
     what it leaves out is counted in a note per side, and a side it leaves empty is a problem (exit 3)."""
-    path_a, _ = hubcache.resolve(a)
-    path_b, _ = hubcache.resolve(b)
+    path_a, path_b = _one_checkpoint(a, b, 0), _one_checkpoint(a, b, 1)
     return diff_checkpoints(
         open_checkpoint(path_a, both_formats=both_formats, selection=selection),
         open_checkpoint(path_b, both_formats=both_formats, selection=selection),
@@ -49,6 +50,22 @@ def diff(
         workers=workers,
         labels=(os.fspath(a), os.fspath(b)),
     )
+
+
+def _one_checkpoint(a: str | os.PathLike[str], b: str | os.PathLike[str], side: int) -> Path:
+    """The checkpoint side ``side`` (0: A, 1: B) names, as scan reads it (a run folder's final model); a run folder
+    without one is refused with the diff to run instead, its newest checkpoint in the folder's place."""
+    given = (a, b)[side]
+    resolved, _ = hubcache.resolve(given)
+    found = runs.one_checkpoint_in(resolved)
+    if found is not None:
+        return found
+
+    def hint(newest: str) -> str:
+        args = [newest, shlex.quote(os.fspath(b))] if side == 0 else [shlex.quote(os.fspath(a)), newest]
+        return f"diff one of its checkpoints, e.g. the newest: nandoctor diff {' '.join(args)}"
+
+    raise runs.run_folder_error(resolved, hint)
 
 
 def diff_checkpoints(
