@@ -247,6 +247,8 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
             extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],
                                               "unverified": list(check.unverified),
+                                              "load_files": {"verified": list(check.load_files),
+                                                             "failed": list(check.load_files_failed)},
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)
