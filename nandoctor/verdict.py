@@ -1008,7 +1008,8 @@ def _hashes_fact(report: ScanReport) -> str | None:
     hashes = report.extra.get("hashes")
     if not isinstance(hashes, dict) or not hashes.get("verified"):
         return None
-    loading = hashes.get("load_files") if isinstance(hashes.get("load_files"), dict) else {}
+    loading = hashes.get("load_files")
+    loading = loading if isinstance(loading, dict) else {}
     load_ok, load_failed = len(loading.get("verified") or ()), len(loading.get("failed") or ())
     matched = len(hashes["verified"])
     unrecorded = len(hashes.get("unverified") or ())
