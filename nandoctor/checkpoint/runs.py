@@ -25,8 +25,8 @@ from nandoctor import access
 from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before, load_baseline
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
-    final_reasons,
     final_model,
+    final_reasons,
     final_step,
     has_final_model,
     holds_weights,
