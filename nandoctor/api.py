@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import hubcache, runs
-from nandoctor.checkpoint.finalmodel import final_model
 from nandoctor.checkpoint.loaddtype import NONE, advice, annotated, implied_target
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
@@ -209,27 +208,21 @@ def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcac
     """The checkpoint :func:`scan` reads for ``path`` (a repo id resolved in the local caches; a run folder's
     final model) and the cache hit; UnsupportedFormatError for a run folder without a final model, naming its
     newest checkpoint (``split``: the wording of ``scan --part``/``--distributed``, which split one checkpoint)."""
-    import shlex
-
     resolved, hit = hubcache.resolve(path)
-    if not runs.is_run_folder(resolved):
-        return resolved, hit
-    final = final_model(resolved)
-    if final is not None:
-        return final, hit
-    steps = runs.checkpoints_in(resolved) or runs.lightning_checkpoints_in(resolved)
-    newest = shlex.quote(str(steps[-1][1])) if steps else "CHECKPOINT"
+    found = runs.one_checkpoint_in(resolved)
+    if found is not None:
+        return found, hit
     if split:
-        raise UnsupportedFormatError(
-            f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside): a run "
-            "cannot be split into parts, only one checkpoint",
-            f"split its newest checkpoint: nandoctor scan {newest} --part I/N --json (or each checkpoint in "
-            "turn); `nandoctor scan` of the run folder gives the timeline",
+        raise runs.run_folder_error(
+            resolved,
+            lambda newest: f"split its newest checkpoint: nandoctor scan {newest} --part I/N --json (or each checkpoint "
+            "in turn); `nandoctor scan` of the run folder gives the timeline",
+            ": a run cannot be split into parts, only one checkpoint",
         )
-    raise UnsupportedFormatError(
-        f"{resolved}: a training run folder (checkpoint-N folders or Lightning step files inside), "
-        "not one checkpoint",
-        f"use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints (the newest: {newest})",
+    raise runs.run_folder_error(
+        resolved,
+        lambda newest: "use nandoctor.scan_run() for the timeline of the run, or scan one of its checkpoints "
+        f"(the newest: {newest})",
     )
 
 
@@ -254,6 +247,8 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
             report, errors=(*report.errors, *check.problems), notes=(*report.notes, *check.notes),
             extra={**report.extra, "hashes": {"verified": [{"file": f, "source": s} for f, s in check.verified],
                                               "unverified": list(check.unverified),
+                                              "load_files": {"verified": list(check.load_files),
+                                                             "failed": list(check.load_files_failed)},
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)

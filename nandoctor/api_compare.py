@@ -62,17 +62,23 @@ def manifest(path: PathLike) -> dict[str, Any]:
 
     Raises:
         CorruptCheckpointError: some file could not be read.
+        UnsupportedFormatError: a run folder without a final model (its hint names the newest checkpoint).
 
     Example:
         >>> json.dump(nandoctor.manifest("ckpt/"), open("manifest.json", "w"))
         >>> nandoctor.scan("ckpt/", manifest="manifest.json").ok
     """
+    from nandoctor.checkpoint import runs
     from nandoctor.checkpoint.hashes import manifest as build
     from nandoctor.checkpoint.opener import open_checkpoint
 
     require_path(path, "manifest")
     resolved, _ = hubcache.resolve(path)
-    return build(open_checkpoint(resolved))
+    found = runs.one_checkpoint_in(resolved)  # a run folder: its final model, as scan judges it
+    if found is None:
+        raise runs.run_folder_error(
+            resolved, lambda newest: f"record one of its checkpoints, e.g. the newest: nandoctor manifest {newest} > manifest.json")
+    return build(open_checkpoint(found))
 
 
 def diff(

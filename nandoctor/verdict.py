@@ -1012,14 +1012,24 @@ def _hashes_fact(report: ScanReport) -> str | None:
     hashes = report.extra.get("hashes")
     if not isinstance(hashes, dict) or not hashes.get("verified"):
         return None
+    loading = hashes.get("load_files")
+    loading = loading if isinstance(loading, dict) else {}
+    load_ok, load_failed = len(loading.get("verified") or ()), len(loading.get("failed") or ())
     matched = len(hashes["verified"])
     unrecorded = len(hashes.get("unverified") or ())
-    total = matched + unrecorded + sum(1 for p in report.errors if p.kind == HASH_KIND)
+    # (a config or tokenizer file that fails is a hash problem too, but no weight file)
+    total = matched + unrecorded + sum(1 for p in report.errors if p.kind == HASH_KIND) - load_failed
     if total == matched:
-        return ("hashes: the weight file matches its recorded sha256" if matched == 1
+        fact = ("hashes: the weight file matches its recorded sha256" if matched == 1
                 else f"hashes: all {matched:,} weight files match their recorded sha256")
-    return f"hashes: {matched:,} of {total:,} weight files match their recorded sha256" + (
-        f" ({unrecorded:,} not verified: no sha256 recorded)" if unrecorded else "")
+    else:
+        fact = f"hashes: {matched:,} of {total:,} weight files match their recorded sha256" + (
+            f" ({unrecorded:,} not verified: no sha256 recorded)" if unrecorded else "")
+    if load_failed:
+        return fact + f"; {load_ok:,} of {load_ok + load_failed:,} config/index/tokenizer files match the manifest"
+    if load_ok:
+        return fact + f", and the {load_ok:,} config/index/tokenizer file(s) the manifest records"
+    return fact
 
 
 # ---------------------------------------------------------------------------------------------

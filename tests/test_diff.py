@@ -134,6 +134,93 @@ def test_dtype_conversion_is_a_cast(tmp_path: Path, target: torch.dtype) -> None
     assert report.verdict == "DIFFERENT"
 
 
+def test_largest_difference_across_a_cast_is_not_understated(tmp_path: Path) -> None:
+    """bf16 made by double rounding (fp32 → fp16 → bf16) against its fp32 original: the elements counted as
+    changed are those beyond bf16's half-ulp, and the largest of them (``max_abs``) can be smaller than an
+    element rounded in a higher binade. The overall largest |a - b| is given too (``max_abs_all``), in the
+    text and the JSON, so nothing says a smaller number than the rounding it reports."""
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(64, 96, generator=g) * 0.05
+    ref[0, 0] = 1.0 + 0.0039  # rounds to 1.0 in bf16: |Δ| 0.0039, under the half-ulp 0.0039063 at 1.0
+    ref[0, 1] = 0.01
+    low = ref.to(torch.float16).to(torch.bfloat16)
+    low[0, 1] = 0.0107  # a real change of 0.0007, far beyond bf16's half-ulp at 0.01, but below 0.0039
+    save_file({"w": low}, tmp_path / "bf16.safetensors")
+    save_file({"w": ref}, tmp_path / "fp32.safetensors")
+    a, b = low.double(), ref.double()
+    delta = (a - b).abs()
+    _, exponent = torch.frexp(torch.maximum(a.abs(), torch.tensor(2.0 ** -126)))
+    beyond = delta > torch.ldexp(torch.ones_like(a), exponent - 1 - 7 - 1)  # bf16's half-ulp
+
+    (t,) = nandoctor.diff(tmp_path / "bf16.safetensors", tmp_path / "fp32.safetensors").tensors
+    assert t.status == "changed" and t.changed == int(beyond.sum())
+    assert t.max_abs is not None and t.max_abs.amount == pytest.approx(float(delta[beyond].max()))
+    assert t.max_abs_all is not None and t.max_abs_all.amount == pytest.approx(float(delta.max()))
+    assert t.max_abs_all.coords == (0, 0) and t.max_abs_all.amount > t.max_abs.amount
+    assert t.rounding is not None and t.rounding <= t.max_abs_all.amount
+
+    args = ["diff", str(tmp_path / "bf16.safetensors"), str(tmp_path / "fp32.safetensors")]
+    text = " ".join(CliRunner().invoke(cli, args, terminal_width=400).output.split())
+    assert f"{t.changed:,} of 6,144 elements beyond rounding" in text
+    assert f"max |Δ| beyond rounding {t.max_abs.amount:.4g}" in text
+    assert f"largest |Δ| overall {t.max_abs_all.amount:.4g} at [0, 0]" in text and "within rounding" in text
+    (row,) = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)["tensors"]
+    assert row["max_abs_all"]["amount"] == pytest.approx(float(delta.max())) and row["max_abs_all"]["coords"] == [0, 0]
+    assert row["rounding"] <= row["max_abs_all"]["amount"]
+    assert row["max_abs_change"]["amount"] == pytest.approx(float(delta[beyond].max()))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_tensors_of_a_truncated_file_are_unreadable_not_missing(tmp_path: Path, fmt: str) -> None:
+    """A file cut short (its header intact) cannot be read: its tensors are ``unreadable`` (exit 3), never
+    ``only_b`` as if A lacked them, on either side."""
+    sd = _model(layers=2)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "cut").mkdir()
+    save_file(sd, tmp_path / "ref" / "model.safetensors")
+    name = "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"
+    if fmt == "safetensors":
+        save_file(sd, tmp_path / "cut" / name)
+    else:
+        torch.save(sd, tmp_path / "cut" / name)
+    data = (tmp_path / "cut" / name).read_bytes()
+    (tmp_path / "cut" / name).write_bytes(data[: len(data) // 2])
+    for a, b in (("cut", "ref"), ("ref", "cut")):
+        report = nandoctor.diff(tmp_path / a, tmp_path / b)
+        assert report.exit_code == 3 and report.verdict == "INCOMPLETE"
+        assert report.counts["unreadable"] == len(sd) and report.counts["only_a"] == report.counts["only_b"] == 0
+        assert all(f"{'A' if a == 'cut' else 'B'}'s {name} could not be read" in (t.message or "")
+                   for t in report.tensors)
+    data = json.loads(CliRunner().invoke(cli, ["diff", str(tmp_path / "cut"), str(tmp_path / "ref"), "--json"]).output)
+    assert data["summary"]["counts"]["unreadable"] == len(sd) and data["summary"]["counts"]["only_b"] == 0
+    assert data["changed_layer_ranges"] == []  # not read is not changed
+
+
+def test_an_unread_shard_makes_its_indexed_tensors_unreadable_others_still_compared(tmp_path: Path) -> None:
+    """A sharded checkpoint with one shard cut short: the tensors its index maps to that shard are unreadable,
+    the other shards are compared, and a tensor A really lacks (in no shard, not in its index) stays only_b."""
+    sd = _model(layers=2)
+    first = {k: v for k, v in sd.items() if ".layers.0." in k}
+    rest = {k: v for k, v in sd.items() if k not in first}
+    (tmp_path / "a").mkdir()
+    save_file(first, tmp_path / "a" / "model-00001-of-00002.safetensors")
+    save_file(rest, tmp_path / "a" / "model-00002-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in first} | {
+        k: "model-00002-of-00002.safetensors" for k in rest}
+    (tmp_path / "a" / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    save_file({**sd, "extra.weight": torch.ones(4)}, tmp_path / "b.safetensors")
+    shard = tmp_path / "a" / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-40])
+
+    report = nandoctor.diff(tmp_path / "a", tmp_path / "b.safetensors")
+    by = {t.name: t for t in report.tensors}
+    assert report.exit_code == 3
+    assert {n for n, t in by.items() if t.status == "unreadable"} == set(first)
+    assert {n for n, t in by.items() if t.status == "identical"} == set(rest)
+    assert by["extra.weight"].status == "only_b"
+    assert "index maps it to model-00001-of-00002.safetensors" in (by[next(iter(first))].message or "")
+
+
 def test_merged_lora_against_its_base(tmp_path: Path) -> None:
     base = _model(layers=6)
     save_file(base, tmp_path / "base.safetensors")

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
@@ -226,3 +227,70 @@ def test_manifest_implies_verify_hashes(tmp_path: Path) -> None:
     _poke(tmp_path / "model.safetensors", "model.layers.0.mlp.weight")
     result = CliRunner().invoke(cli, ["scan", str(tmp_path / "model.safetensors"), "--manifest", str(tmp_path / "m.json"), "-q"])
     assert result.exit_code == 3 and result.output.startswith("FAIL HASH MISMATCH ")
+
+
+def test_manifest_records_the_files_that_decide_how_the_weights_load(tmp_path: Path) -> None:
+    """A GPT-2 saved by save_pretrained (two shards, their index, config.json, generation_config.json, a
+    tokenizer): the manifest records those files' sha256 too, so a config.json edited since
+    (layer_norm_epsilon 1e-5 → 1.0: every forward pass changes, every weight byte the same) fails the check,
+    naming the file; as do a tokenizer file changed, the index lost and a file added. A manifest written before
+    (no ``load_files``) still verifies the weights and says what it did not verify."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    folder = tmp_path / "gpt2"
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder, max_shard_size="20KB")
+    vocab = {f"t{i}": i for i in range(31)} | {"[UNK]": 31}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
+    assert (folder / "model.safetensors.index.json").is_file() and (folder / "tokenizer.json").is_file()
+    data = nandoctor.manifest(folder)
+    recorded = {e["path"] for e in data["load_files"]}
+    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json"} <= recorded
+    assert data["load_files"][0]["sha256"] == hashlib.sha256((folder / data["load_files"][0]["path"]).read_bytes()).hexdigest()
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    old = {k: v for k, v in data.items() if k != "load_files"}  # as the earlier version wrote it
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    runner = CliRunner()
+
+    def scan(manifest: str, *more: str):
+        return runner.invoke(cli, ["scan", str(folder), "--manifest", str(tmp_path / manifest), "--no-progress", *more])
+
+    ok = scan("m.json")
+    assert ok.exit_code == 0, ok.output
+    assert f"and the {len(recorded)} config/index/tokenizer file(s) the manifest records" in " ".join(ok.output.split())
+
+    saved = (folder / "config.json").read_text()
+    edited = json.loads(saved)
+    edited["layer_norm_epsilon"] = 1.0
+    (folder / "config.json").write_text(json.dumps(edited))
+    bad = scan("m.json")
+    out = " ".join(bad.output.split())
+    assert bad.exit_code == 3 and "HASH MISMATCH" in out, out
+    assert f"{folder / 'config.json'}: changed since the manifest {tmp_path / 'm.json'} was recorded" in out
+    assert "restore it from the good copy the manifest was recorded from" in out
+    assert f"hashes: all {len(data['files'])} weight files match their recorded sha256" in out  # (no weight file fails)
+    found = json.loads(scan("m.json", "--json").output)
+    assert [e["path"] for e in found["errors"]] == [str(folder / "config.json")]
+    assert found["errors"][0]["kind"] == "hash" and found["hashes"]["load_files"]["failed"] == ["config.json"]
+
+    # the earlier manifest: the weights verified and said so, config.json said not to be (never silently passed)
+    earlier = scan("old.json")
+    out = " ".join(earlier.output.split())
+    assert earlier.exit_code == 0 and "all 2 weight files match their recorded sha256" in out, out
+    assert f"the manifest {tmp_path / 'old.json'} records the weight files only" in out and "config.json" in out
+    (folder / "config.json").write_text(saved)
+
+    tokenizer = (folder / "tokenizer.json").read_text()
+    (folder / "tokenizer.json").write_text(tokenizer.replace('"t1"', '"x1"'))
+    assert "tokenizer.json: changed since the manifest" in " ".join(scan("m.json").output.split())
+    (folder / "tokenizer.json").write_text(tokenizer)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    added = " ".join(scan("m.json").output.split())
+    assert "chat_template.jinja: not in the manifest" in added and "added since it was recorded" in added
+    (folder / "chat_template.jinja").unlink()
+    (folder / "generation_config.json").unlink()
+    lost = scan("m.json")
+    assert lost.exit_code == 3 and "generation_config.json: listed in the manifest" in " ".join(lost.output.split())

@@ -242,6 +242,32 @@ def test_repair_of_a_whole_run_folder_names_a_checkpoint_to_repair(run_dir):
     assert not (run_dir.parent / "x").exists()
 
 
+def test_diff_and_manifest_of_a_run_folder_name_their_own_command_and_the_newest_checkpoint(tmp_path):
+    """`diff RUN B` and `manifest RUN` on a folder of checkpoint-N folders: one checkpoint is asked for, and the
+    hint gives the same command with the newest checkpoint (checkpoint-10, not checkpoint-2, which sorts first
+    by name), never `nandoctor scan` of the oldest."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    run_folder, other = tmp_path / "run", tmp_path / "other.safetensors"
+    for step in (2, 10):
+        (run_folder / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"w": np.full(4, step, np.float32)}, str(run_folder / f"checkpoint-{step}" / "model.safetensors"))
+    save_file({"w": np.zeros(4, np.float32)}, str(other))
+    newest = run_folder / "checkpoint-10"
+    for args, wanted in (
+        (("diff", run_folder, other), f"hint: diff one of its checkpoints, e.g. the newest: nandoctor diff {newest} {other}"),
+        (("diff", other, run_folder), f"hint: diff one of its checkpoints, e.g. the newest: nandoctor diff {other} {newest}"),
+        (("manifest", run_folder), f"nandoctor manifest {newest} > manifest.json"),
+    ):
+        result = run(*args)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 3 and "a training run folder" in out and "not one checkpoint" in out, out
+        assert wanted in out and "nandoctor scan" not in out and "checkpoint-2" not in out, out
+    assert run("diff", newest, other).exit_code == 1  # the hint's command runs
+    assert runs.newest_checkpoint(run_folder) == newest
+
+
 def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
     spaced = tmp_path / "my run"
     shutil.copytree(DEMO_RUN, spaced)

@@ -9,7 +9,10 @@ Where an expected sha256 comes from, without any network:
 - a manifest written by ``nandoctor manifest PATH > manifest.json``: the sha256
   of every weight file plus the sha256 of every distinct storage span (a
   safetensors tensor, a torch storage that several tensors may view), so a
-  mismatch names the tensors whose bytes changed.
+  mismatch names the tensors whose bytes changed; and the sha256 of the small
+  files that decide how the weights load (config.json, the shard index, the
+  tokenizer files: loadfiles.py), checked only against a manifest (``load_files``;
+  a manifest written before it records none, and the check says so).
 
 Files are hashed in parallel (hashlib releases the GIL on large updates), each
 streamed through one reused buffer. A mismatch is a ``ScanProblem`` (kind
@@ -32,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.access import unreadable
+from nandoctor.checkpoint import layout
 from nandoctor.checkpoint.hubcache import is_snapshot
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.loadfiles import load_files
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
@@ -58,6 +63,8 @@ class HashCheck:
     """What ``--verify-hashes`` found: checked files, mismatches as problems, unverifiable files as notes."""
 
     verified: list[tuple[str, str]] = field(default_factory=list)  # (file, source) that matched
+    load_files: list[str] = field(default_factory=list)  # config, index, tokenizer files that match the manifest
+    load_files_failed: list[str] = field(default_factory=list)  # … changed, lost or added since (each a problem)
     unverified: list[str] = field(default_factory=list)  # weight files with no recorded sha256
     problems: list[ScanProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -152,12 +159,21 @@ def manifest(checkpoint: Checkpoint, workers: int | None = None) -> dict[str, An
             raise CorruptCheckpointError(str(file), f"cannot read it: {digest.strerror or digest}")
         entries.append({"path": _relative(checkpoint, file), "bytes": file.stat().st_size, "sha256": digest,
                         "spans": spans[file]})
+    loading = load_files(checkpoint)
+    loading_digests = sha256_files(loading, workers)
+    load_entries = []
+    for file in loading:
+        digest = loading_digests[file]
+        if isinstance(digest, OSError):
+            raise CorruptCheckpointError(str(file), f"cannot read it: {digest.strerror or digest}")
+        load_entries.append({"path": _relative(checkpoint, file), "bytes": file.stat().st_size, "sha256": digest})
     return {
         "nandoctor_manifest": MANIFEST_SCHEMA,
         "nandoctor_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "root": os.path.abspath(checkpoint.path),
         "files": entries,
+        "load_files": load_entries,  # (a later key of schema 1: a manifest without it verifies the weights alone)
     }
 
 
@@ -176,10 +192,17 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("nandoctor_manifest") != MANIFEST_SCHEMA or not isinstance(files, list):
         raise ManifestError(f"{path}: not a nandoctor manifest (no \"nandoctor_manifest\": 1 with a files list)")
-    for entry in files:
+    loading = data.get("load_files", [])
+    if not isinstance(loading, list):
+        raise ManifestError(f"{path}: not a nandoctor manifest (\"load_files\" is no list)")
+    for entry in [*files, *loading]:
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
                 and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])):
             raise ManifestError(f"{path}: manifest entry {str(entry)[:80]!r} has no path and sha256")
+    for entry in loading:  # (hashed where they point: a crafted path must not reach outside the checkpoint)
+        where = Path(entry["path"])
+        if where.is_absolute() or ".." in where.parts:
+            raise ManifestError(f"{path}: manifest entry {entry['path'][:80]!r} is not a path inside the checkpoint")
     return data
 
 
@@ -236,6 +259,7 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
             if entry["path"] not in present:
                 check.problems.append(ScanProblem(entry["path"], f"listed in the manifest {manifest_path} but not in the checkpoint",
                                                   "the checkpoint lost a file; re-download or re-save it", kind="hash"))
+        _verify_load_files(checkpoint, manifest_path, check, workers)
     unknown = [f for f in checkpoint.files.files if f not in expected]
     check.unverified = [str(f) for f in unknown]
     if unknown and not expected:  # a check that verified nothing must not pass as one that verified everything
@@ -271,3 +295,53 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
         ))
     check.seconds = time.perf_counter() - started
     return check
+
+
+def _verify_load_files(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str], check: HashCheck,
+                       workers: int | None) -> None:
+    """The config, index and tokenizer files against the manifest's ``load_files``: a changed, lost or added one
+    is a problem (kind ``hash``) naming it; a manifest written before they were recorded, a note saying that
+    only the weight files were verified."""
+    recorded = read_manifest(manifest_path).get("load_files")
+    present = {_relative(checkpoint, f): f for f in load_files(checkpoint)}
+    if recorded is None:
+        if present:
+            check.notes.append(
+                f"the manifest {manifest_path} records the weight files only (written before nandoctor recorded the "
+                f"files that decide how they load): {_listed(present)} not verified; record a new manifest from a "
+                "good copy to cover them")
+        return
+    root = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
+    wanted = {entry["path"]: entry["sha256"] for entry in recorded}
+    record = ("if the change was meant, record a new manifest: "
+              f"nandoctor manifest {shlex.quote(str(checkpoint.path))} > manifest.json")
+    for relative in sorted(set(present) - set(wanted)):
+        check.load_files_failed.append(relative)
+        check.problems.append(ScanProblem(
+            str(present[relative]), f"not in the manifest {manifest_path}: added since it was recorded, and it "
+            "decides how the weights load", f"remove it if it does not belong; {record}", kind="hash"))
+    files = {relative: root / relative for relative in wanted}
+    digests = sha256_files([f for f in files.values() if layout.is_regular_file(f)], workers)
+    for relative, want in wanted.items():
+        got = digests.get(files[relative])
+        if got != want:
+            check.load_files_failed.append(relative)
+        if got is None:
+            check.problems.append(ScanProblem(
+                str(files[relative]), f"listed in the manifest {manifest_path} but not in the checkpoint (it decides "
+                "how the weights load)", "restore it from the good copy the manifest was recorded from", kind="hash"))
+        elif isinstance(got, OSError):
+            check.problems.append(ScanProblem(str(files[relative]), f"cannot hash it: {got.strerror or got}", kind="hash"))
+        elif got != want:
+            check.problems.append(ScanProblem(
+                str(files[relative]),
+                f"changed since the manifest {manifest_path} was recorded (sha256 expected {want[:16]}…, got "
+                f"{got[:16]}…): it decides how the weights load, so the model may load or compute differently",
+                f"restore it from the good copy the manifest was recorded from; {record}", kind="hash"))
+        else:
+            check.load_files.append(relative)
+
+
+def _listed(files: dict[str, Path]) -> str:
+    names = sorted(files)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

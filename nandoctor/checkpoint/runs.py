@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from nandoctor import access
 from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before, load_baseline
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
+    final_model,
     final_reasons,
     final_step,
     has_final_model,
@@ -40,7 +42,7 @@ from nandoctor.checkpoint.lightningrun import (
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
-from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError
+from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError, UnsupportedFormatError
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 from nandoctor.wording import first_few
 
@@ -379,6 +381,29 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     if holds_weights(entries) and not checkpoints_in(folder):
         return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
     return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and access.is_dir(e) for e in entries)
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """A run folder's newest checkpoint, as its timeline orders them: the last ``checkpoint-N`` folder by step,
+    else the last Lightning step file; None when it holds neither."""
+    steps = checkpoints_in(folder) or lightning_checkpoints_in(folder)
+    return steps[-1][1] if steps else None
+
+
+def one_checkpoint_in(path: Path) -> Path | None:
+    """What a command that reads one checkpoint reads for ``path``: ``path`` itself, or a run folder's final
+    model (as ``scan`` judges a run by it); None for a run folder without one (:func:`run_folder_error`)."""
+    return final_model(path) if is_run_folder(path) else path
+
+
+def run_folder_error(folder: Path, hint: Callable[[str], str], what: str = ", not one checkpoint") -> UnsupportedFormatError:
+    """The refusal of a run folder where one checkpoint is asked for; ``hint`` is given the newest checkpoint
+    (quoted for a shell), so that it suggests the very command with that checkpoint in the folder's place."""
+    newest = newest_checkpoint(folder)
+    return UnsupportedFormatError(
+        f"{folder}: a training run folder (checkpoint-N folders or Lightning step files inside){what}",
+        hint(shlex.quote(str(newest)) if newest is not None else "CHECKPOINT"),
+    )
 
 
 def timeline_folders(root: Path) -> list[Path]:

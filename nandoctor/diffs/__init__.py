@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
+from pathlib import Path
 
-from nandoctor.checkpoint import hubcache, layout
+from nandoctor.checkpoint import hubcache, layout, runs
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
@@ -40,8 +42,7 @@ def diff(
 
     ``selection`` (``--only``/``--exclude``) is applied to both sides where each is opened, as for a scan:
     what it leaves out is counted in a note per side, and a side it leaves empty is a problem (exit 3)."""
-    path_a, _ = hubcache.resolve(a)
-    path_b, _ = hubcache.resolve(b)
+    path_a, path_b = _one_checkpoint(a, b, 0), _one_checkpoint(a, b, 1)
     return diff_checkpoints(
         open_checkpoint(path_a, both_formats=both_formats, selection=selection),
         open_checkpoint(path_b, both_formats=both_formats, selection=selection),
@@ -49,6 +50,22 @@ def diff(
         workers=workers,
         labels=(os.fspath(a), os.fspath(b)),
     )
+
+
+def _one_checkpoint(a: str | os.PathLike[str], b: str | os.PathLike[str], side: int) -> Path:
+    """The checkpoint side ``side`` (0: A, 1: B) names, as scan reads it (a run folder's final model); a run folder
+    without one is refused with the diff to run instead, its newest checkpoint in the folder's place."""
+    given = (a, b)[side]
+    resolved, _ = hubcache.resolve(given)
+    found = runs.one_checkpoint_in(resolved)
+    if found is not None:
+        return found
+
+    def hint(newest: str) -> str:
+        args = [newest, shlex.quote(os.fspath(b))] if side == 0 else [shlex.quote(os.fspath(a)), newest]
+        return f"diff one of its checkpoints, e.g. the newest: nandoctor diff {' '.join(args)}"
+
+    raise runs.run_folder_error(resolved, hint)
 
 
 def diff_checkpoints(
@@ -72,11 +89,6 @@ def diff_checkpoints(
     notes += [f"{side}: {p.path}: {p.message}" for side, c in (("A", a), ("B", b)) for p in c.problems if p.kind in aside]
     pairs, ambiguous = pair_tensors(a, b)
     problems += ambiguous
-    for side, checkpoint in (("A", a), ("B", b)):
-        failed = [f for f in checkpoint.files.files if f not in checkpoint.refs_by_file]
-        if failed:
-            notes.append(f"{side}: {len(failed)} file(s) could not be read; tensors shown only on the other side "
-                         "may be in them")
 
     work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
@@ -150,11 +162,14 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
             tied_to = pair.partner.name  # the very same values as its partner: a tied copy
         if tied_to is not None:
             status = r.TIED
+        elif pair.unread is not None:  # missing, or in a file of the other side that was not read: not known
+            status = r.UNREADABLE
         return TensorDiff(
             name=ref.name, status=status, dtype_a=a.dtype if a else None, dtype_b=b.dtype if b else None,
             shape_a=tuple(a.shape) if a else None, shape_b=tuple(b.shape) if b else None,
             file_a=a.file if a else None, file_b=b.file if b else None,
             numel=ref.numel, tied_to=tied_to, order=a.order if a else "C", order_b=b.order if b else "C",
+            message=pair.unread if status == r.UNREADABLE else None,
         )
     common = dict(
         name=a.name, name_b=None if b.name == a.name else b.name, dtype_a=a.dtype, dtype_b=b.dtype,
@@ -182,10 +197,10 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
         status = r.EQUAL if a.dtype == b.dtype else r.CAST
         rounding = (outcome.rounding or 0.0) if status == r.CAST else None
-        return TensorDiff(status=status, rounding=rounding, nonfinite_a_only=0, nonfinite_b_only=0,
-                          **counted, **common)  # type: ignore[arg-type]
+        return TensorDiff(status=status, rounding=rounding, max_abs_all=outcome.max_abs_all, nonfinite_a_only=0,
+                          nonfinite_b_only=0, **counted, **common)  # type: ignore[arg-type]
     return TensorDiff(
-        status=r.CHANGED, max_abs=outcome.max_abs, max_rel=outcome.max_rel,
+        status=r.CHANGED, max_abs=outcome.max_abs, max_rel=outcome.max_rel, max_abs_all=outcome.max_abs_all,
         rounding=outcome.rounding, nonfinite_a_only=outcome.a_only, nonfinite_b_only=outcome.b_only,
         first_nonfinite_a_only=outcome.first_a_only, first_nonfinite_b_only=outcome.first_b_only,
         **counted, **common,  # type: ignore[arg-type]
@@ -217,6 +232,6 @@ _DIFFERENT = frozenset({r.CHANGED, r.SHAPE, r.ONLY_A, r.ONLY_B, r.UNREADABLE})
 def _layers(tensors: tuple[TensorDiff, ...]) -> tuple[tuple[LayerSummary, ...], tuple, tuple]:
     """Per layer, the tensors that are not the same; consecutive ones as ranges (changed, cast apart)."""
     layers = _summaries(tensors, _DIFFERENT | {r.CAST})
-    changed = bad_ranges(_summaries(tensors, _DIFFERENT))
+    changed = bad_ranges(_summaries(tensors, _DIFFERENT - {r.UNREADABLE}))  # (not read is not changed)
     cast = bad_ranges(_summaries(tensors, frozenset({r.CAST})))
     return layers, changed, cast

@@ -89,6 +89,7 @@ class Outcome:
     changed: int = 0
     max_abs: Change | None = None
     max_rel: Change | None = None
+    max_abs_all: Change | None = None  # the largest |a - b| of all elements, roundings included
     rounding: float | None = None
     a_only: int = 0
     b_only: int = 0
@@ -396,6 +397,8 @@ def _merge(outcome: Outcome, stats: values.ChunkStats, to_global: Callable[[int]
         outcome.max_abs = change(stats.abs_at, stats.abs_a, stats.abs_b, stats.abs_amount)
     if stats.rel_at >= 0 and (outcome.max_rel is None or stats.rel_amount > outcome.max_rel.amount):
         outcome.max_rel = change(stats.rel_at, stats.rel_a, stats.rel_b, stats.rel_amount)
+    if stats.all_at >= 0 and (outcome.max_abs_all is None or stats.all_amount > outcome.max_abs_all.amount):
+        outcome.max_abs_all = change(stats.all_at, stats.all_a, stats.all_b, stats.all_amount)
     if stats.rounding is not None:
         outcome.rounding = max(outcome.rounding or 0.0, stats.rounding)
     outcome.a_only += stats.a_only

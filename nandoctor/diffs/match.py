@@ -11,10 +11,16 @@ bytes equal its partner's on its own side (checked when the pair is compared).
 A tensor stored as chunks (DCP: one per rank that held a shard) is one global
 tensor here, as the scan reports it (engine/chunks.py's ``gather``): its name,
 its global shape, and the chunks it is read from (``Pair.stored_a``/``stored_b``).
+
+A tensor on one side only may be in a file of the other side that could not be read (a truncated shard):
+then it is not missing there but not compared (``Pair.unread``, status ``unreadable``). Where the other
+side's index maps the name to an unread shard, that shard is named; a file no index lists may hold any
+name, so every tensor found only on this side is unread then.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,8 @@ class Pair:
     partner: TensorRef | None = None  # a possible tied copy of this tensor on the same side: compare with it
     stored_a: tuple[TensorRef, ...] = ()  # A's chunks when it is stored as chunks (``a`` is then the global tensor)
     stored_b: tuple[TensorRef, ...] = ()
+    unread: str | None = None  # on one side only, and the other side's file that may hold it was not read: why
+
 
     @property
     def side(self) -> str:
@@ -81,15 +89,41 @@ def pair_tensors(a: Checkpoint, b: Checkpoint) -> tuple[list[Pair], list[ScanPro
              for name, other in [*((n, n) for n in common), *renamed.items()]]
     matched_b = set(renamed.values())
     pairs += _one_sided([n for n in left_a if n not in renamed], refs_a, {p.a.name for p in pairs if p.a}, "a",
-                        chunks_a)
+                        chunks_a, _unread_files(b, "B"))
     pairs += _one_sided([n for n in left_b if n not in matched_b], refs_b, {p.b.name for p in pairs if p.b}, "b",
-                        chunks_b)
+                        chunks_b, _unread_files(a, "A"))
     pairs.sort(key=_file_order)
     return pairs, problems
 
 
+def _unread_files(checkpoint: Checkpoint, side: str) -> Callable[[str], str | None]:
+    """For a tensor name, why ``checkpoint`` (the other side) may hold it in a file that was not read; None when
+    every file that could hold it was read."""
+    read = checkpoint.refs_by_file
+    listed: dict[str, Path] = {}  # name (and its normalised name) → the unread shard an index maps it to
+    indexed: set[Path] = set()
+    for index in checkpoint.files.indexes:
+        for name, shard in index.weight_map.items():
+            file = index.path.parent / shard
+            indexed.add(file)
+            if file not in read:  # (a shard that is not there at all, too: its tensors were not read either)
+                listed[name] = listed[normalise(name)] = file
+    anywhere = [f for f in checkpoint.files.files if f not in read and f not in indexed]
+
+    def why(name: str) -> str | None:
+        file = listed.get(name) or listed.get(normalise(name))
+        if file is not None:
+            return f"not compared: {side}'s index maps it to {file.name}, which could not be read"
+        if anywhere:
+            files = ", ".join(f.name for f in anywhere[:3]) + (" …" if len(anywhere) > 3 else "")
+            return f"not compared: {side}'s {files} could not be read and may hold it"
+        return None
+
+    return why
+
+
 def _one_sided(names: list[str], refs: dict[str, TensorRef], paired: set[str], side: str,
-               chunks: dict[str, list[TensorRef]]) -> list[Pair]:
+               chunks: dict[str, list[TensorRef]], unread: Callable[[str], str | None]) -> list[Pair]:
     by_elements = {refs[name].elements_key: name for name in paired}
     by_norm = _unique_normalised(list(paired))
     out = []
@@ -106,7 +140,7 @@ def _one_sided(names: list[str], refs: dict[str, TensorRef], paired: set[str], s
         a, b = (ref, None) if side == "a" else (None, ref)
         stored = tuple(chunks.get(name, ()))
         out.append(Pair(name, a, b, tied_to=tied_to, partner=partner, stored_a=stored if b is None else (),
-                        stored_b=stored if a is None else ()))
+                        stored_b=stored if a is None else (), unread=unread(name)))
     return out
 
 

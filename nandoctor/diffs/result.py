@@ -54,11 +54,14 @@ class TensorDiff:
     numel: int = 0
     order: str = "C"  # A's dimension order: "F" for GGUF (ne0 first), as the scan gives coordinates
     order_b: str = "C"  # B's: a GGUF ``ne`` [32, 64] is the same tensor as a row-major [64, 32]
-    changed: int | None = None  # elements that differ (beyond rounding for a cast); None: not compared
+    changed: int | None = None  # elements that differ (beyond rounding for a dtype change); None: not compared
     blocks: int | None = None  # block-quantized (GGUF), compared block by block: its blocks
     changed_blocks: int | None = None  # … and those that differ (``changed`` is None: elements not decoded)
+    # The largest absolute and relative change among the ``changed`` elements: across a dtype change, roundings
+    # are left out (they are not changes), so an element rounded by more can lie elsewhere: ``max_abs_all``
     max_abs: Change | None = None
     max_rel: Change | None = None
+    max_abs_all: Change | None = None  # the largest |a - b| of all elements finite on both sides, roundings included
     rounding: float | None = None  # largest |a - b| accepted as the rounding of a dtype change
     # NaN/Inf in A where B is finite (block-quantized: scale fields, as the scan counts them); None: not known
     nonfinite_a_only: int | None = None

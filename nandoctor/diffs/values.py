@@ -62,6 +62,11 @@ class ChunkStats:
     rel_a: float = 0.0
     rel_b: float = 0.0
     rel_amount: float = -1.0
+    # the largest |a - b| of all lanes finite on both sides, roundings included (abs_* ignores roundings)
+    all_at: int = -1
+    all_a: float = 0.0
+    all_b: float = 0.0
+    all_amount: float = -1.0
     rounding: float | None = None
     a_only: int = 0  # NaN/Inf in A where B is finite
     b_only: int = 0
@@ -123,6 +128,9 @@ def _compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int,
         changed = ~rounded
         if rounded.any():
             stats.rounding = float(delta[rounded].max())
+    if both.any():
+        k = int(np.argmax(np.where(both, delta, -1.0)))
+        stats.all_at, stats.all_a, stats.all_b, stats.all_amount = int(where[k]) // lanes, xd[k], yd[k], float(delta[k])
     changed_lanes = where[changed]
     stats.changed = len(np.unique(changed_lanes // lanes)) if lanes > 1 else changed_lanes.size
     measured = changed & both

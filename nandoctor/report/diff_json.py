@@ -51,6 +51,7 @@ def tensor_json(t: TensorDiff) -> dict[str, Any]:
         "changed_blocks": t.changed_blocks,
         "max_abs_change": _change(t.max_abs),
         "max_rel_change": _change(t.max_rel),
+        "max_abs_all": _change(t.max_abs_all),
         "rounding": number(t.rounding),
         "nonfinite_a_only": t.nonfinite_a_only,
         "nonfinite_b_only": t.nonfinite_b_only,

@@ -49,11 +49,16 @@ def detail(t: TensorDiff) -> str:
         if t.changed_blocks is not None:  # block-quantized: compared block by block, never dequantized
             parts.append(f"{t.changed_blocks:,} of {t.blocks or 0:,} {t.dtype_a} blocks")
         elif t.changed is not None:
-            parts.append(f"{t.changed:,} of {t.numel:,} elements")
+            # across a dtype change the count leaves the roundings out: say so, as the largest change below
+            parts.append(f"{t.changed:,} of {t.numel:,} elements" + (" beyond rounding" if t.rounding is not None else ""))
+        overall = t.max_abs_all
+        rounded_more = overall is not None and (t.max_abs is None or overall.amount > t.max_abs.amount)
         if t.max_abs is not None:
-            parts.append(f"max |Δ| {_where(t.max_abs)}")
+            parts.append(f"max |Δ| {'beyond rounding ' if rounded_more else ''}{_where(t.max_abs)}")
         if t.max_rel is not None and t.max_rel.index != (t.max_abs.index if t.max_abs else -1):
-            parts.append(f"max rel {_where(t.max_rel)}")
+            parts.append(f"max rel {'beyond rounding ' if rounded_more else ''}{_where(t.max_rel)}")
+        if rounded_more:  # an element rounded by more than the largest change: the largest difference is that one
+            parts.append(f"largest |Δ| overall {_where(overall)}, within rounding")
         scales = "scale fields; " if t.changed_blocks is not None else ""  # counted as the scan counts them
         if t.nonfinite_b_only:
             parts.append(f"{t.nonfinite_b_only:,} NaN/Inf only in B ({scales}first at "
