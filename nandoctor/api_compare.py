@@ -39,15 +39,25 @@ def verify_hashes(path: PathLike, *, manifest: PathLike | None = None) -> HashCh
         ``problems`` (each mismatch, naming the file and, with a manifest, the tensors whose bytes changed;
         or, when no file has a known hash, one saying nothing was verified), ``notes``.
 
+    Raises:
+        UnsupportedFormatError: a run folder without a final model (its hint names the newest checkpoint).
+
     Example:
         >>> check = nandoctor.verify_hashes("ckpt/", manifest="manifest.json")
         >>> [p.message for p in check.problems]
     """
+    from nandoctor.checkpoint import runs
+
     require_path(path, "verify_hashes")
     if manifest is not None:
         require_path(manifest, "verify_hashes", "manifest")
     resolved, _ = hubcache.resolve(path)
-    return _verify(resolved, manifest)
+    found = runs.one_checkpoint_in(resolved)  # a run folder: its final model, as scan judges it
+    if found is None:
+        words = f", manifest={str(manifest)!r}" if manifest is not None else ""
+        raise runs.run_folder_error(
+            resolved, lambda newest: f"verify one of its checkpoints, e.g. the newest: nandoctor.verify_hashes({newest!r}{words})")
+    return _verify(found, manifest)
 
 
 def manifest(path: PathLike) -> dict[str, Any]:

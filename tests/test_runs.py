@@ -266,6 +266,11 @@ def test_diff_and_manifest_of_a_run_folder_name_their_own_command_and_the_newest
         assert wanted in out and "nandoctor scan" not in out and "checkpoint-2" not in out, out
     assert run("diff", newest, other).exit_code == 1  # the hint's command runs
     assert runs.newest_checkpoint(run_folder) == newest
+    from nandoctor.errors import UnsupportedFormatError
+
+    with pytest.raises(UnsupportedFormatError) as caught:  # (the API's verify_hashes said "nandoctor scan RUN/checkpoint-2")
+        nandoctor.verify_hashes(str(run_folder))
+    assert caught.value.hint == f"verify one of its checkpoints, e.g. the newest: nandoctor.verify_hashes({str(newest)!r})"
 
 
 def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
