@@ -19,8 +19,9 @@ and the repair writer finds the CRC-32 fields it rewrites through it
 
 from __future__ import annotations
 
-import dataclasses
+import io
 import itertools
+import os
 import string
 import struct
 from collections.abc import Callable
@@ -194,7 +195,8 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
     directory = fh.read(cd_size)
     if len(directory) != cd_size:
         raise fail("central directory runs past the end of the file (truncated?)")
-    entries: dict[str, ZipEntry] = {}
+    # name → its central record's (method, flags, crc, csize, usize, header offset, record offset, zip64)
+    entries: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {}
     folded: dict[bytes, str] = {}  # bytes.lower() folds ASCII only, as miniz does
     pos = 0
     for index in range(n_total):
@@ -240,30 +242,33 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         if (external & _DOS_DIRECTORY or name.endswith("/")) and (usize or csize or not name.endswith("/")):
             # torch's zip reader then skips the bytes and leaves the storage uninitialised memory
             raise fail(f"entry {name!r} is marked as a folder but is a file (a crafted directory record)")
-        entries[name] = ZipEntry(name, method, flags, crc, csize, usize, offset, -1, cd_offset + record_at, bool(want))
+        entries[name] = (method, flags, crc, csize, usize, offset, cd_offset + record_at, bool(want))
     if pos != len(directory):
         raise fail(f"{len(directory) - pos} unexpected bytes at the end of the central directory")
 
     checked: dict[str, ZipEntry] = {}
-    for name, entry in entries.items():
-        if entry.header_offset + _LOCAL.size > cd_offset:
+    read_at = _reader_at(fh)
+    for name, (method, flags, crc, csize, usize, header_offset, record_offset, zip64) in entries.items():
+        if header_offset + _LOCAL.size > cd_offset:
             raise fail(f"entry {name!r}: local header lies outside the archive's data")
-        fh.seek(entry.header_offset)
-        header = fh.read(_LOCAL.size)
-        magic, _, _, method, _, _, _, _, _, nlen, xlen = _LOCAL.unpack(header)
+        expected = name.encode("utf-8" if flags & 0x800 else "cp437")
+        header = read_at(header_offset, _LOCAL.size + len(expected))  # (the header and the name it must hold)
+        if len(header) < _LOCAL.size:
+            raise fail(f"entry {name!r}: no local header at offset {header_offset}")
+        magic, _, _, local_method, _, _, _, _, _, nlen, xlen = _LOCAL.unpack_from(header)
         if magic != LOCAL_MAGIC:
-            raise fail(f"entry {name!r}: no local header at offset {entry.header_offset}")
-        if method != entry.method:
+            raise fail(f"entry {name!r}: no local header at offset {header_offset}")
+        if local_method != method:
             raise fail(f"entry {name!r}: local header and central directory disagree on compression")
-        if fh.read(nlen) != name.encode("utf-8" if entry.flags & 0x800 else "cp437"):
+        if nlen != len(expected) or header[_LOCAL.size:] != expected:
             raise fail(f"entry {name!r}: local header names a different file")
-        data_offset = entry.header_offset + _LOCAL.size + nlen + xlen
-        if data_offset + entry.compressed_size > cd_offset:
+        data_offset = header_offset + _LOCAL.size + nlen + xlen
+        if data_offset + csize > cd_offset:
             raise fail(
-                f"entry {name!r}: its {entry.compressed_size} bytes run past the start of the central "
+                f"entry {name!r}: its {csize} bytes run past the start of the central "
                 "directory (truncated or overlapping entries)"
             )
-        checked[name] = dataclasses.replace(entry, data_offset=data_offset)
+        checked[name] = ZipEntry(name, method, flags, crc, csize, usize, header_offset, data_offset, record_offset, zip64)
     spans = sorted((e.header_offset, e.data_offset + e.compressed_size, e.name) for e in checked.values())
     if spans and spans[0][0] != 0:
         raise fail(f"the archive's first entry starts at byte {spans[0][0]}, not 0: unexplained bytes in front of it")
@@ -271,6 +276,24 @@ def read_directory(path: str, fh: BinaryIO, size: int) -> ZipDirectory:
         if begin < end:
             raise fail(f"zip entries {first!r} and {second!r} overlap (a crafted archive)")
     return ZipDirectory(checked, cd_offset)
+
+
+def _reader_at(fh: BinaryIO) -> Callable[[int, int], bytes]:
+    """``(offset, n) -> bytes`` of ``fh`` (a file, or a FileWindow of one at ``base``): one ``pread`` each where
+    the file has a descriptor (70,000 entries' local headers: two syscalls and a seek each cost 1 s), else seek
+    and read."""
+    try:
+        fd, base = fh.fileno(), getattr(fh, "base", 0)
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        fd = None
+    if fd is None or not isinstance(base, int):
+
+        def by_seek(offset: int, n: int) -> bytes:
+            fh.seek(offset)
+            return fh.read(n)
+
+        return by_seek
+    return lambda offset, n: os.pread(fd, n, base + offset)
 
 
 def read_entry(fh: BinaryIO, entry: ZipEntry) -> bytes:
