@@ -12,13 +12,14 @@ import dataclasses
 import os
 import time
 
-from nandoctor.checkpoint import hubcache, layout
+from nandoctor.checkpoint import hubcache
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
 from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up, row_major
 from nandoctor.diffs.match import Pair, pair_tensors
 from nandoctor.diffs.result import DiffReport, TensorDiff
+from nandoctor.fileidentity import fingerprint
 from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
@@ -129,7 +130,7 @@ def _changed_files(checkpoint: Checkpoint) -> list[ScanProblem]:
     out = []
     for file, before in checkpoint.fingerprints.items():
         try:
-            now = layout.fingerprint(file)
+            now = fingerprint(file)
         except OSError as exc:
             out.append(ScanProblem(str(file), f"cannot stat it after the diff: {exc.strerror or exc}"))
             continue

@@ -74,9 +74,9 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
-    from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
+    from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, resolve_donors
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair

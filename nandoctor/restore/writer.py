@@ -28,8 +28,8 @@ from pathlib import Path
 
 from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import blob_roots
-from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore import atomic
 from nandoctor.restore.copying import copy_file as _copy_file
@@ -123,7 +123,7 @@ def write_repair(
     on_phase: Phase | None = None,
     notes: tuple[str, ...] = (),
     hash_all: bool = False,
-    inputs: Mapping[str, tuple[int, int]] | None = None,
+    inputs: Mapping[str, FileIdentity] | None = None,
     judge: Callable[[ScanReport], ScanReport] | None = None,
 ) -> RepairResult:
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
@@ -131,9 +131,10 @@ def write_repair(
     Every patched weight file is hashed (sha256) for the proof; with ``hash_all`` the unpatched
     copies too (hashed while copying, from the copy's own buffer: the CPU time of sha256 is the
     whole extra cost). ``inputs`` maps every source and donor file that was read when the repair was
-    planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
-    the repair, because its new bytes were never checked. ``judge``: the verification scan judged as a scan of
-    the output in the source's place would be (within its run: checkpoint/runcontext.py)."""
+    planned to its identity then (fileidentity.py: size, times, inode): a file that changes, or is replaced,
+    before the output is in place fails the repair, because its new bytes were never checked. ``judge``: the
+    verification scan judged as a scan of the output in the source's place would be (within its run:
+    checkpoint/runcontext.py)."""
     started = time.perf_counter()
     out = tidy_out(out)
     inputs = inputs or {}
@@ -315,8 +316,8 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
     return found, notes, linked
 
 
-def _within(inputs: Mapping[str, tuple[int, int]], root: Path) -> dict[str, tuple[int, int]]:
-    """The (size, mtime_ns) of the source's files read for the plan, by path relative to the source: the proof
+def _within(inputs: Mapping[str, FileIdentity], root: Path) -> dict[str, FileIdentity]:
+    """The identity of the source's files read for the plan, by path relative to the source: the proof
     records them, so that a repair is offered only for the checkpoint as it was (hints.verified_repair)."""
     found = {}
     for path, recorded in inputs.items():
@@ -336,7 +337,7 @@ def _leads_inside(path: Path, allowed: tuple[Path, ...]) -> bool:
     return any(root in resolved.parents for root in allowed)
 
 
-def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
+def _check_unchanged(inputs: Mapping[str, FileIdentity]) -> None:
     """Refuse to go on when a file read for the plan changed since (a training run still saving,
     ``save_total_limit`` rotating a donor away): its new bytes were never checked."""
     for path, before in inputs.items():
@@ -349,7 +350,8 @@ def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
             ) from None
         if now != before:
             raise RepairFailedError(
-                f"{path}: changed during the repair (its size or modification time differ from when it was planned)",
+                f"{path}: changed during the repair (its size, times or inode differ from when it was planned: "
+                "rewritten, or replaced by another file)",
                 "wait until whatever writes it has finished (a training run saving or rotating checkpoints), "
                 "then repair again",
             )
