@@ -315,10 +315,15 @@ def test_interrupt_cleans_up_now(tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
+def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    """Folders without a lock file (an earlier nandoctor's): by pid, once quiet long enough (restore/stale.py;
+    tests/test_repair_stale.py has the locked ones and the quiet rule)."""
     import subprocess
     import sys
 
+    from nandoctor.restore import stale as cleanup
+
+    monkeypatch.setattr(cleanup, "LOCKLESS_QUIET_S", -1.0)  # as if untouched for long
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".old.nandoctor-tmp-{dead_pid}-deadbeef"
