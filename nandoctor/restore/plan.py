@@ -156,6 +156,7 @@ class RepairPlan:
     allow_cast: bool = False
     selection: Selection | None = None  # --only / --exclude: the other tensors are neither judged nor restored
     excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
+    excluded_names: tuple[str, ...] = ()  # their names: never judged, so the result may not call them clean
     cast_helps: bool = False  # some tensor without a donor is held by a donor in another float dtype
     exclude_globs: tuple[str, ...] = ()  # --exclude patterns naming the optimizer state that has no donor
     # (donor, why) for each named donor that could not be read, when none could: the repair's error is theirs
