@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nandoctor.restore import PROOF_NAME, repair
+from nandoctor.restore import PROOF_NAME, atomic, repair
 from tests.conftest import ROOT
 from tests.test_repair_kill import make_pair, temps
 
@@ -170,11 +170,13 @@ def test_sigkill_before_every_mutating_call(tmp_path, fmt):
         parent = tmp_path / "runs" / f"k{k}"
         if k <= renamed_at:  # killed before the rename: nothing at --out, at most the temporary folder beside it
             assert not (parent / "fixed").exists(), f"something appeared at --out after a kill before call {k}"
-            leftovers = os.listdir(parent)
-            assert all(".nandoctor-tmp-" in name for name in leftovers) and len(leftovers) <= 1, (k, leftovers)
+            leftovers = os.listdir(parent)  # (and its lock file: restore/atomic.py)
+            assert all(atomic.is_temp(name) for name in leftovers) and len(leftovers) <= 2, (k, leftovers)
         else:  # killed after the rename: the output is whole and verified, and nothing else is left
             proof = json.loads((parent / "fixed" / PROOF_NAME).read_text())
+            # (at most the lock file, when killed between the rename and its unlink: the next repair removes it)
             assert proof["verification"]["verdict"] == "CLEAN" and temps(parent) == []
+            assert all(atomic.kind(name) == "lock" for name in set(os.listdir(parent)) - {"fixed"}), k
             assert tree_hashes(parent / "fixed") == tree_hashes(tmp_path / "count" / "k0" / "fixed") | {
                 PROOF_NAME: tree_hashes(parent / "fixed")[PROOF_NAME]  # the proof's timestamps differ
             }
@@ -184,7 +186,7 @@ def test_sigkill_before_every_mutating_call(tmp_path, fmt):
     for k in points[:renamed_at][:: max(1, renamed_at // 8)] + [renamed_at]:
         parent = tmp_path / "runs" / f"k{k}"
         result = repair(target, [donor], parent / "fixed", allow_diverged=True)
-        assert result.ok and temps(parent) == []
+        assert result.ok and os.listdir(parent) == ["fixed"]  # the folder and its lock file removed
         assert [f.sha256 for f in result.files] == [f["sha256"] for f in reference["files"]]
 
 

@@ -91,3 +91,34 @@ def test_a_donor_honours_the_selection_too(pair, tmp_path):
     nothing = run("repair", target, "--from", donor, "--only", "no.such.*", "--out", tmp_path / "x")
     assert nothing.exit_code == 3 and "leaves none of its" in nothing.output
     assert run("repair", target, "--from", donor, "--exclude", "", "--dry-run").exit_code == 2
+
+
+def test_excluding_the_only_bad_tensor_never_calls_the_output_or_the_source_clean(tmp_path):
+    """A trial: --exclude covering the only bad tensor printed "✓ ALREADY CLEAN … (the source itself is fine to
+    use)", while `nandoctor scan OUT` failed on the NaN still there. The exit code stays 0 (clean within the
+    selection, as `scan --exclude` says: docs/repair.md), and the words name what was never judged."""
+    target, donor = tmp_path / "target", tmp_path / "donor"
+    target.mkdir()
+    donor.mkdir()
+    save_file(_tensors(("optimizer.state.0.exp_avg",)), str(target / "model.safetensors"))
+    save_file(_tensors(()), str(donor / "model.safetensors"))
+    out = tmp_path / "fixed"
+    result = run("repair", target, "--from", donor, "--exclude", "optimizer.*", "--out", out, "--no-progress")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "ALREADY CLEAN" not in said and "fine to use" not in said and "already clean" not in said
+    assert "NOTHING TO RESTORE among the tensors judged" in said
+    assert ("clean except the 1 tensor(s) left out by --exclude 'optimizer.*', which were not judged and still hold "
+            "whatever they held, NaN/Inf included: 'optimizer.state.0.exp_avg'") in said
+    assert f"nandoctor scan {out}" in said
+    assert run("scan", out, "-q").exit_code == 1  # what the words now say
+    assert run("scan", out, "--exclude", "optimizer.*", "-q").exit_code == 0  # what exit 0 means
+
+
+def test_a_repair_with_an_exclusion_names_the_unjudged_tensors_too(pair, tmp_path):
+    target, donor = pair
+    result = run("repair", target, "--from", donor, "--exclude", "optimizer.*", "--out", tmp_path / "f", "--no-progress")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "✓ REPAIRED" in said, result.output
+    assert "clean except the 1 tensor(s) left out by --exclude 'optimizer.*'" in said
+    assert "'optimizer.state.0.exp_avg'" in said

@@ -315,10 +315,15 @@ def test_interrupt_cleans_up_now(tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
+def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    """Folders without a lock file (an earlier nandoctor's): by pid, once quiet long enough (restore/stale.py;
+    tests/test_repair_stale.py has the locked ones and the quiet rule)."""
     import subprocess
     import sys
 
+    from nandoctor.restore import stale as cleanup
+
+    monkeypatch.setattr(cleanup, "LOCKLESS_QUIET_S", -1.0)  # as if untouched for long
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".old.nandoctor-tmp-{dead_pid}-deadbeef"
@@ -706,6 +711,52 @@ def test_a_target_that_changes_during_the_repair_fails_it(tmp_path):
     with pytest.raises(RepairFailedError, match="changed during the repair"):
         repair(target, [donor], tmp_path / "out", on_phase=touch)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def replace_keeping_size_and_mtime(path: Path, flip_at: int) -> None:
+    """What ``rsync -a`` or ``cp -p`` does to a re-saved file: a new inode under the old name, its bytes
+    changed, its size and modification time those of the file it replaces."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[flip_at] ^= 0x01  # one mantissa bit of a finite value: still finite, another value
+    fresh = path.with_name(path.name + ".partial")
+    fresh.write_bytes(bytes(data))
+    os.utime(fresh, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(fresh, path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("which", ["target", "donor"])
+def test_a_file_replaced_with_its_size_and_mtime_kept_during_the_repair_fails_it(tmp_path, which):
+    """A trial: a source shard replaced rsync -a style (new inode, same size, old mtime) while the repair ran went
+    unnoticed, and the output held the new, never checked bytes beside a proof of the old. The file's identity
+    (fileidentity.py: inode, ctime) is compared now, for the target's and the donors' files alike."""
+    target, donor, _, _ = make_run(tmp_path)
+    folder = target if which == "target" else donor
+    shard = folder / "model-00002-of-00002.safetensors"
+    header = 8 + struct.unpack("<Q", shard.read_bytes()[:8])[0]
+
+    def swap(phase):
+        if phase == "copied":
+            replace_keeping_size_and_mtime(shard, header + 1)
+
+    with pytest.raises(RepairFailedError, match="changed during the repair") as raised:
+        repair(target, [donor], tmp_path / "out", on_phase=swap)
+    assert str(shard) in raised.value.message and "replaced by another file" in raised.value.message
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_a_repair_is_no_longer_offered_once_its_source_was_replaced_with_size_and_mtime_kept(tmp_path):
+    from nandoctor.hints import verified_repair
+
+    target, donor, _, _ = make_run(tmp_path)
+    repair(target, [donor], tmp_path / "out")
+    assert verified_repair(tmp_path / "out", target)
+    recorded = json.loads((tmp_path / "out" / PROOF_NAME).read_text())["source_files"]
+    assert set(next(iter(recorded.values()))) == {"bytes", "mtime_ns", "ctime_ns", "inode"}
+    shard = target / "model-00001-of-00002.safetensors"
+    replace_keeping_size_and_mtime(shard, 8 + struct.unpack("<Q", shard.read_bytes()[:8])[0] + 1)
+    assert not verified_repair(tmp_path / "out", target)  # (was: offered, for a checkpoint it never read)
 
 
 def test_trainer_files_that_are_not_weights_are_copied_as_they_are(tmp_path, demo_run):

@@ -220,20 +220,22 @@ def test_sharded_write_roundtrip(tmp_path):
 
 
 def test_file_changed_between_header_and_scan_is_detected(tmp_path, monkeypatch):
-    from nandoctor.checkpoint import layout
+    import dataclasses
+
+    from nandoctor.checkpoint import opener
     from nandoctor.engine import pipeline
+    from nandoctor.fileidentity import fingerprint
 
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"w": RawTensor("F32", (4,), b"\0" * 16)})
-    real = layout.fingerprint
     calls = {"n": 0}
 
     def changing(p):
         calls["n"] += 1
-        size, mtime = real(p)
-        return (size, mtime + calls["n"])  # every look sees a newer mtime
+        found = fingerprint(p)
+        return dataclasses.replace(found, mtime_ns=found.mtime_ns + calls["n"])  # every look sees a newer mtime
 
-    monkeypatch.setattr(layout, "fingerprint", changing)
+    monkeypatch.setattr(opener, "fingerprint", changing)
     monkeypatch.setattr(pipeline, "fingerprint", changing)
     report = scan(path, device="cpu")
     assert report.exit_code == 3 and any("changed" in e.message for e in report.errors)

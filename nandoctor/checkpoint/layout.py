@@ -68,12 +68,6 @@ class CheckpointFiles:
     skipped: list[Path] = field(default_factory=list)  # weight files left out on purpose (other format)
 
 
-def fingerprint(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(size, mtime in ns): compared before and after a file is used, to catch a writer at work."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 def is_regular_file(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.stat(path).st_mode)

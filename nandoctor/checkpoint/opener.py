@@ -24,12 +24,12 @@ from nandoctor.checkpoint.quantized import ScaledPair
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import read_file
 from nandoctor.wording import first_few
 
 _MAX_LISTED_NAMES = 5
-Fingerprint = tuple[int, int]  # (size, mtime in ns), see layout.fingerprint
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Checkpoint:
     refs_by_file: dict[Path, Sequence[TensorRef]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
-    fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)  # taken before each file was read
+    fingerprints: dict[Path, FileIdentity] = field(default_factory=dict)  # taken before each file was read
     selection: Selection | None = None  # --only / --exclude
     excluded: int = 0  # tensors left out by the selection
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
@@ -80,7 +80,7 @@ def open_checkpoint(
     checkpoint.notes += load_notes
     for file in files.files:
         try:
-            checkpoint.fingerprints[file] = layout.fingerprint(file)
+            checkpoint.fingerprints[file] = fingerprint(file)
             read = read_file(file, defer_crcs=defer_crcs)
         except (NandoctorError, OSError) as exc:
             checkpoint.problems.append(_with_unscanned(problem_of(file, exc), file, files.indexes))

@@ -14,13 +14,14 @@ import shlex
 import time
 from pathlib import Path
 
-from nandoctor.checkpoint import hubcache, layout, runs
+from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.diffs import result as r
 from nandoctor.diffs.compare import Comparer, Outcome, ProgressCallback, Work, line_up, row_major
 from nandoctor.diffs.match import Pair, pair_tensors
 from nandoctor.diffs.result import DiffReport, TensorDiff
+from nandoctor.fileidentity import fingerprint
 from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
@@ -141,7 +142,7 @@ def _changed_files(checkpoint: Checkpoint) -> list[ScanProblem]:
     out = []
     for file, before in checkpoint.fingerprints.items():
         try:
-            now = layout.fingerprint(file)
+            now = fingerprint(file)
         except OSError as exc:
             out.append(ScanProblem(str(file), f"cannot stat it after the diff: {exc.strerror or exc}"))
             continue

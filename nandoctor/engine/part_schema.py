@@ -114,7 +114,7 @@ def part_record(result_fields: tuple[str, ...], option_fields: Record) -> Record
     fields = {
         "format": STR, "target": STR, "part": INT, "of": INT, "identity": STR,
         "options": Rule(frozenset({dict}), record=option_fields),
-        "fingerprints": Rule(frozenset({dict}), Rule(frozenset({list}), INT, 2)),
+        "fingerprints": Rule(frozenset({dict}), Rule(frozenset({list}), INT, 4)),  # FileIdentity.portable()
         "device": STR, "seconds": NUMBER, "bytes_scanned": INT, "regions": INT,
         "tensors": _list(tensor), "unviewed": _list(record_of(UnviewedBad)),
         "problems": _list(record_of(ScanProblem)), "checkpoint_problems": _list(record_of(ScanProblem)),

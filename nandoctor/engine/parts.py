@@ -88,9 +88,15 @@ def plan_parts(jobs: list[RegionJob], count: int) -> list[list[Share]]:
 
 def identity(checkpoint: Checkpoint, options: Options, count: int) -> str:
     """A digest of what the parts must share: the checkpoint's files as they are, its tensors, N, the options."""
-    files = sorted((str(f), *checkpoint.fingerprints.get(f, (-1, -1))) for f in checkpoint.files.files)
+    files = sorted((str(f), *_portable(checkpoint, f)) for f in checkpoint.files.files)
     what = [str(Path(checkpoint.path).resolve()), files, len(checkpoint.refs), count, dataclasses.asdict(options)]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _portable(checkpoint: Checkpoint, file: Path) -> tuple[int, ...]:
+    """The file's identity as parts scanned on several hosts agree on it; (-1, -1) for one never opened."""
+    found = checkpoint.fingerprints.get(file)
+    return found.portable() if found is not None else (-1, -1)
 
 
 def scan_part(
@@ -125,7 +131,7 @@ def scan_part(
         "of": part.count,
         "identity": identity(checkpoint, options, part.count),
         "options": dataclasses.asdict(options),
-        "fingerprints": {str(f): list(fp) for f, fp in checkpoint.fingerprints.items()},
+        "fingerprints": {str(f): list(fp.portable()) for f, fp in checkpoint.fingerprints.items()},
         "device": kernel.name,
         "seconds": time.perf_counter() - started,
         "bytes_scanned": found.bytes_scanned,
@@ -400,7 +406,7 @@ def _share_values(share: dict[str, Any], job: RegionJob) -> str | None:
 
 def _what_changed(part: dict[str, Any], checkpoint: Checkpoint) -> str:
     then = part["fingerprints"]
-    now = {str(f): list(fp) for f, fp in checkpoint.fingerprints.items()}
+    now = {str(f): list(fp.portable()) for f, fp in checkpoint.fingerprints.items()}
     for file in sorted(set(then) | set(now)):
         if then.get(file) != now.get(file):
             verb = "appeared" if file not in then else "is gone" if file not in now else "changed"

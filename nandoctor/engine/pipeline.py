@@ -19,7 +19,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nandoctor.checkpoint.layout import fingerprint
 from nandoctor.checkpoint.opener import problem_of
 from nandoctor.engine.crcs import CrcLedger
 from nandoctor.engine.jobs import RegionJob
@@ -35,6 +34,7 @@ from nandoctor.engine.work import (
     scan_parts,
 )
 from nandoctor.errors import FileChangedError, NandoctorError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.kernels import Kernel
 from nandoctor.model import OwedCrc, ProgressCallback, ScanProblem
 from nandoctor.sources import READ_CHUNK_BYTES, ChunkSource, ThreadBuffers, open_source
@@ -52,7 +52,7 @@ class FileScan:
 
     file: Path
     source: ChunkSource
-    fingerprint: tuple[int, int]
+    fingerprint: FileIdentity
     pending: int = 0
     submitted_all: bool = False
     closed: bool = False
@@ -92,7 +92,7 @@ class Pipeline:
         self.opened: list[FileScan] = []
 
     def scan_file(
-        self, file: Path, jobs: list[RegionJob], print_: tuple[int, int], owed: Sequence[OwedCrc] = (),
+        self, file: Path, jobs: list[RegionJob], print_: FileIdentity, owed: Sequence[OwedCrc] = (),
         small: SmallTensors | None = None,
     ) -> None:
         """Read ``jobs`` (the file's regions that can hold NaN/Inf) and ``small`` (its small tensors as

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from nandoctor.crc import check_owed
 from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import ChunkOf, OwedCrc, ReadResult, ScanProblem, TensorRef, UnviewedBad
 from nandoctor.readers import safetensors as st
 from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata
@@ -35,14 +36,14 @@ from nandoctor.readers.torch.file import read_zip_at
 
 
 @lru_cache(maxsize=8)
-def _metadata(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> DcpMetadata | None:
+def _metadata(folder: Path, stamp: tuple[tuple[str, FileIdentity], ...]) -> DcpMetadata | None:
     del stamp  # part of the cache key only: a rewritten .metadata is read again
     return folder_metadata(folder)
 
 
 def metadata_for(folder: Path) -> DcpMetadata | None:
     """The folder's DCP metadata, read once per scan of its many ``.distcp`` files."""
-    stamp = tuple((str(f), *(lambda st_: (st_.st_size, st_.st_mtime_ns))(os.stat(f))) for f in dcp_metadata_files(folder))
+    stamp = tuple((str(f), fingerprint(f)) for f in dcp_metadata_files(folder))
     return _metadata(folder, stamp) if stamp else None
 
 

@@ -142,6 +142,7 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
             Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {_sources(plan)}")
             if restored
             else Text("  nothing to restore" + ("" if any(LEFT_ZEROED in n for n in plan.notes)
+                                                 else " among the tensors judged" if plan.excluded
                                                  else ": the target is already clean"))
         )
 
@@ -153,6 +154,18 @@ def _sources(plan: RepairPlan) -> str:
     donors = f"{len(used) - own} donor(s)"
     return donors + " and the tied partner(s) in the target" if own and len(used) > own else (
         "the tied partner(s) in the target" if own else donors)
+
+
+def _unjudged(plan: RepairPlan, out: str | None) -> str:
+    """What a repair with --only / --exclude leaves unsaid: the tensors it never judged, by name."""
+    from nandoctor.report.rich_report import safe
+    from nandoctor.wording import first_few
+
+    what = plan.selection.describe() if plan.selection is not None else "the selection"
+    names = first_few(list(plan.excluded_names), 5, quoted=True) or f"{plan.excluded:,} tensor(s)"
+    return (f"it is clean except the {plan.excluded:,} tensor(s) left out by {safe(what)}, which were not judged "
+            f"and still hold whatever they held, NaN/Inf included: {safe(names)} (`nandoctor scan {safe(out or 'OUT')}` "
+            "without those options judges them)")
 
 
 def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
@@ -184,6 +197,14 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
                 f"\n  proof: {safe(result.proof or '')}",
             ))
             return
+        if plan.excluded:  # never "clean", nor the source "fine": the left-out tensors were not judged
+            console.print(Text.assemble(
+                ("✓ NOTHING TO RESTORE", "bold green"),
+                f" among the tensors judged: wrote an unchanged, verified copy to {safe(result.out or '')} in "
+                f"{result.seconds:.2f} s; {_unjudged(plan, result.out)}",
+                f"\n  proof: {safe(result.proof or '')}",
+            ))
+            return
         console.print(
             Text.assemble(
                 ("✓ ALREADY CLEAN", "bold green"),
@@ -198,7 +219,7 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
             ("✓ REPAIRED", "bold green"),
             f": wrote {safe(result.out or '')} ({plan.tensors_restored} tensor(s) restored, "
             f"{patched} of {len(result.files)} scanned file(s) patched, {len(result.carried)} other file(s) carried over) "
-            f"in {result.seconds:.2f} s",
+            f"in {result.seconds:.2f} s" + (f"; {_unjudged(plan, result.out)}" if plan.excluded else ""),
             f"\n  proof: {safe(result.proof or '')}",
         )
     )

@@ -74,9 +74,9 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
-    from nandoctor.checkpoint.layout import fingerprint
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
+    from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, resolve_donors
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
@@ -162,7 +162,7 @@ def repair(
         check_out_of_donors(out_path, [c.path for c in catalogs])
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
-    plan = _with_selection(plan, report, selection)
+    plan = _with_selection(plan, report, selection, target_path)
     _refuse_growth_left(target, target_path, report, plan, baseline)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
     if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
@@ -214,15 +214,19 @@ def _in_pieces(
     return expand(plan, chunks, catalogs, partial(tensor_health, limits=limits), nonfinite_counts)
 
 
-def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None) -> RepairPlan:
-    """The plan with what ``--only`` / ``--exclude`` left out of it, counted and said in a note."""
+def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None, target: Path) -> RepairPlan:
+    """The plan with what ``--only`` / ``--exclude`` left out of it, counted, named (its headers read again:
+    the scan never listed them) and said in a note."""
+    from nandoctor.checkpoint.opener import open_checkpoint
+
     if selection is None:
         return plan
     excluded = report.extra.get("excluded") or {}
     count = int(excluded.get("tensors", 0))
+    names = tuple(dict.fromkeys(r.name for r in open_checkpoint(target).refs if not selection.keeps(r.name)))
     note = (f"{count:,} tensor(s) left out by {selection.describe()}: neither judged nor restored, "
             "carried over byte-identical")
-    return replace(plan, selection=selection, excluded=count, notes=(*plan.notes, note))
+    return replace(plan, selection=selection, excluded=count, excluded_names=names, notes=(*plan.notes, note))
 
 
 def _memo(scan_one: Callable[[Path], ScanReport]) -> Callable[[Path], ScanReport]:

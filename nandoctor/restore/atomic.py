@@ -2,81 +2,175 @@
 
 The repair is built in ``<parent>/.<name>.nandoctor-tmp-<pid>-<random>`` and
 renamed onto ``--out`` (which must not exist) only once it is written, synced
-and verified. A build that dies (SIGKILL, power loss) leaves only such a
-temporary folder; :func:`clean_stale` removes those whose process is gone, at
-the start of the next repair into the same parent folder.
+and verified. For its whole life, rename included, the building process holds
+an exclusive ``flock`` on the lock file beside it,
+``<parent>/.<name>.nandoctor-lock-<pid>-<random>``: the kernel (or the shared
+file system's lock manager) lets go of it only when the process ends, however it
+ends. So whether a temporary folder is still being built is asked of its lock,
+never of a pid, which another container or node cannot see (stale.py removes
+the folders and lock files of repairs that are gone). Beside the folder, not in
+it: ``--out`` never holds the lock file, and there is no instant unlocked.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import secrets
 import shutil
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor.errors import OutputExistsError
 
-_TEMP = re.compile(r"^\..+\.nandoctor-tmp-(\d+)-[0-9a-f]{8}$")
+_NAME = r"^(?P<stem>\..+)\.nandoctor-{}-(?P<pid>\d+)-(?P<tag>[0-9a-f]{{8}})$"
+_TEMP = re.compile(_NAME.format("tmp"))
+_LOCK = re.compile(_NAME.format("lock"))
+# A stale temporary folder is first renamed to this, then removed (stale.py): a name no repair ever builds in
+_TRASH = re.compile(r"^\..+\.nandoctor-trash-[0-9a-f]{8}$")
 _ACTIVE: set[str] = set()  # temp folders this process is building right now (API used from threads)
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
+# errors of a file system without (usable) locks: its folders are judged by the rule for lockless ones (stale.py)
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-def temp_name(out: Path) -> Path:
-    return out.parent / f".{out.name}.nandoctor-tmp-{os.getpid()}-{secrets.token_hex(4)}"
+@dataclass
+class TempFolder:
+    """A temporary folder this process builds a repair in, and the lock that says so."""
+
+    path: Path
+    lock: Path  # the lock file beside it
+    lock_fd: int | None  # holds an exclusive flock on ``lock``; None where the file system has no locks
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the folder: tells it from another at that name
+    moved: bool = False  # renamed onto --out: never removed
 
 
-def make_temp(out: Path) -> Path:
+def lock_of(temp: Path) -> Path:
+    """The lock file of the temporary folder ``temp`` (which need not exist)."""
+    match = _TEMP.match(temp.name)
+    assert match is not None, temp
+    return temp.with_name(f"{match['stem']}.nandoctor-lock-{match['pid']}-{match['tag']}")
+
+
+def folder_of(lock: Path) -> Path:
+    """The temporary folder that the lock file ``lock`` belongs to."""
+    match = _LOCK.match(lock.name)
+    assert match is not None, lock
+    return lock.with_name(f"{match['stem']}.nandoctor-tmp-{match['pid']}-{match['tag']}")
+
+
+def trash_name(temp: Path) -> Path:
+    match = _TEMP.match(temp.name)
+    stem = match["stem"] if match else f".{temp.name}"
+    return temp.with_name(f"{stem}.nandoctor-trash-{secrets.token_hex(4)}")
+
+
+def recorded_pid(name: str) -> int | None:
+    """The pid a temporary folder's name records (its builder's, in the builder's own pid namespace)."""
+    match = _TEMP.match(name)
+    return int(match["pid"]) if match else None
+
+
+def make_temp(out: Path) -> TempFolder:
     for _ in range(8):
-        candidate = temp_name(out)
+        folder = out.parent / f".{out.name}.nandoctor-tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        lock = lock_of(folder)
         try:
-            os.mkdir(candidate)
+            fd = _hold_lock(lock)  # first: the folder never exists unlocked
         except FileExistsError:
             continue
-        _ACTIVE.add(str(candidate))
-        return candidate
+        temp = TempFolder(folder, lock, fd)
+        try:
+            os.mkdir(folder)
+            st = os.stat(folder)
+        except BaseException as exc:
+            release(temp)
+            if isinstance(exc, FileExistsError):
+                continue
+            raise
+        temp.identity = (st.st_dev, st.st_ino)
+        _ACTIVE.add(str(folder))
+        return temp
     raise OutputExistsError(str(out.parent), "could not create a temporary folder for the repair")
 
 
-def forget(temp: Path) -> None:
-    _ACTIVE.discard(str(temp))
-
-
-def _alive(pid: int) -> bool:
+def _hold_lock(path: Path) -> int | None:
+    """Create the lock file, lock it, then write who holds it: a lock file with content is locked by its builder
+    for as long as that lives (stale.py reads an empty one as being made, never as left behind)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # Blocking: a clean-up that opened the new file in the instant before this lock holds it only while it
+        # finds the file empty, and lets go at once.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in NO_LOCKS:
+            os.unlink(path)
+            raise
+        return None  # no locks on this file system: its folders are judged by age (stale.py)
+    return fd
+
+
+def vanished(temp: TempFolder) -> bool:
+    """Whether the folder is no longer at its name (removed or moved away by another process)."""
+    if temp.moved:
         return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+    try:
+        st = os.lstat(temp.path)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != temp.identity
+
+
+def move_into_place(temp: TempFolder, out: Path) -> None:
+    rename_noreplace(temp.path, out)
+    temp.moved = True
+
+
+def discard(temp: TempFolder) -> None:
+    """Remove the folder unless it was moved onto --out (and only while it is still ours), then its lock."""
+    try:
+        if not temp.moved and not vanished(temp):
+            shutil.rmtree(temp.path, ignore_errors=True)
+    finally:
+        _ACTIVE.discard(str(temp.path))
+        release(temp)
+
+
+def release(temp: TempFolder) -> None:
+    """Unlink the lock file while still holding it, then let go (a clean-up that opened it meanwhile then holds
+    an unlinked file, which it tells from the lock of a folder: stale.py)."""
+    try:
+        os.unlink(temp.lock)
+    except FileNotFoundError:
+        pass
+    finally:
+        if temp.lock_fd is not None:
+            os.close(temp.lock_fd)
+            temp.lock_fd = None
+
+
+def is_active(path: str) -> bool:
+    return path in _ACTIVE
 
 
 def is_temp(name: str) -> bool:
-    return _TEMP.match(name) is not None
+    """A temporary folder of a repair, its lock file, or one being removed (never carried into a copy)."""
+    return any(pattern.match(name) is not None for pattern in (_TEMP, _LOCK, _TRASH))
 
 
-def clean_stale(parent: Path) -> list[Path]:
-    """Remove temporary repair folders in ``parent`` left by processes that no longer run."""
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMP.match(entry.name)
-        if not match or not entry.is_dir(follow_symlinks=False) or entry.path in _ACTIVE:
-            continue
-        pid = int(match.group(1))
-        # Our own pid with a folder we are not building: left by an earlier process that had this pid.
-        if pid != os.getpid() and _alive(pid):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(Path(entry.path))
-    return removed
+def kind(name: str) -> str | None:
+    """"temp", "lock" or "trash" for the names :func:`is_temp` accepts; None for others."""
+    for label, pattern in (("temp", _TEMP), ("lock", _LOCK), ("trash", _TRASH)):
+        if pattern.match(name):
+            return label
+    return None
 
 
 def fsync_path(path: Path) -> None:

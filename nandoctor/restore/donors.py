@@ -31,6 +31,7 @@ from nandoctor.errors import (
     CorruptCheckpointError,
     RepairRefusedError,
 )
+from nandoctor.fileidentity import FileIdentity
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
 from nandoctor.verdict import CONFIG_KIND
@@ -55,8 +56,8 @@ class CheckpointDonor:
         self._checks: dict[int, TensorCheck] = {}  # id(ref) → what reading it found (each tensor read once)
 
     @property
-    def fingerprints(self) -> dict[str, tuple[int, int]]:
-        """file → (size, mtime_ns) when its header was read (empty before ``refs()``)."""
+    def fingerprints(self) -> dict[str, FileIdentity]:
+        """file → its identity when its header was read (empty before ``refs()``)."""
         if self.checkpoint is None:
             return {}
         return {str(f): print_ for f, print_ in self.checkpoint.fingerprints.items()}

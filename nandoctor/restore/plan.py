@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from nandoctor.access import unreadable
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
+from nandoctor.fileidentity import FileIdentity
 from nandoctor.layers import layer_of
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
 from nandoctor.restore.convert import can_cast
@@ -54,8 +55,8 @@ class DonorCatalog(Protocol):
     step: int | None  # training step when known (checkpoint-N)
 
     @property
-    def fingerprints(self) -> Mapping[str, tuple[int, int]]:
-        """file → (size, mtime_ns) when its header was read: the writer checks nothing changed since."""
+    def fingerprints(self) -> Mapping[str, FileIdentity]:
+        """file → its identity when its header was read: the writer checks nothing changed since."""
 
     def refs(self) -> Mapping[str, TensorRef]:
         """Every tensor of the donor by name; raises NandoctorError when it cannot be read."""
@@ -155,6 +156,7 @@ class RepairPlan:
     allow_cast: bool = False
     selection: Selection | None = None  # --only / --exclude: the other tensors are neither judged nor restored
     excluded: int = 0  # how many tensors the selection left out (carried over byte-identical)
+    excluded_names: tuple[str, ...] = ()  # their names: never judged, so the result may not call them clean
     cast_helps: bool = False  # some tensor without a donor is held by a donor in another float dtype
     exclude_globs: tuple[str, ...] = ()  # --exclude patterns naming the optimizer state that has no donor
     # (donor, why) for each named donor that could not be read, when none could: the repair's error is theirs

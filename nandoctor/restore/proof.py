@@ -18,6 +18,7 @@ from typing import Any
 
 from nandoctor.checkpoint.hashes import PROOF_NAME
 from nandoctor.errors import NandoctorError, OutputExistsError, RepairRefusedError
+from nandoctor.fileidentity import FileIdentity
 from nandoctor.model import ScanReport
 from nandoctor.restore.plan import DonorInfo, RepairPlan, Restoration
 
@@ -45,7 +46,7 @@ class RepairResult:
     dry_run: bool = False
     notes: tuple[str, ...] = field(default=())
     diffs: dict[str, Any] = field(default_factory=dict)  # the output against the source and each donor
-    source_files: dict[str, tuple[int, int]] = field(default_factory=dict)  # the source's files read: (size, mtime_ns)
+    source_files: dict[str, FileIdentity] = field(default_factory=dict)  # the source's files read, as they were
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         "nandoctor_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": os.path.abspath(plan.target),
-        "source_files": {path: {"bytes": size, "mtime_ns": mtime} for path, (size, mtime) in result.source_files.items()},
+        "source_files": {path: found.recordable() for path, found in result.source_files.items()},
         "donors": [_donor(d) for d in plan.donors],
         "scope": plan.scope,
         "allow_cast": plan.allow_cast,
@@ -125,19 +126,21 @@ def write_proof(result: RepairResult, path: Path) -> None:
 
 
 def source_unchanged(proof: dict[str, Any], root: Path) -> bool:
-    """Whether the files a repair read (its proof's ``source_files``) are still those at ``root`` (size and
-    modification time, as the writer's own change check compares them); True for a proof that records none."""
-    from nandoctor.checkpoint.layout import fingerprint
+    """Whether the files a repair read (its proof's ``source_files``) are still those at ``root`` (size, times
+    and inode, as the writer's own change check compares them, less the device: FileIdentity.recordable); True
+    for a proof that records none."""
+    from nandoctor.fileidentity import fingerprint
 
     recorded = proof.get("source_files")
     if not isinstance(recorded, dict):
         return True  # (a proof written before source files were recorded)
     for path, was in recorded.items():
         try:
-            now = fingerprint(root / path)
+            now = fingerprint(root / path).recordable()
         except (OSError, ValueError):
             return False
-        if not isinstance(was, dict) or now != (was.get("bytes"), was.get("mtime_ns")):
+        # a proof of an earlier version records bytes and mtime_ns only: those are compared
+        if not isinstance(was, dict) or not was or any(now.get(key) != value for key, value in was.items()):
             return False
     return True
 

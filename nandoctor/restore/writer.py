@@ -28,10 +28,10 @@ from pathlib import Path
 
 from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import blob_roots
-from nandoctor.checkpoint.layout import fingerprint
-from nandoctor.errors import OutputExistsError, RepairFailedError, RepairRefusedError
+from nandoctor.errors import NandoctorError, OutputExistsError, RepairFailedError, RepairRefusedError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import ScanReport, TensorRef
-from nandoctor.restore import atomic
+from nandoctor.restore import atomic, stale
 from nandoctor.restore.copying import copy_file as _copy_file
 from nandoctor.restore.copying import write_weight
 from nandoctor.restore.moved import proof_diff
@@ -123,7 +123,7 @@ def write_repair(
     on_phase: Phase | None = None,
     notes: tuple[str, ...] = (),
     hash_all: bool = False,
-    inputs: Mapping[str, tuple[int, int]] | None = None,
+    inputs: Mapping[str, FileIdentity] | None = None,
     judge: Callable[[ScanReport], ScanReport] | None = None,
 ) -> RepairResult:
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
@@ -131,25 +131,26 @@ def write_repair(
     Every patched weight file is hashed (sha256) for the proof; with ``hash_all`` the unpatched
     copies too (hashed while copying, from the copy's own buffer: the CPU time of sha256 is the
     whole extra cost). ``inputs`` maps every source and donor file that was read when the repair was
-    planned to its (size, mtime_ns) then: a file that changes before the output is in place fails
-    the repair, because its new bytes were never checked. ``judge``: the verification scan judged as a scan of
-    the output in the source's place would be (within its run: checkpoint/runcontext.py)."""
+    planned to its identity then (fileidentity.py: size, times, inode): a file that changes, or is replaced,
+    before the output is in place fails the repair, because its new bytes were never checked. ``judge``: the
+    verification scan judged as a scan of the output in the source's place would be (within its run:
+    checkpoint/runcontext.py)."""
     started = time.perf_counter()
     out = tidy_out(out)
     inputs = inputs or {}
     progress, phase = progress or _noop, on_phase or _noop
     check_out(out, source)
     try:
-        atomic.clean_stale(out.parent)
+        stale.clean_stale(out.parent)
         copies, copy_notes, linked = _copy_list(source)
         _check_space(out.parent, sum(size for _, _, size in copies))
-        temp = atomic.make_temp(out)
+        building = atomic.make_temp(out)  # locked while this process lives (stale.py leaves it alone)
     except OSError as exc:  # e.g. a read-only parent folder: nothing was created
         raise RepairFailedError(
             f"{exc.filename or out.parent}: {exc.strerror or exc} (creating the repair's temporary folder)",
             "choose an --out in a folder you can write to",
         ) from exc
-    moved = False
+    temp = building.path
     # Weight files are copied (and hashed, and patched) one per core: sha256 and the copy's reads and writes
     # release the GIL. Each is written back to disk by its own thread, so a waiting fsync holds no copying slot.
     copier = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="nandoctor-copy")
@@ -214,10 +215,13 @@ def write_repair(
         atomic.fsync_tree(temp)
         phase("synced")
         _check_unchanged(inputs)  # the last moment before the output appears
-        atomic.rename_noreplace(temp, out)
-        moved = True
+        atomic.move_into_place(building, out)
         phase("renamed")
-    except OSError as exc:
+    except (OSError, NandoctorError) as exc:
+        if atomic.vanished(building):  # whatever failed first (a copy, the verification scan, the rename)
+            raise _removed_meanwhile(building, out) from exc
+        if not isinstance(exc, OSError):
+            raise
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk being written, never the source a copy read
             raise RepairFailedError(
                 f"{out}: {exc.strerror or exc} while writing the repair (the disk filled up after the space check); "
@@ -228,12 +232,20 @@ def write_repair(
     finally:
         for pool in (copier, syncer):
             pool.shutdown(wait=True, cancel_futures=True)  # no thread may still use temp when it is removed
-        atomic.forget(temp)
-        if not moved:
-            shutil.rmtree(temp, ignore_errors=True)
+        atomic.discard(building)  # removed unless it is at --out now; its lock let go
     with contextlib.suppress(OSError):  # the folder is in place; only its durability across a power cut is weaker
         atomic.fsync_path(out.parent)
     return result
+
+
+def _removed_meanwhile(building: atomic.TempFolder, out: Path) -> RepairFailedError:
+    return RepairFailedError(
+        f"{building.path}: the repair's temporary folder was removed by another process while the repair was being "
+        f"written; nothing was left at {out}",
+        f"something else cleans {out.parent} (a tmp cleaner, or an older nandoctor's repair into the same folder from "
+        "another container or node, which takes a temporary folder whose process it cannot see for a dead one): "
+        "stop it or choose another --out folder, then repair again",
+    )
 
 
 def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str], list[tuple[Path, str]]]:
@@ -315,8 +327,8 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
     return found, notes, linked
 
 
-def _within(inputs: Mapping[str, tuple[int, int]], root: Path) -> dict[str, tuple[int, int]]:
-    """The (size, mtime_ns) of the source's files read for the plan, by path relative to the source: the proof
+def _within(inputs: Mapping[str, FileIdentity], root: Path) -> dict[str, FileIdentity]:
+    """The identity of the source's files read for the plan, by path relative to the source: the proof
     records them, so that a repair is offered only for the checkpoint as it was (hints.verified_repair)."""
     found = {}
     for path, recorded in inputs.items():
@@ -336,7 +348,7 @@ def _leads_inside(path: Path, allowed: tuple[Path, ...]) -> bool:
     return any(root in resolved.parents for root in allowed)
 
 
-def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
+def _check_unchanged(inputs: Mapping[str, FileIdentity]) -> None:
     """Refuse to go on when a file read for the plan changed since (a training run still saving,
     ``save_total_limit`` rotating a donor away): its new bytes were never checked."""
     for path, before in inputs.items():
@@ -349,7 +361,8 @@ def _check_unchanged(inputs: Mapping[str, tuple[int, int]]) -> None:
             ) from None
         if now != before:
             raise RepairFailedError(
-                f"{path}: changed during the repair (its size or modification time differ from when it was planned)",
+                f"{path}: changed during the repair (its size, times or inode differ from when it was planned: "
+                "rewritten, or replaced by another file)",
                 "wait until whatever writes it has finished (a training run saving or rotating checkpoints), "
                 "then repair again",
             )
