@@ -107,10 +107,13 @@ def open_checkpoint(
     # from_pretrained raises on the file), and looking for them builds the model for nothing. Compared once every
     # model weight file reads.
     unread = any(file not in checkpoint.refs_by_file and file_role(file.name) is None for file in files.files)
-    shape_problems, shape_notes = ([], []) if unread else loadability.architecture_problems(files, stored)
+    # (every name under a training wrapper's prefix: the one cause of every weight the model would call missing)
+    wrapped = loadability.wrapped_names(files, stored.names)
+    skip = unread or bool(wrapped)
+    shape_problems, shape_notes = ([], []) if skip else loadability.architecture_problems(files, stored)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
-    checkpoint.problems += loadability.wrapped_names(files, stored.names)
+    checkpoint.problems += wrapped
     checkpoint.problems += quantized.problems(files.root, stored.names, stored.shapes, stored.dtypes)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
