@@ -74,6 +74,15 @@ class ChunkOf:
     flat: bool = False
 
 
+PICKLED_FLOAT = "pickled float"  # the region key of a Python float read as a tensor (readers/torch/quantized.py)
+
+
+def is_pickled_float(ref: TensorRef) -> bool:
+    """Whether ``ref`` is a non-finite Python float of a pickle (an optimizer's learning rate), not a tensor: no
+    repair restores it (a donor holds the finite value as a float no scan reads)."""
+    return ref.region.key.startswith(PICKLED_FLOAT)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorRef:
     """Where one named tensor's elements live, without reading them."""

@@ -24,7 +24,7 @@ from typing import Any
 from nandoctor.checkpoint.roles import holds_sentinels
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
-from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict
+from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict, is_pickled_float
 from nandoctor.wording import first_few
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
@@ -554,6 +554,14 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
     if not rows or any(roles[i] != "optimizer" for i in rows):
         return []
     return [tensors.refs.names[i] for i in rows]
+
+
+def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
+    """Whether every tensor of ``report`` with a ``failing`` finding is a pickled Python float (an optimizer's
+    NaN learning rate or betas, readers/torch/quantized.py): a repair restores tensors, not those."""
+    tensors, wanted = report.tensors, set(failing)
+    rows = [i for i in tensors.flagged if not wanted.isdisjoint(tensors.findings[i])]
+    return bool(rows) and all(is_pickled_float(tensors.refs[i]) for i in rows)
 
 
 # How each trainer names gradient clipping, for the advice to resume with it

@@ -33,6 +33,7 @@ from nandoctor.readers import safetensors as st
 from nandoctor.readers.dcp_metadata import DcpItem, DcpMetadata, folder_metadata
 from nandoctor.readers.formats import DCP, ZIP_LOCAL_MAGIC, dcp_metadata_files, looks_safetensors
 from nandoctor.readers.torch.file import read_zip_at
+from nandoctor.readers.torch.names import PARAM_GROUPS
 
 
 @lru_cache(maxsize=8)
@@ -115,7 +116,8 @@ def _read_item(
     if head.startswith(ZIP_LOCAL_MAGIC):
         # (a tensor item: dcp.load reads it with torch.load(weights_only=True); a pickled object with weights_only=False)
         read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True,
-                           loader=DCP_TENSOR_LOADER if item.chunk_offsets is not None else None)
+                           loader=DCP_TENSOR_LOADER if item.chunk_offsets is not None else None,
+                           in_groups=PARAM_GROUPS in item.fqn.split("."))
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         # NaN/Inf outside tensors (a numpy array in a pickled object: dcp.load gives it back) under the item's name
         unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.kind == "numpy"

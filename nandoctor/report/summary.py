@@ -145,6 +145,11 @@ def finding_ranges(report: ScanReport, findings: Collection[str] = SEVERITY) -> 
     return out
 
 
+def _failing_names(report: ScanReport, failing: Collection[str]) -> list[str]:
+    tensors = report.tensors
+    return [tensors.refs.names[i] for i in tensors.flagged if not set(failing).isdisjoint(tensors.findings[i])]
+
+
 def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     """What to do about one checkpoint, from the health verdict.py gave it and what fails the gate
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
@@ -173,26 +178,34 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
         optimizer = verdicts.optimizer_only(report, failing)
-        if optimizer and not report.unviewed:
-            steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}); the model weights are healthy, so the "
-                         "model loads and generates, but resuming training from this checkpoint restores the bad "
-                         "state: resume from an earlier checkpoint instead")
-        outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
-        unviewed = [u.file for u in outside]
-        for file in dict.fromkeys(u.file for u in outside if u.kind != "numpy"):  # no repair by name restores them
-            steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
-                      f"    {resave_command(file)}"]
-        for u in outside:
-            if u.kind == "numpy":
-                steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
-                             "checkpoint); a repair restores tensors only")
-        in_place = use_verified_repair_of(report.target)
-        if in_place and not unviewed:
-            steps += in_place
-        elif report.bad_tensors or not unviewed:
-            lead = "then r" if unviewed or config_first else "or r" if optimizer else "r"
-            steps += [f"{lead}estore the bad tensors from an earlier checkpoint with",
-                      f"    {repair_command(report)}"]
+        floats = verdicts.only_pickled_floats(report, failing)
+        if floats:  # (no tensor to restore: a repair would find no donor for them)
+            steps.append(f"only the optimizer's settings are bad ({first_few(optimizer or _failing_names(report, failing), 2)}: "
+                         "Python floats of its param_groups); the model weights are healthy, so the model loads and "
+                         "generates, but resuming training from this checkpoint restores them, and a NaN learning rate "
+                         "makes every weight NaN at the next step: resume from an earlier checkpoint instead (a repair "
+                         "restores tensors, not these)")
+        else:
+            if optimizer and not report.unviewed:
+                steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}); the model weights are healthy, so the "
+                             "model loads and generates, but resuming training from this checkpoint restores the bad "
+                             "state: resume from an earlier checkpoint instead")
+            outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
+            unviewed = [u.file for u in outside]
+            for file in dict.fromkeys(u.file for u in outside if u.kind != "numpy"):  # no repair by name restores them
+                steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
+                          f"    {resave_command(file)}"]
+            for u in outside:
+                if u.kind == "numpy":
+                    steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
+                                 "checkpoint); a repair restores tensors only")
+            in_place = use_verified_repair_of(report.target)
+            if in_place and not unviewed:
+                steps += in_place
+            elif report.bad_tensors or not unviewed:
+                lead = "then r" if unviewed or config_first else "or r" if optimizer else "r"
+                steps += [f"{lead}estore the bad tensors from an earlier checkpoint with",
+                          f"    {repair_command(report)}"]
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
         wider = "fp32" if dtype == "bf16" else "bf16 or fp32"

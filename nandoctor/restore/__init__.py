@@ -21,6 +21,7 @@ from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import PathLike, ScanReport, TensorRef
 from nandoctor.restore.plan import (
+    PICKLED_FLOAT_WHY,
     DonorInfo,
     RepairPlan,
     Restoration,
@@ -365,6 +366,14 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
             (failure.hint + "; " if failure.hint else "")
             + "--from takes a checkpoint: a weights file, a checkpoint folder, a model name in the cache, or auto",
             plan=plan,
+        )
+    floats = [u.name for u in plan.unrestorable if u.reasons and all(r.endswith(PICKLED_FLOAT_WHY) for r in u.reasons)]
+    if floats and len(floats) == len(plan.unrestorable):
+        raise RepairRefusedError(
+            f"{plan.target}: only the optimizer's settings are bad ({first_few(floats, 3, quoted=True)}: Python floats "
+            "of its param_groups, not tensors), which a repair does not restore; nothing was written",
+            "resume training from an earlier checkpoint (`nandoctor scan` of the run names the last healthy one), or "
+            "from this one with a fresh optimizer state (without its optimizer file)",
         )
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]

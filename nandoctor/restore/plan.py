@@ -33,7 +33,7 @@ from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity
 from nandoctor.layers import layer_of
-from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad
+from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad, is_pickled_float
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
 from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, ZEROED, Growth, tensor_growth
@@ -289,6 +289,8 @@ def _describe(catalog: DonorCatalog) -> str:
 
 
 _NOT_FOUND = "not found"
+PICKLED_FLOAT_WHY = ("a Python float of the optimizer's param_groups (its learning rate, betas), not a tensor: a repair "
+                     "restores tensors only")
 
 
 def _candidate(
@@ -297,6 +299,8 @@ def _candidate(
     """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not: with a
     ``baseline``, a weight whose bulk grew past it (by the target's name: the run's) is none."""
     target = result.ref
+    if is_pickled_float(target):  # (a donor's finite value is a float no scan reads, and data.pkl is not patched)
+        return PICKLED_FLOAT_WHY
     names, why = donor.candidates(target.name)
     if why:
         return why

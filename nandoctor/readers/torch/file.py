@@ -40,7 +40,7 @@ from nandoctor.readers.torch import numpy_arrays, weights_only
 from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import LEGACY_PICKLES, NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, walk
-from nandoctor.readers.torch.quantized import scale_refs
+from nandoctor.readers.torch.quantized import pickled_float_refs, scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
 from nandoctor.readers.torch.stubs import (
@@ -109,11 +109,12 @@ class TorchReader:
 
 
 def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bool = False,
-                loader: str | None = None) -> ReadResult:
+                loader: str | None = None, in_groups: bool = False) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
     own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``.
-    ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words."""
-    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader)
+    ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words;
+    ``in_groups``: the stream is a value of an optimizer's param_groups (DCP's ``optim.param_groups.0.lr``)."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader, in_groups)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
@@ -173,7 +174,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
 
 
 def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False,
-              loader: str | None = None) -> ReadResult:
+              loader: str | None = None, in_groups: bool = False) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -230,7 +231,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
 
     with _pickle_context(path, "data.pkl"):
         loaded = restricted_load(data, persistent_load, offset=pickle_entry.data_offset)
-        walked = walk(loaded.value, prefix=_name_prefix(path))
+        walked = walk(loaded.value, prefix=_name_prefix(path), in_groups=in_groups)
         add_unreached(walked, loaded.built, _name_prefix(path))
 
     blocks: dict[str, StorageBlock] = {}
@@ -267,6 +268,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
     built = build_refs(path, walked, declared, blocks, byteorder)
     with _pickle_context(path, "data.pkl"):
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
+        built.refs += pickled_float_refs(path, walked.group_floats, loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = _unread_tensors(path, loaded.placeholders, built)
     # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
@@ -384,6 +386,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     built = build_refs(path, walked, legacy.declared, legacy.blocks, legacy.byteorder)
     with _pickle_context(path, "pickled data"):
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], legacy.float_offsets)
+        built.refs += pickled_float_refs(path, walked.group_floats, legacy.float_offsets)
     notes = _notes(path, tuple(legacy.placeholders), walked, built)
     notes.insert(
         0,

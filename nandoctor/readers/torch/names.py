@@ -34,6 +34,7 @@ MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects coun
 # little (a state dict saved under two keys); a pickle memo makes 2**40 paths from 40 lists ([x, x] nested),
 # so this bound keeps such a bomb to a fraction of a second.
 MAX_SHARED_NODES = 250_000
+PARAM_GROUPS = "param_groups"  # an optimizer state dict's hyperparameters (torch.optim.Optimizer.state_dict)
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
 # repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
@@ -68,11 +69,15 @@ class Walk:
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
+    # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps): not tensors, but a
+    # resume restores them, and one NaN lr makes every weight NaN at the next step
+    group_floats: list[tuple[str, float]] = field(default_factory=list)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
     # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
     _scalars_are_state: bool = False
+    _in_groups: bool = False  # the whole pickle is a value of an optimizer's param_groups (walk's in_groups)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -131,9 +136,10 @@ def parameter_names(optimizer: dict) -> dict[Any, str]:
     return mapping
 
 
-def walk(root: Any, prefix: str = "") -> Walk:
-    """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name."""
-    out = Walk()
+def walk(root: Any, prefix: str = "", in_groups: bool = False) -> Walk:
+    """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name. ``in_groups``:
+    ``root`` lies in an optimizer's param_groups (a DCP item of one), so its non-finite floats are kept."""
+    out = Walk(_in_groups=in_groups)
     if isinstance(root, dict):
         out._top = 1 if prefix else 0
         out._trainer_checkpoint = is_trainer_checkpoint(
@@ -173,7 +179,10 @@ def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
 
 def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
     if isinstance(value, _LEAVES):
-        return  # numbers and strings hold no tensors (and are not counted: a long list of ints is fine)
+        # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
+        if value.__class__ is float and not math.isfinite(value) and (out._in_groups or PARAM_GROUPS in path):
+            out.group_floats.append((".".join(path), value))
+        return
     out._nodes += 1
     if out._nodes > MAX_NODES:
         raise WalkLimitError(f"the pickled objects have more than {MAX_NODES:,} parts")
@@ -243,7 +252,9 @@ def _children(value: Any, out: Walk) -> list[tuple[str, Any]]:
             children += [(f"<key {i}>", k) for i, k in enumerate(dict.keys(extra)) if not isinstance(k, _LEAVES)]
         return children
     if isinstance(value, (list, tuple)):
-        return [(str(i), v) for i, v in enumerate(value) if not isinstance(v, _LEAVES)]
+        # (leaves skipped, but a non-finite float: Adam's betas are a tuple in a param group)
+        return [(str(i), v) for i, v in enumerate(value)
+                if not isinstance(v, _LEAVES) or (v.__class__ is float and not math.isfinite(v))]
     if isinstance(value, (set, frozenset)):
         return [(str(i), v) for i, v in enumerate(value)]
     if isinstance(value, Placeholder):

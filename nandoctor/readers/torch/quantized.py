@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nandoctor.model import Region, TensorRef
+from nandoctor.model import PICKLED_FLOAT, Region, TensorRef
 from nandoctor.readers.torch.stubs import PickleFormatError, RefusesBuild, TensorStub
 
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -77,16 +77,21 @@ def scale_refs(path: str, named: list[tuple[str, TensorStub]], float_offsets: Ma
     ``float_offsets`` maps each non-finite BINFLOAT's 8 bytes to where they lie in the file. Raises
     PickleFormatError for a non-finite scale that no BINFLOAT wrote.
     """
+    scales = [(f"{name}.<scale>", stub.quantizer.scale) for name, stub in named
+              if stub.quantizer is not None and stub.quantizer.scale is not None
+              and not math.isfinite(stub.quantizer.scale)]
+    return pickled_float_refs(path, scales, float_offsets)
+
+
+def pickled_float_refs(path: str, floats: list[tuple[str, float]], float_offsets: Mapping[bytes, int]) -> list[TensorRef]:
+    """One F64 tensor of no dimensions per non-finite pickled Python float (``floats``: name, value), at the 8
+    bytes of the BINFLOAT opcode that wrote it (a quantizer's scale, an optimizer's learning rate), so that it is
+    counted, judged and located as a tensor's element is. Raises PickleFormatError for one that no BINFLOAT wrote."""
     refs = []
-    for name, stub in named:
-        quantizer = stub.quantizer
-        if quantizer is None or quantizer.scale is None or math.isfinite(quantizer.scale):
-            continue
-        raw = struct.pack(">d", quantizer.scale)
-        at = float_offsets.get(raw)
+    for name, value in floats:
+        at = float_offsets.get(struct.pack(">d", value))
         if at is None:
-            raise PickleFormatError(f"quantized tensor {name!r} has a non-finite scale that is not stored as "
-                                    "a binary float; it cannot be pointed at")
-        region = Region(path, at, 8, "F64", f"scale of {name}", byteorder="big")
-        refs.append(TensorRef(f"{name}.<scale>", "F64", (), region, 0, ()))
+            raise PickleFormatError(f"{name!r} is a non-finite float that is not stored as a binary float; it "
+                                    "cannot be pointed at")
+        refs.append(TensorRef(name, "F64", (), Region(path, at, 8, "F64", f"{PICKLED_FLOAT} {name}", byteorder="big"), 0, ()))
     return refs

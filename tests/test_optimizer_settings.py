@@ -1,0 +1,110 @@
+"""NaN/Inf Python floats of an optimizer's param_groups (its learning rate, betas, eps): not tensors, but a resume
+restores them, and one NaN learning rate makes every weight NaN at the next step.
+
+A GGUF/DCP trial: a NaN ``lr`` in ``optimizer.pt`` (and in a DCP checkpoint's ``optim.param_groups.0.lr``) passed
+CLEAN, while ``torch.load``/``dcp.load`` gave it back and one AdamW step from it made all 64 weights NaN. The
+oracles here are the loaders and that step; a scheduler's legitimate ``best = inf`` stays clean.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nandoctor  # noqa: E402
+from tests.conftest import DEMO_RUN, run_cli  # noqa: E402
+
+
+def _optimizer_state(lr: float = 1e-3, beta2: float = 0.999) -> dict:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    state["param_groups"][0]["lr"] = lr
+    state["param_groups"][0]["betas"] = (0.9, beta2)
+    return state
+
+
+def _resumed_weights_finite(state: dict) -> bool:
+    """The oracle: load the state into a fresh AdamW over a model and take one step."""
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer.load_state_dict(state)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_nan_learning_rate_in_optimizer_pt_fails_and_says_resume_not_repair(tmp_path, legacy):
+    run = tmp_path / "run"
+    for step, lr, beta2 in ((100, 1e-3, 0.999), (200, math.nan, math.inf)):
+        folder = run / f"checkpoint-{step}"
+        shutil.copytree(DEMO_RUN / "checkpoint-100", folder)
+        torch.save(_optimizer_state(lr, beta2), folder / "optimizer.pt", _use_new_zipfile_serialization=not legacy)
+    loaded = torch.load(run / "checkpoint-200" / "optimizer.pt", weights_only=True)
+    assert math.isnan(loaded["param_groups"][0]["lr"]) and not _resumed_weights_finite(loaded)
+    assert _resumed_weights_finite(torch.load(run / "checkpoint-100" / "optimizer.pt", weights_only=True))
+
+    healthy = nandoctor.scan(str(run / "checkpoint-100"), device="cpu")
+    assert healthy.exit_code == 0 and not [n for n in healthy.tensors.refs.names if "param_groups" in n]
+    report = nandoctor.scan(str(run / "checkpoint-200"), device="cpu")
+    assert report.exit_code == 1 and report.health == "poisoned"
+    bad = {t.name: (t.nan, t.posinf, t.neginf, t.ref.role) for t in report.tensors if t.findings}
+    assert bad == {"optimizer.param_groups.0.lr": (1, 0, 0, "optimizer"),
+                   "optimizer.param_groups.0.betas.1": (0, 1, 0, "optimizer")}
+
+    done = run_cli("scan", str(run / "checkpoint-200"))
+    text = " ".join(done.output.split())
+    assert done.exit_code == 1 and "only the optimizer's settings are bad" in text
+    assert "resume from an earlier checkpoint instead" in text and "nandoctor repair" not in text
+    whole = " ".join(run_cli("scan", str(run)).output.split())
+    assert f"next: resume from {run / 'checkpoint-100'}: only the optimizer settings of checkpoint-200" in whole
+
+    out = tmp_path / "fixed"
+    refused = run_cli("repair", str(run / "checkpoint-200"), "--from", "auto", "--out", str(out))
+    assert refused.exit_code == 3 and not out.exists()
+    assert "only the optimizer's settings are bad" in " ".join(refused.output.split())
+
+
+def test_non_finite_floats_outside_param_groups_stay_clean(tmp_path):
+    """A ReduceLROnPlateau's best (inf before its first metric) is what the scheduler saves by design."""
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    assert math.isinf(scheduler.state_dict()["best"])
+    torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "model": model.state_dict()},
+               tmp_path / "state.pt")
+    assert len(nandoctor.scan(str(tmp_path / "scheduler.pt"), device="cpu").tensors) == 0  # (its infs are no tensors)
+    report = nandoctor.scan(str(tmp_path / "state.pt"), device="cpu")
+    assert report.exit_code == 0 and sorted(report.tensors.refs.names) == ["model.bias", "model.weight"]
+
+
+def test_a_nan_learning_rate_in_a_dcp_checkpoint_is_found_under_its_item(tmp_path):
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    weights, state = get_state_dict(model, optimizer)
+    state["param_groups"][0]["lr"] = math.nan
+    dcp.save({"model": weights, "optim": state}, checkpoint_id=str(tmp_path / "step-2"))
+    keys = [k for k in dcp.FileSystemReader(str(tmp_path / "step-2")).read_metadata().state_dict_metadata
+            if k.startswith("optim.param_groups.") and k.endswith(".lr")]
+    assert len(keys) == 1
+    loaded = {"model": model.state_dict(), "optim": get_state_dict(model, optimizer)[1]}
+    dcp.load(loaded, checkpoint_id=str(tmp_path / "step-2"))
+    assert math.isnan(loaded["optim"]["param_groups"][0]["lr"])
+    report = nandoctor.scan(str(tmp_path / "step-2"), device="cpu")
+    assert report.exit_code == 1
+    assert {t.name: (t.nan, t.ref.role) for t in report.tensors if t.findings} == {keys[0]: (1, "optimizer")}
