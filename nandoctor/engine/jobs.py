@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nandoctor.blockfields import weight_ceiling
 from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
@@ -176,6 +177,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         job.info = facts[0]
         if not blocks:  # a cast dequantizes: the scales themselves are never cast
             job.threshold, job.own_ceiling = facts[1], facts[2]
+        elif job.info is not None:  # (the ceiling is the weights': a scale field's own is lower by the codes' range)
+            job.info = lane_info(spec, weight_ceiling(limits.ceiling(spec.name), job.region.blocks))
     return list(by_region.values())
 
 

@@ -174,7 +174,10 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     if not spec.can_hold_nonfinite:
         return TensorCheck(None, None)
     kernel = select_kernel("cpu")
-    info = lane_info(spec, limits.ceiling(spec.name))
+    from nandoctor.blockfields import weight_ceiling
+
+    ceiling = weight_ceiling(limits.ceiling(spec.name), ref.region.blocks)
+    info = lane_info(spec, ceiling)
     census = Census()
     bad = lanes = 0
     small = nbytes(ref) < SMALL_REGION_BYTES  # (then one block: the scan reads such a tensor whole)
@@ -191,7 +194,8 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     if ref.role != "weight":
         return TensorCheck(None, scale)
     if census.exploded:
-        return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g})", scale)
+        return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g}"
+                           f"{'' if ref.region.blocks is None else ': scale fields above ' + format(ceiling, 'g')})", scale)
     threshold = census.outlier_threshold(info, limits)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
         return TensorCheck(None, scale)

@@ -1,0 +1,55 @@
+"""The exploded ceiling of a block-quantized GGUF tensor is applied to its weights, not to its scale fields.
+
+A GGUF trial: Q8_0 scales of 1,490 (weights up to 1.9e5 once dequantized) passed CLEAN, since the census compared
+the scale fields themselves with the fp16 ceiling of 2^14; the same values stored as F32 were EXPLODED. A weight is
+its block's scale times a code (times a K-quant's sub-block scale): blockfields.WEIGHT_PER_SCALE bounds that
+product per type, checked here against gguf.quants.dequantize (ggml's own arithmetic) on random blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nandoctor.blockfields import WEIGHT_PER_SCALE
+from nandoctor.engine import scan
+from tests.gguf_files import LAYOUTS, blocks, gguf, quant_type, write
+
+NAME = "blk.0.attn_q.weight"
+
+
+@pytest.mark.parametrize("kind", [k for k in LAYOUTS if k in WEIGHT_PER_SCALE and k != "Q8_K"])  # (gguf cannot dequantize Q8_K)
+def test_the_weight_per_scale_bound_holds_and_is_reached(kind: str) -> None:
+    """No weight dequantizes above the bound times its block's largest scale field, and random blocks reach
+    at least 70 % of it (the bound is not loose: a healthy tensor judged by it is judged by its real weights)."""
+    _, _, offset, count, _ = LAYOUTS[kind]
+    ratios = []
+    for seed in range(8):
+        raw = blocks(kind, 256, seed=seed)
+        weights = gguf.quants.dequantize(raw.reshape(-1), quant_type(kind)).reshape(256, -1)
+        fields = np.abs(raw[:, offset : offset + 2 * count].copy().view(np.float16).astype(np.float32)).max(axis=1)
+        ratios.append(float((np.abs(weights).max(axis=1) / fields).max()))
+    assert max(ratios) <= WEIGHT_PER_SCALE[kind] and max(ratios) >= 0.7 * WEIGHT_PER_SCALE[kind], ratios
+
+
+def _quantized(path: Path, weights: np.ndarray, kind: str) -> Path:
+    raw = gguf.quants.quantize(weights, quant_type(kind))
+    return write(path, [(NAME, raw.reshape(-1, LAYOUTS[kind][1]), kind)], shapes={NAME: weights.shape[::-1]})
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q5_0"])  # (Q4_1 stores its block minimum, a weight, as a field)
+def test_weights_past_the_ceiling_are_exploded_whatever_their_scales(tmp_path: Path, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    healthy = (rng.standard_normal((64, 256)) * 3).astype(np.float32)  # (|w| up to ~15: large for a weight)
+    (t,) = scan(_quantized(tmp_path / "ok.gguf", healthy, kind), device="cpu").tensors
+    assert t.findings == ()
+    grown = healthy * 2000  # dequantized up to ~3e4, above fp16's 2^14, the scales still far below it
+    path = _quantized(tmp_path / "grown.gguf", grown, kind)
+    (tensor,) = gguf.GGUFReader(str(path)).tensors
+    values = gguf.quants.dequantize(tensor.data, quant_type(kind))
+    assert np.abs(values).max() > 2**14
+    report = scan(path, device="cpu")
+    (t,) = report.tensors
+    assert t.max_abs is not None and t.max_abs < 2**14  # (max_abs of a quantized tensor: its largest scale)
+    assert "exploded" in t.findings and report.exit_code == 1
