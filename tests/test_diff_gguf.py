@@ -299,3 +299,20 @@ def test_signalling_nans_give_no_numpy_warning(tmp_path: Path) -> None:
     for name in sd:
         assert (entries[name]["changed"], entries[name]["nonfinite_a_only"], entries[name]["first_nonfinite_a_only"]) == (
             1, 1, {"f32": 7, "f16": 3, "bf16": 5}[name])
+
+
+def test_a_gguf_against_the_hugging_face_names_it_came_from_says_nothing_was_compared(tmp_path: Path) -> None:
+    """A trial: a GGUF converted from a safetensors checkpoint (llama.cpp's names) diffed against it said
+    "6 of 6 tensors differ" and nothing else (0 B read): every tensor only on one side, no word why."""
+    rng = np.random.default_rng(0)
+    embedding = (rng.standard_normal((64, 32)) * 0.05).astype(np.float32)
+    gguf_file = write(tmp_path / "conv.gguf", [("token_embd.weight", embedding, None),
+                                               ("output_norm.weight", np.ones(32, np.float32), None)])
+    save_numpy({"model.embed_tokens.weight": embedding, "model.norm.weight": np.ones(32, np.float32)},
+               str(tmp_path / "hf.safetensors"))
+    report = nandoctor.diff(str(gguf_file), str(tmp_path / "hf.safetensors"))
+    assert {t.status for t in report.tensors} == {"only_a", "only_b"}
+    assert any("no tensor name of A is one of B's (A is GGUF" in n and "nothing was compared" in n
+               for n in report.notes), report.notes
+    same = nandoctor.diff(str(gguf_file), str(gguf_file))
+    assert not any("nothing was compared" in n for n in same.notes)

@@ -90,6 +90,14 @@ def diff_checkpoints(
     notes += [f"{side}: {p.path}: {p.message}" for side, c in (("A", a), ("B", b)) for p in c.problems if p.kind in aside]
     pairs, ambiguous = pair_tensors(a, b)
     problems += ambiguous
+    if pairs and all(pair.a is None or pair.b is None for pair in pairs) and any(p.a for p in pairs) \
+            and any(p.b for p in pairs):
+        # (every tensor "only in A" or "only in B": the two name their tensors apart, nothing was compared)
+        gguf = [side for side, c in (("A", a), ("B", b)) if any(str(f).endswith(".gguf") for f in c.files.files)]
+        why = (f" ({' and '.join(gguf)} {'is' if len(gguf) == 1 else 'are'} GGUF, whose names are llama.cpp's: "
+               "blk.N.attn_q.weight, where a Hugging Face checkpoint has model.layers.N.self_attn.q_proj.weight)"
+               if len(gguf) == 1 else "")
+        notes.append(f"no tensor name of A is one of B's{why}: nothing was compared, every tensor is only on one side")
 
     work: list[Work] = []
     slot: dict[int, int] = {}  # pair index → index in work
