@@ -140,8 +140,8 @@ def mismatch(owed: OwedCrc, value: int) -> ScanProblem | None:
         owed.path,
         f"storage {owed.label} fails its CRC-32 check (zip says {owed.expected:08x}, bytes give {value:08x}): "
         f"its bytes changed after saving, so values in {owed.tensors or 'it'} cannot be trusted, NaN or not",
-        "re-download or re-copy the file; if it was written this way, restore these tensors from an "
-        "earlier checkpoint",
+        "re-download or re-copy the file from where it was saved; without a good copy, resume from an earlier "
+        "checkpoint (a repair needs the bytes the file recorded: it refuses this one)",
     )
 
 
