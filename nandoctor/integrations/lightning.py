@@ -186,6 +186,33 @@ class NanDoctorCallback(Callback):
         if self._clean.pop(str(path), None) is not None:
             self._sync()
 
+    def loading(self, path: Path) -> None:
+        """``fit(ckpt_path=…)`` is about to resume from ``path``: a file whose own verdict in ``nandoctor.json`` failed
+        (``ckpt_path="last"`` takes last.ckpt, often the save that broke) would have training go on from bad weights
+        until the next save. Raised with ``stop_on_nonfinite``, logged as an error otherwise."""
+        try:
+            data = read_json(path.parent / REPORT_NAME, follow_links=False)
+        except (OSError, ValueError):
+            return  # (no verdict written: nothing known)
+        entries = data.get("checkpoints") if isinstance(data, dict) else None
+        entry = entries.get(path.name) if isinstance(entries, dict) else None
+        if not isinstance(entry, dict) or passed_in(entry):
+            return
+        summary = entry.get("summary")
+        verdict = summary.get("verdict") if isinstance(summary, dict) else None
+        clean = data.get("last_clean")
+        instead = (f"resume from the last clean one instead: fit(ckpt_path={str(path.parent / clean)!r})"
+                   if isinstance(clean, str) and (path.parent / clean).exists() else
+                   "no file of this run passed: start again from the base model")
+        message = (f"resuming from {path}, which failed nandoctor's check when it was saved"
+                   f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; "
+                   f"{instead}")
+        if self.stop_on_nonfinite:
+            from nandoctor.errors import NonFiniteWeightsError
+
+            raise NonFiniteWeightsError(f"nandoctor: {message}", f"`nandoctor scan {path.parent}` shows the run")
+        logger.error("nandoctor: %s", message)
+
     def saved(self, trainer: Trainer, path: Path) -> None:
         """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""
         step = trainer.global_step
@@ -408,6 +435,7 @@ class _ScanningCheckpointIO(CheckpointIO):
         self.doctor.saved(self.trainer, Path(path))
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        self.doctor.loading(Path(path))
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: Any) -> None:

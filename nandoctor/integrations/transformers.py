@@ -164,6 +164,8 @@ class NanDoctorCallback(TrainerCallback):
             self.last_clean = self._previous_clean(args)  # a resumed run: verdicts are on disk
             if self.last_clean:
                 self._protect(args, state)
+        if state.global_step > 0:
+            self._refuse_a_failed_resume_point(args, state)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
@@ -242,6 +244,30 @@ class NanDoctorCallback(TrainerCallback):
             )
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
+        """A run resumed from a checkpoint whose own nandoctor.json says it failed (``resume_from_checkpoint=True``
+        takes the newest, and the newest is often the one that broke): training would go on from the bad
+        weights until the next save. Raised with ``stop_on_nonfinite``, logged as an error otherwise."""
+        folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
+        try:
+            data = read_json(folder / REPORT_NAME, follow_links=False)
+        except (OSError, ValueError):
+            return  # (no verdict written: nothing known)
+        if passed_in(data):
+            return
+        summary = data.get("summary") if isinstance(data, dict) else None
+        verdict = summary.get("verdict") if isinstance(summary, dict) else None
+        instead = (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
+                   if self.last_clean else "no checkpoint of this run passed: start again from the base model")
+        message = (f"resuming from {folder}, which failed nandoctor's check when it was saved"
+                   f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; "
+                   f"{instead}")
+        if self.stop_on_nonfinite:
+            from nandoctor.errors import NonFiniteWeightsError
+
+            raise NonFiniteWeightsError(f"nandoctor: {message}", f"`nandoctor scan {args.output_dir}` shows the run")
+        logger.error("nandoctor: %s", message)
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:
         """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
@@ -401,6 +427,13 @@ class NanDoctorCallback(TrainerCallback):
             found = [str(p) for _, p in checkpoints_in(Path(args.output_dir or "."))]
         except OSError:
             return
+        passed = {str(Path(p)) for _, p in self._passed}
+        if found and found[-1] not in passed and found[-1] not in keep:
+            # (the run's newest save failed: kept beside the resume point, one over the limit, so that the run's scan
+            # and a gate after training see that it broke; deleted, the run would look healthy to both)
+            keep.add(found[-1])
+            logger.warning("nandoctor: keeping %s, the run's newest checkpoint, which failed the check, beside the last "
+                           "clean one %s (save_total_limit=1): the record that the run broke", found[-1], self.last_clean)
         for checkpoint in found:
             if checkpoint not in keep:
                 shutil.rmtree(checkpoint, ignore_errors=True)
