@@ -25,16 +25,17 @@ from nandoctor.model import BlockFields, Region
 
 _WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
-# How far a dequantized weight can stand above its block's largest scale field, per type (ggml's dequantize_row_*:
-# the largest code magnitude, times the largest sub-block scale of a K-quant, plus its min's share): Q8_0 is
-# d * q with q an int8, Q4_K d * sc * q - dmin * m with 6-bit sc, m and 4-bit q (63 * 15 + 63), Q6_K d * sc *
-# (q - 32) with an int8 sc. A quantizer fills the codes' range (the block's largest weight takes the largest
-# code), so a healthy block's largest weight is about this times its scale: the exploded ceiling is applied to
-# the weights, not to the scales (a trial: Q8_0 scales of 1,490, weights up to 1.9e5, passed CLEAN). Types not
+# How far above each of its scale fields a block's largest weight stands, per type, the smallest over its fields
+# (ggml's dequantize_row_*): Q8_0 is d * q with q an int8 (128); Q4_K d * sc * q - dmin * m with 6-bit sc, m
+# and 4-bit q (945 for d, 63 for dmin: 63); Q6_K d * sc * (q - 32) with an int8 sc (4096); Q4_1/Q5_1 store the
+# block's minimum weight itself as m (1). A quantizer fills the codes' range (the block's largest weight takes the
+# largest code, its largest minimum the largest m), so a field times this is at most a weight of the block, and
+# the exploded ceiling is applied to the weights, not to the scales (a trial: Q8_0 scales of 1,490, weights up to
+# 1.9e5, passed CLEAN; a review: a per-field factor for d alone called Q5_K minimums of -605 exploded). Types not
 # listed (the IQ grids, ternary TQ, MXFP4 whose lanes are its elements) are judged by their scale fields alone.
 WEIGHT_PER_SCALE = {
-    "Q4_0": 8, "Q4_1": 16, "Q5_0": 16, "Q5_1": 32, "Q8_0": 128, "Q8_1": 128, "Q8_K": 128,
-    "Q2_K": 60, "Q3_K": 128, "Q4_K": 1008, "Q5_K": 2016, "Q6_K": 4096, "IQ4_NL": 127, "IQ4_XS": 4064,
+    "Q4_0": 8, "Q5_0": 16, "Q8_0": 128, "Q8_K": 128, "Q2_K": 15, "Q3_K": 128, "Q4_K": 63, "Q5_K": 63,
+    "Q6_K": 4096, "IQ4_NL": 127, "IQ4_XS": 4064,
 }
 
 

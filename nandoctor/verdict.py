@@ -556,6 +556,10 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
     return [tensors.refs.names[i] for i in rows]
 
 
+# What the non-finite pickled floats are, in words (readers/torch/names.py: RATE_KEYS, SCHEDULER_RATE_KEYS)
+RATE_FLOATS = "learning-rate settings (Python floats of the optimizer's param_groups or its scheduler, not tensors)"
+
+
 def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
     """Whether every tensor of ``report`` with a ``failing`` finding is a pickled Python float (an optimizer's
     NaN learning rate or betas, readers/torch/quantized.py): a repair restores tensors, not those."""

@@ -62,15 +62,15 @@ def test_a_nan_learning_rate_in_optimizer_pt_fails_and_says_resume_not_repair(tm
 
     done = run_cli("scan", str(run / "checkpoint-200"))
     text = " ".join(done.output.split())
-    assert done.exit_code == 1 and "only the optimizer's settings are bad" in text
+    assert done.exit_code == 1 and "only learning-rate settings" in text
     assert "resume from an earlier checkpoint instead" in text and "nandoctor repair" not in text
     whole = " ".join(run_cli("scan", str(run)).output.split())
-    assert f"next: resume from {run / 'checkpoint-100'}: only the optimizer settings of checkpoint-200" in whole
+    assert f"next: resume from {run / 'checkpoint-100'}: only the learning-rate settings" in whole
 
     out = tmp_path / "fixed"
     refused = run_cli("repair", str(run / "checkpoint-200"), "--from", "auto", "--out", str(out))
     assert refused.exit_code == 3 and not out.exists()
-    assert "only the optimizer's settings are bad" in " ".join(refused.output.split())
+    assert "only learning-rate settings" in " ".join(refused.output.split())
 
 
 def test_non_finite_floats_outside_param_groups_stay_clean(tmp_path):
@@ -108,3 +108,50 @@ def test_a_nan_learning_rate_in_a_dcp_checkpoint_is_found_under_its_item(tmp_pat
     report = nandoctor.scan(str(tmp_path / "step-2"), device="cpu")
     assert report.exit_code == 1
     assert {t.name: (t.nan, t.ref.role) for t in report.tensors if t.findings} == {keys[0]: (1, "optimizer")}
+
+
+def test_settings_infinite_by_design_stay_clean_and_a_schedulers_rates_are_judged(tmp_path):
+    """A review: Prodigy and D-Adaptation keep growth_rate = inf in every param group by default: such a healthy
+    checkpoint was called NON-FINITE. Only the rates a step multiplies by are judged; a scheduler's base_lrs is
+    one of them (a NaN there is the optimizer's lr at its next step: the trial's oracle, two steps after resuming)."""
+    state = _optimizer_state()
+    state["param_groups"][0]["growth_rate"] = math.inf  # (Prodigy's default)
+    folder = tmp_path / "checkpoint-10"
+    shutil.copytree(DEMO_RUN / "checkpoint-100", folder)
+    torch.save(state, folder / "optimizer.pt")
+    assert nandoctor.scan(str(folder), device="cpu").exit_code == 0
+
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # (transformers' schedules are LambdaLR)
+    saved = scheduler.state_dict()
+    saved["base_lrs"] = [math.nan]
+    torch.save(saved, folder / "scheduler.pt")
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))  # the oracle: a resume
+    optimizer.step()
+    scheduler.step()
+    assert math.isnan(optimizer.param_groups[0]["lr"])
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1
+    assert {t.name: (t.nan, t.ref.role) for t in report.tensors if t.findings} == {"scheduler.base_lrs.0": (1, "optimizer")}
+
+
+def test_a_nan_weight_beside_a_nan_learning_rate_is_not_called_settings_only(tmp_path):
+    """A review: with a NaN weight and a NaN lr, the repair said "only the optimizer's settings are bad"."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    for step, lr in ((100, 1e-3), (200, math.nan)):
+        folder = run / f"checkpoint-{step}"
+        shutil.copytree(DEMO_RUN / "checkpoint-100", folder)
+        torch.save(_optimizer_state(lr), folder / "optimizer.pt")
+    shard = next((run / "checkpoint-200").glob("model-*.safetensors"))
+    tensors = load_file(str(shard))
+    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.ndim == 2)
+    tensors[name][0, 0] = math.nan
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    refused = run_cli("repair", str(run / "checkpoint-200"), "--from", "auto", "--out", str(tmp_path / "fixed"))
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 3 and not (tmp_path / "fixed").exists()
+    assert "only learning-rate settings" not in text and "optimizer.param_groups.0.lr" in text, text
+    assert "1 of them learning-rate settings" in text

@@ -113,7 +113,7 @@ def test_a_tensor_the_walk_does_not_reach_is_scanned_from_the_registry(tmp_path:
     from nandoctor.readers.torch import file as torch_file
     from nandoctor.readers.torch.names import Walk
 
-    monkeypatch.setattr(torch_file, "walk", lambda root, prefix="", in_groups=False: Walk())  # (reaches nothing)
+    monkeypatch.setattr(torch_file, "walk", lambda root, prefix="", groups=(): Walk())  # (reaches nothing)
     path = tmp_path / "f.pt"
     torch_zip(path, pickle_bytes(p_dict([(p_str("o"), p_tensor(p_storage("0", 4), 0, (4,), (1,)))])), {"0": RAW})
     report = scan(path, device="cpu")

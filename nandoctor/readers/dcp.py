@@ -117,7 +117,7 @@ def _read_item(
         # (a tensor item: dcp.load reads it with torch.load(weights_only=True); a pickled object with weights_only=False)
         read = read_zip_at(p, fh, item.offset, item.length, defer_crcs=True,
                            loader=DCP_TENSOR_LOADER if item.chunk_offsets is not None else None,
-                           in_groups=PARAM_GROUPS in item.fqn.split("."))
+                           groups=tuple(item.fqn.split(".")) if PARAM_GROUPS in item.fqn.split(".") else ())
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         # NaN/Inf outside tensors (a numpy array in a pickled object: dcp.load gives it back) under the item's name
         unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.kind == "numpy"

@@ -265,8 +265,7 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
             target.report, judged.failing if judged is not None else verdicts.FAILING_BY_DEFAULT):
         # (an optimizer's NaN learning rate or betas: Python floats, which no repair restores)
         resume = f"resume from {last_clean.path}" if last_clean is not None else "resume with a fresh optimizer state"
-        return [f"{resume}: only the optimizer settings of {target.name} are bad (Python floats of its param_groups, "
-                "which a repair does not restore)"]
+        return [f"{resume}: only the {verdicts.RATE_FLOATS} of {target.name} are bad, which a repair does not restore"]
     if also:
         intro = f"{target.name} decides the exit code too: restore its bad tensors with"
     elif last_clean is not None:

@@ -180,8 +180,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         optimizer = verdicts.optimizer_only(report, failing)
         floats = verdicts.only_pickled_floats(report, failing)
         if floats:  # (no tensor to restore: a repair would find no donor for them)
-            steps.append(f"only the optimizer's settings are bad ({first_few(optimizer or _failing_names(report, failing), 2)}: "
-                         "Python floats of its param_groups); the model weights are healthy, so the model loads and "
+            steps.append(f"only {verdicts.RATE_FLOATS} are bad ({first_few(optimizer or _failing_names(report, failing), 2)}); "
+                         "the model weights are healthy, so the model loads and "
                          "generates, but resuming training from this checkpoint restores them, and a NaN learning rate "
                          "makes every weight NaN at the next step: resume from an earlier checkpoint instead (a repair "
                          "restores tensors, not these)")

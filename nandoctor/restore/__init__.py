@@ -32,6 +32,7 @@ from nandoctor.restore.plan import (
 )
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
+from nandoctor.verdict import RATE_FLOATS
 from nandoctor.wording import first_few
 
 if TYPE_CHECKING:
@@ -368,16 +369,16 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
             plan=plan,
         )
     floats = [u.name for u in plan.unrestorable if u.reasons and all(r.endswith(PICKLED_FLOAT_WHY) for r in u.reasons)]
-    if floats and len(floats) == len(plan.unrestorable):
+    if floats and len(floats) == len(plan.unrestorable) and not plan.restorations:
         raise RepairRefusedError(
-            f"{plan.target}: only the optimizer's settings are bad ({first_few(floats, 3, quoted=True)}: Python floats "
-            "of its param_groups, not tensors), which a repair does not restore; nothing was written",
+            f"{plan.target}: only {RATE_FLOATS} are bad ({first_few(floats, 3, quoted=True)}), which a repair does not "
+            "restore; nothing was written",
             "resume training from an earlier checkpoint (`nandoctor scan` of the run names the last healthy one), or "
-            "from this one with a fresh optimizer state (without its optimizer file)",
+            "from this one with a fresh optimizer state (without its optimizer and scheduler files)",
         )
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
-        shown = first_few(names, 3, quoted=True)
+        shown = first_few(names, 3, quoted=True) + (f" ({len(floats)} of them {RATE_FLOATS})" if floats else "")
         ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
         if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
             ways.append(" ".join(f"--exclude {shlex.quote(g)}" for g in plan.exclude_globs)

@@ -289,8 +289,7 @@ def _describe(catalog: DonorCatalog) -> str:
 
 
 _NOT_FOUND = "not found"
-PICKLED_FLOAT_WHY = ("a Python float of the optimizer's param_groups (its learning rate, betas), not a tensor: a repair "
-                     "restores tensors only")
+PICKLED_FLOAT_WHY = "a learning-rate setting (a Python float of the optimizer or its scheduler, not a tensor): a repair restores tensors only"
 
 
 def _candidate(

@@ -109,12 +109,12 @@ class TorchReader:
 
 
 def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bool = False,
-                loader: str | None = None, in_groups: bool = False) -> ReadResult:
+                loader: str | None = None, groups: tuple[str, ...] = ()) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
     own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``.
     ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words;
-    ``in_groups``: the stream is a value of an optimizer's param_groups (DCP's ``optim.param_groups.0.lr``)."""
-    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader, in_groups)
+    ``groups``: the stream is the value of an optimizer's param_groups so named (DCP's ``optim.param_groups.0.lr``)."""
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader, groups)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
@@ -174,7 +174,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
 
 
 def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False,
-              loader: str | None = None, in_groups: bool = False) -> ReadResult:
+              loader: str | None = None, groups: tuple[str, ...] = ()) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -231,7 +231,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
 
     with _pickle_context(path, "data.pkl"):
         loaded = restricted_load(data, persistent_load, offset=pickle_entry.data_offset)
-        walked = walk(loaded.value, prefix=_name_prefix(path), in_groups=in_groups)
+        walked = walk(loaded.value, prefix=_name_prefix(path), groups=groups)
         add_unreached(walked, loaded.built, _name_prefix(path))
 
     blocks: dict[str, StorageBlock] = {}

@@ -35,6 +35,24 @@ MAX_NODES = 1_000_000  # containers and tensors visited; shared sub-objects coun
 # so this bound keeps such a bomb to a fraction of a second.
 MAX_SHARED_NODES = 250_000
 PARAM_GROUPS = "param_groups"  # an optimizer state dict's hyperparameters (torch.optim.Optimizer.state_dict)
+# The param_groups settings that a step multiplies the update by: a NaN or ±Inf there makes weights NaN at the next
+# step. Others may be infinite by design (Prodigy's and D-Adaptation's growth_rate defaults to inf).
+RATE_KEYS = frozenset({"lr", "initial_lr", "max_lr", "min_lr", "betas", "eps", "momentum", "dampening",
+                       "weight_decay", "alpha", "rho", "lr_decay", "beta1", "beta2", "decay_rate"})
+
+
+# A learning-rate scheduler's rates (torch.optim.lr_scheduler.LRScheduler.state_dict): it sets them into the
+# optimizer's param_groups at its next step. (A ReduceLROnPlateau's best = inf is its design, and not among them.)
+SCHEDULER_RATE_KEYS = frozenset({"base_lrs", "_last_lr", "max_lrs", "min_lrs"})
+
+
+def _rate_key(path: list[str]) -> bool:
+    """Whether ``path`` names a rate a training step uses: one of RATE_KEYS in an optimizer's param_groups, or of
+    SCHEDULER_RATE_KEYS anywhere (or an item of one: ``betas.1``, ``base_lrs.0``)."""
+    key = path[-1] if path else ""
+    if key.isdigit() and len(path) > 1:
+        key = path[-2]
+    return key in SCHEDULER_RATE_KEYS or (key in RATE_KEYS and PARAM_GROUPS in path)
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
 # repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
@@ -69,15 +87,15 @@ class Walk:
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
-    # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps): not tensors, but a
-    # resume restores them, and one NaN lr makes every weight NaN at the next step
+    # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's rates: not
+    # tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
     group_floats: list[tuple[str, float]] = field(default_factory=list)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
     # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
     _scalars_are_state: bool = False
-    _in_groups: bool = False  # the whole pickle is a value of an optimizer's param_groups (walk's in_groups)
+    _groups: tuple[str, ...] = ()  # the name of the param_groups value the whole pickle is (walk's ``groups``)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -136,10 +154,11 @@ def parameter_names(optimizer: dict) -> dict[Any, str]:
     return mapping
 
 
-def walk(root: Any, prefix: str = "", in_groups: bool = False) -> Walk:
-    """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name. ``in_groups``:
-    ``root`` lies in an optimizer's param_groups (a DCP item of one), so its non-finite floats are kept."""
-    out = Walk(_in_groups=in_groups)
+def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
+    """Every tensor and bare storage reachable from ``root``, named; ``prefix`` starts every name. ``groups``: the
+    name, split at its dots, of the optimizer param_groups value ``root`` is (a DCP item ``optim.param_groups.0.lr``),
+    whose non-finite rate is kept as a float of its param_groups is."""
+    out = Walk(_groups=groups)
     if isinstance(root, dict):
         out._top = 1 if prefix else 0
         out._trainer_checkpoint = is_trainer_checkpoint(
@@ -180,7 +199,7 @@ def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
 def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
     if isinstance(value, _LEAVES):
         # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
-        if value.__class__ is float and not math.isfinite(value) and (out._in_groups or PARAM_GROUPS in path):
+        if value.__class__ is float and not math.isfinite(value) and _rate_key([*out._groups, *path]):
             out.group_floats.append((".".join(path), value))
         return
     out._nodes += 1
