@@ -182,6 +182,21 @@ def test_a_mistyped_path_is_called_a_missing_path_first(tmp_path, monkeypatch):
     assert "check the path" in result.output
 
 
+def test_a_local_folder_named_like_an_org_does_not_hide_a_cached_model(tmp_path, monkeypatch):
+    """A review: a folder Qwen/ holding Qwen2-0.5B (hf download --local-dir) made `scan Qwen/Qwen2.5-0.5B` answer
+    "did you mean Qwen/Qwen2-0.5B?" instead of scanning the cached model; a name neither on disk nor cached is
+    still a typo of the local folder, without a download hint."""
+    cache = tmp_path / "hf"
+    make_hf_repo(cache, "Qwen/Qwen2.5-0.5B", bad=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    (tmp_path / "Qwen" / "Qwen2-0.5B").mkdir(parents=True)
+    result = run("scan", "Qwen/Qwen2.5-0.5B", "--quiet")
+    assert result.exit_code == 1 and "NON-FINITE" in result.output, result.output
+    missing = run("scan", "Qwen/Qwen2.5-0.6B", "--quiet")
+    assert missing.exit_code == 3 and "did you mean Qwen/Qwen2.5-0.5B" not in missing.output
+    assert "hf download" not in missing.output and "Qwen/Qwen2-0.5B" in missing.output, missing.output
+
+
 def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, monkeypatch):
     """demo-run/checkpoint-30 beside demo-run/checkpoint-300 is a typo, not a hub model: the hint names the close
     match (it suggested `hf download demo-run/checkpoint-30`); a folder of no similar name says so, and is not

@@ -216,9 +216,7 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     if access.exists(path) or access.is_link(path):  # (a path the system will not show: exit 3, saying so)
         return path, None
     nearby = _nearby(path)
-    # (a missing path in a folder that exists, other than the current one, is a typo of a local path: never a repo id)
-    local = nearby is not None and str(path.parent) not in ("", ".")
-    if local or not looks_like_repo_id(text):
+    if not looks_like_repo_id(text):
         raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby[0] if nearby else None)
     repo_id, revision = split_revision(text)
     hit = find_hf(repo_id, revision)
@@ -226,7 +224,9 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
         hit = find_modelscope(repo_id)
     if hit is not None:
         return hit.path, hit
-    if nearby is not None and nearby[1]:  # (demo-run/checkpoint-30 beside demo-run/checkpoint-300: a typo)
+    # (not cached: a missing path in a folder that exists, other than the current one, is a typo of a local path,
+    # demo-run/checkpoint-30 beside demo-run/checkpoint-300, or gate/missing beside a folder gate: no download hint)
+    if nearby is not None and (nearby[1] or str(path.parent) not in ("", ".")):
         raise CheckpointNotFoundError(f"{text}: no such file or folder", nearby[0])
     looked = [str(hf_repo_folder(repo_id))]
     if revision is None:
