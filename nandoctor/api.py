@@ -376,13 +376,25 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")
-        where = f" ({resume_from})" if resume_from else f" (`nandoctor scan {run}` names it)" if run else ""
+        where = f" (`nandoctor scan {run}` names it)" if run else ""
         why = verdicts.diverged_why(report)
         found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
+        # (a run folder's deciding row, a final model or a weights-only save among them, is resumed as the run is)
+        instead = (f"resume training from the last healthy checkpoint ({resume_from}) with a lower learning rate or "
+                   f"{verdicts.CLIPPING}" if resume_from else verdicts.diverged_advice(report, where))
         raise DivergedError(
             f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
             + "; a repair would only stitch a broken model together",
-            verdicts.diverged_advice(report, where),
+            instead,
+            report=report,
+        )
+    if verdicts.only_pickled_floats(report, failing):  # (no tensor to restore: the CLI's advice, not a repair)
+        names = [t.ref.name for t in report.tensors.with_any(failing)]
+        raise NonFiniteWeightsError(
+            f"{report.target}: only {verdicts.RATE_FLOATS} are NaN/Inf ({', '.join(names[:3])}); the weights are "
+            "healthy, but resuming training from it restores them",
+            f"resume training from an earlier checkpoint{f' ({resume_from})' if resume_from else ''}; a repair "
+            "restores tensors, not these",
             report=report,
         )
     if verdicts.NONFINITE in failing:

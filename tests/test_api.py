@@ -278,6 +278,19 @@ def test_assert_finite_raises_the_error_of_each_verdict_kind(tmp_path, kind, err
                                               f"({tmp_path / 'grow' / 'checkpoint-1'}) with"), info.value.hint
 
 
+def test_a_run_folders_diverged_final_model_names_the_checkpoint_to_resume_from(tmp_path):
+    """A trial: a run whose final model (trainer.save_model) diverged got the advice for a file made for use
+    ("make the file again from a healthy source") where the CLI names the run's last healthy checkpoint."""
+    import shutil
+
+    _kind_files(tmp_path)
+    run = tmp_path / "grow"
+    shutil.copy(run / "checkpoint-2" / "model.safetensors", run / "model.safetensors")  # the final model
+    with pytest.raises(nandoctor.DivergedError) as info:
+        nandoctor.assert_finite(str(run), device="cpu")
+    assert info.value.hint.startswith(f"resume training from the last healthy checkpoint ({run / 'checkpoint-1'})")
+
+
 def test_a_report_that_passes_a_narrower_gate_is_returned_judged_by_it(tmp_path):
     """A reports trial: assert_finite(p, fail_on="exploded") on a NaN checkpoint returned (right) a report saying
     ok=False, exit_code 1 (judged by the default gate), while the CLI said PASS NON-FINITE (reported only), exit 0."""

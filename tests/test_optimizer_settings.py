@@ -155,3 +155,14 @@ def test_a_nan_weight_beside_a_nan_learning_rate_is_not_called_settings_only(tmp
     assert refused.exit_code == 3 and not (tmp_path / "fixed").exists()
     assert "only learning-rate settings" not in text and "optimizer.param_groups.0.lr" in text, text
     assert "1 of them learning-rate settings" in text
+
+
+def test_assert_finite_gives_the_resume_advice_not_a_repair(tmp_path):
+    """A review: the CLI said to resume, while assert_finite's hint was a repair command that refuses."""
+    folder = tmp_path / "checkpoint-10"
+    shutil.copytree(DEMO_RUN / "checkpoint-100", folder)
+    torch.save(_optimizer_state(math.nan), folder / "optimizer.pt")
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(str(folder), device="cpu")
+    assert "learning-rate settings" in caught.value.message and "optimizer.param_groups.0.lr" in caught.value.message
+    assert caught.value.hint.startswith("resume training from an earlier checkpoint") and "nandoctor repair" not in caught.value.hint
