@@ -466,3 +466,28 @@ def test_names_from_pretrained_renames_on_load_are_not_missing(tmp_path):
     assert f"{norm}.weight" in dict(architecture._suspicions(config, stored, architecture._stacks(stored)))  # suspected
     report = nandoctor.scan(folder)
     assert report.exit_code == 0, report.errors
+
+
+def test_a_hole_among_names_from_pretrained_renames_is_named_as_the_model_needs_it(tmp_path):
+    """A review: a BERT saved with legacy LayerNorm.gamma/beta names throughout and one layer's LayerNorm dropped
+    passed CLEAN (the suspected hole was named as stored, ``…LayerNorm.gamma``, which the model does not have),
+    while from_pretrained initialised that layer's LayerNorm.weight at random."""
+    from transformers import BertConfig, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    folder = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors = {name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): t
+               for name, t in tensors.items()}
+    dropped = "bert.encoder.layer.3.attention.output.LayerNorm"
+    del tensors[f"{dropped}.gamma"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    hf_logging.set_verbosity_error()
+    _, info = BertForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == [f"{dropped}.weight"] or set(info["missing_keys"]) == {f"{dropped}.weight"}
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"]
+    assert f"{dropped}.weight" in report.errors[0].message

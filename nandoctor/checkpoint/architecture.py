@@ -127,11 +127,15 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
                 "save config.json with the number of layers the weights hold (num_hidden_layers), or the missing "
                 "layers' weights", kind=UNLOADABLE_KIND))
     # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
-    loaded = {built.loaded_as(name) for name in stored}
-    unknown = {name: shape for name, shape in stored.items() if built.loaded_as(name) not in expected
+    loaded_as = {name: built.loaded_as(name) for name in stored}
+    loaded = set(loaded_as.values())
+    unknown = {name: shape for name, shape in stored.items() if loaded_as[name] not in expected
                and not any(p.search(name) for p in skipped)}
-    lacking = [(what, why) for what, why in suspected if what not in loaded and what not in stacks
-               and what != _SIZE_SUSPICION and what in expected and not quantized]
+    # (a suspected hole is named as the weights are stored: Llava's language_model.model.layers.1…, a legacy BERT's
+    # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
+    wanted = [(built.loaded_as(what), why) for what, why in suspected
+              if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION)]
+    lacking = [(what, why) for what, why in wanted if what not in loaded and what in expected and not quantized]
     outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
     if outside is not None and not quantized:  # (the weights outside the layers the model has, none stored, none tied)
         lacking += [(name, outside) for name in untied if name not in loaded and not STACK.match(name)
@@ -172,8 +176,8 @@ def _renamed_problem(root: Path, renamed: dict[str, str], file_of: dict[str, str
     pairs = list(renamed.items())
     shown = "; ".join(f"{right} is not stored, {wrong} (same shape) is a name the model does not have"
                       for right, wrong in pairs[:3]) + (f"; and {len(pairs) - 3} more" if len(pairs) > 3 else "")
-    files = {file_of[wrong] for wrong in renamed.values()}
-    file = next(iter(files))
+    files = sorted({file_of[wrong] for wrong in renamed.values()})
+    file = files[0]
     load = (f"from_pretrained initializes {pairs[0][0]} at random and ignores {pairs[0][1]}, and `nandoctor repair` "
             "restores values, not names")
     if len(files) == 1 and file.endswith(".safetensors"):
