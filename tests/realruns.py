@@ -372,6 +372,7 @@ def lightning_run(
     monitor: str | None = "train_loss",
     save_last: bool | str = False,
     save_final: str | None = None,
+    ckpt_path: str | None = None,
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -398,6 +399,7 @@ def lightning_run(
     ``save_last`` is that ModelCheckpoint's (``True``: a ``last.ckpt`` saved with each file; ``"link"``: a
     symlink to the newest file). ``save_final`` names a file written into ``checkpoints/`` after ``fit``:
     ``trainer.save_checkpoint(name)`` for a ``.ckpt``, the module's ``state_dict`` for a ``.safetensors``.
+    ``ckpt_path`` is ``fit``'s (``"last"``: resume from the run's last.ckpt).
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -442,7 +444,7 @@ def lightning_run(
             enable_model_summary=False,
         )
         module = _tiny_mlp_module(learning_rate, optimizer)()
-        trainer.fit(module, train_dataloaders=loader)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
         if save_final is not None and save_final.endswith(".safetensors"):
             from safetensors.torch import save_file
 

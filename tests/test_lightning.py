@@ -219,6 +219,19 @@ def test_callback_never_keeps_last_ckpt_as_the_clean_file(tmp_path, save_last):
         assert gate["checkpoints"]["last.ckpt"]["gate"]["passed"] is False
 
 
+def test_resuming_from_a_file_that_failed_is_refused_naming_the_last_clean_one(tmp_path):
+    """A trial: fit(ckpt_path="last") after the callback stopped the run resumed the NaN last.ckpt and trained
+    on from it until the next save, saying nothing."""
+    lightning_run(tmp_path, poison_at=6, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=12,
+                  save_top_k=1, monitor=None, keep_last=False, save_last=True)
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        lightning_run(tmp_path, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=16, save_top_k=1,
+                      monitor=None, keep_last=False, save_last=True, ckpt_path="last")
+    assert str(folder / "last.ckpt") in caught.value.message
+    assert f"fit(ckpt_path={str(folder / 'epoch=0-step=4.ckpt')!r})" in caught.value.message
+
+
 def test_callback_without_protection_names_no_deleted_file_as_last_clean(tmp_path):
     doctor = NanDoctorCallback(stop_on_nonfinite=True, protect_last_clean=False)
     lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,

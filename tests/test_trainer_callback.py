@@ -106,11 +106,37 @@ def test_rotation_never_deletes_the_newest_clean_checkpoint(tmp_path):
     assert all(doctor.reports[s].nonfinite for s in (6, 8, 10, 12))
 
 
-def test_save_total_limit_one_keeps_the_clean_checkpoint(tmp_path):
-    # Trainer's end-of-training clean-up keeps only best_model_checkpoint: the clean one, not the bad one.
+def test_save_total_limit_one_keeps_the_clean_checkpoint_and_the_failed_newest(tmp_path):
+    """Trainer's end-of-training clean-up keeps only best_model_checkpoint (the clean one). A trial: the failed
+    newest went with it, and the run's scan, a gate after training, then passed a run the callback had stopped
+    (PASS CLEAN, first bad: none). It is kept beside the resume point, the record that the run broke."""
     doctor = NanDoctorCallback(stop_on_nonfinite=True)
     make_trainer(tmp_path, doctor, max_steps=20, save_total_limit=1).train()
-    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == ["checkpoint-4"]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    run = nandoctor.scan_run(str(out))
+    assert run.exit_code() == 1 and run.last_healthy.name == "checkpoint-4" and run.first_bad.name == "checkpoint-6"
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_resuming_from_a_checkpoint_that_failed_is_refused_or_said(tmp_path, caplog, stop):
+    """A trial: resume_from_checkpoint=True after the callback stopped the run takes the newest checkpoint, the one
+    that failed, and trained on from its NaN weights until the next save, saying nothing."""
+    make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=20).train()
+    out = tmp_path / "out"
+    assert not verdict(out / "checkpoint-6")["gate"]["passed"]
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=stop), max_steps=8)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    said = f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={str(out / 'checkpoint-4')!r})"
+    if stop:
+        with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+            trainer.train(resume_from_checkpoint=True)
+        assert str(out / "checkpoint-6") in caught.value.message and said in caught.value.message
+        assert trainer.state.global_step == 6  # (not one step from the bad weights)
+    else:
+        with caplog.at_level(logging.ERROR, logger="nandoctor"):
+            trainer.train(resume_from_checkpoint=True)
+        assert any(said in r.getMessage() for r in caplog.records)
 
 
 def test_rotation_with_a_tracked_best_metric_keeps_both(tmp_path):
