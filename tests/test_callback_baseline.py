@@ -53,6 +53,15 @@ def test_the_checkpoint_to_resume_from_survives_rotation(tmp_path, limit):
     assert (tmp_path / "run" / oracle).is_dir()
     assert run.last_healthy is not None and run.last_healthy.name == oracle
     kept = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    # (the checkpoints that passed after the resume point say they are none: a trial's resumed callback took one)
+    after = [json.loads((folder / "nandoctor.json").read_text()) for folder in (tmp_path / "run").glob("checkpoint-*")
+             if int(folder.name.split("-")[1]) > truth["last_healthy"]]
+    passed_after = [data for data in after if data["gate"]["passed"]]
+    assert all(data.get("resume_point") is False and "loss jumped" in data["resume_point_why"] for data in passed_after)
+    if limit is None:
+        assert passed_after  # (the run does pass weights after its loss jumped: the check means something)
+    again = NanDoctorCallback()
+    assert again._previous_clean(type("Args", (), {"output_dir": str(tmp_path / "run")})()) == doctor.last_clean
     if limit in (1, 2):  # (limit 1: Trainer's end-of-training clean-up keeps the resume point, and the failed newest
         # is kept beside it, the record that the run broke)
         assert kept == [oracle, f"checkpoint-{STEPS}"]

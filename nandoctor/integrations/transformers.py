@@ -320,7 +320,7 @@ class NanDoctorCallback(TrainerCallback):
                 data = read_json(folder / REPORT_NAME, follow_links=False)  # (its own file: a link is not followed)
             except (OSError, ValueError):
                 continue
-            if passed_in(data) and all(s != step for s, _ in self._passed):
+            if passed_in(data) and data.get("resume_point") is not False and all(s != step for s, _ in self._passed):
                 self._passed.append((step, str(folder)))
         self._passed.sort()
         return self._passed[-1][1] if self._passed else None
@@ -404,6 +404,7 @@ class NanDoctorCallback(TrainerCallback):
             newest = self.last_clean  # saved before this session (a resumed run), before the jump
         if self.last_clean == newest:
             return
+        self._no_resume_points(broken_from)
         if newest is not None:
             logger.warning("nandoctor: the trainer log's loss jumped: the weights saved from step %d on made it, so "
                            "the last clean checkpoint to resume from is %s", broken_from, newest)
@@ -412,6 +413,26 @@ class NanDoctorCallback(TrainerCallback):
                            "no checkpoint saved before it is left: restart from the base model (with a lower learning "
                            "rate or gradient clipping)", broken_from)
         self.last_clean = newest
+
+    def _no_resume_points(self, broken_from: int) -> None:
+        """The checkpoints that passed but were saved from ``broken_from`` on (their weights made the loss jump): their
+        ``nandoctor.json`` gets ``"resume_point": false`` and why, so that a resumed run's callback (and a reader of the
+        file) does not take one for the last clean checkpoint (a trial: a later callback resumed from a checkpoint
+        whose eval loss was 87,360, the file still saying it passed). Its gate stays what its weights got."""
+        if not self.write_report:
+            return
+        why = (f"the trainer log's loss jumped: the weights saved from step {broken_from} on made it "
+               "(nandoctor scan of the run names the checkpoint to resume from)")
+        for step, path in self._passed:
+            if step < broken_from:
+                continue
+            file = Path(path) / REPORT_NAME
+            try:
+                data = read_json(file, follow_links=False)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("resume_point") is not False:
+                write_json(file, {**data, "resume_point": False, "resume_point_why": why})
 
     def _keep_only_the_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
         """``save_total_limit=1``: what Trainer's end-of-training clean-up does (keep only its best), with the
