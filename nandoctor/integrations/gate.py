@@ -198,6 +198,22 @@ def passed_in(data: Any) -> bool:
     return isinstance(gate, dict) and (gate.get("passed") is True or gate.get("weights_passed") is True)
 
 
+def refuse_failed_resume(resumed: Path, entry: Any, instead: str, raising: bool, run: Path) -> None:
+    """Training is about to resume from ``resumed``, whose gate JSON ``entry`` (as written above) failed: it would go
+    on from bad weights until the next save (a trial: ``resume_from_checkpoint=True`` and ``ckpt_path="last"`` take
+    the newest save, often the one that broke). ``instead`` says where to resume from; raised
+    (NonFiniteWeightsError) when ``raising``, logged as an error otherwise."""
+    summary = entry.get("summary") if isinstance(entry, dict) else None
+    verdict = summary.get("verdict") if isinstance(summary, dict) else None
+    message = (f"resuming from {resumed}, which failed nandoctor's check when it was saved"
+               f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; {instead}")
+    if raising:
+        from nandoctor.errors import NonFiniteWeightsError
+
+        raise NonFiniteWeightsError(f"nandoctor: {message}", f"`nandoctor scan {run}` shows the run")
+    logger.error("nandoctor: %s", message)
+
+
 def distributed() -> Any:
     """``torch.distributed`` when this process is one of several in an initialised process group, else None."""
     try:

@@ -63,7 +63,7 @@ except ImportError as exc:  # say how to get it, not just "No module named light
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, passed_in, write_json
+from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, passed_in, refuse_failed_resume, write_json
 from nandoctor.model import ScanReport
 from nandoctor.report.json_report import report_to_json
 
@@ -198,20 +198,11 @@ class NanDoctorCallback(Callback):
         entry = entries.get(path.name) if isinstance(entries, dict) else None
         if not isinstance(entry, dict) or passed_in(entry):
             return
-        summary = entry.get("summary")
-        verdict = summary.get("verdict") if isinstance(summary, dict) else None
         clean = data.get("last_clean")
         instead = (f"resume from the last clean one instead: fit(ckpt_path={str(path.parent / clean)!r})"
                    if isinstance(clean, str) and (path.parent / clean).exists() else
                    "no file of this run passed: start again from the base model")
-        message = (f"resuming from {path}, which failed nandoctor's check when it was saved"
-                   f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; "
-                   f"{instead}")
-        if self.stop_on_nonfinite:
-            from nandoctor.errors import NonFiniteWeightsError
-
-            raise NonFiniteWeightsError(f"nandoctor: {message}", f"`nandoctor scan {path.parent}` shows the run")
-        logger.error("nandoctor: %s", message)
+        refuse_failed_resume(path, entry, instead, self.stop_on_nonfinite, path.parent)
 
     def saved(self, trainer: Trainer, path: Path) -> None:
         """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""

@@ -77,7 +77,14 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.runs import checkpoints_in
-from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, distributed, passed_in, write_json
+from nandoctor.integrations.gate import (
+    REPORT_NAME,
+    CheckpointGate,
+    distributed,
+    passed_in,
+    refuse_failed_resume,
+    write_json,
+)
 from nandoctor.integrations.saved import verify_saved, wrote_own_files
 from nandoctor.model import ScanReport
 
@@ -256,18 +263,9 @@ class NanDoctorCallback(TrainerCallback):
             return  # (no verdict written: nothing known)
         if passed_in(data):
             return
-        summary = data.get("summary") if isinstance(data, dict) else None
-        verdict = summary.get("verdict") if isinstance(summary, dict) else None
         instead = (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
                    if self.last_clean else "no checkpoint of this run passed: start again from the base model")
-        message = (f"resuming from {folder}, which failed nandoctor's check when it was saved"
-                   f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; "
-                   f"{instead}")
-        if self.stop_on_nonfinite:
-            from nandoctor.errors import NonFiniteWeightsError
-
-            raise NonFiniteWeightsError(f"nandoctor: {message}", f"`nandoctor scan {args.output_dir}` shows the run")
-        logger.error("nandoctor: %s", message)
+        refuse_failed_resume(folder, data, instead, self.stop_on_nonfinite, Path(args.output_dir or "."))
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:
         """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
