@@ -202,3 +202,19 @@ def test_a_long_bad_streak_with_a_tracked_best_keeps_at_most_one_more(tmp_path, 
     # clean saves say nothing alarming: no warning before the first bad checkpoint
     first_bad = next(i for i, r in enumerate(caplog.records) if "checkpoint-6" in r.getMessage())
     assert not [r.getMessage() for r in caplog.records[:first_bad] if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_nan_logged_before_any_save_is_checked_on_the_live_weights(tmp_path, caplog, stop):
+    """A trial: grad_norm was NaN in the log from the step after the planted NaN, and with a save interval of 100
+    the run trained on NaN weights until the next save. The live weights are checked at the first NaN logged, as
+    the Lightning callback does; with stop_on_nonfinite the run stops there."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=stop)
+    trainer = make_trainer(tmp_path, doctor, max_steps=12, save_steps=100)
+    with caplog.at_level(logging.WARNING, logger="nandoctor"):
+        trainer.train()
+    logged = [h["step"] for h in trainer.state.log_history
+              if any(isinstance(h.get(k), float) and h[k] != h[k] for k in ("loss", "grad_norm"))]
+    assert logged and doctor.nonfinite_weights_at == logged[0]
+    assert trainer.state.global_step == (logged[0] if stop else 12)
+    assert any("the model's weights hold NaN/Inf" in r.getMessage() for r in caplog.records)

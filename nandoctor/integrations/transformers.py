@@ -58,6 +58,7 @@ No health figures are logged for a per-rank check (each rank saw only its files)
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,8 @@ class NanDoctorCallback(TrainerCallback):
         self._passed: list[tuple[int, str]] = []  # (step, folder) of every checkpoint that passed, oldest first
         self._ahead_of_reporters = False  # set by attach()
         self._warned_order = False
+        self.nonfinite_loss_at: int | None = None  # the step of the first NaN/Inf loss or grad_norm logged
+        self.nonfinite_weights_at: int | None = None  # the step the live weights were found NaN/Inf (after that log)
 
     # The gate's options and verdicts, under the names this callback has always had.
     target_dtype = property(lambda self: self.gate.target_dtype)
@@ -221,6 +224,11 @@ class NanDoctorCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
         logs: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
+        if logs is not None and self.nonfinite_weights_at is None and distributed() is None:
+            logged = [(key, logs[key]) for key in ("loss", "grad_norm")
+                      if isinstance(logs.get(key), float) and not math.isfinite(logs[key])]
+            if logged and kwargs.get("model") is not None:
+                self._check_live_weights(state, control, kwargs["model"], logged)
         # Trainer hands every callback the same dict: what is added here reaches the callbacks after this one.
         if self._pending is None or logs is None:
             return
@@ -251,6 +259,31 @@ class NanDoctorCallback(TrainerCallback):
             )
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _check_live_weights(self, state: TrainerState, control: TrainerControl, model: Any,
+                            logged: list[tuple[str, float]]) -> None:
+        """A logged loss or grad_norm NaN/Inf: check the model's weights where they live, as the Lightning callback
+        does. A trial: grad_norm was NaN from step 13 and, with save_steps=100, training went on to step 100 on NaN
+        weights before a save was checked. Single process only (a stop decided on one rank would hang the others)."""
+        from nandoctor.api import scan_module
+
+        said = ", ".join(f"{key} {value}" for key, value in logged)
+        report = scan_module(model)
+        if not report.nonfinite:
+            if self.nonfinite_loss_at is None:  # (once: a streak of bad batches is said at its first)
+                logger.warning("nandoctor: the logged %s at step %d while the model's weights are finite (a bad batch, "
+                               "or an overflow in the forward pass)", said, state.global_step)
+            self.nonfinite_loss_at = self.nonfinite_loss_at or state.global_step
+            return
+        self.nonfinite_weights_at = state.global_step
+        stop = self.stop_on_nonfinite and self.stopped_at is None
+        logger.error("nandoctor: the logged %s at step %d and the model's weights hold NaN/Inf (%s): no checkpoint saved "
+                     "from here on is a resume point; last clean checkpoint: %s%s", said, state.global_step,
+                     verdicts.one_line(report, label="live weights"), self.last_clean or "none",
+                     "; stopping training" if stop else "")
+        if stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
 
     def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
         """A run resumed from a checkpoint whose own nandoctor.json says it failed (``resume_from_checkpoint=True``
