@@ -173,7 +173,26 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
     for i in maybe:
         out[i] = _findings(roles[i], *_judged(roles[i], names[i], nan[i], posinf[i], neginf[i], overflow[i]),
                            exploded[i], outliers[i])
+    if "buffer" in roles:  # (one C scan: most checkpoints hold no buffer)
+        for i in _exploded_running_stats(tensors):
+            if EXPLODED not in out[i]:
+                out[i] += (EXPLODED,)
     return out
+
+
+# A BatchNorm's running mean or variance above this is no statistic of a working network (the largest measured in
+# real models, 9.8e7 for a running_var, docs/health.md; a variance of 1e15 is activations of std 3e7); a flipped
+# top exponent bit makes one 1e37 (a trial: eval logits went from 0.19 to 9.1e33, the scan said CLEAN). Buffers are
+# otherwise judged for NaN/Inf alone (their magnitudes grow with training by design: an RL normaliser's count).
+RUNNING_STAT_CEILING = 1e15
+_RUNNING_STATS = (".running_mean", ".running_var")
+
+
+def _exploded_running_stats(tensors: TensorResults) -> list[int]:
+    """Rows of BatchNorm running statistics (buffers) whose largest finite magnitude is above RUNNING_STAT_CEILING."""
+    roles, names, tops = tensors.refs.roles, tensors.refs.names, tensors.max_abs
+    return [i for i, (role, top) in enumerate(zip(roles, tops)) if role == "buffer" and names[i].endswith(_RUNNING_STATS)
+            and top is not None and top > RUNNING_STAT_CEILING]
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
@@ -952,8 +971,12 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(f"{values} in {where} ({first.label()}{more})")
     exploded = with_finding(report, EXPLODED)
     if exploded:
-        top = max_abs(report, "weight")
-        pieces.append(f"{plural(len(exploded), 'weight tensor')} exploded" + (f" (max |x| {top:.3g})" if top is not None else "")
+        # (a BatchNorm's running statistics are buffers: said as such, and their magnitude is the one shown)
+        buffers = sum(1 for t in exploded if t.ref.role == "buffer")
+        kinds = " and ".join(w for w in (plural(len(exploded) - buffers, "weight tensor") if len(exploded) > buffers else "",
+                                         plural(buffers, "running statistic") if buffers else "") if w)
+        top = max((t.max_abs for t in exploded if t.max_abs is not None), default=None)
+        pieces.append(f"{kinds} exploded" + (f" (max |x| {top:.3g})" if top is not None else "")
                       + _outgrown_fact(report))
     outliers = with_finding(report, OUTLIER)
     if outliers:
