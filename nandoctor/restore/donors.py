@@ -34,6 +34,7 @@ from nandoctor.errors import (
 from nandoctor.fileidentity import FileIdentity
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
+from nandoctor.restore.plan import checkpoint_root, file_key, names_in_several_files
 from nandoctor.verdict import CONFIG_KIND
 
 AUTO = "auto"
@@ -73,16 +74,19 @@ class CheckpointDonor:
                 raise CorruptCheckpointError(first.path, first.message, first.hint or None)
             refs: dict[str, TensorRef] = {}
             chunks: dict[str, list[TensorRef]] = {}
+            # (separate models of one folder, unet/ and unet_ema/, share names: each named by its file too)
+            several, root = names_in_several_files(checkpoint.refs), checkpoint_root(self.path)
             for ref in checkpoint.refs:
                 if ref.chunk is not None and ref.name not in refs:
                     chunks.setdefault(ref.name, []).append(ref)  # a DCP chunk: the tensor is all of them
                     continue
-                if ref.name in refs or ref.name in chunks:
-                    other = refs[ref.name] if ref.name in refs else chunks[ref.name][0]
+                key = file_key(ref, root) if ref.name in several else ref.name
+                if key in refs or key in chunks:
+                    other = refs[key] if key in refs else chunks[key][0]
                     raise CorruptCheckpointError(
                         ref.file, f"tensor {ref.name!r} is also in {Path(other.file).name}; ambiguous"
                     )
-                refs[ref.name] = ref
+                refs[key] = ref
             for name, parts in chunks.items():
                 # Planning sees the whole tensor (global shape, as the scan reports it); pieces.py writes the chunks.
                 refs[name] = whole(parts[0])

@@ -23,9 +23,11 @@ as the repaired checkpoint holds it, so the two stay equal (``ties``).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from nandoctor.access import unreadable
@@ -210,6 +212,34 @@ def normalise(name: str) -> str:
 _SUFFIXED = re.compile(r"^(?P<base>.+)#(?P<n>[2-9]|[1-9]\d+)$")
 
 
+def names_in_several_files(refs: Iterable[TensorRef]) -> set[str]:
+    """Names that tensors of more than one file carry (not DCP chunks): the files are separate models of one folder
+    (a diffusers ``unet/`` and ``unet_ema/``, a pipeline's fp32 and ``.fp16`` variants side by side), whose tensors
+    are matched by file as well as by name (:func:`file_key`). Shards of one model that share a name are a problem
+    of the scan itself, refused before."""
+    first: dict[str, str] = {}
+    out: set[str] = set()
+    for ref in refs:
+        if ref.chunk is not None:
+            continue
+        seen = first.setdefault(ref.name, ref.file)
+        if seen != ref.file:
+            out.add(ref.name)
+    return out
+
+
+def file_key(ref: TensorRef, root: Path) -> str:
+    """``unet_ema/diffusion_pytorch_model.safetensors:conv_in.weight``: a tensor named by its file in the checkpoint
+    folder ``root`` too (:func:`names_in_several_files`)."""
+    return f"{Path(os.path.relpath(ref.file, root)).as_posix()}:{ref.name}"
+
+
+def checkpoint_root(target: str | os.PathLike[str]) -> Path:
+    """The folder a checkpoint's files are named from: the checkpoint folder itself, or a single file's folder."""
+    path = Path(target)
+    return path if path.is_dir() else path.parent
+
+
 def made_unique(refs: Iterable[TensorRef]) -> set[str]:
     """Names that flattening gave two tensors of one file: the plain one and its ``#n`` twins."""
     by_file: dict[str, set[str]] = {}
@@ -293,20 +323,25 @@ PICKLED_FLOAT_WHY = "a learning-rate setting (a Python float of the optimizer or
 
 
 def _candidate(
-    result: TensorResult, donor: _DonorView, allow_cast: bool, baseline: RunBaseline | None = None
+    result: TensorResult, donor: _DonorView, allow_cast: bool, baseline: RunBaseline | None = None,
+    key: str | None = None,
 ) -> tuple[str, TensorRef] | str:
     """(donor name, donor ref) when ``donor`` holds a good copy of the tensor, else why not: with a
-    ``baseline``, a weight whose bulk grew past it (by the target's name: the run's) is none."""
+    ``baseline``, a weight whose bulk grew past it (by the target's name: the run's) is none. ``key``: the
+    tensor's name with its file (:func:`file_key`) where the target's name alone is several tensors'."""
     target = result.ref
     if is_pickled_float(target):  # (a donor's finite value is a float no scan reads, and data.pkl is not patched)
         return PICKLED_FLOAT_WHY
-    names, why = donor.candidates(target.name)
+    # (one of the target's several models is matched in the donor's file of the same place: a donor of one model is
+    # no copy of a UNet's EMA twin, nor its fp32 variant of the fp16 one)
+    lookup = key or target.name
+    names, why = donor.candidates(lookup)
     if why:
         return why
     reasons = []
     for name in names:
         ref = donor.ref(name)
-        shown = "" if name == target.name else f" (as {name!r})"
+        shown = "" if name in (lookup, target.name) else f" (as {name!r})"
         cast = ref.dtype != target.dtype
         # The shape first: a donor of another shape is no copy in any dtype, and --allow-cast must not be offered
         if tuple(ref.shape) != tuple(target.shape):
@@ -413,11 +448,16 @@ def plan_repair(
     for t in needed:
         tie_count[keys[id(t)]] = tie_count.get(keys[id(t)], 0) + 1
 
+    several = names_in_several_files(t.ref for t in report.tensors)
+    root = checkpoint_root(report.target)
+    key_of = {id(t): file_key(t.ref, root) for t in needed if t.name in several}
     units: dict[str, list[TensorResult]] = {}
     for t in needed:
         if t.name in tied:
             continue  # follows its partner, below
-        units.setdefault(t.name if scope == "tensor" else layer_of(t.name).group, []).append(t)
+        key = key_of.get(id(t), t.name)
+        unit = key if scope == "tensor" else key.removesuffix(t.name) + layer_of(t.name).group
+        units.setdefault(unit, []).append(t)
 
     chosen: dict[int, tuple[int, str, TensorRef]] = {}  # id(result) → (donor, donor name, donor ref)
     reasons: dict[int, list[str]] = {}
@@ -433,7 +473,7 @@ def plan_repair(
             for m in members:
                 answer = (
                     f"{m.name!r} names two tensors of the target (made unique by a #n suffix); not matched by name"
-                    if m.name in ambiguous else _candidate(m, donor, allow_cast, baseline)
+                    if m.name in ambiguous else _candidate(m, donor, allow_cast, baseline, key_of.get(id(m)))
                 )
                 if isinstance(answer, tuple):
                     picks[id(m)] = (index, *answer)

@@ -1,0 +1,76 @@
+"""Repair of a folder holding separate models with the same tensor names: a diffusers UNet saved in both fp32 and
+``.fp16`` variants side by side, a training checkpoint's ``unet/`` and ``unet_ema/``.
+
+A trial: the scan named the bad tensor's file right, and every repair (the scan's own suggestion included) was
+refused with "donor could not be read: tensor 'conv_in.bias' is also in …; ambiguous": a tensor is now matched by
+its file in the folder as well as by its name, and restored from the donor's same file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.conftest import run_cli
+
+NAMES = ("conv_in.weight", "conv_in.bias", "conv_out.weight")
+
+
+def _model(rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
+    return {name: (rng.standard_normal((8, 4)) * 0.02).astype(dtype) for name in NAMES}
+
+
+UNET_CONFIG = '{"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.30.0", "sample_size": 8}'
+
+
+def _folder(root: Path, files: dict[str, dict[str, np.ndarray]]) -> Path:
+    for rel, tensors in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(root / rel))
+        (root / rel).parent.joinpath("config.json").write_text(UNET_CONFIG)  # (a diffusers component's own)
+    return root
+
+
+def _accelerate_state(folder: Path) -> None:
+    """What accelerate's save_state writes beside the models of a diffusers training checkpoint."""
+    torch = pytest.importorskip("torch")
+    parameter = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([parameter])
+    parameter.grad = torch.ones(4)
+    optimizer.step()
+    torch.save(optimizer.state_dict(), folder / "optimizer.bin")
+
+
+def _repaired_file_by_file(tmp_path: Path, files: dict, bad: dict, extra=None) -> None:
+    donor = _folder(tmp_path / "donor", files)
+    target = _folder(tmp_path / "target", bad)
+    for folder in (donor, target):
+        if extra is not None:
+            extra(folder)
+    assert run_cli("scan", str(target), "--quiet").exit_code == 1
+    done = run_cli("repair", str(target), "--from", str(donor), "--out", str(tmp_path / "fixed"))
+    assert done.exit_code == 0, done.output
+    for rel in files:  # each restored from the donor's same file, the rest byte-identical
+        assert (tmp_path / "fixed" / rel).read_bytes() == (donor / rel).read_bytes(), rel
+    assert run_cli("scan", str(tmp_path / "fixed"), "--quiet").exit_code == 0
+
+
+def test_a_components_fp32_and_fp16_variants_side_by_side(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    plain, half = _model(rng, np.float32), _model(rng, np.float16)
+    files = {"diffusion_pytorch_model.safetensors": plain, "diffusion_pytorch_model.fp16.safetensors": half}
+    broken = {**half, "conv_out.weight": half["conv_out.weight"].copy()}
+    broken["conv_out.weight"][1, 2] = np.nan
+    _repaired_file_by_file(tmp_path, files, {**files, "diffusion_pytorch_model.fp16.safetensors": broken})
+
+
+def test_a_training_checkpoints_unet_and_unet_ema(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    unet, ema = _model(rng, np.float32), _model(rng, np.float32)
+    files = {"unet/diffusion_pytorch_model.safetensors": unet, "unet_ema/diffusion_pytorch_model.safetensors": ema}
+    broken = {**ema, "conv_in.bias": ema["conv_in.bias"].copy()}
+    broken["conv_in.bias"][0, 0] = np.inf
+    _repaired_file_by_file(tmp_path, files, {**files, "unet_ema/diffusion_pytorch_model.safetensors": broken},
+                           extra=_accelerate_state)
