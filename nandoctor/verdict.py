@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -262,16 +263,18 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     if not zero:
         return set()
     refs = tensors.refs
-    names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
+    names, roles, dtypes, shapes, files = refs.names, refs.roles, refs.dtypes, refs.shapes, refs.files
     # (a member is evidence of non-zero siblings by a finite value that is not zero: a NaN planted among zeros is
-    # damage of its own, and left its zero siblings, GPT-2's fresh c_attn biases, no less legitimate)
-    families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, bool]]] = {}
+    # damage of its own, and left its zero siblings, GPT-2's fresh c_attn biases, no less legitimate. Siblings are
+    # of one model: the files of one folder, its shards; a unet_ema/ beside unet/ is another model)
+    folders = {file: os.path.dirname(file) for file in set(files)}
+    families: dict[tuple[str, str, tuple[int, ...], str], list[tuple[int, bool]]] = {}
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
         family = family_of(names[i])
         if family != names[i]:
-            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, top > 0.0))
+            families.setdefault((family, dtypes[i], tuple(shapes[i]), folders[files[i]]), []).append((i, top > 0.0))
     out: set[int] = set()
     for members in families.values():
         if any(nonzero for _, nonzero in members):

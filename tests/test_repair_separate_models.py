@@ -74,3 +74,24 @@ def test_a_training_checkpoints_unet_and_unet_ema(tmp_path: Path) -> None:
     broken["conv_in.bias"][0, 0] = np.inf
     _repaired_file_by_file(tmp_path, files, {**files, "unet_ema/diffusion_pytorch_model.safetensors": broken},
                            extra=_accelerate_state)
+
+
+def test_siblings_are_of_one_model_and_the_note_names_both_folders(tmp_path: Path) -> None:
+    """A trial: a checkpoint's fresh unet_ema/ (its layers' norm biases all zero, as initialised) beside a trained
+    unet/ had the EMA biases reported ZEROED, their "siblings" being the UNet's; and the note said
+    "diffusion_pytorch_model.safetensors and diffusion_pytorch_model.safetensors share …"."""
+    import nandoctor
+
+    rng = np.random.default_rng(2)
+
+    def unet(trained: bool) -> dict[str, np.ndarray]:
+        return {f"down_blocks.{i}.norm.bias": (rng.standard_normal(8).astype(np.float32) if trained
+                                               else np.zeros(8, np.float32)) for i in range(4)}
+
+    folder = _folder(tmp_path / "checkpoint-10", {"unet/diffusion_pytorch_model.safetensors": unet(True),
+                                                   "unet_ema/diffusion_pytorch_model.safetensors": unet(False)})
+    _accelerate_state(folder)
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert not [t.name for t in report.tensors if t.findings], report.verdict
+    assert any(n.startswith("unet/diffusion_pytorch_model.safetensors and unet_ema/diffusion_pytorch_model.safetensors "
+                            "share 4 tensor name(s)") for n in report.notes), report.notes

@@ -317,6 +317,14 @@ def _check_duplicate_names(
 _SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"
 
 
+def _relative(file: Path, root: Path) -> str:
+    """``file`` as named from the checkpoint folder ``root`` (its name alone when it lies elsewhere)."""
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return file.name
+
+
 def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.CheckpointFiles,
                   indexed: set[Path]) -> list[str]:
     """One note per file that shares names with a sharded model's shards (not one per shard), saying which
@@ -335,7 +343,9 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
             shards.add(shard)
             common.extend(names)
         else:
-            notes.append(f"{a.name} and {b.name} share {len(names):,} tensor name(s) (e.g. {names[0]}); {_SEPARATE}")
+            # (named from the checkpoint folder where both sit in it: unet/… and unet_ema/… are otherwise one name)
+            shown_a, shown_b = (_relative(f, files.root) for f in (a, b))
+            notes.append(f"{shown_a} and {shown_b} share {len(names):,} tensor name(s) (e.g. {names[0]}); {_SEPARATE}")
     for other, (shards, names) in beside.items():
         indexes = {index_of[s].path for s in shards if s in index_of}
         index = next(iter(indexes)) if len(indexes) == 1 else None
