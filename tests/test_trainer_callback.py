@@ -219,3 +219,7 @@ def test_a_nan_logged_before_any_save_is_checked_on_the_live_weights(tmp_path, c
     assert logged and doctor.nonfinite_weights_at == logged[0]
     assert trainer.state.global_step == (logged[0] if stop else 12)
     assert any("the model's weights hold NaN/Inf" in r.getMessage() for r in caplog.records)
+    if stop:  # the broken state saved and failed: the run's scan (a gate after training) fails as the callback did
+        out = tmp_path / "out"
+        assert not verdict(out / f"checkpoint-{logged[0]}")["gate"]["passed"]
+        assert nandoctor.scan_run(str(out)).exit_code() == 1

@@ -280,9 +280,12 @@ class NanDoctorCallback(TrainerCallback):
         logger.error("nandoctor: the logged %s at step %d and the model's weights hold NaN/Inf (%s): no checkpoint saved "
                      "from here on is a resume point; last clean checkpoint: %s%s", said, state.global_step,
                      verdicts.one_line(report, label="live weights"), self.last_clean or "none",
-                     "; stopping training" if stop else "")
+                     "; stopping training (this state is saved as the run's failed newest checkpoint)" if stop else "")
         if stop:
             control.should_training_stop = True
+            # (saved, checked and kept as the run's failed newest checkpoint: stopped here without a save, the run
+            # would scan healthy afterwards and a gate after training would pass it)
+            control.should_save = True
             self.stopped_at = state.global_step
 
     def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
