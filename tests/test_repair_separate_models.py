@@ -57,23 +57,18 @@ def _repaired_file_by_file(tmp_path: Path, files: dict, bad: dict, extra=None) -
     assert run_cli("scan", str(tmp_path / "fixed"), "--quiet").exit_code == 0
 
 
-def test_a_components_fp32_and_fp16_variants_side_by_side(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["fp16 variant beside fp32", "unet_ema beside unet"])
+def test_separate_models_sharing_names_are_repaired_file_by_file(tmp_path: Path, case: str) -> None:
     rng = np.random.default_rng(0)
-    plain, half = _model(rng, np.float32), _model(rng, np.float16)
-    files = {"diffusion_pytorch_model.safetensors": plain, "diffusion_pytorch_model.fp16.safetensors": half}
-    broken = {**half, "conv_out.weight": half["conv_out.weight"].copy()}
+    if case == "fp16 variant beside fp32":  # a diffusers component saved in both variants (the hub's SD layout)
+        first, second = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"
+        files, extra = {first: _model(rng, np.float32), second: _model(rng, np.float16)}, None
+    else:  # a training checkpoint of train_text_to_image.py --use_ema (accelerate's save_state)
+        first, second = "unet/diffusion_pytorch_model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"
+        files, extra = {first: _model(rng, np.float32), second: _model(rng, np.float32)}, _accelerate_state
+    broken = {name: tensor.copy() for name, tensor in files[second].items()}
     broken["conv_out.weight"][1, 2] = np.nan
-    _repaired_file_by_file(tmp_path, files, {**files, "diffusion_pytorch_model.fp16.safetensors": broken})
-
-
-def test_a_training_checkpoints_unet_and_unet_ema(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    unet, ema = _model(rng, np.float32), _model(rng, np.float32)
-    files = {"unet/diffusion_pytorch_model.safetensors": unet, "unet_ema/diffusion_pytorch_model.safetensors": ema}
-    broken = {**ema, "conv_in.bias": ema["conv_in.bias"].copy()}
-    broken["conv_in.bias"][0, 0] = np.inf
-    _repaired_file_by_file(tmp_path, files, {**files, "unet_ema/diffusion_pytorch_model.safetensors": broken},
-                           extra=_accelerate_state)
+    _repaired_file_by_file(tmp_path, files, {**files, second: broken}, extra=extra)
 
 
 def test_siblings_are_of_one_model_and_the_note_names_both_folders(tmp_path: Path) -> None:
