@@ -60,6 +60,10 @@ def test_a_nan_learning_rate_in_optimizer_pt_fails_and_says_resume_not_repair(tm
     assert bad == {"optimizer.param_groups.0.lr": (1, 0, 0, "optimizer"),
                    "optimizer.param_groups.0.betas.1": (0, 1, 0, "optimizer")}
 
+    from nandoctor.report.summary import tensor_rows
+
+    assert {r.name: r.first_at_words for r in tensor_rows(report)[0]} == {  # (was "[]")
+        "optimizer.param_groups.0.lr": "scalar", "optimizer.param_groups.0.betas.1": "scalar"}
     done = run_cli("scan", str(run / "checkpoint-200"))
     text = " ".join(done.output.split())
     assert done.exit_code == 1 and "only learning-rate settings" in text

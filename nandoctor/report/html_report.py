@@ -94,7 +94,7 @@ def _tensors_section(report: ScanReport, heading: str, section_id: str) -> str:
             ("", "".join(_chip(f, heatmaps.COLOURS.get(f, "#555")) for f in r.findings)),
             ("n", f"{r.nan:,}"), ("n", f"{r.posinf:,}"), ("n", f"{r.neginf:,}"), ("n", f"{r.outliers:,}"),
             ("n", r.worst),
-            ("n", "" if r.first_at is None else "[" + ", ".join(map(str, r.first_at)) + "]"),
+            ("n", r.first_at_words),
         ])
     headers = ["tensor", *(["file"] if show_file else []), "role", "dtype", "shape", "findings", "NaN", "+Inf",
                "-Inf", "outliers", "worst value", "first bad at"]

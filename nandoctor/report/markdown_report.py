@@ -54,7 +54,7 @@ def _tensors(report: ScanReport, heading: str) -> list[str]:
     if not rows:
         return []
     cells = [[md(r.name), ", ".join(r.findings), f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}", f"{r.outliers:,}",
-              md(r.worst), "" if r.first_at is None else md("[" + ", ".join(map(str, r.first_at)) + "]")]
+              md(r.worst), md(r.first_at_words) if r.first_at_words else ""]
              for r in rows]
     out = ["", f"### {heading}", ""]
     out += _table(["tensor", "findings", "NaN", "+Inf", "-Inf", "outliers", "worst value", "first bad at"],

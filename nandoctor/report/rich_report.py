@@ -185,7 +185,7 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
             "shape": r.shape, "NaN": r.nan, "+Inf": r.posinf, "-Inf": r.neginf, "outliers": r.outliers,
             "max |w|": _magnitude(r.max_abs) if set(r.findings) & {verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED} else "",
             "bad %": f"{100 * r.fraction:.3g}" if r.nan or r.posinf or r.neginf else "",
-            "first bad at": f"[{', '.join(map(str, r.first_at))}]" if r.first_at is not None else "",
+            "first bad at": r.first_at_words,
         })
     wanted = ["tensor", *(["file"] if show_file else []), "findings", "dtype", "shape", "NaN", "+Inf", "-Inf", "NaN/Inf",
               "outliers", "max |w|", "bad %", "first bad at"]

@@ -48,6 +48,13 @@ class TensorRow:
     first_at: tuple[int, ...] | None  # the first NaN/Inf, else the first outlier
     max_abs: float | None = None  # the largest finite magnitude
     fraction: float = 0.0  # NaN/Inf over the values counted
+
+    @property
+    def first_at_words(self) -> str:
+        """``[3, 17]``; ``scalar`` for a tensor of no dimensions (an optimizer's learning rate); "" for none."""
+        if self.first_at is None:
+            return ""
+        return f"[{', '.join(map(str, self.first_at))}]" if self.first_at else "scalar"
     scales: bool = False  # block-quantized: the counts are of its scale fields
 
 
