@@ -232,6 +232,19 @@ def test_resuming_from_a_file_that_failed_is_refused_naming_the_last_clean_one(t
     assert f"fit(ckpt_path={str(folder / 'epoch=0-step=4.ckpt')!r})" in caught.value.message
 
 
+def test_a_failed_file_replaced_by_a_healthy_one_is_resumed(tmp_path):
+    """A review: last.ckpt repaired and copied back over the NaN one was still refused by its old verdict."""
+    import shutil
+
+    lightning_run(tmp_path, poison_at=6, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=12,
+                  save_top_k=1, monitor=None, keep_last=False, save_last=True)
+    folder = tmp_path / "checkpoints"
+    (folder / "last.ckpt").unlink()
+    shutil.copy(folder / "epoch=0-step=4.ckpt", folder / "last.ckpt")
+    lightning_run(tmp_path, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=8, save_top_k=1,
+                  monitor=None, keep_last=False, save_last=True, ckpt_path="last")
+
+
 def test_callback_without_protection_names_no_deleted_file_as_last_clean(tmp_path):
     doctor = NanDoctorCallback(stop_on_nonfinite=True, protect_last_clean=False)
     lightning_run(tmp_path, poison_at=6, callbacks=(doctor,), steps=12, save_top_k=1, monitor=None,

@@ -90,3 +90,27 @@ def test_siblings_are_of_one_model_and_the_note_names_both_folders(tmp_path: Pat
     assert not [t.name for t in report.tensors if t.findings], report.verdict
     assert any(n.startswith("unet/diffusion_pytorch_model.safetensors and unet_ema/diffusion_pytorch_model.safetensors "
                             "share 4 tensor name(s)") for n in report.notes), report.notes
+
+
+def test_a_donor_of_one_of_the_models_restores_only_the_same_model(tmp_path: Path) -> None:
+    """A review: a donor holding the fp32 file alone (or unet_ema/ alone) was refused ("not found") after the
+    tensors were matched by file; it restores the tensors of the file at the same place, and is no copy of the
+    other model's (a UNet's tensor is never taken from an EMA donor)."""
+    rng = np.random.default_rng(3)
+    unet, ema = _model(rng, np.float32), _model(rng, np.float32)
+    files = {"unet/diffusion_pytorch_model.safetensors": unet, "unet_ema/diffusion_pytorch_model.safetensors": ema}
+    donor = _folder(tmp_path / "donor" / "unet_ema", {"diffusion_pytorch_model.safetensors": ema})
+    for bad_in, restored in (("unet_ema", True), ("unet", False)):
+        broken = {name: tensor.copy() for name, tensor in files[f"{bad_in}/diffusion_pytorch_model.safetensors"].items()}
+        broken["conv_in.weight"][0, 0] = np.nan
+        target = _folder(tmp_path / f"target-{bad_in}", {**files, f"{bad_in}/diffusion_pytorch_model.safetensors": broken})
+        _accelerate_state(target)
+        out = tmp_path / f"fixed-{bad_in}"
+        done = run_cli("repair", str(target), "--from", str(donor), "--out", str(out))
+        assert (done.exit_code == 0) is restored, done.output
+        if restored:
+            assert ((out / "unet_ema" / "diffusion_pytorch_model.safetensors").read_bytes()
+                    == (donor / "diffusion_pytorch_model.safetensors").read_bytes())
+        else:
+            assert "not found in a file at unet/diffusion_pytorch_model.safetensors" in " ".join(done.output.split()) \
+                or "--dry-run" in done.output

@@ -67,12 +67,13 @@ def test_a_flipped_running_statistic_is_exploded_and_repaired(tmp_path, stat):
 
 
 def test_large_running_statistics_of_a_healthy_network_stay_clean(tmp_path):
-    """Inputs of scale 1e3 give running variances near 1e6 (the largest real one measured is 9.8e7): no finding."""
+    """A review: BatchNorm1d(momentum=None) over raw features (cents, Unix times) keeps running variances of 1e18 in
+    a model 98 % accurate: no finding."""
     torch.manual_seed(0)
-    norm = torch.nn.BatchNorm1d(16)
-    for _ in range(50):
-        norm(torch.randn(32, 16) * 1e3 + 5e3)
-    assert float(norm.running_var.max()) > 1e5
+    norm = torch.nn.BatchNorm1d(16, momentum=None)
+    for _ in range(20):
+        norm(torch.randn(32, 16) * 1e9 + 1.7e9)
+    assert float(norm.running_var.max()) > 1e17
     path = tmp_path / "bn.safetensors"
     save_file({k: v.contiguous() for k, v in norm.state_dict().items()}, str(path))
     assert nandoctor.scan(str(path), device="cpu").exit_code == 0

@@ -205,6 +205,25 @@ def test_a_long_bad_streak_with_a_tracked_best_keeps_at_most_one_more(tmp_path, 
     assert not [r.getMessage() for r in caplog.records[:first_bad] if r.levelno >= logging.WARNING]
 
 
+def test_resuming_from_a_repaired_copy_at_the_failed_step_is_not_refused(tmp_path, caplog):
+    """A review: the refusal read output_dir/checkpoint-<step>'s verdict whatever folder Trainer loaded, and refused
+    a repaired copy resumed by its own path. The weights loaded decide."""
+    import shutil
+
+    make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=20).train()
+    out = tmp_path / "out"
+    fixed = tmp_path / "checkpoint-6-fixed"  # (the failed save with healthy weights, as a repair writes it)
+    shutil.copytree(out / "checkpoint-6", fixed)
+    (fixed / "nandoctor.json").unlink()
+    shutil.copy(out / "checkpoint-4" / "model.safetensors", fixed / "model.safetensors")
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=8)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    with caplog.at_level(logging.WARNING, logger="nandoctor"):
+        trainer.train(resume_from_checkpoint=str(fixed))
+    assert trainer.state.global_step == 8
+    assert any("the weights loaded pass it" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("stop", [True, False])
 def test_a_nan_logged_before_any_save_is_checked_on_the_live_weights(tmp_path, caplog, stop):
     """A trial: grad_norm was NaN in the log from the step after the planted NaN, and with a save interval of 100

@@ -198,6 +198,13 @@ class NanDoctorCallback(Callback):
         entry = entries.get(path.name) if isinstance(entries, dict) else None
         if not isinstance(entry, dict) or passed_in(entry):
             return
+        try:  # (the file may have been replaced since, by a repaired copy: what is loaded now decides)
+            if verdicts.passes(self.gate.scan(path), self.gate.fail_on):
+                logger.warning("nandoctor: resuming from %s, which failed its check when it was saved and passes it "
+                               "now (replaced since)", path)
+                return
+        except Exception as exc:  # noqa: BLE001 - (its own load says what is wrong with it)
+            logger.error("nandoctor: could not scan %s before resuming from it (%s)", path, exc)
         clean = data.get("last_clean")
         instead = (f"resume from the last clean one instead: fit(ckpt_path={str(path.parent / clean)!r})"
                    if isinstance(clean, str) and (path.parent / clean).exists() else

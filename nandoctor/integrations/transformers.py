@@ -21,8 +21,8 @@ loss may jump several saves before any weight fails). A bad checkpoint after a
 loss jump moves ``last_clean`` back before the jump, as ``nandoctor scan RUN`` does.
 However long a run of bad saves is, at most ``save_total_limit + 1`` checkpoints
 are kept (one more while unconfirmed, one more after a jump); with
-``save_total_limit=1`` only the last clean one is left at the end (Trainer's own
-end-of-training clean-up keeps only the best). When the run tracks its own best
+``save_total_limit=1`` the last clean one is left at the end (Trainer's own
+end-of-training clean-up keeps only the best), and the newest beside it when it failed. When the run tracks its own best
 model (``metric_for_best_model``) that one is kept too. A clean save logs nothing
 but its verdict.
 
@@ -175,7 +175,7 @@ class NanDoctorCallback(TrainerCallback):
             if self.last_clean:
                 self._protect(args, state)
         if state.global_step > 0:
-            self._refuse_a_failed_resume_point(args, state)
+            self._refuse_a_failed_resume_point(args, state, kwargs.get("model"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
@@ -245,6 +245,15 @@ class NanDoctorCallback(TrainerCallback):
             )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        stopped_live = self.stopped_at is not None and self.stopped_at == self.nonfinite_weights_at
+        if stopped_live and state.is_world_process_zero \
+                and not (Path(args.output_dir or ".") / f"{PREFIX}-{self.stopped_at}").is_dir():
+            # (a save_strategy of its own, "best", decides the save the stop asked for: said, since a scan of the
+            # run would otherwise pass its newest checkpoint, the last clean one, as a finished run)
+            logger.error("nandoctor: training stopped at step %d on NaN/Inf weights and no checkpoint of that state was "
+                         "saved (save_strategy %s): the run did not finish; its newest checkpoint on disk is the last "
+                         "clean one, %s", self.stopped_at, getattr(args.save_strategy, "value", args.save_strategy),
+                         self.last_clean or "none")
         if self._rotating:
             if self._user_limit == 1 and args.should_save:
                 self._keep_only_the_resume_point(args, state)  # Trainer's own end-of-training clean-up, skipped
@@ -280,7 +289,7 @@ class NanDoctorCallback(TrainerCallback):
         logger.error("nandoctor: the logged %s at step %d and the model's weights hold NaN/Inf (%s): no checkpoint saved "
                      "from here on is a resume point; last clean checkpoint: %s%s", said, state.global_step,
                      verdicts.one_line(report, label="live weights"), self.last_clean or "none",
-                     "; stopping training (this state is saved as the run's failed newest checkpoint)" if stop else "")
+                     "; stopping training (Trainer is asked to save this state: the run's failed newest checkpoint)" if stop else "")
         if stop:
             control.should_training_stop = True
             # (saved, checked and kept as the run's failed newest checkpoint: stopped here without a save, the run
@@ -288,19 +297,34 @@ class NanDoctorCallback(TrainerCallback):
             control.should_save = True
             self.stopped_at = state.global_step
 
-    def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState) -> None:
-        """A run resumed from a checkpoint whose own nandoctor.json says it failed (``resume_from_checkpoint=True``
-        takes the newest, and the newest is often the one that broke): training would go on from the bad
-        weights until the next save. Raised with ``stop_on_nonfinite``, logged as an error otherwise."""
+    def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
+        """A run resumed at the step of a checkpoint whose own nandoctor.json says it failed (``resume_from_checkpoint=True``
+        takes the newest, often the one that broke): training would go on from the bad weights until the next save.
+        Which folder Trainer loaded is not handed to callbacks (a repaired copy resumes at the same step), so the
+        weights it loaded decide: NaN/Inf or unhealthy there is raised with ``stop_on_nonfinite``, an error otherwise;
+        healthy weights (a repaired copy, or a failure elsewhere: the optimizer's rates) are resumed with a warning.
+        A checkpoint saved after a loss jump (``resume_point: false``) is said at ERROR."""
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
         try:
             data = read_json(folder / REPORT_NAME, follow_links=False)
         except (OSError, ValueError):
             return  # (no verdict written: nothing known)
-        if passed_in(data):
-            return
         instead = (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
                    if self.last_clean else "no checkpoint of this run passed: start again from the base model")
+        if passed_in(data):
+            if isinstance(data, dict) and data.get("resume_point") is False:
+                logger.error("nandoctor: resuming at step %d, as %s, which is no resume point (%s); %s",
+                             state.global_step, folder, data.get("resume_point_why"), instead)
+            return
+        if model is not None:
+            from nandoctor.api import scan_module
+
+            live = scan_module(model)
+            if verdicts.passes(live, self.fail_on):
+                logger.warning("nandoctor: resuming at step %d, where %s failed its check when it was saved, but the "
+                               "weights loaded pass it (a repaired copy, or a failure outside the weights: its "
+                               "nandoctor.json says which)", state.global_step, folder)
+                return
         refuse_failed_resume(folder, data, instead, self.stop_on_nonfinite, Path(args.output_dir or "."))
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:

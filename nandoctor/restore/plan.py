@@ -336,6 +336,13 @@ def _candidate(
     # no copy of a UNet's EMA twin, nor its fp32 variant of the fp16 one)
     lookup = key or target.name
     names, why = donor.candidates(lookup)
+    if why == _NOT_FOUND and key is not None:
+        # (a donor of one of the models, or of the same files without their twins: its file at the same place — its
+        # path ends with the target's unet_ema/diffusion_pytorch_model.safetensors — holds the copy)
+        place = "/" + key[: -len(target.name) - 1]
+        found, _ = donor.candidates(target.name)
+        names = [n for n in found if ("/" + Path(donor.ref(n).file).as_posix()).endswith(place)]
+        why = None if names else f"not found in a file at {place[1:]}"
     if why:
         return why
     reasons = []
