@@ -224,6 +224,34 @@ def test_resuming_from_a_repaired_copy_at_the_failed_step_is_not_refused(tmp_pat
     assert any("the weights loaded pass it" in r.getMessage() for r in caplog.records)
 
 
+def test_resuming_from_a_checkpoint_that_is_no_resume_point_is_said(tmp_path, caplog):
+    """A review: a checkpoint the callback marked resume_point: false (saved from a loss jump's weights) was resumed
+    silently by resume_from_checkpoint=True."""
+    trainer = make_trainer(tmp_path, NanDoctorCallback(), max_steps=4)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    trainer.train()
+    report = tmp_path / "out" / "checkpoint-4" / "nandoctor.json"
+    report.write_text(json.dumps({**verdict(report.parent), "resume_point": False, "resume_point_why": "a loss jump"}))
+    again = make_trainer(tmp_path, NanDoctorCallback(), max_steps=6)
+    again.callback_handler.callbacks = [c for c in again.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    with caplog.at_level(logging.ERROR, logger="nandoctor"):
+        again.train(resume_from_checkpoint=True)
+    assert any("which is no resume point (a loss jump)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_live_stop_whose_save_the_save_strategy_skipped_is_said_at_the_end(tmp_path, caplog):
+    """A review: with save_strategy="best" Trainer decides the save itself (a NaN eval loss is no best), so the
+    stop's save is lost and the run would look finished on its last clean checkpoint: said at train end."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    trainer = make_trainer(tmp_path, doctor, max_steps=12, save_strategy="best", eval_strategy="steps", eval_steps=1,
+                           metric_for_best_model="eval_loss", save_total_limit=None)
+    with caplog.at_level(logging.ERROR, logger="nandoctor"):
+        trainer.train()
+    assert doctor.stopped_at is not None and doctor.stopped_at == doctor.nonfinite_weights_at
+    assert not (tmp_path / "out" / f"checkpoint-{doctor.stopped_at}").exists()
+    assert any("no checkpoint of that state was saved (save_strategy best)" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("stop", [True, False])
 def test_a_nan_logged_before_any_save_is_checked_on_the_live_weights(tmp_path, caplog, stop):
     """A trial: grad_norm was NaN in the log from the step after the planted NaN, and with a save interval of 100
