@@ -336,7 +336,13 @@ def test_nan_weights_that_a_loss_monitoring_checkpoint_never_writes_are_caught_l
     with caplog.at_level(logging.INFO, logger="nandoctor"):
         files = lightning_run(tmp_path, poison_at=7, callbacks=(doctor,), steps=16, every_n_train_steps=2,
                               keep_last=False, monitor="train_loss", save_top_k=2)
-    assert doctor.first_bad is None and all(r.judgement.exit_code == 0 for r in doctor.reports.values())
+    stopped = tmp_path / "checkpoints" / f"nandoctor-stopped-step={doctor.nonfinite_weights_at}.ckpt"
+    if stop:  # the broken state saved beside the step files and failed: the run's scan fails as the callback did
+        assert doctor.first_bad == str(stopped) and nandoctor.scan_run(str(tmp_path / "checkpoints")).exit_code() == 1
+        files = [f for f in files if f != stopped]
+    else:
+        assert doctor.first_bad is None and not stopped.exists()
+    assert all(r.judgement.exit_code == 0 for k, r in doctor.reports.items() if k != str(stopped))
     nan_losses = [s for s, loss in _logged_losses(tmp_path).items() if loss != loss]
     assert doctor.nonfinite_loss_at == doctor.nonfinite_weights_at == min(nan_losses)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

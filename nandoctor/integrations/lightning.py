@@ -265,6 +265,21 @@ class NanDoctorCallback(Callback):
                      "; stopping training" if self.stop_on_nonfinite and self.stopped_at is None else "")
         if self.stop_on_nonfinite and self.stopped_at is None:
             self._stop(trainer, step)
+            self._save_the_broken_state(trainer, step)
+
+    def _save_the_broken_state(self, trainer: Trainer, step: int) -> None:
+        """The stop on live NaN weights writes that state beside the step files (``nandoctor-stopped-step=N.ckpt``,
+        scanned and failed as any save), so that the run's scan and a gate after training fail as the callback did:
+        no ModelCheckpoint would write it (a trial of the Trainer callback: a run stopped this way scanned as a
+        finished one). One process only (a save is collective where there are several)."""
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if trainer.world_size > 1 or not dirpath:
+            return
+        try:
+            trainer.save_checkpoint(Path(dirpath) / f"nandoctor-stopped-step={step}.ckpt")
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not save the stopped run's state beside its checkpoints (%s: %s)",
+                         type(exc).__name__, exc)
 
     def keeps(self, path: Path) -> bool:
         """Whether the removal ModelCheckpoint asked for is held back (``path`` is a clean file to resume from:
