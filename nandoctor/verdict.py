@@ -571,24 +571,27 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
     """The names of ``report``'s tensors with a ``failing`` finding when every one of them is optimizer state
     (the weights are healthy: the model loads and generates, only resuming training restores the damage); []
     otherwise."""
-    tensors, wanted = report.tensors, set(failing)
-    rows = [i for i in tensors.flagged if not wanted.isdisjoint(tensors.findings[i])]
-    roles = tensors.refs.roles
-    if not rows or any(roles[i] != "optimizer" for i in rows):
+    rows, refs = failing_rows(report, failing), report.tensors.refs
+    if not rows or any(refs.roles[i] != "optimizer" for i in rows):
         return []
-    return [tensors.refs.names[i] for i in rows]
+    return [refs.names[i] for i in rows]
 
 
 # What the non-finite pickled floats are, in words (readers/torch/names.py: RATE_KEYS, SCHEDULER_RATE_KEYS)
 RATE_FLOATS = "learning-rate settings (Python floats of the optimizer's param_groups or its scheduler, not tensors)"
 
 
+def failing_rows(report: ScanReport, failing: Iterable[str]) -> list[int]:
+    """The rows of ``report``'s tensors with one of the ``failing`` findings, in order."""
+    tensors, wanted = report.tensors, set(failing)
+    return [i for i in tensors.flagged if not wanted.isdisjoint(tensors.findings[i])]
+
+
 def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
     """Whether every tensor of ``report`` with a ``failing`` finding is a pickled Python float (an optimizer's
     NaN learning rate or betas, readers/torch/quantized.py): a repair restores tensors, not those."""
-    tensors, wanted = report.tensors, set(failing)
-    rows = [i for i in tensors.flagged if not wanted.isdisjoint(tensors.findings[i])]
-    return bool(rows) and all(is_pickled_float(tensors.refs[i]) for i in rows)
+    rows = failing_rows(report, failing)
+    return bool(rows) and all(is_pickled_float(report.tensors.refs[i]) for i in rows)
 
 
 # How each trainer names gradient clipping, for the advice to resume with it
@@ -977,8 +980,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     if exploded:
         # (a BatchNorm's running statistics are buffers: said as such, and their magnitude is the one shown)
         buffers = sum(1 for t in exploded if t.ref.role == "buffer")
-        kinds = " and ".join(w for w in (plural(len(exploded) - buffers, "weight tensor") if len(exploded) > buffers else "",
-                                         plural(buffers, "running statistic") if buffers else "") if w)
+        weights = len(exploded) - buffers
+        kinds = " and ".join([plural(weights, "weight tensor")] * bool(weights)
+                             + [plural(buffers, "running statistic")] * bool(buffers))
         top = max((t.max_abs for t in exploded if t.max_abs is not None), default=None)
         pieces.append(f"{kinds} exploded" + (f" (max |x| {top:.3g})" if top is not None else "")
                       + _outgrown_fact(report))

@@ -277,12 +277,14 @@ class NanDoctorCallback(TrainerCallback):
         from nandoctor.api import scan_module
 
         said = ", ".join(f"{key} {value}" for key, value in logged)
+        first = self.nonfinite_loss_at is None
+        if first:
+            self.nonfinite_loss_at = state.global_step
         report = scan_module(model)
         if not report.nonfinite:
-            if self.nonfinite_loss_at is None:  # (once: a streak of bad batches is said at its first)
+            if first:  # (once: a streak of bad batches is said at its first)
                 logger.warning("nandoctor: the logged %s at step %d while the model's weights are finite (a bad batch, "
                                "or an overflow in the forward pass)", said, state.global_step)
-            self.nonfinite_loss_at = self.nonfinite_loss_at or state.global_step
             return
         self.nonfinite_weights_at = state.global_step
         stop = self.stop_on_nonfinite and self.stopped_at is None

@@ -152,11 +152,6 @@ def finding_ranges(report: ScanReport, findings: Collection[str] = SEVERITY) -> 
     return out
 
 
-def _failing_names(report: ScanReport, failing: Collection[str]) -> list[str]:
-    tensors = report.tensors
-    return [tensors.refs.names[i] for i in tensors.flagged if not set(failing).isdisjoint(tensors.findings[i])]
-
-
 def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     """What to do about one checkpoint, from the health verdict.py gave it and what fails the gate
     (``decided``: the verdict under the command's ``--fail-on``; the report's own by default): a repair
@@ -187,7 +182,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         optimizer = verdicts.optimizer_only(report, failing)
         floats = verdicts.only_pickled_floats(report, failing)
         if floats:  # (no tensor to restore: a repair would find no donor for them)
-            steps.append(f"only {verdicts.RATE_FLOATS} are bad ({first_few(optimizer or _failing_names(report, failing), 2)}); "
+            steps.append(f"only {verdicts.RATE_FLOATS} are bad ({first_few([report.tensors.refs.names[i] for i in verdicts.failing_rows(report, failing)], 2)}); "
                          "the model weights are healthy, so the model loads and "
                          "generates, but resuming training from this checkpoint restores them, and a NaN learning rate "
                          "makes every weight NaN at the next step: resume from an earlier checkpoint instead (a repair "
