@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nandoctor import verdict
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.kernels import CLEAN
-from nandoctor.model import Region, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults
+from nandoctor.model import PICKLED_FLOAT, Region, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults
 
 if TYPE_CHECKING:
     import torch
@@ -38,12 +38,14 @@ def _can_hold_nonfinite(t: torch.Tensor) -> bool:
     return bool(t.is_floating_point() or t.is_complex())
 
 
-def _ref(name: str, t: torch.Tensor) -> TensorRef:
-    from nandoctor.checkpoint.roles import role_of
+def _ref(name: str, t: torch.Tensor, rate: bool = False) -> TensorRef:
+    """``rate``: ``t`` holds a Python float of an optimizer's or scheduler's settings (a learning rate), keyed and
+    judged as the file scan keys one it read from a pickle (model.PICKLED_FLOAT)."""
+    from nandoctor.checkpoint.roles import OPTIMIZER, role_of
 
     dtype = dtype_name(t)
-    region = Region(f"<{t.device}>", 0, t.numel() * t.element_size(), dtype, name)
-    return TensorRef(name, dtype, tuple(t.shape), region, role=role_of(name))
+    region = Region(f"<{t.device}>", 0, t.numel() * t.element_size(), dtype, f"{PICKLED_FLOAT} {name}" if rate else name)
+    return TensorRef(name, dtype, tuple(t.shape), region, role=OPTIMIZER if rate else role_of(name))
 
 
 def scan_tensors(
@@ -62,7 +64,8 @@ def scan_tensors(
 
     problems: list[ScanProblem] = []
     live: list[tuple[str, torch.Tensor]] = []
-    for name, value in _tensors(named, torch):
+    rates: set[str] = set()
+    for name, value in _tensors(named, torch, rates):
         if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
             value = value.dequantize()
         if value.device.type == "meta":
@@ -96,7 +99,7 @@ def scan_tensors(
             health = census_tensor(t, ceiling, limits.outlier_factor, quick) if floating else {}
             results.append(
                 TensorResult(
-                    _ref(name, t),
+                    _ref(name, t, name in rates),
                     counts.nan,
                     counts.posinf,
                     counts.neginf,
@@ -127,14 +130,24 @@ def scan_tensors(
 _MAX_DEPTH = 100
 
 
-def _tensors(named: Iterable[tuple[str, Any]], torch: Any) -> Iterable[tuple[str, Any]]:
+def _tensors(named: Iterable[tuple[str, Any]], torch: Any, rates: set[str]) -> Iterable[tuple[str, Any]]:
     """Every tensor of ``named``, nested mappings, lists and tuples walked with dotted names (what
     ``torch.load("ckpt.pt")`` gives: ``{"model": {...}, "epoch": 3}``), each nested tensor's components as
     ``name.i``, and numpy float/complex arrays as tensors (a file's numpy arrays are counted too: a NaN in a
-    loaded checkpoint's ``running_mean`` array passed a live scan CLEAN); other values hold nothing to count."""
+    loaded checkpoint's ``running_mean`` array passed a live scan CLEAN); other values hold nothing to count,
+    but for a non-finite learning-rate setting (an optimizer's ``param_groups`` lr/betas/eps…, a scheduler's
+    ``base_lrs``: readers/torch/names.is_rate_path, the file scan's rule), given as a float64 scalar and its name
+    added to ``rates`` (a loaded checkpoint with a NaN lr passed CLEAN while its saved file failed)."""
+    from nandoctor.readers.torch.names import is_rate_path
+
     seen: set[int] = set()
 
-    def walk(name: str, value: Any, depth: int) -> Iterable[tuple[str, Any]]:
+    def walk(name: str, value: Any, depth: int, path: list[str]) -> Iterable[tuple[str, Any]]:
+        if isinstance(value, float):
+            if not math.isfinite(value) and is_rate_path(path):
+                rates.add(name)
+                yield name, torch.tensor(value, dtype=torch.float64)
+            return
         if _numeric_array(value):  # a numpy array (a loaded checkpoint's running stats): counted as a file's are
             value = torch.from_numpy(_supported(value))
         if isinstance(value, torch.Tensor):
@@ -149,14 +162,14 @@ def _tensors(named: Iterable[tuple[str, Any]], torch: Any) -> Iterable[tuple[str
         if isinstance(value, Mapping):
             seen.add(id(value))
             for key, child in value.items():
-                yield from walk(f"{name}.{key}", child, depth + 1)
+                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)])
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
-                yield from walk(f"{name}.{i}", child, depth + 1)
+                yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)])
 
     for name, value in named:
-        yield from walk(str(name), value, 0)
+        yield from walk(str(name), value, 0, [str(name)])
 
 
 def _numeric_array(value: Any) -> bool:

@@ -26,6 +26,30 @@ def test_a_loaded_checkpoint_dict_is_walked_like_a_file():
     assert report.exit_code == 1
 
 
+def test_a_loaded_checkpoint_with_a_nan_learning_rate_fails_as_its_file_does(tmp_path):
+    """A trial: torch.load of a checkpoint whose optimizer's lr and betas were NaN/Inf passed a live scan CLEAN,
+    while the scan of the same file failed it (one step from it makes every weight NaN). The file scan's rule: only
+    the rates a step uses (param_groups lr/betas/eps…, a scheduler's base_lrs); other floats stay out."""
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)  # its best = inf is its design
+    optimizer.param_groups[0]["lr"] = NAN
+    optimizer.param_groups[0]["betas"] = (0.9, INF)
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "plateau": plateau.state_dict(),
+             "loss": NAN}
+    torch.save(saved, tmp_path / "ckpt.pt")
+    live, on_disk = nandoctor.scan_state_dict(saved), nandoctor.scan(str(tmp_path / "ckpt.pt"))
+    bad = {t.ref.name for t in live.tensors if t.nan or t.posinf or t.neginf}
+    assert bad == {"optimizer.param_groups.0.lr", "optimizer.param_groups.0.betas.1"}
+    assert {t.ref.name for t in on_disk.tensors if t.nan or t.posinf or t.neginf} == bad
+    assert live.exit_code == on_disk.exit_code == 1
+    assert live.tensors.refs[[t.ref.name for t in live.tensors].index("optimizer.param_groups.0.lr")].role == "optimizer"
+    optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"] = 1e-3, (0.9, 0.999)
+    assert nandoctor.scan_state_dict({**saved, "optimizer": optimizer.state_dict()}).exit_code == 0
+
+
 def test_nothing_to_check_is_never_clean():
     for empty in ({}, {"epoch": 3, "note": "x"}):
         report = nandoctor.scan_state_dict(empty)

@@ -205,23 +205,80 @@ def test_a_long_bad_streak_with_a_tracked_best_keeps_at_most_one_more(tmp_path, 
     assert not [r.getMessage() for r in caplog.records[:first_bad] if r.levelno >= logging.WARNING]
 
 
+def _failed_run_and_a_resumer(tmp_path: Path, stop: bool = True) -> tuple[Path, Trainer]:
+    make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=20).train()
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=stop), max_steps=8)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    return tmp_path / "out", trainer
+
+
 def test_resuming_from_a_repaired_copy_at_the_failed_step_is_not_refused(tmp_path, caplog):
     """A review: the refusal read output_dir/checkpoint-<step>'s verdict whatever folder Trainer loaded, and refused
-    a repaired copy resumed by its own path. The weights loaded decide."""
-    import shutil
-
-    make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=20).train()
-    out = tmp_path / "out"
-    fixed = tmp_path / "checkpoint-6-fixed"  # (the failed save with healthy weights, as a repair writes it)
-    shutil.copytree(out / "checkpoint-6", fixed)
-    (fixed / "nandoctor.json").unlink()
-    shutil.copy(out / "checkpoint-4" / "model.safetensors", fixed / "model.safetensors")
-    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=8)
-    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    a repaired copy resumed by its own path. What was loaded decides."""
+    out, trainer = _failed_run_and_a_resumer(tmp_path)
+    fixed = tmp_path / "checkpoint-6-fixed"
+    result = nandoctor.repair(out / "checkpoint-6", out / "checkpoint-4", fixed, allow_diverged=True)
+    assert result.verification is not None and result.verification.verdict == "CLEAN" and (fixed / "optimizer.pt").exists()
     with caplog.at_level(logging.WARNING, logger="nandoctor"):
         trainer.train(resume_from_checkpoint=str(fixed))
     assert trainer.state.global_step == 8
-    assert any("the weights loaded pass it" in r.getMessage() for r in caplog.records)
+    assert any("the weights and optimizer state loaded pass it" in r.getMessage() for r in caplog.records)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # (the oracle: trained on, finite)
+
+
+def test_resuming_healthy_weights_with_the_failed_optimizer_state_is_refused(tmp_path):
+    """A copy of the failed save with only its weights replaced keeps optimizer.pt, whose moments the NaN step
+    filled: one step from it makes the weights NaN again (it passed with a warning, the weights loaded being
+    healthy)."""
+    import shutil
+
+    out, trainer = _failed_run_and_a_resumer(tmp_path)
+    copy = tmp_path / "checkpoint-6-weights-only"
+    shutil.copytree(out / "checkpoint-6", copy)
+    (copy / "nandoctor.json").unlink()
+    shutil.copy(out / "checkpoint-4" / "model.safetensors", copy / "model.safetensors")
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        trainer.train(resume_from_checkpoint=str(copy))
+    assert "optimizer or scheduler state holding NaN/Inf (optimizer.state." in caught.value.message
+    assert trainer.state.global_step == 6
+    # the oracle: what refusing spares (one step from that state, without the callback)
+    again = make_trainer(tmp_path, NanDoctorCallback(), max_steps=7)
+    again.callback_handler.callbacks = [c for c in again.callback_handler.callbacks
+                                        if not isinstance(c, (PlantNaN, NanDoctorCallback))]
+    again.train(resume_from_checkpoint=str(copy))
+    assert not all(torch.isfinite(p).all() for p in again.model.parameters())
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_resuming_a_nan_learning_rate_is_refused_whatever_the_folder(tmp_path, caplog, stop):
+    """A checkpoint whose only fault is a NaN learning rate in optimizer.pt (its weights healthy), saved by a run
+    without the callback (no nandoctor.json), resumed with it: the first step would make every weight NaN."""
+    clean = make_trainer(tmp_path, NanDoctorCallback(), max_steps=4)
+    clean.callback_handler.callbacks = [c for c in clean.callback_handler.callbacks
+                                        if not isinstance(c, (PlantNaN, NanDoctorCallback))]
+    clean.train()
+    folder = tmp_path / "out" / "checkpoint-4"
+    assert not (folder / "nandoctor.json").exists()
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    for group in saved["param_groups"]:
+        group["lr"] = float("nan")
+    torch.save(saved, folder / "optimizer.pt")
+    scheduler = torch.load(folder / "scheduler.pt", weights_only=True)
+    scheduler["_last_lr"] = [float("nan")] * len(scheduler["_last_lr"])
+    torch.save(scheduler, folder / "scheduler.pt")
+    assert nandoctor.scan(str(folder)).verdict != "CLEAN"  # (the file scan's verdict, which the live check matches)
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=stop), max_steps=6)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    if stop:
+        with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+            trainer.train(resume_from_checkpoint=str(folder))
+        assert "optimizer.param_groups.0.lr" in caught.value.message
+        assert trainer.state.global_step == 4
+    else:
+        with caplog.at_level(logging.ERROR, logger="nandoctor"):
+            trainer.train(resume_from_checkpoint=str(folder))
+        said = [r.getMessage() for r in caplog.records if "optimizer or scheduler state holding NaN/Inf" in r.getMessage()]
+        assert said and "optimizer.param_groups.0.lr" in said[0]
 
 
 def test_resuming_from_a_checkpoint_that_is_no_resume_point_is_said(tmp_path, caplog):

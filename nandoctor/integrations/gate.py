@@ -205,8 +205,14 @@ def refuse_failed_resume(resumed: Path, entry: Any, instead: str, raising: bool,
     (NonFiniteWeightsError) when ``raising``, logged as an error otherwise."""
     summary = entry.get("summary") if isinstance(entry, dict) else None
     verdict = summary.get("verdict") if isinstance(summary, dict) else None
-    message = (f"resuming from {resumed}, which failed nandoctor's check when it was saved"
-               f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; {instead}")
+    refuse_resume(f"resuming from {resumed}, which failed nandoctor's check when it was saved"
+                  f"{f' ({verdict})' if isinstance(verdict, str) else ''}: training would go on from its weights; "
+                  f"{instead}", raising, run)
+
+
+def refuse_resume(message: str, raising: bool, run: Path) -> None:
+    """Refuse a resume for the reason ``message`` gives: NonFiniteWeightsError when ``raising``, an error logged
+    otherwise."""
     if raising:
         from nandoctor.errors import NonFiniteWeightsError
 
@@ -225,4 +231,5 @@ def distributed() -> Any:
     return dist
 
 
-__all__ = ["REPORT_NAME", "CheckpointGate", "distributed", "passed_in", "remember_baseline", "write_json"]
+__all__ = ["REPORT_NAME", "CheckpointGate", "distributed", "passed_in", "refuse_failed_resume", "refuse_resume",
+           "remember_baseline", "write_json"]

@@ -57,6 +57,7 @@ No health figures are logged for a per-rank check (each rank saw only its files)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -84,6 +85,7 @@ from nandoctor.integrations.gate import (
     distributed,
     passed_in,
     refuse_failed_resume,
+    refuse_resume,
     write_json,
 )
 from nandoctor.integrations.saved import verify_saved, wrote_own_files
@@ -175,7 +177,8 @@ class NanDoctorCallback(TrainerCallback):
             if self.last_clean:
                 self._protect(args, state)
         if state.global_step > 0:
-            self._refuse_a_failed_resume_point(args, state, kwargs.get("model"))
+            self._refuse_a_failed_resume(args, state, kwargs.get("model"), kwargs.get("optimizer"),
+                                         kwargs.get("lr_scheduler"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
@@ -299,35 +302,69 @@ class NanDoctorCallback(TrainerCallback):
             control.should_save = True
             self.stopped_at = state.global_step
 
-    def _refuse_a_failed_resume_point(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
-        """A run resumed at the step of a checkpoint whose own nandoctor.json says it failed (``resume_from_checkpoint=True``
-        takes the newest, often the one that broke): training would go on from the bad weights until the next save.
-        Which folder Trainer loaded is not handed to callbacks (a repaired copy resumes at the same step), so the
-        weights it loaded decide: NaN/Inf or unhealthy there is raised with ``stop_on_nonfinite``, an error otherwise;
-        healthy weights (a repaired copy, or a failure elsewhere: the optimizer's rates) are resumed with a warning.
-        A checkpoint saved after a loss jump (``resume_point: false``) is said at ERROR."""
+    def _instead(self) -> str:
+        return (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
+                if self.last_clean else "resume from an earlier checkpoint whose scan passes (`nandoctor scan` of the "
+                "output folder names the last clean one), or start again from the base model")
+
+    def _refuse_a_failed_resume(self, args: TrainingArguments, state: TrainerState, model: Any, optimizer: Any,
+                                scheduler: Any) -> None:
+        """A resumed run about to train on from a state that breaks it, raised with ``stop_on_nonfinite``, an error
+        otherwise:
+
+        - the checkpoint at the resumed step failed, by its own ``nandoctor.json`` (``resume_from_checkpoint=True``
+          takes the newest, often the one that broke), and the weights loaded fail too. Which folder Trainer
+          loaded is not handed to callbacks (a repaired copy resumes at the same step), so the weights it loaded
+          decide;
+        - the optimizer or scheduler loaded holds NaN/Inf where a step uses it (a learning rate, betas, eps, a
+          moment), whatever the folder and its verdict: the first step makes every weight NaN (a trial: a
+          checkpoint whose only fault was a NaN learning rate was resumed with a warning, its weights passing).
+          Trainer hands the callbacks its optimizer and scheduler once their state is loaded.
+
+        Healthy weights and optimizer at a failed step (a repaired copy) resume with a warning; a checkpoint saved
+        after a loss jump (``resume_point: false``) is said at ERROR."""
+        broken = self._nonfinite_training_state(optimizer, scheduler)  # (first, on every rank: one collective)
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
         try:
             data = read_json(folder / REPORT_NAME, follow_links=False)
         except (OSError, ValueError):
-            return  # (no verdict written: nothing known)
-        instead = (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
-                   if self.last_clean else "no checkpoint of this run passed: start again from the base model")
-        if passed_in(data):
-            if isinstance(data, dict) and data.get("resume_point") is False:
-                logger.error("nandoctor: resuming at step %d, as %s, which is no resume point (%s); %s",
-                             state.global_step, folder, data.get("resume_point_why"), instead)
-            return
-        if model is not None:
+            data = None  # (no verdict written: the loaded state alone decides)
+        run = Path(args.output_dir or ".")
+        failed = data is not None and not passed_in(data)
+        if failed and model is not None:
             from nandoctor.api import scan_module
 
-            live = scan_module(model)
-            if verdicts.passes(live, self.fail_on):
-                logger.warning("nandoctor: resuming at step %d, where %s failed its check when it was saved, but the "
-                               "weights loaded pass it (a repaired copy, or a failure outside the weights: its "
-                               "nandoctor.json says which)", state.global_step, folder)
-                return
-        refuse_failed_resume(folder, data, instead, self.stop_on_nonfinite, Path(args.output_dir or "."))
+            failed = not verdicts.passes(scan_module(model), self.fail_on)
+        if failed:
+            refuse_failed_resume(folder, data, self._instead(), self.stop_on_nonfinite, run)
+        elif broken:
+            refuse_resume(f"resuming at step {state.global_step} with an optimizer or scheduler state holding NaN/Inf "
+                          f"({', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}): its first step makes every "
+                          f"weight NaN; {self._instead()}", self.stop_on_nonfinite, run)
+        elif data is not None and not passed_in(data):
+            logger.warning("nandoctor: resuming at step %d, where %s failed its check when it was saved, but the "
+                           "weights and optimizer state loaded pass it (a repaired copy, or a failure outside them: "
+                           "its nandoctor.json says which)", state.global_step, folder)
+        elif isinstance(data, dict) and data.get("resume_point") is False:
+            logger.error("nandoctor: resuming at step %d, as %s, which is no resume point (%s); %s",
+                         state.global_step, folder, data.get("resume_point_why"), self._instead())
+
+    def _nonfinite_training_state(self, optimizer: Any, scheduler: Any) -> list[str]:
+        """The names of what the loaded optimizer and scheduler hold as NaN/Inf (``loaded_training_state``), agreed by
+        every rank (a sharded optimizer's moments differ by rank: all stop together, or none does)."""
+        loaded = loaded_training_state(optimizer, scheduler)
+        bad: list[str] = []
+        if loaded:
+            from nandoctor.api import scan_state_dict
+
+            report = scan_state_dict(loaded)
+            bad = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, (verdicts.NONFINITE,))]
+        dist = distributed()
+        if dist is not None:
+            everyone: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, bad)
+            bad = list(dict.fromkeys(name for names in everyone for name in names or ()))
+        return bad
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:
         """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
@@ -518,6 +555,26 @@ class NanDoctorCallback(TrainerCallback):
         for checkpoint in found:
             if checkpoint not in keep:
                 shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def loaded_training_state(optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """What a resume loaded into ``optimizer`` and ``scheduler``, as a live scan walks it: the param_groups' settings
+    (without their ``params``: the model's weights, checked apart), each parameter's state (moments), and the
+    scheduler's ``state_dict()``. Read through the attributes every torch optimizer and its wrappers (accelerate's
+    AcceleratedOptimizer) have, never a collective ``state_dict()`` call; empty when there is nothing to read."""
+    loaded: dict[str, Any] = {}
+    groups = getattr(optimizer, "param_groups", None)
+    if isinstance(groups, (list, tuple)):
+        state = getattr(optimizer, "state", None)
+        loaded["optimizer"] = {
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in groups if isinstance(g, dict)],
+            "state": dict(enumerate(state.values())) if isinstance(state, dict) else {},
+        }
+    if callable(getattr(scheduler, "state_dict", None)):
+        # (a scheduler that cannot say its state: the optimizer's rates hold what it set last)
+        with contextlib.suppress(Exception):
+            loaded["lr_scheduler"] = scheduler.state_dict()
+    return loaded
 
 
 def attach(trainer: Any, callback: NanDoctorCallback | None = None) -> NanDoctorCallback:

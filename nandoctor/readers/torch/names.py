@@ -46,13 +46,15 @@ RATE_KEYS = frozenset({"lr", "initial_lr", "max_lr", "min_lr", "betas", "eps", "
 SCHEDULER_RATE_KEYS = frozenset({"base_lrs", "_last_lr", "max_lrs", "min_lrs"})
 
 
-def _rate_key(path: list[str]) -> bool:
+def is_rate_path(path: list[str]) -> bool:
     """Whether ``path`` names a rate a training step uses: one of RATE_KEYS in an optimizer's param_groups, or of
     SCHEDULER_RATE_KEYS anywhere (or an item of one: ``betas.1``, ``base_lrs.0``)."""
     key = path[-1] if path else ""
     if key.isdigit() and len(path) > 1:
         key = path[-2]
     return key in SCHEDULER_RATE_KEYS or (key in RATE_KEYS and PARAM_GROUPS in path)
+
+
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
 # repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
@@ -199,7 +201,7 @@ def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
 def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
     if isinstance(value, _LEAVES):
         # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
-        if value.__class__ is float and not math.isfinite(value) and _rate_key([*out._groups, *path]):
+        if value.__class__ is float and not math.isfinite(value) and is_rate_path([*out._groups, *path]):
             out.group_floats.append((".".join(path), value))
         return
     out._nodes += 1
