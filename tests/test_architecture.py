@@ -491,3 +491,22 @@ def test_a_hole_among_names_from_pretrained_renames_is_named_as_the_model_needs_
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"]
     assert f"{dropped}.weight" in report.errors[0].message
+
+
+def test_the_seconds_of_a_transformers_build_are_said_on_the_progress_bar(tmp_path):
+    """A trial: a folder whose names looked renamed sat 4-5 s on a finished progress bar, silent, while transformers
+    was imported and the model built. The bar says what it waits for (stderr a terminal: FORCE_COLOR)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _llama(tmp_path / "m", config={"num_hidden_layers": 4})
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "250"}
+    env.pop("NANDOCTOR_NO_PROGRESS", None)
+    done = subprocess.run([sys.executable, "-m", "nandoctor", "scan", str(folder)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3
+    assert "building the model of" in done.stderr and "with transformers" in done.stderr
+    quiet = subprocess.run([sys.executable, "-m", "nandoctor", "scan", "--quiet", str(folder)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert "building the model" not in quiet.stderr + quiet.stdout

@@ -82,8 +82,15 @@ def test_two_checkpoint_folders_of_one_step_are_a_problem(tmp_path):
     result = invoke("scan", str(run), "--json")
     assert result.exit_code == 3
     assert json.loads(result.output)["run"]["problems"] == list(report.problems)
+    # Every form says it fails, and why (a trial: "PASS CLEAN" and verdict CLEAN with exit code 3)
+    assert json.loads(result.output)["summary"]["verdict"] == "AMBIGUOUS RUN"
     text = invoke("scan", str(run))
     assert text.exit_code == 3 and "checkpoint-0300 and checkpoint-300" in text.output
+    assert "run: AMBIGUOUS RUN" in text.output and "rename or remove the stray folder, then scan again" in text.output
+    quiet = invoke("scan", str(run), "--quiet")
+    assert quiet.exit_code == 3 and quiet.output.startswith("FAIL AMBIGUOUS RUN ") and "PASS" not in quiet.output
+    markdown = invoke("scan", str(run), "--markdown")
+    assert "FAIL AMBIGUOUS RUN" in markdown.output and "PASS" not in markdown.output
 
 
 def test_distinct_steps_are_no_problem(tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import re
 import warnings
 from collections import Counter
@@ -56,7 +57,9 @@ _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stack
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
-_HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
+_HOLE = "the same tensor of the other layers is stored"
+# Long steps are said on this logger: the CLI shows its INFO records on its progress bar (cli/progress.py)
+_STATUS = logging.getLogger("nandoctor.status")  # (a suspicion too weak for a note when nothing can check it)
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: Sequence[tuple[int, ...]],
              files: Sequence[str], *, quantized: bool = False) -> tuple[list[ScanProblem], list[str]]:
@@ -418,6 +421,8 @@ def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], s
 def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
     """The model transformers builds from ``root``'s config.json, on the meta device; None without transformers,
     or for a model it does not ship (remote code is never run, a missing optional package); what it raised else."""
+    _STATUS.info("building the model of %s with transformers, to check the tensors it needs (a few seconds)",
+                 root / "config.json")
     try:
         import torch
         import transformers

@@ -47,6 +47,11 @@ from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 from nandoctor.wording import first_few
 
 
+# The verdict words of a run that is itself ambiguous (RunReport.problems: two folders of one step), whatever its rows
+AMBIGUOUS_WORDS = "AMBIGUOUS RUN"
+STRAY_FOLDER_HINT = "rename or remove the stray folder"
+
+
 def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
     """One line per step that two folders claim (``checkpoint-300`` and ``checkpoint-0300``): Trainer's
     resume and ``save_total_limit`` rotation read the step with ``int()`` and take whichever they list
@@ -336,7 +341,10 @@ class RunReport:
         return self.verdict_under()
 
     def verdict_under(self, fail_on: frozenset[str] | None = None) -> str:
-        """The deciding row's verdict words under ``fail_on`` (the default gate when None)."""
+        """The deciding row's verdict words under ``fail_on`` (the default gate when None); AMBIGUOUS_WORDS for a
+        run that is itself ambiguous (exit 3 whatever its rows: a trial saw "PASS CLEAN" with exit code 3)."""
+        if self.problems:
+            return AMBIGUOUS_WORDS
         decider = self.decider(fail_on)
         return "EMPTY" if decider is None else row_verdict(decider, fail_on)
 
@@ -682,7 +690,7 @@ def scan_run(
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if lightning else duplicate_steps(checkpoints_in(root))
-    notes = [f"{p}; rename or remove the stray folder" for p in problems]
+    notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
     if lightning_run is not None:  # epoch=3.ckpt: a checkpoint too, but no step to place it by
         others = sorted(lightning_run.unplaced)
         notes += lightning_run.notes

@@ -79,4 +79,26 @@ def byte_progress(*, enabled: bool, description: str) -> Iterator[Callable[[int,
         def update(done: int, total: int, file: str) -> None:
             bar.update(task, completed=done, total=total, file=os.path.basename(file), visible=True)
 
-        yield update
+        with _status_on(lambda text: bar.update(task, file=text, visible=True)):
+            yield update
+
+
+@contextmanager
+def _status_on(show: Callable[[str], None]) -> Iterator[None]:
+    """Show what the ``nandoctor.status`` logger says (a step of seconds with no bytes to count: a model built
+    with transformers) while the bar is up, so that the bar never sits still at its end without a word."""
+    import logging
+
+    class OnTheBar(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            show(record.getMessage())
+
+    status, handler = logging.getLogger("nandoctor.status"), OnTheBar(logging.INFO)
+    level = status.level
+    status.addHandler(handler)
+    status.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        status.removeHandler(handler)
+        status.setLevel(level)

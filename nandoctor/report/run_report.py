@@ -10,6 +10,7 @@ from rich.text import Text
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import (
+    AMBIGUOUS_WORDS,
     CLEAN,
     DIVERGED,
     HEALTHY_STATUSES,
@@ -18,6 +19,7 @@ from nandoctor.checkpoint.runs import (
     POISONED,
     UNREADABLE,
     RunCheckpoint,
+    STRAY_FOLDER_HINT,
     RunReport,
     TrainLog,
     row_verdict,
@@ -152,7 +154,9 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     last.ckpt's) plus last clean / first bad."""
     fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
     newest = run.decider(fail_on)
-    if newest is None:
+    if run.problems:
+        head = f"FAIL {AMBIGUOUS_WORDS} {run.target}: {'; '.join(run.problems)}"
+    elif newest is None:
         head = f"FAIL EMPTY {run.target}: no checkpoints"
     elif newest.report is None or newest.status == INCOMPLETE:
         head = f"FAIL INCOMPLETE {newest.path}: {'; '.join(newest.incomplete) or 'not scanned'}"
@@ -208,6 +212,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
                                 ": ", (row_verdict(decider, fail_on), style), f" ({decides_words(run, decider)})"))
+    if run.problems:
+        console.print(Text.assemble(("run: ", "bold"), (AMBIGUOUS_WORDS, style), f" ({safe('; '.join(run.problems))})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
@@ -215,9 +221,14 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 
 def next_steps(run: RunReport) -> list[str]:
-    """What to do about a failing run: finish or drop an unfinished save, then resume or repair."""
+    """What to do about a failing run: make it unambiguous, then what its deciding rows need."""
+    return [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
+
+
+def _row_steps(run: RunReport) -> list[str]:
+    """What the run's deciding rows need: finish or drop an unfinished save, then resume or repair."""
     newest, last_clean, targets = run.decider(), run.last_clean, run.repair_targets
-    steps = []
+    steps: list[str] = []
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
     elif newest is not None and newest.status == UNREADABLE:
