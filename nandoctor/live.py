@@ -135,16 +135,16 @@ def _tensors(named: Iterable[tuple[str, Any]], torch: Any, rates: set[str]) -> I
     ``torch.load("ckpt.pt")`` gives: ``{"model": {...}, "epoch": 3}``), each nested tensor's components as
     ``name.i``, and numpy float/complex arrays as tensors (a file's numpy arrays are counted too: a NaN in a
     loaded checkpoint's ``running_mean`` array passed a live scan CLEAN); other values hold nothing to count,
-    but for a non-finite learning-rate setting (an optimizer's ``param_groups`` lr/betas/eps…, a scheduler's
-    ``base_lrs``: readers/torch/names.is_rate_path, the file scan's rule), given as a float64 scalar and its name
+    but for a non-finite setting a training step uses (an optimizer's ``param_groups`` lr/betas/eps…, a scheduler's
+    ``base_lrs`` or gamma: readers/torch/names.breaks_a_step, the file scan's rule), given as a float64 scalar and its name
     added to ``rates`` (a loaded checkpoint with a NaN lr passed CLEAN while its saved file failed)."""
-    from nandoctor.readers.torch.names import is_rate_path
+    from nandoctor.readers.torch.names import breaks_a_step, is_scheduler_state
 
     seen: set[int] = set()
 
-    def walk(name: str, value: Any, depth: int, path: list[str]) -> Iterable[tuple[str, Any]]:
+    def walk(name: str, value: Any, depth: int, path: list[str], scheduler: bool = False) -> Iterable[tuple[str, Any]]:
         if isinstance(value, float):
-            if not math.isfinite(value) and is_rate_path(path):
+            if not math.isfinite(value) and breaks_a_step(path, value, scheduler):
                 rates.add(name)
                 yield name, torch.tensor(value, dtype=torch.float64)
             return
@@ -161,12 +161,13 @@ def _tensors(named: Iterable[tuple[str, Any]], torch: Any, rates: set[str]) -> I
             return
         if isinstance(value, Mapping):
             seen.add(id(value))
+            scheduler = scheduler or is_scheduler_state(value)
             for key, child in value.items():
-                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)])
+                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler)
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
-                yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)])
+                yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)], scheduler)
 
     for name, value in named:
         yield from walk(str(name), value, 0, [str(name)])

@@ -170,3 +170,76 @@ def test_assert_finite_gives_the_resume_advice_not_a_repair(tmp_path):
         nandoctor.assert_finite(str(folder), device="cpu")
     assert "learning-rate settings" in caught.value.message and "optimizer.param_groups.0.lr" in caught.value.message
     assert caught.value.hint.startswith("resume training from an earlier checkpoint") and "nandoctor repair" not in caught.value.hint
+
+
+_SETTINGS = {  # a setting a trial set NaN in each real optimizer/scheduler state: the scan passed, the resume went NaN
+    "Rprop etas": (lambda p: torch.optim.Rprop(p, lr=0.01), None, ("optimizer", "etas", 0)),
+    "NAdam momentum_decay": (lambda p: torch.optim.NAdam(p, lr=0.01), None, ("optimizer", "momentum_decay", None)),
+    "ASGD lambd": (lambda p: torch.optim.ASGD(p, lr=0.01), None, ("optimizer", "lambd", None)),
+    "StepLR gamma": (lambda p: torch.optim.SGD(p, lr=0.1),
+                     lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5), ("scheduler", "gamma", None)),
+    "CosineAnnealingLR eta_min": (lambda p: torch.optim.SGD(p, lr=0.1),
+                                  lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10),
+                                  ("scheduler", "eta_min", None)),
+    "LinearLR end_factor": (lambda p: torch.optim.SGD(p, lr=0.1),
+                            lambda o: torch.optim.lr_scheduler.LinearLR(o, total_iters=4), ("scheduler", "end_factor", None)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SETTINGS))
+def test_a_nan_in_any_setting_of_param_groups_or_a_scheduler_fails(tmp_path, name):
+    """The rule: a NaN anywhere in an optimizer's param_groups or a scheduler's state (every setting feeds the update
+    or the next rate); ±Inf only at the rates (Prodigy's growth_rate, ReduceLROnPlateau's best are infinite by
+    design). Oracle: the saved states loaded with torch.load(weights_only=True) into fresh objects, two steps."""
+    make_optimizer, make_scheduler, (where, key, item) = _SETTINGS[name]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    optimizer = make_optimizer(model.parameters())
+    scheduler = make_scheduler(optimizer) if make_scheduler else None
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler else None}
+    holder = saved["optimizer"]["param_groups"][0] if where == "optimizer" else saved["scheduler"]
+    if item is None:
+        holder[key] = math.nan
+    else:
+        holder[key] = tuple(math.nan if i == item else v for i, v in enumerate(holder[key]))
+    torch.save(saved, tmp_path / "state.pt")
+
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    model2 = torch.nn.Linear(8, 8)
+    model2.load_state_dict(loaded["model"])
+    optimizer2 = make_optimizer(model2.parameters())
+    optimizer2.load_state_dict(loaded["optimizer"])
+    scheduler2 = make_scheduler(optimizer2) if make_scheduler else None
+    if scheduler2 is not None:
+        scheduler2.load_state_dict(loaded["scheduler"])
+    for _ in range(2):
+        optimizer2.zero_grad()
+        model2(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer2.step()
+        if scheduler2 is not None:
+            scheduler2.step()
+    assert not all(bool(torch.isfinite(p).all()) for p in model2.parameters())  # the oracle: the resume breaks
+
+    expected = (f"optimizer.param_groups.0.{key}" if where == "optimizer" else f"scheduler.{key}") + (
+        f".{item}" if item is not None else "")
+    fresh = torch.load(tmp_path / "state.pt", weights_only=True)  # (the oracle's steps wrote into loaded's moments)
+    for report in (nandoctor.scan(str(tmp_path / "state.pt"), device="cpu"), nandoctor.scan_state_dict(fresh)):
+        assert report.exit_code == 1
+        assert {t.name: (t.nan, t.ref.role) for t in report.tensors if t.findings} == {expected: (1, "optimizer")}
+
+
+def test_a_scheduler_file_scanned_alone_says_what_it_is(tmp_path):
+    """A trial: scheduler.pt alone was "a model loaded from it gets none of its weights"."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    torch.save(torch.optim.lr_scheduler.StepLR(optimizer, 1).state_dict(), tmp_path / "scheduler.pt")
+    report = nandoctor.scan(str(tmp_path / "scheduler.pt"), device="cpu")
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["empty"]
+    assert "scheduler.pt is training state" in report.errors[0].message
+    assert "scan the checkpoint folder it belongs to" in report.errors[0].hint

@@ -142,6 +142,12 @@ def _empty_files(checkpoint: Checkpoint) -> list[ScanProblem]:
     if checkpoint.problems or not checkpoint.refs_by_file:  # a file that could not be read explains it already
         return []
     if not any(len(refs) for refs in checkpoint.refs_by_file.values()):
+        files = list(checkpoint.refs_by_file)
+        if len(files) == 1 and file_role(files[0].name) is not None:  # (scheduler.pt scanned alone: no weights meant)
+            return [ScanProblem(str(checkpoint.path), f"holds no tensors: {files[0].name} is training state (its "
+                                "settings read finite), not weights; there is nothing to check here",
+                                "scan the checkpoint folder it belongs to: its weights are judged with it",
+                                kind="empty")]
         return [ScanProblem(str(checkpoint.path), "holds no tensors: there is nothing to check, and a model loaded "
                             "from it gets none of its weights", _EMPTY_HINT, kind="empty")]
     empty = [file for file, refs in checkpoint.refs_by_file.items() if not len(refs) and file.suffix == ".safetensors"]

@@ -46,7 +46,6 @@ from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError, UnsupportedFo
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 from nandoctor.wording import first_few
 
-
 # The verdict words of a run that is itself ambiguous (RunReport.problems: two folders of one step), whatever its rows
 AMBIGUOUS_WORDS = "AMBIGUOUS RUN"
 STRAY_FOLDER_HINT = "rename or remove the stray folder"

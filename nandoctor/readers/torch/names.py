@@ -55,6 +55,21 @@ def is_rate_path(path: list[str]) -> bool:
     return key in SCHEDULER_RATE_KEYS or (key in RATE_KEYS and PARAM_GROUPS in path)
 
 
+def is_scheduler_state(value: Any) -> bool:
+    """Whether the mapping ``value`` is a learning-rate scheduler's state (every torch scheduler's ``state_dict()``
+    holds ``_last_lr``, and base_lrs or min_lrs: SCHEDULER_RATE_KEYS)."""
+    return any(key in value for key in SCHEDULER_RATE_KEYS)
+
+
+def breaks_a_step(path: list[str], value: float, in_scheduler: bool) -> bool:
+    """Whether the non-finite Python float ``value`` at ``path`` makes the next training step NaN once resumed: a NaN
+    anywhere in an optimizer's param_groups or in a scheduler's state (``in_scheduler``): every setting there feeds
+    the update or the next rate (Rprop's etas, ASGD's lambd, StepLR's gamma, CosineAnnealingLR's eta_min: a trial
+    resumed each as NaN weights while the scan passed); ±Inf only at the rates (is_rate_path), since some settings
+    are infinite by design (Prodigy's growth_rate, ReduceLROnPlateau's best)."""
+    return (math.isnan(value) and (in_scheduler or PARAM_GROUPS in path)) or is_rate_path(path)
+
+
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
 _MAX_KEY_CHARS = 200
 # repr() of a key follows every path of a shared structure (2**40 of them from a few hundred bytes: once 34 s
@@ -89,8 +104,8 @@ class Walk:
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
-    # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's rates: not
-    # tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
+    # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's settings
+    # (breaks_a_step): not tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
     group_floats: list[tuple[str, float]] = field(default_factory=list)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
@@ -98,6 +113,7 @@ class Walk:
     # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
     _scalars_are_state: bool = False
     _groups: tuple[str, ...] = ()  # the name of the param_groups value the whole pickle is (walk's ``groups``)
+    _schedulers: set[tuple[str, ...]] = field(default_factory=set)  # paths of the scheduler states met (breaks_a_step)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -201,7 +217,8 @@ def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
 def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
     if isinstance(value, _LEAVES):
         # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
-        if value.__class__ is float and not math.isfinite(value) and is_rate_path([*out._groups, *path]):
+        if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
+                [*out._groups, *path], value, any(tuple(path[:i]) in out._schedulers for i in range(len(path)))):
             out.group_floats.append((".".join(path), value))
         return
     out._nodes += 1
@@ -244,6 +261,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return  # walked whole before and held nothing to scan
     if id(value) in out._seen:
         shared = True  # walked before along another path: everything below is a repeat
+    if isinstance(value, dict) and is_scheduler_state(value):
+        out._schedulers.add(tuple(path))
     out._seen.add(id(value))
     on_path.add(id(value))
     found_before = len(out.tensors) + len(out.storages)
