@@ -510,3 +510,69 @@ def test_the_seconds_of_a_transformers_build_are_said_on_the_progress_bar(tmp_pa
     quiet = subprocess.run([sys.executable, "-m", "nandoctor", "scan", "--quiet", str(folder)], env=env,
                            capture_output=True, text=True, timeout=120)
     assert "building the model" not in quiet.stderr + quiet.stdout
+
+
+def _flip_a_bit_of_a_name(file: Path, name: str, at: int) -> str:
+    """Flip the lowest bit of the ``at``-th character of ``name`` where the header stores it; the new name."""
+    import struct
+
+    data = bytearray(file.read_bytes())
+    size = struct.unpack("<Q", data[:8])[0]
+    where = data.index(json.dumps(name).encode(), 8, 8 + size) + 1 + at
+    data[where] ^= 0x01
+    file.write_bytes(bytes(data))
+    return name[:at] + chr(ord(name[at]) ^ 0x01) + name[at + 1:]
+
+
+@pytest.mark.parametrize(("model", "name", "at"), [
+    ("gpt2", "transformer.wpe.weight", 14),  # outside every layer stack: nothing in the file shows the hole
+    ("t5", "encoder.block.1.layer.1.DenseReluDense.wo.weight", 40),  # a stack named block (T5's)
+    ("bert", "bert.embeddings.position_embeddings.weight", 27),
+])
+def test_a_flipped_bit_in_a_name_outside_the_usual_stacks_is_named(tmp_path, model, name, at):
+    """An adversarial trial: one flipped bit in a safetensors header renamed GPT-2's wpe (wpd), T5's wo (wn) and
+    BERT's position embeddings: PASS CLEAN, while from_pretrained initialised the real one at random (the oracle:
+    its missing and unexpected keys, and logits unlike the saved model's)."""
+    from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, T5Config,
+                              T5ForConditionalGeneration)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    built = {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=64)),
+        "t5": lambda: T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8,
+                                                          vocab_size=128)),
+        "bert": lambda: BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                   intermediate_size=64, vocab_size=128, max_position_embeddings=64)),
+    }[model]()
+    folder = tmp_path / model
+    built.save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    wrong = _flip_a_bit_of_a_name(folder / "model.safetensors", name, at)
+    _, info = type(built).from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == [name] or set(info["missing_keys"]) == {name}
+    assert wrong in info["unexpected_keys"]
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and report.verdict == "TENSOR NAMES CHANGED"
+    assert report.errors[0].message.startswith(f"{name} is not stored, {wrong} (same shape) is a name the model "
+                                               "does not have")
+
+
+def test_the_name_vocabulary_holds_every_name_of_fresh_saves(tmp_path):
+    """name_segments.txt (written from transformers' own models by `python -m nandoctor.checkpoint.namevocab`) knows
+    every segment these architectures save, so their fresh saves suspect nothing; a one-character change is a near
+    miss, a name of another alphabet is none."""
+    from transformers import AutoConfig, AutoModel
+
+    from nandoctor.checkpoint.namevocab import near_misses
+
+    for model_type in ("llama", "qwen2", "gpt2", "bert", "t5", "mistral", "gemma", "phi3", "opt", "vit", "whisper"):
+        config = AutoConfig.for_model(model_type)
+        for key in ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "decoder_layers"):
+            if isinstance(getattr(config, key, None), int):
+                setattr(config, key, 1)
+        with torch.device("meta"):
+            names = list(AutoModel.from_config(config).state_dict())
+        assert near_misses(names) == [], model_type
+    assert near_misses(["model.layers.0.mlp.up_prok.weight", "lora_A", "model.norm.weight"]) == ["up_prok"]

@@ -40,11 +40,12 @@ from typing import Any
 
 from nandoctor.checkpoint import buildvalues
 from nandoctor.checkpoint.configvalues import EXPERT_KEYS, embeds_token_ids, positive
+from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
-STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|layer))\.(\d+)\.")
+STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|block|layer))\.(\d+)\.")  # (block: T5)
 LM_HEAD = "lm_head.weight"
 _FUSED_QKV = re.compile(r"(?:query_key_value|qkv|c_attn|W_pack)[^.]*\.weight$", re.IGNORECASE)
 _LM_HEADS = (LM_HEAD, "embed_out.weight")  # (GPT-NeoX names its LM head embed_out: a miss cost a build for nothing)
@@ -54,6 +55,8 @@ _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_si
 _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes each layer's weights are built with
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
+_NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
+_SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
@@ -85,7 +88,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             return [blamed], []
         built = None  # (it fails either way: nandoctor's limit, not the checkpoint's)
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
-        suspected = [(what, why) for what, why in suspected if why != _HOLE]
+        suspected = [(what, why) for what, why in suspected if why != _HOLE and what != _NAME_SUSPICION]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
@@ -137,7 +140,16 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # (a suspected hole is named as the weights are stored: Llava's language_model.model.layers.1…, a legacy BERT's
     # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
     wanted = [(built.loaded_as(what), why) for what, why in suspected
-              if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION)]
+              if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION)]
+    if any(what == _NAME_SUSPICION for what, _ in suspected):
+        # (the name the model needs that a stored one misses by one character, of the stored one's shape)
+        wanted += [(need, why) for name, shape in unknown.items() for need in expected
+                   if need not in loaded and expected[need] == shape and one_character_apart(loaded_as[name], need)
+                   for what, why in suspected if what == _NAME_SUSPICION][:_SHOWN_NEAR]
+    reason: dict[str, str] = {}
+    for what, why in wanted:  # (each name once, with its first reason: a hole may be a near miss too)
+        reason.setdefault(what, why)
+    wanted = list(reason.items())
     lacking = [(what, why) for what, why in wanted if what not in loaded and what in expected and not quantized]
     outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
     if outside is not None and not quantized:  # (the weights outside the layers the model has, none stored, none tied)
@@ -326,6 +338,10 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     for key, size in sizes.items():
         if size and dims and size not in dims and 2 * size not in dims:  # (2x: gate and up projections fused)
             yield _SIZE_SUSPICION, f"config.json's {key} is {size:,}, a dimension no stored tensor has"
+    # a name one character from one the models use (a flipped bit in a header; outside a stack nothing else shows it)
+    near = near_misses(stored)
+    if near:
+        yield _NAME_SUSPICION, f"{', '.join(near[:3])}: one character from a name transformers' models use"
     # weights outside the layers a save left out (embeddings frozen, only the trained parameters saved): no token
     # embedding, no norm outside the layers while the layers have norms (the final norm)
     if stacks:
