@@ -367,7 +367,8 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
             report=report,
         )
     ranges = [r.label for r in bad_ranges(report.layers)]
-    where = f" in {', '.join(ranges[:6])}" + (" …" if len(ranges) > 6 else "") if ranges else ""
+    layers_said = ", ".join(ranges[:6]) + (" …" if len(ranges) > 6 else "")
+    where = f" in {layers_said}" if ranges else ""
     from nandoctor.hints import use_verified_repair_of
 
     # (a verified repair already written: put it in place, as the scan says, not the same repair again into -2)
@@ -397,10 +398,16 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
             "restores tensors, not these",
             report=report,
         )
+    others = {f: len(verdicts.with_finding(report, f)) for f in failing
+              if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)}
     if verdicts.NONFINITE in failing:
+        # (the layers are those of every unhealthy tensor: said as such when some are not NaN/Inf ones)
+        also = "; also " + ", ".join(f"{n} {f}" for f, n in others.items() if n) + " tensor(s)" if any(
+            others.values()) else ""
         raise NonFiniteWeightsError(
             f"{report.target}: {len(report.bad_tensors)} of {len(report.tensors)} tensors hold NaN/Inf "
-            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf){where}",
+            f"({report.nan:,} NaN, {report.posinf:,} +Inf, {report.neginf:,} -Inf){also}"
+            f"{(f'; unhealthy layers: {layers_said}' if ranges else '') if also else where}",
             hint,
             report=report,
         )
@@ -413,10 +420,8 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
                      + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""))
     overflow_hint = (advice(report) or f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights "
                      "before casting")
-    health_found = [f for f in failing if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)]
-    if health_found:
-        counted = {f: len(verdicts.with_finding(report, f)) for f in health_found}
-        said = ", ".join(f"{n} {f}" for f, n in counted.items())
+    if others:
+        said = ", ".join(f"{n} {f}" for f, n in others.items())
         loads_as = advice(report)  # weights above fp16's ceiling because config.json loads them as fp16
         # (overflow too: OverflowRiskError, a NonFiniteWeightsError, so that the message says both)
         raise (OverflowRiskError if overflow else NonFiniteWeightsError)(

@@ -384,3 +384,25 @@ def test_to_json_is_what_scan_json_prints_gate_included(what, fail_on):
 
     assert untimed(data) == untimed(printed)
     assert data["gate"]["exit_code"] == printed["summary"]["exit_code"] == (0 if what == "checkpoint-200" else 1)
+
+
+def test_assert_finite_places_nan_and_other_findings_apart(tmp_path):
+    """A docs audit: "1 of 3 tensors hold NaN/Inf … in model.layers.0–1" while layer 0 held only an exploded weight.
+    The NaN count is said alone, the other findings beside it, and the layers as the unhealthy ones."""
+    rng = np.random.default_rng(0)
+    layer0 = rng.standard_normal(64).astype(np.float32) * 0.02
+    layer0[5] = 1e30
+    layer1 = rng.standard_normal(64).astype(np.float32) * 0.02
+    layer1[7] = np.nan
+    path = tmp_path / "m.safetensors"
+    healthy = {f"model.layers.{i}.mlp.weight": RawTensor("F32", (8, 8), (rng.standard_normal(64) * 0.02)
+                                                         .astype(np.float32).tobytes()) for i in range(2, 8)}
+    write_safetensors(path, {
+        "model.layers.0.mlp.weight": RawTensor("F32", (8, 8), layer0.tobytes()),
+        "model.layers.1.mlp.weight": RawTensor("F32", (8, 8), layer1.tobytes()), **healthy,
+    })
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(path)
+    message = caught.value.message
+    assert "1 of 8 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); also 1 exploded" in message
+    assert message.endswith("; unhealthy layers: model.layers.0–1")

@@ -410,8 +410,10 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     empty = runs.RunReport("run", ())
     half = runs.RunCheckpoint(1, "run/checkpoint-1", runs.INCOMPLETE, None)
     diverged = runs.RunCheckpoint(2, "run/checkpoint-2", runs.DIVERGED, report)
-    run_words = [empty.verdict, runs.row_verdict(half), runs.row_verdict(diverged).removeprefix(report.verdict).strip()]
-    assert run_words == ["EMPTY", "INCOMPLETE", "(DIVERGED)"]
+    ambiguous = runs.RunReport("run", (), problems=("checkpoint-3 and checkpoint-03 are all step 3",))
+    run_words = [empty.verdict, runs.row_verdict(half), runs.row_verdict(diverged).removeprefix(report.verdict).strip(),
+                 ambiguous.verdict]
+    assert run_words == ["EMPTY", "INCOMPLETE", "(DIVERGED)", "AMBIGUOUS RUN"]
     assert verdict.one_line(report).startswith("FAIL NON-FINITE (POISONED) ")  # --quiet's health case
     emitted = [verdict.CLEAN_WORDS, *findings, verdict.DIVERGED_WORDS, verdict.OVERFLOW_WORDS.format(dtype="fp16"),
                *verdict.PROBLEM_WORDS.values(), *stopped, *run_words, "(POISONED)",

@@ -232,3 +232,16 @@ def test_the_run_grid_has_rows_of_model_layers_only(tmp_path):
     assert {c.step: sum(c.report.tensors.nan) for c in scanned.checkpoints}[200] == 1  # (read and judged)
     grid = heatmaps.run_grid(scanned)
     assert grid is not None and grid.rows and not [r for r in grid.rows if "optimizer" in r or "state" in r]
+
+
+def test_an_html_path_that_is_a_folder_is_an_output_error_too(tmp_path):
+    """A docs audit: `--html /tmp` was a usage error (exit 2) that printed no report at all, where docs/cli.md says
+    a report file that cannot be written still prints the scan's report and exits 3."""
+    import json
+
+    result = scan(str(DEMO_RUN / "checkpoint-300"), "--html", str(tmp_path), "--json")
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert data["summary"]["verdict"] and data["report_errors"][0]["message"] == (
+        f"{tmp_path}: cannot write the HTML report (Is a directory)")
+    assert list(tmp_path.iterdir()) == []  # nothing written into the folder

@@ -89,7 +89,7 @@ def _as_scan(report: ScanReport, path: str, options: Options, device: str = "aut
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")
 @click.option("--fail-on", "fail_on", default="nonfinite,exploded,outlier,overflow", show_default=True,
               help="What fails the gate (exit 1), as for `nandoctor scan`.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--html", "html_path", type=click.Path(path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (as `scan --html`).")
 @click.option("--markdown", is_flag=True,
               help="Print a GitHub-flavoured Markdown summary instead of the console report (as `scan --markdown`).")

@@ -75,7 +75,7 @@ def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None)
     default=None,
     help="Also count finite weights that become Inf/NaN when cast to this dtype (overflow risk). Default: the "
     "dtype config.json makes from_pretrained load the weights in (its dtype/torch_dtype), where they can overflow "
-    "it; none: no overflow check.",
+    "it; none: no overflow check. torch's and config.json's spellings are taken too (float16, torch.float16, half).",
 )
 @click.option(
     "--fail-on",
@@ -104,7 +104,7 @@ def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None)
               "recorded sha256 at all (nothing verified).")
 @click.option("--manifest", type=USER_PATH, default=None,
               help="A manifest from `nandoctor manifest` to verify against (implies --verify-hashes).")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--html", "html_path", type=click.Path(path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (docs/reports.md).")
 @click.option("--markdown", is_flag=True,
               help="Print a GitHub-flavoured Markdown summary instead of the console report (for CI summaries).")

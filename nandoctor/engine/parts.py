@@ -57,6 +57,8 @@ class PartSpec:
         if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
             raise ValueError(f"{text!r} is not I/N (e.g. 0/4: the first of 4 parts)")
         index, count = int(head), int(tail)
+        if count == 0:
+            raise ValueError(f"{text!r} splits into no parts: N is at least 1 (e.g. 0/4: the first of 4 parts)")
         if not 0 <= index < count:
             raise ValueError(f"part {index} of {count} does not exist: parts are numbered 0 to {count - 1}")
         return cls(index, count)
