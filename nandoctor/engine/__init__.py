@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nandoctor import verdict
-from nandoctor.blockfields import block_span, gather, lanes_nbytes
+from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_nbytes
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.engine.chunks import merge_chunks
@@ -259,7 +259,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
                 assert job.info is not None
                 if job.census.histogram is None:  # a large region: its bulk from a sample, read now
                     job.census.histogram, job.census.sampled = sample_histogram(_heads(job, source, buffers), job.info)
-                threshold = job.census.outlier_threshold(job.info, limits)
+                threshold = job.census.outlier_threshold(job.info, limits, elements_per_lane(job.region.blocks))
                 if threshold is not None and any(top >= threshold for _, _, top in job.census.high_segments):
                     job.outliers = _count_outliers(job, threshold, source, buffers)
         except (NandoctorError, OSError) as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nandoctor.blockfields import weight_ceiling
+from nandoctor.blockfields import elements_per_lane, weight_ceiling
 from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
@@ -244,7 +244,7 @@ def _health(job: RegionJob, per: int, own: ViewCensus | None = None) -> dict:
         "max_abs_exact": exact,
         "zeros": census.zeros // per,
         "exploded": census.exploded,
-        "bulk_scale": census.bulk_scale(job.spec, info),
+        "bulk_scale": census.bulk_scale(job.spec, info, elements_per_lane(job.region.blocks)),
     }
     if found is not None and found.count:
         out["outliers"] = Outliers(

@@ -178,7 +178,7 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     if not spec.can_hold_nonfinite:
         return TensorCheck(None, None)
     kernel = select_kernel("cpu")
-    from nandoctor.blockfields import weight_ceiling
+    from nandoctor.blockfields import elements_per_lane, weight_ceiling
 
     ceiling = weight_ceiling(limits.ceiling(spec.name), ref.region.blocks)
     info = lane_info(spec, ceiling)
@@ -190,7 +190,8 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
         lanes += block.size
         census.merge(observe_whole(block, info) if small else observe_chunk(block, info, 0, histogram=True))
     bits, exact = census.max_bits()
-    scale = verdict.scale_of(census.bulk_scale(spec, info), decode_magnitude(spec, bits) if bits >= 0 else None)
+    per_lane = elements_per_lane(ref.region.blocks)
+    scale = verdict.scale_of(census.bulk_scale(spec, info, per_lane), decode_magnitude(spec, bits) if bits >= 0 else None)
     if bad:
         return TensorCheck(f"holds {bad:,} NaN/Inf values", scale)
     if lanes and bits == 0 and (exact or census.zeros >= lanes):  # (the scan's all-zero rule, verdict._all_zero_rows)
@@ -200,7 +201,7 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     if census.exploded:
         return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g}"
                            f"{'' if ref.region.blocks is None else ': scale fields above ' + format(ceiling, 'g')})", scale)
-    threshold = census.outlier_threshold(info, limits)
+    threshold = census.outlier_threshold(info, limits, per_lane)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
         return TensorCheck(None, scale)
     outliers = sum(count_above(lanes_of(block, spec), info, threshold)[0] for block in _lanes(ref, kernel.chunk_bytes))
