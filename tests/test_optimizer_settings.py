@@ -186,6 +186,15 @@ _SETTINGS = {  # a setting a trial set NaN in each real optimizer/scheduler stat
 }
 
 
+def _two_steps(model, optimizer, scheduler) -> None:
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
 @pytest.mark.parametrize("name", sorted(_SETTINGS))
 def test_a_nan_in_any_setting_of_param_groups_or_a_scheduler_fails(tmp_path, name):
     """The rule: a NaN anywhere in an optimizer's param_groups or a scheduler's state (every setting feeds the update
@@ -196,12 +205,7 @@ def test_a_nan_in_any_setting_of_param_groups_or_a_scheduler_fails(tmp_path, nam
     model = torch.nn.Linear(8, 8)
     optimizer = make_optimizer(model.parameters())
     scheduler = make_scheduler(optimizer) if make_scheduler else None
-    for _ in range(2):
-        optimizer.zero_grad()
-        model(torch.randn(4, 8)).pow(2).sum().backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+    _two_steps(model, optimizer, scheduler)
     saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler else None}
     holder = saved["optimizer"]["param_groups"][0] if where == "optimizer" else saved["scheduler"]
@@ -219,12 +223,7 @@ def test_a_nan_in_any_setting_of_param_groups_or_a_scheduler_fails(tmp_path, nam
     scheduler2 = make_scheduler(optimizer2) if make_scheduler else None
     if scheduler2 is not None:
         scheduler2.load_state_dict(loaded["scheduler"])
-    for _ in range(2):
-        optimizer2.zero_grad()
-        model2(torch.randn(4, 8)).pow(2).sum().backward()
-        optimizer2.step()
-        if scheduler2 is not None:
-            scheduler2.step()
+    _two_steps(model2, optimizer2, scheduler2)
     assert not all(bool(torch.isfinite(p).all()) for p in model2.parameters())  # the oracle: the resume breaks
 
     expected = (f"optimizer.param_groups.0.{key}" if where == "optimizer" else f"scheduler.{key}") + (
