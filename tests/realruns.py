@@ -373,6 +373,7 @@ def lightning_run(
     save_last: bool | str = False,
     save_final: str | None = None,
     ckpt_path: str | None = None,
+    devices: int = 1,
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -399,7 +400,8 @@ def lightning_run(
     ``save_last`` is that ModelCheckpoint's (``True``: a ``last.ckpt`` saved with each file; ``"link"``: a
     symlink to the newest file). ``save_final`` names a file written into ``checkpoints/`` after ``fit``:
     ``trainer.save_checkpoint(name)`` for a ``.ckpt``, the module's ``state_dict`` for a ``.safetensors``.
-    ``ckpt_path`` is ``fit``'s (``"last"``: resume from the run's last.ckpt).
+    ``ckpt_path`` is ``fit``'s (``"last"``: resume from the run's last.ckpt). ``devices`` > 1: DDP on gloo, in the
+    processes torchrun started (tests/ddp_lightning_worker.py).
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -435,7 +437,8 @@ def lightning_run(
     with _quiet_lightning():
         trainer = lightning.Trainer(
             accelerator="cpu",
-            devices=1,
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
             max_steps=steps,
             logger=CSVLogger(out_dir, name="logs"),
             callbacks=callbacks,

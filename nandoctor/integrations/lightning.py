@@ -109,6 +109,7 @@ class NanDoctorCallback(Callback):
         self._clean: dict[str, int] = {}  # path → step: clean files on disk that no save rewrites
         self._written: set[str] = set()  # every path saved during this fit
         self._stop_pending = False
+        self._save_pending: int | None = None  # the step whose broken live state rank 0 asks every rank to save
         self._io: _ScanningCheckpointIO | None = None
         self._losses: dict[int, dict[str, float]] = {}  # step of the weights → {"loss": the loss they gave}
         self._batch_step = 0  # the step of the weights the current batch's loss is computed with
@@ -144,10 +145,15 @@ class NanDoctorCallback(Callback):
             self._sync()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._batch_step = trainer.global_step
+        previous, self._batch_step = self._batch_step, trainer.global_step
         # every rank reaches this point: they decide together
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._stop_pending, all=False):
             trainer.should_stop = True
+            # (a save is collective: the state rank 0 found broken is saved by every rank together, before this
+            # batch's step; the ranks' weights are one model's replicas)
+            if trainer.strategy.reduce_boolean_decision(self._save_pending is not None, all=False):
+                self._save_pending = None
+                self._save_the_broken_state(trainer, previous)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -265,15 +271,18 @@ class NanDoctorCallback(Callback):
                      "; stopping training" if self.stop_on_nonfinite and self.stopped_at is None else "")
         if self.stop_on_nonfinite and self.stopped_at is None:
             self._stop(trainer, step)
-            self._save_the_broken_state(trainer, step)
+            if trainer.world_size > 1:
+                self._save_pending = step  # (saved by every rank at the next batch: on_train_batch_start)
+            else:
+                self._save_the_broken_state(trainer, step)
 
     def _save_the_broken_state(self, trainer: Trainer, step: int) -> None:
         """The stop on live NaN weights writes that state beside the step files (``nandoctor-stopped-step=N.ckpt``,
         scanned and failed as any save), so that the run's scan and a gate after training fail as the callback did:
         no ModelCheckpoint would write it (a trial of the Trainer callback: a run stopped this way scanned as a
-        finished one). One process only (a save is collective where there are several)."""
+        finished one). Under DDP every rank calls it at once (a save is collective: on_train_batch_start)."""
         dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if trainer.world_size > 1 or not dirpath:
+        if not dirpath:
             return
         try:
             trainer.save_checkpoint(Path(dirpath) / f"nandoctor-stopped-step={step}.ckpt")
