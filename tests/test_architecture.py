@@ -528,6 +528,7 @@ def _flip_a_bit_of_a_name(file: Path, name: str, at: int) -> str:
     ("gpt2", "transformer.wpe.weight", 14),  # outside every layer stack: nothing in the file shows the hole
     ("t5", "encoder.block.1.layer.1.DenseReluDense.wo.weight", 40),  # a stack named block (T5's)
     ("bert", "bert.embeddings.position_embeddings.weight", 27),
+    ("gpt2", "transformer.ln_f.weight", 16),  # a fuzz: the dot flipped to * (ln_f*weight), one segment no model has
 ])
 def test_a_flipped_bit_in_a_name_outside_the_usual_stacks_is_named(tmp_path, model, name, at):
     """An adversarial trial: one flipped bit in a safetensors header renamed GPT-2's wpe (wpd), T5's wo (wn) and
@@ -576,3 +577,9 @@ def test_the_name_vocabulary_holds_every_name_of_fresh_saves(tmp_path):
             names = list(AutoModel.from_config(config).state_dict())
         assert near_misses(names) == [], model_type
     assert near_misses(["model.layers.0.mlp.up_prok.weight", "lora_A", "model.norm.weight"]) == ["up_prok"]
+    # a dot one flipped bit turned into another character (* or n), or a character it turned into a dot; a real
+    # name of two known words joined by an underscore is none (PEFT's base_model)
+    assert near_misses(["transformer.ln_f*weight", "model.decodernembed_positions.weight",
+                        "bert.embeddings.position_embeddi.gs.weight", "model.layers*0.mlp.weight",
+                        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]) == [
+        "ln_f*weight", "decodernembed_positions", "position_embeddi.gs", "layers*0"]

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 _FILE = Path(__file__).with_name("name_segments.txt")
+# The characters one flipped bit makes of a dot, and so the dots one flipped bit makes of them (n, /, *, …): only
+# these join or split segments, so that a real name of two known words (base_model) is no near miss
+_DOT_FLIPPED = frozenset(chr(ord(".") ^ (1 << bit)) for bit in range(7)) - {"."}
 _SHORTEST = 3  # (one- and two-letter segments, Mamba's A and D, T5's wo/wi: a near miss of those is any short name)
 
 
@@ -32,15 +36,31 @@ def _wildcards() -> frozenset[str]:
 
 
 def near_misses(names: Iterable[str]) -> list[str]:
-    """The segments of ``names`` that no transformers model uses but that differ from one of its segments in one
-    character (numbers aside: layer indices), first seen first."""
+    """The parts of ``names`` that no transformers model uses but that one changed character makes one of its
+    names' (numbers aside: layer indices), first seen first: a segment one character from a known one
+    (``wpd``), two known segments whose dot became another character (``ln_f*weight``), or two parts of one
+    known segment that a character turned into a dot split (``position_embeddi.gs``)."""
     words = _words()
-    unknown = [s for s in dict.fromkeys(s for name in names for s in name.split("."))
-               if len(s) >= _SHORTEST and s not in words and not s.isdigit()]
-    if not unknown:
+
+    def known(segment: str) -> bool:
+        return segment in words or segment.isdigit()
+
+    segments = [name.split(".") for name in dict.fromkeys(names)]
+    if all(known(s) for parts in segments for s in parts):
         return []
     wildcards = _wildcards()
-    return [s for s in unknown if any(s[:i] + "\0" + s[i + 1:] in wildcards for i in range(len(s)))]
+    found: dict[str, None] = {}
+    for parts in segments:
+        for s in parts:
+            if known(s) or s in found:
+                continue
+            if (len(s) >= _SHORTEST and any(s[:i] + "\0" + s[i + 1:] in wildcards for i in range(len(s)))) or any(
+                    s[i] in _DOT_FLIPPED and known(s[:i]) and known(s[i + 1:]) for i in range(1, len(s) - 1)):
+                found[s] = None
+        for a, b in pairwise(parts):
+            if not (known(a) and known(b)) and any(f"{a}{c}{b}" in words for c in _DOT_FLIPPED):
+                found[f"{a}.{b}"] = None
+    return list(found)
 
 
 def one_character_apart(a: str, b: str) -> bool:
