@@ -526,7 +526,7 @@ def scan_state_dict(
                    else "for a checkpoint on disk use nandoctor.scan(path)")
         raise TypeError(f"nandoctor.scan_state_dict takes a mapping of names to tensors, not "
                         f"{type(state_dict).__name__}: {instead}")
-    return scan_tensors(state_dict.items(), target=name, target_dtype=_explicit(target_dtype))
+    return scan_tensors(state_dict, target=name, target_dtype=_explicit(target_dtype))
 
 
 def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:

@@ -38,21 +38,23 @@ def _can_hold_nonfinite(t: torch.Tensor) -> bool:
     return bool(t.is_floating_point() or t.is_complex())
 
 
-def _ref(name: str, t: torch.Tensor, rate: bool = False) -> TensorRef:
+def _ref(name: str, t: torch.Tensor, rate: bool = False, optimizer: bool = False) -> TensorRef:
     """``rate``: ``t`` holds a Python float of an optimizer's or scheduler's settings (a learning rate), keyed and
-    judged as the file scan keys one it read from a pickle (model.PICKLED_FLOAT)."""
+    judged as the file scan keys one it read from a pickle (model.PICKLED_FLOAT); ``optimizer``: ``t`` lies inside
+    an optimizer state dict (its role whatever its name, as the file scan gives it)."""
     from nandoctor.checkpoint.roles import OPTIMIZER, role_of
 
     dtype = dtype_name(t)
     region = Region(f"<{t.device}>", 0, t.numel() * t.element_size(), dtype, f"{PICKLED_FLOAT} {name}" if rate else name)
-    return TensorRef(name, dtype, tuple(t.shape), region, role=OPTIMIZER if rate else role_of(name))
+    return TensorRef(name, dtype, tuple(t.shape), region, role=OPTIMIZER if rate or optimizer else role_of(name))
 
 
 def scan_tensors(
-    named: Iterable[tuple[str, Any]], *, target: str, target_dtype: str | None = None,
+    named: Mapping[str, Any] | Iterable[tuple[str, Any]], *, target: str, target_dtype: str | None = None,
     limits: HealthLimits | None = None,
 ) -> ScanReport:
-    """Count every tensor of ``named`` on its own device and build a ScanReport like a file scan's."""
+    """Count every tensor of ``named`` (a mapping, or (name, value) pairs) on its own device and build a ScanReport
+    like a file scan's."""
     import torch
 
     started = time.perf_counter()
@@ -65,7 +67,8 @@ def scan_tensors(
     problems: list[ScanProblem] = []
     live: list[tuple[str, torch.Tensor]] = []
     rates: set[str] = set()
-    for name, value in _tensors(named, torch, rates):
+    moments: set[str] = set()
+    for name, value in _tensors(named, torch, rates, moments):  # (a mapping: itself an optimizer's state dict, maybe)
         if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
             value = value.dequantize()
         if value.device.type == "meta":
@@ -99,7 +102,7 @@ def scan_tensors(
             health = census_tensor(t, ceiling, limits.outlier_factor, quick) if floating else {}
             results.append(
                 TensorResult(
-                    _ref(name, t, name in rates),
+                    _ref(name, t, name in rates, name in moments),
                     counts.nan,
                     counts.posinf,
                     counts.neginf,
@@ -130,19 +133,22 @@ def scan_tensors(
 _MAX_DEPTH = 100
 
 
-def _tensors(named: Iterable[tuple[str, Any]], torch: Any, rates: set[str]) -> Iterable[tuple[str, Any]]:
+def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, rates: set[str],
+             moments: set[str]) -> Iterable[tuple[str, Any]]:
     """Every tensor of ``named``, nested mappings, lists and tuples walked with dotted names (what
     ``torch.load("ckpt.pt")`` gives: ``{"model": {...}, "epoch": 3}``), each nested tensor's components as
     ``name.i``, and numpy float/complex arrays as tensors (a file's numpy arrays are counted too: a NaN in a
     loaded checkpoint's ``running_mean`` array passed a live scan CLEAN); other values hold nothing to count,
     but for a non-finite setting a training step uses (an optimizer's ``param_groups`` lr/betas/eps…, a scheduler's
     ``base_lrs`` or gamma: readers/torch/names.breaks_a_step, the file scan's rule), given as a float64 scalar and its name
-    added to ``rates`` (a loaded checkpoint with a NaN lr passed CLEAN while its saved file failed)."""
-    from nandoctor.readers.torch.names import breaks_a_step, is_scheduler_state
+    added to ``rates`` (a loaded checkpoint with a NaN lr passed CLEAN while its saved file failed). The names of
+    the tensors inside an optimizer state dict (by its shape, names.is_optimizer_state) are added to ``moments``."""
+    from nandoctor.readers.torch.names import breaks_a_step, is_optimizer_state, is_scheduler_state
 
     seen: set[int] = set()
 
-    def walk(name: str, value: Any, depth: int, path: list[str], scheduler: bool = False) -> Iterable[tuple[str, Any]]:
+    def walk(name: str, value: Any, depth: int, path: list[str], scheduler: bool = False,
+             optimizer: bool = False) -> Iterable[tuple[str, Any]]:
         if isinstance(value, float):
             if not math.isfinite(value) and breaks_a_step(path, value, scheduler):
                 rates.add(name)
@@ -151,26 +157,31 @@ def _tensors(named: Iterable[tuple[str, Any]], torch: Any, rates: set[str]) -> I
         if _numeric_array(value):  # a numpy array (a loaded checkpoint's running stats): counted as a file's are
             value = torch.from_numpy(_supported(value))
         if isinstance(value, torch.Tensor):
-            if getattr(value, "is_nested", False):
-                for i, part in enumerate(value.unbind()):
-                    yield f"{name}.{i}", part
-            else:
-                yield name, value
+            parts = [(f"{name}.{i}", part) for i, part in enumerate(value.unbind())] if getattr(
+                value, "is_nested", False) else [(name, value)]
+            if optimizer:
+                moments.update(part_name for part_name, _ in parts)
+            yield from parts
             return
         if depth > _MAX_DEPTH or id(value) in seen:
             return
         if isinstance(value, Mapping):
             seen.add(id(value))
             scheduler = scheduler or is_scheduler_state(value)
+            optimizer = optimizer or is_optimizer_state(value)
             for key, child in value.items():
-                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler)
+                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler, optimizer)
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
-                yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)], scheduler)
+                yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)], scheduler, optimizer)
 
-    for name, value in named:
-        yield from walk(str(name), value, 0, [str(name)])
+    pairs: Iterable[tuple[str, Any]] = named.items() if isinstance(named, Mapping) else named
+    # (a mapping may itself be a bare optimizer.state_dict() or a scheduler's)
+    scheduler = isinstance(named, Mapping) and is_scheduler_state(named)
+    optimizer = is_optimizer_state(named)
+    for name, value in pairs:
+        yield from walk(str(name), value, 0, [str(name)], scheduler, optimizer)
 
 
 def _numeric_array(value: Any) -> bool:
@@ -200,7 +211,7 @@ def scan_state_dict(
     checkpoint dict: nested mappings, lists and tuples are walked, their tensors named ``model.w``, ``opt.0``).
     Quantized tensors are counted on their dequantized values; a mapping without any tensor is a problem of
     kind ``empty`` (exit 3), never CLEAN."""
-    return scan_tensors(state_dict.items(), target=name, target_dtype=target_dtype)
+    return scan_tensors(state_dict, target=name, target_dtype=target_dtype)
 
 
 def scan_module(module: Any, *, target_dtype: str | None = None) -> ScanReport:

@@ -161,13 +161,14 @@ def pickle_role(path: list[str], trainer_checkpoint: bool, scalar: bool = False)
 
 def roles_of(names: list[str], file_name: str = "", given: list[str] | None = None) -> list[str]:
     """``role_of`` of every name read from the file ``file_name``, in order; ``given`` (the roles the reader
-    set: a pickle's trainer state, :func:`pickle_role`) keeps its TRAINER rows, except in a model weight file."""
+    set from a pickle's structure: its trainer state, :func:`pickle_role`; an optimizer state dict under any key)
+    keeps its TRAINER and OPTIMIZER rows, except in a model weight file."""
     whole_file = file_role(file_name) if file_name else None
     if whole_file is not None:
         return [whole_file] * len(names)
-    if given is not None and TRAINER in given and not _MODEL_FILE.match(file_name):
+    if given is not None and (TRAINER in given or OPTIMIZER in given) and not _MODEL_FILE.match(file_name):
         named = roles_of(names)
-        return [TRAINER if was == TRAINER else role for was, role in zip(given, named)]
+        return [was if was in (TRAINER, OPTIMIZER) else role for was, role in zip(given, named)]
     joined = "\n" + "\n".join(names)  # every name after a line break
     if joined.count("\n") != len(names):  # a name with a line break of its own: one search per name
         return [role_of(name) for name in names]

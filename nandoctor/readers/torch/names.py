@@ -103,6 +103,9 @@ class Walk:
     unreached: list[str] = field(default_factory=list)  # tensors the pickle built that no name reached
     optimizers_named: int = 0  # optimizer state dicts whose ids were mapped to parameter names
     trainer: set[str] = field(default_factory=set)  # names of tensors/storages in trainer state (roles.pickle_role)
+    # names of tensors/storages inside an optimizer state dict (its shape: is_optimizer_state), whatever key holds
+    # it (fairseq's last_optimizer_state, a GAN's optimizer_G): moments and step counters, never weights
+    optimizer: set[str] = field(default_factory=set)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
     # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's settings
     # (breaks_a_step): not tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
@@ -113,7 +116,6 @@ class Walk:
     # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
     _scalars_are_state: bool = False
     _groups: tuple[str, ...] = ()  # the name of the param_groups value the whole pickle is (walk's ``groups``)
-    _schedulers: set[tuple[str, ...]] = field(default_factory=set)  # paths of the scheduler states met (breaks_a_step)
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -203,22 +205,29 @@ def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> N
         out.unreached.append(name)
 
 
-def _emit_name(path: list[str], out: Walk, scalar: bool = False) -> str:
+# What a value is inside of (``_visit``'s ``within``, bits): an optimizer's state dict, a scheduler's state
+_IN_OPTIMIZER, _IN_SCHEDULER = 1, 2
+
+
+def _emit_name(path: list[str], out: Walk, scalar: bool = False, within: int = 0) -> str:
     name = ".".join(path) if path else "tensor"
     out._names[name] += 1
     if out._names[name] > 1:
         name = f"{name}#{out._names[name]}"
         out.renamed.append(name)
-    if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint, scalar) == TRAINER:
+    if within & _IN_OPTIMIZER:
+        out.optimizer.add(name)
+    elif out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint, scalar) == TRAINER:
         out.trainer.add(name)
     return name
 
 
-def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False) -> None:
+def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int, shared: bool = False,
+           within: int = 0) -> None:
     if isinstance(value, _LEAVES):
         # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
         if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
-                [*out._groups, *path], value, any(tuple(path[:i]) in out._schedulers for i in range(len(path)))):
+                [*out._groups, *path], value, bool(within & _IN_SCHEDULER)):
             out.group_floats.append((".".join(path), value))
         return
     out._nodes += 1
@@ -236,12 +245,12 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if isinstance(value, TensorStub):
         # (a one-element nn.Parameter is a model's learned scalar, a logit_scale: never trainer state)
         scalar = out._scalars_are_state and math.prod(value.size) <= 1 and not value.parameter
-        out.tensors.append(NamedTensor(_emit_name(path, out, scalar), value))
+        out.tensors.append(NamedTensor(_emit_name(path, out, scalar, within), value))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
-            _visit(value.state, path, out, on_path, depth + 1, shared)
+            _visit(value.state, path, out, on_path, depth + 1, shared, within)
         return
     if isinstance(value, StorageRef):
-        out.storages.append(NamedStorage(_emit_name(path, out), value))
+        out.storages.append(NamedStorage(_emit_name(path, out, within=within), value))
         return
     if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
         if not shared:
@@ -251,7 +260,7 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
             on_path.add(id(value))
             try:
                 for key, child in held:
-                    _visit(child, [*path, key], out, on_path, depth + 1, shared)
+                    _visit(child, [*path, key], out, on_path, depth + 1, shared, within)
             finally:
                 on_path.discard(id(value))
         return
@@ -261,15 +270,15 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return  # walked whole before and held nothing to scan
     if id(value) in out._seen:
         shared = True  # walked before along another path: everything below is a repeat
-    if isinstance(value, dict) and is_scheduler_state(value):
-        out._schedulers.add(tuple(path))
+    if isinstance(value, dict):
+        within |= (_IN_OPTIMIZER if is_optimizer_state(value) else 0) | (_IN_SCHEDULER if is_scheduler_state(value) else 0)
     out._seen.add(id(value))
     on_path.add(id(value))
     found_before = len(out.tensors) + len(out.storages)
     complete = False
     try:
         for key, child in _children(value, out):
-            _visit(child, [*path, key], out, on_path, depth + 1, shared)
+            _visit(child, [*path, key], out, on_path, depth + 1, shared, within)
         complete = True
     finally:
         on_path.discard(id(value))

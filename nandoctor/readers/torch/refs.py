@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nandoctor.checkpoint.roles import TRAINER, WEIGHT
+from nandoctor.checkpoint.roles import OPTIMIZER, TRAINER, WEIGHT
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
@@ -108,7 +108,10 @@ def _overlapping(stub: TensorStub) -> bool:
 
 
 def _role(name: str, walked: Walk) -> str:
-    """The role the pickle's structure gives a tensor (trainer state: roles.pickle_role); the rest from names."""
+    """The role the pickle's structure gives a tensor (an optimizer state dict's, by its shape; trainer state:
+    roles.pickle_role); the rest from names."""
+    if name in walked.optimizer:
+        return OPTIMIZER
     return TRAINER if name in walked.trainer else WEIGHT
 
 
