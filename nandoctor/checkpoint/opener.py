@@ -169,6 +169,8 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
         rows = [i for i, name in enumerate(names_of(refs)) if selection.keeps(name)]
         checkpoint.refs_by_file[file] = refs.take(rows) if isinstance(refs, RefTable) else [refs[i] for i in rows]
     kept = sum(len(refs) for refs in checkpoint.refs_by_file.values())
+    # (a numpy value pickled beside the tensors is selected by its name as a tensor is: --exclude 'message_hub.*')
+    checkpoint.unviewed = [u for u in checkpoint.unviewed if u.kind != "numpy" or selection.keeps(u.storage)]
     checkpoint.excluded = total - kept
     if total and not kept:  # a gate over nothing would pass anything: fail closed
         checkpoint.problems.append(ScanProblem(

@@ -43,6 +43,7 @@ TRAINER_KEYS = frozenset({
     "grad_scaler", "rng_state", "rng_states", "random_states", "hparams", "hyper_parameters",
     "datamodule_hyper_parameters", "trainer_state", "ds_config", "lr_scheduler_state", "MixedPrecision",
     "native_amp_scaling_state", "amp_scaling_state",
+    "message_hub", "param_schedulers", "meta",  # (mmengine's Runner: logged scalars, scheduler states, run info)
 })
 # Top-level keys of a trainer checkpoint that hold the model or the optimizer as a container: only beside one
 # of them is a top-level trainer key trainer state. A plain state dict (``{"scaler": tensor, …}``, a model whose
@@ -51,6 +52,9 @@ TRAINER_CHECKPOINT_KEYS = frozenset({
     "state_dict", "optimizer_states", "model", "model_state_dict", "model_state", "module", "optimizer",
     "optimizer_state_dict", "optimizer_state",
 })
+# Of those, the ones that hold the model itself: beside one, a one-element tensor at the top is the loop's (a best
+# loss, an epoch), whatever else sits there (a loss history of many elements)
+MODEL_CONTAINER_KEYS = frozenset({"state_dict", "model", "model_state_dict", "model_state", "module"})
 # Files Hugging Face loaders read as model weights: every tensor in them is model state, whatever its key.
 _MODEL_FILE = re.compile(r"^(pytorch_model|adapter_model|diffusion_pytorch_model)([-.][\w.-]*)?\.bin$")
 # Model states kept in trainer state that become the model's weights: Lightning's StochasticWeightAveraging

@@ -351,11 +351,22 @@ def _notes(source: Source) -> tuple[str, ...]:
 
 def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> None:
     if plan.unviewed:
+        from nandoctor.hints import resave_command
+
         u = plan.unviewed[0]
+        bad = u.nan + u.posinf + u.neginf
+        if u.kind == "numpy":
+            raise UnrestorableError(
+                f"{u.file}: the numpy value {u.storage!r} holds {bad:,} NaN/Inf values; a repair restores tensors, "
+                "not numpy values pickled beside them",
+                "leave it out of the checkpoint (or store it finite) and save again; then scan, and repair if need be",
+                plan=plan,
+            )
         raise UnrestorableError(
-            f"{u.file}: storage {u.storage!r} holds {u.nan + u.posinf + u.neginf:,} NaN/Inf values in bytes "
-            "that no tensor views; a repair by tensor name cannot restore them",
-            "load and re-save the weights (torch.save(model.state_dict()) writes only viewed bytes), then repair",
+            f"{u.file}: storage {u.storage!r} holds {bad:,} NaN/Inf values in bytes that no tensor views; a repair "
+            "by tensor name cannot restore them",
+            f"re-save the file with each tensor cloned (a clone keeps only the bytes it views; torch.save of a view "
+            f"writes its whole storage): {resave_command(u.file)}; then scan the new file, and repair it if need be",
             plan=plan,
         )
     if plan.donors_unreadable:  # (a file that is not a checkpoint, an empty folder): that is the error to fix

@@ -275,6 +275,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
     # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
     _weights_only(path, loaded.refused, notes, problems)
     problems += weights_only.opcode_problems(path, data, loader=loader)
+    notes += weights_only.protocol_notes(path, data, loader)
     arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
@@ -396,6 +397,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     problems = _unread_tensors(path, tuple(legacy.placeholders), built)
     _weights_only(path, tuple(legacy.refused), notes, problems)
     fh.seek(0)
+    notes += weights_only.protocol_notes(path, fh)
     problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
     problems += _untyped_legacy(path, walked, legacy.declared)
     arrays = numpy_findings(path, walked, notes, problems)
@@ -456,6 +458,7 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
     name = os.path.basename(path)
     found: list[UnviewedBad] = []
     finite: list[str] = []
+    trainer: list[str] = []
     for array_name, array in walked.arrays:
         try:
             counted = numpy_arrays.count(array_name, array)
@@ -466,10 +469,15 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
             continue
         if counted is None:
             continue
-        if counted.nan or counted.posinf or counted.neginf:
+        if (counted.nan or counted.posinf or counted.neginf) and array_name in walked.trainer:
+            trainer.append(array_name)  # (trainer state: counted, never a finding, as its tensors are)
+        elif counted.nan or counted.posinf or counted.neginf:
             found.append(UnviewedBad(path, array_name, counted.nan, counted.posinf, counted.neginf, kind="numpy"))
         else:
             finite.append(array_name)
+    if trainer:
+        notes.append(f"{name}: NaN/Inf in {len(trainer)} numpy value(s) of trainer state (a logged metric's history: "
+                     f"not the model's, no finding): {listed(trainer)}")
     if finite:
         notes.append(f"{name}: {len(finite)} numpy floating array(s) or scalar(s) pickled in the file (not tensors) read from the "
                      f"pickle: finite: {listed(finite)}")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.checkpoint.roles import TRAINER, is_trainer_checkpoint, pickle_role
+from nandoctor.checkpoint.roles import MODEL_CONTAINER_KEYS, TRAINER, is_trainer_checkpoint, pickle_role
 from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
@@ -186,7 +186,8 @@ def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
             if isinstance(key, str) and not isinstance(value, (TensorStub, StorageRef, *_LEAVES))
         )
         out._scalars_are_state = not any(
-            isinstance(value, TensorStub) and math.prod(value.size) > 1 for value in dict.values(root))
+            isinstance(value, TensorStub) and math.prod(value.size) > 1 for value in dict.values(root)) or any(
+            key in MODEL_CONTAINER_KEYS and isinstance(value, dict) for key, value in dict.items(root))
     _visit(root, [prefix] if prefix else [], out, set(), 0)
     return out
 
@@ -254,7 +255,10 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
         if not shared:
-            out.arrays.append((".".join(path) if path else "array", value))
+            name = ".".join(path) if path else "array"
+            out.arrays.append((name, value))
+            if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint) == TRAINER:
+                out.trainer.add(name)  # (a logged metric's history, mmengine's message_hub: trainer state)
         held = numpy_arrays.objects(value)  # an object array's items may be tensors or arrays themselves
         if held and id(value) not in on_path:
             on_path.add(id(value))

@@ -112,6 +112,26 @@ def opcode_problems(path: str, pickled: bytes | BinaryIO, count: int = 1, loader
     )]
 
 
+def protocol_notes(path: str, pickled: bytes | BinaryIO, loader: str | None = None) -> list[str]:
+    """A note for a torch file no Hugging Face loader reads (opcode_problems judges those) pickled with protocol 4 or
+    more (``torch.save(…, pickle_protocol=4)``): its FRAME opcodes make ``torch.load``'s default (weights_only=True)
+    fail with "Unsupported operand 149", so a script that loads it plainly fails (a zoo trial: CLEAN without a
+    word). Told by the PROTO opcode at its start: no second read of the pickle."""
+    if loader is not None or weights_only_loader(Path(path).name) is not None:
+        return []
+    if isinstance(pickled, (bytes, bytearray)):
+        head = bytes(pickled[:2])
+    else:
+        at = pickled.tell()
+        head = pickled.read(2)
+        pickled.seek(at)
+    if len(head) < 2 or head[0] != 0x80 or head[1] < 4:
+        return []
+    return [f"{os.path.basename(path)}: pickled with protocol {head[1]}, whose FRAME opcodes torch.load's default "
+            "(weights_only=True) does not run ('Unsupported operand 149'): load it with weights_only=False only if "
+            "you trust its source, or re-save it with torch.save's default protocol"]
+
+
 def torch_name(module: str, name: str) -> str:
     """The global ``module.name`` as torch's weights-only unpickler names it (pickle's Python 2 renames)."""
     if (module, name) in NAME_MAPPING:
