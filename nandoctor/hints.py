@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from nandoctor.checkpoint import hubcache, runs
+from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.model import ScanReport
 
 AUTO = "auto"
@@ -81,8 +82,18 @@ def put_in_place(target: str, repaired: Path) -> str:
     """The shell line that puts the repair at ``repaired`` (a folder) where ``target`` is, keeping the bad one as
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
     source = repaired / Path(target).name if Path(target).is_file() else repaired
-    return (f"mv {shlex.quote(target)} {shlex.quote(target + '-bad')} && "
+    return (f"mv {shlex.quote(target)} {shlex.quote(str(_outside_the_run(Path(target), '-bad')))} && "
             f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
+
+
+def _outside_the_run(target: Path, suffix: str) -> Path:
+    """``target`` with ``suffix`` added to its name, beside it; for a folder of accelerate's automatic naming
+    (``checkpoints/checkpoint_2``), beside ``checkpoints/`` instead: accelerate's ``load_state()`` resumes the folder
+    in there whose first number is the largest, and ``checkpoint_2-bad`` ties with ``checkpoint_2`` (a trial
+    resumed the poisoned copy, and a ``total_limit`` rotation kept it over the healthy ones)."""
+    if is_accelerate_save(target):
+        return target.parent.parent / f"{target.name}{suffix}"
+    return target.with_name(f"{target.name.rstrip('/')}{suffix}")
 
 
 def verified_repair(folder: Path, target: Path | None = None) -> bool:
@@ -140,7 +151,7 @@ def repaired_path(target: Path) -> Path:
         if _is_checkpoint_folder(folder):  # never into the checkpoint folder itself: beside it, named after both
             return folder.with_name(f"{folder.name}-{target.stem}-repaired")
         return target.with_name(target.stem + "-repaired")
-    return Path(str(target).rstrip("/") + "-repaired")
+    return _outside_the_run(Path(str(target).rstrip("/")), "-repaired")
 
 
 def _is_checkpoint_folder(folder: Path) -> bool:

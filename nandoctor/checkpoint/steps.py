@@ -19,6 +19,15 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_ACCELERATE = re.compile(r"^checkpoint_\d+$")
+
+
+def is_accelerate_save(path: Path) -> bool:
+    """A folder of accelerate's ``automatic_checkpoint_naming`` (``project/checkpoints/checkpoint_N``), whose
+    ``load_state()`` resumes the folder in ``checkpoints/`` whose name's first number is the largest."""
+    return Path(path).parent.name == "checkpoints" and _ACCELERATE.match(Path(path).name) is not None
+
+
 def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
     found = []
@@ -29,4 +38,4 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-__all__ = ["checkpoints_in", "step_of"]
+__all__ = ["checkpoints_in", "is_accelerate_save", "step_of"]

@@ -1,0 +1,66 @@
+"""The repair and put-in-place commands for accelerate's ``automatic_checkpoint_naming`` saves, followed verbatim,
+with accelerate's own ``load_state()`` as the oracle.
+
+A trial: the suggested ``--out checkpoints/checkpoint_2-repaired`` and the put-in-place ``mv … checkpoint_2-bad``
+both stayed inside ``checkpoints/``, where ``load_state()`` resumes the folder whose name's first number is the
+largest: ``checkpoint_2-bad`` tied with ``checkpoint_2``, and the run resumed the poisoned copy (NaN three steps on)
+while ``nandoctor scan`` of the run said CLEAN. Both go beside ``checkpoints/`` now.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+torch = pytest.importorskip("torch")
+accelerate = pytest.importorskip("accelerate")
+
+import nandoctor  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+
+def _accelerator(project):
+    from accelerate.utils import ProjectConfiguration
+
+    torch.manual_seed(0)
+    acc = accelerate.Accelerator(cpu=True, project_config=ProjectConfiguration(
+        project_dir=str(project), automatic_checkpoint_naming=True))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return acc, *acc.prepare(model, optimizer)
+
+
+def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(tmp_path):
+    project = tmp_path / "project"
+    acc, model, optimizer = _accelerator(project)
+    for save in range(3):
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if save == 2:
+            with torch.no_grad():
+                model[2].weight[1, 3] = float("inf")
+        acc.save_state()
+    bad = project / "checkpoints" / "checkpoint_2"
+    scanned = run_cli("scan", bad)
+    assert scanned.exit_code == 1
+    command = " ".join(scanned.output.split()).split("next: restore the bad tensors from an earlier checkpoint with ", 1)[1]
+    assert command.startswith("nandoctor repair ") and f"--out {project / 'checkpoint_2-repaired'}" in command
+    assert run_cli(*shlex.split(command)[1:]).exit_code == 0
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(bad)
+    subprocess.run(caught.value.hint.split("put it in its place: ", 1)[1], shell=True, check=True)
+    assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
+    assert (project / "checkpoint_2-bad").is_dir()
+    assert run_cli("scan", project / "checkpoints", "-q").exit_code == 0
+
+    again, model2, optimizer2 = _accelerator(project)
+    again.load_state()  # accelerate's own "resume the latest"
+    assert all(bool(torch.isfinite(p).all()) for p in model2.parameters())
+    for _ in range(3):
+        model2(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer2.step()
+        optimizer2.zero_grad()
+    assert all(bool(torch.isfinite(p).all()) for p in model2.parameters())
