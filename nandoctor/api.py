@@ -400,6 +400,16 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
         )
     others = {f: len(verdicts.with_finding(report, f)) for f in failing
               if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)}
+    moments = verdicts.optimizer_only(report, failing)
+    if moments:  # (the weights are healthy: inference is not at risk, a resume is)
+        raise NonFiniteWeightsError(
+            f"{report.target}: only optimizer state holds NaN/Inf ({', '.join(moments[:3])}"
+            f"{' …' if len(moments) > 3 else ''}); the weights are finite and healthy, but resuming training from it "
+            "restores the NaN",
+            f"to serve the weights, gate them alone: assert_finite(path, exclude=['optimizer*']) (the CLI's --exclude); "
+            f"to resume, {hint}",
+            report=report,
+        )
     if verdicts.NONFINITE in failing:
         # (the layers are those of every unhealthy tensor: said as such when some are not NaN/Inf ones)
         also = "; also " + ", ".join(f"{n} {f}" for f, n in others.items() if n) + " tensor(s)" if any(
@@ -558,6 +568,8 @@ def assert_finite(
     device: str = "auto",
     target_dtype: str | None = None,
     fail_on: Iterable[str] | str | None = None,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> ScanReport:
     """Scan ``path`` and raise unless it passes the gate; returns the report otherwise.
 
@@ -567,6 +579,8 @@ def assert_finite(
         device, target_dtype: as for :func:`scan` (by default config.json's dtype is checked, as ``scan`` does).
         fail_on: the findings that fail: any of ``nonfinite``, ``exploded``, ``outlier``, ``zeroed``,
             ``overflow`` (default: all but ``zeroed``). ``"overflow"`` alone needs ``target_dtype``.
+        only, exclude: as for :func:`scan`: a serving gate of a training checkpoint checks the weights alone with
+            ``exclude=["optimizer.*"]`` (its optimizer state matters to a resume, not to inference).
 
     Returns:
         The :class:`ScanReport` when it passes.
@@ -588,7 +602,7 @@ def assert_finite(
     require_some_target(path, verdicts.parse_fail_on(fail_on), _check_target(target_dtype))
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):
-        run = scan_run(resolved, device=device, target_dtype=target_dtype)
+        run = scan_run(resolved, device=device, target_dtype=target_dtype, only=only, exclude=exclude)
         decider = run.decider(verdicts.parse_fail_on(fail_on))  # the final model, last.ckpt or the newest
         if decider is None or decider.report is None or decider.status == runs.INCOMPLETE:
             raise UnreadableCheckpointError(
@@ -599,4 +613,4 @@ def assert_finite(
             )
         healthy = run.last_healthy
         return check(decider.report, fail_on, resume_from=healthy.path if healthy is not None else None)
-    return check(scan(path, device=device, target_dtype=target_dtype), fail_on)
+    return check(scan(path, device=device, target_dtype=target_dtype, only=only, exclude=exclude), fail_on)

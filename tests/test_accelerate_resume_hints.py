@@ -64,3 +64,21 @@ def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(t
         optimizer2.step()
         optimizer2.zero_grad()
     assert all(bool(torch.isfinite(p).all()) for p in model2.parameters())
+
+
+def test_a_serving_gate_over_nan_moments_says_so_and_can_check_the_weights_alone(tmp_path):
+    """A trial: assert_finite on an accelerate save whose only NaN was an Adam moment raised "tensors hold NaN/Inf"
+    with no way to gate the weights alone (the CLI has --exclude): a serving script's false alarm."""
+    project = tmp_path / "project"
+    acc, model, optimizer = _accelerator(project)
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    optimizer.step()
+    next(iter(optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
+    acc.save_state()
+    saved = project / "checkpoints" / "checkpoint_0"
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(saved)
+    assert "only optimizer state holds NaN/Inf" in caught.value.message
+    assert "exclude=['optimizer*']" in caught.value.hint and "nandoctor repair" in caught.value.hint
+    report = nandoctor.assert_finite(saved, exclude=["optimizer*"])
+    assert report.verdict == "CLEAN" and report.extra["excluded"]["exclude"] == ["optimizer*"]
