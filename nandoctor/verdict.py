@@ -1027,11 +1027,18 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     hashes = _hashes_fact(report)
     if hashes:
         pieces.append(hashes)
+    base = report.extra.get(ADAPTER_BASE)
+    if isinstance(base, str):  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
+        pieces.append(f"an adapter alone: its base model {base!r} is not scanned here")
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
     pieces += problem_facts(report, first_problem=first_problem)
     return pieces
+
+
+# extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
+ADAPTER_BASE = "adapter_base"
 
 
 def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:

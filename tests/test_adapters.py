@@ -15,6 +15,7 @@ import nandoctor
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
+from tests.conftest import run_cli  # noqa: E402
 from tests.trainer_checkpoints import tiny_llama  # noqa: E402  (needs torch and transformers)
 
 
@@ -141,3 +142,7 @@ def test_an_adapter_scan_names_the_base_model_it_does_not_read(base, tmp_path):
     report = nandoctor.scan(adapter)
     assert report.exit_code == 0
     assert any(f"base model {str(base)!r}" in note and "nandoctor scan" in note for note in report.notes), report.notes
+    # said on the one line too (a trial: `scan --quiet && serve` dropped the note and passed an adapter on a NaN base)
+    quiet = run_cli("scan", adapter, "-q")
+    assert quiet.exit_code == 0 and f"an adapter alone: its base model {str(base)!r} is not scanned here" in quiet.output
+    assert nandoctor.to_json(report)["adapter_base"] == str(base)

@@ -118,14 +118,28 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     return found, notes
 
 
+def adapter_base(root: Path, names: set[str] | None = None) -> str | None:
+    """The base model a folder holding a PEFT adapter alone (no model weights beside it) is applied to, as its
+    adapter_config.json names it; None for any other folder (``names``: its entries, when known)."""
+    if names is None:
+        try:
+            if not access.is_dir(root):
+                return None
+            names = {e.name for e in access.listing(root)}
+        except UnreadablePathError:
+            return None
+    if not any(_ADAPTER_WEIGHTS.match(n) for n in names) or _model_weights(names):
+        return None
+    config = loadconfig.read_object(root / ADAPTER_CONFIG)
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
 def _base_model_note(root: Path, names: set[str]) -> list[str]:
     """A PEFT adapter is applied to the base model its adapter_config.json names, which this scan does not read:
     NaN in the base makes the adapted model's generate fail as surely as NaN in the adapter."""
-    if not any(_ADAPTER_WEIGHTS.match(n) for n in names) or _model_weights(names):
-        return []
-    config = loadconfig.read_object(root / ADAPTER_CONFIG)
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not base:
+    base = adapter_base(root, names)
+    if base is None:
         return []
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
             f"read: scan it too (nandoctor scan {shlex.quote(base)})"]
