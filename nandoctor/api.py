@@ -31,6 +31,7 @@ from nandoctor.errors import (
 from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 from nandoctor.layers import bad_ranges
 from nandoctor.model import PathLike, ProgressCallback, ScanReport
+from nandoctor.wording import first_few
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -370,7 +371,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
             report=report,
         )
     ranges = [r.label for r in bad_ranges(report.layers)]
-    layers_said = ", ".join(ranges[:6]) + (" …" if len(ranges) > 6 else "")
+    layers_said = first_few(ranges, 6)
     where = f" in {layers_said}" if ranges else ""
     from nandoctor.hints import use_verified_repair_of
 
@@ -405,12 +406,13 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
               if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)}
     moments = verdicts.optimizer_only(report, failing)
     if moments:  # (the weights are healthy: inference is not at risk, a resume is)
+        # (the containers the optimizer state sits in, as --exclude globs: optimizer.*, opt.*, optimizer_states.*)
+        containers = sorted({f"{name.split('.', 1)[0]}.*" for name in moments})
         raise NonFiniteWeightsError(
-            f"{report.target}: only optimizer state holds NaN/Inf ({', '.join(moments[:3])}"
-            f"{' …' if len(moments) > 3 else ''}); the weights are finite and healthy, but resuming training from it "
-            "restores the NaN",
-            f"to serve the weights, gate them alone: assert_finite(path, exclude=['optimizer*']) (the CLI's --exclude); "
-            f"to resume, {hint}",
+            f"{report.target}: only optimizer state holds NaN/Inf ({first_few(moments, 3)}); the weights are finite "
+            "and healthy, but resuming training from it restores the NaN",
+            f"to serve the weights, gate them alone: assert_finite(path, exclude={containers!r}) (the CLI's "
+            f"--exclude); to resume, {hint}",
             report=report,
         )
     if verdicts.NONFINITE in failing:
@@ -583,7 +585,8 @@ def assert_finite(
         fail_on: the findings that fail: any of ``nonfinite``, ``exploded``, ``outlier``, ``zeroed``,
             ``overflow`` (default: all but ``zeroed``). ``"overflow"`` alone needs ``target_dtype``.
         only, exclude: as for :func:`scan`: a serving gate of a training checkpoint checks the weights alone with
-            ``exclude=["optimizer.*"]`` (its optimizer state matters to a resume, not to inference).
+            ``exclude=["optimizer.*"]`` (its optimizer state matters to a resume, not to inference; the error of a
+            NaN in optimizer state alone names the globs for its layout).
 
     Returns:
         The :class:`ScanReport` when it passes.

@@ -48,7 +48,7 @@ def weight_ceiling(ceiling: float, fields: BlockFields | None) -> float:
 def elements_per_lane(fields: BlockFields | None) -> int:
     """How many elements each lane of a region speaks for: a block's elements shared by its scale fields (32 for
     Q4_0's one d), 1 for a plain tensor and for MXFP4, whose lanes are its elements."""
-    return 1 if fields is None else max(1, fields.block_elems // fields.count)
+    return 1 if fields is None or not fields.count else max(1, fields.block_elems // fields.count)
 
 
 def lane_bytes(region: Region) -> int:

@@ -562,8 +562,9 @@ def test_a_flipped_bit_in_a_name_outside_the_usual_stacks_is_named(tmp_path, mod
 
 def test_the_name_vocabulary_holds_every_name_of_fresh_saves(tmp_path):
     """name_segments.txt (written from transformers' own models by `python -m nandoctor.checkpoint.namevocab`) knows
-    every segment these architectures save, so their fresh saves suspect nothing; a one-character change is a near
-    miss, a name of another alphabet is none."""
+    every segment these architectures save, so their fresh saves suspect nothing: a guard against the file going
+    stale as transformers changes (run the module to write it again). A one-character change is a near miss, a name
+    of another alphabet is none."""
     from transformers import AutoConfig, AutoModel
 
     from nandoctor.checkpoint.namevocab import near_misses

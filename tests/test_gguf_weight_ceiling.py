@@ -75,10 +75,11 @@ def test_a_large_row_is_judged_alike_in_every_type_and_a_flipped_scale_still_sta
     assert t.findings == () and t.outliers is None
     if kind not in ("Q4_0", "Q5_0"):
         return
-    raw = gguf.quants.quantize((rng.standard_normal((256, 256)) * 0.02).astype(np.float32), quant_type(kind))
-    raw = raw.reshape(-1, LAYOUTS[kind][1]).copy()
-    scale = raw[100, 0:2].view(np.float16)
-    scale[0] = np.float16(float(scale[0]) * 4096)  # one block's d 4096x (a flipped exponent bit's order)
-    path = write(tmp_path / "flip.gguf", [(NAME, raw, kind)], shapes={NAME: (256, 256)})
-    (t,) = scan(path, device="cpu").tensors
-    assert "outlier" in t.findings
+    for rows in (16, 64, 256):  # (a review: at 16 and 64 rows, 128 and 512 blocks, the flipped scale was the bulk)
+        raw = gguf.quants.quantize((rng.standard_normal((rows, 256)) * 0.02).astype(np.float32), quant_type(kind))
+        raw = raw.reshape(-1, LAYOUTS[kind][1]).copy()
+        scale = raw[100, 0:2].view(np.float16)
+        scale[0] = np.float16(float(scale[0]) * 4096)  # one block's d 4096x (a flipped exponent bit's order)
+        path = write(tmp_path / f"flip{rows}.gguf", [(NAME, raw, kind)], shapes={NAME: (256, rows)})
+        (t,) = scan(path, device="cpu").tensors
+        assert "outlier" in t.findings, rows

@@ -44,6 +44,14 @@ def test_a_step_counter_under_any_key_is_optimizer_state(tmp_path, key):
     assert live.exit_code == 0 and {t.ref.name: t.ref.role for t in live.tensors} == roles
     bare = nandoctor.scan_state_dict(state)  # (a bare optimizer.state_dict(), its keys at the top)
     assert bare.exit_code == 0 and {t.ref.role for t in bare.tensors} == {"optimizer"}
+    # a NaN moment there alone: the serving gate the error names works for this layout (a review: optimizer* did not)
+    state["state"][0]["exp_avg"][0, 0] = math.nan
+    torch.save({"model": weights, key: state, "epoch": 12}, tmp_path / "ckpt.pt")
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(tmp_path / "ckpt.pt")
+    assert "only optimizer state holds NaN/Inf" in caught.value.message
+    assert nandoctor.assert_finite(tmp_path / "ckpt.pt", exclude=[f"{key}.*"]).verdict == "CLEAN"
+    assert f"exclude=['{key}.*']" in caught.value.hint
 
 
 def test_nan_moments_under_any_key_fail_as_optimizer_state_and_the_repair_keeps_healthy_counters(tmp_path):

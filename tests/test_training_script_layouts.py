@@ -52,6 +52,22 @@ def test_an_mmengine_checkpoint_with_an_inf_logged_grad_norm_is_clean_and_numpy_
     assert run_cli("scan", tmp_path / "with_stats.pth", "--exclude", "stats.*", "-q").exit_code == 0
 
 
+def test_a_nan_in_an_mmengine_parameter_schedulers_state_fails(tmp_path):
+    """mmengine's ParamScheduler state (base_values, _last_value; no torch _last_lr): a NaN eta_min there is the
+    learning rate of a resumed run, as in a torch scheduler's state (a review: read as trainer state, never judged)."""
+    weights, optimizer = _model_and_optimizer()
+    schedulers = [{"param_name": "lr", "base_values": [0.1], "last_step": 3, "eta_min": math.nan, "_last_value": [0.05]}]
+    torch.save({"meta": {"epoch": 3}, "state_dict": weights, "optimizer": optimizer, "param_schedulers": schedulers},
+               tmp_path / "epoch_3.pth")
+    report = nandoctor.scan(str(tmp_path / "epoch_3.pth"), device="cpu")
+    assert report.exit_code == 1
+    assert {t.ref.name: t.ref.role for t in report.tensors if t.findings} == {"param_schedulers.0.eta_min": "optimizer"}
+    schedulers[0]["eta_min"] = 0.0
+    torch.save({"meta": {"epoch": 3}, "state_dict": weights, "optimizer": optimizer, "param_schedulers": schedulers},
+               tmp_path / "epoch_3.pth")
+    assert nandoctor.scan(str(tmp_path / "epoch_3.pth"), device="cpu").exit_code == 0
+
+
 def test_a_loops_scalars_beside_its_model_are_trainer_state_whatever_else_is_there(tmp_path):
     """{"model": …, "best_val_loss": tensor(inf)} was clean, and failed once a "loss_history" tensor sat beside it."""
     weights, _ = _model_and_optimizer()

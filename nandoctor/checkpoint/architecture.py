@@ -60,9 +60,9 @@ _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped 
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
-_HOLE = "the same tensor of the other layers is stored"
+_HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 # Long steps are said on this logger: the CLI shows its INFO records on its progress bar (cli/progress.py)
-_STATUS = logging.getLogger("nandoctor.status")  # (a suspicion too weak for a note when nothing can check it)
+_STATUS = logging.getLogger("nandoctor.status")
 
 def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: Sequence[tuple[int, ...]],
              files: Sequence[str], *, quantized: bool = False) -> tuple[list[ScanProblem], list[str]]:
@@ -141,11 +141,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
     wanted = [(built.loaded_as(what), why) for what, why in suspected
               if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION)]
-    if any(what == _NAME_SUSPICION for what, _ in suspected):
-        # (the name the model needs that a stored one misses by one character, of the stored one's shape)
-        wanted += [(need, why) for name, shape in unknown.items() for need in expected
-                   if need not in loaded and expected[need] == shape and one_character_apart(loaded_as[name], need)
-                   for what, why in suspected if what == _NAME_SUSPICION][:_SHOWN_NEAR]
+    near_why = next((why for what, why in suspected if what == _NAME_SUSPICION), None)
+    if near_why is not None:
+        wanted += [(need, near_why) for need in _near_needs(stored, unknown, expected, loaded, loaded_as)]
     reason: dict[str, str] = {}
     for what, why in wanted:  # (each name once, with its first reason: a hole may be a near miss too)
         reason.setdefault(what, why)
@@ -168,6 +166,26 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     return found, []
+
+
+def _near_needs(stored: dict[str, tuple[int, ...]], unknown: dict[str, tuple[int, ...]],
+                expected: dict[str, tuple[int, ...]], loaded: set[str], loaded_as: dict[str, str]) -> list[str]:
+    """The names the model needs, not loaded, that a stored name holding a near miss (namevocab.near_misses) misses
+    by one character, of its shape: compared only within a shape, only for those stored names, at most
+    _SHOWN_NEAR (an MoE's 20,000 names each way would otherwise be compared all with all)."""
+    near = near_misses(stored)
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for need, shape in expected.items():
+        if need not in loaded:
+            by_shape.setdefault(shape, []).append(need)
+    found: list[str] = []
+    for name, shape in unknown.items():
+        if not any(part in name for part in near):
+            continue
+        found += [need for need in by_shape.get(shape, ()) if one_character_apart(loaded_as[name], need)]
+        if len(found) >= _SHOWN_NEAR:
+            break
+    return found[:_SHOWN_NEAR]
 
 
 def _renamed(lacking: list[tuple[str, str]], unknown: dict[str, tuple[int, ...]],

@@ -149,11 +149,7 @@ class NanDoctorCallback(Callback):
         # every rank reaches this point: they decide together
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._stop_pending, all=False):
             trainer.should_stop = True
-            # (a save is collective: the state rank 0 found broken is saved by every rank together, before this
-            # batch's step; the ranks' weights are one model's replicas)
-            if trainer.strategy.reduce_boolean_decision(self._save_pending is not None, all=False):
-                self._save_pending = None
-                self._save_the_broken_state(trainer, previous)
+            self._save_together(trainer, previous)  # (before this batch's step)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -171,6 +167,8 @@ class NanDoctorCallback(Callback):
         self._release_all()  # the newest clean file's weights may have just given their loss
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1:  # (a stop found at the last batch: no next batch to save it at)
+            self._save_together(trainer, self._batch_step)
         # as Trainer's end-of-training clean-up: the newest clean file (and one before a loss jump) is enough
         self._ended = True
         self._release_all()
@@ -275,6 +273,14 @@ class NanDoctorCallback(Callback):
                 self._save_pending = step  # (saved by every rank at the next batch: on_train_batch_start)
             else:
                 self._save_the_broken_state(trainer, step)
+
+    def _save_together(self, trainer: Trainer, step: int) -> None:
+        """Under DDP, every rank at once: save the state rank 0 found broken (``_save_pending``), if it did. A save is
+        collective, so the decision is reduced first; the ranks' weights are one model's replicas, and ``step`` is
+        the batch whose weights rank 0 checked (the same on every rank)."""
+        if trainer.strategy.reduce_boolean_decision(self._save_pending is not None, all=False):
+            self._save_pending = None
+            self._save_the_broken_state(trainer, step)
 
     def _save_the_broken_state(self, trainer: Trainer, step: int) -> None:
         """The stop on live NaN weights writes that state beside the step files (``nandoctor-stopped-step=N.ckpt``,

@@ -90,6 +90,7 @@ from nandoctor.integrations.gate import (
 )
 from nandoctor.integrations.saved import verify_saved, wrote_own_files
 from nandoctor.model import ScanReport
+from nandoctor.wording import first_few
 
 logger = logging.getLogger(__name__)
 
@@ -330,18 +331,19 @@ class NanDoctorCallback(TrainerCallback):
         except (OSError, ValueError):
             data = None  # (no verdict written: the loaded state alone decides)
         run = Path(args.output_dir or ".")
-        failed = data is not None and not passed_in(data)
-        if failed and model is not None:
+        saved_failed = data is not None and not passed_in(data)
+        failed = saved_failed
+        if saved_failed and model is not None:
             from nandoctor.api import scan_module
 
-            failed = not verdicts.passes(scan_module(model), self.fail_on)
+            failed = not verdicts.passes(scan_module(model), self.fail_on)  # (what was loaded decides)
         if failed:
             refuse_failed_resume(folder, data, self._instead(), self.stop_on_nonfinite, run)
         elif broken:
             refuse_resume(f"resuming at step {state.global_step} with an optimizer or scheduler state holding NaN/Inf "
-                          f"({', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}): its first step makes every "
+                          f"({first_few(broken, 3)}): its first step makes every "
                           f"weight NaN; {self._instead()}", self.stop_on_nonfinite, run)
-        elif data is not None and not passed_in(data):
+        elif saved_failed:
             logger.warning("nandoctor: resuming at step %d, where %s failed its check when it was saved, but the "
                            "weights and optimizer state loaded pass it (a repaired copy, or a failure outside them: "
                            "its nandoctor.json says which)", state.global_step, folder)

@@ -175,7 +175,8 @@ class Census:
         if self.histogram is None or self.sampled < MIN_OUTLIER_ELEMENTS:
             return None
         counts = self.histogram
-        k = math.ceil(max(9, math.ceil(int(counts.sum()) * per_lane / 1000)) / per_lane)
+        # (at least 2 lanes: one flipped scale alone is never its tensor's bulk, however small the tensor)
+        k = max(2, math.ceil(max(9, math.ceil(int(counts.sum()) * per_lane / 1000)) / per_lane))
         reached = np.flatnonzero(np.cumsum(counts[::-1]) >= k)
         return None if reached.size == 0 else counts.size - 1 - int(reached[0])
 

@@ -469,12 +469,12 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
             continue
         if counted is None:
             continue
-        if (counted.nan or counted.posinf or counted.neginf) and array_name in walked.trainer:
-            trainer.append(array_name)  # (trainer state: counted, never a finding, as its tensors are)
-        elif counted.nan or counted.posinf or counted.neginf:
-            found.append(UnviewedBad(path, array_name, counted.nan, counted.posinf, counted.neginf, kind="numpy"))
-        else:
+        if not (counted.nan or counted.posinf or counted.neginf):
             finite.append(array_name)
+        elif array_name in walked.trainer:
+            trainer.append(array_name)  # (trainer state: counted, never a finding, as its tensors are)
+        else:
+            found.append(UnviewedBad(path, array_name, counted.nan, counted.posinf, counted.neginf, kind="numpy"))
     if trainer:
         notes.append(f"{name}: NaN/Inf in {len(trainer)} numpy value(s) of trainer state (a logged metric's history: "
                      f"not the model's, no finding): {listed(trainer)}")

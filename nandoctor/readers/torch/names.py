@@ -55,10 +55,14 @@ def is_rate_path(path: list[str]) -> bool:
     return key in SCHEDULER_RATE_KEYS or (key in RATE_KEYS and PARAM_GROUPS in path)
 
 
+# What marks a scheduler's state: torch's (every ``state_dict()`` holds ``_last_lr``, and base_lrs, min_lrs or max_lrs:
+# SCHEDULER_RATE_KEYS) and mmengine's ParamScheduler (``base_values``, ``_last_value``)
+_SCHEDULER_MARKS = SCHEDULER_RATE_KEYS | {"base_values", "_last_value"}
+
+
 def is_scheduler_state(value: Any) -> bool:
-    """Whether the mapping ``value`` is a learning-rate scheduler's state (every torch scheduler's ``state_dict()``
-    holds ``_last_lr``, and base_lrs or min_lrs: SCHEDULER_RATE_KEYS)."""
-    return any(key in value for key in SCHEDULER_RATE_KEYS)
+    """Whether the mapping ``value`` is a learning-rate (or parameter) scheduler's state (_SCHEDULER_MARKS)."""
+    return any(key in value for key in _SCHEDULER_MARKS)
 
 
 def breaks_a_step(path: list[str], value: float, in_scheduler: bool) -> bool:
