@@ -45,6 +45,14 @@ def run_dir(tmp_path: Path) -> Path:
     return out
 
 
+def require_gloo():
+    """torch.distributed, or skip the calling test module where it cannot run a gloo process group here."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+    return dist
+
+
 def run_cli(*args: object):
     """The one way tests run the ``nandoctor`` command in-process: every argument as a string,
     exceptions not swallowed (an internal error fails the test with its traceback)."""

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_gloo
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
-dist = pytest.importorskip("torch.distributed")
-if not dist.is_available() or not dist.is_gloo_available():
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+require_gloo()
 
 import nandoctor  # noqa: E402
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_gloo
+
 pytest.importorskip("transformers")
-dist = pytest.importorskip("torch.distributed")
-if not dist.is_available() or not dist.is_gloo_available():
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+require_gloo()
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_callback_worker.py"
