@@ -76,6 +76,17 @@ def test_a_loops_scalars_beside_its_model_are_trainer_state_whatever_else_is_the
     report = nandoctor.scan(str(tmp_path / "ckpt.pt"), device="cpu")
     assert report.exit_code == 0
     assert {t.ref.name: t.ref.role for t in report.tensors}["best_val_loss"] == "trainer"
+    # an early-stopping callback's state nested beside the model: one-element tensors alone, the loop's too; an
+    # entry holding a larger tensor (an EMA of the weights) is still judged as weights
+    ema = {k: v.clone() for k, v in weights.items()}
+    ema["weight"][0, 0] = math.nan
+    torch.save({"model": weights, "early_stopping": {"best_score": torch.tensor(math.inf), "counter": 3}},
+               tmp_path / "nested.pt")
+    nested = nandoctor.scan(str(tmp_path / "nested.pt"), device="cpu")
+    assert nested.exit_code == 0 and nested.tensors.refs.roles[nested.tensors.refs.names.index(
+        "early_stopping.best_score")] == "trainer"
+    torch.save({"model": weights, "ema": {"decay": torch.tensor(0.999), "shadow": ema}}, tmp_path / "ema.pt")
+    assert nandoctor.scan(str(tmp_path / "ema.pt"), device="cpu").exit_code == 1
 
 
 def test_a_pickle_protocol_torchs_default_load_refuses_is_said(tmp_path):

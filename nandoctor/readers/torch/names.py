@@ -19,7 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.checkpoint.roles import MODEL_CONTAINER_KEYS, TRAINER, is_trainer_checkpoint, pickle_role
+from nandoctor.checkpoint.roles import (
+    MODEL_CONTAINER_KEYS,
+    MODEL_STATE_KEYS,
+    TRAINER,
+    is_trainer_checkpoint,
+    pickle_role,
+)
 from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
@@ -120,6 +126,9 @@ class Walk:
     # not the model's (a model's weights spread at the top beside an optimizer hold its learned scalars too)
     _scalars_are_state: bool = False
     _groups: tuple[str, ...] = ()  # the name of the param_groups value the whole pickle is (walk's ``groups``)
+    # top-level key → (name, whether one element and no Parameter) of each tensor nested under it, kept only in a
+    # trainer checkpoint whose model sits in a container (walk: a key holding one-element tensors alone is the loop's)
+    _nested_scalars: dict[str, list[tuple[str, bool]]] | None = None
     _names: Counter[str] = field(default_factory=Counter)
     _nodes: int = 0
     _shared_nodes: int = 0
@@ -189,10 +198,17 @@ def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
             key for key, value in dict.items(root)
             if isinstance(key, str) and not isinstance(value, (TensorStub, StorageRef, *_LEAVES))
         )
-        out._scalars_are_state = not any(
-            isinstance(value, TensorStub) and math.prod(value.size) > 1 for value in dict.values(root)) or any(
-            key in MODEL_CONTAINER_KEYS and isinstance(value, dict) for key, value in dict.items(root))
+        beside_a_model = any(key in MODEL_CONTAINER_KEYS and isinstance(value, dict) for key, value in dict.items(root))
+        out._scalars_are_state = beside_a_model or not any(
+            isinstance(value, TensorStub) and math.prod(value.size) > 1 for value in dict.values(root))
+        out._nested_scalars = {} if beside_a_model and out._trainer_checkpoint else None
     _visit(root, [prefix] if prefix else [], out, set(), 0)
+    if out._nested_scalars:
+        # A top-level entry beside the model that holds nothing but one-element tensors is the loop's state (an
+        # early-stopping callback's {"best_score": tensor(inf), "counter": 3}: a zoo trial's false NON-FINITE)
+        for key, members in out._nested_scalars.items():
+            if key not in MODEL_CONTAINER_KEYS and key not in MODEL_STATE_KEYS and all(one for _, one in members):
+                out.trainer.update(name for name, _ in members if name not in out.optimizer)
     return out
 
 
@@ -249,8 +265,11 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         raise WalkLimitError(f"the pickled objects nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, TensorStub):
         # (a one-element nn.Parameter is a model's learned scalar, a logit_scale: never trainer state)
-        scalar = out._scalars_are_state and math.prod(value.size) <= 1 and not value.parameter
-        out.tensors.append(NamedTensor(_emit_name(path, out, scalar, within), value))
+        one = math.prod(value.size) <= 1 and not value.parameter
+        name = _emit_name(path, out, out._scalars_are_state and one, within)
+        out.tensors.append(NamedTensor(name, value))
+        if out._nested_scalars is not None and len(path) > out._top + 1:
+            out._nested_scalars.setdefault(path[out._top], []).append((name, one))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
             _visit(value.state, path, out, on_path, depth + 1, shared, within)
         return
