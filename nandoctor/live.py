@@ -168,9 +168,10 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
         if isinstance(value, Mapping):
             seen.add(id(value))
             scheduler = scheduler or is_scheduler_state(value)
-            optimizer = optimizer or is_optimizer_state(value)
+            state = is_optimizer_state(value)  # (its state and param_groups only: a model beside them stays weights)
             for key, child in value.items():
-                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler, optimizer)
+                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler,
+                                optimizer or (state and key in ("state", "param_groups")))
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
@@ -179,9 +180,9 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
     pairs: Iterable[tuple[str, Any]] = named.items() if isinstance(named, Mapping) else named
     # (a mapping may itself be a bare optimizer.state_dict() or a scheduler's)
     scheduler = isinstance(named, Mapping) and is_scheduler_state(named)
-    optimizer = is_optimizer_state(named)
+    state = is_optimizer_state(named)
     for name, value in pairs:
-        yield from walk(str(name), value, 0, [str(name)], scheduler, optimizer)
+        yield from walk(str(name), value, 0, [str(name)], scheduler, state and name in ("state", "param_groups"))
 
 
 def _numeric_array(value: Any) -> bool:

@@ -1029,7 +1029,8 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(hashes)
     base = report.extra.get(ADAPTER_BASE)
     if isinstance(base, str):  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
-        pieces.append(f"an adapter alone: its base model {base!r} is not scanned here")
+        shown = base if len(base) <= _MAX_BASE_CHARS else f"{base[:_MAX_BASE_CHARS]}…"  # (a crafted 2 MB name)
+        pieces.append(f"an adapter alone: its base model {shown!r} is not scanned here")
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
@@ -1039,6 +1040,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
 
 # extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
 ADAPTER_BASE = "adapter_base"
+_MAX_BASE_CHARS = 200
 
 
 def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:

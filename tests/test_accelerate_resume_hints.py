@@ -55,6 +55,9 @@ def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(t
     assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
     assert (project / "checkpoint_2-bad").is_dir()
     assert run_cli("scan", project / "checkpoints", "-q").exit_code == 0
+    # the project folder still points at its run, not at the copy set aside beside it
+    whole = run_cli("scan", project)
+    assert whole.exit_code == 3 and f"scan the run: nandoctor scan {project / 'checkpoints'}" in " ".join(whole.output.split())
 
     again, model2, optimizer2 = _accelerator(project)
     again.load_state()  # accelerate's own "resume the latest"

@@ -70,3 +70,23 @@ def test_nan_moments_under_any_key_fail_as_optimizer_state_and_the_repair_keeps_
     assert [float(m["step"]) for m in fixed.values()] == [200_000.0] * 4  # (not the donor's 90,000)
     assert torch.equal(fixed[2]["exp_avg"], donor_state["state"][2]["exp_avg"])
     assert torch.equal(fixed[0]["exp_avg"], state["state"][0]["exp_avg"])
+
+
+def test_a_model_saved_beside_an_optimizers_state_keeps_its_weights_role(tmp_path):
+    """An adversary: torch.save({**optimizer.state_dict(), "model": model.state_dict()}) made the model's NaN weight
+    "optimizer state only", and the serving gate the error printed passed it. Only the optimizer's own state and
+    param_groups are optimizer state; a model's state dict stored under "state" is no optimizer's (its values are
+    tensors, not per-parameter dicts)."""
+    weights, state = _trained(10)
+    weights["0.weight"][0, 0] = math.nan
+    torch.save({**state, "model": weights}, tmp_path / "merged.pt")
+    report = nandoctor.scan(str(tmp_path / "merged.pt"), device="cpu")
+    roles = {t.ref.name: t.ref.role for t in report.tensors}
+    assert roles["model.0.weight"] == "weight" and roles["state.0.exp_avg"] == "optimizer"
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        nandoctor.assert_finite(tmp_path / "merged.pt")
+    assert "only optimizer state" not in caught.value.message
+    torch.save({"state": weights, "param_groups": state["param_groups"]}, tmp_path / "state.pt")
+    assert {t.ref.role for t in nandoctor.scan(str(tmp_path / "state.pt"), device="cpu").tensors} == {"weight"}
+    assert {t.ref.role for t in nandoctor.scan_state_dict({**state, "model": weights}).tensors
+            if t.ref.name.startswith("model.")} == {"weight"}

@@ -33,8 +33,9 @@ import logging
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ _SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes eac
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
+_LAYOUT_SUSPICION = "<layers out of pattern>"  # (a tensor held by layers in no pattern a model is built with)
+_NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of sibling modules: conv1, ln_2, fc1
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
@@ -88,7 +91,8 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             return [blamed], []
         built = None  # (it fails either way: nandoctor's limit, not the checkpoint's)
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
-        suspected = [(what, why) for what, why in suspected if why != _HOLE and what != _NAME_SUSPICION]
+        suspected = [(what, why) for what, why in suspected
+                     if why != _HOLE and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION)]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
@@ -98,7 +102,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         return [], [f"{root / 'config.json'}: {shown}; "
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
                     f"layers at random: not checked ({unchecked})"]
-    expected, skipped, untied = built.shapes, built.skipped, built.untied
+    expected, skipped = built.shapes, built.skipped
     found: list[ScanProblem] = []
     built_stacks = _stacks(expected)
     reasons = dict(suspected)
@@ -140,19 +144,23 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # (a suspected hole is named as the weights are stored: Llava's language_model.model.layers.1…, a legacy BERT's
     # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
     wanted = [(built.loaded_as(what), why) for what, why in suspected
-              if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION)]
+              if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION,
+                                                     _LAYOUT_SUSPICION)]
     near_why = next((why for what, why in suspected if what == _NAME_SUSPICION), None)
     if near_why is not None:
         wanted += [(need, near_why) for need in _near_needs(stored, unknown, expected, loaded, loaded_as)]
-    reason: dict[str, str] = {}
-    for what, why in wanted:  # (each name once, with its first reason: a hole may be a near miss too)
-        reason.setdefault(what, why)
-    wanted = list(reason.items())
+    wanted = _first_reasons(wanted)
     lacking = [(what, why) for what, why in wanted if what not in loaded and what in expected and not quantized]
     outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
-    if outside is not None and not quantized:  # (the weights outside the layers the model has, none stored, none tied)
-        lacking += [(name, outside) for name in untied if name not in loaded and not STACK.match(name)
-                    and (name, outside) not in lacking]
+    if outside is not None and not quantized:  # (the weights outside the layers the model has, none of a group stored:
+        # a tied embedding renamed leaves its LM head unfilled too, a trial's wte flipped to gte)
+        lacking += [(group[0], outside) for group in built.filled_by if not any(n in loaded for n in group)
+                    and not STACK.match(group[0]) and (group[0], outside) not in lacking]
+    layout = next((why for what, why in suspected if what == _LAYOUT_SUSPICION), None)
+    if layout is not None and not quantized:  # (the layers' weights the model has, none of a group stored)
+        lacking += [(group[0], layout) for group in built.filled_by if not any(n in loaded for n in group)
+                    and STACK.match(group[0]) and (group[0], layout) not in lacking]
+    lacking = _first_reasons(lacking)
     renamed = _renamed(lacking, unknown, expected)
     if renamed:
         found.append(_renamed_problem(root, renamed, dict(zip(names, files))))
@@ -166,6 +174,15 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     return found, []
+
+
+def _first_reasons(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each name of (name, why) ``pairs`` once, with its first reason, in order: a hole may be a near miss and out of
+    the layers' pattern too, and one name wanted twice would pair with nothing (_renamed wants one of a shape)."""
+    reason: dict[str, str] = {}
+    for name, why in pairs:
+        reason.setdefault(name, why)
+    return list(reason.items())
 
 
 def _near_needs(stored: dict[str, tuple[int, ...]], unknown: dict[str, tuple[int, ...]],
@@ -332,6 +349,13 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
                     if number in dense and (suffix.startswith("mlp.") or "expert" in suffix):
                         continue  # (a layer config.json makes dense has no experts, router or shared experts)
                     yield f"{stack}.{number}.{suffix}", _HOLE
+            elif 0 < len(has) < len(numbers) and not (_regular(has, numbers) or _regular(numbers - has, numbers)):
+                yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
+    # numbered sibling modules outside the layers (Whisper's conv1 and conv2) numbered from 0 or 1 without a gap; a
+    # flipped bit in the number (conv1 stored as conv3, itself a name models use) leaves a family that is not
+    for family, have in _numbered_families(name for name in stored if not STACK.match(name)).items():
+        if len(have) > 1 and (min(have) > 1 or sorted(have) != list(range(min(have), min(have) + len(have)))):
+            yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(have)))}"
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
     heads, kv = positive(config.get("num_attention_heads")), positive(config.get("num_key_value_heads"))
@@ -396,6 +420,33 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             yield name, f"the same tensor of the other layers has shape {list(common)}"
 
 
+def _regular(layers: set[int], numbers: set[int]) -> bool:
+    """Whether ``layers`` of a stack numbered ``numbers`` follow a layout models are built with: a run from the
+    first layer or to the last (DeepSeek's dense first layers, MoE after them), or every k-th layer (MoE every other
+    layer, full attention every fourth). A flipped bit in one layer number breaks it: T5's relative_attention_bias
+    of block 0 stored as block 4, a dense layer 0's MLP stored as layer 2 (a trial: CLEAN, while from_pretrained
+    initialised the real ones at random)."""
+    ordered = sorted(layers)
+    if not ordered:
+        return True
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return ordered[0] == min(numbers) or ordered[-1] == max(numbers)
+    return len(ordered) > 2 and len({b - a for a, b in pairwise(ordered)}) == 1  # (two apart: a pattern of nothing)
+
+
+def _numbered_families(names: Iterable[str]) -> dict[str, set[int]]:
+    """The numbers of each family of numbered sibling segments (``model.encoder.conv#.weight``: {1, 2})."""
+    families: dict[str, set[int]] = {}
+    for name in names:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            match = _NUMBERED.match(part)
+            if match:
+                family = ".".join([*parts[:i], f"{match.group(1)}#", *parts[i + 1:]])
+                families.setdefault(family, set()).add(int(match.group(2)))
+    return families
+
+
 def _numbers(numbers: Sequence[int] | set[int]) -> str:
     ordered = sorted(numbers)
     if ordered == list(range(ordered[0], ordered[-1] + 1)):
@@ -424,7 +475,9 @@ class _Built:
 
     shapes: dict[str, tuple[int, ...]]  # every tensor of its state dict
     skipped: list[re.Pattern[str]]  # stored names its class says from_pretrained skips
-    untied: list[str]  # parameters from_pretrained cannot fill from another stored one (not tied, not ignored if missing)
+    # the parameters from_pretrained fills from any one stored name of each group (tied ones share a group: an LM head
+    # and its embedding), groups its class does not let go missing; a group none of whose names is stored is lacking
+    filled_by: list[list[str]]
     loaded_as: Callable[[str], str]  # a stored name → the name from_pretrained loads it under (its conversion mapping)
 
 
@@ -484,9 +537,8 @@ def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
             holders.setdefault(id(parameter), []).append(name)
         optional = [re.compile(p) for p in getattr(type(model), "_keys_to_ignore_on_load_missing", None) or []
                     if isinstance(p, str)]
-        untied = [names[0] for names in holders.values()
-                  if len(names) == 1 and not any(p.search(names[0]) for p in optional)]
-        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], untied, _renames(model, built))
+        groups = [names for names in holders.values() if not any(p.search(n) for n in names for p in optional)]
+        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], groups, _renames(model, built))
     except ImportError:  # (an optional package the model class needs)
         return None
     except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value

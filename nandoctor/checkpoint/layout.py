@@ -170,15 +170,17 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
 def _nothing_found(root: Path) -> UnsupportedFormatError:
     """No weights at the folder's top: name the subfolders that hold some (a folder of model folders)."""
     looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
-    holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
-    if not holding:
-        from nandoctor.checkpoint.steps import checkpoints_in
+    from nandoctor.checkpoint.steps import checkpoints_in
 
-        runs = [sub for sub in access.listing(root) if access.is_dir(sub, refused=False) and checkpoints_in(sub)]
-        if runs:  # (accelerate's project folder: its run is checkpoints/checkpoint_N)
-            return UnsupportedFormatError(
-                f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
-                "run of checkpoints", f"scan the run: nandoctor scan {shlex.quote(str(runs[0]))}")
+    holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
+    runs = [sub for sub in access.listing(root) if access.is_dir(sub, refused=False) and checkpoints_in(sub)]
+    if runs:  # (accelerate's project folder: its run is checkpoints/checkpoint_N, whatever else lies beside it: a
+        # repair's checkpoint_2-bad set aside there, which a trial's hint named instead of the run)
+        beside = f"; {first_few([f'{sub.name}/' for sub in holding], 5)} beside it hold weights too" if holding else ""
+        return UnsupportedFormatError(
+            f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
+            f"run of checkpoints{beside}", f"scan the run: nandoctor scan {shlex.quote(str(runs[0]))}")
+    if not holding:
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = first_few([f"{sub.name}/" for sub in holding], 5)
     return UnsupportedFormatError(

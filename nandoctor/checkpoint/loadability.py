@@ -139,7 +139,7 @@ def _base_model_note(root: Path, names: set[str]) -> list[str]:
     """A PEFT adapter is applied to the base model its adapter_config.json names, which this scan does not read:
     NaN in the base makes the adapted model's generate fail as surely as NaN in the adapter."""
     base = adapter_base(root, names)
-    if base is None:
+    if base is None or len(base) > 4096:  # (no path that long loads: a crafted value, said by the verdict line alone)
         return []
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
             f"read: scan it too (nandoctor scan {shlex.quote(base)})"]

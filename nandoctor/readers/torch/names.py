@@ -158,12 +158,14 @@ def segment(key: Any) -> str:
 
 
 def is_optimizer_state(value: Any) -> bool:
+    """Whether ``value`` is shaped as ``torch.optim.Optimizer.state_dict()``: a ``state`` dict of per-parameter dicts
+    (a model's state dict stored under "state" holds tensors there, not dicts) and a ``param_groups`` list."""
     # dict.get, not value.get: a BUILD may have set an attribute named "get" (or "items") on an OrderedDict.
-    return (
-        isinstance(value, dict)
-        and isinstance(dict.get(value, "state"), dict)
-        and isinstance(dict.get(value, "param_groups"), list)
-    )
+    if not isinstance(value, dict):
+        return False
+    state = dict.get(value, "state")
+    return (isinstance(state, dict) and isinstance(dict.get(value, "param_groups"), list)
+            and all(isinstance(moments, dict) for moments in dict.values(state)))
 
 
 def parameter_names(optimizer: dict) -> dict[Any, str]:
@@ -228,6 +230,7 @@ def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> N
 
 # What a value is inside of (``_visit``'s ``within``, bits): an optimizer's state dict, a scheduler's state
 _IN_OPTIMIZER, _IN_SCHEDULER = 1, 2
+_OPTIMIZER_PARTS = ("state", PARAM_GROUPS)  # the keys of an optimizer state dict that hold its state
 
 
 def _emit_name(path: list[str], out: Walk, scalar: bool = False, within: int = 0) -> str:
@@ -297,15 +300,19 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return  # walked whole before and held nothing to scan
     if id(value) in out._seen:
         shared = True  # walked before along another path: everything below is a repeat
-    if isinstance(value, dict):
-        within |= (_IN_OPTIMIZER if is_optimizer_state(value) else 0) | (_IN_SCHEDULER if is_scheduler_state(value) else 0)
+    optimizer = isinstance(value, dict) and is_optimizer_state(value)
+    if isinstance(value, dict) and is_scheduler_state(value):
+        within |= _IN_SCHEDULER
     out._seen.add(id(value))
     on_path.add(id(value))
     found_before = len(out.tensors) + len(out.storages)
     complete = False
     try:
         for key, child in _children(value, out):
-            _visit(child, [*path, key], out, on_path, depth + 1, shared, within)
+            # (an optimizer's state and param_groups only: a model saved beside them in the same dict, as
+            # {**optimizer.state_dict(), "model": …} does, keeps its weights' role)
+            inner = within | _IN_OPTIMIZER if optimizer and key.split(".", 1)[0] in _OPTIMIZER_PARTS else within
+            _visit(child, [*path, key], out, on_path, depth + 1, shared, inner)
         complete = True
     finally:
         on_path.discard(id(value))
