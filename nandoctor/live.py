@@ -143,7 +143,7 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
     ``base_lrs`` or gamma: readers/torch/names.breaks_a_step, the file scan's rule), given as a float64 scalar and its name
     added to ``rates`` (a loaded checkpoint with a NaN lr passed CLEAN while its saved file failed). The names of
     the tensors inside an optimizer state dict (by its shape, names.is_optimizer_state) are added to ``moments``."""
-    from nandoctor.readers.torch.names import breaks_a_step, is_optimizer_state, is_scheduler_state
+    from nandoctor.readers.torch.names import OPTIMIZER_PARTS, breaks_a_step, is_optimizer_state, is_scheduler_state
 
     seen: set[int] = set()
 
@@ -171,7 +171,7 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
             state = is_optimizer_state(value)  # (its state and param_groups only: a model beside them stays weights)
             for key, child in value.items():
                 yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler,
-                                optimizer or (state and key in ("state", "param_groups")))
+                                optimizer or (state and key in OPTIMIZER_PARTS))
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
@@ -182,7 +182,7 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
     scheduler = isinstance(named, Mapping) and is_scheduler_state(named)
     state = is_optimizer_state(named)
     for name, value in pairs:
-        yield from walk(str(name), value, 0, [str(name)], scheduler, state and name in ("state", "param_groups"))
+        yield from walk(str(name), value, 0, [str(name)], scheduler, state and name in OPTIMIZER_PARTS)
 
 
 def _numeric_array(value: Any) -> bool:

@@ -230,7 +230,7 @@ def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> N
 
 # What a value is inside of (``_visit``'s ``within``, bits): an optimizer's state dict, a scheduler's state
 _IN_OPTIMIZER, _IN_SCHEDULER = 1, 2
-_OPTIMIZER_PARTS = ("state", PARAM_GROUPS)  # the keys of an optimizer state dict that hold its state
+OPTIMIZER_PARTS = ("state", PARAM_GROUPS)  # the keys of an optimizer state dict that hold its state
 
 
 def _emit_name(path: list[str], out: Walk, scalar: bool = False, within: int = 0) -> str:
@@ -311,7 +311,7 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         for key, child in _children(value, out):
             # (an optimizer's state and param_groups only: a model saved beside them in the same dict, as
             # {**optimizer.state_dict(), "model": …} does, keeps its weights' role)
-            inner = within | _IN_OPTIMIZER if optimizer and key.split(".", 1)[0] in _OPTIMIZER_PARTS else within
+            inner = within | _IN_OPTIMIZER if optimizer and key.split(".", 1)[0] in OPTIMIZER_PARTS else within
             _visit(child, [*path, key], out, on_path, depth + 1, shared, inner)
         complete = True
     finally:
