@@ -615,3 +615,20 @@ def test_three_of_four_layers_is_a_pattern_by_its_complement():
     numbers = set(range(12))
     full = {3, 7, 11}
     assert architecture._regular(full, numbers) and not architecture._regular(numbers - full, numbers)
+
+
+@pytest.mark.parametrize("model_type", ["nemotron_h", "lara_mini", "hy_v4", "moonshine", "hgnet_v2", "mobilevit",
+                                        "sam2_vision_model", "encodec"])
+def test_layer_types_and_numbered_modules_by_design_raise_no_pattern_suspicion(model_type):
+    """A sweep of 788 architectures at their default sizes (meta device): hybrid layers (Mamba mixers, linear
+    attention from a config list, an indexer every fourth layer), a module type in one layer, numbered stems with a
+    gap (HGNet's stem1, stem3, stem4), a conv without bias (Moonshine's conv1): the first pattern rule suspected 40
+    families of them (a model build on every scan); a tensor moved alone is what a flip does, so only a lone family
+    out of pattern is suspected now."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(model_type)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in AutoModel.from_config(config).state_dict().items()}
+    found = [what for what, _ in architecture._suspicions(config.to_dict(), shapes, architecture._stacks(shapes))]
+    assert architecture._LAYOUT_SUSPICION not in found and architecture._OUTSIDE_SUSPICION not in found, found

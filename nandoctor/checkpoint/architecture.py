@@ -35,6 +35,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -343,19 +344,21 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
             if match and match.group(1) == stack:
                 holders.setdefault(name[match.end():], set()).add(int(match.group(2)))
         dense = _dense_layers(config)
+        moved = set(_lone_out_of_pattern(holders, partial(_in_a_layout, numbers=numbers),
+                                         lambda suffix: suffix.rpartition(".")[0]))
         for suffix, has in holders.items():
             if 0 < len(numbers) - len(has) <= max(1, len(numbers) // 8):
                 for number in sorted(numbers - has):
                     if number in dense and (suffix.startswith("mlp.") or "expert" in suffix):
                         continue  # (a layer config.json makes dense has no experts, router or shared experts)
                     yield f"{stack}.{number}.{suffix}", _HOLE
-            elif 0 < len(has) < len(numbers) and not (_regular(has, numbers) or _regular(numbers - has, numbers)):
+            elif suffix in moved:
                 yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
     # numbered sibling modules outside the layers (Whisper's conv1 and conv2) numbered from 0 or 1 without a gap; a
     # flipped bit in the number (conv1 stored as conv3, itself a name models use) leaves a family that is not
-    for family, have in _numbered_families(name for name in stored if not STACK.match(name)).items():
-        if len(have) > 1 and (min(have) > 1 or sorted(have) != list(range(min(have), min(have) + len(have)))):
-            yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(have)))}"
+    numbered = _numbered_families(name for name in stored if not STACK.match(name))
+    for family in _lone_out_of_pattern(numbered, _counted_from_one, lambda family: family.partition("#")[0]):
+        yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(numbered[family])))}"
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
     heads, kv = positive(config.get("num_attention_heads")), positive(config.get("num_key_value_heads"))
@@ -432,6 +435,36 @@ def _regular(layers: set[int], numbers: set[int]) -> bool:
     if ordered == list(range(ordered[0], ordered[-1] + 1)):
         return ordered[0] == min(numbers) or ordered[-1] == max(numbers)
     return len(ordered) > 2 and len({b - a for a, b in pairwise(ordered)}) == 1  # (two apart: a pattern of nothing)
+
+
+def _in_a_layout(layers: set[int], numbers: set[int]) -> bool:
+    """Whether ``layers`` of a stack numbered ``numbers`` follow a layout, or their complement does (linear attention
+    in three of four layers: full attention every fourth)."""
+    return _regular(layers, numbers) or _regular(numbers - layers, numbers)
+
+
+def _lone_out_of_pattern(families: dict[str, set[int]], regular: Callable[[set[int]], bool],
+                         module_of: Callable[[str], str]) -> Iterator[str]:
+    """The families (name with its number left out → the numbers holding it) whose numbers follow no ``regular``
+    pattern, and that a one-bit flip would explain: no other family has the same numbers (a layer type holds many
+    tensors, which keep together: hybrid models' mixer layers, a downsampling block), nor does another family of
+    its module have more of them (a module's optional parameter, Moonshine's conv1 without a bias). A flip moves
+    one tensor alone."""
+    sets = Counter(frozenset(numbers) for numbers in families.values())
+    by_module: dict[str, list[str]] = {}
+    for family in families:
+        by_module.setdefault(module_of(family), []).append(family)
+    for members in by_module.values():
+        for family in members:
+            have = families[family]
+            if regular(have) or sets[frozenset(have)] > 1 or any(have < families[m] for m in members):
+                continue
+            yield family
+
+
+def _counted_from_one(numbers: set[int]) -> bool:
+    """Whether numbered siblings are numbered as models number them: from 0 or 1, without a gap (or alone)."""
+    return len(numbers) < 2 or (min(numbers) <= 1 and sorted(numbers) == list(range(min(numbers), max(numbers) + 1)))
 
 
 def _numbered_families(names: Iterable[str]) -> dict[str, set[int]]:
