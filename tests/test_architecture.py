@@ -588,6 +588,10 @@ def test_the_name_vocabulary_holds_every_name_of_fresh_saves(tmp_path):
             names = list(AutoModel.from_config(config).state_dict())
         assert near_misses(names) == [], model_type
     assert near_misses(["model.layers.0.mlp.up_prok.weight", "lora_A", "model.norm.weight"]) == ["up_prok"]
+    # a numbered sibling's number is the model's size, not a near miss (NLLB-MoE's expert_8 of 128 experts built
+    # with fewer; a number out of its siblings' pattern is the pattern rule's)
+    assert near_misses(["model.encoder.layers.3.ffn.experts.expert_8.fc1.weight", "model.encoder.conv3.weight"]) == []
+    assert near_misses(["model.encoder.layers.3.ffn.experts.expurt_8.fc1.weight"]) == ["expurt_8"]
     # a dot one flipped bit turned into another character (* or n), or a character it turned into a dot; a real
     # name of two known words joined by an underscore is none (PEFT's base_model)
     assert near_misses(["transformer.ln_f*weight", "model.decodernembed_positions.weight",

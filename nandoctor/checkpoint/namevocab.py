@@ -12,6 +12,7 @@ needs is the one stored. Real names that are in no model of the list cost at mos
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import cache
 from itertools import pairwise
@@ -24,9 +25,21 @@ _DOT_FLIPPED = frozenset(chr(ord(".") ^ (1 << bit)) for bit in range(7)) - {"."}
 _SHORTEST = 3  # (one- and two-letter segments, Mamba's A and D, T5's wo/wi: a near miss of those is any short name)
 
 
+_NUMBER_TAIL = re.compile(r"^(.*\D)\d+$")
+
+
+def _numbered(segment: str) -> str:
+    """``segment`` with a trailing number made ``#`` (``expert_#``, ``conv#``): which of a model's numbered siblings
+    it is depends on the model's size, not its kind (NLLB-MoE's expert_8 is no near miss of expert_0); a number out
+    of its siblings' pattern is architecture.py's to suspect."""
+    match = _NUMBER_TAIL.match(segment)
+    return f"{match.group(1)}#" if match else segment
+
+
 @cache
 def _words() -> frozenset[str]:
-    return frozenset(_FILE.read_text(encoding="utf-8").split())
+    words = _FILE.read_text(encoding="utf-8").split()
+    return frozenset(words) | {_numbered(w) for w in words}
 
 
 @cache
@@ -43,7 +56,7 @@ def near_misses(names: Iterable[str]) -> list[str]:
     words = _words()
 
     def known(segment: str) -> bool:
-        return segment in words or segment.isdigit()
+        return segment in words or segment.isdigit() or _numbered(segment) in words
 
     segments = [name.split(".") for name in dict.fromkeys(names)]
     if all(known(s) for parts in segments for s in parts):
@@ -54,7 +67,8 @@ def near_misses(names: Iterable[str]) -> list[str]:
         for s in parts:
             if known(s) or s in found:
                 continue
-            if (len(s) >= _SHORTEST and any(s[:i] + "\0" + s[i + 1:] in wildcards for i in range(len(s)))) or any(
+            n = _numbered(s)
+            if (len(n) >= _SHORTEST and any(n[:i] + "\0" + n[i + 1:] in wildcards for i in range(len(n)))) or any(
                     s[i] in _DOT_FLIPPED and known(s[:i]) and known(s[i + 1:]) for i in range(1, len(s) - 1)):
                 found[s] = None
         for a, b in pairwise(parts):
