@@ -85,3 +85,35 @@ def test_a_serving_gate_over_nan_moments_says_so_and_can_check_the_weights_alone
     assert "exclude=['optimizer.*']" in caught.value.hint and "nandoctor repair" in caught.value.hint
     report = nandoctor.assert_finite(saved, exclude=["optimizer.*"])
     assert report.verdict == "CLEAN" and report.extra["excluded"]["exclude"] == ["optimizer.*"]
+
+
+def test_resuming_an_earlier_accelerate_save_as_the_run_scan_says_works(tmp_path):
+    """A trial: the run's advice "resume from checkpoints/checkpoint_1" left accelerate's load_state() taking the newest,
+    poisoned save, and an explicit load_state(path) left its save counter at 0 (the next save_state() refused:
+    checkpoint_0 already exists). The run scan says both, and following it resumes and saves."""
+    import re
+
+    project = tmp_path / "project"
+    acc, model, optimizer = _accelerator(project)
+    for save in range(3):
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if save == 2:
+            with torch.no_grad():
+                model[2].weight.fill_(float("nan"))  # (diverged: a repair refused, the advice is to resume)
+        acc.save_state()
+    said = " ".join(run_cli("scan", project / "checkpoints").output.split())
+    assert "accelerate resumes the newest save in checkpoints/" in said
+    iteration = int(re.search(r"accelerator\.project_configuration\.iteration = (\d+)", said).group(1))
+    assert iteration == 2 and "move the saves after checkpoint_1 out of checkpoints/" in said
+    (project / "checkpoints" / "checkpoint_2").rename(project / "checkpoint_2-bad")
+    again, model2, optimizer2 = _accelerator(project)
+    again.load_state()
+    again.project_configuration.iteration = iteration
+    model2(torch.randn(4, 8)).pow(2).sum().backward()
+    optimizer2.step()
+    again.save_state()
+    assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
+    assert all(bool(torch.isfinite(p).all()) for p in model2.parameters())
+    assert run_cli("scan", project / "checkpoints", "-q").exit_code == 0

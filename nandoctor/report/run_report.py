@@ -24,6 +24,7 @@ from nandoctor.checkpoint.runs import (
     TrainLog,
     row_verdict,
 )
+from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
 from nandoctor.wording import first_few
@@ -222,7 +223,17 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: make it unambiguous, then what its deciding rows need."""
-    return [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
+    steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
+    last_clean = run.last_clean
+    if (last_clean is not None and last_clean is not run.newest and is_accelerate_save(Path(last_clean.path))
+            and any("resume" in step for step in steps)):
+        # (a trial: load_state() with no argument took the newest, poisoned save; an explicit one left the save
+        # counter at 0, and the next save_state() refused: "checkpoint_0 already exists")
+        steps.append(f"accelerate resumes the newest save in checkpoints/ and does not restore its save counter: move "
+                     f"the saves after {last_clean.name} out of checkpoints/, then accelerator.load_state() and set "
+                     f"accelerator.project_configuration.iteration = {last_clean.step + 1} before the next "
+                     "save_state()")
+    return steps
 
 
 def _row_steps(run: RunReport) -> list[str]:
