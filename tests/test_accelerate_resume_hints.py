@@ -32,8 +32,8 @@ def _accelerator(project):
     return acc, *acc.prepare(model, optimizer)
 
 
-def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(tmp_path):
-    project = tmp_path / "project"
+def _three_saves(project, poison) -> None:
+    """Three accelerate save_state() of a training run, ``poison`` applied to a weight before the last."""
     acc, model, optimizer = _accelerator(project)
     for save in range(3):
         model(torch.randn(4, 8)).pow(2).sum().backward()
@@ -41,8 +41,13 @@ def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(t
         optimizer.zero_grad()
         if save == 2:
             with torch.no_grad():
-                model[2].weight[1, 3] = float("inf")
+                poison(model[2].weight)
         acc.save_state()
+
+
+def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(tmp_path):
+    project = tmp_path / "project"
+    _three_saves(project, lambda weight: weight.__setitem__((1, 3), float("inf")))
     bad = project / "checkpoints" / "checkpoint_2"
     scanned = run_cli("scan", bad)
     assert scanned.exit_code == 1
@@ -94,15 +99,7 @@ def test_resuming_an_earlier_accelerate_save_as_the_run_scan_says_works(tmp_path
     import re
 
     project = tmp_path / "project"
-    acc, model, optimizer = _accelerator(project)
-    for save in range(3):
-        model(torch.randn(4, 8)).pow(2).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if save == 2:
-            with torch.no_grad():
-                model[2].weight.fill_(float("nan"))  # (diverged: a repair refused, the advice is to resume)
-        acc.save_state()
+    _three_saves(project, lambda weight: weight.fill_(float("nan")))  # (diverged: a repair refused, resume instead)
     said = " ".join(run_cli("scan", project / "checkpoints").output.split())
     assert "accelerate resumes the newest save in checkpoints/" in said
     iteration = int(re.search(r"accelerator\.project_configuration\.iteration = (\d+)", said).group(1))
