@@ -93,7 +93,7 @@ def _outside_the_run(target: Path, suffix: str) -> Path:
     resumed the poisoned copy, and a ``total_limit`` rotation kept it over the healthy ones)."""
     if is_accelerate_save(target):
         return target.parent.parent / f"{target.name}{suffix}"
-    return target.with_name(f"{target.name.rstrip('/')}{suffix}")
+    return target.with_name(f"{target.name}{suffix}")
 
 
 def verified_repair(folder: Path, target: Path | None = None) -> bool:

@@ -68,7 +68,7 @@ def scan_tensors(
     live: list[tuple[str, torch.Tensor]] = []
     rates: set[str] = set()
     moments: set[str] = set()
-    for name, value in _tensors(named, torch, rates, moments):  # (a mapping: itself an optimizer's state dict, maybe)
+    for name, value in _tensors(named, torch, rates, moments):
         if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
             value = value.dequantize()
         if value.device.type == "meta":
@@ -167,22 +167,25 @@ def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, r
             return
         if isinstance(value, Mapping):
             seen.add(id(value))
-            scheduler = scheduler or is_scheduler_state(value)
-            state = is_optimizer_state(value)  # (its state and param_groups only: a model beside them stays weights)
-            for key, child in value.items():
-                yield from walk(f"{name}.{key}", child, depth + 1, [*path, str(key)], scheduler,
-                                optimizer or (state and key in OPTIMIZER_PARTS))
+            yield from entries(value, f"{name}.", depth + 1, path, scheduler, optimizer)
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
             for i, child in enumerate(value):
                 yield from walk(f"{name}.{i}", child, depth + 1, [*path, str(i)], scheduler, optimizer)
 
-    pairs: Iterable[tuple[str, Any]] = named.items() if isinstance(named, Mapping) else named
-    # (a mapping may itself be a bare optimizer.state_dict() or a scheduler's)
-    scheduler = isinstance(named, Mapping) and is_scheduler_state(named)
-    state = is_optimizer_state(named)
-    for name, value in pairs:
-        yield from walk(str(name), value, 0, [str(name)], scheduler, state and name in OPTIMIZER_PARTS)
+    def entries(mapping: Mapping[Any, Any], prefix: str, depth: int, path: list[str], scheduler: bool,
+                optimizer: bool) -> Iterable[tuple[str, Any]]:
+        scheduler = scheduler or is_scheduler_state(mapping)
+        state = is_optimizer_state(mapping)  # (its state and param_groups only: a model beside them stays weights)
+        for key, child in mapping.items():
+            yield from walk(f"{prefix}{key}", child, depth, [*path, str(key)], scheduler,
+                            optimizer or (state and key in OPTIMIZER_PARTS))
+
+    if isinstance(named, Mapping):  # (itself a bare optimizer.state_dict() or a scheduler's, maybe)
+        yield from entries(named, "", 0, [], False, False)
+    else:
+        for name, value in named:
+            yield from walk(str(name), value, 0, [str(name)])
 
 
 def _numeric_array(value: Any) -> bool:

@@ -78,7 +78,8 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         return [], []  # a config.json naming no sizes (written by hand: {"model_type": "llama"}) builds defaults
     stored = dict(zip(names, (tuple(s) for s in shapes)))
     stacks = _stacks(stored)
-    suspected = list(_suspicions(config, stored, stacks))
+    near = near_misses(stored)
+    suspected = list(_suspicions(config, stored, stacks, near))
     values = list(buildvalues.suspicions(config))
     if not suspected and not values:
         return [], []
@@ -149,18 +150,18 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
                                                      _LAYOUT_SUSPICION)]
     near_why = next((why for what, why in suspected if what == _NAME_SUSPICION), None)
     if near_why is not None:
-        wanted += [(need, near_why) for need in _near_needs(stored, unknown, expected, loaded, loaded_as)]
+        wanted += [(need, near_why) for need in _near_needs(near, unknown, expected, loaded, loaded_as)]
     wanted = _first_reasons(wanted)
     lacking = [(what, why) for what, why in wanted if what not in loaded and what in expected and not quantized]
+    # the parameters the model has, none of whose group is stored (a tied embedding renamed leaves its LM head
+    # unfilled too, a trial's wte flipped to gte): outside the layers, or in them, as the suspicion was
     outside = next((why for what, why in suspected if what == _OUTSIDE_SUSPICION), None)
-    if outside is not None and not quantized:  # (the weights outside the layers the model has, none of a group stored:
-        # a tied embedding renamed leaves its LM head unfilled too, a trial's wte flipped to gte)
-        lacking += [(group[0], outside) for group in built.filled_by if not any(n in loaded for n in group)
-                    and not STACK.match(group[0]) and (group[0], outside) not in lacking]
     layout = next((why for what, why in suspected if what == _LAYOUT_SUSPICION), None)
-    if layout is not None and not quantized:  # (the layers' weights the model has, none of a group stored)
-        lacking += [(group[0], layout) for group in built.filled_by if not any(n in loaded for n in group)
-                    and STACK.match(group[0]) and (group[0], layout) not in lacking]
+    if not quantized:
+        for group in built.filled_by:
+            why = layout if STACK.match(group[0]) else outside
+            if why is not None and not any(n in loaded for n in group):
+                lacking.append((group[0], why))
     lacking = _first_reasons(lacking)
     renamed = _renamed(lacking, unknown, expected)
     if renamed:
@@ -186,12 +187,11 @@ def _first_reasons(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return list(reason.items())
 
 
-def _near_needs(stored: dict[str, tuple[int, ...]], unknown: dict[str, tuple[int, ...]],
-                expected: dict[str, tuple[int, ...]], loaded: set[str], loaded_as: dict[str, str]) -> list[str]:
-    """The names the model needs, not loaded, that a stored name holding a near miss (namevocab.near_misses) misses
-    by one character, of its shape: compared only within a shape, only for those stored names, at most
-    _SHOWN_NEAR (an MoE's 20,000 names each way would otherwise be compared all with all)."""
-    near = near_misses(stored)
+def _near_needs(near: list[str], unknown: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+                loaded: set[str], loaded_as: dict[str, str]) -> list[str]:
+    """The names the model needs, not loaded, that a stored name holding one of the ``near`` misses
+    (namevocab.near_misses) misses by one character, of its shape: compared only within a shape, only for those
+    stored names, at most _SHOWN_NEAR (an MoE's 20,000 names each way would otherwise be compared all with all)."""
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for need, shape in expected.items():
         if need not in loaded:
@@ -311,9 +311,10 @@ def _dense_layers(config: dict[str, Any]) -> set[int]:
     return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
 
 
-def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
-                stacks: dict[str, set[int]]) -> Iterator[tuple[str, str]]:
-    """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights."""
+def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stacks: dict[str, set[int]],
+                near: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights. ``near``: the
+    stored names' near misses (namevocab.near_misses), when the caller has them."""
     vocab, hidden, layers = (positive(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
     for name, shape in stored.items():
         if len(shape) != 2 or not (EMBEDDING.match(name) or name == LM_HEAD):
@@ -384,7 +385,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
         if size and dims and size not in dims and 2 * size not in dims:  # (2x: gate and up projections fused)
             yield _SIZE_SUSPICION, f"config.json's {key} is {size:,}, a dimension no stored tensor has"
     # a name one character from one the models use (a flipped bit in a header; outside a stack nothing else shows it)
-    near = near_misses(stored)
+    near = near_misses(stored) if near is None else near
     if near:
         yield _NAME_SUSPICION, f"{', '.join(near[:3])}: one character from a name transformers' models use"
     # weights outside the layers a save left out (embeddings frozen, only the trained parameters saved): no token

@@ -225,8 +225,7 @@ def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: make it unambiguous, then what its deciding rows need."""
     steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
     last_clean = run.last_clean
-    if (last_clean is not None and last_clean is not run.newest and is_accelerate_save(Path(last_clean.path))
-            and any("resume" in step for step in steps)):
+    if steps and last_clean is not None and last_clean is not run.newest and is_accelerate_save(Path(last_clean.path)):
         # (a trial: load_state() with no argument took the newest, poisoned save; an explicit one left the save
         # counter at 0, and the next save_state() refused: "checkpoint_0 already exists")
         steps.append(f"accelerate resumes the newest save in checkpoints/ and does not restore its save counter: move "
