@@ -1031,6 +1031,10 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     if isinstance(base, str):  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
         shown = base if len(base) <= _MAX_BASE_CHARS else f"{base[:_MAX_BASE_CHARS]}…"  # (a crafted 2 MB name)
         pieces.append(f"an adapter alone: its base model {shown!r} is not scanned here")
+    refused = [note.split(":", 1)[0] for note in report.notes if DEFAULT_LOAD_REFUSES in note]
+    if refused:  # (a trial: `scan --quiet && python train.py` passed a file the script's plain torch.load refuses)
+        pieces.append(f"{DEFAULT_LOAD_REFUSES} refuses {first_few(refused, _MAX_NAMED)}: load with weights_only=False "
+                      "only if you trust the source")
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
         pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
@@ -1038,6 +1042,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     return pieces
 
 
+# the words a note of a torch file that torch.load's default refuses begins its reason with (readers/torch/
+# weights_only.py writes them, "FILE: <these words> …"); a file a Hugging Face loader reads is a problem instead
+DEFAULT_LOAD_REFUSES = "torch.load's default (weights_only=True)"
 # extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
 ADAPTER_BASE = "adapter_base"
 _MAX_BASE_CHARS = 200

@@ -391,8 +391,10 @@ def test_a_numbered_bin_shard_and_adapter_model_bin_are_held_to_the_same_rule(tm
 
 
 def test_other_torch_files_torch_refuses_get_a_note_not_a_failure(tmp_path: Path) -> None:
-    """A training .pt holding argparse.Namespace and a Lightning .ckpt with hyper_parameters: their loaders pass
-    weights_only=False, so a note (naming the first global torch refuses), exit 0."""
+    """A training .pt holding argparse.Namespace and a Lightning .ckpt with a pathlib path in its hyper_parameters:
+    their loaders choose weights_only (Lightning's leave it to torch's default, and fail unless given False), so a
+    note (naming the first global torch refuses, and Lightning's loaders for the .ckpt), exit 0, and the refusal on
+    the --quiet line a gate reads."""
     pt = tmp_path / "train_state.pt"
     torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, pt)
     with pytest.raises(Exception, match="Weights only load failed"):
@@ -431,9 +433,18 @@ def test_other_torch_files_torch_refuses_get_a_note_not_a_failure(tmp_path: Path
     report = nandoctor.scan(ckpt, device="cpu")
     assert report.exit_code == 0 and report.errors == ()
     assert [n for n in report.notes if "weights_only" in n] == [
-        f"{ckpt.name}: torch.load's default (weights_only=True) refuses this file: it pickles pathlib.PosixPath, "
+        f"{ckpt.name}: torch.load's default (weights_only=True) refuses this file (Lightning's load_from_checkpoint "
+        "and Trainer.fit(ckpt_path=…) too, unless given weights_only=False): it pickles pathlib.PosixPath, "
         "outside torch's allowlist; load it with weights_only=False only if you trust its source (nandoctor read it "
         "with inert stand-ins)"]
+    with pytest.raises(Exception, match="Weights only load failed"):  # Lightning's own loader, as the note says
+        Module.load_from_checkpoint(ckpt)
+    assert Module.load_from_checkpoint(ckpt, weights_only=False).hparams.data_dir == Path("/data/train")
+    quiet = run_cli("scan", ckpt, "--quiet")
+    assert quiet.exit_code == 0 and quiet.output.startswith("PASS CLEAN")
+    assert (f"torch.load's default (weights_only=True) refuses {ckpt.name}: load with weights_only=False only if you "
+            "trust the source") in quiet.output
+    assert "refuses train_state.pt" in run_cli("scan", pt, "--quiet").output
 
 
 def test_a_normal_folder_is_clean_and_generates(saved: Path, tmp_path: Path) -> None:

@@ -485,7 +485,8 @@ def test_a_lightning_like_checkpoint_with_pathlib_hparams_is_read_not_refused(tm
     assert not any("placeholders" in note and "pathlib" in note for note in read.notes)
     # torch's default load refuses pathlib globals: said in a note (a .ckpt's loader picks weights_only), no problem
     assert [n for n in read.notes if "weights_only" in n] == [
-        "epoch=0-step=7.ckpt: torch.load's default (weights_only=True) refuses this file: it pickles "
+        "epoch=0-step=7.ckpt: torch.load's default (weights_only=True) refuses this file (Lightning's "
+        "load_from_checkpoint and Trainer.fit(ckpt_path=…) too, unless given weights_only=False): it pickles "
         "pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath, outside torch's allowlist; load it with "
         "weights_only=False only if you trust its source (nandoctor read it with inert stand-ins)"]
     assert read_object(path)["hyper_parameters"] == {
@@ -493,7 +494,8 @@ def test_a_lightning_like_checkpoint_with_pathlib_hparams_is_read_not_refused(tm
     result = run_cli("scan", path, "--quiet")
     assert result.exit_code == 1
     assert result.output == (f"FAIL NON-FINITE (POISONED) {path}: 1 of 2 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); "
-                             "worst state_dict.lin\n")
+                             "worst state_dict.lin; torch.load's default (weights_only=True) refuses epoch=0-step=7.ckpt: "
+                             "load with weights_only=False only if you trust the source\n")
 
 
 @pytest.mark.parametrize("module,name,parts,text", [

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from nandoctor.checkpoint.loaders import weights_only_loader
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.verdict import DEFAULT_LOAD_REFUSES, UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
 _TYPES = ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long", "Short")
@@ -127,9 +127,10 @@ def protocol_notes(path: str, pickled: bytes | BinaryIO, loader: str | None = No
         pickled.seek(at)
     if len(head) < 2 or head[0] != 0x80 or head[1] < 4:
         return []
-    return [f"{os.path.basename(path)}: pickled with protocol {head[1]}, whose FRAME opcodes torch.load's default "
-            "(weights_only=True) does not run ('Unsupported operand 149'): load it with weights_only=False only if "
-            "you trust its source, or re-save it with torch.save's default protocol"]
+    return [f"{os.path.basename(path)}: {DEFAULT_LOAD_REFUSES} refuses this file: it is pickled with protocol "
+            f"{head[1]}, whose FRAME opcodes torch's weights-only unpickler does not run ('Unsupported operand 149'); "
+            "load it with weights_only=False only if you trust its source, or re-save it with torch.save's default "
+            "protocol"]
 
 
 def torch_name(module: str, name: str) -> str:
@@ -165,7 +166,11 @@ def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozense
     if loader is None:
         if set(refused) <= quiet:
             return [], []
-        return [], [f"{name}: torch.load's default (weights_only=True) refuses this file: it pickles {globals_}, "
+        # (Lightning's load_from_checkpoint and Trainer.fit(ckpt_path=…) leave weights_only to torch: a trial's run
+        # with a pathlib path among its hyper-parameters could not be resumed)
+        who = (" (Lightning's load_from_checkpoint and Trainer.fit(ckpt_path=…) too, unless given weights_only=False)"
+               if name.endswith(".ckpt") else "")
+        return [], [f"{name}: {DEFAULT_LOAD_REFUSES} refuses this file{who}: it pickles {globals_}, "
                     "outside torch's allowlist; load it with weights_only=False only if you trust its source "
                     "(nandoctor read it with inert stand-ins)"]
     return [ScanProblem(
