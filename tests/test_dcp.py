@@ -87,6 +87,45 @@ def test_nan_in_a_numpy_array_saved_as_a_dcp_object_is_counted_as_in_a_torch_fil
     assert "stats" in nandoctor.scan(tmp_path / "ckpt").unviewed[0].label()
 
 
+def test_a_torchtitan_train_state_with_bytesio_values_loads_and_is_clean(tmp_path: Path) -> None:
+    """torchtitan's TrainState.state_dict() holds io.BytesIO values (its loss history, torch.save'd), which dcp.save
+    pickles as object items; dcp.load reads those with weights_only=False and gets them back. Every torchtitan
+    checkpoint was UNREADABLE ("reaches for _io.BytesIO, which would run code"): a buffer runs nothing. Nor is a
+    numpy value in such an item one "torch.load's default refuses": dcp.load never reads it that way."""
+    import io
+
+    import numpy as np
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    losses, steps = io.BytesIO(), io.BytesIO()
+    torch.save([2.1, 2.0], losses)
+    torch.save([1, 2], steps)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "train_state": {"step": torch.tensor(10, dtype=torch.int32), "global_avg_losses": losses,
+                             "log_steps": steps, "data_stats": np.array([0.5, 1.5])}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(tmp_path / "step-10"), no_dist=True)
+        template = {"model": torch.nn.Linear(4, 4).state_dict(), "optimizer": optimizer.state_dict(),
+                    "train_state": {"step": torch.tensor(0, dtype=torch.int32), "global_avg_losses": io.BytesIO(),
+                                    "log_steps": io.BytesIO(), "data_stats": None}}
+        dcp.load(template, checkpoint_id=str(tmp_path / "step-10"), no_dist=True)  # the oracle loads it all
+    restored = template["train_state"]["global_avg_losses"]
+    restored.seek(0)
+    assert torch.load(restored, weights_only=False) == [2.1, 2.0]
+    report = nandoctor.scan(tmp_path / "step-10")
+    assert report.errors == () and report.exit_code == 0, [p.message for p in report.errors]
+    assert not any("refuses" in note for note in report.notes), report.notes
+    assert "model.weight" in {t.name for t in report.tensors}
+    # the buffer's module stays refused for what runs code: a pickled _io.open still refuses the file
+    from nandoctor.readers.torch.safe_pickle import _is_unsafe
+
+    assert _is_unsafe("_io", "open") and _is_unsafe("io", "FileIO") and not _is_unsafe("_io", "BytesIO")
+
+
 @pytest.fixture(scope="module", params=FORMATS)
 def two_rank(request, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp(f"dcp-{request.param.lower()}")

@@ -112,9 +112,12 @@ def read_zip_at(path: str, fh: BinaryIO, base: int, size: int, *, defer_crcs: bo
                 loader: str | None = None, groups: tuple[str, ...] = ()) -> ReadResult:
     """The ``torch.save`` stream of ``size`` bytes at ``base`` in ``path`` (a DCP item), read as a file of its
     own; the refs' regions (and owed checks) are absolute offsets in ``path``, their keys prefixed by ``base``.
-    ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words;
+    ``loader``: what reads the stream with ``torch.load(weights_only=True)`` (DCP's tensor items), in words; None
+    for a pickled object, which ``dcp.load`` reads with ``weights_only=False`` (DefaultLoadPlanner.load_bytes): what
+    torch's default would refuse in it is no matter then (a torchtitan TrainState's io.BytesIO, numpy values);
     ``groups``: the stream is the value of an optimizer's param_groups so named (DCP's ``optim.param_groups.0.lr``)."""
-    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader, groups)
+    read = _read_zip(path, cast(BinaryIO, FileWindow(fh, base, size)), size, base, defer_crcs, loader, groups,
+                     weights_only_load=loader is not None)
 
     def shifted(region: Region) -> Region:
         return dataclasses.replace(region, offset=region.offset + base, key=f"{base}:{region.key}")
@@ -174,7 +177,7 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
 
 
 def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False,
-              loader: str | None = None, groups: tuple[str, ...] = ()) -> ReadResult:
+              loader: str | None = None, groups: tuple[str, ...] = (), weights_only_load: bool = True) -> ReadResult:
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -273,9 +276,10 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
     problems = _unread_tensors(path, loaded.placeholders, built)
     # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
     # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
-    _weights_only(path, loaded.refused, notes, problems)
-    problems += weights_only.opcode_problems(path, data, loader=loader)
-    notes += weights_only.protocol_notes(path, data, loader)
+    if weights_only_load:
+        _weights_only(path, loaded.refused, notes, problems)
+        problems += weights_only.opcode_problems(path, data, loader=loader)
+        notes += weights_only.protocol_notes(path, data, loader)
     arrays = numpy_findings(path, walked, notes, problems)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)

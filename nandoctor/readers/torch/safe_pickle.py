@@ -67,6 +67,9 @@ UNREAD_TENSOR_GLOBALS = frozenset({
     "torch._utils._rebuild_xla_tensor",
     "torch._utils._rebuild_mlc_tensor",
 })
+# In-memory buffers: built from their own bytes, they touch no file and run nothing (torchtitan's TrainState saves
+# its loss history as io.BytesIO values, which dcp.save pickles): placeholders, though their modules are refused.
+INERT_IN_UNSAFE_MODULES = frozenset({"_io.BytesIO", "_io.StringIO", "io.BytesIO", "io.StringIO"})
 BUILTIN_MODULES = ("builtins", "__builtin__", "__builtins__", "exceptions")
 # Builtins that are plain value types: harmless, so they become placeholders like any unknown global.
 # Every other builtin (eval, exec, getattr, open, __import__, type, …) refuses the file.
@@ -91,6 +94,8 @@ def _is_unsafe(module: str, name: str) -> bool:
         return name not in INERT_BUILTINS
     if full in UNSAFE_GLOBALS:
         return True
+    if full in INERT_IN_UNSAFE_MODULES:
+        return False
     return any(module == m or module.startswith(m + ".") or full == m for m in UNSAFE_MODULES)
 
 
