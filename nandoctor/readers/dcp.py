@@ -20,6 +20,7 @@ tensor into one result in global coordinates. Never sniffed by content (a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -64,9 +65,13 @@ class DcpReader:
                 f"{p}: a DCP .distcp file without its folder's .metadata, which alone says where its tensors are",
                 "scan the whole checkpoint folder, with the .metadata file torch.distributed.checkpoint wrote",
             )
-        items = metadata.items_in(path.name)
+        # (a chunk of no elements, a rank's empty shard of a tensor with fewer rows than ranks, is never read by
+        # dcp.load: nor here, or its tensor would be listed twice, whole and as an empty chunk)
+        listed = metadata.items_in(path.name)
+        items = [item for item in listed if not _empty_chunk(item, metadata)]
         if not items:
-            return ReadResult((), (f"{path.name}: no item of {Path(metadata.source).name} lies in this file",))
+            return ReadResult((), (f"{path.name}: only empty chunks, which dcp.load never reads, lie in this file"
+                                   if listed else f"{path.name}: no item of {Path(metadata.source).name} lies in this file",))
         size = os.stat(path).st_size
         refs: list[TensorRef] = []
         problems: list[ScanProblem] = []
@@ -152,6 +157,14 @@ def _safetensors_refs(p: str, base: int) -> dict[str, TensorRef]:
     refs = st.SafetensorsReader().read_at(Path(p), base).refs
     return {ref.name: dataclasses.replace(ref, region=dataclasses.replace(ref.region, key=f"{base}:{ref.name}"))
             for ref in refs}
+
+
+def _empty_chunk(item: DcpItem, metadata: DcpMetadata) -> bool:
+    tensor = metadata.tensors.get(item.fqn)
+    if item.chunk_offsets is None or tensor is None:
+        return False
+    sizes = tensor.sizes_at.get(item.chunk_offsets)
+    return sizes is not None and math.prod(sizes) == 0
 
 
 def _chunk(p: str, ref: TensorRef, item: DcpItem, metadata: DcpMetadata) -> TensorRef:
