@@ -232,6 +232,25 @@ def test_resuming_from_a_file_that_failed_is_refused_naming_the_last_clean_one(t
     assert f"fit(ckpt_path={str(folder / 'epoch=0-step=4.ckpt')!r})" in caught.value.message
 
 
+def test_resuming_a_nan_file_of_a_run_saved_without_the_callback_is_refused(tmp_path):
+    """A run saved without the callback (no nandoctor.json), its step-8 file NaN, resumed with it: the transformers
+    trial trained on from NaN weights; the file about to be loaded is scanned, and the newest earlier step file that
+    passes is named (step 6 holds the planted NaN too, so step 4)."""
+    lightning_run(tmp_path, poison_at=6, steps=8, keep_last=False)
+    folder = tmp_path / "checkpoints"
+    assert not (folder / "nandoctor.json").exists()
+    bad = folder / "epoch=0-step=8.ckpt"
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        lightning_run(tmp_path, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=10, keep_last=False,
+                      ckpt_path=str(bad))
+    assert f"resuming from {bad}, which fails nandoctor's check (FAIL NON-FINITE" in caught.value.message
+    assert f"fit(ckpt_path={str(folder / 'epoch=0-step=4.ckpt')!r})" in caught.value.message
+    assert not (folder / "epoch=0-step=10.ckpt").exists()  # not one step trained from it
+    # a clean file of such a run resumes without a word
+    lightning_run(tmp_path, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),), steps=6, keep_last=False,
+                  ckpt_path=str(folder / "epoch=0-step=4.ckpt"))
+
+
 def test_a_failed_file_replaced_by_a_healthy_one_is_resumed(tmp_path):
     """A review: last.ckpt repaired and copied back over the NaN one was still refused by its old verdict."""
     import shutil

@@ -249,6 +249,31 @@ def test_resuming_healthy_weights_with_the_failed_optimizer_state_is_refused(tmp
     assert not all(torch.isfinite(p).all() for p in again.model.parameters())
 
 
+def test_resuming_nan_weights_saved_without_the_callback_is_refused_naming_the_last_passing_one(tmp_path):
+    """A run saved without the callback (no nandoctor.json: adding nandoctor later), its newest checkpoint holding
+    NaN weights, resumed with it: a trial trained on from the NaN weights (only the optimizer was checked), then
+    stopped saying "last clean checkpoint: none" while checkpoint-4 passes. Refused before the first step, naming
+    the newest earlier checkpoint that passes a scan now."""
+    plain = make_trainer(tmp_path, NanDoctorCallback(), max_steps=6, save_total_limit=None)
+    plain.callback_handler.callbacks = [c for c in plain.callback_handler.callbacks if not isinstance(c, NanDoctorCallback)]
+    plain.train()  # PlantNaN makes step 6's weights NaN
+    out = tmp_path / "out"
+    assert not list(out.glob("checkpoint-*/nandoctor.json"))
+    assert nandoctor.scan(out / "checkpoint-6").exit_code == 1 and nandoctor.scan(out / "checkpoint-4").exit_code == 0
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=8, save_total_limit=None)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 6  # not one step trained from them
+    assert "resuming at step 6 with weights that fail nandoctor's check (transformer.wte.weight, " in caught.value.message
+    assert f"trainer.train(resume_from_checkpoint={str(out / 'checkpoint-4')!r})" in caught.value.message
+    # the oracle: that resume works and trains on to finite weights
+    again = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=8, save_total_limit=None)
+    again.callback_handler.callbacks = [c for c in again.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    again.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert again.state.global_step == 8 and all(torch.isfinite(p).all() for p in again.model.parameters())
+
+
 @pytest.mark.parametrize("stop", [True, False])
 def test_resuming_a_nan_learning_rate_is_refused_whatever_the_folder(tmp_path, caplog, stop):
     """A checkpoint whose only fault is a NaN learning rate in optimizer.pt (its weights healthy), saved by a run

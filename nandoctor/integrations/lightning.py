@@ -63,7 +63,15 @@ except ImportError as exc:  # say how to get it, not just "No module named light
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.integrations.gate import REPORT_NAME, CheckpointGate, passed_in, refuse_failed_resume, write_json
+from nandoctor.checkpoint.lightningrun import lightning_folder, saved_step
+from nandoctor.integrations.gate import (
+    REPORT_NAME,
+    CheckpointGate,
+    passed_in,
+    refuse_failed_resume,
+    refuse_resume,
+    write_json,
+)
 from nandoctor.model import ScanReport
 from nandoctor.report.json_report import report_to_json
 
@@ -191,29 +199,57 @@ class NanDoctorCallback(Callback):
             self._sync()
 
     def loading(self, path: Path) -> None:
-        """``fit(ckpt_path=…)`` is about to resume from ``path``: a file whose own verdict in ``nandoctor.json`` failed
-        (``ckpt_path="last"`` takes last.ckpt, often the save that broke) would have training go on from bad weights
-        until the next save. Raised with ``stop_on_nonfinite``, logged as an error otherwise."""
+        """``fit(ckpt_path=…)`` is about to resume from ``path``: a file that fails the check (``ckpt_path="last"``
+        takes last.ckpt, often the save that broke) would have training go on from bad weights until the next save.
+        Its own verdict in ``nandoctor.json`` says so, and what is loaded now decides (a repaired copy may have
+        replaced it); a file of a run saved without this callback has no verdict, so it is scanned (a trial's
+        Trainer resumed from NaN weights). Raised with ``stop_on_nonfinite``, logged as an error otherwise."""
         try:
             data = read_json(path.parent / REPORT_NAME, follow_links=False)
         except (OSError, ValueError):
-            return  # (no verdict written: nothing known)
+            data = None  # (no verdict written: what is loaded decides)
         entries = data.get("checkpoints") if isinstance(data, dict) else None
         entry = entries.get(path.name) if isinstance(entries, dict) else None
-        if not isinstance(entry, dict) or passed_in(entry):
+        entry = entry if isinstance(entry, dict) else None
+        if entry is not None and passed_in(entry):
             return
-        try:  # (the file may have been replaced since, by a repaired copy: what is loaded now decides)
-            if verdicts.passes(self.gate.scan(path), self.gate.fail_on):
+        report = None
+        try:
+            report = self.gate.scan(path)
+        except Exception as exc:  # noqa: BLE001 - (its own load says what is wrong with it)
+            if entry is None:
+                return
+            logger.error("nandoctor: could not scan %s before resuming from it (%s)", path, exc)
+        if report is not None and verdicts.passes(report, self.gate.fail_on):
+            if entry is not None:
                 logger.warning("nandoctor: resuming from %s, which failed its check when it was saved and passes it "
                                "now (replaced since)", path)
-                return
-        except Exception as exc:  # noqa: BLE001 - (its own load says what is wrong with it)
-            logger.error("nandoctor: could not scan %s before resuming from it (%s)", path, exc)
-        clean = data.get("last_clean")
-        instead = (f"resume from the last clean one instead: fit(ckpt_path={str(path.parent / clean)!r})"
-                   if isinstance(clean, str) and (path.parent / clean).exists() else
-                   "no file of this run passed: start again from the base model")
-        refuse_failed_resume(path, entry, instead, self.stop_on_nonfinite, path.parent)
+            return
+        clean = data.get("last_clean") if isinstance(data, dict) else None
+        clean = (path.parent / clean if isinstance(clean, str) and (path.parent / clean).exists()
+                 else self._last_passing_before(path))
+        instead = (f"resume from the last clean one instead: fit(ckpt_path={str(clean)!r})" if clean is not None else
+                   "no earlier file of this run passes: start again from the base model")
+        if entry is not None:
+            refuse_failed_resume(path, entry, instead, self.stop_on_nonfinite, path.parent)
+        elif report is not None:
+            refuse_resume(f"resuming from {path}, which fails nandoctor's check ({verdicts.one_line(report)}): "
+                          f"training would go on from it; {instead}", self.stop_on_nonfinite, path.parent)
+
+    def _last_passing_before(self, path: Path) -> Path | None:
+        """The newest step file of ``path``'s folder saved before it that passes a scan now (a run without verdicts
+        on disk; scanned newest first, only when a resume is refused)."""
+        found = lightning_folder(path.parent)
+        step = saved_step(path)
+        for saved_at, file in reversed(found.steps if found is not None else ()):
+            if file == path or (step is not None and saved_at >= step):
+                continue
+            try:
+                if verdicts.passes(self.gate.scan(file), self.gate.fail_on):
+                    return file
+            except Exception as exc:  # noqa: BLE001 - (an unreadable file is no resume point; an earlier one may be)
+                logger.debug("nandoctor: %s not scanned (%s)", file, exc)
+        return None
 
     def saved(self, trainer: Trainer, path: Path) -> None:
         """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""

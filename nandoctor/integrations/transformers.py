@@ -89,6 +89,7 @@ from nandoctor.integrations.gate import (
     write_json,
 )
 from nandoctor.integrations.saved import verify_saved, wrote_own_files
+from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 from nandoctor.wording import first_few
 
@@ -303,10 +304,30 @@ class NanDoctorCallback(TrainerCallback):
             control.should_save = True
             self.stopped_at = state.global_step
 
-    def _instead(self) -> str:
-        return (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={self.last_clean!r})"
-                if self.last_clean else "resume from an earlier checkpoint whose scan passes (`nandoctor scan` of the "
-                "output folder names the last clean one), or start again from the base model")
+    def _instead(self, args: TrainingArguments, state: TrainerState) -> str:
+        clean = self.last_clean or self._last_passing_on_disk(args, state)
+        return (f"resume from the last clean one instead: trainer.train(resume_from_checkpoint={clean!r})"
+                if clean else "no earlier checkpoint of the run passes the check: start again from the base model")
+
+    def _last_passing_on_disk(self, args: TrainingArguments, state: TrainerState) -> str | None:
+        """The newest checkpoint before the resumed step that passes a scan now, for a run saved without this
+        callback (no verdicts on disk): scanned newest first, stopping at the first that passes (only when a resume
+        is refused: training stops anyway)."""
+        from nandoctor.api import scan
+
+        try:
+            found = checkpoints_in(Path(args.output_dir or "."))
+        except OSError:
+            return None
+        for step, folder in reversed(found):
+            if step >= state.global_step:
+                continue
+            try:
+                if verdicts.passes(scan(folder, device=self.device), self.fail_on):
+                    return str(folder)
+            except NandoctorError as exc:  # (an unreadable checkpoint is no resume point; an earlier one may be)
+                logger.debug("nandoctor: %s not scanned (%s)", folder, exc)
+        return None
 
     def _refuse_a_failed_resume(self, args: TrainingArguments, state: TrainerState, model: Any, optimizer: Any,
                                 scheduler: Any) -> None:
@@ -324,7 +345,8 @@ class NanDoctorCallback(TrainerCallback):
 
         Healthy weights and optimizer at a failed step (a repaired copy) resume with a warning; a checkpoint saved
         after a loss jump (``resume_point: false``) is said at ERROR."""
-        broken = self._nonfinite_training_state(optimizer, scheduler)  # (first, on every rank: one collective)
+        # (first, on every rank: one collective)
+        broken, bad_weights = self._loaded_state_faults(model, optimizer, scheduler)
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
         try:
             data = read_json(folder / REPORT_NAME, follow_links=False)
@@ -332,41 +354,48 @@ class NanDoctorCallback(TrainerCallback):
             data = None  # (no verdict written: the loaded state alone decides)
         run = Path(args.output_dir or ".")
         saved_failed = data is not None and not passed_in(data)
-        failed = saved_failed
-        if saved_failed and model is not None:
-            from nandoctor.api import scan_module
-
-            failed = not verdicts.passes(scan_module(model), self.fail_on)  # (what was loaded decides)
-        if failed:
-            refuse_failed_resume(folder, data, self._instead(), self.stop_on_nonfinite, run)
+        # what was loaded decides (a repaired copy resumes at the same step); without a model, the saved verdict
+        failed = bool(bad_weights) if model is not None else saved_failed
+        if failed and saved_failed:
+            refuse_failed_resume(folder, data, self._instead(args, state), self.stop_on_nonfinite, run)
+        elif failed:  # (a run saved without this callback: no verdict on disk, and a trial trained on from NaN)
+            refuse_resume(f"resuming at step {state.global_step} with weights that fail nandoctor's check "
+                          f"({first_few(bad_weights, 3)}): training would go on from them; {self._instead(args, state)}",
+                          self.stop_on_nonfinite, run)
         elif broken:
             refuse_resume(f"resuming at step {state.global_step} with an optimizer or scheduler state holding NaN/Inf "
                           f"({first_few(broken, 3)}): its first step makes every "
-                          f"weight NaN; {self._instead()}", self.stop_on_nonfinite, run)
+                          f"weight NaN; {self._instead(args, state)}", self.stop_on_nonfinite, run)
         elif saved_failed:
             logger.warning("nandoctor: resuming at step %d, where %s failed its check when it was saved, but the "
                            "weights and optimizer state loaded pass it (a repaired copy, or a failure outside them: "
                            "its nandoctor.json says which)", state.global_step, folder)
         elif isinstance(data, dict) and data.get("resume_point") is False:
             logger.error("nandoctor: resuming at step %d, as %s, which is no resume point (%s); %s",
-                         state.global_step, folder, data.get("resume_point_why"), self._instead())
+                         state.global_step, folder, data.get("resume_point_why"), self._instead(args, state))
 
-    def _nonfinite_training_state(self, optimizer: Any, scheduler: Any) -> list[str]:
-        """The names of what the loaded optimizer and scheduler hold as NaN/Inf (``loaded_training_state``), agreed by
-        every rank (a sharded optimizer's moments differ by rank: all stop together, or none does)."""
+    def _loaded_state_faults(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[list[str], list[str]]:
+        """The names of what the loaded optimizer and scheduler hold as NaN/Inf (``loaded_training_state``), and of
+        the loaded model's weights that fail ``fail_on``; agreed by every rank in one collective (a sharded model's
+        or optimizer's tensors differ by rank: all stop together, or none does)."""
+        from nandoctor.api import scan_module, scan_state_dict
+
         loaded = loaded_training_state(optimizer, scheduler)
-        bad: list[str] = []
+        broken: list[str] = []
         if loaded:
-            from nandoctor.api import scan_state_dict
-
             report = scan_state_dict(loaded)
-            bad = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, (verdicts.NONFINITE,))]
+            broken = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, (verdicts.NONFINITE,))]
+        bad_weights: list[str] = []
+        if model is not None:
+            report = scan_module(model)
+            bad_weights = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, self.fail_on)]
         dist = distributed()
         if dist is not None:
             everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, bad)
-            bad = list(dict.fromkeys(name for names in everyone for name in names or ()))
-        return bad
+            dist.all_gather_object(everyone, (broken, bad_weights))
+            broken = list(dict.fromkeys(name for pair in everyone for name in (pair or ((), ()))[0]))
+            bad_weights = list(dict.fromkeys(name for pair in everyone for name in (pair or ((), ()))[1]))
+        return broken, bad_weights
 
     def _check(self, folder: Path, state: TrainerState) -> bool | None:
         """Scan ``folder``, record and log the verdict: passed, failed, or None when it could not be scanned."""
