@@ -556,7 +556,7 @@ def diverged_why(
         return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
     grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
     if grown is not None and grown.factor >= GROWTH_DIVERGED:
-        return f"{grown.words()} since the run's first healthy checkpoint"
+        return grown.reason()
     return ""
 
 
@@ -707,21 +707,36 @@ class Growth:
     tensor: str
     scale: float
     was: float
+    from_start: bool = False  # measured against the weights the run started from (InitialScales), not a checkpoint
 
     def words(self) -> str:
         return f"the bulk of {self.tensor} grew {self.factor:.3g}x ({self.was:.3g} to {self.scale:.3g})"
 
+    def reason(self) -> str:
+        """:meth:`words` and what the growth is measured against."""
+        return f"{self.words()} since {'the weights the run started from' if self.from_start else SINCE_FIRST_HEALTHY}"
+
     def to_json(self) -> dict[str, Any]:
-        return {"factor": self.factor, "tensor": self.tensor, "scale": self.scale, "was": self.was}
+        data = {"factor": self.factor, "tensor": self.tensor, "scale": self.scale, "was": self.was}
+        return {**data, "from_start": True} if self.from_start else data
 
     @classmethod
     def from_json(cls, value: object) -> Growth | None:
         if not isinstance(value, dict):
             return None
         try:
-            return cls(float(value["factor"]), str(value["tensor"]), float(value["scale"]), float(value["was"]))
+            return cls(float(value["factor"]), str(value["tensor"]), float(value["scale"]), float(value["was"]),
+                       value.get("from_start") is True)
         except (KeyError, TypeError, ValueError):
             return None
+
+
+SINCE_FIRST_HEALTHY = "the run's first healthy checkpoint"
+
+
+class InitialScales(dict[str, float]):
+    """:func:`tensor_scales` of the weights a training run started from (the Trainer callback keeps them at step 0:
+    checkpoint/baseline.py), not of a saved checkpoint: growth against them says so."""
 
 
 def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
@@ -738,7 +753,7 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
         grown = tensor_growth(name, scale, was)
         if best is None or grown.factor > best.factor:
             best = grown
-    return best
+    return dataclasses.replace(best, from_start=True) if best is not None and isinstance(before, InitialScales) else best
 
 
 def tensor_growth(name: str, scale: float, was: float) -> Growth:
@@ -956,7 +971,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     tensors = len(report.tensors)
     grown = _diverging_growth(report)
     if grown is not None:
-        pieces.append(f"{grown.words()} since the run's first healthy checkpoint")
+        pieces.append(grown.reason())
     unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
     if report.bad_tensors:
         # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import nandoctor  # noqa: E402
-from nandoctor.checkpoint.baseline import BASELINE_NAME, read_baseline  # noqa: E402
+from nandoctor.checkpoint.baseline import BASELINE_NAME, INITIAL_WEIGHTS, first_loss, read_baseline  # noqa: E402
 from nandoctor.integrations.transformers import NanDoctorCallback  # noqa: E402
 from tests.realruns import diverging_trainer_run  # noqa: E402
 
@@ -77,11 +77,15 @@ def test_rotation_changes_no_verdict_of_the_callback(runs):
     assert (json.loads(open(rotated.last_clean + "/nandoctor.json").read())["gate"]["passed"])
 
 
-def test_the_baseline_is_the_first_healthy_checkpoint_and_the_run_scan_uses_it(runs):
+def test_the_baseline_is_the_initial_weights_and_the_run_scan_uses_it(runs):
+    """The callback keeps the weights training starts from (step 0) as the baseline: rotation cannot take them, and
+    a run that blows up before its first save grows past the rule against them (the first save was the baseline
+    before, and a trial's run, loss 7 to 640 at lr 3, passed every save)."""
     _, _, root = runs
     kept = read_baseline(root / "rotated")
-    assert kept is not None and kept.step == 1 and kept.checkpoint == "checkpoint-1"
-    assert not (root / "rotated" / "checkpoint-1").exists()  # rotation took it
+    assert kept is not None and kept.step == 0 and kept.checkpoint == INITIAL_WEIGHTS
+    assert kept.first_loss == first_loss(root / "rotated" / f"checkpoint-{STEPS}")  # filled in at the first save
+    assert not (root / "rotated" / "checkpoint-1").exists()  # rotation took the first save
     assert "lm_head.weight" in kept.scales
     full_run, rotated_run = nandoctor.scan_run(str(root / "all")), nandoctor.scan_run(str(root / "rotated"))
     full_status = {c.step: c.status for c in full_run.checkpoints}
@@ -105,7 +109,7 @@ def test_a_fresh_run_replaces_an_earlier_runs_baseline(tmp_path):
     is measured against its own first healthy checkpoint: the callback removes the earlier baseline when training
     starts from step 0 (it kept it when the new run's first save came at a later step, and judged the new run
     against another run's weights)."""
-    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, write_baseline
+    from nandoctor.checkpoint.baseline import RunBaseline, write_baseline
 
     out = tmp_path / "run"
     out.mkdir()
@@ -115,7 +119,7 @@ def test_a_fresh_run_replaces_an_earlier_runs_baseline(tmp_path):
     diverging_trainer_run(out, steps=4, save_steps=2, learning_rate=1.0, callbacks=(doctor,))
     kept = read_baseline(out)
     assert kept is not None and kept != stale
-    assert kept.checkpoint == "checkpoint-2" and kept.first_loss == first_loss(out / "checkpoint-2")
+    assert kept.checkpoint == INITIAL_WEIGHTS and kept.first_loss == first_loss(out / "checkpoint-2")
     assert all(doctor.gate.reports[s].judgement.exit_code == 0 for s in (2, 4))
 
 
@@ -156,3 +160,52 @@ def test_rotation_keeps_the_checkpoint_before_a_loss_jump_several_saves_back(slo
     assert doctor.first_bad is not None
     assert doctor.last_clean is not None and Path(doctor.last_clean).name == oracle
     assert (root / f"rotated{limit}" / oracle).is_dir()
+
+
+def _random_tokens() -> torch.utils.data.Dataset:
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 256
+
+        def __getitem__(self, i: int) -> dict:
+            ids = torch.randint(0, 1000, (32,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "labels": ids.clone()}
+
+    return Tokens()
+
+
+def test_a_run_that_blew_up_before_its_first_save_is_diverged_against_its_initial_weights(tmp_path):
+    """A trial: a tiny Llama at a constant lr 10 without clipping; its loss went from 7 to thousands while every
+    weight stayed finite and modest (max |w| 92 at the first save, x2 a save after), so measured against the first
+    save nothing grew past the rule and every gate passed. The callback keeps the weights training starts from:
+    against them the first save has grown past it. The oracle: the loss of each checkpoint's model."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=1000, max_position_embeddings=128)
+    start = LlamaForCausalLM(config)
+    data = _random_tokens()
+    batch = {key: torch.stack([data[i][key] for i in range(8)]) for key in ("input_ids", "labels")}
+    with torch.no_grad():
+        initial_loss = start(**batch).loss.item()
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=20, save_steps=10,
+                             logging_steps=5, learning_rate=10.0, lr_scheduler_type="constant", max_grad_norm=0.0,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    Trainer(model=start, args=args, train_dataset=data, callbacks=[doctor]).train()
+    first = tmp_path / "run" / "checkpoint-10"
+    with torch.no_grad():
+        loss = LlamaForCausalLM.from_pretrained(first)(**batch).loss.item()
+    assert loss > 50 * initial_loss  # the oracle: the model is broken (initial ~6.9)
+    assert doctor.stopped_at == 10 and doctor.first_bad == str(first) and doctor.last_clean is None
+    kept = read_baseline(tmp_path / "run")
+    assert kept is not None and kept.checkpoint == INITIAL_WEIGHTS and kept.step == 0
+    report = nandoctor.scan(first)
+    assert report.verdict == "DIVERGED" and "since the weights the run started from" in nandoctor.verdict.one_line(report)
+    run = nandoctor.scan_run(str(tmp_path / "run"))
+    assert run.last_healthy is None and run.first_bad is not None and run.first_bad.name == "checkpoint-10"
+    assert any("the weights training started from (step 0)" in note for note in run.notes)
+    # without the baseline (a run saved without the callback) the first save is its own yardstick: it passes
+    (tmp_path / "run" / BASELINE_NAME).unlink()
+    assert nandoctor.scan(first).verdict == "CLEAN"

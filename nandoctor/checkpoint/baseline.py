@@ -37,6 +37,10 @@ from typing import Any
 from nandoctor.checkpoint.jsonfiles import finite_number
 
 BASELINE_NAME = "nandoctor-baseline.json"
+# The label of a baseline taken from the weights a fresh training run starts from (step 0: the Trainer callback
+# scans them at on_train_begin), not from a saved checkpoint: a run that blew up before its first save (lr 3:
+# loss 7 to 640, every save "healthy" against the first, already 30x its start) grows past the rule against it.
+INITIAL_WEIGHTS = "initial weights"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ def load_baseline(run: Path) -> tuple[RunBaseline | None, str | None]:
         return None, _ignored("it holds no tensor scale")
     logged = data.get("first_loss")
     at, loss = (_int(logged[0]), finite_number(logged[1])) if isinstance(logged, list) and len(logged) == 2 else (None, None)
+    if checkpoint == INITIAL_WEIGHTS:  # (growth against them says "since the weights the run started from")
+        from nandoctor.verdict import InitialScales
+
+        kept = InitialScales(kept)
     return RunBaseline(step, checkpoint, finite_number(top), kept, None if at is None or loss is None else (at, loss)), None
 
 
@@ -160,5 +168,5 @@ def _plain_name(name: str) -> bool:
     return name not in ("", ".", "..") and "/" not in name and "\\" not in name and name.isprintable()
 
 
-__all__ = ["BASELINE_NAME", "RunBaseline", "first_loss", "kept_before", "load_baseline", "read_baseline",
+__all__ = ["BASELINE_NAME", "INITIAL_WEIGHTS", "RunBaseline", "first_loss", "kept_before", "load_baseline", "read_baseline",
            "write_baseline"]

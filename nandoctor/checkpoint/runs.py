@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint.baseline import BASELINE_NAME, kept_before, load_baseline
+from nandoctor.checkpoint.baseline import BASELINE_NAME, INITIAL_WEIGHTS, kept_before, load_baseline
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_model,
@@ -716,7 +716,9 @@ def scan_run(
                        next((r.path for r in reversed(rows) if r.path is not root), None))
     if kept is not None:
         healthy = kept.scales
-        notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
+        notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} by "
+                     "the training callback" if kept.checkpoint == INITIAL_WEIGHTS else
+                     f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
                      f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
     elif (ignored := load_baseline(root)[1]) is not None:
         notes.append(ignored)  # a file at its name that is no baseline (a link, a FIFO, a number out of range)

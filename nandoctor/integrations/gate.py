@@ -11,6 +11,7 @@ any reason is logged and reported as "not scanned": it never stops or crashes tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class CheckpointGate:
         self.reports: dict[Any, ScanReport] = {}  # the caller's key (a step, a path) → report
         self.last_clean: str | None = None  # the newest checkpoint that passed
         self.fresh_run = False  # set by a callback when training starts from scratch (keep_baseline replaces)
+        self._initial: dict[Path, Any] = {}  # run folder → the initial weights' RunBaseline, until its first save
         self.first_bad: str | None = None
 
     def check(
@@ -65,6 +67,7 @@ class CheckpointGate:
         """Scan ``path`` (with ``scan``, default :meth:`scan`), log its one-line verdict and record it:
         (passed, report), the report kept in ``reports[key]``; (None, None) when it could not be scanned
         (logged; training goes on)."""
+        self._write_initial_baseline(path)
         try:
             report = (scan or self.scan)(path)
             # (training keeps and resumes from the weights: a config file's values — BAD CONFIG — are said, and
@@ -100,6 +103,41 @@ class CheckpointGate:
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not remove the earlier run's %s (%s: %s)", Path(run) / BASELINE_NAME,
                          type(exc).__name__, exc)
+
+    def keep_initial_baseline(self, run: Path, model: Any, prefix: str = "") -> None:
+        """A fresh run: the weights training starts from, ``model``'s, as the growth baseline of the run folder
+        ``run`` (step 0, checkpoint/baseline.py), when they pass; written there before the first save in it is
+        judged (:meth:`check`: the folder may not exist yet), which then keeps it. ``prefix``: what the saved files put
+        before the module's own names (Lightning's ``state_dict.``). Errors are logged; training goes on."""
+        from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline
+
+        try:
+            from nandoctor.api import scan_module
+
+            report = scan_module(model)
+            scales = {prefix + name: scale for name, scale in verdicts.tensor_scales(report).items()}
+            if scales and verdicts.passes(report, self.fail_on):  # (weights that fail from the start: nothing to grow from)
+                self._initial[Path(run)] = RunBaseline(0, INITIAL_WEIGHTS, verdicts.max_abs(report, "weight"), scales)
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not scan the initial weights for the run's baseline (%s: %s)",
+                         type(exc).__name__, exc)
+
+    def _write_initial_baseline(self, path: Path) -> None:
+        """Before the first save in a run folder is judged: the initial weights' baseline kept for it, written."""
+        from nandoctor.checkpoint.baseline import BASELINE_NAME, write_baseline
+
+        run = Path(path).parent
+        kept = self._initial.pop(run, None)
+        if kept is None:
+            return
+        try:
+            write_baseline(run, kept)
+            self.fresh_run = False  # (an earlier run's baseline is gone: this one is kept from now on)
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not keep the initial weights as the run's baseline in %s (%s: %s)", run,
+                         type(exc).__name__, exc)
+            return
+        logger.info("nandoctor: growth is measured against the initial weights (kept in %s)", run / BASELINE_NAME)
 
     def keep_baseline(self, path: Path, report: ScanReport) -> None:
         """Keep the run's growth baseline beside its checkpoints (checkpoint/baseline.py): rotation deletes
@@ -144,7 +182,7 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
     added), else ``target`` itself when healthy. ``fresh``: this training started from scratch (no resume), so a
     baseline kept from an earlier run in the same folder is replaced, and checkpoints left from it are not
     candidates. Returns the RunBaseline written, or None; raises OSError."""
-    from nandoctor.checkpoint.baseline import RunBaseline, first_loss, load_baseline, write_baseline
+    from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline, first_loss, load_baseline, write_baseline
     from nandoctor.checkpoint.runs import HEALTHY_STATUSES, place_in_run
     from nandoctor.errors import NandoctorError
 
@@ -155,6 +193,10 @@ def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path
     if ignored is not None:  # (replaced below by this run's, once a healthy checkpoint is seen)
         logger.warning("nandoctor: %s", ignored)
     if existing is not None and existing.step < place.step and not fresh:
+        if existing.checkpoint == INITIAL_WEIGHTS and existing.first_loss is None:  # whose run it is, once logged
+            logged = first_loss(Path(target) if Path(target).is_dir() else Path(target).parent)
+            if logged is not None:
+                write_baseline(place.run, dataclasses.replace(existing, first_loss=logged))
         return None
     candidates: list[tuple[int, Path, ScanReport | None]] = [] if fresh else [
         (step, path, None) for step, path in place.siblings() if step < place.step

@@ -148,6 +148,8 @@ class NanDoctorCallback(Callback):
                 dirpath = getattr(callback, "dirpath", None)
                 if dirpath:
                     self.gate.start(Path(dirpath), fresh=trainer.global_step == 0)
+                    if trainer.global_step == 0:  # (a .ckpt names the module's weights under state_dict.)
+                        self.gate.keep_initial_baseline(Path(dirpath), pl_module, prefix="state_dict.")
         if not self._clean:
             self._clean.update(self._previous_clean(trainer))  # a resumed run: the verdicts are on disk
             self._sync()

@@ -169,7 +169,16 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     ]
     if run.log and run.log.suspicious_step is not None:
         tail.append(f"trainer log broke at step {run.log.suspicious_step}")
+    elif run.log and run.log.loss_jump is not None and run.broken_weights_from is None:
+        tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
+
+
+def _loss_jump_words(log: TrainLog) -> str:
+    """A loss jump no bad checkpoint confirms (it moves nothing: docs/health.md), in words."""
+    assert log.loss_jump is not None
+    loss, early = log.loss_jump
+    return f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}"
 
 
 def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = None) -> None:
@@ -392,6 +401,10 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
         lines.append((BAD,
             f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
             f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
+    elif log.loss_jump is not None:  # (a trial: lr 3, loss 7 → 640, weights finite and modest: all CLEAN, not a word)
+        lines.append((WARN, f"{_loss_jump_words(log)}, though no checkpoint's weights fail: look at the run (a "
+                            f"learning rate too high?) before using the checkpoints saved from step "
+                            f"{log.broken_weights_from} on"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         upto = f" up to step {log.last_step}" if log.last_step is not None else ""  # (an empty log_history: no step)
