@@ -81,7 +81,11 @@ def test_a_checkpoint_the_run_calls_diverged_is_diverged_alone_and_repair_refuse
     from nandoctor.report.summary import next_steps
 
     assert not any("nandoctor repair" in line for line in next_steps(alone))
-    with pytest.raises(nandoctor.RepairRefusedError, match="diverged"):
+    with pytest.raises(nandoctor.RepairRefusedError, match="diverged") as refused:
         nandoctor.repair(str(target), "auto", str(tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
+    # the hint names the checkpoint to resume from, as the run scan does (it sent the user to another command)
+    last_healthy = nandoctor.scan_run(str(out_dir), device="cpu").last_healthy
+    assert last_healthy is not None
+    assert f"resume training from the last healthy checkpoint ({last_healthy.path})" in refused.value.hint
     assert nandoctor.repair(str(target), "auto", str(tmp_path / "anyway"), allow_diverged=True).ok

@@ -245,3 +245,6 @@ def test_an_html_path_that_is_a_folder_is_an_output_error_too(tmp_path):
     assert data["summary"]["verdict"] and data["report_errors"][0]["message"] == (
         f"{tmp_path}: cannot write the HTML report (Is a directory)")
     assert list(tmp_path.iterdir()) == []  # nothing written into the folder
+    # (a trial: the hint said "give a path in a folder that exists", which the folder did)
+    assert data["report_errors"][0]["hint"] == (
+        f"--html takes the file to write, not a folder: give e.g. {tmp_path / 'report.html'}")

@@ -348,15 +348,18 @@ class RunReport:
         return "EMPTY" if decider is None else row_verdict(decider, fail_on)
 
 
-def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None) -> str:
+def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:
     """One row's verdict words (under ``fail_on``, its report's own when None): ``INCOMPLETE`` for a
-    half-written save, ``(DIVERGED)`` added."""
+    half-written save, ``(DIVERGED)`` added; ``with_case``: the health case too, as a headline says it
+    (``NON-FINITE (POISONED)``: verdict.words_with_case)."""
     from nandoctor import verdict as verdicts
 
     if c.status == INCOMPLETE or c.report is None:
         return "INCOMPLETE"
-    words = c.report.verdict if fail_on is None else verdicts.judge(c.report, fail_on).words
-    return words + (" (DIVERGED)" if c.status == DIVERGED and not words.startswith(verdicts.DIVERGED_WORDS) else "")
+    decided = (c.report.judgement if fail_on is None and c.report.judgement is not None
+               else verdicts.judge(c.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on))
+    words = verdicts.words_with_case(decided) if with_case else decided.words
+    return words + (" (DIVERGED)" if c.status == DIVERGED and "DIVERGED" not in words else "")
 
 
 def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:

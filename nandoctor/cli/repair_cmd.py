@@ -46,7 +46,6 @@ def _sigterm_interrupts() -> Iterator[None]:
     "--from",
     "donors",
     multiple=True,
-    required=True,
     metavar="CHECKPOINT",
     help="An earlier checkpoint to restore from; repeat to try several in order. "
     "'auto' = the run's healthy checkpoints before TARGET (checkpoint-N folders, or Lightning "
@@ -126,6 +125,10 @@ def repair(
     from nandoctor.report.repair_report import render_plan, render_result
     from nandoctor.restore import repair as run_repair
 
+    if not donors:  # (click's own "Missing option '--from'" said nothing of what to give)
+        raise click.UsageError("--from is required: an earlier clean checkpoint to restore from (--from "
+                               "run/checkpoint-200, repeat for more), or --from auto for the run's healthy checkpoints "
+                               "before TARGET")
     if out is None and not dry_run:
         raise click.UsageError("--out is required (or use --dry-run to see the plan)")
     if out == "":

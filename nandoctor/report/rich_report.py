@@ -184,7 +184,7 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
             "dtype": r.dtype + (" scales" if r.scales else ""),  # block-quantized: counts of its scale fields
             "shape": r.shape, "NaN": r.nan, "+Inf": r.posinf, "-Inf": r.neginf, "outliers": r.outliers,
             "max |w|": _magnitude(r.max_abs) if set(r.findings) & {verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED} else "",
-            "bad %": f"{100 * r.fraction:.3g}" if r.nan or r.posinf or r.neginf else "",
+            "bad %": f"{100 * r.fraction:.3g}" if r.fraction else "",
             "first bad at": r.first_at_words,
         })
     wanted = ["tensor", *(["file"] if show_file else []), "findings", "dtype", "shape", "NaN", "+Inf", "-Inf", "NaN/Inf",

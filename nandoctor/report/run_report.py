@@ -221,7 +221,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
-                                ": ", (row_verdict(decider, fail_on), style), f" ({decides_words(run, decider)})"))
+                                ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
     if run.problems:
         console.print(Text.assemble(("run: ", "bold"), (AMBIGUOUS_WORDS, style), f" ({safe('; '.join(run.problems))})"))
     if code != 0:

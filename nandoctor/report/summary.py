@@ -77,7 +77,8 @@ def _row(t: TensorResult) -> TensorRow:
         worst=_worst_value(t),
         first_at=first,
         max_abs=t.max_abs,
-        fraction=t.fraction,
+        # (bad: NaN/Inf and exploded values alike; a tensor scaled whole to 1e28 showed a blank, 100 % exploded)
+        fraction=(t.nonfinite + t.exploded) / t.ref.counted if t.ref.counted else 0.0,
         scales=t.ref.region.blocks is not None,
     )
 

@@ -154,7 +154,7 @@ def repair(
     # the scales growth was measured against: a rotated-away checkpoint's kept ones, never that path scanned
     baseline = RunBaseline(*first_healthy) if first_healthy is not None else None
     if report.health == "diverged" and not allow_diverged:
-        _refuse_diverged(target, target_path, report, baseline)
+        _refuse_diverged(target, target_path, report, baseline, scan_one)
     context = verdict.run_context(report)
     # --from auto is suggested only where it finds a donor, and not again when it was given
     auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
@@ -255,12 +255,14 @@ def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str])
     return grown if grown is not None and grown.factor >= verdict.GROWTH_DIVERGED else None
 
 
-def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, baseline: RunBaseline | None) -> None:
+def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, baseline: RunBaseline | None,
+                     scan_one: Callable[[Path], ScanReport]) -> None:
     from nandoctor import verdict
     from nandoctor.layers import bad_ranges
 
     ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
-    advice = verdict.diverged_advice(report, _where(target_path))
+    healthy = _last_healthy_before(target_path, scan_one)  # (a trial: the hint sent the user to another command)
+    advice = verdict.diverged_advice(report, f" ({healthy})" if healthy is not None else _where(target_path))
     grown = _grown(report, baseline, {t.name for t in report.unhealthy_tensors})
     # --allow-diverged restores bad tensors: it is offered only where restoring them leaves no growth behind
     why = (f"; {_GROWTH_STAYS}" if grown is not None
@@ -293,6 +295,33 @@ def _refuse_growth_left(
         f"{restoring}: {_GROWTH_STAYS}; nothing was written",
         verdict.diverged_advice(report, _where(target_path)),
     )
+
+
+def _last_healthy_before(target_path: Path, scan_one: Callable[[Path], ScanReport]) -> Path | None:
+    """The newest checkpoint of the target's run saved before it that passes, judged in its run as a run scan judges
+    it (growth included; none saved once the trainer log's loss had jumped): what to resume from, for a refusal.
+    Scanned newest first, stopping at the first that passes (usually one scan: the run's healthy ones are before)."""
+    from nandoctor import verdict
+    from nandoctor.checkpoint import runs
+    from nandoctor.checkpoint.runcontext import judged_in_run
+    from nandoctor.checkpoint.trainlog import read_train_log
+    from nandoctor.errors import NandoctorError
+
+    place = runs.place_in_run(target_path)
+    if place is None:
+        return None
+    state = (target_path if target_path.is_dir() else target_path.parent) / runs.TRAINER_STATE
+    jumped = read_train_log(state).broken_weights_from if state.is_file() else None
+    for step, path in reversed(place.siblings()):
+        if step >= place.step or (jumped is not None and step >= jumped):
+            continue
+        try:
+            judged, _ = judged_in_run(scan_one(path), path, scan_one)
+        except NandoctorError:
+            continue  # (an unreadable one is no resume point; an earlier one may be)
+        if verdict.passes(judged):
+            return path
+    return None
 
 
 def _where(target_path: Path) -> str:
