@@ -79,6 +79,7 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.runs import checkpoints_in
+from nandoctor.errors import NandoctorError
 from nandoctor.integrations.gate import (
     REPORT_NAME,
     CheckpointGate,
@@ -89,7 +90,6 @@ from nandoctor.integrations.gate import (
     write_json,
 )
 from nandoctor.integrations.saved import verify_saved, wrote_own_files
-from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 from nandoctor.wording import first_few
 

@@ -79,7 +79,6 @@ _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 _KEPT_KEYS = re.compile(r"^general\.(alignment|architecture)$|\.(block_count|expert_count)$")
 _EXPERTS = re.compile(r"_exps(\.|$)")
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 class GGUFReader:
@@ -90,8 +89,14 @@ class GGUFReader:
         return looks_gguf(head)
 
     def read(self, path: Path) -> ReadResult:
+        from nandoctor.readers import gguf_names
+
         header = read_header(path)
-        return ReadResult(header.refs, header.notes)
+        arch = header.metadata.get("general.architecture")
+        problems, notes = gguf_names.checked(
+            str(path), arch[1] if arch is not None else None,
+            _int_value(header.metadata, _arch_key(header.metadata, "block_count")), (r.name for r in header.refs))
+        return ReadResult(header.refs, (*header.notes, *notes), tuple(problems))
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def _parse(buf: mmap.mmap, p: str, size: int) -> Header:
     infos = [_tensor_info(cur, i) for i in range(n_tensors)]
     data_start = _align(cur.pos, alignment)
     refs = _layout(cur, infos, data_start, alignment, byteorder, metadata)
-    return Header(version, byteorder, metadata, refs, _notes(p, version, byteorder, metadata, refs))
+    return Header(version, byteorder, metadata, refs, _notes(p, version, byteorder))
 
 
 def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
@@ -370,20 +375,10 @@ def _int_value(metadata: dict[str, tuple[int, object]], key: str) -> int | None:
     return None
 
 
-def _notes(p: str, version: int, byteorder: str, metadata: dict[str, tuple[int, object]], refs: tuple[TensorRef, ...]) -> tuple[str, ...]:
-    arch = metadata.get("general.architecture")
-    arch_name = arch[1] if arch is not None and isinstance(arch[1], str) else None
-    blocks = _int_value(metadata, _arch_key(metadata, "block_count"))
-    notes = []
+def _notes(p: str, version: int, byteorder: str) -> tuple[str, ...]:
     if byteorder == "big":
-        notes.append(f"{Path(p).name}: a big-endian GGUF (v{version}); scale fields read byte-swapped")
-    if blocks is not None:
-        beyond = sorted({int(m.group(1)) for r in refs if (m := _BLOCK.match(r.name)) and int(m.group(1)) >= blocks})
-        if beyond:
-            notes.append(
-                f"{Path(p).name}: tensors of blk.{beyond[0]} and beyond, but {arch_name}.block_count is {blocks}"
-            )
-    return tuple(notes)
+        return (f"{Path(p).name}: a big-endian GGUF (v{version}); scale fields read byte-swapped",)
+    return ()
 
 
 def _shown(raw: bytes) -> str:

@@ -1,0 +1,133 @@
+"""A GGUF file's architecture and tensor names against what llama.cpp loads for it.
+
+A flipped bit in a GGUF header renames a tensor (``blk.1.attn_q.weight`` read as ``blk.1.attn_a.weight``), moves it
+to a block the model does not have (``blk.3`` in a two-block model) or renames the architecture (``llama`` as
+``lmama``). Every value reads finite, so the scan was CLEAN, while llama.cpp refuses the file ("missing tensor",
+"wrong number of tensors", "unknown model architecture") and transformers' GGUF loader initialises the lost tensor at
+random or refuses the architecture (a trial). The reference is gguf-py's own tables (``gguf.constants``: each
+architecture's tensor name templates, ``blk.{bid}.attn_q``), kept in gguf_tensor_names.json and written by ``python
+-m nandoctor.readers.gguf_names`` from the installed ``gguf`` package: nothing imports it at scan time.
+
+Conservative by design, since converters and llama.cpp add names faster than any table: a problem only where one
+changed character makes the name (or architecture) a known one whose tensor the file lacks, or where a block number
+is past ``{arch}.block_count``; a name that is merely unknown is a note.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import NAMES_KIND, UNLOADABLE_KIND
+from nandoctor.wording import first_few
+
+_FILE = Path(__file__).with_name("gguf_tensor_names.json")
+_NUMBER = re.compile(r"(?:(?<=\.)|^)\d+(?=\.|$)")  # a whole dot-separated segment of digits: a block or expert index
+_BID = "{bid}"
+_HINT = ("its header was damaged (a flipped bit, a bad copy): copy or download the file again, or convert it again "
+         "from its source model")
+
+
+@cache
+def _tables() -> tuple[str, dict[str, frozenset[str]]]:
+    """(the gguf version the table is of, architecture → its tensor name templates)."""
+    data = json.loads(_FILE.read_text(encoding="utf-8"))
+    names: list[str] = data["names"]
+    return data["gguf"], {arch: frozenset(names[i] for i in indices) for arch, indices in data["archs"].items()}
+
+
+def _template(name: str) -> tuple[str, list[str]]:
+    """``name`` with its number segments made ``{bid}``, and those numbers in order."""
+    return _NUMBER.sub(_BID, name), _NUMBER.findall(name)
+
+
+def _expand(template: str, numbers: list[str]) -> str:
+    for number in numbers:
+        template = template.replace(_BID, number, 1)
+    return template
+
+
+def _one_apart(a: str, b: str) -> bool:
+    return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
+
+
+def checked(path: str, architecture: object, block_count: int | None,
+            names: Iterable[str]) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) of a GGUF file whose ``general.architecture`` is ``architecture`` (None when absent),
+    ``{arch}.block_count`` ``block_count``, holding tensors ``names``."""
+    file = os.path.basename(path)
+    version, archs = _tables()
+    names = list(names)
+    problems: list[ScanProblem] = []
+    notes: list[str] = []
+    if block_count is not None:
+        beyond = sorted({int(n) for name in names if (m := re.match(r"^(?:[a-z]+\.)?blk\.(\d+)\.", name))
+                         for n in [m.group(1)] if int(n) >= block_count})
+        if beyond:
+            problems.append(ScanProblem(
+                path, f"holds tensors of blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
+                f"{architecture}.block_count is {block_count}: llama.cpp refuses it ('wrong number of tensors', or a "
+                "missing tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
+    if not isinstance(architecture, str):
+        return problems, notes
+    templates = archs.get(architecture)
+    if templates is None:
+        near = [known for known in archs if _one_apart(architecture, known)]
+        if near:
+            problems.append(ScanProblem(
+                path, f"its general.architecture is {architecture!r}, which is no architecture llama.cpp knows "
+                f"(gguf {version}); {near[0]!r} is one character away: llama.cpp and transformers refuse it "
+                "('unknown model architecture')", _HINT, kind=UNLOADABLE_KIND))
+        else:
+            notes.append(f"{file}: architecture {architecture!r} is not in gguf {version}'s tables; its tensor names "
+                         "were not checked")
+        return problems, notes
+    present = set(names)
+    renamed: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        template, numbers = _template(name)
+        base = template.rpartition(".")[0] or template
+        if base in templates or template in templates:
+            continue
+        suffix = template[len(base):]
+        lost = [_expand(known, numbers) + suffix for known in templates if _one_apart(base, known)]
+        lost = [expected for expected in lost if expected not in present]
+        if lost:
+            renamed.append(f"{name!r} (where {lost[0]!r} is missing)")
+        else:
+            unknown.append(name)
+    if renamed:
+        problems.append(ScanProblem(
+            path, f"{len(renamed)} tensor name(s) one character from a tensor {architecture} needs that the file "
+            f"lacks: {first_few(renamed, 3)}; llama.cpp refuses it ('missing tensor') and transformers initialises "
+            "the missing one at random", _HINT, kind=NAMES_KIND))
+    if unknown:
+        notes.append(f"{file}: {len(unknown)} tensor name(s) not in gguf {version}'s list for {architecture} "
+                     f"({first_few(unknown, 3)}): a llama.cpp that does not know them refuses the file ('wrong number "
+                     "of tensors')")
+    return problems, notes
+
+
+def main() -> None:  # pragma: no cover - run by hand when gguf-py changes
+    """Write gguf_tensor_names.json from the installed gguf package's tables."""
+    from gguf import constants
+
+    names = sorted(set(constants.TENSOR_NAMES.values()))
+    index = {name: i for i, name in enumerate(names)}
+    archs = {constants.MODEL_ARCH_NAMES[arch]: sorted(index[constants.TENSOR_NAMES[t]] for t in tensors)
+             for arch, tensors in constants.MODEL_TENSORS.items() if arch in constants.MODEL_ARCH_NAMES}
+    from importlib.metadata import version
+
+    data = {"gguf": version("gguf"), "names": names, "archs": dict(sorted(archs.items()))}
+    _FILE.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
+    print(f"{len(archs)} architectures, {len(names)} tensor name templates (gguf {data['gguf']}) written to {_FILE}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,115 @@
+"""A GGUF file's architecture and tensor names, held to gguf-py's tables (readers/gguf_names.py).
+
+Files written by gguf's own GGUFWriter, named as convert_hf_to_gguf names a Llama's tensors; transformers' GGUF loader
+is the oracle where it runs (it reports a lost tensor as missing and initialises it at random, and refuses an
+unknown architecture); llama.cpp's loader refuses all three ("missing tensor", "wrong number of tensors", "unknown
+model architecture").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+gguf = pytest.importorskip("gguf")
+
+import nandoctor  # noqa: E402
+from nandoctor.readers import gguf_names  # noqa: E402
+
+VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 3
+
+
+def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(BLOCKS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(HIDDEN // 4)
+    writer.add_vocab_size(VOCAB)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"<t{i}>" for i in range(VOCAB)])
+    writer.add_token_scores([0.0] * VOCAB)
+    writer.add_token_types([1] * VOCAB)
+    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,), "output.weight": (VOCAB, HIDDEN)}
+    for b in range(BLOCKS):
+        shapes.update({f"blk.{b}.attn_norm.weight": (HIDDEN,), f"blk.{b}.attn_q.weight": (HIDDEN, HIDDEN),
+                       f"blk.{b}.attn_k.weight": (HIDDEN, HIDDEN), f"blk.{b}.attn_v.weight": (HIDDEN, HIDDEN),
+                       f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN), f"blk.{b}.ffn_norm.weight": (HIDDEN,),
+                       f"blk.{b}.ffn_gate.weight": (FFN, HIDDEN), f"blk.{b}.ffn_up.weight": (FFN, HIDDEN),
+                       f"blk.{b}.ffn_down.weight": (HIDDEN, FFN)})
+    for name, shape in shapes.items():
+        values = np.ones(shape) if name.endswith("norm.weight") else rng.standard_normal(shape) * 0.02
+        writer.add_tensor((rename or {}).get(name, name), values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _transformers_loads(path: Path) -> dict:
+    transformers = pytest.importorskip("transformers")
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                output_loading_info=True)
+    return info
+
+
+def test_a_healthy_file_has_no_name_problem_and_loads(tmp_path):
+    path = _write(tmp_path / "model.gguf")
+    assert _transformers_loads(path)["missing_keys"] == set()
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and report.errors == () and not any("tensor name" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("was, now, lost", [
+    ("blk.1.attn_q.weight", "blk.1.attn_a.weight", "model.layers.1.self_attn.q_proj.weight"),  # q ^ 0x10
+    ("token_embd.weight", "token_ambd.weight", "model.embed_tokens.weight"),  # e ^ 0x04
+])
+def test_a_name_one_flipped_bit_from_a_lost_tensor_is_a_names_problem(tmp_path, was, now, lost):
+    """A trial: both were CLEAN, while transformers initialised the lost tensor at random."""
+    path = _write(tmp_path / "model.gguf", rename={was: now})
+    assert lost in _transformers_loads(path)["missing_keys"]  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["names"]
+    assert (f"1 tensor name(s) one character from a tensor llama needs that the file lacks: {now!r} (where {was!r} is "
+            "missing)") in report.errors[0].message
+
+
+def test_a_block_number_past_the_block_count_is_not_loadable(tmp_path):
+    """blk.1.ffn_down stored as blk.3 (1 ^ 2) in a three-block model: a note before, exit 0."""
+    path = _write(tmp_path / "model.gguf", rename={"blk.1.ffn_down.weight": "blk.3.ffn_down.weight"})
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert "holds tensors of blk.3, but its llama.block_count is 3" in report.errors[0].message
+
+
+def test_an_architecture_one_character_from_a_known_one_is_not_loadable_and_an_unknown_one_a_note(tmp_path):
+    path = _write(tmp_path / "model.gguf", arch="lmama")
+    with pytest.raises(ValueError, match="lmama"):  # the oracle: transformers refuses it
+        _transformers_loads(path)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert "its general.architecture is 'lmama', which is no architecture llama.cpp knows" in report.errors[0].message
+    assert "'llama' is one character away" in report.errors[0].message
+    novel = nandoctor.scan(_write(tmp_path / "novel.gguf", arch="zebrallm9"))
+    assert novel.exit_code == 0 and any("architecture 'zebrallm9' is not in gguf" in n for n in novel.notes)
+
+
+def test_the_table_is_gguf_pys_own():
+    """gguf_tensor_names.json is what `python -m nandoctor.readers.gguf_names` writes from the installed gguf: every
+    architecture's templates as gguf.constants has them (a newer gguf adds some: regenerate)."""
+    from gguf import constants
+
+    version, archs = gguf_names._tables()
+    for arch, tensors in constants.MODEL_TENSORS.items():
+        name = constants.MODEL_ARCH_NAMES.get(arch)
+        if name in archs:
+            assert {constants.TENSOR_NAMES[t] for t in tensors} <= archs[name], name
+    assert {"blk.{bid}.attn_q", "token_embd", "output"} <= archs["llama"]
