@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nandoctor import verdict
+from nandoctor.checkpoint.roles import is_variance
 from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.kernels import CLEAN
 from nandoctor.model import PICKLED_FLOAT, Region, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults
@@ -100,9 +101,14 @@ def scan_tensors(
                 overflow, _ = overflow_tensor(t, cast_to.name)
             ceiling = limits.ceiling(TORCH_DTYPE_NAMES.get(str(t.dtype).removeprefix("torch."), ""), loads_as)
             health = census_tensor(t, ceiling, limits.outlier_factor, quick) if floating else {}
+            ref = _ref(name, t, name in rates, name in moments)
+            if floating and is_variance(name, ref.role) and not t.is_complex():
+                # (as the file census: a variance's exploded values are its negative ones, never its size)
+                negative = quick is None or quick[0] < 0
+                health["exploded"] = int(((t < 0) & torch.isfinite(t)).sum()) if negative and t.numel() else 0
             results.append(
                 TensorResult(
-                    _ref(name, t, name in rates, name in moments),
+                    ref,
                     counts.nan,
                     counts.posinf,
                     counts.neginf,

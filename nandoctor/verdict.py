@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nandoctor.checkpoint.roles import holds_sentinels
+from nandoctor.checkpoint.roles import holds_sentinels, is_variance
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict, is_pickled_float
@@ -178,6 +178,9 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
         for i in _exploded_running_stats(tensors):
             if EXPLODED not in out[i]:
                 out[i] += (EXPLODED,)
+    for i in maybe:  # a variance's exploded values are its negative ones (no magnitude is: kernels/census.py)
+        if exploded[i] and roles[i] != "weight" and EXPLODED not in out[i] and is_variance(names[i], roles[i]):
+            out[i] += (EXPLODED,)
     return out
 
 
@@ -992,6 +995,16 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
             "storage bytes no tensor views"
         pieces.append(f"{values} in {where} ({first.label()}{more})")
     exploded = with_finding(report, EXPLODED)
+    variances = [t for t in exploded if is_variance(t.name, t.ref.role)]  # (their exploded values are negatives)
+    if variances:
+        count = sum(t.exploded for t in variances)
+        roles = {t.ref.role for t in variances}
+        what = ("an optimizer's second moment, never negative: the next step from it puts NaN in the weights"
+                if roles == {"optimizer"} else "a running variance, never negative: the BatchNorm's output is NaN"
+                if roles == {"buffer"} else "variances, never negative: NaN follows at the next step or forward pass")
+        pieces.append(f"{plural(count, 'negative value')} in {first_few([t.name for t in variances], _MAX_NAMED)}, "
+                      f"{what}")
+        exploded = tuple(t for t in exploded if t.exploded == 0 or not is_variance(t.name, t.ref.role))
     if exploded:
         # (a BatchNorm's running statistics are buffers: said as such, and their magnitude is the one shown)
         buffers = sum(1 for t in exploded if t.ref.role == "buffer")

@@ -128,6 +128,24 @@ def role_of(name: str, file_name: str = "") -> str:
     return WEIGHT
 
 
+# Optimizer states and running statistics that are variances (or maxima of magnitudes): never negative by how they are
+# made (Adam's exp_avg_sq is a running mean of squares), and a square root or a division by one follows them: one
+# sign-flipped value makes the next optimizer step's update NaN (a trial: exp_avg_sq -103.5 among 1e-4s, CLEAN, and
+# one resumed Adam step put NaN in the weights), or a BatchNorm's output NaN.
+_VARIANCE_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col", "square_avg",
+                              "acc_delta", "exp_inf"})
+_VARIANCE_LEAVES = frozenset({"running_var"})  # BatchNorm's
+
+
+def is_variance(name: str, role: str) -> bool:
+    """Whether tensor ``name`` of ``role`` can never hold a negative value (see _VARIANCE_STATES): an optimizer state
+    so named in any segment (``state.3.exp_avg_sq``, ZeRO's ``exp_avg_sq.<param>``; Adagrad's ``state.3.sum``), or a
+    ``running_var`` buffer."""
+    if role == OPTIMIZER:
+        return not _VARIANCE_STATES.isdisjoint(name.split(".")) or name.endswith(".sum")
+    return role == BUFFER and name.rpartition(".")[2] in _VARIANCE_LEAVES
+
+
 def holds_sentinels(name: str) -> bool:
     """Whether the buffer ``name`` may hold ±Inf by design (a mask, a bound, an observer's extreme: see
     _SENTINEL_LEAVES); its NaN are still a finding."""

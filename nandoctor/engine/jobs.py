@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nandoctor.blockfields import elements_per_lane, weight_ceiling
+from nandoctor.checkpoint.roles import is_variance
 from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
@@ -137,6 +138,7 @@ class RegionJob:
         one fast check of its raw bytes answers it."""
         return (
             self.direct and self.threshold is None and self.region.byteorder == "little" and self.region.blocks is None
+            and not (self.info is not None and self.info.nonnegative)  # (a variance's census counts its negatives)
         )
 
     def element_of(self, lane: int) -> int:
@@ -175,6 +177,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
                 own if lowered < own else None,
             )
         job.info = facts[0]
+        if job.info is not None and not blocks and len(views) == 1 and is_variance(views[0].name, views[0].role):
+            job.info = lane_info(spec, limits.ceiling(spec.name), nonnegative=True)  # (its negatives counted)
         if not blocks:  # a cast dequantizes: the scales themselves are never cast
             job.threshold, job.own_ceiling = facts[1], facts[2]
         elif job.info is not None:  # (the ceiling is the weights': a scale field's own is lower by the codes' range)
@@ -243,7 +247,7 @@ def _health(job: RegionJob, per: int, own: ViewCensus | None = None) -> dict:
         "max_abs": decode_magnitude(job.spec, bits) if bits >= 0 else None,
         "max_abs_exact": exact,
         "zeros": census.zeros // per,
-        "exploded": census.exploded,
+        "exploded": census.exploded + census.negatives,  # (a variance's negative values: verdict._variance_rows)
         "bulk_scale": census.bulk_scale(job.spec, info, elements_per_lane(job.region.blocks)),
     }
     if found is not None and found.count:

@@ -18,6 +18,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from nandoctor.checkpoint.roles import is_variance
 from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.engine.jobs import RegionJob, plan_jobs
 from nandoctor.engine.work import SMALL_REGION_BYTES, ChunkResult, batch_bounds, direct_findings, read_whole, run_census
@@ -115,6 +116,10 @@ def plan_small(table: RefTable, limits: HealthLimits) -> tuple[SmallTensors, lis
     offsets = np.frombuffer(table.offsets, np.int64)
     nbytes = np.frombuffer(table.nbytes, np.int64)
     small = floating & (nbytes < SMALL_REGION_BYTES)
+    roles = table.roles
+    if "buffer" in roles or "optimizer" in roles:  # (a C scan: a variance is read as a job, its negatives counted)
+        names = table.names
+        small[[i for i, role in enumerate(roles) if role != "weight" and is_variance(names[i], role)]] = False
     rows = np.flatnonzero(small)
     rows = rows[np.argsort(offsets[rows], kind="stable")]  # file order; equal offsets (empty ones) as listed
     infos = [lane_info(spec, limits.ceiling(spec.name)) if spec.can_hold_nonfinite else None for spec in specs]

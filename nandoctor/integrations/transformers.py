@@ -386,7 +386,9 @@ class NanDoctorCallback(TrainerCallback):
         broken: list[str] = []
         if loaded:
             report = scan_state_dict(loaded)
-            broken = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, (verdicts.NONFINITE,))]
+            # (NaN/Inf, and a variance's negative values: the only exploded ones optimizer state has)
+            broken = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, (verdicts.NONFINITE,
+                                                                                          verdicts.EXPLODED))]
         bad_weights: list[str] = []
         if model is not None:
             report = scan_module(model)

@@ -64,6 +64,7 @@ NARROW_MAX_ABS = {"F16": 2.0**14, "C32": 2.0**14}
 DEFAULT_OUTLIER_FACTOR = 2.0**10
 
 _UNSIGNED = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
+_SIGNED = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 # Mantissa bits per lane, for the exponent histogram.
 _MANTISSA = {"F64": 52, "C128": 52, "F32": 23, "C64": 23, "F16": 10, "C32": 10, "BF16": 7,
              "F8_E5M2": 2, "F8_E4M3": 3, "F8_E4M3FNUZ": 3, "F8_E5M2FNUZ": 2, "F8_E8M0": 0}
@@ -109,10 +110,12 @@ class LaneInfo:
     mantissa: int
     nan_codes: tuple[int, ...]  # NAN_CODES dtypes: whole-lane codes that are NaN (FNUZ: 0x80)
     ceiling_bits: int  # magnitudes above this are exploded (limit when nothing finite can be)
+    # a variance (roles.is_variance): negative finite values are counted (Census.negatives) and no magnitude is exploded
+    nonnegative: bool = False
 
 
 @functools.cache
-def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
+def lane_info(spec: DTypeSpec, ceiling: float, nonnegative: bool = False) -> LaneInfo:
     mask = magnitude_mask(spec)
     limit = first_nonfinite_magnitude(spec)
     lo, hi = 0, limit  # the largest magnitude not above the ceiling, by bisection over decoded values
@@ -123,6 +126,9 @@ def lane_info(spec: DTypeSpec, ceiling: float) -> LaneInfo:
         else:
             hi = mid - 1
     codes = spec.nan_codes if spec.family is Family.NAN_CODES else ()
+    if nonnegative:  # (its size is no finding: an Adam second moment of large gradients is large)
+        return LaneInfo(spec.lane_bits, mask, 1 << (mask.bit_length() - 1), limit, _MANTISSA[spec.name], codes, limit,
+                        True)
     return LaneInfo(spec.lane_bits, mask, 1 << (mask.bit_length() - 1), limit, _MANTISSA[spec.name], codes, lo)
 
 
@@ -136,6 +142,7 @@ class Census:
     nonzero: bool = False
     zeros: int = 0
     exploded: int = 0
+    negatives: int = 0  # finite values below zero (-0.0 is none), counted where LaneInfo.nonnegative
     sampled: int = 0
     histogram: np.ndarray | None = None  # sampled finite non-zero magnitudes by exponent
     high_segments: list[tuple[int, int, int]] = field(default_factory=list)  # (lane start, lanes, max)
@@ -147,6 +154,7 @@ class Census:
         self.nonzero |= other.nonzero
         self.zeros += other.zeros
         self.exploded += other.exploded
+        self.negatives += other.negatives
         self.sampled += other.sampled
         if other.histogram is not None:
             if self.histogram is None:
@@ -264,6 +272,8 @@ def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
         out.high_segments.append((0, lanes.size, top))
     out.sampled = int(lanes.size)
     out.histogram = _histogram(mag, info)
+    if info.nonnegative:
+        out.negatives = negatives(lanes, info)
     return out
 
 
@@ -284,6 +294,8 @@ def observe_block(
     out = Census()
     if lanes.size == 0:
         return out
+    if info.nonnegative:
+        out.negatives = negatives(lanes, info)
     per_segment = SEGMENT_BYTES * 8 // info.lane_bits
     segments = -(-lanes.size // per_segment)
     exact_everywhere = ors is None or info.ceiling_bits < info.high_bit
@@ -400,6 +412,16 @@ def _segment_starts(words: int) -> np.ndarray:
 # 0.124 / 0.416, 16 MiB 0.109 / 0.395 (1 and 2 MiB were slower still). 8 MiB keeps a read buffer per worker,
 # and what is in flight (2 chunks per worker), where they were with cold reads' 8 MiB requests.
 BLOCK_BYTES = 8 << 20
+
+
+def negatives(lanes: np.ndarray, info: LaneInfo) -> int:
+    """The finite values below zero among ``lanes`` (a variance's: LaneInfo.nonnegative): one signed minimum when
+    there are none (the rule), an exact count when some lane has its sign bit set (-0.0, -NaN and -Inf are none)."""
+    if int(lanes.view(_SIGNED[info.lane_bits]).min()) >= 0:
+        return 0
+    mag = lanes & lanes.dtype.type(info.mag_mask)
+    signed = lanes > lanes.dtype.type(info.mag_mask)  # (the sign bit: every bit above the magnitude's)
+    return int(np.count_nonzero(signed & (mag != 0) & (mag < info.limit)))
 
 
 def observe_chunk(

@@ -22,6 +22,7 @@ import numpy as np
 from nandoctor import verdict
 from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.roles import is_variance
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, checkpoint_step, duplicate_steps, place_in_run
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.dtypes import DTYPES, DTypeSpec
@@ -181,7 +182,8 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     from nandoctor.blockfields import elements_per_lane, weight_ceiling
 
     ceiling = weight_ceiling(limits.ceiling(spec.name), ref.region.blocks)
-    info = lane_info(spec, ceiling)
+    variance = ref.region.blocks is None and is_variance(ref.name, ref.role)
+    info = lane_info(spec, ceiling, nonnegative=variance)
     census = Census()
     bad = lanes = 0
     small = nbytes(ref) < SMALL_REGION_BYTES  # (then one block: the scan reads such a tensor whole)
@@ -196,6 +198,8 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
         return TensorCheck(f"holds {bad:,} NaN/Inf values", scale)
     if lanes and bits == 0 and (exact or census.zeros >= lanes):  # (the scan's all-zero rule, verdict._all_zero_rows)
         return TensorCheck(None, scale, zero=True)
+    if census.negatives:  # (a variance: a donor restoring it must not bring a sign-flipped value)
+        return TensorCheck(f"holds {census.negatives:,} negative values (a variance, never negative)", scale)
     if ref.role != "weight":
         return TensorCheck(None, scale)
     if census.exploded:
