@@ -155,3 +155,18 @@ def test_live_scans_and_repair_judge_variances_too(tmp_path: Path) -> None:
     planned = nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "copy" / "optimizer.pt", None, dry_run=True)
     assert [u.reasons for u in planned.plan.unrestorable] == [
         (f"{tmp_path / 'copy' / 'optimizer.pt'}: holds 1 negative values (a variance, never negative) itself",)]
+
+
+def test_the_trainer_callback_refuses_a_loaded_optimizer_with_a_negative_moment() -> None:
+    """What the callback checks at on_train_begin of a resumed run: the optimizer Trainer loaded."""
+    pytest.importorskip("transformers")
+    from nandoctor.integrations.transformers import NanDoctorCallback
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    assert NanDoctorCallback()._loaded_state_faults(model, optimizer, None) == ([], [])
+    optimizer.state[model.weight]["exp_avg_sq"][0, 0] = -2.0
+    broken, weights = NanDoctorCallback()._loaded_state_faults(model, optimizer, None)
+    assert weights == [] and broken and broken[0].endswith("exp_avg_sq")
