@@ -75,6 +75,7 @@ class ChunkOf:
 
 
 PICKLED_FLOAT = "pickled float"  # the region key of a Python float read as a tensor (readers/torch/quantized.py)
+QUANTIZER_SCALE = ".<scale>"  # the name suffix of a per-tensor quantized tensor's scale so read: the weight's own
 
 
 def is_pickled_float(ref: TensorRef) -> bool:

@@ -346,11 +346,22 @@ def test_a_non_finite_quantizer_scale_is_a_finding(tmp_path: Path, scale: float,
     assert counts(report) == {"q": (0, 0, 0), "q.<scale>": expected} and report.exit_code == 1
 
 
-@pytest.mark.parametrize(("scale", "zero_point", "word"), [(1e300, 3, "overflows float32"), (0.5, 1000, "range")])
-def test_an_overflowing_scale_or_zero_point_is_refused(tmp_path: Path, scale: float, zero_point: int,
-                                                       word: str) -> None:
-    path = torch_zip(tmp_path / "q.pt", _qtensor(scale, zero_point), {"0": bytes([2, 4])})
-    refused(path, word)
+def test_a_zero_point_out_of_range_is_refused(tmp_path: Path) -> None:
+    path = torch_zip(tmp_path / "q.pt", _qtensor(0.5, 1000), {"0": bytes([2, 4])})
+    refused(path, "range")
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e30, -1e6])
+def test_a_huge_quantizer_scale_is_an_exploded_weight(tmp_path: Path, scale: float) -> None:
+    """torch loads the file (a trial: a scale of 1e30 was CLEAN, a flipped bit's 8.99e306 "0 tensors read") and
+    dequantizes to values as huge, or Inf past float32's range: the scale is the weight's, and exploded."""
+    path = torch_zip(tmp_path / "q.pt", _qtensor(scale, 3), {"0": bytes([2, 4])})
+    values = torch.load(path, weights_only=True)["q"].dequantize()
+    assert (~torch.isfinite(values)).any() or values.abs().max() > 1e5  # the oracle
+    report = scan(path, device="cpu")
+    assert report.exit_code == 1 and report.verdict == "EXPLODED"
+    (row,) = [t for t in report.tensors if t.name == "q.<scale>"]
+    assert row.ref.role == "weight" and row.exploded == 1 and row.max_abs == abs(scale)
 
 
 def test_a_finite_quantizer_is_clean(tmp_path: Path) -> None:

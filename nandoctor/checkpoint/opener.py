@@ -25,7 +25,7 @@ from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity, fingerprint
-from nandoctor.model import OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad, is_pickled_float
+from nandoctor.model import QUANTIZER_SCALE, OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad, is_pickled_float
 from nandoctor.readers import read_file
 from nandoctor.wording import first_few
 
@@ -211,7 +211,9 @@ def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef
     if not isinstance(refs, RefTable):
         # (a rate of the optimizer or its scheduler read from the pickle is the optimizer's, whatever file holds it:
         # scheduler.pt is trainer state, but a NaN base_lrs is the optimizer's lr at the next step)
-        roles = [OPTIMIZER if is_pickled_float(ref) else role for ref, role in zip(refs, roles)]
+        # (a quantized weight's scale is the weight's: its values are the scale's multiples)
+        roles = [OPTIMIZER if is_pickled_float(ref) and not ref.name.endswith(QUANTIZER_SCALE) else role
+                 for ref, role in zip(refs, roles)]
     if isinstance(refs, RefTable):
         return refs.with_roles(roles)
     return [ref if role == ref.role else dataclasses.replace(ref, role=role) for ref, role in zip(refs, roles)]

@@ -39,6 +39,7 @@ from typing import Any
 
 from nandoctor.readers.torch.prescan_ops import (
     COST,
+    LARGE_FLOAT_EXPONENT,
     LEAF,
     MARK,
     PAIR_COST,
@@ -50,6 +51,8 @@ from nandoctor.readers.torch.prescan_ops import (
     memory_in_use,
 )
 from nandoctor.readers.torch.stubs import PickleFormatError
+
+LARGE_FLOAT = 2.0 ** (LARGE_FLOAT_EXPONENT - 1023)
 
 _BASE_WEIGHT = 1_000_000  # parts of one tuple, counted along every path (a real checkpoint: a few)
 _BASE_BUDGET = 20_000_000  # parts hashed in all (~1 s at worst); both grow with the pickle's size
@@ -269,7 +272,7 @@ def _run(walk: Walk, opcode: Any, arg: Any, pos: int) -> None:
         return sum(c[0] for c in items)
 
     if name == "BINFLOAT":
-        if isinstance(arg, float) and not math.isfinite(arg):
+        if isinstance(arg, float) and (not math.isfinite(arg) or abs(arg) >= LARGE_FLOAT):
             walk.float_offsets.setdefault(struct.pack(">d", arg), pos + 1)
         stack.append(LEAF)
     elif name == "MARK":

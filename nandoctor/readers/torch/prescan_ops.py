@@ -106,6 +106,9 @@ _U4 = struct.Struct("<I").unpack_from
 _W = itemgetter(0)
 _C = itemgetter(1)
 _F64 = struct.Struct(">d")
+# The biased float64 exponent from which a pickled float's place is recorded (Walk.float_offsets): |x| >= 2^16, and
+# NaN/Inf (0x7FF). A per-tensor quantized tensor's scale that large makes values the exploded rule judges.
+LARGE_FLOAT_EXPONENT = 1023 + 16
 
 
 class Walk:
@@ -122,7 +125,7 @@ class Walk:
         self.marks: list[int] = []  # stack index of every MARK on the stack, in order
         self.memo: list[Any] = []  # the cells put at memo indices 0, 1, 2 …, every one of them set
         self.sparse: dict[Any, Any] = {}  # cells put at other indices (past the list's end, or negative)
-        self.float_offsets: dict[bytes, int] = {}  # non-finite BINFLOAT bytes → offset of the 8 bytes
+        self.float_offsets: dict[bytes, int] = {}  # non-finite or huge BINFLOAT bytes → offset of the 8 bytes
         self.done = False  # STOP reached
         self.allocated = 0  # bytes a load would allocate for the values made so far (COST)
         self.memo_top = 0  # the highest memo index put out of order: the unpickler's memo array reaches it
@@ -319,7 +322,8 @@ def fast_walk(walk: Walk, data: bytes, p: int, end: int, base: int) -> int:
                     memo[i] = top
                 p += 2 if c == BINPUT else 1
             elif c == BINFLOAT:
-                if data[p + 1] & 0x7F == 0x7F and data[p + 2] & 0xF0 == 0xF0:  # exponent all ones: NaN/Inf
+                # exponent all ones (NaN/Inf), or |x| >= 2^16 (LARGE_FLOAT_EXPONENT: a quantizer's scale to judge)
+                if ((data[p + 1] & 0x7F) << 4 | data[p + 2] >> 4) >= LARGE_FLOAT_EXPONENT:
                     raw = _F64.pack(_F64.unpack_from(data, p + 1)[0])
                     walk.float_offsets.setdefault(raw, base + p + 1)
                 push(leaf)

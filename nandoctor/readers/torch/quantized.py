@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nandoctor.model import PICKLED_FLOAT, Region, TensorRef
+from nandoctor.model import PICKLED_FLOAT, QUANTIZER_SCALE, Region, TensorRef
+from nandoctor.readers.torch.prescan import LARGE_FLOAT
 from nandoctor.readers.torch.stubs import PickleFormatError, RefusesBuild, TensorStub
 
-_FLOAT32_MAX = 3.4028234663852886e38
 # Integer range of each quantized storage's elements.
 _QRANGE = {"I8": (-128, 127), "U8": (0, 255), "I32": (-(2**31), 2**31 - 1)}
 
@@ -63,35 +63,34 @@ def check_quantizer(params: Any, stub: TensorStub) -> Quantizer:
             f"a quantized tensor's zero point {zero_point} lies outside its {stub.dtype} range [{low}, {high}]: "
             "its values cannot be computed"
         )
-    scale = float(scale)
-    if math.isfinite(scale) and abs(scale) > _FLOAT32_MAX:
-        raise PickleFormatError(
-            f"a quantized tensor's scale {scale:g} overflows float32, so its dequantized values are Inf"
-        )
-    return Quantizer(scheme, scale, zero_point)
+    # (a finite scale past float32's range, whose dequantized values are Inf, is kept too: scale_refs makes it a
+    # tensor the exploded rule fails, as a huge one; refused before, "0 tensors read", where torch loads the file)
+    return Quantizer(scheme, float(scale), zero_point)
 
 
 def scale_refs(path: str, named: list[tuple[str, TensorStub]], float_offsets: Mapping[bytes, int]) -> list[TensorRef]:
-    """One F64 tensor per non-finite per-tensor scale: the bytes of the BINFLOAT opcode that wrote it.
+    """One F64 tensor per per-tensor scale that is non-finite or at least ``LARGE_FLOAT`` (every value it scales is
+    that large or Inf: a trial's scale of 1e30 was CLEAN): the bytes of the BINFLOAT opcode that wrote it, judged as
+    the weight's values are (NaN/Inf; exploded above the ceiling).
 
-    ``float_offsets`` maps each non-finite BINFLOAT's 8 bytes to where they lie in the file. Raises
-    PickleFormatError for a non-finite scale that no BINFLOAT wrote.
+    ``float_offsets`` maps each such BINFLOAT's 8 bytes to where they lie in the file. Raises PickleFormatError for
+    a non-finite scale that no BINFLOAT wrote.
     """
-    scales = [(f"{name}.<scale>", stub.quantizer.scale) for name, stub in named
-              if stub.quantizer is not None and stub.quantizer.scale is not None
-              and not math.isfinite(stub.quantizer.scale)]
+    scales = [(f"{name}{QUANTIZER_SCALE}", scale) for name, stub in named
+              if stub.quantizer is not None and (scale := stub.quantizer.scale) is not None
+              and (not math.isfinite(scale) or abs(scale) >= LARGE_FLOAT)]
     return pickled_float_refs(path, scales, float_offsets)
 
 
 def pickled_float_refs(path: str, floats: list[tuple[str, float]], float_offsets: Mapping[bytes, int]) -> list[TensorRef]:
-    """One F64 tensor of no dimensions per non-finite pickled Python float (``floats``: name, value), at the 8
+    """One F64 tensor of no dimensions per pickled Python float (``floats``: name, value; non-finite or huge), at the 8
     bytes of the BINFLOAT opcode that wrote it (a quantizer's scale, an optimizer's learning rate), so that it is
     counted, judged and located as a tensor's element is. Raises PickleFormatError for one that no BINFLOAT wrote."""
     refs = []
     for name, value in floats:
         at = float_offsets.get(struct.pack(">d", value))
         if at is None:
-            raise PickleFormatError(f"{name!r} is a non-finite float that is not stored as a binary float; it "
+            raise PickleFormatError(f"{name!r} is a non-finite or huge float that is not stored as a binary float; it "
                                     "cannot be pointed at")
         refs.append(TensorRef(name, "F64", (), Region(path, at, 8, "F64", f"{PICKLED_FLOAT} {name}", byteorder="big"), 0, ()))
     return refs
