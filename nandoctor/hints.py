@@ -69,10 +69,18 @@ _RESAVE = ("import sys, torch; from torch.utils._pytree import tree_map; "
            "torch.load(sys.argv[1], weights_only=True)), sys.argv[2])")
 
 
+DCP_RESAVE = ("load the checkpoint with torch.distributed.checkpoint.load (one process: no_dist=True), replace each "
+              "tensor view in the pickled object by its .clone() (a clone keeps only the bytes it views), and save it "
+              "again with torch.distributed.checkpoint.save")
+
+
 def resave_command(file: str) -> str:
     """The command that re-saves the torch file ``file`` with only the bytes its tensors view, to a free name
     beside it (``view-resaved.pt``): what fixes NaN/Inf in storage bytes no tensor views, which no repair by
-    tensor name can restore."""
+    tensor name can restore. A DCP ``.distcp`` item is no file torch.load reads: :data:`DCP_RESAVE` says what to do
+    (a trial ran the command on one: "PytorchStreamReader failed reading zip archive")."""
+    if file.endswith(".distcp"):
+        return DCP_RESAVE
     path = Path(file)
     out = _free(path.with_name(f"{path.stem}-resaved{path.suffix}"))
     return f"python -c {shlex.quote(_RESAVE)} {shlex.quote(file)} {shlex.quote(out)}"

@@ -238,3 +238,19 @@ def test_flipped_byte_in_an_item_is_caught(tmp_path: Path, what: str) -> None:
     [problem] = [e for e in report.errors if "CRC-32" in e.message]
     assert report.exit_code == 3 and repr(name) in problem.message and problem.path == str(file)
     assert any("CRC-32" in p.message and repr(name) in p.message for p in DcpReader().read(file).problems)
+
+
+def test_nan_outside_a_view_in_a_pickled_object_says_how_to_resave_with_dcp(tmp_path: Path) -> None:
+    """A tuple holding a view of a larger storage whose NaN lies outside the view: dcp.save pickles the whole
+    storage. The next step said to torch.load and re-save the .distcp, which torch.load cannot read."""
+    from nandoctor.report.summary import next_steps
+
+    storage = torch.arange(100, dtype=torch.float32)
+    storage[50] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.ones(4), "pair": (storage[:10], 3)}, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
+    report = nandoctor.scan(tmp_path / "ckpt")
+    assert report.exit_code == 1 and [(u.nan, u.kind) for u in report.unviewed] == [(1, "storage")]
+    said = "\n".join(next_steps(report))
+    assert "torch.distributed.checkpoint.save" in said and "python -c" not in said
