@@ -89,3 +89,25 @@ def test_cli_line_names_global_coordinates(saved: dict[str, Path]) -> None:
     assert "model.0.weight changed 1 of 48 elements; 1 NaN/Inf only in A (first at [5, 2])" in lines
     assert "model.2.weight changed 1 of 32 elements; 1 NaN/Inf only in A (first at [1, 3])" in lines
     assert not any("ambiguous" in line for line in lines)
+
+
+def test_a_tensor_in_a_missing_distcp_file_is_unreadable_not_only_in_b(tmp_path: Path) -> None:
+    """The .metadata maps every item to its file, as an index maps a shard's names: a tensor of a file that is gone
+    is not compared, never "only in B" (and counted as a change)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    torch.manual_seed(0)
+    state = {f"l{i}.weight": torch.randn(8, 8) for i in range(4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for side in ("a", "b"):
+            dcp.save(state, storage_writer=FileSystemWriter(str(tmp_path / side), single_file_per_rank=False),
+                     no_dist=True)
+    lost = sorted((tmp_path / "a").glob("*.distcp"))[-1]
+    lost.unlink()
+    result = nandoctor.diff(tmp_path / "a", tmp_path / "b")
+    unread = [t for t in result.tensors if t.status == "unreadable"]
+    assert result.exit_code == 3 and not [t for t in result.tensors if t.status in ("only_a", "only_b", "changed")]
+    assert len(unread) == 1 and unread[0].message == (
+        f"not compared: A's .metadata maps it to {lost.name}, which could not be read")

@@ -108,12 +108,23 @@ def _unread_files(checkpoint: Checkpoint, side: str) -> Callable[[str], str | No
             indexed.add(file)
             if file not in read:  # (a shard that is not there at all, too: its tensors were not read either)
                 listed[name] = listed[normalise(name)] = file
+    dcp_folders = {f.parent for f in checkpoint.files.files if f.suffix == ".distcp"}
+    if dcp_folders:  # a DCP folder's .metadata maps each item to its file, as an index does (a missing one too)
+        from nandoctor.readers.dcp import metadata_for
+
+        for folder in dcp_folders:
+            metadata = metadata_for(folder)
+            for item in metadata.items if metadata is not None else ():
+                file = folder / item.relative_path
+                indexed.add(file)
+                if file not in read:
+                    listed.setdefault(item.fqn, file)
     anywhere = [f for f in checkpoint.files.files if f not in read and f not in indexed]
 
     def why(name: str) -> str | None:
         file = listed.get(name) or listed.get(normalise(name))
         if file is not None:
-            return f"not compared: {side}'s index maps it to {file.name}, which could not be read"
+            return f"not compared: {side}'s {'.metadata' if file.suffix == '.distcp' else 'index'} maps it to {file.name}, which could not be read"
         if anywhere:
             files = ", ".join(f.name for f in anywhere[:3]) + (" …" if len(anywhere) > 3 else "")
             return f"not compared: {side}'s {files} could not be read and may hold it"
