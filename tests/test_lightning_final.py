@@ -124,7 +124,7 @@ def test_nan_in_last_ckpt_fails_the_run_and_repairs_from_the_step_files(copied_l
     assert bad == [f"state_dict.{POISONED_PARAMETER}"]
 
     text = run("scan", folder).output
-    assert "last.ckpt: NON-FINITE (the final model and last.ckpt decide the exit code" in text
+    assert "last.ckpt: NON-FINITE (POISONED) (the final model and last.ckpt decide the exit code" in text
     assert f"nandoctor repair {folder}/last.ckpt --from auto --out {folder}/last-repaired" in text
     assert "last.ckpt" in run("scan", folder, "-q").output.split("·")[0]
     with pytest.raises(nandoctor.NonFiniteWeightsError):

@@ -105,7 +105,8 @@ def test_a_real_run_diverging_in_its_first_logs_resumes_from_before_the_jump(tmp
 def test_the_callback_names_no_resume_point_when_every_save_came_after_the_jump(tmp_path, caplog):
     """The same diverging run saved every 2 steps: the loss jumps before the first save, so no checkpoint is a
     resume point. The run scan said so while the transformers callback kept naming checkpoint-2 (a trial's
-    find): now it moves last_clean back to none and says to restart, as the scan does."""
+    find). Its weights have grown past the rule since the weights the run started from (the callback keeps them as
+    the baseline), so the first save is diverged itself, training stops there, and nothing is named to resume."""
     import logging
 
     from nandoctor.integrations.transformers import NanDoctorCallback
@@ -115,9 +116,10 @@ def test_the_callback_names_no_resume_point_when_every_save_came_after_the_jump(
     with caplog.at_level(logging.WARNING, logger="nandoctor"):
         train(out, steps=6, save_steps=2, learning_rate=40.0, optim="sgd", max_grad_norm=0.0, callbacks=[callback])
     run = nandoctor.scan_run(str(out), device="cpu")
-    assert run.broken_weights_from == 2 and run.first_bad is not None and run.last_healthy is None
-    assert callback.first_bad is not None and callback.last_clean is None
-    assert any("no checkpoint saved before it is left" in r.getMessage() for r in caplog.records)
+    assert [(c.step, c.status) for c in run.checkpoints] == [(2, "diverged")] and run.last_healthy is None
+    assert "since the weights the run started from" in run.checkpoints[0].why
+    assert callback.first_bad is not None and callback.last_clean is None and callback.stopped_at == 2
+    assert any("last clean checkpoint: none" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.integration
