@@ -27,6 +27,7 @@ from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import QUANTIZER_SCALE, OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad, is_pickled_float
 from nandoctor.readers import read_file
+from nandoctor.verdict import UNREADABLE_KIND
 from nandoctor.wording import first_few
 
 _MAX_LISTED_NAMES = 5
@@ -106,7 +107,8 @@ def open_checkpoint(
     # same: compared with what the config builds, they would be called missing ("initialized at random", where
     # from_pretrained raises on the file), and looking for them builds the model for nothing. Compared once every
     # model weight file reads.
-    unread = any(file not in checkpoint.refs_by_file and file_role(file.name) is None for file in files.files)
+    unread = any(file not in checkpoint.refs_by_file and file_role(file.name) is None for file in files.files) or any(
+        p.kind == UNREADABLE_KIND for p in checkpoint.problems)  # (a shard its index lists that is missing, too)
     # (every name under a training wrapper's prefix: the one cause of every weight the model would call missing)
     wrapped = loadability.wrapped_names(files, stored.names)
     skip = unread or bool(wrapped)
