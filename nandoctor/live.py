@@ -70,6 +70,11 @@ def scan_tensors(
     rates: set[str] = set()
     moments: set[str] = set()
     for name, value in _tensors(named, torch, rates, moments):
+        if type(value).__name__ == "DTensor" and hasattr(value, "to_local"):
+            # (FSDP2, tensor parallel: this rank's shard, read where it lies. An op on the DTensor itself is a
+            # collective, which a check on process zero alone would wait on, and aminmax's raises outright:
+            # "Redistribution from one partial type (P(min)) to another (P(sum)) is unsupported")
+            value = value.to_local()
         if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
             value = value.dequantize()
         if value.device.type == "meta":

@@ -82,3 +82,17 @@ def test_a_float8_e8m0_tensor_is_counted_not_a_crash():
     module.register_buffer("scales", values.to(torch.float8_e8m0fnu))
     report = nandoctor.scan_module(module)
     assert report.nan == int(torch.isnan(module.scales.float()).sum()) == 2
+
+
+@pytest.mark.integration
+def test_a_live_scan_of_dtensor_parameters_on_one_rank_reads_its_own_shards(tmp_path) -> None:
+    """FSDP2 leaves DTensor parameters; the callbacks scan on process zero alone (the initial weights' baseline, a
+    NaN logged). Each parameter's own shard is read: no collective (the scan raised on the DTensor's partial min)."""
+    from tests.conftest import require_gloo
+    from tests.dcp_writer import under_torchrun
+
+    require_gloo()
+    out = tmp_path / "verdict.txt"
+    under_torchrun("tests.dtensor_live_worker", str(out))
+    code, shapes = out.read_text().split(" ", 1)
+    assert code == "0" and shapes.strip() == "[(2,), (2, 8)]"  # rank 0's rows of the bias and weight, healthy
