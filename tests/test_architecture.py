@@ -223,7 +223,8 @@ def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path,
 
 @pytest.mark.parametrize("config", [{"pad_token_id": 127}, {"pad_token_id": -1}, {"pad_token_id": None},
                                     {"hidden_act": "gelu_pytorch_tanh"},
-                                    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}])
+                                    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+                                    {"first_k_dense_replace": 2**70}])  # (a set of that many layers: killed for memory)
 def test_config_values_it_builds_from_stay_clean(tmp_path, config):
     folder = _llama(tmp_path / "m", config=config)
     assert _load_error(folder) is None

@@ -303,10 +303,11 @@ def _stacks(shapes: dict[str, tuple[int, ...]]) -> dict[str, set[int]]:
     return out
 
 
-def _dense_layers(config: dict[str, Any]) -> set[int]:
+def _dense_layers(config: dict[str, Any], stacked: int) -> set[int]:
     """The layers of a mixture-of-experts model that config.json makes dense (no experts): DeepSeek's and Kimi's
-    first ``first_k_dense_replace``, Qwen-MoE's ``mlp_only_layers``."""
-    first = positive(config.get("first_k_dense_replace")) or 0
+    first ``first_k_dense_replace``, Qwen-MoE's ``mlp_only_layers``; of the ``stacked`` layers stored, at most (a
+    hostile ``first_k_dense_replace`` of 2^70 made a set of that many, and the scan was killed for its memory)."""
+    first = min(positive(config.get("first_k_dense_replace")) or 0, stacked)
     listed = config.get("mlp_only_layers")
     return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
 
@@ -344,7 +345,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             match = STACK.match(name)
             if match and match.group(1) == stack:
                 holders.setdefault(name[match.end():], set()).add(int(match.group(2)))
-        dense = _dense_layers(config)
+        dense = _dense_layers(config, max(numbers, default=-1) + 1)
         moved = set(_lone_out_of_pattern(holders, partial(_in_a_layout, numbers=numbers),
                                          lambda suffix: suffix.rpartition(".")[0]))
         for suffix, has in holders.items():
