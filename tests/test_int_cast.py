@@ -123,3 +123,19 @@ def test_integer_buffers_quantized_folders_and_bare_files_are_not_cast(tmp_path)
     bare = tmp_path / "bare.safetensors"
     save_file({UP: torch.full((4, 4), 100_000, dtype=torch.int32)}, str(bare))
     assert nandoctor.scan(bare).ok
+
+
+def test_a_weight_stored_as_bool_is_not_loadable_as_an_integer_one_is(tmp_path):
+    """A mask saved in place of a weight (`t > 0`): from_pretrained casts it to 0.0/1.0 and the model computes with
+    it (a trial: CLEAN, where the same weight as U8 was NOT LOADABLE)."""
+    from transformers import AutoModelForCausalLM
+
+    def to_bool(tensors):
+        tensors[UP] = tensors[UP] > 0
+
+    folder = _model(tmp_path / "m", change=to_bool)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).get_parameter(UP)
+    assert loaded.is_floating_point() and set(loaded.flatten().tolist()) == {0.0, 1.0}  # the oracle
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert "stored as integers (BOOL" in report.errors[0].message

@@ -300,13 +300,18 @@ def cast_to_float(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequen
     found: list[TensorRef] = []
     for _, refs in _cast_by_from_pretrained(files, refs_by_file):
         table = refs if isinstance(refs, RefTable) else RefTable.of(refs)
-        if INTEGERS.isdisjoint(table.dtypes):
+        if _WHOLE_NUMBERS.isdisjoint(table.dtypes):
             continue  # (one C pass: a float model's files hold no integer tensor)
         floats = {family_of(n) for n, d in zip(table.names, table.dtypes) if DTYPES[d].can_hold_nonfinite}
         found += [table[i] for i, (name, dtype, role) in enumerate(zip(table.names, table.dtypes, table.roles))
-                  if dtype in INTEGERS and role == "weight"
+                  if dtype in _WHOLE_NUMBERS and role == "weight"
                   and (name.rsplit(".", 1)[-1] in ("weight", "bias") or family_of(name) in floats)]
     return found if found and not loadconfig.quantized(files.root) else []  # a quantizer loads them its own way
+
+
+# (a BOOL weight too: a mask saved in place of a weight, `t > 0` in a conversion script, loads as 0.0/1.0: a trial's
+# was CLEAN where the same weight as U8 was NOT LOADABLE)
+_WHOLE_NUMBERS = INTEGERS | {"BOOL"}
 
 
 def integer_weights(root: Path, cast: Sequence[TensorRef]) -> list[ScanProblem]:

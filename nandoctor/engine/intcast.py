@@ -19,7 +19,7 @@ from nandoctor.kernels.census import HealthLimits
 from nandoctor.kernels.targets import TargetSpec
 from nandoctor.model import ScanProblem, TensorRef, TensorResults
 
-_NUMPY = {"I8": "i1", "U8": "u1", "I16": "i2", "U16": "u2", "I32": "i4", "U32": "u4", "I64": "i8", "U64": "u8"}
+_NUMPY = {"BOOL": "u1", "I8": "i1", "U8": "u1", "I16": "i2", "U16": "u2", "I32": "i4", "U32": "u4", "I64": "i8", "U64": "u8"}
 _BLOCK = 1 << 22  # elements read at a time
 
 
