@@ -70,6 +70,26 @@ def test_an_adapter_whose_config_says_another_rank_is_not_loadable(base, tmp_pat
     assert said in report.errors[0].message and "PEFT" in report.errors[0].message
 
 
+@pytest.mark.parametrize("change, said", [
+    # ZeRO-3 saving without gathering: every LoRA tensor torch.Size([0]) (a well-known failure of real runs)
+    (lambda name, t: torch.empty(0), "weight(s) stored empty"),
+    (lambda name, t: torch.empty(0) if name.endswith("layers.0.self_attn.v_proj.lora_B.weight") else t,
+     "1 weight(s) stored empty"),
+    (lambda name, t: t.t().contiguous() if ".lora_B." in name else t, "q_proj.lora_B.weight has rank 16, adapter_config.json gives its module 8"),  # B transposed
+])
+def test_an_adapter_stored_empty_or_transposed_is_not_loadable(base, tmp_path, change, said):
+    """A trial: all three CLEAN, while PeftModel.from_pretrained refuses them ("size mismatch")."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = _adapter(base, tmp_path / "adapter", r=8)
+    path = adapter / "adapter_model.safetensors"
+    save_file({name: change(name, t).contiguous() for name, t in load_file(path).items()}, path)
+    assert not _loads(base, adapter)  # the oracle
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert said in report.errors[0].message and "PEFT" in report.errors[0].message
+
+
 def test_adapters_peft_loads_stay_clean(base, tmp_path):
     for i, lora in enumerate([{"r": 4}, {"r": 8, "rank_pattern": {"model.layers.1.self_attn.q_proj": 2}},
                               {"r": 8, "rank_pattern": {r"layers\.\d+\.self_attn\.v_proj": 16}},

@@ -221,6 +221,31 @@ def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path,
     assert next(iter(config)) in report.errors[0].hint
 
 
+@pytest.mark.parametrize("change, layers, said", [
+    (lambda t: {**t, "model.embed_tokens.weight": torch.empty(0, dtype=torch.bfloat16)}, 3, "stored empty"),
+    (lambda t: {**t, "model.norm.weight": t["model.norm.weight"][0].clone()}, 3, "model.norm.weight"),
+    (lambda t: {**t, "model.embed_tokens.weight": t["model.embed_tokens.weight"].flatten()}, 3,
+     "model.embed_tokens.weight"),
+    (lambda t: {**t, "model.layers.0.mlp.up_proj.weight": t["model.layers.0.mlp.up_proj.weight"][:32].clone()}, 2,
+     "model.layers.0.mlp.up_proj.weight"),  # (of two layers, which is odd only the built model says)
+])
+def test_weights_in_a_shape_from_pretrained_refuses_outside_what_siblings_show(tmp_path, change, layers, said):
+    """A ZeRO-3 save's un-gathered [0] embedding, a norm saved 0-d, an embedding flattened, one of two layers' tensor
+    cut: all CLEAN in a trial, each a size mismatch from_pretrained refuses."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "m"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                                 num_key_value_heads=2, vocab_size=128)).to(torch.bfloat16).save_pretrained(folder)
+    tensors = change(load_file(str(folder / "model.safetensors")))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert _loads(folder) == (False, [])  # the oracle: size mismatch
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+    assert said in report.errors[0].message
+
+
 @pytest.mark.parametrize("config", [{"pad_token_id": 127}, {"pad_token_id": -1}, {"pad_token_id": None},
                                     {"hidden_act": "gelu_pytorch_tanh"},
                                     {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},

@@ -54,11 +54,13 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
     wrong: list[str] = []
     for name, shape in zip(names, shapes):
         match = _LORA.match(name)
-        if match is None or match["part"] != "A" or len(shape) < 2:
-            continue  # (lora_A's rows are the rank; lora_B's columns are rank / groups for a grouped convolution)
+        # (lora_A's rows are the rank; a Linear's lora_B's columns too: a transposed one was CLEAN; a grouped
+        # convolution's lora_B's columns are rank / groups, so only 2-D ones are compared)
+        if match is None or len(shape) < 2 or (match["part"] != "A" and len(shape) != 2):
+            continue
         module = match["module"].removeprefix(_PREFIX)
         expected = next((value for pattern, value in compiled if pattern.fullmatch(module)), rank)
-        stored = shape[0]
+        stored = shape[0] if match["part"] == "A" else shape[1]
         if stored != expected and not (_holds_parameters(module, per_expert) and stored % expected == 0):
             wrong.append(f"{name} has rank {stored}, adapter_config.json gives its module {expected}")
     if not wrong:

@@ -318,6 +318,10 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     stored names' near misses (namevocab.near_misses), when the caller has them."""
     vocab, hidden, layers = (positive(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
     for name, shape in stored.items():
+        if not shape and name.endswith((".weight", ".bias")):  # (a norm's weight saved 0-d; a logit_scale is 0-d by design)
+            yield name, "a weight or bias stored with no dimension"
+        elif len(shape) == 1 and (EMBEDDING.match(name) or name == LM_HEAD):
+            yield name, f"an embedding or LM head stored flat ({shape[0]:,} values)"
         if len(shape) != 2 or not (EMBEDDING.match(name) or name == LM_HEAD):
             continue
         if vocab and shape[0] != vocab:
@@ -420,7 +424,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         if len(seen) != 2:
             continue
         (common, _), (odd, count) = seen.most_common()
-        if count == 1 and (len(members) > 2 or odd == common[::-1]):  # (of two layers: only one the other's transpose)
+        if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
 
