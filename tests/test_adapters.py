@@ -29,8 +29,8 @@ def base(tmp_path_factory) -> Path:
 def _adapter(base: Path, folder: Path, **lora) -> Path:
     from transformers import AutoModelForCausalLM
 
-    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                peft.LoraConfig(target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", **lora))
+    lora = {"target_modules": ["q_proj", "v_proj"], **lora}
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft.LoraConfig(task_type="CAUSAL_LM", **lora))
     model.save_pretrained(folder)
     return folder
 
@@ -90,8 +90,48 @@ def test_an_adapter_stored_empty_or_transposed_is_not_loadable(base, tmp_path, c
     assert said in report.errors[0].message and "PEFT" in report.errors[0].message
 
 
+@pytest.mark.parametrize("edit, kind, said", [
+    ({"target_modules": ["k_proj"]}, "unloadable", "match none of the modules the stored LoRA weights belong to"),
+    ({"target_modules": ["q_proj"]}, "unloadable", "match 2 of the 4 modules the stored LoRA weights belong to"),
+    ({"target_modules": r".*\.k_proj"}, "unloadable", "match none of the modules"),
+    ({"lora_alpha": 0}, "config", "its lora_alpha is 0"),
+])
+def test_an_adapter_config_that_drops_the_stored_adapter_is_not_this_adapter(base, tmp_path, edit, kind, said):
+    """A trial: target_modules edited to modules the weights do not belong to; PEFT loads without an error and drops
+    every stored tensor: the logits are the bare base model's exactly. lora_alpha 0 scales every update to nothing."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)  # (B not zero: a trained adapter)
+    ids = torch.tensor([[1, 5, 9]])
+
+    def logits() -> torch.Tensor:
+        return peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)(input_ids=ids).logits
+
+    trained = logits()
+    _edit(adapter, **edit, init_lora_weights=True)  # (what PEFT makes of modules it adds: zero updates)
+    bare = AutoModelForCausalLM.from_pretrained(base)(input_ids=ids).logits
+    adapted = logits()  # the oracle: it loads, and is not the trained adapter
+    assert not torch.allclose(adapted, trained, atol=1e-4)
+    if "2 of the 4" not in said:
+        assert torch.equal(adapted, bare)  # (the stored adapter is gone altogether)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == [kind], report.errors
+    assert said in report.errors[0].message
+
+
+def test_an_adapter_config_whose_r_is_not_positive_is_bad_config(base, tmp_path):
+    adapter = _adapter(base, tmp_path / "adapter", r=4)
+    _edit(adapter, r=0)
+    with pytest.raises(ValueError):  # the oracle: PEFT refuses the config
+        _loads(base, adapter)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
+    assert "its r is 0: PEFT needs a positive integer" in report.errors[0].message
+
+
 def test_adapters_peft_loads_stay_clean(base, tmp_path):
     for i, lora in enumerate([{"r": 4}, {"r": 8, "rank_pattern": {"model.layers.1.self_attn.q_proj": 2}},
+                              {"r": 4, "target_modules": r".*\.(q_proj|v_proj)"},
                               {"r": 8, "rank_pattern": {r"layers\.\d+\.self_attn\.v_proj": 16}},
                               {"r": 4, "use_dora": True}]):
         adapter = _adapter(base, tmp_path / f"a{i}", **lora)

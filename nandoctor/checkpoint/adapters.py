@@ -18,7 +18,8 @@ from typing import Any
 
 from nandoctor.checkpoint.configvalues import positive
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
+from nandoctor.wording import first_few
 
 # (the module's name, which of A/B, and the dimension that is the rank: A is [r, in, …], B is [out, r, …])
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.[^.]+)?(?:\.weight)?$")
@@ -73,10 +74,61 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         "this config", kind=UNLOADABLE_KIND)]
 
 
+def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) -> list[ScanProblem]:
+    """A LoRA adapter_config.json (``config``) that does not make these weights (``names``) the adapter: an ``r`` that
+    is no positive integer (PEFT raises), a ``lora_alpha`` of 0 (every update scaled to nothing), or
+    ``target_modules`` that match none of the modules the stored LoRA tensors belong to, or not all of them (PEFT
+    builds LoRA on the modules the config names and drops the stored tensors of the others: a trial's adapter loaded
+    as the bare base model, logits equal to the last digit). PEFT's other filters (``layers_to_transform``,
+    ``exclude_modules``) and ``all-linear`` are not reproduced: nothing is said there."""
+    if config.get("peft_type", "LORA") != "LORA":
+        return []
+    path = str(root / "adapter_config.json")
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if "r" in config and (not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0):
+        return [ScanProblem(path, f"its r is {rank!r}: PEFT needs a positive integer and refuses the config",
+                            "use the adapter_config.json saved with these weights", kind=CONFIG_KIND)]
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha == 0:
+        return [ScanProblem(path, "its lora_alpha is 0: PEFT scales every LoRA update by lora_alpha / r, so the "
+                            "adapted model is the bare base model", "use the adapter_config.json saved with these "
+                            "weights", kind=CONFIG_KIND)]
+    if any(config.get(key) for key in ("layers_to_transform", "exclude_modules", "layers_pattern")):
+        return []
+    modules = sorted({match["module"].removeprefix(_PREFIX) for name in names if (match := _LORA.match(name))})
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        if targets == "all-linear" or _NESTED_QUANTIFIER.search(targets):
+            return []
+        try:
+            pattern = re.compile(targets)
+        except re.error:
+            return []
+
+        def targeted(module: str) -> bool:
+            return pattern.fullmatch(module) is not None
+    elif isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
+        def targeted(module: str) -> bool:  # (PEFT: the name itself, or a dotted tail of it)
+            return any(module == t or module.endswith(f".{t}") for t in targets)
+    else:
+        return []
+    parameters = config.get("target_parameters")
+    per_expert = ({t.rsplit(".", 1)[0] for t in parameters if isinstance(t, str) and "." in t}
+                  if isinstance(parameters, list) else set())
+    dropped = [m for m in modules if not targeted(m.replace(".base_layer", "")) and not _holds_parameters(m, per_expert)]
+    if not dropped:
+        return []
+    how = "none of the" if len(dropped) == len(modules) else f"{len(dropped)} of the {len(modules)}"
+    return [ScanProblem(
+        path, f"its target_modules ({first_few([str(t) for t in targets] if isinstance(targets, list) else [targets], 4)}) "
+        f"match {how} modules the stored LoRA weights belong to ({first_few(dropped, 3)}): PEFT builds LoRA on the "
+        "modules the config names and drops the stored weights of the others, so the model is not this adapter",
+        "use the adapter_config.json saved with these weights (its target_modules)", kind=UNLOADABLE_KIND)]
+
+
 def _holds_parameters(module: str, targets: set[str]) -> bool:
     """Whether ``module`` (``base_layer`` wrappers aside) is the module of a targeted parameter."""
     bare = module.replace(".base_layer", "")
     return any(bare == target or bare.endswith(f".{target}") for target in targets)
 
 
-__all__ = ["rank_problems"]
+__all__ = ["config_problems", "rank_problems"]

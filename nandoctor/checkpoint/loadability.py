@@ -276,8 +276,9 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     if not isinstance(config, dict):
         return []  # (missing or invalid: its own problem)
     weights = _stored(stored)
-    return empty_weights(files.root, weights, "PEFT") or adapters.rank_problems(files.root, config, weights.names,
-                                                                                 weights.shapes)
+    return (empty_weights(files.root, weights, "PEFT") or adapters.rank_problems(files.root, config, weights.names,
+                                                                                  weights.shapes)
+            or adapters.config_problems(files.root, config, weights.names))
 
 
 def empty_weights(root: Path, stored: StoredWeights, loader: str = "from_pretrained") -> list[ScanProblem]:
