@@ -93,6 +93,9 @@ def test_deepspeed_ckpt_folders_are_the_runs_checkpoints(tmp_path: Path, monkeyp
     bad = run / "epoch=0-step=300.ckpt"
     report = nandoctor.scan(bad, device="cpu")
     assert not report.errors
+    # (DeepSpeed's checkpoint engine loads its files with weights_only=False: what torch's default would refuse in
+    # them, its ZeroStageEnum, is no note and nothing on the verdict line)
+    assert not any("refuses" in n for n in report.notes) and "refuses" not in nandoctor.verdict.one_line(report)
     fp32 = {t.name.removeprefix("fp32."): (t.nan, t.posinf, t.neginf) for t in report.tensors if t.name.startswith("fp32.")}
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

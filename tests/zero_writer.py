@@ -112,7 +112,8 @@ def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None, 
     step.mkdir(parents=True)
     (folder / "latest").write_text("global_step1")
     params = full_params(PLANTED)
-    states = full_params(PLANTED_STATE)
+    # (Adam's second moments are never negative: the finite values made non-negative, the planted ones kept)
+    states = {n: torch.where(torch.isfinite(t), t.abs(), t) for n, t in full_params(PLANTED_STATE).items()}
     shapes = [OrderedDict((n, torch.Size(s)) for n, s in g.items()) for g in GROUPS]
     common = {"buffer_names": [], "optimizer": None, "lr_scheduler": None, "param_shapes": shapes,
               "frozen_param_shapes": None, "shared_params": {}, "frozen_param_fragments": None,

@@ -81,6 +81,17 @@ def weights_only_loader(name: str) -> str | None:
     return None if match is None else _BIN_LOADERS[match["base"]]
 
 
+# DeepSpeed's own files, which its checkpoint engine loads with torch.load(weights_only=False) (TorchCheckpointEngine):
+# a global torch's default refuses in them is no matter to their loader
+_DEEPSPEED_FILE = re.compile(r"^(?:\w+_)?(?:zero_pp_rank_\d+_)?mp_rank_\d+_(?:optim|model)_states\.pt$")
+
+
+def unrestricted_loader(name: str) -> str | None:
+    """The loader, in words, that reads the torch file ``name`` with ``torch.load(weights_only=False)`` (DeepSpeed's
+    ZeRO and model-states files); None for any other name."""
+    return "DeepSpeed's checkpoint engine" if _DEEPSPEED_FILE.match(name) else None
+
+
 def hidden_by(name: str, folder: Path) -> str | None:
     """The safetensors file (or index) in ``folder`` that a loader reads instead of the torch weights
     ``name``, or None when the loader would read ``name`` itself."""

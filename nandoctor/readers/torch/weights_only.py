@@ -24,7 +24,7 @@ from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from pathlib import Path
 from typing import BinaryIO
 
-from nandoctor.checkpoint.loaders import weights_only_loader
+from nandoctor.checkpoint.loaders import unrestricted_loader, weights_only_loader
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import DEFAULT_LOAD_REFUSES, UNLOADABLE_KIND
 from nandoctor.wording import first_few
@@ -117,7 +117,7 @@ def protocol_notes(path: str, pickled: bytes | BinaryIO, loader: str | None = No
     more (``torch.save(…, pickle_protocol=4)``): its FRAME opcodes make ``torch.load``'s default (weights_only=True)
     fail with "Unsupported operand 149", so a script that loads it plainly fails (a zoo trial: CLEAN without a
     word). Told by the PROTO opcode at its start: no second read of the pickle."""
-    if loader is not None or weights_only_loader(Path(path).name) is not None:
+    if loader is not None or weights_only_loader(Path(path).name) is not None or unrestricted_loader(Path(path).name):
         return []
     if isinstance(pickled, (bytes, bytearray)):
         head = bytes(pickled[:2])
@@ -164,7 +164,7 @@ def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozense
     globals_ = first_few(list(refused), 3)
     loader = weights_only_loader(Path(path).name)
     if loader is None:
-        if set(refused) <= quiet:
+        if set(refused) <= quiet or unrestricted_loader(name):  # (its loader passes weights_only=False)
             return [], []
         # (Lightning's load_from_checkpoint and Trainer.fit(ckpt_path=…) leave weights_only to torch: a trial's run
         # with a pathlib path among its hyper-parameters could not be resumed)
