@@ -118,6 +118,26 @@ def test_generation_config_values_are_judged_as_generate_uses_them(saved, tmp_pa
     assert next(iter(values)) in message, message  # (the first key is the one at fault)
 
 
+def test_a_pad_token_outside_the_vocabulary_breaks_batched_generation(saved, tmp_path):
+    """An added [PAD] (id = vocab_size) without resize_token_embeddings, in generation_config.json: generate() of one
+    prompt works, a batch raises IndexError once a sequence ends before the others (a trial: CLEAN). With an
+    eos_token_id outside the vocabulary nothing ends early: tolerated (the GENERATION table's case)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 7], [1, 9, 11]])
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    first = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)[:, 3].tolist()
+    assert first[0] != first[1]
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "generation_config.json", eos_token_id=first[0], pad_token_id=VOCAB)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(IndexError):  # the oracle
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and {p.kind for p in report.errors} == {"config"}
+    assert f"pad_token_id is {VOCAB}, outside the vocabulary" in report.errors[0].message
+
+
 # (config.json values, what transformers does)
 MODEL = [
     ({"rms_norm_eps": -10.0}, "nan"),

@@ -17,7 +17,9 @@ transformers 5.25 by tests/test_config_values.py:
   routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass raises. BAD CONFIG.
 
 Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 without sampling, an
-``eos_token_id`` outside the vocabulary) are left alone: they are no reason to call a model broken.
+``eos_token_id`` outside the vocabulary) are left alone: they are no reason to call a model broken. A
+``pad_token_id`` outside the vocabulary is BAD CONFIG where an ``eos_token_id`` can end a sequence: a batched
+``generate`` pads a sequence that ended early with it (IndexError).
 """
 
 from __future__ import annotations
@@ -138,6 +140,15 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             wrong.append(f"bad_words_ids holds token(s) {first_few([str(t) for t in outside], _SHOWN)} outside the "
                          f"vocabulary of {vocab:,} (\"the following tokens were being biased\")")
             fixes.append("bad_words_ids: ids below vocab_size (the tokenizer's)")
+        pad, eos = generation.get("pad_token_id"), generation.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        if _int(pad) and not 0 <= pad < vocab and any(_int(t) and 0 <= t < vocab for t in eos_ids):
+            # (an added [PAD] without resize_token_embeddings: a sequence that ends before the others of a batch is
+            # padded with it, and the embedding lookup raises; an eos outside the vocabulary is never generated)
+            wrong.append(f"pad_token_id is {pad}, outside the vocabulary of {vocab:,} (a batched generate() pads a "
+                         "sequence that ends before the others with it: IndexError)")
+            fixes.append("pad_token_id: an id below vocab_size (the eos_token_id), or resize the embeddings to the "
+                         "tokenizer")
         forced = generation.get("forced_eos_token_id")
         forced_ids = forced if isinstance(forced, list) else [forced]
         if any(_int(t) and not 0 <= t < vocab for t in forced_ids):
