@@ -1024,13 +1024,13 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         more = f" and {len(zeroed) - 1} more" if len(zeroed) > 1 else ""
         was = f", not all zero in {since['checkpoint']}" if zeroed[0].name in since.get("names", ()) else ""
         pieces.append(f"{plural(len(zeroed), 'tensor')} all zero ({zeroed[0].name}{more}{was})")
-    if report.nonfinite or exploded or outliers:
+    if report.nonfinite or exploded or variances or outliers:
         worst = worst_range(report)
         if worst:
             pieces.append(f"worst {worst}")
     in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
     unchecked = health_unchecked(report)
-    if not (report.nonfinite or exploded or outliers or zeroed or grown):
+    if not (report.nonfinite or exploded or variances or outliers or zeroed or grown):
         pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
                       if in_trainer or sentinels or unchecked else f"{plural(tensors, 'tensor')} healthy")
     if unchecked:

@@ -209,3 +209,25 @@ def test_a_run_that_blew_up_before_its_first_save_is_diverged_against_its_initia
     # without the baseline (a run saved without the callback) the first save is its own yardstick: it passes
     (tmp_path / "run" / BASELINE_NAME).unlink()
     assert nandoctor.scan(first).verdict == "CLEAN"
+
+
+def test_the_initial_weights_are_kept_only_where_they_name_every_saved_weight(tmp_path):
+    """A PEFT model's parameters are `…lora_A.default.weight` where its adapter file stores `…lora_A.weight`: a
+    step-0 baseline of those names compared nothing and hid a LoRA grown 728x (a review). The first save decides:
+    the initial weights are the baseline only when they name every floating weight it holds."""
+    from safetensors.torch import save_file
+
+    from nandoctor.integrations.gate import CheckpointGate
+
+    for names, kept in ((["weight", "bias"], True), (["lora_A.weight", "bias"], False)):
+        run = tmp_path / f"run-{kept}"
+        gate = CheckpointGate()
+        module = torch.nn.Linear(4, 4)
+        gate.keep_initial_baseline(run, module)
+        folder = run / "checkpoint-1"
+        folder.mkdir(parents=True)
+        save_file({name: torch.randn(4, 4) if name != "bias" else torch.randn(4) for name in names},
+                  folder / "model.safetensors")
+        gate.check(folder, 1)
+        found = read_baseline(run)
+        assert (found is not None and found.checkpoint == INITIAL_WEIGHTS) == kept, names

@@ -113,3 +113,19 @@ def test_the_table_is_gguf_pys_own():
         if name in archs:
             assert {constants.TENSOR_NAMES[t] for t in tensors} <= archs[name], name
     assert {"blk.{bid}.attn_q", "token_embd", "output"} <= archs["llama"]
+
+
+def test_a_newer_architecture_a_digit_away_is_a_note_and_decoder_blocks_have_their_own_count():
+    """A review: a newer llama.cpp's architecture one digit from a known one (deepseek4, qwen4) must not be NOT
+    LOADABLE; a T5's decoder deeper than its encoder is counted by decoder_block_count; a LoRA adapter's names
+    (`blk.0.attn_q.weight.lora_a`) are llama.cpp's own."""
+    problems, notes = gguf_names.checked("m.gguf", "llama9", {"": 2}, ["blk.0.attn_q.weight"])
+    assert problems == [] and any("'llama9' is not in gguf" in n for n in notes)
+    problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3},
+                                     ["enc.blk.1.attn_q.weight", "dec.blk.2.attn_q.weight"])
+    assert problems == []
+    problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3}, ["dec.blk.3.attn_q.weight"])
+    assert [p.kind for p in problems] == ["unloadable"] and "dec.blk.3, but its t5.decoder_block_count is 3" in \
+        problems[0].message
+    problems, notes = gguf_names.checked("lora.gguf", "llama", {"": 2}, ["blk.0.attn_q.weight.lora_a"], adapter=True)
+    assert problems == [] and notes == []

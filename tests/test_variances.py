@@ -56,6 +56,7 @@ def test_a_sign_flipped_second_moment_fails_and_one_step_from_it_is_nan(tmp_path
     assert bad.name == "optimizer.state.0.exp_avg_sq" and bad.exploded == 1
     assert "1 negative value in optimizer.state.0.exp_avg_sq, an optimizer's second moment, never negative: the next step " \
            "from it puts NaN in the weights" in verdict.one_line(report)
+    assert "healthy" not in verdict.one_line(report)  # (a review: "7 tensors healthy", the bad one counted)
 
 
 def test_minus_zero_and_a_large_second_moment_are_healthy(tmp_path: Path) -> None:

@@ -107,8 +107,9 @@ def open_checkpoint(
     # same: compared with what the config builds, they would be called missing ("initialized at random", where
     # from_pretrained raises on the file), and looking for them builds the model for nothing. Compared once every
     # model weight file reads.
+    # (a model shard its index lists that is missing, too; an unreadable trainer file, rng_state.pth, is no reason)
     unread = any(file not in checkpoint.refs_by_file and file_role(file.name) is None for file in files.files) or any(
-        p.kind == UNREADABLE_KIND for p in checkpoint.problems)  # (a shard its index lists that is missing, too)
+        p.kind == UNREADABLE_KIND and file_role(Path(p.path).name) is None for p in checkpoint.problems)
     # (every name under a training wrapper's prefix: the one cause of every weight the model would call missing)
     wrapped = loadability.wrapped_names(files, stored.names)
     skip = unread or bool(wrapped)

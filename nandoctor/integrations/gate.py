@@ -123,12 +123,30 @@ class CheckpointGate:
                          type(exc).__name__, exc)
 
     def _write_initial_baseline(self, path: Path) -> None:
-        """Before the first save in a run folder is judged: the initial weights' baseline kept for it, written."""
+        """Before the first save in a run folder is judged: the initial weights' baseline kept for it, written, when
+        it names every floating weight the save holds. Where the module's names are not the saved ones (a PEFT
+        model's ``lora_A.default``, transformers' fused MoE experts saved per expert), nothing is written and the
+        first healthy checkpoint is the baseline, as before (a review: a step-0 baseline of other names compared
+        nothing and hid a LoRA grown 728x)."""
         from nandoctor.checkpoint.baseline import BASELINE_NAME, write_baseline
 
         run = Path(path).parent
         kept = self._initial.pop(run, None)
         if kept is None:
+            return
+        try:
+            from nandoctor.checkpoint.opener import open_checkpoint
+            from nandoctor.dtypes import DTYPES
+
+            saved = {r.name for r in open_checkpoint(path).refs
+                     if r.role == "weight" and r.dtype in DTYPES and DTYPES[r.dtype].can_hold_nonfinite}
+            if not saved or not saved <= kept.scales.keys():
+                logger.info("nandoctor: the saved weights are named otherwise than the module's (%s): growth is "
+                            "measured against the run's first healthy checkpoint", next(iter(saved - kept.scales.keys()),
+                                                                                        "none saved"))
+                return
+        except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
+            logger.error("nandoctor: could not read %s for the run's baseline (%s: %s)", path, type(exc).__name__, exc)
             return
         try:
             write_baseline(run, kept)

@@ -77,7 +77,7 @@ _STRING, _ARRAY = 8, 9
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
-_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture)$|\.(block_count|expert_count)$")
+_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture|type)$|\.(block_count|decoder_block_count|expert_count)$")
 _EXPERTS = re.compile(r"_exps(\.|$)")
 
 
@@ -92,10 +92,12 @@ class GGUFReader:
         from nandoctor.readers import gguf_names
 
         header = read_header(path)
-        arch = header.metadata.get("general.architecture")
+        arch, kind = header.metadata.get("general.architecture"), header.metadata.get("general.type")
         problems, notes = gguf_names.checked(
             str(path), arch[1] if arch is not None else None,
-            _int_value(header.metadata, _arch_key(header.metadata, "block_count")), (r.name for r in header.refs))
+            {prefix: _int_value(header.metadata, _arch_key(header.metadata, key))
+             for prefix, key in (("", "block_count"), ("enc.", "block_count"), ("dec.", "decoder_block_count"))},
+            (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter")
         return ReadResult(header.refs, (*header.notes, *notes), tuple(problems))
 
 

@@ -56,28 +56,35 @@ def _one_apart(a: str, b: str) -> bool:
     return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
 
 
-def checked(path: str, architecture: object, block_count: int | None,
-            names: Iterable[str]) -> tuple[list[ScanProblem], list[str]]:
-    """(problems, notes) of a GGUF file whose ``general.architecture`` is ``architecture`` (None when absent),
-    ``{arch}.block_count`` ``block_count``, holding tensors ``names``."""
+def checked(path: str, architecture: object, block_counts: dict[str, int | None], names: Iterable[str],
+            adapter: bool = False) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) of a GGUF file whose ``general.architecture`` is ``architecture`` (None when absent), holding
+    tensors ``names``; ``block_counts``: for each block prefix (``""`` for ``blk.N``, ``enc.``, ``dec.``) the count
+    its metadata gives (``{arch}.block_count``, a T5 decoder's ``{arch}.decoder_block_count``), None when it gives
+    none. A LoRA adapter (``general.type`` "adapter": ``blk.N.attn_q.weight.lora_a``) has its blocks checked only."""
     file = os.path.basename(path)
     version, archs = _tables()
     names = list(names)
     problems: list[ScanProblem] = []
     notes: list[str] = []
-    if block_count is not None:
-        beyond = sorted({int(n) for name in names if (m := re.match(r"^(?:[a-z]+\.)?blk\.(\d+)\.", name))
-                         for n in [m.group(1)] if int(n) >= block_count})
+    for prefix, count in block_counts.items():
+        if count is None:
+            continue
+        beyond = sorted({int(m.group(1)) for name in names
+                         if (m := re.match(rf"^{re.escape(prefix)}blk\.(\d+)\.", name)) and int(m.group(1)) >= count})
         if beyond:
+            key = "decoder_block_count" if prefix == "dec." else "block_count"
             problems.append(ScanProblem(
-                path, f"holds tensors of blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
-                f"{architecture}.block_count is {block_count}: llama.cpp refuses it ('wrong number of tensors', or a "
-                "missing tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
-    if not isinstance(architecture, str):
+                path, f"holds tensors of {prefix}blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
+                f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
+                "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
+    if not isinstance(architecture, str) or adapter:
         return problems, notes
     templates = archs.get(architecture)
     if templates is None:
-        near = [known for known in archs if _one_apart(architecture, known)]
+        # (a letter, not a digit: a newer llama.cpp's qwen4 or deepseek4 is one digit from a known architecture)
+        near = [known for known in archs if _one_apart(architecture, known)
+                and not any(a != b and (a.isdigit() or b.isdigit()) for a, b in zip(architecture, known))]
         if near:
             problems.append(ScanProblem(
                 path, f"its general.architecture is {architecture!r}, which is no architecture llama.cpp knows "
