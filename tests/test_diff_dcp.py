@@ -111,3 +111,24 @@ def test_a_tensor_in_a_missing_distcp_file_is_unreadable_not_only_in_b(tmp_path:
     assert result.exit_code == 3 and not [t for t in result.tensors if t.status in ("only_a", "only_b", "changed")]
     assert len(unread) == 1 and unread[0].message == (
         f"not compared: A's .metadata maps it to {lost.name}, which could not be read")
+
+
+def test_a_tensor_in_a_missing_pickled_object_item_is_unreadable_too(tmp_path: Path) -> None:
+    """A review: a tuple's tensor (`pair.0`, read from the object item `pair`) of a missing file was "only in B"."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from nandoctor.readers.dcp import metadata_for
+
+    state = {"w": torch.ones(4), "pair": (torch.ones(2), 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for side in ("a", "b"):
+            dcp.save(state, storage_writer=FileSystemWriter(str(tmp_path / side), single_file_per_rank=False),
+                     no_dist=True)
+    metadata = metadata_for(tmp_path / "a")
+    assert metadata is not None
+    (item,) = [i for i in metadata.items if i.fqn == "pair"]
+    (tmp_path / "a" / item.relative_path).unlink()
+    result = nandoctor.diff(tmp_path / "a", tmp_path / "b")
+    assert {t.name: t.status for t in result.tensors}["pair.0"] == "unreadable"

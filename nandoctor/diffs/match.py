@@ -101,6 +101,7 @@ def _unread_files(checkpoint: Checkpoint, side: str) -> Callable[[str], str | No
     every file that could hold it was read."""
     read = checkpoint.refs_by_file
     listed: dict[str, Path] = {}  # name (and its normalised name) → the unread shard an index maps it to
+    objects: dict[str, Path] = {}  # "item." → the unread file of a DCP pickled-object item (its tensors' prefix)
     indexed: set[Path] = set()
     for index in checkpoint.files.indexes:
         for name, shard in index.weight_map.items():
@@ -119,10 +120,13 @@ def _unread_files(checkpoint: Checkpoint, side: str) -> Callable[[str], str | No
                 indexed.add(file)
                 if file not in read:
                     listed.setdefault(item.fqn, file)
+                    if item.chunk_offsets is None:  # (a pickled object's tensors are named under it: pair.0)
+                        objects[f"{item.fqn}."] = file
     anywhere = [f for f in checkpoint.files.files if f not in read and f not in indexed]
 
     def why(name: str) -> str | None:
-        file = listed.get(name) or listed.get(normalise(name))
+        file = listed.get(name) or listed.get(normalise(name)) or next(
+            (f for prefix, f in objects.items() if name.startswith(prefix)), None)
         if file is not None:
             return f"not compared: {side}'s {'.metadata' if file.suffix == '.distcp' else 'index'} maps it to {file.name}, which could not be read"
         if anywhere:

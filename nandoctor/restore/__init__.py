@@ -165,7 +165,7 @@ def repair(
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     plan = _with_selection(plan, report, selection, target_path)
-    _refuse_growth_left(target, target_path, report, plan, baseline)
+    _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
     if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
         own = [CheckpointDonor(target_path, limits, selection)] if any(d.own for d in plan.donors) else []
@@ -251,7 +251,10 @@ def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str])
 
     if baseline is None:
         return None
-    grown = verdict.growth(report, {n: s for n, s in baseline.scales.items() if n not in restored})
+    kept = {n: s for n, s in baseline.scales.items() if n not in restored}
+    # (the initial weights' scales stay InitialScales: the growth says what it is measured against)
+    grown = verdict.growth(report, verdict.InitialScales(kept) if isinstance(baseline.scales, verdict.InitialScales)
+                           else kept)
     return grown if grown is not None and grown.factor >= verdict.GROWTH_DIVERGED else None
 
 
@@ -279,7 +282,8 @@ _GROWTH_STAYS = ("growth is no bad tensor (no NaN/Inf, exploded or outlier value
 
 
 def _refuse_growth_left(
-    target: PathLike, target_path: Path, report: ScanReport, plan: RepairPlan, baseline: RunBaseline | None
+    target: PathLike, target_path: Path, report: ScanReport, plan: RepairPlan, baseline: RunBaseline | None,
+    scan_one: Callable[[Path], ScanReport],
 ) -> None:
     """Refuse (--allow-diverged) a checkpoint that would still be diverged by growth once the plan's tensors are
     restored: its verification would fail, and nothing a repair by tensor restores can change that."""
@@ -290,10 +294,11 @@ def _refuse_growth_left(
         return
     restoring = (f"restoring its {plan.tensors_restored} bad tensor(s) would leave it diverged"
                  if plan.tensors_restored else "nothing to restore")
+    since = "" if grown.from_start else f" {baseline.path}"
+    healthy = _last_healthy_before(target_path, scan_one)
     raise RepairRefusedError(
-        f"{target}: diverged: {grown.words()} since the run's first healthy checkpoint {baseline.path}; "
-        f"{restoring}: {_GROWTH_STAYS}; nothing was written",
-        verdict.diverged_advice(report, _where(target_path)),
+        f"{target}: diverged: {grown.reason()}{since}; {restoring}: {_GROWTH_STAYS}; nothing was written",
+        verdict.diverged_advice(report, f" ({healthy})" if healthy is not None else _where(target_path)),
     )
 
 
