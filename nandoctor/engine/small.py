@@ -45,6 +45,9 @@ class SmallTensors:
     tops: np.ndarray = field(init=False)
     zeros: np.ndarray = field(init=False)
     whole: dict[int, ChunkResult] = field(default_factory=dict)
+    # per position: a variance (roles.is_variance), whose negative values are counted; None when the file holds none
+    variance: np.ndarray | None = None
+    variance_infos: list[LaneInfo | None] = field(default_factory=list)  # (each dtype's, LaneInfo.nonnegative)
 
     def __post_init__(self) -> None:
         self.tops = np.full(self.rows.size, -1, np.int64)
@@ -116,15 +119,35 @@ def plan_small(table: RefTable, limits: HealthLimits) -> tuple[SmallTensors, lis
     offsets = np.frombuffer(table.offsets, np.int64)
     nbytes = np.frombuffer(table.nbytes, np.int64)
     small = floating & (nbytes < SMALL_REGION_BYTES)
-    roles = table.roles
-    if "buffer" in roles or "optimizer" in roles:  # (a C scan: a variance is read as a job, its negatives counted)
-        names = table.names
-        small[[i for i, role in enumerate(roles) if role != "weight" and is_variance(names[i], role)]] = False
     rows = np.flatnonzero(small)
     rows = rows[np.argsort(offsets[rows], kind="stable")]  # file order; equal offsets (empty ones) as listed
     infos = [lane_info(spec, limits.ceiling(spec.name)) if spec.can_hold_nonfinite else None for spec in specs]
     found = SmallTensors(table, kinds, specs, infos, rows, offsets[rows], nbytes[rows], kinds[rows])
+    roles = table.roles
+    if "buffer" in roles or "optimizer" in roles:  # (a C scan: most files hold no variance, roles.is_variance)
+        names = table.names
+        variance = np.zeros(len(table), dtype=bool)
+        variance[[i for i, role in enumerate(roles) if role != "weight" and is_variance(names[i], role)]] = True
+        found.variance = variance[rows]
+        found.variance_infos = [lane_info(spec, limits.ceiling(spec.name), nonnegative=True)
+                                if spec.can_hold_nonfinite else None for spec in specs]
     return found, np.flatnonzero(floating & ~small).tolist()
+
+
+def negative_runs(data: np.ndarray, spec: DTypeSpec, starts: np.ndarray, sizes: np.ndarray,
+                  variance: np.ndarray) -> list[int]:
+    """Of adjacent small tensors read as one (``starts``/``sizes`` in bytes), the variances whose lanes include one
+    with its sign bit set: to be read whole, their negative values counted (a -0.0 or -NaN costs that read only)."""
+    lane_bytes = spec.lane_bits // 8
+    signed = data.view(np.dtype(f"i{lane_bytes}"))
+    nonempty = sizes > 0
+    at = np.flatnonzero(variance & nonempty)
+    if at.size == 0:
+        return []
+    lows = np.minimum.reduceat(signed, starts[nonempty] // lane_bytes)  # (one per non-empty tensor, in order)
+    low_of = np.zeros(starts.size, dtype=lows.dtype)
+    low_of[nonempty] = lows
+    return np.flatnonzero(variance & nonempty & (low_of < 0)).tolist()
 
 
 def _floating(specs: list[DTypeSpec]) -> np.ndarray:
@@ -185,9 +208,14 @@ def scan_small(source: ChunkSource, batch: SmallBatch, kernel: Kernel, buffers: 
             else:
                 starts = offsets[a:b] - begin
                 tops[a:b], zeros[a:b], alone = run_census(data, spec, info, starts, kernel)
+            variance = small.variance[first + a : first + b] if small.variance is not None else None
+            if variance is not None and variance.any() and b - a > 1:  # (one signed minimum per tensor of the run)
+                alone = sorted({*alone, *negative_runs(data, spec, offsets[a:b] - begin, nbytes[a:b], variance)})
             for k in alone:
                 at = int(offsets[a + k]) - begin
-                counts, census = read_whole(data[at : at + int(nbytes[a + k])], spec, info, kernel)
+                nonnegative = variance is not None and bool(variance[k])
+                counts, census = read_whole(data[at : at + int(nbytes[a + k])], spec,
+                                            small.variance_infos[codes[a]] if nonnegative else info, kernel)
                 whole[first + a + k] = ChunkResult(direct_findings(counts, 0), census=census)
         finally:
             del data  # an exported buffer would stop the mmap from closing
