@@ -67,6 +67,7 @@ class TrainLog:
     loss_jump_step: int | None = None
     loss_jump: tuple[float, float] | None = None  # (that loss, the early loss)
     loss_interval: int = 1
+    loss_jump_confirmed: bool = False  # a later logged loss kept it up (the last log's jump stands unconfirmed)
 
     @property
     def broken_weights_from(self) -> int | None:
@@ -129,11 +130,13 @@ def _where_it_broke(
             if len(early) < EARLY_LOSSES:
                 early.append(value)
             previous_loss_step = step
+    confirmed = jump is not None
     jump = jump or pending  # the last log's jump: nothing yet says it passed
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
     if jump is None:
         return found
-    return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3])
+    return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3],
+                               loss_jump_confirmed=confirmed)
 
 
 def _median(values: list[float]) -> float:

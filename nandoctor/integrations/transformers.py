@@ -79,7 +79,6 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.runs import checkpoints_in
-from nandoctor.errors import NandoctorError
 from nandoctor.integrations.gate import (
     REPORT_NAME,
     CheckpointGate,
@@ -327,8 +326,8 @@ class NanDoctorCallback(TrainerCallback):
             try:
                 if verdicts.passes(scan(folder, device=self.device), self.fail_on):
                     return str(folder)
-            except NandoctorError as exc:  # (an unreadable checkpoint is no resume point; an earlier one may be)
-                logger.debug("nandoctor: %s not scanned (%s)", folder, exc)
+            except Exception as exc:  # noqa: BLE001 - (an unreadable checkpoint is no resume point; an earlier one
+                logger.debug("nandoctor: %s not scanned (%s)", folder, exc)  # may be: never crash training for it)
         return None
 
     def _refuse_a_failed_resume(self, args: TrainingArguments, state: TrainerState, model: Any, optimizer: Any,

@@ -169,7 +169,7 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     ]
     if run.log and run.log.suspicious_step is not None:
         tail.append(f"trainer log broke at step {run.log.suspicious_step}")
-    elif run.log and run.log.loss_jump is not None and run.broken_weights_from is None:
+    elif run.log and run.log.loss_jump is not None and run.log.loss_jump_confirmed and run.broken_weights_from is None:
         tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
 
@@ -401,7 +401,8 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
         lines.append((BAD,
             f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
             f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
-    elif log.loss_jump is not None:  # (a trial: lr 3, loss 7 → 640, weights finite and modest: all CLEAN, not a word)
+    elif log.loss_jump is not None and log.loss_jump_confirmed:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
+        # word; one spike at the last log, nothing after it yet, is no reason to warn of a healthy run)
         lines.append((WARN, f"{_loss_jump_words(log)}, though no checkpoint's weights fail: look at the run (a "
                             f"learning rate too high?) before using the checkpoints saved from step "
                             f"{log.broken_weights_from} on"))
