@@ -222,6 +222,42 @@ def _judged_as_the_oracle(folder: Path, values: dict, expected: str) -> None:
     assert f"{key} is {values[key]}" in report.errors[0].message
 
 
+@pytest.mark.parametrize("rope, nan", [
+    ({"rope_type": "linear", "factor": 0.0}, True),
+    ({"rope_type": "yarn", "factor": 0.0, "original_max_position_embeddings": 64}, True),
+    ({"rope_type": "linear", "factor": 2.0}, False),
+    ({"rope_type": "dynamic", "factor": 0.0}, False),  # (only past max_position_embeddings)
+])
+def test_a_rope_scaling_factor_of_zero_makes_the_logits_nan(saved, tmp_path, rope, nan):
+    """A trial: linear or yarn rope scaling with factor 0 loads and gives NaN logits from ~20 tokens on (the
+    frequencies are divided by it); CLEAN before. A head_dim of 0 raises as the model is built."""
+    from transformers import AutoModelForCausalLM
+
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "config.json", rope_parameters={**rope, "rope_theta": 10000.0})
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(folder)(torch.tensor([list(range(1, 30))])).logits
+    assert bool(torch.isnan(logits).any()) == nan  # the oracle
+    report = nandoctor.scan(folder)
+    if not nan:
+        assert report.exit_code == 0, report.errors
+        return
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+    assert "rope_parameters.factor is 0" in report.errors[0].message
+
+
+def test_a_head_dim_of_zero_is_bad_config(saved, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "config.json", head_dim=0)
+    with pytest.raises(ZeroDivisionError):  # the oracle
+        AutoModelForCausalLM.from_pretrained(folder)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"]
+    assert "head_dim is 0" in report.errors[0].message
+
+
 def test_a_generation_config_of_another_json_type_is_bad_config(saved, tmp_path):
     """A JSON list or string in generation_config.json: from_pretrained raises ("'list' object is not a mapping");
     text that is no JSON at all is passed over (generate's defaults): CLEAN, as transformers loads it."""
