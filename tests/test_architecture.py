@@ -662,3 +662,16 @@ def test_layer_types_and_numbered_modules_by_design_raise_no_pattern_suspicion(m
         shapes = {k: tuple(v.shape) for k, v in AutoModel.from_config(config).state_dict().items()}
     found = [what for what, _ in architecture._suspicions(config.to_dict(), shapes, architecture._stacks(shapes))]
     assert architecture._LAYOUT_SUSPICION not in found and architecture._OUTSIDE_SUSPICION not in found, found
+
+
+def test_a_config_of_no_layers_beside_stored_layers_is_not_this_checkpoint(tmp_path):
+    """A trial: num_hidden_layers 0 loads a model of no layers, both stored layers unused: CLEAN before (0 was taken
+    for "no count given")."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _llama(tmp_path / "m", config={"num_hidden_layers": 0})
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert len(model.model.layers) == 0 and info["unexpected_keys"]  # the oracle: loaded, the layers dropped
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert "model.layers holds layers 0–2 where the model built from config.json has none" in report.errors[0].message

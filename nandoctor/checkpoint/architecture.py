@@ -124,11 +124,12 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
         ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
             any(p.search(name) for p in skipped) for name in stored if name.startswith(f"{stack}.{number}.")
-        )) if stack in built_stacks else []
+        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] == _NO_LAYERS else []
         if ignored:
             found.append(ScanProblem(
                 str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
-                f"{_numbers(built_stacks[stack])} ({reasons[stack]}): from_pretrained leaves {_numbers(ignored)} of "
+                f"{_numbers(built_stacks[stack]) if stack in built_stacks else 'none'} ({reasons[stack]}): "
+                f"from_pretrained leaves {_numbers(ignored)} of "
                 f"{stack} unused, so the model is not this checkpoint",
                 "save config.json with the number of layers the weights hold (num_hidden_layers)", kind=UNLOADABLE_KIND))
         if missing:
@@ -312,6 +313,9 @@ def _dense_layers(config: dict[str, Any], stacked: int) -> set[int]:
     return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
 
 
+_NO_LAYERS = "config.json's num_hidden_layers is 0"
+
+
 def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stacks: dict[str, set[int]],
                 near: list[str] | None = None) -> Iterator[tuple[str, str]]:
     """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights. ``near``: the
@@ -334,6 +338,10 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     if layers and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
         for stack in stacks:
             yield stack, f"config.json's num_hidden_layers is {layers:,}"
+    elif config.get("num_hidden_layers") == 0 and type(config.get("num_hidden_layers")) is int and stacks:
+        # (a model of no layers loads, and every stored layer goes unused: a trial's was CLEAN)
+        for stack in stacks:
+            yield stack, _NO_LAYERS
     # an encoder-decoder's own counts (BART, Whisper, Marian: encoder_layers / decoder_layers)
     for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder")):
         count = positive(config.get(key))
