@@ -4,8 +4,8 @@
 (one ``.metadata``): ``one`` is one element split over two ranks (rank 1's chunk holds nothing, at offset 1),
 ``cols`` is split along columns, ``rows`` unevenly along rows (3 + 2), ``rep`` is replicated (one chunk,
 deduplicated), ``step`` a pickled object; and ``OUT/local``: the same state saved with
-``use_collectives=False``, ``rep`` left out (per-rank ``__0.metadata`` and ``__1.metadata``, merged by the
-reader).
+``use_collectives=False`` (per-rank ``__0.metadata`` and ``__1.metadata``, merged by the reader: each rank's own
+copy of ``rep`` a tensor of its own).
 :func:`write` runs it.
 """
 
@@ -33,7 +33,7 @@ def _save(out: str) -> None:
         "step": 7,
     }
     dcp.save(state, checkpoint_id=os.path.join(out, "shared"))
-    del state["rep"]  # (each rank's own copy of it, in its own file: the reader calls that ambiguous)
+    # (each rank's own copy of the replicated tensor, in its own file: rank 1's is read as rep@rank1)
     dcp.save(state, checkpoint_id=os.path.join(out, "local"), use_collectives=False)
     dist.barrier()
 

@@ -21,6 +21,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -370,19 +371,48 @@ def _convert(p: str, root: Any) -> DcpMetadata:
 
 
 def merged(parts: list[DcpMetadata]) -> DcpMetadata:
-    """Per-rank ``__N.metadata`` files (written without rank coordination) as one checkpoint's metadata."""
+    """Per-rank ``__N.metadata`` files (written without rank coordination) as one checkpoint's metadata.
+
+    Each rank loads what its own file lists: a chunk two ranks both saved (a replicated tensor, DDP's weights) is
+    each rank's own copy, not an ambiguity. The first rank's keeps the tensor's name; a later rank's is a tensor of
+    its own, ``<name>@rank<r>`` (:data:`REPLICA`), read and judged as any other (a NaN in rank 1's copy is rank 1's
+    model). (Every save with use_collectives=False of a replicated weight was refused as ambiguous.)"""
     first: dict[str, DcpTensor] = {}
     chunks: dict[str, dict[DcpChunk, None]] = {}  # each tensor's chunks, once each, in order (a dict: linear)
-    for part in parts:
+    owner: dict[tuple[str, tuple[int, ...]], int] = {}  # (fqn, chunk offsets) → the first part that stores it
+    stored: dict[DcpItem, None] = {}
+    for r, part in enumerate(parts):
+        rank = _rank_of(part.source, r)
+        for item in part.items:
+            offsets = item.chunk_offsets
+            if offsets is None or owner.setdefault((item.fqn, offsets), r) == r:
+                stored.setdefault(item)
+                continue
+            tensor = part.tensors[item.fqn]
+            copy = f"{item.fqn}{REPLICA}{rank}"
+            sizes = tensor.sizes_at.get(offsets, ())
+            first.setdefault(copy, DcpTensor(copy, tensor.dtype, tensor.size, ()))
+            chunks.setdefault(copy, {})[DcpChunk(offsets, sizes)] = None
+            stored.setdefault(dataclasses.replace(item, fqn=copy))
         for fqn, tensor in part.tensors.items():
             first.setdefault(fqn, tensor)
-            chunks.setdefault(fqn, {}).update(dict.fromkeys(tensor.chunks))
+            chunks.setdefault(fqn, {}).update(dict.fromkeys(c for c in tensor.chunks
+                                                            if owner.get((fqn, c.offsets), r) == r))
     tensors = {fqn: DcpTensor(fqn, t.dtype, t.size, tuple(chunks[fqn])) for fqn, t in first.items()}
-    items = tuple(dict.fromkeys(item for part in parts for item in part.items))
+    items = tuple(stored)
     return DcpMetadata(
         ", ".join(p.source for p in parts), tensors, frozenset().union(*(p.objects for p in parts)), items,
         parts[0].version if parts else None,
     )
+
+
+REPLICA = "@rank"  # a later rank's own copy of a chunk an earlier rank saved too (per-rank metadata)
+
+
+def _rank_of(source: str, position: int) -> int:
+    """The rank of a per-rank metadata file (``__1.metadata``), or its position among them."""
+    middle = Path(source).name.removeprefix("__").removesuffix(".metadata")
+    return int(middle) if middle.isdigit() else position
 
 
 def folder_metadata(folder: Path) -> DcpMetadata | None:
