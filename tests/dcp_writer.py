@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.rank_exit import leave_together
+from tests.rank_exit import as_rank
 
 
 def build_and_save(out: str, fmt: str, rank: int, world: int, plant: bool = True) -> None:
@@ -49,21 +49,14 @@ def build_and_save(out: str, fmt: str, rank: int, world: int, plant: bool = True
 
 
 def main() -> None:
-    out, fmt, plant = sys.argv[1], sys.argv[2], sys.argv[3:] != ["clean"]
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
-    try:
-        build_and_save(out, fmt, dist.get_rank(), dist.get_world_size(), plant)
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_together()
+    out, fmt, plant = sys.argv[1], sys.argv[2], sys.argv[3:] != ["clean"]
+    build_and_save(out, fmt, dist.get_rank(), dist.get_world_size(), plant)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    as_rank(main)
 
 
 def write_two_rank(out: str, fmt: str, plant: bool = True, ranks: int = 2) -> None:

@@ -8,10 +8,9 @@ verdict to OUT.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from tests.rank_exit import leave_together
+from tests.rank_exit import as_rank
 
 
 def main() -> None:
@@ -19,28 +18,21 @@ def main() -> None:
     import torch.distributed as dist
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-    dist.init_process_group("gloo")
-    try:
-        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-        torch.manual_seed(0)
-        model = torch.nn.Linear(8, 4)
-        with torch.no_grad():
-            model.weight[3, 1] = float("nan")  # in rank 1's rows: rank 0's own shard is healthy
-        for name, param in list(model.named_parameters()):
-            model.register_parameter(name, torch.nn.Parameter(distribute_tensor(param.detach(), mesh, [Shard(0)])))
-        if dist.get_rank() == 0:
-            import nandoctor
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        model.weight[3, 1] = float("nan")  # in rank 1's rows: rank 0's own shard is healthy
+    for name, param in list(model.named_parameters()):
+        model.register_parameter(name, torch.nn.Parameter(distribute_tensor(param.detach(), mesh, [Shard(0)])))
+    if dist.get_rank() == 0:
+        import nandoctor
 
-            report = nandoctor.scan_module(model)
-            with open(sys.argv[1], "w") as out:
-                out.write(f"{report.exit_code} {sorted(t.ref.shape for t in report.tensors)}\n")
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_together()
+        report = nandoctor.scan_module(model)
+        with open(sys.argv[1], "w") as out:
+            out.write(f"{report.exit_code} {sorted(t.ref.shape for t in report.tensors)}\n")
+    dist.barrier()
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    as_rank(main)

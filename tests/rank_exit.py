@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 
 def leave_together() -> None:
@@ -22,3 +23,18 @@ def leave_together() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def as_rank(body: Callable[[], None]) -> None:
+    """Run ``body`` in this torchrun process with a gloo process group, then leave together with the other ranks
+    (a failing rank tears its group down and raises, so torchrun reports it)."""
+    import torch.distributed as dist
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo")
+    try:
+        body()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    leave_together()
