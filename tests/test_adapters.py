@@ -129,11 +129,25 @@ def test_an_adapter_config_whose_r_is_not_positive_is_bad_config(base, tmp_path)
     assert "its r is 0: PEFT needs a positive integer" in report.errors[0].message
 
 
+def _bdlora() -> list[dict]:
+    """BD-LoRA (peft 0.21): its block-diagonal lora_B holds rank / blocks columns (a review: NOT LOADABLE)."""
+    try:
+        from peft.tuners.lora.config import BdLoraConfig
+    except ImportError:
+        return []
+    return [{"r": 8, "target_modules": ["q_proj", "o_proj"], "init_lora_weights": False,
+             "use_bdlora": BdLoraConfig(target_modules_bd_a=["o_proj"], target_modules_bd_b=["q_proj"], nblocks=2)}]
+
+
 def test_adapters_peft_loads_stay_clean(base, tmp_path):
     for i, lora in enumerate([{"r": 4}, {"r": 8, "rank_pattern": {"model.layers.1.self_attn.q_proj": 2}},
                               {"r": 4, "target_modules": r".*\.(q_proj|v_proj)"},
                               {"r": 8, "rank_pattern": {r"layers\.\d+\.self_attn\.v_proj": 16}},
-                              {"r": 4, "use_dora": True}]):
+                              {"r": 4, "use_dora": True}, *_bdlora(),
+                              # (an alpha_pattern gives every module its alpha; DoRA's magnitudes act whatever alpha is)
+                              {"r": 4, "lora_alpha": 0, "alpha_pattern": {"q_proj": 8, "v_proj": 8},
+                               "init_lora_weights": False},
+                              {"r": 4, "lora_alpha": 0, "use_dora": True, "init_lora_weights": False}]):
         adapter = _adapter(base, tmp_path / f"a{i}", **lora)
         assert _loads(base, adapter), lora
         report = nandoctor.scan(adapter)

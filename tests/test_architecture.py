@@ -675,3 +675,17 @@ def test_a_config_of_no_layers_beside_stored_layers_is_not_this_checkpoint(tmp_p
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
     assert "model.layers holds layers 0–2 where the model built from config.json has none" in report.errors[0].message
+
+
+def test_a_weight_empty_by_design_is_judged_by_the_built_model(tmp_path):
+    """A review: DINOv3 with transformers' default num_register_tokens=0 stores embeddings.register_tokens as
+    [1, 0, hidden]; from_pretrained loads it. An empty weight is a suspicion the built model settles, not a finding."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=32, patch_size=16, num_register_tokens=0)
+    DINOv3ViTModel(config).save_pretrained(tmp_path / "m")
+    _, info = DINOv3ViTModel.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # the oracle
+    report = nandoctor.scan(tmp_path / "m")
+    assert report.exit_code == 0, report.errors

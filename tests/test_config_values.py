@@ -225,6 +225,8 @@ def _judged_as_the_oracle(folder: Path, values: dict, expected: str) -> None:
 @pytest.mark.parametrize("rope, nan", [
     ({"rope_type": "linear", "factor": 0.0}, True),
     ({"rope_type": "yarn", "factor": 0.0, "original_max_position_embeddings": 64}, True),
+    ({"rope_type": "llama3", "factor": 0.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 64}, True),
     ({"rope_type": "linear", "factor": 2.0}, False),
     ({"rope_type": "dynamic", "factor": 0.0}, False),  # (only past max_position_embeddings)
 ])

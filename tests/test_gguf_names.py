@@ -125,7 +125,18 @@ def test_a_newer_architecture_a_digit_away_is_a_note_and_decoder_blocks_have_the
                                      ["enc.blk.1.attn_q.weight", "dec.blk.2.attn_q.weight"])
     assert problems == []
     problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3}, ["dec.blk.3.attn_q.weight"])
-    assert [p.kind for p in problems] == ["unloadable"] and "dec.blk.3, but its t5.decoder_block_count is 3" in \
+    assert [p.kind for p in problems] == ["unloadable"] and "dec.blk.3, but its t5.decoder_block_count (or block_count) is 3" in \
         problems[0].message
     problems, notes = gguf_names.checked("lora.gguf", "llama", {"": 2}, ["blk.0.attn_q.weight.lora_a"], adapter=True)
     assert problems == [] and notes == []
+
+
+def test_a_decoder_without_its_own_count_is_counted_by_block_count():
+    """llama.cpp takes block_count for a T5 decoder when decoder_block_count is missing (older files): a decoder
+    block past it is refused (a review: skipped, CLEAN, where an earlier version said NOT LOADABLE)."""
+    from nandoctor.readers.gguf import _block_counts
+
+    counts = _block_counts({"general.architecture": (8, "t5"), "t5.block_count": (4, 2)})
+    assert counts == {"": 2, "enc.": 2, "dec.": 2}
+    problems, _ = gguf_names.checked("m.gguf", "t5", counts, ["dec.blk.2.attn_q.weight"])
+    assert [p.kind for p in problems] == ["unloadable"]

@@ -36,3 +36,5 @@ def test_a_loss_that_rose_and_stayed_up_is_said_and_a_last_spike_is_not(tmp_path
     assert one_line(risen).endswith("trainer log: loss 40 at step 5, 5.67x its early 7.05")  # (median of 4)
     spike = nandoctor.scan_run(str(_run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 40.0])))
     assert spike.exit_code() == 0 and "trainer log" not in one_line(spike)
+    jumps = [nandoctor.to_json(r)["run"]["train_log"]["loss_jump"] for r in (risen, spike)]
+    assert [(j["step"], j["confirmed"]) for j in jumps] == [(5, True), (8, False)]  # (JSON says which)

@@ -57,7 +57,8 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         match = _LORA.match(name)
         # (lora_A's rows are the rank; a Linear's lora_B's columns too: a transposed one was CLEAN; a grouped
         # convolution's lora_B's columns are rank / groups, so only 2-D ones are compared)
-        if match is None or len(shape) < 2 or (match["part"] != "A" and len(shape) != 2):
+        # (BD-LoRA's block-diagonal lora_B holds rank / blocks columns)
+        if match is None or len(shape) < 2 or (match["part"] != "A" and (len(shape) != 2 or config.get("use_bdlora"))):
             continue
         module = match["module"].removeprefix(_PREFIX)
         expected = next((value for pattern, value in compiled if pattern.fullmatch(module)), rank)
@@ -74,6 +75,11 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         "this config", kind=UNLOADABLE_KIND)]
 
 
+def is_lora(name: str) -> bool:
+    """Whether ``name`` is a LoRA tensor (``….lora_A.weight``, ``….lora_embedding_B``)."""
+    return _LORA.match(name) is not None
+
+
 def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) -> list[ScanProblem]:
     """A LoRA adapter_config.json (``config``) that does not make these weights (``names``) the adapter: an ``r`` that
     is no positive integer (PEFT raises), a ``lora_alpha`` of 0 (every update scaled to nothing), or
@@ -85,10 +91,13 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
         return []
     path = str(root / "adapter_config.json")
     rank, alpha = config.get("r"), config.get("lora_alpha")
-    if "r" in config and (not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0):
+    if "r" in config and not config.get("rank_pattern") and (not isinstance(rank, int) or isinstance(rank, bool)
+                                                              or rank <= 0):
         return [ScanProblem(path, f"its r is {rank!r}: PEFT needs a positive integer and refuses the config",
                             "use the adapter_config.json saved with these weights", kind=CONFIG_KIND)]
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha == 0:
+    # (an alpha_pattern gives modules their own alpha; DoRA's magnitude vectors change the model whatever alpha is)
+    if (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha == 0
+            and not config.get("alpha_pattern") and not config.get("use_dora")):
         return [ScanProblem(path, "its lora_alpha is 0: PEFT scales every LoRA update by lora_alpha / r, so the "
                             "adapted model is the bare base model", "use the adapter_config.json saved with these "
                             "weights", kind=CONFIG_KIND)]
@@ -97,7 +106,7 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
     modules = sorted({match["module"].removeprefix(_PREFIX) for name in names if (match := _LORA.match(name))})
     targets = config.get("target_modules")
     if isinstance(targets, str):
-        if targets == "all-linear" or _NESTED_QUANTIFIER.search(targets):
+        if targets.lower() == "all-linear" or _NESTED_QUANTIFIER.search(targets):
             return []
         try:
             pattern = re.compile(targets)
@@ -131,4 +140,4 @@ def _holds_parameters(module: str, targets: set[str]) -> bool:
     return any(bare == target or bare.endswith(f".{target}") for target in targets)
 
 
-__all__ = ["config_problems", "rank_problems"]
+__all__ = ["config_problems", "is_lora", "rank_problems"]

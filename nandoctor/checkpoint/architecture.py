@@ -118,8 +118,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         found.append(ScanProblem(
             str(root), f"{name} holds shape {list(shape)} where the model built from config.json has {list(want)}"
             f"{more}{f' ({why})' if why else ''}: from_pretrained refuses the checkpoint (size mismatch)",
-            "save config.json with the model's real sizes (the one it was trained with), or the weights with this "
-            "config (a resized embedding needs its config's vocab_size)", kind=UNLOADABLE_KIND))
+            GATHER_HINT if 0 in shape else "save config.json with the model's real sizes (the one it was trained "
+            "with), or the weights with this config (a resized embedding needs its config's vocab_size)",
+            kind=UNLOADABLE_KIND))
     for stack in (what for what, _ in suspected if what in stacks and what not in stored):
         missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
         ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
@@ -314,6 +315,10 @@ def _dense_layers(config: dict[str, Any], stacked: int) -> set[int]:
 
 
 _NO_LAYERS = "config.json's num_hidden_layers is 0"
+UNGATHERED = "a sharded save (DeepSpeed ZeRO-3, FSDP) that did not gather its parameters"
+GATHER_HINT = ("save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
+               "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint")
+_EMPTY = f"stored empty: {UNGATHERED}?"
 
 
 def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stacks: dict[str, set[int]],
@@ -322,7 +327,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     stored names' near misses (namevocab.near_misses), when the caller has them."""
     vocab, hidden, layers = (positive(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
     for name, shape in stored.items():
-        if not shape and name.endswith((".weight", ".bias")):  # (a norm's weight saved 0-d; a logit_scale is 0-d by design)
+        if 0 in shape:  # (a ZeRO-3 save's un-gathered [0]; DINOv3's register_tokens [1, 0, d] of 0 register tokens)
+            yield name, _EMPTY
+        elif not shape and name.endswith((".weight", ".bias")):  # (a norm saved 0-d; a logit_scale is 0-d by design)
             yield name, "a weight or bias stored with no dimension"
         elif len(shape) == 1 and (EMBEDDING.match(name) or name == LM_HEAD):
             yield name, f"an embedding or LM head stored flat ({shape[0]:,} values)"

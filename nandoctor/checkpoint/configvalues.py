@@ -289,7 +289,7 @@ def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
             found.append(f"{prefix}{where}rope_theta is {theta} (the rotary frequencies 1/theta^(2i/d) are Inf or NaN: "
                          "every query and key past the first position NaN)")
         factor = values.get("factor")
-        if values.get("rope_type", values.get("type")) in ("linear", "yarn") and _number(factor) and factor == 0:
+        if values.get("rope_type", values.get("type")) in ("linear", "yarn", "llama3") and _number(factor) and factor == 0:
             # (transformers 5.25: linear divides the frequencies by it, yarn takes its log; a trial's logits NaN)
             found.append(f"{prefix}{where}factor is 0 for {values.get('rope_type', values.get('type'))} rope "
                          "scaling (the frequencies are divided by it: every query and key NaN)")

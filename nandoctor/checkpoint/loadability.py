@@ -229,9 +229,6 @@ def architecture_problems(files: layout.CheckpointFiles, stored: StoredWeights) 
     are compared, and weights the model builds that are stored under a quantizer's own names are not missing."""
     if not stored.names:
         return [], []
-    empty = empty_weights(files.root, stored)
-    if empty:
-        return empty, []  # (the model built would call every one of them a size mismatch: said once, unbuilt)
     config = loadconfig.read_object(files.root / loaders.CONFIG)
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
@@ -276,25 +273,24 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     if not isinstance(config, dict):
         return []  # (missing or invalid: its own problem)
     weights = _stored(stored)
-    return (empty_weights(files.root, weights, "PEFT") or adapters.rank_problems(files.root, config, weights.names,
+    return (empty_weights(files.root, weights) or adapters.rank_problems(files.root, config, weights.names,
                                                                                   weights.shapes)
             or adapters.config_problems(files.root, config, weights.names))
 
 
-def empty_weights(root: Path, stored: StoredWeights, loader: str = "from_pretrained") -> list[ScanProblem]:
-    """NOT LOADABLE where floating weights are stored with no elements (shape [0]): what a ZeRO-3 or FSDP save writes
-    of parameters it did not gather (a LoRA adapter's every lora_A/lora_B, a model's embedding or norms); the
-    loader's model holds them full-size, so it refuses the file ("size mismatch … torch.Size([0])")."""
+def empty_weights(root: Path, stored: StoredWeights, loader: str = "PEFT") -> list[ScanProblem]:
+    """NOT LOADABLE where LoRA tensors are stored with no elements: what a ZeRO-3 or FSDP save writes of parameters
+    it did not gather (an adapter's every lora_A/lora_B); the loader's model holds them full-size, so it refuses the
+    file ("size mismatch … torch.Size([0])"). A LoRA tensor is never empty by design (a model's weight may be:
+    DINOv3's register_tokens of num_register_tokens 0; the built model judges those, architecture.py)."""
     empty = [name for name, shape, dtype in zip(stored.names, stored.shapes, stored.dtypes)
-             if 0 in shape and DTYPES[dtype].can_hold_nonfinite]
+             if 0 in shape and DTYPES[dtype].can_hold_nonfinite and adapters.is_lora(name)]
     if not empty:
         return []
     return [ScanProblem(
-        str(root), f"{len(empty)} weight(s) stored empty ({first_few(empty, 3)}: shape [0]): a sharded save (DeepSpeed "
-        f"ZeRO-3, FSDP) that did not gather its parameters; {loader} refuses them (size mismatch), so it does not load",
-        "save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
-        "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint",
-        kind=UNLOADABLE_KIND)]
+        str(root), f"{len(empty)} weight(s) stored empty ({first_few(empty, 3)}): {architecture.UNGATHERED}; {loader} "
+        "refuses them (size mismatch), so it does not load", architecture.GATHER_HINT, kind=UNLOADABLE_KIND)]
+
 
 
 def _stored(weights: Sequence[tuple[Path, Sequence[TensorRef]]]) -> StoredWeights:

@@ -95,8 +95,7 @@ class GGUFReader:
         arch, kind = header.metadata.get("general.architecture"), header.metadata.get("general.type")
         problems, notes = gguf_names.checked(
             str(path), arch[1] if arch is not None else None,
-            {prefix: _int_value(header.metadata, _arch_key(header.metadata, key))
-             for prefix, key in (("", "block_count"), ("enc.", "block_count"), ("dec.", "decoder_block_count"))},
+            _block_counts(header.metadata),
             (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter")
         return ReadResult(header.refs, (*header.notes, *notes), tuple(problems))
 
@@ -362,6 +361,14 @@ def _ref(path: str, info: _Info, data_start: int, nbytes: int, byteorder: str, e
     if _EXPERTS.search(info.name) and len(info.dims) >= 3:
         experts = info.dims[-1] if expert_count is None or expert_count == info.dims[-1] else 0
     return TensorRef(info.name, kind.name, info.dims, region, order="F", experts=experts)
+
+
+def _block_counts(metadata: dict[str, tuple[int, object]]) -> dict[str, int | None]:
+    """Each block prefix's count: ``blk.N`` and an encoder's ``enc.blk.N`` by ``{arch}.block_count``, a decoder's
+    ``dec.blk.N`` by ``{arch}.decoder_block_count``, or ``block_count`` without it (as llama.cpp defaults it)."""
+    blocks = _int_value(metadata, _arch_key(metadata, "block_count"))
+    decoder = _int_value(metadata, _arch_key(metadata, "decoder_block_count"))
+    return {"": blocks, "enc.": blocks, "dec.": blocks if decoder is None else decoder}
 
 
 def _arch_key(metadata: dict[str, tuple[int, object]], suffix: str) -> str:

@@ -73,7 +73,7 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
         beyond = sorted({int(m.group(1)) for name in names
                          if (m := re.match(rf"^{re.escape(prefix)}blk\.(\d+)\.", name)) and int(m.group(1)) >= count})
         if beyond:
-            key = "decoder_block_count" if prefix == "dec." else "block_count"
+            key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
             problems.append(ScanProblem(
                 path, f"holds tensors of {prefix}blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
                 f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
