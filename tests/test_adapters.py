@@ -220,3 +220,34 @@ def test_an_adapter_scan_names_the_base_model_it_does_not_read(base, tmp_path):
     quiet = run_cli("scan", adapter, "-q")
     assert quiet.exit_code == 0 and f"an adapter alone: its base model {str(base)!r} is not scanned here" in quiet.output
     assert nandoctor.to_json(report)["adapter_base"] == str(base)
+
+
+def test_lora_on_a_transformers_5_moe_with_all_linear_and_on_multihead_attention_stays_clean(tmp_path):
+    """A false-alarm hunt: peft 0.21 rewrites an all-linear config of a transformers 5 MoE into bare
+    target_parameters (['down_proj', 'gate_up_proj', …]) whose module only the model knows, storing the rank once
+    per expert; LoRA on an nn.MultiheadAttention stores its out_proj's under `mha.base_layer.out_proj`. Both were
+    NOT LOADABLE; PEFT reloads both to the trained model's logits."""
+    import transformers
+
+    torch.manual_seed(0)
+    moe = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, head_dim=8))
+    moe.save_pretrained(tmp_path / "base")
+    adapted = peft.get_peft_model(moe, peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "moe-adapter")
+    saved = json.loads((tmp_path / "moe-adapter" / "adapter_config.json").read_text())
+    report = nandoctor.scan(tmp_path / "moe-adapter")
+    assert report.exit_code == 0 and not report.errors, (saved.get("target_parameters"), report.errors)
+
+    class Attending(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+    attending = peft.get_peft_model(Attending(), peft.LoraConfig(r=4, target_modules=["mha"]))
+    attending.save_pretrained(tmp_path / "mha-adapter")
+    stored = set(json.loads((tmp_path / "mha-adapter" / "adapter_config.json").read_text())["target_modules"])
+    assert stored == {"mha"}
+    report = nandoctor.scan(tmp_path / "mha-adapter")
+    assert report.exit_code == 0 and not report.errors, report.errors

@@ -50,8 +50,7 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         return []  # a pattern Python's re refuses: PEFT fails its own way, nothing to compare with
     # LoRA on parameters (target_parameters: a MoE's fused experts, "mlp.experts.gate_up_proj") stores the rank
     # once per expert, under the parameters' module (…mlp.experts, …experts.base_layer)
-    targets = config.get("target_parameters")
-    per_expert = {t.rsplit(".", 1)[0] for t in targets if isinstance(t, str) and "." in t} if isinstance(targets, list) else set()
+    per_expert = _parameter_modules(config)
     wrong: list[str] = []
     for name, shape in zip(names, shapes):
         match = _LORA.match(name)
@@ -97,7 +96,7 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
                             "use the adapter_config.json saved with these weights", kind=CONFIG_KIND)]
     # (an alpha_pattern gives modules their own alpha; DoRA's magnitude vectors change the model whatever alpha is)
     if (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha == 0
-            and not config.get("alpha_pattern") and not config.get("use_dora")):
+            and not config.get("alpha_pattern") and not config.get("use_dora") and not config.get("modules_to_save")):
         return [ScanProblem(path, "its lora_alpha is 0: PEFT scales every LoRA update by lora_alpha / r, so the "
                             "adapted model is the bare base model", "use the adapter_config.json saved with these "
                             "weights", kind=CONFIG_KIND)]
@@ -120,10 +119,9 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
             return any(module == t or module.endswith(f".{t}") for t in targets)
     else:
         return []
-    parameters = config.get("target_parameters")
-    per_expert = ({t.rsplit(".", 1)[0] for t in parameters if isinstance(t, str) and "." in t}
-                  if isinstance(parameters, list) else set())
-    dropped = [m for m in modules if not targeted(m.replace(".base_layer", "")) and not _holds_parameters(m, per_expert)]
+    per_expert = _parameter_modules(config)
+    # (LoRA on an nn.MultiheadAttention targets the module and stores its out_proj's under mha.base_layer.out_proj)
+    dropped = [m for m in modules if not targeted(m.split(".base_layer")[0]) and not _holds_parameters(m, per_expert)]
     if not dropped:
         return []
     how = "none of the" if len(dropped) == len(modules) else f"{len(dropped)} of the {len(modules)}"
@@ -135,9 +133,23 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
 
 
 def _holds_parameters(module: str, targets: set[str]) -> bool:
-    """Whether ``module`` (``base_layer`` wrappers aside) is the module of a targeted parameter."""
+    """Whether ``module`` (``base_layer`` wrappers aside) may be the module of a targeted parameter: one named by a
+    dotted ``target_parameters`` entry, or any module where an entry is a bare parameter name (peft 0.21 writes
+    ``['down_proj', 'gate_up_proj']`` for a transformers 5 MoE's experts: which module holds them only the model
+    knows; a review: every such adapter was NOT LOADABLE)."""
+    if "" in targets:
+        return True
     bare = module.replace(".base_layer", "")
     return any(bare == target or bare.endswith(f".{target}") for target in targets)
+
+
+def _parameter_modules(config: dict[str, Any]) -> set[str]:
+    """The modules ``target_parameters`` names (``mlp.experts`` of ``mlp.experts.gate_up_proj``); ``""`` where an
+    entry is a bare parameter name, held by modules the config does not name."""
+    targets = config.get("target_parameters")
+    if not isinstance(targets, list):
+        return set()
+    return {t.rsplit(".", 1)[0] if "." in t else "" for t in targets if isinstance(t, str)}
 
 
 __all__ = ["config_problems", "is_lora", "rank_problems"]

@@ -14,7 +14,7 @@ transformers 5.25 by tests/test_config_values.py:
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
   (``tanh(x / cap) * cap`` divides by zero; null is off), Granite's ``logits_scaling`` of 0 (the logits are
   divided by it), a ``rope_theta`` of 0 or less (the rotary frequencies) or a linear or yarn rope scaling
-  ``factor`` of 0: every forward pass NaN; a ``head_dim`` of 0: the model cannot be built; more experts
+  ``factor`` of 0: every forward pass NaN; more experts
   routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass raises. BAD CONFIG.
 
 Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 without sampling, an
@@ -260,10 +260,6 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     if (_number(routed) and experts is not None and experts >= 2 and routed > experts  # (1: a dense model, no router)
             and not every_layer_dense):
         wrong.append(f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)")
-    head_dim = config.get("head_dim")
-    if _number(head_dim) and head_dim == 0 and "hidden_size" in config:  # (null: hidden_size / heads is taken)
-        wrong.append(f"{prefix}head_dim is 0 (the rotary embedding raises ZeroDivisionError as the model is built; "
-                     "null takes hidden_size / num_attention_heads)")
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
