@@ -174,11 +174,13 @@ def _random_tokens() -> torch.utils.data.Dataset:
     return Tokens()
 
 
-def test_a_run_that_blew_up_before_its_first_save_is_diverged_against_its_initial_weights(tmp_path):
-    """A trial: a tiny Llama at a constant lr 10 without clipping; its loss went from 7 to thousands while every
-    weight stayed finite and modest (max |w| 92 at the first save, x2 a save after), so measured against the first
-    save nothing grew past the rule and every gate passed. The callback keeps the weights training starts from:
-    against them the first save has grown past it. The oracle: the loss of each checkpoint's model."""
+def test_a_run_whose_loss_rose_is_diverged_against_its_initial_weights(tmp_path):
+    """A trial: a tiny Llama at lr 3 (warmed up over 50 steps) without clipping; its loss went from 7 to 640 while every
+    weight stayed finite and modest (max |w| 2.9 at the first save, x2-4 a save after), so measured against the first
+    save nothing grew past the rule and every gate passed. The callback keeps the weights training starts from, and
+    where the trainer log's loss rose, growth since them calls the save diverged. The oracle: each checkpoint's
+    loss. (A healthy run's weights may grow as far with a falling loss: a regression head fitting targets in pixels;
+    test_a_healthy_run_that_grew_far_from_its_initialisation_passes.)"""
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
     torch.manual_seed(0)
@@ -190,25 +192,62 @@ def test_a_run_that_blew_up_before_its_first_save_is_diverged_against_its_initia
     with torch.no_grad():
         initial_loss = start(**batch).loss.item()
     doctor = NanDoctorCallback(stop_on_nonfinite=True)
-    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=20, save_steps=10,
-                             logging_steps=5, learning_rate=10.0, lr_scheduler_type="constant", max_grad_norm=0.0,
-                             report_to=[], use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=60, save_steps=10,
+                             logging_steps=5, learning_rate=3.0, lr_scheduler_type="constant_with_warmup",
+                             warmup_steps=50, max_grad_norm=0.0, report_to=[], use_cpu=True, disable_tqdm=True)
     Trainer(model=start, args=args, train_dataset=data, callbacks=[doctor]).train()
-    first = tmp_path / "run" / "checkpoint-10"
+    stopped = tmp_path / "run" / f"checkpoint-{doctor.stopped_at}"
     with torch.no_grad():
-        loss = LlamaForCausalLM.from_pretrained(first)(**batch).loss.item()
-    assert loss > 50 * initial_loss  # the oracle: the model is broken (initial ~6.9)
-    assert doctor.stopped_at == 10 and doctor.first_bad == str(first) and doctor.last_clean is None
+        loss = LlamaForCausalLM.from_pretrained(stopped)(**batch).loss.item()
+    assert loss > 5 * initial_loss  # the oracle: the model is broken (initial ~6.9)
+    assert doctor.stopped_at is not None and doctor.stopped_at < 60 and doctor.first_bad == str(stopped)
     kept = read_baseline(tmp_path / "run")
     assert kept is not None and kept.checkpoint == INITIAL_WEIGHTS and kept.step == 0
-    report = nandoctor.scan(first)
+    report = nandoctor.scan(stopped)
     assert report.verdict == "DIVERGED" and "since the weights the run started from" in nandoctor.verdict.one_line(report)
     run = nandoctor.scan_run(str(tmp_path / "run"))
-    assert run.last_healthy is None and run.first_bad is not None and run.first_bad.name == "checkpoint-10"
+    assert run.first_bad is not None and run.first_bad.path == str(stopped)
     assert any("the weights training started from (step 0)" in note for note in run.notes)
-    # without the baseline (a run saved without the callback) the first save is its own yardstick: it passes
+    # without the baseline (a run saved without the callback) the first save is the yardstick: it passes
     (tmp_path / "run" / BASELINE_NAME).unlink()
-    assert nandoctor.scan(first).verdict == "CLEAN"
+    assert nandoctor.scan(stopped).verdict == "CLEAN"
+
+
+def test_a_healthy_run_that_grew_far_from_its_initialisation_passes(tmp_path):
+    """A false-alarm hunt: a regression head fitting targets in the hundreds grows its bias thousands of times from
+    its initialisation while the loss falls; growth since the initial weights with no loss jump in the log diverges
+    nothing (it stopped a healthy Trainer run at its first save, "last clean checkpoint: none")."""
+    from transformers import Trainer, TrainingArguments
+
+    class Regression(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(8, 32)
+
+        def forward(self, x, labels=None):
+            out = self.head(x)
+            return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
+
+    class Points(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 256
+
+        def __getitem__(self, i: int) -> dict:
+            x = torch.randn(8, generator=torch.Generator().manual_seed(i))
+            return {"x": x, "labels": 500 + 40 * x.repeat(4)}  # (coordinates in pixels)
+
+    torch.manual_seed(0)
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=16, max_steps=60, save_steps=20,
+                             logging_steps=5, learning_rate=1.0, optim="sgd", max_grad_norm=0.0, report_to=[],
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=Regression(), args=args, train_dataset=Points(), callbacks=[doctor])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] / 10  # the oracle: it learned
+    assert trainer.model.head.bias.abs().max() > 16 * 256 * 0.0625  # (grown past the rule from its initialisation)
+    assert doctor.stopped_at is None and doctor.first_bad is None
+    assert nandoctor.scan_run(str(tmp_path / "run")).exit_code() == 0
 
 
 def test_the_initial_weights_are_kept_only_where_they_name_every_saved_weight(tmp_path):

@@ -131,6 +131,17 @@ def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None
     return kept
 
 
+def usable_baseline(kept: RunBaseline | None, log: Any) -> RunBaseline | None:
+    """``kept``, unless it is the initial weights' and the trainer log (``log``, a TrainLog or None) shows no loss
+    jump: a healthy run's weights may grow far from their initialisation (a regression head fitting targets in
+    pixels, a bias fitting their mean: 3,000x in a false-alarm hunt, the loss falling all along), so growth since the
+    start calls a checkpoint diverged only where its loss rose too (a run at lr 3: 7 to 640); else the first healthy
+    checkpoint on disk is the baseline, as before."""
+    if kept is None or kept.checkpoint != INITIAL_WEIGHTS:
+        return kept
+    return kept if log is not None and getattr(log, "error", None) is None and log.loss_jump is not None else None
+
+
 def write_baseline(run: Path, kept: RunBaseline) -> None:
     """Write ``kept`` into ``run`` atomically, replacing whatever is at its name (a link, a FIFO: never written
     through) and never through a link planted at a temporary name; raises OSError."""
@@ -168,5 +179,14 @@ def _plain_name(name: str) -> bool:
     return name not in ("", ".", "..") and "/" not in name and "\\" not in name and name.isprintable()
 
 
-__all__ = ["BASELINE_NAME", "INITIAL_WEIGHTS", "RunBaseline", "first_loss", "kept_before", "load_baseline", "read_baseline",
-           "write_baseline"]
+__all__ = [
+    "BASELINE_NAME",
+    "INITIAL_WEIGHTS",
+    "RunBaseline",
+    "first_loss",
+    "kept_before",
+    "load_baseline",
+    "read_baseline",
+    "usable_baseline",
+    "write_baseline",
+]

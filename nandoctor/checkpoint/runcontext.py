@@ -191,17 +191,17 @@ def run_facts(
         with contextlib.suppress(NandoctorError):  # (its own scan says why)
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
     healthy_before = baseline is not None  # (on disk: a resume point, whatever baseline the growth is measured against)
-    from nandoctor.checkpoint.baseline import kept_before, load_baseline
+    from nandoctor.checkpoint.baseline import kept_before, load_baseline, usable_baseline
 
     folder = target if target.is_dir() else target.parent
-    kept = kept_before(place.run, (step for step, _ in earlier), folder)  # the first healthy one, gone
-    if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
-        baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     if place.lightning:
         metrics = metrics_near(place.run)
         log = metrics.train_log(place.step) if metrics is not None else None
     else:
         log = read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
+    kept = usable_baseline(kept_before(place.run, (step for step, _ in earlier), folder), log)  # the first healthy one, gone
+    if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
+        baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     return {
         "run": str(place.run),
         "kind": place.kind,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint.baseline import BASELINE_NAME, INITIAL_WEIGHTS, kept_before, load_baseline
+from nandoctor.checkpoint.baseline import BASELINE_NAME, INITIAL_WEIGHTS, kept_before, load_baseline, usable_baseline
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_model,
@@ -715,8 +715,11 @@ def scan_run(
     done_before = 0
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
-    kept = kept_before(root, (r.step for r in rows if r.step_known),  # a baseline rotation took away (baseline.py)
-                       next((r.path for r in reversed(rows) if r.path is not root), None))
+    newest = next((r.path for r in reversed(rows) if r.path is not root), None)
+    newest_log = (read_train_log(newest / TRAINER_STATE) if newest is not None and os.path.isfile(newest / TRAINER_STATE)
+                  else metrics.train_log(None) if metrics is not None else None)
+    # a baseline rotation took away, or the initial weights' where the loss rose (baseline.py)
+    kept = usable_baseline(kept_before(root, (r.step for r in rows if r.step_known), newest), newest_log)
     if kept is not None:
         healthy = kept.scales
         notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} by "
