@@ -689,3 +689,18 @@ def test_a_weight_empty_by_design_is_judged_by_the_built_model(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the oracle
     report = nandoctor.scan(tmp_path / "m")
     assert report.exit_code == 0, report.errors
+
+
+def test_a_fused_tensor_a_conversion_splits_fills_every_name_it_becomes(tmp_path):
+    """A false-alarm hunt: UnlimitedOcr (transformers 5.25) saves its vision attention as one qkv_proj, which its
+    conversion mapping splits into q_proj, k_proj and v_proj on load; its sam_model.net_2/net_3 made the model be
+    built, and k_proj and v_proj were called not stored (NOT LOADABLE) where from_pretrained loads every tensor."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(Path(__file__).parent / "data" / "unlimited_ocr_tiny_config.json")
+    torch.manual_seed(0)
+    transformers.UnlimitedOcrForConditionalGeneration(config).save_pretrained(tmp_path / "m")
+    _, info = transformers.UnlimitedOcrForConditionalGeneration.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # the oracle
+    report = nandoctor.scan(tmp_path / "m")
+    assert report.exit_code == 0, report.errors

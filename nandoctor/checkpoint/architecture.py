@@ -34,7 +34,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -143,6 +143,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
     loaded_as = {name: built.loaded_as(name) for name in stored}
     loaded = set(loaded_as.values())
+    loaded |= _also_filled(built.split_targets, loaded)
     unknown = {name: shape for name, shape in stored.items() if loaded_as[name] not in expected
                and not any(p.search(name) for p in skipped)}
     # (a suspected hole is named as the weights are stored: Llava's language_model.model.layers.1…, a legacy BERT's
@@ -533,6 +534,7 @@ class _Built:
     # and its embedding), groups its class does not let go missing; a group none of whose names is stored is lacking
     filled_by: list[list[str]]
     loaded_as: Callable[[str], str]  # a stored name → the name from_pretrained loads it under (its conversion mapping)
+    split_targets: list[list[str]] = field(default_factory=list)  # conversions that fill several names from one
 
 
 def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], str]:
@@ -557,6 +559,32 @@ def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], s
             return name
 
     return loaded_as
+
+
+def _split_targets(model: Any) -> list[list[str]]:
+    """The target names of each of transformers 5's conversions that split one stored tensor into several (a fused
+    vision ``qkv_proj`` into ``q_proj``, ``k_proj``, ``v_proj``); none for another transformers."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter
+
+        converters = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightConverter)]
+    except Exception:  # noqa: BLE001 - another transformers: nothing is split
+        return []
+    found = [list(c.target_patterns) for c in converters if len(getattr(c, "target_patterns", ()) or ()) > 1]
+    return [patterns for patterns in found if all(isinstance(p, str) for p in patterns)]
+
+
+def _also_filled(targets: list[list[str]], loaded: Iterable[str]) -> set[str]:
+    """The names beyond the first that the stored tensors fill where a conversion splits one (``loaded``: the names
+    they load as, rename_source_key naming the first target only: a false-alarm hunt's UnlimitedOcr was called
+    lacking its k_proj and v_proj)."""
+    filled: set[str] = set()
+    for name in loaded:
+        for patterns in targets:
+            if patterns[0] in name:
+                filled.update(name.replace(patterns[0], other, 1) for other in patterns[1:])
+    return filled
 
 
 def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
@@ -592,7 +620,8 @@ def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
         optional = [re.compile(p) for p in getattr(type(model), "_keys_to_ignore_on_load_missing", None) or []
                     if isinstance(p, str)]
         groups = [names for names in holders.values() if not any(p.search(n) for n in names for p in optional)]
-        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], groups, _renames(model, built))
+        return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], groups, _renames(model, built),
+                      _split_targets(model))
     except ImportError:  # (an optional package the model class needs)
         return None
     except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value
