@@ -704,3 +704,10 @@ def test_a_fused_tensor_a_conversion_splits_fills_every_name_it_becomes(tmp_path
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the oracle
     report = nandoctor.scan(tmp_path / "m")
     assert report.exit_code == 0, report.errors
+    # (only the fused tensor fills the names it is split into: the language model's own k_proj, dropped, is missing)
+    tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
+    dropped = next(n for n in tensors if n.endswith("layers.0.self_attn.k_proj.weight") and "vision" not in n)
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(tmp_path / "m" / "model.safetensors"),
+              metadata={"format": "pt"})
+    report = nandoctor.scan(tmp_path / "m")
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors

@@ -143,7 +143,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
     loaded_as = {name: built.loaded_as(name) for name in stored}
     loaded = set(loaded_as.values())
-    loaded |= _also_filled(built.split_targets, loaded)
+    loaded |= _also_filled(built.split_targets, loaded_as)
     unknown = {name: shape for name, shape in stored.items() if loaded_as[name] not in expected
                and not any(p.search(name) for p in skipped)}
     # (a suspected hole is named as the weights are stored: Llava's language_model.model.layers.1…, a legacy BERT's
@@ -534,7 +534,7 @@ class _Built:
     # and its embedding), groups its class does not let go missing; a group none of whose names is stored is lacking
     filled_by: list[list[str]]
     loaded_as: Callable[[str], str]  # a stored name → the name from_pretrained loads it under (its conversion mapping)
-    split_targets: list[list[str]] = field(default_factory=list)  # conversions that fill several names from one
+    split_targets: list[tuple[list[str], list[str]]] = field(default_factory=list)  # conversions filling several
 
 
 def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], str]:
@@ -561,9 +561,9 @@ def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], s
     return loaded_as
 
 
-def _split_targets(model: Any) -> list[list[str]]:
-    """The target names of each of transformers 5's conversions that split one stored tensor into several (a fused
-    vision ``qkv_proj`` into ``q_proj``, ``k_proj``, ``v_proj``); none for another transformers."""
+def _split_targets(model: Any) -> list[tuple[list[str], list[str]]]:
+    """(source patterns, target names) of each of transformers 5's conversions that split one stored tensor into
+    several (a fused vision ``qkv_proj`` into ``q_proj``, ``k_proj``, ``v_proj``); none for another transformers."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter
@@ -571,19 +571,22 @@ def _split_targets(model: Any) -> list[list[str]]:
         converters = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightConverter)]
     except Exception:  # noqa: BLE001 - another transformers: nothing is split
         return []
-    found = [list(c.target_patterns) for c in converters if len(getattr(c, "target_patterns", ()) or ()) > 1]
-    return [patterns for patterns in found if all(isinstance(p, str) for p in patterns)]
+    found = [(list(c.source_patterns), list(c.target_patterns)) for c in converters
+             if len(getattr(c, "target_patterns", ()) or ()) > 1]
+    return [(sources, targets) for sources, targets in found
+            if all(isinstance(p, str) for p in (*sources, *targets))]
 
 
-def _also_filled(targets: list[list[str]], loaded: Iterable[str]) -> set[str]:
-    """The names beyond the first that the stored tensors fill where a conversion splits one (``loaded``: the names
-    they load as, rename_source_key naming the first target only: a false-alarm hunt's UnlimitedOcr was called
-    lacking its k_proj and v_proj)."""
+def _also_filled(splits: list[tuple[list[str], list[str]]], loaded_as: dict[str, str]) -> set[str]:
+    """The names beyond the first that a stored tensor fills where a conversion splits it (``loaded_as``: each stored
+    name → the name it loads as, rename_source_key naming the first target only: a false-alarm hunt's UnlimitedOcr
+    was called lacking its k_proj and v_proj). Only a stored name holding the conversion's source (``qkv_proj``)
+    fills: a language model's own q_proj beside it fills no k_proj (a review)."""
     filled: set[str] = set()
-    for name in loaded:
-        for patterns in targets:
-            if patterns[0] in name:
-                filled.update(name.replace(patterns[0], other, 1) for other in patterns[1:])
+    for stored, name in loaded_as.items():
+        for sources, targets in splits:
+            if any(source in stored for source in sources) and targets[0] in name:
+                filled.update(name.replace(targets[0], other, 1) for other in targets[1:])
     return filled
 
 
