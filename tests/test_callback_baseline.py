@@ -213,6 +213,27 @@ def test_a_run_whose_loss_rose_is_diverged_against_its_initial_weights(tmp_path)
     assert nandoctor.scan(stopped).verdict == "CLEAN"
 
 
+def test_a_run_broken_before_its_first_log_is_diverged_against_its_initial_weights(tmp_path):
+    """A review: at a constant lr 10 the first logged loss is already ~2,700 (against 6.9 untrained) and wanders
+    there, so the log shows no jump; every save passed while the baseline needed one. A loss that never came down to
+    half its first value leaves the initial weights the baseline."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=1000, max_position_embeddings=128)
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=20, save_steps=10,
+                             logging_steps=5, learning_rate=10.0, lr_scheduler_type="constant", max_grad_norm=0.0,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=_random_tokens(), callbacks=[doctor])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[0] > 100 and losses[-1] > losses[0] / 2  # (no jump to see, and no fall)
+    assert doctor.stopped_at == 10 and doctor.last_clean is None
+    assert "since the weights the run started from" in nandoctor.verdict.one_line(nandoctor.scan(tmp_path / "run" / "checkpoint-10"))
+
+
 def test_a_healthy_run_that_grew_far_from_its_initialisation_passes(tmp_path):
     """A false-alarm hunt: a regression head fitting targets in the hundreds grows its bias thousands of times from
     its initialisation while the loss falls; growth since the initial weights with no loss jump in the log diverges

@@ -132,14 +132,17 @@ def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None
 
 
 def usable_baseline(kept: RunBaseline | None, log: Any) -> RunBaseline | None:
-    """``kept``, unless it is the initial weights' and the trainer log (``log``, a TrainLog or None) shows no loss
-    jump: a healthy run's weights may grow far from their initialisation (a regression head fitting targets in
-    pixels, a bias fitting their mean: 3,000x in a false-alarm hunt, the loss falling all along), so growth since the
-    start calls a checkpoint diverged only where its loss rose too (a run at lr 3: 7 to 640); else the first healthy
-    checkpoint on disk is the baseline, as before."""
+    """``kept``, unless it is the initial weights' and the trainer log up to the checkpoint judged (``log``, a
+    TrainLog or None) does not show a run gone wrong: a healthy run's weights may grow far from their initialisation
+    (a regression head fitting targets in pixels: 700x in a false-alarm hunt, the loss falling all along), so growth
+    since the start calls a checkpoint diverged only where its loss did not come down (a run at lr 3: 7 to 640; at
+    lr 10: 2,711 at its first log, 2,883 at its first save); without a logged loss, nothing says which, and the first
+    healthy checkpoint on disk is the baseline, as before."""
     if kept is None or kept.checkpoint != INITIAL_WEIGHTS:
         return kept
-    return kept if log is not None and getattr(log, "error", None) is None and log.loss_jump is not None else None
+    if log is None or getattr(log, "error", None) is not None or log.first_loss is None or log.loss_fell:
+        return None
+    return kept
 
 
 def write_baseline(run: Path, kept: RunBaseline) -> None:

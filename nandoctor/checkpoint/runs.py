@@ -713,18 +713,19 @@ def scan_run(
     from nandoctor import verdict as verdicts
 
     done_before = 0
+    from_start = False  # (the initial weights' baseline said in a note once)
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
     newest = next((r.path for r in reversed(rows) if r.path is not root), None)
-    newest_log = (read_train_log(newest / TRAINER_STATE) if newest is not None and os.path.isfile(newest / TRAINER_STATE)
-                  else metrics.train_log(None) if metrics is not None else None)
-    # a baseline rotation took away, or the initial weights' where the loss rose (baseline.py)
-    kept = usable_baseline(kept_before(root, (r.step for r in rows if r.step_known), newest), newest_log)
+    kept = kept_before(root, (r.step for r in rows if r.step_known), newest)  # a baseline rotation took away
+    # the initial weights' is each row's own to use, by that row's log (baseline.usable_baseline): the loss may have
+    # fallen up to one save and jumped after it
+    initial = kept if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
+    if initial is not None:
+        kept = None
     if kept is not None:
         healthy = kept.scales
-        notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} by "
-                     "the training callback" if kept.checkpoint == INITIAL_WEIGHTS else
-                     f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
+        notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
                      f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
     elif (ignored := load_baseline(root)[1]) is not None:
         notes.append(ignored)  # a file at its name that is no baseline (a link, a FIFO, a number out of range)
@@ -773,18 +774,23 @@ def scan_run(
         zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
         if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
             report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
-        status, why = verdicts.checkpoint_status(report, bool(reasons), healthy, log_broke_by(log, step))
+        baseline = initial.scales if initial is not None and usable_baseline(initial, log) else healthy
+        if baseline is not None and baseline is not healthy and not from_start:
+            from_start = True
+            notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} "
+                         "by the training callback, where the trainer log's loss did not come down")
+        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step))
         if report is not None and status == DIVERGED and report.health != DIVERGED:
             # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
             # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
-            grown = verdicts.growth(report, healthy or {})
+            grown = verdicts.growth(report, baseline or {})
             assert grown is not None
             report = verdicts.with_run_context(report, {"growth": grown.to_json()})
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)
         scales = {} if report is None else verdicts.tensor_scales(report)
         if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
-            since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, healthy or {})
+            since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, baseline or {})
             checkpoint = dataclasses.replace(
                 checkpoint, growth=since_previous.factor if since_previous else None,
                 baseline_growth=since_healthy.factor if since_healthy else None)

@@ -68,6 +68,16 @@ class TrainLog:
     loss_jump: tuple[float, float] | None = None  # (that loss, the early loss)
     loss_interval: int = 1
     loss_jump_confirmed: bool = False  # a later logged loss kept it up (the last log's jump stands unconfirmed)
+    first_loss: float | None = None  # the first finite logged loss
+    last_loss: float | None = None  # the last finite logged loss
+
+    @property
+    def loss_fell(self) -> bool:
+        """Whether the run's loss came down to half its first logged value or less, with no jump: a healthy run's sign
+        (a run at lr 10 wandered from 2,711 to 2,434 with every checkpoint broken; a healthy one from scratch goes
+        from 10 to 4, a regression head from 1e6 to 1e4)."""
+        return (self.loss_jump is None and self.first_loss is not None and self.last_loss is not None
+                and self.last_loss <= self.first_loss / 2)
 
     @property
     def broken_weights_from(self) -> int | None:
@@ -90,6 +100,8 @@ def _where_it_broke(
     """The first entry (in log order) whose ``keys`` hold NaN/Inf, the first loss of exactly 0.0, and the first
     loss that jumped (:attr:`TrainLog.loss_jump_step`)."""
     last = first_bad = first_zero = None
+    first_loss: float | None = None  # the first and the last finite logged loss
+    last_loss: float | None = None
     bad_keys: tuple[str, ...] = ()
     seen: set[str] = set()
     early: list[float] = []  # the first EARLY_LOSSES finite losses: the run's early loss is their median
@@ -108,6 +120,9 @@ def _where_it_broke(
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
         value = _number(loss) if isinstance(loss, (int, float)) else None  # (a 400-digit int: inf, not an error)
+        if value is not None and math.isfinite(value):
+            first_loss = value if first_loss is None else first_loss
+            last_loss = value
         if pending is not None and value is not None:
             # A diverged run's loss stays up (or goes NaN); a spike from one odd batch is back down at the next log.
             # Against fewer than three early losses (one lucky batch among them would do) it must keep rising.
@@ -132,7 +147,8 @@ def _where_it_broke(
             previous_loss_step = step
     confirmed = jump is not None
     jump = jump or pending  # the last log's jump: nothing yet says it passed
-    found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen))
+    found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen),
+                     first_loss=first_loss, last_loss=last_loss)
     if jump is None:
         return found
     return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3],
