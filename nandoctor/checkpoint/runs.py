@@ -16,7 +16,7 @@ import os
 import re
 import shlex
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,24 @@ class RunPlace:
             return "…step=N….ckpt file"
         names = [p.name for _, p in self.siblings()]
         return "step-N" if names and all(n.startswith("step-") for n in names) else "checkpoint-N"
+
+
+def last_passing_before(saves: Sequence[tuple[int, Path]], before: int | None, passes: Callable[[Path], bool],
+                        skip: Path | None = None) -> Path | None:
+    """The newest of a run's ``saves`` ((step, path), steps ascending) saved before step ``before`` (any, for None)
+    that ``passes``, judged newest first and stopping at the first that does (usually one: the run's healthy saves
+    come before); ``skip``: a save never taken (the one refused). A save that cannot be judged (unreadable, or its
+    scan raising) is no resume point, and an earlier one may be: passed over. What a refused resume or repair names
+    to resume from instead (restore/, the training callbacks)."""
+    for step, path in reversed(saves):
+        if path == skip or (before is not None and step >= before):
+            continue
+        try:
+            if passes(path):
+                return path
+        except Exception:  # noqa: BLE001 - (never a crash of the training or the repair that asked)
+            continue
+    return None
 
 
 def place_in_run(target: Path) -> RunPlace | None:

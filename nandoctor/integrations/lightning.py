@@ -64,6 +64,7 @@ except ImportError as exc:  # say how to get it, not just "No module named light
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.lightningrun import lightning_folder, saved_step
+from nandoctor.checkpoint.runs import last_passing_before
 from nandoctor.integrations.gate import (
     REPORT_NAME,
     CheckpointGate,
@@ -240,18 +241,10 @@ class NanDoctorCallback(Callback):
 
     def _last_passing_before(self, path: Path) -> Path | None:
         """The newest step file of ``path``'s folder saved before it that passes a scan now (a run without verdicts
-        on disk; scanned newest first, only when a resume is refused)."""
+        on disk; only when a resume is refused)."""
         found = lightning_folder(path.parent)
-        step = saved_step(path)
-        for saved_at, file in reversed(found.steps if found is not None else ()):
-            if file == path or (step is not None and saved_at >= step):
-                continue
-            try:
-                if verdicts.passes(self.gate.scan(file), self.gate.fail_on):
-                    return file
-            except Exception as exc:  # noqa: BLE001 - (an unreadable file is no resume point; an earlier one may be)
-                logger.debug("nandoctor: %s not scanned (%s)", file, exc)
-        return None
+        return last_passing_before(found.steps if found is not None else (), saved_step(path),
+                                   lambda file: verdicts.passes(self.gate.scan(file), self.gate.fail_on), skip=path)
 
     def saved(self, trainer: Trainer, path: Path) -> None:
         """``path`` was just written (on rank zero): scan it, keep the verdict, stop or release files."""

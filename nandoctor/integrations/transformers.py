@@ -78,7 +78,7 @@ except ImportError as exc:  # say how to get it, not just "No module named trans
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.checkpoint.runs import checkpoints_in
+from nandoctor.checkpoint.runs import checkpoints_in, last_passing_before
 from nandoctor.integrations.gate import (
     REPORT_NAME,
     CheckpointGate,
@@ -312,23 +312,16 @@ class NanDoctorCallback(TrainerCallback):
 
     def _last_passing_on_disk(self, args: TrainingArguments, state: TrainerState) -> str | None:
         """The newest checkpoint before the resumed step that passes a scan now, for a run saved without this
-        callback (no verdicts on disk): scanned newest first, stopping at the first that passes (only when a resume
-        is refused: training stops anyway)."""
+        callback (no verdicts on disk; only when a resume is refused: training stops anyway)."""
         from nandoctor.api import scan
 
         try:
             found = checkpoints_in(Path(args.output_dir or "."))
         except OSError:
             return None
-        for step, folder in reversed(found):
-            if step >= state.global_step:
-                continue
-            try:
-                if verdicts.passes(scan(folder, device=self.device), self.fail_on):
-                    return str(folder)
-            except Exception as exc:  # noqa: BLE001 - (an unreadable checkpoint is no resume point; an earlier one
-                logger.debug("nandoctor: %s not scanned (%s)", folder, exc)  # may be: never crash training for it)
-        return None
+        clean = last_passing_before(found, state.global_step,
+                                    lambda folder: verdicts.passes(scan(folder, device=self.device), self.fail_on))
+        return None if clean is None else str(clean)
 
     def _refuse_a_failed_resume(self, args: TrainingArguments, state: TrainerState, model: Any, optimizer: Any,
                                 scheduler: Any) -> None:

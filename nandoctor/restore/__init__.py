@@ -310,23 +310,14 @@ def _last_healthy_before(target_path: Path, scan_one: Callable[[Path], ScanRepor
     from nandoctor.checkpoint import runs
     from nandoctor.checkpoint.runcontext import judged_in_run
     from nandoctor.checkpoint.trainlog import read_train_log
-    from nandoctor.errors import NandoctorError
 
     place = runs.place_in_run(target_path)
     if place is None:
         return None
     state = (target_path if target_path.is_dir() else target_path.parent) / runs.TRAINER_STATE
     jumped = read_train_log(state).broken_weights_from if state.is_file() else None
-    for step, path in reversed(place.siblings()):
-        if step >= place.step or (jumped is not None and step >= jumped):
-            continue
-        try:
-            judged, _ = judged_in_run(scan_one(path), path, scan_one)
-        except NandoctorError:
-            continue  # (an unreadable one is no resume point; an earlier one may be)
-        if verdict.passes(judged):
-            return path
-    return None
+    return runs.last_passing_before(place.siblings(), place.step if jumped is None else min(place.step, jumped),
+                                    lambda path: verdict.passes(judged_in_run(scan_one(path), path, scan_one)[0]))
 
 
 def _where(target_path: Path) -> str:
