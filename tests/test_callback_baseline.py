@@ -283,7 +283,7 @@ def test_the_initial_weights_are_kept_only_where_they_name_every_saved_weight(tm
         run = tmp_path / f"run-{kept}"
         gate = CheckpointGate()
         module = torch.nn.Linear(4, 4)
-        gate.keep_initial_baseline(run, module)
+        gate.keep_initial_baseline([run], module)
         folder = run / "checkpoint-1"
         folder.mkdir(parents=True)
         save_file({name: torch.randn(4, 4) if name != "bias" else torch.randn(4) for name in names},

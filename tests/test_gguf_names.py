@@ -105,6 +105,8 @@ def test_an_architecture_one_character_from_a_known_one_is_not_loadable_and_an_u
 def test_the_table_is_gguf_pys_own():
     """gguf_tensor_names.json is what `python -m nandoctor.readers.gguf_names` writes from the installed gguf: every
     architecture's templates as gguf.constants has them (a newer gguf adds some: regenerate)."""
+    from importlib.metadata import version as installed
+
     from gguf import constants
 
     version, archs = gguf_names._tables()
@@ -113,6 +115,9 @@ def test_the_table_is_gguf_pys_own():
         if name in archs:
             assert {constants.TENSOR_NAMES[t] for t in tensors} <= archs[name], name
     assert {"blk.{bid}.attn_q", "token_embd", "output"} <= archs["llama"]
+    if version == installed("gguf"):  # (the very gguf the table was written from: every architecture is in it)
+        assert set(archs) == {constants.MODEL_ARCH_NAMES[a] for a in constants.MODEL_TENSORS
+                              if a in constants.MODEL_ARCH_NAMES}
 
 
 def test_a_newer_architecture_a_digit_away_is_a_note_and_decoder_blocks_have_their_own_count():

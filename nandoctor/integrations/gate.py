@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,12 @@ class CheckpointGate:
             logger.error("nandoctor: could not remove the earlier run's %s (%s: %s)", Path(run) / BASELINE_NAME,
                          type(exc).__name__, exc)
 
-    def keep_initial_baseline(self, run: Path, model: Any, prefix: str = "") -> None:
-        """A fresh run: the weights training starts from, ``model``'s, as the growth baseline of the run folder
-        ``run`` (step 0, checkpoint/baseline.py), when they pass; written there before the first save in it is
-        judged (:meth:`check`: the folder may not exist yet), which then keeps it. ``prefix``: what the saved files put
-        before the module's own names (Lightning's ``state_dict.``). Errors are logged; training goes on."""
+    def keep_initial_baseline(self, runs: Iterable[Path], model: Any, prefix: str = "") -> None:
+        """A fresh run: the weights training starts from, ``model``'s (scanned once), as the growth baseline of each
+        run folder of ``runs`` (step 0, checkpoint/baseline.py; Lightning's ModelCheckpoint folders), when they pass;
+        written into each before the first save in it is judged (:meth:`check`: the folder may not exist yet), which
+        then keeps it. ``prefix``: what the saved files put before the module's own names (Lightning's
+        ``state_dict.``). Errors are logged; training goes on."""
         from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline
 
         try:
@@ -117,7 +118,8 @@ class CheckpointGate:
             report = scan_module(model)
             scales = {prefix + name: scale for name, scale in verdicts.tensor_scales(report).items()}
             if scales and verdicts.passes(report, self.fail_on):  # (weights that fail from the start: nothing to grow from)
-                self._initial[Path(run)] = RunBaseline(0, INITIAL_WEIGHTS, verdicts.max_abs(report, "weight"), scales)
+                kept = RunBaseline(0, INITIAL_WEIGHTS, verdicts.max_abs(report, "weight"), scales)
+                self._initial.update(dict.fromkeys(map(Path, runs), kept))
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not scan the initial weights for the run's baseline (%s: %s)",
                          type(exc).__name__, exc)

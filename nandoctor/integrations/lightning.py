@@ -145,12 +145,11 @@ class NanDoctorCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:  # from scratch: an earlier run's baseline in a checkpoint folder goes
-            for callback in trainer.checkpoint_callbacks:
-                dirpath = getattr(callback, "dirpath", None)
-                if dirpath:
-                    self.gate.start(Path(dirpath), fresh=trainer.global_step == 0)
-                    if trainer.global_step == 0:  # (a .ckpt names the module's weights under state_dict.)
-                        self.gate.keep_initial_baseline(Path(dirpath), pl_module, prefix="state_dict.")
+            folders = [Path(d) for d in (getattr(c, "dirpath", None) for c in trainer.checkpoint_callbacks) if d]
+            for folder in folders:
+                self.gate.start(folder, fresh=trainer.global_step == 0)
+            if trainer.global_step == 0 and folders:  # (a .ckpt names the module's weights under state_dict.)
+                self.gate.keep_initial_baseline(folders, pl_module, prefix="state_dict.")
         if not self._clean:
             self._clean.update(self._previous_clean(trainer))  # a resumed run: the verdicts are on disk
             self._sync()

@@ -169,7 +169,7 @@ class NanDoctorCallback(TrainerCallback):
         if state.is_world_process_zero:  # (the one that writes the checkpoints and their baseline)
             self.gate.start(Path(args.output_dir or "."), fresh=state.global_step == 0)
             if state.global_step == 0 and kwargs.get("model") is not None:
-                self.gate.keep_initial_baseline(Path(args.output_dir or "."), kwargs["model"])
+                self.gate.keep_initial_baseline([Path(args.output_dir or ".")], kwargs["model"])
         if self.protect_last_clean and self._user_limit and self._user_limit > 0:
             # Trainer's rotation keeps only the newest and one best: this callback rotates instead (on_save),
             # keeping the clean checkpoints a resume may need too; the user's value is back at the end.

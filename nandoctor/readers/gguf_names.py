@@ -70,8 +70,8 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
     for prefix, count in block_counts.items():
         if count is None:
             continue
-        beyond = sorted({int(m.group(1)) for name in names
-                         if (m := re.match(rf"^{re.escape(prefix)}blk\.(\d+)\.", name)) and int(m.group(1)) >= count})
+        block = re.compile(rf"^{re.escape(prefix)}blk\.(\d+)\.")
+        beyond = sorted({int(m.group(1)) for name in names if (m := block.match(name)) and int(m.group(1)) >= count})
         if beyond:
             key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
             problems.append(ScanProblem(
