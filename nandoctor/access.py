@@ -89,6 +89,27 @@ def unusable_name(name: str) -> str | None:
 _PATH_MAX = 4096
 
 
+def named_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as spelled when it names itself, its folder and that folder's folder (what a run's checkpoint is
+    placed by: ``run/checkpoint-40/model.safetensors``); else its absolute form. ``.``, a bare file name,
+    ``../checkpoint-40`` or ``sub/..`` spell a folder whose name is ``''`` or ``..``: read by name, a checkpoint
+    scanned from inside its folder lost its run (a checkpoint the run calls diverged passed alone) and a
+    suggested ``--out`` was ``./-repaired``."""
+    spelled = Path(path)
+    parts = Path(os.path.normpath(spelled)).parts
+    if spelled.is_absolute() or (len(parts) >= 3 and ".." not in parts):
+        return spelled
+    return Path(os.path.abspath(spelled))
+
+
+def as_spelled(path: Path, like: str | os.PathLike[str]) -> Path:
+    """``path`` (absolute, made from :func:`named_path`) relative to the working folder when ``like`` (what the
+    user typed) was relative: a suggestion reads as the user spelled the checkpoint."""
+    if Path(like).is_absolute() or not path.is_absolute():
+        return path
+    return Path(os.path.relpath(path))
+
+
 def exists(path: str | os.PathLike[str]) -> bool:
     return status(path) is not None
 

@@ -10,6 +10,7 @@ import os
 import shlex
 from pathlib import Path
 
+from nandoctor import access
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.model import ScanReport
@@ -90,7 +91,8 @@ def put_in_place(target: str, repaired: Path) -> str:
     """The shell line that puts the repair at ``repaired`` (a folder) where ``target`` is, keeping the bad one as
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
     source = repaired / Path(target).name if Path(target).is_file() else repaired
-    return (f"mv {shlex.quote(target)} {shlex.quote(str(_outside_the_run(Path(target), '-bad')))} && "
+    bad = access.as_spelled(_outside_the_run(access.named_path(target), "-bad"), target)
+    return (f"mv {shlex.quote(target)} {shlex.quote(str(bad))} && "
             f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
 
 
@@ -151,7 +153,13 @@ def repaired_path(target: Path) -> Path:
     folder beside it named after it (after the model for a hub cache snapshot; a Lightning ``.ckpt`` file
     without its suffix), where the run view looks for a verified repair; for one file of a checkpoint
     folder (``run/checkpoint-40/model.safetensors``), beside that folder (``run/checkpoint-40-model-repaired``:
-    not ``checkpoint-40-repaired``, which the run view would take for a repair of the whole checkpoint)."""
+    not ``checkpoint-40-repaired``, which the run view would take for a repair of the whole checkpoint). Made
+    from the folder names of the path (``.`` as its absolute form: access.named_path), relative when ``target``
+    was."""
+    return access.as_spelled(_repaired_path(access.named_path(target)), target)
+
+
+def _repaired_path(target: Path) -> Path:
     if hubcache.is_snapshot(str(target)):  # never suggest writing into the cache: a folder here, named after the model
         return Path(Path(os.path.abspath(target)).parent.parent.name.split("--")[-1] + "-repaired")
     if target.is_file():

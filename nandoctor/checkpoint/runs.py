@@ -133,7 +133,7 @@ def place_in_run(target: Path) -> RunPlace | None:
     folder (or a file inside one), the final model of a run folder (the folder itself), or a Lightning
     ``…step=N….ckpt`` file, the ``last.ckpt`` a resume loads or the final model file beside them (a Lightning
     run folder stands for its final file); else None."""
-    target = Path(target)
+    target = access.named_path(target)  # (``.``: the folder whose name says its step)
     target_is_dir = access.is_dir(target)
     if not target_is_dir or is_lightning_checkpoint(target):  # a file, or a sharded .ckpt folder (FSDP, DeepSpeed)
         lightning = lightning_folder(target.parent)

@@ -1,0 +1,89 @@
+"""A checkpoint judged the same whichever way its path is spelled.
+
+A new-user trial scanned a checkpoint from inside its folder: ``nandoctor scan .`` passed a checkpoint whose
+absolute path failed DIVERGED (the run was found by the folder's name, and ``.`` has none), the console report
+ended in "internal error: ValueError: PosixPath('.') has an empty name" (the suggested ``--out``), and
+``repair . --from auto`` said the checkpoint was in no run. Every spelling a shell allows is tried here against
+the absolute path: the same exit code and verdict, no internal error, and the suggested repair works from
+where the user stands.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import nandoctor
+from tests.conftest import run_cli
+
+
+def _grown_run(root: Path) -> Path:
+    """checkpoint-1, -2 healthy; checkpoint-3's lm_head 1000x: diverged by growth, no NaN anywhere."""
+    rng = np.random.default_rng(0)
+    weights = {f"model.layers.{i}.mlp.up_proj.weight": (rng.standard_normal((64, 32)) * 0.02).astype(np.float32)
+               for i in range(4)}
+    weights["lm_head.weight"] = (rng.standard_normal((100, 32)) * 0.02).astype(np.float32)
+    for step, factor in [(1, 1.0), (2, 1.0), (3, 1000.0)]:
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({k: v * factor if k == "lm_head.weight" else v for k, v in weights.items()},
+                  str(folder / "model.safetensors"))
+    return root
+
+
+@pytest.fixture(params=["demo", "grown"])
+def checkpoint(request, tmp_path, demo_run) -> Path:
+    if request.param == "demo":
+        shutil.copytree(demo_run, tmp_path / "run")
+        return tmp_path / "run" / "checkpoint-300"
+    return _grown_run(tmp_path / "run") / "checkpoint-3"
+
+
+def _case(quiet_line: str) -> str:
+    """``FAIL DIVERGED`` of ``FAIL DIVERGED <path>: …``."""
+    return quiet_line.split(":")[0].rsplit(" ", 1)[0]
+
+
+def _spellings(checkpoint: Path) -> list[tuple[Path, str]]:
+    """(working folder, path as typed) for the checkpoint folder, each a different shell spelling."""
+    (checkpoint / "sub").mkdir()
+    sibling = next(p for p in sorted(checkpoint.parent.iterdir()) if p != checkpoint)
+    return [(checkpoint, "."), (checkpoint, "./"), (checkpoint.parent, checkpoint.name),
+            (checkpoint / "sub", ".."), (sibling, f"../{checkpoint.name}"), (checkpoint / "sub", "../../" + checkpoint.name)]
+
+
+def test_every_spelling_of_a_checkpoint_gets_the_verdict_of_its_absolute_path(checkpoint, monkeypatch):
+    expected = run_cli("scan", "--quiet", checkpoint)
+    assert expected.exit_code == 1
+    case = _case(expected.output)
+    for where, typed in _spellings(checkpoint):
+        monkeypatch.chdir(where)
+        quiet = run_cli("scan", "--quiet", typed)
+        assert (quiet.exit_code, _case(quiet.output)) == (1, case), (where, typed, quiet.output)
+        console = run_cli("scan", typed)
+        assert console.exit_code == 1 and "internal error" not in console.output, (where, typed, console.output)
+        assert nandoctor.scan(typed, device="cpu").exit_code == 1
+        with pytest.raises(nandoctor.NonFiniteWeightsError):
+            nandoctor.assert_finite(typed)
+
+
+def test_the_suggested_repair_works_from_where_the_user_stands(tmp_path, demo_run, monkeypatch):
+    shutil.copytree(demo_run, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint-300"
+    for where, typed in _spellings(checkpoint):
+        monkeypatch.chdir(where)
+        report = run_cli("scan", typed)
+        line = next(line.strip() for line in report.output.splitlines() if line.strip().startswith("nandoctor repair"))
+        args = shlex.split(line)[1:]
+        out = Path(args[args.index("--out") + 1])
+        assert args[1] == (typed.rstrip("/") or typed) and "--from" in args and args[args.index("--from") + 1] == "auto", line
+        assert out.resolve().parent == checkpoint.parent, (typed, line)  # beside the checkpoint, never inside it
+        done = run_cli(*args)
+        assert done.exit_code == 0, (where, typed, done.output)
+        assert nandoctor.scan(out, device="cpu").exit_code == 0
+        shutil.rmtree(out)
