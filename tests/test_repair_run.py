@@ -287,3 +287,21 @@ def test_auto_without_a_healthy_donor_says_why_each_earlier_checkpoint_is_none(t
     assert "checkpoint-100 is unreadable" in message and "checkpoint-200 is unreadable" in message
     assert "runs past the end" in message and "make the unreadable checkpoint readable" in raised.value.hint
     assert not (tmp_path / "fixed").exists()
+
+
+@pytest.mark.parametrize("donors", [["auto"], ["checkpoint-4", "checkpoint-2"]], ids=["auto", "given"])
+def test_a_nan_weight_is_never_restored_from_an_all_zero_copy(tmp_path, donors):
+    """A trial: checkpoint-4's copy of a weight was all zero (a broken copy), checkpoint-6's held a NaN; the repair
+    restored the zeros ("REPAIRED", exit 0, a dead MLP), though checkpoint-2 held a good copy. The zero copy is
+    refused like a NaN one, and the next donor's is taken."""
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-4", _zero(OTHER))
+    _edit(run / "checkpoint-6", _nan(OTHER))
+    args = [a if a == "auto" else str(run / a) for a in donors]
+    done = run_cli("repair", str(run / "checkpoint-6"), *[x for a in args for x in ("--from", a)],
+                   "--out", str(tmp_path / "fixed"))
+    assert done.exit_code == 0, done.output
+    restored = _tensor(tmp_path / "fixed", OTHER)
+    assert torch.equal(restored, _tensor(run / "checkpoint-2", OTHER)) and torch.count_nonzero(restored) > 0
+    proof = json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())
+    assert [Path(r["donor"]).name for r in proof["restored"]] == ["checkpoint-2"]

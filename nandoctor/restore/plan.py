@@ -364,7 +364,7 @@ def _candidate(
                     why = None if grown is None else (
                         f"diverged itself: {grown.words()} since the run's first healthy checkpoint {baseline.path}"
                     )
-                if why is None and ZEROED in result.findings and donor.catalog.all_zero(ref):
+                if why is None and _zero_copy_refused(result) and donor.catalog.all_zero(ref):
                     why = "all zero itself"
                 if why is None and cast:
                     overflow = donor.catalog.cast_overflow(ref, target.dtype)
@@ -428,6 +428,20 @@ def _cast_note(report: ScanReport, unrestorable: list[Unrestorable], views: list
                     return (f"{_describe(view.catalog)} holds {u.name!r} as {other}, the target's is "
                             f"{target.dtype}: --allow-cast takes it, rounded as torch's tensor.to(dtype) rounds",)
     return ()
+
+
+def _zero_copy_refused(result: TensorResult) -> bool:
+    """Whether an all-zero donor copy is no copy of the target tensor: one found zeroed, and any weight the target
+    holds non-zero or NaN/Inf values of (training never zeroes a whole tensor, a broken copy does: a trial's
+    NaN tensor was restored from a zeroed copy in the checkpoint before it, while an earlier one held a good
+    copy). Biases and LoRA weights start at zero (an early donor's copy is their real earlier value) unless
+    the target's copy is zeroed itself."""
+    if ZEROED in result.findings:
+        return True
+    name = result.name.lower()
+    if result.role != "weight" or name.endswith(".bias") or "lora_" in name:
+        return False
+    return bool(result.nan or result.posinf or result.neginf or (result.max_abs or 0.0) > 0.0)
 
 
 def plan_repair(
