@@ -198,6 +198,29 @@ def test_a_tied_lm_head_stored_with_a_nan_is_restored_from_its_partner(tmp_path)
     _generates(out)
 
 
+def test_a_bad_embedding_beside_its_healthy_tied_copy_is_restored_from_that_copy(tmp_path):
+    """The reverse of the case above (a trial): the embedding held the NaN, the stored lm_head copy was healthy. It
+    was restored from an older donor, the two then differed, and transformers loaded them untied (the newer head,
+    the older embedding). The copy holds this step's very values: the embedding is restored from it."""
+    run = _run(tmp_path / "run", tie=True)
+
+    def change(tensors):
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        tensors["model.embed_tokens.weight"].view(-1)[7] = float("nan")
+
+    _edit(run / "checkpoint-6", change)
+    target, out = run / "checkpoint-6", tmp_path / "fixed"
+    done = run_cli("repair", target, "--from", "auto", "--out", out, "--no-progress")
+    assert done.exit_code == 0, done.output
+    (restored,) = json.loads((out / "nandoctor-repair.json").read_text())["restored"]
+    assert (restored["tensor"], restored["donor_tensor"], restored["donor"]) == (
+        "model.embed_tokens.weight", "lm_head.weight", str(target))
+    weights, source = load_file(str(out / "model.safetensors")), load_file(str(target / "model.safetensors"))
+    assert torch.equal(weights["model.embed_tokens.weight"], source["lm_head.weight"])
+    assert all(torch.equal(weights[k], source[k]) for k in source if k != "model.embed_tokens.weight")
+    assert torch.equal(_generates(out).lm_head.weight, source["lm_head.weight"])
+
+
 def test_a_tied_pair_both_bad_takes_one_donor_tensor_for_both(tmp_path):
     run = _run(tmp_path / "run", tie=True)
     target = _tied_copy_with_nan(run)

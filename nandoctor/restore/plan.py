@@ -458,12 +458,19 @@ def plan_repair(
     every value stays finite once cast. ``baseline``: the target's run's first healthy checkpoint, past
     which no donor weight may have grown. ``ties`` (restore/tied.py): tied copy → its partner in the
     target; a bad copy is restored as its partner ends up, from the same bytes (the partner's own when it
-    is healthy: the target itself is then a donor, ``DonorInfo.own``), never from a donor of its own.
+    is healthy: the target itself is then a donor, ``DonorInfo.own``), never from a donor of its own; a bad
+    partner whose copy is healthy, from that copy.
     """
     views = [_DonorView(d) for d in donors]
     ambiguous = made_unique(t.ref for t in report.tensors)
     needed = needed_tensors(report, scope)
     tied = {t.name: ties[t.name] for t in needed if ties and t.name in ties and t.name not in ambiguous}
+    # A bad partner whose tied copy is healthy in the target is restored from that copy: the same values, of this
+    # step (a trial's NaN embedding restored from an older donor beside the target's newer lm_head copy left the
+    # two different, and transformers then loaded them untied)
+    bad = {t.name for t in needed}
+    copy_of = {partner: copy for copy, partner in (ties or {}).items() if copy not in bad}
+    tied.update({t.name: copy_of[t.name] for t in needed if t.name in copy_of and t.name not in ambiguous})
     keys = {id(t): _view_key(t.ref) for t in needed}
     tie_count: dict[tuple, int] = {}
     for t in needed:
