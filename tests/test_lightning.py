@@ -374,6 +374,23 @@ def test_nan_weights_that_a_loss_monitoring_checkpoint_never_writes_are_caught_l
     assert files  # the clean files ModelCheckpoint kept
 
 
+def test_a_stopped_run_fails_its_gate_though_last_ckpt_is_clean(tmp_path):
+    """A new-user trial: with save_last=True, last.ckpt (a clean save before the weights broke) decided the run's
+    exit code and the gate after training passed a run the callback had stopped. A save newer than last.ckpt
+    decides too: the run went on past what a resume loads."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    lightning_run(tmp_path, poison_at=9, callbacks=(doctor,), steps=20, every_n_train_steps=4, keep_last=False,
+                  monitor=None, save_top_k=-1, save_last=True)
+    folder = tmp_path / "checkpoints"
+    stopped = folder / f"nandoctor-stopped-step={doctor.nonfinite_weights_at}.ckpt"
+    assert stopped.is_file() and (folder / "last.ckpt").is_file()
+    assert nandoctor.scan(str(folder / "last.ckpt")).exit_code == 0  # last.ckpt alone is clean
+    scanned = nandoctor.scan_run(str(folder))
+    assert scanned.exit_code() == 1 and scanned.decider().name == stopped.name
+    quiet = run("scan", "--quiet", folder)
+    assert quiet.exit_code == 1 and quiet.output.startswith("FAIL") and stopped.name in quiet.output, quiet.output
+
+
 def test_a_bad_batch_first_does_not_hide_nan_weights_later(tmp_path, caplog):
     """A trial's find: after one NaN loss from a bad batch (weights finite: no stop, a warning), weights that went
     NaN later were never checked again and training ran to its end."""

@@ -330,9 +330,13 @@ class RunReport:
     def deciding(self) -> tuple[RunCheckpoint, ...]:
         """The rows that decide the exit code: what gets loaded. The final model (what a user ships) and a
         Lightning run's last.ckpt (what ``trainer.fit(ckpt_path="last")`` resumes from) where the run has
-        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md."""
-        loaded = tuple(c for c in self.checkpoints if c.final or c.last)
-        return loaded or ((self.checkpoints[-1],) if self.checkpoints else ())
+        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md. Saves newer than
+        every loaded row decide too: the run went on past what would be loaded, and how it ended counts (a
+        Lightning callback's ``nandoctor-stopped-step=N.ckpt`` after a clean ``last.ckpt`` passed the gate)."""
+        loaded = [i for i, c in enumerate(self.checkpoints) if c.final or c.last]
+        if not loaded:
+            return (self.checkpoints[-1],) if self.checkpoints else ()
+        return (*(self.checkpoints[i] for i in loaded), *self.checkpoints[loaded[-1] + 1:])
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
         """The deciding row whose exit code is the run's: the worst of them; of equals, the newest."""

@@ -126,6 +126,9 @@ def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     """Which rows decide the run's exit code, in words (docs/cli.md)."""
     final = any(c.final for c in run.checkpoints)
     last = next((c for c in run.checkpoints if c.last), None)
+    if (final or last is not None) and not (decider.final or decider.last):  # a save after them (RunReport.deciding)
+        loaded = "the final model" if last is None else last.name if not final else f"the final model and {last.name}"
+        return f"{decider.name}, saved after {loaded}, decides the exit code: the run went on past what would be loaded"
     if final and last is not None:
         return f"the final model and {last.name} decide the exit code, the worse of them"
     if last is not None:
