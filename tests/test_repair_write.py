@@ -817,3 +817,37 @@ def test_an_interrupt_after_the_repair_is_in_place_says_it_is_complete(tmp_path,
     monkeypatch.setattr(nandoctor.restore, "repair", lambda *_, **__: (_ for _ in ()).throw(KeyboardInterrupt))
     taken = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out", "--no-progress")
     assert taken.exit_code == 130 and "complete" not in taken.output, taken.output
+
+
+@pytest.mark.parametrize("how", ["console", "json"])
+def test_an_interrupt_while_the_report_prints_says_the_repair_is_complete(tmp_path, monkeypatch, how):
+    """Two trials: Ctrl-C (or SIGTERM) while the finished repair's report was printed gave exit 130 "interrupted",
+    and a script retrying on 130 met "--out already exists" over a complete, verified repair."""
+    from nandoctor.cli import repair_cmd
+    from nandoctor.report import repair_report
+    from tests.conftest import run_cli
+
+    target, donor, _, _ = make_run(tmp_path)
+
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repair_report if how == "console" else repair_cmd,
+                        "render_result" if how == "console" else "echo_json", interrupt)
+    result = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out", "--no-progress",
+                     *(["--json"] if how == "json" else []))
+    assert result.exit_code == 0 and "interrupted after the repair was complete" in result.output, result.output
+
+
+def test_ctrl_c_while_a_command_starts_is_interrupted_not_aborted(monkeypatch, capsys):
+    """A trial: Ctrl-C while a command's module was imported gave click's "Aborted!" and exit 1 (for scan: "findings
+    fail the gate"). The interrupt's own exit code, 130, whatever the moment."""
+    import sys
+
+    from nandoctor import cli
+
+    monkeypatch.setattr(cli.LazyGroup, "get_command", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(sys, "argv", ["nandoctor", "scan", "checkpoint"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 130 and "interrupted" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import gc
 import importlib
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -58,6 +59,15 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *self.commands})
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C while a command is imported or starts, before its own handler (cli.common.handles_errors) is in
+        # place: click's standalone mode would print "Aborted!" and exit 1, a scan's "findings fail the gate"
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:

@@ -142,11 +142,19 @@ def repair(
     existed = out is not None and os.path.lexists(out)  # (then an interrupt never claims what is there)
     with _json_on_error(as_json, target, donors, scope, allow_cast):
         try:
-            with _sigterm_interrupts(), byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
-                result = run_repair(
-                    target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
-                    allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
-                )
+            with _sigterm_interrupts():
+                with byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
+                    result = run_repair(
+                        target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
+                        allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
+                    )
+                # (the report too: an interrupt while it prints finds the repair in place, and says so)
+                if as_json:
+                    from nandoctor.restore.proof import plan_json, proof_json
+
+                    echo_json(plan_json(result.plan) if dry_run else proof_json(result))
+                else:
+                    render_result(result, console, show_all=show_all)
         except KeyboardInterrupt:
             if not existed:
                 _complete_anyway(out, target, dry_run)
@@ -157,12 +165,6 @@ def repair(
             if isinstance(exc.plan, RepairPlan) and not as_json:  # (--json: the plan is printed below)
                 render_plan(exc.plan, console, show_all=show_all)
             raise
-    if as_json:
-        from nandoctor.restore.proof import plan_json, proof_json
-
-        echo_json(plan_json(result.plan) if dry_run else proof_json(result))
-    else:
-        render_result(result, console, show_all=show_all)
     sys.exit(result.exit_code)
 
 

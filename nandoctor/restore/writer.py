@@ -140,22 +140,23 @@ def write_repair(
     inputs = inputs or {}
     progress, phase = progress or _noop, on_phase or _noop
     check_out(out, source)
-    try:
-        stale.clean_stale(out.parent)
-        copies, copy_notes, linked = _copy_list(source)
-        _check_space(out.parent, sum(size for _, _, size in copies))
-        building = atomic.make_temp(out)  # locked while this process lives (stale.py leaves it alone)
-    except OSError as exc:  # e.g. a read-only parent folder: nothing was created
-        raise RepairFailedError(
-            f"{exc.filename or out.parent}: {exc.strerror or exc} (creating the repair's temporary folder)",
-            "choose an --out in a folder you can write to",
-        ) from exc
-    temp = building.path
     # Weight files are copied (and hashed, and patched) one per core: sha256 and the copy's reads and writes
     # release the GIL. Each is written back to disk by its own thread, so a waiting fsync holds no copying slot.
     copier = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="nandoctor-copy")
     syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nandoctor-fsync")
+    building: atomic.TempFolder | None = None  # (made inside the try: an interrupt right after never leaves it)
     try:
+        try:
+            stale.clean_stale(out.parent)
+            copies, copy_notes, linked = _copy_list(source)
+            _check_space(out.parent, sum(size for _, _, size in copies))
+            building = atomic.make_temp(out)  # locked while this process lives (stale.py leaves it alone)
+        except OSError as exc:  # e.g. a read-only parent folder: nothing was created
+            raise RepairFailedError(
+                f"{exc.filename or out.parent}: {exc.strerror or exc} (creating the repair's temporary folder)",
+                "choose an --out in a folder you can write to",
+            ) from exc
+        temp = building.path
         phase("temp")
         for rel, leads_to in linked:  # (a link farm's links out: kept as links, their targets never read)
             (temp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,8 @@ def write_repair(
         atomic.move_into_place(building, out)
         phase("renamed")
     except (OSError, NandoctorError) as exc:
+        if building is None:
+            raise
         if atomic.vanished(building):  # whatever failed first (a copy, the verification scan, the rename)
             raise _removed_meanwhile(building, out) from exc
         if not isinstance(exc, OSError):
@@ -232,7 +235,8 @@ def write_repair(
     finally:
         for pool in (copier, syncer):
             pool.shutdown(wait=True, cancel_futures=True)  # no thread may still use temp when it is removed
-        atomic.discard(building)  # removed unless it is at --out now; its lock let go
+        if building is not None:
+            atomic.discard(building)  # removed unless it is at --out now; its lock let go
     with contextlib.suppress(OSError):  # the folder is in place; only its durability across a power cut is weaker
         atomic.fsync_path(out.parent)
     return result
