@@ -851,3 +851,35 @@ def test_ctrl_c_while_a_command_starts_is_interrupted_not_aborted(monkeypatch, c
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_file_names_that_are_not_utf8_are_repaired_and_reported(tmp_path):
+    """A trial: a target whose file name holds bytes that are no UTF-8 (``bad\\xff\\xfe.safetensors``) failed its
+    repair with "internal error: UnicodeEncodeError" while writing the proof, and ``scan --html`` of it likewise.
+    The proof keeps the exact name (JSON escapes read back to it); the HTML page names the bytes as ``\\xff``."""
+    import json as _json
+
+    from tests.conftest import run_cli
+
+    target, donor, _, _ = make_run(tmp_path)
+    odd = os.fsencode(target) + b"/extra/odd\xff\xfe.txt"
+    with open(odd, "wb") as fh:
+        fh.write(b"carried\n")
+    done = run_cli("repair", target, "--from", donor, "--out", tmp_path / "out", "--no-progress")
+    assert done.exit_code == 0, done.output
+    assert open(os.fsencode(tmp_path / "out") + b"/extra/odd\xff\xfe.txt", "rb").read() == b"carried\n"
+    proof = _json.loads((tmp_path / "out" / "nandoctor-repair.json").read_bytes())
+    assert any(os.fsencode(c) == b"extra/odd\xff\xfe.txt" for c in proof["carried"]), proof["carried"]
+
+    single = tmp_path / "single"
+    single.mkdir()
+    name = os.fsdecode(b"bad\xff\xfe.safetensors")
+    shutil.copy(next(target.glob("*.safetensors")), single / name)
+    page = tmp_path / "page.html"
+    scanned = run_cli("scan", single / name, "--html", page, "--quiet")
+    assert scanned.exit_code in (0, 1) and "internal error" not in scanned.output, scanned.output
+    assert "bad\\xff\\xfe.safetensors" in page.read_text(encoding="utf-8")
+    for options in ((), ("--json",), ("--markdown",)):  # (the test's output stream is strict UTF-8, as many terminals)
+        shown = run_cli("scan", single / name, *options)
+        assert shown.exit_code in (0, 1) and "internal error" not in shown.output, (options, shown.output)
+    assert "bad\\xff\\xfe" in run_cli("repair", single / name, "--from", donor, "--out", tmp_path / "o2").output

@@ -31,11 +31,22 @@ import sys
 _TRIES = 16  # an O_EXCL name that exists is someone else's file: take another random one
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8, a file name's undecodable bytes (Python's surrogate escapes, ``bad\udcff``) written as
+    ``\xff``, the byte they stand for: valid UTF-8 that names the byte (an HTML report of such a name failed with
+    "surrogates not allowed")."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+        return shown.encode("utf-8", "backslashreplace")
+
+
 def write_text(path: str | os.PathLike[str], text: str, *, owned: bool = False) -> None:
-    """Write ``text`` (UTF-8) to ``path``: atomically for a regular or new file (through symlinks), directly
-    for a FIFO or device; ``owned`` (a file nandoctor owns): atomically in place of whatever is at the name,
-    never through it. Raises ``OSError``."""
-    data = text.encode("utf-8")
+    """Write ``text`` (UTF-8: :func:`utf8`) to ``path``: atomically for a regular or new file (through symlinks),
+    directly for a FIFO or device; ``owned`` (a file nandoctor owns): atomically in place of whatever is at the
+    name, never through it. Raises ``OSError``."""
+    data = utf8(text)
     name = os.fspath(path)
     if owned:
         _replace(name, data)

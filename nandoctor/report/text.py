@@ -10,10 +10,15 @@ import unicodedata
 
 
 def safe(text: str) -> str:
-    """Escape control and format characters (terminal escapes, bidi overrides) from a file's names."""
+    """Escape control and format characters (terminal escapes, bidi overrides) from a file's names, and the bytes
+    of a file name that are no UTF-8 (Python's surrogate escapes: ``\\xff``, the byte; printed as they are, they
+    failed the output with "surrogates not allowed" where the terminal's encoding is strict)."""
     out = []
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"\\u{ord(ch):04x}")
+        elif category in ("Cc", "Cf", "Zl", "Zp"):
             out.append(ch.encode("unicode_escape").decode("ascii"))
         else:
             out.append(ch)

@@ -120,9 +120,14 @@ def _restoration(plan: RepairPlan, r: Restoration) -> dict[str, Any]:
 
 
 def write_proof(result: RepairResult, path: Path) -> None:
-    text = json.dumps(proof_json(result), indent=2, ensure_ascii=False) + "\n"
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    data = proof_json(result)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes: JSON's escapes, which json.load reads back exactly
+        encoded = (json.dumps(data, indent=2) + "\n").encode("ascii")
+    with open(path, "wb") as fh:
+        fh.write(encoded)
 
 
 def source_unchanged(proof: dict[str, Any], root: Path) -> bool:
