@@ -87,3 +87,22 @@ def test_the_suggested_repair_works_from_where_the_user_stands(tmp_path, demo_ru
         assert done.exit_code == 0, (where, typed, done.output)
         assert nandoctor.scan(out, device="cpu").exit_code == 0
         shutil.rmtree(out)
+
+
+def test_one_shard_named_alone_says_it_is_not_the_whole_checkpoint(tmp_path, demo_run):
+    """A trial tab-completed one shard of the demo: PASS CLEAN, no word that the other shard, which its index lists,
+    holds every NaN. The verdict (the --quiet line too) says it is one of N shards; a file alone says nothing."""
+    import json
+
+    shutil.copytree(demo_run, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint-300"
+    first = checkpoint / "model-00001-of-00002.safetensors"
+    quiet = run_cli("scan", "--quiet", first)
+    assert quiet.exit_code == 0 and "one of the 2 shards model.safetensors.index.json lists" in quiet.output, quiet.output
+    assert "scan the folder" in run_cli("scan", first).output
+    assert json.loads(run_cli("scan", "--json", first).output)["shard_of"] == {
+        "index": "model.safetensors.index.json", "shards": 2, "tensors": 195}
+    alone = tmp_path / "alone.safetensors"
+    shutil.copy(first, alone)
+    assert "shards" not in run_cli("scan", "--quiet", alone).output
+    assert "shard_of" not in json.loads(run_cli("scan", "--json", alone).output)

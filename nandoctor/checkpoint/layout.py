@@ -29,6 +29,7 @@ from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    NandoctorError,
     UnreadablePathError,
     UnsupportedFormatError,
 )
@@ -66,6 +67,21 @@ class CheckpointFiles:
     problems: list[ScanProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # weight files left out on purpose (other format)
+    shard_of: ShardOf | None = None  # a file scanned alone that an index beside it lists among other shards
+
+
+@dataclass(frozen=True)
+class ShardOf:
+    """The index beside a file scanned alone that lists it as one of several shards: the checkpoint is the folder,
+    and a clean shard says nothing of the others (a trial's scan of model-00001-of-00002 passed, no word of the
+    NaN in the other shard)."""
+
+    index: str  # its file name
+    shards: int  # the shard files it lists, this one included
+    tensors: int  # the tensors it maps, in every shard
+
+    def to_json(self) -> dict[str, object]:
+        return {"index": self.index, "shards": self.shards, "tensors": self.tensors}
 
 
 def is_regular_file(path: Path) -> bool:
@@ -160,11 +176,29 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
                 f"{root}: {what}, not weights",
                 f"scan the checkpoint folder it belongs to: nandoctor scan {shlex.quote(str(root.parent))}",
             )
-        return CheckpointFiles(root, [root])
+        return CheckpointFiles(root, [root], shard_of=_shard_of(root))
     result = _discover_folder(root, both_formats=both_formats, manifests=True)
     if not result.files and not result.problems:
         raise _nothing_found(root)
     return result
+
+
+def _shard_of(file: Path) -> ShardOf | None:
+    """The index beside ``file`` that lists it with other shards (the first such, by name); None when none does,
+    or an index there cannot be read (the folder's own scan says why)."""
+    try:
+        indexes = sorted(e for e in access.listing(file.parent) if loaders.is_index_name(e.name))
+    except UnreadablePathError:
+        return None
+    for path in indexes:
+        try:
+            index = read_index(path)
+        except (NandoctorError, OSError):
+            continue
+        shards = set(index.weight_map.values())
+        if file.name in shards and len(shards) > 1:
+            return ShardOf(path.name, len(shards), len(index.weight_map))
+    return None
 
 
 def _nothing_found(root: Path) -> UnsupportedFormatError:

@@ -191,6 +191,8 @@ def assemble(
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
     if checkpoint.selection is not None:
         extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
+    if checkpoint.files.shard_of is not None:
+        extra["shard_of"] = checkpoint.files.shard_of.to_json()
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
     tensors, cast_problems = judged_casts(_in_order(checkpoint, found), checkpoint.cast_to_float, cast_to, limits)
