@@ -1,5 +1,5 @@
 """What a repair copies and what it matches by name (issue 14 item 8, issue 13 item 2): links leading
-out of the source are left out, copies never keep setuid/setgid/sticky bits, the source's stale
+out of the source are kept as links, never read and copied, copies never keep setuid/setgid/sticky bits, the source's stale
 ``nandoctor.json`` verdict is not carried, and names made unique by a ``#n`` suffix are never matched."""
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "target", tmp_path / "donor"
 
 
-def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Path) -> None:
+def test_links_leading_outside_the_source_are_kept_as_links_never_copied(tmp_path: Path) -> None:
+    """A link out of the checkpoint is never read and copied (vocab.txt → a private key puts no key in the output);
+    it is kept as a link to the same file: left out, a config.json shared between runs (config.json →
+    ../shared/config.json, a trial) made a "REPAIRED" folder that from_pretrained could not load."""
     target, donor = pair(tmp_path)
     secret = tmp_path / "secret.txt"
     secret.write_text("a private key")
@@ -44,12 +47,40 @@ def test_links_leading_outside_the_source_are_left_out_with_a_note(tmp_path: Pat
     result = repair(target, [donor], tmp_path / "fixed")
     assert result.ok
     out = tmp_path / "fixed"
-    assert not os.path.lexists(out / "vocab.txt") and not os.path.lexists(out / "docs" / "notes.md")
+    for rel in ("vocab.txt", "docs/notes.md"):
+        assert (out / rel).is_symlink() and os.readlink(out / rel) == str(secret)
     assert (out / "README.md").read_text() == "model card" and not (out / "README.md").is_symlink()
     assert "README.md" in result.carried and "vocab.txt" not in result.carried
-    for rel in ("vocab.txt", "docs/notes.md"):
-        assert any(n.startswith(f"{rel}: a link that leads outside the checkpoint folder") for n in result.notes)
-    assert "a private key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    assert any("2 file(s) are links out of the checkpoint folder: kept as links" in n and "cp -L" in n
+               for n in result.notes), result.notes
+    copies = [p for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert "a private key" not in "".join(p.read_text(errors="replace") for p in copies)
+    proof = json.loads((out / "nandoctor-repair.json").read_text())
+    assert proof["notes"] == list(result.notes)  # (a script reading --json or the proof learns it too)
+
+
+def test_a_config_shared_by_link_leaves_the_repair_loadable(tmp_path: Path) -> None:
+    """The trial: config.json and generation_config.json links to ../shared/ were dropped, and the "REPAIRED" folder
+    failed from_pretrained ("Unrecognized model"); the source loads, so must the repair."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, vocab_size=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    for name in ("target", "donor"):
+        model.save_pretrained(tmp_path / name)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        os.replace(tmp_path / "target" / name, shared / name)
+        os.symlink(f"../shared/{name}", tmp_path / "target" / name)
+    weights = safetensors_torch.load_file(tmp_path / "target" / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][0, 0] = NAN
+    safetensors_torch.save_file(weights, tmp_path / "target" / "model.safetensors", metadata={"format": "pt"})
+    result = repair(tmp_path / "target", [tmp_path / "donor"], tmp_path / "fixed")
+    assert result.ok
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fixed")
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
 
 def test_a_link_farm_keeps_its_links_out(tmp_path: Path) -> None:

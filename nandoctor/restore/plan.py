@@ -431,17 +431,17 @@ def _cast_note(report: ScanReport, unrestorable: list[Unrestorable], views: list
 
 
 def _zero_copy_refused(result: TensorResult) -> bool:
-    """Whether an all-zero donor copy is no copy of the target tensor: one found zeroed, and any weight the target
-    holds non-zero or NaN/Inf values of (training never zeroes a whole tensor, a broken copy does: a trial's
-    NaN tensor was restored from a zeroed copy in the checkpoint before it, while an earlier one held a good
-    copy). Biases and LoRA weights start at zero (an early donor's copy is their real earlier value) unless
-    the target's copy is zeroed itself."""
+    """Whether an all-zero donor copy is no copy of the target tensor: one found zeroed, and any weight of which the
+    target holds a finite value that is not zero (training never zeroes a whole tensor, a broken copy does: a
+    trial's NaN tensor was restored from a zeroed copy in the checkpoint before it, while an earlier one held a
+    good copy). Biases and LoRA weights start at zero (an early donor's copy is their real earlier value)
+    unless the target's copy is zeroed itself; a target whose finite values are all zero agrees with the copy."""
     if ZEROED in result.findings:
         return True
     name = result.name.lower()
     if result.role != "weight" or name.endswith(".bias") or "lora_" in name:
         return False
-    return bool(result.nan or result.posinf or result.neginf or (result.max_abs or 0.0) > 0.0)
+    return (result.max_abs or 0.0) > 0.0
 
 
 def plan_repair(

@@ -83,6 +83,7 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         ],
         "carried": list(result.carried),
         "left_out": list(result.left_out),
+        "notes": list(result.notes),
         **({"diff": result.diffs} if result.diffs else {}),
         "verification": {
             "verdict": verification.verdict,

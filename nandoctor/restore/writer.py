@@ -310,21 +310,20 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
                 continue
             if absolute not in weights and path.is_symlink() and not _leads_inside(path, allowed):
                 # A link out of the checkpoint (tokenizer.json → ~/.ssh/id_rsa) would copy a file the
-                # checkpoint does not hold into a folder the user may share. Scanned weights are kept: the
-                # scan read them and the verification re-reads the copies.
-                if farm:
-                    linked.append((rel, os.path.realpath(path)))
-                else:
-                    notes.append(f"{rel}: a link that leads outside the checkpoint folder; not carried over (copy "
-                                 "it into the repaired folder yourself if the model needs it)")
+                # checkpoint does not hold into a folder the user may share: kept as a link to the same file,
+                # never read. Left out, a config.json shared between runs (config.json → ../shared/) made a
+                # "REPAIRED" folder that from_pretrained could not load. Scanned weights are copied: the scan
+                # read them and the verification re-reads the copies.
+                linked.append((rel, os.path.realpath(path)))
                 continue
             found.append((rel, absolute in weights, info.st_size))
     if linked:
         shown = ", ".join(str(rel) for rel, _ in linked[:4]) + (" …" if len(linked) > 4 else "")
         store = os.path.commonpath([os.path.dirname(target) for _, target in linked])
-        notes.append(f"{len(linked)} file(s) are links out of the checkpoint, as its weights are (a link farm: cp -rs, "
-                     f"git-annex, DVC): kept as links to the same files in {store}, not copied ({shown}); the repaired "
-                     f"folder breaks if {store} is removed: copy them with cp -L to make it stand alone")
+        why = ", as its weights are (a link farm: cp -rs, git-annex, DVC)" if farm else " folder"
+        notes.append(f"{len(linked)} file(s) are links out of the checkpoint{why}: kept as links to the same files in "
+                     f"{store}, not copied ({shown}); the repaired folder breaks if {store} is removed: copy them with "
+                     "cp -L to make it stand alone")
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
