@@ -328,3 +328,21 @@ def test_a_nan_weight_is_never_restored_from_an_all_zero_copy(tmp_path, donors):
     assert torch.equal(restored, _tensor(run / "checkpoint-2", OTHER)) and torch.count_nonzero(restored) > 0
     proof = json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())
     assert [Path(r["donor"]).name for r in proof["restored"]] == ["checkpoint-2"]
+
+
+def test_a_donor_of_another_model_is_named_in_a_note(tmp_path):
+    """A trial's mistyped --from: a Mistral donor for a Llama target (names, shapes and dtypes alike) was taken with no
+    word. Its config.json names another model: the plan says so (the repair itself stands: the tensors fit)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-6", _nan(OTHER))
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False)
+    MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
+    result = nandoctor.repair(run / "checkpoint-6", [tmp_path / "mistral"], tmp_path / "fixed")
+    assert result.ok
+    said = [n for n in result.plan.notes if "names another model" in n]
+    assert len(said) == 1 and "'mistral'" in said[0] and "'llama'" in said[0], result.plan.notes
+    same = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-4"], tmp_path / "fixed2")
+    assert same.ok and not [n for n in same.plan.notes if "another model" in n]

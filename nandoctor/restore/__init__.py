@@ -79,7 +79,7 @@ def repair(
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
-    from nandoctor.restore.donors import CheckpointDonor, resolve_donors
+    from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
@@ -164,6 +164,8 @@ def repair(
         check_out_of_donors(out_path, [c.path for c in catalogs])
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
+    used = {plan.donors[r.donor].path for r in plan.restorations}
+    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used)))
     plan = _with_selection(plan, report, selection, target_path)
     _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)

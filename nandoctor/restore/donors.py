@@ -13,7 +13,7 @@ checkpoints before the target, at or before its last healthy one, newest first:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,6 +357,45 @@ def resolve_donors(
         also = " (or --from auto)" if auto_available else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out
+
+
+def other_model_notes(target_root: Path, donors: Sequence[CheckpointDonor], used: set[str]) -> tuple[str, ...]:
+    """A note for each donor that gave tensors (``used``: their labels) whose ``config.json`` names another model
+    than the target's (``model_type``, ``architectures``): tensors are taken by name, shape and dtype, and a trial's
+    mistyped ``--from`` (a Mistral for a Llama, names and shapes alike) restored unrelated weights with no word."""
+    mine = _model_identity(target_root)
+    if mine is None:
+        return ()
+    notes = []
+    for donor in donors:
+        theirs = _model_identity(checkpoint_root(donor.path)) if donor.label in used else None
+        if theirs is not None and any(a is not None and b is not None and a != b for a, b in zip(theirs, mine)):
+            notes.append(f"donor {donor.label}: its config.json names another model ({_identity_words(theirs)}) than "
+                         f"the target's ({_identity_words(mine)}); its tensors were taken by name and shape: check it "
+                         "is an earlier checkpoint of the same model")
+    return tuple(notes)
+
+
+def _model_identity(folder: Path) -> tuple[str | None, tuple[str, ...] | None] | None:
+    """``model_type`` and ``architectures`` of the folder's config.json; None without a readable one naming either."""
+    from nandoctor.checkpoint.jsonfiles import read_json
+
+    try:
+        config = read_json(folder / "config.json", limit=16 << 20)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    kind = config.get("model_type")
+    archs = config.get("architectures")
+    found = (kind if isinstance(kind, str) else None,
+             tuple(a for a in archs if isinstance(a, str)) if isinstance(archs, list) else None)
+    return found if found != (None, None) else None
+
+
+def _identity_words(identity: tuple[str | None, tuple[str, ...] | None]) -> str:
+    kind, archs = identity
+    return ", ".join([f"model_type {kind!r}"] * (kind is not None) + [f"architectures {list(archs)}"] * (archs is not None))
 
 
 def _same_place(donor: Path, target: Path) -> bool:
