@@ -566,8 +566,8 @@ def plan_repair(
         notes += (f"{first_few(left_zero, 3)}: {LEFT_ZEROED}: left as it is (a warning, not restored; compare with "
                   "the source of the weights)",)
     cast: tuple[str, ...] = ()
+    notes += _name_overlap_notes(report, views)
     if unrestorable:
-        notes += _name_overlap_notes(report, views)
         if not allow_cast:
             cast = _cast_note(report, unrestorable, views)
             notes += cast
