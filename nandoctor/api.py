@@ -430,8 +430,9 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     dtype = verdicts.target_dtype(report)
     layer = verdicts.worst_overflow_layer(report)
     top = verdicts.max_abs(report)
-    overflow_said = (f"{verdicts.overflow_count(report):,} finite values in {len(verdicts.overflow_tensors(report))} "
-                     f"tensors overflow when cast to {dtype}"
+    overflow_said = (f"{verdicts.plural(verdicts.overflow_count(report), 'finite value')} in "
+                     f"{verdicts.plural(len(verdicts.overflow_tensors(report)), 'tensor')} "
+                     f"{'overflows' if verdicts.overflow_count(report) == 1 else 'overflow'} when cast to {dtype}"
                      + (f" (max |x| {top:.4g}, worst {layer})" if top is not None else ""))
     overflow_hint = (advice(report) or f"serve it in bf16 or fp32 instead of {dtype}, or rescale/clamp those weights "
                      "before casting")

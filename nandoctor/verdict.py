@@ -1069,7 +1069,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
                       "only if you trust the source")
     left_out = excluded(report)
     if left_out:  # a gate that skipped tensors says so on its one line
-        pieces.append(f"{left_out:,} tensors excluded (--only/--exclude)")
+        pieces.append(f"{plural(left_out, 'tensor')} excluded (--only/--exclude)")
     pieces += problem_facts(report, first_problem=first_problem)
     return pieces
 

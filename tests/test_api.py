@@ -94,14 +94,14 @@ def test_assert_finite_says_overflow_beside_an_outlier(tmp_path):
     write_safetensors(path, {"model.layers.3.input_layernorm.weight": RawTensor("F32", (4096,), gain.tobytes())})
     with pytest.raises(nandoctor.OverflowRiskError) as info:
         nandoctor.assert_finite(str(path), target_dtype="fp16")
-    assert "1 outlier tensor(s)" in info.value.message and "overflow when cast to fp16" in info.value.message
+    assert "1 outlier tensor(s)" in info.value.message and "1 tensor overflows when cast to fp16" in info.value.message
 
 
 def test_assert_finite_overflow_and_unreadable(tmp_path):
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"model.layers.3.mlp.weight": RawTensor("F32", (2,), np.array([1e5, 1.0], np.float32).tobytes())})
     assert nandoctor.assert_finite(str(path)).ok  # finite: fine without a target
-    with pytest.raises(nandoctor.OverflowRiskError, match="overflow when cast to fp16") as info:
+    with pytest.raises(nandoctor.OverflowRiskError, match="overflows when cast to fp16") as info:
         nandoctor.assert_finite(str(path), target_dtype="fp16")
     assert isinstance(info.value, nandoctor.NonFiniteWeightsError)  # one except clause catches both
     assert "model.layers.3" in info.value.message
@@ -246,7 +246,7 @@ def _kind_files(tmp_path):
     ("diverged", "DivergedError", r"diverged.safetensors: DIVERGED: 6 of 8 weight tensors are NaN/Inf \(6 of 8 tensors hold NaN/Inf \(24,576 NaN, 0 \+Inf, 0 -Inf\); worst model.layers.0–5\); a repair would only stitch a broken model together$"),
     ("grow", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
     ("grow/checkpoint-2", "DivergedError", r"checkpoint-2: DIVERGED: the bulk of model.layers.\d.mlp.weight grew \d+x .* since the run's first healthy checkpoint; a repair"),
-    ("overflow", "OverflowRiskError", r"overflow.safetensors: 1 finite values in 1 tensors overflow when cast to fp16 \(max \|x\| 7e\+04, worst model.layers.3\)"),
+    ("overflow", "OverflowRiskError", r"overflow.safetensors: 1 finite value in 1 tensor overflows when cast to fp16 \(max \|x\| 7e\+04, worst model.layers.3\)"),
     ("unreadable", "UnreadableCheckpointError", r"unreadable.safetensors: 1 part\(s\) unreadable \(first: .*truncated.* cannot be called finite$"),
     ("hash", "UnreadableCheckpointError", r"hash: 1 file fails its sha256 check \(first: .*model.safetensors: sha256 mismatch .*'model.layers.7.mlp.weight'\), so the checkpoint cannot be called finite$"),
 ])

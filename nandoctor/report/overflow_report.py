@@ -51,7 +51,7 @@ def render_overflow(report: ScanReport, console: Console, *, show_all: bool = Fa
     console.print(overflow_table(report, None if show_all else MAX_ROWS))
     console.print(Text(
         f"  {verdicts.plural(count, 'finite value')} in {verdicts.plural(tensors, 'tensor')} "
-        f"become {_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} (largest finite {dtype}: "
+        f"{'becomes' if count == 1 else 'become'} {_BECOMES.get(spec.becomes, spec.becomes)} when cast to {dtype} (largest finite {dtype}: "
         f"{spec.max_finite:g}" + (f"; max |x| here: {top:.6g})" if top is not None else ")"),
         style="dim",
     ))
