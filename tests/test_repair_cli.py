@@ -99,14 +99,15 @@ def test_a_donor_that_is_no_checkpoint_is_the_error_named(tmp_path):
     run_dir = copy_run(tmp_path)
     (tmp_path / "notes.json").write_text("{}")
     (tmp_path / "empty").mkdir()
-    for donor, why in ((tmp_path / "notes.json", "a JSON file"), (tmp_path / "empty", "no checkpoint files"),
-                       (run_dir, "subfolder(s) hold weights")):
+    for donor, why in ((tmp_path / "notes.json", "a JSON file"), (tmp_path / "empty", "no checkpoint files")):
         result = run("repair", run_dir / "checkpoint-300", "--from", donor, "--out", tmp_path / "o")
         assert result.exit_code == 3, result.output
         error = next(line for line in result.output.splitlines() if line.startswith("error:"))
         assert f"donor {donor} could not be read" in error and why in error, result.output
         assert "--from takes a checkpoint" in result.output
         assert not (tmp_path / "o").exists()
+    result = run("repair", run_dir / "checkpoint-300", "--from", run_dir, "--out", tmp_path / "o")  # (tests/test_repair_run.py)
+    assert result.exit_code == 3 and f"donor {run_dir} is a run folder, not one checkpoint" in result.output
 
 
 def test_the_target_as_its_own_donor_is_refused(tmp_path):

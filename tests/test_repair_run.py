@@ -346,3 +346,15 @@ def test_a_donor_of_another_model_is_named_in_a_note(tmp_path):
     assert len(said) == 1 and "'mistral'" in said[0] and "'llama'" in said[0], result.plan.notes
     same = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-4"], tmp_path / "fixed2")
     assert same.ok and not [n for n in same.plan.notes if "another model" in n]
+
+
+def test_a_run_folder_given_as_donor_is_refused_naming_the_checkpoint_to_give(tmp_path):
+    """A trial gave the run folder as --from: the hint said "scan one of them, e.g. …/checkpoint-2" (the run's oldest).
+    It names the newest checkpoint before the target, and --from auto."""
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-6", _nan(OTHER))
+    refused = run_cli("repair", run / "checkpoint-6", "--from", run, "--out", tmp_path / "fixed")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 3 and "is a run folder, not one checkpoint" in said, said
+    assert f"--from {run / 'checkpoint-4'} is its newest before the target" in said and "--from auto" in said
+    assert not (tmp_path / "fixed").exists()

@@ -13,6 +13,7 @@ checkpoints before the target, at or before its last healthy one, newest first:
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,7 @@ def resolve_donors(
                 f"donor {donor} is (part of) the checkpoint being repaired ({target}): it holds the same bad tensors",
                 "name an earlier, healthy checkpoint with --from <path>" + (" (or --from auto)" if auto_available else ""),
             )
+        _refuse_run_folder(donor, path, target, auto_available)
         out.append(CheckpointDonor(path, limits, selection))
     if not out and not needed:
         return out
@@ -357,6 +359,28 @@ def resolve_donors(
         also = " (or --from auto)" if auto_available else ""
         raise RepairRefusedError(f"{target}: no donor checkpoint given", f"add --from <earlier checkpoint>{also}")
     return out
+
+
+def _refuse_run_folder(donor: str | os.PathLike[str], path: Path, target: Path, auto_available: bool) -> None:
+    """A run folder without a final model at its top is no checkpoint: say which to name (a trial's hint read
+    "scan one of them, e.g. …/checkpoint-100", the run's oldest, where a donor or --from auto was meant)."""
+    from nandoctor.checkpoint.finalmodel import has_final_model
+    from nandoctor.checkpoint.runs import is_run_folder
+    from nandoctor.checkpoint.steps import checkpoints_in
+
+    if not path.is_dir() or not is_run_folder(path) or has_final_model(path):
+        return
+    place = place_in_run(target)
+    before = place.step if place is not None and _same_place(place.run, path) else None
+    found = [p for step, p in checkpoints_in(path) if (before is None or step < before) and not _same_place(p, target)]
+    newest = f"--from {shlex.quote(str(found[-1]))}" if found else "--from <one of its checkpoints>"
+    which = "its newest before the target" if before is not None else "its newest"
+    raise RepairRefusedError(
+        f"donor {donor} is a run folder, not one checkpoint",
+        f"name one of its healthy checkpoints ({newest} is {which}; `nandoctor scan {shlex.quote(str(donor))}` "
+        "shows which are healthy)" + ("; --from auto takes the healthy ones before the target, newest first"
+                                      if auto_available else ""),
+    )
 
 
 def other_model_notes(target_root: Path, donors: Sequence[CheckpointDonor], used: set[str]) -> tuple[str, ...]:

@@ -567,10 +567,9 @@ def plan_repair(
                   "the source of the weights)",)
     cast: tuple[str, ...] = ()
     notes += _name_overlap_notes(report, views)
-    if unrestorable:
-        if not allow_cast:
-            cast = _cast_note(report, unrestorable, views)
-            notes += cast
+    if unrestorable and not allow_cast:
+        cast = _cast_note(report, unrestorable, views)
+        notes += cast
     return RepairPlan(
         target=report.target,
         donors=tuple(DonorInfo(d.label, d.step) for d in donors) + ((DonorInfo(report.target, None, own=True),) if own else ()),
