@@ -59,6 +59,11 @@ def test_cli_parts_and_merge(checkpoint: Path, tmp_path: Path) -> None:
 
     missing = run_cli("merge", str(files[0]))
     assert missing.exit_code == 3 and "part(s) 1/2 missing" in missing.output
+    # a gate reads one line (-q) or one JSON object (--json), as from scan: a trial's merge -q printed nothing
+    quiet = run_cli("merge", str(files[0]), "-q")
+    assert quiet.exit_code == 3 and quiet.stdout.startswith("FAIL ") and "part(s) 1/2 missing" in quiet.stdout
+    as_json = run_cli("merge", str(files[0]), "--json")
+    assert as_json.exit_code == 3 and json.loads(as_json.stdout)["summary"]["exit_code"] == 3
     twice = run_cli("merge", str(files[0]), str(files[0]), str(files[1]))
     assert twice.exit_code == 3 and "are both part 0/2" in twice.output
     other = run_cli("scan", str(checkpoint), "--part", "1/3", "--json")

@@ -117,8 +117,11 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
         gate = verdicts.parse_fail_on(fail_on)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fail-on") from None
-    loaded = [(p, read_part(p)) for p in parts]
-    report = merge_parts(loaded)
+    from nandoctor.cli.scan_cmd import report_on_error
+
+    with report_on_error(" ".join(parts), quiet, as_json, markdown, gate):  # (-q: a FAIL line, as scan's)
+        loaded = [(p, read_part(p)) for p in parts]
+        report = merge_parts(loaded)
     if not report.tensors and not report.errors:
         fail("the merged parts hold no tensors", "check that the parts come from a scan of a checkpoint")
     first = loaded[0][1]

@@ -179,15 +179,7 @@ def scan(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     options = ScanOptions(device, target_dtype, both_formats, max_abs, outlier_factor, chosen)
-    # --quiet: a gate reads one line; what stops the scan says why on it too (the hint goes to stderr)
-    on_error: AbstractContextManager[None]
-    if quiet:
-        on_error = _one_line_on_error(path)
-    elif as_json or markdown:
-        on_error = _report_on_error(path, fail_on, markdown)
-    else:
-        on_error = nullcontext()
-    with on_error:
+    with report_on_error(path, quiet, as_json, markdown, fail_on):
         _scan(path, options, as_json=as_json, show_all=show_all, no_progress=no_progress, quiet=quiet, fail_on=fail_on,
               verify_hashes=verify_hashes, manifest=manifest, html_path=html_path, markdown=markdown,
               part=part, distributed=distributed, rank_timeout=rank_timeout)
@@ -211,6 +203,18 @@ class ScanOptions:
             "max_abs": self.max_abs, "outlier_factor": self.outlier_factor,
             "only": chosen.only if chosen else None, "exclude": chosen.exclude if chosen else None,
         }
+
+
+def report_on_error(
+    path: str, quiet: bool, as_json: bool, markdown: bool, fail_on: frozenset[str]
+) -> AbstractContextManager[None]:
+    """What stops a scan (or a merge) is still the report its options ask for: --quiet's one line (a gate reads
+    one line; the hint goes to stderr), one JSON object or Markdown page on stdout; else the usual error."""
+    if quiet:
+        return _one_line_on_error(path)
+    if as_json or markdown:
+        return _report_on_error(path, fail_on, markdown)
+    return nullcontext()
 
 
 @contextmanager
