@@ -205,10 +205,11 @@ def _engine_scan(options: ScanOptions, progress: ProgressCallback | None = None)
     return scan_one
 
 
-def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcache.CacheHit | None]:
+def one_checkpoint(path: PathLike, *, split: str | None = None) -> tuple[Path, hubcache.CacheHit | None]:
     """The checkpoint :func:`scan` reads for ``path`` (a repo id resolved in the local caches; a run folder's
     final model) and the cache hit; UnsupportedFormatError for a run folder without a final model, naming its
-    newest checkpoint (``split``: the wording of ``scan --part``/``--distributed``, which split one checkpoint)."""
+    newest checkpoint (``split``: the options of ``scan --part I/N --json`` or ``--distributed``, which split one
+    checkpoint: the hint repeats them)."""
     resolved, hit = hubcache.resolve(path)
     found = runs.one_checkpoint_in(resolved)
     if found is not None:
@@ -216,7 +217,7 @@ def one_checkpoint(path: PathLike, *, split: bool = False) -> tuple[Path, hubcac
     if split:
         raise runs.run_folder_error(
             resolved,
-            lambda newest: f"split its newest checkpoint: nandoctor scan {newest} --part I/N --json (or each checkpoint "
+            lambda newest: f"split its newest checkpoint: nandoctor scan {newest} {split} (or each checkpoint "
             "in turn); `nandoctor scan` of the run folder gives the timeline",
             ": a run cannot be split into parts, only one checkpoint",
         )

@@ -250,6 +250,16 @@ def test_torchrun_judges_a_checkpoint_within_its_run_as_a_single_scan(runs_root:
     assert _same_scan(json.loads(done.stdout)) == _same_scan(expected)
 
 
+@pytest.mark.integration
+def test_torchrun_on_a_run_folder_says_once_what_to_split(runs_root: Path) -> None:
+    """A trial: under torchrun both ranks printed the FAIL line, and the hint spoke of --part."""
+    done = _torchrun(runs_root / "dcp", output="--quiet")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert done.returncode != 0 and len(lines) == 1 and "a run cannot be split" in lines[0], done.stdout + done.stderr
+    hint = " ".join(done.stderr.split())
+    assert f"nandoctor scan {runs_root / 'dcp' / 'step-3'} --distributed" in hint and "--part" not in hint
+
+
 def test_run_json_carries_the_gate_and_target_dtype(runs_root: Path) -> None:
     result = run_cli("scan", runs_root / "st", "--json", "--target-dtype", "fp16", "--fail-on", "nonfinite,overflow")
     data = json.loads(result.output)

@@ -7,6 +7,7 @@ The merged report prints exactly as `nandoctor scan` prints a report.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,16 @@ def scan_split(
             spec = PartSpec.parse(part)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--part") from None
-    resolved, _ = api.one_checkpoint(path, split=True)  # what a single scan reads: a run cannot be split
+    from nandoctor.errors import NandoctorError
+
+    try:  # what a single scan reads: a run cannot be split
+        resolved, _ = api.one_checkpoint(path, split="--distributed" if distributed else "--part I/N --json")
+    except NandoctorError:
+        if distributed and os.environ.get("RANK", "0") != "0":
+            # rank 0 says why, once, and exits with the code (torchrun: any rank's failure fails the job); another
+            # rank failing first would have torchrun stop rank 0 before it said anything
+            sys.exit(0)
+        raise
     if part is not None:
         data = scan_part(str(resolved), spec, options, device=device)
         data["given"] = path  # merge judges the report as `scan` judges this path (its cache note)
