@@ -358,3 +358,28 @@ def test_a_run_folder_given_as_donor_is_refused_naming_the_checkpoint_to_give(tm
     assert refused.exit_code == 3 and "is a run folder, not one checkpoint" in said, said
     assert f"--from {run / 'checkpoint-4'} is its newest before the target" in said and "--from auto" in said
     assert not (tmp_path / "fixed").exists()
+
+
+def test_a_donor_from_another_run_of_the_same_model_is_named_in_a_note(tmp_path):
+    """A trial's mistyped --from named another run of the same architecture (names, shapes, config alike): one NaN
+    was repaired with unrelated weights, with no word. The donor's copy is compared with the target's intact values
+    (an earlier checkpoint of the run agrees closely; another run's is uncorrelated)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nandoctor.restore.likeness import UNRELATED, correlation
+
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-6", _nan(OTHER))
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "other_run")
+    result = nandoctor.repair(run / "checkpoint-6", [tmp_path / "other_run"], tmp_path / "fixed")
+    assert result.ok
+    said = [n for n in result.plan.notes if "is unlike the target's own values" in n]
+    assert len(said) == 1 and said[0].startswith(f"{OTHER}: the copy from {tmp_path / 'other_run'}"), result.plan.notes
+    same = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-2"], tmp_path / "fixed2")
+    assert same.ok and not [n for n in same.plan.notes if "unlike" in n]
+    (restored,) = same.plan.restorations
+    r = correlation(restored.target_ref.file, restored.target_ref, restored.donor_ref.file, restored.donor_ref)
+    assert r is not None and r > 0.99 > UNRELATED  # (the run's own earlier copy: the same weights, drifted a little)

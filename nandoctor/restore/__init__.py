@@ -80,6 +80,7 @@ def repair(
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
+    from nandoctor.restore.likeness import unlike_notes
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
@@ -165,7 +166,11 @@ def repair(
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     used = {plan.donors[r.donor].path for r in plan.restorations}
-    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used)))
+    # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
+    few_bad = [(r.name, r.target_ref.file, r.target_ref, plan.donors[r.donor].path, r.donor_ref, r.donor_ref.file)
+               for r in plan.restorations if r.reason == "bad" and r.via is None and not plan.donors[r.donor].own
+               and set(r.findings) <= {verdict.NONFINITE, verdict.OUTLIER}]
+    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used), *unlike_notes(few_bad)))
     plan = _with_selection(plan, report, selection, target_path)
     _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)

@@ -47,7 +47,7 @@ def can_cast(source: str, target: str) -> bool:
     return source in CASTABLE and target in CASTABLE
 
 
-def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+def as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Little-endian ``dtype`` bytes as float32 values (exact for F16/BF16; rounded for F64, as torch does)."""
     if dtype == "F32":
         return raw.view("<f4")
@@ -76,8 +76,8 @@ def cast_bytes(raw: np.ndarray, source: str, target: str) -> np.ndarray:
 
 def _cast(raw: np.ndarray, source: str, target: str) -> np.ndarray:
     if target == "F64":  # every other castable dtype widens to fp32 exactly, and fp32 to fp64
-        return _as_float32(raw, source).astype("<f8").view(np.uint8)
-    values = _as_float32(raw, source)
+        return as_float32(raw, source).astype("<f8").view(np.uint8)
+    values = as_float32(raw, source)
     if target == "F32":
         return np.ascontiguousarray(values, dtype="<f4").view(np.uint8)
     if target == "F16":

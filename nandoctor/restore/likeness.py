@@ -1,0 +1,80 @@
+"""Whether a donor's copy of a tensor is an earlier state of the target's: the correlation of their values.
+
+A repair matches donor tensors by name, shape and dtype. An earlier checkpoint of the same run agrees closely
+with the target's intact values (fine-tuning moves weights little; even training from scratch keeps them well
+correlated with where they were), while a tensor of another run or a fresh initialisation of the same model is
+uncorrelated with them (|r| ~ 1/sqrt(n)). A trial's mistyped ``--from`` — another run of the same architecture —
+replaced a tensor that held one NaN with unrelated weights, with no word. For each tensor restored because of a
+few bad values (NaN/Inf, outliers: the rest of it is the real weights), the values at evenly spaced runs of the
+two copies are compared; a correlation below :data:`UNRELATED` is said in a note (the repair stands: the copy
+fits, and only the user knows where it came from).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from nandoctor.model import TensorRef
+from nandoctor.restore.convert import as_float32
+from nandoctor.restore.tensorbytes import byte_range, itemsize
+
+UNRELATED = 0.05  # below this, the two copies share nothing: unrelated weights give |r| ~ 0.004 at the sample size
+_RUNS = 64  # runs of contiguous elements read from each copy
+_RUN = 1024  # elements per run: a sample of up to 65,536 values in 64 reads
+_FEWEST = 256  # fewer finite pairs than this: no judgement
+_FLOATS = ("F16", "BF16", "F32", "F64")
+
+
+def correlation(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef) -> float | None:
+    """Pearson's r between the target's and the donor's values at the same elements (where both are finite), read
+    at evenly spaced runs; None where it cannot be told (not both contiguous plain floats of one element count, too
+    few finite values, a constant copy)."""
+    spans = byte_range(target), byte_range(donor)
+    if (target.dtype not in _FLOATS or donor.dtype not in _FLOATS or target.region.blocks is not None
+            or donor.region.blocks is not None or target.region.byteorder != "little"
+            or donor.region.byteorder != "little" or spans[0] is None or spans[1] is None):
+        return None
+    count = spans[0][1] // itemsize(target)
+    if count != spans[1][1] // itemsize(donor) or count < _FEWEST:
+        return None
+    run = min(_RUN, count)
+    starts = np.unique(np.linspace(0, count - run, min(_RUNS, max(1, count // run))).astype(np.int64))
+    a = _sample(target_path, target, spans[0][0], starts, run)
+    b = _sample(donor_path, donor, spans[1][0], starts, run)
+    if a is None or b is None:
+        return None
+    both = np.isfinite(a) & np.isfinite(b)
+    a, b = a[both].astype(np.float64), b[both].astype(np.float64)
+    if a.size < _FEWEST or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _sample(path: str, ref: TensorRef, offset: int, starts: np.ndarray, run: int) -> np.ndarray | None:
+    item = itemsize(ref)
+    pieces = []
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            for start in starts.tolist():
+                raw = os.pread(fh.fileno(), run * item, offset + start * item)
+                if len(raw) != run * item:
+                    return None  # (cut short: the scan and the writer say so)
+                pieces.append(as_float32(np.frombuffer(raw, np.uint8), ref.dtype))
+    except OSError:
+        return None
+    return np.concatenate(pieces)
+
+
+def unlike_notes(restored: Sequence[tuple[str, str, TensorRef, str, TensorRef, str]]) -> tuple[str, ...]:
+    """Notes on the copies unlike the tensors they replace: ``restored`` holds (name, target file, target ref,
+    donor label, donor ref, donor file) of each tensor restored for a few bad values."""
+    notes = []
+    for name, target_file, target, label, donor, donor_file in restored:
+        r = correlation(target_file, target, donor_file, donor)
+        if r is not None and r < UNRELATED:
+            notes.append(f"{name}: the copy from {label} is unlike the target's own values (correlation {r:.2f}, where "
+                         "an earlier checkpoint of the same run agrees closely): check that the donor is this model's")
+    return tuple(notes)
