@@ -5,11 +5,14 @@ Shared by `scan`, `scan --distributed` and `merge`, so a merged report prints ex
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import click
 
-from nandoctor.cli.common import echo_json
+from nandoctor.cli.common import echo_json, fail, known_error
 
 if TYPE_CHECKING:
     from nandoctor.checkpoint.runs import RunReport
@@ -86,3 +89,56 @@ def emit_scan(
 
         render(report, stdout_console(), show_all=show_all, fail_on=fail_on)
     return code
+
+
+def report_on_error(
+    path: str, quiet: bool, as_json: bool, markdown: bool, fail_on: frozenset[str]
+) -> AbstractContextManager[None]:
+    """What stops a scan (or a merge) is still the report its options ask for: --quiet's one line (a gate reads
+    one line; the hint goes to stderr), one JSON object or Markdown page on stdout; else the usual error."""
+    if quiet:
+        return _one_line_on_error(path)
+    if as_json or markdown:
+        return _report_on_error(path, fail_on, markdown)
+    return nullcontext()
+
+
+@contextmanager
+def _one_line_on_error(path: str) -> Iterator[None]:
+    from nandoctor.errors import NandoctorError
+    from nandoctor.report.text import safe
+
+    try:
+        yield
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
+        click.echo(safe(f"FAIL {exc.verdict_word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
+        if exc.hint:
+            click.echo(f"hint: {safe(exc.hint)}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
+    """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
+    empty file), and the usual ``error:`` line and hint on stderr."""
+    from nandoctor.errors import NandoctorError
+
+    try:
+        yield
+    except (NandoctorError, OSError) as raised:
+        exc = known_error(raised)
+        if exc is None:
+            raise
+        from nandoctor.report.json_report import error_to_json
+
+        data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on, exc.verdict_word)
+        if markdown:
+            from nandoctor.report.markdown_report import render_error
+
+            click.echo(render_error(data), nl=False)
+        else:
+            echo_json(data)
+        fail(exc.message, exc.hint, exc.exit_code)

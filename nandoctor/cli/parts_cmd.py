@@ -127,7 +127,7 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
         gate = verdicts.parse_fail_on(fail_on)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fail-on") from None
-    from nandoctor.cli.scan_cmd import report_on_error
+    from nandoctor.cli.emit import report_on_error
 
     with report_on_error(" ".join(parts), quiet, as_json, markdown, gate):  # (-q: a FAIL line, as scan's)
         loaded = [(p, read_part(p)) for p in parts]

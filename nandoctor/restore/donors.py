@@ -419,7 +419,8 @@ def _model_identity(folder: Path) -> tuple[str | None, tuple[str, ...] | None] |
 
 def _identity_words(identity: tuple[str | None, tuple[str, ...] | None]) -> str:
     kind, archs = identity
-    return ", ".join([f"model_type {kind!r}"] * (kind is not None) + [f"architectures {list(archs)}"] * (archs is not None))
+    words = [] if kind is None else [f"model_type {kind!r}"]
+    return ", ".join(words if archs is None else [*words, f"architectures {list(archs)}"])
 
 
 def _same_place(donor: Path, target: Path) -> bool:
