@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -91,20 +91,11 @@ def emit_scan(
     return code
 
 
-def report_on_error(
-    path: str, quiet: bool, as_json: bool, markdown: bool, fail_on: frozenset[str]
-) -> AbstractContextManager[None]:
-    """What stops a scan (or a merge) is still the report its options ask for: --quiet's one line (a gate reads
-    one line; the hint goes to stderr), one JSON object or Markdown page on stdout; else the usual error."""
-    if quiet:
-        return _one_line_on_error(path)
-    if as_json or markdown:
-        return _report_on_error(path, fail_on, markdown)
-    return nullcontext()
-
-
 @contextmanager
-def _one_line_on_error(path: str) -> Iterator[None]:
+def report_on_error(path: str, quiet: bool, as_json: bool, markdown: bool, fail_on: frozenset[str]) -> Iterator[None]:
+    """What stops a scan (or a merge) is still the report its options ask for on stdout: --quiet's one ``FAIL``
+    line (a gate reads one line), one JSON object or Markdown page (a redirect never leaves an empty file); the
+    usual ``error:`` line and hint go to stderr. Without those options, the usual error alone."""
     from nandoctor.errors import NandoctorError
     from nandoctor.report.text import safe
 
@@ -112,26 +103,13 @@ def _one_line_on_error(path: str) -> Iterator[None]:
         yield
     except (NandoctorError, OSError) as raised:
         exc = known_error(raised)
-        if exc is None:
+        if exc is None or not (quiet or as_json or markdown):
             raise
-        click.echo(safe(f"FAIL {exc.verdict_word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
-        if exc.hint:
-            click.echo(f"hint: {safe(exc.hint)}", err=True)
-        sys.exit(exc.exit_code)
-
-
-@contextmanager
-def _report_on_error(path: str, fail_on: frozenset[str], markdown: bool) -> Iterator[None]:
-    """--json / --markdown: what stops the scan is still a report on stdout (a redirect never leaves an
-    empty file), and the usual ``error:`` line and hint on stderr."""
-    from nandoctor.errors import NandoctorError
-
-    try:
-        yield
-    except (NandoctorError, OSError) as raised:
-        exc = known_error(raised)
-        if exc is None:
-            raise
+        if quiet:
+            click.echo(safe(f"FAIL {exc.verdict_word} {path}: {exc.message.removeprefix(f'{path}: ')}"))
+            if exc.hint:
+                click.echo(f"hint: {safe(exc.hint)}", err=True)
+            sys.exit(exc.exit_code)
         from nandoctor.report.json_report import error_to_json
 
         data = error_to_json(path, exc.message, exc.hint, exc.exit_code, fail_on, exc.verdict_word)
