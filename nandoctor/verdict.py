@@ -208,6 +208,24 @@ def family_of(name: str) -> str:
     tensor of every layer shares it."""
     return _LAYER_NUMBER.sub(".#.", name)
 ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
+LOSS_BROKE_FROM = "loss_broke_from"  # run context key: the step from which the log's loss jump broke the weights
+
+
+def loss_broke_from(report: ScanReport) -> int | None:
+    """The step from which the trainer log's loss jump broke the saved weights, where ``report``'s checkpoint was
+    saved from then on (checkpoint/runcontext.py); None otherwise."""
+    value = (run_context(report) or {}).get(LOSS_BROKE_FROM)
+    return value if isinstance(value, int) else None
+
+
+def loss_broke_words(name: str, step: int) -> str:
+    """The caution for a checkpoint saved after its run's loss broke, whose bad tensors a repair would restore: its
+    other tensors are from after the break (where only the restored ones moved, a head trained alone, the repair is
+    the model as it was; where all moved, it is a stitched one). The run scan, a standalone scan and the repair's
+    note say it alike."""
+    return (f"{name} was saved after the trainer log's loss broke (the weights saved from step {step} on made the "
+            "jump): a repair keeps its other tensors from after the break, so check the repaired model's loss before "
+            "using it")
 
 
 def _all_zero_rows(tensors: TensorResults) -> list[int]:

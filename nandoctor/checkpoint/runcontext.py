@@ -155,6 +155,7 @@ def run_facts(
         duplicate_steps,
         incomplete_reasons,
         log_broke_by,
+        loss_broke_before,
         place_in_run,
         zeroed_since,
     )
@@ -213,6 +214,7 @@ def run_facts(
         "baseline_ignored": load_baseline(place.run)[1] if kept is None else None,  # (a file there, no baseline)
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
+        verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
         "log_unread": (f"{log.source}: not read ({log.error}): the trainer log was not judged"
                        if log is not None and log.error else None),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),

@@ -605,6 +605,15 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
             f"from {holder}")
 
 
+def loss_broke_before(log: TrainLog | None, step: int) -> int | None:
+    """The step from which the trainer log's loss jump says the saved weights were already broken
+    (TrainLog.broken_weights_from), when the checkpoint at ``step`` was saved from then on; else None."""
+    if log is None or log.error:
+        return None
+    start = log.broken_weights_from
+    return start if start is not None and step >= start else None
+
+
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
     first = None if log is None or log.error else log.first_nonfinite_step

@@ -299,7 +299,11 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
         # (an optimizer's NaN learning rate or betas: Python floats, which no repair restores)
         resume = f"resume from {last_clean.path}" if last_clean is not None else "resume with a fresh optimizer state"
         return [f"{resume}: only the {verdicts.RATE_FLOATS} of {target.name} are bad, which a repair does not restore"]
-    if also:
+    broke = run.broken_weights_from
+    if broke is not None and target.step_known and target.step >= broke and not also:  # (summary.py says so too)
+        resume = f"resume from {last_clean.path}" if last_clean is not None else "restart from the base model"
+        intro = f"{resume}; or: {verdicts.loss_broke_words(target.name, broke)}; restore its bad tensors with"
+    elif also:
         intro = f"{target.name} decides the exit code too: restore its bad tensors with"
     elif last_clean is not None:
         intro = f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with"

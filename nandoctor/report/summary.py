@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nandoctor import verdict as verdicts
+from nandoctor.access import named_path
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
 from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
@@ -203,6 +204,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                     steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
                                  "checkpoint); a repair restores tensors only")
             in_place = use_verified_repair_of(report.target)
+            broke = verdicts.loss_broke_from(report)
+            if broke is not None and report.bad_tensors and not in_place:  # (the run scan says so too: run_report.py)
+                context = verdicts.run_context(report) or {}
+                steps.append(verdicts.diverged_advice(report, f" (`nandoctor scan {context.get('run')}` names it)")
+                             + f"; or: {verdicts.loss_broke_words(named_path(report.target).name, broke)}")
             if in_place and not unviewed:
                 steps += in_place
             elif report.bad_tensors or not unviewed:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nandoctor import access
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
@@ -171,6 +172,9 @@ def repair(
                for r in plan.restorations if r.reason == "bad" and r.via is None and not plan.donors[r.donor].own
                and set(r.findings) <= {verdict.NONFINITE, verdict.OUTLIER}]
     plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used), *unlike_notes(few_bad)))
+    broke = verdict.loss_broke_from(report)
+    if broke is not None and plan.restorations:  # (the scans' next steps say the same)
+        plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(access.named_path(target_path).name, broke)))
     plan = _with_selection(plan, report, selection, target_path)
     _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
