@@ -106,3 +106,4 @@ def test_one_shard_named_alone_says_it_is_not_the_whole_checkpoint(tmp_path, dem
     shutil.copy(first, alone)
     assert "shards" not in run_cli("scan", "--quiet", alone).output
     assert "shard_of" not in json.loads(run_cli("scan", "--json", alone).output)
+
