@@ -133,3 +133,43 @@ def test_the_console_heatmap_marks_every_finding_as_the_html_one_does(tmp_path):
     grids, _ = heatmaps.checkpoint_grids(report)  # (the HTML report's grids: the same cells)
     assert [g.title for g in grids] == ["model.layers: component × layer"]
     assert grids[0].cells[grids[0].rows.index("mlp")][2:6] == ["zeroed", "clean", "clean", "nonfinite"]
+
+
+def test_a_narrow_terminal_never_cuts_a_checkpoint_or_tensor_name(tmp_path):
+    """A reports trial at 60 columns: the run timeline showed checkpoint-10000 as "checkpoint-1000" beside the real
+    checkpoint-1000 (a poisoned row under a healthy checkpoint's name), and the overflow table cut both tensor names
+    to "model.la…"."""
+    import io
+
+    from rich.console import Console
+
+    from nandoctor import scan, scan_run
+    from nandoctor.report.overflow_report import render_overflow
+    from nandoctor.report.run_report import render as render_run
+
+    base = {f"model.layers.{i}.mlp.up_proj.weight": np.full((32, 32), 0.02, np.float32) for i in range(4)}
+    for step in (1000, 9000, 10000):
+        folder = tmp_path / "run" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        saved = {k: v.copy() for k, v in base.items()}
+        if step == 10000:
+            saved["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+            saved["model.layers.3.mlp.up_proj.weight"][0, 1] = 7e4  # overflows fp16
+            saved["model.layers.1.mlp.up_proj.weight"][0, 2] = 8e4
+        save_file(saved, folder / "model.safetensors")
+    buffer = io.StringIO()
+    render_run(scan_run(tmp_path / "run"), Console(file=buffer, width=60, highlight=False, color_system=None))
+    rows = [line.split()[0] for line in buffer.getvalue().splitlines() if line.strip().startswith("checkpoint-")]
+    assert rows[:3] == ["checkpoint-1000", "checkpoint-9000", "checkpoint-10000"], buffer.getvalue()
+    buffer = io.StringIO()
+    render_overflow(scan(tmp_path / "run" / "checkpoint-10000", target_dtype="fp16"),
+                    Console(file=buffer, width=60, highlight=False, color_system=None))
+    text = buffer.getvalue()
+    assert "…" not in text and "80000" in text and "70000" in text, text
+    names, cells = [], [line.split("│") for line in text.splitlines() if "│" in line]
+    for cell in cells:  # a folded name goes on in the next line, whose other cells are empty
+        if names and not "".join(cell[1:]).strip():
+            names[-1] += cell[0].strip()
+        else:
+            names.append(cell[0].strip())
+    assert names == ["model.layers.1.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight"], text

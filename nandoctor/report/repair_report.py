@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from nandoctor.report.columns import add_column
 from nandoctor.restore.plan import LEFT_ZEROED
 
 if TYPE_CHECKING:
@@ -29,22 +30,13 @@ def _donor_short(plan: RepairPlan, index: int) -> str:
     return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
 
 
-def _add_column(table: Table, header: str, *, numeric: bool) -> None:
-    # Names and paths fold onto more lines, never end in "…": a cut tensor name cannot be
-    # searched for or pasted (and a pipe's 160 columns are not always enough for name + donor path).
-    if numeric:
-        table.add_column(header, justify="right", no_wrap=True)
-    else:
-        table.add_column(header, overflow="fold")
-
-
 def _layer_table(plan: RepairPlan) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.text import safe
 
     table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
     for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
-        _add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
+        add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
     groups: dict[str, list] = {}
     for r in plan.restorations:
         groups.setdefault(r.layer, []).append(r)
@@ -67,7 +59,7 @@ def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
 
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
     for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
-        _add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
+        add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
     rows = list(plan.restorations)
     shown = rows if limit is None else rows[:limit]
     for r in shown:
@@ -106,7 +98,7 @@ def _refusal_table(plan: RepairPlan) -> Table:
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
     for column in ("tensor", "NaN/Inf", "why each donor failed"):
-        _add_column(table, column, numeric=column == "NaN/Inf")
+        add_column(table, column, numeric=column == "NaN/Inf")
     for u in plan.unrestorable:
         table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
     return table

@@ -15,6 +15,7 @@ from rich.text import Text
 from nandoctor import verdict as verdicts
 from nandoctor.layers import COMPONENTS, component_of
 from nandoctor.model import ScanReport, TensorResult
+from nandoctor.report.columns import add_column
 from nandoctor.report.overflow_report import render_overflow
 from nandoctor.report.summary import CLEAN, finding_ranges, next_steps, tensor_rows
 from nandoctor.report.text import safe
@@ -53,18 +54,6 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
     if decided.exit_code == 0:
         return Text.assemble((f"⚠ PASS {decided.words}", "bold yellow"), f": {facts}")
     return Text.assemble((f"✗ FAIL {verdicts.words_with_case(decided)}", "bold red"), f": {facts}")
-
-
-def _add_column(table: Table, header: str, *, numeric: bool, name: bool, widest: int = 0) -> None:
-    """Names are what the report is for: on a narrow terminal they wrap whole (folded), never end in "…";
-    numbers never break, nor are they cut (``widest``: the longest value: ``1e+30`` must not show as ``1e+``);
-    other text gives way first."""
-    if name:
-        table.add_column(header, overflow="fold", min_width=20, ratio=3)
-    elif numeric:
-        table.add_column(header, justify="right", no_wrap=True, min_width=max(widest, len(header)))
-    else:
-        table.add_column(header, overflow="fold", ratio=1)
 
 
 # Below this width both tables merge NaN/+Inf/-Inf into one NaN/Inf column (as the run timeline does) and
@@ -116,7 +105,7 @@ def _table(title: str, rows: list[dict[str, object]], wanted: list[str], narrow:
     for k, column in enumerate(columns):
         numeric = column in _NUMERIC
         widest = max((len(str(r[k])) for r in cells), default=0) if numeric else 0
-        _add_column(table, column, numeric=numeric, name=column == name, widest=widest)
+        add_column(table, column, numeric=numeric, name=column == name, widest=widest)
     for r in cells:
         table.add_row(*r)
     return table

@@ -66,19 +66,14 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
     narrow = width < _NARROW
     table = Table(title="Timeline", title_justify="left", show_edge=False, header_style="bold")
     if narrow:
-        columns = ["checkpoint", "weights", "bad tensors", "NaN/Inf", "max |w|"]
+        columns = ["checkpoint", "weights", "bad", "NaN/Inf", "max |w|"]
     else:
         columns = ["step", "checkpoint", "weights", "bad tensors", "NaN", "+Inf", "-Inf", "max |w|", "growth"]
     if with_overflow:
         columns.append("overflow")
     if not narrow:  # narrow: printed under the table, one line per checkpoint (_details)
         columns += ["bad layers", "trainer log"]
-    folding = ("bad layers", "trainer log")
-    for column in columns:
-        numeric = column in ("step", "NaN", "+Inf", "-Inf", "NaN/Inf", "bad tensors", "overflow", "max |w|", "growth")
-        # Names and numbers are never cut or broken: only the free-text columns fold.
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column not in folding,
-                         overflow="fold")
+    rows: list[list[Text | str]] = []
     for c in run.checkpoints:
         r = c.report
         style = _STYLE[c.status]
@@ -87,7 +82,7 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
             if not narrow:
                 row += [Text(safe(same_words(c)), style="dim"), ""]
-            table.add_row(*row)
+            rows.append(row)
             continue
         if r is None:
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
@@ -107,6 +102,18 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
         if not narrow:
             row.append(Text(safe(_ranges(c))))
             row.append(_log_cell(c.log))
+        rows.append(row)
+    folding = ("bad layers", "trainer log")
+    for k, column in enumerate(columns):
+        numeric = column in ("step", "NaN", "+Inf", "-Inf", "NaN/Inf", "bad", "bad tensors", "overflow", "max |w|",
+                             "growth")
+        # Names and numbers are never cut or broken (a narrow terminal showed checkpoint-10000 as "checkpoint-1000",
+        # beside the real one): their columns are as wide as their longest cell; only the free-text columns fold.
+        widest = max([len(column), *(Text(cell).cell_len if isinstance(cell, str) else cell.cell_len
+                                     for cell in (row[k] for row in rows))])
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column not in folding,
+                         overflow="fold", min_width=None if column in folding else widest)
+    for row in rows:
         table.add_row(*row)
     return table
 

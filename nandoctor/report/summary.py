@@ -218,8 +218,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     if verdicts.OVERFLOW in failing and verdicts.overflow_count(report):
         dtype = verdicts.target_dtype(report)
         wider = "fp32" if dtype == "bf16" else "bf16 or fp32"
+        worst, several = verdicts.worst_overflow_layer(report), len(verdicts.overflow_tensors(report)) > 1
+        which = (f"the {len(verdicts.overflow_tensors(report))} tensors that overflow (worst {worst})" if several and worst
+                 else worst or "those weights")
         steps.append(f"some finite weights overflow {dtype}: serve in a wider dtype ({wider}), or clamp/rescale "
-                     f"{verdicts.worst_overflow_layer(report) or 'those weights'} before casting")
+                     f"{which} before casting")
     load = report.extra.get("load_dtype")
     if (verdicts.EXPLODED in failing and verdicts.with_finding(report, verdicts.EXPLODED) and isinstance(load, dict)
             and load.get("checked") and load.get("target_dtype") == "fp16"):
