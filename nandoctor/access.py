@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from nandoctor.errors import UnreadablePathError
+from nandoctor.wording import shell_word
 
 # What pathlib's exists()/is_dir() read as "not there" (its _IGNORED_ERRNOS): everything else is a refusal.
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
@@ -32,7 +32,7 @@ _DENIED = frozenset({errno.EACCES, errno.EPERM})
 def unreadable(path: str | os.PathLike[str], exc: OSError) -> UnreadablePathError:
     """``exc`` (an ``OSError`` met while looking at ``path``) as an error naming the path and what to do."""
     where = str(path)
-    quoted = shlex.quote(where)
+    quoted = shell_word(where)
     try:
         through = f" (it is a link to {os.readlink(where)})"  # what is denied lies where the link leads
     except (OSError, ValueError):
@@ -193,7 +193,7 @@ def _broken_link(path: Path, target: str) -> tuple[str, str]:
     if resolved.parent.name == "blobs" and repo is not None:  # a Hugging Face cache snapshot whose blob is gone
         repo_id = repo.removeprefix("models--").replace("--", "/")  # the cache's models--org--name
         return reason, ("the Hugging Face cache lost this blob (an interrupted download, or a cache clean-up): "
-                        f"download the model again: huggingface-cli download {shlex.quote(repo_id)} --force-download")
+                        f"download the model again: huggingface-cli download {shell_word(repo_id)} --force-download")
     return reason, "restore the file it points to (or copy the weights in place of the link), then scan again"
 
 

@@ -7,13 +7,13 @@ brackets where only the user knows the answer.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.model import ScanReport
+from nandoctor.wording import shell_word
 
 AUTO = "auto"
 
@@ -39,7 +39,7 @@ def selection_args(report: ScanReport) -> str:
     if not isinstance(excluded, dict):
         return ""
     options = [("--only", p) for p in excluded.get("only", ())] + [("--exclude", p) for p in excluded.get("exclude", ())]
-    return "".join(f" {option} {shlex.quote(pattern)}" for option, pattern in options)
+    return "".join(f" {option} {shell_word(pattern)}" for option, pattern in options)
 
 
 def repair_command_for(target: str, donor: str | None = None, selection: str = "") -> str:
@@ -55,12 +55,12 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
     if donor is None:
         in_run = runs.place_in_run(Path(target)) is not None
         donor = AUTO if in_run else NO_AUTO_DONOR
-    donor_arg = donor if donor == AUTO or donor.startswith("<") else shlex.quote(donor)  # placeholders unquoted
+    donor_arg = donor if donor == AUTO or donor.startswith("<") else shell_word(donor)  # placeholders unquoted
     if hubcache.is_snapshot(target) or Path(target).exists():
-        out = shlex.quote(free_repaired_path(Path(target)))
+        out = shell_word(free_repaired_path(Path(target)))
     else:
         out = "<new folder>"
-    return f"nandoctor repair {shlex.quote(target)} --from {donor_arg}{selection} --out {out}"
+    return f"nandoctor repair {shell_word(target)} --from {donor_arg}{selection} --out {out}"
 
 
 # Loads a torch file as data (no code runs) and saves every tensor cloned: a clone owns a storage of exactly
@@ -84,7 +84,7 @@ def resave_command(file: str) -> str:
         return DCP_RESAVE
     path = Path(file)
     out = _free(path.with_name(f"{path.stem}-resaved{path.suffix}"))
-    return f"python -c {shlex.quote(_RESAVE)} {shlex.quote(file)} {shlex.quote(out)}"
+    return f"python -c {shell_word(_RESAVE)} {shell_word(file)} {shell_word(out)}"
 
 
 def put_in_place(target: str, repaired: Path) -> str:
@@ -92,8 +92,8 @@ def put_in_place(target: str, repaired: Path) -> str:
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
     source = repaired / Path(target).name if Path(target).is_file() else repaired
     bad = access.as_spelled(_outside_the_run(access.named_path(target), "-bad"), target)
-    return (f"mv {shlex.quote(target)} {shlex.quote(str(bad))} && "
-            f"mv {shlex.quote(str(source))} {shlex.quote(target)}")
+    return (f"mv {shell_word(target)} {shell_word(str(bad))} && "
+            f"mv {shell_word(str(source))} {shell_word(target)}")
 
 
 def _outside_the_run(target: Path, suffix: str) -> Path:

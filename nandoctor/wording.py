@@ -1,7 +1,9 @@
-"""Lists in messages: the first few names and how many more, one way everywhere a message names things."""
+"""How messages name things: the first few names and how many more; a path as a shell word to paste."""
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Sequence
 
 
@@ -13,4 +15,21 @@ def first_few(names: Sequence[str], shown: int, *, quoted: bool = False) -> str:
     return listed + (f" and {more} more" if more > 0 else "")
 
 
-__all__ = ["first_few"]
+def shell_word(text: str) -> str:
+    """``text`` quoted for a POSIX shell so that pasting it gives the very name: ``shlex.quote``, or bash's ``$'…'``
+    where the name holds characters a terminal does not show as they are (control characters, a file name's bytes
+    that are no UTF-8): printed escaped, a plain quote of them named another file (``'ck/esc_\\x1b[31mRED'``)."""
+    if all(ch.isprintable() for ch in text):  # (a surrogate escape is not printable either)
+        return shlex.quote(text)
+    out = []
+    for ch in text:
+        if ch in "'\\":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in os.fsencode(ch))
+    return "$'" + "".join(out) + "'"
+
+
+__all__ = ["first_few", "shell_word"]

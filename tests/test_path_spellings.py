@@ -107,3 +107,21 @@ def test_one_shard_named_alone_says_it_is_not_the_whole_checkpoint(tmp_path, dem
     assert "shards" not in run_cli("scan", "--quiet", alone).output
     assert "shard_of" not in json.loads(run_cli("scan", "--json", alone).output)
 
+
+
+@pytest.mark.parametrize("raw", [b"esc_\x1b[31mRED", b"bad\xff\xfe"], ids=["escape", "not-utf8"])
+def test_a_suggested_command_pasted_into_bash_names_the_very_folder(tmp_path, demo_run, raw):
+    """A reports trial: the next: line of a checkpoint whose name holds an escape character read
+    `nandoctor repair 'ck/esc_\\x1b[31mRED' …` (printed escaped inside a plain quote): pasted, it named another
+    folder ("no such file"). Such names are quoted as bash's $'…', which the escaped print keeps intact."""
+    import os
+    import subprocess
+
+    shutil.copytree(demo_run, tmp_path / "run")
+    odd = os.fsencode(tmp_path / "run") + b"/" + raw
+    os.rename(os.fsencode(tmp_path / "run" / "checkpoint-300"), odd)
+    report = run_cli("scan", os.fsdecode(odd))
+    line = next(line.strip() for line in report.output.splitlines() if line.strip().startswith("nandoctor repair"))
+    assert "$'" in line, line
+    listed = subprocess.run(["bash", "-c", "ls -d " + line.split()[2]], capture_output=True)
+    assert listed.returncode == 0 and listed.stdout.strip() == odd, (line, listed)

@@ -10,7 +10,8 @@ this command to put the name back.
 from __future__ import annotations
 
 import json
-import shlex
+
+from nandoctor.wording import shell_word
 
 
 def rename_back_command(file: str, renames: dict[str, str]) -> str:
@@ -22,7 +23,7 @@ def rename_back_command(file: str, renames: dict[str, str]) -> str:
     code = (f"import os; from safetensors import safe_open; from safetensors.torch import load_file, save_file; "
             f"f = {text(file)}; meta = safe_open(f, \"pt\").metadata(); t = load_file(f); {moves}; "
             f"save_file(t, f + \".renamed\", metadata=meta); os.replace(f + \".renamed\", f)")
-    return f"python -c {shlex.quote(code)}"
+    return f"python -c {shell_word(code)}"
 
 
 def renamed_words(renames: dict[str, str]) -> str:

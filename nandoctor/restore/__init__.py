@@ -9,7 +9,6 @@ and targets are read through nandoctor's own readers.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,7 +33,7 @@ from nandoctor.restore.plan import (
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
 from nandoctor.verdict import RATE_FLOATS
-from nandoctor.wording import first_few
+from nandoctor.wording import first_few, shell_word
 
 if TYPE_CHECKING:
     from nandoctor.restore.donors import CheckpointDonor
@@ -369,8 +368,8 @@ def _also_notes(also: Sequence[Path], target: Path, out: PathLike | None,
     if not also:
         return ()
     outs = [free_repaired_path(f) for f in also]  # the --out repair_command_for suggests
-    args = "".join(f" --only {shlex.quote(p)}" for p in selection.only) if selection is not None else ""
-    args += "".join(f" --exclude {shlex.quote(p)}" for p in selection.exclude) if selection is not None else ""
+    args = "".join(f" --only {shell_word(p)}" for p in selection.only) if selection is not None else ""
+    args += "".join(f" --exclude {shell_word(p)}" for p in selection.exclude) if selection is not None else ""
     notes = tuple(f"{f.name} also decides the run's exit code and fails its scan; repair it too: "
                   f"{repair_command_for(str(f), AUTO, selection=args)}" for f in also)
     places = [put_in_place(str(target), Path(out))] if out is not None else []
@@ -428,7 +427,7 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
         shown = first_few(names, 3, quoted=True) + (f" ({len(floats)} of them {RATE_FLOATS})" if floats else "")
         ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
         if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
-            ways.append(" ".join(f"--exclude {shlex.quote(g)}" for g in plan.exclude_globs)
+            ways.append(" ".join(f"--exclude {shell_word(g)}" for g in plan.exclude_globs)
                         + " (the optimizer state, carried over as it is; resume with a fresh optimizer state)")
         ways.append("add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else ""))
         raise UnrestorableError(

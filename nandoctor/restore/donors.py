@@ -13,7 +13,6 @@ checkpoints before the target, at or before its last healthy one, newest first:
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
 from nandoctor.restore.plan import checkpoint_root, file_key, names_in_several_files
 from nandoctor.verdict import CONFIG_KIND
+from nandoctor.wording import shell_word
 
 AUTO = "auto"
 
@@ -373,11 +373,11 @@ def _refuse_run_folder(donor: str | os.PathLike[str], path: Path, target: Path, 
     place = place_in_run(target)
     before = place.step if place is not None and _same_place(place.run, path) else None
     found = [p for step, p in checkpoints_in(path) if (before is None or step < before) and not _same_place(p, target)]
-    newest = f"--from {shlex.quote(str(found[-1]))}" if found else "--from <one of its checkpoints>"
+    newest = f"--from {shell_word(str(found[-1]))}" if found else "--from <one of its checkpoints>"
     which = "its newest before the target" if before is not None else "its newest"
     raise RepairRefusedError(
         f"donor {donor} is a run folder, not one checkpoint",
-        f"name one of its healthy checkpoints ({newest} is {which}; `nandoctor scan {shlex.quote(str(donor))}` "
+        f"name one of its healthy checkpoints ({newest} is {which}; `nandoctor scan {shell_word(str(donor))}` "
         "shows which are healthy)" + ("; --from auto takes the healthy ones before the target, newest first"
                                       if auto_available else ""),
     )

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shlex
 import shutil
 import stat
 import time
@@ -38,6 +37,7 @@ from nandoctor.restore.moved import proof_diff
 from nandoctor.restore.plan import RepairPlan, Restoration
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write_proof
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
+from nandoctor.wording import shell_word
 
 # The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
 # folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
@@ -94,7 +94,7 @@ def check_out(out: Path, source: Source) -> None:
 
         raise RepairRefusedError(
             f"{out}: --out is the checkpoint being repaired; a repair never writes over its source",
-            f"choose a new folder, e.g. --out {shlex.quote(free_repaired_path(where))}",
+            f"choose a new folder, e.g. --out {shell_word(free_repaired_path(where))}",
         )
     if os.path.lexists(out):
         raise OutputExistsError(str(out))
