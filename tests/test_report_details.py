@@ -118,16 +118,16 @@ def test_the_console_heatmap_marks_every_finding_as_the_html_one_does(tmp_path):
     tensors["model.layers.2.mlp.up_proj.weight"][:] = 0.0  # zeroed among non-zero siblings (reported)
     save_file(tensors, tmp_path / "exploded.safetensors")
     grid = _grid(scan(tmp_path / "exploded.safetensors"))
-    assert grid["attention"] == "······█···" and grid["mlp"] == "··░·······" and grid["norm"] == "··········"
-    assert "█ exploded" in grid["title"] and "░ zeroed" in grid["title"] and "NaN/Inf" not in grid["title"]
+    assert grid["attention"] == "······▓···" and grid["mlp"] == "··░·······" and grid["norm"] == "··········"
+    assert "▓ exploded" in grid["title"] and "░ zeroed" in grid["title"] and "NaN/Inf" not in grid["title"]
 
     tensors["model.layers.5.mlp.up_proj.weight"][1, 1] = np.nan
     tensors["optimizer.state.7.exp_avg"] = np.full(16, np.nan, np.float32)
     save_file(tensors, tmp_path / "both.safetensors")
     report = scan(tmp_path / "both.safetensors")
     grid = _grid(report)
-    assert grid["attention"] == "······█···" and grid["mlp"] == "··░··█····"
-    assert grid["title"].split("(", 1)[1] == "█ NaN/Inf  █ exploded  ░ zeroed  · clean)"
+    assert grid["attention"] == "······▓···" and grid["mlp"] == "··░··█····"  # (a mark per finding: no colour needed)
+    assert grid["title"].split("(", 1)[1] == "█ NaN/Inf  ▓ exploded  ░ zeroed  · clean)"
     from nandoctor.report import heatmaps
 
     grids, _ = heatmaps.checkpoint_grids(report)  # (the HTML report's grids: the same cells)

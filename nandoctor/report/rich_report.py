@@ -184,9 +184,10 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
     return table
 
 
-# a cell's worst finding → its mark and colour (heatmaps.py decides the worst, as for the HTML report)
-_MARKS = {"nonfinite": ("█", "red"), "exploded": ("█", "magenta"), "outlier": ("█", "dark_orange"),
-          "overflow": ("█", "yellow"), "zeroed": ("░", "grey50"), CLEAN: ("·", "green")}
+# a cell's worst finding → its mark and colour (heatmaps.py decides the worst, as for the HTML report); each finding
+# its own mark, so a log without colour (CI, NO_COLOR, a pipe) still tells a NaN layer from an outlier one
+_MARKS = {"nonfinite": ("█", "red"), "exploded": ("▓", "magenta"), "outlier": ("▒", "dark_orange"),
+          "overflow": ("▞", "yellow"), "zeroed": ("░", "grey50"), CLEAN: ("·", "green")}
 _LEGEND_WORDS = {"nonfinite": "NaN/Inf", "exploded": "exploded", "outlier": "outlier", "overflow": "overflow",
                  "zeroed": "zeroed", CLEAN: "clean"}
 
