@@ -173,3 +173,24 @@ def test_a_narrow_terminal_never_cuts_a_checkpoint_or_tensor_name(tmp_path):
         else:
             names.append(cell[0].strip())
     assert names == ["model.layers.1.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight"], text
+
+
+def test_all_lists_every_tensor_in_markdown_and_html_too(tmp_path):
+    """A reports trial: `--all --html` still stopped at 40 rows and `--markdown --all` at 20 (the console listed all
+    168); with 41 bad tensors every format said "… and 1 more tensors"."""
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": np.full((8, 8), 0.02, np.float32) for i in range(45)}
+    for i in range(45):
+        tensors[f"model.layers.{i}.mlp.up_proj.weight"][0, 0] = np.nan
+    save_file(tensors, tmp_path / "m.safetensors")
+    page = tmp_path / "p.html"
+    markdown = run_cli("scan", tmp_path / "m.safetensors", "--markdown", "--all", "--html", page).stdout
+    assert all(f"model.layers.{i}.mlp.up\\_proj.weight" in markdown for i in range(45)) and "more tensor" not in markdown
+    html = page.read_text()
+    assert all(f"model.layers.{i}.mlp.up_proj.weight" in html for i in range(45)) and "more tensor" not in html
+    default = run_cli("scan", tmp_path / "m.safetensors", "--markdown").stdout
+    assert "… and 25 more tensors with findings" in default
+    del tensors["model.layers.44.mlp.up_proj.weight"], tensors["model.layers.43.mlp.up_proj.weight"]
+    del tensors["model.layers.42.mlp.up_proj.weight"], tensors["model.layers.41.mlp.up_proj.weight"]
+    save_file(tensors, tmp_path / "m41.safetensors")
+    console = run_cli("scan", tmp_path / "m41.safetensors").stdout
+    assert "… and 1 more tensor with findings" in " ".join(console.split())

@@ -26,7 +26,8 @@ def check_markdown(markdown: bool, as_json: bool, quiet: bool) -> None:
         raise click.UsageError("--markdown prints its own summary: use it without --json and --quiet")
 
 
-def write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str]) -> ReportWriteError | None:
+def write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozenset[str],
+               show_all: bool = False) -> ReportWriteError | None:
     """Write the ``--html`` report; the error when it could not be written (the caller reports it after the scan's)."""
     if path is None:
         return None
@@ -35,7 +36,7 @@ def write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozen
     from nandoctor.report import html_report
 
     try:
-        rendered = (html_report.render_scan(result, fail_on) if isinstance(result, ScanReport)
+        rendered = (html_report.render_scan(result, fail_on, show_all) if isinstance(result, ScanReport)
                     else html_report.render_run(result, fail_on))
         html_report.write_html(path, rendered)
     except ReportWriteError as exc:
@@ -50,7 +51,7 @@ def emit_scan_and_html(
     """``--html`` written, then :func:`emit_scan`; its exit code. A report file that cannot be written is an error of
     the output, not of the checkpoint: the scan's report is still printed (saying the file was not written), then
     one ``error:`` line, and the exit is 3."""
-    not_written = write_html(report, html_path, fail_on)
+    not_written = write_html(report, html_path, fail_on, show_all)
     code = emit_scan(report, as_json, quiet, show_all, fail_on, markdown=markdown, not_written=not_written)
     if not_written is not None:
         from nandoctor.cli.common import fail
@@ -73,7 +74,7 @@ def emit_scan(
     if markdown:
         from nandoctor.report.markdown_report import not_written_section, render_scan
 
-        click.echo(render_scan(report, fail_on, not_written) + not_written_section(not_written), nl=False)
+        click.echo(render_scan(report, fail_on, not_written, show_all) + not_written_section(not_written), nl=False)
     elif as_json:
         from nandoctor.report.json_report import report_to_json, with_gate
 

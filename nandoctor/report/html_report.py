@@ -77,8 +77,8 @@ def _grid_svg(grid: heatmaps.Grid, chart_id: str) -> str:
                                                 title=grid.title, chart_id=chart_id) + "</div>"
 
 
-def _tensors_section(report: ScanReport, heading: str, section_id: str) -> str:
-    rows, more = tensor_rows(report, MAX_ROWS)
+def _tensors_section(report: ScanReport, heading: str, section_id: str, limit: int | None = MAX_ROWS) -> str:
+    rows, more = tensor_rows(report, limit)
     if not rows:
         return ""
     files_of: dict[str, set[str]] = {}  # a name in several files (--both-formats): say which file, as the console
@@ -98,11 +98,12 @@ def _tensors_section(report: ScanReport, heading: str, section_id: str) -> str:
         ])
     headers = ["tensor", *(["file"] if show_file else []), "role", "dtype", "shape", "findings", "NaN", "+Inf",
                "-Inf", "outliers", "worst value", "first bad at"]
-    tail = f'<p class="dim">… and {more} more tensors with findings (--json lists every tensor)</p>' if more else ""
+    tail = (f'<p class="dim">… and {verdicts.plural(more, "more tensor", "more tensors")} with findings (--all lists '
+            'them, --json gives every tensor)</p>' if more else "")
     return f"<h2>{esc(heading)}</h2>" + _table(headers, cells, section_id) + tail
 
 
-def _scan_body(report: ScanReport) -> list[str]:
+def _scan_body(report: ScanReport, show_all: bool = False) -> list[str]:
     out = [f"<h2>Checkpoint</h2><p>{len(report.files)} file(s) · {len(report.tensors):,} tensors · "
            f"{esc(human_bytes(report.bytes_scanned))} read · {esc(report.device)}</p>"]
     out += [f'<p class="note">note: {esc(n)}</p>' for n in report.notes]
@@ -112,7 +113,7 @@ def _scan_body(report: ScanReport) -> list[str]:
         rows = [[("name", esc(r.label)), ("n", f"{r.bad_tensors}/{r.tensors}"), ("n", f"{r.nonfinite:,}")] for r in shown]
         out.append("<h2>Bad layers</h2>" + _table(["layers", "bad tensors", "NaN/Inf values"], rows, "bad-layers"))
         if len(ranges) > len(shown):
-            out.append(f'<p class="dim">… and {len(ranges) - len(shown)} more bad layer groups</p>')
+            out.append(f'<p class="dim">… and {verdicts.plural(len(ranges) - len(shown), "more bad layer group")}</p>')
     grids, outside = heatmaps.checkpoint_grids(report)
     if grids or outside:
         out.append("<h2>Where in the network</h2>" + _legend())
@@ -121,19 +122,19 @@ def _scan_body(report: ScanReport) -> list[str]:
             shown_groups = list(outside.items())[:MAX_ROWS]
             chips = "".join(_chip(group, heatmaps.COLOURS.get(f, "#555")) for group, f in shown_groups)
             out.append(f'<p id="outside">outside the layer stacks: {chips}</p>')
-    out.append(_tensors_section(report, "Tensors with findings", "tensors"))
+    out.append(_tensors_section(report, "Tensors with findings", "tensors", None if show_all else MAX_ROWS))
     if report.errors:
         rows = [[("name", esc(p.path)), ("", esc(p.message)), ("", esc(p.hint))] for p in report.errors[:MAX_ROWS]]
         out.append(f"<h2>{esc(problems_heading(report))} (exit 3)</h2>" + _table(["path", "problem", "hint"], rows, "errors"))
     return out
 
 
-def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
+def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON, show_all: bool = False) -> str:
     """The page for one checkpoint: verdict and next command, heatmap, tensors with findings."""
     decided = verdicts.judge(report, fail_on)
     head = f'<h1>nandoctor scan</h1><p class="target">{esc(report.target)}</p>'
     box = _verdict_box(decided.exit_code == 0, decided.words, verdicts.one_line(report, fail_on), next_steps(report, decided))
-    return _page(f"nandoctor: {report.target}", [head, box, *_scan_body(report)])
+    return _page(f"nandoctor: {report.target}", [head, box, *_scan_body(report, show_all)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ def _status(code: int) -> str:
     return "✅ PASS" if code == 0 else "❌ FAIL"
 
 
-def _tensors(report: ScanReport, heading: str) -> list[str]:
-    rows, more = tensor_rows(report, MAX_MARKDOWN_ROWS)
+def _tensors(report: ScanReport, heading: str, limit: int | None = MAX_MARKDOWN_ROWS) -> list[str]:
+    rows, more = tensor_rows(report, limit)
     if not rows:
         return []
     cells = [[md(r.name), ", ".join(r.findings), f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}", f"{r.outliers:,}",
@@ -60,7 +60,8 @@ def _tensors(report: ScanReport, heading: str) -> list[str]:
     out += _table(["tensor", "findings", "NaN", "+Inf", "-Inf", "outliers", "worst value", "first bad at"],
                   cells, {2, 3, 4, 5})
     if more:
-        out += ["", f"… and {more} more tensors with findings (`--json` lists every tensor)"]
+        out += ["", f"… and {verdicts.plural(more, 'more tensor', 'more tensors')} with findings (`--all` lists them, "
+                "`--json` gives every tensor)"]
     return out
 
 
@@ -93,7 +94,7 @@ def _exit_line(code: int, then: str, not_written: NandoctorError | None) -> str:
 
 
 def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON,
-                not_written: NandoctorError | None = None) -> str:
+                not_written: NandoctorError | None = None, show_all: bool = False) -> str:
     """The Markdown summary of a scan; ``not_written``: a report file (``--html``) that could not be written,
     said in its own section and in the exit code."""
     decided = verdicts.judge(report, fail_on)
@@ -104,7 +105,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
         labels = ", ".join(md(r.label) for r in ranges[:MAX_MARKDOWN_ROWS])
         out.append(f"- **Bad layers:** {labels}" + (f" … and {len(ranges) - MAX_MARKDOWN_ROWS} more" if len(ranges) > MAX_MARKDOWN_ROWS else ""))
     out.append(_exit_line(decided.exit_code, f"fails on: {', '.join(sorted(fail_on))}", not_written))
-    out += _tensors(report, "Worst tensors")
+    out += _tensors(report, "Worst tensors", None if show_all else MAX_MARKDOWN_ROWS)
     if report.errors:
         out += ["", f"### {problems_heading(report)} (exit 3)", ""]
         for p in report.errors[:MAX_MARKDOWN_ROWS]:

@@ -154,7 +154,8 @@ def _layer_table(report: ScanReport, width: int = 160, limit: int | None = None,
     wanted = ["layers", "finding", "tensors", "NaN", "+Inf", "-Inf", "NaN/Inf", "outliers", "max |w|", "components"]
     table = _table("Findings by layer", rows, wanted + (["worst tensor"] if width >= 110 else []), width < NARROW, "layers")
     if len(ranges) > len(shown):
-        table.caption = f"… and {len(ranges) - len(shown)} more layer groups (--all lists them, --json gives every one)"
+        table.caption = (f"… and {verdicts.plural(len(ranges) - len(shown), 'more layer group')} (--all lists them, "
+                         "--json gives every one)")
     return table
 
 
@@ -180,7 +181,8 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
               "outliers", "max |w|", "bad %", "first bad at"]
     table = _table("Tensors with findings", rows, wanted, width < NARROW, "tensor", {"outliers"})
     if more:
-        table.caption = f"… and {more} more tensors with findings (--all lists them, --json gives every tensor)"
+        table.caption = (f"… and {verdicts.plural(more, 'more tensor', 'more tensors')} with findings (--all lists them, "
+                         "--json gives every tensor)")
     return table
 
 
