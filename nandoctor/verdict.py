@@ -923,6 +923,14 @@ def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:
 _MAX_NAMED = 3  # trainer-state tensors named in the fact; the rest counted
 
 
+def held_facts(report: ScanReport) -> list[str]:
+    """NaN/Inf the report holds that are no finding (trainer state, mask/bound buffers by design), in words: never
+    "all finite", said wherever the facts are (console, --quiet, Markdown, HTML, the run report's deciding line)."""
+    in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
+    return ([_held_fact(in_trainer, "trainer state", [short_key(t.name) for t in in_trainer])] * bool(in_trainer)
+            + [_held_fact(sentinels, "mask/bound buffers by design", [t.name for t in sentinels])] * bool(sentinels))
+
+
 def _held_fact(held: tuple[TensorResult, ...], where: str, names: list[str]) -> str:
     """NaN/Inf counted where they are no finding (trainer state, mask and bound buffers), said with the first names."""
     values = ", ".join(f"{n:,} {word}" for n, word in ((sum(t.nan for t in held), "NaN"), (sum(t.posinf for t in held), "+Inf"),
@@ -1058,10 +1066,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     if unchecked:
         pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
                       f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")
-    if in_trainer:  # never "all finite": said wherever the facts are (console, --quiet, Markdown, HTML)
-        pieces.append(_held_fact(in_trainer, "trainer state", [short_key(t.name) for t in in_trainer]))
-    if sentinels:
-        pieces.append(_held_fact(sentinels, "mask/bound buffers by design", [t.name for t in sentinels]))
+    pieces += held_facts(report)
     overflow = overflow_count(report)
     if overflow:
         top = _cast_max(report)

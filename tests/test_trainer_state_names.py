@@ -50,3 +50,26 @@ def test_console_quiet_markdown_and_html_shorten_it_and_json_keeps_it_whole(ckpt
     data = json.loads(run_cli("scan", path, "--json").output)
     assert data["summary"]["trainer_nonfinite"] == [full]
     assert full in {t["name"] for t in data["tensors"]}
+
+
+def test_a_runs_console_report_and_markdown_heading_say_what_quiet_says(tmp_path):
+    """A reports trial on a Lightning run: --quiet, Markdown and HTML said "1 +Inf in trainer state …, not a finding",
+    the console run report never did; Markdown's heading said "FAIL NON-FINITE (training run)" where its own first
+    line and --quiet said "(POISONED)"."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = ModelCheckpoint(monitor="val_loss", save_top_k=2)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.manual_seed(0)
+    for step in (10, 20, 30):
+        weights = torch.nn.Linear(16, 16).state_dict()
+        if step == 30:
+            weights["weight"][0, 0] = float("nan")
+        torch.save({"state_dict": weights, "global_step": step, "callbacks": {callback.state_key: callback.state_dict()}},
+                   folder / f"epoch=0-step={step}.ckpt")
+    quiet = run_cli("scan", folder, "-q").output
+    assert quiet.startswith("FAIL NON-FINITE (POISONED)") and SHORT in quiet, quiet
+    console = run_cli("scan", folder, "--no-progress").output
+    assert SHORT in " ".join(console.split()), console
+    assert run_cli("scan", folder, "--markdown").output.startswith("## nandoctor: ❌ FAIL NON-FINITE (POISONED) (training run)")

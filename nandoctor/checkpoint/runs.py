@@ -368,6 +368,14 @@ class RunReport:
         decider = self.decider(fail_on)
         return "EMPTY" if decider is None else row_verdict(decider, fail_on)
 
+    def headline_under(self, fail_on: frozenset[str] | None = None) -> str:
+        """:meth:`verdict_under` with the health case, as every headline says it (``NON-FINITE (POISONED)``: the
+        console's last line, Markdown's heading, the HTML box, as --quiet)."""
+        decider = self.decider(fail_on)
+        if self.problems or decider is None:
+            return self.verdict_under(fail_on)
+        return row_verdict(decider, fail_on, with_case=True)
+
 
 def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:
     """One row's verdict words (under ``fail_on``, its report's own when None): ``INCOMPLETE`` for a

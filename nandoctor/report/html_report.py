@@ -199,7 +199,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
 
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
-    body = [head, _verdict_box(code == 0, run.verdict_under(fail_on), one_line(run, fail_on), run_next_steps(run) if code else [])]
+    body = [head, _verdict_box(code == 0, run.headline_under(fail_on), one_line(run, fail_on), run_next_steps(run) if code else [])]
     last, first = run.last_healthy, run.first_bad
     body.append('<p id="milestones">last healthy: '
                 + (_chip(last.name, STATUS_COLOURS[CLEAN]) if last else "<b>none</b>")

@@ -145,7 +145,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     last, first = run.last_healthy, run.first_bad
     decider = run.decider(fail_on)
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
-    out = [f"## nandoctor: {_status(code)} {md(run.verdict_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
+    out = [f"## nandoctor: {_status(code)} {md(run.headline_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
            _exit_line(code, md(decides), not_written)]
     if run.log is not None and run.log.suspicious_step is not None:

@@ -232,6 +232,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     style = "bold green" if code == 0 else "bold red"
     console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
                                 ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
+    for fact in verdicts.held_facts(decider.report) if decider.report is not None else ():  # (as --quiet says it)
+        console.print(Text(f"  {safe(fact)}", style="dim"))
     if run.problems:
         console.print(Text.assemble(("run: ", "bold"), (AMBIGUOUS_WORDS, style), f" ({safe('; '.join(run.problems))})"))
     if code != 0:
