@@ -96,8 +96,7 @@ def named_path(path: str | os.PathLike[str]) -> Path:
     scanned from inside its folder lost its run (a checkpoint the run calls diverged passed alone) and a
     suggested ``--out`` was ``./-repaired``."""
     spelled = Path(path)
-    parts = Path(os.path.normpath(spelled)).parts
-    if spelled.is_absolute() or (len(parts) >= 3 and ".." not in parts):
+    if spelled.is_absolute() or (len(Path(os.path.normpath(spelled)).parts) >= 3 and ".." not in spelled.parts):
         return spelled
     return Path(os.path.abspath(spelled))
 

@@ -31,7 +31,7 @@ from nandoctor.errors import (
 from nandoctor.hints import repair_command, repair_command_for  # noqa: F401  (public)
 from nandoctor.layers import bad_ranges
 from nandoctor.model import PathLike, ProgressCallback, ScanReport
-from nandoctor.wording import first_few
+from nandoctor.wording import first_few, scan_command
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -205,11 +205,11 @@ def _engine_scan(options: ScanOptions, progress: ProgressCallback | None = None)
     return scan_one
 
 
-def one_checkpoint(path: PathLike, *, split: str | None = None) -> tuple[Path, hubcache.CacheHit | None]:
+def one_checkpoint(path: PathLike, *, split: str | None = None, launcher: str = "") -> tuple[Path, hubcache.CacheHit | None]:
     """The checkpoint :func:`scan` reads for ``path`` (a repo id resolved in the local caches; a run folder's
     final model) and the cache hit; UnsupportedFormatError for a run folder without a final model, naming its
     newest checkpoint (``split``: the options of ``scan --part I/N --json`` or ``--distributed``, which split one
-    checkpoint: the hint repeats them)."""
+    checkpoint, and ``launcher`` the command before it: the hint repeats them)."""
     resolved, hit = hubcache.resolve(path)
     found = runs.one_checkpoint_in(resolved)
     if found is not None:
@@ -217,7 +217,7 @@ def one_checkpoint(path: PathLike, *, split: str | None = None) -> tuple[Path, h
     if split:
         raise runs.run_folder_error(
             resolved,
-            lambda newest: f"split its newest checkpoint: nandoctor scan {newest} {split} (or each checkpoint "
+            lambda newest: f"split its newest checkpoint: {launcher}nandoctor scan {newest} {split} (or each checkpoint "
             "in turn); `nandoctor scan` of the run folder gives the timeline",
             ": a run cannot be split into parts, only one checkpoint",
         )
@@ -382,7 +382,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")
-        where = f" (`nandoctor scan {run}` names it)" if run else ""
+        where = f" (`{scan_command(run)}` names it)" if run else ""
         why = verdicts.diverged_why(report)
         found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
         # (a run folder's deciding row, a final model or a weights-only save among them, is resumed as the run is)

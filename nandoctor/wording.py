@@ -27,9 +27,16 @@ def shell_word(text: str) -> str:
             out.append("\\" + ch)
         elif ch.isprintable():
             out.append(ch)
+        elif 0xD800 <= ord(ch) <= 0xDFFF and not 0xDC80 <= ord(ch) <= 0xDCFF:
+            out.append(f"\\u{ord(ch):04x}")  # (a lone surrogate from a JSON file: no bytes stand behind it)
         else:
             out.extend(f"\\x{byte:02x}" for byte in os.fsencode(ch))
     return "$'" + "".join(out) + "'"
 
 
-__all__ = ["first_few", "shell_word"]
+def scan_command(path: str | os.PathLike[str]) -> str:
+    """``nandoctor scan PATH``, the path one shell word (:func:`shell_word`)."""
+    return f"nandoctor scan {shell_word(os.fspath(path))}"
+
+
+__all__ = ["first_few", "scan_command", "shell_word"]

@@ -391,6 +391,28 @@ def test_a_stopped_run_fails_its_gate_though_last_ckpt_is_clean(tmp_path):
     assert quiet.exit_code == 1 and quiet.output.startswith("FAIL") and stopped.name in quiet.output, quiet.output
 
 
+def test_saves_after_last_ckpt_decide_only_when_written_after_it(tmp_path):
+    """A review: a run resumed from last.ckpt (step 8) into the same folder keeps the abandoned attempt's step 10 and
+    12 files, NaN and all; they were written before the last.ckpt a resume loads, and decide nothing (the stopped
+    file of the test above was written after it, and decides)."""
+    import os
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.manual_seed(0)
+    for step in (4, 8, 10, 12):
+        weights = torch.nn.Linear(8, 8).state_dict()
+        if step > 8:
+            weights["weight"][0, 0] = float("nan")
+        torch.save({"state_dict": weights, "global_step": step}, folder / f"epoch=0-step={step}.ckpt")
+        os.utime(folder / f"epoch=0-step={step}.ckpt", (1_000_000 + step, 1_000_000 + step))
+    (folder / "last.ckpt").write_bytes((folder / "epoch=0-step=8.ckpt").read_bytes())
+    os.utime(folder / "last.ckpt", (1_000_100, 1_000_100))  # the resumed run's newest save
+    assert nandoctor.scan_run(str(folder)).exit_code() == 0
+    os.utime(folder / "epoch=0-step=12.ckpt", (1_000_200, 1_000_200))  # written after last.ckpt: the run went on
+    assert nandoctor.scan_run(str(folder)).exit_code() == 1
+
+
 def test_a_bad_batch_first_does_not_hide_nan_weights_later(tmp_path, caplog):
     """A trial's find: after one NaN loss from a bad batch (weights finite: no stop, a warning), weights that went
     NaN later were never checked again and training ran to its end."""

@@ -260,7 +260,7 @@ def test_a_donor_of_another_model_is_named_once(tmp_path):
     write_safetensors(other, {"encoder.weight": RawTensor("F32", (2,), b"\0" * 8)})
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", other, "--out", tmp_path / "x", "--dry-run")
     assert result.exit_code == 3
-    assert "has 0 of the target's 195 tensor names: a different model, or another naming?" in " ".join(result.output.split())
+    assert "has 0 of the target's 195 weight names: a different model, or another naming?" in " ".join(result.output.split())
 
 
 def test_a_donor_of_another_shape_and_dtype_is_refused_over_its_shape_without_offering_allow_cast(tmp_path):

@@ -190,4 +190,4 @@ def test_a_donor_holding_few_of_the_targets_names_is_named_even_when_it_restores
     safetensors_torch.save_file({"layer0.weight": tensors["layer0.weight"]}, tmp_path / "donor.safetensors")
     result = repair(tmp_path / "target.safetensors", [tmp_path / "donor.safetensors"], tmp_path / "fixed")
     assert result.ok
-    assert any("has 1 of the target's 6 tensor names" in n for n in result.plan.notes), result.plan.notes
+    assert any("has 1 of the target's 6 weight names" in n for n in result.plan.notes), result.plan.notes

@@ -54,6 +54,9 @@ class FakeDonor:
         bad = self.nonfinite_of.get(r.name, 0)
         return f"holds {bad:,} NaN/Inf values" if bad else None
 
+    def all_zero(self, r: TensorRef) -> bool:  # (plan.DonorCatalog: no copy of these fakes is all zero)
+        return False
+
 
 def donor(label: str, *names: str, step: int | None = None, **kw) -> FakeDonor:
     return FakeDonor(label, {n: ref(n, file=f"{label}.safetensors") for n in names}, step=step, **kw)

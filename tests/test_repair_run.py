@@ -383,3 +383,31 @@ def test_a_donor_from_another_run_of_the_same_model_is_named_in_a_note(tmp_path)
     (restored,) = same.plan.restorations
     r = correlation(restored.target_ref.file, restored.target_ref, restored.donor_ref.file, restored.donor_ref)
     assert r is not None and r > 0.99 > UNRELATED  # (the run's own earlier copy: the same weights, drifted a little)
+
+
+def test_a_weight_nan_throughout_is_never_restored_from_an_all_zero_copy(tmp_path):
+    """A review: a weight NaN throughout (the usual NaN step) has no finite value to compare with, and a broken all-zero
+    copy was taken for it."""
+    run = _run(tmp_path / "run")
+    _edit(run / "checkpoint-4", _zero(OTHER))
+
+    def all_nan(tensors):
+        tensors[OTHER] = torch.full_like(tensors[OTHER], float("nan"))
+
+    _edit(run / "checkpoint-6", all_nan)
+    result = nandoctor.repair(run / "checkpoint-6", "auto", tmp_path / "fixed")
+    assert result.ok and torch.equal(_tensor(tmp_path / "fixed", OTHER), _tensor(run / "checkpoint-2", OTHER))
+
+
+def test_an_outlier_in_the_target_does_not_make_its_own_run_s_donor_unlike(tmp_path):
+    """A review: one value of 500 among weights of 0.02 (a bit flip's outlier, the very value a repair restores) made
+    Pearson's r of the run's own earlier copy 0.00, and the note called it unlike. Ranks are compared."""
+    run = _run(tmp_path / "run")
+
+    def outlier(tensors):
+        tensors[OTHER].view(-1)[7] = 500.0
+
+    _edit(run / "checkpoint-6", outlier)
+    result = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-4"], tmp_path / "fixed")
+    assert result.ok and [r.name for r in result.plan.restorations] == [OTHER]
+    assert not [n for n in result.plan.notes if "unlike" in n], result.plan.notes

@@ -329,13 +329,17 @@ class RunReport:
     def deciding(self) -> tuple[RunCheckpoint, ...]:
         """The rows that decide the exit code: what gets loaded. The final model (what a user ships) and a
         Lightning run's last.ckpt (what ``trainer.fit(ckpt_path="last")`` resumes from) where the run has
-        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md. Saves newer than
-        every loaded row decide too: the run went on past what would be loaded, and how it ended counts (a
-        Lightning callback's ``nandoctor-stopped-step=N.ckpt`` after a clean ``last.ckpt`` passed the gate)."""
+        them, else the newest checkpoint (what a resume or a deploy would load); docs/cli.md. Saves after every
+        loaded row, and written after them, decide too: the run went on past what would be loaded, and how it ended
+        counts (a Lightning callback's ``nandoctor-stopped-step=N.ckpt`` after a clean ``last.ckpt`` passed the
+        gate). Written before them (a run resumed from ``last.ckpt`` into the same folder: the abandoned attempt's
+        later steps) they do not."""
         loaded = [i for i, c in enumerate(self.checkpoints) if c.final or c.last]
         if not loaded:
             return (self.checkpoints[-1],) if self.checkpoints else ()
-        return (*(self.checkpoints[i] for i in loaded), *self.checkpoints[loaded[-1] + 1:])
+        since = max(_written(self.checkpoints[i].path) for i in loaded)
+        later = tuple(c for c in self.checkpoints[loaded[-1] + 1:] if _written(c.path) > since)
+        return (*(self.checkpoints[i] for i in loaded), *later)
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
         """The deciding row whose exit code is the run's: the worst of them; of equals, the newest."""
@@ -610,6 +614,21 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
                     f"{rename_back_command(file, renames)} and scan again")
     return (f"{load}: restore {c.name}'s weight files from a good copy (a backup, or where it was saved), or resume "
             f"from {holder}")
+
+
+def _written(path: str) -> float:
+    """When the save at ``path`` was written (its modification time; a link's target's); -inf when it cannot be
+    told (never later than anything)."""
+    found = access.status(path)
+    return found.st_mtime if found is not None else float("-inf")
+
+
+def checkpoint_name(target: str | os.PathLike[str]) -> str:
+    """The name a run knows the checkpoint at ``target`` by: its ``checkpoint-N`` folder for a file inside one
+    (``checkpoint-300/model.safetensors``), else its own (a folder, a Lightning step file); ``.`` named too."""
+    path = access.named_path(target)
+    folder = path.parent
+    return folder.name if not access.is_dir(path) and step_of(folder) is not None else path.name
 
 
 def loss_broke_before(log: TrainLog | None, step: int) -> int | None:

@@ -7,7 +7,6 @@ The merged report prints exactly as `nandoctor scan` prints a report.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +46,12 @@ def scan_split(
     from nandoctor.errors import NandoctorError
 
     try:  # what a single scan reads: a run cannot be split
-        resolved, _ = api.one_checkpoint(path, split="--distributed" if distributed else "--part I/N --json")
+        resolved, _ = api.one_checkpoint(path, split="--distributed" if distributed else "--part I/N --json",
+                                         launcher="torchrun --nproc_per_node N -m " if distributed else "")
     except NandoctorError:
-        if distributed and os.environ.get("RANK", "0") != "0":
+        from nandoctor.engine.ranks import launcher_rank
+
+        if distributed and launcher_rank() not in (None, 0):
             # rank 0 says why, once, and exits with the code (torchrun: any rank's failure fails the job); another
             # rank failing first would have torchrun stop rank 0 before it said anything
             sys.exit(0)

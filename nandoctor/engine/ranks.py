@@ -43,8 +43,19 @@ class RankOutcome:
     report: ScanReport | None  # rank 0 only
 
 
+_LAUNCHERS = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))  # torchrun's, srun's
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as its launcher (torchrun, srun) set it; None without one."""
+    for rank_key, world_key in _LAUNCHERS:
+        if rank_key in os.environ and world_key in os.environ:
+            return int(os.environ[rank_key])
+    return None
+
+
 def _environment() -> tuple[int, int]:
-    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+    for rank_key, world_key in _LAUNCHERS:
         if rank_key in os.environ and world_key in os.environ:
             os.environ.setdefault("RANK", os.environ[rank_key])
             os.environ.setdefault("WORLD_SIZE", os.environ[world_key])

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from nandoctor.report.columns import add_column
 from nandoctor.restore.plan import LEFT_ZEROED
+from nandoctor.wording import scan_command
 
 if TYPE_CHECKING:
     from nandoctor.restore.plan import RepairPlan, Restoration
@@ -156,7 +157,7 @@ def _unjudged(plan: RepairPlan, out: str | None) -> str:
     what = plan.selection.describe() if plan.selection is not None else "the selection"
     names = first_few(list(plan.excluded_names), 5, quoted=True) or f"{plan.excluded:,} tensor(s)"
     return (f"it is clean except the {plan.excluded:,} tensor(s) left out by {safe(what)}, which were not judged "
-            f"and still hold whatever they held, NaN/Inf included: {safe(names)} (`nandoctor scan {safe(out or 'OUT')}` "
+            f"and still hold whatever they held, NaN/Inf included: {safe(names)} (`{safe(scan_command(out)) if out else 'nandoctor scan OUT'}` "
             "without those options judges them)")
 
 

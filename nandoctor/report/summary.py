@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nandoctor import verdict as verdicts
-from nandoctor.access import named_path
+from nandoctor.access import as_spelled
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
-from nandoctor.checkpoint.runs import RunCheckpoint, RunReport
+from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, checkpoint_name
 from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
 from nandoctor.model import ScanReport, TensorResult, Verdict
-from nandoctor.wording import first_few
+from nandoctor.wording import first_few, scan_command
 
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
@@ -177,7 +178,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
     elif health == "diverged" and repairable:
         context = verdicts.run_context(report)
-        where = f" (`nandoctor scan {context['run']}` names it)" if context else ""
+        where = f" (`{scan_command(as_spelled(Path(context['run']), report.target))}` names it)" if context else ""
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
@@ -205,10 +206,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                                  "checkpoint); a repair restores tensors only")
             in_place = use_verified_repair_of(report.target)
             broke = verdicts.loss_broke_from(report)
-            if broke is not None and report.bad_tensors and not in_place:  # (the run scan says so too: run_report.py)
-                context = verdicts.run_context(report) or {}
-                steps.append(verdicts.diverged_advice(report, f" (`nandoctor scan {context.get('run')}` names it)")
-                             + f"; or: {verdicts.loss_broke_words(named_path(report.target).name, broke)}")
+            context = verdicts.run_context(report) or {}
+            if broke is not None and report.bad_tensors and not in_place and context.get("run"):  # (run_report.py too)
+                run = as_spelled(Path(context["run"]), report.target)
+                steps.append(verdicts.diverged_advice(report, f" (`{scan_command(run)}` names it)")
+                             + f"; or: {verdicts.loss_broke_words(checkpoint_name(report.target), broke)}")
             if in_place and not unviewed:
                 steps += in_place
             elif report.bad_tensors or not unviewed:

@@ -33,7 +33,7 @@ from nandoctor.restore.plan import (
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
 from nandoctor.verdict import RATE_FLOATS
-from nandoctor.wording import first_few, shell_word
+from nandoctor.wording import first_few, scan_command, shell_word
 
 if TYPE_CHECKING:
     from nandoctor.restore.donors import CheckpointDonor
@@ -118,7 +118,7 @@ def repair(
         example = f" (e.g. {repair_command_for(str(found[-1][1]), AUTO)})" if found else ""
         raise RepairRefusedError(
             f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",
-            f"repair one checkpoint of it: `nandoctor scan {target}` says which is bad and prints the repair command"
+            f"repair one checkpoint of it: `{scan_command(target)}` says which is bad and prints the repair command"
             + example,
         )
     files = layout.discover(target_path)
@@ -140,14 +140,14 @@ def repair(
         raise RepairRefusedError(
             f"{target}: {first.path}: {first.message}",
             (f"{first.hint}; " if first.hint else "") + "a repair restores tensors, never config files: correct "
-            f"{Path(first.path).name} first, then repair (its weights are judged as they are: nandoctor scan {target})",
+            f"{Path(first.path).name} first, then repair (its weights are judged as they are: {scan_command(target)})",
         )
     if report.errors:
         first = report.errors[0]
         raise RepairRefusedError(
             f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
             f"{first.hint}; a repair needs every tensor readable" if first.hint
-            else f"run `nandoctor scan {target}` to see them; a repair needs every tensor readable",
+            else f"run `{scan_command(target)}` to see them; a repair needs every tensor readable",
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
@@ -335,7 +335,7 @@ def _where(target_path: Path) -> str:
     from nandoctor.checkpoint import runs
 
     place = runs.place_in_run(target_path)
-    return f" (`nandoctor scan {place.run}` names it)" if place is not None else ""
+    return f" (`{scan_command(place.run)}` names it)" if place is not None else ""
 
 
 def _lightning_last(run_folder: Path) -> Path | None:

@@ -365,22 +365,24 @@ def _refuse_run_folder(donor: str | os.PathLike[str], path: Path, target: Path, 
     """A run folder without a final model at its top is no checkpoint: say which to name (a trial's hint read
     "scan one of them, e.g. …/checkpoint-100", the run's oldest, where a donor or --from auto was meant)."""
     from nandoctor.checkpoint.finalmodel import has_final_model
-    from nandoctor.checkpoint.runs import is_run_folder
-    from nandoctor.checkpoint.steps import checkpoints_in
+    from nandoctor.checkpoint.lightningrun import lightning_folder
+    from nandoctor.checkpoint.runs import RunPlace, is_run_folder
 
     if not path.is_dir() or not is_run_folder(path) or has_final_model(path):
         return
     place = place_in_run(target)
     before = place.step if place is not None and _same_place(place.run, path) else None
-    found = [p for step, p in checkpoints_in(path) if (before is None or step < before) and not _same_place(p, target)]
-    newest = f"--from {shell_word(str(found[-1]))}" if found else "--from <one of its checkpoints>"
-    which = "its newest before the target" if before is not None else "its newest"
-    raise RepairRefusedError(
-        f"donor {donor} is a run folder, not one checkpoint",
-        f"name one of its healthy checkpoints ({newest} is {which}; `nandoctor scan {shell_word(str(donor))}` "
-        "shows which are healthy)" + ("; --from auto takes the healthy ones before the target, newest first"
-                                      if auto_available else ""),
-    )
+    steps = RunPlace(path, 0, lightning_folder(path) is not None).siblings()  # (checkpoint-N folders or step files)
+    found = [p for step, p in steps if (before is None or step < before) and not _same_place(p, target)]
+    auto = "; --from auto takes the healthy ones before the target, newest first" if auto_available else ""
+    scan = f"`nandoctor scan {shell_word(str(donor))}` shows which are healthy"
+    if found:
+        which = "its newest before the target" if before is not None else "its newest"
+        hint = f"name one of its healthy checkpoints (--from {shell_word(str(found[-1]))} is {which}; {scan}){auto}"
+    else:
+        hint = (f"it holds no checkpoint before the target: name an earlier clean checkpoint or the base model "
+                f"({scan})" if before is not None else f"name one of its healthy checkpoints ({scan})")
+    raise RepairRefusedError(f"donor {donor} is a run folder, not one checkpoint", hint)
 
 
 def other_model_notes(target_root: Path, donors: Sequence[CheckpointDonor], used: set[str]) -> tuple[str, ...]:

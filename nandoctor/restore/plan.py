@@ -398,7 +398,7 @@ def _restored(result: TensorResult) -> bool:
 
 def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[str, ...]:
     """For donors that lack many of the target's names: say so once, instead of "not found" per tensor."""
-    names = {t.name for t in report.tensors}
+    names = {t.name for t in report.tensors if t.ref.role == "weight"}  # (a weights-only donor of a training save)
     notes = []
     for view in views:
         if view.error is not None or view._refs is None:
@@ -406,7 +406,7 @@ def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[st
         found = sum(1 for name in names if view.candidates(name)[0])
         if found * 2 < len(names):
             notes.append(
-                f"donor {_describe(view.catalog)} has {found:,} of the target's {len(names):,} tensor names"
+                f"donor {_describe(view.catalog)} has {found:,} of the target's {len(names):,} weight names"
                 + (": a different model, or another naming?" if found == 0 else "")
             )
     return tuple(notes)
@@ -434,14 +434,15 @@ def _zero_copy_refused(result: TensorResult) -> bool:
     """Whether an all-zero donor copy is no copy of the target tensor: one found zeroed, and any weight of which the
     target holds a finite value that is not zero (training never zeroes a whole tensor, a broken copy does: a
     trial's NaN tensor was restored from a zeroed copy in the checkpoint before it, while an earlier one held a
-    good copy). Biases and LoRA weights start at zero (an early donor's copy is their real earlier value)
-    unless the target's copy is zeroed itself; a target whose finite values are all zero agrees with the copy."""
+    good copy), or of which it holds no finite value at all (a weight NaN throughout: the usual NaN step). Biases
+    and LoRA weights start at zero (an early donor's copy is their real earlier value) unless the target's copy is
+    zeroed itself; a target whose finite values are all zero agrees with the copy."""
     if ZEROED in result.findings:
         return True
     name = result.name.lower()
     if result.role != "weight" or name.endswith(".bias") or "lora_" in name:
         return False
-    return (result.max_abs or 0.0) > 0.0
+    return result.max_abs is None or result.max_abs > 0.0
 
 
 def plan_repair(

@@ -322,8 +322,8 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
         store = os.path.commonpath([os.path.dirname(target) for _, target in linked])
         why = ", as its weights are (a link farm: cp -rs, git-annex, DVC)" if farm else " folder"
         notes.append(f"{len(linked)} file(s) are links out of the checkpoint{why}: kept as links to the same files in "
-                     f"{store}, not copied ({shown}); the repaired folder breaks if {store} is removed: copy them with "
-                     "cp -L to make it stand alone")
+                     f"{store}, not copied ({shown}); the repaired folder breaks if {store} is removed: check what they "
+                     "point to, then copy them in with cp -L to make it stand alone")
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
