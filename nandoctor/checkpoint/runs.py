@@ -618,8 +618,11 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
 
 def _written(path: str) -> float:
     """When the save at ``path`` was written (its modification time; a link's target's); -inf when it cannot be
-    told (never later than anything)."""
-    found = access.status(path)
+    told (gone, or behind a folder no one may search: never later than anything; its row says why)."""
+    try:
+        found = access.status(path)
+    except UnreadablePathError:
+        return float("-inf")
     return found.st_mtime if found is not None else float("-inf")
 
 
