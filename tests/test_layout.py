@@ -407,3 +407,23 @@ def test_a_numbered_shard_the_index_does_not_list_is_never_a_missing_set(tmp_pat
     assert report.exit_code == 0 and not report.errors, report.errors
     assert any(n.startswith("model-00003-of-00003.safetensors: a numbered shard of another count") for n in report.notes)
     assert sorted(report.tensors.refs.names) == ["layers.0.weight", "layers.1.weight"]
+
+
+def test_a_folder_whose_weights_lie_deeper_names_them(tmp_path):
+    """A false-alarm hunt scanned a Lightning project as it lies (`lightning_logs/version_N/checkpoints/…ckpt`, the
+    default): "no checkpoint files found", and nothing said where they are. Two or three folders down, the folders
+    holding weights are named, and the newest (last by name) is suggested."""
+    from fixtures.builders import RawTensor, write_safetensors
+    from tests.conftest import run_cli
+
+    for version in (0, 1, 10):
+        folder = tmp_path / "lightning_logs" / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        write_safetensors(folder / "epoch=0-step=2.safetensors", {"w": RawTensor("F32", (2,), b"\0" * 8)})
+    for where in (tmp_path, tmp_path / "lightning_logs"):
+        done = run_cli("scan", where, "-q")
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.exit_code == 3 and "deeper" in said and "version_0/checkpoints/" in said, said
+        assert f"nandoctor scan {tmp_path / 'lightning_logs' / 'version_10' / 'checkpoints'}" in said, said
+    (tmp_path / "empty" / "a" / "b" / "c" / "d").mkdir(parents=True)
+    assert "no checkpoint files found" in run_cli("scan", tmp_path / "empty", "-q").stdout

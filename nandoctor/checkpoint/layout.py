@@ -214,6 +214,12 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
             f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
             f"run of checkpoints{beside}", f"scan the run: nandoctor scan {shell_word(str(runs[0]))}")
     if not holding:
+        deeper = _deeper_weights(root)
+        if deeper:  # (Lightning's default: lightning_logs/version_N/checkpoints/, two folders down)
+            shown = first_few([str(p.relative_to(root)) + "/" for p in deeper], 3)
+            return UnsupportedFormatError(
+                f"{root}: no checkpoint files at its top; deeper, {shown} hold some",
+                f"scan one of them, e.g. the last: nandoctor scan {shell_word(str(deeper[-1]))}")
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = first_few([f"{sub.name}/" for sub in holding], 5)
     return UnsupportedFormatError(
@@ -493,6 +499,37 @@ def model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
         return True
     tag = deepspeed_tag(folder) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
     return tag is not None and any(e.name == tag for e in entries)
+
+
+_DEEPER = 3  # folder levels below a folder without weights that are looked at for some (the 2nd and 3rd)
+_DEEPER_FOLDERS = 256  # at most this many folders listed: a home folder named by mistake is not walked whole
+
+
+def _deeper_weights(root: Path) -> list[Path]:
+    """The folders two or three levels below ``root`` that hold weight files at their top, in name order (the
+    last: the newest of ``version_0``, ``version_1``…), from a bounded walk; [] when none or too many to list."""
+    level, listed = [root], 0
+    for _depth in range(_DEEPER):
+        subs: list[Path] = []
+        for folder in level:
+            try:
+                entries = access.listing(folder)
+            except UnreadablePathError:
+                continue
+            listed += 1
+            if listed > _DEEPER_FOLDERS:
+                return []
+            subs += sorted((e for e in entries if not e.name.startswith(".") and not access.is_link(e)
+                            and access.is_dir(e, refused=False)), key=lambda p: _natural(p.name))
+        holding = [sub for sub, inside in _weight_subfolders(subs) if isinstance(inside, list)] if _depth else []
+        if holding:
+            return holding
+        level = subs
+    return []
+
+
+def _natural(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _weight_subfolders(
