@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.readers.torch.stubs import PickleFormatError
+from nandoctor.readers.torch.prescan import LARGE_FLOAT
 
 _BASE_WEIGHT = 1_000_000  # parts of one tuple, counted along every path (a real checkpoint: a few)
 _BASE_BUDGET = 20_000_000  # parts hashed in all (~1 s at worst); both grow with the pickle's size
@@ -90,7 +91,9 @@ def prescan(stream: Any, size_hint: int) -> Prescan:
     for opcode, arg, pos in pickletools.genops(stream):
         kind = _KIND.get(opcode.name)
         if kind is None:  # a value or another opcode that builds nothing hashable: its generic stack effect
-            if opcode.name == "BINFLOAT" and isinstance(arg, float) and not math.isfinite(arg) and pos is not None:
+            # (NaN/Inf, and since the quantizer scales' rule, finite values of 2^LARGE_FLOAT_EXPONENT-1023 or more too)
+            if (opcode.name == "BINFLOAT" and isinstance(arg, float) and (not math.isfinite(arg) or abs(arg) >= LARGE_FLOAT)
+                    and pos is not None):
                 out.float_offsets.setdefault(struct.pack(">d", arg), pos + 1)
             _generic(opcode, stack, pop, pop_mark)
         elif kind == "mark":
