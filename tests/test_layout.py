@@ -427,3 +427,32 @@ def test_a_folder_whose_weights_lie_deeper_names_them(tmp_path):
         assert f"nandoctor scan {tmp_path / 'lightning_logs' / 'version_10' / 'checkpoints'}" in said, said
     (tmp_path / "empty" / "a" / "b" / "c" / "d").mkdir(parents=True)
     assert "no checkpoint files found" in run_cli("scan", tmp_path / "empty", "-q").stdout
+
+
+def test_a_sharded_dtype_variant_beside_the_sharded_default_is_another_model(tmp_path):
+    """A false-alarm hunt: save_pretrained(max_shard_size=…) and again with variant="fp16" into one folder (two
+    indexes, model.safetensors.index.json and model.safetensors.index.fp16.json): every name was "also in" the
+    other set, "which one loads is ambiguous", exit 3, where from_pretrained loads either. Each set is its own
+    model; a NaN in the variant is still found, naming its file."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.conftest import run_cli
+
+    weights = {f"layers.{i}.weight": np.full((4, 4), 0.5, np.float32) for i in range(4)}
+    for variant, dtype in (("", np.float32), (".fp16", np.float16)):
+        shards = {f"model{variant}-0000{k + 1}-of-00002.safetensors": [f"layers.{2 * k}.weight", f"layers.{2 * k + 1}.weight"]
+                  for k in range(2)}
+        for shard, names in shards.items():
+            save_file({n: weights[n].astype(dtype) for n in names}, tmp_path / shard)
+        index = {"metadata": {}, "weight_map": {n: shard for shard, names in shards.items() for n in names}}
+        (tmp_path / f"model.safetensors.index{variant}.json").write_text(json.dumps(index))
+    clean = run_cli("scan", tmp_path, "-q")
+    assert clean.exit_code == 0 and clean.stdout.startswith("PASS CLEAN"), clean.output
+    bad = {"layers.2.weight": weights["layers.2.weight"].astype(np.float16).copy(),
+           "layers.3.weight": weights["layers.3.weight"].astype(np.float16)}
+    bad["layers.2.weight"][0, 0] = np.nan
+    save_file(bad, tmp_path / "model.fp16-00002-of-00002.safetensors")
+    found = nandoctor.scan(tmp_path)
+    assert found.exit_code == 1 and [t.ref.file.rsplit("/", 1)[-1] for t in found.bad_tensors] == [
+        "model.fp16-00002-of-00002.safetensors"]

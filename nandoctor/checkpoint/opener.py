@@ -306,7 +306,10 @@ def _check_duplicate_names(
     checkpoints side by side (``epoch=1.ckpt``, ``epoch=2.ckpt``) it is expected (a note)."""
     if sum(1 for refs in refs_by_file.values() if refs) < 2:
         return [], []  # names within one file: its reader has refused duplicates, or they are views of it
-    indexed = {index.path.parent / shard for index in files.indexes for shard in set(index.weight_map.values())}
+    # (each shard by the index that lists it: a sharded dtype variant's set, model.safetensors.index.fp16.json's,
+    # beside the default set is another model, as a single-file variant is: from_pretrained loads one of them)
+    index_of = {index.path.parent / shard: index.path for index in files.indexes for shard in set(index.weight_map.values())}
+    indexed = set(index_of)
     seen: dict[tuple[bool, str, tuple[int, ...] | None], Path] = {}
     problems: list[ScanProblem] = []
     shared: dict[tuple[Path, Path], list[str]] = {}  # separate checkpoints → the names they share
@@ -318,7 +321,7 @@ def _check_duplicate_names(
             other = seen.setdefault((is_safetensors, name, chunk), file)
             if other is file:  # (identity: a Path comparison per tensor costs more than the rest of the loop)
                 continue
-            if _is_shard(file, indexed) and _is_shard(other, indexed):
+            if _is_shard(file, indexed) and _is_shard(other, indexed) and index_of.get(file) == index_of.get(other):
                 problems.append(
                     ScanProblem(str(file), f"tensor {name!r} is also in {other.name}; which one loads is ambiguous")
                 )
