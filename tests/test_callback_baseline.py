@@ -291,3 +291,21 @@ def test_the_initial_weights_are_kept_only_where_they_name_every_saved_weight(tm
         gate.check(folder, 1)
         found = read_baseline(run)
         assert (found is not None and found.checkpoint == INITIAL_WEIGHTS) == kept, names
+
+
+def test_a_loss_at_its_noise_floor_fell_and_a_wandering_one_did_not(tmp_path):
+    """A false-alarm hunt: a linear probe on noisy targets (mean 150, sd 150) went from 38,748 to 21,136, its noise floor
+    (~22,500) above half its first loss: the initial weights became the baseline, and its healthy head, grown 256x to
+    predict the mean, was DIVERGED (the callback stopped training). Two thirds counts; a run at lr 10 that wandered
+    from 2,711 to 2,434, every checkpoint broken, still did not come down."""
+    import json
+
+    from nandoctor.checkpoint.trainlog import read_train_log
+
+    def log(losses):
+        path = tmp_path / f"trainer_state_{len(losses)}_{losses[0]}.json"
+        path.write_text(json.dumps({"log_history": [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(losses)]}))
+        return read_train_log(path)
+
+    assert log([38748.0, 30000.0, 25000.0, 22000.0, 20183.0, 21136.0]).loss_fell
+    assert not log([2711.0, 2883.0, 2600.0, 2750.0, 2500.0, 2434.0]).loss_fell
