@@ -456,3 +456,27 @@ def test_a_sharded_dtype_variant_beside_the_sharded_default_is_another_model(tmp
     found = nandoctor.scan(tmp_path)
     assert found.exit_code == 1 and [t.ref.file.rsplit("/", 1)[-1] for t in found.bad_tensors] == [
         "model.fp16-00002-of-00002.safetensors"]
+
+
+def test_a_set_of_numbered_shards_under_another_name_beside_the_loaded_set_is_no_reason_it_does_not_load(tmp_path):
+    """A false-alarm hunt: Mistral's consolidated-0000N-of-00002.safetensors (no index) beside the transformers set
+    with its index: NOT LOADABLE, though from_pretrained never reads them. Alone, such a set still is."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.conftest import run_cli
+
+    for k in (1, 2):
+        save_file({f"layers.{k}.weight": np.ones((2, 2), np.float32)}, tmp_path / f"model-0000{k}-of-00002.safetensors")
+        save_file({f"layers.{k}.attention.wq.weight": np.ones((2, 2), np.float32)},
+                  tmp_path / f"consolidated-0000{k}-of-00002.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {f"layers.{k}.weight": f"model-0000{k}-of-00002.safetensors" for k in (1, 2)}}))
+    (tmp_path / "config.json").write_text('{"model_type": "custom"}')  # (a model folder: from_pretrained's rules)
+    done = run_cli("scan", tmp_path, "-q")
+    assert done.exit_code == 0, done.output
+    (tmp_path / "model.safetensors.index.json").unlink()
+    for k in (1, 2):
+        (tmp_path / f"model-0000{k}-of-00002.safetensors").unlink()
+    alone = run_cli("scan", tmp_path, "-q")
+    assert alone.exit_code == 3 and "NOT LOADABLE" in alone.stdout, alone.output

@@ -379,6 +379,10 @@ def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
     indexed = {index.path.parent / shard for index in files.indexes for shard in set(index.weight_map.values())}
     unlisted = [f for f in files.files if f.parent == files.root and f not in indexed
                 and f.suffix.lower() in (".safetensors", ".bin")]
+    # (a set under another name beside weights from_pretrained loads — Mistral's consolidated-0000N-of-… beside the
+    # transformers set — is never read by it: no reason the folder does not load)
+    loaded_elsewhere = bool(files.indexes) or any(
+        f.parent == files.root and f.name in ("model.safetensors", "pytorch_model.bin") for f in files.files)
     found = []
     for (stem, count, ext), present in layout.numbered_shards(unlisted).items():
         total = int(count)
@@ -386,6 +390,8 @@ def _unindexed_shards(files: layout.CheckpointFiles) -> list[ScanProblem]:
             continue
         shards = [present[k] for k in sorted(present)]
         base, _, variant = stem.partition(".")  # model.fp16-00001-of-00002.safetensors: variant fp16
+        if loaded_elsewhere and base not in ("model", "pytorch_model"):
+            continue
         index = f"{base}{ext}.index{'.' + variant if variant else ''}.json"
         found.append(ScanProblem(
             str(shards[0]),
