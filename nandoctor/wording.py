@@ -27,11 +27,19 @@ def shell_word(text: str) -> str:
             out.append("\\" + ch)
         elif ch.isprintable():
             out.append(ch)
-        elif 0xD800 <= ord(ch) <= 0xDFFF and not 0xDC80 <= ord(ch) <= 0xDCFF:
-            out.append(f"\\u{ord(ch):04x}")  # (a lone surrogate from a JSON file: no bytes stand behind it)
-        else:
-            out.extend(f"\\x{byte:02x}" for byte in os.fsencode(ch))
+        else:  # (bash reads \xNN as the byte and \uXXXX as the character, as surrogate_shown writes them)
+            out.append(surrogate_shown(ch) or "".join(f"\\x{byte:02x}" for byte in ch.encode("utf-8")))
     return "$'" + "".join(out) + "'"
+
+
+def surrogate_shown(ch: str) -> str | None:
+    """A lone surrogate as the text that names it: ``\\xff`` for a file name's byte that is no UTF-8 (Python's
+    surrogate escape), ``\\ud800`` for another (a JSON file's); None for any other character. Printed, written
+    to a report file or pasted into bash, they name what the name holds (as they are, "surrogates not allowed")."""
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if 0xD800 <= code <= 0xDFFF else None
 
 
 def scan_command(path: str | os.PathLike[str]) -> str:
@@ -39,4 +47,4 @@ def scan_command(path: str | os.PathLike[str]) -> str:
     return f"nandoctor scan {shell_word(os.fspath(path))}"
 
 
-__all__ = ["first_few", "scan_command", "shell_word"]
+__all__ = ["first_few", "scan_command", "shell_word", "surrogate_shown"]

@@ -32,6 +32,7 @@ from nandoctor.errors import (
     UnreadablePathError,
     UnsupportedFormatError,
 )
+from nandoctor.layers import natural_key
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few, shell_word
@@ -520,16 +521,12 @@ def _deeper_weights(root: Path) -> list[Path]:
             if listed > _DEEPER_FOLDERS:
                 return []
             subs += sorted((e for e in entries if not e.name.startswith(".") and not access.is_link(e)
-                            and access.is_dir(e, refused=False)), key=lambda p: _natural(p.name))
+                            and access.is_dir(e, refused=False)), key=lambda p: natural_key(p.name))
         holding = [sub for sub, inside in _weight_subfolders(subs) if isinstance(inside, list)] if _depth else []
         if holding:
             return holding
         level = subs
     return []
-
-
-def _natural(name: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _weight_subfolders(

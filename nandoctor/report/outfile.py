@@ -38,8 +38,9 @@ def utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
-        return shown.encode("utf-8", "backslashreplace")
+        from nandoctor.wording import surrogate_shown
+
+        return "".join(surrogate_shown(c) or c for c in text).encode("utf-8")
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, owned: bool = False) -> None:

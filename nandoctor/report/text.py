@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from nandoctor.wording import surrogate_shown
+
 
 def safe(text: str) -> str:
     """Escape control and format characters (terminal escapes, bidi overrides) from a file's names, and the bytes
@@ -17,7 +19,7 @@ def safe(text: str) -> str:
     for ch in text:
         category = unicodedata.category(ch)
         if category == "Cs":
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"\\u{ord(ch):04x}")
+            out.append(surrogate_shown(ch) or ch)
         elif category in ("Cc", "Cf", "Zl", "Zp"):
             out.append(ch.encode("unicode_escape").decode("ascii"))
         else:

@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nandoctor import access
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
@@ -167,13 +166,10 @@ def repair(
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
-    few_bad = [(r.name, r.target_ref.file, r.target_ref, plan.donors[r.donor].path, r.donor_ref, r.donor_ref.file)
-               for r in plan.restorations if r.reason == "bad" and r.via is None and not plan.donors[r.donor].own
-               and set(r.findings) <= {verdict.NONFINITE, verdict.OUTLIER}]
-    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used), *unlike_notes(few_bad)))
+    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used), *unlike_notes(plan)))
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
-        plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(access.named_path(target_path).name, broke)))
+        plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))
     plan = _with_selection(plan, report, selection, target_path)
     _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)

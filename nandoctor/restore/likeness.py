@@ -13,13 +13,14 @@ fits, and only the user knows where it came from).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 
 from nandoctor.model import TensorRef
 from nandoctor.restore.convert import as_float32
+from nandoctor.restore.plan import RepairPlan
 from nandoctor.restore.tensorbytes import byte_range, itemsize
+from nandoctor.verdict import NONFINITE, OUTLIER
 
 UNRELATED = 0.05  # below this, the two copies share nothing: unrelated weights give |r| ~ 0.004 at the sample size
 _RUNS = 64  # runs of contiguous elements read from each copy
@@ -76,13 +77,18 @@ def _sample(path: str, ref: TensorRef, offset: int, starts: np.ndarray, run: int
     return np.concatenate(pieces)
 
 
-def unlike_notes(restored: Sequence[tuple[str, str, TensorRef, str, TensorRef, str]]) -> tuple[str, ...]:
-    """Notes on the copies unlike the tensors they replace: ``restored`` holds (name, target file, target ref,
-    donor label, donor ref, donor file) of each tensor restored for a few bad values."""
+def unlike_notes(plan: RepairPlan) -> tuple[str, ...]:
+    """Notes on the donor copies unlike the tensors they replace, among those restored for a few bad values (NaN/Inf,
+    outliers: the rest of each is the real weights, which an earlier state agrees with; a tied copy restored through
+    its partner, or from the target itself, is the same values)."""
     notes = []
-    for name, target_file, target, label, donor, donor_file in restored:
-        r = correlation(target_file, target, donor_file, donor)
-        if r is not None and r < UNRELATED:
-            notes.append(f"{name}: the copy from {label} is unlike the target's own values (correlation {r:.2f}, where "
-                         "an earlier checkpoint of the same run agrees closely): check that the donor is this model's")
+    for r in plan.restorations:
+        donor = plan.donors[r.donor]
+        if r.reason != "bad" or r.via is not None or donor.own or not set(r.findings) <= {NONFINITE, OUTLIER}:
+            continue
+        found = correlation(r.target_ref.file, r.target_ref, r.donor_ref.file, r.donor_ref)
+        if found is not None and found < UNRELATED:
+            notes.append(f"{r.name}: the copy from {donor.path} is unlike the target's own values (correlation "
+                         f"{found:.2f}, where an earlier checkpoint of the same run agrees closely): check that the "
+                         "donor is this model's")
     return tuple(notes)
