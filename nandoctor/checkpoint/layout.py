@@ -496,10 +496,19 @@ def model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
     """Whether ``folder`` (whose listing is ``entries``) keeps its model in a subfolder its layout scans:
     accelerate's FSDP sharded state (``pytorch_model_fsdp_0/``), DeepSpeed's ZeRO partitions
     (``global_stepN/``, or the folder DeepSpeed's ``latest`` names: Lightning's ``checkpoint/``)."""
-    if any(FSDP_MODEL_FOLDER.match(e.name) or DEEPSPEED_STATES.match(e.name) for e in entries):
-        return True
+    fsdp, zero = partition_folders(folder, entries)
+    return bool(fsdp or zero)
+
+
+def partition_folders(folder: Path, entries: list[Path]) -> tuple[list[str], list[str]]:
+    """(accelerate's FSDP sharded model folders, DeepSpeed's ZeRO folders) among ``folder``'s ``entries``, by
+    name; the ZeRO folder DeepSpeed's ``latest`` names first (the one its loaders read)."""
+    fsdp = sorted(e.name for e in entries if FSDP_MODEL_FOLDER.match(e.name))
+    zero = sorted((e.name for e in entries if DEEPSPEED_STATES.match(e.name)), key=natural_key, reverse=True)
     tag = deepspeed_tag(folder) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
-    return tag is not None and any(e.name == tag for e in entries)
+    if tag is not None and any(e.name == tag for e in entries):
+        zero = [tag, *(name for name in zero if name != tag)]
+    return fsdp, zero
 
 
 _DEEPER = 3  # folder levels below a folder without weights that are looked at for some (the 2nd and 3rd)

@@ -98,7 +98,9 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             "back from where the checkpoint was saved, or use an earlier checkpoint",
             kind=UNLOADABLE_KIND,
         ))
-    notes = _consolidate_notes(root, names) + _base_model_note(root, names)
+    partition_problems, notes = _partitions_only(files, entries, names)
+    found += partition_problems
+    notes += _base_model_note(root, names)
     if _model_weights(names):  # (the tokenizer saved beside the model: tokenizerfiles.py)
         tokenizer_problems, tokenizer_notes = _tokenizer(root)
         found += tokenizer_problems
@@ -467,15 +469,60 @@ def _model_config(path: Path) -> bool:
     return isinstance(data, dict) and any(key in data for key in ("model_type", "architectures", "peft_type", "_class_name"))
 
 
-def _consolidate_notes(root: Path, names: set[str]) -> list[str]:
-    """Model weights kept only as FSDP sharded state: scanned, but no loader of a model folder reads them."""
-    if _model_weights(names):
-        return []
-    fsdp = sorted(n for n in names if layout.FSDP_MODEL_FOLDER.match(n))
-    if not fsdp:
-        return []
-    return [f"{fsdp[0]}/ holds the model as FSDP sharded state (scanned): Trainer resumes from it, from_pretrained "
-            f"cannot read it; for a loadable model: accelerate merge-weights {root / fsdp[0]} OUT_FOLDER"]
+def _partitions_only(
+    files: layout.CheckpointFiles, entries: list[Path], names: set[str]
+) -> tuple[list[ScanProblem], list[str]]:
+    """(problems, notes) for a folder whose model weights are only accelerate's FSDP sharded state or DeepSpeed's
+    ZeRO partitions (ZeRO-3 saves them instead of model.safetensors unless its config says
+    ``stage3_gather_16bit_weights_on_model_save``). Scanned either way; ``from_pretrained`` reads neither. In a
+    Trainer checkpoint (a resume point: Trainer resumes from them) a note says how to write a loadable copy; a
+    model folder that is no checkpoint (``save_model``'s output, a run's final model) holds a config.json to be
+    loaded with its weights, and does not load: a problem (exit 3) with the command that writes them beside it."""
+    root = files.root
+    if _model_weights(names) or any(_ADAPTER_WEIGHTS.match(n) for n in names):
+        return [], []
+    fsdp, zero = layout.partition_folders(root, entries)
+    if not (fsdp or zero):
+        return [], []
+    held = {*fsdp, *zero}
+    if any(file_role(f.name) is None and f.parent != root and f.relative_to(root).parts[0] not in held
+           and not layout.FSDP_OPTIMIZER_FOLDER.match(f.relative_to(root).parts[0])
+           for f in files.files if f.is_relative_to(root)):
+        return [], []  # (the model lies in a folder config.json or a manifest names: read from there)
+    folder, words = (fsdp[0], "FSDP sharded state") if fsdp else (zero[0], "DeepSpeed ZeRO partitions")
+    resume_point = step_of(root) is not None or (loaders.TRAINER_STATE in names and not _runs_inside(root))
+    if resume_point or loaders.CONFIG not in names:  # (no config.json: no from_pretrained folder, nothing to load)
+        command = _consolidate_command(root, fsdp, "OUT_FOLDER")
+        return [], [f"{folder}/ holds the model as {words} (scanned): Trainer resumes from it, from_pretrained "
+                    f"cannot read it; for a loadable model: {command} (and config.json beside it)"]
+    setting = ("or save with fsdp_state_dict_type FULL_STATE_DICT" if fsdp else
+               'or save with "stage3_gather_16bit_weights_on_model_save": true in the DeepSpeed config')
+    return [ScanProblem(
+        str(root),
+        f"holds config.json but its model weights only as {words} ({folder}/, scanned): from_pretrained finds "
+        "no model.safetensors or pytorch_model.bin, so the model does not load",
+        f"write the weights beside config.json: {_consolidate_command(root, fsdp, str(root))}; {setting} "
+        "(then save_model writes model.safetensors)",
+        kind=UNLOADABLE_KIND,
+    )], []
+
+
+def _consolidate_command(root: Path, fsdp: list[str], out: str) -> str:
+    """The command that writes the model held as partitions in ``root`` as model.safetensors into ``out``."""
+    target = out if out == "OUT_FOLDER" else shell_word(out)
+    if fsdp:
+        return f"accelerate merge-weights {shell_word(str(root / fsdp[0]))} {target}"
+    script = root / "zero_to_fp32.py"  # (DeepSpeed saves its consolidation script beside the partitions)
+    program = shell_word(str(script)) if access.is_file(script, refused=True) else "-m deepspeed.utils.zero_to_fp32"
+    return f"python {program} {shell_word(str(root))} {target} --safe_serialization"
+
+
+def _runs_inside(root: Path) -> bool:
+    """Whether ``root`` holds ``checkpoint-N`` folders: the top of a run, where save_model writes the final model."""
+    try:
+        return bool(checkpoints_in(root))
+    except UnreadablePathError:
+        return False
 
 
 __all__ = ["problems", "state_only", "uncastable"]

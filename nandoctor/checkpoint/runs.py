@@ -395,6 +395,18 @@ def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_ca
     return words + (" (DIVERGED)" if c.status == DIVERGED and "DIVERGED" not in words else "")
 
 
+def status_words(c: RunCheckpoint) -> str:
+    """A row's status as reports show it: ``c.status``, except an unreadable row whose problems are all of one other
+    kind, named for it (``not loadable``: every file read, but the folder would not load as it is)."""
+    from nandoctor import verdict as verdicts
+
+    if c.status == UNREADABLE and c.report is not None:
+        kinds = {p.kind for p in verdicts.weight_errors(c.report)}
+        if len(kinds) == 1 and verdicts.UNREADABLE_KIND not in kinds:
+            return verdicts.PROBLEM_WORDS.get(kinds.pop(), UNREADABLE).lower()
+    return c.status
+
+
 def _row_code(c: RunCheckpoint, fail_on: frozenset[str] | None) -> int:
     """One row's exit code: its report's, 3 for a save that is half-written or had nothing to scan."""
     from nandoctor import verdict as verdicts

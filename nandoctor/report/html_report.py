@@ -15,7 +15,16 @@ import os
 from collections.abc import Iterable, Sequence
 
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint.runs import CLEAN, DIVERGED, INCOMPLETE, OVERFLOW, POISONED, UNREADABLE, RunReport
+from nandoctor.checkpoint.runs import (
+    CLEAN,
+    DIVERGED,
+    INCOMPLETE,
+    OVERFLOW,
+    POISONED,
+    UNREADABLE,
+    RunReport,
+    status_words,
+)
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
 from nandoctor.report import heatmaps, svg
@@ -142,7 +151,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
 
 
 def _markers(run: RunReport) -> list[svg.Marker]:
-    return [svg.Marker(c.step, c.name.removeprefix("checkpoint-"), STATUS_COLOURS[c.status], f"{c.name}: {c.status}")
+    return [svg.Marker(c.step, c.name.removeprefix("checkpoint-"), STATUS_COLOURS[c.status], f"{c.name}: {status_words(c)}")
             for c in run.checkpoints]
 
 
@@ -177,7 +186,7 @@ def _timeline(run: RunReport) -> str:
     for c in chosen:
         r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([
-            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(c.status, STATUS_COLOURS[c.status])),
+            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", "" if c.max_abs is None else num(c.max_abs)),

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint.runs import RunReport
+from nandoctor.checkpoint.runs import RunReport, status_words
 from nandoctor.errors import NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport
@@ -154,7 +154,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     rows = []
     for c in chosen:
         r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
-        rows.append([c.step_label, md(c.name), c.status,
+        rows.append([c.step_label, md(c.name), status_words(c),
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
                      "" if r is None or c.max_abs is None else f"{c.max_abs:.3g}",

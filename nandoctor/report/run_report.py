@@ -23,6 +23,7 @@ from nandoctor.checkpoint.runs import (
     RunReport,
     TrainLog,
     row_verdict,
+    status_words,
 )
 from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.layers import bad_ranges
@@ -33,6 +34,12 @@ _STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold r
           INCOMPLETE: "yellow"}
 _WORD = {CLEAN: "✓ healthy", OVERFLOW: "! overflow risk", POISONED: "✗ poisoned", DIVERGED: "✗ diverged",
          UNREADABLE: "✗ unreadable", INCOMPLETE: "… incomplete"}
+
+
+def status_word(c: RunCheckpoint) -> str:
+    """A row's status for the timeline's ``weights`` column, marked (runs.status_words: ``✗ not loadable``)."""
+    words = status_words(c)
+    return _WORD[c.status] if words == c.status else f"✗ {words}"
 
 
 def log_words(log: TrainLog | None) -> str:
@@ -77,7 +84,7 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
     for c in run.checkpoints:
         r = c.report
         style = _STYLE[c.status]
-        row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(_WORD[c.status], style=style)]
+        row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(status_word(c), style=style)]
         if c.same_as is not None:  # the same file as a row above: its counts are said once, there
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
             if not narrow:
@@ -278,8 +285,9 @@ def _row_steps(run: RunReport) -> list[str]:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
         return steps
     if not targets:
-        if last_clean is not None and steps:
-            steps.append(f"then resume from {last_clean.path}")
+        if last_clean is not None and steps:  # (a fix said for a folder that reads but would not load: an alternative)
+            fixable = newest is not None and status_words(newest) != newest.status
+            steps.append(f"{'or' if fixable else 'then'} resume from {last_clean.path}")
         report = newest.report if newest is not None else None
         zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
         if newest is not None and zeroed:  # reported by default; here because --fail-on zeroed made it fail
