@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 import nandoctor
 from nandoctor.cli import cli
 from nandoctor.readers import read_file
+from nandoctor.report.diff_report import detail, verdict_text
 
 
 def _model(layers: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -111,11 +112,13 @@ def test_dtype_conversion_is_a_cast(tmp_path: Path, target: torch.dtype) -> None
     save_file(low, tmp_path / "low.safetensors")
     report = nandoctor.diff(tmp_path / "fp32.safetensors", tmp_path / "low.safetensors")
     assert report.exit_code == 1 and report.verdict == "CAST"
+    assert sum(t.status == "cast" for t in report.tensors) >= 3  # (the random weights: rounded)
     for t in report.tensors:
         name = t.name
-        assert t.status == "cast", (name, t)
         oracle = float((sd[name].double() - low[name].double()).abs().max())
-        assert t.rounding == pytest.approx(oracle)
+        # (a tensor every value of which the narrower dtype holds exactly, a norm's ones: the same values)
+        assert t.status == ("cast" if oracle else "equal"), (name, t)
+        assert t.rounding == (pytest.approx(oracle) if oracle else None)
     # One value moved beyond its rounding, one overflowed: changes, not casts.
     low["model.norm.weight"][3] = 1.5
     sd["model.layers.0.self_attn.q_proj.weight"][2, 5] = 1e6 if target == torch.float16 else 3.0  # fp16 overflows; bf16 holds both
@@ -132,6 +135,25 @@ def test_dtype_conversion_is_a_cast(tmp_path: Path, target: torch.dtype) -> None
     else:
         assert q0.status == "cast"
     assert report.verdict == "DIFFERENT"
+
+
+def test_a_lossless_widening_is_the_same_values(tmp_path: Path) -> None:
+    """bf16 weights exported as fp32 (``v.float()``): every value exactly the same, nothing rounded: SAME, exit 0,
+    each tensor ``equal`` with its dtypes said; one value changed makes it DIFFERENT."""
+    sd = {k: v.to(torch.bfloat16) for k, v in _model(layers=2).items()}
+    save_file(sd, tmp_path / "bf16.safetensors")
+    wide = {k: v.float() for k, v in sd.items()}
+    save_file(wide, tmp_path / "fp32.safetensors")
+    report = nandoctor.diff(tmp_path / "fp32.safetensors", tmp_path / "bf16.safetensors")
+    assert (report.exit_code, report.verdict) == (0, "SAME")
+    assert {(t.status, t.dtype_a, t.dtype_b, t.rounding) for t in report.tensors} == {("equal", "F32", "BF16", None)}
+    shown = verdict_text(report).plain
+    assert shown == f"✓ SAME: all {len(sd)} tensors hold the same values ({len(sd)} tensors in another dtype)"
+    assert detail(report.tensors[0]) == "F32 → BF16, every value exactly the same (nothing rounded)"
+    wide["model.norm.weight"][1] += 2.0 ** -12  # below bf16's step at 1.0: a value bf16 cannot hold
+    save_file(wide, tmp_path / "fp32.safetensors")
+    report = nandoctor.diff(tmp_path / "fp32.safetensors", tmp_path / "bf16.safetensors")
+    assert report.exit_code == 1 and {t.name for t in report.tensors if not t.same} == {"model.norm.weight"}
 
 
 def test_largest_difference_across_a_cast_is_not_understated(tmp_path: Path) -> None:

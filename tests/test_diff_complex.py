@@ -50,8 +50,10 @@ def test_a_real_tensor_against_a_complex_one_is_compared_as_a_cast(tmp_path, mon
     zero_im = b.clone()
     zero_im.imag[:] = 0
     cast = nandoctor.diff(fa, save(tmp_path / f"z{suffix}", zero_im)).tensors[0]
-    assert (cast.status, cast.changed, cast.dtype_b) == ("cast", 0, "C64"), cast
-    assert cast.rounding == float((a.double() - b.real.double()).abs().max())  # torch's largest rounding error
+    rounded = float((a.double() - b.real.double()).abs().max())  # torch's largest rounding error
+    # (a real part stored exactly, float32 in complex64's float32 lanes: the same values in another dtype)
+    assert (cast.status, cast.changed, cast.dtype_b) == ("cast" if rounded else "equal", 0, "C64"), cast
+    assert cast.rounding == (rounded if rounded else None)
     # Elsewhere the imaginary part the real tensor does not hold is a change, counted per element, both ways
     for x, y, a_side in ((fa, fb, True), (fb, fa, False)):
         diff = nandoctor.diff(x, y).tensors[0]

@@ -13,6 +13,7 @@ from rich.text import Text
 from nandoctor.diffs import result as r
 from nandoctor.diffs.result import Change, DiffReport, TensorDiff
 from nandoctor.report.rich_report import human_bytes, safe
+from nandoctor.verdict import plural
 
 MAX_ROWS = 40
 
@@ -80,6 +81,8 @@ def detail(t: TensorDiff) -> str:
     if t.status in (r.ONLY_A, r.ONLY_B):
         return f"{t.dtype_a or t.dtype_b} " + (_shape(t.shape_a, t.order) if t.shape_a else _shape(t.shape_b, t.order_b))
     if t.status == r.EQUAL:
+        if t.dtype_changed:
+            return f"{t.dtype_a} → {t.dtype_b}, every value exactly the same (nothing rounded)"
         return "other bytes, the same values (±0, NaN payloads, byte order or layout)"
     return t.message or ""
 
@@ -88,7 +91,10 @@ def verdict_text(report: DiffReport) -> Text:
     n = len(report.tensors)
     if report.verdict == "SAME":
         tied = report.counts.get(r.TIED, 0)
-        extra = f" ({tied} tied cop{'y' if tied == 1 else 'ies'} saved once)" if tied else ""
+        widened = sum(1 for t in report.tensors if t.status == r.EQUAL and t.dtype_changed)
+        extra = "".join(f" ({words})" for words in (
+            f"{tied} tied cop{'y' if tied == 1 else 'ies'} saved once" if tied else "",
+            f"{plural(widened, 'tensor')} in another dtype" if widened else "") if words)
         return Text.assemble(("✓ SAME", "bold green"), f": all {n} tensors hold the same values{extra}")
     if report.verdict == "INCOMPLETE":
         return Text.assemble(("✗ INCOMPLETE", "bold red"), ": some parts could not be read, so nothing is called the same")
