@@ -25,6 +25,7 @@ from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
 from nandoctor.model import BlockFields, ReadResult, Region, TensorRef
 from nandoctor.readers import magic
 from nandoctor.readers.formats import GGUF, looks_gguf
+from nandoctor.readers.shapes import refused_gguf_dims
 
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -289,6 +290,9 @@ def _tensor_info(cur: _Cursor, i: int) -> _Info:
     dims = tuple(cur.u64(f"dimension {k} of {where}") for k in range(n_dims))
     if any(d >= 1 << 63 for d in dims) or math.prod(dims) >= 1 << 63:
         raise cur.fail(f"{where}: dimensions {list(dims)} overflow int64")
+    refused = refused_gguf_dims(dims)
+    if refused is not None:
+        raise cur.fail(f"{where}: {refused}")
     type_id = cur.u32(f"the type of {where}")
     kind = TYPES.get(type_id)
     if kind is None:

@@ -25,6 +25,7 @@ from nandoctor.readers import magic
 from nandoctor.readers.compact_header import WORTH_FROM, HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
+from nandoctor.readers.shapes import refused_empty_shape
 from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
@@ -127,6 +128,9 @@ def _checked_span(p: str, name: str, entry: object) -> tuple[int, int]:
     ):
         raise CorruptCheckpointError(p, f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
     numel = math.prod(shape)
+    refused = refused_empty_shape(shape)
+    if refused is not None:
+        raise CorruptCheckpointError(p, f"{where}: {refused}")
     expected = byte_length(DTYPES[dtype], numel)
     if expected is None:
         raise CorruptCheckpointError(p, f"{where}: {numel} elements of {dtype} are not a whole number of bytes")
@@ -253,7 +257,8 @@ def _json_columns(p: str, header: dict, metadata: dict[str, str], data_start: in
                 and 0 <= begin <= end
                 and _INT.issuperset(map(type, shape))  # exactly int: a bool is not a count
                 and min(shape, default=0) >= 0
-                and math.prod(shape) * _BITS[dtype] == (end - begin) * 8
+                and (numel := math.prod(shape)) * _BITS[dtype] == (end - begin) * 8
+                and (numel or refused_empty_shape(shape) is None)  # (an empty one: what the loaders multiply)
             ):
                 names.append(name)
                 dtypes.append(_BITS_KEYS[dtype])
@@ -282,6 +287,8 @@ def _entries_valid(columns: HeaderColumns) -> bool:
     counts = [numels[shape] for shape in dict.fromkeys(columns.shapes)]
     if counts and max(counts) >= 1 << 50:  # past int64 once multiplied by bits: json's path says why
         return False
+    if not all(count or refused_empty_shape(shape) is None for shape, count in zip(dict.fromkeys(columns.shapes), counts)):
+        return False  # (an empty tensor whose shape the loaders refuse: json's path says why)
     bits = np.fromiter(map(_BITS.__getitem__, columns.dtypes), np.int64, len(columns.dtypes))
     numel = np.fromiter(map(numels.__getitem__, columns.shapes), np.int64, len(columns.shapes))
     spans = columns.ends - columns.begins

@@ -18,6 +18,7 @@ from nandoctor.checkpoint.roles import OPTIMIZER, TRAINER, WEIGHT
 from nandoctor.dtypes import DTYPES
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.model import Region, TensorRef
+from nandoctor.readers.shapes import INT64_LIMIT, refused_empty_shape
 from nandoctor.readers.torch.names import Walk
 from nandoctor.readers.torch.rebuilds import MAX_VIEWS_PER_STORAGE
 from nandoctor.readers.torch.stubs import StorageRef, TensorStub
@@ -182,6 +183,11 @@ def build_refs(
             raise _fail(path, f"{where}: negative stride {stub.stride}; torch never writes those")
         if stub.storage_offset < 0:
             raise _fail(path, f"{where}: negative storage offset {stub.storage_offset}")
+        refused = refused_empty_shape(stub.size)
+        if refused is None and max((*stub.stride, stub.storage_offset), default=0) >= INT64_LIMIT:
+            refused = f"stride {list(stub.stride)} or storage offset {stub.storage_offset} does not fit int64"
+        if refused is not None:
+            raise _fail(path, f"{where}: {refused}")
         numel = math.prod(stub.size)
         overlaps = False
         if numel:
