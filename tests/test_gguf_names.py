@@ -21,7 +21,8 @@ from nandoctor.readers import gguf_names  # noqa: E402
 VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 3
 
 
-def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None) -> Path:
+def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None, drop: tuple[str, ...] = (),
+           extra: dict[str, tuple[int, ...]] | None = None) -> Path:
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(128)
@@ -44,7 +45,10 @@ def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = N
                        f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN), f"blk.{b}.ffn_norm.weight": (HIDDEN,),
                        f"blk.{b}.ffn_gate.weight": (FFN, HIDDEN), f"blk.{b}.ffn_up.weight": (FFN, HIDDEN),
                        f"blk.{b}.ffn_down.weight": (HIDDEN, FFN)})
+    shapes.update(extra or {})
     for name, shape in shapes.items():
+        if name in drop:
+            continue
         values = np.ones(shape) if name.endswith("norm.weight") else rng.standard_normal(shape) * 0.02
         writer.add_tensor((rename or {}).get(name, name), values.astype(np.float32))
     writer.write_header_to_file()
@@ -86,8 +90,32 @@ def test_a_block_number_past_the_block_count_is_not_loadable(tmp_path):
     """blk.1.ffn_down stored as blk.3 (1 ^ 2) in a three-block model: a note before, exit 0."""
     path = _write(tmp_path / "model.gguf", rename={"blk.1.ffn_down.weight": "blk.3.ffn_down.weight"})
     report = nandoctor.scan(path)
-    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable", "unloadable"]
     assert "holds tensors of blk.3, but its llama.block_count is 3" in report.errors[0].message
+    assert "missing: 'blk.1.ffn_down.weight'" in report.errors[1].message  # (where it was)
+
+
+def test_a_tensor_the_other_blocks_hold_missing_from_one_is_not_loadable(tmp_path):
+    """A trial: blk.1 without its attn_q.weight was CLEAN, while transformers initialised it at random."""
+    path = _write(tmp_path / "model.gguf", drop=("blk.1.attn_q.weight",))
+    assert "model.layers.1.self_attn.q_proj.weight" in _transformers_loads(path)["missing_keys"]  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert report.errors[0].message.startswith("1 tensor the other blocks hold is missing: 'blk.1.attn_q.weight';")
+
+
+def test_blocks_that_differ_by_design_are_no_loss(tmp_path):
+    """T5's first block holds one tensor more than the others (its relative attention bias); DeepSeek's first layers
+    are dense where the rest are MoE (several tensors apart): neither is a missing tensor."""
+    path = _write(tmp_path / "t5like.gguf", extra={"blk.0.attn_rel_b.weight": (4, 32)})
+    assert nandoctor.scan(path).errors == ()
+    dense_first = ("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight", "blk.0.ffn_down.weight")
+    moe = {f"blk.0.{n}": (4, HIDDEN) for n in ("ffn_gate_inp.weight", "ffn_gate_shexp.weight")}
+    path = _write(tmp_path / "mixed.gguf", drop=dense_first, extra=moe)
+    assert nandoctor.scan(path).errors == ()
+    lost = gguf_names._lost_in_blocks(["blk.0.a", "blk.0.b", "blk.1.a", "blk.1.b", "blk.2.a"], "")
+    assert lost == ["blk.2.b"]
+    assert gguf_names._lost_in_blocks(["blk.0.a", "blk.0.b", "blk.1.a"], "") == []  # one against one: no majority
 
 
 def test_an_architecture_one_character_from_a_known_one_is_not_loadable_and_an_unknown_one_a_note(tmp_path):

@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
+from nandoctor.layers import natural_key
 from nandoctor.model import ScanProblem
-from nandoctor.verdict import NAMES_KIND, UNLOADABLE_KIND
+from nandoctor.verdict import NAMES_KIND, UNLOADABLE_KIND, plural
 from nandoctor.wording import first_few
 
 _FILE = Path(__file__).with_name("gguf_tensor_names.json")
@@ -78,6 +79,16 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
                 path, f"holds tensors of {prefix}blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
                 f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
                 "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
+    if not adapter:
+        for prefix in block_counts:
+            lost = _lost_in_blocks(names, prefix)
+            if lost:
+                problems.append(ScanProblem(
+                    path, f"{plural(len(lost), 'tensor')} the other blocks hold {'is' if len(lost) == 1 else 'are'} "
+                    f"missing: {first_few(lost, 3, quoted=True)}; llama.cpp refuses the file ('missing tensor') and "
+                    "transformers' GGUF loader initialises the missing tensor at random",
+                    "the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from "
+                    "its source model, or download it again", kind=UNLOADABLE_KIND))
     if not isinstance(architecture, str) or adapter:
         return problems, notes
     templates = archs.get(architecture)
@@ -119,6 +130,29 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
                      f"({first_few(unknown, 3)}): a llama.cpp that does not know them refuses the file ('wrong number "
                      "of tensors')")
     return problems, notes
+
+
+def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
+    """The tensors of ``{prefix}blk.N`` blocks that their kind of block holds elsewhere: a block holding all but one
+    of what more of the other blocks hold (``blk.1`` without the ``attn_q.weight`` of every other block). Blocks
+    that differ by design differ by more than one tensor (DeepSeek's dense and MoE layers, Jamba's Mamba and
+    attention layers, Deci's layers without attention) or hold one *more* than most (T5's first block, the relative
+    attention bias; a multi-token-prediction layer): neither is a loss."""
+    block = re.compile(rf"^{re.escape(prefix)}blk\.(\d+)\.(.+)$")
+    held: dict[int, set[str]] = {}
+    for name in names:
+        if (m := block.match(name)) is not None:
+            held.setdefault(int(m.group(1)), set()).add(m.group(2))
+    kinds: dict[frozenset[str], list[int]] = {}
+    for number, tensors in held.items():
+        kinds.setdefault(frozenset(tensors), []).append(number)
+    lost = []
+    for tensors, numbers in kinds.items():
+        for fuller, others in kinds.items():
+            extra = fuller - tensors
+            if len(extra) == 1 and tensors < fuller and len(numbers) < len(others):
+                lost += [f"{prefix}blk.{number}.{next(iter(extra))}" for number in numbers]
+    return sorted(lost, key=natural_key)
 
 
 def main() -> None:  # pragma: no cover - run by hand when gguf-py changes
