@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nandoctor.checkpoint.roles import holds_sentinels, is_variance
+from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict, is_pickled_float
@@ -32,7 +32,6 @@ NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outli
 FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
 DEFAULT_FAIL_ON: frozenset[str] = frozenset({NONFINITE, EXPLODED, OUTLIER, OVERFLOW})
 FAILING_BY_DEFAULT = (NONFINITE, EXPLODED, OUTLIER)  # what makes a tensor "unhealthy"
-_HEALTH_ROLES = ("weight",)  # exploded / outlier / zeroed: a step counter of 1e5 is not an exploded weight
 _CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
 FINDING_WORDS = {
     NONFINITE: "NON-FINITE",
@@ -132,8 +131,8 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
 def tensor_findings(t: TensorResult) -> tuple[str, ...]:
     """The findings of one tensor from its counts, census and role (``zeroed`` needs the other tensors: see
     _zeroed)."""
-    return _findings(t.ref.role, *_judged(t.ref.role, t.ref.name, t.nan, t.posinf, t.neginf, t.overflow), t.exploded,
-                     t.outliers)
+    return _findings(t.ref.role, t.ref.name, *_judged(t.ref.role, t.ref.name, t.nan, t.posinf, t.neginf, t.overflow),
+                     t.exploded, t.outliers)
 
 
 def _judged(role: str, name: str, nan: int, posinf: int, neginf: int, overflow: int) -> tuple[int, int]:
@@ -144,11 +143,12 @@ def _judged(role: str, name: str, nan: int, posinf: int, neginf: int, overflow: 
     return nan + posinf + neginf, overflow
 
 
-def _findings(role: str, nonfinite: int, overflow: int, exploded: int, outliers: Outliers | None) -> tuple[str, ...]:
+def _findings(role: str, name: str, nonfinite: int, overflow: int, exploded: int,
+              outliers: Outliers | None) -> tuple[str, ...]:
     found = []
     if nonfinite and role != "trainer":
         found.append(NONFINITE)
-    if role in _HEALTH_ROLES:
+    if (exploded or outliers is not None) and judged_as_weight(name, role):
         if exploded:
             found.append(EXPLODED)
         if outliers is not None and outliers.count:
@@ -172,7 +172,7 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
         maybe.update([i for i, found in enumerate(outliers) if found is not None])
     out: list[tuple[str, ...]] = [()] * len(roles)
     for i in maybe:
-        out[i] = _findings(roles[i], *_judged(roles[i], names[i], nan[i], posinf[i], neginf[i], overflow[i]),
+        out[i] = _findings(roles[i], names[i], *_judged(roles[i], names[i], nan[i], posinf[i], neginf[i], overflow[i]),
                            exploded[i], outliers[i])
     if "buffer" in roles:  # (one C scan: most checkpoints hold no buffer)
         for i in _exploded_running_stats(tensors):

@@ -208,3 +208,40 @@ def test_moments_longer_than_the_saved_fp32_partition_are_still_named(tmp_path: 
     assert set(_found(report, "exp_avg.")) == set(_found(report, "exp_avg_sq.")) == set(NAMES)
     assert _found(report, "exp_avg_sq.")["lm_head.weight"] == (0, 0, 1, 7)
     assert [(Path(u.file).name, u.nan) for u in report.unviewed] == [(last.name, 1)]
+
+
+@pytest.mark.parametrize(("stage", "world"), [(1, 4), (2, 2), (3, 3)])
+def test_master_weights_are_judged_as_weights_and_second_moments_never_negative(tmp_path: Path, stage, world,
+                                                                                    monkeypatch) -> None:
+    """A trial on real ZeRO-1/2 runs: a 1e30 and a bit-flipped (x 2^20) fp32 master weight and a negative exp_avg_sq
+    passed CLEAN, while one resumed step put 1e30 (and NaN) in the weights and zero_to_fp32's model scanned
+    EXPLODED / OUTLIERS. The master weights are the weights a resumed run and zero_to_fp32 take; a second moment is
+    never negative."""
+    from collections import OrderedDict
+
+    from tests import zero_writer
+    from tests.zero_writer import write
+
+    # (a weight large enough to have a bulk an outlier stands out from: nandoctor's MIN_OUTLIER_ELEMENTS)
+    monkeypatch.setattr(zero_writer, "GROUPS", [OrderedDict([*GROUPS[0].items(), ("model.layers.2.mlp.weight", (64, 48))]),
+                                                GROUPS[1]])
+    flipped = float(full_params({})["model.layers.2.mlp.weight"][9, 7]) * 2.0 ** 12  # (below the 1e5 ceiling)
+    planted = {"model.layers.1.mlp.weight": [((3, 0), 1e30)], "model.layers.2.mlp.weight": [((9, 7), flipped)]}
+    step = write(tmp_path, stage, world, planted=planted, planted_state={"model.layers.1.mlp.bias": [((2,), -3.0)]})
+    try:  # the oracle: DeepSpeed's own consolidation holds the planted values where nandoctor names them
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path))
+        assert float(state["model.layers.1.mlp.weight"][3, 0]) == pytest.approx(1e30)
+        assert float(state["model.layers.2.mlp.weight"][9, 7]) == pytest.approx(flipped)
+    except ImportError:
+        pass
+    report = nandoctor.scan(step, device="cpu")
+    found = {t.ref.name: t.findings for t in report.tensors if t.findings and t.ref.role == "optimizer"}
+    assert found == {"fp32.model.layers.1.mlp.weight": ("exploded",), "fp32.model.layers.2.mlp.weight": ("outlier",),
+                     "exp_avg_sq.model.layers.1.mlp.bias": ("exploded",)}
+    by_name = {t.ref.name: t for t in report.tensors}
+    assert by_name["exp_avg_sq.model.layers.1.mlp.bias"].exploded == 1  # its one negative value
+    assert by_name["fp32.model.layers.2.mlp.weight"].outliers.count == 1
+    assert by_name["exp_avg.model.layers.1.mlp.weight"].findings == ()  # (moments are never judged by magnitude)
+    assert report.exit_code == 1

@@ -102,18 +102,23 @@ def _zero3_partitions(tensors: list[torch.Tensor], world: int) -> list[torch.Ten
     return [torch.cat(s) for s in shares]
 
 
-def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None, padded_moments: bool = False) -> Path:
+def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None, padded_moments: bool = False,
+          planted: dict | None = None, planted_state: dict | None = None) -> Path:
     """``folder/global_step1`` of a ZeRO-``stage`` run over ``world`` ranks; ``pad_rank``: NaN in that rank's
     ZeRO-3 padding (the last element of its share of model.layers.0.mlp.bias, which has 3 elements);
     ``padded_moments`` (ZeRO-1/2): the moments keep the tail padding the fp32 partition drops, as DeepSpeed
-    0.19 saves them."""
+    0.19 saves them; ``planted`` / ``planted_state``: values planted in the fp32 master weights / exp_avg_sq
+    instead of PLANTED / PLANTED_STATE (name -> [(coords, value)])."""
     stage_enum = _stage_enum()
     step = folder / "global_step1"
     step.mkdir(parents=True)
     (folder / "latest").write_text("global_step1")
-    params = full_params(PLANTED)
-    # (Adam's second moments are never negative: the finite values made non-negative, the planted ones kept)
-    states = {n: torch.where(torch.isfinite(t), t.abs(), t) for n, t in full_params(PLANTED_STATE).items()}
+    params = full_params(PLANTED if planted is None else planted)
+    # (Adam's second moments are never negative: the random values made non-negative, then the planted ones put)
+    states = {n: t.abs() for n, t in full_params({}).items()}
+    for name, values in (PLANTED_STATE if planted_state is None else planted_state).items():
+        for coords, value in values:
+            states[name][coords] = value
     shapes = [OrderedDict((n, torch.Size(s)) for n, s in g.items()) for g in GROUPS]
     common = {"buffer_names": [], "optimizer": None, "lr_scheduler": None, "param_shapes": shapes,
               "frozen_param_shapes": None, "shared_params": {}, "frozen_param_fragments": None,

@@ -137,6 +137,24 @@ _VARIANCE_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_avg_sq_row", 
 _VARIANCE_LEAVES = frozenset({"running_var"})  # BatchNorm's
 
 
+# DeepSpeed ZeRO's fp32 master weights, as checkpoint/zero.py names their pieces (``fp32.<param>``, after a ZeRO
+# set's prefix ``global_step6.mp_rank_01.``): optimizer state by where they are kept, but the weights a resumed run
+# (and zero_to_fp32) takes, so judged as weights are (exploded, outliers).
+MASTER_WEIGHTS = "fp32"
+_MASTER = re.compile(rf"^(?:[^/]*\.mp_rank_\d+\.)?{MASTER_WEIGHTS}\.")
+
+
+def is_master_weight(name: str, role: str) -> bool:
+    """Whether optimizer state ``name`` is a master copy of a model weight (see MASTER_WEIGHTS)."""
+    return role == OPTIMIZER and _MASTER.match(name) is not None
+
+
+def judged_as_weight(name: str, role: str) -> bool:
+    """Whether tensor ``name`` of ``role`` is judged as a model weight is (exploded, outliers): a weight, or an
+    optimizer's master copy of one."""
+    return role == WEIGHT or is_master_weight(name, role)
+
+
 def is_variance(name: str, role: str) -> bool:
     """Whether tensor ``name`` of ``role`` can never hold a negative value (see _VARIANCE_STATES): an optimizer state
     so named in any segment (``state.3.exp_avg_sq``, ZeRO's ``exp_avg_sq.<param>``; Adagrad's ``state.3.sum``), or a

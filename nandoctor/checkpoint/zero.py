@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nandoctor.checkpoint.roles import MASTER_WEIGHTS
 from nandoctor.checkpoint.zero_layout import LayoutError, Piece, Shapes, zero2_pieces, zero3_pieces
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ChunkOf, ScanProblem, TensorRef
@@ -214,7 +215,7 @@ def _label(ref: TensorRef, stem: str, flat_key: str) -> tuple[str | None, int]:
         return None, -1
     name = ref.name[len(stem):]
     if name.startswith(f"optimizer_state_dict.{flat_key}."):
-        return "fp32", int(name.rsplit(".", 1)[1])
+        return MASTER_WEIGHTS, int(name.rsplit(".", 1)[1])
     if found := _STATE.match(name):
         return found[2], int(found[1])
     return None, -1

@@ -25,6 +25,7 @@ import numpy as np
 from nandoctor import verdict
 from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_nbytes
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.engine.chunks import merge_chunks
 from nandoctor.engine.experts import with_expert_counts
@@ -247,7 +248,7 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
     problems = []
     todo: dict[str, list[RegionJob]] = {}
     for job in jobs:
-        if job.info is not None and job.high and any(v.role == "weight" for v in job.views):
+        if job.info is not None and job.high and any(judged_as_weight(v.name, v.role) for v in job.views):
             todo.setdefault(job.region.file, []).append(job)
     buffers = ThreadBuffers(None)
     for file, found in todo.items():

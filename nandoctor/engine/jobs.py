@@ -177,8 +177,10 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
                 own if lowered < own else None,
             )
         job.info = facts[0]
-        if job.info is not None and not blocks and len(views) == 1 and is_variance(views[0].name, views[0].role):
-            job.info = lane_info(spec, limits.ceiling(spec.name), nonnegative=True)  # (its negatives counted)
+        # (a variance's negatives are counted: one tensor, or a flat buffer of them, ZeRO's exp_avg_sq partition,
+        # each of whose views then gets its own census)
+        if job.info is not None and not blocks and all(is_variance(view.name, view.role) for view in views):
+            job.info = lane_info(spec, limits.ceiling(spec.name), nonnegative=True)
         if not blocks:  # a cast dequantizes: the scales themselves are never cast
             job.threshold, job.own_ceiling = facts[1], facts[2]
         elif job.info is not None:  # (the ceiling is the weights': a scale field's own is lower by the codes' range)

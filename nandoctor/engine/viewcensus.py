@@ -30,6 +30,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.dtypes import DTypeSpec
 from nandoctor.engine.jobs import OutlierFind, RegionJob, ViewCensus
 from nandoctor.engine.work import SMALL_REGION_BYTES
@@ -266,7 +267,7 @@ def _own_census(job: RegionJob, view: TensorRef, source: ChunkSource, buffers: B
             high.append((piece, top))
         lane += piece.size * spec.lanes_per_element
     own = ViewCensus(census)
-    threshold = census.outlier_threshold(info, limits) if high and view.role == "weight" else None
+    threshold = census.outlier_threshold(info, limits) if high and judged_as_weight(view.name, view.role) else None
     if threshold is None or all(top < threshold for _, top in high):
         return own
     own.outliers = found = OutlierFind(threshold=threshold)

@@ -144,13 +144,13 @@ def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
         if (m := block.match(name)) is not None:
             held.setdefault(int(m.group(1)), set()).add(m.group(2))
     kinds: dict[frozenset[str], list[int]] = {}
-    for number, tensors in held.items():
-        kinds.setdefault(frozenset(tensors), []).append(number)
+    for number, held_there in held.items():
+        kinds.setdefault(frozenset(held_there), []).append(number)
     lost = []
-    for tensors, numbers in kinds.items():
+    for kind, numbers in kinds.items():
         for fuller, others in kinds.items():
-            extra = fuller - tensors
-            if len(extra) == 1 and tensors < fuller and len(numbers) < len(others):
+            extra = fuller - kind
+            if len(extra) == 1 and kind < fuller and len(numbers) < len(others):
                 lost += [f"{prefix}blk.{number}.{next(iter(extra))}" for number in numbers]
     return sorted(lost, key=natural_key)
 
