@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,8 +243,32 @@ def _pick(keys: set[str], preferred: tuple[str, ...], word: str) -> str | None:
     for key in preferred:
         if key in keys:
             return key
-    candidates = sorted(k for k in keys if word in k.lower() and not k.lower().startswith(("val", "test", "eval")))
+    candidates = _logged_like(keys, word)
     return candidates[0] if candidates else None
+
+
+def _logged_like(keys: set[str], word: str) -> list[str]:
+    """The training columns among ``keys`` named like ``word`` (not validation, test or eval ones), in name order."""
+    return sorted(k for k in keys if word in k.lower() and not k.lower().startswith(("val", "test", "eval")))
+
+
+_TOTAL = re.compile(r"^(?:train(?:ing)?[_/.]?)?(?:total[_/.]?)?loss(?:[_/.]?(?:step|epoch|total))?$")
+
+
+def _objective(keys: set[str]) -> tuple[str | None, tuple[str, ...]]:
+    """(the column that logs the training objective, every training loss column) of a metrics.csv. The objective:
+    one of _LOSS_KEYS, the one loss column, or the one named as a total (``total_loss``); None among components
+    alone (a VAE's ``kl_loss`` and ``recon_loss``, a GAN's ``d_loss`` and ``g_loss``), whose growth is no
+    divergence (a VAE's KL term rises by design while its warm-up runs: a trial). Every loss column is watched for
+    NaN/Inf either way."""
+    losses = tuple(_logged_like(keys, "loss"))
+    for key in _LOSS_KEYS:
+        if key in keys:
+            return key, tuple(dict.fromkeys((key, *losses)))
+    if len(losses) == 1:
+        return losses[0], losses
+    totals = [k for k in losses if _TOTAL.match(k.lower())]
+    return (totals[0] if len(totals) == 1 else None), losses
 
 
 def from_trainer_state(path: Path) -> LogSeries | None:
@@ -278,8 +303,9 @@ class MetricsTable:
 
     source: str
     rows: Mapping[int, Mapping[str, float]]
-    loss_key: str | None
+    loss_key: str | None  # the training objective's column (_objective): judged for jumps, drawn in the charts
     grad_key: str | None
+    watched: tuple[str, ...] = ()  # every training loss column besides: NaN/Inf in any is where the log broke
 
     def series(self) -> LogSeries | None:
         return _series(self.source, self.rows, self.loss_key, self.grad_key)
@@ -290,7 +316,7 @@ class MetricsTable:
         entries = [(s, row) for s, row in sorted(self.rows.items()) if before_step is None or s < before_step]
         if not entries:
             return None
-        keys = tuple(k for k in (self.loss_key, self.grad_key) if k)
+        keys = tuple(dict.fromkeys(k for k in (self.loss_key, *self.watched, self.grad_key) if k))
         return dataclasses.replace(_where_it_broke(self.source, entries, keys, self.loss_key), logged_after_save=True)
 
 
@@ -315,21 +341,22 @@ def read_metrics_csv(path: Path) -> MetricsTable | None:
     with handle:
         reader = csv.DictReader(handle)
         keys = {k for k in (reader.fieldnames or ()) if k}
-        loss_key, grad_key = _pick(keys, _LOSS_KEYS, "loss"), _pick(keys, _GRAD_KEYS, "grad")
-        if "step" not in keys or (loss_key is None and grad_key is None):
+        (loss_key, losses), grad_key = _objective(keys), _pick(keys, _GRAD_KEYS, "grad")
+        read = [k for k in (*losses, grad_key) if k]
+        if "step" not in keys or not read:
             return None
         try:
             for row in reader:
                 step = _number(row.get("step"))
                 if step is None or not math.isfinite(step):
                     continue
-                for key in (loss_key, grad_key):
-                    value = _number(row.get(key)) if key else None
-                    if key and value is not None:
+                for key in read:
+                    value = _number(row.get(key))
+                    if value is not None:
                         rows.setdefault(int(step), {})[key] = value
         except csv.Error:
             pass  # a torn last line (the run is still writing): keep what was read
-    return MetricsTable(str(path), rows, loss_key, grad_key)
+    return MetricsTable(str(path), rows, loss_key, grad_key, losses)
 
 
 def metrics_csv_near(folder: Path) -> Path | None:
