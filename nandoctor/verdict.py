@@ -218,6 +218,21 @@ def loss_broke_from(report: ScanReport) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def loss_jump_caution(report: ScanReport) -> str | None:
+    """For a checkpoint saved after its trainer log's loss jumped and stayed up (checkpoint/runcontext.py), what a
+    scan of it says beside its verdict, which the jump does not change; None otherwise."""
+    context = run_context(report) or {}
+    jump, broke = context.get("loss_jump"), context.get(LOSS_BROKE_FROM)
+    if not isinstance(jump, dict) or not isinstance(broke, int):
+        return None
+    loss, early = jump.get("loss"), jump.get("early")
+    if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
+        return None
+    return (f"but the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its "
+            f"early {early:.4g}: the weights saved from step {broke} on made that loss; check this checkpoint's loss "
+            "before using it")
+
+
 def loss_broke_words(name: str, step: int) -> str:
     """The caution for a checkpoint saved after its run's loss broke, whose bad tensors a repair would restore: its
     other tensors are from after the break (where only the restored ones moved, a head trained alone, the repair is
@@ -1067,6 +1082,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
                       f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")
     pieces += held_facts(report)
+    caution = loss_jump_caution(report) if not (report.errors or report.unhealthy_tensors) else None
+    if caution is not None:  # (a failing one's next step says what the jump means for its repair: summary.py)
+        pieces.append(caution)
     overflow = overflow_count(report)
     if overflow:
         top = _cast_max(report)

@@ -38,3 +38,31 @@ def test_a_loss_that_rose_and_stayed_up_is_said_and_a_last_spike_is_not(tmp_path
     assert spike.exit_code() == 0 and "trainer log" not in one_line(spike)
     jumps = [nandoctor.to_json(r)["run"]["train_log"]["loss_jump"] for r in (risen, spike)]
     assert [(j["step"], j["confirmed"]) for j in jumps] == [(5, True), (8, False)]  # (JSON says which)
+
+
+def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: Path) -> None:
+    """A trial: a run at lr 30 logged 4.6 → 8,000 before its first save; the run scan warned, but each checkpoint
+    scanned alone (--quiet, the API) was CLEAN without a word. It stays CLEAN (exit 0) and says it, as the run does."""
+    run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])
+    caution = ("but the trainer log's loss jumped to 40 at step 5, 5.67x its early 7.05: the weights saved from step 4 "
+               "on made that loss; check this checkpoint's loss before using it")
+    # (checkpoint-4's own log ends before the jump: only the run scan, which reads the newest log, can say it)
+    for step, said in ((8, True), (6, True), (4, False), (2, False)):
+        report = nandoctor.scan(run / f"checkpoint-{step}", device="cpu")
+        line = nandoctor.verdict.one_line(report)
+        assert report.exit_code == 0 and line.startswith("PASS CLEAN")
+        assert line.endswith(caution) == said, line
+    assert nandoctor.to_json(nandoctor.scan(run / "checkpoint-8"))["run"]["loss_jump"] == {
+        "step": 5, "loss": 40.0, "early": 7.05}
+    spike = _run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 40.0])
+    assert "trainer log" not in nandoctor.verdict.one_line(nandoctor.scan(spike / "checkpoint-8"))
+
+
+def test_last_healthy_after_the_jump_says_it_is_so_by_its_weights(tmp_path: Path) -> None:
+    from nandoctor.report.run_report import after_loss_jump
+
+    risen = nandoctor.scan_run(str(_run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])))
+    assert risen.last_clean.name == "checkpoint-8"
+    assert after_loss_jump(risen) == " (by its weights; saved after the loss jump at step 5)"
+    steady = nandoctor.scan_run(str(_run(tmp_path / "steady", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 6.6])))
+    assert after_loss_jump(steady) == ""

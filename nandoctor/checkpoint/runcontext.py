@@ -45,7 +45,7 @@ def judged_in_run(
         return renamed, None
     zeros = verdict.unexplained_zeros(report)
     if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report) or zeros):
-        return report, None
+        return (report if report.errors else _with_loss_jump(report, Path(target))), None
     context = run_facts(Path(target), scan_one, report if zeros else None)
     if context is None:
         return report, None
@@ -59,6 +59,49 @@ def judged_in_run(
         report = dataclasses.replace(report, notes=(*report.notes, *said))
     judged = verdict.with_run_context(report, context)
     return judged, (context["baseline"], baseline) if context["baseline"] is not None else None
+
+
+def _train_log(place: Any, folder: Path) -> Any:
+    """The trainer log as it stood when the checkpoint at ``place`` (runs.place_in_run) was saved: its own
+    trainer_state.json, or the rows of a Lightning run's metrics.csv logged before its step; None without one."""
+    from nandoctor.checkpoint.runs import TRAINER_STATE
+    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
+
+    if place.lightning:
+        metrics = metrics_near(place.run)
+        return metrics.train_log(place.step) if metrics is not None else None
+    return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
+
+
+def _with_loss_jump(report: ScanReport, target: Path) -> ScanReport:
+    """A healthy checkpoint saved after its trainer log's loss jumped (and stayed up): the run scan warns of it
+    ("look at the run before using the checkpoints saved from step N on"); a scan of the checkpoint alone says it
+    too (``loss_jump`` and ``loss_broke_from`` in its run context: verdict.loss_jump_caution), without failing it:
+    finite weights that made a loss 10x its early one are for the user to judge (a trial: a run at lr 30 logged
+    4.6 → 8,000 before its first save; every checkpoint was CLEAN, and said nothing of it)."""
+    from nandoctor import verdict
+    from nandoctor.checkpoint.runs import loss_broke_before, place_in_run
+
+    place = place_in_run(target)
+    if place is None or place.final:
+        return report
+    log = _train_log(place, target if target.is_dir() else target.parent)
+    jump = _loss_jump(log, place.step)
+    if jump is None:
+        return report
+    return verdict.with_run_context(report, {"run": str(place.run), "kind": place.kind,
+                                             verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step), **jump})
+
+
+def _loss_jump(log: Any, step: int) -> dict[str, Any] | None:
+    """``{"loss_jump": {step, loss, early}}`` where the trainer log's loss jumped and stayed up (TrainLog.
+    loss_jump_confirmed) before the save at ``step``; None otherwise."""
+    from nandoctor.checkpoint.runs import loss_broke_before
+
+    if loss_broke_before(log, step) is None or not log.loss_jump_confirmed or log.loss_jump is None:
+        return None
+    loss, early = log.loss_jump
+    return {"loss_jump": {"step": log.loss_jump_step, "loss": loss, "early": early}}
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with
@@ -159,7 +202,6 @@ def run_facts(
         place_in_run,
         zeroed_since,
     )
-    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
     from nandoctor.errors import NandoctorError
 
     place = place_in_run(target)
@@ -195,11 +237,7 @@ def run_facts(
     from nandoctor.checkpoint.baseline import kept_before, load_baseline, usable_baseline
 
     folder = target if target.is_dir() else target.parent
-    if place.lightning:
-        metrics = metrics_near(place.run)
-        log = metrics.train_log(place.step) if metrics is not None else None
-    else:
-        log = read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
+    log = _train_log(place, folder)
     kept = usable_baseline(kept_before(place.run, (step for step, _ in earlier), folder), log)  # the first healthy one, gone
     if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
@@ -215,6 +253,7 @@ def run_facts(
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
         verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
+        **(_loss_jump(log, place.step) or {}),
         "log_unread": (f"{log.source}: not read ({log.error}): the trainer log was not judged"
                        if log is not None and log.error else None),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),

@@ -203,7 +203,7 @@ def _timeline(run: RunReport) -> str:
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON) -> str:
     """The page for a run: verdict, last healthy / first bad, the log and max |w| charts, the heatmap, the timeline."""
-    from nandoctor.report.run_report import HINT, explanations, one_line
+    from nandoctor.report.run_report import HINT, after_loss_jump, explanations, one_line
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
@@ -211,7 +211,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     body = [head, _verdict_box(code == 0, run.headline_under(fail_on), one_line(run, fail_on), run_next_steps(run) if code else [])]
     last, first = run.last_healthy, run.first_bad
     body.append('<p id="milestones">last healthy: '
-                + (_chip(last.name, STATUS_COLOURS[CLEAN]) if last else "<b>none</b>")
+                + (_chip(last.name, STATUS_COLOURS[CLEAN]) + esc(after_loss_jump(run)) if last else "<b>none</b>")
                 + " · first bad: " + (_chip(first.name, STATUS_COLOURS[first.status]) if first else "<b>none</b>")
                 + "</p>")
     body += [f'<p class="note">note: {esc(n)}</p>' for n in run.notes]

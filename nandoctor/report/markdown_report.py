@@ -138,7 +138,15 @@ def render_error(data: dict[str, Any]) -> str:
 
 def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_ON,
                not_written: NandoctorError | None = None) -> str:
-    from nandoctor.report.run_report import HINT, decides_words, explanations, log_words, one_line, same_words
+    from nandoctor.report.run_report import (
+        HINT,
+        after_loss_jump,
+        decides_words,
+        explanations,
+        log_words,
+        one_line,
+        same_words,
+    )
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
@@ -146,7 +154,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     decider = run.decider(fail_on)
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
     out = [f"## nandoctor: {_status(code)} {md(run.headline_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
-           f"- **Last healthy:** {md(last.name) if last else 'none'} · **First bad:** {md(first.name) if first else 'none'}",
+           f"- **Last healthy:** {md(last.name) if last else 'none'}{md(after_loss_jump(run))} · **First bad:** {md(first.name) if first else 'none'}",
            _exit_line(code, md(decides), not_written)]
     if run.log is not None and run.log.suspicious_step is not None:
         out.append(f"- **Trainer log:** {md(log_words(run.log))}")

@@ -191,6 +191,17 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     return head + " · " + " · ".join(tail)
 
 
+def after_loss_jump(run: RunReport) -> str:
+    """What "last healthy" adds where that checkpoint was saved after a loss jump no bad checkpoint confirms (the
+    run's warning line says it): its weights are healthy, what they made of the loss is for the user to judge."""
+    log, last = run.log, run.last_clean
+    if (log is None or last is None or log.loss_jump is None or not log.loss_jump_confirmed
+            or run.broken_weights_from is not None or log.broken_weights_from is None
+            or last.step is None or last.step < log.broken_weights_from):
+        return ""
+    return f" (by its weights; saved after the loss jump at step {log.loss_jump_step})"
+
+
 def _loss_jump_words(log: TrainLog) -> str:
     """A loss jump no bad checkpoint confirms (it moves nothing: docs/health.md), in words."""
     assert log.loss_jump is not None
@@ -223,6 +234,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
         Text.assemble(
             "last healthy: ",
             (safe(last_clean.name), "bold green") if last_clean else ("none", "bold red"),
+            (after_loss_jump(run), "yellow"),
             " · first bad: ",
             (safe(first_bad.name), "bold red") if first_bad else ("none", "bold green"),
         )
