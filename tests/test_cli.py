@@ -230,7 +230,7 @@ def test_start_up_imports_only_what_the_command_needs():
         assert lines[-1] == "CRC-32 library loaded: False ZeRO: False"
         assert lines[-2].split() == ["READERS", "nandoctor.readers", "nandoctor.readers.compact_header",
                                      "nandoctor.readers.formats", "nandoctor.readers.magic",
-                                     "nandoctor.readers.safetensors"], lines[-2]
+                                     "nandoctor.readers.safetensors", "nandoctor.readers.shapes"], lines[-2]
     import nandoctor
 
     assert nandoctor.scan.__module__ == "nandoctor.api" and set(nandoctor.__all__) <= set(dir(nandoctor))

@@ -75,11 +75,11 @@ def test_a_run_under_fail_on_says_what_fails_and_what_is_only_reported(tmp_path,
     monkeypatch.chdir(ROOT)
     markdown = scan("fixtures/demo-run", "--markdown", "--fail-on", "exploded")
     assert markdown.exit_code == 0
-    assert markdown.output.startswith("## nandoctor: ✅ PASS NON-FINITE (reported only) (training run)\n")
+    assert markdown.output.startswith("## nandoctor: ⚠️ PASS NON-FINITE (reported only) (training run)\n")
     data = json.loads(scan("fixtures/demo-run", "--json", "--fail-on", "exploded").output)
     assert data["summary"]["verdict"] == "NON-FINITE (reported only)" and data["summary"]["exit_code"] == 0
     scan("fixtures/demo-run", "--html", str(tmp_path / "r.html"), "--fail-on", "exploded", "-q")
-    assert "✓ PASS: NON-FINITE (reported only)" in (tmp_path / "r.html").read_text()
+    assert "⚠ PASS NON-FINITE (reported only)" in (tmp_path / "r.html").read_text()
 
 
 def test_a_checkpoint_under_fail_on_repairs_only_what_fails(monkeypatch):
@@ -88,7 +88,7 @@ def test_a_checkpoint_under_fail_on_repairs_only_what_fails(monkeypatch):
     monkeypatch.chdir(ROOT)
     markdown = scan("fixtures/demo-run/checkpoint-300", "--markdown", "--fail-on", "exploded")
     assert markdown.exit_code == 0
-    assert markdown.output.startswith("## nandoctor: ✅ PASS NON-FINITE (reported only)\n\n"
+    assert markdown.output.startswith("## nandoctor: ⚠️ PASS NON-FINITE (reported only)\n\n"
                                       "PASS NON-FINITE (reported only) fixtures/demo-run/checkpoint-300: 18 of 195")
     assert "nandoctor repair" not in markdown.output and "### Next" not in markdown.output
     failing = scan("fixtures/demo-run/checkpoint-300", "--markdown")

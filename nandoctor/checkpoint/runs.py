@@ -380,6 +380,16 @@ class RunReport:
             return self.verdict_under(fail_on)
         return row_verdict(decider, fail_on, with_case=True)
 
+    def reported_only(self, fail_on: frozenset[str] | None = None) -> bool:
+        """Whether the run passes with findings only reported (the deciding row's ZEROED): a headline's ⚠ PASS."""
+        from nandoctor import verdict as verdicts
+
+        decider = self.decider(fail_on)
+        if self.problems or decider is None or decider.report is None or decider.status == INCOMPLETE:
+            return False
+        decided = verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
+        return decided.exit_code == 0 and bool(decided.reported)
+
 
 def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:
     """One row's verdict words (under ``fail_on``, its report's own when None): ``INCOMPLETE`` for a

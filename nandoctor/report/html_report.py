@@ -67,9 +67,11 @@ def _chip(text: str, colour: str) -> str:
     return f'<span class="chip" style="background:{colour}">{esc(text)}</span>'
 
 
-def _verdict_box(passed: bool, words: str, line: str, steps: list[str]) -> str:
+def _verdict_box(passed: bool, words: str, line: str, steps: list[str], reported: bool = False) -> str:
+    """The headline box: ``reported``, a pass with findings only reported (ZEROED): ⚠, as the console marks it."""
+    mark = ("⚠ PASS" if reported else "✓ PASS") if passed else "✗ FAIL"
     out = [f'<section id="verdict" class="verdict {"pass" if passed else "fail"}">',
-           f'<b>{"✓ PASS" if passed else "✗ FAIL"}: {esc(words)}</b><p>{esc(line)}</p>']
+           f'<b>{mark} {esc(words)}</b><p>{esc(line)}</p>']
     if steps:
         out.append('<div id="next">next:<pre>' + "\n".join(esc(step) for step in steps) + "</pre></div>")
     out.append("</section>")
@@ -142,7 +144,8 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     """The page for one checkpoint: verdict and next command, heatmap, tensors with findings."""
     decided = verdicts.judge(report, fail_on)
     head = f'<h1>nandoctor scan</h1><p class="target">{esc(report.target)}</p>'
-    box = _verdict_box(decided.exit_code == 0, decided.words, verdicts.one_line(report, fail_on), next_steps(report, decided))
+    box = _verdict_box(decided.exit_code == 0, verdicts.words_with_case(decided), verdicts.one_line(report, fail_on),
+                       next_steps(report, decided), bool(decided.reported))
     return _page(f"nandoctor: {report.target}", [head, box, *_scan_body(report, show_all)])
 
 
@@ -208,7 +211,8 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
 
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
-    body = [head, _verdict_box(code == 0, run.headline_under(fail_on), one_line(run, fail_on), run_next_steps(run) if code else [])]
+    body = [head, _verdict_box(code == 0, run.headline_under(fail_on), one_line(run, fail_on),
+                               run_next_steps(run) if code else [], run.reported_only(fail_on))]
     last, first = run.last_healthy, run.first_bad
     body.append('<p id="milestones">last healthy: '
                 + (_chip(last.name, STATUS_COLOURS[CLEAN]) + esc(after_loss_jump(run)) if last else "<b>none</b>")

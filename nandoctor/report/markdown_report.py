@@ -45,8 +45,9 @@ def _code_block(lines: list[str]) -> list[str]:
     return [fence + "sh", *body, fence]
 
 
-def _status(code: int) -> str:
-    return "✅ PASS" if code == 0 else "❌ FAIL"
+def _status(code: int, reported: bool = False) -> str:
+    """The headline's mark: a pass with findings only reported (ZEROED) is no green check (the console's ⚠ PASS)."""
+    return ("⚠️ PASS" if reported else "✅ PASS") if code == 0 else "❌ FAIL"
 
 
 def _tensors(report: ScanReport, heading: str, limit: int | None = MAX_MARKDOWN_ROWS) -> list[str]:
@@ -98,7 +99,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     """The Markdown summary of a scan; ``not_written``: a report file (``--html``) that could not be written,
     said in its own section and in the exit code."""
     decided = verdicts.judge(report, fail_on)
-    out = [f"## nandoctor: {_status(decided.exit_code)} {md(verdicts.words_with_case(decided))}", "",
+    out = [f"## nandoctor: {_status(decided.exit_code, bool(decided.reported))} {md(verdicts.words_with_case(decided))}", "",
            f"{md(verdicts.one_line(report, fail_on))}", ""]
     ranges = bad_ranges(report.layers)
     if ranges:
@@ -153,7 +154,8 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     last, first = run.last_healthy, run.first_bad
     decider = run.decider(fail_on)
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
-    out = [f"## nandoctor: {_status(code)} {md(run.headline_under(fail_on))} (training run)", "", md(one_line(run, fail_on)), "",
+    out = [f"## nandoctor: {_status(code, run.reported_only(fail_on))} {md(run.headline_under(fail_on))} (training run)", "",
+           md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'}{md(after_loss_jump(run))} · **First bad:** {md(first.name) if first else 'none'}",
            _exit_line(code, md(decides), not_written)]
     if run.log is not None and run.log.suspicious_step is not None:

@@ -249,7 +249,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print()
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
-    console.print(Text.assemble(("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
+    console.print(Text.assemble(("✓ PASS " if code == 0 else "✗ FAIL ", style),
+                                ("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
                                 ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
     for fact in verdicts.held_facts(decider.report) if decider.report is not None else ():  # (as --quiet says it)
         console.print(Text(f"  {safe(fact)}", style="dim"))
