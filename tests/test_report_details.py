@@ -194,3 +194,13 @@ def test_all_lists_every_tensor_in_markdown_and_html_too(tmp_path):
     save_file(tensors, tmp_path / "m41.safetensors")
     console = run_cli("scan", tmp_path / "m41.safetensors").stdout
     assert "… and 1 more tensor with findings" in " ".join(console.split())
+
+
+def test_the_heatmap_axis_writes_the_layer_numbers_out():
+    """A new-user review: the axis printed the tens digit alone (``0  1  2`` for layers 0, 10, 20), which read as
+    layers 0-2 of a 24-layer model."""
+    from nandoctor.report.rich_report import layer_ruler
+
+    assert layer_ruler(list(range(24))) == "0         10        20"
+    assert layer_ruler(list(range(0, 120, 2))) == "0    10   20   30   40   50   60   70   80   90   100  110"
+    assert layer_ruler(list(range(95, 130))) == "     100       110       120"  # (no room for 90 before 100)

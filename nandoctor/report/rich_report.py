@@ -194,6 +194,20 @@ _LEGEND_WORDS = {"nonfinite": "NaN/Inf", "exploded": "exploded", "outlier": "out
                  "zeroed": "zeroed", CLEAN: "clean"}
 
 
+def layer_ruler(firsts: list[int]) -> str:
+    """The heatmap's axis: each column's first layer number given, ``firsts``, the tens written out where they
+    start (``0         10        20``), each number from its column on, where it fits before the next."""
+    ruler = [" "] * len(firsts)
+    free = 0  # the first position a label may start at (one blank after the previous label)
+    for i, first in enumerate(firsts):
+        if i >= free and (first % 10 == 0 or (i and first // 10 != firsts[i - 1] // 10)):
+            label = str(first // 10 * 10)
+            if i + len(label) <= len(ruler):
+                ruler[i:i + len(label)] = label
+                free = i + len(label) + 1
+    return "".join(ruler).rstrip()
+
+
 def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
     """Per layer stack of HEATMAP_MIN_LAYERS or more with a finding: a component × layer grid, each cell marked by
     its worst finding (heatmaps.checkpoint_grids, the HTML report's grids)."""
@@ -213,9 +227,7 @@ def _heatmaps(report: ScanReport) -> list[tuple[Text, Table]]:
         table.add_column("component", style="bold")
         table.add_column("layers", no_wrap=True)
         firsts = [int(label.split()[0]) for label in grid.columns]  # (a column of several layers: its first's number)
-        ruler = "".join(str(first // 10 % 10) if first % 10 == 0 or (i and first // 10 != firsts[i - 1] // 10) else " "
-                        for i, first in enumerate(firsts))
-        table.add_row("layer", Text(ruler, style="dim"))
+        table.add_row("layer", Text(layer_ruler(firsts), style="dim"))
         for component, cells in zip(grid.rows, grid.cells):
             row = Text()
             for cell in cells:
