@@ -19,6 +19,7 @@ AUTO = "auto"
 
 
 NO_AUTO_DONOR = "<an earlier clean checkpoint or the base model>"  # for the user to fill in
+NO_AUTO_GGUF_DONOR = "<a clean GGUF of the same model and tensor types>"
 
 
 def repair_command(report: ScanReport) -> str:
@@ -55,6 +56,8 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
     if donor is None:
         in_run = runs.place_in_run(Path(target)) is not None
         donor = AUTO if in_run else NO_AUTO_DONOR
+    if donor == NO_AUTO_DONOR and Path(target).suffix.lower() == ".gguf":  # (a GGUF repairs from a GGUF: docs/gguf.md)
+        donor = NO_AUTO_GGUF_DONOR
     donor_arg = donor if donor == AUTO or donor.startswith("<") else shell_word(donor)  # placeholders unquoted
     if hubcache.is_snapshot(target) or Path(target).exists():
         out = shell_word(free_repaired_path(Path(target)))

@@ -204,3 +204,14 @@ def test_the_heatmap_axis_writes_the_layer_numbers_out():
     assert layer_ruler(list(range(24))) == "0         10        20"
     assert layer_ruler(list(range(0, 120, 2))) == "0    10   20   30   40   50   60   70   80   90   100  110"
     assert layer_ruler(list(range(95, 130))) == "     100       110       120"  # (no room for 90 before 100)
+
+
+def test_a_gguf_repair_hint_asks_for_a_gguf_donor(tmp_path):
+    """A new-user review: a GGUF's hint asked for "an earlier clean checkpoint or the base model", while a GGUF repairs
+    only from a GGUF of the same tensor types (docs/gguf.md)."""
+    from nandoctor.hints import repair_command_for
+
+    (tmp_path / "model.gguf").write_bytes(b"")
+    assert "--from <a clean GGUF of the same model and tensor types>" in repair_command_for(str(tmp_path / "model.gguf"))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert "--from <an earlier clean checkpoint or the base model>" in repair_command_for(str(tmp_path / "model.safetensors"))
