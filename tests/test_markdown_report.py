@@ -78,6 +78,7 @@ def test_a_run_under_fail_on_says_what_fails_and_what_is_only_reported(tmp_path,
     assert markdown.output.startswith("## nandoctor: ⚠️ PASS NON-FINITE (reported only) (training run)\n")
     data = json.loads(scan("fixtures/demo-run", "--json", "--fail-on", "exploded").output)
     assert data["summary"]["verdict"] == "NON-FINITE (reported only)" and data["summary"]["exit_code"] == 0
+    assert data["summary"]["health"] == "poisoned"  # (the deciding checkpoint's, whatever --fail-on fails)
     scan("fixtures/demo-run", "--html", str(tmp_path / "r.html"), "--fail-on", "exploded", "-q")
     assert "⚠ PASS NON-FINITE (reported only)" in (tmp_path / "r.html").read_text()
 
