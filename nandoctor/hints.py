@@ -12,6 +12,7 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.steps import is_accelerate_save
+from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 from nandoctor.wording import shell_word
 
@@ -130,13 +131,61 @@ def use_verified_repair(target: str, name: str, final_model_folder: bool = False
     have written it (:func:`repaired_path`); [] when there is none. The scan of one checkpoint and the run view
     say the same, instead of suggesting the same repair again into a ``-2`` folder. ``final_model_folder``: the
     final model at the top of a run folder, which is never moved: its files are copied over."""
-    repaired = repaired_path(Path(target))
-    if not verified_repair(repaired, Path(target)):
+    repaired = verified_repair_of(Path(target))
+    if repaired is None:
         return []
     if final_model_folder:
-        return [f"{repaired} is a verified repair of the final model; copy its files over those at the top of {target}"]
+        return [f"{repaired} is a verified repair of the final model; {_copy_over(target)}"]
     return [f"{repaired} is a verified repair of {name}; to use it, put it in its place:",
             f"    {put_in_place(target, repaired)}"]
+
+
+def using_repair(target: str, repaired: Path) -> list[str]:
+    """The steps that use the repair just written at ``repaired`` in place of ``target`` (a repair's own next
+    step); [] for a hub cache snapshot, which is never written into."""
+    if hubcache.is_snapshot(target):
+        return []
+    if Path(target).is_dir() and runs.is_run_folder(Path(target)):
+        return [f"to use it: {_copy_over(target)}"]
+    return [f"to use it in place of {Path(target).name}:",
+            f"    {put_in_place(target, access.as_spelled(Path(os.path.abspath(repaired)), target))}"]
+
+
+def _copy_over(target: str) -> str:
+    return f"copy its files over those at the top of {target}"
+
+
+_MAX_SIBLINGS = 4096  # entries of a folder looked through for a repair's proof (a run's checkpoints and their repairs)
+
+
+def verified_repair_of(target: Path) -> Path | None:
+    """A verified repair of ``target`` (:func:`verified_repair`): where a suggested repair writes it
+    (:func:`repaired_path`), else a folder beside ``target`` whose proof names ``target`` as its source, whatever the
+    ``--out`` was called (``checkpoint-300-fixed``); None when there is none. Spelled as ``target`` was."""
+    conventional = repaired_path(target)
+    if verified_repair(conventional, target):
+        return conventional
+    from nandoctor.checkpoint.hashes import PROOF_NAME
+    from nandoctor.restore.proof import read_proof
+
+    named = access.named_path(target)
+    source = os.path.abspath(named)
+    beside = {named.parent, _outside_the_run(named, "").parent}  # (accelerate's saves: their repairs lie outside)
+    for folder in sorted(beside):
+        try:
+            entries = access.listing(folder)
+        except (OSError, NandoctorError):
+            continue
+        for entry in entries[:_MAX_SIBLINGS]:
+            if entry == named or not os.path.isfile(entry / PROOF_NAME):
+                continue
+            try:
+                proof = read_proof(entry)
+            except (OSError, ValueError):
+                continue
+            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target):
+                return access.as_spelled(entry, target)
+    return None
 
 
 def use_verified_repair_of(target: str) -> list[str]:

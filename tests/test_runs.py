@@ -235,6 +235,25 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what the hint promised
 
 
+def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_use_it(run_dir):
+    """A new-user trial: `repair … --out run/checkpoint-300-fixed` (docs/api.md's name) was verified, but the run
+    scan told the user to repair again into -repaired: only that name was looked for. The repair's proof names its
+    source, so any folder beside the checkpoint is found; and the repair itself says how to put it in place."""
+    fixed = run_dir / "checkpoint-300-fixed"
+    repaired = run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(fixed), "--no-progress")
+    assert repaired.exit_code == 0
+    move = f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {fixed} {run_dir}/checkpoint-300"
+    said = " ".join(repaired.output.split())
+    assert f"next: to use it in place of checkpoint-300: {move}" in said
+    for scanned in (run_dir, run_dir / "checkpoint-300"):
+        out = " ".join(run("scan", str(scanned)).output.split())
+        assert f"{fixed} is a verified repair of checkpoint-300" in out and move in out
+        assert "nandoctor repair" not in out
+    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
+    fixed.rename(run_dir / "checkpoint-300")
+    assert run("scan", str(run_dir), "-q").exit_code == 0  # what both promised
+
+
 def test_repair_of_a_whole_run_folder_names_a_checkpoint_to_repair(run_dir):
     result = run("repair", str(run_dir), "--from", "auto", "--out", str(run_dir.parent / "x"))
     assert result.exit_code == 3

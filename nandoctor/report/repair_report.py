@@ -6,6 +6,7 @@ it decides nothing. Names and paths fold onto more lines instead of ending in "â
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -216,3 +217,9 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
             f"\n  proof: {safe(result.proof or '')}",
         )
     )
+    if result.out and result.verification is not None and result.verification.exit_code == 0:
+        from nandoctor.hints import using_repair
+
+        steps = using_repair(plan.target, Path(result.out))
+        if steps:
+            console.print(Text("  next: " + "\n        ".join(safe(step) for step in steps), style="dim"), soft_wrap=True)
