@@ -132,6 +132,17 @@ def test_pickled_weights_are_checked_too(tmp_path):
     assert report.extra["load_dtype"]["checked"] is True
 
 
+def test_pickled_weights_no_cast_can_overflow_are_said_as_safetensors_ones_are(tmp_path):
+    """A new-user review: the same bf16 weights under a bfloat16 config.json were said differently as .bin (`; fits
+    bf16 (max |x| 1)`, a note, load_dtype and target_dtype in the JSON) and as safetensors (nothing: the headers show
+    no cast can overflow). The .bin's dtypes are known once the scan read them: the same report."""
+    reports = [nandoctor.scan(str(_save(tmp_path / name, 0.5, torch.bfloat16, {"dtype": "bfloat16"}, pickle=pickle)),
+                              device="cpu") for name, pickle in (("st", False), ("bin", True))]
+    for report in reports:
+        assert report.exit_code == 0 and "target_dtype" not in report.extra and "load_dtype" not in report.extra
+        assert "fits" not in nandoctor.verdict.one_line(report) and not any("loads these weights" in n for n in report.notes)
+
+
 def test_an_explicit_target_dtype_wins_and_none_turns_the_check_off(tmp_path):
     folder = _save(tmp_path / "m", 70000.0, torch.float32, {"dtype": "float16"})
     config_path = str(folder / "config.json")

@@ -147,7 +147,7 @@ def may_overflow(checkpoint: Path, target_dtype: str) -> bool:
     """Whether a weight file ``from_pretrained`` reads at ``checkpoint`` stores a dtype that can overflow
     ``target_dtype``: read from the safetensors headers (a bf16 model whose config says bfloat16 costs no
     overflow pass); True for anything else (``.bin`` weights, an unreadable header), where the scan decides."""
-    from nandoctor.kernels.targets import can_overflow, target  # (numpy: only once a config names a narrow dtype)
+    from nandoctor.kernels.targets import target  # (numpy: only once a config names a narrow dtype)
 
     tgt = target(target_dtype)
     try:
@@ -162,7 +162,14 @@ def may_overflow(checkpoint: Path, target_dtype: str) -> bool:
         stored = {dtype for file in files for dtype in read_table(file)[0].dtypes}
     except (OSError, ValueError, NandoctorError):
         return True
-    # (an integer weight is cast to the model's dtype too: checkpoint/loadability.cast_to_float)
+    return _overflowable(stored, tgt)
+
+
+def _overflowable(stored: set[str], tgt: Any) -> bool:
+    """Whether any of the ``stored`` dtypes can overflow the target ``tgt`` when cast (an integer weight is cast to
+    the model's dtype too: checkpoint/loadability.cast_to_float)."""
+    from nandoctor.kernels.targets import can_overflow
+
     return any(name not in DTYPES or can_overflow(DTYPES[name], tgt) or name in CAST_INTEGERS for name in stored)
 
 
@@ -181,12 +188,28 @@ def annotated(report: ScanReport, checkpoint: Path, asked: str | None) -> ScanRe
     load = load_dtype(checkpoint)
     if load is None:
         return report
+    if asked is None and verdicts.target_dtype(report) == load.target and not _scanned_overflowable(report, load.target):
+        # (.bin weights: their dtypes were unknown before the scan read them; all bf16 under a bf16 config, no
+        # cast can overflow: as for safetensors, nothing to count and nothing to say)
+        return verdicts.judged(dataclasses.replace(report, extra={k: v for k, v in report.extra.items()
+                                                                  if k != "target_dtype"}),
+                               report.judgement.fail_on if report.judgement is not None else None)
     checked = verdicts.target_dtype(report) == load.target
     # (given no target dtype, the scan counted for config.json's exactly where its weights can overflow it)
     if not checked and (asked is None or not may_overflow(checkpoint, load.target)):
         return report
     extra = {**report.extra, EXTRA_KEY: load.to_json(checked)}
     return dataclasses.replace(report, notes=(*report.notes, _note(report, load, checked, asked)), extra=extra)
+
+
+def _scanned_overflowable(report: ScanReport, target_dtype: str) -> bool:
+    """Whether a tensor the cast touches (a weight or buffer) is stored, as the scan read it, in a dtype that can
+    overflow ``target_dtype``."""
+    from nandoctor.kernels.targets import target
+
+    refs = report.tensors.refs
+    stored = {dtype for dtype, role in zip(refs.dtypes, refs.roles) if role in ("weight", "buffer")}
+    return _overflowable(stored, target(target_dtype))
 
 
 def _note(report: ScanReport, load: LoadDtype, checked: bool, asked: str | None) -> str:
