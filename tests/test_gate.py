@@ -83,14 +83,14 @@ def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):
     # one verdict line, after the overflow table: what fails, overflow included, and one next
     verdict_lines = [line for line in result.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
     assert len(verdict_lines) == 1 and result.output.count("next:") == 1
-    assert verdict_lines[0].startswith("✗ FAIL EXPLODED + OUTLIERS + OVERFLOW RISK (fp16) (POISONED): ")
+    assert verdict_lines[0].startswith("✗ FAIL EXPLODED + OVERFLOW RISK (fp16) (POISONED): ")
     assert result.output.index("Overflow risk when cast to fp16") < result.output.index(verdict_lines[0])
     expected = torch_overflow(values, "fp16") + 1
     assert f"{expected} finite values in 2 tensors become Inf when cast to fp16 (largest finite fp16: 65504" in result.output
     assert "model.layers.1.mlp.down_proj.weight" in result.output  # the bf16 70000
     assert "NON-FINITE" not in result.output  # no NaN/Inf in the file itself
     quiet = run("scan", str(path), "--target-dtype", "fp16", "-q")
-    # the planted 3.4e38 is also exploded, an outlier: a few bad tensors, so the line says (POISONED)
+    # the planted 3.4e38 is also exploded (and so no outlier): a few bad tensors, so the line says (POISONED)
     assert quiet.output.startswith("FAIL ") and f"OVERFLOW RISK (fp16) (POISONED) {path}:" in quiet.output
     assert f"{expected} values in 2 tensors overflow fp16" in quiet.output
     assert "max |x| 3.4e+38" in quiet.output

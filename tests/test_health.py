@@ -20,6 +20,7 @@ SMALL = 4096
 HUGE = {"F32": np.float32(3e30).view(np.uint32), "F64": np.float64(3e30).view(np.uint64),
         "F16": np.float16(6e4).view(np.uint16), "BF16": np.uint16(0x7182)}  # bf16 0x7182 ~ 1.3e30
 NP = {"F32": np.uint32, "F64": np.uint64, "F16": np.uint16, "BF16": np.uint16}
+_FLOAT = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
 PLANTED_VALUE = {"F32": 3e30, "F64": 3e30, "F16": float(np.float16(6e4)),
                  "BF16": float(np.array([0x71820000], np.uint32).view(np.float32)[0])}
 
@@ -34,19 +35,29 @@ def _tensor(dtype: str, n: int, seed: int, planted: dict[int, int] | None = None
 @pytest.mark.parametrize("dtype", ["F32", "F64", "F16", "BF16"])
 @pytest.mark.parametrize("n", [BIG, SMALL])
 def test_planted_spikes_are_outliers_with_exact_counts_and_coordinates(tmp_path, dtype, n):
+    """Spikes below the ceiling are outliers; above it they are exploded, and only that: one bad value is one
+    finding (a review: one 1e30 read EXPLODED + OUTLIERS, on two rows of the layer table)."""
     positions = [n // 3, n // 3 + 7, n - 5]
+    spike = int(np.array([100.0]).astype(_FLOAT[dtype]).view(NP[dtype])[0]) if dtype != "BF16" else 0x42C8  # 100.0
     write_safetensors(tmp_path / "m.safetensors", {
-        "model.layers.0.mlp.down_proj.weight": _tensor(dtype, n, 1, {p: int(HUGE[dtype]) for p in positions}),
+        "model.layers.0.mlp.down_proj.weight": _tensor(dtype, n, 1, {p: spike for p in positions}),
         "model.layers.1.mlp.down_proj.weight": _tensor(dtype, n, 2),
+        "model.layers.2.mlp.down_proj.weight": _tensor(dtype, n, 4, {p: int(HUGE[dtype]) for p in positions}),
+        # both in one tensor: each value counted once, where it belongs
+        "model.layers.3.mlp.down_proj.weight": _tensor(dtype, n, 5, {positions[0]: spike, positions[2]: int(HUGE[dtype])}),
     })
     report = scan(tmp_path / "m.safetensors", device="cpu")
-    bad, good = report.tensors
-    assert bad.outliers is not None and bad.outliers.count == 3 and bad.outliers.first == positions[0]
-    assert "outlier" in bad.findings and report.exit_code == 1 and report.health == "poisoned"
-    # fp16's ceiling is 2^14 (1e5 is above anything fp16 holds): its 6e4 spikes are exploded too
-    assert bad.exploded == 3 and "exploded" in bad.findings
+    spiked, good, huge, both = report.tensors
+    assert spiked.outliers is not None and spiked.outliers.count == 3 and spiked.outliers.first == positions[0]
+    assert spiked.findings == ("outlier",) and spiked.exploded == 0 and spiked.max_abs == pytest.approx(100.0)
+    assert spiked.outliers.worst == pytest.approx(100.0)
+    # fp16's ceiling is 2^14 (1e5 is above anything fp16 holds): its 6e4 spikes are exploded
+    assert huge.exploded == 3 and huge.findings == ("exploded",) and huge.outliers is None
+    assert huge.max_abs == pytest.approx(PLANTED_VALUE[dtype])
+    assert both.findings == ("exploded", "outlier") and both.exploded == 1 and both.outliers.count == 1
+    assert both.outliers.first == positions[0]
     assert good.findings == () and good.outliers is None and good.exploded == 0
-    assert bad.max_abs == pytest.approx(PLANTED_VALUE[dtype])
+    assert report.exit_code == 1 and report.health == "poisoned"
 
 
 @pytest.mark.parametrize("n", [BIG, SMALL])

@@ -25,7 +25,8 @@ segment of an 8 MiB block, see cpu.py) instead of adding passes over memory:
   (a NaN in every MiB: one gather and one set of passes per block, not two).
 
 An *outlier* is a finite value whose exponent is at least ``log2(factor)``
-(default 10) above the bulk scale's, and at least the high level: the
+(default 10) above the bulk scale's, and at least the high level, but not above
+the ceiling (there it is exploded, one finding for one value): the
 bit-flip / silent-corruption signature. Measured on 1,995 real tensors
 (docs/health.md), no trained weight reaches it; real "super weights" (~100x
 their tensor's std) stay far below. The few high segments that may hold an
@@ -487,9 +488,11 @@ def _code_values(spec: DTypeSpec) -> np.ndarray:
 
 
 def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int, int, int]:
-    """(count of finite lanes with magnitude >= ``threshold``, index of the first, its raw lane bits)."""
+    """(count of the outlier lanes: finite, magnitude >= ``threshold`` and not above the ceiling, index of the
+    first, its raw lane bits). A value above the ceiling is exploded, and counted once, there: one bad value is
+    not two findings (a review: one 1e30 read EXPLODED + OUTLIERS, on two rows of the layer table)."""
     mag, _ = _finite_magnitudes(lanes, info)
-    over = mag >= threshold
+    over = (mag >= threshold) & (mag <= info.ceiling_bits)
     count = int(np.count_nonzero(over))
     if not count:
         return 0, -1, 0
@@ -499,9 +502,9 @@ def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int,
 
 
 def lanes_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> np.ndarray:
-    """Indices of the finite lanes with magnitude >= ``threshold`` (where a view's outliers lie in it)."""
+    """Indices of the outlier lanes (:func:`count_above`: where a view's outliers lie in it)."""
     mag, _ = _finite_magnitudes(lanes, info)
-    return np.flatnonzero(mag >= threshold)
+    return np.flatnonzero((mag >= threshold) & (mag <= info.ceiling_bits))
 
 
 def signed_value(spec: DTypeSpec, info: LaneInfo, raw: int) -> float:

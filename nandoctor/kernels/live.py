@@ -191,7 +191,7 @@ def census_tensor(
     threshold = _threshold(bulk_exponent, outlier_factor)
     if top >= threshold:
         flat = t.detach().reshape(-1)
-        outliers = _outliers(flat, flat.abs().float(), threshold, 1)
+        outliers = _outliers(flat, flat.abs().float(), threshold, 1, max_abs)
         if outliers is not None:
             out["outliers"] = outliers
     return out
@@ -220,8 +220,8 @@ def _bulk_exponent(t: torch.Tensor, nonzero: int) -> int | None:
     return None
 
 
-def _outliers(flat: torch.Tensor, a: torch.Tensor, threshold: float, per: int) -> Outliers | None:
-    over = a >= threshold
+def _outliers(flat: torch.Tensor, a: torch.Tensor, threshold: float, per: int, max_abs: float) -> Outliers | None:
+    over = (a >= threshold) & (a <= max_abs)  # (above max_abs: exploded, counted once there, as in the file census)
     count = int(over.sum())
     if not count:
         return None
@@ -252,7 +252,7 @@ def _exact_census(t: torch.Tensor, max_abs: float, outlier_factor: float) -> dic
         bulk = float(torch.topk(nonzero, min(k, nonzero.numel())).values[-1])
         exponent = math.floor(math.log2(bulk))
         out["bulk_scale"] = 2.0**exponent
-        outliers = _outliers(flat, a, _threshold(exponent, outlier_factor), per)
+        outliers = _outliers(flat, a, _threshold(exponent, outlier_factor), per, max_abs)
         if outliers is not None:
             out["outliers"] = outliers
     return out
