@@ -22,7 +22,7 @@ import numpy as np
 from nandoctor import verdict
 from nandoctor.blockfields import gather
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
-from nandoctor.checkpoint.roles import is_variance
+from nandoctor.checkpoint.roles import is_variance, judged_as_weight
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, checkpoint_step, duplicate_steps, place_in_run
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.dtypes import DTYPES, DTypeSpec
@@ -201,7 +201,7 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
         return TensorCheck(None, scale, zero=True)
     if census.negatives:  # (a variance: a donor restoring it must not bring a sign-flipped value)
         return TensorCheck(f"holds {census.negatives:,} negative values (a variance, never negative)", scale)
-    if ref.role != "weight":
+    if not judged_as_weight(ref.name, ref.role):  # (a ZeRO master weight is held to a weight's limits too)
         return TensorCheck(None, scale)
     if census.exploded:
         return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g}"
