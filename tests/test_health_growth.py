@@ -98,13 +98,13 @@ def test_one_flipped_exponent_bit_is_poisoned_and_repair_restores_the_donors_byt
     alone = nandoctor.scan(str(run / f"checkpoint-{STEPS}"), device="cpu")
     assert alone.health == "poisoned" and alone.extra["run"]["growth"]["factor"] < 2
     assert [t.name for t in alone.tensors if t.findings] == [TARGET]
-    assert set(alone.tensors[[t.name for t in alone.tensors].index(TARGET)].findings) == {"exploded", "outlier"}
+    assert set(alone.tensors[[t.name for t in alone.tensors].index(TARGET)].findings) == {"exploded"}  # (one value)
 
     quiet = run_cli("scan", str(run), "--quiet")
     assert quiet.exit_code == 1
     assert quiet.output == (
-        f"FAIL EXPLODED + OUTLIERS (POISONED) {run / f'checkpoint-{STEPS}'}: 1 weight tensor exploded "
-        f"(max |x| {abs(value):.3g}); 1 outlier value in 1 tensor; worst model.layers.1 · "
+        f"FAIL EXPLODED (POISONED) {run / f'checkpoint-{STEPS}'}: 1 weight tensor exploded "
+        f"(max |x| {abs(value):.3g}); worst model.layers.1 · "
         f"last healthy: checkpoint-{STEPS - 1} · first bad: checkpoint-{STEPS}\n"
     )
     out = tmp_path / "fixed"
@@ -112,7 +112,7 @@ def test_one_flipped_exponent_bit_is_poisoned_and_repair_restores_the_donors_byt
     assert repaired.exit_code == 0, repaired.output
     proof = json.loads((out / "nandoctor-repair.json").read_text())
     assert [(r["tensor"], r["donor_step"], r["findings"]) for r in proof["restored"]] == [
-        (TARGET, STEPS - 1, ["exploded", "outlier"])]
+        (TARGET, STEPS - 1, ["exploded"])]
     fixed, donor = load_file(str(out / "model.safetensors")), load_file(str(_weights(run, STEPS - 1)))
     bits = torch.int32 if fixed[TARGET].dtype == torch.float32 else torch.int16
     assert torch.equal(fixed[TARGET].view(bits), donor[TARGET].view(bits))  # the donor's bytes, exactly

@@ -44,7 +44,7 @@ def test_a_narrow_width_never_cuts_a_number_and_the_headline_says_the_case(plant
     render(scan(planted), Console(file=buffer, width=60, highlight=False, color_system=None))
     out = buffer.getvalue()
     assert "2.2e+36" in out and "1e+30" in out  # were cut to "2.2e+" and "1e+" at 60 columns
-    assert "FAIL NON-FINITE + EXPLODED + OUTLIERS (POISONED)" in " ".join(out.split())  # as --quiet says it
+    assert "FAIL NON-FINITE + EXPLODED (POISONED)" in " ".join(out.split())  # as --quiet says it
 
 
 def test_markdown_gives_the_exit_code_the_command_returns(planted, tmp_path):
@@ -215,3 +215,28 @@ def test_a_gguf_repair_hint_asks_for_a_gguf_donor(tmp_path):
     assert "--from <a clean GGUF of the same model and tensor types>" in repair_command_for(str(tmp_path / "model.gguf"))
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert "--from <an earlier clean checkpoint or the base model>" in repair_command_for(str(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("width", [120, 80, 60, 40])
+def test_the_progress_bar_stays_on_one_line_with_its_byte_count(monkeypatch, width):
+    """A review: at 80 columns the bar wrapped onto two lines and cut the byte total (`642.6/642…`), at 60 it was
+    `642… 11… 0:0…`. The numbers never wrap; the file name takes what is left."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from nandoctor.cli import progress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=width, color_system=None)
+    monkeypatch.setattr(progress, "stderr_console", lambda: console)
+    monkeypatch.setattr(progress, "_stderr_may_be_terminal", lambda: True)
+    monkeypatch.delenv("NANDOCTOR_NO_PROGRESS", raising=False)
+    with progress.byte_progress(enabled=True, description="scanning") as update:
+        assert update is not None
+        update(642_600, 642_600, "/x/model-00002-of-00002.safetensors")
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buffer.getvalue())
+    lines = [line for line in re.split(r"[\r\n]", shown) if line.strip()]
+    assert lines and all(len(line) <= width and "642.6/642.6 kB" in line for line in lines), lines
+    assert all((re.search(r"-:--:--|\d:\d\d:\d\d", line) is not None) == (width >= 72) for line in lines), lines

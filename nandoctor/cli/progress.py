@@ -43,6 +43,9 @@ def _stderr_may_be_terminal() -> bool:
         return False
 
 
+_FULL_BAR_WIDTH = 72  # columns from which the bar shows its speed and time left
+
+
 @contextmanager
 def byte_progress(*, enabled: bool, description: str) -> Iterator[Callable[[int, int, str], None] | None]:
     """Yield a callback (done, total, file) that drives a bar with bytes, speed and ETA."""
@@ -61,14 +64,23 @@ def byte_progress(*, enabled: bool, description: str) -> Iterator[Callable[[int,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.table import Column
 
+    # One line at any width (a review: at 80 columns the bar wrapped onto two lines and cut the byte total): the
+    # numbers never wrap, a narrow terminal drops the speed and time left, and the file name gets what is left
+    # (cut with an ellipsis; none below a few columns).
+    wide = console.width >= _FULL_BAR_WIDTH
+    numbers = [TransferSpeedColumn(table_column=Column(no_wrap=True)),
+               TimeRemainingColumn(table_column=Column(no_wrap=True))] if wide else []
+    room = console.width - (_FULL_BAR_WIDTH - 5 if wide else 40)
+    name = [TextColumn("{task.fields[file]}", markup=False,
+                       table_column=Column(no_wrap=True, overflow="ellipsis", max_width=room))] if room >= 8 else []
     with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[file]}", markup=False),
+        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=20 if wide else 10),
+        DownloadColumn(table_column=Column(no_wrap=True)),
+        *numbers,
+        *name,
         console=console,
         transient=True,
     ) as bar:
