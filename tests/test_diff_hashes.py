@@ -182,7 +182,7 @@ def test_verified_files_are_counted_on_the_verdict_line_and_a_mismatch_is_called
     assert "### Problems (exit 3)" in markdown.output
     html = tmp_path / "r.html"
     assert runner.invoke(cli, [*base, "--html", str(html), "-q"]).exit_code == 3
-    assert "✗ FAIL: HASH MISMATCH" in html.read_text() and "UNREADABLE" not in html.read_text()
+    assert "✗ FAIL HASH MISMATCH" in html.read_text() and "UNREADABLE" not in html.read_text()
 
 
 def test_verify_hashes_that_verifies_nothing_fails_and_says_how_to_get_hashes(tmp_path: Path) -> None:

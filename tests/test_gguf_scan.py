@@ -156,14 +156,18 @@ def test_iq1m_packed_scale_and_mxfp4_e8m0(tmp_path: Path) -> None:
 
 
 def test_outlier_scale_is_a_health_finding(tmp_path: Path) -> None:
-    """A bit flip that makes one fp16 scale 60000 among scales of ~0.01: finite, but an outlier."""
-    raw = blocks("Q8_0", 4096, bad={(3000, 0): 60000.0})
+    """A bit flip that makes one fp16 scale 100 among scales of ~0.01: finite, but an outlier (a scale of 60000
+    makes weights past the 1e5 ceiling: exploded, and only that)."""
+    huge = blocks("Q8_0", 4096, bad={(3000, 0): 60000.0})
+    path = write(tmp_path / "e.gguf", [("blk.0.ffn_down.weight", huge, "Q8_0")], shapes={"blk.0.ffn_down.weight": (4096, 32)})
+    assert scan(path, device="cpu").tensors[0].findings == ("exploded",)
+    raw = blocks("Q8_0", 4096, bad={(3000, 0): 100.0})
     path = write(tmp_path / "o.gguf", [("blk.0.ffn_down.weight", raw, "Q8_0")], shapes={"blk.0.ffn_down.weight": (4096, 32)})
     report = scan(path, device="cpu")
     (t,) = report.tensors
     assert t.nonfinite == 0 and "outlier" in t.findings and report.exit_code == 1
     assert t.outliers is not None and t.outliers.count == 1 and t.outliers.first == 3000 * 32
-    assert t.outliers.worst == 60000.0
+    assert t.outliers.worst == 100.0 and t.findings == ("outlier",)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,9 +160,11 @@ def test_views_of_one_storage_get_their_own_overflow(tmp_path):
 
 
 def _outlier_that_overflows(tmp_path):
-    """One fp32 weight of 70000 among values of ~0.02: an outlier, and an fp16 overflow."""
+    """Among fp32 weights of ~0.02, one of 500 (an outlier) and one of 70000 (an fp16 overflow: above fp16's ceiling,
+    counted once, as the overflow)."""
     values = np.random.default_rng(5).standard_normal(256).astype(np.float32) * 0.02
     values[17] = 70000.0
+    values[40] = 500.0
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"model.layers.0.mlp.up_proj.weight": RawTensor("F32", (16, 16), values.tobytes())})
     return path

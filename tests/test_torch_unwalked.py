@@ -143,13 +143,24 @@ def test_build_cannot_write_into_nandoctors_own_functions(tmp_path: Path) -> Non
 
 
 def test_an_empty_view_far_past_its_storage_beside_a_nan(tmp_path: Path) -> None:
-    """torch accepts an empty view at any offset; nandoctor once overflowed int64 locating NaN for it."""
+    """torch accepts an empty view at any offset int64 holds; nandoctor once overflowed int64 locating NaN for it.
+    One past int64 torch refuses ("Overflow when unpacking long long"): exit 3 (readers/shapes.py)."""
     storage = p_storage("0", 4)
-    body = p_dict([(p_str("w"), p_tensor(storage, 0, (4,), (1,))), (p_str("e"), p_tensor(storage, 2**63, (0,), (1,)))])
-    path = tmp_path / "e.pt"
-    torch_zip(path, pickle_bytes(body), {"0": RAW})
-    report = scan(path, device="cpu")
-    assert counts(report) == {"w": (1, 1, 0), "e": (0, 0, 0)} and report.exit_code == 1
+    for offset, loads in ((2**63 - 1, True), (2**63, False)):
+        body = p_dict([(p_str("w"), p_tensor(storage, 0, (4,), (1,))), (p_str("e"), p_tensor(storage, offset, (0,), (1,)))])
+        path = tmp_path / f"e{offset}.pt"
+        torch_zip(path, pickle_bytes(body), {"0": RAW})
+        try:
+            torch.load(path, weights_only=True)
+            loaded = True
+        except (ValueError, RuntimeError, TypeError):
+            loaded = False
+        assert loaded is loads  # the oracle
+        report = scan(path, device="cpu")
+        if loads:
+            assert counts(report) == {"w": (1, 1, 0), "e": (0, 0, 0)} and report.exit_code == 1
+        else:
+            assert report.exit_code == 3 and "does not fit int64" in report.errors[0].message
 
 
 def test_a_huge_integer_loss_in_the_trainer_log_is_finite(tmp_path: Path) -> None:
