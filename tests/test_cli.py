@@ -499,3 +499,15 @@ def test_every_option_of_every_command_is_documented():
     assert {"--from", "--out", "--dry-run"} <= shown
     for opt in shown:
         assert opt in options, f"the docs show nandoctor repair {opt}, which repair does not take"
+
+
+@pytest.mark.parametrize("command", ["scan", "repair", "diff", "manifest", "merge"])
+def test_every_help_line_fits_a_terminal(command):
+    """A new-user review: `repair --help` printed examples of 99 and 106 characters (wrapped mid-word by terminals)."""
+    from nandoctor.cli import COMMANDS
+
+    assert command in COMMANDS
+    shown = CliRunner().invoke(cli, [command, "--help"], terminal_width=100)
+    assert shown.exit_code == 0
+    long = [line for line in shown.output.splitlines() if len(line) > 100]
+    assert not long, long

@@ -117,7 +117,8 @@ def merge(parts: tuple[str, ...], as_json: bool, quiet: bool, show_all: bool, fa
 
     \b
     Example (a Slurm job array of 8):
-      nandoctor scan /ckpt/step-1000 --part $SLURM_ARRAY_TASK_ID/8 --json > part-$SLURM_ARRAY_TASK_ID.json
+      nandoctor scan /ckpt/step-1000 --part $SLURM_ARRAY_TASK_ID/8 --json \\
+          > part-$SLURM_ARRAY_TASK_ID.json
       nandoctor merge part-*.json
     """
     from nandoctor import verdict as verdicts

@@ -113,11 +113,13 @@ def repair(
 
     \b
     Examples:
-      nandoctor repair run/checkpoint-300 --from run/checkpoint-200 --out run/checkpoint-300-repaired
+      nandoctor repair run/checkpoint-300 --from run/checkpoint-200 \\
+          --out run/checkpoint-300-repaired
       nandoctor repair ckpt/ --from older/ --from oldest/ --out fixed/ --scope layer
       nandoctor repair run/checkpoint-300 --from auto --out fixed/
       nandoctor repair ckpt/ --from older/ --dry-run
-      nandoctor repair 'ckpts/epoch=0-step=600.ckpt' --from auto --exclude 'optimizer_states.*' --out fixed/
+      nandoctor repair 'ckpts/epoch=0-step=600.ckpt' --from auto \\
+          --exclude 'optimizer_states.*' --out fixed/
     """
     from nandoctor.checkpoint.selection import selection
     from nandoctor.cli.progress import stdout_console
