@@ -71,6 +71,15 @@ class TrainLog:
     loss_jump_confirmed: bool = False  # a later logged loss kept it up (the last log's jump stands unconfirmed)
     first_loss: float | None = None  # the first finite logged loss
     last_loss: float | None = None  # the last finite logged loss
+    finite_again: bool = False  # a later entry logged every watched key finite after the first NaN/Inf one
+
+    @property
+    def skipped_steps(self) -> bool:
+        """Only the gradient norm went NaN/Inf, and later logs are finite again: fp16 loss scaling skipping the
+        steps whose gradients overflowed (Trainer logs their grad_norm as NaN/Inf while the GradScaler calibrates;
+        the weights are untouched), not a run that broke."""
+        return (self.first_nonfinite_step is not None and self.finite_again and bool(self.first_nonfinite_keys)
+                and all("grad" in key.lower() for key in self.first_nonfinite_keys))
 
     @property
     def loss_fell(self) -> bool:
@@ -92,7 +101,10 @@ class TrainLog:
 
     @property
     def suspicious_step(self) -> int | None:
-        steps = [s for s in (self.first_nonfinite_step, self.first_zero_loss_step) if s is not None]
+        """Where the log says the run broke: its first NaN/Inf (unless those were :attr:`skipped_steps`) or its
+        first loss of exactly 0.0; None when it says nothing of the kind."""
+        nonfinite = None if self.skipped_steps else self.first_nonfinite_step
+        steps = [s for s in (nonfinite, self.first_zero_loss_step) if s is not None]
         return min(steps) if steps else None
 
 
@@ -102,6 +114,7 @@ def _where_it_broke(
     """The first entry (in log order) whose ``keys`` hold NaN/Inf, the first loss of exactly 0.0, and the first
     loss that jumped (:attr:`TrainLog.loss_jump_step`)."""
     last = first_bad = first_zero = None
+    finite_again = False
     first_loss: float | None = None  # the first and the last finite logged loss
     last_loss: float | None = None
     bad_keys: tuple[str, ...] = ()
@@ -118,6 +131,9 @@ def _where_it_broke(
         )
         if nonfinite and first_bad is None:
             first_bad, bad_keys = step, nonfinite
+        elif first_bad is not None and not nonfinite and any(
+                isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool) for k in keys):
+            finite_again = True
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
@@ -150,7 +166,7 @@ def _where_it_broke(
     confirmed = jump is not None
     jump = jump or pending  # the last log's jump: nothing yet says it passed
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen),
-                     first_loss=first_loss, last_loss=last_loss)
+                     first_loss=first_loss, last_loss=last_loss, finite_again=finite_again)
     if jump is None:
         return found
     return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3],

@@ -356,7 +356,8 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
         "first_nonfinite": (
             None
             if log.first_nonfinite_step is None
-            else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys)}
+            else {"step": log.first_nonfinite_step, "keys": list(log.first_nonfinite_keys),
+                  "skipped_steps": log.skipped_steps}
         ),
         "first_zero_loss_step": log.first_zero_loss_step,
         "loss_jump": None if log.loss_jump is None else {

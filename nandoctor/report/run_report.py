@@ -186,6 +186,8 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     ]
     if run.log and run.log.suspicious_step is not None:
         tail.append(f"trainer log broke at step {run.log.suspicious_step}")
+    elif run.log and run.log.skipped_steps:
+        tail.append(f"trainer log: {skipped_words(run.log)}")
     elif run.log and run.log.loss_jump is not None and run.log.loss_jump_confirmed and run.broken_weights_from is None:
         tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
@@ -200,6 +202,12 @@ def after_loss_jump(run: RunReport) -> str:
             or last.step is None or last.step < log.broken_weights_from):
         return ""
     return f" (by its weights; saved after the loss jump at step {log.loss_jump_step})"
+
+
+def skipped_words(log: TrainLog) -> str:
+    """A log whose gradient norm alone went NaN/Inf and came back (TrainLog.skipped_steps), in words."""
+    return (f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at step {log.first_nonfinite_step}, finite again after "
+            f"(as fp16 loss scaling logs the steps it skips){'' if log.last_step is None else f'; finite to {log.last_step}'}")
 
 
 def _loss_jump_words(log: TrainLog) -> str:
@@ -446,6 +454,8 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         upto = f" up to step {log.last_step}" if log.last_step is not None else ""  # (an empty log_history: no step)
+        if log.skipped_steps:
+            said, upto = skipped_words(log), ""
         return [*lines, (DIM, f"trainer log ({log.source}): {said}{upto}")]
     facts: list[tuple[int, str]] = []
     if log.first_nonfinite_step is not None:
