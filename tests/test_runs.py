@@ -34,7 +34,7 @@ def test_demo_run_timeline_json_matches_planted_counts():
         assert got["bad_layer_ranges"] == want["bad_layer_ranges"]
         bad = {t["name"]: t for t in got["tensors"] if t["nan"] + t["posinf"] + t["neginf"]}
         assert set(bad) == set(want["bad_tensors"])
-    assert r["train_log"]["first_nonfinite"] == {"step": 260, "keys": ["grad_norm"]}
+    assert r["train_log"]["first_nonfinite"] == {"step": 260, "keys": ["grad_norm"], "skipped_steps": False}
     assert r["train_log"]["first_zero_loss_step"] == 260 and r["train_log"]["last_step"] == 300
     assert r["checkpoints"][1]["train_log"]["first_nonfinite"] is None
     assert data["summary"] == data["summary"] | {"decided_by": "checkpoint-300", "exit_code": 1, "ok": False}
