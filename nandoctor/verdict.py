@@ -1076,8 +1076,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
                       if in_trainer or sentinels or unchecked else f"{plural(tensors, 'tensor')} healthy")
     shard = report.extra.get("shard_of")
     if isinstance(shard, dict):  # (layout.ShardOf: the rest of the checkpoint was not read)
-        pieces.append(f"one of the {shard['shards']} shards {shard['index']} lists ({shard['tensors']:,} tensors in all): "
-                      "scan the folder for the whole checkpoint")
+        listed = (f"shards {shard['index']} lists ({shard['tensors']:,} tensors in all)" if shard.get("index")
+                  else "numbered shards its name counts")
+        pieces.append(f"one of the {shard['shards']} {listed}: scan the folder for the whole checkpoint")
     if unchecked:
         pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
                       f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")

@@ -106,6 +106,13 @@ def test_one_shard_named_alone_says_it_is_not_the_whole_checkpoint(tmp_path, dem
     shutil.copy(first, alone)
     assert "shards" not in run_cli("scan", "--quiet", alone).output
     assert "shard_of" not in json.loads(run_cli("scan", "--json", alone).output)
+    # numbered shards no index lists (a set copied without its index, a GGUF split): the name says how many
+    (tmp_path / "bare").mkdir()
+    bare = tmp_path / "bare" / first.name
+    shutil.copy(first, bare)
+    quiet = run_cli("scan", "--quiet", bare)
+    assert "one of the 2 numbered shards its name counts: scan the folder" in quiet.output, quiet.output
+    assert json.loads(run_cli("scan", "--json", bare).output)["shard_of"] == {"index": None, "shards": 2, "tensors": None}
 
 
 

@@ -76,9 +76,9 @@ class ShardOf:
     and a clean shard says nothing of the others (a trial's scan of model-00001-of-00002 passed, no word of the
     NaN in the other shard)."""
 
-    index: str  # its file name
-    shards: int  # the shard files it lists, this one included
-    tensors: int  # the tensors it maps, in every shard
+    index: str | None  # its file name; None for numbered shards no index lists (the name says how many)
+    shards: int  # the shard files it lists (or the name counts), this one included
+    tensors: int | None  # the tensors it maps, in every shard; None without an index
 
     def to_json(self) -> dict[str, object]:
         return {"index": self.index, "shards": self.shards, "tensors": self.tensors}
@@ -198,6 +198,9 @@ def _shard_of(file: Path) -> ShardOf | None:
         shards = set(index.weight_map.values())
         if file.name in shards and len(shards) > 1:
             return ShardOf(path.name, len(shards), len(index.weight_map))
+    numbered = _NUMBERED_SHARD.match(file.name)  # (model-00001-of-00003.safetensors, a GGUF split: the name says so)
+    if numbered and 1 < int(numbered["n"]) <= _MAX_SHARD_COUNT and int(numbered["k"]) <= int(numbered["n"]):
+        return ShardOf(None, int(numbered["n"]), None)
     return None
 
 
