@@ -104,6 +104,16 @@ def test_every_refusal_prints_one_json_object_and_writes_nothing(tmp_path: Path,
         assert data["errors"][0]["path"] == str(tmp_path / "taken") and data["errors"][0]["message"] == "already exists"
 
 
+def test_a_missing_donor_is_the_path_the_refusal_names(tmp_path: Path) -> None:
+    """The JSON's errors[].path named the target for a --from that does not exist: the donor is what to fix."""
+    _poisoned(tmp_path / "bad.safetensors")
+    done = run_cli("repair", tmp_path / "bad.safetensors", "--from", tmp_path / "nope", "--out", tmp_path / "out",
+                   "--json", "--no-progress")
+    data = _check_refusal(done, "donor checkpoint")
+    assert data["errors"][0]["path"] == str(tmp_path / "nope") and data["errors"][0]["kind"] == "unreadable"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_refusal_without_json_prints_nothing_on_stdout_but_the_error(tmp_path: Path) -> None:
     donor = tmp_path / "donor"
     donor.mkdir()
