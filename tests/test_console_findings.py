@@ -220,3 +220,19 @@ def test_tied_names_with_nan_count_as_tensors_everywhere_and_their_values_once(t
     assert (data["summary"]["bad_tensors"], data["summary"]["nan"]) == (2, 2)
     quiet = run("scan", tmp_path / "pytorch_model.bin", "-q").output
     assert "2 of 3 tensors hold NaN/Inf (2 NaN, 0 +Inf, 0 -Inf; 1 of them a tied copy of another, counted once)" in quiet
+
+
+def test_the_tensor_table_lists_a_listed_tensors_overflow_too(tmp_path):
+    """The console's tensor table left out overflow where Markdown and HTML list it for the same tensor (a tensor
+    that only overflows stays in the overflow table alone)."""
+    values = np.random.default_rng(0).standard_normal(256).astype(np.float32) * 0.02
+    values[3], values[9] = 7e4, np.nan
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"model.layers.0.mlp.up_proj.weight": RawTensor("F32", (16, 16), values.tobytes()),
+                             "model.layers.1.mlp.up_proj.weight": RawTensor("F32", (16, 16), np.full(256, 7e4, np.float32).tobytes())})
+    result = run("scan", path, "--target-dtype", "fp16", "--no-progress")
+    assert _row(result.output, "model.layers.0.mlp.up_proj.weight")[1] == "nonfinite, overflow"
+    table = result.output.split("Tensors with findings")[1].split("Overflow risk")[0]
+    assert "model.layers.1.mlp.up_proj.weight" not in table
+    markdown = run("scan", path, "--target-dtype", "fp16", "--markdown").output
+    assert "| model.layers.0.mlp.up\\_proj.weight | nonfinite, overflow |" in markdown

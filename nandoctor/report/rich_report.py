@@ -168,7 +168,9 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
     show_file = any(len(files_by_name[r.name]) > 1 for r in rows_of)
     rows: list[dict[str, object]] = []
     for r in rows_of:
-        findings = Text(", ").join(_finding_cell(f, reported, width < NARROW) for f in r.findings if f in _TABLE_FINDINGS)
+        # (every finding of a row it lists, overflow too, as Markdown and HTML say them; a tensor that only
+        # overflows is listed in the overflow table alone)
+        findings = Text(", ").join(_finding_cell(f, reported, width < NARROW) for f in r.findings)
         rows.append({
             "tensor": Text(safe(r.name)), "file": Text(safe(os.path.basename(r.file))), "findings": findings,
             "dtype": r.dtype + (" scales" if r.scales else ""),  # block-quantized: counts of its scale fields
