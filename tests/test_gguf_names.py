@@ -22,9 +22,11 @@ VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 3
 
 
 def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-           extra: dict[str, tuple[int, ...]] | None = None) -> Path:
+           extra: dict[str, tuple[int, ...]] | None = None, split_count: int | None = None) -> Path:
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), arch)
+    if split_count is not None:  # (as gguf-split writes it into each of its files)
+        writer.add_uint16("split.count", split_count)
     writer.add_context_length(128)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(BLOCKS)
@@ -102,6 +104,13 @@ def test_a_tensor_the_other_blocks_hold_missing_from_one_is_not_loadable(tmp_pat
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
     assert report.errors[0].message.startswith("1 tensor the other blocks hold is missing: 'blk.1.attn_q.weight';")
+
+
+def test_one_file_of_a_gguf_split_may_cut_a_block(tmp_path):
+    """gguf-split cuts the tensors in order: a block can end in the next file. A split file's blocks are no loss."""
+    path = _write(tmp_path / "model-00001-of-00002.gguf", drop=("blk.1.attn_q.weight",), split_count=2)
+    report = nandoctor.scan(path)
+    assert report.errors == () and report.extra["shard_of"]["shards"] == 2
 
 
 def test_blocks_that_differ_by_design_are_no_loss(tmp_path):

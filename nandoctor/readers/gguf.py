@@ -78,7 +78,7 @@ _STRING, _ARRAY = 8, 9
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
-_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture|type)$|\.(block_count|decoder_block_count|expert_count)$")
+_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture|type)$|^split\.count$|\.(block_count|decoder_block_count|expert_count)$")
 _EXPERTS = re.compile(r"_exps(\.|$)")
 
 
@@ -94,10 +94,12 @@ class GGUFReader:
 
         header = read_header(path)
         arch, kind = header.metadata.get("general.architecture"), header.metadata.get("general.type")
+        splits = _int_value(header.metadata, "split.count")  # (gguf-split: one file holds part of the blocks)
         problems, notes = gguf_names.checked(
             str(path), arch[1] if arch is not None else None,
             _block_counts(header.metadata),
-            (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter")
+            (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter",
+            whole=splits is None or splits <= 1)
         return ReadResult(header.refs, (*header.notes, *notes), tuple(problems))
 
 

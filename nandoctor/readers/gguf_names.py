@@ -58,11 +58,13 @@ def _one_apart(a: str, b: str) -> bool:
 
 
 def checked(path: str, architecture: object, block_counts: dict[str, int | None], names: Iterable[str],
-            adapter: bool = False) -> tuple[list[ScanProblem], list[str]]:
+            adapter: bool = False, whole: bool = True) -> tuple[list[ScanProblem], list[str]]:
     """(problems, notes) of a GGUF file whose ``general.architecture`` is ``architecture`` (None when absent), holding
     tensors ``names``; ``block_counts``: for each block prefix (``""`` for ``blk.N``, ``enc.``, ``dec.``) the count
     its metadata gives (``{arch}.block_count``, a T5 decoder's ``{arch}.decoder_block_count``), None when it gives
-    none. A LoRA adapter (``general.type`` "adapter": ``blk.N.attn_q.weight.lora_a``) has its blocks checked only."""
+    none. A LoRA adapter (``general.type`` "adapter": ``blk.N.attn_q.weight.lora_a``) has its blocks checked only.
+    ``whole``: the file holds the whole model (not one of gguf-split's files, which may cut a block between two):
+    only then is a block missing a tensor the others hold a loss."""
     file = os.path.basename(path)
     version, archs = _tables()
     names = list(names)
@@ -79,7 +81,7 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
                 path, f"holds tensors of {prefix}blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
                 f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
                 "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
-    if not adapter:
+    if whole and not adapter:
         for prefix in block_counts:
             lost = _lost_in_blocks(names, prefix)
             if lost:
