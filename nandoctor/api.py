@@ -377,7 +377,7 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     from nandoctor.hints import use_verified_repair_of
 
     # (a verified repair already written: put it in place, as the scan says, not the same repair again into -2)
-    in_place = [step.strip() for step in use_verified_repair_of(report.target)]
+    in_place = [step.strip() for step in use_verified_repair_of(report.target, report)]
     hint = " ".join(in_place) if in_place else f"restore them from an earlier clean checkpoint: {repair_command(report)}"
     failing = verdicts.judge(report, chosen).failing
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)

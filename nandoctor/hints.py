@@ -110,30 +110,77 @@ def _outside_the_run(target: Path, suffix: str) -> Path:
     return target.with_name(f"{target.name}{suffix}")
 
 
-def verified_repair(folder: Path, target: Path | None = None) -> bool:
-    """True when ``folder`` holds a repair whose proof says its verification scan was clean, and, given the
-    ``target`` it repaired, that the target's files are still those the repair read (a re-saved checkpoint is
-    not the one the repair fixed: putting it in place would lose the new save)."""
+def verified_repair(folder: Path, target: Path | None = None, report: ScanReport | None = None) -> bool:
+    """True when ``folder`` holds a finished repair whose proof says its verification scan was clean and whose
+    files are still those the proof lists (:func:`_as_written`); given the ``target`` it repaired, that the
+    target's files are still those the repair read (a re-saved checkpoint is not the one the repair fixed:
+    putting it in place would lose the new save); given the ``report`` of a scan of the target, that the repair
+    judged its tensors as that scan does (a repair made with ``--exclude`` or another ``--max-abs`` left tensors
+    unjudged, or judged by other limits, that this scan fails on)."""
+    from nandoctor.restore.atomic import is_temp
     from nandoctor.restore.proof import read_proof, source_unchanged
 
+    if is_temp(folder.name):  # (a repair still writing, or killed before its rename: never finished)
+        return False
     try:
         proof = read_proof(folder)
     except (OSError, ValueError):
         return False
     verification = proof.get("verification") if isinstance(proof, dict) else None
-    if not (isinstance(verification, dict) and verification.get("verdict") == "CLEAN"):
+    if not (isinstance(verification, dict) and verification.get("verdict") == "CLEAN") or not _as_written(folder, proof):
+        return False
+    if report is not None and not _judged_alike(proof, report):
         return False
     return target is None or source_unchanged(proof, target if target.is_dir() else target.parent)
 
 
-def use_verified_repair(target: str, name: str, final_model_folder: bool = False) -> list[str]:
+def _as_written(folder: Path, proof: dict) -> bool:
+    """Whether the files the proof lists are there with the sizes it records, and nothing at the folder's top
+    changed after the proof was written (a bad shard copied back into a verified repair is no verified repair)."""
+    from nandoctor.checkpoint.hashes import PROOF_NAME
+
+    try:
+        written = os.stat(folder / PROOF_NAME).st_mtime_ns
+        files = proof.get("files")
+        if not isinstance(files, list):
+            return False
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                return False
+            found = os.stat(folder / entry["path"])
+            if found.st_size != entry.get("bytes") or found.st_mtime_ns > written:
+                return False
+        carried = proof.get("carried")
+        for name in carried if isinstance(carried, list) else ():
+            if isinstance(name, str) and not os.path.lexists(folder / name):
+                return False
+        return all(os.lstat(entry).st_mtime_ns <= written for entry in folder.iterdir())
+    except (OSError, ValueError):
+        return False
+
+
+def _judged_alike(proof: dict, report: ScanReport) -> bool:
+    """Whether the repair's verification judged what ``report`` judges: the same --only/--exclude and limits."""
+    def selection(excluded: object) -> tuple[list, list]:
+        chosen = excluded if isinstance(excluded, dict) else {}
+        return list(chosen.get("only") or []), list(chosen.get("exclude") or [])
+
+    limits = report.extra.get("health_limits")
+    return (selection(proof.get("excluded")) == selection(report.extra.get("excluded"))
+            and (proof.get("health_limits") or None) == (limits or None))
+
+
+def use_verified_repair(target: str, name: str, final_model_folder: bool = False,
+                        report: ScanReport | None = None) -> list[str]:
     """The steps that put an existing verified repair of ``target`` in place, where the suggested repair would
     have written it (:func:`repaired_path`); [] when there is none. The scan of one checkpoint and the run view
     say the same, instead of suggesting the same repair again into a ``-2`` folder. ``final_model_folder``: the
     final model at the top of a run folder, which is never moved: its files are copied over."""
-    repaired = verified_repair_of(Path(target))
+    repaired = verified_repair_of(Path(target), report)
     if repaired is None:
         return []
+    if hubcache.is_snapshot(target):  # (nothing is ever moved into the cache: the repair is used where it is)
+        return [f"{repaired} is a verified repair of {name}; load the model from it (the cache is left as it is)"]
     if final_model_folder:
         return [f"{repaired} is a verified repair of the final model; {_copy_over(target)}"]
     return [f"{repaired} is a verified repair of {name}; to use it, put it in its place:",
@@ -158,12 +205,12 @@ def _copy_over(target: str) -> str:
 _MAX_SIBLINGS = 4096  # entries of a folder looked through for a repair's proof (a run's checkpoints and their repairs)
 
 
-def verified_repair_of(target: Path) -> Path | None:
+def verified_repair_of(target: Path, report: ScanReport | None = None) -> Path | None:
     """A verified repair of ``target`` (:func:`verified_repair`): where a suggested repair writes it
     (:func:`repaired_path`), else a folder beside ``target`` whose proof names ``target`` as its source, whatever the
     ``--out`` was called (``checkpoint-300-fixed``); None when there is none. Spelled as ``target`` was."""
     conventional = repaired_path(target)
-    if verified_repair(conventional, target):
+    if verified_repair(conventional, target, report):
         return conventional
     from nandoctor.checkpoint.hashes import PROOF_NAME
     from nandoctor.restore.proof import read_proof
@@ -177,22 +224,22 @@ def verified_repair_of(target: Path) -> Path | None:
         except (OSError, NandoctorError):
             continue
         for entry in entries[:_MAX_SIBLINGS]:
-            if entry == named or not os.path.isfile(entry / PROOF_NAME):
+            if entry == named or entry.name.startswith(".") or not os.path.isfile(entry / PROOF_NAME):
                 continue
             try:
                 proof = read_proof(entry)
             except (OSError, ValueError):
                 continue
-            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target):
+            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target, report):
                 return access.as_spelled(entry, target)
     return None
 
 
-def use_verified_repair_of(target: str) -> list[str]:
+def use_verified_repair_of(target: str, report: ScanReport | None = None) -> list[str]:
     """:func:`use_verified_repair` for a scanned checkpoint (a run folder scanned is its final model, whose
-    files are copied over, never moved)."""
+    files are copied over, never moved); ``report``: that scan's, which the repair must have judged alike."""
     path = Path(target)
-    return use_verified_repair(target, path.name, path.is_dir() and runs.is_run_folder(path))
+    return use_verified_repair(target, path.name, path.is_dir() and runs.is_run_folder(path), report)
 
 
 def free_repaired_path(target: Path) -> str:

@@ -254,6 +254,46 @@ def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_us
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what both promised
 
 
+def test_only_a_finished_intact_repair_judged_alike_is_offered(run_dir):
+    """An adversarial trial: a killed repair's temporary folder (its proof written, not yet renamed), a verified
+    repair whose shard was later replaced by a bad copy or deleted, and a repair made with --exclude offered to a
+    full scan were each suggested as "a verified repair" with the mv that puts it in place."""
+    import os
+
+    target = run_dir / "checkpoint-300"
+    fixed = run_dir / "checkpoint-300-fixed"
+    assert run("repair", str(target), "--from", "auto", "--out", str(fixed), "--no-progress").exit_code == 0
+
+    def offered() -> bool:
+        return f"{fixed} is a verified repair" in " ".join(run("scan", str(target)).output.split())
+
+    assert offered()
+    temp = run_dir / ".checkpoint-300-fixed.nandoctor-tmp-123-0123abcd"  # (what a killed repair leaves)
+    fixed.rename(temp)
+    assert "is a verified repair" not in run("scan", str(target)).output
+    temp.rename(fixed)
+    shard = fixed / "model-00002-of-00002.safetensors"
+    saved = shard.read_bytes()
+    shutil.copy(target / shard.name, shard)  # the bad shard copied back over the repaired one
+    assert not offered()
+    shard.write_bytes(saved)
+    proof = fixed / "nandoctor-repair.json"
+    os.utime(shard, ns=(proof.stat().st_mtime_ns, proof.stat().st_mtime_ns))
+    assert offered()
+    shard.unlink()
+    assert not offered()
+    shard.write_bytes(saved)
+    os.utime(shard, ns=(proof.stat().st_mtime_ns, proof.stat().st_mtime_ns))
+
+    partial = run_dir / "checkpoint-300-partial"  # repaired with --exclude: the left-out tensors still hold NaN
+    assert run("repair", str(target), "--from", "auto", "--exclude", "transformer.h.23.*", "--out", str(partial),
+               "--no-progress").exit_code == 0
+    shutil.rmtree(fixed)
+    assert "checkpoint-300-partial is a verified repair" not in run("scan", str(target)).output
+    alike = " ".join(run("scan", str(target), "--exclude", "transformer.h.23.*").output.split())
+    assert f"{partial} is a verified repair" in alike  # (judged as this scan judges: offered)
+
+
 def test_repair_of_a_whole_run_folder_names_a_checkpoint_to_repair(run_dir):
     result = run("repair", str(run_dir), "--from", "auto", "--out", str(run_dir.parent / "x"))
     assert result.exit_code == 3

@@ -328,7 +328,7 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     """How to repair ``target`` (or put its verified repair in place); ``also``: another file that decides too."""
     from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, selection_args, use_verified_repair
 
-    in_place = use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir())
+    in_place = use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir(), target.report)
     if in_place:
         return in_place
     judged = target.report.judgement if target.report is not None else None

@@ -204,7 +204,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                 if u.kind == "numpy":
                     steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
                                  "checkpoint); a repair restores tensors only")
-            in_place = use_verified_repair_of(report.target)
+            in_place = use_verified_repair_of(report.target, report)
             broke = verdicts.loss_broke_from(report)
             context = verdicts.run_context(report) or {}
             if broke is not None and report.bad_tensors and not in_place and context.get("run"):  # (run_report.py too)
