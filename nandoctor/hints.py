@@ -14,7 +14,7 @@ from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word, shell_word
 
 AUTO = "auto"
 
@@ -59,12 +59,12 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
         donor = AUTO if in_run else NO_AUTO_DONOR
     if donor == NO_AUTO_DONOR and Path(target).suffix.lower() == ".gguf":  # (a GGUF repairs from a GGUF: docs/gguf.md)
         donor = NO_AUTO_GGUF_DONOR
-    donor_arg = donor if donor == AUTO or donor.startswith("<") else shell_word(donor)  # placeholders unquoted
+    donor_arg = donor if donor == AUTO or donor.startswith("<") else path_word(donor)  # placeholders unquoted
     if hubcache.is_snapshot(target) or Path(target).exists():
-        out = shell_word(free_repaired_path(Path(target)))
+        out = path_word(free_repaired_path(Path(target)))
     else:
         out = "<new folder>"
-    return f"nandoctor repair {shell_word(target)} --from {donor_arg}{selection} --out {out}"
+    return f"nandoctor repair {path_word(target)} --from {donor_arg}{selection} --out {out}"
 
 
 # Loads a torch file as data (no code runs) and saves every tensor cloned: a clone owns a storage of exactly
@@ -88,7 +88,7 @@ def resave_command(file: str) -> str:
         return DCP_RESAVE
     path = Path(file)
     out = _free(path.with_name(f"{path.stem}-resaved{path.suffix}"))
-    return f"python -c {shell_word(_RESAVE)} {shell_word(file)} {shell_word(out)}"
+    return f"python -c {shell_word(_RESAVE)} {path_word(file)} {path_word(out)}"
 
 
 def put_in_place(target: str, repaired: Path) -> str:
@@ -96,8 +96,8 @@ def put_in_place(target: str, repaired: Path) -> str:
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
     source = repaired / Path(target).name if Path(target).is_file() else repaired
     bad = access.as_spelled(_outside_the_run(access.named_path(target), "-bad"), target)
-    return (f"mv {shell_word(target)} {shell_word(str(bad))} && "
-            f"mv {shell_word(str(source))} {shell_word(target)}")
+    return (f"mv {path_word(target)} {path_word(bad)} && "
+            f"mv {path_word(source)} {path_word(target)}")
 
 
 def _outside_the_run(target: Path, suffix: str) -> Path:

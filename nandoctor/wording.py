@@ -42,9 +42,17 @@ def surrogate_shown(ch: str) -> str | None:
     return f"\\u{code:04x}" if 0xD800 <= code <= 0xDFFF else None
 
 
+def path_word(path: str | os.PathLike[str]) -> str:
+    """A path as one shell word (:func:`shell_word`) that no command reads as an option: a relative one starting
+    with ``-`` gets ``./`` in front (a trial's folder ``-tmp``: ``nandoctor repair -tmp/…`` was "No such option",
+    ``mv -tmp/…`` a usage error)."""
+    text = os.fspath(path)
+    return shell_word(f"./{text}" if text.startswith("-") else text)
+
+
 def scan_command(path: str | os.PathLike[str]) -> str:
-    """``nandoctor scan PATH``, the path one shell word (:func:`shell_word`)."""
-    return f"nandoctor scan {shell_word(os.fspath(path))}"
+    """``nandoctor scan PATH``, the path one shell word (:func:`path_word`)."""
+    return f"nandoctor scan {path_word(path)}"
 
 
-__all__ = ["first_few", "scan_command", "shell_word", "surrogate_shown"]
+__all__ = ["first_few", "path_word", "scan_command", "shell_word", "surrogate_shown"]

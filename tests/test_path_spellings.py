@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,23 @@ def test_a_suggested_command_pasted_into_bash_names_the_very_folder(tmp_path, de
     assert "$'" in line, line
     listed = subprocess.run(["bash", "-c", "ls -d " + line.split()[2]], capture_output=True)
     assert listed.returncode == 0 and listed.stdout.strip() == odd, (line, listed)
+
+
+def test_a_relative_path_starting_with_a_dash_is_no_option_in_a_suggested_command(tmp_path, demo_run, monkeypatch):
+    """An adversarial trial: for a folder named `-tmp`, the suggested `nandoctor repair -tmp/checkpoint-300 …` was
+    "No such option: -t" and the `mv -tmp/…` line a usage error. Such a path is written `./-tmp/…`; pasted, the
+    suggested repair and then the suggested mv work, and the checkpoint passes."""
+    import subprocess
+
+    shutil.copytree(demo_run, tmp_path / "-tmp")
+    monkeypatch.chdir(tmp_path)
+    line = next(line.strip() for line in run_cli("scan", "--", "-tmp/checkpoint-300").output.splitlines()
+                if line.strip().startswith("nandoctor repair"))
+    assert line.startswith("nandoctor repair ./-tmp/checkpoint-300 --from auto --out ./-tmp/checkpoint-300-repaired")
+    done = subprocess.run(["bash", "-c", line.replace("nandoctor ", f"{sys.executable} -m nandoctor ", 1)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    move = next(line.strip() for line in done.stdout.splitlines() if line.strip().startswith("mv "))
+    assert move.startswith("mv ./-tmp/checkpoint-300 ./-tmp/checkpoint-300-bad && ")
+    assert subprocess.run(["bash", "-c", move], cwd=tmp_path).returncode == 0
+    assert run_cli("scan", "-q", "./-tmp/checkpoint-300").exit_code == 0

@@ -35,7 +35,7 @@ from nandoctor.errors import (
 from nandoctor.layers import natural_key
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
-from nandoctor.wording import first_few, shell_word
+from nandoctor.wording import first_few, path_word
 
 # Preferred first: when a folder holds both, safetensors is what loaders pick too.
 INDEX_NAMES = (
@@ -174,7 +174,7 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
             what = "the index of a sharded checkpoint" if loaders.is_index_name(root.name) else "a JSON file"
             raise UnsupportedFormatError(
                 f"{root}: {what}, not weights",
-                f"scan the checkpoint folder it belongs to: nandoctor scan {shell_word(str(root.parent))}",
+                f"scan the checkpoint folder it belongs to: nandoctor scan {path_word(root.parent)}",
             )
         return CheckpointFiles(root, [root], shard_of=_shard_of(root))
     result = _discover_folder(root, both_formats=both_formats, manifests=True)
@@ -216,19 +216,19 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
         beside = f"; {first_few([f'{sub.name}/' for sub in holding], 5)} beside it hold weights too" if holding else ""
         return UnsupportedFormatError(
             f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
-            f"run of checkpoints{beside}", f"scan the run: nandoctor scan {shell_word(str(runs[0]))}")
+            f"run of checkpoints{beside}", f"scan the run: nandoctor scan {path_word(runs[0])}")
     if not holding:
         deeper = _deeper_weights(root)
         if deeper:  # (Lightning's default: lightning_logs/version_N/checkpoints/, two folders down)
             shown = first_few([str(p.relative_to(root)) + "/" for p in deeper], 3)
             return UnsupportedFormatError(
                 f"{root}: no checkpoint files at its top; deeper, {shown} hold some",
-                f"scan one of them, e.g. the last: nandoctor scan {shell_word(str(deeper[-1]))}")
+                f"scan one of them, e.g. the last: nandoctor scan {path_word(deeper[-1])}")
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = first_few([f"{sub.name}/" for sub in holding], 5)
     return UnsupportedFormatError(
         f"{root}: no checkpoint files at its top, but {len(holding)} subfolder(s) hold weights: {shown}",
-        f"scan one of them, e.g. nandoctor scan {shell_word(str(holding[0]))}",
+        f"scan one of them, e.g. nandoctor scan {path_word(holding[0])}",
     )
 
 
@@ -299,7 +299,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
         else:
             result.notes.append(f"{entry.name}: a numbered shard of another count than the set the index lists (a "
                                 f"leftover of an earlier save): loaders read only the shards the index names; not "
-                                f"scanned (nandoctor scan {shell_word(str(entry))} checks it alone)")
+                                f"scanned (nandoctor scan {path_word(entry)} checks it alone)")
     for entry in weight_files:
         if entry in indexed or entry in refused:
             continue
@@ -587,7 +587,7 @@ def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -
         else:
             result.notes.append(
                 f"{sub.name}/ holds {len(inside)} weight file(s) that were not scanned; to check them: "
-                f"nandoctor scan {shell_word(str(sub))}"
+                f"nandoctor scan {path_word(sub)}"
             )
 
 

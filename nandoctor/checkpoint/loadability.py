@@ -40,7 +40,7 @@ from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
 from nandoctor.verdict import UNLOADABLE_KIND, family_of
-from nandoctor.wording import first_few, shell_word
+from nandoctor.wording import first_few, path_word, shell_word
 
 GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
 # Weights transformers' from_pretrained reads at a folder's top (one file, numbered shards, their index), and
@@ -509,12 +509,12 @@ def _partitions_only(
 
 def _consolidate_command(root: Path, fsdp: list[str], out: str) -> str:
     """The command that writes the model held as partitions in ``root`` as model.safetensors into ``out``."""
-    target = out if out == "OUT_FOLDER" else shell_word(out)
+    target = out if out == "OUT_FOLDER" else path_word(out)
     if fsdp:
-        return f"accelerate merge-weights {shell_word(str(root / fsdp[0]))} {target}"
+        return f"accelerate merge-weights {path_word(root / fsdp[0])} {target}"
     script = root / "zero_to_fp32.py"  # (DeepSpeed saves its consolidation script beside the partitions)
-    program = shell_word(str(script)) if access.is_file(script, refused=True) else "-m deepspeed.utils.zero_to_fp32"
-    return f"python {program} {shell_word(str(root))} {target} --safe_serialization"
+    program = path_word(script) if access.is_file(script, refused=True) else "-m deepspeed.utils.zero_to_fp32"
+    return f"python {program} {path_word(root)} {target} --safe_serialization"
 
 
 def _runs_inside(root: Path) -> bool:

@@ -43,7 +43,7 @@ from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError, UnsupportedFormatError
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
-from nandoctor.wording import first_few, shell_word
+from nandoctor.wording import first_few, path_word
 
 # The verdict words of a run that is itself ambiguous (RunReport.problems: two folders of one step), whatever its rows
 AMBIGUOUS_WORDS = "AMBIGUOUS RUN"
@@ -467,7 +467,7 @@ def run_folder_error(folder: Path, hint: Callable[[str], str], what: str = ", no
     newest = newest_checkpoint(folder)
     return UnsupportedFormatError(
         f"{folder}: a training run folder (checkpoint-N folders or Lightning step files inside){what}",
-        hint(shell_word(str(newest)) if newest is not None else "CHECKPOINT"),
+        hint(path_word(newest) if newest is not None else "CHECKPOINT"),
     )
 
 

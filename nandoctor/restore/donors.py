@@ -37,7 +37,7 @@ from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
 from nandoctor.restore.plan import checkpoint_root, file_key, names_in_several_files
 from nandoctor.verdict import CONFIG_KIND
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word
 
 AUTO = "auto"
 
@@ -377,10 +377,10 @@ def _refuse_run_folder(donor: str | os.PathLike[str], path: Path, target: Path, 
     steps = RunPlace(path, 0, lightning_folder(path) is not None).siblings()  # (checkpoint-N folders or step files)
     found = [p for step, p in steps if (before is None or step < before) and not _same_place(p, target)]
     auto = "; --from auto takes the healthy ones before the target, newest first" if auto_available else ""
-    scan = f"`nandoctor scan {shell_word(str(donor))}` shows which are healthy"
+    scan = f"`nandoctor scan {path_word(donor)}` shows which are healthy"
     if found:
         which = "its newest before the target" if before is not None else "its newest"
-        hint = f"name one of its healthy checkpoints (--from {shell_word(str(found[-1]))} is {which}; {scan}){auto}"
+        hint = f"name one of its healthy checkpoints (--from {path_word(found[-1])} is {which}; {scan}){auto}"
     else:
         hint = (f"it holds no checkpoint before the target: name an earlier clean checkpoint or the base model "
                 f"({scan})" if before is not None else f"name one of its healthy checkpoints ({scan})")
