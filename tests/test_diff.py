@@ -390,3 +390,24 @@ def test_gguf_positions_are_in_ne_order_as_scan_gives_them(tmp_path: Path, shape
     assert t.max_abs is not None and t.max_abs.coords == far_at[::-1] and t.max_abs.a == 1000.0
     out = CliRunner().invoke(cli, ["diff", str(tmp_path / "bad.gguf"), str(tmp_path / "good.gguf")]).output
     assert f"first at [{nan_at[1]}, {nan_at[0]}]" in out and f"at [{far_at[1]}, {far_at[0]}] (A: 1000" in out
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    (np.array([2**53 + 1, 3], np.int64), np.array([2.0**53, 3.0], np.float64)),
+    (np.array([2**63 + 1], np.uint64), np.array([2.0**63], np.float64)),
+    (np.array([-(2**63) + 1], np.int64), np.array([-(2.0**63)], np.float64)),
+    (np.array([2**53 + 1], np.int64), np.array([2**53], np.uint64)),
+])
+def test_64_bit_integers_compare_exactly_across_a_dtype_change(tmp_path: Path, a, b) -> None:
+    """An adversarial trial: numpy compares an int64 (or uint64) with a float64 as float64, so 2**53 + 1 and 2**53
+    were "the same values in another dtype", exit 0. Python's own integers are the oracle."""
+    from safetensors.numpy import save_file as save_numpy
+
+    assert [int(x) for x in a] != [int(y) for y in b]  # the oracle: other values
+    save_numpy({"w": a}, str(tmp_path / "a.safetensors"))
+    save_numpy({"w": b}, str(tmp_path / "b.safetensors"))
+    report = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.exit_code == 1 and report.tensors[0].status in ("cast", "changed"), report.tensors[0]
+    save_numpy({"w": b.astype(a.dtype) if b.dtype.kind == "f" else a}, str(tmp_path / "c.safetensors"))
+    same = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+    assert same.tensors[0].status in ("identical", "changed")  # (the same dtype: bytes decide)

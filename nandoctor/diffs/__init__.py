@@ -206,7 +206,7 @@ def _tensor_diff(pair: Pair, outcome: Outcome | None) -> TensorDiff:
     if outcome.changed == 0 and not outcome.a_only and not outcome.b_only:
         # (another dtype holding exactly the same values, a lossless widening such as bf16 → fp32, is no cast: no
         # value was rounded, and a diff of a conversion that lost nothing exits 0)
-        status = r.EQUAL if a.dtype == b.dtype or not outcome.rounding else r.CAST
+        status = r.EQUAL if a.dtype == b.dtype or not outcome.values_differ else r.CAST
         rounding = (outcome.rounding or 0.0) if status == r.CAST else None
         return TensorDiff(status=status, rounding=rounding, max_abs_all=outcome.max_abs_all, nonfinite_a_only=0,
                           nonfinite_b_only=0, **counted, **common)  # type: ignore[arg-type]

@@ -82,11 +82,33 @@ def _half_ulp(values: np.ndarray, mantissa: int, emin: int) -> np.ndarray:
 
 
 def differing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Which lanes of ``x`` and ``y`` hold other values: NaN equals NaN (whatever its payload), -0 equals +0."""
+    """Which lanes of ``x`` and ``y`` hold other values: NaN equals NaN (whatever its payload), -0 equals +0.
+    Integers compare exactly, against floats and against each other: numpy compares an int64 or uint64 with a
+    float (or an int64 with a uint64) as float64, where 2**53 + 1 equals 2**53 (an adversarial trial: a diff
+    called int64 [2**53 + 1] and float64 [2**53] the same values)."""
+    if x.dtype.kind in "iu" and y.dtype.kind in "iu" and {x.dtype.kind, y.dtype.kind} == {"i", "u"} \
+            and max(x.dtype.itemsize, y.dtype.itemsize) == 8:
+        signed, unsigned = (x, y) if x.dtype.kind == "i" else (y, x)
+        return (signed < 0) | (signed.astype(np.uint64) != unsigned.astype(np.uint64))
+    if x.dtype.kind in "iu" and y.dtype.kind == "f" and x.dtype.itemsize == 8:
+        return _integer_differs(x, y)
+    if y.dtype.kind in "iu" and x.dtype.kind == "f" and y.dtype.itemsize == 8:
+        return _integer_differs(y, x)
     differ = x != y
     if x.dtype.kind in "fc" and y.dtype.kind in "fc":
         differ &= ~(np.isnan(x) & np.isnan(y))
     return differ
+
+
+def _integer_differs(integers: np.ndarray, floats: np.ndarray) -> np.ndarray:
+    """Which 64-bit integers the floats beside them do not hold exactly (a float holds an integer when it is
+    integral, within the integer dtype's range, and converts to it)."""
+    wide = floats.astype(np.float64)
+    info = np.iinfo(integers.dtype)
+    held = np.isfinite(wide) & (np.floor(wide) == wide) & (wide >= float(info.min)) & (wide < 2.0 ** (info.bits - (info.min < 0)))
+    as_integers = np.zeros(integers.shape, dtype=integers.dtype)
+    as_integers[held] = wide[held].astype(integers.dtype)
+    return ~held | (as_integers != integers)
 
 
 def compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int, int] | None) -> ChunkStats:
