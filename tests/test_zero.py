@@ -245,3 +245,26 @@ def test_master_weights_are_judged_as_weights_and_second_moments_never_negative(
     assert by_name["fp32.model.layers.2.mlp.weight"].outliers.count == 1
     assert by_name["exp_avg.model.layers.1.mlp.weight"].findings == ()  # (moments are never judged by magnitude)
     assert report.exit_code == 1
+
+
+@pytest.mark.parametrize(("stage", "world"), [(2, 2), (3, 2)])
+def test_large_values_cut_between_ranks_are_judged_as_the_whole_parameter_is(tmp_path: Path, stage, world,
+                                                                              monkeypatch) -> None:
+    """A trial on real ZeRO runs: 16 legitimately large values of one parameter (a position-embedding row), cut 8
+    and 8 between two ranks, were 16 outliers (each rank's piece measured against its own bulk, where 8 are too few
+    to be it), while the same tensor saved whole, and zero_to_fp32's, were CLEAN. As many as the whole tensor's
+    bulk count (k = 9 here) are its bulk."""
+    from collections import OrderedDict
+
+    from tests import zero_writer
+    from tests.zero_writer import write
+
+    monkeypatch.setattr(zero_writer, "GROUPS", [OrderedDict([("model.pos", (4096,))]), GROUPS[1]])
+    planted = {"model.pos": [((i,), 1e4) for i in range(2040, 2056)]}  # (the partitions meet at 2048)
+    step = write(tmp_path, stage, world, planted=planted, planted_state={})
+    report = nandoctor.scan(step, device="cpu")
+    assert [t.ref.name for t in report.tensors if t.findings] == [] and report.exit_code == 0
+    lone = {"model.pos": [((100,), 1e4)]}  # one such value is an outlier, wherever it lies
+    step = write(tmp_path / "lone", stage, world, planted=lone, planted_state={})
+    found = {t.ref.name: t.findings for t in nandoctor.scan(step, device="cpu").tensors if t.findings}
+    assert found.get("fp32.model.pos") == ("outlier",)
