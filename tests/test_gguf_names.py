@@ -18,7 +18,7 @@ gguf = pytest.importorskip("gguf")
 import nandoctor  # noqa: E402
 from nandoctor.readers import gguf_names  # noqa: E402
 
-VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 3
+VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 5
 
 
 def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None, drop: tuple[str, ...] = (),
@@ -90,10 +90,10 @@ def test_a_name_one_flipped_bit_from_a_lost_tensor_is_a_names_problem(tmp_path, 
 
 def test_a_block_number_past_the_block_count_is_not_loadable(tmp_path):
     """blk.1.ffn_down stored as blk.3 (1 ^ 2) in a three-block model: a note before, exit 0."""
-    path = _write(tmp_path / "model.gguf", rename={"blk.1.ffn_down.weight": "blk.3.ffn_down.weight"})
+    path = _write(tmp_path / "model.gguf", rename={"blk.1.ffn_down.weight": "blk.5.ffn_down.weight"})
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable", "unloadable"]
-    assert "holds tensors of blk.3, but its llama.block_count is 3" in report.errors[0].message
+    assert "holds tensors of blk.5, but its llama.block_count is 5" in report.errors[0].message
     assert "missing: 'blk.1.ffn_down.weight'" in report.errors[1].message  # (where it was)
 
 
@@ -104,6 +104,27 @@ def test_a_tensor_the_other_blocks_hold_missing_from_one_is_not_loadable(tmp_pat
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
     assert report.errors[0].message.startswith("1 tensor the other blocks hold is missing: 'blk.1.attn_q.weight';")
+
+
+def test_a_block_holding_no_tensor_is_not_loadable(tmp_path):
+    """An adversarial trial: block_count 4 with blk.3 absent was CLEAN, while transformers initialised every tensor
+    of that layer at random."""
+    layer = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+    path = _write(tmp_path / "model.gguf", drop=tuple(f"blk.4.{t}.weight" for t in layer))
+    assert {k for k in _transformers_loads(path)["missing_keys"] if k.startswith("model.layers.4.")}  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"]
+    assert report.errors[0].message.startswith("blk.4 holds no tensor, but its llama.block_count is 5")
+
+
+def test_blocks_that_lack_a_tensor_by_design_are_no_loss(tmp_path):
+    """False-alarm trials: ModernBERT's block 0 has no attention norm (transformers: nn.Identity); Gemma 4's
+    full-attention layers have no attn_v with attention_k_eq_v, MiMo-V2's no attention sinks (every sixth layer:
+    several blocks alike); llama.cpp loads each."""
+    first = _write(tmp_path / "first.gguf", drop=("blk.0.attn_norm.weight",))
+    assert nandoctor.scan(first).errors == ()
+    pattern = _write(tmp_path / "pattern.gguf", drop=("blk.1.attn_v.weight", "blk.3.attn_v.weight"))
+    assert nandoctor.scan(pattern).errors == ()
 
 
 def test_one_file_of_a_gguf_split_may_cut_a_block(tmp_path):
@@ -122,8 +143,9 @@ def test_blocks_that_differ_by_design_are_no_loss(tmp_path):
     moe = {f"blk.0.{n}": (4, HIDDEN) for n in ("ffn_gate_inp.weight", "ffn_gate_shexp.weight")}
     path = _write(tmp_path / "mixed.gguf", drop=dense_first, extra=moe)
     assert nandoctor.scan(path).errors == ()
-    lost = gguf_names._lost_in_blocks(["blk.0.a", "blk.0.b", "blk.1.a", "blk.1.b", "blk.2.a"], "")
-    assert lost == ["blk.2.b"]
+    full = [f"blk.{n}.{t}" for n in range(5) for t in "ab"]
+    assert gguf_names._lost_in_blocks([n for n in full if n != "blk.2.b"], "") == ["blk.2.b"]
+    assert gguf_names._lost_in_blocks([n for n in full if n != "blk.4.b"], "") == []  # (the last block: by design?)
     assert gguf_names._lost_in_blocks(["blk.0.a", "blk.0.b", "blk.1.a"], "") == []  # one against one: no majority
 
 
@@ -161,12 +183,13 @@ def test_a_newer_architecture_a_digit_away_is_a_note_and_decoder_blocks_have_the
     """A review: a newer llama.cpp's architecture one digit from a known one (deepseek4, qwen4) must not be NOT
     LOADABLE; a T5's decoder deeper than its encoder is counted by decoder_block_count; a LoRA adapter's names
     (`blk.0.attn_q.weight.lora_a`) are llama.cpp's own."""
-    problems, notes = gguf_names.checked("m.gguf", "llama9", {"": 2}, ["blk.0.attn_q.weight"])
+    problems, notes = gguf_names.checked("m.gguf", "llama9", {"": 2}, ["blk.0.attn_q.weight"], whole=False)
     assert problems == [] and any("'llama9' is not in gguf" in n for n in notes)
     problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3},
-                                     ["enc.blk.1.attn_q.weight", "dec.blk.2.attn_q.weight"])
+                                     ["enc.blk.1.attn_q.weight", "dec.blk.2.attn_q.weight"], whole=False)
     assert problems == []
-    problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3}, ["dec.blk.3.attn_q.weight"])
+    problems, _ = gguf_names.checked("m.gguf", "t5", {"": 2, "enc.": 2, "dec.": 3}, ["dec.blk.3.attn_q.weight"],
+                                     whole=False)
     assert [p.kind for p in problems] == ["unloadable"] and "dec.blk.3, but its t5.decoder_block_count (or block_count) is 3" in \
         problems[0].message
     problems, notes = gguf_names.checked("lora.gguf", "llama", {"": 2}, ["blk.0.attn_q.weight.lora_a"], adapter=True)
@@ -180,5 +203,5 @@ def test_a_decoder_without_its_own_count_is_counted_by_block_count():
 
     counts = _block_counts({"general.architecture": (8, "t5"), "t5.block_count": (4, 2)})
     assert counts == {"": 2, "enc.": 2, "dec.": 2}
-    problems, _ = gguf_names.checked("m.gguf", "t5", counts, ["dec.blk.2.attn_q.weight"])
+    problems, _ = gguf_names.checked("m.gguf", "t5", counts, ["dec.blk.2.attn_q.weight"], whole=False)
     assert [p.kind for p in problems] == ["unloadable"]

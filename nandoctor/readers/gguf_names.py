@@ -82,7 +82,16 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
                 f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
                 "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
     if whole and not adapter:
-        for prefix in block_counts:
+        for prefix, count in block_counts.items():
+            empty = _empty_blocks(names, prefix, count)
+            if empty:
+                key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
+                problems.append(ScanProblem(
+                    path, f"{first_few(empty, 3)} {'holds' if len(empty) == 1 else 'hold'} no tensor, but its "
+                    f"{architecture}.{key} is {count}: llama.cpp refuses the file ('missing tensor') and transformers' "
+                    "GGUF loader initialises those layers at random",
+                    "the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from "
+                    "its source model, or download it again", kind=UNLOADABLE_KIND))
             lost = _lost_in_blocks(names, prefix)
             if lost:
                 problems.append(ScanProblem(
@@ -134,26 +143,44 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
     return problems, notes
 
 
-def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
-    """The tensors of ``{prefix}blk.N`` blocks that their kind of block holds elsewhere: a block holding all but one
-    of what more of the other blocks hold (``blk.1`` without the ``attn_q.weight`` of every other block). Blocks
-    that differ by design differ by more than one tensor (DeepSeek's dense and MoE layers, Jamba's Mamba and
-    attention layers, Deci's layers without attention) or hold one *more* than most (T5's first block, the relative
-    attention bias; a multi-token-prediction layer): neither is a loss."""
+def _blocks(names: list[str], prefix: str) -> dict[int, set[str]]:
+    """What each ``{prefix}blk.N`` block holds: its number → the rest of its tensors' names."""
     block = re.compile(rf"^{re.escape(prefix)}blk\.(\d+)\.(.+)$")
     held: dict[int, set[str]] = {}
     for name in names:
         if (m := block.match(name)) is not None:
             held.setdefault(int(m.group(1)), set()).add(m.group(2))
+    return held
+
+
+def _empty_blocks(names: list[str], prefix: str, count: int | None) -> list[str]:
+    """The ``{prefix}blk.N`` blocks below the count the metadata gives that hold no tensor, where other blocks of
+    that prefix do (a T5's ``enc.``/``dec.`` blocks and a decoder's plain ones are each their own prefix)."""
+    held = _blocks(names, prefix)
+    return [f"{prefix}blk.{n}" for n in range(count or 0) if n not in held] if held else []
+
+
+def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
+    """The tensor one block lacks that its kind of block holds elsewhere: a block between the first and the last
+    holding all but one of what three or more of the other blocks hold (``blk.7`` without the ``attn_q.weight`` of
+    every other block). Blocks differ by design in ways this leaves alone: by more than one tensor (DeepSeek's
+    dense and MoE layers, Jamba's Mamba and attention layers, Deci's layers without attention), by one *more*
+    tensor (T5's first block, the relative attention bias; a multi-token-prediction layer), at the first or last
+    block (ModernBERT's block 0 has no attention norm), or in a pattern over several blocks (Gemma 4's full-attention
+    layers without attn_v, MiMo-V2's without attention sinks: trials, all loadable)."""
+    held = _blocks(names, prefix)
     kinds: dict[frozenset[str], list[int]] = {}
     for number, held_there in held.items():
         kinds.setdefault(frozenset(held_there), []).append(number)
     lost = []
+    ends = (min(held), max(held)) if held else ()
     for kind, numbers in kinds.items():
+        if len(numbers) != 1 or numbers[0] in ends:
+            continue
         for fuller, others in kinds.items():
             extra = fuller - kind
-            if len(extra) == 1 and kind < fuller and len(numbers) < len(others):
-                lost += [f"{prefix}blk.{number}.{next(iter(extra))}" for number in numbers]
+            if len(extra) == 1 and kind < fuller and len(others) >= 3:
+                lost.append(f"{prefix}blk.{numbers[0]}.{next(iter(extra))}")
     return sorted(lost, key=natural_key)
 
 
