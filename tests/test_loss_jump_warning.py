@@ -66,3 +66,20 @@ def test_last_healthy_after_the_jump_says_it_is_so_by_its_weights(tmp_path: Path
     assert after_loss_jump(risen) == " (by its weights; saved after the loss jump at step 5)"
     steady = nandoctor.scan_run(str(_run(tmp_path / "steady", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 6.6])))
     assert after_loss_jump(steady) == ""
+
+
+def test_a_batch_of_one_log_of_easy_and_rare_examples_is_no_sustained_jump(tmp_path: Path) -> None:
+    """A false-alarm trial: a healthy classifier trained with batch size 1 (12% rare class) logged 0.68 early, then
+    easy and rare examples in turn (0.05, 3.06, 0.05, 2.98, 3.05 …); two rare ones in a row confirmed a "jump", and
+    its CLEAN checkpoint got the caution while its data loss had fallen from 0.69 to 0.44. The median from the jump
+    on is what says the loss stayed up."""
+    import itertools
+
+    early = [0.7, 0.68, 0.69, 0.66, 0.68]
+    later = list(itertools.islice(itertools.cycle([0.05, 0.06, 3.06, 0.04, 2.98, 3.05, 0.05, 0.07, 0.05]), 27))
+    run = _run(tmp_path / "noisy", early + later)
+    report = nandoctor.scan(run / "checkpoint-32", device="cpu")
+    log = nandoctor.scan_run(str(run)).log
+    assert log is not None and log.loss_jump_confirmed and not log.loss_jump_sustained  # (the jump rule fired)
+    assert report.exit_code == 0 and "trainer log" not in nandoctor.verdict.one_line(report)
+    assert "trainer log: loss" not in one_line(nandoctor.scan_run(str(run)))

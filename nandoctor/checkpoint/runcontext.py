@@ -95,10 +95,10 @@ def _with_loss_jump(report: ScanReport, target: Path) -> ScanReport:
 
 def _loss_jump(log: Any, step: int) -> dict[str, Any] | None:
     """``{"loss_jump": {step, loss, early}}`` where the trainer log's loss jumped and stayed up (TrainLog.
-    loss_jump_confirmed) before the save at ``step``; None otherwise."""
+    loss_jump_sustained) before the save at ``step``; None otherwise."""
     from nandoctor.checkpoint.runs import loss_broke_before
 
-    if loss_broke_before(log, step) is None or not log.loss_jump_confirmed or log.loss_jump is None:
+    if loss_broke_before(log, step) is None or not log.loss_jump_sustained or log.loss_jump is None:
         return None
     loss, early = log.loss_jump
     return {"loss_jump": {"step": log.loss_jump_step, "loss": loss, "early": early}}

@@ -72,6 +72,17 @@ class TrainLog:
     first_loss: float | None = None  # the first finite logged loss
     last_loss: float | None = None  # the last finite logged loss
     finite_again: bool = False  # a later entry logged every watched key finite after the first NaN/Inf one
+    after_jump: float | None = None  # the median of the losses logged from the jump on (NaN where one was NaN/Inf)
+
+    @property
+    def loss_jump_sustained(self) -> bool:
+        """A confirmed jump after which the loss stayed up: the median of the losses logged from it on is still
+        LOSS_JUMP times the early loss (or a loss went NaN/Inf). What the warnings of a run whose checkpoints all
+        pass need: a batch-size-1 log alternates easy and rare examples (0.05, 3.06, 0.05, 2.98, 3.05 …), which
+        confirms a jump at the next log while the run is healthy (a trial: its data loss fell from 0.69 to 0.44)."""
+        if not self.loss_jump_confirmed or self.loss_jump is None or self.after_jump is None:
+            return False
+        return not math.isfinite(self.after_jump) or self.after_jump >= LOSS_JUMP * self.loss_jump[1]
 
     @property
     def skipped_steps(self) -> bool:
@@ -123,6 +134,7 @@ def _where_it_broke(
     jump: tuple[int, float, float, int] | None = None  # (step, loss, early loss, interval)
     pending: tuple[int, float, float, int] | None = None  # a jump the next logged loss confirms or clears
     previous_loss_step: int | None = None
+    losses: list[tuple[int, float]] = []  # (step, loss) of every logged loss, NaN/Inf included
     for step, entry in entries:
         last = step if last is None else max(last, step)
         seen.update(k for k in keys if isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool))
@@ -138,6 +150,8 @@ def _where_it_broke(
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
         value = _number(loss) if isinstance(loss, (int, float)) else None  # (a 400-digit int: inf, not an error)
+        if value is not None:
+            losses.append((step, value))
         if value is not None and math.isfinite(value):
             first_loss = value if first_loss is None else first_loss
             last_loss = value
@@ -169,8 +183,10 @@ def _where_it_broke(
                      first_loss=first_loss, last_loss=last_loss, finite_again=finite_again)
     if jump is None:
         return found
+    after = [v for s, v in losses if s >= jump[0]]
+    after_median = math.nan if any(not math.isfinite(v) for v in after) else _median(after) if after else None
     return dataclasses.replace(found, loss_jump_step=jump[0], loss_jump=(jump[1], jump[2]), loss_interval=jump[3],
-                               loss_jump_confirmed=confirmed)
+                               loss_jump_confirmed=confirmed, after_jump=after_median)
 
 
 def _median(values: list[float]) -> float:

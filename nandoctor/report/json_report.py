@@ -363,6 +363,7 @@ def log_to_json(log: TrainLog | None) -> dict[str, Any] | None:
         "loss_jump": None if log.loss_jump is None else {
             "step": log.loss_jump_step, "loss": log.loss_jump[0], "early_loss": log.loss_jump[1],
             "weights_from": log.broken_weights_from, "confirmed": log.loss_jump_confirmed,
+            "sustained": log.loss_jump_sustained,
         },
         "error": log.error,
     }
