@@ -116,3 +116,17 @@ def test_the_objective_column(tmp_path, columns, objective) -> None:
     (tmp_path / "metrics.csv").write_text("step," + ",".join(columns) + "\n1," + ",".join("1.0" for _ in columns) + "\n")
     table = read_metrics_csv(tmp_path / "metrics.csv")
     assert table is not None and table.loss_key == objective and set(table.watched) == set(columns)
+
+
+def test_a_metrics_csv_read_in_part_is_not_judged(tmp_path) -> None:
+    """An adversarial trial: a quote that never closes made every later row one field, and the log read as finite
+    to step 499 where rows 500-599 held NaN. A log that cannot be read whole is not judged (its error says why); a
+    byte-order mark an editor added is read through."""
+    ok = "".join(f"{s},{2.0 - s / 1000:.4f}\n" for s in range(500))
+    bad = "".join(f"{s},nan\n" for s in range(500, 600))
+    (tmp_path / "metrics.csv").write_text("step,train_loss\n" + ok + '499,"1.5\n' + bad)
+    log = read_metrics_csv(tmp_path / "metrics.csv").train_log()
+    assert log is not None and log.error is not None and "never closes" in log.error and log.first_nonfinite_step is None
+    (tmp_path / "metrics.csv").write_text("\ufeffstep,train_loss\n" + ok + bad)
+    log = read_metrics_csv(tmp_path / "metrics.csv").train_log()
+    assert log is not None and log.error is None and log.first_nonfinite_step == 500

@@ -338,13 +338,16 @@ class MetricsTable:
     loss_key: str | None  # the training objective's column (_objective): judged for jumps, drawn in the charts
     grad_key: str | None
     watched: tuple[str, ...] = ()  # every training loss column besides: NaN/Inf in any is where the log broke
+    error: str | None = None  # why the file could not be read whole: then it is not judged
 
     def series(self) -> LogSeries | None:
-        return _series(self.source, self.rows, self.loss_key, self.grad_key)
+        return None if self.error else _series(self.source, self.rows, self.loss_key, self.grad_key)
 
     def train_log(self, before_step: int | None = None) -> TrainLog | None:
         """Where the log broke, over every row or over the rows logged before step ``before_step``
         (a checkpoint's save); None when there are none."""
+        if self.error:
+            return TrainLog(self.source, error=self.error)
         entries = [(s, row) for s, row in sorted(self.rows.items()) if before_step is None or s < before_step]
         if not entries:
             return None
@@ -366,7 +369,7 @@ def read_metrics_csv(path: Path) -> MetricsTable | None:
     try:
         if path.stat().st_size > MAX_CSV_BYTES:
             return None
-        handle = path.open(newline="", encoding="utf-8", errors="replace")
+        handle = path.open(newline="", encoding="utf-8-sig", errors="replace")  # (-sig: a BOM an editor put there)
     except OSError:
         return None
     rows: dict[int, dict[str, float]] = {}
@@ -377,8 +380,15 @@ def read_metrics_csv(path: Path) -> MetricsTable | None:
         read = [k for k in (*losses, grad_key) if k]
         if "step" not in keys or not read:
             return None
+        error = None
         try:
             for row in reader:
+                if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                    # (a quote that never closes: every line after it is one field, its rows never read; a log
+                    # read in part would say the run was finite where its rows after may hold NaN)
+                    error = (f"a quoted field never closes (it runs to line {reader.line_num}): the rows after its "
+                             "quote cannot be read")
+                    break
                 step = _number(row.get("step"))
                 if step is None or not math.isfinite(step):
                     continue
@@ -388,7 +398,7 @@ def read_metrics_csv(path: Path) -> MetricsTable | None:
                         rows.setdefault(int(step), {})[key] = value
         except csv.Error:
             pass  # a torn last line (the run is still writing): keep what was read
-    return MetricsTable(str(path), rows, loss_key, grad_key, losses)
+    return MetricsTable(str(path), rows, loss_key, grad_key, losses, error)
 
 
 def metrics_csv_near(folder: Path) -> Path | None:
