@@ -205,3 +205,16 @@ def test_a_decoder_without_its_own_count_is_counted_by_block_count():
     assert counts == {"": 2, "enc.": 2, "dec.": 2}
     problems, _ = gguf_names.checked("m.gguf", "t5", counts, ["dec.blk.2.attn_q.weight"], whole=False)
     assert [p.kind for p in problems] == ["unloadable"]
+
+
+def test_a_crafted_block_count_or_block_layout_costs_no_walk():
+    """A review: a block_count of 2**40 beside one tensor was walked name by name (10**12 strings); a million blocks
+    of distinct kinds compared pairwise. Both are counted now."""
+    import time
+
+    started = time.perf_counter()
+    problems, _ = gguf_names.checked("m.gguf", "llama", {"": 2**40}, ["blk.0.attn_q.weight"])
+    assert any(p.message.startswith("blk.1, blk.2, blk.3 and 1,099,511,627,772 more hold no tensor")
+               for p in problems), [p.message for p in problems]
+    assert gguf_names._lost_in_blocks([f"blk.{n}.t{n}" for n in range(200_000)], "") == []
+    assert time.perf_counter() - started < 10  # (generous: quadratic was hours)

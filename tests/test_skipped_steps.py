@@ -68,3 +68,18 @@ def test_skipped_steps_are_said_as_such_and_a_real_break_still_is_one(run: Path,
         broken = nandoctor.scan_run(str(_rewrite(run, tmp_path / name, change)), device="cpu")
         assert broken.log is not None and not broken.log.skipped_steps and broken.log.suspicious_step == step
         assert f"trainer log broke at step {step}" in one_line(broken)
+
+
+def test_a_break_after_skipped_steps_is_still_a_break(run: Path, tmp_path: Path) -> None:
+    """A review: once an early grad_norm NaN came back finite, a later NaN loss went unsaid (fp16 runs nearly always
+    skip early steps). Skipped steps first, then a NaN loss: the log broke there."""
+    def both(entry):
+        if entry.get("step") == 1 and "grad_norm" in entry:
+            entry["grad_norm"] = float("inf")
+        if entry.get("step") == 4 and "loss" in entry:
+            entry["loss"] = float("nan")
+
+    scanned = nandoctor.scan_run(str(_rewrite(run, tmp_path / "both", both)), device="cpu")
+    log = scanned.log
+    assert log is not None and not log.skipped_steps and log.first_nonfinite_step == 1 and log.suspicious_step == 4
+    assert "trainer log broke at step 4" in one_line(scanned)

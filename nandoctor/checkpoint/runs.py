@@ -667,7 +667,7 @@ def loss_broke_before(log: TrainLog | None, step: int) -> int | None:
 
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
-    first = None if log is None or log.error or log.skipped_steps else log.first_nonfinite_step
+    first = None if log is None or log.error else log.nonfinite_from
     return first if first is not None and first <= step else None
 
 

@@ -72,6 +72,9 @@ class TrainLog:
     first_loss: float | None = None  # the first finite logged loss
     last_loss: float | None = None  # the last finite logged loss
     finite_again: bool = False  # a later entry logged every watched key finite after the first NaN/Inf one
+    # where the log broke for good, past steps fp16 loss scaling skipped: the first NaN/Inf of a key that is no
+    # gradient norm (a loss), or the start of a NaN/Inf stretch the log ends in; None when neither
+    broke_after_skips: int | None = None
     after_jump: float | None = None  # the median of the losses logged from the jump on (NaN where one was NaN/Inf)
 
     @property
@@ -90,7 +93,7 @@ class TrainLog:
         steps whose gradients overflowed (Trainer logs their grad_norm as NaN/Inf while the GradScaler calibrates;
         the weights are untouched), not a run that broke."""
         return (self.first_nonfinite_step is not None and self.finite_again and bool(self.first_nonfinite_keys)
-                and all("grad" in key.lower() for key in self.first_nonfinite_keys))
+                and all("grad" in key.lower() for key in self.first_nonfinite_keys) and self.broke_after_skips is None)
 
     @property
     def loss_fell(self) -> bool:
@@ -111,11 +114,18 @@ class TrainLog:
         return self.loss_jump_step - self.loss_interval + (1 if self.logged_after_save else 0)
 
     @property
+    def nonfinite_from(self) -> int | None:
+        """The step from which the log's NaN/Inf say the run broke: its first NaN/Inf, or, past gradient norms that
+        went NaN/Inf and came back (steps fp16 loss scaling skipped), where it broke after them; None when never."""
+        skips = (self.first_nonfinite_step is not None and self.finite_again
+                 and all("grad" in key.lower() for key in self.first_nonfinite_keys))
+        return self.broke_after_skips if skips else self.first_nonfinite_step
+
+    @property
     def suspicious_step(self) -> int | None:
         """Where the log says the run broke: its first NaN/Inf (unless those were :attr:`skipped_steps`) or its
         first loss of exactly 0.0; None when it says nothing of the kind."""
-        nonfinite = None if self.skipped_steps else self.first_nonfinite_step
-        steps = [s for s in (nonfinite, self.first_zero_loss_step) if s is not None]
+        steps = [s for s in (self.nonfinite_from, self.first_zero_loss_step) if s is not None]
         return min(steps) if steps else None
 
 
@@ -126,6 +136,8 @@ def _where_it_broke(
     loss that jumped (:attr:`TrainLog.loss_jump_step`)."""
     last = first_bad = first_zero = None
     finite_again = False
+    first_loss_bad: int | None = None  # the first NaN/Inf of a key that is no gradient norm
+    bad_since: int | None = None  # the first NaN/Inf entry since the last all-finite one
     first_loss: float | None = None  # the first and the last finite logged loss
     last_loss: float | None = None
     bad_keys: tuple[str, ...] = ()
@@ -146,6 +158,12 @@ def _where_it_broke(
         elif first_bad is not None and not nonfinite and any(
                 isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool) for k in keys):
             finite_again = True
+        if nonfinite:
+            bad_since = step if bad_since is None else bad_since
+            if first_loss_bad is None and any("grad" not in k.lower() for k in nonfinite):
+                first_loss_bad = step
+        elif any(isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool) for k in keys):
+            bad_since = None
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
             first_zero = step
@@ -179,8 +197,10 @@ def _where_it_broke(
             previous_loss_step = step
     confirmed = jump is not None
     jump = jump or pending  # the last log's jump: nothing yet says it passed
+    broke = [s for s in (first_loss_bad, bad_since) if s is not None]
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen),
-                     first_loss=first_loss, last_loss=last_loss, finite_again=finite_again)
+                     first_loss=first_loss, last_loss=last_loss, finite_again=finite_again,
+                     broke_after_skips=min(broke) if broke else None)
     if jump is None:
         return found
     after = [v for s, v in losses if s >= jump[0]]

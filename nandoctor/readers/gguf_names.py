@@ -83,11 +83,12 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
                 "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
     if whole and not adapter:
         for prefix, count in block_counts.items():
-            empty = _empty_blocks(names, prefix, count)
-            if empty:
+            empty, missing = _empty_blocks(names, prefix, count)
+            if missing:
                 key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
+                said = ", ".join(empty) + (f" and {missing - len(empty):,} more" if missing > len(empty) else "")
                 problems.append(ScanProblem(
-                    path, f"{first_few(empty, 3)} {'holds' if len(empty) == 1 else 'hold'} no tensor, but its "
+                    path, f"{said} {'holds' if missing == 1 else 'hold'} no tensor, but its "
                     f"{architecture}.{key} is {count}: llama.cpp refuses the file ('missing tensor') and transformers' "
                     "GGUF loader initialises those layers at random",
                     "the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from "
@@ -153,11 +154,16 @@ def _blocks(names: list[str], prefix: str) -> dict[int, set[str]]:
     return held
 
 
-def _empty_blocks(names: list[str], prefix: str, count: int | None) -> list[str]:
-    """The ``{prefix}blk.N`` blocks below the count the metadata gives that hold no tensor, where other blocks of
-    that prefix do (a T5's ``enc.``/``dec.`` blocks and a decoder's plain ones are each their own prefix)."""
+def _empty_blocks(names: list[str], prefix: str, count: int | None) -> tuple[list[str], int]:
+    """(the first three, how many) of the ``{prefix}blk.N`` blocks below the count the metadata gives that hold no
+    tensor, where other blocks of that prefix do (a T5's ``enc.``/``dec.`` blocks and a decoder's plain ones are each
+    their own prefix). The count is the file's: counted, never walked (2**40 would be 10**12 names)."""
     held = _blocks(names, prefix)
-    return [f"{prefix}blk.{n}" for n in range(count or 0) if n not in held] if held else []
+    if not held or not count:
+        return [], 0
+    missing = count - len([n for n in held if n < count])
+    first = [f"{prefix}blk.{n}" for n in range(min(count, len(held) + 3)) if n not in held][:3]
+    return first, missing
 
 
 def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
@@ -172,15 +178,16 @@ def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
     kinds: dict[frozenset[str], list[int]] = {}
     for number, held_there in held.items():
         kinds.setdefault(frozenset(held_there), []).append(number)
-    lost = []
-    ends = (min(held), max(held)) if held else ()
+    # each common kind less one of its tensors → that tensor (linear in the tensors: a crafted file of a million
+    # blocks of distinct kinds is no quadratic walk)
+    less_one: dict[frozenset[str], str] = {}
     for kind, numbers in kinds.items():
-        if len(numbers) != 1 or numbers[0] in ends:
-            continue
-        for fuller, others in kinds.items():
-            extra = fuller - kind
-            if len(extra) == 1 and kind < fuller and len(others) >= 3:
-                lost.append(f"{prefix}blk.{numbers[0]}.{next(iter(extra))}")
+        if len(numbers) >= 3:
+            for tensor in kind:
+                less_one.setdefault(kind - {tensor}, tensor)
+    ends = (min(held), max(held)) if held else ()
+    lost = [f"{prefix}blk.{numbers[0]}.{less_one[kind]}" for kind, numbers in kinds.items()
+            if len(numbers) == 1 and numbers[0] not in ends and kind in less_one]
     return sorted(lost, key=natural_key)
 
 

@@ -186,10 +186,11 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     ]
     if run.log and run.log.suspicious_step is not None:
         tail.append(f"trainer log broke at step {run.log.suspicious_step}")
-    elif run.log and run.log.skipped_steps:
-        tail.append(f"trainer log: {skipped_words(run.log)}")
-    elif run.log and run.log.loss_jump is not None and run.log.loss_jump_sustained and run.broken_weights_from is None:
-        tail.append(_loss_jump_words(run.log))
+    else:
+        if run.log and run.log.skipped_steps:
+            tail.append(f"trainer log: {skipped_words(run.log)}")
+        if run.log and run.log.loss_jump is not None and run.log.loss_jump_sustained and run.broken_weights_from is None:
+            tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
 
 
@@ -204,10 +205,12 @@ def after_loss_jump(run: RunReport) -> str:
     return f" (by its weights; saved after the loss jump at step {log.loss_jump_step})"
 
 
-def skipped_words(log: TrainLog) -> str:
-    """A log whose gradient norm alone went NaN/Inf and came back (TrainLog.skipped_steps), in words."""
+def skipped_words(log: TrainLog, upto: bool = True) -> str:
+    """A log whose gradient norm alone went NaN/Inf and came back (TrainLog.skipped_steps), in words; ``upto``: and
+    how far it is finite (not where it broke later)."""
+    tail = f"; finite to {log.last_step}" if upto and log.last_step is not None else ""
     return (f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at step {log.first_nonfinite_step}, finite again after "
-            f"(as fp16 loss scaling logs the steps it skips){'' if log.last_step is None else f'; finite to {log.last_step}'}")
+            f"(as fp16 loss scaling logs the steps it skips){tail}")
 
 
 def _loss_jump_words(log: TrainLog) -> str:
@@ -257,7 +260,8 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     console.print()
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
-    console.print(Text.assemble(("✓ PASS " if code == 0 else "✗ FAIL ", style),
+    mark = ("⚠ PASS " if run.reported_only(fail_on) else "✓ PASS ") if code == 0 else "✗ FAIL "
+    console.print(Text.assemble((mark, style),
                                 ("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
                                 ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
     for fact in verdicts.held_facts(decider.report) if decider.report is not None else ():  # (as --quiet says it)
@@ -458,7 +462,9 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
             said, upto = skipped_words(log), ""
         return [*lines, (DIM, f"trainer log ({log.source}): {said}{upto}")]
     facts: list[tuple[int, str]] = []
-    if log.first_nonfinite_step is not None:
+    if log.nonfinite_from is not None and log.nonfinite_from != log.first_nonfinite_step:  # (past skipped steps)
+        facts.append((log.nonfinite_from, f"NaN/Inf from step {log.nonfinite_from}, after {skipped_words(log, False)}"))
+    elif log.first_nonfinite_step is not None:
         facts.append((log.first_nonfinite_step,
                       f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf first at step {log.first_nonfinite_step}"))
     if log.first_zero_loss_step is not None:
