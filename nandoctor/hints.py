@@ -140,7 +140,9 @@ def _as_written(folder: Path, proof: dict) -> bool:
     from nandoctor.checkpoint.hashes import PROOF_NAME
 
     try:
-        written = os.stat(folder / PROOF_NAME).st_mtime_ns
+        # (the inode change time too: `cp -p` keeps an old mtime on a file copied back, no program sets a ctime)
+        proof_stat = os.stat(folder / PROOF_NAME)
+        written = max(proof_stat.st_mtime_ns, proof_stat.st_ctime_ns)
         files = proof.get("files")
         if not isinstance(files, list):
             return False
@@ -148,25 +150,30 @@ def _as_written(folder: Path, proof: dict) -> bool:
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
                 return False
             found = os.stat(folder / entry["path"])
-            if found.st_size != entry.get("bytes") or found.st_mtime_ns > written:
+            if found.st_size != entry.get("bytes") or max(found.st_mtime_ns, found.st_ctime_ns) > written:
                 return False
         carried = proof.get("carried")
         for name in carried if isinstance(carried, list) else ():
             if isinstance(name, str) and not os.path.lexists(folder / name):
                 return False
-        return all(os.lstat(entry).st_mtime_ns <= written for entry in folder.iterdir())
+        return all(max(os.lstat(entry).st_mtime_ns, os.lstat(entry).st_ctime_ns) <= written
+                   for entry in folder.iterdir())
     except (OSError, ValueError):
         return False
 
 
 def _judged_alike(proof: dict, report: ScanReport) -> bool:
     """Whether the repair's verification judged what ``report`` judges: the same --only/--exclude and limits."""
-    def selection(excluded: object) -> tuple[list, list]:
+    def selection(excluded: object) -> tuple[list, list] | None:
         chosen = excluded if isinstance(excluded, dict) else {}
-        return list(chosen.get("only") or []), list(chosen.get("exclude") or [])
+        globs = [chosen.get("only") or [], chosen.get("exclude") or []]
+        if not all(isinstance(g, list) and all(isinstance(p, str) for p in g) for g in globs):
+            return None  # (a proof not as a repair writes it: judged alike with nothing)
+        return globs[0], globs[1]
 
     limits = report.extra.get("health_limits")
-    return (selection(proof.get("excluded")) == selection(report.extra.get("excluded"))
+    ours = selection(proof.get("excluded"))
+    return (ours is not None and ours == selection(report.extra.get("excluded"))
             and (proof.get("health_limits") or None) == (limits or None))
 
 
@@ -202,7 +209,7 @@ def _copy_over(target: str) -> str:
     return f"copy its files over those at the top of {target}"
 
 
-_MAX_SIBLINGS = 4096  # entries of a folder looked through for a repair's proof (a run's checkpoints and their repairs)
+_MAX_PROOFS = 256  # repairs' proofs read beside a checkpoint, looking for its own (every entry is looked at)
 
 
 def verified_repair_of(target: Path, report: ScanReport | None = None) -> Path | None:
@@ -223,9 +230,13 @@ def verified_repair_of(target: Path, report: ScanReport | None = None) -> Path |
             entries = access.listing(folder)
         except (OSError, NandoctorError):
             continue
-        for entry in entries[:_MAX_SIBLINGS]:
+        read = 0
+        for entry in entries:
             if entry == named or entry.name.startswith(".") or not os.path.isfile(entry / PROOF_NAME):
                 continue
+            read += 1
+            if read > _MAX_PROOFS:
+                break
             try:
                 proof = read_proof(entry)
             except (OSError, ValueError):

@@ -32,7 +32,7 @@ NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outli
 FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
 DEFAULT_FAIL_ON: frozenset[str] = frozenset({NONFINITE, EXPLODED, OUTLIER, OVERFLOW})
 FAILING_BY_DEFAULT = (NONFINITE, EXPLODED, OUTLIER)  # what makes a tensor "unhealthy"
-_CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
+CAST_ROLES = ("weight", "buffer")  # what a cast to the serving dtype touches
 FINDING_WORDS = {
     NONFINITE: "NON-FINITE",
     EXPLODED: "EXPLODED",
@@ -153,7 +153,7 @@ def _findings(role: str, name: str, nonfinite: int, overflow: int, exploded: int
             found.append(EXPLODED)
         if outliers is not None and outliers.count:
             found.append(OUTLIER)
-    if overflow and role in _CAST_ROLES:
+    if overflow and role in CAST_ROLES:
         found.append(OVERFLOW)
     return tuple(found)
 
@@ -225,7 +225,7 @@ def loss_jump_caution(report: ScanReport) -> str | None:
     jump, broke = context.get("loss_jump"), context.get(LOSS_BROKE_FROM)
     if not isinstance(jump, dict) or not isinstance(broke, int):
         return None
-    loss, early = jump.get("loss"), jump.get("early")
+    loss, early = jump.get("loss"), jump.get("early_loss")
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return None
     return (f"but the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its "
@@ -839,9 +839,9 @@ def max_abs(report: ScanReport, role: str | None = None) -> float | None:
 
 
 def _cast_max(report: ScanReport) -> float | None:
-    """The largest magnitude a cast to the serving dtype reaches (_CAST_ROLES: not optimizer moments or step counts)."""
-    tops = [max_abs(report, role) for role in _CAST_ROLES if role != "buffer"]
-    if "buffer" in _CAST_ROLES and "buffer" in report.tensors.refs.roles:  # a mask's -1e9 is meant as -Inf
+    """The largest magnitude a cast to the serving dtype reaches (CAST_ROLES: not optimizer moments or step counts)."""
+    tops = [max_abs(report, role) for role in CAST_ROLES if role != "buffer"]
+    if "buffer" in CAST_ROLES and "buffer" in report.tensors.refs.roles:  # a mask's -1e9 is meant as -Inf
         roles, names = report.tensors.refs.roles, report.tensors.refs.names
         tops += [report.tensors[i].max_abs for i, role in enumerate(roles) if role == "buffer" and not holds_sentinels(names[i])]
     return max((top for top in tops if top is not None), default=None)

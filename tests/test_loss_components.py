@@ -111,6 +111,7 @@ def test_a_nan_in_any_component_is_where_the_log_broke(tmp_path) -> None:
     (["d_loss", "g_loss"], None),  # a GAN's two players: neither is the objective
     (["my_loss"], "my_loss"),  # the one loss column
     (["aux_loss", "loss"], "loss"),  # a known key wins
+    (["train/loss_step", "train/loss_epoch"], "train/loss_step"),  # on_step + on_epoch: one objective, twice
 ])
 def test_the_objective_column(tmp_path, columns, objective) -> None:
     (tmp_path / "metrics.csv").write_text("step," + ",".join(columns) + "\n1," + ",".join("1.0" for _ in columns) + "\n")

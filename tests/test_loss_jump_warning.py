@@ -53,7 +53,7 @@ def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: 
         assert report.exit_code == 0 and line.startswith("PASS CLEAN")
         assert line.endswith(caution) == said, line
     assert nandoctor.to_json(nandoctor.scan(run / "checkpoint-8"))["run"]["loss_jump"] == {
-        "step": 5, "loss": 40.0, "early": 7.05}
+        "step": 5, "loss": 40.0, "early_loss": 7.05}
     spike = _run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 40.0])
     assert "trainer log" not in nandoctor.verdict.one_line(nandoctor.scan(spike / "checkpoint-8"))
 

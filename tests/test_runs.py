@@ -273,17 +273,14 @@ def test_only_a_finished_intact_repair_judged_alike_is_offered(run_dir):
     assert "is a verified repair" not in run("scan", str(target)).output
     temp.rename(fixed)
     shard = fixed / "model-00002-of-00002.safetensors"
-    saved = shard.read_bytes()
-    shutil.copy(target / shard.name, shard)  # the bad shard copied back over the repaired one
+    saved = shutil.copy2(shard, run_dir / "saved.safetensors")
+    shutil.copy2(target / shard.name, shard)  # the bad shard copied back over the repaired one, its mtime kept
+    assert os.stat(shard).st_mtime_ns <= (fixed / "nandoctor-repair.json").stat().st_mtime_ns  # (cp -p's way)
     assert not offered()
-    shard.write_bytes(saved)
-    proof = fixed / "nandoctor-repair.json"
-    os.utime(shard, ns=(proof.stat().st_mtime_ns, proof.stat().st_mtime_ns))
-    assert offered()
+    shutil.copy2(saved, shard)  # its own bytes again: but a file rewritten since the proof is no verified one
+    assert not offered()
     shard.unlink()
     assert not offered()
-    shard.write_bytes(saved)
-    os.utime(shard, ns=(proof.stat().st_mtime_ns, proof.stat().st_mtime_ns))
 
     partial = run_dir / "checkpoint-300-partial"  # repaired with --exclude: the left-out tensors still hold NaN
     assert run("repair", str(target), "--from", "auto", "--exclude", "transformer.h.23.*", "--out", str(partial),

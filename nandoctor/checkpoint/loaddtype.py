@@ -208,7 +208,7 @@ def _scanned_overflowable(report: ScanReport, target_dtype: str) -> bool:
     from nandoctor.kernels.targets import target
 
     refs = report.tensors.refs
-    stored = {dtype for dtype, role in zip(refs.dtypes, refs.roles) if role in ("weight", "buffer")}
+    stored = {dtype for dtype, role in zip(refs.dtypes, refs.roles) if role in verdicts.CAST_ROLES}
     return _overflowable(stored, target(target_dtype))
 
 

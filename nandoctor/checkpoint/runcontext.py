@@ -101,7 +101,7 @@ def _loss_jump(log: Any, step: int) -> dict[str, Any] | None:
     if loss_broke_before(log, step) is None or not log.loss_jump_sustained or log.loss_jump is None:
         return None
     loss, early = log.loss_jump
-    return {"loss_jump": {"step": log.loss_jump_step, "loss": loss, "early": early}}
+    return {"loss_jump": {"step": log.loss_jump_step, "loss": loss, "early_loss": early}}
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with

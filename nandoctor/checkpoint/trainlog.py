@@ -13,6 +13,7 @@ million-step run still gives a small report.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -320,7 +321,12 @@ def _objective(keys: set[str]) -> tuple[str | None, tuple[str, ...]]:
     if len(losses) == 1:
         return losses[0], losses
     totals = [k for k in losses if _TOTAL.match(k.lower())]
-    return (totals[0] if len(totals) == 1 else None), losses
+    # (Lightning's on_step + on_epoch logging writes one loss twice, `train/loss_step` and `train/loss_epoch`: one
+    # objective, the per-step column its finest record)
+    bases = {re.sub(r"[_/.]?(step|epoch)$", "", k.lower()) for k in totals}
+    if len(bases) == 1 and totals:
+        return min(totals, key=lambda k: (not k.lower().endswith("step"), k.lower().endswith("epoch"))), losses
+    return None, losses
 
 
 def from_trainer_state(path: Path) -> LogSeries | None:
@@ -383,11 +389,22 @@ def from_metrics_csv(path: Path) -> LogSeries | None:
 
 def read_metrics_csv(path: Path) -> MetricsTable | None:
     """A Lightning ``CSVLogger`` file: one row per log call, empty cells for keys not logged then; None when
-    it cannot be read or logs neither a loss nor a grad norm by step."""
+    it cannot be read or logs neither a loss nor a grad norm by step. Read once per process while the file stays
+    as it was (a scan of one step file, its repair's donors and a callback's checks each ask for it)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return _read_metrics_csv(str(path), found.st_size, found.st_mtime_ns, found.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_metrics_csv(name: str, size: int, mtime_ns: int, inode: int) -> MetricsTable | None:
     import csv  # here: only a Lightning run has a metrics.csv, and every scan of a checkpoint imports this module
 
+    path = Path(name)
     try:
-        if path.stat().st_size > MAX_CSV_BYTES:
+        if size > MAX_CSV_BYTES:
             return None
         handle = path.open(newline="", encoding="utf-8-sig", errors="replace")  # (-sig: a BOM an editor put there)
     except OSError:
@@ -403,11 +420,14 @@ def read_metrics_csv(path: Path) -> MetricsTable | None:
         error = None
         try:
             for row in reader:
-                if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                ends = sum(v.count("\n") + v.count("\r") for v in row.values() if isinstance(v, str))
+                if ends:
                     # (a quote that never closes: every line after it is one field, its rows never read; a log
-                    # read in part would say the run was finite where its rows after may hold NaN)
-                    error = (f"a quoted field never closes (it runs to line {reader.line_num}): the rows after its "
-                             "quote cannot be read")
+                    # read in part would say the run was finite where its rows after may hold NaN. A last line
+                    # torn while the run writes it holds one line end at most: what was read is kept)
+                    if ends > 1:
+                        error = (f"a quoted field never closes (it runs to line {reader.line_num}): the rows after "
+                                 "its quote cannot be read")
                     break
                 step = _number(row.get("step"))
                 if step is None or not math.isfinite(step):

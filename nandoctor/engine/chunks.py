@@ -11,9 +11,9 @@ problem of its own (exit 3).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 
+from nandoctor.kernels.census import bulk_rank
 from nandoctor.model import Outliers, TensorRef, TensorResult, coords_of
 
 
@@ -110,7 +110,7 @@ def _outliers(chunks: list[TensorResult], numel: int) -> Outliers | None:
     its bulk instead, no outliers (a trial: 16 values of 50 among N(0, 0.01) in one ZeRO parameter, cut 8 and 8
     between two ranks, were 16 outliers, while the same tensor in one file and zero_to_fp32's were CLEAN)."""
     found = [(r.outliers, r) for r in chunks if r.outliers is not None and r.outliers.count]
-    if not found or sum(o.count for o, _ in found) >= max(9, math.ceil(numel / 1000)):
+    if not found or sum(o.count for o, _ in found) >= bulk_rank(numel):
         return None
     worst = max((o.worst for o, _ in found), key=abs)
     first = _min([global_index(o.first, r) for o, r in found])

@@ -185,7 +185,7 @@ class Census:
             return None
         counts = self.histogram
         # (at least 2 lanes: one flipped scale alone is never its tensor's bulk, however small the tensor)
-        k = max(2, math.ceil(max(9, math.ceil(int(counts.sum()) * per_lane / 1000)) / per_lane))
+        k = max(2, math.ceil(bulk_rank(int(counts.sum()) * per_lane) / per_lane))
         reached = np.flatnonzero(np.cumsum(counts[::-1]) >= k)
         return None if reached.size == 0 else counts.size - 1 - int(reached[0])
 
@@ -485,6 +485,12 @@ def decode_magnitudes(spec: DTypeSpec, bits: np.ndarray) -> np.ndarray:
 @functools.cache
 def _code_values(spec: DTypeSpec) -> np.ndarray:
     return np.array([decode_magnitude(spec, code) for code in range(256)], dtype=np.float64)
+
+
+def bulk_rank(elements: int) -> int:
+    """Which largest magnitude of ``elements`` values is their bulk: the k-th, k = max(9, n/1000) (no 8 spikes can
+    move it): the one rule of the file census, the live one, and chunks merged into their tensor."""
+    return max(9, math.ceil(elements / 1000))
 
 
 def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ import torch
 
 from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
 from nandoctor.kernels import CLEAN, ChunkCounts, OverflowCounts
+from nandoctor.kernels.census import bulk_rank
 from nandoctor.kernels.cpu import CpuKernel
 from nandoctor.kernels.targets import decode_magnitude, target, threshold_bits
 from nandoctor.kernels.torch_kernel import LANE_DTYPES, lane_counts, lane_overflow
@@ -211,7 +212,7 @@ def _bulk_exponent(t: torch.Tensor, nonzero: int) -> int | None:
     lanes = t.detach().reshape(-1).view(LANE_DTYPES[spec.lane_bits])
     exponents = torch.bitwise_and(torch.bitwise_right_shift(lanes, exp_shift), exp_max)
     histogram = torch.bincount(exponents.to(torch.int32), minlength=exp_max + 1).tolist()
-    k = max(9, math.ceil(nonzero / 1000))
+    k = bulk_rank(nonzero)
     seen = 0
     for biased in range(exp_max, 0, -1):
         seen += histogram[biased]
@@ -248,7 +249,7 @@ def _exact_census(t: torch.Tensor, max_abs: float, outlier_factor: float) -> dic
     }
     nonzero = a[a > 0]
     if nonzero.numel() >= 16 and top >= 2.0:
-        k = max(9, math.ceil(nonzero.numel() / 1000))
+        k = bulk_rank(nonzero.numel())
         bulk = float(torch.topk(nonzero, min(k, nonzero.numel())).values[-1])
         exponent = math.floor(math.log2(bulk))
         out["bulk_scale"] = 2.0**exponent

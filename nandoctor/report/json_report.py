@@ -12,7 +12,7 @@ from json.encoder import encode_basestring_ascii  # (C)
 from typing import Any, cast
 
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog
+from nandoctor.checkpoint.runs import INCOMPLETE, RunCheckpoint, RunReport, TrainLog, status_words
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError
 from nandoctor.layers import bad_ranges
 from nandoctor.model import ScanReport, TensorResult, TensorResults
@@ -378,6 +378,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "same_as": None if c.same_as is None else {"name": c.same_as, "how": c.same_how},
         "path": c.path,
         "status": c.status,
+        "status_words": status_words(c),  # (as the timelines say it: "not loadable" for a folder read whole)
         "health": c.health,
         "max_abs": c.max_abs,
         "scale": c.scale,
