@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -218,9 +219,20 @@ def _median(values: list[float]) -> float:
 
 
 def read_train_log(path: Path) -> TrainLog:
-    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them."""
+    """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them. Parsed once per
+    process while the file stays as it was (a scan, its run context and a repair's donors each ask for it)."""
+    try:
+        found = os.stat(path)
+    except OSError as exc:
+        return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
+    return _read_train_log(str(path), found.st_size, found.st_mtime_ns, found.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_train_log(name: str, size: int, mtime_ns: int, inode: int) -> TrainLog:
     from nandoctor.checkpoint.jsonfiles import read_json
 
+    path = Path(name)
     try:
         data = read_json(path)
     except OSError as exc:
