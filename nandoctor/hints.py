@@ -94,8 +94,12 @@ def resave_command(file: str) -> str:
 def put_in_place(target: str, repaired: Path) -> str:
     """The shell line that puts the repair at ``repaired`` (a folder) where ``target`` is, keeping the bad one as
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
-    source = repaired / Path(target).name if Path(target).is_file() else repaired
-    bad = access.as_spelled(_outside_the_run(access.named_path(target), "-bad"), target)
+    named = access.named_path(target)
+    source = repaired / named.name if Path(target).is_file() else repaired
+    # (a free name: `mv X X-bad` into an existing X-bad folder would nest the checkpoint inside it, silently)
+    bad: Path | str = access.as_spelled(Path(_free(_outside_the_run(named, "-bad"))), target)
+    if os.path.abspath(target) == os.getcwd():  # (`.`: the working folder cannot be moved by that name)
+        target, bad, source = str(named), os.path.abspath(bad), Path(os.path.abspath(source))
     return (f"mv {path_word(target)} {path_word(bad)} && "
             f"mv {path_word(source)} {path_word(target)}")
 
@@ -201,7 +205,7 @@ def using_repair(target: str, repaired: Path) -> list[str]:
         return []
     if Path(target).is_dir() and runs.is_run_folder(Path(target)):
         return [f"to use it: {_copy_over(target)}"]
-    return [f"to use it in place of {Path(target).name}:",
+    return [f"to use it in place of {access.named_path(target).name}:",
             f"    {put_in_place(target, access.as_spelled(Path(os.path.abspath(repaired)), target))}"]
 
 
@@ -250,7 +254,7 @@ def use_verified_repair_of(target: str, report: ScanReport | None = None) -> lis
     """:func:`use_verified_repair` for a scanned checkpoint (a run folder scanned is its final model, whose
     files are copied over, never moved); ``report``: that scan's, which the repair must have judged alike."""
     path = Path(target)
-    return use_verified_repair(target, path.name, path.is_dir() and runs.is_run_folder(path), report)
+    return use_verified_repair(target, access.named_path(target).name, path.is_dir() and runs.is_run_folder(path), report)
 
 
 def free_repaired_path(target: Path) -> str:

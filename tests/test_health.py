@@ -53,6 +53,7 @@ def test_planted_spikes_are_outliers_with_exact_counts_and_coordinates(tmp_path,
     assert spiked.outliers.worst == pytest.approx(100.0)
     # fp16's ceiling is 2^14 (1e5 is above anything fp16 holds): its 6e4 spikes are exploded
     assert huge.exploded == 3 and huge.findings == ("exploded",) and huge.outliers is None
+    assert huge.first_bad == positions[0]  # (located all the same: where the first bad element is)
     assert huge.max_abs == pytest.approx(PLANTED_VALUE[dtype])
     assert both.findings == ("exploded", "outlier") and both.exploded == 1 and both.outliers.count == 1
     assert both.outliers.first == positions[0]

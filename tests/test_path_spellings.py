@@ -153,3 +153,19 @@ def test_a_relative_path_starting_with_a_dash_is_no_option_in_a_suggested_comman
     assert move.startswith("mv ./-tmp/checkpoint-300 ./-tmp/checkpoint-300-bad && ")
     assert subprocess.run(["bash", "-c", move], cwd=tmp_path).returncode == 0
     assert run_cli("scan", "-q", "./-tmp/checkpoint-300").exit_code == 0
+
+
+def test_a_checkpoint_named_as_dot_gets_a_move_that_works(tmp_path, demo_run, monkeypatch):
+    """A trial: `repair . …` from inside the checkpoint said "to use it in place of :" and `mv . ../…-bad`, which
+    bash refuses (the working folder cannot be moved by that name). The checkpoint is named, the move uses its path."""
+    import subprocess
+
+    shutil.copytree(demo_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run" / "checkpoint-300")
+    done = run_cli("repair", ".", "--from", "../checkpoint-200", "--out", "../checkpoint-300-fixed", "--no-progress")
+    said = " ".join(done.output.split())
+    assert done.exit_code == 0 and "to use it in place of checkpoint-300:" in said, said
+    move = next(line.strip() for line in done.output.splitlines() if line.strip().startswith("mv "))
+    assert not move.startswith("mv . ")
+    assert subprocess.run(["bash", "-c", move], cwd=tmp_path / "run" / "checkpoint-300").returncode == 0
+    assert run_cli("scan", "-q", str(tmp_path / "run" / "checkpoint-300")).exit_code == 0

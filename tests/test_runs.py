@@ -249,7 +249,10 @@ def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_us
         out = " ".join(run("scan", str(scanned)).output.split())
         assert f"{fixed} is a verified repair of checkpoint-300" in out and move in out
         assert "nandoctor repair" not in out
-    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
+    (run_dir / "checkpoint-300-bad").mkdir()  # (a set-aside copy of an earlier repair: mv would nest into it)
+    out = " ".join(run("scan", str(run_dir / "checkpoint-300")).output.split())
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad-2 && mv {fixed} {run_dir}/checkpoint-300" in out
+    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad-2")
     fixed.rename(run_dir / "checkpoint-300")
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what both promised
 

@@ -42,6 +42,7 @@ from nandoctor.kernels.census import (
     SEGMENT_BYTES,
     HealthLimits,
     count_above,
+    first_exploded,
     lanes_of,
     sample_histogram,
     to_little,
@@ -328,8 +329,12 @@ def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers
         if top < threshold:
             continue
         data = _read_lanes(job, source, buffers, start, lanes)
-        count, first, worst_raw = count_above(lanes_of(data, job.spec), info, threshold)
-        del data  # an exported buffer would stop the mmap from closing
+        read = lanes_of(data, job.spec)
+        count, first, worst_raw = count_above(read, info, threshold)
+        if found.first_exploded_lane < 0 and top > info.ceiling_bits and not info.nonnegative:
+            at = first_exploded(read, info)  # (where the first exploded value is: no outlier says it now)
+            found.first_exploded_lane = start + at if at >= 0 else -1
+        del data, read  # an exported buffer would stop the mmap from closing
         if not count:
             continue
         if found.first_lane < 0:

@@ -71,6 +71,7 @@ class OutlierFind:
     worst_raw: int = 0
     worst_mag: int = -1
     threshold: int = -1
+    first_exploded_lane: int = -1  # the first value above the ceiling the pass read (no outlier: exploded)
 
 
 @dataclass(slots=True)
@@ -219,7 +220,13 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
-            if first_bad is not None and blocks:
+            found = job.outliers
+            if first_bad is None and found is not None and found.first_exploded_lane >= 0 and extra.get("exploded") and (
+                    job.direct or covers_whole_region(view, spec.bits)):
+                # (no NaN/Inf: the first bad element is the first exploded value, where the outlier pass read one;
+                # a value above the ceiling is no outlier to locate it by)
+                first_bad = job.element_of(found.first_exploded_lane)
+            elif first_bad is not None and blocks:
                 first_bad = job.element_of(first_bad)  # the counts are of scale fields; point at the block
             by_ref[id(view)] = TensorResult(
                 view,

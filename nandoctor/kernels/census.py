@@ -507,6 +507,13 @@ def count_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> tuple[int,
     return count, first, int(lanes[worst])
 
 
+def first_exploded(lanes: np.ndarray, info: LaneInfo) -> int:
+    """The index of the first finite lane above the ceiling (an exploded value), or -1."""
+    mag, _ = _finite_magnitudes(lanes, info)
+    over = np.flatnonzero(mag > info.ceiling_bits)
+    return int(over[0]) if over.size else -1
+
+
 def lanes_above(lanes: np.ndarray, info: LaneInfo, threshold: int) -> np.ndarray:
     """Indices of the outlier lanes (:func:`count_above`: where a view's outliers lie in it)."""
     mag, _ = _finite_magnitudes(lanes, info)

@@ -49,7 +49,11 @@ def log_words(log: TrainLog | None) -> str:
     if log.error:
         return "unreadable"
     parts = []
-    if log.first_nonfinite_step is not None:
+    if log.skipped_steps:  # (fp16 loss scaling's skipped steps: no break)
+        parts.append(f"fp16 skipped steps at {log.first_nonfinite_step}")
+    elif log.nonfinite_from is not None and log.nonfinite_from != log.first_nonfinite_step:
+        parts.append(f"NaN/Inf at {log.nonfinite_from}")
+    elif log.first_nonfinite_step is not None:
         parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at {log.first_nonfinite_step}")
     if log.first_zero_loss_step is not None:
         parts.append(f"loss 0.0 at {log.first_zero_loss_step}")
