@@ -415,8 +415,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
         "summary": {
             "decided_by": decider.name if decider else None,
             "verdict": run.verdict_under(fail_on),
-            # (the deciding row's health, as a scan's summary.health: the case the headlines add, NON-FINITE (POISONED))
-            "health": decider.report.health if decider is not None and decider.report is not None else None,
+            # (the deciding row's health, as its row says it: the case the headlines add, NON-FINITE (POISONED))
+            "health": decider.health if decider is not None else None,
             "ok": code == 0,
             "exit_code": code,
             "fail_on": sorted(fail_on),
