@@ -83,3 +83,16 @@ def test_a_batch_of_one_log_of_easy_and_rare_examples_is_no_sustained_jump(tmp_p
     assert log is not None and log.loss_jump_confirmed and not log.loss_jump_sustained  # (the jump rule fired)
     assert report.exit_code == 0 and "trainer log" not in nandoctor.verdict.one_line(report)
     assert "trainer log: loss" not in one_line(nandoctor.scan_run(str(run)))
+
+
+def test_a_resume_point_saved_after_the_jump_is_named_with_the_caution(tmp_path: Path) -> None:
+    """A new-user trial: the timeline said "last healthy: checkpoint-20 (by its weights; saved after the loss jump
+    at step 3)", and the next step said "then resume from …/checkpoint-20" without a word of it."""
+    from nandoctor.report.run_report import next_steps
+
+    run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])
+    (run / "checkpoint-8" / "model.safetensors").unlink()  # the newest save lost its weights: not loadable
+    scanned = nandoctor.scan_run(str(run))
+    assert scanned.exit_code() == 3 and scanned.last_clean.name == "checkpoint-6"
+    said = " ".join(next_steps(scanned))
+    assert f"resume from {run / 'checkpoint-6'} (saved after the loss jump at step 5: check its loss first)" in said

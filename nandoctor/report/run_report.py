@@ -201,12 +201,27 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
 def after_loss_jump(run: RunReport) -> str:
     """What "last healthy" adds where that checkpoint was saved after a loss jump no bad checkpoint confirms (the
     run's warning line says it): its weights are healthy, what they made of the loss is for the user to judge."""
+    step = _jumped_before_last_clean(run)
+    return "" if step is None else f" (by its weights; saved after the loss jump at step {step})"
+
+
+def _jumped_before_last_clean(run: RunReport) -> int | None:
+    """The step of a loss jump that stayed up, where the run's last healthy checkpoint was saved after it and no
+    checkpoint fails for it; None otherwise."""
     log, last = run.log, run.last_clean
     if (log is None or last is None or log.loss_jump is None or not log.loss_jump_sustained
             or run.broken_weights_from is not None or log.broken_weights_from is None
             or last.step is None or last.step < log.broken_weights_from):
-        return ""
-    return f" (by its weights; saved after the loss jump at step {log.loss_jump_step})"
+        return None
+    return log.loss_jump_step
+
+
+def resume_point(run: RunReport, last_clean: RunCheckpoint) -> str:
+    """The checkpoint a next step resumes from, said with what the run's log says of it: where its weights are
+    healthy but it was saved after a loss jump that stayed up, that caution goes with it."""
+    step = _jumped_before_last_clean(run) if last_clean is run.last_clean else None
+    return last_clean.path if step is None else (f"{last_clean.path} (saved after the loss jump at step {step}: "
+                                                 "check its loss first)")
 
 
 def skipped_words(log: TrainLog, upto: bool = True) -> str:
@@ -308,7 +323,7 @@ def _row_steps(run: RunReport) -> list[str]:
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
-            steps.append(f"resume training from the last healthy checkpoint, {last_clean.path}, with a lower learning "
+            steps.append(f"resume training from the last healthy checkpoint, {resume_point(run, last_clean)}, with a lower learning "
                          f"rate or {verdicts.CLIPPING}")
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
@@ -316,7 +331,7 @@ def _row_steps(run: RunReport) -> list[str]:
     if not targets:
         if last_clean is not None and steps:  # (a fix said for a folder that reads but would not load: an alternative)
             fixable = newest is not None and status_words(newest) != newest.status
-            steps.append(f"{'or' if fixable else 'then'} resume from {last_clean.path}")
+            steps.append(f"{'or' if fixable else 'then'} resume from {resume_point(run, last_clean)}")
         report = newest.report if newest is not None else None
         zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
         if newest is not None and zeroed:  # reported by default; here because --fail-on zeroed made it fail
@@ -343,16 +358,16 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     if target.report is not None and verdicts.only_pickled_floats(
             target.report, judged.failing if judged is not None else verdicts.FAILING_BY_DEFAULT):
         # (an optimizer's NaN learning rate or betas: Python floats, which no repair restores)
-        resume = f"resume from {last_clean.path}" if last_clean is not None else "resume with a fresh optimizer state"
+        resume = f"resume from {resume_point(run, last_clean)}" if last_clean is not None else "resume with a fresh optimizer state"
         return [f"{resume}: only the {verdicts.RATE_FLOATS} of {target.name} are bad, which a repair does not restore"]
     broke = run.broken_weights_from
     if broke is not None and target.step_known and target.step >= broke and not also:  # (summary.py says so too)
-        resume = f"resume from {last_clean.path}" if last_clean is not None else "restart from the base model"
+        resume = f"resume from {resume_point(run, last_clean)}" if last_clean is not None else "restart from the base model"
         intro = f"{resume}; or: {verdicts.loss_broke_words(target.name, broke)}; restore its bad tensors with"
     elif also:
         intro = f"{target.name} decides the exit code too: restore its bad tensors with"
     elif last_clean is not None:
-        intro = f"resume from {last_clean.path}, or restore the bad tensors of {target.name} with"
+        intro = f"resume from {resume_point(run, last_clean)}, or restore the bad tensors of {target.name} with"
     else:
         intro = f"no clean checkpoint to resume from; restore the bad tensors of {target.name} with"
     # --from auto: the run's healthy checkpoints before its first bad one (checkpoint-N folders or Lightning
