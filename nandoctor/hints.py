@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from nandoctor import access
 from nandoctor.checkpoint import hubcache, runs
@@ -114,22 +115,24 @@ def _outside_the_run(target: Path, suffix: str) -> Path:
     return target.with_name(f"{target.name}{suffix}")
 
 
-def verified_repair(folder: Path, target: Path | None = None, report: ScanReport | None = None) -> bool:
+def verified_repair(folder: Path, target: Path | None = None, report: ScanReport | None = None,
+                    proof: dict[str, Any] | None = None) -> bool:
     """True when ``folder`` holds a finished repair whose proof says its verification scan was clean and whose
     files are still those the proof lists (:func:`_as_written`); given the ``target`` it repaired, that the
     target's files are still those the repair read (a re-saved checkpoint is not the one the repair fixed:
     putting it in place would lose the new save); given the ``report`` of a scan of the target, that the repair
     judged its tensors as that scan does (a repair made with ``--exclude`` or another ``--max-abs`` left tensors
-    unjudged, or judged by other limits, that this scan fails on)."""
+    unjudged, or judged by other limits, that this scan fails on). ``proof``: its proof, where already read."""
     from nandoctor.restore.atomic import is_temp
     from nandoctor.restore.proof import read_proof, source_unchanged
 
     if is_temp(folder.name):  # (a repair still writing, or killed before its rename: never finished)
         return False
-    try:
-        proof = read_proof(folder)
-    except (OSError, ValueError):
-        return False
+    if proof is None:
+        try:
+            proof = read_proof(folder)
+        except (OSError, ValueError):
+            return False
     verification = proof.get("verification") if isinstance(proof, dict) else None
     if not (isinstance(verification, dict) and verification.get("verdict") == "CLEAN") or not _as_written(folder, proof):
         return False
@@ -245,7 +248,8 @@ def verified_repair_of(target: Path, report: ScanReport | None = None) -> Path |
                 proof = read_proof(entry)
             except (OSError, ValueError):
                 continue
-            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target, report):
+            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target, report,
+                                                                                               proof):
                 return access.as_spelled(entry, target)
     return None
 

@@ -90,12 +90,17 @@ class TrainLog:
         return not math.isfinite(self.after_jump) or self.after_jump >= LOSS_JUMP * self.loss_jump[1]
 
     @property
+    def _skips_first(self) -> bool:
+        """The log's first NaN/Inf were gradient norms alone, and a later entry is finite again."""
+        return (self.first_nonfinite_step is not None and self.finite_again and bool(self.first_nonfinite_keys)
+                and all("grad" in key.lower() for key in self.first_nonfinite_keys))
+
+    @property
     def skipped_steps(self) -> bool:
         """Only the gradient norm went NaN/Inf, and later logs are finite again: fp16 loss scaling skipping the
         steps whose gradients overflowed (Trainer logs their grad_norm as NaN/Inf while the GradScaler calibrates;
         the weights are untouched), not a run that broke."""
-        return (self.first_nonfinite_step is not None and self.finite_again and bool(self.first_nonfinite_keys)
-                and all("grad" in key.lower() for key in self.first_nonfinite_keys) and self.broke_after_skips is None)
+        return self._skips_first and self.broke_after_skips is None
 
     @property
     def loss_fell(self) -> bool:
@@ -119,9 +124,7 @@ class TrainLog:
     def nonfinite_from(self) -> int | None:
         """The step from which the log's NaN/Inf say the run broke: its first NaN/Inf, or, past gradient norms that
         went NaN/Inf and came back (steps fp16 loss scaling skipped), where it broke after them; None when never."""
-        skips = (self.first_nonfinite_step is not None and self.finite_again
-                 and all("grad" in key.lower() for key in self.first_nonfinite_keys))
-        return self.broke_after_skips if skips else self.first_nonfinite_step
+        return self.broke_after_skips if self._skips_first else self.first_nonfinite_step
 
     @property
     def suspicious_step(self) -> int | None:
@@ -155,16 +158,14 @@ def _where_it_broke(
         nonfinite = tuple(  # only floats can be NaN/Inf (and a 400-digit int would overflow isfinite)
             k for k in keys if isinstance(entry.get(k), float) and not math.isfinite(entry[k])
         )
-        if nonfinite and first_bad is None:
-            first_bad, bad_keys = step, nonfinite
-        elif first_bad is not None and not nonfinite and any(
-                isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool) for k in keys):
-            finite_again = True
         if nonfinite:
+            if first_bad is None:
+                first_bad, bad_keys = step, nonfinite
             bad_since = step if bad_since is None else bad_since
             if first_loss_bad is None and any("grad" not in k.lower() for k in nonfinite):
                 first_loss_bad = step
         elif any(isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool) for k in keys):
+            finite_again |= first_bad is not None  # (an entry that logged its keys, all finite)
             bad_since = None
         loss = entry.get(loss_key) if loss_key else None
         if first_zero is None and isinstance(loss, (int, float)) and loss == 0.0:
@@ -430,9 +431,10 @@ def _read_metrics_csv(name: str, size: int, mtime_ns: int, inode: int) -> Metric
         if "step" not in keys or not read:
             return None
         error = None
+        line = reader.line_num
         try:
             for row in reader:
-                ends = sum(v.count("\n") + v.count("\r") for v in row.values() if isinstance(v, str))
+                ends, line = reader.line_num - line - 1, reader.line_num  # (line ends inside the row's fields)
                 if ends:
                     # (a quote that never closes: every line after it is one field, its rows never read; a log
                     # read in part would say the run was finite where its rows after may hold NaN. A last line

@@ -30,6 +30,8 @@ from nandoctor.wording import first_few
 _FILE = Path(__file__).with_name("gguf_tensor_names.json")
 _NUMBER = re.compile(r"(?:(?<=\.)|^)\d+(?=\.|$)")  # a whole dot-separated segment of digits: a block or expert index
 _BID = "{bid}"
+_LOST_HINT = ("the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from its "
+              "source model, or download it again")
 _HINT = ("its header was damaged (a flipped bit, a bad copy): copy or download the file again, or convert it again "
          "from its source model")
 
@@ -71,36 +73,29 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
     problems: list[ScanProblem] = []
     notes: list[str] = []
     for prefix, count in block_counts.items():
-        if count is None:
-            continue
-        block = re.compile(rf"^{re.escape(prefix)}blk\.(\d+)\.")
-        beyond = sorted({int(m.group(1)) for name in names if (m := block.match(name)) and int(m.group(1)) >= count})
+        held = _blocks(names, prefix)
+        key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
+        beyond = sorted(n for n in held if n >= count) if count is not None else []
         if beyond:
-            key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
             problems.append(ScanProblem(
                 path, f"holds tensors of {prefix}blk.{beyond[0]}{' and beyond' if len(beyond) > 1 else ''}, but its "
                 f"{architecture}.{key} is {count}: llama.cpp refuses it ('wrong number of tensors', or a missing "
                 "tensor of the block it should be in)", _HINT, kind=UNLOADABLE_KIND))
-    if whole and not adapter:
-        for prefix, count in block_counts.items():
-            empty, missing = _empty_blocks(names, prefix, count)
-            if missing:
-                key = "block_count" if prefix != "dec." else "decoder_block_count (or block_count)"
-                said = ", ".join(empty) + (f" and {missing - len(empty):,} more" if missing > len(empty) else "")
-                problems.append(ScanProblem(
-                    path, f"{said} {'holds' if missing == 1 else 'hold'} no tensor, but its "
-                    f"{architecture}.{key} is {count}: llama.cpp refuses the file ('missing tensor') and transformers' "
-                    "GGUF loader initialises those layers at random",
-                    "the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from "
-                    "its source model, or download it again", kind=UNLOADABLE_KIND))
-            lost = _lost_in_blocks(names, prefix)
-            if lost:
-                problems.append(ScanProblem(
-                    path, f"{plural(len(lost), 'tensor')} the other blocks hold {'is' if len(lost) == 1 else 'are'} "
-                    f"missing: {first_few(lost, 3, quoted=True)}; llama.cpp refuses the file ('missing tensor') and "
-                    "transformers' GGUF loader initialises the missing tensor at random",
-                    "the file lost tensors (a tool that drops or merges tensors, a cut copy): convert it again from "
-                    "its source model, or download it again", kind=UNLOADABLE_KIND))
+        if not whole or adapter:
+            continue
+        empty, missing = _empty_blocks(held, prefix, count)
+        if missing:
+            said = ", ".join(empty) + (f" and {missing - len(empty):,} more" if missing > len(empty) else "")
+            problems.append(ScanProblem(
+                path, f"{said} {'holds' if missing == 1 else 'hold'} no tensor, but its "
+                f"{architecture}.{key} is {count}: llama.cpp refuses the file ('missing tensor') and transformers' "
+                "GGUF loader initialises those layers at random", _LOST_HINT, kind=UNLOADABLE_KIND))
+        lost = _lost_in_blocks(held, prefix)
+        if lost:
+            problems.append(ScanProblem(
+                path, f"{plural(len(lost), 'tensor')} the other blocks hold {'is' if len(lost) == 1 else 'are'} "
+                f"missing: {first_few(lost, 3, quoted=True)}; llama.cpp refuses the file ('missing tensor') and "
+                "transformers' GGUF loader initialises the missing tensor at random", _LOST_HINT, kind=UNLOADABLE_KIND))
     if not isinstance(architecture, str) or adapter:
         return problems, notes
     templates = archs.get(architecture)
@@ -154,11 +149,11 @@ def _blocks(names: list[str], prefix: str) -> dict[int, set[str]]:
     return held
 
 
-def _empty_blocks(names: list[str], prefix: str, count: int | None) -> tuple[list[str], int]:
+def _empty_blocks(held: dict[int, set[str]], prefix: str, count: int | None) -> tuple[list[str], int]:
     """(the first three, how many) of the ``{prefix}blk.N`` blocks below the count the metadata gives that hold no
-    tensor, where other blocks of that prefix do (a T5's ``enc.``/``dec.`` blocks and a decoder's plain ones are each
-    their own prefix). The count is the file's: counted, never walked (2**40 would be 10**12 names)."""
-    held = _blocks(names, prefix)
+    tensor, where other blocks of that prefix do (``held``: :func:`_blocks`; a T5's ``enc.``/``dec.`` blocks and a
+    decoder's plain ones are each their own prefix). The count is the file's: counted, never walked (2**40 would be
+    10**12 names)."""
     if not held or not count:
         return [], 0
     missing = count - len([n for n in held if n < count])
@@ -166,15 +161,14 @@ def _empty_blocks(names: list[str], prefix: str, count: int | None) -> tuple[lis
     return first, missing
 
 
-def _lost_in_blocks(names: list[str], prefix: str) -> list[str]:
+def _lost_in_blocks(held: dict[int, set[str]], prefix: str) -> list[str]:
     """The tensor one block lacks that its kind of block holds elsewhere: a block between the first and the last
     holding all but one of what three or more of the other blocks hold (``blk.7`` without the ``attn_q.weight`` of
     every other block). Blocks differ by design in ways this leaves alone: by more than one tensor (DeepSeek's
     dense and MoE layers, Jamba's Mamba and attention layers, Deci's layers without attention), by one *more*
     tensor (T5's first block, the relative attention bias; a multi-token-prediction layer), at the first or last
     block (ModernBERT's block 0 has no attention norm), or in a pattern over several blocks (Gemma 4's full-attention
-    layers without attn_v, MiMo-V2's without attention sinks: trials, all loadable)."""
-    held = _blocks(names, prefix)
+    layers without attn_v, MiMo-V2's without attention sinks: trials, all loadable). ``held``: :func:`_blocks`."""
     kinds: dict[frozenset[str], list[int]] = {}
     for number, held_there in held.items():
         kinds.setdefault(frozenset(held_there), []).append(number)

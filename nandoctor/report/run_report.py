@@ -193,7 +193,7 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     else:
         if run.log and run.log.skipped_steps:
             tail.append(f"trainer log: {skipped_words(run.log)}")
-        if run.log and run.log.loss_jump is not None and run.log.loss_jump_sustained and run.broken_weights_from is None:
+        if run.log and run.log.loss_jump_sustained and run.broken_weights_from is None:
             tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
 
@@ -209,7 +209,7 @@ def _jumped_before_last_clean(run: RunReport) -> int | None:
     """The step of a loss jump that stayed up, where the run's last healthy checkpoint was saved after it and no
     checkpoint fails for it; None otherwise."""
     log, last = run.log, run.last_clean
-    if (log is None or last is None or log.loss_jump is None or not log.loss_jump_sustained
+    if (log is None or last is None or not log.loss_jump_sustained
             or run.broken_weights_from is not None or log.broken_weights_from is None
             or last.step is None or last.step < log.broken_weights_from):
         return None
@@ -469,7 +469,7 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
         lines.append((BAD,
             f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
             f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
-    elif log.loss_jump is not None and log.loss_jump_sustained:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
+    elif log.loss_jump_sustained:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
         # word; one spike at the last log, nothing after it yet, is no reason to warn of a healthy run)
         lines.append((WARN, f"{_loss_jump_words(log)}, though no checkpoint's weights fail: look at the run (a "
                             f"learning rate too high?) before using the checkpoints saved from step "
