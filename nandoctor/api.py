@@ -72,7 +72,7 @@ def scan_target(checkpoint: PathLike, target_dtype: str | None) -> str | None:
 def require_some_target(path: PathLike, fail_on: frozenset[str], target_dtype: str | None) -> None:
     """ValueError when the gate checks overflow alone and no target dtype applies: none given, and no config.json
     of ``path`` (or of a run's checkpoints) implies one; a gate that passes anything is a bug."""
-    if target_dtype is not None or not fail_on <= {verdicts.OVERFLOW}:
+    if target_dtype is not None or not verdicts.checks_overflow_alone(fail_on):
         verdicts.require_target_for_overflow(fail_on, None if target_dtype == NONE else target_dtype)
         return
     from pathlib import Path

@@ -100,27 +100,50 @@ RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged wit
 # Options
 
 
+ALWAYS_FAILS: frozenset[str] = frozenset({NONFINITE})  # NaN/Inf is never safe to load: no --fail-on passes it
+
+
+def gate_set(fail_on: frozenset[str] | None) -> frozenset[str]:
+    """The findings a gate fails on: ``fail_on`` (None: the default), NaN/Inf always among them. A list that
+    leaves ``nonfinite`` out (``--fail-on zeroed``, meant as "zeroed too") must not pass a NaN checkpoint;
+    a tensor whose NaN is known and harmless is left out by ``--exclude``, which the report counts."""
+    return (DEFAULT_FAIL_ON if fail_on is None else frozenset(fail_on)) | ALWAYS_FAILS
+
+
 def parse_fail_on(value: str | Iterable[str] | None) -> frozenset[str]:
-    """``"nonfinite,outlier"`` (or an iterable of names) → a set; ValueError names the choices."""
+    """``"exploded,outlier"`` (or an iterable of names) → the set a gate fails on (:func:`gate_set`: ``nonfinite``
+    always in it); names written ``+zeroed`` are added to the default set instead of replacing it. ValueError names
+    the choices."""
     if value is None:
         return DEFAULT_FAIL_ON
     parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
     if parts is None or not all(isinstance(p, str) for p in parts):
         raise TypeError(f"fail_on (--fail-on) takes finding names ({', '.join(FAIL_ON_CHOICES)}) as one comma-separated "
                         f"string or a list of strings; got {value!r}")
-    names = {p.strip().lower() for p in parts if p.strip()}
+    words = [p.strip().lower() for p in parts if p.strip()]
+    names = {w.removeprefix("+").strip() for w in words}
     unknown = names - set(FAIL_ON_CHOICES)
     if unknown or not names:
-        raise ValueError(f"fail_on (--fail-on) takes a comma-separated list of {', '.join(FAIL_ON_CHOICES)}; got {value!r}")
-    return frozenset(names)
+        raise ValueError(f"fail_on (--fail-on) takes a comma-separated list of {', '.join(FAIL_ON_CHOICES)} (+name: "
+                         f"added to the default {','.join(f for f in FAIL_ON_CHOICES if f in DEFAULT_FAIL_ON)}); "
+                         f"got {value!r}")
+    added = any(w.startswith("+") for w in words)
+    return gate_set(frozenset(names) | (DEFAULT_FAIL_ON if added else frozenset()))
+
+
+def checks_overflow_alone(fail_on: frozenset[str]) -> bool:
+    """Whether the gate asks for overflow and nothing but the NaN/Inf every gate checks (``--fail-on overflow``)."""
+    return OVERFLOW in fail_on and fail_on <= ALWAYS_FAILS | {OVERFLOW}
 
 
 def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | None) -> None:
-    """ValueError when the gate checks overflow alone without a target dtype: it would pass anything."""
-    if target_dtype is None and fail_on <= {OVERFLOW}:
+    """ValueError when the gate asks for overflow alone without a target dtype: the check asked for has nothing
+    to measure against."""
+    if target_dtype is None and checks_overflow_alone(fail_on):
         raise ValueError(
-            "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16 "
-            "(or bf16, fp8_e4m3, fp8_e5m2), or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)"
+            "--fail-on overflow has nothing to check: no --target-dtype is given and no config.json makes the weights "
+            "load in a dtype they can overflow; add --target-dtype fp16 (or bf16, fp8_e4m3, fp8_e5m2), or gate on "
+            "other findings (e.g. --fail-on nonfinite,exploded,outlier)"
         )
 
 
@@ -480,8 +503,9 @@ def present(report: ScanReport) -> tuple[str, ...]:
 
 
 def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> Verdict:
-    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate)."""
-    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
+    """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate;
+    NaN/Inf fails under any: gate_set)."""
+    fail_on = gate_set(fail_on)
     found = present(report)
     failing = tuple(f for f in found if f in fail_on)
     reported = tuple(f for f in found if f not in fail_on)
@@ -800,7 +824,7 @@ def tensor_growth(name: str, scale: float, was: float) -> Growth:
 
 
 def exit_code(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> int:
-    fail_on = DEFAULT_FAIL_ON if fail_on is None else fail_on
+    fail_on = gate_set(fail_on)
     if report.judgement is not None and report.judgement.fail_on == fail_on:
         return report.judgement.exit_code
     return judge(report, fail_on).exit_code

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nandoctor
+from nandoctor import verdict as verdicts
 from fixtures.builders import RawTensor, write_safetensors
 
 from .conftest import DEMO_RUN, ROOT
@@ -295,13 +296,43 @@ def test_a_run_folders_diverged_final_model_names_the_checkpoint_to_resume_from(
 
 
 def test_a_report_that_passes_a_narrower_gate_is_returned_judged_by_it(tmp_path):
-    """A reports trial: assert_finite(p, fail_on="exploded") on a NaN checkpoint returned (right) a report saying
-    ok=False, exit_code 1 (judged by the default gate), while the CLI said PASS NON-FINITE (reported only), exit 0."""
+    """A reports trial: assert_finite(p, fail_on="nonfinite") on an exploded checkpoint returned (right) a report
+    saying ok=False, exit_code 1 (judged by the default gate), while the CLI said PASS EXPLODED (reported only), exit 0."""
     _kind_files(tmp_path)
-    report = nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu", fail_on="exploded")
-    assert report.ok and report.exit_code == 0 and report.nan == 1
-    assert report.judgement is not None and report.judgement.fail_on == frozenset({"exploded"})
-    assert report.verdict == "NON-FINITE (reported only)"
+    report = nandoctor.assert_finite(str(tmp_path / "exploded.safetensors"), device="cpu", fail_on="nonfinite")
+    assert report.ok and report.exit_code == 0 and report.judgement.reported == ("exploded",)
+    assert report.judgement is not None and report.judgement.fail_on == frozenset({"nonfinite"})
+    assert report.verdict == "EXPLODED (reported only)"
+
+
+@pytest.mark.parametrize("fail_on", ["zeroed", "exploded", "overflow,outlier", ["outlier"], "+zeroed"])
+def test_no_gate_passes_nan(tmp_path, fail_on):
+    """A new user's trial: `--fail-on zeroed` (meant as "zeroed too") made a NaN checkpoint PASS, exit 0. NaN/Inf
+    fails whatever fail_on names (a known, harmless NaN is left out with exclude=, which the report counts)."""
+    _kind_files(tmp_path)
+    with pytest.raises(nandoctor.NonFiniteWeightsError):
+        nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu", fail_on=fail_on,
+                                target_dtype="fp16")
+    report = nandoctor.scan(str(tmp_path / "nonfinite.safetensors"), device="cpu")
+    assert verdicts.judge(report, frozenset({"zeroed"})).exit_code == 1  # (the judge itself, given any set)
+    assert not verdicts.passes(report, frozenset()) and verdicts.exit_code(report, frozenset({"outlier"})) == 1
+    excluded = nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu",
+                                       exclude=["model.layers.3.*"])
+    assert excluded.ok and excluded.extra["excluded"]
+
+
+def test_a_plus_name_adds_to_the_default_gate(tmp_path):
+    """``+zeroed`` fails what the default fails and zeroed weights too; a bare list replaces the default
+    (nonfinite always kept)."""
+    assert verdicts.parse_fail_on("+zeroed") == verdicts.DEFAULT_FAIL_ON | {"zeroed"}
+    assert verdicts.parse_fail_on("zeroed") == frozenset({"nonfinite", "zeroed"})
+    assert verdicts.parse_fail_on(["+outlier", "zeroed"]) == verdicts.DEFAULT_FAIL_ON | {"zeroed"}
+    _kind_files(tmp_path)
+    exploded = str(tmp_path / "exploded.safetensors")
+    assert nandoctor.scan(exploded, device="cpu").exit_code == 1
+    with pytest.raises(nandoctor.NonFiniteWeightsError):  # (the gate's error for a failing report)
+        nandoctor.assert_finite(exploded, device="cpu", fail_on="+zeroed")
+    assert nandoctor.assert_finite(exploded, device="cpu", fail_on="zeroed").ok  # exploded left out: reported only
 
 
 def test_a_diverged_checkpoint_with_no_healthy_one_before_it_is_told_to_restart(tmp_path):

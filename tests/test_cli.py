@@ -430,9 +430,13 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     assert {c["status"] for c in data["run"]["checkpoints"]} <= set(statuses)
     assert data["summary"]["verdict"] == "NON-FINITE"
     # findings the gate leaves out are marked so, with the documented suffixes
-    assert verdict.judge(report, frozenset({"exploded"})).words == "NON-FINITE (reported only)"
-    unread = dataclasses.replace(report, errors=(ScanProblem("x", "gone"), ScanProblem("y", "changed", kind="hash")))
-    assert verdict.judge(unread, frozenset({"exploded"})).words == "UNREADABLE + HASH MISMATCH (also reported: NON-FINITE)"
+    # (NaN/Inf fails under any gate: the suffixes shown with a zeroed weight, which the default only reports)
+    from tests.test_console_findings import _file
+
+    zeroed = verdict.judged(engine_scan(_file(tmp_path, "zeroed"), device="cpu"))
+    assert verdict.judge(zeroed, frozenset({"exploded"})).words == "ZEROED (reported only)"
+    unread = dataclasses.replace(zeroed, errors=(ScanProblem("x", "gone"), ScanProblem("y", "changed", kind="hash")))
+    assert verdict.judge(unread, frozenset({"exploded"})).words == "UNREADABLE + HASH MISMATCH (also reported: ZEROED)"
 
 
 @pytest.mark.parametrize("output", ["--json", "--all"])

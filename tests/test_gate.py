@@ -120,8 +120,8 @@ def test_fail_on_picks_what_fails(overflow_ckpt):
     assert only_nonfinite.exit_code == 0 and only_nonfinite.output.startswith("PASS ")
     assert "OVERFLOW RISK (fp16)" in only_nonfinite.output.splitlines()[0]
     bad = DEMO_RUN / "checkpoint-300"
-    assert run("scan", str(bad), "--fail-on", "overflow", "--target-dtype", "fp16", "-q").exit_code == 0
-    assert run("scan", str(bad), "--fail-on", "overflow,nonfinite", "-q").exit_code == 1
+    assert run("scan", str(bad), "--fail-on", "exploded", "-q").exit_code == 1  # NaN fails under any gate
+    assert run("scan", str(bad), "--fail-on", "overflow,nonfinite", "-q").exit_code == 2  # (overflow: no target)
     wrong = run("scan", str(bad), "--fail-on", "nan")
     assert wrong.exit_code == 2 and "--fail-on" in wrong.output
 
@@ -246,9 +246,10 @@ def test_fail_on_overflow_alone_needs_a_target_dtype(tmp_path):
 
     bad = str(DEMO_RUN / "checkpoint-300")
     result = CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "-q"])
-    assert result.exit_code == 2 and "--fail-on overflow checks nothing without --target-dtype" in result.output
-    assert CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "--target-dtype", "fp16", "-q"]).exit_code == 0
-    with pytest.raises(ValueError, match="without --target-dtype"):
+    assert result.exit_code == 2 and "--fail-on overflow has nothing to check: no --target-dtype" in result.output
+    with_target = CliRunner().invoke(cli, ["scan", bad, "--fail-on", "overflow", "--target-dtype", "fp16", "-q"])
+    assert with_target.exit_code == 1 and with_target.output.startswith("FAIL NON-FINITE")  # NaN fails any gate
+    with pytest.raises(ValueError, match="no --target-dtype is given"):
         nandoctor.assert_finite(bad, fail_on="overflow")
 
 

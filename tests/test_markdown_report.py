@@ -67,30 +67,57 @@ def test_md_escapes_control_characters_and_punctuation():
     assert md("a_b*c") == "a\\_b\\*c"
 
 
+def _exploded_run(tmp_path: Path) -> Path:
+    """The demo run with its newest checkpoint's NaN/Inf replaced by a finite 1e30 (exploded, not NaN)."""
+    import shutil
+
+    from nandoctor.readers.safetensors import read_header
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "fixtures" / "demo-run", run)
+    for shard in (run / "checkpoint-300").glob("*.safetensors"):
+        header, start, _ = read_header(shard)
+        data = bytearray(shard.read_bytes())
+        for name, entry in header.items():
+            if name != "__metadata__" and entry["dtype"] in ("F32", "F16", "BF16"):
+                assert entry["dtype"] == "BF16", "the demo's weights are bf16"
+                begin, end = (start + o for o in entry["data_offsets"])
+                bits = np.frombuffer(bytes(data[begin:end]), np.uint16).copy()
+                broken = (bits & 0x7F80) == 0x7F80  # bf16 NaN/Inf: every exponent bit set
+                bits[broken] = np.float32(1e30).view(np.uint32) >> 16  # 1e30 in bf16 (the high half of fp32's)
+                data[begin:end] = bits.tobytes()
+        shard.write_bytes(bytes(data))
+    return run
+
+
 def test_a_run_under_fail_on_says_what_fails_and_what_is_only_reported(tmp_path, monkeypatch):
     """The run summary's verdict is the deciding checkpoint's words under the command's --fail-on (as the
     exit code is), reported findings marked so; JSON and HTML say the same."""
     import json
 
-    monkeypatch.chdir(ROOT)
-    markdown = scan("fixtures/demo-run", "--markdown", "--fail-on", "exploded")
+    run = _exploded_run(tmp_path)
+    markdown = scan(str(run), "--markdown", "--fail-on", "nonfinite")
     assert markdown.exit_code == 0
-    assert markdown.output.startswith("## nandoctor: ⚠️ PASS NON-FINITE (reported only) (training run)\n")
-    data = json.loads(scan("fixtures/demo-run", "--json", "--fail-on", "exploded").output)
-    assert data["summary"]["verdict"] == "NON-FINITE (reported only)" and data["summary"]["exit_code"] == 0
-    assert data["summary"]["health"] == "poisoned"  # (the deciding checkpoint's, whatever --fail-on fails)
-    scan("fixtures/demo-run", "--html", str(tmp_path / "r.html"), "--fail-on", "exploded", "-q")
-    assert "⚠ PASS NON-FINITE (reported only)" in (tmp_path / "r.html").read_text()
+    # (its bulk grew: 1e30 in 14 of a 96-value bias's values, DIVERGED as the health case, reported too)
+    assert markdown.output.startswith("## nandoctor: ⚠️ PASS EXPLODED (reported only) (DIVERGED) (training run)\n")
+    data = json.loads(scan(str(run), "--json", "--fail-on", "nonfinite").output)
+    assert data["summary"]["verdict"] == "EXPLODED (reported only) (DIVERGED)" and data["summary"]["exit_code"] == 0
+    assert data["summary"]["health"] == "diverged"  # (the deciding checkpoint's, whatever --fail-on fails)
+    scan(str(run), "--html", str(tmp_path / "r.html"), "--fail-on", "nonfinite", "-q")
+    assert "⚠ PASS EXPLODED (reported only)" in (tmp_path / "r.html").read_text()
+    nan_run = scan(str(ROOT / "fixtures" / "demo-run"), "--markdown", "--fail-on", "exploded")  # (NaN fails any gate)
+    assert nan_run.exit_code == 1 and "❌ FAIL NON-FINITE" in nan_run.output
 
 
-def test_a_checkpoint_under_fail_on_repairs_only_what_fails(monkeypatch):
-    """--fail-on exploded on a checkpoint with NaN: the verdict marks NaN as reported only and next: does not
+def test_a_checkpoint_under_fail_on_repairs_only_what_fails(tmp_path, monkeypatch):
+    """--fail-on nonfinite on an exploded checkpoint: the verdict marks it as reported only and next: does not
     suggest a repair (nothing that fails needs one)."""
-    monkeypatch.chdir(ROOT)
-    markdown = scan("fixtures/demo-run/checkpoint-300", "--markdown", "--fail-on", "exploded")
+    newest = _exploded_run(tmp_path) / "checkpoint-300"
+    markdown = scan(str(newest), "--markdown", "--fail-on", "nonfinite")
     assert markdown.exit_code == 0
-    assert markdown.output.startswith("## nandoctor: ⚠️ PASS NON-FINITE (reported only)\n\n"
-                                      "PASS NON-FINITE (reported only) fixtures/demo-run/checkpoint-300: 18 of 195")
+    assert markdown.output.startswith("## nandoctor: ⚠️ PASS EXPLODED (reported only)\n\n"
+                                      f"PASS EXPLODED (reported only) {md(str(newest))}: ")
     assert "nandoctor repair" not in markdown.output and "### Next" not in markdown.output
+    monkeypatch.chdir(ROOT)
     failing = scan("fixtures/demo-run/checkpoint-300", "--markdown")
     assert "### Next" in failing.output and "nandoctor repair" in failing.output

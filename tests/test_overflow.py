@@ -211,7 +211,7 @@ def test_fail_on_overflow_without_a_target_dtype_says_what_to_do(tmp_path):
 
     result = run("scan", _outlier_that_overflows(tmp_path), "--fail-on", "overflow")
     assert result.exit_code == 2
-    assert "--fail-on overflow checks nothing without --target-dtype: add --target-dtype fp16" in result.output
+    assert "--fail-on overflow has nothing to check: no --target-dtype is given" in result.output
     assert "or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)" in " ".join(result.output.split())
     assert "keep nonfinite" not in result.output
 

@@ -79,8 +79,9 @@ def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None)
     default="nonfinite,exploded,outlier,overflow",
     show_default=True,
     callback=_fail_on,
-    help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow. "
-    "Unreadable parts always exit 3.",
+    metavar="NAMES",
+    help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow; +NAME adds to the "
+    "default (--fail-on +zeroed). NaN/Inf fails under any list; unreadable parts always exit 3.",
 )
 @health_limit_options
 @click.option("--only", "only", multiple=True, metavar="GLOB",
