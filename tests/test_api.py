@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import nandoctor
-from nandoctor import verdict as verdicts
 from fixtures.builders import RawTensor, write_safetensors
+from nandoctor import verdict as verdicts
 
 from .conftest import DEMO_RUN, ROOT
 
