@@ -370,3 +370,28 @@ def test_a_tensor_layout_torch_does_not_have_is_refused_as_dcp_load_refuses_it(t
     assert (report.exit_code == 3) == (not loads), report.errors
     if not loads:
         assert "is none torch has (dcp.load refuses it)" in report.errors[0].message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# File names that name the same file another way
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling", ["./{}", ".//{}", "././{}"])
+def test_an_item_whose_file_is_spelled_with_dot_parts_is_read(tmp_path: Path, spelling: str) -> None:
+    """An adversarial round: .metadata gave the NaN tensor's file as ``./__0_0.distcp`` (the other tensor's as
+    ``__0_0.distcp``); dcp.load opened it and got the NaN, nandoctor matched its items to no file, never read
+    them and called the folder CLEAN. Every item is read from the file it names, however spelled."""
+    import dataclasses
+
+    _save(tmp_path, {"w": torch.tensor([1.0, float("nan"), 3.0, 4.0]), "b": torch.ones(3)})
+
+    def respell(metadata) -> None:
+        metadata.storage_data = {k: dataclasses.replace(v, relative_path=spelling.format(v.relative_path))
+                                 if k.fqn == "w" else v for k, v in metadata.storage_data.items()}
+
+    _edit(tmp_path, respell)
+    loaded = _torch_loads(tmp_path)
+    assert int(torch.isnan(loaded["w"]).sum()) == 1  # the oracle: torch reads the NaN
+    report = nandoctor.scan(tmp_path)
+    assert report.exit_code == 1 and report.nan == 1
+    assert {t.ref.name for t in report.tensors if t.nan} == {"w"} and len(report.tensors) == 2

@@ -448,7 +448,9 @@ def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> boo
             result.problems.append(ScanProblem(str(found[0]), f"storage file {name[:60]!r} is not a valid file name "
                                                f"({unusable}); refused", "re-copy .metadata from where it was saved"))
         elif os.path.isabs(name) or candidate.resolve().parent != root.resolve():
-            result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} lies outside the folder; refused"))
+            where = "lies outside the folder" if os.path.isabs(name) or ".." in name.split("/") else "lies in a subfolder"
+            result.problems.append(ScanProblem(str(found[0]), f"storage file {name!r} {where}; refused (dcp.save writes "
+                                               "every .distcp file beside .metadata)", "re-copy .metadata from where it was saved"))
         elif not is_regular_file(candidate) and access.is_link(candidate):
             result.problems.append(not_regular_problem(candidate))
         elif not is_regular_file(candidate):

@@ -258,6 +258,16 @@ class DcpMetadata:
         return sorted(self._by_file)
 
 
+def same_file_name(relative: str) -> str:
+    """``relative`` as the file it names from the folder (torch opens ``folder / relative_path``): ``.`` parts and
+    doubled slashes dropped, which name the same file (``./__0_0.distcp`` is ``__0_0.distcp``: its items were
+    matched to no file and never read, and the folder was called clean). ``..`` stays: it depends on what the
+    folder holds, and a name that is not a plain file of the folder is refused (layout._dcp_folder)."""
+    if relative.startswith("/"):
+        return relative
+    return "/".join(part for part in relative.split("/") if part not in ("", "."))
+
+
 def read_metadata(path: Path) -> DcpMetadata:
     """Unpickle and validate one ``.metadata`` (or ``__N.metadata``) file; refuse anything not DCP's."""
     p = str(path)
@@ -365,7 +375,7 @@ def _convert(p: str, root: Any) -> DcpMetadata:
             raise ValueError(f"storage item {fqn!r} is not in state_dict_metadata")
         chunk_offsets = None if offset is None else _ints(offset, f"{fqn}: item offset")
         transformed = bool(where.get("transform_descriptors"))
-        items.append(DcpItem(fqn, chunk_offsets, relative, start, length, transformed))
+        items.append(DcpItem(fqn, chunk_offsets, same_file_name(relative), start, length, transformed))
     version = top.get("version")
     return DcpMetadata(p, tensors, frozenset(objects), tuple(items), version if isinstance(version, str) else None)
 
