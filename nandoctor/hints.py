@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint import hubcache, runs
+from nandoctor.checkpoint import hubcache, layout, runs
 from nandoctor.checkpoint.steps import is_accelerate_save
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
@@ -55,10 +55,13 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
     free: repair refuses an existing one.
     """
     target = target.rstrip("/") or target
+    split = layout.gguf_split_folder(Path(target))
+    if split is not None:  # (a gguf-split file: its set is the checkpoint, repaired as the folder holding it)
+        target = str(split)
     if donor is None:
         in_run = runs.place_in_run(Path(target)) is not None
         donor = AUTO if in_run else NO_AUTO_DONOR
-    if donor == NO_AUTO_DONOR and Path(target).suffix.lower() == ".gguf":  # (a GGUF repairs from a GGUF: docs/gguf.md)
+    if donor == NO_AUTO_DONOR and (split is not None or Path(target).suffix.lower() == ".gguf"):  # (docs/gguf.md)
         donor = NO_AUTO_GGUF_DONOR
     donor_arg = donor if donor == AUTO or donor.startswith("<") else path_word(donor)  # placeholders unquoted
     if hubcache.is_snapshot(target) or Path(target).exists():

@@ -26,6 +26,7 @@ def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = N
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), arch)
     if split_count is not None:  # (as gguf-split writes it into each of its files)
+        writer.add_uint16("split.no", 0)
         writer.add_uint16("split.count", split_count)
     writer.add_context_length(128)
     writer.add_embedding_length(HIDDEN)
@@ -127,11 +128,53 @@ def test_blocks_that_lack_a_tensor_by_design_are_no_loss(tmp_path):
     assert nandoctor.scan(pattern).errors == ()
 
 
-def test_one_file_of_a_gguf_split_may_cut_a_block(tmp_path):
-    """gguf-split cuts the tensors in order: a block can end in the next file. A split file's blocks are no loss."""
-    path = _write(tmp_path / "model-00001-of-00002.gguf", drop=("blk.1.attn_q.weight",), split_count=2)
+def _second_split(path: Path, tensors: dict[str, np.ndarray]) -> Path:
+    """The second file of a two-file gguf-split set, as gguf-split writes it (split.no 1, no model keys)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint16("split.no", 1)
+    writer.add_uint16("split.count", 2)
+    for name, values in tensors.items():
+        writer.add_tensor(name, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_split_set_is_scanned_whole_from_any_of_its_files(tmp_path):
+    """llama.cpp is given a set's first file and loads every file its name counts: an adversarial round's first file
+    passed CLEAN while the NaN lay in the second. A file of a set is scanned as the set (gguf-split cuts the tensors
+    in order, so a block may end in the next file: no loss), a missing file is exit 3."""
+    first = _write(tmp_path / "model-00001-of-00002.gguf", drop=("blk.1.attn_q.weight", "output.weight"), split_count=2)
+    output = np.random.default_rng(1).standard_normal((VOCAB, HIDDEN)) * 0.02
+    output[3, :5] = np.nan
+    second = _second_split(tmp_path / "model-00002-of-00002.gguf", {
+        "blk.1.attn_q.weight": np.random.default_rng(2).standard_normal((HIDDEN, HIDDEN)) * 0.02, "output.weight": output})
+    loaded = {t.name: np.asarray(t.data) for f in (first, second) for t in gguf.GGUFReader(str(f)).tensors}
+    assert sum(int(np.isnan(v).sum()) for v in loaded.values()) == 5  # the oracle: gguf's own reader over the set
+    for path in (first, second):
+        report = nandoctor.scan(path)
+        assert report.exit_code == 1 and report.nan == 5 and report.errors == ()
+        assert len(report.tensors) == len(loaded) and "shard_of" not in report.extra
+    from nandoctor.hints import repair_command_for
+
+    assert repair_command_for(str(first)).startswith(f"nandoctor repair {tmp_path} ")  # (the set's folder)
+    with pytest.raises(nandoctor.RepairRefusedError, match="repair the folder that holds the set"):
+        nandoctor.repair(first, tmp_path, tmp_path.parent / "out")
+    assert not (tmp_path.parent / "out").exists()
+    second.unlink()
+    lost = nandoctor.scan(first)
+    assert lost.exit_code == 3 and "model-00002-of-00002.gguf" in lost.errors[0].path
+
+
+def test_a_split_file_not_named_as_its_set_is_not_loadable(tmp_path):
+    """split.count > 1 in a file not named <prefix>-0000K-of-0000N.gguf for its split.no: llama.cpp refuses it
+    ("invalid split file name"), whatever its tensors hold."""
+    path = _write(tmp_path / "model.gguf", split_count=2)
     report = nandoctor.scan(path)
-    assert report.errors == () and report.extra["shard_of"]["shards"] == 2
+    assert report.exit_code == 3 and report.errors[0].kind == "unloadable"
+    assert "-00001-of-00002.gguf" in report.errors[0].message
 
 
 def test_blocks_that_differ_by_design_are_no_loss(tmp_path):

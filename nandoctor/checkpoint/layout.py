@@ -176,10 +176,43 @@ def discover(path: str | os.PathLike[str], *, both_formats: bool = False) -> Che
                 f"{root}: {what}, not weights",
                 f"scan the checkpoint folder it belongs to: nandoctor scan {path_word(root.parent)}",
             )
+        split = _gguf_split_set(root)
+        if split is not None:
+            return split
         return CheckpointFiles(root, [root], shard_of=_shard_of(root))
     result = _discover_folder(root, both_formats=both_formats, manifests=True)
     if not result.files and not result.problems:
         raise _nothing_found(root)
+    return result
+
+
+def gguf_split_folder(file: Path) -> Path | None:
+    """The folder holding ``file`` when it is named as a file of a ``gguf-split`` set (its set is the checkpoint,
+    repaired as that folder); None otherwise."""
+    numbered = _NUMBERED_SHARD.match(file.name)
+    if numbered is None or numbered["ext"].lower() != ".gguf" or not 1 < int(numbered["n"]) <= _MAX_SHARD_COUNT:
+        return None
+    return file.parent
+
+
+def _gguf_split_set(file: Path) -> CheckpointFiles | None:
+    """A file of a ``gguf-split`` set (``model-00001-of-00003.gguf``) is its whole set: llama.cpp and ollama are
+    given the first file and load every file its name counts, so a scan of that path scans them all, and a
+    missing one is exit 3 (a trial: the first file passed CLEAN, the NaN lay in the second). None for any other file."""
+    numbered = _NUMBERED_SHARD.match(file.name)
+    if numbered is None or gguf_split_folder(file) is None:
+        return None
+    try:
+        entries = access.listing(file.parent)
+    except UnreadablePathError:
+        return None
+    group = (numbered["stem"], numbered["n"], numbered["ext"])
+    present = numbered_shards([e for e in entries if is_regular_file(e)]).get(group, {})
+    files = [present[k] for k in sorted(present)] or [file]
+    result = CheckpointFiles(file, files)
+    result.problems += _missing_numbered_shards(file.parent, files)
+    result.notes.append(f"{file.name}: one file of a gguf-split set of {int(numbered['n'])}; the set is scanned, as "
+                        "llama.cpp loads it")
     return result
 
 
@@ -635,7 +668,8 @@ def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProb
                     str(root / names[0]),
                     f"{len(missing)} of {total} numbered shards missing ({shown}), and no index says otherwise: "
                     "this folder holds part of a model",
-                    "copy the missing shards (and the *.index.json) from where the checkpoint was saved",
+                    "copy the missing files of the gguf-split set from where the model came" if ext.lower() == ".gguf"
+                    else "copy the missing shards (and the *.index.json) from where the checkpoint was saved",
                 )
             )
     return problems

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
-from nandoctor.model import BlockFields, ReadResult, Region, TensorRef
+from nandoctor.model import BlockFields, ReadResult, Region, ScanProblem, TensorRef
 from nandoctor.readers import magic
 from nandoctor.readers.formats import GGUF, looks_gguf
 from nandoctor.readers.shapes import refused_gguf_dims
@@ -78,7 +78,7 @@ _STRING, _ARRAY = 8, 9
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
-_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture|type)$|^split\.count$|\.(block_count|decoder_block_count|expert_count)$")
+_KEPT_KEYS = re.compile(r"^general\.(alignment|architecture|type)$|^split\.(count|no)$|\.(block_count|decoder_block_count|expert_count)$")
 _EXPERTS = re.compile(r"_exps(\.|$)")
 
 
@@ -100,7 +100,26 @@ class GGUFReader:
             _block_counts(header.metadata),
             (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter",
             whole=splits is None or splits <= 1)
-        return ReadResult(header.refs, (*header.notes, *notes), tuple(problems))
+        misnamed = _split_misnamed(path, splits, _int_value(header.metadata, "split.no"))
+        return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed))
+
+
+def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple[ScanProblem, ...]:
+    """A file of a gguf-split set (``split.count`` > 1) whose name is not ``<prefix>-0000K-of-0000N.gguf`` for its
+    own ``split.no``: llama.cpp finds the set's other files by that name and refuses the file ("invalid split file
+    name"), so the model does not load from it, whatever its tensors hold."""
+    from nandoctor.verdict import UNLOADABLE_KIND
+
+    if splits is None or splits <= 1:
+        return ()
+    expected = f"-{(number or 0) + 1:05d}-of-{splits:05d}.gguf"
+    if path.name.endswith(expected) and len(path.name) > len(expected):
+        return ()
+    return (ScanProblem(
+        str(path), f"not loadable: split.count says this file is part {(number or 0) + 1} of a {splits}-file gguf-split "
+        f"set, but its name does not end in {expected}, the name llama.cpp loads the set by (it refuses the file)",
+        f"give it the name gguf-split gave it (<prefix>{expected}), or merge the set into one file with "
+        "llama-gguf-split --merge", kind=UNLOADABLE_KIND),)
 
 
 @dataclass(frozen=True)

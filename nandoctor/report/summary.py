@@ -248,8 +248,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
 
 # What to do first about each kind of problem (ScanProblem.kind, exit 3), before anything is judged.
 _PROBLEM_STEPS = {
-    verdicts.UNREADABLE_KIND: "do what each problem's hint above says (a file refused for what it would run stays "
-                              "unloaded), then scan again once every part reads",
+    verdicts.UNREADABLE_KIND: "do what each problem's hint above says, then scan again once every part reads",
     verdicts.HASH_KIND: "the files listed are not the bytes recorded for them: restore them from a good copy "
                         "(or re-download them), then scan again",
     verdicts.SELECTION_KIND: "check the --only/--exclude patterns (they are globs on the full tensor name), then scan again",

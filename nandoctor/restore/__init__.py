@@ -32,7 +32,7 @@ from nandoctor.restore.plan import (
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile
 from nandoctor.restore.writer import Phase, Progress, Source
 from nandoctor.verdict import RATE_FLOATS
-from nandoctor.wording import first_few, scan_command, shell_word
+from nandoctor.wording import first_few, path_word, scan_command, shell_word
 
 if TYPE_CHECKING:
     from nandoctor.restore.donors import CheckpointDonor
@@ -122,6 +122,13 @@ def repair(
         )
     files = layout.discover(target_path)
     single = target_path if not target_path.is_dir() else None
+    if single is not None and len(files.files) > 1:  # (a file of a gguf-split set: the set is the checkpoint)
+        raise RepairRefusedError(
+            f"{target}: one file of a {len(files.files)}-file set ({first_few([f.name for f in files.files], 3)}), "
+            "which is scanned and repaired as one checkpoint",
+            f"repair the folder that holds the set, from a donor folder holding its clean set: nandoctor repair "
+            f"{path_word(target_path.parent)} --from <donor folder> --out <new folder>",
+        )
     source = Source(
         root=target_path.parent if single else target_path,
         single_file=single,
