@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,21 @@ def family_of(name: str) -> str:
     """A tensor's name with its layer numbers taken out (``model.layers.#.mlp.down_proj.weight``): the same
     tensor of every layer shares it."""
     return _LAYER_NUMBER.sub(".#.", name)
+
+
+def sibling_keys(names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[tuple[Any, ...]]:
+    """Each tensor's siblings key: its family (:func:`family_of`), dtype and shape, and what its module holds (every
+    tensor name directly under the module, with its dtype and shape). Numbers also index an ``nn.Sequential``'s
+    entries, which are different layers: ``proj.0.bias`` (a Linear's) and ``proj.1.bias`` (a LayerNorm's, zero
+    from its start) share a family and a shape but not their modules' weights (a trial: a fresh LayerNorm bias was
+    ZEROED on every checkpoint of healthy Lightning runs, a stochastic-weight-averaging copy before averaging)."""
+    modules: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
+    for name, dtype, shape in zip(names, dtypes, shapes):
+        module, _, leaf = name.rpartition(".")
+        modules.setdefault(module, []).append((leaf, dtype, tuple(shape)))
+    held = {module: tuple(sorted(entries)) for module, entries in modules.items()}
+    return [(family_of(name), dtype, tuple(shape), held[name.rpartition(".")[0]])
+            for name, dtype, shape in zip(names, dtypes, shapes)]
 ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
 LOSS_BROKE_FROM = "loss_broke_from"  # run context key: the step from which the log's loss jump broke the weights
 
@@ -310,8 +325,9 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     """Indices of the all-zero weight tensors that are damage (docs/health.md, "zeroed"):
 
     - siblings in the other layers are not all zero (they share a name once the layer number is taken out:
-      ``model.layers.#.mlp.down_proj.weight``, a dtype and a shape: the numbered entries of an ``nn.Sequential``
-      are different layers, a fresh model's zero-initialised last conv or box-head layer among them);
+      ``model.layers.#.mlp.down_proj.weight``, a dtype, a shape and what their modules hold: :func:`sibling_keys`;
+      the numbered entries of an ``nn.Sequential`` are different layers, a fresh model's zero-initialised last conv
+      or box-head layer among them);
     - a normalization gain, token embedding or LM head (layers.zero_breaks), no sibling needed: a gain only
       while another gain of the checkpoint is not all zero (a model whose norms scale by ``1 + w``, Gemma's,
       starts with every gain at zero);
@@ -328,13 +344,13 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     # damage of its own, and left its zero siblings, GPT-2's fresh c_attn biases, no less legitimate. Siblings are
     # of one model: the files of one folder, its shards; a unet_ema/ beside unet/ is another model)
     folders = {file: os.path.dirname(file) for file in set(files)}
-    families: dict[tuple[str, str, tuple[int, ...], str], list[tuple[int, bool]]] = {}
+    keys = sibling_keys(names, dtypes, shapes)
+    families: dict[tuple[Any, ...], list[tuple[int, bool]]] = {}
     for i, top in enumerate(tensors.max_abs):
         if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
             continue
-        family = family_of(names[i])
-        if family != names[i]:
-            families.setdefault((family, dtypes[i], tuple(shapes[i]), folders[files[i]]), []).append((i, top > 0.0))
+        if keys[i][0] != names[i]:
+            families.setdefault((*keys[i], folders[files[i]]), []).append((i, top > 0.0))
     out: set[int] = set()
     for members in families.values():
         if any(nonzero for _, nonzero in members):
@@ -466,13 +482,13 @@ def _outgrown_siblings(tensors: TensorResults, all_fp16: bool) -> dict[int, tupl
         return {}
     refs = tensors.refs
     names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
-    families: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, float]]] = {}
+    keys = sibling_keys(names, dtypes, shapes)
+    families: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
     for i, scale in enumerate(map(scale_of, tensors.bulk_scale, tensors.max_abs)):
         if scale is None or roles[i] != "weight" or not (all_fp16 or dtypes[i] == "F16"):
             continue
-        family = family_of(names[i])
-        if family != names[i]:
-            families.setdefault((family, dtypes[i], tuple(shapes[i])), []).append((i, scale))
+        if keys[i][0] != names[i]:
+            families.setdefault(keys[i], []).append((i, scale))
     out: dict[int, tuple[float, float]] = {}
     for members in families.values():
         if len(members) < 2 or max(scale for _, scale in members) < SIBLING_FLOOR:

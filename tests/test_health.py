@@ -156,3 +156,27 @@ def test_live_nonzero_count_is_exact_across_blocks():
     assert int(_nonzero_count(t)) == int(torch.count_nonzero(t))
     assert int(_nonzero_count(t[: _EXACT_BLOCK - 1])) == int(torch.count_nonzero(t[: _EXACT_BLOCK - 1]))
     assert int(_nonzero_count(t.view(-1)[::3])) == int(torch.count_nonzero(t.view(-1)[::3]))
+
+
+def test_a_fresh_norm_bias_after_a_linear_in_a_sequential_is_no_zeroed_sibling(tmp_path):
+    """A trial: ``proj = nn.Sequential(nn.Linear(32, 64), nn.LayerNorm(64))`` saved fresh (a stochastic-weight-
+    averaging copy before averaging starts, an EMA copy at step 0) read ZEROED on every checkpoint of healthy
+    Lightning runs: ``proj.0.bias`` (the Linear's) and ``proj.1.bias`` (the LayerNorm's, zero from its start) shared
+    a family and a shape. Siblings also hold the same tensors in their modules; a layer's Linear bias zeroed among
+    its other layers' is still found."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 32)) for _ in range(3))
+    model = torch.nn.ModuleDict({"blocks": blocks, "proj": torch.nn.Sequential(torch.nn.Linear(32, 64),
+                                                                               torch.nn.BatchNorm1d(64))})
+    state = model.state_dict()
+    assert int(state["proj.1.bias"].count_nonzero()) == 0 and int(state["blocks.1.1.bias"].count_nonzero()) == 0
+    torch.save(state, tmp_path / "fresh.pt")
+    report = scan(tmp_path / "fresh.pt", device="cpu")
+    assert report.ok and "zeroed" not in report.judgement.reported, [t.name for t in report.tensors if t.findings]
+    with torch.no_grad():
+        blocks[1][2].weight.zero_()  # one layer's own Linear weight: its siblings in the other blocks are not zero
+    torch.save(model.state_dict(), tmp_path / "zeroed.pt")
+    zeroed = scan(tmp_path / "zeroed.pt", device="cpu")
+    assert [t.name for t in zeroed.tensors if "zeroed" in t.findings] == ["blocks.1.2.weight"]
