@@ -129,6 +129,27 @@ def test_an_adapter_config_whose_r_is_not_positive_is_bad_config(base, tmp_path)
     assert "its r is 0: PEFT needs a positive integer" in report.errors[0].message
 
 
+@pytest.mark.parametrize("alpha, use_rslora, nan", [(1e40, False, True), (1e39, True, True), (1e30, False, False)])
+def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, tmp_path, alpha, use_rslora, nan):
+    """An adversarial round: lora_alpha 1e40 (finite JSON) with r 4: PEFT scales every update by 2.5e39, beyond
+    float32: Inf activations, NaN logits, and generate raises; the adapter read CLEAN. A scale within float32 is
+    left alone (its logits stay finite here)."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)
+    _edit(adapter, lora_alpha=alpha, use_rslora=use_rslora)
+    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all())
+    assert finite is not nan  # the oracle
+    report = nandoctor.scan(adapter)
+    if not nan:
+        assert not report.errors, report.errors
+        return
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
+    assert "beyond float32's largest value" in report.errors[0].message
+
+
 def _bdlora() -> list[dict]:
     """BD-LoRA (peft 0.21): its block-diagonal lora_B holds rank / blocks columns (a review: NOT LOADABLE)."""
     try:

@@ -65,6 +65,7 @@ GENERATION = [
     ({"bad_words_ids": [[3], [VOCAB + 5]]}, "generate"),
     ({"max_new_tokens": 0}, "load"),
     ({"temperature": 2, "do_sample": True}, "generate"),  # an integer where a float is checked for
+    ({"temperature": 1e-40, "do_sample": True}, "generate"),  # (float32 logits / 1e-40 overflow: "probability tensor …")
     ({"repetition_penalty": 2}, "generate"),
     ({"top_k": 2.5, "do_sample": True}, "generate"),
     ({"top_p": -0.5, "do_sample": True}, "generate"),
@@ -81,6 +82,8 @@ GENERATION = [
     ({"early_stopping": "bogus", "num_beams": 2}, "load"),
     # tolerated: no finding
     ({"temperature": 0.0, "do_sample": False}, "ok"),
+    ({"temperature": 1e-30, "do_sample": True}, "ok"),  # (tiny, but the logits / it stay finite: argmax sampling)
+    ({"temperature": 1e-40, "do_sample": False}, "ok"),
     ({"temperature": 0.0}, "ok"),
     ({"top_k": -1}, "ok"),
     ({"top_k": 0, "do_sample": True}, "ok"),

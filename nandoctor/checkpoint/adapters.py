@@ -11,6 +11,8 @@ per expert. Checked with peft 0.21 (tests/test_adapters.py).
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +81,23 @@ def is_lora(name: str) -> bool:
     return _LORA.match(name) is not None
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _update_scale(config: dict[str, Any]) -> float | None:
+    """The factor PEFT multiplies each LoRA update by (``lora_alpha / r``, ``/ sqrt(r)`` with ``use_rslora``), a
+    Python float times float32 activations; None where the config does not give both as finite numbers."""
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rank, alpha)) or rank <= 0:
+        return None
+    if isinstance(alpha, float) and not math.isfinite(alpha):
+        return None  # (NaN and Infinity are loadconfig.py's: said once)
+    try:
+        return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else float(rank))
+    except OverflowError:  # (an integer alpha too large for a float)
+        return math.inf
+
+
 def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) -> list[ScanProblem]:
     """A LoRA adapter_config.json (``config``) that does not make these weights (``names``) the adapter: an ``r`` that
     is no positive integer (PEFT raises), a ``lora_alpha`` of 0 (every update scaled to nothing), or
@@ -100,6 +119,12 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
         return [ScanProblem(path, "its lora_alpha is 0: PEFT scales every LoRA update by lora_alpha / r, so the "
                             "adapted model is the bare base model", "use the adapter_config.json saved with these "
                             "weights", kind=CONFIG_KIND)]
+    scale = _update_scale(config)
+    if scale is not None and abs(scale) > FLOAT32_MAX:
+        return [ScanProblem(path, f"its lora_alpha {alpha!r} over r {rank!r} scales every LoRA update by {scale:.3g}, "
+                            "beyond float32's largest value: every adapted layer's output is Inf, the logits NaN",
+                            "use the adapter_config.json saved with these weights (lora_alpha is usually r or 2 r)",
+                            kind=CONFIG_KIND)]
     if any(config.get(key) for key in ("layers_to_transform", "exclude_modules", "layers_pattern")):
         return []
     modules = sorted({match["module"].removeprefix(_PREFIX) for name in names if (match := _LORA.match(name))})

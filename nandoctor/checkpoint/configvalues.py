@@ -5,7 +5,8 @@ each a check transformers itself makes when it uses the value (its logits proces
 transformers 5.25 by tests/test_config_values.py:
 
 - generation_config.json, which ``generate`` reads for every call without arguments: with ``do_sample`` true a
-  ``temperature`` ≤ 0 (written by people who meant greedy decoding), a ``top_k`` < 0 or a ``min_p`` outside
+  ``temperature`` ≤ 0 (written by people who meant greedy decoding) or below float32's smallest normal (the float32
+  logits divided by it overflow to Inf: "probability tensor contains either inf, nan or element < 0"), a ``top_k`` < 0 or a ``min_p`` outside
   [0, 1]; in any mode a ``repetition_penalty`` or ``encoder_repetition_penalty`` ≤ 0, ``num_beams`` 0, a
   ``bad_words_ids`` token outside the vocabulary, an encoder-decoder's ``decoder_start_token_id`` outside it.
   The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). Settings ``from_pretrained`` itself validates and
@@ -35,6 +36,7 @@ from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
 
 _SHOWN = 3
+FLOAT32_TINY = 2.0**-126  # float32's smallest normal: 4 divided by it is float32's largest finite value
 
 
 def _number(value: Any) -> TypeGuard[int | float]:
@@ -78,6 +80,11 @@ _Rule = tuple[str, bool, Callable[[Any], bool], str, str]
 _GENERATE_RULES: tuple[_Rule, ...] = (
     ("temperature", True, lambda v: _number(v) and (v <= 0 or _not_a_float(v)), "has to be a strictly positive float",
      "for greedy decoding set do_sample to false; to sample, a float > 0 (1.0 leaves the logits as they are)"),
+    # (the logits, float32 in generate, are divided by it: below float32's smallest normal every logit above 4 becomes
+    # Inf and sampling raises "probability tensor contains either inf, nan or element < 0", this tool's first symptom)
+    ("temperature", True, lambda v: _number(v) and 0 < v < FLOAT32_TINY,
+     "the logits divided by it overflow float32 to Inf: \"probability tensor contains either inf, nan or element < 0\"",
+     "for greedy decoding set do_sample to false; to sample, a float such as 0.7 (1.0 leaves the logits as they are)"),
     ("top_k", True, lambda v: _number(v) and (v < 0 or (isinstance(v, float) and v != 0)),
      "has to be a strictly positive integer", "top_k 0 (or null) turns it off; else a positive integer"),
     ("top_p", True, lambda v: _number(v) and v < 0, "has to be a float > 0 and < 1", "1.0 (or null) turns it off"),
