@@ -12,7 +12,6 @@ per expert. Checked with peft 0.21 (tests/test_adapters.py).
 from __future__ import annotations
 
 import math
-
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +87,8 @@ def _update_scale(config: dict[str, Any]) -> float | None:
     """The factor PEFT multiplies each LoRA update by (``lora_alpha / r``, ``/ sqrt(r)`` with ``use_rslora``), a
     Python float times float32 activations; None where the config does not give both as finite numbers."""
     rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rank, alpha)) or rank <= 0:
+    if not (isinstance(rank, (int, float)) and isinstance(alpha, (int, float))) or isinstance(rank, bool) \
+            or isinstance(alpha, bool) or rank <= 0:
         return None
     if isinstance(alpha, float) and not math.isfinite(alpha):
         return None  # (NaN and Infinity are loadconfig.py's: said once)
