@@ -78,7 +78,7 @@ SAFETENSORS_CASES: dict[str, tuple[Callable[[Path], object], str]] = {
     "negative_shape": (lambda p: raw(p, {"w": entry(shape=(-2,))}, b"\0" * 8), "shape"),
     "float_shape": (lambda p: raw(p, {"w": entry(shape=(2.0,))}, b"\0" * 8), "shape"),
     "bool_shape": (lambda p: raw(p, {"w": entry(shape=(True,))}, b"\0" * 8), "shape"),
-    "nan_shape": (lambda p: raw(p, None, b"\0" * 8, header_bytes=b'{"w":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}'), "shape"),
+    "nan_shape": (lambda p: raw(p, None, b"\0" * 8, header_bytes=b'{"w":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}'), "NaN is not JSON"),
     "negative_offset": (lambda p: raw(p, {"w": entry(offsets=(-8, 0))}), "data_offsets"),
     "reversed_offsets": (lambda p: raw(p, {"w": entry(offsets=(8, 0))}, b"\0" * 8), "data_offsets"),
     "three_offsets": (lambda p: raw(p, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]}}, b"\0" * 8), "data_offsets"),

@@ -459,3 +459,48 @@ def test_shard_names_that_are_no_file_names_are_problems(tmp_path: Path, shard: 
     except NandoctorError:
         return  # a refusal of the whole folder is a NandoctorError too; never an OSError or ValueError
     assert report.exit_code == 3 and "not a valid file name" in report.errors[0].message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A safetensors header Python's json reads and safetensors' serde refuses
+# ---------------------------------------------------------------------------------------------------------
+
+def _header_with(tmp_path: Path, extra: str, pad_names: int = 0) -> Path:
+    """A clean one-tensor safetensors file whose entry carries ``extra`` as an unknown field (and ``pad_names`` more
+    clean tensors, to make the header large enough for the compact parser)."""
+    entries = ['"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16],"x":%s}' % extra]
+    entries += ['"p%06d":{"dtype":"F32","shape":[4],"data_offsets":[%d,%d]}' % (i, 16 * (i + 1), 16 * (i + 2))
+                for i in range(pad_names)]
+    header = ("{" + ",".join(entries) + "}").encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + F32_CLEAN * (1 + pad_names))
+    return path
+
+
+@pytest.mark.parametrize("pad_names", [0, 6000])  # (6000 tensors: a header the compact parser is tried on)
+@pytest.mark.parametrize("extra, loads", [
+    ("NaN", False), ("-Infinity", False), ("1e400", False), ("-1e309", False), ("1" + "0" * 309, False),
+    ("[" * 125 + "]" * 125, True), ("[" * 126 + "]" * 126, False), ('{"a":' * 126 + "1" + "}" * 126, False),
+    ("1e308", True), ("1.5e-400", True), ("1" + "0" * 40, True), ('{"a":[1,{"b":null}]}', True),
+])
+def test_a_header_safetensors_refuses_is_never_clean(tmp_path: Path, extra: str, loads: bool, pad_names: int) -> None:
+    """An adversarial round: an unknown field holding NaN, Infinity, 1e400, a 400-digit integer or nesting past
+    serde's recursion limit (the top object is level 1 of 127): Python's json reads it, safetensors refuses the
+    header ("invalid JSON in header"), from_pretrained fails, and nandoctor said CLEAN (a repair of such a file was
+    "verified" and did not load). load_file is the oracle, both ways."""
+    from safetensors.numpy import load_file
+
+    path = _header_with(tmp_path, extra, pad_names)
+    try:
+        load_file(path)
+        loaded = True
+    except Exception as exc:  # (safetensors raises its own SafetensorError)
+        assert "invalid JSON in header" in str(exc)
+        loaded = False
+    assert loaded is loads  # the oracle
+    report = scan(path, device="cpu")
+    if loads:
+        assert report.exit_code == 0 and not report.errors
+    else:
+        assert report.exit_code == 3 and "JSON" in report.errors[0].message, report.errors

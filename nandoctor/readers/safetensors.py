@@ -13,7 +13,7 @@ import re
 import struct
 from array import array
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -205,22 +205,62 @@ def _header_text(path: Path, base: int) -> tuple[str, int, int]:
 def _header_int(text: str) -> int:
     """A header's integers are sizes and offsets: the reference parser (serde) reads ``-0`` as a float and
     refuses the file, where Python's json would read 0 (other negatives are refused by the entry checks,
-    which name the field)."""
+    which name the field). An integer no float can hold is out of serde's range (it reads one past u64 as f64)."""
     value = int(text)
     if value == 0 and text.startswith("-"):
         raise ValueError(f"{text} where a size or offset belongs (a float to the reference parser)")
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"number out of range ({text[:20]}…, {len(text)} digits)") from None
     return value
+
+
+def _header_float(text: str) -> float:
+    """A float of the header, as serde reads it: one that overflows a double is out of range (Python's json
+    reads ``1e400`` as inf; safetensors refuses the file: "number out of range")."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range ({text[:24]})")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON: Python's json reads them (and writes them, allow_nan), serde refuses
+    the header, and so does safetensors: "invalid JSON in header"."""
+    raise ValueError(f"{name} is not JSON")
+
+
+# serde_json's recursion limit: safetensors refuses a header nested deeper (its top object is level 1: an entry's
+# field nested 125 deep loads, 126 does not), which Python's json reads up to its own recursion limit.
+MAX_HEADER_DEPTH = 127
+
+
+def _nesting(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests objects and arrays: 0 for a scalar, 1 for ``[]``."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            level.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _json_header(p: str, text: str) -> tuple[dict, dict[str, str]]:
     """(the header parsed by json, its metadata); CorruptCheckpointError unless it is an object of entries."""
     try:
         hook = _reject_duplicates_and_surrogates if _SURROGATE_ESCAPE.search(text) else _reject_duplicates
-        header = jsonfiles.loads(text, object_pairs_hook=hook, parse_int=_header_int)
+        header = jsonfiles.loads(text, object_pairs_hook=hook, parse_int=_header_int, parse_float=_header_float,
+                                 parse_constant=_no_constant)
     except ValueError as exc:
         raise CorruptCheckpointError(p, f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CorruptCheckpointError(p, "header is JSON but not an object")
+    for name, entry in header.items():  # (what a writer puts in an entry beyond its three fields may nest)
+        if isinstance(entry, dict) and len(entry) > 3 and 2 + max(map(_nesting, entry.values())) > MAX_HEADER_DEPTH:
+            raise CorruptCheckpointError(p, f"header is not valid JSON to safetensors: {name[:60]!r} nests deeper than "
+                                         f"the {MAX_HEADER_DEPTH} levels its parser allows (recursion limit exceeded)")
 
     metadata = header.get("__metadata__", {})
     if metadata is None:  # the reference's metadata is an Option: null is no metadata (safetensors loads the file)
