@@ -22,7 +22,8 @@ VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 5
 
 
 def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-           extra: dict[str, tuple[int, ...]] | None = None, split_count: int | None = None) -> Path:
+           extra: dict[str, tuple[int, ...]] | None = None, split_count: int | None = None,
+           rope_base: float | None = None) -> Path:
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), arch)
     if split_count is not None:  # (as gguf-split writes it into each of its files)
@@ -35,6 +36,8 @@ def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = N
     writer.add_head_count(4)
     writer.add_head_count_kv(4)
     writer.add_layer_norm_rms_eps(1e-5)
+    if rope_base is not None:
+        writer.add_rope_freq_base(rope_base)
     writer.add_rope_dimension_count(HIDDEN // 4)
     writer.add_vocab_size(VOCAB)
     writer.add_tokenizer_model("llama")
@@ -261,3 +264,35 @@ def test_a_crafted_block_count_or_block_layout_costs_no_walk():
                for p in problems), [p.message for p in problems]
     assert gguf_names._lost_in_blocks(gguf_names._blocks([f"blk.{n}.t{n}" for n in range(200_000)], ""), "") == []
     assert time.perf_counter() - started < 10  # (generous: quadratic was hours)
+
+
+@pytest.mark.parametrize("key, value, nan", [
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"), True), ("llama.rope.freq_base", 0.0, True),
+    ("llama.attention.layer_norm_rms_epsilon", -1.0, True), ("llama.rope.freq_base", float("inf"), False),
+    ("llama.attention.layer_norm_rms_epsilon", 1e-6, False), ("llama.rope.freq_base", 500000.0, False),
+])
+def test_float_hyperparameters_that_make_the_model_nan_are_bad_config(tmp_path, key, value, nan):
+    """An adversarial round: an RMS epsilon of NaN or -1, a rotary base of NaN or 0 read CLEAN; transformers' GGUF
+    loader (the oracle) builds the model from them and its logits are NaN."""
+    import struct
+
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    path = _write(tmp_path / "model.gguf", rope_base=10000.0)
+    data = bytearray(path.read_bytes())
+    name = key.encode()
+    at = data.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    assert struct.unpack_from("<I", data, at)[0] == 6  # (a float32 key/value: its value follows its type)
+    struct.pack_into("<f", data, at + 4, value)
+    path.write_bytes(bytes(data))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
+                                                              attn_implementation="eager")  # (CPU SDPA hides NaN keys)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 3]])).logits
+    assert bool(torch.isnan(logits).any()) is nan  # the oracle
+    report = nandoctor.scan(path)
+    if nan:
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+        assert key in report.errors[0].message
+    else:
+        assert report.exit_code == 0 and not report.errors

@@ -217,7 +217,7 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
 # A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing
-_EPS_HARMFUL = -1e-3
+EPS_HARMFUL = -1e-3
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
 _ALWAYS_SLIDING = ("mistral", "mixtral", "phi3", "starcoder2")  # (without layer_types: every layer slides)
 _SLIDING_WHEN_ASKED = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # (use_sliding_window, from max_window_layers)
@@ -250,7 +250,7 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     model_type = found_type if isinstance(found_type, str) else ""
     for key, value in config.items():
         words = key.lower().split("_")
-        if _number(value) and words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words) and value <= _EPS_HARMFUL:
+        if _number(value) and words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words) and value <= EPS_HARMFUL:
             wrong.append(f"{prefix}{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "
                          "wherever a hidden state's is below |eps|)")
         elif key in _SOFTCAPS and _number(value) and value == 0 and model_type.startswith(_SOFTCAP_TYPES):

@@ -75,6 +75,7 @@ TYPES: dict[int, GGMLType] = {
 _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4),
             7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
 _STRING, _ARRAY = 8, 9
+_FLOATS = (6, 12)  # float32, float64 scalars
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
@@ -90,7 +91,7 @@ class GGUFReader:
         return looks_gguf(head)
 
     def read(self, path: Path) -> ReadResult:
-        from nandoctor.readers import gguf_names
+        from nandoctor.readers import gguf_hparams, gguf_names
 
         header = read_header(path)
         arch, kind = header.metadata.get("general.architecture"), header.metadata.get("general.type")
@@ -101,7 +102,8 @@ class GGUFReader:
             (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter",
             whole=splits is None or splits <= 1)
         misnamed = _split_misnamed(path, splits, _int_value(header.metadata, "split.no"))
-        return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed))
+        hparams = gguf_hparams.problems(str(path), {k: v for k, (kind, v) in header.metadata.items() if kind in _FLOATS})
+        return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed, *hparams))
 
 
 def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple[ScanProblem, ...]:
@@ -234,7 +236,7 @@ def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
                            "file; a damaged key name is one the loader cannot find)") from None
         where = f"key {_shown(raw_key)}"
         kind = cur.u32(f"the type of {where}")
-        if _KEPT_KEYS.search(key):
+        if _KEPT_KEYS.search(key) or kind in _FLOATS:  # (every float hyperparameter: gguf_hparams.problems)
             kept[key] = _value(cur, kind, where)
         else:
             _skip_value(cur, kind, where)

@@ -1,0 +1,45 @@
+"""A GGUF file's float hyperparameters that make every forward pass NaN: the GGUF form of config.json's values.
+
+llama.cpp (and transformers' GGUF loader, which turns these keys into a config.json) computes each norm from
+``<arch>.attention.layer_norm_rms_epsilon`` / ``layer_norm_epsilon`` and the rotary frequencies from
+``<arch>.rope.freq_base``. A NaN in any float key, a norm epsilon at or below -1e-3 (the square root
+of a negative mean square: configvalues.EPS_HARMFUL says why that bound) or a rotary base of 0 or less is BAD
+CONFIG (exit 3): the tensors are intact, the model computes NaN (an adversarial round: each read CLEAN). An
+infinite epsilon or rotary base is left alone: the norms give zeros, the rotation none, finite either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from nandoctor.checkpoint.configvalues import EPS_HARMFUL
+from nandoctor.model import ScanProblem
+from nandoctor.verdict import CONFIG_KIND
+from nandoctor.wording import first_few
+
+_EPSILONS = (".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon")
+_ROPE_BASES = (".rope.freq_base", ".rope.freq_base_swa")
+
+
+def problems(path: str, floats: Mapping[str, object]) -> list[ScanProblem]:
+    """BAD CONFIG for the float key/values (``floats``: key → value) that make the model compute NaN."""
+    wrong = []
+    for key, value in floats.items():
+        if not isinstance(value, float):
+            continue
+        if math.isnan(value):
+            wrong.append(f"{key} is {value} (every value computed from it is NaN)")
+        elif key.endswith(_EPSILONS) and value <= EPS_HARMFUL:
+            wrong.append(f"{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "
+                         "wherever a hidden state's is below |eps|)")
+        elif key.endswith(_ROPE_BASES) and value <= 0:
+            wrong.append(f"{key} is {value} (the rotary frequencies base^(-2i/d) are Inf or NaN: every query and key "
+                         "past the first position NaN)")
+    if not wrong:
+        return []
+    return [ScanProblem(
+        path, f"{first_few(wrong, 3)}: llama.cpp and transformers' GGUF loader build the model from these values as "
+        "written, and its forward pass computes NaN",
+        "write the values the model was converted with (the source model's config.json has them: rms_norm_eps, "
+        "rope_theta), e.g. with gguf-py's gguf_set_metadata.py, or convert it again", kind=CONFIG_KIND)]
