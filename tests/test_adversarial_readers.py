@@ -504,3 +504,24 @@ def test_a_header_safetensors_refuses_is_never_clean(tmp_path: Path, extra: str,
         assert report.exit_code == 0 and not report.errors
     else:
         assert report.exit_code == 3 and "JSON" in report.errors[0].message, report.errors
+
+
+@pytest.mark.parametrize("key", [7, b"x"])
+def test_a_hugging_face_weights_file_with_a_key_that_is_no_string_is_not_loadable(tmp_path: Path, key) -> None:
+    """An adversarial round: pytorch_model.bin holding every weight plus a tensor under the key ``7`` (or ``b"x"``):
+    torch.load(weights_only=True) returns it, from_pretrained raises (AttributeError, TypeError), nandoctor said
+    CLEAN. Another torch file's keys are its own loader's business."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=4)
+    model = transformers.LlamaForCausalLM(config)
+    config.save_pretrained(tmp_path)
+    state = {**model.state_dict(), key: torch.ones(2)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises((AttributeError, TypeError)):  # the oracle
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    report = scan(tmp_path, device="cpu")
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+    assert "no string" in report.errors[0].message
+    torch.save(state, tmp_path / "model.pt")
+    assert scan(tmp_path / "model.pt", device="cpu").exit_code == 0

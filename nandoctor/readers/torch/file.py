@@ -273,7 +273,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
         built.refs += pickled_float_refs(path, walked.group_floats, loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
-    problems = _unread_tensors(path, loaded.placeholders, built)
+    problems = _unread_tensors(path, loaded.placeholders, built) + weights_only.key_problems(path, loaded.value)
     # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
     # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
     if weights_only_load:
@@ -398,7 +398,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         f"{os.path.basename(path)}: legacy (pre-1.6) torch format; it has no checksums, so corruption that "
         "leaves finite values cannot be detected",
     )
-    problems = _unread_tensors(path, tuple(legacy.placeholders), built)
+    problems = _unread_tensors(path, tuple(legacy.placeholders), built) + weights_only.key_problems(path, legacy.root)
     _weights_only(path, tuple(legacy.refused), notes, problems)
     fh.seek(0)
     notes += weights_only.protocol_notes(path, fh)

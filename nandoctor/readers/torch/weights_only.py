@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nandoctor.checkpoint.loaders import unrestricted_loader, weights_only_loader
 from nandoctor.model import ScanProblem
@@ -182,3 +182,21 @@ def judged(path: str, refused: tuple[str, ...], quiet: frozenset[str] = frozense
         "objects in the file); if you trust the file, load it once with torch.load(weights_only=False) to do that",
         kind=UNLOADABLE_KIND,
     )], []
+
+
+def key_problems(path: str, root: Any) -> list[ScanProblem]:
+    """A Hugging Face weights file (``weights_only_loader``) whose state dict has a key that is no string (``7``,
+    ``b"x"``): torch.load(weights_only=True) returns it, and from_pretrained raises on it as it matches names (an
+    adversarial round: CLEAN). Other torch files' keys are their loaders' business."""
+    loader = weights_only_loader(Path(path).name)
+    if loader is None or not isinstance(root, dict):
+        return []
+    odd = [key for key in dict.keys(root) if not isinstance(key, str)]
+    if not odd:
+        return []
+    shown = first_few([f"{key!r} ({type(key).__name__})" for key in odd[:3]], 3)
+    return [ScanProblem(
+        path, f"its state dict has {len(odd)} key(s) that are no string ({shown}): {loader} matches the weights to the "
+        "model by name and raises on such a key, so the model will not load",
+        "re-save the state dict with string keys only (model.save_pretrained(…), or torch.save of "
+        "model.state_dict())", kind=UNLOADABLE_KIND)]
