@@ -94,6 +94,11 @@ class DcpReader:
             if not defer_crcs:
                 problems += check_owed(fh.fileno(), owed)
                 owed = []
+        if safetensors_at:
+            notes.append("the .distcp files hold their tensors as safetensors (FileSystemWriter(serialization_format="
+                         "SAFETENSORS)), which torch's own FileSystemReader (torch 2.13) cannot load: it torch.loads "
+                         "every tensor item (\"Weights only load failed … Unsupported operand 0\"); nandoctor read "
+                         "them with the safetensors reader, so load them with a reader of that serialisation")
         # (the same problem of every item of the file, a pickle protocol torch does not run: said once)
         return ReadResult(tuple(refs), tuple(dict.fromkeys(notes)), tuple(dict.fromkeys(problems)), tuple(owed),
                           tuple(unviewed))
