@@ -487,3 +487,31 @@ def test_a_checkpoint_bad_only_in_its_optimizer_state_says_the_weights_are_fine_
     assert (f"optimizer state only: checkpoint-300: optimizer.state.33.exp_avg_sq holds NaN/Inf or exploded values "
             f"while its weights are healthy; resuming training from it restores them: resume from "
             f"{run_dir / 'checkpoint-200'} instead") in out
+
+
+def test_max_w_of_a_checkpoint_holding_inf_or_nan_says_so(tmp_path):
+    """A new user: the timeline, Markdown table and HTML chart showed 0.0874 as max |w| of the demo's checkpoint-300,
+    which holds 53 +Inf (the largest *finite* magnitude). The tables say inf (nan where NaN is all that is broken)."""
+    import numpy as np
+
+    from fixtures.builders import RawTensor, write_safetensors
+
+    report = nandoctor.scan_run(DEMO_RUN, device="cpu")
+    rows = {c.name: c.max_abs_words for c in report.checkpoints}
+    assert rows == {"checkpoint-100": "0.0874", "checkpoint-200": "0.0874", "checkpoint-300": "inf"}
+    console = run("scan", str(DEMO_RUN), "--no-progress").output
+    assert [line.split("│")[7].strip() for line in console.splitlines() if "│ checkpoint-300 │" in line] == ["inf"]
+    html = tmp_path / "r.html"
+    run("scan", str(DEMO_RUN), "--html", str(html), "-q")
+    assert ">inf<" in html.read_text() and "largest finite weight magnitude" in html.read_text()
+    values = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 0.02
+    for step, planted in ((1, False), (2, True)):
+        folder = tmp_path / "run" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        bits = values.copy()
+        if planted:
+            bits[7] = np.nan
+        write_safetensors(folder / "model.safetensors", {f"model.layers.{i}.mlp.weight": RawTensor(
+            "F32", (4096,), (bits if i == 1 else values).tobytes()) for i in range(3)})
+    nan_run = nandoctor.scan_run(tmp_path / "run", device="cpu")
+    assert [c.max_abs_words for c in nan_run.checkpoints] == [f"{float(abs(values).max()):.3g}", "nan"]

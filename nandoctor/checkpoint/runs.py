@@ -205,6 +205,22 @@ class RunCheckpoint:
         return None if self.report is None else verdict.max_abs(self.report, "weight")
 
     @property
+    def max_abs_words(self) -> str:
+        """:attr:`max_abs` as the run tables print it: ``inf`` where a weight holds +Inf or -Inf, ``nan`` where the
+        weights' only non-finite values are NaN (a largest finite magnitude there read as a healthy 0.0874 beside a
+        checkpoint full of Inf), else the largest magnitude; "" when not scanned."""
+        top, r = self.max_abs, self.report
+        if r is None:
+            return ""
+        tensors, roles = r.tensors, r.tensors.refs.roles
+        weights = [i for i in tensors.flagged if roles[i] == "weight"]
+        if any(tensors.posinf[i] or tensors.neginf[i] for i in weights):
+            return "inf"
+        if any(tensors.nan[i] for i in weights):
+            return "nan"
+        return "" if top is None else f"{top:.3g}"
+
+    @property
     def scale(self) -> float | None:
         """The largest bulk scale of its weight tensors (verdict.weight_scale): a bit flip does not move it."""
         from nandoctor import verdict

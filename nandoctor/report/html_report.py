@@ -176,7 +176,8 @@ def _charts(run: RunReport) -> list[str]:
     if scanned:
         line = svg.Series("max |w|", [(c.step, c.max_abs or 0.0) for c in scanned], "#444", dots=True,
                           dot_colours=[STATUS_COLOURS[c.status] for c in scanned])
-        out.append(svg.line_chart([line], title="largest weight magnitude per checkpoint", log_y=True,
+        out.append(svg.line_chart([line], title="largest finite weight magnitude per checkpoint (its dot: the status)",
+                                  log_y=True,
                                   markers=_markers(run), chart_id="chart-max-abs"))
     return out
 
@@ -192,7 +193,7 @@ def _timeline(run: RunReport) -> str:
             ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
-            ("n", "" if c.max_abs is None else num(c.max_abs)),
+            ("n", c.max_abs_words if c.max_abs_words in ("", "inf", "nan") or c.max_abs is None else num(c.max_abs)),
             ("n", "" if c.growth is None else "×" + num(c.growth)),
             ("name", esc(same_words(c)) if c.same_as is not None else "" if r is None
              else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),

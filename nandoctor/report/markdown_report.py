@@ -167,7 +167,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
         rows.append([c.step_label, md(c.name), status_words(c),
                      "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}",
                      "" if r is None else f"{r.nonfinite:,}",
-                     "" if r is None or c.max_abs is None else f"{c.max_abs:.3g}",
+                     "" if r is None else c.max_abs_words,
                      md(same_words(c)) if c.same_as is not None else "" if r is None
                      else ", ".join(md(x.label) for x in bad_ranges(r.layers)[:4])])
     out += ["", "### Checkpoints", ""]

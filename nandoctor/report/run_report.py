@@ -98,13 +98,12 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
         if r is None:
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
         else:
-            top = c.max_abs
             row.append(f"{len(r.unhealthy_tensors)}/{len(r.tensors)}")
             if narrow:
                 row.append(f"{r.nan + r.posinf + r.neginf:,}")
             else:
                 row += [f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}"]
-            row.append("" if top is None else f"{top:.3g}")
+            row.append(c.max_abs_words)
             if not narrow:
                 row.append(Text("" if c.growth is None else f"×{c.growth:.3g}",
                                 style="red" if c.growth is not None and c.growth >= 32 else ""))
