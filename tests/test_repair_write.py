@@ -218,6 +218,18 @@ def test_existing_out_is_refused_untouched(tmp_path):
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["fixed.safetensors", "fixed.BIN", "model.gguf"])
+def test_an_out_named_like_a_weight_file_is_refused(tmp_path, name):
+    """A new user: `repair bad.safetensors --out fixed.safetensors` made a folder fixed.safetensors/ holding
+    bad.safetensors (load_file on that path: "No such device"). --out is a folder: a weight file's suffix is refused,
+    nothing written, with a folder name to use instead."""
+    target, donor, _, _ = make_run(tmp_path)
+    with pytest.raises(RepairRefusedError, match="names the folder the repair creates") as info:
+        repair(target, [donor], tmp_path / name)
+    assert f"--out {tmp_path / name.rsplit('.', 1)[0]}" in info.value.hint
+    assert not (tmp_path / name).exists() and leftovers(tmp_path) == []
+
+
 def test_out_inside_source_and_missing_parent_are_refused(tmp_path):
     target, donor, _, _ = make_run(tmp_path)
     with pytest.raises(RepairRefusedError, match="inside the checkpoint"):

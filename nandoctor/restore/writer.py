@@ -98,6 +98,15 @@ def check_out(out: Path, source: Source) -> None:
         )
     if os.path.lexists(out):
         raise OutputExistsError(str(out))
+    from nandoctor.checkpoint.layout import weight_suffixes
+
+    if out.suffix.lower() in weight_suffixes():  # (a folder named fixed.safetensors: load_file fails on it)
+        inside = source.single_file.name if source.single_file is not None else "the repaired checkpoint's files"
+        raise RepairRefusedError(
+            f"{out}: --out names the folder the repair creates (it will hold {inside} and the repair's proof), "
+            f"but ends in {out.suffix}, a weight file's suffix",
+            f"choose a folder name, e.g. --out {shell_word(str(out.with_suffix('')))}",
+        )
     if not out.parent.is_dir():
         if os.path.lexists(out.parent):
             raise RepairRefusedError(f"{out.parent}: is a file, not a folder that could hold --out",
