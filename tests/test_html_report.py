@@ -191,7 +191,10 @@ def test_an_unwritable_html_path_is_an_output_error_and_the_scans_verdict_still_
     error = f"error: {out}: cannot write the HTML report (No such file or directory)\nhint: give a path in a folder"
     own = scan(str(path), "-q")
     quiet = scan(str(path), "--html", out, "-q")
-    assert quiet.exit_code == 3 and quiet.stdout == own.stdout and "UNREADABLE" not in quiet.output
+    # (the scan's own line, its first word the exit code's: FAIL, and why; a new user's gate read PASS on an exit 3)
+    said = own.stdout.rstrip("\n").partition(" ")[2]
+    assert quiet.exit_code == 3 and "UNREADABLE" not in quiet.output
+    assert quiet.stdout == f"FAIL {said} · the --html report was not written (exit 3)\n"
     assert quiet.stderr.startswith(error)
     data = json.loads(scan(str(path), "--html", out, "--json").stdout)
     assert data["summary"]["exit_code"] == own.exit_code  # the scan's verdict
@@ -246,5 +249,9 @@ def test_an_html_path_that_is_a_folder_is_an_output_error_too(tmp_path):
         f"{tmp_path}: cannot write the HTML report (Is a directory)")
     assert list(tmp_path.iterdir()) == []  # nothing written into the folder
     # (a trial: the hint said "give a path in a folder that exists", which the folder did)
-    assert data["report_errors"][0]["hint"] == (
-        f"--html takes the file to write, not a folder: give e.g. {tmp_path / 'report.html'}")
+    assert data["report_errors"][0]["hint"] == (  # (beside it: the folder may be the checkpoint, never written into)
+        f"--html takes the file to write, not a folder: give e.g. {tmp_path}-report.html")
+    quiet = scan(str(DEMO_RUN / "checkpoint-200"), "--html", str(tmp_path), "-q")
+    # (a new user: the line said PASS CLEAN and the command exited 3; its first word is the exit code's)
+    assert quiet.exit_code == 3 and quiet.stdout == (f"FAIL CLEAN {DEMO_RUN / 'checkpoint-200'}: 195 tensors healthy · "
+                                                     "the --html report was not written (exit 3)\n")

@@ -60,6 +60,15 @@ def emit_scan_and_html(
     return code
 
 
+def quiet_line(line: str, not_written: ReportWriteError | None) -> str:
+    """``--quiet``'s line when a report file could not be written: its first word is the exit code's (3), so a gate
+    that reads it never sees PASS, and it says why."""
+    if not_written is None:
+        return line
+    status, _, rest = line.partition(" ")
+    return f"FAIL {rest if status in ('PASS', 'FAIL') else line} · the --html report was not written (exit {not_written.exit_code})"
+
+
 def emit_scan(
     report: ScanReport, as_json: bool, quiet: bool, show_all: bool, fail_on: frozenset[str], *, markdown: bool = False,
     not_written: ReportWriteError | None = None,
@@ -83,7 +92,7 @@ def emit_scan(
     elif quiet:
         from nandoctor.report.text import safe
 
-        click.echo(safe(verdicts.one_line(report, fail_on)))
+        click.echo(safe(quiet_line(verdicts.one_line(report, fail_on), not_written)))
     else:
         from nandoctor.cli.progress import stdout_console
         from nandoctor.report.rich_report import render

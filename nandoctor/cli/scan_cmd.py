@@ -261,10 +261,11 @@ def _emit_run(run: RunReport, as_json: bool, quiet: bool, markdown: bool, fail_o
 
         echo_json(with_gate(api.to_json(run, fail_on), fail_on, run.exit_code(fail_on), not_written))
     elif quiet:
+        from nandoctor.cli.emit import quiet_line
         from nandoctor.report.run_report import one_line
         from nandoctor.report.text import safe
 
-        click.echo(safe(one_line(run, fail_on)))
+        click.echo(safe(quiet_line(one_line(run, fail_on), not_written)))
     else:
         from nandoctor.cli.progress import stdout_console
         from nandoctor.report.run_report import render

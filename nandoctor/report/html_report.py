@@ -244,9 +244,11 @@ def write_html(path: str | os.PathLike[str], page: str) -> None:
     try:
         write_text(path, page)
     except IsADirectoryError as exc:  # (a trial: the default hint, "a folder that exists", applied to a folder)
+        # (beside the folder, never in it: the folder may be the checkpoint itself, which nandoctor never writes into)
+        beside = os.fspath(path).rstrip(os.sep) or os.sep
         raise ReportWriteError(
             f"{os.fspath(path)}: cannot write the HTML report ({exc.strerror or exc})",
-            f"--html takes the file to write, not a folder: give e.g. {os.path.join(os.fspath(path), 'report.html')}",
+            f"--html takes the file to write, not a folder: give e.g. {beside}-report.html",
         ) from None
     except OSError as exc:
         raise ReportWriteError(f"{os.fspath(path)}: cannot write the HTML report ({exc.strerror or exc})") from None
