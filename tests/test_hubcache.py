@@ -210,9 +210,11 @@ def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, 
     monkeypatch.chdir(tmp_path)
     for given, hint in (("run/checkpoint-30", "did you mean run/checkpoint-300?"),
                         ("run/zzz", "check the path: run holds no zzz"),
-                        ("zzz", "locally, the current folder holds no zzz"),
+                        ("zzz", "check the path: the current folder holds no zzz; if it is a hub model"),
                         (str(tmp_path / "run" / "checkpoint-10"), f"did you mean {tmp_path / 'run' / 'checkpoint-100'}?"),
-                        ("nosuch/model", "hf download nosuch/model")):
+                        ("nosuch/model", "hf download nosuch/model"),
+                        # (a new user: the local fact first, not a download instruction for a mistyped local path)
+                        ("nosuch/model", "check the path: the current folder holds no nosuch; if it is a hub model")):
         with pytest.raises(CheckpointNotFoundError) as caught:
             hubcache.resolve(given)
         assert hint in caught.value.hint, (given, caught.value.hint)

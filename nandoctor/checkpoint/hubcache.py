@@ -231,11 +231,23 @@ def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
     looked = [str(hf_repo_folder(repo_id))]
     if revision is None:
         looked += [str(p) for p in modelscope_candidates(repo_id)[:2]]
+    # (the local fact first: a new user's typo of a local path read as a download instruction)
+    local = nearby[0] if nearby is not None else _first_missing(path)
     raise CheckpointNotFoundError(
         f"{text}: no such file or folder (nor a model of that name in the Hugging Face or ModelScope cache: "
         f"looked in {', '.join(looked)})",
-        "check the path; for a hub model, nandoctor never downloads: fetch it first "
+        f"{local}; if it is a hub model, nandoctor never downloads: fetch it first "
         f"(`hf download {repo_id}`, `huggingface-cli download {repo_id}` or `modelscope download --model {repo_id}`) "
-        "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is"
-        + (f"; locally, {nearby[0].removeprefix('check the path: ')}" if nearby is not None else ""),
+        "or set HF_HUB_CACHE / HF_HOME / MODELSCOPE_CACHE to where it is",
     )
+
+
+def _first_missing(path: Path) -> str:
+    """"check the path: FOLDER holds no PART" for the first part of ``path`` that does not exist."""
+    at = Path(path.anchor) if path.is_absolute() else Path()
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if not access.exists(at / part):
+            where = "the current folder" if str(at) in ("", ".") else str(at)
+            return f"check the path: {where} holds no {part}"
+        at = at / part
+    return "check the path"
