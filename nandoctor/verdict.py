@@ -622,7 +622,9 @@ def diverged_why(
     tensors = report.tensors
     roles, holds, findings = tensors.refs.roles, tensors.can_hold_nonfinite, tensors.findings
     bad = [findings[i] for i in tensors.flagged if roles[i] == "weight" and holds[i] and broken(tensors, i)]
-    weights = _weights(tensors) if len(bad) > 1 else 0  # (counted only when it can matter)
+    # (counted only when it can matter; weights --only/--exclude left out count too: a selection of the broken layers
+    # read DIVERGED, "6 of 8 weight tensors", where the whole checkpoint is poisoned and repairs, a new user's trial)
+    weights = _weights(tensors) + excluded_weights(report) if len(bad) > 1 else 0
     exploded = sum(1 for found in bad if EXPLODED in found)
     spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
     if weights and len(bad) > 1 and spread:
@@ -857,6 +859,13 @@ def passes(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
 def target_dtype(report: ScanReport) -> str | None:
     value = report.extra.get("target_dtype")
     return value if isinstance(value, str) else None
+
+
+def excluded_weights(report: ScanReport) -> int:
+    """How many model weight tensors ``--only`` / ``--exclude`` left out of the scan (unread: never judged broken)."""
+    value = report.extra.get("excluded")
+    count = value.get("weights") if isinstance(value, dict) else None
+    return count if isinstance(count, int) else 0
 
 
 def excluded(report: ScanReport) -> int:

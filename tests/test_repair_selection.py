@@ -122,3 +122,28 @@ def test_a_repair_with_an_exclusion_names_the_unjudged_tensors_too(pair, tmp_pat
     assert result.exit_code == 0 and "✓ REPAIRED" in said, result.output
     assert "clean except the 1 tensor(s) left out by --exclude 'optimizer.*'" in said
     assert "'optimizer.state.0.exp_avg'" in said
+
+
+def test_a_selection_is_judged_as_part_of_its_whole_checkpoint(tmp_path):
+    """A new user: `scan checkpoint-300 --only 'transformer.h.22.*'` of the demo (a poisoned checkpoint that repairs)
+    read DIVERGED ("6 of 8 weight tensors") and refused the repair, and `scan checkpoint-200 --only …` of a healthy
+    one read TENSOR NAMES CHANGED (its kept names against its neighbours' whole headers), so a refusal named
+    checkpoint-100 as the resume point. The weights left out count in the share rule; neighbours are compared
+    through the same selection."""
+    import shutil
+
+    from tests.conftest import DEMO_RUN
+    from tests.test_markdown_report import _exploded_run
+
+    run_dir = shutil.copytree(DEMO_RUN, tmp_path / "demo")
+    narrowed = nandoctor.scan(run_dir / "checkpoint-300", only=["transformer.h.22.*"], device="cpu")
+    assert narrowed.health == "poisoned" and narrowed.exit_code == 1
+    assert narrowed.extra["excluded"]["tensors"] == 187 and narrowed.extra["excluded"]["weights"] == 187
+    healthy = nandoctor.scan(run_dir / "checkpoint-200", only=["transformer.h.22.*"], device="cpu")
+    assert healthy.exit_code == 0 and not healthy.errors, healthy.errors
+    result = nandoctor.repair(run_dir / "checkpoint-300", ["auto"], tmp_path / "fixed", only=["transformer.h.22.*"])
+    assert result.ok and {r.name.split(".")[2] for r in result.plan.restorations} == {"22"}
+    exploded = _exploded_run(tmp_path / "x")  # (diverged by growth: refused, naming the last healthy checkpoint)
+    with pytest.raises(nandoctor.RepairRefusedError) as refused:
+        nandoctor.repair(exploded / "checkpoint-300", ["auto"], tmp_path / "no", only=["transformer.h.21.*"])
+    assert f"({exploded / 'checkpoint-200'})" in refused.value.hint

@@ -46,6 +46,7 @@ class Checkpoint:
     fingerprints: dict[Path, FileIdentity] = field(default_factory=dict)  # taken before each file was read
     selection: Selection | None = None  # --only / --exclude
     excluded: int = 0  # tensors left out by the selection
+    excluded_weights: int = 0  # of them, model weights (the diverged share rule counts them: verdict.diverged_why)
     owed: dict[Path, list[OwedCrc]] = field(default_factory=dict)  # CRC-32 checks left to the scan (defer_crcs)
     unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
     cast_to_float: list[TensorRef] = field(default_factory=list)  # integer weights from_pretrained casts to float
@@ -169,7 +170,10 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
     total = 0
     for file, refs in checkpoint.refs_by_file.items():
         total += len(refs)
-        rows = [i for i, name in enumerate(names_of(refs)) if selection.keeps(name)]
+        keeps = [selection.keeps(name) for name in names_of(refs)]
+        rows = [i for i, kept in enumerate(keeps) if kept]
+        roles = refs.roles if isinstance(refs, RefTable) else [ref.role for ref in refs]
+        checkpoint.excluded_weights += sum(1 for kept, role in zip(keeps, roles) if not kept and role == "weight")
         checkpoint.refs_by_file[file] = refs.take(rows) if isinstance(refs, RefTable) else [refs[i] for i in rows]
     kept = sum(len(refs) for refs in checkpoint.refs_by_file.values())
     # (a numpy value pickled beside the tensors is selected by its name as a tensor is: --exclude 'message_hub.*')

@@ -124,6 +124,7 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
         place_in_run,
         weight_entry,
     )
+    from nandoctor.checkpoint.selection import of_report
     from nandoctor.errors import NandoctorError
 
     if report.errors:
@@ -138,6 +139,9 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
     if not place.lightning and not target.is_dir() and _other_weight_files(target):
         return None  # one shard of several: what it holds depends on where the shards were cut (the folder is judged)
     mine = _weights_by_name(report)
+    # (scanned with --only/--exclude, the report holds the names kept: its neighbours' are compared the same way, or a
+    # healthy checkpoint read TENSOR NAMES CHANGED and a repair's refusal named an older resume point)
+    chosen = of_report(report.extra)
     window: list[tuple[RunCheckpoint, dict[str, Any]]] = []
     for step, path in siblings[max(0, at - NAMES_WINDOW): at + NAMES_WINDOW + 1]:
         if step == place.step:
@@ -149,7 +153,8 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
             continue
         if opened.problems:
             continue  # (its own scan says what is wrong with it)
-        weights = {r.name: weight_entry(r) for r in opened.refs if r.role == "weight"}
+        weights = {r.name: weight_entry(r) for r in opened.refs
+                   if r.role == "weight" and (chosen is None or chosen.keeps(r.name))}
         window.append((RunCheckpoint(step, str(path), CLEAN, None), weights))
     if all(weights.keys() == mine.keys() for _, weights in window):
         return None

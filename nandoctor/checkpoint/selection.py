@@ -49,4 +49,15 @@ def selection(only: Iterable[str] | None = None, exclude: Iterable[str] | None =
     return chosen if chosen else None
 
 
-__all__ = ["Selection", "selection"]
+def of_report(extra: dict[str, object]) -> Selection | None:
+    """The selection a report was scanned with (its ``extra["excluded"]``: engine), or None."""
+    value = extra.get("excluded")
+    if not isinstance(value, dict):
+        return None
+    only, exclude = value.get("only"), value.get("exclude")
+    chosen = Selection(tuple(p for p in only if isinstance(p, str)) if isinstance(only, list) else (),
+                       tuple(p for p in exclude if isinstance(p, str)) if isinstance(exclude, list) else ())
+    return chosen if chosen else None
+
+
+__all__ = ["Selection", "of_report", "selection"]

@@ -192,7 +192,8 @@ def assemble(
     chunks of one tensor merged, the checkpoint's own problems first."""
     extra: dict = {"target_dtype": cast_to.name} if cast_to else {}
     if checkpoint.selection is not None:
-        extra["excluded"] = {"tensors": checkpoint.excluded, **checkpoint.selection.to_json()}
+        extra["excluded"] = {"tensors": checkpoint.excluded, "weights": checkpoint.excluded_weights,
+                             **checkpoint.selection.to_json()}
     if checkpoint.files.shard_of is not None:
         extra["shard_of"] = checkpoint.files.shard_of.to_json()
     if limits != HealthLimits():
