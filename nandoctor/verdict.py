@@ -599,7 +599,8 @@ def run_context(report: ScanReport) -> dict[str, Any] | None:
 
 
 def diverged_why(
-    report: ScanReport, baseline: Mapping[str, float] | None = None, log_nonfinite_step: int | None = None
+    report: ScanReport, baseline: Mapping[str, float] | None = None, log_nonfinite_step: int | None = None,
+    loss_jump: Mapping[str, Any] | None = None,
 ) -> str:
     """Why ``report``'s checkpoint is diverged, or ``""``: the one rule the run scan, a standalone scan
     and repair's refusal all ask (docs/health.md, "Poisoned or diverged").
@@ -613,9 +614,13 @@ def diverged_why(
     grad_norm at or before this save. Without ``baseline`` (a standalone scan, a repair) both come from
     the run context the report carries (checkpoint/runcontext.py), which measured the growth the same
     way. The log is quoted in the reason; it decides nothing on its own: a checkpoint whose log broke
-    while most weights are NaN already meets the share rule.
+    while most weights are NaN already meets the share rule. With ``loss_jump`` (runs.loss_jump_at: the log's loss
+    jumped before the save and stayed up; from the run context without ``baseline``) a growth of
+    ``GROWTH_WITH_LOSS_JUMP`` is enough.
     """
     context = run_context(report) or {}
+    if loss_jump is None and baseline is None:
+        loss_jump = _context_loss_jump(report)
     if log_nonfinite_step is None:
         value = context.get("log_nonfinite_step")
         log_nonfinite_step = value if isinstance(value, int) else None
@@ -632,10 +637,29 @@ def diverged_why(
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
-    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
+    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report, loss_jump is not None)
     if grown is not None and grown.factor >= GROWTH_DIVERGED:
         return grown.reason()
+    if grown is not None and loss_jump is not None and grown.factor >= GROWTH_WITH_LOSS_JUMP:
+        return f"{grown.reason()}, and {_jump_words(loss_jump)}"
     return ""
+
+
+def _context_loss_jump(report: ScanReport) -> dict[str, Any] | None:
+    """The trainer log's loss jump the report's run context carries, where its checkpoint was saved after it
+    (checkpoint/runcontext.py, a run scan's diverged row); None otherwise."""
+    context = run_context(report) or {}
+    value = context.get("loss_jump")
+    return value if isinstance(value, dict) and isinstance(context.get(LOSS_BROKE_FROM), int) else None
+
+
+def _jump_words(jump: Mapping[str, Any]) -> str:
+    """The trainer log's loss jump (runs.loss_jump_at), in words."""
+    loss, early = jump.get("loss"), jump.get("early_loss")
+    if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
+        return "the trainer log's loss jumped before it was saved"
+    return (f"the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its early "
+            f"{early:.4g}, before it was saved")
 
 
 def is_training_checkpoint(report: ScanReport) -> bool:
@@ -691,11 +715,12 @@ def diverged_advice(report: ScanReport, where: str = "") -> str:
             "or convert/quantize again from a healthy checkpoint)")
 
 
-def _diverging_growth(report: ScanReport) -> Growth | None:
+def _diverging_growth(report: ScanReport, loss_jumped: bool = False) -> Growth | None:
     """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
-    row), when it makes the checkpoint diverged."""
+    row), when it makes the checkpoint diverged (``loss_jumped``: with the log's loss jump, GROWTH_WITH_LOSS_JUMP)."""
     grown = Growth.from_json((run_context(report) or {}).get("growth"))
-    return grown if grown is not None and grown.factor >= GROWTH_DIVERGED else None
+    least = GROWTH_WITH_LOSS_JUMP if loss_jumped else GROWTH_DIVERGED
+    return grown if grown is not None and grown.factor >= least else None
 
 
 def broken(tensors: TensorResults, row: int) -> bool:
@@ -727,6 +752,11 @@ GROWTH_DIVERGED = 2.0**8
 # So nothing whose weights' bulk stays below 16 can be diverged by growth: such a checkpoint, with no
 # finding either, is never judged against its run (no extra scan: checkpoint/runcontext.py).
 GROWTH_FLOOR = 2.0**-4
+# With the trainer log's loss jumped before the save and still up (runs.loss_jump_at), a bulk this many times the
+# first healthy checkpoint's is diverged: the weights moved, and the loss says they moved away (a trial: one update at
+# 3e4 times the loss grew a bulk x197 and left a loss 240x its early one, an eval loss of 1,223 against 4.0, and the
+# run passed CLEAN; healthy fine-tunes stay far below x32, and a healthy run's loss does not jump and stay up).
+GROWTH_WITH_LOSS_JUMP = 2.0**5
 
 
 def tensor_scale(t: TensorResult) -> float | None:
@@ -763,11 +793,12 @@ def _weight_scales(tensors: TensorResults) -> list[tuple[int, float]]:
     return [(i, scale) for i, scale in enumerate(scales) if scale is not None and i not in left_out]
 
 
-def may_have_grown(report: ScanReport) -> bool:
-    """Whether some weight tensor's bulk is large enough (``GROWTH_DIVERGED`` x ``GROWTH_FLOOR``) for
-    :func:`growth` to call the checkpoint diverged, whatever its run's first healthy checkpoint holds."""
+def may_have_grown(report: ScanReport, loss_jumped: bool = False) -> bool:
+    """Whether some weight tensor's bulk is large enough (``GROWTH_DIVERGED`` x ``GROWTH_FLOOR``; with the trainer
+    log's loss jumped, ``GROWTH_WITH_LOSS_JUMP`` x) for :func:`growth` to call the checkpoint diverged, whatever its
+    run's first healthy checkpoint holds."""
     top = weight_scale(report)
-    return top is not None and top >= GROWTH_DIVERGED * GROWTH_FLOOR
+    return top is not None and top >= (GROWTH_WITH_LOSS_JUMP if loss_jumped else GROWTH_DIVERGED) * GROWTH_FLOOR
 
 
 def weight_scale(report: ScanReport) -> float | None:
@@ -1062,9 +1093,10 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     it lists the problems above itself, so it asks without ``first_problem``)."""
     pieces: list[str] = []
     tensors = len(report.tensors)
-    grown = _diverging_growth(report)
-    if grown is not None:
-        pieces.append(grown.reason())
+    jump = _context_loss_jump(report)
+    grown = _diverging_growth(report, jump is not None)
+    if grown is not None:  # (diverged by growth; below GROWTH_DIVERGED by growth and the log's loss jump: both said)
+        pieces.append(grown.reason() + (f", and {_jump_words(jump)}" if jump and grown.factor < GROWTH_DIVERGED else ""))
     unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
     if report.bad_tensors:
         # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);
@@ -1132,7 +1164,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         pieces.append(f"{plural(len(unchecked), 'tensor')} finite but not checked for health "
                       f"({first_few([t.name for t in unchecked], _MAX_NAMED)}: see the note)")
     pieces += held_facts(report)
-    caution = loss_jump_caution(report) if not (report.errors or report.unhealthy_tensors) else None
+    caution = loss_jump_caution(report) if not (report.errors or report.unhealthy_tensors or grown) else None
     if caution is not None:  # (a failing one's next step says what the jump means for its repair: summary.py)
         pieces.append(caution)
     overflow = overflow_count(report)
@@ -1219,7 +1251,7 @@ def _hashes_fact(report: ScanReport) -> str | None:
 
 def checkpoint_status(
     report: ScanReport | None, incomplete: bool, baseline: Mapping[str, float] | None,
-    log_nonfinite_step: int | None = None,
+    log_nonfinite_step: int | None = None, loss_jump: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """(status, why) of one checkpoint of a run: ``incomplete``, ``unreadable``, ``diverged``,
     ``poisoned``, ``overflow`` or ``clean``.
@@ -1233,7 +1265,7 @@ def checkpoint_status(
         return "incomplete", ""
     if weight_errors(report):
         return "unreadable", ""
-    why = diverged_why(report, baseline or {}, log_nonfinite_step)
+    why = diverged_why(report, baseline or {}, log_nonfinite_step, loss_jump)
     if why:
         return "diverged", why
     if report.health in ("poisoned", "diverged"):  # diverged by a context the run scan does not use

@@ -219,15 +219,21 @@ def test_existing_out_is_refused_untouched(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["fixed.safetensors", "fixed.BIN", "model.gguf"])
-def test_an_out_named_like_a_weight_file_is_refused(tmp_path, name):
+def test_an_out_named_like_a_weight_file_is_refused_for_a_file(tmp_path, name):
     """A new user: `repair bad.safetensors --out fixed.safetensors` made a folder fixed.safetensors/ holding
-    bad.safetensors (load_file on that path: "No such device"). --out is a folder: a weight file's suffix is refused,
-    nothing written, with a folder name to use instead."""
-    target, donor, _, _ = make_run(tmp_path)
+    bad.safetensors (load_file on that path: "No such device"). A single file's --out is the folder that will hold
+    it: a weight file's suffix is refused, nothing written, with a folder name to use instead. (A folder target keeps
+    any name: a sharded Lightning checkpoint is a folder named …step=N.ckpt.)"""
+    values = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    bad = values.copy()
+    bad[3] = np.nan
+    write_safetensors(tmp_path / "bad.safetensors", {"model.layers.0.weight": RawTensor("F32", (64,), bad.tobytes())})
+    write_safetensors(tmp_path / "good.safetensors", {"model.layers.0.weight": RawTensor("F32", (64,), values.tobytes())})
     with pytest.raises(RepairRefusedError, match="names the folder the repair creates") as info:
-        repair(target, [donor], tmp_path / name)
-    assert f"--out {tmp_path / name.rsplit('.', 1)[0]}" in info.value.hint
+        repair(tmp_path / "bad.safetensors", [tmp_path / "good.safetensors"], tmp_path / name)
+    assert f"--out {tmp_path / name.rsplit('.', 1)[0]}" in info.value.hint and "bad.safetensors" in info.value.message
     assert not (tmp_path / name).exists() and leftovers(tmp_path) == []
+    assert repair(tmp_path / "bad.safetensors", [tmp_path / "good.safetensors"], tmp_path / "fixed").ok
 
 
 def test_out_inside_source_and_missing_parent_are_refused(tmp_path):

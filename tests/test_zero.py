@@ -191,18 +191,19 @@ def test_moments_longer_than_the_saved_fp32_partition_are_still_named(tmp_path: 
     """DeepSpeed saves the last rank's fp32 partition without its tail padding but the moments of the padded one
     (checked against real deepspeed 0.19.8): the moments were left under flat names, a NaN in them named by no
     parameter. They are named as the fp32 partition is; NaN in their padding is bytes no tensor views."""
-    from tests.zero_writer import write
+    from tests.zero_writer import stage_enum, write
 
     step = write(tmp_path, stage, world, padded_moments=True)
     last = step / f"bf16_zero_pp_rank_{world - 1}_mp_rank_00_optim_states.pt"
-    state = torch.load(last, weights_only=False)
-    moments = state["optimizer_state_dict"]["base_optimizer_state"]["state"]
-    padded = [g for g in moments if moments[g]["exp_avg_sq"].numel() > state["optimizer_state_dict"][
-        "single_partition_of_fp32_groups"][g].numel()]
-    assert padded, "the layout must have a padded last partition"
-    g = padded[0]
-    moments[g]["exp_avg_sq"][-1] = float("nan")  # in the padding
-    torch.save(state, last)
+    with stage_enum():  # (our own file, pickled with DeepSpeed's stage enum: loaded and saved again with it)
+        state = torch.load(last, weights_only=False)
+        moments = state["optimizer_state_dict"]["base_optimizer_state"]["state"]
+        padded = [g for g in moments if moments[g]["exp_avg_sq"].numel() > state["optimizer_state_dict"][
+            "single_partition_of_fp32_groups"][g].numel()]
+        assert padded, "the layout must have a padded last partition"
+        g = padded[0]
+        moments[g]["exp_avg_sq"][-1] = float("nan")  # in the padding
+        torch.save(state, last)
     report = nandoctor.scan(step, device="cpu")
     assert not report.errors
     assert set(_found(report, "exp_avg.")) == set(_found(report, "exp_avg_sq.")) == set(NAMES)

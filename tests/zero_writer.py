@@ -14,11 +14,13 @@ by ``deepspeed.initialize(...).save_checkpoint`` on 2 gloo ranks.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import sys
 import types
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,21 +48,30 @@ class _StandInStage(enum.IntEnum):
     weights = 3
 
 
-def _stage_enum() -> type[enum.IntEnum]:
+@contextlib.contextmanager
+def stage_enum() -> Iterator[type[enum.IntEnum]]:
     """DeepSpeed's ``ZeroStageEnum`` where deepspeed is installed; otherwise a stand-in that pickles under
-    DeepSpeed's name (stub modules, so that pickle finds it there)."""
+    DeepSpeed's name, through stub modules put in sys.modules while the files are written and taken out after: left
+    there, a stub ``deepspeed`` without a ``__spec__`` made transformers' import check raise in every later test
+    ("deepspeed.__spec__ is None") on a machine without deepspeed."""
     try:
         from deepspeed.runtime.zero.config import ZeroStageEnum  # type: ignore[import-not-found]
 
-        return ZeroStageEnum  # type: ignore[no-any-return]
+        yield ZeroStageEnum
+        return
     except ImportError:
         pass
     _StandInStage.__module__, _StandInStage.__qualname__ = _ENUM_MODULE, "ZeroStageEnum"
     parts = _ENUM_MODULE.split(".")
-    for i in range(1, len(parts) + 1):
-        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    added = [name for name in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = types.ModuleType(name)
     sys.modules[_ENUM_MODULE].ZeroStageEnum = _StandInStage  # type: ignore[attr-defined]
-    return _StandInStage
+    try:
+        yield _StandInStage
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
 
 
 def full_params(planted: dict) -> dict[str, torch.Tensor]:
@@ -109,7 +120,12 @@ def write(folder: Path, stage: int, world: int, *, pad_rank: int | None = None, 
     ``padded_moments`` (ZeRO-1/2): the moments keep the tail padding the fp32 partition drops, as DeepSpeed
     0.19 saves them; ``planted`` / ``planted_state``: values planted in the fp32 master weights / exp_avg_sq
     instead of PLANTED / PLANTED_STATE (name -> [(coords, value)])."""
-    stage_enum = _stage_enum()
+    with stage_enum() as found:
+        return _write(folder, stage, world, found, pad_rank, padded_moments, planted, planted_state)
+
+
+def _write(folder: Path, stage: int, world: int, stage_enum: type[enum.IntEnum], pad_rank: int | None,
+           padded_moments: bool, planted: dict | None, planted_state: dict | None) -> Path:
     step = folder / "global_step1"
     step.mkdir(parents=True)
     (folder / "latest").write_text("global_step1")

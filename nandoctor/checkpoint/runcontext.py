@@ -44,11 +44,13 @@ def judged_in_run(
     if renamed is not None:
         return renamed, None
     zeros = verdict.unexplained_zeros(report)
-    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report) or zeros):
-        return (report if report.errors else _with_loss_jump(report, Path(target))), None
+    jumped = None if report.errors else _loss_jump_facts(Path(target))
+    if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report, jumped is not None) or zeros):
+        return (report if report.errors or jumped is None else verdict.with_run_context(report, jumped)), None
     context = run_facts(Path(target), scan_one, report if zeros else None)
     if context is None:
         return report, None
+    context.update(jumped or {})  # (with the loss jump, a smaller growth is diverged: verdict.diverged_why)
     baseline = context.pop("baseline_scales")
     ignored = context.pop("baseline_ignored")
     unread = context.pop("log_unread")
@@ -70,38 +72,39 @@ def _train_log(place: Any, folder: Path) -> Any:
     if place.lightning:
         metrics = metrics_near(place.run)
         return metrics.train_log(place.step) if metrics is not None else None
+    if place.final and not os.path.isfile(folder / TRAINER_STATE):  # (save_model() without save_state(): the newest
+        newest = place.siblings()                                     # checkpoint's log is the run's up to the end)
+        folder = newest[-1][1] if newest else folder
     return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
 
 
-def _with_loss_jump(report: ScanReport, target: Path) -> ScanReport:
-    """A healthy checkpoint saved after its trainer log's loss jumped (and stayed up): the run scan warns of it
-    ("look at the run before using the checkpoints saved from step N on"); a scan of the checkpoint alone says it
-    too (``loss_jump`` and ``loss_broke_from`` in its run context: verdict.loss_jump_caution), without failing it:
-    finite weights that made a loss 10x its early one are for the user to judge (a trial: a run at lr 30 logged
-    4.6 → 8,000 before its first save; every checkpoint was CLEAN, and said nothing of it)."""
+def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
+    """The run context of a checkpoint saved after its trainer log's loss jumped and stayed up (runs.loss_jump_at):
+    ``run``, ``kind``, ``loss_broke_from`` and ``loss_jump``; None outside a run or without such a jump (a final
+    model is judged by the newest checkpoint's log where the run folder has none of its own). The run scan warns of it ("look at the run before using the checkpoints saved from step N on"); a scan of
+    the checkpoint alone says it too (verdict.loss_jump_caution), and with a grown bulk it is diverged
+    (verdict.diverged_why); finite weights that made a loss 10x its early one are otherwise for the user to judge (a
+    trial: a run at lr 30 logged 4.6 → 8,000 before its first save; every checkpoint was CLEAN, and said nothing)."""
     from nandoctor import verdict
     from nandoctor.checkpoint.runs import loss_broke_before, place_in_run
 
     place = place_in_run(target)
-    if place is None or place.final:
-        return report
+    if place is None:
+        return None
     log = _train_log(place, target if target.is_dir() else target.parent)
     jump = _loss_jump(log, place.step)
     if jump is None:
-        return report
-    return verdict.with_run_context(report, {"run": str(place.run), "kind": place.kind,
-                                             verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step), **jump})
+        return None
+    return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step), **jump}
 
 
 def _loss_jump(log: Any, step: int) -> dict[str, Any] | None:
-    """``{"loss_jump": {step, loss, early}}`` where the trainer log's loss jumped and stayed up (TrainLog.
-    loss_jump_sustained) before the save at ``step``; None otherwise."""
-    from nandoctor.checkpoint.runs import loss_broke_before
+    """``{"loss_jump": {step, loss, early_loss}}`` where the trainer log's loss jumped before the save at ``step``
+    (runs.loss_jump_at); None otherwise."""
+    from nandoctor.checkpoint.runs import loss_jump_at
 
-    if loss_broke_before(log, step) is None or not log.loss_jump_sustained or log.loss_jump is None:
-        return None
-    loss, early = log.loss_jump
-    return {"loss_jump": {"step": log.loss_jump_step, "loss": loss, "early_loss": early}}
+    jump = loss_jump_at(log, step)
+    return None if jump is None else {"loss_jump": jump}
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with

@@ -681,6 +681,23 @@ def loss_broke_before(log: TrainLog | None, step: int) -> int | None:
     return start if start is not None and step >= start else None
 
 
+LOSS_JUMP_UNCONFIRMED = 100.0  # a jump at the log's last entry (none after it to confirm it) this many times the early loss
+
+
+def loss_jump_at(log: TrainLog | None, step: int) -> dict[str, Any] | None:
+    """``{step, loss, early_loss}`` where the trainer log's loss jumped before the save at ``step`` (loss_broke_before)
+    and stayed up (TrainLog.loss_jump_sustained), or jumped ``LOSS_JUMP_UNCONFIRMED`` times at its last entry, which
+    no later one can confirm (a trial: one update at 3e4 times the loss, logged 13,000x its early loss, and saved);
+    None otherwise. The verdict reads it with the weights' growth (verdict.diverged_why) and as a caution."""
+    if log is None or loss_broke_before(log, step) is None or log.loss_jump is None:
+        return None
+    loss, early = log.loss_jump
+    last = not log.loss_jump_confirmed and log.loss_jump_step == log.last_step
+    if not (log.loss_jump_sustained or (last and early > 0 and loss >= LOSS_JUMP_UNCONFIRMED * early)):
+        return None
+    return {"step": log.loss_jump_step, "loss": loss, "early_loss": early}
+
+
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
     first = None if log is None or log.error else log.nonfinite_from
@@ -832,6 +849,7 @@ def scan_run(
     # checkpoint that was not in them is zeroed (zeroed_since)
     earlier: list[tuple[str, ScanReport]] = []
     first_healthy: list[tuple[str, ScanReport]] = []
+    newest_log: TrainLog | None = None  # the last row's log: a final model without its own trainer_state.json has it
     for row in rows:
         step, folder = row.step, row.path
         is_final, is_last = row.kind == "final", row.kind == "last"
@@ -869,6 +887,10 @@ def scan_run(
         state = folder / TRAINER_STATE
         log = (read_train_log(state) if os.path.isfile(state)
                else metrics.train_log(step) if metrics is not None else None)
+        if log is None and is_final:  # (save_model() without save_state(): the newest checkpoint's log runs to the end)
+            log = newest_log
+        elif log is not None:
+            newest_log = log
         zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
         if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
             report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
@@ -877,13 +899,16 @@ def scan_run(
             from_start = True
             notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} "
                          "by the training callback, where the trainer log's loss did not come down")
-        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step))
+        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step),
+                                                 loss_jump_at(log, step))
         if report is not None and status == DIVERGED and report.health != DIVERGED:
             # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
             # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
             grown = verdicts.growth(report, baseline or {})
             assert grown is not None
-            report = verdicts.with_run_context(report, {"growth": grown.to_json()})
+            jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: carried for the report's verdict)
+            report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
+                "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                    step_known=row.step_known, last=is_last)
         scales = {} if report is None else verdicts.tensor_scales(report)

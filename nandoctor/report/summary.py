@@ -176,7 +176,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps += [_PROBLEM_STEPS.get(kind, _PROBLEM_STEPS[verdicts.UNREADABLE_KIND]) for kind in verdicts.problem_kinds(report)]
         if report.bad_tensors and verdicts.NONFINITE in failing:
             steps += ["then restore the bad tensors with", f"    {repair_command(report)}"]
-    elif health == "diverged" and repairable:
+    elif health == "diverged" and (repairable or verdicts.EXPLODED in (decided.fail_on if decided else failing)):
+        # (diverged by growth alone fails where exploded weights fail, with no finding: its next step all the same)
         context = verdicts.run_context(report)
         where = f" (`{scan_command(as_spelled(Path(context['run']), report.target))}` names it)" if context else ""
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "

@@ -100,11 +100,12 @@ def check_out(out: Path, source: Source) -> None:
         raise OutputExistsError(str(out))
     from nandoctor.checkpoint.layout import weight_suffixes
 
-    if out.suffix.lower() in weight_suffixes():  # (a folder named fixed.safetensors: load_file fails on it)
-        inside = source.single_file.name if source.single_file is not None else "the repaired checkpoint's files"
+    # (a single file's repair is a folder holding it: fixed.safetensors/ made load_file fail; a sharded Lightning
+    # checkpoint is itself a folder named …step=N.ckpt, and its repair a folder of that kind)
+    if source.single_file is not None and out.suffix.lower() in weight_suffixes():
         raise RepairRefusedError(
-            f"{out}: --out names the folder the repair creates (it will hold {inside} and the repair's proof), "
-            f"but ends in {out.suffix}, a weight file's suffix",
+            f"{out}: --out names the folder the repair creates (it will hold {source.single_file.name} and the "
+            f"repair's proof), but ends in {out.suffix}, a weight file's suffix",
             f"choose a folder name, e.g. --out {shell_word(str(out.with_suffix('')))}",
         )
     if not out.parent.is_dir():
