@@ -386,8 +386,8 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
         why = verdicts.diverged_why(report)
         found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
         # (a run folder's deciding row, a final model or a weights-only save among them, is resumed as the run is)
-        instead = (f"resume training from the last healthy checkpoint ({resume_from}) with a lower learning rate or "
-                   f"{verdicts.CLIPPING}" if resume_from else verdicts.diverged_advice(report, where))
+        instead = (f"resume training from the last healthy checkpoint ({resume_from}) {verdicts.what_to_change(report)}"
+                   if resume_from else verdicts.diverged_advice(report, where))
         raise DivergedError(
             f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
             + "; a repair would only stitch a broken model together",

@@ -700,17 +700,31 @@ def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
 CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
 
 
+NAN_CAUSE = ("after finding what made the NaN (a batch whose loss is NaN or Inf, fp16 overflow: bf16 or a lower "
+             "initial loss scale); gradient clipping does not stop a NaN gradient, it spreads it to every weight")
+
+
+def what_to_change(report: ScanReport) -> str:
+    """What to change before training on: where the weights are NaN with nothing exploded, the NaN's cause (clipping
+    cannot help: a trial's run had max_grad_norm 1.0, and the advice was to clip); where they grew or exploded, a
+    lower learning rate or clipping."""
+    found = present(report)
+    if NONFINITE in found and EXPLODED not in found and _diverging_growth(report, True) is None:
+        return NAN_CAUSE
+    return f"with a lower learning rate or {CLIPPING}"
+
+
 def diverged_advice(report: ScanReport, where: str = "") -> str:
     """What to do about a diverged checkpoint instead of a repair, worded for what the file is: resume its
     training run (``where``: how to find the last healthy checkpoint), or make a file for use again from a
     healthy source."""
     if is_training_checkpoint(report):
         context = run_context(report)
+        change = what_to_change(report)
         if context is not None and context.get("healthy_before") is False:
             # (its run holds no healthy checkpoint before it, rotation having deleted any there was: nothing to resume from)
-            return f"no healthy checkpoint before it in its run: restart from the base model with a lower learning " \
-                   f"rate or {CLIPPING}"
-        return f"resume training from the last healthy checkpoint{where} with a lower learning rate or {CLIPPING}"
+            return f"no healthy checkpoint before it in its run: restart from the base model {change}"
+        return f"resume training from the last healthy checkpoint{where} {change}"
     return ("these weights are broken throughout: make the file again from a healthy source (download it again, "
             "or convert/quantize again from a healthy checkpoint)")
 

@@ -349,6 +349,18 @@ def test_a_diverged_checkpoint_with_no_healthy_one_before_it_is_told_to_restart(
     with pytest.raises(nandoctor.DivergedError) as info:
         nandoctor.assert_finite(str(tmp_path / "run" / "checkpoint-2"))
     assert info.value.hint.startswith("no healthy checkpoint before it in its run: restart from the base model")
+    # (NaN throughout, nothing exploded: what made the NaN, not clipping, which spreads a NaN gradient: two trials'
+    # runs had max_grad_norm 1.0 and were told to clip)
+    assert "after finding what made the NaN" in info.value.hint and "lower learning rate" not in info.value.hint
+
+
+def test_an_exploded_run_is_told_to_lower_the_learning_rate_or_clip(tmp_path):
+    from tests.test_markdown_report import _exploded_run
+
+    run = _exploded_run(tmp_path)
+    with pytest.raises(nandoctor.DivergedError) as info:
+        nandoctor.assert_finite(str(run / "checkpoint-300"))
+    assert "with a lower learning rate or gradient clipping" in info.value.hint and "NaN" not in info.value.hint
 
 
 def test_the_verdict_functions_take_fail_on_none_as_the_default_gate():

@@ -322,8 +322,9 @@ def _row_steps(run: RunReport) -> list[str]:
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
-            steps.append(f"resume training from the last healthy checkpoint, {resume_point(run, last_clean)}, with a lower learning "
-                         f"rate or {verdicts.CLIPPING}")
+            change = (verdicts.what_to_change(newest.report) if newest.report is not None
+                      else f"with a lower learning rate or {verdicts.CLIPPING}")
+            steps.append(f"resume training from the last healthy checkpoint, {resume_point(run, last_clean)}, {change}")
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
         return steps
