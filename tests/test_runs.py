@@ -515,3 +515,20 @@ def test_max_w_of_a_checkpoint_holding_inf_or_nan_says_so(tmp_path):
             "F32", (4096,), (bits if i == 1 else values).tobytes()) for i in range(3)})
     nan_run = nandoctor.scan_run(tmp_path / "run", device="cpu")
     assert [c.max_abs_words for c in nan_run.checkpoints] == [f"{float(abs(values).max()):.3g}", "nan"]
+
+
+def test_a_passing_run_names_a_bad_checkpoint_before_its_newest(tmp_path):
+    """A new user: a run whose checkpoint-30 is poisoned and checkpoint-40 healthy printed ✓ PASS and no word on
+    checkpoint-30 (generate died on it). The pass is ⚠ and names it, console and Markdown."""
+    import shutil
+
+    run_dir = shutil.copytree(DEMO_RUN, tmp_path / "run")
+    shutil.copytree(run_dir / "checkpoint-200", run_dir / "checkpoint-400")
+    report = nandoctor.scan_run(run_dir, device="cpu")
+    assert report.exit_code() == 0 and [c.name for c in report.bad_behind()] == ["checkpoint-300"]
+    console = run("scan", str(run_dir), "--no-progress").output
+    assert "⚠ PASS newest checkpoint-400: CLEAN" in console
+    assert "but checkpoint-300 (poisoned) is bad: do not load or resume from it" in console
+    markdown = run("scan", str(run_dir), "--markdown").output
+    assert markdown.startswith("## nandoctor: ⚠️ PASS") and "**Earlier checkpoints:** checkpoint-300 (poisoned) is bad" in markdown
+    assert nandoctor.scan_run(DEMO_RUN, device="cpu").bad_behind() == []  # (a failing run: its next steps say it)

@@ -397,14 +397,25 @@ class RunReport:
         return row_verdict(decider, fail_on, with_case=True)
 
     def reported_only(self, fail_on: frozenset[str] | None = None) -> bool:
-        """Whether the run passes with findings only reported (the deciding row's ZEROED): a headline's ⚠ PASS."""
+        """Whether the run passes with something to look at: findings only reported (the deciding row's ZEROED), or
+        a poisoned or diverged checkpoint before it (:meth:`bad_behind`): a headline's ⚠ PASS."""
         from nandoctor import verdict as verdicts
 
         decider = self.decider(fail_on)
         if self.problems or decider is None or decider.report is None or decider.status == INCOMPLETE:
             return False
         decided = verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
-        return decided.exit_code == 0 and bool(decided.reported)
+        return decided.exit_code == 0 and (bool(decided.reported) or bool(self.bad_behind(fail_on)))
+
+    def bad_behind(self, fail_on: frozenset[str] | None = None) -> list[RunCheckpoint]:
+        """Where the run passes: its checkpoints before the deciding one that are poisoned or diverged (a new user's
+        run passed ✓ with its checkpoint-30 poisoned and checkpoint-40 healthy, and no word on checkpoint-30, which
+        a user picking the "best" checkpoint would load: generate died on it). [] where the run fails."""
+        decider = self.decider(fail_on)
+        if decider is None or self.exit_code(fail_on) != 0:
+            return []
+        return [c for c in self.checkpoints if c is not decider and c.same_as is None and c.status in (POISONED, DIVERGED)
+                and not c.final and not c.last]
 
 
 def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:

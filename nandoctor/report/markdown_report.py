@@ -142,6 +142,7 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     from nandoctor.report.run_report import (
         HINT,
         after_loss_jump,
+        bad_behind_words,
         decides_words,
         explanations,
         log_words,
@@ -158,6 +159,9 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
            md(one_line(run, fail_on)), "",
            f"- **Last healthy:** {md(last.name) if last else 'none'}{md(after_loss_jump(run))} · **First bad:** {md(first.name) if first else 'none'}",
            _exit_line(code, md(decides), not_written)]
+    behind = run.bad_behind(fail_on)
+    if behind:
+        out.append(f"- **Earlier checkpoints:** {md(bad_behind_words(behind))}")
     if run.log is not None and run.log.suspicious_step is not None:
         out.append(f"- **Trainer log:** {md(log_words(run.log))}")
     chosen = timeline_rows(run, MAX_MARKDOWN_ROWS * 2)

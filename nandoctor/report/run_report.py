@@ -284,12 +284,22 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
                                 ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
     for fact in verdicts.held_facts(decider.report) if decider.report is not None else ():  # (as --quiet says it)
         console.print(Text(f"  {safe(fact)}", style="dim"))
+    behind = run.bad_behind(fail_on)
+    if behind:
+        console.print(Text(f"  but {safe(bad_behind_words(behind))}", style="yellow"), soft_wrap=True)
     if run.problems:
         console.print(Text.assemble(("run: ", "bold"), (AMBIGUOUS_WORDS, style), f" ({safe('; '.join(run.problems))})"))
     if code != 0:
         hint = next_steps(run)
         if hint:
             console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"), soft_wrap=True)
+
+
+def bad_behind_words(behind: list[RunCheckpoint]) -> str:
+    """What a passing run says of its poisoned or diverged earlier checkpoints (RunReport.bad_behind)."""
+    names = first_few([f"{c.name} ({c.status})" for c in behind], 3)
+    return (f"{names} {'is' if len(behind) == 1 else 'are'} bad: do not load or resume from "
+            f"{'it' if len(behind) == 1 else 'them'} (repair with --from auto, or delete)")
 
 
 def next_steps(run: RunReport) -> list[str]:
