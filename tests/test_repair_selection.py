@@ -147,3 +147,20 @@ def test_a_selection_is_judged_as_part_of_its_whole_checkpoint(tmp_path):
     with pytest.raises(nandoctor.RepairRefusedError) as refused:
         nandoctor.repair(exploded / "checkpoint-300", ["auto"], tmp_path / "no", only=["transformer.h.21.*"])
     assert f"({exploded / 'checkpoint-200'})" in refused.value.hint
+
+
+def test_a_donor_given_as_one_shard_is_answered_with_its_folder(tmp_path):
+    """A new user: `repair checkpoint-300 --from checkpoint-200/model-00001-of-00002.safetensors` said "not found"
+    for every tensor of the other shard and "add an earlier clean checkpoint". The hint names the folder to give."""
+    import shutil
+
+    from tests.conftest import DEMO_RUN
+
+    run_dir = shutil.copytree(DEMO_RUN, tmp_path / "demo")
+    shard = run_dir / "checkpoint-200" / "model-00001-of-00002.safetensors"
+    from nandoctor.errors import UnrestorableError
+
+    with pytest.raises(UnrestorableError) as info:
+        nandoctor.repair(run_dir / "checkpoint-300", [shard], tmp_path / "fixed")
+    assert info.value.hint.startswith(f"give the checkpoint folder, not one of its shards: --from {run_dir / 'checkpoint-200'}")
+    assert not (tmp_path / "fixed").exists()

@@ -271,6 +271,24 @@ def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str])
     return grown if grown is not None and grown.factor >= verdict.GROWTH_DIVERGED else None
 
 
+def _shard_donors(plan: RepairPlan) -> list[Path]:
+    """The folders of the donors given as one numbered or indexed shard of a sharded checkpoint (a new user's
+    ``--from checkpoint-200/model-00001-of-00002.safetensors`` found none of the tensors in the other shard)."""
+    from nandoctor.checkpoint import layout
+    from nandoctor.errors import NandoctorError
+
+    folders = []
+    for donor in plan.donors:
+        path = Path(donor.path)
+        try:
+            sharded = path.is_file() and layout.discover(path).shard_of is not None
+        except (NandoctorError, OSError):
+            continue
+        if sharded and path.parent not in folders:
+            folders.append(path.parent)
+    return folders
+
+
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, baseline: RunBaseline | None,
                      scan_one: Callable[[Path], ScanReport]) -> None:
     from nandoctor import verdict
@@ -432,6 +450,10 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
         if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
             ways.append(" ".join(f"--exclude {shell_word(g)}" for g in plan.exclude_globs)
                         + " (the optimizer state, carried over as it is; resume with a fresh optimizer state)")
+        shards = _shard_donors(plan)  # (a donor given as one shard of its folder holds the other shards' tensors not)
+        if shards:
+            ways.insert(0, "give the checkpoint folder, not one of its shards: "
+                        + " ".join(f"--from {path_word(folder)}" for folder in shards))
         ways.append("add an earlier clean checkpoint with --from" + (" (or --from auto)" if auto_available else ""))
         raise UnrestorableError(
             f"{plan.target}: {len(names)} tensor(s) have no good donor: {shown}; nothing was written",
