@@ -33,10 +33,15 @@ def _save(folder: Path, tensors: dict, config, quantization: dict | None, dtype:
 
 
 def _loaded(folder: Path):
-    """transformers' model of ``folder`` and its loading info (missing keys: initialized at random)."""
+    """transformers' model of ``folder`` and its loading info (missing keys: initialized at random). An MXFP4 model is
+    dequantized as transformers does it on a CPU (with triton installed it would fetch GPU kernels from the hub)."""
+    options: dict = {}
+    config = json.loads((folder / "config.json").read_text())
+    if (config.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+        options["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+        return transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **options)
 
 
 def _logits_finite(model) -> bool:

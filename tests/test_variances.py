@@ -143,16 +143,16 @@ def test_live_scans_and_repair_judge_variances_too(tmp_path: Path) -> None:
     (tmp_path / "new").mkdir()
     torch.save(good, tmp_path / "old" / "optimizer.pt")
     torch.save(state, tmp_path / "new" / "optimizer.pt")
-    result = nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "old" / "optimizer.pt", tmp_path / "fixed.pt")
+    result = nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "old" / "optimizer.pt", tmp_path / "fixed")
     assert result.ok
-    repaired = torch.load(tmp_path / "fixed.pt" / "optimizer.pt", weights_only=True)  # (--out is a folder)
+    repaired = torch.load(tmp_path / "fixed" / "optimizer.pt", weights_only=True)  # (--out is a folder)
     assert torch.equal(repaired["state"][0]["exp_avg_sq"], good["state"][0]["exp_avg_sq"])
     assert torch.isfinite(_one_step_from(repaired)).all()
     (tmp_path / "copy").mkdir()
     torch.save(state, tmp_path / "copy" / "optimizer.pt")  # a donor holding the same negative value
     with pytest.raises(nandoctor.NandoctorError, match="have no good donor: 'optimizer.state.0.exp_avg_sq'"):
-        nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "copy" / "optimizer.pt", tmp_path / "never.pt")
-    assert not (tmp_path / "never.pt").exists()
+        nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "copy" / "optimizer.pt", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     planned = nandoctor.repair(tmp_path / "new" / "optimizer.pt", tmp_path / "copy" / "optimizer.pt", None, dry_run=True)
     assert [u.reasons for u in planned.plan.unrestorable] == [
         (f"{tmp_path / 'copy' / 'optimizer.pt'}: holds 1 negative values (a variance, never negative) itself",)]
