@@ -515,3 +515,15 @@ def test_every_help_line_fits_a_terminal(command):
     assert shown.exit_code == 0
     long = [line for line in shown.output.splitlines() if len(line) > 100]
     assert not long, long
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("gate", "the gate is a scan's exit code (0: safe to load), e.g. `nandoctor scan PATH --quiet"),
+    ("scna", "Did you mean 'scan'?"),
+    ("repiar", "Did you mean 'repair'?"),
+])
+def test_an_unknown_command_says_what_to_type(typed, said):
+    """Two trials typed `nandoctor gate PATH` (the README's "gate" is a scan's exit code) and got "No such command";
+    a typo of a command is answered with the command."""
+    result = run(typed, "ckpt")
+    assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output

@@ -42,6 +42,9 @@ SUMMARIES: dict[str, str] = {
 }
 
 
+GATE_WORDS = ("gate", "check", "verify")  # commands a user may try for the yes/no gate: said where it is
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported from ``COMMANDS`` when first asked for."""
 
@@ -68,6 +71,19 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        # (the brief's and the README's "gate" is a scan's exit code: a user who types it is told the command)
+        if args and args[0] in GATE_WORDS and args[0] not in COMMANDS:
+            ctx.fail(f"No such command {args[0]!r}: the gate is a scan's exit code (0: safe to load), e.g. "
+                     f"`nandoctor scan PATH --quiet && python serve.py`; in Python, nandoctor.assert_finite(PATH)")
+        if args and not args[0].startswith("-") and args[0] not in COMMANDS and args[0] not in self.commands:
+            import difflib
+
+            close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+            if close:
+                ctx.fail(f"No such command {args[0]!r}. Did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
