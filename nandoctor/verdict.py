@@ -245,6 +245,8 @@ def sibling_keys(names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[S
     held = {module: tuple(sorted(entries)) for module, entries in modules.items()}
     return [(family_of(name), dtype, tuple(shape), held[name.rpartition(".")[0]])
             for name, dtype, shape in zip(names, dtypes, shapes)]
+
+
 ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
 LOSS_BROKE_FROM = "loss_broke_from"  # run context key: the step from which the log's loss jump broke the weights
 

@@ -81,10 +81,11 @@ def _train_log(place: Any, folder: Path) -> Any:
 def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     """The run context of a checkpoint saved after its trainer log's loss jumped and stayed up (runs.loss_jump_at):
     ``run``, ``kind``, ``loss_broke_from`` and ``loss_jump``; None outside a run or without such a jump (a final
-    model is judged by the newest checkpoint's log where the run folder has none of its own). The run scan warns of it ("look at the run before using the checkpoints saved from step N on"); a scan of
-    the checkpoint alone says it too (verdict.loss_jump_caution), and with a grown bulk it is diverged
-    (verdict.diverged_why); finite weights that made a loss 10x its early one are otherwise for the user to judge (a
-    trial: a run at lr 30 logged 4.6 → 8,000 before its first save; every checkpoint was CLEAN, and said nothing)."""
+    model is judged by the newest checkpoint's log where the run folder has none of its own). The run scan warns of
+    it ("look at the run before using the checkpoints saved from step N on"); a scan of the checkpoint alone says it
+    too (verdict.loss_jump_caution), and with a grown bulk it is diverged (verdict.diverged_why); finite weights that
+    made a loss 10x its early one are otherwise for the user to judge (a trial: a run at lr 30 logged 4.6 → 8,000
+    before its first save; every checkpoint was CLEAN, and said nothing)."""
     from nandoctor import verdict
     from nandoctor.checkpoint.runs import loss_broke_before, place_in_run
 
