@@ -180,3 +180,17 @@ def test_a_fresh_norm_bias_after_a_linear_in_a_sequential_is_no_zeroed_sibling(t
     torch.save(model.state_dict(), tmp_path / "zeroed.pt")
     zeroed = scan(tmp_path / "zeroed.pt", device="cpu")
     assert [t.name for t in zeroed.tensors if "zeroed" in t.findings] == ["blocks.1.2.weight"]
+
+
+def test_exploded_values_are_located_where_the_nan_they_replace_was(tmp_path):
+    """The demo's checkpoint-300 with every NaN/Inf replaced by a finite 1e30 in place: each tensor's first bad
+    element is where its first NaN/Inf was (a tensor table showed exploded tensors with no "first bad at" where most
+    of a small tensor exploded, so that no outlier count located them)."""
+    from tests.conftest import DEMO_RUN
+    from tests.test_markdown_report import _exploded_run
+
+    poisoned = scan(DEMO_RUN / "checkpoint-300", device="cpu")
+    exploded = scan(_exploded_run(tmp_path) / "checkpoint-300", device="cpu")
+    where = {t.name: t.first_bad for t in poisoned.tensors if t.nonfinite}
+    assert len(where) == 18 and all(at is not None for at in where.values())
+    assert {t.name: t.first_bad for t in exploded.tensors if t.exploded} == where

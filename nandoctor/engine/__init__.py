@@ -267,6 +267,8 @@ def _outlier_pass(jobs: list[RegionJob], limits: HealthLimits) -> list[ScanProbl
                 threshold = job.census.outlier_threshold(job.info, limits, elements_per_lane(job.region.blocks))
                 if threshold is not None and any(top >= threshold for _, _, top in job.census.high_segments):
                     job.outliers = _count_outliers(job, threshold, source, buffers)
+                elif job.census.exploded and not job.info.nonnegative:
+                    job.outliers = _locate_exploded(job, source, buffers)
         except (NandoctorError, OSError) as exc:
             problems.append(ScanProblem(file, f"read failed during the outlier count: {exc}"))
         finally:
@@ -320,6 +322,25 @@ def _heads(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> list:
         heads.append(lanes_of(data, job.spec).copy())  # the buffer is reused by the next read
         del data
     return heads
+
+
+def _locate_exploded(job: RegionJob, source: ChunkSource, buffers: BufferFor) -> OutlierFind:
+    """Where the first exploded value of a region is, when no outlier count read its high segments (its bulk has
+    no outlier threshold above the ceiling: most of a small tensor exploded): the first bad element the tables show
+    (a tensor table listed exploded tensors with no "first bad at")."""
+    info = job.info
+    assert info is not None
+    found = OutlierFind()
+    for start, lanes, top in sorted(job.census.high_segments):
+        if top <= info.ceiling_bits:
+            continue
+        data = _read_lanes(job, source, buffers, start, lanes)
+        at = first_exploded(lanes_of(data, job.spec), info)
+        del data  # an exported buffer would stop the mmap from closing
+        if at >= 0:
+            found.first_exploded_lane = start + at
+            break
+    return found
 
 
 def _count_outliers(job: RegionJob, threshold: int, source: ChunkSource, buffers: BufferFor) -> OutlierFind:
