@@ -269,8 +269,8 @@ def loss_jump_caution(report: ScanReport) -> str | None:
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return None
     return (f"but the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its "
-            f"early {early:.4g}: the weights saved from step {broke} on made that loss; check this checkpoint's loss "
-            "before using it")
+            f"early {early:.4g}: the weights saved from step {broke} on made that loss (unless the data changed "
+            "there); check this checkpoint's loss before using it")
 
 
 def loss_broke_words(name: str, step: int) -> str:

@@ -45,7 +45,7 @@ def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: 
     scanned alone (--quiet, the API) was CLEAN without a word. It stays CLEAN (exit 0) and says it, as the run does."""
     run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])
     caution = ("but the trainer log's loss jumped to 40 at step 5, 5.67x its early 7.05: the weights saved from step 4 "
-               "on made that loss; check this checkpoint's loss before using it")
+               "on made that loss (unless the data changed there); check this checkpoint's loss before using it")
     # (checkpoint-4's own log ends before the jump: only the run scan, which reads the newest log, can say it)
     for step, said in ((8, True), (6, True), (4, False), (2, False)):
         report = nandoctor.scan(run / f"checkpoint-{step}", device="cpu")

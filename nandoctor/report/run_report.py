@@ -482,8 +482,8 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
     elif log.loss_jump_sustained:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
         # word; one spike at the last log, nothing after it yet, is no reason to warn of a healthy run)
         lines.append((WARN, f"{_loss_jump_words(log)}, though no checkpoint's weights fail: look at the run (a "
-                            f"learning rate too high?) before using the checkpoints saved from step "
-                            f"{log.broken_weights_from} on"))
+                            f"learning rate too high, or data that changed there?) before using the checkpoints saved "
+                            f"from step {log.broken_weights_from} on"))
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         upto = f" up to step {log.last_step}" if log.last_step is not None else ""  # (an empty log_history: no step)
