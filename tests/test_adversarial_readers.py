@@ -483,6 +483,7 @@ def _header_with(tmp_path: Path, extra: str, pad_names: int = 0) -> Path:
     ("NaN", False), ("-Infinity", False), ("1e400", False), ("-1e309", False), ("1" + "0" * 309, False),
     ("[" * 125 + "]" * 125, True), ("[" * 126 + "]" * 126, False), ('{"a":' * 126 + "1" + "}" * 126, False),
     ("1e308", True), ("1.5e-400", True), ("1" + "0" * 40, True), ('{"a":[1,{"b":null}]}', True),
+    ('["\\ud800"]', False), ('[["\\udc00"]]', False), ('{"a":["\\ud800"]}', False), ('["\\ud83d\\ude00"]', True),
 ])
 def test_a_header_safetensors_refuses_is_never_clean(tmp_path: Path, extra: str, loads: bool, pad_names: int) -> None:
     """An adversarial round: an unknown field holding NaN, Infinity, 1e400, a 400-digit integer or nesting past

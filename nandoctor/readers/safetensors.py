@@ -86,11 +86,24 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def _reject_duplicates_and_surrogates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
-        for text in (key, value):
-            if isinstance(text, str) and not _is_unicode(text):
+        for text in (key, *_texts(value)):
+            if not _is_unicode(text):
                 # A lone surrogate escape: the reference parser (Rust serde) refuses it.
                 raise ValueError(f"{text!a} holds a lone surrogate escape, which is not Unicode")
     return _reject_duplicates(pairs)
+
+
+def _texts(value: object) -> list[str]:
+    """The strings of a JSON value outside the objects in it (each object's own pairs come through the hook): the
+    value itself, or those in a list, however nested (an adversarial round: ``"x": ["\\ud800"]`` read CLEAN)."""
+    found, todo = [], [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, list):
+            todo.extend(item)
+    return found
 
 
 def _is_unicode(text: str) -> bool:
