@@ -296,3 +296,48 @@ def test_float_hyperparameters_that_make_the_model_nan_are_bad_config(tmp_path, 
         assert key in report.errors[0].message
     else:
         assert report.exit_code == 0 and not report.errors
+
+
+def test_a_split_set_is_the_files_llama_cpp_names(tmp_path):
+    """An adversarial round: beside model-00001-of-00002.gguf and model-00002-of-00002.gguf (NaN in it), a stray clean
+    model-2-of-00002.gguf took the second file's place and the scan passed; llama.cpp opens
+    <prefix>-%05d-of-%05d.gguf. A later file's split.count is not checked by llama.cpp (no false alarm); a split file
+    without split.no is refused by it ("key not found")."""
+    import shutil
+
+    first = _write(tmp_path / "model-00001-of-00002.gguf", drop=("output.weight",), split_count=2)
+    output = np.random.default_rng(1).standard_normal((VOCAB, HIDDEN)) * 0.02
+    clean = _second_split(tmp_path / "clean.gguf", {"output.weight": output})
+    output[0, 0] = np.nan
+    _second_split(tmp_path / "model-00002-of-00002.gguf", {"output.weight": output})
+    shutil.copy(clean, tmp_path / "model-2-of-00002.gguf")
+    clean.unlink()
+    report = nandoctor.scan(first)
+    assert report.exit_code == 1 and report.nan == 1
+    assert sorted(Path(f).name for f in report.files) == ["model-00001-of-00002.gguf", "model-00002-of-00002.gguf"]
+
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.copy(first, later / first.name)
+    writer = gguf.GGUFWriter(str(later / "model-00002-of-00002.gguf"), "llama")
+    writer.add_uint16("split.no", 1)
+    writer.add_uint16("split.count", 3)  # (llama.cpp reads the count of the first file only)
+    writer.add_tensor("output.weight", (np.random.default_rng(1).standard_normal((VOCAB, HIDDEN)) * 0.02).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert nandoctor.scan(later / first.name).exit_code == 0
+
+    unnumbered = tmp_path / "unnumbered"
+    unnumbered.mkdir()
+    writer = gguf.GGUFWriter(str(unnumbered / "model-00001-of-00002.gguf"), "llama")
+    writer.add_uint16("split.count", 2)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    shutil.copy(tmp_path / "model-00002-of-00002.gguf", unnumbered)
+    missing_no = nandoctor.scan(unnumbered / "model-00001-of-00002.gguf")
+    assert missing_no.exit_code == 3 and any("no split.no" in p.message for p in missing_no.errors)

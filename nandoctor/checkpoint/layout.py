@@ -198,20 +198,24 @@ def gguf_split_folder(file: Path) -> Path | None:
 def _gguf_split_set(file: Path) -> CheckpointFiles | None:
     """A file of a ``gguf-split`` set (``model-00001-of-00003.gguf``) is its whole set: llama.cpp and ollama are
     given the first file and load every file its name counts, so a scan of that path scans them all, and a
-    missing one is exit 3 (a trial: the first file passed CLEAN, the NaN lay in the second). None for any other file."""
+    missing one is exit 3 (a trial: the first file passed CLEAN, the NaN lay in the second). The set's files are the
+    names llama.cpp builds (``<prefix>-%05d-of-%05d.gguf``), not any file whose digits read the same (a stray
+    ``m-2-of-00002.gguf`` took the second file's place). None for any other file."""
     numbered = _NUMBERED_SHARD.match(file.name)
     if numbered is None or gguf_split_folder(file) is None:
         return None
-    try:
-        entries = access.listing(file.parent)
-    except UnreadablePathError:
-        return None
-    group = (numbered["stem"], numbered["n"], numbered["ext"])
-    present = numbered_shards([e for e in entries if is_regular_file(e)]).get(group, {})
-    files = [present[k] for k in sorted(present)] or [file]
+    count = int(numbered["n"])
+    expected = [file.parent / f"{numbered['stem']}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+    present = [path for path in expected if is_regular_file(path)]
+    files = present if file in present else [file, *present]
     result = CheckpointFiles(file, files)
-    result.problems += _missing_numbered_shards(file.parent, files)
-    result.notes.append(f"{file.name}: one file of a gguf-split set of {int(numbered['n'])}; the set is scanned, as "
+    missing = [path for path in expected if path not in present]
+    if missing:
+        result.problems.append(ScanProblem(
+            str(missing[0]), f"{len(missing)} of the {count} files of its gguf-split set missing "
+            f"({first_few([p.name for p in missing], 4)}): llama.cpp loads every one of them",
+            "copy the missing files of the gguf-split set from where the model came"))
+    result.notes.append(f"{file.name}: one file of a gguf-split set of {count}; the set is scanned, as "
                         "llama.cpp loads it")
     return result
 

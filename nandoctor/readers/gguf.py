@@ -107,15 +107,27 @@ class GGUFReader:
 
 
 def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple[ScanProblem, ...]:
-    """A file of a gguf-split set (``split.count`` > 1) whose name is not ``<prefix>-0000K-of-0000N.gguf`` for its
-    own ``split.no``: llama.cpp finds the set's other files by that name and refuses the file ("invalid split file
-    name"), so the model does not load from it, whatever its tensors hold."""
+    """A file of a gguf-split set (``split.count`` > 1) without a ``split.no``, or whose name is not
+    ``<prefix>-0000K-of-0000N.gguf`` for its own ``split.no`` (a later file's N is not checked: llama.cpp takes the
+    count from the first): llama.cpp finds the set's other files by that name and refuses the file ("invalid split
+    file name"), so the model does not load from it, whatever its tensors hold."""
     from nandoctor.verdict import UNLOADABLE_KIND
 
     if splits is None or splits <= 1:
         return ()
-    expected = f"-{(number or 0) + 1:05d}-of-{splits:05d}.gguf"
-    if path.name.endswith(expected) and len(path.name) > len(expected):
+    if number is None:  # (llama.cpp reads the first file's split.no to check it is the first: a required key)
+        return (ScanProblem(
+            str(path), f"not loadable: split.count says this file is part of a {splits}-file gguf-split set, but it has "
+            "no split.no (llama.cpp: \"key not found in model: split.no\")",
+            "write the set again with llama-gguf-split, or merge it into one file with llama-gguf-split --merge",
+            kind=UNLOADABLE_KIND),)
+    expected = f"-{number + 1:05d}-of-{splits:05d}.gguf"
+    if number > 0:  # (llama.cpp checks a later file's split.no against its place, not its split.count)
+        expected = f"-{number + 1:05d}-of-"
+        if re.search(rf"{re.escape(expected)}\d{{5}}\.gguf$", path.name) and len(path.name) > len(expected) + 10:
+            return ()
+        expected += "NNNNN.gguf"
+    elif path.name.endswith(expected) and len(path.name) > len(expected):
         return ()
     return (ScanProblem(
         str(path), f"not loadable: split.count says this file is part {(number or 0) + 1} of a {splits}-file gguf-split "
