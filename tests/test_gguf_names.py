@@ -23,9 +23,11 @@ VOCAB, HIDDEN, FFN, BLOCKS = 64, 64, 128, 5
 
 def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = None, drop: tuple[str, ...] = (),
            extra: dict[str, tuple[int, ...]] | None = None, split_count: int | None = None,
-           rope_base: float | None = None) -> Path:
+           rope_base: float | None = None, kv=None) -> Path:
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), arch)
+    if kv is not None:  # (key/values of other types, written first: the writer keeps them in order)
+        kv(writer)
     if split_count is not None:  # (as gguf-split writes it into each of its files)
         writer.add_uint16("split.no", 0)
         writer.add_uint16("split.count", split_count)
@@ -35,7 +37,8 @@ def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = N
     writer.add_feed_forward_length(FFN)
     writer.add_head_count(4)
     writer.add_head_count_kv(4)
-    writer.add_layer_norm_rms_eps(1e-5)
+    if kv is None:
+        writer.add_layer_norm_rms_eps(1e-5)
     if rope_base is not None:
         writer.add_rope_freq_base(rope_base)
     writer.add_rope_dimension_count(HIDDEN // 4)
@@ -341,3 +344,22 @@ def test_a_split_set_is_the_files_llama_cpp_names(tmp_path):
     shutil.copy(tmp_path / "model-00002-of-00002.gguf", unnumbered)
     missing_no = nandoctor.scan(unnumbered / "model-00001-of-00002.gguf")
     assert missing_no.exit_code == 3 and any("no split.no" in p.message for p in missing_no.errors)
+
+
+@pytest.mark.parametrize("name, kv", [
+    ("int rope base 0", lambda w: (w.add_int32("llama.rope.freq_base", 0), w.add_layer_norm_rms_eps(1e-5))),
+    ("uint rope base 0", lambda w: (w.add_uint32("llama.rope.freq_base", 0), w.add_layer_norm_rms_eps(1e-5))),
+    ("array eps -0.5", lambda w: w.add_array("llama.attention.layer_norm_rms_epsilon", [-0.5])),
+    ("array rope base 0", lambda w: (w.add_array("llama.rope.freq_base", [0.0]), w.add_layer_norm_rms_eps(1e-5))),
+])
+def test_a_hyperparameter_of_another_type_is_judged_as_transformers_reads_it(tmp_path, name, kv):
+    """An adversarial round: an integer rotary base of 0, or one number in an array (transformers' GGUF loader unwraps
+    it) read CLEAN; the model's logits are NaN (eager attention)."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    path = _write(tmp_path / "model.gguf", kv=kv)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, attn_implementation="eager")
+    with torch.no_grad():
+        assert bool(torch.isnan(model(torch.tensor([[1, 5, 9, 3]])).logits).any())  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors

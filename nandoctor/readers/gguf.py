@@ -76,6 +76,8 @@ _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: 
             7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
 _STRING, _ARRAY = 8, 9
 _FLOATS = (6, 12)  # float32, float64 scalars
+# the hyperparameters gguf_hparams judges, read whatever their type (an integer rotary base of 0 is as NaN as a float's)
+_HPARAM_KEYS = re.compile(r"\.(attention\.layer_norm_rms_epsilon|attention\.layer_norm_epsilon|rope\.freq_base(_swa)?)$")
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
@@ -102,7 +104,8 @@ class GGUFReader:
             (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter",
             whole=splits is None or splits <= 1)
         misnamed = _split_misnamed(path, splits, _int_value(header.metadata, "split.no"))
-        hparams = gguf_hparams.problems(str(path), {k: v for k, (kind, v) in header.metadata.items() if kind in _FLOATS})
+        hparams = gguf_hparams.problems(str(path), {k: v for k, (kind, v) in header.metadata.items()
+                                                    if kind in _FLOATS or _HPARAM_KEYS.search(k)})
         return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed, *hparams))
 
 
@@ -248,7 +251,7 @@ def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
                            "file; a damaged key name is one the loader cannot find)") from None
         where = f"key {_shown(raw_key)}"
         kind = cur.u32(f"the type of {where}")
-        if _KEPT_KEYS.search(key) or kind in _FLOATS:  # (every float hyperparameter: gguf_hparams.problems)
+        if _KEPT_KEYS.search(key) or kind in _FLOATS or _HPARAM_KEYS.search(key):  # (gguf_hparams.problems)
             kept[key] = _value(cur, kind, where)
         else:
             _skip_value(cur, kind, where)
@@ -261,6 +264,13 @@ def _value(cur: _Cursor, kind: int, where: str) -> tuple[int, object]:
         return (kind, cur.unpack(code, size, where))
     if kind == _STRING:
         return (kind, cur.raw_string(where).decode("utf-8", "replace"))
+    if kind == _ARRAY and cur.size - cur.pos >= 12:  # (one number in an array: transformers' GGUF loader unwraps it)
+        start = cur.pos
+        item, count = cur.u32(f"the item type of {where}"), cur.u64(f"the length of {where}")
+        if item in _SCALARS and count == 1:
+            code, size = _SCALARS[item]
+            return (kind, [cur.unpack(code, size, where)])
+        cur.pos = start
     _skip_value(cur, kind, where)
     return (kind, None)
 

@@ -23,11 +23,15 @@ _ROPE_BASES = (".rope.freq_base", ".rope.freq_base_swa")
 
 
 def problems(path: str, floats: Mapping[str, object]) -> list[ScanProblem]:
-    """BAD CONFIG for the float key/values (``floats``: key → value) that make the model compute NaN."""
+    """BAD CONFIG for the key/values (``floats``: key → value; every float one, and the epsilons and rotary bases
+    whatever their type: an integer, one number in an array) that make the model compute NaN."""
     wrong = []
-    for key, value in floats.items():
-        if not isinstance(value, float):
+    for key, found in floats.items():
+        # (a number as any type, or one number in an array, as transformers' GGUF loader reads it)
+        value = found[0] if isinstance(found, list) and len(found) == 1 else found
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        value = float(value)
         if math.isnan(value):
             wrong.append(f"{key} is {value} (every value computed from it is NaN)")
         elif key.endswith(_EPSILONS) and value <= EPS_HARMFUL:
