@@ -263,8 +263,8 @@ def loss_jump_caution(report: ScanReport) -> str | None:
     scan of it says beside its verdict, which the jump does not change; None otherwise."""
     context = run_context(report) or {}
     jump, broke = context.get("loss_jump"), context.get(LOSS_BROKE_FROM)
-    if not isinstance(jump, dict) or not isinstance(broke, int):
-        return None
+    if not isinstance(jump, dict) or not isinstance(broke, int) or jump.get("sustained") is False:
+        return None  # (a jump at the log's last entry under 100x: with growth it is diverged, on its own not said)
     loss, early = jump.get("loss"), jump.get("early_loss")
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return None

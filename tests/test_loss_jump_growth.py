@@ -34,7 +34,7 @@ class _Data(torch.utils.data.Dataset):
         return _batch(i)
 
 
-def _run(out: Path, bad_step: int, factor: float = 1e4) -> Path:
+def _run(out: Path, bad_step: int, factor: float = 1e4, logging_steps: int = 2) -> Path:
     """30 steps, saved every 10 and at the end; the loss of step ``bad_step`` multiplied ``factor`` times."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -49,7 +49,7 @@ def _run(out: Path, bad_step: int, factor: float = 1e4) -> Path:
 
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=30, per_device_train_batch_size=4, learning_rate=0.1, optim="sgd",
-        max_grad_norm=0.0, logging_steps=2, save_steps=10, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+        max_grad_norm=0.0, logging_steps=logging_steps, save_steps=10, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     trainer = OneBadBatch(model=model, args=args, train_dataset=_Data())
     trainer.train()
     trainer.save_model()

@@ -53,7 +53,7 @@ def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: 
         assert report.exit_code == 0 and line.startswith("PASS CLEAN")
         assert line.endswith(caution) == said, line
     assert nandoctor.to_json(nandoctor.scan(run / "checkpoint-8"))["run"]["loss_jump"] == {
-        "step": 5, "loss": 40.0, "early_loss": 7.05}
+        "step": 5, "loss": 40.0, "early_loss": 7.05, "sustained": True}
     spike = _run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 40.0])
     assert "trainer log" not in nandoctor.verdict.one_line(nandoctor.scan(spike / "checkpoint-8"))
 
@@ -96,3 +96,24 @@ def test_a_resume_point_saved_after_the_jump_is_named_with_the_caution(tmp_path:
     assert scanned.exit_code() == 3 and scanned.last_clean.name == "checkpoint-6"
     said = " ".join(next_steps(scanned))
     assert f"resume from {run / 'checkpoint-6'} (saved after the loss jump at step 5: check its loss first)" in said
+
+
+def test_a_jump_at_the_last_log_with_grown_weights_is_diverged(tmp_path: Path) -> None:
+    """An adversarial round: a run that logs at its saves always has its jump at the newest checkpoint's last log,
+    which nothing confirms; at 68x its early loss, with the weights' bulk grown x85, it passed CLEAN without a word.
+    From 10x at the last entry, with growth ≥ 32x, it is diverged; the same spike without the growth is not said."""
+    root = _run(tmp_path / "run", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 200.0])
+    newest = root / "checkpoint-8" / "model.safetensors"
+    from safetensors.torch import load_file
+
+    save_file({name: t * 200 for name, t in load_file(newest).items()}, newest)  # (the update that made the loss)
+    run = nandoctor.scan_run(str(root))
+    row = run.checkpoints[-1]
+    assert row.status == "diverged" and 32 <= (row.baseline_growth or 0) < 256 and run.exit_code() == 1
+    from nandoctor import verdict
+
+    alone = nandoctor.scan(root / "checkpoint-8")
+    assert alone.health == "diverged" and alone.exit_code == 1
+    assert "and the trainer log's loss jumped to 200 at step 8" in verdict.one_line(alone)
+    spike = nandoctor.scan(_run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 200.0]) / "checkpoint-8")
+    assert spike.exit_code == 0 and "trainer log" not in verdict.one_line(spike)
