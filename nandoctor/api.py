@@ -607,6 +607,8 @@ def assert_finite(
         >>> nandoctor.assert_finite("ckpt/")   # before model = AutoModel.from_pretrained("ckpt/")
     """
     require_path(path, "assert_finite")
+    # (parsed once: an iterator given as fail_on is read once, then the set serves every use below)
+    fail_on = None if fail_on is None else verdicts.parse_fail_on(fail_on)
     require_some_target(path, verdicts.parse_fail_on(fail_on), _check_target(target_dtype))
     resolved, _ = hubcache.resolve(path)
     if runs.is_run_folder(resolved):

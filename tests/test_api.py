@@ -316,6 +316,8 @@ def test_no_gate_passes_nan(tmp_path, fail_on):
     report = nandoctor.scan(str(tmp_path / "nonfinite.safetensors"), device="cpu")
     assert verdicts.judge(report, frozenset({"zeroed"})).exit_code == 1  # (the judge itself, given any set)
     assert not verdicts.passes(report, frozenset()) and verdicts.exit_code(report, frozenset({"outlier"})) == 1
+    with pytest.raises(nandoctor.NonFiniteWeightsError):  # (an iterator, read once: it was parsed twice, then empty)
+        nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu", fail_on=iter(["zeroed"]))
     excluded = nandoctor.assert_finite(str(tmp_path / "nonfinite.safetensors"), device="cpu",
                                        exclude=["model.layers.3.*"])
     assert excluded.ok and excluded.extra["excluded"]
