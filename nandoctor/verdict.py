@@ -647,6 +647,12 @@ def diverged_why(
     return ""
 
 
+def growth_limit(report: ScanReport) -> float:
+    """The growth that makes ``report``'s checkpoint diverged: ``GROWTH_DIVERGED``, or ``GROWTH_WITH_LOSS_JUMP`` where
+    its run context carries the trainer log's loss jump (a repair's refusal measures what it leaves by the same)."""
+    return GROWTH_WITH_LOSS_JUMP if _context_loss_jump(report) is not None else GROWTH_DIVERGED
+
+
 def _context_loss_jump(report: ScanReport) -> dict[str, Any] | None:
     """The trainer log's loss jump the report's run context carries, where its checkpoint was saved after it
     (checkpoint/runcontext.py, a run scan's diverged row); None otherwise."""
@@ -711,7 +717,7 @@ def what_to_change(report: ScanReport) -> str:
     cannot help: a trial's run had max_grad_norm 1.0, and the advice was to clip); where they grew or exploded, a
     lower learning rate or clipping."""
     found = present(report)
-    if NONFINITE in found and EXPLODED not in found and _diverging_growth(report, True) is None:
+    if NONFINITE in found and EXPLODED not in found and _diverging_growth(report, _context_loss_jump(report) is not None) is None:
         return NAN_CAUSE
     return f"with a lower learning rate or {CLIPPING}"
 

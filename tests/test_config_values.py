@@ -289,3 +289,18 @@ def test_a_rotary_base_of_zero_or_less_is_bad_config(saved, tmp_path, where, the
     else:
         assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
         assert f"rope_theta is {theta}" in report.errors[0].message
+
+
+def test_a_temperature_that_overflows_a_language_model_s_logits_is_bad_config(saved, tmp_path):
+    """A review: logits of 20 divided by a temperature of 5e-38 (above float32's smallest normal) are Inf and
+    sampling's softmax NaN: "probability tensor contains either inf, nan". Below 2^-123 every logit above 32 overflows,
+    where a language model's largest ones lie (the tiny test model's are under 1: its generate is not the oracle)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper
+
+    scores = TemperatureLogitsWarper(5e-38)(None, torch.tensor([[20.0, 1.0, -3.0]]))
+    assert torch.isnan(torch.softmax(scores, dim=-1)).all()  # the oracle: transformers' own processor
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "generation_config.json", temperature=5e-38, do_sample=True)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"]
+    assert "the logits divided by it overflow float32" in report.errors[0].message

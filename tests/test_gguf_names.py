@@ -363,3 +363,18 @@ def test_a_hyperparameter_of_another_type_is_judged_as_transformers_reads_it(tmp
         assert bool(torch.isnan(model(torch.tensor([[1, 5, 9, 3]])).logits).any())  # the oracle
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+
+
+def test_a_whole_model_under_a_split_name_is_no_set(tmp_path):
+    """A review: a GGUF without split keys named model-00001-of-00002.gguf was exit 3, "1 of the 2 files of its
+    gguf-split set missing"; llama.cpp reads its split.count (none) and loads it alone. A NaN in a general.* float is
+    nobody's arithmetic."""
+    path = _write(tmp_path / "model-00001-of-00002.gguf")
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and not report.errors and "shard_of" not in report.extra
+    from nandoctor.hints import repair_command_for
+
+    assert repair_command_for(str(path)).startswith(f"nandoctor repair {path} ")
+    general = _write(tmp_path / "general.gguf", kv=lambda w: (w.add_float32("general.some_score", float("nan")),
+                                                             w.add_layer_norm_rms_eps(1e-5)))
+    assert nandoctor.scan(general).exit_code == 0

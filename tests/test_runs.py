@@ -528,7 +528,10 @@ def test_a_passing_run_names_a_bad_checkpoint_before_its_newest(tmp_path):
     assert report.exit_code() == 0 and [c.name for c in report.bad_behind()] == ["checkpoint-300"]
     console = run("scan", str(run_dir), "--no-progress").output
     assert "⚠ PASS newest checkpoint-400: CLEAN" in console
-    assert "but checkpoint-300 (poisoned) is bad: do not load or resume from it" in console
+    assert "but checkpoint-300 is poisoned: do not load or resume from it (repair it with --from auto" in console
     markdown = run("scan", str(run_dir), "--markdown").output
-    assert markdown.startswith("## nandoctor: ⚠️ PASS") and "**Earlier checkpoints:** checkpoint-300 (poisoned) is bad" in markdown
+    assert markdown.startswith("## nandoctor: ⚠️ PASS") and "**Earlier checkpoints:** checkpoint-300 is poisoned" in markdown
+    import json
+
+    assert json.loads(run("scan", str(run_dir), "--json").output)["run"]["bad_behind"] == ["checkpoint-300"]
     assert nandoctor.scan_run(DEMO_RUN, device="cpu").bad_behind() == []  # (a failing run: its next steps say it)

@@ -5,8 +5,8 @@ each a check transformers itself makes when it uses the value (its logits proces
 transformers 5.25 by tests/test_config_values.py:
 
 - generation_config.json, which ``generate`` reads for every call without arguments: with ``do_sample`` true a
-  ``temperature`` ≤ 0 (written by people who meant greedy decoding) or below float32's smallest normal (the float32
-  logits divided by it overflow to Inf: "probability tensor contains either inf, nan or element < 0"), a ``top_k`` < 0 or a ``min_p`` outside
+  ``temperature`` ≤ 0 (written by people who meant greedy decoding) or below 2^-123 (the float32 logits divided by it
+  overflow to Inf from 32 on: "probability tensor contains either inf, nan or element < 0"), a ``top_k`` < 0 or a ``min_p`` outside
   [0, 1]; in any mode a ``repetition_penalty`` or ``encoder_repetition_penalty`` ≤ 0, ``num_beams`` 0, a
   ``bad_words_ids`` token outside the vocabulary, an encoder-decoder's ``decoder_start_token_id`` outside it.
   The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). Settings ``from_pretrained`` itself validates and
@@ -36,7 +36,9 @@ from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
 
 _SHOWN = 3
-FLOAT32_TINY = 2.0**-126  # float32's smallest normal: 4 divided by it is float32's largest finite value
+# A sampling temperature below this makes every logit above 32 Inf (float32's largest value is 2^128): a language
+# model's largest logits are 15-40, so below it generate raises (a review: logits of 20 at 5e-38 did)
+TEMPERATURE_FLOOR = 2.0**-123
 
 
 def _number(value: Any) -> TypeGuard[int | float]:
@@ -80,9 +82,9 @@ _Rule = tuple[str, bool, Callable[[Any], bool], str, str]
 _GENERATE_RULES: tuple[_Rule, ...] = (
     ("temperature", True, lambda v: _number(v) and (v <= 0 or _not_a_float(v)), "has to be a strictly positive float",
      "for greedy decoding set do_sample to false; to sample, a float > 0 (1.0 leaves the logits as they are)"),
-    # (the logits, float32 in generate, are divided by it: below float32's smallest normal every logit above 4 becomes
-    # Inf and sampling raises "probability tensor contains either inf, nan or element < 0", this tool's first symptom)
-    ("temperature", True, lambda v: _number(v) and 0 < v < FLOAT32_TINY,
+    # (the logits, float32 in generate, are divided by it: below TEMPERATURE_FLOOR every logit above 32 becomes Inf
+    # and sampling raises "probability tensor contains either inf, nan or element < 0", this tool's first symptom)
+    ("temperature", True, lambda v: _number(v) and 0 < v < TEMPERATURE_FLOOR,
      "the logits divided by it overflow float32 to Inf: \"probability tensor contains either inf, nan or element < 0\"",
      "for greedy decoding set do_sample to false; to sample, a float such as 0.7 (1.0 leaves the logits as they are)"),
     ("top_k", True, lambda v: _number(v) and (v < 0 or (isinstance(v, float) and v != 0)),

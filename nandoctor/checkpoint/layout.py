@@ -192,7 +192,10 @@ def gguf_split_folder(file: Path) -> Path | None:
     numbered = _NUMBERED_SHARD.match(file.name)
     if numbered is None or numbered["ext"].lower() != ".gguf" or not 1 < int(numbered["n"]) <= _MAX_SHARD_COUNT:
         return None
-    return file.parent
+    from nandoctor.readers.gguf import split_count
+
+    # (a whole model under a set's name: llama.cpp loads it alone, a review's false "files missing")
+    return file.parent if (split_count(file) or 1) > 1 else None
 
 
 def _gguf_split_set(file: Path) -> CheckpointFiles | None:
@@ -235,8 +238,10 @@ def _shard_of(file: Path) -> ShardOf | None:
         shards = set(index.weight_map.values())
         if file.name in shards and len(shards) > 1:
             return ShardOf(path.name, len(shards), len(index.weight_map))
-    numbered = _NUMBERED_SHARD.match(file.name)  # (model-00001-of-00003.safetensors, a GGUF split: the name says so)
-    if numbered and 1 < int(numbered["n"]) <= _MAX_SHARD_COUNT and int(numbered["k"]) <= int(numbered["n"]):
+    numbered = _NUMBERED_SHARD.match(file.name)  # (model-00001-of-00003.safetensors: the name says so; a GGUF's
+    # set is its split.count's, _gguf_split_set)
+    if (numbered and numbered["ext"].lower() != ".gguf" and 1 < int(numbered["n"]) <= _MAX_SHARD_COUNT
+            and int(numbered["k"]) <= int(numbered["n"])):
         return ShardOf(None, int(numbered["n"]), None)
     return None
 

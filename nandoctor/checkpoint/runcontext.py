@@ -72,9 +72,11 @@ def _train_log(place: Any, folder: Path) -> Any:
     if place.lightning:
         metrics = metrics_near(place.run)
         return metrics.train_log(place.step) if metrics is not None else None
-    if place.final and not os.path.isfile(folder / TRAINER_STATE):  # (save_model() without save_state(): the newest
-        newest = place.siblings()                                     # checkpoint's log is the run's up to the end)
-        folder = newest[-1][1] if newest else folder
+    if place.final and not os.path.isfile(folder / TRAINER_STATE):
+        # (save_model() without save_state(): the newest checkpoint that has a log holds the run's, as the run scan
+        # takes it; an interrupted newest save without one is passed over)
+        logged = [path for _, path in reversed(place.siblings()) if os.path.isfile(path / TRAINER_STATE)]
+        folder = logged[0] if logged else folder
     return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
 
 

@@ -694,9 +694,8 @@ def loss_broke_before(log: TrainLog | None, step: int) -> int | None:
 
 # A jump at the log's last entry (none after it to confirm it) this many times the early loss: with the weights'
 # growth it is diverged (a trial's run logged at its saves, so the jump was always the last entry: 68x); said as a
-# caution on its own only from LOSS_JUMP_UNCONFIRMED (a batch-size-1 log's last entry may be a rare example)
+# caution on its own only as TrainLog.loss_jump_said says (a batch-size-1 log's last entry may be a rare example)
 LOSS_JUMP_AT_LAST = 10.0
-LOSS_JUMP_UNCONFIRMED = 100.0
 
 
 def loss_jump_at(log: TrainLog | None, step: int) -> dict[str, Any] | None:
@@ -704,16 +703,14 @@ def loss_jump_at(log: TrainLog | None, step: int) -> dict[str, Any] | None:
     (loss_broke_before) and stayed up (TrainLog.loss_jump_sustained), or jumped ``LOSS_JUMP_AT_LAST`` times at its
     last entry, which no later one can confirm (a trial: one update at 3e4 times the loss, logged 13,000x its early
     loss, and saved); None otherwise. The verdict reads it with the weights' growth (verdict.diverged_why), and as a
-    caution where it is sustained or ``LOSS_JUMP_UNCONFIRMED`` times (verdict.loss_jump_caution)."""
+    caution where the run's reports warn of it too (TrainLog.loss_jump_said: verdict.loss_jump_caution)."""
     if log is None or loss_broke_before(log, step) is None or log.loss_jump is None:
         return None
     loss, early = log.loss_jump
     last = not log.loss_jump_confirmed and log.loss_jump_step == log.last_step
-    sustained = log.loss_jump_sustained
-    if not (sustained or (last and early > 0 and loss >= LOSS_JUMP_AT_LAST * early)):
+    if not (log.loss_jump_sustained or (last and early > 0 and loss >= LOSS_JUMP_AT_LAST * early)):
         return None
-    said = sustained or (early > 0 and loss >= LOSS_JUMP_UNCONFIRMED * early)
-    return {"step": log.loss_jump_step, "loss": loss, "early_loss": early, "sustained": said}
+    return {"step": log.loss_jump_step, "loss": loss, "early_loss": early, "sustained": log.loss_jump_said}
 
 
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:

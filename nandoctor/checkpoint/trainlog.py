@@ -44,6 +44,7 @@ _LOGGED_KEYS = ("loss", "grad_norm")  # what trainer_state.json's log_history is
 # The last log's jump stands until a later log says otherwise. It only moves the last healthy checkpoint (what to resume from, where --from auto takes
 # donors) back before the jump in a run that has a bad checkpoint; it never fails a checkpoint on its own.
 LOSS_JUMP = 4.0
+LOSS_JUMP_UNCONFIRMED = 100.0  # a jump at the log's last entry that is said on its own (TrainLog.loss_jump_said)
 EARLY_LOSSES = 5
 GROWING = 1.5  # against fewer than _SETTLED early losses, a jump is confirmed by a next loss this many times it
 _SETTLED = 2
@@ -88,6 +89,18 @@ class TrainLog:
         if not self.loss_jump_confirmed or self.loss_jump is None or self.after_jump is None:
             return False
         return not math.isfinite(self.after_jump) or self.after_jump >= LOSS_JUMP * self.loss_jump[1]
+
+    @property
+    def loss_jump_said(self) -> bool:
+        """Whether the text reports warn of the jump where no checkpoint fails for it: :attr:`loss_jump_sustained`, or
+        a jump at the log's last entry, which nothing after it confirms, of ``LOSS_JUMP_UNCONFIRMED`` times the early
+        loss (a batch-size-1 log's last entry may be a rare example at 10x; not at 100x)."""
+        if self.loss_jump_sustained:
+            return True
+        if self.loss_jump is None or self.loss_jump_confirmed or self.loss_jump_step != self.last_step:
+            return False
+        loss, early = self.loss_jump
+        return early > 0 and loss >= LOSS_JUMP_UNCONFIRMED * early
 
     @property
     def _skips_first(self) -> bool:

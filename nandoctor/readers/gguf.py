@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from nandoctor.errors import CorruptCheckpointError, UnsupportedFormatError
+from nandoctor.errors import CorruptCheckpointError, NandoctorError, UnsupportedFormatError
 from nandoctor.model import BlockFields, ReadResult, Region, ScanProblem, TensorRef
 from nandoctor.readers import magic
 from nandoctor.readers.formats import GGUF, looks_gguf
@@ -105,8 +105,18 @@ class GGUFReader:
             whole=splits is None or splits <= 1)
         misnamed = _split_misnamed(path, splits, _int_value(header.metadata, "split.no"))
         hparams = gguf_hparams.problems(str(path), {k: v for k, (kind, v) in header.metadata.items()
-                                                    if kind in _FLOATS or _HPARAM_KEYS.search(k)})
+                                                    if kind in _FLOATS or _HPARAM_KEYS.search(k)},
+                                        arch[1] if arch is not None and isinstance(arch[1], str) else None)
         return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed, *hparams))
+
+
+def split_count(path: Path) -> int | None:
+    """The ``split.count`` of the GGUF file at ``path`` (None without one, or when its header cannot be read: its
+    scan says why): a name like ``model-00001-of-00002.gguf`` alone does not make a file one of a set."""
+    try:
+        return _int_value(read_header(path).metadata, "split.count")
+    except (NandoctorError, OSError):
+        return None
 
 
 def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple[ScanProblem, ...]:

@@ -2,7 +2,7 @@
 
 llama.cpp (and transformers' GGUF loader, which turns these keys into a config.json) computes each norm from
 ``<arch>.attention.layer_norm_rms_epsilon`` / ``layer_norm_epsilon`` and the rotary frequencies from
-``<arch>.rope.freq_base``. A NaN in any float key, a norm epsilon at or below -1e-3 (the square root
+``<arch>.rope.freq_base``. A NaN in a float key of the architecture's, a norm epsilon at or below -1e-3 (the square root
 of a negative mean square: configvalues.EPS_HARMFUL says why that bound) or a rotary base of 0 or less is BAD
 CONFIG (exit 3): the tensors are intact, the model computes NaN (an adversarial round: each read CLEAN). An
 infinite epsilon or rotary base is left alone: the norms give zeros, the rotation none, finite either way.
@@ -22,7 +22,7 @@ _EPSILONS = (".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon
 _ROPE_BASES = (".rope.freq_base", ".rope.freq_base_swa")
 
 
-def problems(path: str, floats: Mapping[str, object]) -> list[ScanProblem]:
+def problems(path: str, floats: Mapping[str, object], arch: str | None = None) -> list[ScanProblem]:
     """BAD CONFIG for the key/values (``floats``: key → value; every float one, and the epsilons and rotary bases
     whatever their type: an integer, one number in an array) that make the model compute NaN."""
     wrong = []
@@ -32,7 +32,9 @@ def problems(path: str, floats: Mapping[str, object]) -> list[ScanProblem]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         value = float(value)
-        if math.isnan(value):
+        if math.isnan(value) and (arch is None or key.startswith(f"{arch}.") or key.endswith(_EPSILONS + _ROPE_BASES)):
+            # (a NaN in the architecture's hyperparameters, which the loaders build the model from; a general.* or
+            # tokenizer float is nobody's arithmetic)
             wrong.append(f"{key} is {value} (every value computed from it is NaN)")
         elif key.endswith(_EPSILONS) and value <= EPS_HARMFUL:
             wrong.append(f"{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "

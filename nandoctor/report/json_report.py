@@ -408,6 +408,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "last_clean": last_clean.name if last_clean else None,  # = last_healthy (schema 1 name)
             "first_bad": first_bad.name if first_bad else None,
             "incomplete": [c.name for c in run.checkpoints if c.status == INCOMPLETE],
+            # (a passing run's poisoned or diverged checkpoints before the deciding one: the text reports' ⚠)
+            "bad_behind": [c.name for c in run.bad_behind(fail_on)],
             "train_log": log_to_json(run.log),
             "notes": list(run.notes),
             "problems": list(run.problems),

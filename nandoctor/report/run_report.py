@@ -192,7 +192,7 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     else:
         if run.log and run.log.skipped_steps:
             tail.append(f"trainer log: {skipped_words(run.log)}")
-        if run.log and run.log.loss_jump_sustained and run.broken_weights_from is None:
+        if run.log and run.log.loss_jump_said and run.broken_weights_from is None:
             tail.append(_loss_jump_words(run.log))
     return head + " · " + " · ".join(tail)
 
@@ -208,7 +208,7 @@ def _jumped_before_last_clean(run: RunReport) -> int | None:
     """The step of a loss jump that stayed up, where the run's last healthy checkpoint was saved after it and no
     checkpoint fails for it; None otherwise."""
     log, last = run.log, run.last_clean
-    if (log is None or last is None or not log.loss_jump_sustained
+    if (log is None or last is None or not log.loss_jump_said
             or run.broken_weights_from is not None or log.broken_weights_from is None
             or last.step is None or last.step < log.broken_weights_from):
         return None
@@ -296,10 +296,21 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
 
 
 def bad_behind_words(behind: list[RunCheckpoint]) -> str:
-    """What a passing run says of its poisoned or diverged earlier checkpoints (RunReport.bad_behind)."""
-    names = first_few([f"{c.name} ({c.status})" for c in behind], 3)
-    return (f"{names} {'is' if len(behind) == 1 else 'are'} bad: do not load or resume from "
-            f"{'it' if len(behind) == 1 else 'them'} (repair with --from auto, or delete)")
+    """What a passing run says of its poisoned or diverged earlier checkpoints (RunReport.bad_behind), each as what
+    can be done with it: a diverged one is deleted (a repair refuses it), one whose optimizer state alone is bad still
+    loads but is no resume point, a poisoned one is repaired or deleted (a review: one advice for all was wrong)."""
+    clauses = []
+    for c in behind:
+        failing = c.report.judgement.failing if c.report is not None and c.report.judgement is not None else ()
+        if c.status == DIVERGED:
+            clauses.append(f"{c.name} is diverged: delete it (a repair would only stitch a broken model together)")
+        elif c.report is not None and verdicts.optimizer_only(c.report, failing):
+            clauses.append(f"{c.name} holds bad optimizer state: its weights load, but do not resume from it")
+        else:
+            clauses.append(f"{c.name} is poisoned: do not load or resume from it (repair it with --from auto, or "
+                           "delete it)")
+    shown = clauses[:3] + ([f"and {len(clauses) - 3} more"] if len(clauses) > 3 else [])
+    return "; ".join(shown)
 
 
 def next_steps(run: RunReport) -> list[str]:
@@ -479,7 +490,7 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
         lines.append((BAD,
             f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}: the "
             f"weights saved from step {jumped} on made it, so no checkpoint from there is a resume point or a donor"))
-    elif log.loss_jump_sustained:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
+    elif log.loss_jump_said:  # (a trial: lr 3, loss 7 → 640, all CLEAN, not a
         # word; one spike at the last log, nothing after it yet, is no reason to warn of a healthy run)
         lines.append((WARN, f"{_loss_jump_words(log)}, though no checkpoint's weights fail: look at the run (a "
                             f"learning rate too high, or data that changed there?) before using the checkpoints saved "

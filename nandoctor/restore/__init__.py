@@ -162,6 +162,13 @@ def repair(
     baseline = RunBaseline(*first_healthy) if first_healthy is not None else None
     if report.health == "diverged" and not allow_diverged:
         _refuse_diverged(target, target_path, report, baseline, scan_one)
+    if selection is not None and not allow_diverged:
+        # (a selection's health leaves out what it does not read: a slice of a diverged checkpoint read POISONED and
+        # was "repaired", the rest still NaN (a review). Diverged is judged on the whole checkpoint, as a scan of it)
+        whole_one = _memo(partial(scan, device="cpu", limits=limits))
+        whole, _ = judged_in_run(whole_one(target_path), target_path, whole_one)
+        if whole.health == "diverged":
+            _refuse_diverged(target, target_path, whole, baseline, whole_one)
     context = verdict.run_context(report)
     # --from auto is suggested only where it finds a donor, and not again when it was given
     auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
@@ -268,7 +275,7 @@ def _grown(report: ScanReport, baseline: RunBaseline | None, restored: set[str])
     # (the initial weights' scales stay InitialScales: the growth says what it is measured against)
     grown = verdict.growth(report, verdict.InitialScales(kept) if isinstance(baseline.scales, verdict.InitialScales)
                            else kept)
-    return grown if grown is not None and grown.factor >= verdict.GROWTH_DIVERGED else None
+    return grown if grown is not None and grown.factor >= verdict.growth_limit(report) else None
 
 
 def _shard_donors(plan: RepairPlan) -> list[Path]:
