@@ -232,19 +232,24 @@ def family_of(name: str) -> str:
     return _LAYER_NUMBER.sub(".#.", name)
 
 
-def sibling_keys(names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[tuple[Any, ...]]:
-    """Each tensor's siblings key: its family (:func:`family_of`), dtype and shape, and what its module holds (every
-    tensor name directly under the module, with its dtype and shape). Numbers also index an ``nn.Sequential``'s
-    entries, which are different layers: ``proj.0.bias`` (a Linear's) and ``proj.1.bias`` (a LayerNorm's, zero
-    from its start) share a family and a shape but not their modules' weights (a trial: a fresh LayerNorm bias was
-    ZEROED on every checkpoint of healthy Lightning runs, a stochastic-weight-averaging copy before averaging)."""
-    modules: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
+def sibling_keys(names: Sequence[str], dtypes: Sequence[str], shapes: Sequence[Sequence[int]],
+                 rows: Iterable[int]) -> dict[int, tuple[Any, ...]]:
+    """The siblings key of each of ``rows``: its family (:func:`family_of`), dtype and shape, and what its module
+    holds (every tensor name directly under the module, with its dtype and shape, as a small id). Numbers also index
+    an ``nn.Sequential``'s entries, which are different layers: ``proj.0.bias`` (a Linear's) and ``proj.1.bias`` (a
+    LayerNorm's, zero from its start) share a family and a shape but not their modules' weights (a trial: a fresh
+    LayerNorm bias was ZEROED on every checkpoint of healthy Lightning runs, a stochastic-weight-averaging copy before
+    averaging). Only the modules of ``rows`` are gathered, each signature once (a million names: one pass)."""
+    wanted = list(rows)
+    modules = {names[i].rpartition(".")[0] for i in wanted}
+    held: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
     for name, dtype, shape in zip(names, dtypes, shapes):
         module, _, leaf = name.rpartition(".")
-        modules.setdefault(module, []).append((leaf, dtype, tuple(shape)))
-    held = {module: tuple(sorted(entries)) for module, entries in modules.items()}
-    return [(family_of(name), dtype, tuple(shape), held[name.rpartition(".")[0]])
-            for name, dtype, shape in zip(names, dtypes, shapes)]
+        if module in modules:
+            held.setdefault(module, []).append((leaf, dtype, tuple(shape)))
+    signatures: dict[tuple[tuple[str, str, tuple[int, ...]], ...], int] = {}
+    ids = {module: signatures.setdefault(tuple(sorted(entries)), len(signatures)) for module, entries in held.items()}
+    return {i: (family_of(names[i]), dtypes[i], tuple(shapes[i]), ids[names[i].rpartition(".")[0]]) for i in wanted}
 
 
 ZEROED_SINCE = "zeroed_since"  # run context key: {"names": [...], "checkpoint": name} (checkpoint/runs.py)
@@ -346,13 +351,13 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     # damage of its own, and left its zero siblings, GPT-2's fresh c_attn biases, no less legitimate. Siblings are
     # of one model: the files of one folder, its shards; a unet_ema/ beside unet/ is another model)
     folders = {file: os.path.dirname(file) for file in set(files)}
-    keys = sibling_keys(names, dtypes, shapes)
+    judged = [i for i, top in enumerate(tensors.max_abs)
+              if top is not None and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and _LAYER_NUMBER.search(names[i])]
+    keys = sibling_keys(names, dtypes, shapes, judged)
     families: dict[tuple[Any, ...], list[tuple[int, bool]]] = {}
-    for i, top in enumerate(tensors.max_abs):
-        if top is None or roles[i] != "weight" or not tensors.can_hold_nonfinite[i]:
-            continue
-        if keys[i][0] != names[i]:
-            families.setdefault((*keys[i], folders[files[i]]), []).append((i, top > 0.0))
+    for i in judged:
+        top = tensors.max_abs[i]
+        families.setdefault((*keys[i], folders[files[i]]), []).append((i, top is not None and top > 0.0))
     out: set[int] = set()
     for members in families.values():
         if any(nonzero for _, nonzero in members):
@@ -484,13 +489,13 @@ def _outgrown_siblings(tensors: TensorResults, all_fp16: bool) -> dict[int, tupl
         return {}
     refs = tensors.refs
     names, roles, dtypes, shapes = refs.names, refs.roles, refs.dtypes, refs.shapes
-    keys = sibling_keys(names, dtypes, shapes)
+    scales = {i: scale for i, scale in enumerate(map(scale_of, tensors.bulk_scale, tensors.max_abs))
+              if scale is not None and roles[i] == "weight" and (all_fp16 or dtypes[i] == "F16")
+              and _LAYER_NUMBER.search(names[i])}
+    keys = sibling_keys(names, dtypes, shapes, scales)
     families: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
-    for i, scale in enumerate(map(scale_of, tensors.bulk_scale, tensors.max_abs)):
-        if scale is None or roles[i] != "weight" or not (all_fp16 or dtypes[i] == "F16"):
-            continue
-        if keys[i][0] != names[i]:
-            families.setdefault(keys[i], []).append((i, scale))
+    for i, scale in scales.items():
+        families.setdefault(keys[i], []).append((i, scale))
     out: dict[int, tuple[float, float]] = {}
     for members in families.values():
         if len(members) < 2 or max(scale for _, scale in members) < SIBLING_FLOOR:
