@@ -54,6 +54,10 @@ def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(t
     command = " ".join(scanned.output.split()).split("next: restore the bad tensors from an earlier checkpoint with ", 1)[1]
     assert command.startswith("nandoctor repair ") and f"--out {project / 'checkpoint_2-repaired'}" in command
     assert run_cli(*shlex.split(command)[1:]).exit_code == 0
+    # (the run's next step is the verified repair's mv alone: a trial's also told to move the saves after checkpoint_1
+    # out and resume it, which would set the repair aside again)
+    run_next = " ".join(run_cli("scan", project / "checkpoints").output.split())
+    assert "is a verified repair of checkpoint_2" in run_next and "move the saves after" not in run_next
     with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
         nandoctor.assert_finite(bad)
     subprocess.run(caught.value.hint.split("put it in its place: ", 1)[1], shell=True, check=True)

@@ -317,7 +317,10 @@ def next_steps(run: RunReport) -> list[str]:
     """What to do about a failing run: make it unambiguous, then what its deciding rows need."""
     steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
     last_clean = run.last_clean
-    if steps and last_clean is not None and last_clean is not run.newest and is_accelerate_save(Path(last_clean.path)):
+    # (a verified repair to put in place is the fix: resuming an earlier save would move it out again, a trial)
+    repaired = any(_verified_repair_of(target) for target in run.repair_targets)
+    if (steps and not repaired and last_clean is not None and last_clean is not run.newest
+            and is_accelerate_save(Path(last_clean.path))):
         # (a trial: load_state() with no argument took the newest, poisoned save; an explicit one left the save
         # counter at 0, and the next save_state() refused: "checkpoint_0 already exists")
         steps.append(f"accelerate resumes the newest save in checkpoints/ and does not restore its save counter: move "
@@ -368,11 +371,18 @@ def _row_steps(run: RunReport) -> list[str]:
     return steps
 
 
+def _verified_repair_of(target: RunCheckpoint) -> list[str]:
+    """The steps that put ``target``'s verified repair in its place ([] without one: hints.use_verified_repair)."""
+    from nandoctor.hints import use_verified_repair
+
+    return use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir(), target.report)
+
+
 def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoint | None, also: bool) -> list[str]:
     """How to repair ``target`` (or put its verified repair in place); ``also``: another file that decides too."""
-    from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, selection_args, use_verified_repair
+    from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for, selection_args
 
-    in_place = use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir(), target.report)
+    in_place = _verified_repair_of(target)
     if in_place:
         return in_place
     judged = target.report.judgement if target.report is not None else None
