@@ -24,7 +24,7 @@ from typing import Any
 
 from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
-from nandoctor.layers import bad_ranges, layer_of, summarize, zero_breaks
+from nandoctor.layers import bad_ranges, component_of, layer_of, summarize, zero_breaks
 from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict, is_pickled_float
 from nandoctor.wording import first_few
 
@@ -362,6 +362,7 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     for members in families.values():
         if any(nonzero for _, nonzero in members):
             out.update(i for i, _ in members if i in zero)
+    out -= _identity_blocks(names, out)
     kinds = {i: zero_breaks(names[i], len(shapes[i])) for i in zero}
     if "norm" in kinds.values():
         # A model whose norms scale by 1 + w (Gemma, Qwen3-Next) starts with gains at zero: a whole family of layer
@@ -380,6 +381,27 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     named = set(since)
     out.update(i for i in zero if names[i] in named)
     return out
+
+
+# The output projections of a block's attention and MLP: both at zero make the block the identity (the residual
+# stream passes through), as block expansion builds it on purpose (LLaMA Pro, depth up-scaling with zero-initialised
+# layers) and its training starts from
+_OUTPUT_PROJECTION = re.compile(r"\.(o_proj|out_proj|down_proj|c_proj|dense_4h_to_h|fc2|wo|w2)\.(weight|bias)$")
+
+
+def _identity_blocks(names: Sequence[str], zero_rows: set[int]) -> set[int]:
+    """The rows of ``zero_rows`` in layers where they are exactly output projections, of the attention and of the
+    MLP both: such a layer is an identity block, not damage (a trial: a LLaMA Pro expansion, logits equal to the base
+    model's, read ZEROED with the advice to restore its new layers from the base model)."""
+    by_layer: dict[str, list[int]] = {}
+    for i in zero_rows:
+        by_layer.setdefault(layer_of(names[i]).group, []).append(i)
+    found: set[int] = set()
+    for rows in by_layer.values():
+        if all(_OUTPUT_PROJECTION.search(names[i]) for i in rows) and \
+                {"attention", "mlp"} <= {component_of(names[i]) for i in rows}:
+            found.update(rows)
+    return found
 
 
 def _zeroed_since(report: ScanReport) -> dict[str, Any]:

@@ -194,3 +194,44 @@ def test_exploded_values_are_located_where_the_nan_they_replace_was(tmp_path):
     where = {t.name: t.first_bad for t in poisoned.tensors if t.nonfinite}
     assert len(where) == 18 and all(at is not None for at in where.values())
     assert {t.name: t.first_bad for t in exploded.tensors if t.exploded} == where
+
+
+def test_a_block_expansion_s_identity_blocks_are_not_zeroed(tmp_path):
+    """A trial: a LLaMA Pro expansion (copies of blocks inserted with their o_proj and down_proj at zero: identity
+    blocks, the base model's logits exactly) read ZEROED with the advice to restore the new layers from the base
+    model. A layer whose attention and MLP output projections are all that is zero is an identity block; one zeroed
+    projection alone among its siblings is still zeroed."""
+    import copy
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=4)
+    base = transformers.LlamaForCausalLM(config).eval()
+    blocks = []
+    for i, block in enumerate(base.model.layers):
+        blocks.append(block)
+        if i % 2 == 1:
+            added = copy.deepcopy(block)
+            torch.nn.init.zeros_(added.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(added.mlp.down_proj.weight)
+            blocks.append(added)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("model.layers.")}
+    for j, block in enumerate(blocks):
+        state.update({f"model.layers.{j}.{k}": v for k, v in block.state_dict().items()})
+    wide = copy.deepcopy(config)
+    wide.num_hidden_layers = len(blocks)
+    expanded = transformers.LlamaForCausalLM(wide).eval()
+    expanded.load_state_dict(state, strict=True)
+    expanded.save_pretrained(tmp_path / "expanded")
+    ids = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():  # the oracle: the expansion computes the base model
+        assert torch.allclose(base(ids).logits, transformers.LlamaForCausalLM.from_pretrained(tmp_path / "expanded")(ids).logits, atol=1e-5)
+    report = scan(tmp_path / "expanded", device="cpu")
+    assert report.ok and not report.judgement.reported, [t.name for t in report.tensors if t.findings]
+    with torch.no_grad():
+        expanded.model.layers[4].self_attn.o_proj.weight.zero_()  # (one projection alone: damage)
+    expanded.save_pretrained(tmp_path / "one")
+    one = scan(tmp_path / "one", device="cpu")
+    assert [t.name for t in one.tensors if "zeroed" in t.findings] == ["model.layers.4.self_attn.o_proj.weight"]
