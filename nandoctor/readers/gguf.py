@@ -25,6 +25,7 @@ from nandoctor.errors import CorruptCheckpointError, NandoctorError, Unsupported
 from nandoctor.model import BlockFields, ReadResult, Region, ScanProblem, TensorRef
 from nandoctor.readers import magic
 from nandoctor.readers.formats import GGUF, looks_gguf
+from nandoctor.readers.gguf_hparams import KEYS as _HPARAM_KEYS
 from nandoctor.readers.shapes import refused_gguf_dims
 
 DEFAULT_ALIGNMENT = 32
@@ -76,8 +77,6 @@ _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: 
             7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
 _STRING, _ARRAY = 8, 9
 _FLOATS = (6, 12)  # float32, float64 scalars
-# the hyperparameters gguf_hparams judges, read whatever their type (an integer rotary base of 0 is as NaN as a float's)
-_HPARAM_KEYS = re.compile(r"\.(attention\.layer_norm_rms_epsilon|attention\.layer_norm_epsilon|rope\.freq_base(_swa)?)$")
 _UINT32 = 4
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset

@@ -11,6 +11,7 @@ infinite epsilon or rotary base is left alone: the norms give zeros, the rotatio
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 from nandoctor.checkpoint.configvalues import EPS_HARMFUL
@@ -20,6 +21,8 @@ from nandoctor.wording import first_few
 
 _EPSILONS = (".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon")
 _ROPE_BASES = (".rope.freq_base", ".rope.freq_base_swa")
+# the keys judged whatever their type (the reader keeps them: an integer rotary base of 0 is as NaN as a float's)
+KEYS = re.compile("(" + "|".join(re.escape(key) for key in _EPSILONS + _ROPE_BASES) + ")$")
 
 
 def problems(path: str, floats: Mapping[str, object], arch: str | None = None) -> list[ScanProblem]:
