@@ -914,14 +914,13 @@ def scan_run(
             from_start = True
             notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} "
                          "by the training callback, where the trainer log's loss did not come down")
-        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step),
-                                                 loss_jump_at(log, step))
+        jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
+        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
         if report is not None and status == DIVERGED and report.health != DIVERGED:
             # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
             # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
             grown = verdicts.growth(report, baseline or {})
             assert grown is not None
-            jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: carried for the report's verdict)
             report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
                 "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,

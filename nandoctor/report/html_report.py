@@ -193,7 +193,7 @@ def _timeline(run: RunReport) -> str:
             ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), STATUS_COLOURS[c.status])),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
-            ("n", c.max_abs_words if c.max_abs_words in ("", "inf", "nan") or c.max_abs is None else num(c.max_abs)),
+            ("n", c.max_abs_words),
             ("n", "" if c.growth is None else "×" + num(c.growth)),
             ("name", esc(same_words(c)) if c.same_as is not None else "" if r is None
              else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
@@ -245,7 +245,7 @@ def write_html(path: str | os.PathLike[str], page: str) -> None:
         write_text(path, page)
     except IsADirectoryError as exc:  # (a trial: the default hint, "a folder that exists", applied to a folder)
         # (beside the folder, never in it: the folder may be the checkpoint itself, which nandoctor never writes into)
-        beside = os.fspath(path).rstrip(os.sep) or os.sep
+        beside = os.path.abspath(os.fspath(path))  # (`--html .`: a name beside the folder, not ".-report.html")
         raise ReportWriteError(
             f"{os.fspath(path)}: cannot write the HTML report ({exc.strerror or exc})",
             f"--html takes the file to write, not a folder: give e.g. {beside}-report.html",
