@@ -362,7 +362,7 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     for members in families.values():
         if any(nonzero for _, nonzero in members):
             out.update(i for i, _ in members if i in zero)
-    out -= _identity_blocks(names, out)
+    out -= _identity_blocks(tensors, out)
     kinds = {i: zero_breaks(names[i], len(shapes[i])) for i in zero}
     if "norm" in kinds.values():
         # A model whose norms scale by 1 + w (Gemma, Qwen3-Next) starts with gains at zero: a whole family of layer
@@ -389,17 +389,39 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
 _OUTPUT_PROJECTION = re.compile(r"\.(o_proj|out_proj|down_proj|c_proj|dense_4h_to_h|fc2|wo|w2)\.(weight|bias)$")
 
 
-def _identity_blocks(names: Sequence[str], zero_rows: set[int]) -> set[int]:
-    """The rows of ``zero_rows`` in layers where they are exactly output projections, of the attention and of the
-    MLP both: such a layer is an identity block, not damage (a trial: a LLaMA Pro expansion, logits equal to the base
-    model's, read ZEROED with the advice to restore its new layers from the base model)."""
+def _identity_blocks(tensors: TensorResults, zero_rows: set[int]) -> set[int]:
+    """The rows of ``zero_rows`` in inserted identity blocks: a layer whose zero tensors are exactly its attention's and
+    its MLP's output projections, and whose other weights are a copy of another layer's (each has a namesake there
+    with the same largest value, bulk and zeros), as block expansion builds it (LLaMA Pro: a trial's expansion, the
+    base model's logits exactly, read ZEROED with the advice to restore its new layers from the base model). A layer
+    of its own wiped so is damage, and stays zeroed (a review: a trained model's layer with both projections zeroed
+    generated garbage, and read CLEAN under a rule without the copy)."""
+    names, roles = tensors.refs.names, tensors.refs.roles
     by_layer: dict[str, list[int]] = {}
     for i in zero_rows:
         by_layer.setdefault(layer_of(names[i]).group, []).append(i)
+    candidates = {group: rows for group, rows in by_layer.items()
+                  if all(_OUTPUT_PROJECTION.search(names[i]) for i in rows)
+                  and {"attention", "mlp"} <= {component_of(names[i]) for i in rows}}
+    if not candidates:
+        return set()
+    # (a tensor's census as its copy has it: where that family's tensor with these values lies, by layer)
+    where: dict[tuple[Any, ...], set[str]] = {}
+    own: dict[str, list[tuple[Any, ...]]] = {group: [] for group in candidates}
+    for i, name in enumerate(names):
+        if roles[i] != "weight" or tensors.max_abs[i] is None or i in zero_rows:
+            continue
+        group = layer_of(name).group
+        census = (family_of(name), tensors.max_abs[i], tensors.zeros[i], tensors.bulk_scale[i])
+        where.setdefault(census, set()).add(group)
+        if group in own:
+            own[group].append(census)
     found: set[int] = set()
-    for rows in by_layer.values():
-        if all(_OUTPUT_PROJECTION.search(names[i]) for i in rows) and \
-                {"attention", "mlp"} <= {component_of(names[i]) for i in rows}:
+    for group, rows in candidates.items():
+        if not own[group]:
+            continue
+        sources = set.intersection(*(where[census] for census in own[group])) - {group}
+        if sources:  # (every other weight of the layer matches one other layer's: a copy of it)
             found.update(rows)
     return found
 

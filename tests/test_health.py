@@ -199,8 +199,8 @@ def test_exploded_values_are_located_where_the_nan_they_replace_was(tmp_path):
 def test_a_block_expansion_s_identity_blocks_are_not_zeroed(tmp_path):
     """A trial: a LLaMA Pro expansion (copies of blocks inserted with their o_proj and down_proj at zero: identity
     blocks, the base model's logits exactly) read ZEROED with the advice to restore the new layers from the base
-    model. A layer whose attention and MLP output projections are all that is zero is an identity block; one zeroed
-    projection alone among its siblings is still zeroed."""
+    model. A layer whose attention and MLP output projections are all that is zero, its other weights a copy of another
+    layer's, is an identity block; one zeroed projection alone, or a layer of its own wiped so, is still zeroed."""
     import copy
 
     torch = pytest.importorskip("torch")
@@ -235,3 +235,11 @@ def test_a_block_expansion_s_identity_blocks_are_not_zeroed(tmp_path):
     expanded.save_pretrained(tmp_path / "one")
     one = scan(tmp_path / "one", device="cpu")
     assert [t.name for t in one.tensors if "zeroed" in t.findings] == ["model.layers.4.self_attn.o_proj.weight"]
+    # (a layer of its own with both projections wiped is no inserted copy: damage, as a review's trained model showed)
+    with torch.no_grad():
+        base.model.layers[1].self_attn.o_proj.weight.zero_()
+        base.model.layers[1].mlp.down_proj.weight.zero_()
+    base.save_pretrained(tmp_path / "wiped")
+    wiped = scan(tmp_path / "wiped", device="cpu")
+    assert sorted(t.name for t in wiped.tensors if "zeroed" in t.findings) == [
+        "model.layers.1.mlp.down_proj.weight", "model.layers.1.self_attn.o_proj.weight"]
