@@ -375,6 +375,7 @@ def test_a_whole_model_under_a_split_name_is_no_set(tmp_path):
     from nandoctor.hints import repair_command_for
 
     assert repair_command_for(str(path)).startswith(f"nandoctor repair {path} ")
+    assert nandoctor.scan(tmp_path).exit_code == 0  # (the folder too: no "numbered shards missing")
     general = _write(tmp_path / "general.gguf", kv=lambda w: (w.add_float32("general.some_score", float("nan")),
                                                              w.add_layer_norm_rms_eps(1e-5)))
     assert nandoctor.scan(general).exit_code == 0

@@ -665,6 +665,8 @@ def _missing_numbered_shards(root: Path, unindexed: list[Path]) -> list[ScanProb
     index lists is judged by its index: _discover_folder.)"""
     problems = []
     for (stem, n, ext), present in numbered_shards(unindexed).items():
+        if ext.lower() == ".gguf" and not any(gguf_split_folder(path) for path in present.values()):
+            continue  # (whole GGUF models under a set's names: llama.cpp loads each alone; a review)
         first = _NUMBERED_SHARD.match(next(iter(present.values())).name)
         assert first is not None
         width, total = len(first["k"]), int(n)
