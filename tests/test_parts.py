@@ -162,7 +162,7 @@ def test_torchrun_two_ranks_print_the_single_process_report(tmp_path: Path) -> N
     done = _torchrun(tmp_path, "--html", str(page), output="--markdown")
     single = run_cli("scan", str(tmp_path), "--markdown", "--no-progress")
     timing = re.compile(r"[\d.]+ (?:s|ms|GB/s|MB/s)\b")
-    assert done.returncode == 1 and timing.sub("T", done.stdout) == timing.sub("T", single.output)
+    assert done.returncode == 1 and timing.sub("T", done.stdout) == timing.sub("T", single.output), done.stderr[-3000:]
     assert page.read_text().startswith("<!DOCTYPE html>")
 
 
