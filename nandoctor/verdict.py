@@ -688,12 +688,15 @@ def diverged_why(
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
-    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report, loss_jump is not None)
-    if grown is not None and grown.factor >= GROWTH_DIVERGED:
-        return grown.reason()
-    if grown is not None and loss_jump is not None and grown.factor >= GROWTH_WITH_LOSS_JUMP:
-        return f"{grown.reason()}, and {_jump_words(loss_jump)}"
-    return ""
+    grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
+    limit = GROWTH_WITH_LOSS_JUMP if loss_jump is not None else GROWTH_DIVERGED
+    return _growth_words(grown, loss_jump) if grown is not None and grown.factor >= limit else ""
+
+
+def _growth_words(grown: Growth, jump: Mapping[str, Any] | None) -> str:
+    """Why a checkpoint is diverged by growth: the growth, and the log's loss jump where that growth alone would not be
+    (below ``GROWTH_DIVERGED``): the one sentence of the reason, the verdict line and a repair's refusal."""
+    return grown.reason() + (f", and {_jump_words(jump)}" if jump is not None and grown.factor < GROWTH_DIVERGED else "")
 
 
 def growth_limit(report: ScanReport) -> float:
@@ -766,7 +769,7 @@ def what_to_change(report: ScanReport) -> str:
     cannot help: a trial's run had max_grad_norm 1.0, and the advice was to clip); where they grew or exploded, a
     lower learning rate or clipping."""
     found = present(report)
-    if NONFINITE in found and EXPLODED not in found and _diverging_growth(report, _context_loss_jump(report) is not None) is None:
+    if NONFINITE in found and EXPLODED not in found and _diverging_growth(report) is None:
         return NAN_CAUSE
     return f"with a lower learning rate or {CLIPPING}"
 
@@ -786,12 +789,11 @@ def diverged_advice(report: ScanReport, where: str = "") -> str:
             "or convert/quantize again from a healthy checkpoint)")
 
 
-def _diverging_growth(report: ScanReport, loss_jumped: bool = False) -> Growth | None:
+def _diverging_growth(report: ScanReport) -> Growth | None:
     """The growth the report's run context measured (checkpoint/runcontext.py, or a run scan's diverged
-    row), when it makes the checkpoint diverged (``loss_jumped``: with the log's loss jump, GROWTH_WITH_LOSS_JUMP)."""
+    row), when it makes the checkpoint diverged (:func:`growth_limit`: lower with the log's loss jump)."""
     grown = Growth.from_json((run_context(report) or {}).get("growth"))
-    least = GROWTH_WITH_LOSS_JUMP if loss_jumped else GROWTH_DIVERGED
-    return grown if grown is not None and grown.factor >= least else None
+    return grown if grown is not None and grown.factor >= growth_limit(report) else None
 
 
 def broken(tensors: TensorResults, row: int) -> bool:
@@ -1164,10 +1166,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     it lists the problems above itself, so it asks without ``first_problem``)."""
     pieces: list[str] = []
     tensors = len(report.tensors)
-    jump = _context_loss_jump(report)
-    grown = _diverging_growth(report, jump is not None)
-    if grown is not None:  # (diverged by growth; below GROWTH_DIVERGED by growth and the log's loss jump: both said)
-        pieces.append(grown.reason() + (f", and {_jump_words(jump)}" if jump and grown.factor < GROWTH_DIVERGED else ""))
+    grown = _diverging_growth(report)
+    if grown is not None:
+        pieces.append(_growth_words(grown, _context_loss_jump(report)))
     unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
     if report.bad_tensors:
         # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);

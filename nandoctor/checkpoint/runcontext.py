@@ -89,25 +89,17 @@ def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     made a loss 10x its early one are otherwise for the user to judge (a trial: a run at lr 30 logged 4.6 → 8,000
     before its first save; every checkpoint was CLEAN, and said nothing)."""
     from nandoctor import verdict
-    from nandoctor.checkpoint.runs import loss_broke_before, place_in_run
+    from nandoctor.checkpoint.runs import loss_broke_before, loss_jump_at, place_in_run
 
     place = place_in_run(target)
     if place is None:
         return None
     log = _train_log(place, target if target.is_dir() else target.parent)
-    jump = _loss_jump(log, place.step)
+    jump = loss_jump_at(log, place.step)
     if jump is None:
         return None
-    return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step), **jump}
-
-
-def _loss_jump(log: Any, step: int) -> dict[str, Any] | None:
-    """``{"loss_jump": {step, loss, early_loss}}`` where the trainer log's loss jumped before the save at ``step``
-    (runs.loss_jump_at); None otherwise."""
-    from nandoctor.checkpoint.runs import loss_jump_at
-
-    jump = loss_jump_at(log, step)
-    return None if jump is None else {"loss_jump": jump}
+    return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
+            "loss_jump": jump}
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with
@@ -210,6 +202,7 @@ def run_facts(
         incomplete_reasons,
         log_broke_by,
         loss_broke_before,
+        loss_jump_at,
         place_in_run,
         zeroed_since,
     )
@@ -264,7 +257,7 @@ def run_facts(
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
         verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
-        **(_loss_jump(log, place.step) or {}),
+        **({"loss_jump": jump} if (jump := loss_jump_at(log, place.step)) is not None else {}),
         "log_unread": (f"{log.source}: not read ({log.error}): the trainer log was not judged"
                        if log is not None and log.error else None),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),

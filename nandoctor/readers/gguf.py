@@ -133,13 +133,10 @@ def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple
             "no split.no (llama.cpp: \"key not found in model: split.no\")",
             "write the set again with llama-gguf-split, or merge it into one file with llama-gguf-split --merge",
             kind=UNLOADABLE_KIND),)
-    expected = f"-{number + 1:05d}-of-{splits:05d}.gguf"
-    if number > 0:  # (llama.cpp checks a later file's split.no against its place, not its split.count)
-        expected = f"-{number + 1:05d}-of-"
-        if re.search(rf"{re.escape(expected)}\d{{5}}\.gguf$", path.name) and len(path.name) > len(expected) + 10:
-            return ()
-        expected += "NNNNN.gguf"
-    elif path.name.endswith(expected) and len(path.name) > len(expected):
+    # (llama.cpp checks a later file's split.no against its place, not its split.count: the first file's is the set's)
+    count = f"{splits:05d}" if number == 0 else "NNNNN"
+    expected = f"-{number + 1:05d}-of-{count}.gguf"
+    if re.fullmatch(rf".+-{number + 1:05d}-of-{count.replace('NNNNN', r'[0-9]{5}')}\.gguf", path.name):
         return ()
     return (ScanProblem(
         str(path), f"not loadable: split.count says this file is part {(number or 0) + 1} of a {splits}-file gguf-split "
