@@ -63,9 +63,9 @@ def test_last_healthy_after_the_jump_says_it_is_so_by_its_weights(tmp_path: Path
 
     risen = nandoctor.scan_run(str(_run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])))
     assert risen.last_clean.name == "checkpoint-8"
-    assert after_loss_jump(risen) == " (by its weights; saved after the loss jump at step 5)"
+    assert after_loss_jump(risen, risen.last_healthy) == " (by its weights; saved after the loss jump at step 5)"
     steady = nandoctor.scan_run(str(_run(tmp_path / "steady", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 6.6])))
-    assert after_loss_jump(steady) == ""
+    assert after_loss_jump(steady, steady.last_healthy) == ""
 
 
 def test_a_batch_of_one_log_of_easy_and_rare_examples_is_no_sustained_jump(tmp_path: Path) -> None:

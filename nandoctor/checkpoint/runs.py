@@ -296,6 +296,17 @@ class RunReport:
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
+    def last_healthy_under(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
+        """:attr:`last_healthy` as a run judged under the gate ``fail_on`` names it: a checkpoint that gate fails
+        for a finding it adds to the default one (``--fail-on +zeroed`` and an all-zero tensor) is no healthy
+        resume point there (a run named the checkpoint it failed "last healthy"). One the default gate fails too
+        (a config that would not load beside healthy weights) stays, as :attr:`last_healthy` has it."""
+        if fail_on is None:
+            return self.last_healthy
+        healthy = [c for c in self.resume_points() if c.same_as is None
+                   and (_row_code(c, fail_on) == 0 or _row_code(c, None) != 0)]
+        return healthy[-1] if healthy else None
+
     @property
     def repair_target(self) -> RunCheckpoint | None:
         """The newest checkpoint read completely with a few poisoned tensors: what a repair can fix (the file

@@ -213,10 +213,10 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     code = run.exit_code(fail_on)
     head = f'<h1>nandoctor scan · training run</h1><p class="target">{esc(run.target)}</p>'
     body = [head, _verdict_box(code == 0, run.headline_under(fail_on), one_line(run, fail_on),
-                               run_next_steps(run) if code else [], run.reported_only(fail_on))]
-    last, first = run.last_healthy, run.first_bad
+                               run_next_steps(run, fail_on) if code else [], run.reported_only(fail_on))]
+    last, first = run.last_healthy_under(fail_on), run.first_bad
     body.append('<p id="milestones">last healthy: '
-                + (_chip(last.name, STATUS_COLOURS[CLEAN]) + esc(after_loss_jump(run)) if last else "<b>none</b>")
+                + (_chip(last.name, STATUS_COLOURS[CLEAN]) + esc(after_loss_jump(run, last)) if last else "<b>none</b>")
                 + " · first bad: " + (_chip(first.name, STATUS_COLOURS[first.status]) if first else "<b>none</b>")
                 + "</p>")
     body += [f'<p class="note">note: {esc(n)}</p>' for n in run.notes]

@@ -393,7 +393,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
 
 def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
     fail_on = verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
-    newest, last_clean, first_bad = run.newest, run.last_clean, run.first_bad
+    newest, last_clean, first_bad = run.newest, run.last_healthy_under(fail_on), run.first_bad
     decider = run.decider(fail_on)
     code = run.exit_code(fail_on)
     dtypes = {c.report.extra["target_dtype"] for c in run.checkpoints

@@ -152,12 +152,12 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
     from nandoctor.report.run_report import next_steps as run_next_steps
 
     code = run.exit_code(fail_on)
-    last, first = run.last_healthy, run.first_bad
+    last, first = run.last_healthy_under(fail_on), run.first_bad
     decider = run.decider(fail_on)
     decides = "the newest checkpoint decides" if decider is None else decides_words(run, decider).removesuffix(" the exit code")
     out = [f"## nandoctor: {_status(code, run.reported_only(fail_on))} {md(run.headline_under(fail_on))} (training run)", "",
            md(one_line(run, fail_on)), "",
-           f"- **Last healthy:** {md(last.name) if last else 'none'}{md(after_loss_jump(run))} · **First bad:** {md(first.name) if first else 'none'}",
+           f"- **Last healthy:** {md(last.name) if last else 'none'}{md(after_loss_jump(run, last))} · **First bad:** {md(first.name) if first else 'none'}",
            _exit_line(code, md(decides), not_written)]
     behind = run.bad_behind(fail_on)
     if behind:
@@ -187,5 +187,5 @@ def render_run(run: RunReport, fail_on: frozenset[str] = verdicts.DEFAULT_FAIL_O
         out += [f"- note: {md(note)}" for note in run.notes]
     if first is not None and first.report is not None:
         out += _tensors(first.report, f"Worst tensors of the first bad checkpoint, {md(first.name)}")
-    out += _next(run_next_steps(run) if code else [])
+    out += _next(run_next_steps(run, fail_on) if code else [])
     return "\n".join(out) + "\n"

@@ -183,8 +183,9 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
         head = f"FAIL INCOMPLETE {newest.path}: {'; '.join(newest.incomplete) or 'not scanned'}"
     else:
         head = verdicts.one_line(newest.report, fail_on, label=newest.path)
+    last = run.last_healthy_under(fail_on)
     tail = [
-        f"last healthy: {run.last_clean.name if run.last_clean else 'none'}",
+        f"last healthy: {last.name if last else 'none'}",
         f"first bad: {run.first_bad.name if run.first_bad else 'none'}",
     ]
     if run.log and run.log.suspicious_step is not None:
@@ -197,17 +198,18 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
     return head + " · " + " · ".join(tail)
 
 
-def after_loss_jump(run: RunReport) -> str:
-    """What "last healthy" adds where that checkpoint was saved after a loss jump no bad checkpoint confirms (the
-    run's warning line says it): its weights are healthy, what they made of the loss is for the user to judge."""
-    step = _jumped_before_last_clean(run)
+def after_loss_jump(run: RunReport, last: RunCheckpoint | None) -> str:
+    """What "last healthy" (``last``) adds where that checkpoint was saved after a loss jump no bad checkpoint
+    confirms (the run's warning line says it): its weights are healthy, what they made of the loss is for the user
+    to judge."""
+    step = _jumped_before(run, last)
     return "" if step is None else f" (by its weights; saved after the loss jump at step {step})"
 
 
-def _jumped_before_last_clean(run: RunReport) -> int | None:
-    """The step of a loss jump that stayed up, where the run's last healthy checkpoint was saved after it and no
-    checkpoint fails for it; None otherwise."""
-    log, last = run.log, run.last_clean
+def _jumped_before(run: RunReport, last: RunCheckpoint | None) -> int | None:
+    """The step of a loss jump that stayed up, where the run's last healthy checkpoint ``last`` was saved after it
+    and no checkpoint fails for it; None otherwise."""
+    log = run.log
     if (log is None or last is None or not log.loss_jump_said
             or run.broken_weights_from is not None or log.broken_weights_from is None
             or last.step is None or last.step < log.broken_weights_from):
@@ -218,7 +220,7 @@ def _jumped_before_last_clean(run: RunReport) -> int | None:
 def resume_point(run: RunReport, last_clean: RunCheckpoint) -> str:
     """The checkpoint a next step resumes from, said with what the run's log says of it: where its weights are
     healthy but it was saved after a loss jump that stayed up, that caution goes with it."""
-    step = _jumped_before_last_clean(run) if last_clean is run.last_clean else None
+    step = _jumped_before(run, last_clean)
     return last_clean.path if step is None else (f"{last_clean.path} (saved after the loss jump at step {step}: "
                                                  "check its loss first)")
 
@@ -258,12 +260,12 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     if console.width < _NARROW:
         _details(run, console)
     console.print()
-    last_clean, first_bad = run.last_clean, run.first_bad
+    last_clean, first_bad = run.last_healthy_under(fail_on), run.first_bad
     console.print(
         Text.assemble(
             "last healthy: ",
             (safe(last_clean.name), "bold green") if last_clean else ("none", "bold red"),
-            (after_loss_jump(run), "yellow"),
+            (after_loss_jump(run, last_clean), "yellow"),
             " · first bad: ",
             (safe(first_bad.name), "bold red") if first_bad else ("none", "bold green"),
         )
@@ -290,7 +292,7 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     if run.problems:
         console.print(Text.assemble(("run: ", "bold"), (AMBIGUOUS_WORDS, style), f" ({safe('; '.join(run.problems))})"))
     if code != 0:
-        hint = next_steps(run)
+        hint = next_steps(run, fail_on)
         if hint:
             console.print(Text("  next: " + "\n        ".join(safe(line) for line in hint), style="dim"), soft_wrap=True)
 
@@ -313,10 +315,11 @@ def bad_behind_words(behind: list[RunCheckpoint]) -> str:
     return "; ".join(shown)
 
 
-def next_steps(run: RunReport) -> list[str]:
-    """What to do about a failing run: make it unambiguous, then what its deciding rows need."""
-    steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run)
-    last_clean = run.last_clean
+def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[str]:
+    """What to do about a failing run (judged under ``fail_on``, the default gate when None): make it unambiguous,
+    then what its deciding rows need."""
+    steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run, fail_on)
+    last_clean = run.last_healthy_under(fail_on)
     # (a verified repair to put in place is the fix: resuming an earlier save would move it out again, a trial)
     repaired = any(_verified_repair_of(target) for target in run.repair_targets)
     if (steps and not repaired and last_clean is not None and last_clean is not run.newest
@@ -330,9 +333,9 @@ def next_steps(run: RunReport) -> list[str]:
     return steps
 
 
-def _row_steps(run: RunReport) -> list[str]:
+def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
     """What the run's deciding rows need: finish or drop an unfinished save, then resume or repair."""
-    newest, last_clean, targets = run.decider(), run.last_clean, run.repair_targets
+    newest, last_clean, targets = run.decider(fail_on), run.last_healthy_under(fail_on), run.repair_targets
     steps: list[str] = []
     if newest is not None and newest.status == INCOMPLETE:
         steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
