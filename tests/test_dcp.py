@@ -254,3 +254,25 @@ def test_nan_outside_a_view_in_a_pickled_object_says_how_to_resave_with_dcp(tmp_
     assert report.exit_code == 1 and [(u.nan, u.kind) for u in report.unviewed] == [(1, "storage")]
     said = "\n".join(next_steps(report))
     assert "torch.distributed.checkpoint.save" in said and "python -c" not in said
+
+
+def test_chunks_of_different_scales_are_judged_as_the_whole_tensor(tmp_path) -> None:
+    """A review: a tensor cut between two ranks, one chunk N(0, 0.01) with three values of 5e4, the other N(0, 1e-3)
+    with eight of 8.0, passed CLEAN (each chunk measured against its own bulk, the eleven chunk outliers then taken
+    for the whole tensor's bulk), while the same tensor in one file fails with its three outliers. The chunks are
+    measured again as one tensor: the same outliers, the same first one, the same bulk as the file's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.dcp_scales_writer import BIG
+    from tests.dcp_writer import under_torchrun
+
+    folder = tmp_path / "step-1"
+    under_torchrun("tests.dcp_scales_writer", str(folder))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(torch_reference(str(folder))[name], load_file(f"{folder}.safetensors")[name])  # (dcp.load)
+    chunked, single = nandoctor.scan(folder), nandoctor.scan(f"{folder}.safetensors")
+    (a,), (b,) = chunked.tensors, single.tensors
+    assert b.outliers is not None and b.outliers.count == len(BIG)  # the file's judgement, the reference
+    assert a.outliers == b.outliers and a.bulk_scale == b.bulk_scale and a.findings == b.findings == ("outlier",)
+    assert chunked.exit_code == single.exit_code == 1

@@ -7,8 +7,9 @@ The merged report prints exactly as `nandoctor scan` prints a report.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -72,15 +73,23 @@ def scan_split(
         sys.exit(3 if unread else 0)
     from nandoctor.engine.ranks import distributed_scan
 
-    outcome = distributed_scan(str(resolved), options, device=device, rank_timeout=rank_timeout)
-    if outcome.report is not None:  # rank 0 judges and prints the one report
-        report = _as_scan(outcome.report, path, options, device, verify_hashes, manifest)
+    def emit(merged: ScanReport) -> int:  # rank 0 judges and prints the one report, before any rank leaves
+        report = _as_scan(merged, path, options, device, verify_hashes, manifest)
         code = emit_scan_and_html(report, as_json, quiet, show_all, fail_on, markdown=markdown, html_path=html_path)
-        if report.errors and code != 3:
-            code = 3
-    else:
-        code = outcome.exit_code
-    sys.exit(code)
+        sys.stdout.flush()
+        return 3 if report.errors and code != 3 else code
+
+    _leave(distributed_scan(str(resolved), options, device=device, rank_timeout=rank_timeout, emit=emit).exit_code)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit a rank of a distributed scan once its output is written: flushed, then ``os._exit``. At interpreter
+    teardown gloo's C++ threads sometimes abort the process (SIGABRT, "terminate called without an active
+    exception"), and a rank whose stdout is a pipe then lost the report it had printed (a test saw torchrun's
+    exit 1 and no output). os._exit runs no C++ static destructors; every file the scan wrote is closed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _as_scan(report: ScanReport, path: str, options: Options, device: str = "auto", verify_hashes: bool = False,

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -27,7 +27,9 @@ from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_n
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.checkpoint.selection import Selection
-from nandoctor.engine.chunks import merge_chunks
+from nandoctor.dtypes import TORCH_DTYPE_NAMES
+from nandoctor.engine.chunkcensus import measure_whole
+from nandoctor.engine.chunks import Measured, merge_chunks
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.intcast import judged_casts
 from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
@@ -198,7 +200,9 @@ def assemble(
         extra["shard_of"] = checkpoint.files.shard_of.to_json()
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
-    tensors, cast_problems = judged_casts(_in_order(checkpoint, found), checkpoint.cast_to_float, cast_to, limits)
+    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
+    in_order = _in_order(checkpoint, found, lambda chunks: measure_whole(chunks, limits, loads_as))
+    tensors, cast_problems = judged_casts(in_order, checkpoint.cast_to_float, cast_to, limits)
     tensors, scale_notes = judged_scales(tensors, checkpoint.scaled, cast_to, limits)
     report = ScanReport(
         target=target_name,
@@ -216,9 +220,10 @@ def assemble(
     return verdict.judged(report)
 
 
-def _in_order(checkpoint: Checkpoint, found: Scanned) -> TensorResults:
-    """Every tensor's result in the checkpoint's order, chunks of one tensor merged where the first stood; a
-    file's small tensors from their columns (no object made for those that have none)."""
+def _in_order(checkpoint: Checkpoint, found: Scanned, measure: Callable[[list[TensorResult]], Measured | None]) -> TensorResults:
+    """Every tensor's result in the checkpoint's order, chunks of one tensor merged where the first stood (their
+    outliers measured on the whole tensor where ``measure`` reads them again); a file's small tensors from their
+    columns (no object made for those that have none)."""
     position: dict[int, int] = {}  # id(ref) → its place in the checkpoint, for the refs made as objects
     starts = {}
     at = 0
@@ -227,7 +232,7 @@ def _in_order(checkpoint: Checkpoint, found: Scanned) -> TensorResults:
         for i, ref in refs.made() if isinstance(refs, RefTable) else enumerate(refs):
             position[id(ref)] = at + i
         at += len(refs)
-    placed = merge_chunks(sorted(((position[id(t.ref)], t) for t in found.tensors), key=itemgetter(0)))
+    placed = merge_chunks(sorted(((position[id(t.ref)], t) for t in found.tensors), key=itemgetter(0)), measure)
     parts, k = [], 0
     for file, refs in checkpoint.refs_by_file.items():
         start, end = starts[file], starts[file] + len(refs)

@@ -1,20 +1,22 @@
-"""Chunks of one tensor (DCP shards saved by several ranks) merged into one result in global coordinates.
+"""Chunks of one tensor (DCP shards, ZeRO partitions saved by several ranks) merged into one result in global coordinates.
 
 Each chunk is scanned as a tensor of its own; here the counts are added, the
 first bad element and the first outlier become flat indices of the *global*
-tensor, and the census keeps the worst of its chunks (largest magnitude,
-outliers) and the sum of the rest (zeros, exploded, overflow). A tensor whose
-chunks are not all present still gets one result; the missing file is a
-problem of its own (exit 3).
+tensor, and the census keeps the largest magnitude of its chunks and the sum of
+the rest (zeros, exploded, overflow). Outliers and the bulk are the whole
+tensor's: the chunks' own where they share a scale, else measured again on the
+whole tensor (chunkcensus.py). A tensor whose chunks are not all present still
+gets one result; the missing file is a problem of its own (exit 3).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from nandoctor.kernels.census import bulk_rank
 from nandoctor.model import Outliers, TensorRef, TensorResult, coords_of
+
+Measured = tuple["Outliers | None", "float | None"]  # a whole tensor's (outliers, bulk scale), read again
 
 
 def in_global(local: int, ref: TensorRef) -> int:
@@ -59,9 +61,11 @@ def gather(refs: Iterable[TensorRef]) -> tuple[list[TensorRef], dict[str, list[T
     return out, chunks
 
 
-def merge_chunks(placed: list[tuple[int, TensorResult]]) -> list[tuple[int, TensorResult]]:
+def merge_chunks(placed: list[tuple[int, TensorResult]],
+                 measure: Callable[[list[TensorResult]], Measured | None] | None = None) -> list[tuple[int, TensorResult]]:
     """(position, result) pairs with the chunks of each tensor replaced, where the first of them stood (and
-    at its position), by one result."""
+    at its position), by one result; ``measure``: the whole tensor's (outliers, bulk scale) read again where its
+    chunks' own do not tell them (engine/chunkcensus.py), None where they do."""
     groups: dict[str, list[TensorResult]] = {}
     for _, result in placed:
         if result.ref.chunk is not None:
@@ -71,7 +75,8 @@ def merge_chunks(placed: list[tuple[int, TensorResult]]) -> list[tuple[int, Tens
         if result.ref.chunk is None:
             out.append((position, result))
         elif groups.get(result.ref.name, [None])[0] is result:
-            out.append((position, _merged(groups[result.ref.name])))
+            chunks = groups[result.ref.name]
+            out.append((position, _merged(chunks, measure(chunks) if measure is not None else None)))
     return out
 
 
@@ -79,7 +84,7 @@ def _min(values: list[int]) -> int | None:
     return min(values) if values else None
 
 
-def _merged(chunks: list[TensorResult]) -> TensorResult:
+def _merged(chunks: list[TensorResult], measured: Measured | None) -> TensorResult:
     chunks = sorted(chunks, key=lambda r: r.ref.chunk.offsets if r.ref.chunk else ())
     firsts = [(global_index(r.first_bad, r), r) for r in chunks if r.first_bad is not None]
     first_bad = min(firsts, key=lambda pair: pair[0]) if firsts else None
@@ -87,6 +92,7 @@ def _merged(chunks: list[TensorResult]) -> TensorResult:
     ref = whole(shown.ref)
     magnitudes = [r.max_abs for r in chunks if r.max_abs is not None]
     scales = [r.bulk_scale for r in chunks if r.bulk_scale is not None]
+    outliers, bulk = measured if measured is not None else (_outliers(chunks), max(scales) if scales else None)
     return TensorResult(
         ref,
         nan=sum(r.nan for r in chunks),
@@ -98,22 +104,20 @@ def _merged(chunks: list[TensorResult]) -> TensorResult:
         max_abs=max(magnitudes) if magnitudes else None,
         max_abs_exact=all(r.max_abs_exact for r in chunks),
         zeros=sum(r.zeros for r in chunks),
-        outliers=_outliers(chunks, ref.numel),
-        bulk_scale=max(scales) if scales else None,  # the loudest chunk: an outlier is judged against it
+        outliers=outliers,
+        bulk_scale=bulk,  # (unmeasured: the loudest chunk's, against which an outlier was judged)
         exploded=sum(r.exploded for r in chunks),
     )
 
 
-def _outliers(chunks: list[TensorResult], numel: int) -> Outliers | None:
-    """The chunks' outliers as the whole tensor's. Each chunk measured them against its own bulk (the magnitude of
-    its k-th largest element, kernels/census.Census.bulk_exponent); as many of them as the whole tensor's k are
-    its bulk instead, no outliers (a trial: 16 values of 50 among N(0, 0.01) in one ZeRO parameter, cut 8 and 8
-    between two ranks, were 16 outliers, while the same tensor in one file and zero_to_fp32's were CLEAN)."""
+def _outliers(chunks: list[TensorResult]) -> Outliers | None:
+    """The chunks' own outliers as the whole tensor's, where no chunk's values stand out against another's bulk
+    (chunkcensus.suspect: else the whole tensor is measured again): the chunks share a scale, so each one's bulk
+    is the whole one's."""
     found = [(r.outliers, r) for r in chunks if r.outliers is not None and r.outliers.count]
-    if not found or sum(o.count for o, _ in found) >= bulk_rank(numel):
+    if not found:
         return None
     worst = max((o.worst for o, _ in found), key=abs)
     first = _min([global_index(o.first, r) for o, r in found])
     assert first is not None
     return Outliers(sum(o.count for o, _ in found), worst, first, min(o.threshold for o, _ in found))
-

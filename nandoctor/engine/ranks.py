@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -66,8 +67,12 @@ def _environment() -> tuple[int, int]:
     )
 
 
-def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: float) -> RankOutcome:
-    """This rank's share of a scan across all ranks; rank 0's outcome holds the merged report."""
+def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: float,
+                     emit: Callable[[ScanReport], int] | None = None) -> RankOutcome:
+    """This rank's share of a scan across all ranks; rank 0's outcome holds the merged report. ``emit``: what rank 0
+    does with the report before the other ranks are told the exit code (print it: returns the exit code). They
+    leave only then: torchrun stops every rank once one exits non-zero, and a rank that left with exit 1 before
+    rank 0 had printed took the report with it (a test saw no output at all)."""
     rank, world = _environment()
     import torch.distributed as dist  # only here: the scan itself never imports torch
 
@@ -85,8 +90,11 @@ def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: 
         store.set(f"part/{rank}", _my_part(path, options, device, rank, world))
         if rank == 0:
             report = _gather(path, store, world, rank_timeout)
-            code = report.exit_code
-            store.set("exit", str(code))
+            code = EXIT_UNREADABLE  # (what the other ranks leave with if printing fails: never a pass)
+            try:
+                code = report.exit_code if emit is None else emit(report)
+            finally:
+                store.set("exit", str(code))
             return RankOutcome(rank, world, code, report)
         return RankOutcome(rank, world, _wait_exit(store, rank_timeout), None)
     finally:

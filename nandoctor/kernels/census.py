@@ -256,6 +256,12 @@ def _histogram(mag: np.ndarray, info: LaneInfo) -> np.ndarray:
     return np.bincount(exponents, minlength=(info.mag_mask >> info.mantissa) + 1)
 
 
+def whole_histogram(lanes: np.ndarray, info: LaneInfo) -> np.ndarray:
+    """The exponent histogram of every finite non-zero magnitude of ``lanes`` (no sample: a tensor read again whole)."""
+    mag, _ = _finite_magnitudes(lanes, info)
+    return _histogram(mag, info)
+
+
 def observe_whole(data: np.ndarray, info: LaneInfo) -> Census:
     """The census of a small region read whole: every value exact, every lane in the histogram."""
     out = Census()
