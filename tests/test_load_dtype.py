@@ -281,3 +281,55 @@ def test_a_sharded_index_metadata_dtype_decides_without_a_config_dtype(tmp_path)
     assert _loaded_nonfinite(folder) == {PLANTED: 32}
     report = nandoctor.scan(str(folder), device="cpu")
     assert report.exit_code == 1 and report.extra["load_dtype"]["source"] == "index"
+
+
+def _as_bin(folder, first_fp16: str | None = None, shards: int = 1, index_dtype: str | None = None):
+    """``folder``'s safetensors weights re-saved as torch.save files (``pytorch_model.bin``, or ``shards`` shards with
+    their ``pytorch_model.bin.index.json``, ``metadata.dtype`` = ``index_dtype`` where given), ``first_fp16`` put first
+    in the pickle and stored in fp16."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    if first_fp16 is not None:
+        names.remove(first_fp16)
+        names.insert(0, first_fp16)
+        state[first_fp16] = state[first_fp16].half()
+    if shards == 1:
+        torch.save({n: state[n] for n in names}, folder / "pytorch_model.bin")
+        return folder
+    size = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        file = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = names[i * size : (i + 1) * size]
+        torch.save({n: state[n] for n in part}, folder / file)
+        weight_map.update(dict.fromkeys(part, file))
+    meta = {"total_size": 1, **({"dtype": index_dtype} if index_dtype else {})}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": meta, "weight_map": weight_map}))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["bin first fp16", "sharded bin first fp16", "bin index dtype"])
+def test_pytorch_bin_weights_imply_their_load_dtype_as_transformers_takes_it(tmp_path, layout):
+    """An adversarial round: .bin weights under a config.json naming no dtype passed CLEAN while from_pretrained
+    loaded them as fp16 (a pytorch_model.bin.index.json's metadata.dtype, or the first floating tensor in pickle
+    order: transformers' get_state_dict_dtype on torch.load's dict) and the 70000 became Inf. The scan implies the
+    same dtype; a control whose first pickled tensor is fp32 loads, and passes, as fp32."""
+    folder = _save(tmp_path / "m", 70000.0, torch.float32, {})
+    if layout == "bin index dtype":
+        _as_bin(folder, shards=2, index_dtype="float16")
+    else:
+        _as_bin(folder, first_fp16="model.norm.weight", shards=2 if layout.startswith("sharded") else 1)
+    assert _loaded_dtype(folder) == torch.float16 and _loaded_nonfinite(folder) == {PLANTED: 32}  # the oracle
+    report = nandoctor.scan(str(folder), device="cpu")
+    assert report.exit_code == 1 and {t.name: t.overflow for t in report.tensors if t.overflow} == {PLANTED: 32}
+    load = report.extra["load_dtype"]
+    if layout == "bin index dtype":
+        assert load["source"] == "index" and load["from"] == "pytorch_model.bin.index.json"
+    else:
+        assert load["source"] == "first_tensor" and "model.norm.weight in pytorch_model" in load["from"]
+    control = _as_bin(_save(tmp_path / "c", 70000.0, torch.float32, {}))
+    assert _loaded_dtype(control) == torch.float32 and generate_ok(control)
+    assert nandoctor.scan(str(control), device="cpu").exit_code == 0

@@ -12,8 +12,8 @@ storage object Float8_e4m3fnStorage"), so only float16 and bfloat16 overflow qui
 transformers 5.25). A dict (``{"": "float16"}``, per sub-config) loads everything in its ``""`` entry.
 Without a dtype in config.json, ``_get_dtype`` takes a sharded index's ``metadata.dtype``, else the dtype of
 the first floating tensor (fp8/fp4 skipped) of the first weight file in name order (``safe_open().keys()``
-is sorted; shards sorted by name): one fp16 ``lm_head.weight`` in an fp32 safetensors file loads every
-weight as fp16. (A ``.bin`` file's first tensor is in pickle order, which only a scan reads: not implied.)
+is sorted; shards sorted by name; a ``.bin`` file's in pickle order, torch.load's dict): one fp16
+``lm_head.weight`` in an fp32 safetensors file loads every weight as fp16.
 
 A scan given no target dtype counts overflow for that dtype (:func:`implied_target`) where a stored dtype
 of the weight files can overflow it (fp32/bf16 into fp16, fp32 into bf16); an explicit ``--target-dtype``
@@ -109,32 +109,44 @@ def _narrow(value: Any) -> str | None:
 
 
 def _from_the_weights(folder: Path, config: str) -> LoadDtype | None:
-    """config.json names no dtype: a sharded safetensors index's ``metadata.dtype``, else the first floating
-    tensor of the first safetensors file from_pretrained reads (transformers' ``get_state_dict_dtype``)."""
+    """config.json names no dtype: a sharded index's ``metadata.dtype`` (safetensors' or ``.bin``'s: transformers
+    reads the one of the files it loads), else the first floating tensor of the first weight file from_pretrained
+    reads (transformers' ``get_state_dict_dtype``): in name order in a safetensors file, in pickle order in a
+    ``.bin`` (torch.load's dict; an adversarial round: an fp16 first tensor made the whole model fp16, unsaid)."""
     from nandoctor.checkpoint.layout import read_index
-    from nandoctor.readers.safetensors import read_table
 
     try:
-        single = folder / "model.safetensors"
-        if access.is_file(single, refused=False):
-            first = single
-        else:
-            index_path = folder / "model.safetensors.index.json"
+        for single, index_name in (("model.safetensors", "model.safetensors.index.json"),
+                                   ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+            if access.is_file(folder / single, refused=False):
+                return _first_floating(folder / single, config)
+            index_path = folder / index_name
             if not access.is_file(index_path, refused=False):
-                return None
+                continue
             meta = read_json(index_path).get("metadata")
             value = meta.get("dtype") if isinstance(meta, dict) else None
             if value is not None:
                 name = _narrow(value)
                 return LoadDtype(config, None, value, name, "index", index_path.name) if name else None
             shards = sorted(set(read_index(index_path).weight_map.values()))
-            if not shards:
-                return None
-            first = folder / shards[0]
-        table = read_table(first)[0]
+            return _first_floating(folder / shards[0], config) if shards else None
     except (OSError, ValueError, AttributeError, NandoctorError):
         return None
-    floats = sorted((n, d) for n, d in zip(table.names, table.dtypes) if d in _FLOATING)
+    return None
+
+
+def _first_floating(first: Path, config: str) -> LoadDtype | None:
+    """The dtype of the first floating tensor of the weight file ``first`` (fp8/fp4 skipped), if a narrow one."""
+    if first.suffix == ".safetensors":
+        from nandoctor.readers.safetensors import read_table
+
+        table = read_table(first)[0]
+        floats = sorted((n, d) for n, d in zip(table.names, table.dtypes) if d in _FLOATING)
+    else:
+        from nandoctor.readers import read_file
+
+        # (defer_crcs: the pickle alone, not a pass over the storages for their CRC-32s)
+        floats = [(r.name, r.dtype) for r in read_file(first, defer_crcs=True).refs if r.dtype in _FLOATING]
     if not floats:
         return None
     tensor, dtype = floats[0]
