@@ -131,3 +131,19 @@ def test_a_metrics_csv_read_in_part_is_not_judged(tmp_path) -> None:
     (tmp_path / "metrics.csv").write_text("\ufeffstep,train_loss\n" + ok + bad)
     log = read_metrics_csv(tmp_path / "metrics.csv").train_log()
     assert log is not None and log.error is None and log.first_nonfinite_step == 500
+
+
+@pytest.mark.parametrize("between", ["\n", "\n\n\n", '500,"a\nb"\n'])
+def test_blank_lines_or_a_closed_quote_do_not_end_the_read(tmp_path, between) -> None:
+    """A review: one blank line (which csv.DictReader skips) read as a torn last line, and every row after it was
+    dropped with no error: the NaN from step 500 on vanished from the log. Blank lines, and a quoted field that
+    spans lines and closes, are read through; a torn last line (one line end in an unclosed quote) keeps what came
+    before it."""
+    ok = "".join(f"{s},{2.0 - s / 1000:.4f}\n" for s in range(500))
+    bad = "".join(f"{s},nan\n" for s in range(500, 600))
+    (tmp_path / "metrics.csv").write_text("step,train_loss\n" + ok + between + bad)
+    log = read_metrics_csv(tmp_path / "metrics.csv").train_log()
+    assert log is not None and log.error is None and log.first_nonfinite_step == 500 and log.last_step == 599
+    (tmp_path / "metrics.csv").write_text("step,train_loss\n" + ok + '500,"1.5\n')  # (a torn last line)
+    log = read_metrics_csv(tmp_path / "metrics.csv").train_log()
+    assert log is not None and log.error is None and log.last_step == 499 and log.first_nonfinite_step is None

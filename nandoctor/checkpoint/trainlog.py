@@ -444,18 +444,14 @@ def _read_metrics_csv(name: str, size: int, mtime_ns: int, inode: int) -> Metric
         if "step" not in keys or not read:
             return None
         error = None
-        line = reader.line_num
+        spanning = 0  # line ends inside the quoted fields of the last row read
         try:
             for row in reader:
-                ends, line = reader.line_num - line - 1, reader.line_num  # (line ends inside the row's fields)
-                if ends:
-                    # (a quote that never closes: every line after it is one field, its rows never read; a log
-                    # read in part would say the run was finite where its rows after may hold NaN. A last line
-                    # torn while the run writes it holds one line end at most: what was read is kept)
-                    if ends > 1:
-                        error = (f"a quoted field never closes (it runs to line {reader.line_num}): the rows after "
-                                 "its quote cannot be read")
-                    break
+                # (line ends inside a row's fields: only a quote spans lines; blank lines, which the reader skips,
+                # are none. Judged once the file has ended, below: a row after it means the quote closed)
+                spanning = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+                if spanning:
+                    continue
                 step = _number(row.get("step"))
                 if step is None or not math.isfinite(step):
                     continue
@@ -465,6 +461,12 @@ def _read_metrics_csv(name: str, size: int, mtime_ns: int, inode: int) -> Metric
                         rows.setdefault(int(step), {})[key] = value
         except csv.Error:
             pass  # a torn last line (the run is still writing): keep what was read
+        if spanning > 1:
+            # (a quote that never closes: every line after it is one field of the file's last row, its rows never
+            # read; a log read in part would say the run was finite where its rows after may hold NaN. A last line
+            # torn while the run writes it holds one line end at most: what was read is kept)
+            error = (f"a quoted field never closes (it runs to line {reader.line_num}): the rows after its quote "
+                     "cannot be read")
     return MetricsTable(str(path), rows, loss_key, grad_key, losses, error)
 
 
