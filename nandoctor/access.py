@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nandoctor.errors import UnreadablePathError
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word, shell_word
 
 # What pathlib's exists()/is_dir() read as "not there" (its _IGNORED_ERRNOS): everything else is a refusal.
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
@@ -32,7 +32,7 @@ _DENIED = frozenset({errno.EACCES, errno.EPERM})
 def unreadable(path: str | os.PathLike[str], exc: OSError) -> UnreadablePathError:
     """``exc`` (an ``OSError`` met while looking at ``path``) as an error naming the path and what to do."""
     where = str(path)
-    quoted = shell_word(where)
+    quoted = path_word(where)
     try:
         through = f" (it is a link to {os.readlink(where)})"  # what is denied lies where the link leads
     except (OSError, ValueError):

@@ -10,6 +10,7 @@ where the user stands.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -153,6 +154,21 @@ def test_a_relative_path_starting_with_a_dash_is_no_option_in_a_suggested_comman
     assert move.startswith("mv ./-tmp/checkpoint-300 ./-tmp/checkpoint-300-bad && ")
     assert subprocess.run(["bash", "-c", move], cwd=tmp_path).returncode == 0
     assert run_cli("scan", "-q", "./-tmp/checkpoint-300").exit_code == 0
+
+
+def test_every_suggested_command_writes_a_dash_path_as_no_option(tmp_path, demo_run, monkeypatch):
+    """A review: the manifest hint of --verify-hashes still said `nandoctor manifest -m > manifest.json` for a folder
+    named `-m` ("No such option: -m"). Pasted, the suggested manifest command runs and writes the manifest."""
+    import subprocess
+
+    shutil.copytree(demo_run / "checkpoint-200", tmp_path / "-m")
+    monkeypatch.chdir(tmp_path)
+    said = run_cli("scan", "--verify-hashes", "--", "-m").output
+    command = said[said.index("`nandoctor manifest ") + 1 :].split("`")[0]
+    assert command == "nandoctor manifest ./-m > manifest.json", command
+    done = subprocess.run(["bash", "-c", command.replace("nandoctor ", f"{sys.executable} -m nandoctor ", 1)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and json.loads((tmp_path / "manifest.json").read_text()), done.stderr
 
 
 def test_a_checkpoint_named_as_dot_gets_a_move_that_works(tmp_path, demo_run, monkeypatch):

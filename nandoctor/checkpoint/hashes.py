@@ -41,7 +41,7 @@ from nandoctor.checkpoint.loadfiles import load_files
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word
 
 MANIFEST_SCHEMA = 1
 PROOF_NAME = "nandoctor-repair.json"  # the repair proof's file name: defined here, where hash checks read it; restore/ writes it
@@ -266,7 +266,7 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
         check.problems.append(ScanProblem(
             str(checkpoint.path),
             f"no weight file has a recorded sha256, so nothing was verified ({len(unknown)} file(s), e.g. {unknown[0].name})",
-            f"record the hashes from a good copy with `nandoctor manifest {shell_word(str(checkpoint.path))} > manifest.json` and "
+            f"record the hashes from a good copy with `nandoctor manifest {path_word(checkpoint.path)} > manifest.json` and "
             "scan with --manifest manifest.json, or scan the repo id from the Hugging Face cache (its blob names are the "
             "sha256); without --verify-hashes the scan does not check hashes",
             kind="unverified",
@@ -314,7 +314,7 @@ def _verify_load_files(checkpoint: Checkpoint, manifest_path: str | os.PathLike[
     root = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
     wanted = {entry["path"]: entry["sha256"] for entry in recorded}
     record = ("if the change was meant, record a new manifest: "
-              f"nandoctor manifest {shell_word(str(checkpoint.path))} > manifest.json")
+              f"nandoctor manifest {path_word(checkpoint.path)} > manifest.json")
     for relative in sorted(set(present) - set(wanted)):
         check.load_files_failed.append(relative)
         check.problems.append(ScanProblem(

@@ -40,7 +40,7 @@ from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
 from nandoctor.verdict import UNLOADABLE_KIND, family_of
-from nandoctor.wording import first_few, path_word, shell_word
+from nandoctor.wording import first_few, path_word
 
 GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
 # Weights transformers' from_pretrained reads at a folder's top (one file, numbered shards, their index), and
@@ -143,7 +143,7 @@ def _base_model_note(root: Path, names: set[str]) -> list[str]:
     if base is None or len(base) > 4096:  # (no path that long loads: a crafted value, said by the verdict line alone)
         return []
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
-            f"read: scan it too (nandoctor scan {shell_word(base)})"]
+            f"read: scan it too (nandoctor scan {path_word(base)})"]
 
 
 def _final_model_file(file: Path) -> list[ScanProblem]:

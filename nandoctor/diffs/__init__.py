@@ -25,7 +25,7 @@ from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word
 
 __all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
 
@@ -63,7 +63,7 @@ def _one_checkpoint(a: str | os.PathLike[str], b: str | os.PathLike[str], side: 
         return found
 
     def hint(newest: str) -> str:
-        args = [newest, shell_word(os.fspath(b))] if side == 0 else [shell_word(os.fspath(a)), newest]
+        args = [newest, path_word(b)] if side == 0 else [path_word(a), newest]
         return f"diff one of its checkpoints, e.g. the newest: nandoctor diff {' '.join(args)}"
 
     raise runs.run_folder_error(resolved, hint)

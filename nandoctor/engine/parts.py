@@ -36,7 +36,7 @@ from nandoctor.kernels import select_kernel
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.kernels.targets import TargetSpec, target
 from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults, UnviewedBad
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word
 
 PART_FORMAT = "nandoctor-part/1"
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorResult) if f.name not in ("ref", "findings"))
@@ -337,7 +337,7 @@ def _value(value: Any) -> str:
 def _part_command(part: dict[str, Any], index: int) -> str:
     """The command that scans part ``index`` as ``part`` was scanned (its options), into part-INDEX.json."""
 
-    words = ["nandoctor", "scan", shell_word(part["target"])]
+    words = ["nandoctor", "scan", path_word(part["target"])]
     for key, value in sorted(part["options"].items()):
         if value is True:
             words.append(_FLAGS.get(key, key))

@@ -37,7 +37,7 @@ from nandoctor.restore.moved import proof_diff
 from nandoctor.restore.plan import RepairPlan, Restoration
 from nandoctor.restore.proof import PROOF_NAME, RepairResult, WrittenFile, write_proof
 from nandoctor.restore.tensorbytes import copy_elements, same_elements
-from nandoctor.wording import shell_word
+from nandoctor.wording import path_word
 
 # The verdict the training callback (integrations/transformers.py, REPORT_NAME) writes into a checkpoint
 # folder: a repaired copy that carried the source's would read as bad to a resumed run and be rotated away.
@@ -94,7 +94,7 @@ def check_out(out: Path, source: Source) -> None:
 
         raise RepairRefusedError(
             f"{out}: --out is the checkpoint being repaired; a repair never writes over its source",
-            f"choose a new folder, e.g. --out {shell_word(free_repaired_path(where))}",
+            f"choose a new folder, e.g. --out {path_word(free_repaired_path(where))}",
         )
     if os.path.lexists(out):
         raise OutputExistsError(str(out))
@@ -106,7 +106,7 @@ def check_out(out: Path, source: Source) -> None:
         raise RepairRefusedError(
             f"{out}: --out names the folder the repair creates (it will hold {source.single_file.name} and the "
             f"repair's proof), but ends in {out.suffix}, a weight file's suffix",
-            f"choose a folder name, e.g. --out {shell_word(str(out.with_suffix('')))}",
+            f"choose a folder name, e.g. --out {path_word(out.with_suffix(''))}",
         )
     if not out.parent.is_dir():
         if os.path.lexists(out.parent):
