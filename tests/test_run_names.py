@@ -187,3 +187,50 @@ def test_one_shard_of_several_is_not_judged_alone_and_tied_storages_are_no_renam
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
     assert nandoctor.scan(str(run / "checkpoint-2"), device="cpu").exit_code == 0
     assert not any(_problems(c) for c in nandoctor.scan_run(str(run), device="cpu").checkpoints)
+
+
+def _plain_run(root, renamed_from: int, steps=(5, 10, 15, 20)):
+    """A plain PyTorch loop saving ``checkpoint-N/state.pt`` ({"model", "optimizer"}), its model wrapped by
+    torch.compile from step ``renamed_from`` on (its state dict's names then start ``_orig_mod.``)."""
+    import torch
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optim = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    compiled = torch.compile(plain, backend="eager")
+    for step in range(1, max(steps) + 1):
+        loss = plain(torch.randn(4, 8)).square().mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        if step in steps:
+            folder = root / f"checkpoint-{step}"
+            folder.mkdir(parents=True)
+            model = compiled if step >= renamed_from else plain
+            torch.save({"model": model.state_dict(), "optimizer": optim.state_dict()}, folder / "state.pt")
+    return root
+
+
+@pytest.mark.parametrize("renamed_from", [10, 20])
+def test_a_rename_from_some_save_on_blames_no_checkpoint_at_the_runs_ends(tmp_path, renamed_from):
+    """A trial: torch.compile switched on after the first save (its saves name every weight `_orig_mod.…`) made the
+    run's first checkpoint, the only one that loads into the plain model, TENSOR NAMES CHANGED (exit 3), in the run
+    and scanned alone; a rename at the newest save did the same to it. A name held on one side only is a renaming
+    from some save on; a flipped bit (one character) at the run's end is still damage."""
+    import torch
+
+    run = _plain_run(tmp_path / "run", renamed_from)
+    first = torch.load(run / "checkpoint-5" / "state.pt", weights_only=True)["model"]
+    torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).load_state_dict(first)  # the oracle
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert not any(_problems(c) for c in scanned.checkpoints) and scanned.exit_code() == 0
+    for step in (5, 20):
+        assert nandoctor.scan(str(run / f"checkpoint-{step}"), device="cpu").exit_code == 0
+    # damage at the run's first save is still told: one name one character off, beside neighbours that agree
+    flipped = _plain_run(tmp_path / "flipped", 100)
+    state = torch.load(flipped / "checkpoint-5" / "state.pt", weights_only=True)
+    state["model"]["2.biar"] = state["model"].pop("2.bias")  # (one character off, as a flipped bit makes it)
+    torch.save(state, flipped / "checkpoint-5" / "state.pt")
+    rows = {c.step: c for c in nandoctor.scan_run(str(flipped), device="cpu").checkpoints}
+    assert [s for s, c in rows.items() if _problems(c)] == [5]
+    assert _problems(rows[5])[0].message.startswith("model.2.bias missing")

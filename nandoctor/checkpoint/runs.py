@@ -636,13 +636,25 @@ def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> d
     from nandoctor import verdict
 
     held = Counter(name for names in weights for name in names)
+    first_at: dict[str, int] = {}
+    last_at: dict[str, int] = {}
+    for k, names in enumerate(weights):
+        for name in names:
+            first_at.setdefault(name, k)
+            last_at[name] = k
     found: dict[int, ScanProblem] = {}
     for k, mine in enumerate(weights):
         neighbours = [(checkpoints[j].name, weights[j]) for j in (k - 1, k + 1) if 0 <= j < len(weights)]
         lacked = set(neighbours[0][1]).intersection(neighbours[1][1]) - mine.keys() if len(neighbours) == 2 else set()
         unexpected = sorted(n for n in mine if held[n] == 1)
+        # A name held on one side of this checkpoint only (the run's first, or its newest, whose names the saves
+        # after or before it all changed) is a renaming that starts there, told from damage by its form: a flipped
+        # bit in a header changes one character of a name, a rename (torch.compile's _orig_mod., pruning's
+        # weight_orig, DDP's module.) more (a trial: a run's first checkpoint, the only one that loads into the
+        # plain model, was TENSOR NAMES CHANGED)
         pairs = [(m, u) for _, names in neighbours for m in sorted(names.keys() - mine.keys()) if held[m] >= 2
-                 for u in unexpected if names[m][:2] == mine[u][:2]]
+                 for u in unexpected if names[m][:2] == mine[u][:2]
+                 and (first_at[m] < k < last_at[m] or _one_character_apart(m, u))]
         others = [names for _, names in neighbours]
         missing = sorted({m for m in lacked | {m for m, _ in pairs} if not _tied_copy(m, mine, others)})
         if not missing:
@@ -655,6 +667,11 @@ def names_changed(weights: list[Weights], checkpoints: list[RunCheckpoint]) -> d
         found[k] = ScanProblem(file, message, _renamed_hint(c, missing, pairs, mine, holders.split(" and ")[0]),
                                kind=verdict.NAMES_KIND)
     return found
+
+
+def _one_character_apart(a: str, b: str) -> bool:
+    """The same length, one character different: what one flipped bit makes of a name."""
+    return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
 
 
 def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, str]],
