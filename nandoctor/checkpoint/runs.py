@@ -41,7 +41,7 @@ from nandoctor.checkpoint.lightningrun import (
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
-from nandoctor.errors import EXIT_UNREADABLE, UnreadablePathError, UnsupportedFormatError
+from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 from nandoctor.wording import first_few, path_word
 
@@ -145,7 +145,18 @@ def place_in_run(target: Path) -> RunPlace | None:
     if step is None and is_run_folder(folder) and has_final_model(folder):
         found = checkpoints_in(folder)
         return RunPlace(folder, found[-1][0] + 1 if found else 0, False, final=True)
+    if step is None and target_is_dir and _saved_into_run(folder):  # (final/, best_model/: models_saved_into)
+        found = checkpoints_in(folder.parent)
+        return RunPlace(folder.parent, found[-1][0] + 1 if found else 0, False, final=True)
     return None if step is None else RunPlace(folder.parent, step, False)
+
+
+def _saved_into_run(folder: Path) -> bool:
+    """Whether ``folder`` is a model saved into a run folder (a row of its timeline: :func:`models_saved_into`)."""
+    try:
+        return is_run_folder(folder.parent) and folder in models_saved_into(access.listing(folder.parent))[0]
+    except NandoctorError:
+        return False
 
 
 def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
@@ -196,6 +207,9 @@ class RunCheckpoint:
     same_as: str | None = None  # the earlier row whose file this one is (a link to it, or its bytes): not scanned again
     same_how: str | None = None  # "link" (a symlink or hard link) or "copy" (the same bytes)
     baseline_growth: float | None = None  # the same since the run's first healthy checkpoint: what the rule reads
+    # a model saved into a folder of the run (``trainer.save_model(out + "/final")``, a best or merged model): final
+    # too (it is what a user loads), named by its folder
+    saved_into: bool = False
 
     @property
     def max_abs(self) -> float | None:
@@ -236,6 +250,8 @@ class RunCheckpoint:
 
     @property
     def name(self) -> str:
+        if self.saved_into:
+            return Path(self.path).name + "/"  # ("final/" beside a final model at the run's top, named "final")
         return FINAL if self.final else Path(self.path).name
 
     @property
@@ -754,8 +770,44 @@ class _Row:
     step: int
     path: Path
     tmp: bool = False
-    kind: str = ""  # "", "last" or "final"
+    kind: str = ""  # "", "last", "final" or "saved" (a model saved into a folder of the run: models_saved_into)
     step_known: bool = True
+
+
+def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The folders among a run folder's ``entries`` that hold a model at their top but are no checkpoint of the
+    timeline (``trainer.save_model(out + "/final")``, ``best_model/``, a merged LoRA model): each a row of the run
+    that decides its exit code, as the final model at the run's top does (a trial: NaN in ``final/`` passed CLEAN,
+    never read, with no word of it). Second, the model folders set aside (:func:`_set_aside`), which a note names."""
+    out: list[Path] = []
+    aside: list[Path] = []
+    for entry in entries:
+        if (entry.name.startswith((".", "checkpoint-")) or _TMP_CHECKPOINT.match(entry.name)
+                or step_of(entry) is not None or not access.is_dir(entry, refused=False)):
+            continue
+        try:
+            inner = access.listing(entry)
+        except NandoctorError:
+            continue
+        if holds_weights(inner):
+            (aside if _set_aside(entry) else out).append(entry)
+    return sorted(out), sorted(aside)
+
+
+def _set_aside(folder: Path) -> bool:
+    """A folder the repair's next steps name, not the model a run loads: a bad one moved aside (``final-bad``), or a
+    repair not yet put in place (its proof names another folder that still exists). A repair moved in place names
+    itself (the folder it was written for): a row again."""
+    if folder.name.endswith("-bad"):
+        return True
+    from nandoctor.checkpoint.hashes import PROOF_NAME
+    from nandoctor.checkpoint.jsonfiles import read_json
+
+    try:
+        source = read_json(folder / PROOF_NAME).get("source") if (folder / PROOF_NAME).is_file() else None
+    except (OSError, ValueError, AttributeError, NandoctorError):
+        return False
+    return isinstance(source, str) and os.path.abspath(source) != os.path.abspath(folder) and os.path.isdir(source)
 
 
 def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
@@ -811,10 +863,9 @@ def scan_run(
 ) -> RunReport:
     """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first,
     then the final model at the run folder's top where there is one (not with ``below_step``). A Lightning
-    run: its step files, its last.ckpt and its final model file (checkpoint/lightningrun.py)."""
+    run: its step files, its last.ckpt and its final model file (checkpoint/lightningrun.py). Models saved into
+    folders of a run (``final/``, ``best_model/``: :func:`models_saved_into`) are rows too, before the top one."""
     import time
-
-    from nandoctor.errors import NandoctorError
 
     started = time.perf_counter()
     root = Path(path)
@@ -841,6 +892,12 @@ def scan_run(
     newest_step = rows[-1].step if rows else 0
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
+    saved, set_aside = models_saved_into(entries) if not lightning else ([], [])
+    if below_step is None:
+        for folder in saved:
+            at = final_step(folder)
+            known = at is not None and at >= newest_step
+            rows.append(_Row(at if at is not None and known else newest_step, folder, kind="saved", step_known=known))
     if below_step is None and not lightning and has_final_model(root):
         rows.append(_Row(final_at if final_at is not None and final_known else newest_step, root, kind="final",
                          step_known=final_known))
@@ -861,6 +918,10 @@ def scan_run(
             if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
         named = "checkpoint-<step>"
+    if set_aside:
+        notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in set_aside[:5])}"
+                     f"{' …' if len(set_aside) > 5 else ''} (a model moved aside as bad, or a repair not yet put in "
+                     "place); scan them on their own")
     if others:
         notes.append(
             f"not part of the timeline (not named {named}): {', '.join(others[:5])}"
@@ -895,7 +956,7 @@ def scan_run(
     newest_log: TrainLog | None = None  # the last row's log: a final model without its own trainer_state.json has it
     for row in rows:
         step, folder = row.step, row.path
-        is_final, is_last = row.kind == "final", row.kind == "last"
+        is_final, is_last = row.kind in ("final", "saved"), row.kind == "last"
         same = _same_as(row, checkpoints) if lightning and row.kind else None
         if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
             original, how = same
@@ -952,7 +1013,7 @@ def scan_run(
             report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
                 "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
         checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
-                                   step_known=row.step_known, last=is_last)
+                                   step_known=row.step_known, last=is_last, saved_into=row.kind == "saved")
         scales = {} if report is None else verdicts.tensor_scales(report)
         if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
             since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, baseline or {})

@@ -378,7 +378,9 @@ def _verified_repair_of(target: RunCheckpoint) -> list[str]:
     """The steps that put ``target``'s verified repair in its place ([] without one: hints.use_verified_repair)."""
     from nandoctor.hints import use_verified_repair
 
-    return use_verified_repair(target.path, target.name, target.final and Path(target.path).is_dir(), target.report)
+    # (a final model at the run's top is copied over; one saved into a folder of the run moves as a checkpoint does)
+    top = target.final and not target.saved_into and Path(target.path).is_dir()
+    return use_verified_repair(target.path, target.name, top, target.report)
 
 
 def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoint | None, also: bool) -> list[str]:
