@@ -137,6 +137,37 @@ def test_averaged_weights_kept_by_stochastic_weight_averaging_are_judged_as_weig
     assert report.exit_code == 1 and report.nan == 64
 
 
+@pytest.mark.parametrize("callbacks, bad", [
+    ({"EMACallback": {"initted": torch.tensor(True), "step": torch.tensor(7),  # ema-pytorch's flat state dict
+                      "ema_model.layer.weight": "NAN", "ema_model.layer.bias": torch.zeros(4)}},
+     "callbacks.EMACallback.ema_model.layer.weight"),
+    ({"EMA": {"ema_weights": {"layer": "NAN"}}}, "callbacks.EMA.ema_weights.layer"),
+    ({"EMACallback": {"ema_params": ["NAN"]}}, "callbacks.EMACallback.ema_params.0"),
+    ({"WeightAveraging": {"averaged_model_state": {"layer": "NAN"}}}, "callbacks.WeightAveraging.averaged_model_state.layer"),
+    ({"EMA": {"ema": ["NAN"]}}, "callbacks.EMA.ema.0"),
+])
+def test_averaged_copies_of_the_model_in_callback_state_are_weights_by_their_names(tmp_path, callbacks, bad):
+    """An adversarial round: EMA weights under common callback keys (``ema_model.…``, ``ema_weights``, ``ema_params``,
+    ``averaged_model_state``, ``ema``) passed as trainer state ("1 NaN in trainer state, not a finding"), while
+    whoever loads the EMA copy for inference gets NaN. A key whose words name an averaged copy of a model is model
+    state; an ``ema_decay`` beside it, or an early-stopping score, stays trainer state."""
+    def filled(value):
+        if value == "NAN":
+            return torch.full((4, 4), float("nan"))
+        if isinstance(value, dict):
+            return {k: filled(v) for k, v in value.items()}
+        return [filled(v) for v in value] if isinstance(value, list) else value
+
+    state = {k: {**filled(v), "ema_decay": torch.tensor(float("inf"))} for k, v in callbacks.items()}
+    state["EarlyStopping"] = {"best_score": torch.tensor(float("inf"))}
+    torch.save({"state_dict": torch.nn.Linear(4, 4).state_dict(), "callbacks": state}, tmp_path / "e.ckpt")
+    report = scan(tmp_path / "e.ckpt", device="cpu")
+    assert [t.name for t in report.bad_tensors] == [bad] and report.exit_code == 1 and report.nan == 16
+    roles = {t.name: t.role for t in report.tensors}
+    assert roles[bad] == "weight" and roles["callbacks.EarlyStopping.best_score"] == "trainer"
+    assert next(r for n, r in roles.items() if n.endswith(".ema_decay")) == "trainer"
+
+
 def test_a_model_part_called_optimizer_is_judged_as_weights(tmp_path):
     """`optimizer.weight` of a submodule named `optimizer` is a weight (1e30 there is exploded), in a
     safetensors file and a live module; optimizer state dicts nested under such a word stay optimizer state."""

@@ -61,6 +61,25 @@ _MODEL_FILE = re.compile(r"^(pytorch_model|adapter_model|diffusion_pytorch_model
 # swaps its ``average_model_state`` into the model when training ends, an EMA callback its shadow weights.
 # Judged as weights (NaN there is NaN in the model that ships), not as trainer state.
 MODEL_STATE_KEYS = frozenset({"average_model_state", "ema_state_dict", "ema_model_state", "shadow_params"})
+# Any key whose words say an averaged copy (``ema``, ``shadow``, ``swa``, ``average(d)``) of a model (``model``,
+# ``weights``, ``params``, ``state``): ``ema_model``, ``ema_weights``, ``ema_params``, ``averaged_model_state``,
+# ``swa_model`` (an adversarial round: NaN under each passed as trainer state). An ``ema_decay`` or ``ema_loss``
+# stays trainer state.
+_AVERAGED = re.compile(r"(?:^|_)(?:ema|shadow|swa|averaged?)(?:_|$)")
+_OF_A_MODEL = re.compile(r"(?:^|_)(?:model|weights?|params|parameters|state|state_dict)(?:_|$)")
+
+
+def is_model_state(key: str) -> bool:
+    """Whether a key of trainer state holds a model's state that becomes its weights (MODEL_STATE_KEYS, or a key
+    whose words name an averaged copy of a model; ``ema`` or ``shadow`` alone), also as the first part of a
+    dotted key (ema-pytorch's flat ``ema_model.layer.weight`` in a callback's state)."""
+    if key in MODEL_STATE_KEYS:
+        return True
+    lowered = key.partition(".")[0].lower()
+    if lowered in ("ema", "shadow", "swa"):
+        return True
+    return _AVERAGED.search(lowered) is not None and _OF_A_MODEL.search(lowered) is not None
+
 # Last segments of buffers that hold -Inf/+Inf by design: attention masks (GPT-J's fp16 ``masked_bias`` of
 # -1e9 is -Inf), clipping bounds (Gemma4's ClippableLinear: input_min = -Inf … output_max = +Inf until
 # calibrated), torch.ao observers' running extremes (min_val = +Inf, max_val = -Inf until a batch passes),
@@ -194,7 +213,9 @@ def pickle_role(path: list[str], trainer_checkpoint: bool, scalar: bool = False)
     name, never a ``scaler`` container."""
     if not (trainer_checkpoint and path):
         return None
-    if path[0] in TRAINER_KEYS and MODEL_STATE_KEYS.isdisjoint(path[1:]):
+    # (under "callbacks" the next key is the callback's own name, "EMA" among them: its state's keys say what it holds)
+    inner = path[2:] if path[0] == "callbacks" else path[1:]
+    if path[0] in TRAINER_KEYS and not any(is_model_state(key) for key in inner):
         return TRAINER
     return TRAINER if scalar and len(path) == 1 and path[0] not in TRAINER_CHECKPOINT_KEYS else None
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from nandoctor.checkpoint.roles import (
     MODEL_CONTAINER_KEYS,
-    MODEL_STATE_KEYS,
     TRAINER,
+    is_model_state,
     is_trainer_checkpoint,
     pickle_role,
 )
@@ -209,7 +209,7 @@ def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
         # A top-level entry beside the model that holds nothing but one-element tensors is the loop's state (an
         # early-stopping callback's {"best_score": tensor(inf), "counter": 3}: a zoo trial's false NON-FINITE)
         for key, members in out._nested_scalars.items():
-            if key not in MODEL_CONTAINER_KEYS and key not in MODEL_STATE_KEYS and all(one for _, one in members):
+            if key not in MODEL_CONTAINER_KEYS and not is_model_state(key) and all(one for _, one in members):
                 out.trainer.update(name for name, _ in members if name not in out.optimizer)
     return out
 
