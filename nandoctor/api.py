@@ -349,7 +349,8 @@ def to_json(result: ScanReport | RunReport, fail_on: Iterable[str] | str | None 
 def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, resume_from: str | None = None) -> ScanReport:
     """Raise as :func:`assert_finite` does when ``report`` fails the gate; else return it, judged by ``fail_on``
     (every exception path, one per verdict kind, is in tests/test_api.py's table). ``resume_from``: the run's last
-    healthy checkpoint, when the caller scanned the run (a diverged checkpoint's hint names it)."""
+    healthy checkpoint, when the caller scanned the run (a diverged checkpoint's hint names it); ``""``: the caller
+    scanned the run and it holds none (the hint says to restart from the base model, as the run scan does)."""
     chosen = verdicts.parse_fail_on(fail_on)
     code = verdicts.exit_code(report, chosen)
     if code == 0:
@@ -386,8 +387,12 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
         why = verdicts.diverged_why(report)
         found = [fact for fact in verdicts.facts(report) if fact != why and not fact.endswith(" healthy")]
         # (a run folder's deciding row, a final model or a weights-only save among them, is resumed as the run is)
-        instead = (f"resume training from the last healthy checkpoint ({resume_from}) {verdicts.what_to_change(report)}"
-                   if resume_from else verdicts.diverged_advice(report, where))
+        if resume_from == "":
+            instead = f"no healthy checkpoint is left in this run: restart from the base model {verdicts.what_to_change(report)}"
+        elif resume_from is not None:
+            instead = f"resume training from the last healthy checkpoint ({resume_from}) {verdicts.what_to_change(report)}"
+        else:
+            instead = verdicts.diverged_advice(report, where)
         raise DivergedError(
             f"{report.target}: DIVERGED: {why}" + (f" ({'; '.join(found)})" if found else "")
             + "; a repair would only stitch a broken model together",
@@ -621,6 +626,6 @@ def assert_finite(
                 + (f" ({'; '.join(decider.incomplete)})" if decider else " (none found)"),
                 "wait for the save to finish, or delete the half-written checkpoint",
             )
-        healthy = run.last_healthy
-        return check(decider.report, fail_on, resume_from=healthy.path if healthy is not None else None)
+        healthy = run.last_healthy_under(verdicts.parse_fail_on(fail_on))
+        return check(decider.report, fail_on, resume_from=healthy.path if healthy is not None else "")
     return check(scan(path, device=device, target_dtype=target_dtype, only=only, exclude=exclude), fail_on)

@@ -354,6 +354,11 @@ def test_a_diverged_checkpoint_with_no_healthy_one_before_it_is_told_to_restart(
     # (NaN throughout, nothing exploded: what made the NaN, not clipping, which spreads a NaN gradient: two trials'
     # runs had max_grad_norm 1.0 and were told to clip)
     assert "after finding what made the NaN" in info.value.hint and "lower learning rate" not in info.value.hint
+    # the run folder itself: its newest decides, and the run holds no healthy checkpoint either (a new user's trial:
+    # "resume training from the last healthy checkpoint" where the CLI said to restart from the base model)
+    with pytest.raises(nandoctor.DivergedError) as info:
+        nandoctor.assert_finite(str(tmp_path / "run"))
+    assert info.value.hint.startswith("no healthy checkpoint is left in this run: restart from the base model")
 
 
 def test_an_exploded_run_is_told_to_lower_the_learning_rate_or_clip(tmp_path):
