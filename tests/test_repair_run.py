@@ -378,8 +378,19 @@ def test_a_donor_from_another_run_of_the_same_model_is_named_in_a_note(tmp_path)
     assert result.ok
     said = [n for n in result.plan.notes if "is unlike the target's own values" in n]
     assert len(said) == 1 and said[0].startswith(f"{OTHER}: the copy from {tmp_path / 'other_run'}"), result.plan.notes
+    # (a new user's trial: the note was in no proof or JSON, and the result read ✓ REPAIRED): kept, and said at the end
+    proof = json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())
+    assert proof["donor_doubts"] == said and said[0] in proof["notes"]
+    console = run_cli("repair", run / "checkpoint-6", "--from", tmp_path / "other_run", "--out", tmp_path / "fixed3")
+    out = " ".join(console.output.split())
+    assert console.exit_code == 0 and "⚠ REPAIRED" in out and "✓ REPAIRED" not in out
+    assert "but a donor may not be this model's" in out
+    as_json = json.loads(run_cli("repair", run / "checkpoint-6", "--from", tmp_path / "other_run", "--out",
+                                 tmp_path / "fixed4", "--json").output)
+    assert as_json["donor_doubts"] == said
     same = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-2"], tmp_path / "fixed2")
-    assert same.ok and not [n for n in same.plan.notes if "unlike" in n]
+    assert same.ok and not [n for n in same.plan.notes if "unlike" in n] and not same.plan.doubts
+    assert json.loads((tmp_path / "fixed2" / "nandoctor-repair.json").read_text())["donor_doubts"] == []
     (restored,) = same.plan.restorations
     r = correlation(restored.target_ref.file, restored.target_ref, restored.donor_ref.file, restored.donor_ref)
     assert r is not None and r > 0.99 > UNRELATED  # (the run's own earlier copy: the same weights, drifted a little)

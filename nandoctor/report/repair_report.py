@@ -208,15 +208,21 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
             )
         )
         return
+    doubted = bool(plan.doubts)
     console.print(
         Text.assemble(
-            ("✓ REPAIRED", "bold green"),
+            ("⚠ REPAIRED", "bold yellow") if doubted else ("✓ REPAIRED", "bold green"),
             f": wrote {safe(result.out or '')} ({plan.tensors_restored} tensor(s) restored, "
             f"{patched} of {len(result.files)} scanned file(s) patched, {len(result.carried)} other file(s) carried over) "
             f"in {result.seconds:.2f} s" + (f"; {_unjudged(plan, result.out)}" if plan.excluded else ""),
             f"\n  proof: {safe(result.proof or '')}",
         )
     )
+    if doubted:  # (said above the tables as notes: here again, where the user reads the result; kept in the proof)
+        console.print(Text(f"  but a donor may not be this model's: {safe(plan.doubts[0])}"
+                           + (f" (and {len(plan.doubts) - 1} more, in the proof's donor_doubts)" if len(plan.doubts) > 1 else "")
+                           + "; check that --from names an earlier checkpoint of this run before using the repair",
+                           style="yellow"), soft_wrap=True)
     if result.out and result.verification is not None and result.verification.exit_code == 0:
         from nandoctor.hints import using_repair
 

@@ -180,7 +180,8 @@ def repair(
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
-    plan = replace(plan, notes=(*plan.notes, *other_model_notes(source.root, catalogs, used), *unlike_notes(plan)))
+    doubts = (*other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
+    plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts)
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
         plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))

@@ -164,6 +164,9 @@ class RepairPlan:
     # (donor, why) for each named donor that could not be read, when none could: the repair's error is theirs
     donors_unreadable: tuple[tuple[str, NandoctorError], ...] = ()
     health_limits: dict[str, Any] | None = None  # --max-abs / --outlier-factor when given (the scan JSON's field)
+    # notes (in ``notes`` too) that doubt a donor is this model's: its config.json names another model, or its copy of
+    # a restored tensor is unlike the target's own values. The repair stands; the result says ⚠ and the proof keeps them
+    doubts: tuple[str, ...] = ()
 
     def excluded_json(self) -> dict[str, Any]:
         """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a

@@ -83,7 +83,9 @@ def proof_json(result: RepairResult) -> dict[str, Any]:
         ],
         "carried": list(result.carried),
         "left_out": list(result.left_out),
-        "notes": list(result.notes),
+        # (the plan's notes, a donor's doubts among them (``donor_doubts``), and the writer's: every one the console said)
+        "notes": list(dict.fromkeys((*plan.notes, *result.notes))),
+        "donor_doubts": list(plan.doubts),
         **({"diff": result.diffs} if result.diffs else {}),
         "verification": {
             "verdict": verification.verdict,
@@ -172,6 +174,7 @@ def plan_json(plan: RepairPlan, error: NandoctorError | None = None) -> dict[str
         "exit_code": error.exit_code if error is not None else 3 if plan.refused else 0,
         "errors": [] if error is None else [_error(plan.target, error)],
         "notes": list(plan.notes),  # what the console prints as notes (a donor holding another dtype …)
+        "donor_doubts": list(plan.doubts),
         "restore": [_restoration(plan, r) for r in plan.restorations],
         "unrestorable": [
             {"tensor": u.name, "nan": u.nan, "posinf": u.posinf, "neginf": u.neginf, "reasons": list(u.reasons)}
