@@ -278,6 +278,14 @@ def loss_jump_caution(report: ScanReport) -> str | None:
             "there); check this checkpoint's loss before using it")
 
 
+def cautioned(report: ScanReport, decided: Verdict) -> bool:
+    """Whether a passing verdict comes with something to look at, so that no report marks it with a green check
+    (a headline's ⚠ PASS): findings only reported (ZEROED), or a trainer log whose loss jumped before the checkpoint
+    was saved (a new user's trial: "✓ CLEAN …; but the trainer log's loss jumped to 7.1e+04", the model's loss
+    38,563)."""
+    return bool(decided.reported) or loss_jump_caution(report) is not None
+
+
 def loss_broke_words(name: str, step: int) -> str:
     """The caution for a checkpoint saved after its run's loss broke, whose bad tensors a repair would restore: its
     other tensors are from after the break (where only the restored ones moved, a head trained alone, the repair is

@@ -58,6 +58,26 @@ def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: 
     assert "trainer log" not in nandoctor.verdict.one_line(nandoctor.scan(spike / "checkpoint-8"))
 
 
+def test_a_pass_beside_a_loss_jump_is_no_green_check(tmp_path: Path) -> None:
+    """A new user's trial: a run whose loss went 5 → 7e4 (finite weights, the model's loss 38,563) read "✓ PASS …
+    CLEAN" and "✅ PASS CLEAN" beside the warning to look at it first. Every report marks such a pass ⚠, the run's
+    and a checkpoint's alike; the exit code stays 0, and a run without a jump keeps its green check."""
+    from tests.conftest import run_cli
+
+    run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])
+    for target in (run, run / "checkpoint-8"):
+        console = run_cli("scan", str(target))
+        assert console.exit_code == 0 and "⚠ PASS" in console.output, console.output
+        assert "✓ PASS" not in console.output and "✓ CLEAN" not in console.output
+        assert run_cli("scan", str(target), "--markdown").output.startswith("## nandoctor: ⚠️ PASS CLEAN")
+        page = tmp_path / "page.html"
+        run_cli("scan", str(target), "--html", str(page))
+        assert "<b>⚠ PASS CLEAN" in page.read_text()
+    steady = _run(tmp_path / "steady", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 6.5])
+    assert "✓ PASS" in run_cli("scan", str(steady)).output
+    assert "✓ CLEAN" in run_cli("scan", str(steady / "checkpoint-8")).output
+
+
 def test_last_healthy_after_the_jump_says_it_is_so_by_its_weights(tmp_path: Path) -> None:
     from nandoctor.report.run_report import after_loss_jump
 

@@ -424,15 +424,24 @@ class RunReport:
         return row_verdict(decider, fail_on, with_case=True)
 
     def reported_only(self, fail_on: frozenset[str] | None = None) -> bool:
-        """Whether the run passes with something to look at: findings only reported (the deciding row's ZEROED), or
-        a poisoned or diverged checkpoint before it (:meth:`bad_behind`): a headline's ⚠ PASS."""
+        """Whether the run passes with something to look at: findings only reported (the deciding row's ZEROED), a
+        poisoned or diverged checkpoint before it (:meth:`bad_behind`), or a loss jump no checkpoint fails for
+        (:attr:`loss_jump_unconfirmed`): a headline's ⚠ PASS."""
         from nandoctor import verdict as verdicts
 
         decider = self.decider(fail_on)
         if self.problems or decider is None or decider.report is None or decider.status == INCOMPLETE:
             return False
         decided = verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
-        return decided.exit_code == 0 and (bool(decided.reported) or bool(self.bad_behind(fail_on)))
+        return decided.exit_code == 0 and (verdicts.cautioned(decider.report, decided) or bool(self.bad_behind(fail_on))
+                                           or self.loss_jump_unconfirmed)
+
+    @property
+    def loss_jump_unconfirmed(self) -> bool:
+        """The trainer log's loss jumped and stayed up while no checkpoint's weights fail for it: the run warns to look
+        at it before using the checkpoints saved after the jump (a passing run then reads ⚠ PASS, not ✓)."""
+        log = self.log
+        return log is not None and log.error is None and log.loss_jump_said and self.broken_weights_from is None
 
     def bad_behind(self, fail_on: frozenset[str] | None = None) -> list[RunCheckpoint]:
         """Where the run passes: its checkpoints before the deciding one that are poisoned or diverged (a new user's

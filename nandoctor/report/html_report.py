@@ -145,7 +145,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     decided = verdicts.judge(report, fail_on)
     head = f'<h1>nandoctor scan</h1><p class="target">{esc(report.target)}</p>'
     box = _verdict_box(decided.exit_code == 0, verdicts.words_with_case(decided), verdicts.one_line(report, fail_on),
-                       next_steps(report, decided), bool(decided.reported))
+                       next_steps(report, decided), verdicts.cautioned(report, decided))
     return _page(f"nandoctor: {report.target}", [head, box, *_scan_body(report, show_all)])
 
 

@@ -99,7 +99,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
     """The Markdown summary of a scan; ``not_written``: a report file (``--html``) that could not be written,
     said in its own section and in the exit code."""
     decided = verdicts.judge(report, fail_on)
-    out = [f"## nandoctor: {_status(decided.exit_code, bool(decided.reported))} {md(verdicts.words_with_case(decided))}", "",
+    out = [f"## nandoctor: {_status(decided.exit_code, verdicts.cautioned(report, decided))} {md(verdicts.words_with_case(decided))}", "",
            f"{md(verdicts.one_line(report, fail_on))}", ""]
     ranges = bad_ranges(report.layers)
     if ranges:

@@ -42,6 +42,8 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None, "pass the report through verdict.judged() first"
     facts = safe("; ".join(verdicts.facts(report, first_problem=False)))  # (names from files: a layer range, a problem's path)
+    if decided.exit_code == 0 and not decided.reported and verdicts.cautioned(report, decided):
+        return Text.assemble((f"⚠ PASS {decided.words}", "bold yellow"), f": {facts}")  # (the caution is among the facts)
     if decided.exit_code == 0 and not decided.reported and (
             verdicts.trainer_nonfinite(report) or verdicts.sentinel_infinities(report) or verdicts.health_unchecked(report)):
         # not "all finite and healthy": trainer state or a mask holds NaN/Inf, or a tensor's health is unknown

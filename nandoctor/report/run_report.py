@@ -281,8 +281,10 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
     code = run.exit_code(fail_on)
     style = "bold green" if code == 0 else "bold red"
     mark = ("⚠ PASS " if run.reported_only(fail_on) else "✓ PASS ") if code == 0 else "✗ FAIL "
-    console.print(Text.assemble((mark, style),
-                                ("newest " if decider is run.newest else "", "bold"), (safe(decider.name), "bold"),
+    # (the final model at the run's top is "final model", not "newest final": a new user's trial)
+    label = "final model" if decider.final and not decider.saved_into else (
+        f"newest {decider.name}" if decider is run.newest and not decider.final else decider.name)
+    console.print(Text.assemble((mark, style), (safe(label), "bold"),
                                 ": ", (row_verdict(decider, fail_on, with_case=True), style), f" ({decides_words(run, decider)})"))
     for fact in verdicts.held_facts(decider.report) if decider.report is not None else ():  # (as --quiet says it)
         console.print(Text(f"  {safe(fact)}", style="dim"))
