@@ -97,3 +97,29 @@ def test_a_poisoned_final_model_fails_the_run_and_repairs_from_the_checkpoints(r
     assert "checkpoint-4" in repaired.output  # the donor: the newest healthy checkpoint
     assert not any(p.name.startswith("checkpoint-") for p in fixed.iterdir())  # the model, not the run
     assert run("scan", str(fixed)).exit_code == 0
+
+
+def test_a_save_made_after_the_final_model_decides_though_the_folder_time_moved(run_dir):
+    """A new user's trial: a run that went on after save_model() (checkpoint-6, half written) passed CLEAN, decided by
+    the final model: the run folder's own time, which making checkpoint-6 in it moved, was taken for when the final
+    model was saved. Its weight files' times say it; a save newer than every other, written after it, decides."""
+    import os
+
+    later = run_dir / "checkpoint-6"
+    shutil.copytree(run_dir / "checkpoint-4", later)
+    weights = later / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # (the save is not done)
+    old = (run_dir / "model.safetensors").stat().st_mtime - 60  # (the final model, saved a minute before)
+    for file in run_dir.iterdir():
+        if file.is_file():
+            os.utime(file, (old, old))
+    for step in (2, 4):
+        os.utime(run_dir / f"checkpoint-{step}", (old - 60, old - 60))
+    data = json.loads(run("scan", str(run_dir), "--json").output)
+    assert data["summary"]["decided_by"] == "checkpoint-6" and data["summary"]["exit_code"] == 3
+    # an earlier checkpoint copied after the final model (a plain cp -r gives each file the copy's time) is not newer
+    # than the saves beside it: the final model decides alone
+    shutil.rmtree(later)
+    os.utime(run_dir / "checkpoint-2", None)
+    data = json.loads(run("scan", str(run_dir), "--json").output)
+    assert data["summary"]["decided_by"] == "final" and data["summary"]["exit_code"] == 0

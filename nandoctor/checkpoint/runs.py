@@ -380,8 +380,14 @@ class RunReport:
         loaded = [i for i, c in enumerate(self.checkpoints) if c.final or c.last]
         if not loaded:
             return (self.checkpoints[-1],) if self.checkpoints else ()
-        since = max(_written(self.checkpoints[i].path) for i in loaded)
-        later = tuple(c for c in self.checkpoints[loaded[-1] + 1:] if _written(c.path) > since)
+        since = max(_row_written(self.checkpoints[i]) for i in loaded)
+        # (saves written after them that are newer than every save written before: a run that went on after
+        # save_model(), whose checkpoint-35 is still being written, decided nothing, the final model's folder time
+        # moving with it; a checkpoint copied later by a plain cp is no newer than the saves beside it)
+        others = [c for c in self.checkpoints if not (c.final or c.last)]
+        written = {id(c): _row_written(c) for c in others}
+        newest_before = max((c.step for c in others if written[id(c)] <= since), default=-1)
+        later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before)
         return (*(self.checkpoints[i] for i in loaded), *later)
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
@@ -716,6 +722,19 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
                     f"{rename_back_command(file, renames)} and scan again")
     return (f"{load}: restore {c.name}'s weight files from a good copy (a backup, or where it was saved), or resume "
             f"from {holder}")
+
+
+def _row_written(c: RunCheckpoint) -> float:
+    """When a row's save was written: a final model at the run folder's top by its weight files (the folder's own
+    time moves whenever a checkpoint folder is made in it), any other by its path (:func:`_written`)."""
+    if c.final and not c.saved_into and os.path.isdir(c.path):
+        try:
+            files = [e for e in access.listing(Path(c.path)) if holds_weights([e])]
+        except NandoctorError:
+            files = []
+        if files:
+            return max(_written(str(f)) for f in files)
+    return _written(c.path)
 
 
 def _written(path: str) -> float:

@@ -11,6 +11,7 @@ both readers and kernels.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import time
@@ -209,7 +210,7 @@ def assemble(
         files=tuple(str(f) for f in checkpoint.files.files),
         tensors=tensors,
         layers=(),
-        errors=tuple(checkpoint.problems + found.problems + cast_problems),
+        errors=tuple(being_written(checkpoint.problems + found.problems + cast_problems)),
         unviewed=tuple(checkpoint.unviewed + found.unviewed),
         notes=tuple(checkpoint.notes + found.notes + scale_notes),
         bytes_scanned=found.bytes_scanned,
@@ -218,6 +219,40 @@ def assemble(
         extra=extra,
     )
     return verdict.judged(report)
+
+
+RECENT_WRITE_S = 120  # a file changed this recently may be a save still being written
+WATCH_S = 0.2  # how long such a file is watched for growth
+
+
+def being_written(problems: list[ScanProblem]) -> list[ScanProblem]:
+    """``problems`` with the hint of each unreadable file that a save is still writing (changed in the last
+    RECENT_WRITE_S seconds, and again while watched for WATCH_S) saying so first (a new user's trial: a checkpoint
+    being saved was "re-download or re-save this file"). A file that stopped changing keeps its hint: the save
+    ended or died, and the advice stands. Costs one short wait, only where a recent file could not be read."""
+    now = time.time()
+    before: dict[str, tuple[int, int]] = {}
+    for problem in problems:
+        if problem.kind == verdict.UNREADABLE_KIND and problem.path not in before:
+            try:
+                found = os.stat(problem.path)
+            except (OSError, ValueError):
+                continue
+            if now - found.st_mtime < RECENT_WRITE_S:
+                before[problem.path] = (found.st_size, found.st_mtime_ns)
+    if not before:
+        return problems
+    time.sleep(WATCH_S)
+    growing = set()
+    for path, seen in before.items():
+        with contextlib.suppress(OSError, ValueError):
+            found = os.stat(path)
+            if (found.st_size, found.st_mtime_ns) != seen:
+                growing.add(path)
+    return [dataclasses.replace(p, hint=(
+        "a save is still writing it (it changed while nandoctor looked): wait for the save to finish and scan again"
+        + (f" (if it stops without finishing: {p.hint})" if p.hint else ""))) if p.path in growing else p
+        for p in problems]
 
 
 def _in_order(checkpoint: Checkpoint, found: Scanned, measure: Callable[[list[TensorResult]], Measured | None]) -> TensorResults:
