@@ -199,7 +199,8 @@ def use_verified_repair(target: str, name: str, final_model_folder: bool = False
     if hubcache.is_snapshot(target):  # (nothing is ever moved into the cache: the repair is used where it is)
         return [f"{repaired} is a verified repair of {name}; load the model from it (the cache is left as it is)"]
     if final_model_folder:
-        return [f"{repaired} is a verified repair of the final model; {_copy_over(target)}"]
+        return [f"{repaired} is a verified repair of the final model; to use it, put its repaired files in place:",
+                f"    {_copy_over(target, repaired)}"]
     return [f"{repaired} is a verified repair of {name}; to use it, put it in its place:",
             f"    {put_in_place(target, repaired)}"]
 
@@ -210,13 +211,28 @@ def using_repair(target: str, repaired: Path) -> list[str]:
     if hubcache.is_snapshot(target):
         return []
     if Path(target).is_dir() and runs.is_run_folder(Path(target)):
-        return [f"to use it: {_copy_over(target)}"]
+        return ["to use it, put its repaired files in place (the bad ones kept as FILE.bad):",
+                f"    {_copy_over(target, access.as_spelled(Path(os.path.abspath(repaired)), target))}"]
     return [f"to use it in place of {access.named_path(target).name}:",
             f"    {put_in_place(target, access.as_spelled(Path(os.path.abspath(repaired)), target))}"]
 
 
-def _copy_over(target: str) -> str:
-    return f"copy its files over those at the top of {target}"
+def _copy_over(target: str, repaired: Path) -> str:
+    """The shell line that puts a repair of a run folder's final model in place: the run folder is never moved (its
+    checkpoints are in it), so each file the repair patched is copied over the one at the top, the bad one kept as
+    ``FILE.bad`` (a new user's trial: "copy its files over those at the top" was no command, and ``cp …/*`` also
+    copied the proof into the run). Every weight file the proof lists, where it cannot tell which were patched."""
+    from nandoctor.restore.proof import read_proof
+
+    try:
+        files = [f["path"] for f in read_proof(repaired).get("files", []) if f.get("patched", True)]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, NandoctorError):
+        files = []
+    if not files or not all(isinstance(f, str) and "/" not in f and f not in (".", "..") for f in files):
+        return f"copy the repaired weight files of {path_word(repaired)} over those at the top of {path_word(target)}"
+    here, there = Path(target), Path(repaired)
+    return " && ".join(f"mv {path_word(here / f)} {path_word(here / (f + '.bad'))} && cp {path_word(there / f)} "
+                       f"{path_word(here / f)}" for f in files)
 
 
 _MAX_PROOFS = 256  # repairs' proofs read beside a checkpoint, looking for its own (every entry is looked at)

@@ -97,6 +97,18 @@ def test_a_poisoned_final_model_fails_the_run_and_repairs_from_the_checkpoints(r
     assert "checkpoint-4" in repaired.output  # the donor: the newest healthy checkpoint
     assert not any(p.name.startswith("checkpoint-") for p in fixed.iterdir())  # the model, not the run
     assert run("scan", str(fixed)).exit_code == 0
+    # the next step is a command (a new user's trial: "copy its files over those at the top" was prose): pasted, the
+    # patched file replaces the bad one, kept as .bad, and the run passes
+    lines = [line.strip() for line in repaired.output.splitlines()]
+    command = lines[lines.index("next: to use it, put its repaired files in place (the bad ones kept as FILE.bad):") + 1]
+    assert command == (f"mv {run_dir / 'model.safetensors'} {run_dir / 'model.safetensors.bad'} && "
+                       f"cp {fixed / 'model.safetensors'} {run_dir / 'model.safetensors'}")
+    said = " ".join(run("scan", str(run_dir)).output.split())  # (before it is used: the scan offers the same line)
+    assert f"{fixed} is a verified repair of the final model; to use it, put its repaired files in place: {command}" in said
+    import subprocess
+
+    assert subprocess.run(["bash", "-c", command]).returncode == 0
+    assert run("scan", str(run_dir)).exit_code == 0 and not (run_dir / "nandoctor-repair.json").exists()
 
 
 def test_a_save_made_after_the_final_model_decides_though_the_folder_time_moved(run_dir):
