@@ -99,13 +99,22 @@ def put_in_place(target: str, repaired: Path) -> str:
     """The shell line that puts the repair at ``repaired`` (a folder) where ``target`` is, keeping the bad one as
     ``target-bad``; a Lightning file is repaired into a folder holding the file of the same name."""
     named = access.named_path(target)
-    source = repaired / named.name if Path(target).is_file() else repaired
+    a_file = Path(target).is_file()
+    source = repaired / named.name if a_file else repaired
     # (a free name: `mv X X-bad` into an existing X-bad folder would nest the checkpoint inside it, silently)
     bad: Path | str = access.as_spelled(Path(_free(_outside_the_run(named, "-bad"))), target)
     if os.path.abspath(target) == os.getcwd():  # (`.`: the working folder cannot be moved by that name)
         target, bad, source = str(named), os.path.abspath(bad), Path(os.path.abspath(source))
-    return (f"mv {path_word(target)} {path_word(bad)} && "
-            f"mv {path_word(source)} {path_word(target)}")
+    line = f"mv {path_word(target)} {path_word(bad)} && mv {path_word(source)} {path_word(target)}"
+    if a_file:
+        # (a file repaired into a folder: its proof goes beside the file, named for it, and the emptied folder away;
+        # a new user's trial: the folder left holding the proof alone was "not part of the timeline", and its scan
+        # "no checkpoint files found")
+        from nandoctor.checkpoint.hashes import PROOF_NAME
+
+        proof = Path(target).with_name(f"{named.name}.{PROOF_NAME}")
+        line += f" && mv {path_word(repaired / PROOF_NAME)} {path_word(proof)} && rmdir {path_word(repaired)}"
+    return line
 
 
 def _outside_the_run(target: Path, suffix: str) -> Path:

@@ -186,12 +186,17 @@ def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_r
     assert sorted(p.name for p in fixed.iterdir()) == ["final.ckpt", "nandoctor-repair.json"]
     flat = " ".join(first.output.split())
     assert f"note: last.ckpt also decides the run's exit code and fails its scan; repair it too: {last_fix}" in flat
-    moves = (f"mv {folder}/final.ckpt {folder}/final.ckpt-bad && mv {fixed}/final.ckpt {folder}/final.ckpt && "
-             f"mv {folder}/last.ckpt {folder}/last.ckpt-bad && mv {folder}/last-repaired/last.ckpt {folder}/last.ckpt")
-    assert f"note: then put the repairs in place: {moves}" in flat
+    # (each file's proof goes beside it, named for it, and the emptied repair folder away)
+    final_move = (f"mv {folder}/final.ckpt {folder}/final.ckpt-bad && mv {fixed}/final.ckpt {folder}/final.ckpt && "
+                  f"mv {fixed}/nandoctor-repair.json {folder}/final.ckpt.nandoctor-repair.json && rmdir {fixed}")
+    last_move = (f"mv {folder}/last.ckpt {folder}/last.ckpt-bad && mv {folder}/last-repaired/last.ckpt {folder}/last.ckpt"
+                 f" && mv {folder}/last-repaired/nandoctor-repair.json {folder}/last.ckpt.nandoctor-repair.json && "
+                 f"rmdir {folder}/last-repaired")
+    assert f"note: then put the repairs in place: {final_move} && {last_move}" in flat
 
     # only the final put in place: the run still fails on last.ckpt, and the repair of the run is of last.ckpt
-    subprocess.run(moves.split(" && mv ")[0] + " && mv " + moves.split(" && mv ")[1], shell=True, check=True)
+    subprocess.run(final_move, shell=True, check=True)
+    assert not fixed.exists() and (folder / "final.ckpt.nandoctor-repair.json").is_file()
     assert run("scan", folder, "-q").exit_code == 1
     second = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed2", "--json")
     assert second.exit_code == 0, second.output[-3000:]
@@ -201,7 +206,7 @@ def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_r
     assert "ALREADY CLEAN" not in run("repair", folder, "--from", "auto", "--dry-run").output
 
     assert run(*shlex.split(last_fix)[1:]).exit_code == 0  # the named command works as printed
-    subprocess.run(moves.split(" && ", 2)[2], shell=True, check=True)
+    subprocess.run(last_move, shell=True, check=True)
     assert run("scan", folder, "-q").exit_code == 0
     clean = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed3")
     assert clean.exit_code == 0 and "ALREADY CLEAN" in clean.output

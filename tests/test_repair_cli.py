@@ -139,11 +139,17 @@ def test_from_auto_takes_donors_only_before_the_first_bad_checkpoint(tmp_path):
 
 
 def test_from_auto_needs_a_checkpoint_folder(tmp_path):
+    """A folder outside any run has no earlier checkpoints to take donors from; one inside a run (a model saved
+    into it, e.g. ``latest/``) takes them from the run's checkpoints, as its timeline judges it."""
     run_dir = copy_run(tmp_path)
-    renamed = run_dir / "latest"
-    (run_dir / "checkpoint-300").rename(renamed)
-    result = run("repair", renamed, "--from", "auto", "--out", tmp_path / "x")
+    alone = tmp_path / "latest"
+    shutil.copytree(run_dir / "checkpoint-300", alone)
+    result = run("repair", alone, "--from", "auto", "--out", tmp_path / "x")
     assert result.exit_code == 3 and "checkpoint-N" in result.output
+    inside = run_dir / "latest"
+    (run_dir / "checkpoint-300").rename(inside)
+    result = run("repair", inside, "--from", "auto", "--out", tmp_path / "y")
+    assert result.exit_code == 0 and "checkpoint-200" in result.output
 
 
 def test_scope_layer(tmp_path):
