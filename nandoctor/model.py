@@ -580,6 +580,23 @@ class UnviewedBad:
         return f"storage {self.storage} of {self.file}"
 
 
+# What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3): defined here, beside the problem, so that
+# readers name a problem's kind without reaching up to verdict.py, which words the verdict by it.
+UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
+EMPTY_KIND = "empty"
+# weights under names the model does not load: a run's checkpoint whose tensor names differ from its neighbours'
+# (checkpoint/runs.py), a weight config.json's model needs stored under another name (checkpoint/architecture.py)
+NAMES_KIND = "names"
+UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
+# it loads, but a config it is built from (config.json, generation_config.json, a GGUF's hyperparameters, a Lightning
+# checkpoint's hyper_parameters) holds NaN/Infinity or a value that makes generate raise or the forward pass NaN
+CONFIG_KIND = "config"
+# A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
+# that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing.
+# One bound for config.json's epsilons (checkpoint/configvalues.py) and a GGUF's (readers/gguf_hparams.py).
+EPS_HARMFUL = -1e-3
+
+
 @dataclass(frozen=True, slots=True)
 class ScanProblem:
     """Something that could not be read, was invalid or was refused (each one makes the exit code 3).

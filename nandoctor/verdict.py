@@ -25,8 +25,24 @@ from typing import Any
 from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, component_of, layer_of, summarize, zero_breaks
-from nandoctor.model import Outliers, ScanProblem, ScanReport, TensorResult, TensorResults, Verdict, is_pickled_float
-from nandoctor.wording import first_few
+from nandoctor.model import (
+    CONFIG_KIND,
+    EMPTY_KIND,
+    HASH_KIND,
+    NAMES_KIND,
+    SELECTION_KIND,
+    UNLOADABLE_KIND,
+    UNREADABLE_KIND,
+    UNVERIFIED_KIND,
+    Outliers,
+    ScanProblem,
+    ScanReport,
+    TensorResult,
+    TensorResults,
+    Verdict,
+    is_pickled_float,
+)
+from nandoctor.wording import first_few, plural
 
 NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW = "nonfinite", "exploded", "outlier", "zeroed", "overflow"
 FAIL_ON_CHOICES = (NONFINITE, EXPLODED, OUTLIER, ZEROED, OVERFLOW)
@@ -40,17 +56,8 @@ FINDING_WORDS = {
     ZEROED: "ZEROED",
 }
 OVERFLOW_WORDS = "OVERFLOW RISK ({dtype})"  # with the --target-dtype
-# What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3), in the verdict's words and in the
+# What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3, model.py), in the verdict's words and in the
 # one-line facts (count → phrase). Every kind is named for what it is: a hash mismatch is not "unreadable".
-UNREADABLE_KIND, HASH_KIND, SELECTION_KIND, UNVERIFIED_KIND = "unreadable", "hash", "selection", "unverified"
-EMPTY_KIND = "empty"
-# weights under names the model does not load: a run's checkpoint whose tensor names differ from its neighbours'
-# (checkpoint/runs.py), a weight config.json's model needs stored under another name (checkpoint/architecture.py)
-NAMES_KIND = "names"
-UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
-# it loads, but its config.json or generation_config.json holds NaN/Infinity or a value that makes generate raise or
-# the forward pass NaN (checkpoint/loadconfig.py, checkpoint/configvalues.py)
-CONFIG_KIND = "config"
 PROBLEM_WORDS = {
     UNREADABLE_KIND: "UNREADABLE",
     HASH_KIND: "HASH MISMATCH",
@@ -1137,11 +1144,6 @@ def short_key(name: str) -> str:
         else:
             out.append(char)
     return name if depth else "".join(out)  # (a brace left open: nothing to shorten safely)
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
-    return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
 def one_line(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON, *, label: str | None = None) -> str:

@@ -56,3 +56,8 @@ def scan_command(path: str | os.PathLike[str]) -> str:
 
 
 __all__ = ["first_few", "path_word", "scan_command", "shell_word", "surrogate_shown"]
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from nandoctor.model import ScanProblem
+from nandoctor.model import EPS_HARMFUL, ScanProblem
 from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
 
@@ -217,9 +217,6 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 # config values the logits (or the last hidden state) are divided by, by the model types whose code divides: 0 makes
 # every logit Inf or NaN (HyperCLOVA X multiplies by its logits_scaling instead: not listed)
 _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
-# A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
-# that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing
-EPS_HARMFUL = -1e-3
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
 _ALWAYS_SLIDING = ("mistral", "mixtral", "phi3", "starcoder2")  # (without layer_types: every layer slides)
 _SLIDING_WHEN_ASKED = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # (use_sliding_window, from max_window_layers)

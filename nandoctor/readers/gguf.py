@@ -123,7 +123,7 @@ def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple
     ``<prefix>-0000K-of-0000N.gguf`` for its own ``split.no`` (a later file's N is not checked: llama.cpp takes the
     count from the first): llama.cpp finds the set's other files by that name and refuses the file ("invalid split
     file name"), so the model does not load from it, whatever its tensors hold."""
-    from nandoctor.verdict import UNLOADABLE_KIND
+    from nandoctor.model import UNLOADABLE_KIND
 
     if splits is None or splits <= 1:
         return ()

@@ -3,7 +3,7 @@
 llama.cpp (and transformers' GGUF loader, which turns these keys into a config.json) computes each norm from
 ``<arch>.attention.layer_norm_rms_epsilon`` / ``layer_norm_epsilon`` and the rotary frequencies from
 ``<arch>.rope.freq_base``. A NaN in a float key of the architecture's, a norm epsilon at or below -1e-3 (the square root
-of a negative mean square: configvalues.EPS_HARMFUL says why that bound) or a rotary base of 0 or less is BAD
+of a negative mean square: model.EPS_HARMFUL says why that bound) or a rotary base of 0 or less is BAD
 CONFIG (exit 3): the tensors are intact, the model computes NaN (an adversarial round: each read CLEAN). An
 infinite epsilon or rotary base is left alone: the norms give zeros, the rotation none, finite either way.
 """
@@ -14,9 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from nandoctor.checkpoint.configvalues import EPS_HARMFUL
-from nandoctor.model import ScanProblem
-from nandoctor.verdict import CONFIG_KIND
+from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, ScanProblem
 from nandoctor.wording import first_few
 
 _EPSILONS = (".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon")

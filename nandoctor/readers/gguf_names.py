@@ -23,9 +23,8 @@ from functools import cache
 from pathlib import Path
 
 from nandoctor.layers import natural_key
-from nandoctor.model import ScanProblem
-from nandoctor.verdict import NAMES_KIND, UNLOADABLE_KIND, plural
-from nandoctor.wording import first_few
+from nandoctor.model import NAMES_KIND, UNLOADABLE_KIND, ScanProblem
+from nandoctor.wording import first_few, plural
 
 _FILE = Path(__file__).with_name("gguf_tensor_names.json")
 _NUMBER = re.compile(r"(?:(?<=\.)|^)\d+(?=\.|$)")  # a whole dot-separated segment of digits: a block or expert index

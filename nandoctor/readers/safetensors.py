@@ -20,13 +20,12 @@ import numpy as np
 from nandoctor.checkpoint import jsonfiles
 from nandoctor.dtypes import DTYPES, SAFETENSORS_DTYPES, TORCH_UNLOADABLE_SAFETENSORS, byte_length
 from nandoctor.errors import CorruptCheckpointError
-from nandoctor.model import ReadResult, RefTable, ScanProblem
+from nandoctor.model import UNLOADABLE_KIND, ReadResult, RefTable, ScanProblem
 from nandoctor.readers import magic
 from nandoctor.readers.compact_header import WORTH_FROM, HeaderColumns, parse_compact
 from nandoctor.readers.formats import SAFETENSORS, looks_safetensors
 from nandoctor.readers.formats import SAFETENSORS_MAX_HEADER_BYTES as MAX_HEADER_BYTES
 from nandoctor.readers.shapes import refused_empty_shape
-from nandoctor.verdict import UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
 

@@ -33,7 +33,7 @@ from nandoctor.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from nandoctor.model import OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
+from nandoctor.model import UNLOADABLE_KIND, OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
 from nandoctor.readers.torch import numpy_arrays, weights_only
@@ -58,7 +58,6 @@ from nandoctor.readers.zipentries import (
     read_directory,
     read_entry,
 )
-from nandoctor.verdict import UNLOADABLE_KIND
 
 MAX_PICKLE_BYTES = 1 << 30  # real data.pkl files are kilobytes to a few megabytes
 MAX_META_BYTES = 1 << 20  # other small entries (version, .format_version …) are read and CRC-checked whole
