@@ -26,6 +26,7 @@ from nandoctor.checkpoint.roles import (
     is_trainer_checkpoint,
     pickle_role,
 )
+from nandoctor.model import CONFIG_KIND, ScanProblem
 from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
@@ -50,6 +51,27 @@ RATE_KEYS = frozenset({"lr", "initial_lr", "max_lr", "min_lr", "betas", "eps", "
 # A learning-rate scheduler's rates (torch.optim.lr_scheduler.LRScheduler.state_dict): it sets them into the
 # optimizer's param_groups at its next step. (A ReduceLROnPlateau's best = inf is its design, and not among them.)
 SCHEDULER_RATE_KEYS = frozenset({"base_lrs", "_last_lr", "max_lrs", "min_lrs"})
+
+
+# A trainer checkpoint's saved constructor arguments: Lightning's load_from_checkpoint builds the module (and the
+# datamodule) from them. A NaN among them is a NaN setting of the model that loads (an epsilon, a scale, a rate).
+HYPERPARAMETER_KEYS = frozenset({"hyper_parameters", "datamodule_hyper_parameters", "hparams"})
+
+
+def hyperparameter_problems(path: str, names: list[str]) -> list[ScanProblem]:
+    """BAD CONFIG for the NaN hyperparameters ``names`` of the trainer checkpoint at ``path`` (an adversarial round: a
+    LightningModule saved with ``eps = nan`` loaded, built LayerNorm(eps=nan), and every output was NaN, while its
+    scan passed CLEAN: a config.json's NaN was BAD CONFIG, this one not read)."""
+    if not names:
+        return []
+    from nandoctor.wording import first_few
+
+    return [ScanProblem(
+        path, f"{first_few(names, 3)} {'is' if len(names) == 1 else 'are'} NaN: load_from_checkpoint builds the model "
+        "from these saved hyperparameters as written (cls(**hyper_parameters)), and every value computed from a NaN "
+        "setting is NaN", "write the values the model was trained with into the checkpoint's hyper_parameters "
+        "(torch.load it, set them, torch.save it), or pass them to load_from_checkpoint as keyword arguments, which "
+        "override the saved ones", kind=CONFIG_KIND)]
 
 
 def is_rate_path(path: list[str]) -> bool:
@@ -120,6 +142,9 @@ class Walk:
     # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's settings
     # (breaks_a_step): not tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
     group_floats: list[tuple[str, float]] = field(default_factory=list)
+    # NaN Python floats of a trainer checkpoint's saved hyperparameters (Lightning's hyper_parameters): the module
+    # load_from_checkpoint builds from them (cls(**hyper_parameters)) computes NaN (hyperparameter_problems)
+    hyper_floats: list[str] = field(default_factory=list)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
@@ -253,6 +278,9 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
                 [*out._groups, *path], value, bool(within & _IN_SCHEDULER)):
             out.group_floats.append((".".join(path), value))
+        elif (value.__class__ is float and math.isnan(value) and out._trainer_checkpoint and 0 <= out._top < len(path)
+              and path[out._top] in HYPERPARAMETER_KEYS):
+            out.hyper_floats.append(".".join(path))
         return
     out._nodes += 1
     if out._nodes > MAX_NODES:

@@ -1,0 +1,60 @@
+"""A Lightning checkpoint's saved hyperparameters are the config its module is built from (load_from_checkpoint:
+``cls(**hyper_parameters)``): a NaN among them is BAD CONFIG, as a NaN in config.json is.
+
+An adversarial round: ``hyper_parameters["eps"] = nan`` loaded, built ``LayerNorm(eps=nan)`` and every output was
+NaN, while the scan passed CLEAN. The oracle is Lightning's own load_from_checkpoint and a forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+L = pytest.importorskip("lightning")
+torch = pytest.importorskip("torch")
+
+import nandoctor  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+class Normed(L.LightningModule):
+    def __init__(self, hidden: int = 8, eps: float = 1e-5, limit: float = math.inf):
+        super().__init__()
+        self.save_hyperparameters()
+        self.lin = torch.nn.Linear(hidden, hidden)
+        self.norm = torch.nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x):
+        return self.norm(self.lin(x)).clamp(max=self.hparams.limit)
+
+    def training_step(self, batch, _):
+        return self(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _saved(path, **hyper):
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(Normed(**hyper), torch.utils.data.DataLoader(torch.randn(4, 8), batch_size=2))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _forward_finite(path) -> bool:
+    model = Normed.load_from_checkpoint(path)
+    with torch.no_grad():
+        return bool(torch.isfinite(model(torch.randn(2, 8))).all())
+
+
+def test_a_nan_hyperparameter_is_bad_config_and_an_infinite_bound_is_not(tmp_path):
+    bad = _saved(tmp_path / "bad.ckpt", eps=float("nan"))
+    assert not _forward_finite(bad)  # the oracle: the module built from the saved hyperparameters computes NaN
+    report = nandoctor.scan(bad, device="cpu")
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"]
+    assert report.errors[0].message.startswith("hyper_parameters.eps is NaN: load_from_checkpoint builds the model")
+    good = _saved(tmp_path / "good.ckpt")  # (limit = inf: a bound, by design, as an infinite bound in config.json)
+    assert _forward_finite(good) and nandoctor.scan(good, device="cpu").exit_code == 0
