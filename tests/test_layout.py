@@ -480,3 +480,24 @@ def test_a_set_of_numbered_shards_under_another_name_beside_the_loaded_set_is_no
         (tmp_path / f"model-0000{k}-of-00002.safetensors").unlink()
     alone = run_cli("scan", tmp_path, "-q")
     assert alone.exit_code == 3 and "NOT LOADABLE" in alone.stdout, alone.output
+
+
+def test_an_unpadded_k_of_n_name_is_a_whole_model_not_a_shard(tmp_path):
+    """A review: a complete model saved as ``fold-1-of-5.pt`` (a cross-validation series) was "one of the 5 numbered
+    shards its name counts", and its folder exit 3 with "4 of 5 numbered shards missing", while torch.load loads it
+    whole. Shards are named as their writers name them, both numbers padded to five digits; a set so named missing
+    files is still refused."""
+    import torch
+
+    import nandoctor
+
+    torch.save({"w": torch.ones(4, 4)}, tmp_path / "fold-1-of-5.pt")
+    assert torch.load(tmp_path / "fold-1-of-5.pt", weights_only=True)["w"].shape == (4, 4)  # the oracle: it is whole
+    single = nandoctor.scan(tmp_path / "fold-1-of-5.pt")
+    assert single.exit_code == 0 and not any("numbered shards" in n for n in single.notes)
+    assert nandoctor.scan(tmp_path).exit_code == 0
+    padded = tmp_path / "set"
+    padded.mkdir()
+    torch.save({"w": torch.ones(4, 4)}, padded / "model-00001-of-00005.pt")
+    found = nandoctor.scan(padded)
+    assert found.exit_code == 3 and "4 of 5 numbered shards missing" in found.errors[0].message

@@ -644,7 +644,10 @@ def not_regular_problem(path: Path) -> ScanProblem:
     return ScanProblem(str(path), reason, hint)
 
 
-_NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.[A-Za-z]+)$")
+# Numbered shards as their writers name them: transformers, huggingface_hub and gguf-split pad both numbers to five
+# digits (``model-00001-of-00003.safetensors``). An unpadded ``fold-1-of-5.pt`` is a whole model of a series, not a
+# fifth of one (a review: its folder was "4 of 5 numbered shards missing", exit 3).
+_NUMBERED_SHARD = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5,})-of-(?P<n>\d{5,})(?P<ext>\.[A-Za-z]+)$")
 _MAX_SHARD_COUNT = 100_000  # beyond: not a shard count
 
 
