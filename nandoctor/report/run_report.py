@@ -49,8 +49,8 @@ def log_words(log: TrainLog | None) -> str:
     if log.error:
         return "unreadable"
     parts = []
-    if log.skipped_steps:  # (fp16 loss scaling's skipped steps: no break)
-        parts.append(f"fp16 skipped steps at {log.first_nonfinite_step}")
+    if log.skipped_steps:  # (fp16 loss scaling's skipped steps, or one applied step: no break of the log)
+        parts.append(f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at {log.first_nonfinite_step}, finite after")
     elif log.nonfinite_from is not None and log.nonfinite_from != log.first_nonfinite_step:
         parts.append(f"NaN/Inf at {log.nonfinite_from}")
     elif log.first_nonfinite_step is not None:
@@ -230,7 +230,8 @@ def skipped_words(log: TrainLog, upto: bool = True) -> str:
     how far it is finite (not where it broke later)."""
     tail = f"; finite to {log.last_step}" if upto and log.last_step is not None else ""
     return (f"{'/'.join(log.first_nonfinite_keys)} NaN/Inf at step {log.first_nonfinite_step}, finite again after "
-            f"(as fp16 loss scaling logs the steps it skips){tail}")
+            f"(fp16 loss scaling skips such steps; without it the update was applied: the scan of the weights and "
+            f"optimizer state says whether it left NaN/Inf){tail}")
 
 
 def _loss_jump_words(log: TrainLog) -> str:
