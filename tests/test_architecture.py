@@ -133,6 +133,27 @@ def test_weights_the_model_needs_that_are_not_stored_are_not_loadable(tmp_path):
     assert "lm_head.weight" in nandoctor.scan(untied).errors[0].message
 
 
+@pytest.mark.parametrize("how", ["renamed", "dropped"])
+def test_a_projection_missing_from_every_layer_is_not_loadable(tmp_path, how):
+    """An adversarial round: q_proj renamed (q_prj) or dropped in every layer scanned CLEAN, no layer showing a hole
+    the others do not have, while from_pretrained initialized every q_proj at random (its missing_keys: the oracle).
+    An attention block holding all but one of its projections is suspected, and the model built says which it needs;
+    a model whose attention is fused (one qkv) stays CLEAN."""
+    def change(tensors):
+        for layer in range(3):
+            q = tensors.pop(f"model.layers.{layer}.self_attn.q_proj.weight")
+            if how == "renamed":
+                tensors[f"model.layers.{layer}.self_attn.q_prj.weight"] = q
+
+    folder = _llama(tmp_path / how, change=change)
+    wanted = [f"model.layers.{layer}.self_attn.q_proj.weight" for layer in range(3)]
+    assert _loads(folder) == (True, wanted)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and report.verdict in ("NOT LOADABLE", "TENSOR NAMES CHANGED"), report.errors
+    assert "model.layers.0.self_attn.q_proj.weight" in report.errors[0].message
+    assert nandoctor.scan(_llama(tmp_path / "whole")).exit_code == 0
+
+
 @pytest.mark.parametrize("dropped", ["model.embed_tokens.weight", "model.norm.weight"])
 def test_weights_outside_the_layers_that_are_not_stored_are_not_loadable(tmp_path, dropped):
     """A real-use trial: embeddings frozen, only the trained parameters saved beside config.json; the token embedding

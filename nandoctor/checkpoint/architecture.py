@@ -376,6 +376,13 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
                     yield f"{stack}.{number}.{suffix}", _HOLE
             elif suffix in moved:
                 yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
+    # an attention block that stores all but one of its projections (q/k/v/o_proj, BERT's query/key/value) the same in
+    # every layer: a rename or a filter that took one tensor of every layer, which no hole shows, every layer lacking it
+    # alike (an adversarial round: q_proj renamed or dropped in every layer read CLEAN; from_pretrained initialised it
+    # at random). A suspicion: the model built says which it needs
+    lone = _lone_projection(stored)
+    if lone is not None:
+        yield _LAYOUT_SUSPICION, lone
     # numbered sibling modules outside the layers (Whisper's conv1 and conv2) numbered from 0 or 1 without a gap; a
     # flipped bit in the number (conv1 stored as conv3, itself a name models use) leaves a family that is not
     numbered = _numbered_families(name for name in stored if not STACK.match(name))
@@ -443,6 +450,29 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
+
+
+_PROJECTION = re.compile(r"^(?P<block>.*\.)(?P<part>q_proj|k_proj|v_proj|o_proj|query|key|value)\.weight$")
+_PROJECTION_SETS = ({"q_proj", "k_proj", "v_proj", "o_proj"}, {"query", "key", "value"})
+_FUSED_PROJECTION = re.compile(r"(?:qkv|query_key_value|c_attn|W_pack|in_proj)")
+
+
+def _lone_projection(stored: dict[str, tuple[int, ...]]) -> str | None:
+    """Words for an attention block that holds all but one of a set of projections (and no fused one), else None."""
+    blocks: dict[str, set[str]] = {}
+    for name in stored:
+        match = _PROJECTION.match(name)
+        if match:
+            blocks.setdefault(match["block"], set()).add(match["part"])
+    for block, parts in blocks.items():
+        for whole in _PROJECTION_SETS:
+            held = parts & whole
+            if len(held) == len(whole) - 1 and not any(
+                    name.startswith(block) and _FUSED_PROJECTION.search(name[len(block):]) for name in stored):
+                (lacking,) = whole - held
+                return f"{STACK.sub(lambda m: m.group(1) + '.#.', block)}{lacking} is not stored beside " \
+                       f"{', '.join(sorted(held))}"
+    return None
 
 
 def _regular(layers: set[int], numbers: set[int]) -> bool:
