@@ -101,6 +101,13 @@ NONFINITE_DIVERGED_SHARE = 0.5
 # share the census's bulk scale looks past (kernels/census.py), sits between with margin either way; a GGUF
 # tensor's share is of its blocks' scale fields, which its counts are of.
 BROKEN_TENSOR_SHARE = 1e-3
+# A weight tensor whose bulk (its 99.9th-percentile magnitude: kernels/census.py) is at least this is far beyond what
+# training makes: the largest real parameter measured is 9,151 (a lookup table; docs/health.md), the largest bulk
+# lower. One such tensor is a real model's own (a SincNet filter in Hz); most of a model's weights there is a run
+# that blew up from its first steps, which has no healthy checkpoint to measure growth against (a trial: a Lightning
+# net at lr 1e4 saved every weight at 2e4-8e4, read CLEAN, then POISONED, and repaired from a donor in the same state)
+HUGE_BULK = 2.0**12
+HUGE_BULK_SHARE = 0.5
 RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
@@ -703,9 +710,32 @@ def diverged_why(
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
         return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
+    huge = _huge_bulk_words(report)
+    if huge:
+        return huge
     grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
     limit = GROWTH_WITH_LOSS_JUMP if loss_jump is not None else GROWTH_DIVERGED
     return _growth_words(grown, loss_jump) if grown is not None and grown.factor >= limit else ""
+
+
+def _huge_bulk_words(report: ScanReport) -> str:
+    """Why a checkpoint most of whose weight tensors have a bulk of at least HUGE_BULK is diverged, or "" (fp8
+    weights are stored scaled to fill their format, by design: not counted)."""
+    tensors = report.tensors
+    refs = tensors.refs
+    # (a tensor too small for a bulk, a bias or a norm's few channels, by its largest value: under 16 elements there
+    # is no bulk to stand out from; a large tensor without one never reached the census's high level)
+    high = [i for i, (bulk, top) in enumerate(zip(tensors.bulk_scale, tensors.max_abs))
+            if (bulk if bulk is not None else top or 0) >= HUGE_BULK]  # (few, if any)
+    rows = [i for i in high if refs.roles[i] == "weight" and not refs.dtypes[i].startswith("F8")]
+    if len(rows) < 2:
+        return ""
+    weights = _weights(tensors) + excluded_weights(report)
+    if len(rows) < HUGE_BULK_SHARE * weights:
+        return ""
+    return (f"{len(rows)} of {weights} weight tensors hold their values at {HUGE_BULK:g} or more (largest "
+            f"{max(tensors.max_abs[i] or 0 for i in rows):.3g}): weights far beyond what training makes, blown up "
+            "since the run's first steps")
 
 
 def _growth_words(grown: Growth, jump: Mapping[str, Any] | None) -> str:
@@ -1177,8 +1207,11 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     pieces: list[str] = []
     tensors = len(report.tensors)
     grown = _diverging_growth(report)
+    huge = "" if grown is not None or report.unhealthy_tensors else _huge_bulk_words(report)
     if grown is not None:
         pieces.append(_growth_words(grown, _context_loss_jump(report)))
+    elif huge:
+        pieces.append(huge)  # (diverged with no finding: its reason is the fact, not "N tensors healthy")
     unviewed = [u for u in report.unviewed if u.nan or u.posinf or u.neginf]
     if report.bad_tensors:
         # Tensors by name, as the tables and JSON list them; values once (a tied copy adds none: docs/json.md);
@@ -1234,7 +1267,7 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
             pieces.append(f"worst {worst}")
     in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
     unchecked = health_unchecked(report)
-    if not (report.nonfinite or exploded or variances or outliers or zeroed or grown):
+    if not (report.nonfinite or exploded or variances or outliers or zeroed or grown or huge):
         pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
                       if in_trainer or sentinels or unchecked else f"{plural(tensors, 'tensor')} healthy")
     shard = report.extra.get("shard_of")
