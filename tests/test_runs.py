@@ -544,3 +544,5 @@ def test_a_passing_run_names_a_bad_checkpoint_before_its_newest(tmp_path):
 
     assert json.loads(run("scan", str(run_dir), "--json").output)["run"]["bad_behind"] == ["checkpoint-300"]
     assert nandoctor.scan_run(DEMO_RUN, device="cpu").bad_behind() == []  # (a failing run: its next steps say it)
+    quiet = run("scan", str(run_dir), "--quiet").output  # (a new user's trial: --quiet said "first bad" alone)
+    assert quiet.startswith("PASS CLEAN") and " · but checkpoint-300 is poisoned: do not load or resume from it" in quiet

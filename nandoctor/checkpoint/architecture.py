@@ -376,7 +376,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
                     yield f"{stack}.{number}.{suffix}", _HOLE
             elif suffix in moved:
                 yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
-    # an attention block that stores all but one of its projections (q/k/v/o_proj, BERT's query/key/value) the same in
+    # an attention block that stores all but one of its input projections (q/k/v_proj, BERT's query/key/value) the same in
     # every layer: a rename or a filter that took one tensor of every layer, which no hole shows, every layer lacking it
     # alike (an adversarial round: q_proj renamed or dropped in every layer read CLEAN; from_pretrained initialised it
     # at random). A suspicion: the model built says which it needs
@@ -452,8 +452,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             yield name, f"the same tensor of the other layers has shape {list(common)}"
 
 
-_PROJECTION = re.compile(r"^(?P<block>.*\.)(?P<part>q_proj|k_proj|v_proj|o_proj|query|key|value)\.weight$")
-_PROJECTION_SETS = ({"q_proj", "k_proj", "v_proj", "o_proj"}, {"query", "key", "value"})
+# (the input projections only: the output one is o_proj, out_proj or dense by model, BART's cross-attention out_proj)
+_PROJECTION = re.compile(r"^(?P<block>.*\.)(?P<part>q_proj|k_proj|v_proj|query|key|value)\.weight$")
+_PROJECTION_SETS = ({"q_proj", "k_proj", "v_proj"}, {"query", "key", "value"})
 _FUSED_PROJECTION = re.compile(r"(?:qkv|query_key_value|c_attn|W_pack|in_proj)")
 
 

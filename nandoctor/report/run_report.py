@@ -188,6 +188,9 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
         f"last healthy: {last.name if last else 'none'}",
         f"first bad: {run.first_bad.name if run.first_bad else 'none'}",
     ]
+    behind = run.bad_behind(fail_on)
+    if behind:  # (a passing run's earlier poisoned or diverged checkpoints, as the console's "but" line says them)
+        tail.append(f"but {bad_behind_words(behind)}")
     if run.log and run.log.suspicious_step is not None:
         tail.append(f"trainer log broke at step {run.log.suspicious_step}")
     else:
