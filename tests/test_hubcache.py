@@ -212,6 +212,9 @@ def test_a_mistyped_local_path_is_answered_with_what_its_folder_holds(tmp_path, 
                         ("run/zzz", "check the path: run holds no zzz"),
                         ("zzz", "check the path: the current folder holds no zzz; if it is a hub model"),
                         (str(tmp_path / "run" / "checkpoint-10"), f"did you mean {tmp_path / 'run' / 'checkpoint-100'}?"),
+                        # (a new user: checkpoint-99 among saves by step was "did you mean checkpoint-5?": the nearest
+                        # step first)
+                        ("run/checkpoint-290", "did you mean run/checkpoint-300? (run also holds checkpoint-100)"),
                         ("nosuch/model", "hf download nosuch/model"),
                         # (a new user: the local fact first, not a download instruction for a mistyped local path)
                         ("nosuch/model", "check the path: the current folder holds no nosuch; if it is a hub model")):

@@ -197,13 +197,30 @@ def _nearby(path: Path) -> tuple[str, bool] | None:
         return None
     import difflib
 
-    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    # (a one-character slip first, checkpoint-30 for checkpoint-300; then the save nearest in step; then any likeness)
+    close = (difflib.get_close_matches(path.name, names, n=3, cutoff=0.9) or _nearest_steps(path.name, names)
+             or difflib.get_close_matches(path.name, names, n=3, cutoff=0.6))
     shown = parent / close[0] if close and str(parent) not in ("", ".") else (close[0] if close else "")
     if close:
         where = "this folder" if str(parent) in ("", ".") else str(parent)
         also = f" ({where} also holds {', '.join(close[1:])})" if close[1:] else ""
         return f"did you mean {shown}?{also}", True
     return f"check the path: {'the current folder' if str(parent) in ('', '.') else parent} holds no {path.name}", False
+
+
+_STEP_NAME = re.compile(r"^(?P<stem>[A-Za-z_]+[-_])(?P<step>\d+)$")
+
+
+def _nearest_steps(name: str, names: list[str]) -> list[str]:
+    """For a missing ``checkpoint-N`` (``step-N``, ``checkpoint_N``), the saves of the same naming nearest in step,
+    nearest first: a new user's ``checkpoint-99`` among checkpoint-5 … -30 was "did you mean checkpoint-5?", where
+    the spelling's likeness says nothing of which save was meant."""
+    wanted = _STEP_NAME.match(name)
+    if wanted is None:
+        return []
+    steps = [(abs(int(m["step"]) - int(wanted["step"])), -int(m["step"]), other) for other in names
+             if (m := _STEP_NAME.match(other)) is not None and m["stem"] == wanted["stem"]]
+    return [other for _, _, other in sorted(steps)[:3]]
 
 
 def resolve(target: str | os.PathLike[str]) -> tuple[Path, CacheHit | None]:
