@@ -276,10 +276,19 @@ def verified_repair_of(target: Path, report: ScanReport | None = None) -> Path |
                 proof = read_proof(entry)
             except (OSError, ValueError):
                 continue
-            if isinstance(proof, dict) and proof.get("source") == source and verified_repair(entry, target, report,
-                                                                                               proof):
+            if isinstance(proof, dict) and _names_source(proof.get("source"), source) and verified_repair(
+                    entry, target, report, proof):
                 return access.as_spelled(entry, target)
     return None
+
+
+def _names_source(recorded: object, source: str) -> bool:
+    """Whether a proof's ``source`` is the checkpoint at ``source`` (absolute): the same path, or, where that path is
+    gone (the run folder moved since: a review's ``mv out out3`` lost the verified repair), the same name; then
+    verified_repair's check of the source files (sizes, times, inodes: the same files, moved) decides."""
+    if not isinstance(recorded, str):
+        return False
+    return recorded == source or (not os.path.lexists(recorded) and Path(recorded).name == Path(source).name)
 
 
 def use_verified_repair_of(target: str, report: ScanReport | None = None) -> list[str]:

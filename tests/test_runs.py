@@ -249,6 +249,11 @@ def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_us
         out = " ".join(run("scan", str(scanned)).output.split())
         assert f"{fixed} is a verified repair of checkpoint-300" in out and move in out
         assert "nandoctor repair" not in out
+    moved = run_dir.with_name("moved")  # (a review: the run folder moved since, the proof's source path is gone)
+    run_dir.rename(moved)
+    out = " ".join(run("scan", str(moved / "checkpoint-300")).output.split())
+    assert f"{moved / 'checkpoint-300-fixed'} is a verified repair of checkpoint-300" in out, out[-600:]
+    moved.rename(run_dir)
     (run_dir / "checkpoint-300-bad").mkdir()  # (a set-aside copy of an earlier repair: mv would nest into it)
     out = " ".join(run("scan", str(run_dir / "checkpoint-300")).output.split())
     assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad-2 && mv {fixed} {run_dir}/checkpoint-300" in out
