@@ -1029,8 +1029,9 @@ def scan_run(
         baseline = initial.scales if initial is not None and usable_baseline(initial, log) else healthy
         if baseline is not None and baseline is not healthy and not from_start:
             from_start = True
-            notes.append(f"growth measured since the weights training started from (step 0), kept in {BASELINE_NAME} "
-                         "by the training callback, where the trainer log's loss did not come down")
+            notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
+                         "never came down, so no checkpoint is a healthy baseline (the training callback kept those "
+                         f"weights' scales in {BASELINE_NAME})")
         jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
         status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
         if report is not None and status == DIVERGED and report.health != DIVERGED:
