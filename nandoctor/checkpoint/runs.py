@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +369,7 @@ class RunReport:
             c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and (
                 bool(c.report.unhealthy_tensors) or any(p.kind == NAMES_KIND for p in c.report.errors))))), None)
 
-    @property
+    @cached_property
     def deciding(self) -> tuple[RunCheckpoint, ...]:
         """The rows that decide the exit code: what gets loaded. The final model (what a user ships) and a
         Lightning run's last.ckpt (what ``trainer.fit(ckpt_path="last")`` resumes from) where the run has
@@ -387,7 +388,9 @@ class RunReport:
         others = [c for c in self.checkpoints if not (c.final or c.last)]
         written = {id(c): _row_written(c) for c in others}
         newest_before = max((c.step for c in others if written[id(c)] <= since), default=-1)
-        later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before)
+        # (no save written before the loaded ones: their order in time says nothing, a copy or a download that wrote
+        # the top-level files first; the loaded rows decide alone, as before)
+        later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before) if newest_before >= 0 else ()
         return (*(self.checkpoints[i] for i in loaded), *later)
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
@@ -728,13 +731,17 @@ def _row_written(c: RunCheckpoint) -> float:
     """When a row's save was written: a final model at the run folder's top by its weight files (the folder's own
     time moves whenever a checkpoint folder is made in it), any other by its path (:func:`_written`)."""
     if c.final and not c.saved_into and os.path.isdir(c.path):
-        try:
-            files = [e for e in access.listing(Path(c.path)) if holds_weights([e])]
-        except NandoctorError:
-            files = []
-        if files:
-            return max(_written(str(f)) for f in files)
+        return _weights_written(Path(c.path))
     return _written(c.path)
+
+
+def _weights_written(folder: Path) -> float:
+    """When the newest weight file at ``folder``'s top was written; the folder's own time where it holds none."""
+    try:
+        files = [e for e in access.listing(folder) if holds_weights([e])]
+    except NandoctorError:
+        files = []
+    return max(_written(str(f)) for f in files) if files else _written(str(folder))
 
 
 def _written(path: str) -> float:
@@ -822,11 +829,15 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
     return sorted(out), sorted(aside)
 
 
+_SET_ASIDE_NAME = re.compile(r"-bad(?:-\d+)?$")  # (hints.put_in_place's names: -bad, or -bad-2 … where taken)
+
+
 def _set_aside(folder: Path) -> bool:
-    """A folder the repair's next steps name, not the model a run loads: a bad one moved aside (``final-bad``), or a
+    """A folder the repair's next steps name, not the model a run loads: a bad one moved aside (``final-bad``,
+    ``final-bad-2``), or a
     repair not yet put in place (its proof names another folder that still exists). A repair moved in place names
     itself (the folder it was written for): a row again."""
-    if folder.name.endswith("-bad"):
+    if _SET_ASIDE_NAME.search(folder.name):
         return True
     from nandoctor.checkpoint.hashes import PROOF_NAME
     from nandoctor.checkpoint.jsonfiles import read_json
@@ -921,6 +932,11 @@ def scan_run(
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
     saved, set_aside = models_saved_into(entries) if not lightning else ([], [])
+    # (a model folder written before the run's first checkpoint is an input, the weights it started from: no save of
+    # the run, no resume point; a review's base/ decided the run and was named its last healthy checkpoint)
+    first_save = min((_written(str(r.path)) for r in rows), default=float("inf"))
+    inputs = [folder for folder in saved if _weights_written(folder) < first_save]
+    saved = [folder for folder in saved if folder not in inputs]
     if below_step is None:
         for folder in saved:
             at = final_step(folder)
@@ -946,6 +962,10 @@ def scan_run(
             if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
         named = "checkpoint-<step>"
+    if inputs:
+        notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in inputs[:5])}"
+                     f"{' …' if len(inputs) > 5 else ''} (written before the run's first checkpoint: a model it "
+                     "started from, not a save of it); scan them on their own")
     if set_aside:
         notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in set_aside[:5])}"
                      f"{' …' if len(set_aside) > 5 else ''} (a model moved aside as bad, or a repair not yet put in "

@@ -13,6 +13,7 @@ because the object around it was unknown.
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from collections import Counter
 from collections.abc import Iterable
@@ -53,9 +54,21 @@ RATE_KEYS = frozenset({"lr", "initial_lr", "max_lr", "min_lr", "betas", "eps", "
 SCHEDULER_RATE_KEYS = frozenset({"base_lrs", "_last_lr", "max_lrs", "min_lrs"})
 
 
-# A trainer checkpoint's saved constructor arguments: Lightning's load_from_checkpoint builds the module (and the
-# datamodule) from them. A NaN among them is a NaN setting of the model that loads (an epsilon, a scale, a rate).
-HYPERPARAMETER_KEYS = frozenset({"hyper_parameters", "datamodule_hyper_parameters", "hparams"})
+# A trainer checkpoint's saved constructor arguments of the model: Lightning's load_from_checkpoint builds the module
+# from them (the datamodule's are no model's: a review's fill_value = nan there was a missing-value marker). A NaN
+# among the settings arithmetic reads (an epsilon, a scale, a rate) makes the model that loads compute NaN; a NaN
+# elsewhere may be a marker by design, and is left alone.
+HYPERPARAMETER_KEYS = frozenset({"hyper_parameters", "hparams"})
+_ARITHMETIC_WORDS = frozenset({"eps", "epsilon", "lr", "rate", "scale", "scaling", "temperature", "std", "momentum",
+                               "dropout", "alpha", "beta", "gamma", "decay", "factor", "theta", "base", "norm", "clip",
+                               "softcap", "softcapping", "init", "weight", "margin", "smoothing"})
+
+
+def arithmetic_setting(key: str) -> bool:
+    """Whether a hyperparameter's name says the model computes with it (``eps``, ``layer_norm_eps``, ``init_std``,
+    ``dropout_rate``; ``beta1``): a word of its snake_case or camelCase parts, trailing digits aside."""
+    words = re.findall(r"[a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", key).lower())
+    return any(word in _ARITHMETIC_WORDS for word in words)
 
 
 def hyperparameter_problems(path: str, names: list[str]) -> list[ScanProblem]:
@@ -279,7 +292,7 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
                 [*out._groups, *path], value, bool(within & _IN_SCHEDULER)):
             out.group_floats.append((".".join(path), value))
         elif (value.__class__ is float and math.isnan(value) and out._trainer_checkpoint and 0 <= out._top < len(path)
-              and path[out._top] in HYPERPARAMETER_KEYS):
+              and path[out._top] in HYPERPARAMETER_KEYS and arithmetic_setting(path[-1])):
             out.hyper_floats.append(".".join(path))
         return
     out._nodes += 1
