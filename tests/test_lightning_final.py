@@ -197,6 +197,9 @@ def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_r
     # only the final put in place: the run still fails on last.ckpt, and the repair of the run is of last.ckpt
     subprocess.run(final_move, shell=True, check=True)
     assert not fixed.exists() and (folder / "final.ckpt.nandoctor-repair.json").is_file()
+    # (the proof beside the file still vouches for its bytes: --verify-hashes reads it, a review)
+    verified = run("scan", folder / "final.ckpt", "--verify-hashes", "-q")
+    assert verified.exit_code == 0 and "matches its recorded sha256" in verified.output, verified.output
     assert run("scan", folder, "-q").exit_code == 1
     second = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed2", "--json")
     assert second.exit_code == 0, second.output[-3000:]

@@ -217,13 +217,20 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
             blob = Path(os.path.realpath(file))
             if file.is_symlink() and blob.parent.name == "blobs" and _SHA256.match(blob.name):
                 out[file] = Expected(blob.name, "Hugging Face cache blob name")
-    proof = folder / PROOF_NAME
-    if proof.is_file():
+    # (a folder's repair proof; a single file put in place keeps its proof beside it, FILE.nandoctor-repair.json:
+    # hints.put_in_place)
+    proofs = [folder / PROOF_NAME] + [f.with_name(f"{f.name}.{PROOF_NAME}") for f in checkpoint.files.files]
+    for proof in proofs:
+        if not proof.is_file():
+            continue
         data = read_json(proof)
         for entry in data.get("files", []) if isinstance(data, dict) else []:
             found = by_relative.get(str(entry.get("path"))) if isinstance(entry, dict) else None
+            if proof.name != PROOF_NAME and isinstance(entry, dict):  # (its entry names the file alone)
+                found = next((f for f in checkpoint.files.files if proof.name == f"{f.name}.{PROOF_NAME}"
+                              and entry.get("path") == f.name), None)
             if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
-                out[found] = Expected(entry["sha256"], PROOF_NAME)
+                out[found] = Expected(entry["sha256"], proof.name)
     if manifest_path is not None:
         for entry in read_manifest(manifest_path)["files"]:
             listed = by_relative.get(entry["path"])

@@ -223,6 +223,8 @@ def assemble(
 
 RECENT_WRITE_S = 120  # a file changed this recently may be a save still being written
 WATCH_S = 0.2  # how long such a file is watched for growth
+WATCH_BUDGET_S = 1.0  # a process waits this long in all (a review: a run of 20 such saves waited 20 times)
+_watched_s = 0.0
 
 
 def being_written(problems: list[ScanProblem]) -> list[ScanProblem]:
@@ -240,9 +242,11 @@ def being_written(problems: list[ScanProblem]) -> list[ScanProblem]:
                 continue
             if now - found.st_mtime < RECENT_WRITE_S:
                 before[problem.path] = (found.st_size, found.st_mtime_ns)
-    if not before:
+    global _watched_s
+    if not before or _watched_s >= WATCH_BUDGET_S:  # (a run of many recent unreadable saves: one wait or two in all)
         return problems
     time.sleep(WATCH_S)
+    _watched_s += WATCH_S
     growing = set()
     for path, seen in before.items():
         with contextlib.suppress(OSError, ValueError):
