@@ -218,8 +218,20 @@ def _renamed(lacking: list[tuple[str, str]], unknown: dict[str, tuple[int, ...]]
     for name, shape in unknown.items():
         by_shape.setdefault(shape, []).append(name)
     wanted = Counter(expected[name] for name, _ in lacking)
-    return {name: by_shape[expected[name]][0] for name, _ in lacking
-            if len(by_shape.get(expected[name], ())) == 1 and wanted[expected[name]] == 1}
+    out = {name: by_shape[expected[name]][0] for name, _ in lacking
+           if len(by_shape.get(expected[name], ())) == 1 and wanted[expected[name]] == 1}
+    # (a tensor renamed in every layer: several of one shape, each the one candidate of its own module, q_proj stored
+    # as q_prj in layer 0 and in layer 1, an adversarial round's)
+    module = {name: name.rsplit(".", 2)[0] for name in (*unknown, *(n for n, _ in lacking))}
+    for name, _ in lacking:
+        if name in out:
+            continue
+        shape = expected[name]
+        here = [c for c in by_shape.get(shape, ()) if module[c] == module[name]]
+        rivals = [n for n, _ in lacking if module[n] == module[name] and expected[n] == shape]
+        if len(here) == 1 and len(rivals) == 1 and here[0] not in out.values():
+            out[name] = here[0]
+    return out
 
 
 def _renamed_problem(root: Path, renamed: dict[str, str], file_of: dict[str, str]) -> ScanProblem:
