@@ -108,6 +108,9 @@ BROKEN_TENSOR_SHARE = 1e-3
 # net at lr 1e4 saved every weight at 2e4-8e4, read CLEAN, then POISONED, and repaired from a donor in the same state)
 HUGE_BULK = 2.0**12
 HUGE_BULK_SHARE = 0.5
+# and at least this many such tensors: a linear regression fitted in raw units (dollars) holds its two tensors, weight
+# and bias, at 5e3-6e4 by design (a trial's), a network of layers does not
+HUGE_BULK_FEWEST = 4
 RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged within (checkpoint/runcontext.py)
 
 # ---------------------------------------------------------------------------------------------
@@ -728,7 +731,7 @@ def _huge_bulk_words(report: ScanReport) -> str:
     high = [i for i, (bulk, top) in enumerate(zip(tensors.bulk_scale, tensors.max_abs))
             if (bulk if bulk is not None else top or 0) >= HUGE_BULK]  # (few, if any)
     rows = [i for i in high if refs.roles[i] == "weight" and not refs.dtypes[i].startswith("F8")]
-    if len(rows) < 2:
+    if len(rows) < HUGE_BULK_FEWEST:
         return ""
     weights = _weights(tensors) + excluded_weights(report)
     if len(rows) < HUGE_BULK_SHARE * weights:

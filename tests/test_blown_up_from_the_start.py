@@ -79,3 +79,16 @@ def test_weights_blown_up_from_the_first_steps_are_diverged_and_a_healthy_twin_i
         assert _loss(checkpoint) < 5
         assert nandoctor.scan(checkpoint, device="cpu").exit_code == 0
     assert nandoctor.scan_run(str(healthy), device="cpu").exit_code() == 0
+
+
+def test_a_small_model_in_raw_units_is_no_blown_up_run(tmp_path):
+    """A trial: a house-price linear regression fitted in dollars holds its weight and bias at 5.7e3-5.9e4 by design
+    (predictions within a few percent), and was DIVERGED. Two tensors are no network blown up from its first steps."""
+    model = torch.nn.Linear(5, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[28600.0, 15000.0, 9000.0, 5700.0, -8000.0]]))
+        model.bias.fill_(59000.0)
+    torch.save(model.state_dict(), tmp_path / "price.pt")
+    report = nandoctor.scan(tmp_path / "price.pt", device="cpu")
+    assert report.exit_code == 0 and report.health == "healthy", nandoctor.verdict.one_line(report)
+

@@ -160,11 +160,15 @@ def test_averaged_copies_of_the_model_in_callback_state_are_weights_by_their_nam
 
     state = {k: {**filled(v), "ema_decay": torch.tensor(float("inf"))} for k, v in callbacks.items()}
     state["EarlyStopping"] = {"best_score": torch.tensor(float("inf"))}
+    # (a trial: a callback's own per-task loss EMA named ema_weights, one tensor itself, not a model's averaged copy)
+    state["TaskWeights"] = {"ema_weights": torch.tensor([2.3e5, 1.7e5, 0.02]),
+                            "ema_state": {"best": torch.tensor([float("inf")] * 3)}}
     torch.save({"state_dict": torch.nn.Linear(4, 4).state_dict(), "callbacks": state}, tmp_path / "e.ckpt")
     report = scan(tmp_path / "e.ckpt", device="cpu")
     assert [t.name for t in report.bad_tensors] == [bad] and report.exit_code == 1 and report.nan == 16
     roles = {t.name: t.role for t in report.tensors}
     assert roles[bad] == "weight" and roles["callbacks.EarlyStopping.best_score"] == "trainer"
+    assert roles["callbacks.TaskWeights.ema_weights"] == roles["callbacks.TaskWeights.ema_state.best"] == "trainer"
     assert next(r for n, r in roles.items() if n.endswith(".ema_decay")) == "trainer"
 
 

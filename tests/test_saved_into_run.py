@@ -67,3 +67,41 @@ def test_a_model_saved_into_the_run_decides_and_its_repair_put_in_place_passes(t
     assert all(bool(torch.isfinite(p).all()) for p in loaded.parameters())
     after = run_cli("scan", str(run))
     assert after.exit_code == 0 and "not part of the timeline: final-bad/" in " ".join(after.output.split())
+
+
+def test_only_a_model_saved_into_a_run_decides_and_a_merged_model_is_not_told_to_take_adapter_donors(tmp_path):
+    """A trial: eval/predictions.pt (a regression's outputs in dollars) and eval/metrics.pt (a NaN F1) decided a
+    healthy run, a sweep_cfg/ holding training_args.bin and an opt_backup/ holding optimizer.pt made it INCOMPLETE;
+    a merged LoRA model in merged/ of a run of adapter checkpoints was told `repair --from auto`, which found no donor.
+    A folder is a model where a loader would read one (a config, weight files named as loaders name them); a run's
+    checkpoints are donors only where they hold the bad tensors."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "out"
+    model = tiny_llama()
+    train(run, model=model, steps=10, save_steps=5, learning_rate=1e-2, optim="adamw_torch")
+    (run / "eval").mkdir()
+    torch.save({"preds": torch.full((8,), 3e5), "labels": torch.full((8,), 2.9e5)}, run / "eval" / "predictions.pt")
+    torch.save({"f1": torch.tensor([0.9, float("nan")])}, run / "eval" / "metrics.pt")
+    (run / "opt_backup").mkdir()
+    torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+               run / "opt_backup" / "optimizer.pt")
+    assert nandoctor.scan_run(str(run), device="cpu").exit_code() == 0
+    assert [c.name for c in nandoctor.scan_run(str(run), device="cpu").checkpoints] == ["checkpoint-5", "checkpoint-10"]
+
+    adapters = tmp_path / "lora"
+    for step in (5, 10):  # (a PEFT run's checkpoints: adapter weights only)
+        folder = adapters / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"base_model.model.model.layers.0.mlp.down_proj.lora_A.weight": torch.randn(4, 32) * 0.02,
+                   "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight": torch.zeros(32, 4)},
+                  folder / "adapter_model.safetensors")
+    merged = adapters / "merged"
+    model.save_pretrained(merged)
+    from safetensors.torch import load_file
+
+    tensors = load_file(merged / "model.safetensors")
+    tensors["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, merged / "model.safetensors", metadata={"format": "pt"})
+    said = " ".join(run_cli("scan", str(adapters)).output.split())
+    assert "FAIL" in said and "merged/" in said and "--from auto" not in said, said[-800:]

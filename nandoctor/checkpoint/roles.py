@@ -62,11 +62,12 @@ _MODEL_FILE = re.compile(r"^(pytorch_model|adapter_model|diffusion_pytorch_model
 # Judged as weights (NaN there is NaN in the model that ships), not as trainer state.
 MODEL_STATE_KEYS = frozenset({"average_model_state", "ema_state_dict", "ema_model_state", "shadow_params"})
 # Any key whose words say an averaged copy (``ema``, ``shadow``, ``swa``, ``average(d)``) of a model (``model``,
-# ``weights``, ``params``, ``state``): ``ema_model``, ``ema_weights``, ``ema_params``, ``averaged_model_state``,
+# ``weights``, ``params``, ``state_dict``): ``ema_model``, ``ema_weights``, ``ema_params``, ``averaged_model_state``,
 # ``swa_model`` (an adversarial round: NaN under each passed as trainer state). An ``ema_decay`` or ``ema_loss``
 # stays trainer state.
 _AVERAGED = re.compile(r"(?:^|_)(?:ema|shadow|swa|averaged?)(?:_|$)")
-_OF_A_MODEL = re.compile(r"(?:^|_)(?:model|weights?|params|parameters|state|state_dict)(?:_|$)")
+# ("state" alone is not one: an ema_state is as often the averaging's own bookkeeping, bests at +Inf, a trial's)
+_OF_A_MODEL = re.compile(r"(?:^|_)(?:model|weights?|params|parameters|state_dict)(?:_|$)")
 
 
 def is_model_state(key: str) -> bool:
@@ -215,7 +216,11 @@ def pickle_role(path: list[str], trainer_checkpoint: bool, scalar: bool = False)
         return None
     # (under "callbacks" the next key is the callback's own name, "EMA" among them: its state's keys say what it holds)
     inner = path[2:] if path[0] == "callbacks" else path[1:]
-    if path[0] in TRAINER_KEYS and not any(is_model_state(key) for key in inner):
+    # (a model's averaged copy is a container of tensors, or a flat state dict's dotted names: a key holding one tensor
+    # itself, a trial's per-task loss "ema_weights", is the callback's own number)
+    held_by_model_state = any(is_model_state(key) for key in inner[:-1]) or (
+        bool(inner) and "." in inner[-1] and is_model_state(inner[-1]))
+    if path[0] in TRAINER_KEYS and not held_by_model_state:
         return TRAINER
     return TRAINER if scalar and len(path) == 1 and path[0] not in TRAINER_CHECKPOINT_KEYS else None
 

@@ -350,10 +350,12 @@ class RunReport:
         before the run's first bad one (restore/donors.py applies the same rule). By position, not step:
         the final model may share its step with the newest checkpoint and still comes after it."""
         first_bad, usable = self.first_bad, {id(c) for c in self.resume_points()}
+        bad = [target.report.tensors.refs.names[i] for i in target.report.tensors.unhealthy_rows()] \
+            if target.report is not None else []
         for c in self.checkpoints:
             if c is target or c is first_bad:
                 return False
-            if id(c) in usable:
+            if id(c) in usable and _holds_any(c, bad):
                 return True
         return False
 
@@ -461,6 +463,16 @@ class RunReport:
             return []
         return [c for c in self.checkpoints if c is not decider and c.same_as is None and c.status in (POISONED, DIVERGED)
                 and not c.final and not c.last]
+
+
+def _holds_any(donor: RunCheckpoint, names: list[str]) -> bool:
+    """Whether ``donor`` holds one of the tensors ``names`` (by their last three name parts: a donor's wrapper prefix
+    may differ), or ``names`` is empty: a merged LoRA model saved into a run of adapter checkpoints has no donor in
+    it, and was told to repair with --from auto (a trial), which then found none."""
+    if not names or donor.report is None:
+        return True
+    tail = {".".join(n.split(".")[-3:]) for n in donor.report.tensors.refs.names}
+    return any(".".join(n.split(".")[-3:]) in tail for n in names)
 
 
 def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:
@@ -824,9 +836,22 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
             inner = access.listing(entry)
         except NandoctorError:
             continue
-        if holds_weights(inner):
+        if holds_weights(inner) and _a_model(inner):
             (aside if _set_aside(entry) else out).append(entry)
     return sorted(out), sorted(aside)
+
+
+# What makes a folder a model, not any file of a weight suffix: the config a loader builds it from, or weight files
+# named as the loaders name them (a trial: eval/predictions.pt and eval/metrics.pt decided a run, a sweep_cfg/ with
+# training_args.bin and an opt_backup/ with optimizer.pt failed it INCOMPLETE)
+_MODEL_FILES = re.compile(r"^(?:(?:model|pytorch_model|adapter_model|diffusion_pytorch_model|consolidated)"
+                          r"(?:[-.][\w.-]*)?\.(?:safetensors|bin|pt|pth)|[^/]+\.gguf|[^/]+\.index\.json)$")
+_MODEL_CONFIGS = ("config.json", "adapter_config.json", "model_index.json", "params.json")
+
+
+def _a_model(entries: list[Path]) -> bool:
+    """Whether a folder's ``entries`` make a model a loader would read."""
+    return any(e.name in _MODEL_CONFIGS or _MODEL_FILES.match(e.name) for e in entries)
 
 
 _SET_ASIDE_NAME = re.compile(r"-bad(?:-\d+)?$")  # (hints.put_in_place's names: -bad, or -bad-2 … where taken)
