@@ -1027,81 +1027,84 @@ def scan_run(
     earlier: list[tuple[str, ScanReport]] = []
     first_healthy: list[tuple[str, ScanReport]] = []
     newest_log: TrainLog | None = None  # the last row's log: a final model without its own trainer_state.json has it
-    for row in rows:
-        step, folder = row.step, row.path
-        is_final, is_last = row.kind in ("final", "saved"), row.kind == "last"
-        same = _same_as(row, checkpoints) if lightning and row.kind else None
-        if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
-            original, how = same
-            checkpoints.append(dataclasses.replace(
-                original, path=str(folder), final=is_final, last=is_last, growth=None, same_as=original.name,
-                same_how=how))
-            continue
-        if folder is root:
-            reasons = final_reasons(root)
-        else:
-            reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind)
-        if row.tmp:
-            reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
-        report = None
-        offset = done_before
+    from nandoctor.engine import watch_budget
 
-        def forward(done: int, total: int, file: str, offset: int = offset) -> None:
-            if progress:
-                progress(offset + done, offset + total, file)
+    with watch_budget():  # (one short wait for saves still being written, shared by every row)
+        for row in rows:
+            step, folder = row.step, row.path
+            is_final, is_last = row.kind in ("final", "saved"), row.kind == "last"
+            same = _same_as(row, checkpoints) if lightning and row.kind else None
+            if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
+                original, how = same
+                checkpoints.append(dataclasses.replace(
+                    original, path=str(folder), final=is_final, last=is_last, growth=None, same_as=original.name,
+                    same_how=how))
+                continue
+            if folder is root:
+                reasons = final_reasons(root)
+            else:
+                reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind)
+            if row.tmp:
+                reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
+            report = None
+            offset = done_before
 
-        try:
-            kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
-            if target_dtype is not None:
-                kwargs["target_dtype"] = target_dtype
-            report = scan_checkpoint(folder, **kwargs)
-            done_before += report.bytes_scanned
-        except UnreadablePathError as exc:  # the file system will not show it: this row's problem, not the run's
-            report = unreadable_report(folder, exc)
-        except NandoctorError as exc:
-            if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
-                reasons.append(exc.message)
-        state = folder / TRAINER_STATE
-        log = (read_train_log(state) if os.path.isfile(state)
-               else metrics.train_log(step) if metrics is not None else None)
-        if log is None and is_final:  # (save_model() without save_state(): the newest checkpoint's log runs to the end)
-            log = newest_log
-        elif log is not None:
-            newest_log = log
-        zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
-        if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
-            report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
-        baseline = initial.scales if initial is not None and usable_baseline(initial, log) else healthy
-        if baseline is not None and baseline is not healthy and not from_start:
-            from_start = True
-            notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
-                         "never came down, so no checkpoint is a healthy baseline (the training callback kept those "
-                         f"weights' scales in {BASELINE_NAME})")
-        jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
-        status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
-        if report is not None and status == DIVERGED and report.health != DIVERGED:
-            # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
-            # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
-            grown = verdicts.growth(report, baseline or {})
-            assert grown is not None
-            report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
-                "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
-        checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
-                                   step_known=row.step_known, last=is_last, saved_into=row.kind == "saved")
-        scales = {} if report is None else verdicts.tensor_scales(report)
-        if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
-            since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, baseline or {})
-            checkpoint = dataclasses.replace(
-                checkpoint, growth=since_previous.factor if since_previous else None,
-                baseline_growth=since_healthy.factor if since_healthy else None)
-            previous = scales
-        if report is not None:
-            earlier = [(checkpoint.name, report), *(h for h in first_healthy if h[1] is not report)]
-        if status in HEALTHY_STATUSES and scales and healthy is None:
-            healthy = scales  # the rule's baseline: the run's first healthy checkpoint
-        if status in HEALTHY_STATUSES and report is not None and not first_healthy:
-            first_healthy = earlier[:1]  # (also where a kept baseline stands for a checkpoint rotated away)
-        checkpoints.append(checkpoint)
+            def forward(done: int, total: int, file: str, offset: int = offset) -> None:
+                if progress:
+                    progress(offset + done, offset + total, file)
+
+            try:
+                kwargs: dict[str, Any] = {"device": device, "progress": forward, "both_formats": both_formats}
+                if target_dtype is not None:
+                    kwargs["target_dtype"] = target_dtype
+                report = scan_checkpoint(folder, **kwargs)
+                done_before += report.bytes_scanned
+            except UnreadablePathError as exc:  # the file system will not show it: this row's problem, not the run's
+                report = unreadable_report(folder, exc)
+            except NandoctorError as exc:
+                if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
+                    reasons.append(exc.message)
+            state = folder / TRAINER_STATE
+            log = (read_train_log(state) if os.path.isfile(state)
+                   else metrics.train_log(step) if metrics is not None else None)
+            if log is None and is_final:  # (save_model() without save_state(): the newest checkpoint's log runs to the end)
+                log = newest_log
+            elif log is not None:
+                newest_log = log
+            zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
+            if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
+                report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
+            baseline = initial.scales if initial is not None and usable_baseline(initial, log) else healthy
+            if baseline is not None and baseline is not healthy and not from_start:
+                from_start = True
+                notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
+                             "never came down, so no checkpoint is a healthy baseline (the training callback kept those "
+                             f"weights' scales in {BASELINE_NAME})")
+            jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
+            status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
+            if report is not None and status == DIVERGED and report.health != DIVERGED:
+                # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
+                # standalone scan's run context does, so its verdict, exit code and --quiet line say so too
+                grown = verdicts.growth(report, baseline or {})
+                assert grown is not None
+                report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
+                    "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
+            checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
+                                       step_known=row.step_known, last=is_last, saved_into=row.kind == "saved")
+            scales = {} if report is None else verdicts.tensor_scales(report)
+            if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
+                since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, baseline or {})
+                checkpoint = dataclasses.replace(
+                    checkpoint, growth=since_previous.factor if since_previous else None,
+                    baseline_growth=since_healthy.factor if since_healthy else None)
+                previous = scales
+            if report is not None:
+                earlier = [(checkpoint.name, report), *(h for h in first_healthy if h[1] is not report)]
+            if status in HEALTHY_STATUSES and scales and healthy is None:
+                healthy = scales  # the rule's baseline: the run's first healthy checkpoint
+            if status in HEALTHY_STATUSES and report is not None and not first_healthy:
+                first_healthy = earlier[:1]  # (also where a kept baseline stands for a checkpoint rotated away)
+            checkpoints.append(checkpoint)
 
     notes += _missing_files(checkpoints)
     checkpoints = renamed_tensors(checkpoints)

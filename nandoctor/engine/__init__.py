@@ -11,6 +11,7 @@ both readers and kernels.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import gc
 import os
@@ -223,8 +224,19 @@ def assemble(
 
 RECENT_WRITE_S = 120  # a file changed this recently may be a save still being written
 WATCH_S = 0.2  # how long such a file is watched for growth
-WATCH_BUDGET_S = 1.0  # a process waits this long in all (a review: a run of 20 such saves waited 20 times)
-_watched_s = 0.0
+# A run scan waits this long in all (a review: a run of 20 such saves waited 20 times); a scan on its own waits once
+WATCH_BUDGET_S = 1.0
+_watch_left: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("nandoctor_watch_left", default=None)
+
+
+@contextlib.contextmanager
+def watch_budget() -> Iterator[None]:
+    """Share one WATCH_BUDGET_S among the scans made inside (a run's checkpoints: checkpoint/runs.py)."""
+    token = _watch_left.set([WATCH_BUDGET_S])
+    try:
+        yield
+    finally:
+        _watch_left.reset(token)
 
 
 def being_written(problems: list[ScanProblem]) -> list[ScanProblem]:
@@ -242,11 +254,12 @@ def being_written(problems: list[ScanProblem]) -> list[ScanProblem]:
                 continue
             if now - found.st_mtime < RECENT_WRITE_S:
                 before[problem.path] = (found.st_size, found.st_mtime_ns)
-    global _watched_s
-    if not before or _watched_s >= WATCH_BUDGET_S:  # (a run of many recent unreadable saves: one wait or two in all)
+    left = _watch_left.get()
+    if not before or (left is not None and left[0] < WATCH_S):  # (a run of many recent unreadable saves: a few waits)
         return problems
     time.sleep(WATCH_S)
-    _watched_s += WATCH_S
+    if left is not None:
+        left[0] -= WATCH_S
     growing = set()
     for path, seen in before.items():
         with contextlib.suppress(OSError, ValueError):
