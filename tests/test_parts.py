@@ -316,3 +316,15 @@ def test_merge_refuses_parts_that_lost_tensors(checkpoint: Path, tmp_path: Path)
     merged = run_cli("merge", *map(str, files))
     assert merged.exit_code == 3 and "a part file is incomplete or was edited" in merged.output
     assert f"no result for {len(dropped)} tensor(s) ({sorted(dropped)[0]!r}" in merged.output
+
+
+def test_distributed_without_torch_says_what_to_do(checkpoint: Path, monkeypatch) -> None:
+    """A fresh user's trial: `srun nandoctor scan … --distributed` in a scan-only install (no torch) was "internal
+    error: ModuleNotFoundError … report it as a nandoctor bug". It says torch is needed, and the way without it."""
+    monkeypatch.setitem(sys.modules, "torch.distributed", None)  # (an import of it raises ImportError, as without torch)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    result = run_cli("scan", str(checkpoint), "--distributed", "--json")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 3 and "--distributed needs torch" in said and "internal error" not in said, said
+    assert "--part I/N --json" in said

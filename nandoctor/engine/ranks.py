@@ -74,7 +74,15 @@ def distributed_scan(path: str, options: Options, *, device: str, rank_timeout: 
     leave only then: torchrun stops every rank once one exits non-zero, and a rank that left with exit 1 before
     rank 0 had printed took the report with it (a test saw no output at all)."""
     rank, world = _environment()
-    import torch.distributed as dist  # only here: the scan itself never imports torch
+    try:
+        import torch.distributed as dist  # only here: the scan itself never imports torch
+    except ImportError:  # (a scan-only install under srun: a fresh user's "internal error")
+        raise DistributedSetupError(
+            f"rank {rank}: --distributed needs torch (its torch.distributed store carries the ranks' parts), and torch "
+            "is not installed here",
+            "install torch (pip install torch), or split the scan without it: nandoctor scan PATH --part I/N --json "
+            "on each node, then nandoctor merge part-*.json",
+        ) from None
 
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
