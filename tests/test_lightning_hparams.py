@@ -20,14 +20,16 @@ pytestmark = pytest.mark.integration
 
 
 class Normed(L.LightningModule):
-    def __init__(self, hidden: int = 8, eps: float = 1e-5, limit: float = math.inf, fill_value: float = 0.0):
+    def __init__(self, hidden: int = 8, eps: float = 1e-5, limit: float = math.inf, fill_value: float = 0.0,
+                 scale: float = 1.0, multiplier: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.lin = torch.nn.Linear(hidden, hidden)
         self.norm = torch.nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x):
-        return self.norm(self.lin(x)).clamp(max=self.hparams.limit)
+        out = self.norm(self.lin(x)) * self.hparams.scale * self.hparams.multiplier
+        return out.clamp(max=self.hparams.limit)
 
     def training_step(self, batch, _):
         return self(batch).square().mean()
@@ -48,6 +50,20 @@ def _forward_finite(path) -> bool:
     model = Normed.load_from_checkpoint(path)
     with torch.no_grad():
         return bool(torch.isfinite(model(torch.randn(2, 8))).all())
+
+
+@pytest.mark.parametrize("hyper, said", [({"multiplier": float("nan")}, "hyper_parameters.multiplier is NaN"),
+                                         ({"scale": float("inf")}, "hyper_parameters.scale is inf"),
+                                         ({"eps": -1.0}, "hyper_parameters.eps is -1 (a norm's epsilon")])
+def test_other_harmful_hyperparameters_are_bad_config(tmp_path, hyper, said):
+    """An adversarial round: multiplier = nan, scale = inf and eps = -1 passed CLEAN while the module built from them
+    computed NaN; an infinite epsilon (the norm's output 0, finite) is left alone, as in config.json."""
+    bad = _saved(tmp_path / "bad.ckpt", **hyper)
+    assert not _forward_finite(bad)  # the oracle
+    report = nandoctor.scan(bad, device="cpu")
+    assert report.exit_code == 3 and report.errors[0].message.startswith(said), report.errors
+    infinite_eps = _saved(tmp_path / "eps.ckpt", eps=math.inf)
+    assert _forward_finite(infinite_eps) and nandoctor.scan(infinite_eps, device="cpu").exit_code == 0
 
 
 def test_a_nan_hyperparameter_is_bad_config_and_an_infinite_bound_is_not(tmp_path):

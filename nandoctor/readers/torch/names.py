@@ -27,7 +27,7 @@ from nandoctor.checkpoint.roles import (
     is_trainer_checkpoint,
     pickle_role,
 )
-from nandoctor.model import CONFIG_KIND, ScanProblem
+from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, ScanProblem
 from nandoctor.readers.torch import numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
@@ -55,36 +55,54 @@ SCHEDULER_RATE_KEYS = frozenset({"base_lrs", "_last_lr", "max_lrs", "min_lrs"})
 
 
 # A trainer checkpoint's saved constructor arguments of the model: Lightning's load_from_checkpoint builds the module
-# from them (the datamodule's are no model's: a review's fill_value = nan there was a missing-value marker). A NaN
-# among the settings arithmetic reads (an epsilon, a scale, a rate) makes the model that loads compute NaN; a NaN
-# elsewhere may be a marker by design, and is left alone.
+# from them (the datamodule's build no model: a review's fill_value = nan there was a missing-value marker).
 HYPERPARAMETER_KEYS = frozenset({"hyper_parameters", "hparams"})
-_ARITHMETIC_WORDS = frozenset({"eps", "epsilon", "lr", "rate", "scale", "scaling", "temperature", "std", "momentum",
-                               "dropout", "alpha", "beta", "gamma", "decay", "factor", "theta", "base", "norm", "clip",
-                               "softcap", "softcapping", "init", "weight", "margin", "smoothing"})
+# Words of a setting that arithmetic reads: an infinite one is as bad as NaN there (x * inf, x / inf), a NaN is bad
+# anywhere but in a sentinel's name (_SENTINEL_WORDS)
+_ARITHMETIC_WORDS = frozenset({"eps", "epsilon", "lr", "rate", "scale", "scaling", "temperature", "temp", "tau", "std",
+                               "momentum", "dropout", "alpha", "beta", "gamma", "decay", "factor", "theta", "base",
+                               "norm", "clip", "softcap", "softcapping", "init", "weight", "margin", "smoothing",
+                               "multiplier", "mult", "coef", "coeff", "lambda", "lambd", "sigma", "mu", "gain", "bias"})
+_SENTINEL_WORDS = frozenset({"fill", "pad", "padding", "missing", "nan", "ignore", "mask", "sentinel", "null", "na",
+                             "placeholder", "invalid", "empty", "default"})
+_EPSILON_WORDS = frozenset({"eps", "epsilon"})
 
 
-def arithmetic_setting(key: str) -> bool:
-    """Whether a hyperparameter's name says the model computes with it (``eps``, ``layer_norm_eps``, ``init_std``,
-    ``dropout_rate``; ``beta1``): a word of its snake_case or camelCase parts, trailing digits aside."""
-    words = re.findall(r"[a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", key).lower())
-    return any(word in _ARITHMETIC_WORDS for word in words)
+def _words(key: str) -> set[str]:
+    """A hyperparameter name's words, snake_case or camelCase, digits aside (``beta1``: beta; ``initStd``: init, std)."""
+    return set(re.findall(r"[a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", key).lower()))
 
 
-def hyperparameter_problems(path: str, names: list[str]) -> list[ScanProblem]:
-    """BAD CONFIG for the NaN hyperparameters ``names`` of the trainer checkpoint at ``path`` (an adversarial round: a
-    LightningModule saved with ``eps = nan`` loaded, built LayerNorm(eps=nan), and every output was NaN, while its
-    scan passed CLEAN: a config.json's NaN was BAD CONFIG, this one not read)."""
-    if not names:
+def harmful_setting(key: str, value: float) -> str | None:
+    """What a saved hyperparameter ``value`` under ``key`` does to the model built from it, if harm: a NaN (but in a
+    sentinel's name: a fill or pad value), an infinite value where arithmetic reads it, a norm's epsilon at or below
+    -1e-3 (the square root of a negative mean square); None otherwise."""
+    words = _words(key)
+    if math.isnan(value):
+        return None if words & _SENTINEL_WORDS else "NaN"
+    if math.isinf(value):  # (an infinite epsilon makes a norm's output 0, finite: config.json's rule leaves it too)
+        bad = words & _ARITHMETIC_WORDS and not words & (_SENTINEL_WORDS | _EPSILON_WORDS)
+        return f"{value}" if bad else None
+    if words & _EPSILON_WORDS and value <= EPS_HARMFUL:  # (as config.json's epsilons are judged)
+        return f"{value:g} (a norm's epsilon: the square root of a negative mean square is NaN)"
+    return None
+
+
+def hyperparameter_problems(path: str, found: list[tuple[str, str]]) -> list[ScanProblem]:
+    """BAD CONFIG for the saved hyperparameters ``found`` ((name, what it is)) of the trainer checkpoint at ``path``
+    (an adversarial round: a LightningModule saved with ``eps = nan`` loaded, built LayerNorm(eps=nan), and every
+    output was NaN, while its scan passed CLEAN; so did multiplier = nan, scale = inf and eps = -1)."""
+    if not found:
         return []
     from nandoctor.wording import first_few
 
+    said = [f"{name} is {what}" for name, what in found]
     return [ScanProblem(
-        path, f"{first_few(names, 3)} {'is' if len(names) == 1 else 'are'} NaN: load_from_checkpoint builds the model "
-        "from these saved hyperparameters as written (cls(**hyper_parameters)), and every value computed from a NaN "
-        "setting is NaN", "write the values the model was trained with into the checkpoint's hyper_parameters "
-        "(torch.load it, set them, torch.save it), or pass them to load_from_checkpoint as keyword arguments, which "
-        "override the saved ones", kind=CONFIG_KIND)]
+        path, f"{first_few(said, 3)}: load_from_checkpoint builds the model from these saved hyperparameters as "
+        "written (cls(**hyper_parameters)), and what it computes from them is NaN or Inf",
+        "write the values the model was trained with into the checkpoint's hyper_parameters (torch.load it, set them, "
+        "torch.save it), or pass them to load_from_checkpoint as keyword arguments, which override the saved ones",
+        kind=CONFIG_KIND)]
 
 
 def is_rate_path(path: list[str]) -> bool:
@@ -157,7 +175,7 @@ class Walk:
     group_floats: list[tuple[str, float]] = field(default_factory=list)
     # NaN Python floats of a trainer checkpoint's saved hyperparameters (Lightning's hyper_parameters): the module
     # load_from_checkpoint builds from them (cls(**hyper_parameters)) computes NaN (hyperparameter_problems)
-    hyper_floats: list[str] = field(default_factory=list)
+    hyper_floats: list[tuple[str, str]] = field(default_factory=list)  # (name, what it is: "NaN", "inf", …)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
@@ -249,7 +267,33 @@ def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
         for key, members in out._nested_scalars.items():
             if key not in MODEL_CONTAINER_KEYS and not is_model_state(key) and all(one for _, one in members):
                 out.trainer.update(name for name, _ in members if name not in out.optimizer)
+    if out._trainer_checkpoint and out.trainer:
+        out.trainer -= _copies_of_the_model(out, prefix)
     return out
+
+
+def _copies_of_the_model(out: Walk, prefix: str) -> set[str]:
+    """The tensors of trainer state that are a copy of the model's weights, whatever their callback calls them
+    (``callbacks.EMA.ema_module.l2.weight``, a teacher's, an ``avg_model``'s): a name that ends with a weight's name
+    under a model container (``state_dict.l2.weight``), in a container holding at least two such copies. An EMA or
+    teacher copy is swapped into the model or evaluated; NaN there is NaN in a model (an adversarial round: six key
+    spellings passed as trainer state)."""
+    start = 1 if prefix else 0
+    model: set[str] = set()
+    for named in out.tensors:
+        parts = named.name.split(".")
+        if len(parts) > start + 1 and parts[start] in MODEL_CONTAINER_KEYS and named.name not in out.trainer:
+            model.add(".".join(parts[start + 1:]))
+    if not model:
+        return set()
+    copies: dict[str, set[str]] = {}  # container of the copies → their names
+    for name in out.trainer:
+        parts = name.split(".")
+        for i in range(start + 1, len(parts) - 1):
+            if ".".join(parts[i:]) in model:
+                copies.setdefault(".".join(parts[:i]), set()).add(name)
+                break
+    return {name for names in copies.values() if len(names) >= 2 for name in names}
 
 
 def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> None:
@@ -291,9 +335,9 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
                 [*out._groups, *path], value, bool(within & _IN_SCHEDULER)):
             out.group_floats.append((".".join(path), value))
-        elif (value.__class__ is float and math.isnan(value) and out._trainer_checkpoint and 0 <= out._top < len(path)
-              and path[out._top] in HYPERPARAMETER_KEYS and arithmetic_setting(path[-1])):
-            out.hyper_floats.append(".".join(path))
+        elif (isinstance(value, float) and out._trainer_checkpoint and 0 <= out._top < len(path) - 1
+              and path[out._top] in HYPERPARAMETER_KEYS and (harm := harmful_setting(path[-1], value)) is not None):
+            out.hyper_floats.append((".".join(path), harm))
         return
     out._nodes += 1
     if out._nodes > MAX_NODES:
