@@ -46,6 +46,16 @@ def test_a_model_saved_into_the_run_decides_and_its_repair_put_in_place_passes(t
     save_file(tensors, weights, metadata={"format": "pt"})
     loaded, _ = load(run / "final")  # the oracle: every value of the weight NaN as loaded
     assert bool(torch.isnan(loaded.get_parameter(POISONED)).all())
+    # (an adversarial round: final/ older than the checkpoints by its file times, as a copy in name order, a rotation
+    # or an optimizer.pt deleted to free disk leave it, was taken for a model the run started from and passed) it
+    # decides whatever the times, beside the run's own newest checkpoint, and is no resume point
+    import os
+
+    for file in (run / "final").iterdir():
+        os.utime(file, (1e9, 1e9))
+    os.utime(run / "final", (1e9, 1e9))
+    aged = nandoctor.scan_run(str(run), device="cpu")
+    assert aged.exit_code() == 1 and aged.decider().name == "final/" and aged.last_healthy.name == "checkpoint-20"
 
     result = run_cli("scan", str(run), "--json")
     data = json.loads(result.output)
@@ -105,3 +115,38 @@ def test_only_a_model_saved_into_a_run_decides_and_a_merged_model_is_not_told_to
     save_file(tensors, merged / "model.safetensors", metadata={"format": "pt"})
     said = " ".join(run_cli("scan", str(adapters)).output.split())
     assert "FAIL" in said and "merged/" in said and "--from auto" not in said, said[-800:]
+
+
+def test_a_model_saved_into_a_lightning_run_decides_too(tmp_path):
+    """An adversarial round: a Lightning run's checkpoints/ folder holding an HF model saved beside the step files
+    (checkpoints/hf_final/ with NaN) passed CLEAN, never read: a Lightning run's saved models are rows too."""
+    from safetensors.torch import load_file, save_file
+
+    L = pytest.importorskip("lightning")
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def training_step(self, batch, _):
+            return self.lin(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folder = tmp_path / "checkpoints"
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=2, save_top_k=-1)])
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(16, 4), batch_size=4))
+    assert nandoctor.scan_run(str(folder), device="cpu").exit_code() == 0
+    model = tiny_llama()
+    model.save_pretrained(folder / "hf_final")
+    tensors = load_file(folder / "hf_final" / "model.safetensors")
+    tensors[POISONED][0, 0] = float("nan")
+    save_file(tensors, folder / "hf_final" / "model.safetensors", metadata={"format": "pt"})
+    run = nandoctor.scan_run(str(folder), device="cpu")
+    assert run.exit_code() == 1 and run.decider().name == "hf_final/"
+

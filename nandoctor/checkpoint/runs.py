@@ -308,8 +308,9 @@ class RunReport:
         donors (those before the first bad one: restore/donors.py). ``broken``: the run is known to be broken
         beyond what it holds (a repair's target, left out of its scan), so the loss jump counts anyway."""
         limit = self._loss_broke_from(broken or self.first_bad is not None)
+        # (a model saved into a folder of the run is no resume point: a base or a merged model, no training state)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
-                and (limit is None or not c.step_known or c.step < limit)]
+                and not c.saved_into and (limit is None or not c.step_known or c.step < limit)]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
@@ -380,9 +381,13 @@ class RunReport:
         counts (a Lightning callback's ``nandoctor-stopped-step=N.ckpt`` after a clean ``last.ckpt`` passed the
         gate). Written before them (a run resumed from ``last.ckpt`` into the same folder: the abandoned attempt's
         later steps) they do not."""
-        loaded = [i for i, c in enumerate(self.checkpoints) if c.final or c.last]
+        # (a model saved into a folder of the run decides beside them, never in their place: file times say nothing
+        # of when it was saved against the checkpoints, a copy, a deleted optimizer.pt or a rotation moves them)
+        saved = tuple(c for c in self.checkpoints if c.saved_into)
+        loaded = [i for i, c in enumerate(self.checkpoints) if (c.final and not c.saved_into) or c.last]
         if not loaded:
-            return (self.checkpoints[-1],) if self.checkpoints else ()
+            saves = [c for c in self.checkpoints if not c.saved_into]
+            return (*saved, *saves[-1:])  # (first: of equal verdicts the run's own newest row is named)
         since = max(_row_written(self.checkpoints[i]) for i in loaded)
         # (saves written after them that are newer than every save written before: a run that went on after
         # save_model(), whose checkpoint-35 is still being written, decided nothing, the final model's folder time
@@ -393,7 +398,7 @@ class RunReport:
         # (no save written before the loaded ones: their order in time says nothing, a copy or a download that wrote
         # the top-level files first; the loaded rows decide alone, as before)
         later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before) if newest_before >= 0 else ()
-        return (*(self.checkpoints[i] for i in loaded), *later)
+        return (*saved, *(self.checkpoints[i] for i in loaded), *later)
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
         """The deciding row whose exit code is the run's: the worst of them; of equals, the newest."""
@@ -829,7 +834,7 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
     out: list[Path] = []
     aside: list[Path] = []
     for entry in entries:
-        if (entry.name.startswith((".", "checkpoint-")) or _TMP_CHECKPOINT.match(entry.name)
+        if (entry.name.startswith((".", "checkpoint-")) or entry.name.endswith(".ckpt") or _TMP_CHECKPOINT.match(entry.name)
                 or step_of(entry) is not None or not access.is_dir(entry, refused=False)):
             continue
         try:
@@ -956,12 +961,7 @@ def scan_run(
     newest_step = rows[-1].step if rows else 0
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
-    saved, set_aside = models_saved_into(entries) if not lightning else ([], [])
-    # (a model folder written before the run's first checkpoint is an input, the weights it started from: no save of
-    # the run, no resume point; a review's base/ decided the run and was named its last healthy checkpoint)
-    first_save = min((_written(str(r.path)) for r in rows), default=float("inf"))
-    inputs = [folder for folder in saved if _weights_written(folder) < first_save]
-    saved = [folder for folder in saved if folder not in inputs]
+    saved, set_aside = models_saved_into(entries)
     if below_step is None:
         for folder in saved:
             at = final_step(folder)
@@ -987,10 +987,6 @@ def scan_run(
             if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
         named = "checkpoint-<step>"
-    if inputs:
-        notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in inputs[:5])}"
-                     f"{' …' if len(inputs) > 5 else ''} (written before the run's first checkpoint: a model it "
-                     "started from, not a save of it); scan them on their own")
     if set_aside:
         notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in set_aside[:5])}"
                      f"{' …' if len(set_aside) > 5 else ''} (a model moved aside as bad, or a repair not yet put in "
