@@ -77,3 +77,14 @@ def test_a_nan_hyperparameter_is_bad_config_and_an_infinite_bound_is_not(tmp_pat
     # a NaN no arithmetic reads (a missing-value marker: a review's datamodule fill_value) is left alone
     marker = _saved(tmp_path / "marker.ckpt", fill_value=float("nan"))
     assert _forward_finite(marker) and nandoctor.scan(marker, device="cpu").exit_code == 0
+
+
+def test_an_infinite_bound_or_switch_is_no_harm():
+    """Infinity is the usual "off" of a bound (max_grad_norm, gradient_clip_val, an early-stop threshold): left alone
+    where a scale or a temperature of Infinity is harm."""
+    from nandoctor.readers.torch.names import harmful_setting
+
+    for key in ("max_grad_norm", "gradient_clip_val", "early_stop_threshold", "limit"):
+        assert harmful_setting(key, math.inf) is None, key
+    assert harmful_setting("scale", math.inf) == "inf" and harmful_setting("temperature", -math.inf) == "-inf"
+

@@ -66,6 +66,10 @@ _ARITHMETIC_WORDS = frozenset({"eps", "epsilon", "lr", "rate", "scale", "scaling
 _SENTINEL_WORDS = frozenset({"fill", "pad", "padding", "missing", "nan", "ignore", "mask", "sentinel", "null", "na",
                              "placeholder", "invalid", "empty", "default"})
 _EPSILON_WORDS = frozenset({"eps", "epsilon"})
+# Words of a bound or a switch, where Infinity is the usual "off": max_grad_norm = inf, gradient_clip_val = inf,
+# early_stop_threshold = inf
+_BOUND_WORDS = frozenset({"max", "min", "limit", "clip", "clipping", "threshold", "cap", "upper", "lower", "bound",
+                          "patience", "grad", "gradient", "stop", "tol", "tolerance"})
 
 
 def _words(key: str) -> set[str]:
@@ -81,7 +85,7 @@ def harmful_setting(key: str, value: float) -> str | None:
     if math.isnan(value):
         return None if words & _SENTINEL_WORDS else "NaN"
     if math.isinf(value):  # (an infinite epsilon makes a norm's output 0, finite: config.json's rule leaves it too)
-        bad = words & _ARITHMETIC_WORDS and not words & (_SENTINEL_WORDS | _EPSILON_WORDS)
+        bad = words & _ARITHMETIC_WORDS and not words & (_SENTINEL_WORDS | _EPSILON_WORDS | _BOUND_WORDS)
         return f"{value}" if bad else None
     if words & _EPSILON_WORDS and value <= EPS_HARMFUL:  # (as config.json's epsilons are judged)
         return f"{value:g} (a norm's epsilon: the square root of a negative mean square is NaN)"
