@@ -91,11 +91,15 @@ def test_a_poisoned_final_model_fails_the_run_and_repairs_from_the_checkpoints(r
     text = run("scan", str(run_dir)).output
     assert f"nandoctor repair {run_dir} --from auto" in text
 
+    shutil.copytree(run_dir / "checkpoint-4", run_dir / "best_model")  # (save_model into the run: its own row)
+    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_state.pth"):
+        (run_dir / "best_model" / name).unlink(missing_ok=True)
     fixed = tmp_path / "fixed"
     repaired = run("repair", str(run_dir), "--from", "auto", "--out", str(fixed))
     assert repaired.exit_code == 0, repaired.output
     assert "checkpoint-4" in repaired.output  # the donor: the newest healthy checkpoint
     assert not any(p.name.startswith("checkpoint-") for p in fixed.iterdir())  # the model, not the run
+    assert not (fixed / "best_model").exists()  # (a model saved into the run is no file of the final model: a review)
     assert run("scan", str(fixed)).exit_code == 0
     # the next step is a command (a new user's trial: "copy its files over those at the top" was prose): pasted, the
     # patched file replaces the bad one, kept as .bad, and the run passes

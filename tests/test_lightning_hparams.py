@@ -88,3 +88,14 @@ def test_an_infinite_bound_or_switch_is_no_harm():
         assert harmful_setting(key, math.inf) is None, key
     assert harmful_setting("scale", math.inf) == "inf" and harmful_setting("temperature", -math.inf) == "-inf"
 
+
+def test_settings_no_arithmetic_reads_are_no_harm():
+    """A review: lr_decay_steps = inf ("never"), a pretrained_path of NaN (a sweep table's empty cell), log_eps = -8
+    (the epsilon is 10**log_eps), an exploration epsilon_greedy were BAD CONFIG; the model built computed nothing NaN."""
+    from nandoctor.readers.torch.names import harmful_setting
+
+    for key, value in (("lr_decay_steps", math.inf), ("pretrained_path", math.nan), ("log_eps", -8.0),
+                       ("epsilon_greedy", -1.0), ("eps_clip", -1.0), ("seed", math.nan), ("best_val_acc", math.nan)):
+        assert harmful_setting(key, value) is None, key
+    assert harmful_setting("layer_norm_eps", -1.0) is not None and harmful_setting("tau", math.nan) == "NaN"
+

@@ -64,6 +64,8 @@ def test_a_model_saved_into_the_run_decides_and_its_repair_put_in_place_passes(t
     final = data["run"]["checkpoints"][-1]
     assert final["final"] is True and final["status"] == "poisoned"
     said = run_cli("scan", str(run)).output
+    # (a review: the closing line said "saved after the final model … the run went on past what would be loaded")
+    assert "final/, a model saved into the run, decides the exit code beside its checkpoints" in " ".join(said.split())
     command = next(line.strip() for line in said.splitlines() if line.strip().startswith("nandoctor repair"))
     assert command == f"nandoctor repair {run / 'final'} --from auto --out {run / 'final-repaired'}"
     done = subprocess.run([sys.executable, "-m", "nandoctor", *command.split()[1:]], capture_output=True, text=True)

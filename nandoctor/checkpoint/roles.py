@@ -65,9 +65,9 @@ MODEL_STATE_KEYS = frozenset({"average_model_state", "ema_state_dict", "ema_mode
 # ``weights``, ``params``, ``state_dict``): ``ema_model``, ``ema_weights``, ``ema_params``, ``averaged_model_state``,
 # ``swa_model`` (an adversarial round: NaN under each passed as trainer state). An ``ema_decay`` or ``ema_loss``
 # stays trainer state.
-_AVERAGED = re.compile(r"(?:^|_)(?:ema|shadow|swa|averaged?)(?:_|$)")
+_AVERAGED = re.compile(r"(?:^|_)(?:ema|shadow|swa|averaged?|avg|teacher)(?:_|$)")
 # ("state" alone is not one: an ema_state is as often the averaging's own bookkeeping, bests at +Inf, a trial's)
-_OF_A_MODEL = re.compile(r"(?:^|_)(?:model|weights?|params|parameters|state_dict)(?:_|$)")
+_OF_A_MODEL = re.compile(r"(?:^|_)(?:model|weights?|params|parameters|state_dict|module|net|network|teacher)(?:_|$)")
 
 
 def is_model_state(key: str) -> bool:
@@ -77,7 +77,7 @@ def is_model_state(key: str) -> bool:
     if key in MODEL_STATE_KEYS:
         return True
     lowered = key.partition(".")[0].lower()
-    if lowered in ("ema", "shadow", "swa"):
+    if lowered in ("ema", "shadow", "swa", "teacher"):
         return True
     return _AVERAGED.search(lowered) is not None and _OF_A_MODEL.search(lowered) is not None
 

@@ -561,11 +561,14 @@ def run_folder_error(folder: Path, hint: Callable[[str], str], what: str = ", no
 
 
 def timeline_folders(root: Path) -> list[Path]:
-    """The ``checkpoint-N`` and ``tmp-checkpoint-N`` folders of a run folder: its timeline's rows
-    (a repair of its final model leaves them out of the copy)."""
+    """The ``checkpoint-N`` and ``tmp-checkpoint-N`` folders of a run folder, and the models saved into it (set aside
+    or not: ``final/``, ``final-bad/``, a repair not yet in place): its timeline's rows and what lies beside them (a
+    repair of its final model leaves them out of the copy; a review's copied a poisoned final/ into --out)."""
+    entries = access.listing(root)
+    saved, set_aside = models_saved_into(entries)
     return [p for _, p in checkpoints_in(root)] + [
-        e for e in access.listing(root) if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
-    ]
+        e for e in entries if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
+    ] + saved + set_aside
 
 
 def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:

@@ -141,9 +141,12 @@ def same_words(c: RunCheckpoint) -> str:
 
 def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     """Which rows decide the run's exit code, in words (docs/cli.md)."""
-    final = any(c.final for c in run.checkpoints)
+    if decider.saved_into:  # (a model saved into a folder of the run: it decides beside the others)
+        return f"{decider.name}, a model saved into the run, decides the exit code beside its checkpoints"
+    final = any(c.final and not c.saved_into for c in run.checkpoints)
     last = next((c for c in run.checkpoints if c.last), None)
-    if (final or last is not None) and not (decider.final or decider.last):  # a save after them (RunReport.deciding)
+    if (final or last is not None) and not (decider.final or decider.last) and _after_loaded(run, decider):
+        # (a save after them: RunReport.deciding)
         loaded = "the final model" if last is None else last.name if not final else f"the final model and {last.name}"
         return f"{decider.name}, saved after {loaded}, decides the exit code: the run went on past what would be loaded"
     if final and last is not None:
@@ -151,6 +154,13 @@ def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     if last is not None:
         return f"{last.name}, what ckpt_path=\"last\" resumes, decides the exit code"
     return "the final model decides the exit code" if decider.final else "the newest checkpoint decides the exit code"
+
+
+def _after_loaded(run: RunReport, decider: RunCheckpoint) -> bool:
+    """Whether ``decider`` decides as a save made after the final model or last.ckpt (RunReport.deciding), not as the
+    run's newest checkpoint beside a model saved into it."""
+    loaded = [c for c in run.deciding if (c.final and not c.saved_into) or c.last]
+    return bool(loaded) and decider not in loaded
 
 
 def _details(run: RunReport, console: Console) -> None:

@@ -69,12 +69,16 @@ _EPSILON_WORDS = frozenset({"eps", "epsilon"})
 # Words of a bound or a switch, where Infinity is the usual "off": max_grad_norm = inf, gradient_clip_val = inf,
 # early_stop_threshold = inf
 _BOUND_WORDS = frozenset({"max", "min", "limit", "clip", "clipping", "threshold", "cap", "upper", "lower", "bound",
-                          "patience", "grad", "gradient", "stop", "tol", "tolerance"})
+                          "patience", "grad", "gradient", "stop", "tol", "tolerance",
+                          # (a schedule's point: lr_decay_steps = inf, "never")
+                          "step", "steps", "epoch", "epochs", "every", "start", "until", "end", "after", "interval",
+                          "freq", "frequency", "warmup", "iter", "iters", "period", "count", "num", "best", "seed"})
+_NOT_A_NORM_EPSILON = frozenset({"log", "exponent", "exp", "decay", "greedy", "clip", "schedule", "min", "max"})
 
 
 def _words(key: str) -> set[str]:
     """A hyperparameter name's words, snake_case or camelCase, digits aside (``beta1``: beta; ``initStd``: init, std)."""
-    return set(re.findall(r"[a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", key).lower()))
+    return set(_words_in_order(key))
 
 
 def harmful_setting(key: str, value: float) -> str | None:
@@ -82,14 +86,25 @@ def harmful_setting(key: str, value: float) -> str | None:
     sentinel's name: a fill or pad value), an infinite value where arithmetic reads it, a norm's epsilon at or below
     -1e-3 (the square root of a negative mean square); None otherwise."""
     words = _words(key)
-    if math.isnan(value):
-        return None if words & _SENTINEL_WORDS else "NaN"
+    if math.isnan(value):  # (where arithmetic reads it: a NaN path or seed is a pandas sweep table's empty cell)
+        return "NaN" if words & _ARITHMETIC_WORDS and not words & (_SENTINEL_WORDS | _BOUND_WORDS) else None
     if math.isinf(value):  # (an infinite epsilon makes a norm's output 0, finite: config.json's rule leaves it too)
         bad = words & _ARITHMETIC_WORDS and not words & (_SENTINEL_WORDS | _EPSILON_WORDS | _BOUND_WORDS)
         return f"{value}" if bad else None
-    if words & _EPSILON_WORDS and value <= EPS_HARMFUL:  # (as config.json's epsilons are judged)
+    if _norm_epsilon(key, words) and value <= EPS_HARMFUL:  # (as config.json's epsilons are judged)
         return f"{value:g} (a norm's epsilon: the square root of a negative mean square is NaN)"
     return None
+
+
+def _norm_epsilon(key: str, words: set[str]) -> bool:
+    """A name that is a norm's epsilon (``eps``, ``layer_norm_eps``, ``rms_eps``), not a log or an exponent of one,
+    nor an exploration or clipping epsilon (``log_eps``, ``eps_exponent``, ``epsilon_greedy``, ``eps_clip``)."""
+    last = _words_in_order(key)[-1:]
+    return bool(last) and last[0] in _EPSILON_WORDS and not words & _NOT_A_NORM_EPSILON
+
+
+def _words_in_order(key: str) -> list[str]:
+    return re.findall(r"[a-z]+", re.sub(r"(?<=[a-z])(?=[A-Z])", "_", key).lower())
 
 
 def hyperparameter_problems(path: str, found: list[tuple[str, str]]) -> list[ScanProblem]:
@@ -271,33 +286,7 @@ def walk(root: Any, prefix: str = "", groups: tuple[str, ...] = ()) -> Walk:
         for key, members in out._nested_scalars.items():
             if key not in MODEL_CONTAINER_KEYS and not is_model_state(key) and all(one for _, one in members):
                 out.trainer.update(name for name, _ in members if name not in out.optimizer)
-    if out._trainer_checkpoint and out.trainer:
-        out.trainer -= _copies_of_the_model(out, prefix)
     return out
-
-
-def _copies_of_the_model(out: Walk, prefix: str) -> set[str]:
-    """The tensors of trainer state that are a copy of the model's weights, whatever their callback calls them
-    (``callbacks.EMA.ema_module.l2.weight``, a teacher's, an ``avg_model``'s): a name that ends with a weight's name
-    under a model container (``state_dict.l2.weight``), in a container holding at least two such copies. An EMA or
-    teacher copy is swapped into the model or evaluated; NaN there is NaN in a model (an adversarial round: six key
-    spellings passed as trainer state)."""
-    start = 1 if prefix else 0
-    model: set[str] = set()
-    for named in out.tensors:
-        parts = named.name.split(".")
-        if len(parts) > start + 1 and parts[start] in MODEL_CONTAINER_KEYS and named.name not in out.trainer:
-            model.add(".".join(parts[start + 1:]))
-    if not model:
-        return set()
-    copies: dict[str, set[str]] = {}  # container of the copies → their names
-    for name in out.trainer:
-        parts = name.split(".")
-        for i in range(start + 1, len(parts) - 1):
-            if ".".join(parts[i:]) in model:
-                copies.setdefault(".".join(parts[:i]), set()).add(name)
-                break
-    return {name for names in copies.values() if len(names) >= 2 for name in names}
 
 
 def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> None:
