@@ -459,3 +459,13 @@ def test_assert_finite_places_nan_and_other_findings_apart(tmp_path):
     message = caught.value.message
     assert "1 of 8 tensors hold NaN/Inf (1 NaN, 0 +Inf, 0 -Inf); also 1 exploded" in message
     assert message.endswith("; unhealthy layers: model.layers.0–1")
+
+
+def test_a_run_reads_ok_as_a_scan_report_does():
+    """A fresh user's trial: `if not run.ok:` (as README's `report.ok`) never fired on a poisoned run, ok being a
+    method (a bound method is always true). It is true or false as it stands, and still callable with a gate."""
+    from tests.conftest import DEMO_RUN
+
+    run = nandoctor.scan_run(str(DEMO_RUN), device="cpu")
+    assert not run.ok and run.ok == False and run.ok() is False  # noqa: E712  (the comparison is the point)
+    assert run.ok(frozenset({"zeroed"})) is False  # (NaN fails under every gate)

@@ -265,6 +265,30 @@ class RunCheckpoint:
         return self.status == CLEAN
 
 
+class Passes:
+    """A run's gate verdict (RunReport.ok): truthy when the default gate passes; called with ``fail_on`` for another."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: RunReport) -> None:
+        self._run = run
+
+    def __call__(self, fail_on: frozenset[str] | None = None) -> bool:
+        return self._run.exit_code(fail_on) == 0
+
+    def __bool__(self) -> bool:
+        return self()
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self) == other if isinstance(other, bool) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(bool(self))
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
 @dataclass(frozen=True)
 class RunReport:
     """A run folder scanned checkpoint by checkpoint, oldest first."""
@@ -416,8 +440,12 @@ class RunReport:
             return EXIT_UNREADABLE
         return _row_code(decider, fail_on)
 
-    def ok(self, fail_on: frozenset[str] | None = None) -> bool:
-        return self.exit_code(fail_on) == 0
+    @property
+    def ok(self) -> Passes:
+        """Whether the run passes: true or false as it stands (``if not run.ok:``, the default gate, as a
+        ScanReport's ``ok`` reads), and callable with a gate (``run.ok(fail_on)``). It was a method only, and a fresh
+        user's ``if not run.ok:`` (a bound method: always true) never fired on a poisoned run."""
+        return Passes(self)
 
     @property
     def verdict(self) -> str:
