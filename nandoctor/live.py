@@ -90,7 +90,7 @@ def scan_tensors(
     from nandoctor.kernels.live import census_tensor, count_tensor, overflow_tensor, quick_stats
 
     limits = limits or HealthLimits()
-    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
+    loads_as = cast_to.loads_as if cast_to is not None else None
     # A cheap first pass over every tensor (min, max, non-zeros; one host sync per device) clears the
     # clean ones; exact NaN/Inf counts only where a min or max is not finite (or was not available).
     stats = dict(zip((name for name, _ in live), quick_stats([t for _, t in live])))

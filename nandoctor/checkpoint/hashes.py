@@ -219,16 +219,15 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
                 out[file] = Expected(blob.name, "Hugging Face cache blob name")
     # (a folder's repair proof; a single file put in place keeps its proof beside it, FILE.nandoctor-repair.json:
     # hints.put_in_place)
-    proofs = [folder / PROOF_NAME] + [f.with_name(f"{f.name}.{PROOF_NAME}") for f in checkpoint.files.files]
-    for proof in proofs:
+    # (each proof with the files its entries name: a folder's by their paths in it, a file's by its name alone)
+    proofs = [(folder / PROOF_NAME, by_relative)] + [
+        (f.with_name(f"{f.name}.{PROOF_NAME}"), {f.name: f}) for f in checkpoint.files.files]
+    for proof, named in proofs:
         if not proof.is_file():
             continue
         data = read_json(proof)
         for entry in data.get("files", []) if isinstance(data, dict) else []:
-            found = by_relative.get(str(entry.get("path"))) if isinstance(entry, dict) else None
-            if proof.name != PROOF_NAME and isinstance(entry, dict):  # (its entry names the file alone)
-                found = next((f for f in checkpoint.files.files if proof.name == f"{f.name}.{PROOF_NAME}"
-                              and entry.get("path") == f.name), None)
+            found = named.get(str(entry.get("path"))) if isinstance(entry, dict) else None
             if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
                 out[found] = Expected(entry["sha256"], proof.name)
     if manifest_path is not None:

@@ -208,18 +208,18 @@ def _nearby(path: Path) -> tuple[str, bool] | None:
     return f"check the path: {'the current folder' if str(parent) in ('', '.') else parent} holds no {path.name}", False
 
 
-_STEP_NAME = re.compile(r"^(?P<stem>[A-Za-z_]+[-_])(?P<step>\d+)$")
-
-
 def _nearest_steps(name: str, names: list[str]) -> list[str]:
-    """For a missing ``checkpoint-N`` (``step-N``, ``checkpoint_N``), the saves of the same naming nearest in step,
-    nearest first: a new user's ``checkpoint-99`` among checkpoint-5 … -30 was "did you mean checkpoint-5?", where
-    the spelling's likeness says nothing of which save was meant."""
-    wanted = _STEP_NAME.match(name)
+    """For a missing ``checkpoint-N`` (``step-N``, ``checkpoint_N``: steps.step_of), the saves of the same naming
+    nearest in step, nearest first: a new user's ``checkpoint-99`` among checkpoint-5 … -30 was "did you mean
+    checkpoint-5?", where the spelling's likeness says nothing of which save was meant."""
+    from nandoctor.checkpoint.steps import step_of
+
+    wanted = step_of(Path(name))
     if wanted is None:
         return []
-    steps = [(abs(int(m["step"]) - int(wanted["step"])), -int(m["step"]), other) for other in names
-             if (m := _STEP_NAME.match(other)) is not None and m["stem"] == wanted["stem"]]
+    stem = name[: -len(str(wanted))]
+    steps = [(abs(step - wanted), -step, other) for other in names
+             if (step := step_of(Path(other))) is not None and other.startswith(stem)]
     return [other for _, _, other in sorted(steps)[:3]]
 
 

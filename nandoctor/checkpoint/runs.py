@@ -779,17 +779,13 @@ def _row_written(c: RunCheckpoint) -> float:
     """When a row's save was written: a final model at the run folder's top by its weight files (the folder's own
     time moves whenever a checkpoint folder is made in it), any other by its path (:func:`_written`)."""
     if c.final and not c.saved_into and os.path.isdir(c.path):
-        return _weights_written(Path(c.path))
+        try:
+            files = [e for e in access.listing(Path(c.path)) if holds_weights([e])]
+        except NandoctorError:
+            files = []
+        if files:
+            return max(_written(str(f)) for f in files)
     return _written(c.path)
-
-
-def _weights_written(folder: Path) -> float:
-    """When the newest weight file at ``folder``'s top was written; the folder's own time where it holds none."""
-    try:
-        files = [e for e in access.listing(folder) if holds_weights([e])]
-    except NandoctorError:
-        files = []
-    return max(_written(str(f)) for f in files) if files else _written(str(folder))
 
 
 def _written(path: str) -> float:

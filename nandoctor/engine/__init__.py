@@ -29,7 +29,6 @@ from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_n
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
 from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.checkpoint.selection import Selection
-from nandoctor.dtypes import TORCH_DTYPE_NAMES
 from nandoctor.engine.chunkcensus import measure_whole
 from nandoctor.engine.chunks import Measured, merge_chunks
 from nandoctor.engine.experts import with_expert_counts
@@ -202,7 +201,7 @@ def assemble(
         extra["shard_of"] = checkpoint.files.shard_of.to_json()
     if limits != HealthLimits():
         extra["health_limits"] = {"max_abs": limits.max_abs, "outlier_factor": limits.outlier_factor}
-    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
+    loads_as = cast_to.loads_as if cast_to is not None else None
     in_order = _in_order(checkpoint, found, lambda chunks: measure_whole(chunks, limits, loads_as))
     tensors, cast_problems = judged_casts(in_order, checkpoint.cast_to_float, cast_to, limits)
     tensors, scale_notes = judged_scales(tensors, checkpoint.scaled, cast_to, limits)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from nandoctor.blockfields import elements_per_lane, weight_ceiling
 from nandoctor.checkpoint.roles import is_variance
-from nandoctor.dtypes import DTYPES, TORCH_DTYPE_NAMES, DTypeSpec
+from nandoctor.dtypes import DTYPES, DTypeSpec
 from nandoctor.kernels import OverflowCounts
 from nandoctor.kernels.census import (
     Census,
@@ -162,7 +162,7 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         job.views.append(ref)
     # What depends only on the dtype, worked out once per dtype rather than once per region.
     per_dtype: dict[str, tuple[LaneInfo | None, int | None, float | None]] = {}
-    loads_as = TORCH_DTYPE_NAMES.get(cast_to.torch_name) if cast_to is not None else None
+    loads_as = cast_to.loads_as if cast_to is not None else None
     for job in by_region.values():
         views, spec = job.views, job.spec
         blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields

@@ -30,7 +30,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from nandoctor.dtypes import TARGET_DTYPE_NAMES, DTypeSpec, Family, target_dtype_name
+from nandoctor.dtypes import TARGET_DTYPE_NAMES, TORCH_DTYPE_NAMES, DTypeSpec, Family, target_dtype_name
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class TargetSpec:
     inclusive: bool  # True: |x| >= limit overflows (ties round to Inf); False: |x| > limit
     becomes: str  # what an overflowing value turns into
     max_finite: float  # the target's largest finite value, for messages
+
+    @property
+    def loads_as(self) -> str | None:
+        """The dtype name (``F16``, ``BF16``) weights cast to this target load as: the ceiling HealthLimits lowers."""
+        return TORCH_DTYPE_NAMES.get(self.torch_name)
 
 
 TARGETS: dict[str, TargetSpec] = {
