@@ -82,6 +82,40 @@ def test_layers_config_json_builds_that_the_weights_lack_are_not_loadable(tmp_pa
             "num_hidden_layers is 4): from_pretrained initializes layer 3 of model.layers at random") in report.errors[0].message
 
 
+def _gpt2(folder: Path, config: dict) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=96, n_positions=64)).save_pretrained(folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, **config}))
+    return folder
+
+
+@pytest.mark.parametrize(("config", "loads", "said"), [
+    ({}, (True, []), None),
+    ({"n_embd": 64}, (False, []), "transformer.h.0.attn.c_attn.bias holds shape [96] where the model built from "
+     "config.json has [192]"),
+    ({"n_layer": 3}, None, "transformer.h holds layers 0–1 where the model built from config.json has layers 0–2 "
+     "(config.json's n_layer is 3): from_pretrained initializes layer 2 of transformer.h at random"),
+])
+def test_sizes_under_a_config_classs_older_spellings_are_checked_too(tmp_path, config, loads, said):
+    """A helper's trial: GPT-2's config names its sizes n_embd and n_layer (transformers maps them onto hidden_size
+    and num_hidden_layers), which the first check never read: n_embd doubled (from_pretrained: size mismatch) and
+    n_layer one above the weights (its last layer random) both scanned CLEAN."""
+    folder = _gpt2(tmp_path / "g", config)
+    found = _loads(folder)
+    if loads is not None:
+        assert found == loads
+    else:
+        assert found[0] and found[1] and all(k.startswith("transformer.h.2.") for k in found[1])
+    report = nandoctor.scan(folder)
+    if said is None:
+        assert report.exit_code == 0 and not report.errors
+    else:
+        assert report.exit_code == 3 and any(said in p.message for p in report.errors), report.errors
+
+
 def test_a_model_whose_config_disagrees_by_design_is_built_and_stays_clean(tmp_path):
     """ALBERT's word embeddings are embedding_size wide, not hidden_size: suspected, built, cleared."""
     from transformers import AlbertConfig, AlbertForMaskedLM

@@ -125,7 +125,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
         ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
             any(p.search(name) for p in skipped) for name in stored if name.startswith(f"{stack}.{number}.")
-        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] == _NO_LAYERS else []
+        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] in map(_no_layers, _LAYER_SPELLINGS) else []
         if ignored:
             found.append(ScanProblem(
                 str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
@@ -327,7 +327,27 @@ def _dense_layers(config: dict[str, Any], stacked: int) -> set[int]:
     return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
 
 
-_NO_LAYERS = "config.json's num_hidden_layers is 0"
+def _no_layers(key: str) -> str:
+    return f"config.json's {key} is 0"
+
+
+# Older spellings of the sizes that a config class maps onto transformers' names (its attribute_map: GPT-2's n_embd
+# and n_layer, BART's d_model, BLOOM's n_head): read where the canonical key is absent (a helper's trial: GPT-2's
+# n_embd 32 -> 64 and n_layer 2 -> 3 read CLEAN, from_pretrained refused one and filled a layer at random in the other)
+_ALIASES = {
+    "hidden_size": ("n_embd", "d_model", "embed_dim", "emb_dim"),  # (not hidden_dim: DistilBERT's is its FFN's width)
+    "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
+    "num_attention_heads": ("n_head", "n_heads", "num_heads"),
+}
+_LAYER_SPELLINGS = ("num_hidden_layers", *_ALIASES["num_hidden_layers"])
+
+
+def sized(config: dict[str, Any], key: str) -> tuple[str, int | None]:
+    """(the config.json key that gives ``key``'s size, the size): ``key`` itself, else the first of its older
+    spellings present (_ALIASES); the size None where it is no positive integer."""
+    if key not in config:
+        key = next((alias for alias in _ALIASES.get(key, ()) if alias in config), key)
+    return key, positive(config.get(key))
 UNGATHERED = "a sharded save (DeepSpeed ZeRO-3, FSDP) that did not gather its parameters"
 GATHER_HINT = ("save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
                "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint")
@@ -338,7 +358,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
                 near: list[str] | None = None) -> Iterator[tuple[str, str]]:
     """(tensor name or stack, why) where config.json's top-level sizes disagree with the weights. ``near``: the
     stored names' near misses (namevocab.near_misses), when the caller has them."""
-    vocab, hidden, layers = (positive(config.get(key)) for key in ("vocab_size", "hidden_size", "num_hidden_layers"))
+    vocab = positive(config.get("vocab_size"))
+    hidden_key, hidden = sized(config, "hidden_size")
+    layers_key, layers = sized(config, "num_hidden_layers")
     for name, shape in stored.items():
         if 0 in shape:  # (a ZeRO-3 save's un-gathered [0]; DINOv3's register_tokens [1, 0, d] of 0 register tokens)
             yield name, _EMPTY
@@ -351,17 +373,17 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         if vocab and shape[0] != vocab:
             yield name, f"config.json's vocab_size is {vocab:,}, the tensor has {shape[0]:,} rows"
         elif hidden and shape[1] != hidden:
-            yield name, f"config.json's hidden_size is {hidden:,}, the tensor is {shape[1]:,} wide"
+            yield name, f"config.json's {hidden_key} is {hidden:,}, the tensor is {shape[1]:,} wide"
     # (a stack of num_hidden_layers is the language model's; others beside it are a vision tower's, an encoder's;
     # DeepSeek-V3 stores its multi-token-prediction layers after them: num_nextn_predict_layers)
     extra = positive(config.get("num_nextn_predict_layers")) or 0
     if layers and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
         for stack in stacks:
-            yield stack, f"config.json's num_hidden_layers is {layers:,}"
-    elif config.get("num_hidden_layers") == 0 and type(config.get("num_hidden_layers")) is int and stacks:
+            yield stack, f"config.json's {layers_key} is {layers:,}"
+    elif config.get(layers_key) == 0 and type(config.get(layers_key)) is int and stacks:
         # (a model of no layers loads, and every stored layer goes unused: a trial's was CLEAN)
         for stack in stacks:
-            yield stack, _NO_LAYERS
+            yield stack, _no_layers(layers_key)
     # an encoder-decoder's own counts (BART, Whisper, Marian: encoder_layers / decoder_layers)
     for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder")):
         count = positive(config.get(key))
@@ -402,7 +424,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(numbered[family])))}"
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
-    heads, kv = positive(config.get("num_attention_heads")), positive(config.get("num_key_value_heads"))
+    heads, kv = sized(config, "num_attention_heads")[1], positive(config.get("num_key_value_heads"))
     head_dim = positive(config.get("head_dim")) or (hidden // heads if hidden and heads and hidden % heads == 0 else None)
     experts = max((positive(config.get(k)) or 0 for k in EXPERT_KEYS), default=0)
     # (head_dim is no stored dimension itself, only a factor of the projections'; a MoE model's intermediate_size
