@@ -17,6 +17,11 @@ placed. A step, last or final checkpoint may be a ``.ckpt`` folder
 (Lightning's FSDP and DeepSpeed strategies save sharded state so): a row like
 a file. A ``.ckpt`` file's own step is its ``global_step``, read through the
 restricted unpickler (no code runs). Torch-free.
+
+A hand-written training loop's saves (``step_500.pt``, ``ckpt-1000.pth``: one
+file a save, numbered after a word that counts training) are step files too,
+the step being their number: one name template is the timeline, ``last.pt``
+its last row, ``final.pt`` its final model (:func:`lightning_step_of`).
 """
 
 from __future__ import annotations
@@ -33,20 +38,67 @@ _LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
 LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches ``^last(-(\d+))?`` on the stem
 
 
+# A hand-written training loop's saves, one file a save (``torch.save(state, f"step_{n}.pt")``, ``ckpt_1000.pth``,
+# ``model_epoch_3.pt``, ``iter-500.safetensors``): numbered at the end of the name, after a word that says what the
+# number counts. (Not ``model_1``, ``fold_3``, ``rank_0``, ``rng_state_0``: a second model, a fold, a process.)
+_NUMBERED_FILE = re.compile(r"(?:^|[-_.])(?:step|steps|iter|iters|iteration|iterations|epoch|epochs|ep|ckpt|checkpoint|"
+                            r"chkpt|snapshot|update|updates|round|global_step)[-_.]?(\d+)$", re.IGNORECASE)
+NUMBERED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
 def lightning_step_of(path: Path) -> int | None:
-    """The global step of a Lightning ``….ckpt`` file whose name holds ``step=N``, else None."""
+    """The step a step file's name gives: a Lightning ``….ckpt`` file whose name holds ``step=N``, or a training
+    loop's save numbered after a word that counts (``step_100.pt``, ``ckpt-1000.pth``, ``epoch_3.safetensors``);
+    else None."""
     path = Path(path)
-    if path.suffix.lower() != LIGHTNING_SUFFIX:
+    suffix = path.suffix.lower()
+    if suffix == LIGHTNING_SUFFIX:
+        match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
+    elif suffix in NUMBERED_SUFFIXES:
+        match = _NUMBERED_FILE.search(path.name[: -len(suffix)])
+    else:
         return None
-    match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
     return int(match.group(1)) if match else None
 
 
+def step_template(path: Path) -> str:
+    """A step file's name with its step left out (``step_#.pt``, ``epoch=#-step=#.ckpt``): a run's step files share one."""
+    return re.sub(r"\d+", "#", Path(path).name)
+
+
+def one_template(steps: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+    """The step files of the template most of ``steps`` share (a folder's ``step_#.pt`` saves, not the ``epoch_#.pt``
+    ones beside them: two counters are no one timeline); Lightning's ``….ckpt`` files all belong (the template puts
+    the epoch, a version, a metric's value into their names)."""
+    numbered = [(step, path) for step, path in steps if path.suffix.lower() != LIGHTNING_SUFFIX]
+    if not numbered:
+        return steps
+    counts: dict[str, int] = {}
+    for _, path in numbered:
+        counts[step_template(path)] = counts.get(step_template(path), 0) + 1
+    kept = max(counts, key=lambda t: (counts[t], t))
+    lightning = [(step, path) for step, path in steps if path.suffix.lower() == LIGHTNING_SUFFIX]
+    return lightning if lightning else [(step, path) for step, path in numbered if step_template(path) == kept]
+
+
+def step_files_kind(steps: list[tuple[int, Path]]) -> str:
+    """What a run's step files are, for messages: ``Lightning …step=N….ckpt file`` or their template
+    (``step_N.pt file``)."""
+    numbered = [path for _, path in steps if path.suffix.lower() != LIGHTNING_SUFFIX]
+    if not numbered:
+        return "Lightning …step=N….ckpt file"
+    return f"{step_template(numbered[-1]).replace('#', 'N')} file"
+
+
 def is_last_name(path: Path) -> bool:
-    """A ``.ckpt`` file ``trainer.fit(ckpt_path="last")`` would consider (``last.ckpt``, ``last-v1.ckpt``) and
-    that is no step file."""
+    """A ``.ckpt`` file ``trainer.fit(ckpt_path="last")`` would consider (``last.ckpt``, ``last-v1.ckpt``), or a
+    training loop's ``last.pt`` / ``latest.pt`` beside its numbered saves, that is no step file."""
     path = Path(path)
-    return path.suffix == LIGHTNING_SUFFIX and path.stem.startswith(LAST) and lightning_step_of(path) is None
+    if lightning_step_of(path) is not None:
+        return False
+    if path.suffix == LIGHTNING_SUFFIX:
+        return path.stem.startswith(LAST)
+    return path.suffix.lower() in NUMBERED_SUFFIXES and path.stem.lower() in (LAST, "latest")
 
 
 def is_final_name(path: Path) -> bool:
@@ -56,9 +108,9 @@ def is_final_name(path: Path) -> bool:
     path = Path(path)
     if "=" in path.name:
         return False
-    if path.suffix.lower() != LIGHTNING_SUFFIX:
-        return True
     stem = path.stem.lower()
+    if path.suffix.lower() != LIGHTNING_SUFFIX and not re.search(r"best|last|latest", stem):
+        return True  # (a training loop's best.pt is the best save, kept aside: named, as best.ckpt is)
     return "final" in stem or stem == "model"
 
 
@@ -123,7 +175,12 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
             finals.append(entry)
         else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
             others.append(entry)
-    if not steps or (len(steps) < 2 and not lasts and len(finals) != 1):
+    kept = one_template(steps)
+    others += [path for _, path in steps if (_, path) not in kept]
+    steps = kept
+    lightning = any(path.suffix.lower() == LIGHTNING_SUFFIX for _, path in steps)
+    # (a loop's saves are a run from two on: one numbered file beside a model is more often a stray export)
+    if not steps or (len(steps) < 2 and (not lightning or (not lasts and len(finals) != 1))):
         return None
     last = _resumed(lasts)
     if len(lasts) > 1:
@@ -196,5 +253,6 @@ def same_file(a: Path, b: Path) -> str | None:
         return None
 
 
-__all__ = ["LAST", "LIGHTNING_SUFFIX", "SHARDED_META", "LightningFolder", "is_checkpoint", "is_final_name", "is_last_name",
-           "lightning_folder", "lightning_step_of", "same_file", "saved_step"]
+__all__ = ["LAST", "LIGHTNING_SUFFIX", "NUMBERED_SUFFIXES", "SHARDED_META", "LightningFolder", "is_checkpoint",
+           "is_final_name", "is_last_name", "lightning_folder", "lightning_step_of", "one_template", "same_file",
+           "saved_step", "step_files_kind", "step_template"]

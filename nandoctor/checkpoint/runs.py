@@ -36,8 +36,10 @@ from nandoctor.checkpoint.lightningrun import (
     LightningFolder,
     lightning_folder,
     lightning_step_of,
+    one_template,
     same_file,
     saved_step,
+    step_files_kind,
 )
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -75,7 +77,7 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
         step = lightning_step_of(entry)
         if step is not None and not entry.name.startswith(".") and is_lightning_checkpoint(entry):  # (a .ckpt folder too)
             found.append((step, entry))
-    return sorted(found)
+    return one_template(sorted(found))
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -105,7 +107,7 @@ class RunPlace:
     def kind(self) -> str:
         """The run's own naming, for messages: ``checkpoint-N``, ``step-N`` or a Lightning step file."""
         if self.lightning:
-            return "…step=N….ckpt file"
+            return step_files_kind(self.siblings())
         names = [p.name for _, p in self.siblings()]
         return "step-N" if names and all(n.startswith("step-") for n in names) else "checkpoint-N"
 

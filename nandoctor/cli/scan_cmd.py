@@ -137,7 +137,8 @@ def scan(
 
     PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
     its *.index.json, or weight files), a training run folder of checkpoint-N
-    folders or Lightning ...step=N....ckpt files (scanned as a timeline, with
+    folders, Lightning ...step=N....ckpt files or a loop's step_N.pt saves
+    (scanned as a timeline, with
     trainer_state.json's or metrics.csv's loss/grad_norm),
     or a repo id already in the local Hugging Face / ModelScope cache (never
     downloaded; a local path of the same name wins).

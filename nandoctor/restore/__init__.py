@@ -75,6 +75,7 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
+    from nandoctor.checkpoint.lightningrun import step_files_kind
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
@@ -113,7 +114,8 @@ def repair(
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
-            found, kind = runs.lightning_checkpoints_in(target_path), "Lightning …step=N….ckpt files"
+            found = runs.lightning_checkpoints_in(target_path)
+            kind = f"{step_files_kind(found)}s"
         example = f" (e.g. {repair_command_for(str(found[-1][1]), AUTO)})" if found else ""
         raise RepairRefusedError(
             f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",

@@ -265,8 +265,8 @@ def auto_donors(
     place = place_in_run(target)
     if place is None:
         raise RepairRefusedError(
-            f"{target}: --from auto needs a checkpoint-N folder inside a run folder, or a Lightning "
-            "…step=N….ckpt file beside other step files",
+            f"{target}: --from auto needs a checkpoint-N folder inside a run folder, or a step file beside others "
+            "(Lightning's …step=N….ckpt, a training loop's step_N.pt)",
             "name the donors with --from <earlier checkpoint>",
         )
     step, run_folder = place.step, place.run
@@ -283,7 +283,8 @@ def auto_donors(
         raise RepairRefusedError(
             f"{target}: --from auto found no {place.kind} before step {step} in {run_folder.resolve()}",
             "name the donors with --from <path>; the run may have deleted older checkpoints "
-            + ("(ModelCheckpoint's save_top_k)" if place.lightning else "(save_total_limit)"),
+            + (("(ModelCheckpoint's save_top_k)" if place.kind.endswith(".ckpt file") else "(a loop that keeps its "
+                "newest saves)") if place.lightning else "(save_total_limit)"),
         )
     scan_one = partial(scan, limits=limits, selection=selection)
     run = scan_run(run_folder, device="cpu", scan_one=scan_one, below_step=step)

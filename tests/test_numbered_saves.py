@@ -1,0 +1,99 @@
+"""A hand-written training loop's saves, one file a save in one folder (``torch.save(state, f"step_{n}.pt")``), are
+a run: a timeline, growth since the first healthy save, donors for ``--from auto``.
+
+A helper's trial: a plain loop (AdamW, a GradScaler) saved ``step_5.pt`` … ``step_30.pt``; the learning rate raised
+to 1e3 at step 17 left finite weights 8,000 times their size. ``nandoctor scan`` of the folder read the six files
+as one checkpoint (CLEAN, "696 tensors healthy"), and ``repair step_30.pt --from auto`` said "the source itself is
+fine to use"; the same files in ``step-N/`` folders read DIVERGED from step 20."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nandoctor  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+
+def _loop(folder: Path, *, blow_up_at: int | None, name: str = "step_{}.pt", every: int = 5, steps: int = 25) -> dict:
+    """Train a small regression net, saving ``name`` every ``every`` steps; from ``blow_up_at`` the learning rate is
+    1e4 for one step. Returns each save's evaluation loss (the oracle)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
+                              torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y = torch.randn(256, 8), torch.randn(256, 1)
+    losses = {}
+    folder.mkdir(parents=True)
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = 1e4 if step == blow_up_at else 0.05 if blow_up_at is None or step < blow_up_at else 0.0
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                       folder / name.format(step))
+            with torch.no_grad():
+                losses[step] = float(torch.nn.functional.mse_loss(net(x), y))
+    return losses
+
+
+def test_a_loops_numbered_saves_are_a_run_whose_diverged_saves_fail(tmp_path):
+    run = tmp_path / "run"
+    losses = _loop(run, blow_up_at=17)
+    assert losses[15] < 2 and losses[20] > 1e3  # the oracle: the saves from step 20 on are broken
+    report = nandoctor.scan_run(run, device="cpu")
+    assert [c.step for c in report.checkpoints] == [5, 10, 15, 20, 25]
+    assert [Path(c.path).name for c in report.checkpoints][-1] == "step_25.pt"
+    assert [c.status for c in report.checkpoints] == ["clean"] * 3 + ["diverged"] * 2
+    assert Path(report.last_healthy.path).name == "step_15.pt" and Path(report.first_bad.path).name == "step_20.pt"
+    assert report.exit_code() == 1 and not report.ok
+    quiet = run_cli("scan", str(run), "-q")
+    assert quiet.exit_code == 1 and "last healthy: step_15.pt · first bad: step_20.pt" in quiet.output, quiet.output
+    # one save alone is judged within its run, and --from auto refuses to stitch a diverged save together
+    alone = run_cli("scan", str(run / "step_25.pt"), "-q")
+    assert alone.exit_code == 1 and alone.output.startswith("FAIL DIVERGED"), alone.output
+    refused = run_cli("repair", str(run / "step_25.pt"), "--from", "auto", "--out", str(tmp_path / "fixed"))
+    assert refused.exit_code == 3 and "step_15.pt" in refused.output and not (tmp_path / "fixed").exists()
+    whole = run_cli("repair", str(run), "--from", "auto", "--out", str(tmp_path / "fixed"))
+    assert whole.exit_code == 3 and "a training run folder (5 step_N.pt files)" in whole.output, whole.output
+
+
+def test_a_healthy_loops_saves_pass_as_a_timeline(tmp_path):
+    run = tmp_path / "run"
+    _loop(run, blow_up_at=None, name="ckpt-{}.pth", every=10, steps=30)
+    (run / "last.pth").write_bytes((run / "ckpt-30.pth").read_bytes())  # a loop's copy of its newest save
+    result = run_cli("scan", str(run), "--json")
+    assert result.exit_code == 0, result.output[-2000:]
+    rows = json.loads(result.output)["run"]["checkpoints"]
+    assert [(r["step"], Path(r["path"]).name) for r in rows][:3] == [(10, "ckpt-10.pth"), (20, "ckpt-20.pth"),
+                                                                     (30, "ckpt-30.pth")]
+    assert all(r["status"] == "clean" for r in rows)
+
+
+def test_two_counters_in_one_folder_make_one_timeline_and_a_note(tmp_path):
+    """Saves numbered by step and by epoch in one folder: the most common template is the timeline, the others are
+    named (two counters are not one order)."""
+    run = tmp_path / "run"
+    _loop(run, blow_up_at=None, name="step_{}.pt", every=5, steps=15)
+    (run / "epoch_1.pt").write_bytes((run / "step_15.pt").read_bytes())
+    report = nandoctor.scan_run(run, device="cpu")
+    assert [Path(c.path).name for c in report.checkpoints] == ["step_5.pt", "step_10.pt", "step_15.pt"]
+    assert any("epoch_1.pt" in note for note in report.notes), report.notes
+
+
+@pytest.mark.parametrize("names", [("fold_1.pt", "fold_2.pt"), ("model_1.pt", "model_2.pt"), ("rank_0.pt", "rank_1.pt")])
+def test_files_numbered_by_something_else_than_training_are_no_run(tmp_path, names):
+    """A fold, a second model or a process's file is numbered too: no word that counts training steps, no run."""
+    torch.manual_seed(0)
+    for name in names:
+        torch.save(torch.nn.Linear(4, 4).state_dict(), tmp_path / name)
+    with pytest.raises(nandoctor.UnsupportedFormatError):
+        nandoctor.scan_run(tmp_path, device="cpu")
+    assert nandoctor.scan(tmp_path).exit_code == 0
