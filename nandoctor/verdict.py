@@ -788,7 +788,8 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
 
 
 # What the non-finite pickled floats are, in words (readers/torch/names.py: RATE_KEYS, SCHEDULER_RATE_KEYS)
-RATE_FLOATS = "learning-rate settings (Python floats of the optimizer's param_groups or its scheduler, not tensors)"
+RATE_FLOATS = ("learning-rate or loss-scale settings (Python floats of the optimizer's param_groups, its scheduler or its "
+               "gradient scaler, not tensors)")
 
 
 def failing_rows(report: ScanReport, failing: Iterable[str]) -> list[int]:

@@ -66,15 +66,15 @@ def test_a_nan_learning_rate_in_optimizer_pt_fails_and_says_resume_not_repair(tm
         "optimizer.param_groups.0.lr": "scalar", "optimizer.param_groups.0.betas.1": "scalar"}
     done = run_cli("scan", str(run / "checkpoint-200"))
     text = " ".join(done.output.split())
-    assert done.exit_code == 1 and "only learning-rate settings" in text
+    assert done.exit_code == 1 and "only learning-rate or loss-scale settings" in text
     assert "resume from an earlier checkpoint instead" in text and "nandoctor repair" not in text
     whole = " ".join(run_cli("scan", str(run)).output.split())
-    assert f"next: resume from {run / 'checkpoint-100'}: only the learning-rate settings" in whole
+    assert f"next: resume from {run / 'checkpoint-100'}: only the learning-rate or loss-scale settings" in whole
 
     out = tmp_path / "fixed"
     refused = run_cli("repair", str(run / "checkpoint-200"), "--from", "auto", "--out", str(out))
     assert refused.exit_code == 3 and not out.exists()
-    assert "only learning-rate settings" in " ".join(refused.output.split())
+    assert "only learning-rate or loss-scale settings" in " ".join(refused.output.split())
 
 
 def test_non_finite_floats_outside_param_groups_stay_clean(tmp_path):
@@ -157,8 +157,8 @@ def test_a_nan_weight_beside_a_nan_learning_rate_is_not_called_settings_only(tmp
     refused = run_cli("repair", str(run / "checkpoint-200"), "--from", "auto", "--out", str(tmp_path / "fixed"))
     text = " ".join(refused.output.split())
     assert refused.exit_code == 3 and not (tmp_path / "fixed").exists()
-    assert "only learning-rate settings" not in text and "optimizer.param_groups.0.lr" in text, text
-    assert "1 of them learning-rate settings" in text
+    assert "only learning-rate or loss-scale settings" not in text and "optimizer.param_groups.0.lr" in text, text
+    assert "1 of them learning-rate or loss-scale settings" in text
 
 
 def test_assert_finite_gives_the_resume_advice_not_a_repair(tmp_path):
@@ -168,7 +168,7 @@ def test_assert_finite_gives_the_resume_advice_not_a_repair(tmp_path):
     torch.save(_optimizer_state(math.nan), folder / "optimizer.pt")
     with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
         nandoctor.assert_finite(str(folder), device="cpu")
-    assert "learning-rate settings" in caught.value.message and "optimizer.param_groups.0.lr" in caught.value.message
+    assert "learning-rate or loss-scale settings" in caught.value.message and "optimizer.param_groups.0.lr" in caught.value.message
     assert caught.value.hint.startswith("resume training from an earlier checkpoint") and "nandoctor repair" not in caught.value.hint
 
 
@@ -242,3 +242,57 @@ def test_a_scheduler_file_scanned_alone_says_what_it_is(tmp_path):
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["empty"]
     assert "scheduler.pt is training state" in report.errors[0].message
     assert "scan the checkpoint folder it belongs to" in report.errors[0].hint
+
+
+def _scaler_state(scale: float) -> dict:
+    """A real GradScaler's state after a step, its loss scale set to ``scale`` (as a long fp16 NaN streak leaves it)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler.scale(model(torch.randn(2, 8)).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update(new_scale=scale)
+    return scaler.state_dict()
+
+
+def _resumed_scaler_learns(state: dict) -> bool:
+    """The oracle: a fresh scaler loaded from ``state`` takes five steps; do the weights change, and stay finite?"""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict(state)
+    for _ in range(5):
+        optimizer.zero_grad()
+        scaler.scale(model(torch.randn(2, 8)).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    after = list(model.parameters())
+    return all(bool(torch.isfinite(p).all()) for p in after) and any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf, 0.0, 65536.0])
+def test_a_gradient_scalers_broken_loss_scale_fails_the_checkpoint(tmp_path, scale):
+    """An adversarial round: a Trainer checkpoint whose scaler.pt holds a loss scale of NaN, Inf or 0 scanned CLEAN
+    ("holds no tensors; nothing to scan"), and Lightning's MixedPrecision state the same; a run resumed from it skips
+    every step. NaN/Inf are the scaler's non-finite settings (as a NaN learning rate is); 0 is BAD CONFIG."""
+    folder = tmp_path / "checkpoint-200"
+    shutil.copytree(DEMO_RUN / "checkpoint-100", folder)
+    torch.save(_scaler_state(scale), folder / "scaler.pt")
+    loaded = torch.load(folder / "scaler.pt", weights_only=True)
+    assert _resumed_scaler_learns(loaded) == (scale == 65536.0)
+    report = nandoctor.scan(str(folder), device="cpu")
+    lightning = tmp_path / "epoch=0-step=200.ckpt"
+    torch.save({"state_dict": torch.nn.Linear(8, 8).state_dict(), "global_step": 200, "MixedPrecision": loaded,
+                "optimizer_states": [], "lr_schedulers": []}, lightning)
+    in_lightning = nandoctor.scan(str(lightning), device="cpu")
+    for found in (report, in_lightning):
+        if scale == 65536.0:
+            assert found.exit_code == 0, found.errors
+        elif scale == 0.0:
+            assert found.exit_code == 3 and "the gradient scaler's loss scale is 0 or below" in found.errors[0].message
+        else:
+            bad = [t.name for t in found.tensors if t.findings]
+            assert found.exit_code == 1 and len(bad) == 1 and bad[0].endswith("scale"), bad
+            assert "loss-scale settings" in " ".join(run_cli("scan", str(folder)).output.split()) or found is in_lightning

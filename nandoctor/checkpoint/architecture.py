@@ -59,6 +59,7 @@ _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks f
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
 _LAYOUT_SUSPICION = "<layers out of pattern>"  # (a tensor held by layers in no pattern a model is built with)
+_NUMBERED_SEGMENT = re.compile(r"\.\d+\.")  # a layer's (or any numbered module's) part of a name
 _NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of sibling modules: conv1, ln_2, fc1
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
@@ -377,9 +378,13 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     # (a stack of num_hidden_layers is the language model's; others beside it are a vision tower's, an encoder's;
     # DeepSeek-V3 stores its multi-token-prediction layers after them: num_nextn_predict_layers)
     extra = positive(config.get("num_nextn_predict_layers")) or 0
-    if layers and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
+    if layers and stacks and not any(max(numbers) + 1 in (layers, layers + extra) for numbers in stacks.values()):
         for stack in stacks:
             yield stack, f"config.json's {layers_key} is {layers:,}"
+    elif layers and not any(_NUMBERED_SEGMENT.search(name) for name in stored):
+        # (no layer of any stack: a model.safetensors of the embeddings alone beside the shards of the rest, which
+        # from_pretrained never reads once it found model.safetensors; an adversarial round's read CLEAN)
+        yield _LAYOUT_SUSPICION, f"config.json's {layers_key} is {layers:,}, and no layer is stored"
     elif config.get(layers_key) == 0 and type(config.get(layers_key)) is int and stacks:
         # (a model of no layers loads, and every stored layer goes unused: a trial's was CLEAN)
         for stack in stacks:

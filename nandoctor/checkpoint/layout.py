@@ -309,6 +309,13 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
         try:
             index = read_index(index_path)
         except CorruptCheckpointError as exc:
+            single = loaders.single_file_of(index_path.name)
+            if single is not None and index_path.parent / single in weight_files and index_path != explicit.path:
+                # (from_pretrained finds the one-file weights first and never opens this index: an adversarial round's
+                # healthy model.safetensors beside a broken index read UNREADABLE)
+                result.notes.append(f"{index_path.name}: {exc.reason}; transformers' from_pretrained loads {single} "
+                                    "beside it and never reads it: delete the stale index")
+                continue
             result.problems.append(ScanProblem(str(index_path), exc.reason, exc.hint))
             continue
         result.indexes.append(index)
@@ -320,6 +327,21 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
             elif shard_path is not None and shard_path not in indexed:
                 indexed.add(shard_path)
                 result.files.append(shard_path)
+
+    # A safetensors index names safetensors shards: from_pretrained opens each with safe_open, and a torch file among
+    # them fails the load ("header too large"; an adversarial round's .bin shard in a safetensors index read CLEAN).
+    # (A .bin index may list safetensors shards: transformers loads each by its own extension.)
+    for index in result.indexes:
+        if ".safetensors.index" not in index.path.name:
+            continue
+        foreign = sorted({shard for shard in index.weight_map.values() if not shard.endswith(".safetensors")})
+        if foreign:
+            result.problems.append(ScanProblem(
+                str(index.path), f"lists {first_few(foreign, 2)}, not safetensors file(s): transformers' from_pretrained "
+                "opens every shard of a safetensors index as safetensors, and fails on them",
+                "convert those shards to safetensors (safetensors.torch.save_file of their state dict) and list them "
+                "under their new names, or write a pytorch_model.bin.index.json for them instead",
+                kind=UNLOADABLE_KIND))
 
     # A numbered shard that no index lists beside an index listing shards of that name: loaders read the shards the
     # index names, never it. Of the listed set itself (model-00007-of-00007 beside an index naming 1-6 of 7), the

@@ -364,7 +364,28 @@ def _cast_by_from_pretrained(
         return []
     chosen = [(file, refs) for file, refs in refs_by_file.items()
               if file.parent == root and file.suffix in (".safetensors", ".bin") and file_role(file.name) is None]
-    return chosen
+    loaded = _first_found(files, names)
+    return chosen if loaded is None else [(file, refs) for file, refs in chosen if file in loaded]
+
+
+# What from_pretrained looks for in a local folder, in order (transformers' _get_resolved_checkpoint_files): the first
+# one there is all it reads (a model.safetensors holding part of a model beside the whole model's shards and their
+# index loaded as that part, the rest at random; an adversarial round's scan compared the union with config.json)
+_LOOKED_FOR = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _first_found(files: layout.CheckpointFiles, names: set[str]) -> set[Path] | None:
+    """The weight files from_pretrained reads at the folder's top (the first of _LOOKED_FOR present: the file, or the
+    shards its index lists); None when it finds none of them (config.json's ``transformers_weights``, another name:
+    the files read are taken as they are)."""
+    for name in _LOOKED_FOR:
+        if name not in names:
+            continue
+        if not loaders.is_index_name(name):
+            return {files.root / name}
+        return {index.path.parent / shard for index in files.indexes if index.path.name == name
+                for shard in index.weight_map.values()}
+    return None
 
 
 def _model_elsewhere(files: layout.CheckpointFiles) -> bool:

@@ -331,7 +331,26 @@ def _check_duplicate_names(
                 )
             else:
                 shared.setdefault((other, file), []).append(name)
-    return problems, _shared_notes(shared, files, indexed)
+    return problems, _shared_notes(shared, files, indexed) + _hidden_indexes(shared, files)
+
+
+def _hidden_indexes(shared: dict[tuple[Path, Path], list[str]], files: layout.CheckpointFiles) -> list[str]:
+    """A note for each index whose shards from_pretrained never reads because the one-file weights it looks for first
+    lie beside it, where they share no tensor name (when they do, _shared_notes says so)."""
+    from nandoctor.checkpoint.loaders import single_file_of
+
+    together = {file for pair in shared for file in pair}
+    notes = []
+    for index in files.indexes:
+        single = single_file_of(index.path.name)
+        other = index.path.parent / single if single else None
+        if other is None or other not in files.files or other in together:
+            continue
+        notes.append(f"{other.name} and {index.path.name} lie side by side: transformers' from_pretrained loads "
+                     f"{other.name} alone (it looks for it before {index.path.name}), and never the "
+                     f"{len(set(index.weight_map.values()))} shard(s) the index lists; both were {_SEPARATE}; delete "
+                     f"the stale copy: {other.name}, or {index.path.name} and its shards")
+    return notes
 
 
 _SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"

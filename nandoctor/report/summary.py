@@ -189,7 +189,7 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
             steps.append(f"only {verdicts.RATE_FLOATS} are bad ({first_few([report.tensors.refs.names[i] for i in verdicts.failing_rows(report, failing)], 2)}); "
                          "the model weights are healthy, so the model loads and "
                          "generates, but resuming training from this checkpoint restores them, and a NaN learning rate "
-                         "makes every weight NaN at the next step: resume from an earlier checkpoint instead (a repair "
+                         "makes every weight NaN at the next step (a NaN or infinite loss scale skips every step): resume from an earlier checkpoint instead (a repair "
                          "restores tensors, not these)")
         else:
             if optimizer and not report.unviewed:

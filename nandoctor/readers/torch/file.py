@@ -39,7 +39,14 @@ from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
 from nandoctor.readers.torch import numpy_arrays, weights_only
 from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import LEGACY_PICKLES, NotLegacyError, read_legacy
-from nandoctor.readers.torch.names import Walk, WalkLimitError, add_unreached, hyperparameter_problems, walk
+from nandoctor.readers.torch.names import (
+    Walk,
+    WalkLimitError,
+    add_unreached,
+    hyperparameter_problems,
+    scaler_problems,
+    walk,
+)
 from nandoctor.readers.torch.quantized import pickled_float_refs, scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
@@ -273,7 +280,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += pickled_float_refs(path, walked.group_floats, loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
     problems = (_unread_tensors(path, loaded.placeholders, built) + weights_only.key_problems(path, loaded.value)
-                + hyperparameter_problems(path, walked.hyper_floats))
+                + hyperparameter_problems(path, walked.hyper_floats) + scaler_problems(path, walked.dead_scalers))
     # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
     # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
     if weights_only_load:
@@ -399,7 +406,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
         "leaves finite values cannot be detected",
     )
     problems = (_unread_tensors(path, tuple(legacy.placeholders), built) + weights_only.key_problems(path, legacy.root)
-                + hyperparameter_problems(path, walked.hyper_floats))
+                + hyperparameter_problems(path, walked.hyper_floats) + scaler_problems(path, walked.dead_scalers))
     _weights_only(path, tuple(legacy.refused), notes, problems)
     fh.seek(0)
     notes += weights_only.protocol_notes(path, fh)

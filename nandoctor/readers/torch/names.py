@@ -124,6 +124,21 @@ def hyperparameter_problems(path: str, found: list[tuple[str, str]]) -> list[Sca
         kind=CONFIG_KIND)]
 
 
+def scaler_problems(path: str, found: list[str]) -> list[ScanProblem]:
+    """BAD CONFIG for gradient scalers saved with a loss scale of 0 or below (``found``: where each is): a resumed run
+    multiplies every loss by it, unscales its gradients to NaN (0 × 1/0) and skips every step, its scale stuck at 0
+    (the end of a long fp16 NaN streak halves it to 0; an adversarial round: scaler.pt's scale 0.0 scanned CLEAN)."""
+    if not found:
+        return []
+    from nandoctor.wording import first_few
+
+    return [ScanProblem(
+        path, f"the gradient scaler's loss scale is 0 or below ({first_few(found, 3)}): a training run resumed from it "
+        "multiplies every loss by it, its gradients unscale to NaN and every step is skipped",
+        "resume from an earlier checkpoint, or delete the scaler's state (a Trainer checkpoint's scaler.pt) so that "
+        "the resumed run starts a fresh scaler", kind=CONFIG_KIND)]
+
+
 def is_rate_path(path: list[str]) -> bool:
     """Whether ``path`` names a rate a training step uses: one of RATE_KEYS in an optimizer's param_groups, or of
     SCHEDULER_RATE_KEYS anywhere (or an item of one: ``betas.1``, ``base_lrs.0``)."""
@@ -143,13 +158,24 @@ def is_scheduler_state(value: Any) -> bool:
     return any(key in value for key in _SCHEDULER_MARKS)
 
 
-def breaks_a_step(path: list[str], value: float, in_scheduler: bool) -> bool:
+# torch.amp.GradScaler.state_dict(): what Trainer saves as scaler.pt and Lightning under "MixedPrecision"
+_SCALER_KEYS = frozenset({"scale", "growth_factor", "backoff_factor", "growth_interval"})
+
+
+def is_scaler_state(value: Any) -> bool:
+    """Whether the mapping ``value`` is a gradient scaler's state (``GradScaler.state_dict()``)."""
+    return _SCALER_KEYS.issubset(value)
+
+
+def breaks_a_step(path: list[str], value: float, in_scheduler: bool, in_scaler: bool = False) -> bool:
     """Whether the non-finite Python float ``value`` at ``path`` makes the next training step NaN once resumed: a NaN
     anywhere in an optimizer's param_groups or in a scheduler's state (``in_scheduler``): every setting there feeds
     the update or the next rate (Rprop's etas, ASGD's lambd, StepLR's gamma, CosineAnnealingLR's eta_min: a trial
     resumed each as NaN weights while the scan passed); ±Inf only at the rates (is_rate_path), since some settings
-    are infinite by design (Prodigy's growth_rate, ReduceLROnPlateau's best)."""
-    return (math.isnan(value) and (in_scheduler or PARAM_GROUPS in path)) or is_rate_path(path)
+    are infinite by design (Prodigy's growth_rate, ReduceLROnPlateau's best). In a gradient scaler's state
+    (``in_scaler``) every non-finite value: a NaN or infinite loss scale makes every step's gradients non-finite, and
+    the scaler skips every step after the resume (an adversarial round: scaler.pt's scale NaN or Inf scanned CLEAN)."""
+    return (math.isnan(value) and (in_scheduler or PARAM_GROUPS in path)) or is_rate_path(path) or in_scaler
 
 
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, slice)
@@ -195,6 +221,7 @@ class Walk:
     # NaN Python floats of a trainer checkpoint's saved hyperparameters (Lightning's hyper_parameters): the module
     # load_from_checkpoint builds from them (cls(**hyper_parameters)) computes NaN (hyperparameter_problems)
     hyper_floats: list[tuple[str, str]] = field(default_factory=list)  # (name, what it is: "NaN", "inf", …)
+    dead_scalers: list[str] = field(default_factory=list)  # gradient scalers' loss scales of 0 or below (scaler_problems)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
@@ -304,7 +331,7 @@ def add_unreached(out: Walk, built: Iterable[TensorStub], prefix: str = "") -> N
 
 
 # What a value is inside of (``_visit``'s ``within``, bits): an optimizer's state dict, a scheduler's state
-_IN_OPTIMIZER, _IN_SCHEDULER = 1, 2
+_IN_OPTIMIZER, _IN_SCHEDULER, _IN_SCALER = 1, 2, 4
 OPTIMIZER_PARTS = ("state", PARAM_GROUPS)  # the keys of an optimizer state dict that hold its state
 
 
@@ -326,8 +353,10 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     if isinstance(value, _LEAVES):
         # (numbers and strings hold no tensors, and are not counted: a long list of ints is fine)
         if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
-                [*out._groups, *path], value, bool(within & _IN_SCHEDULER)):
+                [*out._groups, *path], value, bool(within & _IN_SCHEDULER), bool(within & _IN_SCALER)):
             out.group_floats.append((".".join(path), value))
+        elif within & _IN_SCALER and path and path[-1] == "scale" and isinstance(value, (int, float)) and value <= 0:
+            out.dead_scalers.append(".".join(path))
         elif (isinstance(value, float) and out._trainer_checkpoint and 0 <= out._top < len(path) - 1
               and path[out._top] in HYPERPARAMETER_KEYS and (harm := harmful_setting(path[-1], value)) is not None):
             out.hyper_floats.append((".".join(path), harm))
@@ -381,6 +410,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
     optimizer = isinstance(value, dict) and is_optimizer_state(value)
     if isinstance(value, dict) and is_scheduler_state(value):
         within |= _IN_SCHEDULER
+    if isinstance(value, dict) and is_scaler_state(value):
+        within |= _IN_SCALER
     out._seen.add(id(value))
     on_path.add(id(value))
     found_before = len(out.tensors) + len(out.storages)

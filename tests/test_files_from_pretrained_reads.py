@@ -1,0 +1,97 @@
+"""Which weight files of a folder from_pretrained reads, and the verdict on what it reads (transformers as the oracle).
+
+An adversarial round: a ``model.safetensors`` holding only the embeddings beside the whole model's shards and their
+index scanned CLEAN (from_pretrained loads the single file alone and initialises every layer at random); a
+safetensors index listing a torch ``.bin`` shard scanned CLEAN (from_pretrained fails on it); a broken index beside a
+healthy ``model.safetensors`` read UNREADABLE, though from_pretrained never opens it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import nandoctor  # noqa: E402
+
+
+def _llama(folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=2, vocab_size=128)).save_pretrained(folder)
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _shard(folder: Path, tensors: dict[str, torch.Tensor], names: list[list[str]], suffixes: tuple[str, ...]) -> None:
+    """Write ``tensors`` as shards (the i-th holding ``names[i]``, saved as safetensors or torch by ``suffixes[i]``)
+    and a model.safetensors.index.json naming them."""
+    weight_map = {}
+    for i, (held, suffix) in enumerate(zip(names, suffixes), start=1):
+        shard = f"model-{i:05d}-of-{len(names):05d}{suffix}"
+        part = {k: tensors[k].contiguous() for k in held}
+        if suffix == ".safetensors":
+            save_file(part, str(folder / shard), metadata={"format": "pt"})
+        else:
+            torch.save(part, folder / shard)
+        weight_map.update(dict.fromkeys(held, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _loaded(folder: Path) -> tuple[bool, list[str]]:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    except Exception:  # noqa: BLE001 - (the oracle: it does not load, whatever the error)
+        return False, []
+    return True, sorted(info["missing_keys"])
+
+
+def test_a_partial_single_file_beside_the_whole_models_shards_is_what_loads(tmp_path):
+    folder = tmp_path / "m"
+    tensors = _llama(folder)
+    outside = [k for k in tensors if ".layers." not in k]
+    layers = [k for k in tensors if ".layers." in k]
+    save_file({k: tensors[k] for k in outside}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _shard(folder, tensors, [outside + layers[: len(layers) // 2], layers[len(layers) // 2 :]], (".safetensors",) * 2)
+    loads, missing = _loaded(folder)
+    assert loads and sorted(missing) == sorted(layers)  # the oracle: every layer at random
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and report.errors[0].kind == "unloadable", report.errors
+    assert "no layer is stored" in report.errors[0].message
+    assert len(report.tensors) == len(tensors) + len(outside)  # (every file still scanned for NaN/Inf)
+    (folder / "model.safetensors").unlink()  # the shards alone load whole
+    assert _loaded(folder) == (True, []) and nandoctor.scan(folder).exit_code == 0
+
+
+def test_a_torch_shard_in_a_safetensors_index_is_not_loadable(tmp_path):
+    folder = tmp_path / "m"
+    tensors = _llama(folder)
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    _shard(folder, tensors, [names[:10], names[10:]], (".safetensors", ".bin"))
+    assert _loaded(folder)[0] is False
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(
+        p.kind == "unloadable" and "model-00002-of-00002.bin, not safetensors" in p.message for p in report.errors)
+
+
+def test_a_broken_index_beside_the_single_file_from_pretrained_loads_is_a_note(tmp_path):
+    folder = tmp_path / "m"
+    _llama(folder)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": 5}}')
+    assert _loaded(folder) == (True, [])
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0, report.errors
+    assert any("model.safetensors.index.json" in n and "never reads it" in n for n in report.notes), report.notes
+    (folder / "model.safetensors").rename(folder / "other.safetensors")  # now the index is what loads: broken
+    assert nandoctor.scan(folder).exit_code == 3
