@@ -158,9 +158,9 @@ def require_target_for_overflow(fail_on: frozenset[str], target_dtype: str | Non
     to measure against."""
     if target_dtype is None and checks_overflow_alone(fail_on):
         raise ValueError(
-            "--fail-on overflow has nothing to check: no --target-dtype is given and no config.json makes the weights "
-            "load in a dtype they can overflow; add --target-dtype fp16 (or bf16, fp8_e4m3, fp8_e5m2), or gate on "
-            "other findings (e.g. --fail-on nonfinite,exploded,outlier)"
+            "--fail-on overflow (fail_on=\"overflow\") has nothing to check: no target dtype is given and no config.json "
+            "makes the weights load in a dtype they can overflow; add --target-dtype fp16 (target_dtype=\"fp16\"; or "
+            "bf16, fp8_e4m3, fp8_e5m2), or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)"
         )
 
 
@@ -594,13 +594,20 @@ def present(report: ScanReport) -> tuple[str, ...]:
     return tuple(f for f in FAIL_ON_CHOICES if f in seen)
 
 
+_CEILING_UNDER_RANGE = ("fp16", "bf16")  # cast targets whose exploded ceiling lies below their largest value
+
+
 def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> Verdict:
     """The verdict of ``report`` (whose tensors carry their findings) under ``fail_on`` (None: the default gate;
     NaN/Inf fails under any: gate_set)."""
     fail_on = gate_set(fail_on)
     found = present(report)
-    failing = tuple(f for f in found if f in fail_on)
-    reported = tuple(f for f in found if f not in fail_on)
+    # A value that overflows fp16 or bf16 is above that dtype's exploded ceiling (2^14, 1e5) too: a gate on exploded
+    # weights fails on it (a new user's trial: under --fail-on nonfinite,exploded,outlier and a float16 config.json, a
+    # weight of 30,000 failed EXPLODED while one of 70,000, Inf once loaded, passed as "overflow risk")
+    implied = EXPLODED in fail_on and target_dtype(report) in _CEILING_UNDER_RANGE
+    failing = tuple(f for f in found if f in fail_on or (f == OVERFLOW and implied))
+    reported = tuple(f for f in found if f not in failing)
     case = health(report)
     # Diverged by its growth alone (no finding: its bulk grew far past its run's first healthy checkpoint
     # under every ceiling): it fails where exploded weights fail, the run-relative form of "exploded"
@@ -1272,8 +1279,11 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     in_trainer, sentinels = trainer_nonfinite(report), sentinel_infinities(report)
     unchecked = health_unchecked(report)
     if not (report.nonfinite or exploded or variances or outliers or zeroed or grown or huge):
+        # (a tensor whose values overflow the dtype it loads in is not healthy there: "27 of 28 tensors healthy")
+        cast = len(overflow_tensors(report))
+        healthy = f"{tensors - cast:,} of {plural(tensors, 'tensor')} healthy" if cast else f"{plural(tensors, 'tensor')} healthy"
         pieces.append(f"{plural(tensors, 'tensor')} read" if report.errors else f"no finding in {plural(tensors, 'tensor')}"
-                      if in_trainer or sentinels or unchecked else f"{plural(tensors, 'tensor')} healthy")
+                      if in_trainer or sentinels or unchecked else healthy)
     shard = report.extra.get("shard_of")
     if isinstance(shard, dict):  # (layout.ShardOf: the rest of the checkpoint was not read)
         listed = (f"shards {shard['index']} lists ({shard['tensors']:,} tensors in all)" if shard.get("index")

@@ -121,6 +121,44 @@ def test_generation_config_values_are_judged_as_generate_uses_them(saved, tmp_pa
     assert next(iter(values)) in message, message  # (the first key is the one at fault)
 
 
+# (token ids in config.json size the model too, the pad token's embedding row: judged as the model's there)
+IN_CONFIG = [(v, e) for v, e in GENERATION if not {"pad_token_id", "eos_token_id", "bos_token_id"} & set(v)]
+
+
+@pytest.mark.parametrize("values, expected", IN_CONFIG, ids=[json.dumps(v) for v, _ in IN_CONFIG])
+def test_generation_values_in_config_json_count_where_no_generation_config_is_saved(saved, tmp_path, values, expected):
+    """An adversarial round: without generation_config.json, from_pretrained builds the model's generation config from
+    config.json's keys, and do_sample true with temperature 0 there (or a repetition_penalty of 0) read CLEAN while
+    generate raised. Judged there as generation_config.json's values are."""
+    folder = shutil.copytree(saved, tmp_path / "model")
+    (folder / "generation_config.json").unlink()
+    _edit(folder, "config.json", **values)
+    assert _oracle(folder) == expected
+    report = nandoctor.scan(folder)
+    if expected == "ok":
+        assert report.exit_code == 0 and not report.errors, report.errors
+        return
+    assert report.exit_code == 3 and {p.kind for p in report.errors} == {"config"}, report.errors
+    assert all(p.path.endswith("config.json") for p in report.errors)
+    assert next(iter(values)) in " ".join(p.message for p in report.errors)
+
+
+def test_a_processors_nan_mean_or_zero_std_is_bad_config(saved, tmp_path):
+    """An adversarial round: an audio classifier whose preprocessor_config.json held a NaN mean, or a std of 0, gave
+    logits [nan, nan, nan] (AutoFeatureExtractor normalizes every input with them) and scanned CLEAN."""
+    folder = shutil.copytree(saved, tmp_path / "model")
+    processor = {"feature_extractor_type": "ASTFeatureExtractor", "do_normalize": True, "mean": -4.27, "std": 4.57}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert nandoctor.scan(folder).exit_code == 0
+    for bad, said in (({"mean": float("nan")}, "mean is NaN"), ({"std": 0.0}, "std holds 0"),
+                      ({"image_std": [0.5, 0.0, 0.5]}, "image_std holds 0")):
+        (folder / "preprocessor_config.json").write_text(json.dumps({**processor, **bad}))
+        report = nandoctor.scan(folder)
+        assert report.exit_code == 3 and report.errors[0].kind == "config" and said in report.errors[0].message
+    (folder / "preprocessor_config.json").write_text(json.dumps({**processor, "std": 0.0, "do_normalize": False}))
+    assert nandoctor.scan(folder).exit_code == 0  # (not normalized: the std is never used)
+
+
 def test_a_pad_token_outside_the_vocabulary_breaks_batched_generation(saved, tmp_path):
     """An added [PAD] (id = vocab_size) without resize_token_embeddings, in generation_config.json: generate() of one
     prompt works, a batch raises IndexError once a sequence ends before the others (a trial: CLEAN). With an

@@ -95,3 +95,30 @@ def test_a_broken_index_beside_the_single_file_from_pretrained_loads_is_a_note(t
     assert any("model.safetensors.index.json" in n and "never reads it" in n for n in report.notes), report.notes
     (folder / "model.safetensors").rename(folder / "other.safetensors")  # now the index is what loads: broken
     assert nandoctor.scan(folder).exit_code == 3
+
+
+def test_a_trainer_state_cut_short_is_no_clean_resume_point(tmp_path):
+    """An adversarial round: a Trainer checkpoint whose trainer_state.json was cut short (a save interrupted) scanned
+    CLEAN; resume_from_checkpoint reads it first (TrainerState.load_from_json) and raises. Alone: UNREADABLE naming
+    the file; in its run: an incomplete save, never the last healthy one."""
+    import shutil
+
+    from transformers import TrainerState
+
+    from tests.conftest import DEMO_RUN
+
+    run = tmp_path / "run"
+    for step in (100, 200):
+        shutil.copytree(DEMO_RUN / f"checkpoint-{step}", run / f"checkpoint-{step}")
+    state = run / "checkpoint-200" / "trainer_state.json"
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError):
+        TrainerState.load_from_json(str(state))
+    TrainerState.load_from_json(str(run / "checkpoint-100" / "trainer_state.json"))
+    alone = nandoctor.scan(run / "checkpoint-200")
+    assert alone.exit_code == 3 and alone.errors[0].path == str(state) and "not valid JSON" in alone.errors[0].message
+    assert nandoctor.scan(run / "checkpoint-100").exit_code == 0
+    timeline = nandoctor.scan_run(run, device="cpu")
+    assert [c.status for c in timeline.checkpoints] == ["clean", "incomplete"]
+    assert Path(timeline.last_healthy.path).name == "checkpoint-100" and timeline.exit_code() == 3

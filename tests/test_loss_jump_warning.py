@@ -46,8 +46,9 @@ def test_a_checkpoint_saved_after_the_jump_says_so_when_scanned_alone(tmp_path: 
     run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0])
     caution = ("but the trainer log's loss jumped to 40 at step 5, 5.67x its early 7.05: the weights saved from step 4 "
                "on made that loss (unless the data changed there); check this checkpoint's loss before using it")
-    # (checkpoint-4's own log ends before the jump: only the run scan, which reads the newest log, can say it)
-    for step, said in ((8, True), (6, True), (4, False), (2, False)):
+    # (checkpoint-4's own log ends before the jump, which its weights made: the later saves' logs say it; a helper's
+    # trial: a checkpoint saved at the jump read CLEAN without a word, the next one with the caution)
+    for step, said in ((8, True), (6, True), (4, True), (2, False)):
         report = nandoctor.scan(run / f"checkpoint-{step}", device="cpu")
         line = nandoctor.verdict.one_line(report)
         assert report.exit_code == 0 and line.startswith("PASS CLEAN")
@@ -137,3 +138,17 @@ def test_a_jump_at_the_last_log_with_grown_weights_is_diverged(tmp_path: Path) -
     assert "and the trainer log's loss jumped to 200 at step 8" in verdict.one_line(alone)
     spike = nandoctor.scan(_run(tmp_path / "spike", [7.0, 7.2, 6.9, 7.1, 6.8, 6.7, 6.9, 200.0]) / "checkpoint-8")
     assert spike.exit_code == 0 and "trainer log" not in verdict.one_line(spike)
+
+
+def test_healthy_rows_saved_after_the_break_are_no_green_check_in_the_timeline(tmp_path: Path) -> None:
+    """A helper's trial: the line under the timeline said no checkpoint from the loss jump on was a resume point, while
+    their rows read ✓ healthy. They read ⚠ healthy; those before the break keep their check."""
+    from nandoctor.report.run_report import status_word
+
+    run = _run(tmp_path / "risen", [7.0, 7.2, 6.9, 7.1, 40.0, 90.0, 200.0, 640.0, 900.0, 950.0])
+    bad = {"model.layers.0.mlp.weight": torch.full((8, 8), float("nan")), "lm_head.weight": torch.randn(16, 8) * 0.02}
+    save_file(bad, run / "checkpoint-10" / "model.safetensors")
+    report = nandoctor.scan_run(str(run))
+    rows = {c.name: status_word(c, report.broken_weights_from) for c in report.checkpoints}
+    assert rows == {"checkpoint-2": "✓ healthy", "checkpoint-4": "⚠ healthy", "checkpoint-6": "⚠ healthy",
+                    "checkpoint-8": "⚠ healthy", "checkpoint-10": "✗ poisoned"}

@@ -211,7 +211,7 @@ def test_fail_on_overflow_without_a_target_dtype_says_what_to_do(tmp_path):
 
     result = run("scan", _outlier_that_overflows(tmp_path), "--fail-on", "overflow")
     assert result.exit_code == 2
-    assert "--fail-on overflow has nothing to check: no --target-dtype is given" in result.output
+    assert "has nothing to check: no target dtype is given" in " ".join(result.output.split())
     assert "or gate on other findings (e.g. --fail-on nonfinite,exploded,outlier)" in " ".join(result.output.split())
     assert "keep nonfinite" not in result.output
 
@@ -234,3 +234,27 @@ def test_the_fits_line_quotes_what_the_cast_reaches_not_optimizer_state(tmp_path
     report = nandoctor.scan(folder, device="cpu", target_dtype="fp16")
     assert report.exit_code == 0
     assert "fits fp16 (max |x| 0.5)" in verdict.one_line(report)
+
+
+@pytest.mark.parametrize(("target", "fail_on", "code"), [
+    ("fp16", "nonfinite,exploded,outlier", 1),  # 70,000 is above fp16's exploded ceiling as 30,000 is: it fails
+    ("fp16", "nonfinite,outlier", 0),
+    ("bf16", "nonfinite,exploded", 0),  # (fits bf16)
+    ("fp8_e4m3", "nonfinite,exploded", 0),  # (fp8 weights are scaled to fill the format: overflow alone there)
+])
+def test_a_gate_on_exploded_weights_fails_on_values_beyond_fp16(tmp_path, target, fail_on, code):
+    """A new user's trial: under a float16 config.json and --fail-on nonfinite,exploded,outlier, a weight of 30,000
+    failed EXPLODED while one of 70,000 (Inf once loaded: from_pretrained's logits non-finite) passed, 'overflow risk'
+    only, its tensor among '28 tensors healthy'. A value beyond fp16 lies above fp16's exploded ceiling too."""
+    from tests.conftest import run_cli as run
+
+    values = np.random.default_rng(3).standard_normal(256).astype(np.float32) * 0.02
+    values[9] = 70000.0
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": RawTensor("F32", (16, 16), (values if i == 0 else values * 0 + 0.02).tobytes())
+               for i in range(2)}
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, tensors)
+    quiet = run("scan", path, "--target-dtype", target, "--fail-on", fail_on, "-q")
+    assert quiet.exit_code == code, quiet.output
+    if target == "fp16":
+        assert "1 of 2 tensors healthy; 1 value in 1 tensor overflow fp16" in quiet.output, quiet.output

@@ -422,3 +422,34 @@ def test_an_outlier_in_the_target_does_not_make_its_own_run_s_donor_unlike(tmp_p
     result = nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-4"], tmp_path / "fixed")
     assert result.ok and [r.name for r in result.plan.restorations] == [OTHER]
     assert not [n for n in result.plan.notes if "unlike" in n], result.plan.notes
+
+
+def test_a_repair_that_restores_every_weight_from_one_donor_says_it_is_the_donor(tmp_path):
+    """A helper's trial: ``--allow-diverged`` on a checkpoint NaN throughout restored every weight from checkpoint-12
+    and read ✓ REPAIRED, with nothing in the proof: the result was checkpoint-12's weights under step 30's trainer
+    state. It reads ⚠ REPAIRED and says so, in the console and the proof's donor_doubts; a repair of a few tensors
+    does not."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import DEMO_RUN, run_cli
+
+    run = tmp_path / "run"
+    for step in (100, 200):
+        shutil.copytree(DEMO_RUN / f"checkpoint-{step}", run / f"checkpoint-{step}")
+    shutil.copytree(DEMO_RUN / "checkpoint-200", run / "checkpoint-300")
+    for shard in (run / "checkpoint-300").glob("*.safetensors"):
+        tensors = load_file(str(shard))
+        save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(shard), metadata={"format": "pt"})
+    done = run_cli("repair", run / "checkpoint-300", "--from", run / "checkpoint-200", "--out", tmp_path / "fixed",
+                   "--no-progress", "--allow-diverged")
+    text = " ".join(done.output.split())
+    assert done.exit_code == 0 and "⚠ REPAIRED" in text and "✓ REPAIRED" not in text, done.output
+    assert "but every weight tensor (" in text and "model under" in text and "not a repair of it" in text
+    proof = json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())
+    assert proof["donor_doubts"] and proof["donor_doubts"][0].startswith("every weight tensor")
+    few = run_cli("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out",
+                  tmp_path / "few", "--no-progress")
+    assert few.exit_code == 0 and "✓ REPAIRED" in few.output and "every weight tensor" not in few.output

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from nandoctor import access
+from nandoctor.checkpoint.jsonfiles import cut_short_json
 from nandoctor.checkpoint.loaders import TRAINER_STATE
 from nandoctor.errors import UnreadablePathError
 
@@ -71,6 +72,10 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
     if expect_trainer_state and _missing(folder / TRAINER_STATE):
         reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
+    elif cut_short_json(folder / TRAINER_STATE):
+        # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
+        # read CLEAN, and the resume raised JSONDecodeError)
+        reasons.append(f"{TRAINER_STATE} is not valid JSON (cut short?): resume_from_checkpoint fails on it")
     return reasons
 
 

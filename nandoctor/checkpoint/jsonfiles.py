@@ -74,6 +74,18 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES, *, foll
     return loads(data.decode("utf-8"))
 
 
+def cut_short_json(path: str | os.PathLike[str]) -> bool:
+    """Whether the JSON file ``path`` is there but does not parse (a save interrupted while writing it); False where it
+    is absent, not a regular file or cannot be read (its reader says so where it matters)."""
+    try:
+        read_json(path)
+    except ValueError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def read_ends(path: str | os.PathLike[str], head: int, tail: int) -> tuple[bytes, bytes, int]:
     """The first ``head`` bytes, the last ``tail`` bytes and the size of the regular file at ``path``, for a
     file too large to parse whole on every scan (OSError / ValueError as :func:`read_json`)."""

@@ -33,13 +33,13 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles
-from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.jsonfiles import cut_short_json, read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
-from nandoctor.verdict import UNLOADABLE_KIND, family_of
+from nandoctor.verdict import UNLOADABLE_KIND, UNREADABLE_KIND, family_of
 from nandoctor.wording import first_few, path_word
 
 GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
@@ -98,6 +98,12 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             "back from where the checkpoint was saved, or use an earlier checkpoint",
             kind=UNLOADABLE_KIND,
         ))
+    if loaders.TRAINER_STATE in names and cut_short_json(root / loaders.TRAINER_STATE):
+        found.append(ScanProblem(
+            str(root / loaders.TRAINER_STATE), "is not valid JSON (cut short?): Trainer's resume_from_checkpoint reads "
+            "it first (TrainerState.load_from_json) and fails; the weights were read and judged on their own",
+            "resume from an earlier checkpoint, or load the weights alone (from_pretrained reads no trainer state)",
+            kind=UNREADABLE_KIND))
     partition_problems, notes = _partitions_only(files, entries, names)
     found += partition_problems
     notes += _base_model_note(root, names)

@@ -48,6 +48,7 @@ from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
 GENERATION_CONFIG = "generation_config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # AutoFeatureExtractor's / AutoImageProcessor's settings
 ADAPTER_CONFIG = "adapter_config.json"
 QUANTIZATION_KEY = "quantization_config"  # a quantizer that unpacks stored tensors its own way
 # The dtype names transformers 5.25 builds a model in (getattr(torch, name): a floating dtype with a storage)
@@ -91,7 +92,24 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
         found += _nonfinite(root / GENERATION_CONFIG, generation)
         found += configvalues.generation_problems(root / GENERATION_CONFIG, generation,
                                                   config if isinstance(config, dict) else None)
+    elif generation is None and isinstance(config, dict) and _generates(config):
+        # Without generation_config.json, from_pretrained builds the model's from config.json's keys
+        # (GenerationConfig.from_model_config): its temperature, top_k, repetition_penalty … are generate's (an
+        # adversarial round: do_sample true with temperature 0 there read CLEAN, and generate raised)
+        found += configvalues.generation_problems(root / CONFIG, config, config)
+    preprocessor = read_object(root / PREPROCESSOR_CONFIG)
+    if isinstance(preprocessor, dict):
+        found += _nonfinite(root / PREPROCESSOR_CONFIG, preprocessor) + _zero_std(root / PREPROCESSOR_CONFIG, preprocessor)
     return found
+
+
+_GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # classes whose models generate
+
+
+def _generates(config: dict[str, Any]) -> bool:
+    """Whether config.json names a model class that generates (a causal or seq2seq LM head)."""
+    names = config.get("architectures")
+    return isinstance(names, list) and any(isinstance(n, str) and n.endswith(_GENERATIVE) for n in names)
 
 
 def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
@@ -209,6 +227,9 @@ def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     if path.name == GENERATION_CONFIG:
         effect = ("generate takes its settings from these values (a temperature or repetition_penalty of NaN makes it "
                   "raise 'has to be a strictly positive float'; other keys are used as written)")
+    elif path.name == PREPROCESSOR_CONFIG:
+        effect = ("the feature extractor or image processor normalizes every input with these values (a mean or std of "
+                  "NaN makes every input, and every output, NaN)")
     elif path.name == ADAPTER_CONFIG:
         effect = ("PEFT builds the adapter from these values as written (a lora_alpha of NaN or Infinity scales every "
                   "LoRA update by it: NaN outputs)")
@@ -222,6 +243,29 @@ def _nonfinite(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
         "Infinity, a writer put them there from a float that had gone bad",
         kind=CONFIG_KIND,
     )]
+
+
+_STD_KEYS = ("std", "image_std")  # what a processor divides every input by, after the mean is taken off
+
+
+def _zero_std(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
+    """A processor's normalizing std of 0 (one, or a channel's): every input divided by it is ±Inf or NaN (an
+    adversarial round: an audio classifier's std 0 gave logits [nan, nan, nan], and its scan passed CLEAN)."""
+    if data.get("do_normalize") is False:
+        return []
+    zero = [key for key in _STD_KEYS if _has_zero(data.get(key))]
+    if not zero:
+        return []
+    return [ScanProblem(
+        str(path), f"{first_few([f'{key} holds 0' for key in zero], _SHOWN)}: the processor divides every input by it, "
+        "so every input and every output is Inf or NaN",
+        f"write the std the model was trained with (the base model's {path.name} has it)", kind=CONFIG_KIND)]
+
+
+def _has_zero(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_zero(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 def _bound(where: str, value: float) -> bool:

@@ -80,6 +80,20 @@ def _train_log(place: Any, folder: Path) -> Any:
     return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
 
 
+def _later_log(place: Any) -> Any:
+    """The run's trainer log as its newest save holds it (later than the save at ``place``: every step logged since),
+    None where the run has none beyond that save's own."""
+    from nandoctor.checkpoint.runs import TRAINER_STATE
+    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
+
+    if place.lightning:
+        metrics = metrics_near(place.run)
+        return metrics.train_log() if metrics is not None else None
+    logged = [path for step, path in reversed(place.siblings())
+              if step > place.step and os.path.isfile(path / TRAINER_STATE)]
+    return read_train_log(logged[0] / TRAINER_STATE) if logged else None
+
+
 def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     """The run context of a checkpoint saved after its trainer log's loss jumped and stayed up (runs.loss_jump_at):
     ``run``, ``kind``, ``loss_broke_from`` and ``loss_jump``; None outside a run or without such a jump (a final
@@ -95,7 +109,13 @@ def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     if place is None:
         return None
     log = _train_log(place, target if target.is_dir() else target.parent)
+    later = _later_log(place)
+    # (whether a jump before the save stayed up is for the logs after it to say: a checkpoint saved at the jump's own
+    # step read CLEAN without a word, its own log ending there, while the next one's said it; a helper's trial)
     jump = loss_jump_at(log, place.step)
+    confirmed = loss_jump_at(later, place.step) if later is not None else None
+    if confirmed is not None and (jump is None or not jump["sustained"]):
+        jump, log = confirmed, later
     if jump is None:
         return None
     return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),

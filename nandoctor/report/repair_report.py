@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor.report.columns import add_column
-from nandoctor.restore.plan import LEFT_ZEROED
+from nandoctor.restore.plan import LEFT_ZEROED, WHOLE_MODEL
 from nandoctor.wording import scan_command
 
 if TYPE_CHECKING:
@@ -219,10 +219,11 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
         )
     )
     if doubted:  # (said above the tables as notes: here again, where the user reads the result; kept in the proof)
-        console.print(Text(f"  but a donor may not be this model's: {safe(plan.doubts[0])}"
+        whole = plan.doubts[0].startswith(WHOLE_MODEL)
+        console.print(Text(("  but " if whole else "  but a donor may not be this model's: ") + safe(plan.doubts[0])
                            + (f" (and {len(plan.doubts) - 1} more, in the proof's donor_doubts)" if len(plan.doubts) > 1 else "")
-                           + "; check that --from names an earlier checkpoint of this run before using the repair",
-                           style="yellow"), soft_wrap=True)
+                           + ("" if whole else "; check that --from names an earlier checkpoint of this run before using "
+                              "the repair"), style="yellow"), soft_wrap=True)
     if result.out and result.verification is not None and result.verification.exit_code == 0:
         from nandoctor.hints import using_repair
 

@@ -36,9 +36,14 @@ _WORD = {CLEAN: "✓ healthy", OVERFLOW: "! overflow risk", POISONED: "✗ poiso
          UNREADABLE: "✗ unreadable", INCOMPLETE: "… incomplete"}
 
 
-def status_word(c: RunCheckpoint) -> str:
-    """A row's status for the timeline's ``weights`` column, marked (runs.status_words: ``✗ not loadable``)."""
+def status_word(c: RunCheckpoint, broken_from: int | None = None) -> str:
+    """A row's status for the timeline's ``weights`` column, marked (runs.status_words: ``✗ not loadable``); a healthy
+    row saved after the step from which the trainer log's loss says the weights were broken (``broken_from``:
+    RunReport.broken_weights_from) is ``⚠ healthy``: no resume point (a helper's trial: the rows after a loss jump
+    read ✓ while the line under the table said none of them was one)."""
     words = status_words(c)
+    if c.status == CLEAN and broken_from is not None and c.step_known and not c.saved_into and c.step >= broken_from:
+        return "⚠ healthy"
     return _WORD[c.status] if words == c.status else f"✗ {words}"
 
 
@@ -87,8 +92,9 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
     rows: list[list[Text | str]] = []
     for c in run.checkpoints:
         r = c.report
-        style = _STYLE[c.status]
-        row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(status_word(c), style=style)]
+        word = status_word(c, run.broken_weights_from)
+        style = "yellow" if word.startswith("⚠") else _STYLE[c.status]
+        row: list[Text | str] = ([] if narrow else [c.step_label]) + [Text(safe(c.name)), Text(word, style=style)]
         if c.same_as is not None:  # the same file as a row above: its counts are said once, there
             row += [""] * (3 if narrow else 6) + ([""] if with_overflow else [])
             if not narrow:

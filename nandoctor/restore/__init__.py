@@ -80,7 +80,7 @@ def repair(
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
-    from nandoctor.restore.likeness import unlike_notes
+    from nandoctor.restore.likeness import unlike_notes, whole_model_note
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
@@ -182,7 +182,7 @@ def repair(
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
-    doubts = (*other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
+    doubts = (*whole_model_note(plan, report), *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
     plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts)
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)

@@ -146,6 +146,9 @@ class Unrestorable:
     reasons: tuple[str, ...]
 
 
+WHOLE_MODEL = "every weight tensor"  # (how likeness.whole_model_note starts: the result reads "but every weight tensor …")
+
+
 @dataclass(frozen=True)
 class RepairPlan:
     target: str
@@ -410,7 +413,7 @@ def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[st
         if found * 2 < len(names):
             notes.append(
                 f"donor {_describe(view.catalog)} has {found:,} of the target's {len(names):,} weight names"
-                + (": a different model, or another naming?" if found == 0 else "")
+                + (": a different model, or another naming?" if found == 0 else ": a different model?")
             )
     return tuple(notes)
 
