@@ -26,8 +26,10 @@ before each chunk; reads report a short read as a changed file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +62,37 @@ class ChunkSource(Protocol):
     def close(self) -> None: ...
 
 
+POPULATE_FROM = 1 << 20  # chunks this large are mapped in one call before they are read
+_MADV_POPULATE_READ = 22  # Linux 5.14+: fault a mapped range in, read-only, without waiting page by page
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise, called through ctypes (which releases the GIL while the kernel maps), on Linux; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def populate(address: int, length: int) -> None:
+    """Map the pages of [address, address + length) of a read-only file mapping in one call before a kernel reads
+    them: one madvise(MADV_POPULATE_READ) instead of a page fault every 16 pages (measured, warm 4.4 GB, 2 threads:
+    the clean scan 22-24 -> 24-25 GB/s, .bin with its CRC-32 17.2 -> 17.8). A kernel without it (EINVAL) or a range
+    it cannot map (EFAULT: the scan's own size check reports a truncated file) just leaves the faults to the read."""
+    madvise = _madvise()
+    if madvise is not None:
+        low = address - address % PAGE
+        madvise(low, address + length - low, _MADV_POPULATE_READ)
+
+
 class MappedSource:
     """A read-only mmap of the whole file; chunks are zero-copy views."""
 
@@ -75,6 +108,8 @@ class MappedSource:
         if os.fstat(self.fd).st_size < absolute + length:
             raise FileChangedError(str(self.path), "the file was truncated while it was being scanned")
         view = np.frombuffer(self.mapped, dtype=np.uint8, count=length, offset=absolute)
+        if length >= POPULATE_FROM:
+            populate(view.ctypes.data, length)
         if absolute % ALIGNED_AT:
             # A region at an odd offset (a DCP item's tensors sit wherever the item does in its .distcp)
             # would be viewed as lanes at unaligned addresses, where numpy's reductions take a slow path:

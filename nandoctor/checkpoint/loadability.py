@@ -390,7 +390,7 @@ def _first_found(files: layout.CheckpointFiles, names: set[str]) -> set[Path] | 
         if not loaders.is_index_name(name):
             return {files.root / name}
         return {index.path.parent / shard for index in files.indexes if index.path.name == name
-                for shard in index.weight_map.values()}
+                for shard in set(index.weight_map.values())}  # (a path per shard, not per tensor)
     return None
 
 
