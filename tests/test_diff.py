@@ -411,3 +411,19 @@ def test_64_bit_integers_compare_exactly_across_a_dtype_change(tmp_path: Path, a
     save_numpy({"w": b.astype(a.dtype) if b.dtype.kind == "f" else a}, str(tmp_path / "c.safetensors"))
     same = nandoctor.diff(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
     assert same.tensors[0].status in ("identical", "changed")  # (the same dtype: bytes decide)
+
+
+def test_a_side_that_cannot_be_read_is_said_first_not_under_a_row_per_tensor(tmp_path):
+    """A new user's trial: `nandoctor diff notes.txt run/checkpoint-200` printed 195 'not compared' rows, then the one
+    line saying why. The cause comes first; the rows are counted (--all lists them)."""
+    from tests.conftest import DEMO_RUN, run_cli
+
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    shown = run_cli("diff", tmp_path / "notes.txt", DEMO_RUN / "checkpoint-200")
+    assert shown.exit_code == 3
+    lines = shown.output.splitlines()
+    cause = next(i for i, line in enumerate(lines) if "not a checkpoint format nandoctor knows" in line)
+    assert cause < 6 and "195 tensors not compared (--all lists them)" in shown.output
+    assert not any("transformer.h.0.ln_1.weight" in line for line in lines)
+    every = run_cli("diff", tmp_path / "notes.txt", DEMO_RUN / "checkpoint-200", "--all")
+    assert sum("not compared: A's" in line for line in every.output.splitlines()) == 195

@@ -194,7 +194,8 @@ def test_an_unwritable_html_path_is_an_output_error_and_the_scans_verdict_still_
     # (the scan's own line, its first word the exit code's: FAIL, and why; a new user's gate read PASS on an exit 3)
     said = own.stdout.rstrip("\n").partition(" ")[2]
     assert quiet.exit_code == 3 and "UNREADABLE" not in quiet.output
-    assert quiet.stdout == f"FAIL {said} · the --html report was not written (exit 3)\n"
+    head = "" if own.exit_code else "REPORT NOT WRITTEN, weights "
+    assert quiet.stdout == f"FAIL {head}{said} · the --html report was not written (exit 3)\n"
     assert quiet.stderr.startswith(error)
     data = json.loads(scan(str(path), "--html", out, "--json").stdout)
     assert data["summary"]["exit_code"] == own.exit_code  # the scan's verdict
@@ -253,5 +254,6 @@ def test_an_html_path_that_is_a_folder_is_an_output_error_too(tmp_path):
         f"--html takes the file to write, not a folder: give e.g. {tmp_path}-report.html")
     quiet = scan(str(DEMO_RUN / "checkpoint-200"), "--html", str(tmp_path), "-q")
     # (a new user: the line said PASS CLEAN and the command exited 3; its first word is the exit code's)
-    assert quiet.exit_code == 3 and quiet.stdout == (f"FAIL CLEAN {DEMO_RUN / 'checkpoint-200'}: 195 tensors healthy · "
+    assert quiet.exit_code == 3 and quiet.stdout == (f"FAIL REPORT NOT WRITTEN, weights CLEAN {DEMO_RUN / 'checkpoint-200'}: "
+                                                     "195 tensors healthy · "
                                                      "the --html report was not written (exit 3)\n")

@@ -66,7 +66,9 @@ def quiet_line(line: str, not_written: ReportWriteError | None) -> str:
     if not_written is None:
         return line
     status, _, rest = line.partition(" ")
-    return f"FAIL {rest if status in ('PASS', 'FAIL') else line} · the --html report was not written (exit {not_written.exit_code})"
+    # (a passing scan says so as the weights', not the gate's: "FAIL CLEAN" read as a contradiction to a new user)
+    said = f"REPORT NOT WRITTEN, weights {rest}" if status == "PASS" else rest if status == "FAIL" else line
+    return f"FAIL {said} · the --html report was not written (exit {not_written.exit_code})"
 
 
 def emit_scan(

@@ -112,7 +112,15 @@ def render(report: DiffReport, console: Console, *, show_all: bool = False) -> N
     for ranges, what in ((report.changed_ranges, "changed"), (report.cast_ranges, "cast")):
         if ranges:
             console.print(Text(f"  {what}: " + ", ".join(safe(x.label) for x in ranges)))
+    # (what could not be read first, where it leaves tensors uncompared: a new user read 195 "not compared" rows before
+    # the one line that said why)
+    problems_first = report.verdict == "INCOMPLETE"
+    if problems_first:
+        _problems(report, console)
     rows = [t for t in report.tensors if not t.same or t.status == r.EQUAL]
+    if rows and not show_all and all(t.status == r.UNREADABLE for t in rows):
+        console.print(Text(f"  {plural(len(rows), 'tensor')} not compared (--all lists them)", style="dim"))
+        rows = []
     if rows:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         table.add_column("tensor", overflow="fold")
@@ -126,9 +134,14 @@ def render(report: DiffReport, console: Console, *, show_all: bool = False) -> N
         console.print(table)
         if len(rows) > len(shown):
             console.print(Text(f"  … and {len(rows) - len(shown)} more (--all lists every one)", style="dim"))
+    if not problems_first:
+        _problems(report, console)
+    for note in report.notes:
+        console.print(Text(f"  note: {safe(note)}", style="dim"))
+
+
+def _problems(report: DiffReport, console: Console) -> None:
     for p in report.problems:
         console.print(Text(f"  unreadable: {safe(p.path)}: {safe(p.message)}", style="red"))
         if p.hint:
             console.print(Text(f"    hint: {safe(p.hint)}", style="dim"))
-    for note in report.notes:
-        console.print(Text(f"  note: {safe(note)}", style="dim"))
