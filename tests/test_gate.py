@@ -290,3 +290,15 @@ def test_pre_commit_scans_staged_files_whose_names_start_with_a_dash(tmp_path, m
     assert main(["-nan.safetensors"]) == 1
     assert main(["--exclude=none.safetensors", "good.safetensors"]) == 1
     assert main(["--target-dtype", "fp16"]) == 2  # nothing to scan is never a pass
+
+
+@pytest.mark.parametrize("args", [("scan", "{run}", "--json", "--fail-on", "bogus"),
+                                  ("repair", "{run}/checkpoint-300", "--json")])
+def test_a_usage_error_with_json_still_prints_json(args):
+    """An adversarial round: `scan --json --fail-on bogus > r.json` (exit 2) left r.json empty, unparseable."""
+    import json
+
+    result = CliRunner().invoke(cli, [a.format(run=DEMO_RUN) for a in args])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["summary"]["verdict"] == "USAGE ERROR" and data["summary"]["exit_code"] == 2 and data["errors"]

@@ -66,11 +66,16 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # Ctrl-C while a command is imported or starts, before its own handler (cli.common.handles_errors) is in
         # place: click's standalone mode would print "Aborted!" and exit 1, a scan's "findings fail the gate"
+        args = [*ctx.protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except click.UsageError as exc:
+            if "--json" in args:
+                _usage_json(args, exc)
+            raise  # (click prints the usage and the error on stderr, exit 2)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         # (the brief's and the README's "gate" is a scan's exit code: a user who types it is told the command)
@@ -95,6 +100,19 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         self.commands[cmd_name] = command
         return command
+
+
+def _usage_json(args: list[str], exc: click.UsageError) -> None:
+    """The JSON report of a command given --json that stopped at its options (exit 2): ``--json > r.json`` never
+    leaves an empty file (an adversarial round's ``scan --json --fail-on bogus`` did)."""
+    import json
+
+    from nandoctor.report.json_report import error_to_json
+    from nandoctor.verdict import DEFAULT_FAIL_ON
+
+    target = next((a for a in args[1:] if not a.startswith("-")), "")
+    click.echo(json.dumps(error_to_json(target, exc.format_message(), f"see nandoctor {args[0] if args else ''} --help",
+                                        exc.exit_code, DEFAULT_FAIL_ON, word="USAGE ERROR"), indent=2))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
