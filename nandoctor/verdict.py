@@ -117,6 +117,7 @@ RUN_CONTEXT = "run"  # ScanReport.extra key: the run a checkpoint was judged wit
 # Options
 
 
+USAGE_WORDS = "USAGE ERROR"  # the JSON verdict of a command given --json that stopped at its options (exit 2)
 ALWAYS_FAILS: frozenset[str] = frozenset({NONFINITE})  # NaN/Inf is never safe to load: no --fail-on passes it
 
 

@@ -772,3 +772,24 @@ def test_a_fused_tensor_a_conversion_splits_fills_every_name_it_becomes(tmp_path
               metadata={"format": "pt"})
     report = nandoctor.scan(tmp_path / "m")
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+
+
+@pytest.mark.parametrize(("config", "kind", "said"), [
+    ({"n_positions": 128}, "unloadable", "transformer.wpe.weight holds shape [64, 32] where the model built from config.json has [128, 32]"),
+    ({"n_positions": 32}, "unloadable", "transformer.wpe.weight holds shape [64, 32]"),
+    ({"n_head": 3}, "config", "config.json's n_head is 3, which does not divide its n_embd of 32"),
+])
+def test_position_tables_and_head_counts_config_json_contradicts(tmp_path, config, kind, said):
+    """An adversarial round: GPT-2's n_positions raised or cut (a hand edit to extend the context: from_pretrained
+    refuses the stored table, size mismatch) and a head count that does not divide the width (transformers raises
+    'must be divisible') read CLEAN; nothing suspected them, so the model was never built."""
+    folder = _gpt2(tmp_path / "g", config)
+    if kind == "unloadable":
+        assert _loads(folder)[0] is False
+    else:
+        from transformers import AutoModelForCausalLM
+
+        with pytest.raises(ValueError, match="divisible"):
+            AutoModelForCausalLM.from_pretrained(folder)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(p.kind == kind and said in p.message for p in report.errors), report.errors

@@ -417,7 +417,7 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     assert verdict.one_line(report).startswith("FAIL NON-FINITE (POISONED) ")  # --quiet's health case
     emitted = [verdict.CLEAN_WORDS, *findings, verdict.DIVERGED_WORDS, verdict.OVERFLOW_WORDS.format(dtype="fp16"),
                *verdict.PROBLEM_WORDS.values(), *stopped, *run_words, "(POISONED)",
-               verdict.ALSO_REPORTED.format("…").strip(), verdict.REPORTED_ONLY.strip()]
+               verdict.ALSO_REPORTED.format("…").strip(), verdict.REPORTED_ONLY.strip(), verdict.USAGE_WORDS]
     assert sorted(_doc_table("Verdict words")) == sorted(dict.fromkeys(emitted))
     # every problem kind a report can hold has its word (a ScanProblem's kinds, from its docstring's list)
     kinds = set(re.findall(r"``(\w+)`` \(", ScanProblem.__doc__ or ""))

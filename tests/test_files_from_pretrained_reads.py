@@ -122,3 +122,19 @@ def test_a_trainer_state_cut_short_is_no_clean_resume_point(tmp_path):
     timeline = nandoctor.scan_run(run, device="cpu")
     assert [c.status for c in timeline.checkpoints] == ["clean", "incomplete"]
     assert Path(timeline.last_healthy.path).name == "checkpoint-100" and timeline.exit_code() == 3
+
+
+def test_an_index_without_metadata_is_not_loadable(tmp_path):
+    """An adversarial round: a hand-written model.safetensors.index.json of a weight_map alone read CLEAN, and
+    from_pretrained raised KeyError: 'metadata'."""
+    folder = tmp_path / "m"
+    tensors = _llama(folder)
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    _shard(folder, tensors, [names[:10], names[10:]], (".safetensors", ".safetensors"))
+    assert _loaded(folder) == (True, []) and nandoctor.scan(folder).exit_code == 0
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": json.loads(index.read_text())["weight_map"]}))
+    assert _loaded(folder)[0] is False
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(p.kind == "unloadable" and "metadata" in p.message for p in report.errors)

@@ -275,14 +275,16 @@ def test_other_files_are_named_never_guessed(tmp_path):
     os.symlink("gone.ckpt", tmp_path / "last-v2.ckpt")
     found = lightning_folder(tmp_path)
     assert found is not None
-    assert (found.last, found.final, found.unplaced) == (tmp_path / "last.ckpt", None, ("best.ckpt", "epoch=3.ckpt"))
+    # (every file with no step to place it by is a row of its own: read and judged, never left unread)
+    assert (found.last, found.final, found.unplaced) == (
+        tmp_path / "last.ckpt", None, ("best.ckpt", "epoch=3.ckpt", "final.ckpt", "last-v1.ckpt", "model.safetensors"))
     assert found.notes == (
         'last-v2.ckpt links to gone.ckpt, which does not exist: trainer.fit(ckpt_path="last") would start from '
         "scratch; remove the link",
         'last-v1.ckpt: older last checkpoint(s) (trainer.fit(ckpt_path="last") resumes from the newest, '
-        "last.ckpt); not part of the timeline",
+        "last.ckpt); each a row of its own, not what a resume loads",
         "final.ckpt, model.safetensors could each be the run's final model, so neither is taken as it: "
-        "scan them on their own",
+        "each is a row of its own",
     )
     (tmp_path / "model.safetensors").unlink()
     assert lightning_folder(tmp_path).final == tmp_path / "final.ckpt"

@@ -77,15 +77,40 @@ def test_a_healthy_loops_saves_pass_as_a_timeline(tmp_path):
     assert all(r["status"] == "clean" for r in rows)
 
 
-def test_two_counters_in_one_folder_make_one_timeline_and_a_note(tmp_path):
-    """Saves numbered by step and by epoch in one folder: the most common template is the timeline, the others are
-    named (two counters are not one order)."""
+def test_files_no_step_places_are_rows_of_their_own_and_decide_too(tmp_path):
+    """Saves numbered by step and by epoch in one folder: the most common template is the timeline, and every other
+    weight file (epoch_1.pt, a loop's best.pt) is a row of its own, read and judged beside it, never a resume point (an
+    adversarial round: NaN in fairseq's checkpoint_best.pt, ultralytics' best.pt and a second template's files was
+    named in a note, "scan them on their own", and the run passed with a check)."""
     run = tmp_path / "run"
     _loop(run, blow_up_at=None, name="step_{}.pt", every=5, steps=15)
     (run / "epoch_1.pt").write_bytes((run / "step_15.pt").read_bytes())
     report = nandoctor.scan_run(run, device="cpu")
-    assert [Path(c.path).name for c in report.checkpoints] == ["step_5.pt", "step_10.pt", "step_15.pt"]
-    assert any("epoch_1.pt" in note for note in report.notes), report.notes
+    assert [Path(c.path).name for c in report.checkpoints] == ["step_5.pt", "step_10.pt", "step_15.pt", "epoch_1.pt"]
+    assert report.exit_code() == 0 and Path(report.last_healthy.path).name == "step_15.pt"
+    state = torch.load(run / "step_15.pt", weights_only=True)
+    state["model"]["0.weight"][0, 0] = float("nan")
+    torch.save(state, run / "best.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    rows = {Path(c.path).name: c.status for c in report.checkpoints}
+    assert rows["best.pt"] == "poisoned" and report.exit_code() == 1
+    assert Path(report.last_healthy.path).name == "step_15.pt"  # (a row of its own is never a resume point)
+    repaired = run_cli("repair", str(run / "best.pt"), "--from", "auto", "--out", str(tmp_path / "fixed"))
+    assert repaired.exit_code == 0, repaired.output
+    assert torch.isfinite(torch.load(tmp_path / "fixed" / "best.pt", weights_only=True)["model"]["0.weight"]).all()
+
+
+def test_the_models_saves_are_the_timeline_beside_as_many_optimizer_saves(tmp_path):
+    """An adversarial round: model_step_N.pt and optimizer_step_N.pt, three of each: the timeline was the optimizer's
+    (by name order) and the model's saves, one poisoned, went unread. The model's are the timeline."""
+    run = tmp_path / "run"
+    _loop(run, blow_up_at=None, name="model_step_{}.pt", every=5, steps=15)
+    for step in (5, 10, 15):
+        state = torch.load(run / f"model_step_{step}.pt", weights_only=True)
+        torch.save(state["optimizer"], run / f"optimizer_step_{step}.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    names = [Path(c.path).name for c in report.checkpoints]
+    assert names[:3] == ["model_step_5.pt", "model_step_10.pt", "model_step_15.pt"] and len(names) == 6
 
 
 @pytest.mark.parametrize("names", [("fold_1.pt", "fold_2.pt"), ("model_1.pt", "model_2.pt"), ("rank_0.pt", "rank_1.pt")])

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint import buildvalues
-from nandoctor.checkpoint.configvalues import EXPERT_KEYS, embeds_token_ids, positive
+from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, sized
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
@@ -59,6 +59,12 @@ _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks f
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
 _LAYOUT_SUSPICION = "<layers out of pattern>"  # (a tensor held by layers in no pattern a model is built with)
+# Embedding tables whose rows config.json sizes beside the vocabulary: (name pattern, the keys giving their rows)
+_TABLES = (
+    (re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$"),
+     ("max_position_embeddings", "n_positions", "max_seq_len")),
+    (re.compile(r"(?:^|\.)token_type_embeddings\.weight$"), ("type_vocab_size",)),
+)
 _NUMBERED_SEGMENT = re.compile(r"\.\d+\.")  # a layer's (or any numbered module's) part of a name
 _NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of sibling modules: conv1, ln_2, fc1
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
@@ -332,23 +338,7 @@ def _no_layers(key: str) -> str:
     return f"config.json's {key} is 0"
 
 
-# Older spellings of the sizes that a config class maps onto transformers' names (its attribute_map: GPT-2's n_embd
-# and n_layer, BART's d_model, BLOOM's n_head): read where the canonical key is absent (a helper's trial: GPT-2's
-# n_embd 32 -> 64 and n_layer 2 -> 3 read CLEAN, from_pretrained refused one and filled a layer at random in the other)
-_ALIASES = {
-    "hidden_size": ("n_embd", "d_model", "embed_dim", "emb_dim"),  # (not hidden_dim: DistilBERT's is its FFN's width)
-    "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
-    "num_attention_heads": ("n_head", "n_heads", "num_heads"),
-}
-_LAYER_SPELLINGS = ("num_hidden_layers", *_ALIASES["num_hidden_layers"])
-
-
-def sized(config: dict[str, Any], key: str) -> tuple[str, int | None]:
-    """(the config.json key that gives ``key``'s size, the size): ``key`` itself, else the first of its older
-    spellings present (_ALIASES); the size None where it is no positive integer."""
-    if key not in config:
-        key = next((alias for alias in _ALIASES.get(key, ()) if alias in config), key)
-    return key, positive(config.get(key))
+_LAYER_SPELLINGS = ("num_hidden_layers", *ALIASES["num_hidden_layers"])
 UNGATHERED = "a sharded save (DeepSpeed ZeRO-3, FSDP) that did not gather its parameters"
 GATHER_HINT = ("save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
                "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint")
@@ -375,6 +365,15 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             yield name, f"config.json's vocab_size is {vocab:,}, the tensor has {shape[0]:,} rows"
         elif hidden and shape[1] != hidden:
             yield name, f"config.json's {hidden_key} is {hidden:,}, the tensor is {shape[1]:,} wide"
+    # position and token-type embeddings of another length than config.json gives (max_position_embeddings raised to
+    # extend the context: from_pretrained refuses the stored table; an adversarial round's read CLEAN)
+    for name, shape in stored.items():
+        if len(shape) != 2:
+            continue
+        for pattern, keys in _TABLES:
+            key, rows = next(((k, positive(config.get(k))) for k in keys if k in config), ("", None))
+            if rows and pattern.search(name) and shape[0] not in (rows, rows + 2):  # (+2: OPT/BART's offset rows)
+                yield name, f"config.json's {key} is {rows:,}, the tensor has {shape[0]:,} rows"
     # (a stack of num_hidden_layers is the language model's; others beside it are a vision tower's, an encoder's;
     # DeepSeek-V3 stores its multi-token-prediction layers after them: num_nextn_predict_layers)
     extra = positive(config.get("num_nextn_predict_layers")) or 0

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive
+from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive, sized
 from nandoctor.wording import first_few
 
 # transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES)
@@ -98,6 +98,14 @@ def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
         count = config.get(key)
         if isinstance(count, (int, float)) and not isinstance(count, bool) and count <= 0:
             yield config, key, f"config.json's {where}{key} is {count}", other if other else DROP
+    # a head count that does not divide the width, where no head_dim is given (attention splits the width by it:
+    # transformers raises "must be divisible"; an adversarial round's GPT-2 n_head 3 with n_embd 32 read CLEAN)
+    heads_key, count = sized(config, "num_attention_heads")
+    width_key, width = sized(config, "hidden_size")
+    if count and width and not head_dim and width % count:
+        fits = max(d for d in range(1, count + 1) if width % d == 0)
+        yield config, heads_key, (f"config.json's {where}{heads_key} is {count}, which does not divide its "
+                                  f"{width_key} of {width:,}"), fits
 
 
 def _known_rope(rope: dict[str, Any], depth: int = 0) -> bool:

@@ -54,6 +54,24 @@ def positive(value: Any) -> int | None:
     return value if _int(value) and value > 0 else None
 
 
+# Older spellings of the sizes that a config class maps onto transformers' names (its attribute_map: GPT-2's n_embd
+# and n_layer, BART's d_model, BLOOM's n_head): read where the canonical key is absent (a helper's trial: GPT-2's
+# n_embd 32 -> 64 and n_layer 2 -> 3 read CLEAN, from_pretrained refused one and filled a layer at random in the other)
+ALIASES = {
+    "hidden_size": ("n_embd", "d_model", "embed_dim", "emb_dim"),  # (not hidden_dim: DistilBERT's is its FFN's width)
+    "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
+    "num_attention_heads": ("n_head", "n_heads", "num_heads"),
+}
+
+
+def sized(config: dict[str, Any], key: str) -> tuple[str, int | None]:
+    """(the config.json key that gives ``key``'s size, the size): ``key`` itself, else the first of its older
+    spellings present (ALIASES); the size None where it is no positive integer."""
+    if key not in config:
+        key = next((alias for alias in ALIASES.get(key, ()) if alias in config), key)
+    return key, positive(config.get(key))
+
+
 def vocab_size(config: dict[str, Any] | None) -> int | None:
     """The vocabulary size config.json gives (top level, else its text model's), if any."""
     if not isinstance(config, dict):

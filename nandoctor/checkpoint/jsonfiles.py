@@ -79,9 +79,9 @@ def cut_short_json(path: str | os.PathLike[str]) -> bool:
     is absent, not a regular file or cannot be read (its reader says so where it matters)."""
     try:
         read_json(path)
-    except ValueError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return True
-    except OSError:
+    except (OSError, ValueError):  # (not there, or refused as too large or too deep: its reader says so)
         return False
     return False
 

@@ -46,6 +46,10 @@ _NUMBERED_FILE = re.compile(r"(?:^|[-_.])(?:step|steps|iter|iters|iteration|iter
 NUMBERED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
+_AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scaler|rng|ema|disc|discriminator|critic)"
+                        r"(?:[-_.]|$)", re.IGNORECASE)
+
+
 def lightning_step_of(path: Path) -> int | None:
     """The step a step file's name gives: a Lightning ``….ckpt`` file whose name holds ``step=N``, or a training
     loop's save numbered after a word that counts (``step_100.pt``, ``ckpt-1000.pth``, ``epoch_3.safetensors``);
@@ -76,7 +80,9 @@ def one_template(steps: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
     counts: dict[str, int] = {}
     for _, path in numbered:
         counts[step_template(path)] = counts.get(step_template(path), 0) + 1
-    kept = max(counts, key=lambda t: (counts[t], t))
+    # (of two as common, the model's saves: a loop writing model_step_N.pt and optimizer_step_N.pt, or an EMA copy
+    # beside each, has its timeline in the model's; an adversarial round's took the optimizer's by name order)
+    kept = max(counts, key=lambda t: (counts[t], _AUXILIARY.search(t) is None, t))
     lightning = [(step, path) for step, path in steps if path.suffix.lower() == LIGHTNING_SUFFIX]
     return lightning if lightning else [(step, path) for step, path in numbered if step_template(path) == kept]
 
@@ -133,7 +139,7 @@ class LightningFolder:
     steps: tuple[tuple[int, Path], ...]  # (step, file), steps ascending
     last: Path | None = None  # what ckpt_path="last" resumes from: the newest last file
     final: Path | None = None  # the run's final model
-    unplaced: tuple[str, ...] = ()  # other weight files: neither step files nor the last or final one
+    unplaced: tuple[str, ...] = ()  # other weight files: neither step files nor the last or final one (rows of their own)
     notes: tuple[str, ...] = ()  # why some last or final candidate is not a row
 
 
@@ -183,15 +189,17 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
     if not steps or (len(steps) < 2 and (not lightning or (not lasts and len(finals) != 1))):
         return None
     last = _resumed(lasts)
+    others += [p for p in lasts if p != last]
     if len(lasts) > 1:
         older = [p.name for p in lasts if p != last]
         notes.append(f"{', '.join(older)}: older last checkpoint(s) (trainer.fit(ckpt_path=\"last\") resumes from "
-                     f"the newest, {last.name if last else '?'}); not part of the timeline")
+                     f"the newest, {last.name if last else '?'}); each a row of its own, not what a resume loads")
     final = finals[0] if len(finals) == 1 else None
     if len(finals) > 1:
+        others += finals
         notes.append(f"{', '.join(p.name for p in finals)} could each be the run's final model, so neither is "
-                     "taken as it: scan them on their own")
-    return LightningFolder(tuple(sorted(steps)), last, final, tuple(p.name for p in others), tuple(notes))
+                     "taken as it: each is a row of its own")
+    return LightningFolder(tuple(sorted(steps)), last, final, tuple(sorted({p.name for p in others})), tuple(notes))
 
 
 def _resumed(lasts: list[Path]) -> Path | None:

@@ -117,7 +117,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     saved = GENERATION_CONFIG in names and _model_weights(names)
     if not (trainer or saved or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
         return found, notes  # weights alone: how they are loaded is not for nandoctor to guess
-    found += _unindexed_shards(files)
+    found += _unindexed_shards(files) + _index_without_metadata(files, names)
     if trainer or saved:
         config_problems, config_notes = _config(root, names, trainer)
         found += config_problems
@@ -378,6 +378,26 @@ def _cast_by_from_pretrained(
 # one there is all it reads (a model.safetensors holding part of a model beside the whole model's shards and their
 # index loaded as that part, the rest at random; an adversarial round's scan compared the union with config.json)
 _LOOKED_FOR = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _index_without_metadata(files: layout.CheckpointFiles, names: set[str]) -> list[ScanProblem]:
+    """NOT LOADABLE when the shard index from_pretrained reads (the first of _LOOKED_FOR there) has no ``metadata``
+    object: transformers takes ``index["metadata"]`` and adds to it (KeyError, TypeError; an adversarial round's
+    hand-written index of a weight_map alone read CLEAN)."""
+    name = next((n for n in _LOOKED_FOR if n in names), None)
+    if name is None or not loaders.is_index_name(name) or loaders.CONFIG not in names:
+        return []
+    try:
+        data = read_json(files.root / name)
+    except (OSError, ValueError):
+        return []  # (an index that cannot be read is the layout's problem already)
+    if not isinstance(data, dict) or isinstance(data.get("metadata"), dict):
+        return []
+    return [ScanProblem(
+        str(files.root / name), "has no \"metadata\" object beside its weight_map: transformers' from_pretrained reads "
+        "index[\"metadata\"] and fails (KeyError) before it loads a weight",
+        'add "metadata": {"total_size": <the bytes of all shards>} to the index (save_pretrained writes it)',
+        kind=UNLOADABLE_KIND)]
 
 
 def _first_found(files: layout.CheckpointFiles, names: set[str]) -> set[Path] | None:

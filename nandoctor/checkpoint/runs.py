@@ -173,6 +173,8 @@ def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
         return RunPlace(file.parent, after, True, final=True)
     if run.last is not None and file.name == run.last.name:
         return RunPlace(file.parent, after, True)
+    if file.name in run.unplaced:  # (best.pt, checkpoint_best.pt: after every step file, donors among them all)
+        return RunPlace(file.parent, after, True, final=True)
     return None
 
 
@@ -253,8 +255,8 @@ class RunCheckpoint:
 
     @property
     def name(self) -> str:
-        if self.saved_into:
-            return Path(self.path).name + "/"  # ("final/" beside a final model at the run's top, named "final")
+        if self.saved_into:  # ("final/" beside a final model at the run's top, named "final"; a loop's best.pt)
+            return Path(self.path).name + ("/" if os.path.isdir(self.path) else "")
         return FINAL if self.final else Path(self.path).name
 
     @property
@@ -920,6 +922,12 @@ def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
         own = saved_step(run.last)
         at = sum(1 for r in rows if own is not None and r.step <= own) if own is not None else len(rows)
         rows.insert(at, _Row(newest if own is None else own, run.last, kind="last", step_known=own is not None))
+    # Weight files with no step to place them by (best.ckpt, a loop's best.pt or checkpoint_best.pt, ultralytics'
+    # best.pt, two final candidates, an older last file): rows of their own, read and judged beside the deciding one,
+    # never resume points (an adversarial round: NaN in each was named in a note, "scan them on their own", and the
+    # run passed with a check)
+    folder = run.steps[0][1].parent
+    rows += [_Row(newest, folder / name, kind="saved", step_known=False) for name in sorted(run.unplaced)]
     if run.final is not None:
         own = saved_step(run.final)
         known = own is not None and own >= newest
@@ -1006,10 +1014,10 @@ def scan_run(
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if lightning else duplicate_steps(checkpoints_in(root))
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
-    if lightning_run is not None:  # epoch=3.ckpt: a checkpoint too, but no step to place it by
-        others = sorted(lightning_run.unplaced)
+    if lightning_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _lightning_rows)
+        others = []
         notes += lightning_run.notes
-        named = "a …step=<N>….ckpt file"
+        named = ""
     else:
         others = sorted(
             e.name for e in entries

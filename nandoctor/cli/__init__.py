@@ -15,6 +15,7 @@ import gc
 import importlib
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -66,7 +67,9 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # Ctrl-C while a command is imported or starts, before its own handler (cli.common.handles_errors) is in
         # place: click's standalone mode would print "Aborted!" and exit 1, a scan's "findings fail the gate"
-        args = [*ctx.protected_args, *ctx.args]
+        with warnings.catch_warnings():  # (click 8.2+ warns of protected_args, which still holds the command's name)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            args = [*ctx.protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -108,11 +111,11 @@ def _usage_json(args: list[str], exc: click.UsageError) -> None:
     import json
 
     from nandoctor.report.json_report import error_to_json
-    from nandoctor.verdict import DEFAULT_FAIL_ON
+    from nandoctor.verdict import DEFAULT_FAIL_ON, USAGE_WORDS
 
     target = next((a for a in args[1:] if not a.startswith("-")), "")
     click.echo(json.dumps(error_to_json(target, exc.format_message(), f"see nandoctor {args[0] if args else ''} --help",
-                                        exc.exit_code, DEFAULT_FAIL_ON, word="USAGE ERROR"), indent=2))
+                                        exc.exit_code, DEFAULT_FAIL_ON, word=USAGE_WORDS), indent=2))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -124,6 +124,11 @@ def hyperparameter_problems(path: str, found: list[tuple[str, str]]) -> list[Sca
         kind=CONFIG_KIND)]
 
 
+# A loss scale below this is no scale: the GradScaler keeps it in float32, where a smaller one is 0 or its reciprocal
+# (what unscale multiplies the gradients by) overflows to Inf (an adversarial round: 2^-130 and 1e-40 passed)
+DEAD_SCALE = 2.0**-128
+
+
 def scaler_problems(path: str, found: list[str]) -> list[ScanProblem]:
     """BAD CONFIG for gradient scalers saved with a loss scale of 0 or below (``found``: where each is): a resumed run
     multiplies every loss by it, unscales its gradients to NaN (0 × 1/0) and skips every step, its scale stuck at 0
@@ -133,7 +138,8 @@ def scaler_problems(path: str, found: list[str]) -> list[ScanProblem]:
     from nandoctor.wording import first_few
 
     return [ScanProblem(
-        path, f"the gradient scaler's loss scale is 0 or below ({first_few(found, 3)}): a training run resumed from it "
+        path, f"the gradient scaler's loss scale is 0, below 0 or too small for float32 ({first_few(found, 3)}): a "
+        "training run resumed from it "
         "multiplies every loss by it, its gradients unscale to NaN and every step is skipped",
         "resume from an earlier checkpoint, or delete the scaler's state (a Trainer checkpoint's scaler.pt) so that "
         "the resumed run starts a fresh scaler", kind=CONFIG_KIND)]
@@ -355,7 +361,8 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         if value.__class__ is float and not math.isfinite(value) and breaks_a_step(
                 [*out._groups, *path], value, bool(within & _IN_SCHEDULER), bool(within & _IN_SCALER)):
             out.group_floats.append((".".join(path), value))
-        elif within & _IN_SCALER and path and path[-1] == "scale" and isinstance(value, (int, float)) and value <= 0:
+        elif (within & _IN_SCALER and path and path[-1] == "scale" and isinstance(value, (int, float))
+              and value < DEAD_SCALE):
             out.dead_scalers.append(".".join(path))
         elif (isinstance(value, float) and out._trainer_checkpoint and 0 <= out._top < len(path) - 1
               and path[out._top] in HYPERPARAMETER_KEYS and (harm := harmful_setting(path[-1], value)) is not None):
