@@ -150,7 +150,7 @@ def test_a_processors_nan_mean_or_zero_std_is_bad_config(saved, tmp_path):
     processor = {"feature_extractor_type": "ASTFeatureExtractor", "do_normalize": True, "mean": -4.27, "std": 4.57}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     assert nandoctor.scan(folder).exit_code == 0
-    for bad, said in (({"mean": float("nan")}, "mean is NaN"), ({"std": 0.0}, "std holds 0"),
+    for bad, said in (({"mean": float("nan")}, "mean is NaN"), ({"std": 0.0}, "std holds 0"), ({"std": 1e-40}, "std holds 0"),
                       ({"image_std": [0.5, 0.0, 0.5]}, "image_std holds 0")):
         (folder / "preprocessor_config.json").write_text(json.dumps({**processor, **bad}))
         report = nandoctor.scan(folder)

@@ -117,8 +117,13 @@ def test_a_trainer_state_cut_short_is_no_clean_resume_point(tmp_path):
         TrainerState.load_from_json(str(state))
     TrainerState.load_from_json(str(run / "checkpoint-100" / "trainer_state.json"))
     alone = nandoctor.scan(run / "checkpoint-200")
-    assert alone.exit_code == 3 and alone.errors[0].path == str(state) and "not valid JSON" in alone.errors[0].message
+    assert alone.exit_code == 3 and alone.errors[0].path == str(state) and "not a valid JSON object" in alone.errors[0].message
     assert nandoctor.scan(run / "checkpoint-100").exit_code == 0
+    state.write_text("[]")  # (valid JSON, no object: load_from_json raises TypeError)
+    with pytest.raises(TypeError):
+        TrainerState.load_from_json(str(state))
+    assert nandoctor.scan(run / "checkpoint-200").exit_code == 3
+    state.write_text(text[: len(text) // 2])
     timeline = nandoctor.scan_run(run, device="cpu")
     assert [c.status for c in timeline.checkpoints] == ["clean", "incomplete"]
     assert Path(timeline.last_healthy.path).name == "checkpoint-100" and timeline.exit_code() == 3

@@ -302,3 +302,4 @@ def test_a_usage_error_with_json_still_prints_json(args):
     assert result.exit_code == 2
     data = json.loads(result.stdout)
     assert data["summary"]["verdict"] == "USAGE ERROR" and data["summary"]["exit_code"] == 2 and data["errors"]
+    assert data["target"] == ""  # (which argument is the path is what the options did not settle: a review's "bogus")

@@ -471,7 +471,7 @@ def test_a_set_of_numbered_shards_under_another_name_beside_the_loaded_set_is_no
         save_file({f"layers.{k}.attention.wq.weight": np.ones((2, 2), np.float32)},
                   tmp_path / f"consolidated-0000{k}-of-00002.safetensors")
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {f"layers.{k}.weight": f"model-0000{k}-of-00002.safetensors" for k in (1, 2)}}))
+        {"metadata": {}, "weight_map": {f"layers.{k}.weight": f"model-0000{k}-of-00002.safetensors" for k in (1, 2)}}))
     (tmp_path / "config.json").write_text('{"model_type": "custom"}')  # (a model folder: from_pretrained's rules)
     done = run_cli("scan", tmp_path, "-q")
     assert done.exit_code == 0, done.output

@@ -102,15 +102,35 @@ def test_files_no_step_places_are_rows_of_their_own_and_decide_too(tmp_path):
 
 def test_the_models_saves_are_the_timeline_beside_as_many_optimizer_saves(tmp_path):
     """An adversarial round: model_step_N.pt and optimizer_step_N.pt, three of each: the timeline was the optimizer's
-    (by name order) and the model's saves, one poisoned, went unread. The model's are the timeline."""
+    (by name order) and the model's saves, one poisoned, went unread. The model's are the timeline; the optimizer's
+    are rows of their own, their newest deciding beside it and the older ones a caution as an older row is (a
+    review); one scanned alone is not compared with the model's saves; a file of no tensors (a loop's args.pt) is a
+    note, never a failing row."""
     run = tmp_path / "run"
     _loop(run, blow_up_at=None, name="model_step_{}.pt", every=5, steps=15)
     for step in (5, 10, 15):
-        state = torch.load(run / f"model_step_{step}.pt", weights_only=True)
-        torch.save(state["optimizer"], run / f"optimizer_step_{step}.pt")
+        moments = {"state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.zeros(8),
+                                 "exp_avg_sq": torch.ones(8)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
+        if step == 5:
+            moments["state"][0]["exp_avg"][0] = float("nan")
+        torch.save(moments, run / f"optimizer_step_{step}.pt")
+    torch.save({"lr": 0.05, "steps": 15}, run / "args.pt")
+    state = torch.load(run / "model_step_10.pt", weights_only=True)
+    state["model"]["0.weight"][0, 0] = float("nan")
+    torch.save(state, run / "model_step_10.pt")
     report = nandoctor.scan_run(run, device="cpu")
     names = [Path(c.path).name for c in report.checkpoints]
-    assert names[:3] == ["model_step_5.pt", "model_step_10.pt", "model_step_15.pt"] and len(names) == 6
+    assert names == ["model_step_5.pt", "model_step_10.pt", "model_step_15.pt", "optimizer_step_10.pt",
+                     "optimizer_step_15.pt", "optimizer_step_5.pt"], names
+    assert report.exit_code() == 0 and bool(report.ok)
+    behind = {Path(c.path).name for c in report.bad_behind()}
+    assert behind == {"model_step_10.pt", "optimizer_step_5.pt"}  # (said, as an older row's poison is)
+    assert any("args.pt: holds no tensors" in note for note in report.notes), report.notes
+    assert nandoctor.scan(run / "optimizer_step_10.pt").exit_code == 0  # (not compared with the model's names)
+    state = torch.load(run / "optimizer_step_15.pt", weights_only=True)
+    state["state"][0]["exp_avg_sq"][0] = float("nan")
+    torch.save(state, run / "optimizer_step_15.pt")
+    assert nandoctor.scan_run(run, device="cpu").exit_code() == 1  # (the newest of its template decides)
 
 
 @pytest.mark.parametrize("names", [("fold_1.pt", "fold_2.pt"), ("model_1.pt", "model_2.pt"), ("rank_0.pt", "rank_1.pt")])

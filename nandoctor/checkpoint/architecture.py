@@ -132,7 +132,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
         ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
             any(p.search(name) for p in skipped) for name in stored if name.startswith(f"{stack}.{number}.")
-        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] in map(_no_layers, _LAYER_SPELLINGS) else []
+        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] in _NO_LAYER_REASONS else []
         if ignored:
             found.append(ScanProblem(
                 str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
@@ -338,7 +338,7 @@ def _no_layers(key: str) -> str:
     return f"config.json's {key} is 0"
 
 
-_LAYER_SPELLINGS = ("num_hidden_layers", *ALIASES["num_hidden_layers"])
+_NO_LAYER_REASONS = frozenset(map(_no_layers, ("num_hidden_layers", *ALIASES["num_hidden_layers"])))
 UNGATHERED = "a sharded save (DeepSpeed ZeRO-3, FSDP) that did not gather its parameters"
 GATHER_HINT = ("save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
                "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint")

@@ -75,7 +75,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
     elif cut_short_json(folder / TRAINER_STATE):
         # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
         # read CLEAN, and the resume raised JSONDecodeError)
-        reasons.append(f"{TRAINER_STATE} is not valid JSON (cut short?): resume_from_checkpoint fails on it")
+        reasons.append(f"{TRAINER_STATE} is not a valid JSON object (cut short?): resume_from_checkpoint fails on it")
     return reasons
 
 

@@ -227,8 +227,11 @@ def _shard_of(file: Path) -> ShardOf | None:
     """The index beside ``file`` that lists it with other shards (the first such, by name); None when none does,
     or an index there cannot be read (the folder's own scan says why)."""
     try:
-        indexes = sorted(e for e in access.listing(file.parent) if loaders.is_index_name(e.name))
-    except UnreadablePathError:
+        # (names, not a Path per entry: a run of 1,600 step files scanned each file beside 1,600 others, a review's
+        # 10.9 s, most of it building Paths of names no index has)
+        with os.scandir(file.parent) as entries:
+            indexes = sorted(file.parent / e.name for e in entries if loaders.is_index_name(e.name))
+    except OSError:
         return None
     for path in indexes:
         try:

@@ -108,16 +108,15 @@ def is_last_name(path: Path) -> bool:
 
 
 def is_final_name(path: Path) -> bool:
-    """A name a final model is saved under: weights in another format than ``.ckpt`` (``model.safetensors``,
-    ``model.pt``), or a ``.ckpt`` named ``final…``, ``…final…`` or ``model.ckpt``, not from a ``ModelCheckpoint``
-    template (no ``name=value``). A ``best.ckpt`` or ``epoch=3.ckpt`` is no final model: it is only named."""
+    """A name a final model is saved under: ``final…``, ``…final…`` or ``model`` in any format (``model.safetensors``,
+    ``pytorch_model.bin``, ``final.pt``, ``model.ckpt``), not from a ``ModelCheckpoint`` template (no ``name=value``).
+    A ``best.ckpt``, ``epoch=3.ckpt`` or a loop's ``args.pt`` is no final model: a row of its own."""
     path = Path(path)
     if "=" in path.name:
         return False
     stem = path.stem.lower()
-    if path.suffix.lower() != LIGHTNING_SUFFIX and not re.search(r"best|last|latest", stem):
-        return True  # (a training loop's best.pt is the best save, kept aside: named, as best.ckpt is)
-    return "final" in stem or stem == "model"
+    # (by its name whatever the format: a loop's args.pt or pretrained_init.pt is no final model, a row of its own)
+    return "final" in stem or stem in ("model", "pytorch_model", "diffusion_pytorch_model")
 
 
 def is_checkpoint(entry: Path) -> bool:
@@ -182,7 +181,8 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
         else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
             others.append(entry)
     kept = one_template(steps)
-    others += [path for _, path in steps if (_, path) not in kept]
+    on_timeline = {path for _, path in kept}
+    others += [path for _, path in steps if path not in on_timeline]
     steps = kept
     lightning = any(path.suffix.lower() == LIGHTNING_SUFFIX for _, path in steps)
     # (a loop's saves are a run from two on: one numbered file beside a model is more often a stray export)

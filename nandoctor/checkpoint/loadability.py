@@ -98,9 +98,10 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             "back from where the checkpoint was saved, or use an earlier checkpoint",
             kind=UNLOADABLE_KIND,
         ))
-    if loaders.TRAINER_STATE in names and cut_short_json(root / loaders.TRAINER_STATE):
+    # (a checkpoint-N folder's, which a resume reads: a final model's trainer_state.json is no resume's business)
+    if loaders.TRAINER_STATE in names and step_of(root) is not None and cut_short_json(root / loaders.TRAINER_STATE):
         found.append(ScanProblem(
-            str(root / loaders.TRAINER_STATE), "is not valid JSON (cut short?): Trainer's resume_from_checkpoint reads "
+            str(root / loaders.TRAINER_STATE), "is not a valid JSON object (cut short?): Trainer's resume_from_checkpoint reads "
             "it first (TrainerState.load_from_json) and fails; the weights were read and judged on their own",
             "resume from an earlier checkpoint, or load the weights alone (from_pretrained reads no trainer state)",
             kind=UNREADABLE_KIND))
@@ -374,17 +375,13 @@ def _cast_by_from_pretrained(
     return chosen if loaded is None else [(file, refs) for file, refs in chosen if file in loaded]
 
 
-# What from_pretrained looks for in a local folder, in order (transformers' _get_resolved_checkpoint_files): the first
-# one there is all it reads (a model.safetensors holding part of a model beside the whole model's shards and their
-# index loaded as that part, the rest at random; an adversarial round's scan compared the union with config.json)
-_LOOKED_FOR = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _index_without_metadata(files: layout.CheckpointFiles, names: set[str]) -> list[ScanProblem]:
-    """NOT LOADABLE when the shard index from_pretrained reads (the first of _LOOKED_FOR there) has no ``metadata``
+    """NOT LOADABLE when the shard index from_pretrained reads (loaders.first_looked_for) has no ``metadata``
     object: transformers takes ``index["metadata"]`` and adds to it (KeyError, TypeError; an adversarial round's
     hand-written index of a weight_map alone read CLEAN)."""
-    name = next((n for n in _LOOKED_FOR if n in names), None)
+    name = loaders.first_looked_for(names)
     if name is None or not loaders.is_index_name(name) or loaders.CONFIG not in names:
         return []
     try:
@@ -401,17 +398,17 @@ def _index_without_metadata(files: layout.CheckpointFiles, names: set[str]) -> l
 
 
 def _first_found(files: layout.CheckpointFiles, names: set[str]) -> set[Path] | None:
-    """The weight files from_pretrained reads at the folder's top (the first of _LOOKED_FOR present: the file, or the
-    shards its index lists); None when it finds none of them (config.json's ``transformers_weights``, another name:
-    the files read are taken as they are)."""
-    for name in _LOOKED_FOR:
-        if name not in names:
-            continue
-        if not loaders.is_index_name(name):
-            return {files.root / name}
-        return {index.path.parent / shard for index in files.indexes if index.path.name == name
-                for shard in set(index.weight_map.values())}  # (a path per shard, not per tensor)
-    return None
+    """The weight files from_pretrained reads at the folder's top (loaders.first_looked_for: the file, or the shards its
+    index lists; a model.safetensors holding part of a model beside the whole model's shards loads as that part, the
+    rest at random: an adversarial round's scan had compared their union with config.json); None when it finds none
+    of them (config.json's ``transformers_weights``, another name: the files read are taken as they are)."""
+    name = loaders.first_looked_for(names)
+    if name is None:
+        return None
+    if not loaders.is_index_name(name):
+        return {files.root / name}
+    return {index.path.parent / shard for index in files.indexes if index.path.name == name
+            for shard in set(index.weight_map.values())}  # (a path per shard, not per tensor)
 
 
 def _model_elsewhere(files: layout.CheckpointFiles) -> bool:

@@ -103,7 +103,7 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
     return found
 
 
-_GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # classes whose models generate
+_GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "MTModel")  # classes whose models generate
 
 
 def _generates(config: dict[str, Any]) -> bool:
@@ -253,19 +253,23 @@ def _zero_std(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
     adversarial round: an audio classifier's std 0 gave logits [nan, nan, nan], and its scan passed CLEAN)."""
     if data.get("do_normalize") is False:
         return []
-    zero = [key for key in _STD_KEYS if _has_zero(data.get(key))]
+    zero = [key for key in _STD_KEYS if _has_zero(data.get(key))]  # (0, or under 1e-30: the quotient overflows)
     if not zero:
         return []
     return [ScanProblem(
-        str(path), f"{first_few([f'{key} holds 0' for key in zero], _SHOWN)}: the processor divides every input by it, "
+        str(path), f"{first_few([f'{key} holds 0' for key in zero], _SHOWN)} (or a value under 1e-30): the processor "
+        "divides every input by it, "
         "so every input and every output is Inf or NaN",
         f"write the std the model was trained with (the base model's {path.name} has it)", kind=CONFIG_KIND)]
+
+
+_TINY_STD = 1e-30  # (a normalized input of order 1 divided by less overflows float32: logits [nan, nan, nan])
 
 
 def _has_zero(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_zero(v) for v in value)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < _TINY_STD
 
 
 def _bound(where: str, value: float) -> bool:

@@ -55,6 +55,16 @@ def is_index_name(name: str) -> bool:
 _INDEX_PARTS = re.compile(r"^(?P<base>.+)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[^./]+))?\.json$")
 
 
+# What from_pretrained looks for in a local folder, in order (transformers' _get_resolved_checkpoint_files): the first
+# one there is all it reads (its single file before its index, safetensors before torch)
+LOOKED_FOR = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def first_looked_for(names: set[str]) -> str | None:
+    """The weights file of LOOKED_FOR that from_pretrained reads among a folder's entry ``names``; None for none."""
+    return next((name for name in LOOKED_FOR if name in names), None)
+
+
 def single_file_of(index_name: str) -> str | None:
     """The one-file weights a loader reads *instead of* the shard index ``index_name`` when both are in a
     folder: transformers' ``from_pretrained`` looks for ``model[.variant].safetensors`` before

@@ -40,6 +40,7 @@ from nandoctor.checkpoint.lightningrun import (
     same_file,
     saved_step,
     step_files_kind,
+    step_template,
 )
 from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -165,16 +166,16 @@ def _saved_into_run(folder: Path) -> bool:
 def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
     """A file's place in the Lightning run it lies in: a step file by its step; the last or final file after
     every step file (donors may be any step file, the newest included, as for a Trainer run's final model)."""
-    step = lightning_step_of(file)
-    if step is not None:
-        return RunPlace(file.parent, step, True)
     after = run.steps[-1][0] + 1
+    if file.name in run.unplaced:  # (best.pt, a second template's save: after every step file, donors among them all)
+        return RunPlace(file.parent, after, True, final=True)
+    step = lightning_step_of(file)
+    if step is not None and (step, file) in run.steps:
+        return RunPlace(file.parent, step, True)
     if run.final is not None and file.name == run.final.name:
         return RunPlace(file.parent, after, True, final=True)
     if run.last is not None and file.name == run.last.name:
         return RunPlace(file.parent, after, True)
-    if file.name in run.unplaced:  # (best.pt, checkpoint_best.pt: after every step file, donors among them all)
-        return RunPlace(file.parent, after, True, final=True)
     return None
 
 
@@ -215,6 +216,9 @@ class RunCheckpoint:
     # a model saved into a folder of the run (``trainer.save_model(out + "/final")``, a best or merged model): final
     # too (it is what a user loads), named by its folder
     saved_into: bool = False
+    # a saved-into row that does not decide the exit code: an older save of a second template of a step-file run
+    # (optimizer_step_100.pt beside model_step_N.pt), read and judged, its poison a caution as an older row's is
+    decides: bool = True
 
     @property
     def max_abs(self) -> float | None:
@@ -411,7 +415,7 @@ class RunReport:
         later steps) they do not."""
         # (a model saved into a folder of the run decides beside them, never in their place: file times say nothing
         # of when it was saved against the checkpoints, a copy, a deleted optimizer.pt or a rotation moves them)
-        saved = tuple(c for c in self.checkpoints if c.saved_into)
+        saved = tuple(c for c in self.checkpoints if c.saved_into and c.decides)
         loaded = [i for i, c in enumerate(self.checkpoints) if (c.final and not c.saved_into) or c.last]
         if not loaded:
             saves = [c for c in self.checkpoints if not c.saved_into]
@@ -499,7 +503,7 @@ class RunReport:
         if decider is None or self.exit_code(fail_on) != 0:
             return []
         return [c for c in self.checkpoints if c is not decider and c.same_as is None and c.status in (POISONED, DIVERGED)
-                and not c.final and not c.last]
+                and (not c.final or not c.decides) and not c.last]
 
 
 def _holds_any(donor: RunCheckpoint, names: list[str]) -> bool:
@@ -855,6 +859,8 @@ class _Row:
     tmp: bool = False
     kind: str = ""  # "", "last", "final" or "saved" (a model saved into a folder of the run: models_saved_into)
     step_known: bool = True
+    aside: bool = False  # a step-file run's file off its timeline (lightningrun.LightningFolder.unplaced)
+    decides: bool = True  # (not for an older save of a second template: RunCheckpoint.decides)
 
 
 def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -927,7 +933,15 @@ def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
     # never resume points (an adversarial round: NaN in each was named in a note, "scan them on their own", and the
     # run passed with a check)
     folder = run.steps[0][1].parent
-    rows += [_Row(newest, folder / name, kind="saved", step_known=False) for name in sorted(run.unplaced)]
+    newest_of: dict[str, int] = {}  # a second template's newest step: that save decides, its older ones do not
+    for name in run.unplaced:
+        step = lightning_step_of(folder / name)
+        if step is not None:
+            newest_of[step_template(folder / name)] = max(step, newest_of.get(step_template(folder / name), step))
+    for name in sorted(run.unplaced):
+        step = lightning_step_of(folder / name)
+        older = step is not None and step < newest_of[step_template(folder / name)]
+        rows.append(_Row(newest, folder / name, kind="saved", step_known=False, aside=True, decides=not older))
     if run.final is not None:
         own = saved_step(run.final)
         known = own is not None and own >= newest
@@ -1017,7 +1031,7 @@ def scan_run(
     if lightning_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _lightning_rows)
         others = []
         notes += lightning_run.notes
-        named = ""
+        named = ""  # (unused: no other file is left out)
     else:
         others = sorted(
             e.name for e in entries
@@ -1097,6 +1111,11 @@ def scan_run(
             except NandoctorError as exc:
                 if not reasons:  # a folder that is complete but unreadable as a whole: keep the reason
                     reasons.append(exc.message)
+            if row.aside and report is not None and report.errors and all(
+                    p.kind == verdicts.EMPTY_KIND for p in report.errors):
+                # (a file off the timeline that holds no tensors, a loop's torch.save(args): no checkpoint, a note)
+                notes.append(f"{folder.name}: holds no tensors, so it is no checkpoint of the run")
+                continue
             state = folder / TRAINER_STATE
             log = (read_train_log(state) if os.path.isfile(state)
                    else metrics.train_log(step) if metrics is not None else None)
@@ -1123,9 +1142,12 @@ def scan_run(
                 report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
                     "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
             checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
-                                       step_known=row.step_known, last=is_last, saved_into=row.kind == "saved")
+                                       step_known=row.step_known, last=is_last, saved_into=row.kind == "saved",
+                                       decides=row.decides)
             scales = {} if report is None else verdicts.tensor_scales(report)
-            if report is not None and scales:  # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's)
+            # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's); a file off
+            # the timeline (an optimizer's save, an epoch's beside the steps') has no place to grow from
+            if report is not None and scales and not row.aside:
                 since_previous, since_healthy = verdicts.growth(report, previous), verdicts.growth(report, baseline or {})
                 checkpoint = dataclasses.replace(
                     checkpoint, growth=since_previous.factor if since_previous else None,

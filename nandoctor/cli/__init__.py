@@ -15,7 +15,6 @@ import gc
 import importlib
 import os
 import sys
-import warnings
 from typing import Any
 
 import click
@@ -67,17 +66,15 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # Ctrl-C while a command is imported or starts, before its own handler (cli.common.handles_errors) is in
         # place: click's standalone mode would print "Aborted!" and exit 1, a scan's "findings fail the gate"
-        with warnings.catch_warnings():  # (click 8.2+ warns of protected_args, which still holds the command's name)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            args = [*ctx.protected_args, *ctx.args]
+        given = list(ctx.args)  # (the command's own arguments, its name apart: click empties the list as it parses)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except click.UsageError as exc:
-            if "--json" in args:
-                _usage_json(args, exc)
+            if "--json" in given:
+                _usage_json(exc)
             raise  # (click prints the usage and the error on stderr, exit 2)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
@@ -105,7 +102,7 @@ class LazyGroup(click.Group):
         return command
 
 
-def _usage_json(args: list[str], exc: click.UsageError) -> None:
+def _usage_json(exc: click.UsageError) -> None:
     """The JSON report of a command given --json that stopped at its options (exit 2): ``--json > r.json`` never
     leaves an empty file (an adversarial round's ``scan --json --fail-on bogus`` did)."""
     import json
@@ -113,8 +110,9 @@ def _usage_json(args: list[str], exc: click.UsageError) -> None:
     from nandoctor.report.json_report import error_to_json
     from nandoctor.verdict import DEFAULT_FAIL_ON, USAGE_WORDS
 
-    target = next((a for a in args[1:] if not a.startswith("-")), "")
-    click.echo(json.dumps(error_to_json(target, exc.format_message(), f"see nandoctor {args[0] if args else ''} --help",
+    # (no target: which argument is the path, an option's value or the path, is what the options did not settle)
+    command = exc.ctx.command_path if exc.ctx is not None else "nandoctor"
+    click.echo(json.dumps(error_to_json("", exc.format_message(), f"see {command} --help",
                                         exc.exit_code, DEFAULT_FAIL_ON, word=USAGE_WORDS), indent=2))
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor.report.columns import add_column
-from nandoctor.restore.plan import LEFT_ZEROED, WHOLE_MODEL
+from nandoctor.restore.plan import LEFT_ZEROED
 from nandoctor.wording import scan_command
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
         )
     )
     if doubted:  # (said above the tables as notes: here again, where the user reads the result; kept in the proof)
-        whole = plan.doubts[0].startswith(WHOLE_MODEL)
+        whole = plan.whole_model_from is not None  # (its doubt is the first)
         console.print(Text(("  but " if whole else "  but a donor may not be this model's: ") + safe(plan.doubts[0])
                            + (f" (and {len(plan.doubts) - 1} more, in the proof's donor_doubts)" if len(plan.doubts) > 1 else "")
                            + ("" if whole else "; check that --from names an earlier checkpoint of this run before using "

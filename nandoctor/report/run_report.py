@@ -147,8 +147,9 @@ def same_words(c: RunCheckpoint) -> str:
 
 def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     """Which rows decide the run's exit code, in words (docs/cli.md)."""
-    if decider.saved_into:  # (a model saved into a folder of the run: it decides beside the others)
-        return f"{decider.name}, a model saved into the run, decides the exit code beside its checkpoints"
+    if decider.saved_into:  # (a model saved into a folder of the run, or a file off a step-file run's timeline)
+        what = "a model saved into the run" if decider.name.endswith("/") else "a file off the run's timeline"
+        return f"{decider.name}, {what}, decides the exit code beside its checkpoints"
     final = any(c.final and not c.saved_into for c in run.checkpoints)
     last = next((c for c in run.checkpoints if c.last), None)
     if (final or last is not None) and not (decider.final or decider.last) and _after_loaded(run, decider):
@@ -158,7 +159,8 @@ def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     if final and last is not None:
         return f"the final model and {last.name} decide the exit code, the worse of them"
     if last is not None:
-        return f"{last.name}, what ckpt_path=\"last\" resumes, decides the exit code"
+        resumes = 'what ckpt_path="last" resumes' if last.name.endswith(".ckpt") else "the run's newest save"
+        return f"{last.name}, {resumes}, decides the exit code"
     return "the final model decides the exit code" if decider.final else "the newest checkpoint decides the exit code"
 
 

@@ -76,11 +76,12 @@ def repair(
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
     from nandoctor.checkpoint.lightningrun import step_files_kind
+    from nandoctor.checkpoint.roles import WEIGHT
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
-    from nandoctor.restore.likeness import unlike_notes, whole_model_note
+    from nandoctor.restore.likeness import unlike_notes, whole_model_donor, whole_model_note
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
@@ -182,8 +183,11 @@ def repair(
     plan = plan_repair(report, catalogs, scope, allow_cast=allow_cast, baseline=baseline, ties=ties)
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
-    doubts = (*whole_model_note(plan, report), *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
-    plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts)
+    one_donor = whole_model_donor(plan, report)
+    weights = sum(1 for t in report.tensors if t.ref.role == WEIGHT)
+    doubts = (*([whole_model_note(plan, one_donor, weights)] if one_donor is not None else []),
+              *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
+    plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts, whole_model_from=one_donor)
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
         plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))

@@ -16,9 +16,10 @@ import os
 
 import numpy as np
 
+from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore.convert import as_float32
-from nandoctor.restore.plan import WHOLE_MODEL, RepairPlan
+from nandoctor.restore.plan import RepairPlan
 from nandoctor.restore.tensorbytes import byte_range, itemsize
 from nandoctor.verdict import NONFINITE, OUTLIER
 
@@ -95,17 +96,19 @@ def unlike_notes(plan: RepairPlan) -> tuple[str, ...]:
 
 
 
-def whole_model_note(plan: RepairPlan, report: ScanReport) -> tuple[str, ...]:
-    """A doubt when the repair restores every weight tensor of the target (two or more) from one donor: the result is
-    that donor's model under the target's name and its training state (step, optimizer, schedule), no repair of the
+def whole_model_donor(plan: RepairPlan, report: ScanReport) -> str | None:
+    """The donor the repair restores every weight tensor of the target (two or more) from, when it is one: the result
+    is that donor's model under the target's name and its training state (step, optimizer, schedule), no repair of the
     target (a helper's trial: ``--allow-diverged`` on a checkpoint NaN throughout read ✓ REPAIRED, checkpoint-12's
     weights labelled step 30)."""
-    weights = {t.name for t in report.tensors if t.ref.role == "weight"}
+    weights = {t.name for t in report.tensors if t.ref.role == WEIGHT}
     restored = {r.name for r in plan.restorations if r.name in weights}
     donors = {plan.donors[r.donor].path for r in plan.restorations if r.name in weights and not plan.donors[r.donor].own}
-    if len(weights) < 2 or restored != weights or len(donors) != 1:
-        return ()
-    donor = donors.pop()
-    return (f"{WHOLE_MODEL} ({len(weights)} of {len(weights)}) was restored from {donor}: the result is {donor}'s model "
+    return donors.pop() if len(weights) >= 2 and restored == weights and len(donors) == 1 else None
+
+
+def whole_model_note(plan: RepairPlan, donor: str, weights: int) -> str:
+    """The doubt of a repair whose every weight tensor (``weights`` of them) comes from ``donor``."""
+    return (f"every weight tensor ({weights} of {weights}) was restored from {donor}: the result is {donor}'s model "
             f"under {plan.target}'s name and training state (its step, optimizer and schedule), not a repair of it; "
-            f"resume from {donor}, or use it, instead",)
+            f"resume from {donor}, or use it, instead")

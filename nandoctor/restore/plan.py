@@ -146,9 +146,6 @@ class Unrestorable:
     reasons: tuple[str, ...]
 
 
-WHOLE_MODEL = "every weight tensor"  # (how likeness.whole_model_note starts: the result reads "but every weight tensor …")
-
-
 @dataclass(frozen=True)
 class RepairPlan:
     target: str
@@ -170,6 +167,9 @@ class RepairPlan:
     # notes (in ``notes`` too) that doubt a donor is this model's: its config.json names another model, or its copy of
     # a restored tensor is unlike the target's own values. The repair stands; the result says ⚠ and the proof keeps them
     doubts: tuple[str, ...] = ()
+    # the donor every weight tensor is restored from, when one is (likeness.whole_model_note): the result is that
+    # donor's model, its doubt first among ``doubts``
+    whole_model_from: str | None = None
 
     def excluded_json(self) -> dict[str, Any]:
         """``{"excluded": {"tensors": N, "only": […], "exclude": […]}}`` for the plan and proof JSON (as in a

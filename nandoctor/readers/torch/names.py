@@ -124,7 +124,7 @@ def hyperparameter_problems(path: str, found: list[tuple[str, str]]) -> list[Sca
         kind=CONFIG_KIND)]
 
 
-# A loss scale below this is no scale: the GradScaler keeps it in float32, where a smaller one is 0 or its reciprocal
+# A loss scale at or below this is no scale: the GradScaler keeps it in float32, where a smaller one is 0 or its reciprocal
 # (what unscale multiplies the gradients by) overflows to Inf (an adversarial round: 2^-130 and 1e-40 passed)
 DEAD_SCALE = 2.0**-128
 
@@ -362,7 +362,7 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
                 [*out._groups, *path], value, bool(within & _IN_SCHEDULER), bool(within & _IN_SCALER)):
             out.group_floats.append((".".join(path), value))
         elif (within & _IN_SCALER and path and path[-1] == "scale" and isinstance(value, (int, float))
-              and value < DEAD_SCALE):
+              and value <= DEAD_SCALE):
             out.dead_scalers.append(".".join(path))
         elif (isinstance(value, float) and out._trainer_checkpoint and 0 <= out._top < len(path) - 1
               and path[out._top] in HYPERPARAMETER_KEYS and (harm := harmful_setting(path[-1], value)) is not None):
