@@ -378,3 +378,21 @@ def test_max_abs_judges_the_target_the_donors_and_the_verification(tmp_path):
 
     api = nandoctor.repair(target, [tmp_path / "good.safetensors"], tmp_path / "o4", max_abs=1e4)
     assert api.ok and [r.name for r in api.plan.restorations] == ["model.layers.2.mlp.weight"]
+
+
+def test_quiet_repair_prints_one_line_for_scripts(tmp_path):
+    """A new user: repair had no one-line result for a script, though scan has --quiet."""
+    import shutil
+
+    from tests.conftest import DEMO_RUN, run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    plan = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--dry-run", "-q")
+    assert plan.exit_code == 0 and plan.output.splitlines() == [
+        f"PLAN COMPLETE {run / 'checkpoint-300'}: 18 tensor(s) to restore from 2 donor(s); nothing written"]
+    done = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "fixed", "-q")
+    assert done.exit_code == 0 and done.output.splitlines() == [
+        f"REPAIRED {run / 'checkpoint-300'}: 18 tensor(s) restored into {tmp_path / 'fixed'}, verified CLEAN"]
+    refused = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "fixed", "-q")
+    assert refused.exit_code == 3 and "error:" in refused.output and "REPAIRED" not in refused.output

@@ -82,6 +82,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON on stdout (a refusal or error too: docs/repair.md).")
 @click.option("--all", "show_all", is_flag=True, help=f"List every restored tensor, not only the first {MAX_ROWS}.")
 @click.option("--no-progress", is_flag=True, help="Never draw a progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Print one line (REPAIRED, REFUSED …) instead of the report.")
 @debug_option
 @handles_errors
 def repair(
@@ -100,6 +101,7 @@ def repair(
     as_json: bool,
     show_all: bool,
     no_progress: bool,
+    quiet: bool,
 ) -> None:
     """Restore TARGET's bad tensors (NaN/Inf, exploded, outliers) from earlier checkpoints into --out.
 
@@ -145,7 +147,7 @@ def repair(
     with _json_on_error(as_json, target, donors, scope, allow_cast):
         try:
             with _sigterm_interrupts():
-                with byte_progress(enabled=not no_progress and not as_json, description="repairing") as progress:
+                with byte_progress(enabled=not no_progress and not as_json and not quiet, description="repairing") as progress:
                     result = run_repair(
                         target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
                         allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
@@ -155,6 +157,10 @@ def repair(
                     from nandoctor.restore.proof import plan_json, proof_json
 
                     echo_json(plan_json(result.plan) if dry_run else proof_json(result))
+                elif quiet:
+                    from nandoctor.report.repair_report import quiet_line
+
+                    click.echo(quiet_line(result))
                 else:
                     render_result(result, console, show_all=show_all)
         except KeyboardInterrupt:
@@ -164,7 +170,7 @@ def repair(
         except UnrestorableError as exc:
             from nandoctor.restore.plan import RepairPlan
 
-            if isinstance(exc.plan, RepairPlan) and not as_json:  # (--json: the plan is printed below)
+            if isinstance(exc.plan, RepairPlan) and not as_json and not quiet:  # (--json: the plan is printed below)
                 render_plan(exc.plan, console, show_all=show_all)
             raise
     sys.exit(result.exit_code)

@@ -162,6 +162,21 @@ def _unjudged(plan: RepairPlan, out: str | None) -> str:
             "without those options judges them)")
 
 
+def quiet_line(result: RepairResult) -> str:
+    """``repair --quiet``'s one line (a script's: the exit code says the rest): what was done, where, and a doubt."""
+    plan = result.plan
+    if result.dry_run:
+        word = "PLAN COMPLETE" if result.ok else "REFUSED"
+        return f"{word} {plan.target}: {plan.tensors_restored} tensor(s) to restore from {len(plan.donors)} donor(s); nothing written"
+    if result.verification is None or not result.ok:
+        return f"FAILED {plan.target}: the repaired copy did not verify; nothing left at {result.out}"
+    if not plan.restorations:
+        return f"NOTHING RESTORED {plan.target}: an unchanged, verified copy at {result.out}"
+    doubt = f"; but {plan.doubts[0]}" if plan.doubts else ""
+    return (f"REPAIRED {plan.target}: {plan.tensors_restored} tensor(s) restored into {result.out}, verified "
+            f"{result.verification.verdict}{doubt}")
+
+
 def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
     from nandoctor.report.rich_report import safe, verdict_text
 
