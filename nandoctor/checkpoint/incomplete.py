@@ -10,8 +10,8 @@ import stat
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint.jsonfiles import cut_short_json
 from nandoctor.checkpoint.loaders import TRAINER_STATE
+from nandoctor.checkpoint.trainlog import cut_short
 from nandoctor.errors import UnreadablePathError
 
 # Names writers use for files still being written; their presence means the save did not finish.
@@ -72,7 +72,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
     if expect_trainer_state and _missing(folder / TRAINER_STATE):
         reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
-    elif cut_short_json(folder / TRAINER_STATE):
+    elif cut_short(folder / TRAINER_STATE):
         # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
         # read CLEAN, and the resume raised JSONDecodeError)
         reasons.append(f"{TRAINER_STATE} is not a valid JSON object (cut short?): resume_from_checkpoint fails on it")

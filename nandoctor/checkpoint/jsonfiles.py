@@ -9,7 +9,6 @@ goes through :func:`number` (JSON's integers have no limit: ``float()`` or ``mat
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -73,28 +72,6 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES, *, foll
     data = b"".join(chunks)
     _bounded(Path(path).name, data)
     return loads(data.decode("utf-8"))
-
-
-def cut_short_json(path: str | os.PathLike[str]) -> bool:
-    """Whether the JSON file ``path`` is there but is no JSON object (a save interrupted while writing it; a list or a
-    string, which a reader of its keys fails on as surely); False where it is absent, not a regular file or cannot be
-    read (its reader says so where it matters). Parsed once per version of the file (a run's 19 MB trainer logs,
-    asked of by the incomplete-save and the folder checks: a review's run scan took 1.6 s more)."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return False
-    return _cut_short(os.fspath(path), found.st_size, found.st_mtime_ns, found.st_ino)
-
-
-@functools.lru_cache(maxsize=64)
-def _cut_short(path: str, size: int, mtime_ns: int, inode: int) -> bool:  # (the stat's fields: the cache's key)
-    try:
-        return not isinstance(read_json(path), dict)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return True
-    except (OSError, ValueError):  # (not there, or refused as too large or too deep: its reader says so)
-        return False
 
 
 def read_ends(path: str | os.PathLike[str], head: int, tail: int) -> tuple[bytes, bytes, int]:

@@ -33,9 +33,10 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles
-from nandoctor.checkpoint.jsonfiles import cut_short_json, read_json
+from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
+from nandoctor.checkpoint.trainlog import cut_short
 from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
@@ -99,7 +100,7 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             kind=UNLOADABLE_KIND,
         ))
     # (a checkpoint-N folder's, which a resume reads: a final model's trainer_state.json is no resume's business)
-    if loaders.TRAINER_STATE in names and step_of(root) is not None and cut_short_json(root / loaders.TRAINER_STATE):
+    if loaders.TRAINER_STATE in names and step_of(root) is not None and cut_short(root / loaders.TRAINER_STATE):
         found.append(ScanProblem(
             str(root / loaders.TRAINER_STATE), "is not a valid JSON object (cut short?): Trainer's resume_from_checkpoint reads "
             "it first (TrainerState.load_from_json) and fails; the weights were read and judged on their own",

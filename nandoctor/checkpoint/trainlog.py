@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
@@ -79,6 +80,8 @@ class TrainLog:
     # gradient norm (a loss), or the start of a NaN/Inf stretch the log ends in; None when neither
     broke_after_skips: int | None = None
     after_jump: float | None = None  # the median of the losses logged from the jump on (NaN where one was NaN/Inf)
+    # the file is no JSON object (cut short by an interrupted save, or a list): a resume fails on it (error says why)
+    cut_short: bool = False
 
     @property
     def loss_jump_sustained(self) -> bool:
@@ -232,6 +235,12 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def cut_short(path: Path) -> bool:
+    """Whether the trainer_state.json at ``path`` is there but no JSON object (a save interrupted while writing it):
+    ``resume_from_checkpoint`` reads it first (TrainerState.load_from_json) and fails. Read once with the log."""
+    return os.path.isfile(path) and read_train_log(path).cut_short
+
+
 def read_train_log(path: Path) -> TrainLog:
     """Parse ``trainer_state.json``; JSON's NaN/Infinity literals are what Trainer writes for them. Parsed once per
     process while the file stays as it was (a scan, its run context and a repair's donors each ask for it)."""
@@ -251,9 +260,13 @@ def _read_train_log(name: str, size: int, mtime_ns: int, inode: int) -> TrainLog
         data = read_json(path)
     except OSError as exc:
         return TrainLog(str(path), error=f"cannot read: {exc.strerror or exc}")
-    except ValueError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return TrainLog(str(path), error=f"not valid JSON: {exc}", cut_short=True)
+    except ValueError as exc:  # (refused as too large or too deep: read, not cut short)
         return TrainLog(str(path), error=f"not valid JSON: {exc}")
-    history = data.get("log_history") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return TrainLog(str(path), error="not a JSON object", cut_short=True)
+    history = data.get("log_history")
     if not isinstance(history, list):
         return TrainLog(str(path), error="no \"log_history\" list")
     return from_log_history(str(path), history)
