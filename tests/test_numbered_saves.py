@@ -103,9 +103,9 @@ def test_files_no_step_places_are_rows_of_their_own_and_decide_too(tmp_path):
 def test_the_models_saves_are_the_timeline_beside_as_many_optimizer_saves(tmp_path):
     """An adversarial round: model_step_N.pt and optimizer_step_N.pt, three of each: the timeline was the optimizer's
     (by name order) and the model's saves, one poisoned, went unread. The model's are the timeline; the optimizer's
-    are rows of their own, their newest deciding beside it and the older ones a caution as an older row is (a
-    review); one scanned alone is not compared with the model's saves; a file of no tensors (a loop's args.pt) is a
-    note, never a failing row."""
+    are rows of their own, read and judged, that decide only where they hold the model (an EMA copy's newest save),
+    else a caution as an older row's poison is (a review); one scanned alone is not compared with the model's saves;
+    a file of no tensors (a loop's args.pt) is a note, never a failing row."""
     run = tmp_path / "run"
     _loop(run, blow_up_at=None, name="model_step_{}.pt", every=5, steps=15)
     for step in (5, 10, 15):
@@ -130,7 +130,16 @@ def test_the_models_saves_are_the_timeline_beside_as_many_optimizer_saves(tmp_pa
     state = torch.load(run / "optimizer_step_15.pt", weights_only=True)
     state["state"][0]["exp_avg_sq"][0] = float("nan")
     torch.save(state, run / "optimizer_step_15.pt")
-    assert nandoctor.scan_run(run, device="cpu").exit_code() == 1  # (the newest of its template decides)
+    # (no file off the timeline that holds no model decides: a caution, as an older row's poison; a loop's
+    # data_stats.pt with an empty class's Inf mean the same)
+    torch.save({"class_mean": torch.tensor([0.5, float("inf")])}, run / "data_stats.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    assert report.exit_code() == 0
+    assert {"optimizer_step_15.pt", "data_stats.pt"} <= {Path(c.path).name for c in report.bad_behind()}
+    ema = torch.load(run / "model_step_15.pt", weights_only=True)["model"]  # (an EMA copy holds the model: it decides)
+    ema["2.weight"][0, 0] = float("nan")
+    torch.save({f"ema.{k}": v for k, v in ema.items()}, run / "ema_step_15.pt")
+    assert nandoctor.scan_run(run, device="cpu").exit_code() == 1
 
 
 @pytest.mark.parametrize("names", [("fold_1.pt", "fold_2.pt"), ("model_1.pt", "model_2.pt"), ("rank_0.pt", "rank_1.pt")])

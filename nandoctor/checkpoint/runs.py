@@ -949,6 +949,23 @@ def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
     return rows
 
 
+def _holds_the_model(report: ScanReport, names: set[str]) -> bool:
+    """Whether ``report`` holds weights, at least half of them named as the timeline's save's weights ``names`` are (by
+    their last two name parts: a container's or wrapper's prefix, ``model.``, ``ema.``, ``module.``, may differ)."""
+    own = [_tail(n) for n in _weight_names(report)]
+    known = {_tail(n) for n in names}
+    return bool(own) and 2 * sum(1 for n in own if n in known) >= len(own)
+
+
+def _weight_names(report: ScanReport) -> list[str]:
+    refs = report.tensors.refs
+    return [name for name, role in zip(refs.names, refs.roles) if role == "weight"]
+
+
+def _tail(name: str) -> str:
+    return ".".join(name.split(".")[-2:])
+
+
 def _same_as(row: _Row, done: list[RunCheckpoint]) -> tuple[RunCheckpoint, str] | None:
     """The earlier row of a Lightning run whose file ``row``'s file is (a link to it, or a byte-identical
     copy, as ``save_last`` often writes), newest first: then ``row`` is that row again, not a second save."""
@@ -1074,6 +1091,7 @@ def scan_run(
     earlier: list[tuple[str, ScanReport]] = []
     first_healthy: list[tuple[str, ScanReport]] = []
     newest_log: TrainLog | None = None  # the last row's log: a final model without its own trainer_state.json has it
+    timeline_names: set[str] = set()  # the tensor names of the timeline's first save read: its model's
     from nandoctor.engine import watch_budget
 
     with watch_budget():  # (one short wait for saves still being written, shared by every row)
@@ -1141,9 +1159,15 @@ def scan_run(
                 assert grown is not None
                 report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
                     "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
+            # a file off the timeline decides where it holds the run's model (best.pt, an EMA copy: most of its tensors
+            # named as a step file's); one that does not (a loop's data_stats.pt, an optimizer's own save) is read and
+            # judged, its poison a caution, as an older row's is
+            decides = row.decides and (not row.aside or report is None or _holds_the_model(report, timeline_names))
             checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                        step_known=row.step_known, last=is_last, saved_into=row.kind == "saved",
-                                       decides=row.decides)
+                                       decides=decides)
+            if report is not None and not row.aside and not timeline_names:
+                timeline_names = set(_weight_names(report))
             scales = {} if report is None else verdicts.tensor_scales(report)
             # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's); a file off
             # the timeline (an optimizer's save, an epoch's beside the steps') has no place to grow from
