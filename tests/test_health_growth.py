@@ -179,3 +179,23 @@ def test_a_healthy_checkpoint_of_ordinary_weights_costs_no_extra_scan(healthy_ru
     monkeypatch.setattr(runcontext, "run_facts", lambda *a: asked.append(a))
     report = nandoctor.scan(str(healthy_run / f"checkpoint-{STEPS}"), device="cpu")
     assert report.ok and report.health == "healthy" and "run" not in report.extra and asked == []
+
+
+def test_the_same_weights_in_two_formats_have_not_grown(tmp_path):
+    """A helper's trial: a BERT's final model.safetensors and its export_bin/pytorch_model.bin, value for value the same,
+    showed a growth of x1.63 between them: a small tensor read whole carried a bulk scale (a power of two) in one
+    format and its largest magnitude in the other. Below the high level a tensor's scale is its largest magnitude."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nandoctor import verdict
+
+    torch.manual_seed(0)
+    weights = {f"layer.{i}.bias": torch.randn(64) * 10.0 ** -(i + 1) for i in range(6)}
+    weights["layer.0.weight"] = torch.randn(512, 512) * 0.02
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    torch.save(weights, tmp_path / "pytorch_model.bin")
+    a, b = (nandoctor.scan(tmp_path / name, device="cpu") for name in ("model.safetensors", "pytorch_model.bin"))
+    grown = verdict.growth(b, verdict.tensor_scales(a))
+    assert grown is not None and grown.factor == 1.0
+    assert verdict.tensor_scales(a) == verdict.tensor_scales(b)
