@@ -316,3 +316,23 @@ def test_the_config_beside_a_final_hugging_face_model_is_judged(linked_last, tmp
     assert final["final"] and any("rms_norm_eps is NaN" in e["message"] for e in final["report"]["errors"])
     (folder / "config.json").write_text('{"model_type": "llama", "rms_norm_eps": 1e-6}')
     assert run("scan", folder, "-q").exit_code == 0
+
+
+def test_a_template_without_a_step_is_a_timeline_by_the_steps_saved(tmp_path):
+    """A helper's trial: ModelCheckpoint(filename="{epoch}-{val_loss:.2f}"), the template of Lightning's own docs, has
+    no step in its names: the folder read as one checkpoint, a final.ckpt NaN throughout was "POISONED" beside its
+    healthy saves, and every suggested repair was refused. Its files are the timeline, placed by their global_step."""
+    import torch
+
+    net = torch.nn.Linear(4, 4)
+    for epoch, step, value in ((0, 8, 0.5), (1, 16, 0.4), (2, 24, float("nan"))):
+        state = {k: torch.full_like(v, value) for k, v in net.state_dict().items()}
+        torch.save({"state_dict": state, "global_step": step, "epoch": epoch, "pytorch-lightning_version": "2.6.6"},
+                   tmp_path / f"epoch={epoch}-val_loss={value:.2f}.ckpt")
+    report = nandoctor.scan_run(tmp_path, device="cpu")
+    assert [(c.step, c.name) for c in report.checkpoints] == [
+        (8, "epoch=0-val_loss=0.50.ckpt"), (16, "epoch=1-val_loss=0.40.ckpt"), (24, "epoch=2-val_loss=nan.ckpt")]
+    assert report.last_healthy.name == "epoch=1-val_loss=0.40.ckpt" and report.exit_code() == 1
+    fixed = run("repair", tmp_path / "epoch=2-val_loss=nan.ckpt", "--from", "auto", "--out", tmp_path.parent / "fixed",
+                "--allow-diverged")
+    assert fixed.exit_code == 0, fixed.output

@@ -120,8 +120,8 @@ def test_the_models_saves_are_the_timeline_beside_as_many_optimizer_saves(tmp_pa
     torch.save(state, run / "model_step_10.pt")
     report = nandoctor.scan_run(run, device="cpu")
     names = [Path(c.path).name for c in report.checkpoints]
-    assert names == ["model_step_5.pt", "model_step_10.pt", "model_step_15.pt", "optimizer_step_10.pt",
-                     "optimizer_step_15.pt", "optimizer_step_5.pt"], names
+    assert names == ["model_step_5.pt", "model_step_10.pt", "model_step_15.pt", "optimizer_step_5.pt",
+                     "optimizer_step_10.pt", "optimizer_step_15.pt"], names  # (in number order: a helper's trial)
     assert report.exit_code() == 0 and bool(report.ok)
     behind = {Path(c.path).name for c in report.bad_behind()}
     assert behind == {"model_step_10.pt", "optimizer_step_5.pt"}  # (said, as an older row's poison is)

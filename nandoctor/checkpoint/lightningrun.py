@@ -35,6 +35,7 @@ LIGHTNING_SUFFIX = ".ckpt"
 # Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
 # custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
 _LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
+_EPOCH_FILE = re.compile(r"(?:^|[-_.])epoch=\d+(?=[-_.=]|\.ckpt$)")  # a ModelCheckpoint name with {epoch}, no {step}
 LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches ``^last(-(\d+))?`` on the stem
 
 
@@ -180,6 +181,15 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
             finals.append(entry)
         else:  # a ModelCheckpoint template's name without a step (epoch=3.ckpt), best.ckpt: not placed
             others.append(entry)
+    if not steps:
+        # A ModelCheckpoint template without {step} (the docs' "{epoch}-{val_loss:.2f}"): its files are the timeline,
+        # each placed by the global_step it was saved at (a helper's trial: such a folder read as one checkpoint,
+        # a final.ckpt NaN throughout was "POISONED" beside its healthy saves, and every suggested repair refused)
+        for entry in [e for e in others if _EPOCH_FILE.search(e.name) and is_checkpoint(e)]:
+            step = saved_step(entry)
+            if step is not None:
+                steps.append((step, entry))
+                others.remove(entry)
     kept = one_template(steps)
     on_timeline = {path for _, path in kept}
     others += [path for _, path in steps if path not in on_timeline]

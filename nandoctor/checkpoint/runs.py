@@ -46,6 +46,7 @@ from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_chec
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
+from nandoctor.layers import natural_key
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
 from nandoctor.wording import first_few, path_word
 
@@ -73,6 +74,9 @@ def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
 
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
+    run = lightning_folder(folder)  # (its step files by name, or by the step a {epoch}-only template's file was saved at)
+    if run is not None:
+        return list(run.steps)
     found = []
     for entry in access.listing(folder):
         step = lightning_step_of(entry)
@@ -169,8 +173,8 @@ def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
     after = run.steps[-1][0] + 1
     if file.name in run.unplaced:  # (best.pt, a second template's save: after every step file, donors among them all)
         return RunPlace(file.parent, after, True, final=True)
-    step = lightning_step_of(file)
-    if step is not None and (step, file) in run.steps:
+    step = next((at for at, path in run.steps if path == file), None)  # (by name, or by its saved step)
+    if step is not None:
         return RunPlace(file.parent, step, True)
     if run.final is not None and file.name == run.final.name:
         return RunPlace(file.parent, after, True, final=True)
@@ -219,6 +223,9 @@ class RunCheckpoint:
     # a saved-into row that does not decide the exit code: an older save of a second template of a step-file run
     # (optimizer_step_100.pt beside model_step_N.pt), read and judged, its poison a caution as an older row's is
     decides: bool = True
+    # False for a file off a step-file run's timeline whose tensors are not the run's model (a loop's data_stats.pt, an
+    # optimizer's own save): judged, never the run's first bad checkpoint nor a repair's target (a helper's trial)
+    model: bool = True
 
     @property
     def max_abs(self) -> float | None:
@@ -400,7 +407,7 @@ class RunReport:
         or its files broke before it."""
         from nandoctor.verdict import NAMES_KIND
 
-        return next((c for c in self.checkpoints if c.report is not None and (
+        return next((c for c in self.checkpoints if c.report is not None and c.model and (
             c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and (
                 bool(c.report.unhealthy_tensors) or any(p.kind == NAMES_KIND for p in c.report.errors))))), None)
 
@@ -938,7 +945,7 @@ def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
         step = lightning_step_of(folder / name)
         if step is not None:
             newest_of[step_template(folder / name)] = max(step, newest_of.get(step_template(folder / name), step))
-    for name in sorted(run.unplaced):
+    for name in sorted(run.unplaced, key=natural_key):  # (ema_5 before ema_10)
         step = lightning_step_of(folder / name)
         older = step is not None and step < newest_of[step_template(folder / name)]
         rows.append(_Row(newest, folder / name, kind="saved", step_known=False, aside=True, decides=not older))
@@ -1162,10 +1169,10 @@ def scan_run(
             # a file off the timeline decides where it holds the run's model (best.pt, an EMA copy: most of its tensors
             # named as a step file's); one that does not (a loop's data_stats.pt, an optimizer's own save) is read and
             # judged, its poison a caution, as an older row's is
-            decides = row.decides and (not row.aside or report is None or _holds_the_model(report, timeline_names))
+            model = not row.aside or report is None or _holds_the_model(report, timeline_names)
             checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                        step_known=row.step_known, last=is_last, saved_into=row.kind == "saved",
-                                       decides=decides)
+                                       decides=row.decides and model, model=model)
             if report is not None and not row.aside and not timeline_names:
                 timeline_names = set(_weight_names(report))
             scales = {} if report is None else verdicts.tensor_scales(report)

@@ -328,7 +328,10 @@ def bad_behind_words(behind: list[RunCheckpoint]) -> str:
     clauses = []
     for c in behind:
         failing = c.report.judgement.failing if c.report is not None and c.report.judgement is not None else ()
-        if c.status == DIVERGED:
+        if not c.model:  # (a file beside the run's saves that holds none of its model: a loop's data_stats.pt)
+            clauses.append(f"{c.name}, which holds none of the run's model, holds NaN/Inf or broken values: check "
+                           "whatever reads it")
+        elif c.status == DIVERGED:
             clauses.append(f"{c.name} is diverged: delete it (a repair would only stitch a broken model together)")
         elif c.report is not None and verdicts.optimizer_only(c.report, failing):
             clauses.append(f"{c.name} holds bad optimizer state: its weights load, but do not resume from it")
