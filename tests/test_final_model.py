@@ -139,3 +139,24 @@ def test_a_save_made_after_the_final_model_decides_though_the_folder_time_moved(
     os.utime(run_dir / "checkpoint-2", None)
     data = json.loads(run("scan", str(run_dir), "--json").output)
     assert data["summary"]["decided_by"] == "final" and data["summary"]["exit_code"] == 0
+
+
+def test_a_bin_the_final_model_skips_is_said_for_the_run(tmp_path):
+    """A helper's trial: a Trainer run's top held model.safetensors (save_model) and the user's own pytorch_model.bin
+    (diverged); the run scan never named the .bin, where a plain folder's scan says it was skipped."""
+    import shutil
+
+    import torch
+
+    import nandoctor
+    from tests.conftest import DEMO_RUN
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    for item in (DEMO_RUN / "checkpoint-200").iterdir():
+        if item.name != "trainer_state.json":
+            shutil.copy(item, run / item.name)
+    torch.save({"transformer.wte.weight": torch.full((4, 4), float("nan"))}, run / "pytorch_model.bin")
+    report = nandoctor.scan_run(run, device="cpu")
+    assert any(note.startswith("final: found both safetensors and .bin") and "--both-formats" in note
+               for note in report.notes), report.notes

@@ -448,8 +448,11 @@ def _skip_hidden(
     by = ", ".join(sorted(set(hidden.values())))
     result.notes.append(
         f"found both safetensors and .bin weights of the same name ({shown} beside {by}); scanned the "
-        "safetensors, which transformers and PEFT load (use --both-formats to scan both)"
+        f"safetensors, which transformers and PEFT load ({BOTH_FORMATS_HINT})"
     )
+
+
+BOTH_FORMATS_HINT = "use --both-formats to scan both"  # (a run repeats such a note of its deciding rows: runs.py)
 
 
 def _merge_subfolder(result: CheckpointFiles, sub: Path, both_formats: bool, what: str | None) -> None:

@@ -32,6 +32,7 @@ from nandoctor.checkpoint.finalmodel import (
     holds_weights,
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT
 from nandoctor.checkpoint.lightningrun import (
     LightningFolder,
     lightning_folder,
@@ -1175,6 +1176,8 @@ def scan_run(
                                        decides=row.decides and model, model=model)
             if report is not None and not row.aside and not timeline_names:
                 timeline_names = set(_weight_names(report))
+            if report is not None and is_final:  # (what it left unread is said for the run, not only in its report)
+                notes += [f"{checkpoint.name}: {note}" for note in report.notes if BOTH_FORMATS_HINT in note]
             scales = {} if report is None else verdicts.tensor_scales(report)
             # shown: the growth since the previous checkpoint, and since the first healthy one (the rule's); a file off
             # the timeline (an optimizer's save, an epoch's beside the steps') has no place to grow from
