@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
 import nandoctor  # noqa: E402
-from nandoctor.checkpoint.lightningrun import lightning_folder  # noqa: E402
+from nandoctor.checkpoint.stepfiles import step_folder  # noqa: E402
 from nandoctor.checkpoint.runs import is_run_folder  # noqa: E402
 from tests.conftest import run_cli as run  # noqa: E402
 from tests.realruns import POISONED_PARAMETER, lightning_run  # noqa: E402
@@ -84,7 +84,7 @@ def test_what_lightning_writes_last_ckpt_is_the_newest_step_file(copied_last, li
     """The premise: save_last=True copies the newest step file byte for byte; "link" makes a symlink."""
     assert (copied_last / "last.ckpt").read_bytes() == (copied_last / STEP6).read_bytes()
     assert os.readlink(linked_last / "last.ckpt") == STEP6
-    run_folder = lightning_folder(copied_last)
+    run_folder = step_folder(copied_last)
     assert run_folder is not None
     assert [s for s, _ in run_folder.steps] == [2, 4, 6] and run_folder.last == copied_last / "last.ckpt"
     assert run_folder.final == copied_last / "final.ckpt" and run_folder.unplaced == () and run_folder.notes == ()
@@ -261,11 +261,11 @@ def _touch(folder: Path, *names: str) -> None:
 def test_one_step_file_beside_last_ckpt_is_a_run(tmp_path):
     """ModelCheckpoint's default save_top_k=1 with save_last=True leaves one step file and last.ckpt."""
     _touch(tmp_path, "epoch=0-step=8.ckpt", "last.ckpt")
-    found = lightning_folder(tmp_path)
+    found = step_folder(tmp_path)
     assert found is not None and found.last == tmp_path / "last.ckpt" and found.final is None
     assert is_run_folder(tmp_path)
     _touch(tmp_path / "alone", "epoch=0-step=8.ckpt")
-    assert lightning_folder(tmp_path / "alone") is None  # one step file alone is one checkpoint
+    assert step_folder(tmp_path / "alone") is None  # one step file alone is one checkpoint
 
 
 def test_other_files_are_named_never_guessed(tmp_path):
@@ -273,7 +273,7 @@ def test_other_files_are_named_never_guessed(tmp_path):
            "best.ckpt", "final.ckpt", "model.safetensors")
     os.utime(tmp_path / "last-v1.ckpt", ns=(1, 1))  # an earlier run's: ckpt_path="last" takes the newest
     os.symlink("gone.ckpt", tmp_path / "last-v2.ckpt")
-    found = lightning_folder(tmp_path)
+    found = step_folder(tmp_path)
     assert found is not None
     # (every file with no step to place it by is a row of its own: read and judged, never left unread)
     assert (found.last, found.final, found.unplaced) == (
@@ -287,9 +287,9 @@ def test_other_files_are_named_never_guessed(tmp_path):
         "each is a row of its own",
     )
     (tmp_path / "model.safetensors").unlink()
-    assert lightning_folder(tmp_path).final == tmp_path / "final.ckpt"
+    assert step_folder(tmp_path).final == tmp_path / "final.ckpt"
     _touch(tmp_path / "sharded", "epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "model.safetensors.index.json")
-    assert lightning_folder(tmp_path / "sharded") is None  # a sharded model at the top: not a run
+    assert step_folder(tmp_path / "sharded") is None  # a sharded model at the top: not a run
 
 
 def test_a_lightning_run_without_a_final_model_is_no_checkpoint_for_the_api(tmp_path):

@@ -12,7 +12,7 @@ writes one) when it is at or after the newest checkpoint's step, else unknown (`
 the row is ordered after every checkpoint either way.
 
 A Lightning run's final model is one file beside its step files (``trainer.save_checkpoint("final.ckpt")``,
-a ``model.safetensors``: checkpoint/lightningrun.py); :func:`final_model` gives the path to scan either way
+a ``model.safetensors``: checkpoint/stepfiles.py); :func:`final_model` gives the path to scan either way
 (the run folder, or that file).
 """
 
@@ -42,7 +42,7 @@ def final_model(folder: Path) -> Path | None:
     """What to scan as the final model of the run at ``folder``: its one final file for a Lightning run,
     else ``folder`` itself when it holds weights at its top (for any folder that does, run or not); None
     when there are none."""
-    from nandoctor.checkpoint.lightningrun import lightning_folder
+    from nandoctor.checkpoint.stepfiles import step_folder
 
     try:
         if not Path(folder).is_dir():
@@ -50,7 +50,7 @@ def final_model(folder: Path) -> Path | None:
         entries = list(Path(folder).iterdir())
     except OSError:
         return None
-    lightning = lightning_folder(Path(folder), entries)
+    lightning = step_folder(Path(folder), entries)
     if lightning is not None:
         return lightning.final
     return Path(folder) if holds_weights(entries) else None

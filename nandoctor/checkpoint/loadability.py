@@ -160,9 +160,9 @@ def _final_model_file(file: Path) -> list[ScanProblem]:
     files from_pretrained reads with it are judged as a model folder's are (they went unread)."""
     if not _TRANSFORMERS_WEIGHTS.match(file.name) or not (file.parent / loaders.CONFIG).is_file():
         return []
-    from nandoctor.checkpoint.lightningrun import lightning_folder
+    from nandoctor.checkpoint.stepfiles import step_folder
 
-    run = lightning_folder(file.parent)
+    run = step_folder(file.parent)
     if run is None or run.final is None or run.final.name != file.name:
         return []
     return loadconfig.problems(file.parent, model=True, adapter=False) + _tokenizer(file.parent)[0]

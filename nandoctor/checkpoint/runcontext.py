@@ -69,7 +69,7 @@ def _train_log(place: Any, folder: Path) -> Any:
     from nandoctor.checkpoint.runs import TRAINER_STATE
     from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
 
-    if place.lightning:
+    if place.step_files:
         metrics = metrics_near(place.run)
         return metrics.train_log(place.step) if metrics is not None else None
     if place.final and not os.path.isfile(folder / TRAINER_STATE):
@@ -86,7 +86,7 @@ def _later_log(place: Any) -> Any:
     from nandoctor.checkpoint.runs import TRAINER_STATE
     from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
 
-    if place.lightning:
+    if place.step_files:
         metrics = metrics_near(place.run)
         return metrics.train_log() if metrics is not None else None
     logged = [path for step, path in reversed(place.siblings())
@@ -154,7 +154,7 @@ def names_in_run(report: ScanReport, target: Path) -> ScanReport | None:
     at = next((k for k, (step, _) in enumerate(siblings) if step == place.step), None)
     if at is None:
         return None
-    if not place.lightning and not target.is_dir() and _other_weight_files(target):
+    if not place.step_files and not target.is_dir() and _other_weight_files(target):
         return None  # one shard of several: what it holds depends on where the shards were cut (the folder is judged)
     mine = _weights_by_name(report)
     # (scanned with --only/--exclude, the report holds the names kept: its neighbours' are compared the same way, or a
@@ -237,7 +237,7 @@ def run_facts(
     baseline: Path | None = None
     baseline_max: float | None = None
     baseline_scales: dict[str, float] = {}
-    bad_first = bool(not place.lightning and duplicate_steps(siblings))  # auto refuses an ambiguous run
+    bad_first = bool(not place.step_files and duplicate_steps(siblings))  # auto refuses an ambiguous run
     compared: list[tuple[str, ScanReport]] = []  # (name, report) of the previous and the first healthy checkpoint
     for _, path in earlier:
         if incomplete_reasons(path, with_state):

@@ -3,7 +3,7 @@
 A transformers ``Trainer`` run is a folder of ``checkpoint-N`` folders, often with the final model
 (``trainer.save_model()``) at its top (checkpoint/finalmodel.py); a Lightning run is a folder of ``.ckpt``
 files whose names carry the step (``ModelCheckpoint``'s default ``epoch=E-step=S.ckpt``), maybe with
-``last.ckpt`` and a final model file beside them (checkpoint/lightningrun.py). Also the run as a
+``last.ckpt`` and a final model file beside them (checkpoint/stepfiles.py). Also the run as a
 timeline (:func:`scan_run`): each checkpoint's verdict, the first step the
 trainer log (``trainer_state.json``, or a Lightning run's ``metrics.csv``)
 logged NaN/Inf, and saves that never finished.
@@ -33,17 +33,17 @@ from nandoctor.checkpoint.finalmodel import (
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT
-from nandoctor.checkpoint.lightningrun import (
-    LightningFolder,
-    lightning_folder,
-    lightning_step_of,
+from nandoctor.checkpoint.stepfiles import (
+    StepFolder,
+    file_step_of,
     one_template,
     same_file,
     saved_step,
     step_files_kind,
+    step_folder,
     step_template,
 )
-from nandoctor.checkpoint.lightningrun import is_checkpoint as is_lightning_checkpoint
+from nandoctor.checkpoint.stepfiles import is_checkpoint as is_step_checkpoint
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
@@ -69,19 +69,19 @@ def duplicate_steps(found: list[tuple[int, Path]]) -> list[str]:
     ]
 
 
-def lightning_checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every Lightning ``…step=N….ckpt`` file (or sharded ``.ckpt`` folder: lightningrun.is_checkpoint)
+def step_files_in(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every Lightning ``…step=N….ckpt`` file (or sharded ``.ckpt`` folder: stepfiles.is_checkpoint)
     directly inside ``folder``, steps ascending.
 
     Two files of one step (``epoch=0-step=8.ckpt`` and ``epoch=0-step=8-v1.ckpt``) are both kept, by name.
     """
-    run = lightning_folder(folder)  # (its step files by name, or by the step a {epoch}-only template's file was saved at)
+    run = step_folder(folder)  # (its step files by name, or by the step a {epoch}-only template's file was saved at)
     if run is not None:
         return list(run.steps)
     found = []
     for entry in access.listing(folder):
-        step = lightning_step_of(entry)
-        if step is not None and not entry.name.startswith(".") and is_lightning_checkpoint(entry):  # (a .ckpt folder too)
+        step = file_step_of(entry)
+        if step is not None and not entry.name.startswith(".") and is_step_checkpoint(entry):  # (a .ckpt folder too)
             found.append((step, entry))
     return one_template(sorted(found))
 
@@ -92,8 +92,8 @@ def checkpoint_step(path: Path) -> int | None:
     path = Path(path)
     if access.is_dir(path):
         return step_of(path)
-    lightning = lightning_step_of(path)
-    return lightning if lightning is not None else step_of(path.parent)
+    from_name = file_step_of(path)
+    return from_name if from_name is not None else step_of(path.parent)
 
 
 @dataclass(frozen=True)
@@ -102,17 +102,17 @@ class RunPlace:
 
     run: Path
     step: int  # a final model's or last.ckpt's: one past the newest checkpoint's (every checkpoint comes before it)
-    lightning: bool  # the run is a folder of Lightning step files, not of checkpoint-N folders
+    step_files: bool  # the run is a folder of step files (Lightning's .ckpt, a loop's step_N.pt), not of checkpoint-N folders
     final: bool = False  # the target is the run's final model (the weights at the run folder's top, a Lightning final file)
 
     def siblings(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint of the run, steps ascending."""
-        return lightning_checkpoints_in(self.run) if self.lightning else checkpoints_in(self.run)
+        return step_files_in(self.run) if self.step_files else checkpoints_in(self.run)
 
     @property
     def kind(self) -> str:
         """The run's own naming, for messages: ``checkpoint-N``, ``step-N`` or a Lightning step file."""
-        if self.lightning:
+        if self.step_files:
             return step_files_kind(self.siblings())
         names = [p.name for _, p in self.siblings()]
         return "step-N" if names and all(n.startswith("step-") for n in names) else "checkpoint-N"
@@ -143,12 +143,12 @@ def place_in_run(target: Path) -> RunPlace | None:
     run folder stands for its final file); else None."""
     target = access.named_path(target)  # (``.``: the folder whose name says its step)
     target_is_dir = access.is_dir(target)
-    if not target_is_dir or is_lightning_checkpoint(target):  # a file, or a sharded .ckpt folder (FSDP, DeepSpeed)
-        lightning = lightning_folder(target.parent)
-        if lightning is not None:
-            return _lightning_place(target, lightning)
-    elif (lightning := lightning_folder(target)) is not None:
-        return _lightning_place(lightning.final, lightning) if lightning.final is not None else None
+    if not target_is_dir or is_step_checkpoint(target):  # a file, or a sharded .ckpt folder (FSDP, DeepSpeed)
+        stepped = step_folder(target.parent)
+        if stepped is not None:
+            return _step_file_place(target, stepped)
+    elif (stepped := step_folder(target)) is not None:
+        return _step_file_place(stepped.final, stepped) if stepped.final is not None else None
     folder = target if target_is_dir else target.parent
     step = step_of(folder)
     if step is None and is_run_folder(folder) and has_final_model(folder):
@@ -168,7 +168,7 @@ def _saved_into_run(folder: Path) -> bool:
         return False
 
 
-def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
+def _step_file_place(file: Path, run: StepFolder) -> RunPlace | None:
     """A file's place in the Lightning run it lies in: a step file by its step; the last or final file after
     every step file (donors may be any step file, the newest included, as for a Trainer run's final model)."""
     after = run.steps[-1][0] + 1
@@ -184,9 +184,9 @@ def _lightning_place(file: Path, run: LightningFolder) -> RunPlace | None:
     return None
 
 
-def _lightning_run(folder: Path, entries: list[Path]) -> bool:
-    """A folder of Lightning step files (checkpoint/lightningrun.py)."""
-    return lightning_folder(folder, entries) is not None
+def _step_file_run(folder: Path, entries: list[Path]) -> bool:
+    """A folder of Lightning step files (checkpoint/stepfiles.py)."""
+    return step_folder(folder, entries) is not None
 
 
 # ---------------------------------------------------------------------------
@@ -565,7 +565,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
     Weights at its top beside ``checkpoint-N`` folders are the run's final model (``trainer.save_model()``):
     still a run, whose timeline ends with a ``final`` row (checkpoint/finalmodel.py). A Lightning folder is a
     run with two or more step files, or one beside ``last.ckpt`` or a final model file
-    (checkpoint/lightningrun.py).
+    (checkpoint/stepfiles.py).
     """
     folder = Path(path)
     if not access.is_dir(folder):
@@ -574,7 +574,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
         entries = access.listing(folder)
     except UnreadablePathError:
         return False  # opened as one checkpoint, whose scan says the folder cannot be read
-    if _lightning_run(folder, entries):
+    if _step_file_run(folder, entries):
         return True
     if holds_weights(entries) and not checkpoints_in(folder):
         return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
@@ -584,7 +584,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
 def newest_checkpoint(folder: Path) -> Path | None:
     """A run folder's newest checkpoint, as its timeline orders them: the last ``checkpoint-N`` folder by step,
     else the last Lightning step file; None when it holds neither."""
-    steps = checkpoints_in(folder) or lightning_checkpoints_in(folder)
+    steps = checkpoints_in(folder) or step_files_in(folder)
     return steps[-1][1] if steps else None
 
 
@@ -867,7 +867,7 @@ class _Row:
     tmp: bool = False
     kind: str = ""  # "", "last", "final" or "saved" (a model saved into a folder of the run: models_saved_into)
     step_known: bool = True
-    aside: bool = False  # a step-file run's file off its timeline (lightningrun.LightningFolder.unplaced)
+    aside: bool = False  # a step-file run's file off its timeline (stepfiles.StepFolder.unplaced)
     decides: bool = True  # (not for an older save of a second template: RunCheckpoint.decides)
 
 
@@ -924,7 +924,7 @@ def _set_aside(folder: Path) -> bool:
     return isinstance(source, str) and os.path.abspath(source) != os.path.abspath(folder) and os.path.isdir(source)
 
 
-def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
+def _step_file_rows(run: StepFolder, below_step: int | None) -> list[_Row]:
     """A Lightning run's rows: its step files; then (not with ``below_step``) last.ckpt, placed by the step it
     was saved at (after the step files of that step; after all of them when it cannot be read), and the
     final model after everything, with its own step where that is at or after the newest step file's."""
@@ -943,11 +943,11 @@ def _lightning_rows(run: LightningFolder, below_step: int | None) -> list[_Row]:
     folder = run.steps[0][1].parent
     newest_of: dict[str, int] = {}  # a second template's newest step: that save decides, its older ones do not
     for name in run.unplaced:
-        step = lightning_step_of(folder / name)
+        step = file_step_of(folder / name)
         if step is not None:
             newest_of[step_template(folder / name)] = max(step, newest_of.get(step_template(folder / name), step))
     for name in sorted(run.unplaced, key=natural_key):  # (ema_5 before ema_10)
-        step = lightning_step_of(folder / name)
+        step = file_step_of(folder / name)
         older = step is not None and step < newest_of[step_template(folder / name)]
         rows.append(_Row(newest, folder / name, kind="saved", step_known=False, aside=True, decides=not older))
     if run.final is not None:
@@ -1008,7 +1008,7 @@ def scan_run(
 ) -> RunReport:
     """Scan every ``checkpoint-N`` (and half-written ``tmp-checkpoint-N``) folder of a run, oldest first,
     then the final model at the run folder's top where there is one (not with ``below_step``). A Lightning
-    run: its step files, its last.ckpt and its final model file (checkpoint/lightningrun.py). Models saved into
+    run: its step files, its last.ckpt and its final model file (checkpoint/stepfiles.py). Models saved into
     folders of a run (``final/``, ``best_model/``: :func:`models_saved_into`) are rows too, before the top one."""
     import time
 
@@ -1017,17 +1017,17 @@ def scan_run(
     if scan_one is None:
         from nandoctor.engine import scan
     scan_checkpoint: Callable[..., ScanReport] = scan if scan_one is None else scan_one
-    lightning_run = lightning_folder(root)
-    lightning = lightning_run is not None
-    rows = [] if lightning_run is None else _lightning_rows(lightning_run, below_step)
-    if lightning_run is None:
+    step_run = step_folder(root)
+    stepped = step_run is not None
+    rows = [] if step_run is None else _step_file_rows(step_run, below_step)
+    if step_run is None:
         rows = [_Row(step, p) for step, p in checkpoints_in(root)]
     entries = access.listing(root)
     for entry in entries:
         match = _TMP_CHECKPOINT.match(entry.name)
-        if not lightning and match and access.is_dir(entry):
+        if not stepped and match and access.is_dir(entry):
             rows.append(_Row(int(match.group(1)), entry, tmp=True))
-    if not lightning:
+    if not stepped:
         rows.sort(key=lambda r: (r.step, r.tmp, r.path.name))
         if below_step is not None:  # repair's --from auto: only the checkpoints before its target
             rows = [r for r in rows if r.step < below_step]
@@ -1043,19 +1043,19 @@ def scan_run(
             at = final_step(folder)
             known = at is not None and at >= newest_step
             rows.append(_Row(at if at is not None and known else newest_step, folder, kind="saved", step_known=known))
-    if below_step is None and not lightning and has_final_model(root):
+    if below_step is None and not stepped and has_final_model(root):
         rows.append(_Row(final_at if final_at is not None and final_known else newest_step, root, kind="final",
                          step_known=final_known))
     # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
     # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
-    metrics = metrics_near(root) if lightning else None
+    metrics = metrics_near(root) if stepped else None
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
-    problems = [] if lightning else duplicate_steps(checkpoints_in(root))
+    problems = [] if stepped else duplicate_steps(checkpoints_in(root))
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
-    if lightning_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _lightning_rows)
+    if step_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _step_file_rows)
         others = []
-        notes += lightning_run.notes
+        notes += step_run.notes
         named = ""  # (unused: no other file is left out)
     else:
         others = sorted(
@@ -1106,7 +1106,7 @@ def scan_run(
         for row in rows:
             step, folder = row.step, row.path
             is_final, is_last = row.kind in ("final", "saved"), row.kind == "last"
-            same = _same_as(row, checkpoints) if lightning and row.kind else None
+            same = _same_as(row, checkpoints) if stepped and row.kind else None
             if same is not None:  # last.ckpt linked to (or copied from) a step file: that row again, not scanned twice
                 original, how = same
                 checkpoints.append(dataclasses.replace(

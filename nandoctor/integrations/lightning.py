@@ -63,8 +63,8 @@ except ImportError as exc:  # say how to get it, not just "No module named light
 
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.checkpoint.lightningrun import lightning_folder, saved_step
 from nandoctor.checkpoint.runs import last_passing_before
+from nandoctor.checkpoint.stepfiles import saved_step, step_folder
 from nandoctor.integrations.gate import (
     REPORT_NAME,
     CheckpointGate,
@@ -241,7 +241,7 @@ class NanDoctorCallback(Callback):
     def _last_passing_before(self, path: Path) -> Path | None:
         """The newest step file of ``path``'s folder saved before it that passes a scan now (a run without verdicts
         on disk; only when a resume is refused)."""
-        found = lightning_folder(path.parent)
+        found = step_folder(path.parent)
         return last_passing_before(found.steps if found is not None else (), saved_step(path),
                                    lambda file: verdicts.passes(self.gate.scan(file), self.gate.fail_on), skip=path)
 

@@ -75,9 +75,9 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
-    from nandoctor.checkpoint.lightningrun import step_files_kind
     from nandoctor.checkpoint.roles import WEIGHT
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
+    from nandoctor.checkpoint.stepfiles import step_files_kind
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
@@ -115,7 +115,7 @@ def repair(
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
-            found = runs.lightning_checkpoints_in(target_path)
+            found = runs.step_files_in(target_path)
             kind = f"{step_files_kind(found)}s"
         example = f" (e.g. {repair_command_for(str(found[-1][1]), AUTO)})" if found else ""
         raise RepairRefusedError(
@@ -376,9 +376,9 @@ def _where(target_path: Path) -> str:
 def _lightning_last(run_folder: Path) -> Path | None:
     """A Lightning run folder's ``last.ckpt`` (the step file it links to, for ``save_last="link"``): what
     ``trainer.fit(ckpt_path="last")`` resumes from, so what decides the run where it has no final model."""
-    from nandoctor.checkpoint.lightningrun import lightning_folder
+    from nandoctor.checkpoint.stepfiles import step_folder
 
-    lightning = lightning_folder(run_folder)
+    lightning = step_folder(run_folder)
     last = lightning.last if lightning is not None else None
     if last is not None and last.is_symlink():
         last = Path(os.path.realpath(last))

@@ -273,7 +273,7 @@ def auto_donors(
     siblings = place.siblings()
     # Lightning keeps two files of one step by name (-v1), each a checkpoint judged on its own; which of two
     # checkpoint-N folders of one step is "the" step N is undefined: no donor is picked by step then
-    clashes = [] if place.lightning else duplicate_steps(siblings)
+    clashes = [] if place.step_files else duplicate_steps(siblings)
     if clashes:
         raise RepairRefusedError(
             f"{target}: --from auto cannot order the run in {run_folder}: {clashes[0]}",
@@ -284,7 +284,7 @@ def auto_donors(
             f"{target}: --from auto found no {place.kind} before step {step} in {run_folder.resolve()}",
             "name the donors with --from <path>; the run may have deleted older checkpoints "
             + (("(ModelCheckpoint's save_top_k)" if place.kind.endswith(".ckpt file") else "(a loop that keeps its "
-                "newest saves)") if place.lightning else "(save_total_limit)"),
+                "newest saves)") if place.step_files else "(save_total_limit)"),
         )
     scan_one = partial(scan, limits=limits, selection=selection)
     run = scan_run(run_folder, device="cpu", scan_one=scan_one, below_step=step)
@@ -368,14 +368,14 @@ def _refuse_run_folder(donor: str | os.PathLike[str], path: Path, target: Path, 
     """A run folder without a final model at its top is no checkpoint: say which to name (a trial's hint read
     "scan one of them, e.g. …/checkpoint-100", the run's oldest, where a donor or --from auto was meant)."""
     from nandoctor.checkpoint.finalmodel import has_final_model
-    from nandoctor.checkpoint.lightningrun import lightning_folder
     from nandoctor.checkpoint.runs import RunPlace, is_run_folder
+    from nandoctor.checkpoint.stepfiles import step_folder
 
     if not path.is_dir() or not is_run_folder(path) or has_final_model(path):
         return
     place = place_in_run(target)
     before = place.step if place is not None and _same_place(place.run, path) else None
-    steps = RunPlace(path, 0, lightning_folder(path) is not None).siblings()  # (checkpoint-N folders or step files)
+    steps = RunPlace(path, 0, step_folder(path) is not None).siblings()  # (checkpoint-N folders or step files)
     found = [p for step, p in steps if (before is None or step < before) and not _same_place(p, target)]
     auto = "; --from auto takes the healthy ones before the target, newest first" if auto_available else ""
     scan = f"`nandoctor scan {path_word(donor)}` shows which are healthy"

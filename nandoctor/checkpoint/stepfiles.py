@@ -1,4 +1,5 @@
-"""Lightning run folders: which files of a ``ModelCheckpoint`` folder are the timeline, ``last.ckpt``, the final model.
+"""Run folders of step files: which files of a Lightning ``ModelCheckpoint`` folder, or of a training loop's numbered
+saves, are the timeline, the last file, the final model, and which are rows of their own.
 
 A ``ModelCheckpoint`` folder holds step files named from its template
 (``epoch=0-step=100.ckpt``: the timeline, ordered by step) and, with
@@ -21,7 +22,7 @@ restricted unpickler (no code runs). Torch-free.
 A hand-written training loop's saves (``step_500.pt``, ``ckpt-1000.pth``: one
 file a save, numbered after a word that counts training) are step files too,
 the step being their number: one name template is the timeline, ``last.pt``
-its last row, ``final.pt`` its final model (:func:`lightning_step_of`).
+its last row, ``final.pt`` its final model (:func:`file_step_of`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scal
                         r"(?:[-_.]|$)", re.IGNORECASE)
 
 
-def lightning_step_of(path: Path) -> int | None:
+def file_step_of(path: Path) -> int | None:
     """The step a step file's name gives: a Lightning ``….ckpt`` file whose name holds ``step=N``, or a training
     loop's save numbered after a word that counts (``step_100.pt``, ``ckpt-1000.pth``, ``epoch_3.safetensors``);
     else None."""
@@ -101,7 +102,7 @@ def is_last_name(path: Path) -> bool:
     """A ``.ckpt`` file ``trainer.fit(ckpt_path="last")`` would consider (``last.ckpt``, ``last-v1.ckpt``), or a
     training loop's ``last.pt`` / ``latest.pt`` beside its numbered saves, that is no step file."""
     path = Path(path)
-    if lightning_step_of(path) is not None:
+    if file_step_of(path) is not None:
         return False
     if path.suffix == LIGHTNING_SUFFIX:
         return path.stem.startswith(LAST)
@@ -133,7 +134,7 @@ def is_checkpoint(entry: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class LightningFolder:
+class StepFolder:
     """A folder of Lightning step files, sorted out."""
 
     steps: tuple[tuple[int, Path], ...]  # (step, file), steps ascending
@@ -143,7 +144,7 @@ class LightningFolder:
     notes: tuple[str, ...] = ()  # why some last or final candidate is not a row
 
 
-def lightning_folder(folder: Path, entries: list[Path] | None = None) -> LightningFolder | None:
+def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder | None:
     """``folder`` sorted out as a Lightning run, or None when it is none: no shard index at its top, and two or
     more step files, or one beside a last file or a final model."""
     from nandoctor import access
@@ -167,7 +168,7 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
     others: list[Path] = []
     notes: list[str] = []
     for entry in weights:
-        step = lightning_step_of(entry)
+        step = file_step_of(entry)
         if step is not None:
             if is_checkpoint(entry):
                 steps.append((step, entry))
@@ -209,7 +210,7 @@ def lightning_folder(folder: Path, entries: list[Path] | None = None) -> Lightni
         others += finals
         notes.append(f"{', '.join(p.name for p in finals)} could each be the run's final model, so neither is "
                      "taken as it: each is a row of its own")
-    return LightningFolder(tuple(sorted(steps)), last, final, tuple(sorted({p.name for p in others})), tuple(notes))
+    return StepFolder(tuple(sorted(steps)), last, final, tuple(sorted({p.name for p in others})), tuple(notes))
 
 
 def _resumed(lasts: list[Path]) -> Path | None:
@@ -271,6 +272,20 @@ def same_file(a: Path, b: Path) -> str | None:
         return None
 
 
-__all__ = ["LAST", "LIGHTNING_SUFFIX", "NUMBERED_SUFFIXES", "SHARDED_META", "LightningFolder", "is_checkpoint",
-           "is_final_name", "is_last_name", "lightning_folder", "lightning_step_of", "one_template", "same_file",
-           "saved_step", "step_files_kind", "step_template"]
+__all__ = [
+    "LAST",
+    "LIGHTNING_SUFFIX",
+    "NUMBERED_SUFFIXES",
+    "SHARDED_META",
+    "StepFolder",
+    "file_step_of",
+    "is_checkpoint",
+    "is_final_name",
+    "is_last_name",
+    "one_template",
+    "same_file",
+    "saved_step",
+    "step_files_kind",
+    "step_folder",
+    "step_template",
+]
