@@ -336,3 +336,30 @@ def test_a_template_without_a_step_is_a_timeline_by_the_steps_saved(tmp_path):
     fixed = run("repair", tmp_path / "epoch=2-val_loss=nan.ckpt", "--from", "auto", "--out", tmp_path.parent / "fixed",
                 "--allow-diverged")
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_a_rerun_into_the_same_folder_orders_its_files_by_version(tmp_path):
+    """An adversarial round: epoch=0-step=200.ckpt (the first run) and epoch=0-step=200-v1.ckpt (the rerun, NaN): name
+    order put -v1 first, the older file decided and the run passed. Lightning's version counter orders them."""
+    import torch
+
+    net = torch.nn.Linear(4, 4)
+    for name, value in (("epoch=0-step=100.ckpt", 0.1), ("epoch=0-step=200.ckpt", 0.2),
+                        ("epoch=0-step=200-v1.ckpt", float("nan"))):
+        state = {k: torch.full_like(v, value) for k, v in net.state_dict().items()}
+        torch.save({"state_dict": state, "global_step": 200}, tmp_path / name)
+    report = nandoctor.scan_run(tmp_path, device="cpu")
+    assert [c.name for c in report.checkpoints][-1] == "epoch=0-step=200-v1.ckpt" and report.exit_code() == 1
+
+
+def test_an_epoch_template_file_cut_short_is_never_dropped(tmp_path):
+    """An adversarial round: in a "{epoch}-{val_loss}" folder the newest file cut short had no global_step to place it
+    by, and the run passed. It is a row of its own, unreadable: exit 3."""
+    import torch
+
+    net = torch.nn.Linear(4, 4)
+    for epoch, step in ((0, 8), (1, 16)):
+        torch.save({"state_dict": net.state_dict(), "global_step": step}, tmp_path / f"epoch={epoch}-val_loss=0.5.ckpt")
+    data = (tmp_path / "epoch=1-val_loss=0.5.ckpt").read_bytes()
+    (tmp_path / "epoch=2-val_loss=0.4.ckpt").write_bytes(data[: len(data) // 2])
+    assert nandoctor.scan_run(tmp_path, device="cpu").exit_code() == 3

@@ -151,3 +151,29 @@ def test_files_numbered_by_something_else_than_training_are_no_run(tmp_path, nam
     with pytest.raises(nandoctor.UnsupportedFormatError):
         nandoctor.scan_run(tmp_path, device="cpu")
     assert nandoctor.scan(tmp_path).exit_code == 0
+
+
+def test_run_folder_edges_an_adversarial_round_found(tmp_path):
+    """Each a case that passed with exit 0 while a file a user would load was bad, or failed while healthy: a model's
+    saves beside as many trainer-state saves (the state's were taken for the timeline by name order), a file named
+    final_metrics.pt (taken for the final model), a newest step file that is a dangling link (dropped unsaid)."""
+    run = tmp_path / "net"
+    _loop(run, blow_up_at=None, name="net_step_{}.pt", every=5, steps=15)
+    for step in (5, 10, 15):
+        torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+                   run / f"state_step_{step}.pt")
+    state = torch.load(run / "net_step_15.pt", weights_only=True)
+    state["model"]["0.weight"][0, 0] = float("nan")
+    torch.save(state, run / "net_step_15.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    assert Path(report.first_bad.path).name == "net_step_15.pt" and report.exit_code() == 1
+
+    run = tmp_path / "metrics"
+    _loop(run, blow_up_at=None, name="step_{}.pt", every=5, steps=15)
+    torch.save({"val_loss": torch.tensor([0.5, float("nan")])}, run / "final_metrics.pt")
+    torch.save({"lr": 0.1}, run / "final_config.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    assert report.exit_code() == 0 and not any(c.final and not c.saved_into for c in report.checkpoints)
+
+    (run / "step_20.pt").symlink_to(run / "gone.pt")  # (the newest save, unreadable: never dropped unsaid)
+    assert nandoctor.scan_run(run, device="cpu").exit_code() == 3

@@ -1170,7 +1170,9 @@ def scan_run(
             # a file off the timeline decides where it holds the run's model (best.pt, an EMA copy: most of its tensors
             # named as a step file's); one that does not (a loop's data_stats.pt, an optimizer's own save) is read and
             # judged, its poison a caution, as an older row's is
-            model = not row.aside or report is None or _holds_the_model(report, timeline_names)
+            # (one that could not be read holds what it holds: it is judged as the model, as a step file would be)
+            model = not row.aside or report is None or bool(reasons) or bool(verdicts.weight_errors(report)) or \
+                _holds_the_model(report, timeline_names)
             checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                        step_known=row.step_known, last=is_last, saved_into=row.kind == "saved",
                                        decides=row.decides and model, model=model)

@@ -36,6 +36,8 @@ LIGHTNING_SUFFIX = ".ckpt"
 # Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
 # custom ones hold ``step=N`` (``epoch=0-step=100.ckpt``, ``last-step=100.ckpt``, ``run-step=100-loss=0.1.ckpt``).
 _LIGHTNING_FILE = re.compile(r"(?:^|[-_.=])step=(\d+)(?=[-_.=]|$)")
+_MODEL_WORDS = frozenset({"model", "models", "weights", "weight", "checkpoint", "ckpt", "net", "network", "state_dict",
+                          "params", "parameters"})
 _EPOCH_FILE = re.compile(r"(?:^|[-_.])epoch=\d+(?=[-_.=]|\.ckpt$)")  # a ModelCheckpoint name with {epoch}, no {step}
 LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches ``^last(-(\d+))?`` on the stem
 
@@ -48,7 +50,8 @@ _NUMBERED_FILE = re.compile(r"(?:^|[-_.])(?:step|steps|iter|iters|iteration|iter
 NUMBERED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
-_AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scaler|rng|ema|disc|discriminator|critic)"
+_AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scaler|rng|ema|disc|discriminator|critic|"
+                        r"state|states|trainer|training|stats|metrics)"
                         r"(?:[-_.]|$)", re.IGNORECASE)
 
 
@@ -117,8 +120,12 @@ def is_final_name(path: Path) -> bool:
     if "=" in path.name:
         return False
     stem = path.stem.lower()
-    # (by its name whatever the format: a loop's args.pt or pretrained_init.pt is no final model, a row of its own)
-    return "final" in stem or stem in ("model", "pytorch_model", "diffusion_pytorch_model")
+    # (by its name whatever the format: a loop's args.pt or pretrained_init.pt is no final model, a row of its own;
+    # nor final_metrics.pt or final_config.pt, an adversarial round's: "final" with a word of the model's, or alone)
+    if stem in ("model", "pytorch_model", "diffusion_pytorch_model"):
+        return True
+    words = set(re.split(r"[-_.]+", stem))
+    return "final" in words and (words <= {"final", "last"} or bool(words & _MODEL_WORDS))
 
 
 def is_checkpoint(entry: Path) -> bool:
@@ -172,6 +179,8 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
         if step is not None:
             if is_checkpoint(entry):
                 steps.append((step, entry))
+            else:  # (a dangling or looping link, a FIFO: a row of its own, whose scan says why it cannot be read)
+                others.append(entry)
         elif is_last_name(entry):
             if is_checkpoint(entry):
                 lasts.append(entry)
@@ -210,7 +219,19 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
         others += finals
         notes.append(f"{', '.join(p.name for p in finals)} could each be the run's final model, so neither is "
                      "taken as it: each is a row of its own")
-    return StepFolder(tuple(sorted(steps)), last, final, tuple(sorted({p.name for p in others})), tuple(notes))
+    # (two files of one step: Lightning's version counter says which is newer, -v1 after the plain name, which
+    # name order puts first: '-' sorts before '.'; an adversarial round's rerun into the same folder)
+    ordered = tuple(sorted(steps, key=lambda at: (at[0], _version(at[1]), at[1].name)))
+    return StepFolder(ordered, last, final, tuple(sorted({p.name for p in others})), tuple(notes))
+
+
+_VERSION = re.compile(r"-v(\d+)$")
+
+
+def _version(path: Path) -> int:
+    """The version counter ModelCheckpoint adds to a name it already wrote (``…-v1.ckpt``), 0 without one."""
+    found = _VERSION.search(Path(path).stem)
+    return int(found.group(1)) if found else 0
 
 
 def _resumed(lasts: list[Path]) -> Path | None:
