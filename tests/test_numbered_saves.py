@@ -177,3 +177,25 @@ def test_run_folder_edges_an_adversarial_round_found(tmp_path):
 
     (run / "step_20.pt").symlink_to(run / "gone.pt")  # (the newest save, unreadable: never dropped unsaid)
     assert nandoctor.scan_run(run, device="cpu").exit_code() == 3
+
+
+def test_torch_saves_named_tar_are_read_and_real_tar_archives_are_not(tmp_path):
+    """An adversarial round: PyTorch's tutorial names a general checkpoint model.tar (MoCo, pytorch/examples:
+    checkpoint.pth.tar, model_best.pth.tar). A NaN model_best.pth.tar beside step files went unread, and a run of
+    checkpoint_N.tar read as no checkpoint. A real tar archive beside the weights (a dataset) is no weight file."""
+    import tarfile
+
+    run = tmp_path / "run"
+    _loop(run, blow_up_at=None, name="checkpoint_{}.pth.tar", every=5, steps=15)
+    assert [c.step for c in nandoctor.scan_run(run, device="cpu").checkpoints] == [5, 10, 15]
+    state = torch.load(run / "checkpoint_15.pth.tar", weights_only=True)
+    state["model"]["0.weight"][0, 0] = float("nan")
+    torch.save(state, run / "model_best.pth.tar")
+    (tmp_path / "notes.txt").write_text("data")
+    with tarfile.open(run / "dataset.tar", "w") as archive:
+        archive.add(tmp_path / "notes.txt", arcname="notes.txt")
+    (run / "stats.npy").write_bytes(b"\x93NUMPY")  # (a data file no reader opens: said, as in a checkpoint folder)
+    report = nandoctor.scan_run(run, device="cpu")
+    names = {Path(c.path).name: c.status for c in report.checkpoints}
+    assert names.get("model_best.pth.tar") == "poisoned" and "dataset.tar" not in names and report.exit_code() == 1
+    assert any("not scanned" in note and "stats.npy" in note for note in report.notes), report.notes

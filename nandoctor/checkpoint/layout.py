@@ -91,10 +91,52 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
+TAR = ".tar"  # torch.save's file under the name PyTorch's tutorial gives a general checkpoint (model.tar, x.pth.tar)
+
+
+def is_weight_file(entry: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether a folder's ``entry`` is a weight file by its suffix (``suffixes``: weight_suffixes), or a ``.tar`` whose
+    first bytes are torch.save's (a real tar archive beside the weights is none: an adversarial round's
+    model_best.pth.tar with NaN went unread, a run of checkpoint_N.tar read as no checkpoint at all)."""
+    suffix = entry.suffix.lower()
+    if suffix in suffixes:
+        return True
+    if suffix != TAR:
+        return False
+    from nandoctor.readers.formats import looks_torch
+
+    try:
+        with open(entry, "rb") as handle:
+            return looks_torch(handle.read(64))
+    except OSError:
+        return False
+
+
 def weight_suffixes() -> tuple[str, ...]:
     from nandoctor.readers import supported_suffixes
 
     return supported_suffixes()
+
+
+_MAX_LISTED = 5  # data files named in the note
+_DATA_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".msgpack", ".joblib", ".onnx", ".tflite", ".keras")
+
+
+def unscanned_notes(root: Path) -> list[str]:
+    """A note naming the data files in the folder ``root`` that no reader of ours opens."""
+    if not root.is_dir():
+        return []
+    supported = weight_suffixes()
+    try:
+        names = sorted(
+            e.name for e in root.iterdir()
+            if e.suffix.lower() in _DATA_SUFFIXES and e.suffix.lower() not in supported and not e.name.startswith(".")
+        )
+    except OSError:
+        return []
+    if not names:
+        return []
+    return [f"not scanned (not a format nandoctor reads): {first_few(names, _MAX_LISTED, quoted=True)}"]
 
 
 def read_index(path: Path) -> ShardIndex:
@@ -287,7 +329,7 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     if _dcp_folder(root, entries, result):
         return result
     suffixes = weight_suffixes()
-    weight_files = [e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")]
+    weight_files = [e for e in entries if is_weight_file(e, suffixes) and not e.name.startswith(".")]
     for entry in [e for e in weight_files if e.name in NOT_WEIGHTS]:  # not weights: a repair copies it as is
         result.notes.append(f"{entry.name}: {NOT_WEIGHTS[entry.name]}; not scanned")
         weight_files.remove(entry)

@@ -76,7 +76,7 @@ def open_checkpoint(
     checkpoint = Checkpoint(
         Path(path), files, notes=list(files.notes), problems=list(files.problems), selection=selection or None
     )
-    checkpoint.notes += _unscanned_notes(Path(path))
+    checkpoint.notes += layout.unscanned_notes(Path(path))
     unloadable, load_notes = loadability.problems(files)  # tensors that all scan healthy may still not load
     checkpoint.problems += unloadable
     checkpoint.notes += load_notes
@@ -192,26 +192,6 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
 
 # Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
 # reads: listed as not scanned, never passed over in silence (accelerate's random_states_0.pkl).
-_DATA_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".msgpack", ".joblib", ".onnx", ".tflite", ".keras")
-
-
-def _unscanned_notes(root: Path) -> list[str]:
-    """A note naming the data files in the folder ``root`` that no reader of ours opens."""
-    if not root.is_dir():
-        return []
-    supported = layout.weight_suffixes()
-    try:
-        names = sorted(
-            e.name for e in root.iterdir()
-            if e.suffix.lower() in _DATA_SUFFIXES and e.suffix.lower() not in supported and not e.name.startswith(".")
-        )
-    except OSError:
-        return []
-    if not names:
-        return []
-    return [f"not scanned (not a format nandoctor reads): {first_few(names, _MAX_LISTED_NAMES, quoted=True)}"]
-
-
 def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
     given = refs.roles if isinstance(refs, RefTable) else [ref.role for ref in refs]
     roles = roles_of(names_of(refs), file_name, given)

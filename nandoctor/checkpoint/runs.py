@@ -32,7 +32,7 @@ from nandoctor.checkpoint.finalmodel import (
     holds_weights,
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
-from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT
+from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
 from nandoctor.checkpoint.stepfiles import (
     StepFolder,
     file_step_of,
@@ -1055,7 +1055,7 @@ def scan_run(
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
     if step_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _step_file_rows)
         others = []
-        notes += step_run.notes
+        notes += [*step_run.notes, *unscanned_notes(root)]  # (each row is one file: the folder's data files said here)
         named = ""  # (unused: no other file is left out)
     else:
         others = sorted(

@@ -47,7 +47,7 @@ LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches 
 # number counts. (Not ``model_1``, ``fold_3``, ``rank_0``, ``rng_state_0``: a second model, a fold, a process.)
 _NUMBERED_FILE = re.compile(r"(?:^|[-_.])(?:step|steps|iter|iters|iteration|iterations|epoch|epochs|ep|ckpt|checkpoint|"
                             r"chkpt|snapshot|update|updates|round|global_step)[-_.]?(\d+)$", re.IGNORECASE)
-NUMBERED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+NUMBERED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar")  # (.tar: torch.save's x.pth.tar, the tutorial's)
 
 
 _AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scaler|rng|ema|disc|discriminator|critic|"
@@ -64,7 +64,10 @@ def file_step_of(path: Path) -> int | None:
     if suffix == LIGHTNING_SUFFIX:
         match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
     elif suffix in NUMBERED_SUFFIXES:
-        match = _NUMBERED_FILE.search(path.name[: -len(suffix)])
+        stem = path.name[: -len(suffix)]
+        if suffix == ".tar":  # (checkpoint_10.pth.tar: the number before the inner suffix)
+            stem = re.sub(r"\.(?:pth|pt)$", "", stem, flags=re.IGNORECASE)
+        match = _NUMBERED_FILE.search(stem)
     else:
         return None
     return int(match.group(1)) if match else None
@@ -155,7 +158,7 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
     """``folder`` sorted out as a Lightning run, or None when it is none: no shard index at its top, and two or
     more step files, or one beside a last file or a final model."""
     from nandoctor import access
-    from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, weight_suffixes
+    from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, is_weight_file, weight_suffixes
     from nandoctor.errors import UnreadablePathError
 
     folder = Path(folder)
@@ -167,7 +170,7 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
     if any(e.name in INDEX_NAMES for e in entries):
         return None  # a sharded model at the top: one checkpoint, not a run
     suffixes = weight_suffixes()
-    weights = sorted(e for e in entries if e.suffix.lower() in suffixes and not e.name.startswith(".")
+    weights = sorted(e for e in entries if is_weight_file(e, suffixes) and not e.name.startswith(".")
                      and e.name not in NOT_WEIGHTS)
     steps: list[tuple[int, Path]] = []
     lasts: list[Path] = []
