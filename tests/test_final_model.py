@@ -160,3 +160,26 @@ def test_a_bin_the_final_model_skips_is_said_for_the_run(tmp_path):
     report = nandoctor.scan_run(run, device="cpu")
     assert any(note.startswith("final: found both safetensors and .bin") and "--both-formats" in note
                for note in report.notes), report.notes
+
+
+@pytest.mark.parametrize("name", ["predictions.pt", "training_args.bin"])
+def test_torch_files_at_a_runs_top_that_are_no_model_are_no_final_model(tmp_path, name):
+    """A new user's trial: a Trainer run whose top held predictions.pt ({"logits": [nan, 1.0]}) failed as "the final
+    model" POISONED, with a repair that could not work; one holding only training_args.bin failed INCOMPLETE ("final
+    is an unfinished save"). No config, no loader's name: no final model; a file with tensors is a row of its own
+    (a caution where it is bad), never the decider."""
+    import shutil
+
+    import torch
+
+    import nandoctor
+    from tests.conftest import DEMO_RUN
+
+    run = tmp_path / "out"
+    for step in (100, 200):
+        shutil.copytree(DEMO_RUN / f"checkpoint-{step}", run / f"checkpoint-{step}")
+    torch.save({"logits": torch.tensor([float("nan"), 1.0])} if name == "predictions.pt" else {"lr": 0.1}, run / name)
+    report = nandoctor.scan_run(run, device="cpu")
+    assert report.exit_code() == 0 and not any(c.final and not c.saved_into for c in report.checkpoints)
+    behind = [c.name for c in report.bad_behind()]
+    assert behind == (["predictions.pt"] if name == "predictions.pt" else []), behind

@@ -18,6 +18,7 @@ a ``model.safetensors``: checkpoint/stepfiles.py); :func:`final_model` gives the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
@@ -38,6 +39,39 @@ def holds_weights(entries: list[Path]) -> bool:
     )
 
 
+# Weight files a loader reads by their name (save_model()'s, save_pretrained's, PEFT's, diffusers', Mistral's), any shard
+_LOADER_NAMED = re.compile(r"^(?:model|pytorch_model|adapter_model|diffusion_pytorch_model|consolidated)"
+                           r"(?:[-.][\w.-]*)?\.(?:safetensors|bin|pt|pth|ckpt|gguf)$")
+_CONFIGS = ("config.json", "adapter_config.json")
+
+
+def looks_like_model(entries: list[Path]) -> bool:
+    """Whether a run folder's top holds a model a loader reads (a config beside its weights, an index, or weights of a
+    loader's name), not only other torch files (a new user's predictions.pt, a Trainer's training_args.bin: each was
+    "the final model", failing a healthy run with a repair that could not work)."""
+    from nandoctor.checkpoint.layout import INDEX_NAMES
+
+    names = {e.name for e in entries}
+    return bool(names & {*_CONFIGS, *INDEX_NAMES}) or any(_LOADER_NAMED.match(name) for name in names)
+
+
+def loose_files(folder: Path) -> list[Path]:
+    """The weight files at a run folder's top that are no final model (:func:`looks_like_model` does not hold): rows of
+    their own, judged as files off a step-file run's timeline are (runs.py)."""
+    from nandoctor import access
+    from nandoctor.checkpoint.layout import NOT_WEIGHTS, is_weight_file, weight_suffixes
+
+    try:
+        entries = access.listing(folder)
+    except OSError:
+        return []
+    if looks_like_model(entries):
+        return []
+    suffixes = weight_suffixes()
+    return sorted(e for e in entries if is_weight_file(e, suffixes) and not e.name.startswith(".")
+                  and e.name not in NOT_WEIGHTS and access.is_file(e, refused=True))
+
+
 def final_model(folder: Path) -> Path | None:
     """What to scan as the final model of the run at ``folder``: its one final file for a Lightning run,
     else ``folder`` itself when it holds weights at its top (for any folder that does, run or not); None
@@ -53,7 +87,7 @@ def final_model(folder: Path) -> Path | None:
     lightning = step_folder(Path(folder), entries)
     if lightning is not None:
         return lightning.final
-    return Path(folder) if holds_weights(entries) else None
+    return Path(folder) if holds_weights(entries) and looks_like_model(entries) else None
 
 
 def has_final_model(folder: Path) -> bool:

@@ -30,6 +30,7 @@ from nandoctor.checkpoint.finalmodel import (
     final_step,
     has_final_model,
     holds_weights,
+    loose_files,
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
@@ -1046,6 +1047,8 @@ def scan_run(
     if below_step is None and not stepped and has_final_model(root):
         rows.append(_Row(final_at if final_at is not None and final_known else newest_step, root, kind="final",
                          step_known=final_known))
+    elif below_step is None and not stepped:  # (torch files at the top that are no model: rows of their own)
+        rows += [_Row(newest_step, file, kind="saved", step_known=False, aside=True) for file in loose_files(root)]
     # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
     # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
     metrics = metrics_near(root) if stepped else None
