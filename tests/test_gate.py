@@ -301,5 +301,8 @@ def test_a_usage_error_with_json_still_prints_json(args):
     result = CliRunner().invoke(cli, [a.format(run=DEMO_RUN) for a in args])
     assert result.exit_code == 2
     data = json.loads(result.stdout)
+    if args[0] == "repair":  # (repair's JSON is its plan's shape, errors and all: docs/repair.md)
+        assert data["nandoctor_repair_plan"] == 1 and data["exit_code"] == 2 and "--from" in data["errors"][0]["message"]
+        return
     assert data["summary"]["verdict"] == "USAGE ERROR" and data["summary"]["exit_code"] == 2 and data["errors"]
     assert data["target"] == ""  # (which argument is the path is what the options did not settle: a review's "bogus")

@@ -390,9 +390,17 @@ def test_quiet_repair_prints_one_line_for_scripts(tmp_path):
     shutil.copytree(DEMO_RUN, run)
     plan = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--dry-run", "-q")
     assert plan.exit_code == 0 and plan.output.splitlines() == [
-        f"PLAN COMPLETE {run / 'checkpoint-300'}: 18 tensor(s) to restore from 2 donor(s); nothing written"]
+        f"PLAN COMPLETE {run / 'checkpoint-300'}: 18 tensor(s) to restore from 1 donor(s); nothing written"]  # (used)
     done = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "fixed", "-q")
     assert done.exit_code == 0 and done.output.splitlines() == [
         f"REPAIRED {run / 'checkpoint-300'}: 18 tensor(s) restored into {tmp_path / 'fixed'}, verified CLEAN"]
     refused = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "fixed", "-q")
     assert refused.exit_code == 3 and "error:" in refused.output and "REPAIRED" not in refused.output
+    # (a new user: the only donor holds the same NaN: "REFUSED …: 0 tensor(s) to restore" said nothing of why)
+    shutil.copytree(run / "checkpoint-300", tmp_path / "copy-300")
+    none = run_cli("repair", run / "checkpoint-300", "--from", tmp_path / "copy-300", "--dry-run", "-q")
+    assert none.exit_code == 3 and "tensor(s) have no good donor" in none.output, none.output
+    # (and a selection's left-out tensors are never called clean: the full report's caveat, in the one line too)
+    left = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "left", "-q",
+                   "--exclude", "transformer.h.2[1-3].*")
+    assert left.exit_code == 0 and "but it is clean except the" in left.output, left.output

@@ -112,8 +112,17 @@ def _usage_json(exc: click.UsageError) -> None:
 
     # (no target: which argument is the path, an option's value or the path, is what the options did not settle)
     command = exc.ctx.command_path if exc.ctx is not None else "nandoctor"
-    click.echo(json.dumps(error_to_json("", exc.format_message(), f"see {command} --help",
-                                        exc.exit_code, DEFAULT_FAIL_ON, word=USAGE_WORDS), indent=2))
+    hint = f"see {command} --help"
+    if exc.ctx is not None and exc.ctx.command.name == "repair":  # (repair's JSON is its plan's shape: docs/repair.md)
+        from nandoctor.errors import NandoctorError
+        from nandoctor.restore.proof import refusal_json
+
+        error = NandoctorError(exc.format_message(), hint)
+        error.exit_code = exc.exit_code
+        click.echo(json.dumps({**refusal_json("", (), "tensor", False, error), "source": None}, indent=2))
+        return
+    click.echo(json.dumps(error_to_json("", exc.format_message(), hint, exc.exit_code, DEFAULT_FAIL_ON,
+                                        word=USAGE_WORDS), indent=2))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

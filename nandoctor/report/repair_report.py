@@ -166,15 +166,20 @@ def quiet_line(result: RepairResult) -> str:
     """``repair --quiet``'s one line (a script's: the exit code says the rest): what was done, where, and a doubt."""
     plan = result.plan
     if result.dry_run:
-        word = "PLAN COMPLETE" if result.ok else "REFUSED"
-        return f"{word} {plan.target}: {plan.tensors_restored} tensor(s) to restore from {len(plan.donors)} donor(s); nothing written"
+        if not result.ok:  # (a new user: "REFUSED …: 0 tensor(s) to restore" where one had no good donor)
+            return (f"REFUSED {plan.target}: {len(plan.unrestorable) + len(plan.unviewed)} tensor(s) have no good donor; "
+                    "nothing would be written")
+        used = len({r.donor for r in plan.restorations})
+        return f"PLAN COMPLETE {plan.target}: {plan.tensors_restored} tensor(s) to restore from {used} donor(s); nothing written"
     if result.verification is None or not result.ok:
         return f"FAILED {plan.target}: the repaired copy did not verify; nothing left at {result.out}"
+    # (a selection's left-out tensors are never called clean here either: the full report's caveat, a new user's)
+    unjudged = f"; but {_unjudged(plan, result.out)}" if plan.excluded else ""
     if not plan.restorations:
-        return f"NOTHING RESTORED {plan.target}: an unchanged, verified copy at {result.out}"
+        return f"NOTHING RESTORED {plan.target}: an unchanged, verified copy at {result.out}{unjudged}"
     doubt = f"; but {plan.doubts[0]}" if plan.doubts else ""
     return (f"REPAIRED {plan.target}: {plan.tensors_restored} tensor(s) restored into {result.out}, verified "
-            f"{result.verification.verdict}{doubt}")
+            f"{result.verification.verdict}{doubt}{unjudged}")
 
 
 def render_result(result: RepairResult, console: Console, *, show_all: bool = False) -> None:
