@@ -32,7 +32,19 @@ def repair_command(report: ScanReport) -> str:
 
     context = verdict.run_context(report)
     donor = None if context is None else AUTO if context.get("auto") else NO_AUTO_DONOR
-    return repair_command_for(report.target, donor, selection=selection_args(report))
+    return repair_command_for(_repaired_part(report), donor, selection=selection_args(report))
+
+
+def _repaired_part(report: ScanReport) -> str:
+    """What a repair of ``report`` takes: its target, or the one file holding every bad tensor where the folder's files
+    are separate checkpoints (files sharing tensor names, each a save of its own: a new user's folder of three .ckpt
+    files was told to repair the folder, which then refused the earlier files as part of it)."""
+    from nandoctor.checkpoint.opener import SEPARATE
+
+    if not any(SEPARATE in note for note in report.notes):
+        return report.target
+    files = {t.ref.file for t in report.bad_tensors} | {t.ref.file for t in report.unhealthy_tensors}
+    return str(files.pop()) if len(files) == 1 else report.target
 
 
 def selection_args(report: ScanReport) -> str:

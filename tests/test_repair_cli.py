@@ -404,3 +404,23 @@ def test_quiet_repair_prints_one_line_for_scripts(tmp_path):
     left = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", tmp_path / "left", "-q",
                    "--exclude", "transformer.h.2[1-3].*")
     assert left.exit_code == 0 and "but it is clean except the" in left.output, left.output
+
+
+def test_a_folder_of_separate_saves_is_told_to_repair_the_bad_file(tmp_path):
+    """A new user: three .ckpt files of one model ("{epoch}-{val_loss:.2f}" without metric names: no run) were told
+    `nandoctor repair FOLDER --from …`, which then refused every donor in the folder as part of the target."""
+    import torch
+
+    from tests.conftest import run_cli
+
+    net = torch.nn.Linear(4, 4)
+    for name, value in (("0-0.52.ckpt", 0.1), ("1-0.48.ckpt", 0.2), ("2-0.47.ckpt", 0.3)):
+        state = {k: torch.full_like(v, value) for k, v in net.state_dict().items()}
+        if value == 0.3:
+            state["weight"][0, 0] = float("nan")  # (one value: poisoned, a repair's case)
+        torch.save({"state_dict": state}, tmp_path / name)
+    shown = " ".join(run_cli("scan", tmp_path).output.split())
+    assert f"nandoctor repair {tmp_path / '2-0.47.ckpt'} --from" in shown, shown
+    fixed = run_cli("repair", tmp_path / "2-0.47.ckpt", "--from", tmp_path / "1-0.48.ckpt", "--out", tmp_path.parent / "f",
+                    "-q")
+    assert fixed.exit_code == 0 and fixed.output.startswith("REPAIRED"), fixed.output

@@ -328,12 +328,12 @@ def _hidden_indexes(shared: dict[tuple[Path, Path], list[str]], files: layout.Ch
             continue
         notes.append(f"{other.name} and {index.path.name} lie side by side: transformers' from_pretrained loads "
                      f"{other.name} alone (it looks for it before {index.path.name}), and never the "
-                     f"{len(set(index.weight_map.values()))} shard(s) the index lists; both were {_SEPARATE}; delete "
+                     f"{len(set(index.weight_map.values()))} shard(s) the index lists; both were {SEPARATE}; delete "
                      f"the stale copy: {other.name}, or {index.path.name} and its shards")
     return notes
 
 
-_SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"
+SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"
 
 
 def _relative(file: Path, root: Path) -> str:
@@ -364,7 +364,7 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
         else:
             # (named from the checkpoint folder where both sit in it: unet/… and unet_ema/… are otherwise one name)
             shown_a, shown_b = (_relative(f, files.root) for f in (a, b))
-            notes.append(f"{shown_a} and {shown_b} share {len(names):,} tensor name(s) (e.g. {names[0]}); {_SEPARATE}")
+            notes.append(f"{shown_a} and {shown_b} share {len(names):,} tensor name(s) (e.g. {names[0]}); {SEPARATE}")
     for other, (shards, names) in beside.items():
         indexes = {index_of[s].path for s in shards if s in index_of}
         index = next(iter(indexes)) if len(indexes) == 1 else None
@@ -372,10 +372,10 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
         head = f"{other.name} and {whose} share {len(names):,} tensor name(s) (e.g. {names[0]})"
         if index is not None and other.parent == index.parent and single_file_of(index.name) == other.name:
             notes.append(f"{head}: transformers' from_pretrained loads {other.name} (it looks for it before "
-                         f"{index.name}), so the shards are not what loads; both were {_SEPARATE}; delete the stale "
+                         f"{index.name}), so the shards are not what loads; both were {SEPARATE}; delete the stale "
                          f"copy: {other.name}, or {index.name} and its shards")
         else:
-            notes.append(f"{head}; {_SEPARATE}")
+            notes.append(f"{head}; {SEPARATE}")
     return notes
 
 
