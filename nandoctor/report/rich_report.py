@@ -161,6 +161,13 @@ def _layer_table(report: ScanReport, width: int = 160, limit: int | None = None,
     return table
 
 
+def _file_in(target: str, file: str) -> str:
+    """``file`` as named from the scanned folder ``target`` (``global_step100/mp_rank_00_model_states.pt``: two saves'
+    files of one name told apart, an adversarial round's), else its name alone."""
+    relative = os.path.relpath(file, target) if os.path.isdir(target) else os.path.basename(file)
+    return os.path.basename(file) if relative.startswith("..") else relative
+
+
 def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, reported: tuple[str, ...] = ()) -> Table:
     rows_of, more = tensor_rows(report, limit, _TABLE_FINDINGS)
     # A name in several files (separate checkpoints side by side, --both-formats): say which file.
@@ -174,7 +181,7 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
         # overflows is listed in the overflow table alone)
         findings = Text(", ").join(_finding_cell(f, reported, width < NARROW) for f in r.findings)
         rows.append({
-            "tensor": Text(safe(r.name)), "file": Text(safe(os.path.basename(r.file))), "findings": findings,
+            "tensor": Text(safe(r.name)), "file": Text(safe(_file_in(report.target, r.file))), "findings": findings,
             "dtype": r.dtype + (" scales" if r.scales else ""),  # block-quantized: counts of its scale fields
             "shape": r.shape, "NaN": r.nan, "+Inf": r.posinf, "-Inf": r.neginf, "outliers": r.outliers,
             "max |w|": _magnitude(r.max_abs) if set(r.findings) & {verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED} else "",
