@@ -199,3 +199,17 @@ def test_torch_saves_named_tar_are_read_and_real_tar_archives_are_not(tmp_path):
     names = {Path(c.path).name: c.status for c in report.checkpoints}
     assert names.get("model_best.pth.tar") == "poisoned" and "dataset.tar" not in names and report.exit_code() == 1
     assert any("not scanned" in note and "stats.npy" in note for note in report.notes), report.notes
+
+
+def test_a_second_templates_save_takes_donors_saved_before_it(tmp_path):
+    """An adversarial round: --from auto for ema_step_10.pt (a second template's save) tried step_15.pt first, a
+    save made after it. Its donors are the timeline's saves before its own step."""
+    run = tmp_path / "run"
+    _loop(run, blow_up_at=None, name="step_{}.pt", every=5, steps=15)
+    ema = torch.load(run / "step_10.pt", weights_only=True)
+    ema["model"]["0.weight"][0, 0] = float("nan")
+    for step in (5, 10):
+        torch.save(ema if step == 10 else torch.load(run / "step_5.pt", weights_only=True), run / f"ema_step_{step}.pt")
+    plan = run_cli("repair", str(run / "ema_step_10.pt"), "--from", "auto", "--dry-run", "--json")
+    donors = [Path(d["path"]).name for d in json.loads(plan.output)["donors"]]
+    assert donors and "step_15.pt" not in donors and "step_10.pt" not in donors, donors

@@ -173,8 +173,10 @@ def _step_file_place(file: Path, run: StepFolder) -> RunPlace | None:
     """A file's place in the Lightning run it lies in: a step file by its step; the last or final file after
     every step file (donors may be any step file, the newest included, as for a Trainer run's final model)."""
     after = run.steps[-1][0] + 1
-    if file.name in run.unplaced:  # (best.pt, a second template's save: after every step file, donors among them all)
-        return RunPlace(file.parent, after, True, final=True)
+    if file.name in run.unplaced:  # (best.pt: after every step file; a second template's save: at its own step, its
+        # donors the timeline's saves before it, never a later one: an adversarial round's ema_step_200.pt took step_300)
+        own = file_step_of(file)
+        return RunPlace(file.parent, after if own is None or own >= after else own, True, final=True)
     step = next((at for at, path in run.steps if path == file), None)  # (by name, or by its saved step)
     if step is not None:
         return RunPlace(file.parent, step, True)
