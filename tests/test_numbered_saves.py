@@ -213,3 +213,18 @@ def test_a_second_templates_save_takes_donors_saved_before_it(tmp_path):
     plan = run_cli("repair", str(run / "ema_step_10.pt"), "--from", "auto", "--dry-run", "--json")
     donors = [Path(d["path"]).name for d in json.loads(plan.output)["donors"]]
     assert donors and "step_15.pt" not in donors and "step_10.pt" not in donors, donors
+
+
+def test_model_saves_paired_with_optimizer_saves_are_a_run(tmp_path):
+    """A helper's trial: a loop saving model_N.pt and optim_N.pt each time read as one checkpoint (every save one
+    verdict, no timeline). An optimizer's saves of the same numbers make the model's a run; model_1.pt and model_2.pt
+    alone stay two models (test_files_numbered_by_something_else_than_training_are_no_run)."""
+    run = tmp_path / "run"
+    losses = _loop(run, blow_up_at=12, name="model_{}.pt", every=5, steps=20)
+    assert losses[10] < 2 and losses[15] > 1e3
+    for step in (5, 10, 15, 20):
+        torch.save(torch.load(run / f"model_{step}.pt", weights_only=True)["optimizer"], run / f"optim_{step}.pt")
+    report = nandoctor.scan_run(run, device="cpu")
+    assert [c.step for c in report.checkpoints if not c.saved_into] == [5, 10, 15, 20]
+    assert Path(report.last_healthy.path).name == "model_10.pt" and Path(report.first_bad.path).name == "model_15.pt"
+    assert report.exit_code() == 1

@@ -55,6 +55,31 @@ _AUXILIARY = re.compile(r"(?:^|[-_.])(?:optim|optimizer|opt|scheduler|sched|scal
                         r"(?:[-_.]|$)", re.IGNORECASE)
 
 
+# A loop that saves its model and its optimizer apart each time (model_100.pt and optim_100.pt): "model" numbers
+# nothing on its own (model_1, model_2: two models), but beside an optimizer's saves of the same numbers it is the run's
+_PAIRED_MODEL = re.compile(r"^(?:model|net|network|weights)[-_.]?(\d+)$", re.IGNORECASE)
+_PAIRED_OPTIMIZER = re.compile(r"^(?:optim|optimizer|opt)[-_.]?(\d+)$", re.IGNORECASE)
+
+
+def _paired_saves(entries: list[Path]) -> list[tuple[int, Path]]:
+    """(step, model file) of a loop's model saves that an optimizer's saves of the same numbers pair, two or more (a
+    helper's trial: model_N.pt beside optim_N.pt read as one checkpoint, all of its saves one CLEAN or POISONED
+    verdict); [] otherwise."""
+    def numbered(pattern: re.Pattern[str]) -> dict[int, Path]:
+        found = {}
+        for entry in entries:
+            stem = entry.name[: -len(entry.suffix)] if entry.suffix.lower() in NUMBERED_SUFFIXES else None
+            match = pattern.match(stem) if stem else None
+            if match and is_checkpoint(entry):
+                found[int(match.group(1))] = entry
+        return found
+
+    models, optimizers = numbered(_PAIRED_MODEL), numbered(_PAIRED_OPTIMIZER)
+    if len(models) < 2 or set(models) != set(optimizers):
+        return []
+    return sorted(models.items())
+
+
 def file_step_of(path: Path) -> int | None:
     """The step a step file's name gives: a Lightning ``….ckpt`` file whose name holds ``step=N``, or a training
     loop's save numbered after a word that counts (``step_100.pt``, ``ckpt-1000.pth``, ``epoch_3.safetensors``);
@@ -203,6 +228,9 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
             if step is not None:
                 steps.append((step, entry))
                 others.remove(entry)
+    if not steps:
+        steps = _paired_saves(others)
+        others = [e for e in others if e not in {path for _, path in steps}]
     kept = one_template(steps)
     on_timeline = {path for _, path in kept}
     others += [path for _, path in steps if path not in on_timeline]
