@@ -39,20 +39,19 @@ def holds_weights(entries: list[Path]) -> bool:
     )
 
 
-# Weight files a loader reads by their name (save_model()'s, save_pretrained's, PEFT's, diffusers', Mistral's), any shard
-_LOADER_NAMED = re.compile(r"^(?:model|pytorch_model|adapter_model|diffusion_pytorch_model|consolidated)"
-                           r"(?:[-.][\w.-]*)?\.(?:safetensors|bin|pt|pth|ckpt|gguf)$")
-_CONFIGS = ("config.json", "adapter_config.json")
+# What makes a folder a model, not any file of a weight suffix: the config a loader builds it from, or weight files named
+# as the loaders name them (save_model()'s, save_pretrained's, PEFT's, diffusers', Mistral's, any shard, a GGUF, a shard
+# index). Trials: eval/predictions.pt and eval/metrics.pt decided a run as a model saved into it; a run's top holding a
+# predictions.pt or training_args.bin alone was "the final model", failing a healthy run with a repair that could not work
+_MODEL_FILES = re.compile(r"^(?:(?:model|pytorch_model|adapter_model|diffusion_pytorch_model|consolidated)"
+                          r"(?:[-.][\w.-]*)?\.(?:safetensors|bin|pt|pth|ckpt|gguf)|[^/]+\.gguf|[^/]+\.index\.json)$")
+_MODEL_CONFIGS = frozenset({"config.json", "adapter_config.json", "model_index.json", "params.json"})
 
 
 def looks_like_model(entries: list[Path]) -> bool:
-    """Whether a run folder's top holds a model a loader reads (a config beside its weights, an index, or weights of a
-    loader's name), not only other torch files (a new user's predictions.pt, a Trainer's training_args.bin: each was
-    "the final model", failing a healthy run with a repair that could not work)."""
-    from nandoctor.checkpoint.layout import INDEX_NAMES
-
-    names = {e.name for e in entries}
-    return bool(names & {*_CONFIGS, *INDEX_NAMES}) or any(_LOADER_NAMED.match(name) for name in names)
+    """Whether a folder's ``entries`` make a model a loader reads (a model saved into a run's folder, a run's final
+    model at its top), not only other torch files."""
+    return any(e.name in _MODEL_CONFIGS or _MODEL_FILES.match(e.name) for e in entries)
 
 
 def loose_files(folder: Path) -> list[Path]:

@@ -55,6 +55,7 @@ class ShardIndex:
     path: Path
     weight_map: dict[str, str]  # tensor name → shard file name (relative to the folder)
     total_size: int | None
+    has_metadata: bool = True  # a "metadata" object beside the weight_map (transformers reads index["metadata"])
 
 
 @dataclass
@@ -119,6 +120,8 @@ def weight_suffixes() -> tuple[str, ...]:
 
 
 _MAX_LISTED = 5  # data files named in the note
+# Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
+# reads: listed as not scanned, never passed over in silence (accelerate's random_states_0.pkl).
 _DATA_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".msgpack", ".joblib", ".onnx", ".tflite", ".keras")
 
 
@@ -153,7 +156,7 @@ def read_index(path: Path) -> ShardIndex:
         raise CorruptCheckpointError(str(path), "weight_map must map tensor names to shard file names")
     meta = data.get("metadata")
     total = meta.get("total_size") if isinstance(meta, dict) else None
-    return ShardIndex(path, dict(weight_map), total if type(total) is int else None)
+    return ShardIndex(path, dict(weight_map), total if type(total) is int else None, isinstance(meta, dict))
 
 
 def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None, ScanProblem | None]:

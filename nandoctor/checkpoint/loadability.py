@@ -376,20 +376,14 @@ def _cast_by_from_pretrained(
     return chosen if loaded is None else [(file, refs) for file, refs in chosen if file in loaded]
 
 
-
-
 def _index_without_metadata(files: layout.CheckpointFiles, names: set[str]) -> list[ScanProblem]:
     """NOT LOADABLE when the shard index from_pretrained reads (loaders.first_looked_for) has no ``metadata``
     object: transformers takes ``index["metadata"]`` and adds to it (KeyError, TypeError; an adversarial round's
-    hand-written index of a weight_map alone read CLEAN)."""
+    hand-written index of a weight_map alone read CLEAN). (An index that cannot be read is the layout's problem.)"""
     name = loaders.first_looked_for(names)
     if name is None or not loaders.is_index_name(name) or loaders.CONFIG not in names:
         return []
-    try:
-        data = read_json(files.root / name)
-    except (OSError, ValueError):
-        return []  # (an index that cannot be read is the layout's problem already)
-    if not isinstance(data, dict) or isinstance(data.get("metadata"), dict):
+    if all(index.has_metadata for index in files.indexes if index.path.name == name):
         return []
     return [ScanProblem(
         str(files.root / name), "has no \"metadata\" object beside its weight_map: transformers' from_pretrained reads "

@@ -258,8 +258,7 @@ def _zero_std(path: Path, data: dict[str, Any]) -> list[ScanProblem]:
         return []
     return [ScanProblem(
         str(path), f"{first_few([f'{key} holds 0' for key in zero], _SHOWN)} (or a value under 1e-30): the processor "
-        "divides every input by it, "
-        "so every input and every output is Inf or NaN",
+        "divides every input by it, so every input and every output is Inf or NaN",
         f"write the std the model was trained with (the base model's {path.name} has it)", kind=CONFIG_KIND)]
 
 

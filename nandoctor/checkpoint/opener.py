@@ -190,8 +190,6 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
         checkpoint.notes.append(f"{checkpoint.excluded:,} of {total:,} tensors left out by {selection.describe()}; not read")
 
 
-# Suffixes of files that hold data (pickles, arrays, other frameworks' weights) but no format nandoctor
-# reads: listed as not scanned, never passed over in silence (accelerate's random_states_0.pkl).
 def _with_roles(refs: Sequence[TensorRef], file_name: str) -> Sequence[TensorRef]:
     given = refs.roles if isinstance(refs, RefTable) else [ref.role for ref in refs]
     roles = roles_of(names_of(refs), file_name, given)

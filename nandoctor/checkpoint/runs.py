@@ -30,10 +30,12 @@ from nandoctor.checkpoint.finalmodel import (
     final_step,
     has_final_model,
     holds_weights,
+    looks_like_model,
     loose_files,
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
+from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.checkpoint.stepfiles import (
     StepFolder,
     file_step_of,
@@ -523,8 +525,8 @@ def _holds_any(donor: RunCheckpoint, names: list[str]) -> bool:
     it, and was told to repair with --from auto (a trial), which then found none."""
     if not names or donor.report is None:
         return True
-    tail = {".".join(n.split(".")[-3:]) for n in donor.report.tensors.refs.names}
-    return any(".".join(n.split(".")[-3:]) in tail for n in names)
+    held = {_tail(n, 3) for n in donor.report.tensors.refs.names}
+    return any(_tail(n, 3) in held for n in names)
 
 
 def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_case: bool = False) -> str:
@@ -889,22 +891,9 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
             inner = access.listing(entry)
         except NandoctorError:
             continue
-        if holds_weights(inner) and _a_model(inner):
+        if holds_weights(inner) and looks_like_model(inner):
             (aside if _set_aside(entry) else out).append(entry)
     return sorted(out), sorted(aside)
-
-
-# What makes a folder a model, not any file of a weight suffix: the config a loader builds it from, or weight files
-# named as the loaders name them (a trial: eval/predictions.pt and eval/metrics.pt decided a run, a sweep_cfg/ with
-# training_args.bin and an opt_backup/ with optimizer.pt failed it INCOMPLETE)
-_MODEL_FILES = re.compile(r"^(?:(?:model|pytorch_model|adapter_model|diffusion_pytorch_model|consolidated)"
-                          r"(?:[-.][\w.-]*)?\.(?:safetensors|bin|pt|pth)|[^/]+\.gguf|[^/]+\.index\.json)$")
-_MODEL_CONFIGS = ("config.json", "adapter_config.json", "model_index.json", "params.json")
-
-
-def _a_model(entries: list[Path]) -> bool:
-    """Whether a folder's ``entries`` make a model a loader would read."""
-    return any(e.name in _MODEL_CONFIGS or _MODEL_FILES.match(e.name) for e in entries)
 
 
 _SET_ASIDE_NAME = re.compile(r"-bad(?:-\d+)?$")  # (hints.put_in_place's names: -bad, or -bad-2 … where taken)
@@ -944,14 +933,14 @@ def _step_file_rows(run: StepFolder, below_step: int | None) -> list[_Row]:
     # never resume points (an adversarial round: NaN in each was named in a note, "scan them on their own", and the
     # run passed with a check)
     folder = run.steps[0][1].parent
+    placed = {name: (file_step_of(folder / name), step_template(folder / name)) for name in run.unplaced}
     newest_of: dict[str, int] = {}  # a second template's newest step: that save decides, its older ones do not
-    for name in run.unplaced:
-        step = file_step_of(folder / name)
+    for step, template in placed.values():
         if step is not None:
-            newest_of[step_template(folder / name)] = max(step, newest_of.get(step_template(folder / name), step))
+            newest_of[template] = max(step, newest_of.get(template, step))
     for name in sorted(run.unplaced, key=natural_key):  # (ema_5 before ema_10)
-        step = file_step_of(folder / name)
-        older = step is not None and step < newest_of[step_template(folder / name)]
+        step, template = placed[name]
+        older = step is not None and step < newest_of[template]
         rows.append(_Row(newest, folder / name, kind="saved", step_known=False, aside=True, decides=not older))
     if run.final is not None:
         own = saved_step(run.final)
@@ -970,11 +959,12 @@ def _holds_the_model(report: ScanReport, names: set[str]) -> bool:
 
 def _weight_names(report: ScanReport) -> list[str]:
     refs = report.tensors.refs
-    return [name for name, role in zip(refs.names, refs.roles) if role == "weight"]
+    return [name for name, role in zip(refs.names, refs.roles) if role == WEIGHT]
 
 
-def _tail(name: str) -> str:
-    return ".".join(name.split(".")[-2:])
+def _tail(name: str, parts: int = 2) -> str:
+    """The last ``parts`` parts of a dotted tensor name (what a wrapper's prefix leaves the same)."""
+    return ".".join(name.split(".")[-parts:])
 
 
 def _same_as(row: _Row, done: list[RunCheckpoint]) -> tuple[RunCheckpoint, str] | None:
@@ -1059,25 +1049,19 @@ def scan_run(
     problems = [] if stepped else duplicate_steps(checkpoints_in(root))
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
     if step_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _step_file_rows)
-        others = []
         notes += [*step_run.notes, *unscanned_notes(root)]  # (each row is one file: the folder's data files said here)
-        named = ""  # (unused: no other file is left out)
-    else:
+    else:  # (checkpoint-best/: a Trainer-like name without a step, to be scanned on its own)
         others = sorted(
             e.name for e in entries
             if e.name.startswith("checkpoint-") and step_of(e) is None and access.is_dir(e)
         )
-        named = "checkpoint-<step>"
+        if others:
+            notes.append(f"not part of the timeline (not named checkpoint-<step>): {', '.join(others[:5])}"
+                         + (" …" if len(others) > 5 else "") + "; scan them on their own")
     if set_aside:
         notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in set_aside[:5])}"
                      f"{' …' if len(set_aside) > 5 else ''} (a model moved aside as bad, or a repair not yet put in "
                      "place); scan them on their own")
-    if others:
-        notes.append(
-            f"not part of the timeline (not named {named}): {', '.join(others[:5])}"
-            + (" …" if len(others) > 5 else "")
-            + "; scan them on their own"
-        )
 
     from nandoctor import verdict as verdicts
 

@@ -7,17 +7,18 @@ A ``ModelCheckpoint`` folder holds step files named from its template
 when nothing changed between the two saves), or with ``save_last="link"`` a
 symlink to it. ``trainer.fit(ckpt_path="last")`` resumes from the newest (by
 modification time) ``.ckpt`` whose name starts with ``last`` (``last-v1.ckpt``
-is the version counter's), so that one is the run's ``last`` row; older ones
-are named in a note. A final model file (``final.ckpt`` from
-``trainer.save_checkpoint``, ``model.ckpt``, a ``model.safetensors``: see
-:func:`is_final_name`) is the run's final model, the ``final`` row, as
-``trainer.save_model()``'s weights are for a Trainer run
-(checkpoint/finalmodel.py); with two such files neither is taken. Other
-``.ckpt`` files without a step (``epoch=3.ckpt``, ``best.ckpt``) are noted, not
-placed. A step, last or final checkpoint may be a ``.ckpt`` folder
-(Lightning's FSDP and DeepSpeed strategies save sharded state so): a row like
-a file. A ``.ckpt`` file's own step is its ``global_step``, read through the
-restricted unpickler (no code runs). Torch-free.
+is the version counter's), so that one is the run's ``last`` row. A final
+model file (``final.ckpt`` from ``trainer.save_checkpoint``, ``model.ckpt``, a
+``model.safetensors``: see :func:`is_final_name`) is the run's final model, the
+``final`` row, as ``trainer.save_model()``'s weights are for a Trainer run
+(checkpoint/finalmodel.py). Every other weight file (``epoch=3.ckpt``,
+``best.ckpt``, older last files, two final candidates, neither taken) is
+*unplaced*: a row of its own (runs.py). Where no file names its step, files of
+a ``{epoch}``-only template are placed by the ``global_step`` they were saved
+at. A step, last or final checkpoint may be a ``.ckpt`` folder (Lightning's
+FSDP and DeepSpeed strategies save sharded state so): a row like a file. A
+``.ckpt`` file's own step is its ``global_step``, read through the restricted
+unpickler (no code runs). Torch-free.
 
 A hand-written training loop's saves (``step_500.pt``, ``ckpt-1000.pth``: one
 file a save, numbered after a word that counts training) are step files too,
@@ -27,8 +28,10 @@ its last row, ``final.pt`` its final model (:func:`file_step_of`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +71,7 @@ def _paired_saves(entries: list[Path]) -> list[tuple[int, Path]]:
     def numbered(pattern: re.Pattern[str]) -> dict[int, Path]:
         found = {}
         for entry in entries:
-            stem = entry.name[: -len(entry.suffix)] if entry.suffix.lower() in NUMBERED_SUFFIXES else None
+            stem = _numbered_stem(entry)
             match = pattern.match(stem) if stem else None
             if match and is_checkpoint(entry):
                 found[int(match.group(1))] = entry
@@ -88,14 +91,21 @@ def file_step_of(path: Path) -> int | None:
     suffix = path.suffix.lower()
     if suffix == LIGHTNING_SUFFIX:
         match = _LIGHTNING_FILE.search(path.name[: -len(LIGHTNING_SUFFIX)])
-    elif suffix in NUMBERED_SUFFIXES:
-        stem = path.name[: -len(suffix)]
-        if suffix == ".tar":  # (checkpoint_10.pth.tar: the number before the inner suffix)
-            stem = re.sub(r"\.(?:pth|pt)$", "", stem, flags=re.IGNORECASE)
-        match = _NUMBERED_FILE.search(stem)
     else:
-        return None
+        stem = _numbered_stem(path)
+        if stem is None:
+            return None
+        match = _NUMBERED_FILE.search(stem)
     return int(match.group(1)) if match else None
+
+
+def _numbered_stem(path: Path) -> str | None:
+    """A loop's save's name without its suffix (``checkpoint_10.pth.tar``: without both), None for another suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in NUMBERED_SUFFIXES:
+        return None
+    stem = path.name[: -len(suffix)]
+    return re.sub(r"\.(?:pth|pt)$", "", stem, flags=re.IGNORECASE) if suffix == ".tar" else stem
 
 
 def step_template(path: Path) -> str:
@@ -110,14 +120,15 @@ def one_template(steps: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
     numbered = [(step, path) for step, path in steps if path.suffix.lower() != LIGHTNING_SUFFIX]
     if not numbered:
         return steps
-    counts: dict[str, int] = {}
-    for _, path in numbered:
-        counts[step_template(path)] = counts.get(step_template(path), 0) + 1
+    lightning = [(step, path) for step, path in steps if path.suffix.lower() == LIGHTNING_SUFFIX]
+    if lightning:
+        return lightning
+    templates = [step_template(path) for _, path in numbered]
+    counts = Counter(templates)
     # (of two as common, the model's saves: a loop writing model_step_N.pt and optimizer_step_N.pt, or an EMA copy
     # beside each, has its timeline in the model's; an adversarial round's took the optimizer's by name order)
     kept = max(counts, key=lambda t: (counts[t], _AUXILIARY.search(t) is None, t))
-    lightning = [(step, path) for step, path in steps if path.suffix.lower() == LIGHTNING_SUFFIX]
-    return lightning if lightning else [(step, path) for step, path in numbered if step_template(path) == kept]
+    return [at for at, template in zip(numbered, templates) if template == kept]
 
 
 def step_files_kind(steps: list[tuple[int, Path]]) -> str:
@@ -141,9 +152,10 @@ def is_last_name(path: Path) -> bool:
 
 
 def is_final_name(path: Path) -> bool:
-    """A name a final model is saved under: ``final…``, ``…final…`` or ``model`` in any format (``model.safetensors``,
-    ``pytorch_model.bin``, ``final.pt``, ``model.ckpt``), not from a ``ModelCheckpoint`` template (no ``name=value``).
-    A ``best.ckpt``, ``epoch=3.ckpt`` or a loop's ``args.pt`` is no final model: a row of its own."""
+    """A name a final model is saved under, in any format: ``model`` (``model.safetensors``, ``pytorch_model.bin``,
+    ``model.ckpt``), or ``final`` alone or with a word of a model's (``final.pt``, ``final_model.pt``), not from a
+    ``ModelCheckpoint`` template (no ``name=value``). A ``best.ckpt``, ``epoch=3.ckpt``, a loop's ``args.pt`` or
+    ``final_metrics.pt`` is no final model: a row of its own."""
     path = Path(path)
     if "=" in path.name:
         return False
@@ -170,18 +182,18 @@ def is_checkpoint(entry: Path) -> bool:
 
 @dataclass(frozen=True)
 class StepFolder:
-    """A folder of Lightning step files, sorted out."""
+    """A folder of step files (Lightning's, or a training loop's numbered saves), sorted out."""
 
     steps: tuple[tuple[int, Path], ...]  # (step, file), steps ascending
     last: Path | None = None  # what ckpt_path="last" resumes from: the newest last file
     final: Path | None = None  # the run's final model
     unplaced: tuple[str, ...] = ()  # other weight files: neither step files nor the last or final one (rows of their own)
-    notes: tuple[str, ...] = ()  # why some last or final candidate is not a row
+    notes: tuple[str, ...] = ()  # what a last or final candidate is when it is not that row
 
 
 def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder | None:
-    """``folder`` sorted out as a Lightning run, or None when it is none: no shard index at its top, and two or
-    more step files, or one beside a last file or a final model."""
+    """``folder`` sorted out as a run of step files, or None when it is none: no shard index at its top, and two or
+    more step files (Lightning's: or one beside a last file or a final model)."""
     from nandoctor import access
     from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, is_weight_file, weight_suffixes
     from nandoctor.errors import UnreadablePathError
@@ -285,16 +297,27 @@ SHARDED_META = "meta.pt"
 def saved_step(file: Path) -> int | None:
     """The ``global_step`` a Lightning ``.ckpt`` file (or a sharded ``.ckpt`` folder's ``meta.pt``) was saved at,
     read through the restricted unpickler (inert stand-ins only); None for another format or when it cannot be
-    read (the scan reports why)."""
+    read (the scan reports why). Read once per version of the file: a folder of a ``{epoch}``-only template is
+    sorted out (step_folder) several times a scan, each time placing every file by it."""
     if Path(file).suffix != LIGHTNING_SUFFIX:
         return None
     from nandoctor import access
-    from nandoctor.errors import NandoctorError
-    from nandoctor.readers.torch.file import read_object
 
     try:
         if access.is_dir(file, refused=False):
             file = Path(file) / SHARDED_META
+        found = os.stat(file)
+    except OSError:
+        return None
+    return _saved_step(os.fspath(file), found.st_size, found.st_mtime_ns, found.st_ino)
+
+
+@functools.lru_cache(maxsize=4096)
+def _saved_step(file: str, size: int, mtime_ns: int, inode: int) -> int | None:  # (the stat's fields: the cache's key)
+    from nandoctor.errors import NandoctorError
+    from nandoctor.readers.torch.file import read_object
+
+    try:
         state = read_object(Path(file))
     except (NandoctorError, OSError, ValueError):
         return None

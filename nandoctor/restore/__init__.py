@@ -75,7 +75,6 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
-    from nandoctor.checkpoint.roles import WEIGHT
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.checkpoint.stepfiles import step_files_kind
     from nandoctor.engine import scan
@@ -184,10 +183,10 @@ def repair(
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
     one_donor = whole_model_donor(plan, report)
-    weights = sum(1 for t in report.tensors if t.ref.role == WEIGHT)
-    doubts = (*([whole_model_note(plan, one_donor, weights)] if one_donor is not None else []),
+    doubts = (*([whole_model_note(plan, *one_donor)] if one_donor is not None else []),
               *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
-    plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts, whole_model_from=one_donor)
+    plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts,
+                   whole_model_from=one_donor[0] if one_donor is not None else None)
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
         plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))

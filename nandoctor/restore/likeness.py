@@ -95,16 +95,15 @@ def unlike_notes(plan: RepairPlan) -> tuple[str, ...]:
     return tuple(notes)
 
 
-
-def whole_model_donor(plan: RepairPlan, report: ScanReport) -> str | None:
-    """The donor the repair restores every weight tensor of the target (two or more) from, when it is one: the result
-    is that donor's model under the target's name and its training state (step, optimizer, schedule), no repair of the
-    target (a helper's trial: ``--allow-diverged`` on a checkpoint NaN throughout read ✓ REPAIRED, checkpoint-12's
-    weights labelled step 30)."""
+def whole_model_donor(plan: RepairPlan, report: ScanReport) -> tuple[str, int] | None:
+    """(the donor, how many weight tensors) where the repair restores every weight tensor of the target (two or more)
+    from one donor: the result is that donor's model under the target's name and its training state (step,
+    optimizer, schedule), no repair of the target (a helper's trial: ``--allow-diverged`` on a checkpoint NaN
+    throughout read ✓ REPAIRED, checkpoint-12's weights labelled step 30); None otherwise."""
     weights = {t.name for t in report.tensors if t.ref.role == WEIGHT}
     restored = {r.name for r in plan.restorations if r.name in weights}
     donors = {plan.donors[r.donor].path for r in plan.restorations if r.name in weights and not plan.donors[r.donor].own}
-    return donors.pop() if len(weights) >= 2 and restored == weights and len(donors) == 1 else None
+    return (donors.pop(), len(weights)) if len(weights) >= 2 and restored == weights and len(donors) == 1 else None
 
 
 def whole_model_note(plan: RepairPlan, donor: str, weights: int) -> str:

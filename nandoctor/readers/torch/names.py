@@ -130,7 +130,7 @@ DEAD_SCALE = 2.0**-128
 
 
 def scaler_problems(path: str, found: list[str]) -> list[ScanProblem]:
-    """BAD CONFIG for gradient scalers saved with a loss scale of 0 or below (``found``: where each is): a resumed run
+    """BAD CONFIG for gradient scalers saved with a loss scale at or below DEAD_SCALE (``found``: where each is): a resumed run
     multiplies every loss by it, unscales its gradients to NaN (0 × 1/0) and skips every step, its scale stuck at 0
     (the end of a long fp16 NaN streak halves it to 0; an adversarial round: scaler.pt's scale 0.0 scanned CLEAN)."""
     if not found:
@@ -139,8 +139,8 @@ def scaler_problems(path: str, found: list[str]) -> list[ScanProblem]:
 
     return [ScanProblem(
         path, f"the gradient scaler's loss scale is 0, below 0 or too small for float32 ({first_few(found, 3)}): a "
-        "training run resumed from it "
-        "multiplies every loss by it, its gradients unscale to NaN and every step is skipped",
+        "training run resumed from it multiplies every loss by it, its gradients unscale to NaN and every step is "
+        "skipped",
         "resume from an earlier checkpoint, or delete the scaler's state (a Trainer checkpoint's scaler.pt) so that "
         "the resumed run starts a fresh scaler", kind=CONFIG_KIND)]
 
@@ -227,7 +227,7 @@ class Walk:
     # NaN Python floats of a trainer checkpoint's saved hyperparameters (Lightning's hyper_parameters): the module
     # load_from_checkpoint builds from them (cls(**hyper_parameters)) computes NaN (hyperparameter_problems)
     hyper_floats: list[tuple[str, str]] = field(default_factory=list)  # (name, what it is: "NaN", "inf", …)
-    dead_scalers: list[str] = field(default_factory=list)  # gradient scalers' loss scales of 0 or below (scaler_problems)
+    dead_scalers: list[str] = field(default_factory=list)  # gradient scalers' loss scales ≤ DEAD_SCALE (scaler_problems)
     _top: int = -1  # where the top-level dict's key stands in a path (-1: the pickle is no dict)
     _trainer_checkpoint: bool = False  # the top-level dict keeps a model or optimizer container (roles.py)
     # its top holds no tensor of more than one element: a one-element one there is the loop's (a best loss),
