@@ -241,14 +241,15 @@ def test_the_tensor_table_lists_a_listed_tensors_overflow_too(tmp_path):
 def test_the_file_column_names_a_file_from_the_scanned_folder(tmp_path):
     """An adversarial round: a DeepSpeed save_dir's global_step100/ and global_step200/ hold files of one name; the
     tensor table's file column said mp_rank_00_model_states.pt for the bad one, which told the two saves apart not at
-    all. It names the file from the scanned folder."""
+    all. It names the file from the scanned folder (a save_dir is now a run of its saves; Megatron's rank folders
+    of one iteration hold files of one name too)."""
     import torch
 
     from tests.conftest import run_cli
 
-    for step, value in ((100, float("nan")), (200, 0.5)):
-        (tmp_path / f"global_step{step}").mkdir()
-        torch.save({"module": {"layer.weight": torch.full((4, 4), value)}},
-                   tmp_path / f"global_step{step}" / "mp_rank_00_model_states.pt")
+    for rank, value in ((0, 0.5), (1, float("nan"))):
+        (tmp_path / f"mp_rank_0{rank}").mkdir()
+        torch.save({"model": {"layer.weight": torch.full((4, 4), value)}},
+                   tmp_path / f"mp_rank_0{rank}" / "model_optim_rng.pt")
     shown = run_cli("scan", tmp_path, "--all").output
-    assert "global_step100/mp_rank_00_model_states.pt" in shown, shown
+    assert "mp_rank_01/model_optim_rng.pt" in shown.split("Tensors with findings")[1], shown

@@ -25,6 +25,7 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, DEEPSPEED_STATES, checkpoints_in
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -297,7 +298,6 @@ def _shard_of(file: Path) -> ShardOf | None:
 def _nothing_found(root: Path) -> UnsupportedFormatError:
     """No weights at the folder's top: name the subfolders that hold some (a folder of model folders)."""
     looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
-    from nandoctor.checkpoint.steps import checkpoints_in
 
     holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
     runs = [sub for sub in access.listing(root) if access.is_dir(sub, refused=False) and checkpoints_in(sub)]
@@ -591,12 +591,13 @@ def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> boo
 
 
 # DeepSpeed saves ZeRO partitions of the weights and optimizer states (fp32 masters included) in
-# checkpoint-N/global_stepN/; a NaN there poisons a resumed run, so they are part of the checkpoint.
-DEEPSPEED_STATES = re.compile(r"^global_step\d+$")
-# Beside them, DeepSpeed's ``latest`` names the folder (its tag) to load: ``global_stepN``, or Lightning's
-# DeepSpeed strategy's ``checkpoint`` inside an ``epoch=0-step=N.ckpt/`` folder.
-DEEPSPEED_LATEST = "latest"
+# checkpoint-N/global_stepN/; a NaN there poisons a resumed run, so they are part of the checkpoint. Beside them,
+# DeepSpeed's ``latest`` names the folder (its tag) to load: ``global_stepN``, or Lightning's DeepSpeed strategy's
+# ``checkpoint`` inside an ``epoch=0-step=N.ckpt/`` folder (steps.DEEPSPEED_STATES, steps.DEEPSPEED_LATEST).
 _MAX_TAG_BYTES = 256
+# Megatron saves a model-parallel rank's model, optimizer and RNG states in iter_N/mp_rank_TT[_PPP]/ (tensor and
+# pipeline rank): every rank's file is part of the iteration's checkpoint.
+MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+)?$")
 
 
 def deepspeed_tag(root: Path) -> str | None:
@@ -615,9 +616,10 @@ def deepspeed_tag(root: Path) -> str | None:
 def model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
     """Whether ``folder`` (whose listing is ``entries``) keeps its model in a subfolder its layout scans:
     accelerate's FSDP sharded state (``pytorch_model_fsdp_0/``), DeepSpeed's ZeRO partitions
-    (``global_stepN/``, or the folder DeepSpeed's ``latest`` names: Lightning's ``checkpoint/``)."""
+    (``global_stepN/``, or the folder DeepSpeed's ``latest`` names: Lightning's ``checkpoint/``), Megatron's
+    model-parallel ranks (``mp_rank_00/``)."""
     fsdp, zero = partition_folders(folder, entries)
-    return bool(fsdp or zero)
+    return bool(fsdp or zero) or any(MEGATRON_RANK.match(e.name) for e in entries)
 
 
 def partition_folders(folder: Path, entries: list[Path]) -> tuple[list[str], list[str]]:
@@ -688,18 +690,19 @@ def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -
     scanned = set(result.files) | set(result.skipped)
     tag = deepspeed_tag(result.root) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
     for sub, inside in _weight_subfolders([e for e in entries if e not in read], scanned):
-        deepspeed = DEEPSPEED_STATES.match(sub.name) is not None or sub.name == tag
+        part = ("DeepSpeed ZeRO state" if DEEPSPEED_STATES.match(sub.name) is not None or sub.name == tag
+                else "Megatron model-parallel rank" if MEGATRON_RANK.match(sub.name) else None)
         if isinstance(inside, UnreadablePathError):
-            if deepspeed:
-                result.problems.append(ScanProblem(inside.path, f"{inside.reason} (its DeepSpeed states are not "
+            if part is not None:
+                result.problems.append(ScanProblem(inside.path, f"{inside.reason} (its {part} files are not "
                                                    "scanned)", inside.hint))
             else:
                 result.notes.append(f"{sub.name}/ could not be listed ({inside.reason}); not checked for weights")
             continue
-        if deepspeed:
+        if part is not None:
             regular = [e for e in inside if is_regular_file(e)]
             result.files += regular
-            result.notes.append(f"{sub.name}/: {len(regular)} DeepSpeed ZeRO state file(s) scanned with the checkpoint")
+            result.notes.append(f"{sub.name}/: {len(regular)} {part} file(s) scanned with the checkpoint")
             result.problems += [not_regular_problem(e) for e in inside if e not in regular]
         else:
             result.notes.append(

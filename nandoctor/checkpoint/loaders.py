@@ -93,13 +93,17 @@ def weights_only_loader(name: str) -> str | None:
 
 # DeepSpeed's own files, which its checkpoint engine loads with torch.load(weights_only=False) (TorchCheckpointEngine):
 # a global torch's default refuses in them is no matter to their loader
+_MEGATRON_FILES = ("model_optim_rng.pt", "distrib_optim.pt")  # (iter_N/mp_rank_TT[_PPP]/: a rank's)
 _DEEPSPEED_FILE = re.compile(r"^(?:\w+_)?(?:zero_pp_rank_\d+_)?mp_rank_\d+_(?:optim|model)_states\.pt$")
 
 
 def unrestricted_loader(name: str) -> str | None:
     """The loader, in words, that reads the torch file ``name`` with ``torch.load(weights_only=False)`` (DeepSpeed's
-    ZeRO and model-states files); None for any other name."""
-    return "DeepSpeed's checkpoint engine" if _DEEPSPEED_FILE.match(name) else None
+    ZeRO and model-states files, Megatron's per-rank ``model_optim_rng.pt`` and ``distrib_optim.pt``); None for any
+    other name."""
+    if _DEEPSPEED_FILE.match(name):
+        return "DeepSpeed's checkpoint engine"
+    return "Megatron's checkpoint loader" if name in _MEGATRON_FILES else None
 
 
 def hidden_by(name: str, folder: Path) -> str | None:

@@ -88,7 +88,7 @@ def open_checkpoint(
             checkpoint.problems.append(_with_unscanned(problem_of(file, exc), file, files.indexes))
             continue
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
-        checkpoint.notes += read.notes
+        checkpoint.notes += _named_from_root(read.notes, file, files.root)
         checkpoint.problems += read.problems
         checkpoint.unviewed += read.unviewed
         if read.owed:
@@ -334,6 +334,16 @@ def _hidden_indexes(shared: dict[tuple[Path, Path], list[str]], files: layout.Ch
 SEPARATE = "scanned as separate checkpoints (the report names the file of each bad tensor)"
 
 
+def _named_from_root(notes: Sequence[str], file: Path, root: Path) -> list[str]:
+    """A reader's notes, which begin with its file's name, naming it from the checkpoint folder instead where it lies
+    in a subfolder (Megatron's ``mp_rank_00/model_optim_rng.pt`` and ``mp_rank_01/…``: one name, two files)."""
+    relative = _relative(file, root)
+    if relative == file.name:
+        return list(notes)
+    head = f"{file.name}: "
+    return [f"{relative}: {note[len(head):]}" if note.startswith(head) else note for note in notes]
+
+
 def _relative(file: Path, root: Path) -> str:
     """``file`` as named from the checkpoint folder ``root`` (its name alone when it lies elsewhere)."""
     try:
@@ -353,8 +363,11 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
     index_of = {index.path.parent / shard: index for index in files.indexes for shard in set(index.weight_map.values())}
     beside: dict[Path, tuple[set[Path], list[str]]] = {}  # a file outside the shards → (the shards, the names)
     notes = []
+    ranks: set[Path] = set()  # Megatron's model-parallel rank files: one save, each rank its slice of every tensor
     for (a, b), names in shared.items():
-        if _is_shard(a, indexed) != _is_shard(b, indexed):
+        if _rank_files(a, b):
+            ranks |= {a, b}
+        elif _is_shard(a, indexed) != _is_shard(b, indexed):
             shard, other = (a, b) if _is_shard(a, indexed) else (b, a)
             shards, common = beside.setdefault(other, (set(), []))
             shards.add(shard)
@@ -374,7 +387,17 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
                          f"copy: {other.name}, or {index.name} and its shards")
         else:
             notes.append(f"{head}; {SEPARATE}")
+    if ranks:
+        shown = sorted(_relative(f, files.root) for f in ranks)
+        notes.append(f"{len(ranks)} model-parallel rank files ({first_few(shown, 2)}) hold slices of the same tensors, "
+                     "as Megatron saves them: each is scanned, and a finding names its file")
     return notes
+
+
+def _rank_files(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are two model-parallel ranks' files of one Megatron save (iter_N/mp_rank_TT[_PPP]/)."""
+    return (a.name == b.name and a.parent.parent == b.parent.parent
+            and all(layout.MEGATRON_RANK.match(f.parent.name) for f in (a, b)))
 
 
 __all__ = ["Checkpoint", "names_of", "open_checkpoint", "problem_of"]

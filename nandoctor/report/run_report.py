@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from nandoctor import access
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import (
     AMBIGUOUS_WORDS,
@@ -25,10 +26,16 @@ from nandoctor.checkpoint.runs import (
     row_verdict,
     status_words,
 )
-from nandoctor.checkpoint.steps import is_accelerate_save
+from nandoctor.checkpoint.steps import (
+    DEEPSPEED_LATEST,
+    DEEPSPEED_STATES,
+    is_accelerate_save,
+    is_deepspeed_save_folder,
+    step_of,
+)
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
-from nandoctor.wording import first_few
+from nandoctor.wording import first_few, path_word
 
 _STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold red", UNREADABLE: "red",
           INCOMPLETE: "yellow"}
@@ -357,7 +364,25 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
                      f"the saves after {last_clean.name} out of checkpoints/, then accelerator.load_state() and set "
                      f"accelerator.project_configuration.iteration = {last_clean.step + 1} before the next "
                      "save_state()")
+    elif steps and not repaired and last_clean is not None and last_clean is not run.newest:
+        steps += _resume_pointer(Path(last_clean.path))
     return steps
+
+
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def _resume_pointer(resume: Path) -> list[str]:
+    """How to make a DeepSpeed or Megatron run resume from ``resume`` rather than its newest save: both load the save
+    a file in the run folder names (a trial: DeepSpeed's load_checkpoint took the poisoned tag ``latest`` named)."""
+    folder, step = resume.parent, step_of(resume)
+    if DEEPSPEED_STATES.match(resume.name) and is_deepspeed_save_folder(folder):
+        return [f"to resume from {resume.name}: DeepSpeed's load_checkpoint loads the save its latest file names, so "
+                f"write {resume.name} into {path_word(folder / DEEPSPEED_LATEST)} (or pass tag={resume.name!r})"]
+    if resume.name.startswith("iter_") and step is not None and access.is_file(folder / MEGATRON_TRACKER):
+        return [f"to resume from {resume.name}: Megatron resumes the iteration {MEGATRON_TRACKER} names, so write "
+                f"{step} into {path_word(folder / MEGATRON_TRACKER)}"]
+    return []
 
 
 def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:

@@ -1,0 +1,137 @@
+"""A DeepSpeed ``save_checkpoint`` folder (``global_stepN/`` saves and ``latest``) and a Megatron ``--save`` folder
+(``iter_NNNNNNN/mp_rank_TT/model_optim_rng.pt`` and ``latest_checkpointed_iteration.txt``) are runs: one row per
+save, the newest decides, ``--from auto`` takes the last healthy save, and the next step says which file makes
+the framework resume from it. A Trainer checkpoint's own ``global_stepN/`` stays part of that checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from nandoctor.api import scan
+from nandoctor.checkpoint.runs import is_run_folder, scan_run
+from nandoctor.restore import repair
+from tests.conftest import run_cli
+
+STEPS = (100, 200, 300)
+BAD = "layers.2.weight"
+
+
+def _weights(step: int, bad: bool) -> dict[str, torch.Tensor]:
+    """A model that drifts a little from one save to the next (as training moves it), NaN at [3, 4] where ``bad``."""
+    torch.manual_seed(0)
+    weights = {f"layers.{i}.weight": torch.randn(16, 16) * (1 + step / 10_000) for i in range(3)}
+    if bad:
+        weights[BAD][3, 4] = float("nan")
+    return weights
+
+
+def _deepspeed_run(root: Path, bad_step: int = 300) -> Path:
+    for step in STEPS:
+        folder = root / f"global_step{step}"
+        folder.mkdir(parents=True)
+        torch.save({"module": _weights(step, step == bad_step), "global_steps": step, "dp_world_size": 1,
+                    "mp_world_size": 1}, folder / "mp_rank_00_model_states.pt")
+    (root / "latest").write_text(f"global_step{STEPS[-1]}")
+    return root
+
+
+def _megatron_run(root: Path, ranks: int = 2, bad_step: int = 300) -> Path:
+    for step in STEPS:
+        whole = _weights(step, step == bad_step)
+        for rank in range(ranks):
+            folder = root / f"iter_{step:07d}" / f"mp_rank_{rank:02d}"
+            folder.mkdir(parents=True)
+            rows = 16 // ranks
+            model = {f"language_model.encoder.{k}": v[rank * rows:(rank + 1) * rows].clone() for k, v in whole.items()}
+            torch.save({"args": argparse.Namespace(tensor_model_parallel_size=ranks), "checkpoint_version": 3.0,
+                        "iteration": step, "model": model}, folder / "model_optim_rng.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text(str(STEPS[-1]))
+    return root
+
+
+def test_a_deepspeed_save_folder_is_a_run_whose_newest_save_decides(tmp_path: Path) -> None:
+    """A plain DeepSpeed loop's save_dir had been scanned as one checkpoint of every save at once."""
+    root = _deepspeed_run(tmp_path / "save_dir")
+    run = scan_run(root)
+    assert [(c.step, c.name, c.status) for c in run.checkpoints] == [
+        (100, "global_step100", "clean"), (200, "global_step200", "clean"), (300, "global_step300", "poisoned")]
+    result = run_cli("scan", root)
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "last healthy: global_step200 · first bad: global_step300" in said
+    assert f"write global_step200 into {root}/latest" in said
+
+
+def test_a_deepspeed_save_folder_is_repaired_from_its_last_healthy_save(tmp_path: Path) -> None:
+    root = _deepspeed_run(tmp_path / "save_dir")
+    result = repair(root / "global_step300", ["auto"], tmp_path / "fixed")
+    assert result.ok and [r.name for r in result.plan.restorations] == [f"mp_rank_00_model_states.module.{BAD}"]
+    fixed = torch.load(tmp_path / "fixed" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    assert torch.equal(fixed[BAD], _weights(200, False)[BAD])  # the donor's tensor, whole
+    assert torch.equal(fixed["layers.0.weight"], _weights(300, False)["layers.0.weight"])  # the rest as it was
+
+
+def test_a_trainer_checkpoint_keeps_its_global_step_folder_as_part_of_it(tmp_path: Path, demo_run: Path) -> None:
+    """A Trainer under DeepSpeed saves global_stepN/ and latest inside each checkpoint-N: no run of one save."""
+    checkpoint = tmp_path / "checkpoint-300"
+    shutil.copytree(demo_run / "checkpoint-200", checkpoint)
+    states = _deepspeed_run(tmp_path / "states", bad_step=0) / "global_step300"
+    shutil.copytree(states, checkpoint / "global_step300")
+    (checkpoint / "latest").write_text("global_step300")
+    assert not is_run_folder(checkpoint)
+    report = scan(checkpoint, device="cpu")
+    assert any(n.startswith("global_step300/: 1 DeepSpeed ZeRO state file(s) scanned") for n in report.notes)
+    assert "mp_rank_00_model_states.module.layers.0.weight" in {t.name for t in report.tensors}
+
+
+def test_one_global_step_folder_without_latest_is_no_run(tmp_path: Path) -> None:
+    """A folder holding one global_stepN/ and nothing naming it is not taken for DeepSpeed's save folder."""
+    (tmp_path / "global_step100").mkdir()
+    torch.save({"module": _weights(100, False)}, tmp_path / "global_step100" / "mp_rank_00_model_states.pt")
+    assert not is_run_folder(tmp_path)
+    (tmp_path / "latest").write_text("global_step100")
+    assert is_run_folder(tmp_path)
+
+
+def test_a_megatron_save_folder_is_a_run_of_its_iterations(tmp_path: Path) -> None:
+    root = _megatron_run(tmp_path / "save")
+    run = scan_run(root)
+    assert [(c.step, c.status) for c in run.checkpoints] == [(100, "clean"), (200, "clean"), (300, "poisoned")]
+    result = run_cli("scan", root)
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"write 200 into {root}/latest_checkpointed_iteration.txt" in said
+
+
+def test_a_megatron_iteration_reads_every_rank_and_names_the_bad_ones_file(tmp_path: Path) -> None:
+    root = _megatron_run(tmp_path / "save")
+    report = scan(root / "iter_0000300", device="cpu")
+    bad = [(Path(t.ref.file).relative_to(root / "iter_0000300").as_posix(), t.name, t.nan, t.first_bad)
+           for t in report.bad_tensors]
+    # the NaN at [3, 4] of the whole matrix lies in rank 0's slice (rows 0-7), at flat index 3 * 16 + 4
+    assert bad == [("mp_rank_00/model_optim_rng.pt", f"model.language_model.encoder.{BAD}", 1, 3 * 16 + 4)]
+    assert len(report.tensors) == 6 and report.exit_code == 1
+    assert any(n.startswith("2 model-parallel rank files (mp_rank_00/model_optim_rng.pt, mp_rank_01/") for n in report.notes)
+    assert not any("separate checkpoints" in n for n in report.notes)
+    # (Megatron loads its files with weights_only=False: the pickled argparse.Namespace is no finding of torch.load)
+    assert not any("weights_only=True) refuses" in n for n in report.notes), report.notes
+    placeholders = [n for n in report.notes if "inert placeholders" in n]
+    assert sorted(n.split(":")[0] for n in placeholders) == ["mp_rank_00/model_optim_rng.pt", "mp_rank_01/model_optim_rng.pt"]
+
+
+def test_a_megatron_iteration_is_repaired_rank_by_rank(tmp_path: Path) -> None:
+    root = _megatron_run(tmp_path / "save")
+    result = repair(root / "iter_0000300", ["auto"], tmp_path / "fixed")
+    assert result.ok and len(result.plan.restorations) == 1
+    key = f"language_model.encoder.{BAD}"
+    fixed = torch.load(tmp_path / "fixed" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)
+    donor = torch.load(root / "iter_0000200" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)
+    assert torch.equal(fixed["model"][key], donor["model"][key]) and fixed["iteration"] == 300
+    untouched = root / "iter_0000300" / "mp_rank_01" / "model_optim_rng.pt"
+    assert (tmp_path / "fixed" / "mp_rank_01" / "model_optim_rng.pt").read_bytes() == untouched.read_bytes()
+    assert json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())  # the proof beside it
