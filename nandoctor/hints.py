@@ -114,7 +114,7 @@ def put_in_place(target: str, repaired: Path) -> str:
     a_file = Path(target).is_file()
     source = repaired / named.name if a_file else repaired
     # (a free name: `mv X X-bad` into an existing X-bad folder would nest the checkpoint inside it, silently)
-    bad: Path | str = access.as_spelled(Path(_free(_outside_the_run(named, "-bad"))), target)
+    bad: Path | str = access.as_spelled(Path(_free(_outside_the_run(named, SET_ASIDE))), target)
     if os.path.abspath(target) == os.getcwd():  # (`.`: the working folder cannot be moved by that name)
         target, bad, source = str(named), os.path.abspath(bad), Path(os.path.abspath(source))
     line = f"mv {path_word(target)} {path_word(bad)} && mv {path_word(source)} {path_word(target)}"
@@ -129,13 +129,21 @@ def put_in_place(target: str, repaired: Path) -> str:
     return line
 
 
+SET_ASIDE = "-bad"  # (runs.SET_ASIDE_NAME knows the names it makes)
+
+
 def _outside_the_run(target: Path, suffix: str) -> Path:
-    """``target`` with ``suffix`` added to its name, beside it; for a folder of accelerate's automatic naming
+    """``target`` with ``suffix`` added to its name, beside it (a Trainer ``checkpoint-N`` set aside as bad:
+    ``bad-checkpoint-N``, outside Trainer's ``checkpoint-*``); for a folder of accelerate's automatic naming
     (``checkpoints/checkpoint_2``), beside ``checkpoints/`` instead: accelerate's ``load_state()`` resumes the folder
     in there whose first number is the largest, and ``checkpoint_2-bad`` ties with ``checkpoint_2`` (a trial
     resumed the poisoned copy, and a ``total_limit`` rotation kept it over the healthy ones)."""
     if is_accelerate_save(target):
         return target.parent.parent / f"{target.name}{suffix}"
+    if suffix == SET_ASIDE and runs.is_trainer_checkpoint(target):
+        # (transformers' rotation globs checkpoint-* and reads the step in checkpoint-30-bad: a new user's trial, a
+        # save_total_limit rotation deleted the healthy checkpoint-20 and kept the bad copy)
+        return target.with_name(f"{SET_ASIDE.strip('-')}-{target.name}")
     return target.with_name(f"{target.name}{suffix}")
 
 

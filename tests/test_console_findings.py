@@ -231,11 +231,11 @@ def test_the_tensor_table_lists_a_listed_tensors_overflow_too(tmp_path):
     write_safetensors(path, {"model.layers.0.mlp.up_proj.weight": RawTensor("F32", (16, 16), values.tobytes()),
                              "model.layers.1.mlp.up_proj.weight": RawTensor("F32", (16, 16), np.full(256, 7e4, np.float32).tobytes())})
     result = run("scan", path, "--target-dtype", "fp16", "--no-progress")
-    assert _row(result.output, "model.layers.0.mlp.up_proj.weight")[1] == "nonfinite, overflow"
+    assert _row(result.output, "model.layers.0.mlp.up_proj.weight")[1] == "nonfinite, exploded, overflow"  # (7e4 among 0.02: exploded too)
     table = result.output.split("Tensors with findings")[1].split("Overflow risk")[0]
     assert "model.layers.1.mlp.up_proj.weight" not in table
     markdown = run("scan", path, "--target-dtype", "fp16", "--markdown").output
-    assert "| model.layers.0.mlp.up\\_proj.weight | nonfinite, overflow |" in markdown
+    assert "| model.layers.0.mlp.up\\_proj.weight | nonfinite, exploded, overflow |" in markdown
 
 
 def test_the_file_column_names_a_file_from_the_scanned_folder(tmp_path):

@@ -160,8 +160,8 @@ def test_views_of_one_storage_get_their_own_overflow(tmp_path):
 
 
 def _outlier_that_overflows(tmp_path):
-    """Among fp32 weights of ~0.02, one of 500 (an outlier) and one of 70000 (an fp16 overflow: above fp16's ceiling,
-    counted once, as the overflow)."""
+    """Among fp32 weights of ~0.02, one of 500 (an outlier) and one of 70000 (an fp16 overflow, above fp16's exploded
+    ceiling, and standing out of its bulk: exploded as well, a corruption to repair, not only too wide for fp16)."""
     values = np.random.default_rng(5).standard_normal(256).astype(np.float32) * 0.02
     values[17] = 70000.0
     values[40] = 500.0
@@ -171,9 +171,9 @@ def _outlier_that_overflows(tmp_path):
 
 
 @pytest.mark.parametrize(("fail_on", "code", "words", "repair", "cast", "case"), [
-    ("nonfinite,exploded,outlier,overflow", 1, "OUTLIERS + OVERFLOW RISK (fp16)", True, True, " (POISONED)"),
-    ("overflow", 1, "OVERFLOW RISK (fp16) (also reported: OUTLIERS)", False, True, ""),
-    ("nonfinite", 0, "OUTLIERS + OVERFLOW RISK (fp16) (reported only)", False, False, ""),
+    ("nonfinite,exploded,outlier,overflow", 1, "EXPLODED + OUTLIERS + OVERFLOW RISK (fp16)", True, True, " (POISONED)"),
+    ("overflow", 1, "OVERFLOW RISK (fp16) (also reported: EXPLODED, OUTLIERS)", False, True, ""),
+    ("nonfinite", 0, "EXPLODED + OUTLIERS + OVERFLOW RISK (fp16) (reported only)", False, False, ""),
 ])
 def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_on, code, words, repair, cast, case):
     """One verdict line per report, the same words in rich, quiet, Markdown and JSON: what fails the gate,
@@ -188,7 +188,8 @@ def test_target_dtype_gives_one_verdict_naming_what_fails_first(tmp_path, fail_o
     rich = run(*args)
     assert rich.exit_code == code
     verdicts = [line for line in rich.output.splitlines() if line.startswith(("✗", "✓", "⚠"))]
-    assert verdicts == [f"{'✗ FAIL' if code else '⚠ PASS'} {words}{case}: 1 outlier value in 1 tensor; worst model.layers.0; "
+    assert verdicts == [f"{'✗ FAIL' if code else '⚠ PASS'} {words}{case}: 1 weight tensor exploded (max |x| 7e+04); "
+                        "1 outlier value in 1 tensor; worst model.layers.0; "
                         "1 value in 1 tensor overflow fp16 (max |x| 7e+04), worst model.layers.0"]
     assert rich.output.index("Overflow risk when cast to fp16") < rich.output.index(verdicts[0])
     assert rich.output.count("next:") == (1 if repair or cast else 0)
@@ -242,13 +243,21 @@ def test_the_fits_line_quotes_what_the_cast_reaches_not_optimizer_state(tmp_path
     ("bf16", "nonfinite,exploded", 0),  # (fits bf16)
     ("fp8_e4m3", "nonfinite,exploded", 0),  # (fp8 weights are scaled to fill the format: overflow alone there)
 ])
-def test_a_gate_on_exploded_weights_fails_on_values_beyond_fp16(tmp_path, target, fail_on, code):
+@pytest.mark.parametrize("bulk", [0.02, 200.0])
+def test_a_gate_on_exploded_weights_fails_on_values_beyond_fp16(tmp_path, target, fail_on, code, bulk):
     """A new user's trial: under a float16 config.json and --fail-on nonfinite,exploded,outlier, a weight of 30,000
     failed EXPLODED while one of 70,000 (Inf once loaded: from_pretrained's logits non-finite) passed, 'overflow risk'
-    only, its tensor among '28 tensors healthy'. A value beyond fp16 lies above fp16's exploded ceiling too."""
+    only, its tensor among '28 tensors healthy'. A value beyond fp16 lies above fp16's exploded ceiling too.
+
+    Where it stands out of its tensor's bulk (weights of ~0.02: a corruption) it is exploded as well: the tensor is
+    poisoned and the next step a repair (another new user's trial: one 70,000 among weights of 0.02 read "healthy,
+    serve it wider" under --target-dtype fp16, and OUTLIERS, repair it, without). Where the bulk is large too
+    (weights of ~200: the model's own scale) the tensor is healthy as weights, only too wide for fp16."""
+    import json
+
     from tests.conftest import run_cli as run
 
-    values = np.random.default_rng(3).standard_normal(256).astype(np.float32) * 0.02
+    values = np.random.default_rng(3).standard_normal(256).astype(np.float32) * bulk
     values[9] = 70000.0
     tensors = {f"model.layers.{i}.mlp.up_proj.weight": RawTensor("F32", (16, 16), (values if i == 0 else values * 0 + 0.02).tobytes())
                for i in range(2)}
@@ -256,5 +265,12 @@ def test_a_gate_on_exploded_weights_fails_on_values_beyond_fp16(tmp_path, target
     write_safetensors(path, tensors)
     quiet = run("scan", path, "--target-dtype", target, "--fail-on", fail_on, "-q")
     assert quiet.exit_code == code, quiet.output
-    if target == "fp16":
+    health = json.loads(run("scan", path, "--target-dtype", target, "--json").output)["summary"]["health"]
+    if target != "fp16":
+        return
+    if bulk > 1:
         assert "1 of 2 tensors healthy; 1 value in 1 tensor overflow fp16" in quiet.output, quiet.output
+        assert health == "healthy"
+    else:
+        assert ": 1 weight tensor exploded (max |x| 7e+04); worst model.layers.0; 1 value in 1 tensor overflow fp16" in quiet.output
+        assert health == "poisoned" and ("(POISONED)" in quiet.output) is bool(code)

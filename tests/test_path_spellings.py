@@ -151,7 +151,7 @@ def test_a_relative_path_starting_with_a_dash_is_no_option_in_a_suggested_comman
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     move = next(line.strip() for line in done.stdout.splitlines() if line.strip().startswith("mv "))
-    assert move.startswith("mv ./-tmp/checkpoint-300 ./-tmp/checkpoint-300-bad && ")
+    assert move.startswith("mv ./-tmp/checkpoint-300 ./-tmp/bad-checkpoint-300 && ")
     assert subprocess.run(["bash", "-c", move], cwd=tmp_path).returncode == 0
     assert run_cli("scan", "-q", "./-tmp/checkpoint-300").exit_code == 0
 

@@ -207,14 +207,14 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(run_dir / "checkpoint-300-repaired")).exit_code == 0
     out = " ".join(run("scan", str(run_dir)).output.split())
     assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
-    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
     assert "nandoctor repair" not in out  # the repair is done: not suggested again
     # the scan of the checkpoint alone says the same (it used to suggest the same repair again, into a -2 folder)
     alone = run("scan", str(run_dir / "checkpoint-300"))
     assert alone.exit_code == 1
     out = " ".join(alone.output.split())
     assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
-    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
     assert "nandoctor repair" not in out and "-repaired-2" not in out
     # and so does assert_finite's hint (it suggested the repair again, into -repaired-2)
     with pytest.raises(nandoctor.NonFiniteWeightsError) as raised:
@@ -230,7 +230,7 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert "is a verified repair" not in out and "-repaired-2" in out
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
-    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad")
+    (run_dir / "checkpoint-300").rename(run_dir / "bad-checkpoint-300")
     (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what the hint promised
 
@@ -242,7 +242,7 @@ def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_us
     fixed = run_dir / "checkpoint-300-fixed"
     repaired = run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(fixed), "--no-progress")
     assert repaired.exit_code == 0
-    move = f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad && mv {fixed} {run_dir}/checkpoint-300"
+    move = f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {fixed} {run_dir}/checkpoint-300"
     said = " ".join(repaired.output.split())
     assert f"next: to use it in place of checkpoint-300: {move}" in said
     for scanned in (run_dir, run_dir / "checkpoint-300"):
@@ -254,10 +254,10 @@ def test_a_verified_repair_under_any_name_is_found_and_the_repair_says_how_to_us
     out = " ".join(run("scan", str(moved / "checkpoint-300")).output.split())
     assert f"{moved / 'checkpoint-300-fixed'} is a verified repair of checkpoint-300" in out, out[-600:]
     moved.rename(run_dir)
-    (run_dir / "checkpoint-300-bad").mkdir()  # (a set-aside copy of an earlier repair: mv would nest into it)
+    (run_dir / "bad-checkpoint-300").mkdir()  # (a set-aside copy of an earlier repair: mv would nest into it)
     out = " ".join(run("scan", str(run_dir / "checkpoint-300")).output.split())
-    assert f"mv {run_dir}/checkpoint-300 {run_dir}/checkpoint-300-bad-2 && mv {fixed} {run_dir}/checkpoint-300" in out
-    (run_dir / "checkpoint-300").rename(run_dir / "checkpoint-300-bad-2")
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300-2 && mv {fixed} {run_dir}/checkpoint-300" in out
+    (run_dir / "checkpoint-300").rename(run_dir / "bad-checkpoint-300-2")
     fixed.rename(run_dir / "checkpoint-300")
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what both promised
 
@@ -551,3 +551,27 @@ def test_a_passing_run_names_a_bad_checkpoint_before_its_newest(tmp_path):
     assert nandoctor.scan_run(DEMO_RUN, device="cpu").bad_behind() == []  # (a failing run: its next steps say it)
     quiet = run("scan", str(run_dir), "--quiet").output  # (a new user's trial: --quiet said "first bad" alone)
     assert quiet.startswith("PASS CLEAN") and " · but checkpoint-300 is poisoned: do not load or resume from it" in quiet
+
+
+def test_a_trainer_checkpoint_set_aside_as_the_next_steps_say_is_no_checkpoint_to_transformers_rotation(run_dir):
+    """A new user's trial: `mv checkpoint-30 checkpoint-30-bad` as the next steps said; transformers' rotation
+    (save_total_limit) lists checkpoint-* and read the step in checkpoint-30-bad, so it deleted the healthy
+    checkpoint-20 and kept the bad copy. The bad copy is now bad-checkpoint-N, and a folder that rotation would count
+    is named in a note."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    fixed = run_dir / "checkpoint-300-fixed"
+    assert run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(fixed), "-q").exit_code == 0
+    move = next(line.strip() for line in run("scan", str(run_dir)).output.splitlines() if line.strip().startswith("mv "))
+    assert move == f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {fixed} {run_dir}/checkpoint-300"
+    (run_dir / "checkpoint-300").rename(run_dir / "bad-checkpoint-300")
+    fixed.rename(run_dir / "checkpoint-300")
+    assert run("scan", str(run_dir), "-q").exit_code == 0
+    rotate_checkpoints(str(run_dir), 2)  # (the oracle: what a Trainer with save_total_limit=2 keeps)
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["bad-checkpoint-300", "checkpoint-200",
+                                                                       "checkpoint-300"]
+
+    (run_dir / "bad-checkpoint-300").rename(run_dir / "checkpoint-300-bad")  # (as older advice named it)
+    said = " ".join(run("scan", str(run_dir)).output.split())
+    assert ("transformers' Trainer counts checkpoint-300-bad among the checkpoints its save_total_limit rotation "
+            "keeps") in said

@@ -896,7 +896,16 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
     return sorted(out), sorted(aside)
 
 
-_SET_ASIDE_NAME = re.compile(r"-bad(?:-\d+)?$")  # (hints.put_in_place's names: -bad, or -bad-2 … where taken)
+# (hints.put_in_place's names: -bad, or -bad-2 … where taken; bad-checkpoint-N for a Trainer checkpoint)
+_SET_ASIDE_NAME = re.compile(r"-bad(?:-\d+)?$|^bad-checkpoint-\d+(?:-\d+)?$")
+# transformers' Trainer finds the checkpoints it rotates (save_total_limit) with the glob checkpoint-* and reads each
+# one's step with this pattern: a checkpoint-30-bad/ or checkpoint-30-copy/ in the run counts as a save of step 30
+_TRAINER_ROTATES = re.compile(r".*checkpoint-([0-9]+)")
+
+
+def is_trainer_checkpoint(folder: Path) -> bool:
+    """A Trainer ``checkpoint-N`` folder by name (not accelerate's ``checkpoint_N``, torchtitan's ``step-N`` …)."""
+    return folder.name.startswith("checkpoint-") and step_of(folder) is not None
 
 
 def _set_aside(folder: Path) -> bool:
@@ -1058,6 +1067,11 @@ def scan_run(
         if others:
             notes.append(f"not part of the timeline (not named checkpoint-<step>): {', '.join(others[:5])}"
                          + (" …" if len(others) > 5 else "") + "; scan them on their own")
+        rotated = [name for name in others if _TRAINER_ROTATES.match(name)]
+        if rotated and any(is_trainer_checkpoint(p) for _, p in checkpoints_in(root)):
+            notes.append(f"transformers' Trainer counts {first_few(rotated, 3)} among the checkpoints its "
+                         "save_total_limit rotation keeps (it lists checkpoint-* and reads the step in the name): a "
+                         "later save may delete a healthy checkpoint and keep them; move them out of the run folder")
     if set_aside:
         notes.append(f"not part of the timeline: {', '.join(p.name + '/' for p in set_aside[:5])}"
                      f"{' …' if len(set_aside) > 5 else ''} (a model moved aside as bad, or a repair not yet put in "

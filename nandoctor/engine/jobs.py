@@ -215,8 +215,15 @@ def results(jobs: list[RegionJob], order: list[TensorRef]) -> tuple[list[TensorR
                 extra = health
             else:  # (a view that got no census of its own: viewcensus.census_refused, and says so in a note)
                 extra = _health(job, per, own[slot]) if slot in own else {}
-            if extra and job.own_ceiling is not None and tally.overflow and (extra["max_abs"] or 0) <= job.own_ceiling:
-                extra = {**extra, "exploded": max(0, extra["exploded"] - tally.overflow)}  # (see own_ceiling)
+            searched = job.outliers if job.direct or covers_whole_region(view, spec.bits) else (
+                own[slot].outliers if slot in own else None)
+            if (extra and job.own_ceiling is not None and tally.overflow and (extra["max_abs"] or 0) <= job.own_ceiling
+                    and not (searched is not None and searched.threshold >= 0)):
+                # (see own_ceiling) unless its top stands out of its bulk by the outlier factor (the outlier pass ran):
+                # then the values the cast overflows are a corruption's, exploded as well, and the tensor is poisoned,
+                # not only too wide for fp16 (a new user's trial: one 70,000 among weights of 0.02 read "healthy,
+                # serve it wider" under --target-dtype fp16, and OUTLIERS, repair it, without)
+                extra = {**extra, "exploded": max(0, extra["exploded"] - tally.overflow)}
             if tally.max_bits >= 0 and job.threshold is not None:  # the overflow pass read every value
                 extra = {**extra, "max_abs": decode_magnitude(spec, tally.max_bits), "max_abs_exact": True}
             first_bad = tally.first_bad
