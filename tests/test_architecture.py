@@ -793,3 +793,85 @@ def test_position_tables_and_head_counts_config_json_contradicts(tmp_path, confi
             AutoModelForCausalLM.from_pretrained(folder)
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and any(p.kind == kind and said in p.message for p in report.errors), report.errors
+
+
+_GONE = object()
+
+
+def _gqa_llama(folder: Path) -> Path:
+    """A Llama of grouped-query attention (4 heads, 2 key/value heads), as most recent models are."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=128)).save_pretrained(folder)
+    return folder
+
+
+def _edited(folder: Path, edits: dict) -> Path:
+    data = json.loads((folder / "config.json").read_text())
+    for key, value in edits.items():
+        if value is _GONE:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    (folder / "config.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(("model", "edits", "said"), [
+    ("llama", {"num_key_value_heads": _GONE}, "config.json gives no num_key_value_heads"),
+    ("llama", {"num_key_value_heads": None}, "config.json gives no num_key_value_heads"),
+    ("llama", {"num_hidden_layers": _GONE}, "from_pretrained initializes layers 3–31 of model.layers at random"),
+    ("llama", {"hidden_size": _GONE}, "config.json gives no hidden_size"),
+    ("llama", {"intermediate_size": _GONE}, "config.json gives no intermediate_size"),
+    ("llama", {"vocab_size": _GONE}, "config.json gives no vocab_size"),
+    ("llama", {"num_attention_heads": _GONE}, "config.json gives no num_attention_heads"),
+    ("gpt2", {"n_layer": _GONE}, "from_pretrained initializes layers 2–11 of transformer.h at random"),
+    ("gpt2", {"n_positions": _GONE}, "config.json gives no max_position_embeddings"),
+    ("gpt2", {"n_head": _GONE}, "config.json gives no num_attention_heads"),
+])
+def test_a_size_config_json_does_not_give_builds_the_classs_default(tmp_path, model, edits, said):
+    """An adversarial round: a size deleted from config.json (or null) builds the class's default (32 layers, 4096
+    wide, as many key/value heads as heads): from_pretrained refused the weights or filled 30 layers at random, and
+    each read CLEAN: only the sizes config.json gave were compared."""
+    folder = (_gqa_llama(tmp_path / "m") if model == "llama" else _gpt2(tmp_path / "m", {}))
+    _edited(folder, edits)
+    loaded, missing = (False, []) if _load_error(folder) else _loads(folder)
+    assert not loaded or missing  # (the oracle: refused, or layers at random)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(said in e.message for e in report.errors), report.errors
+
+
+@pytest.mark.parametrize(("edits", "said"), [
+    ({"num_hidden_layers": 3.0}, "num_hidden_layers is 3.0, where transformers reads an integer"),
+    ({"num_key_value_heads": "2"}, 'num_key_value_heads is "2", where transformers reads an integer'),
+    ({"intermediate_size": None}, "config.json gives no intermediate_size"),  # (null: GPT-Neo's may be, Llama's not)
+    ({"max_position_embeddings": 64.5}, "max_position_embeddings is 64.5"),
+    ({"tie_word_embeddings": "false"}, 'tie_word_embeddings is "false", where transformers reads true or false'),
+    ({"rms_norm_eps": "1e-6"}, 'rms_norm_eps is "1e-6", where transformers reads a number'),
+    ({"rope_parameters": [1]}, "rope_parameters is [1], where transformers reads an object"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "10000"}}, "rope_parameters is"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4, "original_max_position_embeddings": 0}},
+     "rope_parameters is"),
+])
+def test_a_value_of_another_json_type_than_transformers_reads_is_bad_config(tmp_path, edits, said):
+    """An adversarial round: transformers 5.25 validates config.json's fields as it reads them ("Field
+    'num_hidden_layers' expected int, got float"); 2.0 layers, "false" as a bool, a string epsilon or rope theta, a
+    yarn scaling whose original length is 0 (ZeroDivisionError) each read CLEAN."""
+    folder = _edited(_llama(tmp_path / "m"), edits)
+    assert _load_error(folder) is not None
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert said in report.errors[0].message, report.errors[0].message
+    assert next(iter(edits)) in report.errors[0].hint
+
+
+@pytest.mark.parametrize("edits", [{"head_dim": _GONE}, {"rope_parameters": None}, {"rope_theta": 10000}])
+def test_sizes_and_types_the_class_takes_stay_clean_without_a_build(tmp_path, edits, monkeypatch):
+    """head_dim absent (hidden_size / heads), rope settings null, an integer where a float is read: no suspicion, so
+    no build either (importing transformers costs seconds)."""
+    folder = _edited(_llama(tmp_path / "m"), edits)
+    assert _load_error(folder) is None
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+    assert nandoctor.scan(folder).exit_code == 0

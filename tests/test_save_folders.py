@@ -135,3 +135,11 @@ def test_a_megatron_iteration_is_repaired_rank_by_rank(tmp_path: Path) -> None:
     untouched = root / "iter_0000300" / "mp_rank_01" / "model_optim_rng.pt"
     assert (tmp_path / "fixed" / "mp_rank_01" / "model_optim_rng.pt").read_bytes() == untouched.read_bytes()
     assert json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())  # the proof beside it
+
+
+def test_a_file_scanned_alone_names_itself_in_its_notes(tmp_path: Path) -> None:
+    """A helper's trial: a file scanned alone (its own checkpoint root) was named "." in the reader's notes."""
+    torch.save({"model": _weights(100, False), "args": argparse.Namespace(lr=0.1)}, tmp_path / "last.pth.tar")
+    report = scan(tmp_path / "last.pth.tar", device="cpu")
+    assert any(n.startswith("last.pth.tar: torch.load's default") for n in report.notes), report.notes
+    assert not any(n.startswith(".:") for n in report.notes)

@@ -54,7 +54,7 @@ _LM_HEADS = (LM_HEAD, "embed_out.weight")  # (GPT-NeoX names its LM head embed_o
 # config.json keys that size a model (transformers' and the older GPT-2 / T5 spellings): one must be there
 _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_size", "n_embd", "n_layer", "d_model",
               "num_layers", "text_config")
-_SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size")  # sizes each layer's weights are built with
+_SIZES = ("intermediate_size", "head_dim", "moe_intermediate_size", "n_inner")  # sizes each layer's weights are built with
 _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks for the model to be built)
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
@@ -95,7 +95,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         return _unbuilt(root, scale, config, stacks)
     built = _built_by_transformers(root)
     if isinstance(built, BuildFailure):
-        blamed = _blame(root, config, values, built)
+        blamed = _blame(root, config, values, built) or _blame_missing(root, config, suspected, built)
         if blamed is not None:
             return [blamed], []
         built = None  # (it fails either way: nandoctor's limit, not the checkpoint's)
@@ -298,6 +298,26 @@ def _blame(root: Path, config: dict[str, Any], values: list[buildvalues.Suspicio
         "config.json has the value it was trained with)", kind=CONFIG_KIND)  # (the weights are intact: BAD CONFIG)
 
 
+def _blame_missing(root: Path, config: dict[str, Any], suspected: list[tuple[str, str]],
+                   failure: BuildFailure) -> ScanProblem | None:
+    """BAD CONFIG where the build failed and config.json lacks a size the weights need (:func:`_missing_sizes`): the
+    class's default is what failed (GPT-2's 12 heads do not divide a width of 32), else None."""
+    missing = [why for _, why in suspected if why.startswith(_GIVES_NO)]
+    if not missing:
+        return None
+    import transformers
+
+    if config.get("model_type") not in transformers.CONFIG_MAPPING:
+        return None  # (a model transformers does not ship, Qwen-1's remote code: its own failure, not a size's)
+
+    return ScanProblem(
+        str(root / "config.json"), f"{missing[0]}: transformers {transformers.__version__} cannot build the model "
+        f"config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
+        f"write {missing[0][len(_GIVES_NO):].split()[0]} into config.json (the base model's config.json has the value "
+        "it was trained with)",
+        kind=CONFIG_KIND)
+
+
 def _builds_without(config: dict[str, Any], chosen: list[buildvalues.Suspicion]) -> bool:
     """Whether transformers builds the model from a copy of ``config`` with the ``chosen`` values replaced."""
     import tempfile
@@ -426,6 +446,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     numbered = _numbered_families(name for name in stored if not STACK.match(name))
     for family in _lone_out_of_pattern(numbered, _counted_from_one, lambda family: family.partition("#")[0]):
         yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(numbered[family])))}"
+    yield from _missing_sizes(config, stored, stacks)
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
     heads, kv = sized(config, "num_attention_heads")[1], positive(config.get("num_key_value_heads"))
@@ -488,6 +509,67 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
+
+
+_GIVEN_BY = (  # (a size, what stores a tensor it sizes: config.json without it builds the class's default)
+    ("hidden_size", re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")),
+    ("vocab_size", re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")),
+    ("num_attention_heads", re.compile(r"\.(?:q_proj|query|c_attn|query_key_value|qkv_proj|W_pack)\.weight$")),
+    ("intermediate_size", re.compile(r"\.(?:gate_proj|up_proj|gate_up_proj|intermediate\.dense)\.weight$")),
+)
+_GIVES_NO = "config.json gives no"
+# (a size's family: a key of it present, under whatever name a model gives it, and nothing is missing; swin's
+# mlp_ratio, Whisper's max_source_positions, FSMT's src_vocab_size, Moonshine's encoder_num_hidden_layers)
+_FAMILIES = {
+    "num_hidden_layers": re.compile(r"^(?!max_).*(?:layers|layer$|depth)"),
+    "hidden_size": re.compile(r"hidden_size|n_embd|d_model|embed_dim|emb_dim|^dim$|hidden_dim"),
+    "num_attention_heads": re.compile(r"^(?!num_key_value).*(?:heads|n_head)"),
+    "intermediate_size": re.compile(r"intermediate|ffn|mlp_ratio|d_ff|n_inner|hidden_dim"),
+    "vocab_size": re.compile(r"vocab"),
+    "max_position_embeddings": re.compile(r"position|n_ctx|seq_len|n_positions"),
+}
+
+
+def _gives(config: dict[str, Any], key: str) -> bool:
+    """Whether config.json gives the size ``key`` under any name of its family (a value other than null)."""
+    family = _FAMILIES[key]
+    return any(family.search(k) and v is not None for k, v in config.items())
+_KEY_PROJECTION = re.compile(r"^(?P<block>.*\.)k_proj\.weight$")
+
+
+def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
+                   stacks: dict[str, set[int]]) -> Iterator[tuple[str, str]]:
+    """Sizes a transformers config.json (one with a ``model_type``) does not give, deleted or null, where the weights
+    hold what they size: from_pretrained builds the class's default (32 layers, 4096 wide, as many key/value heads as
+    heads) and refuses the weights or fills the layers they lack at random (an adversarial round: each read CLEAN)."""
+    if ("transformers_version" not in config or not isinstance(config.get("model_type"), str)
+            or len(list(buildvalues.sub_configs(config))) > 1):
+        # (save_pretrained writes every size a class has, and its version: a config.json without it is written by
+        # hand and may leave sizes to the class; a composite model's sizes are its sub-configs': text_config …)
+        return
+    if sum(_gives(config, key) for key in _FAMILIES) < 3:
+        return  # (a config.json of the sizes' own spellings, or none: a hand-written one builds defaults by design)
+    if stacks and not _gives(config, "num_hidden_layers"):
+        for stack in stacks:
+            yield stack, f"{_GIVES_NO} num_hidden_layers: the model is built with its class's default"
+    for key, holds in _GIVEN_BY:
+        if not _gives(config, key):
+            name = next((name for name in stored if holds.search(name)), None)
+            if name is not None:
+                yield _SIZE_SUSPICION, f"{_GIVES_NO} {key} (the class's default is built), {name} is stored"
+    if config.get("num_key_value_heads") is None:  # (null or absent: as many key/value heads as heads)
+        for name, shape in stored.items():
+            match = _KEY_PROJECTION.match(name)
+            query = stored.get(f"{match['block']}q_proj.weight") if match else None
+            if query and len(shape) == 2 and len(query) == 2 and shape[0] != query[0]:
+                yield _SIZE_SUSPICION, (f"{_GIVES_NO} num_key_value_heads (as many as the heads is built), "
+                                        f"{name} has {shape[0]:,} rows and the query projection {query[0]:,}")
+                break
+    if not _gives(config, "max_position_embeddings"):
+        pattern, keys = _TABLES[0]
+        name = next((name for name in stored if pattern.search(name)), None)
+        if name is not None:
+            yield _SIZE_SUSPICION, f"{_GIVES_NO} {keys[0]} (the class's default is built), {name} is stored"
 
 
 # (the input projections only: the output one is o_proj, out_proj or dense by model, BART's cross-attention out_proj)

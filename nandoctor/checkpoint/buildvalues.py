@@ -15,6 +15,7 @@ one-byte edit of ``num_hidden_layers`` to 20,000 took 25 s and 1.3 GB to build) 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +40,7 @@ LAYER_TYPES = frozenset({
     "mlp", "basic", "bottleneck"})  # (the last three: default configs of models that do not validate them)
 _HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
 # every spelling of a layer count (MPT's n_layers, a vision tower's depth, an encoder-decoder's own)
-_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "depth", "encoder_layers", "decoder_layers",
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "depth", "encoder_layers", "decoder_layers",
                "num_decoder_layers")
 # Beyond these a config.json describes no model there is (405B Llama: 126 layers; Kimi K2: 384 experts x 61
 # layers): building it on the meta device would take minutes and gigabytes for one edited number
@@ -72,6 +73,7 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
         if "vocab_size" in sub and not vocab:  # (a string, null, 0: transformers' field validation or a size mismatch)
             yield sub, "vocab_size", f"config.json's {where}vocab_size is {json.dumps(sub['vocab_size'])[:40]}", DROP
         yield from _head_counts(where, sub)
+        yield from _typed(where, sub)
         for key in _ACTIVATION_KEYS:
             if isinstance(sub.get(key), str) and sub[key] not in ACTIVATIONS:
                 yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
@@ -86,6 +88,64 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
             shown = first_few(sorted({t if isinstance(t, str) else json.dumps(t)[:20] for t in types}), 3)
             yield sub, "layer_types", (f"config.json's {where}layer_types lists {len(types)} layer(s) ({shown})"
                                        + (f" for num_hidden_layers {layers}" if layers else "")), DROP
+
+
+# Field types transformers 5.25 validates as it reads config.json (its configs are strict dataclasses: "Field
+# 'num_hidden_layers' expected int, got float"), for the fields most models share: a value of another JSON type fails
+# from_pretrained before it reads a weight (an adversarial round: 2.0 layers, "false" as tie_word_embeddings, a rope
+# theta of "10000" each read CLEAN). A float field takes an integer (hub configs write rope_theta 10000).
+_INT_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "max_position_embeddings", "head_dim", "n_embd", "n_layer", "n_head", "n_positions", "n_inner", "n_ctx",
+    "type_vocab_size", "num_layers", "num_heads", "d_model", "d_ff", "d_kv", "moe_intermediate_size",
+    "num_experts_per_tok", "num_local_experts", "num_experts", "sliding_window", "max_window_layers", "ffn_dim",
+    "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+    "decoder_ffn_dim"})
+_BOOL_FIELDS = frozenset({
+    "tie_word_embeddings", "attention_bias", "mlp_bias", "use_cache", "is_encoder_decoder", "is_decoder",
+    "scale_attn_weights", "use_sliding_window", "tie_encoder_decoder", "add_cross_attention"})
+_FLOAT_FIELDS = frozenset({
+    "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "initializer_range", "rope_theta", "attention_dropout",
+    "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+    "partial_rotary_factor"})
+_DICT_FIELDS = frozenset(_ROPE_KEYS)
+_NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads"})  # (GPT-Neo's intermediate_size is)
+
+
+def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
+    """A shared field holding a value of another JSON type than transformers reads it as (null aside: many fields
+    take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it."""
+    for key, value in config.items():
+        if value is None and key not in _NEVER_NULL or key == "vocab_size":  # (vocab_size: suspected above)
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):
+            # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
+            meant = _meant(value, int)
+            want = "an integer"
+        elif key in _BOOL_FIELDS and not isinstance(value, bool):
+            meant, want = ({"true": True, "false": False}.get(value.lower(), DROP) if isinstance(value, str) else DROP,
+                           "true or false")
+        elif key in _FLOAT_FIELDS and not number:
+            meant, want = _meant(value, float), "a number"
+        elif key in _DICT_FIELDS and not isinstance(value, dict):
+            meant, want = DROP, "an object"
+        else:
+            continue
+        yield config, key, f"config.json's {where}{key} is {json.dumps(value)[:40]}, where transformers reads {want}", meant
+
+
+def _meant(value: Any, kind: type) -> Any:
+    """What a number written as another type meant (2.0 or "2" as the integer 2, "1e-6" as a float), else DROP."""
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        return DROP
+    if number is None or not math.isfinite(number):
+        return DROP
+    if kind is int:
+        return int(number) if number.is_integer() else DROP
+    return number
 
 
 def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
@@ -114,17 +174,23 @@ def _known_rope(rope: dict[str, Any], depth: int = 0) -> bool:
     if "rope_type" not in rope and "type" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
         return depth < _ROPE_DEPTH and all(_known_rope(v, depth + 1) for v in rope.values())
     kind = rope.get("rope_type", rope.get("type"))
+    original = rope.get("original_max_position_embeddings")
+    if isinstance(original, (int, float)) and not isinstance(original, bool) and original <= 0:
+        return False  # (yarn and longrope divide by it: ZeroDivisionError as the model is built, an adversarial round)
+    theta = rope.get("rope_theta")
+    if theta is not None and not (isinstance(theta, (int, float)) and not isinstance(theta, bool)):
+        return False  # (a theta of "10000": TypeError as the rotary frequencies are computed)
     return isinstance(kind, str) and kind in ROPE_TYPES and (kind not in _ROPE_SCALED or "factor" in rope)
 
 
 def too_big(config: dict[str, Any]) -> tuple[int, int] | None:
     """(layers, experts) where config.json describes more than any model has (never built), else None."""
     subs = [sub for _, sub in sub_configs(config)]
-    layers = max((positive(sub.get(k)) or 0 for sub in subs for k in _LAYER_KEYS), default=0)
+    layers = max((positive(sub.get(k)) or 0 for sub in subs for k in LAYER_KEYS), default=0)
     experts = max((positive(sub.get(k)) or 0 for sub in subs for k in EXPERT_KEYS), default=0)
     if layers > MAX_BUILT_LAYERS or layers * max(1, experts) > MAX_BUILT_EXPERT_LAYERS:
         return layers, experts
     return None
 
 
-__all__ = ["DROP", "MAX_BUILT_EXPERT_LAYERS", "MAX_BUILT_LAYERS", "sub_configs", "suspicions", "too_big"]
+__all__ = ["DROP", "LAYER_KEYS", "MAX_BUILT_EXPERT_LAYERS", "MAX_BUILT_LAYERS", "sub_configs", "suspicions", "too_big"]

@@ -338,7 +338,7 @@ def _named_from_root(notes: Sequence[str], file: Path, root: Path) -> list[str]:
     """A reader's notes, which begin with its file's name, naming it from the checkpoint folder instead where it lies
     in a subfolder (Megatron's ``mp_rank_00/model_optim_rng.pt`` and ``mp_rank_01/…``: one name, two files)."""
     relative = _relative(file, root)
-    if relative == file.name:
+    if relative in (file.name, "."):  # (".": a file scanned alone is its checkpoint's root)
         return list(notes)
     head = f"{file.name}: "
     return [f"{relative}: {note[len(head):]}" if note.startswith(head) else note for note in notes]
