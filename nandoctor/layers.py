@@ -15,6 +15,22 @@ from dataclasses import dataclass
 
 from nandoctor.model import LayerRange, LayerSummary, TensorResult, TensorResults
 
+# Wrappers that training code puts around the same module: DDP, torch.compile, PEFT, Lightning, a loop's
+# {"model": state_dict} (repair's donors, diff's pairs and a run's growth match names through them).
+PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "state_dict.", "model.")
+
+
+def normalise(name: str) -> str:
+    """Strip wrapper prefixes, repeatedly: ``module._orig_mod.model.x`` → ``x``."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                name = name[len(prefix):]
+                stripped = True
+    return name
+
 # "state": an optimizer state_dict's per-parameter moments (optimizer.state.N.exp_avg), grouped like layers.
 # "blk": GGUF's layers (blk.21.attn_q.weight).
 _STACK = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|blk|decoder_layers|encoder_layers|state)\.(\d+)(?=\.|$)")

@@ -18,13 +18,13 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
-from nandoctor.layers import bad_ranges, component_of, layer_of, summarize, zero_breaks
+from nandoctor.layers import bad_ranges, component_of, layer_of, normalise, summarize, zero_breaks
 from nandoctor.model import (
     CONFIG_KIND,
     EMPTY_KIND,
@@ -986,14 +986,25 @@ def growth(report: ScanReport, before: Mapping[str, float]) -> Growth | None:
     because a run can diverge in a few tensors only (a head-only fine-tune: tests/realruns.py); robust,
     because each tensor's scale is its bulk. None when no tensor can be compared."""
     best: Growth | None = None
-    for name, scale in tensor_scales(report).items():
-        was = before.get(name)
+    now = tensor_scales(report)
+    key: Callable[[str], str] = str
+    if not any(name in before for name in now):  # (wrapped otherwise: a loop's {"model": sd} step files, its bare
+        # final state_dict; DDP's module.: a trial's diverged final model read healthy, no name in common)
+        before, key = _by_stripped(before), normalise
+    for name, scale in now.items():
+        was = before.get(key(name))
         if was is None:
             continue
         grown = tensor_growth(name, scale, was)
         if best is None or grown.factor > best.factor:
             best = grown
     return dataclasses.replace(best, from_start=True) if best is not None and isinstance(before, InitialScales) else best
+
+
+def _by_stripped(scales: Mapping[str, float]) -> Mapping[str, float]:
+    """``scales`` by their names with wrapper prefixes stripped (layers.normalise); an InitialScales stays one."""
+    stripped = {normalise(name): scale for name, scale in scales.items()}
+    return InitialScales(stripped) if isinstance(scales, InitialScales) else stripped
 
 
 def tensor_growth(name: str, scale: float, was: float) -> Growth:

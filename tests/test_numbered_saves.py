@@ -228,3 +228,71 @@ def test_model_saves_paired_with_optimizer_saves_are_a_run(tmp_path):
     assert [c.step for c in report.checkpoints if not c.saved_into] == [5, 10, 15, 20]
     assert Path(report.last_healthy.path).name == "model_10.pt" and Path(report.first_bad.path).name == "model_15.pt"
     assert report.exit_code() == 1
+
+
+def _llama_loop(folder: Path, *, blow_up: bool, wrap: str | None = None) -> dict:
+    """A tiny Llama trained by a plain loop that saves ``{"model": sd, "optimizer": …, "step": n}`` every 10 steps and
+    its final ``state_dict()`` as pytorch_model.bin beside config.json (as a helper's real runs did); from step 22 the
+    learning rate is 10 where ``blow_up``; ``wrap``: "dp" (DataParallel) or "compile". Returns each save's loss."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=64, max_position_embeddings=64))
+    folder.mkdir(parents=True)
+    base.config.save_pretrained(folder)
+    model = (torch.nn.DataParallel(base) if wrap == "dp" else torch.compile(base, backend="eager") if wrap == "compile"
+             else base)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = torch.randint(0, 64, (8, 16))
+    losses = {}
+    for step in range(1, 41):
+        if blow_up and step == 22:
+            for group in opt.param_groups:
+                group["lr"] = 10.0
+        loss = model(input_ids=data, labels=data).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                       folder / f"step_{step}.pt")
+            losses[step] = float(loss)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return losses
+
+
+def test_a_final_model_saved_bare_beside_wrapped_step_files_is_judged_by_its_growth(tmp_path):
+    """A helper's real runs: the step files keep the model under "model" (model.model.layers…), the final
+    pytorch_model.bin is the bare state_dict (model.layers…): no name in common, so the final model's growth was not
+    measured, and a final model that had diverged with the run (its loss 900 against 4.8) read CLEAN, exit 0."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    _llama_loop(run, blow_up=True)
+    model = AutoModelForCausalLM.from_pretrained(run)
+    data = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert float(model(input_ids=data, labels=data).loss) > 50  # the oracle: the final model is broken
+    report = nandoctor.scan_run(run, device="cpu")
+    assert [(Path(c.path).name, c.status) for c in report.checkpoints] == [
+        ("step_10.pt", "clean"), ("step_20.pt", "clean"), ("step_30.pt", "diverged"), ("step_40.pt", "diverged"),
+        ("pytorch_model.bin", "diverged")]
+    quiet = run_cli("scan", str(run), "-q")
+    assert quiet.exit_code == 1 and quiet.output.startswith("FAIL DIVERGED") and "model.layers." in quiet.output
+
+
+@pytest.mark.parametrize(("wrap", "prefix"), [("dp", "module."), ("compile", "_orig_mod.")])
+def test_a_wrapped_final_model_in_a_run_is_not_loadable_as_it_is_alone(tmp_path, wrap, prefix):
+    """A helper's real runs: a DataParallel or torch.compile model's final state_dict() beside config.json among a
+    loop's step files read CLEAN in its run, and NOT LOADABLE copied into a folder alone; from_pretrained finds none of
+    its names and initializes every weight at random."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    _llama_loop(run, blow_up=False, wrap=wrap)
+    _, info = AutoModelForCausalLM.from_pretrained(run, output_loading_info=True)
+    assert info["missing_keys"]  # the oracle: the model is not this checkpoint
+    quiet = run_cli("scan", str(run), "-q")
+    assert quiet.exit_code == 3 and quiet.output.startswith("FAIL NOT LOADABLE"), quiet.output
+    assert f"every weight name starts with a training wrapper's prefix" in quiet.output and prefix in quiet.output

@@ -116,7 +116,7 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     """A shared field holding a value of another JSON type than transformers reads it as (null aside: many fields
     take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it."""
     for key, value in config.items():
-        if value is None and key not in _NEVER_NULL or key == "vocab_size":  # (vocab_size: suspected above)
+        if (value is None and key not in _NEVER_NULL) or key == "vocab_size":  # (vocab_size: suspected above)
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):

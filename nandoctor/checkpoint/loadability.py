@@ -158,14 +158,31 @@ def _final_model_file(file: Path) -> list[ScanProblem]:
     """A Lightning run's final Hugging Face model (``model.save_pretrained(run_folder)``: a model.safetensors
     beside config.json among the step files) is scanned as its weight file, the run's ``final`` row; the config
     files from_pretrained reads with it are judged as a model folder's are (they went unread)."""
-    if not _TRANSFORMERS_WEIGHTS.match(file.name) or not (file.parent / loaders.CONFIG).is_file():
+    if not _run_final_file(file):
         return []
+    return loadconfig.problems(file.parent, model=True, adapter=False) + _tokenizer(file.parent)[0]
+
+
+def _run_final_file(file: Path) -> bool:
+    """Whether ``file`` is a step-file run's final Hugging Face model (a model.safetensors or pytorch_model.bin
+    beside config.json among the step files), which from_pretrained of the run folder reads."""
+    if not _TRANSFORMERS_WEIGHTS.match(file.name) or not (file.parent / loaders.CONFIG).is_file():
+        return False
     from nandoctor.checkpoint.stepfiles import step_folder
 
     run = step_folder(file.parent)
-    if run is None or run.final is None or run.final.name != file.name:
-        return []
-    return loadconfig.problems(file.parent, model=True, adapter=False) + _tokenizer(file.parent)[0]
+    return run is not None and run.final is not None and run.final.name == file.name
+
+
+def model_folder(files: layout.CheckpointFiles) -> Path:
+    """The folder from_pretrained reads for ``files``: its root, or for a step-file run's final model file, the run
+    folder holding it and its config.json (a trial: a DDP-wrapped final pytorch_model.bin passed in its run and was
+    NOT LOADABLE alone)."""
+    root = files.root
+    try:
+        return root.parent if not access.is_dir(root) and _run_final_file(root) else root
+    except UnreadablePathError:
+        return root
 
 
 def _tokenizer(root: Path) -> tuple[list[ScanProblem], list[str]]:
@@ -238,13 +255,14 @@ def architecture_problems(files: layout.CheckpointFiles, stored: StoredWeights) 
     are compared, and weights the model builds that are stored under a quantizer's own names are not missing."""
     if not stored.names:
         return [], []
-    config = loadconfig.read_object(files.root / loaders.CONFIG)
+    folder = model_folder(files)
+    config = loadconfig.read_object(folder / loaders.CONFIG)
     if not isinstance(config, dict):
         return [], []  # (an unreadable or invalid config.json is its own problem)
-    if not loadconfig.quantized(files.root):
-        return architecture.problems(files.root, config, stored.names, stored.shapes, stored.files)
+    if not loadconfig.quantized(folder):
+        return architecture.problems(folder, config, stored.names, stored.shapes, stored.files)
     kept = [i for i, dtype in enumerate(stored.dtypes) if dtype in _UNPACKED]
-    return architecture.problems(files.root, config, [stored.names[i] for i in kept], [stored.shapes[i] for i in kept],
+    return architecture.problems(folder, config, [stored.names[i] for i in kept], [stored.shapes[i] for i in kept],
                                  [stored.files[i] for i in kept], quantized=True)
 
 
@@ -363,7 +381,9 @@ def _cast_by_from_pretrained(
     stored tensor is cast into its parameter's dtype there, unless config.json names a quantizer (which the
     callers ask only once they found something: loadconfig.quantized reads config.json). Nothing for a single
     file or a folder without config.json."""
-    root = files.root
+    root = model_folder(files)
+    if root != files.root:  # (a run's final model file: the one file from_pretrained reads there)
+        return [(file, refs) for file, refs in refs_by_file.items() if file == files.root]
     try:
         names = {e.name for e in access.listing(root)} if access.is_dir(root) else set()
     except UnreadablePathError:

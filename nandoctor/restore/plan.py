@@ -34,7 +34,7 @@ from nandoctor.access import unreadable
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity
-from nandoctor.layers import layer_of
+from nandoctor.layers import layer_of, normalise
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad, is_pickled_float
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
@@ -46,8 +46,6 @@ LEFT_ZEROED = "all zero, and no donor holds a copy that is not"  # the plan's no
 
 SCOPES = ("tensor", "layer")
 
-# Wrappers that training code puts around the same module: DDP, torch.compile, PEFT, Lightning.
-PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "state_dict.", "model.")
 
 
 class DonorCatalog(Protocol):
@@ -201,18 +199,6 @@ class RepairPlan:
         info = self.donors[index]
         return f"{info.path} (step {info.step})" if info.step is not None else info.path
 
-
-
-def normalise(name: str) -> str:
-    """Strip wrapper prefixes, repeatedly: ``module._orig_mod.model.x`` → ``x``."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in PREFIXES:
-            if name.startswith(prefix) and len(name) > len(prefix):
-                name = name[len(prefix):]
-                stripped = True
-    return name
 
 
 _SUFFIXED = re.compile(r"^(?P<base>.+)#(?P<n>[2-9]|[1-9]\d+)$")
