@@ -143,3 +143,24 @@ def test_an_index_without_metadata_is_not_loadable(tmp_path):
     assert _loaded(folder)[0] is False
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and any(p.kind == "unloadable" and "metadata" in p.message for p in report.errors)
+
+
+@pytest.mark.parametrize(("renamed", "loads", "said"), [
+    ("Model.safetensors", False, "holds Model.safetensors beside config.json, a name from_pretrained never opens"),
+    ("pytorch_model.safetensors", False, "holds pytorch_model.safetensors beside config.json"),
+    ("weights.safetensors", False, "rename weights.safetensors to model.safetensors"),
+    ("model.fp16.safetensors", False, None),  # (a variant's: a note, it loads with variant="fp16")
+])
+def test_weights_under_a_name_from_pretrained_never_opens_are_not_loadable(tmp_path, renamed, loads, said):
+    """An adversarial round: a save_pretrained folder whose weights file was renamed (Model.safetensors,
+    pytorch_model.safetensors) read CLEAN; from_pretrained fails: "no file named model.safetensors"."""
+    folder = tmp_path / "m"
+    _llama(folder)
+    (folder / "model.safetensors").rename(folder / renamed)
+    assert _loaded(folder)[0] is loads
+    report = nandoctor.scan(folder)
+    if said is None:
+        assert report.exit_code == 0 and any("variant='fp16'" in n for n in report.notes), report.notes
+    else:
+        assert report.exit_code == 3 and any(said in e.message or said in (e.hint or "") for e in report.errors), \
+            report.errors

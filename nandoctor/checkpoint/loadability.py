@@ -120,11 +120,49 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     if not (trainer or saved or loaders.CONFIG in names or any(file_role(n) is not None for n in names)):
         return found, notes  # weights alone: how they are loaded is not for nandoctor to guess
     found += _unindexed_shards(files) + _index_without_metadata(files, names)
+    unnamed, variant_notes = _weights_under_other_names(files, names)
+    found += unnamed
+    notes += variant_notes
     if trainer or saved:
         config_problems, config_notes = _config(root, names, trainer)
         found += config_problems
         notes += config_notes
     return found, notes
+
+
+_NUMBERED = re.compile(r"^(?:model|pytorch_model)-\d+-of-\d+\.(?:safetensors|bin)$")
+_VARIANT = re.compile(r"^(?:model|pytorch_model)\.(?P<variant>[\w-]+)\.(?:safetensors|bin)$|"
+                      r"^(?:model\.safetensors|pytorch_model\.bin)\.index\.(?P<indexed>[\w-]+)\.json$")
+
+
+def _weights_under_other_names(files: layout.CheckpointFiles, names: set[str]) -> tuple[list[ScanProblem], list[str]]:
+    """A transformers model folder (config.json with a ``model_type``) whose weights lie in files from_pretrained
+    never opens (``Model.safetensors``, ``pytorch_model.safetensors``, ``weights.pt``: it looks for
+    loaders.LOOKED_FOR and fails, "no file named model.safetensors"): NOT LOADABLE naming them (an adversarial round's
+    read CLEAN). Weights of a variant alone (``model.fp16.safetensors``) load with ``variant="fp16"`` only: a note."""
+    root = files.root
+    if (loaders.CONFIG not in names or loaders.first_looked_for(names) is not None
+            or any(_NUMBERED.match(n) or loaders.is_index_name(n) for n in names)  # (shards: _unindexed_shards)
+            or any(_ADAPTER_WEIGHTS.match(n) for n in names) or layout.model_in_subfolder(root, access.listing(root))):
+        return [], []
+    config = loadconfig.read_object(root / loaders.CONFIG)
+    if not (isinstance(config, dict) and isinstance(config.get("model_type"), str)):
+        return [], []  # (not a transformers config: diffusers' _class_name, timm's architecture)
+    weights = sorted(f.name for f in files.files if f.parent == root and file_role(f.name) is None
+                     and f.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth"))
+    if not weights:
+        return [], []
+    variants = sorted({m["variant"] or m["indexed"] for n in names if (m := _VARIANT.match(n))})
+    if variants:
+        return [], [f"{root}: the weights are a variant's ({', '.join(weights[:2])}): from_pretrained loads them only "
+                    f"when asked for it (from_pretrained(..., variant={variants[0]!r})), and fails without"]
+    wanted = "model.safetensors" if weights[0].endswith(".safetensors") else "pytorch_model.bin"
+    return [ScanProblem(
+        str(root), f"holds {first_few(weights, _MAX_SHOWN)} beside config.json, a name from_pretrained never opens: it "
+        f"looks for {', '.join(loaders.LOOKED_FOR)} and fails (\"no file named model.safetensors\")",
+        f"rename {weights[0]} to {wanted}" if len(weights) == 1 else
+        "save the model again with save_pretrained (or rename its files to those from_pretrained looks for)",
+        kind=UNLOADABLE_KIND)], []
 
 
 def adapter_base(root: Path, names: set[str] | None = None) -> str | None:
