@@ -143,3 +143,27 @@ def test_a_file_scanned_alone_names_itself_in_its_notes(tmp_path: Path) -> None:
     report = scan(tmp_path / "last.pth.tar", device="cpu")
     assert any(n.startswith("last.pth.tar: torch.load's default") for n in report.notes), report.notes
     assert not any(n.startswith(".:") for n in report.notes)
+
+
+def test_the_save_a_runs_resume_pointer_names_decides(tmp_path: Path) -> None:
+    """A helper's trial: latest_checkpointed_iteration.txt set back to the healthy iteration 200, as the next steps
+    said; Megatron then resumes iter_0000200, and the scan still failed on the abandoned iter_0000300. The save the
+    pointer names decides (the abandoned ones are a caution), and so does DeepSpeed's latest; a save written after the
+    pointer (the run went on) decides too."""
+    import os
+
+    root = _megatron_run(tmp_path / "save")
+    (root / "latest_checkpointed_iteration.txt").write_text("200")
+    result = run_cli("scan", root)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "iter_0000200 decides the exit code: latest_checkpointed_iteration.txt names it" in said
+    assert "but iter_0000300 is poisoned" in said
+    deepspeed = _deepspeed_run(tmp_path / "ds")
+    (deepspeed / "latest").write_text("global_step200")
+    assert run_cli("scan", deepspeed, "-q").exit_code == 0
+    later = deepspeed / "global_step300" / "mp_rank_00_model_states.pt"  # (saved after the pointer was written)
+    stamp = (deepspeed / "latest").stat().st_mtime + 60
+    os.utime(later, (stamp, stamp))
+    os.utime(later.parent, (stamp, stamp))
+    assert run_cli("scan", deepspeed, "-q").exit_code == 1

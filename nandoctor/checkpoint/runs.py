@@ -47,7 +47,7 @@ from nandoctor.checkpoint.stepfiles import (
     step_template,
 )
 from nandoctor.checkpoint.stepfiles import is_checkpoint as is_step_checkpoint
-from nandoctor.checkpoint.steps import checkpoints_in, step_of
+from nandoctor.checkpoint.steps import checkpoints_in, resume_pointer, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
 from nandoctor.layers import natural_key
@@ -232,6 +232,9 @@ class RunCheckpoint:
     # False for a file off a step-file run's timeline whose tensors are not the run's model (a loop's data_stats.pt, an
     # optimizer's own save): judged, never the run's first bad checkpoint nor a repair's target (a helper's trial)
     model: bool = True
+    # the run folder's file that names this save as the one its framework resumes (DeepSpeed's latest, Megatron's
+    # latest_checkpointed_iteration.txt) where that is not the newest save: it decides, as last.ckpt does
+    pointed: str = ""
 
     @property
     def max_abs(self) -> float | None:
@@ -429,7 +432,7 @@ class RunReport:
         # (a model saved into a folder of the run decides beside them, never in their place: file times say nothing
         # of when it was saved against the checkpoints, a copy, a deleted optimizer.pt or a rotation moves them)
         saved = tuple(c for c in self.checkpoints if c.saved_into and c.decides)
-        loaded = [i for i, c in enumerate(self.checkpoints) if (c.final and not c.saved_into) or c.last]
+        loaded = [i for i, c in enumerate(self.checkpoints) if (c.final and not c.saved_into) or c.last or c.pointed]
         if not loaded:
             saves = [c for c in self.checkpoints if not c.saved_into]
             return (*saved, *saves[-1:])  # (first: of equal verdicts the run's own newest row is named)
@@ -620,6 +623,17 @@ def timeline_folders(root: Path) -> list[Path]:
     ] + saved + set_aside
 
 
+def _pointed(root: Path, checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
+    """``checkpoints`` with the save the run folder's resume pointer names (steps.resume_pointer) marked, where it is
+    not the newest: DeepSpeed and Megatron resume what it names (a helper's trial: latest set back to the healthy
+    global_step200 as the next steps said, and the run still failed on the abandoned global_step300)."""
+    pointer = resume_pointer(root)
+    if pointer is None or not checkpoints or Path(checkpoints[-1].path).name == pointer[1]:
+        return checkpoints
+    return [dataclasses.replace(c, pointed=pointer[0]) if Path(c.path).name == pointer[1] and not c.final else c
+            for c in checkpoints]
+
+
 def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
     """Notes for a ``checkpoint-N`` folder that lacks a file every other one of the run holds (an
     ``optimizer.pt``, ``scheduler.pt``): its weights may be fine, but ``resume_from_checkpoint`` from it starts
@@ -799,6 +813,8 @@ def _renamed_hint(c: RunCheckpoint, missing: list[str], pairs: list[tuple[str, s
 def _row_written(c: RunCheckpoint) -> float:
     """When a row's save was written: a final model at the run folder's top by its weight files (the folder's own
     time moves whenever a checkpoint folder is made in it), any other by its path (:func:`_written`)."""
+    if c.pointed:  # (named since: a user who set latest back to a healthy save wrote it after the later saves)
+        return max(_written(c.path), _written(str(Path(c.path).parent / c.pointed)))
     if c.final and not c.saved_into and os.path.isdir(c.path):
         try:
             files = [e for e in access.listing(Path(c.path)) if holds_weights([e])]
@@ -1201,6 +1217,7 @@ def scan_run(
             checkpoints.append(checkpoint)
 
     notes += _missing_files(checkpoints)
+    checkpoints = _pointed(root, checkpoints)
     checkpoints = renamed_tensors(checkpoints)
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
     final_state = root / TRAINER_STATE  # trainer.save_state() at the end of training writes one here

@@ -72,10 +72,42 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+_MAX_POINTER_BYTES = 256
+
+
+def resume_pointer(folder: Path) -> tuple[str, str] | None:
+    """(the file, the save it names) where a run folder names the save its framework resumes: DeepSpeed's ``latest``
+    (a tag, ``global_step200``) in a DeepSpeed save folder, Megatron's ``latest_checkpointed_iteration.txt`` (an
+    iteration, ``200``: ``iter_0000200``, or ``release``); None for any other folder, or a file that names none."""
+    folder = Path(folder)
+    for name in (DEEPSPEED_LATEST, MEGATRON_TRACKER):
+        path = folder / name
+        try:
+            if not path.is_file() or path.stat().st_size > _MAX_POINTER_BYTES:  # (a FIFO is no file: never waited on)
+                continue
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if name == DEEPSPEED_LATEST and DEEPSPEED_STATES.match(text) and is_deepspeed_save_folder(folder):
+            return name, text
+        if name == MEGATRON_TRACKER and (text.isdigit() or text == "release"):
+            return name, text if text == "release" else f"iter_{int(text):07d}"
+    return None
+
+
 def _step_of_name(name: str) -> int | None:
     match = _CHECKPOINT.match(name)
     return int(match.group(1)) if match else None
 
 
-__all__ = ["DEEPSPEED_LATEST", "DEEPSPEED_STATES", "checkpoints_in", "is_accelerate_save", "is_deepspeed_save_folder",
-           "step_of"]
+__all__ = [
+    "DEEPSPEED_LATEST",
+    "DEEPSPEED_STATES",
+    "MEGATRON_TRACKER",
+    "checkpoints_in",
+    "is_accelerate_save",
+    "is_deepspeed_save_folder",
+    "resume_pointer",
+    "step_of",
+]

@@ -375,6 +375,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "step": c.step if c.step_known else None,
         "final": c.final,
         "last": c.last,  # a Lightning run's last.ckpt (what ckpt_path="last" resumes from)
+        "pointed": c.pointed or None,  # the run's resume pointer (DeepSpeed's latest) naming this save, not the newest
         "same_as": None if c.same_as is None else {"name": c.same_as, "how": c.same_how},
         "path": c.path,
         "status": c.status,

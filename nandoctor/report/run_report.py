@@ -29,6 +29,7 @@ from nandoctor.checkpoint.runs import (
 from nandoctor.checkpoint.steps import (
     DEEPSPEED_LATEST,
     DEEPSPEED_STATES,
+    MEGATRON_TRACKER,
     is_accelerate_save,
     is_deepspeed_save_folder,
     step_of,
@@ -157,6 +158,8 @@ def decides_words(run: RunReport, decider: RunCheckpoint) -> str:
     if decider.saved_into:  # (a model saved into a folder of the run, or a file off a step-file run's timeline)
         what = "a model saved into the run" if decider.name.endswith("/") else "a file off the run's timeline"
         return f"{decider.name}, {what}, decides the exit code beside its checkpoints"
+    if decider.pointed:
+        return f"{decider.name} decides the exit code: {decider.pointed} names it, what a resume loads"
     final = any(c.final and not c.saved_into for c in run.checkpoints)
     last = next((c for c in run.checkpoints if c.last), None)
     if (final or last is not None) and not (decider.final or decider.last) and _after_loaded(run, decider):
@@ -367,9 +370,6 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
     elif steps and not repaired and last_clean is not None and last_clean is not run.newest:
         steps += _resume_pointer(Path(last_clean.path))
     return steps
-
-
-MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 
 
 def _resume_pointer(resume: Path) -> list[str]:
