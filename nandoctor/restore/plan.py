@@ -377,10 +377,24 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
     bad = [t for t in report.tensors if _restored(t)]
+    # a norm's running statistics are restored together, from one donor: a running_var restored beside the target's
+    # own running_mean of 5.5e29 (a BatchNorm after an exploded convolution) left eval-mode losses of 1e29 behind a
+    # verified repair (a helper's real run)
+    norms = {t.name[: -len(stat)] for t in bad for stat in _NORM_STATS if t.name.endswith(stat)}
     if scope == "tensor":
-        return bad
+        if not norms:
+            return bad
+        return [t for t in report.tensors if _restored(t) or _norm_stat_of(t.name, norms)]
     groups = {layer_of(t.name).group for t in bad}
-    return [t for t in report.tensors if layer_of(t.name).group in groups]
+    return [t for t in report.tensors if layer_of(t.name).group in groups or _norm_stat_of(t.name, norms)]
+
+
+_NORM_STATS = (".running_mean", ".running_var", ".num_batches_tracked")  # (torch's _NormBase buffers)
+
+
+def _norm_stat_of(name: str, norms: set[str]) -> bool:
+    """Whether ``name`` is a running statistic of one of the norm modules ``norms`` (by their name prefixes)."""
+    return any(name.endswith(stat) and name[: -len(stat)] in norms for stat in _NORM_STATS)
 
 
 def _restored(result: TensorResult) -> bool:

@@ -1,0 +1,59 @@
+"""A norm's running statistics are restored together (restore/plan.py ``needed_tensors``).
+
+A helper's real run (a timm-style loop: conv, BatchNorm, EMA): a convolution's weight blown up by 1e30 and a
+training step after it left the BatchNorm's ``running_var`` Inf and its ``running_mean`` at 5e29, just under the
+running statistics' ceiling. The repair restored the weight and ``running_var`` from a healthy save and kept the
+target's ``running_mean``: verified CLEAN, and the repaired model's eval-mode loss was 1e29 (the oracle below)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nandoctor.restore import repair  # noqa: E402
+
+
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+
+def _eval_loss(state: dict, x: torch.Tensor, y: torch.Tensor) -> float:
+    net = _net()
+    net.load_state_dict(state)
+    net.eval()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(net(x), y))
+
+
+@pytest.mark.parametrize("scope", ["tensor", "layer"])
+def test_a_batchnorms_statistics_are_restored_together(tmp_path: Path, scope: str) -> None:
+    torch.manual_seed(0)
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    torch.save({"epoch": 4, "state_dict": net.state_dict()}, tmp_path / "best.pth.tar")
+    healthy = _eval_loss(net.state_dict(), x, y)
+    with torch.no_grad():
+        net[0].weight.mul_(1e30)
+    net[1].momentum = 0.5
+    for _ in range(2):  # training steps after it: the BatchNorm's statistics absorb the blown-up activations
+        net(x)
+    stats = net.state_dict()
+    assert torch.isinf(stats["1.running_var"]).any() and stats["1.running_mean"].abs().max() < 1e30
+    assert stats["1.running_mean"].abs().max() > 1e20
+    torch.save({"epoch": 9, "state_dict": stats}, tmp_path / "last.pth.tar")
+
+    result = repair(tmp_path / "last.pth.tar", [str(tmp_path / "best.pth.tar")], tmp_path / "fixed", scope=scope)
+    assert result.ok
+    restored = {r.name for r in result.plan.restorations}
+    assert {"state_dict.1.running_mean", "state_dict.1.running_var", "state_dict.1.num_batches_tracked"} <= restored
+    fixed = torch.load(tmp_path / "fixed" / "last.pth.tar", weights_only=True)["state_dict"]
+    assert _eval_loss(fixed, x, y) == pytest.approx(healthy, rel=1e-4)  # the oracle: the healthy model's loss
