@@ -101,6 +101,101 @@ GENERATION = [
     ({"early_stopping": "never", "num_beams": 2}, "ok"),
     ({"num_beam_groups": 1, "num_beams": 2}, "ok"),
     ({"sequence_bias": [[[3], 2.0]]}, "ok"),
+    # an adversarial round (each read CLEAN): a value of another JSON type than transformers compares or makes a
+    # tensor of (the type table), where it does
+    ({"max_new_tokens": "5"}, "load"),
+    ({"max_new_tokens": [5]}, "load"),
+    ({"num_return_sequences": "2"}, "load"),
+    ({"num_return_sequences": 2.0}, "load"),
+    ({"num_return_sequences": 2.0, "do_sample": True}, "generate"),
+    ({"pad_token_id": "x"}, "load"),
+    ({"pad_token_id": [0, 1]}, "load"),
+    ({"eos_token_id": "x"}, "generate"),
+    ({"eos_token_id": [2, "x"]}, "generate"),
+    ({"bos_token_id": "x"}, "generate"),
+    ({"forced_eos_token_id": "x"}, "generate"),
+    ({"decoder_start_token_id": "x"}, "generate"),
+    ({"top_k": "5"}, "generate"),  # (get_generation_mode asks `top_k > 1` without beams, sampling or not)
+    ({"top_k": [5], "do_sample": True}, "generate"),
+    ({"epsilon_cutoff": "0.1", "do_sample": True}, "generate"),
+    ({"top_p": "0.9", "do_sample": True}, "generate"),
+    ({"no_repeat_ngram_size": "2"}, "generate"),
+    ({"encoder_no_repeat_ngram_size": "2"}, "generate"),
+    ({"min_length": "3"}, "generate"),  # (with an eos token, as config.json's is)
+    ({"min_new_tokens": "2"}, "generate"),
+    ({"repetition_penalty": [1.2]}, "generate"),
+    ({"max_time": "x"}, "generate"),
+    ({"guidance_scale": "x"}, "generate"),
+    ({"length_penalty": "x", "num_beams": 2}, "generate"),
+    ({"exponential_decay_length_penalty": "x"}, "generate"),
+    ({"exponential_decay_length_penalty": 5}, "generate"),
+    ({"prefill_chunk_size": "4"}, "generate"),
+    # values transformers refuses (GenerationConfig.validate as from_pretrained loads, or generate's processors)
+    ({"cache_implementation": "mamba"}, "load"),
+    ({"cache_implementation": "foo"}, "load"),
+    ({"compile_config": {"fullgraph": True}}, "load"),
+    ({"compile_config": {}}, "load"),
+    ({"watermarking_config": {"bias": 2.0, "seeding_scheme": "nope"}}, "load"),
+    ({"watermarking_config": {"greenlist_ratio": 2.0}}, "load"),
+    ({"watermarking_config": {"context_width": 0}}, "load"),
+    ({"watermarking_config": {"foo": 1}}, "load"),
+    ({"watermarking_config": "x"}, "load"),
+    ({"watermarking_config": {"ngram_len": 5, "keys": [1], "sampling_table_size": 2**25}}, "load"),
+    ({"suppress_tokens": [[1]]}, "load"),
+    ({"suppress_tokens": 5}, "load"),
+    ({"suppress_tokens": [2], "forced_eos_token_id": 2}, "load"),
+    ({"early_stopping": [1]}, "load"),
+    ({"num_beams": -1}, "generate"),
+    ({"num_beams": 2.5}, "generate"),
+    ({"num_beams": 2.0}, "generate"),
+    ({"prefill_chunk_size": 0}, "generate"),
+    ({"prefill_chunk_size": -1}, "generate"),
+    ({"prompt_lookup_num_tokens": 0}, "generate"),
+    ({"low_memory": True, "num_beams": 2}, "generate"),
+    ({"bad_words_ids": [5, 6]}, "generate"),
+    ({"bad_words_ids": []}, "generate"),
+    ({"sequence_bias": {"5": 1.0}}, "generate"),
+    ({"sequence_bias": [[[3], 2]]}, "generate"),  # (the bias checked for a float)
+    ({"suppress_tokens": list(range(VOCAB)), "do_sample": True}, "generate"),
+    ({"begin_suppress_tokens": list(range(VOCAB)), "do_sample": True}, "generate"),
+    ({"suppress_tokens": list(range(0, VOCAB, 2)), "begin_suppress_tokens": list(range(1, VOCAB, 2)),
+      "do_sample": True}, "generate"),
+    # decoding modes transformers 5 moved to the Hub, beside contrastive and group beam search
+    ({"dola_layers": "low"}, "generate"),
+    ({"dola_layers": "high", "do_sample": True}, "generate"),
+    ({"constraints": [[5]]}, "generate"),
+    ({"force_words_ids": [[5]], "num_beams": 2}, "generate"),
+    # tolerated: no finding
+    ({"top_k": "5", "num_beams": 2}, "ok"),  # (read only when sampling, or without beams)
+    ({"max_length": "20"}, "ok"),  # (generate(max_new_tokens=…) replaces it)
+    ({"num_beams": 1.0}, "ok"),
+    ({"num_return_sequences": 0}, "ok"),
+    ({"eos_token_id": 2.5}, "ok"),
+    ({"eos_token_id": [[2]]}, "ok"),
+    ({"bos_token_id": [1, 2]}, "ok"),
+    ({"pad_token_id": 2.5}, "ok"),
+    ({"max_new_tokens": 2.5}, "ok"),
+    ({"forced_bos_token_id": "x"}, "ok"),  # (a decoder-only model's prompt is past the first position)
+    ({"exponential_decay_length_penalty": [5, 1.5]}, "ok"),
+    ({"begin_suppress_tokens": [[1]]}, "ok"),
+    ({"cache_implementation": "static"}, "ok"),
+    ({"cache_implementation": "hybrid"}, "ok"),
+    ({"cache_implementation": "paged"}, "ok"),
+    ({"compile_config": None, "cache_implementation": None}, "ok"),
+    ({"watermarking_config": {"bias": 2.0, "greenlist_ratio": 0.25}}, "ok"),
+    ({"suppress_tokens": [2], "forced_eos_token_id": [2, 3]}, "ok"),
+    ({"suppress_tokens": list(range(VOCAB))}, "ok"),  # (greedy: argmax of all -inf is token 0)
+    ({"suppress_tokens": list(range(VOCAB)), "num_beams": 2}, "ok"),
+    ({"suppress_tokens": list(range(VOCAB - 1)), "do_sample": True}, "ok"),
+    ({"bad_words_ids": [[]]}, "ok"),
+    ({"dola_layers": "low", "num_beams": 2}, "ok"),  # (DoLa extends greedy and sampling only)
+    ({"dola_layers": None, "constraints": None, "force_words_ids": None, "low_memory": True}, "ok"),
+    ({"low_memory": False, "num_beams": 2}, "ok"),
+    ({"prompt_lookup_num_tokens": 0, "num_beams": 2}, "ok"),
+    ({"prompt_lookup_num_tokens": 3, "max_matching_ngram_size": 0}, "ok"),
+    ({"prefill_chunk_size": 100}, "ok"),
+    ({"assistant_early_exit": 0}, "ok"),
+    ({"do_sample": "yes"}, "ok"),
 ]
 
 
@@ -342,3 +437,68 @@ def test_a_temperature_that_overflows_a_language_model_s_logits_is_bad_config(sa
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"]
     assert "the logits divided by it overflow float32" in report.errors[0].message
+
+
+# generation_config.json files as the Hub's models ship them (their token ids, outside the tiny model's vocabulary:
+# an eos_token_id there is tolerated), and one GenerationConfig of transformers 4 wrote with every default
+HUB_GENERATION_CONFIGS = {
+    "llama-3.1": {"bos_token_id": 128000, "do_sample": True, "eos_token_id": [128001, 128008, 128009],
+                  "temperature": 0.6, "top_p": 0.9, "transformers_version": "4.42.3"},
+    "qwen2.5": {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+                "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                "transformers_version": "4.37.0"},
+    "mistral": {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "transformers_version": "4.34.0"},
+    "gemma-2": {"_from_model_config": True, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 107],
+                "pad_token_id": 0, "transformers_version": "4.42.4"},
+    "gemma-3": {"cache_implementation": "hybrid", "do_sample": True, "eos_token_id": [1, 106], "pad_token_id": 0,
+                "top_k": 64, "top_p": 0.95, "bos_token_id": 2},
+    "phi-3": {"bos_token_id": 1, "eos_token_id": [32000, 32001, 32007], "pad_token_id": 32000},
+    "4.x defaults": {"max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+                     "temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0, "repetition_penalty": 1.0,
+                     "length_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+                     "bad_words_ids": None, "num_return_sequences": 1, "output_scores": False,
+                     "return_dict_in_generate": False, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                     "remove_invalid_values": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+                     "begin_suppress_tokens": None, "diversity_penalty": 0.0, "num_beam_groups": 1,
+                     "penalty_alpha": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "guidance_scale": None,
+                     "low_memory": None, "dola_layers": None, "constraints": None, "force_words_ids": None,
+                     "watermarking_config": None, "compile_config": None, "cache_implementation": None,
+                     "prefill_chunk_size": None, "prompt_lookup_num_tokens": None, "sequence_bias": None,
+                     "stop_strings": None, "token_healing": False, "bos_token_id": 1, "eos_token_id": 2,
+                     "pad_token_id": 0},
+}
+
+
+@pytest.mark.parametrize("name", list(HUB_GENERATION_CONFIGS))
+def test_hub_generation_configs_stay_clean(saved, tmp_path, name):
+    folder = shutil.copytree(saved, tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps(HUB_GENERATION_CONFIGS[name], indent=2))
+    assert _oracle(folder) == "ok"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not report.errors, report.errors
+
+
+def test_a_value_of_another_json_type_names_the_key_the_value_and_the_type(saved, tmp_path):
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "generation_config.json", max_new_tokens="5", top_k="5")
+    report = nandoctor.scan(folder)
+    message = " ".join(p.message for p in report.errors)
+    assert 'max_new_tokens is "5", where transformers expects a number' in message  # (from_pretrained raises)
+    assert 'top_k is "5", where transformers expects an integer' in message  # (generate raises)
+
+
+def test_the_cache_implementations_are_transformers_own():
+    from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
+
+    from nandoctor.checkpoint.configvalues import CACHE_IMPLEMENTATIONS
+
+    assert set(CACHE_IMPLEMENTATIONS) == set(ALL_CACHE_IMPLEMENTATIONS) | {"paged"}
+
+
+def test_the_hub_moved_decoding_modes_are_transformers_own():
+    """The modes judged as moved to the Hub (DoLa, constrained, contrastive, group beam search) are those
+    transformers maps to a Hub repository."""
+    from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+    moved = {mode.name for mode, where in GENERATION_MODES_MAPPING.items() if "/" in where}
+    assert moved == {"DOLA_GENERATION", "CONTRASTIVE_SEARCH", "GROUP_BEAM_SEARCH", "CONSTRAINED_BEAM_SEARCH"}

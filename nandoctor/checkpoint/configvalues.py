@@ -10,7 +10,14 @@ transformers 5.25 by tests/test_config_values.py:
   [0, 1]; in any mode a ``repetition_penalty`` or ``encoder_repetition_penalty`` ≤ 0, ``num_beams`` 0, a
   ``bad_words_ids`` token outside the vocabulary, an encoder-decoder's ``decoder_start_token_id`` outside it.
   The model loads: BAD CONFIG (``verdict.CONFIG_KIND``). Settings ``from_pretrained`` itself validates and
-  refuses (a ``max_new_tokens`` ≤ 0) are BAD CONFIG too: the weights are intact.
+  refuses (a ``max_new_tokens`` ≤ 0, an unknown ``cache_implementation``, any ``compile_config``, a
+  ``watermarking_config`` its class refuses) are BAD CONFIG too: the weights are intact. A setting of another JSON
+  type than transformers compares or makes a tensor of (``_TYPES``: a string ``top_k``, a list
+  ``repetition_penalty``) is judged where transformers reads it; so are the structures its processors check
+  (``bad_words_ids``, ``sequence_bias``, ``suppress_tokens``) and the decoding modes transformers 5 moved to the
+  Hub (contrastive, group beam, DoLa, constrained beam search: generate raises without trust_remote_code).
+  ``stop_strings`` and ``token_healing`` (they need ``generate(tokenizer=…)``, which their author asks for) and a
+  ``"quantized"`` cache (optimum-quanto not installed: the environment) are left alone.
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
   (``tanh(x / cap) * cap`` divides by zero; null is off), Granite's ``logits_scaling`` of 0 (the logits are
@@ -115,7 +122,11 @@ _GENERATE_RULES: tuple[_Rule, ...] = (
      "has to be a strictly positive float", "1.0 is no penalty; else a float > 0"),
     ("encoder_repetition_penalty", False, lambda v: _number(v) and (v <= 0 or _not_a_float(v)),
      "has to be a strictly positive float", "1.0 is no penalty; else a float > 0"),
-    ("num_beams", False, lambda v: _number(v) and v == 0, "ZeroDivisionError", "1 is greedy or sampling, no beams"),
+    ("num_beams", False, lambda v: _number(v) and (v <= 0 or (isinstance(v, float) and v != 1)),
+     "ZeroDivisionError, a negative dimension or repeat_interleave() given a float",
+     "1 is greedy or sampling, no beams; else an integer > 1"),
+    ("prefill_chunk_size", False, lambda v: _int(v) and v <= 0, "torch.split raises on a chunk of no tokens",
+     "null prefills the prompt at once; else a positive integer"),
 )
 
 
@@ -131,16 +142,19 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
             "remove max_new_tokens (generate's default applies) or set it to the number of tokens to generate",
             kind=CONFIG_KIND,
         ))
-    found += _load_refusals(path, generation)
+    found += _load_refusals(path, generation, [(k, e) for k, e, load in _wrong_types(generation, config) if load])
     sampling = bool(generation.get("do_sample"))  # (generate asks `if do_sample`: "true", even "false", samples)
     wrong: list[str] = []
     fixes: list[str] = []
+    typed = _wrong_types(generation, config)
+    for key, expected, load in typed:
+        if not load:
+            wrong.append(f"{key} is {_shown(generation[key])}, where transformers expects {expected} (TypeError)")
+            fixes.append(f"{key}: {expected}")
+    wrong_typed = {key for key, _, _ in typed}
     for key, sampling_only, bad, raised, fix in _GENERATE_RULES:
         value = generation.get(key)
-        if isinstance(value, str) and (sampling or not sampling_only):  # (each processor checks for a number)
-            wrong.append(f"{key} is the string {json.dumps(value)[:20]} (\"{raised}\")")
-            fixes.append(f"{key}: a number, not a string")
-        elif bad(value) and (sampling or not sampling_only):
+        if key not in wrong_typed and bad(value) and (sampling or not sampling_only):
             wrong.append(f"{key} is {json.dumps(value)}{' with do_sample true' if sampling_only else ''} ({raised})")
             fixes.append(f"{key}: {fix}")
     beams, top_k, alpha = generation.get("num_beams"), generation.get("top_k"), generation.get("penalty_alpha")
@@ -154,6 +168,13 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
         wrong.append(f"num_beam_groups is {groups}: group beam search, which transformers 5 keeps on the Hub (generate "
                      "raises: it needs trust_remote_code)")
         fixes.append("num_beam_groups: 1 (plain beam search)")
+    hub, fix = _hub_mode(generation)
+    if hub:
+        wrong.append(hub)
+        fixes.append(fix)
+    more, more_fixes = _generate_refusals(generation, config)
+    wrong += more
+    fixes += more_fixes
     vocab = vocab_size(config)
     if vocab is not None:
         biased = generation.get("sequence_bias")  # ([[token ids], bias] pairs, as GenerationConfig saves them)
@@ -197,12 +218,14 @@ def generation_problems(path: Path, generation: dict[str, Any], config: dict[str
     return found
 
 
-def _load_refusals(path: Path, generation: dict[str, Any]) -> list[ScanProblem]:
-    """Settings ``GenerationConfig.validate`` refuses while ``from_pretrained`` loads the model: it does not load."""
-    wrong = []
+def _load_refusals(path: Path, generation: dict[str, Any], typed: list[tuple[str, str]]) -> list[ScanProblem]:
+    """Settings ``GenerationConfig.validate`` refuses while ``from_pretrained`` loads the model: it does not load.
+    ``typed``: the (key, what transformers expects) of the settings it compares that hold another JSON type."""
+    wrong = [f"{key} is {_shown(generation[key])}, where transformers expects {expected} (TypeError)"
+             for key, expected in typed]
     returned, beams = generation.get("num_return_sequences"), generation.get("num_beams")
     beams = beams if _number(beams) and beams > 0 else 1  # (4.0 loads as 4 beams)
-    if _int(returned) and returned > 1 and generation.get("do_sample") is not True:
+    if _number(returned) and returned > 1 and generation.get("do_sample") is not True:
         if beams == 1:
             wrong.append(f"num_return_sequences is {returned} without sampling or beams (\"Greedy methods without "
                          "beam search do not support num_return_sequences different than 1\")")
@@ -212,12 +235,219 @@ def _load_refusals(path: Path, generation: dict[str, Any]) -> list[ScanProblem]:
     stopping = generation.get("early_stopping")
     if "early_stopping" in generation and stopping is not None and stopping not in (True, False, "never"):
         wrong.append(f"early_stopping is {json.dumps(stopping)[:40]} (true, false or \"never\")")
+    wrong += _validated(generation)
     if not wrong:
         return []
     return [ScanProblem(
         str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained validates the generation settings as it loads the "
         "model, and raises", "remove those settings (generate's defaults apply) or give generate() them as arguments",
         kind=CONFIG_KIND)]
+
+
+def _shown(value: Any) -> str:
+    """A setting's JSON, cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 30 else text[:27] + "…"
+
+
+def _numeric(value: Any) -> bool:
+    """Whether transformers can compare ``value`` with a number (null: the setting is unset)."""
+    return value is None or isinstance(value, (int, float))  # (a bool compares as 0 or 1)
+
+
+def _token_like(value: Any) -> bool:
+    """An ``eos_token_id`` as ``torch.tensor(value, dtype=long)`` takes it: a number or a (nested) list of them."""
+    return _numeric(value) or (isinstance(value, list) and all(_token_like(v) for v in value))
+
+
+# What a setting has to be where transformers 5.25 reads it, and when it does (for a plain
+# ``generate(ids, max_new_tokens=…)``): its JSON of another type makes a comparison or a tensor raise TypeError
+# (a string "5", a list [1.2], an object). ``when``: "load" (GenerationConfig.validate, as from_pretrained loads the
+# model), "always" (generate), "sample" (with do_sample: the sampling processors), "beams" (num_beams > 1), "eos"
+# (an eos_token_id is set: the min-length processors), "top_k" (sampling, or get_generation_mode's ``top_k > 1``
+# without beams)
+_A_NUMBER, _AN_INTEGER, _A_TOKEN = "a number", "an integer", "a token id (an integer, or a list of them)"
+_TYPES: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
+    "max_new_tokens": (_A_NUMBER, "load", _numeric),
+    "num_return_sequences": (_A_NUMBER, "load", _numeric),
+    "pad_token_id": ("a token id (an integer)", "load", _numeric),
+    "assistant_ensemble_weight": (_A_NUMBER, "load", _numeric),
+    "num_beams": (_AN_INTEGER, "always", _numeric),
+    "max_time": (_A_NUMBER + " of seconds", "always", _numeric),
+    "no_repeat_ngram_size": (_AN_INTEGER, "always", _numeric),
+    "encoder_no_repeat_ngram_size": (_AN_INTEGER, "always", _numeric),
+    "repetition_penalty": ("a float", "always", _numeric),
+    "encoder_repetition_penalty": ("a float", "always", _numeric),
+    "guidance_scale": (_A_NUMBER, "always", _numeric),
+    "prefill_chunk_size": (_AN_INTEGER, "always", lambda v: v is None or _int(v)),
+    "eos_token_id": (_A_TOKEN, "always", _token_like),
+    "bos_token_id": (_A_TOKEN, "always", _token_like),
+    "decoder_start_token_id": (_A_TOKEN, "always", _token_like),
+    "forced_eos_token_id": (_A_TOKEN, "always", _token_like),
+    "exponential_decay_length_penalty": ("a [start, decay factor] pair", "always",
+                                         lambda v: v is None or isinstance(v, list)),
+    "temperature": ("a float", "sample", _numeric),
+    "top_k": (_AN_INTEGER, "top_k", _numeric),
+    "top_p": ("a float", "sample", _numeric),
+    "min_p": ("a float", "sample", _numeric),
+    "top_h": ("a float", "sample", _numeric),
+    "typical_p": ("a float", "sample", _numeric),
+    "epsilon_cutoff": ("a float", "sample", _numeric),
+    "eta_cutoff": ("a float", "sample", _numeric),
+    "length_penalty": (_A_NUMBER, "beams", _numeric),
+    "min_length": (_AN_INTEGER, "eos", _numeric),
+    "min_new_tokens": (_AN_INTEGER, "eos", _numeric),
+}
+
+
+def _wrong_types(generation: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    """(key, what transformers expects, whether from_pretrained raises on it) for each setting of another JSON type
+    that transformers compares or makes a tensor of (``_TYPES``), where it does."""
+    sampling = bool(generation.get("do_sample"))
+    beams = generation.get("num_beams")
+    beamed = _number(beams) and beams > 1
+    eos = generation.get("eos_token_id") is not None or (isinstance(config, dict) and config.get("eos_token_id") is not None)
+    used = {"load": True, "always": True, "sample": sampling, "beams": beamed, "eos": eos,
+            "top_k": sampling or not beamed}
+    return [(key, expected, when == "load") for key, (expected, when, fits) in _TYPES.items()
+            if key in generation and used[when] and not fits(generation[key])]
+
+
+# GenerationConfig's settings of the decoding modes transformers 5 moved to the Hub (generate raises "… requires
+# `trust_remote_code=True` in your `generate` call"): contrastive search and group beam search are judged in
+# generation_problems, DoLa and constrained beam search here
+_HUB = "which transformers 5 keeps on the Hub (generate raises: it needs trust_remote_code)"
+
+
+def _hub_mode(generation: dict[str, Any]) -> tuple[str, str]:
+    """(the finding, its fix) where generate's mode is DoLa or constrained beam search, as get_generation_mode
+    picks it; ("", "") otherwise."""
+    for key in ("constraints", "force_words_ids"):  # (any value but null: constrained beam search comes first)
+        if generation.get(key) is not None:
+            return (f"{key} is {_shown(generation[key])}: constrained beam search, {_HUB}",
+                    f"{key}: null (bad_words_ids or sequence_bias steer the tokens without it)")
+    beams = generation.get("num_beams")
+    assisted = any(generation.get(k) is not None for k in ("prompt_lookup_num_tokens", "assistant_early_exit")) \
+        or bool(generation.get("use_mtp"))
+    if generation.get("dola_layers") is not None and not (_number(beams) and beams != 1) and not assisted:
+        # (DoLa extends greedy decoding and sampling only; with beams or an assistant it is passed over)
+        return (f"dola_layers is {_shown(generation['dola_layers'])}: DoLa decoding, {_HUB}", "dola_layers: null")
+    return "", ""
+
+
+_WATERMARK_KEYS = {"greenlist_ratio", "bias", "hashing_key", "seeding_scheme", "context_width"}
+_SYNTHID_KEYS = {"ngram_len", "keys", "context_history_size", "sampling_table_seed", "sampling_table_size",
+                 "skip_first_ngram_calls", "debug_mode"}
+# GenerationConfig.validate's cache implementations (configuration_utils' ALL_CACHE_IMPLEMENTATIONS and "paged")
+CACHE_IMPLEMENTATIONS = ("static", "offloaded_static", "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid",
+                         "offloaded_hybrid_chunked", "dynamic", "offloaded", "quantized", "paged")
+
+
+def _validated(generation: dict[str, Any]) -> list[str]:
+    """What else GenerationConfig.validate (and its __init__) refuses as from_pretrained loads the model."""
+    wrong = []
+    cache = generation.get("cache_implementation")
+    if cache is not None and cache not in CACHE_IMPLEMENTATIONS:
+        wrong.append(f"cache_implementation is {_shown(cache)} (\"Invalid `cache_implementation`\": one of "
+                     f"{', '.join(CACHE_IMPLEMENTATIONS[:3])} … or null)")
+    if generation.get("compile_config") is not None:  # (read from JSON it is never the CompileConfig it has to be)
+        wrong.append(f"compile_config is {_shown(generation['compile_config'])} (\"it must be an instance of "
+                     "`CompileConfig`\": save_pretrained never writes it; generate(compile_config=…) takes it)")
+    wrong += _watermark(generation.get("watermarking_config"))
+    suppressed = generation.get("suppress_tokens")
+    if suppressed is not None and (not isinstance(suppressed, list) or any(isinstance(t, (list, dict)) for t in suppressed)):
+        wrong.append(f"suppress_tokens is {_shown(suppressed)}, where transformers expects a list of token ids "
+                     "(set() of it raises TypeError)")
+    elif isinstance(suppressed, list):
+        for key in ("forced_bos_token_id", "forced_eos_token_id"):
+            forced = generation.get(key)
+            forced_ids = [forced] if _int(forced) else forced if isinstance(forced, list) else []
+            if forced_ids and all(t in suppressed for t in forced_ids if _int(t)) and all(_int(t) for t in forced_ids):
+                wrong.append(f"{key} is {_shown(forced)}, which suppress_tokens suppresses (\"Forcing a token while "
+                             "suppressing it\")")
+    return wrong
+
+
+def _watermark(config: Any) -> list[str]:
+    """What in a ``watermarking_config`` WatermarkingConfig (or SynthIDTextWatermarkingConfig, with ``ngram_len``)
+    refuses: a key it does not take, a missing one, a value its validate() refuses."""
+    if config is None:
+        return []
+    if not isinstance(config, dict):
+        return [f"watermarking_config is {_shown(config)}, where transformers expects an object (AttributeError)"]
+    synthid = "ngram_len" in config
+    unknown = sorted(set(config) - (_SYNTHID_KEYS if synthid else _WATERMARK_KEYS))
+    if unknown:
+        return [f"watermarking_config holds {', '.join(unknown[:_SHOWN])}, a key its class does not take (TypeError)"]
+    if synthid:
+        size = config.get("sampling_table_size")
+        if "keys" not in config:
+            return ["watermarking_config has ngram_len (SynthID) without its keys (TypeError)"]
+        return [f"watermarking_config.sampling_table_size is {size} (\"should be < 2**24\")"] \
+            if _number(size) and size > 2**24 else []
+    wrong = []
+    scheme, ratio, width = (config.get(k) for k in ("seeding_scheme", "greenlist_ratio", "context_width"))
+    if "seeding_scheme" in config and scheme not in ("selfhash", "lefthash"):
+        wrong.append(f"watermarking_config.seeding_scheme is {_shown(scheme)} (\"lefthash\" or \"selfhash\")")
+    if _number(ratio) and not 0 <= ratio <= 1:
+        wrong.append(f"watermarking_config.greenlist_ratio is {ratio} (in [0, 1])")
+    if _number(width) and width < 1:
+        wrong.append(f"watermarking_config.context_width is {width} (a positive integer)")
+    return wrong
+
+
+def _generate_refusals(generation: dict[str, Any], config: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(findings, fixes) for the settings generate's processors and loops refuse as they are written: bad_words_ids
+    not a list of lists, a sequence_bias that is no list of [token ids, float] pairs, low_memory with beams, a prompt
+    lookup of no tokens, a float num_return_sequences, and sampling where suppress_tokens and begin_suppress_tokens
+    leave no token of the vocabulary (every probability NaN)."""
+    wrong: list[str] = []
+    fixes: list[str] = []
+    sampling = bool(generation.get("do_sample"))
+    beams = generation.get("num_beams")
+    beamed = _number(beams) and beams != 1
+    bad = generation.get("bad_words_ids")
+    if bad is not None and (not isinstance(bad, list) or not bad or not all(isinstance(w, list) for w in bad)):
+        wrong.append(f"bad_words_ids is {_shown(bad)} (\"`bad_words_ids` has to be a non-empty list\" of lists of "
+                     "token ids)")
+        fixes.append("bad_words_ids: a list of token id lists, [[id], [id, id]], or null")
+    bias = generation.get("sequence_bias")
+    if bias is not None and (not isinstance(bias, list) or not bias or not all(_bias_pair(pair) for pair in bias)):
+        wrong.append(f"sequence_bias is {_shown(bias)} (a non-empty list of [[token ids], float bias] pairs, as "
+                     "GenerationConfig saves it; a JSON object's keys are no tuples)")
+        fixes.append("sequence_bias: [[[id], 2.0], …] (the bias a float), or null")
+    if generation.get("low_memory") is True and beamed:
+        wrong.append(f"low_memory is true with num_beams {beams} (\"`low_memory=True` is not supported after the "
+                     "beam search refactor\")")
+        fixes.append("low_memory: null")
+    lookup = generation.get("prompt_lookup_num_tokens")
+    if _number(lookup) and lookup <= 0 and not beamed and generation.get("constraints") is None \
+            and generation.get("force_words_ids") is None:
+        wrong.append(f"prompt_lookup_num_tokens is {lookup} (\"Invalid max_matching_ngram_size or num_output_tokens\")")
+        fixes.append("prompt_lookup_num_tokens: null (no prompt lookup), or the tokens to propose, such as 10")
+    returned = generation.get("num_return_sequences")
+    if isinstance(returned, float) and returned > 1 and sampling and not beamed:
+        wrong.append(f"num_return_sequences is {returned} (repeat_interleave() given a float)")
+        fixes.append("num_return_sequences: an integer")
+    vocab = vocab_size(config)
+    if sampling and vocab is not None:
+        left = set(range(vocab))
+        for key in ("suppress_tokens", "begin_suppress_tokens"):
+            value = generation.get(key)
+            if isinstance(value, list):
+                left -= {t for t in value if _int(t)}
+        if not left:
+            keys = " and ".join(k for k in ("suppress_tokens", "begin_suppress_tokens") if isinstance(generation.get(k), list))
+            wrong.append(f"{keys} leave no token of the vocabulary of {vocab:,} with do_sample true (every logit -inf: "
+                         "\"probability tensor contains either inf, nan or element < 0\")")
+            fixes.append("suppress_tokens, begin_suppress_tokens: the few tokens never to generate")
+    return wrong, fixes
+
+
+def _bias_pair(pair: Any) -> bool:
+    """A sequence_bias entry SequenceBiasLogitsProcessor takes: [[token ids ≥ 0], a float]."""
+    return (isinstance(pair, list) and len(pair) >= 2 and isinstance(pair[0], list)
+            and all(_int(t) and t >= 0 for t in pair[0]) and isinstance(pair[1], float))
 
 
 def _token_ids(value: Any) -> Iterator[int]:
@@ -335,4 +565,4 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(key), value
 
 
-__all__ = ["EXPERT_KEYS", "embeds_token_ids", "generation_problems", "model_problems", "positive", "vocab_size"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "EXPERT_KEYS", "embeds_token_ids", "generation_problems", "model_problems", "positive", "vocab_size"]
