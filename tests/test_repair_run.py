@@ -453,3 +453,34 @@ def test_a_repair_that_restores_every_weight_from_one_donor_says_it_is_the_donor
     few = run_cli("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out",
                   tmp_path / "few", "--no-progress")
     assert few.exit_code == 0 and "✓ REPAIRED" in few.output and "every weight tensor" not in few.output
+
+
+def test_a_repair_whose_kept_tensors_are_the_donors_already_says_the_result_is_the_donor(tmp_path):
+    """A helper's trial: a model merged from a LoRA adapter (only its target modules differ from the base model) with
+    NaN in those modules, repaired from the base model as the scan's hint offered ("an earlier clean checkpoint or
+    the base model"): ✓ REPAIRED, no doubt, and the result was the base model whole (diff: SAME)."""
+    import numpy as np
+
+    from fixtures.builders import RawTensor, write_safetensors
+
+    rng = np.random.default_rng(0)
+    base = {f"model.layers.{i}.{part}.weight": rng.standard_normal(256).astype(np.float32) * 0.02
+            for i in range(2) for part in ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj")}
+    merged = {name: values + (0.01 if "q_proj" in name else 0.0) for name, values in base.items()}
+    merged["model.layers.1.self_attn.q_proj.weight"][:64] = np.nan
+    merged["model.layers.0.self_attn.q_proj.weight"][3] = np.nan
+    for folder, tensors in (("base", base), ("merged", merged)):
+        write_safetensors(tmp_path / folder / "model.safetensors",
+                          {k: RawTensor("F32", (16, 16), v.astype(np.float32).tobytes()) for k, v in tensors.items()})
+    result = run_cli("repair", str(tmp_path / "merged"), "--from", str(tmp_path / "base"), "--out", str(tmp_path / "o"))
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "⚠ REPAIRED" in said, result.output
+    assert f"but the 4 weight tensor(s) it kept hold {tmp_path / 'base'}'s bytes already" in said
+    proof = json.loads((tmp_path / "o" / "nandoctor-repair.json").read_text())
+    assert proof["donor_doubts"] and "bytes already" in proof["donor_doubts"][0]
+    # a repair from a donor whose kept tensors differ (an earlier checkpoint of the fine-tune) has no such doubt
+    earlier = {name: values + (0.009 if "q_proj" in name else 0.0) + 1e-4 for name, values in base.items()}
+    write_safetensors(tmp_path / "earlier" / "model.safetensors",
+                      {k: RawTensor("F32", (16, 16), v.astype(np.float32).tobytes()) for k, v in earlier.items()})
+    again = run_cli("repair", str(tmp_path / "merged"), "--from", str(tmp_path / "earlier"), "--out", str(tmp_path / "o2"))
+    assert again.exit_code == 0 and "bytes already" not in again.output

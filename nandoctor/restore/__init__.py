@@ -80,7 +80,13 @@ def repair(
     from nandoctor.engine import scan
     from nandoctor.fileidentity import fingerprint
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
-    from nandoctor.restore.likeness import unlike_notes, whole_model_donor, whole_model_note
+    from nandoctor.restore.likeness import (
+        donor_already,
+        donor_already_note,
+        unlike_notes,
+        whole_model_donor,
+        whole_model_note,
+    )
     from nandoctor.restore.tied import tied_partners
     from nandoctor.restore.writer import check_out, check_out_of_donors, tidy_out, write_repair
 
@@ -183,10 +189,12 @@ def repair(
     used = {plan.donors[r.donor].path for r in plan.restorations}
     # (tensors restored for a few bad values: the rest of each is the real weights, which an earlier state agrees with)
     one_donor = whole_model_donor(plan, report)
+    already = donor_already(plan, report, catalogs) if one_donor is None else None
     doubts = (*([whole_model_note(plan, *one_donor)] if one_donor is not None else []),
+              *([donor_already_note(plan, *already)] if already is not None else []),
               *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
     plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts,
-                   whole_model_from=one_donor[0] if one_donor is not None else None)
+                   whole_model_from=one_donor[0] if one_donor is not None else already[0] if already is not None else None)
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
         plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))

@@ -13,13 +13,15 @@ fits, and only the user knows where it came from).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore.convert import as_float32
-from nandoctor.restore.plan import RepairPlan
+from nandoctor.errors import NandoctorError
+from nandoctor.restore.plan import DonorCatalog, RepairPlan
 from nandoctor.restore.tensorbytes import byte_range, itemsize
 from nandoctor.verdict import NONFINITE, OUTLIER
 
@@ -104,6 +106,64 @@ def whole_model_donor(plan: RepairPlan, report: ScanReport) -> tuple[str, int] |
     restored = {r.name for r in plan.restorations if r.name in weights}
     donors = {plan.donors[r.donor].path for r in plan.restorations if r.name in weights and not plan.donors[r.donor].own}
     return (donors.pop(), len(weights)) if len(weights) >= 2 and restored == weights and len(donors) == 1 else None
+
+
+_WINDOWS = 16  # byte windows compared per kept tensor (its whole bytes when they are fewer than _WINDOWS x _WINDOW)
+_WINDOW = 64 << 10
+
+
+def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[DonorCatalog]) -> tuple[str, int, int] | None:
+    """(the donor, weight tensors restored, weight tensors kept) where every weight tensor the repair restores comes
+    from one donor and every one it keeps holds that donor's bytes already: the result is the donor's model, the
+    restored tensors were all that told the target from it (a helper's trial: a merged LoRA model repaired from its
+    base model, as the scan's hint offered, read ✓ REPAIRED and was the base model whole); None otherwise."""
+    weights = {t.name: t.ref for t in report.tensors if t.ref.role == WEIGHT}
+    restored = [r for r in plan.restorations if r.name in weights]
+    sources = {r.donor for r in restored}
+    if not restored or len(sources) != 1 or plan.donors[next(iter(sources))].own:
+        return None
+    donor = plan.donors[next(iter(sources))]
+    catalog = next((c for c in catalogs if donor.path in (str(getattr(c, "path", "")), c.label)), None)
+    kept = [ref for name, ref in weights.items() if name not in {r.name for r in restored}]
+    if catalog is None or not kept:
+        return None
+    try:
+        theirs = catalog.refs()
+    except (NandoctorError, OSError):
+        return None
+    for ref in kept:
+        other = theirs.get(ref.name)
+        if other is None or other.dtype != ref.dtype or other.shape != ref.shape or not _same_bytes(ref, other):
+            return None
+    return donor.path, len(restored), len(kept)
+
+
+def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
+    """Whether two tensors' bytes are the same, at evenly spaced windows (all of them for a small tensor)."""
+    spans = byte_range(a), byte_range(b)
+    if spans[0] is None or spans[1] is None or spans[0][1] != spans[1][1]:
+        return False
+    length = spans[0][1]
+    size = min(_WINDOW, length)
+    starts = sorted({int(x) for x in np.linspace(0, length - size, min(_WINDOWS, max(1, length // max(size, 1))))})
+    try:
+        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+            for start in starts:
+                fa.seek(spans[0][0] + start)
+                fb.seek(spans[1][0] + start)
+                if fa.read(size) != fb.read(size):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def donor_already_note(plan: RepairPlan, donor: str, restored: int, kept: int) -> str:
+    """The doubt of a repair whose kept weight tensors are ``donor``'s already (:func:`donor_already`)."""
+    return (f"the {kept} weight tensor(s) it kept hold {donor}'s bytes already, so the result is {donor}'s model: the "
+            f"{restored} restored were all that told {plan.target} from it (a model merged from an adapter holds its "
+            "fine-tune there); restore from an earlier checkpoint of this model instead, or merge a healthy adapter "
+            "checkpoint again")
 
 
 def whole_model_note(plan: RepairPlan, donor: str, weights: int) -> str:
