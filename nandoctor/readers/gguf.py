@@ -26,6 +26,8 @@ from nandoctor.model import BlockFields, ReadResult, Region, ScanProblem, Tensor
 from nandoctor.readers import magic
 from nandoctor.readers.formats import GGUF, looks_gguf
 from nandoctor.readers.gguf_hparams import KEYS as _HPARAM_KEYS
+from nandoctor.readers.gguf_shapes import KEYS as _SHAPE_KEYS
+from nandoctor.readers.gguf_shapes import ArrayOf
 from nandoctor.readers.shapes import refused_gguf_dims
 
 DEFAULT_ALIGNMENT = 32
@@ -92,7 +94,7 @@ class GGUFReader:
         return looks_gguf(head)
 
     def read(self, path: Path) -> ReadResult:
-        from nandoctor.readers import gguf_hparams, gguf_names
+        from nandoctor.readers import gguf_hparams, gguf_names, gguf_shapes
 
         header = read_header(path)
         arch, kind = header.metadata.get("general.architecture"), header.metadata.get("general.type")
@@ -103,10 +105,14 @@ class GGUFReader:
             (r.name for r in header.refs), adapter=kind is not None and kind[1] == "adapter",
             whole=splits is None or splits <= 1)
         misnamed = _split_misnamed(path, splits, _int_value(header.metadata, "split.no"))
+        arch_name = arch[1] if arch is not None and isinstance(arch[1], str) else None
         hparams = gguf_hparams.problems(str(path), {k: v for k, (kind, v) in header.metadata.items()
-                                                    if kind in _FLOATS or _HPARAM_KEYS.search(k)},
-                                        arch[1] if arch is not None and isinstance(arch[1], str) else None)
-        return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed, *hparams))
+                                                    if kind in _FLOATS or _HPARAM_KEYS.search(k)}, arch_name)
+        shapes = gguf_shapes.problems(str(path), arch_name,
+                                      {k: v for k, (_, v) in header.metadata.items() if _SHAPE_KEYS.search(k)},
+                                      header.refs, adapter=kind is not None and kind[1] == "adapter",
+                                      first_split=not _int_value(header.metadata, "split.no"))
+        return ReadResult(header.refs, (*header.notes, *notes), (*problems, *misnamed, *hparams, *shapes))
 
 
 def split_count(path: Path) -> int | None:
@@ -149,7 +155,9 @@ def _split_misnamed(path: Path, splits: int | None, number: int | None) -> tuple
 class Header:
     version: int
     byteorder: str
-    metadata: dict[str, tuple[int, object]]  # (value type, value) of the keys nandoctor uses: alignment, architecture, counts
+    # (value type, value) of the keys nandoctor uses: alignment, architecture, counts, hyperparameters (an array of
+    # more than one item as gguf_shapes.ArrayOf: its length)
+    metadata: dict[str, tuple[int, object]]
     refs: tuple[TensorRef, ...]
     notes: tuple[str, ...]
 
@@ -257,7 +265,8 @@ def _read_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[int, object]]:
                            "file; a damaged key name is one the loader cannot find)") from None
         where = f"key {_shown(raw_key)}"
         kind = cur.u32(f"the type of {where}")
-        if _KEPT_KEYS.search(key) or kind in _FLOATS or _HPARAM_KEYS.search(key):  # (gguf_hparams.problems)
+        # (gguf_hparams.problems, gguf_shapes.problems)
+        if _KEPT_KEYS.search(key) or kind in _FLOATS or _HPARAM_KEYS.search(key) or _SHAPE_KEYS.search(key):
             kept[key] = _value(cur, kind, where)
         else:
             _skip_value(cur, kind, where)
@@ -277,6 +286,8 @@ def _value(cur: _Cursor, kind: int, where: str) -> tuple[int, object]:
             code, size = _SCALARS[item]
             return (kind, [cur.unpack(code, size, where)])
         cur.pos = start
+        _skip_value(cur, kind, where)
+        return (kind, ArrayOf(item, count))  # (a token list's length, a per-layer array: gguf_shapes)
     _skip_value(cur, kind, where)
     return (kind, None)
 

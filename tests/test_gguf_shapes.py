@@ -1,0 +1,167 @@
+"""A GGUF file's hyperparameters against its tensors' shapes (readers/gguf_shapes.py).
+
+Files written by gguf's own GGUFWriter at a small Llama's real shapes (grouped-query attention: 4 query heads, 2 key/value
+heads of 8); each contradiction is one the adversarial round found CLEAN. transformers' GGUF loader is the oracle: it
+fails (a size mismatch, a ZeroDivisionError) or builds layers it initialises at random; llama.cpp refuses each file
+("tensor has wrong shape", "invalid n_rot", "key not found in model").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+gguf = pytest.importorskip("gguf")
+
+import nandoctor  # noqa: E402
+from nandoctor.model import UNLOADABLE_KIND  # noqa: E402
+from nandoctor.readers import gguf_shapes  # noqa: E402
+
+EMBD, HEADS, KV_HEADS, HEAD, FFN, VOCAB, BLOCKS = 32, 4, 2, 8, 64, 128, 2
+
+
+def _write(path: Path, *, arch: str = "llama", keys: dict[str, int] | None = None, drop: tuple[str, ...] = (),
+           head: int = HEAD, tied: bool = False, qtype: object = None,
+           tensors: Callable[[], dict[str, tuple[int, ...]]] | None = None) -> Path:
+    """A Llama of real shapes (numpy shapes, the reverse of ne) whose metadata is ``keys`` over the true values, less
+    ``drop``; ``head``: the head size (key_length/value_length written when it is not EMBD / HEADS)."""
+    meta = {"context_length": 64, "embedding_length": EMBD, "block_count": BLOCKS, "feed_forward_length": FFN,
+            "attention.head_count": HEADS, "attention.head_count_kv": KV_HEADS, "rope.dimension_count": head,
+            "vocab_size": VOCAB}
+    if head != EMBD // HEADS:
+        meta.update({"attention.key_length": head, "attention.value_length": head})
+    meta.update(keys or {})
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in meta.items():
+        if key not in drop:
+            writer.add_uint32(f"{arch}.{key}", value)
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"<t{i}>" for i in range(VOCAB)])
+    writer.add_token_scores([0.0] * VOCAB)
+    writer.add_token_types([1] * VOCAB)
+    if tensors is not None:
+        shapes = tensors()
+    else:
+        shapes = {"token_embd.weight": (VOCAB, EMBD), "output_norm.weight": (EMBD,)}
+        if not tied:
+            shapes["output.weight"] = (VOCAB, EMBD)
+        for b in range(BLOCKS):
+            shapes.update({
+                f"blk.{b}.attn_norm.weight": (EMBD,), f"blk.{b}.attn_q.weight": (HEADS * head, EMBD),
+                f"blk.{b}.attn_k.weight": (KV_HEADS * head, EMBD), f"blk.{b}.attn_v.weight": (KV_HEADS * head, EMBD),
+                f"blk.{b}.attn_output.weight": (EMBD, HEADS * head), f"blk.{b}.ffn_norm.weight": (EMBD,),
+                f"blk.{b}.ffn_gate.weight": (FFN, EMBD), f"blk.{b}.ffn_up.weight": (FFN, EMBD),
+                f"blk.{b}.ffn_down.weight": (EMBD, FFN)})
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        values = (np.ones(shape) if name.endswith("norm.weight") else rng.standard_normal(shape) * 0.02).astype(np.float32)
+        if qtype is not None and values.ndim == 2:
+            raw = gguf.quants.quantize(values, qtype)
+            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _transformers(path: Path) -> str:
+    """What transformers' GGUF loader makes of the file: "loads", "fails: …" or "random: …" (weights it initialised)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    try:
+        _, info = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                    output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - any refusal is the oracle's "not loadable"
+        return f"fails: {type(e).__name__}: {e}"
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        return f"random: {sorted(info.get('missing_keys') or info.get('mismatched_keys'))[:3]}"
+    return "loads"
+
+
+@pytest.mark.parametrize("kind", ["gqa", "tied", "q8_0", "head_dim"])
+def test_healthy_files_are_clean_and_load(tmp_path: Path, kind: str) -> None:
+    """Grouped-query attention, output tied to token_embd, Q8_0 (ne in elements), a head size that is not
+    embedding_length / head_count (attention.key_length 16 over 32 / 4): all load, all CLEAN."""
+    path = _write(tmp_path / "model.gguf", tied=kind == "tied", head=16 if kind == "head_dim" else HEAD,
+                  qtype=gguf.GGMLQuantizationType.Q8_0 if kind == "q8_0" else None)
+    assert _transformers(path) == "loads"  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and report.errors == (), [p.message for p in report.errors]
+
+
+CONTRADICTIONS = [  # (case, metadata over the true values, keys dropped, what the message names)
+    ("head_count_kv", {"attention.head_count_kv": 4}, (),
+     "blk.0.attn_k.weight is [32, 16], but its ne1 must be 32: llama.attention.head_count_kv 4 × head size 8"),
+    ("head_count_kv absent", {}, ("attention.head_count_kv",),
+     "llama.attention.head_count 4 (head_count_kv is absent: it defaults to it) × head size 8"),
+    ("feed_forward_length", {"feed_forward_length": 128}, (),
+     "blk.0.ffn_gate.weight is [32, 64], but its ne1 must be 128: llama.feed_forward_length 128 (and so in 1 more "
+     "block)"),
+    ("embedding_length", {"embedding_length": 64}, (),
+     "token_embd.weight is [32, 128], but its ne0 must be 64: llama.embedding_length 64"),
+    ("head_count", {"attention.head_count": 8}, (),
+     "blk.0.attn_k.weight is [32, 16], but its ne1 must be 8: llama.attention.head_count_kv 2 × head size 4 "
+     "(llama.embedding_length 32 / head_count 8)"),
+    ("vocab_size", {"vocab_size": 256}, (), "token_embd.weight is [32, 128], but its ne1 must be 256: llama.vocab_size 256"),
+    ("rope.dimension_count", {"rope.dimension_count": 0}, (),
+     "llama.rope.dimension_count is 0, but the head size is 8 (llama.embedding_length 32 / head_count 4)"),
+    ("block_count absent", {}, ("block_count",), "its metadata lacks llama.block_count"),
+    ("head_count absent", {}, ("attention.head_count", "attention.head_count_kv"),
+     "its metadata lacks llama.attention.head_count"),
+    ("feed_forward_length absent", {}, ("feed_forward_length",), "its metadata lacks llama.feed_forward_length"),
+]
+
+
+@pytest.mark.parametrize("case, keys, drop, said", CONTRADICTIONS, ids=[c[0] for c in CONTRADICTIONS])
+def test_hyperparameters_contradicting_the_tensors_are_not_loadable(tmp_path: Path, case: str, keys: dict[str, int],
+                                                                      drop: tuple[str, ...], said: str) -> None:
+    """Each read CLEAN in an adversarial round; transformers fails or initialises layers at random (the oracle)."""
+    path = _write(tmp_path / "model.gguf", keys=keys, drop=drop)
+    assert _transformers(path) != "loads"  # the oracle
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == [UNLOADABLE_KIND]
+    message = report.errors[0].message
+    assert message.startswith("not loadable: ") and said in message, message
+    assert "gguf_" in report.errors[0].hint and "convert it again" in report.errors[0].hint
+
+
+def test_a_quantized_file_is_judged_in_elements(tmp_path: Path) -> None:
+    """Q8_0 rows of 32 elements are 34 bytes: the shape compared is ne, in elements, as the reader keeps it."""
+    path = _write(tmp_path / "model.gguf", keys={"attention.head_count_kv": 4}, qtype=gguf.GGMLQuantizationType.Q8_0)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and "blk.0.attn_k.weight is [32, 16], but its ne1 must be 32" in report.errors[0].message
+
+
+def test_another_layout_under_the_same_names_is_not_judged(tmp_path: Path) -> None:
+    """phi3's ffn_up holds the gate and up halves ([n_embd, 2 * n_ff]) and its attention is one attn_qkv: an
+    architecture outside LLAMA_LAYOUT has its required keys checked, not its shapes."""
+    def phi3() -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (VOCAB, EMBD), "output_norm.weight": (EMBD,),
+                                              "output.weight": (VOCAB, EMBD)}
+        for b in range(BLOCKS):
+            shapes.update({f"blk.{b}.attn_norm.weight": (EMBD,), f"blk.{b}.attn_qkv.weight": (3 * EMBD, EMBD),
+                           f"blk.{b}.attn_output.weight": (EMBD, EMBD), f"blk.{b}.ffn_norm.weight": (EMBD,),
+                           f"blk.{b}.ffn_up.weight": (2 * FFN, EMBD), f"blk.{b}.ffn_down.weight": (EMBD, FFN)})
+        return shapes
+
+    assert "phi3" not in gguf_shapes.LLAMA_LAYOUT
+    path = _write(tmp_path / "model.gguf", arch="phi3", tensors=phi3)
+    assert nandoctor.scan(path).exit_code == 0
+    missing = _write(tmp_path / "missing.gguf", arch="phi3", tensors=phi3, drop=("embedding_length",))
+    report = nandoctor.scan(missing)
+    assert report.exit_code == 3 and "its metadata lacks phi3.embedding_length" in report.errors[0].message
+
+
+def test_a_file_stating_no_dimension_is_not_judged(tmp_path: Path) -> None:
+    """A container of tensors under llama's names with none of the model's dimensions (not a conversion that lost a
+    key) is left alone."""
+    path = _write(tmp_path / "model.gguf", drop=("context_length", "embedding_length", "feed_forward_length",
+                                                 "attention.head_count", "attention.head_count_kv"))
+    assert nandoctor.scan(path).exit_code == 0
