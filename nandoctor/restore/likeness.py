@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from nandoctor.checkpoint.roles import WEIGHT
+from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore.convert import as_float32
-from nandoctor.errors import NandoctorError
 from nandoctor.restore.plan import DonorCatalog, RepairPlan
 from nandoctor.restore.tensorbytes import byte_range, itemsize
 from nandoctor.verdict import NONFINITE, OUTLIER
