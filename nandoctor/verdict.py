@@ -714,19 +714,57 @@ def diverged_why(
     # (counted only when it can matter; weights --only/--exclude left out count too: a selection of the broken layers
     # read DIVERGED, "6 of 8 weight tensors", where the whole checkpoint is poisoned and repairs, a new user's trial)
     weights = _weights(tensors) + excluded_weights(report) if len(bad) > 1 else 0
-    exploded = sum(1 for found in bad if EXPLODED in found)
-    spread = len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights
-    if weights and len(bad) > 1 and spread:
+    where = ""
+    if weights and not _spread(bad, weights):
+        # (files that are separate saves of one model, a loop's checkpoint.pt beside its best_model.pt: each is judged
+        # by its own weights; a helper's diverged checkpoint.pt read POISONED, "26 of 46 tensors", beside a healthy one)
+        bad, weights, where = _worst_save(tensors, bad, weights)
+    if weights and len(bad) > 1 and _spread(bad, weights):
         nan = sum(1 for found in bad if NONFINITE in found)
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
         log = f"; the trainer log has NaN/Inf from step {log_nonfinite_step}" if log_nonfinite_step is not None else ""
-        return f"{len(bad)} of {weights} weight tensors are {kinds}{log}"
+        return f"{len(bad)} of {weights} weight tensors{where} are {kinds}{log}"
     huge = _huge_bulk_words(report)
     if huge:
         return huge
     grown = growth(report, baseline) if baseline is not None else _diverging_growth(report)
     limit = GROWTH_WITH_LOSS_JUMP if loss_jump is not None else GROWTH_DIVERGED
     return _growth_words(grown, loss_jump) if grown is not None and grown.factor >= limit else ""
+
+
+def _spread(bad: Sequence[tuple[str, ...]], weights: int) -> bool:
+    """The share rule: more than NONFINITE_DIVERGED_SHARE of the weights broken, or DIVERGED_SHARE broken and
+    exploded (two or more either way)."""
+    exploded = sum(1 for found in bad if EXPLODED in found)
+    return len(bad) > 1 and (len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights)
+
+
+def _worst_save(tensors: TensorResults, bad: list[tuple[str, ...]],
+                weights: int) -> tuple[list[tuple[str, ...]], int, str]:
+    """(the broken weights' findings, the weight count, `` of FILE``) of the file that meets the share rule where the
+    checkpoint's files are separate saves of one model (two files whose weight names, wrapper prefixes stripped,
+    mostly agree); else the whole checkpoint's (``bad``, ``weights``, "")."""
+    refs = tensors.refs
+    roles, holds, findings = refs.roles, tensors.can_hold_nonfinite, tensors.findings
+    by_file: dict[str, list[int]] = {}
+    for i, role in enumerate(roles):
+        if role == "weight":
+            by_file.setdefault(refs.files[i], []).append(i)
+    if len(by_file) < 2 or len(by_file) > _MAX_SAVES:
+        return bad, weights, ""
+    names = {file: {normalise(refs.names[i]) for i in rows} for file, rows in by_file.items()}
+    flagged = set(tensors.flagged)
+    for file, rows in by_file.items():
+        if not any(len(names[file] & names[other]) * 2 > min(len(names[file]), len(names[other]))
+                   for other in by_file if other != file):
+            continue  # (a shard of a sharded model: its names are its own)
+        broken_here = [findings[i] for i in rows if i in flagged and holds[i] and broken(tensors, i)]
+        if _spread(broken_here, len(rows)):
+            return broken_here, len(rows), f" of {os.path.basename(file)}"
+    return bad, weights, ""
+
+
+_MAX_SAVES = 64  # files of one checkpoint compared as separate saves (beyond: a sharded model's many shards)
 
 
 def _huge_bulk_words(report: ScanReport) -> str:

@@ -296,3 +296,31 @@ def test_a_wrapped_final_model_in_a_run_is_not_loadable_as_it_is_alone(tmp_path,
     quiet = run_cli("scan", str(run), "-q")
     assert quiet.exit_code == 3 and quiet.output.startswith("FAIL NOT LOADABLE"), quiet.output
     assert f"every weight name starts with a training wrapper's prefix" in quiet.output and prefix in quiet.output
+
+
+def test_separate_saves_of_one_model_in_a_folder_are_judged_each_by_its_own_weights(tmp_path):
+    """A helper's real run: a loop that overwrites checkpoint.pt ({"model": sd, "optimizer": …}) every epoch and keeps
+    best_model.pt (the bare state_dict); NaN from epoch 5 on made checkpoint.pt NaN throughout. The folder read
+    POISONED, "26 of 46 tensors" counted over both files, its hint a repair; checkpoint.pt alone is DIVERGED."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for epoch in range(8):
+        loss = torch.nn.functional.mse_loss(net(x), y * (float("nan") if epoch == 5 else 1.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if epoch < 5:
+            torch.save(net.state_dict(), folder / "best_model.pt")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, folder / "checkpoint.pt")
+    assert all(torch.isnan(p).all() for p in torch.load(folder / "checkpoint.pt")["model"].values())  # the oracle
+    assert not any(torch.isnan(p).any() for p in torch.load(folder / "best_model.pt").values())
+    result = run_cli("scan", str(folder))
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "NON-FINITE (DIVERGED)" in said, result.output
+    assert "6 of 6 weight tensors of checkpoint.pt are NaN/Inf" in said
+    assert "│ checkpoint.pt │" in result.output  # (the tensor table names each bad tensor's file)

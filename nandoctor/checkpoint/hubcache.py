@@ -188,6 +188,10 @@ def blob_roots(folder: Path) -> tuple[Path, ...]:
 
 def _nearby(path: Path) -> tuple[str, bool] | None:
     """For a missing path whose folder exists: (a hint, whether it names a similar name there); else None."""
+    if "\\" in str(path) and os.sep == "/":  # (a Windows path, bad\model.safetensors: one odd name here)
+        posix = Path(str(path).replace("\\", "/"))
+        if os.path.lexists(posix):
+            return f"did you mean {posix}? (on this system folders are separated by /, not \\)", True
     parent = path.parent
     try:
         if not access.is_dir(parent):

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor import verdict as verdicts
-from nandoctor.layers import COMPONENTS, component_of
+from nandoctor.layers import COMPONENTS, component_of, normalise
 from nandoctor.model import ScanReport, TensorResult
 from nandoctor.report.columns import add_column
 from nandoctor.report.overflow_report import render_overflow
@@ -171,10 +171,11 @@ def _file_in(target: str, file: str) -> str:
 def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, reported: tuple[str, ...] = ()) -> Table:
     rows_of, more = tensor_rows(report, limit, _TABLE_FINDINGS)
     # A name in several files (separate checkpoints side by side, --both-formats): say which file.
+    # (by the name with wrapper prefixes stripped: a loop's checkpoint.pt keeps model.0.weight, its best_model.pt 0.weight)
     files_by_name: dict[str, set[str]] = {}
     for name, file in zip(report.tensors.refs.names, report.tensors.refs.files):
-        files_by_name.setdefault(name, set()).add(file)
-    show_file = any(len(files_by_name[r.name]) > 1 for r in rows_of)
+        files_by_name.setdefault(normalise(name), set()).add(file)
+    show_file = any(len(files_by_name[normalise(r.name)]) > 1 for r in rows_of)
     rows: list[dict[str, object]] = []
     for r in rows_of:
         # (every finding of a row it lists, overflow too, as Markdown and HTML say them; a tensor that only

@@ -14,6 +14,7 @@ from typing import Any
 
 from nandoctor import verdict as verdicts
 from nandoctor.access import as_spelled
+from nandoctor.checkpoint.roles import is_variance
 from nandoctor.checkpoint.runs import CLEAN as CLEAN_STATUS
 from nandoctor.checkpoint.runs import RunCheckpoint, RunReport, checkpoint_name
 from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
@@ -30,6 +31,9 @@ def worst_finding(findings: Iterable[str]) -> str:
     """The most severe of ``findings`` (``nonfinite`` first), or ``clean``."""
     present = set(findings)
     return next((f for f in SEVERITY if f in present), CLEAN)
+
+
+NEGATIVE = "negative"  # a table's word for a variance's values below zero (the finding is verdict.EXPLODED's)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,10 @@ class TensorRow:
         """``[3, 17]``; ``scalar`` for a tensor of no dimensions (an optimizer's learning rate); "" for none."""
         if self.first_at is None:
             return ""
-        return f"[{', '.join(map(str, self.first_at))}]" if self.first_at else "scalar"
+        # (GGUF's coordinates are in its ne order, the fastest dimension first: gguf-py's numpy array reverses them)
+        return f"[{', '.join(map(str, self.first_at))}]{' (ne)' if self.ne_order else ''}" if self.first_at else "scalar"
     scales: bool = False  # block-quantized: the counts are of its scale fields
+    ne_order: bool = False  # shape and coordinates in GGUF's ne order (TensorRef.order "F")
 
 
 def _row(t: TensorResult) -> TensorRow:
@@ -71,7 +77,9 @@ def _row(t: TensorResult) -> TensorRow:
         role=t.ref.role,
         dtype=t.ref.dtype,
         shape="×".join(map(str, t.ref.shape)) or "scalar",
-        findings=t.findings,
+        # (a variance's "exploded" values are its negative ones: no magnitude of it is exploded, kernels/census.py)
+        findings=tuple(NEGATIVE if f == verdicts.EXPLODED and is_variance(t.name, t.ref.role) else f
+                       for f in t.findings),
         nan=t.nan,
         posinf=t.posinf,
         neginf=t.neginf,
@@ -82,6 +90,7 @@ def _row(t: TensorResult) -> TensorRow:
         # (bad: NaN/Inf and exploded values alike; a tensor scaled whole to 1e28 showed a blank, 100 % exploded)
         fraction=(t.nonfinite + t.exploded) / t.ref.counted if t.ref.counted else 0.0,
         scales=t.ref.region.blocks is not None,
+        ne_order=t.ref.order == "F",
     )
 
 

@@ -467,7 +467,9 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
     if plan.unrestorable:
         names = [u.name for u in plan.unrestorable]
         shown = first_few(names, 3, quoted=True) + (f" ({len(floats)} of them {RATE_FLOATS})" if floats else "")
-        ways = ["add --allow-cast (a donor holds them in another float dtype; see the note above)"] if plan.cast_helps else []
+        # (the note itself, not "see the note above": repair -q prints no note)
+        cast = next((n for n in plan.notes if "--allow-cast takes it" in n), "a donor holds them in another float dtype")
+        ways = [f"add --allow-cast ({cast})"] if plan.cast_helps else []
         if plan.exclude_globs:  # a weights-only donor: leave the optimizer state out, carried over as it is
             ways.append(" ".join(f"--exclude {shell_word(g)}" for g in plan.exclude_globs)
                         + " (the optimizer state, carried over as it is; resume with a fresh optimizer state)")

@@ -36,6 +36,18 @@ def correlation(target_path: str, target: TensorRef, donor_path: str, donor: Ten
     """The rank correlation (Spearman's) of the target's and the donor's values at the same elements (where both are
     finite), read at evenly spaced runs; None where it cannot be told (not both contiguous plain floats of one element count, too
     few finite values, a constant copy)."""
+    pair = _paired(target_path, target, donor_path, donor)
+    if pair is None:
+        return None
+    a, b = _ranks(pair[0]), _ranks(pair[1])
+    if a.size < _FEWEST or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef) -> tuple[np.ndarray, np.ndarray] | None:
+    """The target's and the donor's values at the same evenly spaced runs of elements, where both are finite; None
+    where they cannot be read so (not both contiguous plain floats of one element count, too few elements)."""
     spans = byte_range(target), byte_range(donor)
     if (target.dtype not in _FLOATS or donor.dtype not in _FLOATS or target.region.blocks is not None
             or donor.region.blocks is not None or target.region.byteorder != "little"
@@ -51,10 +63,14 @@ def correlation(target_path: str, target: TensorRef, donor_path: str, donor: Ten
     if a is None or b is None:
         return None
     both = np.isfinite(a) & np.isfinite(b)
-    a, b = _ranks(a[both]), _ranks(b[both])
-    if a.size < _FEWEST or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
+    return a[both], b[both]
+
+
+def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool:
+    """Whether the target's copy differs from the donor's beyond a few values (more than 1 % of the finite elements
+    sampled): trained apart from it, not the same tensor with some values damaged (a backup copy of the target)."""
+    pair = _paired(target.file, target, donor.file, donor)
+    return pair is not None and bool(np.count_nonzero(pair[0] != pair[1]) > 0.01 * pair[0].size)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -130,6 +146,9 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
     try:
         theirs = catalog.refs()
     except (NandoctorError, OSError):
+        return None
+    # (a backup copy of the target itself holds its restored tensors too, but for their damaged values: no doubt)
+    if not any(_otherwise_different(r.target_ref, r.donor_ref) for r in restored):
         return None
     for ref in kept:
         other = theirs.get(ref.name)
