@@ -324,3 +324,35 @@ def test_separate_saves_of_one_model_in_a_folder_are_judged_each_by_its_own_weig
     assert result.exit_code == 1 and "NON-FINITE (DIVERGED)" in said, result.output
     assert "6 of 6 weight tensors of checkpoint.pt are NaN/Inf" in said
     assert "│ checkpoint.pt │" in result.output  # (the tensor table names each bad tensor's file)
+
+
+def test_a_timm_style_run_offers_its_healthy_best_file_when_every_save_is_bad(tmp_path):
+    """A helper's timm-style run (CheckpointSaver: last.pth.tar written, then copied to checkpoint-N.pth.tar, a
+    model_best.pth.tar kept): every checkpoint-N was poisoned, and the next step asked for "an earlier clean
+    checkpoint" without naming the healthy model_best.pth.tar beside them; checkpoint-9, last.pth.tar's own copy,
+    was said to be "saved after the final model: the run went on past what would be loaded"."""
+    import os
+    import shutil
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"epoch": 5, "state_dict": net.state_dict()}, run / "model_best.pth.tar")
+    for epoch in (7, 8, 9):
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        state["2.weight"][0, :3] = float("nan")
+        torch.save({"epoch": epoch, "state_dict": state}, run / "last.pth.tar")
+        shutil.copyfile(run / "last.pth.tar", run / f"checkpoint-{epoch}.pth.tar")
+    stamp = (run / "checkpoint-9.pth.tar").stat().st_mtime
+    os.utime(run / "last.pth.tar", (stamp - 1, stamp - 1))  # (written first, then copied)
+    result = run_cli("scan", str(run))
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "went on past what would be loaded" not in said
+    line = next(line.strip() for line in result.output.splitlines() if line.strip().startswith("nandoctor repair"))
+    assert f"--from {run / 'model_best.pth.tar'}" in line and "model_best.pth.tar beside them is" in said
+    done = run_cli(*line.split()[1:])
+    assert done.exit_code == 0, done.output
+    fixed = torch.load(next((tmp_path / "run").glob("last.pth-repaired*/last.pth.tar")), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in fixed["state_dict"].values())  # the oracle

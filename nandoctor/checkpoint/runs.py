@@ -445,7 +445,11 @@ class RunReport:
         newest_before = max((c.step for c in others if written[id(c)] <= since), default=-1)
         # (no save written before the loaded ones: their order in time says nothing, a copy or a download that wrote
         # the top-level files first; the loaded rows decide alone, as before)
-        later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before) if newest_before >= 0 else ()
+        # (a save that is a loaded row's very file is no save after it: timm writes last.pth.tar, then copies it to
+        # checkpoint-9.pth.tar, which "went on past what would be loaded", a helper's run said)
+        copies = {self.checkpoints[i].same_as for i in loaded} - {None}
+        later = tuple(c for c in others if written[id(c)] > since and c.step > newest_before and c.name not in copies
+                      ) if newest_before >= 0 else ()
         return (*saved, *(self.checkpoints[i] for i in loaded), *later)
 
     def decider(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:

@@ -462,12 +462,27 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
     # step files); where there is none, auto would fail: the user names a donor
     selection = selection_args(target.report) if target.report is not None else ""
     donor = AUTO if run.auto_donors_for(target) else NO_AUTO_DONOR
+    aside = _healthy_aside(run) if donor == NO_AUTO_DONOR and last_clean is None else None
+    if aside is not None:
+        # (a helper's timm-style run: every checkpoint-N poisoned, model_best.pth.tar healthy beside them, and the
+        # next step asked for "an earlier clean checkpoint" it did not name)
+        intro = (f"no checkpoint of the timeline is healthy, but {aside.name} beside them is (when it was saved, its "
+                 f"name does not say): resume from it, or restore the bad tensors of {target.name} from it with")
+        donor = path_word(aside.path)
     first = []
     if target.report is not None and target.report.errors and not verdicts.weight_errors(target.report):
         # (a repair copies no config file and refuses a target whose config fails: corrected first)
         files = sorted({Path(p.path).name for p in target.report.errors})
         first = [f"correct {', '.join(files)} of {target.name} first (the bad config line above); then"]
     return [*first, intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
+
+
+def _healthy_aside(run: RunReport) -> RunCheckpoint | None:
+    """A healthy file off the run's timeline that holds the run's model (a loop's best.pt, timm's model_best.pth.tar),
+    the newest such; None when there is none."""
+    found = [c for c in run.checkpoints if c.saved_into and c.model and c.report is not None
+             and c.status in HEALTHY_STATUSES and c.same_as is None and not Path(c.path).is_dir()]
+    return found[-1] if found else None
 
 
 BAD, WARN, HINT, DIM = "bad", "warn", "hint", "dim"  # the kinds of explanations()
