@@ -54,7 +54,7 @@ def _expand(template: str, numbers: list[str]) -> str:
     return template
 
 
-def _one_apart(a: str, b: str) -> bool:
+def one_apart(a: str, b: str) -> bool:
     return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
 
 
@@ -100,7 +100,7 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
     templates = archs.get(architecture)
     if templates is None:
         # (a letter, not a digit: a newer llama.cpp's qwen4 or deepseek4 is one digit from a known architecture)
-        near = [known for known in archs if _one_apart(architecture, known)
+        near = [known for known in archs if one_apart(architecture, known)
                 and not any(a != b and (a.isdigit() or b.isdigit()) for a, b in zip(architecture, known))]
         if near:
             problems.append(ScanProblem(
@@ -120,7 +120,7 @@ def checked(path: str, architecture: object, block_counts: dict[str, int | None]
         if base in templates or template in templates:
             continue
         suffix = template[len(base):]
-        lost = [_expand(known, numbers) + suffix for known in templates if _one_apart(base, known)]
+        lost = [_expand(known, numbers) + suffix for known in templates if one_apart(base, known)]
         lost = [expected for expected in lost if expected not in present]
         if lost:
             renamed.append(f"{name!r} (where {lost[0]!r} is missing)")

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from nandoctor.model import UNLOADABLE_KIND, ScanProblem, TensorRef
+from nandoctor.readers.gguf_names import one_apart
 from nandoctor.wording import first_few, plural
 
 # Architectures whose llama.cpp loader creates token_embd, output, attn_q/k/v/output and ffn_up/gate/down at the
@@ -45,6 +46,12 @@ _STATED = ("context_length", "embedding_length", "feed_forward_length", "attenti
 KEYS = re.compile(r"\.(block_count|context_length|embedding_length|feed_forward_length|vocab_size|attention\.head_count(_kv)?|"
                   r"attention\.(key|value)_length|rope\.dimension_count)$|^tokenizer\.ggml\.tokens$")
 _BLOCK = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight$")
+# the tensors llama.cpp loads without TENSOR_NOT_REQUIRED for these architectures (output.weight may be tied to
+# token_embd; biases are optional): in every block, and once for the model
+_BLOCK_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+_MODEL_TENSORS = ("token_embd", "output_norm")
+_MISSING_TENSOR_HINT = ("the file lost tensors (a tool that drops or renames tensors, a cut copy): convert it again "
+                        "from its source model with a current llama.cpp (convert_hf_to_gguf.py)")
 _HINT = ("its metadata contradicts its tensors (a flipped bit, a key edited by hand, a converter's bug): write the "
          "values the tensors were converted with (the source model's config.json has them), e.g. with gguf-py's "
          "gguf_set_metadata.py, or convert it again from its source model")
@@ -94,15 +101,28 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
             missing.append(f"{arch}.feed_forward_length")
     if missing:
         found.append(ScanProblem(
-            path, f"not loadable: its metadata lacks {first_few(missing, 4)}, which llama.cpp builds the {arch} model "
+            path, f"its metadata lacks {first_few(missing, 4)}, which llama.cpp builds the {arch} model "
             "from (\"key not found in model\"; transformers' GGUF loader falls back to defaults that contradict the "
             "tensors, e.g. 32 layers for a missing block_count, the rest at random)", _MISSING_HINT,
             kind=UNLOADABLE_KIND))
     if arch in LLAMA_LAYOUT:
+        parts = {name.split(".")[2] for name in shapes if name.startswith("blk.") and name.count(".") >= 3}
+        # (one stored under a name one character from it is the names check's: a flipped bit, said there)
+        lacking = [f"blk.#.{part}.weight" for part in _BLOCK_TENSORS if part not in parts
+                   and not any(one_apart(part, other) for other in parts - set(_BLOCK_TENSORS))]
+        known = {f"{name}.weight" for name in (*_MODEL_TENSORS, "output")}
+        lacking += [f"{name}.weight" for name in _MODEL_TENSORS if f"{name}.weight" not in shapes
+                    and not any(one_apart(f"{name}.weight", other) for other in set(shapes) - known)]
+        if lacking:
+            # (one missing from every block alike, which the names check cannot see: no block holds it to compare;
+            # an adversarial round's file without attn_q or output_norm read CLEAN)
+            found.append(ScanProblem(
+                path, f"lacks {first_few(lacking, 4)}, which llama.cpp requires for a {arch} model (\"missing tensor\"); "
+                "transformers' GGUF loader initializes it at random", _MISSING_TENSOR_HINT, kind=UNLOADABLE_KIND))
         wrong = _contradictions(arch, metadata, shapes)
         if wrong:
             found.append(ScanProblem(
-                path, f"not loadable: its hyperparameters contradict its tensors' shapes (ne order): "
+                path, f"its hyperparameters contradict its tensors' shapes (ne order): "
                 f"{_listed(wrong)}; llama.cpp refuses it ('tensor has wrong shape', 'invalid n_rot') and "
                 "transformers' GGUF loader fails with a size mismatch", _HINT, kind=UNLOADABLE_KIND))
     return found
