@@ -511,7 +511,7 @@ def repair(
             (nothing is left at ``out``).
 
     Example:
-        >>> nandoctor.repair("output/checkpoint-300", "auto", "output/checkpoint-300-repaired").ok
+        >>> nandoctor.repair("output/checkpoint-300", "auto", "output/repaired-checkpoint-300").ok
     """
     from nandoctor.restore import repair as _repair
 

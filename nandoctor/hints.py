@@ -133,17 +133,18 @@ SET_ASIDE = "-bad"  # (runs.SET_ASIDE_NAME knows the names it makes)
 
 
 def _outside_the_run(target: Path, suffix: str) -> Path:
-    """``target`` with ``suffix`` added to its name, beside it (a Trainer ``checkpoint-N`` set aside as bad:
-    ``bad-checkpoint-N``, outside Trainer's ``checkpoint-*``); for a folder of accelerate's automatic naming
+    """``target`` with ``suffix`` added to its name, beside it (before it for a Trainer ``checkpoint-N``:
+    ``bad-checkpoint-N``, ``repaired-checkpoint-N``, outside Trainer's ``checkpoint-*``); for a folder of accelerate's automatic naming
     (``checkpoints/checkpoint_2``), beside ``checkpoints/`` instead: accelerate's ``load_state()`` resumes the folder
     in there whose first number is the largest, and ``checkpoint_2-bad`` ties with ``checkpoint_2`` (a trial
     resumed the poisoned copy, and a ``total_limit`` rotation kept it over the healthy ones)."""
     if is_accelerate_save(target):
         return target.parent.parent / f"{target.name}{suffix}"
-    if suffix == SET_ASIDE and runs.is_trainer_checkpoint(target):
+    if suffix and runs.is_trainer_checkpoint(target):
         # (transformers' rotation globs checkpoint-* and reads the step in checkpoint-30-bad: a new user's trial, a
-        # save_total_limit rotation deleted the healthy checkpoint-20 and kept the bad copy)
-        return target.with_name(f"{SET_ASIDE.strip('-')}-{target.name}")
+        # save_total_limit rotation deleted the healthy checkpoint-20 and kept the bad copy; a repair's
+        # checkpoint-30-repaired counts the same while it waits to be put in place)
+        return target.with_name(f"{suffix.strip('-')}-{target.name}")
     return target.with_name(f"{target.name}{suffix}")
 
 
@@ -327,8 +328,8 @@ def repaired_path(target: Path) -> Path:
     """The ``--out`` a suggested repair of ``target`` writes (before ``-2``, ``-3``… for a taken name): a
     folder beside it named after it (after the model for a hub cache snapshot; a Lightning ``.ckpt`` file
     without its suffix), where the run view looks for a verified repair; for one file of a checkpoint
-    folder (``run/checkpoint-40/model.safetensors``), beside that folder (``run/checkpoint-40-model-repaired``:
-    not ``checkpoint-40-repaired``, which the run view would take for a repair of the whole checkpoint). Made
+    folder (``run/checkpoint-40/model.safetensors``), beside that folder (``run/repaired-checkpoint-40-model``:
+    not ``repaired-checkpoint-40``, which the run view would take for a repair of the whole checkpoint). Made
     from the folder names of the path (``.`` as its absolute form: access.named_path), relative when ``target``
     was."""
     return access.as_spelled(_repaired_path(access.named_path(target)), target)
@@ -340,6 +341,8 @@ def _repaired_path(target: Path) -> Path:
     if target.is_file():
         folder = target.parent
         if _is_checkpoint_folder(folder):  # never into the checkpoint folder itself: beside it, named after both
+            if runs.is_trainer_checkpoint(folder):  # (out of Trainer's checkpoint-*: _outside_the_run)
+                return folder.with_name(f"repaired-{folder.name}-{target.stem}")
             return folder.with_name(f"{folder.name}-{target.stem}-repaired")
         return target.with_name(target.stem + "-repaired")
     return _outside_the_run(Path(str(target).rstrip("/")), "-repaired")

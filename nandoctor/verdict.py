@@ -718,7 +718,7 @@ def diverged_why(
     if weights and not _spread(bad, weights):
         # (files that are separate saves of one model, a loop's checkpoint.pt beside its best_model.pt: each is judged
         # by its own weights; a helper's diverged checkpoint.pt read POISONED, "26 of 46 tensors", beside a healthy one)
-        bad, weights, where = _worst_save(tensors, bad, weights)
+        bad, weights, where = _worst_save(report, bad, weights)
     if weights and len(bad) > 1 and _spread(bad, weights):
         nan = sum(1 for found in bad if NONFINITE in found)
         kinds = "NaN/Inf or exploded" if nan and nan < len(bad) else "NaN/Inf" if nan else "exploded"
@@ -739,29 +739,41 @@ def _spread(bad: Sequence[tuple[str, ...]], weights: int) -> bool:
     return len(bad) > 1 and (len(bad) > NONFINITE_DIVERGED_SHARE * weights or exploded >= DIVERGED_SHARE * weights)
 
 
-def _worst_save(tensors: TensorResults, bad: list[tuple[str, ...]],
+def _worst_save(report: ScanReport, bad: list[tuple[str, ...]],
                 weights: int) -> tuple[list[tuple[str, ...]], int, str]:
-    """(the broken weights' findings, the weight count, `` of FILE``) of the file that meets the share rule where the
-    checkpoint's files are separate saves of one model (two files whose weight names, wrapper prefixes stripped,
-    mostly agree); else the whole checkpoint's (``bad``, ``weights``, "")."""
+    """(the broken weights' findings, the weight count, `` of FILE``) of the file that meets the share rule by the
+    largest share where the checkpoint's files are separate saves of one model (two files whose weight names,
+    wrapper prefixes stripped, mostly agree); else the whole checkpoint's (``bad``, ``weights``, ""). Not with
+    weights left out by --only/--exclude: whose file they lie in is not known, and they count in the share."""
+    tensors = report.tensors
     refs = tensors.refs
-    roles, holds, findings = refs.roles, tensors.can_hold_nonfinite, tensors.findings
+    if excluded_weights(report):
+        return bad, weights, ""
+    holds, findings = tensors.can_hold_nonfinite, tensors.findings
     by_file: dict[str, list[int]] = {}
-    for i, role in enumerate(roles):
-        if role == "weight":
+    for i, (role, can, numel) in enumerate(zip(refs.roles, holds, refs.numels())):
+        if role == "weight" and can and numel:  # (as _weights counts them)
             by_file.setdefault(refs.files[i], []).append(i)
     if len(by_file) < 2 or len(by_file) > _MAX_SAVES:
         return bad, weights, ""
     names = {file: {normalise(refs.names[i]) for i in rows} for file, rows in by_file.items()}
     flagged = set(tensors.flagged)
+    worst: tuple[float, list[tuple[str, ...]], int, str] | None = None
     for file, rows in by_file.items():
         if not any(len(names[file] & names[other]) * 2 > min(len(names[file]), len(names[other]))
                    for other in by_file if other != file):
             continue  # (a shard of a sharded model: its names are its own)
-        broken_here = [findings[i] for i in rows if i in flagged and holds[i] and broken(tensors, i)]
-        if _spread(broken_here, len(rows)):
-            return broken_here, len(rows), f" of {os.path.basename(file)}"
-    return bad, weights, ""
+        broken_here = [findings[i] for i in rows if i in flagged and broken(tensors, i)]
+        share = len(broken_here) / len(rows)
+        if _spread(broken_here, len(rows)) and (worst is None or share > worst[0]):
+            worst = share, broken_here, len(rows), _named_from(report.target, file)
+    return (bad, weights, "") if worst is None else (worst[1], worst[2], f" of {worst[3]}")
+
+
+def _named_from(target: str, file: str) -> str:
+    """``file`` as named from the scanned folder (Megatron's ``mp_rank_01/model_optim_rng.pt``), else its name."""
+    relative = os.path.relpath(file, target) if os.path.isdir(target) else os.path.basename(file)
+    return os.path.basename(file) if relative.startswith("..") else relative
 
 
 _MAX_SAVES = 64  # files of one checkpoint compared as separate saves (beyond: a sharded model's many shards)

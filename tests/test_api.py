@@ -58,7 +58,7 @@ def test_assert_finite_names_bad_layers_and_the_repair_command(tmp_path):
         nandoctor.assert_finite(str(run_dir / "checkpoint-300"))
     err = info.value
     assert "transformer.h.21–23" in err.message and "144 NaN" in err.message
-    assert f"nandoctor repair {run_dir / 'checkpoint-300'} --from auto --out {run_dir / 'checkpoint-300'}-repaired" in err.hint
+    assert f"nandoctor repair {run_dir / 'checkpoint-300'} --from auto --out {run_dir / 'repaired-checkpoint-300'}" in err.hint
     assert err.report is not None and err.report.nonfinite == 261
     assert err.exit_code == 1
     # A run folder: the newest checkpoint decides, as in the CLI.
@@ -72,11 +72,11 @@ def test_the_suggested_repair_makes_assert_finite_pass(tmp_path):
     target = run_dir / "checkpoint-300"
     with pytest.raises(nandoctor.NonFiniteWeightsError):
         nandoctor.assert_finite(str(target))
-    result = nandoctor.repair(str(target), "auto", str(run_dir / "checkpoint-300-repaired"))
+    result = nandoctor.repair(str(target), "auto", str(run_dir / "repaired-checkpoint-300"))
     assert result.ok and callable(nandoctor.repair)
-    assert nandoctor.assert_finite(str(run_dir / "checkpoint-300-repaired")).ok
+    assert nandoctor.assert_finite(str(run_dir / "repaired-checkpoint-300")).ok
     # The repaired copy sits beside the run's checkpoints without joining the timeline.
-    assert any("checkpoint-300-repaired" in n for n in nandoctor.scan_run(str(run_dir)).notes)
+    assert any("repaired-checkpoint-300" in n for n in nandoctor.scan_run(str(run_dir)).notes)
 
 
 def test_assert_finite_outside_a_run_suggests_an_explicit_donor(tmp_path):

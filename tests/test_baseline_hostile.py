@@ -256,7 +256,7 @@ def test_repair_from_auto_works_once_the_baselines_checkpoint_was_rotated_away(t
     run = _rotated_run(tmp_path)
     scanned = run_cli("scan", run)
     assert scanned.exit_code == 1
-    command = f"nandoctor repair {run}/checkpoint-30 --from auto --out {run}/checkpoint-30-repaired"
+    command = f"nandoctor repair {run}/checkpoint-30 --from auto --out {run}/repaired-checkpoint-30"
     assert command in " ".join(scanned.output.split())  # what the scan tells the user to run
     result = run_cli("repair", run / "checkpoint-30", "--from", "auto", "--out", tmp_path / "fixed")
     assert result.exit_code == 0, result.output

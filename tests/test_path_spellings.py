@@ -146,7 +146,7 @@ def test_a_relative_path_starting_with_a_dash_is_no_option_in_a_suggested_comman
     monkeypatch.chdir(tmp_path)
     line = next(line.strip() for line in run_cli("scan", "--", "-tmp/checkpoint-300").output.splitlines()
                 if line.strip().startswith("nandoctor repair"))
-    assert line.startswith("nandoctor repair ./-tmp/checkpoint-300 --from auto --out ./-tmp/checkpoint-300-repaired")
+    assert line.startswith("nandoctor repair ./-tmp/checkpoint-300 --from auto --out ./-tmp/repaired-checkpoint-300")
     done = subprocess.run(["bash", "-c", line.replace("nandoctor ", f"{sys.executable} -m nandoctor ", 1)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

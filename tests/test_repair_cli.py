@@ -20,7 +20,7 @@ def copy_run(tmp_path):
 
 
 def test_repair_demo_run_exits_0_and_the_output_scans_clean(tmp_path):
-    out = tmp_path / "checkpoint-300-repaired"
+    out = tmp_path / "repaired-checkpoint-300"
     result = run("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out", out)
     assert result.exit_code == 0, result.output
     assert "✓ REPAIRED" in result.output and "✓ CLEAN" in result.output
@@ -252,7 +252,7 @@ def test_out_mistakes_get_their_own_messages(tmp_path):
     # one file of a checkpoint folder as its own --out: the folder suggested lies beside the checkpoint, not in it
     shard = target / "model-00001-of-00002.safetensors"
     file_itself = run("repair", shard, "--from", "auto", "--out", shard)
-    assert file_itself.exit_code == 3 and f"--out {DEMO_RUN / 'checkpoint-300-model-00001-of-00002-repaired'}" in " ".join(
+    assert file_itself.exit_code == 3 and f"--out {DEMO_RUN / 'repaired-checkpoint-300-model-00001-of-00002'}" in " ".join(
         file_itself.output.split()), file_itself.output
     (tmp_path / "sub").mkdir()
     folded = run("repair", target, "--from", "auto", "--out", tmp_path / "sub" / ".." / "fixed")

@@ -9,7 +9,8 @@ import pytest
 from nandoctor.errors import CorruptCheckpointError
 from nandoctor.layers import summarize
 from nandoctor.model import Region, ScanReport, TensorRef, TensorResult, UnviewedBad
-from nandoctor.restore.plan import normalise, plan_repair
+from nandoctor.layers import normalise
+from nandoctor.restore.plan import plan_repair
 from nandoctor.verdict import judged
 
 

@@ -82,7 +82,7 @@ def test_safetensors_repair_is_byte_exact_and_loads(tmp_path):
 
     target, donor, t, d = make_run(tmp_path)
     before = sha_tree(target)
-    out = tmp_path / "run" / "checkpoint-300-repaired"
+    out = tmp_path / "run" / "repaired-checkpoint-300"
     result = repair(target, [donor], out)
     assert result.ok and result.exit_code == 0
     assert sorted(r.name for r in result.plan.restorations) == sorted(BAD)

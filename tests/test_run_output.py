@@ -82,15 +82,15 @@ def test_a_finite_trainer_log_names_only_the_series_it_has(tmp_path):
 def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
     target = tmp_path / "run" / "checkpoint-300"
     target.mkdir(parents=True)
-    (tmp_path / "run" / "checkpoint-300-repaired").mkdir()
-    assert repair_command_for(str(target)).endswith(f"--out {target}-repaired-2")
-    (tmp_path / "run" / "checkpoint-300-repaired-2").mkdir()
-    assert repair_command_for(str(target)).endswith(f"--out {target}-repaired-3")
+    (tmp_path / "run" / "repaired-checkpoint-300").mkdir()
+    assert repair_command_for(str(target)).endswith(f"--out {target.with_name('repaired-' + target.name)}-2")
+    (tmp_path / "run" / "repaired-checkpoint-300-2").mkdir()
+    assert repair_command_for(str(target)).endswith(f"--out {target.with_name('repaired-' + target.name)}-3")
 
 
 def test_a_file_of_a_checkpoint_folder_is_repaired_beside_the_folder_not_into_it(tmp_path):
     """Scanning run/checkpoint-300/model-0000x.safetensors suggests --out run/checkpoint-300-<file>-repaired
-    (never a folder inside the checkpoint, nor checkpoint-300-repaired, the run view's name for a repair of
+    (never a folder inside the checkpoint, nor repaired-checkpoint-300, the run view's name for a repair of
     the whole checkpoint); a file of a plain folder keeps its sibling name; the suggested repair works."""
     import shlex
     import shutil
@@ -101,7 +101,7 @@ def test_a_file_of_a_checkpoint_folder_is_repaired_beside_the_folder_not_into_it
     result = run("scan", shard, "--no-progress")
     assert result.exit_code == 1
     command = "nandoctor repair " + " ".join(result.output.split("nandoctor repair ")[1].split())
-    out = run_dir / "checkpoint-300-model-00002-of-00002-repaired"
+    out = run_dir / "repaired-checkpoint-300-model-00002-of-00002"
     assert command.endswith(f"--out {out}") and "--from auto" in command
     loose = tmp_path / "loose"
     loose.mkdir()
@@ -120,10 +120,10 @@ def test_assert_finite_hint_out_is_free(tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(DEMO_RUN, run_dir)
     target = run_dir / "checkpoint-300"
-    (run_dir / "checkpoint-300-repaired").mkdir()
+    (run_dir / "repaired-checkpoint-300").mkdir()
     with pytest.raises(nandoctor.NonFiniteWeightsError) as err:
         nandoctor.assert_finite(str(target))
-    assert f"--out {target}-repaired-2" in err.value.hint
+    assert f"--out {target.with_name('repaired-' + target.name)}-2" in err.value.hint
 
 
 def test_accelerate_random_states_are_named_as_not_scanned(tmp_path):

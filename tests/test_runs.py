@@ -140,10 +140,10 @@ def test_a_folder_with_weights_and_only_tmp_checkpoints_is_one_checkpoint(run_di
 
 
 def test_other_checkpoint_folders_are_noted(run_dir):
-    shutil.copytree(run_dir / "checkpoint-200", run_dir / "checkpoint-300-repaired")
+    shutil.copytree(run_dir / "checkpoint-200", run_dir / "checkpoint-300-copy")
     result = run("scan", str(run_dir), "--json")
     notes = json.loads(result.output)["run"]["notes"]
-    assert any("checkpoint-300-repaired" in n for n in notes)
+    assert any("checkpoint-300-copy" in n for n in notes)
 
 
 def test_train_log_reading(tmp_path):
@@ -199,39 +199,39 @@ def test_next_steps_skip_an_unfinished_save_and_then_point_at_a_verified_repair(
     assert result.exit_code == 3
     out = " ".join(result.output.split())  # rich wraps long lines
     assert "tmp-checkpoint-310 is an unfinished save: wait for it to finish, or delete it" in out
-    assert f"nandoctor repair {run_dir}/checkpoint-300 --from auto --out {run_dir}/checkpoint-300-repaired" in out
+    assert f"nandoctor repair {run_dir}/checkpoint-300 --from auto --out {run_dir}/repaired-checkpoint-300" in out
     assert "tmp-checkpoint-310 --from" not in out
 
     (run_dir / "tmp-checkpoint-310" / "model.safetensors.tmp").unlink()
     (run_dir / "tmp-checkpoint-310").rmdir()
-    assert run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(run_dir / "checkpoint-300-repaired")).exit_code == 0
+    assert run("repair", str(run_dir / "checkpoint-300"), "--from", "auto", "--out", str(run_dir / "repaired-checkpoint-300")).exit_code == 0
     out = " ".join(run("scan", str(run_dir)).output.split())
-    assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
-    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
+    assert f"{run_dir}/repaired-checkpoint-300 is a verified repair of checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/repaired-checkpoint-300 {run_dir}/checkpoint-300" in out
     assert "nandoctor repair" not in out  # the repair is done: not suggested again
     # the scan of the checkpoint alone says the same (it used to suggest the same repair again, into a -2 folder)
     alone = run("scan", str(run_dir / "checkpoint-300"))
     assert alone.exit_code == 1
     out = " ".join(alone.output.split())
-    assert f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300" in out
-    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/checkpoint-300-repaired {run_dir}/checkpoint-300" in out
-    assert "nandoctor repair" not in out and "-repaired-2" not in out
+    assert f"{run_dir}/repaired-checkpoint-300 is a verified repair of checkpoint-300" in out
+    assert f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300 && mv {run_dir}/repaired-checkpoint-300 {run_dir}/checkpoint-300" in out
+    assert "nandoctor repair" not in out and "repaired-checkpoint-300-2" not in out
     # and so does assert_finite's hint (it suggested the repair again, into -repaired-2)
     with pytest.raises(nandoctor.NonFiniteWeightsError) as raised:
         nandoctor.assert_finite(run_dir / "checkpoint-300")
-    assert raised.value.hint.startswith(f"{run_dir}/checkpoint-300-repaired is a verified repair of checkpoint-300")
-    assert "-repaired-2" not in raised.value.hint
+    assert raised.value.hint.startswith(f"{run_dir}/repaired-checkpoint-300 is a verified repair of checkpoint-300")
+    assert "repaired-checkpoint-300-2" not in raised.value.hint
 
     # re-saved since (a rerun overwrote it): the repair is of the checkpoint as it was, and is not offered any more
     weights = run_dir / "checkpoint-300" / "model-00001-of-00002.safetensors"
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     out = " ".join(run("scan", str(run_dir)).output.split())
-    assert "is a verified repair" not in out and "-repaired-2" in out
+    assert "is a verified repair" not in out and "repaired-checkpoint-300-2" in out
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     (run_dir / "checkpoint-300").rename(run_dir / "bad-checkpoint-300")
-    (run_dir / "checkpoint-300-repaired").rename(run_dir / "checkpoint-300")
+    (run_dir / "repaired-checkpoint-300").rename(run_dir / "checkpoint-300")
     assert run("scan", str(run_dir), "-q").exit_code == 0  # what the hint promised
 
 
@@ -341,7 +341,7 @@ def test_suggested_commands_are_quoted_for_the_shell(tmp_path):
     spaced = tmp_path / "my run"
     shutil.copytree(DEMO_RUN, spaced)
     out = " ".join(run("scan", str(spaced / "checkpoint-300")).output.split())
-    assert f"nandoctor repair '{spaced}/checkpoint-300' --from auto --out '{spaced}/checkpoint-300-repaired'" in out
+    assert f"nandoctor repair '{spaced}/checkpoint-300' --from auto --out '{spaced}/repaired-checkpoint-300'" in out
 
 
 def test_a_checkpoint_folder_no_one_may_read_is_its_row_s_problem_not_a_crash(run_dir):

@@ -45,6 +45,7 @@ from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
+from nandoctor.wording import first_few
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|block|layer))\.(\d+)\.")  # (block: T5)
@@ -302,19 +303,18 @@ def _blame_missing(root: Path, config: dict[str, Any], suspected: list[tuple[str
                    failure: BuildFailure) -> ScanProblem | None:
     """BAD CONFIG where the build failed and config.json lacks a size the weights need (:func:`_missing_sizes`): the
     class's default is what failed (GPT-2's 12 heads do not divide a width of 32), else None."""
-    missing = [why for _, why in suspected if why.startswith(_GIVES_NO)]
-    if not missing:
+    keys = list(dict.fromkeys(match.group(1) for _, why in suspected if (match := _MISSING_KEY.match(why))))
+    if not keys:
         return None
     import transformers
 
     if config.get("model_type") not in transformers.CONFIG_MAPPING:
         return None  # (a model transformers does not ship, Qwen-1's remote code: its own failure, not a size's)
-
     return ScanProblem(
-        str(root / "config.json"), f"{missing[0]}: transformers {transformers.__version__} cannot build the model "
-        f"config.json describes ({failure.error}), so from_pretrained fails before it reads a weight",
-        f"write {missing[0][len(_GIVES_NO):].split()[0]} into config.json (the base model's config.json has the value "
-        "it was trained with)",
+        str(root / "config.json"), f"config.json gives no {first_few(keys, 4)}, so the class's default is built: "
+        f"transformers {transformers.__version__} cannot build the model config.json describes ({failure.error}), so "
+        "from_pretrained fails before it reads a weight",
+        f"write {', '.join(keys)} into config.json (the base model's config.json has the values it was trained with)",
         kind=CONFIG_KIND)
 
 
@@ -518,12 +518,15 @@ _GIVEN_BY = (  # (a size, what stores a tensor it sizes: config.json without it 
     ("intermediate_size", re.compile(r"\.(?:gate_proj|up_proj|gate_up_proj|intermediate\.dense)\.weight$")),
 )
 _GIVES_NO = "config.json gives no"
+_MISSING_KEY = re.compile(r"^config\.json gives no (\w+)")
 # (a size's family: a key of it present, under whatever name a model gives it, and nothing is missing; swin's
 # mlp_ratio, Whisper's max_source_positions, FSMT's src_vocab_size, Moonshine's encoder_num_hidden_layers)
 _FAMILIES = {
-    "num_hidden_layers": re.compile(r"^(?!max_).*(?:layers|layer$|depth)"),
+    # (not Qwen3-MoE's mlp_only_layers, DeepSeek's num_nextn_predict_layers, Qwen2's max_window_layers: other counts)
+    "num_hidden_layers": re.compile(r"^(?!.*(?:_only_|nextn|window|max_)).*(?:layers|layer$|depth)"),
     "hidden_size": re.compile(r"hidden_size|n_embd|d_model|embed_dim|emb_dim|^dim$|hidden_dim"),
-    "num_attention_heads": re.compile(r"^(?!num_key_value).*(?:heads|n_head)"),
+    # (not Falcon's num_kv_heads nor num_key_value_heads: the key/value heads' count)
+    "num_attention_heads": re.compile(r"^(?!.*(?:key_value|kv_)).*(?:heads|n_head)"),
     "intermediate_size": re.compile(r"intermediate|ffn|mlp_ratio|d_ff|n_inner|hidden_dim"),
     "vocab_size": re.compile(r"vocab"),
     "max_position_embeddings": re.compile(r"position|n_ctx|seq_len|n_positions"),
@@ -534,6 +537,8 @@ def _gives(config: dict[str, Any], key: str) -> bool:
     """Whether config.json gives the size ``key`` under any name of its family (a value other than null)."""
     family = _FAMILIES[key]
     return any(family.search(k) and v is not None for k, v in config.items())
+
+
 _KEY_PROJECTION = re.compile(r"^(?P<block>.*\.)k_proj\.weight$")
 
 

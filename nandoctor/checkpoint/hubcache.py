@@ -216,14 +216,18 @@ def _nearest_steps(name: str, names: list[str]) -> list[str]:
     """For a missing ``checkpoint-N`` (``step-N``, ``checkpoint_N``: steps.step_of), the saves of the same naming
     nearest in step, nearest first: a new user's ``checkpoint-99`` among checkpoint-5 … -30 was "did you mean
     checkpoint-5?", where the spelling's likeness says nothing of which save was meant."""
-    from nandoctor.checkpoint.steps import step_of
+    from nandoctor.checkpoint.steps import DEEPSPEED_STATES, step_of_name
 
-    wanted = step_of(Path(name))
+    def step(save: str) -> int | None:  # (by the name alone: a global_stepN among its likes is a save too)
+        match = DEEPSPEED_STATES.match(save)
+        return int(match.group(1)) if match else step_of_name(save)
+
+    wanted = step(name)
     if wanted is None:
         return []
     stem = name[: -len(str(wanted))]
-    steps = [(abs(step - wanted), -step, other) for other in names
-             if (step := step_of(Path(other))) is not None and other.startswith(stem)]
+    steps = [(abs(found - wanted), -found, other) for other in names
+             if (found := step(other)) is not None and other.startswith(stem)]
     return [other for _, _, other in sorted(steps)[:3]]
 
 

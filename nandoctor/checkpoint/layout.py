@@ -25,7 +25,7 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
-from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, DEEPSPEED_STATES, checkpoints_in
+from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, DEEPSPEED_STATES, MEGATRON_RANK, checkpoints_in, deepspeed_tag
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -594,25 +594,6 @@ def _dcp_folder(root: Path, entries: list[Path], result: CheckpointFiles) -> boo
 # checkpoint-N/global_stepN/; a NaN there poisons a resumed run, so they are part of the checkpoint. Beside them,
 # DeepSpeed's ``latest`` names the folder (its tag) to load: ``global_stepN``, or Lightning's DeepSpeed strategy's
 # ``checkpoint`` inside an ``epoch=0-step=N.ckpt/`` folder (steps.DEEPSPEED_STATES, steps.DEEPSPEED_LATEST).
-_MAX_TAG_BYTES = 256
-# Megatron saves a model-parallel rank's model, optimizer and RNG states in iter_N/mp_rank_TT[_PPP]/ (tensor and
-# pipeline rank): every rank's file is part of the iteration's checkpoint.
-MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+)?$")
-
-
-def deepspeed_tag(root: Path) -> str | None:
-    """The tag DeepSpeed's ``latest`` file in ``root`` names (a folder beside it), or None when there is none."""
-    latest = root / DEEPSPEED_LATEST
-    if not is_regular_file(latest):  # (a FIFO named latest would block the read)
-        return None
-    try:
-        with open(latest, "rb") as fh:
-            tag = fh.read(_MAX_TAG_BYTES + 1).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return tag if 0 < len(tag) <= _MAX_TAG_BYTES and "/" not in tag and tag not in (".", "..") else None
-
-
 def model_in_subfolder(folder: Path, entries: list[Path]) -> bool:
     """Whether ``folder`` (whose listing is ``entries``) keeps its model in a subfolder its layout scans:
     accelerate's FSDP sharded state (``pytorch_model_fsdp_0/``), DeepSpeed's ZeRO partitions

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.steps import MEGATRON_FILES
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import ScanProblem
 
@@ -93,7 +94,6 @@ def weights_only_loader(name: str) -> str | None:
 
 # DeepSpeed's own files, which its checkpoint engine loads with torch.load(weights_only=False) (TorchCheckpointEngine):
 # a global torch's default refuses in them is no matter to their loader
-_MEGATRON_FILES = ("model_optim_rng.pt", "distrib_optim.pt")  # (iter_N/mp_rank_TT[_PPP]/: a rank's)
 _DEEPSPEED_FILE = re.compile(r"^(?:\w+_)?(?:zero_pp_rank_\d+_)?mp_rank_\d+_(?:optim|model)_states\.pt$")
 
 
@@ -103,7 +103,7 @@ def unrestricted_loader(name: str) -> str | None:
     other name."""
     if _DEEPSPEED_FILE.match(name):
         return "DeepSpeed's checkpoint engine"
-    return "Megatron's checkpoint loader" if name in _MEGATRON_FILES else None
+    return "Megatron's checkpoint loader" if name in MEGATRON_FILES else None
 
 
 def hidden_by(name: str, folder: Path) -> str | None:

@@ -23,6 +23,7 @@ from nandoctor.checkpoint import layout, loadability, quantized
 from nandoctor.checkpoint.quantized import ScaledPair
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
+from nandoctor.checkpoint.steps import MEGATRON_RANK
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity, fingerprint
 from nandoctor.model import QUANTIZER_SCALE, OwedCrc, RefTable, ScanProblem, TensorRef, UnviewedBad, is_pickled_float
@@ -397,7 +398,7 @@ def _shared_notes(shared: dict[tuple[Path, Path], list[str]], files: layout.Chec
 def _rank_files(a: Path, b: Path) -> bool:
     """Whether ``a`` and ``b`` are two model-parallel ranks' files of one Megatron save (iter_N/mp_rank_TT[_PPP]/)."""
     return (a.name == b.name and a.parent.parent == b.parent.parent
-            and all(layout.MEGATRON_RANK.match(f.parent.name) for f in (a, b)))
+            and all(MEGATRON_RANK.match(f.parent.name) for f in (a, b)))
 
 
 __all__ = ["Checkpoint", "names_of", "open_checkpoint", "problem_of"]

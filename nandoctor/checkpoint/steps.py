@@ -7,7 +7,10 @@ loadability checks (loadability.py) list a run's checkpoints the same way throug
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import stat
 from pathlib import Path
 
 from nandoctor import access
@@ -16,38 +19,85 @@ from nandoctor.errors import NandoctorError
 _CHECKPOINT = re.compile(r"^(?:checkpoint[-_]|step-|iter_)(\d+)$")
 
 # DeepSpeed's engine.save_checkpoint(save_dir) writes each save into save_dir/global_stepN/ (its tag) and names the
-# newest in save_dir/latest; a Trainer under DeepSpeed saves the same into each checkpoint-N/ (one global_stepN/).
+# newest in save_dir/latest; a Trainer under DeepSpeed saves the same into each checkpoint-N/ (one global_stepN/), and
+# its save_model() under ZeRO-3 into the run folder's top, beside the checkpoint-N/ folders.
 DEEPSPEED_STATES = re.compile(r"^global_step(\d+)$")
 DEEPSPEED_LATEST = "latest"
-_TRAINER_STATE = "trainer_state.json"  # (loaders.TRAINER_STATE; loaders reads the hub cache, which reads steps)
+_TRAINER_FILES = ("trainer_state.json", "config.json")  # (loaders' names; loaders reads the hub cache, which reads steps)
+_MAX_TAG_BYTES = 256
+
+# Megatron's --save folder: iter_NNNNNNN/ per save (its step folder above), the newest named by the tracker file, and in
+# each a model-parallel rank's model, optimizer and RNG states in mp_rank_TT[_PPP]/ (tensor and pipeline rank), which
+# Megatron reads with torch.load(weights_only=False)
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+)?$")
+MEGATRON_FILES = ("model_optim_rng.pt", "distrib_optim.pt")
 
 
 def step_of(path: Path) -> int | None:
     """The global step N of a folder named ``checkpoint-N`` (torchtitan's ``step-N``, Megatron's ``iter_N``, a
-    DeepSpeed save folder's ``global_stepN``), else None."""
+    DeepSpeed save folder's ``global_stepN``: this one lists the folder holding it, once per version of that folder),
+    else None."""
     path = Path(path)
-    match = _CHECKPOINT.match(path.name)
-    if match:
-        return int(match.group(1))
+    step = step_of_name(path.name)
+    if step is not None:
+        return step
     match = DEEPSPEED_STATES.match(path.name)
     return int(match.group(1)) if match and is_deepspeed_save_folder(path.parent) else None
 
 
+def step_of_name(name: str) -> int | None:
+    """The step a ``checkpoint-N``/``step-N``/``iter_N`` name gives, from the name alone (no ``global_stepN``: that is
+    a step only in a DeepSpeed save folder, :func:`step_of`)."""
+    match = _CHECKPOINT.match(name)
+    return int(match.group(1)) if match else None
+
+
 def is_deepspeed_save_folder(folder: Path) -> bool:
     """Whether ``folder`` is the ``save_dir`` of DeepSpeed's own ``save_checkpoint``: ``global_stepN/`` saves named
-    by ``latest`` (or two of them at least), and not a Trainer checkpoint (a ``checkpoint-N`` folder, one holding
-    ``trainer_state.json``), whose single ``global_stepN/`` is part of it."""
+    by ``latest`` (or two of them at least), and not a Trainer's folder: a ``checkpoint-N`` (one holding
+    ``trainer_state.json``), whose single ``global_stepN/`` is part of it, or a run folder (checkpoint folders or
+    ``config.json`` beside it: ``save_model()`` under ZeRO-3 writes its partitions there). Lists the folder once per
+    version of it (its modification time)."""
     folder = Path(folder)
     if _CHECKPOINT.match(folder.name):
         return False
     try:
-        names = {entry.name for entry in access.listing(folder)}
+        found = access.status(folder)
     except NandoctorError:
         return False
-    if _TRAINER_STATE in names:
+    return found is not None and _deepspeed_save_folder(str(folder), found.st_mtime_ns, found.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _deepspeed_save_folder(folder: str, _mtime_ns: int, _inode: int) -> bool:
+    try:
+        names = {entry.name for entry in access.listing(Path(folder))}
+    except NandoctorError:
+        return False
+    if any(name in names for name in _TRAINER_FILES) or any(_CHECKPOINT.match(name) for name in names):
         return False
     saves = sum(1 for name in names if DEEPSPEED_STATES.match(name))
     return saves >= 2 or (saves == 1 and DEEPSPEED_LATEST in names)
+
+
+def deepspeed_tag(root: Path) -> str | None:
+    """The tag DeepSpeed's ``latest`` file in ``root`` names (a folder beside it), or None when there is none."""
+    text = _small_text(Path(root) / DEEPSPEED_LATEST)
+    tag = text.strip() if text is not None else ""
+    return tag if 0 < len(tag) <= _MAX_TAG_BYTES and "/" not in tag and tag not in (".", "..") else None
+
+
+def _small_text(path: Path) -> str | None:
+    """The text of a regular file of at most _MAX_TAG_BYTES (a FIFO named latest would block a read), else None."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_TAG_BYTES + 1)
+        return raw.decode("utf-8") if len(raw) <= _MAX_TAG_BYTES else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 _ACCELERATE = re.compile(r"^checkpoint_\d+$")
@@ -66,14 +116,10 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     deepspeed = any(DEEPSPEED_STATES.match(e.name) for e in entries) and is_deepspeed_save_folder(folder)
     for entry in entries:
         match = DEEPSPEED_STATES.match(entry.name) if deepspeed else None
-        step = int(match.group(1)) if match else _step_of_name(entry.name)
+        step = int(match.group(1)) if match else step_of_name(entry.name)
         if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
             found.append((step, entry))
     return sorted(found)
-
-
-MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
-_MAX_POINTER_BYTES = 256
 
 
 def resume_pointer(folder: Path) -> tuple[str, str] | None:
@@ -81,33 +127,27 @@ def resume_pointer(folder: Path) -> tuple[str, str] | None:
     (a tag, ``global_step200``) in a DeepSpeed save folder, Megatron's ``latest_checkpointed_iteration.txt`` (an
     iteration, ``200``: ``iter_0000200``, or ``release``); None for any other folder, or a file that names none."""
     folder = Path(folder)
-    for name in (DEEPSPEED_LATEST, MEGATRON_TRACKER):
-        path = folder / name
-        try:
-            if not path.is_file() or path.stat().st_size > _MAX_POINTER_BYTES:  # (a FIFO is no file: never waited on)
-                continue
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if name == DEEPSPEED_LATEST and DEEPSPEED_STATES.match(text) and is_deepspeed_save_folder(folder):
-            return name, text
-        if name == MEGATRON_TRACKER and (text.isdigit() or text == "release"):
-            return name, text if text == "release" else f"iter_{int(text):07d}"
+    tag = deepspeed_tag(folder)
+    if tag is not None and DEEPSPEED_STATES.match(tag) and is_deepspeed_save_folder(folder):
+        return DEEPSPEED_LATEST, tag
+    text = _small_text(folder / MEGATRON_TRACKER)
+    iteration = text.strip() if text is not None else ""
+    if iteration.isdigit() or iteration == "release":
+        return MEGATRON_TRACKER, iteration if iteration == "release" else f"iter_{int(iteration):07d}"
     return None
-
-
-def _step_of_name(name: str) -> int | None:
-    match = _CHECKPOINT.match(name)
-    return int(match.group(1)) if match else None
 
 
 __all__ = [
     "DEEPSPEED_LATEST",
     "DEEPSPEED_STATES",
+    "MEGATRON_FILES",
+    "MEGATRON_RANK",
     "MEGATRON_TRACKER",
     "checkpoints_in",
+    "deepspeed_tag",
     "is_accelerate_save",
     "is_deepspeed_save_folder",
     "resume_pointer",
     "step_of",
+    "step_of_name",
 ]

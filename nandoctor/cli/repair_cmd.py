@@ -116,7 +116,7 @@ def repair(
     \b
     Examples:
       nandoctor repair run/checkpoint-300 --from run/checkpoint-200 \\
-          --out run/checkpoint-300-repaired
+          --out run/repaired-checkpoint-300
       nandoctor repair ckpt/ --from older/ --from oldest/ --out fixed/ --scope layer
       nandoctor repair run/checkpoint-300 --from auto --out fixed/
       nandoctor repair ckpt/ --from older/ --dry-run

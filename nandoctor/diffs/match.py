@@ -27,8 +27,8 @@ from pathlib import Path
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.checkpoint.ties import tie_candidates
 from nandoctor.engine.chunks import gather
+from nandoctor.layers import normalise
 from nandoctor.model import ScanProblem, TensorRef
-from nandoctor.restore.plan import normalise
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def _tensors_section(report: ScanReport, heading: str, section_id: str, limit: i
             ("name", esc(r.name)),
             *((("name", esc(os.path.basename(r.file))),) if show_file else ()),
             ("", esc(r.role)), ("", esc(r.dtype)), ("", esc(r.shape)),
-            ("", "".join(_chip(f, heatmaps.COLOURS.get(f, "#555")) for f in r.findings)),
+            ("", "".join(_chip(r.word(f), heatmaps.COLOURS.get(f, "#555")) for f in r.findings)),
             ("n", f"{r.nan:,}"), ("n", f"{r.posinf:,}"), ("n", f"{r.neginf:,}"), ("n", f"{r.outliers:,}"),
             ("n", r.worst),
             ("n", r.first_at_words),

@@ -54,7 +54,7 @@ def _tensors(report: ScanReport, heading: str, limit: int | None = MAX_MARKDOWN_
     rows, more = tensor_rows(report, limit)
     if not rows:
         return []
-    cells = [[md(r.name), ", ".join(r.findings), f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}", f"{r.outliers:,}",
+    cells = [[md(r.name), ", ".join(map(r.word, r.findings)), f"{r.nan:,}", f"{r.posinf:,}", f"{r.neginf:,}", f"{r.outliers:,}",
               md(r.worst), md(r.first_at_words) if r.first_at_words else ""]
              for r in rows]
     out = ["", f"### {heading}", ""]

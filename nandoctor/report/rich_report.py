@@ -67,11 +67,13 @@ _NUMERIC = {"tensors", "NaN", "+Inf", "-Inf", "NaN/Inf", "outliers", "max |w|", 
 _NARROW_DROP = {"dtype", "shape", "bad %", "components", "NaN", "+Inf", "-Inf"}
 
 
-def _finding_cell(finding: str, reported: tuple[str, ...], narrow: bool = False) -> Text:
-    """A finding in red when it fails the gate, yellow (and "(reported)" when there is room) when it does not."""
+def _finding_cell(finding: str, reported: tuple[str, ...], narrow: bool = False, word: str | None = None) -> Text:
+    """A finding (said as ``word`` where a row words it otherwise) in red when it fails the gate, yellow (and
+    "(reported)" when there is room) when it does not."""
+    said = finding if word is None else word
     if finding not in reported:
-        return Text(finding, style="red")
-    return Text(finding + ("" if narrow else " (reported)"), style="yellow")
+        return Text(said, style="red")
+    return Text(said + ("" if narrow else " (reported)"), style="yellow")
 
 
 def _magnitude(value: float | None) -> str:
@@ -180,7 +182,7 @@ def _tensor_table(report: ScanReport, limit: int | None, width: int = 160, repor
     for r in rows_of:
         # (every finding of a row it lists, overflow too, as Markdown and HTML say them; a tensor that only
         # overflows is listed in the overflow table alone)
-        findings = Text(", ").join(_finding_cell(f, reported, width < NARROW) for f in r.findings)
+        findings = Text(", ").join(_finding_cell(f, reported, width < NARROW, r.word(f)) for f in r.findings)
         rows.append({
             "tensor": Text(safe(r.name)), "file": Text(safe(_file_in(report.target, r.file))), "findings": findings,
             "dtype": r.dtype + (" scales" if r.scales else ""),  # block-quantized: counts of its scale fields

@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nandoctor import access
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint.runs import (
     AMBIGUOUS_WORDS,
@@ -26,14 +25,7 @@ from nandoctor.checkpoint.runs import (
     row_verdict,
     status_words,
 )
-from nandoctor.checkpoint.steps import (
-    DEEPSPEED_LATEST,
-    DEEPSPEED_STATES,
-    MEGATRON_TRACKER,
-    is_accelerate_save,
-    is_deepspeed_save_folder,
-    step_of,
-)
+from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, MEGATRON_TRACKER, is_accelerate_save, resume_pointer, step_of
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
 from nandoctor.wording import first_few, path_word
@@ -374,15 +366,18 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
 
 def _resume_pointer(resume: Path) -> list[str]:
     """How to make a DeepSpeed or Megatron run resume from ``resume`` rather than its newest save: both load the save
-    a file in the run folder names (a trial: DeepSpeed's load_checkpoint took the poisoned tag ``latest`` named)."""
-    folder, step = resume.parent, step_of(resume)
-    if DEEPSPEED_STATES.match(resume.name) and is_deepspeed_save_folder(folder):
+    a file in the run folder names (steps.resume_pointer; a trial: DeepSpeed's load_checkpoint took the poisoned tag
+    ``latest`` named)."""
+    folder = resume.parent
+    pointer = resume_pointer(folder)
+    if pointer is None or pointer[1] == resume.name:
+        return []
+    if pointer[0] == DEEPSPEED_LATEST:
         return [f"to resume from {resume.name}: DeepSpeed's load_checkpoint loads the save its latest file names, so "
                 f"write {resume.name} into {path_word(folder / DEEPSPEED_LATEST)} (or pass tag={resume.name!r})"]
-    if resume.name.startswith("iter_") and step is not None and access.is_file(folder / MEGATRON_TRACKER):
-        return [f"to resume from {resume.name}: Megatron resumes the iteration {MEGATRON_TRACKER} names, so write "
-                f"{step} into {path_word(folder / MEGATRON_TRACKER)}"]
-    return []
+    step = step_of(resume)
+    return [f"to resume from {resume.name}: Megatron resumes the iteration {MEGATRON_TRACKER} names, so write "
+            f"{step if step is not None else resume.name} into {path_word(folder / MEGATRON_TRACKER)}"]
 
 
 def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:

@@ -64,6 +64,11 @@ class TensorRow:
         return f"[{', '.join(map(str, self.first_at))}]{' (ne)' if self.ne_order else ''}" if self.first_at else "scalar"
     scales: bool = False  # block-quantized: the counts are of its scale fields
     ne_order: bool = False  # shape and coordinates in GGUF's ne order (TensorRef.order "F")
+    variance: bool = False  # a variance whose exploded values are its negative ones (kernels/census.py)
+
+    def word(self, finding: str) -> str:
+        """How a table says ``finding`` of this tensor: a variance's "exploded" values are its negative ones."""
+        return NEGATIVE if self.variance and finding == verdicts.EXPLODED else finding
 
 
 def _row(t: TensorResult) -> TensorRow:
@@ -77,9 +82,7 @@ def _row(t: TensorResult) -> TensorRow:
         role=t.ref.role,
         dtype=t.ref.dtype,
         shape="×".join(map(str, t.ref.shape)) or "scalar",
-        # (a variance's "exploded" values are its negative ones: no magnitude of it is exploded, kernels/census.py)
-        findings=tuple(NEGATIVE if f == verdicts.EXPLODED and is_variance(t.name, t.ref.role) else f
-                       for f in t.findings),
+        findings=t.findings,
         nan=t.nan,
         posinf=t.posinf,
         neginf=t.neginf,
@@ -91,6 +94,7 @@ def _row(t: TensorResult) -> TensorRow:
         fraction=(t.nonfinite + t.exploded) / t.ref.counted if t.ref.counted else 0.0,
         scales=t.ref.region.blocks is not None,
         ne_order=t.ref.order == "F",
+        variance=verdicts.EXPLODED in t.findings and is_variance(t.name, t.ref.role),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.errors import NandoctorError
+from nandoctor.kernels.census import DEFAULT_MAX_ABS
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore.convert import as_float32
 from nandoctor.restore.plan import DonorCatalog, RepairPlan
@@ -67,10 +68,18 @@ def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorR
 
 
 def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool:
-    """Whether the target's copy differs from the donor's beyond a few values (more than 1 % of the finite elements
-    sampled): trained apart from it, not the same tensor with some values damaged (a backup copy of the target)."""
+    """Whether the target's copy differs from the donor's beyond its damage: in more than 1 % of the elements sampled
+    where the target's own value is healthy (finite, not zero, not above the exploded ceiling): trained apart from
+    it, not the same tensor damaged (a backup copy of the target: NaN in a few values, or scaled whole by 1e30, or
+    zeroed, a review found, leaves no healthy element that differs)."""
     pair = _paired(target.file, target, donor.file, donor)
-    return pair is not None and bool(np.count_nonzero(pair[0] != pair[1]) > 0.01 * pair[0].size)
+    if pair is None:
+        return False
+    ours, theirs = pair
+    healthy = (ours != 0) & (np.abs(ours) <= DEFAULT_MAX_ABS)
+    if np.count_nonzero(healthy) < _FEWEST:
+        return False  # (no evidence either way: no doubt)
+    return bool(np.count_nonzero(ours[healthy] != theirs[healthy]) > 0.01 * np.count_nonzero(healthy))
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -179,7 +188,8 @@ def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
 
 def donor_already_note(plan: RepairPlan, donor: str, restored: int, kept: int) -> str:
     """The doubt of a repair whose kept weight tensors are ``donor``'s already (:func:`donor_already`)."""
-    return (f"the {kept} weight tensor(s) it kept hold {donor}'s bytes already, so the result is {donor}'s model: the "
+    return (f"the {kept} weight tensor(s) it kept hold {donor}'s bytes already (compared at evenly spaced windows), so "
+            f"the result is {donor}'s model: the "
             f"{restored} restored were all that told {plan.target} from it (a model merged from an adapter holds its "
             "fine-tune there); restore from an earlier checkpoint of this model instead, or merge a healthy adapter "
             "checkpoint again")

@@ -47,7 +47,6 @@ LEFT_ZEROED = "all zero, and no donor holds a copy that is not"  # the plan's no
 SCOPES = ("tensor", "layer")
 
 
-
 class DonorCatalog(Protocol):
     """What planning needs to know about one donor checkpoint."""
 

@@ -24,7 +24,7 @@ def tied_partners(report: ScanReport, config_dir: Path) -> dict[str, str]:
     anyway), when ``config_dir/config.json`` says ``"tie_word_embeddings": true``; empty otherwise (no
     config, an unreadable one, or a model that does not tie: then the copy is an ordinary tensor)."""
     from nandoctor.checkpoint.jsonfiles import read_json
-    from nandoctor.restore.plan import normalise
+    from nandoctor.layers import normalise
 
     try:
         config = read_json(config_dir / "config.json", limit=16 << 20)
