@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from nandoctor.api import scan
@@ -167,3 +168,38 @@ def test_the_save_a_runs_resume_pointer_names_decides(tmp_path: Path) -> None:
     os.utime(later, (stamp, stamp))
     os.utime(later.parent, (stamp, stamp))
     assert run_cli("scan", deepspeed, "-q").exit_code == 1
+
+
+@pytest.mark.parametrize(("pointer", "text", "said"), [
+    ("latest", "global_step400", "latest names global_step400, which is not here"),
+    ("latest", "", "latest names no save"),
+    ("latest_checkpointed_iteration.txt", "400", "names iter_0000400, which is not here"),
+    ("latest_checkpointed_iteration.txt", "3x0", "holds '3x0', not an iteration"),
+])
+def test_a_resume_pointer_that_names_no_save_fails_the_run(tmp_path: Path, pointer: str, text: str, said: str) -> None:
+    """An adversarial round: DeepSpeed's latest naming a save that is not there (or none) passed, and DeepSpeed's
+    load_checkpoint then loads nothing and training starts from scratch; Megatron's load exits on such a tracker."""
+    root = (_deepspeed_run if pointer == "latest" else _megatron_run)(tmp_path / "save", bad_step=0)
+    (root / pointer).write_text(text)
+    result = run_cli("scan", root)
+    said_all = " ".join(result.output.split())
+    assert result.exit_code == 3 and said in said_all, result.output
+    assert "write the save to resume from into that file" in said_all
+
+
+def test_a_megatron_iteration_missing_a_rank_folder_is_incomplete(tmp_path: Path) -> None:
+    """An adversarial round: mp_rank_01/ gone from iter_0000300 (the other iterations hold it) passed CLEAN; Megatron's
+    load of that rank raises FileNotFoundError. A hole in a tensor x pipeline grid is missing too."""
+    import shutil
+
+    root = _megatron_run(tmp_path / "save", bad_step=0)
+    shutil.rmtree(root / "iter_0000300" / "mp_rank_01")
+    result = run_cli("scan", root, "-q")
+    assert result.exit_code == 3 and "model-parallel rank folder(s) missing: mp_rank_01/" in result.output, result.output
+    grid = tmp_path / "grid" / "iter_0000100"
+    for rank in ("mp_rank_00_000", "mp_rank_01_000", "mp_rank_00_001"):  # (mp_rank_01_001 missing)
+        (grid / rank).mkdir(parents=True)
+        torch.save({"model": _weights(100, False), "iteration": 100}, grid / rank / "model_optim_rng.pt")
+    (grid.parent / "latest_checkpointed_iteration.txt").write_text("100")
+    alone = run_cli("scan", grid.parent, "-q")
+    assert alone.exit_code == 3 and "mp_rank_01_001/" in alone.output, alone.output

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint.loaders import TRAINER_STATE
+from nandoctor.checkpoint.steps import MEGATRON_RANK
 from nandoctor.checkpoint.trainlog import cut_short
 from nandoctor.errors import UnreadablePathError
 
@@ -19,11 +20,13 @@ _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock")
 _TEMP_PREFIXES = ("tmp", ".tmp")
 
 
-def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: bool = False) -> list[str]:
+def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: bool = False,
+                       expect_ranks: frozenset[str] = frozenset()) -> list[str]:
     """Why a checkpoint (a folder, or a single ``.ckpt`` file) looks half-written; empty when it does not.
 
     ``files_only``: only files count as temporary (a run's final model shares its folder with the run's
     own ``tmp-checkpoint-N`` folders, which are the timeline's business, not the final model's).
+    ``expect_ranks``: Megatron model-parallel rank folders the run's other iterations hold (:func:`rank_folders`).
     """
     try:
         is_folder = access.is_dir(folder)
@@ -31,7 +34,33 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
         return []  # not to be looked at: its scan reports it unreadable, not as a half-written save
     if not is_folder:
         return _incomplete_file_reasons(folder)
-    return _incomplete_folder_reasons(folder, expect_trainer_state, files_only)
+    return _incomplete_folder_reasons(folder, expect_trainer_state, files_only) + _missing_ranks(folder, expect_ranks)
+
+
+def rank_folders(folder: Path) -> frozenset[str]:
+    """The Megatron model-parallel rank folders (``mp_rank_TT[_PPP]``) of an iteration folder; empty for any other."""
+    try:
+        return frozenset(e.name for e in access.listing(folder) if MEGATRON_RANK.match(e.name))
+    except UnreadablePathError:
+        return frozenset()
+
+
+def _missing_ranks(folder: Path, expected: frozenset[str]) -> list[str]:
+    """A Megatron iteration missing a model-parallel rank's folder: one of a tensor x pipeline grid with a hole, or one
+    the run's other iterations hold (an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN; Megatron's
+    load of that rank raises FileNotFoundError)."""
+    held = rank_folders(folder)
+    if not held:
+        return []
+    grid = {tuple(int(n) for n in name.split("_")[2:]) for name in held}
+    shape = [max(cell[i] for cell in grid) + 1 for i in range(len(next(iter(grid))))] if len({len(c) for c in grid}) == 1 else []
+    holes = ({f"mp_rank_{t:02d}" if len(shape) == 1 else f"mp_rank_{t:02d}_{p:03d}"
+              for t in range(shape[0]) for p in range(shape[1] if len(shape) > 1 else 1)} - held) if shape else set()
+    missing = sorted(holes | (expected - held))
+    if not missing:
+        return []
+    return [f"model-parallel rank folder(s) missing: {', '.join(m + '/' for m in missing[:4])}"
+            f"{' …' if len(missing) > 4 else ''} (Megatron's load of this iteration fails on them)"]
 
 
 def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False) -> list[str]:

@@ -33,7 +33,7 @@ from nandoctor.checkpoint.finalmodel import (
     looks_like_model,
     loose_files,
 )
-from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons, rank_folders
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
 from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.checkpoint.stepfiles import (
@@ -47,7 +47,7 @@ from nandoctor.checkpoint.stepfiles import (
     step_template,
 )
 from nandoctor.checkpoint.stepfiles import is_checkpoint as is_step_checkpoint
-from nandoctor.checkpoint.steps import checkpoints_in, resume_pointer, step_of
+from nandoctor.checkpoint.steps import checkpoints_in, pointer_problem, resume_pointer, step_of
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
 from nandoctor.layers import natural_key
@@ -638,6 +638,13 @@ def _pointed(root: Path, checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint
             for c in checkpoints]
 
 
+def _expected_ranks(ranks: dict[Path, frozenset[str]], folder: Path) -> frozenset[str]:
+    """The Megatron rank folders that two or more of the run's other iterations hold (a run resharded once is no
+    reason: one iteration decides nothing for the rest)."""
+    held = Counter(name for path, names in ranks.items() if path != folder for name in names)
+    return frozenset(name for name, count in held.items() if count >= 2)
+
+
 def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:
     """Notes for a ``checkpoint-N`` folder that lacks a file every other one of the run holds (an
     ``optimizer.pt``, ``scheduler.pt``): its weights may be fine, but ``resume_from_checkpoint`` from it starts
@@ -1076,6 +1083,9 @@ def scan_run(
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if stepped else duplicate_steps(checkpoints_in(root))
+    pointer = None if stepped else pointer_problem(root, {p.name for p in timeline_folders(root)})
+    if pointer is not None:
+        problems.append(pointer)
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
     if step_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _step_file_rows)
         notes += [*step_run.notes, *unscanned_notes(root)]  # (each row is one file: the folder's data files said here)
@@ -1125,6 +1135,9 @@ def scan_run(
     timeline_names: set[str] = set()  # the tensor names of the timeline's first save read: its model's
     from nandoctor.engine import watch_budget
 
+    # Megatron's rank folders of each iteration: one the others hold is missing where an iteration lacks it
+    ranks = {row.path: rank_folders(row.path) for row in rows
+             if row.path is not root and row.path.name.startswith("iter_")}
     with watch_budget():  # (one short wait for saves still being written, shared by every row)
         for row in rows:
             step, folder = row.step, row.path
@@ -1139,7 +1152,8 @@ def scan_run(
             if folder is root:
                 reasons = final_reasons(root)
             else:
-                reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind)
+                reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind,
+                                             expect_ranks=_expected_ranks(ranks, folder))
             if row.tmp:
                 reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
             report = None

@@ -122,6 +122,33 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def pointer_problem(folder: Path, saves: set[str]) -> str | None:
+    """Why the run folder's resume pointer (DeepSpeed's ``latest`` in a DeepSpeed save folder, Megatron's tracker)
+    names no save of the run (``saves``: their folder names), or None: a name that is not there, or no name at all
+    (an adversarial round: latest naming a missing global_step400 passed, and DeepSpeed's load_checkpoint then loads
+    nothing, silently, and training starts from scratch; Megatron's load exits on it)."""
+    folder = Path(folder)
+    if (folder / DEEPSPEED_LATEST).exists() and is_deepspeed_save_folder(folder):
+        tag = deepspeed_tag(folder)
+        if tag is None or tag not in saves:
+            said = f"names {tag}, which is not here" if tag is not None else "names no save (empty, or not text)"
+            return (f"{DEEPSPEED_LATEST} {said}: DeepSpeed's load_checkpoint finds nothing to load, says so in a log "
+                    "line and training starts from scratch")
+    if (folder / MEGATRON_TRACKER).exists() and any(name.startswith("iter_") for name in saves):
+        text = _small_text(folder / MEGATRON_TRACKER)
+        iteration = text.strip() if text is not None else ""
+        if not (iteration.isdigit() or iteration == "release"):
+            return (f"{MEGATRON_TRACKER} holds {iteration[:20]!r}, not an iteration: Megatron's load of this folder "
+                    "exits on it")
+        named = iteration if iteration == "release" else f"iter_{int(iteration):07d}"
+        if named not in saves:
+            return f"{MEGATRON_TRACKER} names {named}, which is not here: Megatron's load of this folder fails"
+    return None
+
+
+POINTER_HINT = "write the save to resume from into that file (the newest healthy one: see the timeline)"
+
+
 def resume_pointer(folder: Path) -> tuple[str, str] | None:
     """(the file, the save it names) where a run folder names the save its framework resumes: DeepSpeed's ``latest``
     (a tag, ``global_step200``) in a DeepSpeed save folder, Megatron's ``latest_checkpointed_iteration.txt`` (an
@@ -143,10 +170,12 @@ __all__ = [
     "MEGATRON_FILES",
     "MEGATRON_RANK",
     "MEGATRON_TRACKER",
+    "POINTER_HINT",
     "checkpoints_in",
     "deepspeed_tag",
     "is_accelerate_save",
     "is_deepspeed_save_folder",
+    "pointer_problem",
     "resume_pointer",
     "step_of",
     "step_of_name",

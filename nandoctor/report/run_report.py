@@ -25,10 +25,19 @@ from nandoctor.checkpoint.runs import (
     row_verdict,
     status_words,
 )
-from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, MEGATRON_TRACKER, is_accelerate_save, resume_pointer, step_of
+from nandoctor.checkpoint.steps import (
+    DEEPSPEED_LATEST,
+    MEGATRON_TRACKER,
+    POINTER_HINT,
+    is_accelerate_save,
+    resume_pointer,
+    step_of,
+)
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
 from nandoctor.wording import first_few, path_word
+
+POINTER_FILES = (DEEPSPEED_LATEST, MEGATRON_TRACKER)  # (a run problem of its resume pointer begins with its file)
 
 _STYLE = {CLEAN: "green", OVERFLOW: "yellow", POISONED: "red", DIVERGED: "bold red", UNREADABLE: "red",
           INCOMPLETE: "yellow"}
@@ -347,7 +356,8 @@ def bad_behind_words(behind: list[RunCheckpoint]) -> str:
 def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[str]:
     """What to do about a failing run (judged under ``fail_on``, the default gate when None): make it unambiguous,
     then what its deciding rows need."""
-    steps = [f"{problem}: {STRAY_FOLDER_HINT}, then scan again" for problem in run.problems] + _row_steps(run, fail_on)
+    steps = [f"{problem}: {POINTER_HINT if problem.startswith(POINTER_FILES) else STRAY_FOLDER_HINT}, then scan again"
+             for problem in run.problems] + _row_steps(run, fail_on)
     last_clean = run.last_healthy_under(fail_on)
     # (a verified repair to put in place is the fix: resuming an earlier save would move it out again, a trial)
     repaired = any(_verified_repair_of(target) for target in run.repair_targets)
