@@ -875,3 +875,39 @@ def test_sizes_and_types_the_class_takes_stay_clean_without_a_build(tmp_path, ed
     assert _load_error(folder) is None
     monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
     assert nandoctor.scan(folder).exit_code == 0
+
+
+def _bert(folder: Path) -> Path:
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               vocab_size=128, max_position_embeddings=64)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("model", "edits", "said"), [
+    ("llama", {"model_type": "gpt2"}, "config.json's model_type 'gpt2' is not its architectures' LlamaForCausalLM"),
+    ("llama", {"num_hidden_layers": -1}, "config.json's num_hidden_layers is -1"),
+    ("llama", {"max_position_embeddings": None}, "max_position_embeddings is null"),
+    ("bert", {"tie_word_embeddings": False}, "cls.predictions.decoder.weight"),
+    ("bert", {"num_attention_heads": 0}, "num_attention_heads is 0"),
+])
+def test_config_values_an_adversarial_round_found_are_checked_against_the_model_built(tmp_path, model, edits, said):
+    """A second adversarial round over 556 config.json mutants of 20 architectures (0 false alarms): a model_type
+    that is not the architectures' (from_pretrained builds a GPT-2 and initialises every weight at random), a layer
+    count of -1 (every stored layer unused, generate raises), null where transformers' strict fields take none, a
+    masked LM untied from its embeddings (its decoder at random), no attention head at all: each read CLEAN."""
+    folder = _edited(_llama(tmp_path / "m") if model == "llama" else _bert(tmp_path / "m"), edits)
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    auto = AutoModelForCausalLM if model == "llama" else AutoModelForMaskedLM
+    try:
+        _, info = auto.from_pretrained(folder, output_loading_info=True)
+        assert info["missing_keys"] or info["unexpected_keys"]  # the oracle: not this checkpoint's model
+    except Exception:  # noqa: BLE001 - a refusal is the oracle's answer too
+        pass
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(said in e.message for e in report.errors), report.errors

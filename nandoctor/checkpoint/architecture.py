@@ -51,7 +51,7 @@ EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word
 STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|block|layer))\.(\d+)\.")  # (block: T5)
 LM_HEAD = "lm_head.weight"
 _FUSED_QKV = re.compile(r"(?:query_key_value|qkv|c_attn|W_pack)[^.]*\.weight$", re.IGNORECASE)
-_LM_HEADS = (LM_HEAD, "embed_out.weight")  # (GPT-NeoX names its LM head embed_out: a miss cost a build for nothing)
+_LM_HEADS = (LM_HEAD, "embed_out.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight")  # (GPT-NeoX names its LM head embed_out: a miss cost a build for nothing)
 # config.json keys that size a model (transformers' and the older GPT-2 / T5 spellings): one must be there
 _SIZE_KEYS = ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_size", "n_embd", "n_layer", "d_model",
               "num_layers", "text_config")
@@ -71,7 +71,7 @@ _NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
-_WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # model classes with an lm_head
+_WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM", "ForPreTraining")  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 # Long steps are said on this logger: the CLI shows its INFO records on its progress bar (cli/progress.py)
 _STATUS = logging.getLogger("nandoctor.status")
@@ -133,7 +133,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         missing = sorted(built_stacks.get(stack, set()) - stacks[stack])
         ignored = sorted(number for number in stacks[stack] - built_stacks.get(stack, set()) if not all(
             any(p.search(name) for p in skipped) for name in stored if name.startswith(f"{stack}.{number}.")
-        )) if stack in built_stacks else sorted(stacks[stack]) if reasons[stack] in _NO_LAYER_REASONS else []
+        )) if stack in built_stacks else sorted(stacks[stack]) if _NO_LAYER_REASON.match(reasons[stack]) else []
         if ignored:
             found.append(ScanProblem(
                 str(root), f"{stack} holds {_numbers(stacks[stack])} where the model built from config.json has "
@@ -354,11 +354,13 @@ def _dense_layers(config: dict[str, Any], stacked: int) -> set[int]:
     return set(range(first)) | ({n for n in listed if isinstance(n, int)} if isinstance(listed, list) else set())
 
 
-def _no_layers(key: str) -> str:
-    return f"config.json's {key} is 0"
+def _no_layers(key: str, count: int = 0) -> str:
+    return f"config.json's {key} is {count}"
 
 
-_NO_LAYER_REASONS = frozenset(map(_no_layers, ("num_hidden_layers", *ALIASES["num_hidden_layers"])))
+# (a layer count of 0 or less: every stored layer unused)
+_NO_LAYER_REASON = re.compile(r"^config\.json's (?:" + "|".join(("num_hidden_layers", *ALIASES["num_hidden_layers"]))
+                              + r") is (?:0|-\d+)$")
 UNGATHERED = "a sharded save (DeepSpeed ZeRO-3, FSDP) that did not gather its parameters"
 GATHER_HINT = ("save again with the parameters gathered (DeepSpeed's stage3_gather_16bit_weights_on_model_save, "
                "accelerator.get_state_dict(model), or FSDP's full state dict), or use zero_to_fp32.py on the checkpoint")
@@ -404,12 +406,12 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         # (no layer of any stack: a model.safetensors of the embeddings alone beside the shards of the rest, which
         # from_pretrained never reads once it found model.safetensors; an adversarial round's read CLEAN)
         yield _LAYOUT_SUSPICION, f"config.json's {layers_key} is {layers:,}, and no layer is stored"
-    elif config.get(layers_key) == 0 and type(config.get(layers_key)) is int and stacks:
+    elif type(config.get(layers_key)) is int and config[layers_key] <= 0 and stacks:
         # (a model of no layers loads, and every stored layer goes unused: a trial's was CLEAN)
         for stack in stacks:
-            yield stack, _no_layers(layers_key)
+            yield stack, _no_layers(layers_key, config[layers_key])
     # an encoder-decoder's own counts (BART, Whisper, Marian: encoder_layers / decoder_layers)
-    for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder")):
+    for key, word in (("encoder_layers", "encoder"), ("decoder_layers", "decoder"), ("num_decoder_layers", "decoder")):
         count = positive(config.get(key))
         for stack, numbers in stacks.items():
             if count and word in stack.split(".") and max(numbers) + 1 != count:
@@ -447,6 +449,10 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     for family in _lone_out_of_pattern(numbered, _counted_from_one, lambda family: family.partition("#")[0]):
         yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(numbered[family])))}"
     yield from _missing_sizes(config, stored, stacks)
+    mismatch = _model_type_mismatch(config)
+    if mismatch:  # (what from_pretrained builds is the model_type's model: are the weights its?)
+        yield _OUTSIDE_SUSPICION, mismatch
+        yield _LAYOUT_SUSPICION, mismatch
     # a size config.json gives that no stored tensor has as a dimension (intermediate_size edited, a GQA head count)
     dims = {d for shape in stored.values() for d in shape}
     heads, kv = sized(config, "num_attention_heads")[1], positive(config.get("num_key_value_heads"))
@@ -493,6 +499,8 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     if (head and config.get("tie_word_embeddings") is False and not any(name in stored for name in _LM_HEADS)
             and any(map(EMBEDDING.match, stored))):
         yield LM_HEAD, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
+        # (a masked LM's head is named otherwise, BERT's cls.predictions.decoder: the built model says which)
+        yield _OUTSIDE_SUSPICION, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
     # one layer's tensor in another shape than the same tensor of every other layer (transposed, cut): a model
     # whose layers differ by design (a codec's widening convolutions, OpenELM's per-layer widths) has more than
     # one odd shape, or its odd one is cleared by the model transformers builds
@@ -524,12 +532,14 @@ _MISSING_KEY = re.compile(r"^config\.json gives no (\w+)")
 _FAMILIES = {
     # (not Qwen3-MoE's mlp_only_layers, DeepSeek's num_nextn_predict_layers, Qwen2's max_window_layers: other counts)
     "num_hidden_layers": re.compile(r"^(?!.*(?:_only_|nextn|window|max_)).*(?:layers|layer$|depth)"),
-    "hidden_size": re.compile(r"hidden_size|n_embd|d_model|embed_dim|emb_dim|^dim$|hidden_dim"),
+    # (not Falcon's ffn_hidden_size: the MLP's)
+    "hidden_size": re.compile(r"^(?!ffn_|intermediate_).*(?:hidden_size|n_embd|d_model|embed_dim|emb_dim|hidden_dim)$|^dim$"),
     # (not Falcon's num_kv_heads nor num_key_value_heads: the key/value heads' count)
     "num_attention_heads": re.compile(r"^(?!.*(?:key_value|kv_)).*(?:heads|n_head)"),
     "intermediate_size": re.compile(r"intermediate|ffn|mlp_ratio|d_ff|n_inner|hidden_dim"),
     "vocab_size": re.compile(r"vocab"),
     "max_position_embeddings": re.compile(r"position|n_ctx|seq_len|n_positions"),
+    "num_local_experts": re.compile(r"^(?:num_local_experts|num_experts|n_routed_experts|moe_num_experts)$"),
 }
 
 
@@ -540,6 +550,20 @@ def _gives(config: dict[str, Any], key: str) -> bool:
 
 
 _KEY_PROJECTION = re.compile(r"^(?P<block>.*\.)k_proj\.weight$")
+
+
+def _model_type_mismatch(config: dict[str, Any]) -> str:
+    """Words for a config.json whose ``model_type`` is not its ``architectures``' model (``"model_type": "gpt2"`` beside
+    ``LlamaForCausalLM``): AutoModel*.from_pretrained builds the model_type's class, which finds none of the weights'
+    names and initializes them all at random (an adversarial round: CLEAN); "" where they agree."""
+    model_type, names = config.get("model_type"), config.get("architectures")
+    if not (isinstance(model_type, str) and model_type and isinstance(names, list) and names
+            and isinstance(names[0], str)):
+        return ""
+    head = re.split(r"[_\-]", model_type.lower())[0]
+    squashed = re.sub(r"[^a-z0-9]", "", names[0].lower())
+    return "" if head in squashed else (f"config.json's model_type {model_type!r} is not its architectures' "
+                                        f"{names[0]}: from_pretrained builds the model_type's model")
 
 
 def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
@@ -570,6 +594,9 @@ def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
                 yield _SIZE_SUSPICION, (f"{_GIVES_NO} num_key_value_heads (as many as the heads is built), "
                                         f"{name} has {shape[0]:,} rows and the query projection {query[0]:,}")
                 break
+    expert = next((name for name in stored if ".experts." in name), None)
+    if expert is not None and not _gives(config, "num_local_experts"):  # (Mixtral's default: 8 experts)
+        yield _SIZE_SUSPICION, f"{_GIVES_NO} num_local_experts (the class's default is built), {expert} is stored"
     if not _gives(config, "max_position_embeddings"):
         pattern, keys = _TABLES[0]
         name = next((name for name in stored if pattern.search(name)), None)
@@ -765,7 +792,10 @@ def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
         cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
         with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (a model's own warnings while it is built: no business of the scan's)
-            if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            # (the class its architectures name, where its config is this one's: AutoModel*.from_pretrained builds the
+            # model_type's class otherwise, as here)
+            if (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+                    and isinstance(config, getattr(cls, "config_class", None) or type(config))):
                 model = cls(config)
             else:  # no class of that name: AutoModelForCausalLM builds from model_type, as a user's load would
                 model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)

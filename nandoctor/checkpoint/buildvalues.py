@@ -109,7 +109,8 @@ _FLOAT_FIELDS = frozenset({
     "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
     "partial_rotary_factor"})
 _DICT_FIELDS = frozenset(_ROPE_KEYS)
-_NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads"})  # (GPT-Neo's intermediate_size is)
+_NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
+                         "head_dim"})  # (GPT-Neo's intermediate_size is)
 
 
 def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
@@ -119,7 +120,12 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
         if (value is None and key not in _NEVER_NULL) or key == "vocab_size":  # (vocab_size: suspected above)
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):
+        if key in _INT_FIELDS and number and isinstance(value, int) and (value < 0 or (value == 0 and key in LAYER_KEYS)):
+            # (-1 layers: every stored layer unused, generate raises; 0 where layer_types are validated: load fails)
+            types = config.get("layer_types")  # (a count its layer_types give, which transformers validates it by)
+            meant = len(types) if key in LAYER_KEYS and isinstance(types, list) and types else DROP
+            want = "a positive count" if key in LAYER_KEYS else "a count of 0 or more"
+        elif key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):
             # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
             meant = _meant(value, int)
             want = "an integer"
@@ -157,7 +163,7 @@ def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     for key, other in (("num_attention_heads", kv or from_width), ("num_key_value_heads", heads or from_width)):
         count = config.get(key)
         if isinstance(count, (int, float)) and not isinstance(count, bool) and count <= 0:
-            yield config, key, f"config.json's {where}{key} is {count}", other if other else DROP
+            yield config, key, f"config.json's {where}{key} is {count}", other if other else 1  # (1 divides any width)
     # a head count that does not divide the width, where no head_dim is given (attention splits the width by it:
     # transformers raises "must be divisible"; an adversarial round's GPT-2 n_head 3 with n_embd 32 read CLEAN)
     heads_key, count = sized(config, "num_attention_heads")

@@ -514,6 +514,10 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     if (_number(routed) and experts is not None and experts >= 2 and routed > experts  # (1: a dense model, no router)
             and not every_layer_dense):
         wrong.append(f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)")
+    elif (_number(routed) and routed <= 0 and experts is not None and experts >= 2 and not every_layer_dense):
+        # (an adversarial round: 0 experts a token loaded and generated, every MoE block adding nothing)
+        wrong.append(f"{prefix}num_experts_per_tok is {routed}: no expert is routed to, so every MoE block adds nothing "
+                     "and the model's output is not the trained one")
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
