@@ -484,3 +484,36 @@ def test_a_repair_whose_kept_tensors_are_the_donors_already_says_the_result_is_t
                       {k: RawTensor("F32", (16, 16), v.astype(np.float32).tobytes()) for k, v in earlier.items()})
     again = run_cli("repair", str(tmp_path / "merged"), "--from", str(tmp_path / "earlier"), "--out", str(tmp_path / "o2"))
     assert again.exit_code == 0 and "bytes already" not in again.output
+
+
+def test_the_donor_already_doubt_sees_through_a_cast_and_spares_a_backup_copy(tmp_path):
+    """An adversarial round: a bf16 model merged from an fp32 base, repaired from it with --allow-cast, read ✓
+    REPAIRED and was the base cast to bf16 (the byte comparison missed the cast). A review: a backup copy of the
+    target (the same tensors, one scaled by 1e30 in the target) drew the doubt, every element of the damaged tensor
+    differing; it compares only the target's healthy elements now."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(1)
+    base = {f"model.layers.{i}.{part}.weight": torch.from_numpy(rng.standard_normal((16, 16)).astype(np.float32) * 0.02)
+            for i in range(2) for part in ("self_attn.q_proj", "mlp.up_proj")}
+    tuned = "model.layers.1.self_attn.q_proj.weight"  # (the one module the adapter changed, NaN after the merge)
+    merged = {k: (v + (0.01 * torch.randn(16, 16) if k == tuned else 0)).to(torch.bfloat16) for k, v in base.items()}
+    merged[tuned][0, :8] = float("nan")
+    for name, tensors in (("base", base), ("merged", merged)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    said = " ".join(run_cli("repair", str(tmp_path / "merged"), "--from", str(tmp_path / "base"), "--allow-cast",
+                            "--out", str(tmp_path / "o"), "-q").output.split())
+    assert said.startswith("REPAIRED") and "3 weight tensor(s) it kept hold" in said, said
+
+    backup = {k: v.clone() for k, v in base.items()}
+    damaged = {k: v.clone() for k, v in base.items()}
+    damaged["model.layers.0.mlp.up_proj.weight"] *= 1e30
+    for name, tensors in (("backup", backup), ("damaged", damaged)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    again = run_cli("repair", str(tmp_path / "damaged"), "--from", str(tmp_path / "backup"), "--out",
+                    str(tmp_path / "o2"), "-q")
+    assert again.exit_code == 0 and "bytes already" not in again.output, again.output

@@ -21,7 +21,7 @@ from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import DEFAULT_MAX_ABS
 from nandoctor.model import ScanReport, TensorRef
-from nandoctor.restore.convert import as_float32
+from nandoctor.restore.convert import as_float32, can_cast, cast_bytes
 from nandoctor.restore.plan import DonorCatalog, RepairPlan
 from nandoctor.restore.tensorbytes import byte_range, itemsize
 from nandoctor.verdict import NONFINITE, OUTLIER
@@ -31,6 +31,7 @@ _RUNS = 64  # runs of contiguous elements read from each copy
 _RUN = 1024  # elements per run: a sample of up to 65,536 values in 64 reads
 _FEWEST = 256  # fewer finite pairs than this: no judgement
 _FLOATS = ("F16", "BF16", "F32", "F64")
+_FEWEST_COMPARED = 16  # healthy elements compared, fewer: no evidence that a restored tensor was trained apart
 
 
 def correlation(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef) -> float | None:
@@ -46,7 +47,8 @@ def correlation(target_path: str, target: TensorRef, donor_path: str, donor: Ten
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef) -> tuple[np.ndarray, np.ndarray] | None:
+def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef,
+            fewest: int = _FEWEST) -> tuple[np.ndarray, np.ndarray] | None:
     """The target's and the donor's values at the same evenly spaced runs of elements, where both are finite; None
     where they cannot be read so (not both contiguous plain floats of one element count, too few elements)."""
     spans = byte_range(target), byte_range(donor)
@@ -55,7 +57,7 @@ def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorR
             or donor.region.byteorder != "little" or spans[0] is None or spans[1] is None):
         return None
     count = spans[0][1] // itemsize(target)
-    if count != spans[1][1] // itemsize(donor) or count < _FEWEST:
+    if count != spans[1][1] // itemsize(donor) or count < fewest:
         return None
     run = min(_RUN, count)
     starts = np.unique(np.linspace(0, count - run, min(_RUNS, max(1, count // run))).astype(np.int64))
@@ -72,12 +74,16 @@ def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool:
     where the target's own value is healthy (finite, not zero, not above the exploded ceiling): trained apart from
     it, not the same tensor damaged (a backup copy of the target: NaN in a few values, or scaled whole by 1e30, or
     zeroed, a review found, leaves no healthy element that differs)."""
-    pair = _paired(target.file, target, donor.file, donor)
+    pair = _paired(target.file, target, donor.file, donor, _FEWEST_COMPARED)
     if pair is None:
         return False
     ours, theirs = pair
+    if donor.dtype != target.dtype and can_cast("F32", target.dtype):  # (as the cast would write them: an fp32 master
+        # copy of a bf16 checkpoint differs from it by rounding alone)
+        theirs = as_float32(cast_bytes(np.ascontiguousarray(theirs, "<f4").view(np.uint8), "F32", target.dtype),
+                            target.dtype)
     healthy = (ours != 0) & (np.abs(ours) <= DEFAULT_MAX_ABS)
-    if np.count_nonzero(healthy) < _FEWEST:
+    if np.count_nonzero(healthy) < _FEWEST_COMPARED:
         return False  # (no evidence either way: no doubt)
     return bool(np.count_nonzero(ours[healthy] != theirs[healthy]) > 0.01 * np.count_nonzero(healthy))
 
@@ -161,25 +167,34 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
         return None
     for ref in kept:
         other = theirs.get(ref.name)
-        if other is None or other.dtype != ref.dtype or other.shape != ref.shape or not _same_bytes(ref, other):
+        if other is None or other.shape != ref.shape or not _same_values(ref, other):
             return None
     return donor.path, len(restored), len(kept)
 
 
-def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
-    """Whether two tensors' bytes are the same, at evenly spaced windows (all of them for a small tensor)."""
-    spans = byte_range(a), byte_range(b)
-    if spans[0] is None or spans[1] is None or spans[0][1] != spans[1][1]:
+def _same_values(ours: TensorRef, theirs: TensorRef) -> bool:
+    """Whether the target's tensor holds the donor's values at evenly spaced windows of elements (all of them for a
+    small tensor): the same bytes, or for a donor of another float dtype, its values cast to the target's as
+    ``--allow-cast`` casts them (a bf16 model merged from an fp32 base: an adversarial round's doubt never came)."""
+    if ours.dtype != theirs.dtype and not can_cast(theirs.dtype, ours.dtype):
         return False
-    length = spans[0][1]
-    size = min(_WINDOW, length)
-    starts = sorted({int(x) for x in np.linspace(0, length - size, min(_WINDOWS, max(1, length // max(size, 1))))})
+    spans = byte_range(ours), byte_range(theirs)
+    if spans[0] is None or spans[1] is None:
+        return False
+    size_ours, size_theirs = itemsize(ours), itemsize(theirs)
+    count = spans[0][1] // size_ours
+    if count != spans[1][1] // size_theirs:
+        return False
+    run = min(max(1, _WINDOW // size_ours), count)
+    starts = sorted({int(x) for x in np.linspace(0, count - run, min(_WINDOWS, max(1, count // run)))})
     try:
-        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+        with open(ours.file, "rb", buffering=0) as fa, open(theirs.file, "rb", buffering=0) as fb:
             for start in starts:
-                fa.seek(spans[0][0] + start)
-                fb.seek(spans[1][0] + start)
-                if fa.read(size) != fb.read(size):
+                mine = os.pread(fa.fileno(), run * size_ours, spans[0][0] + start * size_ours)
+                raw = os.pread(fb.fileno(), run * size_theirs, spans[1][0] + start * size_theirs)
+                if len(mine) != run * size_ours or len(raw) != run * size_theirs:
+                    return False
+                if mine != cast_bytes(np.frombuffer(raw, np.uint8), theirs.dtype, ours.dtype).tobytes():
                     return False
     except OSError:
         return False
