@@ -64,6 +64,14 @@ GENERATION = [
     ({"num_beams": 0}, "generate"),
     ({"bad_words_ids": [[3], [VOCAB + 5]]}, "generate"),
     ({"max_new_tokens": 0}, "load"),
+    ({"no_repeat_ngram_size": 1.5}, "generate"),  # (a second adversarial round's, each CLEAN before)
+    ({"top_k": True, "do_sample": True}, "generate"),
+    ({"repetition_penalty": 1e-45, "do_sample": True}, "generate"),
+    ({"eos_token_id": []}, "ok"),  # (generate with max_new_tokens does not index it)
+    ({"exponential_decay_length_penalty": [1]}, "generate"),
+    ({"bad_words_ids": [[1.5]]}, "generate"),
+    ({"no_repeat_ngram_size": 2}, "ok"),
+    ({"exponential_decay_length_penalty": [2, 1.01]}, "ok"),
     ({"temperature": 2, "do_sample": True}, "generate"),  # an integer where a float is checked for
     ({"temperature": 1e-40, "do_sample": True}, "generate"),  # (float32 logits / 1e-40 overflow: "probability tensor …")
     ({"repetition_penalty": 2}, "generate"),

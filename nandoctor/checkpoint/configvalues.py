@@ -127,6 +127,17 @@ _GENERATE_RULES: tuple[_Rule, ...] = (
      "1 is greedy or sampling, no beams; else an integer > 1"),
     ("prefill_chunk_size", False, lambda v: _int(v) and v <= 0, "torch.split raises on a chunk of no tokens",
      "null prefills the prompt at once; else a positive integer"),
+    # (a second adversarial round's, each raised by a plain generate(): the length bound, the processors' own checks)
+    ("no_repeat_ngram_size", False, lambda v: _number(v) and v > 0 and not _int(v),
+     "has to be a strictly positive integer (NoRepeatNGramLogitsProcessor raises)", "an integer, or 0 (off)"),
+    ("top_k", True, lambda v: isinstance(v, bool), "has to be an integer (torch.topk raises on a bool)",
+     "top_k 0 (or null) turns it off; else a positive integer"),
+    ("repetition_penalty", True, lambda v: _number(v) and 0 < v < TEMPERATURE_FLOOR,
+     "the logits divided by it overflow float32 to Inf: \"probability tensor contains either inf, nan or element < 0\"",
+     "1.0 is no penalty; else a float such as 1.1"),
+    ("exponential_decay_length_penalty", False,
+     lambda v: isinstance(v, list) and (len(v) != 2 or not all(_number(x) for x in v)),
+     "has to be a [start index, decay factor] pair (IndexError)", "[start, factor], or null"),
 )
 
 
@@ -407,7 +418,8 @@ def _generate_refusals(generation: dict[str, Any], config: dict[str, Any] | None
     beams = generation.get("num_beams")
     beamed = _number(beams) and beams != 1
     bad = generation.get("bad_words_ids")
-    if bad is not None and (not isinstance(bad, list) or not bad or not all(isinstance(w, list) for w in bad)):
+    if bad is not None and (not isinstance(bad, list) or not bad or not all(isinstance(w, list) for w in bad)
+                            or not all(_int(t) for w in bad for t in w)):  # ([[1.5]]: "… list of positive integers")
         wrong.append(f"bad_words_ids is {_shown(bad)} (\"`bad_words_ids` has to be a non-empty list\" of lists of "
                      "token ids)")
         fixes.append("bad_words_ids: a list of token id lists, [[id], [id, id]], or null")
