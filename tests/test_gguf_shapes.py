@@ -187,3 +187,36 @@ def test_a_tensor_every_block_lacks_or_the_model_lacks_is_not_loadable(tmp_path:
     report = nandoctor.scan(path)
     assert report.exit_code == 3 and any(f"{lost}.weight, which llama.cpp requires" in e.message for e in report.errors), \
         report.errors
+
+
+@pytest.mark.parametrize("kind", ["float", "string"])
+def test_a_size_key_stored_as_another_type_is_not_loadable(tmp_path: Path, kind: str) -> None:
+    """An adversarial round: embedding_length stored as F32 32.0 or as the string "32" read CLEAN; llama.cpp refuses
+    a key of the wrong type and transformers' GGUF loader fails on it."""
+    path = _write(tmp_path / "m.gguf", drop=("embedding_length",))
+    writer_path = tmp_path / "typed.gguf"
+    reader = gguf.GGUFReader(str(path))
+    writer = gguf.GGUFWriter(str(writer_path), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        kind_of = field.types[0]
+        if kind_of == gguf.GGUFValueType.ARRAY:
+            writer.add_array(field.name, value)
+        else:
+            writer.add_key_value(field.name, value, kind_of)
+    if kind == "float":
+        writer.add_float32("llama.embedding_length", float(EMBD))
+    else:
+        writer.add_string("llama.embedding_length", str(EMBD))
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape([int(n) for n in reversed(tensor.shape)]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert _transformers(writer_path) != "loads"  # the oracle
+    report = nandoctor.scan(writer_path)
+    assert report.exit_code == 3 and any("llama.embedding_length holds" in e.message and "not an integer" in e.message
+                                         for e in report.errors), report.errors

@@ -92,6 +92,15 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
         # module's concern; a damaged header loses a key, not all of them)
         return []
     found: list[ScanProblem] = []
+    typed = [key for key, value in metadata.items() if key.startswith(f"{arch}.") and KEYS.search(key)
+             and (isinstance(value, (bool, float, str)) or (isinstance(value, list) and len(value) == 1
+                                                            and isinstance(value[0], (bool, float, str))))]
+    if typed:
+        # (an adversarial round: embedding_length stored as the F32 32.0, or the string "32", read CLEAN)
+        found.append(ScanProblem(
+            path, f"{first_few(typed, 4)} hold{'s' if len(typed) == 1 else ''} "
+            f"{first_few([repr(metadata[k]) for k in typed], 4)}, not an integer: llama.cpp refuses it (\"key has wrong "
+            "type\") and transformers' GGUF loader fails on it", _HINT, kind=UNLOADABLE_KIND))
     missing = [f"{arch}.{key}" for key in REQUIRED if f"{arch}.{key}" not in metadata]
     if arch in LLAMA_LAYOUT:
         names = {m.group(1) for name in shapes if (m := _BLOCK.match(name))}
