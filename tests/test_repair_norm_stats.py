@@ -57,3 +57,29 @@ def test_a_batchnorms_statistics_are_restored_together(tmp_path: Path, scope: st
     assert {"state_dict.1.running_mean", "state_dict.1.running_var", "state_dict.1.num_batches_tracked"} <= restored
     fixed = torch.load(tmp_path / "fixed" / "last.pth.tar", weights_only=True)["state_dict"]
     assert _eval_loss(fixed, x, y) == pytest.approx(healthy, rel=1e-4)  # the oracle: the healthy model's loss
+
+
+def test_the_batchnorm_after_a_restored_weight_gets_its_statistics_restored_too(tmp_path: Path) -> None:
+    """An adversarial round: one conv weight flipped to 3e4 and training-mode passes after it left the BatchNorm's
+    statistics finite (running_var 5.7e8, under every ceiling); the repair restored the weight alone, verified CLEAN,
+    and the BatchNorm still normalised by the blown-up statistics. The norm that follows a restored weight in the
+    state dict's order is restored with it."""
+    torch.manual_seed(0)
+    net = _net()
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    for _ in range(3):
+        net(x)  # (its statistics settle)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "step_20.pt")
+    healthy = _eval_loss(net.state_dict(), x, y)
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = 3e4
+    for _ in range(3):
+        net(x)
+    stats = net.state_dict()
+    assert torch.isfinite(stats["1.running_var"]).all() and stats["1.running_var"].max() > 1e5
+    torch.save({"state_dict": stats}, tmp_path / "step_30.pt")
+    result = repair(tmp_path / "step_30.pt", ["auto"], tmp_path / "fixed")
+    assert result.ok
+    assert {"state_dict.0.weight", "state_dict.1.running_var"} <= {r.name for r in result.plan.restorations}
+    fixed = torch.load(tmp_path / "fixed" / "step_30.pt", weights_only=True)["state_dict"]
+    assert _eval_loss(fixed, x, y) == pytest.approx(healthy, rel=1e-4)  # the oracle

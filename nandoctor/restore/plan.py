@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -380,6 +381,7 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     # own running_mean of 5.5e29 (a BatchNorm after an exploded convolution) left eval-mode losses of 1e29 behind a
     # verified repair (a helper's real run)
     norms = {t.name[: -len(stat)] for t in bad for stat in _NORM_STATS if t.name.endswith(stat)}
+    norms |= _norms_after(report, bad)
     if scope == "tensor":
         if not norms:
             return bad
@@ -389,6 +391,25 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
 
 
 _NORM_STATS = (".running_mean", ".running_var", ".num_batches_tracked")  # (torch's _NormBase buffers)
+
+
+def _norms_after(report: ScanReport, bad: list[TensorResult]) -> set[str]:
+    """The norm modules (by name prefix) whose running statistics follow, in the state dict's order, a weight
+    restored here: a BatchNorm after a convolution whose weight blew up averaged its blown-up outputs (an
+    adversarial round: a conv weight flipped to 3e4 and restored left its BatchNorm's running_var at 5.7e8, finite
+    and under every ceiling, and a dead channel behind a verified repair)."""
+    restored = {t.name[: -len(".weight")] for t in bad if t.name.endswith(".weight")}
+    if not restored:
+        return set()
+    modules: list[str] = []  # module prefixes in the order the state dict holds them
+    stats: set[str] = set()
+    for name in report.tensors.refs.names:
+        module = name.rpartition(".")[0]
+        if not modules or modules[-1] != module:
+            modules.append(module)
+        if name.endswith(_NORM_STATS):
+            stats.add(module)
+    return {after for module, after in pairwise(modules) if module in restored and after in stats}
 
 
 def _norm_stat_of(name: str, norms: set[str]) -> bool:
