@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from nandoctor.model import LayerRange, LayerSummary, TensorResult, TensorResults
 
-# Wrappers that training code puts around the same module: DDP, torch.compile, PEFT, Lightning, a loop's
+# Wrappers that training code puts around the same module: DDP, torch.compile, PEFT, Lightning, PyTorch's tutorial
+# checkpoint ({"model_state_dict": …}), a loop's
 # {"model": state_dict} (repair's donors, diff's pairs and a run's growth match names through them).
-PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "state_dict.", "model.")
+PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "model_state_dict.", "state_dict.", "model.")
 
 
 def normalise(name: str) -> str:
