@@ -177,7 +177,7 @@ def test_narrow_terminal_keeps_names_and_the_command_whole():
     text = console.export_text()
     assert "…" not in text
     assert max(len(line) for line in text.splitlines() if not line.startswith("        nandoctor repair")) <= 80
-    assert f"        nandoctor repair {DEMO_RUN / 'checkpoint-300'} --from auto --out {DEMO_RUN / 'checkpoint-300'}-repaired\n" in text
+    assert f"        nandoctor repair {DEMO_RUN / 'checkpoint-300'} --from auto --out {DEMO_RUN / 'repaired-checkpoint-300'}\n" in text
     folded = "".join(line.split("│")[0].strip() for line in text.splitlines() if "│" in line)
     for t in report.bad_tensors:
         assert t.name in folded  # each name, folded over lines, reads whole in its column

@@ -89,7 +89,7 @@ def test_repair_hint_names_an_out_that_does_not_exist(tmp_path):
 
 
 def test_a_file_of_a_checkpoint_folder_is_repaired_beside_the_folder_not_into_it(tmp_path):
-    """Scanning run/checkpoint-300/model-0000x.safetensors suggests --out run/checkpoint-300-<file>-repaired
+    """Scanning run/checkpoint-300/model-0000x.safetensors suggests --out run/repaired-checkpoint-300-<file>
     (never a folder inside the checkpoint, nor repaired-checkpoint-300, the run view's name for a repair of
     the whole checkpoint); a file of a plain folder keeps its sibling name; the suggested repair works."""
     import shlex

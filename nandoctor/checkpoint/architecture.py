@@ -496,7 +496,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             yield _OUTSIDE_SUSPICION, "no norm outside the layers is stored (the final norm)"
     architectures = config.get("architectures")
     head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
-    if (head and config.get("tie_word_embeddings") is False and not any(name in stored for name in _LM_HEADS)
+    # (under a composite model's prefix too: transformers 5 saves Llava's as language_model.lm_head.weight)
+    if (head and config.get("tie_word_embeddings") is False
+            and not any(name == known or name.endswith("." + known) for name in stored for known in _LM_HEADS)
             and any(map(EMBEDDING.match, stored))):
         yield LM_HEAD, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
         # (a masked LM's head is named otherwise, BERT's cls.predictions.decoder: the built model says which)
