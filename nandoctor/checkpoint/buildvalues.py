@@ -70,7 +70,9 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
                                         f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
         elif "pad_token_id" in sub and pad is not None and (not isinstance(pad, int) or isinstance(pad, bool)):
             yield sub, "pad_token_id", f"config.json's {where}pad_token_id is {json.dumps(pad)[:40]}, not a token id", None
-        if "vocab_size" in sub and not vocab:  # (a string, null, 0: transformers' field validation or a size mismatch)
+        if "vocab_size" in sub and not vocab and (sub["vocab_size"] is not None or not where):
+            # (a string, null, 0: transformers' field validation or a size mismatch; null in a sub-config is a codec's
+            # semantic model's default, NeuCodec's: a sweep's build for nothing)
             yield sub, "vocab_size", f"config.json's {where}vocab_size is {json.dumps(sub['vocab_size'])[:40]}", DROP
         yield from _head_counts(where, sub)
         yield from _typed(where, sub)
@@ -154,6 +156,11 @@ def _meant(value: Any, kind: type) -> Any:
     return number
 
 
+# keys that give a head's size where it is not width / heads (T5's d_kv, Megatron-style kv_channels, DeepSeek's latent
+# attention): the heads need not divide the width (a sweep: mT5's 6 heads of 64 in a width of 512 cost a build)
+_HEAD_SIZES = ("d_kv", "kv_channels", "qk_nope_head_dim", "v_head_dim", "attention_head_dim", "head_size")
+
+
 def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     """A head count of 0 or less, to be built with a count that divides the model's width: the other count, or
     hidden_size / head_dim (a class's default of 32 heads would not divide a small model and blame nothing)."""
@@ -168,7 +175,7 @@ def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     # transformers raises "must be divisible"; an adversarial round's GPT-2 n_head 3 with n_embd 32 read CLEAN)
     heads_key, count = sized(config, "num_attention_heads")
     width_key, width = sized(config, "hidden_size")
-    if count and width and not head_dim and width % count:
+    if count and width and not head_dim and width % count and not any(config.get(k) for k in _HEAD_SIZES):
         fits = max(d for d in range(1, count + 1) if width % d == 0)
         yield config, heads_key, (f"config.json's {where}{heads_key} is {count}, which does not divide its "
                                   f"{width_key} of {width:,}"), fits
