@@ -533,7 +533,7 @@ _MISSING_KEY = re.compile(r"^config\.json gives no (\w+)")
 # mlp_ratio, Whisper's max_source_positions, FSMT's src_vocab_size, Moonshine's encoder_num_hidden_layers)
 _FAMILIES = {
     # (not Qwen3-MoE's mlp_only_layers, DeepSeek's num_nextn_predict_layers, Qwen2's max_window_layers: other counts)
-    "num_hidden_layers": re.compile(r"^(?!.*(?:_only_|nextn|window|max_)).*(?:layers|layer$|depth)"),
+    "num_hidden_layers": re.compile(r"^(?!.*(?:_only_|nextn|window|max_)).*(?:layers|layer$|depth|blocks)"),
     # (not Falcon's ffn_hidden_size: the MLP's)
     "hidden_size": re.compile(r"^(?!ffn_|intermediate_).*(?:hidden_size|n_embd|d_model|embed_dim|emb_dim|hidden_dim)$|^dim$"),
     # (not Falcon's num_kv_heads nor num_key_value_heads: the key/value heads' count)
