@@ -80,11 +80,16 @@ def write(path: Path, tensors: Iterable[Tensor], *, arch: str = "llama", block_c
         row_bytes = ne[0] // LAYOUTS[kind][0] * LAYOUTS[kind][1]
         byte_shape = (*reversed(ne[1:]), row_bytes)
         writer.add_tensor(name, array.reshape(byte_shape), raw_dtype=quant_type(kind))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return path
+
+
+def finish(writer: object) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close it (the writer's own order)."""
+    writer.write_header_to_file()  # type: ignore[attr-defined]
+    writer.write_kv_data_to_file()  # type: ignore[attr-defined]
+    writer.write_tensors_to_file()  # type: ignore[attr-defined]
+    writer.close()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import pytest
 np = pytest.importorskip("numpy")
 gguf = pytest.importorskip("gguf")
 
+from tests.gguf_files import finish  # noqa: E402
+
 import nandoctor  # noqa: E402
 from nandoctor.readers import gguf_names  # noqa: E402
 
@@ -60,10 +62,7 @@ def _write(path: Path, *, arch: str = "llama", rename: dict[str, str] | None = N
             continue
         values = np.ones(shape) if name.endswith("norm.weight") else rng.standard_normal(shape) * 0.02
         writer.add_tensor((rename or {}).get(name, name), values.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return path
 
 
@@ -141,10 +140,7 @@ def _second_split(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     writer.add_uint16("split.count", 2)
     for name, values in tensors.items():
         writer.add_tensor(name, values.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return path
 
 
@@ -326,10 +322,7 @@ def test_a_split_set_is_the_files_llama_cpp_names(tmp_path):
     writer.add_uint16("split.no", 1)
     writer.add_uint16("split.count", 3)  # (llama.cpp reads the count of the first file only)
     writer.add_tensor("output.weight", (np.random.default_rng(1).standard_normal((VOCAB, HIDDEN)) * 0.02).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     assert nandoctor.scan(later / first.name).exit_code == 0
 
     unnumbered = tmp_path / "unnumbered"
@@ -337,10 +330,7 @@ def test_a_split_set_is_the_files_llama_cpp_names(tmp_path):
     writer = gguf.GGUFWriter(str(unnumbered / "model-00001-of-00002.gguf"), "llama")
     writer.add_uint16("split.count", 2)
     writer.add_tensor("token_embd.weight", np.ones((4, 8), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     shutil.copy(tmp_path / "model-00002-of-00002.gguf", unnumbered)
     missing_no = nandoctor.scan(unnumbered / "model-00001-of-00002.gguf")
     assert missing_no.exit_code == 3 and any("no split.no" in p.message for p in missing_no.errors)

@@ -16,6 +16,8 @@ import pytest
 np = pytest.importorskip("numpy")
 gguf = pytest.importorskip("gguf")
 
+from tests.gguf_files import finish  # noqa: E402
+
 import nandoctor  # noqa: E402
 from nandoctor.model import UNLOADABLE_KIND  # noqa: E402
 from nandoctor.readers import gguf_shapes  # noqa: E402
@@ -64,10 +66,7 @@ def _write(path: Path, *, arch: str = "llama", keys: dict[str, int] | None = Non
             writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return path
 
 
@@ -212,10 +211,7 @@ def test_a_size_key_stored_as_another_type_is_not_loadable(tmp_path: Path, kind:
         writer.add_string("llama.embedding_length", str(EMBD))
     for tensor in reader.tensors:
         writer.add_tensor(tensor.name, np.asarray(tensor.data).reshape([int(n) for n in reversed(tensor.shape)]))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     assert _transformers(writer_path) != "loads"  # the oracle
     report = nandoctor.scan(writer_path)
     assert report.exit_code == 3 and any("llama.embedding_length holds" in e.message and "not an integer" in e.message
