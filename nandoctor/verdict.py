@@ -219,6 +219,10 @@ def _all_findings(tensors: TensorResults) -> list[tuple[str, ...]]:
         for i in _exploded_running_stats(tensors):
             if EXPLODED not in out[i]:
                 out[i] += (EXPLODED,)
+    if "optimizer" in roles:
+        for i in _exploded_moments(tensors):
+            if EXPLODED not in out[i]:
+                out[i] += (EXPLODED,)
     for i in maybe:  # a variance's exploded values are its negative ones (no magnitude is: kernels/census.py)
         if exploded[i] and roles[i] != "weight" and EXPLODED not in out[i] and is_variance(names[i], roles[i]):
             out[i] += (EXPLODED,)
@@ -239,6 +243,21 @@ def _exploded_running_stats(tensors: TensorResults) -> list[int]:
     roles, names, tops = tensors.refs.roles, tensors.refs.names, tensors.max_abs
     return [i for i, (role, top) in enumerate(zip(roles, tops)) if role == "buffer" and names[i].endswith(_RUNNING_STATS)
             and top is not None and top > RUNNING_STAT_CEILING]
+
+
+# An optimizer moment (Adam's exp_avg or exp_avg_sq, SGD's momentum) above this is a step from overflowing float32: a
+# second moment of 1e30 is a gradient of 1e15, which no training that still learns produces (a helper's real run: a
+# loss scaled by 1e25 once left exp_avg_sq of 2e38 beside others overflowed to Inf; a repair of the Inf ones alone,
+# "verified CLEAN", put NaN in the weights two steps into the resume). Below it, a moment's size is no finding.
+MOMENT_CEILING = 1e30
+_MOMENT_NAMES = re.compile(r"(?:^|\.)(?:exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg|acc_delta|exp_inf)(?:\.|$)")
+
+
+def _exploded_moments(tensors: TensorResults) -> list[int]:
+    """Rows of optimizer moments whose largest finite magnitude is above MOMENT_CEILING."""
+    roles, names, tops = tensors.refs.roles, tensors.refs.names, tensors.max_abs
+    return [i for i, (role, top) in enumerate(zip(roles, tops)) if role == "optimizer" and top is not None
+            and top > MOMENT_CEILING and _MOMENT_NAMES.search(names[i])]
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
@@ -1306,7 +1325,8 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
             "storage bytes no tensor views"
         pieces.append(f"{values} in {where} ({first.label()}{more})")
     exploded = with_finding(report, EXPLODED)
-    variances = [t for t in exploded if is_variance(t.name, t.ref.role)]  # (their exploded values are negatives)
+    # (a variance's exploded values are its negative ones; one above MOMENT_CEILING and none negative is a moment)
+    variances = [t for t in exploded if is_variance(t.name, t.ref.role) and t.exploded]
     if variances:
         count = sum(t.exploded for t in variances)
         roles = {t.ref.role for t in variances}
@@ -1319,9 +1339,11 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     if exploded:
         # (a BatchNorm's running statistics are buffers: said as such, and their magnitude is the one shown)
         buffers = sum(1 for t in exploded if t.ref.role == "buffer")
-        weights = len(exploded) - buffers
+        moments = sum(1 for t in exploded if t.ref.role == "optimizer")
+        weights = len(exploded) - buffers - moments
         kinds = " and ".join([plural(weights, "weight tensor")] * bool(weights)
-                             + [plural(buffers, "running statistic")] * bool(buffers))
+                             + [plural(buffers, "running statistic")] * bool(buffers)
+                             + [plural(moments, "optimizer moment")] * bool(moments))
         top = max((t.max_abs for t in exploded if t.max_abs is not None), default=None)
         pieces.append(f"{kinds} exploded" + (f" (max |x| {top:.3g})" if top is not None else "")
                       + _outgrown_fact(report))

@@ -382,12 +382,39 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     # verified repair (a helper's real run)
     norms = {t.name[: -len(stat)] for t in bad for stat in _NORM_STATS if t.name.endswith(stat)}
     norms |= _norms_after(report, bad)
+    # an optimizer's moments of one parameter are restored together too: an exp_avg_sq overflowed to Inf restored
+    # beside the same step's exp_avg of 1e22, finite and kept, put NaN in the weights two steps into the resume (a
+    # helper's real run, "verified CLEAN")
+    moments = {key for t in bad if (key := moment_of(t.name)) is not None}
+    if not norms and not moments:
+        return bad if scope == "tensor" else _whole_layers(report, bad)
+
+    def with_siblings(t: TensorResult) -> bool:
+        return _norm_stat_of(t.name, norms) or (bool(moments) and moment_of(t.name) in moments)
+
     if scope == "tensor":
-        if not norms:
-            return bad
-        return [t for t in report.tensors if _restored(t) or _norm_stat_of(t.name, norms)]
+        return [t for t in report.tensors if _restored(t) or with_siblings(t)]
     groups = {layer_of(t.name).group for t in bad}
-    return [t for t in report.tensors if layer_of(t.name).group in groups or _norm_stat_of(t.name, norms)]
+    return [t for t in report.tensors if layer_of(t.name).group in groups or with_siblings(t)]
+
+
+def _whole_layers(report: ScanReport, bad: list[TensorResult]) -> list[TensorResult]:
+    groups = {layer_of(t.name).group for t in bad}
+    return [t for t in report.tensors if layer_of(t.name).group in groups]
+
+
+# an optimizer's per-parameter moments (torch's Adam/AdamW/SGD/RMSprop/Adagrad/Adamax state), as a state dict names
+# them (optimizer.state.3.exp_avg) or DeepSpeed's ZeRO names them after their parameter (exp_avg.model.layers.3…)
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "exp_inf")
+
+
+def moment_of(name: str) -> str | None:
+    """The parameter whose optimizer moment ``name`` is (its name without the moment's), or None for another tensor."""
+    head, _, last = name.rpartition(".")
+    if last in _MOMENTS and head:
+        return head
+    first, _, rest = name.partition(".")
+    return f"@{rest}" if first in _MOMENTS and rest else None
 
 
 _NORM_STATS = (".running_mean", ".running_var", ".num_batches_tracked")  # (torch's _NormBase buffers)

@@ -1,0 +1,56 @@
+"""An optimizer's moments of one parameter are restored together, and a moment a step from overflowing float32 is
+exploded (restore/plan.py ``moment_of``, verdict.py ``MOMENT_CEILING``).
+
+A helper's real run (a Trainer without gradient clipping, one batch's loss scaled by 1e25): the weights stayed finite,
+some exp_avg_sq overflowed to Inf and the rest reached 2e38, the exp_avg 1e22. The repair restored the Inf ones
+alone and said "verified CLEAN"; resumed, the weights were NaN two steps later. Torch's own AdamW is the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nandoctor.restore import repair  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
+def _step(net, opt, x, y, scale: float = 1.0) -> None:
+    loss = torch.nn.functional.mse_loss(net(x), y) * scale
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_an_overflowed_adam_state_is_repaired_whole_and_resumes_finite(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _net()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in range(1, 31):
+        _step(net, opt, x, y, scale=1e19 if step == 22 else 1.0)  # (one batch whose loss blew up, no clipping)
+        if step % 10 == 0:
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step}, run / f"step_{step}.pt")
+    saved = torch.load(run / "step_30.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())  # (the weights are finite: no finding there)
+    moments = [s for state in saved["optimizer"]["state"].values() for s in (state["exp_avg"], state["exp_avg_sq"])]
+    assert max(float(m.abs().max()) for m in moments) > 1e30
+
+    quiet = run_cli("scan", str(run / "step_30.pt"), "-q")
+    assert quiet.exit_code == 1 and "optimizer moments exploded" in quiet.output, quiet.output
+    result = repair(run / "step_30.pt", ["auto"], tmp_path / "fixed")
+    assert result.ok
+    fixed = torch.load(tmp_path / "fixed" / "step_30.pt", weights_only=True)
+    net.load_state_dict(fixed["model"])
+    opt.load_state_dict(fixed["optimizer"])
+    for _ in range(5):  # the oracle: the resumed run stays finite
+        _step(net, opt, x, y)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
