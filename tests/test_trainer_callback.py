@@ -352,3 +352,32 @@ def test_a_nan_logged_before_any_save_is_checked_on_the_live_weights(tmp_path, c
         out = tmp_path / "out"
         assert not verdict(out / f"checkpoint-{logged[0]}")["gate"]["passed"]
         assert nandoctor.scan_run(str(out)).exit_code() == 1
+
+
+class BlowUp(TrainerCallback):
+    """After optimizer step 5, every weight scaled by 1,000: finite, and far past the run's first checkpoints."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == PLANT_AT:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.mul_(1000.0)
+
+
+def test_resuming_diverged_finite_weights_is_refused(tmp_path):
+    """A helper's real run: a checkpoint whose weights grew 128x (finite) was resumed with
+    resume_from_checkpoint=True, the callback checking the weights alone, without the run: it trained on at a loss
+    of 32 and stopped again, "last clean checkpoint: none". The weights loaded are judged within the run now."""
+    plain = make_trainer(tmp_path, NanDoctorCallback(), max_steps=6, save_total_limit=None)
+    plain.callback_handler.callbacks = [BlowUp()] + [c for c in plain.callback_handler.callbacks
+                                                     if not isinstance(c, (NanDoctorCallback, PlantNaN))]
+    plain.train()
+    out = tmp_path / "out"
+    assert nandoctor.scan(out / "checkpoint-6").health == "diverged"  # (within its run)
+    trainer = make_trainer(tmp_path, NanDoctorCallback(stop_on_nonfinite=True), max_steps=8, save_total_limit=None)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, PlantNaN)]
+    with pytest.raises(nandoctor.NonFiniteWeightsError) as caught:
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 6
+    assert "every weight, diverged: the bulk of" in caught.value.message
+    assert f"trainer.train(resume_from_checkpoint={str(out / 'checkpoint-4')!r})" in caught.value.message

@@ -340,8 +340,8 @@ class NanDoctorCallback(TrainerCallback):
         Healthy weights and optimizer at a failed step (a repaired copy) resume with a warning; a checkpoint saved
         after a loss jump (``resume_point: false``) is said at ERROR."""
         # (first, on every rank: one collective)
-        broken, bad_weights = self._loaded_state_faults(model, optimizer, scheduler)
         folder = Path(args.output_dir or ".") / f"{PREFIX}-{state.global_step}"
+        broken, bad_weights = self._loaded_state_faults(model, optimizer, scheduler, folder)
         try:
             data = read_json(folder / REPORT_NAME, follow_links=False)
         except (OSError, ValueError):
@@ -368,10 +368,13 @@ class NanDoctorCallback(TrainerCallback):
             logger.error("nandoctor: resuming at step %d, as %s, which is no resume point (%s); %s",
                          state.global_step, folder, data.get("resume_point_why"), self._instead(args, state))
 
-    def _loaded_state_faults(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[list[str], list[str]]:
+    def _loaded_state_faults(self, model: Any, optimizer: Any, scheduler: Any,
+                             folder: Path | None = None) -> tuple[list[str], list[str]]:
         """The names of what the loaded optimizer and scheduler hold as NaN/Inf (``loaded_training_state``), and of
-        the loaded model's weights that fail ``fail_on``; agreed by every rank in one collective (a sharded model's
-        or optimizer's tensors differ by rank: all stop together, or none does)."""
+        the loaded model's weights that fail ``fail_on``, judged within the run as the checkpoint ``folder`` it was
+        loaded at would be (weights finite but grown far past the run's first healthy checkpoint are diverged: a
+        helper's resume of such a checkpoint trained on at a loss of 32 with no word); agreed by every rank in one
+        collective (a sharded model's or optimizer's tensors differ by rank: all stop together, or none does)."""
         from nandoctor.api import scan_module, scan_state_dict
 
         loaded = loaded_training_state(optimizer, scheduler)
@@ -385,6 +388,14 @@ class NanDoctorCallback(TrainerCallback):
         if model is not None:
             report = scan_module(model)
             bad_weights = [report.tensors.refs[i].name for i in verdicts.failing_rows(report, self.fail_on)]
+            if not bad_weights and folder is not None and folder.is_dir() and verdicts.EXPLODED in self.fail_on:
+                from functools import partial
+
+                from nandoctor.checkpoint.runcontext import judge_in_run
+                from nandoctor.engine import scan
+
+                why = verdicts.diverged_why(judge_in_run(report, folder, partial(scan, device="cpu")))
+                bad_weights = [f"every weight, diverged: {why}"] if why else []
         dist = distributed()
         if dist is not None:
             everyone: list[Any] = [None] * dist.get_world_size()
