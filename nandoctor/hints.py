@@ -114,7 +114,7 @@ def put_in_place(target: str, repaired: Path) -> str:
     a_file = Path(target).is_file()
     source = repaired / named.name if a_file else repaired
     # (a free name: `mv X X-bad` into an existing X-bad folder would nest the checkpoint inside it, silently)
-    bad: Path | str = access.as_spelled(Path(_free(_outside_the_run(named, SET_ASIDE))), target)
+    bad: Path | str = set_aside_path(target)
     if os.path.abspath(target) == os.getcwd():  # (`.`: the working folder cannot be moved by that name)
         target, bad, source = str(named), os.path.abspath(bad), Path(os.path.abspath(source))
     line = f"mv {path_word(target)} {path_word(bad)} && mv {path_word(source)} {path_word(target)}"
@@ -130,6 +130,13 @@ def put_in_place(target: str, repaired: Path) -> str:
 
 
 SET_ASIDE = "-bad"  # (runs.SET_ASIDE_NAME knows the names it makes)
+
+
+def set_aside_path(target: str) -> str:
+    """Where the next steps move a bad checkpoint aside (``bad-checkpoint-N`` for a Trainer one), spelled as
+    ``target`` was, at a name still free."""
+    named = access.named_path(target)
+    return str(access.as_spelled(Path(_free(_outside_the_run(named, SET_ASIDE))), target))
 
 
 def _outside_the_run(target: Path, suffix: str) -> Path:

@@ -575,3 +575,21 @@ def test_a_trainer_checkpoint_set_aside_as_the_next_steps_say_is_no_checkpoint_t
     said = " ".join(run("scan", str(run_dir)).output.split())
     assert ("transformers' Trainer counts checkpoint-300-bad among the checkpoints its save_total_limit rotation "
             "keeps") in said
+
+
+def test_resuming_an_earlier_trainer_checkpoint_says_to_move_the_later_bad_ones_aside(run_dir):
+    """A new user's trial: "resume from checkpoint-15", and nothing said of the diverged checkpoint-60 beside it; a
+    later resume_from_checkpoint=True resumed checkpoint-60 (transformers' get_last_checkpoint takes the highest
+    step), trained on NaN, and the save_total_limit rotation deleted the healthy checkpoints."""
+    import subprocess
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    said = " ".join(run("scan", str(run_dir)).output.split())
+    move = f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300"
+    assert f"before resuming from checkpoint-200, move the later bad checkpoint(s) out of Trainer's way" in said
+    assert said.endswith(move)
+    assert get_last_checkpoint(str(run_dir)) == str(run_dir / "checkpoint-300")
+    assert subprocess.run(["bash", "-c", move]).returncode == 0
+    assert get_last_checkpoint(str(run_dir)) == str(run_dir / "checkpoint-200")  # the oracle: what a resume takes now
+    assert run("scan", str(run_dir), "-q").exit_code == 0

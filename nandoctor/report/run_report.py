@@ -370,8 +370,27 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
                      f"accelerator.project_configuration.iteration = {last_clean.step + 1} before the next "
                      "save_state()")
     elif steps and not repaired and last_clean is not None and last_clean is not run.newest:
-        steps += _resume_pointer(Path(last_clean.path))
+        steps += _resume_pointer(Path(last_clean.path)) + _set_aside_later(run, last_clean)
     return steps
+
+
+def _set_aside_later(run: RunReport, resume: RunCheckpoint) -> list[str]:
+    """For a Trainer run resumed from an earlier checkpoint: the commands that move its later bad checkpoints out of
+    Trainer's way (a new user's trial: resume_from_checkpoint=True then resumed the newest, diverged checkpoint-60,
+    and the save_total_limit rotation kept it while deleting the healthy ones)."""
+    from nandoctor.checkpoint.runs import is_trainer_checkpoint
+    from nandoctor.hints import set_aside_path
+
+    if not is_trainer_checkpoint(Path(resume.path)):
+        return []
+    later = [c for c in run.checkpoints if not (c.final or c.last or c.saved_into) and c.step_known
+             and c.step > resume.step and c.status not in HEALTHY_STATUSES and is_trainer_checkpoint(Path(c.path))]
+    if not later:
+        return []
+    moves = " && ".join(f"mv {path_word(c.path)} {path_word(set_aside_path(c.path))}" for c in later[:8])
+    return [f"before resuming from {resume.name}, move the later bad checkpoint(s) out of Trainer's way (it counts "
+            "them as its newest saves: resume_from_checkpoint=True would resume them, and the save_total_limit "
+            f"rotation keeps them over the new ones): {moves}" + (f" (and {len(later) - 8} more)" if len(later) > 8 else "")]
 
 
 def _resume_pointer(resume: Path) -> list[str]:
