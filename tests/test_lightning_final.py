@@ -200,6 +200,14 @@ def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_r
     # (the proof beside the file still vouches for its bytes: --verify-hashes reads it, a review)
     verified = run("scan", folder / "final.ckpt", "--verify-hashes", "-q")
     assert verified.exit_code == 0 and "matches its recorded sha256" in verified.output, verified.output
+    # (a new user's trial: a file the run saved again after the proof, as Lightning rewrites last.ckpt at every save,
+    # read HASH MISMATCH, "restore it from a good copy"; it is no longer the repair's file)
+    import os
+
+    proof_time = (folder / "final.ckpt.nandoctor-repair.json").stat().st_mtime
+    os.utime(folder / "final.ckpt", (proof_time + 60, proof_time + 60))
+    resaved = " ".join(run("scan", folder / "final.ckpt", "--verify-hashes").output.split())
+    assert "HASH MISMATCH" not in resaved and "saved again after the repair proof that records it" in resaved, resaved
     assert run("scan", folder, "-q").exit_code == 1
     second = run("repair", folder, "--from", "auto", "--out", tmp_path / "fixed2", "--json")
     assert second.exit_code == 0, second.output[-3000:]

@@ -41,9 +41,10 @@ from nandoctor.checkpoint.loadfiles import load_files
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
-from nandoctor.wording import path_word
+from nandoctor.wording import first_few, path_word
 
 MANIFEST_SCHEMA = 1
+_SAVED_AFTER = 2.0  # seconds a file's time may pass its proof's (coarse file system clocks) and still be the repair's
 PROOF_NAME = "nandoctor-repair.json"  # the repair proof's file name: defined here, where hash checks read it; restore/ writes it
 READ_BYTES = 8 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -206,9 +207,13 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None) -> dict[Path, Expected]:
+def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None,
+                    stale: list[str] | None = None) -> dict[Path, Expected]:
     """Every weight file of the checkpoint whose sha256 is known offline, with where it is known from.
-    A manifest wins over a repair proof, which wins over a cache blob name."""
+    A manifest wins over a repair proof, which wins over a cache blob name. A file written after the repair proof that
+    records it (a Lightning last.ckpt put in place, then saved again by the next training step) is not held to that
+    proof: its name goes to ``stale`` (a new user's trial: HASH MISMATCH, "restore it from a good copy", on a run
+    that had simply trained on)."""
     out: dict[Path, Expected] = {}
     by_relative = {_relative(checkpoint, f): f for f in checkpoint.files.files}
     folder = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
@@ -226,9 +231,14 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
         if not proof.is_file():
             continue
         data = read_json(proof)
+        written = proof.stat().st_mtime
         for entry in data.get("files", []) if isinstance(data, dict) else []:
             found = named.get(str(entry.get("path"))) if isinstance(entry, dict) else None
             if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
+                if found.stat().st_mtime > written + _SAVED_AFTER:
+                    if stale is not None:
+                        stale.append(found.name)
+                    continue
                 out[found] = Expected(entry["sha256"], proof.name)
     if manifest_path is not None:
         for entry in read_manifest(manifest_path)["files"]:
@@ -258,7 +268,12 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
     checkpoint lacks) is a problem naming file and tensor."""
     started = time.perf_counter()
     check = HashCheck()
-    expected = expected_hashes(checkpoint, manifest_path)
+    stale: list[str] = []
+    expected = expected_hashes(checkpoint, manifest_path, stale)
+    if stale:
+        check.notes.append(f"{first_few(stale, 3)} saved again after the repair proof that records {'it' if len(stale) == 1 else 'them'} "
+                           "(training went on): not held to that proof's sha256; record the new save's with: "
+                           "nandoctor manifest PATH > manifest.json")
     if manifest_path is not None:
         present = {_relative(checkpoint, f) for f in checkpoint.files.files}
         for entry in read_manifest(manifest_path)["files"]:
