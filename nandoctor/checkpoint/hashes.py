@@ -231,11 +231,13 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
         if not proof.is_file():
             continue
         data = read_json(proof)
-        written = proof.stat().st_mtime
+        # (a file put in place beside its own proof may be saved again where it lies, as Lightning's last.ckpt is; a
+        # repaired folder is not written into by training, and a plain cp of it gives every file a new time)
+        written = proof.stat().st_mtime if proof.name != PROOF_NAME else None
         for entry in data.get("files", []) if isinstance(data, dict) else []:
             found = named.get(str(entry.get("path"))) if isinstance(entry, dict) else None
             if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
-                if found.stat().st_mtime > written + _SAVED_AFTER:
+                if written is not None and found.stat().st_mtime > written + _SAVED_AFTER:
                     if stale is not None:
                         stale.append(found.name)
                     continue
