@@ -83,3 +83,26 @@ def test_the_batchnorm_after_a_restored_weight_gets_its_statistics_restored_too(
     assert {"state_dict.0.weight", "state_dict.1.running_var"} <= {r.name for r in result.plan.restorations}
     fixed = torch.load(tmp_path / "fixed" / "step_30.pt", weights_only=True)["state_dict"]
     assert _eval_loss(fixed, x, y) == pytest.approx(healthy, rel=1e-4)  # the oracle
+
+
+def test_the_batchnorm_two_modules_after_a_restored_weight_is_restored_too(tmp_path: Path) -> None:
+    """An adversarial round: a depthwise-separable block (dw conv, pw conv, BatchNorm) with the dw conv's weight
+    flipped to 3e4: the BatchNorm is two modules after it in the state dict, and its statistics were kept."""
+    def block() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=4), torch.nn.Conv2d(4, 8, 1), torch.nn.BatchNorm2d(8),
+                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+    torch.manual_seed(0)
+    net = block()
+    x = torch.randn(16, 4, 8, 8)
+    for _ in range(3):
+        net(x)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "step_20.pt")
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = 3e4
+    for _ in range(3):
+        net(x)
+    assert net.state_dict()["2.running_var"].max() > 1e5
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "step_30.pt")
+    result = repair(tmp_path / "step_30.pt", ["auto"], tmp_path / "fixed")
+    assert result.ok and "state_dict.2.running_var" in {r.name for r in result.plan.restorations}

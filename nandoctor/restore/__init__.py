@@ -195,6 +195,9 @@ def repair(
               *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
     plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts,
                    whole_model_from=one_donor[0] if one_donor is not None else already[0] if already is not None else None)
+    kept_state = _kept_optimizer_state(plan, report)
+    if kept_state:
+        plan = replace(plan, notes=(*plan.notes, kept_state))
     broke = verdict.loss_broke_from(report)
     if broke is not None and plan.restorations:  # (the scans' next steps say the same)
         plan = replace(plan, notes=(*plan.notes, verdict.loss_broke_words(runs.checkpoint_name(target_path), broke)))
@@ -230,6 +233,26 @@ def repair(
         judge=partial(judge_in_run, target=target_path, scan_one=scan_one),
     )
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _kept_optimizer_state(plan: RepairPlan, report: ScanReport) -> str:
+    """A note where weights restored for a training event (exploded values, outliers: a gradient that blew them up)
+    leave the checkpoint's optimizer state as it was: its moments hold that gradient and bring the damage back at the
+    first resumed step (an adversarial round: SGD's momentum_buffer of 1e4 kept, NaN ten steps into the resume)."""
+    from nandoctor import verdict
+    from nandoctor.checkpoint.roles import OPTIMIZER, WEIGHT
+
+    events = [r.name for r in plan.restorations if r.target_ref.role == WEIGHT
+              and set(r.findings) & {verdict.EXPLODED, verdict.OUTLIER}]
+    restored = {r.name for r in plan.restorations}
+    state = [t.name for t in report.tensors if t.ref.role == OPTIMIZER and ".state." in t.name]
+    if not events or not state or any(name in restored for name in state):
+        return ""
+    donor = plan.donors[plan.restorations[0].donor].path
+    return (f"{first_few(events, 2)} restored for values a training step blew up, and the optimizer state kept as it "
+            f"was: its moments hold that step's gradient and can blow them up again at the first resumed step; to "
+            f"resume training, resume from {donor} (or with a fresh optimizer state); to use the weights, the repair is "
+            "what it says")
 
 
 def _in_pieces(

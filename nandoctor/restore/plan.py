@@ -27,7 +27,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -408,8 +407,16 @@ def _whole_layers(report: ScanReport, bad: list[TensorResult]) -> list[TensorRes
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "exp_inf")
 
 
+_PARAMETER_STATE = re.compile(r"^(.*\.state\.\d+)\.[^.]+$")  # (a torch optimizer's state of parameter N: every entry)
+
+
 def moment_of(name: str) -> str | None:
-    """The parameter whose optimizer moment ``name`` is (its name without the moment's), or None for another tensor."""
+    """The parameter whose optimizer state ``name`` is part of (``optimizer.state.3`` for every entry of it: Adam's
+    moments, centered RMSprop's grad_avg beside its square_avg, a step count), or None for another tensor."""
+    match = _PARAMETER_STATE.match(name)
+    if match:  # (the whole state of one parameter, whatever the optimizer keeps: an adversarial round's RMSprop
+        # centered had its square_avg restored beside its own grad_avg, and the first resumed step was NaN)
+        return match.group(1)
     head, _, last = name.rpartition(".")
     if last in _MOMENTS and head:
         return head
@@ -436,7 +443,9 @@ def _norms_after(report: ScanReport, bad: list[TensorResult]) -> set[str]:
             modules.append(module)
         if name.endswith(_NORM_STATS):
             stats.add(module)
-    return {after for module, after in pairwise(modules) if module in restored and after in stats}
+    # (the norm right after, or one module further: a depthwise-separable block's dw conv, pw conv, then its BatchNorm)
+    following = [(modules[i], later) for i in range(len(modules)) for later in modules[i + 1:i + 3]]
+    return {after for module, after in following if module in restored and after in stats}
 
 
 def _norm_stat_of(name: str, norms: set[str]) -> bool:
