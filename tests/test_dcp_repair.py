@@ -146,7 +146,9 @@ def test_two_rank_sharded_save_repaired_chunk_by_chunk(two_rank_pair, tmp_path: 
     result = nandoctor.repair(target, [donor], out, allow_diverged=True)
     assert result.ok and nandoctor.scan(out).exit_code == 0
     restored = {(r.name, r.box.offsets if r.box else None) for r in result.plan.restorations}
-    assert restored == {("model.0.weight", (4, 0)), ("model.2.weight", (0, 0)), ("optim.state.2.bias.exp_avg", (2,))}
+    # (a parameter's optimizer moments are restored together: exp_avg_sq's two chunks with exp_avg's bad one)
+    assert restored == {("model.0.weight", (4, 0)), ("model.2.weight", (0, 0)), ("optim.state.2.bias.exp_avg", (2,)),
+                        ("optim.state.2.bias.exp_avg_sq", (0,)), ("optim.state.2.bias.exp_avg_sq", (2,))}
     repaired, expected = _load(out), _expected(_load(target), _load(donor))
     assert repaired.keys() == expected.keys()
     for name in expected:

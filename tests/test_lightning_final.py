@@ -204,7 +204,14 @@ def test_repair_of_the_run_fixes_every_deciding_file_and_never_calls_a_failing_r
     # read HASH MISMATCH, "restore it from a good copy"; it is no longer the repair's file)
     import os
 
+    import shutil
+
     proof_time = (folder / "final.ckpt.nandoctor-repair.json").stat().st_mtime
+    os.utime(folder / "final.ckpt", (proof_time + 60, proof_time + 60))  # (copied with plain cp: the same bytes)
+    copied = run("scan", folder / "final.ckpt", "--verify-hashes", "-q")
+    assert copied.exit_code == 0 and "matches its recorded sha256" in copied.output, copied.output
+    step_file = sorted(folder.glob("epoch=*.ckpt"))[0]
+    shutil.copyfile(step_file, folder / "final.ckpt")  # (a new save of the run, other bytes)
     os.utime(folder / "final.ckpt", (proof_time + 60, proof_time + 60))
     resaved = " ".join(run("scan", folder / "final.ckpt", "--verify-hashes").output.split())
     assert "HASH MISMATCH" not in resaved and "saved again after the repair proof that records it" in resaved, resaved

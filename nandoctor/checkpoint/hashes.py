@@ -41,7 +41,7 @@ from nandoctor.checkpoint.loadfiles import load_files
 from nandoctor.checkpoint.opener import Checkpoint
 from nandoctor.errors import CorruptCheckpointError, ManifestError, NandoctorError
 from nandoctor.model import Region, ScanProblem
-from nandoctor.wording import first_few, path_word
+from nandoctor.wording import path_word
 
 MANIFEST_SCHEMA = 1
 _SAVED_AFTER = 2.0  # seconds a file's time may pass its proof's (coarse file system clocks) and still be the repair's
@@ -57,6 +57,7 @@ class Expected:
     sha256: str
     source: str  # "huggingface cache blob name", "nandoctor-repair.json", "manifest <path>"
     spans: tuple[dict[str, Any], ...] = ()  # a manifest's per-storage hashes of this file
+    resaved: bool = False  # a file put in place beside its own proof and written after it: a mismatch is a new save
 
 
 @dataclass
@@ -207,13 +208,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None,
-                    stale: list[str] | None = None) -> dict[Path, Expected]:
+def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None = None) -> dict[Path, Expected]:
     """Every weight file of the checkpoint whose sha256 is known offline, with where it is known from.
-    A manifest wins over a repair proof, which wins over a cache blob name. A file written after the repair proof that
-    records it (a Lightning last.ckpt put in place, then saved again by the next training step) is not held to that
-    proof: its name goes to ``stale`` (a new user's trial: HASH MISMATCH, "restore it from a good copy", on a run
-    that had simply trained on)."""
+    A manifest wins over a repair proof, which wins over a cache blob name. A file put in place beside its own proof
+    and written after it is ``resaved``: a mismatch there is a new save (a Lightning last.ckpt saved again by the next
+    training step: a new user's trial read HASH MISMATCH, "restore it from a good copy"), a match still verified (a
+    copy made with plain cp: its file written after its proof)."""
     out: dict[Path, Expected] = {}
     by_relative = {_relative(checkpoint, f): f for f in checkpoint.files.files}
     folder = checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent
@@ -237,11 +237,8 @@ def expected_hashes(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str
         for entry in data.get("files", []) if isinstance(data, dict) else []:
             found = named.get(str(entry.get("path"))) if isinstance(entry, dict) else None
             if found is not None and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]):
-                if written is not None and found.stat().st_mtime > written + _SAVED_AFTER:
-                    if stale is not None:
-                        stale.append(found.name)
-                    continue
-                out[found] = Expected(entry["sha256"], proof.name)
+                resaved = written is not None and found.stat().st_mtime > written + _SAVED_AFTER
+                out[found] = Expected(entry["sha256"], proof.name, resaved=resaved)
     if manifest_path is not None:
         for entry in read_manifest(manifest_path)["files"]:
             listed = by_relative.get(entry["path"])
@@ -270,12 +267,7 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
     checkpoint lacks) is a problem naming file and tensor."""
     started = time.perf_counter()
     check = HashCheck()
-    stale: list[str] = []
-    expected = expected_hashes(checkpoint, manifest_path, stale)
-    if stale:
-        check.notes.append(f"{first_few(stale, 3)} saved again after the repair proof that records {'it' if len(stale) == 1 else 'them'} "
-                           "(training went on): not held to that proof's sha256; record the new save's with: "
-                           "nandoctor manifest PATH > manifest.json")
+    expected = expected_hashes(checkpoint, manifest_path)
     if manifest_path is not None:
         present = {_relative(checkpoint, f) for f in checkpoint.files.files}
         for entry in read_manifest(manifest_path)["files"]:
@@ -307,6 +299,12 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
         if got == want.sha256:
             check.verified.append((str(file), want.source))
             continue
+        if want.resaved:
+            check.unverified.append(str(file))
+            check.notes.append(f"{file.name}: saved again after the repair proof that records it (training went on): "
+                               "its bytes are a new save's, not the repair's; record them with: "
+                               f"nandoctor manifest {path_word(file)} > manifest.json")
+            continue
         tensors = _changed_spans(file, want)
         where = f"; changed tensor(s): {', '.join(repr(t) for t in tensors[:8])}" + (" …" if len(tensors) > 8 else "") \
             if tensors else ""
@@ -316,6 +314,13 @@ def verify(checkpoint: Checkpoint, manifest_path: str | os.PathLike[str] | None 
             "the file is not the one recorded: re-download it (a cache blob) or restore it from a good copy",
             kind="hash",
         ))
+    resaved = [f for f, want in expected.items() if want.resaved and str(f) in check.unverified]
+    if resaved and not check.verified and not check.problems:  # (verifying nothing still fails: the note says why)
+        check.problems.append(ScanProblem(
+            str(checkpoint.path), f"no weight file holds the bytes recorded for it: {resaved[0].name} was saved again "
+            "after its repair proof, so nothing was verified",
+            f"record the hashes of this save with `nandoctor manifest {path_word(checkpoint.path)} > manifest.json` and "
+            "scan with --manifest manifest.json", kind="unverified"))
     check.seconds = time.perf_counter() - started
     return check
 

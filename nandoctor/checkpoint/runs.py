@@ -639,10 +639,19 @@ def _pointed(root: Path, checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint
 
 
 def _expected_ranks(ranks: dict[Path, frozenset[str]], folder: Path) -> frozenset[str]:
-    """The Megatron rank folders that two or more of the run's other iterations hold (a run resharded once is no
-    reason: one iteration decides nothing for the rest)."""
-    held = Counter(name for path, names in ranks.items() if path != folder for name in names)
-    return frozenset(name for name, count in held.items() if count >= 2)
+    """The Megatron rank folders an iteration should hold: its previous iteration's, where the next one (if any)
+    holds them too. A run resharded to fewer ranks (TP 4, then 2) changes its grid from one save on, and the saves
+    after it agree with each other: no rank is missing there (a review: TP 4 to 2 made the newest INCOMPLETE)."""
+    order = list(ranks)
+    if folder not in ranks:
+        return frozenset()
+    at = order.index(folder)
+    if at == 0:
+        return frozenset()
+    expected = ranks[order[at - 1]] - ranks[folder]
+    if at + 1 < len(order):
+        expected &= ranks[order[at + 1]]
+    return expected
 
 
 def _missing_files(checkpoints: list[RunCheckpoint]) -> list[str]:

@@ -130,7 +130,7 @@ def pointer_problem(folder: Path, saves: set[str]) -> str | None:
     folder = Path(folder)
     if (folder / DEEPSPEED_LATEST).exists() and is_deepspeed_save_folder(folder):
         tag = deepspeed_tag(folder)
-        if tag is None or tag not in saves:
+        if tag is None or (tag not in saves and not (folder / tag).is_dir()):  # (a custom tag: save_checkpoint(tag=…))
             said = f"names {tag}, which is not here" if tag is not None else "names no save (empty, or not text)"
             return (f"{DEEPSPEED_LATEST} {said}: DeepSpeed's load_checkpoint finds nothing to load, says so in a log "
                     "line and training starts from scratch")
@@ -141,7 +141,7 @@ def pointer_problem(folder: Path, saves: set[str]) -> str | None:
             return (f"{MEGATRON_TRACKER} holds {iteration[:20]!r}, not an iteration: Megatron's load of this folder "
                     "exits on it")
         named = iteration if iteration == "release" else f"iter_{int(iteration):07d}"
-        if named not in saves:
+        if named not in saves and not (folder / named).is_dir():
             return f"{MEGATRON_TRACKER} names {named}, which is not here: Megatron's load of this folder fails"
     return None
 
