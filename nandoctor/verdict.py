@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight
+from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight, moment_segment
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, component_of, layer_of, normalise, summarize, zero_breaks
 from nandoctor.model import (
@@ -250,14 +250,13 @@ def _exploded_running_stats(tensors: TensorResults) -> list[int]:
 # loss scaled by 1e25 once left exp_avg_sq of 2e38 beside others overflowed to Inf; a repair of the Inf ones alone,
 # "verified CLEAN", put NaN in the weights two steps into the resume). Below it, a moment's size is no finding.
 MOMENT_CEILING = 1e30
-_MOMENT_NAMES = re.compile(r"(?:^|\.)(?:exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg|acc_delta|exp_inf)(?:\.|$)")
 
 
 def _exploded_moments(tensors: TensorResults) -> list[int]:
     """Rows of optimizer moments whose largest finite magnitude is above MOMENT_CEILING."""
     roles, names, tops = tensors.refs.roles, tensors.refs.names, tensors.max_abs
     return [i for i, (role, top) in enumerate(zip(roles, tops)) if role == "optimizer" and top is not None
-            and top > MOMENT_CEILING and _MOMENT_NAMES.search(names[i])]
+            and top > MOMENT_CEILING and moment_segment(names[i]) is not None]
 
 
 _LAYER_NUMBER = re.compile(r"\.\d+\.")

@@ -106,3 +106,28 @@ def test_the_batchnorm_two_modules_after_a_restored_weight_is_restored_too(tmp_p
     torch.save({"state_dict": net.state_dict()}, tmp_path / "step_30.pt")
     result = repair(tmp_path / "step_30.pt", ["auto"], tmp_path / "fixed")
     assert result.ok and "state_dict.2.running_var" in {r.name for r in result.plan.restorations}
+
+
+def test_the_batchnorm_of_a_restored_weights_block_is_restored_whatever_the_files_order(tmp_path: Path) -> None:
+    """A review: safetensors keeps its names sorted (bn before conv), so "the norm after the weight" found nothing."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+    x = torch.randn(16, 3, 8, 8)
+    for _ in range(3):
+        bn(conv(x))
+    state = {**{f"block.conv.{k}": v for k, v in conv.state_dict().items()},
+             **{f"block.bn.{k}": v for k, v in bn.state_dict().items()}}
+    (tmp_path / "step_20").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "step_20" / "model.safetensors"))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 3e4
+    for _ in range(3):
+        bn(conv(x))
+    state = {**{f"block.conv.{k}": v for k, v in conv.state_dict().items()},
+             **{f"block.bn.{k}": v for k, v in bn.state_dict().items()}}
+    (tmp_path / "step_30").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "step_30" / "model.safetensors"))
+    result = repair(tmp_path / "step_30", [str(tmp_path / "step_20")], tmp_path / "fixed")
+    assert result.ok and {"block.conv.weight", "block.bn.running_var"} <= {r.name for r in result.plan.restorations}

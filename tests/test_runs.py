@@ -587,7 +587,7 @@ def test_resuming_an_earlier_trainer_checkpoint_says_to_move_the_later_bad_ones_
 
     said = " ".join(run("scan", str(run_dir)).output.split())
     move = f"mv {run_dir}/checkpoint-300 {run_dir}/bad-checkpoint-300"
-    assert f"before resuming from checkpoint-200, move the later bad checkpoint(s) out of Trainer's way" in said
+    assert f"before resuming from checkpoint-200, move the later checkpoint(s) out of Trainer's way" in said
     assert said.endswith(move)
     assert get_last_checkpoint(str(run_dir)) == str(run_dir / "checkpoint-300")
     assert subprocess.run(["bash", "-c", move]).returncode == 0

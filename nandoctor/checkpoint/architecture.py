@@ -108,7 +108,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
                      if _has_transformers() else "install transformers for nandoctor to check it against the model "
                      "config.json builds")
-        shown = "; ".join(why if what == _SIZE_SUSPICION else f"{what}: {why}" for what, why in suspected[:3])
+        shown = "; ".join(why if what.startswith("<") else f"{what}: {why}" for what, why in suspected[:3])
         return [], [f"{root / 'config.json'}: {shown}; "
                     "from_pretrained refuses a tensor whose shape its config does not build, and initializes missing "
                     f"layers at random: not checked ({unchecked})"]
@@ -560,7 +560,7 @@ def _model_type_mismatch(config: dict[str, Any]) -> str:
     names and initializes them all at random (an adversarial round: CLEAN); "" where they agree."""
     model_type, names = config.get("model_type"), config.get("architectures")
     if not (isinstance(model_type, str) and model_type and isinstance(names, list) and names
-            and isinstance(names[0], str)):
+            and isinstance(names[0], str)) or "auto_map" in config:  # (remote code names its own classes)
         return ""
     head = re.split(r"[_\-]", model_type.lower())[0]
     squashed = re.sub(r"[^a-z0-9]", "", names[0].lower())

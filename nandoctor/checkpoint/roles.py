@@ -155,6 +155,16 @@ def role_of(name: str, file_name: str = "") -> str:
 _VARIANCE_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col", "square_avg",
                               "acc_delta", "exp_inf"})
 _VARIANCE_LEAVES = frozenset({"running_var"})  # BatchNorm's
+# Every per-parameter optimizer state entry that is a moment (a running mean of gradients or of their squares): the
+# variances above, and Adam's exp_avg, SGD's momentum_buffer, centered RMSprop's grad_avg, Adagrad's sum
+OPTIMIZER_MOMENTS = _VARIANCE_STATES | {"exp_avg", "momentum_buffer", "grad_avg", "sum"}
+
+
+def moment_segment(name: str) -> int | None:
+    """The index of the dotted segment of ``name`` that names an optimizer moment (``state.3.exp_avg``, ZeRO's
+    ``global_step6.mp_rank_01.exp_avg.model.layers.3.weight``), or None."""
+    parts = name.split(".")
+    return next((i for i, part in enumerate(parts) if part in OPTIMIZER_MOMENTS and (i or len(parts) > 1)), None)
 
 
 # DeepSpeed ZeRO's fp32 master weights, as checkpoint/zero.py names their pieces (``fp32.<param>``, after a ZeRO

@@ -383,12 +383,14 @@ def _set_aside_later(run: RunReport, resume: RunCheckpoint) -> list[str]:
 
     if not is_trainer_checkpoint(Path(resume.path)):
         return []
+    # (every one after it, healthy or not: one saved after a loss jump is no resume point either, and Trainer takes the
+    # highest step whatever its health, a review)
     later = [c for c in run.checkpoints if not (c.final or c.last or c.saved_into) and c.step_known
-             and c.step > resume.step and c.status not in HEALTHY_STATUSES and is_trainer_checkpoint(Path(c.path))]
+             and c.step > resume.step and is_trainer_checkpoint(Path(c.path))]
     if not later:
         return []
     moves = " && ".join(f"mv {path_word(c.path)} {path_word(set_aside_path(c.path))}" for c in later[:8])
-    return [f"before resuming from {resume.name}, move the later bad checkpoint(s) out of Trainer's way (it counts "
+    return [f"before resuming from {resume.name}, move the later checkpoint(s) out of Trainer's way (it counts "
             "them as its newest saves: resume_from_checkpoint=True would resume them, and the save_total_limit "
             f"rotation keeps them over the new ones): {moves}" + (f" (and {len(later) - 8} more)" if len(later) > 8 else "")]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nandoctor.access import unreadable
+from nandoctor.checkpoint.roles import OPTIMIZER, moment_segment
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import FileIdentity
@@ -384,12 +385,12 @@ def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     # an optimizer's moments of one parameter are restored together too: an exp_avg_sq overflowed to Inf restored
     # beside the same step's exp_avg of 1e22, finite and kept, put NaN in the weights two steps into the resume (a
     # helper's real run, "verified CLEAN")
-    moments = {key for t in bad if (key := moment_of(t.name)) is not None}
+    moments = {key for t in bad if t.ref.role == OPTIMIZER and (key := moment_of(t.name)) is not None}
     if not norms and not moments:
         return bad if scope == "tensor" else _whole_layers(report, bad)
 
     def with_siblings(t: TensorResult) -> bool:
-        return _norm_stat_of(t.name, norms) or (bool(moments) and moment_of(t.name) in moments)
+        return _norm_stat_of(t.name, norms) or (bool(moments) and t.ref.role == OPTIMIZER and moment_of(t.name) in moments)
 
     if scope == "tensor":
         return [t for t in report.tensors if _restored(t) or with_siblings(t)]
@@ -402,11 +403,6 @@ def _whole_layers(report: ScanReport, bad: list[TensorResult]) -> list[TensorRes
     return [t for t in report.tensors if layer_of(t.name).group in groups]
 
 
-# an optimizer's per-parameter moments (torch's Adam/AdamW/SGD/RMSprop/Adagrad/Adamax state), as a state dict names
-# them (optimizer.state.3.exp_avg) or DeepSpeed's ZeRO names them after their parameter (exp_avg.model.layers.3…)
-_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "exp_inf")
-
-
 _PARAMETER_STATE = re.compile(r"^(.*\.state\.\d+)\.[^.]+$")  # (a torch optimizer's state of parameter N: every entry)
 
 
@@ -417,11 +413,11 @@ def moment_of(name: str) -> str | None:
     if match:  # (the whole state of one parameter, whatever the optimizer keeps: an adversarial round's RMSprop
         # centered had its square_avg restored beside its own grad_avg, and the first resumed step was NaN)
         return match.group(1)
-    head, _, last = name.rpartition(".")
-    if last in _MOMENTS and head:
-        return head
-    first, _, rest = name.partition(".")
-    return f"@{rest}" if first in _MOMENTS and rest else None
+    at = moment_segment(name)  # (ZeRO names a moment before its parameter: …mp_rank_01.exp_avg.model.layers.3.weight)
+    if at is None:
+        return None
+    parts = name.split(".")
+    return ".".join([*parts[:at], "#", *parts[at + 1:]])
 
 
 _NORM_STATS = (".running_mean", ".running_var", ".num_batches_tracked")  # (torch's _NormBase buffers)
@@ -443,9 +439,13 @@ def _norms_after(report: ScanReport, bad: list[TensorResult]) -> set[str]:
             modules.append(module)
         if name.endswith(_NORM_STATS):
             stats.add(module)
-    # (the norm right after, or one module further: a depthwise-separable block's dw conv, pw conv, then its BatchNorm)
+    # (the norm right after, or one module further: a depthwise-separable block's dw conv, pw conv, then its BatchNorm;
+    # and, whatever the order the file keeps, the norms of the restored weight's own block: safetensors sorts its
+    # names, bn1 before conv1, a review found)
     following = [(modules[i], later) for i in range(len(modules)) for later in modules[i + 1:i + 3]]
-    return {after for module, after in following if module in restored and after in stats}
+    parents = {module.rpartition(".")[0] for module in restored}
+    return ({after for module, after in following if module in restored and after in stats}
+            | {norm for norm in stats if norm.rpartition(".")[0] in parents})
 
 
 def _norm_stat_of(name: str, norms: set[str]) -> bool:
