@@ -404,14 +404,16 @@ def _whole_layers(report: ScanReport, bad: list[TensorResult]) -> list[TensorRes
 
 
 _PARAMETER_STATE = re.compile(r"^(.*\.state\.\d+)\.[^.]+$")  # (a torch optimizer's state of parameter N: every entry)
+_COUNTERS = (".step", ".step_size")  # (an optimizer's counters in that state: not moments)
 
 
 def moment_of(name: str) -> str | None:
     """The parameter whose optimizer state ``name`` is part of (``optimizer.state.3`` for every entry of it: Adam's
     moments, centered RMSprop's grad_avg beside its square_avg, a step count), or None for another tensor."""
     match = _PARAMETER_STATE.match(name)
-    if match:  # (the whole state of one parameter, whatever the optimizer keeps: an adversarial round's RMSprop
-        # centered had its square_avg restored beside its own grad_avg, and the first resumed step was NaN)
+    if match and not name.endswith(_COUNTERS):  # (the whole state of one parameter, whatever the optimizer keeps: an
+        # adversarial round's RMSprop centered had its square_avg restored beside its own grad_avg, and the first
+        # resumed step was NaN; its step count stays the target's, as a healthy counter is never restored)
         return match.group(1)
     at = moment_segment(name)  # (ZeRO names a moment before its parameter: …mp_rank_01.exp_avg.model.layers.3.weight)
     if at is None:
