@@ -28,6 +28,27 @@ def _step(net, opt, x, y, scale: float = 1.0) -> None:
     opt.step()
 
 
+def _corrupted_run(tmp_path: Path, optimizer, at: int, value: float):
+    """A loop of 30 steps saving {"model", "optimizer"} every 10, one gradient element set to ``value`` at step ``at``
+    (silent corruption in a reduction): (net, optimizer, x, y, the run folder)."""
+    torch.manual_seed(0)
+    net = _net()
+    opt = optimizer(net.parameters())
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in range(1, 31):
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if step == at:
+            net[0].weight.grad[0, 0] = value
+        opt.step()
+        if step % 10 == 0:
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, run / f"step_{step}.pt")
+    return net, opt, x, y, run
+
+
 def test_an_overflowed_adam_state_is_repaired_whole_and_resumes_finite(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = _net()
@@ -61,21 +82,9 @@ def test_a_parameters_whole_optimizer_state_is_restored_together(tmp_path: Path)
     square_avg at 1e38 (exploded) and grad_avg at 1e18. The repair restored square_avg alone, "verified CLEAN", and
     the first resumed step took the square root of square_avg - grad_avg**2 < 0: NaN. Every entry of the parameter's
     state is restored together now."""
-    torch.manual_seed(0)
-    net = _net()
-    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, centered=True)
-    x, y = torch.randn(64, 8), torch.randn(64, 1)
-    run = tmp_path / "run"
-    run.mkdir()
-    for step in range(1, 31):
-        loss = torch.nn.functional.mse_loss(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if step == 22:
-            net[0].weight.grad[0, 0] = 1e20  # (a corrupted gradient: the weight's own update is tiny)
-        opt.step()
-        if step % 10 == 0:
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, run / f"step_{step}.pt")
+    # (a corrupted gradient at step 22: the weight's own update is tiny)
+    net, opt, x, y, run = _corrupted_run(tmp_path, lambda params: torch.optim.RMSprop(params, lr=1e-3, centered=True),
+                                         at=22, value=1e20)
     result = repair(run / "step_30.pt", ["auto"], tmp_path / "fixed")
     assert result.ok
     restored = {r.name for r in result.plan.restorations}
@@ -92,21 +101,8 @@ def test_weights_restored_for_a_blown_up_step_say_the_optimizer_state_was_kept(t
     """An adversarial round: SGD with momentum, one gradient of 1e4 left a weight at -500 (an outlier) and its
     momentum_buffer at 1e4 (finite, no finding); the weight was restored and the buffer kept: NaN ten steps into
     the resume. The repair says so, and how to resume instead."""
-    torch.manual_seed(0)
-    net = _net()
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.randn(64, 8), torch.randn(64, 1)
-    run = tmp_path / "run"
-    run.mkdir()
-    for step in range(1, 31):
-        loss = torch.nn.functional.mse_loss(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if step == 30:
-            net[0].weight.grad[0, 0] = 1e4
-        opt.step()
-        if step % 10 == 0:
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, run / f"step_{step}.pt")
+    _, _, _, _, run = _corrupted_run(tmp_path, lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+                                     at=30, value=1e4)
     result = repair(run / "step_30.pt", ["auto"], tmp_path / "fixed")
     assert result.ok and "model.0.weight" in {r.name for r in result.plan.restorations}
     assert any("the optimizer state kept as it was" in n and f"resume from {run / 'step_20.pt'}" in n
