@@ -911,3 +911,15 @@ def test_config_values_an_adversarial_round_found_are_checked_against_the_model_
         pass
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and any(said in e.message for e in report.errors), report.errors
+
+
+def test_a_users_own_model_class_over_a_transformers_model_type_stays_clean(tmp_path):
+    """A helper's false-alarm hunt: a PreTrainedModel subclass of the user's (architectures ["MyClassifier"],
+    model_type "llama", no LM head) read NOT LOADABLE, "model_type 'llama' is not its architectures'": it is loaded by
+    its own class, not AutoModelForCausalLM."""
+    folder = _llama(tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors.pop("lm_head.weight", None)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _edited(folder, {"architectures": ["MyClassifier"], "tie_word_embeddings": False})
+    assert nandoctor.scan(folder).exit_code == 0

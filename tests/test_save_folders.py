@@ -203,3 +203,31 @@ def test_a_megatron_iteration_missing_a_rank_folder_is_incomplete(tmp_path: Path
     (grid.parent / "latest_checkpointed_iteration.txt").write_text("100")
     alone = run_cli("scan", grid.parent, "-q")
     assert alone.exit_code == 3 and "mp_rank_01_001/" in alone.output, alone.output
+
+
+def test_megatron_fp16_loss_scale_expert_ranks_and_a_custom_deepspeed_tag(tmp_path: Path) -> None:
+    """A helper's false-alarm hunt: Megatron's DynamicGradScaler keeps its loss scale as a one-element tensor, 2^17 in a
+    healthy fp16 run, which read EXPLODED as a weight; expert-parallel rank folders (mp_rank_TT_PPP_EEE) were no rank
+    folders; and a DeepSpeed latest naming a tag of its own (save_checkpoint(tag="best")) left that save unread."""
+    root = tmp_path / "meg"
+    for step in (100, 200):
+        for rank in ("mp_rank_00_000_000", "mp_rank_00_000_001"):
+            folder = root / f"iter_{step:07d}" / rank
+            folder.mkdir(parents=True)
+            scaler = {"scale": torch.tensor([131072.0]), "growth_tracker": 0, "hysteresis_tracker": 2}
+            torch.save({"model": _weights(step, False), "iteration": step,
+                        "optimizer": {"optimizer": {}, "grad_scaler": scaler}}, folder / "model_optim_rng.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text("200")
+    assert run_cli("scan", root, "-q").exit_code == 0
+    bad = root / "iter_0000200" / "mp_rank_00_000_001" / "model_optim_rng.pt"
+    state = torch.load(bad, weights_only=False)
+    state["optimizer"]["grad_scaler"]["scale"] = torch.tensor([float("nan")])  # (a NaN loss scale still fails)
+    torch.save(state, bad)
+    assert run_cli("scan", root, "-q").exit_code == 1
+
+    ds = _deepspeed_run(tmp_path / "ds", bad_step=0)
+    (ds / "best").mkdir()
+    torch.save({"module": _weights(300, True)}, ds / "best" / "mp_rank_00_model_states.pt")
+    (ds / "latest").write_text("best")
+    result = run_cli("scan", ds, "-q")
+    assert result.exit_code == 1 and "first bad: best" in result.output, result.output

@@ -71,7 +71,8 @@ _NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
 _NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
-_WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM", "ForPreTraining")  # model classes with an lm_head
+_WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM", "ForPreTraining")
+_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # model classes AutoModelForCausalLM.from_pretrained stands for  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
 # Long steps are said on this logger: the CLI shows its INFO records on its progress bar (cli/progress.py)
 _STATUS = logging.getLogger("nandoctor.status")
@@ -561,6 +562,9 @@ def _model_type_mismatch(config: dict[str, Any]) -> str:
     model_type, names = config.get("model_type"), config.get("architectures")
     if not (isinstance(model_type, str) and model_type and isinstance(names, list) and names
             and isinstance(names[0], str)) or "auto_map" in config:  # (remote code names its own classes)
+        return ""
+    if not names[0].endswith(_CAUSAL_HEADS):  # (a user's own class, MyClassifier over a Llama: loaded by that class, a
+        # helper found; AutoModelForCausalLM is only what a language model's load builds)
         return ""
     head = re.split(r"[_\-]", model_type.lower())[0]
     squashed = re.sub(r"[^a-z0-9]", "", names[0].lower())

@@ -6,6 +6,7 @@ Used by the run timeline (checkpoint/runs.py), by a checkpoint judged in its run
 
 from __future__ import annotations
 
+import itertools
 import stat
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def _missing_ranks(folder: Path, expected: frozenset[str]) -> list[str]:
         return []
     grid = {tuple(int(n) for n in name.split("_")[2:]) for name in held}
     shape = [max(cell[i] for cell in grid) + 1 for i in range(len(next(iter(grid))))] if len({len(c) for c in grid}) == 1 else []
-    holes = ({f"mp_rank_{t:02d}" if len(shape) == 1 else f"mp_rank_{t:02d}_{p:03d}"
-              for t in range(shape[0]) for p in range(shape[1] if len(shape) > 1 else 1)} - held) if shape else set()
+    holes = {"mp_rank_" + "_".join(f"{n:02d}" if i == 0 else f"{n:03d}" for i, n in enumerate(cell))
+             for cell in itertools.product(*(range(size) for size in shape))} - held if shape else set()
     missing = sorted(holes | (expected - held))
     if not missing:
         return []

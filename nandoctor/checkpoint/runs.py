@@ -47,7 +47,14 @@ from nandoctor.checkpoint.stepfiles import (
     step_template,
 )
 from nandoctor.checkpoint.stepfiles import is_checkpoint as is_step_checkpoint
-from nandoctor.checkpoint.steps import checkpoints_in, pointer_problem, resume_pointer, step_of
+from nandoctor.checkpoint.steps import (
+    DEEPSPEED_LATEST,
+    checkpoints_in,
+    deepspeed_tag,
+    pointer_problem,
+    resume_pointer,
+    step_of,
+)
 from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
 from nandoctor.layers import natural_key
@@ -919,6 +926,9 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
     never read, with no word of it). Second, the model folders set aside (:func:`_set_aside`), which a note names."""
     out: list[Path] = []
     aside: list[Path] = []
+    # (a DeepSpeed save folder's save under a tag of its own, save_checkpoint(tag="best"), that latest names: what
+    # load_checkpoint loads, a helper's NaN there passed unread)
+    tag = deepspeed_tag(entries[0].parent) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
     for entry in entries:
         if (entry.name.startswith((".", "checkpoint-")) or entry.name.endswith(".ckpt") or _TMP_CHECKPOINT.match(entry.name)
                 or step_of(entry) is not None or not access.is_dir(entry, refused=False)):
@@ -927,7 +937,7 @@ def models_saved_into(entries: list[Path]) -> tuple[list[Path], list[Path]]:
             inner = access.listing(entry)
         except NandoctorError:
             continue
-        if holds_weights(inner) and looks_like_model(inner):
+        if holds_weights(inner) and (looks_like_model(inner) or entry.name == tag):
             (aside if _set_aside(entry) else out).append(entry)
     return sorted(out), sorted(aside)
 

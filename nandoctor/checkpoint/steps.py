@@ -30,7 +30,7 @@ _MAX_TAG_BYTES = 256
 # each a model-parallel rank's model, optimizer and RNG states in mp_rank_TT[_PPP]/ (tensor and pipeline rank), which
 # Megatron reads with torch.load(weights_only=False)
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
-MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+)?$")
+MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+){0,2}$")  # (tensor, pipeline and, with experts, expert rank)
 MEGATRON_FILES = ("model_optim_rng.pt", "distrib_optim.pt")
 
 

@@ -168,9 +168,15 @@ def is_scheduler_state(value: Any) -> bool:
 _SCALER_KEYS = frozenset({"scale", "growth_factor", "backoff_factor", "growth_interval"})
 
 
+# Megatron's DynamicGradScaler.state_dict(): its scale a one-element float tensor, which grows to 2^17 and more in a
+# healthy fp16 run (a helper's run: every such save failed EXPLODED, the scale judged as a weight)
+_SCALER_MARKS = frozenset({"growth_tracker", "hysteresis_tracker", "hysteresis", "growth_factor", "backoff_factor"})
+
+
 def is_scaler_state(value: Any) -> bool:
-    """Whether the mapping ``value`` is a gradient scaler's state (``GradScaler.state_dict()``)."""
-    return _SCALER_KEYS.issubset(value)
+    """Whether the mapping ``value`` is a gradient scaler's state (``GradScaler.state_dict()``, Megatron's: a
+    ``scale`` beside its growth or hysteresis bookkeeping)."""
+    return _SCALER_KEYS.issubset(value) or ("scale" in value and not _SCALER_MARKS.isdisjoint(value))
 
 
 def breaks_a_step(path: list[str], value: float, in_scheduler: bool, in_scaler: bool = False) -> bool:
@@ -347,7 +353,7 @@ def _emit_name(path: list[str], out: Walk, scalar: bool = False, within: int = 0
     if out._names[name] > 1:
         name = f"{name}#{out._names[name]}"
         out.renamed.append(name)
-    if within & _IN_OPTIMIZER:
+    if within & (_IN_OPTIMIZER | _IN_SCALER):  # (a loss scale tensor: optimizer state, its NaN a finding, its size none)
         out.optimizer.add(name)
     elif out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint, scalar) == TRAINER:
         out.trainer.add(name)
