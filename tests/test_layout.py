@@ -374,7 +374,7 @@ def test_a_deepspeed_folder_that_cannot_be_listed_is_a_problem_another_is_a_note
     data = json.loads(result.stdout)
     assert result.returncode == 3
     assert [(e["path"], e["message"]) for e in data["errors"]] == [
-        (str(states), "permission denied (its DeepSpeed ZeRO state files are not scanned)")]
+        (str(states), "permission denied (its DeepSpeed state files are not scanned)")]
     assert "extras/ could not be listed (permission denied); not checked for weights" in data["notes"]
 
 

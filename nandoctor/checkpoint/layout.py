@@ -671,7 +671,7 @@ def _subfolders(entries: list[Path], result: CheckpointFiles, read: set[Path]) -
     scanned = set(result.files) | set(result.skipped)
     tag = deepspeed_tag(result.root) if any(e.name == DEEPSPEED_LATEST for e in entries) else None
     for sub, inside in _weight_subfolders([e for e in entries if e not in read], scanned):
-        part = ("DeepSpeed ZeRO state" if DEEPSPEED_STATES.match(sub.name) is not None or sub.name == tag
+        part = ("DeepSpeed state" if DEEPSPEED_STATES.match(sub.name) is not None or sub.name == tag
                 else "Megatron model-parallel rank" if MEGATRON_RANK.match(sub.name) else None)
         if isinstance(inside, UnreadablePathError):
             if part is not None:

@@ -588,6 +588,12 @@ def _partitions_only(
         return [], []  # (the model lies in a folder config.json or a manifest names: read from there)
     folder, words = (fsdp[0], "FSDP sharded state") if fsdp else (zero[0], "DeepSpeed ZeRO partitions")
     resume_point = step_of(root) is not None or (loaders.TRAINER_STATE in names and not _runs_inside(root))
+    if not fsdp and not any("zero_pp_rank_" in f.name for f in files.files if f.parent.name == folder):
+        # (a DeepSpeed save without ZeRO partitions: the whole module in mp_rank_XX_model_states.pt, which
+        # zero_to_fp32 cannot consolidate, a helper found; the note named it all the same)
+        return [], [f"{folder}/ holds the model as DeepSpeed model states (mp_rank_XX_model_states.pt, scanned): "
+                    "DeepSpeed's load_checkpoint resumes from it, from_pretrained cannot read it; for a loadable model, "
+                    "load the file's \"module\" state dict into the model and save_pretrained it"]
     if resume_point or loaders.CONFIG not in names:  # (no config.json: no from_pretrained folder, nothing to load)
         command = _consolidate_command(root, fsdp, "OUT_FOLDER")
         return [], [f"{folder}/ holds the model as {words} (scanned): Trainer resumes from it, from_pretrained "
