@@ -216,11 +216,10 @@ def _nearest_steps(name: str, names: list[str]) -> list[str]:
     """For a missing ``checkpoint-N`` (``step-N``, ``checkpoint_N``: steps.step_of), the saves of the same naming
     nearest in step, nearest first: a new user's ``checkpoint-99`` among checkpoint-5 … -30 was "did you mean
     checkpoint-5?", where the spelling's likeness says nothing of which save was meant."""
-    from nandoctor.checkpoint.steps import DEEPSPEED_STATES, step_of_name
+    from nandoctor.checkpoint.steps import step_of_name
 
     def step(save: str) -> int | None:  # (by the name alone: a global_stepN among its likes is a save too)
-        match = DEEPSPEED_STATES.match(save)
-        return int(match.group(1)) if match else step_of_name(save)
+        return step_of_name(save, global_steps=True)
 
     wanted = step(name)
     if wanted is None:

@@ -35,7 +35,7 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
         return []  # not to be looked at: its scan reports it unreadable, not as a half-written save
     if not is_folder:
         return _incomplete_file_reasons(folder)
-    return _incomplete_folder_reasons(folder, expect_trainer_state, files_only) + _missing_ranks(folder, expect_ranks)
+    return _incomplete_folder_reasons(folder, expect_trainer_state, files_only, expect_ranks)
 
 
 def rank_folders(folder: Path) -> frozenset[str]:
@@ -46,11 +46,11 @@ def rank_folders(folder: Path) -> frozenset[str]:
         return frozenset()
 
 
-def _missing_ranks(folder: Path, expected: frozenset[str]) -> list[str]:
+def _missing_ranks(entries: list[Path], expected: frozenset[str]) -> list[str]:
     """A Megatron iteration missing a model-parallel rank's folder: one of a tensor x pipeline grid with a hole, or one
-    the run's other iterations hold (an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN; Megatron's
+    the run's other iterations hold (``entries``: the iteration folder's; an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN; Megatron's
     load of that rank raises FileNotFoundError)."""
-    held = rank_folders(folder)
+    held = frozenset(e.name for e in entries if MEGATRON_RANK.match(e.name))
     if not held:
         return []
     grid = {tuple(int(n) for n in name.split("_")[2:]) for name in held}
@@ -64,7 +64,8 @@ def _missing_ranks(folder: Path, expected: frozenset[str]) -> list[str]:
             f"{' …' if len(missing) > 4 else ''} (Megatron's load of this iteration fails on them)"]
 
 
-def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False) -> list[str]:
+def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False,
+                               expect_ranks: frozenset[str] = frozenset()) -> list[str]:
     from nandoctor.checkpoint.layout import INDEX_NAMES, model_in_subfolder, read_index, weight_suffixes
     from nandoctor.checkpoint.loadability import state_only
     from nandoctor.errors import CorruptCheckpointError
@@ -106,7 +107,7 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
         # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
         # read CLEAN, and the resume raised JSONDecodeError)
         reasons.append(f"{TRAINER_STATE} is not a valid JSON object (cut short?): resume_from_checkpoint fails on it")
-    return reasons
+    return reasons + _missing_ranks(entries, expect_ranks)
 
 
 def _incomplete_file_reasons(file: Path) -> list[str]:

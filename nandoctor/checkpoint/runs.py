@@ -645,19 +645,16 @@ def _pointed(root: Path, checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint
             for c in checkpoints]
 
 
-def _expected_ranks(ranks: dict[Path, frozenset[str]], folder: Path) -> frozenset[str]:
-    """The Megatron rank folders an iteration should hold: its previous iteration's, where the next one (if any)
-    holds them too. A run resharded to fewer ranks (TP 4, then 2) changes its grid from one save on, and the saves
-    after it agree with each other: no rank is missing there (a review: TP 4 to 2 made the newest INCOMPLETE)."""
+def _expected_ranks(ranks: dict[Path, frozenset[str]]) -> dict[Path, frozenset[str]]:
+    """The Megatron rank folders each iteration (``ranks``: its rank folders, in step order) should hold: its previous
+    iteration's, where the next one (if any) holds them too. A run resharded to fewer ranks (TP 4, then 2) changes its
+    grid from one save on, and the saves after it agree with each other: no rank is missing there (a review: TP 4 to
+    2 made the newest INCOMPLETE)."""
     order = list(ranks)
-    if folder not in ranks:
-        return frozenset()
-    at = order.index(folder)
-    if at == 0:
-        return frozenset()
-    expected = ranks[order[at - 1]] - ranks[folder]
-    if at + 1 < len(order):
-        expected &= ranks[order[at + 1]]
+    expected = {}
+    for at, folder in enumerate(order):
+        held = ranks[order[at - 1]] - ranks[folder] if at else frozenset()
+        expected[folder] = held & ranks[order[at + 1]] if at + 1 < len(order) else held
     return expected
 
 
@@ -1155,8 +1152,8 @@ def scan_run(
     from nandoctor.engine import watch_budget
 
     # Megatron's rank folders of each iteration: one the others hold is missing where an iteration lacks it
-    ranks = {row.path: rank_folders(row.path) for row in rows
-             if row.path is not root and row.path.name.startswith("iter_")}
+    ranks = _expected_ranks({row.path: rank_folders(row.path) for row in rows
+                             if row.path is not root and row.path.name.startswith("iter_")})
     with watch_budget():  # (one short wait for saves still being written, shared by every row)
         for row in rows:
             step, folder = row.step, row.path
@@ -1172,7 +1169,7 @@ def scan_run(
                 reasons = final_reasons(root)
             else:
                 reasons = incomplete_reasons(folder, expect_trainer_state=with_state > 0 and not row.kind,
-                                             expect_ranks=_expected_ranks(ranks, folder))
+                                             expect_ranks=ranks.get(folder, frozenset()))
             if row.tmp:
                 reasons.insert(0, "a tmp-checkpoint folder: the save was never renamed into place")
             report = None

@@ -40,16 +40,15 @@ def step_of(path: Path) -> int | None:
     else None."""
     path = Path(path)
     step = step_of_name(path.name)
-    if step is not None:
-        return step
-    match = DEEPSPEED_STATES.match(path.name)
-    return int(match.group(1)) if match and is_deepspeed_save_folder(path.parent) else None
+    if step is None and DEEPSPEED_STATES.match(path.name) and is_deepspeed_save_folder(path.parent):
+        step = step_of_name(path.name, global_steps=True)
+    return step
 
 
-def step_of_name(name: str) -> int | None:
-    """The step a ``checkpoint-N``/``step-N``/``iter_N`` name gives, from the name alone (no ``global_stepN``: that is
-    a step only in a DeepSpeed save folder, :func:`step_of`)."""
-    match = _CHECKPOINT.match(name)
+def step_of_name(name: str, global_steps: bool = False) -> int | None:
+    """The step a ``checkpoint-N``/``step-N``/``iter_N`` name gives, from the name alone; a ``global_stepN`` only with
+    ``global_steps`` (a step only in a DeepSpeed save folder: :func:`step_of` asks the folder)."""
+    match = _CHECKPOINT.match(name) or (DEEPSPEED_STATES.match(name) if global_steps else None)
     return int(match.group(1)) if match else None
 
 
@@ -115,8 +114,7 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     entries = access.listing(folder)
     deepspeed = any(DEEPSPEED_STATES.match(e.name) for e in entries) and is_deepspeed_save_folder(folder)
     for entry in entries:
-        match = DEEPSPEED_STATES.match(entry.name) if deepspeed else None
-        step = int(match.group(1)) if match else step_of_name(entry.name)
+        step = step_of_name(entry.name, deepspeed)
         if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
             found.append((step, entry))
     return sorted(found)

@@ -77,11 +77,7 @@ def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool:
     pair = _paired(target.file, target, donor.file, donor, _FEWEST_COMPARED)
     if pair is None:
         return False
-    ours, theirs = pair
-    if donor.dtype != target.dtype and can_cast("F32", target.dtype):  # (as the cast would write them: an fp32 master
-        # copy of a bf16 checkpoint differs from it by rounding alone)
-        theirs = as_float32(cast_bytes(np.ascontiguousarray(theirs, "<f4").view(np.uint8), "F32", target.dtype),
-                            target.dtype)
+    ours, theirs = pair[0], _cast_like(pair[1], donor, target)
     healthy = (ours != 0) & (np.abs(ours) <= DEFAULT_MAX_ABS)
     if np.count_nonzero(healthy) < _FEWEST_COMPARED:
         return False  # (no evidence either way: no doubt)
@@ -139,8 +135,6 @@ def whole_model_donor(plan: RepairPlan, report: ScanReport) -> tuple[str, int] |
     return (donors.pop(), len(weights)) if len(weights) >= 2 and restored == weights and len(donors) == 1 else None
 
 
-_WINDOWS = 16  # byte windows compared per kept tensor (its whole bytes when they are fewer than _WINDOWS x _WINDOW)
-_WINDOW = 64 << 10
 
 
 def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[DonorCatalog]) -> tuple[str, int, int] | None:
@@ -173,32 +167,20 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
 
 
 def _same_values(ours: TensorRef, theirs: TensorRef) -> bool:
-    """Whether the target's tensor holds the donor's values at evenly spaced windows of elements (all of them for a
-    small tensor): the same bytes, or for a donor of another float dtype, its values cast to the target's as
-    ``--allow-cast`` casts them (a bf16 model merged from an fp32 base: an adversarial round's doubt never came)."""
-    if ours.dtype != theirs.dtype and not can_cast(theirs.dtype, ours.dtype):
-        return False
-    spans = byte_range(ours), byte_range(theirs)
-    if spans[0] is None or spans[1] is None:
-        return False
-    size_ours, size_theirs = itemsize(ours), itemsize(theirs)
-    count = spans[0][1] // size_ours
-    if count != spans[1][1] // size_theirs:
-        return False
-    run = min(max(1, _WINDOW // size_ours), count)
-    starts = sorted({int(x) for x in np.linspace(0, count - run, min(_WINDOWS, max(1, count // run)))})
-    try:
-        with open(ours.file, "rb", buffering=0) as fa, open(theirs.file, "rb", buffering=0) as fb:
-            for start in starts:
-                mine = os.pread(fa.fileno(), run * size_ours, spans[0][0] + start * size_ours)
-                raw = os.pread(fb.fileno(), run * size_theirs, spans[1][0] + start * size_theirs)
-                if len(mine) != run * size_ours or len(raw) != run * size_theirs:
-                    return False
-                if mine != cast_bytes(np.frombuffer(raw, np.uint8), theirs.dtype, ours.dtype).tobytes():
-                    return False
-    except OSError:
-        return False
-    return True
+    """Whether the target's tensor holds the donor's values at the evenly spaced runs of elements :func:`_paired` reads
+    (all of them for a small tensor): the same values, or for a donor of another float dtype, its values cast to the
+    target's as ``--allow-cast`` casts them (a bf16 model merged from an fp32 base: an adversarial round's doubt never
+    came)."""
+    pair = _paired(ours.file, ours, theirs.file, theirs, 1)
+    return pair is not None and bool(np.array_equal(pair[0], _cast_like(pair[1], theirs, ours)))
+
+
+def _cast_like(values: np.ndarray, donor: TensorRef, target: TensorRef) -> np.ndarray:
+    """The donor's float32 ``values`` as a cast to the target's dtype would write them (unchanged for one dtype: an fp32
+    master copy of a bf16 checkpoint differs from it by rounding alone)."""
+    if donor.dtype == target.dtype or not can_cast("F32", target.dtype):
+        return values
+    return as_float32(cast_bytes(np.ascontiguousarray(values, "<f4").view(np.uint8), "F32", target.dtype), target.dtype)
 
 
 def donor_already_note(plan: RepairPlan, donor: str, restored: int, kept: int) -> str:
