@@ -26,6 +26,8 @@ for every run:
   safe_open      safe_open per tensor + isnan/isposinf/isneginf(...).sum()
   torch.load     torch.load(mmap=True, weights_only=True) + isfinite, on the .bin
   nandoctor-bin  `nandoctor scan` on the .bin folder (when nandoctor has a .bin reader)
+  nandoctor-bin-twopass  the same with NANDOCTOR_NATIVE=0: the CRC-32 (ISA-L) and the census's ORs (numpy) as two
+                 passes over each chunk instead of the compiled one-pass loop (the same row where it is not built)
   nandoctor-bin-nocrc  the same with NANDOCTOR_SKIP_CRC=1: without the storages' zip CRC-32 checks
 
 Throughput uses the time of the work itself, measured inside each process after
@@ -355,6 +357,7 @@ IMPORTS = {  # done before the clock starts: start-up is not the work
     "nandoctor-cuda": "import torch, nandoctor.cli, nandoctor.engine, nandoctor.kernels.cuda",
 }
 IMPORTS["nandoctor-mmap"] = IMPORTS["nandoctor-read"] = IMPORTS["nandoctor"]
+IMPORTS["nandoctor-bin-twopass"] = IMPORTS["nandoctor-bin"]
 IO_MODES = {"nandoctor-mmap": "mmap", "nandoctor-read": "read"}  # NANDOCTOR_IO forced: the read paths side by side
 
 
@@ -378,6 +381,9 @@ def child(method: str, folder: Path) -> None:
         result = run_nandoctor(folder, "cpu")
     elif method in IO_MODES:
         os.environ["NANDOCTOR_IO"] = IO_MODES[method]
+        result = run_nandoctor(folder, "cpu")
+    elif method == "nandoctor-bin-twopass":
+        os.environ["NANDOCTOR_NATIVE"] = "0"  # kernels/fused.py: the CRC-32 and the census's ORs as two passes
         result = run_nandoctor(folder, "cpu")
     elif method == "nandoctor-bin-nocrc":
         os.environ["NANDOCTOR_SKIP_CRC"] = "1"  # the storages' CRC-32 checks off: the scan alone
@@ -536,7 +542,7 @@ def main() -> None:
         plan += [("nandoctor-cuda", "clean"), ("nandoctor-cuda", "nanall")]
     plan += [("load_file", "clean"), ("safe_open", "clean"), ("torch.load", "bin")]
     if bin_reader:
-        plan += [("nandoctor-bin", "bin"), ("nandoctor-bin-nocrc", "bin")]
+        plan += [("nandoctor-bin", "bin"), ("nandoctor-bin-twopass", "bin"), ("nandoctor-bin-nocrc", "bin")]
     if args.only:
         keep = set(args.only.split(","))
         plan = [p for p in plan if p[0] in keep]

@@ -20,7 +20,7 @@ from nandoctor.crc import crc32
 from nandoctor.dtypes import DTypeSpec
 from nandoctor.engine.jobs import RegionJob
 from nandoctor.engine.overflow import chunk_overflow
-from nandoctor.kernels import NAN, NEGINF, POSINF, ChunkCounts, Kernel, OverflowCounts
+from nandoctor.kernels import NAN, NEGINF, POSINF, ChunkCounts, Kernel, OverflowCounts, fused
 from nandoctor.kernels.census import (
     Census,
     LaneInfo,
@@ -229,8 +229,13 @@ def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferF
     job = part.job
     data = source.read(part.absolute, part.length, buffers)
     # Before the kernel: the CRC is of the raw bytes (not a gathered or swapped copy), and its read
-    # brings the chunk into cache, where the kernel then finds it.
-    crc = crc32(data, crc_from) if part.crc else None
+    # brings the chunk into cache, where the kernel then finds it. Where the census reads the raw bytes
+    # as they are, the compiled pass gives their segment ORs in the same read (kernels/fused.py).
+    crc, ors = None, None
+    if part.crc and fused.available() and _census_takes_ors(job, kernel):
+        crc, ors = fused.crc32_ors(data, crc_from)
+    elif part.crc:
+        crc = crc32(data, crc_from)
     fields = job.region.blocks
     if fields is not None:
         # A block-quantized tensor: from here on the chunk is its scale fields' lanes, placed in the
@@ -244,7 +249,7 @@ def scan_chunk(source: ChunkSource, part: Part, kernel: Kernel, buffers: BufferF
         data = to_little(data, job.spec)  # a torch file saved on a big-endian machine: swap a copy
     try:
         overflows = [] if job.threshold is None else chunk_overflow(data, part.start, job, kernel)
-        findings, census = _chunk_findings(data, part, kernel)
+        findings, census = _chunk_findings(data, part, kernel, ors)
         return ChunkResult(findings, overflows, census, crc)
     finally:
         del data  # an exported buffer would stop the mmap from closing
@@ -268,14 +273,25 @@ def _census_of(data: np.ndarray, part: Part) -> Census | None:
     return observe_chunk(data, info, base_lane)
 
 
-def _chunk_findings(data: np.ndarray, part: Part, kernel: Kernel) -> tuple[list[ChunkFinding], Census | None]:
+def _census_takes_ors(job: RegionJob, kernel: Kernel) -> bool:
+    """Whether the chunk's census reads its raw bytes through the kernel's census (the path that takes segment
+    ORs): not a block-quantized tensor's gathered fields, not a big-endian file's swapped copy."""
+    return (job.direct and job.info is not None and job.region.nbytes >= SMALL_REGION_BYTES
+            and hasattr(kernel, "census") and job.region.blocks is None
+            and not (job.region.byteorder == "big" and job.spec.lane_bits > 8))
+
+
+def _chunk_findings(
+    data: np.ndarray, part: Part, kernel: Kernel, ors: np.ndarray | None = None
+) -> tuple[list[ChunkFinding], Census | None]:
     job, start = part.job, part.start
     first_element = start * 8 // job.spec.bits
     info = job.info
     if job.direct:
         census: Census | None
         if info is not None and job.region.nbytes >= SMALL_REGION_BYTES and hasattr(kernel, "census"):
-            counts, census = kernel.census(data, job.spec, info, start * 8 // info.lane_bits)  # one read for both
+            # one read for both; ``ors`` where the chunk's CRC-32 pass computed them (only then: see above)
+            counts, census = kernel.census(data, job.spec, info, start * 8 // info.lane_bits, ors)
         else:
             counts, census = kernel.check(data, job.spec), _census_of(data, part)
         return direct_findings(counts, first_element), census

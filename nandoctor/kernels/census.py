@@ -432,16 +432,23 @@ def negatives(lanes: np.ndarray, info: LaneInfo) -> int:
 
 
 def observe_chunk(
-    data: np.ndarray, info: LaneInfo, base_lane: int, histogram: bool = False, tally: Tally | None = None
+    data: np.ndarray, info: LaneInfo, base_lane: int, histogram: bool = False, tally: Tally | None = None,
+    ors: np.ndarray | None = None,
 ) -> Census:
     """The census of a chunk on its own (kernels other than the CPU one count NaN elsewhere); with ``tally``
-    (:func:`tallies` holds), its NaN/+Inf/-Inf counted into it, lanes numbered from the chunk's start."""
+    (:func:`tallies` holds), its NaN/+Inf/-Inf counted into it, lanes numbered from the chunk's start.
+    ``ors``: the chunk's segment ORs where its CRC-32 pass computed them already (kernels/fused.py)."""
     out = Census()
+    per_block = BLOCK_BYTES // SEGMENT_BYTES
     for start in range(0, data.size, BLOCK_BYTES):
         block = data[start : start + BLOCK_BYTES]
-        ors = segment_ors(block) if block.ctypes.data % 8 == 0 else None
+        if ors is not None:  # (8-byte aligned: the fused pass gives none otherwise)
+            first = start // SEGMENT_BYTES
+            block_ors: np.ndarray | None = ors[first : first + per_block] if first < ors.size else None
+        else:
+            block_ors = segment_ors(block) if block.ctypes.data % 8 == 0 else None
         lane = start * 8 // info.lane_bits
-        out.merge(observe_block(block, ors, info, base_lane + lane, histogram, tally, lane))
+        out.merge(observe_block(block, block_ors, info, base_lane + lane, histogram, tally, lane))
     return out
 
 

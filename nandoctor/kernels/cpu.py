@@ -366,14 +366,18 @@ class CpuKernel:
 
     check = count  # the sieve counts only where it flagged: no separate fast pass needed
 
-    def census(self, data: np.ndarray, spec: DTypeSpec, info: LaneInfo, base_lane: int) -> tuple[ChunkCounts, Census]:
+    def census(
+        self, data: np.ndarray, spec: DTypeSpec, info: LaneInfo, base_lane: int, ors: np.ndarray | None = None
+    ) -> tuple[ChunkCounts, Census]:
         """Exact NaN/Inf counts and the health census of a chunk, from one read of each block.
 
         For IEEE lanes the census reads every segment that can hold a NaN/Inf exactly anyway (census.tallies):
-        it counts them there and the sieve is not run at all. A NaN in every MiB: 401 -> ~290 us a block."""
+        it counts them there and the sieve is not run at all. A NaN in every MiB: 401 -> ~290 us a block.
+        ``ors``: the chunk's segment ORs from its CRC-32 pass (kernels/fused.py), used by that census; the
+        sieve of other lanes computes its own."""
         if tallies(spec, info):
             tally = Tally()
-            found = observe_chunk(data, info, base_lane, tally=tally)
+            found = observe_chunk(data, info, base_lane, tally=tally, ors=ors)
             if tally.nan + tally.posinf + tally.neginf == 0:
                 return CLEAN, found
             return ChunkCounts(tally.nan, tally.posinf, tally.neginf, tally.first), found

@@ -1,0 +1,6 @@
+"""Types of the compiled extension nandoctor/_fused.c (absent where it was not built: kernels/fused.py)."""
+
+from typing import Any
+
+def crc32_ors(data: Any, value: int, ors: Any | None, /) -> int: ...
+def available() -> bool: ...

@@ -1,0 +1,57 @@
+"""A chunk's CRC-32 and its census segment ORs in one pass, where the compiled extension runs.
+
+``nandoctor._fused`` (one C file, built when the package is installed with a C compiler at hand) reads each
+byte once for both: the zip CRC-32 a torch storage owes and the OR of each 64 KiB segment's words that the
+census's prefilter needs (census.segment_ors). It runs on x86-64 CPUs with AVX-512 and VPCLMULQDQ; elsewhere,
+without the extension, or with ``NANDOCTOR_NATIVE=0``, :func:`crc32_ors` is None and the scan makes its two
+passes as before (crc.py's CRC-32, then numpy's reduction): same answers, one more read of each chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from nandoctor.kernels.census import SEGMENT_BYTES
+
+NATIVE_ENV = "NANDOCTOR_NATIVE"  # "0": the compiled pass is not used (A/B runs, tests of the other path)
+
+
+@lru_cache(maxsize=1)
+def _native() -> Any:
+    if os.environ.get(NATIVE_ENV, "") == "0":
+        return None
+    try:
+        from nandoctor import _fused
+    except ImportError:  # built without a C compiler, or another platform's wheel
+        return None
+    return _fused if _fused.available() else None
+
+
+def available() -> bool:
+    """Whether the one-pass CRC-32 and segment ORs run here."""
+    return _native() is not None
+
+
+def crc32_ors(data: np.ndarray, value: int) -> tuple[int, np.ndarray | None]:
+    """(CRC-32 of ``data`` continued from ``value``, as zlib.crc32 gives it; the OR of each 64 KiB segment's
+    uint64 words, as census.segment_ors gives it, or None where ``data`` is not 8-byte aligned or holds no
+    whole word). Only to be called where :func:`available` is True."""
+    native = _native()
+    assert native is not None, "crc32_ors called where the compiled pass does not run"
+    words = data.size // 8
+    if not words or data.ctypes.data % 8:
+        return native.crc32_ors(data, value, None), None
+    ors = np.empty(-(-words // (SEGMENT_BYTES // 8)), dtype=np.uint64)
+    return native.crc32_ors(data, value, ors), ors
+
+
+def reset() -> None:
+    """Forget the choice made (tests that switch ``NANDOCTOR_NATIVE``)."""
+    _native.cache_clear()
+
+
+__all__ = ["NATIVE_ENV", "available", "crc32_ors", "reset"]

@@ -1,0 +1,161 @@
+"""The compiled one-pass CRC-32 + segment ORs (nandoctor/_fused.c through kernels/fused.py), against its oracles:
+zlib.crc32 for the CRC, numpy's reduceat (census.segment_ors) for the ORs, and the scan's two-pass path
+(``NANDOCTOR_NATIVE=0``) for every number a scan of a torch file reports."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nandoctor.kernels import fused
+from nandoctor.kernels.census import SEGMENT_BYTES, segment_ors
+
+native = pytest.mark.skipif(not fused.available(), reason="the compiled pass does not run here")
+
+# around the loop's 256-byte step, the 64 KiB segment and the scan's 8 MiB chunk
+LENGTHS = [0, 1, 7, 8, 9, 255, 256, 257, 511, 512, 4096 + 8, SEGMENT_BYTES - 8, SEGMENT_BYTES - 1, SEGMENT_BYTES,
+           SEGMENT_BYTES + 4, SEGMENT_BYTES + 8, SEGMENT_BYTES + 256, 3 * SEGMENT_BYTES + 777, (8 << 20) - 3, 8 << 20]
+
+
+def _sparse(size: int, seed: int) -> np.ndarray:
+    """Mostly zeros, a few set bits at random places: every segment's OR tells which bits lie in it."""
+    rng = np.random.default_rng(seed)
+    data = np.zeros(size, dtype=np.uint8)
+    if size:
+        at = rng.integers(0, size, max(1, size // 5000))
+        data[at] = np.uint8(1) << rng.integers(0, 8, at.size).astype(np.uint8)
+    return data
+
+
+def _expected_ors(data: np.ndarray) -> np.ndarray | None:
+    return segment_ors(data)  # (the numpy path: None where the data holds no whole word)
+
+
+@native
+@pytest.mark.parametrize("size", LENGTHS)
+def test_crc_and_ors_agree_with_zlib_and_numpy(size: int) -> None:
+    for seed, data in enumerate((_sparse(size, size), np.random.default_rng(size).integers(0, 256, size, np.uint8))):
+        start = random.Random(size + seed).getrandbits(32)
+        value, ors = fused.crc32_ors(data, start)
+        assert value == zlib.crc32(data.tobytes(), start), (size, seed)
+        expected = _expected_ors(data)
+        if expected is None:
+            assert ors is None
+        else:
+            assert ors is not None and ors.dtype == np.uint64
+            np.testing.assert_array_equal(ors, expected)
+
+
+@native
+def test_a_view_inside_a_larger_buffer_and_an_unaligned_one() -> None:
+    """The scan hands views of its reused buffers and of mmaps: 8-byte aligned ones at any 16/64-byte phase get
+    their ORs; a view off 8-byte alignment gets its CRC-32 and no ORs (its words would mix lanes)."""
+    whole = _sparse((2 << 20) + 64, 9)
+    for offset in (8, 16, 24, 40, 56):
+        piece = whole[offset : offset + (1 << 20) + 13]
+        value, ors = fused.crc32_ors(piece, 0)
+        assert value == zlib.crc32(piece.tobytes())
+        assert ors is not None
+        np.testing.assert_array_equal(ors, _expected_ors(piece))
+    piece = whole[3 : 3 + (1 << 20)]
+    value, ors = fused.crc32_ors(piece, 7)
+    assert value == zlib.crc32(piece.tobytes(), 7)
+    assert ors is None
+
+
+@native
+def test_a_bit_in_each_segment_is_found_in_that_segment_alone() -> None:
+    data = np.zeros(5 * SEGMENT_BYTES + 100, dtype=np.uint8)
+    for segment in range(6):
+        data[min(segment * SEGMENT_BYTES + 8 * segment + segment, data.size - 1)] = 1 << segment
+    _, ors = fused.crc32_ors(data, 0)
+    assert ors is not None
+    np.testing.assert_array_equal(ors, _expected_ors(data))
+    assert [int(o).bit_length() > 0 for o in ors] == [True] * 6
+
+
+def test_native_off_by_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv(fused.NATIVE_ENV, "0")
+    fused.reset()
+    try:
+        assert not fused.available()
+    finally:
+        monkeypatch.delenv(fused.NATIVE_ENV)
+        fused.reset()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="the extension is built only with a C compiler, on x86-64")
+def test_the_extension_is_built_where_it_can_run() -> None:
+    """The build skips the extension quietly where it fails (optional): on a CPU that runs it, with a compiler
+    installed, a missing module is a broken build that would halve the `.bin` scan's speed unseen."""
+    if not {"avx512f", "avx512bw", "avx512vl", "vpclmulqdq", "pclmulqdq"} <= _cpu_flags():
+        pytest.skip("this CPU has no AVX-512 carry-less multiplication")
+    if os.environ.get(fused.NATIVE_ENV) == "0":
+        pytest.skip(f"{fused.NATIVE_ENV}=0")
+    assert fused.available()
+
+
+@native
+def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path, monkeypatch) -> None:
+    """NaN, ±Inf and an outlier planted at known places in large storages (several 8 MiB chunks, an fp16 and an
+    fp32 tensor, one storage shared by two views), and a flipped mantissa bit in another storage: every count,
+    first index, census number and the CRC-32 failure are the same on both paths."""
+    torch = pytest.importorskip("torch")
+    from nandoctor import api
+    from nandoctor.report.json_report import report_to_json
+    from tests.torch_helpers import entry_offset, flip_byte
+
+    g = torch.Generator().manual_seed(0)
+    big = (torch.randn(9 << 20, generator=g) * 0.02).to(torch.bfloat16)  # 18 MiB: three chunks
+    big[5] = float("nan")
+    big[(4 << 20) + 3] = float("inf")
+    big[(9 << 20) - 1] = float("-inf")
+    big[(6 << 20) + 11] = 300.0  # an outlier against a bulk of 0.02
+    half = (torch.randn(3 << 20, generator=g) * 0.02).half()
+    half[(2 << 20) + 1] = float("nan")
+    single = torch.randn(1 << 20, generator=g) * 0.02
+    shared = torch.randn(1 << 20, generator=g) * 0.02
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"a.weight": big, "b.weight": half, "c.weight": single,
+                "d.weight": shared, "d2.weight": shared[: 1 << 19]}, path)
+    flip_byte(path, entry_offset(path, "/data/2") + (2 << 20) + 1, 0x01)  # c.weight: a CRC-32 failure, no NaN
+
+    def scanned() -> dict:
+        fused.reset()
+        report = report_to_json(api.scan(path, device="cpu"))
+        for timing in ("seconds", "gb_per_s"):
+            report["summary"].pop(timing)
+        return report
+
+    calls: list[int] = []
+    real = fused.crc32_ors
+    monkeypatch.setattr(fused, "crc32_ors", lambda data, value: calls.append(data.size) or real(data, value))
+    with_native = scanned()
+    assert sum(calls) >= (9 << 20) * 2, "the scan did not take the compiled pass"  # a's chunks at least
+    monkeypatch.setenv(fused.NATIVE_ENV, "0")
+    without = scanned()
+    monkeypatch.delenv(fused.NATIVE_ENV)
+    fused.reset()
+    assert with_native == without
+    tensors = {t["name"]: t for t in with_native["tensors"]}
+    assert (tensors["a.weight"]["nan"], tensors["a.weight"]["posinf"], tensors["a.weight"]["neginf"]) == (1, 1, 1)
+    assert tensors["a.weight"]["first_bad"]["index"] == 5
+    assert tensors["b.weight"]["nan"] == 1 and tensors["b.weight"]["first_bad"]["index"] == (2 << 20) + 1
+    assert any("CRC-32" in e["message"] for e in with_native["errors"]), with_native["errors"]
