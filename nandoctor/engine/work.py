@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -273,11 +273,17 @@ def _census_of(data: np.ndarray, part: Part) -> Census | None:
     return observe_chunk(data, info, base_lane)
 
 
+def _kernel_census(job: RegionJob, kernel: Kernel) -> Any:
+    """The kernel's census where a whole-chunk job's counts and census come from it (one read for both), else
+    None (only the CPU kernel has one; small regions take the whole-region census)."""
+    census = getattr(kernel, "census", None)
+    return census if job.info is not None and job.region.nbytes >= SMALL_REGION_BYTES else None
+
+
 def _census_takes_ors(job: RegionJob, kernel: Kernel) -> bool:
-    """Whether the chunk's census reads its raw bytes through the kernel's census (the path that takes segment
-    ORs): not a block-quantized tensor's gathered fields, not a big-endian file's swapped copy."""
-    return (job.direct and job.info is not None and job.region.nbytes >= SMALL_REGION_BYTES
-            and hasattr(kernel, "census") and job.region.blocks is None
+    """Whether the kernel's census reads the chunk's raw bytes (so it can take their segment ORs): not a
+    block-quantized tensor's gathered fields, not a big-endian file's swapped copy."""
+    return (job.direct and _kernel_census(job, kernel) is not None and job.region.blocks is None
             and not (job.region.byteorder == "big" and job.spec.lane_bits > 8))
 
 
@@ -289,9 +295,10 @@ def _chunk_findings(
     info = job.info
     if job.direct:
         census: Census | None
-        if info is not None and job.region.nbytes >= SMALL_REGION_BYTES and hasattr(kernel, "census"):
-            # one read for both; ``ors`` where the chunk's CRC-32 pass computed them (only then: see above)
-            counts, census = kernel.census(data, job.spec, info, start * 8 // info.lane_bits, ors)
+        kernel_census = _kernel_census(job, kernel)
+        if info is not None and kernel_census is not None:
+            # ``ors`` where the chunk's CRC-32 pass computed them (only then: see above)
+            counts, census = kernel_census(data, job.spec, info, start * 8 // info.lane_bits, ors)
         else:
             counts, census = kernel.check(data, job.spec), _census_of(data, part)
         return direct_findings(counts, first_element), census
