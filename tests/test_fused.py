@@ -54,6 +54,21 @@ def test_crc_and_ors_agree_with_zlib_and_numpy(size: int) -> None:
 
 
 @native
+@pytest.mark.parametrize("size", LENGTHS)
+def test_the_ors_alone_agree_with_numpy(size: int) -> None:
+    """A chunk owing no CRC-32 (safetensors) gets its segment ORs from the compiled loop alone."""
+    data = _sparse(size, size + 1)
+    expected = _expected_ors(data)
+    found = fused.segment_ors(data)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        np.testing.assert_array_equal(found, expected)
+    assert fused.segment_ors(_sparse(size + 16, 2)[3 : 3 + size]) is None or size < 8  # off alignment: numpy's
+
+
+@native
 def test_a_view_inside_a_larger_buffer_and_an_unaligned_one() -> None:
     """The scan hands views of its reused buffers and of mmaps: 8-byte aligned ones at any 16/64-byte phase get
     their ORs; a view off 8-byte alignment gets its CRC-32 and no ORs (its words would mix lanes)."""
@@ -159,3 +174,43 @@ def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path
     assert tensors["a.weight"]["first_bad"]["index"] == 5
     assert tensors["b.weight"]["nan"] == 1 and tensors["b.weight"]["first_bad"]["index"] == (2 << 20) + 1
     assert any("CRC-32" in e["message"] for e in with_native["errors"]), with_native["errors"]
+
+
+@native
+def test_a_safetensors_file_scans_the_same_with_and_without_the_compiled_ors(tmp_path, monkeypatch) -> None:
+    """NaN, Inf, an outlier and a zeroed tensor in large safetensors tensors: the same report whether the census's
+    segment ORs come from the compiled loop or from numpy."""
+    from safetensors.numpy import save_file
+
+    from nandoctor import api
+    from nandoctor.report.json_report import report_to_json
+
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(5 << 20) * 0.02).astype(np.float16)
+    a[3], a[(3 << 20) + 1] = np.nan, -np.inf
+    b = (rng.standard_normal(3 << 20) * 0.02).astype(np.float32)
+    b[(2 << 20) + 5] = 900.0
+    path = tmp_path / "model.safetensors"
+    save_file({"a.weight": a, "b.weight": b, "c.weight": np.zeros(1 << 20, np.float32)}, str(path))
+
+    def scanned() -> dict:
+        fused.reset()
+        report = report_to_json(api.scan(path, device="cpu"))
+        for timing in ("seconds", "gb_per_s"):
+            report["summary"].pop(timing)
+        return report
+
+    calls: list[int] = []
+    real = fused.segment_ors
+    monkeypatch.setattr(fused, "segment_ors", lambda data: calls.append(data.size) or real(data))
+    with_native = scanned()
+    assert sum(calls) >= a.nbytes + b.nbytes, "the scan did not take the compiled ORs"
+    monkeypatch.setenv(fused.NATIVE_ENV, "0")
+    without = scanned()
+    monkeypatch.delenv(fused.NATIVE_ENV)
+    fused.reset()
+    assert with_native == without
+    tensors = {t["name"]: t for t in with_native["tensors"]}
+    assert (tensors["a.weight"]["nan"], tensors["a.weight"]["neginf"]) == (1, 1)
+    assert tensors["a.weight"]["first_bad"]["index"] == 3
+    assert tensors["b.weight"]["outliers"]["count"] == 1
