@@ -43,16 +43,26 @@ def _deepspeed_run(root: Path, bad_step: int = 300) -> Path:
 
 def _megatron_run(root: Path, ranks: int = 2, bad_step: int = 300) -> Path:
     for step in STEPS:
-        whole = _weights(step, step == bad_step)
-        for rank in range(ranks):
-            folder = root / f"iter_{step:07d}" / f"mp_rank_{rank:02d}"
-            folder.mkdir(parents=True)
-            rows = 16 // ranks
-            model = {f"language_model.encoder.{k}": v[rank * rows:(rank + 1) * rows].clone() for k, v in whole.items()}
-            torch.save({"args": argparse.Namespace(tensor_model_parallel_size=ranks), "checkpoint_version": 3.0,
-                        "iteration": step, "model": model}, folder / "model_optim_rng.pt")
+        _megatron_save(root / f"iter_{step:07d}", step, ranks, bad=step == bad_step)
     (root / "latest_checkpointed_iteration.txt").write_text(str(STEPS[-1]))
     return root
+
+
+def _megatron_save(folder: Path, step: int, tensor: int, pipeline: int = 1, bad: bool = False) -> Path:
+    """One Megatron save as its --ckpt-format torch writes it: a model_optim_rng.pt per model-parallel rank, in
+    mp_rank_TT/ (mp_rank_TT_PPP/ with pipeline ranks), each with its rank's slice of every tensor and the args."""
+    whole = _weights(step, bad)
+    rows = 16 // tensor
+    for t in range(tensor):
+        for p in range(pipeline):
+            rank = folder / (f"mp_rank_{t:02d}" + (f"_{p:03d}" if pipeline > 1 else ""))
+            rank.mkdir(parents=True)
+            model = {f"language_model.encoder.{k}": v[t * rows:(t + 1) * rows].clone() for k, v in whole.items()}
+            args = argparse.Namespace(tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline,
+                                      num_layers=3, hidden_size=16)
+            torch.save({"args": args, "checkpoint_version": 3.0, "iteration": step, "model": model},
+                       rank / "model_optim_rng.pt")
+    return folder
 
 
 def test_a_deepspeed_save_folder_is_a_run_whose_newest_save_decides(tmp_path: Path) -> None:
@@ -231,3 +241,24 @@ def test_megatron_fp16_loss_scale_expert_ranks_and_a_custom_deepspeed_tag(tmp_pa
     (ds / "latest").write_text("best")
     result = run_cli("scan", ds, "-q")
     assert result.exit_code == 1 and "first bad: best" in result.output, result.output
+
+
+def test_a_megatron_save_folder_holding_only_release_is_read_as_megatron_loads_it(tmp_path: Path) -> None:
+    """A review: a --save folder holding only release/ (its tracker: "release", as a converted checkpoint's is) exited
+    3 pointing at release/; Megatron's load reads the tracker and loads release/ as iteration 0: a save of the run."""
+    root = tmp_path / "save"
+    _megatron_save(root / "release", 0, 2)
+    (root / "latest_checkpointed_iteration.txt").write_text("release")
+    run = scan_run(root)
+    assert [(c.step, c.name, c.status) for c in run.checkpoints] == [(0, "release", "clean")]
+    assert run_cli("scan", root, "-q").exit_code == 0
+    # training saved into the same folder: release is the run's first save, and the one to go back to
+    _megatron_save(root / "iter_0000100", 100, 2, bad=True)
+    (root / "latest_checkpointed_iteration.txt").write_text("100")
+    result = run_cli("scan", root)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "last healthy: release · first bad: iter_0000100" in said
+    assert f"write release into {root}/latest_checkpointed_iteration.txt" in said
+    (root / "latest_checkpointed_iteration.txt").write_text("release")  # (as said: release decides)
+    assert "release decides the exit code" in " ".join(run_cli("scan", root).output.split())

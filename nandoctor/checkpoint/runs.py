@@ -51,6 +51,7 @@ from nandoctor.checkpoint.steps import (
     DEEPSPEED_LATEST,
     checkpoints_in,
     deepspeed_tag,
+    is_megatron_save,
     pointer_problem,
     resume_pointer,
     step_of,
@@ -1153,7 +1154,7 @@ def scan_run(
 
     # Megatron's rank folders of each iteration: one the others hold is missing where an iteration lacks it
     ranks = _expected_ranks({row.path: rank_folders(row.path) for row in rows
-                             if row.path is not root and row.path.name.startswith("iter_")})
+                             if row.path is not root and is_megatron_save(row.path)})
     with watch_budget():  # (one short wait for saves still being written, shared by every row)
         for row in rows:
             step, folder = row.step, row.path

@@ -32,16 +32,21 @@ _MAX_TAG_BYTES = 256
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 MEGATRON_RANK = re.compile(r"^mp_rank_\d+(?:_\d+){0,2}$")  # (tensor, pipeline and, with experts, expert rank)
 MEGATRON_FILES = ("model_optim_rng.pt", "distrib_optim.pt")
+# A tracker holding "release" names the save folder's release/ (a converted or published checkpoint), which Megatron
+# loads as iteration 0: a save of the run before every iter_N/ (a --save folder holding only release/ was no run)
+MEGATRON_RELEASE = "release"
 
 
 def step_of(path: Path) -> int | None:
     """The global step N of a folder named ``checkpoint-N`` (torchtitan's ``step-N``, Megatron's ``iter_N``, a
-    DeepSpeed save folder's ``global_stepN``: this one lists the folder holding it, once per version of that folder),
-    else None."""
+    DeepSpeed save folder's ``global_stepN``: this one lists the folder holding it, once per version of that folder;
+    0 for a Megatron save folder's ``release``, which Megatron loads as iteration 0), else None."""
     path = Path(path)
     step = step_of_name(path.name)
     if step is None and DEEPSPEED_STATES.match(path.name) and is_deepspeed_save_folder(path.parent):
         step = step_of_name(path.name, global_steps=True)
+    if step is None and path.name == MEGATRON_RELEASE and is_megatron_save_folder(path.parent):
+        step = 0
     return step
 
 
@@ -80,6 +85,23 @@ def _deepspeed_save_folder(folder: str, _mtime_ns: int, _inode: int) -> bool:
     return saves >= 2 or (saves == 1 and DEEPSPEED_LATEST in names)
 
 
+def is_megatron_save_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a Megatron ``--save`` folder: it holds the tracker file Megatron's load reads first."""
+    return access.is_file(Path(folder) / MEGATRON_TRACKER, refused=True)
+
+
+def is_megatron_save(path: Path) -> bool:
+    """A Megatron save by its name: an ``iter_NNNNNNN`` folder, or ``release`` (of a save folder: :func:`step_of`)."""
+    name = Path(path).name
+    return (name.startswith("iter_") and step_of_name(name) is not None) or name == MEGATRON_RELEASE
+
+
+def megatron_tracker_text(save: Path) -> str:
+    """What Megatron's tracker holds to name the save folder ``save`` (``iter_0000200``: 200; ``release``: release)."""
+    step = step_of_name(Path(save).name)
+    return str(step) if step is not None else Path(save).name
+
+
 def deepspeed_tag(root: Path) -> str | None:
     """The tag DeepSpeed's ``latest`` file in ``root`` names (a folder beside it), or None when there is none."""
     text = _small_text(Path(root) / DEEPSPEED_LATEST)
@@ -113,8 +135,9 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     found = []
     entries = access.listing(folder)
     deepspeed = any(DEEPSPEED_STATES.match(e.name) for e in entries) and is_deepspeed_save_folder(folder)
+    megatron = any(e.name == MEGATRON_TRACKER for e in entries)
     for entry in entries:
-        step = step_of_name(entry.name, deepspeed)
+        step = 0 if megatron and entry.name == MEGATRON_RELEASE else step_of_name(entry.name, deepspeed)
         if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
             found.append((step, entry))
     return sorted(found)
@@ -132,13 +155,14 @@ def pointer_problem(folder: Path, saves: set[str]) -> str | None:
             said = f"names {tag}, which is not here" if tag is not None else "names no save (empty, or not text)"
             return (f"{DEEPSPEED_LATEST} {said}: DeepSpeed's load_checkpoint finds nothing to load, says so in a log "
                     "line and training starts from scratch")
-    if (folder / MEGATRON_TRACKER).exists() and any(name.startswith("iter_") for name in saves):
+    if (folder / MEGATRON_TRACKER).exists() and any(name.startswith("iter_") or name == MEGATRON_RELEASE
+                                                           for name in saves):
         text = _small_text(folder / MEGATRON_TRACKER)
         iteration = text.strip() if text is not None else ""
-        if not (iteration.isdigit() or iteration == "release"):
+        if not (iteration.isdigit() or iteration == MEGATRON_RELEASE):
             return (f"{MEGATRON_TRACKER} holds {iteration[:20]!r}, not an iteration: Megatron's load of this folder "
                     "exits on it")
-        named = iteration if iteration == "release" else f"iter_{int(iteration):07d}"
+        named = iteration if iteration == MEGATRON_RELEASE else f"iter_{int(iteration):07d}"
         if named not in saves and not (folder / named).is_dir():
             return f"{MEGATRON_TRACKER} names {named}, which is not here: Megatron's load of this folder fails"
     return None
@@ -157,8 +181,8 @@ def resume_pointer(folder: Path) -> tuple[str, str] | None:
         return DEEPSPEED_LATEST, tag
     text = _small_text(folder / MEGATRON_TRACKER)
     iteration = text.strip() if text is not None else ""
-    if iteration.isdigit() or iteration == "release":
-        return MEGATRON_TRACKER, iteration if iteration == "release" else f"iter_{int(iteration):07d}"
+    if iteration.isdigit() or iteration == MEGATRON_RELEASE:
+        return MEGATRON_TRACKER, iteration if iteration == MEGATRON_RELEASE else f"iter_{int(iteration):07d}"
     return None
 
 
@@ -167,12 +191,16 @@ __all__ = [
     "DEEPSPEED_STATES",
     "MEGATRON_FILES",
     "MEGATRON_RANK",
+    "MEGATRON_RELEASE",
     "MEGATRON_TRACKER",
     "POINTER_HINT",
     "checkpoints_in",
     "deepspeed_tag",
     "is_accelerate_save",
     "is_deepspeed_save_folder",
+    "is_megatron_save",
+    "is_megatron_save_folder",
+    "megatron_tracker_text",
     "pointer_problem",
     "resume_pointer",
     "step_of",

@@ -30,8 +30,8 @@ from nandoctor.checkpoint.steps import (
     MEGATRON_TRACKER,
     POINTER_HINT,
     is_accelerate_save,
+    megatron_tracker_text,
     resume_pointer,
-    step_of,
 )
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
@@ -406,9 +406,8 @@ def _resume_pointer(resume: Path) -> list[str]:
     if pointer[0] == DEEPSPEED_LATEST:
         return [f"to resume from {resume.name}: DeepSpeed's load_checkpoint loads the save its latest file names, so "
                 f"write {resume.name} into {path_word(folder / DEEPSPEED_LATEST)} (or pass tag={resume.name!r})"]
-    step = step_of(resume)
     return [f"to resume from {resume.name}: Megatron resumes the iteration {MEGATRON_TRACKER} names, so write "
-            f"{step if step is not None else resume.name} into {path_word(folder / MEGATRON_TRACKER)}"]
+            f"{megatron_tracker_text(resume)} into {path_word(folder / MEGATRON_TRACKER)}"]
 
 
 def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
