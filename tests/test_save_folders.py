@@ -262,3 +262,40 @@ def test_a_megatron_save_folder_holding_only_release_is_read_as_megatron_loads_i
     assert f"write release into {root}/latest_checkpointed_iteration.txt" in said
     (root / "latest_checkpointed_iteration.txt").write_text("release")  # (as said: release decides)
     assert "release decides the exit code" in " ".join(run_cli("scan", root).output.split())
+
+
+def test_an_iteration_resharded_to_fewer_ranks_is_read_by_its_own_args(tmp_path: Path) -> None:
+    """A review: the newest iteration resharded from tensor-parallel size 2 to 1 (its args say 1) read INCOMPLETE,
+    "mp_rank_01/ missing", by the iterations before it; each iteration's own args say which ranks it holds."""
+    root = tmp_path / "save"
+    for step, tensor in ((100, 2), (200, 2), (300, 1)):
+        _megatron_save(root / f"iter_{step:07d}", step, tensor)
+    (root / "latest_checkpointed_iteration.txt").write_text("300")
+    run = scan_run(root)
+    assert [(c.step, c.status) for c in run.checkpoints] == [(100, "clean"), (200, "clean"), (300, "clean")]
+    assert run_cli("scan", root, "-q").exit_code == 0
+    shutil.rmtree(root / "iter_0000200" / "mp_rank_01")  # (its args say 2: still missing, between its neighbours)
+    rows = scan_run(root).checkpoints
+    assert [c.status for c in rows] == ["clean", "incomplete", "clean"]
+    assert "its args say tensor-parallel size 2" in rows[1].incomplete[0]
+
+
+@pytest.mark.parametrize(("tensor", "pipeline", "removed", "said"), [
+    (2, 1, "mp_rank_01", "tensor-parallel size 2"),
+    (1, 2, "mp_rank_00_001", "tensor-parallel size 1, pipeline-parallel size 2"),  # (no hole the folders span)
+])
+def test_one_iteration_missing_a_rank_its_args_name_is_incomplete(tmp_path: Path, tensor: int, pipeline: int,
+                                                                   removed: str, said: str) -> None:
+    """A review: one iteration alone (no neighbours to compare with) saved with tensor-parallel size 2, its mp_rank_01/
+    gone, read CLEAN, and so did the iteration scanned on its own; Megatron's load of that rank fails."""
+    root = tmp_path / "save"
+    iteration = _megatron_save(root / "iter_0000100", 100, tensor, pipeline)
+    (root / "latest_checkpointed_iteration.txt").write_text("100")
+    assert run_cli("scan", root, "-q").exit_code == 0
+    shutil.rmtree(iteration / removed)
+    for target in (root, iteration):
+        result = run_cli("scan", target, "-q")
+        out = " ".join(result.output.split())
+        assert result.exit_code == 3, result.output
+        assert f"model-parallel rank folder(s) missing: {removed}/ (its args say {said};" in out
+    assert [c.status for c in scan_run(root).checkpoints] == ["incomplete"]

@@ -6,13 +6,12 @@ Used by the run timeline (checkpoint/runs.py), by a checkpoint judged in its run
 
 from __future__ import annotations
 
-import itertools
 import stat
 from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint.loaders import TRAINER_STATE
-from nandoctor.checkpoint.steps import MEGATRON_RANK
+from nandoctor.checkpoint.megatron import missing_ranks
 from nandoctor.checkpoint.trainlog import cut_short
 from nandoctor.errors import UnreadablePathError
 
@@ -27,7 +26,7 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
 
     ``files_only``: only files count as temporary (a run's final model shares its folder with the run's
     own ``tmp-checkpoint-N`` folders, which are the timeline's business, not the final model's).
-    ``expect_ranks``: Megatron model-parallel rank folders the run's other iterations hold (:func:`rank_folders`).
+    ``expect_ranks``: Megatron model-parallel rank folders the run's other iterations hold (megatron.rank_folders).
     """
     try:
         is_folder = access.is_dir(folder)
@@ -36,32 +35,6 @@ def incomplete_reasons(folder: Path, expect_trainer_state: bool, *, files_only: 
     if not is_folder:
         return _incomplete_file_reasons(folder)
     return _incomplete_folder_reasons(folder, expect_trainer_state, files_only, expect_ranks)
-
-
-def rank_folders(folder: Path) -> frozenset[str]:
-    """The Megatron model-parallel rank folders (``mp_rank_TT[_PPP]``) of an iteration folder; empty for any other."""
-    try:
-        return frozenset(e.name for e in access.listing(folder) if MEGATRON_RANK.match(e.name))
-    except UnreadablePathError:
-        return frozenset()
-
-
-def _missing_ranks(entries: list[Path], expected: frozenset[str]) -> list[str]:
-    """A Megatron iteration missing a model-parallel rank's folder: one of a tensor x pipeline grid with a hole, or one
-    the run's other iterations hold (``entries``: the iteration folder's; an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN; Megatron's
-    load of that rank raises FileNotFoundError)."""
-    held = frozenset(e.name for e in entries if MEGATRON_RANK.match(e.name))
-    if not held:
-        return []
-    grid = {tuple(int(n) for n in name.split("_")[2:]) for name in held}
-    shape = [max(cell[i] for cell in grid) + 1 for i in range(len(next(iter(grid))))] if len({len(c) for c in grid}) == 1 else []
-    holes = {"mp_rank_" + "_".join(f"{n:02d}" if i == 0 else f"{n:03d}" for i, n in enumerate(cell))
-             for cell in itertools.product(*(range(size) for size in shape))} - held if shape else set()
-    missing = sorted(holes | (expected - held))
-    if not missing:
-        return []
-    return [f"model-parallel rank folder(s) missing: {', '.join(m + '/' for m in missing[:4])}"
-            f"{' …' if len(missing) > 4 else ''} (Megatron's load of this iteration fails on them)"]
 
 
 def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_only: bool = False,
@@ -107,7 +80,11 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
         # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
         # read CLEAN, and the resume raised JSONDecodeError)
         reasons.append(f"{TRAINER_STATE} is not a valid JSON object (cut short?): resume_from_checkpoint fails on it")
-    return reasons + _missing_ranks(entries, expect_ranks)
+    # (an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN, and Megatron's load of that rank raises
+    # FileNotFoundError; a review: the newest iteration resharded to fewer ranks read INCOMPLETE by its neighbours, and
+    # one iteration alone lacking its last rank, no neighbour to tell, read CLEAN: its own args say which it holds)
+    lacking = missing_ranks(folder, entries, expect_ranks)
+    return reasons + ([lacking.words] if lacking is not None else [])
 
 
 def _incomplete_file_reasons(file: Path) -> list[str]:

@@ -432,7 +432,22 @@ def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> Chec
     for sub in hooked:
         _merge_subfolder(result, sub, both_formats, "weight file(s) of a model saved beside the trainer state")
     _subfolders(entries, result, set(subfolders.folders) | set(distributed) | set(hooked))
+    result.problems += _missing_rank_folders(root, entries)
     return result
+
+
+def _missing_rank_folders(root: Path, entries: list[Path]) -> list[ScanProblem]:
+    """A Megatron iteration scanned on its own that lacks a model-parallel rank folder (its args say it was saved
+    with, or a hole in its grid): the ranks it holds may be clean, and Megatron's load of it still fails (a review:
+    iter_N/ saved with tensor-parallel size 2, its mp_rank_01/ gone, read CLEAN)."""
+    from nandoctor.checkpoint.megatron import missing_ranks
+
+    lacking = missing_ranks(root, entries)
+    if lacking is None:
+        return []
+    return [ScanProblem(str(root), lacking.words,
+                        "copy the missing rank folders from where the iteration was saved, or resume an iteration "
+                        "that holds every rank")]
 
 
 def models_beside_state(entries: list[Path], weight_files: list[Path]) -> list[Path]:

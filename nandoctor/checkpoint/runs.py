@@ -33,8 +33,9 @@ from nandoctor.checkpoint.finalmodel import (
     looks_like_model,
     loose_files,
 )
-from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons, rank_folders
+from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
+from nandoctor.checkpoint.megatron import rank_folders
 from nandoctor.checkpoint.roles import WEIGHT
 from nandoctor.checkpoint.stepfiles import (
     StepFolder,
