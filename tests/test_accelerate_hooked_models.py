@@ -109,5 +109,6 @@ def test_accelerates_automatic_checkpoint_naming_is_a_run(tmp_path):
     assert Path(report.last_healthy.path).name == "checkpoint_0"
     result = nandoctor.repair(run / "checkpoint_1", "auto", tmp_path / "fixed")
     assert result.ok and [Path(d.path).name for d in result.plan.donors] == ["checkpoint_0"]
-    with pytest.raises(nandoctor.NandoctorError, match="checkpoints/ holds a run"):
+    with pytest.raises(nandoctor.NandoctorError, match="a training run folder"):  # (the project is the run)
         nandoctor.scan(project)
+    assert [Path(c.path).name for c in nandoctor.scan_run(project).checkpoints] == ["checkpoint_0", "checkpoint_1"]

@@ -64,9 +64,9 @@ def test_the_suggested_commands_leave_accelerates_resume_on_the_repaired_state(t
     assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
     assert (project / "checkpoint_2-bad").is_dir()
     assert run_cli("scan", project / "checkpoints", "-q").exit_code == 0
-    # the project folder still points at its run, not at the copy set aside beside it
-    whole = run_cli("scan", project)
-    assert whole.exit_code == 3 and f"scan the run: nandoctor scan {project / 'checkpoints'}" in " ".join(whole.output.split())
+    # the project folder is the run of checkpoints/, the copy set aside beside it no row of it (a note)
+    whole = " ".join(run_cli("scan", project).output.split())
+    assert "✓ PASS newest checkpoint_2: CLEAN" in whole and "not part of the timeline: checkpoint_2-bad/" in whole
 
     again, model2, optimizer2 = _accelerator(project)
     again.load_state()  # accelerate's own "resume the latest"
@@ -118,3 +118,41 @@ def test_resuming_an_earlier_accelerate_save_as_the_run_scan_says_works(tmp_path
     assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
     assert all(bool(torch.isfinite(p).all()) for p in model2.parameters())
     assert run_cli("scan", project / "checkpoints", "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("final", ["save_model", "save_pretrained"])
+def test_an_accelerate_project_folder_is_the_run_of_its_checkpoints_and_final_model(tmp_path, final):
+    """A review: the project folder of accelerate's automatic_checkpoint_naming (checkpoints/checkpoint_N, and the
+    final model saved beside them into final_model/) exited 3, "checkpoints/ holds a run"; it is that run, its final
+    model a row that decides with the newest checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    project = tmp_path / "project"
+    _three_saves(project, lambda weight: None)
+    acc, model, _ = _accelerator(project)
+    acc.load_state()
+    if final == "save_model":  # (accelerate's own: model.safetensors alone)
+        acc.save_model(model, project / "final_model")
+    else:  # (a transformers model's: config.json beside it)
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)).save_pretrained(
+            project / "final_model")
+    run = nandoctor.scan_run(project)
+    assert [(c.name, c.status) for c in run.checkpoints] == [
+        ("checkpoint_0", "clean"), ("checkpoint_1", "clean"), ("checkpoint_2", "clean"), ("final_model/", "clean")]
+    assert run_cli("scan", project, "-q").exit_code == 0
+    weights = project / "final_model" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(k for k, v in tensors.items() if v.dim() == 2)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    result = run_cli("scan", project)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "✗ FAIL final_model/: NON-FINITE (POISONED)" in said and "last healthy: checkpoint_2" in said
+    # (nothing after checkpoint_2 to move out of checkpoints/: the resume advice says no more)
+    assert "move the saves after" not in said
+    # (accelerate's save_model is the checkpoints' model, whose healthy tensors they hold; another model's, not)
+    donors = "--from auto" if final == "save_model" else "--from <"
+    assert f"nandoctor repair {project / 'final_model'} {donors}" in said

@@ -599,7 +599,8 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
         return True
     if holds_weights(entries) and not checkpoints_in(folder):
         return False  # a model with stray tmp-checkpoint folders at most: one checkpoint, not a run
-    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and access.is_dir(e) for e in entries)
+    return any((step_of(e) is not None or _TMP_CHECKPOINT.match(e.name)) and access.is_dir(e) for e in entries) \
+        or bool(checkpoints_in(folder))  # (accelerate's project folder: its checkpoints in checkpoints/)
 
 
 def newest_checkpoint(folder: Path) -> Path | None:

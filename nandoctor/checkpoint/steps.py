@@ -122,18 +122,35 @@ def _small_text(path: Path) -> str | None:
 
 
 _ACCELERATE = re.compile(r"^checkpoint_\d+$")
+ACCELERATE_SAVES = "checkpoints"  # (ProjectConfiguration(automatic_checkpoint_naming=True): project_dir/checkpoints/)
 
 
 def is_accelerate_save(path: Path) -> bool:
     """A folder of accelerate's ``automatic_checkpoint_naming`` (``project/checkpoints/checkpoint_N``), whose
     ``load_state()`` resumes the folder in ``checkpoints/`` whose name's first number is the largest."""
-    return Path(path).parent.name == "checkpoints" and _ACCELERATE.match(Path(path).name) is not None
+    return Path(path).parent.name == ACCELERATE_SAVES and _ACCELERATE.match(Path(path).name) is not None
 
 
 def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending."""
-    found = []
+    """(step, path) of every ``checkpoint-N`` folder directly inside ``folder``, steps ascending; for accelerate's
+    project folder (none of its own, and a ``checkpoints/`` of ``checkpoint_N`` folders), those in ``checkpoints/``:
+    the project is the run, and a model saved beside them (``final_model/``) a row of it (a review: the project folder
+    exited 3, pointing at checkpoints/)."""
     entries = access.listing(folder)
+    found = _checkpoints_among(folder, entries)
+    saves = next((e for e in entries if e.name == ACCELERATE_SAVES), None)
+    if found or saves is None or not access.is_dir(saves, refused=False):
+        return found
+    try:
+        inner = access.listing(saves)
+    except NandoctorError:
+        return []  # (a checkpoints/ no one may list: not taken for a run; the scan of the project says why)
+    return [(step, path) for step, path in _checkpoints_among(saves, inner) if is_accelerate_save(path)]
+
+
+def _checkpoints_among(folder: Path, entries: list[Path]) -> list[tuple[int, Path]]:
+    """:func:`checkpoints_in` of ``folder`` itself, whose listing is ``entries``."""
+    found = []
     deepspeed = any(DEEPSPEED_STATES.match(e.name) for e in entries) and is_deepspeed_save_folder(folder)
     megatron = any(e.name == MEGATRON_TRACKER for e in entries)
     for entry in entries:
@@ -187,6 +204,7 @@ def resume_pointer(folder: Path) -> tuple[str, str] | None:
 
 
 __all__ = [
+    "ACCELERATE_SAVES",
     "DEEPSPEED_LATEST",
     "DEEPSPEED_STATES",
     "MEGATRON_FILES",

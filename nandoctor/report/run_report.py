@@ -361,8 +361,11 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
     last_clean = run.last_healthy_under(fail_on)
     # (a verified repair to put in place is the fix: resuming an earlier save would move it out again, a trial)
     repaired = any(_verified_repair_of(target) for target in run.repair_targets)
-    if (steps and not repaired and last_clean is not None and last_clean is not run.newest
-            and is_accelerate_save(Path(last_clean.path))):
+    # (the saves accelerate would resume instead: later ones in checkpoints/, not a model saved beside it, a
+    # project's final_model/, after which there was nothing to move)
+    later = [c for c in run.checkpoints if last_clean is not None and c.step > last_clean.step
+             and is_accelerate_save(Path(c.path))]
+    if steps and not repaired and last_clean is not None and later and is_accelerate_save(Path(last_clean.path)):
         # (a trial: load_state() with no argument took the newest, poisoned save; an explicit one left the save
         # counter at 0, and the next save_state() refused: "checkpoint_0 already exists")
         steps.append(f"accelerate resumes the newest save in checkpoints/ and does not restore its save counter: move "
