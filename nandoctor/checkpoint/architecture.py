@@ -40,8 +40,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint import buildvalues
-from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, sized
+from nandoctor.checkpoint import buildvalues, dryload
+from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, routing_problems, sized
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
@@ -120,6 +120,23 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # once built, every stored tensor the model names too is compared (a size config.json changes moves many)
     mismatched = [(name, shape, expected[name]) for name, shape in stored.items()
                   if name in expected and expected[name] != shape]
+    # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
+    loaded_as = {name: built.loaded_as(name) for name in stored}
+    # (what it converts, Mixtral's experts.0.w1 … into one mlp.experts.gate_up_proj, is compared as it loads it)
+    refused = [] if quantized else built.refusals(stored) or []
+    compared = {name for name, _, _ in mismatched}
+    mismatched += [(_made_from(r.name, loaded_as), r.made, r.wanted) for r in refused
+                   if not r.error and r.name not in compared]
+    failed = [r for r in refused if r.error]
+    if failed:
+        found.append(ScanProblem(
+            str(root), f"from_pretrained cannot make {_made_from(failed[0].name, loaded_as)}: {failed[0].error}"
+            + (f"; and {len(failed) - 1} more" if len(failed) > 1 else ""),
+            "restore the weight files from where the checkpoint was saved (a tensor of one expert or layer is not "
+            "the shape of its siblings')", kind=UNLOADABLE_KIND))
+    routing = _default_routing(root, config, stored, built)
+    if routing is not None:
+        found.append(routing)
     if mismatched:
         name, shape, want = mismatched[0]
         why = reasons.get(name) or next((w for what, w in suspected if what == _SIZE_SUSPICION), None)
@@ -149,8 +166,6 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
                 f"of {stack} at random, so the model is not this checkpoint",
                 "save config.json with the number of layers the weights hold (num_hidden_layers), or the missing "
                 "layers' weights", kind=UNLOADABLE_KIND))
-    # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
-    loaded_as = {name: built.loaded_as(name) for name in stored}
     loaded = set(loaded_as.values())
     loaded |= _also_filled(built.split_targets, loaded_as)
     unknown = {name: shape for name, shape in stored.items() if loaded_as[name] not in expected
@@ -188,6 +203,16 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     return found, []
+
+
+def _made_from(target: str, loaded_as: dict[str, str]) -> str:
+    """``target`` (a parameter of the model) with the stored tensors from_pretrained makes it of, where it converts
+    them (stacks experts, concatenates gate and up projections): the names a user finds in the files."""
+    sources = [name for name, loaded in loaded_as.items() if loaded == target and name != target]
+    if not sources:
+        return target
+    more = f" and {len(sources) - 1} more" if len(sources) > 1 else ""
+    return f"{target} (made of the stored {sources[0]}{more})"
 
 
 def _first_reasons(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -526,7 +551,9 @@ _GIVEN_BY = (  # (a size, what stores a tensor it sizes: config.json without it 
     ("hidden_size", re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")),
     ("vocab_size", re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")),
     ("num_attention_heads", re.compile(r"\.(?:q_proj|query|c_attn|query_key_value|qkv_proj|W_pack)\.weight$")),
-    ("intermediate_size", re.compile(r"\.(?:gate_proj|up_proj|gate_up_proj|intermediate\.dense)\.weight$")),
+    # (Mixtral's experts as saved, experts.0.w1 and w3; transformers 5's fused experts.gate_up_proj, no .weight)
+    ("intermediate_size", re.compile(r"\.(?:gate_proj|up_proj|gate_up_proj|intermediate\.dense)\.weight$"
+                                     r"|\.experts\.\d+\.w[13]\.weight$|\.experts\.gate_up_proj$")),
 )
 _GIVES_NO = "config.json gives no"
 _MISSING_KEY = re.compile(r"^config\.json gives no (\w+)")
@@ -553,6 +580,39 @@ def _gives(config: dict[str, Any], key: str) -> bool:
 
 
 _KEY_PROJECTION = re.compile(r"^(?P<block>.*\.)k_proj\.weight$")
+_ROUTED = re.compile(r"^(?:num_experts_per_tok|moe_top_?k|moe_k|n_activated_experts|experts_per_token)$")
+# an expert's weight (per expert, fused, shared): Mixtral's experts.0.w1.weight, transformers 5's experts.gate_up_proj,
+# Qwen2-MoE's shared_expert.up_proj.weight; not a quantizer's scales (FP8's weight_scale_inv)
+_EXPERT_WEIGHT = re.compile(r"\.(?:experts?|shared_experts?)\.(?:.*\.weight|[a-z_]*proj)$")
+
+
+def _unsized_expert_dimension(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> str | None:
+    """Words for an expert weight's dimension that no size config.json gives (nor twice one: gate and up fused),
+    else None: the size that gave it was deleted and the class's default is built (Qwen2-MoE without
+    moe_intermediate_size or shared_expert_intermediate_size builds 1408 and 5632 over experts of other widths; a
+    helper's trial read CLEAN). Which key it was is the model's to say: a suspicion, the built model decides."""
+    given = set(_integers(config))
+    for name, shape in stored.items():
+        if len(shape) < 2 or not _EXPERT_WEIGHT.search(name):
+            continue
+        for size in shape:
+            if size != 1 and size not in given and not (size % 2 == 0 and size // 2 in given):
+                return (f"no size config.json gives is {size:,}, a dimension of {name} (a size config.json does not "
+                        "give builds the class's default)")
+    return None
+
+
+def _integers(value: Any, depth: int = 0) -> Iterator[int]:
+    """The positive integers of a config.json value, its objects' and lists' too (DBRX's ffn_config, a per-layer
+    list of widths), to a few levels."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        yield value
+    elif depth < 3 and isinstance(value, dict):
+        for item in value.values():
+            yield from _integers(item, depth + 1)
+    elif depth < 3 and isinstance(value, list):
+        for item in value[:4096]:
+            yield from _integers(item, depth + 1)
 
 
 def _model_type_mismatch(config: dict[str, Any]) -> str:
@@ -603,6 +663,12 @@ def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     expert = next((name for name in stored if ".experts." in name), None)
     if expert is not None and not _gives(config, "num_local_experts"):  # (Mixtral's default: 8 experts)
         yield _SIZE_SUSPICION, f"{_GIVES_NO} num_local_experts (the class's default is built), {expert} is stored"
+    if expert is not None and not any(_ROUTED.search(k) and v is not None for k, v in config.items()):
+        # (the class's default top-k may exceed the experts stored: Qwen3-MoE's 8 over 4 loads, and generate raises)
+        yield _SIZE_SUSPICION, f"{_GIVES_NO} num_experts_per_tok (the class's default is built), {expert} is stored"
+    unsized = _unsized_expert_dimension(config, stored)
+    if unsized is not None:
+        yield _SIZE_SUSPICION, unsized
     if not _gives(config, "max_position_embeddings"):
         pattern, keys = _TABLES[0]
         name = next((name for name in stored if pattern.search(name)), None)
@@ -724,6 +790,9 @@ class _Built:
     filled_by: list[list[str]]
     loaded_as: Callable[[str], str]  # a stored name → the name from_pretrained loads it under (its conversion mapping)
     split_targets: list[tuple[list[str], list[str]]] = field(default_factory=list)  # conversions filling several
+    # stored name → shape in, what from_pretrained refuses out, loaded as it loads them (dryload.py); None: not asked
+    refusals: Callable[[dict[str, tuple[int, ...]]], list[dryload.Refusal] | None] = lambda stored: None
+    values: dict[str, Any] = field(default_factory=dict)  # its config's values, the class's defaults filled in
 
 
 def _renames(model: Any, built: dict[str, tuple[int, ...]]) -> Callable[[str], str]:
@@ -779,6 +848,33 @@ def _also_filled(splits: list[tuple[list[str], list[str]]], loaded_as: dict[str,
     return filled
 
 
+def _values(model: Any) -> dict[str, Any]:
+    """The values the model was built with (config.json's, the class's defaults for what it does not give)."""
+    try:
+        values = model.config.to_dict()
+    except Exception:  # noqa: BLE001 - (a config class that cannot say them: nothing is judged by them)
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _default_routing(root: Path, config: dict[str, Any], stored: dict[str, tuple[int, ...]],
+                     built: _Built) -> ScanProblem | None:
+    """BAD CONFIG where config.json gives no num_experts_per_tok over stored experts and the class's default routes
+    to more experts than the model has (Qwen2-MoE's 4, Qwen3-MoE's 8 over 3: from_pretrained loads it, and generate
+    raises "selected index k out of range"; a helper's trial read CLEAN), else None."""
+    if (any(_ROUTED.search(k) and v is not None for k, v in config.items())
+            or not any(".experts." in name for name in stored)):
+        return None
+    wrong = routing_problems("", built.values)
+    if not wrong:
+        return None
+    return ScanProblem(
+        str(root / "config.json"), f"config.json gives no num_experts_per_tok, so the class's default is built: "
+        f"{wrong[0]}: from_pretrained loads the model, and generate raises",
+        "write num_experts_per_tok into config.json (the base model's config.json has the number of experts each "
+        "token was routed to in training)", kind=CONFIG_KIND)
+
+
 def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
     """The model transformers builds from ``root``'s config.json, on the meta device; None without transformers,
     or for a model it does not ship (remote code is never run, a missing optional package); what it raised else."""
@@ -816,7 +912,7 @@ def _built_by_transformers(root: Path) -> _Built | BuildFailure | None:
                     if isinstance(p, str)]
         groups = [names for names in holders.values() if not any(p.search(n) for n in names for p in optional)]
         return _Built(built, [re.compile(p) for p in ignored if isinstance(p, str)], groups, _renames(model, built),
-                      _split_targets(model))
+                      _split_targets(model), partial(dryload.refusals, model), _values(model))
     except ImportError:  # (an optional package the model class needs)
         return None
     except Exception as exc:  # noqa: BLE001 - a verdict only once _blame pins it on a config value

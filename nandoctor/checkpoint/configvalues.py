@@ -478,6 +478,9 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 # every logit Inf or NaN (HyperCLOVA X multiplies by its logits_scaling instead: not listed)
 _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
+# (PhiMoE's sparsemixer routes every token to two experts whatever num_experts_per_tok says: a helper's trial of 5
+# over 3 experts loaded and generated, and was called BAD CONFIG)
+_ROUTED_BY_OWN_RULE = frozenset({"phimoe"})
 _ALWAYS_SLIDING = ("mistral", "mixtral", "phi3", "starcoder2")  # (without layer_types: every layer slides)
 _SLIDING_WHEN_ASKED = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # (use_sliding_window, from max_window_layers)
 
@@ -519,21 +522,31 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
               and model_type.startswith(_LOGIT_DIVISORS[key])):
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
     wrong += _rope_thetas(prefix, config)
-    routed = config.get("num_experts_per_tok")
-    experts = next((config[k] for k in EXPERT_KEYS if _number(config.get(k)) and config[k] > 0), None)
-    dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
-    every_layer_dense = isinstance(dense, list) and _int(config.get("num_hidden_layers")) and len(dense) >= config["num_hidden_layers"]
-    if (_number(routed) and experts is not None and experts >= 2 and routed > experts  # (1: a dense model, no router)
-            and not every_layer_dense):
-        wrong.append(f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)")
-    elif (_number(routed) and routed <= 0 and experts is not None and experts >= 2 and not every_layer_dense):
-        # (an adversarial round: 0 experts a token loaded and generated, every MoE block adding nothing)
-        wrong.append(f"{prefix}num_experts_per_tok is {routed}: no expert is routed to, so every MoE block adds nothing "
-                     "and the model's output is not the trained one")
+    wrong += routing_problems(prefix, config)
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
     return wrong
+
+
+def routing_problems(prefix: str, config: dict[str, Any]) -> list[str]:
+    """More experts routed to than exist (torch.topk raises "selected index k out of range" as the model generates),
+    or none, in one (sub-)config; architecture.py asks it of the values a model is built with too (a class's default
+    num_experts_per_tok where config.json gives none)."""
+    routed = config.get("num_experts_per_tok")
+    experts = next((config[k] for k in EXPERT_KEYS if _number(config.get(k)) and config[k] > 0), None)
+    dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
+    every_layer_dense = isinstance(dense, list) and _int(config.get("num_hidden_layers")) and len(dense) >= config["num_hidden_layers"]
+    if (not _number(routed) or experts is None or experts < 2  # (1: a dense model, no router)
+            or every_layer_dense or config.get("model_type") in _ROUTED_BY_OWN_RULE):
+        return []
+    if routed > experts:
+        return [f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)"]
+    if routed <= 0:
+        # (an adversarial round: 0 experts a token loaded and generated, every MoE block adding nothing)
+        return [f"{prefix}num_experts_per_tok is {routed}: no expert is routed to, so every MoE block adds nothing "
+                "and the model's output is not the trained one"]
+    return []
 
 
 def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
@@ -581,4 +594,5 @@ def _configs(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(key), value
 
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "EXPERT_KEYS", "embeds_token_ids", "generation_problems", "model_problems", "positive", "vocab_size"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "EXPERT_KEYS", "embeds_token_ids", "generation_problems", "model_problems", "positive",
+           "routing_problems", "vocab_size"]
