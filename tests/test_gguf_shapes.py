@@ -216,3 +216,63 @@ def test_a_size_key_stored_as_another_type_is_not_loadable(tmp_path: Path, kind:
     report = nandoctor.scan(writer_path)
     assert report.exit_code == 3 and any("llama.embedding_length holds" in e.message and "not an integer" in e.message
                                          for e in report.errors), report.errors
+
+
+EXPERTS = 4
+
+
+def _experts() -> dict[str, tuple[int, ...]]:
+    """A Mixtral as convert_hf_to_gguf.py writes it (arch llama): a router and stacked experts in place of the MLP."""
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (VOCAB, EMBD), "output_norm.weight": (EMBD,),
+                                          "output.weight": (VOCAB, EMBD)}
+    for b in range(BLOCKS):
+        shapes.update({
+            f"blk.{b}.attn_norm.weight": (EMBD,), f"blk.{b}.attn_q.weight": (HEADS * HEAD, EMBD),
+            f"blk.{b}.attn_k.weight": (KV_HEADS * HEAD, EMBD), f"blk.{b}.attn_v.weight": (KV_HEADS * HEAD, EMBD),
+            f"blk.{b}.attn_output.weight": (EMBD, HEADS * HEAD), f"blk.{b}.ffn_norm.weight": (EMBD,),
+            f"blk.{b}.ffn_gate_inp.weight": (EXPERTS, EMBD), f"blk.{b}.ffn_gate_exps.weight": (EXPERTS, FFN, EMBD),
+            f"blk.{b}.ffn_up_exps.weight": (EXPERTS, FFN, EMBD), f"blk.{b}.ffn_down_exps.weight": (EXPERTS, EMBD, FFN)})
+    return shapes
+
+
+_MOE_KEYS = {"expert_count": EXPERTS, "expert_used_count": 2}
+
+
+def test_a_mixture_of_experts_llama_is_clean(tmp_path: Path) -> None:
+    """A helper's false-alarm find: a Mixtral GGUF (arch llama, expert_count 4, ffn_gate_inp and ffn_*_exps in place of
+    ffn_gate/up/down) read NOT LOADABLE, "lacks blk.#.ffn_gate.weight": llama.cpp's llama loader builds the experts
+    where expert_count is above 0 and the dense MLP only where it is 0."""
+    path = _write(tmp_path / "model.gguf", keys=_MOE_KEYS, tensors=_experts)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and report.errors == (), [p.message for p in report.errors]
+
+
+MOE_CASES = [  # (case, metadata over a dense llama's true values, keys dropped, tensors, what the message names)
+    # (transformers' GGUF loader ignores expert_count for llama and loads the dense model; llama.cpp builds experts)
+    ("expert_count on a dense llama", _MOE_KEYS, (), None,
+     "llama.expert_count is 4, but its blocks hold a dense MLP (ffn_gate, ffn_up, ffn_down) and no experts"),
+    ("expert_count alone", {"expert_count": EXPERTS}, (), None,
+     "llama.expert_count is 4, and llama.expert_used_count is absent: llama.cpp aborts"),
+    ("experts without expert_count", {"expert_used_count": 2}, (), _experts,
+     "its blocks hold experts (ffn_gate_inp, ffn_*_exps), but its metadata gives no llama.expert_count"),
+    ("expert_used_count above expert_count", {**_MOE_KEYS, "expert_used_count": 5}, (), _experts,
+     "llama.expert_used_count is 5, more than the 4 experts of llama.expert_count"),
+    ("expert_count over the router's rows", {**_MOE_KEYS, "expert_count": 8}, (), _experts,
+     "blk.0.ffn_gate_inp.weight is [32, 4], but its ne1 must be 8: llama.expert_count 8"),
+    ("experts lacking their router", _MOE_KEYS, (), lambda: {n: s for n, s in _experts().items() if "gate_inp" not in n},
+     "lacks blk.#.ffn_gate_inp.weight"),
+]
+
+
+@pytest.mark.parametrize("case, keys, drop, tensors, said", MOE_CASES, ids=[c[0] for c in MOE_CASES])
+def test_expert_counts_llama_cpp_refuses_are_not_loadable(tmp_path: Path, case: str, keys: dict[str, int],
+                                                          drop: tuple[str, ...], tensors, said: str) -> None:
+    """llama.cpp's rules (src/llama-model.cpp): load_hparams asserts n_expert_used <= n_expert and n_expert_used > 0
+    where n_expert > 0 for every architecture (GGML_ASSERT aborts); the llama loader creates ffn_gate_inp
+    [n_embd, n_expert] and ffn_*_exps [.., .., n_expert] where n_expert > 0, ffn_gate/up/down where it is 0."""
+    path = _write(tmp_path / "model.gguf", keys=keys, drop=drop, tensors=tensors)
+    if case == "expert_count on a dense llama":
+        assert _transformers(path) == "loads"  # (transformers' loader ignores the key: llama.cpp is the one refusing)
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3 and {p.kind for p in report.errors} == {UNLOADABLE_KIND}
+    assert any(said in p.message for p in report.errors), [p.message for p in report.errors]

@@ -20,6 +20,14 @@ Two checks, both NOT LOADABLE:
   (qwen3next's ``attn_q`` holds a gate too, phi3's ``ffn_up`` the gate and up halves): left alone rather than
   falsely accused.
 
+Expert counts, as llama.cpp reads them: its load_hparams asserts for every architecture that ``expert_used_count``
+is at most ``expert_count`` and above 0 where there are experts (GGML_ASSERT aborts); its llama loader (Mixtral
+converts to arch llama) creates ``ffn_gate_inp`` and ``ffn_*_exps`` where ``expert_count`` is above 0 and the dense
+``ffn_gate/up/down`` only where it is 0. So an ``expert_count`` set on a dense llama file is NOT LOADABLE, though
+transformers' GGUF loader ignores the key for llama and loads it: llama.cpp refuses it ("missing tensor
+'blk.0.ffn_gate_inp.weight'"). qwen2 and qwen3 are dense to llama.cpp whatever the key says (their MoE are other
+architectures): only the counts' asserts apply there.
+
 Shapes are ``ne`` (ne0 first, fastest), as the reader keeps them: ``attn_k`` is ``[n_embd, n_head_kv * head_dim]``,
 in elements whatever the type. A per-layer array (``head_count`` of Deci, OpenELM) is not judged.
 """
@@ -44,11 +52,18 @@ TOKENS = "tokenizer.ggml.tokens"
 _STATED = ("context_length", "embedding_length", "feed_forward_length", "attention.head_count")
 # the keys the reader keeps for this module (gguf.py's _KEPT_KEYS)
 KEYS = re.compile(r"\.(block_count|context_length|embedding_length|feed_forward_length|vocab_size|attention\.head_count(_kv)?|"
-                  r"attention\.(key|value)_length|rope\.dimension_count)$|^tokenizer\.ggml\.tokens$")
-_BLOCK = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight$")
+                  r"attention\.(key|value)_length|rope\.dimension_count|expert_count|expert_used_count)$"
+                  r"|^tokenizer\.ggml\.tokens$")
+_BLOCK = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down|ffn_gate_inp|ffn_(?:gate|up|down)_exps)"
+                    r"\.weight$")
 # the tensors llama.cpp loads without TENSOR_NOT_REQUIRED for these architectures (output.weight may be tied to
 # token_embd; biases are optional): in every block, and once for the model
 _BLOCK_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+# llama's blocks where expert_count is above 0 (Mixtral converts to arch llama): a router and experts in place of the
+# MLP (llama.cpp's llama loader: ffn_gate_exps is not required; a newer converter fuses gate and up, ffn_gate_up_exps)
+_EXPERT_TENSORS = ("ffn_gate_inp", "ffn_up_exps", "ffn_down_exps")
+_DENSE_FFN = ("ffn_gate", "ffn_up", "ffn_down")
+_FUSED_INSTEAD = {"ffn_up_exps": "ffn_gate_up_exps"}
 _MODEL_TENSORS = ("token_embd", "output_norm")
 _MISSING_TENSOR_HINT = ("the file lost tensors (a tool that drops or renames tensors, a cut copy): convert it again "
                         "from its source model with a current llama.cpp (convert_hf_to_gguf.py)")
@@ -101,6 +116,12 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
             path, f"{first_few(typed, 4)} hold{'s' if len(typed) == 1 else ''} "
             f"{first_few([repr(metadata[k]) for k in typed], 4)}, not an integer: llama.cpp refuses it (\"key has wrong "
             "type\") and transformers' GGUF loader fails on it", _HINT, kind=UNLOADABLE_KIND))
+    counts = _expert_counts(arch, metadata)
+    if counts:
+        found.append(ScanProblem(
+            path, f"{counts}: llama.cpp aborts as it reads the hyperparameters (GGML_ASSERT: every architecture's "
+            "experts used must be at most its experts, and above 0 where there are experts)", _HINT,
+            kind=UNLOADABLE_KIND))
     missing = [f"{arch}.{key}" for key in REQUIRED if f"{arch}.{key}" not in metadata]
     if arch in LLAMA_LAYOUT:
         names = {m.group(1) for name in shapes if (m := _BLOCK.match(name))}
@@ -116,9 +137,17 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
             kind=UNLOADABLE_KIND))
     if arch in LLAMA_LAYOUT:
         parts = {name.split(".")[2] for name in shapes if name.startswith("blk.") and name.count(".") >= 3}
+        experts = _int(metadata, f"{arch}.expert_count") or 0
+        layout = _ffn_layout(path, arch, experts, parts)
+        if layout is not None:
+            found.append(layout)
+            parts |= set(_BLOCK_TENSORS + _EXPERT_TENSORS)  # (said: not said again as lacking)
+        needed = _BLOCK_TENSORS if arch != "llama" or experts == 0 else (
+            *(t for t in _BLOCK_TENSORS if t not in _DENSE_FFN), *_EXPERT_TENSORS)
         # (one stored under a name one character from it is the names check's: a flipped bit, said there)
-        lacking = [f"blk.#.{part}.weight" for part in _BLOCK_TENSORS if part not in parts
-                   and not any(one_apart(part, other) for other in parts - set(_BLOCK_TENSORS))]
+        lacking = [f"blk.#.{part}.weight" for part in needed if part not in parts
+                   and _FUSED_INSTEAD.get(part) not in parts
+                   and not any(one_apart(part, other) for other in parts - set(needed))]
         known = {f"{name}.weight" for name in (*_MODEL_TENSORS, "output")}
         lacking += [f"{name}.weight" for name in _MODEL_TENSORS if f"{name}.weight" not in shapes
                     and not any(one_apart(f"{name}.weight", other) for other in set(shapes) - known)]
@@ -135,6 +164,46 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
                 f"{_listed(wrong)}; llama.cpp refuses it ('tensor has wrong shape', 'invalid n_rot') and "
                 "transformers' GGUF loader fails with a size mismatch", _HINT, kind=UNLOADABLE_KIND))
     return found
+
+
+def _expert_counts(arch: str, metadata: Mapping[str, object]) -> str:
+    """Words for expert counts llama.cpp's load_hparams asserts against for every architecture (n_expert_used <=
+    n_expert; n_expert_used > 0 where n_expert > 0), else "". transformers' GGUF loader reads them only for the
+    architectures it maps them for (qwen2_moe's num_experts_per_tok above its experts: generate raises)."""
+    count_key, used_key = f"{arch}.expert_count", f"{arch}.expert_used_count"
+    experts, used = _int(metadata, count_key), _int(metadata, used_key)
+    if used is not None and used > (experts or 0):
+        return f"{used_key} is {used}, more than the {experts or 0} experts of {count_key}" + (
+            "" if count_key in metadata else " (absent: 0)")
+    if experts and not used:
+        return f"{count_key} is {experts}, and {used_key} is {'0' if used_key in metadata else 'absent'}"
+    return ""
+
+
+def _ffn_layout(path: str, arch: str, experts: int, parts: set[str]) -> ScanProblem | None:
+    """NOT LOADABLE where a llama file's expert_count says the other MLP layout than its blocks hold: experts over
+    dense blocks (a key set by hand or copied from another model), or experts stored with no expert_count. llama.cpp
+    builds the layout the count says and refuses the file ("missing tensor"); transformers' GGUF loader ignores
+    expert_count for llama (a dense file with it loads there, and not in llama.cpp)."""
+    if arch != "llama":
+        return None  # (qwen2 and qwen3 are dense in llama.cpp whatever expert_count says: their MoE are other archs)
+    dense = any(part in parts for part in _DENSE_FFN)
+    moe = any(part in parts for part in (*_EXPERT_TENSORS, "ffn_gate_exps", "ffn_gate_up_exps"))
+    if experts and dense and not moe:
+        return ScanProblem(
+            path, f"{arch}.expert_count is {experts}, but its blocks hold a dense MLP (ffn_gate, ffn_up, ffn_down) and no "
+            f"experts: llama.cpp builds a mixture-of-experts {arch} from it and refuses the file (\"missing tensor "
+            "'blk.0.ffn_gate_inp.weight'\"); transformers' GGUF loader ignores the key and loads the dense model",
+            f"remove {arch}.expert_count and {arch}.expert_used_count from the metadata (gguf-py's gguf_new_metadata.py "
+            "--remove-metadata), or convert it again from its source model", kind=UNLOADABLE_KIND)
+    if not experts and moe and not dense:
+        return ScanProblem(
+            path, f"its blocks hold experts (ffn_gate_inp, ffn_*_exps), but its metadata gives no {arch}.expert_count: "
+            f"llama.cpp builds a dense {arch} from it and refuses the file (\"missing tensor 'blk.0.ffn_gate.weight'\")",
+            f"write {arch}.expert_count and {arch}.expert_used_count (the source model's num_local_experts and "
+            "num_experts_per_tok) with gguf-py's gguf_new_metadata.py, or convert it again from its source model",
+            kind=UNLOADABLE_KIND)
+    return None
 
 
 def _int(metadata: Mapping[str, object], key: str) -> int | None:
@@ -179,17 +248,22 @@ def _contradictions(arch: str, metadata: Mapping[str, object], shapes: Mapping[s
     vocab = _int(metadata, key("vocab_size"))
     tokens = metadata.get(TOKENS)
     n_tokens = tokens.count if isinstance(tokens, ArrayOf) else len(tokens) if isinstance(tokens, list) else None
-    expected: dict[str, tuple[_Size | None, _Size | None]] = {
+    expected: dict[str, tuple[_Size | None, ...]] = {
         "attn_q": (e, sizes.get("q")), "attn_k": (e, sizes.get("k")), "attn_v": (e, sizes.get("v")),
         "attn_output": (sizes.get("o"), e), "ffn_up": (e, sizes.get("ff")), "ffn_gate": (e, sizes.get("ff")),
         "ffn_down": (sizes.get("ff"), e)}
+    experts = _int(metadata, key("expert_count"))
+    if arch == "llama" and experts:  # (llama.cpp's llama experts: [n_embd, n_ff, n_expert], its router [n_embd, n_expert])
+        n = _Size(experts, f"{key('expert_count')} {experts}")
+        width = sizes.get("ff")
+        expected.update({"ffn_gate_inp": (e, n), "ffn_gate_exps": (e, width, n), "ffn_up_exps": (e, width, n),
+                         "ffn_down_exps": (width, e, n)})
     wrong: list[str] = []
     by_kind: dict[str, list[str]] = {}
     for name, ne in shapes.items():
         m = _BLOCK.match(name)
-        if m is not None:
-            rows, cols = expected[m.group(1)]
-            why = _differs(ne, rows, cols)
+        if m is not None and m.group(1) in expected:
+            why = _differs(ne, *expected[m.group(1)])
             if why is not None:
                 by_kind.setdefault(m.group(1), []).append(f"{name} is {list(ne)}, but {why}")
         elif name in ("token_embd.weight", "output.weight"):
@@ -224,12 +298,13 @@ def _listed(items: list[str], shown: int = 3) -> str:
     return "; ".join(items[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
-def _differs(ne: tuple[int, ...], rows: _Size | None, cols: _Size | None) -> str | None:
-    """Why ``ne`` is not the 2-D ``[rows, cols]`` llama.cpp creates (None when it is, or a side is not known)."""
-    padded = (*ne, 1, 1)
-    if len(ne) > 2 and any(d != 1 for d in ne[2:]):
-        return f"llama.cpp creates it with 2 dimensions, not {len(ne)}"
-    for i, size in enumerate((rows, cols)):
+def _differs(ne: tuple[int, ...], *sizes: _Size | None) -> str | None:
+    """Why ``ne`` is not the ``[rows, cols]`` (``[rows, cols, experts]``) llama.cpp creates (None when it is, or a
+    side is not known)."""
+    padded = (*ne, *(1,) * len(sizes))
+    if len(ne) > len(sizes) and any(d != 1 for d in ne[len(sizes):]):
+        return f"llama.cpp creates it with {len(sizes)} dimensions, not {len(ne)}"
+    for i, size in enumerate(sizes):
         if size is not None and padded[i] != size.value:
             return f"its ne{i} must be {size.value}: {size.said}"
     return None
