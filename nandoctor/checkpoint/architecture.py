@@ -10,8 +10,8 @@ disagreement is only a suspicion. Where transformers is installed, the model con
 the meta device (no weights, no memory; only classes transformers ships: never remote code) and the suspected
 tensors and stacks are compared with it: a shape it builds otherwise is NOT LOADABLE, layers it builds that the
 weights lack are too (the model loads, with those layers random). Without transformers, a note says what
-disagrees. Names a loader renames (fused MoE experts) are never compared: only embeddings, ``lm_head`` and the
-layer numbers of a stack.
+disagrees. Names a loader converts (MoE experts saved one by one, built fused) are compared as it converts them:
+dryload.py puts the stored shapes through transformers' own loading on the meta device.
 
 Config values transformers cannot build a model from are suspected the same cheap way (a ``pad_token_id`` outside
 the vocabulary: ``save_pretrained`` writes it after a pad token is added without ``resize_token_embeddings``; a
