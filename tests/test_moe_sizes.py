@@ -128,3 +128,19 @@ def test_fresh_moe_saves_build_no_model(tmp_path, monkeypatch):
     monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
     for model_type in ("qwen2_moe", "qwen3_moe", "phimoe"):
         assert nandoctor.scan(_saved(tmp_path / model_type, model_type)).exit_code == 0
+
+
+def test_one_expert_in_another_shape_than_its_siblings_is_not_loadable(tmp_path):
+    """One expert's w2 transposed: from_pretrained cannot stack the layer's experts into one tensor ("We encountered
+    some issues during automatic conversion"); compared by name, no built name matched a stored one."""
+    from safetensors.torch import load_file
+
+    folder = _saved(tmp_path / "m", "mixtral")
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.1.block_sparse_moe.experts.2.w2.weight"
+    tensors[name] = tensors[name].t().contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert _oracle(folder).startswith("refused")
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert "from_pretrained cannot make model.layers.1.mlp.experts.down_proj" in report.errors[0].message
