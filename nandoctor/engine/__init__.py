@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,16 @@ def scan(
         jobs, small = plan_scan(checkpoint, limits, cast_to)
         found = scan_jobs(checkpoint, jobs, kernel, limits, progress, small=small)
         return assemble(str(path), checkpoint, found, kernel.name, time.perf_counter() - started, cast_to, limits)
+
+
+def scan_as_loaded(path: str | os.PathLike[str], **how: Any) -> ScanReport:
+    """:func:`scan` with the target dtype config.json makes ``from_pretrained`` load ``path``'s weights in (where
+    they can overflow it), as ``nandoctor scan`` counts with no ``--target-dtype``: what a repair judges its target,
+    its donors' run and its output by (an fp16 config over fp32 weights of 3e4 read CLEAN there, and the output
+    loaded NaN, an adversarial round found)."""
+    from nandoctor.checkpoint.loaddtype import implied_target
+
+    return scan(path, target_dtype=implied_target(Path(path)), **how)
 
 
 def plan_scan(

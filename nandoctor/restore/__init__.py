@@ -75,10 +75,12 @@ def repair(
     from nandoctor import verdict
     from nandoctor.checkpoint import hubcache, layout, runs
     from nandoctor.checkpoint.finalmodel import final_model
+    from nandoctor.checkpoint.loaddtype import implied_target
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.checkpoint.stepfiles import step_files_kind
-    from nandoctor.engine import scan
+    from nandoctor.engine import scan_as_loaded
     from nandoctor.fileidentity import fingerprint
+    from nandoctor.kernels.targets import target as cast_target
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
     from nandoctor.restore.likeness import (
         donor_already,
@@ -93,7 +95,8 @@ def repair(
     started = time.perf_counter()
     # A checkpoint as `nandoctor scan` scans it, for judging one within its run (each scanned once: the run's
     # earlier checkpoints judge the target, then the output)
-    scan_one = _memo(partial(scan, device="cpu", limits=limits, selection=selection))
+    # (with the target dtype config.json loads each in, as `nandoctor scan` counts: its fp16 ceiling and overflow)
+    scan_one = _memo(partial(scan_as_loaded, device="cpu", limits=limits, selection=selection))
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
@@ -148,7 +151,9 @@ def repair(
         check_out(out_path, source)  # fail before any reading when --out is taken
 
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
-    report = scan(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
+    loads_in = implied_target(target_path)  # what the target, its donors' tensors and the output are judged as loaded in
+    loads_as = cast_target(loads_in).loads_as if loads_in is not None else None
+    report = scan_as_loaded(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
     if report.errors and not verdict.weight_errors(report):  # (a config file's values: no tensor restores them)
         first = report.errors[0]
         raise RepairRefusedError(
@@ -173,7 +178,7 @@ def repair(
     if selection is not None and not allow_diverged:
         # (a selection's health leaves out what it does not read: a slice of a diverged checkpoint read POISONED and
         # was "repaired", the rest still NaN (a review). Diverged is judged on the whole checkpoint, as a scan of it)
-        whole_one = _memo(partial(scan, device="cpu", limits=limits))
+        whole_one = _memo(partial(scan_as_loaded, device="cpu", limits=limits))
         whole, _ = judged_in_run(whole_one(target_path), target_path, whole_one)
         if whole.health == "diverged":
             _refuse_diverged(target, target_path, whole, baseline, whole_one)
@@ -181,7 +186,7 @@ def repair(
     # --from auto is suggested only where it finds a donor, and not again when it was given
     auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
     catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available,
-                              needed=bool(report.unhealthy_tensors))  # (a zeroed one without a donor is left)
+                              needed=bool(report.unhealthy_tensors), loads_as=loads_as)  # (a zeroed one: left)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}
@@ -205,8 +210,8 @@ def repair(
     _refuse_growth_left(target, target_path, report, plan, baseline, scan_one)
     sharded = any(f.suffix == ".distcp" or "zero_pp_rank_" in f.name for f in files.files)
     if plan.restorations and (sharded or any(c.chunked for c in catalogs)):
-        own = [CheckpointDonor(target_path, limits, selection)] if any(d.own for d in plan.donors) else []
-        plan = _in_pieces(plan, target_path, [*catalogs, *own], limits or HealthLimits(), selection)
+        own = [CheckpointDonor(target_path, limits, selection, loads_as)] if any(d.own for d in plan.donors) else []
+        plan = _in_pieces(plan, target_path, [*catalogs, *own], limits or HealthLimits(), selection, loads_as)
     if dry_run or out_path is None:
         notes = _notes(source)
         if out is not None and os.path.lexists(out):
@@ -231,6 +236,7 @@ def repair(
         inputs=inputs,
         # judged as `nandoctor scan` judges it once in place: within the target's run, growth included
         judge=partial(judge_in_run, target=target_path, scan_one=scan_one),
+        target_dtype=loads_in,
     )
     return replace(result, seconds=time.perf_counter() - started)
 
@@ -257,7 +263,7 @@ def _kept_optimizer_state(plan: RepairPlan, report: ScanReport) -> str:
 
 def _in_pieces(
     plan: RepairPlan, target: Path, catalogs: Sequence[CheckpointDonor], limits: HealthLimits,
-    selection: Selection | None,
+    selection: Selection | None, loads_as: str | None = None,
 ) -> RepairPlan:
     """The plan's restorations of chunked tensors (DCP shards) cut into the chunks actually written."""
     from functools import partial
@@ -270,7 +276,7 @@ def _in_pieces(
     for ref in open_checkpoint(target, selection=selection).refs:  # headers only: the chunks' byte ranges
         if ref.chunk is not None:
             chunks.setdefault(ref.name, []).append(ref)
-    return expand(plan, chunks, catalogs, partial(tensor_health, limits=limits), nonfinite_counts)
+    return expand(plan, chunks, catalogs, partial(tensor_health, limits=limits, loads_as=loads_as), nonfinite_counts)
 
 
 def _with_selection(plan: RepairPlan, report: ScanReport, selection: Selection | None, target: Path) -> RepairPlan:

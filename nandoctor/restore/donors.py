@@ -46,9 +46,13 @@ class CheckpointDonor:
     """A donor checkpoint on disk, opened once (headers only); implements plan.DonorCatalog."""
 
     def __init__(
-        self, path: str | os.PathLike[str], limits: HealthLimits | None = None, selection: Selection | None = None
+        self, path: str | os.PathLike[str], limits: HealthLimits | None = None, selection: Selection | None = None,
+        loads_as: str | None = None,
     ) -> None:
+        """``loads_as``: the dtype the target's config.json loads its weights in (``F16``), whose ceiling a donor
+        tensor is held to as well: it is loaded as the target's."""
         self.path = Path(path)
+        self.loads_as = loads_as
         self.label = str(path)
         self.step = checkpoint_step(self.path)
         self.limits = limits or HealthLimits()
@@ -123,7 +127,7 @@ class CheckpointDonor:
         key = id(ref)
         if key not in self._checks:
             try:
-                checks = [tensor_check(part, self.limits) for part in self._parts(ref)]
+                checks = [tensor_check(part, self.limits, self.loads_as) for part in self._parts(ref)]
             except OSError as exc:
                 raise CorruptCheckpointError(ref.file, f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from None
             scales = [c.scale for c in checks if c.scale is not None]
@@ -158,12 +162,12 @@ class TensorCheck:
     zero: bool = False  # every value ±0 (exact: no lane holds a magnitude bit)
 
 
-def tensor_health(ref: TensorRef, limits: HealthLimits) -> str | None:
+def tensor_health(ref: TensorRef, limits: HealthLimits, loads_as: str | None = None) -> str | None:
     """NaN/Inf, exploded values or outliers in one tensor's own elements, as a reason; None when healthy."""
-    return tensor_check(ref, limits).why
+    return tensor_check(ref, limits, loads_as).why
 
 
-def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
+def tensor_check(ref: TensorRef, limits: HealthLimits, loads_as: str | None = None) -> TensorCheck:
     """:func:`tensor_health`'s reason and the tensor's bulk scale, from one read of its elements.
 
     The scan's kernel and census on this tensor alone (a tensor under 64 KiB measured on every value, a
@@ -182,7 +186,7 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     kernel = select_kernel("cpu")
     from nandoctor.blockfields import elements_per_lane, weight_ceiling
 
-    ceiling = weight_ceiling(limits.ceiling(spec.name), ref.region.blocks)
+    ceiling = weight_ceiling(limits.ceiling(spec.name, loads_as), ref.region.blocks)
     variance = ref.region.blocks is None and is_variance(ref.name, ref.role)
     info = lane_info(spec, ceiling, nonnegative=variance)
     census = Census()
@@ -204,7 +208,9 @@ def tensor_check(ref: TensorRef, limits: HealthLimits) -> TensorCheck:
     if not judged_as_weight(ref.name, ref.role):  # (a ZeRO master weight is held to a weight's limits too)
         return TensorCheck(None, scale)
     if census.exploded:
-        return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name):g}"
+        loaded = (f": the target's config.json loads it as {loads_as}"
+                  if limits.ceiling(spec.name, loads_as) < limits.ceiling(spec.name) else "")
+        return TensorCheck(f"holds {census.exploded:,} exploded values (|x| > {limits.ceiling(spec.name, loads_as):g}{loaded}"
                            f"{'' if ref.region.blocks is None else ': scale fields above ' + format(ceiling, 'g')})", scale)
     threshold = census.outlier_threshold(info, limits, per_lane)
     if threshold is None or not any(top >= threshold for _, _, top in census.high_segments):
@@ -259,7 +265,7 @@ def auto_donors(
     from functools import partial
 
     from nandoctor.checkpoint.runs import scan_run
-    from nandoctor.engine import scan
+    from nandoctor.engine import scan_as_loaded
 
     target = Path(target)
     place = place_in_run(target)
@@ -286,7 +292,7 @@ def auto_donors(
             + (("(ModelCheckpoint's save_top_k)" if place.kind.endswith(".ckpt file") else "(a loop that keeps its "
                 "newest saves)") if place.step_files else "(save_total_limit)"),
         )
-    scan_one = partial(scan, limits=limits, selection=selection)
+    scan_one = partial(scan_as_loaded, limits=limits, selection=selection)  # (each as `nandoctor scan` scans it)
     run = scan_run(run_folder, device="cpu", scan_one=scan_one, below_step=step)
     first_bad = run.first_bad
     # (resume_points: healthy, and saved before a loss jump in the trainer log; the target makes the run broken)
@@ -321,8 +327,10 @@ def resolve_donors(
     selection: Selection | None = None,
     auto_available: bool = False,
     needed: bool = True,
+    loads_as: str | None = None,
 ) -> list[CheckpointDonor]:
-    """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection``.
+    """Donor catalogs in the order given, ``auto`` expanded in place; each honours ``selection`` and holds its
+    tensors to the ceiling of ``loads_as``, the dtype the target loads them in (CheckpointDonor).
 
     ``auto`` that finds no earlier checkpoint is an error only when no other donor is named and some tensor
     needs one (``needed``: a clean target's repair is an unchanged copy, whatever auto finds).
@@ -337,7 +345,7 @@ def resolve_donors(
         if str(donor) == AUTO:
             try:
                 paths, _ = auto_donors(target, limits, selection)
-                out.extend(CheckpointDonor(p, limits, selection) for p in paths)
+                out.extend(CheckpointDonor(p, limits, selection, loads_as) for p in paths)
             except RepairRefusedError as exc:
                 auto_error = exc
             continue
@@ -353,7 +361,7 @@ def resolve_donors(
                 "name an earlier, healthy checkpoint with --from <path>" + (" (or --from auto)" if auto_available else ""),
             )
         _refuse_run_folder(donor, path, target, auto_available)
-        out.append(CheckpointDonor(path, limits, selection))
+        out.append(CheckpointDonor(path, limits, selection, loads_as))
     if not out and not needed:
         return out
     if not out and auto_error is not None:

@@ -135,6 +135,7 @@ def write_repair(
     hash_all: bool = False,
     inputs: Mapping[str, FileIdentity] | None = None,
     judge: Callable[[ScanReport], ScanReport] | None = None,
+    target_dtype: str | None = None,
 ) -> RepairResult:
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
 
@@ -197,7 +198,7 @@ def write_repair(
             done += size
             progress(done, total, f"copying {rel}")
         phase("copied")
-        verification = _verify(plan, source, temp, source_report, progress, judge)
+        verification = _verify(plan, source, temp, source_report, progress, judge, target_dtype)
         diffs = proof_diff(plan, source.single_file or source.root, _source_refs(plan, source, source_report),
                            lambda file: str(_target_copy(source, temp, file)))
         phase("verified")
@@ -454,14 +455,16 @@ def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) ->
 
 
 def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress,
-            judge: Callable[[ScanReport], ScanReport] | None = None) -> ScanReport:
-    """Re-scan what was written (judged by ``judge``: as in the source's place), and check every restored
-    tensor now holds its donor's bytes."""
+            judge: Callable[[ScanReport], ScanReport] | None = None, target_dtype: str | None = None) -> ScanReport:
+    """Re-scan what was written (judged by ``judge``: as in the source's place; overflow counted for
+    ``target_dtype``, the dtype the source's config.json loads it in), and check every restored tensor now holds
+    its donor's bytes."""
     from nandoctor import verdict
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
-    report = scan(scanned, device="cpu", progress=progress, selection=plan.selection)  # --only/--exclude
+    report = scan(scanned, device="cpu", progress=progress, selection=plan.selection,  # --only/--exclude
+                  target_dtype=target_dtype)
     if judge is not None:
         report = judge(report)
     if not report.ok:
