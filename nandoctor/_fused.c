@@ -66,7 +66,7 @@ WIDE static uint32_t crc_wide(uint32_t crc, const uint8_t *buf, size_t n, uint64
     __m512i x3 = _mm512_loadu_si512((const void *)(buf + 0x80));
     __m512i x4 = _mm512_loadu_si512((const void *)(buf + 0xC0));
     __m512i acc = _mm512_or_si512(_mm512_or_si512(x1, x2), _mm512_or_si512(x3, x4));
-    x1 = _mm512_xor_si512(x1, _mm512_castsi128_si512(_mm_cvtsi32_si128((int)crc)));
+    x1 = _mm512_xor_si512(x1, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)crc)));
     size_t blocks = n / 256, block = 1;
     for (const uint8_t *p = buf + 256; block < blocks; block++, p += 256) {
         if (ors && block % per_segment == 0) {
@@ -197,10 +197,14 @@ static PyObject *crc32_ors(PyObject *self, PyObject *args) {
             PyBuffer_Release(&data);
             return NULL;
         }
-        if ((size_t)out.len < segments * 8 || ((uintptr_t)data.buf % 8) || ((uintptr_t)out.buf % 8)) {
+        const char *wrong = (size_t)out.len < segments * 8 ? "crc32_ors: ors must hold a uint64 per 64 KiB segment"
+                          : (uintptr_t)out.buf % 8                ? "crc32_ors: ors must be 8-byte aligned"
+                          : words && (uintptr_t)data.buf % 8      ? "crc32_ors: the data must be 8-byte aligned for its ORs"
+                                                                  : NULL;
+        if (wrong) {
             PyBuffer_Release(&out);
             PyBuffer_Release(&data);
-            PyErr_SetString(PyExc_ValueError, "crc32_ors: the data must be 8-byte aligned and ors hold a uint64 per segment");
+            PyErr_SetString(PyExc_ValueError, wrong);
             return NULL;
         }
     }
@@ -271,5 +275,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, m
 PyMODINIT_FUNC PyInit__fused(void) {
     make_table();
     wide = wide_available();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+#ifdef Py_GIL_DISABLED
+    /* (its only state is set once here and read-only after: a free-threaded Python keeps its GIL off) */
+    if (m != NULL)
+        PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
+    return m;
 }

@@ -27,6 +27,7 @@ from nandoctor.kernels.census import (
     observe_chunk,
     observe_whole,
     run_tops,
+    tallies,
     to_little,
 )
 from nandoctor.model import Region
@@ -288,7 +289,8 @@ def _census_takes_ors(job: RegionJob, kernel: Kernel) -> bool:
     """Whether the kernel's census reads the chunk's raw bytes (so it can take their segment ORs): not a
     block-quantized tensor's gathered fields, not a big-endian file's swapped copy."""
     return (job.direct and _kernel_census(job, kernel) is not None and job.region.blocks is None
-            and not (job.region.byteorder == "big" and job.spec.lane_bits > 8))
+            and not (job.region.byteorder == "big" and job.spec.lane_bits > 8)
+            and job.info is not None and tallies(job.spec, job.info))  # (else the kernel's sieve makes its own)
 
 
 def _chunk_findings(

@@ -63,7 +63,7 @@ def segment_ors(data: np.ndarray) -> np.ndarray | None:
 
 def _ors_for(data: np.ndarray) -> np.ndarray | None:
     """The array the segment ORs of ``data`` go into, or None where its words would mix lanes or there is none."""
-    words = data.size // 8
+    words = data.nbytes // 8
     if not words or data.ctypes.data % 8:
         return None
     return np.empty(-(-words // (SEGMENT_BYTES // 8)), dtype=np.uint64)
