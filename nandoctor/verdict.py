@@ -363,6 +363,19 @@ def newly_zero(report: ScanReport, earlier: ScanReport) -> list[str]:
                   and roles[i] == "weight" and ((top is not None and top > 0.0) or NONFINITE in findings[i]))
 
 
+def zeroed_in_run(report: ScanReport) -> tuple[tuple[str, ...], str | None]:
+    """(the weights found ``zeroed`` because an earlier checkpoint of the run held them not all zero, that
+    checkpoint's name): certain damage (training never zeroes a whole tensor), so such a checkpoint is no resume
+    point though the default gate only reports it (an adversarial round: a run named the checkpoint whose
+    ``model.norm.weight`` a broken copy had zeroed "last healthy", and it generated token 0 alone)."""
+    since = _zeroed_since(report)
+    named = set(since.get("names", ()))
+    if not named:
+        return (), None
+    found = tuple(t.name for t in with_finding(report, ZEROED) if t.name in named)
+    return found, since.get("checkpoint") if found else None
+
+
 def unexplained_zeros(report: ScanReport) -> bool:
     """Whether ``report`` holds an all-zero weight tensor with no finding that is no bias or LoRA/adapter weight:
     only then can its run (:func:`newly_zero`) make it ``zeroed`` (checkpoint/runcontext.py scans the previous

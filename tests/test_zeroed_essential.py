@@ -80,6 +80,42 @@ def test_a_whole_family_zeroed_in_a_run_is_zeroed_by_the_checkpoint_before_it(tr
     assert nandoctor.scan(str(trained / "checkpoint-30"), device="cpu").verdict == "CLEAN"
 
 
+def test_a_checkpoint_zeroed_since_an_earlier_one_is_no_resume_point(trained, tmp_path):
+    """An adversarial round: checkpoint-20's model.norm.weight zeroed by a broken copy, checkpoint-30 poisoned; the run
+    named checkpoint-20 "✓ healthy · last healthy" and told to resume from it, and it generated token 0 alone. Its
+    all-zero weight that checkpoint-10 held is certain damage: the row reads ⚠ zeroed, the run's last healthy and
+    --from auto's donor are checkpoint-10, and the line under the table says what to restore it with."""
+    import json
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _zero(run / "checkpoint-20" / "model.safetensors", "model.norm.weight")
+    assert eval_loss(run / "checkpoint-20") == pytest.approx(UNIFORM_LOSS, abs=1e-3)  # the oracle: back at chance
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(run / "checkpoint-30" / "model.safetensors")
+    tensors["lm_head.weight"][0, 0] = float("nan")
+    save_file(tensors, run / "checkpoint-30" / "model.safetensors", metadata={"format": "pt"})
+
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert [c.zeroed for c in scanned.checkpoints] == [(), ("model.norm.weight",), ()]
+    assert scanned.last_healthy is not None and scanned.last_healthy.name == "checkpoint-10"
+    out = run_cli("scan", run, "--no-progress").output
+    row = next(line for line in out.splitlines() if "checkpoint-20" in line and "│" in line)
+    assert "⚠ zeroed" in row, out
+    assert "last healthy: checkpoint-10" in out and "resume from" in out and f"{run}/checkpoint-10" in " ".join(out.split())
+    assert "zeroed: checkpoint-20: model.norm.weight all zero, not all zero in checkpoint-10" in out, out
+    data = json.loads(run_cli("scan", run, "--json").output)
+    assert data["run"]["last_healthy"] == "checkpoint-10"
+    assert [c["zeroed"] for c in data["run"]["checkpoints"]] == [[], ["model.norm.weight"], []]
+    # the hinted repair restores it from checkpoint-10, and the model is back
+    fixed = nandoctor.repair(run / "checkpoint-20", "auto", run / "repaired-checkpoint-20")
+    assert [r.name for r in fixed.plan.restorations] == ["model.norm.weight"] and fixed.ok
+    assert eval_loss(run / "repaired-checkpoint-20") < 1.5
+
+
 def test_zeros_by_design_stay_clean(tmp_path):
     """GPT-2's biases and LayerNorm biases start at zero, a fresh Gemma's norm gains too (it scales by 1 + w):
     saved by transformers itself, they are clean; so are zero LoRA B matrices (peft's names)."""

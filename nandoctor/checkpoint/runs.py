@@ -276,6 +276,14 @@ class RunCheckpoint:
         return None if self.report is None else verdict.weight_scale(self.report)
 
     @property
+    def zeroed(self) -> tuple[str, ...]:
+        """Its weights all zero that an earlier checkpoint of the run held not all zero (verdict.zeroed_in_run):
+        no resume point, whatever the gate says of it."""
+        from nandoctor import verdict
+
+        return () if self.report is None else verdict.zeroed_in_run(self.report)[0]
+
+    @property
     def health(self) -> str:
         """healthy | poisoned | diverged | unreadable | incomplete."""
         if self.status in HEALTHY_STATUSES:
@@ -367,7 +375,7 @@ class RunReport:
         limit = self._loss_broke_from(broken or self.first_bad is not None)
         # (a model saved into a folder of the run is no resume point: a base or a merged model, no training state)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
-                and not c.saved_into and (limit is None or not c.step_known or c.step < limit)]
+                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 

@@ -386,6 +386,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "growth": c.growth,
         "baseline_growth": c.baseline_growth,
         "why": c.why or None,
+        "zeroed": list(c.zeroed),  # weights all zero that an earlier checkpoint held not all zero: no resume point
         "incomplete": list(c.incomplete),
         "train_log": log_to_json(c.log),
         "report": None if c.report is None else report_to_json(c.report),

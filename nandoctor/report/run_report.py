@@ -33,6 +33,7 @@ from nandoctor.checkpoint.steps import (
     megatron_tracker_text,
     resume_pointer,
 )
+from nandoctor.hints import AUTO, repair_command, repair_command_for
 from nandoctor.layers import bad_ranges
 from nandoctor.report.rich_report import human_bytes, safe
 from nandoctor.wording import first_few, path_word
@@ -53,6 +54,8 @@ def status_word(c: RunCheckpoint, broken_from: int | None = None) -> str:
     words = status_words(c)
     if c.status == CLEAN and broken_from is not None and c.step_known and not c.saved_into and c.step >= broken_from:
         return "⚠ healthy"
+    if c.status in HEALTHY_STATUSES and words == c.status and c.zeroed:  # (explanations() says which and since when)
+        return "⚠ zeroed"
     return _WORD[c.status] if words == c.status else f"✗ {words}"
 
 
@@ -535,6 +538,12 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
             else:
                 group = [c]
                 lines.append((BAD, f"diverged: {c.name}: {c.why}"))
+        if c.status in HEALTHY_STATUSES and c.zeroed and c.report is not None:
+            zeroed, since = verdicts.zeroed_in_run(c.report)
+            lines.append((WARN, f"zeroed: {c.name}: {first_few(list(zeroed), 3)} all zero, not all zero in {since}: "
+                                "a broken copy or write (training never zeroes a whole tensor), no resume point"))
+            earlier = any(r.step_known and c.step_known and r.step < c.step for r in run.resume_points())
+            lines.append((HINT, "restore them: " + (repair_command_for(c.path, AUTO) if earlier else repair_command(c.report))))
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
         elif c.status == UNREADABLE and c.report is not None:
