@@ -517,3 +517,34 @@ def test_the_donor_already_doubt_sees_through_a_cast_and_spares_a_backup_copy(tm
     again = run_cli("repair", str(tmp_path / "damaged"), "--from", str(tmp_path / "backup"), "--out",
                     str(tmp_path / "o2"), "-q")
     assert again.exit_code == 0 and "bytes already" not in again.output, again.output
+
+
+def test_a_repair_that_gives_back_the_donor_whole_says_so_where_the_restored_tensors_were_nan_throughout(tmp_path):
+    """A real-training trial: a LoRA run went NaN and its merged model had every tensor the adapter changed NaN
+    throughout; repaired from the base model (the only donor of its names) it read "✓ REPAIRED, verified CLEAN" with
+    no word, and was the base model byte for byte: the fine-tune gone. With nothing finite left to compare, the
+    restored tensors cannot tell a fine-tune from a backup copy; the repair says that the result is the donor whole."""
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(2)
+    base = {f"model.layers.{i}.{part}.weight": torch.from_numpy(rng.standard_normal((16, 16)).astype(np.float32) * 0.02)
+            for i in range(4) for part in ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")}
+    merged = {k: v.clone() for k, v in base.items()}
+    for i in range(3):  # (the adapter's target modules, NaN once it diverged and was merged: under a quarter)
+        merged[f"model.layers.{i}.self_attn.q_proj.weight"].fill_(float("nan"))
+    for name, tensors in (("base", base), ("merged", merged)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    result = run_cli("repair", str(tmp_path / "merged"), "--from", str(tmp_path / "base"), "--out",
+                     str(tmp_path / "o"), "--no-progress")
+    said = " ".join(result.output.split())
+    assert "the 13 weight tensor(s) it kept hold" in said and "were NaN/Inf throughout" in said, said
+    assert "that training is gone from the result" in said
+    out = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert all(torch.equal(out[k], base[k]) for k in base)  # the oracle: the result is the base model whole
+    proof = json.loads((tmp_path / "o" / "nandoctor-repair.json").read_text())
+    assert any("NaN/Inf throughout" in d for d in proof["donor_doubts"])

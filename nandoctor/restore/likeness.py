@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,18 +70,21 @@ def _paired(target_path: str, target: TensorRef, donor_path: str, donor: TensorR
     return a[both], b[both]
 
 
-def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool:
+def _otherwise_different(target: TensorRef, donor: TensorRef) -> bool | None:
     """Whether the target's copy differs from the donor's beyond its damage: in more than 1 % of the elements sampled
     where the target's own value is healthy (finite, not zero, not above the exploded ceiling): trained apart from
     it, not the same tensor damaged (a backup copy of the target: NaN in a few values, or scaled whole by 1e30, or
-    zeroed, a review found, leaves no healthy element that differs)."""
+    zeroed, a review found, leaves no healthy element that differs). None: no evidence either way, too few finite
+    elements sampled (NaN/Inf throughout: a merged adapter's changed tensors after it went NaN)."""
     pair = _paired(target.file, target, donor.file, donor, _FEWEST_COMPARED)
     if pair is None:
         return False
     ours, theirs = pair[0], _cast_like(pair[1], donor, target)
     healthy = (ours != 0) & (np.abs(ours) <= DEFAULT_MAX_ABS)
     if np.count_nonzero(healthy) < _FEWEST_COMPARED:
-        return False  # (no evidence either way: no doubt)
+        # (scaled or zeroed whole is the same tensor damaged as far as anything tells: no doubt; NaN/Inf throughout
+        # leaves nothing at all to tell by)
+        return None if np.count_nonzero(np.isfinite(ours)) < _FEWEST_COMPARED else False
     return bool(np.count_nonzero(ours[healthy] != theirs[healthy]) > 0.01 * np.count_nonzero(healthy))
 
 
@@ -137,11 +141,25 @@ def whole_model_donor(plan: RepairPlan, report: ScanReport) -> tuple[str, int] |
 
 
 
-def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[DonorCatalog]) -> tuple[str, int, int] | None:
-    """(the donor, weight tensors restored, weight tensors kept) where every weight tensor the repair restores comes
-    from one donor and every one it keeps holds that donor's bytes already: the result is the donor's model, the
-    restored tensors were all that told the target from it (a helper's trial: a merged LoRA model repaired from its
-    base model, as the scan's hint offered, read ✓ REPAIRED and was the base model whole); None otherwise."""
+@dataclass(frozen=True)
+class DonorAlready:
+    """A repair whose kept weight tensors hold its one donor's values already (:func:`donor_already`)."""
+
+    donor: str
+    restored: int
+    kept: int
+    # True: the restored tensors differed from the donor's beyond their damage (a doubt: the target's own training is
+    # gone); False: they were bad throughout, nothing tells whether they differed (a note: a backup copy of the donor,
+    # or a fine-tune whose changed tensors all went NaN, such as a merged adapter's)
+    differed: bool
+
+
+def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[DonorCatalog]) -> DonorAlready | None:
+    """Where every weight tensor the repair restores comes from one donor and every one it keeps holds that donor's
+    bytes already: the result is the donor's model, the restored tensors were all that told the target from it (a
+    helper's trial: a merged LoRA model repaired from its base model, as the scan's hint offered, read ✓ REPAIRED and
+    was the base model whole; another's merged model had every changed tensor NaN throughout); None otherwise, and
+    for a backup copy of the target (its restored tensors the donor's but for their damage)."""
     weights = {t.name: t.ref for t in report.tensors if t.ref.role == WEIGHT}
     restored = [r for r in plan.restorations if r.name in weights]
     sources = {r.donor for r in restored}
@@ -157,13 +175,14 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
     except (NandoctorError, OSError):
         return None
     # (a backup copy of the target itself holds its restored tensors too, but for their damaged values: no doubt)
-    if not any(_otherwise_different(r.target_ref, r.donor_ref) for r in restored):
+    differences = [_otherwise_different(r.target_ref, r.donor_ref) for r in restored]
+    if not any(differences) and False in differences:
         return None
     for ref in kept:
         other = theirs.get(ref.name)
         if other is None or other.shape != ref.shape or not _same_values(ref, other):
             return None
-    return donor.path, len(restored), len(kept)
+    return DonorAlready(donor.path, len(restored), len(kept), any(differences))
 
 
 def _same_values(ours: TensorRef, theirs: TensorRef) -> bool:
@@ -183,13 +202,20 @@ def _cast_like(values: np.ndarray, donor: TensorRef, target: TensorRef) -> np.nd
     return as_float32(cast_bytes(np.ascontiguousarray(values, "<f4").view(np.uint8), "F32", target.dtype), target.dtype)
 
 
-def donor_already_note(plan: RepairPlan, donor: str, restored: int, kept: int) -> str:
-    """The doubt of a repair whose kept weight tensors are ``donor``'s already (:func:`donor_already`)."""
-    return (f"the {kept} weight tensor(s) it kept hold {donor}'s bytes already (compared at evenly spaced windows), so "
-            f"the result is {donor}'s model: the "
-            f"{restored} restored were all that told {plan.target} from it (a model merged from an adapter holds its "
-            "fine-tune there); restore from an earlier checkpoint of this model instead, or merge a healthy adapter "
-            "checkpoint again")
+def donor_already_note(plan: RepairPlan, already: DonorAlready) -> str:
+    """What a repair whose kept weight tensors are its donor's already says (:func:`donor_already`): a doubt where
+    the restored ones differed from the donor's, else a note that the result is the donor whole."""
+    donor, restored, kept = already.donor, already.restored, already.kept
+    said = (f"the {kept} weight tensor(s) it kept hold {donor}'s bytes already (compared at evenly spaced windows), so "
+            f"the result is {donor}'s model: the {restored} restored")
+    if already.differed:
+        return (f"{said} were all that told {plan.target} from it (a model merged from an adapter holds its "
+                "fine-tune there); restore from an earlier checkpoint of this model instead, or merge a healthy "
+                "adapter checkpoint again")
+    return (f"{said} were NaN/Inf throughout in {plan.target}, so nothing tells whether they differed: if "
+            f"{plan.target} was trained or merged from {donor} (a fine-tune, a model merged from an adapter), that "
+            "training is gone from the result; restore from an earlier checkpoint of this model, or merge a healthy "
+            "adapter checkpoint again, instead")
 
 
 def whole_model_note(plan: RepairPlan, donor: str, weights: int) -> str:
