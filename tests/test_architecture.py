@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import nandoctor  # noqa: E402
 from nandoctor.checkpoint import architecture  # noqa: E402
+from tests.config_edits import GONE, edited  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 DOWN = "model.layers.1.mlp.down_proj.weight"
@@ -795,7 +796,6 @@ def test_position_tables_and_head_counts_config_json_contradicts(tmp_path, confi
     assert report.exit_code == 3 and any(p.kind == kind and said in p.message for p in report.errors), report.errors
 
 
-_GONE = object()
 
 
 def _gqa_llama(folder: Path) -> Path:
@@ -808,35 +808,26 @@ def _gqa_llama(folder: Path) -> Path:
     return folder
 
 
-def _edited(folder: Path, edits: dict) -> Path:
-    data = json.loads((folder / "config.json").read_text())
-    for key, value in edits.items():
-        if value is _GONE:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    (folder / "config.json").write_text(json.dumps(data))
-    return folder
 
 
 @pytest.mark.parametrize(("model", "edits", "said"), [
-    ("llama", {"num_key_value_heads": _GONE}, "config.json gives no num_key_value_heads"),
+    ("llama", {"num_key_value_heads": GONE}, "config.json gives no num_key_value_heads"),
     ("llama", {"num_key_value_heads": None}, "config.json gives no num_key_value_heads"),
-    ("llama", {"num_hidden_layers": _GONE}, "from_pretrained initializes layers 3–31 of model.layers at random"),
-    ("llama", {"hidden_size": _GONE}, "config.json gives no hidden_size"),
-    ("llama", {"intermediate_size": _GONE}, "config.json gives no intermediate_size"),
-    ("llama", {"vocab_size": _GONE}, "config.json gives no vocab_size"),
-    ("llama", {"num_attention_heads": _GONE}, "config.json gives no num_attention_heads"),
-    ("gpt2", {"n_layer": _GONE}, "from_pretrained initializes layers 2–11 of transformer.h at random"),
-    ("gpt2", {"n_positions": _GONE}, "config.json gives no max_position_embeddings"),
-    ("gpt2", {"n_head": _GONE}, "config.json gives no num_attention_heads"),
+    ("llama", {"num_hidden_layers": GONE}, "from_pretrained initializes layers 3–31 of model.layers at random"),
+    ("llama", {"hidden_size": GONE}, "config.json gives no hidden_size"),
+    ("llama", {"intermediate_size": GONE}, "config.json gives no intermediate_size"),
+    ("llama", {"vocab_size": GONE}, "config.json gives no vocab_size"),
+    ("llama", {"num_attention_heads": GONE}, "config.json gives no num_attention_heads"),
+    ("gpt2", {"n_layer": GONE}, "from_pretrained initializes layers 2–11 of transformer.h at random"),
+    ("gpt2", {"n_positions": GONE}, "config.json gives no max_position_embeddings"),
+    ("gpt2", {"n_head": GONE}, "config.json gives no num_attention_heads"),
 ])
 def test_a_size_config_json_does_not_give_builds_the_classs_default(tmp_path, model, edits, said):
     """An adversarial round: a size deleted from config.json (or null) builds the class's default (32 layers, 4096
     wide, as many key/value heads as heads): from_pretrained refused the weights or filled 30 layers at random, and
     each read CLEAN: only the sizes config.json gave were compared."""
     folder = (_gqa_llama(tmp_path / "m") if model == "llama" else _gpt2(tmp_path / "m", {}))
-    _edited(folder, edits)
+    edited(folder, edits)
     loaded, missing = (False, []) if _load_error(folder) else _loads(folder)
     assert not loaded or missing  # (the oracle: refused, or layers at random)
     report = nandoctor.scan(folder)
@@ -859,7 +850,7 @@ def test_a_value_of_another_json_type_than_transformers_reads_is_bad_config(tmp_
     """An adversarial round: transformers 5.25 validates config.json's fields as it reads them ("Field
     'num_hidden_layers' expected int, got float"); 2.0 layers, "false" as a bool, a string epsilon or rope theta, a
     yarn scaling whose original length is 0 (ZeroDivisionError) each read CLEAN."""
-    folder = _edited(_llama(tmp_path / "m"), edits)
+    folder = edited(_llama(tmp_path / "m"), edits)
     assert _load_error(folder) is not None
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
@@ -867,11 +858,11 @@ def test_a_value_of_another_json_type_than_transformers_reads_is_bad_config(tmp_
     assert next(iter(edits)) in report.errors[0].hint
 
 
-@pytest.mark.parametrize("edits", [{"head_dim": _GONE}, {"rope_parameters": None}, {"rope_theta": 10000}])
+@pytest.mark.parametrize("edits", [{"head_dim": GONE}, {"rope_parameters": None}, {"rope_theta": 10000}])
 def test_sizes_and_types_the_class_takes_stay_clean_without_a_build(tmp_path, edits, monkeypatch):
     """head_dim absent (hidden_size / heads), rope settings null, an integer where a float is read: no suspicion, so
     no build either (importing transformers costs seconds)."""
-    folder = _edited(_llama(tmp_path / "m"), edits)
+    folder = edited(_llama(tmp_path / "m"), edits)
     assert _load_error(folder) is None
     monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
     assert nandoctor.scan(folder).exit_code == 0
@@ -898,7 +889,7 @@ def test_config_values_an_adversarial_round_found_are_checked_against_the_model_
     that is not the architectures' (from_pretrained builds a GPT-2 and initialises every weight at random), a layer
     count of -1 (every stored layer unused, generate raises), null where transformers' strict fields take none, a
     masked LM untied from its embeddings (its decoder at random), no attention head at all: each read CLEAN."""
-    folder = _edited(_llama(tmp_path / "m") if model == "llama" else _bert(tmp_path / "m"), edits)
+    folder = edited(_llama(tmp_path / "m") if model == "llama" else _bert(tmp_path / "m"), edits)
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
@@ -921,5 +912,5 @@ def test_a_users_own_model_class_over_a_transformers_model_type_stays_clean(tmp_
     tensors = load_file(str(folder / "model.safetensors"))
     tensors.pop("lm_head.weight", None)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    _edited(folder, {"architectures": ["MyClassifier"], "tie_word_embeddings": False})
+    edited(folder, {"architectures": ["MyClassifier"], "tie_word_embeddings": False})
     assert nandoctor.scan(folder).exit_code == 0

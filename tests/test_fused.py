@@ -127,14 +127,24 @@ def test_the_extension_is_built_where_it_can_run() -> None:
     assert fused.available()
 
 
+def _scanned(path: Path) -> dict:
+    """The scan's JSON report of ``path`` with the compiled pass as ``NANDOCTOR_NATIVE`` says now, timings left out."""
+    from nandoctor import api
+    from nandoctor.report.json_report import report_to_json
+
+    fused.reset()
+    report = report_to_json(api.scan(path, device="cpu"))
+    for timing in ("seconds", "gb_per_s"):
+        report["summary"].pop(timing)
+    return report
+
+
 @native
 def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path, monkeypatch) -> None:
     """NaN, ±Inf and an outlier planted at known places in large storages (several 8 MiB chunks, an fp16 and an
     fp32 tensor, one storage shared by two views), and a flipped mantissa bit in another storage: every count,
     first index, census number and the CRC-32 failure are the same on both paths."""
     torch = pytest.importorskip("torch")
-    from nandoctor import api
-    from nandoctor.report.json_report import report_to_json
     from tests.torch_helpers import entry_offset, flip_byte
 
     g = torch.Generator().manual_seed(0)
@@ -152,20 +162,14 @@ def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path
                 "d.weight": shared, "d2.weight": shared[: 1 << 19]}, path)
     flip_byte(path, entry_offset(path, "/data/2") + (2 << 20) + 1, 0x01)  # c.weight: a CRC-32 failure, no NaN
 
-    def scanned() -> dict:
-        fused.reset()
-        report = report_to_json(api.scan(path, device="cpu"))
-        for timing in ("seconds", "gb_per_s"):
-            report["summary"].pop(timing)
-        return report
 
     calls: list[int] = []
     real = fused.crc32_ors
     monkeypatch.setattr(fused, "crc32_ors", lambda data, value: calls.append(data.size) or real(data, value))
-    with_native = scanned()
+    with_native = _scanned(path)
     assert sum(calls) >= (9 << 20) * 2, "the scan did not take the compiled pass"  # a's chunks at least
     monkeypatch.setenv(fused.NATIVE_ENV, "0")
-    without = scanned()
+    without = _scanned(path)
     monkeypatch.delenv(fused.NATIVE_ENV)
     fused.reset()
     assert with_native == without
@@ -182,9 +186,6 @@ def test_a_safetensors_file_scans_the_same_with_and_without_the_compiled_ors(tmp
     segment ORs come from the compiled loop or from numpy."""
     from safetensors.numpy import save_file
 
-    from nandoctor import api
-    from nandoctor.report.json_report import report_to_json
-
     rng = np.random.default_rng(0)
     a = (rng.standard_normal(5 << 20) * 0.02).astype(np.float16)
     a[3], a[(3 << 20) + 1] = np.nan, -np.inf
@@ -193,20 +194,14 @@ def test_a_safetensors_file_scans_the_same_with_and_without_the_compiled_ors(tmp
     path = tmp_path / "model.safetensors"
     save_file({"a.weight": a, "b.weight": b, "c.weight": np.zeros(1 << 20, np.float32)}, str(path))
 
-    def scanned() -> dict:
-        fused.reset()
-        report = report_to_json(api.scan(path, device="cpu"))
-        for timing in ("seconds", "gb_per_s"):
-            report["summary"].pop(timing)
-        return report
 
     calls: list[int] = []
     real = fused.segment_ors
     monkeypatch.setattr(fused, "segment_ors", lambda data: calls.append(data.size) or real(data))
-    with_native = scanned()
+    with_native = _scanned(path)
     assert sum(calls) >= a.nbytes + b.nbytes, "the scan did not take the compiled ORs"
     monkeypatch.setenv(fused.NATIVE_ENV, "0")
-    without = scanned()
+    without = _scanned(path)
     monkeypatch.delenv(fused.NATIVE_ENV)
     fused.reset()
     assert with_native == without

@@ -11,7 +11,6 @@ without num_experts_per_tok over 3 experts loaded and generate raised ("selected
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import nandoctor  # noqa: E402
 from nandoctor.checkpoint import architecture  # noqa: E402
+from tests.config_edits import GONE, edited  # noqa: E402
 
 _SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=128)
@@ -32,7 +32,6 @@ _MOE = {  # (widths no other size shares: a deleted one is no coincidence of ano
     "qwen3_moe": dict(num_experts=3, num_experts_per_tok=2, moe_intermediate_size=24),
     "phimoe": dict(num_local_experts=3, num_experts_per_tok=2),
 }
-_GONE = object()
 
 
 def _saved(folder: Path, model_type: str, *, fused: bool = False) -> Path:
@@ -51,15 +50,6 @@ def _saved(folder: Path, model_type: str, *, fused: bool = False) -> Path:
     return folder
 
 
-def _edited(folder: Path, edits: dict) -> Path:
-    data = json.loads((folder / "config.json").read_text())
-    for key, value in edits.items():
-        if value is _GONE:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    (folder / "config.json").write_text(json.dumps(data))
-    return folder
 
 
 def _oracle(folder: Path) -> str:
@@ -82,25 +72,25 @@ def _oracle(folder: Path) -> str:
 
 
 @pytest.mark.parametrize(("model_type", "fused", "edits", "kind", "said"), [
-    ("mixtral", False, {"num_local_experts": _GONE}, "unloadable",
+    ("mixtral", False, {"num_local_experts": GONE}, "unloadable",
      "model.layers.0.mlp.experts.down_proj (made of the stored model.layers.0.block_sparse_moe.experts.0.w2.weight and "
      "2 more) holds shape [3, 32, 64] where the model built from config.json has [8, 32, 64]"),
-    ("mixtral", False, {"intermediate_size": _GONE}, "unloadable", "config.json gives no intermediate_size"),
-    ("phimoe", False, {"num_local_experts": _GONE}, "unloadable", "config.json gives no num_local_experts"),
-    ("qwen2_moe", False, {"moe_intermediate_size": _GONE}, "unloadable", "no size config.json gives is 24"),
-    ("qwen2_moe", True, {"moe_intermediate_size": _GONE}, "unloadable",
+    ("mixtral", False, {"intermediate_size": GONE}, "unloadable", "config.json gives no intermediate_size"),
+    ("phimoe", False, {"num_local_experts": GONE}, "unloadable", "config.json gives no num_local_experts"),
+    ("qwen2_moe", False, {"moe_intermediate_size": GONE}, "unloadable", "no size config.json gives is 24"),
+    ("qwen2_moe", True, {"moe_intermediate_size": GONE}, "unloadable",
      "model.layers.0.mlp.experts.down_proj holds shape [3, 32, 24] where the model built from config.json has "
      "[3, 32, 1408]"),
-    ("qwen2_moe", False, {"shared_expert_intermediate_size": _GONE}, "unloadable", "no size config.json gives is 40"),
-    ("qwen3_moe", False, {"moe_intermediate_size": _GONE}, "unloadable", "[3, 32, 768]"),
-    ("qwen3_moe", False, {"num_experts_per_tok": _GONE}, "config",
+    ("qwen2_moe", False, {"shared_expert_intermediate_size": GONE}, "unloadable", "no size config.json gives is 40"),
+    ("qwen3_moe", False, {"moe_intermediate_size": GONE}, "unloadable", "[3, 32, 768]"),
+    ("qwen3_moe", False, {"num_experts_per_tok": GONE}, "config",
      "config.json gives no num_experts_per_tok, so the class's default is built: num_experts_per_tok is 8, more than "
      "the 3 experts"),
-    ("qwen2_moe", True, {"num_experts_per_tok": _GONE}, "config", "num_experts_per_tok is 4, more than the 3 experts"),
+    ("qwen2_moe", True, {"num_experts_per_tok": GONE}, "config", "num_experts_per_tok is 4, more than the 3 experts"),
 ])
 def test_an_moe_size_config_json_does_not_give_is_judged_as_from_pretrained_loads_it(
         tmp_path, model_type, fused, edits, kind, said):
-    folder = _edited(_saved(tmp_path / "m", model_type, fused=fused), edits)
+    folder = edited(_saved(tmp_path / "m", model_type, fused=fused), edits)
     assert _oracle(folder) != "loads"  # the oracle: refused, or generate raises
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == [kind], report.errors
@@ -111,12 +101,12 @@ def test_an_moe_size_config_json_does_not_give_is_judged_as_from_pretrained_load
     ("mixtral", False, {}), ("mixtral", True, {}), ("qwen2_moe", False, {}), ("qwen2_moe", True, {}),
     ("qwen3_moe", False, {}), ("phimoe", False, {}),
     # (Qwen2-MoE builds no dense MLP where every layer has experts: intermediate_size sizes nothing)
-    ("qwen2_moe", False, {"intermediate_size": _GONE}),
+    ("qwen2_moe", False, {"intermediate_size": GONE}),
     # (PhiMoE's sparsemixer routes to two experts whatever num_experts_per_tok says: 5 over 3 loads and generates)
     ("phimoe", False, {"num_experts_per_tok": 5}),
 ])
 def test_moe_models_that_load_and_generate_stay_clean(tmp_path, model_type, fused, edits):
-    folder = _edited(_saved(tmp_path / "m", model_type, fused=fused), edits)
+    folder = edited(_saved(tmp_path / "m", model_type, fused=fused), edits)
     assert _oracle(folder) == "loads"
     report = nandoctor.scan(folder)
     assert report.exit_code == 0 and not report.errors, report.errors
