@@ -139,6 +139,21 @@ def _scanned(path: Path) -> dict:
     return report
 
 
+def _both_ways(path: Path, monkeypatch, entry: str) -> tuple[dict, int]:
+    """(the scan's JSON report of ``path`` with the compiled pass, the bytes its ``entry`` of kernels/fused.py read),
+    checked equal to the report without it (``NANDOCTOR_NATIVE=0``)."""
+    calls: list[int] = []
+    real = getattr(fused, entry)
+    monkeypatch.setattr(fused, entry, lambda data, *rest: calls.append(data.nbytes) or real(data, *rest))
+    with_native = _scanned(path)
+    monkeypatch.setenv(fused.NATIVE_ENV, "0")
+    without = _scanned(path)
+    monkeypatch.delenv(fused.NATIVE_ENV)
+    fused.reset()
+    assert with_native == without
+    return with_native, sum(calls)
+
+
 @native
 def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path, monkeypatch) -> None:
     """NaN, ±Inf and an outlier planted at known places in large storages (several 8 MiB chunks, an fp16 and an
@@ -163,16 +178,8 @@ def test_a_torch_file_scans_the_same_with_and_without_the_compiled_pass(tmp_path
     flip_byte(path, entry_offset(path, "/data/2") + (2 << 20) + 1, 0x01)  # c.weight: a CRC-32 failure, no NaN
 
 
-    calls: list[int] = []
-    real = fused.crc32_ors
-    monkeypatch.setattr(fused, "crc32_ors", lambda data, value: calls.append(data.size) or real(data, value))
-    with_native = _scanned(path)
-    assert sum(calls) >= (9 << 20) * 2, "the scan did not take the compiled pass"  # a's chunks at least
-    monkeypatch.setenv(fused.NATIVE_ENV, "0")
-    without = _scanned(path)
-    monkeypatch.delenv(fused.NATIVE_ENV)
-    fused.reset()
-    assert with_native == without
+    with_native, through = _both_ways(path, monkeypatch, "crc32_ors")
+    assert through >= (9 << 20) * 2, "the scan did not take the compiled pass"  # a's chunks at least
     tensors = {t["name"]: t for t in with_native["tensors"]}
     assert (tensors["a.weight"]["nan"], tensors["a.weight"]["posinf"], tensors["a.weight"]["neginf"]) == (1, 1, 1)
     assert tensors["a.weight"]["first_bad"]["index"] == 5
@@ -193,18 +200,8 @@ def test_a_safetensors_file_scans_the_same_with_and_without_the_compiled_ors(tmp
     b[(2 << 20) + 5] = 900.0
     path = tmp_path / "model.safetensors"
     save_file({"a.weight": a, "b.weight": b, "c.weight": np.zeros(1 << 20, np.float32)}, str(path))
-
-
-    calls: list[int] = []
-    real = fused.segment_ors
-    monkeypatch.setattr(fused, "segment_ors", lambda data: calls.append(data.size) or real(data))
-    with_native = _scanned(path)
-    assert sum(calls) >= a.nbytes + b.nbytes, "the scan did not take the compiled ORs"
-    monkeypatch.setenv(fused.NATIVE_ENV, "0")
-    without = _scanned(path)
-    monkeypatch.delenv(fused.NATIVE_ENV)
-    fused.reset()
-    assert with_native == without
+    with_native, through = _both_ways(path, monkeypatch, "segment_ors")
+    assert through >= a.nbytes + b.nbytes, "the scan did not take the compiled ORs"
     tensors = {t["name"]: t for t in with_native["tensors"]}
     assert (tensors["a.weight"]["nan"], tensors["a.weight"]["neginf"]) == (1, 1)
     assert tensors["a.weight"]["first_bad"]["index"] == 3
