@@ -6,10 +6,11 @@ Cheap first: config.json's ``vocab_size`` and ``hidden_size`` against the token 
 ``num_hidden_layers`` against the layer stacks the weights hold. Those keys do not decide every model's shapes
 (ALBERT's embeddings are ``embedding_size`` wide, Moshi's hold ``vocab_size + 1`` rows: a sweep of the 582
 architectures of transformers 5.25 on torch's meta device found 26 such disagreements in healthy models), so a
-disagreement is only a suspicion. Where transformers is installed, the model config.json describes is built on
-the meta device (no weights, no memory; only classes transformers ships: never remote code) and the suspected
-tensors and stacks are compared with it: a shape it builds otherwise is NOT LOADABLE, layers it builds that the
-weights lack are too (the model loads, with those layers random). Without transformers, a note says what
+disagreement is only a suspicion, as is a tensor in a shape its kind never has (tensorkinds.py: a norm saved
+[1, H], a projection transposed in every layer, which keeps every dimension config.json gives). Where transformers
+is installed, the model config.json describes is built on the meta device (no weights, no memory; only classes
+transformers ships: never remote code) and the suspected tensors and stacks are compared with it: a shape it
+builds otherwise is NOT LOADABLE, layers it builds that the weights lack are too (the model loads, with those layers random). Without transformers, a note says what
 disagrees. Names a loader converts (MoE experts saved one by one, built fused) are compared as it converts them:
 dryload.py puts the stored shapes through transformers' own loading on the meta device.
 
@@ -40,7 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint import buildvalues, dryload
+from nandoctor.checkpoint import buildvalues, dryload, tensorkinds
 from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, routing_problems, sized
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
@@ -70,7 +71,6 @@ _NUMBERED_SEGMENT = re.compile(r"\.\d+\.")  # a layer's (or any numbered module'
 _NUMBERED = re.compile(r"^([A-Za-z_]*[A-Za-z_])(\d+)$")  # a numbered segment of sibling modules: conv1, ln_2, fc1
 _SHOWN_NEAR = 64  # (names paired with a near miss at most: a header of flipped bits is unreadable long before)
 _ANY_EMBEDDING = re.compile(r"(?:embed|wte|shared|tok_|(?:^|\.)w\.weight$)", re.IGNORECASE)
-_NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.weight$", re.IGNORECASE)
 _WITH_LM_HEAD = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM", "ForPreTraining")
 _CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # model classes AutoModelForCausalLM.from_pretrained stands for  # model classes with an lm_head
 _HOLE = "the same tensor of the other layers is stored"  # (a suspicion too weak for a note when nothing can check it)
@@ -144,7 +144,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         found.append(ScanProblem(
             str(root), f"{name} holds shape {list(shape)} where the model built from config.json has {list(want)}"
             f"{more}{f' ({why})' if why else ''}: from_pretrained refuses the checkpoint (size mismatch)",
-            GATHER_HINT if 0 in shape else "save config.json with the model's real sizes (the one it was trained "
+            GATHER_HINT if 0 in shape else tensorkinds.rearranged_hint(shape, want) or "save config.json with the model's real sizes (the one it was trained "
             "with), or the weights with this config (a resized embedding needs its config's vocab_size)",
             kind=UNLOADABLE_KIND))
     for stack in (what for what, _ in suspected if what in stacks and what not in stored):
@@ -407,12 +407,17 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             yield name, "a weight or bias stored with no dimension"
         elif len(shape) == 1 and (EMBEDDING.match(name) or name == LM_HEAD):
             yield name, f"an embedding or LM head stored flat ({shape[0]:,} values)"
+        elif len(shape) > 2 and (EMBEDDING.match(name) or name == LM_HEAD):  # (unsqueezed: [1, vocab, hidden])
+            yield name, f"an embedding or LM head has two dimensions, this one is stored with {len(shape)}"
         if len(shape) != 2 or not (EMBEDDING.match(name) or name == LM_HEAD):
             continue
         if vocab and shape[0] != vocab:
             yield name, f"config.json's vocab_size is {vocab:,}, the tensor has {shape[0]:,} rows"
         elif hidden and shape[1] != hidden:
             yield name, f"config.json's {hidden_key} is {hidden:,}, the tensor is {shape[1]:,} wide"
+    # a norm, linear layer or projection stored in a shape its kind never has, the same way in every layer (a
+    # transposition, [1, H] norms: no layer is odd among its siblings, the dimensions stay config.json's)
+    yield from tensorkinds.suspicions(config, stored)
     # position and token-type embeddings of another length than config.json gives (max_position_embeddings raised to
     # extend the context: from_pretrained refuses the stored table; an adversarial round's read CLEAN)
     for name, shape in stored.items():
@@ -517,8 +522,8 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         # (a final norm only where the layers surely normalize first: RMSNorm models are pre-norm decoders; a
         # post-norm model, OpenAI-GPT or OPT-350m, has none, and would cost a build for nothing)
         elif ("rms_norm_eps" in config
-              and any(_NORM.search(name) for name in stored if STACK.match(name))
-              and not any(_NORM.search(name) for name in stored if not STACK.match(name))):
+              and any(tensorkinds.NORM.search(name) for name in stored if STACK.match(name))
+              and not any(tensorkinds.NORM.search(name) for name in stored if not STACK.match(name))):
             yield _OUTSIDE_SUSPICION, "no norm outside the layers is stored (the final norm)"
     architectures = config.get("architectures")
     head = isinstance(architectures, list) and any(isinstance(a, str) and a.endswith(_WITH_LM_HEAD) for a in architectures)
