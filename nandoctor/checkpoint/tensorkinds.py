@@ -25,9 +25,10 @@ from nandoctor.verdict import family_of
 NORM = re.compile(r"(?:norm[a-z_0-9]*|(?:^|\.)ln(?:_[a-z0-9]+)?)\.(?:weight|bias)$", re.IGNORECASE)
 # the linear layers of attention and MLP blocks whose input is the hidden state ...
 _READS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "query", "key", "value",
-          "query_key_value", "W_pack", "dense_h_to_4h", "fc1", "w1", "w3", "c_attn", "c_fc", "intermediate.dense")
-# ... and whose output is (BERT's attention.output.dense and output.dense, GPT-NeoX's attention.dense)
-_WRITES = ("o_proj", "down_proj", "out_proj", "dense_4h_to_h", "fc2", "w2", "c_proj", "output.dense",
+          "query_key_value", "W_pack", "dense_h_to_4h", "fc1", "fc_in", "w1", "w3", "wi", "wi_0", "wi_1", "c_attn",
+          "c_fc", "intermediate.dense")
+# ... and whose output is (BERT's attention.output.dense and output.dense, GPT-NeoX's attention.dense; T5's wo)
+_WRITES = ("o_proj", "down_proj", "out_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "wo", "c_proj", "output.dense",
            "attention.dense", "attn.dense", "self_attention.dense")
 _LINEAR = re.compile(r"(?:^|\.)(?P<module>" + "|".join(re.escape(m) for m in _READS + _WRITES)
                      + r")\.(?P<part>weight|bias)$")
