@@ -272,10 +272,18 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
+/* What kernels/fused.py expects of this module: raised with every change of its functions' signatures, so that a
+ * stale build left in a source tree (an editable install after `git pull`) is passed over, never called wrongly. */
+#define API_VERSION 2
+
 PyMODINIT_FUNC PyInit__fused(void) {
     make_table();
     wide = wide_available();
     PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
 #ifdef Py_GIL_DISABLED
     /* (its only state is set once here and read-only after: a free-threaded Python keeps its GIL off) */
     if (m != NULL)

@@ -2,5 +2,7 @@
 
 from typing import Any
 
+API_VERSION: int
+
 def crc32_ors(data: Any, value: int | None, ors: Any | None, /) -> int | None: ...
 def available() -> bool: ...

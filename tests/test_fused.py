@@ -106,6 +106,28 @@ def test_native_off_by_the_environment(monkeypatch) -> None:
         fused.reset()
 
 
+def test_a_build_of_another_version_is_passed_over(monkeypatch) -> None:
+    """A stale build left in a source tree (an editable install after a pull) is never called with the arguments of
+    another version: the scan takes its two passes (a helper's worktree crashed on one: "argument 2 must be int")."""
+    import sys
+    import types
+
+    import nandoctor
+
+    stale = types.ModuleType("nandoctor._fused")
+    stale.available = lambda: True  # type: ignore[attr-defined]
+    stale.crc32_ors = lambda *a: (_ for _ in ()).throw(TypeError("argument 2 must be int"))  # type: ignore[attr-defined]
+    for version in (None, fused.API_VERSION - 1):
+        if version is not None:
+            stale.API_VERSION = version  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "nandoctor._fused", stale)
+        monkeypatch.setattr(nandoctor, "_fused", stale, raising=False)
+        fused.reset()
+        assert not fused.available()
+    monkeypatch.undo()
+    fused.reset()
+
+
 def _cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -4,7 +4,7 @@
 byte once for both: the zip CRC-32 a torch storage owes and the OR of each 64 KiB segment's words that the
 census's prefilter needs (census.segment_ors); for a chunk owing no CRC-32 it gives the ORs alone (~1.6× numpy's
 reduceat on a cached chunk). It runs on x86-64 CPUs with AVX-512 and VPCLMULQDQ; elsewhere,
-without the extension, or with ``NANDOCTOR_NATIVE=0``, :func:`available` is False and the scan makes its two
+without the extension (or with a build of another version), or with ``NANDOCTOR_NATIVE=0``, :func:`available` is False and the scan makes its two
 passes as before (crc.py's CRC-32, then numpy's reduction): same answers, one more read of each chunk.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from nandoctor.kernels.census import SEGMENT_BYTES
 
 NATIVE_ENV = "NANDOCTOR_NATIVE"  # "0": the compiled pass is not used (A/B runs, tests of the other path)
+API_VERSION = 2  # _fused.c's: a build of another version (stale, in a source tree) is not used
 
 
 @lru_cache(maxsize=1)
@@ -28,6 +29,8 @@ def _native() -> Any:
     try:
         from nandoctor import _fused
     except ImportError:  # built without a C compiler, or another platform's wheel
+        return None
+    if getattr(_fused, "API_VERSION", None) != API_VERSION:  # (a stale build: the two passes, same answers)
         return None
     return _fused if _fused.available() else None
 
