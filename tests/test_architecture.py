@@ -914,3 +914,25 @@ def test_a_users_own_model_class_over_a_transformers_model_type_stays_clean(tmp_
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     edited(folder, {"architectures": ["MyClassifier"], "tie_word_embeddings": False})
     assert nandoctor.scan(folder).exit_code == 0
+
+
+@pytest.mark.parametrize("family", ["albert", "electra"])
+def test_factorized_embeddings_build_nothing_and_a_wrong_embedding_size_still_fails(tmp_path, monkeypatch, family):
+    """ALBERT and ELECTRA store their embeddings embedding_size wide, narrower than hidden_size: a fresh save was built
+    on the meta device on every scan for it (a sweep). An embedding_size config.json no longer matches is refused
+    by from_pretrained and still NOT LOADABLE."""
+    import transformers
+
+    config_class, model_class = {"albert": (transformers.AlbertConfig, transformers.AlbertForMaskedLM),
+                                 "electra": (transformers.ElectraConfig, transformers.ElectraForMaskedLM)}[family]
+    folder = tmp_path / family
+    model_class(config_class(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
+    with monkeypatch.context() as patched:
+        patched.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+        assert nandoctor.scan(folder).exit_code == 0
+    edited(folder, {"embedding_size": 24})
+    with pytest.raises(Exception):  # the oracle: a size mismatch
+        model_class.from_pretrained(folder)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors

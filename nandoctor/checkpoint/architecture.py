@@ -413,7 +413,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             continue
         if vocab and shape[0] != vocab:
             yield name, f"config.json's vocab_size is {vocab:,}, the tensor has {shape[0]:,} rows"
-        elif hidden and shape[1] != hidden:
+        elif hidden and shape[1] != hidden and shape[1] != positive(config.get("embedding_size")):
+            # (ALBERT, ELECTRA and MobileBERT factorize their embeddings: embedding_size wide, a healthy save built
+            # on the meta device on every scan for it, a sweep found)
             yield name, f"config.json's {hidden_key} is {hidden:,}, the tensor is {shape[1]:,} wide"
     # a norm, linear layer or projection stored in a shape its kind never has, the same way in every layer (a
     # transposition, [1, H] norms: no layer is odd among its siblings, the dimensions stay config.json's)
