@@ -197,7 +197,7 @@ def repair(
     already = donor_already(plan, report, catalogs) if one_donor is None else None
     doubts = (*([whole_model_note(plan, *one_donor)] if one_donor is not None else []),
               *([donor_already_note(plan, already)] if already is not None else []),
-              *other_model_notes(source.root, catalogs, used), *unlike_notes(plan))
+              *other_model_notes(source.root, catalogs, used), *unlike_notes(plan, report, catalogs))
     plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts,
                    whole_model_from=one_donor[0] if one_donor is not None else already.donor if already is not None else None)
     kept_state = _kept_optimizer_state(plan, report)

@@ -7,11 +7,16 @@ uncorrelated with them (|r| ~ 1/sqrt(n)). A trial's mistyped ``--from`` — anot
 replaced a tensor that held one NaN with unrelated weights, with no word. For each tensor restored because of a
 few bad values (NaN/Inf, outliers: the rest of it is the real weights), the values at evenly spaced runs of the
 two copies are compared; a correlation below :data:`UNRELATED` is said in a note (the repair stands: the copy
-fits, and only the user knows where it came from).
+fits, and only the user knows where it came from). A tensor restored with too little of its own values left to
+compare (all NaN, all zero, blown up whole: an adversarial round restored an all-NaN ``o_proj`` and ``model.norm``
+from a fresh initialisation with no word) is judged by its donor instead: up to :data:`_SIBLINGS` other weight
+tensors that both hold, healthy in the target and not taken by the repair, sampled the same way; their median
+correlation below :data:`UNRELATED` is the same doubt.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +28,10 @@ from nandoctor.errors import NandoctorError
 from nandoctor.kernels.census import DEFAULT_MAX_ABS
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore.convert import as_float32, can_cast, cast_bytes
-from nandoctor.restore.plan import DonorCatalog, RepairPlan
+from nandoctor.restore.plan import DonorCatalog, DonorInfo, RepairPlan, donor_matches
 from nandoctor.restore.tensorbytes import byte_range, itemsize
 from nandoctor.verdict import NONFINITE, OUTLIER
+from nandoctor.wording import first_few
 
 UNRELATED = 0.05  # below this, the two copies share nothing: unrelated weights give |r| ~ 0.004 at the sample size
 _RUNS = 64  # runs of contiguous elements read from each copy
@@ -33,6 +39,7 @@ _RUN = 1024  # elements per run: a sample of up to 65,536 values in 64 reads
 _FEWEST = 256  # fewer finite pairs than this: no judgement
 _FLOATS = ("F16", "BF16", "F32", "F64")
 _FEWEST_COMPARED = 16  # healthy elements compared, fewer: no evidence that a restored tensor was trained apart
+_SIBLINGS = 8  # the donor's other tensors compared where a restored one has too little of its own left: 8 reads at most
 
 
 def correlation(target_path: str, target: TensorRef, donor_path: str, donor: TensorRef) -> float | None:
@@ -111,21 +118,64 @@ def _sample(path: str, ref: TensorRef, offset: int, starts: np.ndarray, run: int
     return np.concatenate(pieces)
 
 
-def unlike_notes(plan: RepairPlan) -> tuple[str, ...]:
-    """Notes on the donor copies unlike the tensors they replace, among those restored for a few bad values (NaN/Inf,
-    outliers: the rest of each is the real weights, which an earlier state agrees with; a tied copy restored through
-    its partner, or from the target itself, is the same values)."""
+def unlike_notes(plan: RepairPlan, report: ScanReport, catalogs: Sequence[DonorCatalog]) -> tuple[str, ...]:
+    """Notes on the donor copies unlike the tensors they replace: among those restored for a few bad values (NaN/Inf,
+    outliers: the rest of each is the real weights, which an earlier state agrees with), each copy against the
+    target's own values; a donor of tensors with too little of their own values left (all NaN, zeroed, blown up) by
+    its other tensors (:func:`_unlike_donor`). A tied copy restored through its partner, or from the target itself,
+    is the same values."""
     notes = []
+    blind: dict[int, list[str]] = {}  # donor index → restored tensors with too little of their own left to compare
     for r in plan.restorations:
         donor = plan.donors[r.donor]
-        if r.reason != "bad" or r.via is not None or donor.own or not set(r.findings) <= {NONFINITE, OUTLIER}:
+        if r.reason != "bad" or r.via is not None or donor.own:
             continue
-        found = correlation(r.target_ref.file, r.target_ref, r.donor_ref.file, r.donor_ref)
-        if found is not None and found < UNRELATED:
+        few_bad = set(r.findings) <= {NONFINITE, OUTLIER}
+        found = correlation(r.target_ref.file, r.target_ref, r.donor_ref.file, r.donor_ref) if few_bad else None
+        if found is None:
+            blind.setdefault(r.donor, []).append(r.name)
+        elif found < UNRELATED:
             notes.append(f"{r.name}: the copy from {donor.path} is unlike the target's own values (correlation "
                          f"{found:.2f}, where an earlier checkpoint of the same run agrees closely): check that the "
                          "donor is this model's")
+    for index, names in blind.items():
+        donor = plan.donors[index]
+        catalog = _catalog_of(donor, catalogs)
+        judged = _unlike_donor(plan, report, catalog) if catalog is not None else None
+        if judged is not None:
+            notes.append(
+                f"{first_few(names, 2)}: restored from {donor.path} with too little of the target's own values left to "
+                f"compare the copy with, and {judged[1]} other weight tensor(s) both hold (healthy, not restored) are "
+                f"unlike the target's (median correlation {judged[0]:.2f}, where an earlier checkpoint of the same run "
+                f"agrees closely): {donor.path} looks like another model (another run, a fresh initialisation); "
+                "restore from an earlier checkpoint of this model instead")
     return tuple(notes)
+
+
+def _unlike_donor(plan: RepairPlan, report: ScanReport, catalog: DonorCatalog) -> tuple[float, int] | None:
+    """(the median correlation, tensors compared) where the donor's copies of up to :data:`_SIBLINGS` weight tensors
+    the repair does not take (healthy in the target: no finding; of one name and shape in both; at evenly spaced
+    places in the target's order) are unlike the target's (median below :data:`UNRELATED`); None where they are
+    alike or nothing could be compared. The median: one tensor of a real earlier checkpoint that moved far (a head
+    trained from scratch) does not make the donor another model."""
+    refs, flagged = report.tensors.refs, set(report.tensors.flagged)
+    restored = {r.name for r in plan.restorations}
+    healthy = [i for i in range(len(refs)) if i not in flagged and refs.roles[i] == WEIGHT
+               and refs.names[i] not in restored and math.prod(refs.shapes[i]) >= _FEWEST]
+    theirs = donor_matches(catalog, (refs.names[i] for i in healthy))  # (none where the donor cannot be read)
+    both = [i for i in healthy if refs.names[i] in theirs and theirs[refs.names[i]].shape == refs.shapes[i]]
+    picked = sorted({both[int(k)] for k in np.linspace(0, len(both) - 1, min(_SIBLINGS, len(both)))}) if both else []
+    found = [r for r in (correlation(refs[i].file, refs[i], theirs[refs.names[i]].file, theirs[refs.names[i]])
+                         for i in picked) if r is not None]
+    if not found:
+        return None
+    median = float(np.median(found))
+    return (median, len(found)) if median < UNRELATED else None
+
+
+def _catalog_of(donor: DonorInfo, catalogs: Sequence[DonorCatalog]) -> DonorCatalog | None:
+    """The catalog the plan's ``donor`` was read from (by its path, or its label as the user gave it)."""
+    return next((c for c in catalogs if donor.path in (str(getattr(c, "path", "")), c.label)), None)
 
 
 def whole_model_donor(plan: RepairPlan, report: ScanReport) -> tuple[str, int] | None:
@@ -166,7 +216,7 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
     if not restored or len(sources) != 1 or plan.donors[next(iter(sources))].own:
         return None
     donor = plan.donors[next(iter(sources))]
-    catalog = next((c for c in catalogs if donor.path in (str(getattr(c, "path", "")), c.label)), None)
+    catalog = _catalog_of(donor, catalogs)
     kept = [ref for name, ref in weights.items() if name not in {r.name for r in restored}]
     if catalog is None or not kept:
         return None

@@ -306,6 +306,21 @@ class _DonorView:
         return self.catalog.scale(ref)
 
 
+def donor_matches(catalog: DonorCatalog, names: Iterable[str]) -> dict[str, TensorRef]:
+    """The donor tensor each of ``names`` matches as a repair matches it (the exact name, else the one name equal
+    with wrapper prefixes stripped); a name without one match is left out, and all of them where the donor cannot
+    be read (the plan says why)."""
+    view = _DonorView(catalog)
+    if not view.load():
+        return {}
+    found = {}
+    for name in names:
+        matches, _ = view.candidates(name)
+        if len(matches) == 1:
+            found[name] = view.ref(matches[0])
+    return found
+
+
 def _describe(catalog: DonorCatalog) -> str:
     return f"{catalog.label} (step {catalog.step})" if catalog.step is not None else catalog.label
 
