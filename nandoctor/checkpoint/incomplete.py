@@ -12,7 +12,7 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.checkpoint.loaders import TRAINER_STATE
 from nandoctor.checkpoint.megatron import missing_ranks
-from nandoctor.checkpoint.trainlog import cut_short
+from nandoctor.checkpoint.trainlog import unresumable
 from nandoctor.errors import UnreadablePathError
 
 # Names writers use for files still being written; their presence means the save did not finish.
@@ -76,10 +76,10 @@ def _incomplete_folder_reasons(folder: Path, expect_trainer_state: bool, files_o
             reasons.append(f"{len(missing)} shard(s) listed in {index_path.name} are missing (e.g. {missing[0]})")
     if expect_trainer_state and _missing(folder / TRAINER_STATE):
         reasons.append(f"no {TRAINER_STATE} (the other checkpoints have one; Trainer writes it after the weights)")
-    elif cut_short(folder / TRAINER_STATE):
+    elif (resume := unresumable(folder / TRAINER_STATE)) is not None:
         # (resume_from_checkpoint reads it with TrainerState.load_from_json: an adversarial round's half-written one
-        # read CLEAN, and the resume raised JSONDecodeError)
-        reasons.append(f"{TRAINER_STATE} is not a valid JSON object (cut short?): resume_from_checkpoint fails on it")
+        # read CLEAN, and the resume raised JSONDecodeError; one of {} and one with an extra key, TypeError)
+        reasons.append(f"{TRAINER_STATE} {resume.words}; {resume.fix}")
     # (an adversarial round: mp_rank_01/ gone from iter_0000300 passed CLEAN, and Megatron's load of that rank raises
     # FileNotFoundError; a review: the newest iteration resharded to fewer ranks read INCOMPLETE by its neighbours, and
     # one iteration alone lacking its last rank, no neighbour to tell, read CLEAN: its own args say which it holds)

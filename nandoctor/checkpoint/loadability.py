@@ -36,11 +36,11 @@ from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loa
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
-from nandoctor.checkpoint.trainlog import cut_short
+from nandoctor.checkpoint.trainlog import CUT_SHORT, unresumable
 from nandoctor.dtypes import DTYPES, INTEGERS, TORCH_UNCASTABLE_SAFETENSORS
 from nandoctor.errors import UnreadablePathError
 from nandoctor.model import RefTable, ScanProblem, TensorRef
-from nandoctor.verdict import UNLOADABLE_KIND, UNREADABLE_KIND, family_of
+from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND, UNREADABLE_KIND, family_of
 from nandoctor.wording import first_few, path_word
 
 GENERATION_CONFIG, ADAPTER_CONFIG = loadconfig.GENERATION_CONFIG, loadconfig.ADAPTER_CONFIG
@@ -100,12 +100,12 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
             kind=UNLOADABLE_KIND,
         ))
     # (a checkpoint-N folder's, which a resume reads: a final model's trainer_state.json is no resume's business)
-    if loaders.TRAINER_STATE in names and step_of(root) is not None and cut_short(root / loaders.TRAINER_STATE):
+    resume = unresumable(root / loaders.TRAINER_STATE) if loaders.TRAINER_STATE in names and step_of(root) is not None else None
+    if resume is not None:  # (a file that parses is read: its values are the trouble, BAD CONFIG as a config's are)
         found.append(ScanProblem(
-            str(root / loaders.TRAINER_STATE), "is not a valid JSON object (cut short?): Trainer's resume_from_checkpoint reads "
-            "it first (TrainerState.load_from_json) and fails; the weights were read and judged on their own",
-            "resume from an earlier checkpoint, or load the weights alone (from_pretrained reads no trainer state)",
-            kind=UNREADABLE_KIND))
+            str(root / loaders.TRAINER_STATE), f"{resume.words}; the weights were read and judged on their own",
+            f"{resume.fix}, or load the weights alone (from_pretrained reads no trainer state)",
+            kind=UNREADABLE_KIND if resume is CUT_SHORT else CONFIG_KIND))
     partition_problems, notes = _partitions_only(files, entries, names)
     found += partition_problems
     notes += _base_model_note(root, names)

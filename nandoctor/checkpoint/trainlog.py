@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.jsonfiles import number
+from nandoctor.checkpoint.trainerstate import ResumeProblem, resume_problem
 
 MAX_POINTS = 2000
 MAX_CSV_BYTES = 256 << 20  # a metrics.csv beyond this is not read (a chart needs no more)
@@ -82,6 +83,8 @@ class TrainLog:
     after_jump: float | None = None  # the median of the losses logged from the jump on (NaN where one was NaN/Inf)
     # the file is no JSON object (cut short by an interrupted save, or a list): a resume fails on it (error says why)
     cut_short: bool = False
+    # a JSON object Trainer's resume fails on all the same (a key TrainerState has no field for, train_batch_size null)
+    resume: ResumeProblem | None = None
 
     @property
     def loss_jump_sustained(self) -> bool:
@@ -235,10 +238,19 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def cut_short(path: Path) -> bool:
-    """Whether the trainer_state.json at ``path`` is there but no JSON object (a save interrupted while writing it):
-    ``resume_from_checkpoint`` reads it first (TrainerState.load_from_json) and fails. Read once with the log."""
-    return os.path.isfile(path) and read_train_log(path).cut_short
+CUT_SHORT = ResumeProblem("", "is not a valid JSON object (cut short?): Trainer's resume_from_checkpoint fails on it "
+                          "(TrainerState.load_from_json reads it first)", "resume from an earlier checkpoint")
+
+
+def unresumable(path: Path) -> ResumeProblem | None:
+    """Why Trainer's ``resume_from_checkpoint`` fails on the trainer_state.json at ``path``: it reads it first
+    (TrainerState.load_from_json), so a file that is no JSON object (a save interrupted while writing it,
+    :data:`CUT_SHORT`), or one with a key or value TrainerState or the resume cannot take (trainerstate.py); None when
+    it resumes, or is not there. Read once with the log."""
+    if not os.path.isfile(path):
+        return None
+    log = read_train_log(path)
+    return CUT_SHORT if log.cut_short else log.resume
 
 
 def read_train_log(path: Path) -> TrainLog:
@@ -266,10 +278,11 @@ def _read_train_log(name: str, size: int, mtime_ns: int, inode: int) -> TrainLog
         return TrainLog(str(path), error=f"not valid JSON: {exc}")
     if not isinstance(data, dict):
         return TrainLog(str(path), error="not a JSON object", cut_short=True)
+    resume = resume_problem(data)
     history = data.get("log_history")
     if not isinstance(history, list):
-        return TrainLog(str(path), error="no \"log_history\" list")
-    return from_log_history(str(path), history)
+        return TrainLog(str(path), error="no \"log_history\" list", resume=resume)
+    return dataclasses.replace(from_log_history(str(path), history), resume=resume)
 
 
 def from_log_history(source: str, history: list[Any]) -> TrainLog:

@@ -579,11 +579,12 @@ def _optimizer_lines(run: RunReport) -> list[tuple[str, str]]:
 def _config_lines(run: RunReport) -> list[tuple[str, str]]:
     """The config files' problems of checkpoints whose weights were judged (BAD CONFIG: the weights are a resume
     point all the same), each said once with the checkpoints that have it: one setting saved with every
-    checkpoint is one line, not one a checkpoint."""
+    checkpoint is one line, not one a checkpoint. An incomplete row is no resume point, and its line says why (a
+    trainer_state.json Trainer cannot resume from is both: said there once)."""
     said: dict[tuple[str, str], list[str]] = {}
     hints: dict[tuple[str, str], str] = {}
     for c in run.checkpoints:
-        if c.same_as is not None or c.status == UNREADABLE or c.report is None:
+        if c.same_as is not None or c.status in (UNREADABLE, INCOMPLETE) or c.report is None:
             continue
         for problem in c.report.errors:
             if problem.kind == verdicts.CONFIG_KIND:
