@@ -138,3 +138,26 @@ def _poison(checkpoint: Path) -> None:
     tensors = load_file(str(checkpoint / "model.safetensors"))
     tensors["model.layers.1.self_attn.o_proj.weight"][0, 0] = float("nan")
     save_file(tensors, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_field_of_a_newer_transformers_than_the_list_is_asked_of_the_installed_one(monkeypatch):
+    """A trainer_state.json written by a transformers newer than the static list holds a field the list lacks: that
+    is no fault where the installed TrainerState has it (every checkpoint of such a run would have lost its resume
+    point), and one where it does not."""
+    import dataclasses
+
+    from transformers.trainer_callback import TrainerState
+
+    from nandoctor.checkpoint import trainerstate
+
+    newer = dataclasses.make_dataclass("TrainerState", [("future_field", int, dataclasses.field(default=0))],
+                                       bases=(TrainerState,))
+    state = {"global_step": 4, "train_batch_size": 8, "stateful_callbacks": {}, "future_field": 3}
+    monkeypatch.setattr(trainerstate, "_installed_fields", lambda: frozenset(f.name for f in dataclasses.fields(newer)))
+    assert trainerstate.resume_problem(state) is None
+    newer(**state)  # the oracle: that version loads it
+    monkeypatch.setattr(trainerstate, "_installed_fields", lambda: None)  # (no transformers: the list decides)
+    problem = trainerstate.resume_problem(state)
+    assert problem is not None and problem.key == "future_field"
+    with pytest.raises(TypeError):
+        TrainerState(**state)  # the oracle: the installed version refuses it

@@ -9,13 +9,15 @@ checkpoint whose trainer_state.json was ``{}``, and one with an extra key, were 
 checkpoint and its resume point, and both resumes raised.
 
 The fields are a static list (nandoctor does not import transformers to scan): tests/test_trainer_state_resume.py
-checks it against the installed ``TrainerState`` and a real Trainer run's files.
+checks it against the installed ``TrainerState`` and a real Trainer run's files. A key the list lacks is asked of the
+installed transformers before it is called unknown: a newer version's new field is no fault of the file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from nandoctor.wording import first_few
@@ -65,6 +67,8 @@ def resume_problem(state: Mapping[str, Any]) -> ResumeProblem | None:
     field for, a value the resume needs that is missing or null, or one of a type the resume cannot use; None when it
     resumes."""
     unknown = sorted(k for k in state if k not in FIELDS)
+    if unknown and (installed := _installed_fields()) is not None:
+        unknown = [k for k in unknown if k not in installed]  # (a field of a newer transformers than the list knows)
     if unknown:
         keys = first_few(unknown, 3, quoted=True)
         return ResumeProblem(
@@ -90,6 +94,20 @@ def resume_problem(state: Mapping[str, Any]) -> ResumeProblem | None:
                 f"{' or '.join(kinds)}",
                 f"set {key!r} to {' or '.join(kinds)}, or resume from an earlier checkpoint")
     return None
+
+
+@lru_cache(maxsize=1)
+def _installed_fields() -> frozenset[str] | None:
+    """The installed transformers' TrainerState fields, asked only where a file holds a key :data:`FIELDS` lacks (the
+    import costs a second or two): the resume would run with that version, which may know a field added after the
+    list was written; None without transformers."""
+    try:
+        import dataclasses
+
+        from transformers.trainer_callback import TrainerState
+    except Exception:  # noqa: BLE001 - no transformers, or one that fails to import: the static list decides
+        return None
+    return frozenset(f.name for f in dataclasses.fields(TrainerState))
 
 
 def _fits(value: Any, kind: str) -> bool:
