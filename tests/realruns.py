@@ -374,6 +374,7 @@ def lightning_run(
     save_final: str | None = None,
     ckpt_path: str | None = None,
     devices: int = 1,
+    logger_folder: bool = False,
 ) -> list[Path]:
     """Train a tiny MLP with a real ``lightning.Trainer`` on CPU; return its ``.ckpt`` paths by step.
 
@@ -401,7 +402,10 @@ def lightning_run(
     symlink to the newest file). ``save_final`` names a file written into ``checkpoints/`` after ``fit``:
     ``trainer.save_checkpoint(name)`` for a ``.ckpt``, the module's ``state_dict`` for a ``.safetensors``.
     ``ckpt_path`` is ``fit``'s (``"last"``: resume from the run's last.ckpt). ``devices`` > 1: DDP on gloo, in the
-    processes torchrun started (tests/ddp_lightning_worker.py).
+    processes torchrun started (tests/ddp_lightning_worker.py). ``logger_folder``: the first ModelCheckpoint gets no
+    ``dirpath``, so it saves where Lightning does by default, into the logger's version folder
+    (``out_dir/logs/version_N/checkpoints/``, beside ``metrics.csv`` and ``hparams.yaml``; ``N`` counts the runs
+    into ``out_dir``), where ``save_final`` goes too.
     """
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -416,7 +420,7 @@ def lightning_run(
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=False)
 
     checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
+        dirpath=None if logger_folder else out_dir / "checkpoints",
         filename="{epoch}-{step}",
         every_n_train_steps=every_n_train_steps,
         save_top_k=save_top_k,
@@ -448,14 +452,15 @@ def lightning_run(
         )
         module = _tiny_mlp_module(learning_rate, optimizer)()
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        saves = Path(checkpoint.dirpath)  # (out_dir/checkpoints, or the logger's version_N/checkpoints)
         if save_final is not None and save_final.endswith(".safetensors"):
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out_dir / "checkpoints" / save_final)
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, saves / save_final)
         elif save_final is not None:
-            trainer.save_checkpoint(out_dir / "checkpoints" / save_final)
+            trainer.save_checkpoint(saves / save_final)
 
-    saved = (out_dir / "checkpoints").glob("*.ckpt")
+    saved = saves.glob("*.ckpt")
     found = [(int(m.group(1)), p) for p in saved if (m := _STEP_IN_NAME.search(p.name))]
     return [p for _, p in sorted(found)]
 

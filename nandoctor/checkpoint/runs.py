@@ -1094,6 +1094,8 @@ def scan_run(
     final_at = final_step(root)
     final_known = final_at is not None and final_at >= newest_step
     saved, set_aside = models_saved_into(entries)
+    if step_run is not None:  # (a Lightning version folder's checkpoints/ is its timeline, no model saved into it)
+        saved = [folder for folder in saved if folder != step_run.folder]
     if below_step is None:
         for folder in saved:
             at = final_step(folder)
@@ -1115,7 +1117,8 @@ def scan_run(
         problems.append(pointer)
     notes = [f"{p}; {STRAY_FOLDER_HINT}" for p in problems]
     if step_run is not None:  # (epoch=3.ckpt, best.pt: rows of their own, _step_file_rows)
-        notes += [*step_run.notes, *unscanned_notes(root)]  # (each row is one file: the folder's data files said here)
+        notes += [*step_run.notes, *unscanned_notes(step_run.folder)]  # (each row is one file: the folder's data
+        # files said here)
     else:  # (checkpoint-best/: a Trainer-like name without a step, to be scanned on its own)
         others = sorted(
             e.name for e in entries

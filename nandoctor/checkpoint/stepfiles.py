@@ -24,6 +24,10 @@ A hand-written training loop's saves (``step_500.pt``, ``ckpt-1000.pth``: one
 file a save, numbered after a word that counts training) are step files too,
 the step being their number: one name template is the timeline, ``last.pt``
 its last row, ``final.pt`` its final model (:func:`file_step_of`).
+
+A Lightning logger's version folder (``lightning_logs/version_N``, where ``ModelCheckpoint`` saves by default:
+``trainer.log_dir/checkpoints``) is the run of the step files in its ``checkpoints/`` (:func:`version_saves`): one
+step file is a run there, as the default ``save_top_k=1`` keeps one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from nandoctor.checkpoint.trainlog import version_saves
 
 LIGHTNING_SUFFIX = ".ckpt"
 # Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
@@ -190,10 +196,17 @@ class StepFolder:
     unplaced: tuple[str, ...] = ()  # other weight files: neither step files nor the last or final one (rows of their own)
     notes: tuple[str, ...] = ()  # what a last or final candidate is when it is not that row
 
+    @property
+    def folder(self) -> Path:
+        """The folder holding the step files (a version folder's ``checkpoints/``: :func:`version_saves`)."""
+        return self.steps[0][1].parent
 
-def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder | None:
+
+def step_folder(folder: Path, entries: list[Path] | None = None, *, single: bool = False) -> StepFolder | None:
     """``folder`` sorted out as a run of step files, or None when it is none: no shard index at its top, and two or
-    more step files (Lightning's: or one beside a last file or a final model)."""
+    more step files (Lightning's: or one beside a last file or a final model). A Lightning version folder with no
+    weights of its own is the run of its ``checkpoints/`` (:func:`version_saves`), where one Lightning step file is a
+    run (``single``)."""
     from nandoctor import access
     from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, is_weight_file, weight_suffixes
     from nandoctor.errors import UnreadablePathError
@@ -209,6 +222,9 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
     suffixes = weight_suffixes()
     weights = sorted(e for e in entries if is_weight_file(e, suffixes) and not e.name.startswith(".")
                      and e.name not in NOT_WEIGHTS)
+    if not weights and not single and (saves := version_saves(folder, entries)) is not None:
+        run = step_folder(saves, single=True)
+        return run if run is not None and run.steps[-1][1].suffix.lower() == LIGHTNING_SUFFIX else None
     steps: list[tuple[int, Path]] = []
     lasts: list[Path] = []
     finals: list[Path] = []
@@ -249,7 +265,7 @@ def step_folder(folder: Path, entries: list[Path] | None = None) -> StepFolder |
     steps = kept
     lightning = any(path.suffix.lower() == LIGHTNING_SUFFIX for _, path in steps)
     # (a loop's saves are a run from two on: one numbered file beside a model is more often a stray export)
-    if not steps or (len(steps) < 2 and (not lightning or (not lasts and len(finals) != 1))):
+    if not steps or (len(steps) < 2 and (not lightning or (not lasts and len(finals) != 1 and not single))):
         return None
     last = _resumed(lasts)
     others += [p for p in lasts if p != last]
