@@ -43,6 +43,14 @@ class UnsupportedFormatError(NandoctorError):
     )
 
 
+class CheckpointsElsewhereError(UnsupportedFormatError):
+    """A folder with no checkpoint at its top whose subfolders hold some (named in the message, one to scan in the
+    hint): nothing here was unreadable, so its verdict says where to look, not ``UNREADABLE`` (a trial read
+    ``FAIL UNREADABLE`` for a Lightning project whose files were healthy); still exit 3, nothing was checked."""
+
+    verdict_word = "NO CHECKPOINT"
+
+
 class CorruptCheckpointError(NandoctorError):
     """The bytes do not form a valid checkpoint (truncated, inconsistent, tampered)."""
 

@@ -344,7 +344,7 @@ def test_a_folder_of_model_folders_names_the_ones_holding_weights(tmp_path: Path
                                   "bert/, gpt2/, llama/, mistral/, phi/ and 2 more")
     assert info.value.hint == f"scan one of them, e.g. nandoctor scan {models / 'bert'}"
     quiet = run_cli("scan", models, "--quiet")
-    assert quiet.exit_code == 3 and quiet.output.startswith(f"FAIL UNREADABLE {models}: no checkpoint files at its top")
+    assert quiet.exit_code == 3 and quiet.output.startswith(f"FAIL NO CHECKPOINT {models}: no checkpoint files at its top")
     shutil.rmtree(models / "notes")
     for name in ("llama", "bert", "qwen", "t5", "gpt2", "phi"):
         shutil.rmtree(models / name)

@@ -1,7 +1,8 @@
 """Lightning's default layout, for real: a ``ModelCheckpoint`` without a ``dirpath`` saves into the logger's version
 folder (``lightning_logs/version_N/checkpoints/``, beside ``metrics.csv`` and ``hparams.yaml``). The version folder
 is the run of those files, its ``metrics.csv`` the trainer log (a trial: it exited 3, ``FAIL UNREADABLE … 1
-subfolder(s) hold weights: checkpoints/``, its files healthy).
+subfolder(s) hold weights: checkpoints/``, its files healthy); the folders above it name the version folders and
+exit 3 as ``NO CHECKPOINT``, never ``UNREADABLE``.
 """
 
 from __future__ import annotations
@@ -70,3 +71,14 @@ def test_a_version_folder_with_one_step_file_is_a_run_of_one(project):
     assert [c.name for c in nandoctor.scan_run(version).checkpoints] == ["epoch=0-step=12.ckpt"]
     assert run("scan", version, "-q").exit_code == 0
     nandoctor.assert_finite(version)
+
+
+def test_the_folders_above_name_the_version_folders_not_unreadable(project):
+    for where in (project, project / "logs"):
+        result = run("scan", where, "-q")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 3 and said.startswith(f"FAIL NO CHECKPOINT {where}: no checkpoint here"), said
+        assert "version_0/, " in said and "are Lightning runs" in said, said
+        assert f"nandoctor scan {project / 'logs' / 'version_1'}" in said, said
+        data = json.loads(run("scan", where, "--json").stdout)
+        assert data["summary"]["verdict"] == "NO CHECKPOINT" and data["summary"]["exit_code"] == 3

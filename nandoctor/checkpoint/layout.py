@@ -26,8 +26,10 @@ from nandoctor import access
 from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, DEEPSPEED_STATES, MEGATRON_RANK, checkpoints_in, deepspeed_tag
+from nandoctor.checkpoint.trainlog import version_saves
 from nandoctor.errors import (
     CheckpointNotFoundError,
+    CheckpointsElsewhereError,
     CorruptCheckpointError,
     NandoctorError,
     UnreadablePathError,
@@ -296,7 +298,8 @@ def _shard_of(file: Path) -> ShardOf | None:
 
 
 def _nothing_found(root: Path) -> UnsupportedFormatError:
-    """No weights at the folder's top: name the subfolders that hold some (a folder of model folders)."""
+    """No weights at the folder's top: name the subfolders that hold some (a folder of model folders, a run's project
+    or logger folder), or say none does."""
     looked = f"looked for {', '.join(weight_suffixes())} and *.index.json"
 
     holding = [sub for sub, inside in _weight_subfolders(access.listing(root)) if isinstance(inside, list)]
@@ -304,22 +307,45 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
     if runs:  # (accelerate's project folder: its run is checkpoints/checkpoint_N, whatever else lies beside it: a
         # repair's checkpoint_2-bad set aside there, which a trial's hint named instead of the run)
         beside = f"; {first_few([f'{sub.name}/' for sub in holding], 5)} beside it hold weights too" if holding else ""
-        return UnsupportedFormatError(
+        return CheckpointsElsewhereError(
             f"{root}: no checkpoint files at its top, but {first_few([f'{r.name}/' for r in runs], 5)} holds a "
             f"run of checkpoints{beside}", f"scan the run: nandoctor scan {path_word(runs[0])}")
     if not holding:
         deeper = _deeper_weights(root)
-        if deeper:  # (Lightning's default: lightning_logs/version_N/checkpoints/, two folders down)
+        versions = _version_folders(deeper)
+        if versions:  # (Lightning's default: lightning_logs/version_N/checkpoints/, each version folder the run)
+            shown = first_few([str(p.relative_to(root)) + "/" for p in versions], 3)
+            what = "is a Lightning run" if len(versions) == 1 else "are Lightning runs"
+            return CheckpointsElsewhereError(
+                f"{root}: no checkpoint here; deeper, {shown} {what} (step files in checkpoints/, the logger's files "
+                "beside them)", f"scan the run{'' if len(versions) == 1 else ', e.g. the newest'}: nandoctor scan "
+                f"{path_word(versions[-1])}")
+        if deeper:
             shown = first_few([str(p.relative_to(root)) + "/" for p in deeper], 3)
-            return UnsupportedFormatError(
+            return CheckpointsElsewhereError(
                 f"{root}: no checkpoint files at its top; deeper, {shown} hold some",
                 f"scan one of them, e.g. the last: nandoctor scan {path_word(deeper[-1])}")
         return UnsupportedFormatError(f"{root}: no checkpoint files found ({looked})")
     shown = first_few([f"{sub.name}/" for sub in holding], 5)
-    return UnsupportedFormatError(
+    return CheckpointsElsewhereError(
         f"{root}: no checkpoint files at its top, but {len(holding)} subfolder(s) hold weights: {shown}",
         f"scan one of them, e.g. nandoctor scan {path_word(holding[0])}",
     )
+
+
+def _version_folders(deeper: list[Path]) -> list[Path]:
+    """The Lightning logger version folders (trainlog.version_saves) whose ``checkpoints/`` of ``.ckpt`` files are all
+    of ``deeper``, in its order; [] where any is not (runs are named only where all of them are)."""
+    versions = []
+    for folder in deeper:
+        try:
+            if (version_saves(folder.parent, access.listing(folder.parent)) != folder
+                    or not any(e.suffix.lower() == ".ckpt" for e in access.listing(folder))):
+                return []
+        except UnreadablePathError:
+            return []
+        versions.append(folder.parent)
+    return versions
 
 
 def _discover_folder(root: Path, *, both_formats: bool, manifests: bool) -> CheckpointFiles:
