@@ -149,6 +149,31 @@ def test_allow_diverged_on_a_checkpoint_diverged_by_growth_alone_restores_nothin
     assert not (tmp_path / "r3").exists()
 
 
+def test_a_refusal_of_nan_throughout_and_growth_names_both_in_order(tmp_path):
+    """A trial (SGD at lr 0.5, a spike): most weights NaN and a finite lm_head grown 0.097 to 256. The refusal read
+    "32 of 39 weight tensors are NaN/Inf …; growth is no bad tensor …", contradicting itself, and named the grown
+    tensor only with --allow-diverged. Now: the NaN share, then the growth with its tensor and factor, then why a
+    repair by tensor cannot undo it, offering no --allow-diverged that would refuse too."""
+    run = _run(tmp_path / "run")
+    target = run / "checkpoint-6"
+
+    def nan_most_and_grow(tensors):
+        for name in [n for n in tensors if n.endswith("proj.weight") and n != GROWN]:
+            tensors[name] = torch.full_like(tensors[name], float("nan"))
+        tensors[GROWN] = tensors[GROWN] * 1e4
+
+    _edit(target, nan_most_and_grow)
+    refused = run_cli("repair", target, "--from", "auto", "--out", tmp_path / "r1", "--no-progress")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 3 and not (tmp_path / "r1").exists(), said
+    share = said.index("weight tensors are NaN/Inf")
+    grew = said.index(f"and the bulk of {GROWN} grew ")
+    assert share < grew < said.index("would leave it diverged") < said.index("cannot be repaired by tensor"), said
+    assert f"since the run's first healthy checkpoint {run / 'checkpoint-2'}" in said, said
+    assert "NaN/Inf; growth is no bad tensor" not in said and "--allow-diverged" not in said, said
+    assert "resume training from the last healthy checkpoint" in said, said
+
+
 def _generates(folder: Path) -> torch.nn.Module:
     """The oracle: transformers loads the folder, its lm_head is its embeddings, and sampling runs."""
     from transformers import AutoModelForCausalLM

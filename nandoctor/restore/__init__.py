@@ -344,22 +344,37 @@ def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, ba
     from nandoctor import verdict
     from nandoctor.layers import bad_ranges
 
-    ranges = ", ".join(r.label for r in bad_ranges(report.layers)[:4])
+    ranges = bad_ranges(report.layers)
+    where = f"; bad layers: {', '.join(r.label for r in ranges[:4])}{' …' if len(ranges) > 4 else ''}" if ranges else ""
     healthy = _last_healthy_before(target_path, scan_one)  # (a trial: the hint sent the user to another command)
     advice = verdict.diverged_advice(report, f" ({healthy})" if healthy is not None else _where(target_path))
-    grown = _grown(report, baseline, {t.name for t in report.unhealthy_tensors})
-    # --allow-diverged restores bad tensors: it is offered only where restoring them leaves no growth behind
-    why = (f"; {_GROWTH_STAYS}" if grown is not None
-           else "; a repair would only stitch a broken model together")
+    bad = {t.name for t in report.unhealthy_tensors}
+    grown = _grown(report, baseline, bad)
+    why = verdict.diverged_why(report)
+    if grown is None:
+        raise RepairRefusedError(
+            f"{target}: diverged: {why}{where}; a repair would only stitch a broken model together; nothing was written",
+            f"{advice}; --allow-diverged repairs it anyway",
+        )
+    # --allow-diverged restores bad tensors: it is offered only where restoring them leaves no growth behind. Said
+    # after the bad tensors, the growth as its own reason (a trial read "32 of 39 weight tensors are NaN/Inf …; growth
+    # is no bad tensor", and which tensor grew was said only with --allow-diverged)
+    also = "" if grown.words() in why else f"; and {_grown_words(grown, baseline)}"
     raise RepairRefusedError(
-        f"{target}: diverged: {verdict.diverged_why(report)}" + (f" ({ranges} …)" if ranges else "")
-        + f"{why}; nothing was written",
-        advice if grown is not None else f"{advice}; --allow-diverged repairs it anyway",
-    )
+        f"{target}: diverged: {why}{where}{also}; {_growth_stays(len(bad))}; nothing was written", advice)
 
 
-_GROWTH_STAYS = ("growth is no bad tensor (no NaN/Inf, exploded or outlier value), so a checkpoint diverged by growth "
-                 "cannot be repaired by tensor")
+def _grown_words(grown: Growth, baseline: RunBaseline | None) -> str:
+    """What grew, by how much, since which checkpoint (its path, where it is one)."""
+    return f"{grown.reason()}{'' if grown.from_start or baseline is None else f' {baseline.path}'}"
+
+
+def _growth_stays(restored: int) -> str:
+    """Why a repair by tensor leaves a checkpoint diverged by growth once its ``restored`` bad tensors are restored."""
+    restoring = (f"restoring its {restored} bad tensor(s) would leave it diverged" if restored
+                 else "nothing to restore")
+    return (f"{restoring}: the grown weight is finite, no bad tensor (no NaN/Inf, exploded or outlier value), so a "
+            "checkpoint diverged by growth cannot be repaired by tensor")
 
 
 def _refuse_growth_left(
@@ -373,12 +388,10 @@ def _refuse_growth_left(
     grown = _grown(report, baseline, {r.name for r in plan.restorations})
     if grown is None or baseline is None:
         return
-    restoring = (f"restoring its {plan.tensors_restored} bad tensor(s) would leave it diverged"
-                 if plan.tensors_restored else "nothing to restore")
-    since = "" if grown.from_start else f" {baseline.path}"
     healthy = _last_healthy_before(target_path, scan_one)
     raise RepairRefusedError(
-        f"{target}: diverged: {grown.reason()}{since}; {restoring}: {_GROWTH_STAYS}; nothing was written",
+        f"{target}: diverged: {_grown_words(grown, baseline)}; {_growth_stays(plan.tensors_restored)}; "
+        "nothing was written",
         verdict.diverged_advice(report, f" ({healthy})" if healthy is not None else _where(target_path)),
     )
 
