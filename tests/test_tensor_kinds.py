@@ -158,3 +158,25 @@ def test_fresh_saves_raise_no_suspicion_of_their_tensors_kinds(tmp_path, monkeyp
     monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
     report = nandoctor.scan(tmp_path / "m")
     assert report.exit_code == 0 and not report.errors, report.errors
+
+
+def test_qwen1_s_w2_reads_the_hidden_state_and_a_guess_no_build_confirms_says_nothing(tmp_path, monkeypatch):
+    """Qwen-1's MLP reads the hidden state with w1 and w2 ([intermediate/2, hidden]), its c_proj writes it: the README's
+    own Qwen-shaped example read "w2 writes the hidden state … stored transposed?", tried a build (importing torch
+    for a scan) and, transformers building no remote-code model, said it as a note. The orientation is a guess by
+    names: where no build can confirm it, nothing is said."""
+    import shutil
+
+    from tests.conftest import DEMO_RUN
+
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+    report = nandoctor.scan(DEMO_RUN / "checkpoint-200")
+    assert report.exit_code == 0 and not [n for n in report.notes if "transposed" in n], report.notes
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEMO_RUN / "checkpoint-200", folder)
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config.replace('"qwen"', '"my_own_llama"'))  # (w2 now read as Llama's)
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: None)  # (a model transformers lacks)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and not [n for n in report.notes if "transposed" in n], report.notes

@@ -102,8 +102,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             return [blamed], []
         built = None  # (it fails either way: nandoctor's limit, not the checkpoint's)
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
-        suspected = [(what, why) for what, why in suspected
-                     if why != _HOLE and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION)]
+        # (a guess by names alone, a projection's orientation, is said only where a build confirms it)
+        suspected = [(what, why) for what, why in suspected if why != _HOLE and not why.endswith(tensorkinds.GUESS)
+                     and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION)]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"

@@ -34,6 +34,10 @@ _LINEAR = re.compile(r"(?:^|\.)(?P<module>" + "|".join(re.escape(m) for m in _RE
                      + r")\.(?P<part>weight|bias)$")
 # the models whose c_attn, c_fc and c_proj are transformers' Conv1D, stored [in, out] (GPT-BigCode's are nn.Linear)
 _CONV1D_MODELS = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp")
+# names a family uses the other way round: Qwen-1's MLP reads the hidden state with both w1 and w2 (its c_proj writes
+# it), where Llama's and Mixtral's w2 writes it (the README's own Qwen-shaped example read "stored transposed?")
+_READS_IN: dict[str, frozenset[str]] = {"qwen": frozenset({"w2"})}
+GUESS = "stored transposed?"  # (how an orientation suspicion ends: a guess by names, only a build can confirm it)
 
 
 def suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, str]]:
@@ -58,23 +62,24 @@ def suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> It
         if shape and len(shape) != want:
             yield name, f"a linear layer's {match['part']} has {want} dimension(s), this one is stored with {len(shape)}"
         elif oriented and want == 2 and family_of(name) != name:  # (in the layers: a head's out_proj has labels)
-            why = _orientation(match["module"], shape, hidden_key, hidden, conv1d=conv1d and match["module"][:2] == "c_")
+            reads = match["module"] in _READS or match["module"] in _READS_IN.get(str(config.get("model_type")), ())
+            why = _orientation(match["module"], reads, shape, hidden_key, hidden,
+                               conv1d=conv1d and match["module"][:2] == "c_")
             if why:
                 wrong_side[name] = why
     yield from _every_layer_alike(wrong_side, stored)
 
 
-def _orientation(module: str, shape: tuple[int, ...], hidden_key: str, hidden: int | None, *,
+def _orientation(module: str, reads: bool, shape: tuple[int, ...], hidden_key: str, hidden: int | None, *,
                  conv1d: bool) -> str:
     """Words for a projection's weight holding the hidden size only on the side its layer does not take it on
-    (``gate_proj`` stored ``[hidden, intermediate]``), else ""."""
-    reads = module in _READS
+    (``gate_proj`` stored ``[hidden, intermediate]``; ``reads``: the module's input is the hidden state), else ""."""
     side = (0 if reads else 1) if conv1d else (1 if reads else 0)  # (the dimension of the hidden state)
     if shape[side] == hidden or shape[1 - side] != hidden:
         return ""  # (square, or another width: a layer narrower than the model's, which the built model says)
     layout = "Conv1D's [in, out]" if conv1d else "nn.Linear's [out, in]"
     return (f"config.json's {hidden_key} is {hidden:,} and {module} {'reads' if reads else 'writes'} the hidden "
-            f"state, so in {layout} dimension {side} is {hidden:,}: stored transposed?")
+            f"state, so in {layout} dimension {side} is {hidden:,}: {GUESS}")
 
 
 def _every_layer_alike(wrong_side: dict[str, str], stored: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, str]]:
@@ -108,4 +113,4 @@ def rearranged_hint(shape: tuple[int, ...], want: tuple[int, ...]) -> str:
     return ""
 
 
-__all__ = ["NORM", "rearranged_hint", "suspicions"]
+__all__ = ["GUESS", "NORM", "rearranged_hint", "suspicions"]
