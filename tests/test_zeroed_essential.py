@@ -110,6 +110,12 @@ def test_a_checkpoint_zeroed_since_an_earlier_one_is_no_resume_point(trained, tm
     data = json.loads(run_cli("scan", run, "--json").output)
     assert data["run"]["last_healthy"] == "checkpoint-10"
     assert [c["zeroed"] for c in data["run"]["checkpoints"]] == [[], ["model.norm.weight"], []]
+    assert [c["status_words"] for c in data["run"]["checkpoints"]] == ["clean", "zeroed", "poisoned"]
+    # every report says it alike (a review: Markdown and HTML called it clean beside the console's ⚠ zeroed)
+    markdown = run_cli("scan", run, "--markdown").output
+    assert "| 20 | checkpoint-20 | zeroed |" in markdown, markdown
+    run_cli("scan", run, "--html", tmp_path / "r.html")
+    assert '>zeroed</span>' in (tmp_path / "r.html").read_text()
     # the hinted repair restores it from checkpoint-10, and the model is back
     fixed = nandoctor.repair(run / "checkpoint-20", "auto", run / "repaired-checkpoint-20")
     assert [r.name for r in fixed.plan.restorations] == ["model.norm.weight"] and fixed.ok

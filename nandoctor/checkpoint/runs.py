@@ -567,11 +567,18 @@ def row_verdict(c: RunCheckpoint, fail_on: frozenset[str] | None = None, with_ca
     return words + (" (DIVERGED)" if c.status == DIVERGED and "DIVERGED" not in words else "")
 
 
+ZEROED_WORDS = "zeroed"  # a healthy row's words where it holds weights zeroed since an earlier checkpoint
+
+
 def status_words(c: RunCheckpoint) -> str:
     """A row's status as reports show it: ``c.status``, except an unreadable row whose problems are all of one other
-    kind, named for it (``not loadable``: every file read, but the folder would not load as it is)."""
+    kind, named for it (``not loadable``: every file read, but the folder would not load as it is), and a healthy
+    row holding weights zeroed since an earlier checkpoint (``zeroed``: no resume point, :attr:`RunCheckpoint.zeroed`;
+    a review found Markdown and HTML calling it clean beside the console's ⚠ zeroed)."""
     from nandoctor import verdict as verdicts
 
+    if c.status in HEALTHY_STATUSES and c.zeroed:
+        return ZEROED_WORDS
     if c.status == UNREADABLE and c.report is not None:
         kinds = {p.kind for p in verdicts.weight_errors(c.report)}
         if len(kinds) == 1 and verdicts.UNREADABLE_KIND not in kinds:

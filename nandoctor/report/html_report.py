@@ -22,6 +22,8 @@ from nandoctor.checkpoint.runs import (
     OVERFLOW,
     POISONED,
     UNREADABLE,
+    ZEROED_WORDS,
+    RunCheckpoint,
     RunReport,
     status_words,
 )
@@ -35,6 +37,13 @@ from nandoctor.report.svg import esc, num
 MAX_TIMELINE_ROWS = 200
 STATUS_COLOURS = {CLEAN: "#2e7d32", OVERFLOW: "#e0a800", POISONED: "#d62728", DIVERGED: "#7b1fa2",
                   UNREADABLE: "#6d4c41", INCOMPLETE: "#9e9e9e"}
+
+
+def _colour(c: RunCheckpoint) -> str:
+    """A row's status colour: a healthy row with weights zeroed since an earlier checkpoint in the warning one."""
+    return STATUS_COLOURS[OVERFLOW] if status_words(c) == ZEROED_WORDS else STATUS_COLOURS[c.status]
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;padding:0 16px;color:#222}
 h1{font-size:22px;margin:0}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #ddd}
@@ -154,7 +163,7 @@ def render_scan(report: ScanReport, fail_on: frozenset[str] = verdicts.DEFAULT_F
 
 
 def _markers(run: RunReport) -> list[svg.Marker]:
-    return [svg.Marker(c.step, c.name.removeprefix("checkpoint-"), STATUS_COLOURS[c.status], f"{c.name}: {status_words(c)}")
+    return [svg.Marker(c.step, c.name.removeprefix("checkpoint-"), _colour(c), f"{c.name}: {status_words(c)}")
             for c in run.checkpoints]
 
 
@@ -175,7 +184,7 @@ def _charts(run: RunReport) -> list[str]:
     scanned = [c for c in run.checkpoints if c.max_abs is not None]
     if scanned:
         line = svg.Series("max |w|", [(c.step, c.max_abs or 0.0) for c in scanned], "#444", dots=True,
-                          dot_colours=[STATUS_COLOURS[c.status] for c in scanned])
+                          dot_colours=[_colour(c) for c in scanned])
         out.append(svg.line_chart([line], title="largest finite weight magnitude per checkpoint (its dot: the status)",
                                   log_y=True,
                                   markers=_markers(run), chart_id="chart-max-abs"))
@@ -190,7 +199,7 @@ def _timeline(run: RunReport) -> str:
     for c in chosen:
         r = c.report if c.same_as is None else None  # a row that is an earlier row's file: counted there
         rows.append([
-            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), STATUS_COLOURS[c.status])),
+            ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), _colour(c))),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
             ("n", c.max_abs_words),

@@ -19,6 +19,7 @@ from nandoctor.checkpoint.runs import (
     POISONED,
     STRAY_FOLDER_HINT,
     UNREADABLE,
+    ZEROED_WORDS,
     RunCheckpoint,
     RunReport,
     TrainLog,
@@ -54,7 +55,7 @@ def status_word(c: RunCheckpoint, broken_from: int | None = None) -> str:
     words = status_words(c)
     if c.status == CLEAN and broken_from is not None and c.step_known and not c.saved_into and c.step >= broken_from:
         return "⚠ healthy"
-    if c.status in HEALTHY_STATUSES and words == c.status and c.zeroed:  # (explanations() says which and since when)
+    if words == ZEROED_WORDS:  # (explanations() says which and since when)
         return "⚠ zeroed"
     return _WORD[c.status] if words == c.status else f"✗ {words}"
 
