@@ -120,6 +120,9 @@ def test_a_checkpoint_zeroed_since_an_earlier_one_is_no_resume_point(trained, tm
     fixed = nandoctor.repair(run / "checkpoint-20", "auto", run / "repaired-checkpoint-20")
     assert [r.name for r in fixed.plan.restorations] == ["model.norm.weight"] and fixed.ok
     assert eval_loss(run / "repaired-checkpoint-20") < 1.5
+    # once done, the line says how to put it in place, not the same repair again into a "-2" folder (a review)
+    again = " ".join(run_cli("scan", run, "--no-progress").output.split())
+    assert "repaired-checkpoint-20 is a verified repair of checkpoint-20" in again and "-20-2" not in again, again
 
 
 def test_zeros_by_design_stay_clean(tmp_path):

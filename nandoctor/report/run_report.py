@@ -543,8 +543,10 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
             zeroed, since = verdicts.zeroed_in_run(c.report)
             lines.append((WARN, f"zeroed: {c.name}: {first_few(list(zeroed), 3)} all zero, not all zero in {since}: "
                                 "a broken copy or write (training never zeroes a whole tensor), no resume point"))
+            in_place = _verified_repair_of(c)  # (its hint followed already: put the repair in place, no "-2" again)
             earlier = any(r.step_known and c.step_known and r.step < c.step for r in run.resume_points())
-            lines.append((HINT, "restore them: " + (repair_command_for(c.path, AUTO) if earlier else repair_command(c.report))))
+            lines.append((HINT, " ".join(line.strip() for line in in_place) if in_place else "restore them: "
+                          + (repair_command_for(c.path, AUTO) if earlier else repair_command(c.report))))
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
         elif c.status == UNREADABLE and c.report is not None:
