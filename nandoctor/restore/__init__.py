@@ -118,18 +118,16 @@ def repair(
     if last is not None:  # a Lightning run without a final model: its last.ckpt decides (docs/cli.md)
         target_path = last
     if runs.is_run_folder(target_path) and final is None:
-        from nandoctor.hints import AUTO, repair_command_for
-
         found = runs.checkpoints_in(target_path)
         kind = "checkpoint-N folders"
         if not found:
             found = runs.step_files_in(target_path)
             kind = f"{step_files_kind(found)}s"
-        example = f" (e.g. {repair_command_for(str(found[-1][1]), AUTO)})" if found else ""
+        # (no example with the newest checkpoint: a review pasted it, and the newest was diverged, which no repair takes)
         raise RepairRefusedError(
             f"{target}: a training run folder ({len(found)} {kind}), not one checkpoint",
-            f"repair one checkpoint of it: `{scan_command(target)}` says which is bad and prints the repair command"
-            + example,
+            f"repair one checkpoint of it: `{scan_command(target)}` says which is bad and prints the repair command, "
+            "or where to resume from where none can be repaired",
         )
     files = layout.discover(target_path)
     single = target_path if not target_path.is_dir() else None
