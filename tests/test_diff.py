@@ -427,3 +427,15 @@ def test_a_side_that_cannot_be_read_is_said_first_not_under_a_row_per_tensor(tmp
     assert not any("transformer.h.0.ln_1.weight" in line for line in lines)
     every = run_cli("diff", tmp_path / "notes.txt", DEMO_RUN / "checkpoint-200", "--all")
     assert sum("not compared: A's" in line for line in every.output.splitlines()) == 195
+
+
+def test_a_diff_that_cannot_start_still_prints_one_json_object(tmp_path: Path) -> None:
+    """`diff --json > d.json` of a missing side (or a run folder) left an empty file where `scan --json` and
+    `repair --json` always print one object (a review's CI step): the diff schema with the problem, and exit 3."""
+    from tests.conftest import DEMO_RUN, run_cli
+
+    for a in (tmp_path / "missing", DEMO_RUN):
+        result = run_cli("diff", a, tmp_path / "other", "--json")
+        assert result.exit_code == 3
+        data = json.loads(result.stdout)
+        assert data["summary"]["exit_code"] == 3 and data["tensors"] == [] and data["problems"][0]["message"]

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from nandoctor.cli.common import USER_PATH, debug_option, echo_json, handles_errors
+from nandoctor.cli.common import USER_PATH, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.progress import byte_progress
+from nandoctor.errors import NandoctorError
 
 
 @click.command()
@@ -53,8 +54,17 @@ def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, only
         selection(only, exclude)  # an empty glob is a usage error, before anything is read
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with byte_progress(enabled=not no_progress, description="comparing") as progress:
-        report = api_compare.diff(a, b, progress=progress, both_formats=both_formats, only=only, exclude=exclude)
+    try:
+        with byte_progress(enabled=not no_progress, description="comparing") as progress:
+            report = api_compare.diff(a, b, progress=progress, both_formats=both_formats, only=only, exclude=exclude)
+    except (NandoctorError, OSError) as raised:
+        error = known_error(raised)
+        if error is None or not as_json:
+            raise
+        from nandoctor.report.diff_json import diff_error_to_json
+
+        echo_json(diff_error_to_json(a, b, error.message, error.hint, error.exit_code))  # (never an empty --json file)
+        fail(error.message, error.hint, error.exit_code)
     if as_json:
         from nandoctor.report.diff_json import diff_to_json
 

@@ -92,3 +92,20 @@ def diff_to_json(report: DiffReport, *, everything: bool = True) -> dict[str, An
         "problems": [{"path": p.path, "message": p.message, "hint": p.hint} for p in report.problems],
         "notes": list(report.notes),
     }
+
+
+def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int) -> dict[str, Any]:
+    """The JSON of a diff that could not start (a side missing or refused): the diff schema with no tensors and the
+    one problem, so that ``diff --json > d.json`` never leaves an empty file (a review's CI step tripped on one)."""
+    return {
+        "nandoctor_diff": DIFF_SCHEMA,
+        "a": a,
+        "b": b,
+        "summary": {"verdict": "UNREADABLE" if code == 3 else "ERROR", "exit_code": code, "same": False,
+                    "complete": False, "tensors": 0, "counts": {}, "bytes_read": 0, "seconds": 0.0},
+        "changed_layer_ranges": [],
+        "cast_layer_ranges": [],
+        "tensors": [],
+        "problems": [{"path": "", "message": message, "hint": hint}],
+        "notes": [],
+    }
