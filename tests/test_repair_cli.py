@@ -424,3 +424,18 @@ def test_a_folder_of_separate_saves_is_told_to_repair_the_bad_file(tmp_path):
     fixed = run_cli("repair", tmp_path / "2-0.47.ckpt", "--from", tmp_path / "1-0.48.ckpt", "--out", tmp_path.parent / "f",
                     "-q")
     assert fixed.exit_code == 0 and fixed.output.startswith("REPAIRED"), fixed.output
+
+
+def test_a_dry_run_says_when_the_real_run_would_refuse_its_out(tmp_path):
+    """--dry-run read PLAN COMPLETE for an --out whose folder does not exist, which the real run then refused (a
+    review): the plan says so, as it does for one that exists."""
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    for out, said in ((tmp_path / "no" / "out", "the folder that should hold --out does not exist"),
+                      (run / "checkpoint-200", "already exists")):
+        shown = " ".join(run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", out, "--dry-run",
+                                 "--no-progress").output.split())
+        assert f"{said}: a repair (without --dry-run) would refuse this --out" in shown, shown
+        assert not (tmp_path / "no").exists()

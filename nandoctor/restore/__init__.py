@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nandoctor.checkpoint.selection import Selection
-from nandoctor.errors import RepairRefusedError, UnrestorableError
+from nandoctor.errors import OutputExistsError, RepairRefusedError, UnrestorableError
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import PathLike, ScanReport, TensorRef
 from nandoctor.restore.plan import (
@@ -212,8 +212,11 @@ def repair(
         plan = _in_pieces(plan, target_path, [*catalogs, *own], limits or HealthLimits(), selection, loads_as)
     if dry_run or out_path is None:
         notes = _notes(source)
-        if out is not None and os.path.lexists(out):
-            notes += (f"{out} already exists: a repair (without --dry-run) would refuse to write there",)
+        if out_path is not None:  # (an --out the repair would refuse, said before it is run: a review's read PLAN COMPLETE)
+            try:
+                check_out(out_path, source)
+            except (RepairRefusedError, OutputExistsError) as refused:
+                notes += (f"{refused.message}: a repair (without --dry-run) would refuse this --out; {refused.hint}",)
         return RepairResult(
             plan=plan, out=None, verification=None, dry_run=True, notes=notes + _also_notes(also, target_path, out, selection),
             seconds=time.perf_counter() - started,
