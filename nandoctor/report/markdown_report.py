@@ -66,8 +66,14 @@ def _tensors(report: ScanReport, heading: str, limit: int | None = MAX_MARKDOWN_
     return out
 
 
+# a command a prose step ends with, after its colon (the console's one line: "…, move them out of Trainer's way (…):
+# mv a b && mv c d"): a review copied it from the raw Markdown, escaped as prose (&amp;&amp;, \_), and it did not run
+_TRAILING_COMMAND = re.compile(r"^(?P<prose>.*?): (?P<command>(?:mv|cp|nandoctor|printf|echo) .+)$")
+
+
 def _next(steps: list[str]) -> list[str]:
-    """Prose as text, only the commands (the steps indented four spaces) in ``sh`` blocks."""
+    """Prose as text, only the commands (the steps indented four spaces, or a command a step ends with) in ``sh``
+    blocks."""
     if not steps:
         return []
     out = ["", "### Next", ""]
@@ -75,6 +81,13 @@ def _next(steps: list[str]) -> list[str]:
     for step in steps:
         if step.startswith("    "):
             commands.append(step.strip())
+            continue
+        trailing = _TRAILING_COMMAND.match(step)
+        if trailing is not None:
+            if commands:
+                out += [*_code_block(commands), ""]
+            out += [md(trailing["prose"] + ":"), ""]
+            commands = [trailing["command"]]
             continue
         if commands:
             out += [*_code_block(commands), ""]
