@@ -90,7 +90,14 @@ def _log_cell(log: TrainLog | None) -> Text:
 _NARROW = 120
 
 
-def _timeline(run: RunReport, width: int = 160) -> Table:
+# Below the narrow layout's own width, its number columns go too, the least needed first, each said in the lines under
+# the table instead (a review: at 50-60 columns rich cut 1.01e+04 to "1." and nan to "na", which read as normal)
+_DROPPABLE = ("max |w|", "NaN/Inf", "bad")
+
+
+def _timeline(run: RunReport, width: int = 160) -> tuple[Table, tuple[str, ...]]:
+    """The timeline table, and the narrow layout's number columns left out of it for the width (:data:`_DROPPABLE`:
+    :func:`_details` says them under it)."""
     with_overflow = any(c.report is not None and verdicts.target_dtype(c.report) for c in run.checkpoints)
     narrow = width < _NARROW
     table = Table(title="Timeline", title_justify="left", show_edge=False, header_style="bold")
@@ -133,18 +140,26 @@ def _timeline(run: RunReport, width: int = 160) -> Table:
             row.append(_log_cell(c.log))
         rows.append(row)
     folding = ("bad layers", "trainer log")
+    widths = [max([len(column), *(Text(cell).cell_len if isinstance(cell, str) else cell.cell_len
+                                  for cell in (row[k] for row in rows))]) for k, column in enumerate(columns)]
+    dropped: list[str] = []
+    for column in _DROPPABLE if narrow else ():
+        if sum(widths) + 3 * (len(widths) - 1) <= width:
+            break
+        k = columns.index(column)
+        del columns[k], widths[k]
+        rows = [row[:k] + row[k + 1:] for row in rows]
+        dropped.append(column)
     for k, column in enumerate(columns):
         numeric = column in ("step", "NaN", "+Inf", "-Inf", "NaN/Inf", "bad", "bad tensors", "overflow", "max |w|",
                              "growth")
         # Names and numbers are never cut or broken (a narrow terminal showed checkpoint-10000 as "checkpoint-1000",
         # beside the real one): their columns are as wide as their longest cell; only the free-text columns fold.
-        widest = max([len(column), *(Text(cell).cell_len if isinstance(cell, str) else cell.cell_len
-                                     for cell in (row[k] for row in rows))])
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column not in folding,
-                         overflow="fold", min_width=None if column in folding else widest)
+                         overflow="fold", min_width=None if column in folding else widths[k])
     for row in rows:
         table.add_row(*row)
-    return table
+    return table, tuple(dropped)
 
 
 def _ranges(c: RunCheckpoint) -> str:
@@ -186,13 +201,14 @@ def _after_loaded(run: RunReport, decider: RunCheckpoint) -> bool:
     return bool(loaded) and decider not in loaded
 
 
-def _details(run: RunReport, console: Console) -> None:
-    """The narrow timeline's last two columns, as lines under it (names and layer ranges are never cut)."""
+def _details(run: RunReport, console: Console, dropped: tuple[str, ...] = ()) -> None:
+    """The narrow timeline's last two columns, and its number columns ``dropped`` for the width, as lines under it
+    (names, numbers and layer ranges are never cut)."""
     for c in run.checkpoints:
         if c.same_as is not None:
             console.print(Text(f"  {safe(c.name)}: {safe(same_words(c))}", style="dim"))
             continue
-        parts = []
+        parts = [f"{column} {value}" for column, value in _dropped_values(c, dropped) if value]
         ranges = _ranges(c)
         if ranges:
             parts.append(f"bad layers {safe(ranges)}")
@@ -201,6 +217,16 @@ def _details(run: RunReport, console: Console) -> None:
             parts.append(f"trainer log {log.plain}")
         if parts:
             console.print(Text(f"  {safe(c.name)}: " + "; ".join(parts), style=_STYLE[c.status]))
+
+
+def _dropped_values(c: RunCheckpoint, dropped: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(column, its cell) of row ``c`` for the narrow timeline's ``dropped`` number columns, in the table's order."""
+    r = c.report
+    if r is None:
+        return []
+    cells = {"bad": f"{len(r.unhealthy_tensors)}/{len(r.tensors)}", "NaN/Inf": f"{r.nan + r.posinf + r.neginf:,}",
+             "max |w|": c.max_abs_words}
+    return [(column, cells[column]) for column in _DROPPABLE[::-1] if column in dropped]
 
 
 def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
@@ -293,9 +319,10 @@ def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = No
         console.print(Text("  no checkpoint-<step> folders", style="yellow"))
         return
     console.print()
-    console.print(_timeline(run, console.width))
+    table, dropped = _timeline(run, console.width)
+    console.print(table)
     if console.width < _NARROW:
-        _details(run, console)
+        _details(run, console, dropped)
     console.print()
     last_clean, first_bad = run.last_healthy_under(fail_on), run.first_bad
     console.print(
