@@ -76,17 +76,33 @@ def is_nested(ref: TensorRef) -> bool:
     return True
 
 
+def unattributable(ref: TensorRef) -> UnsupportedFormatError | None:
+    """Why the elements a view reads cannot be told apart (an overlapping view too wide to map), or None: the
+    engine checks it before reading, so the other views of its storage are still scanned, and refuses it by this
+    problem where its span holds NaN/Inf (an adversarial round: a refusal while reading left every view of the
+    storage at 0 NaN, a plain view of it holding NaN included)."""
+    if is_nested(ref):
+        return None
+    lo, hi = element_span(ref)
+    span = hi - lo + 1
+    if span <= MAX_IRREGULAR_SPAN:
+        return None
+    return UnsupportedFormatError(
+        f"{ref.file}: tensor {ref.name!r} is an overlapping view (strides {ref.strides}) spanning {span:,} "
+        "elements; nandoctor cannot attribute its values to positions (a scan gives it the NaN/Inf of the storage "
+        "elements within its span, not exact counts)",
+        hint="re-save the tensor with .contiguous() (or as safetensors) and scan again",
+    )
+
+
 @lru_cache(maxsize=64)
 def _irregular_map(ref: TensorRef) -> tuple[int, np.ndarray]:
     """For a non-nested view: (lowest storage index, the smallest logical index reading each element or -1)."""
+    refused = unattributable(ref)
+    if refused is not None:
+        raise refused
     lo, hi = element_span(ref)
     span = hi - lo + 1
-    if span > MAX_IRREGULAR_SPAN:
-        raise UnsupportedFormatError(
-            f"{ref.file}: tensor {ref.name!r} is an overlapping view (strides {ref.strides}) spanning {span:,} "
-            "elements; nandoctor cannot attribute its values to positions",
-            hint="re-save the tensor with .contiguous() (or as safetensors) and scan again",
-        )
     unreached = np.iinfo(np.int64).max
     best = np.full(span, unreached, dtype=np.int64)
     best[0] = 0

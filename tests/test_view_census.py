@@ -306,3 +306,35 @@ def test_views_that_would_reread_their_storage_many_times_over_are_judged_on_it_
     torch.save({f"v{i}": healthy[i * 100:] for i in range(100)}, tmp_path / "hidden.pt")
     hidden = engine_scan(tmp_path / "hidden.pt")
     assert hidden.exit_code == 1 and all("exploded" in t.findings for t in hidden.tensors)
+
+
+def test_an_overlapping_view_too_wide_to_map_is_refused_and_its_storage_s_other_views_still_scanned(tmp_path):
+    """An adversarial round: a plain torch.save of a 9M-element bf16 storage viewed whole (`full`) and by an
+    overlapping as_strided view too wide to map (`o`): the refusal came while reading, and every view of the storage
+    read 0 NaN, `full` included, "finite but not checked". Refused before reading now: `full` holds the storage's
+    NaN and Inf as torch.load gives them, `o` is named as not scanned (exit 3) and never called finite."""
+    torch = pytest.importorskip("torch")
+
+    n = 9 << 20
+    storage = torch.zeros(n, dtype=torch.bfloat16)
+    storage[n - 1], storage[(4 << 20) + 1] = float("nan"), float("inf")
+    other = torch.zeros(100)
+    other[7] = float("nan")
+    path = tmp_path / "overlap.pt"
+    torch.save({"o": storage.as_strided((2, n - 4), (4, 1)), "full": storage, "other": other}, path)
+    loaded = torch.load(path, weights_only=True)  # the oracle
+    assert (int(loaded["full"].isnan().sum()), int(loaded["full"].isinf().sum())) == (1, 1)
+
+    report = nandoctor.scan(path, device="cpu")
+    counts = {t.name: (t.nan, t.posinf, t.neginf) for t in report.tensors}
+    assert counts["full"] == (1, 1, 0) and counts["other"] == (1, 0, 0)
+    assert counts["o"] == (1, 1, 0)  # (the storage elements within its span: no exact count, so a problem too)
+    assert report.exit_code == 3
+    assert [e.message for e in report.errors if "tensor 'o' is an overlapping view" in e.message]
+    line = nandoctor.verdict.one_line(report)
+    assert "finite" not in line, line
+    assert not report.unviewed  # (none said to lie in bytes no tensor views: o's span holds them)
+    # a storage with no NaN/Inf: such a view holds none for sure, no refusal (exit 0)
+    clean = tmp_path / "clean.pt"
+    torch.save({"o": torch.zeros(n).as_strided((2, n - 4), (4, 1))}, clean)
+    assert nandoctor.scan(clean, device="cpu").exit_code == 0

@@ -27,14 +27,14 @@ import numpy as np
 
 from nandoctor import verdict
 from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_nbytes
-from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint
+from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint, problem_of
 from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.checkpoint.selection import Selection
 from nandoctor.engine.chunkcensus import measure_whole
 from nandoctor.engine.chunks import Measured, merge_chunks
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.intcast import judged_casts
-from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
+from nandoctor.engine.jobs import OutlierFind, RegionJob, Tally, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.engine.scaled import judged_scales
 from nandoctor.engine.small import SmallTensors, plan_small
@@ -54,6 +54,7 @@ from nandoctor.kernels.census import (
 from nandoctor.kernels.targets import TargetSpec, target
 from nandoctor.model import RefTable, ScanProblem, ScanReport, TensorRef, TensorResult, TensorResults, UnviewedBad
 from nandoctor.sources import BufferFor, ChunkSource, ThreadBuffers, open_source
+from nandoctor.views import unattributable
 
 __all__ = ["HealthLimits", "ProgressCallback", "Scanned", "assemble", "finish_jobs", "scan", "scan_jobs"]
 
@@ -187,11 +188,18 @@ def scan_jobs(
     return found
 
 
+def _holds_any(tally: Tally) -> bool:
+    return bool(tally.nan or tally.posinf or tally.neginf)
+
+
 def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, failed: set[str]) -> Scanned:
     """What is left once every chunk of ``jobs`` is in (of one scan, or merged from parts): the outlier
     pass (not over regions of the ``failed`` files), the census of torch views that do not read their region
     whole and in order (viewcensus.py), the results, the per-expert counts. Empties ``jobs``."""
     problems = _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
+    # (a view whose elements cannot be told apart is refused only where its span holds NaN/Inf: else it holds none)
+    problems += [problem_of(Path(job.views[slot].file), refusal) for job in jobs for slot in sorted(job.refused)
+                 if _holds_any(job.tallies[slot]) and (refusal := unattributable(job.views[slot])) is not None]
     view_problems, notes = census_views(jobs, limits, failed)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)

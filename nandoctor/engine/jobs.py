@@ -32,7 +32,7 @@ from nandoctor.kernels.targets import (
     threshold_bits,
 )
 from nandoctor.model import Outliers, Region, TensorRef, TensorResult, UnviewedBad
-from nandoctor.views import covers_whole_region
+from nandoctor.views import covers_whole_region, unattributable
 
 
 @dataclass(slots=True)  # slots: one per tensor, a million of them for a million small tensors
@@ -102,6 +102,8 @@ class RegionJob:
     # reads; None: all of it. A cut region's tallies and census are partial until its parts are merged.
     span: tuple[int, int] | None = None
     own: dict[int, ViewCensus] | None = None  # view slot → its own census (viewcensus.py); made when needed
+    # view slots whose elements cannot be told apart (views.unattributable): not attributed, refused by a problem
+    refused: frozenset[int] = frozenset()
     # Made when first asked for: a small region gets its census whole from its batch, and almost never
     # has unviewed bytes, so a million small tensors need not hold a spare Census and Tally each.
     _census: Census | None = None
@@ -167,6 +169,8 @@ def plan_jobs(refs: list[TensorRef], limits: HealthLimits, cast_to: TargetSpec |
         views, spec = job.views, job.spec
         blocks = job.region.blocks is not None  # its one tensor is the whole region; its lanes are the scale fields
         job.direct = len(views) == 1 and (blocks or covers_whole_region(views[0], spec.bits))
+        if not job.direct:
+            job.refused = frozenset(slot for slot, view in enumerate(views) if unattributable(view) is not None)
         job.tallies = [Tally() for _ in views]
         facts = per_dtype.get(spec.name)
         if facts is None:

@@ -317,6 +317,7 @@ def _chunk_findings(
     indices, kinds = indices[order], kinds[order]
     seen = np.zeros(indices.size, dtype=bool)
     findings: list[ChunkFinding] = []
+    spanned = np.zeros(indices.size, dtype=bool)  # within the span of a view whose elements cannot be told apart
     for slot, view in enumerate(job.views):
         # Only the bad elements within the view's span: many views of one storage cost their spans,
         # not views × every bad element of the chunk.
@@ -324,10 +325,17 @@ def _chunk_findings(
         a, b = int(np.searchsorted(indices, low, "left")), int(np.searchsorted(indices, high, "right"))
         if a >= b:
             continue
+        if slot in job.refused:
+            # (views.unattributable: NaN/Inf in its span are its finding, with no first index; the engine then
+            # refuses it by a problem: exact counts it cannot have)
+            spanned[a:b] = True
+            findings.append((slot, *_kind_counts(kinds[a:b]), None))
+            continue
         inside, logical = locate(view, indices[a:b])
         if inside.any():
             seen[a:b] |= inside
             findings.append((slot, *_kind_counts(kinds[a:b][inside]), int(logical[inside].min())))
-    if not seen.all():
-        findings.append((-1, *_kind_counts(kinds[~seen]), None))
+    unseen = ~(seen | spanned)
+    if unseen.any():
+        findings.append((-1, *_kind_counts(kinds[unseen]), None))
     return findings, census
