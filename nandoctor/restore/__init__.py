@@ -184,7 +184,8 @@ def repair(
     # --from auto is suggested only where it finds a donor, and not again when it was given
     auto_available = bool(context and context.get("auto")) and all(str(d) != "auto" for d in donor_list)
     catalogs = resolve_donors(target_path, donor_list, limits, selection, auto_available,
-                              needed=bool(report.unhealthy_tensors), loads_as=loads_as)  # (a zeroed one: left)
+                              needed=bool(report.unhealthy_tensors) or bool(verdict.overflow_tensors(report)),
+                              loads_as=loads_as)  # (a zeroed one without a donor is left)
     if out_path is not None and not dry_run:
         check_out_of_donors(out_path, [c.path for c in catalogs])
     ties = tied_partners(report, source.root) if needed_tensors(report, "tensor") else {}

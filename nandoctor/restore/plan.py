@@ -39,10 +39,12 @@ from nandoctor.layers import layer_of, normalise
 from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, UnviewedBad, is_pickled_float
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
-from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, ZEROED, Growth, tensor_growth
+from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, OVERFLOW, ZEROED, Growth, tensor_growth
 from nandoctor.wording import first_few
 
-RESTORED_FINDINGS = (*FAILING_BY_DEFAULT, ZEROED)  # what makes a repair restore a tensor (zeroed only warns)
+# what makes a repair restore a tensor (zeroed only warns; overflow: of the dtype config.json loads it in, the one
+# target a repair's scan counts for, so the tensor loads as Inf: an fp8 scale flipped x2^24 under an fp16 config)
+RESTORED_FINDINGS = (*FAILING_BY_DEFAULT, ZEROED, OVERFLOW)
 LEFT_ZEROED = "all zero, and no donor holds a copy that is not"  # the plan's note on zeroed tensors it leaves
 
 SCOPES = ("tensor", "layer")
@@ -471,8 +473,8 @@ def _norm_stat_of(name: str, norms: set[str]) -> bool:
 
 
 def _restored(result: TensorResult) -> bool:
-    """Whether a tensor is restored for its own findings (not only as a member of its layer)."""
-    return result.unhealthy or ZEROED in result.findings
+    """Whether a tensor is restored for its own findings (not only as a member of its layer): RESTORED_FINDINGS."""
+    return result.unhealthy or ZEROED in result.findings or OVERFLOW in result.findings
 
 
 def _name_overlap_notes(report: ScanReport, views: list[_DonorView]) -> tuple[str, ...]:
