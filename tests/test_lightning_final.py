@@ -249,6 +249,11 @@ def test_a_linked_last_ckpt_is_its_step_file_reported_once(linked_last, tmp_path
     markdown = run("scan", folder, "--markdown", "--html", html).output
     assert "| 6 | last.ckpt | poisoned |  |  |  | a link to epoch=0-step=6.ckpt |" in markdown
     assert "a link to epoch=0-step=6.ckpt" in html.read_text()
+    # its cells are said in its step file's row, in HTML as in the console and Markdown (a review: HTML said nan)
+    import re
+
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", html.read_text(), re.S) if ">last.ckpt<" in r)
+    assert ">nan<" not in row and ">inf<" not in row, row
 
 
 def test_nan_in_a_final_safetensors_fails_and_repairs_from_the_step_files(linked_last, tmp_path):

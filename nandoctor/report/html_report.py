@@ -202,7 +202,7 @@ def _timeline(run: RunReport) -> str:
             ("n", c.step_label), ("name", esc(c.name)), ("", _chip(status_words(c), _colour(c))),
             ("n", "" if r is None else f"{len(r.unhealthy_tensors)}/{len(r.tensors)}"),
             ("n", "" if r is None else f"{r.nonfinite:,}"),
-            ("n", c.max_abs_words),
+            ("n", "" if r is None else c.max_abs_words),  # (a same_as row: said in its row, as the console does)
             ("n", "" if c.growth is None else "×" + num(c.growth)),
             ("name", esc(same_words(c)) if c.same_as is not None else "" if r is None
              else esc(", ".join(x.label for x in bad_ranges(r.layers)[:8]))),
