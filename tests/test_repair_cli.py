@@ -439,3 +439,18 @@ def test_a_dry_run_says_when_the_real_run_would_refuse_its_out(tmp_path):
                                  "--no-progress").output.split())
         assert f"{said}: a repair (without --dry-run) would refuse this --out" in shown, shown
         assert not (tmp_path / "no").exists()
+
+
+def test_repair_json_gives_its_exit_code_and_the_steps_that_use_it(tmp_path):
+    """A review: a refusal's JSON has exit_code, the proof printed by --json had none, nor the console's next steps."""
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    result = run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", run / "repaired-checkpoint-300", "--json")
+    data = json.loads(result.stdout)
+    assert result.exit_code == data["exit_code"] == 0
+    assert data["next"][-1] == (f"mv {run}/checkpoint-300 {run}/bad-checkpoint-300 && "
+                                f"mv {run}/repaired-checkpoint-300 {run}/checkpoint-300"), data["next"]
+    on_disk = json.loads((run / "repaired-checkpoint-300" / "nandoctor-repair.json").read_text())
+    assert "exit_code" not in on_disk  # (the proof beside the repair is unchanged)

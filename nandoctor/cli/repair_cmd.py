@@ -19,7 +19,7 @@ import click
 from nandoctor.cli import common
 from nandoctor.cli.common import USER_PATH, debug_enabled, debug_option, echo_json, fail, handles_errors, known_error
 from nandoctor.cli.progress import byte_progress
-from nandoctor.report.repair_report import MAX_ROWS
+from nandoctor.report.repair_report import MAX_ROWS, next_steps
 
 
 @contextmanager
@@ -156,7 +156,11 @@ def repair(
                 if as_json:
                     from nandoctor.restore.proof import plan_json, proof_json
 
-                    echo_json(plan_json(result.plan) if dry_run else proof_json(result))
+                    # (the proof as written beside the repair, with what the command returns and the steps that
+                    # use it: a script reads one object, as for a refusal)
+                    echo_json(plan_json(result.plan) if dry_run
+                              else {**proof_json(result), "exit_code": result.exit_code,
+                                    "next": [step.strip() for step in next_steps(result)]})
                 elif quiet:
                     from nandoctor.report.repair_report import quiet_line
 

@@ -244,9 +244,16 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
                            + (f" (and {len(plan.doubts) - 1} more, in the proof's donor_doubts)" if len(plan.doubts) > 1 else "")
                            + ("" if whole else "; check that --from names an earlier checkpoint of this run before using "
                               "the repair"), style="yellow"), soft_wrap=True)
-    if result.out and result.verification is not None and result.verification.exit_code == 0:
-        from nandoctor.hints import using_repair
+    steps = next_steps(result)
+    if steps:
+        console.print(Text("  next: " + "\n        ".join(safe(step) for step in steps), style="dim"), soft_wrap=True)
 
-        steps = using_repair(plan.target, Path(result.out))
-        if steps:
-            console.print(Text("  next: " + "\n        ".join(safe(step) for step in steps), style="dim"), soft_wrap=True)
+
+def next_steps(result: RepairResult) -> list[str]:
+    """The steps that use a written, verified repair in the source's place (the console's ``next:``, ``--json``'s
+    ``next``); [] for none."""
+    if not (result.out and result.verification is not None and result.verification.exit_code == 0):
+        return []
+    from nandoctor.hints import using_repair
+
+    return using_repair(result.plan.target, Path(result.out))
