@@ -31,3 +31,33 @@ def test_every_rows_largest_weight_is_said_whole_at_any_width(width):
         spans = [m.end() for m in re.finditer(re.escape(c.name), said)]
         assert any(re.match(rf"((?!{'|'.join(map(re.escape, names))}).)*?(│ |max \|w\| ){re.escape(value)}( |;|$)",
                             said[at:]) for at in spans), (width, c.name, text)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_repair_plan_s_tables_lose_no_character_at_any_width(tmp_path, width):
+    """A review: at 60 columns the repair's tensor column wrapped five characters a line and the why/donor columns had
+    no width; a path folded into a narrow last column lost characters (rich crops a table that overflows). Narrow, the
+    tables keep the tensor, its NaN/Inf and the donor's number in the list above them."""
+    import shutil
+
+    from nandoctor.report.repair_report import render_plan
+
+    run = tmp_path / "run"
+    shutil.copytree(DEMO_RUN, run)
+    plan = nandoctor.repair(run / "checkpoint-300", "auto", dry_run=True).plan
+    out = io.StringIO()
+    render_plan(plan, Console(file=out, width=width, force_terminal=False, color_system=None))
+    text = out.getvalue()
+    assert all(len(line) <= width for line in text.splitlines())
+    # the tensor column's rows, a folded name's pieces joined again: every name whole, nothing lost between lines
+    names: list[str] = []
+    for line in text.split("Restored tensors")[1].splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) < 2:
+            continue
+        if cells[1]:  # (a row's first line: its count column is filled)
+            names.append(cells[0])
+        elif names:
+            names[-1] += cells[0]
+    assert names == [r.name for r in plan.restorations][: len(names)] and names, (names, text)
+    assert (f"donor 1 (step {plan.donors[0].step})" in text) == (width < 100)

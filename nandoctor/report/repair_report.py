@@ -23,53 +23,68 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 40  # restored tensors listed before "--all"
 
-def _donor_short(plan: RepairPlan, index: int) -> str:
+def _donor_short(plan: RepairPlan, index: int, narrow: bool = False) -> str:
+    """A donor as a table cell: its path and step; ``narrow``: its number in the list above the tables (a path folded
+    into a narrow last column lost characters: rich crops a table its columns' minimum widths overflow)."""
     from nandoctor.report.text import safe
 
     info = plan.donors[index]
     if info.own:  # a tied copy restored from its partner in the target itself (restore/tied.py)
         return "the target itself"
-    return safe(info.path) + (f" (step {info.step})" if info.step is not None else "")
+    step = f" (step {info.step})" if info.step is not None else ""
+    return f"donor {index + 1}{step}" if narrow else safe(info.path) + step
 
 
-def _layer_table(plan: RepairPlan) -> Table:
+# Below this width the tensor table keeps the tensor, its NaN/Inf and its donor: at 60 columns eight columns left the
+# why and donor columns no width at all, and the names wrapped five characters a line (a review)
+NARROW_WIDTH = 100
+
+
+def _layer_table(plan: RepairPlan, width: int = NARROW_WIDTH) -> Table:
     from nandoctor.layers import natural_key
     from nandoctor.report.text import safe
 
+    narrow = width < NARROW_WIDTH  # (NaN, +Inf and -Inf as one column: the donor column keeps its room)
     table = Table(title="Restored per layer", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("layer", "tensors", "NaN", "+Inf", "-Inf", "from"):
-        add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf"))
+    columns = ("layer", "tensors", "NaN/Inf", "from") if narrow else ("layer", "tensors", "NaN", "+Inf", "-Inf", "from")
+    for column in columns:
+        add_column(table, column, numeric=column in ("tensors", "NaN", "+Inf", "-Inf", "NaN/Inf"), name=column == "layer")
     groups: dict[str, list] = {}
     for r in plan.restorations:
         groups.setdefault(r.layer, []).append(r)
     for layer in sorted(groups, key=natural_key):
         members = groups[layer]
         donors = sorted({r.donor for r in members})
+        counts = [sum(r.nan for r in members), sum(r.posinf for r in members), sum(r.neginf for r in members)]
         table.add_row(
             Text(safe(layer), style="bold"),
             str(len({r.name for r in members})),  # a tensor once, however many of its chunks (DCP) are restored
-            f"{sum(r.nan for r in members):,}",
-            f"{sum(r.posinf for r in members):,}",
-            f"{sum(r.neginf for r in members):,}",
-            Text(", ".join(_donor_short(plan, d) for d in donors)),
+            *([f"{sum(counts):,}"] if narrow else [f"{n:,}" for n in counts]),
+            Text(", ".join(_donor_short(plan, d, narrow) for d in donors)),
         )
     return table
 
 
-def _tensor_table(plan: RepairPlan, limit: int | None) -> Table:
+def _tensor_table(plan: RepairPlan, limit: int | None, width: int = NARROW_WIDTH) -> Table:
     from nandoctor.report.text import safe
 
+    narrow = width < NARROW_WIDTH
     table = Table(title="Restored tensors", title_justify="left", show_edge=False, header_style="bold")
-    for column in ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why", "donor"):
-        add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf"))
+    columns = ("tensor", "NaN/Inf", "donor") if narrow else ("tensor", "dtype", "shape", "NaN", "+Inf", "-Inf", "why",
+                                                             "donor")
+    for column in columns:
+        add_column(table, column, numeric=column in ("NaN", "+Inf", "-Inf", "NaN/Inf"), name=column == "tensor")
     rows = list(plan.restorations)
     shown = rows if limit is None else rows[:limit]
     for r in shown:
-        donor = _donor_short(plan, r.donor)
+        donor = _donor_short(plan, r.donor, narrow)
         if r.donor_name != r.name:
             donor += f" as {safe(r.donor_name)}"
         if r.via:
             donor += f" (tied to {safe(r.via)}, written once)"
+        if narrow:
+            table.add_row(Text(safe(r.name)), f"{r.nan + r.posinf + r.neginf:,}", Text(donor))
+            continue
         table.add_row(
             Text(safe(r.name)),
             r.dtype,
@@ -100,7 +115,7 @@ def _refusal_table(plan: RepairPlan) -> Table:
 
     table = Table(title="Cannot be restored", title_justify="left", show_edge=False, header_style="bold red")
     for column in ("tensor", "NaN/Inf", "why each donor failed"):
-        add_column(table, column, numeric=column == "NaN/Inf")
+        add_column(table, column, numeric=column == "NaN/Inf", name=column == "tensor")
     for u in plan.unrestorable:
         table.add_row(Text(safe(u.name)), f"{u.nan + u.posinf + u.neginf:,}", Text("\n".join(safe(r) for r in u.reasons)))
     return table
@@ -115,9 +130,9 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
     if plan.restorations:
         console.print()
-        console.print(_layer_table(plan))
+        console.print(_layer_table(plan, console.width))
         console.print()
-        console.print(_tensor_table(plan, None if show_all else MAX_ROWS))
+        console.print(_tensor_table(plan, None if show_all else MAX_ROWS, console.width))
     if plan.unrestorable:
         console.print()
         console.print(_refusal_table(plan))
