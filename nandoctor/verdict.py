@@ -332,16 +332,33 @@ def loss_broke_words(name: str, step: int) -> str:
             "using it")
 
 
+# A tensor is as good as zero where its largest magnitude is below this (no trained weight is: fp32's smallest normal
+# is 1.2e-38) or where all but a handful of its elements are zero: an adversarial round's LM head filled with 1e-45,
+# or zeroed but for one element, read ✓ healthy and last healthy, and the model repeated one token
+_TINY = 2.0**-100
+# (one element non-zero, or one in a thousand, in a tensor of 16 or more: a one-hot or identity pattern holds more)
+_FEWEST_FOR_ALL_BUT = 16
+
+
 def _all_zero_rows(tensors: TensorResults) -> list[int]:
-    """Rows of float weight tensors with elements that are all zero: no NaN/Inf, largest finite magnitude 0 (and,
-    where that was sampled — below 2.0 in a large tensor — every element counted a zero)."""
-    if 0.0 not in tensors.max_abs:  # (one C scan: no tensor is all zero)
-        return []
+    """Rows of float weight tensors whose elements are all zero, or as good as zero (:data:`_TINY`, or all but one
+    in a thousand at most, one in a small tensor):
+    no NaN/Inf, largest finite magnitude 0 (and, where that was sampled — below 2.0 in a large tensor — every element
+    counted a zero)."""
+    max_abs, zeros = tensors.max_abs, tensors.zeros
+    if 0.0 not in max_abs and not any(zeros) and min(filter(None, max_abs), default=1.0) > _TINY:
+        return []  # (C-level scans: no tensor is all zero, or nearly, or tiny throughout)
     refs = tensors.refs
     roles, numels, nan, posinf, neginf = refs.roles, refs.numels(), tensors.nan, tensors.posinf, tensors.neginf
-    return [i for i, top in enumerate(tensors.max_abs)
-            if top == 0.0 and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and numels[i]
-            and not (nan[i] + posinf[i] + neginf[i]) and (tensors.max_abs_exact[i] or tensors.zeros[i] >= numels[i])]
+    names = refs.names
+    return [i for i, top in enumerate(max_abs)
+            if top is not None and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and numels[i]
+            and not (nan[i] + posinf[i] + neginf[i])
+            and ((top == 0.0 and (tensors.max_abs_exact[i] or zeros[i] >= numels[i]))
+                 # (as good as zero: not a bias, which starts at zero and may be left so but for a few elements)
+                 or (not names[i].endswith(".bias")
+                     and (top <= _TINY or (numels[i] >= _FEWEST_FOR_ALL_BUT
+                                           and zeros[i] >= numels[i] - max(1, numels[i] // 1000)))))]
 
 
 def zero_weights(report: ScanReport) -> set[str]:
@@ -359,8 +376,10 @@ def newly_zero(report: ScanReport, earlier: ScanReport) -> list[str]:
         return []
     tensors = earlier.tensors
     names, roles, findings = tensors.refs.names, tensors.refs.roles, tensors.findings
+    zero_then = zero_weights(earlier) & zero  # (as good as zero then too: not zeroed since)
     return sorted(name for i, (name, top) in enumerate(zip(names, tensors.max_abs)) if name in zero
-                  and roles[i] == "weight" and ((top is not None and top > 0.0) or NONFINITE in findings[i]))
+                  and name not in zero_then and roles[i] == "weight"
+                  and ((top is not None and top > 0.0) or NONFINITE in findings[i]))
 
 
 def zeroed_in_run(report: ScanReport) -> tuple[tuple[str, ...], str | None]:

@@ -241,3 +241,29 @@ def test_a_nan_among_zeros_makes_its_zero_siblings_no_damage(tmp_path):
     tensors["transformer.h.1.attn.c_attn.bias"][7] = 0.5  # a sibling with a real value: the last one is zeroed
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     assert _zeroed(nandoctor.scan(str(folder), device="cpu")) == ["transformer.h.2.attn.c_attn.bias"]
+
+
+@pytest.mark.parametrize("how", ["tiny", "all_but_one"])
+def test_a_weight_as_good_as_zero_is_zeroed_too(trained, tmp_path, how):
+    """An adversarial round: the LM head filled with 1e-45, or zeroed but for one element, got round the all-zero rule:
+    ✓ healthy, last healthy, PASS CLEAN, and the model repeated one token. As good as zero is zeroed."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    path = run / "checkpoint-30" / "model.safetensors"
+    tensors = load_file(path)
+    head = tensors["lm_head.weight"]
+    if how == "tiny":
+        head.fill_(1e-45)
+    else:
+        kept = float(head[3, 5])
+        head.zero_()
+        head[3, 5] = kept
+    save_file(tensors, path, metadata={"format": "pt"})
+    assert eval_loss(run / "checkpoint-30") == pytest.approx(UNIFORM_LOSS, abs=0.05)  # the oracle: back at chance
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert scanned.checkpoints[-1].zeroed == ("lm_head.weight",)
+    assert scanned.last_healthy is not None and scanned.last_healthy.name == "checkpoint-20"
+    alone = nandoctor.scan(str(run / "checkpoint-30"), device="cpu")
+    assert _zeroed(alone) == ["lm_head.weight"] and alone.verdict == "ZEROED (reported only)"
