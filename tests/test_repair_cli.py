@@ -454,3 +454,26 @@ def test_repair_json_gives_its_exit_code_and_the_steps_that_use_it(tmp_path):
                                 f"mv {run}/repaired-checkpoint-300 {run}/checkpoint-300"), data["next"]
     on_disk = json.loads((run / "repaired-checkpoint-300" / "nandoctor-repair.json").read_text())
     assert "exit_code" not in on_disk  # (the proof beside the repair is unchanged)
+
+
+def test_a_ceiling_raised_with_max_abs_judges_the_verification_too(tmp_path):
+    """An adversarial round: `repair --max-abs 1e6` took a donor copy of 2e5 (healthy under that ceiling) and then
+    refused its own output at the verification scan, which still used the default 1e5 ("fix the cause above", with
+    nothing above); `scan --max-abs 1e6` of that output passes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    good = {f"model.layers.{i}.mlp.weight": rng.normal(0, 0.02, (64, 64)).astype(np.float32) for i in range(4)}
+    donor = dict(good)
+    donor["model.layers.1.mlp.weight"] = good["model.layers.1.mlp.weight"] * 1e7  # (bulk ~2e5: no outliers)
+    target = dict(donor)
+    target["model.layers.1.mlp.weight"] = donor["model.layers.1.mlp.weight"].copy()
+    target["model.layers.1.mlp.weight"][0, 0] = np.nan
+    save_file(donor, tmp_path / "donor.safetensors")
+    save_file(target, tmp_path / "target.safetensors")
+    result = run("repair", tmp_path / "target.safetensors", "--from", tmp_path / "donor.safetensors", "--out",
+                 tmp_path / "out", "--max-abs", "1e7", "--json")
+    assert result.exit_code == 0, result.output
+    written = next((tmp_path / "out").glob("*.safetensors"))
+    assert run("scan", written, "--max-abs", "1e7").exit_code == 0

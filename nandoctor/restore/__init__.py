@@ -239,6 +239,7 @@ def repair(
         # judged as `nandoctor scan` judges it once in place: within the target's run, growth included
         judge=partial(judge_in_run, target=target_path, scan_one=scan_one),
         target_dtype=loads_in,
+        limits=limits,  # (--max-abs and --outlier-factor judge the output too: an adversarial round's was refused)
     )
     return replace(result, seconds=time.perf_counter() - started)
 

@@ -29,6 +29,7 @@ from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.errors import NandoctorError, OutputExistsError, RepairFailedError, RepairRefusedError
 from nandoctor.fileidentity import FileIdentity, fingerprint
+from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore import atomic, stale
 from nandoctor.restore.copying import copy_file as _copy_file
@@ -136,6 +137,7 @@ def write_repair(
     inputs: Mapping[str, FileIdentity] | None = None,
     judge: Callable[[ScanReport], ScanReport] | None = None,
     target_dtype: str | None = None,
+    limits: HealthLimits | None = None,
 ) -> RepairResult:
     """Build the repaired checkpoint at ``out``; raises (leaving nothing at ``out``) when it cannot.
 
@@ -198,7 +200,7 @@ def write_repair(
             done += size
             progress(done, total, f"copying {rel}")
         phase("copied")
-        verification = _verify(plan, source, temp, source_report, progress, judge, target_dtype)
+        verification = _verify(plan, source, temp, source_report, progress, judge, target_dtype, limits)
         diffs = proof_diff(plan, source.single_file or source.root, _source_refs(plan, source, source_report),
                            lambda file: str(_target_copy(source, temp, file)))
         phase("verified")
@@ -455,16 +457,17 @@ def _source_refs(plan: RepairPlan, source: Source, source_report: ScanReport) ->
 
 
 def _verify(plan: RepairPlan, source: Source, temp: Path, source_report: ScanReport, progress: Progress,
-            judge: Callable[[ScanReport], ScanReport] | None = None, target_dtype: str | None = None) -> ScanReport:
+            judge: Callable[[ScanReport], ScanReport] | None = None, target_dtype: str | None = None,
+            limits: HealthLimits | None = None) -> ScanReport:
     """Re-scan what was written (judged by ``judge``: as in the source's place; overflow counted for
-    ``target_dtype``, the dtype the source's config.json loads it in), and check every restored tensor now holds
-    its donor's bytes."""
+    ``target_dtype``, the dtype the source's config.json loads it in; by the repair's health ``limits``, as its
+    target and donors were), and check every restored tensor now holds its donor's bytes."""
     from nandoctor import verdict
     from nandoctor.engine import scan
 
     scanned = temp / source.single_file.name if source.single_file is not None else temp
     report = scan(scanned, device="cpu", progress=progress, selection=plan.selection,  # --only/--exclude
-                  target_dtype=target_dtype)
+                  target_dtype=target_dtype, limits=limits)
     if judge is not None:
         report = judge(report)
     if not report.ok:
