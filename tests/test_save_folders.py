@@ -205,7 +205,7 @@ def test_a_megatron_iteration_missing_a_rank_folder_is_incomplete(tmp_path: Path
     root = _megatron_run(tmp_path / "save", bad_step=0)
     shutil.rmtree(root / "iter_0000300" / "mp_rank_01")
     result = run_cli("scan", root, "-q")
-    assert result.exit_code == 3 and "model-parallel rank folder(s) missing: mp_rank_01/" in result.output, result.output
+    assert result.exit_code == 3 and "model-parallel rank folder(s) missing or without model_optim_rng.pt: mp_rank_01/" in result.output, result.output
     grid = tmp_path / "grid" / "iter_0000100"
     for rank in ("mp_rank_00_000", "mp_rank_01_000", "mp_rank_00_001"):  # (mp_rank_01_001 missing)
         (grid / rank).mkdir(parents=True)
@@ -292,10 +292,14 @@ def test_one_iteration_missing_a_rank_its_args_name_is_incomplete(tmp_path: Path
     iteration = _megatron_save(root / "iter_0000100", 100, tensor, pipeline)
     (root / "latest_checkpointed_iteration.txt").write_text("100")
     assert run_cli("scan", root, "-q").exit_code == 0
+    # (a rank folder left empty by a rank that died mid-save is missing as much: an adversarial round's read CLEAN)
+    for file in (iteration / removed).iterdir():
+        file.unlink()
+    assert run_cli("scan", root, "-q").exit_code == 3 and run_cli("scan", iteration, "-q").exit_code == 3
     shutil.rmtree(iteration / removed)
     for target in (root, iteration):
         result = run_cli("scan", target, "-q")
         out = " ".join(result.output.split())
         assert result.exit_code == 3, result.output
-        assert f"model-parallel rank folder(s) missing: {removed}/ (its args say {said};" in out
+        assert f"model-parallel rank folder(s) missing or without model_optim_rng.pt: {removed}/ (its args say {said};" in out
     assert [c.status for c in scan_run(root).checkpoints] == ["incomplete"]

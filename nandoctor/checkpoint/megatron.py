@@ -61,18 +61,24 @@ class MissingRanks:
         """``model-parallel rank folder(s) missing: mp_rank_01/ (its args say tensor-parallel size 2; …)``."""
         said = f"its args say {self.grid.words}; " if self.grid is not None else ""
         shown = ", ".join(m + "/" for m in self.folders[:4]) + (" …" if len(self.folders) > 4 else "")
-        return f"model-parallel rank folder(s) missing: {shown} ({said}Megatron's load of this iteration fails on them)"
+        return (f"model-parallel rank folder(s) missing or without {MEGATRON_FILES[0]}: {shown} ({said}Megatron's load "
+                "of this iteration fails on them)")
 
 
 def missing_ranks(iteration: Path, entries: list[Path], expected: frozenset[str] = frozenset()) -> MissingRanks | None:
     """The rank folders Megatron iteration ``iteration`` (whose listing is ``entries``) lacks: those its own args say
     it was saved with (:func:`saved_grid`); where they say nothing, a hole in the grid its folders span or one of
     ``expected`` (the run's other iterations'). None where it lacks none, or holds no rank folder."""
-    held = frozenset(e.name for e in entries if MEGATRON_RANK.match(e.name))
-    if not held:
+    named = frozenset(e.name for e in entries if MEGATRON_RANK.match(e.name))
+    if not named:
         return None
-    grid = saved_grid(iteration, held)
-    missing = grid.folders - held if grid is not None else _grid_holes(held) | (expected - held)
+    # (a rank folder without its model file is missing all the same: a rank that died mid-save left mp_rank_01/ empty,
+    # and the iteration read ✓ healthy while Megatron's load of rank 1 failed, an adversarial round found)
+    from nandoctor import access
+
+    held = frozenset(n for n in named if access.is_file(Path(iteration) / n / MEGATRON_FILES[0], refused=True))
+    grid = saved_grid(iteration, held) if held else None
+    missing = grid.folders - held if grid is not None else _grid_holes(named) | (expected - named) | (named - held)
     return MissingRanks(tuple(sorted(missing)), grid) if missing else None
 
 
