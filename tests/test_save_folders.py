@@ -303,3 +303,18 @@ def test_one_iteration_missing_a_rank_its_args_name_is_incomplete(tmp_path: Path
         assert result.exit_code == 3, result.output
         assert f"model-parallel rank folder(s) missing or without model_optim_rng.pt: {removed}/ (its args say {said};" in out
     assert [c.status for c in scan_run(root).checkpoints] == ["incomplete"]
+
+
+def test_a_tracker_naming_a_bad_iteration_under_a_healthy_newest_one_is_rewritten_in_the_next_step(tmp_path: Path) -> None:
+    """An adversarial round: the tracker named the poisoned iter_0000100, iter_0000200 after it healthy; "resume from
+    iter_0000200" said nothing of the tracker, and Megatron resumes what it names: the poisoned one again."""
+    root = tmp_path / "save"
+    _megatron_save(root / "iter_0000050", 50, 1)
+    _megatron_save(root / "iter_0000100", 100, 1, bad=True)
+    _megatron_save(root / "iter_0000200", 200, 1)
+    (root / "latest_checkpointed_iteration.txt").write_text("100")
+    result = run_cli("scan", root, "--no-progress")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"resume from {root}/iter_0000200" in said
+    assert f"write 200 into {root}/latest_checkpointed_iteration.txt" in said, said

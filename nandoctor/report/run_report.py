@@ -403,8 +403,12 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
                      f"the saves after {last_clean.name} out of checkpoints/, then accelerator.load_state() and set "
                      f"accelerator.project_configuration.iteration = {last_clean.step + 1} before the next "
                      "save_state()")
-    elif steps and not repaired and last_clean is not None and last_clean is not run.newest:
-        steps += _resume_pointer(Path(last_clean.path)) + _set_aside_later(run, last_clean)
+    elif steps and not repaired and last_clean is not None:
+        # (the pointer whenever it names another save, the newest healthy one's too: a tracker naming the poisoned
+        # iter_100 under a healthy iter_200 made "resume from iter_200" reload iter_100, an adversarial round)
+        steps += _resume_pointer(Path(last_clean.path))
+        if last_clean is not run.newest:
+            steps += _set_aside_later(run, last_clean)
     return steps
 
 
