@@ -161,3 +161,17 @@ def test_a_field_of_a_newer_transformers_than_the_list_is_asked_of_the_installed
     assert problem is not None and problem.key == "future_field"
     with pytest.raises(TypeError):
         TrainerState(**state)  # the oracle: the installed version refuses it
+
+
+def test_the_newest_checkpoint_s_unresumable_state_is_fixed_in_the_next_step_not_deleted(trainer_run, tmp_path):
+    """An adversarial round: the newest checkpoint's trainer_state.json had an extra key, its weights healthy; the next
+    step called it "an unfinished save: wait for it to finish, or delete it". It says what fixes the file."""
+    run = tmp_path / "run"
+    shutil.copytree(trainer_run, run)
+    path = run / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["bogus_key"] = 1
+    path.write_text(json.dumps(state))
+    text = " ".join(run_cli("scan", run, "--no-progress").output.split())
+    assert "checkpoint-6: its trainer_state.json has a key TrainerState has no field for ('bogus_key')" in text, text
+    assert "delete 'bogus_key' from it" in text and "unfinished save" not in text

@@ -448,12 +448,25 @@ def _resume_pointer(resume: Path) -> list[str]:
             f"{megatron_tracker_text(resume)} into {path_word(folder / MEGATRON_TRACKER)}"]
 
 
+def _incomplete_step(row: RunCheckpoint) -> str:
+    """What to do with a deciding row that is incomplete: wait for an unfinished save or delete it; but where its one
+    reason is a trainer_state.json Trainer cannot resume from, whose weights are whole, what fixes that file (an
+    adversarial round: an extra key in it read "an unfinished save: … or delete it", a healthy checkpoint)."""
+    from nandoctor.checkpoint.loaders import TRAINER_STATE
+    from nandoctor.checkpoint.trainlog import CUT_SHORT, unresumable
+
+    resume = unresumable(Path(row.path) / TRAINER_STATE) if Path(row.path).is_dir() else None
+    if resume is not None and resume is not CUT_SHORT and len(row.incomplete) == 1:
+        return f"{row.name}: its {TRAINER_STATE} {resume.words}; {resume.fix}"
+    return f"{row.name} is an unfinished save: wait for it to finish, or delete it"
+
+
 def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
     """What the run's deciding rows need: finish or drop an unfinished save, then resume or repair."""
     newest, last_clean, targets = run.decider(fail_on), run.last_healthy_under(fail_on), run.repair_targets
     steps: list[str] = []
     if newest is not None and newest.status == INCOMPLETE:
-        steps.append(f"{newest.name} is an unfinished save: wait for it to finish, or delete it")
+        steps.append(_incomplete_step(newest))
     elif newest is not None and newest.status == UNREADABLE:
         errors = newest.report.errors if newest.report is not None else ()
         hint = next((p.hint for p in errors if p.hint), "")
