@@ -434,7 +434,8 @@ def test_a_dry_run_says_when_the_real_run_would_refuse_its_out(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(DEMO_RUN, run)
     for out, said in ((tmp_path / "no" / "out", "the folder that should hold --out does not exist"),
-                      (run / "checkpoint-200", "already exists")):
+                      (run / "checkpoint-200", "already exists"),
+                      (run / "checkpoint-200" / "sub", "--out lies inside the donor checkpoint")):
         shown = " ".join(run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", out, "--dry-run",
                                  "--no-progress").output.split())
         assert f"{said}: a repair (without --dry-run) would refuse this --out" in shown, shown

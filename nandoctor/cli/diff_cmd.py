@@ -63,7 +63,8 @@ def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, only
             raise
         from nandoctor.report.diff_json import diff_error_to_json
 
-        echo_json(diff_error_to_json(a, b, error.message, error.hint, error.exit_code))  # (never an empty --json file)
+        echo_json(diff_error_to_json(a, b, error.message, error.hint, error.exit_code,  # (never an empty --json file)
+                                     error.verdict_word))
         fail(error.message, error.hint, error.exit_code)
     if as_json:
         from nandoctor.report.diff_json import diff_to_json

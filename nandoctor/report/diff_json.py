@@ -94,14 +94,15 @@ def diff_to_json(report: DiffReport, *, everything: bool = True) -> dict[str, An
     }
 
 
-def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int) -> dict[str, Any]:
+def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int, word: str = "UNREADABLE") -> dict[str, Any]:
     """The JSON of a diff that could not start (a side missing or refused): the diff schema with no tensors and the
-    one problem, so that ``diff --json > d.json`` never leaves an empty file (a review's CI step tripped on one)."""
+    one problem, its verdict ``word`` the error's (NO CHECKPOINT for a folder whose checkpoints lie below it, as scan
+    says), so that ``diff --json > d.json`` never leaves an empty file (a review's CI step tripped on one)."""
     return {
         "nandoctor_diff": DIFF_SCHEMA,
         "a": a,
         "b": b,
-        "summary": {"verdict": "UNREADABLE" if code == 3 else "ERROR", "exit_code": code, "same": False,
+        "summary": {"verdict": word, "exit_code": code, "same": False,
                     "complete": False, "tensors": 0, "counts": {}, "bytes_read": 0, "seconds": 0.0},
         "changed_layer_ranges": [],
         "cast_layer_ranges": [],

@@ -216,6 +216,7 @@ def repair(
         if out_path is not None:  # (an --out the repair would refuse, said before it is run: a review's read PLAN COMPLETE)
             try:
                 check_out(out_path, source)
+                check_out_of_donors(out_path, [c.path for c in catalogs])
             except (RepairRefusedError, OutputExistsError) as refused:
                 notes += (f"{refused.message}: a repair (without --dry-run) would refuse this --out; {refused.hint}",)
         return RepairResult(
