@@ -435,7 +435,7 @@ def test_a_dry_run_says_when_the_real_run_would_refuse_its_out(tmp_path):
     shutil.copytree(DEMO_RUN, run)
     for out, said in ((tmp_path / "no" / "out", "the folder that should hold --out does not exist"),
                       (run / "checkpoint-200", "already exists"),
-                      (run / "checkpoint-200" / "sub", "--out lies inside the donor checkpoint")):
+                      (run / "checkpoint-200" / "sub", f"--out lies inside the donor checkpoint {run}/checkpoint-200")):
         shown = " ".join(run_cli("repair", run / "checkpoint-300", "--from", "auto", "--out", out, "--dry-run",
                                  "--no-progress").output.split())
         assert f"{said}: a repair (without --dry-run) would refuse this --out" in shown, shown
