@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -346,19 +347,25 @@ def _all_zero_rows(tensors: TensorResults) -> list[int]:
     no NaN/Inf, largest finite magnitude 0 (and, where that was sampled — below 2.0 in a large tensor — every element
     counted a zero)."""
     max_abs, zeros = tensors.max_abs, tensors.zeros
-    if 0.0 not in max_abs and not any(zeros) and min(filter(None, max_abs), default=1.0) > _TINY:
-        return []  # (C-level scans: no tensor is all zero, or nearly, or tiny throughout)
     refs = tensors.refs
-    roles, numels, nan, posinf, neginf = refs.roles, refs.numels(), tensors.nan, tensors.posinf, tensors.neginf
+    numels = refs.numels()
+    # (C-level scans first: no tensor is all zero, tiny throughout, or non-zero in fewer elements than the most any
+    # tensor may hold and still be as good as zero; a million tensors are then not looped over)
+    if (0.0 not in max_abs and min(filter(None, max_abs), default=1.0) > _TINY
+            and min(map(operator.sub, numels, zeros), default=1) > max(1, max(numels, default=0) // 1000)):
+        return []
+    roles, nan, posinf, neginf = refs.roles, tensors.nan, tensors.posinf, tensors.neginf
     names = refs.names
     return [i for i, top in enumerate(max_abs)
             if top is not None and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and numels[i]
             and not (nan[i] + posinf[i] + neginf[i])
             and ((top == 0.0 and (tensors.max_abs_exact[i] or zeros[i] >= numels[i]))
-                 # (as good as zero: not a bias, which starts at zero and may be left so but for a few elements)
+                 # (as good as zero: not a bias, which starts at zero and may be left so but for a few elements; a
+                 # largest magnitude of 0 that was sampled says nothing of the lanes between (the guard above, a
+                 # review: a tensor zero at exactly the sampled lanes read zeroed), the zeros are counted exactly)
                  or (not names[i].endswith(".bias")
-                     and (top <= _TINY or (numels[i] >= _FEWEST_FOR_ALL_BUT
-                                           and zeros[i] >= numels[i] - max(1, numels[i] // 1000)))))]
+                     and (0.0 < top <= _TINY or (numels[i] >= _FEWEST_FOR_ALL_BUT
+                                                 and zeros[i] >= numels[i] - max(1, numels[i] // 1000)))))]
 
 
 def zero_weights(report: ScanReport) -> set[str]:
