@@ -180,3 +180,23 @@ def test_qwen1_s_w2_reads_the_hidden_state_and_a_guess_no_build_confirms_says_no
     monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: None)  # (a model transformers lacks)
     report = nandoctor.scan(folder)
     assert report.exit_code == 0 and not [n for n in report.notes if "transposed" in n], report.notes
+
+
+def test_convolution_kernels_cross_attention_and_other_layouts_raise_no_suspicion():
+    """A review's sweep of every model transformers ships: SqueezeBERT's projections are 1-wide convolutions
+    ([out, in, 1]), BLIP-2's Q-Former cross-attention reads the encoder's width, RWKV's feed_forward.value writes the
+    hidden state: each raised a suspicion, and a healthy save was built on the meta device on every scan. An
+    unsqueezed linear weight ([1, out, in]) still does."""
+    from nandoctor.checkpoint import tensorkinds
+
+    base = {"model_type": "llama", "hidden_size": 32}
+    conv = {f"encoder.layers.{i}.attention.query.weight": (32, 32, 1) for i in range(3)}
+    assert not list(tensorkinds.suspicions({**base, "model_type": "squeezebert"}, conv))
+    cross = {f"qformer.layer.{i}.crossattention.attention.key.weight": (32, 48) for i in range(3)}
+    assert not list(tensorkinds.suspicions(base, cross))
+    rwkv = {f"rwkv.blocks.{i}.feed_forward.value.weight": (32, 128) for i in range(3)}
+    assert not list(tensorkinds.suspicions({**base, "model_type": "rwkv"}, rwkv))
+    unsqueezed = {f"model.layers.{i}.self_attn.q_proj.weight": (1, 32, 32) for i in range(3)}
+    assert len(list(tensorkinds.suspicions(base, unsqueezed))) == 3
+    transposed = {f"model.layers.{i}.mlp.up_proj.weight": (32, 64) for i in range(3)}  # [hidden, inter]: up reads
+    assert len(list(tensorkinds.suspicions(base, transposed))) == 3

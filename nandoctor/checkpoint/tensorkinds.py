@@ -37,6 +37,12 @@ _CONV1D_MODELS = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clv
 # names a family uses the other way round: Qwen-1's MLP reads the hidden state with both w1 and w2 (its c_proj writes
 # it), where Llama's and Mixtral's w2 writes it (the README's own Qwen-shaped example read "stored transposed?")
 _READS_IN: dict[str, frozenset[str]] = {"qwen": frozenset({"w2"})}
+# models whose projections are named for another layout: RWKV's feed_forward.value writes the hidden state, its
+# attention's value reads it; MobileBERT's and PatchTSMixer's layers are narrower than hidden_size; Zaya's MLP gate has
+# a down_proj of its own (a review's sweep of every model transformers ships: each was built on every scan)
+_NO_ORIENTATION = frozenset({"rwkv", "mobilebert", "patchtsmixer", "zaya"})
+# attention over another stack's states: its key and value read the encoder's width, not hidden_size (BLIP-2's Q-Former)
+_CROSS = re.compile(r"(?:^|\.)(?:crossattention|cross_attention|cross_attn|encoder_attn)\.")
 GUESS = "stored transposed?"  # (how an orientation suspicion ends: a guess by names, only a build can confirm it)
 
 
@@ -59,9 +65,12 @@ def suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> It
         if match is None:
             continue
         want = 2 if match["part"] == "weight" else 1
-        if shape and len(shape) != want:
+        # (more dimensions with a leading 1 are a linear layer's unsqueezed; [out, in, k …] is a convolution's kernel,
+        # a projection of SqueezeBERT, DAC, SwiftFormer)
+        if shape and (len(shape) < want or (len(shape) > want and (want == 1 or shape[0] == 1))):
             yield name, f"a linear layer's {match['part']} has {want} dimension(s), this one is stored with {len(shape)}"
-        elif oriented and want == 2 and family_of(name) != name:  # (in the layers: a head's out_proj has labels)
+        elif (oriented and want == 2 and len(shape) == 2 and family_of(name) != name  # (a head's out_proj has labels)
+              and config.get("model_type") not in _NO_ORIENTATION and not _CROSS.search(name)):
             reads = match["module"] in _READS or match["module"] in _READS_IN.get(str(config.get("model_type")), ())
             why = _orientation(match["module"], reads, shape, hidden_key, hidden,
                                conv1d=conv1d and match["module"][:2] == "c_")
