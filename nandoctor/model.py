@@ -615,6 +615,7 @@ class ScanProblem:
     message: str
     hint: str = ""
     kind: str = "unreadable"
+    tensors: tuple[str, ...] = ()  # the tensors it leaves unread or not exactly counted, where it names some
 
 
 @dataclass(frozen=True, slots=True)

@@ -1250,11 +1250,11 @@ def health_unchecked(report: ScanReport) -> tuple[TensorResult, ...]:
     if None not in tensors.max_abs:
         return ()
     roles, hold = tensors.refs.roles, tensors.can_hold_nonfinite
-    # (a tensor a problem names as not read, an overlapping view refused before reading: never called finite)
-    refused = " ".join(p.message for p in report.errors)
+    # (a tensor a problem names as not exactly counted, an overlapping view too wide to map: never called finite)
+    refused = {name for p in report.errors for name in p.tensors}
     return tuple(tensors[i] for i, top in enumerate(tensors.max_abs)
                  if top is None and roles[i] == "weight" and hold[i] and tensors[i].ref.numel and not tensors[i].nonfinite
-                 and f"tensor {tensors[i].name!r}" not in refused)
+                 and tensors[i].name not in refused)
 
 
 def trainer_nonfinite(report: ScanReport) -> tuple[TensorResult, ...]:

@@ -45,7 +45,8 @@ def with_every_list_filled(part: dict[str, Any]) -> dict[str, Any]:
     (unviewed storage bytes, problems, experts, a share's histogram), so that their keys are fuzzed too."""
     part = copy.deepcopy(part)
     part["unviewed"] = [{"file": part["target"], "storage": "3", "nan": 1, "posinf": 0, "neginf": 0, "kind": "storage"}]
-    problem = {"path": part["target"], "message": "cannot read it", "hint": "check it", "kind": "unreadable"}
+    problem = {"path": part["target"], "message": "cannot read it", "hint": "check it", "kind": "unreadable",
+               "tensors": ["a.weight"]}
     part["problems"], part["checkpoint_problems"] = [problem], [dict(problem)]
     part["tensors"][0]["experts"] = [1, 0]
     part["shares"][0]["census"]["histogram"] = [0] * 256  # F32: 2^8 biased exponents

@@ -198,7 +198,8 @@ def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, fai
     whole and in order (viewcensus.py), the results, the per-expert counts. Empties ``jobs``."""
     problems = _outlier_pass([j for j in jobs if j.region.file not in failed], limits)
     # (a view whose elements cannot be told apart is refused only where its span holds NaN/Inf: else it holds none)
-    problems += [problem_of(Path(job.views[slot].file), refusal) for job in jobs for slot in sorted(job.refused)
+    problems += [dataclasses.replace(problem_of(Path(job.views[slot].file), refusal), tensors=(job.views[slot].name,))
+                 for job in jobs for slot in sorted(job.refused)
                  if _holds_any(job.tallies[slot]) and (refusal := unattributable(job.views[slot])) is not None]
     view_problems, notes = census_views(jobs, limits, failed)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
