@@ -1,7 +1,7 @@
 """The one compiled piece, optional: nandoctor._fused (a chunk's CRC-32 and segment ORs in one pass).
 
 Everything else is in pyproject.toml. Where no C compiler is at hand the build skips the extension
-(``optional=True``) and the scan keeps its two passes (nandoctor/crc.py says which one runs).
+(``optional=True``) and the scan keeps its two passes (nandoctor/kernels/fused.py says which runs).
 """
 
 import sys

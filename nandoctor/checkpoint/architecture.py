@@ -589,6 +589,11 @@ def _gives(config: dict[str, Any], key: str) -> bool:
 
 _KEY_PROJECTION = re.compile(r"^(?P<block>.*\.)k_proj\.weight$")
 _ROUTED = re.compile(r"^(?:num_experts_per_tok|moe_top_?k|moe_k|n_activated_experts|experts_per_token)$")
+
+
+def _gives_routing(config: dict[str, Any]) -> bool:
+    """Whether config.json's top level names how many experts route each token (a value, not null)."""
+    return any(_ROUTED.search(k) and v is not None for k, v in config.items())
 # an expert's weight (per expert, fused, shared): Mixtral's experts.0.w1.weight, transformers 5's experts.gate_up_proj,
 # Qwen2-MoE's shared_expert.up_proj.weight; not a quantizer's scales (FP8's weight_scale_inv)
 _EXPERT_WEIGHT = re.compile(r"\.(?:experts?|shared_experts?)\.(?:.*\.weight|[a-z_]*proj)$")
@@ -671,7 +676,7 @@ def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     expert = next((name for name in stored if ".experts." in name), None)
     if expert is not None and not _gives(config, "num_local_experts"):  # (Mixtral's default: 8 experts)
         yield _SIZE_SUSPICION, f"{_GIVES_NO} num_local_experts (the class's default is built), {expert} is stored"
-    if expert is not None and not any(_ROUTED.search(k) and v is not None for k, v in config.items()):
+    if expert is not None and not _gives_routing(config):
         # (the class's default top-k may exceed the experts stored: Qwen3-MoE's 8 over 4 loads, and generate raises)
         yield _SIZE_SUSPICION, f"{_GIVES_NO} num_experts_per_tok (the class's default is built), {expert} is stored"
     unsized = _unsized_expert_dimension(config, stored)
@@ -870,7 +875,7 @@ def _default_routing(root: Path, config: dict[str, Any], stored: dict[str, tuple
     """BAD CONFIG where config.json gives no num_experts_per_tok over stored experts and the class's default routes
     to more experts than the model has (Qwen2-MoE's 4, Qwen3-MoE's 8 over 3: from_pretrained loads it, and generate
     raises "selected index k out of range"; a helper's trial read CLEAN), else None."""
-    if (any(_ROUTED.search(k) and v is not None for k, v in config.items())
+    if (_gives_routing(config)
             or not any(".experts." in name for name in stored)):
         return None
     wrong = routing_problems("", built.values)

@@ -63,8 +63,9 @@ def diff(a: str, b: str, as_json: bool, show_all: bool, both_formats: bool, only
             raise
         from nandoctor.report.diff_json import diff_error_to_json
 
+        side = next((side for side in (a, b) if error.message.startswith(f"{side}: ")), "")
         echo_json(diff_error_to_json(a, b, error.message, error.hint, error.exit_code,  # (never an empty --json file)
-                                     error.verdict_word))
+                                     error.verdict_word, side))
         fail(error.message, error.hint, error.exit_code)
     if as_json:
         from nandoctor.report.diff_json import diff_to_json

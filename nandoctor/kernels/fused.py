@@ -35,6 +35,13 @@ def _native() -> Any:
     return _fused if _fused.available() else None
 
 
+def _required() -> Any:
+    native = _native()
+    if native is None:  # (a caller's bug: available() says where it runs)
+        raise RuntimeError("nandoctor._fused is not available here: check kernels.fused.available() first")
+    return native
+
+
 def available() -> bool:
     """Whether the one-pass CRC-32 and segment ORs run here."""
     return _native() is not None
@@ -44,20 +51,16 @@ def crc32_ors(data: np.ndarray, value: int) -> tuple[int, np.ndarray | None]:
     """(CRC-32 of ``data`` continued from ``value``, as zlib.crc32 gives it; the OR of each 64 KiB segment's
     uint64 words, as census.segment_ors gives it, or None where ``data`` is not 8-byte aligned or holds no
     whole word). Only to be called where :func:`available` is True."""
-    native = _native()
-    assert native is not None, "crc32_ors called where the compiled pass does not run"
+    native = _required()
     ors = _ors_for(data)
-    value = native.crc32_ors(data, value, ors)
-    assert value is not None
-    return value, ors
+    return int(native.crc32_ors(data, value, ors) or 0), ors
 
 
 def segment_ors(data: np.ndarray) -> np.ndarray | None:
     """census.segment_ors of an 8-byte aligned chunk, read at the machine's pace (a chunk owing no CRC-32: the
     census's one pass, compiled); None where ``data`` is not 8-byte aligned or holds no whole word. Only to be
     called where :func:`available` is True."""
-    native = _native()
-    assert native is not None, "segment_ors called where the compiled pass does not run"
+    native = _required()
     ors = _ors_for(data)
     if ors is not None:
         native.crc32_ors(data, None, ors)

@@ -94,10 +94,12 @@ def diff_to_json(report: DiffReport, *, everything: bool = True) -> dict[str, An
     }
 
 
-def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int, word: str = "UNREADABLE") -> dict[str, Any]:
+def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int, word: str = "UNREADABLE",
+                       path: str = "") -> dict[str, Any]:
     """The JSON of a diff that could not start (a side missing or refused): the diff schema with no tensors and the
     one problem, its verdict ``word`` the error's (NO CHECKPOINT for a folder whose checkpoints lie below it, as scan
-    says), so that ``diff --json > d.json`` never leaves an empty file (a review's CI step tripped on one)."""
+    says; ``path``: the side it is of, where known), so that ``diff --json > d.json`` never leaves an empty file (a
+    review's CI step tripped on one); the problem as scan's error object has it."""
     return {
         "nandoctor_diff": DIFF_SCHEMA,
         "a": a,
@@ -107,6 +109,7 @@ def diff_error_to_json(a: str, b: str, message: str, hint: str, code: int, word:
         "changed_layer_ranges": [],
         "cast_layer_ranges": [],
         "tensors": [],
-        "problems": [{"path": "", "message": message, "hint": hint}],
+        "problems": [{"path": path, "message": message.removeprefix(f"{path}: ") if path else message, "hint": hint,
+                      "kind": "unreadable" if word == "UNREADABLE" else "error"}],
         "notes": [],
     }

@@ -226,13 +226,14 @@ def donor_already(plan: RepairPlan, report: ScanReport, catalogs: Sequence[Donor
         return None
     # (a backup copy of the target itself holds its restored tensors too, but for their damaged values: no doubt)
     differences = [_otherwise_different(r.target_ref, r.donor_ref) for r in restored]
-    if not any(differences) and False in differences:
+    trained_apart = any(d is True for d in differences)
+    if not trained_apart and any(d is False for d in differences):  # (the donor's values but for the damage)
         return None
     for ref in kept:
         other = theirs.get(ref.name)
         if other is None or other.shape != ref.shape or not _same_values(ref, other):
             return None
-    return DonorAlready(donor.path, len(restored), len(kept), any(differences))
+    return DonorAlready(donor.path, len(restored), len(kept), trained_apart)
 
 
 def _same_values(ours: TensorRef, theirs: TensorRef) -> bool:
