@@ -25,8 +25,8 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.checkpoint import loaders
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.checkpoint.lightninglogs import version_saves
 from nandoctor.checkpoint.steps import DEEPSPEED_LATEST, DEEPSPEED_STATES, MEGATRON_RANK, checkpoints_in, deepspeed_tag
-from nandoctor.checkpoint.trainlog import version_saves
 from nandoctor.errors import (
     CheckpointNotFoundError,
     CheckpointsElsewhereError,
@@ -334,7 +334,7 @@ def _nothing_found(root: Path) -> UnsupportedFormatError:
 
 
 def _version_folders(deeper: list[Path]) -> list[Path]:
-    """The Lightning logger version folders (trainlog.version_saves) whose ``checkpoints/`` of ``.ckpt`` files are all
+    """The Lightning logger version folders (lightninglogs.version_saves) whose ``checkpoints/`` of ``.ckpt`` files are all
     of ``deeper``, in its order; [] where any is not (runs are named only where all of them are)."""
     versions = []
     for folder in deeper:

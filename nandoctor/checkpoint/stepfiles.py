@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from nandoctor.checkpoint.trainlog import version_saves
+from nandoctor.checkpoint.lightninglogs import version_saves
 
 LIGHTNING_SUFFIX = ".ckpt"
 # Lightning's ModelCheckpoint names files from its ``filename`` template; the default and most
@@ -49,6 +49,7 @@ _MODEL_WORDS = frozenset({"model", "models", "weights", "weight", "checkpoint", 
                           "params", "parameters"})
 _EPOCH_FILE = re.compile(r"(?:^|[-_.])epoch=\d+(?=[-_.=]|\.ckpt$)")  # a ModelCheckpoint name with {epoch}, no {step}
 LAST = "last"  # ModelCheckpoint.CHECKPOINT_NAME_LAST; ckpt_path="last" matches ``^last(-(\d+))?`` on the stem
+
 
 
 # A hand-written training loop's saves, one file a save (``torch.save(state, f"step_{n}.pt")``, ``ckpt_1000.pth``,

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nandoctor import access
 from nandoctor.checkpoint.jsonfiles import number
 from nandoctor.checkpoint.trainerstate import ResumeProblem, resume_problem
 
@@ -509,23 +508,6 @@ def metrics_csv_near(folder: Path) -> Path | None:
             continue
         candidates += reversed(found)
     return next((c for c in candidates if c.is_file()), None)
-
-
-# Where ModelCheckpoint saves without a dirpath (trainer.log_dir/checkpoints), and what a logger writes beside it in
-# its version folder (CSVLogger: both; TensorBoardLogger: hparams.yaml)
-LIGHTNING_SAVES = "checkpoints"
-LOGGER_FILES = frozenset({METRICS_CSV, "hparams.yaml"})
-
-
-def version_saves(folder: Path, entries: list[Path]) -> Path | None:
-    """The ``checkpoints/`` of a Lightning logger's version folder ``folder`` (listed as ``entries``): a folder
-    holding a logger's files beside it; None for any other folder. (A trial: ``lightning_logs/version_0``, the
-    default layout, exited 3 as UNREADABLE, "subfolder(s) hold weights: checkpoints/", its files healthy.)"""
-    names = {e.name for e in entries}
-    if LIGHTNING_SAVES not in names or not names & LOGGER_FILES:
-        return None
-    saves = Path(folder) / LIGHTNING_SAVES
-    return saves if access.is_dir(saves, refused=False) else None
 
 
 def metrics_near(folder: Path) -> MetricsTable | None:
