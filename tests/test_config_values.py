@@ -510,3 +510,38 @@ def test_the_hub_moved_decoding_modes_are_transformers_own():
 
     moved = {mode.name for mode, where in GENERATION_MODES_MAPPING.items() if "/" in where}
     assert moved == {"DOLA_GENERATION", "CONTRASTIVE_SEARCH", "GROUP_BEAM_SEARCH", "CONSTRAINED_BEAM_SEARCH"}
+
+
+@pytest.mark.parametrize(("family", "key", "value"), [("gptj", "rotary_dim", 64), ("codegen", "rotary_dim", 12),
+                                                      ("gpt_neox", "rotary_pct", 2.0),
+                                                      ("gpt_neox", "rope_parameters.partial_rotary_factor", 2.0)])
+def test_rotary_dimensions_past_a_head_s_are_a_bad_config(tmp_path, family, key, value):
+    """A false-alarm hunt's GPT-J saved with rotary_dim 64 over heads of 8 read CLEAN; generate raises a size
+    mismatch. A head's own rotary_dim (8) or share (0.25) stays clean."""
+    import torch
+    import transformers
+
+    config_class, model_class, sizes = {
+        "gptj": (transformers.GPTJConfig, transformers.GPTJForCausalLM, dict(n_embd=32, n_layer=2, n_head=4)),
+        "codegen": (transformers.CodeGenConfig, transformers.CodeGenForCausalLM,
+                    dict(n_embd=32, n_layer=2, n_head=4, n_ctx=64)),
+        "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,
+                     dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    }[family]
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    healthy = {"rotary_dim": 8}.get(key, 0.25)
+    model_class(config_class(vocab_size=64, **sizes, **{key.rpartition(".")[2]: healthy})).save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    data = json.loads((folder / "config.json").read_text())
+    if key == "rotary_pct":  # (an older save: the share at the top level, no rope_parameters)
+        data.pop("rope_parameters")
+    elif key.startswith("rope_parameters."):
+        data["rope_parameters"] = {**data["rope_parameters"], "partial_rotary_factor": value}
+    (folder / "config.json").write_text(json.dumps({**data, **({} if "." in key else {key: value})}))
+    model = model_class.from_pretrained(folder)
+    with pytest.raises(RuntimeError, match="size of tensor"):  # the oracle
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert f"{key} is {value}" in report.errors[0].message

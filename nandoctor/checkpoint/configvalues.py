@@ -522,10 +522,42 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
               and model_type.startswith(_LOGIT_DIVISORS[key])):
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
     wrong += _rope_thetas(prefix, config)
+    wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
+    return wrong
+
+
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+_HEAD_KEYS = ("num_attention_heads", "n_head")
+
+
+def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
+    """Rotary dimensions past a head's (GPT-J's and CodeGen's ``rotary_dim``, GPT-NeoX's ``rotary_pct`` and
+    ``partial_rotary_factor`` above 1): the rotary embedding is applied to that many dimensions of each head, and
+    generate raises a size mismatch (a false-alarm hunt's GPT-J with rotary_dim 64 over heads of 8 read CLEAN)."""
+    head = config.get("head_dim")
+    if not _int(head) or head <= 0:
+        hidden = next((config[k] for k in _HIDDEN_KEYS if _int(config.get(k)) and config[k] > 0), None)
+        heads = next((config[k] for k in _HEAD_KEYS if _int(config.get(k)) and config[k] > 0), None)
+        head = hidden // heads if hidden is not None and heads is not None else None
+    wrong = []
+    rotary = config.get("rotary_dim")
+    if head is not None and _int(rotary) and rotary > head:
+        wrong.append(f"{prefix}rotary_dim is {rotary}, more than a head's {head} dimensions (the rotary embedding "
+                     "raises a size mismatch as the model generates)")
+    # (transformers 5 reads the share from rope_parameters where config.json has them, else from the top level, as
+    # older saves hold it: a top-level value beside rope_parameters is not read)
+    rope = config.get("rope_parameters")
+    where = rope if isinstance(rope, dict) and "partial_rotary_factor" in rope else config
+    named = "rope_parameters." if where is rope else ""
+    for key in ("rotary_pct", "partial_rotary_factor"):
+        share = where.get(key)
+        if _number(share) and share > 1:
+            wrong.append(f"{prefix}{named}{key} is {share}: more rotary dimensions than a head has (the rotary "
+                         "embedding raises a size mismatch as the model generates)")
     return wrong
 
 
