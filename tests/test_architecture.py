@@ -937,3 +937,21 @@ def test_factorized_embeddings_build_nothing_and_a_wrong_embedding_size_still_fa
         model_class.from_pretrained(folder)
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+
+
+def test_a_sequential_s_modules_and_a_last_stage_without_downsample_build_nothing(tmp_path, monkeypatch):
+    """A false-alarm sweep: every healthy Qwen2-VL save was built on the meta device (seconds a scan) for its merger's
+    mlp.0 and mlp.2, an nn.Sequential's modules of two shapes read as odd siblings; every Swin save for its last stage's
+    missing downsample, a hole by design. One layer transposed among contiguous ones is still suspected."""
+    import transformers
+
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+    stored = {"visual.merger.mlp.0.weight": (128, 512), "visual.merger.mlp.2.weight": (128, 128)}
+    assert not list(architecture._suspicions({"hidden_size": 128}, stored, architecture._stacks(stored)))
+    folder = tmp_path / "swin"
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                                                   num_heads=[1, 1, 1, 1], window_size=2)).save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    odd = {f"model.layers.{i}.mlp.down_proj.weight": (32, 64) for i in range(2)}
+    odd["model.layers.1.mlp.down_proj.weight"] = (64, 32)
+    assert list(architecture._suspicions({"hidden_size": 32}, odd, architecture._stacks(odd)))

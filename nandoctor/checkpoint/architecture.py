@@ -467,6 +467,8 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
                 for number in sorted(numbers - has):
                     if number in dense and (suffix.startswith("mlp.") or "expert" in suffix):
                         continue  # (a layer config.json makes dense has no experts, router or shared experts)
+                    if number == max(numbers) and suffix.startswith("downsample."):
+                        continue  # (a hierarchical model's last stage has nothing to downsample: Swin's, by design)
                     yield f"{stack}.{number}.{suffix}", _HOLE
             elif suffix in moved:
                 yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
@@ -545,14 +547,30 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         family = family_of(name)
         if family != name:
             families.setdefault(family, []).append(name)
-    for members in families.values():
+    for family, members in families.items():
         seen = Counter(stored[m] for m in members)
-        if len(seen) != 2:
+        if len(seen) != 2 or not _contiguous(family, members):
             continue
         (common, _), (odd, count) = seen.most_common()
         if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
+
+
+def _contiguous(family: str, members: list[str]) -> bool:
+    """Whether the members of a family are numbered 0, 1, 2 … with no gap: layers of a stack. An nn.Sequential's
+    modules skip the numbers of those without weights (Qwen2-VL's merger: mlp.0 and mlp.2 beside a GELU at 1), and
+    are different modules, not siblings of one shape (a sweep: every healthy Qwen2-VL save was built for it)."""
+    at = family.find("#")
+    if at < 0:
+        return True
+    numbers = set()
+    for name in members:
+        digits = re.match(r"\d+", name[at:])
+        if digits is None:
+            return True
+        numbers.add(int(digits.group()))
+    return numbers == set(range(len(numbers)))
 
 
 _GIVEN_BY = (  # (a size, what stores a tensor it sizes: config.json without it builds the class's default)
