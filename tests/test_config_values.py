@@ -545,3 +545,32 @@ def test_rotary_dimensions_past_a_head_s_are_a_bad_config(tmp_path, family, key,
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
     assert f"{key} is {value}" in report.errors[0].message
+
+
+@pytest.mark.parametrize(("family", "key", "value"), [("llama", "rms_norm_eps", 1), ("llama", "initializer_range", 0),
+                                                      ("gpt2", "layer_norm_epsilon", 1),
+                                                      ("gemma2", "final_logit_softcapping", 30)])
+def test_an_integer_where_transformers_wants_a_float_is_a_bad_config(tmp_path, family, key, value):
+    """An adversarial round: transformers 5's configs are strict dataclasses, and a field typed float refuses a JSON
+    integer ("Field 'rms_norm_eps' expected float, got int"): a softcap written 30, an epsilon written 1, read CLEAN."""
+    import torch
+
+    config_class, model_class, sizes = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                  dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel, dict(n_embd=32, n_layer=2, n_head=4)),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+                   dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=8)),
+    }[family]
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    model_class(config_class(vocab_size=64, **sizes)).save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, key: value}))
+    with pytest.raises(Exception, match="expected float"):  # the oracle
+        model_class.from_pretrained(folder)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert f"{key} is {value}" in report.errors[0].message

@@ -110,6 +110,12 @@ _FLOAT_FIELDS = frozenset({
     "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "initializer_range", "rope_theta", "attention_dropout",
     "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
     "partial_rotary_factor"})
+# Float fields most configs type as plain ``float``, which refuses a JSON integer ("Field 'rms_norm_eps' expected float,
+# got int": an adversarial round's rms_norm_eps 1, a softcap of 30 read CLEAN); where a class types one ``float | int``
+# the build it asks for clears it
+_STRICT_FLOAT_FIELDS = frozenset({
+    "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "initializer_range", "initializer_factor",
+    "init_std", "final_logit_softcapping", "attn_logit_softcapping", "router_aux_loss_coef", "logit_scale"})
 _DICT_FIELDS = frozenset(_ROPE_KEYS)
 _NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
                          "head_dim"})  # (GPT-Neo's intermediate_size is)
@@ -142,6 +148,8 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
                            "true or false")
         elif key in _FLOAT_FIELDS and not number:
             meant, want = _meant(value, float), "a number"
+        elif key in _STRICT_FLOAT_FIELDS and number and isinstance(value, int):
+            meant, want = float(value), "a float (written with a decimal point)"
         elif key in _DICT_FIELDS and not isinstance(value, dict):
             meant, want = DROP, "an object"
         else:
