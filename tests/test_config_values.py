@@ -574,3 +574,51 @@ def test_an_integer_where_transformers_wants_a_float_is_a_bad_config(tmp_path, f
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
     assert f"{key} is {value}" in report.errors[0].message
+
+
+def _roped(folder, rope=None):
+    """A tiny Phi-3 (longrope) or Llama (other rope types) with ``rope`` merged into its rope_parameters."""
+    import torch
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=64, pad_token_id=0)
+    phi3 = rope is None or rope.get("rope_type") == "longrope"
+    model = transformers.Phi3ForCausalLM(transformers.Phi3Config(**sizes)) if phi3 else \
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes))
+    model.save_pretrained(folder)
+    if rope is not None:
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, "rope_parameters": {**data["rope_parameters"], **rope}}))
+    return folder
+
+
+@pytest.mark.parametrize(("rope", "raised"), [
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 32}, ZeroDivisionError),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 7 + [0.0], "long_factor": [1.0] * 8,
+      "original_max_position_embeddings": 32}, None),  # (loads: every logit NaN)
+    ({"rope_type": "longrope", "short_factor": [1.0, 1.0], "long_factor": [1.0, 1.0],
+      "original_max_position_embeddings": 32}, Exception),
+    ({"rope_type": "linear", "factor": 1e-40}, None),
+])
+def test_rope_settings_that_raise_or_make_nan_are_a_bad_config(tmp_path, rope, raised):
+    """An adversarial round: llama3's low/high_freq_factor 0 (ZeroDivisionError in the build), a longrope factor of 0
+    or lists of the wrong length (NaN logits, or transformers' rope validation), a linear factor of 1e-40 (NaN): each
+    read CLEAN. Healthy longrope lists (a head's rotary dimensions / 2 of them) stay clean."""
+    import torch
+
+    healthy = _roped(tmp_path / "healthy", {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.5] * 8,
+                                           "original_max_position_embeddings": 32})
+    assert nandoctor.scan(healthy).exit_code == 0
+    transformers.AutoModelForCausalLM.from_pretrained(healthy)
+    folder = _roped(tmp_path / "bad", rope)
+    if raised is not None:  # the oracle
+        with pytest.raises(raised):
+            transformers.AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+        with torch.no_grad():
+            assert not torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors

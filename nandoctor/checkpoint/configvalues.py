@@ -534,15 +534,21 @@ _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 _HEAD_KEYS = ("num_attention_heads", "n_head")
 
 
+def _head_dim(config: dict[str, Any]) -> int | None:
+    """A head's dimensions: ``head_dim``, else the hidden size over the heads; None where config.json gives neither."""
+    head = config.get("head_dim")
+    if _int(head) and head > 0:
+        return head
+    hidden = next((config[k] for k in _HIDDEN_KEYS if _int(config.get(k)) and config[k] > 0), None)
+    heads = next((config[k] for k in _HEAD_KEYS if _int(config.get(k)) and config[k] > 0), None)
+    return hidden // heads if hidden is not None and heads is not None else None
+
+
 def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
     """Rotary dimensions past a head's (GPT-J's and CodeGen's ``rotary_dim``, GPT-NeoX's ``rotary_pct`` and
     ``partial_rotary_factor`` above 1): the rotary embedding is applied to that many dimensions of each head, and
     generate raises a size mismatch (a false-alarm hunt's GPT-J with rotary_dim 64 over heads of 8 read CLEAN)."""
-    head = config.get("head_dim")
-    if not _int(head) or head <= 0:
-        hidden = next((config[k] for k in _HIDDEN_KEYS if _int(config.get(k)) and config[k] > 0), None)
-        heads = next((config[k] for k in _HEAD_KEYS if _int(config.get(k)) and config[k] > 0), None)
-        head = hidden // heads if hidden is not None and heads is not None else None
+    head = _head_dim(config)
     wrong = []
     rotary = config.get("rotary_dim")
     if head is not None and _int(rotary) and rotary > head:
@@ -600,11 +606,31 @@ def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
             found.append(f"{prefix}{where}rope_theta is {theta} (the rotary frequencies 1/theta^(2i/d) are Inf or NaN: "
                          "every query and key past the first position NaN)")
         factor = values.get("factor")
-        if values.get("rope_type", values.get("type")) in ("linear", "yarn", "llama3") and _number(factor) and factor == 0:
+        kind = values.get("rope_type", values.get("type"))
+        # (a factor below 2^-100 divides as 0 does in float32: an adversarial round's 1e-40 read CLEAN, logits NaN)
+        if kind in ("linear", "yarn", "llama3") and _number(factor) and 0 <= factor < _TINY_FACTOR:
             # (transformers 5.25: linear divides the frequencies by it, yarn takes its log; a trial's logits NaN)
-            found.append(f"{prefix}{where}factor is 0 for {values.get('rope_type', values.get('type'))} rope "
-                         "scaling (the frequencies are divided by it: every query and key NaN)")
+            found.append(f"{prefix}{where}factor is {factor} for {kind} rope scaling (the frequencies are divided "
+                         "by it: every query and key NaN)")
+        if kind == "llama3":  # (its wavelength bounds divide by them: ZeroDivisionError while the model is built)
+            found += [f"{prefix}{where}{key} is {values[key]} for llama3 rope scaling (the model's build divides by "
+                      "it: from_pretrained raises ZeroDivisionError)"
+                      for key in ("low_freq_factor", "high_freq_factor") if _number(values.get(key)) and values[key] == 0]
+        if kind == "longrope":  # (each frequency is divided by its factor: a 0 makes every query and key NaN)
+            found += [f"{prefix}{where}{key} holds {bad} (longrope divides each frequency by its factor: every query "
+                      "and key NaN)" for key in ("short_factor", "long_factor")
+                      if isinstance(values.get(key), list)
+                      and (bad := next((v for v in values[key] if _number(v) and v <= 0), None)) is not None]
+            head, share = _head_dim(config), values.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+            rotary = int(head * share) if head is not None and _number(share) and 0 < share <= 1 else None
+            found += [f"{prefix}{where}{key} holds {len(values[key])} factors, where a head's {rotary} rotary dimensions "
+                      f"take {rotary // 2} (transformers' rope validation refuses it as the model loads)"
+                      for key in ("short_factor", "long_factor")
+                      if rotary and isinstance(values.get(key), list) and len(values[key]) != rotary // 2]
     return found
+
+
+_TINY_FACTOR = 2.0**-100
 
 
 def _slides(model_type: str, config: dict[str, Any]) -> bool:
