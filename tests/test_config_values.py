@@ -622,3 +622,28 @@ def test_rope_settings_that_raise_or_make_nan_are_a_bad_config(tmp_path, rope, r
             assert not torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+
+
+def test_an_index_entry_for_a_rebuilt_buffer_no_shard_holds_is_a_note(tmp_path):
+    """An adversarial round: an old conversion's index still mapping model.layers.0.self_attn.rotary_emb.inv_freq
+    (a buffer the model computes) read UNREADABLE, exit 3; from_pretrained ignores the entry, loads and generates."""
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path / "sharded"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    )).save_pretrained(folder, max_shard_size="20KB")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"]["model.layers.0.self_attn.rotary_emb.inv_freq"] = first
+    index_path.write_text(json.dumps(index))
+    model = transformers.LlamaForCausalLM.from_pretrained(folder)  # the oracle
+    model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0, report.errors
+    assert any("rotary_emb.inv_freq" in note and "loaders ignore the entries" in note for note in report.notes)
+    index["weight_map"]["model.layers.0.mlp.lost.weight"] = first  # (a weight no shard holds: still a problem)
+    index_path.write_text(json.dumps(index))
+    assert nandoctor.scan(folder).exit_code == 3
