@@ -647,3 +647,44 @@ def test_an_index_entry_for_a_rebuilt_buffer_no_shard_holds_is_a_note(tmp_path):
     index["weight_map"]["model.layers.0.mlp.lost.weight"] = first  # (a weight no shard holds: still a problem)
     index_path.write_text(json.dumps(index))
     assert nandoctor.scan(folder).exit_code == 3
+
+
+def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
+    """An adversarial round: gemma2's query_pre_attn_scalar 0 (the build raises ZeroDivisionError), granite's
+    embedding_multiplier 0 (every logit 0: the output ignores the prompt), T5's relative_attention_max_distance within
+    its exact buckets (generate raises on a longer input) each read CLEAN. The healthy saves stay clean."""
+    import torch
+
+    torch.manual_seed(0)
+    cases = [
+        (transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8)), {"query_pre_attn_scalar": 0}),
+        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+         {"embedding_multiplier": 0.0}),
+        (transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)),
+         {"relative_attention_max_distance": 8}),
+    ]
+    for n, (model, edit) in enumerate(cases):
+        folder = tmp_path / str(n)
+        model.save_pretrained(folder)
+        assert nandoctor.scan(folder).exit_code == 0
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, **edit}))
+        key = next(iter(edit))
+        if key == "query_pre_attn_scalar":  # the oracles
+            with pytest.raises(ZeroDivisionError):
+                type(model).from_pretrained(folder)
+        elif key == "embedding_multiplier":
+            loaded = type(model).from_pretrained(folder)
+            with torch.no_grad():
+                assert float(loaded(torch.tensor([[1, 2, 3]])).logits.abs().max()) == 0.0
+        else:
+            loaded = type(model).from_pretrained(folder)
+            with pytest.raises(IndexError):
+                loaded.generate(torch.arange(1, 41).reshape(1, 40) % 60 + 1, max_new_tokens=2, do_sample=False)
+        report = nandoctor.scan(folder)
+        assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], (key, report.errors)
+        assert f"{key} is" in report.errors[0].message

@@ -477,6 +477,12 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 # config values the logits (or the last hidden state) are divided by, by the model types whose code divides: 0 makes
 # every logit Inf or NaN (HyperCLOVA X multiplies by its logits_scaling instead: not listed)
 _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
+# config values a model multiplies its input embeddings by, or raises to a negative power: 0 makes every logit 0 (the
+# output no longer depends on the prompt) or the build raise ZeroDivisionError (an adversarial round's each read CLEAN)
+_ZERO_BREAKS = {"embedding_multiplier": (("granite",), "the embeddings are multiplied by it: every logit is 0 and the "
+                                         "output no longer depends on the prompt"),
+                "query_pre_attn_scalar": (("gemma", "t5gemma", "vaultgemma"), "the attention scale is its -1/2 power: "
+                                          "the model's build raises ZeroDivisionError")}
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
 # (PhiMoE's sparsemixer routes every token to two experts whatever num_experts_per_tok says: a helper's trial of 5
 # over 3 experts loaded and generated, and was called BAD CONFIG)
@@ -521,9 +527,18 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         elif (key in _LOGIT_DIVISORS and _number(value) and value == 0
               and model_type.startswith(_LOGIT_DIVISORS[key])):
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
+        elif key in _ZERO_BREAKS and _number(value) and value == 0 and model_type.startswith(_ZERO_BREAKS[key][0]):
+            wrong.append(f"{prefix}{key} is 0 ({_ZERO_BREAKS[key][1]})")
     wrong += _rope_thetas(prefix, config)
     wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
+    buckets, distance = config.get("relative_attention_num_buckets"), config.get("relative_attention_max_distance")
+    if (model_type.startswith(("t5", "mt5", "umt5", "longt5")) and _int(buckets) and _int(distance)
+            and distance <= buckets // 4):
+        # (its log-spaced buckets start past the exact ones: log(distance / exact) is a math domain error at 0 and an
+        # index past the table once an input is longer than it, an adversarial round)
+        wrong.append(f"{prefix}relative_attention_max_distance is {distance}, within the {buckets // 4} exact buckets of "
+                     f"{buckets} (the attention's bucketing fails on inputs longer than it)")
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
