@@ -275,3 +275,30 @@ def test_unigram_pieces_that_spell_brackets_are_counted_once(tmp_path):
     for pretty in (True, False):  # (indented: entries counted by line; one line: by a string-aware pattern)
         Tokenizer(models.Unigram(pieces, unk_id=0)).save(str(tmp_path / "t.json"), pretty=pretty)
         assert tokenizerfiles._last_vocab_ids((tmp_path / "t.json").read_bytes()) == [99]
+
+
+@pytest.mark.parametrize(("file", "edit"), [
+    ("tokenizer.json", lambda d: d["model"].update(type="Foo")),  # (a model type this tokenizers does not know)
+    ("tokenizer.json", lambda d: d.pop("model")),
+    ("tokenizer_config.json", lambda d: d.update(padding_side="middle")),
+])
+def test_a_tokenizer_the_library_cannot_build_is_bad_config(tmp_path, file, edit):
+    """An adversarial round: a tokenizer.json that is valid JSON but no tokenizer ("data did not match any variant of
+    untagged enum ModelUntagged", "Model missing"), and a padding side of "middle": AutoTokenizer raises, and each
+    read CLEAN. The healthy save stays clean."""
+    import json
+
+    folder = tmp_path / "model"
+    tokenizer = _tokenizer()
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert nandoctor.scan(folder).exit_code == 0
+    data = json.loads((folder / file).read_text())
+    edit(data)
+    (folder / file).write_text(json.dumps(data))
+    assert _oracle(folder) == "tokenizer"
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert report.errors[0].path == str(folder / file)

@@ -93,6 +93,7 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
     tokens: dict[int, _Token] = {}
     tokenizer_config = _read(root / TOKENIZER_CONFIG, found)
     settings = tokenizer_config if isinstance(tokenizer_config, dict) else {}
+    found += _sides(root / TOKENIZER_CONFIG, settings)
     decoder = settings.get("added_tokens_decoder")
     if isinstance(decoder, dict):
         for key, token in decoder.items():
@@ -189,6 +190,14 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
         if not isinstance(data, dict):
             return _TokenizerJson()
         model = data.get("model")
+        kind = model.get("type") if isinstance(model, dict) else None
+        if (kind is not None and kind not in _MODEL_TYPES) or model is None:
+            # (JSON, but no tokenizer the tokenizers library builds: "data did not match any variant of untagged enum
+            # ModelUntagged", "Model missing"; an adversarial round's read CLEAN)
+            found.append(_unbuildable(path, f"its model's type is {json.dumps(kind)[:40]}, where the library has "
+                                            f"{', '.join(sorted(_MODEL_TYPES))}" if model is not None
+                                      else "it holds no model"))
+            return _TokenizerJson()
         vocab = model.get("vocab") if isinstance(model, dict) else None
         listed = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
             [len(vocab) - 1] if isinstance(vocab, list) and vocab else [])  # (Unigram: a list of pieces)
@@ -396,6 +405,24 @@ def _absent(path: Path, found: list[ScanProblem]) -> bool:
     if broken is not None:
         found.append(_invalid(path, broken[0]))
     return True
+
+
+_MODEL_TYPES = frozenset({"BPE", "WordPiece", "WordLevel", "Unigram"})  # (the tokenizers library's four models)
+_SIDES = ("padding_side", "truncation_side")  # (a tokenizer pads and truncates on the left or the right, nothing else)
+
+
+def _unbuildable(path: Path, why: str) -> ScanProblem:
+    return ScanProblem(str(path), f"is no tokenizer the tokenizers library builds ({why}): AutoTokenizer.from_pretrained "
+                       "raises on it, so the model loads without the tokenizer saved with it",
+                       f"copy {path.name}{_HINT}", kind=CONFIG_KIND)
+
+
+def _sides(path: Path, settings: dict[str, Any]) -> list[ScanProblem]:
+    """A padding or truncation side other than left or right (AutoTokenizer raises ValueError as it loads)."""
+    return [ScanProblem(str(path), f"{key} is {json.dumps(settings[key])[:40]}: AutoTokenizer.from_pretrained raises "
+                        "ValueError (a side is \"left\" or \"right\")", f"set {key} to \"left\" or \"right\"",
+                        kind=CONFIG_KIND)
+            for key in _SIDES if key in settings and settings[key] not in ("left", "right")]
 
 
 def _invalid(path: Path, why: str) -> ScanProblem:
