@@ -89,7 +89,7 @@ def test_a_link_farm_keeps_its_links_out(tmp_path: Path) -> None:
     "Unrecognized model"), never read and copied: a crafted farm's tokenizer.model → a private key puts no key in
     the output (a review found it copied)."""
     target, donor = pair(tmp_path)
-    (target / "tokenizer.json").write_text('{"added_tokens": []}')
+    (target / "tokenizer.json").write_text('{"added_tokens": [], "model": {"type": "WordLevel", "vocab": {}, "unk_token": "u"}}')
     secret = tmp_path / "home" / ".ssh" / "id_rsa"
     secret.parent.mkdir(parents=True)
     secret.write_text("a private key")
