@@ -34,7 +34,7 @@ from nandoctor.engine.chunkcensus import measure_whole
 from nandoctor.engine.chunks import Measured, merge_chunks
 from nandoctor.engine.experts import with_expert_counts
 from nandoctor.engine.intcast import judged_casts
-from nandoctor.engine.jobs import OutlierFind, RegionJob, Tally, plan_jobs, results
+from nandoctor.engine.jobs import OutlierFind, RegionJob, plan_jobs, results
 from nandoctor.engine.pipeline import Pipeline, ProgressCallback
 from nandoctor.engine.scaled import judged_scales
 from nandoctor.engine.small import SmallTensors, plan_small
@@ -188,10 +188,6 @@ def scan_jobs(
     return found
 
 
-def _holds_any(tally: Tally) -> bool:
-    return bool(tally.nan or tally.posinf or tally.neginf)
-
-
 def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, failed: set[str]) -> Scanned:
     """What is left once every chunk of ``jobs`` is in (of one scan, or merged from parts): the outlier
     pass (not over regions of the ``failed`` files), the census of torch views that do not read their region
@@ -200,7 +196,7 @@ def finish_jobs(jobs: list[RegionJob], kernel: Kernel, limits: HealthLimits, fai
     # (a view whose elements cannot be told apart is refused only where its span holds NaN/Inf: else it holds none)
     problems += [dataclasses.replace(problem_of(Path(job.views[slot].file), refusal), tensors=(job.views[slot].name,))
                  for job in jobs for slot in sorted(job.refused)
-                 if _holds_any(job.tallies[slot]) and (refusal := unattributable(job.views[slot])) is not None]
+                 if job.tallies[slot].nonfinite and (refusal := unattributable(job.views[slot])) is not None]
     view_problems, notes = census_views(jobs, limits, failed)
     tensors, unviewed = results(jobs, [view for job in jobs for view in job.views])
     tensors, expert_problems = with_expert_counts(tensors, kernel)

@@ -46,6 +46,10 @@ class Tally:
     overflow: int = 0
     max_bits: int = -1  # largest finite magnitude from the overflow pass; -1: none seen
 
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
     def add_overflow(self, counts: OverflowCounts) -> None:
         self.overflow += counts.overflow
         self.max_bits = max(self.max_bits, counts.max_bits)

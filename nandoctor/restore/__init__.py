@@ -78,7 +78,7 @@ def repair(
     from nandoctor.checkpoint.loaddtype import implied_target
     from nandoctor.checkpoint.runcontext import judge_in_run, judged_in_run
     from nandoctor.checkpoint.stepfiles import step_files_kind
-    from nandoctor.engine import scan_as_loaded
+    from nandoctor.engine import scan, scan_as_loaded
     from nandoctor.fileidentity import fingerprint
     from nandoctor.kernels.targets import target as cast_target
     from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
@@ -151,7 +151,7 @@ def repair(
     inputs = {str(f): fingerprint(f) for f in files.files}  # before the scan: a later change is caught
     loads_in = implied_target(target_path)  # what the target, its donors' tensors and the output are judged as loaded in
     loads_as = cast_target(loads_in).loads_as if loads_in is not None else None
-    report = scan_as_loaded(target_path, device="cpu", progress=progress, limits=limits, selection=selection)
+    report = scan(target_path, device="cpu", progress=progress, limits=limits, selection=selection, target_dtype=loads_in)
     if report.errors and not verdict.weight_errors(report):  # (a config file's values: no tensor restores them)
         first = report.errors[0]
         raise RepairRefusedError(
