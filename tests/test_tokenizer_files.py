@@ -277,17 +277,22 @@ def test_unigram_pieces_that_spell_brackets_are_counted_once(tmp_path):
         assert tokenizerfiles._last_vocab_ids((tmp_path / "t.json").read_bytes()) == [99]
 
 
+@pytest.mark.parametrize("full_parse_bytes", [tokenizerfiles.FULL_PARSE_BYTES, 0], ids=["parsed", "bytes-only"])
 @pytest.mark.parametrize(("file", "edit"), [
     ("tokenizer.json", lambda d: d["model"].update(type="Foo")),  # (a model type this tokenizers does not know)
     ("tokenizer.json", lambda d: d.pop("model")),
+    ("tokenizer.json", lambda d: d.update(model=None)),
+    ("tokenizer.json", lambda d: d.update(model=[d["model"]])),
     ("tokenizer_config.json", lambda d: d.update(padding_side="middle")),
-])
-def test_a_tokenizer_the_library_cannot_build_is_bad_config(tmp_path, file, edit):
+], ids=["unknown-type", "no-model", "null-model", "model-in-a-list", "padding-side"])
+def test_a_tokenizer_the_library_cannot_build_is_bad_config(tmp_path, monkeypatch, file, edit, full_parse_bytes):
     """An adversarial round: a tokenizer.json that is valid JSON but no tokenizer ("data did not match any variant of
     untagged enum ModelUntagged", "Model missing"), and a padding side of "middle": AutoTokenizer raises, and each
-    read CLEAN. The healthy save stays clean."""
+    read CLEAN. The healthy save stays clean. A tokenizer.json too large to parse (Llama 3's, 9 MB) is read as bytes
+    (its model's type from its head): the same answer, written as the tokenizers library writes it."""
     import json
 
+    monkeypatch.setattr(tokenizerfiles, "FULL_PARSE_BYTES", full_parse_bytes)
     folder = tmp_path / "model"
     tokenizer = _tokenizer()
     model = tiny_llama()
@@ -297,7 +302,7 @@ def test_a_tokenizer_the_library_cannot_build_is_bad_config(tmp_path, file, edit
     assert nandoctor.scan(folder).exit_code == 0
     data = json.loads((folder / file).read_text())
     edit(data)
-    (folder / file).write_text(json.dumps(data))
+    (folder / file).write_text(json.dumps(data, indent=2, ensure_ascii=False))  # (as the tokenizers library does)
     assert _oracle(folder) == "tokenizer"
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors

@@ -22,12 +22,13 @@ beyond its text vocabulary (replaced before the lookup), a CTC model (Wav2Vec2) 
 model with its own code (``auto_map``) embeds as it likes. The model loads, so the weights keep their verdict.
 
 A tokenizer.json over 1 MiB (Llama 3's is 9 MB, Gemma's 34: parsing it whole would cost every scan 0.1-1 s) is
-read as bytes, not parsed: its top-level values before the model (added tokens, padding, post-processor) from its
-head, its vocabulary's last ids from where the tokenizers library writes them (in id order: the entries before
-BPE's merges, or at the end of a WordPiece file), and its last bytes, which close the JSON object (at the start of
-a line, in the indented form it writes) unless the file was cut short; and a NUL byte anywhere in it (a zeroed
-page, a copy gone wrong) makes it unreadable too. A large file damaged elsewhere in a way that still reads as
-text (a digit changed, a bracket lost) is not seen: that is the price of not parsing it.
+read as bytes, not parsed: its top-level values before the model (added tokens, padding, post-processor) and the
+model's type (written before its vocabulary) from its head, its vocabulary's last ids from where the tokenizers
+library writes them (in id order: the entries before BPE's merges, or at the end of a WordPiece file), its last
+bytes, which close the JSON object (at the start of a line, in the indented form it writes) unless the file was
+cut short; and a NUL byte anywhere in it (a zeroed page, a copy gone wrong) makes it unreadable too. A large
+file damaged elsewhere in a way that still reads as text (a digit changed, a bracket lost) is not seen: that is
+the price of not parsing it.
 """
 
 from __future__ import annotations
@@ -190,13 +191,9 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
         if not isinstance(data, dict):
             return _TokenizerJson()
         model = data.get("model")
-        kind = model.get("type") if isinstance(model, dict) else None
-        if (kind is not None and kind not in _MODEL_TYPES) or model is None:
-            # (JSON, but no tokenizer the tokenizers library builds: "data did not match any variant of untagged enum
-            # ModelUntagged", "Model missing"; an adversarial round's read CLEAN)
-            found.append(_unbuildable(path, f"its model's type is {json.dumps(kind)[:40]}, where the library has "
-                                            f"{', '.join(sorted(_MODEL_TYPES))}" if model is not None
-                                      else "it holds no model"))
+        why = _unbuilt_model(model)
+        if why is not None:
+            found.append(_unbuildable(path, why))
             return _TokenizerJson()
         vocab = model.get("vocab") if isinstance(model, dict) else None
         listed = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
@@ -220,6 +217,10 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
     while True:
         head, complete = _head_values(raw[:window].decode("utf-8", "replace"))
         if complete or window >= len(raw):
+            why = _unbuilt_model(head.get("model")) if complete else None
+            if why is not None:
+                found.append(_unbuildable(path, why))
+                return _TokenizerJson()
             return _TokenizerJson(_list(head.get("added_tokens")), _last_vocab_ids(raw) if ids else [], _used_ids(head))
         window *= 4
 
@@ -282,33 +283,49 @@ def _entry_ids(window: bytes) -> list[int]:
 
 
 def _head_values(text: str) -> tuple[dict[str, Any], bool]:
-    """(the top-level values of a tokenizer.json before its model: added_tokens, padding, post_processor …,
-    whether that answer is final) from its start, walked key by key; not final when the text ends first."""
-    decoder = json.JSONDecoder()
-    values: dict[str, Any] = {}
-    position = len(text) - len(text.lstrip())
+    """(the top-level values of a tokenizer.json before its model: added_tokens, padding, post_processor …, and
+    the model's own settings before its vocabulary (its type), whether that answer is final) from its start,
+    walked key by key; not final when the text ends first."""
+    position = _skip_space(text, 0)
     if not text.startswith("{", position):
-        return values, True  # (a tokenizer.json of another JSON type: AutoTokenizer's parse says so)
-    position += 1
+        return {}, True  # (a tokenizer.json of another JSON type: AutoTokenizer's parse says so)
+    values: dict[str, Any] = {}
     try:
-        while True:
-            position = _skip_space(text, position)
-            if text.startswith("}", position):
-                return values, True
-            key, position = decoder.raw_decode(text, position)
-            if key == "model":
-                return values, True  # (its vocabulary and merges: the bulk of the file, never parsed)
-            position = _skip_space(text, position)
-            if not text.startswith(":", position):
-                return values, True
-            value, position = decoder.raw_decode(text, _skip_space(text, position + 1))
-            if isinstance(key, str):
-                values[key] = value
-            position = _skip_space(text, position)
-            if text.startswith(",", position):
-                position += 1
+        model_at = _members(text, position + 1, values, "model")
+        if model_at is not None:
+            if text.startswith("{", model_at):  # (its vocabulary and merges: the bulk of the file, never parsed)
+                model: dict[str, Any] = {}
+                _members(text, model_at + 1, model, "vocab", "merges")
+                values["model"] = model
+            else:
+                values["model"] = json.JSONDecoder().raw_decode(text, model_at)[0]
     except (ValueError, RecursionError):
         return values, False  # the head ends inside a value (or the file is not JSON: its tail check's business)
+    return values, True
+
+
+def _members(text: str, position: int, values: dict[str, Any], *stops: str) -> int | None:
+    """Where the value of the first key in ``stops`` starts in the JSON object of ``text`` whose ``{`` ends before
+    ``position`` (None when the object ends first), the members before it put into ``values``. ValueError where the
+    text ends inside a member."""
+    decoder = json.JSONDecoder()
+    while True:
+        position = _skip_space(text, position)
+        if text.startswith("}", position):
+            return None
+        key, position = decoder.raw_decode(text, position)
+        position = _skip_space(text, position)
+        if not text.startswith(":", position):
+            return None
+        position = _skip_space(text, position + 1)
+        if key in stops:
+            return position
+        value, position = decoder.raw_decode(text, position)
+        if isinstance(key, str):
+            values[key] = value
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position += 1
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -409,6 +426,20 @@ def _absent(path: Path, found: list[ScanProblem]) -> bool:
 
 _MODEL_TYPES = frozenset({"BPE", "WordPiece", "WordLevel", "Unigram"})  # (the tokenizers library's four models)
 _SIDES = ("padding_side", "truncation_side")  # (a tokenizer pads and truncates on the left or the right, nothing else)
+
+
+def _unbuilt_model(model: Any) -> str | None:
+    """Why a tokenizer.json's ``model`` (None where it has none) is no model the tokenizers library builds: JSON,
+    but "data did not match any variant of untagged enum ModelUntagged", "Model missing" (an adversarial round's
+    read CLEAN); None when it is one. (A model without a type is tried as each: not judged.)"""
+    if model is None:
+        return "it holds no model"
+    if not isinstance(model, dict):
+        return f"its model is a JSON {'array' if isinstance(model, list) else 'value'}, not an object"
+    kind = model.get("type")
+    if kind is not None and kind not in _MODEL_TYPES:
+        return f"its model's type is {json.dumps(kind)[:40]}, where the library has {', '.join(sorted(_MODEL_TYPES))}"
+    return None
 
 
 def _unbuildable(path: Path, why: str) -> ScanProblem:
