@@ -651,7 +651,8 @@ def test_an_index_entry_for_a_rebuilt_buffer_no_shard_holds_is_a_note(tmp_path):
 
 def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
     """An adversarial round: gemma2's query_pre_attn_scalar 0 (the build raises ZeroDivisionError), granite's
-    embedding_multiplier 0 (every logit 0: the output ignores the prompt), T5's relative_attention_max_distance within
+    embedding_multiplier 0 (every logit 0: the output ignores the prompt), residual_multiplier 0 (the layers add
+    nothing) and attention_multiplier 0 (uniform attention: the query weights unused), T5's relative_attention_max_distance within
     its exact buckets (generate raises on a longer input) each read CLEAN. The healthy saves stay clean."""
     import torch
 
@@ -663,6 +664,12 @@ def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
         (transformers.GraniteForCausalLM(transformers.GraniteConfig(
             vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
          {"embedding_multiplier": 0.0}),
+        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+         {"residual_multiplier": 0.0}),
+        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+         {"attention_multiplier": 0.0}),
         (transformers.T5ForConditionalGeneration(transformers.T5Config(
             vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)),
          {"relative_attention_max_distance": 8}),
@@ -681,6 +688,27 @@ def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
             loaded = type(model).from_pretrained(folder)
             with torch.no_grad():
                 assert float(loaded(torch.tensor([[1, 2, 3]])).logits.abs().max()) == 0.0
+        elif key == "residual_multiplier":  # (the last token's logits whatever came before it)
+            loaded = type(model).from_pretrained(folder)
+            with torch.no_grad():
+                assert torch.allclose(loaded(torch.tensor([[1, 2, 3]])).logits[0, -1],
+                                      loaded(torch.tensor([[3]])).logits[0, -1], atol=1e-6)
+                assert not torch.allclose(model(torch.tensor([[1, 2, 3]])).logits[0, -1],
+                                          model(torch.tensor([[3]])).logits[0, -1], atol=1e-6)
+        elif key == "attention_multiplier":
+            # (eager attention: as a model whose query weights are zero, a plain average; torch 2.13's causal SDPA,
+            # the default, computes NaN at a scale of 0)
+            loaded, eager, blind = (type(model).from_pretrained(folder, attn_implementation=attention)
+                                    for attention in ("sdpa", "eager", "eager"))
+            for layer in blind.model.layers:
+                layer.self_attn.scaling = model.config.attention_multiplier
+                layer.self_attn.q_proj.weight.data.zero_()
+            with torch.no_grad():
+                prompt = torch.tensor([[1, 2, 3, 4]])
+                assert torch.allclose(eager(prompt).logits, blind(prompt).logits, atol=1e-5)
+                assert not torch.allclose(model(prompt).logits, eager(prompt).logits, atol=1e-5)
+                logits = loaded(prompt).logits
+                assert not torch.isfinite(logits).all() or torch.allclose(logits, blind(prompt).logits, atol=1e-5)
         else:
             loaded = type(model).from_pretrained(folder)
             with pytest.raises(IndexError):

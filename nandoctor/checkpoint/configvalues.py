@@ -477,10 +477,16 @@ _SOFTCAP_TYPES = ("gemma", "t5gemma", "vaultgemma", "paligemma")  # (model_type 
 # config values the logits (or the last hidden state) are divided by, by the model types whose code divides: 0 makes
 # every logit Inf or NaN (HyperCLOVA X multiplies by its logits_scaling instead: not listed)
 _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_multiplier": ("inkling",)}
-# config values a model multiplies its input embeddings by, or raises to a negative power: 0 makes every logit 0 (the
-# output no longer depends on the prompt) or the build raise ZeroDivisionError (an adversarial round's each read CLEAN)
+# config values a model multiplies its input embeddings, its layers' outputs or its attention scores by, or raises to a
+# negative power: 0 makes every logit 0, the output depend on the last token alone, the attention NaN or a plain
+# average, or the build raise ZeroDivisionError (adversarial rounds' each read CLEAN)
 _ZERO_BREAKS = {"embedding_multiplier": (("granite",), "the embeddings are multiplied by it: every logit is 0 and the "
                                          "output no longer depends on the prompt"),
+                "residual_multiplier": (("granite",), "each layer's output is multiplied by it: the layers add nothing, "
+                                        "and each next token follows from the one before alone"),
+                "attention_multiplier": (("granite",), "the attention scores are multiplied by it: torch's causal SDPA "
+                                         "attention, the default, computes NaN, and eager attention a plain average "
+                                         "of the tokens before, the query and key weights unused"),
                 "query_pre_attn_scalar": (("gemma", "t5gemma", "vaultgemma"), "the attention scale is its -1/2 power: "
                                           "the model's build raises ZeroDivisionError")}
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
