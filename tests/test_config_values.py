@@ -300,6 +300,49 @@ def test_config_values_that_make_the_forward_pass_nan(saved, tmp_path, values, e
     _judged_as_the_oracle(folder, values, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_norm_epsilon_of_zero_with_a_zero_pad_row_is_bad_config(tmp_path, dtype):
+    """An adversarial round: rms_norm_eps 0 in a model whose pad token's embedding row is zeros (transformers makes it
+    so for every model initialized with a pad_token_id, and training keeps it): an unpadded prompt generates, every
+    padded batch computes NaN (0 / 0 in the first norm, spread by the attention). CLEAN before. The same epsilon
+    without a zero row, and a model adding position embeddings before its first norm (GPT-2), scan clean as they
+    work; a negative epsilon too small to matter but for a zero row is the same finding."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(config).to(dtype)
+    assert not model.model.embed_tokens.weight[0].any()  # (padding_idx: zeros)
+    folder = tmp_path / "llama"
+    model.save_pretrained(folder)
+    ids = torch.tensor([[0, 0, 5, 6], [3, 4, 5, 6]])
+    for eps, bad in ((0.0, True), (-1e-6, True), (1e-6, False)):
+        _edit(folder, "config.json", rms_norm_eps=eps)
+        loaded = transformers.LlamaForCausalLM.from_pretrained(folder)
+        with torch.no_grad():  # the oracle
+            assert torch.isfinite(loaded(ids[1:]).logits).all()
+            assert torch.isfinite(loaded(ids, attention_mask=(ids != 0).long()).logits).all() != bad
+        report = nandoctor.scan(folder)
+        if not bad:
+            assert report.exit_code == 0, report.errors
+            continue
+        assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+        assert f"rms_norm_eps is {eps}" in report.errors[0].message
+        assert "(id 0 (the pad token))" in report.errors[0].message
+    unpadded = tmp_path / "unpadded"  # (no zero row: an epsilon of 0 divides by no zero)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[0] = 0.5
+    model.save_pretrained(unpadded)
+    _edit(unpadded, "config.json", rms_norm_eps=0.0)
+    assert _oracle(unpadded) == "ok" and nandoctor.scan(unpadded).exit_code == 0
+    gpt2 = _fresh(tmp_path / "gpt2", "gpt2", vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    zeroed = transformers.GPT2LMHeadModel.from_pretrained(gpt2)
+    with torch.no_grad():
+        zeroed.transformer.wte.weight[0] = 0.0
+    zeroed.save_pretrained(gpt2)
+    _edit(gpt2, "config.json", layer_norm_epsilon=0.0)
+    assert _oracle(gpt2) == "ok" and nandoctor.scan(gpt2).exit_code == 0
+
+
 def _fresh(folder: Path, model_type: str, **sizes) -> Path:
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(model_type, **sizes)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles
+from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles, zeronorm
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -260,6 +260,17 @@ def uncastable(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[
             kind=UNLOADABLE_KIND,
         ))
     return found
+
+
+def zero_norm_inputs(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
+    """BAD CONFIG where config.json's norm epsilon of 0 meets token embedding rows of zeros (zeronorm.py): the
+    inputs holding those tokens (every padded batch, for the pad token's) compute NaN."""
+    chosen = _cast_by_from_pretrained(files, refs_by_file)
+    if not chosen:
+        return []
+    path = model_folder(files) / loaders.CONFIG
+    config = loadconfig.read_object(path)
+    return zeronorm.problems(path, config, [refs for _, refs in chosen]) if isinstance(config, dict) else []
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ def open_checkpoint(
     checkpoint.refs_by_file, quantizer_notes = quantized.as_quantizer_reads(files.root, checkpoint.refs_by_file)
     checkpoint.notes += quantizer_notes
     checkpoint.problems += loadability.uncastable(files, checkpoint.refs_by_file)  # (after: it is no unreadable file)
+    checkpoint.problems += loadability.zero_norm_inputs(files, checkpoint.refs_by_file)
     stored = loadability.from_pretrained_weights(files, checkpoint.refs_by_file)
     # A model weight file (not an optimizer or trainer state file) that could not be read holds weights all the
     # same: compared with what the config builds, they would be called missing ("initialized at random", where

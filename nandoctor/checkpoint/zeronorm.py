@@ -1,0 +1,115 @@
+"""A norm's epsilon of 0 (or a harmless-looking negative one) where a token's embedding row is all zeros.
+
+A norm divides by ``sqrt(mean square + eps)``: for a hidden state of zeros and an epsilon of 0 that is 0 / 0, NaN.
+A model whose first operation is a norm of the token embedding (Llama, Mistral, Qwen, Gemma: no position
+embedding is added before it) meets such a hidden state wherever an input holds a token whose embedding row is
+all zeros, and transformers makes one such row in every model it initializes with a ``pad_token_id``
+(``nn.Embedding(padding_idx=…)``; training leaves it zero, as the pad token's gradient is). Its NaN reaches
+every position through the attention (masked or not: 0 × NaN is NaN), so every left-padded batch generates
+garbage or raises, while unpadded prompts are fine. An adversarial round's config.json edit (``rms_norm_eps: 0``)
+read CLEAN.
+
+Judged only where config.json gives such an epsilon (rare, so reading the embedding costs a healthy scan nothing);
+then the token embedding's rows are read (bits: a float zero is one whose bits but the sign are 0). A negative
+epsilon beyond :data:`~nandoctor.model.EPS_HARMFUL` is configvalues.py's own BAD CONFIG, for every input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nandoctor.dtypes import DTYPES
+from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, RefTable, ScanProblem, TensorRef
+from nandoctor.wording import first_few
+
+# a model's token embedding (Llama's model.embed_tokens, GPT-2's wte, GPT-NeoX's embed_in, BERT's word_embeddings)
+_EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings|tok_embeddings)\.weight$")
+# a learned position embedding added to the token's before the first norm: a zero token row is no zero hidden state
+_POSITIONS = re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$")
+_FLOATS = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E5M2": "u1"}
+_ROWS_AT_ONCE = 4096
+_SHOWN = 4
+
+
+def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequence[TensorRef]]) -> list[ScanProblem]:
+    """BAD CONFIG where ``config`` (read from ``config_path``) gives a norm epsilon in (EPS_HARMFUL, 0] and the
+    token embedding among ``weights`` (the refs of the files from_pretrained reads) has rows of zeros."""
+    epsilons = [(key, value) for key, value in _epsilons(config) if EPS_HARMFUL < value <= 0]
+    if not epsilons:
+        return []
+    embedding, positions = None, False
+    for refs in weights:
+        names = refs.names if isinstance(refs, RefTable) else [ref.name for ref in refs]  # (no ref made per name)
+        for i, name in enumerate(names):
+            if _POSITIONS.search(name):
+                positions = True
+            elif embedding is None and _EMBEDDING.match(name):
+                embedding = refs[i]
+    if embedding is None or positions:
+        return []
+    rows = _zero_rows(embedding)
+    if not rows:
+        return []
+    pad = config.get("pad_token_id")
+    said = [f"{row} (the pad token)" if row == pad else str(row) for row in rows]
+    key, value = epsilons[0]
+    return [ScanProblem(
+        str(config_path),
+        f"{key} is {value} and {len(rows):,} row(s) of the token embedding {embedding.name} are all zeros "
+        f"({'id' if len(rows) == 1 else 'ids'} {first_few(said, _SHOWN)}): the first norm divides 0 by 0 for an input "
+        "holding one of those tokens, and the attention spreads its NaN to every position"
+        + (" (every padded batch)" if pad in rows else ""),
+        f"write the epsilon the model was trained with (the base model's {config_path.name} has it, 1e-05 or 1e-06 "
+        "most often)",
+        kind=CONFIG_KIND,
+    )]
+
+
+def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
+    """config.json's norm epsilons (and its text model's), as configvalues.py names them: ``rms_norm_eps``,
+    ``layer_norm_epsilon``, ``norm_eps`` …"""
+    found = []
+    for prefix, sub in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(sub, dict):
+            continue
+        for key, value in sub.items():
+            words = key.lower().split("_")
+            if (words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words)
+                    and isinstance(value, (int, float)) and not isinstance(value, bool)):
+                found.append((prefix + key, float(value)))
+    return found
+
+
+def _zero_rows(ref: TensorRef) -> list[int]:
+    """The rows of the 2-D float tensor ``ref`` whose every element is ±0; empty where it cannot be read plainly."""
+    region, view = ref.region, _FLOATS.get(ref.dtype)
+    if (view is None or len(ref.shape) != 2 or not ref.is_contiguous or region.byteorder != "little"
+            or region.blocks is not None or 0 in ref.shape):
+        return []
+    rows, width = ref.shape
+    itemsize = DTYPES[ref.dtype].bits // 8
+    sign = np.array(1 << (itemsize * 8 - 1), dtype=view).item()
+    magnitude = np.array(~sign & ((1 << (itemsize * 8)) - 1), dtype=view)
+    found: list[int] = []
+    start = region.offset + ref.storage_offset * itemsize
+    try:
+        with open(region.file, "rb") as handle:
+            for first in range(0, rows, _ROWS_AT_ONCE):
+                count = min(_ROWS_AT_ONCE, rows - first)
+                handle.seek(start + first * width * itemsize)
+                raw = handle.read(count * width * itemsize)
+                if len(raw) != count * width * itemsize:
+                    return []
+                block = np.frombuffer(raw, dtype=view).reshape(count, width)
+                found += (np.flatnonzero(~(block & magnitude).any(axis=1)) + first).tolist()
+    except OSError:
+        return []
+    return found
+
+
+__all__ = ["problems"]
