@@ -460,6 +460,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
             if match and match.group(1) == stack:
                 holders.setdefault(name[match.end():], set()).add(int(match.group(2)))
         dense = _dense_layers(config, max(numbers, default=-1) + 1)
+        types: dict[tuple[int, frozenset[int]], bool] = {}
         moved = set(_lone_out_of_pattern(holders, partial(_in_a_layout, numbers=numbers),
                                          lambda suffix: suffix.rpartition(".")[0]))
         for suffix, has in holders.items():
@@ -469,6 +470,10 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
                         continue  # (a layer config.json makes dense has no experts, router or shared experts)
                     if number == max(numbers) and suffix.startswith("downsample."):
                         continue  # (a hierarchical model's last stage has nothing to downsample: Swin's, by design)
+                    if len(numbers) == 2 and has == {min(numbers)} and _FIRST_LAYER_ONLY.search(suffix):
+                        continue  # (of two layers, the second lacks what only a first layer is built with)
+                    if _another_layer_type(number, has, holders, types):
+                        continue
                     yield f"{stack}.{number}.{suffix}", _HOLE
             elif suffix in moved:
                 yield _LAYOUT_SUSPICION, f"{stack}.#.{suffix} is stored in {_numbers(has)} only"
@@ -555,6 +560,37 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
             yield name, f"the same tensor of the other layers has shape {list(common)}"
+
+
+# modules a model builds in its first layer alone: T5's (and Switch Transformers') relative_attention_bias, RWKV's
+# pre_ln. In a stack of more layers a tensor of one layer is no hole; of two, the second lacking it is the design (a
+# sweep: every healthy two-layer T5 and RWKV save was built on the meta device for it)
+_FIRST_LAYER_ONLY = re.compile(r"(?:^|\.)(?:relative_attention_bias|pre_ln)\.")
+
+
+def _another_layer_type(number: int, has: set[int], holders: dict[str, set[int]],
+                        seen: dict[tuple[int, frozenset[int]], bool]) -> bool:
+    """Whether layer ``number``, lacking a tensor the layers ``has`` hold, is a layer of another type: it holds two
+    tensors or more that none of them holds, of modules other than those it lacks tensors of, none a one-character
+    change of a tensor it lacks (Jamba's attention layers among its Mamba layers, RecurrentGemma's and MiniMax's
+    attention among recurrent or linear-attention ones, Switch Transformers' sparse and dense blocks: each a hole in a
+    few layers, built on every healthy scan, a sweep found). A save or filter that dropped a tensor leaves the layer
+    holding nothing new, a flipped bit one new name one character from the lost one, a rename within a module (a
+    legacy LayerNorm.gamma and beta) the same module."""
+    key = (number, frozenset(has))  # (``seen``: the answers so far, one per layer and holders: an MoE's thousands)
+    if key not in seen:
+        candidates = [suffix for suffix, layers in holders.items() if number in layers and not layers & has]
+        lacking: dict[int, list[str]] = {}
+        modules: set[str] = set()
+        if len(candidates) >= 2:
+            for suffix, layers in holders.items():
+                if number not in layers:
+                    lacking.setdefault(len(suffix), []).append(suffix)
+                    modules.add(suffix.rpartition(".")[0])
+        own = [suffix for suffix in candidates if suffix.rpartition(".")[0] not in modules
+               and not any(one_character_apart(suffix, lost) for lost in lacking.get(len(suffix), ()))]
+        seen[key] = len(own) >= 2
+    return seen[key]
 
 
 def _contiguous(family: str, members: list[str]) -> bool:
