@@ -747,6 +747,9 @@ def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
 _PROJECTION = re.compile(r"^(?P<block>.*\.)(?P<part>q_proj|k_proj|v_proj|query|key|value)\.weight$")
 _PROJECTION_SETS = ({"q_proj", "k_proj", "v_proj"}, {"query", "key", "value"})
 _FUSED_PROJECTION = re.compile(r"(?:qkv|query_key_value|c_attn|W_pack|in_proj)")
+# (a block's input projection in the query's place: RWKV's time mixing reads its receptance beside key and value, and
+# has no query; every healthy RWKV save was built on the meta device for it, a sweep found)
+_QUERY_OTHERWISE = frozenset({"receptance.weight"})
 
 
 def _lone_projection(stored: dict[str, tuple[int, ...]]) -> str | None:
@@ -762,6 +765,8 @@ def _lone_projection(stored: dict[str, tuple[int, ...]]) -> str | None:
             if len(held) == len(whole) - 1 and not any(
                     name.startswith(block) and _FUSED_PROJECTION.search(name[len(block):]) for name in stored):
                 (lacking,) = whole - held
+                if lacking in ("query", "q_proj") and any(f"{block}{other}" in stored for other in _QUERY_OTHERWISE):
+                    continue
                 return f"{STACK.sub(lambda m: m.group(1) + '.#.', block)}{lacking} is not stored beside " \
                        f"{', '.join(sorted(held))}"
     return None
