@@ -540,7 +540,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     # (under a composite model's prefix too: transformers 5 saves Llava's as language_model.lm_head.weight)
     if (head and config.get("tie_word_embeddings") is False
             and not any(name == known or name.endswith("." + known) for name in stored for known in _LM_HEADS)
-            and any(map(EMBEDDING.match, stored))):
+            and any(map(EMBEDDING.match, stored)) and not _head_by_shape(stored)):
         yield LM_HEAD, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
         # (a masked LM's head is named otherwise, BERT's cls.predictions.decoder: the built model says which)
         yield _OUTSIDE_SUSPICION, "config.json's tie_word_embeddings is false, so the model has an LM head of its own"
@@ -591,6 +591,16 @@ def _another_layer_type(number: int, has: set[int], holders: dict[str, set[int]]
                and not any(one_character_apart(suffix, lost) for lost in lacking.get(len(suffix), ()))]
         seen[key] = len(own) >= 2
     return seen[key]
+
+
+def _head_by_shape(stored: dict[str, tuple[int, ...]]) -> str | None:
+    """A weight outside the layers, no embedding table by its name, of a token embedding's shape ([vocab, hidden]):
+    an LM head of its own under a name of its model's (GIT's output, FSMT's output_projection; a sweep: every healthy
+    save of them was built on the meta device, its head not found by name), else None."""
+    tables = {shape for name, shape in stored.items() if EMBEDDING.match(name) and len(shape) == 2}
+    return next((name for name, shape in stored.items() if shape in tables and not EMBEDDING.match(name)
+                 and not STACK.match(name) and not _ANY_EMBEDDING.search(name)
+                 and not any(pattern.search(name) for pattern, _ in _TABLES)), None)
 
 
 def _contiguous(family: str, members: list[str]) -> bool:
