@@ -552,6 +552,7 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         family = family_of(name)
         if family != name:
             families.setdefault(family, []).append(name)
+    convolutions: set[str] | None = None  # (the modules whose weight is a kernel, found once a family asks)
     for family, members in families.items():
         seen = Counter(stored[m] for m in members)
         if len(seen) != 2 or not _contiguous(family, members):
@@ -559,6 +560,13 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
         (common, _), (odd, count) = seen.most_common()
         if count == 1:  # (of two layers, which one is odd is the built model's to say: a trial's cut one was CLEAN)
             name = next(m for m in members if stored[m] == odd)
+            if _other_modules(common, odd):
+                continue
+            if convolutions is None:
+                convolutions = {_KERNEL_OF.sub("", n) for n, shape in stored.items()
+                                if len(shape) >= 3 and _KERNEL_OF.search(n)}
+            if _convolution_widths(name, common, odd, convolutions):
+                continue
             yield name, f"the same tensor of the other layers has shape {list(common)}"
 
 
@@ -601,6 +609,27 @@ def _head_by_shape(stored: dict[str, tuple[int, ...]]) -> str | None:
     return next((name for name, shape in stored.items() if shape in tables and not EMBEDDING.match(name)
                  and not STACK.match(name) and not _ANY_EMBEDDING.search(name)
                  and not any(pattern.search(name) for pattern, _ in _TABLES)), None)
+
+
+def _other_modules(common: tuple[int, ...], odd: tuple[int, ...]) -> bool:
+    """Whether numbered siblings of these two shapes are modules of different kinds, not one tensor transposed or
+    cut: another number of dimensions that is not a dimension of 1 added (an nn.Sequential's Linear [out, in] and
+    LayerNorm [out] beside it: GIT's visual projection, built on every healthy scan, a sweep found)."""
+    return len(common) != len(odd) and [d for d in common if d != 1] != [d for d in odd if d != 1]
+
+
+_KERNEL_OF = re.compile(r"\.(?:weight|weight_[gv]|parametrizations\.weight\.original\d)$")
+
+
+def _convolution_widths(name: str, common: tuple[int, ...], odd: tuple[int, ...], convolutions: set[str]) -> bool:
+    """Whether ``name``, outside the layer stacks, belongs to a convolution (a module of the ``convolutions``) whose
+    siblings differ from it in their channels alone, the kernel's size kept: a stack of convolutions changes its width
+    by design (Speech2Text's subsampler, VITS's upsampler, a WaveNet's last skip layer: each built on every healthy
+    scan, a sweep found), where the layers' own projections keep theirs."""
+    if STACK.match(name):
+        return False
+    module = _KERNEL_OF.sub("", name) if _KERNEL_OF.search(name) else name.rpartition(".")[0]
+    return module in convolutions and len(common) == len(odd) and common[2:] == odd[2:]
 
 
 def _contiguous(family: str, members: list[str]) -> bool:
