@@ -502,6 +502,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     # (head_dim is no stored dimension itself, only a factor of the projections'; a MoE model's intermediate_size
     # may size no layer at all: Qwen3-30B-A3B's experts are moe_intermediate_size wide)
     sizes = {key: positive(config.get(key)) for key in _SIZES if key != "head_dim" and not (key == "intermediate_size" and experts > 1)}
+    width = sizes.get("intermediate_size")
+    if width and config.get("block_auto_adjust_ff_dim") is True:
+        sizes["intermediate_size"] = _adjusted_width(config, width) or width
     if heads and head_dim:
         sizes["num_attention_heads x head_dim"] = heads * head_dim
     fused = heads * head_dim + 2 * kv * head_dim if heads and kv and head_dim else None
@@ -630,6 +633,23 @@ def _convolution_widths(name: str, common: tuple[int, ...], odd: tuple[int, ...]
         return False
     module = _KERNEL_OF.sub("", name) if _KERNEL_OF.search(name) else name.rpartition(".")[0]
     return module in convolutions and len(common) == len(odd) and common[2:] == odd[2:]
+
+
+def _adjusted_width(config: dict[str, Any], size: int) -> int | None:
+    """The MLP width a model builds from ``intermediate_size`` where config.json's ``block_auto_adjust_ff_dim`` says it
+    adjusts it (LFM2's: two thirds of it, times ``block_ffn_dim_multiplier``, rounded up to ``block_multiple_of``; every
+    healthy LFM2 save was built for a width no tensor has, a sweep found); None where the values make no width."""
+    width = int(2 * size / 3)
+    multiplier = config.get("block_ffn_dim_multiplier")
+    if multiplier is None:
+        return width
+    if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not 0 < multiplier < 2 ** 20:
+        return None  # (a width no model builds: the built model says what it makes of it)
+    step = positive(config.get("block_multiple_of"))
+    if not step or step >= 2 ** 40:
+        return None
+    width = int(multiplier * width)
+    return step * ((width + step - 1) // step)
 
 
 def _contiguous(family: str, members: list[str]) -> bool:
