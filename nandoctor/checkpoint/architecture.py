@@ -789,8 +789,10 @@ def _missing_sizes(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
     expert = next((name for name in stored if ".experts." in name), None)
     if expert is not None and not _gives(config, "num_local_experts"):  # (Mixtral's default: 8 experts)
         yield _SIZE_SUSPICION, f"{_GIVES_NO} num_local_experts (the class's default is built), {expert} is stored"
-    if expert is not None and not _gives_routing(config):
-        # (the class's default top-k may exceed the experts stored: Qwen3-MoE's 8 over 4 loads, and generate raises)
+    if expert is not None and not _gives_routing(config) and "expert_capacity" not in config:
+        # (the class's default top-k may exceed the experts stored: Qwen3-MoE's 8 over 4 loads, and generate raises;
+        # a router of expert_capacity has no top-k to default, Switch Transformers' top-1 and NLLB-MoE's top-2 are its
+        # code's: every healthy Switch save was built for it, a sweep found)
         yield _SIZE_SUSPICION, f"{_GIVES_NO} num_experts_per_tok (the class's default is built), {expert} is stored"
     unsized = _unsized_expert_dimension(config, stored)
     if unsized is not None:
