@@ -120,8 +120,10 @@ _DICT_FIELDS = frozenset(_ROPE_KEYS)
 _NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
                          "head_dim"})  # (GPT-Neo's intermediate_size is)
 # (model types whose save_pretrained writes a null there itself, their model computing it: every healthy Mixtral save
-# was built on the meta device for its "head_dim": null, seconds a scan, a sweep of 43 families found)
-_NULL_SAVED = frozenset({("head_dim", "mixtral")})
+# was built on the meta device for its "head_dim": null, seconds a scan, a sweep of 43 families found; MiniMax's too, a
+# later sweep. The model types whose config class defaults head_dim to None in transformers 5.25, every one)
+_NULL_SAVED = frozenset(("head_dim", model_type) for model_type in (
+    "hunyuan_v1_dense", "hunyuan_v1_moe", "hunyuan_vl_text", "minimax", "ministral", "mixtral"))
 
 
 def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
