@@ -955,3 +955,172 @@ def test_a_sequential_s_modules_and_a_last_stage_without_downsample_build_nothin
     odd = {f"model.layers.{i}.mlp.down_proj.weight": (32, 64) for i in range(2)}
     odd["model.layers.1.mlp.down_proj.weight"] = (64, 32)
     assert list(architecture._suspicions({"hidden_size": 32}, odd, architecture._stacks(odd)))
+
+
+_TINY_SIZES = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+_LAYOUTS = {  # family: (model class, config class, sizes): tiny saves of layouts a sweep built on every healthy scan
+    # attention layers among Mamba layers (Jamba v0.1: every eighth, from layer 4): a hole in one of eight layers
+    "jamba": ("JambaForCausalLM", "JambaConfig", dict(
+        _TINY_SIZES, num_hidden_layers=8, num_experts=2, num_experts_per_tok=1, mamba_d_state=4, mamba_d_conv=4,
+        mamba_expand=2, mamba_dt_rank=4)),
+    # recurrent, recurrent, attention: the attention layer lacks the recurrent block's tensors
+    "recurrent_gemma": ("RecurrentGemmaForCausalLM", "RecurrentGemmaConfig", dict(
+        _TINY_SIZES, num_hidden_layers=3, num_key_value_heads=1, lru_width=32, attention_window_size=16,
+        conv1d_width=4, head_dim=8)),
+    # an MLP two thirds of intermediate_size rounded up to block_multiple_of: 256 wide, no tensor 160 wide
+    "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(
+        _TINY_SIZES, vocab_size=100, intermediate_size=160, num_hidden_layers=4,
+        layer_types=["conv", "full_attention", "conv", "full_attention"])),
+    # two subsampling convolutions of other widths (a GLU between them)
+    "speech_to_text": ("Speech2TextForConditionalGeneration", "Speech2TextConfig", dict(
+        vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=64,
+        max_target_positions=64, input_feat_per_channel=16, conv_channels=32, num_conv_layers=2)),
+    # its LM head is model.decoder.output_projection
+    "fsmt": ("FSMTForConditionalGeneration", "FSMTConfig", dict(
+        langs=["en", "de"], src_vocab_size=128, tgt_vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=64)),
+    # its LM head is output; its visual projection an nn.Sequential of a Linear and a LayerNorm
+    "git": ("GitForCausalLM", "GitConfig", dict(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=4, image_size=32, patch_size=8))),
+    # an upsampler halving its channels, a WaveNet whose last skip layer is half as wide
+    "vits": ("VitsModel", "VitsConfig", dict(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, flow_size=16,
+        spectrogram_bins=33, upsample_initial_channel=32, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], prior_encoder_num_flows=2,
+        prior_encoder_num_wavenet_layers=2, posterior_encoder_num_wavenet_layers=4,
+        duration_predictor_filter_channels=32, duration_predictor_num_flows=2, depth_separable_num_layers=2,
+        window_size=4)),
+    # sparse and dense blocks, relative_attention_bias in block 0, no top-k (a router of expert_capacity)
+    "switch_transformers": ("SwitchTransformersForConditionalGeneration", "SwitchTransformersConfig", dict(
+        vocab_size=128, d_model=32, d_kv=8, d_ff=64, expert_capacity=8, num_layers=2, num_sparse_encoder_layers=1,
+        num_decoder_layers=2, num_sparse_decoder_layers=1, num_heads=4, num_experts=2)),
+    # "head_dim": null (the class computes it), linear attention in layer 0, full attention in layer 1
+    "minimax": ("MiniMaxForCausalLM", "MiniMaxConfig", dict(
+        _TINY_SIZES, num_hidden_layers=2, num_local_experts=2, num_experts_per_tok=1, head_dim=None,
+        layer_types=["linear_attention", "full_attention"], block_size=16)),
+    # relative_attention_bias in block 0 of two
+    "t5": ("T5ForConditionalGeneration", "T5Config", dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                          num_heads=4)),
+    # pre_ln in block 0 of two; key, value and receptance, no query
+    "rwkv": ("RwkvForCausalLM", "RwkvConfig", dict(vocab_size=128, hidden_size=32, num_hidden_layers=2,
+                                                   attention_hidden_size=32, intermediate_size=64, context_length=64)),
+}
+
+
+def _layout(folder: Path, family: str, **changes) -> Path:
+    """A tiny healthy save_pretrained of ``family`` (_LAYOUTS; ``changes`` to its sizes); skipped where this
+    transformers lacks its class."""
+    import transformers
+
+    model_name, config_name, sizes = _LAYOUTS[family]
+    model_class, config_class = getattr(transformers, model_name, None), getattr(transformers, config_name, None)
+    if model_class is None or config_class is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
+    torch.manual_seed(0)
+    model_class(config_class(**{**sizes, **changes})).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", sorted(_LAYOUTS))
+def test_healthy_saves_of_layouts_a_sweep_built_for_build_nothing(tmp_path, monkeypatch, family):
+    """A sweep of healthy saves still built on the meta device on every scan (seconds, torch and transformers
+    imported) for a legitimate layout: layer types (Jamba, RecurrentGemma, MiniMax, Switch Transformers' sparse
+    blocks), a module of the first layer only in a stack of two (T5, RWKV), an LM head under its model's own name
+    (FSMT, GIT), convolutions and an nn.Sequential of other widths (Speech2Text, VITS, GIT), RWKV's receptance for a
+    query, LFM2's adjusted MLP width, a router of expert_capacity, MiniMax's null head_dim. Each is CLEAN without it."""
+    folder = _layout(tmp_path / family, family)
+    monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 0 and report.verdict == "CLEAN" and not report.errors, report.errors
+
+
+def _without(*names: str):
+    def edit(tensors):
+        for name in names:
+            del tensors[name]
+    return edit
+
+
+def _every_transposed(suffix: str):
+    def edit(tensors):
+        for name in [n for n in tensors if n.endswith(suffix)]:
+            tensors[name] = tensors[name].t().contiguous()
+    return edit
+
+
+@pytest.mark.parametrize(("family", "change", "config", "said"), [
+    # a tensor of a layer of the common type dropped: still a hole (not a layer of another type)
+    ("jamba", _without("model.layers.1.mamba.out_proj.weight"), None, "model.layers.1.mamba.out_proj.weight"),
+    ("recurrent_gemma", _without("model.layers.1.mlp_block.up_proj.weight"), None,
+     "model.layers.1.mlp_block.up_proj.weight"),
+    # the second of two layers lacking what is no first-layer-only module
+    ("t5", _without("decoder.block.1.layer.2.DenseReluDense.wo.weight"), None,
+     "decoder.block.1.layer.2.DenseReluDense.wo.weight"),
+    ("rwkv", _without("rwkv.blocks.1.attention.key.weight"), None, "rwkv.blocks.1.attention.key.weight"),
+    # an LM head of its own name dropped
+    ("fsmt", _without("model.decoder.output_projection.weight"), None, "model.decoder.output_projection.weight"),
+    ("git", _without("output.weight"), None, "output.weight"),
+    # sizes config.json no longer builds: a layer count, an MLP width the adjustment makes otherwise, a head_dim
+    ("t5", None, {"num_layers": 3}, "from_pretrained initializes layer 2"),
+    ("lfm2", None, {"intermediate_size": 500}, "size mismatch"),
+    ("minimax", None, {"head_dim": 4}, "size mismatch"),
+    # a projection transposed in every layer
+    ("switch_transformers", _every_transposed("mlp.wi.weight"), None, "size mismatch"),
+    ("speech_to_text", _every_transposed("fc1.weight"), None, "size mismatch"),
+])
+def test_real_damage_to_those_layouts_is_still_not_loadable(tmp_path, family, change, config, said):
+    """What the layouts above are spared for is no shield: a tensor dropped from a layer of the common type, a
+    module's tensor dropped from the second of two layers, a renamed LM head dropped, a size config.json builds
+    otherwise, a projection transposed in every layer. from_pretrained (the oracle) refuses each or initializes
+    a weight at random; each is NOT LOADABLE."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    folder = _layout(tmp_path / family, family)
+    if change is not None:
+        tensors = load_file(str(folder / "model.safetensors"))
+        change(tensors)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if config:
+        edited(folder, config)
+    hf_logging.set_verbosity_error()
+    model_class = getattr(transformers, _LAYOUTS[family][0])
+    try:
+        _, info = model_class.from_pretrained(folder, output_loading_info=True)
+        assert info["missing_keys"], info  # the oracle: a weight at random
+    except (RuntimeError, ValueError) as exc:  # the oracle: a size it refuses
+        assert "size mismatch" in str(exc) or "mismatched" in str(exc), exc
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert said in report.errors[0].message, report.errors[0].message
+
+
+def test_the_layouts_spared_still_leave_the_damage_they_resemble_suspected():
+    """The cheap checks that spare those layouts keep what a flip, a filter or a cut looks like: two tensors of one
+    layer renamed by a character each (no layer of another type), a module's parameters renamed within it (legacy
+    gamma/beta), a linear layer unsqueezed in one member of a numbered family, one layer's convolution of another
+    width inside a layer stack, RWKV's key missing beside its receptance."""
+    def found(stored, config=None):
+        return dict(architecture._suspicions(config or {"hidden_size": 32}, stored, architecture._stacks(stored)))
+
+    layers = {f"model.layers.{i}.{part}.weight": (32, 32) for i in range(4)
+              for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")}
+    flipped = dict(layers)
+    flipped["model.layers.2.mlp.up_prxj.weight"] = flipped.pop("model.layers.2.mlp.up_proj.weight")
+    flipped["model.layers.2.mlp.down_prnj.weight"] = flipped.pop("model.layers.2.mlp.down_proj.weight")
+    assert {"model.layers.2.mlp.up_proj.weight", "model.layers.2.mlp.down_proj.weight"} <= set(found(flipped))
+    legacy = {**layers, **{f"model.layers.{i}.norm.{p}": (32,) for i in range(4) for p in ("weight", "bias")}}
+    legacy["model.layers.1.norm.gamma"] = legacy.pop("model.layers.1.norm.weight")
+    legacy["model.layers.1.norm.beta"] = legacy.pop("model.layers.1.norm.bias")
+    assert "model.layers.1.norm.weight" in found(legacy)
+    unsqueezed = {"encoder.proj.0.weight": (32, 64), "encoder.proj.1.weight": (1, 32, 64)}
+    assert "encoder.proj.1.weight" in found(unsqueezed) or "encoder.proj.0.weight" in found(unsqueezed)
+    convs = {f"model.layers.{i}.conv.weight": (32, 1, 4) for i in range(4)}
+    convs["model.layers.3.conv.weight"] = (16, 1, 4)
+    assert "model.layers.3.conv.weight" in found(convs)
+    rwkv = {f"rwkv.blocks.{i}.attention.{p}.weight": (32, 32) for i in range(2) for p in ("receptance", "value", "query")}
+    assert architecture._LAYOUT_SUSPICION in found(rwkv)  # (key is the one missing: no receptance stands for it)
