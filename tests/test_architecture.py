@@ -1102,7 +1102,7 @@ def test_real_damage_to_those_layouts_is_still_not_loadable(tmp_path, family, ch
 def test_the_layouts_spared_still_leave_the_damage_they_resemble_suspected():
     """The cheap checks that spare those layouts keep what a flip, a filter or a cut looks like: two tensors of one
     layer renamed by a character each (no layer of another type), a module's parameters renamed within it (legacy
-    gamma/beta), a linear layer unsqueezed in one member of a numbered family, one layer's convolution of another
+    gamma/beta), a module renamed in one layer (its attention's tensors under attn: no layer of another type), a linear layer unsqueezed in one member of a numbered family, one layer's convolution of another
     width inside a layer stack, RWKV's key missing beside its receptance."""
     def found(stored, config=None):
         return dict(architecture._suspicions(config or {"hidden_size": 32}, stored, architecture._stacks(stored)))
@@ -1117,6 +1117,8 @@ def test_the_layouts_spared_still_leave_the_damage_they_resemble_suspected():
     legacy["model.layers.1.norm.gamma"] = legacy.pop("model.layers.1.norm.weight")
     legacy["model.layers.1.norm.beta"] = legacy.pop("model.layers.1.norm.bias")
     assert "model.layers.1.norm.weight" in found(legacy)
+    renamed = {name.replace("layers.2.self_attn.", "layers.2.attn."): shape for name, shape in layers.items()}
+    assert "model.layers.2.self_attn.q_proj.weight" in found(renamed)  # (a module renamed in one layer)
     unsqueezed = {"encoder.proj.0.weight": (32, 64), "encoder.proj.1.weight": (1, 32, 64)}
     assert "encoder.proj.1.weight" in found(unsqueezed) or "encoder.proj.0.weight" in found(unsqueezed)
     convs = {f"model.layers.{i}.conv.weight": (32, 1, 4) for i in range(4)}

@@ -587,7 +587,9 @@ def _another_layer_type(number: int, has: set[int], holders: dict[str, set[int]]
     attention among recurrent or linear-attention ones, Switch Transformers' sparse and dense blocks: each a hole in a
     few layers, built on every healthy scan, a sweep found). A save or filter that dropped a tensor leaves the layer
     holding nothing new, a flipped bit one new name one character from the lost one, a rename within a module (a
-    legacy LayerNorm.gamma and beta) the same module."""
+    legacy LayerNorm.gamma and beta) the same module, and a module renamed in one layer (its ``self_attn`` saved as
+    ``attn``: from_pretrained initializes that layer's attention at random) the lost tensors under one other segment
+    (:func:`_renamed_parent`)."""
     key = (number, frozenset(has))  # (``seen``: the answers so far, one per layer and holders: an MoE's thousands)
     if key not in seen:
         candidates = [suffix for suffix, layers in holders.items() if number in layers and not layers & has]
@@ -600,8 +602,31 @@ def _another_layer_type(number: int, has: set[int], holders: dict[str, set[int]]
                     modules.add(suffix.rpartition(".")[0])
         own = [suffix for suffix in candidates if suffix.rpartition(".")[0] not in modules
                and not any(one_character_apart(suffix, lost) for lost in lacking.get(len(suffix), ()))]
-        seen[key] = len(own) >= 2
+        seen[key] = len(own) >= 2 and not _renamed_parent(own, [s for group in lacking.values() for s in group])
     return seen[key]
+
+
+def _renamed_parent(own: list[str], lacking: list[str]) -> bool:
+    """Whether tensors of ``own`` are tensors of ``lacking`` with one segment written otherwise, the same change for the
+    tensors of two modules or more (``self_attn.q_proj.weight`` and ``self_attn.k_proj.weight`` saved as
+    ``attn.q_proj.weight`` and ``attn.k_proj.weight``): a module renamed, not a layer of another type, whose modules
+    differ each its own way (a recurrent block's ``linear_x`` where attention has ``q_proj``: one module alone)."""
+    by_length: dict[int, list[list[str]]] = {}
+    for suffix in lacking:
+        parts = suffix.split(".")
+        by_length.setdefault(len(parts), []).append(parts)
+    renamed: dict[tuple[int, str, str], set[str]] = {}  # (segment, lost spelling, new spelling) → modules it renames
+    for suffix in own:
+        parts = suffix.split(".")
+        for lost in by_length.get(len(parts), ()):
+            differ = [i for i, (a, b) in enumerate(zip(parts, lost)) if a != b]
+            if len(differ) == 1 and differ[0] < len(parts) - 1:
+                at = differ[0]
+                modules = renamed.setdefault((at, lost[at], parts[at]), set())
+                modules.add(".".join(lost[:-1]))
+                if len(modules) >= 2:
+                    return True
+    return False
 
 
 def _head_by_shape(stored: dict[str, tuple[int, ...]]) -> str | None:
