@@ -107,6 +107,18 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     assert _row(gated.output, "model.layers.1 ")[1] == "exploded (reported)"
 
 
+def test_outliers_beside_a_zeroed_tensor_get_one_repair_command(tmp_path):
+    """A new user's trial: a file with outliers and a zeroed tensor printed the same repair command twice, as if two
+    repairs were needed; the one that restores the bad tensors restores the zeroed one too, and says so."""
+    path = tmp_path / "both.safetensors"
+    write_safetensors(path, {NAME.format(i): t for i, t in {0: _tensor(2, {5: 50.0}), 1: _tensor(3, zero=True),
+                                                            2: _tensor(12), 3: _tensor(13)}.items()})
+    result = run("scan", path, "--no-progress")
+    assert result.exit_code == 1
+    assert result.output.count("nandoctor repair") == 1, result.output
+    assert "the repair above restores them too" in result.output
+
+
 def test_a_clean_file_says_finite_and_healthy(tmp_path):
     path = tmp_path / "clean.safetensors"
     write_safetensors(path, {NAME.format(0): _tensor(1)})

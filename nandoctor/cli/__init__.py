@@ -137,7 +137,8 @@ def cli(debug: bool) -> None:
       1  findings that fail the gate: NaN/Inf, exploded or outlier weights,
          overflow with --target-dtype (diff: something differs)
       2  usage error
-      3  something could not be read, was corrupt or was refused
+      3  something could not be read, was corrupt or was refused, or the
+         checkpoint would not load (NOT LOADABLE, BAD CONFIG, HASH MISMATCH)
     """
 
 

@@ -93,7 +93,7 @@ def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Scan only part I of N (0-based) and print it as JSON for `nandoctor merge` (Slurm arrays; needs --json).")
 @click.option("--distributed", is_flag=True,
               help="Under torchrun or srun: each rank scans its share, rank 0 prints the one report.")
-@click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--rank-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, metavar="SECONDS",
               help="With --distributed: seconds to wait for a rank before calling it hung (exit 3).")
 @click.option("--verify-hashes", is_flag=True,
               help="Also check weight files against their sha256 known offline (HF cache blob names, "
@@ -135,8 +135,9 @@ def scan(
     (a few values 2^10 times above their tensor's bulk: bit flips, silent
     corruption) and all-zero tensors (reported, not failed by default).
 
-    PATH is a .safetensors or PyTorch file, a checkpoint folder (sharded with
-    its *.index.json, or weight files), a training run folder of checkpoint-N
+    PATH is a .safetensors, PyTorch or GGUF file, a checkpoint folder (sharded
+    with its *.index.json, or weight files; a torch.distributed.checkpoint or
+    DeepSpeed folder too), a training run folder of checkpoint-N
     folders, Lightning ...step=N....ckpt files or a loop's step_N.pt saves
     (scanned as a timeline, with
     trainer_state.json's or metrics.csv's loss/grad_norm),
@@ -147,7 +148,8 @@ def scan(
     fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or
     overflow risk (--target-dtype, by default the dtype config.json loads the
     weights in); 3 means something could not be read, so
-    nothing is called clean. For a run folder the newest checkpoint decides,
+    nothing is called clean, or the folder would not load (NOT LOADABLE, BAD
+    CONFIG, HASH MISMATCH). For a run folder the newest checkpoint decides,
     or the final model and a Lightning last.ckpt where the run has them.
 
     \b

@@ -125,7 +125,9 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
     from nandoctor.report.rich_report import human_bytes, safe
 
     donors = "\n".join(f"    {i + 1}. {_donor_short(plan, i)}" for i in range(len(plan.donors)) if not plan.donors[i].own)
-    console.print(Text.assemble(("nandoctor repair ", "bold"), safe(plan.target), f"\n  scope: {plan.scope}\n  donors, tried in order:\n{donors}"))
+    # (an --from auto with no checkpoint before the target lists none: "none" under the heading, never a blank line)
+    listed = f"  donors, tried in order:\n{donors}" if donors else "  donors: none (nothing before it to restore from)"
+    console.print(Text.assemble(("nandoctor repair ", "bold"), safe(plan.target), f"\n  scope: {plan.scope}\n{listed}"))
     for note in plan.notes:
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
     if plan.restorations:

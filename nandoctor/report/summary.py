@@ -255,8 +255,13 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
             steps.append(f"{first_few(breaking, 2)} all zero: the model loads and generates, but its output no longer "
                          "depends on the input tokens (a zero LM head gives the same logits for every input, a zero "
                          "embedding the same input for every token); a gate that must stop it: --fail-on +zeroed")
-        steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
-                  "restore them from an earlier checkpoint with", f"    {repair_command(report)}"]
+        repair = f"    {repair_command(report)}"
+        if repair in steps:  # (the bad tensors' repair restores the zeroed ones too: one command, said once)
+            steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion); the "
+                         "repair above restores them too")
+        else:
+            steps += ["all-zero tensors: compare with the source of the weights (a failed copy or conversion), or "
+                      "restore them from an earlier checkpoint with", repair]
     return steps
 
 
