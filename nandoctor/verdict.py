@@ -920,8 +920,25 @@ def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
     return bool(rows) and all(is_pickled_float(report.tensors.refs[i]) for i in rows)
 
 
-# How each trainer names gradient clipping, for the advice to resume with it
+# How each trainer names gradient clipping, for the advice to resume with it: by what the checkpoint's files say
+# wrote it (a real run's accelerate and DCP saves were told of the Trainer's and Lightning's settings)
 CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
+_CLIPPING_BY_FILE = (
+    (re.compile(r"^(?:rng_state(?:_\d+)?\.pth|scheduler\.pt)$"), "gradient clipping (the Trainer's max_grad_norm, e.g. 1.0)"),
+    (re.compile(r"\.ckpt$"), "gradient clipping (Trainer(gradient_clip_val=1.0) in Lightning)"),
+    (re.compile(r"^(?:random_states_\d+\.pkl|optimizer(?:_\d+)?\.bin)$"),
+     "gradient clipping (accelerator.clip_grad_norm_(model.parameters(), 1.0) before each optimizer step)"),
+    (re.compile(r"^\.metadata$|\.distcp$"),
+     "gradient clipping (torch.nn.utils.clip_grad_norm_, or an FSDP model's own clip_grad_norm_, before each "
+     "optimizer step)"),
+)
+
+
+def clipping(report: ScanReport | None) -> str:
+    """Gradient clipping as the trainer that wrote ``report``'s checkpoint names it (:data:`CLIPPING` where its files
+    do not say which)."""
+    names = {os.path.basename(f) for f in report.files} if report is not None else set()
+    return next((words for pattern, words in _CLIPPING_BY_FILE if any(pattern.search(n) for n in names)), CLIPPING)
 
 
 NAN_CAUSE = ("after finding what made the NaN (a batch whose loss is NaN or Inf, fp16 overflow: bf16 or a lower "
@@ -935,7 +952,7 @@ def what_to_change(report: ScanReport) -> str:
     found = present(report)
     if NONFINITE in found and EXPLODED not in found and _diverging_growth(report) is None:
         return NAN_CAUSE
-    return f"with a lower learning rate or {CLIPPING}"
+    return f"with a lower learning rate or {clipping(report)}"
 
 
 def diverged_advice(report: ScanReport, where: str = "") -> str:

@@ -156,3 +156,29 @@ def test_an_accelerate_project_folder_is_the_run_of_its_checkpoints_and_final_mo
     # (accelerate's save_model is the checkpoints' model, whose healthy tensors they hold; another model's, not)
     donors = "--from auto" if final == "save_model" else "--from <"
     assert f"nandoctor repair {project / 'final_model'} {donors}" in said
+
+
+def test_the_no_trainer_examples_step_folders_are_a_run(tmp_path):
+    """accelerate's no_trainer examples save ``save_state(f"{output_dir}/step_{completed_steps}")``: a real run's folder
+    of step_N saves was refused (exit 3, "subfolder(s) hold weights") and its healthy twin with it. It is a run: the
+    timeline, the last healthy save, and the clipping advice in accelerate's own words."""
+    torch.manual_seed(0)
+    acc = accelerate.Accelerator(cpu=True)  # (no automatic naming: the examples name each save themselves)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model, optimizer = acc.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    run = tmp_path / "run"
+    for step in (10, 20, 30):
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 30:  # (a blow-up: every weight exploded)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.mul_(1e30)
+        acc.save_state(str(run / f"step_{step}"))
+    report = nandoctor.scan_run(run)
+    assert [c.name for c in report.checkpoints] == ["step_10", "step_20", "step_30"]
+    assert report.last_clean is not None and report.last_clean.name == "step_20" and report.exit_code() == 1
+    output = " ".join(run_cli("scan", run).output.split())
+    assert f"resume training from the last healthy checkpoint, {run / 'step_20'}" in output
+    assert "accelerator.clip_grad_norm_" in output and "gradient_clip_val" not in output

@@ -1,6 +1,6 @@
 """A run's checkpoint folders by name: ``checkpoint-N`` (Trainer), ``checkpoint_N`` (accelerate's
 ``automatic_checkpoint_naming``: N counts saves, not steps, in the same order), ``step-N`` (torchtitan's DCP
-saves), ``iter_NNNNNNN`` (Megatron's ``--save`` folder) or ``global_stepN`` in a DeepSpeed ``save_checkpoint``
+saves), ``step_N`` (accelerate's no_trainer examples: ``save_state(f"step_{completed_steps}")``), ``iter_NNNNNNN`` (Megatron's ``--save`` folder) or ``global_stepN`` in a DeepSpeed ``save_checkpoint``
 folder (not one inside a Trainer's ``checkpoint-N``, where it is that checkpoint's ZeRO state), the step N each
 names, and those a run folder holds. The run timeline (runs.py) and the
 loadability checks (loadability.py) list a run's checkpoints the same way through here."""
@@ -16,7 +16,7 @@ from pathlib import Path
 from nandoctor import access
 from nandoctor.errors import NandoctorError
 
-_CHECKPOINT = re.compile(r"^(?:checkpoint[-_]|step-|iter_)(\d+)$")
+_CHECKPOINT = re.compile(r"^(?:checkpoint[-_]|step[-_]|iter_)(\d+)$")  # (step_N: accelerate's no_trainer examples)
 
 # DeepSpeed's engine.save_checkpoint(save_dir) writes each save into save_dir/global_stepN/ (its tag) and names the
 # newest in save_dir/latest; a Trainer under DeepSpeed saves the same into each checkpoint-N/ (one global_stepN/), and
