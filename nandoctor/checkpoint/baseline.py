@@ -53,11 +53,15 @@ class RunBaseline:
     max_abs: float | None
     scales: dict[str, float]
     first_loss: tuple[int, float] | None = None  # the run's first logged loss (trainer_state.json): whose run it is
+    # the initial weights' own training loss (the first batch's, before any update: a training callback's), which a
+    # loss that "came down" must come near to be a trained model's (usable_baseline)
+    start_loss: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "nandoctor-baseline/1", "step": self.step, "checkpoint": self.checkpoint,
                 "max_abs": self.max_abs, "scales": self.scales,
-                "first_loss": None if self.first_loss is None else list(self.first_loss)}
+                "first_loss": None if self.first_loss is None else list(self.first_loss),
+                **({"start_loss": self.start_loss} if self.start_loss is not None else {})}
 
 
 def first_loss(checkpoint: Path) -> tuple[int, float] | None:
@@ -107,7 +111,9 @@ def load_baseline(run: Path) -> tuple[RunBaseline | None, str | None]:
         from nandoctor.verdict import InitialScales
 
         kept = InitialScales(kept)
-    return RunBaseline(step, checkpoint, finite_number(top), kept, None if at is None or loss is None else (at, loss)), None
+    start = finite_number(data.get("start_loss")) if checkpoint == INITIAL_WEIGHTS else None
+    return RunBaseline(step, checkpoint, finite_number(top), kept, None if at is None or loss is None else (at, loss),
+                       start if start is not None and start > 0 else None), None
 
 
 def read_baseline(run: Path) -> RunBaseline | None:
@@ -131,16 +137,20 @@ def kept_before(run: Path, steps_on_disk: Iterable[int], checkpoint: Path | None
     return kept
 
 
-def usable_baseline(kept: RunBaseline | None, log: Any) -> RunBaseline | None:
+def usable_baseline(kept: RunBaseline | None, log: Any, untrained: float | None = None) -> RunBaseline | None:
     """``kept``, unless it is the initial weights' and the trainer log up to the checkpoint judged (``log``, a
     TrainLog or None) does not show a run gone wrong: a healthy run's weights may grow far from their initialisation
     (a regression head fitting targets in pixels: 700x in a false-alarm hunt, the loss falling all along), so growth
     since the start calls a checkpoint diverged only where its loss did not come down (a run at lr 3: 7 to 640; at
-    lr 10: 2,711 at its first log, 2,883 at its first save); without a logged loss, nothing says which, and the first
-    healthy checkpoint on disk is the baseline, as before."""
+    lr 10: 2,711 at its first log, 2,883 at its first save), or came down from a first log already far above
+    ``untrained``, the loss of a model that guesses uniformly, or else the initial weights' own loss where a callback
+    kept it (TrainLog.came_down: a Lightning run's first logged loss was 2.4e6 at step 4, 230 at step 39, from 4.9 at
+    step 0); without a logged loss, nothing says which, and the first healthy checkpoint on disk is the baseline, as
+    before."""
     if kept is None or kept.checkpoint != INITIAL_WEIGHTS:
         return kept
-    if log is None or getattr(log, "error", None) is not None or log.first_loss is None or log.loss_fell:
+    reference = untrained if untrained is not None else kept.start_loss
+    if log is None or getattr(log, "error", None) is not None or log.first_loss is None or log.came_down(reference):
         return None
     return kept
 

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def judged_in_run(
     jumped = None if report.errors else _loss_jump_facts(Path(target))
     if report.errors or not (report.unhealthy_tensors or verdict.may_have_grown(report, jumped is not None) or zeros):
         return (report if report.errors or jumped is None else verdict.with_run_context(report, jumped)), None
-    context = run_facts(Path(target), scan_one, report if zeros else None)
+    context = run_facts(Path(target), scan_one, report if zeros else None, report)
     if context is None:
         return report, None
     context.update(jumped or {})  # (with the loss jump, a smaller growth is diverged: verdict.diverged_why)
@@ -63,20 +64,42 @@ def judged_in_run(
     return judged, (context["baseline"], baseline) if context["baseline"] is not None else None
 
 
+# The training losses a callback saw itself (a trainlog.MetricsTable of integrations/lightning.py's training_step
+# losses), set while it judges a save it just wrote: where no logger writes a metrics.csv that this module finds
+# beside the checkpoints (a CSVLogger in a folder of its own, TensorBoard), it stands for the run's log, so the
+# callback judges with the loss (a run at lr 1e2 whose logger wrote elsewhere passed every save CLEAN)
+LIVE_LOG: ContextVar[Any] = ContextVar("nandoctor_live_log", default=None)
+
+
 def _train_log(place: Any, folder: Path) -> Any:
     """The trainer log as it stood when the checkpoint at ``place`` (runs.place_in_run) was saved: its own
-    trainer_state.json, or the rows of a Lightning run's metrics.csv logged before its step; None without one."""
+    trainer_state.json, or the rows of a Lightning run's metrics.csv logged before its step (else the losses a
+    callback saw: :data:`LIVE_LOG`); None without one."""
     from nandoctor.checkpoint.runs import TRAINER_STATE
     from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
 
     if place.step_files:
         metrics = metrics_near(place.run)
+        metrics = metrics if metrics is not None else LIVE_LOG.get()
         return metrics.train_log(place.step) if metrics is not None else None
     if place.final and not os.path.isfile(folder / TRAINER_STATE):
         # (save_model() without save_state(): the newest checkpoint that has a log holds the run's, as the run scan
         # takes it; an interrupted newest save without one is passed over)
         logged = [path for _, path in reversed(place.siblings()) if os.path.isfile(path / TRAINER_STATE)]
         folder = logged[0] if logged else folder
+    return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
+
+
+def _log_at(place: Any, step: int, folder: Path) -> Any:
+    """The trainer log as it stood when the run's checkpoint of ``step`` at ``folder`` was saved (:func:`_train_log`
+    for another checkpoint of the run at ``place``)."""
+    from nandoctor.checkpoint.runs import TRAINER_STATE
+    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
+
+    if place.step_files:
+        metrics = metrics_near(place.run)
+        metrics = metrics if metrics is not None else LIVE_LOG.get()
+        return metrics.train_log(step) if metrics is not None else None
     return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
 
 
@@ -202,7 +225,8 @@ def _other_weight_files(file: Path) -> bool:
 
 
 def run_facts(
-    target: Path, scan_one: Callable[[Path], ScanReport], zeros_in: ScanReport | None = None
+    target: Path, scan_one: Callable[[Path], ScanReport], zeros_in: ScanReport | None = None,
+    scanned: ScanReport | None = None,
 ) -> dict[str, Any] | None:
     """What the run says about the checkpoint at ``target``: ``run``, ``kind`` (its naming),
     ``baseline``/``baseline_max``/``baseline_scale`` (the first healthy earlier checkpoint, its largest
@@ -212,8 +236,9 @@ def run_facts(
     same for a trainer log that could not be read),
     ``auto`` (whether ``--from auto`` finds a donor) and ``log_nonfinite_step``; with ``zeros_in`` (the
     checkpoint's report, which holds an all-zero weight), ``zeroed_since`` as the run scan finds it
-    (runs.zeroed_since: against the previous checkpoint, one more scan, and the first healthy one). None
-    outside a run."""
+    (runs.zeroed_since: against the previous checkpoint, one more scan, and the first healthy one); with
+    ``scanned`` (the checkpoint's report), the start its config implies (initscales.py) where no callback kept the
+    run's. None outside a run."""
     from nandoctor import verdict
     from nandoctor.checkpoint.runs import (
         HEALTHY_STATUSES,
@@ -239,18 +264,28 @@ def run_facts(
     baseline_scales: dict[str, float] = {}
     bad_first = bool(not place.step_files and duplicate_steps(siblings))  # auto refuses an ambiguous run
     compared: list[tuple[str, ScanReport]] = []  # (name, report) of the previous and the first healthy checkpoint
-    for _, path in earlier:
+    from nandoctor.checkpoint.baseline import kept_before, load_baseline, usable_baseline
+    from nandoctor.checkpoint.initscales import implied_start, untrained_loss
+
+    folder = target if target.is_dir() else target.parent
+    kept = kept_before(place.run, (step for step, _ in earlier), folder)  # the first healthy one, gone
+    # (without the callback's, the start the model's config implies: each earlier checkpoint judged against it too, as
+    # the run scan judges it, so that one already diverged is no resume point)
+    implied = kept is None and scanned is not None
+    untrained = untrained_loss(folder) if implied else None
+    for step, path in earlier:
         if incomplete_reasons(path, with_state):
             continue
         try:
-            scanned = scan_one(path)
+            before = scan_one(path)
         except NandoctorError:
             continue
-        status, _ = verdict.checkpoint_status(scanned, False, None)
+        start = usable_baseline(implied_start(path, before), _log_at(place, step, path), untrained) if implied else None
+        status, _ = verdict.checkpoint_status(before, False, start.scales if start is not None else None)
         if status in HEALTHY_STATUSES:
-            baseline, baseline_max = path, verdict.max_abs(scanned, "weight")
-            baseline_scales = verdict.tensor_scales(scanned)
-            compared.append((path.name, scanned))
+            baseline, baseline_max = path, verdict.max_abs(before, "weight")
+            baseline_scales = verdict.tensor_scales(before)
+            compared.append((path.name, before))
             break
         if status in ("poisoned", "diverged"):
             bad_first = True  # auto takes donors only before the run's first bad checkpoint
@@ -258,11 +293,10 @@ def run_facts(
         with contextlib.suppress(NandoctorError):  # (its own scan says why)
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
     healthy_before = baseline is not None  # (on disk: a resume point, whatever baseline the growth is measured against)
-    from nandoctor.checkpoint.baseline import kept_before, load_baseline, usable_baseline
-
-    folder = target if target.is_dir() else target.parent
     log = _train_log(place, folder)
-    kept = usable_baseline(kept_before(place.run, (step for step, _ in earlier), folder), log)  # the first healthy one, gone
+    if implied and scanned is not None:
+        kept = implied_start(folder, scanned)
+    kept = usable_baseline(kept, log, untrained)
     if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
     return {

@@ -34,6 +34,7 @@ from nandoctor.checkpoint.finalmodel import (
     loose_files,
 )
 from nandoctor.checkpoint.incomplete import TRAINER_STATE, incomplete_reasons
+from nandoctor.checkpoint.initscales import implied_start, untrained_loss
 from nandoctor.checkpoint.layout import BOTH_FORMATS_HINT, unscanned_notes
 from nandoctor.checkpoint.megatron import rank_folders
 from nandoctor.checkpoint.roles import WEIGHT
@@ -1157,6 +1158,9 @@ def scan_run(
     initial = kept if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
     if initial is not None:
         kept = None
+    # without the callback's, the start a model's config implies (initscales.py), taken at the first row scanned
+    implied = initial is None and kept is None
+    untrained: float | None = None
     if kept is not None:
         healthy = kept.scales
         notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
@@ -1226,12 +1230,16 @@ def scan_run(
             zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
             if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
                 report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
-            baseline = initial.scales if initial is not None and usable_baseline(initial, log) else healthy
+            if implied and initial is None and report is not None and folder is not root:
+                holder = folder if access.is_dir(folder) else folder.parent
+                initial, untrained = implied_start(holder, report), untrained_loss(holder)
+            baseline = initial.scales if initial is not None and usable_baseline(initial, log, untrained) else healthy
             if baseline is not None and baseline is not healthy and not from_start:
                 from_start = True
+                kept_by = ("as config.json's initializer_range draws them, no training callback having kept them"
+                           if implied else f"the training callback kept those weights' scales in {BASELINE_NAME}")
                 notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
-                             "never came down, so no checkpoint is a healthy baseline (the training callback kept those "
-                             f"weights' scales in {BASELINE_NAME})")
+                             f"never came down to a trained model's, so no checkpoint is a healthy baseline ({kept_by})")
             jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
             status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
             if report is not None and status == DIVERGED and report.health != DIVERGED:

@@ -59,6 +59,7 @@ class CheckpointGate:
         self.last_clean: str | None = None  # the newest checkpoint that passed
         self.fresh_run = False  # set by a callback when training starts from scratch (keep_baseline replaces)
         self._initial: dict[Path, Any] = {}  # run folder → the initial weights' RunBaseline, until its first save
+        self.start_loss: float | None = None  # the initial weights' training loss (step 0's batch), where a callback saw it
         self.first_bad: str | None = None
 
     def check(
@@ -150,6 +151,8 @@ class CheckpointGate:
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not read %s for the run's baseline (%s: %s)", path, type(exc).__name__, exc)
             return
+        if self.start_loss is not None:
+            kept = dataclasses.replace(kept, start_loss=self.start_loss)
         try:
             write_baseline(run, kept)
             self.fresh_run = False  # (an earlier run's baseline is gone: this one is kept from now on)

@@ -172,6 +172,10 @@ class NanDoctorCallback(Callback):
         if loss is None:
             return
         self._losses[step] = {"loss": loss}
+        if step == 0 and math.isfinite(loss) and loss > 0:
+            # (the initial weights' own loss: a loss that later "came down" must come near it to be a trained model's;
+            # a run at lr 1e2 logged 2.4e6 at step 4 and 230 at step 39, from 4.9 here, and passed CLEAN)
+            self.gate.start_loss = loss
         if not math.isfinite(loss) and self.nonfinite_weights_at is None:  # each such loss, until the weights fail
             self._check_live_weights(trainer, pl_module, step, loss)
         self._release_all()  # the newest clean file's weights may have just given their loss
@@ -250,7 +254,15 @@ class NanDoctorCallback(Callback):
         step = trainer.global_step
         rewritten = str(path) in self._written or _is_last_path(trainer, path)
         self._written.add(str(path))
-        passed, report = self.gate.check(path, str(path))
+        from nandoctor.checkpoint.runcontext import LIVE_LOG
+        from nandoctor.checkpoint.trainlog import MetricsTable
+
+        # (the losses this callback saw, for a run whose logger writes no metrics.csv beside its checkpoints)
+        token = LIVE_LOG.set(MetricsTable("training_step loss", self._losses, "loss", None) if self._losses else None)
+        try:
+            passed, report = self.gate.check(path, str(path))
+        finally:
+            LIVE_LOG.reset(token)
         if report is not None and self.write_report:
             self._write(path, step, report, rewritten)
             self.gate.keep_baseline(path, report)

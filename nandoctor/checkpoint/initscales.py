@@ -1,0 +1,114 @@
+"""Where a training run started, as the model's own config says, for runs that blew up before their first save.
+
+Growth (verdict.growth) needs a healthy checkpoint to measure from. A run whose learning rate was far too high
+blows up within its first steps: every checkpoint it saved is already broken, and measured against the first of
+them nothing grows (a real Trainer run at lr 1e2: loss 631,389 at its first log, every weight matrix's bulk at
+512 to 1,024 from the first save on, each save "healthy" and the run CLEAN; eval loss 6.3e6 where an untrained
+model scores 4.85). The training callbacks keep the weights at step 0 for this (baseline.py); a run scanned
+without them has only what its files say:
+
+- **the initial scale**: transformers draws every Linear and Embedding weight of a model from
+  ``normal(0, initializer_range)`` (config.json), whose largest magnitude is a few times that (6.4σ covers a
+  billion draws: 7 × the range is taken). A PEFT LoRA adapter starts with ``lora_A`` uniform in ±1/√in and
+  ``lora_B`` at zero (adapter_config.json). Only 2-D weights are given a scale: a norm starts at 1, a bias at 0,
+  and a convolution at its own initializer.
+- **the untrained loss**: a language model's cross-entropy over ``vocab_size`` tokens is ln(vocab_size) where it
+  guesses uniformly, a classifier's ln(num_labels). A loss that "came down" to 2,110 from 3,158 is still 435
+  times that: the run never trained (:func:`untrained_loss`, used by baseline.usable_baseline).
+
+Both are guesses about the start, used only together with a trainer log whose loss never came down to a trained
+model's (baseline.usable_baseline): a fine-tune starts from pretrained weights, not from their initializer, and
+its healthy loss is below the untrained one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline
+from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.model import ScanReport
+
+_CONFIG, _ADAPTER_CONFIG = "config.json", "adapter_config.json"
+_SPREAD = 7.0  # the largest of n draws of normal(0, σ), in σ: 6.4 for a billion (taken high: growth is then smaller)
+# the heads whose loss is a cross-entropy over the vocabulary, by the class name's ending
+_LANGUAGE_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForSeq2SeqLM",
+                   "ForPreTraining")
+_LABEL_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice")
+
+
+def implied_start(folder: Path, report: ScanReport) -> RunBaseline | None:
+    """The weights a fresh run of the model in ``folder`` (a checkpoint folder; ``report`` its scan) started from, as
+    its config implies them: the scales of its 2-D weights (the module's docstring says which); None where the
+    config says nothing of the start (no ``initializer_range``: T5's ``initializer_factor`` is no scale)."""
+    from nandoctor.verdict import InitialScales
+
+    refs = report.tensors.refs
+    matrices = [i for i, (shape, role) in enumerate(zip(refs.shapes, refs.roles)) if len(shape) == 2 and role == "weight"]
+    adapter = _object(folder / _ADAPTER_CONFIG)
+    scales: dict[str, float] = {}
+    if adapter is not None and adapter.get("peft_type", "LORA") == "LORA":
+        for i in matrices:
+            name, inputs = refs.names[i], refs.shapes[i][1]
+            if ".lora_A." in name and inputs > 0:
+                scales[name] = 1 / math.sqrt(inputs)  # (kaiming_uniform with a=√5: the bound is 1/√fan_in)
+            elif ".lora_B." in name or ".lora_embedding_" in name:
+                scales[name] = 0.0  # (zeros, and an embedding's normal draws: growth's floor stands for them)
+    else:
+        spread = _initializer_range(_object(folder / _CONFIG))
+        if spread is None:
+            return None
+        scales = {refs.names[i]: _SPREAD * spread for i in matrices if refs.names[i].endswith("weight")}
+    return RunBaseline(0, INITIAL_WEIGHTS, None, InitialScales(scales)) if scales else None
+
+
+def untrained_loss(folder: Path) -> float | None:
+    """The loss a model of ``folder``'s config.json scores before training (it guesses uniformly): ln(vocab_size) for
+    a language model's head, ln(num_labels) for a classifier's; None where the config does not say (a regression
+    head, a multi-label one, an adapter, a model of no known head)."""
+    config = _object(folder / _CONFIG)
+    if config is None:
+        return None
+    architectures = config.get("architectures")
+    head = architectures[0] if isinstance(architectures, list) and architectures and isinstance(
+        architectures[0], str) else ""
+    if head.endswith(_LANGUAGE_HEADS):
+        vocab = config.get("vocab_size")
+        text = config.get("text_config")
+        if not _count(vocab) and isinstance(text, dict):
+            vocab = text.get("vocab_size")
+        return _log_of(vocab)
+    if head.endswith(_LABEL_HEADS) and config.get("problem_type") in (None, "single_label_classification"):
+        labels = config.get("id2label")
+        return _log_of(len(labels) if isinstance(labels, dict) else config.get("num_labels"))
+    return None
+
+
+def _log_of(count: Any) -> float | None:
+    """ln(count) of a number of classes (two or more), None for anything else."""
+    return math.log(count) if _count(count) and count > 1 else None
+
+
+def _initializer_range(config: dict[str, Any] | None) -> float | None:
+    for where in (config, (config or {}).get("text_config")):
+        value = where.get("initializer_range") if isinstance(where, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+            return float(value)
+    return None
+
+
+def _object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40
+
+
+__all__ = ["implied_start", "untrained_loss"]

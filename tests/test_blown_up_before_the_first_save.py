@@ -1,0 +1,158 @@
+"""A run whose learning rate was far too high blows up within its first steps: every checkpoint it saved is already
+broken, so none is a healthy baseline for growth, and without a training callback's step-0 weights each read CLEAN
+(a real-training trial: Trainer at lr 1e2, loss 631,389 at its first log; every weight matrix at 512 to 1,024;
+eval loss 6.3e6 where an untrained model scores 4.85). The start the model's own config implies stands for those
+weights (checkpoint/initscales.py: transformers' normal(0, initializer_range), PEFT's LoRA init), and the loss an
+untrained model scores (ln of the vocabulary) says whether a loss that "came down" ever trained. The oracles: the
+model's own eval loss (from_pretrained; PEFT for the adapter) against an untrained model's, and the healthy twins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import nandoctor  # noqa: E402
+from nandoctor.checkpoint import initscales  # noqa: E402
+
+pytestmark = pytest.mark.integration
+VOCAB = 128
+
+
+class _Sequences(torch.utils.data.Dataset):
+    """Arithmetic sequences of token ids: a pattern a tiny model learns in a few dozen steps."""
+
+    def __init__(self, n: int = 256, length: int = 16):
+        generator = torch.Generator().manual_seed(0)
+        starts, steps = torch.randint(0, VOCAB, (n,), generator=generator), torch.randint(1, 4, (n,), generator=generator)
+        self.x = (starts[:, None] + steps[:, None] * torch.arange(length)[None]) % VOCAB
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.x[i], "attention_mask": torch.ones_like(self.x[i]), "labels": self.x[i].clone()}
+
+
+def _config():
+    return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _train(out, lr: float, model=None, steps: int = 30):
+    torch.manual_seed(0)
+    model = model if model is not None else transformers.LlamaForCausalLM(_config())
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=lr, save_steps=10,
+        logging_steps=5, report_to=[], use_cpu=True, lr_scheduler_type="constant", seed=0, disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=_Sequences()).train()
+    return out
+
+
+def _eval_loss(model) -> float:
+    batch = _Sequences(n=32)[:]
+    with torch.no_grad():
+        return float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
+
+
+def test_a_trainer_run_blown_up_before_its_first_save_is_diverged(tmp_path):
+    blown = _train(tmp_path / "blown", 1e2)
+    untrained = math.log(VOCAB)
+    newest = blown / "checkpoint-30"
+    assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(newest)) > 100 * untrained  # the oracle
+    assert initscales.untrained_loss(newest) == pytest.approx(untrained)
+    run = nandoctor.scan_run(blown)
+    assert run.last_healthy is None and run.exit_code() == 1
+    assert [c.status for c in run.checkpoints] == ["diverged"] * 3
+    assert any("as config.json's initializer_range draws them" in note for note in run.notes)
+    report = nandoctor.scan(newest)  # (alone, judged in its run: the same answer)
+    assert report.health == "diverged" and report.exit_code == 1
+    assert "since the weights the run started from" in nandoctor.verdict.one_line(report)
+
+    healthy = _train(tmp_path / "healthy", 1e-3)  # (its loss falls below the untrained one: every save CLEAN)
+    assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(healthy / "checkpoint-30")) < untrained
+    assert nandoctor.scan_run(healthy).exit_code() == 0
+    assert nandoctor.scan(healthy / "checkpoint-30").exit_code == 0
+
+
+def test_a_lora_adapter_blown_up_before_its_first_save_is_diverged(tmp_path):
+    peft = pytest.importorskip("peft")
+    base = transformers.LlamaForCausalLM(_config())
+
+    def adapter(lr: float, out):
+        torch.manual_seed(0)
+        model = peft.get_peft_model(transformers.LlamaForCausalLM(_config()).eval(),
+                                    peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        model.base_model.model.load_state_dict(base.state_dict(), strict=False)
+        return _train(out, lr, model)
+
+    blown = adapter(1e2, tmp_path / "blown")
+    scale = initscales.implied_start(blown / "checkpoint-30", nandoctor.scan(blown / "checkpoint-30"))
+    assert scale is not None and set(scale.scales.values()) == {0.0, 1 / math.sqrt(64)}  # (lora_B 0, lora_A ±1/√in)
+    run = nandoctor.scan_run(blown)
+    assert run.last_healthy is None and run.exit_code() == 1, [c.why for c in run.checkpoints]
+    healthy = adapter(1e-3, tmp_path / "healthy")
+    assert nandoctor.scan_run(healthy).exit_code() == 0
+
+
+def test_a_loss_that_came_down_but_never_trained_is_no_healthy_run():
+    """A run at lr 10 went from 3,158 to 2,110 (it fell by a third, nearly): 435 times what a uniform guess over its 128 tokens
+    scores. It never trained, and growth since the start judges it; a loss that came down below that is trained."""
+    from nandoctor.checkpoint.trainlog import MetricsTable
+
+    fell = MetricsTable("t", {5: {"loss": 3158.0}, 10: {"loss": 1980.0}}, "loss", None).train_log()
+    assert fell is not None and fell.loss_fell
+    assert not fell.came_down(math.log(128)) and fell.came_down(None)
+    trained = MetricsTable("t", {5: {"loss": 4.9}, 10: {"loss": 3.1}}, "loss", None).train_log()
+    assert trained is not None and trained.came_down(math.log(128))
+
+
+def test_the_lightning_callback_judges_with_the_losses_it_saw_and_the_initial_loss(tmp_path):
+    """A real Lightning run at lr 1e2 whose CSVLogger writes in a folder of its own (no metrics.csv beside the
+    checkpoints): its loss went 4.9 at step 0 to 2.4e6 at step 5, and every save passed the callback CLEAN, the
+    trainer log unread. The callback judges with the losses it saw itself, and keeps step 0's loss in the baseline;
+    it stops the run. The healthy twin runs to the end."""
+    L = pytest.importorskip("lightning")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from nandoctor.checkpoint.baseline import read_baseline
+    from nandoctor.integrations.lightning import NanDoctorCallback
+
+    class Tiny(L.LightningModule):
+        def __init__(self, lr: float):
+            super().__init__()
+            self.lr = lr
+            self.embed, self.head = torch.nn.Embedding(VOCAB, 64), torch.nn.Linear(64, VOCAB)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.LayerNorm(128), torch.nn.GELU(),
+                                           torch.nn.Linear(128, 64))
+
+        def training_step(self, batch, _):
+            x = batch["input_ids"]
+            logits = self.head(self.mlp(self.embed(x[:, :-1])))
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+    def fit(lr: float, folder):
+        torch.manual_seed(0)
+        trainer = L.Trainer(max_steps=40, accelerator="cpu", log_every_n_steps=5, enable_progress_bar=False,
+                            enable_model_summary=False, logger=CSVLogger(str(folder) + "_logs"),
+                            callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=10, save_top_k=-1),
+                                       NanDoctorCallback(stop_on_nonfinite=True)])
+        trainer.fit(Tiny(lr), torch.utils.data.DataLoader(_Sequences(), batch_size=8, shuffle=True))
+        return trainer
+
+    blown = fit(1e2, tmp_path / "blown")
+    assert blown.global_step < 40  # stopped at a save that failed
+    kept = read_baseline(tmp_path / "blown")
+    assert kept is not None and kept.start_loss == pytest.approx(math.log(VOCAB), rel=0.2)
+    healthy = fit(1e-3, tmp_path / "healthy")
+    assert healthy.global_step == 40
