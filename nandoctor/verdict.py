@@ -902,6 +902,14 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
     return [refs.names[i] for i in rows]
 
 
+def overflowed_moments(report: ScanReport, failing: Iterable[str]) -> bool:
+    """Whether a failing optimizer state of ``report`` is a second moment (Adam's ``exp_avg_sq``) holding +Inf: a
+    gradient square beyond the dtype's range, which a run only takes when it has blown up."""
+    tensors = report.tensors
+    refs = tensors.refs
+    return any(tensors.posinf[i] and is_variance(refs.names[i], refs.roles[i]) for i in failing_rows(report, failing))
+
+
 # What the non-finite pickled floats are, in words (readers/torch/names.py: RATE_KEYS, SCHEDULER_RATE_KEYS)
 RATE_FLOATS = ("learning-rate or loss-scale settings (Python floats of the optimizer's param_groups, its scheduler or its "
                "gradient scaler, not tensors)")

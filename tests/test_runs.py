@@ -506,6 +506,22 @@ def test_a_checkpoint_bad_only_in_its_optimizer_state_says_the_weights_are_fine_
             f"{run_dir / 'checkpoint-200'} instead") in out
 
 
+def test_an_adam_second_moment_at_inf_says_the_weights_may_be_broken(run_dir):
+    """A real run at lr 1e2: its Adam exp_avg_sq overflowed to +Inf (a gradient beyond ~1e19) while its weights, finite
+    and under every ceiling, scored an eval loss of 8,960 (untrained: 4.9); the scan said "the model weights are
+    healthy, so the model loads and generates". A second moment at +Inf says the weights may be broken."""
+    torch = pytest.importorskip("torch")
+    newest = run_dir / "checkpoint-300"
+    for shard in (run_dir / "checkpoint-200").glob("*.safetensors"):
+        shutil.copy(shard, newest / shard.name)
+    state = {i: {"exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)} for i in range(40)}
+    state[7]["exp_avg_sq"][2] = float("inf")
+    torch.save({"state": state, "param_groups": [{"params": list(range(40))}]}, newest / "optimizer.pt")
+    out = " ".join(run("scan", str(newest)).output.split())
+    assert "a second moment that overflowed to +Inf took gradients beyond ~1e19" in out
+    assert "the model weights are healthy" not in out and "evaluate the model" in out
+
+
 def test_max_w_of_a_checkpoint_holding_inf_or_nan_says_so(tmp_path):
     """A new user: the timeline, Markdown table and HTML chart showed 0.0874 as max |w| of the demo's checkpoint-300,
     which holds 53 +Inf (the largest *finite* magnitude). The tables say inf (nan where NaN is all that is broken)."""

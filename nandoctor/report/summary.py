@@ -205,7 +205,14 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                          "makes every weight NaN at the next step (a NaN or infinite loss scale skips every step): resume from an earlier checkpoint instead (a repair "
                          "restores tensors, not these)")
         else:
-            if optimizer and not report.unviewed:
+            if optimizer and not report.unviewed and verdicts.overflowed_moments(report, failing):
+                # (an Adam second moment at +Inf took a gradient beyond ~1e19: a real run's weights, finite and under
+                # every ceiling, scored an eval loss of 8,960 where an untrained model scores 4.9)
+                steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}), but a second moment that "
+                             "overflowed to +Inf took gradients beyond ~1e19: the weights read finite, and may still be "
+                             "broken; evaluate the model (its loss on held-out data) before using it, and resume from an "
+                             "earlier checkpoint (with a lower learning rate, or gradient clipping) rather than from this one")
+            elif optimizer and not report.unviewed:
                 steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}); the model weights are healthy, so the "
                              "model loads and generates, but resuming training from this checkpoint restores the bad "
                              "state: resume from an earlier checkpoint instead")
