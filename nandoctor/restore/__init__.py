@@ -377,8 +377,8 @@ def _growth_stays(restored: int) -> str:
     """Why a repair by tensor leaves a checkpoint diverged by growth once its ``restored`` bad tensors are restored."""
     restoring = (f"restoring its {restored} bad tensor(s) would leave it diverged" if restored
                  else "nothing to restore")
-    return (f"{restoring}: the grown weight is finite, no bad tensor (no NaN/Inf, exploded or outlier value), so a "
-            "checkpoint diverged by growth cannot be repaired by tensor")
+    return (f"{restoring}: the weight that grew holds no NaN/Inf, exploded or outlier value of its own, so it is no "
+            "tensor a repair restores, and a checkpoint diverged by growth cannot be repaired by tensor")
 
 
 def _refuse_growth_left(
