@@ -713,6 +713,9 @@ def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
         (transformers.GraniteForCausalLM(transformers.GraniteConfig(
             vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
          {"attention_multiplier": 0.0}),
+        (transformers.CohereForCausalLM(transformers.CohereConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+         {"logit_scale": 0.0}),
         (transformers.T5ForConditionalGeneration(transformers.T5Config(
             vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)),
          {"relative_attention_max_distance": 8}),
@@ -727,7 +730,7 @@ def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
         if key == "query_pre_attn_scalar":  # the oracles
             with pytest.raises(ZeroDivisionError):
                 type(model).from_pretrained(folder)
-        elif key == "embedding_multiplier":
+        elif key in ("embedding_multiplier", "logit_scale"):
             loaded = type(model).from_pretrained(folder)
             with torch.no_grad():
                 assert float(loaded(torch.tensor([[1, 2, 3]])).logits.abs().max()) == 0.0

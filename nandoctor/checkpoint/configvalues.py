@@ -482,6 +482,8 @@ _LOGIT_DIVISORS = {"logits_scaling": ("granite", "minicpm3"), "logits_mup_width_
 # average, or the build raise ZeroDivisionError (adversarial rounds' each read CLEAN)
 _ZERO_BREAKS = {"embedding_multiplier": (("granite",), "the embeddings are multiplied by it: every logit is 0 and the "
                                          "output no longer depends on the prompt"),
+                "logit_scale": (("cohere",), "the logits are multiplied by it: every logit is 0 and the output no "
+                                "longer depends on the prompt"),
                 "residual_multiplier": (("granite",), "each layer's output is multiplied by it: the layers add nothing, "
                                         "and each next token follows from the one before alone"),
                 "attention_multiplier": (("granite",), "the attention scores are multiplied by it: torch's causal SDPA "
