@@ -88,6 +88,8 @@ GENERATION = [
     ({"num_return_sequences": 2}, "load"),
     ({"num_return_sequences": 3, "num_beams": 2}, "load"),
     ({"early_stopping": "bogus", "num_beams": 2}, "load"),
+    ({"min_length": 5.0}, "generate"),  # (an integer itself: "has to be a non-negative integer", an adversarial round)
+    ({"min_new_tokens": 2.0}, "generate"),
     # tolerated: no finding
     ({"temperature": 0.0, "do_sample": False}, "ok"),
     ({"temperature": 1e-30, "do_sample": True}, "ok"),  # (tiny, but the logits / it stay finite: argmax sampling)

@@ -306,8 +306,9 @@ _TYPES: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
     "epsilon_cutoff": ("a float", "sample", _numeric),
     "eta_cutoff": ("a float", "sample", _numeric),
     "length_penalty": (_A_NUMBER, "beams", _numeric),
-    "min_length": (_AN_INTEGER, "eos", _numeric),
-    "min_new_tokens": (_AN_INTEGER, "eos", _numeric),
+    # (an integer itself: "`min_length` has to be a non-negative integer, but is 5.0", an adversarial round)
+    "min_length": (_AN_INTEGER, "eos", lambda v: v is None or isinstance(v, int)),
+    "min_new_tokens": (_AN_INTEGER, "eos", lambda v: v is None or isinstance(v, int)),
 }
 
 
