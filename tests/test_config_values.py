@@ -594,10 +594,13 @@ def test_rotary_dimensions_past_a_head_s_are_a_bad_config(tmp_path, family, key,
 
 @pytest.mark.parametrize(("family", "key", "value"), [("llama", "rms_norm_eps", 1), ("llama", "initializer_range", 0),
                                                       ("gpt2", "layer_norm_epsilon", 1),
-                                                      ("gemma2", "final_logit_softcapping", 30)])
+                                                      ("gemma2", "final_logit_softcapping", 30),
+                                                      ("llama", "eos_token_id", 2.0), ("llama", "bos_token_id", True),
+                                                      ("llama", "eos_token_id", [2.0]), ("llama", "use_cache", 1)])
 def test_an_integer_where_transformers_wants_a_float_is_a_bad_config(tmp_path, family, key, value):
     """An adversarial round: transformers 5's configs are strict dataclasses, and a field typed float refuses a JSON
-    integer ("Field 'rms_norm_eps' expected float, got int"): a softcap written 30, an epsilon written 1, read CLEAN."""
+    integer ("Field 'rms_norm_eps' expected float, got int"): a softcap written 30, an epsilon written 1, read CLEAN;
+    so do a token id written 2.0 or true (every *_token_id is an integer) and a use_* flag written 1."""
     import torch
 
     config_class, model_class, sizes = {
@@ -614,11 +617,11 @@ def test_an_integer_where_transformers_wants_a_float_is_a_bad_config(tmp_path, f
     assert nandoctor.scan(folder).exit_code == 0
     data = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**data, key: value}))
-    with pytest.raises(Exception, match="expected float"):  # the oracle
+    with pytest.raises(Exception, match="expected"):  # the oracle ("expected float, got int", "expected int, …")
         model_class.from_pretrained(folder)
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
-    assert f"{key} is {value}" in report.errors[0].message
+    assert f"{key} is {json.dumps(value)}" in report.errors[0].message
 
 
 def _roped(folder, rope=None):

@@ -145,9 +145,17 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
             # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
             meant = _meant(value, int)
             want = "an integer"
-        elif key in _BOOL_FIELDS and not isinstance(value, bool):
-            meant, want = ({"true": True, "false": False}.get(value.lower(), DROP) if isinstance(value, str) else DROP,
-                           "true or false")
+        elif key.endswith("_token_id") and value is not None and not _token_ids(value):
+            # (every model's special token ids are integers, or lists of them: eos_token_id 2.0 failed from_pretrained
+            # and AutoTokenizer, an adversarial round's read CLEAN; the build decides)
+            meant, want = (_meant(value, int) if not isinstance(value, list) else DROP), "a token id (an integer)"
+        elif (key in _BOOL_FIELDS or key.startswith("use_")) and not isinstance(value, bool) and (
+                key in _BOOL_FIELDS or value in (0, 1)):
+            # (use_* flags are booleans: Cohere's use_qk_norm written 0 failed the same way; a use_* key of another
+            # value is a model's own setting, left alone)
+            meant = ({"true": True, "false": False}.get(value.lower(), DROP) if isinstance(value, str)
+                     else bool(value) if number and value in (0, 1) else DROP)
+            want = "true or false"
         elif key in _FLOAT_FIELDS and not number:
             meant, want = _meant(value, float), "a number"
         elif key in _STRICT_FLOAT_FIELDS and number and isinstance(value, int):
@@ -157,6 +165,13 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
         else:
             continue
         yield config, key, f"config.json's {where}{key} is {json.dumps(value)[:40]}, where transformers reads {want}", meant
+
+
+def _token_ids(value: Any) -> bool:
+    """Whether ``value`` is a token id as transformers types one: an integer, or a list of them (bools aside)."""
+    if isinstance(value, list):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _meant(value: Any, kind: type) -> Any:
