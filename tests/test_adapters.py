@@ -129,6 +129,23 @@ def test_an_adapter_config_whose_r_is_not_positive_is_bad_config(base, tmp_path)
     assert "its r is 0: PEFT needs a positive integer" in report.errors[0].message
 
 
+def test_an_adapter_config_of_a_type_peft_does_not_know_is_bad_config(base, tmp_path, monkeypatch):
+    """An adversarial round: peft_type "LORAX" (PEFT raises KeyError as it loads) read CLEAN. A type outside the list
+    nandoctor keeps is asked of the installed PEFT: one it knows stays clean."""
+    from nandoctor.checkpoint import adapters
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4)
+    _edit(adapter, peft_type="LORAX")
+    with pytest.raises(KeyError):  # the oracle
+        _loads(base, adapter)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
+    assert 'its peft_type is "LORAX", which PEFT does not know' in report.errors[0].message
+    _edit(adapter, peft_type="LORA")
+    monkeypatch.setattr(adapters, "_PEFT_TYPES", frozenset())  # (as if a newer PEFT's type: the installed one says)
+    assert nandoctor.scan(adapter).exit_code == 0
+
+
 @pytest.mark.parametrize("alpha, use_rslora, nan", [(1e40, False, True), (1e39, True, True), (1e30, False, False)])
 def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, tmp_path, alpha, use_rslora, nan):
     """An adversarial round: lora_alpha 1e40 (finite JSON) with r 4: PEFT scales every update by 2.5e39, beyond

@@ -11,6 +11,7 @@ per expert. Checked with peft 0.21 (tests/test_adapters.py).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -98,16 +99,46 @@ def _update_scale(config: dict[str, Any]) -> float | None:
         return math.inf
 
 
+# PEFT 0.21's adapter types (PeftType); a type outside them is asked of the installed PEFT (a newer one may know it)
+_PEFT_TYPES = frozenset({
+    "ADALORA", "ADAMSS", "ADAPTION_PROMPT", "BEFT", "BOFT", "C3A", "CARTRIDGE", "CPT", "DEFT", "DELORA", "FOURIERFT",
+    "FROD", "GLORA", "GRALORA", "HIRA", "HRA", "IA3", "LILY", "LN_TUNING", "LOHA", "LOKR", "LORA", "MISS",
+    "MULTITASK_PROMPT_TUNING", "OFT", "OSF", "PEANUT", "POLY", "PREFIX_TUNING", "PROMPT_TUNING", "PSOFT", "PVERA",
+    "P_TUNING", "RANDLORA", "ROAD", "SHADOW", "SHIRA", "SUPERTUNING", "TINYLORA", "TRAINABLE_TOKENS", "UNILORA",
+    "VBLORA", "VERA", "WAVEFT", "XLORA"})
+
+
+def _known_peft_type(kind: Any) -> bool:
+    """Whether PEFT loads an adapter of type ``kind``: one of its types, or, for another string, one the installed PEFT
+    has (none installed: not judged)."""
+    if kind in _PEFT_TYPES:
+        return True
+    if not isinstance(kind, str):
+        return False
+    try:
+        from peft import PeftType  # (only for a type outside the list: a newer PEFT's)
+    except Exception:  # noqa: BLE001  (not installed, or broken: nothing is said)
+        return True
+    return kind in PeftType.__members__
+
+
 def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) -> list[ScanProblem]:
     """A LoRA adapter_config.json (``config``) that does not make these weights (``names``) the adapter: an ``r`` that
     is no positive integer (PEFT raises), a ``lora_alpha`` of 0 (every update scaled to nothing), or
     ``target_modules`` that match none of the modules the stored LoRA tensors belong to, or not all of them (PEFT
     builds LoRA on the modules the config names and drops the stored tensors of the others: a trial's adapter loaded
     as the bare base model, logits equal to the last digit). PEFT's other filters (``layers_to_transform``,
-    ``exclude_modules``) and ``all-linear`` are not reproduced: nothing is said there."""
-    if config.get("peft_type", "LORA") != "LORA":
-        return []
+    ``exclude_modules``) and ``all-linear`` are not reproduced: nothing is said there. A ``peft_type`` PEFT does not
+    know (a KeyError as it loads: an adversarial round's "LORAX" read CLEAN) is BAD CONFIG whatever the type."""
     path = str(root / "adapter_config.json")
+    kind = config.get("peft_type", "LORA")
+    if not _known_peft_type(kind):
+        return [ScanProblem(path, f"its peft_type is {json.dumps(kind)[:40]}, which PEFT does not know: "
+                            "PeftModel.from_pretrained raises (KeyError) and the adapter does not load",
+                            "use the adapter_config.json saved with these weights (peft_type \"LORA\" for a LoRA)",
+                            kind=CONFIG_KIND)]
+    if kind != "LORA":
+        return []
     rank, alpha = config.get("r"), config.get("lora_alpha")
     if "r" in config and not config.get("rank_pattern") and (not isinstance(rank, int) or isinstance(rank, bool)
                                                               or rank <= 0):
