@@ -29,6 +29,7 @@ from typing import Any
 
 from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline
 from nandoctor.checkpoint.jsonfiles import read_json
+from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
 
 _CONFIG, _ADAPTER_CONFIG = "config.json", "adapter_config.json"
@@ -102,7 +103,7 @@ def _initializer_range(config: dict[str, Any] | None) -> float | None:
 def _object(path: Path) -> dict[str, Any] | None:
     try:
         data = read_json(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, NandoctorError):  # (missing, invalid, refused: no start implied)
         return None
     return data if isinstance(data, dict) else None
 

@@ -294,7 +294,7 @@ def run_facts(
             compared.insert(0, (earlier[-1][1].name, scan_one(earlier[-1][1])))
     healthy_before = baseline is not None  # (on disk: a resume point, whatever baseline the growth is measured against)
     log = _train_log(place, folder)
-    if implied and scanned is not None:
+    if implied and scanned is not None and baseline is None:  # (a guess: a healthy checkpoint on disk comes first)
         kept = implied_start(folder, scanned)
     kept = usable_baseline(kept, log, untrained)
     if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)

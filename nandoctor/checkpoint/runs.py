@@ -1231,9 +1231,12 @@ def scan_run(
             if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
                 report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
             if implied and initial is None and report is not None and folder is not root:
-                holder = folder if access.is_dir(folder) else folder.parent
+                holder = folder if access.is_dir(folder, refused=False) else folder.parent
                 initial, untrained = implied_start(holder, report), untrained_loss(holder)
-            baseline = initial.scales if initial is not None and usable_baseline(initial, log, untrained) else healthy
+            # (the implied start is a guess: a healthy checkpoint on disk, once there is one, is the baseline instead)
+            guessed = implied and healthy is not None
+            baseline = (initial.scales if initial is not None and not guessed and usable_baseline(initial, log, untrained)
+                        else healthy)
             if baseline is not None and baseline is not healthy and not from_start:
                 from_start = True
                 kept_by = ("as config.json's initializer_range draws them, no training callback having kept them"
