@@ -904,7 +904,7 @@ def optimizer_only(report: ScanReport, failing: Iterable[str]) -> list[str]:
 
 def overflowed_moments(report: ScanReport, failing: Iterable[str]) -> bool:
     """Whether a failing optimizer state of ``report`` is a second moment (Adam's ``exp_avg_sq``) holding +Inf: a
-    gradient square beyond the dtype's range, which a run only takes when it has blown up."""
+    gradient square beyond its dtype's range (~1e19 in fp32 and bf16, ~256 in fp16), which a run takes when it blew up."""
     tensors = report.tensors
     refs = tensors.refs
     return any(tensors.posinf[i] and is_variance(refs.names[i], refs.roles[i]) for i in failing_rows(report, failing))
@@ -932,7 +932,7 @@ def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
 # wrote it (a real run's accelerate and DCP saves were told of the Trainer's and Lightning's settings)
 CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
 _CLIPPING_BY_FILE = (
-    (re.compile(r"^(?:rng_state(?:_\d+)?\.pth|scheduler\.pt)$"), "gradient clipping (the Trainer's max_grad_norm, e.g. 1.0)"),
+    (re.compile(r"^(?:rng_state(?:_\d+)?\.pth|scheduler\.pt)$"), "gradient clipping (a lower max_grad_norm: the Trainer's is 1.0 by default)"),
     (re.compile(r"\.ckpt$"), "gradient clipping (Trainer(gradient_clip_val=1.0) in Lightning)"),
     (re.compile(r"^(?:random_states_\d+\.pkl|optimizer(?:_\d+)?\.bin)$"),
      "gradient clipping (accelerator.clip_grad_norm_(model.parameters(), 1.0) before each optimizer step)"),

@@ -176,6 +176,8 @@ def test_the_no_trainer_examples_step_folders_are_a_run(tmp_path):
                 for parameter in model.parameters():
                     parameter.mul_(1e30)
         acc.save_state(str(run / f"step_{step}"))
+    (run / "step_40").mkdir()  # (a loop's per-step samples: no save, no row; a review's run exited 3, INCOMPLETE)
+    (run / "step_40" / "generations.json").write_text('{"text": "sample"}')
     report = nandoctor.scan_run(run)
     assert [c.name for c in report.checkpoints] == ["step_10", "step_20", "step_30"]
     assert report.last_clean is not None and report.last_clean.name == "step_20" and report.exit_code() == 1

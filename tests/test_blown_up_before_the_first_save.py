@@ -156,3 +156,24 @@ def test_the_lightning_callback_judges_with_the_losses_it_saw_and_the_initial_lo
     assert kept is not None and kept.start_loss == pytest.approx(math.log(VOCAB), rel=0.2)
     healthy = fit(1e-3, tmp_path / "healthy")
     assert healthy.global_step == 40
+
+
+def test_a_healthy_fine_tune_of_large_pretrained_weights_is_no_divergence(tmp_path):
+    """A review: a fine-tune starts from pretrained weights, which may lie far above what initializer_range draws (here
+    an exact reparametrisation: the residual stream scaled by 1000, every RMSNorm undoing it), its loss flat and far
+    below an untrained model's. It read DIVERGED against the guessed start; only a loss still above 4x the untrained
+    one uses that guess."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(_config())
+    _train(tmp_path / "pretraining", 3e-3, model, steps=60)
+    with torch.no_grad():
+        model.model.embed_tokens.weight *= 1000
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight *= 1000
+            layer.mlp.down_proj.weight *= 1000
+    assert _eval_loss(model) < math.log(VOCAB)  # (the same function: trained)
+    model.save_pretrained(tmp_path / "pretrained")
+    tuned = _train(tmp_path / "fine-tune", 1e-4, transformers.LlamaForCausalLM.from_pretrained(tmp_path / "pretrained"))
+    assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(tuned / "checkpoint-30")) < math.log(VOCAB)
+    assert nandoctor.scan_run(tuned).exit_code() == 0
+    assert nandoctor.scan(tuned / "checkpoint-30").exit_code == 0

@@ -336,6 +336,9 @@ def test_a_norm_epsilon_of_zero_with_a_zero_pad_row_is_bad_config(tmp_path, dtyp
     model.save_pretrained(unpadded)
     _edit(unpadded, "config.json", rms_norm_eps=0.0)
     assert _oracle(unpadded) == "ok" and nandoctor.scan(unpadded).exit_code == 0
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace(
+        '"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-06, "norm_eps": 1' + "0" * 400))  # (a review: OverflowError, exit 3)
+    assert '"norm_eps": 1000' in (folder / "config.json").read_text() and nandoctor.scan(folder).exit_code == 0
     gpt2 = _fresh(tmp_path / "gpt2", "gpt2", vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
     zeroed = transformers.GPT2LMHeadModel.from_pretrained(gpt2)
     with torch.no_grad():

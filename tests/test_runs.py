@@ -518,7 +518,7 @@ def test_an_adam_second_moment_at_inf_says_the_weights_may_be_broken(run_dir):
     state[7]["exp_avg_sq"][2] = float("inf")
     torch.save({"state": state, "param_groups": [{"params": list(range(40))}]}, newest / "optimizer.pt")
     out = " ".join(run("scan", str(newest)).output.split())
-    assert "a second moment that overflowed to +Inf took gradients beyond ~1e19" in out
+    assert "a second moment that overflowed to +Inf took a gradient whose square is beyond its dtype's range" in out
     assert "the model weights are healthy" not in out and "evaluate the model" in out
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.jsonfiles import finite_number
+from nandoctor.checkpoint.trainlog import UNTRAINED_MULTIPLE
 
 BASELINE_NAME = "nandoctor-baseline.json"
 # The label of a baseline taken from the weights a fresh training run starts from (step 0: the Trainer callback
@@ -56,6 +57,9 @@ class RunBaseline:
     # the initial weights' own training loss (the first batch's, before any update: a training callback's), which a
     # loss that "came down" must come near to be a trained model's (usable_baseline)
     start_loss: float | None = None
+    # a start guessed from the model's config (initscales.py: transformers' initializer_range), not one seen: a fine-tune
+    # starts from pretrained weights, so only a run whose loss never trained (usable_baseline) is measured from it
+    guessed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "nandoctor-baseline/1", "step": self.step, "checkpoint": self.checkpoint,
@@ -146,9 +150,15 @@ def usable_baseline(kept: RunBaseline | None, log: Any, untrained: float | None 
     ``untrained``, the loss of a model that guesses uniformly, or else the initial weights' own loss where a callback
     kept it (TrainLog.came_down: a Lightning run's first logged loss was 2.4e6 at step 4, 230 at step 39, from 4.9 at
     step 0); without a logged loss, nothing says which, and the first healthy checkpoint on disk is the baseline, as
-    before."""
+    before. A start ``guessed`` from the config is used only where the log's last loss is still ``UNTRAINED_MULTIPLE``
+    times the untrained one: a fine-tune whose loss hardly moved starts from pretrained weights, which may lie far
+    above the initializer's (a review's rescaled model fine-tuned healthy at loss 0.19 read DIVERGED)."""
     if kept is None or kept.checkpoint != INITIAL_WEIGHTS:
         return kept
+    if kept.guessed:  # (positive evidence only: a loss still far above an untrained model's, whatever it did)
+        never_trained = (log is not None and getattr(log, "error", None) is None and untrained is not None
+                         and log.last_loss is not None and log.last_loss > UNTRAINED_MULTIPLE * untrained)
+        return kept if never_trained else None
     reference = untrained if untrained is not None else kept.start_loss
     if log is None or getattr(log, "error", None) is not None or log.first_loss is None or log.came_down(reference):
         return None

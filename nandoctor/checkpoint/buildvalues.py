@@ -145,7 +145,7 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
             # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
             meant = _meant(value, int)
             want = "an integer"
-        elif key.endswith("_token_id") and value is not None and not _token_ids(value):
+        elif key.endswith("_token_id") and key != "pad_token_id" and value is not None and not _token_ids(value):
             # (every model's special token ids are integers, or lists of them: eos_token_id 2.0 failed from_pretrained
             # and AutoTokenizer, an adversarial round's read CLEAN; the build decides)
             meant, want = (_meant(value, int) if not isinstance(value, list) else DROP), "a token id (an integer)"
@@ -159,7 +159,8 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
         elif key in _FLOAT_FIELDS and not number:
             meant, want = _meant(value, float), "a number"
         elif key in _STRICT_FLOAT_FIELDS and number and isinstance(value, int):
-            meant, want = float(value), "a float (written with a decimal point)"
+            meant = float(value) if abs(value) < 1 << 1000 else DROP  # (a 400-digit integer is no float: OverflowError)
+            want = "a float (written with a decimal point)"
         elif key in _DICT_FIELDS and not isinstance(value, dict):
             meant, want = DROP, "an object"
         else:

@@ -16,9 +16,10 @@ without them has only what its files say:
   guesses uniformly, a classifier's ln(num_labels). A loss that "came down" to 2,110 from 3,158 is still 435
   times that: the run never trained (:func:`untrained_loss`, used by baseline.usable_baseline).
 
-Both are guesses about the start, used only together with a trainer log whose loss never came down to a trained
-model's (baseline.usable_baseline): a fine-tune starts from pretrained weights, not from their initializer, and
-its healthy loss is below the untrained one.
+The LoRA start is PEFT's own (an adapter is always trained from it), used as the callbacks' step-0 weights are:
+where the trainer log's loss did not come down. The initializer's is a guess (a fine-tune starts from pretrained
+weights, which may lie far above it), used only where the log's last loss is still 4x the untrained one: the run
+never trained (baseline.usable_baseline).
 """
 
 from __future__ import annotations
@@ -50,19 +51,25 @@ def implied_start(folder: Path, report: ScanReport) -> RunBaseline | None:
     matrices = [i for i, (shape, role) in enumerate(zip(refs.shapes, refs.roles)) if len(shape) == 2 and role == "weight"]
     adapter = _object(folder / _ADAPTER_CONFIG)
     scales: dict[str, float] = {}
-    if adapter is not None and adapter.get("peft_type", "LORA") == "LORA":
+    if adapter is not None:
+        # (PEFT's default LoRA init only: gaussian, PiSSA, OLoRA, LoftQ start elsewhere; another adapter type, or a
+        # modules_to_save copy, owes nothing to these numbers)
+        if adapter.get("peft_type", "LORA") != "LORA" or adapter.get("init_lora_weights", True) is not True:
+            return None
         for i in matrices:
             name, inputs = refs.names[i], refs.shapes[i][1]
             if ".lora_A." in name and inputs > 0:
                 scales[name] = 1 / math.sqrt(inputs)  # (kaiming_uniform with a=√5: the bound is 1/√fan_in)
-            elif ".lora_B." in name or ".lora_embedding_" in name:
-                scales[name] = 0.0  # (zeros, and an embedding's normal draws: growth's floor stands for them)
-    else:
-        spread = _initializer_range(_object(folder / _CONFIG))
-        if spread is None:
-            return None
-        scales = {refs.names[i]: _SPREAD * spread for i in matrices if refs.names[i].endswith("weight")}
-    return RunBaseline(0, INITIAL_WEIGHTS, None, InitialScales(scales)) if scales else None
+            elif ".lora_B." in name or ".lora_embedding_A" in name:
+                scales[name] = 0.0  # (zeros: growth's floor stands for them)
+            elif ".lora_embedding_B" in name:
+                scales[name] = _SPREAD  # (normal(0, 1))
+        return RunBaseline(0, INITIAL_WEIGHTS, None, InitialScales(scales)) if scales else None
+    spread = _initializer_range(_object(folder / _CONFIG))
+    if spread is None:
+        return None
+    scales = {refs.names[i]: _SPREAD * spread for i in matrices if refs.names[i].endswith("weight")}
+    return RunBaseline(0, INITIAL_WEIGHTS, None, InitialScales(scales), guessed=True) if scales else None
 
 
 def untrained_loss(folder: Path) -> float | None:

@@ -71,35 +71,24 @@ def judged_in_run(
 LIVE_LOG: ContextVar[Any] = ContextVar("nandoctor_live_log", default=None)
 
 
-def _train_log(place: Any, folder: Path) -> Any:
-    """The trainer log as it stood when the checkpoint at ``place`` (runs.place_in_run) was saved: its own
-    trainer_state.json, or the rows of a Lightning run's metrics.csv logged before its step (else the losses a
-    callback saw: :data:`LIVE_LOG`); None without one."""
+def _train_log(place: Any, folder: Path, step: int | None = None) -> Any:
+    """The trainer log as it stood when the checkpoint at ``place`` (runs.place_in_run) was saved, or the run's
+    checkpoint of ``step`` at ``folder``: its own trainer_state.json, or the rows of a Lightning run's metrics.csv
+    logged before its step (else the losses a callback saw: :data:`LIVE_LOG`); None without one."""
     from nandoctor.checkpoint.runs import TRAINER_STATE
     from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
 
     if place.step_files:
         metrics = metrics_near(place.run)
         metrics = metrics if metrics is not None else LIVE_LOG.get()
-        return metrics.train_log(place.step) if metrics is not None else None
+        return metrics.train_log(place.step if step is None else step) if metrics is not None else None
+    if step is not None:
+        return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
     if place.final and not os.path.isfile(folder / TRAINER_STATE):
         # (save_model() without save_state(): the newest checkpoint that has a log holds the run's, as the run scan
         # takes it; an interrupted newest save without one is passed over)
         logged = [path for _, path in reversed(place.siblings()) if os.path.isfile(path / TRAINER_STATE)]
         folder = logged[0] if logged else folder
-    return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
-
-
-def _log_at(place: Any, step: int, folder: Path) -> Any:
-    """The trainer log as it stood when the run's checkpoint of ``step`` at ``folder`` was saved (:func:`_train_log`
-    for another checkpoint of the run at ``place``)."""
-    from nandoctor.checkpoint.runs import TRAINER_STATE
-    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
-
-    if place.step_files:
-        metrics = metrics_near(place.run)
-        metrics = metrics if metrics is not None else LIVE_LOG.get()
-        return metrics.train_log(step) if metrics is not None else None
     return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
 
 
@@ -280,7 +269,8 @@ def run_facts(
             before = scan_one(path)
         except NandoctorError:
             continue
-        start = usable_baseline(implied_start(path, before), _log_at(place, step, path), untrained) if implied else None
+        holder = path if path.is_dir() else path.parent  # (a step file's config.json lies beside it)
+        start = usable_baseline(implied_start(holder, before), _train_log(place, path, step), untrained) if implied else None
         status, _ = verdict.checkpoint_status(before, False, start.scales if start is not None else None)
         if status in HEALTHY_STATUSES:
             baseline, baseline_max = path, verdict.max_abs(before, "weight")

@@ -156,8 +156,23 @@ def _checkpoints_among(folder: Path, entries: list[Path]) -> list[tuple[int, Pat
     for entry in entries:
         step = 0 if megatron and entry.name == MEGATRON_RELEASE else step_of_name(entry.name, deepspeed)
         if step is not None and access.is_dir(entry, refused=True):  # (a link it may not follow: its row says so)
+            if entry.name.startswith("step_") and not _holds_a_save(entry):
+                continue  # (a loop's per-step samples or eval outputs, step_200/generations.json: no save, no row)
             found.append((step, entry))
     return sorted(found)
+
+
+_SAVE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".distcp")
+
+
+def _holds_a_save(folder: Path) -> bool:
+    """Whether a ``step_N`` folder holds what accelerate's save_state writes (weights, optimizer or random states, a
+    DCP checkpoint): the name alone is also what a training loop gives its per-step samples (a review's Trainer run
+    with step_200/generations.json beside its checkpoints exited 3, INCOMPLETE)."""
+    try:
+        return any(e.name.endswith(_SAVE_SUFFIXES) or e.name == ".metadata" for e in access.listing(folder))
+    except NandoctorError:
+        return True  # (one it may not list: its row says why)
 
 
 def pointer_problem(folder: Path, saves: set[str]) -> str | None:

@@ -209,6 +209,9 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
     if not text.endswith(b"}") or (raw[:2] in (b"{\n", b"{\r") and not re.search(rb"(?:^|\n)}$", text)):
         found.append(_invalid(path, "it is cut short: its last bytes do not close its JSON object"))
         return _TokenizerJson()
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):  # (a BOM, another JSON value: not an object, which the parse wants)
+        found.append(_invalid(path, "it does not begin with a JSON object ('{')"))
+        return _TokenizerJson()
     damage = _damage(raw)
     if damage is not None:
         found.append(_invalid(path, damage))

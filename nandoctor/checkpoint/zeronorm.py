@@ -80,8 +80,8 @@ def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
         for key, value in sub.items():
             words = key.lower().split("_")
             if (words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words)
-                    and isinstance(value, (int, float)) and not isinstance(value, bool)):
-                found.append((prefix + key, float(value)))
+                    and isinstance(value, (int, float)) and not isinstance(value, bool) and -1 < value <= 0):
+                found.append((prefix + key, float(value)))  # (in range: a 400-digit integer is no float)
     return found
 
 

@@ -209,7 +209,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                 # (an Adam second moment at +Inf took a gradient beyond ~1e19: a real run's weights, finite and under
                 # every ceiling, scored an eval loss of 8,960 where an untrained model scores 4.9)
                 steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}), but a second moment that "
-                             "overflowed to +Inf took gradients beyond ~1e19: the weights read finite, and may still be "
+                             "overflowed to +Inf took a gradient whose square is beyond its dtype's range (~1e19 in "
+                             "fp32): the weights read finite, and may still be "
                              "broken; evaluate the model (its loss on held-out data) before using it, and resume from an "
                              "earlier checkpoint (with a lower learning rate, or gradient clipping) rather than from this one")
             elif optimizer and not report.unviewed:
