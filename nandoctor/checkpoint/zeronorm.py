@@ -32,7 +32,7 @@ _EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|wor
 # a learned position embedding added to the token's before the first norm: a zero token row is no zero hidden state
 _POSITIONS = re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$")
 _FLOATS = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E5M2": "u1"}
-_ROWS_AT_ONCE = 4096
+_BYTES_AT_ONCE = 8 << 20  # (rows read a block at a time: a very wide embedding is never read whole)
 _SHOWN = 4
 
 
@@ -97,10 +97,11 @@ def _zero_rows(ref: TensorRef) -> list[int]:
     magnitude = np.array(~sign & ((1 << (itemsize * 8)) - 1), dtype=view)
     found: list[int] = []
     start = region.offset + ref.storage_offset * itemsize
+    at_once = max(1, _BYTES_AT_ONCE // (width * itemsize))
     try:
         with open(region.file, "rb") as handle:
-            for first in range(0, rows, _ROWS_AT_ONCE):
-                count = min(_ROWS_AT_ONCE, rows - first)
+            for first in range(0, rows, at_once):
+                count = min(at_once, rows - first)
                 handle.seek(start + first * width * itemsize)
                 raw = handle.read(count * width * itemsize)
                 if len(raw) != count * width * itemsize:
