@@ -881,6 +881,9 @@ def _jump_words(jump: Mapping[str, Any]) -> str:
     loss, early = jump.get("loss"), jump.get("early_loss")
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return "the trainer log's loss jumped before it was saved"
+    if jump.get("untrained") is True:  # (baseline.never_trained: no jump, a loss that never came near a trained one)
+        return (f"the trainer log's loss is {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x what an "
+                f"untrained model scores ({early:.3g}): it never trained")
     return (f"the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its early "
             f"{early:.4g}, before it was saved")
 

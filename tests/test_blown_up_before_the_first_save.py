@@ -177,3 +177,17 @@ def test_a_healthy_fine_tune_of_large_pretrained_weights_is_no_divergence(tmp_pa
     assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(tuned / "checkpoint-30")) < math.log(VOCAB)
     assert nandoctor.scan_run(tuned).exit_code() == 0
     assert nandoctor.scan(tuned / "checkpoint-30").exit_code == 0
+
+
+def test_a_run_whose_loss_never_came_near_an_untrained_models_is_diverged_from_a_smaller_growth(tmp_path):
+    """A real run at lr 3: its loss stayed at 250-340 (an untrained model scores 4.85: it never trained), its weights
+    grew 228x the initializer's, under 2^8, and each save read CLEAN. A loss still 4x the untrained one stands as a
+    loss jump from the start does: a growth of 2^5 is diverged with it, alone and in the run."""
+    run = _train(tmp_path / "run", 3.0)
+    assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(run / "checkpoint-30")) > 20 * math.log(VOCAB)
+    report = nandoctor.scan_run(run)
+    assert report.exit_code() == 1 and report.last_healthy is None
+    assert "what an untrained model scores" in report.checkpoints[-1].why and "it never trained" in report.checkpoints[-1].why
+    for step in (10, 30):
+        alone = nandoctor.scan(run / f"checkpoint-{step}")
+        assert alone.health == "diverged" and alone.exit_code == 1, nandoctor.verdict.one_line(alone)

@@ -156,13 +156,31 @@ def usable_baseline(kept: RunBaseline | None, log: Any, untrained: float | None 
     if kept is None or kept.checkpoint != INITIAL_WEIGHTS:
         return kept
     if kept.guessed:  # (positive evidence only: a loss still far above an untrained model's, whatever it did)
-        never_trained = (log is not None and getattr(log, "error", None) is None and untrained is not None
-                         and log.last_loss is not None and log.last_loss > UNTRAINED_MULTIPLE * untrained)
-        return kept if never_trained else None
+        return kept if untrained_jump(log, untrained) is not None else None
     reference = untrained if untrained is not None else kept.start_loss
     if log is None or getattr(log, "error", None) is not None or log.first_loss is None or log.came_down(reference):
         return None
     return kept
+
+
+def never_trained(kept: RunBaseline | None, log: Any, untrained: float | None) -> dict[str, Any] | None:
+    """Where ``kept`` is a guessed start in use (:func:`usable_baseline`: the log's last loss still
+    ``UNTRAINED_MULTIPLE`` times ``untrained``), that loss as a jump from the untrained one, the run broken from its
+    start: a smaller growth is diverged with it, as with a loss jump (verdict.diverged_why; a real run at lr 3 scored
+    an eval loss of 278 where an untrained model scores 4.85, its weights 228x the initializer's: CLEAN); else
+    None."""
+    return untrained_jump(log, untrained) if kept is not None and kept.guessed else None
+
+
+def untrained_jump(log: Any, untrained: float | None) -> dict[str, Any] | None:
+    """The trainer log's last loss (``log``, a TrainLog) as a jump from ``untrained``, the loss of a model that guesses
+    uniformly (initscales.untrained_loss), where it is still ``UNTRAINED_MULTIPLE`` times that: the run never trained
+    (runs.loss_jump_at's keys, and ``untrained``); else None."""
+    if (log is None or getattr(log, "error", None) is not None or untrained is None or log.last_loss is None
+            or not log.last_loss > UNTRAINED_MULTIPLE * untrained):
+        return None
+    return {"step": log.last_step, "loss": log.last_loss, "early_loss": untrained, "sustained": True,
+            "untrained": True}
 
 
 def write_baseline(run: Path, kept: RunBaseline) -> None:

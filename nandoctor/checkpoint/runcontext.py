@@ -128,10 +128,15 @@ def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     confirmed = loss_jump_at(later, place.step) if later is not None else None
     if confirmed is not None and (jump is None or not jump["sustained"]):
         jump, log = confirmed, later
+    broke_from = loss_broke_before(log, place.step)
+    if jump is None:  # (a loss still 4x an untrained model's: never trained, as the run scan judges it)
+        from nandoctor.checkpoint.baseline import untrained_jump
+        from nandoctor.checkpoint.initscales import untrained_loss
+
+        jump, broke_from = untrained_jump(log, untrained_loss(target if target.is_dir() else target.parent)), 0
     if jump is None:
         return None
-    return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
-            "loss_jump": jump}
+    return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: broke_from, "loss_jump": jump}
 
 
 NAMES_WINDOW = 2  # checkpoints on each side whose tensor names a checkpoint judged alone is compared with
@@ -253,7 +258,7 @@ def run_facts(
     baseline_scales: dict[str, float] = {}
     bad_first = bool(not place.step_files and duplicate_steps(siblings))  # auto refuses an ambiguous run
     compared: list[tuple[str, ScanReport]] = []  # (name, report) of the previous and the first healthy checkpoint
-    from nandoctor.checkpoint.baseline import kept_before, load_baseline, usable_baseline
+    from nandoctor.checkpoint.baseline import kept_before, load_baseline, never_trained, usable_baseline
     from nandoctor.checkpoint.initscales import implied_start, untrained_loss
 
     folder = target if target.is_dir() else target.parent
@@ -270,8 +275,10 @@ def run_facts(
         except NandoctorError:
             continue
         holder = path if path.is_dir() else path.parent  # (a step file's config.json lies beside it)
-        start = usable_baseline(implied_start(holder, before), _train_log(place, path, step), untrained) if implied else None
-        status, _ = verdict.checkpoint_status(before, False, start.scales if start is not None else None)
+        logged = _train_log(place, path, step) if implied else None
+        start = usable_baseline(implied_start(holder, before), logged, untrained) if implied else None
+        status, _ = verdict.checkpoint_status(before, False, start.scales if start is not None else None, None,
+                                              never_trained(start, logged, untrained))
         if status in HEALTHY_STATUSES:
             baseline, baseline_max = path, verdict.max_abs(before, "weight")
             baseline_scales = verdict.tensor_scales(before)
@@ -289,6 +296,9 @@ def run_facts(
     kept = usable_baseline(kept, log, untrained)
     if kept is not None:  # (its checkpoint a plain name: a label in the run, never opened)
         baseline, baseline_max, baseline_scales = place.run / kept.checkpoint, kept.max_abs, kept.scales
+    jump, broke_from = loss_jump_at(log, place.step), loss_broke_before(log, place.step)
+    if jump is None and (jump := never_trained(kept, log, untrained)) is not None:
+        broke_from = 0  # (the loss never came near a trained model's: broken from the start)
     return {
         "run": str(place.run),
         "kind": place.kind,
@@ -300,8 +310,8 @@ def run_facts(
         "baseline_ignored": load_baseline(place.run)[1] if kept is None else None,  # (a file there, no baseline)
         "auto": baseline is not None and not bad_first,
         "log_nonfinite_step": log_broke_by(log, place.step),
-        verdict.LOSS_BROKE_FROM: loss_broke_before(log, place.step),
-        **({"loss_jump": jump} if (jump := loss_jump_at(log, place.step)) is not None else {}),
+        verdict.LOSS_BROKE_FROM: broke_from,
+        **({"loss_jump": jump} if jump is not None else {}),
         "log_unread": (f"{log.source}: not read ({log.error}): the trainer log was not judged"
                        if log is not None and log.error else None),
         **({verdict.ZEROED_SINCE: zeroed_since(zeros_in, compared)} if zeros_in is not None else {}),

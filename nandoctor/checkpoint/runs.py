@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint.baseline import BASELINE_NAME, INITIAL_WEIGHTS, kept_before, load_baseline, usable_baseline
+from nandoctor.checkpoint.baseline import (
+    BASELINE_NAME,
+    INITIAL_WEIGHTS,
+    kept_before,
+    load_baseline,
+    never_trained,
+    usable_baseline,
+)
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_model,
@@ -1244,6 +1251,10 @@ def scan_run(
                 notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
                              f"never came down to a trained model's, so no checkpoint is a healthy baseline ({kept_by})")
             jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
+            broke_from = loss_broke_before(log, step)
+            if jump is None and initial is not None and baseline is initial.scales:
+                jump = never_trained(initial, log, untrained)  # (a loss that never came near a trained model's)
+                broke_from = 0 if jump is not None else broke_from
             status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
             if report is not None and status == DIVERGED and report.health != DIVERGED:
                 # diverged by its growth since the first healthy checkpoint: the report carries that growth, as a
@@ -1251,7 +1262,7 @@ def scan_run(
                 grown = verdicts.growth(report, baseline or {})
                 assert grown is not None
                 report = verdicts.with_run_context(report, {"growth": grown.to_json()} if jump is None else {
-                    "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: loss_broke_before(log, step)})
+                    "growth": grown.to_json(), "loss_jump": jump, verdicts.LOSS_BROKE_FROM: broke_from})
             # a file off the timeline decides where it holds the run's model (best.pt, an EMA copy: most of its tensors
             # named as a step file's); one that does not (a loop's data_stats.pt, an optimizer's own save) is read and
             # judged, its poison a caution, as an older row's is
