@@ -164,12 +164,12 @@ def usable_baseline(kept: RunBaseline | None, log: Any, untrained: float | None 
 
 
 def never_trained(kept: RunBaseline | None, log: Any, untrained: float | None) -> dict[str, Any] | None:
-    """Where ``kept`` is a guessed start in use (:func:`usable_baseline`: the log's last loss still
-    ``UNTRAINED_MULTIPLE`` times ``untrained``), that loss as a jump from the untrained one, the run broken from its
-    start: a smaller growth is diverged with it, as with a loss jump (verdict.diverged_why; a real run at lr 3 scored
-    an eval loss of 278 where an untrained model scores 4.85, its weights 228x the initializer's: CLEAN); else
+    """Where ``kept`` is the initial weights' (a callback's, or the start a config implies) and the log's last loss
+    is still ``UNTRAINED_MULTIPLE`` times ``untrained``: that loss as a jump from the untrained one, the run broken
+    from its start: a smaller growth is diverged with it, as with a loss jump (verdict.diverged_why; a real run at lr 3
+    scored an eval loss of 278 where an untrained model scores 4.85, its weights 228x the initializer's: CLEAN); else
     None."""
-    return untrained_jump(log, untrained) if kept is not None and kept.guessed else None
+    return untrained_jump(log, untrained) if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
 
 
 def untrained_jump(log: Any, untrained: float | None) -> dict[str, Any] | None:

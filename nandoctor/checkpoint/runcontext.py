@@ -266,7 +266,7 @@ def run_facts(
     # (without the callback's, the start the model's config implies: each earlier checkpoint judged against it too, as
     # the run scan judges it, so that one already diverged is no resume point)
     implied = kept is None and scanned is not None
-    untrained = untrained_loss(folder) if implied else None
+    untrained = untrained_loss(folder)
     for step, path in earlier:
         if incomplete_reasons(path, with_state):
             continue

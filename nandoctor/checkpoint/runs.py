@@ -1237,9 +1237,10 @@ def scan_run(
             zeroed = zeroed_since(report, earlier) if report is not None and earlier else None
             if report is not None and zeroed is not None:  # a weight all zero that an earlier checkpoint held not all zero
                 report = verdicts.with_run_context(report, {verdicts.ZEROED_SINCE: zeroed})
-            if implied and initial is None and report is not None and folder is not root:
+            if untrained is None and report is not None and folder is not root:
                 holder = folder if access.is_dir(folder, refused=False) else folder.parent
-                initial, untrained = implied_start(holder, report), untrained_loss(holder)
+                untrained = untrained_loss(holder)
+                initial = implied_start(holder, report) if implied and initial is None else initial
             # (the implied start is a guess: a healthy checkpoint on disk, once there is one, is the baseline instead)
             guessed = implied and healthy is not None
             baseline = (initial.scales if initial is not None and not guessed and usable_baseline(initial, log, untrained)
