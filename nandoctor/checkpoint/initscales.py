@@ -100,10 +100,13 @@ def _log_of(count: Any) -> float | None:
 
 
 def _initializer_range(config: dict[str, Any] | None) -> float | None:
+    """The standard deviation config.json draws the model's matrices with: ``initializer_range``, or T5's
+    ``initializer_factor`` (its shared embedding is drawn from normal(0, factor), its projections narrower)."""
     for where in (config, (config or {}).get("text_config")):
-        value = where.get("initializer_range") if isinstance(where, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
-            return float(value)
+        for key in ("initializer_range", "initializer_factor"):
+            value = where.get(key) if isinstance(where, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1 << 10:
+                return float(value)
     return None
 
 
