@@ -293,9 +293,18 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             "gb_per_s": round(report.gbps, 3),
             "device": report.device,
         },
+        "next": _next_steps(report, decided),
     }
     out.update(report.extra)
     return out
+
+
+def _next_steps(report: ScanReport, decided: Any) -> list[str]:
+    """What the console's ``next:`` lines say (a command each where they give one): a CI log of ``--json`` names them
+    too (a real-training trial's failing run carried none)."""
+    from nandoctor.report.summary import next_steps
+
+    return [step.strip() for step in next_steps(report, decided)]
 
 
 def error_to_json(target: str, message: str, hint: str, code: int, fail_on: frozenset[str],
@@ -323,6 +332,13 @@ def error_to_json(target: str, message: str, hint: str, code: int, fail_on: froz
         },
         "gate": gate_json(fail_on, code),
     }
+
+
+def _run_next_steps(run: RunReport, fail_on: frozenset[str]) -> list[str]:
+    """The run's ``next:`` lines, as :func:`_next_steps` gives a checkpoint's."""
+    from nandoctor.report.run_report import next_steps
+
+    return [step.strip() for step in next_steps(run, fail_on)]
 
 
 def gate_json(fail_on: frozenset[str], code: int) -> dict[str, Any]:
@@ -427,6 +443,7 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "checkpoints": len(run.checkpoints),
             "seconds": round(run.seconds, 6),
         },
+        "next": _run_next_steps(run, fail_on) if code else [],
     }
     if dtypes:  # as a scan's top level: the --target-dtype every checkpoint was judged under
         out["target_dtype"] = min(dtypes)
