@@ -235,9 +235,11 @@ def _float_texts(values: list[float | None]) -> list[str]:
     return ["null" if value is None else float.__repr__(value) for value in values]
 
 
-def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False) -> dict[str, Any]:
+def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *, lazy: bool = False,
+                   steps: bool = True) -> dict[str, Any]:
     """The scan report as a JSON-ready dict. ``lazy``: ``tensors`` is an iterator that builds each
-    entry when it is encoded (the CLI's ``echo_json``), so a million entries never exist at once."""
+    entry when it is encoded (the CLI's ``echo_json``), so a million entries never exist at once; ``steps``: with
+    ``next`` (a run's row leaves it to the run's own)."""
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None
     out: dict[str, Any] = {
@@ -293,8 +295,9 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             "gb_per_s": round(report.gbps, 3),
             "device": report.device,
         },
-        "next": _next_steps(report, decided),
     }
+    if steps:
+        out["next"] = _next_steps(report, decided)
     out.update(report.extra)
     return out
 
@@ -405,7 +408,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "zeroed": list(c.zeroed),  # weights all zero that an earlier checkpoint held not all zero: no resume point
         "incomplete": list(c.incomplete),
         "train_log": log_to_json(c.log),
-        "report": None if c.report is None else report_to_json(c.report),
+        "report": None if c.report is None else report_to_json(c.report, steps=False),
     }
 
 

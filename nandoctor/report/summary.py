@@ -192,7 +192,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     elif health == "diverged" and (repairable or verdicts.EXPLODED in (decided.fail_on if decided else failing)):
         # (diverged by growth alone fails where exploded weights fail, with no finding: its next step all the same)
         context = verdicts.run_context(report)
-        where = f" (`{scan_command(as_spelled(Path(context['run']), report.target))}` names it)" if context else ""
+        where = (f" (`{scan_command(as_spelled(Path(context['run']), report.target))}` names it)"
+                 if context and context.get("run") else "")
         steps.append(f"diverged: {verdicts.diverged_why(report)}: {verdicts.diverged_advice(report, where)}; a repair "
                      "would only stitch a broken model together")
     elif health == "poisoned" and repairable:
