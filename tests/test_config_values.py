@@ -708,22 +708,13 @@ def test_zeros_that_break_gemma2_granite_and_t5_are_a_bad_config(tmp_path):
     import torch
 
     torch.manual_seed(0)
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     cases = [
-        (transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8)), {"query_pre_attn_scalar": 0}),
-        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
-         {"embedding_multiplier": 0.0}),
-        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
-         {"residual_multiplier": 0.0}),
-        (transformers.GraniteForCausalLM(transformers.GraniteConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
-         {"attention_multiplier": 0.0}),
-        (transformers.CohereForCausalLM(transformers.CohereConfig(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
-         {"logit_scale": 0.0}),
+        (transformers.Gemma2ForCausalLM(transformers.Gemma2Config(**sizes, num_key_value_heads=2, head_dim=8)),
+         {"query_pre_attn_scalar": 0}),
+        *((transformers.GraniteForCausalLM(transformers.GraniteConfig(**sizes)), {key: 0.0})
+          for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier")),
+        (transformers.CohereForCausalLM(transformers.CohereConfig(**sizes)), {"logit_scale": 0.0}),
         (transformers.T5ForConditionalGeneration(transformers.T5Config(
             vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)),
          {"relative_attention_max_distance": 8}),
