@@ -538,6 +538,10 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
         elif key in _ZERO_BREAKS and _number(value) and value == 0 and model_type.startswith(_ZERO_BREAKS[key][0]):
             wrong.append(f"{prefix}{key} is 0 ({_ZERO_BREAKS[key][1]})")
+        elif key == "return_dict" and value is False:
+            # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN)
+            wrong.append(f"{prefix}return_dict is false (the model's layers return tuples where its head reads fields: "
+                         "every forward and generate raise AttributeError)")
     wrong += _rope_thetas(prefix, config)
     wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
