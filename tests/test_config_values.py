@@ -601,11 +601,12 @@ def test_rotary_dimensions_past_a_head_s_are_a_bad_config(tmp_path, family, key,
                                                       ("gpt2", "layer_norm_epsilon", 1),
                                                       ("gemma2", "final_logit_softcapping", 30),
                                                       ("llama", "eos_token_id", 2.0), ("llama", "bos_token_id", True),
-                                                      ("llama", "eos_token_id", [2.0]), ("llama", "use_cache", 1)])
+                                                      ("llama", "eos_token_id", [2.0]), ("llama", "use_cache", 1),
+                                                      ("llama", "use_cache", None)])
 def test_an_integer_where_transformers_wants_a_float_is_a_bad_config(tmp_path, family, key, value):
     """An adversarial round: transformers 5's configs are strict dataclasses, and a field typed float refuses a JSON
     integer ("Field 'rms_norm_eps' expected float, got int"): a softcap written 30, an epsilon written 1, read CLEAN;
-    so do a token id written 2.0 or true (every *_token_id is an integer) and a use_* flag written 1."""
+    so do a token id written 2.0 or true (every *_token_id is an integer) and a use_* flag written 1 or null."""
     import torch
 
     config_class, model_class, sizes = {

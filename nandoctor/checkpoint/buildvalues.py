@@ -131,8 +131,8 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it."""
     model_type = config.get("model_type")
     for key, value in config.items():
-        if value is None and (key not in _NEVER_NULL or (key, model_type) in _NULL_SAVED):
-            continue
+        if value is None and (key not in _NEVER_NULL or (key, model_type) in _NULL_SAVED) and key not in _BOOL_FIELDS:
+            continue  # (a shared flag written null: most classes refuse it, "expected bool, got NoneType"; the build decides)
         if key == "vocab_size":  # (suspected above)
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
