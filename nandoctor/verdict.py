@@ -935,7 +935,8 @@ def only_pickled_floats(report: ScanReport, failing: Iterable[str]) -> bool:
 # wrote it (a real run's accelerate and DCP saves were told of the Trainer's and Lightning's settings)
 CLIPPING = "gradient clipping (max_grad_norm in the transformers Trainer, gradient_clip_val in Lightning)"
 _CLIPPING_BY_FILE = (
-    (re.compile(r"^(?:rng_state(?:_\d+)?\.pth|scheduler\.pt)$"), "gradient clipping (a lower max_grad_norm: the Trainer's is 1.0 by default)"),
+    (re.compile(r"^(?:rng_state(?:_\d+)?\.pth|scheduler\.pt)$"),
+     "gradient clipping (a lower max_grad_norm: the Trainer's is 1.0 by default)"),
     (re.compile(r"\.ckpt$"), "gradient clipping (Trainer(gradient_clip_val=1.0) in Lightning)"),
     (re.compile(r"^(?:random_states_\d+\.pkl|optimizer(?:_\d+)?\.bin)$"),
      "gradient clipping (accelerator.clip_grad_norm_(model.parameters(), 1.0) before each optimizer step)"),
@@ -945,10 +946,10 @@ _CLIPPING_BY_FILE = (
 )
 
 
-def clipping(report: ScanReport | None) -> str:
+def clipping(report: ScanReport) -> str:
     """Gradient clipping as the trainer that wrote ``report``'s checkpoint names it (:data:`CLIPPING` where its files
     do not say which)."""
-    names = {os.path.basename(f) for f in report.files} if report is not None else set()
+    names = {os.path.basename(f) for f in report.files}
     return next((words for pattern, words in _CLIPPING_BY_FILE if any(pattern.search(n) for n in names)), CLIPPING)
 
 

@@ -56,6 +56,12 @@ def _int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def norm_epsilon(key: str) -> bool:
+    """Whether config.json's ``key`` is a norm's epsilon (``rms_norm_eps``, ``layer_norm_epsilon``, ``norm_eps``)."""
+    words = key.lower().split("_")
+    return words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words)
+
+
 def positive(value: Any) -> int | None:
     """A positive integer from a config file, else None."""
     return value if _int(value) and value > 0 else None
@@ -526,8 +532,7 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     found_type = config.get("model_type")
     model_type = found_type if isinstance(found_type, str) else ""
     for key, value in config.items():
-        words = key.lower().split("_")
-        if _number(value) and words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words) and value <= EPS_HARMFUL:
+        if _number(value) and norm_epsilon(key) and value <= EPS_HARMFUL:
             wrong.append(f"{prefix}{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "
                          "wherever a hidden state's is below |eps|)")
         elif key in _SOFTCAPS and _number(value) and value == 0 and model_type.startswith(_SOFTCAP_TYPES):

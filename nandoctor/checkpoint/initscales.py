@@ -8,8 +8,9 @@ model scores 4.85). The training callbacks keep the weights at step 0 for this (
 without them has only what its files say:
 
 - **the initial scale**: transformers draws every Linear and Embedding weight of a model from
-  ``normal(0, initializer_range)`` (config.json), whose largest magnitude is a few times that (6.4σ covers a
-  billion draws: 7 × the range is taken). A PEFT LoRA adapter starts with ``lora_A`` uniform in ±1/√in and
+  ``normal(0, initializer_range)`` (config.json; T5's widest, its shared embedding, from ``normal(0,
+  initializer_factor)``), whose largest magnitude is a few times that (6.4σ covers a billion draws: 7 × the range
+  is taken). A PEFT LoRA adapter starts with ``lora_A`` uniform in ±1/√in and
   ``lora_B`` at zero (adapter_config.json). Only 2-D weights are given a scale: a norm starts at 1, a bias at 0,
   and a convolution at its own initializer.
 - **the untrained loss**: a language model's cross-entropy over ``vocab_size`` tokens is ln(vocab_size) where it
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, RunBaseline
+from nandoctor.checkpoint.configvalues import positive, vocab_size
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.errors import NandoctorError
 from nandoctor.model import ScanReport
@@ -44,7 +46,8 @@ _LABEL_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMulti
 def implied_start(folder: Path, report: ScanReport) -> RunBaseline | None:
     """The weights a fresh run of the model in ``folder`` (a checkpoint folder; ``report`` its scan) started from, as
     its config implies them: the scales of its 2-D weights (the module's docstring says which); None where the
-    config says nothing of the start (no ``initializer_range``: T5's ``initializer_factor`` is no scale)."""
+    config says nothing of the start (neither ``initializer_range`` nor T5's ``initializer_factor``, a LoRA of
+    another init, another kind of adapter)."""
     from nandoctor.verdict import InitialScales
 
     refs = report.tensors.refs
@@ -83,20 +86,13 @@ def untrained_loss(folder: Path) -> float | None:
     head = architectures[0] if isinstance(architectures, list) and architectures and isinstance(
         architectures[0], str) else ""
     if head.endswith(_LANGUAGE_HEADS):
-        vocab = config.get("vocab_size")
-        text = config.get("text_config")
-        if not _count(vocab) and isinstance(text, dict):
-            vocab = text.get("vocab_size")
-        return _log_of(vocab)
-    if head.endswith(_LABEL_HEADS) and config.get("problem_type") in (None, "single_label_classification"):
+        classes = vocab_size(config)
+    elif head.endswith(_LABEL_HEADS) and config.get("problem_type") in (None, "single_label_classification"):
         labels = config.get("id2label")
-        return _log_of(len(labels) if isinstance(labels, dict) else config.get("num_labels"))
-    return None
-
-
-def _log_of(count: Any) -> float | None:
-    """ln(count) of a number of classes (two or more), None for anything else."""
-    return math.log(count) if _count(count) and count > 1 else None
+        classes = len(labels) if isinstance(labels, dict) else positive(config.get("num_labels"))
+    else:
+        return None
+    return math.log(classes) if classes is not None and classes > 1 else None
 
 
 def _initializer_range(config: dict[str, Any] | None) -> float | None:
@@ -116,10 +112,6 @@ def _object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, NandoctorError):  # (missing, invalid, refused: no start implied)
         return None
     return data if isinstance(data, dict) else None
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40
 
 
 __all__ = ["implied_start", "untrained_loss"]

@@ -1,6 +1,7 @@
 """A run's checkpoint folders by name: ``checkpoint-N`` (Trainer), ``checkpoint_N`` (accelerate's
 ``automatic_checkpoint_naming``: N counts saves, not steps, in the same order), ``step-N`` (torchtitan's DCP
-saves), ``step_N`` (accelerate's no_trainer examples: ``save_state(f"step_{completed_steps}")``), ``iter_NNNNNNN`` (Megatron's ``--save`` folder) or ``global_stepN`` in a DeepSpeed ``save_checkpoint``
+saves), ``step_N`` (accelerate's no_trainer examples: ``save_state(f"step_{completed_steps}")``, where it holds a
+save), ``iter_NNNNNNN`` (Megatron's ``--save`` folder) or ``global_stepN`` in a DeepSpeed ``save_checkpoint``
 folder (not one inside a Trainer's ``checkpoint-N``, where it is that checkpoint's ZeRO state), the step N each
 names, and those a run folder holds. The run timeline (runs.py) and the
 loadability checks (loadability.py) list a run's checkpoints the same way through here."""

@@ -289,12 +289,9 @@ def _head_values(text: str) -> tuple[dict[str, Any], bool]:
     """(the top-level values of a tokenizer.json before its model: added_tokens, padding, post_processor …, and
     the model's own settings before its vocabulary (its type), whether that answer is final) from its start,
     walked key by key; not final when the text ends first."""
-    position = _skip_space(text, 0)
-    if not text.startswith("{", position):
-        return {}, True  # (a tokenizer.json of another JSON type: AutoTokenizer's parse says so)
     values: dict[str, Any] = {}
-    try:
-        model_at = _members(text, position + 1, values, "model")
+    try:  # (the caller has checked that the text opens an object)
+        model_at = _members(text, _skip_space(text, 0) + 1, values, "model")
         if model_at is not None:
             if text.startswith("{", model_at):  # (its vocabulary and merges: the bulk of the file, never parsed)
                 model: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from nandoctor.checkpoint.configvalues import norm_epsilon
 from nandoctor.dtypes import DTYPES
 from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, RefTable, ScanProblem, TensorRef
 from nandoctor.wording import first_few
@@ -71,16 +72,14 @@ def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequen
 
 
 def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
-    """config.json's norm epsilons (and its text model's), as configvalues.py names them: ``rms_norm_eps``,
-    ``layer_norm_epsilon``, ``norm_eps`` …"""
+    """config.json's norm epsilons of 0 down to -1 (and its text model's: configvalues.norm_epsilon)."""
     found = []
     for prefix, sub in (("", config), ("text_config.", config.get("text_config"))):
         if not isinstance(sub, dict):
             continue
         for key, value in sub.items():
-            words = key.lower().split("_")
-            if (words[-1] in ("eps", "epsilon") and ("norm" in words or "rms" in words)
-                    and isinstance(value, (int, float)) and not isinstance(value, bool) and -1 < value <= 0):
+            if (norm_epsilon(key) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and -1 < value <= 0):
                 found.append((prefix + key, float(value)))  # (in range: a 400-digit integer is no float)
     return found
 

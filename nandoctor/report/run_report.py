@@ -478,7 +478,7 @@ def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
         if last_clean is not None:
             change = (verdicts.what_to_change(newest.report) if newest.report is not None
-                      else f"with a lower learning rate or {verdicts.clipping(None)}")
+                      else f"with a lower learning rate or {verdicts.CLIPPING}")
             steps.append(f"resume training from the last healthy checkpoint, {resume_point(run, last_clean)}, {change}")
         else:
             steps.append("no healthy checkpoint is left in this run: restart from the base model")
