@@ -595,6 +595,10 @@ CONFIG_KIND = "config"
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing.
 # One bound for config.json's epsilons (checkpoint/configvalues.py) and a GGUF's (readers/gguf_hparams.py).
 EPS_HARMFUL = -1e-3
+# float32's largest finite value (a larger config value is Inf once a model computes with it) and the magnitude at
+# and below which a value rounds to 0 in float32 (half its smallest subnormal)
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_ZERO = 2.0**-150
 
 
 @dataclass(frozen=True, slots=True)

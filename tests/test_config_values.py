@@ -19,7 +19,8 @@ from tests.trainer_checkpoints import VOCAB, tiny_llama  # noqa: E402  (needs to
 
 
 def _oracle(folder: Path, auto_class=None) -> str:
-    """"ok", or how transformers fails on ``folder``: "load", "nan" or "generate"."""
+    """"ok", or how transformers fails on ``folder``: "load", "nan", "zero" (every logit 0, whatever the prompt) or
+    "generate"."""
     auto_class = auto_class or transformers.AutoModelForCausalLM
     try:
         model = auto_class.from_pretrained(folder)
@@ -28,8 +29,12 @@ def _oracle(folder: Path, auto_class=None) -> str:
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
         try:
-            if auto_class is transformers.AutoModelForCausalLM and not torch.isfinite(model(ids).logits).all():
-                return "nan"
+            if auto_class is transformers.AutoModelForCausalLM:
+                logits = model(ids).logits
+                if not torch.isfinite(logits).all():
+                    return "nan"
+                if not logits.any():
+                    return "zero"
             torch.manual_seed(0)
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)  # generation_config as saved
         except Exception:
@@ -293,6 +298,19 @@ MODEL = [
     # batch NaN, test_a_norm_epsilon_of_zero_with_a_zero_pad_row_is_bad_config)
     ({"final_logit_softcapping": 0.0, "attn_logit_softcapping": 0.0, "sliding_window": 0}, "ok"),  # Llama reads none
     ({"rms_norm_eps": 1e-5}, "ok"),
+    # (an adversarial round's, each CLEAN before: an epsilon past float32's range is Inf as the norm adds it, every
+    # logit 0; hand-written keys save_pretrained never writes; a decoder marked encoder-decoder)
+    ({"rms_norm_eps": 1e39}, "zero"),
+    ({"attn_implementation": "flash_attention_9"}, "load"),
+    ({"attn_implementation": "EAGER"}, "load"),
+    ({"attn_implementation": "paged|sdpa"}, "ok"),
+    ({"attn_implementation": "eager"}, "ok"),
+    ({"quantization_config": {}}, "load"),
+    ({"quantization_config": "bnb"}, "load"),
+    ({"quantization_config": {"quant_method": None}}, "load"),
+    ({"quantization_config": None}, "ok"),
+    ({"quantization_config": {"quant_method": "no-such-method"}}, "ok"),  # (transformers warns and skips it)
+    ({"is_encoder_decoder": True}, "generate"),
 ]
 
 
@@ -318,7 +336,7 @@ def test_a_norm_epsilon_of_zero_with_a_zero_pad_row_is_bad_config(tmp_path, dtyp
     folder = tmp_path / "llama"
     model.save_pretrained(folder)
     ids = torch.tensor([[0, 0, 5, 6], [3, 4, 5, 6]])
-    for eps, bad in ((0.0, True), (-1e-6, True), (1e-6, False)):
+    for eps, bad in ((0.0, True), (-1e-6, True), (1e-46, True), (1e-44, False), (1e-6, False)):  # (1e-46: 0 in float32)
         _edit(folder, "config.json", rms_norm_eps=eps)
         loaded = transformers.LlamaForCausalLM.from_pretrained(folder)
         with torch.no_grad():  # the oracle

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.configvalues import positive
-from nandoctor.model import ScanProblem
+from nandoctor.model import FLOAT32_MAX, ScanProblem
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
 from nandoctor.wording import first_few
 
@@ -80,8 +80,6 @@ def is_lora(name: str) -> bool:
     """Whether ``name`` is a LoRA tensor (``….lora_A.weight``, ``….lora_embedding_B``)."""
     return _LORA.match(name) is not None
 
-
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _update_scale(config: dict[str, Any]) -> float | None:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from nandoctor.model import EPS_HARMFUL, ScanProblem
+from nandoctor.model import EPS_HARMFUL, FLOAT32_MAX, ScanProblem
 from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
 
@@ -535,6 +535,10 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         if _number(value) and norm_epsilon(key) and value <= EPS_HARMFUL:
             wrong.append(f"{prefix}{key} is {value} (a norm's epsilon: the square root of a negative mean square is NaN "
                          "wherever a hidden state's is below |eps|)")
+        elif isinstance(value, float) and norm_epsilon(key) and value > FLOAT32_MAX:
+            # (an adversarial round's 1e39: every normalized hidden state x / sqrt(ms + Inf) is 0, every logit 0)
+            wrong.append(f"{prefix}{key} is {value:g}, beyond float32's range (a norm's epsilon: Inf as the norm adds "
+                         "it, so every normalized hidden state is 0 and every logit 0, whatever the prompt)")
         elif key in _SOFTCAPS and _number(value) and value == 0 and model_type.startswith(_SOFTCAP_TYPES):
             wrong.append(f"{prefix}{key} is 0 (tanh(x / cap) * cap: the final cap makes the logits NaN, the attention "
                          "cap makes every score 0)")
@@ -547,6 +551,17 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN)
             wrong.append(f"{prefix}return_dict is false (the model's layers return tuples where its head reads fields: "
                          "every forward and generate raise AttributeError)")
+        elif key == "attn_implementation" and isinstance(value, str) and not _known_attention(value):
+            # (save_pretrained never writes it: a hand-edited config.json, an adversarial round's typo read CLEAN)
+            wrong.append(f"{prefix}attn_implementation is {_shown(value)}, not one transformers names (from_pretrained "
+                         f"raises: {', '.join(ATTENTIONS)}, or null for its default)")
+        elif key == QUANTIZATION and value is not None and not _names_quantizer(value):
+            wrong.append(f"{prefix}{QUANTIZATION} is {_shown(value)}, which names no quant_method (from_pretrained "
+                         "raises; null, or no such key, where the weights are not quantized)")
+    if config.get("is_encoder_decoder") is True and _decoder_only(config):
+        # (generate then asks for an encoder's input: "You must specify exactly one of input_ids or inputs_embeds")
+        wrong.append(f"{prefix}is_encoder_decoder is true for {config['architectures'][0]}, a decoder-only model (generate "
+                     "raises: it looks for an encoder)")
     wrong += _rope_thetas(prefix, config)
     wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
@@ -561,6 +576,30 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
     return wrong
+
+
+# transformers 5.25's attention implementations by name (modeling_utils' check; "paged|" before one of them is paged
+# attention over it); a repository id ("org/kernel") fetches a kernel from the Hub, which a load decides itself
+ATTENTIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+QUANTIZATION = "quantization_config"  # (loadconfig.QUANTIZATION_KEY)
+
+
+def _known_attention(value: str) -> bool:
+    return value.removeprefix("paged|") in ATTENTIONS or "/" in value
+
+
+def _names_quantizer(value: Any) -> bool:
+    """A ``quantization_config`` transformers can pick a quantizer from: an object naming its ``quant_method``, or
+    bitsandbytes' older ``load_in_8bit``/``load_in_4bit`` flags (a method transformers does not know it skips)."""
+    return isinstance(value, dict) and (isinstance(value.get("quant_method"), str)
+                                        or value.get("load_in_8bit") is True or value.get("load_in_4bit") is True)
+
+
+def _decoder_only(config: dict[str, Any]) -> bool:
+    """Whether every class config.json's ``architectures`` names is a causal LM (a decoder alone)."""
+    names = config.get("architectures")
+    return (isinstance(names, list) and bool(names)
+            and all(isinstance(n, str) and n.endswith(("ForCausalLM", "LMHeadModel")) for n in names))
 
 
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")

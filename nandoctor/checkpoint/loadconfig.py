@@ -50,7 +50,7 @@ from nandoctor.wording import first_few
 GENERATION_CONFIG = "generation_config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"  # AutoFeatureExtractor's / AutoImageProcessor's settings
 ADAPTER_CONFIG = "adapter_config.json"
-QUANTIZATION_KEY = "quantization_config"  # a quantizer that unpacks stored tensors its own way
+QUANTIZATION_KEY = configvalues.QUANTIZATION  # a quantizer that unpacks stored tensors its own way
 # The dtype names transformers 5.25 builds a model in (getattr(torch, name): a floating dtype with a storage)
 LOADABLE_DTYPES = ("bfloat16", "float16", "float32", "half", "float", "float64", "double")
 # Spellings of those that transformers refuses, with the one it takes

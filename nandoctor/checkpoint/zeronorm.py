@@ -25,7 +25,7 @@ import numpy as np
 
 from nandoctor.checkpoint.configvalues import norm_epsilon
 from nandoctor.dtypes import DTYPES
-from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, RefTable, ScanProblem, TensorRef
+from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, FLOAT32_ZERO, RefTable, ScanProblem, TensorRef
 from nandoctor.wording import first_few
 
 # a model's token embedding (Llama's model.embed_tokens, GPT-2's wte, GPT-NeoX's embed_in, BERT's word_embeddings)
@@ -38,9 +38,10 @@ _SHOWN = 4
 
 
 def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequence[TensorRef]]) -> list[ScanProblem]:
-    """BAD CONFIG where ``config`` (read from ``config_path``) gives a norm epsilon in (EPS_HARMFUL, 0] and the
+    """BAD CONFIG where ``config`` (read from ``config_path``) gives a norm epsilon in (EPS_HARMFUL, 0] (or one that
+    rounds to 0 in float32, 1e-46, as the norm adds it) and the
     token embedding among ``weights`` (the refs of the files from_pretrained reads) has rows of zeros."""
-    epsilons = [(key, value) for key, value in _epsilons(config) if EPS_HARMFUL < value <= 0]
+    epsilons = [(key, value) for key, value in _epsilons(config) if EPS_HARMFUL < value <= FLOAT32_ZERO]
     if not epsilons:
         return []
     embedding, positions = None, False
@@ -72,14 +73,14 @@ def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequen
 
 
 def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
-    """config.json's norm epsilons of 0 down to -1 (and its text model's: configvalues.norm_epsilon)."""
+    """config.json's norm epsilons from float32's 0 down to -1 (and its text model's: configvalues.norm_epsilon)."""
     found = []
     for prefix, sub in (("", config), ("text_config.", config.get("text_config"))):
         if not isinstance(sub, dict):
             continue
         for key, value in sub.items():
             if (norm_epsilon(key) and isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and -1 < value <= 0):
+                    and -1 < value <= FLOAT32_ZERO):
                 found.append((prefix + key, float(value)))  # (in range: a 400-digit integer is no float)
     return found
 
