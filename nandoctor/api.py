@@ -411,12 +411,14 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     others = {f: len(verdicts.with_finding(report, f)) for f in failing
               if f in (verdicts.EXPLODED, verdicts.OUTLIER, verdicts.ZEROED)}
     moments = verdicts.optimizer_only(report, failing)
-    if moments:  # (the weights are healthy: inference is not at risk, a resume is)
+    if moments:  # (the weights read healthy: a resume is at risk, inference too where a second moment overflowed)
         # (the containers the optimizer state sits in, as --exclude globs: optimizer.*, opt.*, optimizer_states.*)
         containers = sorted({f"{name.split('.', 1)[0]}.*" for name in moments})
+        said = (f"but {verdicts.OVERFLOWED_MOMENT} (evaluate the model before use), and"
+                if verdicts.overflowed_moments(report, failing) else "the weights are finite and healthy, but")
         raise NonFiniteWeightsError(
-            f"{report.target}: only optimizer state holds NaN/Inf ({first_few(moments, 3)}); the weights are finite "
-            "and healthy, but resuming training from it restores the NaN",
+            f"{report.target}: only optimizer state holds NaN/Inf ({first_few(moments, 3)}); {said} resuming "
+            "training from it restores the NaN",
             f"to serve the weights, gate them alone: assert_finite(path, exclude={containers!r}) (the CLI's "
             f"--exclude); to resume, {hint}",
             report=report,

@@ -695,7 +695,7 @@ class Verdict:
     words: str  # CLEAN, NON-FINITE, EXPLODED, OUTLIERS, … joined by " + "
     health: str  # healthy | poisoned | diverged | unreadable
     failing: tuple[str, ...] = ()  # the findings that fail the gate
-    reported: tuple[str, ...] = ()  # findings present that do not fail (zeroed, trainer sentinels …)
+    reported: tuple[str, ...] = ()  # findings present that do not fail (what --fail-on leaves out, trainer sentinels …)
     fail_on: frozenset[str] = frozenset()
 
 

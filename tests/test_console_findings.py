@@ -73,13 +73,17 @@ def test_an_outlier_only_file_lists_count_and_magnitude(tmp_path):
     assert _row(result.output, "model.layers.2 ")[:5] == ["model.layers.2", "outlier", "1/1", "2", "60"]
 
 
-def test_a_zeroed_only_file_is_a_warning_not_clean(tmp_path):
+def test_a_zeroed_only_file_fails_and_is_a_warning_where_fail_on_leaves_it_out(tmp_path):
     result = run("scan", _file(tmp_path, "zeroed"), "--no-progress")
-    assert result.exit_code == 0
-    assert "⚠ PASS ZEROED (reported only): 1 tensor all zero" in result.output
+    assert result.exit_code == 1
+    assert "✗ FAIL ZEROED: 1 tensor all zero (model.layers.3.mlp.down_proj.weight)" in result.output
     assert "CLEAN" not in result.output and "finite and healthy" not in result.output
-    assert _row(result.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed (reported)", "1/1"]
-    assert "compare with the source of the weights" in result.output
+    assert _row(result.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed", "1/1"]
+    assert "compare with the source of the weights" in result.output and "nandoctor repair" in result.output
+    reported = run("scan", _file(tmp_path, "zeroed"), "--no-progress", "--fail-on", "nonfinite,exploded,outlier")
+    assert reported.exit_code == 0
+    assert "⚠ PASS ZEROED (reported only): 1 tensor all zero" in reported.output
+    assert _row(reported.output, "model.layers.3 ")[:3] == ["model.layers.3", "zeroed (reported)", "1/1"]
 
 
 def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
@@ -87,7 +91,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     result = run("scan", path, "--no-progress")
     assert result.exit_code == 1
     verdict = next(line for line in _lines(result.output) if line.startswith("✗"))
-    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS (also reported: ZEROED) (DIVERGED): 1 of 4 tensors hold NaN/Inf "
+    assert verdict.startswith("✗ FAIL NON-FINITE + EXPLODED + OUTLIERS + ZEROED (DIVERGED): 1 of 4 tensors hold NaN/Inf "
                               "(1 NaN, 0 +Inf, 0 -Inf); 1 weight tensor exploded (max |x| 1e+30); "
                               "1 outlier value in 1 tensor; 1 tensor all zero")
     # one row per finding and range: the NaN is blamed on layer 0 only, the zeroed layer 3 is listed
@@ -95,7 +99,7 @@ def test_mixed_findings_each_get_their_own_layer_range(tmp_path):
     assert [rows[f][:3] for f in rows] == [["model.layers.0", "nonfinite", "1/1"], ["model.layers.1", "exploded", "1/1"],
                                            ["model.layers.2", "outlier", "1/1"]]
     assert rows["nonfinite"][3] == "1"  # NaN column
-    assert _row(result.output, "model.layers.3 ")[:2] == ["model.layers.3", "zeroed (reported)"]
+    assert _row(result.output, "model.layers.3 ")[:2] == ["model.layers.3", "zeroed"]
     assert "model.layers.0–2" not in "".join(line for line in _lines(result.output) if "│" in line)
     for i in range(4):
         assert NAME.format(i) in result.output

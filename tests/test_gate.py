@@ -72,7 +72,7 @@ def test_overflow_counts_agree_with_torchs_own_cast(overflow_ckpt, target):
     assert data["target_dtype"] == target
     total = data["summary"]["overflow"]
     assert result.exit_code == (1 if total else 0)
-    assert data["gate"] == {"fail_on": ["exploded", "nonfinite", "outlier", "overflow"], "exit_code": result.exit_code, "passed": total == 0}
+    assert data["gate"] == {"fail_on": ["exploded", "nonfinite", "outlier", "overflow", "zeroed"], "exit_code": result.exit_code, "passed": total == 0}
 
 
 def test_fp16_overflow_fails_the_gate_and_is_reported(overflow_ckpt):

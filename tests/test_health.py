@@ -62,7 +62,9 @@ def test_planted_spikes_are_outliers_with_exact_counts_and_coordinates(tmp_path,
 
 
 @pytest.mark.parametrize("n", [BIG, SMALL])
-def test_a_zeroed_tensor_is_reported_not_failed_and_fails_with_fail_on_zeroed(tmp_path, n):
+def test_a_zeroed_tensor_fails_the_default_gate_and_is_reported_where_fail_on_leaves_it_out(tmp_path, n):
+    """A weight all zero beside siblings that are not breaks the model (a review: the gate passed a model whose
+    every output was token 0): the default gate fails it; a --fail-on without zeroed reports it."""
     write_safetensors(tmp_path / "m.safetensors", {
         "model.layers.0.self_attn.q_proj.weight": RawTensor("BF16", (n,), bytes(2 * n)),
         "model.layers.1.self_attn.q_proj.weight": _tensor("BF16", n, 3),
@@ -72,10 +74,11 @@ def test_a_zeroed_tensor_is_reported_not_failed_and_fails_with_fail_on_zeroed(tm
     zero, other, bias = report.tensors
     assert zero.findings == ("zeroed",) and zero.zeros == n and zero.max_abs == 0.0
     assert other.findings == () and bias.findings == ()
-    assert report.exit_code == 0 and "zeroed" in report.judgement.reported
+    assert report.exit_code == 1 and "zeroed" in report.judgement.failing
     from nandoctor import verdict
 
     assert verdict.exit_code(report, verdict.parse_fail_on("zeroed")) == 1
+    assert verdict.exit_code(report, verdict.parse_fail_on("nonfinite,exploded")) == 0
 
 
 def test_a_super_weight_is_not_an_outlier(tmp_path):

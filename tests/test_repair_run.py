@@ -22,7 +22,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import nandoctor  # noqa: E402
-from nandoctor.errors import RepairFailedError  # noqa: E402
+from nandoctor.errors import RepairFailedError, UnrestorableError  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 GROWN = "model.layers.1.mlp.up_proj.weight"  # 64x32
@@ -285,10 +285,12 @@ def test_a_zeroed_weight_is_restored_from_a_donor_and_the_rest_stays_byte_identi
     assert not any("zeroed" in t.findings for t in nandoctor.scan(out).tensors)
 
 
-def test_a_zeroed_weight_without_a_donor_copy_is_left_with_a_note_and_does_not_block_the_repair(tmp_path):
-    """Every donor's copy all zero too: the zeroed tensor is left as it is (a warning), the NaN one beside it
-    is still restored."""
+def test_a_zeroed_weight_without_a_donor_copy_refuses_the_repair(tmp_path):
+    """Every donor's copy all zero too: the zeroed tensor has no good donor, as a NaN one without one has, and the
+    repair is refused (nothing written): a copy left with it would fail the gate (a review: a "REPAIRED" copy whose
+    zeroed weight still broke the model). A donor that holds it restores both."""
     run = _run(tmp_path / "run")
+    pristine = load_file(str(run / "checkpoint-2" / "model.safetensors"))
     for step in (2, 4, 6):
         _edit(run / f"checkpoint-{step}", _zero(OTHER))
 
@@ -296,10 +298,15 @@ def test_a_zeroed_weight_without_a_donor_copy_is_left_with_a_note_and_does_not_b
         tensors[GROWN][3, 5] = float("nan")
 
     _edit(run / "checkpoint-6", poison)
-    result = nandoctor.repair(run / "checkpoint-6", "auto", tmp_path / "fixed")
-    assert result.ok and [r.name for r in result.plan.restorations] == [GROWN]
-    assert any(note.startswith(f"{OTHER}: all zero, and no donor holds a copy that is not") for note in result.plan.notes)
-    assert torch.count_nonzero(load_file(str(tmp_path / "fixed" / "model.safetensors"))[OTHER]) == 0
+    with pytest.raises(UnrestorableError, match=f"have no good donor: '{OTHER}'"):
+        nandoctor.repair(run / "checkpoint-6", "auto", tmp_path / "fixed")
+    assert not (tmp_path / "fixed").exists()
+    source = tmp_path / "source"
+    source.mkdir()
+    save_file(pristine, str(source / "model.safetensors"), metadata={"format": "pt"})
+    result = nandoctor.repair(run / "checkpoint-6", ["auto", source], tmp_path / "fixed")
+    assert result.ok and sorted(r.name for r in result.plan.restorations) == sorted([GROWN, OTHER])
+    assert torch.equal(load_file(str(tmp_path / "fixed" / "model.safetensors"))[OTHER], pristine[OTHER])
 
 
 def test_a_clean_first_checkpoint_repaired_from_auto_is_an_unchanged_verified_copy(tmp_path):
@@ -309,11 +316,11 @@ def test_a_clean_first_checkpoint_repaired_from_auto_is_an_unchanged_verified_co
     result = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "copy"))
     assert result.exit_code == 0 and "ALREADY CLEAN" in result.output, result.output
     assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (run / "checkpoint-2" / "model.safetensors").read_bytes()
-    _edit(run / "checkpoint-2", _zero(OTHER))  # a zeroed tensor without a donor is left (a note), not refused
+    _edit(run / "checkpoint-2", _zero(OTHER))  # a zeroed tensor without a donor: refused, as a NaN one is
     zeroed = run_cli("repair", str(run / "checkpoint-2"), "--from", "auto", "--out", str(tmp_path / "zeroed"))
     said = " ".join(zeroed.output.split())
-    assert zeroed.exit_code == 0 and "no donor holds a copy that is not" in said
-    assert "NOTHING RESTORED" in said and "ALREADY CLEAN" not in said  # (a trial: "the source itself is fine to use")
+    assert zeroed.exit_code == 3 and "have no good donor" in said and OTHER in said, said
+    assert "ALREADY CLEAN" not in said and not (tmp_path / "zeroed").exists()
 
     def poison(tensors):
         tensors[GROWN][0, 0] = float("nan")

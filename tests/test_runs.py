@@ -471,10 +471,12 @@ def test_a_run_failed_on_zeroed_says_what_to_do(run_dir):
     data = json.loads(run("scan", str(run_dir), "--fail-on", "+zeroed", "--json").output)
     assert data["run"]["last_healthy"] == data["run"]["last_clean"] == "checkpoint-200"
     assert "Last healthy:** checkpoint-200" in run("scan", str(run_dir), "--fail-on", "+zeroed", "--markdown").output
-    # the default gate passes it (zeroed is reported only), but a weight checkpoint-200 held not all zero is damage:
-    # no resume point there either
+    # the default gate fails it too (zeroed is among its findings); a gate that leaves zeroed out reports it, but a
+    # weight checkpoint-200 held not all zero is damage: no resume point there either
     default = json.loads(run("scan", str(run_dir), "--json").output)
-    assert default["summary"]["exit_code"] == 0 and default["run"]["last_healthy"] == "checkpoint-200"
+    assert default["summary"]["exit_code"] == 1 and default["run"]["last_healthy"] == "checkpoint-200"
+    reported = json.loads(run("scan", str(run_dir), "--json", "--fail-on", "nonfinite,exploded,outlier").output)
+    assert reported["summary"]["exit_code"] == 0 and reported["run"]["last_healthy"] == "checkpoint-200"
 
 
 def test_a_checkpoint_bad_only_in_its_optimizer_state_says_the_weights_are_fine_and_where_to_resume(run_dir):
@@ -520,6 +522,14 @@ def test_an_adam_second_moment_at_inf_says_the_weights_may_be_broken(run_dir):
     out = " ".join(run("scan", str(newest)).output.split())
     assert "a second moment that overflowed to +Inf took a gradient whose square is beyond its dtype's range" in out
     assert "the model weights are healthy" not in out and "evaluate the model" in out
+    # the run's warning line and assert_finite's error say it too (a real-training trial: the run view still said
+    # "while its weights are healthy")
+    whole = " ".join(run("scan", str(run_dir)).output.split())
+    assert "optimizer state only: checkpoint-300" in whole and "while its weights are healthy" not in whole
+    assert "a second moment that overflowed to +Inf" in whole and "(evaluate them before use)" in whole
+    with pytest.raises(nandoctor.NonFiniteWeightsError, match="may still be broken") as raised:
+        nandoctor.assert_finite(newest, device="cpu")
+    assert "the weights are finite and healthy" not in str(raised.value)
 
 
 def test_max_w_of_a_checkpoint_holding_inf_or_nan_says_so(tmp_path):

@@ -52,10 +52,10 @@ def test_a_zeroed_head_norm_or_embedding_is_zeroed_on_its_own(trained, tmp_path,
     assert eval_loss(copy) == pytest.approx(UNIFORM_LOSS, abs=1e-3)  # the oracle: back at chance
     report = nandoctor.scan(str(copy), device="cpu")
     assert _zeroed(report) == [name]
-    assert report.exit_code == 0 and report.verdict == "ZEROED (reported only)"
-    assert verdict.exit_code(report, verdict.parse_fail_on("zeroed")) == 1
+    assert report.exit_code == 1 and report.verdict == "ZEROED"  # (the default gate fails it: the model is broken)
+    assert verdict.exit_code(report, verdict.parse_fail_on("nonfinite,exploded,outlier")) == 0  # (left out: reported)
     assert f"1 tensor all zero ({name})" in verdict.one_line(report)
-    from nandoctor.report.summary import next_steps  # (reported, not failed: the next step says what it leaves)
+    from nandoctor.report.summary import next_steps
 
     said = f"{name} all zero: the model loads and generates, but its output no longer depends on the input tokens"
     assert next_steps(report)[0].startswith(said) == (name != "model.norm.weight")  # (a gain: Gemma's 1 + w works)
@@ -266,7 +266,7 @@ def test_a_weight_as_good_as_zero_is_zeroed_too(trained, tmp_path, how):
     assert scanned.checkpoints[-1].zeroed == ("lm_head.weight",)
     assert scanned.last_healthy is not None and scanned.last_healthy.name == "checkpoint-20"
     alone = nandoctor.scan(str(run / "checkpoint-30"), device="cpu")
-    assert _zeroed(alone) == ["lm_head.weight"] and alone.verdict == "ZEROED (reported only)"
+    assert _zeroed(alone) == ["lm_head.weight"] and alone.verdict == "ZEROED" and alone.exit_code == 1
 
 
 def test_a_tensor_zero_only_at_the_sampled_lanes_is_not_zeroed(tmp_path):

@@ -108,7 +108,7 @@ def _as_scan(report: ScanReport, path: str, options: Options, device: str = "aut
 @click.option("--json", "as_json", is_flag=True, help="Print the merged report as JSON (as `scan --json`).")
 @click.option("-q", "--quiet", is_flag=True, help="Print one line: verdict, counts, worst layer range.")
 @click.option("--all", "show_all", is_flag=True, help="List every bad tensor, not only the worst 40.")
-@click.option("--fail-on", "fail_on", default="nonfinite,exploded,outlier,overflow", show_default=True, metavar="NAMES",
+@click.option("--fail-on", "fail_on", default="nonfinite,exploded,outlier,zeroed,overflow", show_default=True, metavar="NAMES",
               help="What fails the gate (exit 1), as for `nandoctor scan` (+NAME adds to the default).")
 @click.option("--html", "html_path", type=click.Path(path_type=str), default=None,
               help="Also write a self-contained HTML report to this file (as `scan --html`).")

@@ -76,12 +76,13 @@ def _target_dtype(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--fail-on",
     "fail_on",
-    default="nonfinite,exploded,outlier,overflow",
+    default="nonfinite,exploded,outlier,zeroed,overflow",
     show_default=True,
     callback=_fail_on,
     metavar="NAMES",
-    help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow; +NAME adds to the "
-    "default (--fail-on +zeroed). NaN/Inf fails under any list; unreadable parts always exit 3.",
+    help="What fails the gate (exit 1): any of nonfinite, exploded, outlier, zeroed, overflow (default: all); a list "
+    "replaces it, and what it leaves out is reported, not failed (--fail-on nonfinite,exploded). NaN/Inf fails under any "
+    "list; unreadable parts always exit 3.",
 )
 @health_limit_options
 @click.option("--only", "only", multiple=True, metavar="GLOB",
@@ -133,7 +134,7 @@ def scan(
 
     Besides NaN/Inf it finds exploded weights (finite, above --max-abs), outliers
     (a few values 2^10 times above their tensor's bulk: bit flips, silent
-    corruption) and all-zero tensors (reported, not failed by default).
+    corruption) and all-zero weights where they break the model.
 
     PATH is a .safetensors, PyTorch or GGUF file, a checkpoint folder (sharded
     with its *.index.json, or weight files; a torch.distributed.checkpoint or

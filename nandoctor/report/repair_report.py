@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor.report.columns import add_column
-from nandoctor.restore.plan import LEFT_ZEROED
 from nandoctor.wording import scan_command
 
 if TYPE_CHECKING:
@@ -152,8 +151,7 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
         console.print(
             Text(f"  plan: restore {restored} tensor(s), {human_bytes(plan.bytes_restored)}, from {_sources(plan)}")
             if restored
-            else Text("  nothing to restore" + ("" if any(LEFT_ZEROED in n for n in plan.notes)
-                                                 else " among the tensors judged" if plan.excluded
+            else Text("  nothing to restore" + (" among the tensors judged" if plan.excluded
                                                  else ": the target is already clean"))
         )
 

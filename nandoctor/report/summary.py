@@ -209,10 +209,8 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
             if optimizer and not report.unviewed and verdicts.overflowed_moments(report, failing):
                 # (an Adam second moment at +Inf took a gradient beyond ~1e19: a real run's weights, finite and under
                 # every ceiling, scored an eval loss of 8,960 where an untrained model scores 4.9)
-                steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}), but a second moment that "
-                             "overflowed to +Inf took a gradient whose square is beyond its dtype's range (~1e19 in "
-                             "fp32): the weights read finite, and may still be "
-                             "broken; evaluate the model (its loss on held-out data) before using it, and resume from an "
+                steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}), but {verdicts.OVERFLOWED_MOMENT}; "
+                             "evaluate the model (its loss on held-out data) before using it, and resume from an "
                              "earlier checkpoint (with a lower learning rate, or gradient clipping) rather than from this one")
             elif optimizer and not report.unviewed:
                 steps.append(f"only optimizer state is bad ({first_few(optimizer, 2)}); the model weights are healthy, so the "
@@ -255,15 +253,18 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
 
         steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
-    if verdicts.ZEROED in (decided.reported if decided is not None else ()):
+    reported = decided.reported if decided is not None else ()
+    if verdicts.ZEROED in failing or verdicts.ZEROED in reported:
         zeroed = verdicts.with_finding(report, verdicts.ZEROED)
-        # (reported by default, as every zeroed tensor; an LM head or token embedding all zero leaves no working model:
-        # said plainly. A norm gain is not: a model whose norms scale by 1 + w, Gemma's, still works with one at zero)
+        # (an LM head or token embedding all zero leaves no working model: said plainly. A norm gain is not: a model
+        # whose norms scale by 1 + w, Gemma's, still works with one at zero)
         breaking = [t.ref.name for t in zeroed if zero_breaks(t.ref.name, len(t.ref.shape)) == "token matrix"]
         if breaking:
             steps.append(f"{first_few(breaking, 2)} all zero: the model loads and generates, but its output no longer "
                          "depends on the input tokens (a zero LM head gives the same logits for every input, a zero "
-                         "embedding the same input for every token); a gate that must stop it: --fail-on +zeroed")
+                         "embedding the same input for every token)"
+                         + ("" if verdicts.ZEROED in failing else "; a gate that must stop it: zeroed in --fail-on, as "
+                            "by default"))
         repair = f"    {repair_command(report)}"
         if repair in steps:  # (the bad tensors' repair restores the zeroed ones too: one command, said once)
             steps.append("all-zero tensors: compare with the source of the weights (a failed copy or conversion); the "

@@ -40,12 +40,10 @@ from nandoctor.model import ChunkOf, ScanReport, TensorRef, TensorResult, Unview
 from nandoctor.restore.convert import can_cast
 from nandoctor.restore.tensorbytes import nbytes
 from nandoctor.verdict import FAILING_BY_DEFAULT, GROWTH_DIVERGED, OVERFLOW, ZEROED, Growth, tensor_growth
-from nandoctor.wording import first_few
 
-# what makes a repair restore a tensor (zeroed only warns; overflow: of the dtype config.json loads it in, the one
-# target a repair's scan counts for, so the tensor loads as Inf: an fp8 scale flipped x2^24 under an fp16 config)
+# what makes a repair restore a tensor (overflow: of the dtype config.json loads it in, the one target a repair's scan
+# counts for, so the tensor loads as Inf: an fp8 scale flipped x2^24 under an fp16 config)
 RESTORED_FINDINGS = (*FAILING_BY_DEFAULT, ZEROED, OVERFLOW)
-LEFT_ZEROED = "all zero, and no donor holds a copy that is not"  # the plan's note on zeroed tensors it leaves
 
 SCOPES = ("tensor", "layer")
 
@@ -389,7 +387,7 @@ def _candidate(
 
 def needed_tensors(report: ScanReport, scope: str) -> list[TensorResult]:
     """The tensors a repair restores: the unhealthy ones (NaN/Inf, exploded, outliers) and those found
-    zeroed (all zero where they should not be: a warning in a scan, damage all the same), or every tensor of
+    zeroed (all zero where they should not be), or every tensor of
     each layer holding one. A trainer-state sentinel (Lightning's ``kth_value = inf``) is not restored."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
@@ -608,12 +606,10 @@ def plan_repair(
     for t in needed:  # report order: the first of a tie with a donor writes it
         if id(t) in chosen and keys[id(t)] not in writer_of:
             writer_of[keys[id(t)]] = t
-    left_zero: list[str] = []
     for t in needed:
         writer = writer_of.get(keys[id(t)])
-        if writer is None and not t.unhealthy and ZEROED in t.findings:
-            left_zero.append(t.name)  # a warning: no donor copy leaves it as it is, it does not block the repair
-            continue
+        # (a zeroed tensor without a donor copy is no less unrestorable than a NaN one: the copy left with it would fail
+        # the gate, and a repair never writes an output that does)
         if writer is None:
             unrestorable.append(
                 Unrestorable(t.name, t.nan, t.posinf, t.neginf, tuple(reasons.get(id(t)) or ["no donor given"]))
@@ -644,9 +640,6 @@ def plan_repair(
         "in the repaired checkpoint, so that the two stay equal and the loader ties them again"
         for name, partner in tied.items() if any(r.name == name for r in restorations)
     )
-    if left_zero:
-        notes += (f"{first_few(left_zero, 3)}: {LEFT_ZEROED}: left as it is (a warning, not restored; compare with "
-                  "the source of the weights)",)
     cast: tuple[str, ...] = ()
     notes += _name_overlap_notes(report, views)
     if unrestorable and not allow_cast:
