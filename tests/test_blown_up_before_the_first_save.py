@@ -203,3 +203,75 @@ def test_t5s_initializer_factor_implies_its_start(tmp_path):
     start = initscales.implied_start(folder, nandoctor.scan(folder))
     assert start is not None and start.guessed and set(start.scales.values()) == {3.5}  # (7 × 0.5)
     assert initscales.untrained_loss(folder) == pytest.approx(math.log(VOCAB))
+
+
+class _Labelled(_Sequences):
+    """The sequences, labelled by whether they step by 1: a binary task."""
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.x[i]
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": int((x[1] - x[0]) % VOCAB == 1)}
+
+
+def test_a_binary_classifier_whose_config_json_leaves_its_labels_out_is_judged_by_two_labels(tmp_path):
+    """A real-training trial: transformers 5 leaves id2label and num_labels out of config.json at their default, 2
+    labels, so no untrained loss was known and a binary classifier at lr 1e2 (eval loss ~1e3 where ln 2 is 0.69)
+    read CLEAN. The default's two labels give it."""
+
+    def classifier(lr: float, out):
+        torch.manual_seed(0)
+        config = _config()
+        config.pad_token_id = 0
+        model = transformers.LlamaForSequenceClassification(config)
+        args = transformers.TrainingArguments(
+            output_dir=str(out), max_steps=30, per_device_train_batch_size=8, learning_rate=lr, save_steps=10,
+            logging_steps=5, report_to=[], use_cpu=True, lr_scheduler_type="constant", seed=0, disable_tqdm=True)
+        transformers.Trainer(model=model, args=args, train_dataset=_Labelled()).train()
+        return out
+
+    def eval_loss(folder) -> float:
+        model = transformers.LlamaForSequenceClassification.from_pretrained(folder)
+        batch = [_Labelled(n=32)[i] for i in range(32)]
+        with torch.no_grad():
+            return float(model(input_ids=torch.stack([b["input_ids"] for b in batch]),
+                               labels=torch.tensor([b["labels"] for b in batch])).loss)
+
+    blown = classifier(1e2, tmp_path / "blown")
+    newest = blown / "checkpoint-30"
+    assert "id2label" not in (newest / "config.json").read_text()  # (the cause)
+    assert eval_loss(newest) > 100 * math.log(2)  # the oracle
+    assert initscales.untrained_loss(newest) == pytest.approx(math.log(2))
+    assert nandoctor.scan_run(blown).exit_code() == 1
+    assert nandoctor.scan(newest).health == "diverged"
+    healthy = classifier(1e-3, tmp_path / "healthy")
+    assert eval_loss(healthy / "checkpoint-30") < 4 * math.log(2)
+    assert nandoctor.scan_run(healthy).exit_code() == 0 and nandoctor.scan(healthy / "checkpoint-30").exit_code == 0
+
+
+def test_a_run_whose_loss_never_came_near_a_trained_models_warns_as_its_checkpoint_alone_does(tmp_path):
+    """A real-training trial: a fine-tune at lr 1 from a trained base, its loss 35 where an untrained model scores
+    4.85 (its generate repeats one token), its growth under the limit: the newest checkpoint scanned alone cautioned
+    ("the trainer log's loss … never trained"), the run read ✓ CLEAN without a word. The run warns now (⚠ PASS,
+    exit 0: its weights fail nothing), in every report; a healthy fine-tune of the same base says nothing."""
+    import json
+
+    from nandoctor.report.json_report import run_to_json
+    from nandoctor.report.run_report import one_line
+
+    base = transformers.LlamaForCausalLM.from_pretrained(_train(tmp_path / "base", 3e-3) / "checkpoint-30")
+    blown = _train(tmp_path / "blown", 1.0, base)
+    newest = blown / "checkpoint-30"
+    assert _eval_loss(transformers.LlamaForCausalLM.from_pretrained(newest)) > 4 * math.log(VOCAB)  # the oracle
+    alone = nandoctor.scan(newest)
+    run = nandoctor.scan_run(blown)
+    if alone.health == "diverged":  # (grown past the limit on this machine's arithmetic: failed, the stronger answer)
+        assert run.exit_code() == 1
+        return
+    assert nandoctor.verdict.loss_jump_caution(alone) is not None and alone.exit_code == 0
+    assert run.exit_code() == 0 and run.never_trained is not None and run.reported_only()
+    assert "it never trained" in one_line(run)
+    assert json.loads(json.dumps(run_to_json(run)))["run"]["never_trained"]["untrained"] is True
+
+    healthy = _train(tmp_path / "healthy", 1e-4, transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base" / "checkpoint-30"))
+    quiet = nandoctor.scan_run(healthy)
+    assert quiet.exit_code() == 0 and quiet.never_trained is None and not quiet.reported_only()

@@ -75,6 +75,9 @@ def implied_start(folder: Path, report: ScanReport) -> RunBaseline | None:
     return RunBaseline(0, INITIAL_WEIGHTS, None, InitialScales(scales), guessed=True) if scales else None
 
 
+_DEFAULT_LABELS = 2  # (PreTrainedConfig's num_labels where config.json gives none)
+
+
 def untrained_loss(folder: Path) -> float | None:
     """The loss a model of ``folder``'s config.json scores before training (it guesses uniformly): ln(vocab_size) for
     a language model's head, ln(num_labels) for a classifier's; None where the config does not say (a regression
@@ -89,7 +92,11 @@ def untrained_loss(folder: Path) -> float | None:
         classes = vocab_size(config)
     elif head.endswith(_LABEL_HEADS) and config.get("problem_type") in (None, "single_label_classification"):
         labels = config.get("id2label")
-        classes = len(labels) if isinstance(labels, dict) else positive(config.get("num_labels"))
+        # (transformers 5 leaves id2label and num_labels out of config.json at their default, 2 labels: the most common
+        # fine-tune, a binary classifier at lr 1e2 with an eval loss of 1,289, read CLEAN)
+        given = "id2label" in config or "num_labels" in config
+        classes = (len(labels) if isinstance(labels, dict) else positive(config.get("num_labels"))) if given \
+            else _DEFAULT_LABELS
     else:
         return None
     return math.log(classes) if classes is not None and classes > 1 else None

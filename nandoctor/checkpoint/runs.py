@@ -28,6 +28,7 @@ from nandoctor.checkpoint.baseline import (
     kept_before,
     load_baseline,
     never_trained,
+    untrained_jump,
     usable_baseline,
 )
 from nandoctor.checkpoint.finalmodel import (
@@ -349,6 +350,7 @@ class RunReport:
     seconds: float = 0.0
     problems: tuple[str, ...] = ()  # the run itself is ambiguous (two folders of one step): exit 3
     series: LogSeries | None = None  # loss / grad_norm over steps, for charts (checkpoint/trainlog.py)
+    untrained_loss: float | None = None  # what the run's model scores untrained (initscales.untrained_loss), if known
 
     @property
     def newest(self) -> RunCheckpoint | None:
@@ -523,7 +525,8 @@ class RunReport:
     def reported_only(self, fail_on: frozenset[str] | None = None) -> bool:
         """Whether the run passes with something to look at: findings only reported (the deciding row's ZEROED), a
         poisoned or diverged checkpoint before it (:meth:`bad_behind`), or a loss jump no checkpoint fails for
-        (:attr:`loss_jump_unconfirmed`): a headline's ⚠ PASS."""
+        (:attr:`loss_jump_unconfirmed`), a loss that never came near a trained model's (:attr:`never_trained`): a
+        headline's ⚠ PASS."""
         from nandoctor import verdict as verdicts
 
         decider = self.decider(fail_on)
@@ -531,7 +534,7 @@ class RunReport:
             return False
         decided = verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
         return decided.exit_code == 0 and (verdicts.cautioned(decider.report, decided) or bool(self.bad_behind(fail_on))
-                                           or self.loss_jump_unconfirmed)
+                                           or self.loss_jump_unconfirmed or self.never_trained is not None)
 
     @property
     def loss_jump_unconfirmed(self) -> bool:
@@ -539,6 +542,16 @@ class RunReport:
         at it before using the checkpoints saved after the jump (a passing run then reads ⚠ PASS, not ✓)."""
         log = self.log
         return log is not None and log.error is None and log.loss_jump_said and self.broken_weights_from is None
+
+    @property
+    def never_trained(self) -> dict[str, Any] | None:
+        """Where every checkpoint passes but the trainer log's last loss is still ``UNTRAINED_MULTIPLE`` times what
+        an untrained model scores: that loss as a jump from the untrained one (baseline.untrained_jump), which a
+        scan of the newest checkpoint alone cautions of too (a real-training trial: a fine-tune at lr 1 from a
+        trained base, loss 35 where untrained is 4.85, read ✓ CLEAN in the run and ⚠ alone); None otherwise."""
+        if self.first_bad is not None or self.loss_jump_unconfirmed:
+            return None
+        return untrained_jump(self.log, self.untrained_loss)
 
     def bad_behind(self, fail_on: frozenset[str] | None = None) -> list[RunCheckpoint]:
         """Where the run passes: its checkpoints before the deciding one that are poisoned or diverged (a new user's
@@ -1309,4 +1322,4 @@ def scan_run(
     else:
         series = read_series(root, run_log.source if run_log else None)
     return RunReport(str(path), tuple(checkpoints), run_log, tuple(notes), time.perf_counter() - started,
-                     problems=tuple(problems), series=series)
+                     problems=tuple(problems), series=series, untrained_loss=untrained)

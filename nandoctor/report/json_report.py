@@ -432,6 +432,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             # (a passing run's poisoned or diverged checkpoints before the deciding one: the text reports' ⚠)
             "bad_behind": [c.name for c in run.bad_behind(fail_on)],
             "train_log": log_to_json(run.log),
+            # (every checkpoint passes while the log's last loss is still 4x an untrained model's: the ⚠ PASS's why)
+            "never_trained": run.never_trained,
             "notes": list(run.notes),
             "problems": list(run.problems),
         },
