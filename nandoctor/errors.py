@@ -139,6 +139,14 @@ class RepairFailedError(NandoctorError):
     default_hint = "nothing was written at --out; fix the cause above and run the repair again"
 
 
+class ReportNotWrittenError(NandoctorError):
+    """stdout would not take a command's report (a full disk, an I/O error): no fault of the checkpoint, nor of
+    nandoctor; the command's work is done and its exit code stands."""
+
+    default_hint = ("the exit code is still the command's own (a scan's is its verdict); to read the report, send "
+                    "stdout where it can be written (a disk with space, another file) and run the command again")
+
+
 class DeviceUnavailableError(NandoctorError):
     default_hint = "use --device cpu, or install a CUDA build of torch"
 

@@ -156,11 +156,15 @@ def main() -> None:
     # the demo scan's ~135, measured. Frozen once the other exit handlers have run (threads joined, logs
     # flushed: atexit runs the later-registered first), they are left alone.
     atexit.register(gc.freeze)
-    from nandoctor.cli.pipes import tolerate_early_close
+    from nandoctor.cli.pipes import finished, tolerate_early_close
 
-    tolerate_early_close()  # `nandoctor scan CKPT | head`: the exit code stays the verdict's
+    tolerate_early_close()  # `nandoctor scan CKPT | head`, `> /dev/full`: the exit code stays the verdict's
     try:
         cli(prog_name="nandoctor")
     except KeyboardInterrupt:  # Ctrl-C before a command's own handler is in place (imports, option parsing)
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as exc:  # (every command ends here: click's standalone mode exits even on success)
+        if exc.code is None or isinstance(exc.code, int):
+            sys.exit(finished(exc.code or 0))
+        raise

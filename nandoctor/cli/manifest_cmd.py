@@ -21,5 +21,7 @@ def manifest(path: str) -> None:
       nandoctor scan ckpt/ --verify-hashes --manifest manifest.json
     """
     from nandoctor import api_compare
+    from nandoctor.cli.pipes import result_on_stdout
 
+    result_on_stdout()  # (a manifest cut short by a full disk is no manifest: exit 3)
     echo_json(api_compare.manifest(path))

@@ -60,6 +60,9 @@ def scan_split(
     if part is not None:
         data = scan_part(str(resolved), spec, options, device=device)
         data["given"] = path  # merge judges the report as `scan` judges this path (its cache note)
+        from nandoctor.cli.pipes import result_on_stdout
+
+        result_on_stdout()  # (a part file cut short by a full disk is no part: exit 3, not merge's error later)
         echo_json(data)
         # exit 3 when this part could not read something (a retry may help), or the checkpoint holds something
         # no part can read (merge will refuse to call it clean too); the verdict is merge's
@@ -87,7 +90,10 @@ def _leave(code: int) -> NoReturn:
     teardown gloo's C++ threads sometimes abort the process (SIGABRT, "terminate called without an active
     exception"), and a rank whose stdout is a pipe then lost the report it had printed (a test saw torchrun's
     exit 1 and no output). os._exit runs no C++ static destructors; every file the scan wrote is closed by now."""
+    from nandoctor.cli.pipes import finished
+
     sys.stdout.flush()
+    code = finished(code)  # (os._exit skips main's ending: what stdout could not take is said here)
     sys.stderr.flush()
     os._exit(code)
 

@@ -55,7 +55,10 @@ def _staged_file(arg: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nandoctor` itself does (nandoctor.cli.main)
     from nandoctor.cli import cli
+    from nandoctor.cli.pipes import finished, tolerate_early_close
     from nandoctor.cli.scan_cmd import scan
+
+    tolerate_early_close()  # (as `nandoctor` itself: a full disk or closed pipe never turns a verdict into a bug)
 
     options, files = split_arguments(sys.argv[1:] if argv is None else argv, scan)
     if not files:  # pre-commit runs the hook only with staged files: none found means none was scanned
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         worst = max(worst, code)
-    return worst
+    return finished(worst)
 
 
 if __name__ == "__main__":

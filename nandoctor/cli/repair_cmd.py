@@ -152,6 +152,12 @@ def repair(
                         target, list(donors), out, scope=scope, dry_run=dry_run, progress=progress, hash_all=hash_all,
                         allow_diverged=allow_diverged, allow_cast=allow_cast, limits=limits, selection=chosen,
                     )
+                if result.ok and not dry_run and result.out:
+                    from nandoctor.cli.pipes import stands_if_unwritten
+
+                    # (a report that stdout cannot take, a full disk, loses nothing of the repair: exit 0, as for a
+                    # reader that closed the pipe, saying where it is)
+                    stands_if_unwritten(f"the repair is complete: {_in_place(result.out)}")
                 # (the report too: an interrupt while it prints finds the repair in place, and says so)
                 if as_json:
                     from nandoctor.restore.proof import plan_json, proof_json
@@ -186,9 +192,15 @@ def _complete_anyway(out: str | None, target: str, dry_run: bool) -> None:
     from nandoctor.hints import verified_repair
 
     if out and not dry_run and verified_repair(Path(out), Path(target)):
-        click.echo(f"interrupted after the repair was complete: {out} holds it, verified (its nandoctor-repair.json "
-                   "says what was restored)", err=True)
+        click.echo(f"interrupted after the repair was complete: {_in_place(out)}", err=True)
         sys.exit(0)
+
+
+def _in_place(out: str) -> str:
+    """Where a complete, verified repair is, said when its report was cut short (an interrupt, stdout full)."""
+    from nandoctor.report.text import safe
+
+    return safe(f"{out} holds it, verified (its nandoctor-repair.json says what was restored)")
 
 
 @contextmanager
