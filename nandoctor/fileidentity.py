@@ -42,4 +42,27 @@ def fingerprint(path: str | os.PathLike[str]) -> FileIdentity:
     return FileIdentity(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-__all__ = ["FileIdentity", "fingerprint"]
+def within(folder: str | os.PathLike[str], outer: str | os.PathLike[str]) -> bool:
+    """Whether the existing ``folder`` is the folder ``outer`` or lies inside it, told by identity (device and
+    inode) of ``folder`` and of each folder above it, not by path: a bind mount (or a second mount of one file
+    system) shows one folder under two paths that no ``resolve()`` joins, and a repair's --out through one
+    landed inside the checkpoint it read through the other (a tester's)."""
+    try:
+        held = os.stat(outer)
+    except OSError:
+        return False
+    here = os.path.realpath(folder)
+    while True:
+        try:
+            st = os.stat(here)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            return True
+        above = os.path.dirname(here)
+        if above == here:
+            return False
+        here = above
+
+
+__all__ = ["FileIdentity", "fingerprint", "within"]

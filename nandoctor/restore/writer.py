@@ -28,7 +28,7 @@ from pathlib import Path
 from nandoctor.access import unreadable
 from nandoctor.checkpoint.hubcache import blob_roots
 from nandoctor.errors import NandoctorError, OutputExistsError, RepairFailedError, RepairRefusedError
-from nandoctor.fileidentity import FileIdentity, fingerprint
+from nandoctor.fileidentity import FileIdentity, fingerprint, within
 from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import ScanReport, TensorRef
 from nandoctor.restore import atomic, stale
@@ -67,12 +67,10 @@ def _noop(*_: object) -> None:
 
 def check_out_of_donors(out: Path, donor_roots: list[Path]) -> None:
     """Refuse an --out inside a donor checkpoint: a repair writes into no checkpoint it reads."""
-    parent = out.parent.resolve()
     for root in donor_roots:
         if not root.is_dir():
             continue  # a single-file donor: --out beside it writes into no checkpoint
-        folder = root.resolve()
-        if parent == folder or folder in parent.parents:
+        if within(out.parent, root):
             raise RepairRefusedError(
                 f"{out}: --out lies inside the donor checkpoint {root}",
                 "choose an --out outside every checkpoint the repair reads (e.g. beside the target)",
@@ -114,14 +112,11 @@ def check_out(out: Path, source: Source) -> None:
             raise RepairRefusedError(f"{out.parent}: is a file, not a folder that could hold --out",
                                      "choose an --out inside an existing folder")
         raise RepairRefusedError(f"{out.parent}: the folder that should hold --out does not exist", "create it first")
-    if source.single_file is None:
-        root = source.root.resolve()
-        parent = out.parent.resolve()
-        if parent == root or root in parent.parents:
-            raise RepairRefusedError(
-                f"{out}: --out lies inside the checkpoint being repaired",
-                "choose an --out outside the source folder (e.g. beside it)",
-            )
+    if source.single_file is None and within(out.parent, source.root):
+        raise RepairRefusedError(
+            f"{out}: --out lies inside the checkpoint being repaired",
+            "choose an --out outside the source folder (e.g. beside it)",
+        )
 
 
 def write_repair(
