@@ -81,7 +81,7 @@ def repair(
     from nandoctor.engine import scan, scan_as_loaded
     from nandoctor.fileidentity import fingerprint
     from nandoctor.kernels.targets import target as cast_target
-    from nandoctor.restore.donors import CheckpointDonor, other_model_notes, resolve_donors
+    from nandoctor.restore.donors import CheckpointDonor, later_donor_notes, other_model_notes, resolve_donors
     from nandoctor.restore.likeness import (
         donor_already,
         donor_already_note,
@@ -196,7 +196,8 @@ def repair(
     already = donor_already(plan, report, catalogs) if one_donor is None else None
     doubts = (*([whole_model_note(plan, *one_donor)] if one_donor is not None else []),
               *([donor_already_note(plan, already)] if already is not None else []),
-              *other_model_notes(source.root, catalogs, used), *unlike_notes(plan, report, catalogs))
+              *other_model_notes(source.root, catalogs, used), *unlike_notes(plan, report, catalogs),
+              *later_donor_notes(target_path, catalogs, used))
     plan = replace(plan, notes=(*plan.notes, *doubts), doubts=doubts,
                    whole_model_from=one_donor[0] if one_donor is not None else already.donor if already is not None else None)
     kept_state = _kept_optimizer_state(plan, report)

@@ -413,6 +413,25 @@ def other_model_notes(target_root: Path, donors: Sequence[CheckpointDonor], used
     return tuple(notes)
 
 
+def later_donor_notes(target: Path, donors: Sequence[CheckpointDonor], used: set[str]) -> tuple[str, ...]:
+    """A note for each donor that gave tensors (``used``: their labels) saved after the target in the target's own
+    run: ``--from auto`` never takes one (it may carry what damaged the target, and it is a later state of the weights
+    than the target's optimizer and schedule), but an explicit ``--from`` of one was taken with no word (a tester's
+    ``--from run/checkpoint-40`` for checkpoint-30). A donor of another run has steps of its own: never compared."""
+    place = place_in_run(target)
+    if place is None or place.final:  # (a final model comes after every checkpoint of its run)
+        return ()
+    notes = []
+    for donor in donors:
+        theirs = place_in_run(donor.path) if donor.label in used and donor.step is not None else None
+        if theirs is not None and theirs.step > place.step and _same_place(theirs.run, place.run):
+            notes.append(f"donor {donor.label} was saved at step {theirs.step}, after the target (step {place.step}): "
+                         "its tensors are a later state of the run than the rest of the repaired checkpoint (its "
+                         "optimizer state, its schedule) and may carry what damaged the target (--from auto takes only "
+                         "checkpoints saved before the target)")
+    return tuple(notes)
+
+
 def _model_identity(folder: Path) -> tuple[str | None, tuple[str, ...] | None] | None:
     """``model_type`` and ``architectures`` of the folder's config.json; None without a readable one naming either."""
     from nandoctor.checkpoint.jsonfiles import read_json
