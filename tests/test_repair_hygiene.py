@@ -191,3 +191,19 @@ def test_a_donor_holding_few_of_the_targets_names_is_named_even_when_it_restores
     result = repair(tmp_path / "target.safetensors", [tmp_path / "donor.safetensors"], tmp_path / "fixed")
     assert result.ok
     assert any("has 1 of the target's 6 weight names" in n for n in result.plan.notes), result.plan.notes
+
+
+def test_empty_folders_of_the_source_are_carried_over(tmp_path: Path) -> None:
+    """A tester's: empty folders (a run's logs/ before its first event) vanished from the output, with no note, where
+    every other thing left out is named; a repair loses nothing of the source. The repair stays verified in place."""
+    from nandoctor.hints import verified_repair
+
+    target, donor = pair(tmp_path)
+    for folder in ("emptydir", "logs/empty", "runs/a/b"):
+        (target / folder).mkdir(parents=True)
+    (target / "logs" / "events.txt").write_text("x")
+    result = repair(target, [donor], tmp_path / "fixed")
+    assert result.ok
+    folders = sorted(str(p.relative_to(tmp_path / "fixed")) for p in (tmp_path / "fixed").rglob("*") if p.is_dir())
+    assert folders == ["emptydir", "logs", "logs/empty", "runs", "runs/a", "runs/a/b"]
+    assert verified_repair(tmp_path / "fixed", target)

@@ -156,7 +156,7 @@ def write_repair(
     try:
         try:
             stale.clean_stale(out.parent)
-            copies, copy_notes, linked = _copy_list(source)
+            copies, copy_notes, linked, folders = _copy_list(source)
             _check_space(out.parent, sum(size for _, _, size in copies))
             building = atomic.make_temp(out)  # locked while this process lives (stale.py leaves it alone)
         except OSError as exc:  # e.g. a read-only parent folder: nothing was created
@@ -166,6 +166,8 @@ def write_repair(
             ) from exc
         temp = building.path
         phase("temp")
+        for rel in folders:  # (every one, the empty ones too: a training script may count on its logs/ being there)
+            (temp / rel).mkdir(parents=True, exist_ok=True)
         for rel, leads_to in linked:  # (a link farm's links out: kept as links, their targets never read)
             (temp / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(leads_to, temp / rel)
@@ -260,15 +262,18 @@ def _removed_meanwhile(building: atomic.TempFolder, out: Path) -> RepairFailedEr
     )
 
 
-def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str], list[tuple[Path, str]]]:
+def _copy_list(
+    source: Source,
+) -> tuple[list[tuple[Path, bool, int]], list[str], list[tuple[Path, str]], list[Path]]:
     """(path relative to the root, is a scanned weight file, size) of every file to copy, notes on what is not
-    carried over (links to folders, FIFOs, an earlier repair's proof), and (path, target) of the links a link
-    farm's output keeps as links."""
+    carried over (links to folders, FIFOs, an earlier repair's proof), (path, target) of the links a link
+    farm's output keeps as links, and every subfolder carried over (relative, parents first), empty ones included:
+    they were dropped from the output with no word (a tester's)."""
     weights = {p.absolute() for p in source.weights}
     left_out = {p.absolute() for p in source.left_out}
     if source.single_file is not None:
         path = source.single_file
-        return [(Path(path.name), True, os.stat(path).st_size)], [], []
+        return [(Path(path.name), True, os.stat(path).st_size)], [], [], []
     found: list[tuple[Path, bool, int]] = []
     notes: list[str] = []
     allowed = (source.root.resolve(), *blob_roots(source.root))
@@ -278,12 +283,15 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
     # (a link to it, as the source holds); the weights are copied, as the scan read them.
     farm = any(p.is_symlink() and not _leads_inside(p, allowed) for p in source.weights)
     linked: list[tuple[Path, str]] = []
+    folders: list[Path] = []
 
     def unlisted(exc: OSError) -> None:  # a subfolder the user may not list: said, never skipped in silence
         where = Path(exc.filename) if exc.filename else source.root
         if where == source.root:  # the source itself: nothing can be copied
             raise unreadable(where, exc)
         notes.append(f"{where.relative_to(source.root)}/: {unreadable(where, exc).reason}; not carried over")
+        with contextlib.suppress(ValueError):  # (nor made, empty, as if it held nothing)
+            folders.remove(where.relative_to(source.root))
 
     for folder, dirs, names in os.walk(source.root, onerror=unlisted):
         here = Path(folder)
@@ -294,6 +302,7 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
             d for d in dirs if not atomic.is_temp(d) and not (here / d).is_symlink()
             and not (here == source.root and d in source.skip_dirs)
         )
+        folders.extend((here / d).relative_to(source.root) for d in dirs)
         for name in sorted(names):
             path = here / name
             absolute = path.absolute()
@@ -335,7 +344,7 @@ def _copy_list(source: Source) -> tuple[list[tuple[Path, bool, int]], list[str],
     missing = weights - {(source.root / rel).absolute() for rel, w, _ in found if w}
     if missing:
         raise RepairFailedError(f"{sorted(missing)[0]}: scanned weight file not found under {source.root}")
-    return found, notes, linked
+    return found, notes, linked, folders
 
 
 def _within(inputs: Mapping[str, FileIdentity], root: Path) -> dict[str, FileIdentity]:
