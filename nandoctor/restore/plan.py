@@ -419,7 +419,9 @@ def _whole_layers(report: ScanReport, bad: list[TensorResult]) -> list[TensorRes
 
 
 _PARAMETER_STATE = re.compile(r"^(.*\.state\.\d+)\.[^.]+$")  # (a torch optimizer's state of parameter N: every entry)
-_COUNTERS = (".step", ".step_size")  # (an optimizer's counters in that state: not moments)
+# (a parameter's step count and Rprop's per-element step lengths: kept from the target, as no gradient a bad step
+# blew up is in them; the donor's moments then resume under the target's count, docs/repair.md says what that does)
+_COUNTERS = (".step", ".step_size")
 
 
 def moment_of(name: str) -> str | None:
