@@ -90,6 +90,8 @@ def test_a_parameters_whole_optimizer_state_is_restored_together(tmp_path: Path)
     restored = {r.name for r in result.plan.restorations}
     assert {"optimizer.state.0.square_avg", "optimizer.state.0.grad_avg"} <= restored, restored
     fixed = torch.load(tmp_path / "fixed" / "step_30.pt", weights_only=True)
+    # (its step count stays the target's, as docs/repair.md says: the donor's moments resume under step 30)
+    assert "optimizer.state.0.step" not in restored and float(fixed["optimizer"]["state"][0]["step"]) == 30
     net.load_state_dict(fixed["model"])
     opt.load_state_dict(fixed["optimizer"])
     for _ in range(3):  # the oracle
