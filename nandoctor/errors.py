@@ -21,11 +21,14 @@ class NandoctorError(Exception):
     # What a report that could not be made says for it (``FAIL UNREADABLE path: …``, the JSON verdict):
     # UNREADABLE only for the checkpoint itself (no such path, a refused or corrupt file); ERROR otherwise
     verdict_word = "ERROR"
+    path: str | None = None  # the file or folder the message is about, where not the target (a JSON error's "path")
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, path: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = self.default_hint if hint is None else hint
+        if path is not None:
+            self.path = path
 
     def __str__(self) -> str:  # keeps the hint visible for API users too
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -56,6 +59,7 @@ class CorruptCheckpointError(NandoctorError):
 
     verdict_word = "UNREADABLE"
     default_hint = "re-download or re-save this file; if it came from training, use an earlier checkpoint"
+    path: str  # (always given: the file whose bytes are wrong)
 
     def __init__(self, path: str, reason: str, hint: str | None = None) -> None:
         super().__init__(f"{path}: {reason}", hint)

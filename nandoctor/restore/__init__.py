@@ -100,7 +100,9 @@ def repair(
     target_path, _ = hubcache.resolve(target)  # a path, or a model name in the Hugging Face / ModelScope cache
     donor_list = [donors] if isinstance(donors, (str, os.PathLike)) else list(donors)
     if not dry_run and out is None:
-        raise RepairRefusedError(f"{target}: no output folder given", "add --out <new folder>")
+        # (only the API gets here: the CLI refuses a missing --out as a usage error; API words, as assert_finite's)
+        raise RepairRefusedError(f"{target}: no output folder given",
+                                 "pass out=<new folder> (the CLI's --out), or dry_run=True to see the plan")
     out_path = None if out is None else tidy_out(out)  # set whenever something is written (not dry_run)
     # A run folder with a final model: the repair is of that model (checkpoint/finalmodel.py): the weights at
     # its top, or a Lightning run's final file (then the repair is of that one file)

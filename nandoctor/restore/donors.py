@@ -352,9 +352,8 @@ def resolve_donors(
         try:
             path, _ = hubcache.resolve(donor)
         except CheckpointNotFoundError as exc:
-            missing = CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint)
-            missing.path = str(donor)  # type: ignore[attr-defined]  # (the JSON's errors[].path: the donor, not the target)
-            raise missing from None
+            # (the JSON's errors[].path: the donor, not the target)
+            raise CheckpointNotFoundError(f"donor checkpoint {exc.message}", exc.hint, path=str(donor)) from None
         if needed and _same_place(path, target):  # (a clean target: an unchanged copy, whatever the donor)
             raise RepairRefusedError(
                 f"donor {donor} is (part of) the checkpoint being repaired ({target}): it holds the same bad tensors",

@@ -71,10 +71,14 @@ def check_out_of_donors(out: Path, donor_roots: list[Path]) -> None:
         if not root.is_dir():
             continue  # a single-file donor: --out beside it writes into no checkpoint
         if within(out.parent, root):
-            raise RepairRefusedError(
-                f"{out}: --out lies inside the donor checkpoint {root}",
-                "choose an --out outside every checkpoint the repair reads (e.g. beside the target)",
-            )
+            raise _refused(out, f"--out lies inside the donor checkpoint {root}",
+                           "choose an --out outside every checkpoint the repair reads (e.g. beside the target)")
+
+
+def _refused(where: Path, why: str, hint: str) -> RepairRefusedError:
+    """A refusal of --out (or of the folder that would hold it): ``where`` is what a JSON error's ``path`` names,
+    not the target the repair is of (a tester's: a read-only --out's error named the target)."""
+    return RepairRefusedError(f"{where}: {why}", hint, path=str(where))
 
 
 def tidy_out(out: str | os.PathLike[str]) -> Path:
@@ -91,10 +95,8 @@ def check_out(out: Path, source: Source) -> None:
     if os.path.lexists(out) and os.path.realpath(out) == os.path.realpath(where):
         from nandoctor.hints import free_repaired_path  # (never inside a checkpoint folder: beside it)
 
-        raise RepairRefusedError(
-            f"{out}: --out is the checkpoint being repaired; a repair never writes over its source",
-            f"choose a new folder, e.g. --out {path_word(free_repaired_path(where))}",
-        )
+        raise _refused(out, "--out is the checkpoint being repaired; a repair never writes over its source",
+                       f"choose a new folder, e.g. --out {path_word(free_repaired_path(where))}")
     if os.path.lexists(out):
         raise OutputExistsError(str(out))
     from nandoctor.checkpoint.layout import weight_suffixes
@@ -102,21 +104,17 @@ def check_out(out: Path, source: Source) -> None:
     # (a single file's repair is a folder holding it: fixed.safetensors/ made load_file fail; a sharded Lightning
     # checkpoint is itself a folder named …step=N.ckpt, and its repair a folder of that kind)
     if source.single_file is not None and out.suffix.lower() in weight_suffixes():
-        raise RepairRefusedError(
-            f"{out}: --out names the folder the repair creates (it will hold {source.single_file.name} and the "
-            f"repair's proof), but ends in {out.suffix}, a weight file's suffix",
-            f"choose a folder name, e.g. --out {path_word(out.with_suffix(''))}",
-        )
+        raise _refused(out, f"--out names the folder the repair creates (it will hold {source.single_file.name} and the "
+                       f"repair's proof), but ends in {out.suffix}, a weight file's suffix",
+                       f"choose a folder name, e.g. --out {path_word(out.with_suffix(''))}")
     if not out.parent.is_dir():
         if os.path.lexists(out.parent):
-            raise RepairRefusedError(f"{out.parent}: is a file, not a folder that could hold --out",
-                                     "choose an --out inside an existing folder")
-        raise RepairRefusedError(f"{out.parent}: the folder that should hold --out does not exist", "create it first")
+            raise _refused(out.parent, "is a file, not a folder that could hold --out",
+                           "choose an --out inside an existing folder")
+        raise _refused(out.parent, "the folder that should hold --out does not exist", "create it first")
     if source.single_file is None and within(out.parent, source.root):
-        raise RepairRefusedError(
-            f"{out}: --out lies inside the checkpoint being repaired",
-            "choose an --out outside the source folder (e.g. beside it)",
-        )
+        raise _refused(out, "--out lies inside the checkpoint being repaired",
+                       "choose an --out outside the source folder (e.g. beside it)")
 
 
 def write_repair(
@@ -159,10 +157,10 @@ def write_repair(
             copies, copy_notes, linked, folders = _copy_list(source)
             _check_space(out.parent, sum(size for _, _, size in copies))
             building = atomic.make_temp(out)  # locked while this process lives (stale.py leaves it alone)
-        except OSError as exc:  # e.g. a read-only parent folder: nothing was created
+        except OSError as exc:  # e.g. a read-only parent folder, a full disk: nothing was created
             raise RepairFailedError(
-                f"{exc.filename or out.parent}: {exc.strerror or exc} (creating the repair's temporary folder)",
-                "choose an --out in a folder you can write to",
+                f"{out}: {exc.strerror or exc} while creating the repair's temporary folder and its lock beside it "
+                f"({path_word(exc.filename or out.parent)})", _cannot_write_hint(exc), path=str(out),
             ) from exc
         temp = building.path
         phase("temp")
@@ -235,13 +233,14 @@ def write_repair(
             raise _removed_meanwhile(building, out) from exc
         if not isinstance(exc, OSError):
             raise
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk being written, never the source a copy read
+        if exc.errno in _NO_SPACE:  # the disk being written, never the source a copy read
             raise RepairFailedError(
                 f"{out}: {exc.strerror or exc} while writing the repair (the disk filled up after the space check); "
                 "nothing was left there",
-                "free some space or choose an --out on another disk",
+                _cannot_write_hint(exc), path=str(out),
             ) from exc
-        raise RepairFailedError(f"{exc.filename or out}: {exc.strerror or exc} while writing the repair") from exc
+        where = os.fsdecode(exc.filename) if exc.filename else str(out)
+        raise RepairFailedError(f"{where}: {exc.strerror or exc} while writing the repair", path=where) from exc
     finally:
         for pool in (copier, syncer):
             pool.shutdown(wait=True, cancel_futures=True)  # no thread may still use temp when it is removed
@@ -397,11 +396,22 @@ def _check_space(parent: Path, needed: int) -> None:
         # sizes in the unit that fits each (a small checkpoint on a nearly full disk: "needs 0.00 GB" said nothing)
         from nandoctor.report.rich_report import human_bytes
 
-        raise RepairRefusedError(
-            f"{parent}: the repaired checkpoint needs {human_bytes(needed)} and {human_bytes(SPARE_BYTES)} to spare, "
-            f"but only {human_bytes(free)} are free",
-            "free some space or choose an --out on another disk",
-        )
+        raise _refused(parent, f"the repaired checkpoint needs {human_bytes(needed)} and {human_bytes(SPARE_BYTES)} "
+                       f"to spare, but only {human_bytes(free)} are free", _NO_SPACE_HINT)
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_HINT = "free some space or choose an --out on another disk"
+
+
+def _cannot_write_hint(exc: OSError) -> str:
+    """What to do when --out's folder would not take the repair, by what the file system said (its errno): a full
+    disk is no folder the user may not write to (a tester's ENOSPC at the lock file read "a folder you can write to")."""
+    if exc.errno in _NO_SPACE:
+        return _NO_SPACE_HINT
+    if exc.errno == errno.EROFS:
+        return "its file system is mounted read-only: choose an --out on another one"
+    return "choose an --out in a folder you can write to"
 
 
 def _copy_one(source: Source, rel: Path, temp: Path) -> tuple[Path, str | None]:
