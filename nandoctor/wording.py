@@ -55,7 +55,10 @@ def scan_command(path: str | os.PathLike[str]) -> str:
     return f"nandoctor scan {path_word(path)}"
 
 
-__all__ = ["first_few", "path_word", "scan_command", "shell_word", "surrogate_shown"]
+# the words that tell a repair plan's doubt of a donor saved after its target (restore/donors.py) among its doubts
+LATER_DONOR = "after the target (step"
+
+__all__ = ["LATER_DONOR", "first_few", "path_word", "scan_command", "shell_word", "surrogate_shown"]
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nandoctor.report.columns import add_column
-from nandoctor.wording import scan_command
+from nandoctor.wording import LATER_DONOR, scan_command
 
 if TYPE_CHECKING:
     from nandoctor.restore.plan import RepairPlan, Restoration
@@ -254,7 +254,8 @@ def render_result(result: RepairResult, console: Console, *, show_all: bool = Fa
         )
     )
     if doubted:  # (said above the tables as notes: here again, where the user reads the result; kept in the proof)
-        whole = plan.whole_model_from is not None  # (its doubt is the first)
+        # (the whole-model doubt is the first where there is one; a later donor's is this model's all the same)
+        whole = plan.whole_model_from is not None or LATER_DONOR in plan.doubts[0]
         console.print(Text(("  but " if whole else "  but a donor may not be this model's: ") + safe(plan.doubts[0])
                            + (f" (and {len(plan.doubts) - 1} more, in the proof's donor_doubts)" if len(plan.doubts) > 1 else "")
                            + ("" if whole else "; check that --from names an earlier checkpoint of this run before using "

@@ -37,7 +37,7 @@ from nandoctor.kernels.census import HealthLimits
 from nandoctor.model import TensorRef
 from nandoctor.restore.plan import checkpoint_root, file_key, names_in_several_files
 from nandoctor.verdict import CONFIG_KIND
-from nandoctor.wording import path_word
+from nandoctor.wording import LATER_DONOR, path_word
 
 AUTO = "auto"
 
@@ -424,7 +424,7 @@ def later_donor_notes(target: Path, donors: Sequence[CheckpointDonor], used: set
     for donor in donors:
         theirs = place_in_run(donor.path) if donor.label in used and donor.step is not None else None
         if theirs is not None and theirs.step > place.step and _same_place(theirs.run, place.run):
-            notes.append(f"donor {donor.label} was saved at step {theirs.step}, after the target (step {place.step}): "
+            notes.append(f"donor {donor.label} was saved at step {theirs.step}, {LATER_DONOR} {place.step}): "
                          "its tensors are a later state of the run than the rest of the repaired checkpoint (its "
                          "optimizer state, its schedule) and may carry what damaged the target (--from auto takes only "
                          "checkpoints saved before the target)")
