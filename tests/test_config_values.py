@@ -85,6 +85,9 @@ GENERATION = [
     ({"typical_p": 0.0, "do_sample": True}, "generate"),
     ({"penalty_alpha": 0.6, "top_k": 4}, "generate"),  # contrastive search: on the Hub in transformers 5
     ({"forced_eos_token_id": VOCAB + 3}, "generate"),
+    ({"forced_eos_token_id": []}, "generate"),  # (an adversarial round: its processor refuses a list of no id)
+    ({"forced_eos_token_id": [[]]}, "generate"),
+    ({"bos_token_id": []}, "ok"),
     ({"num_beam_groups": 2, "num_beams": 2}, "generate"),  # group beam search: on the Hub in transformers 5
     ({"sequence_bias": [[[VOCAB + 3], 2.0]]}, "generate"),
     ({"temperature": "0", "do_sample": True}, "generate"),  # (a string where a number belongs)

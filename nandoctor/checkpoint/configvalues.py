@@ -444,6 +444,13 @@ def _generate_refusals(generation: dict[str, Any], config: dict[str, Any] | None
             and generation.get("force_words_ids") is None:
         wrong.append(f"prompt_lookup_num_tokens is {lookup} (\"Invalid max_matching_ngram_size or num_output_tokens\")")
         fixes.append("prompt_lookup_num_tokens: null (no prompt lookup), or the tokens to propose, such as 10")
+    forced = generation.get("forced_eos_token_id")
+    if isinstance(forced, list) and not any(_int(t) for t in _flattened(forced)):
+        # ([] or [[]]: its processor refuses it, an adversarial round's read CLEAN. An eos_token_id of [] breaks only a
+        # generate() given no attention mask, which infers one from it: the tokenizer's call gives one)
+        wrong.append(f"forced_eos_token_id is {_shown(forced)}, a list of no token id (\"`eos_token_id` has to be a list "
+                     "of positive integers\")")
+        fixes.append("forced_eos_token_id: the model's end-of-sequence id (or a list of them), or null")
     returned = generation.get("num_return_sequences")
     if isinstance(returned, float) and returned > 1 and sampling and not beamed:
         wrong.append(f"num_return_sequences is {returned} (repeat_interleave() given a float)")
@@ -461,6 +468,15 @@ def _generate_refusals(generation: dict[str, Any], config: dict[str, Any] | None
                          "\"probability tensor contains either inf, nan or element < 0\")")
             fixes.append("suppress_tokens, begin_suppress_tokens: the few tokens never to generate")
     return wrong, fixes
+
+
+def _flattened(value: list[Any]) -> Iterator[Any]:
+    """The items of a (nested) list."""
+    for item in value:
+        if isinstance(item, list):
+            yield from _flattened(item)
+        else:
+            yield item
 
 
 def _bias_pair(pair: Any) -> bool:
