@@ -22,7 +22,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import nandoctor  # noqa: E402
-from nandoctor.errors import RepairFailedError, UnrestorableError  # noqa: E402
+from nandoctor.errors import RepairFailedError, RepairRefusedError, UnrestorableError  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 GROWN = "model.layers.1.mlp.up_proj.weight"  # 64x32
@@ -298,13 +298,16 @@ def test_a_zeroed_weight_without_a_donor_copy_refuses_the_repair(tmp_path):
         tensors[GROWN][3, 5] = float("nan")
 
     _edit(run / "checkpoint-6", poison)
-    with pytest.raises(UnrestorableError, match=f"have no good donor: '{OTHER}'"):
+    # (every checkpoint holding it zeroed, none is healthy: --from auto has no donor, and says where the run broke)
+    with pytest.raises(RepairRefusedError, match="found no healthy checkpoint before step 6.*the first bad one is checkpoint-2"):
         nandoctor.repair(run / "checkpoint-6", "auto", tmp_path / "fixed")
+    with pytest.raises(UnrestorableError, match=f"have no good donor: '{OTHER}'"):  # (a donor all zero there too)
+        nandoctor.repair(run / "checkpoint-6", [run / "checkpoint-4"], tmp_path / "fixed")
     assert not (tmp_path / "fixed").exists()
     source = tmp_path / "source"
     source.mkdir()
     save_file(pristine, str(source / "model.safetensors"), metadata={"format": "pt"})
-    result = nandoctor.repair(run / "checkpoint-6", ["auto", source], tmp_path / "fixed")
+    result = nandoctor.repair(run / "checkpoint-6", [source], tmp_path / "fixed")
     assert result.ok and sorted(r.name for r in result.plan.restorations) == sorted([GROWN, OTHER])
     assert torch.equal(load_file(str(tmp_path / "fixed" / "model.safetensors"))[OTHER], pristine[OTHER])
 

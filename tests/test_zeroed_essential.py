@@ -284,3 +284,21 @@ def test_a_tensor_zero_only_at_the_sampled_lanes_is_not_zeroed(tmp_path):
     save_file({"lm_head.weight": head, "model.norm.weight": np.ones(4096, np.float32)}, str(path))
     report = nandoctor.scan(str(path), device="cpu")
     assert not _zeroed(report) and report.verdict == "CLEAN", report.verdict
+
+
+def test_a_run_zeroed_from_its_first_save_has_no_healthy_checkpoint(trained, tmp_path):
+    """A real-training trial: a run whose LM head was zeroed in every save (a dead run) read ✓ healthy on every row,
+    "last healthy: checkpoint-40 · first bad: none", and its next step was a repair --from auto that finds no donor.
+    Every row is zeroed now, none a resume point; the first is the first bad; the repair named takes the base model."""
+    from nandoctor.report.run_report import next_steps, one_line
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for step in (10, 20, 30):
+        _zero(run / f"checkpoint-{step}" / "model.safetensors", "lm_head.weight")
+    scanned = nandoctor.scan_run(str(run), device="cpu")
+    assert scanned.exit_code() == 1 and scanned.last_healthy is None
+    assert scanned.first_bad is not None and scanned.first_bad.name == "checkpoint-10"
+    assert "last healthy: none · first bad: checkpoint-10" in one_line(scanned)
+    steps = " ".join(next_steps(scanned))
+    assert "--from auto" not in steps and "the base model" in steps, steps

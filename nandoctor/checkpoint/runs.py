@@ -293,6 +293,15 @@ class RunCheckpoint:
         return () if self.report is None else verdict.zeroed_in_run(self.report)[0]
 
     @property
+    def zeroed_weights(self) -> tuple[str, ...]:
+        """Its weights found zeroed in any of the three cases (docs/health.md: beside siblings that are not, a head or
+        norm alone, or since an earlier checkpoint): damage the default gate fails, so no resume point (a run whose
+        newest checkpoint failed ZEROED named it "last healthy")."""
+        from nandoctor import verdict
+
+        return () if self.report is None else tuple(t.ref.name for t in verdict.with_finding(self.report, verdict.ZEROED))
+
+    @property
     def health(self) -> str:
         """healthy | poisoned | diverged | unreadable | incomplete."""
         if self.status in HEALTHY_STATUSES:
@@ -385,7 +394,8 @@ class RunReport:
         limit = self._loss_broke_from(broken or self.first_bad is not None)
         # (a model saved into a folder of the run is no resume point: a base or a merged model, no training state)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
-                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed]
+                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed
+                and not c.zeroed_weights]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
@@ -439,12 +449,13 @@ class RunReport:
     def first_bad(self) -> RunCheckpoint | None:
         """The oldest checkpoint whose weights are poisoned or diverged, or unhealthy (NaN/Inf, exploded, outliers) in
         a checkpoint that is unreadable in another part (a truncated optimizer.pt beside NaN weights, a storage failing
-        its CRC-32 beside an exploded one), or whose tensor names changed (a renamed tensor loads as missing): training
-        or its files broke before it."""
+        its CRC-32 beside an exploded one), or whose tensor names changed (a renamed tensor loads as missing), or whose
+        weights are zeroed (:attr:`RunCheckpoint.zeroed_weights`): training or its files broke before it."""
         from nandoctor.verdict import NAMES_KIND
 
         return next((c for c in self.checkpoints if c.report is not None and c.model and (
-            c.status in (POISONED, DIVERGED) or (c.status == UNREADABLE and (
+            c.status in (POISONED, DIVERGED) or (c.status in HEALTHY_STATUSES and bool(c.zeroed_weights))
+            or (c.status == UNREADABLE and (
                 bool(c.report.unhealthy_tensors) or any(p.kind == NAMES_KIND for p in c.report.errors))))), None)
 
     @cached_property
@@ -598,7 +609,7 @@ def status_words(c: RunCheckpoint) -> str:
     a review found Markdown and HTML calling it clean beside the console's ⚠ zeroed)."""
     from nandoctor import verdict as verdicts
 
-    if c.status in HEALTHY_STATUSES and c.zeroed:
+    if c.status in HEALTHY_STATUSES and (c.zeroed or c.zeroed_weights):
         return ZEROED_WORDS
     if c.status == UNREADABLE and c.report is not None:
         kinds = {p.kind for p in verdicts.weight_errors(c.report)}

@@ -499,12 +499,15 @@ def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
         report = newest.report if newest is not None else None
         zeroed = verdicts.with_finding(report, verdicts.ZEROED) if report is not None else ()
         if newest is not None and zeroed:  # (here only where the gate fails it: zeroed in --fail-on, as by default)
-            from nandoctor.hints import AUTO, repair_command_for
+            from nandoctor.hints import AUTO, NO_AUTO_DONOR, repair_command_for
 
             names = ", ".join(t.ref.name for t in zeroed[:3]) + (" …" if len(zeroed) > 3 else "")
+            # (--from auto only where an earlier checkpoint is a resume point: a run zeroed from its first save has none)
+            earlier = run.auto_donors_for(newest)
             steps += [f"all-zero tensors in {newest.name} ({names}): compare with the source of the weights (a "
-                      "failed copy or conversion), or restore them from the run's earlier checkpoints with",
-                      f"    {repair_command_for(str(newest.path), AUTO)}"]
+                      "failed copy or conversion), or restore them from "
+                      + ("the run's earlier checkpoints with" if earlier else "the base model the run started from with"),
+                      f"    {repair_command_for(str(newest.path), AUTO if earlier else NO_AUTO_DONOR)}"]
         return steps
     for n, target in enumerate(targets):  # each file that decides the exit code (the final model, last.ckpt)
         steps += _repair_steps(run, target, last_clean if n == 0 else None, also=n > 0)
