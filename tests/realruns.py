@@ -12,6 +12,8 @@ benchmarks or a REPL.
 * :func:`generate_ok` — the user-visible oracle: does ``generate(do_sample=True)``
   on a checkpoint run, or die with ``probability tensor contains either inf, nan or
   element < 0``?
+* :func:`lightning_lm_run` — a tiny language model under a real ``lightning.Trainer``, blown up by a
+  learning rate far too high (finite weights, a loss of thousands) or trained.
 * :func:`lightning_run` — a tiny MLP under a real ``lightning.Trainer`` with
   ``ModelCheckpoint`` (so the ``.ckpt`` files carry callback state whose
   ``kth_value`` is ``tensor(inf)``) and, optionally, NaN planted from a given step.
@@ -483,3 +485,80 @@ def _quiet_lightning():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------------
+# lightning.Trainer: a tiny language model, blown up by its learning rate or trained
+# ---------------------------------------------------------------------------
+
+LM_VOCAB = 128  # an untrained model scores ln(128) = 4.85
+
+
+class Sequences(torch.utils.data.Dataset):
+    """Arithmetic sequences of token ids: a pattern a tiny model learns in a few dozen steps."""
+
+    def __init__(self, n: int = 256, length: int = 16):
+        generator = torch.Generator().manual_seed(0)
+        starts = torch.randint(0, LM_VOCAB, (n,), generator=generator)
+        steps = torch.randint(1, 4, (n,), generator=generator)
+        self.x = (starts[:, None] + steps[:, None] * torch.arange(length)[None]) % LM_VOCAB
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.x[i], "attention_mask": torch.ones_like(self.x[i]), "labels": self.x[i].clone()}
+
+
+def lightning_lm_run(
+    out_dir: str | Path,
+    learning_rate: float,
+    *,
+    steps: int = 40,
+    logger: str = "csv_apart",
+    save_last: bool = False,
+    save_top_k: int = -1,
+    monitor: str | None = None,
+    callbacks: tuple = (),
+    ckpt_path: str | None = None,
+) -> tuple[object, Path]:
+    """Train a tiny language model (embedding, MLP, head; AdamW) under a real ``lightning.Trainer`` on CPU, as a
+    real-training trial did: at lr 1e2 its loss goes from 4.9 at step 0 to about 1e6 at step 5, every weight stays
+    finite, and the saves' eval loss is thousands where an untrained model scores 4.85; at lr 1e-3 it trains. Saves
+    every 10 steps (``ModelCheckpoint(save_top_k, monitor, save_last)``), the loss logged every 5. ``logger``:
+    ``"csv_apart"`` a ``CSVLogger`` in ``out_dir + "_logs"`` (no metrics.csv near the checkpoints, saved into
+    ``out_dir``), ``"default"`` Lightning's default TensorBoard logger, the checkpoints in its
+    ``out_dir/lightning_logs/version_0/checkpoints`` (no metrics.csv either). Returns (trainer, checkpoint folder)."""
+    import lightning
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    class _TinyLM(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(LM_VOCAB, 64), torch.nn.Linear(64, LM_VOCAB)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.LayerNorm(128), torch.nn.GELU(),
+                                           torch.nn.Linear(128, 64))
+
+        def training_step(self, batch, _):
+            x = batch["input_ids"]
+            logits = self.head(self.mlp(self.embed(x[:, :-1])))
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, LM_VOCAB), x[:, 1:].reshape(-1))
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=learning_rate)
+
+    default = logger == "default"
+    checkpoint = ModelCheckpoint(dirpath=None if default else out_dir, every_n_train_steps=10, save_top_k=save_top_k,
+                                 monitor=monitor, save_last=save_last)
+    torch.manual_seed(0)
+    with _quiet_lightning():
+        trainer = lightning.Trainer(
+            max_steps=steps, accelerator="cpu", log_every_n_steps=5, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=out_dir,
+            logger=True if default else CSVLogger(str(out_dir) + "_logs"), callbacks=[checkpoint, *callbacks])
+        trainer.fit(_TinyLM(), torch.utils.data.DataLoader(Sequences(), batch_size=8, shuffle=True),
+                    ckpt_path=ckpt_path)
+    return trainer, Path(checkpoint.dirpath)

@@ -18,24 +18,10 @@ transformers = pytest.importorskip("transformers")
 
 import nandoctor  # noqa: E402
 from nandoctor.checkpoint import initscales  # noqa: E402
+from tests.realruns import LM_VOCAB as VOCAB  # noqa: E402
+from tests.realruns import Sequences, lightning_lm_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
-VOCAB = 128
-
-
-class _Sequences(torch.utils.data.Dataset):
-    """Arithmetic sequences of token ids: a pattern a tiny model learns in a few dozen steps."""
-
-    def __init__(self, n: int = 256, length: int = 16):
-        generator = torch.Generator().manual_seed(0)
-        starts, steps = torch.randint(0, VOCAB, (n,), generator=generator), torch.randint(1, 4, (n,), generator=generator)
-        self.x = (starts[:, None] + steps[:, None] * torch.arange(length)[None]) % VOCAB
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.x[i], "attention_mask": torch.ones_like(self.x[i]), "labels": self.x[i].clone()}
 
 
 def _config():
@@ -49,12 +35,12 @@ def _train(out, lr: float, model=None, steps: int = 30):
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=lr, save_steps=10,
         logging_steps=5, report_to=[], use_cpu=True, lr_scheduler_type="constant", seed=0, disable_tqdm=True)
-    transformers.Trainer(model=model, args=args, train_dataset=_Sequences()).train()
+    transformers.Trainer(model=model, args=args, train_dataset=Sequences()).train()
     return out
 
 
 def _eval_loss(model) -> float:
-    batch = _Sequences(n=32)[:]
+    batch = Sequences(n=32)[:]
     with torch.no_grad():
         return float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
 
@@ -116,39 +102,12 @@ def test_the_lightning_callback_judges_with_the_losses_it_saw_and_the_initial_lo
     checkpoints): its loss went 4.9 at step 0 to 2.4e6 at step 5, and every save passed the callback CLEAN, the
     trainer log unread. The callback judges with the losses it saw itself, and keeps step 0's loss in the baseline;
     it stops the run. The healthy twin runs to the end."""
-    L = pytest.importorskip("lightning")
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
+    pytest.importorskip("lightning")
     from nandoctor.checkpoint.baseline import read_baseline
     from nandoctor.integrations.lightning import NanDoctorCallback
 
-    class Tiny(L.LightningModule):
-        def __init__(self, lr: float):
-            super().__init__()
-            self.lr = lr
-            self.embed, self.head = torch.nn.Embedding(VOCAB, 64), torch.nn.Linear(64, VOCAB)
-            self.mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.LayerNorm(128), torch.nn.GELU(),
-                                           torch.nn.Linear(128, 64))
-
-        def training_step(self, batch, _):
-            x = batch["input_ids"]
-            logits = self.head(self.mlp(self.embed(x[:, :-1])))
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=self.lr)
-
     def fit(lr: float, folder):
-        torch.manual_seed(0)
-        trainer = L.Trainer(max_steps=40, accelerator="cpu", log_every_n_steps=5, enable_progress_bar=False,
-                            enable_model_summary=False, logger=CSVLogger(str(folder) + "_logs"),
-                            callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=10, save_top_k=-1),
-                                       NanDoctorCallback(stop_on_nonfinite=True)])
-        trainer.fit(Tiny(lr), torch.utils.data.DataLoader(_Sequences(), batch_size=8, shuffle=True))
-        return trainer
+        return lightning_lm_run(folder, lr, callbacks=(NanDoctorCallback(stop_on_nonfinite=True),))[0]
 
     blown = fit(1e2, tmp_path / "blown")
     assert blown.global_step < 40  # stopped at a save that failed
