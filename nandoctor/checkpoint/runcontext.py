@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +63,17 @@ def judged_in_run(
     return judged, (context["baseline"], baseline) if context["baseline"] is not None else None
 
 
-# The training losses a callback saw itself (a trainlog.MetricsTable of integrations/lightning.py's training_step
-# losses), set while it judges a save it just wrote: where no logger writes a metrics.csv that this module finds
-# beside the checkpoints (a CSVLogger in a folder of its own, TensorBoard), it stands for the run's log, so the
-# callback judges with the loss (a run at lr 1e2 whose logger wrote elsewhere passed every save CLEAN)
-LIVE_LOG: ContextVar[Any] = ContextVar("nandoctor_live_log", default=None)
-
-
 def _train_log(place: Any, folder: Path, step: int | None = None) -> Any:
     """The trainer log as it stood when the checkpoint at ``place`` (runs.place_in_run) was saved, or the run's
     checkpoint of ``step`` at ``folder``: its own trainer_state.json, or the rows of a Lightning run's metrics.csv
-    logged before its step (else the losses a callback saw: :data:`LIVE_LOG`); None without one."""
+    logged before its step (else the losses a training callback judges with: callbacklog.lightning_log); None without
+    one."""
+    from nandoctor.checkpoint.callbacklog import lightning_log
     from nandoctor.checkpoint.runs import TRAINER_STATE
-    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
+    from nandoctor.checkpoint.trainlog import read_train_log
 
     if place.step_files:
-        metrics = metrics_near(place.run)
-        metrics = metrics if metrics is not None else LIVE_LOG.get()
+        metrics = lightning_log(place.run)
         return metrics.train_log(place.step if step is None else step) if metrics is not None else None
     if step is not None:
         return read_train_log(folder / TRAINER_STATE) if os.path.isfile(folder / TRAINER_STATE) else None
@@ -95,11 +88,12 @@ def _train_log(place: Any, folder: Path, step: int | None = None) -> Any:
 def _later_log(place: Any) -> Any:
     """The run's trainer log as its newest save holds it (later than the save at ``place``: every step logged since),
     None where the run has none beyond that save's own."""
+    from nandoctor.checkpoint.callbacklog import lightning_log
     from nandoctor.checkpoint.runs import TRAINER_STATE
-    from nandoctor.checkpoint.trainlog import metrics_near, read_train_log
+    from nandoctor.checkpoint.trainlog import read_train_log
 
     if place.step_files:
-        metrics = metrics_near(place.run)
+        metrics = lightning_log(place.run)
         return metrics.train_log() if metrics is not None else None
     logged = [path for step, path in reversed(place.siblings())
               if step > place.step and os.path.isfile(path / TRAINER_STATE)]

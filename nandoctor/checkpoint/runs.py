@@ -31,6 +31,7 @@ from nandoctor.checkpoint.baseline import (
     untrained_jump,
     usable_baseline,
 )
+from nandoctor.checkpoint.callbacklog import lightning_log
 from nandoctor.checkpoint.finalmodel import (
     FINAL,
     final_model,
@@ -66,7 +67,7 @@ from nandoctor.checkpoint.steps import (
     resume_pointer,
     step_of,
 )
-from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, metrics_near, read_series, read_train_log
+from nandoctor.checkpoint.trainlog import LogSeries, TrainLog, read_series, read_train_log
 from nandoctor.errors import EXIT_UNREADABLE, NandoctorError, UnreadablePathError, UnsupportedFormatError
 from nandoctor.layers import natural_key
 from nandoctor.model import ScanProblem, ScanReport, TensorRef, TensorResults
@@ -1145,9 +1146,12 @@ def scan_run(
                          step_known=final_known))
     elif below_step is None and not stepped:  # (torch files at the top that are no model: rows of their own)
         rows += [_Row(newest_step, file, kind="saved", step_known=False, aside=True) for file in loose_files(root)]
-    # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints, read once; each
-    # file gets the rows logged before its save, as a checkpoint-N folder's trainer_state.json holds them
-    metrics = metrics_near(root) if stepped else None
+    # A Lightning run's trainer log is its CSVLogger's metrics.csv near the checkpoints (else the losses the training
+    # callback judged its saves with, kept in its nandoctor.json: callbacklog.py), read once; each file gets the rows
+    # logged before its save, as a checkpoint-N folder's trainer_state.json holds them
+    # (the folder of the saves: a version folder's checkpoints/, where the callback keeps its files)
+    saves = root if step_run is None else step_run.folder
+    metrics = lightning_log(saves, csv_near=root) if stepped else None
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if stepped else duplicate_steps(checkpoints_in(root))
@@ -1183,7 +1187,7 @@ def scan_run(
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
     newest = next((r.path for r in reversed(rows) if r.path is not root), None)
-    kept = kept_before(root, (r.step for r in rows if r.step_known), newest)  # a baseline rotation took away
+    kept = kept_before(saves, (r.step for r in rows if r.step_known), newest)  # a baseline rotation took away
     # the initial weights' is each row's own to use, by that row's log (baseline.usable_baseline): the loss may have
     # fallen up to one save and jumped after it
     initial = kept if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
@@ -1196,7 +1200,7 @@ def scan_run(
         healthy = kept.scales
         notes.append(f"growth measured since {kept.checkpoint} (step {kept.step}), the run's first healthy checkpoint, "
                      f"which is gone: its scales were kept in {BASELINE_NAME} by the training callback")
-    elif (ignored := load_baseline(root)[1]) is not None:
+    elif (ignored := load_baseline(saves)[1]) is not None:
         notes.append(ignored)  # a file at its name that is no baseline (a link, a FIFO, a number out of range)
     previous: dict[str, float] = {}
     # (name, report) of the previous checkpoint read and of the first healthy one: a weight all zero in a later

@@ -27,7 +27,8 @@ its last row, ``final.pt`` its final model (:func:`file_step_of`).
 
 A Lightning logger's version folder (``lightning_logs/version_N``, where ``ModelCheckpoint`` saves by default:
 ``trainer.log_dir/checkpoints``) is the run of the step files in its ``checkpoints/`` (:func:`version_saves`): one
-step file is a run there, as the default ``save_top_k=1`` keeps one.
+step file is a run there, as the default ``save_top_k=1`` keeps one; so it is in a folder where the Lightning
+training callback's files lie (checkpoint/callbacklog.py: its first save is judged within its run).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def step_folder(folder: Path, entries: list[Path] | None = None, *, single: bool
     weights of its own is the run of its ``checkpoints/`` (:func:`version_saves`), where one Lightning step file is a
     run (``single``)."""
     from nandoctor import access
+    from nandoctor.checkpoint.callbacklog import callback_files
     from nandoctor.checkpoint.layout import INDEX_NAMES, NOT_WEIGHTS, is_weight_file, weight_suffixes
     from nandoctor.errors import UnreadablePathError
 
@@ -265,6 +267,10 @@ def step_folder(folder: Path, entries: list[Path] | None = None, *, single: bool
     others += [path for _, path in steps if path not in on_timeline]
     steps = kept
     lightning = any(path.suffix.lower() == LIGHTNING_SUFFIX for _, path in steps)
+    # (one Lightning step file is a run where the training callback's files lie beside it: the callback judged that
+    # save within its run, against the step-0 weights, and a later scan must too: callbacklog.py; a trial's first
+    # save passed the callback CLEAN alone, and the last.ckpt of the same weights right after it was DIVERGED)
+    single = single or (lightning and callback_files(entries))
     # (a loop's saves are a run from two on: one numbered file beside a model is more often a stray export)
     if not steps or (len(steps) < 2 and (not lightning or (not lasts and len(finals) != 1 and not single))):
         return None

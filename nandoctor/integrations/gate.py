@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.callbacklog import REPORT_NAME
 from nandoctor.model import ScanReport
 from nandoctor.report.json_report import gate_json, report_to_json
 
 logger = logging.getLogger("nandoctor.integrations")
-
-REPORT_NAME = "nandoctor.json"
 
 
 class CheckpointGate:

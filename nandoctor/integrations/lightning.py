@@ -13,7 +13,9 @@ the moment ``save_checkpoint`` returns, by the same gate as the transformers
 callback (integrations/gate.py): the bytes a resume or an export would load.
 
 * The verdicts go to ``nandoctor.json`` in the checkpoint's folder (one entry per
-  ``.ckpt``: step, gate, summary, bad layer ranges; entries of deleted files dropped).
+  ``.ckpt``: step, gate, summary, bad layer ranges; entries of deleted files dropped), with the training losses
+  each save is judged with, written before it is judged: a later ``nandoctor scan`` of the same bytes reads them
+  where no ``metrics.csv`` lies near, and the folder is a run from its first save on (checkpoint/callbacklog.py).
 * ``stop_on_nonfinite=True`` stops training (``trainer.should_stop``) at the first
   file that fails the gate; under DDP every rank stops one step later, together
   (the decision is reduced across ranks at the next batch: a rank that stopped
@@ -62,6 +64,7 @@ except ImportError as exc:  # say how to get it, not just "No module named light
     ) from exc
 
 from nandoctor import verdict as verdicts
+from nandoctor.checkpoint.callbacklog import LOSSES, losses_json
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.runs import last_passing_before
 from nandoctor.checkpoint.stepfiles import saved_step, step_folder
@@ -153,6 +156,8 @@ class NanDoctorCallback(Callback):
         if not self._clean:
             self._clean.update(self._previous_clean(trainer))  # a resumed run: the verdicts are on disk
             self._sync()
+        if trainer.is_global_zero and trainer.global_step > 0:
+            self._resumed_losses(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         previous, self._batch_step = self._batch_step, trainer.global_step
@@ -254,11 +259,14 @@ class NanDoctorCallback(Callback):
         step = trainer.global_step
         rewritten = str(path) in self._written or _is_last_path(trainer, path)
         self._written.add(str(path))
-        from nandoctor.checkpoint.runcontext import LIVE_LOG
-        from nandoctor.checkpoint.trainlog import MetricsTable
+        from nandoctor.checkpoint.callbacklog import LIVE_LOG, losses_table
 
+        if self.write_report:
+            # (first: the losses it is judged with, for a later scan of these bytes; and the folder is a run from its
+            # first save on, for that scan and for this check alike: checkpoint/callbacklog.py)
+            self._update(path.parent, lambda entries: None)
         # (the losses this callback saw, for a run whose logger writes no metrics.csv beside its checkpoints)
-        token = LIVE_LOG.set(MetricsTable("training_step loss", self._losses, "loss", None) if self._losses else None)
+        token = LIVE_LOG.set(losses_table(self._losses) if self._losses else None)
         try:
             passed, report = self.gate.check(path, str(path))
         finally:
@@ -369,9 +377,9 @@ class NanDoctorCallback(Callback):
         checkpoint/trainlog.py, over the losses seen so far), else None."""
         if not self._losses:
             return None
-        from nandoctor.checkpoint.trainlog import MetricsTable
+        from nandoctor.checkpoint.callbacklog import losses_table
 
-        log = MetricsTable("training_step loss", self._losses, "loss", None).train_log()
+        log = losses_table(self._losses).train_log()
         return None if log is None else log.broken_weights_from
 
     def _broken_from(self) -> int | None:
@@ -438,7 +446,19 @@ class NanDoctorCallback(Callback):
             "checkpoints": dict(sorted(entries.items(), key=lambda item: by_step(item[0]))),
             "last_clean": max(healthy, key=by_step, default=None),
             "first_bad": min(bad, key=by_step, default=None),
+            LOSSES: losses_json(self._losses),  # (what the verdicts were judged with: checkpoint/callbacklog.py)
         })
+
+    def _resumed_losses(self, trainer: Trainer) -> None:
+        """A resumed run: the losses an earlier fit kept in its ``nandoctor.json`` files, of the weights before the
+        resumed step (those from it on were another trajectory's), go before this fit's: its early loss is the run's,
+        and the next write keeps them (checkpoint/callbacklog.py)."""
+        from nandoctor.checkpoint.callbacklog import read_losses
+
+        for callback in trainer.checkpoint_callbacks:
+            dirpath = getattr(callback, "dirpath", None)
+            earlier = read_losses(Path(dirpath)) if dirpath else {}
+            self._losses = {**{s: row for s, row in earlier.items() if s < trainer.global_step}, **self._losses}
 
     def _previous_clean(self, trainer: Trainer) -> dict[str, int]:
         """The files a previous fit's ``nandoctor.json`` says passed, still there, that no save rewrites."""
