@@ -81,6 +81,7 @@ def test_a_lora_adapter_blown_up_before_its_first_save_is_diverged(tmp_path):
     assert scale is not None and set(scale.scales.values()) == {0.0, 1 / math.sqrt(64)}  # (lora_B 0, lora_A ±1/√in)
     run = nandoctor.scan_run(blown)
     assert run.last_healthy is None and run.exit_code() == 1, [c.why for c in run.checkpoints]
+    assert any("as PEFT's default LoRA init draws them" in note for note in run.notes), run.notes  # (not a config's)
     healthy = adapter(1e-3, tmp_path / "healthy")
     assert nandoctor.scan_run(healthy).exit_code() == 0
 
@@ -164,7 +165,7 @@ def test_t5s_initializer_factor_implies_its_start(tmp_path):
     assert initscales.untrained_loss(folder) == pytest.approx(math.log(VOCAB))
 
 
-class _Labelled(_Sequences):
+class _Labelled(Sequences):
     """The sequences, labelled by whether they step by 1: a binary task."""
 
     def __getitem__(self, i: int) -> dict:

@@ -622,3 +622,38 @@ def test_resuming_an_earlier_trainer_checkpoint_says_to_move_the_later_bad_ones_
     assert subprocess.run(["bash", "-c", move]).returncode == 0
     assert get_last_checkpoint(str(run_dir)) == str(run_dir / "checkpoint-200")  # the oracle: what a resume takes now
     assert run("scan", str(run_dir), "-q").exit_code == 0
+
+
+def test_a_final_model_holding_an_earlier_checkpoints_weights_says_so(tmp_path):
+    """A real-training trial: load_best_model_at_end saved checkpoint-10's weights as the final model (byte-identical,
+    eval loss 4.24 where checkpoint-40 scored 2.14), and the run read "last healthy: final" without a word. A real
+    Trainer whose best checkpoint is its first (greater_is_better on the eval loss) makes one; the run says whose
+    weights the final model holds; a final model of the newest weights says nothing."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    from tests.pattern_runs import PatternTokens, tiny_llama
+
+    def trained(out, best_first: bool):
+        arguments = dict(output_dir=str(out), max_steps=30, save_steps=10, eval_steps=10, eval_strategy="steps",
+                         per_device_train_batch_size=8, learning_rate=1e-2, report_to="none", use_cpu=True, seed=0,
+                         disable_tqdm=True, lr_scheduler_type="constant", load_best_model_at_end=best_first,
+                         metric_for_best_model="eval_loss", greater_is_better=best_first)
+        trainer = Trainer(model=tiny_llama(0), args=TrainingArguments(**arguments), train_dataset=PatternTokens(seed=0),
+                          eval_dataset=PatternTokens(seed=5))
+        trainer.train()
+        trainer.save_model(str(out))
+        return out
+
+    best = trained(tmp_path / "best", True)
+    assert (best / "model.safetensors").read_bytes() == (best / "checkpoint-10" / "model.safetensors").read_bytes()
+    run = nandoctor.scan_run(best)
+    final = run.checkpoints[-1]
+    assert final.final and final.weights_of == "checkpoint-10"
+    assert any(n.startswith("final: the weights of checkpoint-10, not of the newest checkpoint-30") for n in run.notes)
+    from nandoctor.report.json_report import run_to_json
+
+    assert run_to_json(run)["run"]["checkpoints"][-1]["weights_of"] == "checkpoint-10"
+    newest = nandoctor.scan_run(trained(tmp_path / "newest", False))
+    assert newest.checkpoints[-1].final and newest.checkpoints[-1].weights_of is None
+    assert not any("the weights of" in n for n in newest.notes)

@@ -254,6 +254,9 @@ class RunCheckpoint:
     # the run folder's file that names this save as the one its framework resumes (DeepSpeed's latest, Megatron's
     # latest_checkpointed_iteration.txt) where that is not the newest save: it decides, as last.ckpt does
     pointed: str = ""
+    # a final model whose every weight agrees with an earlier checkpoint's, not the newest one's (the Trainer's
+    # load_best_model_at_end saves the best checkpoint's weights as the final model): that checkpoint's name
+    weights_of: str | None = None
 
     @property
     def max_abs(self) -> float | None:
@@ -683,6 +686,43 @@ def timeline_folders(root: Path) -> list[Path]:
     return [p for _, p in checkpoints_in(root)] + [
         e for e in entries if _TMP_CHECKPOINT.match(e.name) and access.is_dir(e)
     ] + saved + set_aside
+
+
+def _census(report: ScanReport) -> dict[str, tuple[Any, ...]]:
+    """What the scan measured of each tensor by name (shape, largest magnitude, zeros, bulk, NaN/Inf): equal for two
+    reports of the same weights, and for two training steps' almost never (every update moves some largest value)."""
+    t = report.tensors
+    return {name: tuple(row) for name, *row in zip(t.refs.names, (tuple(s) for s in t.refs.shapes), t.max_abs, t.zeros,
+                                            t.bulk_scale, t.nan, t.posinf, t.neginf)}
+
+
+def _same_weights(census: dict[str, tuple[Any, ...]], save: RunCheckpoint) -> bool:
+    """Whether ``save`` holds every tensor of a final model's ``census`` as it is (a checkpoint holds its optimizer
+    state besides)."""
+    theirs = _census(save.report) if save.report is not None else {}
+    return all(theirs.get(name) == row for name, row in census.items())
+
+
+def _earlier_weights(checkpoints: list[RunCheckpoint]) -> tuple[list[RunCheckpoint], list[str]]:
+    """``checkpoints`` with each final model that holds an earlier checkpoint's weights, not the newest one's, marked
+    (``weights_of``), and a note for it: a real-training trial's load_best_model_at_end run read "last healthy: final"
+    of a model byte-identical to its checkpoint-10, scoring 4.24 where checkpoint-40 scored 2.14, and said nothing."""
+    saves = [c for c in checkpoints if not c.final and not c.last and c.same_as is None and c.report is not None
+             and c.step_known]
+    if len(saves) < 2:
+        return checkpoints, []
+    marked, notes = [], []
+    for c in checkpoints:
+        if c.final and c.report is not None and c.same_as is None and c.report.tensors.refs.names:
+            census = _census(c.report)
+            match = next((s for s in reversed(saves) if _same_weights(census, s)), None)
+            if match is not None and match is not saves[-1]:
+                c = dataclasses.replace(c, weights_of=match.name)
+                notes.append(f"{c.name}: the weights of {match.name}, not of the newest {saves[-1].name} (every tensor's "
+                             "largest magnitude, zero count and bulk agree): a trainer that loads its best checkpoint at "
+                             "the end (load_best_model_at_end) saves those")
+        marked.append(c)
+    return marked, notes
 
 
 def _pointed(root: Path, checkpoints: list[RunCheckpoint]) -> list[RunCheckpoint]:
@@ -1275,7 +1315,9 @@ def scan_run(
                         else healthy)
             if baseline is not None and baseline is not healthy and not from_start:
                 from_start = True
-                kept_by = ("as config.json's initializer_range draws them, no training callback having kept them"
+                # (a LoRA adapter's start is PEFT's own init, not a config's: a trial's LoRA run was told otherwise)
+                drawn = "config.json's initializer_range" if initial is not None and initial.guessed else "PEFT's default LoRA init"
+                kept_by = (f"as {drawn} draws them, no training callback having kept them"
                            if implied else f"the training callback kept those weights' scales in {BASELINE_NAME}")
                 notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
                              f"never came down to a trained model's, so no checkpoint is a healthy baseline ({kept_by})")
@@ -1323,6 +1365,8 @@ def scan_run(
             checkpoints.append(checkpoint)
 
     notes += _missing_files(checkpoints)
+    checkpoints, said = _earlier_weights(checkpoints)
+    notes += said
     checkpoints = _pointed(root, checkpoints)
     checkpoints = renamed_tensors(checkpoints)
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]

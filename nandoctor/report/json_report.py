@@ -393,6 +393,7 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "name": c.name,  # "final" for the run's final model (its top-level weights, a Lightning final file)
         "step": c.step if c.step_known else None,
         "final": c.final,
+        "weights_of": c.weights_of,  # (a final model holding an earlier checkpoint's weights: load_best_model_at_end)
         "last": c.last,  # a Lightning run's last.ckpt (what ckpt_path="last" resumes from)
         "pointed": c.pointed or None,  # the run's resume pointer (DeepSpeed's latest) naming this save, not the newest
         "same_as": None if c.same_as is None else {"name": c.same_as, "how": c.same_how},
