@@ -657,3 +657,24 @@ def test_a_final_model_holding_an_earlier_checkpoints_weights_says_so(tmp_path):
     newest = nandoctor.scan_run(trained(tmp_path / "newest", False))
     assert newest.checkpoints[-1].final and newest.checkpoints[-1].weights_of is None
     assert not any("the weights of" in n for n in newest.notes)
+
+
+def test_a_run_whose_weights_never_changed_warns_that_it_did_not_train(tmp_path):
+    """A real-training trial: a Trainer run at learning rate 0 saved byte-identical weights at every step and read ✓
+    CLEAN without a word (its loss stayed at the untrained model's). Its saves' weights all agree: the run warns (⚠
+    PASS, exit 0); a run that trained says nothing."""
+    pytest.importorskip("transformers")
+    from nandoctor.report.json_report import run_to_json
+    from nandoctor.report.run_report import one_line
+    from tests.pattern_runs import train
+
+    train(tmp_path / "dead", steps=30, save_steps=10, learning_rate=0.0)
+    assert (tmp_path / "dead" / "checkpoint-10" / "model.safetensors").read_bytes() == \
+        (tmp_path / "dead" / "checkpoint-30" / "model.safetensors").read_bytes()  # (the oracle: nothing trained)
+    dead = nandoctor.scan_run(tmp_path / "dead")
+    assert dead.exit_code() == 0 and dead.unchanged == ("checkpoint-10", "checkpoint-30") and dead.reported_only()
+    assert "the weights did not change from checkpoint-10 to checkpoint-30: the run did not train" in one_line(dead)
+    assert run_to_json(dead)["run"]["unchanged"] == ["checkpoint-10", "checkpoint-30"]
+    train(tmp_path / "alive", steps=30, save_steps=10, learning_rate=1e-3)
+    alive = nandoctor.scan_run(tmp_path / "alive")
+    assert alive.exit_code() == 0 and alive.unchanged is None and not alive.reported_only()

@@ -549,7 +549,8 @@ class RunReport:
             return False
         decided = verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on)
         return decided.exit_code == 0 and (verdicts.cautioned(decider.report, decided) or bool(self.bad_behind(fail_on))
-                                           or self.loss_jump_unconfirmed or self.never_trained is not None)
+                                           or self.loss_jump_unconfirmed or self.never_trained is not None
+                                           or self.unchanged is not None)
 
     @property
     def loss_jump_unconfirmed(self) -> bool:
@@ -557,6 +558,21 @@ class RunReport:
         at it before using the checkpoints saved after the jump (a passing run then reads ⚠ PASS, not ✓)."""
         log = self.log
         return log is not None and log.error is None and log.loss_jump_said and self.broken_weights_from is None
+
+    @cached_property
+    def unchanged(self) -> tuple[str, str] | None:
+        """(the first, the newest) of three or more saves of the run whose model weights all agree (every weight
+        tensor's largest magnitude, zero count and bulk): the run did not train (a real-training trial's run at
+        learning rate 0 saved five byte-identical models and read ✓ CLEAN without a word); None otherwise."""
+        saves = [c for c in self.checkpoints if not c.final and not c.last and c.same_as is None and c.step_known
+                 and c.report is not None and c.status in HEALTHY_STATUSES]
+        if len(saves) < 3 or len(saves) != sum(1 for c in self.checkpoints if not c.final and not c.last
+                                               and c.same_as is None and c.step_known):
+            return None
+        first = _census(saves[0].report, weights_only=True)  # type: ignore[arg-type]
+        if not first or not all(_census(c.report, weights_only=True) == first for c in saves[1:]):  # type: ignore[arg-type]
+            return None
+        return saves[0].name, saves[-1].name
 
     @property
     def never_trained(self) -> dict[str, Any] | None:
@@ -688,12 +704,14 @@ def timeline_folders(root: Path) -> list[Path]:
     ] + saved + set_aside
 
 
-def _census(report: ScanReport) -> dict[str, tuple[Any, ...]]:
-    """What the scan measured of each tensor by name (shape, largest magnitude, zeros, bulk, NaN/Inf): equal for two
-    reports of the same weights, and for two training steps' almost never (every update moves some largest value)."""
+def _census(report: ScanReport, weights_only: bool = False) -> dict[str, tuple[Any, ...]]:
+    """What the scan measured of each tensor by name (shape, largest magnitude, zeros, bulk, NaN/Inf; ``weights_only``:
+    of the model weights alone, not an optimizer's state): equal for two reports of the same weights, and for two
+    training steps' almost never (every update moves some largest value)."""
     t = report.tensors
-    return {name: tuple(row) for name, *row in zip(t.refs.names, (tuple(s) for s in t.refs.shapes), t.max_abs, t.zeros,
-                                            t.bulk_scale, t.nan, t.posinf, t.neginf)}
+    rows = zip(t.refs.names, t.refs.roles, (tuple(s) for s in t.refs.shapes), t.max_abs, t.zeros, t.bulk_scale, t.nan,
+               t.posinf, t.neginf)
+    return {name: tuple(row) for name, role, *row in rows if not weights_only or role == "weight"}
 
 
 def _same_weights(census: dict[str, tuple[Any, ...]], save: RunCheckpoint) -> bool:

@@ -435,6 +435,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "train_log": log_to_json(run.log),
             # (every checkpoint passes while the log's last loss is still 4x an untrained model's: the ⚠ PASS's why)
             "never_trained": run.never_trained,
+            # (three or more saves whose weights all agree: the run did not train; [first, newest])
+            "unchanged": list(run.unchanged) if run.unchanged is not None else None,
             "notes": list(run.notes),
             "problems": list(run.problems),
         },

@@ -260,6 +260,8 @@ def one_line(run: RunReport, fail_on: frozenset[str] | None = None) -> str:
             tail.append(_loss_jump_words(run.log))
         elif run.never_trained is not None:
             tail.append(_never_trained_words(run.never_trained))
+    if run.unchanged is not None:
+        tail.append(_unchanged_words(run.unchanged))
     return head + " · " + " · ".join(tail)
 
 
@@ -304,6 +306,11 @@ def _loss_jump_words(log: TrainLog) -> str:
     assert log.loss_jump is not None
     loss, early = log.loss_jump
     return f"trainer log: loss {loss:.4g} at step {log.loss_jump_step}, {loss / early:.3g}x its early {early:.4g}"
+
+
+def _unchanged_words(unchanged: tuple[str, str]) -> str:
+    """Saves whose weights all agree (RunReport.unchanged), in words."""
+    return f"the weights did not change from {unchanged[0]} to {unchanged[1]}: the run did not train"
 
 
 def _never_trained_words(jump: dict[str, Any]) -> str:
@@ -611,6 +618,10 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
                 lines.append((BAD, f"{said}: {c.name}: {problem.path}: {problem.message}"))
                 if problem.hint:
                     lines.append((HINT, problem.hint))
+    if run.unchanged is not None:
+        lines.append((WARN, f"{_unchanged_words(run.unchanged)} (every weight's largest magnitude, zero count and bulk "
+                            "agree): a learning rate of 0, parameters left frozen, or gradients all zero; the weights "
+                            "are those it started from"))
     return lines + _optimizer_lines(run) + _config_lines(run)
 
 
