@@ -201,8 +201,11 @@ def test_a_binary_classifier_whose_config_json_leaves_its_labels_out_is_judged_b
     assert "id2label" not in (newest / "config.json").read_text()  # (the cause)
     assert eval_loss(newest) > 100 * math.log(2)  # the oracle
     assert initscales.untrained_loss(newest) == pytest.approx(math.log(2))
-    assert nandoctor.scan_run(blown).exit_code() == 1
-    assert nandoctor.scan(newest).health == "diverged"
+    run = nandoctor.scan_run(blown)
+    assert run.exit_code() == 1 and nandoctor.scan(newest).health == "diverged"
+    from nandoctor.report.run_report import next_steps  # (what to change, as the checkpoint's own scan says it)
+
+    assert "restart from the base model with a lower learning rate or gradient clipping" in " ".join(next_steps(run))
     healthy = classifier(1e-3, tmp_path / "healthy")
     assert eval_loss(healthy / "checkpoint-30") < 4 * math.log(2)
     assert nandoctor.scan_run(healthy).exit_code() == 0 and nandoctor.scan(healthy / "checkpoint-30").exit_code == 0

@@ -492,12 +492,12 @@ def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
         steps.append(f"{newest.name}{what} (see above): {hint or 're-copy or delete it'}")
     if newest is not None and newest.status == DIVERGED:
         steps.append(f"{newest.name} diverged ({newest.why}): a repair would only stitch a broken model together")
+        change = (verdicts.what_to_change(newest.report) if newest.report is not None
+                  else f"with a lower learning rate or {verdicts.CLIPPING}")
         if last_clean is not None:
-            change = (verdicts.what_to_change(newest.report) if newest.report is not None
-                      else f"with a lower learning rate or {verdicts.CLIPPING}")
             steps.append(f"resume training from the last healthy checkpoint, {resume_point(run, last_clean)}, {change}")
-        else:
-            steps.append("no healthy checkpoint is left in this run: restart from the base model")
+        else:  # (what to change said here too, as a scan of the checkpoint alone says it: a trial)
+            steps.append(f"no healthy checkpoint is left in this run: restart from the base model {change}")
         return steps
     if not targets:
         if last_clean is not None and steps:  # (a fix said for a folder that reads but would not load: an alternative)
