@@ -483,11 +483,14 @@ def test_a_repair_that_restores_every_weight_from_one_donor_says_it_is_the_donor
     text = " ".join(done.output.split())
     assert done.exit_code == 0 and "⚠ REPAIRED" in text and "✓ REPAIRED" not in text, done.output
     assert "but every weight tensor (" in text and "model under" in text and "not a repair of it" in text
+    # (its next steps put the copy in place only with that said: a trial's merged LoRA "repaired" from its base)
+    assert "weights almost throughout (see the doubt above): put it in place only if that is the model you want" in text
     proof = json.loads((tmp_path / "fixed" / "nandoctor-repair.json").read_text())
     assert proof["donor_doubts"] and proof["donor_doubts"][0].startswith("every weight tensor")
     few = run_cli("repair", DEMO_RUN / "checkpoint-300", "--from", DEMO_RUN / "checkpoint-200", "--out",
                   tmp_path / "few", "--no-progress")
     assert few.exit_code == 0 and "✓ REPAIRED" in few.output and "every weight tensor" not in few.output
+    assert "put it in place only if" not in few.output
 
 
 def test_a_repair_whose_kept_tensors_are_the_donors_already_says_the_result_is_the_donor(tmp_path):

@@ -272,4 +272,9 @@ def next_steps(result: RepairResult) -> list[str]:
         return []
     from nandoctor.hints import using_repair
 
-    return using_repair(result.plan.target, Path(result.out))
+    steps = using_repair(result.plan.target, Path(result.out))
+    whole = result.plan.whole_model_from
+    if whole is not None and steps:  # (a trial: a merged LoRA "repaired" from its base is the base: no plain mv)
+        return [f"the copy holds {whole}'s weights almost throughout (see the doubt above): put it in place only if that "
+                "is the model you want", *steps]
+    return steps
