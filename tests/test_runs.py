@@ -678,3 +678,15 @@ def test_a_run_whose_weights_never_changed_warns_that_it_did_not_train(tmp_path)
     train(tmp_path / "alive", steps=30, save_steps=10, learning_rate=1e-3)
     alive = nandoctor.scan_run(tmp_path / "alive")
     assert alive.exit_code() == 0 and alive.unchanged is None and not alive.reported_only()
+
+
+def test_diverged_checkpoints_behind_a_passing_one_are_said_in_one_clause():
+    """A trial: a reused output folder's four diverged checkpoints before a healthy newest one each repeated "is
+    diverged: delete it (a repair would only stitch …)" on the verdict's line."""
+    from nandoctor.report.run_report import bad_behind_words
+
+    rows = [runs.RunCheckpoint(step, f"run/checkpoint-{step}", runs.DIVERGED, None) for step in (10, 20, 30, 40)]
+    said = bad_behind_words(rows)
+    assert said == ("checkpoint-10, checkpoint-20, checkpoint-30 and 1 more are diverged: delete them (a repair would "
+                    "only stitch a broken model together)")
+    assert bad_behind_words(rows[:1]).startswith("checkpoint-10 is diverged: delete it (")

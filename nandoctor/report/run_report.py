@@ -384,13 +384,17 @@ def bad_behind_words(behind: list[RunCheckpoint]) -> str:
     can be done with it: a diverged one is deleted (a repair refuses it), one whose optimizer state alone is bad still
     loads but is no resume point, a poisoned one is repaired or deleted (a review: one advice for all was wrong)."""
     clauses = []
+    diverged = [c.name for c in behind if c.model and c.status == DIVERGED]
+    if diverged:  # (one clause for all: a trial's four diverged checkpoints each repeated the same words)
+        clauses.append(f"{first_few(diverged, 3)} {'is' if len(diverged) == 1 else 'are'} diverged: delete "
+                       f"{'it' if len(diverged) == 1 else 'them'} (a repair would only stitch a broken model together)")
     for c in behind:
         failing = c.report.judgement.failing if c.report is not None and c.report.judgement is not None else ()
         if not c.model:  # (a file beside the run's saves that holds none of its model: a loop's data_stats.pt)
             clauses.append(f"{c.name}, which holds none of the run's model, holds NaN/Inf or broken values: check "
                            "whatever reads it")
         elif c.status == DIVERGED:
-            clauses.append(f"{c.name} is diverged: delete it (a repair would only stitch a broken model together)")
+            continue
         elif c.report is not None and verdicts.optimizer_only(c.report, failing):
             clauses.append(f"{c.name} holds bad optimizer state: its weights load, but do not resume from it")
         else:
