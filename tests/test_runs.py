@@ -690,3 +690,20 @@ def test_diverged_checkpoints_behind_a_passing_one_are_said_in_one_clause():
     assert said == ("checkpoint-10, checkpoint-20, checkpoint-30 and 1 more are diverged: delete them (a repair would "
                     "only stitch a broken model together)")
     assert bad_behind_words(rows[:1]).startswith("checkpoint-10 is diverged: delete it (")
+
+
+def test_two_training_runs_written_into_one_folder_are_said(tmp_path):
+    """A trial: a second run overwrote checkpoint-10 to -40 of a first one whose checkpoint-50 stayed, and decided,
+    without a word that the rows came from two runs. Their trainer logs begin with other losses: a note says so."""
+    pytest.importorskip("transformers")
+    from tests.pattern_runs import train
+
+    folder = tmp_path / "output"
+    train(folder, steps=30, save_steps=10, learning_rate=1e-3)
+    train(folder, steps=20, save_steps=10, learning_rate=1e-2, seed=1)  # (overwrites checkpoint-10 and -20)
+    run = nandoctor.scan_run(folder)
+    said = [n for n in run.notes if n.startswith("the trainer logs begin differently")]
+    assert len(said) == 1 and "checkpoint-10, checkpoint-20 from loss" in said[0] and "checkpoint-30 from loss" in said[0]
+    one = tmp_path / "one"
+    train(one, steps=30, save_steps=10, learning_rate=1e-3)
+    assert not any(n.startswith("the trainer logs begin differently") for n in nandoctor.scan_run(one).notes)

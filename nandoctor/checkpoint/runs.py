@@ -714,6 +714,24 @@ def _census(report: ScanReport, weights_only: bool = False) -> dict[str, tuple[A
     return {name: tuple(row) for name, role, *row in rows if not weights_only or role == "weight"}
 
 
+def _two_runs(checkpoints: list[RunCheckpoint]) -> list[str]:
+    """A note where the checkpoints' trainer logs begin with different losses: a log_history grows from the run's
+    start in every save (a resume reloads it), so two beginnings are two training runs written into one folder (a
+    trial: a second run at lr 1e2 overwrote checkpoint-10 to -40 of a healthy one, whose checkpoint-50 decided)."""
+    begins: dict[float, list[str]] = {}
+    for c in checkpoints:
+        if not c.final and not c.last and c.same_as is None and c.log is not None and c.log.error is None \
+                and c.log.first_loss is not None and c.log.source.endswith(TRAINER_STATE):
+            begins.setdefault(c.log.first_loss, []).append(c.name)
+    if len(begins) < 2:
+        return []
+    groups = sorted(begins.items(), key=lambda item: checkpoints.index(next(c for c in checkpoints
+                                                                             if c.name == item[1][0])))
+    said = "; ".join(f"{first_few(names, 3)} from loss {loss:.4g}" for loss, names in groups)
+    return [f"the trainer logs begin differently ({said}): more than one training run wrote into this folder, and each "
+            "row is judged as it is; resume_from_checkpoint=True takes the highest step, whichever run it is from"]
+
+
 def _same_weights(census: dict[str, tuple[Any, ...]], save: RunCheckpoint) -> bool:
     """Whether ``save`` holds every tensor of a final model's ``census`` as it is (a checkpoint holds its optimizer
     state besides)."""
@@ -1384,7 +1402,7 @@ def scan_run(
 
     notes += _missing_files(checkpoints)
     checkpoints, said = _earlier_weights(checkpoints)
-    notes += said
+    notes += said + _two_runs(checkpoints)
     checkpoints = _pointed(root, checkpoints)
     checkpoints = renamed_tensors(checkpoints)
     logs = [c.log for c in checkpoints if c.log is not None and c.log.error is None]
