@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import adapters, architecture, layout, loadconfig, loaders, tokenizerfiles, zeronorm
+from nandoctor.checkpoint import (
+    adapterkeys,
+    adapters,
+    architecture,
+    layout,
+    loadconfig,
+    loaders,
+    tokenizerfiles,
+    zeronorm,
+)
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.roles import file_role
 from nandoctor.checkpoint.steps import checkpoints_in, step_of
@@ -340,7 +349,8 @@ def wrapped_names(files: layout.CheckpointFiles, names: Sequence[str]) -> list[S
 
 
 def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
-    """A PEFT adapter at the folder's top whose LoRA ranks its adapter_config.json contradicts (adapters.py)."""
+    """A PEFT adapter at the folder's top whose LoRA tensors are not all loaded as stored (adapterkeys.py), or whose
+    LoRA ranks or target modules its adapter_config.json contradicts (adapters.py)."""
     stored = [(path, refs) for path, refs in refs_by_file.items()
               if path.parent == files.root and _ADAPTER_WEIGHTS.match(path.name)]
     if not stored:
@@ -349,8 +359,8 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     if not isinstance(config, dict):
         return []  # (missing or invalid: its own problem)
     weights = _stored(stored)
-    return (empty_weights(files.root, weights) or adapters.rank_problems(files.root, config, weights.names,
-                                                                                  weights.shapes)
+    return (empty_weights(files.root, weights) or adapterkeys.problems(files.root, config, weights.names)
+            or adapters.rank_problems(files.root, config, weights.names, weights.shapes)
             or adapters.config_problems(files.root, config, weights.names))
 
 
