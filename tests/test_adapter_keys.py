@@ -1,4 +1,4 @@
-"""LoRA tensors PEFT does not load as stored (checkpoint/adapterkeys.py), held to peft 0.21:
+"""LoRA tensors PEFT does not load as stored (checkpoint/adapterkeys.py, checkpoint/peftload.py), held to peft 0.21:
 an adversarial round's adapters without the ``base_model.model.`` prefix, with one half of each module, or without
 one layer's module loaded with no error (PEFT only warns "Found missing adapter keys") as the bare base model or
 with random halves, and read CLEAN. Real PEFT saves of several families and configurations stay CLEAN."""
@@ -78,6 +78,10 @@ def _without(part: str) -> Callable[[Names], Names]:
     ({}, _without("layers.1.self_attn.v_proj.lora_B"), {}, "layers.1.self_attn.v_proj holds lora_A without lora_B:"),
     ({"use_dora": True}, _without("lora_magnitude_vector"), {}, "holds lora_A and lora_B without lora_magnitude_vector"),
     ({"use_dora": True}, lambda ts: ts, {"use_dora": False}, "holds DoRA's lora_magnitude_vector where"),
+    # (a module of target_modules gone from one layer, or from every layer: the base model built says so)
+    ({}, _without("layers.1.self_attn.v_proj."), {}, "1 module(s) of the base model"),
+    ({}, _without("v_proj."), {}, "2 module(s) of the base model"),
+    ({"target_modules": "all-linear"}, _without("layers.0.mlp.up_proj."), {}, "(model.layers.0.mlp.up_proj)"),
 ])
 def test_lora_tensors_peft_does_not_load_are_not_loadable(base, tmp_path, lora, change, config, said):
     lora = {"target_modules": ["q_proj", "v_proj"], **lora}
@@ -112,6 +116,23 @@ def test_default_init_drops_a_half_to_the_bare_base_model(base, tmp_path):
     assert not torch.allclose(loaded, trained, atol=1e-4)
     report = nandoctor.scan(named)
     assert report.exit_code == 3 and "hold the adapter's name 'default'" in report.errors[0].message
+
+
+def test_a_module_gone_is_judged_with_a_base_in_the_cache_only(base, tmp_path, monkeypatch):
+    """Which modules PEFT adapts only the base model says (Gemma 3n's KV-sharing layers have no k_proj): a base
+    named by a repo id is read from the Hugging Face cache, and one in no cache is not judged on them (nothing is
+    ever downloaded)."""
+    adapter = _save(transformers.AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter",
+                    target_modules=["q_proj", "v_proj"])
+    _rewrite(adapter, _without("layers.1.self_attn.v_proj."), base_model_name_or_path="someone/tiny-llama")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert nandoctor.scan(adapter).exit_code == 0
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    shutil.copytree(base, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and "(model.layers.1.self_attn.v_proj)" in report.errors[0].message, report.errors
 
 
 def _families() -> list[tuple[str, Callable[[], object], list[dict]]]:
@@ -157,7 +178,7 @@ def test_real_peft_saves_stay_clean(tmp_path, family, make, loras):
     """A false-alarm hunt over PEFT's own saves: Conv1D (GPT-2's c_attn), a classifier's modules_to_save, an
     embedding's lora_embedding_A/B, DoRA's magnitudes, lora_bias, layers_to_transform, exclude_modules, a regex,
     trainable tokens, a target list naming modules the model lacks, T5's relative_attention_bias in its first
-    block only, and Gemma 3n's KV-sharing layers without k_proj and v_proj."""
+    block only, and Gemma 3n's KV-sharing layers without k_proj and v_proj (the last ones: the base model built)."""
     torch.manual_seed(0)
     make().save_pretrained(tmp_path / "base")
     cls = getattr(transformers, json.loads((tmp_path / "base" / "config.json").read_text())["architectures"][0])

@@ -39,6 +39,7 @@ from nandoctor.checkpoint import (
     layout,
     loadconfig,
     loaders,
+    peftload,
     tokenizerfiles,
     zeronorm,
 )
@@ -349,8 +350,9 @@ def wrapped_names(files: layout.CheckpointFiles, names: Sequence[str]) -> list[S
 
 
 def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Sequence[TensorRef]]) -> list[ScanProblem]:
-    """A PEFT adapter at the folder's top whose LoRA tensors are not all loaded as stored (adapterkeys.py), or whose
-    LoRA ranks or target modules its adapter_config.json contradicts (adapters.py)."""
+    """A PEFT adapter at the folder's top whose LoRA tensors are not all loaded as stored (adapterkeys.py), whose
+    LoRA ranks or target modules its adapter_config.json contradicts (adapters.py), or that lacks modules PEFT
+    builds LoRA on in its base model (peftload.py)."""
     stored = [(path, refs) for path, refs in refs_by_file.items()
               if path.parent == files.root and _ADAPTER_WEIGHTS.match(path.name)]
     if not stored:
@@ -361,7 +363,8 @@ def adapter_problems(files: layout.CheckpointFiles, refs_by_file: dict[Path, Seq
     weights = _stored(stored)
     return (empty_weights(files.root, weights) or adapterkeys.problems(files.root, config, weights.names)
             or adapters.rank_problems(files.root, config, weights.names, weights.shapes)
-            or adapters.config_problems(files.root, config, weights.names))
+            or adapters.config_problems(files.root, config, weights.names)
+            or peftload.problems(files.root, config, weights.names, weights.shapes))  # (the one that may build: last)
 
 
 def empty_weights(root: Path, stored: StoredWeights, loader: str = "PEFT") -> list[ScanProblem]:
