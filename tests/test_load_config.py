@@ -381,8 +381,9 @@ def test_a_numbered_bin_shard_and_adapter_model_bin_are_held_to_the_same_rule(tm
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
-    torch.save({"q_proj.lora_A.weight": torch.zeros(4, 16), "config": argparse.Namespace(r=4)},
-               adapter / "adapter_model.bin")
+    torch.save({"base_model.model.q_proj.lora_A.weight": torch.zeros(4, 16),
+                "base_model.model.q_proj.lora_B.weight": torch.zeros(16, 4), "config": argparse.Namespace(r=4)},
+               adapter / "adapter_model.bin")  # (names as PEFT saves them: the refused global is the one trouble)
     with pytest.raises(Exception, match="Weights only load failed"):  # PEFT's torch_load: weights_only=True
         torch.load(adapter / "adapter_model.bin", weights_only=True)
     report = nandoctor.scan(adapter, device="cpu")
