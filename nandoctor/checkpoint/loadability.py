@@ -33,6 +33,7 @@ from pathlib import Path
 
 from nandoctor import access
 from nandoctor.checkpoint import (
+    adapterbeside,
     adapterkeys,
     adapters,
     architecture,
@@ -119,6 +120,8 @@ def problems(files: layout.CheckpointFiles) -> tuple[list[ScanProblem], list[str
     partition_problems, notes = _partitions_only(files, entries, names)
     found += partition_problems
     notes += _base_model_note(root, names)
+    if ADAPTER_CONFIG in names and loaders.CONFIG in names and _model_weights(names) and _transformers_config(root):
+        found += adapterbeside.problems(root, names)  # (from_pretrained puts that adapter on this model)
     if _model_weights(names):  # (the tokenizer saved beside the model: tokenizerfiles.py)
         tokenizer_problems, tokenizer_notes = _tokenizer(root)
         found += tokenizer_problems
@@ -155,8 +158,7 @@ def _weights_under_other_names(files: layout.CheckpointFiles, names: set[str]) -
             or any(_NUMBERED.match(n) or loaders.is_index_name(n) for n in names)  # (shards: _unindexed_shards)
             or any(_ADAPTER_WEIGHTS.match(n) for n in names) or layout.model_in_subfolder(root, access.listing(root))):
         return [], []
-    config = loadconfig.read_object(root / loaders.CONFIG)
-    if not (isinstance(config, dict) and isinstance(config.get("model_type"), str)):
+    if not _transformers_config(root):
         return [], []  # (not a transformers config: diffusers' _class_name, timm's architecture)
     weights = sorted(f.name for f in files.files if f.parent == root and file_role(f.name) is None
                      and f.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth"))
@@ -173,6 +175,12 @@ def _weights_under_other_names(files: layout.CheckpointFiles, names: set[str]) -
         f"rename {weights[0]} to {wanted}" if len(weights) == 1 else
         "save the model again with save_pretrained (or rename its files to those from_pretrained looks for)",
         kind=UNLOADABLE_KIND)], []
+
+
+def _transformers_config(root: Path) -> bool:
+    """Whether ``root``'s config.json is a transformers model's (an object naming its ``model_type``)."""
+    config = loadconfig.read_object(root / loaders.CONFIG)
+    return isinstance(config, dict) and isinstance(config.get("model_type"), str)
 
 
 def adapter_base(root: Path, names: set[str] | None = None) -> str | None:

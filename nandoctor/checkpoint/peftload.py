@@ -51,7 +51,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str],
     if not modules or not _gapped(config.get("target_modules"), modules):
         return []
     named = config.get("base_model_name_or_path")
-    base = _local_base(named, config.get("revision"))
+    base = local_base(named, config.get("revision"))
     if base is None:
         return []
     missing = _left_missing(root, base, names, shapes)
@@ -90,7 +90,7 @@ def _gapped(targets: Any, modules: list[str]) -> bool:
     return False
 
 
-def _local_base(named: Any, revision: Any) -> Path | None:
+def local_base(named: Any, revision: Any) -> Path | None:
     """The folder holding the config.json of the base model ``base_model_name_or_path`` names: a local folder, or a
     repo id's snapshot already in the Hugging Face cache (never downloaded); None elsewhere."""
     if not isinstance(named, str) or not named or len(named) > 4096:
