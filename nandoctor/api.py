@@ -15,9 +15,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nandoctor import basescan
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint import hubcache, runs
+from nandoctor.checkpoint import hubcache, loadability, runs
 from nandoctor.checkpoint.loaddtype import NONE, advice, annotated, implied_target
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
@@ -242,10 +241,9 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
     report = judge_in_run(report, resolved, rescan)
     report = annotated(report, resolved, _check_target(options.target_dtype))  # config.json's load dtype
-    # (an adapter alone: what it is applied to decides too, said on every line: verdict.facts; a local base is
-    # scanned, with the limits asked for: --only/--exclude name the adapter's tensors, and hashes are its files')
-    base_options = dataclasses.replace(options, only=None, exclude=None, verify_hashes=False, manifest=None)
-    report = basescan.with_base(report, resolved, _engine_scan(base_options))
+    base = loadability.adapter_base(resolved)
+    if base is not None:  # (an adapter alone: what it is applied to decides too, said on every line: verdict.facts)
+        report = dataclasses.replace(report, extra={**report.extra, verdicts.ADAPTER_BASE: base})
     if options.verify_hashes or options.manifest is not None:
         from nandoctor.api_compare import _verify
 

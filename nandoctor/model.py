@@ -591,9 +591,6 @@ UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a check
 # it loads, but a config it is built from (config.json, generation_config.json, a GGUF's hyperparameters, a Lightning
 # checkpoint's hyper_parameters) holds NaN/Infinity or a value that makes generate raise or the forward pass NaN
 CONFIG_KIND = "config"
-# the tensors read may be fine, but the local base model a PEFT adapter alone is applied to fails its own scan
-# (nandoctor/basescan.py): the adapted model computes with the base's weights
-BASE_KIND = "base"
 # A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing.
 # One bound for config.json's epsilons (checkpoint/configvalues.py) and a GGUF's (readers/gguf_hparams.py).
@@ -614,9 +611,8 @@ class ScanProblem:
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
     weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
     checkpoint/loadability.py), ``config`` (it loads, but a config file it is built from holds NaN/Infinity or a
-    value that makes generate raise or the forward pass NaN: checkpoint/loadconfig.py), ``base`` (a PEFT adapter
-    alone whose local base model fails its own scan: basescan.py). Reports head their problem lists by it;
-    verdict.py words the verdict by it.
+    value that makes generate raise or the forward pass NaN: checkpoint/loadconfig.py). Reports head their problem lists by it; verdict.py words the
+    verdict by it.
     """
 
     path: str

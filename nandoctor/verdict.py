@@ -27,7 +27,6 @@ from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_w
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, component_of, layer_of, normalise, summarize, zero_breaks
 from nandoctor.model import (
-    BASE_KIND,
     CONFIG_KIND,
     EMPTY_KIND,
     HASH_KIND,
@@ -69,7 +68,6 @@ PROBLEM_WORDS = {
     EMPTY_KIND: "NO TENSORS",
     UNLOADABLE_KIND: "NOT LOADABLE",
     CONFIG_KIND: "BAD CONFIG",
-    BASE_KIND: "BASE MODEL FAILS",
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
@@ -79,13 +77,11 @@ _PROBLEM_FACTS = {
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
     CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} values the model cannot work with",
-    BASE_KIND: lambda n: "the base model it is applied to fails its scan",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND,
-                BASE_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
@@ -1476,11 +1472,10 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     hashes = _hashes_fact(report)
     if hashes:
         pieces.append(hashes)
-    base, scanned = report.extra.get(ADAPTER_BASE), report.extra.get(ADAPTER_BASE_SCAN)
+    base = report.extra.get(ADAPTER_BASE)
     if isinstance(base, str):  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
         shown = base if len(base) <= _MAX_BASE_CHARS else f"{base[:_MAX_BASE_CHARS]}…"  # (a crafted 2 MB name)
-        pieces.append(f"an adapter alone: its base model {shown!r} " + (
-            f"scans {scanned}" if isinstance(scanned, str) else "is not scanned here"))
+        pieces.append(f"an adapter alone: its base model {shown!r} is not scanned here")
     refused = [note.split(":", 1)[0] for note in report.notes if DEFAULT_LOAD_REFUSES in note]
     if refused:  # (a trial: `scan --quiet && python train.py` passed a file the script's plain torch.load refuses)
         pieces.append(f"{DEFAULT_LOAD_REFUSES} refuses {first_few(refused, _MAX_NAMED)}: load with weights_only=False "
@@ -1497,7 +1492,6 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
 DEFAULT_LOAD_REFUSES = "torch.load's default (weights_only=True)"
 # extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
 ADAPTER_BASE = "adapter_base"
-ADAPTER_BASE_SCAN = "adapter_base_scan"  # (and --json): the verdict words of that base's scan, where it is local
 _MAX_BASE_CHARS = 200
 
 

@@ -424,7 +424,7 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     # every problem kind a report can hold has its word (a ScanProblem's kinds, from its docstring's list)
     kinds = set(re.findall(r"``(\w+)`` \(", ScanProblem.__doc__ or ""))
     assert set(verdict.PROBLEM_WORDS) == kinds == {"unreadable", "hash", "names", "selection", "unverified", "empty",
-                                                   "unloadable", "config", "base"}
+                                                   "unloadable", "config"}
     statuses = (runs.INCOMPLETE, runs.UNREADABLE, runs.DIVERGED, runs.POISONED, runs.OVERFLOW, runs.CLEAN)
     assert _doc_table("Checkpoint statuses") == list(statuses)
     # what a real run emits is among them

@@ -200,29 +200,11 @@ def adapter_base(root: Path, names: set[str] | None = None) -> str | None:
     return base if isinstance(base, str) and base else None
 
 
-def local_base(root: Path, names: set[str] | None = None) -> Path | None:
-    """The local folder holding the whole model (weights from_pretrained reads) that the PEFT adapter alone in
-    ``root`` is applied to, as adapter_config.json names it (a path, relative ones from the working folder as
-    transformers takes them); None for a repo id (never downloaded), a folder that holds no model, or ``root``
-    itself (``names``: its entries, when known)."""
-    base = adapter_base(root, names)
-    if base is None or len(base) > 4096:  # (no path that long loads: a crafted value)
-        return None
-    try:
-        folder = Path(base).expanduser()
-        if not access.is_dir(folder) or folder.resolve() == root.resolve():
-            return None
-        return folder if _model_weights({e.name for e in access.listing(folder)}) else None
-    except (UnreadablePathError, OSError, ValueError):
-        return None
-
-
 def _base_model_note(root: Path, names: set[str]) -> list[str]:
-    """A PEFT adapter is applied to the base model its adapter_config.json names: NaN in the base makes the adapted
-    model's generate fail as surely as NaN in the adapter. A local base is scanned with it (basescan.py); of
-    another, a note says how to scan it."""
+    """A PEFT adapter is applied to the base model its adapter_config.json names, which this scan does not read:
+    NaN in the base makes the adapted model's generate fail as surely as NaN in the adapter."""
     base = adapter_base(root, names)
-    if base is None or len(base) > 4096 or local_base(root, names) is not None:  # (a crafted 4 kB value: the line)
+    if base is None or len(base) > 4096:  # (no path that long loads: a crafted value, said by the verdict line alone)
         return []
     return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
             f"read: scan it too (nandoctor scan {path_word(base)})"]

@@ -284,8 +284,6 @@ _PROBLEM_STEPS = {
     verdicts.EMPTY_KIND: "save the model's weights into it (its state_dict), or scan the checkpoint that holds them",
     verdicts.UNLOADABLE_KIND: "put back or correct what the problems listed name (or use another checkpoint), then scan again",
     verdicts.CONFIG_KIND: "correct the config or tokenizer files the problems name (each hint says how), then scan again",
-    verdicts.BASE_KIND: "scan the base model the problem names for what fails there, repair or replace it, then scan "
-                        "the adapter again",
     verdicts.UNVERIFIED_KIND: "record the hashes from a good copy (`nandoctor manifest PATH > manifest.json`) and scan "
                               "with --manifest manifest.json, or scan the repo id from the Hugging Face cache",
 }
