@@ -51,7 +51,9 @@ def _merged_alone(saved: dict[str, Path], tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("base_named, said", [
     (None, "; the model here is not its base model"),  # (the local base it names: compared, and it differs)
-    ("nobody/not-in-any-cache", ". Unless the model here is the adapter's base model"),
+    # (a base not here to compare with: nothing tells a merged model from a base shipped with its adapter, which
+    # loads; a review's shipped base read NOT LOADABLE, so it is no finding)
+    ("nobody/not-in-any-cache", None),
 ])
 def test_a_merged_model_saved_into_its_adapters_folder_gets_the_update_twice(saved, tmp_path, base_named, said):
     folder = shutil.copytree(saved["merged"], tmp_path / "folder")
@@ -62,6 +64,9 @@ def test_a_merged_model_saved_into_its_adapters_folder_gets_the_update_twice(sav
     assert nandoctor.scan(merged).exit_code == 0  # the healthy twin: the merged model in a folder of its own
     assert not torch.allclose(_logits(folder), _logits(merged), atol=1e-4)  # the oracle: the adapter applied twice
     report = nandoctor.scan(folder)
+    if said is None:
+        assert report.exit_code == 0, report.errors
+        return
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
     assert said in report.errors[0].message and "load_adapter" in report.errors[0].message
     assert report.errors[0].path.endswith("adapter_config.json") and "move adapter_config.json" in report.errors[0].hint

@@ -317,6 +317,16 @@ MODEL = [
 ]
 
 
+def test_t5s_legacy_architecture_name_is_no_decoder_only_model(tmp_path):
+    """A review: Google's t5-small config.json names "T5WithLMHeadModel" with is_encoder_decoder true; the decoder-only
+    check (names ending LMHeadModel) read it BAD CONFIG while from_pretrained builds T5ForConditionalGeneration."""
+    t5 = _fresh(tmp_path / "t5", "t5", vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+               decoder_start_token_id=0)
+    _edit(t5, "config.json", architectures=["T5WithLMHeadModel"])
+    assert _oracle(t5, transformers.AutoModelForSeq2SeqLM) == "ok"
+    assert nandoctor.scan(t5).exit_code == 0
+
+
 @pytest.mark.parametrize("values, expected", MODEL, ids=[json.dumps(v) for v, _ in MODEL])
 def test_config_values_that_make_the_forward_pass_nan(saved, tmp_path, values, expected):
     folder = shutil.copytree(saved, tmp_path / "model")

@@ -60,10 +60,12 @@ def problems(root: Path, names: set[str]) -> list[ScanProblem]:
     if base is not None and base.resolve() == root.resolve():
         return []  # (the adapter names this very folder as its base)
     differing = _differing(root, base, root / held[0]) if base is not None else None
-    if differing == []:
-        return []  # the model here is the adapter's base model: it loads with its adapter, as shipped
-    which = (f"; the model here is not its base model {named!r} ({differing[0]} differs)" if differing
-             else ". Unless the model here is the adapter's base model, that is neither the model nor the adapter")
+    if not differing:
+        # (the model here is the adapter's base model, shipped with it: it loads as such; or nothing tells, the base not
+        # here to compare with: a base shipped with its adapter loads too, so only bytes that differ are a finding, a
+        # review's shipped base read NOT LOADABLE)
+        return []
+    which = f"; the model here is not its base model {named!r} ({differing[0]} differs)"
     return [ScanProblem(
         str(path), f"{_LOADS}: it loads the model here, then puts the adapter beside it on top (load_adapter){which}: "
         "a model merged from this adapter (merge_and_unload saved into its folder) gets the LoRA update twice",

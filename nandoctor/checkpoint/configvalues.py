@@ -611,11 +611,17 @@ def _names_quantizer(value: Any) -> bool:
                                         or value.get("load_in_8bit") is True or value.get("load_in_4bit") is True)
 
 
+# decoder-only LM heads transformers names otherwise than *ForCausalLM (T5's legacy "T5WithLMHeadModel", which Google's
+# own t5-small config.json names, is an encoder-decoder: a review's read BAD CONFIG)
+_OTHER_CAUSAL_HEADS = frozenset({"GPT2LMHeadModel", "OpenAIGPTLMHeadModel", "CTRLLMHeadModel", "TransfoXLLMHeadModel",
+                                 "XLNetLMHeadModel", "GPTBigCodeLMHeadModel"})
+
+
 def _decoder_only(config: dict[str, Any]) -> bool:
     """Whether every class config.json's ``architectures`` names is a causal LM (a decoder alone)."""
     names = config.get("architectures")
     return (isinstance(names, list) and bool(names)
-            and all(isinstance(n, str) and n.endswith(("ForCausalLM", "LMHeadModel")) for n in names))
+            and all(isinstance(n, str) and (n.endswith("ForCausalLM") or n in _OTHER_CAUSAL_HEADS) for n in names))
 
 
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
