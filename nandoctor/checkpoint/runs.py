@@ -398,21 +398,16 @@ class RunReport:
         limit = self._loss_broke_from(broken or self.first_bad is not None)
         # (a model saved into a folder of the run is no resume point: a base or a merged model, no training state)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
-                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed
-                and not c.zeroed_weights]
+                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed_weights]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
     def last_healthy_under(self, fail_on: frozenset[str] | None = None) -> RunCheckpoint | None:
-        """:attr:`last_healthy` as a run judged under the gate ``fail_on`` names it: a checkpoint that gate fails
-        for a finding it adds to the default one (``--fail-on +zeroed`` and an all-zero tensor) is no healthy
-        resume point there (a run named the checkpoint it failed "last healthy"). One the default gate fails too
-        (a config that would not load beside healthy weights) stays, as :attr:`last_healthy` has it."""
-        if fail_on is None:
-            return self.last_healthy
-        healthy = [c for c in self.resume_points() if c.same_as is None
-                   and (_row_code(c, fail_on) == 0 or _row_code(c, None) != 0)]
-        return healthy[-1] if healthy else None
+        """:attr:`last_healthy` as a run judged under the gate ``fail_on`` names it: the same under every gate, since
+        the default one fails every finding (zeroed weights too) and a shorter list fails fewer, while a resume point
+        is judged by its weights (zeroed ones are none, whatever the gate: :attr:`RunCheckpoint.zeroed_weights`). Kept
+        for the reports, which each ask it of the gate in use."""
+        return self.last_healthy
 
     @property
     def repair_target(self) -> RunCheckpoint | None:
@@ -629,7 +624,7 @@ def status_words(c: RunCheckpoint) -> str:
     a review found Markdown and HTML calling it clean beside the console's ⚠ zeroed)."""
     from nandoctor import verdict as verdicts
 
-    if c.status in HEALTHY_STATUSES and (c.zeroed or c.zeroed_weights):
+    if c.status in HEALTHY_STATUSES and c.zeroed_weights:  # (those zeroed since an earlier checkpoint among them)
         return ZEROED_WORDS
     if c.status == UNREADABLE and c.report is not None:
         kinds = {p.kind for p in verdicts.weight_errors(c.report)}
