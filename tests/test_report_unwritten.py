@@ -73,3 +73,5 @@ def test_a_manifest_that_cannot_be_written_is_no_manifest():
                                  cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert written.returncode == 3
     assert written.stderr.startswith("error: could not write the report to stdout: No space left on device")
+    assert "the command's result is its output, so this is exit 3" in written.stderr  # (a review: "still its own")
+    assert "the exit code is still the command's own" not in written.stderr

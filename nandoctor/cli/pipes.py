@@ -108,7 +108,11 @@ def finished(code: int) -> int:
         return code
     from nandoctor.errors import ReportNotWrittenError
 
-    error = ReportNotWrittenError(f"could not write the report to stdout: {reason(failure)}")
+    lost = _result_on_stdout and code == EXIT_OK  # (the output is the result itself: a manifest, a part's report)
+    error = ReportNotWrittenError(
+        f"could not write the report to stdout: {reason(failure)}",
+        "the command's result is its output, so this is exit 3; send stdout where it can be written (a disk with space, "
+        "another file) and run the command again" if lost else None)
     print(f"error: {safe(error.message)}", file=sys.stderr)
     print(f"hint: {safe(error.hint)}", file=sys.stderr)
-    return EXIT_UNREADABLE if _result_on_stdout and code == EXIT_OK else code
+    return EXIT_UNREADABLE if lost else code
