@@ -9,6 +9,7 @@ scanned CLEAN."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -857,6 +858,26 @@ def test_a_value_of_another_json_type_than_transformers_reads_is_bad_config(tmp_
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"], report.errors
     assert said in report.errors[0].message, report.errors[0].message
     assert next(iter(edits)) in report.errors[0].hint
+
+
+@pytest.mark.parametrize(("model", "key"), [
+    ("llama", "intermediate_size"), ("llama", "hidden_size"), ("llama", "head_dim"),
+    ("gpt2", "n_inner"), ("gpt2", "n_positions"), ("gpt2", "n_embd"),
+])
+def test_a_size_written_zero_is_no_size_not_given(tmp_path, model, key):
+    """An adversarial round: a size written 0 in config.json read as "not given" and scanned CLEAN, where the model
+    transformers builds has layers 0 wide (from_pretrained refuses the weights: size mismatch) or divides by it as it
+    is built (head_dim, n_embd: ZeroDivisionError). The same model with GPT-2's n_inner null (4 x n_embd, its
+    default) or head_dim given as the width over the heads loads and stays CLEAN."""
+    folder = _llama(tmp_path / "m") if model == "llama" else _gpt2(tmp_path / "m", {})
+    healthy = edited(shutil.copytree(folder, tmp_path / "healthy"),
+                     {"n_inner": None} if model == "gpt2" else {"head_dim": 16})
+    assert _load_error(healthy) is None
+    assert nandoctor.scan(healthy).exit_code == 0
+    edited(folder, {key: 0})
+    assert _load_error(folder) is not None  # the oracle
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and any(f"{key} is 0" in e.message for e in report.errors), report.errors
 
 
 @pytest.mark.parametrize("edits", [{"head_dim": GONE}, {"rope_parameters": None}, {"rope_theta": 10000}])

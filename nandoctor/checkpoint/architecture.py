@@ -140,7 +140,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         found.append(routing)
     if mismatched:
         name, shape, want = mismatched[0]
-        why = reasons.get(name) or next((w for what, w in suspected if what == _SIZE_SUSPICION), None)
+        # (a config value suspected may be what sizes it otherwise: an intermediate_size of 0 builds [0, 64])
+        why = (reasons.get(name) or next((w for what, w in suspected if what == _SIZE_SUSPICION), None)
+               or next((w for _, _, w, _ in values), None))
         more = f" and {len(mismatched) - 1} more tensor(s)" if len(mismatched) > 1 else ""
         found.append(ScanProblem(
             str(root), f"{name} holds shape {list(shape)} where the model built from config.json has {list(want)}"

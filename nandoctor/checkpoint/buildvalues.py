@@ -119,6 +119,14 @@ _STRICT_FLOAT_FIELDS = frozenset({
 _DICT_FIELDS = frozenset(_ROPE_KEYS)
 _NEVER_NULL = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings",
                          "head_dim"})  # (GPT-Neo's intermediate_size is)
+# Sizes no model is built with at 0: a 0 is no "not given" (that is null, or no key), but a layer 0 wide (the model's
+# [0, 64] projections refuse the stored weights) or a division by it as the model is built (head_dim: the rotary
+# frequencies' 0 ** -x). An adversarial round's intermediate_size, hidden_size, head_dim, GPT-2's n_inner, n_positions
+# and n_embd of 0 each read CLEAN where from_pretrained raised: 0 had been read as "not given"
+_NEVER_ZERO = frozenset({
+    "hidden_size", "intermediate_size", "head_dim", "n_embd", "n_inner", "n_positions", "n_ctx",
+    "max_position_embeddings", "d_model", "d_ff", "d_kv", "moe_intermediate_size", "ffn_dim", "encoder_ffn_dim",
+    "decoder_ffn_dim"})
 # (model types whose save_pretrained writes a null there itself, their model computing it: every healthy Mixtral save
 # was built on the meta device for its "head_dim": null, seconds a scan, a sweep of 43 families found; MiniMax's too, a
 # later sweep. The model types whose config class defaults head_dim to None in transformers 5.25, every one)
@@ -136,11 +144,13 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
         if key == "vocab_size":  # (suspected above)
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in _INT_FIELDS and number and isinstance(value, int) and (value < 0 or (value == 0 and key in LAYER_KEYS)):
+        if key in _INT_FIELDS and number and isinstance(value, int) and (
+                value < 0 or (value == 0 and (key in LAYER_KEYS or key in _NEVER_ZERO))):
             # (-1 layers: every stored layer unused, generate raises; 0 where layer_types are validated: load fails)
             types = config.get("layer_types")  # (a count its layer_types give, which transformers validates it by)
             meant = len(types) if key in LAYER_KEYS and isinstance(types, list) and types else DROP
-            want = "a positive count" if key in LAYER_KEYS else "a count of 0 or more"
+            want = ("a positive count" if key in LAYER_KEYS else "a positive size" if key in _NEVER_ZERO
+                    else "a count of 0 or more")
         elif key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):
             # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
             meant = _meant(value, int)
