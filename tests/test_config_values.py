@@ -434,6 +434,20 @@ def test_config_values_that_make_the_forward_pass_raise(tmp_path, model_type, va
     _judged_as_the_oracle(folder, values, expected)
 
 
+@pytest.mark.parametrize(("model_type", "kv", "expected"), [
+    ("llama", 3, "generate"), ("qwen2", 3, "generate"), ("llama", 2, "ok"), ("llama", 4, "ok"), ("qwen2", 1, "ok"),
+])
+def test_key_value_heads_that_do_not_divide_the_heads_are_a_bad_config(tmp_path, model_type, kv, expected):
+    """An adversarial round: 4 attention heads over 3 key/value heads, the weights saved as config.json describes them
+    (no shape disagrees), loaded and read CLEAN while every forward pass raised ("The size of tensor a (4) must match
+    the size of tensor b (3)"): grouped-query attention shares each key/value head among heads / kv_heads query heads.
+    Key/value heads that divide the heads (2, 4 of them, or 1) stay CLEAN."""
+    folder = _fresh(tmp_path / model_type, model_type, vocab_size=64, hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv, head_dim=8,
+                    max_position_embeddings=64)
+    _judged_as_the_oracle(folder, {"num_key_value_heads": kv}, expected)
+
+
 def _judged_as_the_oracle(folder: Path, values: dict, expected: str) -> None:
     """The config.json ``values`` of ``folder`` scan CLEAN where transformers works, else BAD CONFIG naming them."""
     assert _oracle(folder) == expected

@@ -23,7 +23,8 @@ transformers 5.25 by tests/test_config_values.py:
   (``tanh(x / cap) * cap`` divides by zero; null is off), Granite's ``logits_scaling`` of 0 (the logits are
   divided by it), a ``rope_theta`` of 0 or less (the rotary frequencies) or a linear or yarn rope scaling
   ``factor`` of 0: every forward pass NaN; more experts
-  routed to than the model has, or a ``sliding_window`` of 0 or less: every forward pass raises. BAD CONFIG.
+  routed to than the model has, a ``sliding_window`` of 0 or less, or key/value heads that do not divide the heads:
+  every forward pass raises. BAD CONFIG.
 
 Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 without sampling, an
 ``eos_token_id`` outside the vocabulary) are left alone: they are no reason to call a model broken. A
@@ -588,6 +589,7 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         # index past the table once an input is longer than it, an adversarial round)
         wrong.append(f"{prefix}relative_attention_max_distance is {distance}, within the {buckets // 4} exact buckets of "
                      f"{buckets} (the attention's bucketing fails on inputs longer than it)")
+    wrong += _grouped_heads(prefix, config)
     window = config.get("sliding_window")
     if _number(window) and window <= 0 and _slides(model_type, config):
         wrong.append(f"{prefix}sliding_window is {window} (no token to attend to: the attention raises; null turns it off)")
@@ -659,6 +661,18 @@ def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{named}{key} is {share}: more rotary dimensions than a head has (the rotary "
                          "embedding raises a size mismatch as the model generates)")
     return wrong
+
+
+def _grouped_heads(prefix: str, config: dict[str, Any]) -> list[str]:
+    """Key/value heads that do not divide the query heads: grouped-query attention shares each key/value head among
+    heads / kv_heads query heads (repeat_kv), and every forward pass raises "The size of tensor a (4) must match the
+    size of tensor b (3)" (an adversarial round's 4 heads over 3 loaded and read CLEAN: the weights are consistent
+    with the config, so no shape shows it)."""
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if not (_int(heads) and _int(kv) and heads > 0 and kv > 0) or heads % kv == 0:
+        return []
+    return [f"{prefix}num_key_value_heads is {kv}, which does not divide num_attention_heads of {heads} (grouped-query "
+            "attention shares each key/value head among the same number of query heads: every forward pass raises)"]
 
 
 def routing_problems(prefix: str, config: dict[str, Any]) -> list[str]:
