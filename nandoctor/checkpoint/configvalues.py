@@ -667,9 +667,11 @@ def _grouped_heads(prefix: str, config: dict[str, Any]) -> list[str]:
     """Key/value heads that do not divide the query heads: grouped-query attention shares each key/value head among
     heads / kv_heads query heads (repeat_kv), and every forward pass raises "The size of tensor a (4) must match the
     size of tensor b (3)" (an adversarial round's 4 heads over 3 loaded and read CLEAN: the weights are consistent
-    with the config, so no shape shows it)."""
+    with the config, so no shape shows it). Not latent attention (DeepSeek's ``kv_lora_rank``): its keys and values
+    are made per query head, and SDPA, the default, never reads the count (a test's 4 heads over DeepSeek-V3's
+    default 128 generate)."""
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
-    if not (_int(heads) and _int(kv) and heads > 0 and kv > 0) or heads % kv == 0:
+    if not (_int(heads) and _int(kv) and heads > 0 and kv > 0) or heads % kv == 0 or "kv_lora_rank" in config:
         return []
     return [f"{prefix}num_key_value_heads is {kv}, which does not divide num_attention_heads of {heads} (grouped-query "
             "attention shares each key/value head among the same number of query heads: every forward pass raises)"]
