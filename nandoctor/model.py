@@ -636,6 +636,9 @@ class ReadResult:
     problems: tuple[ScanProblem, ...] = ()  # the file was read, but something in it is corrupt
     owed: tuple[OwedCrc, ...] = ()  # checks left to the caller, who asked for that (nandoctor.crc)
     unviewed: tuple[UnviewedBad, ...] = ()  # NaN/Inf outside every tensor found while reading (numpy arrays)
+    # a pickled dict with no tensor at its top and a state dict under this key ({"model": state_dict, "epoch": 3}):
+    # what a loader that takes the dict for the state dict finds none of the weights in (checkpoint/nestedstate.py)
+    nested_under: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

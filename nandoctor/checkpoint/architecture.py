@@ -41,7 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint import buildvalues, dryload, tensorkinds
+from nandoctor.checkpoint import buildvalues, dryload, prefixes, tensorkinds
 from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, routing_problems, sized
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
@@ -61,6 +61,7 @@ _SIZE_SUSPICION = "<sizes>"  # (no tensor or stack: a suspicion that only asks f
 _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stacks not stored: which, the build says)
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
 _LAYOUT_SUSPICION = "<layers out of pattern>"  # (a tensor held by layers in no pattern a model is built with)
+_PREFIX_SUSPICION = "<a wrapper's prefix>"  # (every stored name under one the models do not use: prefixes.py)
 # Embedding tables whose rows config.json sizes beside the vocabulary: (name pattern, the keys giving their rows)
 _TABLES = (
     (re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$"),
@@ -104,7 +105,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
         # (a guess by names alone, a projection's orientation, is said only where a build confirms it)
         suspected = [(what, why) for what, why in suspected if why != _HOLE and not why.endswith(tensorkinds.GUESS)
-                     and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION)]
+                     and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION, _PREFIX_SUSPICION)]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
@@ -123,6 +124,10 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
                   if name in expected and expected[name] != shape]
     # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
     loaded_as = {name: built.loaded_as(name) for name in stored}
+    # (no stored name the model's, every one under a wrapper's prefix: what else differs follows from that)
+    wrapped = None if quantized else prefixes.problem(root, names, dict(zip(names, files)), expected, built.loaded_as)
+    if wrapped is not None:
+        return [wrapped], []
     # (what it converts, Mixtral's experts.0.w1 … into one mlp.experts.gate_up_proj, is compared as it loads it)
     refused = [] if quantized else built.refusals(stored) or []
     compared = {name for name, _, _ in mismatched}
@@ -177,7 +182,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
     wanted = [(built.loaded_as(what), why) for what, why in suspected
               if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION,
-                                                     _LAYOUT_SUSPICION)]
+                                                     _LAYOUT_SUSPICION, _PREFIX_SUSPICION)]
     near_why = next((why for what, why in suspected if what == _NAME_SUSPICION), None)
     if near_why is not None:
         wanted += [(need, near_why) for need in _near_needs(near, unknown, expected, loaded, loaded_as)]
@@ -492,6 +497,9 @@ def _suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]], stac
     for family in _lone_out_of_pattern(numbered, _counted_from_one, lambda family: family.partition("#")[0]):
         yield _OUTSIDE_SUSPICION, f"{family} is numbered {', '.join(map(str, sorted(numbered[family])))}"
     yield from _missing_sizes(config, stored, stacks)
+    wrapper = prefixes.suspicion(stored)
+    if wrapper is not None:
+        yield _PREFIX_SUSPICION, wrapper
     mismatch = _model_type_mismatch(config)
     if mismatch:  # (what from_pretrained builds is the model_type's model: are the weights its?)
         yield _OUTSIDE_SUSPICION, mismatch

@@ -48,6 +48,15 @@ def _wildcards() -> frozenset[str]:
     return frozenset(w[:i] + "\0" + w[i + 1:] for w in _words() if len(w) >= _SHORTEST for i in range(len(w)))
 
 
+def known(segment: str) -> bool:
+    """Whether a name segment is one a transformers model uses (a number, a layer index, is)."""
+    return _known(segment, _words())
+
+
+def _known(segment: str, words: frozenset[str]) -> bool:
+    return segment in words or segment.isdigit() or _numbered(segment) in words
+
+
 def near_misses(names: Iterable[str]) -> list[str]:
     """The parts of ``names`` that no transformers model uses but that one changed character makes one of its
     names' (numbers aside: layer indices), first seen first: a segment one character from a known one
@@ -55,8 +64,8 @@ def near_misses(names: Iterable[str]) -> list[str]:
     known segment that a character turned into a dot split (``position_embeddi.gs``)."""
     words = _words()
 
-    def known(segment: str) -> bool:
-        return segment in words or segment.isdigit() or _numbered(segment) in words
+    def known(segment: str) -> bool:  # (the words looked up once: every segment of every name is asked)
+        return _known(segment, words)
 
     segments = [name.split(".") for name in dict.fromkeys(names)]
     if all(known(s) for parts in segments for s in parts):

@@ -19,7 +19,7 @@ from itertools import repeat
 from pathlib import Path
 
 from nandoctor import access
-from nandoctor.checkpoint import layout, loadability, quantized
+from nandoctor.checkpoint import layout, loadability, nestedstate, quantized
 from nandoctor.checkpoint.quantized import ScaledPair
 from nandoctor.checkpoint.roles import OPTIMIZER, file_role, roles_of
 from nandoctor.checkpoint.selection import Selection
@@ -52,6 +52,7 @@ class Checkpoint:
     unviewed: list[UnviewedBad] = field(default_factory=list)  # NaN/Inf the readers found outside tensors (numpy)
     cast_to_float: list[TensorRef] = field(default_factory=list)  # integer weights from_pretrained casts to float
     scaled: list[ScaledPair] = field(default_factory=list)  # quantizer scales judged by the weights they make
+    nested: dict[Path, str] = field(default_factory=dict)  # torch files whose state dict lies under a key of theirs
 
     @property
     def refs(self) -> list[TensorRef]:
@@ -91,6 +92,8 @@ def open_checkpoint(
         checkpoint.refs_by_file[file] = _with_roles(read.refs, file.name)
         checkpoint.notes += _named_from_root(read.notes, file, files.root)
         checkpoint.problems += read.problems
+        if read.nested_under is not None:
+            checkpoint.nested[file] = read.nested_under
         checkpoint.unviewed += read.unviewed
         if read.owed:
             checkpoint.owed[file] = list(read.owed)
@@ -115,11 +118,14 @@ def open_checkpoint(
         p.kind == UNREADABLE_KIND and file_role(Path(p.path).name) is None for p in checkpoint.problems)
     # (every name under a training wrapper's prefix: the one cause of every weight the model would call missing)
     wrapped = loadability.wrapped_names(files, stored.names)
-    skip = unread or bool(wrapped)
+    # (a pytorch_model.bin holding {"model": state_dict, …}: from_pretrained finds no weight in it)
+    nested = nestedstate.problems(checkpoint.nested, stored.files)
+    skip = unread or bool(wrapped) or bool(nested)
     shape_problems, shape_notes = ([], []) if skip else loadability.architecture_problems(files, stored)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
     checkpoint.problems += wrapped
+    checkpoint.problems += nested
     checkpoint.problems += quantized.problems(files.root, stored.names, stored.shapes, stored.dtypes)
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)

@@ -36,7 +36,7 @@ from nandoctor.errors import (
 from nandoctor.model import UNLOADABLE_KIND, OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
-from nandoctor.readers.torch import numpy_arrays, weights_only
+from nandoctor.readers.torch import numpy_arrays, statedicts, weights_only
 from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import LEGACY_PICKLES, NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import (
@@ -306,7 +306,8 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         if not defer_crcs:
             problems += check_owed(fh.fileno(), owed)
             owed = []
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), tuple(owed), arrays)
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), tuple(owed), arrays,
+                      statedicts.nested_under(loaded.value))
 
 
 def _owed(path: str, entry: ZipEntry, base: int, tensors: list[str]) -> OwedCrc:
@@ -413,7 +414,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
     problems += _untyped_legacy(path, walked, legacy.declared)
     arrays = numpy_findings(path, walked, notes, problems)
-    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays)
+    return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays, statedicts.nested_under(legacy.root))
 
 
 def _untyped_legacy(path: str, walked: Walk, declared: list[StorageRef]) -> list[ScanProblem]:
