@@ -423,7 +423,10 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
       starts with every gain at zero);
     - named in ``since``: not all zero in an earlier checkpoint of the run (:func:`newly_zero`).
 
-    Other tensors with no sibling are not judged: some are legitimately zero (a fresh LoRA ``lora_B``, biases).
+    Other tensors with no sibling are not judged: some are legitimately zero (a fresh LoRA ``lora_B``, biases). Nor
+    are biases and LoRA tensors among siblings (:data:`_STARTS_AT_ZERO`): they start at zero, and a layer no gradient
+    reaches keeps them so while the other layers' train (a false-alarm hunt: LLaVA's unused last vision layer under an
+    all-linear LoRA, Mllama's cross-attention layer in text-only training).
     """
     zero = set(_all_zero_rows(tensors))
     if not zero:
@@ -435,7 +438,8 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     # of one model: the files of one folder, its shards; a unet_ema/ beside unet/ is another model)
     folders = {file: os.path.dirname(file) for file in set(files)}
     judged = [i for i, top in enumerate(tensors.max_abs)
-              if top is not None and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and _LAYER_NUMBER.search(names[i])]
+              if top is not None and roles[i] == "weight" and tensors.can_hold_nonfinite[i] and _LAYER_NUMBER.search(names[i])
+              and not _STARTS_AT_ZERO.search(names[i])]
     keys = sibling_keys(names, dtypes, shapes, judged)
     families: dict[tuple[Any, ...], list[tuple[int, bool]]] = {}
     for i in judged:
@@ -465,6 +469,10 @@ def _zeroed(tensors: TensorResults, since: Iterable[str] = ()) -> set[int]:
     out.update(i for i in zero if names[i] in named)
     return out
 
+
+# tensors that start at zero (a Linear's or LayerNorm's bias, PEFT's lora_B and lora_embedding_A) and stay so in a
+# layer no gradient reaches: never judged by their siblings
+_STARTS_AT_ZERO = re.compile(r"(\.bias|\.lora_(?:embedding_)?[AB](?:\.[^.]+)?(?:\.weight)?)$")
 
 # The output projections of a block's attention and MLP: both at zero make the block the identity (the residual
 # stream passes through), as block expansion builds it on purpose (LLaMA Pro, depth up-scaling with zero-initialised

@@ -81,6 +81,27 @@ def test_a_zeroed_tensor_fails_the_default_gate_and_is_reported_where_fail_on_le
     assert verdict.exit_code(report, verdict.parse_fail_on("nonfinite,exploded")) == 0
 
 
+def test_biases_and_lora_tensors_left_at_zero_in_one_layer_are_not_zeroed(tmp_path):
+    """A false-alarm hunt, once zeroed failed the gate: a layer no gradient reaches keeps what starts at zero while the
+    other layers' train (LLaVA's unused last vision layer under an all-linear LoRA: its lora_B; trained whole: its
+    biases). Biases and LoRA tensors are no siblings; a weight matrix zeroed among trained siblings still is damage."""
+    tensors = {}
+    for layer in range(4):
+        trained = layer != 3
+        prefix = f"base_model.model.model.layers.{layer}.mlp.fc1"
+        tensors[f"{prefix}.lora_A.weight"] = _tensor("F32", 64, 10 + layer)
+        tensors[f"{prefix}.lora_B.weight"] = _tensor("F32", 64, 20 + layer) if trained else RawTensor("F32", (64,), bytes(256))
+        tensors[f"model.layers.{layer}.norm.bias"] = _tensor("F32", 64, 30 + layer) if trained else RawTensor("F32", (64,), bytes(256))
+        tensors[f"model.layers.{layer}.mlp.fc2.weight"] = _tensor("F32", 64, 40 + layer)
+    write_safetensors(tmp_path / "m.safetensors", tensors)
+    report = scan(tmp_path / "m.safetensors", device="cpu")
+    assert report.exit_code == 0 and not any("zeroed" in t.findings for t in report.tensors), report.verdict
+    tensors["model.layers.3.mlp.fc2.weight"] = RawTensor("F32", (64,), bytes(256))  # (a weight: judged by its siblings)
+    write_safetensors(tmp_path / "m.safetensors", tensors)
+    zeroed = scan(tmp_path / "m.safetensors", device="cpu")
+    assert [t.name for t in zeroed.tensors if "zeroed" in t.findings] == ["model.layers.3.mlp.fc2.weight"]
+
+
 def test_a_super_weight_is_not_an_outlier(tmp_path):
     bits = np.random.default_rng(5).standard_normal(BIG).astype(np.float32) * 0.02
     bits[1234] = 0.02 * 120  # ~100x the tensor's std, as LLaMA's super weights

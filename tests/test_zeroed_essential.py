@@ -238,9 +238,11 @@ def test_a_nan_among_zeros_makes_its_zero_siblings_no_damage(tmp_path):
     report = nandoctor.scan(str(folder), device="cpu")
     assert report.verdict == "NON-FINITE" and report.exit_code == 1
     assert not _zeroed(report)
-    tensors["transformer.h.1.attn.c_attn.bias"][7] = 0.5  # a sibling with a real value: the last one is zeroed
+    # (a bias is judged by no sibling at all: one with a real value beside a zero one is a layer no gradient reached,
+    # a false-alarm hunt's LLaVA, once zeroed failed the gate)
+    tensors["transformer.h.1.attn.c_attn.bias"][7] = 0.5
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    assert _zeroed(nandoctor.scan(str(folder), device="cpu")) == ["transformer.h.2.attn.c_attn.bias"]
+    assert _zeroed(nandoctor.scan(str(folder), device="cpu")) == []
 
 
 @pytest.mark.parametrize("how", ["tiny", "all_but_one"])
