@@ -675,6 +675,21 @@ def test_a_run_whose_weights_never_changed_warns_that_it_did_not_train(tmp_path)
     assert dead.exit_code() == 0 and dead.unchanged == ("checkpoint-10", "checkpoint-30") and dead.reported_only()
     assert "the weights did not change from checkpoint-10 to checkpoint-30: the run did not train" in one_line(dead)
     assert run_to_json(dead)["run"]["unchanged"] == ["checkpoint-10", "checkpoint-30"]
+    # (a census that agrees is no proof: a pure-bf16 run's small steps move no tensor's largest value, zero count or
+    # bulk, a false-alarm hunt's "did not train"; one element moved inside the bulk reads so, and says nothing)
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    newest = tmp_path / "dead" / "checkpoint-30" / "model.safetensors"
+    tensors = load_file(str(newest))
+    weight = tensors["model.layers.0.mlp.up_proj.weight"]
+    small = int(torch.argmin(weight.abs()))
+    weight.view(-1)[small] *= 0.5
+    save_file(tensors, str(newest), metadata={"format": "pt"})
+    moved = nandoctor.scan_run(tmp_path / "dead")
+    first, last = (runs._census(c.report, weights_only=True) for c in (moved.checkpoints[0], moved.checkpoints[-1]))
+    assert first == last  # (the census agrees: the bytes tell)
+    assert moved.unchanged is None and not moved.reported_only()
     train(tmp_path / "alive", steps=30, save_steps=10, learning_rate=1e-3)
     alive = nandoctor.scan_run(tmp_path / "alive")
     assert alive.exit_code() == 0 and alive.unchanged is None and not alive.reported_only()

@@ -623,9 +623,9 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
                 if problem.hint:
                     lines.append((HINT, problem.hint))
     if run.unchanged is not None:
-        lines.append((WARN, f"{_unchanged_words(run.unchanged)} (every weight's largest magnitude, zero count and bulk "
-                            "agree): a learning rate of 0, parameters left frozen, or gradients all zero; the weights "
-                            "are those it started from"))
+        lines.append((WARN, f"{_unchanged_words(run.unchanged)} (their weight files are byte-identical): a learning "
+                            "rate of 0, parameters left frozen, or gradients all zero; the weights are those it started "
+                            "from"))
     return lines + _optimizer_lines(run) + _config_lines(run)
 
 
