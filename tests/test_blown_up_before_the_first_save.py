@@ -238,3 +238,17 @@ def test_a_run_whose_loss_never_came_near_a_trained_models_warns_as_its_checkpoi
     healthy = _train(tmp_path / "healthy", 1e-4, transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base" / "checkpoint-30"))
     quiet = nandoctor.scan_run(healthy)
     assert quiet.exit_code() == 0 and quiet.never_trained is None and not quiet.reported_only()
+
+
+def test_a_pretraining_heads_loss_is_no_vocabulary_guess(tmp_path):
+    """A false-alarm hunt: Wav2Vec2ForPreTraining's loss is contrastive, summed over frames, and its vocab_size is a
+    CTC vocabulary's: its healthy pretraining was told it "never trained" against ln(vocab_size). A *ForPreTraining
+    head has no untrained loss; a causal LM's and a classifier's do."""
+    import json
+
+    for head, expected in (("Wav2Vec2ForPreTraining", None), ("BertForPreTraining", None),
+                           ("LlamaForCausalLM", math.log(VOCAB))):
+        folder = tmp_path / head
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"architectures": [head], "vocab_size": VOCAB}))
+        assert initscales.untrained_loss(folder) == (pytest.approx(expected) if expected else None)

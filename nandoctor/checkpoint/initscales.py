@@ -38,8 +38,9 @@ from nandoctor.model import ScanReport
 _CONFIG, _ADAPTER_CONFIG = "config.json", "adapter_config.json"
 _SPREAD = 7.0  # the largest of n draws of normal(0, σ), in σ: 6.4 for a billion (taken high: growth is then smaller)
 # the heads whose loss is a cross-entropy over the vocabulary, by the class name's ending
-_LANGUAGE_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForSeq2SeqLM",
-                   "ForPreTraining")
+# (not *ForPreTraining: Wav2Vec2's is a contrastive loss summed over frames, ELECTRA's a per-token binary one, BERT's
+# adds its next-sentence loss; a false-alarm hunt's healthy Wav2Vec2 pretraining was told it "never trained")
+_LANGUAGE_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForSeq2SeqLM")
 _LABEL_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice")
 
 
