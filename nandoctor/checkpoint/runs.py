@@ -1369,8 +1369,12 @@ def scan_run(
                 drawn = "config.json's initializer_range" if initial is not None and initial.guessed else "PEFT's default LoRA init"
                 kept_by = (f"as {drawn} draws them, no training callback having kept them"
                            if implied else f"the training callback kept those weights' scales in {BASELINE_NAME}")
-                notes.append("growth measured against the weights the run started from (step 0): the trainer log's loss "
-                             f"never came down to a trained model's, so no checkpoint is a healthy baseline ({kept_by})")
+                # (a guessed start is used only for a loss still 4x an untrained model's; a seen one wherever the loss
+                # did not fall by a third, a fine-tune's from a trained model's loss too: said as it is, a false-alarm hunt)
+                fell = ("stayed above 4x what an untrained model scores" if initial is not None and initial.guessed
+                        else "did not come down (by a third, to under 4x what an untrained model scores)")
+                notes.append(f"growth measured against the weights the run started from (step 0): the trainer log's loss "
+                             f"{fell}, so no checkpoint is a healthy baseline ({kept_by})")
             jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
             broke_from = loss_broke_before(log, step)
             if jump is None and initial is not None and baseline is initial.scales:
