@@ -197,6 +197,99 @@ def test_a_projection_missing_from_every_layer_is_not_loadable(tmp_path, how):
     assert nandoctor.scan(_llama(tmp_path / "whole")).exit_code == 0
 
 
+@pytest.mark.parametrize(("module", "renamed"), [
+    ("mlp.down_proj", "mlp.w2"), ("self_attn.o_proj", "self_attn.wo"), ("mlp.gate_proj", "mlp.w1"),
+    ("mlp.down_proj", None), ("self_attn.o_proj", None), ("mlp.gate_proj", None), ("post_attention_layernorm", None),
+])
+def test_a_module_missing_or_renamed_in_every_layer_is_not_loadable(tmp_path, module, renamed):
+    """An adversarial round: a conversion whose mapping lacks one entry (Mistral's w2, wo, w1 left for down_proj,
+    o_proj, gate_proj) or a filter that dropped one module left every layer alike, and scanned CLEAN while
+    from_pretrained initialized that module of every layer at random (its missing_keys: the oracle). The families
+    every layer of a Llama holds (layer_families.txt) suspect it; the model built names what it needs, and the
+    hint's rename, run as printed, gives the model its weights back."""
+    def change(tensors):
+        for layer in range(3):
+            weight = tensors.pop(f"model.layers.{layer}.{module}.weight")
+            if renamed:
+                tensors[f"model.layers.{layer}.{renamed}.weight"] = weight
+
+    folder = _llama(tmp_path / "m", change=change)
+    wanted = [f"model.layers.{layer}.{module}.weight" for layer in range(3)]
+    assert _loads(folder) == (True, wanted)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and report.verdict == ("TENSOR NAMES CHANGED" if renamed else "NOT LOADABLE")
+    assert all(name in report.errors[0].message for name in wanted[:2]), report.errors
+    if renamed:
+        import subprocess
+
+        command = report.errors[0].hint.split(" with ", 1)[1].rsplit(" and scan again", 1)[0]
+        subprocess.run(command, shell=True, check=True)
+        assert _loads(folder) == (True, []) and nandoctor.scan(folder).exit_code == 0
+
+
+@pytest.mark.parametrize("flags", [{"attention_bias": False, "mlp_bias": False}, {"attention_bias": False},
+                                   {"mlp_bias": False}, {}])
+def test_trained_biases_beside_a_config_that_builds_none_are_not_loadable(tmp_path, monkeypatch, flags):
+    """An adversarial round: a Llama trained with attention_bias and mlp_bias, its config.json saying false, loaded
+    without its trained biases (from_pretrained's unexpected_keys: the oracle) and scanned CLEAN. The config as
+    trained (no flag edited) loads them all, and stays CLEAN without a build."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=128,
+                                         attention_bias=True, mlp_bias=True))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.5)  # (trained: not the zeros a fresh bias is)
+    model.save_pretrained(tmp_path / "m")
+    folder = edited(tmp_path / "m", flags)
+    hf_logging.set_verbosity_error()
+    _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert bool(info["unexpected_keys"]) is bool(flags)  # the oracle: the trained biases ignored
+    if not flags:
+        monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
+        report = nandoctor.scan(folder)
+        assert report.exit_code == 0 and not report.errors, report.errors
+        return
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert "from_pretrained ignores them" in report.errors[0].message
+    assert all(flag in report.errors[0].hint for flag in flags)
+
+
+def test_the_layer_vocabulary_holds_every_family_of_fresh_saves():
+    """layer_families.txt (written from transformers' own models by `python -m nandoctor.checkpoint.layervocab`)
+    holds the families each layer of a model type has whatever a flag of its config says, so fresh saves (a flag
+    flipped, DeepSeek-V2-Lite's q_lora_rank null, Falcon's new decoder architecture) suspect nothing and build
+    nothing: a guard against the file going stale as transformers changes (run the module to write it again)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from nandoctor.checkpoint import layerfamilies, layervocab
+
+    cases = [("llama", {}), ("llama", {"attention_bias": True, "mlp_bias": True}), ("qwen2", {}), ("qwen3", {}),
+             ("mistral", {}), ("gemma2", {}), ("phi3", {}), ("gpt2", {}), ("opt", {}), ("gpt_neox", {}),
+             ("falcon", {"new_decoder_architecture": True}), ("mixtral", {}), ("qwen3_moe", {}),
+             ("deepseek_v2", {"q_lora_rank": None}), ("starcoder2", {"use_bias": False})]
+    for model_type, changes in cases:
+        config = AutoConfig.for_model(model_type, **changes)
+        for key in ("num_hidden_layers", "n_layer"):
+            if isinstance(getattr(config, key, None), int):
+                setattr(config, key, 2)
+        with torch.device("meta"):
+            stored = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        families = layerfamilies.of_stacks(stored)
+        assert families, model_type
+        assert layervocab.lacking(config.to_dict(), layerfamilies.held(families)) is None, (model_type, changes)
+        assert layerfamilies.biases_unbuilt(config.to_dict(), families, stored) is None, (model_type, changes)
+    assert layervocab.lacking({"model_type": "llama"}, {"model.layers": {"input_layernorm.weight", "mlp.up_proj.weight",
+                                                                        "mlp.gate_proj.weight", "self_attn.q_proj.weight",
+                                                                        "self_attn.k_proj.weight"}}) is not None
+    assert layervocab.lacking({"model_type": "no-such-model"}, {"model.layers": {"input_layernorm.weight"}}) is None
+
+
 @pytest.mark.parametrize("dropped", ["model.embed_tokens.weight", "model.norm.weight"])
 def test_weights_outside_the_layers_that_are_not_stored_are_not_loadable(tmp_path, dropped):
     """A real-use trial: embeddings frozen, only the trained parameters saved beside config.json; the token embedding

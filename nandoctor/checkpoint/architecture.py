@@ -41,15 +41,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint import buildvalues, dryload, prefixes, tensorkinds
+from nandoctor.checkpoint import buildvalues, dryload, layerfamilies, layervocab, prefixes, tensorkinds
 from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, routing_problems, sized
+from nandoctor.checkpoint.layerfamilies import STACK
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND, NAMES_KIND, UNLOADABLE_KIND, family_of
 from nandoctor.wording import first_few
 
 EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings)\.weight$")
-STACK = re.compile(r"^((?:[A-Za-z_]+\.){0,2}(?:layers|h|blocks|block|layer))\.(\d+)\.")  # (block: T5)
 LM_HEAD = "lm_head.weight"
 _FUSED_QKV = re.compile(r"(?:query_key_value|qkv|c_attn|W_pack)[^.]*\.weight$", re.IGNORECASE)
 _LM_HEADS = (LM_HEAD, "embed_out.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight")  # (GPT-NeoX names its LM head embed_out: a miss cost a build for nothing)
@@ -62,6 +62,7 @@ _OUTSIDE_SUSPICION = "<outside the layers>"  # (a weight outside the layer stack
 _NAME_SUSPICION = "<a name near a known one>"  # (a stored name one character from a model's: namevocab.py)
 _LAYOUT_SUSPICION = "<layers out of pattern>"  # (a tensor held by layers in no pattern a model is built with)
 _PREFIX_SUSPICION = "<a wrapper's prefix>"  # (every stored name under one the models do not use: prefixes.py)
+_UNBUILT_SUSPICION = "<a layer family not built>"  # (stored biases config.json builds no layer with: layerfamilies.py)
 # Embedding tables whose rows config.json sizes beside the vocabulary: (name pattern, the keys giving their rows)
 _TABLES = (
     (re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$"),
@@ -90,6 +91,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     stacks = _stacks(stored)
     near = near_misses(stored)
     suspected = list(_suspicions(config, stored, stacks, near))
+    families = layerfamilies.of_stacks(stored) if stacks else {}
+    if not quantized:  # (a quantizer stores its own names in the layers: GPTQ's qweight for a projection's weight)
+        suspected += _family_suspicions(config, stored, families)
     values = list(buildvalues.suspicions(config))
     if not suspected and not values:
         return [], []
@@ -105,7 +109,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     if built is None:  # transformers missing, or a model it does not ship: nothing to compare with
         # (a guess by names alone, a projection's orientation, is said only where a build confirms it)
         suspected = [(what, why) for what, why in suspected if why != _HOLE and not why.endswith(tensorkinds.GUESS)
-                     and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION, _PREFIX_SUSPICION)]
+                     and what not in (_NAME_SUSPICION, _LAYOUT_SUSPICION, _PREFIX_SUSPICION, _UNBUILT_SUSPICION)]
         if not suspected:
             return [], []
         unchecked = ("transformers does not build this model (nandoctor never runs a model's own code)"
@@ -182,7 +186,7 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # LayerNorm.gamma; the model needs it under the name from_pretrained loads it as)
     wanted = [(built.loaded_as(what), why) for what, why in suspected
               if what not in stacks and what not in (_SIZE_SUSPICION, _OUTSIDE_SUSPICION, _NAME_SUSPICION,
-                                                     _LAYOUT_SUSPICION, _PREFIX_SUSPICION)]
+                                                     _LAYOUT_SUSPICION, _PREFIX_SUSPICION, _UNBUILT_SUSPICION)]
     near_why = next((why for what, why in suspected if what == _NAME_SUSPICION), None)
     if near_why is not None:
         wanted += [(need, near_why) for need in _near_needs(near, unknown, expected, loaded, loaded_as)]
@@ -210,7 +214,33 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
                        "model is not this checkpoint",
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
+    # stored families the model built has in none of its layers (trained biases beside attention_bias false): ignored
+    if not quantized:
+        def loads(name: str) -> bool:
+            return loaded_as[name] in expected or name in renamed.values() or any(p.search(name) for p in skipped)
+
+        def in_built_layer(name: str) -> bool:
+            match = STACK.match(loaded_as[name])
+            return match is not None and int(match.group(2)) in built_stacks.get(match.group(1), ())
+
+        unused = layerfamilies.unused(families, stored, loads, in_built_layer)
+        if unused:
+            found.append(layerfamilies.unused_problem(root, config, unused))
     return found, []
+
+
+def _family_suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
+                       families: layerfamilies.Families) -> list[tuple[str, str]]:
+    """A family every layer of config.json's model type holds that no stored layer does (layervocab.py: a module
+    dropped or renamed in every layer), and stored layer biases beside a flag that builds none (layerfamilies.py)."""
+    found = []
+    lacking = layervocab.lacking(config, layerfamilies.held(families)) if families else None
+    if lacking is not None:  # (the model built names each weight it initializes: every layer's hole)
+        found.append((_LAYOUT_SUSPICION, lacking))
+    biases = layerfamilies.biases_unbuilt(config, families, stored)
+    if biases is not None:
+        found.append((_UNBUILT_SUSPICION, biases))
+    return found
 
 
 def _made_from(target: str, loaded_as: dict[str, str]) -> str:

@@ -120,13 +120,15 @@ def open_checkpoint(
     wrapped = loadability.wrapped_names(files, stored.names)
     # (a pytorch_model.bin holding {"model": state_dict, …}: from_pretrained finds no weight in it)
     nested = nestedstate.problems(checkpoint.nested, stored.files)
-    skip = unread or bool(wrapped) or bool(nested)
+    # (a quantizer's tensors config.json's quantizer will not read: the weights the model would call missing are those)
+    quantizer = quantized.problems(files.root, stored.names, stored.shapes, stored.dtypes)
+    skip = unread or bool(wrapped) or bool(nested) or bool(quantizer)
     shape_problems, shape_notes = ([], []) if skip else loadability.architecture_problems(files, stored)
     checkpoint.problems += shape_problems
     checkpoint.problems += loadability.adapter_problems(files, checkpoint.refs_by_file)
     checkpoint.problems += wrapped
     checkpoint.problems += nested
-    checkpoint.problems += quantized.problems(files.root, stored.names, stored.shapes, stored.dtypes)
+    checkpoint.problems += quantizer
     checkpoint.notes += shape_notes
     checkpoint.cast_to_float = loadability.cast_to_float(files, checkpoint.refs_by_file)
     checkpoint.scaled = quantized.scaled_pairs(files.root, checkpoint.refs_by_file)
