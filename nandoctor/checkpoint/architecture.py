@@ -91,9 +91,8 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     stacks = _stacks(stored)
     near = near_misses(stored)
     suspected = list(_suspicions(config, stored, stacks, near))
-    families = layerfamilies.of_stacks(stored) if stacks else {}
-    if not quantized:  # (a quantizer stores its own names in the layers: GPTQ's qweight for a projection's weight)
-        suspected += _family_suspicions(config, stored, families)
+    if stacks and not quantized:  # (a quantizer stores its own names in the layers: GPTQ's qweight for a weight)
+        suspected += _family_suspicions(config, stored)
     values = list(buildvalues.suspicions(config))
     if not suspected and not values:
         return [], []
@@ -215,7 +214,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
             "copy the weight files from where the checkpoint was saved (a save or a filter that dropped tensors)",
             kind=UNLOADABLE_KIND))
     # stored families the model built has in none of its layers (trained biases beside attention_bias false): ignored
-    if not quantized:
+    if not quantized and stacks:
+        families = layerfamilies.of_stacks(stored)
+
         def loads(name: str) -> bool:
             return loaded_as[name] in expected or name in renamed.values() or any(p.search(name) for p in skipped)
 
@@ -229,12 +230,14 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     return found, []
 
 
-def _family_suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]],
-                       families: layerfamilies.Families) -> list[tuple[str, str]]:
+def _family_suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> list[tuple[str, str]]:
     """A family every layer of config.json's model type holds that no stored layer does (layervocab.py: a module
     dropped or renamed in every layer), and stored layer biases beside a flag that builds none (layerfamilies.py)."""
+    if not (layervocab.knows(config) or layerfamilies.bias_flags(config)):
+        return []  # (a model type the vocabulary does not know, no bias flag: no pass over every name for nothing)
+    families = layerfamilies.of_stacks(stored)
     found = []
-    lacking = layervocab.lacking(config, layerfamilies.held(families)) if families else None
+    lacking = layervocab.lacking(config, layerfamilies.held(families))
     if lacking is not None:  # (the model built names each weight it initializes: every layer's hole)
         found.append((_LAYOUT_SUSPICION, lacking))
     biases = layerfamilies.biases_unbuilt(config, families, stored)

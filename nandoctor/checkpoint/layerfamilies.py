@@ -35,10 +35,13 @@ def family(suffix: str) -> str:
 def of_stacks(names: Iterable[str]) -> Families:
     """The families of each layer stack among ``names``, with their names."""
     found: Families = {}
+    known: dict[str, str] = {}  # (suffix → family: an MoE's every layer repeats its experts' suffixes)
     for name in names:
         match = STACK.match(name)
         if match:
-            found.setdefault(match.group(1), {}).setdefault(family(name[match.end():]), []).append(name)
+            suffix = name[match.end():]
+            fam = known.get(suffix) or known.setdefault(suffix, family(suffix))
+            found.setdefault(match.group(1), {}).setdefault(fam, []).append(name)
     return found
 
 
@@ -50,13 +53,17 @@ _BIAS_FLAGS = {"attention_bias": re.compile(r"(?:^|\.)(?:self_attn|attention|att
                "mlp_bias": re.compile(r"(?:^|\.)(?:mlp|feed_forward|ffn)\.(?:gate|up|down)_proj\.bias$")}
 
 
+def bias_flags(config: dict[str, Any]) -> list[str]:
+    """config.json's flags that build its layers' projections without biases, false."""
+    return [flag for flag in _BIAS_FLAGS if config.get(flag) is False]
+
+
 def biases_unbuilt(config: dict[str, Any], families: Families, stored: dict[str, tuple[int, ...]]) -> str | None:
     """Words for a layer projection's bias stored beside the config.json flag that builds it without one
     (``attention_bias: false``), else None: from_pretrained ignores the trained biases (a suspicion: the model built
     says whether it has them)."""
-    for flag, governed in _BIAS_FLAGS.items():
-        if config.get(flag) is not False:
-            continue
+    for flag in bias_flags(config):
+        governed = _BIAS_FLAGS[flag]
         for fams in families.values():
             for fam, names in fams.items():
                 if governed.search(fam) and len(stored[names[0]]) == 1:
@@ -83,7 +90,7 @@ def unused(families: Families, stored: dict[str, tuple[int, ...]], wanted: Calla
 def unused_problem(root: Path, config: dict[str, Any], found: list[tuple[str, list[str]]]) -> ScanProblem:
     """NOT LOADABLE for the stored families :func:`unused` found: from_pretrained ignores them."""
     count = sum(len(names) for _, names in found)
-    flags = [flag for flag in _BIAS_FLAGS if config.get(flag) is False]
+    flags = bias_flags(config)
     biases = all(fam.endswith(".bias") for fam, _ in found)
     said = " and ".join(flags[:3]) + (" are" if len(flags) > 1 else " is")
     hint = (f"config.json's {said} false while the weights hold trained biases: write true (as the model was "
@@ -101,4 +108,5 @@ def held(families: Families) -> dict[str, Collection[str]]:
     return {stack: set(fams) for stack, fams in families.items()}
 
 
-__all__ = ["STACK", "Families", "biases_unbuilt", "family", "held", "of_stacks", "unused", "unused_problem"]
+__all__ = ["STACK", "Families", "bias_flags", "biases_unbuilt", "family", "held", "of_stacks", "unused",
+           "unused_problem"]

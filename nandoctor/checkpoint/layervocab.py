@@ -56,14 +56,23 @@ def _same_stack(stored: str, built: str) -> bool:
     return stored == built or stored.endswith("." + built) or built.endswith("." + stored)
 
 
+def _types(config: dict[str, Any]) -> list[str]:
+    """The model types of config.json and of its sub-configs, once each."""
+    return list(dict.fromkeys(sub["model_type"] for _, sub in buildvalues.sub_configs(config)
+                              if isinstance(sub.get("model_type"), str)))
+
+
+def knows(config: dict[str, Any]) -> bool:
+    """Whether the vocabulary holds families of config.json's model type (or a sub-config's)."""
+    return any(_sets(model_type) for model_type in _types(config))
+
+
 def lacking(config: dict[str, Any], held: dict[str, Collection[str]]) -> str | None:
     """Words for a stored stack (``held``: stack → its families, layerfamilies.of_stacks) that holds most of the
     families every layer of that stack of config.json's model type holds and lacks some of them, else None. A stack
     no class of the type builds under its name is not judged (another save format's: a legacy Llava's
     ``language_model.model.layers``)."""
-    types = [sub["model_type"] for _, sub in buildvalues.sub_configs(config) if isinstance(sub.get("model_type"), str)]
-    sets = [(model_type, stack, required) for model_type in dict.fromkeys(types)
-            for stack, required in _sets(model_type)]
+    sets = [(model_type, stack, required) for model_type in _types(config) for stack, required in _sets(model_type)]
     for stack, families in held.items():
         candidates = [(model_type, required) for model_type, built, required in sets if _same_stack(stack, built)]
         if any(required.issubset(families) for _, required in candidates):
