@@ -105,6 +105,23 @@ def test_weights_under_a_wrappers_prefix_are_not_loadable(tmp_path, prefix, tied
     assert _missing(folder) == [] and nandoctor.scan(folder).exit_code == 0
 
 
+def test_another_models_weights_under_a_prefix_are_not_loadable(tmp_path):
+    """A GPT-2's weights under a wrapper's prefix beside a Llama's config.json: no prefix taken off gives the Llama its
+    names, and nothing else says why none of them is one it has: still NOT LOADABLE (every weight at random)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "m"
+    _llama(folder)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=128, n_positions=64))
+    save_file({"student." + name: t.clone() for name, t in gpt2.state_dict().items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert len(_missing(folder)) > 10  # the oracle: every Llama weight at random
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
+    assert "none of the" in report.errors[0].message and "student." in report.errors[0].message
+
+
 def test_a_torch_file_under_a_wrappers_prefix_is_not_loadable(tmp_path):
     """The same names in a pytorch_model.bin: the hint says what to rename (no command for a pickle)."""
     folder = tmp_path / "m"

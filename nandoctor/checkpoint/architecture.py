@@ -23,6 +23,12 @@ fails, the weights are intact: a resume point and a repair donor all the same); 
 that fails either way is nandoctor's own limit (a class needing another config, a missing extra), and says
 nothing about the checkpoint. A config that describes more layers or experts than any model has (a one-byte
 edit of ``num_hidden_layers``) is never built: its missing layers are said from the counts alone.
+
+Whole families are suspected the same cheap way: every stored name under a prefix no model uses (a wrapper's
+``student.``: prefixes.py), a family every layer of config.json's model type holds that no stored layer does (a module
+dropped or renamed in every layer: layervocab.py), trained biases beside ``attention_bias: false`` (layerfamilies.py).
+Once built, no stored name loading is NOT LOADABLE naming the prefix to take off, and a stored family the model has
+in none of its layers is NOT LOADABLE too (from_pretrained ignores it).
 """
 
 from __future__ import annotations
@@ -128,7 +134,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # the names from_pretrained loads the stored tensors under (its own renames: a legacy LayerNorm.gamma is .weight)
     loaded_as = {name: built.loaded_as(name) for name in stored}
     # (no stored name the model's, every one under a wrapper's prefix: what else differs follows from that)
-    wrapped = None if quantized else prefixes.problem(root, names, dict(zip(names, files)), expected, built.loaded_as)
+    none_loads = not quantized and not any(loaded_as[name] in expected or any(p.search(name) for p in skipped)
+                                           for name in stored)
+    wrapped = prefixes.problem(root, names, dict(zip(names, files)), expected, built.loaded_as) if none_loads else None
     if wrapped is not None:
         return [wrapped], []
     # (what it converts, Mixtral's experts.0.w1 … into one mlp.experts.gate_up_proj, is compared as it loads it)
@@ -216,9 +224,10 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     # stored families the model built has in none of its layers (trained biases beside attention_bias false): ignored
     if not quantized and stacks:
         families = layerfamilies.of_stacks(stored)
+        renamed_from = set(renamed.values())
 
         def loads(name: str) -> bool:
-            return loaded_as[name] in expected or name in renamed.values() or any(p.search(name) for p in skipped)
+            return loaded_as[name] in expected or name in renamed_from or any(p.search(name) for p in skipped)
 
         def in_built_layer(name: str) -> bool:
             match = STACK.match(loaded_as[name])
@@ -227,6 +236,8 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
         unused = layerfamilies.unused(families, stored, loads, in_built_layer)
         if unused:
             found.append(layerfamilies.unused_problem(root, config, unused))
+    if none_loads and not found and stored:  # (nothing else said why no stored name is one the model has)
+        found.append(prefixes.unloaded(root, names, expected))
     return found, []
 
 

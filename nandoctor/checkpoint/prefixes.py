@@ -9,7 +9,8 @@ model loads and generates nonsense while every stored value reads finite (an adv
 DDP's ``module.`` and torch.compile's ``_orig_mod.`` are known without a build (loadability.wrapped_names). Any other
 prefix is suspected here from the names alone (:func:`suspicion`: cheap, no transformers), and judged by the model
 transformers builds (architecture.py, :func:`problem`): it names the prefix whose removal gives the model its names,
-and how to take it off.
+and how to take it off; where no prefix does, and nothing else explains it, the weights are another model's
+(:func:`unloaded`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nandoctor.checkpoint import namevocab
 from nandoctor.checkpoint.renaming import strip_prefix_command
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import UNLOADABLE_KIND
+from nandoctor.wording import first_few
 
 # What a whole causal LM holds beside its base model: under a shared prefix, the prefix wraps the whole model
 _HEADS = ("lm_head.weight", "embed_out.weight")
@@ -57,11 +59,9 @@ def suspicion(names: Collection[str]) -> str | None:
 
 def problem(root: Path, names: Sequence[str], file_of: dict[str, str], expected: Collection[str],
             loads_as: Callable[[str], str]) -> ScanProblem | None:
-    """NOT LOADABLE where none of the stored ``names`` loads as a name of the model built (``expected``;
-    ``loads_as``: the name from_pretrained loads a stored one under) and taking the prefix they share off, or a
-    leading part of it, gives the model its names; None otherwise (what else is wrong is architecture.py's to say)."""
-    if not names or any(loads_as(name) in expected for name in names):
-        return None
+    """NOT LOADABLE for stored ``names`` none of which loads as a name of the model built (``expected``; ``loads_as``:
+    the name from_pretrained loads a stored one under) where taking the prefix they share off, or a leading part of
+    it, gives the model its names; None otherwise (what else is wrong is architecture.py's to say)."""
     segments = shared(names)
     prefixes = [".".join(segments[:k]) + "." for k in range(1, len(segments) + 1)]
     # (the prefix that leaves the model's very names first: base_model.model. of base_model.model.model.layers.0…,
@@ -85,10 +85,21 @@ def problem(root: Path, names: Sequence[str], file_of: dict[str, str], expected:
         "checkpoint", hint, kind=UNLOADABLE_KIND)
 
 
+def unloaded(root: Path, names: Sequence[str], expected: Collection[str]) -> ScanProblem:
+    """NOT LOADABLE for stored ``names`` none of which is a name of the model built (``expected``) where no prefix
+    explains it and nothing else was found: the weights are another model's than config.json describes."""
+    return ScanProblem(
+        str(root), f"none of the {len(names):,} stored weight names is one the model built from config.json has "
+        f"({names[0]}; the model's are {first_few(sorted(expected), 2)}): from_pretrained initializes every weight "
+        "at random, so the model is not this checkpoint",
+        "save config.json with the model the weights are (its architectures, model_type and sizes), or the weights "
+        "under the names that model has", kind=UNLOADABLE_KIND)
+
+
 def _most(names: Sequence[str], prefix: str, found: Callable[[str], bool]) -> bool:
     """Whether ``found`` holds for half the names or more once ``prefix`` is taken off them (a wrapper's own tensors
     beside the model's may not)."""
     return 2 * sum(found(name[len(prefix):]) for name in names) >= len(names)
 
 
-__all__ = ["problem", "shared", "suspicion"]
+__all__ = ["problem", "shared", "suspicion", "unloaded"]
