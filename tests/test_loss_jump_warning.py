@@ -17,14 +17,15 @@ from nandoctor.report.run_report import one_line  # noqa: E402
 
 
 def _run(root: Path, losses: list[float]) -> Path:
-    """Checkpoints at steps 2, 4, … holding the same healthy weights, each trainer_state.json logging ``losses`` up to
-    its step (a loss per step)."""
+    """Checkpoints at steps 2, 4, … holding healthy weights that move a little from save to save (a run whose saves
+    hold the same bytes did not train, and says so), each trainer_state.json logging ``losses`` up to its step (a loss
+    per step)."""
     torch.manual_seed(0)
     weights = {"model.layers.0.mlp.weight": torch.randn(8, 8) * 0.02, "lm_head.weight": torch.randn(16, 8) * 0.02}
     for step in range(2, len(losses) + 1, 2):
         folder = root / f"checkpoint-{step}"
         folder.mkdir(parents=True)
-        save_file(weights, folder / "model.safetensors")
+        save_file({k: v * (1 + 0.01 * step) for k, v in weights.items()}, folder / "model.safetensors")
         history = [{"step": s, "loss": losses[s - 1]} for s in range(1, step + 1)]
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
     return root
