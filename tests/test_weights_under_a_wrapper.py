@@ -64,6 +64,9 @@ def test_a_state_dict_saved_inside_a_dict_is_not_loadable(tmp_path, monkeypatch,
     report = nandoctor.scan(folder)
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["unloadable"], report.errors
     assert f"the weights lie inside {key!r}" in report.errors[0].message
+    # (a repair refuses it, said as what it is: the file was read, and would not load; not "could not be read")
+    with pytest.raises(nandoctor.NandoctorError, match=r"1 problem\(s\) a repair does not fix \(not loadable\)"):
+        nandoctor.repair(folder, [folder], tmp_path / "fixed")
     alone = tmp_path / "alone"  # (the file without config.json: its loader is not known, nor judged)
     alone.mkdir()
     shutil.copy(folder / "pytorch_model.bin", alone / "pytorch_model.bin")

@@ -163,10 +163,15 @@ def repair(
         )
     if report.errors:
         first = report.errors[0]
+        # (said as what they are: a state dict nested under a key was read whole and would not load, a helper's
+        # trial was told "1 part(s) could not be read")
+        kinds = {p.kind for p in report.errors}
+        what = ("part(s) could not be read" if kinds <= {verdict.UNREADABLE_KIND} else "problem(s) a repair does not fix ("
+                + ", ".join(sorted(verdict.PROBLEM_WORDS.get(k, k).lower() for k in kinds)) + ")")
         raise RepairRefusedError(
-            f"{target}: {len(report.errors)} part(s) could not be read ({first.path}: {first.message})",
-            f"{first.hint}; a repair needs every tensor readable" if first.hint
-            else f"run `{scan_command(target)}` to see them; a repair needs every tensor readable",
+            f"{target}: {len(report.errors)} {what} ({first.path}: {first.message})",
+            f"{first.hint}; a repair needs every tensor readable, in a folder that loads" if first.hint
+            else f"run `{scan_command(target)}` to see them; a repair needs every tensor readable, in a folder that loads",
         )
     # Judged within its run, as `nandoctor scan <run>` judges it: a checkpoint whose weights grew far past the
     # run's first healthy one is diverged there, and a repair must not hand it back as repaired
