@@ -599,7 +599,7 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
 # transformers 5.25's attention implementations by name (modeling_utils' check; "paged|" before one of them is paged
 # attention over it); a repository id ("org/kernel") fetches a kernel from the Hub, which a load decides itself
 ATTENTIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
-QUANTIZATION = "quantization_config"  # (loadconfig.QUANTIZATION_KEY)
+QUANTIZATION = "quantization_config"  # a quantizer that unpacks stored tensors its own way (loadconfig.py too)
 
 
 def _known_attention(value: str) -> bool:

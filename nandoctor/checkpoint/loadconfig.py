@@ -50,7 +50,6 @@ from nandoctor.wording import first_few
 GENERATION_CONFIG = "generation_config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"  # AutoFeatureExtractor's / AutoImageProcessor's settings
 ADAPTER_CONFIG = "adapter_config.json"
-QUANTIZATION_KEY = configvalues.QUANTIZATION  # a quantizer that unpacks stored tensors its own way
 # The dtype names transformers 5.25 builds a model in (getattr(torch, name): a floating dtype with a storage)
 LOADABLE_DTYPES = ("bfloat16", "float16", "float32", "half", "float", "float64", "double")
 # Spellings of those that transformers refuses, with the one it takes
@@ -144,7 +143,7 @@ def read_object(path: Path) -> dict[str, Any] | ScanProblem | None:
 def quant_method(root: Path) -> str | None:
     """The ``quant_method`` config.json's ``quantization_config`` names (``"mxfp4"``, ``"fp8"``, ``"gptq"``), if any."""
     config = read_object(root / CONFIG)
-    quantization = config.get(QUANTIZATION_KEY) if isinstance(config, dict) else None
+    quantization = config.get(configvalues.QUANTIZATION) if isinstance(config, dict) else None
     method = quantization.get("quant_method") if isinstance(quantization, dict) else None
     return method if isinstance(method, str) else None
 
@@ -156,7 +155,7 @@ def quantized(root: Path) -> bool:
     config = read_object(root / CONFIG)
     if not isinstance(config, dict):
         return False
-    if any(config.get(key) is not None for key in (QUANTIZATION_KEY, "compression_config")):
+    if any(config.get(key) is not None for key in (configvalues.QUANTIZATION, "compression_config")):
         return True
     try:
         return access.exists(root / "quantize_config.json")

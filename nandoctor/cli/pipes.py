@@ -108,7 +108,7 @@ def finished(code: int) -> int:
         return code
     from nandoctor.errors import ReportNotWrittenError
 
-    lost = _result_on_stdout and code == EXIT_OK  # (the output is the result itself: a manifest, a part's report)
+    lost = bool(_result_on_stdout) and code == EXIT_OK  # (the output is the result itself: a manifest, a part's report)
     error = ReportNotWrittenError(
         f"could not write the report to stdout: {reason(failure)}",
         "the command's result is its output, so this is exit 3; send stdout where it can be written (a disk with space, "
