@@ -380,6 +380,37 @@ def test_a_norm_epsilon_of_zero_with_a_zero_pad_row_is_bad_config(tmp_path, dtyp
     assert _oracle(gpt2) == "ok" and nandoctor.scan(gpt2).exit_code == 0
 
 
+@pytest.mark.parametrize("model_type", ["gpt_neox", "phi"])
+def test_a_layer_norm_epsilon_of_zero_with_a_constant_embedding_row_is_bad_config(tmp_path, model_type):
+    """A LayerNorm subtracts the row's mean before it divides: with an epsilon of 0 a token whose embedding row is one
+    value throughout (not only zeros) makes 0 / 0 in the first norm, NaN everywhere (GPT-NeoX and Phi: rotary, no
+    position embedding added first). Only zero rows were judged (an RMSNorm's case), so this read CLEAN. A constant row
+    beside an epsilon that is no zero, and an RMSNorm model's constant row, stay clean as they work."""
+    sizes = {"gpt_neox": {"num_attention_heads": 2}, "phi": {"num_attention_heads": 2, "resid_pdrop": 0.0}}[model_type]
+    folder = _fresh(tmp_path / model_type, model_type, vocab_size=64, hidden_size=16, intermediate_size=32,
+                    num_hidden_layers=2, max_position_embeddings=32, **sizes)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[9] = 0.3
+    model.save_pretrained(folder)
+    key = next(k for k in json.loads((folder / "config.json").read_text()) if k.startswith("layer_norm_eps"))
+    assert _oracle(folder) == "ok" and nandoctor.scan(folder).exit_code == 0  # (its own epsilon: a healthy model)
+    _edit(folder, "config.json", **{key: 0.0})
+    assert _oracle(folder) == "nan"  # (the prompt holds token 9)
+    report = nandoctor.scan(folder)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+    assert f"{key} is 0.0 and 1 row(s)" in report.errors[0].message and "(id 9)" in report.errors[0].message
+    assert "constant" in report.errors[0].message
+    llama = tmp_path / "llama"
+    rms = tiny_llama()
+    with torch.no_grad():
+        rms.model.embed_tokens.weight[9] = 0.3
+        rms.model.embed_tokens.weight[0] = 0.5  # (its pad row of zeros is the RMSNorm's own case, above)
+    rms.save_pretrained(llama)
+    _edit(llama, "config.json", rms_norm_eps=0.0)
+    assert _oracle(llama) == "ok" and nandoctor.scan(llama).exit_code == 0
+
+
 def _fresh(folder: Path, model_type: str, **sizes) -> Path:
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(model_type, **sizes)

@@ -1,6 +1,9 @@
 """A norm's epsilon of 0 (or a harmless-looking negative one) where a token's embedding row is all zeros.
 
 A norm divides by ``sqrt(mean square + eps)``: for a hidden state of zeros and an epsilon of 0 that is 0 / 0, NaN.
+A LayerNorm (``layer_norm_eps``: GPT-NeoX, Phi, StableLM, Falcon) divides ``x - mean`` by ``sqrt(variance + eps)``,
+0 / 0 for any *constant* row (torch's variance of equal values is exactly 0: checked for widths 64 to 1,000),
+so there a row whose every element is one value is as bad as a row of zeros.
 A model whose first operation is a norm of the token embedding (Llama, Mistral, Qwen, Gemma: no position
 embedding is added before it) meets such a hidden state wherever an input holds a token whose embedding row is
 all zeros, and transformers makes one such row in every model it initializes with a ``pad_token_id``
@@ -40,7 +43,8 @@ _SHOWN = 4
 def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequence[TensorRef]]) -> list[ScanProblem]:
     """BAD CONFIG where ``config`` (read from ``config_path``) gives a norm epsilon in (EPS_HARMFUL, 0] (or one that
     rounds to 0 in float32, 1e-46, as the norm adds it) and the
-    token embedding among ``weights`` (the refs of the files from_pretrained reads) has rows of zeros."""
+    token embedding among ``weights`` (the refs of the files from_pretrained reads) has rows of zeros (of one value
+    for a LayerNorm's epsilon)."""
     epsilons = [(key, value) for key, value in _epsilons(config) if EPS_HARMFUL < value <= FLOAT32_ZERO]
     if not epsilons:
         return []
@@ -54,15 +58,17 @@ def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequen
                 embedding = refs[i]
     if embedding is None or positions:
         return []
-    rows = _zero_rows(embedding)
+    key, value = epsilons[0]
+    constant = _layer_norm(key)
+    rows = _degenerate_rows(embedding, constant)
     if not rows:
         return []
     pad = config.get("pad_token_id")
     said = [f"{row} (the pad token)" if row == pad else str(row) for row in rows]
-    key, value = epsilons[0]
     return [ScanProblem(
         str(config_path),
-        f"{key} is {value} and {len(rows):,} row(s) of the token embedding {embedding.name} are all zeros "
+        f"{key} is {value} and {len(rows):,} row(s) of the token embedding {embedding.name} are "
+        f"{'constant (zeros, or one value throughout: a LayerNorm subtracts the mean)' if constant else 'all zeros'} "
         f"({'id' if len(rows) == 1 else 'ids'} {first_few(said, _SHOWN)}): the first norm divides 0 by 0 for an input "
         "holding one of those tokens, and the attention spreads its NaN to every position"
         + (" (every padded batch)" if pad in rows else ""),
@@ -85,8 +91,15 @@ def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
     return found
 
 
-def _zero_rows(ref: TensorRef) -> list[int]:
-    """The rows of the 2-D float tensor ``ref`` whose every element is ±0; empty where it cannot be read plainly."""
+def _layer_norm(key: str) -> bool:
+    """Whether config.json's epsilon ``key`` is a LayerNorm's (``layer_norm_eps``, ``text_config.layer_norm_epsilon``),
+    which subtracts the row's mean first, not an RMSNorm's (``rms_norm_eps``, ``norm_eps``)."""
+    return "layer" in key.rpartition(".")[2].lower().split("_")
+
+
+def _degenerate_rows(ref: TensorRef, constant: bool) -> list[int]:
+    """The rows of the 2-D float tensor ``ref`` whose every element is ±0 (``constant``: or whose elements are all one
+    value); empty where it cannot be read plainly."""
     region, view = ref.region, _FLOATS.get(ref.dtype)
     if (view is None or len(ref.shape) != 2 or not ref.is_contiguous or region.byteorder != "little"
             or region.blocks is not None or 0 in ref.shape):
@@ -107,7 +120,10 @@ def _zero_rows(ref: TensorRef) -> list[int]:
                 if len(raw) != count * width * itemsize:
                     return []
                 block = np.frombuffer(raw, dtype=view).reshape(count, width)
-                found += (np.flatnonzero(~(block & magnitude).any(axis=1)) + first).tolist()
+                degenerate = ~(block & magnitude).any(axis=1)
+                if constant:  # (equal bits: one value; ±0 mixed is a zero row, above)
+                    degenerate |= (block == block[:, :1]).all(axis=1)
+                found += (np.flatnonzero(degenerate) + first).tolist()
     except OSError:
         return []
     return found
