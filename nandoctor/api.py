@@ -601,7 +601,7 @@ def assert_finite(
         The :class:`ScanReport` when it passes.
 
     Raises:
-        NonFiniteWeightsError: NaN/Inf, exploded or outlier weights (bad layer ranges and the
+        NonFiniteWeightsError: NaN/Inf, exploded, outlier or zeroed weights (bad layer ranges and the
             ``nandoctor repair`` command in the message).
         DivergedError: (a subclass) the checkpoint is diverged (most weights broken, or grown far past its
             run's first healthy checkpoint): the DIVERGED reason, and a hint that is not a repair.

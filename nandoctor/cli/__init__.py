@@ -134,8 +134,9 @@ def cli(debug: bool) -> None:
     \b
     Exit codes:
       0  every tensor was read and passes (diff: the same values)
-      1  findings that fail the gate: NaN/Inf, exploded or outlier weights,
-         overflow with --target-dtype (diff: something differs)
+      1  findings that fail the gate (--fail-on): NaN/Inf, exploded, outlier
+         or zeroed weights, a run's diverged growth, overflow of the dtype
+         the model loads in (diff: something differs)
       2  usage error
       3  something could not be read, was corrupt or was refused, or the
          checkpoint would not load (NOT LOADABLE, BAD CONFIG, HASH MISMATCH)

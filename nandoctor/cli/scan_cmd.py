@@ -146,7 +146,7 @@ def scan(
     downloaded; a local path of the same name wins).
 
     Exit code 0 means every tensor was read and passes; 1 means a finding that
-    fails the gate (--fail-on): NaN/Inf, exploded or outlier weights, or
+    fails the gate (--fail-on): NaN/Inf, exploded, outlier or zeroed weights, or
     overflow risk (--target-dtype, by default the dtype config.json loads the
     weights in); 3 means something could not be read, so
     nothing is called clean, or the folder would not load (NOT LOADABLE, BAD
