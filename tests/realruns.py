@@ -521,6 +521,7 @@ def lightning_lm_run(
     monitor: str | None = None,
     callbacks: tuple = (),
     ckpt_path: str | None = None,
+    tied: bool = False,
 ) -> tuple[object, Path]:
     """Train a tiny language model (embedding, MLP, head; AdamW) under a real ``lightning.Trainer`` on CPU, as a
     real-training trial did: at lr 1e2 its loss goes from 4.9 at step 0 to about 1e6 at step 5, every weight stays
@@ -528,7 +529,8 @@ def lightning_lm_run(
     every 10 steps (``ModelCheckpoint(save_top_k, monitor, save_last)``), the loss logged every 5. ``logger``:
     ``"csv_apart"`` a ``CSVLogger`` in ``out_dir + "_logs"`` (no metrics.csv near the checkpoints, saved into
     ``out_dir``), ``"default"`` Lightning's default TensorBoard logger, the checkpoints in its
-    ``out_dir/lightning_logs/version_0/checkpoints`` (no metrics.csv either). Returns (trainer, checkpoint folder)."""
+    ``out_dir/lightning_logs/version_0/checkpoints`` (no metrics.csv either). ``tied``: the head's weight is the
+    embedding's (GPT-2's tie: the saved state_dict holds it under both names). Returns (trainer, checkpoint folder)."""
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -539,6 +541,8 @@ def lightning_lm_run(
             self.embed, self.head = torch.nn.Embedding(LM_VOCAB, 64), torch.nn.Linear(64, LM_VOCAB)
             self.mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.LayerNorm(128), torch.nn.GELU(),
                                            torch.nn.Linear(128, 64))
+            if tied:
+                self.head.weight = self.embed.weight
 
         def training_step(self, batch, _):
             x = batch["input_ids"]

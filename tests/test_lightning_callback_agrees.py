@@ -53,6 +53,21 @@ def test_the_first_save_is_judged_in_its_run_and_every_file_of_a_save_alike(tmp_
         assert nandoctor.scan(folder / name).health == "diverged"
 
 
+def test_a_tied_model_keeps_its_initial_weights_as_the_baseline(tmp_path):
+    """A new user's trial: a GPT-2 (head tied to the embedding) under Lightning at lr 3, loss 190-540 from step 1 where
+    an untrained model scores 4.85, passed the callback and the scan CLEAN, its untied twin DIVERGED: the module's scan
+    names a tied tensor once, the saved state_dict under both names, so the initial weights were never kept (they
+    lacked a saved name) and growth was measured from the already blown-up first save."""
+    doctor = NanDoctorCallback(stop_on_nonfinite=True)
+    trainer, folder = lightning_lm_run(tmp_path / "run", 1e2, steps=30, tied=True, callbacks=(doctor,))
+    saved = torch.load(next(folder.glob("*.ckpt")), weights_only=True)["state_dict"]
+    assert saved["head.weight"].data_ptr() == saved["embed.weight"].data_ptr()  # (tied: one storage, two names)
+    assert trainer.global_step == 10 and doctor.stopped_at == 10
+    assert json.loads((folder / "nandoctor-baseline.json").read_text())["checkpoint"] == "initial weights"
+    run = nandoctor.scan_run(folder)
+    assert run.exit_code() == 1 and run.last_healthy is None
+
+
 @pytest.mark.parametrize("logger", ["csv_apart", "default"])
 def test_a_scan_after_training_reaches_the_callbacks_verdicts(tmp_path, logger):
     if logger == "default" and not _tensorboard():

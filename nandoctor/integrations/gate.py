@@ -117,6 +117,9 @@ class CheckpointGate:
 
             report = scan_module(model)
             scales = {prefix + name: scale for name, scale in verdicts.tensor_scales(report).items()}
+            for alias, name in _tied_aliases(model).items():  # (saved under each name: a state_dict lists both)
+                if prefix + name in scales:
+                    scales.setdefault(prefix + alias, scales[prefix + name])
             if scales and verdicts.passes(report, self.fail_on):  # (weights that fail from the start: nothing to grow from)
                 kept = RunBaseline(0, INITIAL_WEIGHTS, verdicts.max_abs(report, "weight"), scales)
                 self._initial.update(dict.fromkeys(map(Path, runs), kept))
@@ -194,6 +197,25 @@ class CheckpointGate:
         data = report_to_json(report)
         data["gate"] = self.gate(report)
         return data
+
+
+def _tied_aliases(model: Any) -> dict[str, str]:
+    """The other names of ``model``'s tied parameters (GPT-2's ``lm_head.weight`` for ``transformer.wte.weight``), each
+    to the name ``named_parameters()`` gives it: the module's scan names a shared tensor once, its ``state_dict()``
+    (Lightning's save, a ``.bin``) under every name. A real Lightning run of a tied GPT-2 at lr 3 never kept its
+    initial weights (the save held a name they lacked), measured growth from its already blown-up first save and
+    passed CLEAN, the untied twin DIVERGED."""
+    try:
+        named = model.named_parameters(remove_duplicate=False)
+    except TypeError:  # (a module of its own named_parameters: no aliases known)
+        return {}
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in named:
+        seen = first.setdefault(id(parameter), name)
+        if seen != name:
+            aliases[name] = seen
+    return aliases
 
 
 def remember_baseline(target: Path, report: ScanReport, scan_one: Callable[[Path], ScanReport],
