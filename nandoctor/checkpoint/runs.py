@@ -1367,14 +1367,17 @@ def scan_run(
                 from_start = True
                 # (a LoRA adapter's start is PEFT's own init, not a config's: a trial's LoRA run was told otherwise)
                 drawn = "config.json's initializer_range" if initial is not None and initial.guessed else "PEFT's default LoRA init"
-                kept_by = (f"as {drawn} draws them, no training callback having kept them"
-                           if implied else f"the training callback kept those weights' scales in {BASELINE_NAME}")
+                kept_by = (f"as {drawn} draws them: no training callback kept the weights at step 0"
+                           if implied else f"the training callback kept their scales in {BASELINE_NAME}")
                 # (a guessed start is used only for a loss still 4x an untrained model's; a seen one wherever the loss
-                # did not fall by a third, a fine-tune's from a trained model's loss too: said as it is, a false-alarm hunt)
-                fell = ("stayed above 4x what an untrained model scores" if initial is not None and initial.guessed
-                        else "did not come down (by a third, to under 4x what an untrained model scores)")
-                notes.append(f"growth measured against the weights the run started from (step 0): the trainer log's loss "
-                             f"{fell}, so no checkpoint is a healthy baseline ({kept_by})")
+                # did not fall by a third, a fine-tune's from a trained model's loss too: said as it is, a false-alarm hunt;
+                # a new user read "no checkpoint is a healthy baseline" beside a PASS as an alarm: it is a method)
+                fell = ("has stayed above 4x an untrained model's loss" if initial is not None and initial.guessed
+                        else "has not come down yet (to two thirds of its first value, or within 4x of an untrained "
+                             "model's loss)")
+                notes.append(f"growth is measured against the weights the run started from (step 0), not against a "
+                             f"checkpoint: the trainer log's loss {fell}, so no checkpoint stands for trained weights "
+                             f"({kept_by})")
             jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
             broke_from = loss_broke_before(log, step)
             if jump is None and initial is not None and baseline is initial.scales:
