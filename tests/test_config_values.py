@@ -183,6 +183,20 @@ GENERATION = [
     ({"dola_layers": "high", "do_sample": True}, "generate"),
     ({"constraints": [[5]]}, "generate"),
     ({"force_words_ids": [[5]], "num_beams": 2}, "generate"),
+    # a third adversarial round's (each CLEAN): special token ids torch.tensor cannot build, an eos list of no id with no
+    # pad token to stand in for it, top_h outside (0, 1]
+    ({"eos_token_id": [], "pad_token_id": None}, "generate"),
+    ({"eos_token_id": [[]], "pad_token_id": None}, "generate"),
+    ({"eos_token_id": [2, None]}, "generate"),
+    ({"eos_token_id": [[2], [3, 4]]}, "generate"),
+    ({"bos_token_id": [[1], [2, 3]]}, "generate"),
+    ({"decoder_start_token_id": [[1], [2, 3]]}, "generate"),
+    ({"top_h": 0, "do_sample": True}, "generate"),
+    ({"top_h": 1.5, "do_sample": True}, "generate"),
+    ({"eos_token_id": [[2], [3]]}, "ok"),
+    ({"eos_token_id": [2, True]}, "ok"),
+    ({"top_h": 0}, "ok"),
+    ({"top_h": 1.0, "do_sample": True}, "ok"),
     # tolerated: no finding
     ({"top_k": "5", "num_beams": 2}, "ok"),  # (read only when sampling, or without beams)
     ({"max_length": "20"}, "ok"),  # (generate(max_new_tokens=…) replaces it)
@@ -232,6 +246,28 @@ def test_generation_config_values_are_judged_as_generate_uses_them(saved, tmp_pa
     message = " ".join(p.message for p in report.errors)
     assert "generation_config.json" in " ".join(p.path for p in report.errors)
     assert next(iter(values)) in message, message  # (the first key is the one at fault)
+
+
+@pytest.mark.parametrize(("values", "raises"), [({"max_length": 0}, True), ({"max_length": 1}, True),
+                                               ({"max_length": 0, "max_new_tokens": 4}, False),
+                                               ({"max_length": 2}, False)])  # (2: a one-token prompt generates)
+def test_a_max_length_shorter_than_any_prompt_is_bad_config(saved, tmp_path, values, raises):
+    """A third adversarial round: ``max_length`` 0 or 1 read CLEAN, and generate() given no length raises for every
+    prompt ("Input length of input_ids is 4, but `max_length` is set to 0"). With max_new_tokens saved beside it, or at
+    a length some prompt fits in, it is no finding."""
+    folder = shutil.copytree(saved, tmp_path / "model")
+    _edit(folder, "generation_config.json", **values)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    try:  # the oracle: generate as a quick test calls it, no length given
+        model.generate(torch.tensor([[5]]), attention_mask=torch.ones(1, 1, dtype=torch.long))
+        failed = False
+    except ValueError as exc:
+        failed = "max_length" in str(exc)
+    assert failed == raises
+    report = nandoctor.scan(folder)
+    assert report.exit_code == (3 if raises else 0), report.errors
+    if raises:
+        assert [p.kind for p in report.errors] == ["config"] and "max_length is" in report.errors[0].message
 
 
 # (token ids in config.json size the model too, the pad token's embedding row: judged as the model's there)

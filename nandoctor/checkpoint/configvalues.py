@@ -145,6 +145,9 @@ _GENERATE_RULES: tuple[_Rule, ...] = (
     ("exponential_decay_length_penalty", False,
      lambda v: isinstance(v, list) and (len(v) != 2 or not all(_number(x) for x in v)),
      "has to be a [start index, decay factor] pair (IndexError)", "[start, factor], or null"),
+    # (a third adversarial round's: TopHLogitsWarper's own check, max_length below any prompt's length)
+    ("top_h", True, lambda v: _number(v) and not 0 < v <= 1, "has to be in the range (0, 1]",
+     "top_h null turns it off; else a float in (0, 1]"),
 )
 
 
@@ -274,8 +277,22 @@ def _numeric(value: Any) -> bool:
 
 
 def _token_like(value: Any) -> bool:
-    """An ``eos_token_id`` as ``torch.tensor(value, dtype=long)`` takes it: a number or a (nested) list of them."""
-    return _numeric(value) or (isinstance(value, list) and all(_token_like(v) for v in value))
+    """An ``eos_token_id`` as ``torch.tensor(value, dtype=long)`` takes it (generate makes one of each special token
+    id): null, a number, or a (nested) list of numbers of one shape. A null inside a list (TypeError) and ragged lists,
+    ``[[2], [3, 4]]`` ("expected sequence of length 1"), read CLEAN in an adversarial round."""
+    return value is None or _tensor_shape(value) is not None
+
+
+def _tensor_shape(value: Any) -> tuple[int, ...] | None:
+    """The shape ``torch.tensor(value)`` gives a number or nested list of numbers; None where it raises."""
+    if isinstance(value, (int, float)):
+        return ()
+    if not isinstance(value, list):
+        return None
+    shapes = {_tensor_shape(item) for item in value}
+    if len(shapes) > 1 or None in shapes:
+        return None
+    return (len(value), *(shapes.pop() if shapes else ()))
 
 
 # What a setting has to be where transformers 5.25 reads it, and when it does (for a plain
@@ -284,7 +301,7 @@ def _token_like(value: Any) -> bool:
 # model), "always" (generate), "sample" (with do_sample: the sampling processors), "beams" (num_beams > 1), "eos"
 # (an eos_token_id is set: the min-length processors), "top_k" (sampling, or get_generation_mode's ``top_k > 1``
 # without beams)
-_A_NUMBER, _AN_INTEGER, _A_TOKEN = "a number", "an integer", "a token id (an integer, or a list of them)"
+_A_NUMBER, _AN_INTEGER, _A_TOKEN = "a number", "an integer", "a token id (an integer, or a list of them of one shape)"
 _TYPES: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
     "max_new_tokens": (_A_NUMBER, "load", _numeric),
     "num_return_sequences": (_A_NUMBER, "load", _numeric),
@@ -452,6 +469,17 @@ def _generate_refusals(generation: dict[str, Any], config: dict[str, Any] | None
         wrong.append(f"forced_eos_token_id is {_shown(forced)}, a list of no token id (\"`eos_token_id` has to be a list "
                      "of positive integers\")")
         fixes.append("forced_eos_token_id: the model's end-of-sequence id (or a list of them), or null")
+    eos = generation.get("eos_token_id")
+    if isinstance(eos, list) and _token_like(eos) and not list(_flattened(eos)) and generation.get("pad_token_id") is None:
+        wrong.append(f"eos_token_id is {_shown(eos)} and pad_token_id is not set (generate takes the pad token from "
+                     "the first eos_token_id: IndexError)")
+        fixes.append("eos_token_id: the model's end-of-sequence id (or a list of them)")
+    longest = generation.get("max_length")
+    if _number(longest) and longest <= 1 and generation.get("max_new_tokens") is None:
+        wrong.append(f"max_length is {longest}, shorter than any prompt ('Input length of input_ids is …, but "
+                     "`max_length` is set to'; generate(max_new_tokens=…) works)")
+        fixes.append("max_length: null (generate's default, 20) or the longest prompt and answer to allow, or "
+                     "max_new_tokens in its place")
     returned = generation.get("num_return_sequences")
     if isinstance(returned, float) and returned > 1 and sampling and not beamed:
         wrong.append(f"num_return_sequences is {returned} (repeat_interleave() given a float)")
