@@ -290,9 +290,8 @@ def _tensor_shape(value: Any) -> tuple[int, ...] | None:
     if not isinstance(value, list):
         return None
     shapes = {_tensor_shape(item) for item in value}
-    if len(shapes) > 1 or None in shapes:
-        return None
-    return (len(value), *(shapes.pop() if shapes else ()))
+    inner = shapes.pop() if len(shapes) == 1 else () if not shapes else None
+    return None if inner is None else (len(value), *inner)
 
 
 # What a setting has to be where transformers 5.25 reads it, and when it does (for a plain
