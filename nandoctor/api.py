@@ -15,8 +15,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nandoctor import adapterbase
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint import hubcache, loadability, runs
+from nandoctor.checkpoint import hubcache, runs
 from nandoctor.checkpoint.loaddtype import NONE, advice, annotated, implied_target
 from nandoctor.checkpoint.runs import RunReport
 from nandoctor.checkpoint.selection import selection
@@ -230,9 +231,9 @@ def one_checkpoint(path: PathLike, *, split: str | None = None, launcher: str = 
 
 def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOptions()) -> ScanReport:
     """What :func:`scan` does after the engine, for the engine's ``report`` of the checkpoint ``path`` names
-    (scanned with ``options``): judged within its run, the hashes checked when asked, the cache note.
-    ``nandoctor merge`` and ``scan --distributed`` apply it to their merged report, so that they give the
-    single scan's report."""
+    (scanned with ``options``): judged within its run, a PEFT adapter's local base model scanned with it
+    (adapterbase.py), the hashes checked when asked, the cache note. ``nandoctor merge`` and ``scan --distributed``
+    apply it to their merged report, so that they give the single scan's report."""
     from nandoctor.checkpoint.runcontext import judge_in_run
 
     rescan = _engine_scan(options)
@@ -241,9 +242,8 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
     # checkpoint), so that its health and next step never contradict `nandoctor scan <run>`.
     report = judge_in_run(report, resolved, rescan)
     report = annotated(report, resolved, _check_target(options.target_dtype))  # config.json's load dtype
-    base = loadability.adapter_base(resolved)
-    if base is not None:  # (an adapter alone: what it is applied to decides too, said on every line: verdict.facts)
-        report = dataclasses.replace(report, extra={**report.extra, verdicts.ADAPTER_BASE: base})
+    # (an adapter alone: the base it is applied to decides too, said on every line: verdict.facts)
+    report = adapterbase.with_base(report, resolved, _base_options(options))
     if options.verify_hashes or options.manifest is not None:
         from nandoctor.api_compare import _verify
 
@@ -257,6 +257,13 @@ def in_context(report: ScanReport, path: PathLike, options: ScanOptions = ScanOp
                                               "bytes": check.bytes_hashed, "seconds": round(check.seconds, 3)}},
         ))
     return _with_cache_note(report, path, hit)
+
+
+def _base_options(options: ScanOptions) -> adapterbase.BaseOptions:
+    """A PEFT adapter's base model scanned with the command's ``options`` (not ``only``/``exclude``, which name the
+    adapter's tensors, nor the hashes: the adapter's files'): adapterbase.py."""
+    return adapterbase.BaseOptions(options.device, _check_target(options.target_dtype),
+                                   health_limits(options.max_abs, options.outlier_factor), options.both_formats)
 
 
 def scan_run(
@@ -307,10 +314,13 @@ def scan_run(
         )
     from nandoctor.engine import scan as engine_scan
 
+    base = _base_options(ScanOptions(device, both_formats, asked, max_abs, outlier_factor))
+
     def scan_one(checkpoint: Path, **how: Any) -> ScanReport:  # each checkpoint with its own config.json's dtype
         report = engine_scan(checkpoint, target_dtype=scan_target(checkpoint, asked), limits=limits, selection=chosen,
                              **how)
-        return annotated(report, checkpoint, asked)
+        # (a LoRA run's adapters: their base read once for all of them, kept by its files' identity: adapterbase.py)
+        return adapterbase.with_base(annotated(report, checkpoint, asked), checkpoint, base)
 
     return runs.scan_run(resolved, device=device, progress=progress, both_formats=both_formats, scan_one=scan_one)
 
@@ -380,7 +390,19 @@ def check(report: ScanReport, fail_on: Iterable[str] | str | None = None, *, res
     # (a verified repair already written: put it in place, as the scan says, not the same repair again into -2)
     in_place = [step.strip() for step in use_verified_repair_of(report.target, report)]
     hint = " ".join(in_place) if in_place else f"restore them from an earlier clean checkpoint: {repair_command(report)}"
-    failing = verdicts.judge(report, chosen).failing
+    decided = verdicts.judge(report, chosen)
+    failing = decided.failing
+    base = verdicts.adapter_base_scan(report)
+    if decided.base_failing and not failing and report.health != "diverged" and base is not None:
+        # (a PEFT adapter alone, healthy, on a base model whose own scan fails: the base is what to fix)
+        from nandoctor.hints import base_model_steps
+
+        raise (OverflowRiskError if decided.base_failing == (verdicts.OVERFLOW,) else NonFiniteWeightsError)(
+            f"{report.target}: the base model its adapter_config.json names fails "
+            f"({', '.join(decided.base_failing)}): {verdicts.base_fact(report)}; the adapted model computes with it",
+            " ".join(step.strip() for step in base_model_steps(report.target, base)),
+            report=report,
+        )
     if report.health == "diverged":  # by its share of broken weights, or by growth alone (no finding of its own)
         run = (verdicts.run_context(report) or {}).get("run")
         where = f" (`{scan_command(run)}` names it)" if run else ""

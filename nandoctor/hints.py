@@ -83,6 +83,23 @@ def repair_command_for(target: str, donor: str | None = None, selection: str = "
     return f"nandoctor repair {path_word(target)} --from {donor_arg}{selection} --out {out}"
 
 
+CLEAN_BASE_DONOR = "<a clean copy of the base model>"  # for the user to fill in (a base has no run to take from)
+
+
+def base_model_steps(adapter: str, base: dict[str, Any], config: str | None = None) -> list[str]:
+    """What to do about the PEFT adapter alone at ``adapter`` whose base model fails its own scan (``base``: the
+    report's ``adapter_base_scan``, adapterbase.py): repair the base, or name a clean one; a repair of the adapter
+    restores the adapter's own tensors only, and the adapted model would still compute with the base's weights.
+    ``config``: where base_model_name_or_path is written, in words (a run's: each checkpoint's)."""
+    path = str(base.get("path"))
+    config = config or str(Path(adapter) / "adapter_config.json")
+    return [f"the base model the adapter is applied to ({path}) fails its own scan: repair it from a clean copy of it "
+            "with",
+            f"    {repair_command_for(path, CLEAN_BASE_DONOR)}",
+            f"and point base_model_name_or_path in {config} to the repaired copy (or to another clean copy of the base "
+            "model), then scan the adapter again (a repair of the adapter restores its own tensors only)"]
+
+
 # Loads a torch file as data (no code runs) and saves every tensor cloned: a clone owns a storage of exactly
 # its own elements, so bytes no tensor views are not written again (torch.save of a view writes its whole storage).
 _RESAVE = ("import sys, torch; from torch.utils._pytree import tree_map; "

@@ -591,6 +591,9 @@ UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a check
 # it loads, but a config it is built from (config.json, generation_config.json, a GGUF's hyperparameters, a Lightning
 # checkpoint's hyper_parameters) holds NaN/Infinity or a value that makes generate raise or the forward pass NaN
 CONFIG_KIND = "config"
+# the local base model a PEFT adapter alone is applied to could not be read, or fails to load as a whole
+# (nandoctor/adapterbase.py): the adapted model cannot be called finite either
+BASE_KIND = "base"
 # A negative epsilon makes a norm NaN only where a hidden state's mean square is below |eps|: at 1e-3 and beyond
 # that is most tokens' embeddings (trained embeddings' mean squares are ~1e-4 to 1e-3); -1e-6 changes nothing.
 # One bound for config.json's epsilons (checkpoint/configvalues.py) and a GGUF's (readers/gguf_hparams.py).
@@ -611,7 +614,8 @@ class ScanProblem:
     left nothing to scan), ``unverified`` (``--verify-hashes`` found no recorded sha256 for any
     weight file), ``empty`` (no tensors to check), ``unloadable`` (the folder would not load as a checkpoint:
     checkpoint/loadability.py), ``config`` (it loads, but a config file it is built from holds NaN/Infinity or a
-    value that makes generate raise or the forward pass NaN: checkpoint/loadconfig.py). Reports head their problem lists by it; verdict.py words the
+    value that makes generate raise or the forward pass NaN: checkpoint/loadconfig.py), ``base`` (the local base model a
+    PEFT adapter alone is applied to could not be read, or its own scan found a problem: adapterbase.py). Reports head their problem lists by it; verdict.py words the
     verdict by it.
     """
 
@@ -700,6 +704,10 @@ class Verdict:
     failing: tuple[str, ...] = ()  # the findings that fail the gate
     reported: tuple[str, ...] = ()  # findings present that do not fail (what --fail-on leaves out, trainer sentinels …)
     fail_on: frozenset[str] = frozenset()
+    # a PEFT adapter alone's base model (adapterbase.py): its findings that fail under ``fail_on``, and those only
+    # reported (``diverged`` where it is diverged by growth alone); ``failing`` is of the adapter's own tensors
+    base_failing: tuple[str, ...] = ()
+    base_reported: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)  # no slots: the tie-deduplicated totals are cached on the instance

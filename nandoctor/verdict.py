@@ -27,6 +27,7 @@ from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_w
 from nandoctor.errors import EXIT_NONFINITE, EXIT_OK, EXIT_UNREADABLE
 from nandoctor.layers import bad_ranges, component_of, layer_of, normalise, summarize, zero_breaks
 from nandoctor.model import (
+    BASE_KIND,
     CONFIG_KIND,
     EMPTY_KIND,
     HASH_KIND,
@@ -68,6 +69,7 @@ PROBLEM_WORDS = {
     EMPTY_KIND: "NO TENSORS",
     UNLOADABLE_KIND: "NOT LOADABLE",
     CONFIG_KIND: "BAD CONFIG",
+    BASE_KIND: "BASE MODEL UNREADABLE",  # (with the base's own words where its scan gave some: _problem_words)
 }
 _PROBLEM_FACTS = {
     UNREADABLE_KIND: lambda n: f"{n} part(s) unreadable",
@@ -77,13 +79,17 @@ _PROBLEM_FACTS = {
     EMPTY_KIND: lambda n: "no tensors to check" if n == 1 else f"{n} files hold no tensors",
     UNLOADABLE_KIND: lambda n: "it would not load as a checkpoint" if n == 1 else f"{n} reasons it would not load",
     CONFIG_KIND: lambda n: f"{plural(n, 'config file')} {'holds' if n == 1 else 'hold'} values the model cannot work with",
+    BASE_KIND: lambda n: "the base model it is applied to could not be read, or its own scan found a problem",
     UNVERIFIED_KIND: lambda n: "--verify-hashes verified nothing: no weight file has a recorded sha256 (record them "
                                "from a good copy with `nandoctor manifest PATH > manifest.json` and scan with --manifest, "
                                "or scan the repo id from the Hugging Face cache)",
 }
-_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND)  # the unverified fact says all there is
+_QUOTE_FIRST = (UNREADABLE_KIND, HASH_KIND, NAMES_KIND, SELECTION_KIND, EMPTY_KIND, UNLOADABLE_KIND, CONFIG_KIND,
+                BASE_KIND)  # the unverified fact says all there is
 CLEAN_WORDS, ALSO_REPORTED, REPORTED_ONLY = "CLEAN", " (also reported: {})", " (reported only)"
 DIVERGED_WORDS = "DIVERGED"  # a checkpoint of a run diverged by its growth alone (no finding of its own)
+# a PEFT adapter alone's base model (adapterbase.py): its verdict words after these, NON-FINITE, UNREADABLE …
+BASE_WORDS = "BASE MODEL {}"
 # A checkpoint is "diverged" rather than "poisoned" when this share of its weight tensors is unhealthy
 # (NaN/Inf or exploded, counted together): a repair would swap most of the model for the donor's, i.e.
 # hand back the donor under the bad checkpoint's name, with an optimizer state that no longer matches it.
@@ -317,10 +323,10 @@ def loss_jump_caution(report: ScanReport) -> str | None:
 
 def cautioned(report: ScanReport, decided: Verdict) -> bool:
     """Whether a passing verdict comes with something to look at, so that no report marks it with a green check
-    (a headline's ⚠ PASS): findings only reported (ZEROED), or a trainer log whose loss jumped before the checkpoint
+    (a headline's ⚠ PASS): findings only reported (ZEROED; an adapter's base model's too), or a trainer log whose loss jumped before the checkpoint
     was saved (a new user's trial: "✓ CLEAN …; but the trainer log's loss jumped to 7.1e+04", the model's loss
     38,563)."""
-    return bool(decided.reported) or loss_jump_caution(report) is not None
+    return bool(decided.reported or decided.base_reported) or loss_jump_caution(report) is not None
 
 
 def loss_broke_words(name: str, step: int) -> str:
@@ -679,30 +685,48 @@ def judge(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) 
     # under every ceiling): it fails where exploded weights fail, the run-relative form of "exploded"
     grown = case == "diverged" and not set(found) & set(FAILING_BY_DEFAULT)
     grown_fails = grown and EXPLODED in fail_on
+    # (a PEFT adapter alone: its base model's findings, judged under this same gate: adapterbase.py)
+    base_failing, base_reported = base_verdict(report, fail_on)
     if report.errors:
         code = EXIT_UNREADABLE  # fail closed, whatever fail_on says
-    elif failing or grown_fails:
+    elif failing or grown_fails or base_failing:
         code = EXIT_NONFINITE
     else:
         code = EXIT_OK
-    return Verdict(code, _words(report, failing, reported, grown_fails, grown and not grown_fails), case, failing,
-                   reported, fail_on)
+    words = _words(report, failing, reported, grown_fails, grown and not grown_fails, base_failing, base_reported)
+    return Verdict(code, words, case, failing, reported, fail_on, base_failing, base_reported)
 
 
 def _words(report: ScanReport, failing: tuple[str, ...], reported: tuple[str, ...], grown_fails: bool = False,
-           grown_reported: bool = False) -> str:
-    """What fails (``DIVERGED`` for a checkpoint diverged by its growth alone, the findings in ``fail_on``,
-    then each kind of problem), then what is only reported: ``OVERFLOW RISK (fp16) (also reported:
-    OUTLIERS)``, ``ZEROED (reported only)``, ``DIVERGED``, ``CLEAN``."""
-    def word(finding: str) -> str:
-        return OVERFLOW_WORDS.format(dtype=target_dtype(report)) if finding == OVERFLOW else FINDING_WORDS[finding]
+           grown_reported: bool = False, base_failing: tuple[str, ...] = (), base_reported: tuple[str, ...] = ()) -> str:
+    """What fails (``DIVERGED`` for a checkpoint diverged by its growth alone, the findings in ``fail_on``, an
+    adapter's base model's (``BASE MODEL NON-FINITE``), then each kind of problem), then what is only reported:
+    ``OVERFLOW RISK (fp16) (also reported: OUTLIERS)``, ``ZEROED (reported only)``, ``DIVERGED``, ``CLEAN``."""
+    def word(finding: str, dtype: str | None = target_dtype(report)) -> str:
+        if finding == BASE_DIVERGED:  # (a base model diverged by growth alone: adapterbase.py)
+            return DIVERGED_WORDS
+        return OVERFLOW_WORDS.format(dtype=dtype) if finding == OVERFLOW else FINDING_WORDS[finding]
 
+    base = adapter_base_scan(report) or {}
+    base_dtype = base.get("target_dtype") if isinstance(base.get("target_dtype"), str) else None
     head = ([DIVERGED_WORDS] if grown_fails else []) + [word(f) for f in failing]
-    head += [PROBLEM_WORDS.get(kind, kind.upper()) for kind in problem_kinds(report)]
+    head += [BASE_WORDS.format(word(f, base_dtype)) for f in base_failing]
+    head += [_problem_words(report, kind) for kind in problem_kinds(report)]
     also = ([DIVERGED_WORDS] if grown_reported else []) + [word(f) for f in reported]
+    also += [BASE_WORDS.format(word(f, base_dtype)) for f in base_reported]
     if not head:
         return " + ".join(also) + REPORTED_ONLY if also else CLEAN_WORDS
     return " + ".join(head) + (ALSO_REPORTED.format(", ".join(also)) if also else "")
+
+
+def _problem_words(report: ScanReport, kind: str) -> str:
+    """The verdict words of ``report``'s problems of ``kind``: a base model's are its own scan's words after ``BASE
+    MODEL`` (``BASE MODEL NOT LOADABLE``; ``BASE MODEL UNREADABLE`` where it could not be scanned at all)."""
+    if kind == BASE_KIND:
+        said = (adapter_base_scan(report) or {}).get("problem_words")
+        if isinstance(said, str) and said:
+            return BASE_WORDS.format(said)
+    return PROBLEM_WORDS.get(kind, kind.upper())
 
 
 def problem_kinds(report: ScanReport) -> tuple[str, ...]:
@@ -713,14 +737,15 @@ def problem_kinds(report: ScanReport) -> tuple[str, ...]:
 
 def weight_errors(report: ScanReport) -> tuple[ScanProblem, ...]:
     """``report``'s problems that say something of its weights: all but a config file's values (BAD CONFIG: a
-    generation setting generate refuses, a pad token outside the vocabulary), which neither a repair donor, a
-    resume point nor a comparison of the weights depends on."""
-    return tuple(p for p in report.errors if p.kind != CONFIG_KIND)
+    generation setting generate refuses, a pad token outside the vocabulary) and a PEFT adapter's base model that
+    could not be read (adapterbase.py: the adapter's own weights were), which neither a repair donor, a resume point
+    nor a comparison of the weights depends on."""
+    return tuple(p for p in report.errors if p.kind not in (CONFIG_KIND, BASE_KIND))
 
 
 def weights_report(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON) -> ScanReport:
-    """``report`` judged on its weights alone (its config files' problems left out): what a training callback
-    keeps and resumes from, while the scan of the folder still fails on the config."""
+    """``report`` judged on its weights alone (its config files' problems and an adapter's unreadable base left out):
+    what a training callback keeps and resumes from, while the scan of the folder still fails on them."""
     kept = weight_errors(report)
     if len(kept) == len(report.errors):
         return report
@@ -1480,10 +1505,9 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
     hashes = _hashes_fact(report)
     if hashes:
         pieces.append(hashes)
-    base = report.extra.get(ADAPTER_BASE)
-    if isinstance(base, str):  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
-        shown = base if len(base) <= _MAX_BASE_CHARS else f"{base[:_MAX_BASE_CHARS]}…"  # (a crafted 2 MB name)
-        pieces.append(f"an adapter alone: its base model {shown!r} is not scanned here")
+    base = base_fact(report)
+    if base is not None:
+        pieces.append(base)
     refused = [note.split(":", 1)[0] for note in report.notes if DEFAULT_LOAD_REFUSES in note]
     if refused:  # (a trial: `scan --quiet && python train.py` passed a file the script's plain torch.load refuses)
         pieces.append(f"{DEFAULT_LOAD_REFUSES} refuses {first_few(refused, _MAX_NAMED)}: load with weights_only=False "
@@ -1500,7 +1524,87 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
 DEFAULT_LOAD_REFUSES = "torch.load's default (weights_only=True)"
 # extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
 ADAPTER_BASE = "adapter_base"
+# extra key (and --json top level): that base model's own scan where it is local (adapterbase.py): what it found,
+# judged under each gate by base_verdict
+ADAPTER_BASE_SCAN = "adapter_base_scan"
+BASE_DIVERGED = "diverged"  # (among a base's failing or reported findings: diverged by growth alone, no finding)
 _MAX_BASE_CHARS = 200
+_MAX_BASE_TENSORS = 3  # the base's unhealthy tensors named on the line
+
+
+def adapter_base_scan(report: ScanReport) -> dict[str, Any] | None:
+    """What the scan of the local base model of the PEFT adapter alone ``report`` is of found (adapterbase.py), or
+    None (no adapter, or a base that is not local)."""
+    base = report.extra.get(ADAPTER_BASE_SCAN)
+    return base if isinstance(base, dict) else None
+
+
+def base_verdict(report: ScanReport, fail_on: frozenset[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(failing, reported): the findings of the adapter ``report``'s base model under the gate ``fail_on`` (already a
+    gate_set), as :func:`judge` decides a checkpoint's own, so that the adapter fails where ``nandoctor scan <base>``
+    with the same options fails; ``diverged`` first where the base is diverged by its growth alone."""
+    base = adapter_base_scan(report)
+    return ((), ()) if base is None else base_judged(base, fail_on)
+
+
+def base_judged(base: Mapping[str, Any], fail_on: frozenset[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:func:`base_verdict` of a base model's scan as ``adapter_base_scan`` holds it (a repair asks before any
+    adapter report exists)."""
+    fail_on = gate_set(fail_on)
+    held = base.get("findings") or ()
+    found = [f for f in FAIL_ON_CHOICES if f in held]
+    implied = EXPLODED in fail_on and base.get("target_dtype") in _CEILING_UNDER_RANGE
+    failing = [f for f in found if f in fail_on or (f == OVERFLOW and implied)]
+    reported = [f for f in found if f not in failing]
+    if base.get("grown"):
+        (failing if EXPLODED in fail_on else reported).insert(0, BASE_DIVERGED)
+    return tuple(failing), tuple(reported)
+
+
+def base_tensor_words(entry: Mapping[str, Any]) -> str:
+    """One unhealthy tensor of a base model's scan (adapterbase.py's ``tensors``) in words:
+    ``model.layers.1.mlp.down_proj.weight (1 NaN, first at [3, 5])``."""
+    counts = [f"{entry.get(key, 0):,} {word}" for key, word in (("nan", "NaN"), ("posinf", "+Inf"), ("neginf", "-Inf"))
+              if entry.get(key)]
+    first = entry.get("first_bad")
+    said = ", ".join(counts) + (f", first at {list(first)}" if counts and isinstance(first, list) else "")
+    others = [f for f in entry.get("findings", ()) if f != NONFINITE]
+    if others:
+        top = entry.get("max_abs")
+        said += ("; " if said else "") + ", ".join(others) + (f", max |x| {top:.4g}" if isinstance(top, float) else "")
+    return f"{entry.get('name')} ({said})"
+
+
+def base_fact(report: ScanReport) -> str | None:
+    """The adapter ``report``'s base model in a few words, for its one line: what its own scan found (gate-free: the
+    verdict words say what fails), or that it is not scanned (a repo id not in the local cache); None for any other
+    checkpoint, and where a problem of kind base says it (problem_facts)."""
+    named = report.extra.get(ADAPTER_BASE)
+    if not isinstance(named, str):
+        return None
+    shown = named if len(named) <= _MAX_BASE_CHARS else f"{named[:_MAX_BASE_CHARS]}…"  # (a crafted 2 MB name)
+    base = adapter_base_scan(report)
+    if base is None:  # (a trial: `scan --quiet && serve` passed a clean adapter on a NaN base model)
+        return f"an adapter alone: its base model {shown!r} is not scanned here"
+    if base.get("problem_words"):
+        return None
+    return f"its base model {shown!r} scanned too: {base_found_words(base)}"
+
+
+def base_found_words(base: Mapping[str, Any]) -> str:
+    """What a base model's scan found (``adapter_base_scan``, adapterbase.py), in words: ``30 tensors healthy``, ``1
+    of 30 tensors with findings (model.layers.0.mlp.down_proj.weight (1 NaN, first at [1, 2]))``."""
+    tensors = base.get("tensors") or []
+    total = base.get("tensor_count", 0)
+    grown = f"; {base['grown']}" if isinstance(base.get("grown"), str) else ""
+    if not base.get("findings"):
+        return f"{plural(total, 'tensor')} healthy{grown}"
+    named = "; ".join(base_tensor_words(t) for t in tensors[:_MAX_BASE_TENSORS])
+    more = f"; and {base.get('flagged_tensors', 0) - _MAX_BASE_TENSORS} more" if len(tensors) > _MAX_BASE_TENSORS else ""
+    loose = sum(base.get(key, 0) for key in ("nan", "posinf", "neginf"))
+    outside = "" if tensors else f", {loose:,} NaN/Inf outside its tensors"
+    return (f"{base.get('flagged_tensors', 0):,} of {plural(total, 'tensor')} with findings ({', '.join(base['findings'])}"
+            f"{outside})" + (f": {named}{more}" if named else "") + grown)
 
 
 def problem_facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:

@@ -245,19 +245,23 @@ def test_nan_or_infinity_in_adapter_config_is_bad_config(base, tmp_path, values)
     assert "adapter_config.json" in report.errors[0].path and next(iter(values)) in report.errors[0].message
 
 
-def test_an_adapter_scan_names_the_base_model_it_does_not_read(base, tmp_path):
-    """A trial: NaN in the base model fails generate of the adapted model while the adapter scans CLEAN; the scan
-    says which base adapter_config.json names, and how to scan it."""
+def test_an_adapter_scan_names_the_base_model_it_does_not_read(base, tmp_path, monkeypatch):
+    """A trial: NaN in the base model fails generate of the adapted model while the adapter scans CLEAN. A base named
+    by a repo id in no local cache is never downloaded: the scan says which base adapter_config.json names, and how to
+    scan it; a local base is scanned with it (tests/test_adapter_base_scan.py)."""
     adapter = _adapter(base, tmp_path / "adapter", r=4)
     named = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert named == str(base)
+    assert f"its base model {str(base)!r} scanned too: 21 tensors healthy" in run_cli("scan", adapter, "-q").output
+    _edit(adapter, base_model_name_or_path="someone/tiny-llama")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     report = nandoctor.scan(adapter)
     assert report.exit_code == 0
-    assert any(f"base model {str(base)!r}" in note and "nandoctor scan" in note for note in report.notes), report.notes
+    assert any("base model 'someone/tiny-llama'" in note and "nandoctor scan" in note for note in report.notes), report.notes
     # said on the one line too (a trial: `scan --quiet && serve` dropped the note and passed an adapter on a NaN base)
     quiet = run_cli("scan", adapter, "-q")
-    assert quiet.exit_code == 0 and f"an adapter alone: its base model {str(base)!r} is not scanned here" in quiet.output
-    assert nandoctor.to_json(report)["adapter_base"] == str(base)
+    assert quiet.exit_code == 0 and "an adapter alone: its base model 'someone/tiny-llama' is not scanned here" in quiet.output
+    assert nandoctor.to_json(report)["adapter_base"] == "someone/tiny-llama"
 
 
 def test_lora_on_a_transformers_5_moe_with_all_linear_and_on_multihead_attention_stays_clean(tmp_path):

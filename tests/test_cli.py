@@ -418,13 +418,13 @@ def test_documented_verdict_words_and_statuses_are_exactly_what_the_code_emits(t
     assert run_words == ["EMPTY", "INCOMPLETE", "(DIVERGED)", "AMBIGUOUS RUN"]
     assert verdict.one_line(report).startswith("FAIL NON-FINITE (POISONED) ")  # --quiet's health case
     emitted = [verdict.CLEAN_WORDS, *findings, verdict.DIVERGED_WORDS, verdict.OVERFLOW_WORDS.format(dtype="fp16"),
-               *verdict.PROBLEM_WORDS.values(), *stopped, *run_words, "(POISONED)",
+               *verdict.PROBLEM_WORDS.values(), verdict.BASE_WORDS.format("…"), *stopped, *run_words, "(POISONED)",
                verdict.ALSO_REPORTED.format("…").strip(), verdict.REPORTED_ONLY.strip(), verdict.USAGE_WORDS]
     assert sorted(_doc_table("Verdict words")) == sorted(dict.fromkeys(emitted))
     # every problem kind a report can hold has its word (a ScanProblem's kinds, from its docstring's list)
     kinds = set(re.findall(r"``(\w+)`` \(", ScanProblem.__doc__ or ""))
     assert set(verdict.PROBLEM_WORDS) == kinds == {"unreadable", "hash", "names", "selection", "unverified", "empty",
-                                                   "unloadable", "config"}
+                                                   "unloadable", "config", "base"}
     statuses = (runs.INCOMPLETE, runs.UNREADABLE, runs.DIVERGED, runs.POISONED, runs.OVERFLOW, runs.CLEAN)
     assert _doc_table("Checkpoint statuses") == list(statuses)
     # what a real run emits is among them

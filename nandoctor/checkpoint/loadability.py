@@ -206,8 +206,12 @@ def _base_model_note(root: Path, names: set[str]) -> list[str]:
     base = adapter_base(root, names)
     if base is None or len(base) > 4096:  # (no path that long loads: a crafted value, said by the verdict line alone)
         return []
-    return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, which this scan does not "
-            f"read: scan it too (nandoctor scan {path_word(base)})"]
+    return [f"{root / ADAPTER_CONFIG}: the adapter is applied to the base model {base!r}, {BASE_NOT_READ}: scan it "
+            f"too (nandoctor scan {path_word(base)})"]
+
+
+# the words of that note (a base that is local is scanned with the adapter, which drops it: nandoctor/adapterbase.py)
+BASE_NOT_READ = "which this scan does not read"
 
 
 def _final_model_file(file: Path) -> list[ScanProblem]:

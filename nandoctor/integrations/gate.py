@@ -76,7 +76,7 @@ class CheckpointGate:
             line = verdicts.one_line(report, self.fail_on, label=str(path))
             (logger.info if verdicts.passes(report, self.fail_on) else logger.warning)("nandoctor: %s", line)
             if passed and report.errors:
-                logger.warning("nandoctor: %s: the weights are fine; correct the config before serving: %s", path,
+                logger.warning("nandoctor: %s: the weights are fine; correct this before serving: %s", path,
                                report.errors[0].message)
         except Exception as exc:  # noqa: BLE001  never crash training because of the doctor
             logger.error("nandoctor: could not scan %s (%s: %s); training goes on", path, type(exc).__name__, exc)

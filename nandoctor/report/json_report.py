@@ -277,6 +277,9 @@ def report_to_json(report: ScanReport, fail_on: frozenset[str] | None = None, *,
             "fail_on": sorted(decided.fail_on),
             "failing": list(decided.failing),
             "reported": list(decided.reported),
+            # (a PEFT adapter alone's base model, scanned with it: adapter_base_scan; its findings under fail_on)
+            "base_failing": list(decided.base_failing),
+            "base_reported": list(decided.base_reported),
             "tensors": len(report.tensors),
             "bad_tensors": len(report.bad_tensors),
             "unhealthy_tensors": len(report.unhealthy_tensors),
@@ -409,8 +412,29 @@ def checkpoint_to_json(c: RunCheckpoint) -> dict[str, Any]:
         "zeroed": list(c.zeroed),  # weights all zero that an earlier checkpoint held not all zero: no resume point
         "incomplete": list(c.incomplete),
         "train_log": log_to_json(c.log),
-        "report": None if c.report is None else report_to_json(c.report, steps=False),
+        "report": None if c.report is None else _row_report(c.report),
     }
+
+
+def _row_report(report: ScanReport) -> dict[str, Any]:
+    """A run row's report: a checkpoint's, less its next steps (the run's own) and its adapter's base model scan,
+    which the run says once (``run.adapter_bases``); ``summary`` still judges the row with it."""
+    out = report_to_json(report, steps=False)
+    out.pop(verdicts.ADAPTER_BASE_SCAN, None)
+    return out
+
+
+def _adapter_bases(run: RunReport) -> list[dict[str, Any]]:
+    """Each base model the run's adapter checkpoints are applied to, as a scan's ``adapter_base_scan`` (without the
+    name one adapter_config.json gives it), with the checkpoints applied to it."""
+    bases: dict[str, dict[str, Any]] = {}
+    for c in run.checkpoints:
+        base = verdicts.adapter_base_scan(c.report) if c.report is not None else None
+        if base is not None:
+            kept = bases.setdefault(str(base.get("path")), {**{k: v for k, v in base.items() if k != "named"},
+                                                             "checkpoints": []})
+            kept["checkpoints"].append(c.name)
+    return list(bases.values())
 
 
 def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[str, Any]:
@@ -439,6 +463,8 @@ def run_to_json(run: RunReport, fail_on: frozenset[str] | None = None) -> dict[s
             "unchanged": list(run.unchanged) if run.unchanged is not None else None,
             "notes": list(run.notes),
             "problems": list(run.problems),
+            # (a LoRA run: the base model its adapters are applied to, scanned once, each base once)
+            "adapter_bases": _adapter_bases(run),
         },
         "summary": {
             "decided_by": decider.name if decider else None,

@@ -42,13 +42,14 @@ def verdict_text(report: ScanReport, fail_on: frozenset[str] | None = None) -> T
     decided = report.judgement if fail_on is None else verdicts.judge(report, fail_on)
     assert decided is not None, "pass the report through verdict.judged() first"
     facts = safe("; ".join(verdicts.facts(report, first_problem=False)))  # (names from files: a layer range, a problem's path)
-    if decided.exit_code == 0 and not decided.reported and verdicts.cautioned(report, decided):
+    reported = decided.reported or decided.base_reported  # (an adapter's base model's findings only reported too)
+    if decided.exit_code == 0 and not reported and verdicts.cautioned(report, decided):
         return Text.assemble((f"⚠ PASS {decided.words}", "bold yellow"), f": {facts}")  # (the caution is among the facts)
-    if decided.exit_code == 0 and not decided.reported and (
+    if decided.exit_code == 0 and not reported and (
             verdicts.trainer_nonfinite(report) or verdicts.sentinel_infinities(report) or verdicts.health_unchecked(report)):
         # not "all finite and healthy": trainer state or a mask holds NaN/Inf, or a tensor's health is unknown
         return Text.assemble(("✓ CLEAN", "bold green"), f": {facts}")
-    if decided.exit_code == 0 and not decided.reported:
+    if decided.exit_code == 0 and not reported:
         tensors = len(report.tensors)
         rest = safe("; ".join(verdicts.facts(report, first_problem=False)[1:]))  # the first fact is "N tensors healthy"
         return Text.assemble(("✓ CLEAN", "bold green"), f": all {verdicts.plural(tensors, 'tensor')} finite and healthy"
@@ -299,9 +300,10 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
     render_problems(report, console)
     console.print()
     console.print(verdict_text(report, fail_on))
-    if decided is not None and decided.reported:
+    if decided is not None and (decided.reported or decided.base_reported):
         console.print(Text(f"  reported, not failed (--fail-on {','.join(sorted(decided.fail_on))}): "
-                           + ", ".join(decided.reported), style="yellow"))
+                           + ", ".join([*decided.reported, *(f"the base model's {f}" for f in decided.base_reported)]),
+                           style="yellow"))
     print_next(console, next_steps(report, decided))
 
 

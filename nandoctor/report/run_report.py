@@ -35,8 +35,9 @@ from nandoctor.checkpoint.steps import (
     megatron_tracker_text,
     resume_pointer,
 )
-from nandoctor.hints import AUTO, repair_command, repair_command_for
+from nandoctor.hints import AUTO, base_model_steps, repair_command, repair_command_for
 from nandoctor.layers import bad_ranges
+from nandoctor.model import ScanReport
 from nandoctor.report.rich_report import human_bytes, safe
 from nandoctor.wording import first_few, path_word
 
@@ -408,7 +409,7 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
     """What to do about a failing run (judged under ``fail_on``, the default gate when None): make it unambiguous,
     then what its deciding rows need."""
     steps = [f"{problem}: {POINTER_HINT if problem.startswith(POINTER_FILES) else STRAY_FOLDER_HINT}, then scan again"
-             for problem in run.problems] + _row_steps(run, fail_on)
+             for problem in run.problems] + _base_steps(run, fail_on) + _row_steps(run, fail_on)
     last_clean = run.last_healthy_under(fail_on)
     # (a verified repair to put in place is the fix: resuming an earlier save would move it out again, a trial)
     repaired = any(_verified_repair_of(target) for target in run.repair_targets)
@@ -525,6 +526,23 @@ def _row_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
     return steps
 
 
+def _base_steps(run: RunReport, fail_on: frozenset[str] | None) -> list[str]:
+    """A LoRA run whose deciding adapter's base model fails under ``fail_on`` (adapterbase.py): the base is what to
+    repair, once for every checkpoint applied to it."""
+    decider = run.decider(fail_on)
+    if decider is None or decider.report is None:
+        return []
+    base = verdicts.adapter_base_scan(decider.report)
+    if base is not None and base.get("problem_words"):  # (said once above, with its hint: _base_lines)
+        return [f"make the base model the checkpoints are applied to ({base.get('path')}) readable, as its hint above "
+                "says (or point base_model_name_or_path in each checkpoint's adapter_config.json to one that loads), "
+                "then scan again"]
+    if base is None or not verdicts.judge(decider.report, verdicts.DEFAULT_FAIL_ON if fail_on is None else fail_on
+                                          ).base_failing:
+        return []
+    return base_model_steps(decider.path, base, "each checkpoint's adapter_config.json")
+
+
 def _verified_repair_of(target: RunCheckpoint) -> list[str]:
     """The steps that put ``target``'s verified repair in its place ([] without one: hints.use_verified_repair)."""
     from nandoctor.hints import use_verified_repair
@@ -569,9 +587,11 @@ def _repair_steps(run: RunReport, target: RunCheckpoint, last_clean: RunCheckpoi
                  f"name does not say): resume from it, or restore the bad tensors of {target.name} from it with")
         donor = path_word(aside.path)
     first = []
-    if target.report is not None and target.report.errors and not verdicts.weight_errors(target.report):
+    report = target.report
+    configs = [p for p in report.errors if p.kind == verdicts.CONFIG_KIND] if report is not None else []
+    if report is not None and configs and not verdicts.weight_errors(report):
         # (a repair copies no config file and refuses a target whose config fails: corrected first)
-        files = sorted({Path(p.path).name for p in target.report.errors})
+        files = sorted({Path(p.path).name for p in configs})
         first = [f"correct {', '.join(files)} of {target.name} first (the bad config line above); then"]
     return [*first, intro, f"    {repair_command_for(target.path, donor, selection=selection)}"]
 
@@ -617,7 +637,9 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
         if c.status == INCOMPLETE:
             lines.append((WARN, f"incomplete: {c.name}: {'; '.join(c.incomplete)}"))
         elif c.status == UNREADABLE and c.report is not None:
-            for problem in c.report.errors[:3]:  # each headed by its kind's words: a renamed tensor is not unreadable
+            # (a base model that could not be read is said once for the run: _base_lines)
+            for problem in [p for p in c.report.errors if p.kind != verdicts.BASE_KIND][:3]:
+                # (each headed by its kind's words: a renamed tensor is not unreadable)
                 said = verdicts.PROBLEM_WORDS.get(problem.kind, verdicts.PROBLEM_WORDS[verdicts.UNREADABLE_KIND]).lower()
                 lines.append((BAD, f"{said}: {c.name}: {problem.path}: {problem.message}"))
                 if problem.hint:
@@ -626,7 +648,28 @@ def explanations(run: RunReport) -> list[tuple[str, str]]:
         lines.append((WARN, f"{_unchanged_words(run.unchanged)} (their weight files are byte-identical): a learning "
                             "rate of 0, parameters left frozen, or gradients all zero; the weights are those it started "
                             "from"))
-    return lines + _optimizer_lines(run) + _config_lines(run)
+    return lines + _optimizer_lines(run) + _config_lines(run) + _base_lines(run)
+
+
+def _base_lines(run: RunReport) -> list[tuple[str, str]]:
+    """The base model the run's adapter checkpoints are applied to (a LoRA run: adapterbase.py), each base said once
+    with the checkpoints applied to it, not once a row: scanned once, what it holds, or why it could not be read."""
+    bases: dict[str, tuple[dict[str, Any], ScanReport, list[str]]] = {}
+    for c in run.checkpoints:
+        base = verdicts.adapter_base_scan(c.report) if c.report is not None and c.same_as is None else None
+        if base is not None and c.report is not None:
+            bases.setdefault(str(base.get("path")), (base, c.report, []))[2].append(c.name)
+    lines: list[tuple[str, str]] = []
+    for path, (base, report, names) in bases.items():
+        applied = f"base model {path} ({first_few(names, 3)} {'is' if len(names) == 1 else 'are'} applied to it)"
+        if base.get("problem_words"):
+            problem = next(p for p in report.errors if p.kind == verdicts.BASE_KIND)
+            lines += [(BAD, f"{verdicts.BASE_WORDS.format(base['problem_words']).lower()}: {applied}: "
+                            f"{problem.message}"), (HINT, problem.hint)]
+        else:
+            kind = BAD if base.get("findings") or base.get("grown") else DIM
+            lines.append((kind, f"{applied}, scanned once: {verdicts.base_found_words(base)}"))
+    return lines
 
 
 def _optimizer_lines(run: RunReport) -> list[tuple[str, str]]:

@@ -185,6 +185,11 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
     config_first = bool(report.errors) and not verdicts.weight_errors(report)
     if config_first:
         steps += [_PROBLEM_STEPS[kind] for kind in verdicts.problem_kinds(report)]
+    base = verdicts.adapter_base_scan(report)
+    if decided is not None and decided.base_failing and base is not None:  # (a PEFT adapter's base: adapterbase.py)
+        from nandoctor.hints import base_model_steps
+
+        steps += base_model_steps(report.target, base)  # (first: a repair of the adapter is refused until it is fixed)
     if health == "unreadable":
         steps += [_PROBLEM_STEPS.get(kind, _PROBLEM_STEPS[verdicts.UNREADABLE_KIND]) for kind in verdicts.problem_kinds(report)]
         if report.bad_tensors and verdicts.NONFINITE in failing:
@@ -284,6 +289,8 @@ _PROBLEM_STEPS = {
     verdicts.EMPTY_KIND: "save the model's weights into it (its state_dict), or scan the checkpoint that holds them",
     verdicts.UNLOADABLE_KIND: "put back or correct what the problems listed name (or use another checkpoint), then scan again",
     verdicts.CONFIG_KIND: "correct the config or tokenizer files the problems name (each hint says how), then scan again",
+    verdicts.BASE_KIND: "make the base model the adapter is applied to readable as its problem's hint says (or point "
+                        "base_model_name_or_path in adapter_config.json to one that loads), then scan the adapter again",
     verdicts.UNVERIFIED_KIND: "record the hashes from a good copy (`nandoctor manifest PATH > manifest.json`) and scan "
                               "with --manifest manifest.json, or scan the repo id from the Hugging Face cache",
 }

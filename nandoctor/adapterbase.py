@@ -1,0 +1,216 @@
+"""The local base model a PEFT adapter alone is applied to: scanned once per process, judged with the adapter.
+
+``AutoModelForCausalLM.from_pretrained(adapter_folder)`` (and PEFT's ``AutoPeftModel``) loads the base model
+adapter_config.json names and puts the adapter on it: NaN in the base makes the adapted model's ``generate`` fail as
+surely as NaN in the adapter (a trial: a LoRA on a local base with one NaN weight read CLEAN, and generate died on
+"probability tensor contains either inf, nan or element < 0"). So where that base is a local folder, or a repo id's
+snapshot already in the Hugging Face cache (never downloaded: ``peftload.local_base``), it is scanned as ``nandoctor
+scan <base>`` scans it, with the command's own options (:class:`BaseOptions`: target dtype, ``--max-abs``,
+``--outlier-factor``; not ``--only``/``--exclude``, which name the adapter's tensors): by ``nandoctor.scan``, a run
+scan, the training callbacks (through ``scan``) and a repair, which refuses an adapter whose base fails.
+
+What the base's scan found goes into the adapter's report (``extra["adapter_base_scan"]``: its findings, its tensors
+with findings, its problems), and ``verdict.judge`` judges those findings under the adapter's own ``--fail-on``: NaN
+in the base fails the adapter with exit 1 (``BASE MODEL NON-FINITE``), a base only zeroed passes ``--fail-on
+nonfinite`` as the base's own scan would. A base that could not be read, or whose scan found a problem (exit 3 for
+it), is one problem of kind ``base`` (exit 3): never called clean. A base named by a repo id that is in no local
+cache keeps the note that it is not scanned.
+
+A run of adapter checkpoints and a training callback's check of each save name one base many times: its verdict is
+kept for the process, by the identity of the base's files (path, size, mtime_ns, ctime_ns and inode of each weight
+file its layout reads and of each file at its top: fileidentity.py) and the options it was judged with; a file that
+changed, appeared or went is read again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nandoctor import access
+from nandoctor import verdict as verdicts
+from nandoctor.checkpoint import layout, loadability, loadconfig, runs
+from nandoctor.checkpoint.peftload import local_base
+from nandoctor.errors import NandoctorError
+from nandoctor.fileidentity import fingerprint
+from nandoctor.model import BASE_KIND, ScanProblem, ScanReport
+from nandoctor.wording import path_word
+
+if TYPE_CHECKING:
+    from nandoctor.kernels.census import HealthLimits
+
+Identity = tuple[tuple[str, tuple[int, int, int, int]], ...]
+
+
+@dataclass(frozen=True)
+class BaseOptions:
+    """How the base model is scanned: the command's options that move what a scan finds (``target_dtype`` as checked:
+    None for config.json's, ``"none"`` for no overflow; the health ``limits``; ``both_formats``) and where it counts."""
+
+    device: str = "cpu"
+    target_dtype: str | None = None
+    limits: HealthLimits | None = None
+    both_formats: bool = False
+
+    def key(self) -> tuple[Hashable, ...]:
+        """What the base's verdict is kept under beside its folder (the device changes no count)."""
+        return self.target_dtype, self.limits, self.both_formats
+
+    def scanner(self) -> Callable[[Path], ScanReport]:
+        """The base model's folder → its judged report, as ``nandoctor scan <base>`` with these options gives it (a run
+        folder's final model; the dtype its config.json loads it in where no target is given; judged within its run;
+        its load dtype said), its own base not looked for."""
+        def scan_base(base: Path) -> ScanReport:
+            from nandoctor.checkpoint.loaddtype import NONE, annotated, implied_target
+            from nandoctor.checkpoint.runcontext import judge_in_run
+            from nandoctor.engine import scan
+
+            def scan_one(checkpoint: Path) -> ScanReport:
+                asked = self.target_dtype
+                target = implied_target(checkpoint) if asked is None else None if asked == NONE else asked
+                return scan(checkpoint, device=self.device, target_dtype=target, limits=self.limits,
+                            both_formats=self.both_formats)
+
+            resolved = runs.one_checkpoint_in(base)
+            if resolved is None:
+                raise runs.run_folder_error(base, lambda newest: "point base_model_name_or_path to one checkpoint of it "
+                                            f"(the newest: {newest})")
+            return annotated(judge_in_run(scan_one(resolved), resolved, scan_one), resolved, self.target_dtype)
+
+        return scan_base
+
+_STATUS = logging.getLogger("nandoctor.status")  # (the CLI shows its INFO records on its progress bar)
+_MAX_TENSORS = 16  # a base's tensors with findings kept in the report (the line names the first few)
+_MAX_KEPT = 16  # base verdicts kept per process: a few bases, each under a few sets of options
+_lock = threading.Lock()
+_kept: dict[tuple[Hashable, ...], tuple[Identity, dict[str, Any]]] = {}
+
+
+def with_base(report: ScanReport, adapter: Path, options: BaseOptions) -> ScanReport:
+    """``report`` of the checkpoint ``adapter`` with its base model: for a PEFT adapter alone, the base its
+    adapter_config.json names (``extra["adapter_base"]``) and, where that base is local, what its scan with
+    ``options`` found (``extra["adapter_base_scan"]``; a problem of kind ``base`` where it could not be read or its
+    scan found a problem), judged again under the report's gate; unchanged for any other checkpoint."""
+    named = loadability.adapter_base(adapter)
+    if named is None:
+        return report
+    extra = {**report.extra, verdicts.ADAPTER_BASE: named}
+    found = base_verdict(adapter, named, options)
+    if found is None:  # (a repo id in no local cache: the note that it is not scanned stays)
+        return dataclasses.replace(report, extra=extra)
+    extra[verdicts.ADAPTER_BASE_SCAN] = found
+    notes = tuple(n for n in report.notes if loadability.BASE_NOT_READ not in n)
+    errors = report.errors
+    if found.get("problem_words"):
+        errors = (*errors, _problem(named, found))
+    fail_on = report.judgement.fail_on if report.judgement is not None else None
+    return verdicts.judged(dataclasses.replace(report, extra=extra, notes=notes, errors=errors), fail_on)
+
+
+def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, Any] | None:
+    """What the scan of the local base model ``named`` (as the adapter in ``adapter`` names it) found, as
+    ``extra["adapter_base_scan"]`` holds it; kept for the process while the base's files keep their identity. None
+    where the base is not local (a repo id in no cache, never downloaded) or is the adapter's own folder."""
+    config = loadconfig.read_object(adapter / loadability.ADAPTER_CONFIG)
+    revision = config.get("revision") if isinstance(config, dict) else None
+    base = local_base(named, revision)
+    if base is None:
+        folder = Path(named).expanduser() if len(named) <= 4096 else None
+        # (a local folder transformers would take that holds no config.json, or one it may not look into: from_pretrained
+        # fails on it, and its scan says why)
+        try:
+            if folder is None or not access.is_dir(folder, refused=True):
+                return None
+        except (NandoctorError, OSError, ValueError):
+            return None
+        base = folder
+    try:
+        if os.path.samefile(base, adapter):
+            return None
+        key: tuple[Hashable, ...] = (os.path.realpath(base), *options.key())
+    except OSError:
+        key = (str(base), *options.key())
+    now = identity(base)
+    with _lock:
+        kept = _kept.get(key)
+    if kept is not None and now is not None and kept[0] == now:
+        return {"named": named, **kept[1]}
+    found = _scanned(base, options.scanner())
+    if now is not None:  # (a base whose files could not be listed is read each time: it may come back)
+        with _lock:
+            _kept.pop(key, None)
+            while len(_kept) >= _MAX_KEPT:
+                _kept.pop(next(iter(_kept)))
+            _kept[key] = (now, found)
+    return {"named": named, **found}
+
+
+def identity(base: Path) -> Identity | None:
+    """The base model's files as they are now: each weight file its layout reads (shards, subfolders) and each file
+    at its top (config.json, its index, generation_config.json …), by path and identity; None where they cannot be
+    listed (its scan says why)."""
+    try:
+        files = set(layout.discover(base).files)
+        files |= {entry for entry in access.listing(base) if layout.is_regular_file(entry)}
+        return tuple(sorted((str(f), fingerprint(f).portable()) for f in files))
+    except (NandoctorError, OSError):
+        return None
+
+
+def forget() -> None:
+    """Drop every base verdict kept (tests; a long-lived process that wants its bases read again)."""
+    with _lock:
+        _kept.clear()
+
+
+def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
+    """The base's scan summed up for the adapter's report (findings, the tensors holding them, problems)."""
+    _STATUS.info("scanning the base model %s the adapter is applied to", base)
+    try:
+        report = scan(base)
+    except (NandoctorError, OSError) as exc:  # (refused, not found, no weights: from_pretrained fails on it too)
+        message = exc.message if isinstance(exc, NandoctorError) else f"{type(exc).__name__}: {exc}"
+        return {"path": str(base), "problem_words": verdicts.PROBLEM_WORDS[verdicts.UNREADABLE_KIND],
+                "problems": [{"path": str(base), "message": message, "kind": verdicts.UNREADABLE_KIND}],
+                "findings": [], "tensors": [], "tensor_count": 0, "flagged_tensors": 0}
+    tensors = report.tensors
+    rows = tensors.flagged
+    found = verdicts.present(report)
+    grown = verdicts.health(report) == "diverged" and not set(found) & set(verdicts.FAILING_BY_DEFAULT)
+    names, findings = tensors.refs.names, tensors.findings
+    return {
+        "path": str(base),
+        "findings": list(found),
+        "target_dtype": verdicts.target_dtype(report),
+        "grown": verdicts.diverged_why(report) if grown else None,
+        "tensor_count": len(tensors),
+        "flagged_tensors": len(rows),
+        "nan": report.nan, "posinf": report.posinf, "neginf": report.neginf,
+        "tensors": [{"name": names[i], "findings": list(findings[i]), "nan": tensors.nan[i],
+                     "posinf": tensors.posinf[i], "neginf": tensors.neginf[i],
+                     "first_bad": list(t.first_bad_coords) if (t := tensors[i]).first_bad_coords else None,
+                     "max_abs": tensors.max_abs[i]} for i in rows[:_MAX_TENSORS]],
+        "problem_words": " + ".join(verdicts.PROBLEM_WORDS.get(k, k.upper()) for k in verdicts.problem_kinds(report)),
+        "problems": [{"path": p.path, "message": p.message, "kind": p.kind} for p in report.errors],
+    }
+
+
+def _problem(named: str, found: dict[str, Any]) -> ScanProblem:
+    """The base that could not be read, or whose scan found a problem, as the adapter's problem (exit 3)."""
+    first = found["problems"][0]
+    unread = found["problem_words"] == verdicts.PROBLEM_WORDS[verdicts.UNREADABLE_KIND]
+    said = "could not be read" if unread else f"fails its own scan ({found['problem_words']})"
+    return ScanProblem(
+        found["path"], f"the base model adapter_config.json names ({named!r}), which from_pretrained of the adapter "
+        f"loads and puts the adapter on, {said}: {first['path']}: {first['message']}",
+        f"scan it (nandoctor scan {path_word(found['path'])}) and fix what it says, or point base_model_name_or_path "
+        "in adapter_config.json to a base model that loads; the adapter's own tensors are judged here", kind=BASE_KIND)
+
+
+__all__ = ["BaseOptions", "base_verdict", "forget", "identity", "with_base"]
