@@ -233,3 +233,21 @@ def test_a_trainer_with_the_callback_and_a_lora_model_reads_the_base_once(tmp_pa
     assert sorted(checked) == [2, 4] and len(reads) == 1, (list(checked), reads)
     assert all(r.extra["adapter_base_scan"]["path"] == str(base) and r.exit_code == 0 for r in checked.values())
 
+
+def test_repair_of_an_adapter_on_a_bad_base_is_refused_naming_the_base(copies, clean_base, tmp_path):
+    """A user repairing the adapter expects the model to generate afterwards; restoring the adapter's tensors never
+    would: refused (exit 3, nothing written), with the base's own repair, which then works."""
+    base, adapter = copies
+    _plant(base, float("nan"))
+    out = tmp_path / "fixed"
+    refused = run_cli("repair", adapter, "--from", adapter, "--out", out)
+    assert refused.exit_code == 3 and not out.exists(), refused.output
+    said = refused.output.replace("\n", " ")
+    assert "fails its own scan" in said and f"nandoctor repair {base} --from" in said
+    fixed = tmp_path / "base-fixed"
+    assert run_cli("repair", base, "--from", clean_base, "--out", fixed).exit_code == 0
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(fixed)}))
+    assert nandoctor.scan(adapter).exit_code == 0
+    with torch.no_grad():
+        assert torch.isfinite(_adapted(adapter)(input_ids=IDS).logits).all()

@@ -131,6 +131,7 @@ def repair(
             f"repair one checkpoint of it: `{scan_command(target)}` says which is bad and prints the repair command, "
             "or where to resume from where none can be repaired",
         )
+    _refuse_bad_base(target, target_path, limits)
     files = layout.discover(target_path)
     single = target_path if not target_path.is_dir() else None
     if single is not None and len(files.files) > 1:  # (a file of a gguf-split set: the set is the checkpoint)
@@ -349,6 +350,38 @@ def _shard_donors(plan: RepairPlan) -> list[Path]:
         if sharded and path.parent not in folders:
             folders.append(path.parent)
     return folders
+
+
+def _refuse_bad_base(target: PathLike, target_path: Path, limits: HealthLimits | None) -> None:
+    """Refuse (nothing read further, nothing written) a PEFT adapter alone whose local base model fails its own scan
+    (adapterbase.py, judged by the default gate, as a repair judges its target): the adapted model computes with the
+    base's weights, which a repair of the adapter never touches, so a "repaired" adapter would still fail generate.
+    The refusal names the base and its own repair."""
+    from nandoctor import adapterbase, verdict
+    from nandoctor.checkpoint import loadability
+    from nandoctor.hints import base_model_steps
+
+    named = loadability.adapter_base(target_path)
+    base = adapterbase.base_verdict(target_path, named, adapterbase.BaseOptions(limits=limits)) if named else None
+    if base is None:
+        return
+    failing, _ = verdict.base_judged(base, verdict.DEFAULT_FAIL_ON)
+    if base.get("problem_words"):
+        first = base["problems"][0]
+        raise RepairRefusedError(
+            f"{target}: the base model its adapter_config.json names ({named!r}) could not be read as a whole "
+            f"({base['problem_words']}: {first['path']}: {first['message']}); a repair of the adapter restores the "
+            "adapter's own tensors only",
+            f"scan the base ({scan_command(base['path'])}) and fix what it says, or point base_model_name_or_path in "
+            "adapter_config.json to a base model that loads; then scan the adapter again",
+        )
+    if failing:
+        raise RepairRefusedError(
+            f"{target}: the base model its adapter_config.json names ({named!r}) fails its own scan "
+            f"({verdict.base_found_words(base)}); a repair of the adapter restores the "
+            "adapter's own tensors only, and the adapted model would still compute with the base's weights",
+            " ".join(step.strip() for step in base_model_steps(str(target_path), base)),
+        )
 
 
 def _refuse_diverged(target: PathLike, target_path: Path, report: ScanReport, baseline: RunBaseline | None,
