@@ -233,3 +233,47 @@ def test_a_sentence_transformer_dense_layer_is_repaired(tmp_path: Path) -> None:
     fixed = torch.load(tmp_path / "fixed" / "2_Dense" / "pytorch_model.bin", weights_only=True)
     assert torch.equal(fixed["linear.weight"], clean()["w"]) and torch.equal(fixed["linear.bias"], clean()["b"])
     assert (tmp_path / "fixed" / "model.safetensors").read_bytes() == (tmp_path / "new" / "model.safetensors").read_bytes()
+
+
+def test_a_shard_name_holding_dot_dot_is_not_loadable_even_inside_the_folder(tmp_path: Path) -> None:
+    """An adversarial round: an index naming its shards `sub/a/../model-0000k-of-00003.safetensors` (inside the folder
+    once resolved) read CLEAN, and transformers refuses any shard name holding `..` without resolving it ("has a shard
+    filename that points outside the model directory")."""
+    transformers = pytest.importorskip("transformers")
+    from tests.trainer_checkpoints import tiny_llama
+
+    folder = tmp_path / "model"
+    tiny_llama().save_pretrained(folder, max_shard_size="4KB")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    (folder / "sub" / "a").mkdir(parents=True)
+    for shard in set(index["weight_map"].values()):
+        os.rename(folder / shard, folder / "sub" / shard)
+    index["weight_map"] = {name: "sub/a/../" + shard for name, shard in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="points outside the model directory"):  # the oracle
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
+    report = scan(folder, device="cpu")
+    assert report.exit_code == 3 and {e.kind for e in report.errors} == {"unloadable"}, report.errors
+    assert all("holds '..'" in e.message for e in report.errors)
+
+
+def test_transformers_weights_through_dot_dot_reads_the_file_once(tmp_path: Path) -> None:
+    """An adversarial round: `transformers_weights: "sub/../model.safetensors"` (transformers checks it lexically and
+    loads the folder's model.safetensors) was read twice, the file beside it and the one it names: "2 files · 42
+    tensors", two NaN for the one planted."""
+    transformers = pytest.importorskip("transformers")
+    from tests.trainer_checkpoints import tiny_llama
+
+    folder = tmp_path / "model"
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 3] = NAN
+    model.save_pretrained(folder)
+    (folder / "sub").mkdir()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "transformers_weights": "sub/../model.safetensors"}))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder)  # the oracle: it loads, NaN and all
+    assert int(loaded.model.layers[0].mlp.up_proj.weight.isnan().sum()) == 1
+    report = scan(folder, device="cpu")
+    assert names(report.files) == ["model.safetensors"] and report.nan == 1 and report.exit_code == 1

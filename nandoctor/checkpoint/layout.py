@@ -180,6 +180,16 @@ def _shard_path(root: Path, index: ShardIndex, shard: str) -> tuple[Path | None,
     candidate = folder / shard
     base = os.path.abspath(root)
     escapes = os.path.isabs(shard) or os.path.commonpath([base, os.path.abspath(candidate)]) != base
+    if not escapes and ".." in Path(shard).parts:
+        # (transformers refuses any shard name holding `..` without resolving it, "has a shard filename that points
+        # outside the model directory", since a cache's shards are links: `sub/a/../x` read CLEAN, an adversarial round)
+        return None, ScanProblem(
+            str(index.path),
+            f"shard {shard!r} holds '..': from_pretrained refuses any shard name with '..' (\"points outside the model "
+            "directory\"), even one that stays inside the folder, so the model does not load",
+            "write each shard's name in the index as its path from the index's folder, without '..'",
+            kind=UNLOADABLE_KIND,
+        )
     if escapes or (is_snapshot(Path(base)) and inside(root, str(candidate.relative_to(root))) is None):
         return None, ScanProblem(
             str(index.path),

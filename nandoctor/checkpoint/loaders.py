@@ -137,7 +137,13 @@ def inside(root: Path, rel: str) -> Path | None:
         allowed = (root.resolve(), *blob_roots(root))
     except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
         return None
-    return candidate if any(resolved == a or a in resolved.parents for a in allowed) else None
+    if not any(resolved == a or a in resolved.parents for a in allowed):
+        return None
+    # (`sub/../model.safetensors` is the folder's model.safetensors: named so, or a scan reads the one file twice,
+    # doubling its counts, an adversarial round's; lexically only where that is the same file, as a link may make
+    # `link/..` another folder)
+    plain = Path(os.path.normpath(candidate))
+    return plain if plain != candidate and os.path.realpath(plain) == str(resolved) else candidate
 
 
 @dataclass
