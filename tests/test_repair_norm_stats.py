@@ -131,3 +131,37 @@ def test_the_batchnorm_of_a_restored_weights_block_is_restored_whatever_the_file
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "step_30" / "model.safetensors"))
     result = repair(tmp_path / "step_30", [str(tmp_path / "step_20")], tmp_path / "fixed")
     assert result.ok and {"block.conv.weight", "block.bn.running_var"} <= {r.name for r in result.plan.restorations}
+
+
+def test_a_batchnorm_before_the_restored_weight_in_a_sequential_keeps_its_statistics(tmp_path: Path) -> None:
+    """A new user's run: Sequential(Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d, …) with +Inf in the second
+    Linear's weight (net.3): the repair also rolled back net.1's running statistics, a BatchNorm *before* it whose
+    weight and bias stayed the target's (a BatchNorm half one step, half another), where the docs say the norm that
+    follows is restored. The one after (net.4) is; net.1 keeps the target's statistics, in either file format."""
+    from safetensors.torch import save_file
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                   torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    torch.manual_seed(0)
+    model, x = net(), torch.randn(32, 6)
+    for _ in range(3):
+        model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(3):
+        model(x * 2)  # (the statistics move between the saves)
+    after = model.state_dict()
+    after["3.weight"][0, 0] = float("inf")
+    for fmt in ("pt", "safetensors"):
+        folder = tmp_path / fmt
+        for step, state in ((20, before), (30, after)):
+            (folder / f"step_{step}").mkdir(parents=True)
+            if fmt == "pt":
+                torch.save(state, folder / f"step_{step}" / "model.pt")
+            else:
+                save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"step_{step}" / "model.safetensors"))
+        result = repair(folder / "step_30", [str(folder / "step_20")], folder / "fixed")
+        restored = {r.name for r in result.plan.restorations}
+        assert result.ok and {"3.weight", "4.running_mean", "4.running_var"} <= restored, restored
+        assert not any(name.startswith("1.") for name in restored), restored

@@ -462,9 +462,18 @@ def _norms_after(report: ScanReport, bad: list[TensorResult]) -> set[str]:
     # and, whatever the order the file keeps, the norms of the restored weight's own block: safetensors sorts its
     # names, bn1 before conv1, a review found)
     following = [(modules[i], later) for i in range(len(modules)) for later in modules[i + 1:i + 3]]
-    parents = {module.rpartition(".")[0] for module in restored}
     return ({after for module, after in following if module in restored and after in stats}
-            | {norm for norm in stats if norm.rpartition(".")[0] in parents})
+            | {norm for norm in stats if any(_in_block_after(module, norm) for module in restored)})
+
+
+def _in_block_after(module: str, norm: str) -> bool:
+    """Whether the norm module ``norm`` belongs to the block of the restored ``module`` (one parent) and may come after
+    it: any sibling by name (bn1 beside conv1), but an nn.Sequential's numbered child only after the module's number
+    (a new user's run: net.1, a BatchNorm before the restored net.3, had its statistics rolled back beside its own
+    weights, the docs saying "the norm that follows")."""
+    parent, _, own = module.rpartition(".")
+    norm_parent, _, index = norm.rpartition(".")
+    return parent == norm_parent and (not (own.isdigit() and index.isdigit()) or int(index) > int(own))
 
 
 def _norm_stat_of(name: str, norms: set[str]) -> bool:
