@@ -103,7 +103,7 @@ def repair(
     no_progress: bool,
     quiet: bool,
 ) -> None:
-    """Restore TARGET's bad tensors (NaN/Inf, exploded, outliers) from earlier checkpoints into --out.
+    """Restore TARGET's bad tensors (NaN/Inf, exploded, outliers, zeroed, overflowing) from earlier checkpoints into --out.
 
     Each bad tensor (or, with --scope layer, each tensor of a bad layer) is taken
     from the first donor that holds it with the same dtype and shape and healthy;
