@@ -92,3 +92,23 @@ def test_a_small_model_in_raw_units_is_no_blown_up_run(tmp_path):
     report = nandoctor.scan(tmp_path / "price.pt", device="cpu")
     assert report.exit_code == 0 and report.health == "healthy", nandoctor.verdict.one_line(report)
 
+
+
+def test_values_meant_above_the_ceiling_get_the_max_abs_that_passes_them(tmp_path):
+    """A new user's trial: a linear regression on house prices in dollars, fitted in closed form (R² 0.98, its bias
+    3.8e5), read "EXPLODED … make the file again from a healthy source", with no word of --max-abs. The next steps
+    name the ceiling that passes it, and a scan with it passes."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=generator)
+    prices = 380_000 + x @ torch.tensor([130_000.0, 40_000.0, -20_000.0]) + 5_000 * torch.randn(256, generator=generator)
+    model = torch.nn.Linear(3, 1)
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(256, 1)], 1), prices[:, None]).solution
+    with torch.no_grad():
+        model.weight.copy_(solution[:3].T)
+        model.bias.copy_(solution[3])
+        predicted = model(x)[:, 0]
+    assert 1 - float(((predicted - prices) ** 2).sum() / ((prices - prices.mean()) ** 2).sum()) > 0.95  # the oracle
+    torch.save(model.state_dict(), tmp_path / "price_model.pt")
+    result = run_cli("scan", str(tmp_path / "price_model.pt"))
+    assert result.exit_code == 1 and "scan with --max-abs 1e6" in " ".join(result.output.split()), result.output
+    assert run_cli("scan", str(tmp_path / "price_model.pt"), "--max-abs", "1e6").exit_code == 0

@@ -7,6 +7,7 @@ decided again. Both renderers take these values, so they cannot disagree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,14 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
 
         steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
+    exploded = verdicts.with_finding(report, verdicts.EXPLODED)
+    tops = [t.max_abs for t in exploded if t.max_abs is not None and t.ref.dtype not in ("F16", "C32")]
+    if verdicts.EXPLODED in failing and tops and verdicts.NONFINITE not in failing:
+        # (a new user's regression on house prices, R² 0.98, its bias 3.8e5: "broken throughout: make the file again";
+        # a model of raw units may hold such values by design, and --max-abs says so)
+        steps.append(f"or, if values of {max(tops):.3g} are meant (a model of raw units: a regression's bias in dollars), "
+                     f"scan with --max-abs 1e{math.ceil(math.log10(max(tops) * 1.01))} (the exploded ceiling: "
+                     "1e5 by default)")
     reported = decided.reported if decided is not None else ()
     if verdicts.ZEROED in failing or verdicts.ZEROED in reported:
         zeroed = verdicts.with_finding(report, verdicts.ZEROED)
