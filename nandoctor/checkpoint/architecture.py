@@ -47,7 +47,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from nandoctor.checkpoint import buildvalues, dryload, layerfamilies, layervocab, prefixes, tensorkinds
+from nandoctor.checkpoint import buildvalues, configfields, dryload, layerfamilies, layervocab, prefixes, tensorkinds
 from nandoctor.checkpoint.configvalues import ALIASES, EXPERT_KEYS, embeds_token_ids, positive, routing_problems, sized
 from nandoctor.checkpoint.layerfamilies import STACK
 from nandoctor.checkpoint.namevocab import near_misses, one_character_apart
@@ -105,6 +105,9 @@ def problems(root: Path, config: dict[str, Any], names: Sequence[str], shapes: S
     scale = buildvalues.too_big(config)
     if scale is not None:
         return _unbuilt(root, scale, config, stacks)
+    if configfields.refusals(config):
+        # (AutoConfig, or the model's build, refuses a value configfields.problems names: no model to compare with)
+        return [], []
     built = _built_by_transformers(root)
     if isinstance(built, BuildFailure):
         blamed = _blame(root, config, values, built) or _blame_missing(root, config, suspected, built)

@@ -6,7 +6,9 @@ since importing transformers and torch costs seconds. These are the cheap looks,
 tokenizer without ``resize_token_embeddings``), a head count of 0 or less, an activation, rope type or layer
 type transformers 5.25 does not name. Each comes with what to build instead, so that architecture.py can tell
 a value transformers refuses (the model builds without it) from a build that fails for a reason of its own. A
-name missing from these lists costs a build, never a verdict.
+name missing from these lists costs a build, never a verdict. What configfields.py decides from data without a
+build (a field's type where config_fields.txt holds its class, an activation its model looks up in ACT2FN) is not
+suspected here: said once, without importing transformers.
 
 :func:`too_big` answers the other question: a config describing more layers or experts than any model has (a
 one-byte edit of ``num_hidden_layers`` to 20,000 took 25 s and 1.3 GB to build) is never built.
@@ -17,16 +19,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+from nandoctor.checkpoint import configfields
 from nandoctor.checkpoint.configvalues import EXPERT_KEYS, positive, sized
 from nandoctor.wording import first_few
 
-# transformers 5.25's names (activations.ACT2CLS, modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES)
-ACTIVATIONS = frozenset({
-    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh", "gelu_pytorch_tanh",
-    "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu", "relu", "relu2", "relu6", "sigmoid",
-    "silu", "sqrtsoftplus", "swish", "tanh", "xielu"})
+# transformers 5.25's names (modeling_rope_utils, configuration_utils.ALLOWED_LAYER_TYPES; ACT2FN's are
+# config_fields.txt's: configfields.activations)
 _ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
 ROPE_TYPES = frozenset({"default", "dynamic", "linear", "llama3", "longrope", "proportional", "yarn", "axial",
                         "mrope"})  # (mrope: Qwen2-VL's hub configs, which transformers reads as default)
@@ -65,19 +66,23 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
     for where, sub in sub_configs(config):
         vocab = positive(sub.get("vocab_size"))
         pad = sub.get("pad_token_id")
+        judged = partial(configfields.judges, sub)  # (a field whose type configfields decides: said without a build)
         if vocab and isinstance(pad, int) and not isinstance(pad, bool) and not -vocab <= pad < vocab:
             yield sub, "pad_token_id", (f"config.json's {where}pad_token_id is {pad:,}, outside the vocabulary of "
                                         f"{vocab:,} (a pad token added without resize_token_embeddings?)"), None
-        elif "pad_token_id" in sub and pad is not None and (not isinstance(pad, int) or isinstance(pad, bool)):
+        elif ("pad_token_id" in sub and pad is not None and (not isinstance(pad, int) or isinstance(pad, bool))
+              and not judged("pad_token_id")):
             yield sub, "pad_token_id", f"config.json's {where}pad_token_id is {json.dumps(pad)[:40]}, not a token id", None
-        if "vocab_size" in sub and not vocab and (sub["vocab_size"] is not None or not where):
+        if "vocab_size" in sub and not vocab and (sub["vocab_size"] is not None or not where) and not (
+                judged("vocab_size") and not isinstance(sub["vocab_size"], int)):
             # (a string, null, 0: transformers' field validation or a size mismatch; null in a sub-config is a codec's
             # semantic model's default, NeuCodec's: a sweep's build for nothing)
             yield sub, "vocab_size", f"config.json's {where}vocab_size is {json.dumps(sub['vocab_size'])[:40]}", DROP
         yield from _head_counts(where, sub)
         yield from _typed(where, sub)
         for key in _ACTIVATION_KEYS:
-            if isinstance(sub.get(key), str) and sub[key] not in ACTIVATIONS:
+            if (isinstance(sub.get(key), str) and sub[key] not in configfields.activations()
+                    and not configfields.is_activation(sub, key)):
                 yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
         for key in _ROPE_KEYS:
             rope = sub.get(key)
@@ -136,9 +141,12 @@ _NULL_SAVED = frozenset(("head_dim", model_type) for model_type in (
 
 def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     """A shared field holding a value of another JSON type than transformers reads it as (null aside: many fields
-    take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it."""
+    take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it; not a field of a config
+    class config_fields.txt holds, whose type configfields.py decides without a build (these sets guess for the
+    others: a model type of a newer transformers, a key that is no field of its class)."""
     model_type = config.get("model_type")
     for key, value in config.items():
+        judged = configfields.judges(config, key)
         if value is None and (key not in _NEVER_NULL or (key, model_type) in _NULL_SAVED) and key not in _BOOL_FIELDS:
             continue  # (a shared flag written null: most classes refuse it, "expected bool, got NoneType"; the build decides)
         if key == "vocab_size":  # (suspected above)
@@ -151,6 +159,8 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
             meant = len(types) if key in LAYER_KEYS and isinstance(types, list) and types else DROP
             want = ("a positive count" if key in LAYER_KEYS else "a positive size" if key in _NEVER_ZERO
                     else "a count of 0 or more")
+        elif judged:
+            continue  # (its type: configfields.problems; its value above, where it is the type the class reads)
         elif key in _INT_FIELDS and not (number and isinstance(value, int)) and not isinstance(value, (list, dict)):
             # (a list or an object is a model's own per-stage or per-part sizes: Swin's num_heads, LXMERT's layers)
             meant = _meant(value, int)

@@ -149,7 +149,7 @@ def _built_families(transformers: Any, cls: type, model_type: str) -> Iterator[t
             config = transformers.AutoConfig.for_model(model_type)
             if change is not None:
                 setattr(config, *change)
-            _fewer_layers(transformers, config)
+            fewer_layers(transformers, config)
             with torch.device("meta"):
                 model = cls(config)
             targets = _conversion_targets(model)
@@ -164,7 +164,7 @@ def _built_families(transformers: Any, cls: type, model_type: str) -> Iterator[t
     yield from found.items()
 
 
-def _fewer_layers(transformers: Any, config: Any, depth: int = 0) -> None:  # pragma: no cover
+def fewer_layers(transformers: Any, config: Any, depth: int = 0) -> None:  # pragma: no cover
     """At most four layers in ``config`` and its sub-configs (their layer_types cut to match)."""
     for key in buildvalues.LAYER_KEYS:
         if isinstance(getattr(config, key, None), int) and getattr(config, key) > 4:
@@ -175,7 +175,7 @@ def _fewer_layers(transformers: Any, config: Any, depth: int = 0) -> None:  # pr
     for key in (getattr(config, "sub_configs", None) or {}) if depth < 2 else ():
         sub = getattr(config, key, None)
         if isinstance(sub, transformers.PretrainedConfig):
-            _fewer_layers(transformers, sub, depth + 1)
+            fewer_layers(transformers, sub, depth + 1)
 
 
 def _conversion_targets(model: Any) -> list[re.Pattern[str]]:  # pragma: no cover

@@ -21,8 +21,9 @@ Healthy tensors still make no working model when the config the model is built f
   every forward pass NaN, and a ``temperature`` or ``repetition_penalty`` of NaN makes ``generate`` raise. The
   model loads, so this is no NOT LOADABLE: a problem of kind ``config`` (``verdict.CONFIG_KIND``, BAD CONFIG)
   naming the file and the key path (``text_config.rms_norm_eps is NaN``).
-- finite values that make ``generate`` raise or every forward pass NaN (a ``temperature`` of 0 with
-  ``do_sample``, a negative ``rms_norm_eps``): configvalues.py.
+- values config.json's config class refuses as AutoConfig reads it (``16.0`` heads, ``"1024"`` as a width,
+  ``hidden_act: null``): configfields.py; finite values that make ``generate`` raise or every forward pass NaN (a
+  ``temperature`` of 0 with ``do_sample``, a negative ``rms_norm_eps``): configvalues.py.
 
 Only where a Hugging Face loader reads the folder's weights (loadability.py says which): a ``config.json``
 beside other weights is another library's.
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
-from nandoctor.checkpoint import configvalues
+from nandoctor.checkpoint import configfields, configvalues
 from nandoctor.checkpoint.jsonfiles import read_json
 from nandoctor.checkpoint.loaddtype import config_dtype
 from nandoctor.checkpoint.loaders import CONFIG
@@ -80,6 +81,7 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
     elif config is not None:
         found += _dtype(root / CONFIG, config)
         found += _nonfinite(root / CONFIG, config)
+        found += configfields.problems(root / CONFIG, config)
         found += configvalues.model_problems(root / CONFIG, config)
     generation = read_object(root / GENERATION_CONFIG)
     if isinstance(generation, ScanProblem) and _NOT_AN_OBJECT in generation.message:
