@@ -359,9 +359,9 @@ def _load_error(folder: Path) -> str | None:
     ({"pad_token_id": 5000}, "pad_token_id is 5,000"),
     ({"num_key_value_heads": 0}, "num_key_value_heads is 0"),
     ({"rope_parameters": {"rope_type": "yarnn", "factor": 2.0, "rope_theta": 1e4}}, "rope_parameters is"),
-    ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling is"),
-    # (said from config_fields.txt, without a build: configfields.py)
+    # (said from config_fields.txt and the rope rules, without a build: configfields.py, ropevalues.py)
     ({"hidden_act": "swiglu"}, 'hidden_act is "swiglu", an activation transformers'),
+    ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling.factor is missing for yarn rope scaling"),
     ({"pad_token_id": "1"}, 'pad_token_id is "1" (the llama config takes an integer or null'),
     ({"pad_token_id": 1.0}, "pad_token_id is 1.0 (the llama config takes an integer or null"),
     ({"vocab_size": "128"}, 'vocab_size is "128" (the llama config takes an integer'),
@@ -374,7 +374,7 @@ def test_config_values_transformers_cannot_build_from_are_not_loadable(tmp_path,
     data decides is said without building the model (importing transformers costs seconds)."""
     folder = _llama(tmp_path / "m", config=config)
     assert _load_error(folder) is not None
-    built = "rope_" in said or "is 0" in said or "vocabulary" in said or "5,000" in said
+    built = "rope_parameters is" in said or "is 0" in said or "vocabulary" in said or "5,000" in said
     if not built:
         monkeypatch.setattr(architecture, "_built_by_transformers", lambda root: pytest.fail("built for nothing"))
     report = nandoctor.scan(folder)
@@ -943,7 +943,7 @@ def test_a_size_config_json_does_not_give_builds_the_classs_default(tmp_path, mo
     ({"tie_word_embeddings": "false"}, 'tie_word_embeddings is "false" (the llama config takes true or false'),
     ({"rms_norm_eps": "1e-6"}, 'rms_norm_eps is "1e-6" (the llama config takes a float'),
     ({"rope_parameters": [1]}, "rope_parameters is [1] (the llama config takes an object"),
-    ({"rope_parameters": {"rope_type": "default", "rope_theta": "10000"}}, "rope_parameters is"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "10000"}}, 'rope_theta is "10000" for the default rope'),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4, "original_max_position_embeddings": 0}},
      "rope_parameters is"),
 ])

@@ -6,9 +6,9 @@ since importing transformers and torch costs seconds. These are the cheap looks,
 tokenizer without ``resize_token_embeddings``), a head count of 0 or less, an activation, rope type or layer
 type transformers 5.25 does not name. Each comes with what to build instead, so that architecture.py can tell
 a value transformers refuses (the model builds without it) from a build that fails for a reason of its own. A
-name missing from these lists costs a build, never a verdict. What configfields.py decides from data without a
-build (a field's type where config_fields.txt holds its class, an activation its model looks up in ACT2FN) is not
-suspected here: said once, without importing transformers.
+name missing from these lists costs a build, never a verdict. What configfields.py and ropevalues.py decide from
+data without a build (a field's type where config_fields.txt holds its class, an activation its model looks up in
+ACT2FN, the rope settings of a model type with rope) is not suspected here: said once, without importing transformers.
 
 :func:`too_big` answers the other question: a config describing more layers or experts than any model has (a
 one-byte edit of ``num_hidden_layers`` to 20,000 took 25 s and 1.3 GB to build) is never built.
@@ -86,7 +86,7 @@ def suspicions(config: dict[str, Any]) -> Iterator[Suspicion]:
                 yield sub, key, f"config.json's {where}{key} is {sub[key][:40]!r}", "gelu"
         for key in _ROPE_KEYS:
             rope = sub.get(key)
-            if isinstance(rope, dict) and not _known_rope(rope):
+            if isinstance(rope, dict) and not _known_rope(rope, direct=configfields.uses_rope(sub.get("model_type"))):
                 yield sub, key, f"config.json's {where}{key} is {json.dumps(rope)[:80]}", DROP
         types = sub.get("layer_types")
         layers = positive(sub.get("num_hidden_layers"))
@@ -233,19 +233,21 @@ def _head_counts(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
                                   f"{width_key} of {width:,}"), fits
 
 
-def _known_rope(rope: dict[str, Any], depth: int = 0) -> bool:
+def _known_rope(rope: dict[str, Any], depth: int = 0, *, direct: bool = False) -> bool:
     """Whether rope settings name a rope type transformers 5.25 has, with the factor it requires; settings per
-    layer type (Gemma3's ``{"sliding_attention": {…}, "full_attention": {…}}``) each."""
+    layer type (Gemma3's ``{"sliding_attention": {…}, "full_attention": {…}}``) each. ``direct``: a model type
+    whose rope settings ropevalues.py judges without a build (the keys each type requires, a theta that is no
+    number): only the type's name and the original length are suspected here."""
     if "rope_type" not in rope and "type" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
-        return depth < _ROPE_DEPTH and all(_known_rope(v, depth + 1) for v in rope.values())
+        return depth < _ROPE_DEPTH and all(_known_rope(v, depth + 1, direct=direct) for v in rope.values())
     kind = rope.get("rope_type", rope.get("type"))
     original = rope.get("original_max_position_embeddings")
     if isinstance(original, (int, float)) and not isinstance(original, bool) and original <= 0:
         return False  # (yarn and longrope divide by it: ZeroDivisionError as the model is built, an adversarial round)
     theta = rope.get("rope_theta")
-    if theta is not None and not (isinstance(theta, (int, float)) and not isinstance(theta, bool)):
+    if not direct and theta is not None and not (isinstance(theta, (int, float)) and not isinstance(theta, bool)):
         return False  # (a theta of "10000": TypeError as the rotary frequencies are computed)
-    return isinstance(kind, str) and kind in ROPE_TYPES and (kind not in _ROPE_SCALED or "factor" in rope)
+    return isinstance(kind, str) and kind in ROPE_TYPES and (direct or kind not in _ROPE_SCALED or "factor" in rope)
 
 
 def too_big(config: dict[str, Any]) -> tuple[int, int] | None:

@@ -21,8 +21,7 @@ transformers 5.25 by tests/test_config_values.py:
 - config.json: a negative normalisation epsilon (``rms_norm_eps``, ``layer_norm_epsilon``: the square root of
   a negative variance is NaN) or a ``final_logit_softcapping``/``attn_logit_softcapping`` of 0
   (``tanh(x / cap) * cap`` divides by zero; null is off), Granite's ``logits_scaling`` of 0 (the logits are
-  divided by it), a ``rope_theta`` of 0 or less (the rotary frequencies) or a linear or yarn rope scaling
-  ``factor`` of 0: every forward pass NaN; more experts
+  divided by it): every forward pass NaN (rope settings that do: ropevalues.py, a finding of their own); more experts
   routed to than the model has, a ``sliding_window`` of 0 or less, or key/value heads that do not divide the heads:
   every forward pass raises. BAD CONFIG.
 
@@ -39,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from nandoctor.checkpoint import ropevalues
 from nandoctor.model import EPS_HARMFUL, FLOAT32_MAX, ScanProblem
 from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
@@ -555,21 +555,29 @@ def model_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     forward pass NaN or raise, judged by each (sub-)config's own model type where the keys mean something only
     to some models."""
     wrong: list[str] = []
+    rope: list[ropevalues.Finding] = []
     for where, sub in _configs(config):
         wrong += _own_values(f"{where}." if where else "", sub)
-    if not wrong:
-        return []
-    return [ScanProblem(
-        str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained builds the model from these values as written, and "
-        "its forward pass computes NaN or raises",
-        f"write the values the model was trained with (the base model's {path.name} has them)",
-        kind=CONFIG_KIND,
-    )]
+        rope += ropevalues.findings(f"{where}." if where else "", sub, _head_dim(sub))
+    found = []
+    if wrong:
+        found.append(ScanProblem(
+            str(path), f"{first_few(wrong, _SHOWN)}: from_pretrained builds the model from these values as written, and "
+            "its forward pass computes NaN or raises",
+            f"write the values the model was trained with (the base model's {path.name} has them)",
+            kind=CONFIG_KIND,
+        ))
+    if rope:
+        found.append(ScanProblem(
+            str(path), f"{first_few([what for what, _ in rope], _SHOWN)}: transformers computes the rotary embedding "
+            "from these settings as written", "; ".join(dict.fromkeys(fix for _, fix in rope)) + f" (the base model's "
+            f"{path.name} has the settings it was trained with)", kind=CONFIG_KIND))
+    return found
 
 
 def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
     """What in one (sub-)config breaks its model: a norm's negative epsilon, a Gemma softcap of 0, a Granite
-    ``logits_scaling`` of 0, a rotary base of 0 or less, more experts routed to than exist (torch.topk raises
+    ``logits_scaling`` of 0, more experts routed to than exist (torch.topk raises
     "selected index k out of range"), a sliding window of no tokens where a layer slides (the attention mask and
     the scores disagree in size)."""
     wrong = []
@@ -606,7 +614,6 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         # (generate then asks for an encoder's input: "You must specify exactly one of input_ids or inputs_embeds")
         wrong.append(f"{prefix}is_encoder_decoder is true for {config['architectures'][0]}, a decoder-only model (generate "
                      "raises: it looks for an encoder)")
-    wrong += _rope_thetas(prefix, config)
     wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
     buckets, distance = config.get("relative_attention_num_buckets"), config.get("relative_attention_max_distance")
@@ -724,50 +731,6 @@ def routing_problems(prefix: str, config: dict[str, Any]) -> list[str]:
     return []
 
 
-def _rope_thetas(prefix: str, config: dict[str, Any]) -> list[str]:
-    """A rotary base of 0 or less (in ``rope_parameters`` or one of its per-layer-type entries; at the top level of
-    a config without them, which transformers 5 reads it into): the frequencies 1 / theta^(2i/d) are Inf or NaN,
-    and so is every query and key past position 0 (eager attention's logits NaN; CPU SDPA hides it, computing
-    garbage)."""
-    found = []
-    # (transformers 5 reads a top-level rope_theta only into a config without rope_parameters)
-    places: list[tuple[str, Any]] = [] if isinstance(config.get("rope_parameters"), dict) else [("", config)]
-    for key in ("rope_parameters", "rope_scaling"):
-        value = config.get(key)
-        if isinstance(value, dict):
-            places.append((f"{key}.", value))
-            places += [(f"{key}.{k}.", v) for k, v in value.items() if isinstance(v, dict)]
-    for where, values in places:
-        theta = values.get("rope_theta")
-        if _number(theta) and theta <= 0:
-            found.append(f"{prefix}{where}rope_theta is {theta} (the rotary frequencies 1/theta^(2i/d) are Inf or NaN: "
-                         "every query and key past the first position NaN)")
-        factor = values.get("factor")
-        kind = values.get("rope_type", values.get("type"))
-        # (a factor below 2^-100 divides as 0 does in float32: an adversarial round's 1e-40 read CLEAN, logits NaN)
-        if kind in ("linear", "yarn", "llama3") and _number(factor) and 0 <= factor < _TINY_FACTOR:
-            # (transformers 5.25: linear divides the frequencies by it, yarn takes its log; a trial's logits NaN)
-            found.append(f"{prefix}{where}factor is {factor} for {kind} rope scaling (the frequencies are divided "
-                         "by it: every query and key NaN)")
-        if kind == "llama3":  # (its wavelength bounds divide by them: ZeroDivisionError while the model is built)
-            found += [f"{prefix}{where}{key} is {values[key]} for llama3 rope scaling (the model's build divides by "
-                      "it: from_pretrained raises ZeroDivisionError)"
-                      for key in ("low_freq_factor", "high_freq_factor") if _number(values.get(key)) and values[key] == 0]
-        if kind == "longrope":  # (each frequency is divided by its factor: a 0 makes every query and key NaN)
-            found += [f"{prefix}{where}{key} holds {bad} (longrope divides each frequency by its factor: every query "
-                      "and key NaN)" for key in ("short_factor", "long_factor")
-                      if isinstance(values.get(key), list)
-                      and (bad := next((v for v in values[key] if _number(v) and v <= 0), None)) is not None]
-            head, share = _head_dim(config), values.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-            rotary = int(head * share) if head is not None and _number(share) and 0 < share <= 1 else None
-            found += [f"{prefix}{where}{key} holds {len(values[key])} factors, where a head's {rotary} rotary dimensions "
-                      f"take {rotary // 2} (transformers' rope validation refuses it as the model loads)"
-                      for key in ("short_factor", "long_factor")
-                      if rotary and isinstance(values.get(key), list) and len(values[key]) != rotary // 2]
-    return found
-
-
-_TINY_FACTOR = 2.0**-100
 
 
 def _slides(model_type: str, config: dict[str, Any]) -> bool:

@@ -23,7 +23,8 @@ Healthy tensors still make no working model when the config the model is built f
   naming the file and the key path (``text_config.rms_norm_eps is NaN``).
 - values config.json's config class refuses as AutoConfig reads it (``16.0`` heads, ``"1024"`` as a width,
   ``hidden_act: null``): configfields.py; finite values that make ``generate`` raise or every forward pass NaN (a
-  ``temperature`` of 0 with ``do_sample``, a negative ``rms_norm_eps``): configvalues.py.
+  ``temperature`` of 0 with ``do_sample``, a negative ``rms_norm_eps``): configvalues.py, its rope settings
+  ropevalues.py.
 
 Only where a Hugging Face loader reads the folder's weights (loadability.py says which): a ``config.json``
 beside other weights is another library's.
