@@ -599,10 +599,11 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
         elif key in _ZERO_BREAKS and _number(value) and value == 0 and model_type.startswith(_ZERO_BREAKS[key][0]):
             wrong.append(f"{prefix}{key} is 0 ({_ZERO_BREAKS[key][1]})")
-        elif key == "return_dict" and value is False:
-            # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN)
-            wrong.append(f"{prefix}return_dict is false (the model's layers return tuples where its head reads fields: "
-                         "every forward and generate raise AttributeError)")
+        elif key == "return_dict" and not value:
+            # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN; null
+            # or 0 is as false, a later round's)
+            wrong.append(f"{prefix}return_dict is {_shown(value)} (the model's layers return tuples where its head reads "
+                         "fields: every forward and generate raise AttributeError)")
         elif key == "attn_implementation" and isinstance(value, str) and not _known_attention(value):
             # (save_pretrained never writes it: a hand-edited config.json, an adversarial round's typo read CLEAN)
             wrong.append(f"{prefix}attn_implementation is {_shown(value)}, not one transformers names (from_pretrained "
@@ -610,9 +611,10 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
         elif key == QUANTIZATION and value is not None and not _names_quantizer(value):
             wrong.append(f"{prefix}{QUANTIZATION} is {_shown(value)}, which names no quant_method (from_pretrained "
                          "raises; null, or no such key, where the weights are not quantized)")
-    if config.get("is_encoder_decoder") is True and _decoder_only(config):
-        # (generate then asks for an encoder's input: "You must specify exactly one of input_ids or inputs_embeds")
-        wrong.append(f"{prefix}is_encoder_decoder is true for {config['architectures'][0]}, a decoder-only model (generate "
+    if config.get("is_encoder_decoder") and _decoder_only(config):
+        # (generate then asks for an encoder's input: "You must specify exactly one of input_ids or inputs_embeds"; it
+        # asks `if is_encoder_decoder`, so "false" is true there, a later round's)
+        wrong.append(f"{prefix}is_encoder_decoder is {_shown(config['is_encoder_decoder'])} for {config['architectures'][0]}, a decoder-only model (generate "
                      "raises: it looks for an encoder)")
     wrong += _rotary_dims(prefix, config)
     wrong += routing_problems(prefix, config)
