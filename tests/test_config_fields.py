@@ -164,7 +164,8 @@ def test_the_fields_are_judged_as_the_config_class_judges_them(model_type):
 
 def test_every_fresh_config_of_every_model_type_is_refused_nothing(tmp_path):
     """The false-alarm guard: each model type of transformers 5.25 (its config class's defaults, as to_dict and as
-    save_pretrained writes them) raises nothing, nor a rope finding."""
+    save_pretrained writes them) raises nothing, nor any finding of config.json's values (EfficientLoFTR's rotary share
+    of 4.0, its default, read BAD CONFIG)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     from transformers.utils import logging as hf_logging
 
@@ -184,8 +185,7 @@ def test_every_fresh_config_of_every_model_type_is_refused_nothing(tmp_path):
         for data in (full, saved):
             checked += 1
             said = [p.message for p in configfields.problems(tmp_path / "config.json", data)]
-            said += [p.message for p in configvalues.model_problems(tmp_path / "config.json", data)
-                     if "computes the rotary embedding" in p.message]
+            said += [p.message for p in configvalues.model_problems(tmp_path / "config.json", data)]
             if said:
                 found[model_type] = said
     assert checked > 1200 and not found, found

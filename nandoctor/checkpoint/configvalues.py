@@ -676,6 +676,11 @@ def _head_dim(config: dict[str, Any]) -> int | None:
     return hidden // heads if hidden is not None and heads is not None else None
 
 
+# (a rotary share above 1 by design: EfficientLoFTR's 2-D position embedding, 4.0 by default; every other fresh config
+# of transformers 5.25 stays at or below 1: tests/test_config_fields.py sweeps them)
+_WIDE_ROTARY = frozenset({"efficientloftr"})
+
+
 def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
     """Rotary dimensions past a head's (GPT-J's and CodeGen's ``rotary_dim``, GPT-NeoX's ``rotary_pct`` and
     ``partial_rotary_factor`` above 1): the rotary embedding is applied to that many dimensions of each head, and
@@ -691,6 +696,8 @@ def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
     rope = config.get("rope_parameters")
     where = rope if isinstance(rope, dict) and "partial_rotary_factor" in rope else config
     named = "rope_parameters." if where is rope else ""
+    if config.get("model_type") in _WIDE_ROTARY:
+        return wrong
     for key in ("rotary_pct", "partial_rotary_factor"):
         share = where.get(key)
         if _number(share) and share > 1:
