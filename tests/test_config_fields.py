@@ -208,3 +208,22 @@ def test_the_file_is_this_transformers_own():
     assert "~build-act" in configfields.fields("llama")["hidden_act"]
     assert "~build-act" in configfields.fields("gpt2")["activation_function"]
     assert "~build-act" not in configfields.fields("t5")["feed_forward_proj"]  # ("gated-gelu": T5 parses it)
+
+
+@pytest.mark.parametrize(("values", "refused"), [({"model_type": "Llama"}, True), ({"model_type": "LLAMA"}, True),
+                                                 ({"model_type": 5}, True), ({"model_type": ["llama"]}, True),
+                                                 ({"model_type": "qwen"}, False), ({"model_type": ""}, False),
+                                                 ({"model_type": "llama"}, False)])
+def test_a_model_type_in_other_letters_or_no_string_is_bad_config(saved, tmp_path, values, refused):
+    """An adversarial round: `"model_type": "Llama"` read CLEAN, and AutoConfig raises ("does not recognize this
+    architecture"). A type unknown here (remote code's `qwen` without its auto_map, or a type newer than the data) and
+    an empty one (a user's own config class saves "") load through the class named directly: not judged (the oracle
+    still refuses them through AutoConfig)."""
+    folder = _edited(saved["llama"], tmp_path / "model", values)
+    assert (_oracle(folder) == "config") == (refused or values["model_type"] in ("qwen", ""))
+    report = nandoctor.scan(folder)
+    if not refused:
+        assert report.exit_code == 0, report.errors
+        return
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
+    assert "model_type" in report.errors[0].message and "does not recognize" in report.errors[0].message

@@ -389,7 +389,7 @@ def _blame_missing(root: Path, config: dict[str, Any], suspected: list[tuple[str
         return None
     import transformers
 
-    if config.get("model_type") not in transformers.CONFIG_MAPPING:
+    if str(config.get("model_type")) not in transformers.CONFIG_MAPPING:
         return None  # (a model transformers does not ship, Qwen-1's remote code: its own failure, not a size's)
     return ScanProblem(
         str(root / "config.json"), f"config.json gives no {first_few(keys, 4)}, so the class's default is built: "

@@ -144,7 +144,7 @@ def _typed(where: str, config: dict[str, Any]) -> Iterator[Suspicion]:
     take it), to be built with the value it meant (2.0 as 2, "1e-6" as 1e-6) or without it; not a field of a config
     class config_fields.txt holds, whose type configfields.py decides without a build (these sets guess for the
     others: a model type of a newer transformers, a key that is no field of its class)."""
-    model_type = config.get("model_type")
+    model_type = str(config.get("model_type"))
     for key, value in config.items():
         judged = configfields.judges(config, key)
         if value is None and (key not in _NEVER_NULL or (key, model_type) in _NULL_SAVED) and key not in _BOOL_FIELDS:

@@ -114,6 +114,44 @@ def knows(model_type: Any) -> bool:
     return isinstance(model_type, str) and bool(fields(model_type))
 
 
+@cache
+def model_types() -> frozenset[str]:
+    """The model types config_fields.txt holds a config class of (each lowercase; the sub-config classes it holds
+    under their class names, ``BarkCoarseConfig``, are none)."""
+    keys = (line.split(" ", 1)[0] for line in _text().split("\n")[1:] if line and line[0] not in "#!")
+    return frozenset(key for key in keys if key == key.lower())
+
+
+def model_type_problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
+    """BAD CONFIG where config.json (``config``, read from ``path``) of a transformers model gives a model type no
+    transformers knows: a value that is no string, or a known type in other letters (``"Llama"``, ``"xlm_roberta"``).
+    AutoConfig, every AutoModel class and pipeline() raise ("does not recognize this architecture"); an adversarial
+    round's read CLEAN. A config.json transformers did not write (no ``architectures``, no ``transformers_version``:
+    timm's, a diffusers component's) and one whose ``auto_map`` gives its own AutoConfig (remote code) are not judged;
+    nor are a missing, null or empty type (a user's own PreTrainedConfig subclass saves ``""``) and a type unknown here
+    (a model's own remote code that lost its auto_map, Qwen-1's ``qwen``, or a type newer than config_fields.txt): a
+    class named directly loads those, and which transformers the user runs is not known here."""
+    if "_diffusers_version" in config or not ("architectures" in config or "transformers_version" in config):
+        return []
+    auto_map = config.get("auto_map")
+    value, types = config.get("model_type"), model_types()
+    if value in (None, "") or not types or (isinstance(auto_map, dict) and "AutoConfig" in auto_map):
+        return []
+    if isinstance(value, str):
+        near = next((t for t in (value.lower(), value.lower().replace("_", "-"), value.lower().replace("-", "_"))
+                     if t in types), None)
+        if value in types or near is None:
+            return []
+        said = f"has model_type {_shown(value)}, where transformers' type is {near!r}"
+    else:
+        said = f"has model_type {_shown(value)}, which names no type"
+    return [ScanProblem(
+        str(path), f"{path.name} {said}: AutoConfig, the AutoModel classes and pipeline() raise on it (\"does not "
+        "recognize this architecture\"), so the model loads only through its class named directly",
+        f"write the model_type of the architecture it holds (\"llama\" for LlamaForCausalLM; the base model's "
+        f"{path.name} has it)", kind=CONFIG_KIND)]
+
+
 def judges(config: dict[str, Any], key: str) -> bool:
     """Whether ``key`` of ``config`` (a config.json object, or a sub-config's) is a field its class validates, so
     that :func:`refusals` decides its type exactly (no build needed)."""
@@ -319,5 +357,5 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 30 else text[:27] + "…"
 
 
-__all__ = ["ACT_TAG", "FILE", "Refusal", "activations", "fields", "is_activation", "judges", "knows", "problems", "refusals",
-           "uses_rope", "version", "wanted"]
+__all__ = ["ACT_TAG", "FILE", "Refusal", "activations", "fields", "is_activation", "judges", "knows", "model_type_problems",
+           "model_types", "problems", "refusals", "uses_rope", "version", "wanted"]

@@ -696,7 +696,7 @@ def _rotary_dims(prefix: str, config: dict[str, Any]) -> list[str]:
     rope = config.get("rope_parameters")
     where = rope if isinstance(rope, dict) and "partial_rotary_factor" in rope else config
     named = "rope_parameters." if where is rope else ""
-    if config.get("model_type") in _WIDE_ROTARY:
+    if str(config.get("model_type")) in _WIDE_ROTARY:
         return wrong
     for key in ("rotary_pct", "partial_rotary_factor"):
         share = where.get(key)
@@ -729,7 +729,7 @@ def routing_problems(prefix: str, config: dict[str, Any]) -> list[str]:
     dense = config.get("mlp_only_layers")  # (Qwen-MoE's layers without experts: all of them, no router at all)
     every_layer_dense = isinstance(dense, list) and _int(config.get("num_hidden_layers")) and len(dense) >= config["num_hidden_layers"]
     if (not _number(routed) or experts is None or experts < 2  # (1: a dense model, no router)
-            or every_layer_dense or config.get("model_type") in _ROUTED_BY_OWN_RULE):
+            or every_layer_dense or str(config.get("model_type")) in _ROUTED_BY_OWN_RULE):
         return []
     if routed > experts:
         return [f"{prefix}num_experts_per_tok is {routed}, more than the {experts} experts (torch.topk raises)"]

@@ -82,6 +82,7 @@ def problems(root: Path, *, model: bool, adapter: bool) -> list[ScanProblem]:
     elif config is not None:
         found += _dtype(root / CONFIG, config)
         found += _nonfinite(root / CONFIG, config)
+        found += configfields.model_type_problems(root / CONFIG, config)
         found += configfields.problems(root / CONFIG, config)
         found += configvalues.model_problems(root / CONFIG, config)
     generation = read_object(root / GENERATION_CONFIG)

@@ -48,7 +48,7 @@ GUESS = "stored transposed?"  # (how an orientation suspicion ends: a guess by n
 
 def suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, str]]:
     """(tensor name, why) for each stored tensor whose shape its kind contradicts (the module docstring's rules)."""
-    conv1d = config.get("model_type") in _CONV1D_MODELS
+    conv1d = str(config.get("model_type")) in _CONV1D_MODELS
     hidden_key, hidden = sized(config, "hidden_size")
     # (a composite model's top-level size is one of its parts': a vision tower's projections are another width)
     oriented = hidden is not None and len(list(buildvalues.sub_configs(config))) == 1
@@ -70,7 +70,7 @@ def suspicions(config: dict[str, Any], stored: dict[str, tuple[int, ...]]) -> It
         if shape and (len(shape) < want or (len(shape) > want and (want == 1 or shape[0] == 1))):
             yield name, f"a linear layer's {match['part']} has {want} dimension(s), this one is stored with {len(shape)}"
         elif (oriented and want == 2 and len(shape) == 2 and family_of(name) != name  # (a head's out_proj has labels)
-              and config.get("model_type") not in _NO_ORIENTATION and not _CROSS.search(name)):
+              and str(config.get("model_type")) not in _NO_ORIENTATION and not _CROSS.search(name)):
             reads = match["module"] in _READS or match["module"] in _READS_IN.get(str(config.get("model_type")), ())
             why = _orientation(match["module"], reads, shape, hidden_key, hidden,
                                conv1d=conv1d and match["module"][:2] == "c_")
