@@ -18,3 +18,23 @@ def edited(folder: Path, edits: dict) -> Path:
             data[key] = value
     (folder / "config.json").write_text(json.dumps(data))
     return folder
+
+
+# a tiny causal LM's sizes, as the config tests build them (every model type below takes these keys)
+TINY_SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def saved_tiny_models(tmp_path_factory, model_types: tuple[str, ...]) -> dict[str, Path]:
+    """A tiny causal LM of each of ``model_types`` (TINY_SIZES, seeded), saved by save_pretrained, by model type."""
+    import torch
+    import transformers
+
+    folders = {}
+    for model_type in model_types:
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp(model_type) / "model"
+        config = transformers.AutoConfig.for_model(model_type, **TINY_SIZES)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        folders[model_type] = folder
+    return folders

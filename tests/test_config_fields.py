@@ -16,26 +16,17 @@ import pytest
 
 import nandoctor
 from nandoctor.checkpoint import architecture, configfields
-from tests.config_edits import edited
+from tests.config_edits import edited, saved_tiny_models
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-_SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama and a tiny Qwen2 (which has layer_types and a sliding window), saved by save_pretrained."""
-    folders = {}
-    for model_type in ("llama", "qwen2"):
-        torch.manual_seed(0)
-        folder = tmp_path_factory.mktemp(model_type) / "model"
-        config = transformers.AutoConfig.for_model(model_type, **_SIZES)
-        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        folders[model_type] = folder
-    return folders
+    return saved_tiny_models(tmp_path_factory, ("llama", "qwen2"))
 
 
 def _edited(saved: Path, folder: Path, values: dict) -> Path:

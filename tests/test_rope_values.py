@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 import nandoctor
-from tests.config_edits import edited
+from tests.config_edits import edited, saved_tiny_models
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-_SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _YARN = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0}
 _LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
            "original_max_position_embeddings": 32, "rope_theta": 10000.0}
@@ -29,14 +27,7 @@ _LONGROPE = {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
-    folders = {}
-    for model_type in ("llama", "qwen2", "phi3"):
-        torch.manual_seed(0)
-        folder = tmp_path_factory.mktemp(model_type) / "model"
-        config = transformers.AutoConfig.for_model(model_type, **_SIZES)
-        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        folders[model_type] = folder
-    return folders
+    return saved_tiny_models(tmp_path_factory, ("llama", "qwen2", "phi3"))
 
 
 def _roped(saved: Path, folder: Path, rope: dict, **top) -> Path:
