@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -35,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from nandoctor import access
 from nandoctor import verdict as verdicts
-from nandoctor.checkpoint import layout, loadability, loadconfig, runs
+from nandoctor.checkpoint import adapterkeys, layout, loadability, loadconfig, runs
 from nandoctor.checkpoint.peftload import local_base
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import fingerprint
-from nandoctor.model import BASE_KIND, ScanProblem, ScanReport
-from nandoctor.wording import path_word
+from nandoctor.model import BASE_KIND, UNLOADABLE_KIND, ScanProblem, ScanReport
+from nandoctor.wording import first_few, path_word
 
 if TYPE_CHECKING:
     from nandoctor.kernels.census import HealthLimits
@@ -57,10 +58,11 @@ class BaseOptions:
     target_dtype: str | None = None
     limits: HealthLimits | None = None
     both_formats: bool = False
+    depth: int = 0  # adapters followed to get here (a base that is itself an adapter alone: its own base is judged too)
 
     def key(self) -> tuple[Hashable, ...]:
         """What the base's verdict is kept under beside its folder (the device changes no count)."""
-        return self.target_dtype, self.limits, self.both_formats
+        return self.target_dtype, self.limits, self.both_formats, self.depth
 
     def scanner(self) -> Callable[[Path], ScanReport]:
         """The base model's folder → its judged report, as ``nandoctor scan <base>`` with these options gives it (a run
@@ -81,13 +83,17 @@ class BaseOptions:
             if resolved is None:
                 raise runs.run_folder_error(base, lambda newest: "point base_model_name_or_path to one checkpoint of it "
                                             f"(the newest: {newest})")
-            return annotated(judge_in_run(scan_one(resolved), resolved, scan_one), resolved, self.target_dtype)
+            report = annotated(judge_in_run(scan_one(resolved), resolved, scan_one), resolved, self.target_dtype)
+            if self.depth < _MAX_CHAIN:  # (an adapter on an adapter: PEFT loads the chain, so the last base counts)
+                report = with_base(report, resolved, dataclasses.replace(self, depth=self.depth + 1))
+            return report
 
         return scan_base
 
 _STATUS = logging.getLogger("nandoctor.status")  # (the CLI shows its INFO records on its progress bar)
 _MAX_TENSORS = 16  # a base's tensors with findings kept in the report (the line names the first few)
 _MAX_KEPT = 16  # base verdicts kept per process: a few bases, each under a few sets of options
+_MAX_CHAIN = 4  # adapters on adapters followed to the model under them (a loop stops there)
 _lock = threading.Lock()
 _kept: dict[tuple[Hashable, ...], tuple[Identity, dict[str, Any]]] = {}
 
@@ -104,11 +110,17 @@ def with_base(report: ScanReport, adapter: Path, options: BaseOptions) -> ScanRe
     found = base_verdict(adapter, named, options)
     if found is None:  # (a repo id in no local cache: the note that it is not scanned stays)
         return dataclasses.replace(report, extra=extra)
+    shapes = found.pop(_SHAPES, None)
     extra[verdicts.ADAPTER_BASE_SCAN] = found
     notes = tuple(n for n in report.notes if loadability.BASE_NOT_READ not in n)
     errors = report.errors
     if found.get("problem_words"):
         errors = (*errors, _problem(named, found))
+    # (said once: a LoRA tensor stored transposed or of another rank is adapters.py's NOT LOADABLE already)
+    plain = _plain_lora(adapter) and not any(p.kind == UNLOADABLE_KIND for p in report.errors)
+    misfits = _misfits(report, shapes) if shapes and plain else []
+    if misfits:
+        errors = (*errors, _misfit_problem(adapter, named, misfits))
     fail_on = report.judgement.fail_on if report.judgement is not None else None
     return verdicts.judged(dataclasses.replace(report, extra=extra, notes=notes, errors=errors), fail_on)
 
@@ -121,7 +133,7 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     revision = config.get("revision") if isinstance(config, dict) else None
     base = local_base(named, revision)
     if base is None:
-        folder = Path(named).expanduser() if len(named) <= 4096 else None
+        folder = Path(named) if len(named) <= 4096 else None  # (no ~: neither transformers nor PEFT expands it)
         # (a local folder transformers would take that holds no config.json, or one it may not look into: from_pretrained
         # fails on it, and its scan says why)
         try:
@@ -151,16 +163,22 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     return {"named": named, **found}
 
 
-def identity(base: Path) -> Identity | None:
+def identity(base: Path, depth: int = 0) -> Identity | None:
     """The base model's files as they are now: each weight file its layout reads (shards, subfolders) and each file
     at its top (config.json, its index, generation_config.json …), by path and identity; None where they cannot be
     listed (its scan says why)."""
     try:
         files = set(layout.discover(base).files)
         files |= {entry for entry in access.listing(base) if layout.is_regular_file(entry)}
-        return tuple(sorted((str(f), fingerprint(f).portable()) for f in files))
+        own = tuple(sorted((str(f), fingerprint(f).portable()) for f in files))
     except (NandoctorError, OSError):
         return None
+    named = loadability.adapter_base(base) if depth < _MAX_CHAIN else None
+    under = local_base(named, None) if named is not None else None
+    if under is None:
+        return own
+    deeper = identity(under, depth + 1)  # (a base that is an adapter: its own base's files count too)
+    return None if deeper is None else own + deeper
 
 
 def forget() -> None:
@@ -184,6 +202,9 @@ def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
     found = verdicts.present(report)
     grown = verdicts.health(report) == "diverged" and not set(found) & set(verdicts.FAILING_BY_DEFAULT)
     names, findings = tensors.refs.names, tensors.findings
+    inner = verdicts.adapter_base_scan(report)
+    if inner is not None:  # (the base is an adapter alone: what its own base holds is the adapted model's too)
+        return _through(base, report, inner)
     return {
         "path": str(base),
         "findings": list(found),
@@ -198,7 +219,71 @@ def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
                      "max_abs": tensors.max_abs[i]} for i in rows[:_MAX_TENSORS]],
         "problem_words": " + ".join(verdicts.PROBLEM_WORDS.get(k, k.upper()) for k in verdicts.problem_kinds(report)),
         "problems": [{"path": p.path, "message": p.message, "kind": p.kind} for p in report.errors],
+        _SHAPES: dict(zip(names, tensors.refs.shapes)),
     }
+
+
+def _through(base: Path, report: ScanReport, inner: dict[str, Any]) -> dict[str, Any]:
+    """The scan of a base that is itself a PEFT adapter alone (``report``), with what its own base's scan (``inner``)
+    found: PEFT's AutoPeftModel loads the chain, so NaN under it is the adapted model's (a trial: an adapter on an
+    adapter on a base with NaN read CLEAN, "its base model scanned too: 8 tensors healthy", its logits NaN)."""
+    own = _scanned(base, lambda _: dataclasses.replace(report, extra={
+        k: v for k, v in report.extra.items() if k != verdicts.ADAPTER_BASE_SCAN}))
+    own.pop(_SHAPES, None)  # (the adapter's LoRA tensors: nothing the outer adapter's shapes are compared with)
+    problems = [p for p in own["problems"] if p["kind"] != BASE_KIND] + list(inner.get("problems", ()))
+    return {**own, "findings": list(dict.fromkeys([*own["findings"], *inner.get("findings", ())])),
+            "tensor_count": own["tensor_count"] + inner.get("tensor_count", 0),
+            "flagged_tensors": own["flagged_tensors"] + inner.get("flagged_tensors", 0),
+            "nan": own["nan"] + inner.get("nan", 0), "posinf": own["posinf"] + inner.get("posinf", 0),
+            "neginf": own["neginf"] + inner.get("neginf", 0),
+            "tensors": (own["tensors"] + list(inner.get("tensors", ())))[:_MAX_TENSORS],
+            "problem_words": own["problem_words"] or inner.get("problem_words", ""), "problems": problems,
+            "grown": own["grown"] or inner.get("grown"), "through": inner.get("path")}
+
+
+_SHAPES = "_shapes"  # (the base's tensor shapes by name, kept with its verdict for the fit check; not in any report)
+_LORA_PART = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
+
+
+def _misfits(report: ScanReport, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The adapter's tensors that do not fit its base model's (``shapes``): a LoRA matrix whose input (A) or output
+    (B) size is no dimension of the module it adapts, a copy PEFT keeps of a module (``modules_to_save``, saved under
+    the module's own name) of another shape. PEFT's load raises "size mismatch" on them (a trial: a LoRA trained for
+    hidden size 32 named a base of 1,024 and read CLEAN, "its base model scanned too: 111 tensors healthy")."""
+    wrong = []
+    for name, shape in zip(report.tensors.refs.names, report.tensors.refs.shapes):
+        bare = name.removeprefix(adapterkeys.PREFIX)
+        lora = _LORA_PART.match(bare)
+        if lora is not None:
+            module = lora["module"]
+            base = shapes.get(f"{module}.weight", shapes.get(f"{module}.base_layer.weight"))
+            size = shape[1] if lora["part"] == "A" and len(shape) == 2 else shape[0] if len(shape) == 2 else None
+            if base is not None and len(base) == 2 and size is not None and size not in base:
+                wrong.append(f"{bare} {list(shape)} (the base's {module}.weight is {list(base)})")
+        elif bare in shapes and tuple(shapes[bare]) != tuple(shape) and ".lora_" not in bare:
+            wrong.append(f"{bare} {list(shape)} (the base's is {list(shapes[bare])})")
+    return wrong
+
+
+# LoRA variants whose stored matrices are not the module's sizes (BD-LoRA's blocks, QA-LoRA's pooled inputs)
+_RESHAPING = ("use_bdlora", "use_qalora")
+
+
+def _plain_lora(adapter: Path) -> bool:
+    """Whether the adapter in ``adapter`` is a LoRA whose matrices span its modules' sizes (not BD-LoRA or QA-LoRA,
+    whose lora_A or lora_B hold a block or a pooled share of them, nor another kind of adapter)."""
+    config = loadconfig.read_object(adapter / loadability.ADAPTER_CONFIG)
+    return (isinstance(config, dict) and config.get("peft_type", "LORA") == "LORA"
+            and not any(config.get(key) for key in _RESHAPING))
+
+
+def _misfit_problem(adapter: Path, named: str, misfits: list[str]) -> ScanProblem:
+    """The adapter's tensors that do not fit the base it names, as its NOT LOADABLE problem."""
+    return ScanProblem(
+        str(adapter / loadability.ADAPTER_CONFIG), f"{len(misfits)} of the adapter's tensor(s) do not fit the base "
+        f"model it names ({named!r}): {first_few(misfits, 3)}; PEFT's load raises \"size mismatch\", so the adapted "
+        "model does not load", "point base_model_name_or_path in adapter_config.json to the model the adapter was "
+        "trained on (its sizes are the adapter's)", kind=UNLOADABLE_KIND)
 
 
 def _problem(named: str, found: dict[str, Any]) -> ScanProblem:

@@ -251,3 +251,48 @@ def test_repair_of_an_adapter_on_a_bad_base_is_refused_naming_the_base(copies, c
     assert nandoctor.scan(adapter).exit_code == 0
     with torch.no_grad():
         assert torch.isfinite(_adapted(adapter)(input_ids=IDS).logits).all()
+
+
+def test_an_adapter_on_an_adapter_is_judged_by_the_model_under_the_chain(copies, tmp_path):
+    """A trial: a LoRA whose base_model_name_or_path names another adapter folder, whose own base holds a NaN, read
+    CLEAN ("its base model scanned too: 8 tensors healthy": the inner adapter's LoRA tensors). PEFT's AutoPeftModel
+    loads the chain and its logits are NaN. The model under the chain is judged; a clean chain passes; a chain that
+    loops stops."""
+    base, inner = copies
+    model = peft.AutoPeftModelForCausalLM.from_pretrained(inner)
+    outer_model = peft.get_peft_model(model.merge_and_unload(), peft.LoraConfig(r=2, target_modules=["k_proj"]))
+    outer = tmp_path / "outer"
+    outer_model.save_pretrained(outer)
+    config = json.loads((outer / "adapter_config.json").read_text())
+    (outer / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(inner)}))
+    assert nandoctor.scan(outer).exit_code == 0  # the clean chain
+    _plant(base, float("nan"))
+    adapterbase.forget()
+    chained = peft.AutoPeftModelForCausalLM.from_pretrained(outer)  # the oracle: PEFT loads the chain
+    with torch.no_grad():
+        assert not torch.isfinite(chained(input_ids=IDS).logits).all()
+    report = nandoctor.scan(outer)
+    assert (report.exit_code, report.verdict) == (1, "BASE MODEL NON-FINITE"), report.verdict
+    assert nandoctor.to_json(report)["adapter_base_scan"]["tensors"][0]["name"] == PLANTED
+    config = json.loads((inner / "adapter_config.json").read_text())
+    (inner / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(outer)}))
+    adapterbase.forget()
+    assert nandoctor.scan(outer).exit_code in (0, 1, 3)  # (a loop: stops, no recursion error)
+
+
+def test_an_adapter_that_does_not_fit_the_base_it_names_is_not_loadable(copies, tmp_path):
+    """A trial: a LoRA trained for hidden size 32 whose adapter_config.json names a base of hidden size 64 read CLEAN
+    ("its base model scanned too: … healthy"), and PEFT's load raises "size mismatch"."""
+    _, adapter = copies
+    wide = tmp_path / "wide"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(wide)
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**saved, "base_model_name_or_path": str(wide)}))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the oracle
+        peft.AutoPeftModelForCausalLM.from_pretrained(adapter)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
+    assert "do not fit the base model" in report.errors[0].message and "lora_A" in report.errors[0].message

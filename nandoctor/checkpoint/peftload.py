@@ -96,7 +96,7 @@ def local_base(named: Any, revision: Any) -> Path | None:
     if not isinstance(named, str) or not named or len(named) > 4096:
         return None
     try:
-        folder = Path(named).expanduser()
+        folder = Path(named)  # (no ~: neither transformers nor PEFT expands it, a trial's "~/base" read as scanned)
         if not access.is_dir(folder) and hubcache.looks_like_repo_id(named):
             repo, pinned = hubcache.split_revision(named)  # (org/name@rev, else the config's own revision)
             hit = hubcache.find_hf(repo, pinned or (revision if isinstance(revision, str) and revision else None))
