@@ -207,7 +207,7 @@ def test_a_run_whose_loss_rose_is_diverged_against_its_initial_weights(tmp_path)
     assert report.verdict == "DIVERGED" and "since the weights the run started from" in nandoctor.verdict.one_line(report)
     run = nandoctor.scan_run(str(tmp_path / "run"))
     assert run.first_bad is not None and run.first_bad.path == str(stopped)
-    assert any("growth measured against the weights the run started from (step 0)" in note for note in run.notes)
+    assert any("growth is measured against the weights the run started from (step 0)" in note for note in run.notes)
     # without the baseline (a run saved without the callback) the first save is the yardstick: it passes
     (tmp_path / "run" / BASELINE_NAME).unlink()
     assert nandoctor.scan(stopped).verdict == "CLEAN"

@@ -181,7 +181,7 @@ def test_debug_is_accepted_after_the_command_and_help_names_every_failing_findin
     with pytest.raises(CheckpointNotFoundError):  # --debug: the traceback, not the error: line
         run("scan", tmp_path / "nonexistent", "--debug")
     helped = " ".join(run("scan", "--help").output.split())
-    assert "NaN/Inf, exploded or outlier weights" in helped and "needs --json" in helped
+    assert "NaN/Inf, exploded, outlier or zeroed weights" in helped and "needs --json" in helped
 
 
 def test_a_glob_matching_nothing_is_a_problem_not_unreadable(tmp_path):

@@ -22,6 +22,7 @@ from nandoctor.layers import LayerKey, layer_of, natural_key, zero_breaks
 from nandoctor.model import ScanReport, TensorResult, Verdict
 from nandoctor.wording import first_few, scan_command
 
+_MEANT_BELOW = 1e15  # exploded values above this are no model's meant values: no --max-abs is offered for them
 MAX_ROWS = 40  # as the console (rich_report.MAX_TENSOR_ROWS): --json lists every tensor
 # A cell (a layer, a component, a checkpoint) takes the colour of its worst finding, in this order.
 SEVERITY = (verdicts.NONFINITE, verdicts.EXPLODED, verdicts.OUTLIER, verdicts.OVERFLOW, verdicts.ZEROED)
@@ -260,12 +261,14 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
         steps.append(f"or, if the weights are right as stored: {load_wider(load)} (from_pretrained loads them as "
                      f"{load['value']}, where a weight above 2^14 breaks fp16 arithmetic)")
     exploded = verdicts.with_finding(report, verdicts.EXPLODED)
-    tops = [t.max_abs for t in exploded if t.max_abs is not None and t.ref.dtype not in ("F16", "C32")]
+    # (values a model may mean: far from float32's range, where a bit flip or a BitNet scale of 0 puts them)
+    tops = [t.max_abs for t in exploded if t.max_abs is not None and t.max_abs < _MEANT_BELOW
+            and t.ref.dtype not in ("F16", "C32")]
     if verdicts.EXPLODED in failing and tops and verdicts.NONFINITE not in failing:
         # (a new user's regression on house prices, R² 0.98, its bias 3.8e5: "broken throughout: make the file again";
         # a model of raw units may hold such values by design, and --max-abs says so)
         steps.append(f"or, if values of {max(tops):.3g} are meant (a model of raw units: a regression's bias in dollars), "
-                     f"scan with --max-abs 1e{math.ceil(math.log10(max(tops) * 1.01))} (the exploded ceiling: "
+                     f"scan with --max-abs 1e{math.floor(math.log10(max(tops))) + 1} (the exploded ceiling: "
                      "1e5 by default)")
     reported = decided.reported if decided is not None else ()
     if verdicts.ZEROED in failing or verdicts.ZEROED in reported:
