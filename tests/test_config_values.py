@@ -350,7 +350,8 @@ MODEL = [
     ({"quantization_config": None}, "ok"),
     ({"quantization_config": {"quant_method": "no-such-method"}}, "ok"),  # (transformers warns and skips it)
     ({"is_encoder_decoder": True}, "generate"),
-    # (a later round's: null or 0 as return_dict is as false; generate asks `if is_encoder_decoder`, so "false" is true)
+    # (a later round's: null or 0 as return_dict return tuples, model(ids).logits raises, though generate works, a
+    # review's; generate asks `if is_encoder_decoder`, so "false" is true)
     ({"return_dict": None}, "generate"),
     ({"return_dict": 0}, "generate"),
     ({"return_dict": "true"}, "ok"),

@@ -599,11 +599,15 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
         elif key in _ZERO_BREAKS and _number(value) and value == 0 and model_type.startswith(_ZERO_BREAKS[key][0]):
             wrong.append(f"{prefix}{key} is 0 ({_ZERO_BREAKS[key][1]})")
-        elif key == "return_dict" and not value:
-            # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN; null
-            # or 0 is as false, a later round's)
-            wrong.append(f"{prefix}return_dict is {_shown(value)} (the model's layers return tuples where its head reads "
+        elif key == "return_dict" and value is False:
+            # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN)
+            wrong.append(f"{prefix}return_dict is false (the model's layers return tuples where its head reads "
                          "fields: every forward and generate raise AttributeError)")
+        elif key == "return_dict" and (value is None or (_number(value) and value == 0)):
+            # (null or 0 reach the head as falsy but not False: the model runs and generates, and returns tuples, a
+            # review's oracle)
+            wrong.append(f"{prefix}return_dict is {_shown(value)} (the model returns tuples: model(**inputs).logits "
+                         "raises AttributeError, though generate works)")
         elif key == "attn_implementation" and isinstance(value, str) and not _known_attention(value):
             # (save_pretrained never writes it: a hand-edited config.json, an adversarial round's typo read CLEAN)
             wrong.append(f"{prefix}attn_implementation is {_shown(value)}, not one transformers names (from_pretrained "
