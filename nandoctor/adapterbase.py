@@ -38,6 +38,7 @@ from nandoctor import access
 from nandoctor import verdict as verdicts
 from nandoctor.checkpoint import adapterkeys, layout, loadability, loadconfig, runs
 from nandoctor.checkpoint.peftload import local_base
+from nandoctor.dtypes import DTYPES
 from nandoctor.errors import NandoctorError
 from nandoctor.fileidentity import fingerprint
 from nandoctor.model import BASE_KIND, UNLOADABLE_KIND, ScanProblem, ScanReport
@@ -85,8 +86,10 @@ class BaseOptions:
                                             f"(the newest: {newest})")
             report = annotated(judge_in_run(scan_one(resolved), resolved, scan_one), resolved, self.target_dtype)
             if self.depth < _MAX_CHAIN:  # (an adapter on an adapter: PEFT loads the chain, so the last base counts)
-                report = with_base(report, resolved, dataclasses.replace(self, depth=self.depth + 1))
-            return report
+                return with_base(report, resolved, dataclasses.replace(self, depth=self.depth + 1))
+            named = loadability.adapter_base(resolved)  # (a chain this long loops: the model under it is not read)
+            return report if named is None else dataclasses.replace(report, extra={**report.extra,
+                                                                                   verdicts.ADAPTER_BASE: named})
 
         return scan_base
 
@@ -132,6 +135,10 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     config = loadconfig.read_object(adapter / loadability.ADAPTER_CONFIG)
     revision = config.get("revision") if isinstance(config, dict) else None
     base = local_base(named, revision)
+    if base is not None and not _given_as_path(named) and not _whole(base):
+        # (a repo's snapshot in the cache without its weights, or missing shards: PEFT's save and AutoConfig fetch
+        # config.json alone, and from_pretrained downloads the rest; a review's healthy adapter read UNREADABLE)
+        return None
     if base is None:
         folder = Path(named) if len(named) <= 4096 else None  # (no ~: neither transformers nor PEFT expands it)
         # (a local folder transformers would take that holds no config.json, or one it may not look into: from_pretrained
@@ -152,7 +159,7 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     with _lock:
         kept = _kept.get(key)
     if kept is not None and now is not None and kept[0] == now:
-        return {"named": named, **kept[1]}
+        return None if kept[1].get(_NOT_LOCAL) else {"named": named, **kept[1]}
     found = _scanned(base, options.scanner())
     if now is not None:  # (a base whose files could not be listed is read each time: it may come back)
         with _lock:
@@ -160,7 +167,7 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
             while len(_kept) >= _MAX_KEPT:
                 _kept.pop(next(iter(_kept)))
             _kept[key] = (now, found)
-    return {"named": named, **found}
+    return None if found.get(_NOT_LOCAL) else {"named": named, **found}
 
 
 def identity(base: Path, depth: int = 0) -> Identity | None:
@@ -205,6 +212,8 @@ def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
     inner = verdicts.adapter_base_scan(report)
     if inner is not None:  # (the base is an adapter alone: what its own base holds is the adapted model's too)
         return _through(base, report, inner)
+    if verdicts.ADAPTER_BASE in report.extra:  # (an adapter whose own base is not read here, or a chain that loops:
+        return {_NOT_LOCAL: True}               # the model under it is not scanned, as a base that is not local)
     return {
         "path": str(base),
         "findings": list(found),
@@ -219,7 +228,9 @@ def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
                      "max_abs": tensors.max_abs[i]} for i in rows[:_MAX_TENSORS]],
         "problem_words": " + ".join(verdicts.PROBLEM_WORDS.get(k, k.upper()) for k in verdicts.problem_kinds(report)),
         "problems": [{"path": p.path, "message": p.message, "kind": p.kind} for p in report.errors],
-        _SHAPES: dict(zip(names, tensors.refs.shapes)),
+        # (floating tensors only: a 4-bit base packs its weights into uint8 [n/2, 1], an 8-bit one into int8)
+        _SHAPES: {name: shape for name, shape, dtype in zip(names, tensors.refs.shapes, tensors.refs.dtypes)
+                  if dtype in DTYPES and DTYPES[dtype].can_hold_nonfinite},
     }
 
 
@@ -228,7 +239,7 @@ def _through(base: Path, report: ScanReport, inner: dict[str, Any]) -> dict[str,
     found: PEFT's AutoPeftModel loads the chain, so NaN under it is the adapted model's (a trial: an adapter on an
     adapter on a base with NaN read CLEAN, "its base model scanned too: 8 tensors healthy", its logits NaN)."""
     own = _scanned(base, lambda _: dataclasses.replace(report, extra={
-        k: v for k, v in report.extra.items() if k != verdicts.ADAPTER_BASE_SCAN}))
+        k: v for k, v in report.extra.items() if k not in (verdicts.ADAPTER_BASE, verdicts.ADAPTER_BASE_SCAN)}))
     own.pop(_SHAPES, None)  # (the adapter's LoRA tensors: nothing the outer adapter's shapes are compared with)
     problems = [p for p in own["problems"] if p["kind"] != BASE_KIND] + list(inner.get("problems", ()))
     return {**own, "findings": list(dict.fromkeys([*own["findings"], *inner.get("findings", ())])),
@@ -242,6 +253,25 @@ def _through(base: Path, report: ScanReport, inner: dict[str, Any]) -> dict[str,
 
 
 _SHAPES = "_shapes"  # (the base's tensor shapes by name, kept with its verdict for the fit check; not in any report)
+_NOT_LOCAL = "_not_local"  # (kept for a base whose model is not read here: an adapter on a base that is not local)
+
+
+def _given_as_path(named: str) -> bool:
+    """Whether ``base_model_name_or_path`` names a folder as it stands (a path), not a repo id found in a cache."""
+    try:
+        return access.is_dir(Path(named), refused=False)
+    except (NandoctorError, OSError, ValueError):
+        return False
+
+
+def _whole(base: Path) -> bool:
+    """Whether the cached snapshot ``base`` holds weights, and every shard its index lists."""
+    try:
+        found = layout.discover(base)
+    except (NandoctorError, OSError, ValueError):
+        return False
+    return bool(found.files) and not any(not (index.path.parent / shard).exists() for index in found.indexes
+                                         for shard in set(index.weight_map.values()))
 _LORA_PART = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 
 
@@ -255,12 +285,14 @@ def _misfits(report: ScanReport, shapes: dict[str, tuple[int, ...]]) -> list[str
         bare = name.removeprefix(adapterkeys.PREFIX)
         lora = _LORA_PART.match(bare)
         if lora is not None:
+            # (lora_A's input size only: lora_B's output of an LM head or embedding is the vocabulary, which a
+            # resize_token_embeddings before training changes, as PEFT's load expects)
             module = lora["module"]
             base = shapes.get(f"{module}.weight", shapes.get(f"{module}.base_layer.weight"))
-            size = shape[1] if lora["part"] == "A" and len(shape) == 2 else shape[0] if len(shape) == 2 else None
-            if base is not None and len(base) == 2 and size is not None and size not in base:
+            if lora["part"] == "A" and base is not None and len(base) == 2 and len(shape) == 2 and shape[1] not in base:
                 wrong.append(f"{bare} {list(shape)} (the base's {module}.weight is {list(base)})")
-        elif bare in shapes and tuple(shapes[bare]) != tuple(shape) and ".lora_" not in bare:
+        elif bare in shapes and len(shape) == 2 == len(shapes[bare]) and shape[1] != shapes[bare][1]:
+            # (a module copy's rows may be a resized vocabulary or a new head's labels: its width is the base's)
             wrong.append(f"{bare} {list(shape)} (the base's is {list(shapes[bare])})")
     return wrong
 

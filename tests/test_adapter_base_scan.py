@@ -296,3 +296,48 @@ def test_an_adapter_that_does_not_fit_the_base_it_names_is_not_loadable(copies, 
     report = nandoctor.scan(adapter)
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["unloadable"], report.errors
     assert "do not fit the base model" in report.errors[0].message and "lora_A" in report.errors[0].message
+
+
+def test_healthy_adapters_a_review_found_failing_stay_clean(copies, tmp_path, monkeypatch):
+    """A review of the base scan: (1) a LoRA saved after resize_token_embeddings (PEFT stores the resized embeddings
+    and head beside it, and loads them onto a base resized alike) read NOT LOADABLE, "do not fit the base"; (2) a base
+    that holds a weight packed as a 4-bit quantizer stores it (uint8 [n/2, 1]) was compared with the LoRA's sizes;
+    (3) a repo whose snapshot in the HF cache holds its config.json alone (PEFT's save and AutoConfig fetch it; from_pretrained
+    downloads the rest) read BASE MODEL UNREADABLE; (4) a chain whose model is not local said "scanned too"."""
+    base, _ = copies
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    model.resize_token_embeddings(model.config.vocab_size + 10)
+    peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        tmp_path / "resized")
+    resized = transformers.AutoModelForCausalLM.from_pretrained(base)
+    resized.resize_token_embeddings(model.config.vocab_size)
+    peft.PeftModel.from_pretrained(resized, tmp_path / "resized").generate(IDS, max_new_tokens=2)  # the oracle
+    assert nandoctor.scan(tmp_path / "resized").exit_code == 0
+
+    from safetensors.torch import load_file, save_file  # (2) a packed weight in the base
+
+    packed = shutil.copytree(base, tmp_path / "packed")
+    tensors = load_file(packed / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors[name] = torch.zeros(tensors[name].numel() // 2, 1, dtype=torch.uint8)
+    save_file(tensors, packed / "model.safetensors", metadata={"format": "pt"})
+    adapter = _adapter(base, tmp_path / "on-packed")
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(packed)}))
+    assert not any(p.kind == "unloadable" for p in nandoctor.scan(adapter).errors)
+
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "someone/half"}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # (3) config.json alone in the cache
+    repo = tmp_path / "hub" / "models--someone--half"
+    (repo / "snapshots" / ("b" * 40)).mkdir(parents=True)
+    shutil.copy(base / "config.json", repo / "snapshots" / ("b" * 40) / "config.json")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    report = nandoctor.scan(adapter)
+    assert report.exit_code == 0 and "adapter_base_scan" not in report.extra, report.errors
+
+    outer = _adapter(base, tmp_path / "outer", seed=1)  # (4) outer -> adapter -> someone/half (no weights here)
+    config = outer / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(adapter)}))
+    quiet = run_cli("scan", outer, "-q")
+    assert quiet.exit_code == 0 and "is not scanned here" in quiet.output and "scanned too" not in quiet.output
