@@ -155,3 +155,14 @@ def test_no_fresh_config_of_a_model_type_with_rope_is_a_finding():
             if said:
                 found[(model_type, rope and rope["rope_type"])] = said
     assert checked > 1000 and not found, found
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "yarn", "rope_theta": 10000.0, "original_max_position_embeddings": 1},
+                                  {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                                   "long_factor": [1.0] * 4, "original_max_position_embeddings": 3}])
+def test_a_context_too_long_for_a_float_is_no_internal_error(saved, tmp_path, rope):
+    """A review: a 401-digit max_position_embeddings over the original context made Python's integer division raise
+    OverflowError: an internal error, exit 3 with a traceback hint, where a message belongs."""
+    folder = _roped(saved["llama"], tmp_path / "model", rope, max_position_embeddings=10**400)
+    result = run_cli("scan", folder, "-q")
+    assert "internal error" not in result.output and result.exit_code in (0, 3), result.output

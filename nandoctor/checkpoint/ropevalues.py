@@ -176,7 +176,7 @@ def _yarn(where: str, config: dict[str, Any], values: dict[str, Any]) -> list[Fi
     factor = values.get("factor")
     if factor is None:
         original, longest = _original(config, values), config.get("max_position_embeddings")
-        factor = longest / original if _number(longest) and _number(original) and original > 0 else None
+        factor = _ratio(longest, original) if _number(longest) and _number(original) and original > 0 else None
     scaling = values.get("attention_factor")
     if scaling is None and _number(factor):
         mscale, mscale_all = values.get("mscale"), values.get("mscale_all_dim")
@@ -192,6 +192,16 @@ def _yarn(where: str, config: dict[str, Any], values: dict[str, Any]) -> list[Fi
     return found + _overflows(where, "yarn", values, scaling)
 
 
+def _ratio(longest: float, original: float) -> float:
+    """``longest / original`` as transformers derives a context extension's factor; inf where two integers too large
+    for a float make Python's division raise OverflowError (a review's 401-digit max_position_embeddings: internal
+    error)."""
+    try:
+        return longest / original
+    except OverflowError:
+        return math.inf
+
+
 def _longrope(where: str, config: dict[str, Any], values: dict[str, Any]) -> list[Finding]:
     """longrope's attention scaling, as _compute_longrope_parameters derives it from ``factor`` (or the context
     extension) where ``attention_factor`` is not given: sqrt(1 + log(factor) / log(original))."""
@@ -200,7 +210,7 @@ def _longrope(where: str, config: dict[str, Any], values: dict[str, Any]) -> lis
         original, longest = _original(config, values), config.get("max_position_embeddings")
         factor = values.get("factor")
         if factor is None and _number(longest) and _number(original) and original > 0:
-            factor = longest / original
+            factor = _ratio(longest, original)
         if _number(factor) and factor > 1 and original == 1:
             return [(f"{where}original_max_position_embeddings is 1 for longrope scaling (its logarithm, 0, divides "
                      "the attention scaling: from_pretrained raises ZeroDivisionError)",
