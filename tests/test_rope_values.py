@@ -14,6 +14,7 @@ import pytest
 
 import nandoctor
 from tests.config_edits import edited, saved_tiny_models
+from tests.conftest import run_cli
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
