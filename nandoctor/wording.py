@@ -58,9 +58,17 @@ def scan_command(path: str | os.PathLike[str]) -> str:
 # the words that tell a repair plan's doubt of a donor saved after its target (restore/donors.py) among its doubts
 LATER_DONOR = "after the target (step"
 
-__all__ = ["LATER_DONOR", "first_few", "path_word", "scan_command", "shell_word", "surrogate_shown"]
+__all__ = ["LATER_DONOR", "first_few", "path_word", "scan_command", "setting_shown", "shell_word", "surrogate_shown"]
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 tensor``, ``2 tensors`` (``words`` when the plural is not ``word + "s"``)."""
     return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
+def setting_shown(value: object, width: int = 30) -> str:
+    """A config setting's JSON, cut short to ``width`` characters (the config checks' messages quote values so)."""
+    import json
+
+    text = json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "…"

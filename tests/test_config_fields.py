@@ -218,3 +218,13 @@ def test_a_model_type_in_other_letters_or_no_string_is_bad_config(saved, tmp_pat
         return
     assert report.exit_code == 3 and [p.kind for p in report.errors] == ["config"], report.errors
     assert "model_type" in report.errors[0].message and "does not recognize" in report.errors[0].message
+
+
+def test_a_remote_code_config_is_read_by_its_own_class_not_judged_by_the_built_in_one(saved, tmp_path):
+    """A review: configs whose auto_map names their own AutoConfig are read by that class (trust_remote_code), not by
+    transformers' strict one; the model_type check already passed them over, the field types did not."""
+    values = {"num_attention_heads": 4.0, "auto_map": {"AutoConfig": "configuration_mine.MineConfig"}}
+    folder = _edited(saved["llama"], tmp_path / "model", values)
+    assert not configfields.problems(folder / "config.json", json.loads((folder / "config.json").read_text()))
+    plain = _edited(saved["llama"], tmp_path / "plain", {"num_attention_heads": 4.0})
+    assert configfields.problems(plain / "config.json", json.loads((plain / "config.json").read_text()))

@@ -37,6 +37,7 @@ from typing import Any
 from nandoctor.model import ScanProblem
 from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
+from nandoctor.wording import setting_shown as _shown
 
 FILE = Path(__file__).with_name("config_fields.txt")  # (configfields_writer.py writes it)
 ACT_TAG = "!act"  # (the line of ACT2FN's names)
@@ -327,7 +328,11 @@ def _said(types: str) -> str:
 
 
 def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
-    """BAD CONFIG for the values of config.json (``config``, read from ``path``) its config class refuses."""
+    """BAD CONFIG for the values of config.json (``config``, read from ``path``) its config class refuses; none where
+    its ``auto_map`` names its own AutoConfig (remote code: that class reads it, not transformers' strict one)."""
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and "AutoConfig" in auto_map:
+        return []
     found = refusals(config)
     said = f"transformers {version()}" if version() else "transformers"
     problems = []
@@ -351,10 +356,6 @@ def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
             kind=CONFIG_KIND))
     return problems
 
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 30 else text[:27] + "…"
 
 
 __all__ = ["ACT_TAG", "FILE", "Refusal", "activations", "fields", "is_activation", "judges", "knows", "model_type_problems",

@@ -42,6 +42,7 @@ from nandoctor.checkpoint import ropevalues
 from nandoctor.model import EPS_HARMFUL, FLOAT32_MAX, ScanProblem
 from nandoctor.verdict import CONFIG_KIND
 from nandoctor.wording import first_few
+from nandoctor.wording import setting_shown as _shown
 
 _SHOWN = 3
 # A sampling temperature below this makes every logit above 32 Inf (float32's largest value is 2^128): a language
@@ -264,11 +265,6 @@ def _load_refusals(path: Path, generation: dict[str, Any], typed: list[tuple[str
         "model, and raises", "remove those settings (generate's defaults apply) or give generate() them as arguments",
         kind=CONFIG_KIND)]
 
-
-def _shown(value: Any) -> str:
-    """A setting's JSON, cut short."""
-    text = json.dumps(value)
-    return text if len(text) <= 30 else text[:27] + "…"
 
 
 def _numeric(value: Any) -> bool:

@@ -25,12 +25,12 @@ class without rope parameters (configfields.uses_rope): another model never comp
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from typing import Any, TypeGuard
 
 from nandoctor.checkpoint import configfields
+from nandoctor.wording import setting_shown as _shown
 
 Finding = tuple[str, str]  # (what is wrong, what to do)
 _TINY_FACTOR = 2.0**-100  # (a factor below it divides as 0 does in float32: an adversarial round's 1e-40, NaN)
@@ -254,10 +254,6 @@ def _original(config: dict[str, Any], values: dict[str, Any]) -> Any:
 def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 30 else text[:27] + "…"
 
 
 __all__ = ["MAX_ATTENTION_SCALING", "Finding", "findings"]

@@ -59,7 +59,7 @@ def problems(config_path: Path, config: dict[str, Any], weights: Sequence[Sequen
     if embedding is None or positions:
         return []
     key, value = epsilons[0]
-    constant = _layer_norm(key)
+    constant = _layer_norm(key, config)
     rows = _degenerate_rows(embedding, constant)
     if not rows:
         return []
@@ -91,10 +91,21 @@ def _epsilons(config: dict[str, Any]) -> list[tuple[str, float]]:
     return found
 
 
-def _layer_norm(key: str) -> bool:
+# model types whose ``layer_norm_epsilon`` is an RMSNorm's (T5's T5LayerNorm, Mamba's MambaRMSNorm): a constant row
+# of them divides by no zero (a review's)
+_RMS_UNDER_LAYER_NAME = ("t5", "mt5", "umt5", "longt5", "switch_transformers", "pop2piano", "udop", "mamba",
+                         "falcon_mamba")
+
+
+def _layer_norm(key: str, config: dict[str, Any]) -> bool:
     """Whether config.json's epsilon ``key`` is a LayerNorm's (``layer_norm_eps``, ``text_config.layer_norm_epsilon``),
-    which subtracts the row's mean first, not an RMSNorm's (``rms_norm_eps``, ``norm_eps``)."""
-    return "layer" in key.rpartition(".")[2].lower().split("_")
+    which subtracts the row's mean first, not an RMSNorm's (``rms_norm_eps``, ``norm_eps``, T5's and Mamba's
+    ``layer_norm_epsilon``)."""
+    where, _, name = key.rpartition(".")
+    sub = config.get(where) if where else config
+    model_type = sub.get("model_type") if isinstance(sub, dict) else None
+    rms = isinstance(model_type, str) and model_type.startswith(_RMS_UNDER_LAYER_NAME)
+    return "layer" in name.lower().split("_") and not rms
 
 
 def _degenerate_rows(ref: TensorRef, constant: bool) -> list[int]:
