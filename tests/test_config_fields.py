@@ -228,3 +228,19 @@ def test_a_remote_code_config_is_read_by_its_own_class_not_judged_by_the_built_i
     assert not configfields.problems(folder / "config.json", json.loads((folder / "config.json").read_text()))
     plain = _edited(saved["llama"], tmp_path / "plain", {"num_attention_heads": 4.0})
     assert configfields.problems(plain / "config.json", json.loads((plain / "config.json").read_text()))
+
+
+def test_types_are_not_judged_where_the_installed_transformers_takes_any_value(saved, tmp_path, monkeypatch):
+    """transformers 4 read config.json without type checks (16.0 heads loaded): the types are judged only where the
+    installed transformers is 5 or later (its metadata read, nothing imported)."""
+    import importlib.metadata
+
+    folder = _edited(saved["llama"], tmp_path / "model", {"num_attention_heads": 4.0})
+    config = json.loads((folder / "config.json").read_text())
+    assert configfields.problems(folder / "config.json", config)  # (5.25 here)
+    configfields._validates_fields.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "4.46.3")
+    try:
+        assert not configfields.problems(folder / "config.json", config)
+    finally:
+        configfields._validates_fields.cache_clear()

@@ -327,6 +327,21 @@ def _said(types: str) -> str:
     return " or ".join(dict.fromkeys(words)) or "no value JSON can hold"
 
 
+@cache
+def _validates_fields() -> bool:
+    """Whether the transformers that loads these models validates config fields by type: transformers 5's strict
+    config classes do, 4's took any JSON value; with none installed here (the model is served elsewhere) the data's
+    version is taken. Read from the package's metadata, not imported."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        major = installed("transformers").split(".", 1)[0]
+    except PackageNotFoundError:
+        return True
+    return not major.isdigit() or int(major) >= 5
+
+
 def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     """BAD CONFIG for the values of config.json (``config``, read from ``path``) its config class refuses; none where
     its ``auto_map`` names its own AutoConfig (remote code: that class reads it, not transformers' strict one)."""
@@ -336,7 +351,7 @@ def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     found = refusals(config)
     said = f"transformers {version()}" if version() else "transformers"
     problems = []
-    typed = [r for r in found if not r.built]
+    typed = [r for r in found if not r.built] if _validates_fields() else []
     if typed:
         shown = [f"{r.where}{r.key} is {_shown(r.value)} (the {r.model_type} config takes {r.wanted})" for r in typed]
         problems.append(ScanProblem(
