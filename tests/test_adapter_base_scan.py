@@ -341,3 +341,12 @@ def test_healthy_adapters_a_review_found_failing_stay_clean(copies, tmp_path, mo
     config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(adapter)}))
     quiet = run_cli("scan", outer, "-q")
     assert quiet.exit_code == 0 and "is not scanned here" in quiet.output and "scanned too" not in quiet.output
+
+
+def test_the_bases_read_is_said_beside_the_adapters_own(copies):
+    """A trial: the header said "2.4 MB read · 0.03 s" for an adapter whose 325 MB base was read too."""
+    base, adapter = copies
+    said = run_cli("scan", adapter).output
+    size = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    data = nandoctor.to_json(nandoctor.scan(adapter))["adapter_base_scan"]
+    assert size * 0.9 <= data["bytes"] <= size and "+ its base model: 21 tensors" in said, said

@@ -268,6 +268,10 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
             ),
         )
     )
+    base = verdicts.adapter_base_scan(report)
+    if base is not None and isinstance(base.get("bytes"), int):  # (read beside the adapter: adapterbase.py)
+        console.print(Text(f"  + its base model: {base.get('tensor_count', 0)} tensors · {human_bytes(base['bytes'])} "
+                           f"read · {base.get('seconds', 0.0):.2f} s (once per process)", style="dim"))
     for note in report.notes:
         console.print(Text(f"  note: {safe(note)}", style="yellow"))
     limit = None if show_all else MAX_TENSOR_ROWS
