@@ -38,3 +38,16 @@ def saved_tiny_models(tmp_path_factory, model_types: tuple[str, ...]) -> dict[st
         transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
         folders[model_type] = folder
     return folders
+
+
+def config_refused(folder: Path) -> bool:
+    """Whether transformers' AutoConfig.from_pretrained refuses ``folder``'s config.json (the oracle's first step)."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        transformers.AutoConfig.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - the oracle: any refusal
+        return True
+    return False

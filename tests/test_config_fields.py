@@ -16,7 +16,7 @@ import pytest
 
 import nandoctor
 from nandoctor.checkpoint import architecture, configfields
-from tests.config_edits import edited, saved_tiny_models
+from tests.config_edits import config_refused, edited, saved_tiny_models
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -37,12 +37,7 @@ def _edited(saved: Path, folder: Path, values: dict) -> Path:
 def _oracle(folder: Path) -> str:
     """"ok" where from_pretrained loads ``folder`` and generate runs, else what raised: "config" (AutoConfig) or
     "load" (the model's build)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    try:
-        transformers.AutoConfig.from_pretrained(folder)
-    except Exception:  # noqa: BLE001 - the oracle: any refusal
+    if config_refused(folder):
         return "config"
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import nandoctor
-from tests.config_edits import edited, saved_tiny_models
+from tests.config_edits import config_refused, edited, saved_tiny_models
 from tests.conftest import run_cli
 
 torch = pytest.importorskip("torch")
@@ -39,12 +39,7 @@ def _roped(saved: Path, folder: Path, rope: dict, **top) -> Path:
 def _oracle(folder: Path) -> str:
     """"ok", or how transformers fails: "config" (AutoConfig raises), "load" (the model's build), "nan" (eager
     attention's logits not finite over 64 positions), "generate"."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    try:
-        transformers.AutoConfig.from_pretrained(folder)
-    except Exception:  # noqa: BLE001 - the oracle: any refusal
+    if config_refused(folder):
         return "config"
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
