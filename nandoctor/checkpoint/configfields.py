@@ -351,7 +351,9 @@ def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
     found = refusals(config)
     said = f"transformers {version()}" if version() else "transformers"
     problems = []
-    typed = [r for r in found if not r.built] if _validates_fields() else []
+    typed = [r for r in found if not r.built]
+    if typed and not _validates_fields():  # (asked only then: importlib.metadata costs a scan ~5 ms of imports)
+        typed = []
     if typed:
         shown = [f"{r.where}{r.key} is {_shown(r.value)} (the {r.model_type} config takes {r.wanted})" for r in typed]
         problems.append(ScanProblem(
