@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from nandoctor.kernels.census import HealthLimits
 
 Identity = tuple[tuple[str, tuple[int, int, int, int]], ...]
+Shapes = dict[str, tuple[int, ...]]  # a base's floating tensors' shapes by name (the fit check's)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ _MAX_TENSORS = 16  # a base's tensors with findings kept in the report (the line
 _MAX_KEPT = 16  # base verdicts kept per process: a few bases, each under a few sets of options
 _MAX_CHAIN = 4  # adapters on adapters followed to the model under them (a loop stops there)
 _lock = threading.Lock()
-_kept: dict[tuple[Hashable, ...], tuple[Identity, dict[str, Any]]] = {}
+_kept: dict[tuple[Hashable, ...], tuple[Identity, dict[str, Any], Shapes | None]] = {}
 
 
 def with_base(report: ScanReport, adapter: Path, options: BaseOptions) -> ScanReport:
@@ -110,10 +111,10 @@ def with_base(report: ScanReport, adapter: Path, options: BaseOptions) -> ScanRe
     if named is None:
         return report
     extra = {**report.extra, verdicts.ADAPTER_BASE: named}
-    found = base_verdict(adapter, named, options)
-    if found is None:  # (a repo id in no local cache: the note that it is not scanned stays)
+    kept = _base(adapter, named, options)
+    if kept is None:  # (a repo id in no local cache: the note that it is not scanned stays)
         return dataclasses.replace(report, extra=extra)
-    shapes = found.pop(_SHAPES, None)
+    found, shapes = kept
     extra[verdicts.ADAPTER_BASE_SCAN] = found
     notes = tuple(n for n in report.notes if loadability.BASE_NOT_READ not in n)
     errors = report.errors
@@ -132,6 +133,12 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     """What the scan of the local base model ``named`` (as the adapter in ``adapter`` names it) found, as
     ``extra["adapter_base_scan"]`` holds it; kept for the process while the base's files keep their identity. None
     where the base is not local (a repo id in no cache, never downloaded) or is the adapter's own folder."""
+    kept = _base(adapter, named, options)
+    return None if kept is None else kept[0]
+
+
+def _base(adapter: Path, named: str, options: BaseOptions) -> tuple[dict[str, Any], Shapes | None] | None:
+    """:func:`base_verdict`, and the base's tensor shapes kept with it (None for a chain's base: an adapter's)."""
     config = loadconfig.read_object(adapter / loadability.ADAPTER_CONFIG)
     revision = config.get("revision") if isinstance(config, dict) else None
     base = local_base(named, revision)
@@ -158,16 +165,18 @@ def base_verdict(adapter: Path, named: str, options: BaseOptions) -> dict[str, A
     now = identity(base)
     with _lock:
         kept = _kept.get(key)
-    if kept is not None and now is not None and kept[0] == now:
-        return None if kept[1].get(_NOT_LOCAL) else {"named": named, **kept[1]}
-    found = _scanned(base, options.scanner())
-    if now is not None:  # (a base whose files could not be listed is read each time: it may come back)
-        with _lock:
-            _kept.pop(key, None)
-            while len(_kept) >= _MAX_KEPT:
-                _kept.pop(next(iter(_kept)))
-            _kept[key] = (now, found)
-    return None if found.get(_NOT_LOCAL) else {"named": named, **found}
+    if kept is None or now is None or kept[0] != now:
+        found = _scanned(base, options.scanner())
+        shapes = found.pop(_SHAPES, None)
+        kept = (now or (), found, shapes)
+        if now is not None:  # (a base whose files could not be listed is read each time: it may come back)
+            with _lock:
+                _kept.pop(key, None)
+                while len(_kept) >= _MAX_KEPT:
+                    _kept.pop(next(iter(_kept)))
+                _kept[key] = kept
+    _, found, shapes = kept
+    return None if found.get(_NOT_LOCAL) else ({"named": named, **found}, shapes)
 
 
 def identity(base: Path, depth: int = 0) -> Identity | None:
@@ -204,16 +213,16 @@ def _scanned(base: Path, scan: Callable[[Path], ScanReport]) -> dict[str, Any]:
         return {"path": str(base), "problem_words": verdicts.PROBLEM_WORDS[verdicts.UNREADABLE_KIND],
                 "problems": [{"path": str(base), "message": message, "kind": verdicts.UNREADABLE_KIND}],
                 "findings": [], "tensors": [], "tensor_count": 0, "flagged_tensors": 0}
-    tensors = report.tensors
-    rows = tensors.flagged
-    found = verdicts.present(report)
-    grown = verdicts.health(report) == "diverged" and not set(found) & set(verdicts.FAILING_BY_DEFAULT)
-    names, findings = tensors.refs.names, tensors.findings
     inner = verdicts.adapter_base_scan(report)
     if inner is not None:  # (the base is an adapter alone: what its own base holds is the adapted model's too)
         return _through(base, report, inner)
     if verdicts.ADAPTER_BASE in report.extra:  # (an adapter whose own base is not read here, or a chain that loops:
         return {_NOT_LOCAL: True}               # the model under it is not scanned, as a base that is not local)
+    tensors = report.tensors
+    rows = tensors.flagged
+    found = verdicts.present(report)
+    grown = verdicts.health(report) == "diverged" and not set(found) & set(verdicts.FAILING_BY_DEFAULT)
+    names, findings = tensors.refs.names, tensors.findings
     return {
         "path": str(base),
         "findings": list(found),
@@ -278,7 +287,7 @@ def _whole(base: Path) -> bool:
 _LORA_PART = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 
 
-def _misfits(report: ScanReport, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+def _misfits(report: ScanReport, shapes: Shapes) -> list[str]:
     """The adapter's tensors that do not fit its base model's (``shapes``): a LoRA matrix whose input (A) or output
     (B) size is no dimension of the module it adapts, a copy PEFT keeps of a module (``modules_to_save``, saved under
     the module's own name) of another shape. PEFT's load raises "size mismatch" on them (a trial: a LoRA trained for

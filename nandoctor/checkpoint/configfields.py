@@ -110,11 +110,6 @@ def fields(key: str, depth: int = 0) -> dict[str, str]:
     return found
 
 
-def knows(model_type: Any) -> bool:
-    """Whether config_fields.txt holds the config class of ``model_type``."""
-    return isinstance(model_type, str) and bool(fields(model_type))
-
-
 @cache
 def model_types() -> frozenset[str]:
     """The model types config_fields.txt holds a config class of (each lowercase; the sub-config classes it holds
@@ -375,5 +370,5 @@ def problems(path: Path, config: dict[str, Any]) -> list[ScanProblem]:
 
 
 
-__all__ = ["ACT_TAG", "FILE", "Refusal", "activations", "fields", "is_activation", "judges", "knows", "model_type_problems",
+__all__ = ["ACT_TAG", "FILE", "Refusal", "activations", "fields", "is_activation", "judges", "model_type_problems",
            "model_types", "problems", "refusals", "uses_rope", "version", "wanted"]
