@@ -563,8 +563,10 @@ def coords_of(index: int, shape: tuple[int, ...], order: str = "C") -> tuple[int
 @dataclass(frozen=True, slots=True)
 class UnviewedBad:
     """Non-finite values no tensor holds, in a torch file: in storage bytes that no tensor views (``kind``
-    ``storage``: ``storage`` is the storage's key), or in a numpy array pickled in the file (``numpy``:
-    ``storage`` is the array's name). torch.load loads them all the same; no repair by name restores them."""
+    ``storage``: ``storage`` is the storage's key), in a numpy array pickled in the file (``numpy``:
+    ``storage`` is the array's name), or in a tensor of a ``torch.save`` stream pickled in the file as an
+    ``io.BytesIO`` value (``stream``: ``storage`` is the value's name, then the tensor's; readers/torch/nested.py).
+    torch.load loads them all the same; no repair by name restores them."""
 
     file: str
     storage: str
@@ -577,7 +579,20 @@ class UnviewedBad:
         """Where they are, in words: ``storage 3 of model.bin`` / ``numpy array 'stats.mean' in model.bin``."""
         if self.kind == "numpy":
             return f"numpy array {self.storage!r} in {self.file}"
+        if self.kind == "stream":
+            return f"tensor {self.storage!r} of a torch.save stream pickled in {self.file}"
         return f"storage {self.storage} of {self.file}"
+
+    @property
+    def pickled(self) -> bool:
+        """A value pickled in the file (a numpy array, a torch.save stream): fixed where it is computed, not by
+        re-saving the file's tensors."""
+        return self.kind in ("numpy", "stream")
+
+    def what(self) -> str:
+        """What holds them, in a few words."""
+        return {"numpy": "a numpy array", "stream": "a torch.save stream pickled in the file"}.get(
+            self.kind, "bytes no tensor views")
 
 
 # What stopped a checkpoint being judged (``ScanProblem.kind``, exit 3): defined here, beside the problem, so that

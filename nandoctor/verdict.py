@@ -1430,8 +1430,10 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
                            ("+Inf", sum(u.posinf for u in unviewed)), ("-Inf", sum(u.neginf for u in unviewed))) if n)
         first = unviewed[0]
         more = f" and {plural(len(unviewed) - 1, 'other')}" if len(unviewed) > 1 else ""
-        where = "numpy arrays pickled in the file" if all(u.kind == "numpy" for u in unviewed) else \
-            "storage bytes no tensor views"
+        held_by = {u.kind for u in unviewed}
+        where = ("numpy arrays pickled in the file" if held_by == {"numpy"} else "torch.save streams pickled in the file"
+                 if held_by == {"stream"} else "values pickled in the file" if all(u.pickled for u in unviewed)
+                 else "storage bytes no tensor views")
         pieces.append(f"{values} in {where} ({first.label()}{more})")
     exploded = with_finding(report, EXPLODED)
     # (a variance's exploded values are its negative ones; one above MOMENT_CEILING and none negative is a moment)

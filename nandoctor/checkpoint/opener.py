@@ -187,7 +187,7 @@ def _select(checkpoint: Checkpoint, selection: Selection) -> None:
         checkpoint.refs_by_file[file] = refs.take(rows) if isinstance(refs, RefTable) else [refs[i] for i in rows]
     kept = sum(len(refs) for refs in checkpoint.refs_by_file.values())
     # (a numpy value pickled beside the tensors is selected by its name as a tensor is: --exclude 'message_hub.*')
-    checkpoint.unviewed = [u for u in checkpoint.unviewed if u.kind != "numpy" or selection.keeps(u.storage)]
+    checkpoint.unviewed = [u for u in checkpoint.unviewed if not u.pickled or selection.keeps(u.storage)]
     checkpoint.excluded = total - kept
     if total and not kept:  # a gate over nothing would pass anything: fail closed
         checkpoint.problems.append(ScanProblem(

@@ -130,7 +130,7 @@ def _read_item(
                            groups=tuple(item.fqn.split(".")) if PARAM_GROUPS in item.fqn.split(".") else ())
         owed = tuple(dataclasses.replace(o, tensors=repr(item.fqn)) for o in read.owed)  # the item's own name
         # NaN/Inf outside tensors (a numpy array in a pickled object: dcp.load gives it back) under the item's name
-        unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.kind == "numpy"
+        unviewed = tuple(dataclasses.replace(u, storage=_in_item(item.fqn, u.storage) if u.pickled
                                              else f"{u.storage} of item {item.fqn!r}") for u in read.unviewed)
         if item.chunk_offsets is None:  # a pickled object: tensors inside it (rare) are scanned under its name
             refs = [dataclasses.replace(r, name=_in_item(item.fqn, r.name)) for r in read.refs]

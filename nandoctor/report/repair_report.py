@@ -141,7 +141,7 @@ def render_plan(plan: RepairPlan, console: Console, *, show_all: bool = False) -
         console.print(
             Text(
                 f"  {safe(u.label())}: {u.nan + u.posinf + u.neginf:,} NaN/Inf outside every tensor "
-                f"({'a numpy array' if u.kind == 'numpy' else 'bytes no tensor views'}); they cannot be restored by name",
+                f"({u.what()}); they cannot be restored by name",
                 style="red",
             )
         )

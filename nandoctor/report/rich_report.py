@@ -297,6 +297,9 @@ def render(report: ScanReport, console: Console, *, show_all: bool = False, fail
         for u in report.unviewed:
             why = ("values (a numpy array, not a tensor: torch.load(weights_only=False) loads it all the same)"
                    if u.kind == "numpy" else
+                   "values (an io.BytesIO value holding a torch.save stream: torch.load(weights_only=False) gives it "
+                   "back, and the module that saved it torch.loads it: TransformerEngine's _extra_state, its FP8 "
+                   "scales)" if u.kind == "stream" else
                    "values in bytes that no tensor views (no tensor reads them, but torch.load loads them and torch.save "
                    "of a view writes them again: a NaN the file should not hold)")
             console.print(Text(f"  {safe(u.label())}: {u.nan + u.posinf + u.neginf:,} non-finite {why}", style="yellow"))

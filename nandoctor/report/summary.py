@@ -225,13 +225,13 @@ def next_steps(report: ScanReport, decided: Verdict | None = None) -> list[str]:
                              "state: resume from an earlier checkpoint instead")
             outside = [u for u in report.unviewed if u.nan or u.posinf or u.neginf] if verdicts.NONFINITE in failing else []
             unviewed = [u.file for u in outside]
-            for file in dict.fromkeys(u.file for u in outside if u.kind != "numpy"):  # no repair by name restores them
+            for file in dict.fromkeys(u.file for u in outside if not u.pickled):  # no repair by name restores them
                 steps += [f"NaN/Inf in bytes no tensor of {file} views: re-save it with only the bytes its tensors view",
                           f"    {resave_command(file)}"]
             for u in outside:
-                if u.kind == "numpy":
+                if u.pickled:
                     steps.append(f"NaN/Inf in the {u.label()}: fix it where it is computed (or leave it out of the "
-                                 "checkpoint); a repair restores tensors only")
+                                 "checkpoint, or take it from an earlier one); a repair restores tensors only")
             in_place = use_verified_repair_of(report.target, report)
             broke = verdicts.loss_broke_from(report)
             context = verdicts.run_context(report) or {}

@@ -519,11 +519,12 @@ def _refuse_if_incomplete(plan: RepairPlan, auto_available: bool = False) -> Non
 
         u = plan.unviewed[0]
         bad = u.nan + u.posinf + u.neginf
-        if u.kind == "numpy":
+        if u.pickled:
             raise UnrestorableError(
-                f"{u.file}: the numpy value {u.storage!r} holds {bad:,} NaN/Inf values; a repair restores tensors, "
-                "not numpy values pickled beside them",
-                "leave it out of the checkpoint (or store it finite) and save again; then scan, and repair if need be",
+                f"{u.file}: the {u.label()} holds {bad:,} NaN/Inf values; a repair restores tensors, not values "
+                "pickled beside them",
+                "leave it out of the checkpoint, store it finite or take it from an earlier checkpoint, and save again; "
+                "then scan, and repair if need be",
                 plan=plan,
             )
         raise UnrestorableError(

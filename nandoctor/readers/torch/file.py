@@ -19,6 +19,7 @@ the bytes anyway); otherwise they are a separate pass here (nandoctor.crc).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import re
@@ -27,16 +28,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from nandoctor.crc import check_owed, crc32
+from nandoctor.crc import check_owed, crc32, mismatch
 from nandoctor.errors import (
     CorruptCheckpointError,
+    NandoctorError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
 from nandoctor.model import UNLOADABLE_KIND, OwedCrc, ReadResult, Region, ScanProblem, UnviewedBad
 from nandoctor.readers import magic
 from nandoctor.readers.formats import TORCH, looks_legacy_torch, looks_torch
-from nandoctor.readers.torch import numpy_arrays, statedicts, weights_only
+from nandoctor.readers.torch import nested, numpy_arrays, statedicts, weights_only
 from nandoctor.readers.torch import version as archive_version
 from nandoctor.readers.torch.legacy import LEGACY_PICKLES, NotLegacyError, read_legacy
 from nandoctor.readers.torch.names import (
@@ -183,7 +185,9 @@ def _pickle_context(path: str, what: str) -> Iterator[None]:
 
 
 def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: bool = False,
-              loader: str | None = None, groups: tuple[str, ...] = (), weights_only_load: bool = True) -> ReadResult:
+              loader: str | None = None, groups: tuple[str, ...] = (), weights_only_load: bool = True,
+              depth: int = 0) -> ReadResult:
+    """``depth``: how many torch.save streams this one lies in (nested.py), 0 for a file's own."""
     directory = read_directory(path, fh, size)
     entries = _archive_entries(path, directory)
     if "constants.pkl" in entries or any(name.startswith("code/") for name in entries):
@@ -287,7 +291,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         _weights_only(path, loaded.refused, notes, problems)
         problems += weights_only.opcode_problems(path, data, loader=loader)
         notes += weights_only.protocol_notes(path, data, loader)
-    arrays = numpy_findings(path, walked, notes, problems)
+    arrays = numpy_findings(path, walked, notes, problems) + nested_findings(path, walked, notes, problems, depth)
     used = {ascii_fold(f"data/{key}") for key in blocks}
     unreferenced = sorted(n for n in entries if n.startswith("data/") and n not in used)
     if unreferenced:
@@ -378,8 +382,10 @@ def _small_entry(path: str, fh: BinaryIO, entry: ZipEntry, limit: int) -> bytes:
     return data
 
 
-def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
-    """A file that is not a zip: a legacy torch file, or some other pickle (named if malicious, never loaded)."""
+def _read_pickle_file(path: str, fh: BinaryIO, size: int, depth: int = 0) -> ReadResult:
+    """A file that is not a zip: a legacy torch file, or some other pickle (named if malicious, never loaded).
+    ``depth``: as for ``_read_zip`` (a stream within a file is loaded as its owner's code chooses: no
+    weights-only judgement then)."""
     with _pickle_context(path, "pickled data"):
         try:
             legacy = read_legacy(path, fh, size, MAX_PICKLE_BYTES)
@@ -408,12 +414,13 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int) -> ReadResult:
     )
     problems = (_unread_tensors(path, tuple(legacy.placeholders), built) + weights_only.key_problems(path, legacy.root)
                 + hyperparameter_problems(path, walked.hyper_floats) + scaler_problems(path, walked.dead_scalers))
-    _weights_only(path, tuple(legacy.refused), notes, problems)
-    fh.seek(0)
-    notes += weights_only.protocol_notes(path, fh)
-    problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
+    if not depth:
+        _weights_only(path, tuple(legacy.refused), notes, problems)
+        fh.seek(0)
+        notes += weights_only.protocol_notes(path, fh)
+        problems += weights_only.opcode_problems(path, fh, count=LEGACY_PICKLES)
     problems += _untyped_legacy(path, walked, legacy.declared)
-    arrays = numpy_findings(path, walked, notes, problems)
+    arrays = numpy_findings(path, walked, notes, problems) + nested_findings(path, walked, notes, problems, depth)
     return ReadResult(tuple(built.refs), tuple(notes), tuple(problems), (), arrays, statedicts.nested_under(legacy.root))
 
 
@@ -494,6 +501,56 @@ def numpy_findings(path: str, walked: Walk, notes: list[str], problems: list[Sca
     if finite:
         notes.append(f"{name}: {len(finite)} numpy floating array(s) or scalar(s) pickled in the file (not tensors) read from the "
                      f"pickle: finite: {listed(finite)}")
+    return tuple(found)
+
+
+def nested_findings(path: str, walked: Walk, notes: list[str], problems: list[ScanProblem],
+                    depth: int) -> tuple[UnviewedBad, ...]:
+    """The ``torch.save`` streams pickled in the file as ``io.BytesIO`` values (nested.py), each read from memory
+    as a torch file of its own and its storages counted: NaN/Inf in one is a finding of the file (kind ``stream``),
+    a stream that cannot be read (or holds a global that runs code) a problem, the finite rest a note."""
+    name = os.path.basename(path)
+    found: list[UnviewedBad] = []
+    finite: list[str] = []
+    trainer: list[str] = []
+    for stream_name, stream in walked.streams:
+        try:
+            data = nested.content(stream)
+        except ValueError:
+            continue  # (bytes of no kind a BytesIO holds: nothing torch.load reads)
+        if not (data.startswith(LOCAL_MAGIC) or looks_legacy_torch(data[:512])):
+            continue  # other bytes (text, an image): no torch.save stream to load
+        if depth >= nested.MAX_DEPTH:
+            problems.append(ScanProblem(path, f"the torch.save stream pickled as {stream_name!r} lies "
+                                        f"{depth + 1} streams deep; not read", "save its tensors as tensors"))
+            continue
+        try:
+            read = (_read_zip(path, io.BytesIO(data), len(data), defer_crcs=True, weights_only_load=False,
+                              depth=depth + 1)
+                    if data.startswith(LOCAL_MAGIC) else _read_pickle_file(path, io.BytesIO(data), len(data), depth + 1))
+        except NandoctorError as exc:
+            problems += nested.rehomed(path, stream_name, (ScanProblem(path, exc.message, exc.hint),))
+            continue
+        problems += nested.rehomed(path, stream_name, read.problems)
+        problems += nested.rehomed(path, stream_name, tuple(
+            failed for owed in read.owed
+            if (failed := mismatch(owed, crc32(memoryview(data)[owed.offset : owed.offset + owed.size], 0))) is not None))
+        bad, counted = nested.count_storages(path, stream_name, data, read, _name_prefix(path))
+        inner = [dataclasses.replace(u, storage=f"{stream_name}.{u.storage}") for u in read.unviewed]
+        bad += [dataclasses.replace(u, kind="stream") if u.kind != "numpy" else u for u in inner]
+        if stream_name in walked.trainer:
+            trainer += [u.storage for u in bad]
+        elif bad:
+            found += bad
+        elif counted:
+            finite.append(stream_name)
+    if trainer:
+        notes.append(f"{name}: NaN/Inf in {len(trainer)} value(s) of trainer state pickled as torch.save streams "
+                     f"(not the model's, no finding): {listed(trainer)}")
+    if finite:
+        notes.append(f"{name}: {len(finite)} torch.save stream(s) pickled in the file as io.BytesIO values "
+                     f"(TransformerEngine's _extra_state keeps its FP8 scales so) read from the pickle: finite: "
+                     f"{listed(finite)}")
     return tuple(found)
 
 

@@ -28,7 +28,7 @@ from nandoctor.checkpoint.roles import (
     pickle_role,
 )
 from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, ScanProblem
-from nandoctor.readers.torch import numpy_arrays
+from nandoctor.readers.torch import nested, numpy_arrays
 from nandoctor.readers.torch.stubs import (
     Placeholder,
     StorageRef,
@@ -227,6 +227,7 @@ class Walk:
     # it (fairseq's last_optimizer_state, a GAN's optimizer_G): moments and step counters, never weights
     optimizer: set[str] = field(default_factory=set)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
+    streams: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled io.BytesIO values (nested.py)
     # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's settings
     # (breaks_a_step): not tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
     group_floats: list[tuple[str, float]] = field(default_factory=list)
@@ -398,6 +399,13 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if isinstance(value, StorageRef):
         out.storages.append(NamedStorage(_emit_name(path, out, within=within), value))
+        return
+    if nested.is_stream(value):  # a torch.save stream in a BytesIO, perhaps: read from memory by the reader
+        if not shared:
+            name = ".".join(path) if path else "stream"
+            out.streams.append((name, value))
+            if out._top >= 0 and pickle_role(path[out._top:], out._trainer_checkpoint) == TRAINER:
+                out.trainer.add(name)
         return
     if numpy_arrays.is_array(value):  # its bytes are in the pickle, not a storage: counted by the reader
         if not shared:

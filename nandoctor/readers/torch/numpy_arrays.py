@@ -106,7 +106,7 @@ def count(name: str, value: Placeholder) -> ArrayCount | None:
     if isinstance(data, list):
         nan, posinf, neginf = _count_items(layout, data, size)
     else:
-        nan, posinf, neginf = _count_bytes(layout, _bytes_of(data), size)
+        nan, posinf, neginf = _count_bytes(layout, bytes_of(data), size)
     return ArrayCount(name, layout.text, size, nan, posinf, neginf)
 
 
@@ -306,7 +306,7 @@ def _tally(values: Any) -> tuple[int, int, int]:
     return int(np.isnan(values).sum()), int(np.isposinf(values).sum()), int(np.isneginf(values).sum())
 
 
-def _bytes_of(raw: Any) -> bytes:
+def bytes_of(raw: Any) -> bytes:
     """The value's bytes: raw ``bytes`` / ``bytearray`` (pickle protocol 3+, 5) or protocol 2's
     ``_codecs.encode(text, "latin1")`` (``bytes()`` when empty)."""
     if isinstance(raw, (bytes, bytearray)):
