@@ -125,6 +125,8 @@ def with_base(report: ScanReport, adapter: Path, options: BaseOptions) -> ScanRe
     misfits = _misfits(report, shapes) if shapes and plain else []
     if misfits:
         errors = (*errors, _misfit_problem(adapter, named, misfits))
+    if shapes and plain:
+        notes += tuple(_resized_notes(report, shapes))
     fail_on = report.judgement.fail_on if report.judgement is not None else None
     return verdicts.judged(dataclasses.replace(report, extra=extra, notes=notes, errors=errors), fail_on)
 
@@ -307,6 +309,26 @@ def _misfits(report: ScanReport, shapes: Shapes) -> list[str]:
             # (a module copy's rows may be a resized vocabulary or a new head's labels: its width is the base's)
             wrong.append(f"{bare} {list(shape)} (the base's is {list(shapes[bare])})")
     return wrong
+
+
+def _resized_notes(report: ScanReport, shapes: Shapes) -> list[str]:
+    """A module copy (``modules_to_save``) with more or fewer rows than the base's module, its width the base's: a
+    vocabulary resized before training, or a head of other labels. It loads only onto a base resized to it first (a
+    trial: PeftModel.from_pretrained on the base as saved raised "size mismatch", the adapter read CLEAN unsaid)."""
+    resized = []
+    for name, shape in zip(report.tensors.refs.names, report.tensors.refs.shapes):
+        bare = name.removeprefix(adapterkeys.PREFIX)
+        base = shapes.get(bare)
+        if base is not None and len(shape) == 2 == len(base) and shape[1] == base[1] and shape[0] != base[0]:
+            resized.append((bare, shape[0], base[0]))
+    if not resized:
+        return []
+    rows = resized[0][1]
+    copies = first_few([f"{bare} ({n:,} rows; the base's {m:,})" for bare, n, m in resized], 3)
+    return [f"the adapter's copies of modules differ in rows from its base's (a resized vocabulary, or a head of "
+            f"other labels): {copies}; PeftModel.from_pretrained onto the base as saved raises \"size mismatch\": "
+            f"resize the base first (model.resize_token_embeddings({rows}), or num_labels={rows} for a head); "
+            f"AutoPeftModelForCausalLM resizes only to a tokenizer of {rows:,} tokens saved beside the adapter"]
 
 
 # LoRA variants whose stored matrices are not the module's sizes (BD-LoRA's blocks, QA-LoRA's pooled inputs)

@@ -313,7 +313,15 @@ def test_healthy_adapters_a_review_found_failing_stay_clean(copies, tmp_path, mo
     resized = transformers.AutoModelForCausalLM.from_pretrained(base)
     resized.resize_token_embeddings(model.config.vocab_size)
     peft.PeftModel.from_pretrained(resized, tmp_path / "resized").generate(IDS, max_new_tokens=2)  # the oracle
-    assert nandoctor.scan(tmp_path / "resized").exit_code == 0
+    report = nandoctor.scan(tmp_path / "resized")
+    assert report.exit_code == 0
+    # (but onto the base as saved it does not load: a trial's adapter read CLEAN with nothing said; now a note says
+    # which copies differ and how to load it)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), tmp_path / "resized")
+    said = [n for n in report.notes if "differ in rows from its base's" in n]
+    assert len(said) == 1 and f"resize_token_embeddings({model.config.vocab_size})" in said[0], report.notes
+    assert "embed_tokens.weight" in said[0]
 
     from safetensors.torch import load_file, save_file  # (2) a packed weight in the base
 
