@@ -439,3 +439,19 @@ def test_a_diff_that_cannot_start_still_prints_one_json_object(tmp_path: Path) -
         assert result.exit_code == 3
         data = json.loads(result.stdout)
         assert data["summary"]["exit_code"] == 3 and data["tensors"] == [] and data["problems"][0]["message"]
+
+
+def test_tensors_paired_across_a_wrappers_prefix_are_said(tmp_path: Path) -> None:
+    """A DataParallel save (``module.``) against a torch.compile'd model's (``_orig_mod.``): the values pair up and
+    compare SAME, but load_state_dict of one into the other's model fails; a trial's diff said SAME and nothing else."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    wrapped, compiled = torch.nn.DataParallel(model), torch.compile(model)
+    torch.save(wrapped.state_dict(), tmp_path / "ddp.pt")
+    torch.save(compiled.state_dict(), tmp_path / "compiled.pt")
+    with pytest.raises(RuntimeError, match="Missing key"):  # the oracle
+        compiled.load_state_dict(torch.load(tmp_path / "ddp.pt"))
+    report = nandoctor.diff(tmp_path / "ddp.pt", tmp_path / "compiled.pt")
+    assert report.counts["identical"] == 4 and report.exit_code == 0
+    said = [n for n in report.notes if "paired across names" in n]
+    assert len(said) == 1 and "4 tensors" in said[0] and "module.0.weight ↔ _orig_mod.0.weight" in said[0], report.notes
+    assert not any("paired across names" in n for n in nandoctor.diff(tmp_path / "ddp.pt", tmp_path / "ddp.pt").notes)

@@ -25,7 +25,7 @@ from nandoctor.layers import bad_ranges, layer_of, natural_key
 from nandoctor.model import LayerSummary, ScanProblem
 from nandoctor.restore.tensorbytes import nbytes
 from nandoctor.verdict import CONFIG_KIND, UNLOADABLE_KIND
-from nandoctor.wording import path_word
+from nandoctor.wording import path_word, plural
 
 __all__ = ["DiffReport", "TensorDiff", "diff", "diff_checkpoints"]
 
@@ -90,6 +90,13 @@ def diff_checkpoints(
     notes += [f"{side}: {p.path}: {p.message}" for side, c in (("A", a), ("B", b)) for p in c.problems if p.kind in aside]
     pairs, ambiguous = pair_tensors(a, b)
     problems += ambiguous
+    renamed = [(p.a.name, p.b.name) for p in pairs if p.a is not None and p.b is not None and p.a.name != p.b.name]
+    if renamed:
+        # (a trial: a DDP save and a compiled model's diffed SAME with nothing said, though load_state_dict of one
+        # into the other's model fails on every key)
+        notes.append(f"{plural(len(renamed), 'tensor')} paired across names that differ by a wrapper's prefix "
+                     f"({renamed[0][0]} ↔ {renamed[0][1]}): the values compare, but load_state_dict of one side into "
+                     "the other's model fails on those keys unless the prefix is stripped")
     if pairs and all(pair.a is None or pair.b is None for pair in pairs) and any(p.a for p in pairs) \
             and any(p.b for p in pairs):
         # (every tensor "only in A" or "only in B": the two name their tensors apart, nothing was compared)
