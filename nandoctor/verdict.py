@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nandoctor.checkpoint.roles import holds_sentinels, is_variance, judged_as_weight, moment_segment
@@ -987,9 +988,22 @@ _CLIPPING_BY_FILE = (
 
 def clipping(report: ScanReport) -> str:
     """Gradient clipping as the trainer that wrote ``report``'s checkpoint names it (:data:`CLIPPING` where its files
-    do not say which)."""
+    do not say which); for a Trainer checkpoint, by the clipping its run used (training_args.bin)."""
     names = {os.path.basename(f) for f in report.files}
-    return next((words for pattern, words in _CLIPPING_BY_FILE if any(pattern.search(n) for n in names)), CLIPPING)
+    words = next((words for pattern, words in _CLIPPING_BY_FILE if any(pattern.search(n) for n in names)), CLIPPING)
+    if words == _CLIPPING_BY_FILE[0][1]:
+        from nandoctor.checkpoint.trainerargs import max_grad_norm
+
+        used = max_grad_norm(Path(report.target) if Path(report.target).is_dir() else Path(report.target).parent)
+        if used is not None and not 0 < used <= _CLIPS:
+            return (f"gradient clipping (max_grad_norm=1.0, the Trainer's default: this run's training_args.bin sets "
+                    f"{used:g}, which clips nothing)")
+        if used is not None:
+            return f"gradient clipping (a max_grad_norm below this run's {used:g})"
+    return words
+
+
+_CLIPS = 100.0  # a max_grad_norm above this clips no real gradient: clipping was turned off
 
 
 NAN_CAUSE = ("after finding what made the NaN (a batch whose loss is NaN or Inf, fp16 overflow: bf16 or a lower "

@@ -206,6 +206,7 @@ def test_a_binary_classifier_whose_config_json_leaves_its_labels_out_is_judged_b
     from nandoctor.report.run_report import next_steps  # (what to change, as the checkpoint's own scan says it)
 
     assert "restart from the base model with a lower learning rate or gradient clipping" in " ".join(next_steps(run))
+    assert "a max_grad_norm below this run's 1)" in " ".join(next_steps(run))  # (the Trainer's default, its args')
     healthy = classifier(1e-3, tmp_path / "healthy")
     assert eval_loss(healthy / "checkpoint-30") < 4 * math.log(2)
     assert nandoctor.scan_run(healthy).exit_code() == 0 and nandoctor.scan(healthy / "checkpoint-30").exit_code == 0

@@ -84,6 +84,9 @@ def test_a_bad_update_whose_loss_stayed_up_is_diverged(jumped, tmp_path):
     with pytest.raises(nandoctor.RepairRefusedError) as refused:
         nandoctor.repair(jumped / "checkpoint-30", ["auto"], tmp_path / "fixed")
     assert f"({jumped / 'checkpoint-20'})" in refused.value.hint
+    # (the run clipped nothing, max_grad_norm=0 in its training_args.bin: the advice says so, where a trial's run
+    # at 1e9 was told "the Trainer's is 1.0 by default")
+    assert "training_args.bin sets 0, which clips nothing" in refused.value.hint, refused.value.hint
     assert nandoctor.scan(jumped / "checkpoint-20", device="cpu").exit_code == 0
 
 

@@ -1,0 +1,35 @@
+"""The transformers Trainer's arguments a checkpoint folder keeps (``training_args.bin``), read for advice only.
+
+``training_args.bin`` is ``torch.save(TrainingArguments)``: a pickled object, read here by the restricted
+unpickler into inert stand-ins (nothing of transformers' runs) for the one setting the advice names, the
+run's gradient clipping (``max_grad_norm``: a trial's run clipped at 1e9 and was told "the Trainer's is 1.0 by
+default", which it had turned off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nandoctor.errors import NandoctorError
+
+TRAINING_ARGS = "training_args.bin"
+
+
+def max_grad_norm(folder: Path) -> float | None:
+    """The ``max_grad_norm`` the Trainer run that saved ``folder`` used; None where the folder keeps no readable
+    ``training_args.bin`` or it holds no number there."""
+    path = folder / TRAINING_ARGS
+    if not path.is_file():
+        return None
+    from nandoctor.readers.torch.file import read_object
+
+    try:
+        args = read_object(path)
+    except (NandoctorError, OSError):
+        return None
+    state = getattr(args, "state", None)
+    value = state.get("max_grad_norm") if isinstance(state, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+__all__ = ["TRAINING_ARGS", "max_grad_norm"]
