@@ -257,3 +257,28 @@ def test_an_html_path_that_is_a_folder_is_an_output_error_too(tmp_path):
     assert quiet.exit_code == 3 and quiet.stdout == (f"FAIL REPORT NOT WRITTEN, weights CLEAN {DEMO_RUN / 'checkpoint-200'}: "
                                                      "195 tensors healthy · "
                                                      "the --html report was not written (exit 3)\n")
+
+
+@pytest.mark.parametrize("victim", ["model-00001-of-00002.safetensors", "config.json", "model.safetensors"])
+def test_an_html_path_inside_the_checkpoint_is_refused_and_nothing_is_touched(tmp_path, victim):
+    """A trial: `scan ckpt --html ckpt/model-00001-of-00002.safetensors` said CLEAN (exit 0), then replaced the shard
+    with the page (safetensors.load_file: "header too large"). A file the scan read, a config beside them, or a new
+    weight name there (a model.safetensors beside an index is what loaders take) is refused: exit 3, bytes kept."""
+    import shutil
+
+    from safetensors import safe_open
+
+    ckpt = Path(shutil.copytree(DEMO_RUN / "checkpoint-200", tmp_path / "ckpt"))
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    result = scan(str(ckpt), "--quiet", "--html", str(ckpt / victim))
+    assert result.exit_code == 3 and "never writes into a checkpoint's files" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    with safe_open(ckpt / "model-00001-of-00002.safetensors", "pt") as shard:  # the oracle: the shard still loads
+        assert len(list(shard.keys())) > 0
+    single = scan(str(ckpt / "model-00001-of-00002.safetensors"), "--quiet", "--html",
+                  str(ckpt / "model-00001-of-00002.safetensors"))
+    assert single.exit_code == 3 and {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    # (a report page inside the folder, or anywhere else, is written as asked)
+    assert scan(str(ckpt), "--quiet", "--html", str(ckpt / "report.html")).exit_code == 0
+    assert scan(str(ckpt), "--quiet", "--html", str(tmp_path / "elsewhere.txt")).exit_code == 0
+    assert (ckpt / "report.html").stat().st_size > 1000 and (tmp_path / "elsewhere.txt").stat().st_size > 1000

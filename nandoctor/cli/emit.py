@@ -35,12 +35,39 @@ def write_html(result: ScanReport | RunReport, path: str | None, fail_on: frozen
     from nandoctor.model import ScanReport
     from nandoctor.report import html_report
 
+    inside = _inside_the_checkpoint(path, result)
+    if inside is not None:
+        return ReportWriteError(f"{path}: not written: {inside}; nandoctor never writes into a checkpoint's files",
+                                "give --html a file outside the checkpoint, e.g. --html report.html")
     try:
         rendered = (html_report.render_scan(result, fail_on, show_all) if isinstance(result, ScanReport)
                     else html_report.render_run(result, fail_on))
         html_report.write_html(path, rendered)
     except ReportWriteError as exc:
         return exc
+    return None
+
+
+_REPORT_SUFFIXES = (".html", ".htm")
+
+
+def _inside_the_checkpoint(path: str, result: ScanReport | RunReport) -> str | None:
+    """Why the ``--html`` FILE ``path`` must not be written, or None: it is a file the scan read (a trial's report
+    replaced a weight shard, after a scan that said CLEAN), or a name that is no report's in a folder that holds
+    them (loaders may read it: a new model.safetensors beside an index)."""
+    import os
+
+    reports = [result] if not hasattr(result, "checkpoints") else [c.report for c in result.checkpoints]
+    read = {os.path.realpath(f) for report in reports if report is not None for f in report.files}
+    final = os.path.realpath(path)
+    if final in read:
+        return "it is a file of the checkpoint this scan read"
+    folders = {os.path.dirname(f) for f in read}
+    if os.path.isdir(result.target):
+        folders.add(os.path.realpath(result.target))
+    if os.path.dirname(final) in folders and not final.lower().endswith(_REPORT_SUFFIXES):
+        return (f"it lies in the checkpoint's folder {os.path.dirname(final)} and is no .html file (a weight, config "
+                "or tokenizer name there is read by loaders)")
     return None
 
 
