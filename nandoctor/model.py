@@ -602,6 +602,9 @@ EMPTY_KIND = "empty"
 # weights under names the model does not load: a run's checkpoint whose tensor names differ from its neighbours'
 # (checkpoint/runs.py), a weight config.json's model needs stored under another name (checkpoint/architecture.py)
 NAMES_KIND = "names"
+# the words that mark a note of torch's default load refusing a file (readers/torch/weights_only.py writes them,
+# verdict.py finds them)
+DEFAULT_LOAD_REFUSES = "torch.load's default (weights_only=True)"
 UNLOADABLE_KIND = "unloadable"  # read, but the folder would not load as a checkpoint (checkpoint/loadability.py)
 # it loads, but a config it is built from (config.json, generation_config.json, a GGUF's hyperparameters, a Lightning
 # checkpoint's hyper_parameters) holds NaN/Infinity or a value that makes generate raise or the forward pass NaN

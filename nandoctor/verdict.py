@@ -30,6 +30,7 @@ from nandoctor.layers import bad_ranges, component_of, layer_of, normalise, summ
 from nandoctor.model import (
     BASE_KIND,
     CONFIG_KIND,
+    DEFAULT_LOAD_REFUSES,
     EMPTY_KIND,
     HASH_KIND,
     NAMES_KIND,
@@ -1537,7 +1538,6 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
 
 # the words a note of a torch file that torch.load's default refuses begins its reason with (readers/torch/
 # weights_only.py writes them, "FILE: <these words> …"); a file a Hugging Face loader reads is a problem instead
-DEFAULT_LOAD_REFUSES = "torch.load's default (weights_only=True)"
 # extra key (and --json top level): the base model a scanned PEFT adapter alone is applied to (loadability.adapter_base)
 ADAPTER_BASE = "adapter_base"
 # extra key (and --json top level): that base model's own scan where it is local (adapterbase.py): what it found,

@@ -153,3 +153,4 @@ def test_repair_refuses_and_says_a_repair_restores_tensors_only(tmp_path: Path) 
     assert "_extra_state" in result.output and "restores tensors" in result.output, result.output
     scanned = run_cli("scan", bad)
     assert scanned.exit_code == 1 and "torch.save stream" in scanned.output, scanned.output
+

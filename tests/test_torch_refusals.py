@@ -601,3 +601,20 @@ def test_a_memo_index_bomb_is_refused_before_the_unpickler_allocates(tmp_path):
     report = nandoctor.scan(str(path), device="cpu")
     assert report.exit_code == 3 and "memory bomb" in " ".join(e.message for e in report.errors)
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 200 * 1024  # KB: not gigabytes
+
+
+def test_a_tensor_saved_from_the_meta_device_is_not_loadable_naming_it(tmp_path: Path) -> None:
+    """torch.load (weights_only too) gives a meta tensor back, but it holds no values: load_state_dict raises. A
+    trial's file read CLEAN, "1 tensor healthy" of its two (the meta one dropped as an inert placeholder)."""
+    path = tmp_path / "train.pt"
+    torch.save({"model_state_dict": {"weight": torch.empty(4, 4, device="meta"), "bias": torch.zeros(4)},
+                "epoch": 3}, path)
+    state = torch.load(path, weights_only=True)["model_state_dict"]
+    with pytest.raises(Exception, match="meta tensor"):  # the oracle
+        torch.nn.Linear(4, 4).load_state_dict(state)
+    import nandoctor
+
+    report = nandoctor.scan(path)
+    assert report.exit_code == 3
+    assert [(e.kind, "'model_state_dict.weight'" in e.message) for e in report.errors] == [("unloadable", True)], \
+        [e.message for e in report.errors]

@@ -53,6 +53,7 @@ from nandoctor.readers.torch.quantized import pickled_float_refs, scale_refs
 from nandoctor.readers.torch.refs import BuiltRefs, StorageBlock, build_refs, listed
 from nandoctor.readers.torch.safe_pickle import UNREAD_TENSOR_GLOBALS, check_storage_id, restricted_load
 from nandoctor.readers.torch.stubs import (
+    META_TENSOR_GLOBAL,
     PickleFormatError,
     PickleTooLargeError,
     StorageRef,
@@ -283,7 +284,7 @@ def _read_zip(path: str, fh: BinaryIO, size: int, base: int = 0, defer_crcs: boo
         built.refs += scale_refs(path, [(n.name, n.tensor) for n in walked.tensors], loaded.float_offsets)
         built.refs += pickled_float_refs(path, walked.group_floats, loaded.float_offsets)
     notes = _notes(path, loaded.placeholders, walked, built)
-    problems = (_unread_tensors(path, loaded.placeholders, built) + weights_only.key_problems(path, loaded.value)
+    problems = (_unread_tensors(path, loaded.placeholders, built, walked) + weights_only.key_problems(path, loaded.value)
                 + hyperparameter_problems(path, walked.hyper_floats) + scaler_problems(path, walked.dead_scalers))
     # (a global outside torch's allowlist can be allowed by whoever loads: torch.serialization.add_safe_globals, as
     # torchao does for its tensor subclasses; an opcode torch does not run cannot: only that is a DCP item's problem)
@@ -319,8 +320,18 @@ def _owed(path: str, entry: ZipEntry, base: int, tensors: list[str]) -> OwedCrc:
                    entry.crc32, listed(tensors))
 
 
-def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs) -> list[ScanProblem]:
+def _unread_tensors(path: str, placeholders: tuple[str, ...], built: BuiltRefs, walked: Walk) -> list[ScanProblem]:
     problems = []
+    if walked.meta or META_TENSOR_GLOBAL in placeholders:
+        # (torch.load gives it back, weights_only too, but it holds no values: a trial's file read CLEAN with one
+        # tensor of two, and load_state_dict raised "Cannot copy out of meta tensor; no data!")
+        problems.append(ScanProblem(
+            path, f"holds tensors saved from the meta device ({listed(walked.meta) or META_TENSOR_GLOBAL}): they "
+            "have no values, so the model cannot be loaded from them (load_state_dict raises \"Cannot copy out of "
+            "meta tensor; no data!\")",
+            "save the weights after they are materialized (model.to_empty(device=…) and loaded or initialized, "
+            "then torch.save(model.state_dict(), …)), or from the process that holds them",
+            kind=UNLOADABLE_KIND))
     unread = [p for p in placeholders if p in UNREAD_TENSOR_GLOBALS]
     if unread:
         problems.append(
@@ -412,7 +423,7 @@ def _read_pickle_file(path: str, fh: BinaryIO, size: int, depth: int = 0) -> Rea
         f"{os.path.basename(path)}: legacy (pre-1.6) torch format; it has no checksums, so corruption that "
         "leaves finite values cannot be detected",
     )
-    problems = (_unread_tensors(path, tuple(legacy.placeholders), built) + weights_only.key_problems(path, legacy.root)
+    problems = (_unread_tensors(path, tuple(legacy.placeholders), built, walked) + weights_only.key_problems(path, legacy.root)
                 + hyperparameter_problems(path, walked.hyper_floats) + scaler_problems(path, walked.dead_scalers))
     if not depth:
         _weights_only(path, tuple(legacy.refused), notes, problems)

@@ -30,6 +30,7 @@ from nandoctor.checkpoint.roles import (
 from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, ScanProblem
 from nandoctor.readers.torch import nested, numpy_arrays
 from nandoctor.readers.torch.stubs import (
+    META_TENSOR_GLOBAL,
     Placeholder,
     StorageRef,
     TensorStub,
@@ -228,6 +229,7 @@ class Walk:
     optimizer: set[str] = field(default_factory=set)
     arrays: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled numpy arrays (numpy_arrays.py)
     streams: list[tuple[str, Placeholder]] = field(default_factory=list)  # pickled io.BytesIO values (nested.py)
+    meta: list[str] = field(default_factory=list)  # names of tensors saved from the meta device (no values)
     # NaN/±Inf Python floats of an optimizer's param_groups (a learning rate, betas, eps) or a scheduler's settings
     # (breaks_a_step): not tensors, but a resume restores them, and one NaN lr makes every weight NaN at the next step
     group_floats: list[tuple[str, float]] = field(default_factory=list)
@@ -399,6 +401,9 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
         return
     if isinstance(value, StorageRef):
         out.storages.append(NamedStorage(_emit_name(path, out, within=within), value))
+        return
+    if isinstance(value, Placeholder) and value.global_name == META_TENSOR_GLOBAL:
+        out.meta.append(".".join(path) if path else "tensor")
         return
     if nested.is_stream(value):  # a torch.save stream in a BytesIO, perhaps: read from memory by the reader
         if not shared:

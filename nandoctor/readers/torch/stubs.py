@@ -149,6 +149,9 @@ def object_state(state: Any) -> dict[Any, Any]:
     )
 
 
+META_TENSOR_GLOBAL = "torch._utils._rebuild_meta_tensor_no_storage"  # a tensor of the meta device: no data saved
+
+
 class Placeholder:
     """An inert stand-in for a global nandoctor does not know. Calling it only records the arguments."""
 

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nandoctor.checkpoint.loaders import unrestricted_loader, weights_only_loader
-from nandoctor.model import ScanProblem
-from nandoctor.verdict import DEFAULT_LOAD_REFUSES, UNLOADABLE_KIND
+from nandoctor.model import DEFAULT_LOAD_REFUSES, UNLOADABLE_KIND, ScanProblem
 from nandoctor.wording import first_few
 
 _TYPES = ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long", "Short")
