@@ -525,6 +525,15 @@ def _identity_blocks(tensors: TensorResults, zero_rows: set[int]) -> set[int]:
     return found
 
 
+WEIGHT_NORM_ZERO = "weight_norm_zero"  # extra key: weight-norm directions with a slice of zeros (checkpoint/weightnorm.py)
+
+
+def _weight_norm_zero(report: ScanReport) -> list[dict[str, Any]]:
+    """The weight-norm directions of ``report`` with a slice of zeros along their norm's dim (weightnorm.py)."""
+    value = report.extra.get(WEIGHT_NORM_ZERO)
+    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
+
+
 def _zeroed_since(report: ScanReport) -> dict[str, Any]:
     """The run context's tensors all zero now that were not in an earlier checkpoint (checkpoint/runs.py)."""
     value = (run_context(report) or {}).get(ZEROED_SINCE)
@@ -540,6 +549,10 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
     findings = _all_findings(report.tensors)
     for i in _zeroed(report.tensors, _zeroed_since(report).get("names", ())):
         findings[i] += (ZEROED,)
+    sliced = {d.get("name") for d in _weight_norm_zero(report)}  # (a slice of zeros: 0/0 in every forward pass)
+    for i, name in enumerate(report.tensors.refs.names if sliced else ()):
+        if name in sliced and ZEROED not in findings[i]:
+            findings[i] += (ZEROED,)
     all_fp16 = report.extra.get("target_dtype") == "fp16"
     outgrown = _outgrown_siblings(report.tensors, all_fp16)
     # (a tensor with a finding of its values already — NaN, exploded, values the fp16 cast overflows — has it said)
@@ -1482,7 +1495,18 @@ def facts(report: ScanReport, *, first_problem: bool = True) -> list[str]:
         since = _zeroed_since(report)
         more = f" and {len(zeroed) - 1} more" if len(zeroed) > 1 else ""
         was = f", not all zero in {since['checkpoint']}" if zeroed[0].name in since.get("names", ()) else ""
-        pieces.append(f"{plural(len(zeroed), 'tensor')} all zero ({zeroed[0].name}{more}{was})")
+        sliced = {d.get("name"): d for d in _weight_norm_zero(report)}
+        if zeroed[0].name in sliced:
+            d = sliced[zeroed[0].name]
+            count, shown = d.get("count", 0), [str(s) for s in d.get("slices", ())][:3]
+            rest = f" and {count - len(shown)} more" if count > len(shown) else ""
+            what = ("is all zero" if d.get("dim") is None or count == d.get("of") else
+                    f"has {plural(count, 'slice')} of zeros along dim {d.get('dim')} (of {d.get('of')}: "
+                    f"{', '.join(shown)}{rest})")
+            pieces.append(f"the weight-norm direction {zeroed[0].name}{more} {what}: g·v/‖v‖ divides 0 by 0 there, "
+                          "NaN in every forward pass")
+        else:
+            pieces.append(f"{plural(len(zeroed), 'tensor')} all zero ({zeroed[0].name}{more}{was})")
     if report.nonfinite or exploded or variances or outliers:
         worst = worst_range(report)
         if worst:

@@ -27,6 +27,7 @@ import numpy as np
 
 from nandoctor import verdict
 from nandoctor.blockfields import block_span, elements_per_lane, gather, lanes_nbytes
+from nandoctor.checkpoint import weightnorm
 from nandoctor.checkpoint.opener import Checkpoint, open_checkpoint, problem_of
 from nandoctor.checkpoint.roles import judged_as_weight
 from nandoctor.checkpoint.selection import Selection
@@ -221,6 +222,9 @@ def assemble(
     in_order = _in_order(checkpoint, found, lambda chunks: measure_whole(chunks, limits, loads_as))
     tensors, cast_problems = judged_casts(in_order, checkpoint.cast_to_float, cast_to, limits)
     tensors, scale_notes = judged_scales(tensors, checkpoint.scaled, cast_to, limits)
+    zero_directions = weightnorm.zero_slices(tensors)
+    if zero_directions:
+        extra[verdict.WEIGHT_NORM_ZERO] = zero_directions
     report = ScanReport(
         target=target_name,
         files=tuple(str(f) for f in checkpoint.files.files),

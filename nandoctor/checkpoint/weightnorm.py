@@ -1,0 +1,97 @@
+"""Weight-normalized layers whose direction has a slice of zeros: every forward pass divides 0 by 0.
+
+``torch.nn.utils.weight_norm`` (``weight_g``, ``weight_v``) and its parametrization
+(``parametrizations.weight.original0`` / ``original1``) rebuild the weight at each forward as
+``g * v / ‖v‖``, the norm taken over every dimension but ``dim`` (the one along which ``g`` is not 1). A slice of
+``v`` along ``dim`` that is all zeros has norm 0: that slice of the weight is NaN, and so is everything it reaches
+(wav2vec2's positional convolution, ``dim=2``, one kernel position zeroed: every output of the model NaN; an
+adversarial round read CLEAN). HuBERT, WavLM, SEW, HiFi-GAN and EnCodec are weight-normalized alike.
+
+Only a direction whose census counted at least one slice's worth of exact zeros is read (trained directions hold
+none: a healthy scan reads nothing more); its slices are tested by their bits (a float zero is one whose bits but
+the sign are 0), a block of rows at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from nandoctor.dtypes import DTYPES
+from nandoctor.model import TensorResults
+
+# the direction of a weight-normalized weight, and the name of its magnitude beside it
+_DIRECTION = re.compile(r"^(?P<module>(?:.*\.)?)(?P<v>weight_v|parametrizations\.weight\.original1)$")
+_MAGNITUDE = {"weight_v": "weight_g", "parametrizations.weight.original1": "parametrizations.weight.original0"}
+_BITS = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2"}
+_BYTES_AT_ONCE = 8 << 20
+
+
+def zero_slices(tensors: TensorResults) -> list[dict[str, Any]]:
+    """The weight-norm directions among ``tensors`` with a slice of zeros along their norm's ``dim``: each as
+    ``{"name", "dim" (None: the norm is over the whole tensor), "slices" (the first few indices), "of"}``."""
+    refs = tensors.refs
+    names = refs.names
+    if not any(name.endswith(("weight_v", "original1")) for name in names):  # (most checkpoints: a C-level scan)
+        return []
+    by_name = {name: i for i, name in enumerate(names)}
+    found = []
+    for i, name in enumerate(names):
+        matched = _DIRECTION.match(name)
+        if matched is None or not tensors.zeros[i]:
+            continue
+        g = by_name.get(matched["module"] + _MAGNITUDE[matched["v"]])
+        shape, g_shape = tuple(refs.shapes[i]), tuple(refs.shapes[g]) if g is not None else None
+        if g_shape is None or not shape or (g_shape and len(g_shape) != len(shape)):
+            continue
+        kept = [d for d, (n, m) in enumerate(zip(shape, g_shape)) if m == n > 1]
+        if len(kept) > 1 or (not kept and any(m != 1 for m in g_shape)):
+            continue  # (a magnitude of no shape weight_norm gives)
+        dim = kept[0] if kept else None
+        slice_size = math.prod(shape) // shape[dim] if dim is not None else math.prod(shape)
+        if tensors.zeros[i] < slice_size or slice_size == 0:
+            continue
+        slices = _zero_slices(refs[i], dim)
+        if slices:
+            found.append({"name": name, "dim": dim, "slices": slices[:8], "of": shape[dim] if dim is not None else 1,
+                          "count": len(slices)})
+    return found
+
+
+def _zero_slices(ref: Any, dim: int | None) -> list[int]:
+    """The indices along ``dim`` of ``ref``'s slices that are all ±0 ([0] for a whole tensor of zeros, ``dim``
+    None); [] where it cannot be read plainly."""
+    region, view = ref.region, _BITS.get(ref.dtype)
+    if view is None or not ref.is_contiguous or region.byteorder != "little" or region.blocks is not None:
+        return []
+    shape = tuple(ref.shape)
+    itemsize = DTYPES[ref.dtype].bits // 8
+    magnitude = np.array((1 << (itemsize * 8 - 1)) - 1, dtype=view)
+    rows = shape[0]
+    width = math.prod(shape[1:])
+    nonzero = np.zeros(shape[dim] if dim is not None else 1, dtype=bool)
+    at_once = max(1, _BYTES_AT_ONCE // max(1, width * itemsize))
+    try:
+        with open(region.file, "rb") as handle:
+            for first in range(0, rows, at_once):
+                count = min(at_once, rows - first)
+                handle.seek(region.offset + ref.storage_offset * itemsize + first * width * itemsize)
+                raw = handle.read(count * width * itemsize)
+                if len(raw) != count * width * itemsize:
+                    return []
+                block = (np.frombuffer(raw, dtype=view) & magnitude).reshape((count, *shape[1:])) != 0
+                if dim is None:
+                    nonzero[0] |= bool(block.any())
+                elif dim == 0:
+                    nonzero[first : first + count] |= block.reshape(count, -1).any(axis=1)
+                else:
+                    nonzero |= np.moveaxis(block, dim, 0).reshape(shape[dim], -1).any(axis=1)
+    except OSError:
+        return []
+    return np.flatnonzero(~nonzero).tolist()
+
+
+__all__ = ["zero_slices"]
