@@ -167,6 +167,28 @@ def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, t
     assert "beyond float32's largest value" in report.errors[0].message
 
 
+@pytest.mark.parametrize("pattern, nan", [({"v_proj": 1e40}, True), ({"not_a_module": 1e40}, False),
+                                          ({"v_proj": 16}, False)])
+def test_an_alpha_pattern_that_scales_a_module_past_float32_is_bad_config(base, tmp_path, pattern, nan):
+    """An adversarial round: alpha_pattern {"v_proj": 1e40} (lora_alpha 8 elsewhere) read CLEAN; the v_proj updates
+    are Inf, the logits NaN. A pattern that names no stored module, or a sane alpha, is left alone."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)
+    _edit(adapter, alpha_pattern=pattern)
+    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all())
+    assert finite is not nan  # the oracle
+    report = nandoctor.scan(adapter)
+    if not nan:
+        assert not report.errors, report.errors
+        return
+    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
+    assert "its alpha_pattern scales the LoRA update of" in report.errors[0].message and "v_proj" in \
+        report.errors[0].message
+
+
 def _bdlora() -> list[dict]:
     """BD-LoRA (peft 0.21): its block-diagonal lora_B holds rank / blocks columns (a review: NOT LOADABLE)."""
     try:

@@ -498,6 +498,12 @@ def test_an_encoder_decoders_decoder_start_token_outside_the_vocabulary(tmp_path
     ("qwen2_moe", {"num_experts_per_tok": 99}, "generate"),
     ("granite", {"logits_scaling": 0}, "nan"),  # (the logits are divided by it)
     ("granite", {"logits_scaling": 0.5}, "ok"),
+    # (beyond float32's range, or 1 over it: an adversarial round's, CLEAN before; 1e30 multiplies to no Inf here)
+    ("granite", {"logits_scaling": 1e-40}, "nan"),
+    ("granite", {"embedding_multiplier": 1e40}, "nan"),
+    ("granite", {"residual_multiplier": 1e39}, "nan"),
+    ("cohere", {"logit_scale": 1e40}, "nan"),
+    ("granite", {"logits_scaling": 1e-30}, "ok"),
 ])
 def test_config_values_that_make_the_forward_pass_raise(tmp_path, model_type, values, expected):
     folder = _fresh(tmp_path / model_type, model_type, vocab_size=64, hidden_size=16, intermediate_size=32,

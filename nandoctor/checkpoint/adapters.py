@@ -97,6 +97,28 @@ def _update_scale(config: dict[str, Any]) -> float | None:
         return math.inf
 
 
+def _patterned_overflow(config: dict[str, Any], modules: Sequence[str]) -> str:
+    """The first ``alpha_pattern`` entry whose alpha over its rank (``rank_pattern``'s for the same key, else ``r``)
+    is beyond float32's range and that names a module of the stored LoRA tensors (``modules``), in words; "" where
+    none (PEFT matches a key as the end of a module's name, or as a regular expression: both tried)."""
+    alphas, ranks = config.get("alpha_pattern"), config.get("rank_pattern")
+    if not isinstance(alphas, dict):
+        return ""
+    for key, alpha in alphas.items():
+        rank = ranks.get(key, config.get("r")) if isinstance(ranks, dict) else config.get("r")
+        scale = _update_scale({**config, "r": rank, "lora_alpha": alpha})
+        if scale is None or abs(scale) <= FLOAT32_MAX or not isinstance(key, str):
+            continue
+        try:
+            pattern = re.compile(rf"(?:.*\.)?(?:{key})$")
+        except re.error:
+            pattern = re.compile(rf"(?:.*\.)?{re.escape(key)}$")
+        hit = next((m for m in modules if pattern.fullmatch(m)), None)
+        if hit is not None:
+            return f"{hit} ({key!r}: alpha {alpha!r} over r {rank!r}, {scale:.3g})"
+    return ""
+
+
 # PEFT 0.21's adapter types (PeftType); a type outside them is asked of the installed PEFT (a newer one may know it)
 _PEFT_TYPES = frozenset({
     "ADALORA", "ADAMSS", "ADAPTION_PROMPT", "BEFT", "BOFT", "C3A", "CARTRIDGE", "CPT", "DEFT", "DELORA", "FOURIERFT",
@@ -154,9 +176,14 @@ def config_problems(root: Path, config: dict[str, Any], names: Sequence[str]) ->
                             "beyond float32's largest value: every adapted layer's output is Inf, the logits NaN",
                             "use the adapter_config.json saved with these weights (lora_alpha is usually r or 2 r)",
                             kind=CONFIG_KIND)]
+    modules = sorted({match["module"].removeprefix(_PREFIX) for name in names if (match := _LORA.match(name))})
+    patterned = _patterned_overflow(config, modules)
+    if patterned:
+        return [ScanProblem(path, f"its alpha_pattern scales the LoRA update of {patterned} beyond float32's largest "
+                            "value: those layers' outputs are Inf, the logits NaN", "use the adapter_config.json saved "
+                            "with these weights (lora_alpha is usually r or 2 r)", kind=CONFIG_KIND)]
     if any(config.get(key) for key in ("layers_to_transform", "exclude_modules", "layers_pattern")):
         return []
-    modules = sorted({match["module"].removeprefix(_PREFIX) for name in names if (match := _LORA.match(name))})
     targets = config.get("target_modules")
     if isinstance(targets, str):
         if targets.lower() == "all-linear" or _NESTED_QUANTIFIER.search(targets):

@@ -34,6 +34,7 @@ Values that transformers tolerates (a ``top_p`` of 1.5, a ``temperature`` of 0 w
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -538,6 +539,13 @@ _ZERO_BREAKS = {"embedding_multiplier": (("granite",), "the embeddings are multi
                                          "of the tokens before, the query and key weights unused"),
                 "query_pre_attn_scalar": (("gemma", "t5gemma", "vaultgemma"), "the attention scale is its -1/2 power: "
                                           "the model's build raises ZeroDivisionError")}
+# config values a model multiplies its float32 activations by, by the model types whose code multiplies (muP
+# multipliers): one beyond float32's range makes them Inf, the logits Inf or NaN (an adversarial round's 1e40s read
+# CLEAN); the divisors above alike where 1 over them is (1e-40: every logit Inf)
+_MULTIPLIERS = {"embedding_multiplier": ("granite", "falcon_h1"), "residual_multiplier": ("granite",),
+                "attention_multiplier": ("granite",), "logit_scale": ("cohere",),
+                **{key: ("falcon_h1",) for key in ("lm_head_multiplier", "attention_in_multiplier", "attention_out_multiplier",
+                                                   "key_multiplier", "ssm_in_multiplier", "ssm_out_multiplier")}}
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen-MoE/OLMoE, DeepSeek
 # (PhiMoE's sparsemixer routes every token to two experts whatever num_experts_per_tok says: a helper's trial of 5
 # over 3 experts loaded and generated, and was called BAD CONFIG)
@@ -595,6 +603,14 @@ def _own_values(prefix: str, config: dict[str, Any]) -> list[str]:
             wrong.append(f"{prefix}{key} is 0 (the logits are divided by it: every one Inf or NaN)")
         elif key in _ZERO_BREAKS and _number(value) and value == 0 and model_type.startswith(_ZERO_BREAKS[key][0]):
             wrong.append(f"{prefix}{key} is 0 ({_ZERO_BREAKS[key][1]})")
+        elif (key in _MULTIPLIERS and _number(value) and math.isfinite(value) and abs(value) > FLOAT32_MAX
+              and model_type.startswith(_MULTIPLIERS[key])):
+            wrong.append(f"{prefix}{key} is {value:g}, beyond float32's range (the model multiplies its activations by "
+                         "it: Inf, and the logits Inf or NaN)")
+        elif (key in _LOGIT_DIVISORS and _number(value) and 0 < abs(value) < 1 / FLOAT32_MAX
+              and model_type.startswith(_LOGIT_DIVISORS[key])):
+            wrong.append(f"{prefix}{key} is {value:g} (the logits are divided by it: 1 over it is beyond float32's "
+                         "range, every logit Inf or NaN)")
         elif key == "return_dict" and value is False:
             # (transformers 5's heads read their base model's output by field: an adversarial round's read CLEAN)
             wrong.append(f"{prefix}return_dict is false (the model's layers return tuples where its head reads "
