@@ -32,6 +32,7 @@ from nandoctor.model import (
     CONFIG_KIND,
     DEFAULT_LOAD_REFUSES,
     EMPTY_KIND,
+    FLOAT32_MAX,
     HASH_KIND,
     NAMES_KIND,
     SELECTION_KIND,
@@ -563,13 +564,21 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
               if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
     for i in dotted:
         findings[i] += (EXPLODED,)
-    extra = {k: v for k, v in report.extra.items() if k not in (OUTGROWN, DOT_OVERFLOW)}
+    exponentiated = {i: top for i, top in _exp_overflow(report.tensors, all_fp16).items()
+                     if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
+    for i in exponentiated:
+        findings[i] += (EXPLODED,)
+    extra = {k: v for k, v in report.extra.items() if k not in (OUTGROWN, DOT_OVERFLOW, EXP_OVERFLOW)}
     names = report.tensors.refs.names
     if outgrown:
         extra[OUTGROWN] = [{"name": names[i], "scale": scale, "siblings": siblings}
                            for i, (scale, siblings) in outgrown.items()]
     if dotted:
         extra[DOT_OVERFLOW] = [{"name": names[i], "scale": scale, "row": row} for i, (scale, row) in dotted.items()]
+    if exponentiated:
+        extra[EXP_OVERFLOW] = [{"name": names[i], "value": top, "limit": _exp_limit(all_fp16 or
+                                                                                   report.tensors.refs.dtypes[i] == "F16")}
+                               for i, top in exponentiated.items()]
     tensors = report.tensors.with_findings(findings)
     out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None, extra=extra)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
@@ -592,7 +601,37 @@ def _outgrown_fact(report: ScanReport) -> str:
         more = f" and {len(dotted) - 1} more" if len(dotted) > 1 else ""
         said += (f"; {first['name']}{more}: bulk {first['scale']:.3g} over rows of {first['row']:,}: its dot products "
                  "(the logits) pass fp16's 65,504")
+    for found in report.extra.get(EXP_OVERFLOW) or ():
+        said += (f"; {found['name']} holds {found['value']:.4g} (in magnitude), and the model takes its exp(), which passes the largest "
+                 f"value of its float type from {found['limit']:.4g} on: the logits Inf, their softmax NaN")
     return said
+
+
+EXP_OVERFLOW = "exp_overflow"  # extra key (JSON): learned scalars the model exponentiates, too large for exp()
+# a learned temperature the model multiplies its logits by as exp(x) (CLIP and its kin, SigLIP, CLAP, OWL-ViT,
+# X-CLIP, Chinese-CLIP, AltCLIP): one element, by name
+_EXPONENTIATED = re.compile(r"(?:^|\.)logit_scale$")
+
+
+def _exp_limit(fp16: bool) -> float:
+    """The largest x whose exp() the float type holds: ln of float32's (88.72), or of fp16's 65,504 (11.09)."""
+    return math.log(65504.0) if fp16 else math.log(FLOAT32_MAX)
+
+
+def _exp_overflow(tensors: TensorResults, all_fp16: bool) -> dict[int, float]:
+    """One-element weights the model exponentiates (:data:`_EXPONENTIATED`) whose value's exp() overflows the type
+    they load in: row → the value. A trial flipped one exponent bit of CLIP's trained logit_scale (4.6 → 147):
+    finite, no bulk to stand out from, far under every ceiling, read CLEAN, and logits_per_image all Inf."""
+    refs = tensors.refs
+    out: dict[int, float] = {}
+    for i, name in enumerate(refs.names):
+        top = tensors.max_abs[i]
+        if (top is None or top <= _exp_limit(True) or refs.roles[i] != "weight" or math.prod(refs.shapes[i]) != 1
+                or not _EXPONENTIATED.search(name)):
+            continue
+        if top > _exp_limit(all_fp16 or refs.dtypes[i] == "F16"):
+            out[i] = top
+    return out
 
 
 DOT_OVERFLOW = "fp16_dot_overflow"  # extra key (JSON): fp16 LM heads / embeddings whose dot products overflow fp16
