@@ -75,8 +75,18 @@ def scan_tensors(
             # collective, which a check on process zero alone would wait on, and aminmax's raises outright:
             # "Redistribution from one partial type (P(min)) to another (P(sum)) is unsupported")
             value = value.to_local()
+        if isinstance(value, torch.nn.parameter.UninitializedTensorMixin):  # type: ignore[attr-defined]
+            # (a lazy module's parameter before its first forward: any op on it raises ValueError)
+            problems.append(ScanProblem(name, "tensor is an uninitialized parameter of a lazy module (LazyLinear, "
+                                        "LazyConv…): it has no values to check",
+                                        "run one forward pass (it sizes and initializes it) before scanning"))
+            continue
         if value.is_quantized:  # NaN/Inf hide in its scale: counted on the values torch computes from it
             value = value.dequantize()
+        if value.is_conj() or value.is_neg():  # (a lazy conj/neg view: view_as_real refuses it; the values are its own)
+            value = value.resolve_conj().resolve_neg()
+        if str(value.dtype) in _PACKED_SUB_BYTE:  # (two e2m1 floats a byte, no NaN/Inf code: its bytes, as a file scan reads)
+            value = value.view(torch.uint8)
         if value.device.type == "meta":
             problems.append(ScanProblem(name, "tensor is on the meta device: it has no values to check",
                                         "materialise the weights (load them) before scanning"))
@@ -142,6 +152,7 @@ def scan_tensors(
 
 
 _MAX_DEPTH = 100
+_PACKED_SUB_BYTE = frozenset({"torch.float4_e2m1fn_x2"})  # torch dtypes of packed sub-byte floats, by name
 
 
 def _tensors(named: Mapping[str, Any] | Iterable[tuple[str, Any]], torch: Any, rates: set[str],

@@ -195,6 +195,23 @@ def test_scan_state_dict_views_complex_meta_and_extra_entries():
     assert by_name["empty"].nonfinite == 0
 
 
+def test_live_tensors_torch_refuses_to_view_are_counted_or_refused_never_a_traceback():
+    """An adversarial round: a conj-view complex buffer (view_as_real raised), a LazyLinear before its first forward
+    (its numel() raised), a float4_e2m1fn_x2 tensor (copy_kernel raised) each crashed the live scan."""
+
+    class Filter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("kernel", torch.tensor([1 + 2j, complex(float("nan"), 4)]).conj())
+
+    report = nandoctor.scan_module(Filter())
+    assert (report.nan, report.exit_code) == (1, 1)  # (the conj view's values are its own: NaN either way)
+    lazy = nandoctor.scan_module(torch.nn.Sequential(torch.nn.LazyLinear(4), torch.nn.Linear(4, 4)))
+    assert lazy.exit_code == 3 and "uninitialized parameter of a lazy module" in lazy.errors[0].message
+    packed = torch.zeros(2, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    assert nandoctor.scan_state_dict({"w": packed, "b": torch.ones(2)}).exit_code == 0  # (e2m1 holds no NaN/Inf)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_scan_module_on_gpu_counts_on_the_device():
