@@ -291,6 +291,16 @@ def test_manifest_records_the_files_that_decide_how_the_weights_load(tmp_path: P
     added = " ".join(scan("m.json").output.split())
     assert "chat_template.jinja: not in the manifest" in added and "added since it was recorded" in added
     (folder / "chat_template.jinja").unlink()
+    # (the code trust_remote_code runs: an adversarial round edited modeling_my.py to make the logits NaN and the
+    # manifest still verified)
+    (folder / "modeling_my.py").write_text("SCALE = 1.0\n")
+    coded = nandoctor.manifest(folder)
+    assert "modeling_my.py" in {e["path"] for e in coded["load_files"]}
+    (tmp_path / "coded.json").write_text(json.dumps(coded))
+    (folder / "modeling_my.py").write_text("SCALE = float('nan')\n")
+    edited_code = " ".join(scan("coded.json").output.split())
+    assert "modeling_my.py: changed since the manifest" in edited_code, edited_code
+    (folder / "modeling_my.py").unlink()
     (folder / "generation_config.json").unlink()
     lost = scan("m.json")
     assert lost.exit_code == 3 and "generation_config.json: listed in the manifest" in " ".join(lost.output.split())

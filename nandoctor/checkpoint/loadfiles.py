@@ -7,7 +7,8 @@ tokenizer files decide which ids reach the embeddings. A manifest that verified 
 pass a checkpoint whose config was edited since, so ``nandoctor manifest`` records these files' sha256 too
 (checkpoint/hashes.py). The names are those the other checks read (loaders.py, loadconfig.py,
 tokenizerfiles.py), plus the tokenizer vocabularies and processor configs ``AutoTokenizer`` /
-``AutoProcessor`` load, which nandoctor does not parse.
+``AutoProcessor`` load, which nandoctor does not parse, and the code ``trust_remote_code`` runs (the folder's
+``*.py``: an adversarial round edited ``modeling_my.py`` to make the logits NaN and the manifest still verified).
 
 Looked for in the checkpoint folder and in each folder holding its weights or index (a diffusers
 pipeline's ``unet/``); a single weight file has none of its own (the files beside it may be another model's).
@@ -27,8 +28,11 @@ LOAD_FILE_NAMES = (
     tokenizerfiles.ADDED_TOKENS, tokenizerfiles.CHAT_TEMPLATE,
     # tokenizer vocabularies and processors AutoTokenizer / AutoProcessor read, not parsed by nandoctor
     "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt",
-    "preprocessor_config.json", "processor_config.json",
+    "preprocessor_config.json", "processor_config.json", "chat_template.json",
 )
+# what from_pretrained(trust_remote_code=True) imports and runs (config.json's auto_map names modules of the folder,
+# which import their siblings) and the chat templates apply_chat_template reads: recorded by pattern
+_PATTERNS = ("*.py", "additional_chat_templates/*.jinja")
 
 
 def load_files(checkpoint: Checkpoint) -> list[Path]:
@@ -40,6 +44,7 @@ def load_files(checkpoint: Checkpoint) -> list[Path]:
     folders = {root, *(f.parent for f in checkpoint.files.files), *(i.path.parent for i in checkpoint.files.indexes)}
     inside = sorted(f for f in folders if f == root or root in f.parents)
     found = {folder / name for folder in inside for name in LOAD_FILE_NAMES}
+    found |= {f for folder in inside for pattern in _PATTERNS for f in folder.glob(pattern)}
     found |= {index.path for index in checkpoint.files.indexes}
     # (regular files only: hashing a FIFO would wait forever for a writer)
     return sorted(f for f in found if layout.is_regular_file(f))
