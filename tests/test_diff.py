@@ -455,3 +455,21 @@ def test_tensors_paired_across_a_wrappers_prefix_are_said(tmp_path: Path) -> Non
     said = [n for n in report.notes if "paired across names" in n]
     assert len(said) == 1 and "4 tensors" in said[0] and "module.0.weight ↔ _orig_mod.0.weight" in said[0], report.notes
     assert not any("paired across names" in n for n in nandoctor.diff(tmp_path / "ddp.pt", tmp_path / "ddp.pt").notes)
+
+
+@pytest.mark.parametrize("wide, narrow_dtype", [(1.00390625, torch.bfloat16), (65520.0, torch.float16),
+                                                (1.0 + 2.0**-11, torch.float16), (2.0**-9 * (1 + 2.0**-8), torch.bfloat16)])
+def test_a_tie_is_a_rounding_only_to_its_even_neighbour(tmp_path: Path, wide: float, narrow_dtype) -> None:
+    """Exactly half an ulp between the two neighbours: torch's cast takes the even one (1.00390625 → BF16 1.0, 65520 →
+    F16 Inf). An adversarial round's diff called the odd neighbour "its rounding" too; now only torch's own cast is."""
+    wide_t = torch.tensor([wide])
+    cast = wide_t.to(narrow_dtype)  # the oracle: torch's rounding
+    ulp = torch.finfo(narrow_dtype).eps * 2.0 ** (int(np.floor(np.log2(wide))))
+    odd = torch.tensor([wide + ulp / 2 if float(cast) < wide else wide - ulp / 2]).to(narrow_dtype)
+    save_file({"w": wide_t}, str(tmp_path / "wide.safetensors"))
+    for name, narrow, expected in (("even", cast, "cast"), ("odd", odd, "changed")):
+        if not torch.isfinite(narrow).all():
+            continue  # (65520's even neighbour is Inf: a value that overflowed is a change, counted elsewhere)
+        save_file({"w": narrow}, str(tmp_path / f"{name}.safetensors"))
+        report = nandoctor.diff(tmp_path / f"{name}.safetensors", tmp_path / "wide.safetensors")
+        assert report.tensors[0].status == expected, (name, float(narrow), report.tensors[0].status)

@@ -146,7 +146,11 @@ def _compare(x: np.ndarray, y: np.ndarray, lanes: int, rounding: tuple[str, int,
     if rounding is not None:
         side, mantissa, emin = rounding
         narrow = yd if side == "b" else xd
-        rounded = both & (delta <= _half_ulp(np.where(both, narrow, 0.0), mantissa, emin))
+        half = _half_ulp(np.where(both, narrow, 0.0), mantissa, emin)
+        # (a tie rounds to the even neighbour, as torch's casts do: F32 1.00390625 is BF16 1.0, not 1.0078125, and
+        # F32 65520 is F16 Inf, not 65504; an adversarial round's diff called the odd one "its rounding")
+        even = np.fmod(np.abs(np.where(both, narrow, 0.0)) / (2 * half), 2.0) == 0
+        rounded = both & ((delta < half) | ((delta == half) & even))
         changed = ~rounded
         if rounded.any():
             stats.rounding = float(delta[rounded].max())
