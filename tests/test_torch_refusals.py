@@ -618,3 +618,24 @@ def test_a_tensor_saved_from_the_meta_device_is_not_loadable_naming_it(tmp_path:
     assert report.exit_code == 3
     assert [(e.kind, "'model_state_dict.weight'" in e.message) for e in report.errors] == [("unloadable", True)], \
         [e.message for e in report.errors]
+
+
+@pytest.mark.parametrize("dtype", ["quint4x2", "quint2x4"])
+def test_packed_quantized_tensors_are_read_and_their_nan_scale_counted(tmp_path: Path, dtype: str) -> None:
+    """torch.ao's 4- and 2-bit quantized tensors pack two or four values a byte: their elements counted one a byte
+    reached past the storage, and a file torch loads read UNREADABLE (an adversarial round); a NaN scale went
+    uncounted with it."""
+    import warnings
+
+    import nandoctor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, scale in (("ok", 0.1), ("nan", float("nan"))):
+            torch.save({"w": torch.quantize_per_tensor(torch.randn(4, 8), scale, 0, getattr(torch, dtype))},
+                       tmp_path / f"{name}.pt")
+        loaded = torch.load(tmp_path / "nan.pt", weights_only=True)["w"].dequantize()  # the oracle
+    assert torch.isnan(loaded).all()
+    assert nandoctor.scan(tmp_path / "ok.pt").exit_code == 0
+    bad = nandoctor.scan(tmp_path / "nan.pt")
+    assert bad.exit_code == 1 and bad.nan == 1 and not bad.errors

@@ -97,6 +97,10 @@ def _byteorder_of(path: str, byteorder: str, storage: StorageRef, view_dtype: st
     )
 
 
+# torch's packed quantized dtypes (their tensors name them by storage type): values a byte
+_PACKED = {"quint4x2": 2, "quint2x4": 4, "QUInt4x2Storage": 2, "QUInt2x4Storage": 4}
+
+
 def _overlapping(stub: TensorStub) -> bool:
     """True when two positions of the view read the same storage element (expand, as_strided)."""
     dims = sorted((st, n) for n, st in zip(stub.size, stub.stride) if n > 1)
@@ -189,6 +193,18 @@ def build_refs(
         if refused is not None:
             raise _fail(path, f"{where}: {refused}")
         numel = math.prod(stub.size)
+        packed = _PACKED.get(stub.torch_dtype)
+        if packed is not None:
+            # (quint4x2 / quint2x4: two or four integers a byte, no NaN/Inf; its scale is read apart. Its elements
+            # counted one a byte reached past its storage: a false UNREADABLE of a file torch loads)
+            start, nbytes = base + stub.storage_offset // packed, -(-numel // packed)
+            if start + nbytes > limit:
+                raise _fail(path, f"{where}: {numel} packed {stub.torch_dtype} values need {nbytes} bytes from element "
+                            f"{start} of a storage holding {limit}")
+            out.refs.append(TensorRef(named.name, stub.dtype, (nbytes,), region, start, (1,),
+                                      role=_role(named.name, walked)))
+            out.tensors_by_storage.setdefault(stub.storage.key, []).append(named.name)
+            continue
         overlaps = False
         if numel:
             last = base + stub.storage_offset + sum((n - 1) * s for n, s in zip(stub.size, stub.stride))
