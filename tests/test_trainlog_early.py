@@ -93,8 +93,11 @@ def test_a_real_run_diverging_in_its_first_logs_resumes_from_before_the_jump(tmp
     initial = eval_loss(tiny_llama(0))
     run = nandoctor.scan_run(str(out), device="cpu")
     statuses = [(c.step, c.status) for c in run.checkpoints]
-    assert statuses[:2] == [(1, "clean"), (2, "clean")] and run.first_bad is not None, statuses
-    assert eval_loss(out / "checkpoint-2") > 100 * initial  # clean weights (the old answer) that made the jump
+    # (checkpoint-2's weights made the jump: the later log confirms it, the run scan reads it diverged as a scan of it
+    # alone does; it read clean in the run beside a standalone DIVERGED before)
+    assert statuses[:2] == [(1, "clean"), (2, "diverged")] and run.first_bad is not None, statuses
+    assert nandoctor.scan(out / "checkpoint-2", device="cpu").health == "diverged"
+    assert eval_loss(out / "checkpoint-2") > 100 * initial  # weights that made the jump
     healthy = run.last_healthy
     assert healthy is not None and healthy.step == 1 and run.broken_weights_from == 2
     assert eval_loss(healthy.path) < 4 * initial

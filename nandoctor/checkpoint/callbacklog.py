@@ -24,6 +24,7 @@ loss is left out. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -78,12 +79,39 @@ def lightning_log(folder: Path, csv_near: Path | None = None) -> MetricsTable | 
     (:data:`LIVE_LOG`), else those it kept in ``folder``'s ``nandoctor.json``; None without any."""
     found = metrics_near(Path(folder) if csv_near is None else csv_near)
     if found is not None:
-        return found
+        return with_start_loss(found, folder)
     live = LIVE_LOG.get()
     if live is not None:
         return live
     kept = read_losses(folder)
     return losses_table(kept, f"{Path(folder) / REPORT_NAME}, the {SOURCE}es the callback saw") if kept else None
+
+
+def kept_start_loss(folder: Path) -> float | None:
+    """The initial weights' own training loss (step 0's batch, before any update) a Lightning callback kept in
+    ``folder``: the baseline's ``start_loss`` (baseline.py), else step 0 of its ``nandoctor.json`` losses; None."""
+    from nandoctor.checkpoint.baseline import INITIAL_WEIGHTS, read_baseline
+
+    kept = read_baseline(Path(folder))
+    if kept is not None and kept.checkpoint == INITIAL_WEIGHTS and kept.start_loss is not None:
+        return kept.start_loss
+    start = read_losses(Path(folder)).get(0, {}).get("loss")
+    return start if start is not None and math.isfinite(start) and start > 0 else None
+
+
+def with_start_loss(table: MetricsTable, folder: Path) -> MetricsTable:
+    """``table`` (a run's metrics.csv) with the start loss the callback kept in ``folder`` (:func:`kept_start_loss`)
+    as its step-0 row, where it logs none: Lightning logs its first row after ``log_every_n_steps`` updates, and a run
+    whose learning rate warmed up too high had already left its start there (a trial at lr 2: 4.85 at step 0, 10.7 at
+    step 1, 17.5 at step 3): its early loss, measured from the logged rows alone, was 17.5, the jump to 53.7 at the
+    first save passed under it, and the run scan named that save its last healthy checkpoint where the callback, which
+    judged from step 0, had named none. The run scan and the callback judge from the same start."""
+    if table.error or table.loss_key is None or any(step <= 0 for step in table.rows):
+        return table
+    start = kept_start_loss(folder)
+    if start is None:
+        return table
+    return dataclasses.replace(table, rows={0: {table.loss_key: start}, **table.rows})
 
 
 def callback_files(entries: Iterable[Path]) -> bool:
@@ -94,5 +122,5 @@ def callback_files(entries: Iterable[Path]) -> bool:
     return any(entry.name in (REPORT_NAME, BASELINE_NAME) for entry in entries)
 
 
-__all__ = ["LIVE_LOG", "LOSSES", "REPORT_NAME", "callback_files", "lightning_log", "losses_json", "losses_table",
-           "read_losses"]
+__all__ = ["LIVE_LOG", "LOSSES", "REPORT_NAME", "callback_files", "kept_start_loss", "lightning_log", "losses_json",
+           "losses_table", "read_losses", "with_start_loss"]

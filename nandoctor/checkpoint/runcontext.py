@@ -109,19 +109,15 @@ def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
     made a loss 10x its early one are otherwise for the user to judge (a trial: a run at lr 30 logged 4.6 → 8,000
     before its first save; every checkpoint was CLEAN, and said nothing)."""
     from nandoctor import verdict
-    from nandoctor.checkpoint.runs import loss_broke_before, loss_jump_at, place_in_run
+    from nandoctor.checkpoint.runs import jump_before_save, loss_broke_before, place_in_run
 
     place = place_in_run(target)
     if place is None:
         return None
-    log = _train_log(place, target if target.is_dir() else target.parent)
-    later = _later_log(place)
     # (whether a jump before the save stayed up is for the logs after it to say: a checkpoint saved at the jump's own
     # step read CLEAN without a word, its own log ending there, while the next one's said it; a helper's trial)
-    jump = loss_jump_at(log, place.step)
-    confirmed = loss_jump_at(later, place.step) if later is not None else None
-    if confirmed is not None and (jump is None or not jump["sustained"]):
-        jump, log = confirmed, later
+    jump, log = jump_before_save(_train_log(place, target if target.is_dir() else target.parent), _later_log(place),
+                                 place.step)
     broke_from = loss_broke_before(log, place.step)
     if jump is None:  # (a loss still 4x an untrained model's: never trained, as the run scan judges it)
         from nandoctor.checkpoint.baseline import untrained_jump

@@ -1038,6 +1038,20 @@ def loss_jump_at(log: TrainLog | None, step: int) -> dict[str, Any] | None:
     return {"step": log.loss_jump_step, "loss": loss, "early_loss": early, "sustained": log.loss_jump_said}
 
 
+def jump_before_save(log: TrainLog | None, later: TrainLog | None, step: int) -> tuple[dict[str, Any] | None,
+                                                                                  TrainLog | None]:
+    """(:func:`loss_jump_at` for the save at ``step``, the log that says it): by the save's own ``log``, or by
+    ``later`` (the run's log as its newest save or metrics.csv holds it) where that confirms a jump the save's own log
+    ends in or does not reach. Whether a jump before the save stayed up is for the logs after it to say: a Lightning
+    save logs the loss of its own weights at its own step, after the save, so the save at the jump read healthy in the
+    run scan while a scan of it alone, which reads the later log, read DIVERGED (a trial at lr 2, warmed up)."""
+    jump = loss_jump_at(log, step)
+    confirmed = loss_jump_at(later, step) if later is not None and later is not log else None
+    if confirmed is not None and (jump is None or not jump["sustained"]):
+        return confirmed, later
+    return jump, log
+
+
 def log_broke_by(log: TrainLog | None, step: int) -> int | None:
     """The trainer log's first NaN/Inf loss or grad_norm step when it is at or before ``step``, else None."""
     first = None if log is None or log.error else log.nonfinite_from
@@ -1107,6 +1121,12 @@ def _set_aside(folder: Path) -> bool:
     except (OSError, ValueError, AttributeError, NandoctorError):
         return False
     return isinstance(source, str) and os.path.abspath(source) != os.path.abspath(folder) and os.path.isdir(source)
+
+
+def _newest_log(rows: list[_Row]) -> TrainLog | None:
+    """The trainer log of the newest row that has a trainer_state.json: the run's log to its last save."""
+    newest = next((r.path / TRAINER_STATE for r in reversed(rows) if os.path.isfile(r.path / TRAINER_STATE)), None)
+    return read_train_log(newest) if newest is not None else None
 
 
 def _step_file_rows(run: StepFolder, below_step: int | None) -> list[_Row]:
@@ -1242,6 +1262,7 @@ def scan_run(
     # (the folder of the saves: a version folder's checkpoints/, where the callback keeps its files)
     saves = root if step_run is None else step_run.folder
     metrics = lightning_log(saves, csv_near=root) if stepped else None
+    later_log = metrics.train_log() if metrics is not None else _newest_log(rows)  # (confirms a jump: jump_before_save)
 
     # Lightning keeps two files of one step by name (``-v1``); two checkpoint-N folders of one step are ambiguous
     problems = [] if stepped else duplicate_steps(checkpoints_in(root))
@@ -1378,8 +1399,9 @@ def scan_run(
                 notes.append(f"growth is measured against the weights the run started from (step 0), not against a "
                              f"checkpoint: the trainer log's loss {fell}, so no checkpoint stands for trained weights "
                              f"({kept_by})")
-            jump = loss_jump_at(log, step)  # (with it, a smaller growth is diverged: verdict.diverged_why)
-            broke_from = loss_broke_before(log, step)
+            # (with it, a smaller growth is diverged: verdict.diverged_why)
+            jump, jumped_in = jump_before_save(log, later_log, step)
+            broke_from = loss_broke_before(jumped_in, step)
             if jump is None and initial is not None and baseline is initial.scales:
                 jump = never_trained(initial, log, untrained)  # (a loss that never came near a trained model's)
                 broke_from = 0 if jump is not None else broke_from
