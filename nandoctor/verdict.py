@@ -319,6 +319,9 @@ def loss_jump_caution(report: ScanReport) -> str | None:
     loss, early = jump.get("loss"), jump.get("early_loss")
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return None
+    if jump.get("untrained") is True:  # (baseline.untrained_jump: a loss standing above an untrained model's)
+        return (f"but the trainer log's {untrained_words(jump, ' is')}; its weights score worse than a model that "
+                "guesses uniformly: no resume point, evaluate it (its loss on held-out data) before using it")
     return (f"but the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its "
             f"early {early:.4g}: the weights saved from step {broke} on made that loss (unless the data changed "
             "there); check this checkpoint's loss before using it")
@@ -968,11 +971,20 @@ def _jump_words(jump: Mapping[str, Any]) -> str:
     loss, early = jump.get("loss"), jump.get("early_loss")
     if not isinstance(loss, (int, float)) or not isinstance(early, (int, float)) or early <= 0:
         return "the trainer log's loss jumped before it was saved"
-    if jump.get("untrained") is True:  # (baseline.never_trained: no jump, a loss that never came near a trained one)
-        return (f"the trainer log's loss is {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x what an "
-                f"untrained model scores ({early:.3g}): it never trained")
+    if jump.get("untrained") is True:  # (baseline.untrained_jump: no jump, a loss that stands above an untrained one)
+        return f"the trainer log's {untrained_words(jump, ' is')}"
     return (f"the trainer log's loss jumped to {loss:.4g} at step {jump.get('step')}, {loss / early:.3g}x its early "
             f"{early:.4g}, before it was saved")
+
+
+def untrained_words(jump: Mapping[str, Any], verb: str = "") -> str:
+    """A loss that stands above an untrained model's (baseline.untrained_jump: ``loss``, ``step``, ``early_loss`` the
+    untrained loss, ``why``), in words: ``loss 19.67 at step 20, 4.05x what an untrained model scores (4.85): it never
+    trained``."""
+    loss, untrained = float(jump["loss"]), float(jump["early_loss"])
+    tail = ("after it had come below it: the run broke" if jump.get("why") == "risen" else "it never trained")
+    return (f"loss{verb} {loss:.4g} at step {jump.get('step')}, {loss / untrained:.3g}x what an untrained model scores "
+            f"({untrained:.3g}): {tail}")
 
 
 def is_training_checkpoint(report: ScanReport) -> bool:

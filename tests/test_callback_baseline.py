@@ -199,7 +199,10 @@ def test_a_run_whose_loss_rose_is_diverged_against_its_initial_weights(tmp_path)
     stopped = tmp_path / "run" / f"checkpoint-{doctor.stopped_at}"
     with torch.no_grad():
         loss = LlamaForCausalLM.from_pretrained(stopped)(**batch).loss.item()
-    assert loss > 5 * initial_loss  # the oracle: the model is broken (initial ~6.9)
+    # the oracle: the model scores worse than the untrained one (initial ~6.9; ~13 at checkpoint-20, where its log's
+    # loss stood at 1.95x the untrained one and never came below it: baseline.untrained_jump stops it there, it
+    # waited for a later save at 5x before)
+    assert loss > 1.5 * initial_loss
     assert doctor.stopped_at is not None and doctor.stopped_at < 60 and doctor.first_bad == str(stopped)
     kept = read_baseline(tmp_path / "run")
     assert kept is not None and kept.checkpoint == INITIAL_WEIGHTS and kept.step == 0

@@ -163,24 +163,56 @@ def usable_baseline(kept: RunBaseline | None, log: Any, untrained: float | None 
     return kept
 
 
-def never_trained(kept: RunBaseline | None, log: Any, untrained: float | None) -> dict[str, Any] | None:
-    """Where ``kept`` is the initial weights' (a callback's, or the start a config implies) and the log's last loss
-    is still ``UNTRAINED_MULTIPLE`` times ``untrained``: that loss as a jump from the untrained one, the run broken
+def never_trained(kept: RunBaseline | None, log: Any, untrained: float | None, run_log: Any = None
+                  ) -> dict[str, Any] | None:
+    """Where ``kept`` is the initial weights' (a callback's, or the start a config implies) and the log says the save's
+    weights score worse than ``untrained`` (:func:`untrained_jump`, the run's log ``run_log``: its last loss still
+    ``UNTRAINED_MULTIPLE`` times it, or standing above it): that loss as a jump from the untrained one, the run broken
     from its start: a smaller growth is diverged with it, as with a loss jump (verdict.diverged_why; a real run at lr 3
     scored an eval loss of 278 where an untrained model scores 4.85, its weights 228x the initializer's: CLEAN); else
     None."""
-    return untrained_jump(log, untrained) if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
+    return untrained_jump(log, untrained, run_log) if kept is not None and kept.checkpoint == INITIAL_WEIGHTS else None
 
 
-def untrained_jump(log: Any, untrained: float | None) -> dict[str, Any] | None:
-    """The trainer log's last loss (``log``, a TrainLog) as a jump from ``untrained``, the loss of a model that guesses
-    uniformly (initscales.untrained_loss), where it is still ``UNTRAINED_MULTIPLE`` times that: the run never trained
-    (runs.loss_jump_at's keys, and ``untrained``); else None."""
-    if (log is None or getattr(log, "error", None) is not None or untrained is None or log.last_loss is None
-            or not log.last_loss > UNTRAINED_MULTIPLE * untrained):
+# Where a loss stands against ``untrained``, the loss of a model that guesses uniformly (ln V, ln of the labels): a
+# save whose loss stands this many times above it in a run that never logged below it (past its first loss) never
+# trained; this many times above it after the run had logged below it, the run broke. A healthy run from scratch
+# starts near 1x and goes below it within a few logs (one may rise a little first: its later logs come below, and it
+# is judged by them where they are known); a fine-tune starts far below it; a stuck classifier hovers at 1x.
+NEVER_BELOW = 1.2
+RISEN_ABOVE = 1.5
+NEVER_BELOW_LOGS = 3  # the losses past the first a log must hold before "never below" is said from it
+
+
+def untrained_jump(log: Any, untrained: float | None, run_log: Any = None) -> dict[str, Any] | None:
+    """Where the trainer log up to a save (``log``, a TrainLog) says its weights score worse than ``untrained``, the
+    loss of a model that guesses uniformly (initscales.untrained_loss), that loss as a jump from ``untrained``
+    (runs.loss_jump_at's keys, ``untrained`` True, and ``why``); else None. Worse, where
+
+    - its last loss is still ``UNTRAINED_MULTIPLE`` times ``untrained`` (``why`` "never": it never trained);
+    - the run's log (``run_log``, the log as its newest save holds it, else ``log``: whether the run ever came down is
+      for its later logs to say too) never logged a loss below ``NEVER_BELOW`` times ``untrained`` past its first one,
+      over ``NEVER_BELOW_LOGS`` logs at least, and the save's standing loss (the lowest of its last few) is above that
+      too (``why`` "never"; a real Trainer run at lr 1, warmed up: 4.84 to 19.7 with no loss jump, its saves' eval
+      losses 8.8 to 17 where untrained is 4.85, checkpoint-15 named the last healthy one);
+    - the save's log logged below ``untrained`` past its first loss and its standing loss is ``RISEN_ABOVE`` times it
+      (``why`` "risen": it had trained, and now scores worse than a model that guesses)."""
+    if log is None or getattr(log, "error", None) is not None or untrained is None or log.last_loss is None:
         return None
-    return {"step": log.last_step, "loss": log.last_loss, "early_loss": untrained, "sustained": True,
-            "untrained": True}
+    found = {"step": log.last_step, "loss": log.last_loss, "early_loss": untrained, "sustained": True,
+             "untrained": True}
+    if log.last_loss > UNTRAINED_MULTIPLE * untrained:
+        return {**found, "why": "never"}
+    standing = log.standing_loss
+    if standing is None:
+        return None
+    whole = run_log if run_log is not None and getattr(run_log, "error", None) is None else log
+    if (whole.losses_after_first >= NEVER_BELOW_LOGS and whole.lowest_after_first is not None
+            and whole.lowest_after_first >= NEVER_BELOW * untrained and standing >= NEVER_BELOW * untrained):
+        return {**found, "why": "never"}
+    if log.lowest_after_first is not None and log.lowest_after_first < untrained and standing >= RISEN_ABOVE * untrained:
+        return {**found, "why": "risen"}
+    return None
 
 
 def write_baseline(run: Path, kept: RunBaseline) -> None:

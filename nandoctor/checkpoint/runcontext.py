@@ -123,7 +123,8 @@ def _loss_jump_facts(target: Path) -> dict[str, Any] | None:
         from nandoctor.checkpoint.baseline import untrained_jump
         from nandoctor.checkpoint.initscales import untrained_loss
 
-        jump, broke_from = untrained_jump(log, untrained_loss(target if target.is_dir() else target.parent)), 0
+        jump, broke_from = untrained_jump(log, untrained_loss(target if target.is_dir() else target.parent),
+                                          _later_log(place)), 0
     if jump is None:
         return None
     return {"run": str(place.run), "kind": place.kind, verdict.LOSS_BROKE_FROM: broke_from, "loss_jump": jump}

@@ -257,6 +257,9 @@ class RunCheckpoint:
     # a final model whose every weight agrees with an earlier checkpoint's, not the newest one's (the Trainer's
     # load_best_model_at_end saves the best checkpoint's weights as the final model): that checkpoint's name
     weights_of: str | None = None
+    # where its trainer log says its weights score worse than a model that guesses uniformly (baseline.untrained_jump:
+    # a loss that stands above the untrained one): no resume point, however healthy the weights read
+    worse_than_untrained: dict[str, Any] | None = None
 
     @property
     def max_abs(self) -> float | None:
@@ -398,7 +401,8 @@ class RunReport:
         limit = self._loss_broke_from(broken or self.first_bad is not None)
         # (a model saved into a folder of the run is no resume point: a base or a merged model, no training state)
         return [c for c in self.checkpoints if c.report is not None and c.status in HEALTHY_STATUSES
-                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed_weights]
+                and not c.saved_into and (limit is None or not c.step_known or c.step < limit) and not c.zeroed_weights
+                and c.worse_than_untrained is None]
 
     last_clean = last_healthy  # the name before health findings: it now means the last *healthy* checkpoint
 
@@ -1403,7 +1407,7 @@ def scan_run(
             jump, jumped_in = jump_before_save(log, later_log, step)
             broke_from = loss_broke_before(jumped_in, step)
             if jump is None and initial is not None and baseline is initial.scales:
-                jump = never_trained(initial, log, untrained)  # (a loss that never came near a trained model's)
+                jump = never_trained(initial, log, untrained, later_log)  # (a loss that never came near a trained model's)
                 broke_from = 0 if jump is not None else broke_from
             status, why = verdicts.checkpoint_status(report, bool(reasons), baseline, log_broke_by(log, step), jump)
             if report is not None and status == DIVERGED and report.health != DIVERGED:
@@ -1421,7 +1425,8 @@ def scan_run(
                 _holds_the_model(report, timeline_names)
             checkpoint = RunCheckpoint(step, str(folder), status, report, tuple(reasons), log, None, why, is_final,
                                        step_known=row.step_known, last=is_last, saved_into=row.kind == "saved",
-                                       decides=row.decides and model, model=model)
+                                       decides=row.decides and model, model=model,
+                                       worse_than_untrained=untrained_jump(log, untrained, later_log))
             if report is not None and not row.aside and not timeline_names:
                 timeline_names = set(_weight_names(report))
             if report is not None and is_final:  # (what it left unread is said for the run, not only in its report)

@@ -53,6 +53,7 @@ LOSS_JUMP_UNCONFIRMED = 100.0  # a jump at the log's last entry that is said on 
 EARLY_LOSSES = 5
 GROWING = 1.5  # against fewer than _SETTLED early losses, a jump is confirmed by a next loss this many times it
 _SETTLED = 2
+STANDING = 3  # the last finite losses a log's standing loss is the lowest of (TrainLog.standing_loss)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class TrainLog:
     loss_jump_confirmed: bool = False  # a later logged loss kept it up (the last log's jump stands unconfirmed)
     first_loss: float | None = None  # the first finite logged loss
     last_loss: float | None = None  # the last finite logged loss
+    # past the first finite logged loss (the initial weights' own, or nearly): how many finite losses were logged, the
+    # lowest of them, and the lowest of the last STANDING (where the loss stands at the log's end, one batch aside)
+    losses_after_first: int = 0
+    lowest_after_first: float | None = None
+    standing_loss: float | None = None
     finite_again: bool = False  # a later entry logged every watched key finite after the first NaN/Inf one
     # where the log broke for good, past steps fp16 loss scaling skipped: the first NaN/Inf of a key that is no
     # gradient norm (a loss), or the start of a NaN/Inf stretch the log ends in; None when neither
@@ -182,6 +188,7 @@ def _where_it_broke(
     pending: tuple[int, float, float, int] | None = None  # a jump the next logged loss confirms or clears
     previous_loss_step: int | None = None
     losses: list[tuple[int, float]] = []  # (step, loss) of every logged loss, NaN/Inf included
+    after_first: list[float] = []  # the finite losses logged after the first finite one
     for step, entry in entries:
         last = step if last is None else max(last, step)
         seen.update(k for k in keys if isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool))
@@ -204,6 +211,8 @@ def _where_it_broke(
         if value is not None:
             losses.append((step, value))
         if value is not None and math.isfinite(value):
+            if first_loss is not None:
+                after_first.append(value)
             first_loss = value if first_loss is None else first_loss
             last_loss = value
         if pending is not None and value is not None:
@@ -233,6 +242,8 @@ def _where_it_broke(
     broke = [s for s in (first_loss_bad, bad_since) if s is not None]
     found = TrainLog(source, last, first_bad, bad_keys, first_zero, logged=tuple(k for k in keys if k in seen),
                      first_loss=first_loss, last_loss=last_loss, finite_again=finite_again,
+                     losses_after_first=len(after_first), lowest_after_first=min(after_first, default=None),
+                     standing_loss=min(after_first[-STANDING:], default=None),
                      broke_after_skips=min(broke) if broke else None)
     if jump is None:
         return found

@@ -57,6 +57,8 @@ def status_word(c: RunCheckpoint, broken_from: int | None = None) -> str:
     words = status_words(c)
     if c.status == CLEAN and broken_from is not None and c.step_known and not c.saved_into and c.step >= broken_from:
         return "⚠ healthy"
+    if c.status == CLEAN and c.worse_than_untrained is not None:  # (no resume point: untrained_lines says why)
+        return "⚠ healthy"
     if words == ZEROED_WORDS:  # (explanations() says which and since when)
         return "⚠ zeroed"
     return _WORD[c.status] if words == c.status else f"✗ {words}"
@@ -316,8 +318,7 @@ def _unchanged_words(unchanged: tuple[str, str]) -> str:
 
 def _never_trained_words(jump: dict[str, Any]) -> str:
     """A loss still far above an untrained model's (RunReport.never_trained), in words."""
-    return (f"trainer log: loss {jump['loss']:.4g} at step {jump['step']}, {jump['loss'] / jump['early_loss']:.3g}x what "
-            f"an untrained model scores ({jump['early_loss']:.4g}): it never trained")
+    return f"trainer log: {verdicts.untrained_words(jump)}"
 
 
 def render(run: RunReport, console: Console, fail_on: frozenset[str] | None = None) -> None:
@@ -719,6 +720,23 @@ def _config_lines(run: RunReport) -> list[tuple[str, str]]:
     return lines
 
 
+def _untrained_lines(run: RunReport) -> list[tuple[str, str]]:
+    """The healthy rows whose trainer log says their weights score worse than an untrained model
+    (RunCheckpoint.worse_than_untrained), said once: no resume point (a trial's run at lr 1 rose from 4.84 to 19.7
+    without a loss jump, and its checkpoint-15, eval loss 17.2 where untrained is 4.85, was named the last healthy)."""
+    worse = [c for c in run.checkpoints if c.status in HEALTHY_STATUSES and c.worse_than_untrained is not None
+             and c.same_as is None]
+    if not worse:
+        return []
+    jump = worse[-1].worse_than_untrained
+    assert jump is not None
+    names = first_few([c.name for c in worse], 3)
+    return [(WARN, f"{names} {'reads' if len(worse) == 1 else 'read'} healthy by {'its' if len(worse) == 1 else 'their'} "
+                   f"weights, but the trainer log says {'it scores' if len(worse) == 1 else 'they score'} worse than "
+                   f"an untrained model (at {worse[-1].name}: {verdicts.untrained_words(jump)}): no resume point; "
+                   "evaluate one (its loss on held-out data) before using it")]
+
+
 def _log_lines(run: RunReport) -> list[tuple[str, str]]:
     log = run.log
     if log is None:
@@ -739,6 +757,7 @@ def _log_lines(run: RunReport) -> list[tuple[str, str]]:
         lines.append((WARN, f"{_never_trained_words(run.never_trained)}, though no checkpoint's weights fail: evaluate "
                             "a checkpoint (its loss on held-out data) before using it; a learning rate too high, or a "
                             "loss summed over tokens, can both make it"))
+    lines += _untrained_lines(run)
     if log.suspicious_step is None:  # name only the series the log has (Lightning logs no grad_norm by default)
         said = f"{' and '.join(log.logged)} finite" if log.logged else "no loss or grad norm logged"
         upto = f" up to step {log.last_step}" if log.last_step is not None else ""  # (an empty log_history: no step)
