@@ -1298,7 +1298,8 @@ def scan_run(
     from nandoctor import verdict as verdicts
 
     done_before = 0
-    from_start = False  # (the initial weights' baseline said in a note once)
+    from_start: list[str] = []  # the rows measured against the initial weights (said in one note after the rows)
+    fell = kept_by = ""
     checkpoints: list[RunCheckpoint] = []
     healthy: dict[str, float] | None = None  # the first healthy checkpoint's verdict.tensor_scales: the baseline
     newest = next((r.path for r in reversed(rows) if r.path is not root), None)
@@ -1388,21 +1389,19 @@ def scan_run(
             guessed = implied and healthy is not None
             baseline = (initial.scales if initial is not None and not guessed and usable_baseline(initial, log, untrained)
                         else healthy)
-            if baseline is not None and baseline is not healthy and not from_start:
-                from_start = True
+            if baseline is not None and baseline is not healthy:
+                from_start.append(checkpoint_name(folder))
                 # (a LoRA adapter's start is PEFT's own init, not a config's: a trial's LoRA run was told otherwise)
                 drawn = "config.json's initializer_range" if initial is not None and initial.guessed else "PEFT's default LoRA init"
                 kept_by = (f"as {drawn} draws them: no training callback kept the weights at step 0"
                            if implied else f"the training callback kept their scales in {BASELINE_NAME}")
-                # (a guessed start is used only for a loss still 4x an untrained model's; a seen one wherever the loss
-                # did not fall by a third, a fine-tune's from a trained model's loss too: said as it is, a false-alarm hunt;
-                # a new user read "no checkpoint is a healthy baseline" beside a PASS as an alarm: it is a method)
-                fell = ("has stayed above 4x an untrained model's loss" if initial is not None and initial.guessed
-                        else "has not come down yet (to two thirds of its first value, or within 4x of an untrained "
+                # (a guessed start is used only for a loss that stands above an untrained model's; a seen one wherever
+                # the loss did not fall by a third, a fine-tune's from a trained model's loss too: said as it is, a
+                # false-alarm hunt; a new user read "no checkpoint is a healthy baseline" beside a PASS as an alarm: it
+                # is a method)
+                fell = ("stood above an untrained model's loss" if initial is not None and initial.guessed
+                        else "had not come down yet (to two thirds of its first value, or within 4x of an untrained "
                              "model's loss)")
-                notes.append(f"growth is measured against the weights the run started from (step 0), not against a "
-                             f"checkpoint: the trainer log's loss {fell}, so no checkpoint stands for trained weights "
-                             f"({kept_by})")
             # (with it, a smaller growth is diverged: verdict.diverged_why)
             jump, jumped_in = jump_before_save(log, later_log, step)
             broke_from = loss_broke_before(jumped_in, step)
@@ -1448,6 +1447,14 @@ def scan_run(
                 first_healthy = earlier[:1]  # (also where a kept baseline stands for a checkpoint rotated away)
             checkpoints.append(checkpoint)
 
+    if from_start:
+        # (the rows it holds for, named: a new user's healthy run, loss 4.85 to 1.54, read "the trainer log's loss has
+        # not come down yet, so no checkpoint stands for trained weights" beside its PASS, true of its first save only)
+        some = len(from_start) < sum(1 for c in checkpoints if c.same_as is None and c.report is not None)
+        notes.append(f"growth is measured against the weights the run started from (step 0), not against a checkpoint, "
+                     f"for {first_few(from_start, 3)}: the trainer log's loss {fell} when "
+                     f"{'it was' if len(from_start) == 1 else 'they were'} saved, so no "
+                     f"{'earlier ' if some else ''}checkpoint stands for trained weights ({kept_by})")
     notes += _missing_files(checkpoints)
     checkpoints, said = _earlier_weights(checkpoints)
     notes += said + _two_runs(checkpoints)
