@@ -7,7 +7,11 @@ A model that loads still does not generate when the tokenizer saved with it is b
   tokenizer_config.json has no ``added_tokens_decoder`` (transformers 5.25's rule); AutoTokenizer raises
   JSONDecodeError. BAD CONFIG;
 - a vocabulary whose ordinary (not special) ids reach beyond the model's (a tokenizer of another model, or
-  retrained): ordinary text fails. BAD CONFIG;
+  retrained): ordinary text fails. BAD CONFIG. Without tokenizer.json, transformers builds the tokenizer from the
+  files of a tokenizer written without the tokenizers library, read here alike: ``vocab.json`` (GPT-2, RoBERTa:
+  token to id; ``merges.txt`` holds no ids) or else ``vocab.txt`` (BERT: a token a line, its id the line's
+  number). A SentencePiece ``tokenizer.model`` is not read (its ids are the converter's: XLM-R shifts them, T5
+  appends sentinels; and transformers needs the sentencepiece package for it);
 - a token whose id lies at or beyond the model's vocabulary (config.json's ``vocab_size``: the rows of the
   embedding from_pretrained builds), which ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` or
   ``add_tokens`` leaves without ``model.resize_token_embeddings(len(tokenizer))``, where inputs hold it: a token
@@ -33,6 +37,7 @@ the price of not parsing it.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 ADDED_TOKENS = "added_tokens.json"
 CHAT_TEMPLATE = "chat_template.jinja"
+VOCAB_JSON = "vocab.json"
+VOCAB_TXT = "vocab.txt"
 FULL_PARSE_BYTES = 1 << 20
 _MAX_BYTES = 256 << 20  # (Gemma's tokenizer.json, among the largest, is 34 MB)
 _TAIL_BYTES = 64
@@ -62,6 +69,8 @@ _ID_DIGITS = 10  # (ids are u32 in the tokenizers library; a longer run of digit
 _ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d{1,%d})\s*[,}]' % _ID_DIGITS)  # ("token": 123, in a vocabulary)
 _SHOWN = 3
 _NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
+_SPECIAL_KEYS = (*_NAMED_TOKENS, "mask_token")  # (transformers' SPECIAL_TOKENS_ATTRIBUTES)
+_EXTRA_KEYS = ("extra_special_tokens", "additional_special_tokens")
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
 _NOT_SUB_MODELS = {"quantization_config", "compression_config", "rope_scaling", "rope_parameters"}
 _PLACEHOLDER_KEY = re.compile(r"(?:image|video|audio|vision|speech)_token")
@@ -78,13 +87,14 @@ class _Token:
 
 @dataclass(frozen=True)
 class _TokenizerJson:
-    """What tokenizer.json says of its ids: its added tokens, the ids of its vocabulary (all of them for a small
-    file, the last entries' for a large one: the largest are among them), and the ids its padding and
-    post-processor put into inputs."""
+    """What tokenizer.json (or the vocabulary file read without it, ``file``) says of its ids: its added tokens,
+    the ids of its vocabulary (all of them for a small file, the last entries' for a large one: the largest are
+    among them), and the ids its padding and post-processor put into inputs."""
 
     added: list[Any] = field(default_factory=list)
     vocab_ids: list[int] = field(default_factory=list)
     used_ids: set[int] = field(default_factory=set)
+    file: str = TOKENIZER
 
 
 def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem], list[str]]:
@@ -102,17 +112,19 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
                 tokens.setdefault(int(key), _Token(TOKENIZER_CONFIG, _content(token), _special(token)))
     else:  # (transformers reads these two only then)
         special_map = _read(root / SPECIAL_TOKENS_MAP, found)
-        settings = {**(special_map if isinstance(special_map, dict) else {}), **settings}
+        settings = {**settings, **(special_map if isinstance(special_map, dict) else {})}  # (the map's win)
         added = _read(root / ADDED_TOKENS, found)
         if isinstance(added, dict):
-            named_tokens = set(_named(settings).values())
+            special_tokens = _special_contents(settings)
             for token, number in added.items():
                 if _int(number):
-                    tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in named_tokens))
+                    tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in special_tokens))
     vocab = _text_vocab(config)
     tokenizer = _tokenizer_json(root / TOKENIZER, found, ids=vocab is not None)  # (read for its validity either way)
     if vocab is None:
         return found, []
+    if not _present(root / TOKENIZER):  # (transformers builds the tokenizer from the older files then)
+        tokenizer = _vocabulary_file(root, _special_contents(settings), tokens)
     for token in tokenizer.added:
         if isinstance(token, dict) and _int(token.get("id")):
             tokens.setdefault(token["id"], _Token(TOKENIZER, _content(token), _special(token)))
@@ -120,7 +132,7 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
     largest = max((n for n in tokenizer.vocab_ids if n not in special_ids), default=None)
     if largest is not None and largest >= vocab:
         found.append(ScanProblem(
-            str(root / TOKENIZER),
+            str(root / tokenizer.file),
             f"has ordinary vocabulary pieces up to id {largest:,} where the model's vocabulary holds {vocab:,} "
             "(config.json's vocab_size, the embedding's rows): text the tokenizer splits into one of them fails in "
             "the embedding (IndexError: index out of range; a device-side assert on CUDA)",
@@ -172,6 +184,39 @@ def _read(path: Path, found: list[ScanProblem]) -> Any:
         found.append(_invalid(path, f"it holds a JSON {'array' if isinstance(data, list) else 'value'}, not an object"))
         return None
     return data
+
+
+def _vocabulary_file(root: Path, special: set[str], tokens: dict[int, _Token]) -> _TokenizerJson:
+    """The ordinary ids of the vocabulary transformers builds a tokenizer from where there is no tokenizer.json:
+    ``vocab.json`` (token to id), else ``vocab.txt`` (a token a line, read as transformers reads it: universal
+    newlines, a line's id its number), as its ``load_vocab_and_merges`` prefers them. Entries that name a special
+    token (a RoBERTa ``<mask>`` at the last id) go into ``tokens`` as special, judged as added ones are. Nothing
+    where neither is there or neither reads (transformers' own fallback then)."""
+    entries: dict[str, int] = {}
+    name = VOCAB_JSON
+    try:
+        if _present(root / VOCAB_JSON):
+            data = read_json(root / VOCAB_JSON)
+            entries = {k: v for k, v in data.items() if _int(v)} if isinstance(data, dict) else {}
+        elif _present(root / VOCAB_TXT):
+            name = VOCAB_TXT
+            raw = read_ends(root / VOCAB_TXT, _MAX_BYTES, 0)[0]
+            with io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8") as lines:  # (transformers' open(…, "r"))
+                entries = {line.rstrip("\n"): number for number, line in enumerate(lines)}
+    except (UnreadablePathError, OSError, ValueError):  # (UnicodeDecodeError too: transformers drops the file)
+        return _TokenizerJson(file=name)
+    for token, number in entries.items():
+        if token in special:
+            tokens.setdefault(number, _Token(name, token, True))
+    # (an empty line of vocab.txt, one ending it included, is a token no text is split into)
+    return _TokenizerJson(vocab_ids=[n for t, n in entries.items() if t and t not in special], file=name)
+
+
+def _present(path: Path) -> bool:
+    try:
+        return access.exists(path)
+    except (UnreadablePathError, OSError):
+        return True  # (there, but not to be listed: not replaced by another file)
 
 
 def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _TokenizerJson:
@@ -377,6 +422,18 @@ def _named(settings: dict[str, Any]) -> dict[str, str]:
     them."""
     return {key.removesuffix("_token"): _content(value) if isinstance(value, dict) else value for key in _NAMED_TOKENS
             if isinstance(value := settings.get(key), (str, dict))}
+
+
+def _special_contents(settings: dict[str, Any]) -> set[str]:
+    """The tokens the settings make special, as transformers counts them when it reads added_tokens.json: the
+    named ones (mask included) and the extra (``additional``) special tokens."""
+    special = {_content(v) if isinstance(v, dict) else v for k in _SPECIAL_KEYS
+               if isinstance(v := settings.get(k), (str, dict))}
+    for key in _EXTRA_KEYS:
+        extra = settings.get(key)
+        special.update(_content(v) if isinstance(v, dict) else v for v in (
+            extra.values() if isinstance(extra, dict) else _list(extra)) if isinstance(v, (str, dict)))
+    return special
 
 
 def _role(content: str, named: dict[str, str]) -> str | None:
