@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import access
+from nandoctor.checkpoint import tokenizerrefusals
 from nandoctor.checkpoint.configvalues import embeds_token_ids, positive
 from nandoctor.checkpoint.jsonfiles import read_ends, read_json
 from nandoctor.errors import UnreadablePathError
@@ -69,8 +70,6 @@ _ID_DIGITS = 10  # (ids are u32 in the tokenizers library; a longer run of digit
 _ENTRY_ID = re.compile(rb'(?<!\\)"\s*:\s*(\d{1,%d})\s*[,}]' % _ID_DIGITS)  # ("token": 123, in a vocabulary)
 _SHOWN = 3
 _NAMED_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token")
-_SPECIAL_KEYS = (*_NAMED_TOKENS, "mask_token")  # (transformers' SPECIAL_TOKENS_ATTRIBUTES)
-_EXTRA_KEYS = ("extra_special_tokens", "additional_special_tokens")
 # config.json keys of configs that are no model of their own (a dict, like a sub-model's config)
 _NOT_SUB_MODELS = {"quantization_config", "compression_config", "rope_scaling", "rope_parameters"}
 _PLACEHOLDER_KEY = re.compile(r"(?:image|video|audio|vision|speech)_token")
@@ -106,12 +105,14 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
     settings = tokenizer_config if isinstance(tokenizer_config, dict) else {}
     found += _sides(root / TOKENIZER_CONFIG, settings)
     decoder = settings.get("added_tokens_decoder")
+    special_map = None if "added_tokens_decoder" in settings else _read(root / SPECIAL_TOKENS_MAP, found)
+    found += tokenizerrefusals.settings(root / TOKENIZER_CONFIG, settings, root / SPECIAL_TOKENS_MAP,
+                                        None if "added_tokens_decoder" in settings else special_map or {})
     if isinstance(decoder, dict):
         for key, token in decoder.items():
             if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= _ID_DIGITS:  # ("²"; 5,000 digits)
                 tokens.setdefault(int(key), _Token(TOKENIZER_CONFIG, _content(token), _special(token)))
     else:  # (transformers reads these two only then)
-        special_map = _read(root / SPECIAL_TOKENS_MAP, found)
         settings = {**settings, **(special_map if isinstance(special_map, dict) else {})}  # (the map's win)
         added = _read(root / ADDED_TOKENS, found)
         if isinstance(added, dict):
@@ -119,6 +120,8 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
             for token, number in added.items():
                 if _int(number):
                     tokens.setdefault(number, _Token(ADDED_TOKENS, token, token in special_tokens))
+    templates = _chat_templates(root, settings)
+    found += tokenizerrefusals.chat_templates([t for t in templates if t[0].name == CHAT_TEMPLATE] or templates)
     vocab = _text_vocab(config)
     tokenizer = _tokenizer_json(root / TOKENIZER, found, ids=vocab is not None)  # (read for its validity either way)
     if vocab is None:
@@ -142,7 +145,7 @@ def check(root: Path, config: dict[str, Any] | None) -> tuple[list[ScanProblem],
         ))
         return found, []  # (the added tokens lie beyond it too: said once)
     outside = sorted(n for n in tokens if n >= vocab)
-    named, template = _named(settings), _chat_template(root, settings)
+    named, template = _named(settings), "\n".join(text for _, text in templates)
     roles = {n: _role(tokens[n].content, named) for n in outside}
     used = [n for n in outside if not tokens[n].special or roles[n] or n in tokenizer.used_ids
             or (tokens[n].content and tokens[n].content in template)]
@@ -240,6 +243,7 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
         if why is not None:
             found.append(_unbuildable(path, why))
             return _TokenizerJson()
+        found += tokenizerrefusals.tokenizer_json(path, data, merges=True)
         vocab = model.get("vocab") if isinstance(model, dict) else None
         listed = [v for v in vocab.values() if _int(v)] if isinstance(vocab, dict) else (
             [len(vocab) - 1] if isinstance(vocab, list) and vocab else [])  # (Unigram: a list of pieces)
@@ -269,6 +273,8 @@ def _tokenizer_json(path: Path, found: list[ScanProblem], *, ids: bool) -> _Toke
             if why is not None:
                 found.append(_unbuildable(path, why))
                 return _TokenizerJson()
+            if complete:
+                found += tokenizerrefusals.tokenizer_json(path, head, merges=False)
             return _TokenizerJson(_list(head.get("added_tokens")), _last_vocab_ids(raw) if ids else [], _used_ids(head))
         window *= 4
 
@@ -427,9 +433,9 @@ def _named(settings: dict[str, Any]) -> dict[str, str]:
 def _special_contents(settings: dict[str, Any]) -> set[str]:
     """The tokens the settings make special, as transformers counts them when it reads added_tokens.json: the
     named ones (mask included) and the extra (``additional``) special tokens."""
-    special = {_content(v) if isinstance(v, dict) else v for k in _SPECIAL_KEYS
+    special = {_content(v) if isinstance(v, dict) else v for k in tokenizerrefusals.SPECIAL_KEYS
                if isinstance(v := settings.get(k), (str, dict))}
-    for key in _EXTRA_KEYS:
+    for key in tokenizerrefusals.EXTRA_KEYS:
         extra = settings.get(key)
         special.update(_content(v) if isinstance(v, dict) else v for v in (
             extra.values() if isinstance(extra, dict) else _list(extra)) if isinstance(v, (str, dict)))
@@ -441,17 +447,19 @@ def _role(content: str, named: dict[str, str]) -> str | None:
     return next((role for role, token in named.items() if token == content), None)
 
 
-def _chat_template(root: Path, settings: dict[str, Any]) -> str:
-    """The chat template text: tokenizer_config.json's (one, or several by name) and chat_template.jinja's."""
+def _chat_templates(root: Path, settings: dict[str, Any]) -> list[tuple[Path, str]]:
+    """The chat templates, each with the file it was read from: tokenizer_config.json's (one, or several by name),
+    then chat_template.jinja's (which transformers prefers where it is there)."""
     template = settings.get("chat_template")
     parts = [template] if isinstance(template, str) else [
         t["template"] for t in _list(template) if isinstance(t, dict) and isinstance(t.get("template"), str)]
+    found = [(root / TOKENIZER_CONFIG, part) for part in parts]
     try:
         if access.exists(root / CHAT_TEMPLATE):
-            parts.append(read_ends(root / CHAT_TEMPLATE, 1 << 20, 0)[0].decode("utf-8", "replace"))
+            found.append((root / CHAT_TEMPLATE, read_ends(root / CHAT_TEMPLATE, 1 << 20, 0)[0].decode("utf-8", "replace")))
     except (UnreadablePathError, OSError, ValueError):
         pass
-    return "\n".join(parts)
+    return found
 
 
 def _list(value: Any) -> list[Any]:
