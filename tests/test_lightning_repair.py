@@ -164,3 +164,25 @@ def test_repair_of_a_run_folder_whose_last_ckpt_decides_repairs_that_file(tmp_pa
     assert torch.equal(fixed["model.layers.1.w"], base["model.layers.1.w"])
     assert all(torch.equal(fixed[k], base[k]) for k in base)
     assert nandoctor.scan(str(repaired)).ok
+
+
+def test_a_failing_runs_next_steps_name_its_other_poisoned_saves(tmp_path):
+    """A new user's Lightning run: last.ckpt and epoch=0-step=300.ckpt both poisoned; the next steps said to repair
+    last.ckpt, and the step file was named only once that repair was in place. Now both are named at once."""
+    from nandoctor.report.run_report import next_steps
+
+    torch.manual_seed(0)
+    base = {f"model.layers.{i}.w": torch.randn(16, 16) * 0.05 for i in range(3)}
+    run_dir = tmp_path / "ckpts"
+    run_dir.mkdir()
+    for name, bad in (("epoch=0-step=100.ckpt", None), ("epoch=0-step=200.ckpt", None),
+                      ("epoch=0-step=300.ckpt", (2, 3)), ("last.ckpt", (4, 5))):
+        state = {k: v.clone() for k, v in base.items()}
+        if bad is not None:
+            state["model.layers.1.w"][bad] = float("nan")
+        torch.save({"state_dict": state, "global_step": int(name.split("=")[-1].split(".")[0]) if "step" in name
+                    else 300, "epoch": 0}, run_dir / name)
+    report = nandoctor.scan_run(run_dir)
+    assert report.exit_code() == 1
+    steps = " ".join(next_steps(report))
+    assert "last.ckpt" in steps and "also: epoch=0-step=300.ckpt is poisoned: do not load or resume from it" in steps

@@ -431,7 +431,23 @@ def next_steps(run: RunReport, fail_on: frozenset[str] | None = None) -> list[st
         steps += _resume_pointer(Path(last_clean.path))
         if last_clean is not run.newest:
             steps += _set_aside_later(run, last_clean)
+    also = _bad_besides(run, fail_on)
+    if steps and also:
+        steps.append(f"also: {bad_behind_words(also)}")
     return steps
+
+
+def _bad_besides(run: RunReport, fail_on: frozenset[str] | None) -> list[RunCheckpoint]:
+    """In a failing run, its other poisoned or diverged saves (not the deciding one, nor a Trainer checkpoint, which
+    the step that sets the later ones aside names): a new user's Lightning run said to repair last.ckpt, and its
+    poisoned epoch=2-step=40.ckpt was named only once last.ckpt was repaired."""
+    from nandoctor.checkpoint.runs import is_trainer_checkpoint
+
+    decider = run.decider(fail_on)
+    if decider is None or run.exit_code(fail_on) == 0:
+        return []
+    return [c for c in run.checkpoints if c is not decider and c.same_as is None and c.status in (POISONED, DIVERGED)
+            and not c.last and not c.final and not is_trainer_checkpoint(Path(c.path))]
 
 
 def _set_aside_later(run: RunReport, resume: RunCheckpoint) -> list[str]:
