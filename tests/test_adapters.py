@@ -168,7 +168,9 @@ def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, t
 
 
 @pytest.mark.parametrize("pattern, nan", [({"v_proj": 1e40}, True), ({"not_a_module": 1e40}, False),
-                                          ({"v_proj": 16}, False)])
+                                          ({"v_proj": 16}, False),
+                                          # (PEFT takes the first key that matches: a review's false BAD CONFIG)
+                                          ({"v_proj": 16, "layers.0.self_attn.v_proj": 1e40}, False)])
 def test_an_alpha_pattern_that_scales_a_module_past_float32_is_bad_config(base, tmp_path, pattern, nan):
     """An adversarial round: alpha_pattern {"v_proj": 1e40} (lora_alpha 8 elsewhere) read CLEAN; the v_proj updates
     are Inf, the logits NaN. A pattern that names no stored module, or a sane alpha, is left alone."""
@@ -187,6 +189,18 @@ def test_an_alpha_pattern_that_scales_a_module_past_float32_is_bad_config(base, 
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
     assert "its alpha_pattern scales the LoRA update of" in report.errors[0].message and "v_proj" in \
         report.errors[0].message
+
+
+def test_an_alpha_pattern_key_that_backtracks_for_minutes_is_not_tried(base, tmp_path):
+    """A review: alpha_pattern {"(.*)*(.*)*(.*)*Z": 1e40} kept the scan matching for minutes (rank_pattern's guard
+    against such keys was not applied to it); both go through one lookup now."""
+    import time
+
+    adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)
+    _edit(adapter, alpha_pattern={"(.*)*(.*)*(.*)*Z": 1e40})
+    started = time.perf_counter()
+    report = nandoctor.scan(adapter)
+    assert time.perf_counter() - started < 30 and not report.errors
 
 
 def _bdlora() -> list[dict]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,23 @@ _PREFIX = "base_model.model."
 _NESTED_QUANTIFIER = re.compile(r"\([^()]*[*+}][^()]*\)\s*[*+{]")
 
 
+def pattern_lookup(patterns: Any) -> Callable[[str], Any] | None:
+    """PEFT's ``get_pattern_key`` as a lookup: a module's name → the value of the first key (in the config's order)
+    that matches it, as a regex against the whole name or a dotted tail of it (None where none does); None where the
+    keys cannot be tried: not a mapping, a key that can backtrack for minutes on one name (PEFT would hang on it,
+    nandoctor does not), or one Python's re refuses (PEFT fails its own way: nothing to compare with)."""
+    if not isinstance(patterns, dict):
+        return None
+    keys = [key for key in patterns if isinstance(key, str)]
+    if any(_NESTED_QUANTIFIER.search(key) for key in keys):
+        return None
+    try:
+        compiled = [(re.compile(rf"(?:.*\.)?(?:{key})"), patterns[key]) for key in keys]
+    except re.error:
+        return None
+    return lambda module: next((value for pattern, value in compiled if pattern.fullmatch(module)), None)
+
+
 def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
                   shapes: Sequence[tuple[int, ...]]) -> list[ScanProblem]:
     """NOT LOADABLE when a stored LoRA tensor's rank is not the one adapter_config.json (``config``) gives its
@@ -39,17 +56,9 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
     rank = positive(config.get("r"))
     if rank is None:
         return []
-    patterns = config.get("rank_pattern") or {}
-    if not isinstance(patterns, dict):
+    pattern_rank = pattern_lookup(config.get("rank_pattern") or {})
+    if pattern_rank is None:
         return []
-    keys = [key for key in patterns if isinstance(key, str)]
-    if any(_NESTED_QUANTIFIER.search(key) for key in keys):
-        return []  # (a pattern that can backtrack for minutes on one name: PEFT would hang on it, nandoctor does not)
-    try:  # (PEFT's get_pattern_key: the key as a regex against the whole name or a dotted tail of it)
-        compiled = [(re.compile(rf"(?:.*\.)?(?:{key})"), patterns[key]) for key in keys
-                    if isinstance(patterns[key], int) and not isinstance(patterns[key], bool)]
-    except re.error:
-        return []  # a pattern Python's re refuses: PEFT fails its own way, nothing to compare with
     # LoRA on parameters (target_parameters: a MoE's fused experts, "mlp.experts.gate_up_proj") stores the rank
     # once per expert, under the parameters' module (…mlp.experts, …experts.base_layer)
     per_expert = _parameter_modules(config)
@@ -62,7 +71,8 @@ def rank_problems(root: Path, config: dict[str, Any], names: Sequence[str],
         if match is None or len(shape) < 2 or (match["part"] != "A" and (len(shape) != 2 or config.get("use_bdlora"))):
             continue
         module = match["module"].removeprefix(_PREFIX)
-        expected = next((value for pattern, value in compiled if pattern.fullmatch(module)), rank)
+        given = pattern_rank(module)
+        expected = given if isinstance(given, int) and not isinstance(given, bool) else rank
         stored = shape[0] if match["part"] == "A" else shape[1]
         if stored != expected and not (_holds_parameters(module, per_expert) and stored % expected == 0):
             wrong.append(f"{name} has rank {stored}, adapter_config.json gives its module {expected}")
@@ -98,24 +108,22 @@ def _update_scale(config: dict[str, Any]) -> float | None:
 
 
 def _patterned_overflow(config: dict[str, Any], modules: Sequence[str]) -> str:
-    """The first ``alpha_pattern`` entry whose alpha over its rank (``rank_pattern``'s for the same key, else ``r``)
-    is beyond float32's range and that names a module of the stored LoRA tensors (``modules``), in words; "" where
-    none (PEFT matches a key as the end of a module's name, or as a regular expression: both tried)."""
-    alphas, ranks = config.get("alpha_pattern"), config.get("rank_pattern")
-    if not isinstance(alphas, dict):
+    """The first module of the stored LoRA tensors (``modules``) whose ``alpha_pattern`` alpha over its rank
+    (``rank_pattern``'s, else ``r``), each taken as PEFT takes it (:func:`pattern_lookup`: the first key that
+    matches), scales its update beyond float32's range, in words; "" where none."""
+    alphas = pattern_lookup(config.get("alpha_pattern") or {})
+    ranks = pattern_lookup(config.get("rank_pattern") or {}) or (lambda module: None)
+    if alphas is None:
         return ""
-    for key, alpha in alphas.items():
-        rank = ranks.get(key, config.get("r")) if isinstance(ranks, dict) else config.get("r")
-        scale = _update_scale({**config, "r": rank, "lora_alpha": alpha})
-        if scale is None or abs(scale) <= FLOAT32_MAX or not isinstance(key, str):
+    for module in modules:
+        alpha = alphas(module)
+        if alpha is None:
             continue
-        try:
-            pattern = re.compile(rf"(?:.*\.)?(?:{key})$")
-        except re.error:
-            pattern = re.compile(rf"(?:.*\.)?{re.escape(key)}$")
-        hit = next((m for m in modules if pattern.fullmatch(m)), None)
-        if hit is not None:
-            return f"{hit} ({key!r}: alpha {alpha!r} over r {rank!r}, {scale:.3g})"
+        given = ranks(module)
+        rank = given if given is not None else config.get("r")
+        scale = _update_scale({**config, "r": rank, "lora_alpha": alpha})
+        if scale is not None and abs(scale) > FLOAT32_MAX:
+            return f"{module} (alpha {alpha!r} over r {rank!r}: {scale:.3g})"
     return ""
 
 
