@@ -101,3 +101,25 @@ def test_a_fine_tune_from_trained_weights_keeps_its_resume_point(tmp_path):
     run = nandoctor.scan_run(tuned)
     assert _eval_loss(tuned / "checkpoint-20") < 0.8 * _eval_loss(None)
     assert run.exit_code() == 0 and not run.reported_only() and run.last_healthy.name == "checkpoint-20"
+
+
+def test_a_multiple_choice_head_gives_no_untrained_loss(tmp_path: Path) -> None:
+    """A review: a 4-choice BertForMultipleChoice run was told its loss of 1.37 was "1.97x what an untrained model
+    scores (0.693)": ln num_labels (2 by default), where its cross-entropy is over each example's choices (chance:
+    ln 4), which config.json does not give. A sequence classifier's stays ln num_labels."""
+    from nandoctor.checkpoint import initscales
+
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    torch.manual_seed(0)
+    choice = transformers.BertForMultipleChoice(config)
+    choice.save_pretrained(tmp_path / "choice")
+    with torch.no_grad():  # the oracle: an untrained model's loss over 4 choices is ln 4, not ln 2
+        ids = torch.randint(0, 64, (64, 4, 8))
+        loss = float(choice(input_ids=ids, labels=torch.randint(0, 4, (64,))).loss)
+    assert abs(loss - math.log(4)) < 0.1
+    assert initscales.untrained_loss(tmp_path / "choice") is None
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=5)).save_pretrained(tmp_path / "labels")
+    assert initscales.untrained_loss(tmp_path / "labels") == pytest.approx(math.log(5))

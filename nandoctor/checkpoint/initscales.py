@@ -41,7 +41,9 @@ _SPREAD = 7.0  # the largest of n draws of normal(0, σ), in σ: 6.4 for a billi
 # (not *ForPreTraining: Wav2Vec2's is a contrastive loss summed over frames, ELECTRA's a per-token binary one, BERT's
 # adds its next-sentence loss; a false-alarm hunt's healthy Wav2Vec2 pretraining was told it "never trained")
 _LANGUAGE_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForSeq2SeqLM")
-_LABEL_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice")
+# (not ForMultipleChoice: its cross-entropy is over the choices of each example, which config.json does not give; a
+# review's 4-choice run was told ln 2, "worse than an untrained model", while it stood at chance, ln 4)
+_LABEL_HEADS = ("ForSequenceClassification", "ForTokenClassification")
 
 
 def implied_start(folder: Path, report: ScanReport) -> RunBaseline | None:
