@@ -639,3 +639,23 @@ def test_packed_quantized_tensors_are_read_and_their_nan_scale_counted(tmp_path:
     assert nandoctor.scan(tmp_path / "ok.pt").exit_code == 0
     bad = nandoctor.scan(tmp_path / "nan.pt")
     assert bad.exit_code == 1 and bad.nan == 1 and not bad.errors
+
+
+def test_a_per_channel_quantized_tensors_scales_are_named_under_it(tmp_path: Path) -> None:
+    """A false-alarm sweep: per-channel scales and zero points were scanned as '<tensor 0>', '<tensor 1>', "where no
+    name reaches them", in a note on every such file; a NaN scale among them was named so too."""
+    import warnings
+
+    import nandoctor
+
+    scales = torch.rand(4) + 0.1
+    scales[2] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weight = torch.quantize_per_channel(torch.randn(4, 8), scales, torch.zeros(4, dtype=torch.long), 0, torch.qint8)
+        torch.save({"w": weight}, tmp_path / "q.pt")
+        assert torch.isnan(torch.load(tmp_path / "q.pt", weights_only=True)["w"].dequantize()[2]).all()  # the oracle
+    report = nandoctor.scan(tmp_path / "q.pt")
+    assert {t.name for t in report.tensors} == {"w", "w.<scales>", "w.<zero_points>"}
+    assert [t.name for t in report.tensors if t.nan] == ["w.<scales>"] and report.exit_code == 1
+    assert not any("no name reaches" in n for n in report.notes)

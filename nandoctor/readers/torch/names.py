@@ -398,6 +398,11 @@ def _visit(value: Any, path: list[str], out: Walk, on_path: set[int], depth: int
             out._nested_scalars.setdefault(path[out._top], []).append((name, one))
         if value.state is not None:  # the tensor's Python attributes: p.extra for p.extra = tensor(...)
             _visit(value.state, path, out, on_path, depth + 1, shared, within)
+        channels = getattr(value.quantizer, "channels", None)
+        if channels is not None:  # (a per-channel quantized tensor's scales and zero points, named under it: a sweep
+            # found them "where no name reaches them", scanned as '<tensor 0>')
+            for part, stub in zip(("<scales>", "<zero_points>"), channels):
+                out.tensors.append(NamedTensor(_emit_name([*path, part], out, within=within), stub))
         return
     if isinstance(value, StorageRef):
         out.storages.append(NamedStorage(_emit_name(path, out, within=within), value))

@@ -40,6 +40,7 @@ class Quantizer:
     scheme: str
     scale: float | None  # per-tensor schemes only
     zero_point: int | None
+    channels: tuple[TensorStub, TensorStub] | None = None  # per-channel schemes: the scales and zero points tensors
 
 
 def check_quantizer(params: Any, stub: TensorStub) -> Quantizer:
@@ -51,7 +52,7 @@ def check_quantizer(params: Any, stub: TensorStub) -> Quantizer:
         # (scheme, scales, zero_points, axis): tensors, built by their own rebuild calls and registered.
         if len(params) != 4 or not isinstance(params[1], TensorStub) or not isinstance(params[2], TensorStub):
             raise PickleFormatError(f"a {scheme} quantized tensor's scales and zero points must be tensors")
-        return Quantizer(scheme, None, None)
+        return Quantizer(scheme, None, None, (params[1], params[2]))
     if len(params) != 3:
         raise PickleFormatError(f"a {scheme} quantized tensor needs (scheme, scale, zero point)")
     _, scale, zero_point = params
