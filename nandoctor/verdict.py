@@ -605,15 +605,16 @@ def _outgrown_fact(report: ScanReport) -> str:
         said += (f"; {first['name']}{more}: bulk {first['scale']:.3g} over rows of {first['row']:,}: its dot products "
                  "(the logits) pass fp16's 65,504")
     for found in report.extra.get(EXP_OVERFLOW) or ():
-        said += (f"; {found['name']} holds {found['value']:.4g} (in magnitude), and the model takes its exp(), which passes the largest "
-                 f"value of its float type from {found['limit']:.4g} on: the logits Inf, their softmax NaN")
+        said += (f"; {found['name']} holds {found['value']:.4g} in magnitude, and the model takes its exp(), which passes "
+                 f"the largest value of its float type from {found['limit']:.4g} on: the logits Inf and their softmax "
+                 "NaN (or, for a negative one, every logit 0)")
     return said
 
 
 EXP_OVERFLOW = "exp_overflow"  # extra key (JSON): learned scalars the model exponentiates, too large for exp()
 # a learned temperature the model multiplies its logits by as exp(x) (CLIP and its kin, SigLIP, CLAP, OWL-ViT,
 # X-CLIP, Chinese-CLIP, AltCLIP): one element, by name
-_EXPONENTIATED = re.compile(r"(?:^|\.)logit_scale$")
+_EXPONENTIATED = re.compile(r"(?:^|\.)logit_scale(?:_[at])?$")  # (CLAP's logit_scale_a, logit_scale_t)
 
 
 def _exp_limit(fp16: bool) -> float:

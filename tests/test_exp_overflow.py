@@ -60,3 +60,24 @@ def test_a_logit_scale_whose_exp_overflows_float32_is_exploded(clip, tmp_path, v
     fixed = tmp_path / "fixed"
     nandoctor.repair(folder, [clip], fixed)
     assert nandoctor.scan(fixed).exit_code == 0 and _logits_finite(fixed)
+
+
+def test_claps_two_logit_scales_are_judged_alike(tmp_path):
+    """A review: CLAP multiplies by exp(logit_scale_a) and exp(logit_scale_t), neither of which the rule's name took;
+    one at 147 gave logits_per_text Inf and read CLEAN."""
+    torch.manual_seed(0)
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = transformers.ClapConfig(
+        text_config=dict(layers, vocab_size=100), projection_dim=16,
+        audio_config=dict(hidden_size=32, depths=[1, 1], num_attention_heads=[2, 2], patch_embeds_hidden_size=16,
+                          spec_size=64, window_size=4, num_mel_bins=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.ClapModel(config)
+        model.save_pretrained(tmp_path / "clean")
+        with torch.no_grad():
+            model.logit_scale_t.fill_(147.0)
+        model.save_pretrained(tmp_path / "broken")
+    assert nandoctor.scan(tmp_path / "clean").exit_code == 0
+    report = nandoctor.scan(tmp_path / "broken")
+    assert [t.name for t in report.tensors if "exploded" in t.findings] == ["logit_scale_t"], verdict.one_line(report)

@@ -278,6 +278,12 @@ def test_an_html_path_inside_the_checkpoint_is_refused_and_nothing_is_touched(tm
     single = scan(str(ckpt / "model-00001-of-00002.safetensors"), "--quiet", "--html",
                   str(ckpt / "model-00001-of-00002.safetensors"))
     assert single.exit_code == 3 and {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    # (nor a file in one of its subfolders: a review's page replaced additional_chat_templates/tool_use.jinja)
+    (ckpt / "additional_chat_templates").mkdir()
+    (ckpt / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages }}")
+    sub = scan(str(ckpt), "--quiet", "--html", str(ckpt / "additional_chat_templates" / "tool_use.jinja"))
+    assert sub.exit_code == 3 and (ckpt / "additional_chat_templates" / "tool_use.jinja").read_text() == "{{ messages }}"
+    shutil.rmtree(ckpt / "additional_chat_templates")
     # (a report page inside the folder, or anywhere else, is written as asked)
     assert scan(str(ckpt), "--quiet", "--html", str(ckpt / "report.html")).exit_code == 0
     assert scan(str(ckpt), "--quiet", "--html", str(tmp_path / "elsewhere.txt")).exit_code == 0

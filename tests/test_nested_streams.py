@@ -67,10 +67,21 @@ def test_a_finite_stream_is_clean_and_said_read(tmp_path: Path) -> None:
 
 
 def test_bytes_that_are_no_torch_stream_are_left_alone(tmp_path: Path) -> None:
+    import zipfile
+
     path = tmp_path / "model.pt"
     torch.save({"w": torch.ones(3), "blob": io.BytesIO(b"\x7fELF not a checkpoint at all")}, path)
     report = nandoctor.scan(path)
     assert report.exit_code == 0 and not report.unviewed and not report.errors
+    # (a zip that is no torch.save stream, as a review's assets archive: it read UNREADABLE, "not a PyTorch checkpoint")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "hello")
+        z.writestr("b/c.txt", "x")
+    torch.save({"w": torch.ones(3), "assets": io.BytesIO(archive.getvalue())}, path)
+    assert torch.load(path, weights_only=False)["assets"].getvalue() == archive.getvalue()  # the oracle: it loads
+    report = nandoctor.scan(path)
+    assert report.exit_code == 0 and not report.errors, [e.message for e in report.errors]
 
 
 def test_a_corrupt_storage_inside_the_stream_is_a_problem_of_the_file(tmp_path: Path) -> None:

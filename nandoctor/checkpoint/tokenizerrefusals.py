@@ -25,8 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nandoctor.model import ScanProblem
-from nandoctor.verdict import CONFIG_KIND
+from nandoctor.model import CONFIG_KIND, ScanProblem
 from nandoctor.wording import first_few
 
 VERSION = "1.0"  # (the only tokenizer.json version the tokenizers library reads)

@@ -29,7 +29,12 @@ def max_grad_norm(folder: Path) -> float | None:
         return None
     state = getattr(args, "state", None)
     value = state.get("max_grad_norm") if isinstance(state, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # (an integer past float's range: as good as no clipping)
+        return float("inf")
 
 
 __all__ = ["TRAINING_ARGS", "max_grad_norm"]

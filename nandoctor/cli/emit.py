@@ -63,9 +63,9 @@ def _inside_the_checkpoint(path: str, result: ScanReport | RunReport) -> str | N
     if final in read:
         return "it is a file of the checkpoint this scan read"
     folders = {os.path.dirname(f) for f in read}
-    if os.path.isdir(result.target):
-        folders.add(os.path.realpath(result.target))
-    if os.path.dirname(final) in folders and not final.lower().endswith(_REPORT_SUFFIXES):
+    root = os.path.realpath(result.target) if os.path.isdir(result.target) else None
+    under = root is not None and os.path.commonpath([root, final]) == root  # (its subfolders too: a chat template's)
+    if (os.path.dirname(final) in folders or under) and not final.lower().endswith(_REPORT_SUFFIXES):
         return (f"it lies in the checkpoint's folder {os.path.dirname(final)} and is no .html file (a weight, config "
                 "or tokenizer name there is read by loaders)")
     return None

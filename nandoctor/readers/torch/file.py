@@ -539,6 +539,8 @@ def nested_findings(path: str, walked: Walk, notes: list[str], problems: list[Sc
             read = (_read_zip(path, io.BytesIO(data), len(data), defer_crcs=True, weights_only_load=False,
                               depth=depth + 1)
                     if data.startswith(LOCAL_MAGIC) else _read_pickle_file(path, io.BytesIO(data), len(data), depth + 1))
+        except UnsupportedFormatError:
+            continue  # (a zip or pickle that is no torch.save stream: bytes of another kind, which nothing loads here)
         except NandoctorError as exc:
             problems += nested.rehomed(path, stream_name, (ScanProblem(path, exc.message, exc.hint),))
             continue
