@@ -114,6 +114,10 @@ REFUSED = {  # (file the problem names, the edit)
     "decoder-value": ("tokenizer_config.json", _json("tokenizer_config.json", lambda d: d.update(
         added_tokens_decoder={"0": "<unk>"}))),
     "map-eos-int": ("special_tokens_map.json", _json("special_tokens_map.json", lambda d: d.update(eos_token=2))),
+    # (the map is read where tokenizer_config.json holds no added_tokens_decoder: a review's string there read CLEAN)
+    "map-additional-string": ("special_tokens_map.json", lambda f: (
+        _json("tokenizer_config.json", lambda d: d.pop("added_tokens_decoder", None))(f),
+        _json("special_tokens_map.json", lambda d: d.update(additional_special_tokens="x"))(f))),
     "template-syntax": ("tokenizer_config.json", lambda f: (f / "chat_template.jinja").unlink() or _json(
         "tokenizer_config.json", lambda d: d.update(chat_template="{% for m in messages %}{{ m['content'] }{% endfor %}"))(f)),
     "template-file-syntax": ("chat_template.jinja", _template),

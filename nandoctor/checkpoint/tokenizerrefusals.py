@@ -144,11 +144,14 @@ def settings(config_path: Path, config: dict[str, Any], map_path: Path, special_
                 isinstance(config[key], dict) and config[key].get("__type") == "AddedToken")):
             found.append(_special(config_path, key, config[key],
                                   'a string or a token object marked "__type": "AddedToken"'))
-    extra_key = EXTRA_KEYS[1] if EXTRA_KEYS[1] in config and not config.get(EXTRA_KEYS[0]) else EXTRA_KEYS[0]
-    extra = config.get(extra_key)
-    if (special_map is None or not any(k in special_map for k in EXTRA_KEYS)) and not (
-            extra is None or isinstance(extra, (list, dict))):
-        found.append(ScanProblem(str(config_path), f"{extra_key} is {_shown(extra)}: AutoTokenizer.from_pretrained "
+    # (the map's extra tokens where it is read and holds them, else the config's: a review's string in the map read
+    # CLEAN, AutoTokenizer raised)
+    in_map = special_map is not None and any(k in special_map for k in EXTRA_KEYS)
+    source, source_path = (special_map, map_path) if in_map and special_map is not None else (config, config_path)
+    extra_key = EXTRA_KEYS[1] if EXTRA_KEYS[1] in source and not source.get(EXTRA_KEYS[0]) else EXTRA_KEYS[0]
+    extra = source.get(extra_key)
+    if not (extra is None or isinstance(extra, (list, dict))):
+        found.append(ScanProblem(str(source_path), f"{extra_key} is {_shown(extra)}: AutoTokenizer.from_pretrained "
                                  "raises TypeError (extra special tokens are a list of tokens, or an object of named "
                                  "ones)", f"write {extra_key} as a list ([{_shown(extra)}]) or remove it",
                                  kind=CONFIG_KIND))
