@@ -626,12 +626,15 @@ def _exp_overflow(tensors: TensorResults, all_fp16: bool) -> dict[int, float]:
     """One-element weights the model exponentiates (:data:`_EXPONENTIATED`) whose value's exp() overflows the type
     they load in: row → the value. A trial flipped one exponent bit of CLIP's trained logit_scale (4.6 → 147):
     finite, no bulk to stand out from, far under every ceiling, read CLEAN, and logits_per_image all Inf."""
+    largest = tensors.largest("weight")  # (one cached max: most checkpoints stop here)
+    if largest is None or largest <= _exp_limit(True):
+        return {}
     refs = tensors.refs
     out: dict[int, float] = {}
-    for i, name in enumerate(refs.names):
+    for i in (i for i, name in enumerate(refs.names) if "logit_scale" in name):
         top = tensors.max_abs[i]
         if (top is None or top <= _exp_limit(True) or refs.roles[i] != "weight" or math.prod(refs.shapes[i]) != 1
-                or not _EXPONENTIATED.search(name)):
+                or not _EXPONENTIATED.search(refs.names[i])):
             continue
         if top > _exp_limit(all_fp16 or refs.dtypes[i] == "F16"):
             out[i] = top
