@@ -151,10 +151,17 @@ def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, t
     """An adversarial round: lora_alpha 1e40 (finite JSON) with r 4: PEFT scales every update by 2.5e39, beyond
     float32: Inf activations, NaN logits, and generate raises; the adapter read CLEAN. A scale within float32 is
     left alone (its logits stay finite here)."""
+    message = _scaled_adapter_judged(base, tmp_path, nan, lora_alpha=alpha, use_rslora=use_rslora)
+    assert message is None or "beyond float32's largest value" in message
+
+
+def _scaled_adapter_judged(base, tmp_path, nan: bool, **config) -> str | None:
+    """An adapter with ``config`` edited into its adapter_config.json: the oracle (PEFT's logits) finite unless ``nan``,
+    and the scan CLEAN then, else BAD CONFIG; the first problem's message (None when CLEAN)."""
     from transformers import AutoModelForCausalLM
 
     adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)
-    _edit(adapter, lora_alpha=alpha, use_rslora=use_rslora)
+    _edit(adapter, **config)
     model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
     with torch.no_grad():
         finite = bool(torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all())
@@ -162,9 +169,9 @@ def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, t
     report = nandoctor.scan(adapter)
     if not nan:
         assert not report.errors, report.errors
-        return
+        return None
     assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
-    assert "beyond float32's largest value" in report.errors[0].message
+    return report.errors[0].message
 
 
 @pytest.mark.parametrize("pattern, nan", [({"v_proj": 1e40}, True), ({"not_a_module": 1e40}, False),
@@ -174,21 +181,8 @@ def test_an_adapter_alpha_that_scales_updates_past_float32_is_bad_config(base, t
 def test_an_alpha_pattern_that_scales_a_module_past_float32_is_bad_config(base, tmp_path, pattern, nan):
     """An adversarial round: alpha_pattern {"v_proj": 1e40} (lora_alpha 8 elsewhere) read CLEAN; the v_proj updates
     are Inf, the logits NaN. A pattern that names no stored module, or a sane alpha, is left alone."""
-    from transformers import AutoModelForCausalLM
-
-    adapter = _adapter(base, tmp_path / "adapter", r=4, init_lora_weights=False)
-    _edit(adapter, alpha_pattern=pattern)
-    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
-    with torch.no_grad():
-        finite = bool(torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all())
-    assert finite is not nan  # the oracle
-    report = nandoctor.scan(adapter)
-    if not nan:
-        assert not report.errors, report.errors
-        return
-    assert report.exit_code == 3 and [e.kind for e in report.errors] == ["config"]
-    assert "its alpha_pattern scales the LoRA update of" in report.errors[0].message and "v_proj" in \
-        report.errors[0].message
+    message = _scaled_adapter_judged(base, tmp_path, nan, alpha_pattern=pattern)
+    assert message is None or ("its alpha_pattern scales the LoRA update of" in message and "v_proj" in message)
 
 
 def test_an_alpha_pattern_key_that_backtracks_for_minutes_is_not_tried(base, tmp_path):
