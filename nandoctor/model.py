@@ -104,6 +104,21 @@ class TensorRef:
         return self.region.file
 
     @property
+    def c_shape(self) -> tuple[int, ...]:
+        """The shape in C order (the last dimension fastest): a GGUF tensor of ``ne`` [8, 4] holds the bytes of a
+        safetensors or torch [4, 8] one, so two tensors hold alike-laid elements where their C shapes agree."""
+        return tuple(self.shape) if self.order == "C" else tuple(reversed(self.shape))
+
+    def row_major(self) -> TensorRef:
+        """This tensor with its dimensions in C order, the same elements at the same bytes (a GGUF tensor of ``ne``
+        [32, 64] is the C-contiguous [64, 32] array gguf's reader and torch give): what element-wise work across
+        formats (diff, repair) lines up."""
+        if self.order == "C":
+            return self
+        strides = None if self.strides is None else tuple(reversed(self.strides))
+        return dataclasses.replace(self, shape=tuple(reversed(self.shape)), strides=strides, order="C")
+
+    @property
     def counted(self) -> int:
         """How many values the counts are of: the elements, or a block-quantized tensor's scale fields."""
         blocks = self.region.blocks

@@ -255,3 +255,32 @@ def test_a_key_name_that_is_not_utf8_is_refused_as_ggufs_reader_refuses_it(tmp_p
     assert bool(report.errors) == refused and report.exit_code == (3 if refused else 0)
     if refused:
         assert "is not UTF-8" in report.errors[0].message
+
+
+def test_repair_across_gguf_and_safetensors_lines_up_the_dimension_orders(tmp_path: Path) -> None:
+    """A review: GGUF lists ne fastest first, safetensors last; compared as written, a safetensors donor holding the
+    transposed matrix ([8, 4] against ne [8, 4]) was copied byte for byte into the GGUF target and read "verified
+    CLEAN", while the right one ([4, 8]) was refused. Now the C-order shapes must agree, both ways round."""
+    from safetensors.numpy import load_file, save_file
+
+    true = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    poisoned = true.copy()
+    poisoned[1, 2] = np.nan
+    target = write(tmp_path / "m.gguf", [("w.weight", poisoned, None)])  # ne [8, 4]
+    (tmp_path / "right").mkdir()
+    (tmp_path / "transposed").mkdir()
+    save_file({"w.weight": true}, str(tmp_path / "right" / "model.safetensors"))
+    save_file({"w.weight": np.ascontiguousarray(true.T)}, str(tmp_path / "transposed" / "model.safetensors"))
+    with pytest.raises(nandoctor.errors.UnrestorableError):
+        nandoctor.repair(target, tmp_path / "transposed", out=tmp_path / "out-t")
+    plan = nandoctor.repair(target, tmp_path / "transposed", dry_run=True).plan
+    assert "shape [8, 4], the target's is ne [8, 4]" in plan.unrestorable[0].reasons[0]
+    nandoctor.repair(target, tmp_path / "right", out=tmp_path / "out")
+    restored = [t for t in gguf.GGUFReader(str(tmp_path / "out" / "m.gguf")).tensors if t.name == "w.weight"][0]
+    assert np.array_equal(np.asarray(restored.data).reshape(4, 8), true)  # the oracle: gguf's own reader
+    # the other way round: a GGUF donor into a safetensors target
+    (tmp_path / "st").mkdir()
+    save_file({"w.weight": poisoned}, str(tmp_path / "st" / "model.safetensors"))
+    donor = write(tmp_path / "donor.gguf", [("w.weight", true, None)])
+    nandoctor.repair(tmp_path / "st", donor, out=tmp_path / "st-out")
+    assert np.array_equal(load_file(str(tmp_path / "st-out" / "model.safetensors"))["w.weight"], true)

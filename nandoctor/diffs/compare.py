@@ -128,10 +128,7 @@ def row_major(ref: TensorRef) -> TensorRef:
     """``ref`` with its dimensions in C order (the last fastest), the same elements at the same bytes: a GGUF
     tensor of ``ne`` [32, 64] is the C-contiguous [64, 32] array gguf's reader and torch give. Pieces are
     compared in this order; positions are still reported in the tensor's own order (``Work.whole``)."""
-    if ref.order == "C":
-        return ref
-    strides = None if ref.strides is None else tuple(reversed(ref.strides))
-    return dataclasses.replace(ref, shape=tuple(reversed(ref.shape)), strides=strides, order="C")
+    return ref.row_major()
 
 
 def line_up(a: TensorRef, stored_a: tuple[TensorRef, ...], b: TensorRef, stored_b: tuple[TensorRef, ...]) -> Work:

@@ -321,6 +321,11 @@ def donor_matches(catalog: DonorCatalog, names: Iterable[str]) -> dict[str, Tens
     return found
 
 
+def _shape_words(ref: TensorRef) -> str:
+    """A shape as its format writes it, GGUF's marked (``ne [8, 4]``), so that two orders are never confused."""
+    return f"ne {list(ref.shape)}" if ref.order != "C" else str(list(ref.shape))
+
+
 def _describe(catalog: DonorCatalog) -> str:
     return f"{catalog.label} (step {catalog.step})" if catalog.step is not None else catalog.label
 
@@ -358,8 +363,10 @@ def _candidate(
         shown = "" if name in (lookup, target.name) else f" (as {name!r})"
         cast = ref.dtype != target.dtype
         # The shape first: a donor of another shape is no copy in any dtype, and --allow-cast must not be offered
-        if tuple(ref.shape) != tuple(target.shape):
-            reasons.append(f"shape {list(ref.shape)}{shown}, the target's is {list(target.shape)}")
+        # (in C order: a GGUF donor's ne lists the fastest dimension first; compared as written, a safetensors donor of
+        # the transposed matrix was copied byte for byte into a GGUF target and read "verified CLEAN", a review's)
+        if ref.c_shape != target.c_shape:
+            reasons.append(f"shape {_shape_words(ref)}{shown}, the target's is {_shape_words(target)}")
         elif cast and not (allow_cast and can_cast(ref.dtype, target.dtype)):
             reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
         else:

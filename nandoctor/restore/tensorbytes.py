@@ -262,7 +262,9 @@ def iter_elements(path: str, ref: TensorRef, limit: int = CHUNK_BYTES) -> Iterat
 
 def same_elements(path_a: str, a: TensorRef, path_b: str, b: TensorRef, *, cast: bool = False) -> bool:
     """True when ``a`` holds exactly ``b``'s elements as they would be written into it: byte-identical
-    when both agree on dtype and byte order, else ``b`` swapped (and, with ``cast``, cast) to ``a``'s."""
+    when both agree on dtype and byte order, else ``b`` swapped (and, with ``cast``, cast) to ``a``'s. (In C order:
+    a GGUF tensor's ``ne`` is reversed.)"""
+    a, b = a.row_major(), b.row_major()
     if tuple(a.shape) != tuple(b.shape) or (a.dtype != b.dtype and not cast):
         return False
     check_bounds(a)
@@ -297,7 +299,9 @@ def copy_elements(donor_path: str, donor: TensorRef, out_fd: int, target: Tensor
     """Write the donor tensor's elements into the target's own elements in ``out_fd``; returns bytes.
 
     Bytes are copied as they are when donor and target agree on dtype and byte order; otherwise each
-    element is swapped into the target's byte order and, with ``cast``, cast to its dtype (convert.py)."""
+    element is swapped into the target's byte order and, with ``cast``, cast to its dtype (convert.py). Both in C
+    order (a GGUF tensor's ``ne`` reversed): a safetensors [4, 8] donor restores a GGUF ne [8, 4] target."""
+    donor, target = donor.row_major(), target.row_major()
     if tuple(donor.shape) != tuple(target.shape) or (donor.dtype != target.dtype and not cast):
         raise RepairFailedError(f"{target.file}: tensor {target.name!r}: donor dtype/shape differ; refused")
     check_bounds(donor)
