@@ -284,3 +284,19 @@ def test_repair_across_gguf_and_safetensors_lines_up_the_dimension_orders(tmp_pa
     donor = write(tmp_path / "donor.gguf", [("w.weight", true, None)])
     nandoctor.repair(tmp_path / "st", donor, out=tmp_path / "st-out")
     assert np.array_equal(load_file(str(tmp_path / "st-out" / "model.safetensors"))["w.weight"], true)
+
+
+def test_a_big_endian_block_quantized_donor_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """A review: a little-endian Q8_0 target repaired from a big-endian GGUF donor (its fp16 scales swapped) was an
+    internal error (KeyError 'Q8_0'): blocks mix fields of several widths, which nandoctor does not convert."""
+    shapes = {"blk.0.attn_q.weight": (256, 1)}
+    target = write(tmp_path / "t.gguf", [("blk.0.attn_q.weight", blocks("Q8_0", 8, bad={(1, 0): NAN}), "Q8_0")],
+                   shapes=shapes)
+    donor = write(tmp_path / "d.gguf", [("blk.0.attn_q.weight", blocks("Q8_0", 8, endian=">"), "Q8_0")],
+                  shapes=shapes, big_endian=True)
+    assert scan(donor, device="cpu").exit_code == 0
+    with pytest.raises(nandoctor.errors.UnrestorableError):
+        nandoctor.repair(target, donor, out=tmp_path / "out", allow_diverged=True)
+    assert not os.path.exists(tmp_path / "out")
+    plan = nandoctor.repair(target, donor, dry_run=True, allow_diverged=True).plan
+    assert "stored big-endian, the target little-endian: its blocks are not converted" in plan.unrestorable[0].reasons[0]

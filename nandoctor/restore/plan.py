@@ -369,6 +369,10 @@ def _candidate(
             reasons.append(f"shape {_shape_words(ref)}{shown}, the target's is {_shape_words(target)}")
         elif cast and not (allow_cast and can_cast(ref.dtype, target.dtype)):
             reasons.append(f"dtype {ref.dtype}{shown}, the target's is {target.dtype}")
+        elif ref.region.blocks is not None and ref.region.byteorder != target.region.byteorder:
+            # (its blocks mix fields of several widths: a review's big-endian Q8_0 donor was an internal error)
+            reasons.append(f"a block-quantized {ref.dtype} donor{shown} stored {ref.region.byteorder}-endian, the "
+                           f"target {target.region.byteorder}-endian: its blocks are not converted")
         else:
             try:
                 why = donor.unhealthy(ref)
