@@ -300,3 +300,56 @@ def test_a_big_endian_block_quantized_donor_is_refused_with_its_reason(tmp_path:
     assert not os.path.exists(tmp_path / "out")
     plan = nandoctor.repair(target, donor, dry_run=True, allow_diverged=True).plan
     assert "stored big-endian, the target little-endian: its blocks are not converted" in plan.unrestorable[0].reasons[0]
+
+
+def _llama_gguf(path: Path, *, heads: int = 2, kv: int = 2, tokenizer: str = "llama") -> Path:
+    """A tiny llama GGUF written by gguf's own writer, its tensors at the shapes its keys give."""
+    embed, ff, vocab, head = 32, 64, 16, 32 // heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(embed)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head)
+    writer.add_tokenizer_model(tokenizer)
+    writer.add_token_list([f"t{i}".encode() for i in range(vocab)])
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_types([1] * vocab)
+    rng = np.random.default_rng(0)
+    for name, ne in [("token_embd.weight", [embed, vocab]), ("output_norm.weight", [embed]),
+                     ("output.weight", [embed, vocab]), ("blk.0.attn_norm.weight", [embed]),
+                     ("blk.0.ffn_norm.weight", [embed]), ("blk.0.attn_q.weight", [embed, heads * head]),
+                     ("blk.0.attn_k.weight", [embed, kv * head]), ("blk.0.attn_v.weight", [embed, kv * head]),
+                     ("blk.0.attn_output.weight", [heads * head, embed]), ("blk.0.ffn_gate.weight", [embed, ff]),
+                     ("blk.0.ffn_up.weight", [embed, ff]), ("blk.0.ffn_down.weight", [ff, embed])]:
+        writer.add_tensor(name, (rng.standard_normal(tuple(reversed(ne))) * 0.02).astype(np.float32))
+    from tests.gguf_files import finish
+
+    finish(writer)
+    return path
+
+
+@pytest.mark.parametrize("heads, kv, tokenizer, expected", [
+    (2, 2, "llama", None), (4, 2, "gpt2", None), (4, 1, "llama", None),
+    (4, 3, "llama", "config"),  # (a review: generate raised "size 4 vs 3"; CLEAN before)
+    (2, 4, "llama", "config"),
+    (2, 2, "lama", "unloadable"),  # (AutoTokenizer cannot build it; llama.cpp: "unknown tokenizer")
+])
+def test_gguf_heads_and_tokenizer_model_that_the_loaders_refuse(tmp_path, heads, kv, tokenizer, expected):
+    path = _llama_gguf(tmp_path / "m.gguf", heads=heads, kv=kv, tokenizer=tokenizer)
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    try:  # the oracle: transformers' GGUF loader, its tokenizer and a generate
+        tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf")
+        model.generate(torch.tensor([[1, 3, 5]]), max_new_tokens=2, do_sample=False)
+        del tok
+        works = True
+    except Exception:  # noqa: BLE001  (whatever it raises: it does not work)
+        works = False
+    assert works is (expected is None)
+    report = scan(path, device="cpu")
+    assert [p.kind for p in report.errors] == ([] if expected is None else [expected]), [p.message for p in report.errors]

@@ -38,7 +38,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from nandoctor.model import UNLOADABLE_KIND, ScanProblem, TensorRef
+from nandoctor.model import CONFIG_KIND, UNLOADABLE_KIND, ScanProblem, TensorRef
 from nandoctor.readers.gguf_names import one_apart
 from nandoctor.wording import first_few, plural
 
@@ -53,7 +53,10 @@ _STATED = ("context_length", "embedding_length", "feed_forward_length", "attenti
 # the keys the reader keeps for this module (gguf.py's _KEPT_KEYS)
 KEYS = re.compile(r"\.(block_count|context_length|embedding_length|feed_forward_length|vocab_size|attention\.head_count(_kv)?|"
                   r"attention\.(key|value)_length|rope\.dimension_count|expert_count|expert_used_count)$"
-                  r"|^tokenizer\.ggml\.tokens$")
+                  r"|^tokenizer\.ggml\.(tokens|model)$")
+# llama.cpp's tokenizer models (llama-vocab.cpp: any other is "unknown tokenizer", the file refused; transformers'
+# GGUF loader cannot build a tokenizer from one either)
+TOKENIZER_MODELS = frozenset({"no_vocab", "none", "llama", "gpt2", "bert", "t5", "rwkv", "plamo2"})
 _BLOCK = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down|ffn_gate_inp|ffn_(?:gate|up|down)_exps)"
                     r"\.weight$")
 # the tensors llama.cpp loads without TENSOR_NOT_REQUIRED for these architectures (output.weight may be tied to
@@ -106,7 +109,7 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
         # (no dimension at all: a container of tensors, not a converted model, whose loss of one key is this
         # module's concern; a damaged header loses a key, not all of them)
         return []
-    found: list[ScanProblem] = []
+    found: list[ScanProblem] = [*_heads(path, arch, metadata), *_tokenizer_model(path, metadata)]
     typed = [key for key, value in metadata.items() if key.startswith(f"{arch}.") and KEYS.search(key)
              and (isinstance(value, (bool, float, str)) or (isinstance(value, list) and len(value) == 1
                                                             and isinstance(value[0], (bool, float, str))))]
@@ -164,6 +167,32 @@ def problems(path: str, arch: str | None, metadata: Mapping[str, object], refs: 
                 f"{_listed(wrong)}; llama.cpp refuses it ('tensor has wrong shape', 'invalid n_rot') and "
                 "transformers' GGUF loader fails with a size mismatch", _HINT, kind=UNLOADABLE_KIND))
     return found
+
+
+def _heads(path: str, arch: str, metadata: Mapping[str, object]) -> list[ScanProblem]:
+    """BAD CONFIG where ``head_count_kv`` does not divide ``head_count`` (as config.json's num_key_value_heads): the
+    shapes may agree, but grouped-query attention shares each key/value head among head_count / head_count_kv query
+    heads (a review: 4 heads over 3, CLEAN; transformers' generate raised "size 4 vs 3"). Per-layer arrays not judged."""
+    heads, kv = _int(metadata, f"{arch}.attention.head_count"), _int(metadata, f"{arch}.attention.head_count_kv")
+    if not heads or not kv or (kv <= heads and heads % kv == 0):
+        return []
+    return [ScanProblem(
+        path, f"{arch}.attention.head_count_kv is {kv}, which does not divide {arch}.attention.head_count {heads}: "
+        "grouped-query attention shares each key/value head among head_count / head_count_kv query heads, so "
+        "llama.cpp's attention cannot broadcast them and transformers' generate raises (a size mismatch)", _HINT,
+        kind=CONFIG_KIND)]
+
+
+def _tokenizer_model(path: str, metadata: Mapping[str, object]) -> list[ScanProblem]:
+    """NOT LOADABLE where ``tokenizer.ggml.model`` names no tokenizer llama.cpp has (a review's "lama": CLEAN, while
+    AutoTokenizer could not build it and llama.cpp refuses "unknown tokenizer")."""
+    model = metadata.get("tokenizer.ggml.model")
+    if not isinstance(model, str) or model in TOKENIZER_MODELS:
+        return []
+    return [ScanProblem(
+        path, f"tokenizer.ggml.model is {model!r}, no tokenizer llama.cpp knows ({', '.join(sorted(TOKENIZER_MODELS))}): "
+        "llama.cpp refuses the file (\"unknown tokenizer\") and transformers cannot build its tokenizer", _HINT,
+        kind=UNLOADABLE_KIND)]
 
 
 def _expert_counts(arch: str, metadata: Mapping[str, object]) -> str:
