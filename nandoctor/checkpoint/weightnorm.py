@@ -66,10 +66,13 @@ def _zero_slices(ref: Any, dim: int | None) -> list[int]:
     """The indices along ``dim`` of ``ref``'s slices that are all ±0 ([0] for a whole tensor of zeros, ``dim``
     None); [] where it cannot be read plainly."""
     region, view = ref.region, _BITS.get(ref.dtype)
-    if view is None or not ref.is_contiguous or region.byteorder != "little" or region.blocks is not None:
-        return []
+    if (view is None or not ref.is_contiguous or region.byteorder != "little" or region.blocks is not None
+            or ref.chunk is not None or ref.order != "C"):
+        return []  # (a chunk of a DCP tensor, a GGUF one: read elsewhere, or in another order)
     shape = tuple(ref.shape)
     itemsize = DTYPES[ref.dtype].bits // 8
+    if ref.storage_offset * itemsize + math.prod(shape) * itemsize > region.nbytes:
+        return []
     magnitude = np.array((1 << (itemsize * 8 - 1)) - 1, dtype=view)
     rows = shape[0]
     width = math.prod(shape[1:])

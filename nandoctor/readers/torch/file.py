@@ -548,7 +548,12 @@ def nested_findings(path: str, walked: Walk, notes: list[str], problems: list[Sc
         problems += nested.rehomed(path, stream_name, tuple(
             failed for owed in read.owed
             if (failed := mismatch(owed, crc32(memoryview(data)[owed.offset : owed.offset + owed.size], 0))) is not None))
-        bad, counted = nested.count_storages(path, stream_name, data, read, _name_prefix(path))
+        try:
+            bad, counted = nested.count_storages(path, stream_name, data, read, _name_prefix(path))
+        except ValueError as exc:  # (a storage past the stream's bytes: its reader checked them, so never expected)
+            problems.append(ScanProblem(path, f"the torch.save stream pickled as {stream_name!r} could not be counted "
+                                        f"({exc})", "save its tensors as tensors"))
+            continue
         inner = [dataclasses.replace(u, storage=f"{stream_name}.{u.storage}") for u in read.unviewed]
         bad += [dataclasses.replace(u, kind="stream") if u.kind != "numpy" else u for u in inner]
         if stream_name in walked.trainer:
