@@ -567,7 +567,7 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
               if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
     for i in dotted:
         findings[i] += (EXPLODED,)
-    exponentiated = {i: top for i, top in _exp_overflow(report.tensors, all_fp16).items()
+    exponentiated = {i: found for i, found in _exp_overflow(report.tensors, all_fp16).items()
                      if not {NONFINITE, EXPLODED, OVERFLOW} & set(findings[i])}
     for i in exponentiated:
         findings[i] += (EXPLODED,)
@@ -579,9 +579,8 @@ def judged(report: ScanReport, fail_on: frozenset[str] | None = DEFAULT_FAIL_ON)
     if dotted:
         extra[DOT_OVERFLOW] = [{"name": names[i], "scale": scale, "row": row} for i, (scale, row) in dotted.items()]
     if exponentiated:
-        extra[EXP_OVERFLOW] = [{"name": names[i], "value": top, "limit": _exp_limit(all_fp16 or
-                                                                                   report.tensors.refs.dtypes[i] == "F16")}
-                               for i, top in exponentiated.items()]
+        extra[EXP_OVERFLOW] = [{"name": names[i], "value": top, "limit": limit}
+                               for i, (top, limit) in exponentiated.items()]
     tensors = report.tensors.with_findings(findings)
     out = dataclasses.replace(report, tensors=tensors, layers=summarize(tensors), judgement=None, extra=extra)
     return dataclasses.replace(out, judgement=judge(out, fail_on))
@@ -622,22 +621,21 @@ def _exp_limit(fp16: bool) -> float:
     return math.log(65504.0) if fp16 else math.log(FLOAT32_MAX)
 
 
-def _exp_overflow(tensors: TensorResults, all_fp16: bool) -> dict[int, float]:
+def _exp_overflow(tensors: TensorResults, all_fp16: bool) -> dict[int, tuple[float, float]]:
     """One-element weights the model exponentiates (:data:`_EXPONENTIATED`) whose value's exp() overflows the type
-    they load in: row → the value. A trial flipped one exponent bit of CLIP's trained logit_scale (4.6 → 147):
-    finite, no bulk to stand out from, far under every ceiling, read CLEAN, and logits_per_image all Inf."""
+    they load in: row → (the value, the largest whose exp() that type holds). A trial flipped one exponent bit of
+    CLIP's trained logit_scale (4.6 → 147): finite, no bulk to stand out from, far under every ceiling, read CLEAN,
+    and logits_per_image all Inf."""
     largest = tensors.largest("weight")  # (one cached max: most checkpoints stop here)
     if largest is None or largest <= _exp_limit(True):
         return {}
     refs = tensors.refs
-    out: dict[int, float] = {}
+    out: dict[int, tuple[float, float]] = {}
     for i in (i for i, name in enumerate(refs.names) if "logit_scale" in name):
-        top = tensors.max_abs[i]
-        if (top is None or top <= _exp_limit(True) or refs.roles[i] != "weight" or math.prod(refs.shapes[i]) != 1
-                or not _EXPONENTIATED.search(refs.names[i])):
-            continue
-        if top > _exp_limit(all_fp16 or refs.dtypes[i] == "F16"):
-            out[i] = top
+        top, limit = tensors.max_abs[i], _exp_limit(all_fp16 or refs.dtypes[i] == "F16")
+        if (top is not None and top > limit and refs.roles[i] == "weight" and math.prod(refs.shapes[i]) == 1
+                and _EXPONENTIATED.search(refs.names[i])):
+            out[i] = (top, limit)
     return out
 
 

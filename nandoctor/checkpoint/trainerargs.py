@@ -8,9 +8,11 @@ default", which it had turned off).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from nandoctor.errors import NandoctorError
+from nandoctor.fileidentity import FileIdentity, fingerprint
 
 TRAINING_ARGS = "training_args.bin"
 
@@ -19,12 +21,21 @@ def max_grad_norm(folder: Path) -> float | None:
     """The ``max_grad_norm`` the Trainer run that saved ``folder`` used; None where the folder keeps no readable
     ``training_args.bin`` or it holds no number there."""
     path = folder / TRAINING_ARGS
-    if not path.is_file():
+    try:
+        return _read(str(path), fingerprint(path)) if path.is_file() else None
+    except OSError:
         return None
+
+
+@lru_cache(maxsize=16)
+def _read(path: str, identity: FileIdentity) -> float | None:
+    """:func:`max_grad_norm` of the file at ``path``, kept while its ``identity`` holds: one report's advice asks
+    for it from several places (its verdict line, its next steps, a run's rows)."""
+    del identity  # (part of the cache key only)
     from nandoctor.readers.torch.file import read_object
 
     try:
-        args = read_object(path)
+        args = read_object(Path(path))
     except (NandoctorError, OSError):
         return None
     state = getattr(args, "state", None)

@@ -20,14 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from nandoctor.dtypes import DTYPES
+from nandoctor.checkpoint import tensorrows
 from nandoctor.model import TensorResults
 
 # the direction of a weight-normalized weight, and the name of its magnitude beside it
 _DIRECTION = re.compile(r"^(?P<module>(?:.*\.)?)(?P<v>weight_v|parametrizations\.weight\.original1)$")
 _MAGNITUDE = {"weight_v": "weight_g", "parametrizations.weight.original1": "parametrizations.weight.original0"}
-_BITS = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2"}
-_BYTES_AT_ONCE = 8 << 20
 
 
 def zero_slices(tensors: TensorResults) -> list[dict[str, Any]]:
@@ -64,35 +62,20 @@ def zero_slices(tensors: TensorResults) -> list[dict[str, Any]]:
 
 def _zero_slices(ref: Any, dim: int | None) -> list[int]:
     """The indices along ``dim`` of ``ref``'s slices that are all ±0 ([0] for a whole tensor of zeros, ``dim``
-    None); [] where it cannot be read plainly."""
-    region, view = ref.region, _BITS.get(ref.dtype)
-    if (view is None or not ref.is_contiguous or region.byteorder != "little" or region.blocks is not None
-            or ref.chunk is not None or ref.order != "C"):
-        return []  # (a chunk of a DCP tensor, a GGUF one: read elsewhere, or in another order)
-    shape = tuple(ref.shape)
-    itemsize = DTYPES[ref.dtype].bits // 8
-    if ref.storage_offset * itemsize + math.prod(shape) * itemsize > region.nbytes:
+    None); [] where it cannot be read plainly (tensorrows.readable; fp8 directions are not read)."""
+    if not tensorrows.readable(ref) or ref.dtype.startswith("F8"):
         return []
-    magnitude = np.array((1 << (itemsize * 8 - 1)) - 1, dtype=view)
-    rows = shape[0]
-    width = math.prod(shape[1:])
+    shape, magnitude = tuple(ref.shape), tensorrows.magnitude(ref)
     nonzero = np.zeros(shape[dim] if dim is not None else 1, dtype=bool)
-    at_once = max(1, _BYTES_AT_ONCE // max(1, width * itemsize))
     try:
-        with open(region.file, "rb") as handle:
-            for first in range(0, rows, at_once):
-                count = min(at_once, rows - first)
-                handle.seek(region.offset + ref.storage_offset * itemsize + first * width * itemsize)
-                raw = handle.read(count * width * itemsize)
-                if len(raw) != count * width * itemsize:
-                    return []
-                block = (np.frombuffer(raw, dtype=view) & magnitude).reshape((count, *shape[1:])) != 0
-                if dim is None:
-                    nonzero[0] |= bool(block.any())
-                elif dim == 0:
-                    nonzero[first : first + count] |= block.reshape(count, -1).any(axis=1)
-                else:
-                    nonzero |= np.moveaxis(block, dim, 0).reshape(shape[dim], -1).any(axis=1)
+        for first, bits in tensorrows.row_blocks(ref):
+            block = (bits & magnitude) != 0
+            if dim is None:
+                nonzero[0] |= bool(block.any())
+            elif dim == 0:
+                nonzero[first : first + len(block)] |= block.reshape(len(block), -1).any(axis=1)
+            else:
+                nonzero |= np.moveaxis(block, dim, 0).reshape(shape[dim], -1).any(axis=1)
     except OSError:
         return []
     return np.flatnonzero(~nonzero).tolist()

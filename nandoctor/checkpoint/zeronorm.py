@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from nandoctor.checkpoint import tensorrows
 from nandoctor.checkpoint.configvalues import norm_epsilon
-from nandoctor.dtypes import DTYPES
 from nandoctor.model import CONFIG_KIND, EPS_HARMFUL, FLOAT32_ZERO, RefTable, ScanProblem, TensorRef
 from nandoctor.wording import first_few
 
@@ -35,8 +35,6 @@ from nandoctor.wording import first_few
 _EMBEDDING = re.compile(r"^(?:[A-Za-z_]+\.){0,2}(?:embed_tokens|wte|embed_in|word_embeddings|tok_embeddings)\.weight$")
 # a learned position embedding added to the token's before the first norm: a zero token row is no zero hidden state
 _POSITIONS = re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions)\.weight$")
-_FLOATS = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E5M2": "u1"}
-_BYTES_AT_ONCE = 8 << 20  # (rows read a block at a time: a very wide embedding is never read whole)
 _SHOWN = 4
 
 
@@ -110,31 +108,17 @@ def _layer_norm(key: str, config: dict[str, Any]) -> bool:
 
 def _degenerate_rows(ref: TensorRef, constant: bool) -> list[int]:
     """The rows of the 2-D float tensor ``ref`` whose every element is ±0 (``constant``: or whose elements are all one
-    value); empty where it cannot be read plainly."""
-    region, view = ref.region, _FLOATS.get(ref.dtype)
-    if (view is None or len(ref.shape) != 2 or not ref.is_contiguous or region.byteorder != "little"
-            or region.blocks is not None or 0 in ref.shape):
+    value); empty where it cannot be read plainly (tensorrows.readable)."""
+    if len(ref.shape) != 2 or not tensorrows.readable(ref):
         return []
-    rows, width = ref.shape
-    itemsize = DTYPES[ref.dtype].bits // 8
-    sign = np.array(1 << (itemsize * 8 - 1), dtype=view).item()
-    magnitude = np.array(~sign & ((1 << (itemsize * 8)) - 1), dtype=view)
+    magnitude = tensorrows.magnitude(ref)
     found: list[int] = []
-    start = region.offset + ref.storage_offset * itemsize
-    at_once = max(1, _BYTES_AT_ONCE // (width * itemsize))
     try:
-        with open(region.file, "rb") as handle:
-            for first in range(0, rows, at_once):
-                count = min(at_once, rows - first)
-                handle.seek(start + first * width * itemsize)
-                raw = handle.read(count * width * itemsize)
-                if len(raw) != count * width * itemsize:
-                    return []
-                block = np.frombuffer(raw, dtype=view).reshape(count, width)
-                degenerate = ~(block & magnitude).any(axis=1)
-                if constant:  # (equal bits: one value; ±0 mixed is a zero row, above)
-                    degenerate |= (block == block[:, :1]).all(axis=1)
-                found += (np.flatnonzero(degenerate) + first).tolist()
+        for first, block in tensorrows.row_blocks(ref):
+            degenerate = ~(block & magnitude).any(axis=1)
+            if constant:  # (equal bits: one value; ±0 mixed is a zero row, above)
+                degenerate |= (block == block[:, :1]).all(axis=1)
+            found += (np.flatnonzero(degenerate) + first).tolist()
     except OSError:
         return []
     return found
